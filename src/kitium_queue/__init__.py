@@ -1,0 +1,97 @@
+"""kitium-queue: an asyncio-first job queue on Redis with leases, fencing and a Lua engine.
+
+Quick start::
+
+    from kitium_queue import JobQueue
+
+    queue = JobQueue("emails")              # memory:// by default; pass redis="redis://..."
+
+    @queue.process("send-email")
+    async def send_email(job):
+        return {"sent": job.data["to"]}
+
+    await queue.add_job("send-email", {"to": "a@b.c"})
+    await queue.run_worker()
+"""
+
+from ._version import __version__
+from .enums import (
+    CircuitBreakerState,
+    DeliveryGuarantee,
+    EncryptionAlgorithm,
+    JobStatus,
+    QueueEvent,
+    QueueRole,
+    WebhookDeliveryStrategy,
+    WebhookEventType,
+)
+from .errors import (
+    ConfigurationError,
+    ConnectionUnavailableError,
+    JobActiveError,
+    JobNotFoundError,
+    JobStateError,
+    KitiumQueueError,
+    LeaseLostError,
+    NonRetryableError,
+    PayloadTooLargeError,
+    QueueActiveError,
+    RateLimited,
+    RetryLater,
+    SerializationError,
+)
+from .events import EventData, StreamEvent
+from .job import Job, JobInfo
+from .options import (
+    BackoffOptions,
+    DLQConfig,
+    ExtendedJobOptions,
+    JobOptions,
+    LimiterConfig,
+    QueueSettings,
+    RetryConfig,
+    WorkerConfig,
+)
+from .queue import HealthStatus, JobQueue, QueueStats
+from .sync import SyncJobQueue
+
+__all__ = [
+    "BackoffOptions",
+    "CircuitBreakerState",
+    "ConfigurationError",
+    "ConnectionUnavailableError",
+    "DLQConfig",
+    "DeliveryGuarantee",
+    "EncryptionAlgorithm",
+    "EventData",
+    "ExtendedJobOptions",
+    "HealthStatus",
+    "Job",
+    "JobActiveError",
+    "JobInfo",
+    "JobNotFoundError",
+    "JobOptions",
+    "JobQueue",
+    "JobStateError",
+    "JobStatus",
+    "KitiumQueueError",
+    "LeaseLostError",
+    "LimiterConfig",
+    "NonRetryableError",
+    "PayloadTooLargeError",
+    "QueueActiveError",
+    "QueueEvent",
+    "QueueRole",
+    "QueueSettings",
+    "QueueStats",
+    "RateLimited",
+    "RetryConfig",
+    "RetryLater",
+    "SerializationError",
+    "StreamEvent",
+    "SyncJobQueue",
+    "WebhookDeliveryStrategy",
+    "WebhookEventType",
+    "WorkerConfig",
+    "__version__",
+]

@@ -1,0 +1,49 @@
+"""Delay before the next attempt of a failed job."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import ConfigurationError
+from .options import Policy
+
+__all__ = ["retry_delay"]
+
+
+def retry_delay(
+    policy: Policy,
+    attempts_made: int,
+    error: BaseException,
+    job: Any,
+    strategies: Mapping[str, Callable[..., Any]],
+) -> int | None:
+    """Milliseconds to wait before the next attempt, or None to stop retrying.
+
+    exponential: ``delay * 2**(attempts_made - 1)``; fixed: ``delay``; custom: the
+    registered strategy's return value. Capped by ``max_delay``; ``jitter`` adds up to
+    that many ms at random.
+    """
+    b = policy.backoff
+    base = int(b.delay or 0)
+    if b.type == "fixed":
+        delay: float = base
+    elif b.type == "exponential":
+        delay = base * (2 ** min(max(attempts_made - 1, 0), 62))
+    else:
+        fn = strategies.get(b.strategy or "")
+        if fn is None:
+            raise ConfigurationError(
+                f"custom backoff strategy {b.strategy!r} is not registered on this worker; "
+                "call queue.register_backoff(name, fn)"
+            )
+        out = fn(attempts_made, error, job)
+        if out is None:
+            return None
+        delay = float(out)
+    if b.max_delay is not None:
+        delay = min(delay, float(b.max_delay))
+    if policy.jitter_ms:
+        delay += random.randint(0, policy.jitter_ms)
+    return max(0, int(delay))

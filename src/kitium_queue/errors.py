@@ -1,0 +1,132 @@
+"""The exception tree of kitium-queue and the mirror of the Lua error codes.
+
+::
+
+    KitiumQueueError
+    ├── ConfigurationError          bad option, unknown option, malformed config
+    ├── SerializationError          data or result that cannot be encoded
+    ├── PayloadTooLargeError        encoded payload above max_payload_bytes
+    ├── ConnectionUnavailableError  Redis cannot be reached
+    ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
+    ├── JobStateError               operation not valid in the job's state
+    │   ├── JobActiveError          the job is running             (KQ_JOB_ACTIVE)
+    │   └── (KQ_BAD_STATE)
+    ├── QueueActiveError            clear() while jobs run         (KQ_QUEUE_ACTIVE)
+    ├── LeaseLostError              this worker no longer holds the job (KQ_LEASE_LOST)
+    └── ProcessorSignal             raised by processors to steer the outcome
+        ├── NonRetryableError       fail now, no retry: straight to the DLQ
+        └── RetryLater              run again after delay_ms, no attempt spent
+            └── RateLimited         the same, reported as rate limiting
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SCRIPT_ERRORS",
+    "ConfigurationError",
+    "ConnectionUnavailableError",
+    "JobActiveError",
+    "JobNotFoundError",
+    "JobStateError",
+    "KitiumQueueError",
+    "LeaseLostError",
+    "NonRetryableError",
+    "PayloadTooLargeError",
+    "ProcessorSignal",
+    "QueueActiveError",
+    "RateLimited",
+    "RetryLater",
+    "SerializationError",
+    "error_from_script",
+]
+
+
+class KitiumQueueError(Exception):
+    """Base class of every error raised by kitium-queue."""
+
+
+class ConfigurationError(KitiumQueueError, ValueError):
+    """An option or configuration value is unknown or invalid."""
+
+
+class SerializationError(KitiumQueueError, TypeError):
+    """Job data or a result cannot be encoded (or a stored payload decoded)."""
+
+
+class PayloadTooLargeError(KitiumQueueError, ValueError):
+    """An encoded payload is larger than the queue's ``max_payload_bytes``."""
+
+
+class ConnectionUnavailableError(KitiumQueueError, ConnectionError):
+    """Redis cannot be reached."""
+
+
+class JobNotFoundError(KitiumQueueError, KeyError):
+    """No job with that id exists in the queue."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class JobStateError(KitiumQueueError):
+    """The operation is not valid in the job's current state."""
+
+
+class JobActiveError(JobStateError):
+    """The job is running; wait for it or cancel it."""
+
+
+class QueueActiveError(KitiumQueueError):
+    """The queue has running jobs; the operation needs ``force=True``."""
+
+
+class LeaseLostError(KitiumQueueError):
+    """This worker no longer holds the job's lease: another worker may run it now."""
+
+
+class ProcessorSignal(Exception):  # noqa: N818 - these are signals, not failures
+    """Base of the exceptions a processor raises to choose its job's outcome."""
+
+
+class NonRetryableError(ProcessorSignal):
+    """Fail the job now without further attempts; it goes to the DLQ (or failed)."""
+
+
+class RetryLater(ProcessorSignal):
+    """Run the job again after ``delay_ms`` without spending an attempt.
+
+    Args:
+        delay_ms: how long to wait before the job becomes runnable again.
+        reason: recorded on the job and in the ``job-delayed`` stream event.
+    """
+
+    def __init__(self, delay_ms: int = 1000, reason: str = "retry later") -> None:
+        super().__init__(reason)
+        self.delay_ms = max(0, int(delay_ms))
+        self.reason = reason
+
+
+class RateLimited(RetryLater):
+    """The processor hit a rate limit; run again after ``delay_ms``, no attempt spent."""
+
+    def __init__(self, delay_ms: int = 1000, reason: str = "rate limited") -> None:
+        super().__init__(delay_ms, reason)
+
+
+#: Lua error code → exception type. Must match the codes in lua/errors.lua.
+SCRIPT_ERRORS: dict[str, type[KitiumQueueError]] = {
+    "KQ_JOB_NOT_FOUND": JobNotFoundError,
+    "KQ_JOB_ACTIVE": JobActiveError,
+    "KQ_BAD_STATE": JobStateError,
+    "KQ_QUEUE_ACTIVE": QueueActiveError,
+    "KQ_LEASE_LOST": LeaseLostError,
+}
+
+
+def error_from_script(message: str) -> Exception | None:
+    """Map a script error reply (``"<CODE> <detail>"``) to its exception, if it is ours."""
+    code, _, detail = message.partition(" ")
+    exc_type = SCRIPT_ERRORS.get(code)
+    if exc_type is None:
+        return None
+    return exc_type(detail or code)

@@ -1,0 +1,125 @@
+"""In-process events (``queue.on``) and the durable per-queue event stream reader."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EventData", "EventEmitter", "StreamEvent", "read_stream"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["EventData"], "Awaitable[None] | None"]
+
+
+@dataclass(slots=True)
+class EventData:
+    """What an ``on(...)`` handler receives.
+
+    Attributes:
+        event: the event name (a ``QueueEvent`` value).
+        queue: queue name.
+        job_id: the job concerned (None for queue-level events).
+        job: the ``Job`` (worker events) or ``JobInfo`` (dead-letter), when at hand.
+        result: the processor's return value (``job-completed``).
+        error: the exception (``job-failed``, ``job-retrying``, ``queue-error``).
+        delay_ms: delay before the next attempt (``job-retrying``).
+        progress: reported progress (``job-progress``).
+        extra: anything else the emitter knows (e.g. ``name`` for ``job-added``).
+    """
+
+    event: str
+    queue: str
+    job_id: str | None = None
+    job: Any = None
+    result: Any = None
+    error: BaseException | None = None
+    delay_ms: int | None = None
+    progress: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EventEmitter:
+    """Calls registered handlers; a failing handler is logged and never propagates."""
+
+    __slots__ = ("_handlers", "_tasks")
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on(self, event: str, handler: Handler) -> None:
+        self._handlers.setdefault(str(event), []).append(handler)
+
+    def off(self, event: str, handler: Handler) -> None:
+        handlers = self._handlers.get(str(event), [])
+        if handler in handlers:
+            handlers.remove(handler)
+
+    def wants(self, event: str) -> bool:
+        return bool(self._handlers.get(event))
+
+    def emit(self, data: EventData) -> None:
+        for handler in self._handlers.get(data.event, ()):
+            try:
+                out = handler(data)
+            except Exception:
+                log.exception(
+                    "event handler %r for %s failed (queue=%s job=%s)",
+                    handler, data.event, data.queue, data.job_id,
+                )
+                continue
+            if inspect.isawaitable(out):
+                task = asyncio.ensure_future(self._guard(out, handler, data))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guard(aw: Awaitable[None], handler: Handler, data: EventData) -> None:
+        try:
+            await aw
+        except Exception:
+            log.exception(
+                "async event handler %r for %s failed (queue=%s job=%s)",
+                handler, data.event, data.queue, data.job_id,
+            )
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait for pending async handlers (used on close)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One entry of the durable event stream."""
+
+    id: str
+    event: str
+    job_id: str
+    fields: dict[str, str]
+
+
+async def read_stream(
+    client: Any, key: str, *, last_id: str = "$", block_ms: int = 5000, count: int = 500
+) -> AsyncIterator[StreamEvent]:
+    """Yield stream events after ``last_id`` ("$" = only new ones, "0" = from the start)."""
+    while True:
+        reply = await client.xread({key: last_id}, count=count, block=block_ms)
+        if not reply:
+            continue
+        for _key, entries in reply:
+            for entry_id, raw in entries:
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                fields_ = {
+                    (k.decode() if isinstance(k, bytes) else k): (
+                        v.decode() if isinstance(v, bytes) else v
+                    )
+                    for k, v in raw.items()
+                }
+                last_id = eid
+                yield StreamEvent(eid, fields_.pop("e", ""), fields_.pop("id", ""), fields_)

@@ -1,0 +1,162 @@
+"""The job a processor receives (``Job``) and the stored record of a job (``JobInfo``)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .enums import JobStatus
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["Job", "JobInfo"]
+
+
+class Job:
+    """A job being processed, as handed to a processor.
+
+    Attributes:
+        id: job id.
+        name: job name (selects the processor).
+        data: the decoded payload.
+        attempts: runs made so far, this one included (1 on the first run).
+        max_attempts: runs allowed in total.
+        progress: last progress reported by this run.
+        created_at: enqueue time, ms since the epoch (Redis clock).
+        options: the options the job was added with (only those set explicitly).
+        idempotency_key: stable key for side effects outside Redis: the job's
+            ``idempotency_key`` option if given, else ``"<queue>:<id>"``.
+        queue_name: the queue it belongs to.
+    """
+
+    __slots__ = (
+        "_token",
+        "_worker",
+        "attempts",
+        "created_at",
+        "data",
+        "id",
+        "idempotency_key",
+        "max_attempts",
+        "name",
+        "options",
+        "progress",
+        "queue_name",
+        "stalls",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        name: str,
+        data: Any,
+        attempts: int,
+        max_attempts: int,
+        created_at: int,
+        options: dict[str, Any],
+        queue_name: str,
+        stalls: int = 0,
+        progress: Any = None,
+        token: str = "",
+        worker: Worker | None = None,
+    ) -> None:
+        self.id = id
+        self.name = name
+        self.data = data
+        self.attempts = attempts
+        self.max_attempts = max_attempts
+        self.created_at = created_at
+        self.options = options
+        self.queue_name = queue_name
+        self.stalls = stalls
+        self.progress = progress
+        self.idempotency_key: str = options.get("idempotency_key") or f"{queue_name}:{id}"
+        self._token = token
+        self._worker = worker
+
+    def __repr__(self) -> str:
+        return f"<Job {self.queue_name}/{self.id} {self.name!r} attempt {self.attempts}>"
+
+    @property
+    def lease_token(self) -> str:
+        """The fencing token of this run's lease."""
+        return self._token
+
+    async def update_progress(self, value: Any) -> None:
+        """Record progress (a number 0-100 or any JSON value); emits ``job-progress``.
+
+        Raises ``LeaseLostError`` if this worker no longer holds the job.
+        """
+        self.progress = value
+        if self._worker is not None:
+            await self._worker._update(self, "progress", value)
+
+    async def log(self, message: str) -> None:
+        """Append a log line to the job (kept with the job; see ``queue.get_job_logs``)."""
+        if self._worker is not None:
+            await self._worker._update(self, "log", str(message))
+
+    def update_progress_sync(self, value: Any) -> None:
+        """``update_progress`` for plain (threaded) processors."""
+        self._call_sync(self.update_progress(value))
+
+    def log_sync(self, message: str) -> None:
+        """``log`` for plain (threaded) processors."""
+        self._call_sync(self.log(message))
+
+    def _call_sync(self, coro: Any) -> None:
+        worker = self._worker
+        if worker is None or worker._loop is None:
+            coro.close()
+            return
+        asyncio.run_coroutine_threadsafe(coro, worker._loop).result()
+
+
+@dataclass(slots=True)
+class JobInfo:
+    """A stored job as returned by ``get_job_status`` and friends."""
+
+    id: str
+    name: str
+    status: JobStatus
+    data: Any = None
+    progress: Any = None
+    attempts: int = 0
+    max_attempts: int = 0
+    priority: int = 0
+    created_at: int | None = None
+    started_at: int | None = None
+    finished_at: int | None = None
+    delayed_until: int | None = None
+    result: Any = None
+    failed_reason: str | None = None
+    stacktrace: str | None = None
+    last_error: str | None = None
+    stalls: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (status as its string value)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status.value,
+            "data": self.data,
+            "progress": self.progress,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "delayed_until": self.delayed_until,
+            "result": self.result,
+            "failed_reason": self.failed_reason,
+            "stacktrace": self.stacktrace,
+            "last_error": self.last_error,
+            "stalls": self.stalls,
+            "options": self.options,
+        }

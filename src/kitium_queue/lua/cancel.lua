@@ -1,0 +1,36 @@
+--[[
+  cancel.lua — stop jobs: waiting or delayed jobs are removed at once; an active job is
+  flagged, and its worker stops it at its next lease renewal and records it as failed
+  (no retry) with reason "cancelled".
+
+  KEYS: the shared layout (common.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4..]  job ids (at most 1000)
+
+  Returns one status per id: 'removed' | 'flagged' | 'missing' | 'finished'.
+  Events: job-removed (reason cancelled) or job-cancelling.
+]]
+--@include common
+
+local out = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local jk = job_key(id)
+  local st = redis.call('HGET', jk, 'st')
+  if not st then
+    out[#out + 1] = 'missing'
+  elseif st == 'waiting' or st == 'delayed' then
+    redis.call('ZREM', K_WAIT, id)
+    redis.call('ZREM', K_DELAYED, id)
+    delete_job(id)
+    emit('job-removed', id, 'reason', 'cancelled')
+    out[#out + 1] = 'removed'
+  elseif st == 'active' then
+    redis.call('HSET', jk, 'cx', '1')
+    emit('job-cancelling', id)
+    out[#out + 1] = 'flagged'
+  else
+    out[#out + 1] = 'finished'
+  end
+end
+return out

@@ -1,0 +1,119 @@
+--[[
+  claim.lua — hand out up to N jobs (waiting → active) under a lease.
+
+  Before claiming it promotes due delayed jobs and recovers expired leases (both bounded),
+  so a worker that calls claim needs no other loop to make progress.
+
+  KEYS: the shared layout (common.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]  N: max jobs to claim (the worker's free slots)
+  ARGV[5]  lease duration ms
+  ARGV[6]  limiter max jobs per window (0 = no limiter)
+  ARGV[7]  limiter window ms
+  ARGV[8]  max_stalled_count
+  ARGV[9]  dlq enabled ('1' | '0')
+  ARGV[10] worker id (stored on the job for operators)
+  ARGV[11] scan limit: max waiting jobs examined per call (admission checks may skip some)
+
+  Returns:
+    { status, wake_in, token, {recovered ids}, {dead-lettered ids}, job1..., jobN }
+    status  'ok' | 'paused' | 'limited' | 'empty'
+    wake_in ms until something becomes due (earliest delayed job, earliest lease
+            deadline, limiter window end), or -1 if nothing is scheduled. Relative, so
+            the worker needs no clock agreement with Redis.
+    token   the fencing token of this claim (same for every job of this call)
+    job     { id, name, data, opts, attempts (incl. this one), created ts, stalls, progress }
+  Events: job-started per claimed job; job-stalled / job-failed / job-dlq from recovery.
+  Admission: every candidate passes admit(id, jk) (admission.lua, composed at load time
+  from the checks of enabled features) before it is handed out; a rejected candidate
+  stays in wait, untouched.
+]]
+--@include common
+--@include admission
+
+local want = tonumber(ARGV[4])
+local lease = tonumber(ARGV[5])
+local lim_max, lim_win = tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_stalled = tonumber(ARGV[8])
+local dlq_enabled = ARGV[9] == '1'
+local worker = ARGV[10]
+local scan = tonumber(ARGV[11])
+
+promote(1000)
+local back, dead = recover(1000, max_stalled, dlq_enabled)
+
+local function wake_at(extra)
+  local t = -1
+  local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  if d[2] then t = tonumber(d[2]) end
+  local a = redis.call('ZRANGE', K_ACTIVE, 0, 0, 'WITHSCORES')
+  if a[2] and (t < 0 or tonumber(a[2]) < t) then t = tonumber(a[2]) end
+  if extra and (t < 0 or extra < t) then t = extra end
+  if t < 0 then return -1 end
+  if t < NOW then return 0 end
+  return t - NOW
+end
+
+if redis.call('HGET', K_META, 'paused') == '1' then
+  return { 'paused', wake_at(nil), 0, back, dead }
+end
+
+if lim_max > 0 then
+  local used = tonumber(redis.call('GET', K_LIMITER) or '0')
+  local left = lim_max - used
+  if left <= 0 then
+    local ttl = redis.call('PTTL', K_LIMITER)
+    if ttl < 0 then
+      redis.call('DEL', K_LIMITER)
+      left = lim_max
+    else
+      return { 'limited', wake_at(NOW + ttl), 0, back, dead }
+    end
+  end
+  if left < want then want = left end
+end
+
+local out = { 'ok', -1, 0, back, dead }
+local token = 0
+local got = 0
+if want > 0 then
+  local cands = redis.call('ZRANGE', K_WAIT, 0, scan - 1)
+  for i = 1, #cands do
+    if got >= want then break end
+    local id = cands[i]
+    local jk = job_key(id)
+    if redis.call('EXISTS', jk) == 0 then
+      -- The job's hash was deleted behind our back: dead-letter a record of it rather
+      -- than lose it silently.
+      redis.call('ZREM', K_WAIT, id)
+      dead_letter(jk, id, dlq_enabled,
+        'job record missing: its hash key was deleted while the job was waiting', '')
+      dead[#dead + 1] = id
+    elseif admit(id, jk) then
+      if token == 0 then token = redis.call('INCR', K_LEASE) end
+      redis.call('ZREM', K_WAIT, id)
+      redis.call('ZADD', K_ACTIVE, int(NOW + lease), id)
+      local att = redis.call('HINCRBY', jk, 'a', 1)
+      redis.call('HSET', jk, 'st', 'active', 'lt', token, 'ps', int(NOW), 'w', worker)
+      local f = redis.call('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg')
+      out[#out + 1] = { id, f[1] or '', f[2] or '', f[3] or '', att, f[4] or '0', f[5] or '0', f[6] or '' }
+      emit('job-started', id, 'att', att)
+      got = got + 1
+    end
+  end
+end
+
+if lim_max > 0 and got > 0 then
+  if redis.call('INCRBY', K_LIMITER, got) == got then
+    redis.call('PEXPIRE', K_LIMITER, lim_win)
+  end
+end
+out[3] = token
+if got == 0 then
+  out[1] = 'empty'
+elseif redis.call('ZCARD', K_WAIT) > 0 then
+  -- More work is waiting: pass the wake-up on to the next idle worker.
+  wake()
+end
+out[2] = wake_at(nil)
+return out

@@ -1,0 +1,28 @@
+--[[
+  drain.lua — remove jobs that have not started (waiting, and delayed if asked), in
+  bounded batches; running jobs are left to finish.
+
+  KEYS: the shared layout (common.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]  include delayed ('1' | '0')
+  ARGV[5]  max jobs removed per call
+
+  Returns the number removed by this call (the client calls again until 0).
+  Events: one queue-drained event when the call removed anything.
+]]
+--@include common
+
+local limit = tonumber(ARGV[5])
+local removed = 0
+local sets = { K_WAIT }
+if ARGV[4] == '1' then sets[2] = K_DELAYED end
+for s = 1, #sets do
+  if removed < limit then
+    local ids = redis.call('ZRANGE', sets[s], 0, limit - removed - 1)
+    for i = 1, #ids do delete_job(ids[i]) end
+    if #ids > 0 then redis.call('ZREM', sets[s], unpack(ids)) end
+    removed = removed + #ids
+  end
+end
+if removed > 0 then emit('queue-drained', '', 'count', removed) end
+return removed

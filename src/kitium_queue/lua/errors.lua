@@ -1,0 +1,13 @@
+--[[
+  errors.lua — the error codes scripts raise. Mirrored by kitium_queue.errors.SCRIPT_ERRORS;
+  tests/test_errors.py checks the two lists match. Each reply is "<CODE> <detail>".
+]]
+local ERR_JOB_NOT_FOUND = 'KQ_JOB_NOT_FOUND'
+local ERR_JOB_ACTIVE = 'KQ_JOB_ACTIVE'
+local ERR_BAD_STATE = 'KQ_BAD_STATE'
+local ERR_QUEUE_ACTIVE = 'KQ_QUEUE_ACTIVE'
+local ERR_LEASE_LOST = 'KQ_LEASE_LOST'
+
+local function fail(code, detail)
+  return redis.error_reply(code .. ' ' .. detail)
+end

@@ -1,0 +1,95 @@
+--[[
+  finish.lua — record the outcomes of leased jobs (active → completed | delayed |
+  waiting | failed | dlq), many per call. Fenced: an outcome is recorded only if the job
+  is still active under the caller's lease token.
+
+  KEYS: the shared layout (common.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]   dlq enabled ('1' | '0')
+  ARGV[5..] 9 fields per outcome:
+            id, token, kind, payload, traceback, delay ms, keep count, keep age ms, meta
+    kind  'C' completed: payload = encoded result; keep count/age = remove_on_complete
+          'R' retry: payload = error message; delay ms before the next attempt
+          'F' final failure: payload = error message → dlq (or failed if dlq disabled);
+              keep count/age = remove_on_fail (applies to the failed set only)
+          'D' defer: back after delay ms without spending an attempt (rate limited,
+              "retry later"); payload = reason
+          'H' hand back: unstarted or interrupted by shutdown; back to wait at its
+              original position without spending an attempt
+    keep count -1 = keep all, 0 = remove at once; keep age -1 = no age limit
+    meta  free-form string stored as 'm' on completion (duration, worker), '' = none
+
+  Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing'.
+  Events: job-completed | job-retrying | job-failed (+ job-dlq) | job-delayed | job-released.
+  Bounded: the client sends at most 500 outcomes per call.
+]]
+--@include common
+
+local dlq_enabled = ARGV[4] == '1'
+local res = {}
+local woke = false
+for b = 5, #ARGV, 9 do
+  local id, token, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local payload, tb, delay = ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5])
+  local keep_count, keep_age, meta = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]), ARGV[b + 8]
+  local jk = job_key(id)
+  local f = redis.call('HMGET', jk, 'lt', 'st')
+  if not f[2] then
+    res[#res + 1] = 'missing'
+    redis.call('ZREM', K_ACTIVE, id)
+  elseif f[1] ~= token or f[2] ~= 'active' then
+    res[#res + 1] = 'lease-lost'
+  else
+    redis.call('ZREM', K_ACTIVE, id)
+    redis.call('HDEL', jk, 'lt', 'cx')
+    if kind == 'C' then
+      if keep_count == 0 then
+        delete_job(id)
+      else
+        redis.call('HSET', jk, 'st', 'completed', 'f', int(NOW), 'r', payload)
+        if meta ~= '' then redis.call('HSET', jk, 'm', meta) end
+        redis.call('ZADD', K_COMPLETED, int(NOW), id)
+        trim_finished(K_COMPLETED, keep_count, keep_age)
+      end
+      emit('job-completed', id)
+    elseif kind == 'R' then
+      redis.call('HSET', jk, 'e', payload, 'tb', tb)
+      if delay > 0 then
+        push_delayed(jk, id, NOW + delay)
+      else
+        push_wait(jk, id)
+        woke = true
+      end
+      emit('job-retrying', id, 'delay', delay, 'reason', payload)
+    elseif kind == 'F' then
+      if dlq_enabled then
+        dead_letter(jk, id, true, payload, tb)
+      else
+        dead_letter(jk, id, false, payload, tb)
+        if keep_count == 0 then
+          redis.call('ZREM', K_FAILED, id)
+          delete_job(id)
+        else
+          trim_finished(K_FAILED, keep_count, keep_age)
+        end
+      end
+    elseif kind == 'D' then
+      redis.call('HINCRBY', jk, 'a', -1)
+      if delay > 0 then
+        push_delayed(jk, id, NOW + delay)
+      else
+        push_wait(jk, id)
+        woke = true
+      end
+      emit('job-delayed', id, 'delay', delay, 'reason', payload)
+    else -- 'H'
+      redis.call('HINCRBY', jk, 'a', -1)
+      push_wait(jk, id)
+      woke = true
+      emit('job-released', id)
+    end
+    res[#res + 1] = 'ok'
+  end
+end
+if woke then wake() end
+return res

@@ -1,0 +1,21 @@
+--[[
+  pause.lua — pause or resume a queue for every worker. Paused workers finish what they
+  run and claim nothing new; producers may still add jobs.
+
+  KEYS: the shared layout (common.lua); uses meta, events, marker.
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]  '1' pause, '0' resume
+
+  Returns 1. Events: queue-paused | queue-resumed.
+]]
+--@include common
+
+if ARGV[4] == '1' then
+  redis.call('HSET', K_META, 'paused', '1')
+  emit('queue-paused', '')
+else
+  redis.call('HDEL', K_META, 'paused')
+  emit('queue-resumed', '')
+  wake()
+end
+return 1

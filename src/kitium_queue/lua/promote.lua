@@ -1,0 +1,15 @@
+--[[
+  promote.lua — move due delayed jobs to wait (delayed → waiting), bounded. claim.lua
+  runs the same step; this script serves promote_delayed() and housekeeping.
+
+  KEYS: the shared layout (common.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]  max jobs moved
+
+  Returns the number of jobs promoted. Wakes idle workers when any moved.
+]]
+--@include common
+
+local n = promote(tonumber(ARGV[4]))
+if n > 0 then wake() end
+return n

@@ -1,0 +1,32 @@
+--[[
+  remove.lua — delete jobs that are not running (any state but active → gone).
+
+  KEYS: the shared layout (common.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4..]  job ids (at most 1000)
+
+  Returns one status per id: 'removed' | 'missing' | 'active' (active jobs are left
+  alone: cancel them with cancel.lua, or wait for them to finish).
+  Events: job-removed per removed job.
+]]
+--@include common
+
+local STATE_SETS = { waiting = K_WAIT, delayed = K_DELAYED, completed = K_COMPLETED,
+  failed = K_FAILED, dlq = K_DLQ }
+local out = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local st = redis.call('HGET', job_key(id), 'st')
+  if not st then
+    out[#out + 1] = 'missing'
+  elseif st == 'active' then
+    out[#out + 1] = 'active'
+  else
+    local set_key = STATE_SETS[st]
+    if set_key then redis.call('ZREM', set_key, id) end
+    delete_job(id)
+    emit('job-removed', id)
+    out[#out + 1] = 'removed'
+  end
+end
+return out

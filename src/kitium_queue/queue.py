@@ -1,0 +1,823 @@
+"""``JobQueue``: configuration, producer, query and admin API of one queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .adapters import MetricsAdapter, TelemetryAdapter
+from .codec import Codec, Serializer
+from .connection import ConnectionFactory
+from .enums import DeliveryGuarantee, JobStatus
+from .errors import (
+    ConfigurationError,
+    ConnectionUnavailableError,
+    JobActiveError,
+    JobNotFoundError,
+    PayloadTooLargeError,
+)
+from .events import EventData, EventEmitter, Handler, StreamEvent, read_stream
+from .job import JobInfo
+from .keys import QueueKeys
+from .options import (
+    CORE_OPTION_NAMES,
+    JOB_OPTION_NAMES,
+    MAX_PRIORITY,
+    BackoffOptions,
+    DLQConfig,
+    JobOptions,
+    LimiterConfig,
+    Policy,
+    QueueSettings,
+    RetentionPolicy,
+    RetryConfig,
+    WorkerConfig,
+    _unknown,
+    coerce,
+    to_ms,
+)
+from .scripts import ScriptCall, ScriptRegistry
+
+__all__ = ["JobQueue", "QueueStats", "HealthStatus", "Processor"]
+
+log = logging.getLogger(__name__)
+
+Processor = Callable[..., Any]
+_STATUS_SETS = {
+    JobStatus.WAITING: "wait",
+    JobStatus.PAUSED: "wait",
+    JobStatus.ACTIVE: "active",
+    JobStatus.DELAYED: "delayed",
+    JobStatus.COMPLETED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.DLQ: "dlq",
+}
+_NEWEST_FIRST = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DLQ}
+_ENQUEUE_CHUNK = 1000
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """Counts per state. ``latency_ms``: how long the next job in line has waited."""
+
+    waiting: int
+    active: int
+    delayed: int
+    completed: int
+    failed: int
+    dlq: int
+    paused: int
+    is_paused: bool
+    latency_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+@dataclass(slots=True)
+class HealthStatus:
+    """Result of ``health_check()``; truthy when healthy."""
+
+    healthy: bool
+    redis_latency_ms: float | None
+    backend: str
+    error: str | None = None
+    worker_running: bool = False
+
+    def __bool__(self) -> bool:
+        return self.healthy
+
+
+class JobQueue:
+    """A named queue: add jobs, register processors, run workers, inspect and manage.
+
+    Args:
+        name: queue name (all its keys share the hash tag ``{name}``).
+        redis: ``"memory://"`` (default: in-process, for trying it and for tests), a URL
+            (``redis://``, ``rediss://``, ``unix://``), a dict of connection options, or a
+            ``redis.asyncio.Redis`` client.
+        prefix: key prefix (default ``"kq"``).
+        default_job_options: options applied to every job unless the job sets them.
+        retry: queue-wide retry defaults (``RetryConfig`` or dict).
+        dlq: dead-letter settings (``DLQConfig`` or dict).
+        settings: lease/stall settings (``QueueSettings`` or dict).
+        worker: worker controls (``WorkerConfig`` or dict).
+        telemetry: tracer adapter (``start_span``); metrics: adapter (``increment``,
+            ``observe``).
+        codecs: bytes transforms applied to payloads and results (encryption, compression).
+        events_max_len: approximate length kept of the durable event stream (10000).
+        idempotency_ttl: ms an ``idempotency_key`` suppresses duplicates (24 h).
+        max_payload_bytes: largest encoded payload accepted by ``add_job`` (1 MiB).
+        max_log_lines: log lines kept per job (1000).
+
+    Example::
+
+        queue = JobQueue("emails", redis="redis://localhost:6379/0")
+
+        @queue.process("send-email")
+        async def send(job):
+            return {"sent": job.data["to"]}
+
+        await queue.add_job("send-email", {"to": "a@b.c"}, attempts=5)
+        await queue.run_worker()
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        redis: Any = "memory://",
+        prefix: str = "kq",
+        default_job_options: JobOptions | Mapping[str, Any] | None = None,
+        retry: RetryConfig | Mapping[str, Any] | None = None,
+        dlq: DLQConfig | Mapping[str, Any] | None = None,
+        settings: QueueSettings | Mapping[str, Any] | None = None,
+        worker: WorkerConfig | Mapping[str, Any] | None = None,
+        telemetry: TelemetryAdapter | None = None,
+        metrics: MetricsAdapter | None = None,
+        codecs: Sequence[Codec] = (),
+        events_max_len: int = 10_000,
+        idempotency_ttl: Any = 86_400_000,
+        max_payload_bytes: int = 1_048_576,
+        max_log_lines: int = 1000,
+    ) -> None:
+        self.name = name
+        self.keys = QueueKeys(name, prefix)
+        self.connection = ConnectionFactory(redis)
+        self.retry = coerce(RetryConfig, retry, "retry")
+        self.dlq = coerce(DLQConfig, dlq, "dlq")
+        self.settings = coerce(QueueSettings, settings, "settings")
+        self.worker_config = coerce(WorkerConfig, worker, "worker")
+        self.telemetry = telemetry
+        self.metrics = metrics
+        self.serializer = Serializer(codecs)
+        self.events_max_len = int(events_max_len)
+        self.idempotency_ttl = to_ms(idempotency_ttl, "idempotency_ttl") or 1
+        self.max_payload_bytes = int(max_payload_bytes)
+        self.max_log_lines = int(max_log_lines)
+        self.scripts = ScriptRegistry()
+        self.processors: dict[str, Processor] = {}
+        self.backoff_strategies: dict[str, Callable[..., Any]] = {}
+        self.emitter = EventEmitter()
+        self.option_owners: dict[str, str] = {}
+        self._defaults = self._normalize_options(
+            self._validate_options(_as_dict(default_job_options), "default_job_options"),
+            "default_job_options",
+        )
+        self._check_settings()
+        self.policy = self._base_policy()
+        self._client: Any = None
+        self._connect_lock: asyncio.Lock | None = None
+        self._worker: Any = None
+        self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))
+
+    # ------------------------------------------------------------------ configuration
+    def _check_settings(self) -> None:
+        s = self.settings
+        if s.max_stalled_count < 0:
+            raise ConfigurationError("settings.max_stalled_count must be >= 0")
+        self.lock_duration_ms = to_ms(s.lock_duration, "settings.lock_duration") or 0
+        if self.lock_duration_ms < 100:
+            raise ConfigurationError("settings.lock_duration must be at least 100 ms")
+        renew = to_ms(s.lock_renew_time, "settings.lock_renew_time", allow_none=True)
+        self.lock_renew_ms = renew if renew else max(50, self.lock_duration_ms // 2)
+        if self.lock_renew_ms >= self.lock_duration_ms:
+            raise ConfigurationError(
+                f"settings.lock_renew_time ({self.lock_renew_ms} ms) must be shorter than "
+                f"lock_duration ({self.lock_duration_ms} ms), or leases expire between renewals"
+            )
+        self.stalled_interval_ms = (
+            to_ms(s.max_stalled_interval, "settings.max_stalled_interval") or 1000
+        )
+        w = self.worker_config
+        if not isinstance(w.concurrency, int) or w.concurrency < 1:
+            raise ConfigurationError(f"worker.concurrency must be an int >= 1, got {w.concurrency!r}")
+        self.shutdown_timeout_ms = to_ms(w.shutdown_timeout, "worker.shutdown_timeout") or 0
+        self.limiter: LimiterConfig | None = None
+        if w.limiter is not None:
+            lim = coerce(LimiterConfig, w.limiter, "worker.limiter")
+            if not isinstance(lim.max, int) or lim.max < 1:
+                raise ConfigurationError(f"worker.limiter.max must be an int >= 1, got {lim.max!r}")
+            dur = to_ms(lim.duration, "worker.limiter.duration") or 0
+            if dur < 1:
+                raise ConfigurationError("worker.limiter.duration must be >= 1 ms")
+            self.limiter = LimiterConfig(lim.max, dur)
+
+    def _base_policy(self) -> Policy:
+        r = self.retry
+        if not isinstance(r.max_attempts, int) or r.max_attempts < 1:
+            raise ConfigurationError(f"retry.max_attempts must be an int >= 1, got {r.max_attempts!r}")
+        policy = Policy(
+            attempts=r.max_attempts,
+            backoff=BackoffOptions(r.backoff_type, r.backoff_delay, r.max_backoff_delay),
+        )
+        return self.policy_for(self._defaults, policy)
+
+    def policy_for(self, opts: Mapping[str, Any], base: Policy | None = None) -> Policy:
+        """Resolve the execution policy of a job from its stored options."""
+        b = base or self.policy
+        p = Policy(b.attempts, b.backoff, b.timeout_ms, b.jitter_ms, b.keep_completed, b.keep_failed)
+        if "attempts" in opts:
+            p.attempts = opts["attempts"]
+        if "backoff" in opts:
+            p.backoff = BackoffOptions(**opts["backoff"])
+        if "timeout" in opts:
+            p.timeout_ms = opts["timeout"] or None
+        if "jitter" in opts:
+            p.jitter_ms = opts["jitter"]
+        if "remove_on_complete" in opts:
+            rc = opts["remove_on_complete"]
+            p.keep_completed = RetentionPolicy(rc["count"], rc["age"])
+        if "remove_on_fail" in opts:
+            rf = opts["remove_on_fail"]
+            p.keep_failed = RetentionPolicy(rf["count"], rf["age"])
+        return p
+
+    def _validate_options(self, opts: dict[str, Any], what: str) -> dict[str, Any]:
+        bad = [k for k in opts if k not in JOB_OPTION_NAMES]
+        if bad:
+            raise _unknown(what, bad, sorted(JOB_OPTION_NAMES))
+        for k, v in opts.items():
+            if v is None or k in CORE_OPTION_NAMES:
+                continue
+            if k not in self.option_owners:
+                raise ConfigurationError(
+                    f"option {k!r} needs a feature that is not enabled on queue "
+                    f"{self.name!r}; enable the feature that owns it, or drop the option"
+                )
+        dg = opts.get("delivery_guarantee")
+        if dg is not None:
+            try:
+                dg = DeliveryGuarantee(dg)
+            except ValueError:
+                raise ConfigurationError(
+                    f"delivery_guarantee must be 'at-least-once' or 'exactly-once', got {dg!r}"
+                ) from None
+            if dg is DeliveryGuarantee.EXACTLY_ONCE and "delivery_guarantee" not in self.option_owners:
+                raise ConfigurationError(
+                    "delivery_guarantee='exactly-once' needs the exactly-once feature, which "
+                    f"is not enabled on queue {self.name!r}; for duplicate suppression alone "
+                    "pass idempotency_key=..."
+                )
+        return opts
+
+    def _normalize_options(self, opts: dict[str, Any], what: str) -> dict[str, Any]:
+        """Validate values and convert them to the canonical stored form."""
+        out: dict[str, Any] = {}
+        for k, v in opts.items():
+            if v is None:
+                continue
+            if k == "attempts":
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise ConfigurationError(f"{what}: attempts must be an int >= 1, got {v!r}")
+                out[k] = v
+            elif k == "backoff":
+                if isinstance(v, BackoffOptions):
+                    out[k] = v.to_dict()
+                elif isinstance(v, Mapping):
+                    out[k] = coerce(BackoffOptions, v, f"{what}.backoff").to_dict()
+                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[k] = BackoffOptions("fixed", v).to_dict()
+                else:
+                    raise ConfigurationError(
+                        f"{what}: backoff must be a dict, BackoffOptions or ms, got {v!r}"
+                    )
+            elif k in ("timeout",):
+                out[k] = to_ms(v, f"{what}.timeout")
+            elif k in ("delay", "jitter"):
+                out[k] = to_ms(v, f"{what}.{k}")
+            elif k == "priority":
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_PRIORITY:
+                    raise ConfigurationError(
+                        f"{what}: priority must be an int from 0 to {MAX_PRIORITY} (higher runs "
+                        f"first), got {v!r}"
+                    )
+                out[k] = v
+            elif k in ("remove_on_complete", "remove_on_fail"):
+                rp = RetentionPolicy.parse(v, f"{what}.{k}")
+                out[k] = {"count": rp.count, "age": rp.age}
+            elif k in ("job_id", "idempotency_key"):
+                if not isinstance(v, str) or not v or len(v) > 512 or "\n" in v:
+                    raise ConfigurationError(
+                        f"{what}: {k} must be a non-empty string of at most 512 characters "
+                        f"without line breaks, got {v!r}"
+                    )
+                out[k] = v
+            elif k == "lifo":
+                out[k] = bool(v)
+            elif k == "delivery_guarantee":
+                out[k] = DeliveryGuarantee(v).value
+            else:
+                out[k] = v
+        return out
+
+    # ------------------------------------------------------------------ extension points
+    def on(self, event: str, handler: Handler) -> None:
+        """Call ``handler(EventData)`` (sync or async) on every ``event`` in this process.
+
+        A handler that raises is logged and never breaks the worker. For events of
+        other processes read the durable stream with ``events()``.
+        """
+        self.emitter.on(event, handler)
+
+    def off(self, event: str, handler: Handler) -> None:
+        """Remove a handler added with ``on``."""
+        self.emitter.off(event, handler)
+
+    def process(self, job_name: str, fn: Processor | None = None) -> Any:
+        """Register the processor of ``job_name`` (``"*"`` = any name without its own).
+
+        ``fn(job)`` may be ``async def`` (run on the event loop) or a plain function (run
+        in a thread pool of ``worker.concurrency`` threads). Return = completed; raise =
+        failure with backoff; ``NonRetryableError`` = straight to the DLQ;
+        ``RetryLater`` / ``RateLimited`` = again later without spending an attempt.
+        Usable as a decorator: ``@queue.process("send-email")``.
+        """
+
+        def register(f: Processor) -> Processor:
+            if not callable(f):
+                raise ConfigurationError(f"processor for {job_name!r} must be callable")
+            self.processors[job_name] = f
+            return f
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def register_backoff(self, name: str, fn: Callable[..., Any]) -> None:
+        """Register a custom backoff: ``fn(attempts_made, error, job) -> delay_ms | None``.
+
+        Use it with ``backoff={"type": "custom", "strategy": name}``. Returning None
+        stops retrying (the job fails for good).
+        """
+        self.backoff_strategies[name] = fn
+
+    # ------------------------------------------------------------------ connection
+    async def client(self) -> Any:
+        """The shared Redis client (connects and loads the scripts on first use)."""
+        if self._client is not None:
+            return self._client
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._client is None:
+                client = self.connection.client()
+                try:
+                    await client.ping()
+                    await self.scripts.load(client)
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    if self.connection.owns(client):
+                        await client.aclose()
+                    raise ConnectionUnavailableError(
+                        f"cannot reach Redis at {self.connection.describe()} for queue "
+                        f"{self.name!r}: {exc}. Check the redis= setting and that the server "
+                        "is running"
+                    ) from exc
+                self._client = client
+        return self._client
+
+    def argv_head(self) -> tuple[str, str, str]:
+        return self._argv_head
+
+    async def run(self, script: str, args: Sequence[Any] = ()) -> Any:
+        client = await self.client()
+        return await self.scripts.call(client, script, self.keys.all, (*self._argv_head, *args))
+
+    def call(self, script: str, args: Sequence[Any] = ()) -> ScriptCall:
+        return ScriptCall(script, self.keys.all, (*self._argv_head, *args))
+
+    # ------------------------------------------------------------------ producing
+    def _prepare(self, name: str, data: Any, options: Mapping[str, Any]) -> list[Any]:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"job name must be a non-empty string, got {name!r}")
+        if options:
+            opts = self._normalize_options(self._validate_options(dict(options), "job"), "job")
+            merged = {**self._defaults, **opts}
+        else:
+            opts = {}
+            merged = self._defaults
+        raw = self.serializer.dumps(data)
+        if len(raw) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"job {name!r} payload is {len(raw)} bytes, above max_payload_bytes="
+                f"{self.max_payload_bytes}; store large data elsewhere and pass a reference"
+            )
+        delay = merged.get("delay", 0)
+        jitter = merged.get("jitter", 0)
+        if jitter:
+            delay += random.randint(0, jitter)
+        stored = {
+            k: v for k, v in opts.items()
+            if k not in ("delay", "priority", "lifo", "job_id", "idempotency_key")
+        }
+        if "idempotency_key" in merged:
+            stored["idempotency_key"] = merged["idempotency_key"]
+        return [
+            merged.get("job_id", ""),
+            name,
+            raw,
+            orjson.dumps(stored) if stored else "",
+            merged.get("priority", 0),
+            delay,
+            "1" if merged.get("lifo") else "0",
+            merged.get("idempotency_key", ""),
+        ]
+
+    async def add_job(
+        self, job_name: str, data: Any = None, options: JobOptions | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Add a job; returns its id.
+
+        Options are keyword arguments (``attempts=5, delay=1000, priority=10``) or a
+        ``JobOptions``/dict. With ``job_id`` or ``idempotency_key`` matching an existing
+        job, the existing id is returned and nothing is written.
+
+        Raises:
+            ConfigurationError: unknown or invalid option (the message names it).
+            SerializationError: ``data`` is not JSON-serializable.
+            PayloadTooLargeError: encoded data above ``max_payload_bytes``.
+        """
+        opts = {**_as_dict(options), **kwargs} if options is not None else kwargs
+        ids = await self._enqueue([self._prepare(job_name, data, opts)], job_name)
+        return ids[0]
+
+    async def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
+        """Add many jobs in few round trips; returns their ids in order.
+
+        Each job is a dict ``{"name": ..., "data": ..., "options": {...}}`` (``opts`` is
+        accepted for ``options``), or a tuple ``(name, data)`` / ``(name, data, options)``.
+        All jobs are validated before any is written.
+        """
+        prepared: list[list[Any]] = []
+        for i, j in enumerate(jobs):
+            if isinstance(j, Mapping):
+                extra = [k for k in j if k not in ("name", "data", "options", "opts")]
+                if extra:
+                    raise ConfigurationError(
+                        f"add_jobs item {i}: unknown key(s) {extra}; use name, data, options"
+                    )
+                name, data = j.get("name"), j.get("data")
+                opts = _as_dict(j.get("options", j.get("opts")))
+            elif isinstance(j, (tuple, list)) and len(j) in (2, 3):
+                name, data = j[0], j[1]
+                opts = _as_dict(j[2]) if len(j) == 3 else {}
+            else:
+                raise ConfigurationError(
+                    f"add_jobs item {i} must be a dict or a (name, data[, options]) tuple"
+                )
+            prepared.append(self._prepare(name, data, opts))
+        return await self._enqueue(prepared, None)
+
+    async def _enqueue(self, prepared: list[list[Any]], name: str | None) -> list[str]:
+        span = None
+        if self.telemetry is not None:
+            span = self.telemetry.start_span(
+                "kitium.enqueue", {"queue": self.name, "job.count": len(prepared)}
+            )
+        try:
+            client = await self.client()
+            calls = []
+            for start in range(0, len(prepared), _ENQUEUE_CHUNK):
+                args: list[Any] = [self.idempotency_ttl]
+                for p in prepared[start:start + _ENQUEUE_CHUNK]:
+                    args.extend(p)
+                calls.append(self.call("enqueue", args))
+            if len(calls) == 1:
+                replies = [await self.scripts.call(client, "enqueue", calls[0].keys, calls[0].args)]
+            else:
+                replies = await self.scripts.pipeline(client, calls)
+            ids: list[str] = []
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+                for k in range(0, len(reply), 2):
+                    ids.append(reply[k].decode())
+        except Exception as exc:
+            if span is not None:
+                span.record_exception(exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
+        if self.metrics is not None:
+            tags = {"queue": self.name, "job_name": name or "*"}
+            self.metrics.increment("jobs.added", len(ids), tags)
+        if self.emitter.wants("job-added"):
+            for i, p in zip(ids, prepared):
+                self.emitter.emit(EventData("job-added", self.name, i, extra={"name": p[1]}))
+        return ids
+
+    # ------------------------------------------------------------------ queries
+    async def get_job_status(self, job_id: str) -> JobInfo | None:
+        """The stored record of a job, or None if it does not exist (or was removed)."""
+        client = await self.client()
+        pipe = client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.job(job_id))
+        pipe.hget(self.keys.meta, "paused")
+        raw, paused = await pipe.execute()
+        if not raw:
+            return None
+        return self._info(job_id, raw, paused == b"1")
+
+    async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
+        """Log lines a processor wrote with ``job.log``."""
+        client = await self.client()
+        return [b.decode() for b in await client.lrange(self.keys.logs(job_id), start, end)]
+
+    async def get_jobs_by_status(self, status: JobStatus | str, limit: int = 100) -> list[JobInfo]:
+        """Jobs in a state: waiting/delayed/active in run order, finished ones newest first."""
+        st = _status(status)
+        if st is JobStatus.PENDING:
+            return []
+        client = await self.client()
+        key = getattr(self.keys, _STATUS_SETS[st])
+        if st is JobStatus.PAUSED and not await client.hget(self.keys.meta, "paused"):
+            return []
+        if st in _NEWEST_FIRST:
+            ids = await client.zrevrange(key, 0, max(0, limit - 1))
+        else:
+            ids = await client.zrange(key, 0, max(0, limit - 1))
+        return await self._infos([i.decode() for i in ids])
+
+    async def _infos(self, ids: Sequence[str]) -> list[JobInfo]:
+        if not ids:
+            return []
+        client = await self.client()
+        pipe = client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self.keys.job(i))
+        pipe.hget(self.keys.meta, "paused")
+        *raws, paused = await pipe.execute()
+        return [self._info(i, r, paused == b"1") for i, r in zip(ids, raws) if r]
+
+    def _info(self, job_id: str, raw: dict[bytes, bytes], paused: bool) -> JobInfo:
+        g = raw.get
+        st = JobStatus((g(b"st") or b"waiting").decode())
+        if st is JobStatus.WAITING and paused:
+            st = JobStatus.PAUSED
+        opts: dict[str, Any] = orjson.loads(g(b"o")) if g(b"o") else {}
+        data: Any = None
+        if g(b"d") is not None:
+            try:
+                data = self.serializer.loads(g(b"d") or b"")
+            except Exception:
+                data = None
+        result: Any = None
+        if g(b"r"):
+            try:
+                result = self.serializer.loads(g(b"r") or b"", "result")
+            except Exception:
+                result = None
+        progress: Any = orjson.loads(g(b"pg") or b"null") if g(b"pg") else None
+
+        def num(key: bytes) -> int | None:
+            v = g(key)
+            return int(v) if v else None
+
+        return JobInfo(
+            id=job_id,
+            name=(g(b"n") or b"").decode(),
+            status=st,
+            data=data,
+            progress=progress,
+            attempts=num(b"a") or 0,
+            max_attempts=self.policy_for(opts).attempts,
+            priority=num(b"p") or 0,
+            created_at=num(b"ts"),
+            started_at=num(b"ps"),
+            finished_at=num(b"f"),
+            delayed_until=num(b"due"),
+            result=result,
+            failed_reason=(g(b"e") or b"").decode() or None,
+            stacktrace=(g(b"tb") or b"").decode() or None,
+            last_error=(g(b"le") or b"").decode() or None,
+            stalls=num(b"s") or 0,
+            options=opts,
+        )
+
+    async def get_stats(self) -> QueueStats:
+        """Counts per state, whether the queue is paused, and ``latency_ms``."""
+        r = await self.run("stats")
+        waiting, active, delayed, completed, failed, dlq = (int(x) for x in r[:6])
+        is_paused = r[6] == b"1"
+        oldest, now = int(r[7]), int(r[8])
+        return QueueStats(
+            waiting=waiting,
+            active=active,
+            delayed=delayed,
+            completed=completed,
+            failed=failed,
+            dlq=dlq,
+            paused=waiting if is_paused else 0,
+            is_paused=is_paused,
+            latency_ms=max(0, now - oldest) if oldest >= 0 else 0,
+        )
+
+    async def health_check(self) -> HealthStatus:
+        """Ping Redis; healthy when it answers. Never raises."""
+        loop = asyncio.get_running_loop()
+        try:
+            client = await self.client()
+            t0 = loop.time()
+            await client.ping()
+            latency = (loop.time() - t0) * 1000
+        except Exception as exc:
+            return HealthStatus(False, None, self.connection.describe(), f"{type(exc).__name__}: {exc}")
+        running = self._worker is not None and self._worker.running
+        return HealthStatus(True, round(latency, 3), self.connection.describe(), None, running)
+
+    async def get_dlq_jobs(self, limit: int = 100) -> list[JobInfo]:
+        """Dead-lettered jobs, newest first, with ``failed_reason`` and ``stacktrace``."""
+        return await self.get_jobs_by_status(JobStatus.DLQ, limit)
+
+    async def events(self, *, last_id: str = "$", block_ms: int = 5000) -> AsyncIterator[StreamEvent]:
+        """Iterate the durable event stream (events of every process, written atomically
+        with each transition). ``last_id="0"`` replays what the stream still holds."""
+        client = self.connection.client(blocking=True)
+        try:
+            async for ev in read_stream(client, self.keys.events, last_id=last_id, block_ms=block_ms):
+                yield ev
+        finally:
+            if self.connection.owns(client):
+                await client.aclose()
+
+    # ------------------------------------------------------------------ management
+    async def pause(self) -> None:
+        """Pause for every worker: running jobs finish, nothing new starts."""
+        await self.run("pause", ["1"])
+
+    async def resume(self) -> None:
+        """Resume a paused queue."""
+        await self.run("pause", ["0"])
+
+    async def drain(self, *, delayed: bool = True) -> int:
+        """Remove every job that has not started (waiting and, by default, delayed).
+
+        Running jobs are left to finish. Returns the number removed.
+        """
+        total = 0
+        while True:
+            n = int(await self.run("drain", ["1" if delayed else "0", 1000]))
+            total += n
+            if n == 0:
+                return total
+
+    async def clear(self, *, force: bool = False) -> None:
+        """Delete every job and key of the queue.
+
+        Refused with ``QueueActiveError`` while jobs run, unless ``force=True``.
+        """
+        while int(await self.run("clear", ["1" if force else "0", 1000])):
+            pass
+
+    async def retry_job(self, job_id: str) -> None:
+        """Run a failed, dead-lettered or completed job again with fresh attempts.
+
+        Raises ``JobNotFoundError`` or ``JobStateError`` (waiting/active/delayed jobs).
+        """
+        await self.run("retry", ["ids", job_id])
+
+    async def bulk_retry(self, status: JobStatus | str = JobStatus.FAILED, limit: int = 1000) -> int:
+        """Retry up to ``limit`` jobs of a state (failed, dlq or completed), oldest first."""
+        st = _status(status)
+        moved = 0
+        while moved < limit:
+            batch = min(1000, limit - moved)
+            ids = await self.run("retry", ["state", st.value, batch])
+            moved += len(ids)
+            if len(ids) < batch:
+                break
+        return moved
+
+    async def replay_dlq(self, limit: int = 1000) -> int:
+        """Move up to ``limit`` dead-lettered jobs back to waiting; returns how many."""
+        moved = 0
+        while moved < limit:
+            batch = min(1000, limit - moved)
+            ids = await self.run("replay", [batch])
+            moved += len(ids)
+            if len(ids) < batch:
+                break
+        return moved
+
+    async def remove_job(self, job_id: str) -> bool:
+        """Delete a job that is not running. Returns False if it did not exist.
+
+        Raises ``JobActiveError`` for a running job (use ``cancel_job``).
+        """
+        (status,) = await self.run("remove", [job_id])
+        if status == b"active":
+            raise JobActiveError(
+                f"job {job_id} is running; cancel it with cancel_job() or wait for it"
+            )
+        return bool(status == b"removed")
+
+    async def cancel_job(self, job_id: str) -> str:
+        """Stop a job: a waiting or delayed job is removed; a running one is stopped by its
+        worker at the next lease renewal and recorded as failed (no retry).
+
+        Returns ``"removed"``, ``"cancelling"`` or ``"finished"`` (nothing to cancel).
+        """
+        (status,) = await self.run("cancel", [job_id])
+        if status == b"missing":
+            raise JobNotFoundError(f"job {job_id} does not exist in queue {self.name!r}")
+        return {"removed": "removed", "flagged": "cancelling"}.get(status.decode(), "finished")
+
+    async def promote_delayed(self, limit: int = 1000) -> int:
+        """Move due delayed jobs to waiting now (workers also do this themselves)."""
+        return int(await self.run("promote", [limit]))
+
+    async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
+        """Requeue jobs whose lease expired; returns (requeued ids, dead-lettered ids)."""
+        back, dead = await self.run(
+            "recover",
+            [self.settings.max_stalled_count, "1" if self.dlq.enabled else "0", limit],
+        )
+        return [b.decode() for b in back], [b.decode() for b in dead]
+
+    # ------------------------------------------------------------------ workers
+    async def start(self, *, concurrency: int | None = None) -> None:
+        """Start consuming in this process (returns once the worker runs)."""
+        from .worker import Worker
+
+        if self._worker is not None and self._worker.running:
+            return
+        self._worker = Worker(self, concurrency=concurrency)
+        await self._worker.start()
+
+    async def run_worker(self, *, concurrency: int | None = None, install_signal_handlers: bool = True) -> None:
+        """Run a worker until SIGTERM/SIGINT (or ``close()``), then shut down gracefully."""
+        await self.start(concurrency=concurrency)
+        worker = self._worker
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.close()))
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        try:
+            await worker.stopped.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    @property
+    def worker(self) -> Any:
+        """The running ``Worker`` of this process, if any."""
+        return self._worker
+
+    async def close(self) -> None:
+        """Stop the worker gracefully (if any) and release connections."""
+        if self._worker is not None:
+            await self._worker.stop()
+        await self.emitter.drain()
+        client, self._client = self._client, None
+        if client is not None:
+            self.scripts.forget(client)
+            if self.connection.owns(client):
+                await client.aclose()
+
+    async def __aenter__(self) -> JobQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, JobOptions):
+        return {
+            f.name: getattr(value, f.name)
+            for f in fields(value)
+            if getattr(value, f.name) is not None
+        }
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise ConfigurationError(f"options must be a dict or JobOptions, got {type(value).__name__}")
+
+
+def _status(status: JobStatus | str) -> JobStatus:
+    try:
+        return JobStatus(status)
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown status {status!r}; use one of {[s.value for s in JobStatus]}"
+        ) from None

@@ -1,0 +1,175 @@
+"""Loads the Lua scripts (with ``--@include``), and runs them by SHA with NOSCRIPT reload."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from .errors import error_from_script
+
+__all__ = ["SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
+
+SCRIPT_NAMES = (
+    "enqueue",
+    "claim",
+    "extend",
+    "finish",
+    "recover",
+    "promote",
+    "retry",
+    "replay",
+    "remove",
+    "cancel",
+    "drain",
+    "clear",
+    "pause",
+    "update",
+    "stats",
+)
+
+_INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One compiled script: its name, full source (includes expanded) and SHA1."""
+
+    name: str
+    source: str
+    sha: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """A script invocation to run alone or in a pipeline."""
+
+    script: str
+    keys: Sequence[str]
+    args: Sequence[Any]
+
+
+class ScriptRegistry:
+    """The set of scripts a queue runs, with their fragments resolved.
+
+    Features may register extra fragments (script packs) and admission checks that
+    ``claim`` runs for each candidate job; they must do so before the queue starts.
+    """
+
+    def __init__(self) -> None:
+        self._fragments: dict[str, str] = {}
+        self._admission: list[tuple[str, str]] = []
+        self._compiled: dict[str, Script] = {}
+        self._loaded: set[int] = set()
+
+    # -- composition ------------------------------------------------------------------
+    def add_fragment(self, name: str, source: str) -> None:
+        """Provide (or override) a fragment that scripts pull in with ``--@include``."""
+        self._fragments[name] = source
+        self._compiled.clear()
+
+    def add_admission_check(self, name: str, source: str) -> None:
+        """Add a Lua function body ``function(id, jk) ... return true|false end``.
+
+        The check runs inside ``claim`` for every candidate; ``false`` leaves the job in
+        wait untouched. Checks run in the order they were added.
+        """
+        self._admission.append((name, source))
+        self._compiled.clear()
+
+    def _fragment(self, name: str) -> str:
+        if name == "admission" and self._admission:
+            checks = "\n".join(
+                f"local check_{n} = {src}" for n, src in self._admission
+            )
+            calls = " and ".join(f"check_{n}(id, jk)" for n, _ in self._admission)
+            return f"{checks}\nlocal function admit(id, jk)\n  return {calls}\nend\n"
+        if name in self._fragments:
+            return self._fragments[name]
+        return _read(name)
+
+    def _expand(self, source: str, seen: frozenset[str]) -> str:
+        def sub(match: re.Match[str]) -> str:
+            frag = match.group(1)
+            if frag in seen:
+                return ""
+            return self._expand(self._fragment(frag), seen | {frag})
+
+        return _INCLUDE.sub(sub, source)
+
+    def get(self, name: str) -> Script:
+        script = self._compiled.get(name)
+        if script is None:
+            source = self._expand(self._fragments.get(name) or _read(name), frozenset({name}))
+            sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+            script = Script(name, source, sha)
+            self._compiled[name] = script
+        return script
+
+    # -- execution --------------------------------------------------------------------
+    async def load(self, client: Any) -> None:
+        """SCRIPT LOAD every script (once per client; again after NOSCRIPT)."""
+        for name in SCRIPT_NAMES:
+            s = self.get(name)
+            await client.execute_command("SCRIPT", "LOAD", s.source)
+        self._loaded.add(id(client))
+
+    async def call(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script; reload all scripts and retry once on NOSCRIPT."""
+        s = self.get(name)
+        if id(client) not in self._loaded:
+            await self.load(client)
+        try:
+            return await client.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(client)
+            return await client.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            raise _translate(exc) from exc
+
+    async def pipeline(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run several scripts in one round trip (not a transaction).
+
+        Each result is the script's reply or an exception instance; commands refused with
+        NOSCRIPT (never executed) are re-run after reloading.
+        """
+        if id(client) not in self._loaded:
+            await self.load(client)
+        results = await self._run_pipe(client, calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            await self.load(client)
+            again = await self._run_pipe(client, [calls[i] for i in missing])
+            for i, r in zip(missing, again):
+                results[i] = r
+        return [_translate(r) if isinstance(r, ResponseError) else r for r in results]
+
+    async def _run_pipe(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for c in calls:
+            s = self.get(c.script)
+            pipe.execute_command("EVALSHA", s.sha, len(c.keys), *c.keys, *c.args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    def forget(self, client: Any) -> None:
+        self._loaded.discard(id(client))
+
+
+def _translate(exc: ResponseError) -> Exception:
+    text = str(exc)
+    # Redis wraps script errors: "... KQ_CODE detail ..." may carry a script prefix.
+    for word_start in (0, text.find("KQ_")):
+        if word_start >= 0:
+            mapped = error_from_script(text[word_start:])
+            if mapped is not None:
+                return mapped
+    return exc

@@ -1,0 +1,128 @@
+"""``SyncJobQueue``: the producer and query methods for synchronous code (Django, Flask,
+scripts). It runs a private event loop in a background thread and delegates to a
+``JobQueue`` living there, so both clients share one implementation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
+
+from .enums import JobStatus
+from .job import JobInfo
+from .options import JobOptions
+from .queue import HealthStatus, JobQueue, QueueStats
+
+__all__ = ["SyncJobQueue"]
+
+T = TypeVar("T")
+
+
+class SyncJobQueue:
+    """Blocking client with ``JobQueue``'s producer, query and admin methods.
+
+    Takes the same arguments as ``JobQueue``. Thread-safe. Use ``close()`` (or a
+    ``with`` block) to stop its background loop.
+
+    Example::
+
+        queue = SyncJobQueue("emails", redis="redis://localhost:6379/0")
+        job_id = queue.add_job("send-email", {"to": "a@b.c"}, attempts=5)
+        print(queue.get_job_status(job_id))
+    """
+
+    def __init__(self, name: str, **config: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"kq-sync-{name}", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+        async def make() -> JobQueue:
+            return JobQueue(name, **config)
+
+        self.queue: JobQueue = self._call(make())
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("SyncJobQueue is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
+
+    def add_job(
+        self, job_name: str, data: Any = None,
+        options: JobOptions | Mapping[str, Any] | None = None, **kwargs: Any,
+    ) -> str:
+        """See ``JobQueue.add_job``."""
+        return self._call(self.queue.add_job(job_name, data, options, **kwargs))
+
+    def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
+        """See ``JobQueue.add_jobs``."""
+        return self._call(self.queue.add_jobs(list(jobs)))
+
+    def get_job_status(self, job_id: str) -> JobInfo | None:
+        return self._call(self.queue.get_job_status(job_id))
+
+    def get_job_logs(self, job_id: str) -> list[str]:
+        return self._call(self.queue.get_job_logs(job_id))
+
+    def get_jobs_by_status(self, status: JobStatus | str, limit: int = 100) -> list[JobInfo]:
+        return self._call(self.queue.get_jobs_by_status(status, limit))
+
+    def get_stats(self) -> QueueStats:
+        return self._call(self.queue.get_stats())
+
+    def health_check(self) -> HealthStatus:
+        return self._call(self.queue.health_check())
+
+    def get_dlq_jobs(self, limit: int = 100) -> list[JobInfo]:
+        return self._call(self.queue.get_dlq_jobs(limit))
+
+    def replay_dlq(self, limit: int = 1000) -> int:
+        return self._call(self.queue.replay_dlq(limit))
+
+    def retry_job(self, job_id: str) -> None:
+        self._call(self.queue.retry_job(job_id))
+
+    def bulk_retry(self, status: JobStatus | str = JobStatus.FAILED, limit: int = 1000) -> int:
+        return self._call(self.queue.bulk_retry(status, limit))
+
+    def remove_job(self, job_id: str) -> bool:
+        return self._call(self.queue.remove_job(job_id))
+
+    def cancel_job(self, job_id: str) -> str:
+        return self._call(self.queue.cancel_job(job_id))
+
+    def pause(self) -> None:
+        self._call(self.queue.pause())
+
+    def resume(self) -> None:
+        self._call(self.queue.resume())
+
+    def drain(self, *, delayed: bool = True) -> int:
+        return self._call(self.queue.drain(delayed=delayed))
+
+    def clear(self, *, force: bool = False) -> None:
+        self._call(self.queue.clear(force=force))
+
+    def close(self) -> None:
+        """Close the connection and stop the background loop."""
+        if self._closed:
+            return
+        self._call(self.queue.close())
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> SyncJobQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

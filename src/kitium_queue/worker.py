@@ -1,0 +1,651 @@
+"""The worker: claims jobs under leases, runs processors, records outcomes in batches.
+
+How one worker runs (one asyncio task each, plus one task per running job):
+
+1. **pump** — the only task that claims and acknowledges. Each round it sends one
+   pipeline: ``finish`` for the outcomes collected since the last round (fenced by lease
+   token) and ``claim`` for as many jobs as there are free slots. Claim also promotes due
+   delayed jobs and recovers expired leases. When nothing could be claimed it sleeps until
+   a completion, a wake-up from the waker, or the moment the next delayed job / lease
+   deadline / limiter window is due (a local timer, so delays are precise to ~1 ms).
+2. **waker** — blocks on the queue's marker key (BZPOPMIN on a dedicated connection) while
+   the pump is idle; producers add the marker, so a new job starts within ~1 ms without
+   polling. A marker taken while this worker has no free slot is put back for others.
+3. **renew** — every ``lock_renew_time`` renews the leases of all running jobs in one
+   script call per 500 jobs. A job whose lease was lost (this worker was frozen or cut off
+   longer than ``lock_duration`` and another worker took it) is abandoned: its task is
+   cancelled and its outcome is never recorded (fencing).
+4. **sweep** — every ``max_stalled_interval`` requeues expired leases of dead workers even
+   when every slot here is busy.
+
+Outcomes are durable only once flushed (a few ms). A crash before the flush leaves the
+job leased; it runs again after its lease expires (at-least-once, never lost, never two
+recorded outcomes). ``job-completed`` and other outcome events fire after the flush.
+
+Graceful stop: claim nothing more, let running jobs finish within ``shutdown_timeout``,
+hand the rest back to the queue at once (no attempt spent), flush every outcome.
+Every loop survives Redis going away: it logs, backs off (50 ms → 1 s) and carries on
+with what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .backoff import retry_delay
+from .errors import (
+    LeaseLostError,
+    NonRetryableError,
+    RetryLater,
+    SerializationError,
+)
+from .events import EventData
+from .job import Job
+from .options import Policy
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+_NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_FINISH_CHUNK = 500
+_MAX_IDLE_S = 5.0
+_MAX_ERR = 4096
+_MAX_TB = 16384
+
+
+class _Run:
+    __slots__ = ("abandoned", "job", "policy", "reason", "started", "task", "timer", "token")
+
+    def __init__(self, job: Job, token: str, policy: Policy) -> None:
+        self.job = job
+        self.token = token
+        self.policy = policy
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.reason: str | None = None  # why the task was cancelled
+        self.abandoned = False
+        self.started = 0.0
+
+
+class Worker:
+    """Consumes one queue in this process. Created by ``JobQueue.start()``."""
+
+    def __init__(self, queue: JobQueue, *, concurrency: int | None = None) -> None:
+        self.queue = queue
+        self.concurrency = int(concurrency or queue.worker_config.concurrency)
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.running = False
+        self.stopped = asyncio.Event()
+        self._stopping = False
+        self._jobs: dict[str, _Run] = {}
+        self._acks: list[Any] = []  # flat finish arguments, 9 per outcome
+        self._done: list[tuple[_Run, str, Any, BaseException | None, int]] = []
+        self._signal = asyncio.Event()
+        self._want_block = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._bclient: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix=f"kq-{queue.name}"
+        )
+        self._policies: dict[bytes, Policy] = {}
+        self._procs: dict[str, tuple[Callable[..., Any], bool]] = {}
+        self._outage = False
+        self._events = queue.emitter
+        self._claim_args: list[Any] = []
+        self.processed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        q = self.queue
+        self._loop = asyncio.get_running_loop()
+        self._client = await q.client()
+        self._bclient = q.connection.client(blocking=True)
+        for name, fn in q.processors.items():
+            self._procs[name] = (fn, _is_async(fn))
+        lim = q.limiter
+        self._claim_args = [
+            0,  # N, filled per call
+            q.lock_duration_ms,
+            lim.max if lim else 0,
+            int(lim.duration) if lim else 0,
+            q.settings.max_stalled_count,
+            "1" if q.dlq.enabled else "0",
+            self.id,
+            max(1000, self.concurrency * 4),
+        ]
+        self.running = True
+        loop = self._loop
+        self._tasks = [
+            loop.create_task(self._pump(), name=f"kq-pump-{q.name}"),
+            loop.create_task(self._waker(), name=f"kq-waker-{q.name}"),
+            loop.create_task(self._renew(), name=f"kq-renew-{q.name}"),
+            loop.create_task(self._sweep(), name=f"kq-sweep-{q.name}"),
+        ]
+        log.info("worker %s started on queue %s (concurrency=%d)", self.id, q.name, self.concurrency)
+
+    async def stop(self, timeout_ms: int | None = None) -> None:
+        """Graceful stop; see the module docstring."""
+        if not self.running or self._stopping:
+            await self.stopped.wait()
+            return
+        self._stopping = True
+        self._signal.set()
+        grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
+        running = [r.task for r in self._jobs.values() if r.task is not None]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        left = [r for r in self._jobs.values() if r.task is not None and not r.task.done()]
+        for run in left:
+            run.reason = "shutdown"
+            assert run.task is not None
+            run.task.cancel()
+        if left:
+            await asyncio.wait([r.task for r in left if r.task is not None], timeout=5)
+            log.warning(
+                "worker %s: %d job(s) still running after shutdown_timeout were handed back "
+                "to queue %s", self.id, len(left), self.queue.name,
+            )
+        self._signal.set()
+        pump = self._tasks[0]
+        try:
+            await asyncio.wait_for(asyncio.shield(pump), timeout=30)
+        except asyncio.TimeoutError:
+            log.error(
+                "worker %s: could not flush %d outcome(s) within 30 s (Redis unreachable); "
+                "those jobs will run again after their leases expire",
+                self.id, len(self._acks) // 9,
+            )
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._bclient is not None and self.queue.connection.owns(self._bclient):
+            try:
+                await self._bclient.aclose()
+            except Exception:  # pragma: no cover - closing a broken connection
+                pass
+        self.running = False
+        self.stopped.set()
+        log.info("worker %s stopped (%d jobs processed)", self.id, self.processed)
+
+    # ------------------------------------------------------------------ pump
+    async def _pump(self) -> None:
+        q = self.queue
+        scripts, client = q.scripts, self._client
+        delay_backoff = 0.05
+        idle_for: float | None = None
+        while True:
+            free = 0 if self._stopping else self.concurrency - len(self._jobs)
+            if not self._acks:
+                if self._stopping and not self._jobs:
+                    return
+                if free <= 0 or idle_for is not None:
+                    self._signal.clear()
+                    if free > 0:
+                        self._want_block.set()
+                    try:
+                        await asyncio.wait_for(self._signal.wait(), idle_for)
+                    except asyncio.TimeoutError:
+                        pass
+                    idle_for = None
+                    continue
+            acks, done = self._acks, self._done
+            self._acks, self._done = [], []
+            calls = []
+            for i in range(0, len(acks), 9 * _FINISH_CHUNK):
+                calls.append(q.call("finish", ["1" if q.dlq.enabled else "0", *acks[i:i + 9 * _FINISH_CHUNK]]))
+            if free > 0:
+                self._claim_args[0] = free
+                calls.append(q.call("claim", self._claim_args))
+            try:
+                replies = await scripts.pipeline(client, calls)
+                for r in replies:
+                    if isinstance(r, _NET_ERRORS):
+                        raise r
+            except _NET_ERRORS as exc:
+                self._acks = acks + self._acks
+                self._done = done + self._done
+                self._report_outage(exc)
+                await asyncio.sleep(delay_backoff)
+                delay_backoff = min(delay_backoff * 2, 1.0)
+                continue
+            if self._outage:
+                self._outage = False
+                log.warning("worker %s: Redis is reachable again; resuming", self.id)
+            delay_backoff = 0.05
+            if done:
+                statuses: list[Any] = []
+                for r in replies[: len(calls) - (1 if free > 0 else 0)]:
+                    if isinstance(r, Exception):
+                        log.error("worker %s: finish failed: %s", self.id, r)
+                        statuses.extend([b"error"] * _FINISH_CHUNK)
+                    else:
+                        statuses.extend(r)
+                self._after_finish(done, statuses)
+            if free > 0:
+                reply = replies[-1]
+                if isinstance(reply, Exception):
+                    log.error("worker %s: claim failed: %s", self.id, reply)
+                    idle_for = 1.0
+                    continue
+                got = self._after_claim(reply)
+                if got == 0:
+                    wake_in = int(reply[1])
+                    idle_for = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
+            # Let completions that are ready run before the next round.
+            await asyncio.sleep(0)
+
+    def _report_outage(self, exc: BaseException) -> None:
+        if not self._outage:
+            self._outage = True
+            log.warning(
+                "worker %s: Redis unreachable (%s: %s); holding %d outcome(s), retrying",
+                self.id, type(exc).__name__, exc, len(self._acks) // 9,
+            )
+            if self._events.wants("queue-error"):
+                self._events.emit(EventData("queue-error", self.queue.name, error=exc))
+
+    def _after_claim(self, reply: list[Any]) -> int:
+        back, dead = reply[3], reply[4]
+        if back or dead:
+            self._note_recovered(back, dead)
+        jobs = reply[5:]
+        if not jobs:
+            return 0
+        token = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+        for entry in jobs:
+            self._launch(entry, token)
+        return len(jobs)
+
+    def _note_recovered(self, back: list[bytes], dead: list[bytes]) -> None:
+        q = self.queue
+        for b in back:
+            jid = b.decode()
+            log.warning("queue %s: job %s stalled (lease expired); requeued", q.name, jid)
+            if self._events.wants("job-stalled"):
+                self._events.emit(EventData("job-stalled", q.name, jid))
+        for b in dead:
+            jid = b.decode()
+            log.error("queue %s: job %s dead-lettered after stalling too often", q.name, jid)
+            self._dead_lettered(jid, None)
+        if q.metrics is not None:
+            tags = {"queue": q.name}
+            if back:
+                q.metrics.increment("jobs.stalled", len(back), tags)
+            if dead:
+                q.metrics.increment("jobs.dlq", len(dead), tags)
+
+    def _policy(self, raw: bytes) -> Policy:
+        p = self._policies.get(raw)
+        if p is None:
+            if len(self._policies) > 1000:
+                self._policies.clear()
+            try:
+                p = self.queue.policy_for(orjson.loads(raw)) if raw else self.queue.policy
+            except Exception:
+                p = self.queue.policy
+            self._policies[raw] = p
+        return p
+
+    def _launch(self, entry: list[Any], token: str) -> None:
+        jid = entry[0].decode()
+        raw_opts = entry[3]
+        policy = self._policy(raw_opts)
+        try:
+            opts = orjson.loads(raw_opts) if raw_opts else {}
+        except Exception:
+            opts = {}
+        job = Job(
+            id=jid,
+            name=entry[1].decode(errors="replace"),
+            data=None,
+            attempts=int(entry[4]),
+            max_attempts=policy.attempts,
+            created_at=int(entry[5] or 0),
+            options=opts,
+            queue_name=self.queue.name,
+            stalls=int(entry[6] or 0),
+            token=token,
+            worker=self,
+        )
+        run = _Run(job, token, policy)
+        self._jobs[jid] = run
+        assert self._loop is not None
+        run.task = self._loop.create_task(self._run(run, entry[2]))
+
+    # ------------------------------------------------------------------ running a job
+    async def _run(self, run: _Run, raw: bytes) -> None:
+        q, job = self.queue, run.job
+        loop = self._loop
+        assert loop is not None
+        span = None
+        try:
+            try:
+                job.data = q.serializer.loads(raw)
+            except SerializationError as exc:
+                self._fail_final(run, exc, f"undecodable payload: {exc}")
+                return
+            proc = self._procs.get(job.name) or self._procs.get("*")
+            if proc is None:
+                proc = self._lookup(job.name)
+            if q.telemetry is not None:
+                span = q.telemetry.start_span(
+                    "kitium.process",
+                    {"queue": q.name, "job.id": job.id, "job.name": job.name,
+                     "job.attempt": job.attempts},
+                )
+            if self._events.wants("job-started"):
+                self._events.emit(EventData("job-started", q.name, job.id, job=job))
+            run.started = loop.time()
+            if run.policy.timeout_ms:
+                run.timer = loop.call_later(run.policy.timeout_ms / 1000, self._timeout, run)
+            fn, is_async = proc
+            if is_async:
+                result = await fn(job)
+            else:
+                ctx = contextvars.copy_context()
+                result = await loop.run_in_executor(
+                    self._executor, functools.partial(ctx.run, fn, job)
+                )
+            if run.timer is not None:
+                run.timer.cancel()
+            try:
+                payload = q.serializer.dumps(result, "result")
+            except SerializationError as exc:
+                self._fail_final(run, exc, str(exc))
+                return
+            self._ack(run, "C", payload, "", 0, run.policy.keep_completed, result, None)
+        except asyncio.CancelledError:
+            if run.timer is not None:
+                run.timer.cancel()
+            reason = run.reason
+            if run.abandoned:
+                self._jobs.pop(job.id, None)
+                return
+            if reason == "timeout":
+                self._failed(run, TimeoutError(
+                    f"job {job.id} ({job.name}) exceeded its timeout of "
+                    f"{run.policy.timeout_ms} ms"
+                ))
+            elif reason == "cancelled":
+                self._fail_final(run, None, "cancelled by cancel_job()")
+            elif reason == "shutdown":
+                self._ack(run, "H", b"", "", 0, None, None, None)
+            else:
+                self._ack(run, "H", b"", "", 0, None, None, None)
+                raise
+        except RetryLater as exc:
+            if run.timer is not None:
+                run.timer.cancel()
+            self._ack(run, "D", exc.reason.encode(), "", exc.delay_ms, None, None, exc)
+        except NonRetryableError as exc:
+            if run.timer is not None:
+                run.timer.cancel()
+            self._fail_final(run, exc, _describe(exc))
+        except Exception as exc:
+            if run.timer is not None:
+                run.timer.cancel()
+            if span is not None:
+                span.record_exception(exc)
+            self._failed(run, exc)
+        finally:
+            if span is not None:
+                span.end()
+
+    def _lookup(self, name: str) -> tuple[Callable[..., Any], bool]:
+        fn = self.queue.processors.get(name) or self.queue.processors.get("*")
+        if fn is not None:
+            self._procs[name] = (fn, _is_async(fn))
+            return self._procs[name]
+        known = sorted(self.queue.processors) or ["none"]
+        raise LookupError(
+            f"no processor registered for job name {name!r} on queue {self.queue.name!r} "
+            f"(registered: {', '.join(known)}); register one with "
+            f"queue.process({name!r}, fn)"
+        )
+
+    def _timeout(self, run: _Run) -> None:
+        if run.task is not None and not run.task.done():
+            run.reason = "timeout"
+            run.task.cancel()
+
+    def _failed(self, run: _Run, exc: BaseException) -> None:
+        job = run.job
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_MAX_TB:]
+        if job.attempts < run.policy.attempts:
+            try:
+                delay = retry_delay(run.policy, job.attempts, exc, job, self.queue.backoff_strategies)
+            except Exception as bexc:
+                self._fail_final(run, bexc, f"{_describe(exc)} (and backoff failed: {bexc})")
+                return
+            if delay is not None:
+                self._ack(run, "R", _describe(exc).encode(), tb, delay, None, None, exc)
+                return
+        self._ack(run, "F", _describe(exc).encode(), tb, 0, run.policy.keep_failed, None, exc)
+
+    def _fail_final(self, run: _Run, exc: BaseException | None, reason: str) -> None:
+        tb = ""
+        if exc is not None and exc.__traceback__ is not None:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_MAX_TB:]
+        err = exc if exc is not None else RuntimeError(reason)
+        self._ack(run, "F", reason[:_MAX_ERR].encode(), tb, 0, run.policy.keep_failed, None, err)
+
+    def _ack(
+        self, run: _Run, kind: str, payload: bytes, tb: str, delay: int,
+        keep: Any, result: Any, exc: BaseException | None,
+    ) -> None:
+        self._jobs.pop(run.job.id, None)
+        if run.abandoned:
+            return
+        self._acks.extend((
+            run.job.id, run.token, kind, payload, tb, delay,
+            keep.count if keep is not None else -1, keep.age if keep is not None else -1, "",
+        ))
+        self._done.append((run, kind, result, exc, delay))
+        self._signal.set()
+
+    def _after_finish(self, done: list[Any], statuses: list[Any]) -> None:
+        q = self.queue
+        loop = self._loop
+        assert loop is not None
+        metrics, events = q.metrics, self._events
+        for (run, kind, result, exc, delay), status in zip(done, statuses):
+            job = run.job
+            if status != b"ok":
+                if status == b"lease-lost":
+                    log.warning(
+                        "queue %s: lease of job %s was lost before its outcome (%s) was "
+                        "recorded (lock_duration=%d ms); another worker may run it. Raise "
+                        "lock_duration if jobs block the event loop or Redis was unreachable",
+                        q.name, job.id, kind, q.lock_duration_ms,
+                    )
+                elif status == b"missing":
+                    log.warning("queue %s: job %s was removed while it ran", q.name, job.id)
+                continue
+            self.processed += 1
+            if kind == "C":
+                if events.wants("job-completed"):
+                    events.emit(EventData("job-completed", q.name, job.id, job=job, result=result))
+                if metrics is not None:
+                    tags = {"queue": q.name, "job_name": job.name}
+                    metrics.increment("jobs.completed", 1, tags)
+                    metrics.observe("job.duration_ms", (loop.time() - run.started) * 1000, tags)
+            elif kind == "R":
+                log.info("queue %s: job %s failed (attempt %d/%d), retrying in %d ms: %s",
+                         q.name, job.id, job.attempts, run.policy.attempts, delay, _describe(exc))
+                if events.wants("job-failed"):
+                    events.emit(EventData("job-failed", q.name, job.id, job=job, error=exc,
+                                          extra={"final": False}))
+                if events.wants("job-retrying"):
+                    events.emit(EventData("job-retrying", q.name, job.id, job=job, error=exc,
+                                          delay_ms=delay))
+                if metrics is not None:
+                    metrics.increment("jobs.retried", 1, {"queue": q.name, "job_name": job.name})
+            elif kind == "F":
+                log.error("queue %s: job %s failed for good after %d attempt(s): %s",
+                          q.name, job.id, job.attempts, _describe(exc))
+                if events.wants("job-failed"):
+                    events.emit(EventData("job-failed", q.name, job.id, job=job, error=exc,
+                                          extra={"final": True}))
+                if metrics is not None:
+                    metrics.increment("jobs.failed", 1, {"queue": q.name, "job_name": job.name})
+                if q.dlq.enabled:
+                    self._dead_lettered(job.id, job)
+            elif kind == "D" and events.wants("job-retrying"):
+                events.emit(EventData("job-retrying", q.name, job.id, job=job, error=exc,
+                                      delay_ms=delay, extra={"attempt_spent": False}))
+
+    def _dead_lettered(self, job_id: str, job: Job | None) -> None:
+        q = self.queue
+        if q.metrics is not None and job is not None:
+            q.metrics.increment("jobs.dlq", 1, {"queue": q.name, "job_name": job.name})
+        if self._events.wants("job-dlq"):
+            self._events.emit(EventData("job-dlq", q.name, job_id, job=job))
+        handler = q.dlq.notification_handler
+        if handler is not None:
+            assert self._loop is not None
+            self._loop.create_task(self._notify_dlq(handler, job_id))
+
+    async def _notify_dlq(self, handler: Callable[..., Any], job_id: str) -> None:
+        try:
+            info = await self.queue.get_job_status(job_id)
+            out = handler(info)
+            if inspect.isawaitable(out):
+                await out
+        except Exception:
+            log.exception("dlq.notification_handler failed for job %s", job_id)
+
+    async def _update(self, job: Job, kind: str, value: Any) -> None:
+        q = self.queue
+        raw = orjson.dumps(value) if kind == "progress" else str(value)[:_MAX_ERR]
+        await q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
+        if kind == "progress" and self._events.wants("job-progress"):
+            self._events.emit(EventData("job-progress", q.name, job.id, job=job, progress=value))
+
+    # ------------------------------------------------------------------ background loops
+    async def _waker(self) -> None:
+        q = self.queue
+        backoff = 0.05
+        while True:
+            await self._want_block.wait()
+            try:
+                popped = await self._bclient.bzpopmin(q.keys.marker, timeout=_MAX_IDLE_S)
+            except asyncio.CancelledError:
+                raise
+            except _NET_ERRORS as exc:
+                self._report_outage(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                self._signal.set()
+                continue
+            backoff = 0.05
+            if popped and (self._stopping or len(self._jobs) >= self.concurrency):
+                # Not ours to use: hand the wake-up on to another worker.
+                try:
+                    await self._client.zadd(q.keys.marker, {"0": 0})
+                except _NET_ERRORS:
+                    pass
+            self._want_block.clear()
+            self._signal.set()
+
+    async def _renew(self) -> None:
+        q = self.queue
+        interval = q.lock_renew_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            runs = [r for r in self._jobs.values() if not r.abandoned]
+            if not runs:
+                continue
+            calls = []
+            for i in range(0, len(runs), 500):
+                args: list[Any] = [q.lock_duration_ms]
+                for r in runs[i:i + 500]:
+                    args.append(r.job.id)
+                    args.append(r.token)
+                calls.append(q.call("extend", args))
+            try:
+                replies = await q.scripts.pipeline(self._client, calls)
+            except _NET_ERRORS as exc:
+                self._report_outage(exc)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    log.error("worker %s: lease renewal failed: %s", self.id, reply)
+                    continue
+                lost, cancelled = reply
+                for b in lost:
+                    self._abandon(b.decode())
+                for b in cancelled:
+                    run = self._jobs.get(b.decode())
+                    if run is not None and run.task is not None and not run.task.done():
+                        run.reason = "cancelled"
+                        run.task.cancel()
+
+    def _abandon(self, job_id: str) -> None:
+        run = self._jobs.pop(job_id, None)
+        if run is None:
+            return
+        run.abandoned = True
+        log.warning(
+            "queue %s: lease of job %s expired (lock_duration=%d ms) and the job was handed to "
+            "another worker; abandoning this run. Raise lock_duration, or keep the event loop "
+            "free so leases renew on time", self.queue.name, job_id, self.queue.lock_duration_ms,
+        )
+        if run.task is not None and not run.task.done():
+            run.task.cancel()
+        self._signal.set()
+
+    async def _sweep(self) -> None:
+        q = self.queue
+        interval = q.stalled_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            if self._stopping:
+                continue
+            try:
+                back, dead = await q.run(
+                    "recover", [q.settings.max_stalled_count, "1" if q.dlq.enabled else "0", 1000]
+                )
+            except _NET_ERRORS as exc:
+                self._report_outage(exc)
+                continue
+            except Exception:
+                log.exception("worker %s: stalled-job sweep failed", self.id)
+                continue
+            if back or dead:
+                self._note_recovered(back, dead)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004
+    )
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:_MAX_ERR]

@@ -1,0 +1,92 @@
+"""Shared fixtures.
+
+* ``redis_server`` (session): one private redis-server for the whole run, started on a free
+  loopback port -- or, when ``KQ_TEST_REDIS_URL`` is set, that external server instead.
+* ``redis_url``: URL of that server.
+* ``redis_client``: a ``redis.asyncio.Redis`` for ``redis_url``, closed after the test.
+* ``prefix``: a unique key prefix per test, so tests sharing one server never collide.
+* ``backend_url``: parametrized over ``redis`` and ``memory``; gives the real Redis URL or a
+  fresh ``memory://<id>`` store. Tests marked ``redis_only`` are skipped for ``memory``.
+
+Tests that need to crash or restart Redis start their own ``RedisServer``
+(``from _redis import RedisServer``; ``tests/`` is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _redis import RedisServer
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+REDIS_URL_ENV = "KQ_TEST_REDIS_URL"
+
+
+@dataclass(frozen=True)
+class ExternalRedis:
+    """An externally managed server given by ``KQ_TEST_REDIS_URL`` (never stopped by tests)."""
+
+    url: str
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 6379
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | ExternalRedis]:
+    external = os.environ.get(REDIS_URL_ENV)
+    if external:
+        yield ExternalRedis(external)
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer | ExternalRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"kqt{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["redis", "memory"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        if request.node.get_closest_marker("redis_only") is not None:
+            pytest.skip("redis_only: needs a real redis-server, not the memory:// backend")
+        return f"memory://{uuid.uuid4().hex}"
+    # Start (or reuse) the session server only when a test actually needs it.
+    url: str = request.getfixturevalue("redis_url")
+    return url
