@@ -26,7 +26,7 @@ def retry_delay(
     that many ms at random.
     """
     b = policy.backoff
-    base = int(b.delay or 0)
+    base = int(b.delay or 0)  # type: ignore[arg-type]  # normalized to ms
     if b.type == "fixed":
         delay: float = base
     elif b.type == "exponential":
@@ -43,7 +43,7 @@ def retry_delay(
             return None
         delay = float(out)
     if b.max_delay is not None:
-        delay = min(delay, float(b.max_delay))
+        delay = min(delay, float(b.max_delay))  # type: ignore[arg-type]
     if policy.jitter_ms:
         delay += random.randint(0, policy.jitter_ms)
     return max(0, int(delay))

@@ -84,7 +84,7 @@ class LeaseLostError(KitiumQueueError):
     """This worker no longer holds the job's lease: another worker may run it now."""
 
 
-class ProcessorSignal(Exception):  # noqa: N818 - these are signals, not failures
+class ProcessorSignal(Exception):
     """Base of the exceptions a processor raises to choose its job's outcome."""
 
 

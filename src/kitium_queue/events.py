@@ -105,12 +105,18 @@ class StreamEvent:
 
 
 async def read_stream(
-    client: Any, key: str, *, last_id: str = "$", block_ms: int = 5000, count: int = 500
+    client: Any, key: str, *, last_id: str = "$", block_ms: int = 5000, count: int = 500,
+    follow: bool = True,
 ) -> AsyncIterator[StreamEvent]:
-    """Yield stream events after ``last_id`` ("$" = only new ones, "0" = from the start)."""
+    """Yield stream events after ``last_id`` ("$" = only new ones, "0" = from the start).
+
+    With ``follow=False`` it stops once no event arrived within ``block_ms``.
+    """
     while True:
         reply = await client.xread({key: last_id}, count=count, block=block_ms)
         if not reply:
+            if not follow:
+                return
             continue
         for _key, entries in reply:
             for entry_id, raw in entries:

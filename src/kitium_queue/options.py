@@ -30,7 +30,7 @@ __all__ = [
     "to_ms",
 ]
 
-Duration = Union[int, float, timedelta]
+Duration = Union[int, float, timedelta]  # noqa: UP007 - a runtime alias on 3.10
 T = TypeVar("T")
 
 MAX_PRIORITY = 65535
@@ -53,7 +53,7 @@ def to_ms(value: Any, what: str, *, allow_none: bool = False) -> int | None:
         )
     if ms < 0 or ms != ms:
         raise ConfigurationError(f"{what} must be >= 0 ms, got {value!r}")
-    return int(round(ms))
+    return round(ms)
 
 
 def _unknown(section: str, bad: list[str], valid: list[str]) -> ConfigurationError:

@@ -8,7 +8,7 @@ import random
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,11 +47,12 @@ from .options import (
 )
 from .scripts import ScriptCall, ScriptRegistry
 
-__all__ = ["JobQueue", "QueueStats", "HealthStatus", "Processor"]
+__all__ = ["HealthStatus", "JobQueue", "Processor", "QueueStats"]
 
 log = logging.getLogger(__name__)
 
 Processor = Callable[..., Any]
+P = TypeVar("P", bound=Callable[..., Any])
 _STATUS_SETS = {
     JobStatus.WAITING: "wait",
     JobStatus.PAUSED: "wait",
@@ -203,7 +204,9 @@ class JobQueue:
         )
         w = self.worker_config
         if not isinstance(w.concurrency, int) or w.concurrency < 1:
-            raise ConfigurationError(f"worker.concurrency must be an int >= 1, got {w.concurrency!r}")
+            raise ConfigurationError(
+                f"worker.concurrency must be an int >= 1, got {w.concurrency!r}"
+            )
         self.shutdown_timeout_ms = to_ms(w.shutdown_timeout, "worker.shutdown_timeout") or 0
         self.limiter: LimiterConfig | None = None
         if w.limiter is not None:
@@ -218,7 +221,9 @@ class JobQueue:
     def _base_policy(self) -> Policy:
         r = self.retry
         if not isinstance(r.max_attempts, int) or r.max_attempts < 1:
-            raise ConfigurationError(f"retry.max_attempts must be an int >= 1, got {r.max_attempts!r}")
+            raise ConfigurationError(
+                f"retry.max_attempts must be an int >= 1, got {r.max_attempts!r}"
+            )
         policy = Policy(
             attempts=r.max_attempts,
             backoff=BackoffOptions(r.backoff_type, r.backoff_delay, r.max_backoff_delay),
@@ -228,7 +233,9 @@ class JobQueue:
     def policy_for(self, opts: Mapping[str, Any], base: Policy | None = None) -> Policy:
         """Resolve the execution policy of a job from its stored options."""
         b = base or self.policy
-        p = Policy(b.attempts, b.backoff, b.timeout_ms, b.jitter_ms, b.keep_completed, b.keep_failed)
+        p = Policy(
+            b.attempts, b.backoff, b.timeout_ms, b.jitter_ms, b.keep_completed, b.keep_failed
+        )
         if "attempts" in opts:
             p.attempts = opts["attempts"]
         if "backoff" in opts:
@@ -265,7 +272,10 @@ class JobQueue:
                 raise ConfigurationError(
                     f"delivery_guarantee must be 'at-least-once' or 'exactly-once', got {dg!r}"
                 ) from None
-            if dg is DeliveryGuarantee.EXACTLY_ONCE and "delivery_guarantee" not in self.option_owners:
+            if (
+                dg is DeliveryGuarantee.EXACTLY_ONCE
+                and "delivery_guarantee" not in self.option_owners
+            ):
                 raise ConfigurationError(
                     "delivery_guarantee='exactly-once' needs the exactly-once feature, which "
                     f"is not enabled on queue {self.name!r}; for duplicate suppression alone "
@@ -336,7 +346,13 @@ class JobQueue:
         """Remove a handler added with ``on``."""
         self.emitter.off(event, handler)
 
-    def process(self, job_name: str, fn: Processor | None = None) -> Any:
+    @overload
+    def process(self, job_name: str) -> Callable[[P], P]: ...
+
+    @overload
+    def process(self, job_name: str, fn: P) -> P: ...
+
+    def process(self, job_name: str, fn: P | None = None) -> Any:
         """Register the processor of ``job_name`` (``"*"`` = any name without its own).
 
         ``fn(job)`` may be ``async def`` (run on the event loop) or a plain function (run
@@ -346,7 +362,7 @@ class JobQueue:
         Usable as a decorator: ``@queue.process("send-email")``.
         """
 
-        def register(f: Processor) -> Processor:
+        def register(f: P) -> P:
             if not callable(f):
                 raise ConfigurationError(f"processor for {job_name!r} must be callable")
             self.processors[job_name] = f
@@ -419,7 +435,8 @@ class JobQueue:
         if jitter:
             delay += random.randint(0, jitter)
         stored = {
-            k: v for k, v in opts.items()
+            k: v
+            for k, v in opts.items()
             if k not in ("delay", "priority", "lifo", "job_id", "idempotency_key")
         }
         if "idempotency_key" in merged:
@@ -436,7 +453,10 @@ class JobQueue:
         ]
 
     async def add_job(
-        self, job_name: str, data: Any = None, options: JobOptions | Mapping[str, Any] | None = None,
+        self,
+        job_name: str,
+        data: Any = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> str:
         """Add a job; returns its id.
@@ -478,7 +498,7 @@ class JobQueue:
                 raise ConfigurationError(
                     f"add_jobs item {i} must be a dict or a (name, data[, options]) tuple"
                 )
-            prepared.append(self._prepare(name, data, opts))
+            prepared.append(self._prepare(str(name or ""), data, opts))
         return await self._enqueue(prepared, None)
 
     async def _enqueue(self, prepared: list[list[Any]], name: str | None) -> list[str]:
@@ -492,7 +512,7 @@ class JobQueue:
             calls = []
             for start in range(0, len(prepared), _ENQUEUE_CHUNK):
                 args: list[Any] = [self.idempotency_ttl]
-                for p in prepared[start:start + _ENQUEUE_CHUNK]:
+                for p in prepared[start : start + _ENQUEUE_CHUNK]:
                     args.extend(p)
                 calls.append(self.call("enqueue", args))
             if len(calls) == 1:
@@ -516,7 +536,7 @@ class JobQueue:
             tags = {"queue": self.name, "job_name": name or "*"}
             self.metrics.increment("jobs.added", len(ids), tags)
         if self.emitter.wants("job-added"):
-            for i, p in zip(ids, prepared):
+            for i, p in zip(ids, prepared, strict=True):
                 self.emitter.emit(EventData("job-added", self.name, i, extra={"name": p[1]}))
         return ids
 
@@ -561,14 +581,15 @@ class JobQueue:
             pipe.hgetall(self.keys.job(i))
         pipe.hget(self.keys.meta, "paused")
         *raws, paused = await pipe.execute()
-        return [self._info(i, r, paused == b"1") for i, r in zip(ids, raws) if r]
+        return [self._info(i, r, paused == b"1") for i, r in zip(ids, raws, strict=True) if r]
 
     def _info(self, job_id: str, raw: dict[bytes, bytes], paused: bool) -> JobInfo:
         g = raw.get
         st = JobStatus((g(b"st") or b"waiting").decode())
         if st is JobStatus.WAITING and paused:
             st = JobStatus.PAUSED
-        opts: dict[str, Any] = orjson.loads(g(b"o")) if g(b"o") else {}
+        raw_opts = g(b"o")
+        opts: dict[str, Any] = orjson.loads(raw_opts) if raw_opts else {}
         data: Any = None
         if g(b"d") is not None:
             try:
@@ -635,7 +656,9 @@ class JobQueue:
             await client.ping()
             latency = (loop.time() - t0) * 1000
         except Exception as exc:
-            return HealthStatus(False, None, self.connection.describe(), f"{type(exc).__name__}: {exc}")
+            return HealthStatus(
+                False, None, self.connection.describe(), f"{type(exc).__name__}: {exc}"
+            )
         running = self._worker is not None and self._worker.running
         return HealthStatus(True, round(latency, 3), self.connection.describe(), None, running)
 
@@ -643,12 +666,17 @@ class JobQueue:
         """Dead-lettered jobs, newest first, with ``failed_reason`` and ``stacktrace``."""
         return await self.get_jobs_by_status(JobStatus.DLQ, limit)
 
-    async def events(self, *, last_id: str = "$", block_ms: int = 5000) -> AsyncIterator[StreamEvent]:
+    async def events(
+        self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True
+    ) -> AsyncIterator[StreamEvent]:
         """Iterate the durable event stream (events of every process, written atomically
-        with each transition). ``last_id="0"`` replays what the stream still holds."""
+        with each transition). ``last_id="0"`` replays what the stream still holds;
+        ``follow=False`` stops when no event arrives within ``block_ms``."""
         client = self.connection.client(blocking=True)
         try:
-            async for ev in read_stream(client, self.keys.events, last_id=last_id, block_ms=block_ms):
+            async for ev in read_stream(
+                client, self.keys.events, last_id=last_id, block_ms=block_ms, follow=follow
+            ):
                 yield ev
         finally:
             if self.connection.owns(client):
@@ -690,7 +718,9 @@ class JobQueue:
         """
         await self.run("retry", ["ids", job_id])
 
-    async def bulk_retry(self, status: JobStatus | str = JobStatus.FAILED, limit: int = 1000) -> int:
+    async def bulk_retry(
+        self, status: JobStatus | str = JobStatus.FAILED, limit: int = 1000
+    ) -> int:
         """Retry up to ``limit`` jobs of a state (failed, dlq or completed), oldest first."""
         st = _status(status)
         moved = 0
@@ -758,12 +788,14 @@ class JobQueue:
         self._worker = Worker(self, concurrency=concurrency)
         await self._worker.start()
 
-    async def run_worker(self, *, concurrency: int | None = None, install_signal_handlers: bool = True) -> None:
+    async def run_worker(
+        self, *, concurrency: int | None = None, install_signal_handlers: bool = True
+    ) -> None:
         """Run a worker until SIGTERM/SIGINT (or ``close()``), then shut down gracefully."""
         await self.start(concurrency=concurrency)
         worker = self._worker
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:

@@ -37,7 +37,7 @@ _INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
 
 
 def _read(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +88,7 @@ class ScriptRegistry:
 
     def _fragment(self, name: str) -> str:
         if name == "admission" and self._admission:
-            checks = "\n".join(
-                f"local check_{n} = {src}" for n, src in self._admission
-            )
+            checks = "\n".join(f"local check_{n} = {src}" for n, src in self._admission)
             calls = " and ".join(f"check_{n}(id, jk)" for n, _ in self._admission)
             return f"{checks}\nlocal function admit(id, jk)\n  return {calls}\nend\n"
         if name in self._fragments:
@@ -149,7 +147,7 @@ class ScriptRegistry:
         if missing:
             await self.load(client)
             again = await self._run_pipe(client, [calls[i] for i in missing])
-            for i, r in zip(missing, again):
+            for i, r in zip(missing, again, strict=True):
                 results[i] = r
         return [_translate(r) if isinstance(r, ResponseError) else r for r in results]
 

@@ -31,6 +31,7 @@ with what it holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -49,7 +50,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backoff import retry_delay
 from .errors import (
-    LeaseLostError,
     NonRetryableError,
     RetryLater,
     SerializationError,
@@ -128,7 +128,7 @@ class Worker:
             0,  # N, filled per call
             q.lock_duration_ms,
             lim.max if lim else 0,
-            int(lim.duration) if lim else 0,
+            lim.duration if lim else 0,
             q.settings.max_stalled_count,
             "1" if q.dlq.enabled else "0",
             self.id,
@@ -142,7 +142,9 @@ class Worker:
             loop.create_task(self._renew(), name=f"kq-renew-{q.name}"),
             loop.create_task(self._sweep(), name=f"kq-sweep-{q.name}"),
         ]
-        log.info("worker %s started on queue %s (concurrency=%d)", self.id, q.name, self.concurrency)
+        log.info(
+            "worker %s started on queue %s (concurrency=%d)", self.id, q.name, self.concurrency
+        )
 
     async def stop(self, timeout_ms: int | None = None) -> None:
         """Graceful stop; see the module docstring."""
@@ -164,7 +166,10 @@ class Worker:
             await asyncio.wait([r.task for r in left if r.task is not None], timeout=5)
             log.warning(
                 "worker %s: %d job(s) still running after shutdown_timeout were handed back "
-                "to queue %s", self.id, len(left), self.queue.name,
+                "to queue %s",
+                self.id,
+                len(left),
+                self.queue.name,
             )
         self._signal.set()
         pump = self._tasks[0]
@@ -174,17 +179,16 @@ class Worker:
             log.error(
                 "worker %s: could not flush %d outcome(s) within 30 s (Redis unreachable); "
                 "those jobs will run again after their leases expire",
-                self.id, len(self._acks) // 9,
+                self.id,
+                len(self._acks) // 9,
             )
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._bclient is not None and self.queue.connection.owns(self._bclient):
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection
                 await self._bclient.aclose()
-            except Exception:  # pragma: no cover - closing a broken connection
-                pass
         self.running = False
         self.stopped.set()
         log.info("worker %s stopped (%d jobs processed)", self.id, self.processed)
@@ -204,17 +208,19 @@ class Worker:
                     self._signal.clear()
                     if free > 0:
                         self._want_block.set()
-                    try:
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._signal.wait(), idle_for)
-                    except asyncio.TimeoutError:
-                        pass
                     idle_for = None
                     continue
             acks, done = self._acks, self._done
             self._acks, self._done = [], []
             calls = []
             for i in range(0, len(acks), 9 * _FINISH_CHUNK):
-                calls.append(q.call("finish", ["1" if q.dlq.enabled else "0", *acks[i:i + 9 * _FINISH_CHUNK]]))
+                calls.append(
+                    q.call(
+                        "finish", ["1" if q.dlq.enabled else "0", *acks[i : i + 9 * _FINISH_CHUNK]]
+                    )
+                )
             if free > 0:
                 self._claim_args[0] = free
                 calls.append(q.call("claim", self._claim_args))
@@ -261,7 +267,10 @@ class Worker:
             self._outage = True
             log.warning(
                 "worker %s: Redis unreachable (%s: %s); holding %d outcome(s), retrying",
-                self.id, type(exc).__name__, exc, len(self._acks) // 9,
+                self.id,
+                type(exc).__name__,
+                exc,
+                len(self._acks) // 9,
             )
             if self._events.wants("queue-error"):
                 self._events.emit(EventData("queue-error", self.queue.name, error=exc))
@@ -352,8 +361,12 @@ class Worker:
             if q.telemetry is not None:
                 span = q.telemetry.start_span(
                     "kitium.process",
-                    {"queue": q.name, "job.id": job.id, "job.name": job.name,
-                     "job.attempt": job.attempts},
+                    {
+                        "queue": q.name,
+                        "job.id": job.id,
+                        "job.name": job.name,
+                        "job.attempt": job.attempts,
+                    },
                 )
             if self._events.wants("job-started"):
                 self._events.emit(EventData("job-started", q.name, job.id, job=job))
@@ -384,10 +397,13 @@ class Worker:
                 self._jobs.pop(job.id, None)
                 return
             if reason == "timeout":
-                self._failed(run, TimeoutError(
-                    f"job {job.id} ({job.name}) exceeded its timeout of "
-                    f"{run.policy.timeout_ms} ms"
-                ))
+                self._failed(
+                    run,
+                    TimeoutError(
+                        f"job {job.id} ({job.name}) exceeded its timeout of "
+                        f"{run.policy.timeout_ms} ms"
+                    ),
+                )
             elif reason == "cancelled":
                 self._fail_final(run, None, "cancelled by cancel_job()")
             elif reason == "shutdown":
@@ -435,7 +451,9 @@ class Worker:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_MAX_TB:]
         if job.attempts < run.policy.attempts:
             try:
-                delay = retry_delay(run.policy, job.attempts, exc, job, self.queue.backoff_strategies)
+                delay = retry_delay(
+                    run.policy, job.attempts, exc, job, self.queue.backoff_strategies
+                )
             except Exception as bexc:
                 self._fail_final(run, bexc, f"{_describe(exc)} (and backoff failed: {bexc})")
                 return
@@ -452,16 +470,32 @@ class Worker:
         self._ack(run, "F", reason[:_MAX_ERR].encode(), tb, 0, run.policy.keep_failed, None, err)
 
     def _ack(
-        self, run: _Run, kind: str, payload: bytes, tb: str, delay: int,
-        keep: Any, result: Any, exc: BaseException | None,
+        self,
+        run: _Run,
+        kind: str,
+        payload: bytes,
+        tb: str,
+        delay: int,
+        keep: Any,
+        result: Any,
+        exc: BaseException | None,
     ) -> None:
         self._jobs.pop(run.job.id, None)
         if run.abandoned:
             return
-        self._acks.extend((
-            run.job.id, run.token, kind, payload, tb, delay,
-            keep.count if keep is not None else -1, keep.age if keep is not None else -1, "",
-        ))
+        self._acks.extend(
+            (
+                run.job.id,
+                run.token,
+                kind,
+                payload,
+                tb,
+                delay,
+                keep.count if keep is not None else -1,
+                keep.age if keep is not None else -1,
+                "",
+            )
+        )
         self._done.append((run, kind, result, exc, delay))
         self._signal.set()
 
@@ -470,7 +504,7 @@ class Worker:
         loop = self._loop
         assert loop is not None
         metrics, events = q.metrics, self._events
-        for (run, kind, result, exc, delay), status in zip(done, statuses):
+        for (run, kind, result, exc, delay), status in zip(done, statuses, strict=False):
             job = run.job
             if status != b"ok":
                 if status == b"lease-lost":
@@ -478,7 +512,10 @@ class Worker:
                         "queue %s: lease of job %s was lost before its outcome (%s) was "
                         "recorded (lock_duration=%d ms); another worker may run it. Raise "
                         "lock_duration if jobs block the event loop or Redis was unreachable",
-                        q.name, job.id, kind, q.lock_duration_ms,
+                        q.name,
+                        job.id,
+                        kind,
+                        q.lock_duration_ms,
                     )
                 elif status == b"missing":
                     log.warning("queue %s: job %s was removed while it ran", q.name, job.id)
@@ -492,29 +529,59 @@ class Worker:
                     metrics.increment("jobs.completed", 1, tags)
                     metrics.observe("job.duration_ms", (loop.time() - run.started) * 1000, tags)
             elif kind == "R":
-                log.info("queue %s: job %s failed (attempt %d/%d), retrying in %d ms: %s",
-                         q.name, job.id, job.attempts, run.policy.attempts, delay, _describe(exc))
+                log.info(
+                    "queue %s: job %s failed (attempt %d/%d), retrying in %d ms: %s",
+                    q.name,
+                    job.id,
+                    job.attempts,
+                    run.policy.attempts,
+                    delay,
+                    _describe(exc),
+                )
                 if events.wants("job-failed"):
-                    events.emit(EventData("job-failed", q.name, job.id, job=job, error=exc,
-                                          extra={"final": False}))
+                    events.emit(
+                        EventData(
+                            "job-failed", q.name, job.id, job=job, error=exc, extra={"final": False}
+                        )
+                    )
                 if events.wants("job-retrying"):
-                    events.emit(EventData("job-retrying", q.name, job.id, job=job, error=exc,
-                                          delay_ms=delay))
+                    events.emit(
+                        EventData(
+                            "job-retrying", q.name, job.id, job=job, error=exc, delay_ms=delay
+                        )
+                    )
                 if metrics is not None:
                     metrics.increment("jobs.retried", 1, {"queue": q.name, "job_name": job.name})
             elif kind == "F":
-                log.error("queue %s: job %s failed for good after %d attempt(s): %s",
-                          q.name, job.id, job.attempts, _describe(exc))
+                log.error(
+                    "queue %s: job %s failed for good after %d attempt(s): %s",
+                    q.name,
+                    job.id,
+                    job.attempts,
+                    _describe(exc),
+                )
                 if events.wants("job-failed"):
-                    events.emit(EventData("job-failed", q.name, job.id, job=job, error=exc,
-                                          extra={"final": True}))
+                    events.emit(
+                        EventData(
+                            "job-failed", q.name, job.id, job=job, error=exc, extra={"final": True}
+                        )
+                    )
                 if metrics is not None:
                     metrics.increment("jobs.failed", 1, {"queue": q.name, "job_name": job.name})
                 if q.dlq.enabled:
                     self._dead_lettered(job.id, job)
             elif kind == "D" and events.wants("job-retrying"):
-                events.emit(EventData("job-retrying", q.name, job.id, job=job, error=exc,
-                                      delay_ms=delay, extra={"attempt_spent": False}))
+                events.emit(
+                    EventData(
+                        "job-retrying",
+                        q.name,
+                        job.id,
+                        job=job,
+                        error=exc,
+                        delay_ms=delay,
+                        extra={"attempt_spent": False},
+                    )
+                )
 
     def _dead_lettered(self, job_id: str, job: Job | None) -> None:
         q = self.queue
@@ -562,10 +629,8 @@ class Worker:
             backoff = 0.05
             if popped and (self._stopping or len(self._jobs) >= self.concurrency):
                 # Not ours to use: hand the wake-up on to another worker.
-                try:
+                with contextlib.suppress(*_NET_ERRORS):
                     await self._client.zadd(q.keys.marker, {"0": 0})
-                except _NET_ERRORS:
-                    pass
             self._want_block.clear()
             self._signal.set()
 
@@ -580,7 +645,7 @@ class Worker:
             calls = []
             for i in range(0, len(runs), 500):
                 args: list[Any] = [q.lock_duration_ms]
-                for r in runs[i:i + 500]:
+                for r in runs[i : i + 500]:
                     args.append(r.job.id)
                     args.append(r.token)
                 calls.append(q.call("extend", args))
@@ -610,7 +675,10 @@ class Worker:
         log.warning(
             "queue %s: lease of job %s expired (lock_duration=%d ms) and the job was handed to "
             "another worker; abandoning this run. Raise lock_duration, or keep the event loop "
-            "free so leases renew on time", self.queue.name, job_id, self.queue.lock_duration_ms,
+            "free so leases renew on time",
+            self.queue.name,
+            job_id,
+            self.queue.lock_duration_ms,
         )
         if run.task is not None and not run.task.done():
             run.task.cancel()

@@ -1,0 +1,234 @@
+"""The ``kitium-queue`` command line: run workers, inspect and manage queues, run the demo.
+
+``APP`` arguments name a ``JobQueue`` object as ``module:attribute`` (like uvicorn), e.g.
+``kitium-queue worker myapp.tasks:queue``. Environment variables are read here only:
+``KITIUM_QUEUE_REDIS`` overrides the queue's Redis URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from .queue import JobQueue
+
+__all__ = ["load_queue", "main"]
+
+T = TypeVar("T")
+
+
+def load_queue(app: str, redis: str | None = None) -> JobQueue:
+    """Import ``module:attribute`` and return the JobQueue it names."""
+    module_name, _, attr = app.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"{app!r}: use module:attribute, e.g. myapp.tasks:queue")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise click.BadParameter(f"{module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if callable(obj) and not isinstance(obj, JobQueue):
+        obj = obj()
+    if not isinstance(obj, JobQueue):
+        raise click.BadParameter(f"{app!r} is a {type(obj).__name__}, not a JobQueue")
+    url = redis or os.environ.get("KITIUM_QUEUE_REDIS")
+    if url:
+        from .connection import ConnectionFactory
+
+        obj.connection = ConnectionFactory(url)
+    return obj
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(fn())  # type: ignore[arg-type]
+
+
+def _with_queue(app: str, redis: str | None, action: Callable[[JobQueue], Awaitable[T]]) -> T:
+    queue = load_queue(app, redis)
+
+    async def go() -> T:
+        try:
+            return await action(queue)
+        finally:
+            await queue.close()
+
+    return _run(go)
+
+
+redis_option = click.option("--redis", default=None, help="Redis URL overriding the queue's.")
+
+
+@click.group()
+@click.version_option(package_name="kitium-job-queue")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """kitium-queue: an asyncio job queue on Redis."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("app")
+@click.option("-c", "--concurrency", type=int, default=None, help="Jobs run at once.")
+@redis_option
+def worker(app: str, concurrency: int | None, redis: str | None) -> None:
+    """Run a worker for APP until SIGTERM/SIGINT, then shut down gracefully."""
+    logging.getLogger("kitium_queue").setLevel(
+        min(logging.INFO, logging.getLogger().level or logging.INFO)
+    )
+    queue = load_queue(app, redis)
+
+    async def go() -> None:
+        try:
+            await queue.run_worker(concurrency=concurrency)
+        finally:
+            await queue.close()
+
+    _run(go)
+
+
+@main.command()
+@click.argument("app")
+@redis_option
+def stats(app: str, redis: str | None) -> None:
+    """Print the counts of every state as JSON."""
+
+    async def act(q: JobQueue) -> None:
+        click.echo(json.dumps((await q.get_stats()).to_dict(), indent=2))
+
+    _with_queue(app, redis, act)
+
+
+@main.command()
+@click.argument("app")
+@redis_option
+def health(app: str, redis: str | None) -> None:
+    """Check Redis connectivity; exit 1 when unhealthy."""
+
+    async def act(q: JobQueue) -> bool:
+        h = await q.health_check()
+        click.echo(
+            json.dumps(
+                {
+                    "healthy": h.healthy,
+                    "redis_latency_ms": h.redis_latency_ms,
+                    "backend": h.backend,
+                    "error": h.error,
+                }
+            )
+        )
+        return h.healthy
+
+    if not _with_queue(app, redis, act):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("app")
+@redis_option
+def pause(app: str, redis: str | None) -> None:
+    """Pause the queue for every worker."""
+    _with_queue(app, redis, lambda q: q.pause())
+    click.echo("paused")
+
+
+@main.command()
+@click.argument("app")
+@redis_option
+def resume(app: str, redis: str | None) -> None:
+    """Resume a paused queue."""
+    _with_queue(app, redis, lambda q: q.resume())
+    click.echo("resumed")
+
+
+@main.command()
+@click.argument("app")
+@click.argument("job_id")
+@redis_option
+def job(app: str, job_id: str, redis: str | None) -> None:
+    """Show one job as JSON."""
+
+    async def act(q: JobQueue) -> None:
+        info = await q.get_job_status(job_id)
+        if info is None:
+            raise click.ClickException(f"job {job_id} not found in queue {q.name!r}")
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+
+    _with_queue(app, redis, act)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter queue."""
+
+
+@dlq.command("list")
+@click.argument("app")
+@click.option("-n", "--limit", default=20, show_default=True)
+@redis_option
+def dlq_list(app: str, limit: int, redis: str | None) -> None:
+    """List dead-lettered jobs, newest first."""
+
+    async def act(q: JobQueue) -> None:
+        for info in await q.get_dlq_jobs(limit):
+            click.echo(f"{info.id}\t{info.name}\tattempts={info.attempts}\t{info.failed_reason}")
+
+    _with_queue(app, redis, act)
+
+
+@dlq.command("replay")
+@click.argument("app")
+@click.option("-n", "--limit", default=1000, show_default=True)
+@redis_option
+def dlq_replay(app: str, limit: int, redis: str | None) -> None:
+    """Move dead-lettered jobs back to waiting."""
+    n = _with_queue(app, redis, lambda q: q.replay_dlq(limit))
+    click.echo(f"replayed {n} job(s)")
+
+
+@main.command()
+@click.argument("app")
+@click.option("--from-start", is_flag=True, help="Replay what the stream still holds.")
+@redis_option
+def events(app: str, from_start: bool, redis: str | None) -> None:
+    """Tail the durable event stream (Ctrl-C to stop)."""
+
+    async def act(q: JobQueue) -> None:
+        async for ev in q.events(last_id="0" if from_start else "$"):
+            extra = " ".join(f"{k}={v}" for k, v in ev.fields.items())
+            click.echo(f"{ev.id}\t{ev.event}\t{ev.job_id}\t{extra}")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _with_queue(app, redis, act)
+
+
+@main.command()
+@click.option(
+    "--redis",
+    default="memory://demo",
+    show_default=True,
+    help="Where to run the demo; memory:// needs no server.",
+)
+def demo(redis: str) -> None:
+    """Show the queue at work: jobs, progress, retries, the DLQ and events."""
+    from .demo import run_demo
+
+    asyncio.run(run_demo(redis, click.echo))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
