@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import signal
@@ -28,6 +29,7 @@ from .errors import (
 from .events import EventData, EventEmitter, Handler, StreamEvent, read_stream
 from .job import JobInfo
 from .keys import QueueKeys
+from .middleware import EnqueueMiddleware, ProcessMiddleware
 from .options import (
     CORE_OPTION_NAMES,
     JOB_OPTION_NAMES,
@@ -173,6 +175,8 @@ class JobQueue:
         self.backoff_strategies: dict[str, Callable[..., Any]] = {}
         self.emitter = EventEmitter()
         self.option_owners: dict[str, str] = {}
+        self.enqueue_middleware: list[EnqueueMiddleware] = []
+        self.process_middleware: list[ProcessMiddleware] = []
         self._defaults = self._normalize_options(
             self._validate_options(_as_dict(default_job_options), "default_job_options"),
             "default_job_options",
@@ -372,6 +376,23 @@ class JobQueue:
             return register(fn)
         return register
 
+    def use_enqueue(self, middleware: EnqueueMiddleware) -> None:
+        """Add enqueue middleware: ``fn(job_name, data, options) -> (job_name, data,
+        options)``, sync or async, run by ``add_job``/``add_jobs`` before validation."""
+        self.enqueue_middleware.append(middleware)
+
+    def use_process(self, middleware: ProcessMiddleware) -> None:
+        """Add process middleware: ``async fn(job, call_next) -> result`` around every run
+        (first added is outermost). Register before the worker starts."""
+        self.process_middleware.append(middleware)
+
+    def own_options(self, feature: str, names: Iterable[str]) -> None:
+        """Declare that ``feature`` handles the job options ``names`` on this queue."""
+        for n in names:
+            if n not in JOB_OPTION_NAMES:
+                raise ConfigurationError(f"{feature}: {n!r} is not a job option")
+            self.option_owners[n] = feature
+
     def register_backoff(self, name: str, fn: Callable[..., Any]) -> None:
         """Register a custom backoff: ``fn(attempts_made, error, job) -> delay_ms | None``.
 
@@ -471,8 +492,20 @@ class JobQueue:
             PayloadTooLargeError: encoded data above ``max_payload_bytes``.
         """
         opts = {**_as_dict(options), **kwargs} if options is not None else kwargs
+        if self.enqueue_middleware:
+            job_name, data, opts = await self._through_middleware(job_name, data, opts)
         ids = await self._enqueue([self._prepare(job_name, data, opts)], job_name)
         return ids[0]
+
+    async def _through_middleware(
+        self, name: str, data: Any, opts: Mapping[str, Any]
+    ) -> tuple[str, Any, dict[str, Any]]:
+        for mw in self.enqueue_middleware:
+            out = mw(name, data, opts)
+            if inspect.isawaitable(out):
+                out = await out
+            name, data, opts = out
+        return name, data, dict(opts)
 
     async def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
         """Add many jobs in few round trips; returns their ids in order.
@@ -498,6 +531,8 @@ class JobQueue:
                 raise ConfigurationError(
                     f"add_jobs item {i} must be a dict or a (name, data[, options]) tuple"
                 )
+            if self.enqueue_middleware:
+                name, data, opts = await self._through_middleware(str(name or ""), data, opts)
             prepared.append(self._prepare(str(name or ""), data, opts))
         return await self._enqueue(prepared, None)
 

@@ -56,6 +56,7 @@ from .errors import (
 )
 from .events import EventData
 from .job import Job
+from .middleware import run_process_chain
 from .options import Policy
 
 if TYPE_CHECKING:
@@ -374,13 +375,12 @@ class Worker:
             if run.policy.timeout_ms:
                 run.timer = loop.call_later(run.policy.timeout_ms / 1000, self._timeout, run)
             fn, is_async = proc
-            if is_async:
-                result = await fn(job)
-            else:
-                ctx = contextvars.copy_context()
-                result = await loop.run_in_executor(
-                    self._executor, functools.partial(ctx.run, fn, job)
+            if q.process_middleware:
+                result = await run_process_chain(
+                    q.process_middleware, job, functools.partial(self._call, fn, is_async, job)
                 )
+            else:
+                result = await self._call(fn, is_async, job)
             if run.timer is not None:
                 run.timer.cancel()
             try:
@@ -428,6 +428,15 @@ class Worker:
         finally:
             if span is not None:
                 span.end()
+
+    async def _call(self, fn: Callable[..., Any], is_async: bool, job: Job) -> Any:
+        if is_async:
+            return await fn(job)
+        assert self._loop is not None
+        ctx = contextvars.copy_context()
+        return await self._loop.run_in_executor(
+            self._executor, functools.partial(ctx.run, fn, job)
+        )
 
     def _lookup(self, name: str) -> tuple[Callable[..., Any], bool]:
         fn = self.queue.processors.get(name) or self.queue.processors.get("*")

@@ -1,0 +1,41 @@
+"""Extension points around enqueue and processing (DESIGN §5.1-5.2), and option ownership.
+
+* **Enqueue middleware** ``fn(job_name, data, options) -> (job_name, data, options)``
+  (sync or async) runs in ``add_job``/``add_jobs`` before validation and encoding, in the
+  order added: idempotency, tenancy, regions and encryption plug in here.
+* **Process middleware** ``async fn(job, call_next) -> result`` wraps every run of a
+  processor, outermost first: circuit breakers, tenancy context, tracing. Raise to fail
+  the run, return to complete it.
+* **Option ownership**: a feature declares the job options it handles with
+  ``queue.own_options(feature, names)``; options of features that are not enabled are
+  rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+__all__ = ["EnqueueMiddleware", "ProcessMiddleware", "run_process_chain"]
+
+
+class EnqueueMiddleware(Protocol):
+    def __call__(
+        self, job_name: str, data: Any, options: Mapping[str, Any]
+    ) -> tuple[str, Any, Mapping[str, Any]] | Awaitable[tuple[str, Any, Mapping[str, Any]]]: ...
+
+
+ProcessMiddleware = Callable[[Any, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+async def run_process_chain(
+    chain: list[ProcessMiddleware], job: Any, innermost: Callable[[], Awaitable[Any]]
+) -> Any:
+    """Run ``innermost`` wrapped by ``chain`` (first element outermost)."""
+
+    async def call(i: int) -> Any:
+        if i == len(chain):
+            return await innermost()
+        return await chain[i](job, lambda: call(i + 1))
+
+    return await call(0)
