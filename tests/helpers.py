@@ -1,0 +1,119 @@
+"""Small helpers shared by the behaviour tests.
+
+* ``wait_until(cond, timeout)``: poll a condition (sync or async callable) until it is
+  truthy, with a deadline; returns the truthy value or fails the test with a message.
+* ``QueueFactory``: builds ``JobQueue`` objects with the test's backend and unique prefix
+  and closes them all at the end of the test.
+* ``EventLog``: records in-process events (``queue.on``) with their monotonic time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from kitium_queue import EventData, JobQueue, JobStatus
+
+__all__ = ["EventLog", "QueueFactory", "wait_for_status", "wait_until"]
+
+
+async def wait_until(
+    cond: Callable[[], Any | Awaitable[Any]],
+    timeout: float = 5.0,
+    *,
+    interval: float = 0.005,
+    message: str | Callable[[], str] = "",
+) -> Any:
+    """Poll ``cond()`` until it returns something truthy; return that value.
+
+    ``cond`` may be a plain or an async function. Fails with ``AssertionError`` (showing
+    ``message`` and the last value seen) when ``timeout`` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = cond()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(
+                f"condition not met within {timeout:.2f} s: {text or cond!r} (last value: {last!r})"
+            )
+        await asyncio.sleep(interval)
+
+
+async def wait_for_status(
+    queue: JobQueue, job_id: str, *statuses: JobStatus | str, timeout: float = 5.0
+) -> Any:
+    """Wait until job ``job_id`` is in one of ``statuses``; return its ``JobInfo``."""
+    wanted = {JobStatus(s) for s in statuses}
+    seen: list[Any] = [None]
+
+    async def check() -> Any:
+        info = await queue.get_job_status(job_id)
+        seen[0] = info.status if info is not None else None
+        return info if info is not None and info.status in wanted else None
+
+    return await wait_until(
+        check,
+        timeout,
+        message=lambda: f"job {job_id} to reach {sorted(s.value for s in wanted)}, is {seen[0]}",
+    )
+
+
+class QueueFactory:
+    """Makes queues on one backend with one key prefix; ``aclose()`` closes them all."""
+
+    def __init__(self, backend_url: str, prefix: str) -> None:
+        self.backend_url = backend_url
+        self.prefix = prefix
+        self.queues: list[JobQueue] = []
+
+    def __call__(self, name: str = "q", **kwargs: Any) -> JobQueue:
+        kwargs.setdefault("redis", self.backend_url)
+        kwargs.setdefault("prefix", self.prefix)
+        queue = JobQueue(name, **kwargs)
+        self.queues.append(queue)
+        return queue
+
+    async def aclose(self) -> None:
+        # Stop workers first (so no job is mid-flight) with a short grace period.
+        for q in self.queues:
+            worker = q.worker
+            if worker is not None and worker.running:
+                await worker.stop(timeout_ms=500)
+        for q in self.queues:
+            await q.close()
+
+
+class EventLog:
+    """Collects ``EventData`` of the given events (``queue.on``), in arrival order."""
+
+    def __init__(self, queue: JobQueue, events: Iterable[str]) -> None:
+        self.items: list[tuple[float, EventData]] = []
+        for event in events:
+            queue.on(event, self._record)
+
+    def _record(self, data: EventData) -> None:
+        self.items.append((time.monotonic(), data))
+
+    def of(self, event: str, job_id: str | None = None) -> list[EventData]:
+        return [
+            d for _, d in self.items
+            if d.event == event and (job_id is None or d.job_id == job_id)
+        ]
+
+    def times(self, event: str, job_id: str | None = None) -> list[float]:
+        return [
+            t for t, d in self.items
+            if d.event == event and (job_id is None or d.job_id == job_id)
+        ]
+
+    def names(self) -> list[str]:
+        return [d.event for _, d in self.items]
