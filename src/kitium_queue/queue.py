@@ -186,6 +186,9 @@ class JobQueue:
         self._client: Any = None
         self._connect_lock: asyncio.Lock | None = None
         self._worker: Any = None
+        self._batching = False
+        self._pending: list[tuple[list[Any], asyncio.Future[str]]] = []
+        self._bg: set[asyncio.Future[None]] = set()
         self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))
 
     # ------------------------------------------------------------------ configuration
@@ -494,8 +497,44 @@ class JobQueue:
         opts = {**_as_dict(options), **kwargs} if options is not None else kwargs
         if self.enqueue_middleware:
             job_name, data, opts = await self._through_middleware(job_name, data, opts)
-        ids = await self._enqueue([self._prepare(job_name, data, opts)], job_name)
+        prepared = self._prepare(job_name, data, opts)
+        if self._batching:
+            # Another add_job is in flight: ride along in the next batch (one round trip
+            # for every add_job issued meanwhile, e.g. from many coroutines).
+            fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._pending.append((prepared, fut))
+            return await fut
+        self._batching = True
+        try:
+            ids = await self._enqueue([prepared], job_name)
+        finally:
+            if self._pending:
+                task = asyncio.ensure_future(self._flush_pending())
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
+            else:
+                self._batching = False
         return ids[0]
+
+    async def _flush_pending(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:_ENQUEUE_CHUNK]
+                del self._pending[:_ENQUEUE_CHUNK]
+                try:
+                    ids = await self._enqueue([p for p, _ in batch], None)
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, fut), job_id in zip(batch, ids, strict=True):
+                    if not fut.done():
+                        fut.set_result(job_id)
+        finally:
+            self._batching = False
 
     async def _through_middleware(
         self, name: str, data: Any, opts: Mapping[str, Any]
