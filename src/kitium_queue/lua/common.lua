@@ -88,19 +88,20 @@ local function delete_job(id)
 end
 
 -- Bounded retention of a finished-jobs set: keep at most keep_count (-1 = no limit)
--- and nothing older than keep_age ms (-1 = no limit). Removes at most 100 per call.
+-- and nothing older than keep_age ms (-1 = no limit). Removes at most 1000 per call,
+-- more than one finish call adds (500), so the set cannot outgrow its limit.
 local function trim_finished(set_key, keep_count, keep_age)
   if keep_count >= 0 then
     local excess = redis.call('ZCARD', set_key) - keep_count
     if excess > 0 then
-      if excess > 100 then excess = 100 end
+      if excess > 1000 then excess = 1000 end
       local old = redis.call('ZRANGE', set_key, 0, excess - 1)
       for i = 1, #old do delete_job(old[i]) end
       redis.call('ZREM', set_key, unpack(old))
     end
   end
   if keep_age >= 0 then
-    local old = redis.call('ZRANGEBYSCORE', set_key, '-inf', int(NOW - keep_age), 'LIMIT', 0, 100)
+    local old = redis.call('ZRANGEBYSCORE', set_key, '-inf', int(NOW - keep_age), 'LIMIT', 0, 1000)
     if #old > 0 then
       for i = 1, #old do delete_job(old[i]) end
       redis.call('ZREM', set_key, unpack(old))

@@ -28,6 +28,8 @@
 local dlq_enabled = ARGV[4] == '1'
 local res = {}
 local woke = false
+-- Retention is applied once per distinct policy at the end of the call, not per job.
+local trims = {}
 for b = 5, #ARGV, 9 do
   local id, token, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local payload, tb, delay = ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5])
@@ -49,7 +51,7 @@ for b = 5, #ARGV, 9 do
         redis.call('HSET', jk, 'st', 'completed', 'f', int(NOW), 'r', payload)
         if meta ~= '' then redis.call('HSET', jk, 'm', meta) end
         redis.call('ZADD', K_COMPLETED, int(NOW), id)
-        trim_finished(K_COMPLETED, keep_count, keep_age)
+        trims[K_COMPLETED .. '|' .. keep_count .. '|' .. keep_age] = { K_COMPLETED, keep_count, keep_age }
       end
       emit('job-completed', id)
     elseif kind == 'R' then
@@ -70,7 +72,7 @@ for b = 5, #ARGV, 9 do
           redis.call('ZREM', K_FAILED, id)
           delete_job(id)
         else
-          trim_finished(K_FAILED, keep_count, keep_age)
+          trims[K_FAILED .. '|' .. keep_count .. '|' .. keep_age] = { K_FAILED, keep_count, keep_age }
         end
       end
     elseif kind == 'D' then
@@ -91,5 +93,6 @@ for b = 5, #ARGV, 9 do
     res[#res + 1] = 'ok'
   end
 end
+for _, t in pairs(trims) do trim_finished(t[1], t[2], t[3]) end
 if woke then wake() end
 return res
