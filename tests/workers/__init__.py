@@ -1,0 +1,1 @@
+"""Worker processes and helpers for the reliability tests (crash, fencing, reconnect)."""
