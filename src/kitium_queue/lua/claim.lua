@@ -76,30 +76,51 @@ end
 local out = { 'ok', -1, 0, back, dead }
 local token = 0
 local got = 0
+local taken, leased = {}, {}
 if want > 0 then
-  local cands = redis.call('ZRANGE', K_WAIT, 0, scan - 1)
-  for i = 1, #cands do
-    if got >= want then break end
-    local id = cands[i]
-    local jk = job_key(id)
-    if redis.call('EXISTS', jk) == 0 then
-      -- The job's hash was deleted behind our back: dead-letter a record of it rather
-      -- than lose it silently.
-      redis.call('ZREM', K_WAIT, id)
-      dead_letter(jk, id, dlq_enabled,
-        'job record missing: its hash key was deleted while the job was waiting', '')
-      dead[#dead + 1] = id
-    elseif admit(id, jk) then
-      if token == 0 then token = redis.call('INCR', K_LEASE) end
-      redis.call('ZREM', K_WAIT, id)
-      redis.call('ZADD', K_ACTIVE, int(NOW + lease), id)
-      local att = redis.call('HINCRBY', jk, 'a', 1)
-      redis.call('HSET', jk, 'st', 'active', 'lt', token, 'ps', int(NOW), 'w', worker)
-      local f = redis.call('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg')
-      out[#out + 1] = { id, f[1] or '', f[2] or '', f[3] or '', att, f[4] or '0', f[5] or '0', f[6] or '' }
-      emit('job-started', id, 'att', att)
-      got = got + 1
+  -- Examine candidates in rank order, fetching only as many as still wanted; rejected
+  -- candidates stay in place, so the next fetch starts after everything examined.
+  local examined = 0
+  while got < want and examined < scan do
+    local batch = math.min(want - got, scan - examined)
+    local cands = redis.call('ZRANGE', K_WAIT, examined, examined + batch - 1)
+    if #cands == 0 then break end
+    examined = examined + #cands
+    for i = 1, #cands do
+      local id = cands[i]
+      local jk = job_key(id)
+      local f = redis.call('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a')
+      if not f[1] then
+        -- The job's hash was deleted behind our back: dead-letter a record of it rather
+        -- than lose it silently.
+        taken[#taken + 1] = id
+        dead_letter(jk, id, dlq_enabled,
+          'job record missing: its hash key was deleted while the job was waiting', '')
+        dead[#dead + 1] = id
+      elseif admit(id, jk) then
+        if token == 0 then token = redis.call('INCR', K_LEASE) end
+        local att = (tonumber(f[7]) or 0) + 1
+        redis.call('HSET', jk, 'st', 'active', 'lt', token, 'ps', NOW_S, 'w', worker, 'a', att)
+        out[#out + 1] = { id, f[1], f[2] or '', f[3] or '', att, f[4] or '0', f[5] or '0', f[6] or '' }
+        emit('job-started', id, 'att', att)
+        taken[#taken + 1] = id
+        leased[#leased + 1] = id
+        got = got + 1
+      end
     end
+  end
+  -- Set updates in one call per 500 jobs (bounded argument count).
+  for i = 1, #taken, 500 do
+    redis.call('ZREM', K_WAIT, unpack(taken, i, math.min(i + 499, #taken)))
+  end
+  local deadline = int(NOW + lease)
+  for i = 1, #leased, 500 do
+    local za = {}
+    for j = i, math.min(i + 499, #leased) do
+      za[#za + 1] = deadline
+      za[#za + 1] = leased[j]
+    end
+    redis.call('ZADD', K_ACTIVE, unpack(za))
   end
 end
 

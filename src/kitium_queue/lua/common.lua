@@ -46,6 +46,8 @@ local function int(x)
   return string.format('%.0f', x)
 end
 
+local NOW_S = int(NOW)
+
 local function job_key(id)
   return PREFIX .. 'job:' .. id
 end

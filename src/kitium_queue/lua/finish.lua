@@ -28,8 +28,10 @@
 local dlq_enabled = ARGV[4] == '1'
 local res = {}
 local woke = false
--- Retention is applied once per distinct policy at the end of the call, not per job.
+-- Retention is applied once per distinct policy at the end of the call, not per job;
+-- removals from active and additions to completed are batched the same way.
 local trims = {}
+local unleased, completed = {}, {}
 for b = 5, #ARGV, 9 do
   local id, token, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local payload, tb, delay = ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5])
@@ -42,15 +44,15 @@ for b = 5, #ARGV, 9 do
   elseif f[1] ~= token or f[2] ~= 'active' then
     res[#res + 1] = 'lease-lost'
   else
-    redis.call('ZREM', K_ACTIVE, id)
+    unleased[#unleased + 1] = id
     redis.call('HDEL', jk, 'lt', 'cx')
     if kind == 'C' then
       if keep_count == 0 then
         delete_job(id)
       else
-        redis.call('HSET', jk, 'st', 'completed', 'f', int(NOW), 'r', payload)
+        redis.call('HSET', jk, 'st', 'completed', 'f', NOW_S, 'r', payload)
         if meta ~= '' then redis.call('HSET', jk, 'm', meta) end
-        redis.call('ZADD', K_COMPLETED, int(NOW), id)
+        completed[#completed + 1] = id
         trims[K_COMPLETED .. '|' .. keep_count .. '|' .. keep_age] = { K_COMPLETED, keep_count, keep_age }
       end
       emit('job-completed', id)
@@ -92,6 +94,17 @@ for b = 5, #ARGV, 9 do
     end
     res[#res + 1] = 'ok'
   end
+end
+for i = 1, #unleased, 500 do
+  redis.call('ZREM', K_ACTIVE, unpack(unleased, i, math.min(i + 499, #unleased)))
+end
+for i = 1, #completed, 500 do
+  local za = {}
+  for j = i, math.min(i + 499, #completed) do
+    za[#za + 1] = NOW_S
+    za[#za + 1] = completed[j]
+  end
+  redis.call('ZADD', K_COMPLETED, unpack(za))
 end
 for _, t in pairs(trims) do trim_finished(t[1], t[2], t[3]) end
 if woke then wake() end
