@@ -340,6 +340,12 @@ class Worker:
             worker=self,
         )
         run = _Run(job, token, policy)
+        if self._stopping:
+            # Claimed by a call already in flight when stop() began: hand it back
+            # unstarted. Starting it would only cut it off at the end of the grace period
+            # (stop() does not wait for jobs it has not seen), and it would run twice.
+            self._ack(run, "H", b"", "", 0, None, None, None)
+            return
         self._jobs[jid] = run
         assert self._loop is not None
         run.task = self._loop.create_task(self._run(run, entry[2]))
