@@ -152,14 +152,74 @@ class ScriptRegistry:
         return [_translate(r) if isinstance(r, ResponseError) else r for r in results]
 
     async def _run_pipe(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        if _is_plain_redis(client):
+            return await self._run_packed(client, calls)
         pipe = client.pipeline(transaction=False)
         for c in calls:
             s = self.get(c.script)
             pipe.execute_command("EVALSHA", s.sha, len(c.keys), *c.keys, *c.args)
         return list(await pipe.execute(raise_on_error=False))
 
+    async def _run_packed(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        # The hot path of every worker: pack the RESP commands ourselves (the script
+        # header is identical for every call) and write them in one send.
+        buf: list[bytes] = []
+        for c in calls:
+            s = self.get(c.script)
+            nargs = 3 + len(c.keys) + len(c.args)
+            buf.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % nargs)
+            buf.append(_pack_args((s.sha, len(c.keys), *c.keys)))
+            buf.append(_pack_args(c.args))
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(b"".join(buf))
+            out: list[Any] = []
+            for _ in calls:
+                try:
+                    out.append(await conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
     def forget(self, client: Any) -> None:
         self._loaded.discard(id(client))
+
+
+def _pack_args(args: Sequence[Any]) -> bytes:
+    parts: list[bytes] = []
+    for a in args:
+        if isinstance(a, bytes):
+            b = a
+        elif isinstance(a, str):
+            b = a.encode()
+        elif isinstance(a, int):
+            b = b"%d" % a
+        else:
+            b = str(a).encode()
+        parts.append(b"$%d\r\n" % len(b))
+        parts.append(b)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _is_plain_redis(client: Any) -> bool:
+    cls = type(client)
+    known = _PLAIN.get(cls)
+    if known is None:
+        import redis.asyncio as aioredis
+
+        known = issubclass(cls, aioredis.Redis) and not cls.__module__.startswith("fakeredis")
+        _PLAIN[cls] = known
+    return known and not getattr(client, "single_connection_client", False)
+
+
+_PLAIN: dict[type, bool] = {}
 
 
 def _translate(exc: ResponseError) -> Exception:
