@@ -47,6 +47,7 @@ from .options import (
     coerce,
     to_ms,
 )
+from .procpool import import_path
 from .scripts import ScriptCall, ScriptRegistry
 
 __all__ = ["HealthStatus", "JobQueue", "Processor", "QueueStats"]
@@ -172,6 +173,7 @@ class JobQueue:
         self.max_log_lines = int(max_log_lines)
         self.scripts = ScriptRegistry()
         self.processors: dict[str, Processor] = {}
+        self.processor_modes: dict[str, str] = {}
         self.backoff_strategies: dict[str, Callable[..., Any]] = {}
         self.emitter = EventEmitter()
         self.option_owners: dict[str, str] = {}
@@ -354,12 +356,12 @@ class JobQueue:
         self.emitter.off(event, handler)
 
     @overload
-    def process(self, job_name: str) -> Callable[[P], P]: ...
+    def process(self, job_name: str, *, mode: str = ...) -> Callable[[P], P]: ...
 
     @overload
-    def process(self, job_name: str, fn: P) -> P: ...
+    def process(self, job_name: str, fn: P, *, mode: str = ...) -> P: ...
 
-    def process(self, job_name: str, fn: P | None = None) -> Any:
+    def process(self, job_name: str, fn: P | None = None, *, mode: str = "auto") -> Any:
         """Register the processor of ``job_name`` (``"*"`` = any name without its own).
 
         ``fn(job)`` may be ``async def`` (run on the event loop) or a plain function (run
@@ -367,12 +369,28 @@ class JobQueue:
         failure with backoff; ``NonRetryableError`` = straight to the DLQ;
         ``RetryLater`` / ``RateLimited`` = again later without spending an attempt.
         Usable as a decorator: ``@queue.process("send-email")``.
+
+        ``mode="process"`` runs a plain, module-level function in a child process instead
+        (one job per child at a time, ``worker.concurrency`` children at most): a run past
+        its timeout has its child killed (a hard timeout), and CPU-bound work escapes the
+        GIL. Job data and results travel as JSON; progress and logs via
+        ``job.update_progress_sync`` / ``job.log_sync``.
         """
+        if mode not in ("auto", "process"):
+            raise ConfigurationError(f"mode must be 'auto' or 'process', got {mode!r}")
 
         def register(f: P) -> P:
             if not callable(f):
                 raise ConfigurationError(f"processor for {job_name!r} must be callable")
+            if mode == "process":
+                if _is_coroutine_fn(f):
+                    raise ConfigurationError(
+                        f"processor for {job_name!r}: mode='process' takes a plain function, "
+                        "not an async def"
+                    )
+                import_path(f)
             self.processors[job_name] = f
+            self.processor_modes[job_name] = mode
             return f
 
         if fn is not None:
@@ -860,7 +878,12 @@ class JobQueue:
         if self._worker is not None and self._worker.running:
             return
         self._worker = Worker(self, concurrency=concurrency)
-        await self._worker.start()
+        try:
+            await self._worker.start()
+        except BaseException:
+            # Never started: forget it, or close() would wait forever for it to stop.
+            self._worker = None
+            raise
 
     async def run_worker(
         self, *, concurrency: int | None = None, install_signal_handlers: bool = True
@@ -904,6 +927,12 @@ class JobQueue:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _is_coroutine_fn(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004
+    )
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from .events import EventData
 from .job import Job
 from .middleware import run_process_chain
 from .options import Policy
+from .procpool import ProcessPool, import_path
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -110,7 +111,8 @@ class Worker:
             max_workers=self.concurrency, thread_name_prefix=f"kq-{queue.name}"
         )
         self._policies: dict[bytes, Policy] = {}
-        self._procs: dict[str, tuple[Callable[..., Any], bool]] = {}
+        self._procs: dict[str, tuple[Callable[..., Any], str]] = {}
+        self._pool: ProcessPool | None = None
         self._outage = False
         self._events = queue.emitter
         self._claim_args: list[Any] = []
@@ -123,7 +125,7 @@ class Worker:
         self._client = await q.client()
         self._bclient = q.connection.client(blocking=True)
         for name, fn in q.processors.items():
-            self._procs[name] = (fn, _is_async(fn))
+            self._procs[name] = (fn, self._kind(name, fn))
         lim = q.limiter
         self._claim_args = [
             0,  # N, filled per call
@@ -187,6 +189,8 @@ class Worker:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            await self._pool.close()
         if self._bclient is not None and self.queue.connection.owns(self._bclient):
             with contextlib.suppress(Exception):  # closing a broken connection
                 await self._bclient.aclose()
@@ -346,6 +350,12 @@ class Worker:
             # (stop() does not wait for jobs it has not seen), and it would run twice.
             self._ack(run, "H", b"", "", 0, None, None, None)
             return
+        if jid in self._jobs:
+            # An older run here lost its lease (Redis was unreachable longer than
+            # lock_duration) and the job was recovered and handed back to us: the new
+            # lease wins. Left alone, the old run's outcome would evict this run from
+            # _jobs, its lease would go unrenewed and the job would stall again.
+            self._abandon(jid)
         self._jobs[jid] = run
         assert self._loop is not None
         run.task = self._loop.create_task(self._run(run, entry[2]))
@@ -380,13 +390,13 @@ class Worker:
             run.started = loop.time()
             if run.policy.timeout_ms:
                 run.timer = loop.call_later(run.policy.timeout_ms / 1000, self._timeout, run)
-            fn, is_async = proc
+            fn, kind = proc
             if q.process_middleware:
                 result = await run_process_chain(
-                    q.process_middleware, job, functools.partial(self._call, fn, is_async, job)
+                    q.process_middleware, job, functools.partial(self._call, fn, kind, job)
                 )
             else:
-                result = await self._call(fn, is_async, job)
+                result = await self._call(fn, kind, job)
             if run.timer is not None:
                 run.timer.cancel()
             try:
@@ -400,7 +410,7 @@ class Worker:
                 run.timer.cancel()
             reason = run.reason
             if run.abandoned:
-                self._jobs.pop(job.id, None)
+                self._forget(run)
                 return
             if reason == "timeout":
                 self._failed(
@@ -435,19 +445,35 @@ class Worker:
             if span is not None:
                 span.end()
 
-    async def _call(self, fn: Callable[..., Any], is_async: bool, job: Job) -> Any:
-        if is_async:
+    def _kind(self, name: str, fn: Callable[..., Any]) -> str:
+        mode = self.queue.processor_modes.get(name, "auto")
+        if mode == "process":
+            if self._pool is None:
+                self._pool = ProcessPool(self.concurrency)
+            return "process"
+        return "async" if _is_async(fn) else "thread"
+
+    async def _call(self, fn: Callable[..., Any], kind: str, job: Job) -> Any:
+        if kind == "async":
             return await fn(job)
+        if kind == "process":
+            assert self._pool is not None
+
+            async def relay(what: str, value: Any) -> None:
+                await self._update(job, what, value)
+
+            return await self._pool.run(import_path(fn), job, relay)
         assert self._loop is not None
         ctx = contextvars.copy_context()
         return await self._loop.run_in_executor(
             self._executor, functools.partial(ctx.run, fn, job)
         )
 
-    def _lookup(self, name: str) -> tuple[Callable[..., Any], bool]:
+    def _lookup(self, name: str) -> tuple[Callable[..., Any], str]:
         fn = self.queue.processors.get(name) or self.queue.processors.get("*")
         if fn is not None:
-            self._procs[name] = (fn, _is_async(fn))
+            key = name if name in self.queue.processors else "*"
+            self._procs[name] = (fn, self._kind(key, fn))
             return self._procs[name]
         known = sorted(self.queue.processors) or ["none"]
         raise LookupError(
@@ -495,7 +521,7 @@ class Worker:
         result: Any,
         exc: BaseException | None,
     ) -> None:
-        self._jobs.pop(run.job.id, None)
+        self._forget(run)
         if run.abandoned:
             return
         self._acks.extend(
@@ -655,6 +681,7 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             runs = [r for r in self._jobs.values() if not r.abandoned]
+            sent = {r.job.id: r for r in runs}
             if not runs:
                 continue
             calls = []
@@ -675,17 +702,24 @@ class Worker:
                     continue
                 lost, cancelled = reply
                 for b in lost:
-                    self._abandon(b.decode())
+                    self._abandon(b.decode(), sent.get(b.decode()))
                 for b in cancelled:
                     run = self._jobs.get(b.decode())
                     if run is not None and run.task is not None and not run.task.done():
                         run.reason = "cancelled"
                         run.task.cancel()
 
-    def _abandon(self, job_id: str) -> None:
-        run = self._jobs.pop(job_id, None)
-        if run is None:
+    def _forget(self, run: _Run) -> None:
+        # By identity: a newer run of the same job id may have replaced this one.
+        if self._jobs.get(run.job.id) is run:
+            del self._jobs[run.job.id]
+
+    def _abandon(self, job_id: str, run: _Run | None = None) -> None:
+        # ``run``: the run whose lease was found lost (default: the current one).
+        run = run or self._jobs.get(job_id)
+        if run is None or run.abandoned:
             return
+        self._forget(run)
         run.abandoned = True
         log.warning(
             "queue %s: lease of job %s expired (lock_duration=%d ms) and the job was handed to "
