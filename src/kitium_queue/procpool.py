@@ -116,10 +116,13 @@ class ProcessPool:
                         return msg["v"]
                     if t == "error":
                         healthy = True
+                        text = msg["msg"]
+                        if msg["type"] not in ("NonRetryableError", "RetryLater", "RateLimited"):
+                            text = f"{msg['type']}: {text}"
                         if msg["kind"] == "nonretryable":
-                            raise NonRetryableError(f"{msg['type']}: {msg['msg']}")
+                            raise NonRetryableError(text)
                         if msg["kind"] == "retrylater":
-                            raise RetryLater(msg["delay"], f"{msg['type']}: {msg['msg']}")
+                            raise RetryLater(msg["delay"], text)
                         raise RemoteError(msg["type"], msg["msg"], msg["tb"])
                     await on_message(t, msg["v"])
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError) as exc:
