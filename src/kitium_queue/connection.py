@@ -1,16 +1,36 @@
-"""Builds Redis clients from the ``redis=`` option (URL, dict, or client)."""
+"""Builds Redis clients from the ``redis=`` option (URL, dict, or client): a single
+server, Redis Cluster, or a primary found through Sentinel."""
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
 
-__all__ = ["ConnectionFactory"]
+__all__ = ["TRANSIENT_ERRORS", "ConnectionFactory"]
+
+#: Errors after which a command may succeed if retried a moment later: the server is
+#: unreachable, or a Cluster/Sentinel failover is under way (CLUSTERDOWN, TRYAGAIN, a
+#: demoted primary answering READONLY). Worker loops keep what they hold and retry.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    ReadOnlyError,
+)
 
 _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
@@ -20,7 +40,26 @@ _DICT_KEYS = {
     "socket_connect_timeout", "max_connections", "ssl_ca_certs", "ssl_certfile",
     "ssl_keyfile", "ssl_cert_reqs", "client_name", "health_check_interval",
     "retry_strategy", "enable_ready_check", "unix_socket_path",
+    # Redis Cluster
+    "cluster", "startup_nodes",
+    # Sentinel
+    "sentinels", "service_name", "sentinel_username", "sentinel_password",
 }
+# Query-string options accepted by the cluster and sentinel URLs, with their types.
+_QUERY_TYPES: dict[str, type] = {
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "health_check_interval": float,
+    "max_connections": int,
+    "client_name": str,
+    "ssl_cert_reqs": str,
+    "ssl_ca_certs": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+    "sentinel_username": str,
+    "sentinel_password": str,
+}
+_SENTINEL_ONLY = ("service_name", "sentinel_username", "sentinel_password")
 
 
 def _memory_server(name: str) -> Any:
@@ -34,70 +73,231 @@ def _memory_server(name: str) -> Any:
         return server
 
 
+def _host_port(item: Any, default_port: int, what: str) -> tuple[str, int]:
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return str(item[0]), int(item[1])
+    if isinstance(item, str) and item:
+        host, sep, port = item.rpartition(":")
+        if not sep:
+            return item, default_port
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            return host or "localhost", int(port)
+        except ValueError:
+            pass
+    raise ConfigurationError(f"invalid {what} address {item!r}: use 'host:port'")
+
+
+def _parse_multi_host_url(url: str) -> tuple[str, list[tuple[str, int]], list[str], dict[str, Any]]:
+    """Split ``scheme://[user[:pass]@]h1:p1[,h2:p2...][/path...][?opts]``."""
+    scheme, rest = url.split("://", 1)
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    kwargs: dict[str, Any] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            kwargs["password"] = unquote(password)
+            if user:
+                kwargs["username"] = unquote(user)
+        elif user:
+            kwargs["password"] = unquote(user)  # redis://secret@host: password only
+    default_port = 26379 if "sentinel" in scheme else 6379
+    nodes = [_host_port(h, default_port, "node") for h in hosts.split(",") if h]
+    if not nodes:
+        raise ConfigurationError(f"{scheme}:// URL needs at least one host:port")
+    for name, value in parse_qsl(query):
+        cast = _QUERY_TYPES.get(name)
+        if cast is None:
+            raise ConfigurationError(
+                f"unknown option {name!r} in {scheme}:// URL; valid: {sorted(_QUERY_TYPES)}"
+            )
+        try:
+            kwargs[name] = cast(value)
+        except ValueError:
+            raise ConfigurationError(f"option {name}={value!r} must be {cast.__name__}") from None
+    return scheme, nodes, [unquote(p) for p in path.split("/") if p], kwargs
+
+
+class _SentinelMaster(aioredis.Redis):
+    """The primary of a Sentinel service; closing it also closes its sentinel links."""
+
+    kq_sentinel: Any = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            sentinel, self.kq_sentinel = self.kq_sentinel, None
+            if sentinel is not None:
+                await sentinel.aclose()
+
+
 class ConnectionFactory:
     """Makes the clients a queue needs: a shared one and dedicated blocking ones.
 
-    ``redis`` may be a URL (``redis://``, ``rediss://``, ``unix://``, ``memory://name``),
-    a dict of connection options (host, port, username, password, db, tls, ...), or a
-    ready ``redis.asyncio.Redis`` client (then blocking clients reuse its pool settings).
+    ``redis`` may be
+
+    * a URL: ``redis://``, ``rediss://``, ``unix://``, ``memory://name``;
+      ``redis+cluster://[user:pass@]host:port[,host:port...]`` (``rediss+cluster://`` for
+      TLS) for Redis Cluster, given one or more seed nodes;
+      ``redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]``
+      (``rediss+sentinel://``) for the primary of a Sentinel service. Both accept
+      ``?socket_timeout=..&socket_connect_timeout=..&max_connections=..&client_name=..``
+      and, for Sentinel, ``sentinel_username`` / ``sentinel_password`` (credentials of
+      the sentinels themselves; the URL's credentials are the data nodes').
+    * a dict of connection options (host, port, username, password, db, tls, ...);
+      ``{"cluster": True, "startup_nodes": ["h:p", ...]}`` for Cluster,
+      ``{"sentinels": ["h:p", ...], "service_name": "mymaster"}`` for Sentinel.
+    * a ready client: ``redis.asyncio.Redis`` (a Sentinel ``master_for`` client too) or
+      ``redis.asyncio.RedisCluster``; blocking clients copy its connection settings.
     """
 
     def __init__(self, redis: Any = "memory://") -> None:
         self._given_client: Any = None
         self._url: str | None = None
         self._kwargs: dict[str, Any] = {}
+        self._nodes: list[tuple[str, int]] = []
+        self._service: str = ""
+        self.mode = "standalone"
         self.memory_name: str | None = None
         if isinstance(redis, str):
-            if redis.startswith("memory://"):
+            scheme = redis.split("://", 1)[0] if "://" in redis else ""
+            if scheme == "memory":
                 self.memory_name = redis[len("memory://"):] or "default"
-            elif redis.split("://", 1)[0] in ("redis", "rediss", "unix"):
+                self.mode = "memory"
+            elif scheme in ("redis", "rediss", "unix"):
                 self._url = redis
+            elif scheme in ("redis+cluster", "rediss+cluster"):
+                self._from_cluster_url(redis)
+            elif scheme in ("redis+sentinel", "rediss+sentinel"):
+                self._from_sentinel_url(redis)
             else:
                 raise ConfigurationError(
-                    f"unsupported redis URL {redis!r}: use redis://, rediss://, unix:// "
-                    "or memory://"
+                    f"unsupported redis URL {redis!r}: use redis://, rediss://, unix://, "
+                    "redis+cluster://, redis+sentinel:// or memory://"
                 )
         elif isinstance(redis, Mapping):
-            bad = [k for k in redis if k not in _DICT_KEYS]
-            if bad:
-                raise ConfigurationError(
-                    f"unknown redis connection option(s) {bad}; valid: {sorted(_DICT_KEYS)}"
-                )
-            opts = dict(redis)
-            if "url" in opts:
-                self._url = opts.pop("url")
-            tls = opts.pop("tls", None)
-            if tls is not None or opts.pop("ssl", False):
-                opts["ssl"] = True
-                if isinstance(tls, Mapping):
-                    for k, v in tls.items():
-                        opts[k if k.startswith("ssl_") else f"ssl_{k}"] = v
-            opts.pop("retry_strategy", None)  # reconnection is handled by the worker
-            opts.pop("enable_ready_check", None)
-            if "unix_socket_path" in opts:
-                opts["path"] = opts.pop("unix_socket_path")
-            self._kwargs = opts
-        elif isinstance(redis, aioredis.Redis) or hasattr(redis, "execute_command"):
+            self._from_dict(redis)
+        elif isinstance(redis, (aioredis.Redis, RedisCluster)) or hasattr(
+            redis, "execute_command"
+        ):
             self._given_client = redis
+            self.mode = "cluster" if isinstance(redis, RedisCluster) else "client"
         else:
             raise ConfigurationError(
                 f"redis must be a URL, a dict of connection options or a redis.asyncio "
                 f"client, got {type(redis).__name__}"
             )
 
+    # ------------------------------------------------------------------ parsing
+    def _from_cluster_url(self, url: str) -> None:
+        scheme, nodes, path, kwargs = _parse_multi_host_url(url)
+        if path not in ([], ["0"]):
+            raise ConfigurationError(
+                f"Redis Cluster has only database 0; drop '/{'/'.join(path)}' from {url!r}"
+            )
+        bad = [k for k in kwargs if k.startswith("sentinel_")]
+        if bad:
+            raise ConfigurationError(f"{bad} only apply to redis+sentinel:// URLs")
+        self.mode = "cluster"
+        self._nodes = nodes
+        self._kwargs = kwargs
+        if scheme.startswith("rediss"):
+            self._kwargs["ssl"] = True
+
+    def _from_sentinel_url(self, url: str) -> None:
+        scheme, nodes, path, kwargs = _parse_multi_host_url(url)
+        if not path or len(path) > 2:
+            raise ConfigurationError(
+                f"sentinel URL {url!r} needs the service name: "
+                "redis+sentinel://host:port[,host:port]/service_name[/db]"
+            )
+        self.mode = "sentinel"
+        self._nodes = nodes
+        self._service = path[0]
+        if len(path) == 2:
+            try:
+                kwargs["db"] = int(path[1])
+            except ValueError:
+                raise ConfigurationError(f"invalid database {path[1]!r} in {url!r}") from None
+        self._kwargs = kwargs
+        if scheme.startswith("rediss"):
+            self._kwargs["ssl"] = True
+
+    def _from_dict(self, redis: Mapping[str, Any]) -> None:
+        bad = [k for k in redis if k not in _DICT_KEYS]
+        if bad:
+            raise ConfigurationError(
+                f"unknown redis connection option(s) {bad}; valid: {sorted(_DICT_KEYS)}"
+            )
+        opts = dict(redis)
+        if "url" in opts:
+            self._url = opts.pop("url")
+        tls = opts.pop("tls", None)
+        if tls is not None or opts.pop("ssl", False):
+            opts["ssl"] = True
+            if isinstance(tls, Mapping):
+                for k, v in tls.items():
+                    opts[k if k.startswith("ssl_") else f"ssl_{k}"] = v
+        opts.pop("retry_strategy", None)  # reconnection is handled by the worker
+        opts.pop("enable_ready_check", None)
+        if "unix_socket_path" in opts:
+            opts["path"] = opts.pop("unix_socket_path")
+        cluster = opts.pop("cluster", False)
+        startup = opts.pop("startup_nodes", None)
+        sentinels = opts.pop("sentinels", None)
+        if cluster or startup:
+            if sentinels:
+                raise ConfigurationError("choose either cluster or sentinels, not both")
+            if opts.get("db"):
+                raise ConfigurationError("Redis Cluster has only database 0")
+            opts.pop("db", None)
+            nodes = list(startup or [])
+            if "host" in opts or not nodes:
+                nodes.append((opts.pop("host", "localhost"), opts.pop("port", 6379)))
+            self.mode = "cluster"
+            self._nodes = [_host_port(n, 6379, "cluster node") for n in nodes]
+        elif sentinels:
+            if isinstance(sentinels, (str, bytes)) or not isinstance(sentinels, Sequence):
+                raise ConfigurationError("sentinels must be a list of 'host:port' or (host, port)")
+            service = opts.pop("service_name", None)
+            if not service:
+                raise ConfigurationError("sentinels=... needs service_name (e.g. 'mymaster')")
+            self.mode = "sentinel"
+            self._service = str(service)
+            self._nodes = [_host_port(n, 26379, "sentinel") for n in sentinels]
+        elif any(k in opts for k in _SENTINEL_ONLY):
+            raise ConfigurationError(f"{list(_SENTINEL_ONLY)} need sentinels=[...]")
+        self._kwargs = opts
+
+    # ------------------------------------------------------------------ info
     @property
     def is_memory(self) -> bool:
         return self.memory_name is not None
 
+    @property
+    def is_cluster(self) -> bool:
+        """True when the clients talk to a Redis Cluster."""
+        return self.mode == "cluster"
+
     def describe(self) -> str:
         if self.memory_name is not None:
             return f"memory://{self.memory_name}"
+        nodes = ",".join(f"{h}:{p}" for h, p in self._nodes)
+        if self.mode == "sentinel":
+            return f"sentinel {nodes}/{self._service}"
+        if self._nodes:
+            return f"cluster {nodes}"
         if self._url:
             return self._url.split("@")[-1]  # never show credentials
         if self._given_client is not None:
-            return "<client>"
+            return "<cluster client>" if self.mode == "cluster" else "<client>"
         return f"{self._kwargs.get('host', 'localhost')}:{self._kwargs.get('port', 6379)}"
 
+    # ------------------------------------------------------------------ clients
     def client(self, *, blocking: bool = False) -> Any:
         """A new client. ``blocking=True`` gives one meant for blocking commands."""
         if self.memory_name is not None:
@@ -111,17 +311,64 @@ class ConnectionFactory:
         if self._given_client is not None:
             if not blocking:
                 return self._given_client
-            kwargs = dict(self._given_client.connection_pool.connection_kwargs)
-            kwargs.pop("socket_timeout", None)
-            kwargs.update(extra)
-            pool_cls = type(self._given_client.connection_pool)
-            pool = pool_cls(connection_class=self._given_client.connection_pool.connection_class,
-                            **kwargs)
-            return aioredis.Redis(connection_pool=pool)
+            return self._blocking_from_given(extra)
         defaults: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
+        if self.mode == "cluster":
+            extra.pop("max_connections", None)  # per node in a cluster; keep the default
+            return RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
+                **{**defaults, **self._kwargs, **extra},
+            )
+        if self.mode == "sentinel":
+            return self._sentinel_master({**defaults, **self._kwargs, **extra})
         if self._url:
             return aioredis.Redis.from_url(self._url, **{**defaults, **self._kwargs, **extra})
         return aioredis.Redis(**{**defaults, **self._kwargs, **extra})
+
+    def _sentinel_master(self, kwargs: dict[str, Any]) -> Any:
+        sentinel_kwargs: dict[str, Any] = {
+            k: kwargs[k] for k in ("socket_connect_timeout", "ssl") if k in kwargs
+        }
+        sentinel_kwargs["socket_timeout"] = kwargs.get("socket_connect_timeout") or 5
+        for k in ("sentinel_username", "sentinel_password"):
+            if k in kwargs:
+                sentinel_kwargs[k[len("sentinel_"):]] = kwargs.pop(k)
+        kwargs.pop("service_name", None)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._nodes, sentinel_kwargs=sentinel_kwargs
+        )
+        master = sentinel.master_for(self._service, redis_class=_SentinelMaster, **kwargs)
+        master.kq_sentinel = sentinel
+        return master
+
+    def _blocking_from_given(self, extra: dict[str, Any]) -> Any:
+        given = self._given_client
+        if isinstance(given, RedisCluster):
+            params = inspect.signature(RedisCluster.__init__).parameters
+            conn = given.get_connection_kwargs()
+            kwargs: dict[str, Any] = {
+                k: v for k, v in conn.items() if k in params and k != "max_connections"
+            }
+            conn_class = conn.get("connection_class")
+            if conn_class is not None and "SSL" in conn_class.__name__:
+                kwargs["ssl"] = True
+            nodes = given.get_nodes() or given.startup_nodes
+            kwargs["socket_timeout"] = None
+            return RedisCluster(
+                startup_nodes=[ClusterNode(n.host, n.port) for n in nodes], **kwargs
+            )
+        pool = given.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        kwargs.pop("socket_timeout", None)
+        kwargs.update(extra)
+        if isinstance(pool, SentinelConnectionPool):
+            kwargs.pop("connection_pool", None)
+            kwargs.pop("connection_class", None)
+            kwargs.pop("is_master", None)
+            return pool.sentinel_manager.master_for(pool.service_name, **kwargs)
+        pool_cls = type(pool)
+        new_pool = pool_cls(connection_class=pool.connection_class, **kwargs)
+        return aioredis.Redis(connection_pool=new_pool)
 
     def owns(self, client: Any) -> bool:
         return client is not self._given_client

@@ -115,10 +115,15 @@ class ScriptRegistry:
 
     # -- execution --------------------------------------------------------------------
     async def load(self, client: Any) -> None:
-        """SCRIPT LOAD every script (once per client; again after NOSCRIPT)."""
+        """SCRIPT LOAD every script, once per client (on every primary of a cluster).
+
+        A server that lost its script cache since (restart, failover to a replica that
+        never saw the load) answers NOSCRIPT; calls then fall back to EVAL with the
+        source, which runs on whichever node owns the keys and caches it there.
+        """
         for name in SCRIPT_NAMES:
             s = self.get(name)
-            await client.execute_command("SCRIPT", "LOAD", s.source)
+            await client.script_load(s.source)
         self._loaded.add(id(client))
 
     async def call(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -129,8 +134,10 @@ class ScriptRegistry:
         try:
             return await client.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self.load(client)
-            return await client.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
+            try:
+                return await client.execute_command("EVAL", s.source, len(keys), *keys, *args)
+            except ResponseError as exc:
+                raise _translate(exc) from exc
         except ResponseError as exc:
             raise _translate(exc) from exc
 
@@ -138,15 +145,20 @@ class ScriptRegistry:
         """Run several scripts in one round trip (not a transaction).
 
         Each result is the script's reply or an exception instance; commands refused with
-        NOSCRIPT (never executed) are re-run after reloading.
+        NOSCRIPT (never executed) are re-run with EVAL, which also caches them on the
+        node that refused them.
         """
         if id(client) not in self._loaded:
             await self.load(client)
         results = await self._run_pipe(client, calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
-            await self.load(client)
-            again = await self._run_pipe(client, [calls[i] for i in missing])
+            pipe = client.pipeline(transaction=False)
+            for i in missing:
+                c = calls[i]
+                source = self.get(c.script).source
+                pipe.execute_command("EVAL", source, len(c.keys), *c.keys, *c.args)
+            again = list(await pipe.execute(raise_on_error=False))
             for i, r in zip(missing, again, strict=True):
                 results[i] = r
         return [_translate(r) if isinstance(r, ResponseError) else r for r in results]

@@ -45,10 +45,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from .backoff import retry_delay
+from .connection import TRANSIENT_ERRORS
 from .errors import (
     NonRetryableError,
     RetryLater,
@@ -63,11 +63,12 @@ from .procpool import ProcessPool, import_path
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["Worker"]
+__all__ = ["SharedSlots", "Worker"]
 
 log = logging.getLogger(__name__)
 
-_NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Connection loss, and the CLUSTERDOWN / TRYAGAIN / READONLY replies of a failover.
+_NET_ERRORS = TRANSIENT_ERRORS
 _FINISH_CHUNK = 500
 _MAX_IDLE_S = 5.0
 _MAX_ERR = 4096
@@ -88,10 +89,46 @@ class _Run:
         self.started = 0.0
 
 
-class Worker:
-    """Consumes one queue in this process. Created by ``JobQueue.start()``."""
+class SharedSlots:
+    """A concurrency budget shared by several workers of one process.
 
-    def __init__(self, queue: JobQueue, *, concurrency: int | None = None) -> None:
+    Used when one process consumes several queues as one (the partitions of a
+    ``PartitionedQueue``): each worker still claims only for free slots, but free slots
+    are counted over the whole group (running jobs plus claims in flight), so the group
+    never runs more than ``capacity`` jobs. A worker that finds the budget spent queues up
+    and is woken, in arrival order, when a slot frees: no member is starved.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self.workers: list[Worker] = []
+        self._waiting: dict[Worker, None] = {}
+
+    def free(self) -> int:
+        return self.capacity - sum(len(w._jobs) + w._claiming for w in self.workers)
+
+    def wait(self, worker: Worker) -> None:
+        self._waiting[worker] = None
+
+    def released(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for w in waiting:
+            w._signal.set()
+
+
+class Worker:
+    """Consumes one queue in this process. Created by ``JobQueue.start()``.
+
+    ``slots``: a ``SharedSlots`` budget this worker shares with others (optional).
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        *,
+        concurrency: int | None = None,
+        slots: SharedSlots | None = None,
+    ) -> None:
         self.queue = queue
         self.concurrency = int(concurrency or queue.worker_config.concurrency)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -117,6 +154,10 @@ class Worker:
         self._events = queue.emitter
         self._claim_args: list[Any] = []
         self.processed = 0
+        self._claiming = 0  # slots asked for by the claim in flight
+        self._slots = slots
+        if slots is not None:
+            slots.workers.append(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -205,7 +246,7 @@ class Worker:
         delay_backoff = 0.05
         idle_for: float | None = None
         while True:
-            free = 0 if self._stopping else self.concurrency - len(self._jobs)
+            free = 0 if self._stopping else self._free()
             if not self._acks:
                 if self._stopping and not self._jobs:
                     return
@@ -213,6 +254,8 @@ class Worker:
                     self._signal.clear()
                     if free > 0:
                         self._want_block.set()
+                    elif self._slots is not None:
+                        self._slots.wait(self)
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._signal.wait(), idle_for)
                     idle_for = None
@@ -229,12 +272,14 @@ class Worker:
             if free > 0:
                 self._claim_args[0] = free
                 calls.append(q.call("claim", self._claim_args))
+                self._claiming = free
             try:
                 replies = await scripts.pipeline(client, calls)
                 for r in replies:
                     if isinstance(r, _NET_ERRORS):
                         raise r
             except _NET_ERRORS as exc:
+                self._unreserve(0)
                 self._acks = acks + self._acks
                 self._done = done + self._done
                 self._report_outage(exc)
@@ -258,14 +303,27 @@ class Worker:
                 reply = replies[-1]
                 if isinstance(reply, Exception):
                     log.error("worker %s: claim failed: %s", self.id, reply)
+                    self._unreserve(0)
                     idle_for = 1.0
                     continue
                 got = self._after_claim(reply)
+                self._unreserve(got)
                 if got == 0:
                     wake_in = int(reply[1])
                     idle_for = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
             # Let completions that are ready run before the next round.
             await asyncio.sleep(0)
+
+    def _free(self) -> int:
+        free = self.concurrency - len(self._jobs)
+        if self._slots is not None:
+            free = min(free, self._slots.free())
+        return free
+
+    def _unreserve(self, got: int) -> None:
+        asked, self._claiming = self._claiming, 0
+        if got < asked and self._slots is not None:
+            self._slots.released()
 
     def _report_outage(self, exc: BaseException) -> None:
         if not self._outage:
@@ -667,8 +725,15 @@ class Worker:
                 backoff = min(backoff * 2, 1.0)
                 self._signal.set()
                 continue
+            except ResponseError as exc:
+                # e.g. UNBLOCKED: the primary was demoted while we waited (failover).
+                log.warning("worker %s: wake-up wait interrupted: %s", self.id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                self._signal.set()
+                continue
             backoff = 0.05
-            if popped and (self._stopping or len(self._jobs) >= self.concurrency):
+            if popped and (self._stopping or self._free() <= 0):
                 # Not ours to use: hand the wake-up on to another worker.
                 with contextlib.suppress(*_NET_ERRORS):
                     await self._client.zadd(q.keys.marker, {"0": 0})
@@ -713,6 +778,8 @@ class Worker:
         # By identity: a newer run of the same job id may have replaced this one.
         if self._jobs.get(run.job.id) is run:
             del self._jobs[run.job.id]
+            if self._slots is not None:
+                self._slots.released()
 
     def _abandon(self, job_id: str, run: _Run | None = None) -> None:
         # ``run``: the run whose lease was found lost (default: the current one).
