@@ -233,7 +233,10 @@ async def test_job_that_keeps_killing_its_worker_is_dead_lettered(
             return True
         if not any(p.alive() for p in pool.procs):
             if started > max_stalled + 3:
-                raise AssertionError(f"job still {record!r} after {started} worker deaths")
+                raise AssertionError(
+                    f"job still {record!r} after {started} worker deaths; last stderr:\n"
+                    + pool.procs[-1].stderr()[-3000:]
+                )
             pool.start(f"w{started}", behaviour=how, log=shared_log, **settings)
             started += 1
         return False
