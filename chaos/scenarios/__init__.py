@@ -1,0 +1,6 @@
+"""The scenarios of issue 4, items 1-8; importing this package registers them all."""
+
+from . import (  # noqa: F401
+    s1_sigkill,
+    s2_crash_steps,
+)

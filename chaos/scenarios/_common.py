@@ -1,0 +1,136 @@
+"""Helpers shared by the scenarios: waiting for the end of a run, the closing checks."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from kitium_queue.keys import QueueKeys
+
+from ..core import Context, Result
+from ..infra import Fleet, Timeout
+from ..ledger import Snapshot, check, duplicates, snapshot, stream
+
+FINAL = ("completed", "dlq", "failed")
+
+
+def all_final(client: redis.Redis, keys: QueueKeys, ids: Iterable[str]) -> bool:
+    ids = list(ids)
+    if not ids:
+        return True
+    pipe = client.pipeline(transaction=False)
+    for jid in ids:
+        pipe.hget(keys.job(jid), "st")
+    return all(st is not None and st.decode() in FINAL for st in pipe.execute())
+
+
+def wait_final(
+    ctx: Context,
+    client: redis.Redis,
+    keys: QueueKeys,
+    timeout: float,
+    *,
+    ids: Iterable[str] | None = None,
+    fleet: Fleet | None = None,
+    keep_alive: int = 0,
+) -> float:
+    """Poll until every (ledger) id is finished; with ``fleet``/``keep_alive``, restart
+    dead workers meanwhile (a process manager). Returns the seconds it took."""
+    want = list(ids) if ids is not None else ctx.ledger.ids()
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while True:
+        if fleet is not None and keep_alive:
+            while len(fleet.live()) < keep_alive:
+                fleet.start()
+        try:
+            if all_final(client, keys, want):
+                return time.monotonic() - t0
+        except redis.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pending = [j for j in want if _state(client, keys, j) not in FINAL]
+            raise Timeout(
+                f"{len(pending)} job(s) not finished after {timeout:.0f} s, e.g. "
+                f"{[(j, _state(client, keys, j)) for j in pending[:5]]}"
+            )
+        time.sleep(0.05)
+
+
+def _state(client: redis.Redis, keys: QueueKeys, jid: str) -> str | None:
+    st = client.hget(keys.job(jid), "st")
+    return st.decode() if st else None
+
+
+def stats(values: Iterable[float], digits: int = 3) -> dict[str, Any]:
+    v = sorted(values)
+    if not v:
+        return {"n": 0}
+    return {
+        "n": len(v),
+        "min": round(v[0], digits),
+        "median": round(statistics.median(v), digits),
+        "max": round(v[-1], digits),
+    }
+
+
+def closing_checks(
+    ctx: Context,
+    res: Result,
+    client: redis.Redis,
+    keys: QueueKeys,
+    fleet: Fleet | None,
+    *,
+    label: str = "final",
+    ignore: Iterable[str] = (),
+    ids: Iterable[str] | None = None,
+) -> tuple[Snapshot, dict[str, Any]]:
+    """Final ledger + consistency check and the duplicate figures (stored in ``res``)."""
+    snap = snapshot(client, keys)
+    res.checker(label, check(snap, ctx.ledger, final=True, ignore=ignore))
+    events = stream(client, keys.events)
+    lines = fleet.lines() if fleet is not None else []
+    dup = duplicates(events, lines, ids)
+    res.figures.setdefault("duplicates", {})[label] = dup
+    res.expect(
+        f"{label}: no job recorded as completed twice",
+        dup["duplicate_recorded_completions"] == 0,
+        dup["duplicate_recorded_examples"],
+    )
+    res.expect(
+        f"{label}: no completed job claimed again",
+        dup["claims_after_completion"] == 0,
+        dup["claims_after_completion_examples"],
+    )
+    return snap, dup
+
+
+def stop_fleet(res: Result, fleet: Fleet, *, label: str = "workers",
+               allow_self_deaths: bool = False) -> None:
+    """SIGTERM every live worker: each must exit 0; unless ``allow_self_deaths``, none
+    may have died without being killed by the scenario."""
+    self_died = [f"{p.name} (exit {p.popen.returncode})" for p in fleet.procs
+                 if not p.alive() and p.died_at is None]
+    live = fleet.live()
+    codes = fleet.stop_all()
+    if not allow_self_deaths:
+        res.expect(f"{label}: no worker exited on its own", not self_died, self_died)
+    bad = {p.name: codes[p.name] for p in live if codes[p.name] != 0}
+    res.expect(f"{label}: exit code 0 after SIGTERM", not bad, bad)
+
+
+def tracebacks(fleet: Fleet) -> list[str]:
+    """Unexpected tracebacks in worker stderr (a crash of a loop or task)."""
+    out = []
+    for p in fleet.procs:
+        text = p.stderr()
+        for marker in ("Traceback (most recent call last)", "Task exception was never retrieved"):
+            if marker in text:
+                i = text.index(marker)
+                out.append(f"{p.name}: {text[max(0, i - 300) : i + 1500]}")
+                break
+    return out
