@@ -52,6 +52,7 @@ from .options import (
     RetryConfig,
     WorkerConfig,
 )
+from .partitioned import PartitionedQueue
 from .queue import HealthStatus, JobQueue, QueueStats
 from .sync import SyncJobQueue
 
@@ -78,6 +79,7 @@ __all__ = [
     "LeaseLostError",
     "LimiterConfig",
     "NonRetryableError",
+    "PartitionedQueue",
     "PayloadTooLargeError",
     "QueueActiveError",
     "QueueEvent",
