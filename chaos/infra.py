@@ -176,6 +176,7 @@ class WorkerProc:
         self.err_path = err
         self.args = args
         self.died_at: float | None = None
+        self.stopped_by_scenario = False  # SIGTERM/SIGINT/SIGKILL sent by the scenario
 
     @property
     def pid(self) -> int:
@@ -218,6 +219,8 @@ class WorkerProc:
     def signal(self, sig: int) -> float:
         """Send ``sig``; returns the real time just before it was sent."""
         t = time.time()
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+            self.stopped_by_scenario = True
         self.popen.send_signal(sig)
         return t
 

@@ -3,4 +3,5 @@
 from . import (  # noqa: F401
     s1_sigkill,
     s2_crash_steps,
+    s3_sigterm,
 )

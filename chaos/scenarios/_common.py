@@ -13,7 +13,7 @@ from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result
 from ..infra import Fleet, Timeout
-from ..ledger import Snapshot, check, duplicates, snapshot, stream
+from ..ledger import Ledger, Snapshot, check, duplicates, snapshot, stream
 
 FINAL = ("completed", "dlq", "failed")
 
@@ -88,10 +88,12 @@ def closing_checks(
     label: str = "final",
     ignore: Iterable[str] = (),
     ids: Iterable[str] | None = None,
+    ledger: Ledger | None = None,
 ) -> tuple[Snapshot, dict[str, Any]]:
-    """Final ledger + consistency check and the duplicate figures (stored in ``res``)."""
+    """Final ledger + consistency check and the duplicate figures (stored in ``res``).
+    ``ledger``: the enqueues of this queue (default: the scenario's ledger)."""
     snap = snapshot(client, keys)
-    res.checker(label, check(snap, ctx.ledger, final=True, ignore=ignore))
+    res.checker(label, check(snap, ledger or ctx.ledger, final=True, ignore=ignore))
     events = stream(client, keys.events)
     lines = fleet.lines() if fleet is not None else []
     dup = duplicates(events, lines, ids)
@@ -114,7 +116,7 @@ def stop_fleet(res: Result, fleet: Fleet, *, label: str = "workers",
     """SIGTERM every live worker: each must exit 0; unless ``allow_self_deaths``, none
     may have died without being killed by the scenario."""
     self_died = [f"{p.name} (exit {p.popen.returncode})" for p in fleet.procs
-                 if not p.alive() and p.died_at is None]
+                 if not p.alive() and not p.stopped_by_scenario]
     live = fleet.live()
     codes = fleet.stop_all()
     if not allow_self_deaths:
