@@ -4,4 +4,6 @@ from . import (  # noqa: F401
     s1_sigkill,
     s2_crash_steps,
     s3_sigterm,
+    s4_freeze,
+    s5_redis_restart,
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import redis
 
@@ -16,6 +16,7 @@ from ..infra import Fleet, Timeout
 from ..ledger import Ledger, Snapshot, check, duplicates, snapshot, stream
 
 FINAL = ("completed", "dlq", "failed")
+T = TypeVar("T")
 
 
 def all_final(client: redis.Redis, keys: QueueKeys, ids: Iterable[str]) -> bool:
@@ -64,6 +65,18 @@ def wait_final(
 def _state(client: redis.Redis, keys: QueueKeys, jid: str) -> str | None:
     st = client.hget(keys.job(jid), "st")
     return st.decode() if st else None
+
+
+def retrying(fn: Callable[[], T], timeout: float) -> T:
+    """``fn()``, retried on connection errors until ``timeout`` (Redis coming back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def stats(values: Iterable[float], digits: int = 3) -> dict[str, Any]:
