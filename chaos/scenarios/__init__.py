@@ -6,4 +6,6 @@ from . import (  # noqa: F401
     s3_sigterm,
     s4_freeze,
     s5_redis_restart,
+    s6_network,
+    s7_clock_skew,
 )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
 
+from kitium_queue import SyncJobQueue
 from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result
@@ -17,6 +20,51 @@ from ..ledger import Ledger, Snapshot, check, duplicates, snapshot, stream
 
 FINAL = ("completed", "dlq", "failed")
 T = TypeVar("T")
+
+
+def _default_job(rnd: random.Random, n: int) -> tuple[str, Any, dict[str, Any]]:
+    # A unique job_id: after a Redis rollback an id can never name a different job.
+    return ("work", {"ms": rnd.randint(10, 60)}, {"job_id": f"p{n}", "remove_on_complete": False})
+
+
+class Producer(threading.Thread):
+    """Adds a batch of jobs every ``period`` s and records the acknowledged ids."""
+
+    def __init__(self, queue: SyncJobQueue, ledger: Ledger, *, batch: int = 10,
+                 period: float = 0.05, seed: int = 5,
+                 job: Callable[[random.Random, int], tuple[str, Any, dict[str, Any]]]
+                 | None = None) -> None:
+        super().__init__(name="chaos-producer", daemon=True)
+        self.queue = queue
+        self.ledger = ledger
+        self.batch = batch
+        self.period = period
+        self.rnd = random.Random(seed)
+        self.stop_event = threading.Event()
+        self.n = 0
+        self.failures = 0
+        self.errors: set[str] = set()
+        self.job = job or _default_job
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            jobs = []
+            for _ in range(self.batch):
+                self.n += 1
+                jobs.append(self.job(self.rnd, self.n))
+            try:
+                ids = self.queue.add_jobs(jobs)
+            except Exception as exc:
+                self.failures += 1
+                self.errors.add(type(exc).__name__)
+            else:
+                self.ledger.record(ids, tag="load")
+            self.stop_event.wait(self.period)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.is_alive():
+            self.join(timeout=30)
 
 
 def all_final(client: redis.Redis, keys: QueueKeys, ids: Iterable[str]) -> bool:

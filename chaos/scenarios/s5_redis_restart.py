@@ -19,56 +19,17 @@ and recorded. At the end every surviving job is finished.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from typing import Any
 
-from kitium_queue import SyncJobQueue
 from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result, scenario
 from ..infra import Timeout, wait_for
 from ..ledger import Ledger, check, snapshot
-from ._common import closing_checks, retrying, stats, stop_fleet, tracebacks, wait_final
+from ._common import Producer, closing_checks, retrying, stats, stop_fleet, tracebacks, wait_final
 
 QUEUE = "restart"
-
-
-class Producer(threading.Thread):
-    """Adds a batch of jobs every ``period`` s and records the acknowledged ids."""
-
-    def __init__(self, queue: SyncJobQueue, ledger: Ledger, *, batch: int = 10,
-                 period: float = 0.05, seed: int = 5) -> None:
-        super().__init__(name="chaos-producer", daemon=True)
-        self.queue = queue
-        self.ledger = ledger
-        self.batch = batch
-        self.period = period
-        self.rnd = random.Random(seed)
-        self.stop_event = threading.Event()
-        self.n = 0
-        self.failures = 0
-        self.errors: set[str] = set()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            jobs = []
-            for _ in range(self.batch):
-                self.n += 1
-                jobs.append(("work", {"ms": self.rnd.randint(10, 60)},
-                             {"job_id": f"p{self.n}", "remove_on_complete": False}))
-            try:
-                ids = self.queue.add_jobs(jobs)
-            except Exception as exc:
-                self.failures += 1
-                self.errors.add(type(exc).__name__)
-            else:
-                self.ledger.record(ids, tag="load")
-            self.stop_event.wait(self.period)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=30)
 
 
 @scenario("redis-restart", 5, "Redis SIGKILL + restart from AOF (always / everysec)")

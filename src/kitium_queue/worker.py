@@ -359,7 +359,10 @@ class Worker:
                 self._events.emit(EventData("job-stalled", q.name, jid))
         for b in dead:
             jid = b.decode()
-            log.error("queue %s: job %s dead-lettered after stalling too often", q.name, jid)
+            log.error(
+                "queue %s: job %s dead-lettered on recovery (stalled too often, or cancelled "
+                "while its worker was gone; see its failed_reason)", q.name, jid,
+            )
             self._dead_lettered(jid, None)
         if q.metrics is not None:
             tags = {"queue": q.name}

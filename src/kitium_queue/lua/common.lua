@@ -139,7 +139,8 @@ local function promote(limit)
 end
 
 -- Requeue jobs whose lease expired (bounded). A job that has stalled more than
--- max_stalled times is dead-lettered. The stalled run does not count as an attempt.
+-- max_stalled times is dead-lettered, and so is one cancel_job() had flagged. The
+-- stalled run does not count as an attempt.
 -- Returns {recovered ids}, {dead-lettered ids}.
 local function recover(limit, max_stalled, dlq_enabled)
   local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', int(NOW), 'LIMIT', 0, limit)
@@ -156,6 +157,13 @@ local function recover(limit, max_stalled, dlq_enabled)
         dead_letter(jk, id, dlq_enabled,
           'job stalled ' .. stalls .. ' times (max_stalled_count=' .. max_stalled ..
           '): its worker died or stopped renewing the lease each time', '')
+        dead[#dead + 1] = id
+      elseif redis.call('HEXISTS', jk, 'cx') == 1 then
+        -- cancel_job() flagged it, then its worker vanished before it could stop it:
+        -- finish the cancellation here instead of running the job again.
+        redis.call('HDEL', jk, 'cx')
+        dead_letter(jk, id, dlq_enabled,
+          'cancelled by cancel_job() (its worker stopped before it could stop the job)', '')
         dead[#dead + 1] = id
       else
         push_wait(jk, id)
