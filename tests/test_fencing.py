@@ -160,6 +160,24 @@ def test_expired_but_untaken_lease_is_still_the_holders(engine: Engine) -> None:
     assert engine.job(jid)["st"] == "completed"
 
 
+def test_cancelled_job_whose_worker_died_is_not_run_again(engine: Engine) -> None:
+    """cancel_job() on a running job only flags it; if its worker then dies, recovery must
+    finish the cancellation rather than hand the job to another worker."""
+    jid = engine.enqueue(T0)
+    t1 = int(engine.claim(T0, 1, lease=500)[2])
+    (status,) = engine.run("cancel", T0 + 10, jid)
+    assert status == b"flagged"
+    assert engine.extend(T0 + 20, 500, [(jid, t1)]) == ([], [jid])  # the holder is told
+    # ... but it dies before it acts on it; its lease expires.
+    reply = engine.claim(T0 + 2000, 1, lease=500)
+    assert reply[0] == b"empty"
+    assert [b.decode() for b in reply[3]] == [] and [b.decode() for b in reply[4]] == [jid]
+    job = engine.job(jid)
+    assert job["st"] == "dlq" and "cancelled" in job["e"] and "cx" not in job
+    assert engine.members("dlq") == [jid] and engine.members("wait") == []
+    assert engine.finish(T0 + 2100, jid, t1, "C") == "lease-lost"
+
+
 # ---------------------------------------------------------------------- end to end
 
 

@@ -177,9 +177,12 @@ class QueueMachine(RuleBasedStateMachine):
         for j in expired:
             j.stalls += 1
             j.attempts -= 1
-            # A cancel_job() flag survives recovery: the next holder is told at its first
-            # renewal (and a dead-lettered job keeps the flag until retried).
             if j.stalls > MAX_STALLED:
+                self._dead_letter(j, dlq)  # keeps a cancel flag until retried
+                dead.append(j.id)
+            elif j.cancel:
+                # Flagged by cancel_job() and its holder is gone: cancelled, not re-run.
+                j.cancel = False
                 self._dead_letter(j, dlq)
                 dead.append(j.id)
             else:
