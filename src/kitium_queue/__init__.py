@@ -38,6 +38,7 @@ from .errors import (
     QueueActiveError,
     RateLimited,
     RetryLater,
+    ScheduleNotFoundError,
     SerializationError,
 )
 from .events import EventData, StreamEvent
@@ -54,6 +55,7 @@ from .options import (
 )
 from .partitioned import PartitionedQueue
 from .queue import HealthStatus, JobQueue, QueueStats
+from .schedules import Schedule
 from .sync import SyncJobQueue
 
 __all__ = [
@@ -89,6 +91,8 @@ __all__ = [
     "RateLimited",
     "RetryConfig",
     "RetryLater",
+    "Schedule",
+    "ScheduleNotFoundError",
     "SerializationError",
     "StreamEvent",
     "SyncJobQueue",

@@ -8,6 +8,7 @@
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached
     ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
+    ├── ScheduleNotFoundError       no schedule with that id
     ├── JobStateError               operation not valid in the job's state
     │   ├── JobActiveError          the job is running             (KQ_JOB_ACTIVE)
     │   └── (KQ_BAD_STATE)
@@ -16,10 +17,12 @@
     └── ProcessorSignal             raised by processors to steer the outcome
         ├── NonRetryableError       fail now, no retry: straight to the DLQ
         └── RetryLater              run again after delay_ms, no attempt spent
-            └── RateLimited         the same, reported as rate limiting
+            └── RateLimited         the same, and hold the queue (or its key) meanwhile
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "SCRIPT_ERRORS",
@@ -36,6 +39,7 @@ __all__ = [
     "QueueActiveError",
     "RateLimited",
     "RetryLater",
+    "ScheduleNotFoundError",
     "SerializationError",
     "error_from_script",
 ]
@@ -66,6 +70,13 @@ class JobNotFoundError(KitiumQueueError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "job not found"
+
+
+class ScheduleNotFoundError(KitiumQueueError, KeyError):
+    """No schedule with that id exists in the queue."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "schedule not found"
 
 
 class JobStateError(KitiumQueueError):
@@ -107,10 +118,40 @@ class RetryLater(ProcessorSignal):
 
 
 class RateLimited(RetryLater):
-    """The processor hit a rate limit; run again after ``delay_ms``, no attempt spent."""
+    """The processor hit a rate limit: hold the queue (or a key) for ``delay_ms``.
 
-    def __init__(self, delay_ms: int = 1000, reason: str = "rate limited") -> None:
+    The job runs again after ``delay_ms`` without spending an attempt, and meanwhile
+    no worker is handed another job of the held scope (nothing is claimed, so no worker
+    slot is taken).
+
+    Args:
+        delay_ms: how long to hold (and to defer this job).
+        reason: recorded on the job and in the ``job-delayed`` stream event.
+        scope: ``"auto"`` (default): the job's ``rate_limit_key`` if it has one, else
+            the whole queue; ``"queue"``: the whole queue; ``"key"``: the job's
+            ``rate_limit_key`` (the whole queue if it has none); ``"job"``: defer only
+            this job, hold nothing.
+    """
+
+    SCOPES = ("auto", "queue", "key", "job")
+
+    def __init__(
+        self, delay_ms: int = 1000, reason: str = "rate limited", *, scope: str = "auto"
+    ) -> None:
+        if scope not in self.SCOPES:
+            raise ValueError(f"RateLimited scope must be one of {self.SCOPES}, got {scope!r}")
         super().__init__(delay_ms, reason)
+        self.scope = scope
+
+    def hold(self, job_options: dict[str, Any]) -> str | None:
+        """What to hold for a job with these options: ``""`` = the whole queue, a
+        rate-limit key, or None = nothing."""
+        if self.scope == "job" or self.delay_ms <= 0:
+            return None
+        key = job_options.get("rate_limit_key")
+        if self.scope in ("auto", "key") and isinstance(key, str) and key:
+            return key
+        return ""
 
 
 #: Lua error code → exception type. Must match the codes in lua/errors.lua.

@@ -59,3 +59,42 @@ class QueueKeys:
     def extra(self, suffix: str) -> str:
         """A feature's own key under this queue's hash tag (e.g. ``schedules``)."""
         return self.base + suffix
+
+    # -- holds: set by finish.lua when a processor raises RateLimited -------------------
+    @staticmethod
+    def hold_name(rate_key: str = "") -> str:
+        """Suffix of a hold: ``hold`` (the whole queue) or ``hold:<rate limit key>``."""
+        return f"hold:{rate_key}" if rate_key else "hold"
+
+    def hold(self, rate_key: str = "") -> str:
+        """STRING with a TTL: while it exists, claim hands out nothing of its scope."""
+        return self.base + self.hold_name(rate_key)
+
+    # -- flow control (flowcontrol.py; its Lua builds the same names from the prefix) ---
+    def rate(self, key: str) -> str:
+        """STRING: jobs of rate-limit key ``key`` started in the current window."""
+        return f"{self.base}rl:{key}"
+
+    def concurrency(self, key: str) -> str:
+        """SET: ids of the running jobs of concurrency key ``key`` (pruned lazily)."""
+        return f"{self.base}cc:{key}"
+
+    # -- schedules (lua/schedule_keys.lua) ----------------------------------------------
+    @property
+    def schedules(self) -> str:
+        """ZSET: every schedule id, score = creation time."""
+        return self.base + "schedules"
+
+    @property
+    def schedules_due(self) -> str:
+        """ZSET: active schedules, score = next tick (ms)."""
+        return self.base + "schedules:due"
+
+    @property
+    def schedules_channel(self) -> str:
+        """Pub/sub channel announcing created, changed and removed schedules."""
+        return self.base + "schedules:changed"
+
+    def schedule(self, schedule_id: str) -> str:
+        """HASH: one schedule's definition and state."""
+        return f"{self.base}schedule:{schedule_id}"

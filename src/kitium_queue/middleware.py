@@ -9,6 +9,8 @@
 * **Option ownership**: a feature declares the job options it handles with
   ``queue.own_options(feature, names)``; options of features that are not enabled are
   rejected.
+* **Services** (DESIGN §5.4): background loops in ``queue.services`` that every worker of
+  the queue starts after its own loops and stops first when it stops (the scheduler).
 """
 
 from __future__ import annotations
@@ -16,13 +18,28 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-__all__ = ["EnqueueMiddleware", "ProcessMiddleware", "run_process_chain"]
+__all__ = ["EnqueueMiddleware", "ProcessMiddleware", "Service", "run_process_chain"]
 
 
 class EnqueueMiddleware(Protocol):
     def __call__(
         self, job_name: str, data: Any, options: Mapping[str, Any]
     ) -> tuple[str, Any, Mapping[str, Any]] | Awaitable[tuple[str, Any, Mapping[str, Any]]]: ...
+
+
+class Service(Protocol):
+    """A background loop run alongside each worker: ``queue.add_service(svc)``.
+
+    ``start(queue)`` is awaited when a worker starts (it should create its tasks and
+    return); ``stop()`` when the worker stops, before running jobs are waited for.
+    ``name`` identifies it (adding a service with the same name replaces the old one).
+    """
+
+    name: str
+
+    async def start(self, queue: Any) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 ProcessMiddleware = Callable[[Any, Callable[[], Awaitable[Any]]], Awaitable[Any]]

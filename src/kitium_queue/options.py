@@ -203,8 +203,12 @@ class ExtendedJobOptions(JobOptions):
     ``idempotency_key`` (duplicate enqueues within the idempotency window return the
     original job id) and ``delivery_guarantee`` are handled by the core; the others
     belong to features (FIFO groups, encryption, breakers, webhooks, workflows, regions,
-    tenants) and are rejected with a clear error unless that feature is enabled on the
-    queue.
+    tenants, flow control) and are rejected with a clear error unless that feature is
+    enabled on the queue.
+
+    ``rate_limit_key`` / ``concurrency_key``: the job counts against the per-key rate
+    limit / concurrency cap declared with ``queue.set_rate_limit`` /
+    ``queue.set_concurrency_limit`` (see docs/scheduling.md).
     """
 
     delivery_guarantee: DeliveryGuarantee | str | None = None
@@ -217,6 +221,8 @@ class ExtendedJobOptions(JobOptions):
     depends_on: list[str] | None = None
     region: str | None = None
     tenant_id: str | None = None
+    rate_limit_key: str | None = None
+    concurrency_key: str | None = None
 
 
 JOB_OPTION_NAMES = frozenset(f.name for f in fields(ExtendedJobOptions))
@@ -291,11 +297,14 @@ class WorkerConfig:
         limiter: queue-wide rate limit, ``LimiterConfig`` or ``{"max", "duration"}``.
         shutdown_timeout: on stop, ms to let running jobs finish before they are handed
             back to the queue (default 30000).
+        scheduler: run the schedule loop in this worker (default True); any number of
+            workers may run it, each tick is enqueued once.
     """
 
     concurrency: int = 20
     limiter: LimiterConfig | Mapping[str, Any] | None = None
     shutdown_timeout: Duration = 30_000
+    scheduler: bool = True
 
 
 @dataclass(slots=True)

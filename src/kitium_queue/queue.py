@@ -9,7 +9,7 @@ import random
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,7 +29,7 @@ from .errors import (
 from .events import EventData, EventEmitter, Handler, StreamEvent, read_stream
 from .job import JobInfo
 from .keys import QueueKeys
-from .middleware import EnqueueMiddleware, ProcessMiddleware
+from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
 from .options import (
     CORE_OPTION_NAMES,
     JOB_OPTION_NAMES,
@@ -49,6 +49,10 @@ from .options import (
 )
 from .procpool import import_path
 from .scripts import ScriptCall, ScriptRegistry
+
+if TYPE_CHECKING:
+    from .flowcontrol import FlowControl
+    from .schedules import Schedule, ScheduleStore
 
 __all__ = ["HealthStatus", "JobQueue", "Processor", "QueueStats"]
 
@@ -179,6 +183,9 @@ class JobQueue:
         self.option_owners: dict[str, str] = {}
         self.enqueue_middleware: list[EnqueueMiddleware] = []
         self.process_middleware: list[ProcessMiddleware] = []
+        self.services: list[Service] = []
+        self._schedules: ScheduleStore | None = None
+        self._flow: FlowControl | None = None
         self._defaults = self._normalize_options(
             self._validate_options(_as_dict(default_job_options), "default_job_options"),
             "default_job_options",
@@ -413,6 +420,12 @@ class JobQueue:
             if n not in JOB_OPTION_NAMES:
                 raise ConfigurationError(f"{feature}: {n!r} is not a job option")
             self.option_owners[n] = feature
+
+    def add_service(self, service: Service) -> None:
+        """Run ``service`` alongside every worker of this queue in this process (started
+        with the worker, stopped with it); replaces a service with the same ``name``."""
+        self.services = [s for s in self.services if s.name != service.name]
+        self.services.append(service)
 
     def register_backoff(self, name: str, fn: Callable[..., Any]) -> None:
         """Register a custom backoff: ``fn(attempts_made, error, job) -> delay_ms | None``.
@@ -870,6 +883,135 @@ class JobQueue:
         )
         return [b.decode() for b in back], [b.decode() for b in dead]
 
+    # ------------------------------------------------------------------ schedules
+    # Scheduling, flow control and batches live in their own modules (schedules.py,
+    # scheduler.py, flowcontrol.py, batches.py), imported on first use. docs/scheduling.md
+    # describes every option.
+    @property
+    def schedules(self) -> ScheduleStore:
+        """The schedules of this queue in Redis (list, get, update, pause, remove)."""
+        if self._schedules is None:
+            from .schedules import ScheduleStore
+
+            self._schedules = ScheduleStore(self)
+        return self._schedules
+
+    async def schedule_job(
+        self, job_name: str, data: Any, cron_pattern: str, **options: Any
+    ) -> Schedule:
+        """Enqueue ``job_name`` on a cron schedule; upserts by schedule id.
+
+        ``cron_pattern``: 5 fields (minute hour day month weekday) or 6 with seconds
+        first; ``@hourly``-style aliases. Schedule options: ``schedule_id`` (default
+        ``"<job_name>@<pattern>"``), ``tz`` ("UTC"), ``start_date``, ``end_date``,
+        ``limit`` (runs), ``jitter`` (0 ms), ``misfire`` ("run_once" | "skip" |
+        "catch_up" | ("catch_up", N)), ``misfire_grace`` (1000 ms), ``overlap``
+        ("allow" | "skip"); any other keyword is a job option (attempts, priority, ...).
+        Any worker's scheduler fires it, each tick once. Raises ``ConfigurationError``
+        for a malformed pattern or option.
+
+        Example::
+
+            await queue.schedule_job("report", {}, "0 2 * * *", tz="Europe/Berlin")
+        """
+        sched, job_opts = _split_schedule_options(options)
+        return await self.schedules.declare(job_name, data, cron=cron_pattern,
+                                            options=job_opts, **sched)
+
+    async def schedule_every(
+        self, job_name: str, data: Any, interval_ms: Any, **options: Any
+    ) -> Schedule:
+        """Enqueue ``job_name`` every ``interval_ms`` (ms or timedelta), ticks aligned
+        on ``start_date`` (default: the Unix epoch). Same options as ``schedule_job``;
+        ``jitter`` delays each run by up to that many ms, never past the next tick.
+
+        Example::
+
+            await queue.schedule_every("heartbeat", {"svc": "api"}, 30_000, jitter=2000)
+        """
+        sched, job_opts = _split_schedule_options(options)
+        return await self.schedules.declare(job_name, data, every=interval_ms,
+                                            options=job_opts, **sched)
+
+    async def get_schedules(self) -> list[Schedule]:
+        """Every schedule of this queue, oldest first."""
+        return await self.schedules.list()
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        """One schedule (definition and state), or None."""
+        return await self.schedules.get(schedule_id)
+
+    async def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
+        """Change some fields of a schedule (``data``, ``cron_pattern``, ``interval_ms``,
+        schedule or job options); raises ``ScheduleNotFoundError``."""
+        return await self.schedules.update(schedule_id, **changes)
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule (jobs it enqueued stay); False if it did not exist."""
+        return await self.schedules.remove(schedule_id)
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        """Stop a schedule from firing; False if it does not exist."""
+        return await self.schedules.pause(schedule_id)
+
+    async def resume_schedule(self, schedule_id: str) -> bool:
+        """Resume a paused schedule at its next tick from now; False if it does not exist."""
+        return await self.schedules.resume(schedule_id)
+
+    # ------------------------------------------------------------------ flow control
+    @property
+    def flow(self) -> FlowControl:
+        """Per-key rate limits and concurrency caps of this queue (enabled on first use)."""
+        if self._flow is None:
+            from .flowcontrol import FlowControl
+
+            self._flow = FlowControl(self)
+        return self._flow
+
+    def set_rate_limit(self, key: str, *, max: int, duration: Any = 1000) -> None:
+        """At most ``max`` starts per ``duration`` ms for each rate-limit key matching
+        ``key`` (exact, ``"prefix*"`` or ``"*"``), across all workers. Jobs opt in with
+        ``rate_limit_key=``. Declare it in every process that uses the queue."""
+        self.flow.set_rate_limit(key, max=max, duration=duration)
+
+    def set_concurrency_limit(self, key: str, max: int) -> None:
+        """At most ``max`` running jobs for each concurrency key matching ``key``, across
+        all workers. Jobs opt in with ``concurrency_key=``."""
+        self.flow.set_concurrency_limit(key, max)
+
+    def set_global_concurrency(self, max: int | None) -> None:
+        """At most ``max`` running jobs in this queue across all workers (None: no cap)."""
+        self.flow.set_global_concurrency(max)
+
+    def process_batch(
+        self, job_name: str, fn: Callable[..., Any] | None = None, *, size: int,
+        min_size: int = 1, max_wait: Any = 1000,
+    ) -> Any:
+        """Register a batch processor: ``fn(jobs)`` gets up to ``size`` jobs at once.
+
+        A batch is handed over when it is full, when the jobs claimed together arrived
+        and it has ``min_size``, or ``max_wait`` ms after its first job. ``fn`` returns
+        a list (a result or an exception per job), a dict by job id, or None; raising
+        fails them all. Each job keeps its own lease, timeout, retries and outcome.
+        Usable as a decorator.
+        """
+        from .batches import BatchProcessor
+
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            self.processors[job_name] = BatchProcessor(
+                f, size=size, min_size=min_size, max_wait=max_wait
+            )
+            self.processor_modes.pop(job_name, None)
+            if self.worker_config.concurrency < size:
+                log.warning(
+                    "queue %s: batch size %d of %r exceeds worker.concurrency=%d; batches "
+                    "will hold at most %d jobs", self.name, size, job_name,
+                    self.worker_config.concurrency, self.worker_config.concurrency,
+                )
+            return f
+
+        return register(fn) if fn is not None else register
+
     # ------------------------------------------------------------------ workers
     async def start(self, *, concurrency: int | None = None) -> None:
         """Start consuming in this process (returns once the worker runs)."""
@@ -877,6 +1019,10 @@ class JobQueue:
 
         if self._worker is not None and self._worker.running:
             return
+        if self.worker_config.scheduler and not any(s.name == "scheduler" for s in self.services):
+            from .scheduler import Scheduler
+
+            self.services.append(Scheduler())
         self._worker = Worker(self, concurrency=concurrency)
         try:
             await self._worker.start()
@@ -947,6 +1093,15 @@ def _as_dict(value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     raise ConfigurationError(f"options must be a dict or JobOptions, got {type(value).__name__}")
+
+
+_SCHEDULE_OPTIONS = ("schedule_id", "tz", "start_date", "end_date", "limit", "jitter",
+                     "misfire", "misfire_grace", "overlap")
+
+
+def _split_schedule_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    sched = {k: v for k, v in options.items() if k in _SCHEDULE_OPTIONS}
+    return sched, {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}
 
 
 def _status(status: JobStatus | str) -> JobStatus:

@@ -31,6 +31,11 @@ SCRIPT_NAMES = (
     "pause",
     "update",
     "stats",
+    "schedule_put",
+    "schedule_remove",
+    "schedule_pause",
+    "schedule_due",
+    "schedule_fire",
 )
 
 _INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
@@ -67,7 +72,7 @@ class ScriptRegistry:
 
     def __init__(self) -> None:
         self._fragments: dict[str, str] = {}
-        self._admission: list[tuple[str, str]] = []
+        self._admission: list[tuple[str, str]] = []  # (name, Lua expression)
         self._compiled: dict[str, Script] = {}
         self._loaded: set[int] = set()
 
@@ -78,19 +83,35 @@ class ScriptRegistry:
         self._compiled.clear()
 
     def add_admission_check(self, name: str, source: str) -> None:
-        """Add a Lua function body ``function(id, jk) ... return true|false end``.
+        """Add a Lua expression evaluating to ``function(id, jk, opts) ... end``.
 
-        The check runs inside ``claim`` for every candidate; ``false`` leaves the job in
-        wait untouched. Checks run in the order they were added.
+        The check runs inside ``claim`` for every candidate (``opts``: the job's options
+        JSON or ``false``); returning false leaves the job in wait untouched. Checks run
+        in the order they were added; adding one under an existing name replaces it.
+
+        A check that admits may return a second value, ``commit``: it is called as
+        ``commit(id, jk)`` only once *every* check admitted the candidate — count the
+        job against limits there, so a job a later check rejects is never counted. A
+        check that rejects may call ``admit_retry(t_ms)`` (when the candidate may become
+        eligible: the worker sleeps until then) or ``admit_stop()`` (no later candidate
+        can pass this call: stop scanning). See ``lua/admission.lua``.
         """
+        self._admission = [(n, s) for n, s in self._admission if n != name]
         self._admission.append((name, source))
         self._compiled.clear()
 
     def _fragment(self, name: str) -> str:
-        if name == "admission" and self._admission:
-            checks = "\n".join(f"local check_{n} = {src}" for n, src in self._admission)
-            calls = " and ".join(f"check_{n}(id, jk)" for n, _ in self._admission)
-            return f"{checks}\nlocal function admit(id, jk)\n  return {calls}\nend\n"
+        if name == "admission_checks" and self._admission:
+            lines = [f"local check_{n} = {src}" for n, src in self._admission]
+            lines.append("local function admit(id, jk, opts)")
+            for i, (n, _) in enumerate(self._admission):
+                lines.append(f"  local ok{i}, commit{i} = check_{n}(id, jk, opts)")
+                lines.append(f"  if not ok{i} then return false end")
+            for i in range(len(self._admission)):
+                lines.append(f"  if commit{i} then commit{i}(id, jk) end")
+            lines.append("  return true")
+            lines.append("end")
+            return "\n".join(lines) + "\n"
         if name in self._fragments:
             return self._fragments[name]
         return _read(name)

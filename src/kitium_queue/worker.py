@@ -51,6 +51,7 @@ from .backoff import retry_delay
 from .connection import TRANSIENT_ERRORS
 from .errors import (
     NonRetryableError,
+    RateLimited,
     RetryLater,
     SerializationError,
 )
@@ -186,6 +187,11 @@ class Worker:
             loop.create_task(self._renew(), name=f"kq-renew-{q.name}"),
             loop.create_task(self._sweep(), name=f"kq-sweep-{q.name}"),
         ]
+        for svc in q.services:
+            try:
+                await svc.start(q)
+            except Exception:
+                log.exception("worker %s: service %s failed to start", self.id, svc.name)
         log.info(
             "worker %s started on queue %s (concurrency=%d)", self.id, q.name, self.concurrency
         )
@@ -197,6 +203,11 @@ class Worker:
             return
         self._stopping = True
         self._signal.set()
+        for svc in reversed(self.queue.services):
+            try:
+                await svc.stop()
+            except Exception:
+                log.exception("worker %s: service %s failed to stop", self.id, svc.name)
         grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
         running = [r.task for r in self._jobs.values() if r.task is not None]
         if running:
@@ -491,7 +502,9 @@ class Worker:
         except RetryLater as exc:
             if run.timer is not None:
                 run.timer.cancel()
-            self._ack(run, "D", exc.reason.encode(), "", exc.delay_ms, None, None, exc)
+            hold = exc.hold(job.options) if isinstance(exc, RateLimited) else None
+            meta = "" if hold is None else q.keys.hold_name(hold)
+            self._ack(run, "D", exc.reason.encode(), "", exc.delay_ms, None, None, exc, meta)
         except NonRetryableError as exc:
             if run.timer is not None:
                 run.timer.cancel()
@@ -581,6 +594,7 @@ class Worker:
         keep: Any,
         result: Any,
         exc: BaseException | None,
+        meta: str = "",
     ) -> None:
         self._forget(run)
         if run.abandoned:
@@ -595,7 +609,7 @@ class Worker:
                 delay,
                 keep.count if keep is not None else -1,
                 keep.age if keep is not None else -1,
-                "",
+                meta,
             )
         )
         self._done.append((run, kind, result, exc, delay))

@@ -24,9 +24,11 @@
     token   the fencing token of this claim (same for every job of this call)
     job     { id, name, data, opts, attempts (incl. this one), created ts, stalls, progress }
   Events: job-started per claimed job; job-stalled / job-failed / job-dlq from recovery.
-  Admission: every candidate passes admit(id, jk) (admission.lua, composed at load time
-  from the checks of enabled features) before it is handed out; a rejected candidate
-  stays in wait, untouched.
+  Admission: every candidate passes admit(id, jk, opts) (admission.lua, composed at load
+  time from the checks of enabled features) before it is handed out; a rejected
+  candidate stays in wait, untouched, and its checks may shorten wake_in.
+  Hold: while <prefix>hold exists (a processor raised RateLimited), nothing is handed
+  out and the status is 'limited' until it expires.
 ]]
 --@include common
 --@include admission
@@ -58,6 +60,11 @@ if redis.call('HGET', K_META, 'paused') == '1' then
   return { 'paused', wake_at(nil), 0, back, dead }
 end
 
+local held = redis.call('PTTL', PREFIX .. 'hold')
+if held > 0 then
+  return { 'limited', wake_at(NOW + held), 0, back, dead }
+end
+
 if lim_max > 0 then
   local used = tonumber(redis.call('GET', K_LIMITER) or '0')
   local left = lim_max - used
@@ -81,12 +88,13 @@ if want > 0 then
   -- Examine candidates in rank order, fetching only as many as still wanted; rejected
   -- candidates stay in place, so the next fetch starts after everything examined.
   local examined = 0
-  while got < want and examined < scan do
+  while got < want and examined < scan and not ADMIT_STOP do
     local batch = math.min(want - got, scan - examined)
     local cands = redis.call('ZRANGE', K_WAIT, examined, examined + batch - 1)
     if #cands == 0 then break end
     examined = examined + #cands
     for i = 1, #cands do
+      if ADMIT_STOP then break end
       local id = cands[i]
       local jk = job_key(id)
       local f = redis.call('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a')
@@ -97,7 +105,7 @@ if want > 0 then
         dead_letter(jk, id, dlq_enabled,
           'job record missing: its hash key was deleted while the job was waiting', '')
         dead[#dead + 1] = id
-      elseif admit(id, jk) then
+      elseif admit(id, jk, f[3]) then
         if token == 0 then token = redis.call('INCR', K_LEASE) end
         local att = (tonumber(f[7]) or 0) + 1
         redis.call('HSET', jk, 'st', 'active', 'lt', token, 'ps', NOW_S, 'w', worker, 'a', att)
@@ -136,5 +144,5 @@ elseif redis.call('ZCARD', K_WAIT) > 0 then
   -- More work is waiting: pass the wake-up on to the next idle worker.
   wake()
 end
-out[2] = wake_at(nil)
+out[2] = wake_at(ADMIT_RETRY_AT)
 return out

@@ -82,6 +82,29 @@ local function push_delayed(jk, id, due)
   if first[1] == id then wake() end
 end
 
+-- Create job <id> ('' = its sequence number) in wait, or in delayed when delay > 0 ms.
+-- Returns id, job key, state ('waiting' | 'delayed'). The caller wakes idle workers
+-- (wake()) once per call when a job went to wait. Used by enqueue.lua and by scripts
+-- that add jobs atomically with their own state change (schedule_fire.lua).
+local function add_job(id, name, data, opts, pri, delay, lifo)
+  local seq = redis.call('INCR', K_ID)
+  if id == '' then id = tostring(seq) end
+  local q = seq
+  if lifo == '1' then q = -seq end
+  local jk = job_key(id)
+  redis.call('HSET', jk, 'n', name, 'd', data, 'ts', NOW_S, 'p', pri, 'q', q, 'a', 0, 's', 0)
+  if opts ~= '' then redis.call('HSET', jk, 'o', opts) end
+  if delay > 0 then
+    push_delayed(jk, id, NOW + delay)
+    emit('job-added', id, 'name', name, 'st', 'delayed')
+    return id, jk, 'delayed'
+  end
+  redis.call('ZADD', K_WAIT, int(wait_score(pri, q)), id)
+  redis.call('HSET', jk, 'st', 'waiting')
+  emit('job-added', id, 'name', name, 'st', 'waiting')
+  return id, jk, 'waiting'
+end
+
 -- Remove all records of a job (hash, log list). The caller removes it from its set.
 local function delete_job(id)
   -- An idempotency key outlives its job on purpose: it suppresses duplicates for its

@@ -39,29 +39,12 @@ for j = 0, n - 1 do
     out[#out + 1] = existing
     out[#out + 1] = 'dup'
   else
-    local seq = redis.call('INCR', K_ID)
-    local id = custom
-    if id == '' then id = tostring(seq) end
-    local q = seq
-    if lifo == '1' then q = -seq end
-    local jk = job_key(id)
-    redis.call('HSET', jk, 'n', name, 'd', data, 'ts', int(NOW), 'p', pri, 'q', q, 'a', 0, 's', 0)
-    if opts ~= '' then redis.call('HSET', jk, 'o', opts) end
+    local id, jk, state = add_job(custom, name, data, opts, pri, delay, lifo)
+    if state == 'waiting' then woke = true end
     if ikey then
       redis.call('HSET', jk, 'ik', ik)
       redis.call('SET', ikey, id, 'PX', idem_ttl)
     end
-    local state
-    if delay > 0 then
-      push_delayed(jk, id, NOW + delay)
-      state = 'delayed'
-    else
-      redis.call('ZADD', K_WAIT, int(wait_score(pri, q)), id)
-      redis.call('HSET', jk, 'st', 'waiting')
-      state = 'waiting'
-      woke = true
-    end
-    emit('job-added', id, 'name', name, 'st', state)
     out[#out + 1] = id
     out[#out + 1] = 'new'
   end

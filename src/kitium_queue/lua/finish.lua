@@ -17,7 +17,10 @@
           'H' hand back: unstarted or interrupted by shutdown; back to wait at its
               original position without spending an attempt
     keep count -1 = keep all, 0 = remove at once; keep age -1 = no age limit
-    meta  free-form string stored as 'm' on completion (duration, worker), '' = none
+    meta  'C': free-form string stored as 'm' on completion (duration, worker), '' = none
+          'D': a hold to set for delay ms (the processor raised RateLimited): 'hold'
+               holds the whole queue (claim.lua), 'hold:<key>' one rate-limit key
+               (flow control); '' = none. A longer hold already set is kept.
 
   Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing'.
   Events: job-completed | job-retrying | job-failed (+ job-dlq) | job-delayed | job-released.
@@ -84,6 +87,10 @@ for b = 5, #ARGV, 9 do
       else
         push_wait(jk, id)
         woke = true
+      end
+      if delay > 0 and (meta == 'hold' or string.sub(meta, 1, 5) == 'hold:') then
+        local hk = PREFIX .. meta
+        if redis.call('PTTL', hk) < delay then redis.call('SET', hk, '1', 'PX', delay) end
       end
       emit('job-delayed', id, 'delay', delay, 'reason', payload)
     else -- 'H'

@@ -1,0 +1,167 @@
+"""Batch processors: one call handles up to N jobs; each job completes or fails on its own.
+
+``queue.process_batch(name, fn, size=N, min_size=M, max_wait=W)`` registers, as the
+processor of ``name``, a collector: every claimed job of that name joins the current
+batch, and the batch is handed to ``fn(jobs)`` when
+
+1. it holds ``size`` jobs, or
+2. the jobs claimed together have all arrived and it holds at least ``min_size``, or
+3. ``max_wait`` ms passed since its first job arrived (then with whatever it holds).
+
+The jobs stay ordinary jobs throughout: each is claimed under its own lease (renewed
+while it waits in the batch), runs under its own ``timeout``, and gets its own outcome
+from ``fn``'s reply — retries, ``RetryLater``/``RateLimited``, ``NonRetryableError`` and
+the DLQ work per job. A batch never holds more jobs than the worker has slots
+(``worker.concurrency``), so set the concurrency to at least ``size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import ConfigurationError
+from .options import to_ms
+
+__all__ = ["BatchProcessor"]
+
+log = logging.getLogger(__name__)
+
+_SETTLE_ROUNDS = 3
+
+
+class BatchProcessor:
+    """Collects jobs into batches for ``fn`` (see the module docstring).
+
+    ``fn(jobs)`` (async, or a plain function run in a thread) returns one of:
+
+    * a list/tuple with one entry per job, in order: a result, or an exception instance
+      to fail that job (``RetryLater`` etc. work too);
+    * a dict ``{job.id: result or exception}`` covering every job;
+    * ``None``: every job completed with result ``None``.
+
+    Raising fails every job of the batch with that exception.
+    """
+
+    def __init__(
+        self, fn: Callable[..., Any], *, size: int, min_size: int = 1, max_wait: Any = 1000
+    ) -> None:
+        if not callable(fn):
+            raise ConfigurationError("batch processor must be callable")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigurationError(f"batch size must be an int >= 1, got {size!r}")
+        if (not isinstance(min_size, int) or isinstance(min_size, bool)
+                or not 1 <= min_size <= size):
+            raise ConfigurationError(
+                f"batch min_size must be an int from 1 to size ({size}), got {min_size!r}"
+            )
+        self.fn = fn
+        self.size = size
+        self.min_size = min_size
+        self.max_wait_ms = to_ms(max_wait, "batch max_wait") or 0
+        target = fn.func if isinstance(fn, functools.partial) else fn
+        self._async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)  # noqa: B004
+        )
+        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._settle_armed = False
+        self._arrivals = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+
+    async def __call__(self, job: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        entry = (job, fut)
+        self._pending.append(entry)
+        self._arrivals += 1
+        if len(self._pending) >= self.size:
+            self._dispatch(loop)
+        else:
+            if self._timer is None and self.max_wait_ms > 0:
+                self._timer = loop.call_later(self.max_wait_ms / 1000, self._dispatch, loop)
+            if not self._settle_armed:
+                self._settle_armed = True
+                loop.call_soon(self._settle, loop, self._arrivals, _SETTLE_ROUNDS)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # Timed out, cancelled or shut down before its batch ran: leave the batch.
+            if entry in self._pending:
+                self._pending.remove(entry)
+            raise
+
+    def _settle(self, loop: asyncio.AbstractEventLoop, seen: int, rounds: int) -> None:
+        # Jobs claimed together start on consecutive loop iterations; wait until no new
+        # job arrived during one iteration before judging min_size.
+        if self._arrivals != seen and rounds > 0:
+            loop.call_soon(self._settle, loop, self._arrivals, rounds - 1)
+            return
+        self._settle_armed = False
+        if self._pending and (len(self._pending) >= self.min_size or self.max_wait_ms == 0):
+            self._dispatch(loop)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._pending:
+            batch = self._pending[: self.size]
+            del self._pending[: self.size]
+            batch = [(j, f) for j, f in batch if not f.done()]
+            if batch:
+                self.batches += 1
+                task = loop.create_task(self._run(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if len(self._pending) < self.size:
+                break
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending and self.max_wait_ms > 0:
+            self._timer = loop.call_later(self.max_wait_ms / 1000, self._dispatch, loop)
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        jobs = [j for j, _ in batch]
+        try:
+            if self._async:
+                reply = await self.fn(jobs)
+            else:
+                reply = await asyncio.get_running_loop().run_in_executor(None, self.fn, jobs)
+            outcomes = _outcomes(jobs, reply)
+        except Exception as exc:
+            outcomes = [exc] * len(jobs)
+        for (_, fut), out in zip(batch, outcomes, strict=True):
+            if fut.done():
+                continue
+            if isinstance(out, BaseException):
+                fut.set_exception(out)
+            else:
+                fut.set_result(out)
+
+
+def _outcomes(jobs: Sequence[Any], reply: Any) -> list[Any]:
+    if reply is None:
+        return [None] * len(jobs)
+    if isinstance(reply, Mapping):
+        missing = [j.id for j in jobs if j.id not in reply]
+        if missing:
+            raise TypeError(
+                f"batch processor's dict reply has no entry for job(s) {missing[:5]}; "
+                "return one result or exception per job id"
+            )
+        return [reply[j.id] for j in jobs]
+    if isinstance(reply, (list, tuple)):
+        if len(reply) != len(jobs):
+            raise TypeError(
+                f"batch processor returned {len(reply)} results for {len(jobs)} jobs; "
+                "return one result or exception per job, in order"
+            )
+        return list(reply)
+    raise TypeError(
+        f"batch processor must return a list (one entry per job), a dict keyed by job "
+        f"id, or None; got {type(reply).__name__}"
+    )

@@ -1,0 +1,80 @@
+--[[
+  schedule_fire.lua — claim the due ticks of one schedule and enqueue their jobs, in one
+  atomic step (compare-and-set on the schedule's next tick).
+
+  Every scheduler may call this for the same tick; only the call whose expected tick and
+  version still match does anything, so each tick is enqueued once however many
+  schedulers race, and a scheduler that dies before or after this call loses nothing.
+  The ticks to enqueue (misfire policy, jitter) and the next tick are computed by the
+  caller from the schedule's definition.
+
+  Job ids are deterministic: sched:<schedule id>:<tick ms>. A tick whose job id exists
+  is not enqueued again.
+
+  KEYS: the shared layout (common.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]  schedule id
+  ARGV[5]  expected next tick (the 'due' the caller read)
+  ARGV[6]  expected version
+  ARGV[7]  new next tick ('' = the schedule is finished)
+  ARGV[8]  overlap: '1' = skip a tick while the previous job of the schedule is
+           waiting, delayed, pending or active; '0' = allow
+  ARGV[9..] pairs: tick ms, start time ms (tick + jitter; the job is delayed until then)
+
+  Returns { 'ok' | 'stale', {enqueued job ids}, skipped, next tick or '' }
+    'stale': another scheduler already handled this tick, or the schedule changed,
+             was paused or removed; nothing was written.
+  Events: job-added per job; schedule-fired (id = schedule id, job, tick);
+          schedule-skipped (overlap); schedule-finished.
+]]
+--@include common
+--@include schedule_keys
+
+local id, expect_due, expect_v = ARGV[4], ARGV[5], ARGV[6]
+local nxt, skip_overlap = ARGV[7], ARGV[8] == '1'
+local sk = schedule_key(id)
+local f = redis.call('HMGET', sk, 'due', 'v', 'paused', 'n', 'd', 'o', 'p', 'l', 'cnt', 'lim', 'lj')
+if f[1] ~= expect_due or f[2] ~= expect_v or f[3] == '1' then
+  return { 'stale', {}, 0, f[1] or '' }
+end
+local name, data, opts, pri, lifo = f[4], f[5], f[6] or '', tonumber(f[7]) or 0, f[8] or '0'
+local cnt, lim, last_job = tonumber(f[9]) or 0, tonumber(f[10]) or 0, f[11]
+local RUNNING = { waiting = true, delayed = true, active = true, pending = true }
+
+local fired, skipped, last_tick, woke = {}, 0, nil, false
+for b = 9, #ARGV, 2 do
+  if lim > 0 and cnt >= lim then break end
+  local tick, start = ARGV[b], tonumber(ARGV[b + 1])
+  local busy = false
+  if skip_overlap and last_job then
+    busy = RUNNING[redis.call('HGET', job_key(last_job), 'st') or ''] == true
+  end
+  if busy then
+    skipped = skipped + 1
+    emit('schedule-skipped', id, 'tick', tick, 'running', last_job)
+  else
+    local jid = 'sched:' .. id .. ':' .. tick
+    if redis.call('EXISTS', job_key(jid)) == 0 then
+      local _, _, state = add_job(jid, name, data, opts, pri, start - NOW, lifo)
+      if state == 'waiting' then woke = true end
+      cnt = cnt + 1
+      fired[#fired + 1] = jid
+      last_job, last_tick = jid, tick
+      emit('schedule-fired', id, 'job', jid, 'tick', tick)
+    end
+  end
+end
+
+if lim > 0 and cnt >= lim then nxt = '' end
+redis.call('HSET', sk, 'due', nxt, 'cnt', cnt)
+if skipped > 0 then redis.call('HINCRBY', sk, 'skip', skipped) end
+if last_tick then redis.call('HSET', sk, 'last', last_tick, 'lj', last_job) end
+if nxt == '' then
+  redis.call('HSET', sk, 'done', '1')
+  redis.call('ZREM', K_SCHED_DUE, id)
+  emit('schedule-finished', id, 'runs', cnt)
+else
+  redis.call('ZADD', K_SCHED_DUE, nxt, id)
+end
+if woke then wake() end
+return { 'ok', fired, skipped, nxt }

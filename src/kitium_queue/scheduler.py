@@ -1,0 +1,288 @@
+"""The leaderless scheduler: a service every worker runs; each tick is enqueued once.
+
+How it works (one asyncio task per worker, plus a pub/sub listener):
+
+1. Read what is due (``schedule_due.lua``): the schedules whose next tick has come, their
+   definitions, and the Redis clock.
+2. For each, compute in Python (croniter / interval arithmetic) which ticks to enqueue
+   now — the misfire policy decides what happens to ticks missed during downtime — with
+   each run's jittered start time, and the schedule's next tick.
+3. Claim them with ``schedule_fire.lua``: a compare-and-set on the schedule's next tick
+   and version, and the enqueue of one job per tick (id ``sched:<id>:<tick ms>``) in the
+   same atomic step. When N schedulers race for a tick, one call wins and the others see
+   ``stale`` and re-read. A scheduler that dies at any point leaves either nothing or a
+   complete claim behind, so the others carry on.
+4. Sleep until the next tick is due (a local timer set from the Redis clock, so no
+   polling and no clock agreement needed), or until a schedule is created, changed or
+   removed (pub/sub message on ``<prefix>schedules:changed``).
+
+Misfires: a tick handled more than ``misfire_grace_ms`` after its time is *missed*
+(workers were down or stalled). ``skip`` drops missed ticks, ``run_once`` (default)
+enqueues one run for them (the latest), ``catch_up`` enqueues up to N of them (the latest
+N). Ticks within the grace period always run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .events import EventData
+from .schedules import timing_of
+from .scripts import ScriptCall
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
+__all__ = ["MAX_TICKS_PER_FIRE", "Scheduler", "plan_ticks"]
+
+log = logging.getLogger(__name__)
+
+_NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_MAX_IDLE_S = 30.0
+_BATCH = 100
+MAX_TICKS_PER_FIRE = 1000
+_BROKEN_RETRY_MS = 60_000
+
+
+def plan_ticks(
+    defn: Mapping[str, Any], due: int, now: int, rng: random.Random
+) -> tuple[list[tuple[int, int]], int | None]:
+    """Ticks of one due schedule to enqueue at ``now``, and its next tick.
+
+    Returns ``([(tick, start), ...], next_tick)`` in tick order; ``start`` is the tick plus
+    its jitter, capped below the following tick. ``next_tick`` is None when the schedule
+    has ended (end date or no further match).
+    """
+    timing = timing_of(defn)
+    grace = int(defn.get("misfire_grace_ms") or 0)
+    on_time: list[int] = []
+    t = timing.prev_at_or_before(now)
+    while t is not None and t >= due and now - t <= grace and len(on_time) < MAX_TICKS_PER_FIRE:
+        on_time.append(t)
+        t = timing.prev_at_or_before(t - 1)
+    missed: list[int] = []
+    if t is not None and t >= due:  # t: the latest missed tick
+        policy = defn.get("misfire", "run_once")
+        if policy == "run_once":
+            missed.append(t)
+        elif policy == "catch_up":
+            limit = min(int(defn.get("catch_up_limit") or 1), MAX_TICKS_PER_FIRE)
+            while t is not None and t >= due and len(missed) < limit:
+                missed.append(t)
+                t = timing.prev_at_or_before(t - 1)
+    ticks = sorted(set(missed + on_time))
+    nxt = timing.next_after(now)
+    jitter = int(defn.get("jitter_ms") or 0)
+    out: list[tuple[int, int]] = []
+    for i, tick in enumerate(ticks):
+        start = tick
+        if jitter > 0:
+            following = ticks[i + 1] if i + 1 < len(ticks) else nxt
+            cap = jitter if following is None else min(jitter, following - tick - 1)
+            if cap > 0:
+                start += rng.randint(0, cap)
+        out.append((tick, start))
+    return out, nxt
+
+
+class Scheduler:
+    """Fires the queue's schedules; started and stopped with each worker.
+
+    Any number may run at once (one per worker process); see the module docstring.
+    ``run_due(now_ms)`` does one round and is usable on its own (tests, cron-less hosts).
+    """
+
+    name = "scheduler"
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        self.queue: JobQueue | None = None
+        self.rng = rng or random.Random()
+        self.fired = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._broken: dict[str, int] = {}
+        self._outage = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------ service
+    async def start(self, queue: JobQueue) -> None:
+        self.queue = queue
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks = [
+            loop.create_task(self._listen(), name=f"kq-sched-listen-{queue.name}"),
+            loop.create_task(self._loop(), name=f"kq-scheduler-{queue.name}"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        pending = set(self._tasks)
+        # Cancel until done: a client library may swallow one cancellation (seen with
+        # pub/sub subscribe), and a stop must never hang the worker's shutdown.
+        for _ in range(20):
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.25)
+        if pending:
+            log.warning("scheduler of queue %s: %d task(s) did not stop", self._q.name,
+                        len(pending))
+        self._tasks = []
+
+    # ------------------------------------------------------------------ loops
+    async def _loop(self) -> None:
+        backoff = 0.05
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                wait_ms = await self.run_due()
+            except _NET_ERRORS as exc:
+                if not self._outage:
+                    self._outage = True
+                    log.warning("scheduler of queue %s: Redis unreachable (%s); retrying",
+                                self._q.name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            except Exception:
+                log.exception("scheduler of queue %s: round failed; retrying in 1 s", self._q.name)
+                wait_ms = 1000
+            if self._outage:
+                self._outage = False
+                log.warning("scheduler of queue %s: Redis is reachable again", self._q.name)
+            backoff = 0.05
+            timeout = _MAX_IDLE_S if wait_ms is None else min(wait_ms / 1000, _MAX_IDLE_S)
+            if timeout > 0:
+                # A timer that sets the event, not wait_for: cancellation-safe, and the
+                # loop wakes at the tick (asyncio timers are ~1 ms precise).
+                timer = loop.call_later(timeout, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
+
+    async def _listen(self) -> None:
+        q = self._q
+        backoff = 0.05
+        while not self._stopping:
+            client = q.connection.client(blocking=True)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(q.keys.schedules_channel)
+                backoff = 0.05
+                self._wake.set()  # changes may have happened while not subscribed
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if msg is not None:
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("scheduler of queue %s: change feed lost (%s)", q.name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    if q.connection.owns(client):
+                        await client.aclose()
+                except Exception:  # pragma: no cover - closing a broken connection
+                    pass
+
+    @property
+    def _q(self) -> JobQueue:
+        assert self.queue is not None, "scheduler not started"
+        return self.queue
+
+    # ------------------------------------------------------------------ one round
+    async def run_due(self, now_ms: int | None = None) -> int | None:
+        """Fire every due schedule once. Returns ms until the next tick (None: none).
+
+        ``now_ms`` replaces the Redis clock (tests); by default the Redis server's time
+        is used for both the due check and the tick computation.
+        """
+        q = self._q
+        client = await q.client()
+        head = list(q.argv_head())
+        if now_ms is not None:
+            head[1] = str(now_ms)
+        reply = await q.scripts.call(client, "schedule_due", q.keys.all, (*head, _BATCH))
+        now, after = int(reply[0]), int(reply[1])
+        calls: list[ScriptCall] = []
+        plans: list[tuple[str, dict[str, Any]]] = []
+        for i in range(2, len(reply), 5):
+            sid = reply[i].decode()
+            due_raw, version, raw_def = reply[i + 1], reply[i + 2], reply[i + 3]
+            if self._broken.get(sid, 0) > now:
+                continue
+            try:
+                defn = orjson.loads(raw_def)
+                due = int(due_raw)
+                ticks, nxt = plan_ticks(defn, due, now, self.rng)
+                if nxt is not None and nxt <= due:
+                    raise RuntimeError(f"next tick {nxt} is not after the due tick {due}")
+            except Exception:
+                log.exception("queue %s: cannot compute the ticks of schedule %s; skipping "
+                              "it for %d s", q.name, sid, _BROKEN_RETRY_MS // 1000)
+                self._broken[sid] = now + _BROKEN_RETRY_MS
+                continue
+            args: list[Any] = [sid, due_raw, version, "" if nxt is None else nxt,
+                               "1" if defn.get("overlap") == "skip" else "0"]
+            for tick, start in ticks:
+                args.append(tick)
+                args.append(start)
+            calls.append(ScriptCall("schedule_fire", q.keys.all, (*head, *args)))
+            plans.append((sid, defn))
+        wait: int | None = None if after < 0 else max(0, after - now)
+        if not calls:
+            return wait
+        replies = await q.scripts.pipeline(client, calls)
+        for (sid, defn), r in zip(plans, replies, strict=True):
+            if isinstance(r, _NET_ERRORS):
+                raise r
+            if isinstance(r, Exception):
+                log.error("queue %s: firing schedule %s failed: %s", q.name, sid, r)
+                continue
+            status = r[0]
+            if status == b"stale":
+                wait = 0  # another scheduler moved it: re-read at once
+                continue
+            fired = [j.decode() for j in r[1]]
+            new_next = r[3].decode() if isinstance(r[3], bytes) else str(r[3])
+            if new_next:
+                n = int(new_next) - now
+                wait = n if wait is None else min(wait, n)
+            self._note_fired(sid, defn, fired, int(r[2]))
+        return None if wait is None else max(0, wait)
+
+    def _note_fired(
+        self, sid: str, defn: Mapping[str, Any], fired: list[str], skipped: int
+    ) -> None:
+        q = self._q
+        self.fired += len(fired)
+        for jid in fired:
+            log.debug("queue %s: schedule %s enqueued job %s", q.name, sid, jid)
+            if q.emitter.wants("schedule-fired"):
+                q.emitter.emit(EventData("schedule-fired", q.name, jid,
+                                         extra={"schedule_id": sid,
+                                                "tick": int(jid.rsplit(":", 1)[1])}))
+        if skipped:
+            log.info("queue %s: schedule %s skipped %d tick(s): its previous run is still "
+                     "going (overlap='skip')", q.name, sid, skipped)
+        if q.metrics is not None:
+            tags = {"queue": q.name, "job_name": str(defn.get("job_name", ""))}
+            if fired:
+                q.metrics.increment("schedules.fired", len(fired), tags)
+            if skipped:
+                q.metrics.increment("schedules.skipped", skipped, tags)

@@ -1,0 +1,536 @@
+"""Recurring jobs: schedule definitions, their timing, and storage in Redis.
+
+A schedule is stored under the queue's hash tag (``lua/schedule_keys.lua`` lists the
+keys) and fired by the scheduler loops of the workers (``scheduler.py``). This module
+validates declarations, computes tick times with croniter (cron) or arithmetic
+(intervals), and implements ``JobQueue.schedule_job`` / ``schedule_every`` and the
+list / get / update / pause / resume / remove calls.
+
+Tick times are epoch milliseconds. A cron schedule ticks on whole seconds; an interval
+schedule ticks at ``anchor + k * interval`` where ``anchor`` is ``start_date`` (or the
+Unix epoch), so every process computes the same ticks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone, tzinfo
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from croniter import croniter
+from croniter.croniter import CroniterBadDateError, CroniterError
+
+from .errors import ConfigurationError, ScheduleNotFoundError
+from .options import to_ms
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
+__all__ = [
+    "MISFIRE_POLICIES",
+    "OVERLAP_POLICIES",
+    "CronTiming",
+    "IntervalTiming",
+    "Schedule",
+    "ScheduleStore",
+    "Timing",
+]
+
+log = logging.getLogger(__name__)
+
+MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
+OVERLAP_POLICIES = ("allow", "skip")
+DEFAULT_CATCH_UP = 100
+MAX_CATCH_UP = 1000
+DEFAULT_MISFIRE_GRACE_MS = 1000
+MIN_INTERVAL_MS = 10
+_RESERVED_JOB_OPTIONS = ("job_id", "delay", "idempotency_key")
+_MAX_ID = 200
+
+
+# ---------------------------------------------------------------------------- timing
+class Timing:
+    """Tick times of a schedule, bounded by its start and end dates (ms, inclusive)."""
+
+    def __init__(self, start: int | None, end: int | None) -> None:
+        self.start = start
+        self.end = end
+
+    def _next(self, t: int) -> int | None:  # first raw tick strictly after t
+        raise NotImplementedError
+
+    def _prev(self, t: int) -> int | None:  # last raw tick at or before t
+        raise NotImplementedError
+
+    def next_after(self, t: int) -> int | None:
+        """The first tick strictly after ``t``, or None if the schedule has ended."""
+        if self.start is not None and t < self.start:
+            t = self.start - 1
+        n = self._next(t)
+        if n is None or (self.end is not None and n > self.end):
+            return None
+        return n
+
+    def prev_at_or_before(self, t: int) -> int | None:
+        """The last tick at or before ``t``, or None if there is none since the start."""
+        if self.end is not None and t > self.end:
+            t = self.end
+        p = self._prev(t)
+        if p is None or (self.start is not None and p < self.start):
+            return None
+        return p
+
+
+class CronTiming(Timing):
+    """Ticks of a 5-field (minute resolution) or 6-field (seconds first) cron pattern."""
+
+    def __init__(self, pattern: str, tz: tzinfo, start: int | None, end: int | None) -> None:
+        super().__init__(start, end)
+        self.pattern = pattern
+        self.tz = tz
+        self.seconds = len(pattern.split()) == 6
+
+    def _iter(self, t_ms: int) -> croniter:
+        start = datetime.fromtimestamp(t_ms / 1000, self.tz)
+        return croniter(self.pattern, start, second_at_beginning=self.seconds)
+
+    def _next(self, t: int) -> int | None:
+        try:
+            return round(self._iter(t).get_next(float) * 1000)
+        except CroniterBadDateError:
+            return None
+
+    def _prev(self, t: int) -> int | None:
+        try:
+            # croniter's get_prev is strictly before its start; +1 ms makes it inclusive.
+            return round(self._iter(t + 1).get_prev(float) * 1000)
+        except CroniterBadDateError:
+            return None
+
+
+class IntervalTiming(Timing):
+    """Ticks every ``interval`` ms, aligned on ``start`` (or the Unix epoch)."""
+
+    def __init__(self, interval: int, start: int | None, end: int | None) -> None:
+        super().__init__(start, end)
+        self.interval = interval
+        self.anchor = start or 0
+
+    def _next(self, t: int) -> int | None:
+        if t < self.anchor:
+            return self.anchor
+        return self.anchor + ((t - self.anchor) // self.interval + 1) * self.interval
+
+    def _prev(self, t: int) -> int | None:
+        if t < self.anchor:
+            return None
+        return self.anchor + ((t - self.anchor) // self.interval) * self.interval
+
+
+# ---------------------------------------------------------------------------- record
+@dataclass(slots=True)
+class Schedule:
+    """A stored schedule, as returned by ``get_schedule`` / ``get_schedules``.
+
+    Attributes:
+        id: stable id (given as ``schedule_id=`` or derived from job name and timing).
+        job_name, data, options: the job each tick enqueues.
+        cron: the cron pattern (cron schedules) — or ``every_ms`` (interval schedules).
+        tz: IANA time zone of the cron pattern and of naive dates.
+        start_date, end_date: first/last allowed tick (ms since the epoch) or None.
+        limit: at most this many runs in total, or None.
+        jitter_ms: each run starts up to this many ms after its tick (never at or past
+            the next tick).
+        misfire: ``"skip"``, ``"run_once"`` or ``"catch_up"`` (with ``catch_up_limit``).
+        misfire_grace_ms: a tick handled at most this late is on time, not a misfire.
+        overlap: ``"allow"`` or ``"skip"`` (skip a tick while the previous run is
+            waiting, delayed or active).
+        paused, finished: state; ``next_run_at``: nominal time of the next tick.
+        runs: ticks enqueued so far; ``skipped``: ticks skipped by the overlap policy.
+        last_run_at / last_job_id: the last tick enqueued and its job.
+    """
+
+    id: str
+    job_name: str
+    data: Any = None
+    cron: str | None = None
+    every_ms: int | None = None
+    tz: str = "UTC"
+    start_date: int | None = None
+    end_date: int | None = None
+    limit: int | None = None
+    jitter_ms: int = 0
+    misfire: str = "run_once"
+    catch_up_limit: int = DEFAULT_CATCH_UP
+    misfire_grace_ms: int = DEFAULT_MISFIRE_GRACE_MS
+    overlap: str = "allow"
+    options: dict[str, Any] = field(default_factory=dict)
+    paused: bool = False
+    finished: bool = False
+    next_run_at: int | None = None
+    last_run_at: int | None = None
+    last_job_id: str | None = None
+    runs: int = 0
+    skipped: int = 0
+    created_at: int | None = None
+    updated_at: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"cron"`` or ``"every"``."""
+        return "cron" if self.cron is not None else "every"
+
+    def timing(self) -> Timing:
+        """The tick calculator of this schedule."""
+        return timing_of(self.definition())
+
+    def definition(self) -> dict[str, Any]:
+        """The stored definition (everything but the job data and the runtime state)."""
+        return {
+            "job_name": self.job_name,
+            "cron": self.cron,
+            "every_ms": self.every_ms,
+            "tz": self.tz,
+            "start_date": self.start_date,
+            "end_date": self.end_date,
+            "limit": self.limit,
+            "jitter_ms": self.jitter_ms,
+            "misfire": self.misfire,
+            "catch_up_limit": self.catch_up_limit,
+            "misfire_grace_ms": self.misfire_grace_ms,
+            "overlap": self.overlap,
+            "options": self.options,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (for JSON output, the CLI)."""
+        return {"id": self.id, **self.definition(), "data": self.data, "paused": self.paused,
+                "finished": self.finished, "next_run_at": self.next_run_at,
+                "last_run_at": self.last_run_at, "last_job_id": self.last_job_id,
+                "runs": self.runs, "skipped": self.skipped, "created_at": self.created_at,
+                "updated_at": self.updated_at}
+
+
+_DEF_FIELDS = frozenset(f.name for f in fields(Schedule))
+
+
+def timing_of(defn: Mapping[str, Any]) -> Timing:
+    """Build the ``Timing`` of a stored definition."""
+    if defn.get("cron"):
+        return CronTiming(str(defn["cron"]), _zone(defn.get("tz") or "UTC"),
+                          defn.get("start_date"), defn.get("end_date"))
+    return IntervalTiming(int(defn["every_ms"]), defn.get("start_date"), defn.get("end_date"))
+
+
+# ---------------------------------------------------------------------------- validation
+def _zone(tz: Any) -> tzinfo:
+    if tz is None or tz == "UTC":
+        return timezone.utc
+    if isinstance(tz, tzinfo):
+        return tz
+    if not isinstance(tz, str) or not tz:
+        raise ConfigurationError(
+            f"tz must be an IANA time zone name such as 'Europe/Berlin', got {tz!r}"
+        )
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(
+            f"unknown time zone {tz!r}; use an IANA name such as 'UTC', 'Europe/Berlin' "
+            "or 'America/New_York'"
+        ) from None
+
+
+def _zone_name(tz: Any) -> str:
+    if tz is None:
+        return "UTC"
+    if isinstance(tz, str):
+        _zone(tz)
+        return tz
+    if isinstance(tz, ZoneInfo):
+        return tz.key
+    if tz is timezone.utc:
+        return "UTC"
+    raise ConfigurationError(
+        f"tz must be an IANA time zone name or a zoneinfo.ZoneInfo, got {tz!r} (fixed "
+        "offsets do not follow daylight saving time; name the zone instead)"
+    )
+
+
+def _date_ms(value: Any, tz: tzinfo, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=tz)
+        ts: float = value.timestamp()
+        return round(ts * 1000)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise ConfigurationError(
+        f"{what} must be a datetime (naive = in the schedule's tz) or ms since the epoch, "
+        f"got {value!r}"
+    )
+
+
+def check_cron(pattern: Any) -> str:
+    """Validate a cron pattern; return it normalized (single spaces).
+
+    5 fields: minute hour day-of-month month day-of-week. 6 fields: **seconds first**,
+    then the same five. Also ``@yearly``, ``@monthly``, ``@weekly``, ``@daily``,
+    ``@hourly``.
+    """
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ConfigurationError(f"cron pattern must be a non-empty string, got {pattern!r}")
+    text = " ".join(pattern.split())
+    n = len(text.split())
+    if not text.startswith("@") and n not in (5, 6):
+        raise ConfigurationError(
+            f"invalid cron pattern {pattern!r}: it has {n} field(s); use 5 fields "
+            "(minute hour day-of-month month day-of-week) or 6 with seconds first "
+            "(second minute hour day-of-month month day-of-week)"
+        )
+    try:
+        croniter(text, datetime.now(timezone.utc), second_at_beginning=n == 6)
+    except (CroniterError, ValueError, KeyError) as exc:
+        layout = ("second minute hour day-of-month month day-of-week" if n == 6
+                  else "minute hour day-of-month month day-of-week")
+        raise ConfigurationError(
+            f"invalid cron pattern {pattern!r} ({layout}): {exc}"
+        ) from None
+    return text
+
+
+def _misfire(value: Any) -> tuple[str, int]:
+    if isinstance(value, str) and value in MISFIRE_POLICIES:
+        return value, DEFAULT_CATCH_UP
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == "catch_up":
+        n = value[1]
+        if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CATCH_UP:
+            return "catch_up", n
+    if isinstance(value, Mapping) and set(value) == {"catch_up"}:
+        return _misfire(("catch_up", value["catch_up"]))
+    raise ConfigurationError(
+        f"misfire must be 'skip', 'run_once', 'catch_up' or ('catch_up', N) with "
+        f"1 <= N <= {MAX_CATCH_UP}, got {value!r}"
+    )
+
+
+def _schedule_id(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID or any(
+        c in value for c in "\r\n{}"
+    ):
+        raise ConfigurationError(
+            f"schedule_id must be a non-empty string of at most {_MAX_ID} characters "
+            f"without line breaks or braces, got {value!r}"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------- store
+class ScheduleStore:
+    """Schedules of one queue in Redis: ``queue.schedules``."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+
+    async def _now(self) -> int:
+        client = await self.queue.client()
+        sec, usec = await client.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    async def declare(
+        self,
+        job_name: str,
+        data: Any,
+        *,
+        cron: str | None = None,
+        every: Any = None,
+        schedule_id: str | None = None,
+        tz: Any = None,
+        start_date: Any = None,
+        end_date: Any = None,
+        limit: int | None = None,
+        jitter: Any = None,
+        misfire: Any = "run_once",
+        misfire_grace: Any = DEFAULT_MISFIRE_GRACE_MS,
+        overlap: str = "allow",
+        options: Mapping[str, Any] | None = None,
+    ) -> Schedule:
+        """Validate and upsert a schedule; see ``JobQueue.schedule_job``."""
+        q = self.queue
+        if not isinstance(job_name, str) or not job_name:
+            raise ConfigurationError(f"job name must be a non-empty string, got {job_name!r}")
+        zone_name = _zone_name(tz)
+        zone = _zone(zone_name)
+        cron_text: str | None = None
+        every_ms: int | None = None
+        if cron is not None:
+            cron_text = check_cron(cron)
+        else:
+            every_ms = to_ms(every, "interval_ms")
+            if every_ms is None or every_ms < MIN_INTERVAL_MS:
+                raise ConfigurationError(
+                    f"interval_ms must be at least {MIN_INTERVAL_MS} ms, got {every!r}"
+                )
+        start = _date_ms(start_date, zone, "start_date")
+        end = _date_ms(end_date, zone, "end_date")
+        if start is not None and end is not None and end < start:
+            raise ConfigurationError(f"end_date ({end}) is before start_date ({start})")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 1):
+            raise ConfigurationError(f"limit must be an int >= 1 (number of runs), got {limit!r}")
+        jitter_ms = to_ms(jitter, "jitter", allow_none=True) or 0
+        policy, catch_up = _misfire(misfire)
+        grace = to_ms(misfire_grace, "misfire_grace")
+        if overlap not in OVERLAP_POLICIES:
+            raise ConfigurationError(f"overlap must be 'allow' or 'skip', got {overlap!r}")
+        opts = dict(options or {})
+        reserved = [k for k in _RESERVED_JOB_OPTIONS if opts.get(k) is not None]
+        if reserved:
+            raise ConfigurationError(
+                f"schedule options may not set {', '.join(reserved)}: each tick's job id is "
+                "sched:<schedule id>:<tick ms>; use jitter= to spread start times"
+            )
+        if q.enqueue_middleware:
+            job_name, data, opts = await q._through_middleware(job_name, data, opts)
+        prepared = q._prepare(job_name, data, opts)  # validates options, encodes data
+        stored_opts = {k: v for k, v in q._normalize_options(q._validate_options(
+            {k: v for k, v in opts.items() if v is not None}, "schedule"), "schedule").items()}
+        if schedule_id is None:
+            timing_text = cron_text if cron_text is not None else f"every {every_ms}ms"
+            schedule_id = f"{job_name}@{timing_text}"
+        sid = _schedule_id(schedule_id)
+
+        sched = Schedule(
+            id=sid, job_name=job_name, cron=cron_text, every_ms=every_ms, tz=zone_name,
+            start_date=start, end_date=end, limit=limit, jitter_ms=jitter_ms,
+            misfire=policy, catch_up_limit=catch_up, misfire_grace_ms=grace or 0,
+            overlap=overlap, options=stored_opts,
+        )
+        timing = sched.timing()
+        now = await self._now()
+        first = timing.next_after(now)
+        if first is None and cron_text is not None and end is None:
+            raise ConfigurationError(
+                f"cron pattern {cron_text!r} never fires (no matching date within 50 years)"
+            )
+        defn = orjson.dumps(sched.definition(), option=orjson.OPT_SORT_KEYS)
+        sig = orjson.dumps([cron_text, every_ms, zone_name, start])
+        state, due = await q.run("schedule_put", [
+            sid, defn, sig, prepared[1], prepared[2], prepared[3], prepared[4], prepared[6],
+            limit or 0, "" if first is None else first, end or 0,
+        ])
+        log.info("queue %s: schedule %s %s (next tick %s)", q.name, sid, state.decode(),
+                 due.decode() or "none")
+        got = await self.get(sid)
+        assert got is not None
+        return got
+
+    async def get(self, schedule_id: str) -> Schedule | None:
+        """One schedule, or None if it does not exist."""
+        client = await self.queue.client()
+        raw = await client.hgetall(self.queue.keys.schedule(schedule_id))
+        if not raw:
+            return None
+        return self._record(schedule_id, raw)
+
+    async def list(self) -> list[Schedule]:
+        """Every schedule of the queue, oldest first."""
+        q = self.queue
+        client = await q.client()
+        ids = [i.decode() for i in await client.zrange(q.keys.schedules, 0, -1)]
+        if not ids:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(q.keys.schedule(i))
+        raws = await pipe.execute()
+        return [self._record(i, r) for i, r in zip(ids, raws, strict=True) if r]
+
+    def _record(self, sid: str, raw: dict[bytes, bytes]) -> Schedule:
+        g = raw.get
+        defn = {k: v for k, v in orjson.loads(g(b"def") or b"{}").items() if k in _DEF_FIELDS}
+        data: Any = None
+        if g(b"d") is not None:
+            try:
+                data = self.queue.serializer.loads(g(b"d") or b"")
+            except Exception:  # undecodable (e.g. a codec key is gone): show no data
+                data = None
+
+        def num(key: bytes) -> int | None:
+            v = g(key)
+            return int(v) if v else None
+
+        return Schedule(
+            id=sid,
+            data=data,
+            paused=g(b"paused") == b"1",
+            finished=g(b"done") == b"1",
+            next_run_at=num(b"due"),
+            last_run_at=num(b"last"),
+            last_job_id=(g(b"lj") or b"").decode() or None,
+            runs=num(b"cnt") or 0,
+            skipped=num(b"skip") or 0,
+            created_at=num(b"ca"),
+            updated_at=num(b"ua"),
+            **defn,
+        )
+
+    async def update(self, schedule_id: str, **changes: Any) -> Schedule:
+        """Change some fields of a schedule; the others keep their stored values.
+
+        Accepts ``data``, ``cron_pattern``, ``interval_ms``, ``tz``, ``start_date``,
+        ``end_date``, ``limit``, ``jitter``, ``misfire``, ``misfire_grace``, ``overlap``
+        and job options (merged into the stored ones; ``None`` removes one).
+        """
+        cur = await self.get(schedule_id)
+        if cur is None:
+            raise ScheduleNotFoundError(
+                f"schedule {schedule_id!r} does not exist in queue {self.queue.name!r}"
+            )
+        args: dict[str, Any] = {
+            "tz": cur.tz, "start_date": cur.start_date, "end_date": cur.end_date,
+            "limit": cur.limit, "jitter": cur.jitter_ms,
+            "misfire": (cur.misfire if cur.misfire != "catch_up"
+                        else ("catch_up", cur.catch_up_limit)),
+            "misfire_grace": cur.misfire_grace_ms, "overlap": cur.overlap,
+        }
+        cron, every = cur.cron, cur.every_ms
+        data = changes.pop("data", cur.data)
+        if "cron_pattern" in changes:
+            cron, every = changes.pop("cron_pattern"), None
+        if "interval_ms" in changes:
+            cron, every = None, changes.pop("interval_ms")
+        for k in list(changes):
+            if k in args:
+                args[k] = changes.pop(k)
+        opts = {**cur.options, **changes}
+        opts = {k: v for k, v in opts.items() if v is not None}
+        return await self.declare(cur.job_name, data, cron=cron, every=every,
+                                  schedule_id=schedule_id, options=opts, **args)
+
+    async def remove(self, schedule_id: str) -> bool:
+        """Delete a schedule (its already enqueued jobs stay). False if it did not exist."""
+        return bool(int(await self.queue.run("schedule_remove", [schedule_id])))
+
+    async def pause(self, schedule_id: str) -> bool:
+        """Stop a schedule from firing (every scheduler). False if it does not exist."""
+        status, _ = await self.queue.run("schedule_pause", [schedule_id, "1", ""])
+        return bool(status == b"ok")
+
+    async def resume(self, schedule_id: str) -> bool:
+        """Resume a paused schedule at its next tick from now. False if it does not exist."""
+        cur = await self.get(schedule_id)
+        if cur is None:
+            return False
+        nxt = cur.timing().next_after(await self._now())
+        status, _ = await self.queue.run(
+            "schedule_pause", [schedule_id, "0", "" if nxt is None else nxt]
+        )
+        return bool(status == b"ok")
+
