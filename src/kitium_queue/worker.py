@@ -239,6 +239,14 @@ class Worker:
             )
         for t in self._tasks:
             t.cancel()
+        # A client library can swallow a cancellation that lands just as its reply arrives
+        # (seen with blocking pops); that loop would then park on its next await for ever.
+        # Cancel stragglers again until every loop has ended.
+        pending = set(self._tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.25)
+            for t in pending:
+                t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
@@ -539,9 +547,20 @@ class Worker:
             return await self._pool.run(import_path(fn), job, relay)
         assert self._loop is not None
         ctx = contextvars.copy_context()
-        return await self._loop.run_in_executor(
-            self._executor, functools.partial(ctx.run, fn, job)
-        )
+        pool = self._executor
+        cf = pool.submit(ctx.run, fn, job)
+        try:
+            return await asyncio.wrap_future(cf)
+        except asyncio.CancelledError:
+            if not cf.done() and pool is self._executor:
+                # A thread cannot be stopped (timeout, cancel_job): it runs on and keeps its
+                # pool thread. Later jobs get a fresh pool, so the slot freed here can really
+                # run one; the old pool winds down as its threads return.
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix=f"kq-{self.queue.name}"
+                )
+                pool.shutdown(wait=False)
+            raise
 
     def _lookup(self, name: str) -> tuple[Callable[..., Any], str]:
         fn = self.queue.processors.get(name) or self.queue.processors.get("*")
