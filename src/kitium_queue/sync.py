@@ -43,7 +43,12 @@ class SyncJobQueue:
         async def make() -> JobQueue:
             return JobQueue(name, **config)
 
-        self.queue: JobQueue = self._call(make())
+        try:
+            self.queue: JobQueue = self._call(make())
+        except BaseException:
+            # Bad configuration: do not leave the loop thread behind.
+            self._stop_loop()
+            raise
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
@@ -116,6 +121,9 @@ class SyncJobQueue:
         if self._closed:
             return
         self._call(self.queue.close())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)

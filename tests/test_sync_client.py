@@ -1,0 +1,212 @@
+"""``SyncJobQueue``: the producer, query and admin methods from plain synchronous code."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from helpers import QueueFactory, wait_until
+from kitium_queue import (
+    ConfigurationError,
+    ConnectionUnavailableError,
+    JobNotFoundError,
+    JobStateError,
+    JobStatus,
+    PayloadTooLargeError,
+    SerializationError,
+    SyncJobQueue,
+)
+
+
+@pytest.fixture
+def sync_queue(backend_url: str, prefix: str) -> Iterator[SyncJobQueue]:
+    q = SyncJobQueue("sync", redis=backend_url, prefix=prefix)
+    try:
+        yield q
+    finally:
+        q.close()
+
+
+def _run_worker_until(
+    backend_url: str, prefix: str, processors: dict[str, Any], done: Any, timeout: float = 5
+) -> None:
+    """Run an async worker on the same queue (own event loop) until ``done()`` is true."""
+
+    async def main() -> None:
+        factory = QueueFactory(backend_url, prefix)
+        q = factory("sync")
+        for name, fn in processors.items():
+            q.process(name, fn)
+        try:
+            await q.start()
+            await wait_until(lambda: done(), timeout)
+        finally:
+            await factory.aclose()
+
+    # In a thread of its own, so done() may call the sync client without deadlock.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, main()).result(timeout + 10)
+
+
+def test_add_and_query_from_sync_code(sync_queue: SyncJobQueue) -> None:
+    q = sync_queue
+    assert q.name == "sync"
+    jid = q.add_job("send", {"to": "a@b.c"}, attempts=4, priority=2)
+    info = q.get_job_status(jid)
+    assert info is not None
+    assert (info.name, info.data, info.status, info.max_attempts, info.priority) == (
+        "send", {"to": "a@b.c"}, JobStatus.WAITING, 4, 2)
+    ids = q.add_jobs([("send", {"i": 1}), {"name": "send", "data": {"i": 2}}])
+    assert len(ids) == 2 and jid not in ids
+    listed = q.get_jobs_by_status("waiting")
+    assert [j.id for j in listed] == [jid, *ids]  # priority 2 first, then FIFO
+    stats = q.get_stats()
+    assert stats.waiting == 3 and not stats.is_paused
+    health = q.health_check()
+    assert health and health.error is None
+    assert q.get_job_status("missing") is None
+    assert q.get_job_logs(jid) == []
+
+
+def test_duplicates_from_sync_code(sync_queue: SyncJobQueue) -> None:
+    q = sync_queue
+    assert q.add_job("n", 1, job_id="fixed") == "fixed"
+    assert q.add_job("n", 2, job_id="fixed") == "fixed"
+    first = q.add_job("n", 3, idempotency_key="k")
+    assert q.add_job("n", 4, idempotency_key="k") == first
+    assert q.get_stats().waiting == 2
+
+
+def test_errors_surface_with_their_types(sync_queue: SyncJobQueue) -> None:
+    q = sync_queue
+    with pytest.raises(ConfigurationError, match="did you mean 'delay'"):
+        q.add_job("n", {}, dely=5)
+    with pytest.raises(SerializationError):
+        q.add_job("n", {"x": object()})
+    with pytest.raises(JobNotFoundError):
+        q.retry_job("missing")
+    jid = q.add_job("n")
+    with pytest.raises(JobStateError):
+        q.retry_job(jid)
+    with pytest.raises(JobNotFoundError):
+        q.cancel_job("missing")
+    assert q.get_stats().waiting == 1
+
+
+def test_payload_limit_applies(backend_url: str, prefix: str) -> None:
+    with SyncJobQueue("sync", redis=backend_url, prefix=prefix, max_payload_bytes=100) as q:
+        with pytest.raises(PayloadTooLargeError):
+            q.add_job("n", "x" * 200)
+        assert q.get_stats().waiting == 0
+
+
+def test_admin_methods(sync_queue: SyncJobQueue) -> None:
+    q = sync_queue
+    a, b, c = q.add_jobs([("n", 1), ("n", 2), ("n", 3)])
+    q.add_job("n", 4, delay=60_000)
+    q.pause()
+    stats = q.get_stats()
+    assert stats.is_paused and stats.paused == 3
+    q.resume()
+    assert not q.get_stats().is_paused
+    assert q.remove_job(a) is True and q.remove_job(a) is False
+    assert q.cancel_job(b) == "removed"
+    assert q.drain(delayed=False) == 1
+    stats = q.get_stats()
+    assert (stats.waiting, stats.delayed) == (0, 1)
+    assert q.get_job_status(c) is None
+    q.clear()
+    assert q.get_stats().delayed == 0
+
+
+def test_sync_producer_with_an_async_worker(
+    sync_queue: SyncJobQueue, backend_url: str, prefix: str
+) -> None:
+    q = sync_queue
+    ok = q.add_job("ok", {"n": 2})
+    bad = q.add_job("bad", attempts=1)
+
+    async def ok_fn(job: Any) -> int:
+        await job.log("doubling")
+        return int(job.data["n"]) * 2
+
+    def bad_fn(job: Any) -> None:
+        raise RuntimeError("broken")
+
+    def finished() -> bool:
+        s = q.get_stats()
+        return s.completed == 1 and s.dlq == 1
+
+    _run_worker_until(backend_url, prefix, {"ok": ok_fn, "bad": bad_fn}, finished)
+    info = q.get_job_status(ok)
+    assert info is not None and info.status is JobStatus.COMPLETED and info.result == 4
+    assert q.get_job_logs(ok) == ["doubling"]
+    dead = q.get_dlq_jobs()
+    assert [d.id for d in dead] == [bad] and dead[0].failed_reason == "RuntimeError: broken"
+
+    assert q.replay_dlq() == 1
+    assert q.get_stats().waiting == 1
+    assert q.bulk_retry("completed") == 1
+    assert q.get_stats().waiting == 2
+
+    def all_done() -> bool:
+        s = q.get_stats()
+        return s.waiting == 0 and s.active == 0 and s.completed == 2
+
+    _run_worker_until(backend_url, prefix, {"ok": ok_fn, "bad": lambda job: "fixed"}, all_done)
+    info = q.get_job_status(bad)
+    assert info is not None and info.result == "fixed"
+    assert info.last_error == "RuntimeError: broken"
+
+
+def test_thread_safe_producers(sync_queue: SyncJobQueue) -> None:
+    q = sync_queue
+
+    def produce(worker: int) -> list[str]:
+        return [q.add_job("n", {"w": worker, "i": i}) for i in range(25)]
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = [i for batch in pool.map(produce, range(8)) for i in batch]
+    assert len(set(ids)) == 200
+    assert q.get_stats().waiting == 200
+
+
+def test_close_and_context_manager(backend_url: str, prefix: str) -> None:
+    before = threading.active_count()
+    with SyncJobQueue("sync", redis=backend_url, prefix=prefix) as q:
+        jid = q.add_job("n")
+    with pytest.raises(RuntimeError, match="closed"):
+        q.add_job("n")
+    with pytest.raises(RuntimeError, match="closed"):
+        q.get_job_status(jid)
+    q.close()  # closing twice is harmless
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() <= before, "the background loop thread must end"
+    with SyncJobQueue("sync", redis=backend_url, prefix=prefix) as again:
+        assert again.get_job_status(jid) is not None
+
+
+def test_bad_configuration_raises_and_leaks_no_thread() -> None:
+    before = threading.active_count()
+    with pytest.raises(ConfigurationError, match="did you mean 'concurrency'"):
+        SyncJobQueue("sync", worker={"concurency": 2})
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() <= before
+
+
+def test_unreachable_redis() -> None:
+    with SyncJobQueue("sync", redis="redis://127.0.0.1:1/0") as q:
+        with pytest.raises(ConnectionUnavailableError, match="cannot reach Redis"):
+            q.add_job("n")
+        health = q.health_check()
+        assert not health and health.error
