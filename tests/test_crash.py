@@ -130,19 +130,26 @@ async def test_sigkill_one_of_two_workers_loses_nothing(
     # No job that had completed before the kill was run again.
     again = {j: runs[j] for j in done_before if runs[j] != 1}
     assert not again, f"completed jobs run again: {again}"
-    # Only interrupted jobs ran more than once, and exactly twice.
-    assert {j for j, n in runs.items() if n > 1} <= interrupted
-    assert all(runs[j] == 2 for j in interrupted)
 
     completed = await _completed(client, producer)
+    infos = {jid: await producer.get_job_status(jid) for jid in interrupted}
+    # An outcome the victim wrote to its socket just before dying may still have been
+    # applied after the snapshot above: such a job completed on the victim, once.
+    late_acks = {j for j, i in infos.items() if i and i.result == {"pid": victim.pid,
+                                                                   "attempt": 1}}
+    rerun_ids = interrupted - late_acks
+    assert rerun_ids, "no job was interrupted by the kill"
+    assert all(runs[j] == 1 for j in late_acks)
+    # Only interrupted jobs ran more than once, and exactly twice.
+    assert {j for j, n in runs.items() if n > 1} == rerun_ids
     restart_delays, finish_delays = [], []
-    for jid in interrupted:
+    for jid in rerun_ids:
         rerun = [ln for ln in lines if ln.job_id == jid and ln.event == "start"
                  and ln.pid == survivor.pid]
         assert len(rerun) == 1 and rerun[0].t > t_kill, jid
         restart_delays.append(rerun[0].t - t_kill)
         finish_delays.append(completed[jid] / 1000 - t_kill)
-        info = await producer.get_job_status(jid)
+        info = infos[jid]
         assert info is not None and info.status is JobStatus.COMPLETED
         assert info.result == {"pid": survivor.pid, "attempt": 1}
         assert info.stalls == 1
@@ -152,7 +159,7 @@ async def test_sigkill_one_of_two_workers_loses_nothing(
         f"(> lock_duration + 2 s = {bound:.1f} s)"
     )
     print(
-        f"\n{len(interrupted)} interrupted job(s); re-run started "
+        f"\n{len(rerun_ids)} interrupted job(s); re-run started "
         f"{min(restart_delays):.2f}-{max(restart_delays):.2f} s and completed "
         f"{min(finish_delays):.2f}-{max(finish_delays):.2f} s after the kill "
         f"(bound {bound:.1f} s); {len(done_before)} completed before the kill, none re-run"
