@@ -470,6 +470,17 @@ async def test_finish_complete_with_age_retention(lua: Lua) -> None:
     assert await lua.job("1") == {}
 
 
+async def test_finish_complete_after_a_failed_attempt(lua: Lua) -> None:
+    await lua.add(T0)
+    jid, token = await lua.claim_one(T0)
+    await lua.finish(T0, (jid, token, "R", "ValueError: first", "tb1", 0))
+    jid, token = await lua.claim_one(T0 + 1)
+    await lua.finish(T0 + 2, (jid, token, "C", "1"))
+    job = await lua.job(jid)
+    assert job["st"] == "completed" and job["le"] == "ValueError: first"
+    assert "e" not in job and "tb" not in job
+
+
 async def test_finish_retry(lua: Lua) -> None:
     await lua.enqueue(T0, {"id": "later"}, {"id": "now"})
     token = str((await lua.claim(T0, 2))[2])

@@ -53,6 +53,13 @@ for b = 5, #ARGV, 9 do
       if keep_count == 0 then
         delete_job(id)
       else
+        -- The error of an earlier attempt is history once the job succeeds: keep it as
+        -- the last error ('le'), not as the reason of a failure ('e', 'tb').
+        local err = redis.call('HGET', jk, 'e')
+        if err then
+          redis.call('HSET', jk, 'le', err)
+          redis.call('HDEL', jk, 'e', 'tb')
+        end
         redis.call('HSET', jk, 'st', 'completed', 'f', NOW_S, 'r', payload)
         if meta ~= '' then redis.call('HSET', jk, 'm', meta) end
         completed[#completed + 1] = id
