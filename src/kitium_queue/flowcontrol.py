@@ -192,9 +192,13 @@ _CHECK = """(function()
     if cur_rs then
       cur_rs.used = cur_rs.used + 1
       local rkey = PREFIX .. 'rl:' .. cur_rk
-      if redis.call('INCR', rkey) == 1 then
+      if cur_rs.used == 1 then
+        -- A new window opens at this start; the TTL only cleans up idle keys.
+        redis.call('HSET', rkey, 'w', NOW_S, 'n', 1)
         redis.call('PEXPIRE', rkey, cur_rs.dur)
         cur_rs.reset = NOW + cur_rs.dur
+      else
+        redis.call('HINCRBY', rkey, 'n', 1)
       end
     end
     if cur_cs then
@@ -227,13 +231,11 @@ _CHECK = """(function()
       if lim then
         local st = rates[rk]
         if st == nil then
-          local rkey = PREFIX .. 'rl:' .. rk
-          local used = tonumber(redis.call('GET', rkey) or '0')
-          local ttl = redis.call('PTTL', rkey)
-          local reset = nil
-          if ttl > 0 then reset = NOW + ttl elseif used > 0 then
-            redis.call('DEL', rkey); used = 0
-          end
+          -- Fixed window: w = when it opened, n = starts in it. Times come from NOW,
+          -- so the window follows the script clock (the Redis clock in production).
+          local f = redis.call('HMGET', PREFIX .. 'rl:' .. rk, 'w', 'n')
+          local w, used, reset = tonumber(f[1]), tonumber(f[2]) or 0, nil
+          if w and NOW < w + lim[2] then reset = w + lim[2] else used = 0 end
           st = {{ used = used, max = lim[1], dur = lim[2], reset = reset }}
           rates[rk] = st
         end

@@ -72,7 +72,7 @@ class QueueKeys:
 
     # -- flow control (flowcontrol.py; its Lua builds the same names from the prefix) ---
     def rate(self, key: str) -> str:
-        """STRING: jobs of rate-limit key ``key`` started in the current window."""
+        """HASH: current fixed window of rate-limit key ``key`` (w = opened at ms, n = starts)."""
         return f"{self.base}rl:{key}"
 
     def concurrency(self, key: str) -> str:

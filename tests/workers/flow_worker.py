@@ -2,15 +2,13 @@
 
     python flow_worker.py --url redis://127.0.0.1:PORT/0 --prefix P --queue Q \
         [--concurrency 4] [--job-ms 0] [--limiter 10/1000] [--global-cap 3] \
-        [--rate 'customer-*=5/1000'] [--cap 'customer-*=1'] [--no-scheduler] \
-        [--rate-limited-once 500]
+        [--rate 'customer-*=5/1000'] [--cap 'customer-*=1'] [--no-scheduler]
 
 Runs ``JobQueue.run_worker()`` (its scheduler too, unless ``--no-scheduler``) with one
 processor for every job name. Each run is recorded in the Redis list ``<prefix>:runs`` as
-JSON ``{"id", "pid", "start", "end"}`` (ms since the epoch, this machine's clock; the
+JSON ``{"id", "name", "pid", "start", "end"}`` (ms since the epoch, this machine's clock; the
 schedule tests compare them with tick times). ``job.data["ms"]`` (default ``--job-ms``)
-is how long a run sleeps. ``--rate-limited-once MS``: the first run of each job raises
-``RateLimited(MS)``. Prints ``ready`` once the worker runs.
+is how long a run sleeps. Prints ``ready`` once the worker runs.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from kitium_queue import JobQueue, RateLimited
+from kitium_queue import JobQueue
 
 
 def _pairs(values: list[str]) -> list[tuple[str, str]]:
@@ -43,7 +41,6 @@ def main() -> None:
     p.add_argument("--rate", action="append", default=[], help="PATTERN=MAX/DURATION_MS")
     p.add_argument("--cap", action="append", default=[], help="PATTERN=N")
     p.add_argument("--no-scheduler", action="store_true")
-    p.add_argument("--rate-limited-once", type=int, default=0)
     args = p.parse_args()
     asyncio.run(run(args))
 
@@ -68,19 +65,12 @@ async def run(args: argparse.Namespace) -> None:
 
     async def process(job: Any) -> Any:
         start = time.time() * 1000
-        if args.rate_limited_once and job.attempts == 1 and not job.options.get("_again"):
-            # RateLimited does not spend an attempt, so mark the job in Redis instead.
-            first = await rec.set(f"{args.prefix}:rl:{job.id}", 1, nx=True)
-            if first:
-                await rec.rpush(runs_key, orjson.dumps(
-                    {"id": job.id, "pid": pid, "start": start, "end": start, "limited": True}))
-                raise RateLimited(args.rate_limited_once)
         ms = (job.data or {}).get("ms", args.job_ms) if isinstance(job.data, dict) else args.job_ms
         if ms:
             await asyncio.sleep(ms / 1000)
         end = time.time() * 1000
-        await rec.rpush(runs_key, orjson.dumps({"id": job.id, "pid": pid, "start": start,
-                                                "end": end}))
+        await rec.rpush(runs_key, orjson.dumps({"id": job.id, "name": job.name, "pid": pid,
+                                                "start": start, "end": end}))
         return None
 
     queue.process("*", process)
