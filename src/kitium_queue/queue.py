@@ -873,7 +873,7 @@ class JobQueue:
 
     async def promote_delayed(self, limit: int = 1000) -> int:
         """Move due delayed jobs to waiting now (workers also do this themselves)."""
-        return int(await self.run("promote", [limit]))
+        return int(await self.run("promote", [limit, "1" if self.dlq.enabled else "0"]))
 
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """Requeue jobs whose lease expired; returns (requeued ids, dead-lettered ids)."""

@@ -366,7 +366,18 @@ class Worker:
             return 0
         token = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
         for entry in jobs:
-            self._launch(entry, token)
+            try:
+                self._launch(entry, token)
+            except Exception:
+                # A record damaged in a way the claim could not clean up: never let it
+                # stop the pump. The job stays leased, stalls, and is dead-lettered after
+                # max_stalled_count claims like any job that keeps losing its worker.
+                log.exception(
+                    "worker %s: cannot start job %r of queue %s (damaged job record?)",
+                    self.id,
+                    entry[0] if entry else None,
+                    self.queue.name,
+                )
         return len(jobs)
 
     def _note_recovered(self, back: list[bytes], dead: list[bytes]) -> None:
@@ -409,6 +420,8 @@ class Worker:
         try:
             opts = orjson.loads(raw_opts) if raw_opts else {}
         except Exception:
+            opts = {}
+        if not isinstance(opts, dict):
             opts = {}
         job = Job(
             id=jid,
