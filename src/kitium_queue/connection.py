@@ -73,6 +73,19 @@ def _memory_server(name: str) -> Any:
         return server
 
 
+def _tls_options() -> set[str]:
+    """The ``ssl_*`` keyword arguments this redis-py version accepts."""
+    params = inspect.signature(aioredis.Redis.__init__).parameters
+    return {p for p in params if p.startswith("ssl_")}
+
+
+def _redacted(url: str) -> str:
+    """``url`` for messages: no credentials, no query string (``?password=`` is valid)."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.split("?", 1)[0].partition("/")
+    return f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}"
+
+
 def _host_port(item: Any, default_port: int, what: str) -> tuple[str, int]:
     if isinstance(item, (tuple, list)) and len(item) == 2:
         return str(item[0]), int(item[1])
@@ -237,11 +250,27 @@ class ConnectionFactory:
         if "url" in opts:
             self._url = opts.pop("url")
         tls = opts.pop("tls", None)
-        if tls is not None or opts.pop("ssl", False):
-            opts["ssl"] = True
-            if isinstance(tls, Mapping):
-                for k, v in tls.items():
-                    opts[k if k.startswith("ssl_") else f"ssl_{k}"] = v
+        use_tls = bool(opts.pop("ssl", False))
+        if isinstance(tls, Mapping):
+            # {"tls": {"ca_certs": ..., "certfile": ..., "check_hostname": ...}}
+            use_tls = True
+            valid = _tls_options()
+            for k, v in tls.items():
+                name = k if k.startswith("ssl_") else f"ssl_{k}"
+                if name not in valid:
+                    raise ConfigurationError(
+                        f"unknown tls option {k!r}; valid: {sorted(n[4:] for n in valid)}"
+                    )
+                opts[name] = v
+        elif tls is not None:
+            use_tls = bool(tls)  # tls=True: system CAs; tls=False: plain text
+        if use_tls:
+            if self._url is None:
+                opts["ssl"] = True
+            elif not self._url.startswith("rediss://"):
+                raise ConfigurationError(
+                    "tls options given with a non-TLS url: use a rediss:// url"
+                )  # with a rediss:// url the scheme selects TLS; the options configure it
         opts.pop("retry_strategy", None)  # reconnection is handled by the worker
         opts.pop("enable_ready_check", None)
         if "unix_socket_path" in opts:
@@ -292,7 +321,7 @@ class ConnectionFactory:
         if self._nodes:
             return f"cluster {nodes}"
         if self._url:
-            return self._url.split("@")[-1]  # never show credentials
+            return _redacted(self._url)
         if self._given_client is not None:
             return "<cluster client>" if self.mode == "cluster" else "<client>"
         return f"{self._kwargs.get('host', 'localhost')}:{self._kwargs.get('port', 6379)}"

@@ -6,7 +6,8 @@
     ├── ConfigurationError          bad option, unknown option, malformed config
     ├── SerializationError          data or result that cannot be encoded
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
-    ├── ConnectionUnavailableError  Redis cannot be reached
+    ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
+    ├── PermissionDeniedError       the Redis ACL user lacks a command or key
     ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
     ├── ScheduleNotFoundError       no schedule with that id
     ├── JobStateError               operation not valid in the job's state
@@ -35,6 +36,7 @@ __all__ = [
     "LeaseLostError",
     "NonRetryableError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "ProcessorSignal",
     "QueueActiveError",
     "RateLimited",
@@ -63,6 +65,14 @@ class PayloadTooLargeError(KitiumQueueError, ValueError):
 
 class ConnectionUnavailableError(KitiumQueueError, ConnectionError):
     """Redis cannot be reached."""
+
+
+class PermissionDeniedError(KitiumQueueError, PermissionError):
+    """The Redis ACL user lacks a command or the queue's key pattern (``NOPERM``).
+
+    The message names what was refused; docs/RELIABILITY.md lists the ACL rules a queue
+    needs (``~<prefix>:{<queue>}:*`` and the commands its scripts run).
+    """
 
 
 class JobNotFoundError(KitiumQueueError, KeyError):

@@ -7,11 +7,12 @@ import inspect
 import logging
 import random
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import orjson
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,6 +30,14 @@ from .errors import (
 from .events import EventData, EventEmitter, Handler, StreamEvent, read_stream
 from .job import JobInfo
 from .keys import QueueKeys
+from .limits import (
+    ENQUEUE_CHUNK_BYTES,
+    ENQUEUE_CHUNK_JOBS,
+    MAX_ID_LENGTH,
+    MAX_JOB_NAME_LENGTH,
+    MAX_OPTIONS_BYTES,
+    clip,
+)
 from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
 from .options import (
     CORE_OPTION_NAMES,
@@ -48,7 +57,7 @@ from .options import (
     to_ms,
 )
 from .procpool import import_path
-from .scripts import ScriptCall, ScriptRegistry
+from .scripts import ScriptCall, ScriptRegistry, permission_denied
 
 if TYPE_CHECKING:
     from .flowcontrol import FlowControl
@@ -70,7 +79,7 @@ _STATUS_SETS = {
     JobStatus.DLQ: "dlq",
 }
 _NEWEST_FIRST = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DLQ}
-_ENQUEUE_CHUNK = 1000
+_ENQUEUE_CHUNK = ENQUEUE_CHUNK_JOBS
 
 
 @dataclass(slots=True)
@@ -127,7 +136,9 @@ class JobQueue:
         codecs: bytes transforms applied to payloads and results (encryption, compression).
         events_max_len: approximate length kept of the durable event stream (10000).
         idempotency_ttl: ms an ``idempotency_key`` suppresses duplicates (24 h).
-        max_payload_bytes: largest encoded payload accepted by ``add_job`` (1 MiB).
+        max_payload_bytes: largest encoded payload accepted by ``add_job``, and largest
+            encoded result a processor may return (1 MiB). Other size limits:
+            ``kitium_queue.limits``.
         max_log_lines: log lines kept per job (1000).
 
     Example::
@@ -335,10 +346,10 @@ class JobQueue:
                 rp = RetentionPolicy.parse(v, f"{what}.{k}")
                 out[k] = {"count": rp.count, "age": rp.age}
             elif k in ("job_id", "idempotency_key"):
-                if not isinstance(v, str) or not v or len(v) > 512 or "\n" in v:
+                if not isinstance(v, str) or not v or len(v) > MAX_ID_LENGTH or "\n" in v:
                     raise ConfigurationError(
-                        f"{what}: {k} must be a non-empty string of at most 512 characters "
-                        f"without line breaks, got {v!r}"
+                        f"{what}: {k} must be a non-empty string of at most {MAX_ID_LENGTH} "
+                        f"characters without line breaks, got {clip(repr(v), 100)}"
                     )
                 out[k] = v
             elif k == "lifo":
@@ -445,9 +456,23 @@ class JobQueue:
         async with self._connect_lock:
             if self._client is None:
                 client = self.connection.client()
+                # Errors are raised "from None": the message says it all, and a chain of
+                # redis-py internals would only bury it (the original stays __context__).
                 try:
                     await client.ping()
                     await self.scripts.load(client)
+                except AuthenticationError as exc:
+                    if self.connection.owns(client):
+                        await client.aclose()
+                    raise ConnectionUnavailableError(
+                        f"Redis at {self.connection.describe()} refused the credentials of "
+                        f"queue {self.name!r} ({exc}); check the username and password given "
+                        "in redis="
+                    ) from None
+                except NoPermissionError as exc:
+                    if self.connection.owns(client):
+                        await client.aclose()
+                    raise permission_denied(str(exc)) from None
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     if self.connection.owns(client):
                         await client.aclose()
@@ -455,7 +480,7 @@ class JobQueue:
                         f"cannot reach Redis at {self.connection.describe()} for queue "
                         f"{self.name!r}: {exc}. Check the redis= setting and that the server "
                         "is running"
-                    ) from exc
+                    ) from None
                 self._client = client
         return self._client
 
@@ -473,6 +498,11 @@ class JobQueue:
     def _prepare(self, name: str, data: Any, options: Mapping[str, Any]) -> list[Any]:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"job name must be a non-empty string, got {name!r}")
+        if len(name) > MAX_JOB_NAME_LENGTH or "\n" in name or "\r" in name:
+            raise ConfigurationError(
+                f"job name must be at most {MAX_JOB_NAME_LENGTH} characters without line "
+                f"breaks, got {clip(repr(name), 100)}"
+            )
         if options:
             opts = self._normalize_options(self._validate_options(dict(options), "job"), "job")
             merged = {**self._defaults, **opts}
@@ -496,11 +526,17 @@ class JobQueue:
         }
         if "idempotency_key" in merged:
             stored["idempotency_key"] = merged["idempotency_key"]
+        raw_opts = orjson.dumps(stored) if stored else b""
+        if len(raw_opts) > MAX_OPTIONS_BYTES:
+            raise ConfigurationError(
+                f"job {name!r} options are {len(raw_opts)} bytes encoded, above "
+                f"{MAX_OPTIONS_BYTES}; options carry ids and settings, put data in the payload"
+            )
         return [
             merged.get("job_id", ""),
             name,
             raw,
-            orjson.dumps(stored) if stored else "",
+            raw_opts,
             merged.get("priority", 0),
             delay,
             "1" if merged.get("lifo") else "0",
@@ -615,9 +651,9 @@ class JobQueue:
         try:
             client = await self.client()
             calls = []
-            for start in range(0, len(prepared), _ENQUEUE_CHUNK):
+            for chunk in _enqueue_chunks(prepared):
                 args: list[Any] = [self.idempotency_ttl]
-                for p in prepared[start : start + _ENQUEUE_CHUNK]:
+                for p in chunk:
                     args.extend(p)
                 calls.append(self.call("enqueue", args))
             if len(calls) == 1:
@@ -1079,6 +1115,23 @@ def _is_coroutine_fn(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004
     )
+
+
+def _enqueue_chunks(prepared: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    """Split prepared jobs into enqueue calls of at most ENQUEUE_CHUNK_JOBS jobs and about
+    ENQUEUE_CHUNK_BYTES of payload: one script call runs alone on the server, and Redis
+    drops a client whose single command outgrows its query buffer."""
+    chunk: list[list[Any]] = []
+    size = 0
+    for p in prepared:
+        n = len(p[2])
+        if chunk and (len(chunk) >= ENQUEUE_CHUNK_JOBS or size + n > ENQUEUE_CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(p)
+        size += n
+    if chunk:
+        yield chunk
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

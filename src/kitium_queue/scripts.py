@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from .errors import error_from_script
+from .errors import PermissionDeniedError, error_from_script
 
 __all__ = ["SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
 
@@ -263,4 +263,21 @@ def _translate(exc: ResponseError) -> Exception:
             mapped = error_from_script(text[word_start:])
             if mapped is not None:
                 return mapped
+    if _NOPERM.search(text):
+        return permission_denied(text)
     return exc
+
+
+# ACL refusals: "NOPERM ..." at top level; inside a script Redis 7.0 says "The user
+# executing the script can't run this command ..." / "... can't access at least one of
+# the keys ...", and 7.2+ says "NOPERM ...".
+_NOPERM = re.compile(r"NOPERM|no permissions|can't run this command|can't access at least")
+
+
+def permission_denied(detail: str) -> PermissionDeniedError:
+    """The error raised when the Redis ACL user lacks a command or key the queue needs."""
+    return PermissionDeniedError(
+        f"Redis refused the command for lack of permission ({detail.strip()}); the Redis "
+        "user needs the queue's key pattern ~<prefix>:{<queue>}:* and the commands listed "
+        "in docs/RELIABILITY.md (Security: Redis ACL)"
+    )

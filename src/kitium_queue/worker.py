@@ -51,12 +51,20 @@ from .backoff import retry_delay
 from .connection import TRANSIENT_ERRORS
 from .errors import (
     NonRetryableError,
+    PayloadTooLargeError,
     RateLimited,
     RetryLater,
     SerializationError,
 )
 from .events import EventData
 from .job import Job
+from .limits import (
+    MAX_ERROR_CHARS,
+    MAX_LOG_LINE_CHARS,
+    MAX_PROGRESS_BYTES,
+    MAX_TRACEBACK_CHARS,
+    clip,
+)
 from .middleware import run_process_chain
 from .options import Policy
 from .procpool import ProcessPool, import_path
@@ -72,8 +80,8 @@ log = logging.getLogger(__name__)
 _NET_ERRORS = TRANSIENT_ERRORS
 _FINISH_CHUNK = 500
 _MAX_IDLE_S = 5.0
-_MAX_ERR = 4096
-_MAX_TB = 16384
+_MAX_ERR = MAX_ERROR_CHARS
+_MAX_TB = MAX_TRACEBACK_CHARS
 
 
 class _Run:
@@ -497,6 +505,15 @@ class Worker:
             except SerializationError as exc:
                 self._fail_final(run, exc, str(exc))
                 return
+            if len(payload) > q.max_payload_bytes:
+                self._fail_final(
+                    run,
+                    None,
+                    f"result of job {job.id} is {len(payload)} bytes encoded, above "
+                    f"max_payload_bytes={q.max_payload_bytes}; store large results elsewhere "
+                    "and return a reference",
+                )
+                return
             self._ack(run, "C", payload, "", 0, run.policy.keep_completed, result, None)
         except asyncio.CancelledError:
             if run.timer is not None:
@@ -525,7 +542,8 @@ class Worker:
                 run.timer.cancel()
             hold = exc.hold(job.options) if isinstance(exc, RateLimited) else None
             meta = "" if hold is None else q.keys.hold_name(hold)
-            self._ack(run, "D", exc.reason.encode(), "", exc.delay_ms, None, None, exc, meta)
+            why = clip(str(exc.reason), _MAX_ERR).encode()
+            self._ack(run, "D", why, "", exc.delay_ms, None, None, exc, meta)
         except NonRetryableError as exc:
             if run.timer is not None:
                 run.timer.cancel()
@@ -595,7 +613,7 @@ class Worker:
 
     def _failed(self, run: _Run, exc: BaseException) -> None:
         job = run.job
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_MAX_TB:]
+        tb = _traceback_text(exc)
         if job.attempts < run.policy.attempts:
             try:
                 delay = retry_delay(
@@ -612,9 +630,11 @@ class Worker:
     def _fail_final(self, run: _Run, exc: BaseException | None, reason: str) -> None:
         tb = ""
         if exc is not None and exc.__traceback__ is not None:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_MAX_TB:]
+            tb = _traceback_text(exc)
         err = exc if exc is not None else RuntimeError(reason)
-        self._ack(run, "F", reason[:_MAX_ERR].encode(), tb, 0, run.policy.keep_failed, None, err)
+        self._ack(
+            run, "F", clip(reason, _MAX_ERR).encode(), tb, 0, run.policy.keep_failed, None, err
+        )
 
     def _ack(
         self,
@@ -753,7 +773,15 @@ class Worker:
 
     async def _update(self, job: Job, kind: str, value: Any) -> None:
         q = self.queue
-        raw = orjson.dumps(value) if kind == "progress" else str(value)[:_MAX_ERR]
+        if kind == "progress":
+            raw = orjson.dumps(value)
+            if len(raw) > MAX_PROGRESS_BYTES:
+                raise PayloadTooLargeError(
+                    f"progress of job {job.id} is {len(raw)} bytes encoded, above "
+                    f"{MAX_PROGRESS_BYTES}; report a small value (a percentage, a few counters)"
+                )
+        else:
+            raw = clip(str(value), MAX_LOG_LINE_CHARS).encode()
         await q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
         if kind == "progress" and self._events.wants("job-progress"):
             self._events.emit(EventData("job-progress", q.name, job.id, job=job, progress=value))
@@ -877,8 +905,15 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
+def _traceback_text(exc: BaseException) -> str:
+    """The traceback as recorded on the job: each part (a huge exception message too)
+    clipped, then the innermost MAX_TRACEBACK_CHARS kept."""
+    parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return "".join(clip(p, _MAX_ERR) for p in parts)[-_MAX_TB:]
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
     text = f"{type(exc).__name__}: {exc}"
-    return text[:_MAX_ERR]
+    return clip(text, _MAX_ERR)
