@@ -68,6 +68,7 @@ from .limits import (
 from .middleware import run_process_chain
 from .options import Policy
 from .procpool import ProcessPool, import_path
+from .scripts import ScriptCall
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -289,7 +290,10 @@ class Worker:
                     continue
             acks, done = self._acks, self._done
             self._acks, self._done = [], []
-            calls = []
+            # After an outage, renew our own leases first in the same pipeline, so the
+            # claim below does not recover (and re-run) jobs that are still running here.
+            calls, extending = self._extend_calls() if self._outage else ([], {})
+            n_ext = len(calls)
             for i in range(0, len(acks), 9 * _FINISH_CHUNK):
                 calls.append(
                     q.call(
@@ -317,9 +321,11 @@ class Worker:
                 self._outage = False
                 log.warning("worker %s: Redis is reachable again; resuming", self.id)
             delay_backoff = 0.05
+            if n_ext:
+                self._after_extend(replies[:n_ext], extending)
             if done:
                 statuses: list[Any] = []
-                for r in replies[: len(calls) - (1 if free > 0 else 0)]:
+                for r in replies[n_ext : len(calls) - (1 if free > 0 else 0)]:
                     if isinstance(r, Exception):
                         log.error("worker %s: finish failed: %s", self.id, r)
                         statuses.extend([b"error"] * _FINISH_CHUNK)
@@ -818,38 +824,44 @@ class Worker:
             self._signal.set()
 
     async def _renew(self) -> None:
-        q = self.queue
-        interval = q.lock_renew_ms / 1000
+        interval = self.queue.lock_renew_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            runs = [r for r in self._jobs.values() if not r.abandoned]
-            sent = {r.job.id: r for r in runs}
-            if not runs:
+            calls, sent = self._extend_calls()
+            if not calls:
                 continue
-            calls = []
-            for i in range(0, len(runs), 500):
-                args: list[Any] = [q.lock_duration_ms]
-                for r in runs[i : i + 500]:
-                    args.append(r.job.id)
-                    args.append(r.token)
-                calls.append(q.call("extend", args))
             try:
-                replies = await q.scripts.pipeline(self._client, calls)
+                replies = await self.queue.scripts.pipeline(self._client, calls)
             except _NET_ERRORS as exc:
                 self._report_outage(exc)
                 continue
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    log.error("worker %s: lease renewal failed: %s", self.id, reply)
-                    continue
-                lost, cancelled = reply
-                for b in lost:
-                    self._abandon(b.decode(), sent.get(b.decode()))
-                for b in cancelled:
-                    run = self._jobs.get(b.decode())
-                    if run is not None and run.task is not None and not run.task.done():
-                        run.reason = "cancelled"
-                        run.task.cancel()
+            self._after_extend(replies, sent)
+
+    def _extend_calls(self) -> tuple[list[ScriptCall], dict[str, _Run]]:
+        """``extend`` calls renewing every lease this worker holds (500 per call)."""
+        runs = [r for r in self._jobs.values() if not r.abandoned]
+        calls = []
+        for i in range(0, len(runs), 500):
+            args: list[Any] = [self.queue.lock_duration_ms]
+            for r in runs[i : i + 500]:
+                args.append(r.job.id)
+                args.append(r.token)
+            calls.append(self.queue.call("extend", args))
+        return calls, {r.job.id: r for r in runs}
+
+    def _after_extend(self, replies: list[Any], sent: dict[str, _Run]) -> None:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                log.error("worker %s: lease renewal failed: %s", self.id, reply)
+                continue
+            lost, cancelled = reply
+            for b in lost:
+                self._abandon(b.decode(), sent.get(b.decode()))
+            for b in cancelled:
+                run = self._jobs.get(b.decode())
+                if run is not None and run.task is not None and not run.task.done():
+                    run.reason = "cancelled"
+                    run.task.cancel()
 
     def _forget(self, run: _Run) -> None:
         # By identity: a newer run of the same job id may have replaced this one.
