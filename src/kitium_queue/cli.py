@@ -200,6 +200,66 @@ def dlq_replay(app: str, limit: int, redis: str | None) -> None:
     click.echo(f"replayed {n} job(s)")
 
 
+@main.group()
+def schedules() -> None:
+    """List, pause, resume and remove the queue's schedules."""
+
+
+def _fmt_ms(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+@schedules.command("list")
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True, help="Print the schedules as JSON.")
+@redis_option
+def schedules_list(app: str, as_json: bool, redis: str | None) -> None:
+    """List schedules: id, timing, state, next run (UTC), runs so far."""
+
+    async def act(q: JobQueue) -> None:
+        items = await q.get_schedules()
+        if as_json:
+            click.echo(json.dumps([s.to_dict() for s in items], indent=2, default=str))
+            return
+        if not items:
+            click.echo(f"no schedules in queue {q.name!r}")
+            return
+        for s in items:
+            timing = f"cron {s.cron} ({s.tz})" if s.cron else f"every {s.every_ms} ms"
+            state = "paused" if s.paused else "finished" if s.finished else "active"
+            click.echo(f"{s.id}\t{s.job_name}\t{timing}\t{state}\tnext={_fmt_ms(s.next_run_at)}"
+                       f"\truns={s.runs}\tskipped={s.skipped}")
+
+    _with_queue(app, redis, act)
+
+
+def _schedule_action(verb: str, method: str, done: str) -> Any:
+    @schedules.command(verb)
+    @click.argument("app")
+    @click.argument("schedule_id")
+    @redis_option
+    def command(app: str, schedule_id: str, redis: str | None) -> None:
+        async def act(q: JobQueue) -> bool:
+            ok: bool = await getattr(q, method)(schedule_id)
+            return ok
+
+        if not _with_queue(app, redis, act):
+            raise click.ClickException(f"schedule {schedule_id!r} not found")
+        click.echo(f"{done} {schedule_id}")
+
+    command.__doc__ = f"{verb.capitalize()} schedule SCHEDULE_ID of APP."
+    return command
+
+
+schedules_pause = _schedule_action("pause", "pause_schedule", "paused")
+schedules_resume = _schedule_action("resume", "resume_schedule", "resumed")
+schedules_remove = _schedule_action("remove", "remove_schedule", "removed")
+
+
 @main.command()
 @click.argument("app")
 @click.option("--from-start", is_flag=True, help="Replay what the stream still holds.")

@@ -53,6 +53,10 @@ async def run_demo(redis: str = "memory://demo", echo: Callable[[str], Any] = pr
             raise ConnectionError(f"upstream timeout (attempt {job.attempts})")
         return "ok on attempt 3"
 
+    @queue.process("heartbeat")
+    async def heartbeat(job: Job) -> str:
+        return f"beat for {job.data['svc']}"
+
     @queue.process("charge-card")
     async def charge(job: Job) -> None:
         raise NonRetryableError("card declined: do not retry")
@@ -66,8 +70,10 @@ async def run_demo(redis: str = "memory://demo", echo: Callable[[str], Any] = pr
             say(f"job-dlq        {e.job_id:>3} moved to the dead-letter queue")
         elif e.event == "job-progress":
             say(f"job-progress   {e.job_id:>3} {e.progress}%")
+        elif e.event == "schedule-fired":
+            say(f"schedule-fired {e.extra['schedule_id']} -> job {e.job_id}")
 
-    for ev in ("job-completed", "job-retrying", "job-dlq", "job-progress"):
+    for ev in ("job-completed", "job-retrying", "job-dlq", "job-progress", "schedule-fired"):
         queue.on(ev, on_event)
 
     echo(f"kitium-queue demo on {redis}\n")
@@ -87,12 +93,18 @@ async def run_demo(redis: str = "memory://demo", echo: Callable[[str], Any] = pr
     ids.append(dup)
     say(f"added jobs {ids} (a repeated idempotency key returned the same id: {again == dup})")
 
+    # A schedule: the worker's scheduler fires it (any number of workers may run one;
+    # each tick is enqueued once).
+    beat = await queue.schedule_every("heartbeat", {"svc": "api"}, 250, limit=3)
+    say(f"scheduled {beat.id!r}: every 250 ms, 3 runs")
+
     extra_hook = getattr(queue, "_demo_extra", None)
     await queue.start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         s = await queue.get_stats()
-        if s.completed >= 5 and s.dlq >= 1 and s.delayed == 0 and s.waiting == 0 and s.active == 0:
+        done = s.completed >= 8 and s.dlq >= 1 and s.delayed == 0 and s.waiting == 0
+        if done and s.active == 0 and (await queue.get_schedule(beat.id) or beat).finished:
             break
         await asyncio.sleep(0.02)
     if extra_hook is not None:
