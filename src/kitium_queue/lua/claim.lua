@@ -41,7 +41,7 @@ local dlq_enabled = ARGV[9] == '1'
 local worker = ARGV[10]
 local scan = tonumber(ARGV[11])
 
-promote(1000)
+promote(1000, dlq_enabled)
 local back, dead = recover(1000, max_stalled, dlq_enabled)
 
 local function wake_at(extra)
@@ -107,9 +107,9 @@ if want > 0 then
         dead[#dead + 1] = id
       elseif admit(id, jk, f[3]) then
         if token == 0 then token = redis.call('INCR', K_LEASE) end
-        local att = (tonumber(f[7]) or 0) + 1
+        local att = num(f[7]) + 1
         redis.call('HSET', jk, 'st', 'active', 'lt', token, 'ps', NOW_S, 'w', worker, 'a', att)
-        out[#out + 1] = { id, f[1], f[2] or '', f[3] or '', att, f[4] or '0', f[5] or '0', f[6] or '' }
+        out[#out + 1] = { id, f[1], f[2] or '', f[3] or '', att, int(num(f[4])), int(num(f[5])), f[6] or '' }
         emit('job-started', id, 'att', att)
         taken[#taken + 1] = id
         leased[#leased + 1] = id

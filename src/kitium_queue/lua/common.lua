@@ -48,6 +48,15 @@ end
 
 local NOW_S = int(NOW)
 
+-- A counter field (attempts, stalls, timestamps) as a number. A damaged value (not a
+-- finite number) counts as 0: a corrupted record must not abort a script half way,
+-- after some of its writes were made.
+local function num(x)
+  local n = tonumber(x)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then return 0 end
+  return n
+end
+
 local function job_key(id)
   return PREFIX .. 'job:' .. id
 end
@@ -146,8 +155,9 @@ local function dead_letter(jk, id, dlq_enabled, reason, tb)
   return state
 end
 
--- Move due delayed jobs to wait (bounded).
-local function promote(limit)
+-- Move due delayed jobs to wait (bounded). A job whose hash was deleted meanwhile is
+-- dead-lettered as a record of it (dlq_enabled: nil counts as enabled).
+local function promote(limit, dlq_enabled)
   local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', int(NOW), 'LIMIT', 0, limit)
   for i = 1, #due do
     local id = due[i]
@@ -155,6 +165,9 @@ local function promote(limit)
     if redis.call('EXISTS', jk) == 1 then
       push_wait(jk, id)
       redis.call('HDEL', jk, 'due')
+    else
+      dead_letter(jk, id, dlq_enabled ~= false,
+        'job record missing: its hash key was deleted while the job was delayed', '')
     end
   end
   if #due > 0 then redis.call('ZREM', K_DELAYED, unpack(due)) end
@@ -172,9 +185,16 @@ local function recover(limit, max_stalled, dlq_enabled)
     local id = expired[i]
     local jk = job_key(id)
     redis.call('ZREM', K_ACTIVE, id)
-    if redis.call('EXISTS', jk) == 1 then
-      local stalls = redis.call('HINCRBY', jk, 's', 1)
-      redis.call('HINCRBY', jk, 'a', -1)
+    if redis.call('EXISTS', jk) == 0 then
+      -- The hash was deleted while the job ran: dead-letter a record of it rather than
+      -- drop the job silently.
+      dead_letter(jk, id, dlq_enabled,
+        'job record missing: its hash key was deleted while the job was running', '')
+      dead[#dead + 1] = id
+    else
+      local c = redis.call('HMGET', jk, 's', 'a')
+      local stalls = num(c[1]) + 1
+      redis.call('HSET', jk, 's', int(stalls), 'a', int(math.max(num(c[2]) - 1, 0)))
       redis.call('HDEL', jk, 'lt')
       if stalls > max_stalled then
         dead_letter(jk, id, dlq_enabled,

@@ -21,7 +21,9 @@ for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local f = redis.call('HMGET', job_key(id), 'lt', 'st', 'cx')
   if f[1] == token and f[2] == 'active' then
-    redis.call('ZADD', K_ACTIVE, 'XX', deadline, id)
+    -- No XX: a lease missing from the active set (the key was deleted) is put back,
+    -- so the job can still be recovered if this worker dies.
+    redis.call('ZADD', K_ACTIVE, deadline, id)
     if f[3] then cancelled[#cancelled + 1] = id end
   else
     lost[#lost + 1] = id

@@ -88,7 +88,7 @@ for b = 5, #ARGV, 9 do
         end
       end
     elseif kind == 'D' then
-      redis.call('HINCRBY', jk, 'a', -1)
+      redis.call('HSET', jk, 'a', int(math.max(num(redis.call('HGET', jk, 'a')) - 1, 0)))
       if delay > 0 then
         push_delayed(jk, id, NOW + delay)
       else
@@ -101,7 +101,7 @@ for b = 5, #ARGV, 9 do
       end
       emit('job-delayed', id, 'delay', delay, 'reason', payload)
     else -- 'H'
-      redis.call('HINCRBY', jk, 'a', -1)
+      redis.call('HSET', jk, 'a', int(math.max(num(redis.call('HGET', jk, 'a')) - 1, 0)))
       push_wait(jk, id)
       woke = true
       emit('job-released', id)

@@ -5,11 +5,13 @@
   KEYS: the shared layout (common.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  max jobs moved
+  ARGV[5]  dlq enabled ('1' | '0'; default '1'): where a job whose hash was deleted
+           while it was delayed is recorded
 
   Returns the number of jobs promoted. Wakes idle workers when any moved.
 ]]
 --@include common
 
-local n = promote(tonumber(ARGV[4]))
+local n = promote(tonumber(ARGV[4]), ARGV[5] ~= '0')
 if n > 0 then wake() end
 return n
