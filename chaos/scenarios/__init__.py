@@ -8,4 +8,5 @@ from . import (  # noqa: F401
     s5_redis_restart,
     s6_network,
     s7_clock_skew,
+    s8_poison,
 )
