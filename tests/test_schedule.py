@@ -432,3 +432,16 @@ async def test_worker_without_scheduler_does_not_fire(make_queue: QueueFactory) 
     await asyncio.sleep(0.4)
     got = await q.get_schedule(s.id)
     assert got is not None and got.runs == 0
+
+
+def test_sync_client_declares_and_manages_schedules(backend_url: str, prefix: str) -> None:
+    from kitium_queue import SyncJobQueue
+
+    with SyncJobQueue("q", redis=backend_url, prefix=prefix) as q:
+        s = q.schedule_job("report", {"a": 1}, "0 3 * * *", schedule_id="nightly")
+        assert q.schedule_every("beat", None, 5000).id == "beat@every 5000ms"
+        assert [x.id for x in q.get_schedules()] == ["nightly", "beat@every 5000ms"]
+        assert q.update_schedule("nightly", attempts=2).options == {"attempts": 2}
+        assert q.pause_schedule("nightly") and q.get_schedule("nightly").paused  # type: ignore[union-attr]
+        assert q.resume_schedule("nightly") and q.remove_schedule("nightly")
+        assert q.get_schedule(s.id) is None

@@ -122,3 +122,28 @@ async def _all_ran(q: JobQueue, prefix: str, fired: list[str], allow_active: boo
         if not (allow_active and info is not None and info.status is JobStatus.ACTIVE):
             return False
     return True
+
+
+async def test_schedules_fire_on_redis_cluster() -> None:
+    """Schedule keys share the queue's hash tag and the change feed works on a cluster."""
+    import time
+
+    from _cluster import LocalCluster
+
+    with LocalCluster(masters=3, replicas=0) as cluster:
+        queues = [JobQueue("cq", redis=cluster.url, prefix="kqs") for _ in range(2)]
+        started: list[str] = []
+        try:
+            for q in queues:
+                q.process("beat", lambda job: started.append(job.id))
+                await q.start()
+            anchor = (int(time.time() * 1000) // 1000 + 1) * 1000
+            s = await queues[0].schedule_every("beat", None, 100, start_date=anchor)
+            await wait_until(lambda: len(started) >= 8, timeout=5)
+            assert len(set(started)) == len(started)
+            ticks = sorted(_tick(j) for j in started)[:8]
+            assert ticks == [anchor + 100 * k for k in range(8)]
+            assert await queues[1].remove_schedule(s.id)
+        finally:
+            for q in queues:
+                await q.close()

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_IDLE_S = 30.0
+_NO_FEED_IDLE_S = 1.0
 _BATCH = 100
 MAX_TICKS_PER_FIRE = 1000
 _BROKEN_RETRY_MS = 60_000
@@ -111,6 +112,7 @@ class Scheduler:
         self._broken: dict[str, int] = {}
         self._outage = False
         self._stopping = False
+        self._feed = True  # the change feed (pub/sub) is up; False: poll for changes
 
     # ------------------------------------------------------------------ service
     async def start(self, queue: JobQueue) -> None:
@@ -162,7 +164,8 @@ class Scheduler:
                 self._outage = False
                 log.warning("scheduler of queue %s: Redis is reachable again", self._q.name)
             backoff = 0.05
-            timeout = _MAX_IDLE_S if wait_ms is None else min(wait_ms / 1000, _MAX_IDLE_S)
+            idle = _MAX_IDLE_S if self._feed else _NO_FEED_IDLE_S
+            timeout = idle if wait_ms is None else min(wait_ms / 1000, idle)
             if timeout > 0:
                 # A timer that sets the event, not wait_for: cancellation-safe, and the
                 # loop wakes at the tick (asyncio timers are ~1 ms precise).
@@ -177,10 +180,14 @@ class Scheduler:
         backoff = 0.05
         while not self._stopping:
             client = q.connection.client(blocking=True)
-            pubsub = client.pubsub()
+            pubsub = None
             try:
+                if hasattr(client, "initialize"):
+                    await client.initialize()  # a cluster client must learn its slots first
+                pubsub = client.pubsub()
                 await pubsub.subscribe(q.keys.schedules_channel)
                 backoff = 0.05
+                self._feed = True
                 self._wake.set()  # changes may have happened while not subscribed
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
@@ -189,12 +196,17 @@ class Scheduler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("scheduler of queue %s: change feed lost (%s)", q.name, exc)
+                if self._feed:
+                    log.info("scheduler of queue %s: change feed lost (%s: %s); checking for "
+                             "schedule changes every %.0f s until it is back", q.name,
+                             type(exc).__name__, exc, _NO_FEED_IDLE_S)
+                self._feed = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
                 try:
-                    await pubsub.aclose()
+                    if pubsub is not None:
+                        await pubsub.aclose()
                     if q.connection.owns(client):
                         await client.aclose()
                 except Exception:  # pragma: no cover - closing a broken connection

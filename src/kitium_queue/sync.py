@@ -13,6 +13,7 @@ from .enums import JobStatus
 from .job import JobInfo
 from .options import JobOptions
 from .queue import HealthStatus, JobQueue, QueueStats
+from .schedules import Schedule
 
 __all__ = ["SyncJobQueue"]
 
@@ -115,6 +116,37 @@ class SyncJobQueue:
 
     def clear(self, *, force: bool = False) -> None:
         self._call(self.queue.clear(force=force))
+
+    # -- schedules (see JobQueue.schedule_job; declare them at deploy time) ------------
+    def schedule_job(
+        self, job_name: str, data: Any, cron_pattern: str, **options: Any
+    ) -> Schedule:
+        """See ``JobQueue.schedule_job``."""
+        return self._call(self.queue.schedule_job(job_name, data, cron_pattern, **options))
+
+    def schedule_every(
+        self, job_name: str, data: Any, interval_ms: Any, **options: Any
+    ) -> Schedule:
+        """See ``JobQueue.schedule_every``."""
+        return self._call(self.queue.schedule_every(job_name, data, interval_ms, **options))
+
+    def get_schedules(self) -> list[Schedule]:
+        return self._call(self.queue.get_schedules())
+
+    def get_schedule(self, schedule_id: str) -> Schedule | None:
+        return self._call(self.queue.get_schedule(schedule_id))
+
+    def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
+        return self._call(self.queue.update_schedule(schedule_id, **changes))
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        return self._call(self.queue.remove_schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str) -> bool:
+        return self._call(self.queue.pause_schedule(schedule_id))
+
+    def resume_schedule(self, schedule_id: str) -> bool:
+        return self._call(self.queue.resume_schedule(schedule_id))
 
     def close(self) -> None:
         """Close the connection and stop the background loop."""
