@@ -167,6 +167,25 @@ async def test_global_concurrency_cap(make_queue: QueueFactory) -> None:
     assert (await e.claim(T0 + 2, 10))[2] == ["j4", "j5"]
 
 
+async def test_admission_commit_runs_only_when_every_check_admits(
+    make_queue: QueueFactory,
+) -> None:
+    q = make_queue()
+    counter = q.keys.extra("counted")
+    q.scripts.add_admission_check("count-me", (
+        "function(id, jk) return true, function(id2) "
+        f"redis.call('RPUSH', '{counter}', id2) end end"
+    ))
+    q.scripts.add_admission_check("no-x", "function(id) return id ~= 'x' end")
+    q.scripts.add_admission_check("no-x", "function(id) return id ~= 'x' and id ~= 'z' end")
+    e = Engine(q)
+    for jid in ("x", "y", "z"):
+        await e.add(T0, jid)
+    assert (await e.claim(T0))[2] == ["y"]
+    client = await q.client()
+    assert await client.lrange(counter, 0, -1) == [b"y"]  # x and z were never counted
+
+
 # ================================================================ RateLimited holds
 
 

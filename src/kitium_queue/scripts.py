@@ -102,10 +102,11 @@ class ScriptRegistry:
 
     def _fragment(self, name: str) -> str:
         if name == "admission_checks" and self._admission:
-            lines = [f"local check_{n} = {src}" for n, src in self._admission]
+            # Locals are numbered, so any check name is fine (names only identify checks).
+            lines = [f"local check{i} = {src}" for i, (_, src) in enumerate(self._admission)]
             lines.append("local function admit(id, jk, opts)")
-            for i, (n, _) in enumerate(self._admission):
-                lines.append(f"  local ok{i}, commit{i} = check_{n}(id, jk, opts)")
+            for i in range(len(self._admission)):
+                lines.append(f"  local ok{i}, commit{i} = check{i}(id, jk, opts)")
                 lines.append(f"  if not ok{i} then return false end")
             for i in range(len(self._admission)):
                 lines.append(f"  if commit{i} then commit{i}(id, jk) end")
