@@ -74,7 +74,7 @@ def one_mode(ctx: Context, res: Result, mode: str) -> dict[str, Any]:
         before = snapshot(client, keys)
         t_kill = time.time()
         srv.kill()
-        down = ctx.pick(1.0, rnd.uniform(0.5, 3.0))
+        down = ctx.pick(0.7, rnd.uniform(0.5, 3.0))
         deadline = time.monotonic() + down
         while time.monotonic() < deadline:  # the outage itself, watching the workers
             dead = [w.name for w in workers if not w.alive()]

@@ -2,7 +2,7 @@
 
 Two workers reach Redis through the proxy (``chaos.proxy``), a third one directly; lease
 1 s (renewed every 500 ms), sweep every 250 ms, 3 slots each. A producer thread adds
-jobs continuously (mostly 10-60 ms, one in ten 1.5 s so that leases are held across
+jobs continuously (mostly 10-60 ms, one in ten 1.2 s so that leases are held across
 the faults). Faults, one after the other:
 
     cut          every proxied connection reset at once (clients reconnect)
@@ -35,7 +35,7 @@ QUEUE = "network"
 
 
 def _job(rnd: random.Random, n: int) -> tuple[str, Any, dict[str, Any]]:
-    ms = 1500 if rnd.random() < 0.1 else rnd.randint(10, 60)
+    ms = 1200 if rnd.random() < 0.1 else rnd.randint(10, 60)
     return ("work", {"ms": ms}, {"job_id": f"n{n}", "remove_on_complete": False})
 
 

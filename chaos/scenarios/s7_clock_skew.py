@@ -80,7 +80,7 @@ def run(ctx: Context, res: Result) -> None:
     for victim_name in ("ahead", "behind"):
         victim = workers[victim_name]
         more = ctx.ledger.record(producer.add_jobs(
-            [("work", {"ms": 2000}, {"remove_on_complete": False}) for _ in range(6)]),
+            [("work", {"ms": 1500}, {"remove_on_complete": False}) for _ in range(4)]),
             tag=f"killed-{victim_name}")
         wait_for(lambda v=victim: len(v.running_jobs()) >= 1, 20,
                  what=f"the {victim_name} worker to be busy")
@@ -112,7 +112,7 @@ def run(ctx: Context, res: Result) -> None:
     res.expect(f"killed skewed workers' jobs: recovered within lease + sweep + 2 s ({bound} s)",
                bool(recover_delay) and max(recover_delay) <= bound, stats(recover_delay))
     res.notes.append("reclaimed_after_kill_s includes waiting for a free slot: the other "
-                     "workers were busy with 2 s jobs when the recovered jobs went back to "
+                     "workers were busy with 1.5 s jobs when the recovered jobs went back to "
                      "the queue.")
     closing_checks(ctx, res, client, keys, fleet)
     tb = tracebacks(fleet)

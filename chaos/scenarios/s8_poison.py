@@ -427,6 +427,9 @@ def case_hanging(ctx: Context, res: Result, url: str) -> dict[str, Any]:
     out: dict[str, Any] = {"timeout_ms": effective,
                            "timeout_source": "job option" if timeout_ms else "default"}
     opts = {"attempts": 1} | ({"timeout": timeout_ms} if timeout_ms else {})
+    # Both kinds at once (each on its own 1-slot worker): the long form waits out the
+    # default timeout only once.
+    runs = {}
     for kind, hang_name, next_name in (("async", "hang", "work"),
                                        ("thread", "hang-sync", "sync")):
         c = Case(ctx, url, f"hanging-{kind}", workers=1, concurrency=1,
@@ -435,6 +438,8 @@ def case_hanging(ctx: Context, res: Result, url: str) -> dict[str, Any]:
         wait_for(lambda c=c, hung=hung: hung in c.workers[0].running_jobs(), 20,
                  what="the hanging job to start")
         nxt = c.add(next_name, {"ms": 10}, tag="next", expect="completed")
+        runs[kind] = (c, hung, nxt)
+    for kind, (c, hung, nxt) in runs.items():
         c.wait(effective / 1000 + 30)
         snap = snapshot(c.client, c.keys)
         lines = c.fleet.lines()
@@ -456,4 +461,3 @@ def case_hanging(ctx: Context, res: Result, url: str) -> dict[str, Any]:
         res.expect(f"hanging ({kind}): the next job completes", snap.state(nxt) == "completed")
         c.close(res)
     return out
-
