@@ -313,6 +313,7 @@ async def test_payload_never_appears_in_logs(
     redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="kitium_queue")  # whatever an earlier test set
     payload = {"card": SECRET, "nested": [SECRET, {"k": SECRET}]}
     admin = redis.asyncio.Redis.from_url(redis_url)
     sync_admin = redis_sync.Redis.from_url(redis_url)

@@ -18,9 +18,19 @@ __all__ = ["run_demo"]
 
 async def run_demo(redis: str = "memory://demo", echo: Callable[[str], Any] = print) -> None:
     """Run the demo against ``redis`` and narrate it through ``echo``."""
+    # Failures in the tour are on purpose; keep the worker's error log out of it, and
+    # give the caller its logging back afterwards.
+    logger = logging.getLogger("kitium_queue")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        await _tour(redis, echo)
+    finally:
+        logger.setLevel(previous)
+
+
+async def _tour(redis: str, echo: Callable[[str], Any]) -> None:
     t0 = time.monotonic()
-    # Failures below are on purpose; keep the worker's error log out of the tour.
-    logging.getLogger("kitium_queue").setLevel(logging.CRITICAL)
 
     def say(msg: str) -> None:
         echo(f"[{(time.monotonic() - t0) * 1000:7.1f} ms] {msg}")
