@@ -932,6 +932,8 @@ def test_tls_dict_options_are_validated() -> None:
         JobQueue("q", redis={"host": "h", "tls": {"ca_cert": "/x"}})
     plain = JobQueue("q", redis={"host": "127.0.0.1", "tls": False})
     assert "ssl" not in plain.connection._kwargs  # tls=False means no TLS
+    with pytest.raises(ConfigurationError, match="rediss://"):
+        JobQueue("q", redis={"url": "redis://127.0.0.1:6379/0", "tls": {"ca_certs": "/x"}})
 
 
 async def test_tls_false_talks_plain_redis(redis_url: str, prefix: str) -> None:
