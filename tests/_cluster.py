@@ -159,11 +159,10 @@ class LocalCluster:
 
     def _create_with_redis_cli(self) -> None:
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        cmd = [redis_cli_executable(), "--cluster", "create", *addrs]
+        cmd += ["--cluster-replicas", str(self.replicas_count), "--cluster-yes"]
         proc = subprocess.run(
-            [
-                redis_cli_executable(), "--cluster", "create", *addrs,
-                "--cluster-replicas", str(self.replicas_count), "--cluster-yes",
-            ],  # fmt: skip
+            cmd,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=self.startup_timeout,
