@@ -69,7 +69,7 @@ class LocalSentinel:
         replicas: int = 1,
         sentinels: int = 3,
         down_after_ms: int = 1000,
-        failover_timeout_ms: int = 5000,
+        failover_timeout_ms: int = 2000,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.service = service
@@ -132,10 +132,28 @@ class LocalSentinel:
             c.close()
 
     def _replicas_synced(self) -> bool:
-        for n in self.data[1:]:
-            if n.is_running() and self._info(n, "replication").get("master_link_status") != "up":
+        for n in self.data:
+            if not n.is_running():
+                continue
+            info = self._info(n, "replication")
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
                 return False
         return True
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Wait until every live replica has a working link to its primary and every
+        sentinel knows the live replicas (so another failover can pick one)."""
+        self._wait(self._replicas_synced, "replicas to sync", timeout)
+
+        def known() -> bool:
+            live = len([n for n in self.data if n.is_running()]) - 1
+            for s in self.sentinels:
+                fields = _pairs(self._sentinel_cmd(s, "SENTINEL", "MASTER", self.service))
+                if int(fields.get("num-slaves", 0)) < live:
+                    return False
+            return True
+
+        self._wait(known, "sentinels to see the replicas", timeout)
 
     def _sentinels_ready(self) -> bool:
         for s in self.sentinels:
