@@ -1,0 +1,173 @@
+"""``PartitionedQueue`` on both backends: placement of jobs, ids, aggregated queries,
+and a worker that shares one concurrency budget fairly over the partitions.
+(On a real cluster: ``test_cluster.py::test_partitioned_queue_uses_every_master``.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from helpers import wait_until
+from kitium_queue import ConfigurationError, JobStatus, PartitionedQueue
+from kitium_queue.partitioned import partition_names
+
+
+@pytest.fixture
+async def make_pq(
+    backend_url: str, prefix: str
+) -> AsyncIterator[Callable[..., PartitionedQueue]]:
+    made: list[PartitionedQueue] = []
+
+    def make(name: str = "orders", partitions: int = 3, **kw: Any) -> PartitionedQueue:
+        pq = PartitionedQueue(name, partitions=partitions, redis=backend_url, prefix=prefix, **kw)
+        made.append(pq)
+        return pq
+
+    yield make
+    for pq in made:
+        await pq.close()
+
+
+def test_partition_names_cover_the_slot_space_evenly() -> None:
+    for n in (1, 2, 3, 4, 6, 16):
+        names = partition_names("orders", n)
+        assert names == partition_names("orders", n)  # deterministic
+        assert len(set(names)) == n
+        for i, name in enumerate(names):
+            assert name == f"orders#{i}" or name.startswith(f"orders#{i}.")
+            assert i * 16384 // n <= key_slot(name.encode()) < (i + 1) * 16384 // n
+
+
+def test_invalid_partition_counts_are_refused() -> None:
+    for bad in (0, -1, 1025, 2.0, True, "3"):
+        with pytest.raises(ConfigurationError, match="partitions must be"):
+            PartitionedQueue("x", partitions=bad)  # type: ignore[arg-type]
+
+
+async def test_round_robin_and_ids_carry_the_partition(make_pq: Any) -> None:
+    pq = make_pq()
+    ids = await pq.add_jobs([("a", i) for i in range(30)])
+    assert len(set(ids)) == 30
+    parts = Counter(int(i.split(":")[0]) for i in ids)
+    assert sorted(parts) == [0, 1, 2] and set(parts.values()) == {10}
+    one = await pq.add_job("a", "single")
+    info = await pq.get_job_status(one)
+    assert info is not None and (info.id, info.data, info.status) == (one, "single", "waiting")
+    assert [s.waiting for s in await pq.partition_stats()] == [
+        parts[0] + (one.startswith("0:")),
+        parts[1] + (one.startswith("1:")),
+        parts[2] + (one.startswith("2:")),
+    ]
+    assert await pq.get_job_status("1:999999") is None
+
+
+async def test_keys_pin_jobs_to_one_partition(make_pq: Any) -> None:
+    pq = make_pq(partitions=4)
+    pinned = {await pq.add_job("a", i, partition_key="customer-7") for i in range(10)}
+    assert len({p.split(":")[0] for p in pinned}) == 1
+    assert int(next(iter(pinned)).split(":")[0]) == pq.partition_of("customer-7")
+
+    first = await pq.add_job("a", 1, idempotency_key="charge-42")
+    again = await pq.add_job("a", 2, idempotency_key="charge-42")
+    assert first == again  # the duplicate met its original on the same partition
+
+    mine = await pq.add_job("a", 1, job_id="order-9")
+    assert mine == f"{pq.partition_of('order-9')}:order-9"
+    assert await pq.add_job("a", 2, job_id="order-9") == mine
+    by_raw = await pq.get_job_status("order-9")  # the id you chose finds it too
+    assert by_raw is not None and by_raw.id == mine and by_raw.data == 1
+
+    batch = await pq.add_jobs(
+        [("a", i, {"partition_key": "k"}) for i in range(5)] + [{"name": "a", "data": 9}]
+    )
+    assert len({b.split(":")[0] for b in batch[:5]}) == 1
+    with pytest.raises(ConfigurationError, match="partition_key"):
+        await pq.add_job("a", 1, partition_key="")
+
+
+async def test_queries_and_management_aggregate(make_pq: Any) -> None:
+    pq = make_pq()
+    ids = await pq.add_jobs([("a", i, {"priority": i % 3}) for i in range(9)])
+    delayed = await pq.add_job("a", "later", delay=60_000)
+    stats = await pq.get_stats()
+    assert (stats.waiting, stats.delayed) == (9, 1)
+    waiting = await pq.get_jobs_by_status(JobStatus.WAITING, limit=5)
+    assert len(waiting) == 5
+    assert [j.priority for j in waiting] == sorted((j.priority for j in waiting), reverse=True)
+    assert all(j.id in ids for j in waiting)
+    assert [j.id for j in await pq.get_jobs_by_status("delayed")] == [delayed]
+
+    await pq.pause()
+    assert (await pq.get_stats()).is_paused
+    await pq.resume()
+    assert not (await pq.get_stats()).is_paused
+    assert await pq.cancel_job(delayed) == "removed"
+    assert await pq.remove_job(ids[0]) is True
+    assert await pq.drain() == 8
+    assert (await pq.get_stats()).waiting == 0
+    await pq.clear()
+    assert (await pq.health_check()).healthy
+
+
+async def test_worker_processes_failures_and_events_with_full_ids(make_pq: Any) -> None:
+    pq = make_pq(dlq={"enabled": True})
+    seen: list[str] = []
+    completed: list[str] = []
+
+    async def work(job: Any) -> str:
+        seen.append(pq.public_id(job))
+        if job.data == "bad":
+            raise ValueError("bad data")
+        return f"done:{job.data}"
+
+    pq.process("w", work)
+    pq.on("job-completed", lambda ev: completed.append(ev.job_id))
+    ids = await pq.add_jobs([("w", i) for i in range(6)])
+    bad = await pq.add_job("w", "bad", attempts=1)
+    await pq.start(concurrency=3)
+    await wait_until(lambda: len(completed) == 6 and bad in seen, 10)
+    assert sorted(completed) == sorted(ids)
+    info = await pq.get_job_status(ids[2])
+    assert info is not None and info.result == "done:2"
+    await wait_until(lambda: _dlq(pq, bad), 5)
+    assert await pq.replay_dlq() == 1
+    await wait_until(lambda: seen.count(bad) == 2, 5)
+
+
+async def _dlq(pq: PartitionedQueue, job_id: str) -> bool:
+    return [j.id for j in await pq.get_dlq_jobs()] == [job_id]
+
+
+async def test_one_budget_shared_fairly_over_partitions(make_pq: Any) -> None:
+    """concurrency=2 over 3 loaded partitions: never more than 2 jobs at once, and the
+    partitions take turns instead of the first one hogging both slots."""
+    pq = make_pq()
+    running = 0
+    peak = 0
+    order: list[str] = []
+
+    async def work(job: Any) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        order.append(job.queue_name)
+        running -= 1
+
+    pq.process("w", work)
+    for p in range(3):
+        await pq.add_jobs([("w", i, {"partition_key": _key_for(pq, p)}) for i in range(20)])
+    await pq.start(concurrency=2)
+    await wait_until(lambda: len(order) == 60, 15)
+    assert peak == 2
+    first_half = Counter(order[:30])
+    assert min(first_half.values()) >= 7, first_half  # each got its turn, 10 being even
+
+
+def _key_for(pq: PartitionedQueue, partition: int) -> str:
+    return next(k for k in (f"k{i}" for i in range(1000)) if pq.partition_of(k) == partition)
