@@ -32,7 +32,9 @@ import orjson
 
 from .infra import LogLine
 
-__all__ = ["Ack", "Check", "Ledger", "Snapshot", "check", "duplicates", "snapshot", "stream"]
+__all__ = [
+    "Ack", "Check", "Ledger", "Snapshot", "check", "duplicates", "merge", "snapshot", "stream",
+]
 
 SETS = ("wait", "active", "delayed", "completed", "failed", "dlq")
 STATE_OF = {
@@ -106,7 +108,7 @@ class Snapshot:
     now_ms: int  # Redis clock
     sets: dict[str, dict[str, float]]  # set name -> {id: score}
     jobs: dict[str, dict[str, bytes | None]]  # id -> fields st, lt, e, a, s, r
-    taken_at: float = 0.0  # real time
+    taken_at: float = 0.0  # real time just before the snapshot was read
 
     def state(self, jid: str) -> str | None:
         rec = self.jobs.get(jid)
@@ -136,6 +138,7 @@ def snapshot(client: Any, keys: Any) -> Snapshot:
     """Atomic picture of a queue (``client``: a synchronous ``redis.Redis``)."""
     set_keys = [getattr(keys, s) for s in SETS]
     pattern = keys.job("*")
+    t_before = time.time()
     raw = client.eval(_SNAPSHOT_LUA, len(set_keys), *set_keys, pattern)
     now_ms = int(raw[0])
     sets: dict[str, dict[str, float]] = {}
@@ -148,7 +151,7 @@ def snapshot(client: Any, keys: Any) -> Snapshot:
     for i in range(0, len(flat), width):
         jid = flat[i].decode()[head:]
         jobs[jid] = dict(zip(FIELDS, flat[i + 1 : i + width], strict=True))
-    return Snapshot(now_ms, sets, jobs, time.time())
+    return Snapshot(now_ms, sets, jobs, t_before)
 
 
 @dataclass(slots=True)
@@ -231,8 +234,8 @@ def check(
         known = set(ledger.acked)
         res.unacknowledged = len(set(snap.jobs) - known)
         for jid, ack in list(ledger.acked.items()):
-            if jid in skip:
-                continue
+            if jid in skip or ack.t >= snap.taken_at:
+                continue  # acknowledged after the snapshot began: not necessarily in it
             st = snap.state(jid)
             if st is None:
                 res.add("lost", f"{jid} ({ack.tag or 'job'}, acknowledged at {ack.t:.3f}): "
@@ -247,6 +250,18 @@ def check(
             elif ack.expect == "dlq" and st not in ("dlq", "failed"):
                 res.add("unexpected_outcome", f"{jid} ({ack.tag}): {st}, expected dlq")
     return res
+
+
+def merge(checks: Iterable[Check]) -> Check:
+    """One Check holding the problems of several (e.g. one per fault of a run)."""
+    checks = list(checks)
+    out = Check(final=False, counts=checks[-1].counts if checks else {})
+    for c in checks:
+        for kind, items in c.problems.items():
+            out.problems.setdefault(kind, []).extend(items)
+        out.unacknowledged = max(out.unacknowledged, c.unacknowledged)
+        out.max_overdue_ms = max(out.max_overdue_ms, c.max_overdue_ms)
+    return out
 
 
 # ---------------------------------------------------------------------- stream

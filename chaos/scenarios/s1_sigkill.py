@@ -15,7 +15,7 @@ from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result, scenario
 from ..infra import wait_for
-from ..ledger import snapshot
+from ..ledger import check, merge, snapshot
 from ._common import closing_checks, stats, stop_fleet, tracebacks, wait_final
 
 QUEUE = "sigkill"
@@ -44,6 +44,7 @@ def run(ctx: Context, res: Result) -> None:
 
     add(300)
     kill_log: list[dict[str, object]] = []
+    live_checks = []
     for k in range(kills):
         if client.zcard(keys.wait) < 100:
             add(200)
@@ -54,6 +55,7 @@ def run(ctx: Context, res: Result) -> None:
         # Reaped: everything Redis holds as completed now was completed before the kill
         # or by the other workers since; none of it may ever be claimed again.
         snap = snapshot(client, keys)
+        live_checks.append(check(snap, ctx.ledger, final=False))
         completed = set(snap.sets["completed"])
         lines = victim.lines()
         started = {ln.job_id for ln in lines if ln.event == "start"}
@@ -69,6 +71,7 @@ def run(ctx: Context, res: Result) -> None:
         replacement = fleet.start()
         replacement.wait_ready()
 
+    res.checker("right after each kill", merge(live_checks))
     wait_final(ctx, client, keys, ctx.pick(60, 240))
     snap, dup = closing_checks(ctx, res, client, keys, fleet)
     runs = fleet.runs()

@@ -26,7 +26,7 @@ from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result, scenario
 from ..infra import wait_for
-from ..ledger import Ledger, events_of, snapshot, stream
+from ..ledger import Ledger, check, events_of, merge, snapshot, stream
 from ._common import closing_checks, stats, stop_fleet, tracebacks, wait_final
 
 QUEUE = "sigterm"
@@ -59,6 +59,7 @@ def part_a(ctx: Context, res: Result, url: str, client: redis.Redis) -> None:
 
     add(200)
     log: list[dict[str, object]] = []
+    live_checks = []
     for _ in range(terms):
         if client.zcard(keys.wait) < 60:
             add(150)
@@ -69,10 +70,12 @@ def part_a(ctx: Context, res: Result, url: str, client: redis.Redis) -> None:
         t_term = victim.signal(signal.SIGTERM)
         rc = victim.wait(grace_ms / 1000 + 10)
         exit_s = time.time() - t_term
+        live_checks.append(check(snapshot(client, keys), ctx.ledger, final=False))
         log.append({"t": t_term, "pid": victim.pid, "rc": rc, "exit_s": exit_s,
                     "running": sorted(running), "left_running": sorted(victim.running_jobs()),
                     "last_line": victim.lines()[-1].event if victim.lines() else None})
         fleet.start().wait_ready()
+    res.checker("A: after each SIGTERM", merge(live_checks))
     wait_final(ctx, client, keys, ctx.pick(60, 180))
     snap, dup = closing_checks(ctx, res, client, keys, fleet, label="A final")
     events = stream(client, keys.events)

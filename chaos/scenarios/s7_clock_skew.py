@@ -80,7 +80,9 @@ def run(ctx: Context, res: Result) -> None:
     for victim_name in ("ahead", "behind"):
         victim = workers[victim_name]
         more = ctx.ledger.record(producer.add_jobs(
-            [("work", {"ms": 1500}, {"remove_on_complete": False}) for _ in range(4)]),
+            [("work", {"ms": 1500}, {"remove_on_complete": False})
+             # Two per live worker fill every slot, so the victim surely gets some.
+             for _ in range(2 * len([w for w in workers.values() if w.alive()]))]),
             tag=f"killed-{victim_name}")
         wait_for(lambda v=victim: len(v.running_jobs()) >= 1, 20,
                  what=f"the {victim_name} worker to be busy")

@@ -78,7 +78,8 @@ payload_strategy = st.one_of(
     st.binary(max_size=64),
     st.text(max_size=32).map(lambda s: s.encode("utf-8", "surrogatepass")),
     st.builds(lambda v, cut: orjson.dumps(v)[:cut],
-              st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5),
+              st.dictionaries(st.text(max_size=5),
+                              st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
                               max_size=3),
               st.integers(0, 40)),
 )
