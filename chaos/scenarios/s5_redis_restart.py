@@ -86,7 +86,9 @@ def one_mode(ctx: Context, res: Result, mode: str) -> dict[str, Any]:
         downtimes.append(t_back - t_kill)
         after = retrying(lambda: snapshot(client, keys), 10)
         c = check(after, ledger, final=False)
-        lost = [j for j in ledger.ids() if after.state(j) is None]
+        # Only ids acknowledged before the snapshot began must be in it.
+        lost = [j for j, a in list(ledger.acked.items())
+                if a.t < after.taken_at and after.state(j) is None]
         for j in lost:
             lost_all.setdefault(j, t_kill - ledger.acked[j].t)
         back = [j for j in before.sets["completed"]
