@@ -154,6 +154,11 @@ class ScriptRegistry:
         if id(client) not in self._loaded:
             await self.load(client)
         try:
+            if _is_plain_redis(client):
+                (reply,) = await self._run_packed(client, (ScriptCall(name, keys, args),))
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
             return await client.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
         except NoScriptError:
             try:
