@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from _cluster import LocalCluster, key_slot
+from _docs import run_doc_example
 from _failover import LoadRun
 from helpers import EventLog, QueueFactory, wait_for_status, wait_until
 from kitium_queue import JobQueue, JobStatus, NonRetryableError, PartitionedQueue
@@ -294,3 +296,8 @@ async def test_failover_under_load_keeps_every_acknowledged_job(prefix: str) -> 
             assert crossslot_errors(c) == 0
         finally:
             await q.close()
+
+
+async def test_doc_example_runs(cluster: LocalCluster, tmp_path: Path) -> None:
+    out = await asyncio.to_thread(run_doc_example, "cluster", tmp_path, KQ_CLUSTER_URL=cluster.url)
+    assert "sent to a@example.com" in out and "completed=1" in out

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.crc import key_slot
 
+from _docs import run_doc_example
 from helpers import wait_until
 from kitium_queue import ConfigurationError, JobStatus, PartitionedQueue
 from kitium_queue.partitioned import partition_names
@@ -171,3 +173,11 @@ async def test_one_budget_shared_fairly_over_partitions(make_pq: Any) -> None:
 
 def _key_for(pq: PartitionedQueue, partition: int) -> str:
     return next(k for k in (f"k{i}" for i in range(1000)) if pq.partition_of(k) == partition)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_doc_example_runs(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    out = run_doc_example("partitioned", tmp_path, KQ_PARTITIONED_URL=url)
+    first_id, status, *_ = out.split()
+    assert first_id.split(":")[0] in {"0", "1", "2"} and "COMPLETED" in status.upper()

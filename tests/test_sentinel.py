@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio.sentinel import Sentinel
 
+from _docs import run_doc_example
 from _failover import LoadRun
 from _sentinel import LocalSentinel
 from kitium_queue import JobQueue
@@ -98,3 +100,10 @@ async def test_workers_follow_the_primary_through_failovers(prefix: str) -> None
             assert (stats.waiting, stats.active) == (0, 0), (stats, run.report())
         finally:
             await q.close()
+
+
+async def test_doc_example_runs(sentinel: LocalSentinel, tmp_path: Path) -> None:
+    out = await asyncio.to_thread(
+        run_doc_example, "sentinel", tmp_path, KQ_SENTINEL_URL=sentinel.url
+    )
+    assert out.strip() == "6"
