@@ -123,8 +123,10 @@ class JobQueue:
     Args:
         name: queue name (all its keys share the hash tag ``{name}``).
         redis: ``"memory://"`` (default: in-process, for trying it and for tests), a URL
-            (``redis://``, ``rediss://``, ``unix://``), a dict of connection options, or a
-            ``redis.asyncio.Redis`` client.
+            (``redis://``, ``rediss://``, ``unix://``; ``redis+cluster://h:p[,h:p]`` for
+            Redis Cluster, ``redis+sentinel://h:p[,h:p]/service[/db]`` for Sentinel), a
+            dict of connection options, or a ``redis.asyncio.Redis`` / ``RedisCluster``
+            client. See ``ConnectionFactory`` and docs/scale-out.md.
         prefix: key prefix (default ``"kq"``).
         default_job_options: options applied to every job unless the job sets them.
         retry: queue-wide retry defaults (``RetryConfig`` or dict).
