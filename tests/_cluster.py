@@ -11,7 +11,7 @@ Each node is a :class:`RedisServer` started with ``--cluster-enabled yes``, its 
 second). With three masters or more the cluster is built by ``redis-cli --cluster create
 ... --cluster-replicas N --cluster-yes``; ``redis-cli`` refuses fewer than three masters,
 so a one- or two-master cluster (the benchmark's baseline) is assembled by hand with
-``CLUSTER ADDSLOTSRANGE`` / ``MEET`` / ``REPLICATE``. Every process is stopped by
+``CLUSTER ADDSLOTS`` / ``MEET`` / ``REPLICATE``. Every process is stopped by
 ``close()`` (also on a failed start, and at interpreter exit by ``_redis``).
 """
 
@@ -181,7 +181,7 @@ class LocalCluster:
         for i, m in enumerate(masters):
             lo = i * per
             hi = SLOTS - 1 if i == self.masters_count - 1 else lo + per - 1
-            self._cmd(m, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
+            self._cmd(m, "CLUSTER", "ADDSLOTS", *range(lo, hi + 1))  # ADDSLOTSRANGE is 7.0+
         first = self.nodes[0]
         for n in self.nodes[1:]:
             self._cmd(n, "CLUSTER", "MEET", "127.0.0.1", first.port)
