@@ -37,7 +37,7 @@ def _headline(r: Result) -> str:
         "redis-restart": ("restarts", "resume_after_restart_s.max", "everysec_lost_enqueues"),
         "network": ("faults", "reruns_total"),
         "clock-skew": ("skews_s", "stalls_during_renewal", "relet_early"),
-        "poison": ("cases", "fuzzed_payloads"),
+        "poison": ("fuzzed_payloads", "fuzzed_fields"),
     }.get(r.name, ())
     parts = []
     for k in keys:

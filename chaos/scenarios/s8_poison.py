@@ -261,8 +261,17 @@ def case_payloads(ctx: Context, res: Result, url: str) -> dict[str, Any]:
                all(claims[j] == 1 for j, e in expect.items() if e == "dlq"))
     c.close(res)
     kinds = Counter(expect.values())
+    undecodable = [b for b in blobs if not _decodes(b)]
     return {"fuzzed": n, "undecodable": kinds["dlq"], "decodable": kinds["completed"],
-            "examples_undecodable": [repr(b[:24]) for b in blobs][:6]}
+            "examples_undecodable": [repr(b[:24]) for b in dict.fromkeys(undecodable)][:8]}
+
+
+def _decodes(blob: bytes) -> bool:
+    try:
+        orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------- fuzzed fields
