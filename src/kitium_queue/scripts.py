@@ -149,7 +149,7 @@ class ScriptRegistry:
         self._loaded.add(id(client))
 
     async def call(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script; reload all scripts and retry once on NOSCRIPT."""
+        """Run one script; on NOSCRIPT run it once with EVAL (which caches it there)."""
         s = self.get(name)
         if id(client) not in self._loaded:
             await self.load(client)
