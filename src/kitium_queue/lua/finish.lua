@@ -40,7 +40,7 @@ for b = 5, #ARGV, 9 do
   local payload, tb, delay = ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5])
   local keep_count, keep_age, meta = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]), ARGV[b + 8]
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'lt', 'st')
+  local f = redis.call('HMGET', jk, 'lt', 'st', 'e')
   if not f[2] then
     res[#res + 1] = 'missing'
     redis.call('ZREM', K_ACTIVE, id)
@@ -55,7 +55,7 @@ for b = 5, #ARGV, 9 do
       else
         -- The error of an earlier attempt is history once the job succeeds: keep it as
         -- the last error ('le'), not as the reason of a failure ('e', 'tb').
-        local err = redis.call('HGET', jk, 'e')
+        local err = f[3]
         if err then
           redis.call('HSET', jk, 'le', err)
           redis.call('HDEL', jk, 'e', 'tb')
