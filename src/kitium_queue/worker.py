@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import heapq
 import inspect
 import logging
 import os
@@ -86,14 +87,14 @@ _MAX_TB = MAX_TRACEBACK_CHARS
 
 
 class _Run:
-    __slots__ = ("abandoned", "job", "policy", "reason", "started", "task", "timer", "token")
+    __slots__ = ("abandoned", "deadline", "job", "policy", "reason", "started", "task", "token")
 
     def __init__(self, job: Job, token: str, policy: Policy) -> None:
         self.job = job
         self.token = token
         self.policy = policy
         self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # loop time at which the run times out
         self.reason: str | None = None  # why the task was cancelled
         self.abandoned = False
         self.started = 0.0
@@ -160,6 +161,9 @@ class Worker:
         self._policies: dict[bytes, Policy] = {}
         self._procs: dict[str, tuple[Callable[..., Any], str]] = {}
         self._pool: ProcessPool | None = None
+        self._deadlines: list[tuple[float, int, _Run]] = []
+        self._watch_at: float | None = None
+        self._watch_handle: asyncio.TimerHandle | None = None
         self._outage = False
         self._events = queue.emitter
         self._claim_args: list[Any] = []
@@ -260,6 +264,9 @@ class Worker:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
             await self._pool.close()
+        if self._watch_handle is not None:
+            self._watch_handle.cancel()
+            self._watch_handle = None
         if self._bclient is not None and self.queue.connection.owns(self._bclient):
             with contextlib.suppress(Exception):  # closing a broken connection
                 await self._bclient.aclose()
@@ -496,7 +503,7 @@ class Worker:
                 self._events.emit(EventData("job-started", q.name, job.id, job=job))
             run.started = loop.time()
             if run.policy.timeout_ms:
-                run.timer = loop.call_later(run.policy.timeout_ms / 1000, self._timeout, run)
+                self._watch(run, run.started + run.policy.timeout_ms / 1000)
             fn, kind = proc
             if q.process_middleware:
                 result = await run_process_chain(
@@ -504,8 +511,7 @@ class Worker:
                 )
             else:
                 result = await self._call(fn, kind, job)
-            if run.timer is not None:
-                run.timer.cancel()
+            run.deadline = None
             try:
                 payload = q.serializer.dumps(result, "result")
             except SerializationError as exc:
@@ -522,8 +528,7 @@ class Worker:
                 return
             self._ack(run, "C", payload, "", 0, run.policy.keep_completed, result, None)
         except asyncio.CancelledError:
-            if run.timer is not None:
-                run.timer.cancel()
+            run.deadline = None
             reason = run.reason
             if run.abandoned:
                 self._forget(run)
@@ -544,19 +549,16 @@ class Worker:
                 self._ack(run, "H", b"", "", 0, None, None, None)
                 raise
         except RetryLater as exc:
-            if run.timer is not None:
-                run.timer.cancel()
+            run.deadline = None
             hold = exc.hold(job.options) if isinstance(exc, RateLimited) else None
             meta = "" if hold is None else q.keys.hold_name(hold)
             why = clip(str(exc.reason), _MAX_ERR).encode()
             self._ack(run, "D", why, "", exc.delay_ms, None, None, exc, meta)
         except NonRetryableError as exc:
-            if run.timer is not None:
-                run.timer.cancel()
+            run.deadline = None
             self._fail_final(run, exc, _describe(exc))
         except Exception as exc:
-            if run.timer is not None:
-                run.timer.cancel()
+            run.deadline = None
             if span is not None:
                 span.record_exception(exc)
             self._failed(run, exc)
@@ -611,6 +613,40 @@ class Worker:
             f"(registered: {', '.join(known)}); register one with "
             f"queue.process({name!r}, fn)"
         )
+
+    def _watch(self, run: _Run, deadline: float) -> None:
+        # One timer for all running jobs (earliest deadline first) instead of a timer per
+        # job; finished runs leave stale heap entries that are skipped, and the heap is
+        # rebuilt from the live runs when stale entries dominate.
+        run.deadline = deadline
+        heap = self._deadlines
+        if len(heap) > 64 and len(heap) > 4 * len(self._jobs):
+            heap[:] = [(r.deadline, id(r), r) for r in self._jobs.values() if r.deadline]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, id(run), run))
+        if self._watch_at is None or deadline < self._watch_at:
+            self._arm_watchdog()
+
+    def _arm_watchdog(self) -> None:
+        if self._watch_handle is not None:
+            self._watch_handle.cancel()
+            self._watch_handle = None
+        self._watch_at = None
+        if self._deadlines and self._loop is not None:
+            self._watch_at = self._deadlines[0][0]
+            self._watch_handle = self._loop.call_at(self._watch_at, self._watchdog)
+
+    def _watchdog(self) -> None:
+        self._watch_handle = None
+        assert self._loop is not None
+        now = self._loop.time()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, _, run = heapq.heappop(heap)
+            if run.deadline == deadline:
+                run.deadline = None
+                self._timeout(run)
+        self._arm_watchdog()
 
     def _timeout(self, run: _Run) -> None:
         if run.task is not None and not run.task.done():
