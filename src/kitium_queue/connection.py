@@ -341,7 +341,13 @@ class ConnectionFactory:
             if not blocking:
                 return self._given_client
             return self._blocking_from_given(extra)
-        defaults: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
+        # A read timeout turns a server that never answers (e.g. plain text sent to a TLS
+        # port) into a clear error within seconds; blocking clients opt out above.
+        defaults: dict[str, Any] = {
+            "socket_connect_timeout": 5,
+            "socket_timeout": 15,
+            "health_check_interval": 30,
+        }
         if self.mode == "cluster":
             extra.pop("max_connections", None)  # per node in a cluster; keep the default
             return RedisCluster(
