@@ -39,6 +39,7 @@ import inspect
 import logging
 import os
 import socket
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -501,6 +502,12 @@ class Worker:
                 )
             if self._events.wants("job-started"):
                 self._events.emit(EventData("job-started", q.name, job.id, job=job))
+            if q.metrics is not None:
+                tags = {"queue": q.name, "job_name": job.name}
+                q.metrics.increment("jobs.started", 1, tags)
+                # Enqueue time is Redis' clock, now is this host's: close, not exact.
+                waited = max(0.0, time.time() * 1000 - job.created_at)
+                q.metrics.observe("job.wait_ms", waited, tags)
             run.started = loop.time()
             if run.policy.timeout_ms:
                 self._watch(run, run.started + run.policy.timeout_ms / 1000)
