@@ -8,7 +8,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,9 +180,3 @@ def run_scenario(name: str, *, long: bool = False, workdir: Path | None = None,
             res.notes.append(f"work directory kept for inspection: {ctx.dir}")
         ctx.close(keep_dir=keep or failed)
     return res
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[Callable[[], float]]:
-    t0 = time.monotonic()
-    yield lambda: time.monotonic() - t0

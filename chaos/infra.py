@@ -157,10 +157,6 @@ def overlaps(runs: dict[str, list[Run]], now: float) -> list[tuple[str, float]]:
     return out
 
 
-def count(lines: Iterable[LogLine], event: str) -> Counter[str]:
-    return Counter(ln.job_id for ln in lines if ln.event == event)
-
-
 # ---------------------------------------------------------------------- processes
 
 

@@ -77,7 +77,7 @@ def part_a(ctx: Context, res: Result, url: str, client: redis.Redis) -> None:
         fleet.start().wait_ready()
     res.checker("A: after each SIGTERM", merge(live_checks))
     wait_final(ctx, client, keys, ctx.pick(60, 180))
-    snap, dup = closing_checks(ctx, res, client, keys, fleet, label="A final")
+    _, dup = closing_checks(ctx, res, client, keys, fleet, label="A final")
     events = stream(client, keys.events)
     lines = fleet.lines()
     started_by = {(ln.job_id, ln.pid) for ln in lines if ln.event == "start"}
@@ -128,7 +128,6 @@ def part_a(ctx: Context, res: Result, url: str, client: redis.Redis) -> None:
     tb = tracebacks(fleet)
     res.expect("A: no traceback in worker logs", not tb, tb[:2])
     stop_fleet(res, fleet, label="A workers")
-    del snap
 
 
 def part_b(ctx: Context, res: Result, url: str, client: redis.Redis) -> None:

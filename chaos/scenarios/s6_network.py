@@ -113,7 +113,7 @@ def run(ctx: Context, res: Result) -> None:
     producer.stop()
     res.checker("after each fault", merge(live_checks))
     wait_final(ctx, client, keys, ctx.pick(60, 180))
-    snap, dup = closing_checks(ctx, res, client, keys, fleet)
+    _, dup = closing_checks(ctx, res, client, keys, fleet)
     events = stream(client, keys.events)
     runs = fleet.runs()
     reruns_total = 0
@@ -160,7 +160,6 @@ def run(ctx: Context, res: Result) -> None:
         "next claim, once traffic flows again) recovers them and the job runs again; the "
         "late outcomes of the first runs are refused (fencing)."
     )
-    del snap
 
 
 def _hold(seconds: float, watch: list[Any]) -> None:
