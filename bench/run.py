@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import queue
+import resource
 import shlex
 import signal
 import statistics
@@ -59,6 +60,8 @@ class Peer:
     guarantee: str
     settings: str
     worker: dict[str, Any] = field(default_factory=dict)
+    bulk: bool = False  # has a bulk enqueue API (the adapter's enqueue_many)
+    async_client: bool = True  # producer API is asyncio (concurrent add_job applies)
 
 
 PEERS: dict[str, Peer] = {
@@ -82,7 +85,7 @@ PEERS: dict[str, Peer] = {
             "at-most-once by default (a dead worker's job goes to the failed registry; "
             "re-run only with Retry)",
             "SimpleWorker (no fork per job), one job at a time per process",
-            {},
+            {}, bulk=True, async_client=False,
         ),
         Peer(
             "celery", ("celery[redis]", "hiredis"), "celery",
@@ -90,21 +93,21 @@ PEERS: dict[str, Peer] = {
             "with acks_late",
             "Redis broker, -P threads -c 20 (solo and -c 1/4 no faster), no result backend, "
             "prefetch x4",
-            {"concurrency": 20, "pool": "threads"},
+            {"concurrency": 20, "pool": "threads"}, async_client=False,
         ),
         Peer(
             "dramatiq", ("dramatiq[redis]", "hiredis"), "dramatiq",
             "at-least-once (unacked messages of a dead worker are requeued)",
             "RedisBroker, default middleware, worker_threads=20 (default 8 drained 2.5x "
             "slower here)",
-            {"concurrency": 20},
+            {"concurrency": 20}, async_client=False,
         ),
         Peer(
             "huey", ("huey", "redis", "hiredis"), "huey",
             "at-most-once (a job is popped before it runs; lost if its worker dies)",
             "RedisHuey (blocking pop), thread consumer, workers=1 (its default; 2-20 threads "
             "were no faster here)",
-            {"concurrency": 1},
+            {"concurrency": 1}, async_client=False,
         ),
         Peer(
             "taskiq", ("taskiq", "taskiq-redis", "hiredis"), "taskiq",
@@ -116,7 +119,7 @@ PEERS: dict[str, Peer] = {
             "bullmq", ("bullmq", "hiredis"), "bullmq",
             "at-least-once (locks + stalled-job check)",
             "Worker(concurrency=20), defaults otherwise (completed jobs kept)",
-            {"concurrency": 20},
+            {"concurrency": 20}, bulk=True,
         ),
     ]
 }
@@ -237,6 +240,55 @@ class Proc:
 
 class BenchError(RuntimeError):
     pass
+
+
+class ForeignCpu:
+    """CPU used on this machine by processes that are not part of the benchmark.
+
+    busy CPU time of the whole machine (``/proc/stat``) minus the CPU time of this
+    process, of its reaped subprocesses (``RUSAGE_CHILDREN``) and of the private
+    redis-server (``INFO cpu``). Divided by wall time it is the number of cores other
+    work took while a case ran: on a 2-core machine anything above ~0.2 disturbs the
+    figures (it slows every library, but not evenly).
+    """
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _busy(self) -> float:
+        try:
+            f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return float("nan")
+        v = [int(x) for x in f]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return (sum(v[:8]) - idle) / self.tick
+
+    def _ours(self) -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+        c = self.r.info("cpu")
+        rs = float(c["used_cpu_user"]) + float(c["used_cpu_sys"])
+        return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime + rs
+
+    def snapshot(self) -> tuple[float, float, float]:
+        return (time.monotonic(), self._busy(), self._ours())
+
+    def wait_quiet(self, budget: float, limit: float = 0.2) -> float:
+        """Wait (up to ``budget`` s) until other work takes < ``limit`` cores; return it."""
+        end = time.monotonic() + budget
+        while True:
+            snap = self.snapshot()
+            time.sleep(0.5)
+            load = self.cores(snap)
+            if load < limit or time.monotonic() >= end:
+                return load
+
+    def cores(self, since: tuple[float, float, float]) -> float:
+        t0, b0, o0 = since
+        t1, b1, o1 = self.snapshot()
+        return max(0.0, ((b1 - b0) - (o1 - o0)) / max(1e-9, t1 - t0))
 
 
 # --------------------------------------------------------------------------- runner
@@ -499,6 +551,7 @@ class Case:
     variant: str  # row label
     lib: str
     fn: Callable[[Runner], dict[str, Any]]
+    na: str = ""  # set: not applicable to this library (nothing is run)
 
 
 WORKLOADS = ["single", "concurrent", "bulk", "drain1", "drain2", "latency", "memory", "io", "mix"]
@@ -540,9 +593,11 @@ def peer_cases(peer: Peer) -> list[Case]:
         Case("single", "add_job awaited one at a time", name,
              lambda r: r.enqueue(name, "single", "single")),
         Case("concurrent", "add_job from 100 coroutines", name,
-             lambda r: r.enqueue(name, "concurrent", "concurrent")),
+             lambda r: r.enqueue(name, "concurrent", "concurrent"),
+             "" if peer.async_client else "n/a: synchronous client"),
         Case("bulk", "add_jobs, batches of 1000", name,
-             lambda r: r.enqueue(name, "bulk", "bulk")),
+             lambda r: r.enqueue(name, "bulk", "bulk"),
+             "" if peer.bulk else "n/a: no bulk enqueue API"),
         Case("drain1", "drain no-op, 1 process", name,
              lambda r: r.drain(name, "drain1", 1, w)),
         Case("latency", "enqueue→start latency at 200 jobs/s", name,
@@ -574,7 +629,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for rec in records:
         key = (rec["lib"], rec["workload"], rec["variant"])
-        slot = out.setdefault(key, {"values": {}, "errors": []})
+        slot = out.setdefault(key, {"values": {}, "errors": [], "foreign": []})
+        slot["foreign"].append(rec.get("foreign_cores", 0.0))
         if rec.get("error"):
             slot["errors"].append(rec["error"])
             continue
@@ -584,6 +640,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[
             else:
                 slot["values"].setdefault(m, []).append(v)
     return out
+
+
+def dagger(summary: dict[Any, Any], key: tuple[str, str, str] | None) -> str:
+    """' †0.4' when the median load of other work during this case was above 0.2 cores."""
+    slot = summary.get(key) if key else None
+    vals = slot.get("foreign", []) if slot else []
+    m = med(vals) if vals else 0.0
+    return f" †{m:.1f}" if m > 0.2 else ""
 
 
 def mval(summary: dict[Any, Any], key: tuple[str, str, str], metric: str) -> float | None:
@@ -649,7 +713,7 @@ def kitium_table(summary: dict[Any, Any], reps: int) -> list[str]:
                     f"{fmt_rate(g('keys'))} keys")
         else:
             fig, note = "?", ""
-        lines.append(f"| {var} | {fig} | {note} |")
+        lines.append(f"| {var} | {fig}{dagger(summary, key)} | {note} |")
     return lines
 
 
@@ -686,7 +750,7 @@ def peer_table(summary: dict[Any, Any], libs: list[str]) -> list[str]:
             if v is None:
                 row.append("n/a" if errs and errs[0].startswith("n/a") else "failed")
                 continue
-            cell = fmt_rate(v) if higher else fmt_num(v)
+            cell = (fmt_rate(v) if higher else fmt_num(v)) + dagger(summary, key)
             kkey = pick(KITIUM, wl)
             kv = mval(summary, kkey, metric) if kkey else None
             if lib != KITIUM and kv and v:
@@ -725,6 +789,12 @@ def write_markdown(path: Path, summary: dict[Any, Any], meta: dict[str, Any],
         "figures are medians.",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in meta["machine"].items()),
+        "",
+        f"Other work on the machine during the run (CPU not used by the benchmark, its "
+        f"subprocesses or its redis-server): median {meta['foreign_cores_median']:.2f} "
+        f"cores, max {meta['foreign_cores_max']:.2f}; {meta['foreign_disturbed_cases']} of "
+        f"{meta['cases']} runs had more than 0.2 cores of it (marked † below, with the "
+        "median load in cores). Such runs are slower than on a quiet machine.",
         "",
         "Each workload runs in fresh processes against one private redis-server (no "
         "persistence), flushed before each workload. Jobs are no-ops unless stated. "
@@ -840,6 +910,9 @@ def main() -> int:
     ap.add_argument("--kitium-rev", default="",
                     help="benchmark kitium-queue as committed at this git revision (its src/ "
                          "is exported to a temporary directory) instead of the work tree")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="before each case, wait up to this long for other work on the "
+                         "machine to drop below 0.2 cores (default 0: do not wait)")
     ap.add_argument("--set", action="append", default=[], metavar="PEER.KEY=VALUE",
                     help="override a peer's worker setting, e.g. huey.concurrency=8, "
                          "celery.pool=solo (repeatable)")
@@ -899,6 +972,7 @@ def main() -> int:
     records: list[dict[str, Any]] = []
     with RedisServer() as server:
         runner = Runner(args, server, logdir)
+        foreign = ForeignCpu(runner.r)
         machine = machine_facts(runner.r)
         log(f"private redis-server {machine['redis']} on {server.url}")
         cases = [c for c in kitium_cases() if c.workload in only]
@@ -916,7 +990,14 @@ def main() -> int:
                     for case in todo:
                         rec: dict[str, Any] = {"rep": rep, "lib": lib, "workload": wl,
                                                "variant": case.variant}
+                        if case.na:
+                            records.append({**rec, "error": case.na, "wall_s": 0.0,
+                                            "foreign_cores": 0.0})
+                            continue
+                        if args.wait_quiet > 0:
+                            foreign.wait_quiet(args.wait_quiet)
                         t0 = time.time()
+                        snap = foreign.snapshot()
                         try:
                             rec["metrics"] = case.fn(runner)
                             m = rec["metrics"]
@@ -928,14 +1009,23 @@ def main() -> int:
                             rec["error"] = str(exc)
                             shown = "n/a" if str(exc).startswith("n/a") else f"FAILED: {exc}"
                         rec["wall_s"] = time.time() - t0
+                        rec["foreign_cores"] = foreign.cores(snap)
                         records.append(rec)
-                        log(f"rep {rep + 1}/{args.reps} {lib:13s} {case.variant}: {shown}")
+                        busy = (f"  [other load {rec['foreign_cores']:.2f} cores]"
+                                if rec["foreign_cores"] > 0.2 else "")
+                        log(f"rep {rep + 1}/{args.reps} {lib:13s} {case.variant}: {shown}{busy}")
     elapsed = time.time() - t_start
     libs = [KITIUM, *ready_peers]
+    fc = sorted(r.get("foreign_cores", 0.0) for r in records
+                if not str(r.get("error", "")).startswith("n/a"))
     summary = summarize(records)
     meta = {
         "command": command, "date": stamp, "elapsed_s": elapsed, "reps": args.reps,
         "machine": machine, "versions": versions, "quick": args.quick,
+        "foreign_cores_median": pct(fc, 50) if fc else 0.0,
+        "foreign_cores_max": fc[-1] if fc else 0.0,
+        "foreign_disturbed_cases": sum(1 for x in fc if x > 0.2),
+        "cases": len(fc),
     }
     print_table(summary, libs, args.reps)
     out_json = BENCH / f"results-{stamp}.json"
