@@ -730,7 +730,8 @@ PEER_COLS = [
 def peer_table(summary: dict[Any, Any], libs: list[str]) -> list[str]:
     def pick(lib: str, wl: str) -> tuple[str, str, str] | None:
         if lib == KITIUM and wl == "drain1":
-            return (KITIUM, "drain1", "drain no-op, 1 process, concurrency 20")
+            key = (KITIUM, "drain1", "drain no-op, 1 process, concurrency 20")
+            return key if key in summary else None
         cands = [k for k in summary if k[0] == lib and k[1] == wl]
         return cands[0] if cands else None
 
@@ -1027,11 +1028,11 @@ def main() -> int:
         "foreign_disturbed_cases": sum(1 for x in fc if x > 0.2),
         "cases": len(fc),
     }
-    print_table(summary, libs, args.reps)
-    out_json = BENCH / f"results-{stamp}.json"
+    out_json = BENCH / f"results-{stamp}.json"  # raw figures first: a report bug loses nothing
     out_json.write_text(json.dumps(
         {"meta": meta, "setup_errors": setup_errors, "records": records}, indent=1
     ))
+    print_table(summary, libs, args.reps)
     write_markdown(Path(args.md), summary, meta, libs, setup_errors)
     log(f"wrote {out_json.relative_to(REPO)} and {args.md}")
     return 0
