@@ -95,23 +95,40 @@ end
 -- Returns id, job key, state ('waiting' | 'delayed'). The caller wakes idle workers
 -- (wake()) once per call when a job went to wait. Used by enqueue.lua and by scripts
 -- that add jobs atomically with their own state change (schedule_fire.lua).
-local function add_job(id, name, data, opts, pri, delay, lifo)
+-- Create a job (→ waiting | delayed) and write its job-added event. With `batch` (a
+-- table), the ZADD to wait is left to the caller as score/id pairs, so a bulk enqueue
+-- adds all its waiting jobs in one call per 500 (see flush_wait).
+local function add_job(id, name, data, opts, pri, delay, lifo, batch)
   local seq = redis.call('INCR', K_ID)
   if id == '' then id = tostring(seq) end
   local q = seq
   if lifo == '1' then q = -seq end
   local jk = job_key(id)
-  redis.call('HSET', jk, 'n', name, 'd', data, 'ts', NOW_S, 'p', pri, 'q', q, 'a', 0, 's', 0)
-  if opts ~= '' then redis.call('HSET', jk, 'o', opts) end
+  local state = 'waiting'
+  if delay > 0 then state = 'delayed' end
+  if opts ~= '' then
+    redis.call('HSET', jk, 'n', name, 'd', data, 'ts', NOW_S, 'p', pri, 'q', q, 'a', 0, 's', 0,
+      'st', state, 'o', opts)
+  else
+    redis.call('HSET', jk, 'n', name, 'd', data, 'ts', NOW_S, 'p', pri, 'q', q, 'a', 0, 's', 0,
+      'st', state)
+  end
   if delay > 0 then
     push_delayed(jk, id, NOW + delay)
-    emit('job-added', id, 'name', name, 'st', 'delayed')
-    return id, jk, 'delayed'
+  elseif batch then
+    batch[#batch + 1] = int(wait_score(pri, q))
+    batch[#batch + 1] = id
+  else
+    redis.call('ZADD', K_WAIT, int(wait_score(pri, q)), id)
   end
-  redis.call('ZADD', K_WAIT, int(wait_score(pri, q)), id)
-  redis.call('HSET', jk, 'st', 'waiting')
-  emit('job-added', id, 'name', name, 'st', 'waiting')
-  return id, jk, 'waiting'
+  emit('job-added', id, 'name', name, 'st', state)
+  return id, jk, state
+end
+
+local function flush_wait(batch)
+  for i = 1, #batch, 1000 do
+    redis.call('ZADD', K_WAIT, unpack(batch, i, math.min(i + 999, #batch)))
+  end
 end
 
 -- Remove all records of a job (hash, log list). The caller removes it from its set.

@@ -21,6 +21,7 @@
 local idem_ttl = tonumber(ARGV[4])
 local out = {}
 local woke = false
+local waiting = {}
 local n = (#ARGV - 4) / 8
 for j = 0, n - 1 do
   local b = 5 + j * 8
@@ -39,7 +40,7 @@ for j = 0, n - 1 do
     out[#out + 1] = existing
     out[#out + 1] = 'dup'
   else
-    local id, jk, state = add_job(custom, name, data, opts, pri, delay, lifo)
+    local id, jk, state = add_job(custom, name, data, opts, pri, delay, lifo, waiting)
     if state == 'waiting' then woke = true end
     if ikey then
       redis.call('HSET', jk, 'ik', ik)
@@ -49,5 +50,6 @@ for j = 0, n - 1 do
     out[#out + 1] = 'new'
   end
 end
+flush_wait(waiting)
 if woke then wake() end
 return out
