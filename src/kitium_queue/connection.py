@@ -341,11 +341,12 @@ class ConnectionFactory:
             if not blocking:
                 return self._given_client
             return self._blocking_from_given(extra)
-        # A read timeout turns a server that never answers (e.g. plain text sent to a TLS
-        # port) into a clear error within seconds; blocking clients opt out above.
+        # No socket_timeout by default: it costs a timer task per command in redis-py.
+        # The worker's script exchanges carry their own deadline (scripts.REPLY_TIMEOUT_S)
+        # and JobQueue.client() bounds the first PING, so a silent server still fails fast.
         defaults: dict[str, Any] = {
             "socket_connect_timeout": 5,
-            "socket_timeout": 15,
+            "socket_timeout": None,
             "health_check_interval": 30,
         }
         if self.mode == "cluster":

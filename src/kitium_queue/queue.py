@@ -80,6 +80,7 @@ _STATUS_SETS = {
 }
 _NEWEST_FIRST = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DLQ}
 _ENQUEUE_CHUNK = ENQUEUE_CHUNK_JOBS
+_CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -461,8 +462,18 @@ class JobQueue:
                 # Errors are raised "from None": the message says it all, and a chain of
                 # redis-py internals would only bury it (the original stays __context__).
                 try:
-                    await client.ping()
+                    # A server that accepts the connection but never answers (plain text
+                    # sent to a TLS port, a stalled proxy) fails here within seconds.
+                    await asyncio.wait_for(client.ping(), _CONNECT_TIMEOUT_S)
                     await self.scripts.load(client)
+                except asyncio.TimeoutError:
+                    if self.connection.owns(client):
+                        await client.aclose()
+                    raise ConnectionUnavailableError(
+                        f"Redis at {self.connection.describe()} accepted the connection but "
+                        f"did not answer within {_CONNECT_TIMEOUT_S:.0f} s (queue "
+                        f"{self.name!r}); check the port and whether it expects TLS (rediss://)"
+                    ) from None
                 except AuthenticationError as exc:
                     if self.connection.owns(client):
                         await client.aclose()
@@ -796,7 +807,7 @@ class JobQueue:
         try:
             client = await self.client()
             t0 = loop.time()
-            await client.ping()
+            await asyncio.wait_for(client.ping(), _CONNECT_TIMEOUT_S)
             latency = (loop.time() - t0) * 1000
         except Exception as exc:
             return HealthStatus(

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import PermissionDeniedError, error_from_script
 
-__all__ = ["SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
+__all__ = ["REPLY_TIMEOUT_S", "SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
+
+#: Deadline of one script exchange (send + replies) on the hot path.
+REPLY_TIMEOUT_S = 15.0
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
+    from async_timeout import timeout as _deadline  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 SCRIPT_NAMES = (
     "enqueue",
@@ -75,12 +86,14 @@ class ScriptRegistry:
         self._admission: list[tuple[str, str]] = []  # (name, Lua expression)
         self._compiled: dict[str, Script] = {}
         self._loaded: set[int] = set()
+        self._heads: dict[tuple[str, Sequence[str]], bytes] = {}
 
     # -- composition ------------------------------------------------------------------
     def add_fragment(self, name: str, source: str) -> None:
         """Provide (or override) a fragment that scripts pull in with ``--@include``."""
         self._fragments[name] = source
         self._compiled.clear()
+        self._heads.clear()
 
     def add_admission_check(self, name: str, source: str) -> None:
         """Add a Lua expression evaluating to ``function(id, jk, opts) ... end``.
@@ -99,6 +112,7 @@ class ScriptRegistry:
         self._admission = [(n, s) for n, s in self._admission if n != name]
         self._admission.append((name, source))
         self._compiled.clear()
+        self._heads.clear()
 
     def _fragment(self, name: str) -> str:
         if name == "admission_checks" and self._admission:
@@ -201,25 +215,39 @@ class ScriptRegistry:
 
     async def _run_packed(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
         # The hot path of every worker: pack the RESP commands ourselves (the script
-        # header is identical for every call) and write them in one send.
+        # header is identical for every call, so it is packed once) and write them in one
+        # send. The whole exchange has one deadline (REPLY_TIMEOUT_S): a server or a
+        # network path that goes silent becomes a TimeoutError the loops handle, without
+        # paying for a timer per socket operation.
         buf: list[bytes] = []
+        heads = self._heads
         for c in calls:
-            s = self.get(c.script)
-            nargs = 3 + len(c.keys) + len(c.args)
-            buf.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % nargs)
-            buf.append(_pack_args((s.sha, len(c.keys), *c.keys)))
+            hkey = (c.script, tuple(c.keys))
+            head = heads.get(hkey)
+            if head is None:
+                s = self.get(c.script)
+                head = _pack_args((s.sha, len(c.keys), *c.keys))
+                heads[hkey] = head
+            buf.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(c.keys) + len(c.args)))
+            buf.append(head)
             buf.append(_pack_args(c.args))
         pool = client.connection_pool
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(b"".join(buf))
-            out: list[Any] = []
-            for _ in calls:
-                try:
-                    out.append(await conn.read_response())
-                except ResponseError as exc:
-                    out.append(exc)
+            async with _deadline(REPLY_TIMEOUT_S):
+                await conn.send_packed_command(b"".join(buf))
+                out: list[Any] = []
+                for _ in calls:
+                    try:
+                        out.append(await conn.read_response())
+                    except ResponseError as exc:
+                        out.append(exc)
             return out
+        except (TimeoutError, asyncio.TimeoutError):
+            await conn.disconnect(nowait=True)
+            raise RedisTimeoutError(
+                f"no reply from Redis within {REPLY_TIMEOUT_S:.0f} s; connection dropped"
+            ) from None
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
