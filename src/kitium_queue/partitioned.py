@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import signal
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -20,7 +19,7 @@ from .events import EventData, Handler
 from .job import Job, JobInfo
 from .options import JobOptions
 from .queue import HealthStatus, JobQueue, QueueStats
-from .worker import SharedSlots, Worker
+from .worker import SharedSlots, Worker, serve_until_stopped
 
 __all__ = ["PartitionedQueue"]
 
@@ -399,20 +398,9 @@ class PartitionedQueue:
     ) -> None:
         """Run until SIGTERM/SIGINT (or ``close()``), then stop gracefully."""
         await self.start(concurrency=concurrency)
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.close()))
-                    installed.append(sig)
-                except (NotImplementedError, RuntimeError):
-                    pass
-        try:
-            await self._stopped.wait()
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+        await serve_until_stopped(
+            self._stopped, self.close, install_signal_handlers=install_signal_handlers
+        )
 
     async def stop(self, timeout_ms: int | None = None) -> None:
         """Stop this process's workers gracefully (see ``Worker.stop``)."""

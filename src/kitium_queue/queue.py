@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import logging
 import random
-import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -1084,22 +1083,12 @@ class JobQueue:
         self, *, concurrency: int | None = None, install_signal_handlers: bool = True
     ) -> None:
         """Run a worker until SIGTERM/SIGINT (or ``close()``), then shut down gracefully."""
+        from .worker import serve_until_stopped
+
         await self.start(concurrency=concurrency)
-        worker = self._worker
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.close()))
-                    installed.append(sig)
-                except (NotImplementedError, RuntimeError):
-                    pass
-        try:
-            await worker.stopped.wait()
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+        await serve_until_stopped(
+            self._worker.stopped, self.close, install_signal_handlers=install_signal_handlers
+        )
 
     @property
     def worker(self) -> Any:

@@ -38,11 +38,12 @@ import heapq
 import inspect
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,7 @@ from .scripts import ScriptCall
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["SharedSlots", "Worker"]
+__all__ = ["SharedSlots", "Worker", "serve_until_stopped"]
 
 log = logging.getLogger(__name__)
 
@@ -951,6 +952,29 @@ class Worker:
                 continue
             if back or dead:
                 self._note_recovered(back, dead)
+
+
+async def serve_until_stopped(
+    stopped: asyncio.Event,
+    close: Callable[[], Awaitable[None]],
+    *,
+    install_signal_handlers: bool = True,
+) -> None:
+    """Wait for ``stopped``; SIGTERM/SIGINT call ``close()`` (a graceful stop) meanwhile."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if install_signal_handlers:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(close()))
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+    try:
+        await stopped.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
