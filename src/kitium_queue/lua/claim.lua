@@ -117,19 +117,8 @@ if want > 0 then
       end
     end
   end
-  -- Set updates in one call per 500 jobs (bounded argument count).
-  for i = 1, #taken, 500 do
-    redis.call('ZREM', K_WAIT, unpack(taken, i, math.min(i + 499, #taken)))
-  end
-  local deadline = int(NOW + lease)
-  for i = 1, #leased, 500 do
-    local za = {}
-    for j = i, math.min(i + 499, #leased) do
-      za[#za + 1] = deadline
-      za[#za + 1] = leased[j]
-    end
-    redis.call('ZADD', K_ACTIVE, unpack(za))
-  end
+  zrem_all(K_WAIT, taken)
+  zadd_all(K_ACTIVE, int(NOW + lease), leased)
 end
 
 if lim_max > 0 and got > 0 then

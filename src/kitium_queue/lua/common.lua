@@ -125,6 +125,24 @@ local function add_job(id, name, data, opts, pri, delay, lifo, batch)
   return id, jk, state
 end
 
+-- Set updates of a whole call, one command per 500 members (bounded argument count).
+local function zrem_all(key, ids)
+  for i = 1, #ids, 500 do
+    redis.call('ZREM', key, unpack(ids, i, math.min(i + 499, #ids)))
+  end
+end
+
+local function zadd_all(key, score, ids)
+  for i = 1, #ids, 500 do
+    local za = {}
+    for j = i, math.min(i + 499, #ids) do
+      za[#za + 1] = score
+      za[#za + 1] = ids[j]
+    end
+    redis.call('ZADD', key, unpack(za))
+  end
+end
+
 local function flush_wait(batch)
   for i = 1, #batch, 1000 do
     redis.call('ZADD', K_WAIT, unpack(batch, i, math.min(i + 999, #batch)))

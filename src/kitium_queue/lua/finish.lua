@@ -109,17 +109,8 @@ for b = 5, #ARGV, 9 do
     res[#res + 1] = 'ok'
   end
 end
-for i = 1, #unleased, 500 do
-  redis.call('ZREM', K_ACTIVE, unpack(unleased, i, math.min(i + 499, #unleased)))
-end
-for i = 1, #completed, 500 do
-  local za = {}
-  for j = i, math.min(i + 499, #completed) do
-    za[#za + 1] = NOW_S
-    za[#za + 1] = completed[j]
-  end
-  redis.call('ZADD', K_COMPLETED, unpack(za))
-end
+zrem_all(K_ACTIVE, unleased)
+zadd_all(K_COMPLETED, NOW_S, completed)
 for _, t in pairs(trims) do trim_finished(t[1], t[2], t[3]) end
 if woke then wake() end
 return res
