@@ -481,6 +481,9 @@ async def test_timeout_of_an_async_processor(make_queue: QueueFactory) -> None:
     info = await wait_for_status(q, jid, JobStatus.DLQ)
     assert info.failed_reason == f"TimeoutError: job {jid} (hang) exceeded its timeout of 100 ms"
     assert cancelled.is_set()
+    # The outcome is visible in Redis a moment before the worker handles the reply and
+    # emits job-failed.
+    await wait_until(lambda: log.times("job-failed", jid), 5, message="job-failed event")
     took = log.times("job-failed", jid)[0] - log.times("job-started", jid)[0]
     assert 0.095 <= took <= 0.6, took
     nxt_info = await wait_for_status(q, nxt, JobStatus.COMPLETED)
