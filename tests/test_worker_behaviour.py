@@ -831,6 +831,38 @@ async def test_worker_concurrency_is_respected(make_queue: QueueFactory, kind: s
     assert peak == 3, f"peak concurrency {peak}, configured 3"
 
 
+@pytest.mark.parametrize("concurrency", [1, 2, 5])
+async def test_pump_lanes_never_lease_more_jobs_than_slots(
+    make_queue: QueueFactory, concurrency: int
+) -> None:
+    # A worker with two or more slots claims through two lanes (one in flight while the
+    # other runs its jobs). Whatever their timing, the leases it holds in Redis (the
+    # active set: running jobs plus outcomes not yet recorded) never exceed its slots,
+    # and every job runs exactly once.
+    q = make_queue(worker={"concurrency": concurrency, "scheduler": False})
+    client = await q.client()
+    seen: list[int] = []
+    leased: list[int] = []
+    n = 150
+
+    async def work(job: Any) -> None:
+        seen.append(job.data)
+        if job.data % 3 == 0:
+            leased.append(await client.zcard(q.keys.active))
+        else:
+            await asyncio.sleep(0)
+
+    q.process("n", work)
+    await q.add_jobs([("n", i) for i in range(n)])
+    await q.start()
+    await wait_until(lambda: _stats_equal(q, completed=n), 10)
+    assert sorted(seen) == list(range(n))
+    assert leased and max(leased) <= concurrency, f"leases seen {max(leased)} > {concurrency}"
+    assert q.worker is not None
+    lanes = [t for t in q.worker._tasks if t.get_name().startswith("kq-pump")]
+    assert len(lanes) == (1 if concurrency == 1 else 2)
+
+
 async def test_queue_limiter_across_two_workers(backend_url: str, prefix: str) -> None:
     limiter = {"max": 3, "duration": 150}
     factory = QueueFactory(backend_url, prefix)

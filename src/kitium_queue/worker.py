@@ -2,12 +2,16 @@
 
 How one worker runs (one asyncio task each, plus one task per running job):
 
-1. **pump** — the only task that claims and acknowledges. Each round it sends one
+1. **pump** — the only tasks that claim and acknowledge. Each round a pump sends one
    pipeline: ``finish`` for the outcomes collected since the last round (fenced by lease
-   token) and ``claim`` for as many jobs as there are free slots. Claim also promotes due
-   delayed jobs and recovers expired leases. When nothing could be claimed it sleeps until
-   a completion, a wake-up from the waker, or the moment the next delayed job / lease
-   deadline / limiter window is due (a local timer, so delays are precise to ~1 ms).
+   token) and ``claim`` for free slots. Claim also promotes due delayed jobs and recovers
+   expired leases. With two or more slots there are two pump lanes, each claiming at
+   most half the slots: while one waits for Redis, the other runs its jobs, so Python and
+   Redis work at the same time (slots reserved by a claim in flight count as taken, so
+   the lanes together never lease more than ``concurrency`` jobs). When nothing could be
+   claimed a lane sleeps until a completion, a wake-up from the waker, or the moment the
+   next delayed job / lease deadline / limiter window is due (a local timer, so delays
+   are precise to ~1 ms).
 2. **waker** — blocks on the queue's marker key (BZPOPMIN on a dedicated connection) while
    the pump is idle; producers add the marker, so a new job starts within ~1 ms without
    polling. A marker taken while this worker has no free slot is put back for others.
@@ -51,6 +55,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from .backoff import retry_delay
+from .batches import BatchProcessor
 from .connection import TRANSIENT_ERRORS
 from .errors import (
     NonRetryableError,
@@ -157,6 +162,7 @@ class Worker:
         self._client: Any = None
         self._bclient: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._pumps: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix=f"kq-{queue.name}"
         )
@@ -170,7 +176,7 @@ class Worker:
         self._events = queue.emitter
         self._claim_args: list[Any] = []
         self.processed = 0
-        self._claiming = 0  # slots asked for by the claim in flight
+        self._claiming = 0  # slots asked for by the claims in flight
         self._slots = slots
         if slots is not None:
             slots.workers.append(self)
@@ -196,8 +202,20 @@ class Worker:
         ]
         self.running = True
         loop = self._loop
+        # Two pump lanes when there are at least two slots: while one lane waits for Redis
+        # to run its finish + claim, the other runs its jobs, so the worker's Python work
+        # and Redis' script work overlap instead of taking turns. Each lane claims at most
+        # half the slots; together they never lease more than ``concurrency`` jobs. Batch
+        # processors gather the jobs of one claim into a batch, so a queue with one keeps a
+        # single lane that claims every free slot at once.
+        batching = any(isinstance(fn, BatchProcessor) for fn in q.processors.values())
+        lanes = 2 if self.concurrency >= 2 and not batching else 1
+        cap = -(-self.concurrency // lanes)
+        self._pumps = [
+            loop.create_task(self._pump(cap), name=f"kq-pump{i}-{q.name}") for i in range(lanes)
+        ]
         self._tasks = [
-            loop.create_task(self._pump(), name=f"kq-pump-{q.name}"),
+            *self._pumps,
             loop.create_task(self._waker(), name=f"kq-waker-{q.name}"),
             loop.create_task(self._renew(), name=f"kq-renew-{q.name}"),
             loop.create_task(self._sweep(), name=f"kq-sweep-{q.name}"),
@@ -242,9 +260,9 @@ class Worker:
                 self.queue.name,
             )
         self._signal.set()
-        pump = self._tasks[0]
+        pumps = asyncio.gather(*self._pumps)
         try:
-            await asyncio.wait_for(asyncio.shield(pump), timeout=30)
+            await asyncio.wait_for(asyncio.shield(pumps), timeout=30)
         except asyncio.TimeoutError:
             log.error(
                 "worker %s: could not flush %d outcome(s) within 30 s (Redis unreachable); "
@@ -277,13 +295,14 @@ class Worker:
         log.info("worker %s stopped (%d jobs processed)", self.id, self.processed)
 
     # ------------------------------------------------------------------ pump
-    async def _pump(self) -> None:
+    async def _pump(self, cap: int) -> None:
+        # ``cap``: the most jobs one claim of this lane asks for.
         q = self.queue
         scripts, client = q.scripts, self._client
         delay_backoff = 0.05
         idle_for: float | None = None
         while True:
-            free = 0 if self._stopping else self._free()
+            free = 0 if self._stopping else min(self._free(), cap)
             if not self._acks:
                 if self._stopping and not self._jobs:
                     return
@@ -310,16 +329,17 @@ class Worker:
                     )
                 )
             if free > 0:
-                self._claim_args[0] = free
-                calls.append(q.call("claim", self._claim_args))
-                self._claiming = free
+                claim_args = self._claim_args.copy()
+                claim_args[0] = free
+                calls.append(q.call("claim", claim_args))
+                self._claiming += free
             try:
                 replies = await scripts.pipeline(client, calls)
                 for r in replies:
                     if isinstance(r, _NET_ERRORS):
                         raise r
             except _NET_ERRORS as exc:
-                self._unreserve(0)
+                self._unreserve(free, 0)
                 self._acks = acks + self._acks
                 self._done = done + self._done
                 self._report_outage(exc)
@@ -345,11 +365,11 @@ class Worker:
                 reply = replies[-1]
                 if isinstance(reply, Exception):
                     log.error("worker %s: claim failed: %s", self.id, reply)
-                    self._unreserve(0)
+                    self._unreserve(free, 0)
                     idle_for = 1.0
                     continue
                 got = self._after_claim(reply)
-                self._unreserve(got)
+                self._unreserve(free, got)
                 if got == 0:
                     wake_in = int(reply[1])
                     idle_for = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
@@ -357,13 +377,16 @@ class Worker:
             await asyncio.sleep(0)
 
     def _free(self) -> int:
-        free = self.concurrency - len(self._jobs)
+        free = self.concurrency - len(self._jobs) - self._claiming
         if self._slots is not None:
             free = min(free, self._slots.free())
         return free
 
-    def _unreserve(self, got: int) -> None:
-        asked, self._claiming = self._claiming, 0
+    def _unreserve(self, asked: int, got: int) -> None:
+        # A claim that asked for ``asked`` slots came back with ``got`` jobs.
+        if asked <= 0:
+            return
+        self._claiming -= asked
         if got < asked and self._slots is not None:
             self._slots.released()
 
