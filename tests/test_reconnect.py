@@ -225,3 +225,18 @@ async def test_redis_unreachable_at_start_is_a_clear_error(tmp_path: Path, prefi
         assert "cannot reach Redis" in w.stderr()
     finally:
         p.close()
+
+
+@pytest.mark.redis_only
+async def test_first_call_after_a_restart_succeeds(
+    durable: RedisServer, producer: JobQueue
+) -> None:
+    # A connection left idle when Redis restarted is closed on the server side. The
+    # script path notices (the event loop saw the EOF) and reconnects before sending,
+    # so the first add_job after the restart succeeds instead of failing once.
+    await producer.add_job("x", 1)
+    await asyncio.to_thread(lambda: (durable.kill(), durable.restart()))
+    await asyncio.sleep(0.1)  # the loop processes the closed socket
+    jid = await producer.add_job("x", 2)
+    info = await producer.get_job_status(jid)
+    assert info is not None and info.data == 2

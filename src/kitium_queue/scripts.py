@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import re
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -87,6 +88,10 @@ class ScriptRegistry:
         self._compiled: dict[str, Script] = {}
         self._loaded: set[int] = set()
         self._heads: dict[tuple[str, Sequence[str]], bytes] = {}
+        # Connections the packed path keeps between exchanges, per connection pool:
+        # taking one back skips the pool's lock, health probe and bookkeeping. They stay
+        # checked out of the pool, so its limits and disconnect() still cover them.
+        self._idle: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
     # -- composition ------------------------------------------------------------------
     def add_fragment(self, name: str, source: str) -> None:
@@ -232,7 +237,22 @@ class ScriptRegistry:
             buf.append(head)
             buf.append(_pack_args(c.args))
         pool = client.connection_pool
-        conn = await pool.get_connection()
+        idle = self._idle.get(pool)
+        if idle is None:
+            idle = self._idle[pool] = []
+        conn = None
+        while idle:
+            kept = idle.pop()
+            if _alive(kept):
+                conn = kept
+                break
+            # Closed by the server while idle (restart, failover, client timeout): drop
+            # the socket, so the pool reconnects it rather than hand it out as it is.
+            await kept.disconnect(nowait=True)
+            await pool.release(kept)
+        if conn is None:
+            conn = await pool.get_connection()
+        clean = False
         try:
             async with _deadline(REPLY_TIMEOUT_S):
                 await conn.send_packed_command(b"".join(buf))
@@ -242,6 +262,7 @@ class ScriptRegistry:
                         out.append(await conn.read_response())
                     except ResponseError as exc:
                         out.append(exc)
+            clean = True
             return out
         except (TimeoutError, asyncio.TimeoutError):
             await conn.disconnect(nowait=True)
@@ -252,26 +273,46 @@ class ScriptRegistry:
             await conn.disconnect(nowait=True)
             raise
         finally:
-            await pool.release(conn)
+            # Every reply was read: the connection is clean and can serve the next
+            # exchange as it is. After an error it goes back through the pool, which
+            # reconnects it and checks it before anyone uses it again.
+            if clean and len(idle) < _MAX_IDLE_CONNS and conn.is_connected:
+                idle.append(conn)
+            else:
+                await pool.release(conn)
 
     def forget(self, client: Any) -> None:
         self._loaded.discard(id(client))
 
 
+_MAX_IDLE_CONNS = 8
+
+
+def _alive(conn: Any) -> bool:
+    # The event loop reads every open socket in the background, so a connection the
+    # server closed or reset while it sat idle already shows EOF or an error here.
+    reader = getattr(conn, "_reader", None)
+    return reader is not None and not reader.at_eof() and reader.exception() is None
+
+
 def _pack_args(args: Sequence[Any]) -> bytes:
+    # RESP bulk strings. Exact type checks first: this runs for every argument of every
+    # script call (9 per recorded outcome), so the common cases take one format each.
     parts: list[bytes] = []
+    append = parts.append
     for a in args:
-        if isinstance(a, bytes):
-            b = a
-        elif isinstance(a, str):
+        t = type(a)
+        if t is str:
             b = a.encode()
-        elif isinstance(a, int):
+        elif t is bytes:
+            b = a
+        elif isinstance(a, int):  # bool too: True → "1", as redis-py encodes it
             b = b"%d" % a
+        elif isinstance(a, (bytes, bytearray, memoryview)):
+            b = bytes(a)
         else:
             b = str(a).encode()
-        parts.append(b"$%d\r\n" % len(b))
-        parts.append(b)
-        parts.append(b"\r\n")
+        append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(parts)
 
 
