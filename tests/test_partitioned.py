@@ -145,6 +145,41 @@ async def _dlq(pq: PartitionedQueue, job_id: str) -> bool:
     return [j.id for j in await pq.get_dlq_jobs()] == [job_id]
 
 
+async def test_merged_event_stream_covers_every_partition(make_pq: Any) -> None:
+    pq = make_pq()
+    ids = await pq.add_jobs([("a", i) for i in range(9)])  # round-robin: 3 per partition
+    seen = [
+        ev async for ev in pq.events(last_id="0", block_ms=200, follow=False)
+        if ev.event == "job-added"
+    ]
+    assert sorted(ev.job_id for ev in seen) == sorted(ids)
+    assert all(ev.fields["partition"] == ev.job_id.split(":")[0] for ev in seen)
+    # Within one partition the stream order is kept.
+    for p in range(3):
+        mine = [ev.job_id for ev in seen if ev.fields["partition"] == str(p)]
+        assert mine == [i for i in ids if i.startswith(f"{p}:")]
+
+    # Following live: events of jobs added after the reader started arrive too.
+    got: list[str] = []
+
+    async def follow() -> None:
+        async for ev in pq.events(block_ms=100):
+            if ev.event == "job-added":
+                got.append(ev.job_id)
+                if len(got) == 3:
+                    return
+
+    reader = asyncio.ensure_future(follow())
+    await asyncio.sleep(0.3)  # every partition's reader is blocked on its stream
+    later = await pq.add_jobs([("a", i) for i in range(3)])
+    await asyncio.wait_for(reader, 10)
+    assert sorted(got) == sorted(later)
+
+    with pytest.raises(ConfigurationError, match="must be '\\$' or '0'"):
+        async for _ in pq.events(last_id="1-0"):
+            pass
+
+
 async def test_one_budget_shared_fairly_over_partitions(make_pq: Any) -> None:
     """concurrency=2 over 3 loaded partitions: never more than 2 jobs at once, and the
     partitions take turns instead of the first one hogging both slots."""

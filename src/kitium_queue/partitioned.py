@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import random
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from redis.crc import key_slot
@@ -15,7 +15,7 @@ from redis.crc import key_slot
 from .connection import ConnectionFactory
 from .enums import JobStatus
 from .errors import ConfigurationError
-from .events import EventData, Handler
+from .events import EventData, Handler, StreamEvent
 from .job import Job, JobInfo
 from .options import JobOptions
 from .queue import HealthStatus, JobQueue, QueueStats
@@ -316,6 +316,66 @@ class PartitionedQueue:
             error=bad[0].error if bad else None,
             worker_running=any(w.running for w in self._workers),
         )
+
+    async def events(
+        self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True
+    ) -> AsyncIterator[StreamEvent]:
+        """Iterate the durable event streams of every partition, merged.
+
+        Each partition has its own stream (under its own hash tag, so on a cluster the
+        streams live on different nodes); one reader per partition feeds this iterator.
+        Events of one partition keep their order; events of different partitions
+        interleave as they arrive. ``job_id`` is the full id (``"<partition>:<id>"``)
+        and ``fields["partition"]`` the partition number; ``id`` is the entry id within
+        that partition's stream.
+
+        ``last_id`` applies to every partition: ``"$"`` (only new events) or ``"0"``
+        (replay what every stream still holds). ``follow=False`` stops once every
+        partition went ``block_ms`` without an event. A reader that fails (Redis
+        unreachable) ends the iteration with its error.
+        """
+        if last_id not in ("$", "0"):
+            raise ConfigurationError(
+                f"last_id of a partitioned queue must be '$' or '0', got {last_id!r}; entry "
+                "ids are per partition (read one partition with queue.queues[p].events())"
+            )
+        inbox: asyncio.Queue[tuple[int, StreamEvent | BaseException | None]] = asyncio.Queue(
+            maxsize=1000
+        )
+
+        async def read(p: int) -> None:
+            try:
+                async for ev in self.queues[p].events(
+                    last_id=last_id, block_ms=block_ms, follow=follow
+                ):
+                    await inbox.put((p, ev))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to the consumer, raised there
+                await inbox.put((p, exc))
+                return
+            await inbox.put((p, None))
+
+        readers = [asyncio.ensure_future(read(p)) for p in range(self.partitions)]
+        try:
+            open_ = self.partitions
+            while open_:
+                p, item = await inbox.get()
+                if item is None:
+                    open_ -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield StreamEvent(
+                        item.id,
+                        item.event,
+                        self._public(p, item.job_id) if item.job_id else "",
+                        {**item.fields, "partition": str(p)},
+                    )
+        finally:
+            for r in readers:
+                r.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
 
     # ------------------------------------------------------------------ management
     async def _each(self, method: str, *args: Any) -> list[Any]:
