@@ -18,9 +18,11 @@ from kitium_queue import (
     JobNotFoundError,
     JobStateError,
     JobStatus,
+    PartitionedQueue,
     PayloadTooLargeError,
     SerializationError,
     SyncJobQueue,
+    SyncPartitionedQueue,
 )
 
 
@@ -210,3 +212,37 @@ def test_unreachable_redis() -> None:
             q.add_job("n")
         health = q.health_check()
         assert not health and health.error
+
+
+def test_sync_partitioned_queue(backend_url: str, prefix: str) -> None:
+    with SyncPartitionedQueue("sorders", partitions=3, redis=backend_url, prefix=prefix) as pq:
+        assert pq.partitions == 3
+        spread = pq.add_jobs([("charge", {"n": i}) for i in range(6)])
+        assert sorted({i.split(":")[0] for i in spread}) == ["0", "1", "2"]
+        pinned = [pq.add_job("charge", {"n": n}, partition_key="cust-7") for n in range(3)]
+        assert {i.split(":")[0] for i in pinned} == {str(pq.partition_of("cust-7"))}
+        info = pq.get_job_status(pinned[0])
+        assert info is not None and info.id == pinned[0] and info.data == {"n": 0}
+        assert pq.get_stats().waiting == 9
+        assert sum(s.waiting for s in pq.partition_stats()) == 9
+        assert pq.remove_job(pinned[2]) is True
+        assert pq.get_job_status(pinned[2]) is None
+        assert pq.get_stats().waiting == 8
+
+        async def work() -> None:
+            async with PartitionedQueue(
+                "sorders", partitions=3, redis=backend_url, prefix=prefix
+            ) as worker:
+                worker.process("charge", lambda job: job.data["n"] * 10)
+                await worker.start()
+                await wait_until(lambda: _completed(worker, 8), 10)
+
+        asyncio.run(work())
+        done = pq.get_job_status(pinned[1])
+        assert done is not None and done.status == JobStatus.COMPLETED and done.result == 10
+    with pytest.raises(RuntimeError, match="SyncPartitionedQueue is closed"):
+        pq.get_stats()
+
+
+async def _completed(pq: PartitionedQueue, n: int) -> bool:
+    return (await pq.get_stats()).completed == n

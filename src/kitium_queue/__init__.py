@@ -57,7 +57,7 @@ from .options import (
 from .partitioned import PartitionedQueue
 from .queue import HealthStatus, JobQueue, QueueStats
 from .schedules import Schedule
-from .sync import SyncJobQueue
+from .sync import SyncJobQueue, SyncPartitionedQueue
 
 __all__ = [
     "BackoffOptions",
@@ -98,6 +98,7 @@ __all__ = [
     "SerializationError",
     "StreamEvent",
     "SyncJobQueue",
+    "SyncPartitionedQueue",
     "WebhookDeliveryStrategy",
     "WebhookEventType",
     "WorkerConfig",

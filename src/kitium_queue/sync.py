@@ -1,6 +1,7 @@
-"""``SyncJobQueue``: the producer and query methods for synchronous code (Django, Flask,
-scripts). It runs a private event loop in a background thread and delegates to a
-``JobQueue`` living there, so both clients share one implementation."""
+"""``SyncJobQueue`` and ``SyncPartitionedQueue``: the producer and query methods for
+synchronous code (Django, Flask, scripts). Each runs a private event loop in a background
+thread and delegates to a ``JobQueue`` (or ``PartitionedQueue``) living there, so the
+blocking and the asyncio clients share one implementation."""
 
 from __future__ import annotations
 
@@ -12,40 +13,31 @@ from typing import Any, TypeVar
 from .enums import JobStatus
 from .job import JobInfo
 from .options import JobOptions
+from .partitioned import PartitionedQueue
 from .queue import HealthStatus, JobQueue, QueueStats
 from .schedules import Schedule
 
-__all__ = ["SyncJobQueue"]
+__all__ = ["SyncJobQueue", "SyncPartitionedQueue"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound="_SyncClient")
 
 
-class SyncJobQueue:
-    """Blocking client with ``JobQueue``'s producer, query and admin methods.
+class _SyncClient:
+    """The background loop and the methods both blocking clients share."""
 
-    Takes the same arguments as ``JobQueue``. Thread-safe. Use ``close()`` (or a
-    ``with`` block) to stop its background loop.
+    queue: JobQueue | PartitionedQueue
 
-    Example::
-
-        queue = SyncJobQueue("emails", redis="redis://localhost:6379/0")
-        job_id = queue.add_job("send-email", {"to": "a@b.c"}, attempts=5)
-        print(queue.get_job_status(job_id))
-    """
-
-    def __init__(self, name: str, **config: Any) -> None:
+    def __init__(self, name: str, make: Any) -> None:
+        # ``make``: a coroutine function building the asyncio queue inside the loop.
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"kq-sync-{name}", daemon=True
         )
         self._thread.start()
         self._closed = False
-
-        async def make() -> JobQueue:
-            return JobQueue(name, **config)
-
         try:
-            self.queue: JobQueue = self._call(make())
+            self.queue = self._call(make())
         except BaseException:
             # Bad configuration: do not leave the loop thread behind.
             self._stop_loop()
@@ -54,7 +46,7 @@ class SyncJobQueue:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
             coro.close()
-            raise RuntimeError("SyncJobQueue is closed")
+            raise RuntimeError(f"{type(self).__name__} is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     @property
@@ -117,6 +109,47 @@ class SyncJobQueue:
     def clear(self, *, force: bool = False) -> None:
         self._call(self.queue.clear(force=force))
 
+    def close(self) -> None:
+        """Close the connection and stop the background loop."""
+        if self._closed:
+            return
+        self._call(self.queue.close())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncJobQueue(_SyncClient):
+    """Blocking client with ``JobQueue``'s producer, query, admin and schedule methods.
+
+    Takes the same arguments as ``JobQueue``. Thread-safe. Use ``close()`` (or a
+    ``with`` block) to stop its background loop.
+
+    Example::
+
+        queue = SyncJobQueue("emails", redis="redis://localhost:6379/0")
+        job_id = queue.add_job("send-email", {"to": "a@b.c"}, attempts=5)
+        print(queue.get_job_status(job_id))
+    """
+
+    queue: JobQueue
+
+    def __init__(self, name: str, **config: Any) -> None:
+        async def make() -> JobQueue:
+            return JobQueue(name, **config)
+
+        super().__init__(name, make)
+
     # -- schedules (see JobQueue.schedule_job; declare them at deploy time) ------------
     def schedule_job(
         self, job_name: str, data: Any, cron_pattern: str, **options: Any
@@ -148,21 +181,34 @@ class SyncJobQueue:
     def resume_schedule(self, schedule_id: str) -> bool:
         return self._call(self.queue.resume_schedule(schedule_id))
 
-    def close(self) -> None:
-        """Close the connection and stop the background loop."""
-        if self._closed:
-            return
-        self._call(self.queue.close())
-        self._stop_loop()
 
-    def _stop_loop(self) -> None:
-        self._closed = True
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+class SyncPartitionedQueue(_SyncClient):
+    """Blocking client of a ``PartitionedQueue``: its producer, query and admin methods.
 
-    def __enter__(self) -> SyncJobQueue:
-        return self
+    Takes the same arguments as ``PartitionedQueue``; ids are the full
+    ``"<partition>:<id>"`` ones. Schedules belong on a plain queue (``SyncJobQueue``).
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    Example::
+
+        orders = SyncPartitionedQueue("orders", partitions=6, redis="redis://localhost:6379")
+        job_id = orders.add_job("charge", {"order": 42}, partition_key="customer-7")
+    """
+
+    queue: PartitionedQueue
+
+    def __init__(self, name: str, *, partitions: int, **config: Any) -> None:
+        async def make() -> PartitionedQueue:
+            return PartitionedQueue(name, partitions=partitions, **config)
+
+        super().__init__(name, make)
+
+    @property
+    def partitions(self) -> int:
+        return self.queue.partitions
+
+    def partition_of(self, key: str) -> int:
+        """The partition a key maps to (see ``PartitionedQueue.partition_of``)."""
+        return self.queue.partition_of(key)
+
+    def partition_stats(self) -> list[QueueStats]:
+        return self._call(self.queue.partition_stats())

@@ -8,7 +8,8 @@ How one worker runs (one asyncio task each, plus one task per running job):
    expired leases. With two or more slots there are two pump lanes, each claiming at
    most half the slots: while one waits for Redis, the other runs its jobs, so Python and
    Redis work at the same time (slots reserved by a claim in flight count as taken, so
-   the lanes together never lease more than ``concurrency`` jobs). When nothing could be
+   the lanes together never lease more than ``concurrency`` jobs; batch processors and
+   shared budgets keep one lane). When nothing could be
    claimed a lane sleeps until a completion, a wake-up from the waker, or the moment the
    next delayed job / lease deadline / limiter window is due (a local timer, so delays
    are precise to ~1 ms).
@@ -207,9 +208,12 @@ class Worker:
         # and Redis' script work overlap instead of taking turns. Each lane claims at most
         # half the slots; together they never lease more than ``concurrency`` jobs. Batch
         # processors gather the jobs of one claim into a batch, so a queue with one keeps a
-        # single lane that claims every free slot at once.
+        # single lane that claims every free slot at once. Workers sharing a budget (the
+        # partitions of a PartitionedQueue) keep one lane each: their pumps already
+        # overlap one another, and one entry per worker keeps the budget's turns fair.
         batching = any(isinstance(fn, BatchProcessor) for fn in q.processors.values())
-        lanes = 2 if self.concurrency >= 2 and not batching else 1
+        single = batching or self._slots is not None
+        lanes = 2 if self.concurrency >= 2 and not single else 1
         cap = -(-self.concurrency // lanes)
         self._pumps = [
             loop.create_task(self._pump(cap), name=f"kq-pump{i}-{q.name}") for i in range(lanes)
