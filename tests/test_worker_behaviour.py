@@ -863,6 +863,38 @@ async def test_pump_lanes_never_lease_more_jobs_than_slots(
     assert len(lanes) == (1 if concurrency == 1 else 2)
 
 
+async def test_a_failing_round_is_retried_without_losing_outcomes(
+    make_queue: QueueFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A claim/finish round that fails with something other than a lost connection (a
+    # refused SCRIPT LOAD, an ACL change) keeps its outcomes and slots and is retried.
+    q = make_queue(worker={"concurrency": 4, "scheduler": False})
+    runs: list[int] = []
+    q.process("n", lambda job: runs.append(job.data))
+    real = q.scripts.pipeline
+    failures = 0
+
+    async def flaky(client: Any, calls: Any) -> Any:
+        nonlocal failures
+        if failures < 3 and any(c.script == "finish" for c in calls):
+            failures += 1
+            raise RuntimeError("injected failure")
+        return await real(client, calls)
+
+    q.scripts.pipeline = flaky  # type: ignore[method-assign]
+    ids = await q.add_jobs([("n", i) for i in range(20)])
+    with caplog.at_level(logging.ERROR, logger="kitium_queue.worker"):
+        await q.start()
+        await wait_until(lambda: _stats_equal(q, completed=20, active=0), 10)
+    assert failures == 3
+    assert sorted(runs) == list(range(20))  # each ran once: outcomes were kept, not lost
+    for jid in ids:
+        info = await q.get_job_status(jid)
+        assert info is not None and info.status is JobStatus.COMPLETED
+    assert "claim/finish round on queue" in caplog.text and "injected failure" in caplog.text
+    assert q.worker is not None and q.worker._claiming == 0
+
+
 async def test_queue_limiter_across_two_workers(backend_url: str, prefix: str) -> None:
     limiter = {"max": 3, "duration": 150}
     factory = QueueFactory(backend_url, prefix)

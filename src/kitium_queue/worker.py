@@ -264,10 +264,8 @@ class Worker:
                 self.queue.name,
             )
         self._signal.set()
-        pumps = asyncio.gather(*self._pumps)
-        try:
-            await asyncio.wait_for(asyncio.shield(pumps), timeout=30)
-        except asyncio.TimeoutError:
+        _, flushing = await asyncio.wait(self._pumps, timeout=30)
+        if flushing:
             log.error(
                 "worker %s: could not flush %d outcome(s) within 30 s (Redis unreachable); "
                 "those jobs will run again after their leases expire",
@@ -349,6 +347,27 @@ class Worker:
                 self._report_outage(exc)
                 await asyncio.sleep(delay_backoff)
                 delay_backoff = min(delay_backoff * 2, 1.0)
+                continue
+            except Exception as exc:
+                # Anything else (a refused SCRIPT LOAD, an ACL change): keep the outcomes
+                # and the slots, say so loudly, retry. Finish is fenced, so re-sending an
+                # outcome Redis may already have recorded is refused, never doubled.
+                self._unreserve(free, 0)
+                self._acks = acks + self._acks
+                self._done = done + self._done
+                log.error(
+                    "worker %s: claim/finish round on queue %s failed (%s: %s); retrying in "
+                    "%.2f s",
+                    self.id,
+                    q.name,
+                    type(exc).__name__,
+                    exc,
+                    delay_backoff,
+                )
+                if self._events.wants("queue-error"):
+                    self._events.emit(EventData("queue-error", q.name, error=exc))
+                await asyncio.sleep(delay_backoff)
+                delay_backoff = min(delay_backoff * 2, 5.0)
                 continue
             if self._outage:
                 self._outage = False
@@ -905,6 +924,9 @@ class Worker:
                 replies = await self.queue.scripts.pipeline(self._client, calls)
             except _NET_ERRORS as exc:
                 self._report_outage(exc)
+                continue
+            except Exception:
+                log.exception("worker %s: lease renewal failed; retrying", self.id)
                 continue
             self._after_extend(replies, sent)
 
