@@ -6,6 +6,10 @@
   request (like a process manager would) and kills whatever still runs on ``close()``.
 * :func:`read_log` parses the workers' shared line log.
 * :func:`wait_for` polls a condition with a deadline (no fixed sleeps).
+
+The process base class, ``wait_for`` and ``spawn`` are the test suite's
+(``tests/workers/harness.py``); the chaos worker logs more events (raise, cancel, crash,
+stalls), so its ``LogLine`` and ``WorkerProc`` extend them here.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -28,12 +32,14 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from _redis import RedisServer, free_port  # noqa: E402  (tests/ put on sys.path above)
+from workers.harness import ProcBase, Timeout, spawn, wait_for  # noqa: E402
 
 __all__ = [
     "ROOT",
     "Fleet",
     "LogLine",
     "RedisServer",
+    "Timeout",
     "WorkerProc",
     "free_port",
     "read_log",
@@ -43,25 +49,6 @@ __all__ = [
 ]
 
 WORKER_SCRIPT = Path(__file__).resolve().with_name("worker.py")
-T = TypeVar("T")
-
-
-class Timeout(AssertionError):
-    """A polled condition did not become true before its deadline."""
-
-
-def wait_for(
-    predicate: Callable[[], T], timeout: float, *, interval: float = 0.02, what: str = ""
-) -> T:
-    """Call ``predicate`` until it returns something truthy; raise after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise Timeout(f"timed out after {timeout:.1f} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def redis_server(*, appendfsync: str | None = None) -> RedisServer:
@@ -160,75 +147,31 @@ def overlaps(runs: dict[str, list[Run]], now: float) -> list[tuple[str, float]]:
 # ---------------------------------------------------------------------- processes
 
 
-class WorkerProc:
-    """One chaos worker process."""
+class WorkerProc(ProcBase[LogLine]):
+    """One chaos worker process (``chaos/worker.py``)."""
+
+    END_EVENTS = ("finish", "raise", "cancel", "crash")
+    read = staticmethod(read_log)
 
     def __init__(
         self, name: str, popen: subprocess.Popen[bytes], log: Path, err: Path, args: list[str]
     ) -> None:
-        self.name = name
-        self.popen = popen
-        self.log_path = log
-        self.err_path = err
+        super().__init__(name, popen, log, err)
         self.args = args
         self.died_at: float | None = None
         self.stopped_by_scenario = False  # SIGTERM/SIGINT/SIGKILL sent by the scenario
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def lines(self) -> list[LogLine]:
-        return [ln for ln in read_log(self.log_path) if ln.pid == self.pid]
-
-    def stderr(self) -> str:
-        try:
-            return self.err_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def ready(self) -> bool:
-        if not self.alive():
-            raise AssertionError(
-                f"worker {self.name} exited with {self.popen.returncode} before it was ready; "
-                f"stderr:\n{self.stderr()[-3000:]}"
-            )
-        return any(ln.event == "ready" for ln in self.lines())
-
-    def wait_ready(self, timeout: float = 20.0) -> WorkerProc:
-        wait_for(self.ready, timeout, what=f"worker {self.name} to start")
-        return self
-
-    def running_jobs(self) -> set[str]:
-        """Jobs this process started and whose run has not ended (per its log)."""
-        live: Counter[str] = Counter()
-        for ln in self.lines():
-            if ln.event == "start":
-                live[ln.job_id] += 1
-            elif ln.event in ("finish", "raise", "cancel", "crash"):
-                live[ln.job_id] -= 1
-        return {j for j, n in live.items() if n > 0}
-
     def signal(self, sig: int) -> float:
-        """Send ``sig``; returns the real time just before it was sent."""
-        t = time.time()
         if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
             self.stopped_by_scenario = True
-        self.popen.send_signal(sig)
-        return t
+        return super().signal(sig)
 
     def kill(self) -> float:
-        """SIGKILL and reap; returns the time of the kill."""
-        t = self.signal(signal.SIGKILL)
-        self.popen.wait(timeout=10)
-        self.died_at = t
+        self.died_at = t = super().kill()
         return t
 
     def wait(self, timeout: float) -> int:
-        rc = self.popen.wait(timeout=timeout)
+        rc = super().wait(timeout)
         if self.died_at is None:
             self.died_at = time.time()
         return rc
@@ -267,14 +210,9 @@ class Fleet:
                 continue
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
         src = str(ROOT / "src")
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        with open(err, "ab") as err_file:
-            popen = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=err_file, stderr=subprocess.STDOUT,
-                env=env, cwd=str(self.dir),
-            )
+        popen = spawn(cmd, err, env=env, cwd=str(self.dir))
         proc = WorkerProc(name, popen, self.log_path, err, cmd)
         self.procs.append(proc)
         return proc

@@ -20,12 +20,23 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from kitium_queue.keys import QueueKeys
 from kitium_queue.scripts import SCRIPT_NAMES, ScriptRegistry
 
-__all__ = ["Engine", "LogLine", "WorkerPool", "WorkerProc", "read_log", "starts", "wait_for"]
+__all__ = [
+    "Engine",
+    "LogLine",
+    "ProcBase",
+    "Timeout",
+    "WorkerPool",
+    "WorkerProc",
+    "read_log",
+    "spawn",
+    "starts",
+    "wait_for",
+]
 
 RUN_WORKER = Path(__file__).resolve().with_name("run_worker.py")
 T = TypeVar("T")
@@ -34,17 +45,22 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------- polling
 
 
+class Timeout(AssertionError):
+    """A polled condition did not become true before its deadline."""
+
+
 def wait_for(
     predicate: Callable[[], T], timeout: float, *, interval: float = 0.02, what: str = ""
 ) -> T:
-    """Call ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    """Call ``predicate`` until it returns something truthy; raise ``Timeout`` after
+    ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what or predicate}")
+            raise Timeout(f"timed out after {timeout:.1f} s waiting for {what or predicate}")
         time.sleep(interval)
 
 
@@ -83,8 +99,38 @@ def starts(lines: Iterable[LogLine]) -> Counter[str]:
 # ---------------------------------------------------------------------- processes
 
 
-class WorkerProc:
-    """One ``run_worker.py`` process."""
+class _Line(Protocol):
+    @property
+    def event(self) -> str: ...
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+
+
+L = TypeVar("L", bound=_Line)
+P = TypeVar("P", bound="ProcBase[Any]")
+
+
+def spawn(cmd: list[str], err: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` unbuffered, stdout and stderr appended to ``err``."""
+    env = dict(popen.pop("env", None) or os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(err, "ab") as err_file:
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=err_file, stderr=subprocess.STDOUT, env=env,
+            **popen,
+        )
+
+
+class ProcBase(Generic[L]):
+    """A worker process writing a crash-safe line log (one ``os.write`` per line).
+
+    Subclasses name the log parser (``read``) and the events that end a run
+    (``END_EVENTS``); the tests' and the chaos suite's workers log different lines.
+    """
+
+    END_EVENTS: tuple[str, ...] = ("finish",)
 
     def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path, err: Path) -> None:
         self.name = name
@@ -92,12 +138,16 @@ class WorkerProc:
         self.log_path = log
         self.err_path = err
 
+    @staticmethod
+    def read(path: Path) -> list[L]:
+        raise NotImplementedError
+
     @property
     def pid(self) -> int:
         return self.popen.pid
 
-    def lines(self) -> list[LogLine]:
-        return [ln for ln in read_log(self.log_path) if ln.pid == self.pid]
+    def lines(self) -> list[L]:
+        return [ln for ln in self.read(self.log_path) if ln.pid == self.pid]
 
     def stderr(self) -> str:
         try:
@@ -108,26 +158,27 @@ class WorkerProc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        def ready() -> bool:
-            if not self.alive():
-                raise AssertionError(
-                    f"worker {self.name} exited with {self.popen.returncode} before it was "
-                    f"ready; stderr:\n{self.stderr()[-3000:]}"
-                )
-            return any(ln.event == "ready" for ln in self.lines())
+    def ready(self) -> bool:
+        if not self.alive():
+            raise AssertionError(
+                f"worker {self.name} exited with {self.popen.returncode} before it was ready; "
+                f"stderr:\n{self.stderr()[-3000:]}"
+            )
+        return any(ln.event == "ready" for ln in self.lines())
 
-        wait_for(ready, timeout, what=f"worker {self.name} to start")
+    def wait_ready(self: P, timeout: float = 20.0) -> P:
+        wait_for(self.ready, timeout, what=f"worker {self.name} to start")
+        return self
 
     def running_jobs(self) -> set[str]:
-        """Jobs this process started and whose processor has not returned."""
-        open_: Counter[str] = Counter()
+        """Jobs this process started and whose run has not ended (per its log)."""
+        live: Counter[str] = Counter()
         for ln in self.lines():
             if ln.event == "start":
-                open_[ln.job_id] += 1
-            elif ln.event == "finish":
-                open_[ln.job_id] -= 1
-        return {j for j, n in open_.items() if n > 0}
+                live[ln.job_id] += 1
+            elif ln.event in self.END_EVENTS:
+                live[ln.job_id] -= 1
+        return {j for j, n in live.items() if n > 0}
 
     def signal(self, sig: int) -> float:
         """Send ``sig``; returns the unix time just before it was sent."""
@@ -143,6 +194,12 @@ class WorkerProc:
 
     def wait(self, timeout: float) -> int:
         return self.popen.wait(timeout=timeout)
+
+
+class WorkerProc(ProcBase[LogLine]):
+    """One ``run_worker.py`` process."""
+
+    read = staticmethod(read_log)
 
 
 class WorkerPool:
@@ -168,13 +225,7 @@ class WorkerPool:
         ]  # fmt: skip
         for key, value in settings.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        with open(err, "ab") as err_file:
-            popen = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=err_file, stderr=subprocess.STDOUT, env=env
-            )
-        proc = WorkerProc(name, popen, log, err)
+        proc = WorkerProc(name, spawn(cmd, err), log, err)
         self.procs.append(proc)
         return proc
 
