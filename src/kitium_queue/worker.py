@@ -905,6 +905,13 @@ class Worker:
                 backoff = min(backoff * 2, 1.0)
                 self._signal.set()
                 continue
+            except Exception:
+                # Never let the wake-up loop die: without it an idle worker would only
+                # look for work on its own timers.
+                log.exception("worker %s: wake-up wait failed; retrying", self.id)
+                await asyncio.sleep(1.0)
+                self._signal.set()
+                continue
             backoff = 0.05
             if popped and (self._stopping or self._free() <= 0):
                 # Not ours to use: hand the wake-up on to another worker.
