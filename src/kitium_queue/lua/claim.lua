@@ -81,7 +81,7 @@ if lim_max > 0 then
 end
 
 local out = { 'ok', -1, 0, back, dead }
-local token = 0
+local token, token_s = 0, '0'
 local got = 0
 local taken, leased = {}, {}
 if want > 0 then
@@ -106,11 +106,15 @@ if want > 0 then
           'job record missing: its hash key was deleted while the job was waiting', '')
         dead[#dead + 1] = id
       elseif admit(id, jk, f[3]) then
-        if token == 0 then token = redis.call('INCR', K_LEASE) end
+        if token == 0 then
+          token = redis.call('INCR', K_LEASE)
+          token_s = int(token)
+        end
         local att = num(f[7]) + 1
-        redis.call('HSET', jk, 'st', 'active', 'lt', token, 'ps', NOW_S, 'w', worker, 'a', att)
+        local att_s = int(att)
+        redis.call('HSET', jk, 'st', 'active', 'lt', token_s, 'ps', NOW_S, 'w', worker, 'a', att_s)
         out[#out + 1] = { id, f[1], f[2] or '', f[3] or '', att, int(num(f[4])), int(num(f[5])), f[6] or '' }
-        emit('job-started', id, 'att', att)
+        emit('job-started', id, 'att', att_s)
         taken[#taken + 1] = id
         leased[#leased + 1] = id
         got = got + 1

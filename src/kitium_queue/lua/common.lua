@@ -47,6 +47,8 @@ local function int(x)
 end
 
 local NOW_S = int(NOW)
+-- As a string once per call: redis.call formats a number argument on every call.
+local EVENTS_MAXLEN_S = int(EVENTS_MAXLEN)
 
 -- A counter field (attempts, stalls, timestamps) as a number. A damaged value (not a
 -- finite number) counts as 0: a corrupted record must not abort a script half way,
@@ -62,7 +64,7 @@ local function job_key(id)
 end
 
 local function emit(event, id, ...)
-  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', event, 'id', id, ...)
+  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN_S, '*', 'e', event, 'id', id, ...)
 end
 
 local function wake()

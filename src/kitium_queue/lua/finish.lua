@@ -35,6 +35,7 @@ local woke = false
 -- removals from active and additions to completed are batched the same way.
 local trims = {}
 local unleased, completed = {}, {}
+local last_kc, last_ka = nil, nil
 for b = 5, #ARGV, 9 do
   local id, token, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local payload, tb, delay = ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5])
@@ -63,7 +64,11 @@ for b = 5, #ARGV, 9 do
         redis.call('HSET', jk, 'st', 'completed', 'f', NOW_S, 'r', payload)
         if meta ~= '' then redis.call('HSET', jk, 'm', meta) end
         completed[#completed + 1] = id
-        trims[K_COMPLETED .. '|' .. keep_count .. '|' .. keep_age] = { K_COMPLETED, keep_count, keep_age }
+        if keep_count ~= last_kc or keep_age ~= last_ka then
+          -- Outcomes of one call nearly always share a policy: build its key once.
+          last_kc, last_ka = keep_count, keep_age
+          trims[K_COMPLETED .. '|' .. keep_count .. '|' .. keep_age] = { K_COMPLETED, keep_count, keep_age }
+        end
       end
       emit('job-completed', id)
     elseif kind == 'R' then
