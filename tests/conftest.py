@@ -28,6 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _redis import RedisServer
+from helpers import QueueFactory
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -79,6 +80,14 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
 @pytest.fixture
 def prefix() -> str:
     return f"kqt{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
+    """Builds queues on the test's backend under its unique prefix; closes them after."""
+    factory = QueueFactory(backend_url, prefix)
+    yield factory
+    await factory.aclose()
 
 
 @pytest.fixture(params=["redis", "memory"])

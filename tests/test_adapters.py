@@ -4,20 +4,11 @@ processing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-import pytest
 
 from helpers import QueueFactory, wait_for_status
 from kitium_queue import JobStatus, NonRetryableError
-
-
-@pytest.fixture
-async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(backend_url, prefix)
-    yield factory
-    await factory.aclose()
 
 
 class RecordingMetrics:

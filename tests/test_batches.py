@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import ConfigurationError, JobQueue, JobStatus, NonRetryableError, RetryLater
-
-
-@pytest.fixture
-async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(backend_url, prefix)
-    yield factory
-    await factory.aclose()
 
 
 def _queue(make_queue: QueueFactory, concurrency: int = 10) -> JobQueue:

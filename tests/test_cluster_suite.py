@@ -11,7 +11,7 @@ may have answered a CROSSSLOT error.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +19,6 @@ import pytest
 import test_queue_api
 import test_worker_behaviour
 from _cluster import LocalCluster
-from helpers import QueueFactory
 
 _BACKEND_FIXTURES = {"make_queue", "backend_url", "prefix", "caplog", "monkeypatch"}
 
@@ -59,13 +58,6 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 def backend_url(cluster: LocalCluster) -> str:
     return cluster.url
-
-
-@pytest.fixture
-async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(backend_url, prefix)
-    yield factory
-    await factory.aclose()
 
 
 @pytest.fixture(autouse=True)

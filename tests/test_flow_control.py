@@ -25,13 +25,6 @@ from workers.procs import WorkerProcs
 T0 = 1_700_000_000_000
 
 
-@pytest.fixture
-async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(backend_url, prefix)
-    yield factory
-    await factory.aclose()
-
-
 class Engine:
     """claim / enqueue / finish with an explicit clock, on one queue's scripts."""
 

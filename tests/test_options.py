@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -21,13 +20,6 @@ from kitium_queue import (
     SerializationError,
 )
 from kitium_queue.options import MAX_PRIORITY
-
-
-@pytest.fixture
-async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(backend_url, prefix)
-    yield factory
-    await factory.aclose()
 
 
 async def _nothing_written(queue: JobQueue) -> None:

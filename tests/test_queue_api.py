@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,13 +21,6 @@ from kitium_queue import (
 )
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
-
-
-@pytest.fixture
-async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(backend_url, prefix)
-    yield factory
-    await factory.aclose()
 
 
 async def _hold_active(q: JobQueue, name: str = "hold") -> tuple[str, asyncio.Event]:

@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,13 +30,6 @@ from kitium_queue.scheduler import Scheduler, plan_ticks
 # A fixed instant far ahead of the real clock: schedules anchored there never fire on
 # their own, so tests drive every tick with run_due(now_ms).
 T0 = 4_102_444_800_000  # 2100-01-01T00:00:00Z
-
-
-@pytest.fixture
-async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(backend_url, prefix)
-    yield factory
-    await factory.aclose()
 
 
 async def _scheduler(q: JobQueue, seed: int = 1) -> Scheduler:

@@ -13,7 +13,6 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,13 +30,6 @@ from kitium_queue import (
 )
 
 FAST_RETRY = {"type": "fixed", "delay": 10}
-
-
-@pytest.fixture
-async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(backend_url, prefix)
-    yield factory
-    await factory.aclose()
 
 
 async def _stream(q: JobQueue, job_id: str | None = None) -> list[dict[str, str]]:

@@ -339,7 +339,7 @@ class PartitionedQueue:
                 f"last_id of a partitioned queue must be '$' or '0', got {last_id!r}; entry "
                 "ids are per partition (read one partition with queue.queues[p].events())"
             )
-        inbox: asyncio.Queue[tuple[int, StreamEvent | BaseException | None]] = asyncio.Queue(
+        inbox: asyncio.Queue[tuple[int, StreamEvent | Exception | None]] = asyncio.Queue(
             maxsize=1000
         )
 
@@ -349,9 +349,7 @@ class PartitionedQueue:
                     last_id=last_id, block_ms=block_ms, follow=follow
                 ):
                     await inbox.put((p, ev))
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # handed to the consumer, raised there
+            except Exception as exc:  # handed to the consumer, raised there
                 await inbox.put((p, exc))
                 return
             await inbox.put((p, None))
@@ -363,7 +361,7 @@ class PartitionedQueue:
                 p, item = await inbox.get()
                 if item is None:
                     open_ -= 1
-                elif isinstance(item, BaseException):
+                elif isinstance(item, Exception):
                     raise item
                 else:
                     yield StreamEvent(

@@ -9,10 +9,9 @@ How one worker runs (one asyncio task each, plus one task per running job):
    most half the slots: while one waits for Redis, the other runs its jobs, so Python and
    Redis work at the same time (slots reserved by a claim in flight count as taken, so
    the lanes together never lease more than ``concurrency`` jobs; batch processors and
-   shared budgets keep one lane). When nothing could be
-   claimed a lane sleeps until a completion, a wake-up from the waker, or the moment the
-   next delayed job / lease deadline / limiter window is due (a local timer, so delays
-   are precise to ~1 ms).
+   shared budgets keep one lane). When nothing could be claimed a lane sleeps until a
+   completion, a wake-up from the waker, or the moment the next delayed job / lease
+   deadline / limiter window is due (a local timer, so delays are precise to ~1 ms).
 2. **waker** — blocks on the queue's marker key (BZPOPMIN on a dedicated connection) while
    the pump is idle; producers add the marker, so a new job starts within ~1 ms without
    polling. A marker taken while this worker has no free slot is put back for others.
@@ -203,14 +202,9 @@ class Worker:
         ]
         self.running = True
         loop = self._loop
-        # Two pump lanes when there are at least two slots: while one lane waits for Redis
-        # to run its finish + claim, the other runs its jobs, so the worker's Python work
-        # and Redis' script work overlap instead of taking turns. Each lane claims at most
-        # half the slots; together they never lease more than ``concurrency`` jobs. Batch
-        # processors gather the jobs of one claim into a batch, so a queue with one keeps a
-        # single lane that claims every free slot at once. Workers sharing a budget (the
-        # partitions of a PartitionedQueue) keep one lane each: their pumps already
-        # overlap one another, and one entry per worker keeps the budget's turns fair.
+        # Pump lanes (module docstring). A batch processor gathers the jobs of one claim,
+        # so its queue keeps one lane claiming every free slot; workers sharing a budget
+        # (partitions) already overlap one another and keep one lane for fair turns.
         batching = any(isinstance(fn, BatchProcessor) for fn in q.processors.values())
         single = batching or self._slots is not None
         lanes = 2 if self.concurrency >= 2 and not single else 1
@@ -340,34 +334,31 @@ class Worker:
                 for r in replies:
                     if isinstance(r, _NET_ERRORS):
                         raise r
-            except _NET_ERRORS as exc:
-                self._unreserve(free, 0)
-                self._acks = acks + self._acks
-                self._done = done + self._done
-                self._report_outage(exc)
-                await asyncio.sleep(delay_backoff)
-                delay_backoff = min(delay_backoff * 2, 1.0)
-                continue
             except Exception as exc:
-                # Anything else (a refused SCRIPT LOAD, an ACL change): keep the outcomes
-                # and the slots, say so loudly, retry. Finish is fenced, so re-sending an
-                # outcome Redis may already have recorded is refused, never doubled.
+                # Keep the outcomes and give back the slots, then retry. Finish is fenced,
+                # so re-sending an outcome Redis may already have recorded is refused,
+                # never doubled.
                 self._unreserve(free, 0)
                 self._acks = acks + self._acks
                 self._done = done + self._done
-                log.error(
-                    "worker %s: claim/finish round on queue %s failed (%s: %s); retrying in "
-                    "%.2f s",
-                    self.id,
-                    q.name,
-                    type(exc).__name__,
-                    exc,
-                    delay_backoff,
-                )
-                if self._events.wants("queue-error"):
-                    self._events.emit(EventData("queue-error", q.name, error=exc))
+                if isinstance(exc, _NET_ERRORS):
+                    self._report_outage(exc)
+                else:
+                    # Not a lost connection (a refused SCRIPT LOAD, an ACL change): say so
+                    # loudly every time.
+                    log.error(
+                        "worker %s: claim/finish round on queue %s failed (%s: %s); "
+                        "retrying in %.2f s",
+                        self.id,
+                        q.name,
+                        type(exc).__name__,
+                        exc,
+                        delay_backoff,
+                    )
+                    if self._events.wants("queue-error"):
+                        self._events.emit(EventData("queue-error", q.name, error=exc))
                 await asyncio.sleep(delay_backoff)
-                delay_backoff = min(delay_backoff * 2, 5.0)
+                delay_backoff = min(delay_backoff * 2, 1.0 if isinstance(exc, _NET_ERRORS) else 5.0)
                 continue
             if self._outage:
                 self._outage = False

@@ -93,13 +93,12 @@ local function push_delayed(jk, id, due)
   if first[1] == id then wake() end
 end
 
--- Create job <id> ('' = its sequence number) in wait, or in delayed when delay > 0 ms.
--- Returns id, job key, state ('waiting' | 'delayed'). The caller wakes idle workers
--- (wake()) once per call when a job went to wait. Used by enqueue.lua and by scripts
--- that add jobs atomically with their own state change (schedule_fire.lua).
--- Create a job (→ waiting | delayed) and write its job-added event. With `batch` (a
--- table), the ZADD to wait is left to the caller as score/id pairs, so a bulk enqueue
--- adds all its waiting jobs in one call per 500 (see flush_wait).
+-- Create job <id> ('' = its sequence number) in wait, or in delayed when delay > 0 ms,
+-- and write its job-added event. Returns id, job key, state ('waiting' | 'delayed').
+-- The caller wakes idle workers (wake()) once per call when a job went to wait. With
+-- `batch` (a table), the ZADD to wait is left to the caller as score/id pairs, so a bulk
+-- enqueue adds its waiting jobs in one command per 500 (flush_wait). Used by enqueue.lua
+-- and by scripts that add jobs atomically with their own state change (schedule_fire.lua).
 local function add_job(id, name, data, opts, pri, delay, lifo, batch)
   local seq = redis.call('INCR', K_ID)
   if id == '' then id = tostring(seq) end
