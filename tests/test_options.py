@@ -220,7 +220,7 @@ def test_invalid_queue_settings() -> None:
         JobQueue("q", settings={"lock_duration": 50})
     with pytest.raises(ConfigurationError, match=r"lock_renew_time .* must be shorter"):
         JobQueue("q", settings={"lock_duration": 1000, "lock_renew_time": 1000})
-    with pytest.raises(ConfigurationError, match=r"max_stalled_count must be >= 0"):
+    with pytest.raises(ConfigurationError, match=r"max_stalled_count must be an int >= 0"):
         JobQueue("q", settings={"max_stalled_count": -1})
     with pytest.raises(ConfigurationError, match=r"worker.concurrency must be an int >= 1"):
         JobQueue("q", worker={"concurrency": 0})

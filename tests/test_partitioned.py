@@ -81,8 +81,10 @@ async def test_keys_pin_jobs_to_one_partition(make_pq: Any) -> None:
     mine = await pq.add_job("a", 1, job_id="order-9")
     assert mine == f"{pq.partition_of('order-9')}:order-9"
     assert await pq.add_job("a", 2, job_id="order-9") == mine
-    by_raw = await pq.get_job_status("order-9")  # the id you chose finds it too
-    assert by_raw is not None and by_raw.id == mine and by_raw.data == 1
+    # Only the full id finds it: a bare id is never hashed to a partition (issue 19).
+    assert await pq.get_job_status("order-9") is None
+    by_full = await pq.get_job_status(mine)
+    assert by_full is not None and by_full.id == mine and by_full.data == 1
 
     batch = await pq.add_jobs(
         [("a", i, {"partition_key": "k"}) for i in range(5)] + [{"name": "a", "data": 9}]

@@ -719,7 +719,17 @@ async def test_clear_force_deletes_every_key_in_batches(lua: Lua) -> None:
     assert await lua("clear", T0, "1", 2) == 1
     while await lua("clear", T0, "1", 2) == 1:
         pass
-    assert await lua.client.keys(f"{lua.keys.prefix}:*") == []
+    # Only the id and lease-token counters remain: ids and fencing tokens never repeat.
+    left = sorted(k.decode() for k in await lua.client.keys(f"{lua.keys.prefix}:*"))
+    assert left == sorted([lua.keys.id, lua.keys.lease])
+
+
+async def test_ids_continue_after_clear(lua: Lua) -> None:
+    first = await lua.enqueue(T0, {}, {})
+    while await lua("clear", T0, "1", 100) == 1:
+        pass
+    second = await lua.enqueue(T0, {})
+    assert int(second[0]) > int(first[0]), "an id handed out before clear() came back"
 
 
 # ================================================================ pause

@@ -1008,14 +1008,15 @@ async def test_options_size_limit(limits_queue: JobQueue) -> None:
 async def test_add_jobs_is_chunked_by_count_and_bytes(redis_url: str, prefix: str) -> None:
     async with _queue("chunks", redis=redis_url, prefix=prefix) as q:
         sizes: list[int] = []
-        real = q.call
+        real = q.scripts.call
 
-        def spy(script: str, args: Any = ()) -> Any:
+        async def spy(client: Any, script: str, keys: Any, args: Any) -> Any:
             if script == "enqueue":
-                sizes.append((len(args) - 1) // 8)
-            return real(script, args)
+                # ARGV: prefix, now, events maxlen, idempotency window, 8 fields per job.
+                sizes.append((len(args) - 4) // 8)
+            return await real(client, script, keys, args)
 
-        q.call = spy  # type: ignore[method-assign]
+        q.scripts.call = spy  # type: ignore[method-assign]
         ids = await q.add_jobs([("j", {"i": i}) for i in range(2 * ENQUEUE_CHUNK_JOBS + 500)])
         assert sizes == [ENQUEUE_CHUNK_JOBS, ENQUEUE_CHUNK_JOBS, 500]
         assert len(set(ids)) == len(ids) == 2500

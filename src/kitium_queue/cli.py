@@ -14,16 +14,55 @@ import json
 import logging
 import os
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 
+from .errors import ConfigurationError, KitiumQueueError
 from .queue import JobQueue
 
-__all__ = ["load_queue", "main"]
+__all__ = ["load_queue", "main", "text_field"]
 
 T = TypeVar("T")
+
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def text_field(value: object) -> str:
+    """``value`` as one field of a line of text output: it cannot end the line, add a
+    column, move the cursor, recolour the terminal or fail to encode.
+
+    Text output separates records by newlines and columns by tabs, and every field may
+    come from a job (its id, name, error message, event fields), i.e. from anyone who can
+    add or fail a job. So every character that is not plain printable text is written
+    as a Python-style escape: ``\\n``, ``\\t``, ``\\r``, ``\\xNN``, ``\\uNNNN``,
+    ``\\UNNNNNNNN`` for control characters (ESC of ANSI sequences included), format
+    characters (bidirectional overrides, zero-width ones), line and paragraph separators
+    and lone surrogates; the backslash itself becomes ``\\\\`` so an escape in the
+    output always means an escaped character. ``--json`` output is JSON-escaped instead.
+    """
+    text = value if isinstance(value, str) else str(value)
+    out = []
+    for ch in text:
+        if ch in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[ch])
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(
+                f"\\x{code:02x}" if code < 0x100
+                else f"\\u{code:04x}" if code < 0x10000
+                else f"\\U{code:08x}"
+            )
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _row(*fields: object) -> str:
+    """One line of text output: the escaped fields, separated by tabs."""
+    return "\t".join(text_field(f) for f in fields)
 
 
 def load_queue(app: str, redis: str | None = None) -> JobQueue:
@@ -49,7 +88,10 @@ def load_queue(app: str, redis: str | None = None) -> JobQueue:
     if url:
         from .connection import ConnectionFactory
 
-        obj.connection = ConnectionFactory(url)
+        try:
+            obj.connection = ConnectionFactory(url)
+        except ConfigurationError as exc:  # its message is redacted: no credentials
+            raise click.BadParameter(text_field(exc), param_hint="--redis") from None
     return obj
 
 
@@ -63,6 +105,11 @@ def _with_queue(app: str, redis: str | None, action: Callable[[JobQueue], Awaita
     async def go() -> T:
         try:
             return await action(queue)
+        except KitiumQueueError as exc:
+            # A clear one-line error instead of a traceback; the text may quote job or
+            # server data, so it is escaped like any field (connection details in it are
+            # already redacted by the library).
+            raise click.ClickException(text_field(exc)) from None
         finally:
             await queue.close()
 
@@ -165,7 +212,9 @@ def job(app: str, job_id: str, redis: str | None) -> None:
     async def act(q: JobQueue) -> None:
         info = await q.get_job_status(job_id)
         if info is None:
-            raise click.ClickException(f"job {job_id} not found in queue {q.name!r}")
+            raise click.ClickException(
+                f"job {text_field(job_id)} not found in queue '{text_field(q.name)}'"
+            )
         click.echo(json.dumps(info.to_dict(), indent=2, default=str))
 
     _with_queue(app, redis, act)
@@ -185,7 +234,9 @@ def dlq_list(app: str, limit: int, redis: str | None) -> None:
 
     async def act(q: JobQueue) -> None:
         for info in await q.get_dlq_jobs(limit):
-            click.echo(f"{info.id}\t{info.name}\tattempts={info.attempts}\t{info.failed_reason}")
+            click.echo(
+                _row(info.id, info.name, f"attempts={info.attempts}", info.failed_reason)
+            )
 
     _with_queue(app, redis, act)
 
@@ -203,6 +254,11 @@ def dlq_replay(app: str, limit: int, redis: str | None) -> None:
 @main.group()
 def schedules() -> None:
     """List, pause, resume and remove the queue's schedules."""
+
+
+def _pair_part(value: object) -> str:
+    """A key or value of a ``k=v`` list: escaped, and without a bare space or ``=``."""
+    return text_field(value).replace(" ", "\\x20").replace("=", "\\x3d")
 
 
 def _fmt_ms(ms: int | None) -> str:
@@ -226,13 +282,13 @@ def schedules_list(app: str, as_json: bool, redis: str | None) -> None:
             click.echo(json.dumps([s.to_dict() for s in items], indent=2, default=str))
             return
         if not items:
-            click.echo(f"no schedules in queue {q.name!r}")
+            click.echo(f"no schedules in queue '{text_field(q.name)}'")
             return
         for s in items:
             timing = f"cron {s.cron} ({s.tz})" if s.cron else f"every {s.every_ms} ms"
             state = "paused" if s.paused else "finished" if s.finished else "active"
-            click.echo(f"{s.id}\t{s.job_name}\t{timing}\t{state}\tnext={_fmt_ms(s.next_run_at)}"
-                       f"\truns={s.runs}\tskipped={s.skipped}")
+            click.echo(_row(s.id, s.job_name, timing, state, f"next={_fmt_ms(s.next_run_at)}",
+                            f"runs={s.runs}", f"skipped={s.skipped}"))
 
     _with_queue(app, redis, act)
 
@@ -248,8 +304,8 @@ def _schedule_action(verb: str, method: str, done: str) -> Any:
             return ok
 
         if not _with_queue(app, redis, act):
-            raise click.ClickException(f"schedule {schedule_id!r} not found")
-        click.echo(f"{done} {schedule_id}")
+            raise click.ClickException(f"schedule '{text_field(schedule_id)}' not found")
+        click.echo(f"{done} {text_field(schedule_id)}")
 
     command.__doc__ = f"{verb.capitalize()} schedule SCHEDULE_ID of APP."
     return command
@@ -269,8 +325,12 @@ def events(app: str, from_start: bool, redis: str | None) -> None:
 
     async def act(q: JobQueue) -> None:
         async for ev in q.events(last_id="0" if from_start else "$"):
-            extra = " ".join(f"{k}={v}" for k, v in ev.fields.items())
-            click.echo(f"{ev.id}\t{ev.event}\t{ev.job_id}\t{extra}")
+            # Spaces separate the k=v pairs of the last column: a space inside a key or
+            # value is escaped too (\x20), so a value cannot forge another pair.
+            extra = " ".join(
+                f"{_pair_part(k)}={_pair_part(v)}" for k, v in ev.fields.items()
+            )
+            click.echo(_row(ev.id, ev.event, ev.job_id or "") + f"\t{extra}")
 
     with contextlib.suppress(KeyboardInterrupt):
         _with_queue(app, redis, act)

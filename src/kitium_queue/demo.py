@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .connection import redact_url
 from .errors import NonRetryableError
 from .events import EventData
 from .job import Job
@@ -86,7 +87,7 @@ async def _tour(redis: str, echo: Callable[[str], Any]) -> None:
     for ev in ("job-completed", "job-retrying", "job-dlq", "job-progress", "schedule-fired"):
         queue.on(ev, on_event)
 
-    echo(f"kitium-queue demo on {redis}\n")
+    echo(f"kitium-queue demo on {redact_url(redis)}\n")
     ids = [
         await queue.add_job("send-email", {"to": "ada@example.com"}, priority=10),
         await queue.add_job("resize-image", {"file": "cat.png"}),

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .limits import MAX_DELAY_MS, clamp_delay_ms
+
 __all__ = [
     "SCRIPT_ERRORS",
     "ConfigurationError",
@@ -117,13 +119,18 @@ class RetryLater(ProcessorSignal):
     """Run the job again after ``delay_ms`` without spending an attempt.
 
     Args:
-        delay_ms: how long to wait before the job becomes runnable again.
+        delay_ms: how long to wait before the job becomes runnable again, clamped to
+            ``0 .. MAX_DELAY_MS`` (ten years; ``limits.clamp_delay_ms``): a larger value,
+            ``inf`` included, waits ``MAX_DELAY_MS``; a negative one or NaN, none.
         reason: recorded on the job and in the ``job-delayed`` stream event.
     """
 
-    def __init__(self, delay_ms: int = 1000, reason: str = "retry later") -> None:
+    #: The longest delay honoured (ms); longer ones are clamped to it.
+    MAX_DELAY_MS = MAX_DELAY_MS
+
+    def __init__(self, delay_ms: float = 1000, reason: str = "retry later") -> None:
         super().__init__(reason)
-        self.delay_ms = max(0, int(delay_ms))
+        self.delay_ms = clamp_delay_ms(delay_ms)
         self.reason = reason
 
 
@@ -135,7 +142,8 @@ class RateLimited(RetryLater):
     slot is taken).
 
     Args:
-        delay_ms: how long to hold (and to defer this job).
+        delay_ms: how long to hold (and to defer this job); clamped like
+            ``RetryLater``'s.
         reason: recorded on the job and in the ``job-delayed`` stream event.
         scope: ``"auto"`` (default): the job's ``rate_limit_key`` if it has one, else
             the whole queue; ``"queue"``: the whole queue; ``"key"``: the job's
@@ -146,7 +154,7 @@ class RateLimited(RetryLater):
     SCOPES = ("auto", "queue", "key", "job")
 
     def __init__(
-        self, delay_ms: int = 1000, reason: str = "rate limited", *, scope: str = "auto"
+        self, delay_ms: float = 1000, reason: str = "rate limited", *, scope: str = "auto"
     ) -> None:
         if scope not in self.SCOPES:
             raise ValueError(f"RateLimited scope must be one of {self.SCOPES}, got {scope!r}")
@@ -181,3 +189,30 @@ def error_from_script(message: str) -> Exception | None:
     if exc_type is None:
         return None
     return exc_type(detail or code)
+
+
+class PartialEnqueueError(KitiumQueueError):
+    """Only part of an ``add_jobs`` call is known to be in Redis.
+
+    ``add_jobs`` sends its jobs in chunks, one script call (and one reply deadline) per
+    chunk. When a chunk fails after earlier ones were written (timeout, lost connection,
+    error reply), or the server refused one job (no free auto id), this error says how
+    far the call got. The underlying error, if any, is its ``__cause__``.
+
+    Attributes:
+        written_ids: ids of jobs ``0 .. failed_from - 1`` of the call, in order: each
+            was written by this call, or already existed (same ``job_id`` or
+            idempotency key); all of them are in Redis.
+        failed_from: index (in the call's input) of the first job not known to be
+            written. That job and the rest of its chunk may or may not have been written
+            (a timeout can come after the server ran the chunk); later chunks were not
+            sent. A retry of ``jobs[failed_from:]`` is idempotent when those jobs carry
+            a ``job_id`` or an ``idempotency_key``.
+    """
+
+    def __init__(
+        self, message: str, written_ids: list[str] | tuple[str, ...] = (), failed_from: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.written_ids: list[str] = list(written_ids)
+        self.failed_from = failed_from

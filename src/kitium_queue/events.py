@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EventData", "EventEmitter", "StreamEvent", "read_stream"]
+__all__ = ["PROGRESS_BYTES_FIELD", "EventData", "EventEmitter", "StreamEvent", "read_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,24 @@ class EventEmitter:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
 
+#: Field of a ``job-progress`` stream entry whose progress value was too large to copy
+#: into the stream (above ``limits.MAX_PROGRESS_EVENT_BYTES`` encoded): its size in
+#: bytes. The value itself is in the job record (``JobInfo.progress``).
+PROGRESS_BYTES_FIELD = "progress_bytes"
+
+
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
-    """One entry of the durable event stream."""
+    """One entry of the durable event stream.
+
+    ``fields`` holds the event's own fields as text. For ``job-progress``, ``progress``
+    is the encoded (JSON) progress value. A value larger than
+    ``limits.MAX_PROGRESS_EVENT_BYTES`` is not copied into the stream (so progress
+    updates cannot fill Redis through it): the entry carries ``progress_bytes`` instead,
+    and ``JobQueue.events()`` fills ``progress`` in from the job record, i.e. the job's
+    progress when the event is read, which may be newer; it stays absent when the job
+    is gone. ``read_stream`` yields entries as stored.
+    """
 
     id: str
     event: str
@@ -121,10 +136,12 @@ async def read_stream(
         for _key, entries in reply:
             for entry_id, raw in entries:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                # Fields are written as UTF-8 by the scripts; an entry added by another
+                # client may hold anything, and must not stop the reader.
                 fields_ = {
-                    (k.decode() if isinstance(k, bytes) else k): (
-                        v.decode() if isinstance(v, bytes) else v
-                    )
+                    (
+                        k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k
+                    ): (v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v)
                     for k, v in raw.items()
                 }
                 last_id = eid

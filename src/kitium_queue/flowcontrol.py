@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
-from .options import to_ms
+from .options import MAX_COUNT, to_int, to_ms
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -68,26 +68,23 @@ class FlowControl:
     # ------------------------------------------------------------------ declarations
     def set_rate_limit(self, pattern: str, *, max: int, duration: Any = 1000) -> None:
         pattern = _pattern(pattern)
-        if not isinstance(max, int) or isinstance(max, bool) or max < 1:
-            raise ConfigurationError(f"rate limit max must be an int >= 1, got {max!r}")
-        dur = to_ms(duration, "rate limit duration") or 0
-        if dur < 1:
-            raise ConfigurationError("rate limit duration must be >= 1 ms")
-        self.rate_limits[pattern] = RateLimit(max, dur)
+        # Ranges: README "Limits and ranges" (the window is a Redis PEXPIRE, so it must
+        # be a whole number of ms that Redis accepts).
+        limit = to_int(max, "rate limit max", minimum=1, maximum=MAX_COUNT)
+        dur = to_ms(duration, "rate limit duration", minimum=1)
+        self.rate_limits[pattern] = RateLimit(limit, dur)
         self._install()
 
     def set_concurrency_limit(self, pattern: str, max: int) -> None:
         pattern = _pattern(pattern)
-        if not isinstance(max, int) or isinstance(max, bool) or max < 1:
-            raise ConfigurationError(f"concurrency limit must be an int >= 1, got {max!r}")
-        self.concurrency_limits[pattern] = max
+        self.concurrency_limits[pattern] = to_int(
+            max, "concurrency limit", minimum=1, maximum=MAX_COUNT
+        )
         self._install()
 
     def set_global_concurrency(self, max: int | None) -> None:
-        if max is not None and (not isinstance(max, int) or isinstance(max, bool) or max < 1):
-            raise ConfigurationError(
-                f"global concurrency must be an int >= 1 or None (no cap), got {max!r}"
-            )
+        if max is not None:
+            max = to_int(max, "global concurrency", minimum=1, maximum=MAX_COUNT)
         self.global_concurrency = max
         self._install()
 

@@ -137,6 +137,12 @@ class JobInfo:
     last_error: str | None = None
     stalls: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    #: None for a sound record. For a damaged one (edited by hand, written by a buggy
+    #: client) what is wrong, one reason per problem, ``"; "``-separated: queries never
+    #: raise because of one damaged record; the fields that could be read are filled in,
+    #: the others keep their defaults, and ``status`` is the state stored on the record
+    #: or, when that is unknown, the state set the job was found in.
+    damaged: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (status as its string value)."""
@@ -159,4 +165,5 @@ class JobInfo:
             "last_error": self.last_error,
             "stalls": self.stalls,
             "options": self.options,
+            "damaged": self.damaged,
         }

@@ -2,7 +2,45 @@
 
 from __future__ import annotations
 
-__all__ = ["QueueKeys"]
+import unicodedata
+
+from .errors import ConfigurationError
+
+__all__ = ["NAME_PUNCTUATION", "QueueKeys", "check_key_part"]
+
+#: The punctuation a queue name or key prefix may contain besides letters, digits and
+#: combining marks. Everything else is refused, in particular the glob characters
+#: ``* ? [ ] \`` (a name is written into ACL key patterns such as ``~kq:{<queue>}:*``,
+#: where they would widen the pattern to other queues), the hash-tag braces ``{ }``,
+#: whitespace, control and format characters, lone surrogates (not encodable), quotes
+#: and shell or config metacharacters (recipes are pasted into redis.conf and shells),
+#: and ``@`` (messages that mention a queue are redacted like URLs, where ``@`` ends
+#: the credentials).
+NAME_PUNCTUATION = "-_.:#/+"
+_NAME_RULE = f"letters, digits and {' '.join(NAME_PUNCTUATION)}"
+
+
+def _allowed(ch: str) -> bool:
+    # Letters (L*), digits and other numbers (N*) and combining marks (M*, needed to write
+    # many scripts): none is special in a glob pattern, an ACL rule or a config line.
+    return ch in NAME_PUNCTUATION or unicodedata.category(ch)[0] in "LNM"
+
+
+def check_key_part(value: object, what: str, *, allow_empty: bool = False) -> str:
+    """``value`` if it may be part of key names (and of the ACL patterns written for
+    them); else ``ConfigurationError`` naming the first offending character."""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"invalid {what}: must be a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise ConfigurationError(f"invalid {what} '': must not be empty; use {_NAME_RULE}")
+    bad = next((c for c in value if not _allowed(c)), None)
+    if bad is not None:
+        raise ConfigurationError(
+            f"invalid {what} {value[:100]!r}: character {bad!r} (U+{ord(bad):04X}) is not "
+            f"allowed; use {_NAME_RULE} (no glob characters * ? [ ] \\, braces, spaces, "
+            "quotes or control characters)"
+        )
+    return value
 
 _LAYOUT = (
     "wait",
@@ -29,13 +67,10 @@ class QueueKeys:
     __slots__ = ("all", "base", "name", "prefix")
 
     def __init__(self, name: str, prefix: str = "kq") -> None:
-        if not name or any(c in name for c in "{}\r\n"):
-            from .errors import ConfigurationError
-
-            raise ConfigurationError(
-                f"invalid queue name {name!r}: use a non-empty name without '{{', '}}' "
-                "or line breaks"
-            )
+        # Both go into every key name and into the ACL recipe ``~<prefix>:{<name>}:*``:
+        # only characters with no meaning there are accepted (see ``NAME_PUNCTUATION``).
+        check_key_part(name, "queue name")
+        check_key_part(prefix, "key prefix", allow_empty=True)
         self.name = name
         self.prefix = prefix
         self.base = f"{prefix}:{{{name}}}:"

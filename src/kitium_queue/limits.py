@@ -4,14 +4,21 @@ errors), so one bad or hostile caller cannot bloat Redis or the event stream.
 The payload limit is per queue (``JobQueue(max_payload_bytes=...)``, 1 MiB by default,
 also applied to results); the rest are fixed here. Values that are refused raise
 ``ConfigurationError`` or ``PayloadTooLargeError`` naming the limit; text recorded on the
-job's behalf (log lines, error messages, tracebacks) is truncated instead, with a marker.
+job's behalf (log lines, error messages, tracebacks) is truncated instead, with a marker,
+and encoded by ``wire_text``, which never fails whatever the text holds. Delays (retry
+backoff, ``RetryLater``, ``RateLimited``) are clamped to ``MAX_DELAY_MS`` by
+``clamp_delay_ms``.
 """
 
 from __future__ import annotations
 
+import math
+import operator
+
 __all__ = [
     "ENQUEUE_CHUNK_BYTES",
     "ENQUEUE_CHUNK_JOBS",
+    "MAX_DELAY_MS",
     "MAX_ERROR_CHARS",
     "MAX_ID_LENGTH",
     "MAX_JOB_NAME_LENGTH",
@@ -19,7 +26,10 @@ __all__ = [
     "MAX_OPTIONS_BYTES",
     "MAX_PROGRESS_BYTES",
     "MAX_TRACEBACK_CHARS",
+    "clamp_delay_ms",
     "clip",
+    "safe_text",
+    "wire_text",
 ]
 
 #: Longest job name (characters). Names are stored per job and appear in events.
@@ -36,6 +46,11 @@ MAX_LOG_LINE_CHARS = 4096
 MAX_ERROR_CHARS = 4096
 #: Longest traceback recorded on a job (the innermost frames are kept).
 MAX_TRACEBACK_CHARS = 16_384
+#: Longest delay a job can be retried or deferred after, and longest hold a
+#: ``RateLimited`` sets: ten years (365-day years) in ms. Exact in a double, so Lua
+#: scripts handle it without loss, and far inside what ``SET ... PX`` and sorted-set
+#: scores accept once added to the current time. Longer delays are clamped to it.
+MAX_DELAY_MS = 315_360_000_000
 #: ``add_jobs`` sends at most this many jobs per enqueue script call ...
 ENQUEUE_CHUNK_JOBS = 1000
 #: ... and at most about this many payload bytes (a call always carries at least one job).
@@ -48,3 +63,80 @@ def clip(text: str, limit: int) -> str:
         return text
     keep = max(0, limit - len(f"... [truncated {len(text)} chars]"))
     return f"{text[:keep]}... [truncated {len(text) - keep} chars]"
+
+
+def safe_text(value: object) -> str:
+    """``str(value)``, or a placeholder naming its type when that fails.
+
+    An exception (or any object a processor hands us) may define ``__str__`` to raise or
+    to return something that is not a string; recording its outcome must not fail
+    because of that.
+    """
+    try:
+        text = str(value)
+    except Exception:
+        return f"<unprintable {_type_name(value)}>"
+    # A str subclass may override encode() or slicing: keep only the plain text.
+    return text if type(text) is str else str.__str__(text)
+
+
+def wire_text(text: str, limit: int) -> bytes:
+    """``text`` clipped to ``limit`` characters (``clip``) and encoded as UTF-8 for Redis.
+
+    Never raises: characters UTF-8 cannot carry (lone surrogates, such as file names
+    decoded with ``surrogateescape``) are written as backslash escapes (``\\udcff``), so
+    the recorded text stays readable and the job's other fields are unaffected. Control
+    characters are kept as they are (Redis stores any bytes; output meant for a terminal
+    escapes them when it prints). A value that is not a ``str`` is converted with
+    ``safe_text`` first.
+    """
+    if type(text) is not str:
+        text = safe_text(text)
+    return clip(text, limit).encode("utf-8", "backslashreplace")
+
+
+def clamp_delay_ms(value: object) -> int:
+    """A delay in ms as a whole number within ``0 .. MAX_DELAY_MS``.
+
+    Out-of-range values are clamped, not refused, so a processor's odd delay never fails
+    its job's outcome nor anyone else's: above ``MAX_DELAY_MS`` (``inf``, ``2**70``,
+    ``sys.maxsize``) gives ``MAX_DELAY_MS``; negative values, ``-inf`` and NaN give 0
+    (run again as soon as possible). Fractions of a ms are dropped.
+
+    Raises ``TypeError`` or ``ValueError`` for a value that is not a number at all (a
+    string that does not parse as one, ``None``, a list).
+    """
+    if type(value) is int:  # the common case: one comparison pair
+        return 0 if value <= 0 else min(value, MAX_DELAY_MS)
+    try:
+        whole = operator.index(value)  # type: ignore[arg-type]  # int subclasses, numpy ints
+    except TypeError:
+        pass
+    else:
+        return 0 if whole <= 0 else min(whole, MAX_DELAY_MS)
+    try:
+        f = float(value)  # type: ignore[arg-type]  # TypeError / ValueError otherwise
+    except OverflowError:
+        # A number too large for a float (a huge Fraction or Decimal): only its sign
+        # matters here.
+        return MAX_DELAY_MS if value > 0 else 0  # type: ignore[operator]
+    if math.isnan(f) or f <= 0:
+        return 0
+    if f >= MAX_DELAY_MS:
+        return MAX_DELAY_MS
+    return int(f)
+
+
+def _type_name(value: object) -> str:
+    try:
+        name = type(value).__name__
+    except Exception:  # pragma: no cover - a metaclass that refuses even that
+        return "object"
+    return name if type(name) is str else "object"
+
+
+#: Largest encoded progress value copied into a ``job-progress`` stream event; a larger
+#: one stays in the job record only, and the event carries ``progress_bytes`` (its size)
+#: instead. Keeps each stream entry small, so the stream's size in bytes is bounded by
+#: ``events_max_len`` (must match ``PROGRESS_EVENT_MAX`` in ``lua/update.lua``).
+MAX_PROGRESS_EVENT_BYTES = 256

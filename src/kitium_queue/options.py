@@ -1,19 +1,30 @@
 """Job options and queue configuration: typed dataclasses that also accept dicts.
 
-Durations are milliseconds (``int``) or ``datetime.timedelta``. Unknown keys are rejected
-with an error that names them and lists the valid ones.
+Durations are milliseconds (``int`` or ``float``) or ``datetime.timedelta``. Unknown keys
+are rejected with an error that names them and lists the valid ones.
+
+Every numeric option and argument has a documented range (README, "Limits and ranges"),
+checked here by ``to_ms`` (durations) and ``to_int`` (counts and sizes): a value outside
+it -- negative, NaN, infinite, above the maximum, a ``bool`` or a ``str`` where a number
+is expected -- raises ``ConfigurationError`` naming the field and its range, never
+``OverflowError``, ``ValueError`` or ``TypeError``. Names, ids and keys are checked by
+``check_text``.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import operator
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union, overload
 
 from .enums import DeliveryGuarantee
 from .errors import ConfigurationError
+from .limits import MAX_DELAY_MS, clip
 
 __all__ = [
     "BackoffOptions",
@@ -26,42 +37,198 @@ __all__ = [
     "RetentionPolicy",
     "RetryConfig",
     "WorkerConfig",
+    "check_text",
     "coerce",
+    "has_bad_char",
+    "to_int",
     "to_ms",
 ]
 
 Duration = Union[int, float, timedelta]  # noqa: UP007 - a runtime alias on 3.10
 T = TypeVar("T")
 
+#: Highest job priority (higher runs first).
 MAX_PRIORITY = 65535
+#: Largest count option: attempts, retention counts, max_stalled_count, rate-limit and
+#: concurrency-limit maxima (exact in a double and in a signed 32-bit int).
+MAX_COUNT = 1_000_000_000
+#: Largest ``worker.concurrency`` (a worker starts up to that many threads).
+MAX_CONCURRENCY = 10_000
+#: Largest ``events_max_len`` (entries kept in the event stream).
+MAX_EVENTS_MAX_LEN = 10_000_000
+#: Largest ``max_log_lines`` (log lines kept per job).
+MAX_LOG_LINES = 1_000_000
+#: Largest ``max_payload_bytes`` (256 MiB, half of Redis' default bulk-string limit).
+MAX_PAYLOAD_LIMIT = 268_435_456
+#: Largest ``limit`` of the query methods (``get_jobs_by_status``, ``get_dlq_jobs``).
+MAX_QUERY_LIMIT = 100_000
 DEFAULT_TIMEOUT_MS = 300_000
 
 
-def to_ms(value: Any, what: str, *, allow_none: bool = False) -> int | None:
-    """Convert an int/float of milliseconds or a timedelta to whole milliseconds."""
+def _shown(value: Any) -> str:
+    """A value for an error message: its repr, clipped, so control characters and lone
+    surrogates appear escaped and a huge value cannot flood the message."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return clip(text, 80)
+
+
+def _span(ms: int) -> str:
+    return f"{ms} ms (10 years)" if ms == MAX_DELAY_MS else f"{ms} ms"
+
+
+@overload
+def to_ms(
+    value: Any, what: str, *, allow_none: Literal[False] = ..., minimum: int = ...,
+    maximum: int = ...,
+) -> int: ...
+
+
+@overload
+def to_ms(
+    value: Any, what: str, *, allow_none: bool, minimum: int = ..., maximum: int = ...
+) -> int | None: ...
+
+
+def to_ms(
+    value: Any,
+    what: str,
+    *,
+    allow_none: bool = False,
+    minimum: int = 0,
+    maximum: int = MAX_DELAY_MS,
+) -> int | None:
+    """Convert a duration (ms as ``int``/``float``, or a ``timedelta``) to whole ms.
+
+    The result lies in ``minimum .. maximum`` (default ``0 .. MAX_DELAY_MS``, 10 years).
+    Fractions are rounded to the nearest ms, except that a positive value never becomes
+    0 (``0.4`` gives 1 ms): 0 often means "no limit" or "at once", a different thing.
+    ``None`` is returned for ``None`` when ``allow_none``.
+
+    Raises ``ConfigurationError`` naming ``what`` and the range for anything else:
+    negative, NaN, infinite, above ``maximum``, ``bool``, ``str``, other types.
+    """
     if value is None:
         if allow_none:
             return None
-        raise ConfigurationError(f"{what} must be a duration (ms or timedelta), not None")
-    if isinstance(value, timedelta):
-        ms = value.total_seconds() * 1000.0
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        ms = float(value)
-    else:
         raise ConfigurationError(
-            f"{what} must be milliseconds (int) or a datetime.timedelta, got {value!r}"
+            f"{what} must be a duration (ms or timedelta) from {minimum} to "
+            f"{_span(maximum)}, not None"
         )
-    if ms < 0 or ms != ms:
-        raise ConfigurationError(f"{what} must be >= 0 ms, got {value!r}")
-    return round(ms)
+    if isinstance(value, timedelta):
+        # Whole microseconds: exact for every timedelta, where total_seconds() would
+        # round the largest ones.
+        us = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+        negative = us < 0
+        ms, rest = divmod(us, 1000)
+        if rest >= 500:
+            ms += 1
+        positive = us > 0
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ms, negative, positive = int(value), value < 0, value > 0
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigurationError(
+                f"{what} must be a finite number of ms from {minimum} to {_span(maximum)}, "
+                f"got {_shown(value)}"
+            )
+        ms, negative, positive = round(value), value < 0, value > 0
+    else:
+        whole: int | None = None
+        if not isinstance(value, bool):  # True is a mistake where a duration is expected
+            try:
+                whole = operator.index(value)  # integer-like objects (numpy.int64)
+            except TypeError:
+                whole = None
+        if whole is None:
+            raise ConfigurationError(
+                f"{what} must be milliseconds (int or float) or a datetime.timedelta, from "
+                f"{minimum} to {_span(maximum)}, got {_shown(value)}"
+            )
+        ms, negative, positive = whole, whole < 0, whole > 0
+    if positive and ms == 0:
+        ms = 1
+    if negative or ms < minimum:
+        raise ConfigurationError(
+            f"{what} must be >= {minimum} ms (and at most {_span(maximum)}), got "
+            f"{_shown(value)}"
+        )
+    if ms > maximum:
+        raise ConfigurationError(
+            f"{what} must be at most {_span(maximum)}, got {_shown(value)}"
+        )
+    return ms
+
+
+def to_int(value: Any, what: str, *, minimum: int, maximum: int) -> int:
+    """An integer option within ``minimum .. maximum``.
+
+    Accepts ``int`` and integer-like objects (``numpy.int64``); refuses ``bool`` (almost
+    always a mistake where a count is expected), floats, strings and anything outside the
+    range with a ``ConfigurationError`` naming ``what`` and the range.
+    """
+    if isinstance(value, (bool, float)):
+        n = None
+    else:
+        try:
+            n = operator.index(value)
+        except TypeError:
+            n = None
+    if n is None or not minimum <= n <= maximum:
+        raise ConfigurationError(
+            f"{what} must be an int >= {minimum} and <= {maximum}, got {_shown(value)}"
+        )
+    return n
+
+
+# C0 control characters, DEL and lone surrogates (UTF-16 halves, which UTF-8 cannot
+# encode: file names decoded with "surrogateescape" carry them).
+_BAD_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def check_text(value: Any, what: str, *, max_len: int, rule: str = "") -> str:
+    """A name, id or key: a non-empty ``str`` of at most ``max_len`` characters without
+    control characters (U+0000-U+001F, U+007F) or lone surrogates.
+
+    Such characters cannot be stored (surrogates have no UTF-8 form) or would forge
+    lines in logs and text output, so they are refused here, before the value joins a
+    batch sent to Redis. The error names ``what`` and shows the value escaped and
+    clipped, never raw. ``rule`` is appended to the description of valid values.
+    """
+    valid = (
+        f"a non-empty string of at most {max_len} characters without control "
+        f"characters (such as line breaks) or lone surrogates{rule}"
+    )
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be {valid}, got {_shown(value)}")
+    if len(value) > max_len:
+        raise ConfigurationError(
+            f"{what} must be {valid}, got {len(value)} characters: {_shown(value)}"
+        )
+    bad = _BAD_CHAR.search(value)
+    if bad is not None:
+        ch = bad.group()
+        kind = "a lone surrogate" if "\ud800" <= ch <= "\udfff" else "a control character"
+        raise ConfigurationError(
+            f"{what} must be {valid}, got {_shown(value)} ({kind} U+{ord(ch):04X} at "
+            f"index {bad.start()})"
+        )
+    return value
+
+
+def has_bad_char(value: str) -> bool:
+    """Whether ``value`` holds a control character or a lone surrogate."""
+    return _BAD_CHAR.search(value) is not None
 
 
 def _unknown(section: str, bad: list[str], valid: list[str]) -> ConfigurationError:
     parts = []
     for key in bad:
-        close = difflib.get_close_matches(key, valid, n=1)
+        close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        parts.append(f"{key!r}{hint}")
+        parts.append(f"{_shown(key)}{hint}")
     return ConfigurationError(
         f"unknown {section} option{'s' if len(bad) > 1 else ''}: {', '.join(parts)}; "
         f"valid options are: {', '.join(sorted(valid))}"
@@ -103,16 +270,18 @@ class BackoffOptions:
     strategy: str | None = None
 
     def __post_init__(self) -> None:
-        if self.type not in ("exponential", "fixed", "custom"):
+        if not isinstance(self.type, str) or self.type not in ("exponential", "fixed", "custom"):
             raise ConfigurationError(
-                f"backoff type {self.type!r} is not supported; use 'exponential', 'fixed' "
-                "or 'custom'"
+                f"backoff type {_shown(self.type)} is not supported; use 'exponential', "
+                "'fixed' or 'custom'"
             )
         if self.type == "custom" and not self.strategy:
             raise ConfigurationError(
                 "backoff type 'custom' needs strategy='<name>' of a function registered "
                 "with queue.register_backoff(name, fn)"
             )
+        if self.strategy is not None:
+            check_text(self.strategy, "backoff.strategy", max_len=256)
         object.__setattr__(self, "delay", to_ms(self.delay, "backoff.delay"))
         object.__setattr__(
             self, "max_delay", to_ms(self.max_delay, "backoff.max_delay", allow_none=True)
@@ -147,7 +316,7 @@ class RetentionPolicy:
         if isinstance(value, int):
             if value < 0:
                 raise ConfigurationError(f"{what} count must be >= 0, got {value}")
-            return cls(value, -1)
+            return cls(to_int(value, f"{what} count", minimum=0, maximum=MAX_COUNT), -1)
         if isinstance(value, timedelta):
             return cls(-1, to_ms(value, what) or 0)
         if isinstance(value, Mapping):
@@ -155,13 +324,14 @@ class RetentionPolicy:
             if bad:
                 raise _unknown(what, bad, ["count", "age"])
             count = value.get("count", -1)
-            if not isinstance(count, int) or count < -1:
-                raise ConfigurationError(f"{what}.count must be an int >= 0, got {count!r}")
+            if not (type(count) is int and count == -1):
+                # -1 = keep all (the default); any other count is 0 .. MAX_COUNT.
+                count = to_int(count, f"{what}.count", minimum=0, maximum=MAX_COUNT)
             age = value.get("age")
             return cls(count, -1 if age is None else (to_ms(age, f"{what}.age") or 0))
         raise ConfigurationError(
             f"{what} must be a bool, a count (int), an age (timedelta) or "
-            f"{{'count': N, 'age': ms}}, got {value!r}"
+            f"{{'count': N, 'age': ms}}, got {_shown(value)}"
         )
 
 
@@ -169,16 +339,22 @@ class RetentionPolicy:
 class JobOptions:
     """Options of one job (all optional; unset ones fall back to the queue's defaults).
 
+    Durations are ms (int or float) or ``timedelta``, from 0 to 10 years
+    (``limits.MAX_DELAY_MS``); the README's "Limits and ranges" lists every range.
+
     Attributes:
-        attempts: total runs allowed, the first included (default 3).
+        attempts: total runs allowed, the first included (default 3; 1 .. 10^9).
         delay: ms before the job may start (default 0).
         priority: 0..65535, **higher runs first** (default 0); FIFO within a priority.
         backoff: delay before each retry, a ``BackoffOptions`` or dict.
-        timeout: ms a run may take before it is failed (default 300000; 0 = no limit).
+        timeout: ms a run may take before it is failed (default 300000; 0 = no limit;
+            a positive value below 1 ms counts as 1 ms, never as "no limit").
         remove_on_complete: retention of completed jobs (default: keep the newest 1000).
         remove_on_fail: retention of failed jobs when the DLQ is off (default: keep all).
         job_id: your own id; adding a job whose id exists returns the existing id and
-            writes nothing.
+            writes nothing. At most 512 characters, no control characters or lone
+            surrogates, and not made of digits only: numeric ids are the ones the queue
+            generates (use a prefix, e.g. ``"order-123"``).
         lifo: take this job before the others of its priority.
         jitter: up to this many ms of random extra delay, added to ``delay`` and to each
             retry's backoff, to spread bursts.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import re
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
@@ -14,9 +15,10 @@ from redis.crc import key_slot
 
 from .connection import ConnectionFactory
 from .enums import JobStatus
-from .errors import ConfigurationError
+from .errors import ConfigurationError, JobNotFoundError
 from .events import EventData, Handler, StreamEvent
 from .job import Job, JobInfo
+from .keys import check_key_part
 from .options import JobOptions
 from .queue import HealthStatus, JobQueue, QueueStats
 from .worker import SharedSlots, Worker, serve_until_stopped
@@ -26,6 +28,13 @@ __all__ = ["PartitionedQueue"]
 _SLOTS = 16384
 _MAX_PARTITIONS = 1024
 _FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DLQ)
+# A full id: the partition as a canonical decimal (ASCII digits, no sign, no leading
+# zero, at most 4 digits since partitions <= 1024), the FIRST ':', then the job's id in
+# that partition, taken verbatim (it may hold ':' itself).
+_FULL_ID = re.compile(r"(0|[1-9][0-9]{0,3}):(.+)", re.DOTALL)
+# A chosen job_id that begins like a full id ("1:inv-4"): refused, so that a string that
+# parses as a full id can only ever mean one job.
+_LOOKS_FULL = re.compile(r"[0-9]+:")
 
 
 def partition_names(name: str, partitions: int) -> list[str]:
@@ -65,10 +74,16 @@ class PartitionedQueue:
     ``concurrency`` slots, and a partition waiting for a slot gets the next one freed
     (in arrival order), so a busy partition cannot starve the others.
 
-    Job ids carry the partition: ``"<partition>:<id>"`` (``"2:15"``). Queries and
-    management calls take those ids; a bare ``job_id`` you chose yourself is found too
-    (its partition follows from the key). Inside a processor ``job.id`` is the id within
-    the partition; ``queue.public_id(job)`` gives the full one.
+    Job ids carry the partition: ``"<partition>:<id>"`` (``"2:15"``, ``"0:inv-4"``), the
+    partition written in plain decimal and split off at the first ``:``. Queries and
+    management calls take only those full ids, as ``add_job`` returns them: an id that
+    is not one (a bare ``job_id``, a partition out of range, ``"01:5"``) finds nothing
+    (``get_job_status`` gives None) or raises ``JobNotFoundError``, never acts on
+    another job. For that, a ``job_id`` you choose must not begin with digits and ``:``
+    (``"1:inv-4"`` is refused). The full id of a chosen ``job_id`` is
+    ``f"{queue.partition_of(key)}:{job_id}"``, ``key`` being what placed it (see below).
+    Inside a processor ``job.id`` is the id within the partition;
+    ``queue.public_id(job)`` gives the full one.
 
     Ordering: FIFO (within a priority) and FIFO groups hold **within a partition** only;
     jobs of different partitions run in no particular order relative to each other.
@@ -106,6 +121,8 @@ class PartitionedQueue:
             )
         if "name" in options:
             raise ConfigurationError("pass the queue name as the first argument")
+        # Before partition_names, which encodes it: refused names fail here, clearly.
+        check_key_part(name, "queue name")
         self.name = name
         self.partitions = partitions
         self.connection = ConnectionFactory(redis)
@@ -131,6 +148,13 @@ class PartitionedQueue:
         return self._rr
 
     def _choose(self, opts: dict[str, Any], partition_key: str | None) -> int:
+        job_id = opts.get("job_id")
+        if isinstance(job_id, str) and _LOOKS_FULL.match(job_id):
+            raise ConfigurationError(
+                f"job_id {job_id[:100]!r} begins like a full id of partitioned queue "
+                f"{self.name!r} ('<partition>:<id>'): choose an id that does not begin with "
+                "digits and ':', so that it cannot be mistaken for another job's full id"
+            )
         key = partition_key
         if key is None:
             for name in ("message_group_id", "idempotency_key", "job_id"):
@@ -143,12 +167,31 @@ class PartitionedQueue:
             raise ConfigurationError(f"partition_key must be a non-empty string, got {key!r}")
         return self.partition_of(key)
 
+    def parse_id(self, job_id: str) -> tuple[int, str] | None:
+        """``(partition, id within it)`` of a full id, or None when ``job_id`` is not a
+        full id of this queue (see the class docstring for the format).
+
+        Only the canonical form is read: ``"1:5"``, not ``"01:5"``, ``"+1:5"`` or
+        ``"١:5"``; the partition must exist. No other reading is tried (a bare id is
+        not hashed to a partition): an id chosen with a ``partition_key``, group or
+        idempotency key lives elsewhere, and the guess could hit another job there.
+        """
+        match = _FULL_ID.fullmatch(job_id) if isinstance(job_id, str) else None
+        if match is None or int(match.group(1)) >= self.partitions:
+            return None
+        return int(match.group(1)), match.group(2)
+
     def _locate(self, job_id: str) -> tuple[int, str]:
-        head, sep, inner = job_id.partition(":")
-        if sep and head.isdigit() and int(head) < self.partitions and inner:
-            return int(head), inner
-        # A job_id the caller chose: its partition follows from the key.
-        return self.partition_of(job_id), job_id
+        """The partition and inner id of a full id, for calls that act on a job."""
+        found = self.parse_id(job_id)
+        if found is None:
+            shown = repr(job_id[:100]) if isinstance(job_id, str) else type(job_id).__name__
+            raise JobNotFoundError(
+                f"{shown} is not a job id of partitioned queue {self.name!r}: use the full "
+                f"id add_job returned, '<partition>:<id>' with a partition from 0 to "
+                f"{self.partitions - 1}"
+            )
+        return found
 
     def _public(self, p: int, inner: str) -> str:
         return f"{p}:{inner}"
@@ -253,11 +296,20 @@ class PartitionedQueue:
 
     # ------------------------------------------------------------------ queries
     async def get_job_status(self, job_id: str) -> JobInfo | None:
-        p, inner = self._locate(job_id)
+        """The job with full id ``job_id``; None if there is none (or it is not a full
+        id: no other reading of it is tried)."""
+        found = self.parse_id(job_id)
+        if found is None:
+            return None
+        p, inner = found
         return self._info(p, await self.queues[p].get_job_status(inner))
 
     async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
-        p, inner = self._locate(job_id)
+        """Log lines of the job with full id ``job_id`` (none for an id that is not one)."""
+        found = self.parse_id(job_id)
+        if found is None:
+            return []
+        p, inner = found
         return await self.queues[p].get_job_logs(inner, start, end)
 
     async def get_jobs_by_status(self, status: JobStatus | str, limit: int = 100) -> list[JobInfo]:
@@ -394,6 +446,7 @@ class PartitionedQueue:
     async def promote_delayed(self, limit: int = 1000) -> int:
         return sum(await self._each("promote_delayed", limit))
 
+    # The three below take a full id only; anything else raises JobNotFoundError.
     async def retry_job(self, job_id: str) -> None:
         p, inner = self._locate(job_id)
         await self.queues[p].retry_job(inner)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import random
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import orjson
@@ -24,14 +27,23 @@ from .errors import (
     ConnectionUnavailableError,
     JobActiveError,
     JobNotFoundError,
+    PartialEnqueueError,
     PayloadTooLargeError,
 )
-from .events import EventData, EventEmitter, Handler, StreamEvent, read_stream
+from .events import (
+    PROGRESS_BYTES_FIELD,
+    EventData,
+    EventEmitter,
+    Handler,
+    StreamEvent,
+    read_stream,
+)
 from .job import JobInfo
 from .keys import QueueKeys
 from .limits import (
     ENQUEUE_CHUNK_BYTES,
     ENQUEUE_CHUNK_JOBS,
+    MAX_DELAY_MS,
     MAX_ID_LENGTH,
     MAX_JOB_NAME_LENGTH,
     MAX_OPTIONS_BYTES,
@@ -41,7 +53,13 @@ from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
 from .options import (
     CORE_OPTION_NAMES,
     JOB_OPTION_NAMES,
+    MAX_CONCURRENCY,
+    MAX_COUNT,
+    MAX_EVENTS_MAX_LEN,
+    MAX_LOG_LINES,
+    MAX_PAYLOAD_LIMIT,
     MAX_PRIORITY,
+    MAX_QUERY_LIMIT,
     BackoffOptions,
     DLQConfig,
     JobOptions,
@@ -51,8 +69,12 @@ from .options import (
     RetentionPolicy,
     RetryConfig,
     WorkerConfig,
+    _shown,
     _unknown,
+    check_text,
     coerce,
+    has_bad_char,
+    to_int,
     to_ms,
 )
 from .procpool import import_path
@@ -184,10 +206,18 @@ class JobQueue:
         self.telemetry = telemetry
         self.metrics = metrics
         self.serializer = Serializer(codecs)
-        self.events_max_len = int(events_max_len)
-        self.idempotency_ttl = to_ms(idempotency_ttl, "idempotency_ttl") or 1
-        self.max_payload_bytes = int(max_payload_bytes)
-        self.max_log_lines = int(max_log_lines)
+        # Ranges: README "Limits and ranges". Checked here, at construction, so a bad
+        # value never reaches a script (where it would fail after the job's first write).
+        self.events_max_len = to_int(
+            events_max_len, "events_max_len", minimum=0, maximum=MAX_EVENTS_MAX_LEN
+        )
+        self.idempotency_ttl = to_ms(idempotency_ttl, "idempotency_ttl", minimum=1)
+        self.max_payload_bytes = to_int(
+            max_payload_bytes, "max_payload_bytes", minimum=1, maximum=MAX_PAYLOAD_LIMIT
+        )
+        self.max_log_lines = to_int(
+            max_log_lines, "max_log_lines", minimum=0, maximum=MAX_LOG_LINES
+        )
         self.scripts = ScriptRegistry()
         self.processors: dict[str, Processor] = {}
         self.processor_modes: dict[str, str] = {}
@@ -216,70 +246,48 @@ class JobQueue:
     # ------------------------------------------------------------------ configuration
     def _check_settings(self) -> None:
         s = self.settings
-        if s.max_stalled_count < 0:
-            raise ConfigurationError("settings.max_stalled_count must be >= 0")
-        self.lock_duration_ms = to_ms(s.lock_duration, "settings.lock_duration") or 0
+        to_int(s.max_stalled_count, "settings.max_stalled_count", minimum=0, maximum=MAX_COUNT)
+        self.lock_duration_ms = to_ms(s.lock_duration, "settings.lock_duration")
         if self.lock_duration_ms < 100:
             raise ConfigurationError("settings.lock_duration must be at least 100 ms")
-        renew = to_ms(s.lock_renew_time, "settings.lock_renew_time", allow_none=True)
-        self.lock_renew_ms = renew if renew else max(50, self.lock_duration_ms // 2)
+        renew = to_ms(
+            s.lock_renew_time, "settings.lock_renew_time", allow_none=True, minimum=1
+        )
+        self.lock_renew_ms = renew if renew is not None else max(50, self.lock_duration_ms // 2)
         if self.lock_renew_ms >= self.lock_duration_ms:
             raise ConfigurationError(
                 f"settings.lock_renew_time ({self.lock_renew_ms} ms) must be shorter than "
                 f"lock_duration ({self.lock_duration_ms} ms), or leases expire between renewals"
             )
-        self.stalled_interval_ms = (
-            to_ms(s.max_stalled_interval, "settings.max_stalled_interval") or 1000
+        self.stalled_interval_ms = to_ms(
+            s.max_stalled_interval, "settings.max_stalled_interval", minimum=1
         )
         w = self.worker_config
-        if not isinstance(w.concurrency, int) or w.concurrency < 1:
-            raise ConfigurationError(
-                f"worker.concurrency must be an int >= 1, got {w.concurrency!r}"
-            )
-        self.shutdown_timeout_ms = to_ms(w.shutdown_timeout, "worker.shutdown_timeout") or 0
+        to_int(w.concurrency, "worker.concurrency", minimum=1, maximum=MAX_CONCURRENCY)
+        self.shutdown_timeout_ms = to_ms(w.shutdown_timeout, "worker.shutdown_timeout")
         self.limiter: LimiterConfig | None = None
         if w.limiter is not None:
             lim = coerce(LimiterConfig, w.limiter, "worker.limiter")
-            if not isinstance(lim.max, int) or lim.max < 1:
-                raise ConfigurationError(f"worker.limiter.max must be an int >= 1, got {lim.max!r}")
-            dur = to_ms(lim.duration, "worker.limiter.duration") or 0
-            if dur < 1:
-                raise ConfigurationError("worker.limiter.duration must be >= 1 ms")
-            self.limiter = LimiterConfig(lim.max, dur)
+            limit_max = to_int(lim.max, "worker.limiter.max", minimum=1, maximum=MAX_COUNT)
+            dur = to_ms(lim.duration, "worker.limiter.duration", minimum=1)
+            self.limiter = LimiterConfig(limit_max, dur)
 
     def _base_policy(self) -> Policy:
         r = self.retry
-        if not isinstance(r.max_attempts, int) or r.max_attempts < 1:
-            raise ConfigurationError(
-                f"retry.max_attempts must be an int >= 1, got {r.max_attempts!r}"
-            )
+        attempts = to_int(r.max_attempts, "retry.max_attempts", minimum=1, maximum=MAX_COUNT)
         policy = Policy(
-            attempts=r.max_attempts,
+            attempts=attempts,
             backoff=BackoffOptions(r.backoff_type, r.backoff_delay, r.max_backoff_delay),
         )
         return self.policy_for(self._defaults, policy)
 
     def policy_for(self, opts: Mapping[str, Any], base: Policy | None = None) -> Policy:
-        """Resolve the execution policy of a job from its stored options."""
-        b = base or self.policy
-        p = Policy(
-            b.attempts, b.backoff, b.timeout_ms, b.jitter_ms, b.keep_completed, b.keep_failed
-        )
-        if "attempts" in opts:
-            p.attempts = opts["attempts"]
-        if "backoff" in opts:
-            p.backoff = BackoffOptions(**opts["backoff"])
-        if "timeout" in opts:
-            p.timeout_ms = opts["timeout"] or None
-        if "jitter" in opts:
-            p.jitter_ms = opts["jitter"]
-        if "remove_on_complete" in opts:
-            rc = opts["remove_on_complete"]
-            p.keep_completed = RetentionPolicy(rc["count"], rc["age"])
-        if "remove_on_fail" in opts:
-            rf = opts["remove_on_fail"]
-            p.keep_failed = RetentionPolicy(rf["count"], rf["age"])
-        return p
+        """Resolve the execution policy of a job from its stored options.
+
+        Options come from Redis and may have been damaged (by hand, by another client):
+        an entry that is not valid is ignored, and the queue's default applies to it.
+        """
+        return _resolve_policy(opts, base or self.policy)[0]
 
     def _validate_options(self, opts: dict[str, Any], what: str) -> dict[str, Any]:
         bad = [k for k in opts if k not in JOB_OPTION_NAMES]
@@ -313,52 +321,59 @@ class JobQueue:
         return opts
 
     def _normalize_options(self, opts: dict[str, Any], what: str) -> dict[str, Any]:
-        """Validate values and convert them to the canonical stored form."""
+        """Validate values and convert them to the canonical stored form.
+
+        Every value is checked against its documented range (README, "Limits and
+        ranges"); text values (ids, keys, feature options) must be encodable and free of
+        control characters. Errors are ``ConfigurationError`` naming the option.
+        """
         out: dict[str, Any] = {}
         for k, v in opts.items():
             if v is None:
                 continue
             if k == "attempts":
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                    raise ConfigurationError(f"{what}: attempts must be an int >= 1, got {v!r}")
-                out[k] = v
+                out[k] = to_int(v, f"{what}: attempts", minimum=1, maximum=MAX_COUNT)
             elif k == "backoff":
                 if isinstance(v, BackoffOptions):
                     out[k] = v.to_dict()
                 elif isinstance(v, Mapping):
                     out[k] = coerce(BackoffOptions, v, f"{what}.backoff").to_dict()
-                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                elif isinstance(v, (int, float, timedelta)) and not isinstance(v, bool):
                     out[k] = BackoffOptions("fixed", v).to_dict()
                 else:
                     raise ConfigurationError(
-                        f"{what}: backoff must be a dict, BackoffOptions or ms, got {v!r}"
+                        f"{what}: backoff must be a dict, BackoffOptions or ms, got {_shown(v)}"
                     )
-            elif k in ("timeout",):
-                out[k] = to_ms(v, f"{what}.timeout")
-            elif k in ("delay", "jitter"):
+            elif k in ("timeout", "delay", "jitter"):
+                # timeout: 0 = no limit; a positive value below 1 ms becomes 1 ms (to_ms),
+                # so timeout=0.4 cannot turn into "no limit".
                 out[k] = to_ms(v, f"{what}.{k}")
             elif k == "priority":
                 if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_PRIORITY:
                     raise ConfigurationError(
                         f"{what}: priority must be an int from 0 to {MAX_PRIORITY} (higher runs "
-                        f"first), got {v!r}"
+                        f"first), got {_shown(v)}"
                     )
-                out[k] = v
+                out[k] = int(v)
             elif k in ("remove_on_complete", "remove_on_fail"):
                 rp = RetentionPolicy.parse(v, f"{what}.{k}")
                 out[k] = {"count": rp.count, "age": rp.age}
-            elif k in ("job_id", "idempotency_key"):
-                if not isinstance(v, str) or not v or len(v) > MAX_ID_LENGTH or "\n" in v:
-                    raise ConfigurationError(
-                        f"{what}: {k} must be a non-empty string of at most {MAX_ID_LENGTH} "
-                        f"characters without line breaks, got {clip(repr(v), 100)}"
-                    )
-                out[k] = v
+            elif k == "job_id":
+                out[k] = _check_job_id(v, f"{what}: job_id")
+            elif k == "idempotency_key":
+                out[k] = check_text(v, f"{what}: idempotency_key", max_len=MAX_ID_LENGTH)
             elif k == "lifo":
+                if not isinstance(v, bool) and v not in (0, 1):
+                    raise ConfigurationError(f"{what}: lifo must be a bool, got {_shown(v)}")
                 out[k] = bool(v)
             elif k == "delivery_guarantee":
                 out[k] = DeliveryGuarantee(v).value
             else:
+                # A feature's option (group, tenant, rate-limit key, ...): ids and keys,
+                # stored in the job's options and often in key names. Refuse text that
+                # cannot be encoded or holds control characters, here, so the job fails
+                # alone instead of the batch it would join.
+                _check_option_text(v, f"{what}: {k}")
                 out[k] = v
         return out
 
@@ -478,8 +493,8 @@ class JobQueue:
                         await client.aclose()
                     raise ConnectionUnavailableError(
                         f"Redis at {self.connection.describe()} refused the credentials of "
-                        f"queue {self.name!r} ({exc}); check the username and password given "
-                        "in redis="
+                        f"queue {self.name!r} ({self.connection.redact(exc)}); check the "
+                        "username and password given in redis="
                     ) from None
                 except NoPermissionError as exc:
                     if self.connection.owns(client):
@@ -490,8 +505,8 @@ class JobQueue:
                         await client.aclose()
                     raise ConnectionUnavailableError(
                         f"cannot reach Redis at {self.connection.describe()} for queue "
-                        f"{self.name!r}: {exc}. Check the redis= setting and that the server "
-                        "is running"
+                        f"{self.name!r}: {self.connection.redact(exc)}. Check the redis= "
+                        "setting and that the server is running"
                     ) from None
                 self._client = client
         return self._client
@@ -508,13 +523,14 @@ class JobQueue:
 
     # ------------------------------------------------------------------ producing
     def _prepare(self, name: str, data: Any, options: Mapping[str, Any]) -> list[Any]:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"job name must be a non-empty string, got {name!r}")
-        if len(name) > MAX_JOB_NAME_LENGTH or "\n" in name or "\r" in name:
-            raise ConfigurationError(
-                f"job name must be at most {MAX_JOB_NAME_LENGTH} characters without line "
-                f"breaks, got {clip(repr(name), 100)}"
-            )
+        """Validate and encode one job into its enqueue arguments.
+
+        Everything that reaches Redis is checked and encoded here, per job, before the
+        job joins a batch (``add_job`` coalesces concurrent calls; ``add_jobs`` sends
+        chunks): a name, id, key or option that cannot be encoded, or data that is not
+        JSON, fails this job alone with a library error naming what is wrong.
+        """
+        check_text(name, "job name", max_len=MAX_JOB_NAME_LENGTH)
         if options:
             opts = self._normalize_options(self._validate_options(dict(options), "job"), "job")
             merged = {**self._defaults, **opts}
@@ -530,7 +546,8 @@ class JobQueue:
         delay = merged.get("delay", 0)
         jitter = merged.get("jitter", 0)
         if jitter:
-            delay += random.randint(0, jitter)
+            # Each is at most MAX_DELAY_MS; so is their sum.
+            delay = min(delay + random.randint(0, jitter), MAX_DELAY_MS)
         stored = {
             k: v
             for k, v in opts.items()
@@ -538,7 +555,13 @@ class JobQueue:
         }
         if "idempotency_key" in merged:
             stored["idempotency_key"] = merged["idempotency_key"]
-        raw_opts = orjson.dumps(stored) if stored else b""
+        try:
+            raw_opts = orjson.dumps(stored) if stored else b""
+        except TypeError as exc:  # orjson.JSONEncodeError: a feature option's odd value
+            raise ConfigurationError(
+                f"job {name!r} options cannot be encoded as JSON ({exc}); option values must "
+                "be strings, numbers, booleans or lists of them, without lone surrogates"
+            ) from None
         if len(raw_opts) > MAX_OPTIONS_BYTES:
             raise ConfigurationError(
                 f"job {name!r} options are {len(raw_opts)} bytes encoded, above "
@@ -631,6 +654,25 @@ class JobQueue:
         Each job is a dict ``{"name": ..., "data": ..., "options": {...}}`` (``opts`` is
         accepted for ``options``), or a tuple ``(name, data)`` / ``(name, data, options)``.
         All jobs are validated before any is written.
+
+        The call is not one transaction: the jobs go in chunks of at most
+        ``ENQUEUE_CHUNK_JOBS`` jobs (and about ``ENQUEUE_CHUNK_BYTES`` of payload), one
+        atomic script call per chunk, sent one after the other, each with its own reply
+        deadline (``scripts.REPLY_TIMEOUT_S``). So a large call never holds Redis for
+        long, and a failure is pinned to one chunk.
+
+        Raises:
+            PartialEnqueueError: a chunk failed after earlier ones were written, or the
+                server refused a job; ``written_ids`` lists the ids of the jobs known
+                written (in order), ``failed_from`` the index of the first job that is
+                not. Retrying ``jobs[failed_from:]`` is idempotent when those jobs carry
+                a ``job_id`` or an ``idempotency_key`` (jobs already written come back
+                as the existing ids, nothing is written twice); jobs with auto ids may
+                be added twice by such a retry if the failed chunk was in fact written.
+            ConfigurationError, SerializationError, PayloadTooLargeError: a job is
+                invalid; nothing was written.
+            Other errors (connection, timeout, permission) from the first chunk: no job
+                is known written; the first chunk's jobs may or may not be.
         """
         prepared: list[list[Any]] = []
         for i, j in enumerate(jobs):
@@ -660,24 +702,57 @@ class JobQueue:
             span = self.telemetry.start_span(
                 "kitium.enqueue", {"queue": self.name, "job.count": len(prepared)}
             )
+        ids: list[str] = []
+
+        def announce() -> None:
+            if self.metrics is not None:
+                tags = {"queue": self.name, "job_name": name or "*"}
+                self.metrics.increment("jobs.added", len(ids), tags)
+            if self.emitter.wants("job-added"):
+                for i, p in zip(ids, prepared, strict=False):
+                    self.emitter.emit(EventData("job-added", self.name, i, extra={"name": p[1]}))
+
         try:
             client = await self.client()
-            calls = []
+            keys = self.keys.all
+            failure: PartialEnqueueError | None = None
+            # One script call per chunk, each awaited before the next is sent: every call
+            # has its own reply deadline (a pipeline of all chunks shared one, and a
+            # timeout left an unknown subset written), and when one fails, every job of
+            # the chunks before it is known to be in Redis.
             for chunk in _enqueue_chunks(prepared):
-                args: list[Any] = [self.idempotency_ttl]
+                args: list[Any] = [*self._argv_head, self.idempotency_ttl]
                 for p in chunk:
                     args.extend(p)
-                calls.append(self.call("enqueue", args))
-            if len(calls) == 1:
-                replies = [await self.scripts.call(client, "enqueue", calls[0].keys, calls[0].args)]
-            else:
-                replies = await self.scripts.pipeline(client, calls)
-            ids: list[str] = []
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+                try:
+                    reply = await self.scripts.call(client, "enqueue", keys, args)
+                except Exception as exc:
+                    if not ids:
+                        raise  # nothing of this call is known written: the error as it is
+                    failure = _partial_enqueue(
+                        ids, len(prepared), f"{type(exc).__name__}: {exc}", unknown=True
+                    )
+                    failure.__cause__ = exc
+                    break
                 for k in range(0, len(reply), 2):
+                    if reply[k + 1] == b"err":
+                        # The script refused this job before writing any of it, and
+                        # stopped there: the rest of the chunk was not written either.
+                        failure = _partial_enqueue(
+                            ids, len(prepared), reply[k].decode(), unknown=False
+                        )
+                        break
                     ids.append(reply[k].decode())
+                if failure is not None:
+                    break
+            if failure is not None:
+                # The jobs before the failure are in Redis: count and announce them, but
+                # never let an adapter error hide which ones they are.
+                try:
+                    announce()
+                except Exception:
+                    log.exception("queue %s: reporting the jobs added failed", self.name)
+                raise failure
         except Exception as exc:
             if span is not None:
                 span.record_exception(exc)
@@ -685,102 +760,212 @@ class JobQueue:
         finally:
             if span is not None:
                 span.end()
-        if self.metrics is not None:
-            tags = {"queue": self.name, "job_name": name or "*"}
-            self.metrics.increment("jobs.added", len(ids), tags)
-        if self.emitter.wants("job-added"):
-            for i, p in zip(ids, prepared, strict=True):
-                self.emitter.emit(EventData("job-added", self.name, i, extra={"name": p[1]}))
+        announce()
         return ids
 
     # ------------------------------------------------------------------ queries
     async def get_job_status(self, job_id: str) -> JobInfo | None:
-        """The stored record of a job, or None if it does not exist (or was removed)."""
+        """The stored record of a job, or None if it does not exist (or was removed).
+
+        A damaged record (options that are not JSON, an unknown state, counters that are
+        not numbers, text that is not UTF-8) is returned as a ``JobInfo`` with ``damaged`` set whose
+        ``damaged`` says what is wrong, never as an exception.
+
+        Raises ``ConfigurationError`` for an id that cannot name a job (not a string or
+        int, or holding a lone surrogate).
+        """
+        jid = _query_id(job_id)
         client = await self.client()
         pipe = client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.job(job_id))
+        pipe.hgetall(self.keys.job(jid))
         pipe.hget(self.keys.meta, "paused")
         raw, paused = await pipe.execute()
         if not raw:
             return None
-        return self._info(job_id, raw, paused == b"1")
+        found_in = None
+        if _stored_status(raw) is None:
+            # Unknown state on the record: say where the job actually is, if anywhere.
+            found_in = await self._find_state(jid)
+        return self._info(jid, raw, paused == b"1", found_in)
+
+    async def _find_state(self, job_id: str) -> JobStatus | None:
+        client = await self.client()
+        pipe = client.pipeline(transaction=False)
+        for _, attr in _STATE_SETS:
+            pipe.zscore(getattr(self.keys, attr), job_id)
+        scores = await pipe.execute()
+        for (status, _), score in zip(_STATE_SETS, scores, strict=True):
+            if score is not None:
+                return status
+        return None
 
     async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
-        """Log lines a processor wrote with ``job.log``."""
+        """Log lines a processor wrote with ``job.log`` (``start``/``end`` as in
+        ``LRANGE``: 0-based, negative counts from the end, ``end`` inclusive)."""
+        jid = _query_id(job_id)
+        first = to_int(start, "start", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
+        last = to_int(end, "end", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
         client = await self.client()
-        return [b.decode() for b in await client.lrange(self.keys.logs(job_id), start, end)]
+        lines = await client.lrange(self.keys.logs(jid), first, last)
+        # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
+        return [b.decode("utf-8", "backslashreplace") for b in lines]
 
     async def get_jobs_by_status(self, status: JobStatus | str, limit: int = 100) -> list[JobInfo]:
-        """Jobs in a state: waiting/delayed/active in run order, finished ones newest first."""
+        """Jobs in a state: waiting/delayed/active in run order, finished ones newest first.
+
+        ``limit``: an int from 0 (returns nothing) to ``MAX_QUERY_LIMIT`` (100,000);
+        anything else raises ``ConfigurationError``. A damaged record is returned as a
+        ``JobInfo`` with ``damaged`` set (see ``get_job_status``) and the others as usual.
+        """
         st = _status(status)
-        if st is JobStatus.PENDING:
+        n = _query_limit(limit)
+        if st is JobStatus.PENDING or n == 0:
             return []
         client = await self.client()
         key = getattr(self.keys, _STATUS_SETS[st])
         if st is JobStatus.PAUSED and not await client.hget(self.keys.meta, "paused"):
             return []
         if st in _NEWEST_FIRST:
-            ids = await client.zrevrange(key, 0, max(0, limit - 1))
+            ids = await client.zrevrange(key, 0, n - 1)
         else:
-            ids = await client.zrange(key, 0, max(0, limit - 1))
-        return await self._infos([i.decode() for i in ids])
+            ids = await client.zrange(key, 0, n - 1)
+        found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
+        return await self._infos(ids, found_in)
 
-    async def _infos(self, ids: Sequence[str]) -> list[JobInfo]:
+    async def _infos(
+        self, ids: Sequence[str | bytes], found_in: JobStatus | None = None
+    ) -> list[JobInfo]:
+        """The records of ``ids`` (as read from a state set: bytes are used as they are,
+        so a member that is not UTF-8 is still looked up and shown escaped)."""
         if not ids:
             return []
         client = await self.client()
+        base = self.keys.job("")
+        base_b = base.encode()
         pipe = client.pipeline(transaction=False)
         for i in ids:
-            pipe.hgetall(self.keys.job(i))
+            pipe.hgetall(base_b + i if isinstance(i, bytes) else base + i)
         pipe.hget(self.keys.meta, "paused")
         *raws, paused = await pipe.execute()
-        return [self._info(i, r, paused == b"1") for i, r in zip(ids, raws, strict=True) if r]
+        out: list[JobInfo] = []
+        for i, r in zip(ids, raws, strict=True):
+            if not r:
+                continue
+            problems: list[str] = []
+            if isinstance(i, bytes):
+                try:
+                    jid = i.decode()
+                except UnicodeDecodeError:
+                    jid = i.decode("utf-8", "backslashreplace")
+                    problems.append("job id is not valid UTF-8")
+            else:
+                jid = i
+            out.append(self._info(jid, r, paused == b"1", found_in, problems))
+        return out
 
-    def _info(self, job_id: str, raw: dict[bytes, bytes], paused: bool) -> JobInfo:
+    def _info(
+        self,
+        job_id: str,
+        raw: Mapping[bytes, bytes],
+        paused: bool,
+        found_in: JobStatus | None = None,
+        problems: list[str] | None = None,
+    ) -> JobInfo:
+        """A ``JobInfo`` from a job hash; never raises on damaged fields (it returns a
+        ``JobInfo`` with ``damaged`` set naming them). ``found_in``: the state set the job was found
+        in, used when the record's own state is unknown."""
         g = raw.get
-        st = JobStatus((g(b"st") or b"waiting").decode())
+        damage = list(problems or ())
+
+        def text(key: bytes, what: str) -> str | None:
+            v = g(key)
+            if not v:
+                return None
+            try:
+                return v.decode()
+            except UnicodeDecodeError:
+                damage.append(f"{what} is not valid UTF-8")
+                return v.decode("utf-8", "backslashreplace")
+
+        def num(key: bytes, what: str) -> int | None:
+            v = g(key)
+            if not v:
+                return None
+            try:
+                return int(v)
+            except ValueError:
+                pass
+            try:
+                f = float(v)
+            except ValueError:
+                f = math.nan
+            if math.isfinite(f):
+                return int(f)
+            damage.append(f"{what} is not a number: {_shown(v)}")
+            return None
+
+        st = _stored_status(raw)
+        if st is None:
+            damage.append(f"unknown state {_shown(g(b'st'))}")
+            st = found_in or JobStatus.PENDING
         if st is JobStatus.WAITING and paused:
             st = JobStatus.PAUSED
+        opts: dict[str, Any] = {}
         raw_opts = g(b"o")
-        opts: dict[str, Any] = orjson.loads(raw_opts) if raw_opts else {}
+        if raw_opts:
+            try:
+                parsed = orjson.loads(raw_opts)
+            except orjson.JSONDecodeError:
+                damage.append("options are not valid JSON")
+            else:
+                if isinstance(parsed, dict):
+                    opts = parsed
+                else:
+                    damage.append("options are not a JSON object")
+        policy, bad_opts = _resolve_policy(opts, self.policy)
+        damage.extend(bad_opts)
         data: Any = None
         if g(b"d") is not None:
             try:
                 data = self.serializer.loads(g(b"d") or b"")
-            except Exception:
-                data = None
+            except Exception as exc:
+                damage.append(f"data cannot be decoded ({clip(str(exc), 200)})")
         result: Any = None
         if g(b"r"):
             try:
                 result = self.serializer.loads(g(b"r") or b"", "result")
-            except Exception:
-                result = None
-        progress: Any = orjson.loads(g(b"pg") or b"null") if g(b"pg") else None
+            except Exception as exc:
+                damage.append(f"result cannot be decoded ({clip(str(exc), 200)})")
+        progress: Any = None
+        if g(b"pg"):
+            try:
+                progress = orjson.loads(g(b"pg") or b"null")
+            except orjson.JSONDecodeError:
+                damage.append("progress is not valid JSON")
 
-        def num(key: bytes) -> int | None:
-            v = g(key)
-            return int(v) if v else None
-
-        return JobInfo(
-            id=job_id,
-            name=(g(b"n") or b"").decode(),
-            status=st,
-            data=data,
-            progress=progress,
-            attempts=num(b"a") or 0,
-            max_attempts=self.policy_for(opts).attempts,
-            priority=num(b"p") or 0,
-            created_at=num(b"ts"),
-            started_at=num(b"ps"),
-            finished_at=num(b"f"),
-            delayed_until=num(b"due"),
-            result=result,
-            failed_reason=(g(b"e") or b"").decode() or None,
-            stacktrace=(g(b"tb") or b"").decode() or None,
-            last_error=(g(b"le") or b"").decode() or None,
-            stalls=num(b"s") or 0,
-            options=opts,
-        )
+        values: dict[str, Any] = {
+            "id": job_id,
+            "name": text(b"n", "name") or "",
+            "status": st,
+            "data": data,
+            "progress": progress,
+            "attempts": num(b"a", "attempts") or 0,
+            "max_attempts": policy.attempts,
+            "priority": num(b"p", "priority") or 0,
+            "created_at": num(b"ts", "created_at"),
+            "started_at": num(b"ps", "started_at"),
+            "finished_at": num(b"f", "finished_at"),
+            "delayed_until": num(b"due", "delayed_until"),
+            "result": result,
+            "failed_reason": text(b"e", "failed_reason"),
+            "stacktrace": text(b"tb", "stacktrace"),
+            "last_error": text(b"le", "last_error"),
+            "stalls": num(b"s", "stalls") or 0,
+            "options": opts,
+        }
+        if damage:
+            return JobInfo(**values, damaged="; ".join(damage))
+        return JobInfo(**values)
 
     async def get_stats(self) -> QueueStats:
         """Counts per state, whether the queue is paused, and ``latency_ms``."""
@@ -809,14 +994,18 @@ class JobQueue:
             await asyncio.wait_for(client.ping(), _CONNECT_TIMEOUT_S)
             latency = (loop.time() - t0) * 1000
         except Exception as exc:
-            return HealthStatus(
-                False, None, self.connection.describe(), f"{type(exc).__name__}: {exc}"
-            )
+            # The error may quote the connection (a redis-py message, a bad setting): it
+            # goes through the same redaction as ``backend`` (never the raw text).
+            error = f"{type(exc).__name__}: {self.connection.redact(exc)}"
+            return HealthStatus(False, None, self.connection.describe(), error)
         running = self._worker is not None and self._worker.running
         return HealthStatus(True, round(latency, 3), self.connection.describe(), None, running)
 
     async def get_dlq_jobs(self, limit: int = 100) -> list[JobInfo]:
-        """Dead-lettered jobs, newest first, with ``failed_reason`` and ``stacktrace``."""
+        """Dead-lettered jobs, newest first, with ``failed_reason`` and ``stacktrace``.
+
+        ``limit``: 0 to ``MAX_QUERY_LIMIT`` (100,000), as in ``get_jobs_by_status``.
+        """
         return await self.get_jobs_by_status(JobStatus.DLQ, limit)
 
     async def events(
@@ -824,16 +1013,43 @@ class JobQueue:
     ) -> AsyncIterator[StreamEvent]:
         """Iterate the durable event stream (events of every process, written atomically
         with each transition). ``last_id="0"`` replays what the stream still holds;
-        ``follow=False`` stops when no event arrives within ``block_ms``."""
+        ``follow=False`` stops when no event arrives within ``block_ms`` (1 ms to 10
+        years; with ``follow=True`` 0 is allowed too and waits without a deadline).
+
+        A ``job-progress`` event whose value was too large for the stream (it carries
+        ``progress_bytes``) gets ``progress`` from the job record, see ``StreamEvent``.
+        """
+        if not _is_stream_id(last_id):
+            raise ConfigurationError(
+                f"last_id must be '$' (new events only), '0' (from the start) or a stream "
+                f"id such as '1700000000000-0', got {_shown(last_id)}"
+            )
+        block = to_int(
+            block_ms, "block_ms", minimum=0 if follow else 1, maximum=MAX_DELAY_MS
+        )
         client = self.connection.client(blocking=True)
         try:
             async for ev in read_stream(
-                client, self.keys.events, last_id=last_id, block_ms=block_ms, follow=follow
+                client, self.keys.events, last_id=last_id, block_ms=block, follow=follow
             ):
+                if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
+                    ev = await self._with_progress(ev)
                 yield ev
         finally:
             if self.connection.owns(client):
                 await client.aclose()
+
+    async def _with_progress(self, ev: StreamEvent) -> StreamEvent:
+        """``ev`` with ``progress`` read from its job's record (left out if it is gone)."""
+        fields_ = dict(ev.fields)
+        try:
+            jid = _query_id(ev.job_id)
+        except ConfigurationError:
+            return ev
+        raw = await (await self.client()).hget(self.keys.job(jid), "pg")
+        if raw is not None:
+            fields_["progress"] = raw.decode("utf-8", "backslashreplace")
+        return StreamEvent(ev.id, ev.event, ev.job_id, fields_)
 
     # ------------------------------------------------------------------ management
     async def pause(self) -> None:
@@ -847,11 +1063,12 @@ class JobQueue:
     async def drain(self, *, delayed: bool = True) -> int:
         """Remove every job that has not started (waiting and, by default, delayed).
 
-        Running jobs are left to finish. Returns the number removed.
+        Running jobs are left to finish. Returns the number removed. Works in script calls
+        of at most 1000 jobs, so Redis serves other clients in between.
         """
         total = 0
         while True:
-            n = int(await self.run("drain", ["1" if delayed else "0", 1000]))
+            n = int(await self.run("drain", ["1" if delayed else "0", _ADMIN_BATCH]))
             total += n
             if n == 0:
                 return total
@@ -869,16 +1086,21 @@ class JobQueue:
 
         Raises ``JobNotFoundError`` or ``JobStateError`` (waiting/active/delayed jobs).
         """
-        await self.run("retry", ["ids", job_id])
+        await self.run("retry", ["ids", _query_id(job_id)])
 
     async def bulk_retry(
         self, status: JobStatus | str = JobStatus.FAILED, limit: int = 1000
     ) -> int:
-        """Retry up to ``limit`` jobs of a state (failed, dlq or completed), oldest first."""
+        """Retry up to ``limit`` jobs of a state (failed, dlq or completed), oldest first.
+
+        ``limit`` is an int >= 0 (else ``ConfigurationError``); the jobs move in script
+        calls of at most 1000, each atomic. Returns how many moved.
+        """
         st = _status(status)
+        limit = _check_limit(limit, "bulk_retry limit")
         moved = 0
         while moved < limit:
-            batch = min(1000, limit - moved)
+            batch = min(_ADMIN_BATCH, limit - moved)
             ids = await self.run("retry", ["state", st.value, batch])
             moved += len(ids)
             if len(ids) < batch:
@@ -886,10 +1108,15 @@ class JobQueue:
         return moved
 
     async def replay_dlq(self, limit: int = 1000) -> int:
-        """Move up to ``limit`` dead-lettered jobs back to waiting; returns how many."""
+        """Move up to ``limit`` dead-lettered jobs back to waiting; returns how many.
+
+        ``limit`` is an int >= 0 (else ``ConfigurationError``); the jobs move in script
+        calls of at most 1000, each atomic.
+        """
+        limit = _check_limit(limit, "replay_dlq limit")
         moved = 0
         while moved < limit:
-            batch = min(1000, limit - moved)
+            batch = min(_ADMIN_BATCH, limit - moved)
             ids = await self.run("replay", [batch])
             moved += len(ids)
             if len(ids) < batch:
@@ -901,7 +1128,7 @@ class JobQueue:
 
         Raises ``JobActiveError`` for a running job (use ``cancel_job``).
         """
-        (status,) = await self.run("remove", [job_id])
+        (status,) = await self.run("remove", [_query_id(job_id)])
         if status == b"active":
             raise JobActiveError(
                 f"job {job_id} is running; cancel it with cancel_job() or wait for it"
@@ -914,22 +1141,49 @@ class JobQueue:
 
         Returns ``"removed"``, ``"cancelling"`` or ``"finished"`` (nothing to cancel).
         """
-        (status,) = await self.run("cancel", [job_id])
+        (status,) = await self.run("cancel", [_query_id(job_id)])
         if status == b"missing":
             raise JobNotFoundError(f"job {job_id} does not exist in queue {self.name!r}")
         return {"removed": "removed", "flagged": "cancelling"}.get(status.decode(), "finished")
 
     async def promote_delayed(self, limit: int = 1000) -> int:
-        """Move due delayed jobs to waiting now (workers also do this themselves)."""
-        return int(await self.run("promote", [limit, "1" if self.dlq.enabled else "0"]))
+        """Move up to ``limit`` due delayed jobs to waiting now; returns how many moved.
+
+        Workers also do this themselves. ``limit`` is an int >= 0 (else
+        ``ConfigurationError``). The jobs move in script calls of at most 1000 (the
+        script clamps to that too), so a large limit never blocks Redis for long: each
+        call is atomic, the whole is not, and jobs that fall due meanwhile may be
+        promoted by it as well.
+        """
+        limit = _check_limit(limit, "promote_delayed limit")
+        dlq = "1" if self.dlq.enabled else "0"
+        moved = 0
+        while moved < limit:
+            batch = min(_ADMIN_BATCH, limit - moved)
+            n = int(await self.run("promote", [batch, dlq]))
+            moved += n
+            if n < batch:  # no due job left
+                break
+        return moved
 
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
-        """Requeue jobs whose lease expired; returns (requeued ids, dead-lettered ids)."""
-        back, dead = await self.run(
-            "recover",
-            [self.settings.max_stalled_count, "1" if self.dlq.enabled else "0", limit],
-        )
-        return [b.decode() for b in back], [b.decode() for b in dead]
+        """Requeue jobs whose lease expired; returns (requeued ids, dead-lettered ids).
+
+        Examines up to ``limit`` expired leases (an int >= 0, else
+        ``ConfigurationError``) in script calls of at most 1000 each.
+        """
+        limit = _check_limit(limit, "recover_stalled limit")
+        dlq = "1" if self.dlq.enabled else "0"
+        back: list[str] = []
+        dead: list[str] = []
+        while len(back) + len(dead) < limit:
+            batch = min(_ADMIN_BATCH, limit - len(back) - len(dead))
+            b, d = await self.run("recover", [self.settings.max_stalled_count, dlq, batch])
+            back += [x.decode() for x in b]
+            dead += [x.decode() for x in d]
+            if len(b) + len(d) < batch:  # no expired lease left
+                break
+        return back, dead
 
     # ------------------------------------------------------------------ schedules
     # Scheduling, flow control and batches live in their own modules (schedules.py,
@@ -1136,6 +1390,38 @@ def _enqueue_chunks(prepared: list[list[Any]]) -> Iterator[list[list[Any]]]:
         yield chunk
 
 
+def _partial_enqueue(
+    written: list[str], total: int, why: str, *, unknown: bool
+) -> PartialEnqueueError:
+    """The error of an enqueue that stopped after ``written`` of ``total`` jobs.
+
+    ``unknown``: whether the jobs from ``len(written)`` on may have been written anyway
+    (a chunk whose reply never came) rather than certainly not (a job the script refused).
+    """
+    done = len(written)
+    known = f"jobs 0 to {done - 1} are in the queue" if done else "no job was added"
+    rest = "may or may not have been added" if unknown else "were not added"
+    return PartialEnqueueError(
+        f"enqueue stopped at job {done} of {total} ({why}): {known}; job {done} and later "
+        f"{rest}. Retrying jobs[{done}:] is idempotent for jobs with a job_id or "
+        "idempotency_key",
+        written_ids=list(written),
+        failed_from=done,
+    )
+
+
+#: Most jobs one admin script call moves (promote, recover, retry, replay, drain): the
+#: scripts clamp to the same bound, so no single call blocks Redis for long.
+_ADMIN_BATCH = 1000
+
+
+def _check_limit(limit: Any, what: str) -> int:
+    """``limit`` as an int >= 0, or ConfigurationError (bool, float, NaN, negative)."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise ConfigurationError(f"{what} must be an int >= 0, got {clip(repr(limit), 100)}")
+    return limit
+
+
 def _as_dict(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -1166,3 +1452,135 @@ def _status(status: JobStatus | str) -> JobStatus:
         raise ConfigurationError(
             f"unknown status {status!r}; use one of {[s.value for s in JobStatus]}"
         ) from None
+
+
+# ---------------------------------------------------------------------------- input checks
+def _check_job_id(value: Any, what: str) -> str:
+    """A caller-chosen job id: ``check_text`` rules, and not made of ASCII digits only.
+
+    Auto-generated ids are the queue's sequence numbers ("1", "2", ...): a chosen id
+    from that namespace would meet one of them (and replace it, or be mistaken for it),
+    so the two namespaces are kept apart here.
+    """
+    job_id = check_text(value, what, max_len=MAX_ID_LENGTH)
+    if job_id.isascii() and job_id.isdigit():
+        raise ConfigurationError(
+            f"{what} {_shown(job_id)} is made of digits only: numeric ids are reserved for "
+            f"the ids the queue generates itself, and a chosen one would collide with "
+            f"them; add a prefix, such as 'order-{clip(job_id, 40)}'"
+        )
+    return job_id
+
+
+def _check_option_text(value: Any, what: str) -> None:
+    """Refuse control characters and lone surrogates in a feature option's text (a str,
+    or the str items of a list such as ``depends_on``); other values pass through and
+    are checked when the options are encoded."""
+    if isinstance(value, str):
+        if has_bad_char(value):
+            check_text(value, what, max_len=max(1, len(value)))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if isinstance(item, str) and has_bad_char(item):
+                check_text(item, f"{what}[{i}]", max_len=max(1, len(item)))
+
+
+def _resolve_policy(opts: Any, base: Policy) -> tuple[Policy, list[str]]:
+    """The policy of a job from its stored options, and what was wrong with them.
+
+    Each option that is not valid (a damaged record, a value written by another client)
+    is skipped, so the base policy applies to it, and described in the returned list.
+    """
+    p = Policy(
+        base.attempts, base.backoff, base.timeout_ms, base.jitter_ms, base.keep_completed,
+        base.keep_failed,
+    )
+    if not isinstance(opts, Mapping):
+        return p, [f"options are not a JSON object ({type(opts).__name__})"]
+    problems: list[str] = []
+
+    def retention(v: Any, what: str) -> RetentionPolicy:
+        if not isinstance(v, Mapping):
+            raise ConfigurationError(f"{what} is not an object")
+        count, age = v.get("count", -1), v.get("age", -1)
+        if not (type(count) is int and count == -1):
+            count = to_int(count, f"{what}.count", minimum=0, maximum=MAX_COUNT)
+        if not (type(age) is int and age == -1):
+            age = to_ms(age, f"{what}.age")
+        return RetentionPolicy(count, age)
+
+    for key, value in opts.items():
+        try:
+            if key == "attempts":
+                p.attempts = to_int(value, "attempts", minimum=1, maximum=MAX_COUNT)
+            elif key == "backoff":
+                if not isinstance(value, Mapping):
+                    raise ConfigurationError("backoff is not an object")
+                p.backoff = coerce(BackoffOptions, value, "backoff")
+            elif key == "timeout":
+                p.timeout_ms = to_ms(value, "timeout") or None
+            elif key == "jitter":
+                p.jitter_ms = to_ms(value, "jitter")
+            elif key == "remove_on_complete":
+                p.keep_completed = retention(value, key)
+            elif key == "remove_on_fail":
+                p.keep_failed = retention(value, key)
+        except (ConfigurationError, TypeError, ValueError) as exc:
+            problems.append(f"option {_shown(key)} ignored ({clip(str(exc), 200)})")
+    return p, problems
+
+
+def _query_limit(limit: Any, what: str = "limit") -> int:
+    """The ``limit`` of a query: an int from 0 (nothing) to ``MAX_QUERY_LIMIT``."""
+    return to_int(limit, what, minimum=0, maximum=MAX_QUERY_LIMIT)
+
+
+def _query_id(job_id: Any) -> str:
+    """A job id given to a query, as text that can be sent to Redis.
+
+    Ints are accepted (``get_job_status(3)``). Ids that were stored before names were
+    checked may hold control characters, so only what cannot be encoded at all (a lone
+    surrogate) or is not an id is refused.
+    """
+    if isinstance(job_id, int) and not isinstance(job_id, bool):
+        return str(job_id)
+    if not isinstance(job_id, str) or not job_id:
+        raise ConfigurationError(f"job_id must be a non-empty string, got {_shown(job_id)}")
+    try:
+        job_id.encode()
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"job_id {_shown(job_id)} holds a lone surrogate and cannot name a job (no job "
+            "can be added with such an id)"
+        ) from None
+    return job_id
+
+
+#: The state sets a job can be found in, in the order ``_find_state`` looks.
+_STATE_SETS = (
+    (JobStatus.ACTIVE, "active"),
+    (JobStatus.WAITING, "wait"),
+    (JobStatus.DELAYED, "delayed"),
+    (JobStatus.DLQ, "dlq"),
+    (JobStatus.FAILED, "failed"),
+    (JobStatus.COMPLETED, "completed"),
+)
+#: Largest |start| / |end| of ``get_job_logs`` (Redis list indexes are signed 64-bit).
+_MAX_INDEX = 2**63 - 1
+_STATES = {s.value.encode(): s for s in JobStatus}
+
+
+def _stored_status(raw: Mapping[bytes, bytes]) -> JobStatus | None:
+    """The state written on a job hash (missing = waiting), or None when it is unknown."""
+    return _STATES.get(raw.get(b"st") or b"waiting")
+_STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+
+
+def _is_stream_id(value: Any) -> bool:
+    """What ``events(last_id=...)`` accepts: "$", or a stream id "<ms>" / "<ms>-<seq>"
+    with both parts unsigned 64-bit numbers (Redis refuses anything else)."""
+    if value == "$":
+        return True
+    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+        return False
+    return all(int(part) < 2**64 for part in value.split("-"))

@@ -153,7 +153,7 @@ class Scheduler:
                 if not self._outage:
                     self._outage = True
                     log.warning("scheduler of queue %s: Redis unreachable (%s); retrying",
-                                self._q.name, exc)
+                                self._q.name, self._q.connection.redact(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
@@ -199,7 +199,7 @@ class Scheduler:
                 if self._feed:
                     log.info("scheduler of queue %s: change feed lost (%s: %s); checking for "
                              "schedule changes every %.0f s until it is back", q.name,
-                             type(exc).__name__, exc, _NO_FEED_IDLE_S)
+                             type(exc).__name__, q.connection.redact(exc), _NO_FEED_IDLE_S)
                 self._feed = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

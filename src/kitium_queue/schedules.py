@@ -25,7 +25,8 @@ from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
 from .errors import ConfigurationError, ScheduleNotFoundError
-from .options import to_ms
+from .limits import clip
+from .options import MAX_COUNT, check_text, to_int, to_ms
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -50,6 +51,8 @@ DEFAULT_MISFIRE_GRACE_MS = 1000
 MIN_INTERVAL_MS = 10
 _RESERVED_JOB_OPTIONS = ("job_id", "delay", "idempotency_key")
 _MAX_ID = 200
+#: Latest start_date / end_date given as ms since the epoch: 9999-12-31T23:59:59.999Z.
+_MAX_EPOCH_MS = 253_402_300_799_999
 
 
 # ---------------------------------------------------------------------------- timing
@@ -269,11 +272,16 @@ def _date_ms(value: Any, tz: tzinfo, what: str) -> int | None:
             value = value.replace(tzinfo=tz)
         ts: float = value.timestamp()
         return round(ts * 1000)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+    # ms since the epoch, up to the end of year 9999 (what datetime can represent); NaN
+    # and infinities fail the range check instead of reaching int().
+    if (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and 0 <= value <= _MAX_EPOCH_MS
+    ):
         return int(value)
     raise ConfigurationError(
-        f"{what} must be a datetime (naive = in the schedule's tz) or ms since the epoch, "
-        f"got {value!r}"
+        f"{what} must be a datetime (naive = in the schedule's tz) or ms since the epoch "
+        f"from 0 to {_MAX_EPOCH_MS}, got {clip(repr(value), 80)}"
     )
 
 
@@ -321,14 +329,15 @@ def _misfire(value: Any) -> tuple[str, int]:
 
 
 def _schedule_id(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID or any(
-        c in value for c in "\r\n{}"
-    ):
+    # Control characters and lone surrogates are refused like in job ids; braces would
+    # change the key's hash tag.
+    check_text(value, "schedule_id", max_len=_MAX_ID, rule=" or braces")
+    if any(c in value for c in "{}"):
         raise ConfigurationError(
             f"schedule_id must be a non-empty string of at most {_MAX_ID} characters "
-            f"without line breaks or braces, got {value!r}"
+            f"without control characters or braces, got {clip(repr(value), 100)}"
         )
-    return value
+    return str(value)
 
 
 # ---------------------------------------------------------------------------- store
@@ -372,18 +381,13 @@ class ScheduleStore:
         if cron is not None:
             cron_text = check_cron(cron)
         else:
-            every_ms = to_ms(every, "interval_ms")
-            if every_ms is None or every_ms < MIN_INTERVAL_MS:
-                raise ConfigurationError(
-                    f"interval_ms must be at least {MIN_INTERVAL_MS} ms, got {every!r}"
-                )
+            every_ms = to_ms(every, "interval_ms", minimum=MIN_INTERVAL_MS)
         start = _date_ms(start_date, zone, "start_date")
         end = _date_ms(end_date, zone, "end_date")
         if start is not None and end is not None and end < start:
             raise ConfigurationError(f"end_date ({end}) is before start_date ({start})")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                                  or limit < 1):
-            raise ConfigurationError(f"limit must be an int >= 1 (number of runs), got {limit!r}")
+        if limit is not None:
+            limit = to_int(limit, "limit", minimum=1, maximum=MAX_COUNT)  # number of runs
         jitter_ms = to_ms(jitter, "jitter", allow_none=True) or 0
         policy, catch_up = _misfire(misfire)
         grace = to_ms(misfire_grace, "misfire_grace")

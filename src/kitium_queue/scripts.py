@@ -193,6 +193,10 @@ class ScriptRegistry:
         Each result is the script's reply or an exception instance; commands refused with
         NOSCRIPT (never executed) are re-run with EVAL, which also caches them on the
         node that refused them.
+
+        The whole exchange has one reply deadline (``REPLY_TIMEOUT_S``), and a timeout
+        tells nothing about which calls ran: keep pipelines to what fits that deadline,
+        and send work whose progress must be known (``JobQueue.add_jobs``) call by call.
         """
         if id(client) not in self._loaded:
             await self.load(client)

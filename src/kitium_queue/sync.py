@@ -65,12 +65,16 @@ class _SyncClient:
         return self._call(self.queue.add_jobs(list(jobs)))
 
     def get_job_status(self, job_id: str) -> JobInfo | None:
+        """See ``JobQueue.get_job_status`` (a damaged record comes back as a
+        ``JobInfo`` with ``damaged`` set, never as an exception)."""
         return self._call(self.queue.get_job_status(job_id))
 
-    def get_job_logs(self, job_id: str) -> list[str]:
-        return self._call(self.queue.get_job_logs(job_id))
+    def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
+        """See ``JobQueue.get_job_logs``."""
+        return self._call(self.queue.get_job_logs(job_id, start, end))
 
     def get_jobs_by_status(self, status: JobStatus | str, limit: int = 100) -> list[JobInfo]:
+        """See ``JobQueue.get_jobs_by_status`` (``limit``: 0 to 100,000)."""
         return self._call(self.queue.get_jobs_by_status(status, limit))
 
     def get_stats(self) -> QueueStats:
@@ -80,6 +84,7 @@ class _SyncClient:
         return self._call(self.queue.health_check())
 
     def get_dlq_jobs(self, limit: int = 100) -> list[JobInfo]:
+        """See ``JobQueue.get_dlq_jobs`` (``limit``: 0 to 100,000)."""
         return self._call(self.queue.get_dlq_jobs(limit))
 
     def replay_dlq(self, limit: int = 1000) -> int:
@@ -209,6 +214,10 @@ class SyncPartitionedQueue(_SyncClient):
     def partition_of(self, key: str) -> int:
         """The partition a key maps to (see ``PartitionedQueue.partition_of``)."""
         return self.queue.partition_of(key)
+
+    def parse_id(self, job_id: str) -> tuple[int, str] | None:
+        """``(partition, inner id)`` of a full id, or None (see ``PartitionedQueue.parse_id``)."""
+        return self.queue.parse_id(job_id)
 
     def partition_stats(self) -> list[QueueStats]:
         return self._call(self.queue.partition_stats())

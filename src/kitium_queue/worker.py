@@ -26,6 +26,21 @@ Outcomes are durable only once flushed (a few ms). A crash before the flush leav
 job leased; it runs again after its lease expires (at-least-once, never lost, never two
 recorded outcomes). ``job-completed`` and other outcome events fire after the flush.
 
+One job's outcome never costs another job its own:
+
+* every text recorded for a job (error reason, traceback, retry or defer reason, log
+  line) is clipped and encoded by ``limits.wire_text`` when the outcome is built, which
+  never fails (lone surrogates become backslash escapes; ``__str__`` that raises is
+  described by its type), and every delay is clamped to ``limits.MAX_DELAY_MS``;
+* a finish call Redis refuses (an error reply that is not a lost connection) is split:
+  each of its outcomes is sent again alone in the next round. An outcome refused even
+  alone is replaced by a final failure of its job ("outcome could not be recorded:
+  ..."); if Redis refuses that too, an error is logged and the job is left to lease
+  expiry and recovery. Nothing is retried more than twice this way. Refusals that
+  concern the whole server rather than the call (out of memory, a script running too
+  long, a missing ACL permission) are not split: the outcomes are kept and sent again,
+  as during an outage.
+
 Graceful stop: claim nothing more, let running jobs finish within ``shutdown_timeout``,
 hand the rest back to the queue at once (no attempt spent), flush every outcome.
 Every loop survives Redis going away: it logs, backs off (50 ms → 1 s) and carries on
@@ -52,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryError, ResponseError
 
 from .backoff import retry_delay
 from .batches import BatchProcessor
@@ -60,6 +75,7 @@ from .connection import TRANSIENT_ERRORS
 from .errors import (
     NonRetryableError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     RateLimited,
     RetryLater,
     SerializationError,
@@ -67,11 +83,16 @@ from .errors import (
 from .events import EventData
 from .job import Job
 from .limits import (
+    MAX_DELAY_MS,
     MAX_ERROR_CHARS,
     MAX_LOG_LINE_CHARS,
+    MAX_OPTIONS_BYTES,
     MAX_PROGRESS_BYTES,
     MAX_TRACEBACK_CHARS,
+    clamp_delay_ms,
     clip,
+    safe_text,
+    wire_text,
 )
 from .middleware import run_process_chain
 from .options import Policy
@@ -88,9 +109,19 @@ log = logging.getLogger(__name__)
 # Connection loss, and the CLUSTERDOWN / TRYAGAIN / READONLY replies of a failover.
 _NET_ERRORS = TRANSIENT_ERRORS
 _FINISH_CHUNK = 500
+# Finish fields per outcome (finish.lua): id, token, kind, payload, traceback, delay,
+# keep count, keep age, meta.
+_FIELDS = 9
 _MAX_IDLE_S = 5.0
 _MAX_ERR = MAX_ERROR_CHARS
 _MAX_TB = MAX_TRACEBACK_CHARS
+
+
+# An outcome waiting for its reply: the run, its kind, the result, the error, the delay.
+_Done = tuple["_Run", str, Any, "BaseException | None", int]
+# Stages of an outcome sent alone after Redis refused the call that carried it.
+_ALONE = 1  # the outcome itself
+_FALLBACK = 2  # the final failure recorded in its place
 
 
 class _Run:
@@ -155,7 +186,10 @@ class Worker:
         self._stopping = False
         self._jobs: dict[str, _Run] = {}
         self._acks: list[Any] = []  # flat finish arguments, 9 per outcome
-        self._done: list[tuple[_Run, str, Any, BaseException | None, int]] = []
+        self._done: list[_Done] = []
+        # Outcomes to send in a finish call of their own (module docstring): their 9
+        # arguments, the outcome, and _ALONE or _FALLBACK.
+        self._solo: list[tuple[list[Any], _Done, int]] = []
         self._signal = asyncio.Event()
         self._want_block = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -264,7 +298,7 @@ class Worker:
                 "worker %s: could not flush %d outcome(s) within 30 s (Redis unreachable); "
                 "those jobs will run again after their leases expire",
                 self.id,
-                len(self._acks) // 9,
+                self._held(),
             )
         for t in self._tasks:
             t.cancel()
@@ -299,7 +333,7 @@ class Worker:
         idle_for: float | None = None
         while True:
             free = 0 if self._stopping else min(self._free(), cap)
-            if not self._acks:
+            if not self._acks and not self._solo:
                 if self._stopping and not self._jobs:
                     return
                 if free <= 0 or idle_for is not None:
@@ -314,16 +348,18 @@ class Worker:
                     continue
             acks, done = self._acks, self._done
             self._acks, self._done = [], []
+            # Outcomes Redis refused in a shared call go alone, a bounded number per round.
+            solo, self._solo = self._solo[:_FINISH_CHUNK], self._solo[_FINISH_CHUNK:]
             # After an outage, renew our own leases first in the same pipeline, so the
             # claim below does not recover (and re-run) jobs that are still running here.
             calls, extending = self._extend_calls() if self._outage else ([], {})
             n_ext = len(calls)
-            for i in range(0, len(acks), 9 * _FINISH_CHUNK):
-                calls.append(
-                    q.call(
-                        "finish", ["1" if q.dlq.enabled else "0", *acks[i : i + 9 * _FINISH_CHUNK]]
-                    )
-                )
+            dlq = "1" if q.dlq.enabled else "0"
+            for i in range(0, len(acks), _FIELDS * _FINISH_CHUNK):
+                calls.append(q.call("finish", [dlq, *acks[i : i + _FIELDS * _FINISH_CHUNK]]))
+            for args, _, _ in solo:
+                calls.append(q.call("finish", [dlq, *args]))
+            n_fin = len(calls)
             if free > 0:
                 claim_args = self._claim_args.copy()
                 claim_args[0] = free
@@ -341,6 +377,7 @@ class Worker:
                 self._unreserve(free, 0)
                 self._acks = acks + self._acks
                 self._done = done + self._done
+                self._solo = solo + self._solo
                 if isinstance(exc, _NET_ERRORS):
                     self._report_outage(exc)
                 else:
@@ -363,32 +400,147 @@ class Worker:
             if self._outage:
                 self._outage = False
                 log.warning("worker %s: Redis is reachable again; resuming", self.id)
-            delay_backoff = 0.05
             if n_ext:
                 self._after_extend(replies[:n_ext], extending)
-            if done:
-                statuses: list[Any] = []
-                for r in replies[n_ext : len(calls) - (1 if free > 0 else 0)]:
-                    if isinstance(r, Exception):
-                        log.error("worker %s: finish failed: %s", self.id, r)
-                        statuses.extend([b"error"] * _FINISH_CHUNK)
-                    else:
-                        statuses.extend(r)
-                self._after_finish(done, statuses)
+            refused: Exception | None = None
+            if done or solo:
+                refused = self._after_finish_calls(replies[n_ext:n_fin], acks, done, solo)
+            if refused is None:
+                delay_backoff = 0.05
+            claim_failed = False
             if free > 0:
                 reply = replies[-1]
                 if isinstance(reply, Exception):
                     log.error("worker %s: claim failed: %s", self.id, reply)
                     self._unreserve(free, 0)
                     idle_for = 1.0
-                    continue
-                got = self._after_claim(reply)
-                self._unreserve(free, got)
-                if got == 0:
-                    wake_in = int(reply[1])
-                    idle_for = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
+                    claim_failed = True
+                else:
+                    got = self._after_claim(reply)
+                    self._unreserve(free, got)
+                    if got == 0:
+                        wake_in = int(reply[1])
+                        idle_for = (
+                            _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
+                        )
+            if refused is not None:
+                # The server refused outcomes for a reason of its own (out of memory, ...):
+                # they are kept; wait before offering them again, as after an outage.
+                log.error(
+                    "worker %s: Redis refused to record %d outcome(s) on queue %s (%s: %s); "
+                    "keeping them, retrying in %.2f s",
+                    self.id,
+                    self._held(),
+                    q.name,
+                    type(refused).__name__,
+                    safe_text(refused),
+                    delay_backoff,
+                )
+                await asyncio.sleep(delay_backoff)
+                delay_backoff = min(delay_backoff * 2, 5.0)
+                continue
+            if claim_failed:
+                continue
             # Let completions that are ready run before the next round.
             await asyncio.sleep(0)
+
+    def _held(self) -> int:
+        """Outcomes this worker holds that Redis has not recorded yet."""
+        return len(self._acks) // _FIELDS + len(self._solo)
+
+    def _after_finish_calls(
+        self,
+        replies: list[Any],
+        acks: list[Any],
+        done: list[_Done],
+        solo: list[tuple[list[Any], _Done, int]],
+    ) -> Exception | None:
+        """Handle the replies of one round's finish calls: the shared calls carrying
+        ``acks``/``done`` (``_FINISH_CHUNK`` outcomes each), then one call per ``solo``
+        outcome. Returns the error of a refusal by the whole server, if any (those
+        outcomes are kept for a later round), else None."""
+        refused: Exception | None = None
+        n_shared = -(-len(done) // _FINISH_CHUNK)
+        if n_shared == 1 and not isinstance(replies[0], Exception):
+            self._after_finish(done, replies[0])  # the usual round: one call, accepted
+        else:
+            for c, reply in enumerate(replies[:n_shared]):
+                lo, hi = c * _FINISH_CHUNK, min((c + 1) * _FINISH_CHUNK, len(done))
+                if not isinstance(reply, Exception):
+                    self._after_finish(done[lo:hi], reply)
+                elif _server_refusal(reply):
+                    self._acks.extend(acks[lo * _FIELDS : hi * _FIELDS])
+                    self._done.extend(done[lo:hi])
+                    refused = reply
+                elif hi - lo == 1:
+                    self._refused_alone(acks[lo * _FIELDS : hi * _FIELDS], done[lo], reply)
+                else:
+                    # One outcome Redis cannot take must not cost the others theirs: send
+                    # each alone next round. Fencing makes that safe even if the call
+                    # failed after some writes (those come back as lease-lost).
+                    log.warning(
+                        "worker %s: Redis refused a finish call of %d outcomes on queue %s "
+                        "(%s: %s); sending each alone",
+                        self.id,
+                        hi - lo,
+                        self.queue.name,
+                        type(reply).__name__,
+                        safe_text(reply),
+                    )
+                    for k in range(lo, hi):
+                        self._solo.append(
+                            (acks[k * _FIELDS : (k + 1) * _FIELDS], done[k], _ALONE)
+                        )
+        for (args, entry, stage), reply in zip(solo, replies[n_shared:], strict=True):
+            if not isinstance(reply, Exception):
+                self._after_finish([entry], reply)
+            elif _server_refusal(reply):
+                self._solo.append((args, entry, stage))
+                refused = reply
+            elif stage == _ALONE:
+                self._refused_alone(args, entry, reply)
+            else:
+                run = entry[0]
+                log.error(
+                    "queue %s: Redis refused even the final failure recorded in place of "
+                    "an outcome of job %s (%s: %s); the job stays leased and is recovered "
+                    "when its lease expires",
+                    self.queue.name,
+                    run.job.id,
+                    type(reply).__name__,
+                    safe_text(reply),
+                )
+        return refused
+
+    def _refused_alone(self, args: list[Any], entry: _Done, exc: Exception) -> None:
+        """An outcome Redis refused in a call of its own: record a final failure of its
+        job instead (sent alone next round), saying why, without the outcome's content."""
+        run, kind = entry[0], entry[1]
+        reason = (
+            f"outcome could not be recorded (kind {kind}): {type(exc).__name__}: "
+            f"{safe_text(exc)}"
+        )
+        log.error(
+            "queue %s: Redis refused the outcome (%s) of job %s (%s: %s); recording a final "
+            "failure instead",
+            self.queue.name,
+            kind,
+            run.job.id,
+            type(exc).__name__,
+            safe_text(exc),
+        )
+        keep = run.policy.keep_failed
+        fallback = [
+            args[0],
+            args[1],
+            "F",
+            wire_text(reason, _MAX_ERR),
+            b"",
+            0,
+            *_keep_args(keep),
+            b"",
+        ]
+        self._solo.append((fallback, (run, "F", None, RuntimeError(reason), 0), _FALLBACK))
 
     def _free(self) -> int:
         free = self.concurrency - len(self._jobs) - self._claiming
@@ -412,7 +564,7 @@ class Worker:
                 self.id,
                 type(exc).__name__,
                 exc,
-                len(self._acks) // 9,
+                self._held(),
             )
             if self._events.wants("queue-error"):
                 self._events.emit(EventData("queue-error", self.queue.name, error=exc))
@@ -501,7 +653,7 @@ class Worker:
             # Claimed by a call already in flight when stop() began: hand it back
             # unstarted. Starting it would only cut it off at the end of the grace period
             # (stop() does not wait for jobs it has not seen), and it would run twice.
-            self._ack(run, "H", b"", "", 0, None, None, None)
+            self._ack(run, "H", b"", b"", 0, None, None, None)
             return
         if jid in self._jobs:
             # An older run here lost its lease (Redis was unreachable longer than
@@ -523,7 +675,7 @@ class Worker:
             try:
                 job.data = q.serializer.loads(raw)
             except SerializationError as exc:
-                self._fail_final(run, exc, f"undecodable payload: {exc}")
+                self._fail_final(run, exc, f"undecodable payload: {safe_text(exc)}")
                 return
             proc = self._procs.get(job.name) or self._procs.get("*")
             if proc is None:
@@ -560,7 +712,7 @@ class Worker:
             try:
                 payload = q.serializer.dumps(result, "result")
             except SerializationError as exc:
-                self._fail_final(run, exc, str(exc))
+                self._fail_final(run, exc, safe_text(exc))
                 return
             if len(payload) > q.max_payload_bytes:
                 self._fail_final(
@@ -571,7 +723,7 @@ class Worker:
                     "and return a reference",
                 )
                 return
-            self._ack(run, "C", payload, "", 0, run.policy.keep_completed, result, None)
+            self._ack(run, "C", payload, b"", 0, run.policy.keep_completed, result, None)
         except asyncio.CancelledError:
             run.deadline = None
             reason = run.reason
@@ -589,16 +741,13 @@ class Worker:
             elif reason == "cancelled":
                 self._fail_final(run, None, "cancelled by cancel_job()")
             elif reason == "shutdown":
-                self._ack(run, "H", b"", "", 0, None, None, None)
+                self._ack(run, "H", b"", b"", 0, None, None, None)
             else:
-                self._ack(run, "H", b"", "", 0, None, None, None)
+                self._ack(run, "H", b"", b"", 0, None, None, None)
                 raise
         except RetryLater as exc:
             run.deadline = None
-            hold = exc.hold(job.options) if isinstance(exc, RateLimited) else None
-            meta = "" if hold is None else q.keys.hold_name(hold)
-            why = clip(str(exc.reason), _MAX_ERR).encode()
-            self._ack(run, "D", why, "", exc.delay_ms, None, None, exc, meta)
+            self._deferred(run, exc)
         except NonRetryableError as exc:
             run.deadline = None
             self._fail_final(run, exc, _describe(exc))
@@ -707,20 +856,47 @@ class Worker:
                     run.policy, job.attempts, exc, job, self.queue.backoff_strategies
                 )
             except Exception as bexc:
-                self._fail_final(run, bexc, f"{_describe(exc)} (and backoff failed: {bexc})")
+                self._fail_final(
+                    run, bexc, f"{_describe(exc)} (and backoff failed: {_describe(bexc)})"
+                )
                 return
             if delay is not None:
-                self._ack(run, "R", _describe(exc).encode(), tb, delay, None, None, exc)
+                reason = wire_text(_describe(exc), _MAX_ERR)
+                self._ack(run, "R", reason, tb, delay, None, None, exc)
                 return
-        self._ack(run, "F", _describe(exc).encode(), tb, 0, run.policy.keep_failed, None, exc)
+        reason = wire_text(_describe(exc), _MAX_ERR)
+        self._ack(run, "F", reason, tb, 0, run.policy.keep_failed, None, exc)
+
+    def _deferred(self, run: _Run, exc: RetryLater) -> None:
+        """The processor raised ``RetryLater`` / ``RateLimited``: defer the job."""
+        try:
+            # Clamped again here: the attribute may have been changed after construction.
+            delay = clamp_delay_ms(exc.delay_ms)
+        except (TypeError, ValueError) as bad:
+            self._fail_final(
+                run, exc, f"{_describe(exc)} with an invalid delay_ms ({_describe(bad)})"
+            )
+            return
+        meta = b""
+        if isinstance(exc, RateLimited):
+            try:
+                hold = exc.hold(run.job.options)
+            except Exception as bad:  # a subclass overriding hold()
+                self._fail_final(run, exc, f"{_describe(exc)}: hold() failed ({_describe(bad)})")
+                return
+            if hold is not None and delay > 0:
+                # A hold name is a key: bounded like the options it comes from.
+                meta = wire_text(self.queue.keys.hold_name(hold), MAX_OPTIONS_BYTES)
+        why = wire_text(safe_text(exc.reason), _MAX_ERR)
+        self._ack(run, "D", why, b"", delay, None, None, exc, meta)
 
     def _fail_final(self, run: _Run, exc: BaseException | None, reason: str) -> None:
-        tb = ""
+        tb = b""
         if exc is not None and exc.__traceback__ is not None:
             tb = _traceback_text(exc)
         err = exc if exc is not None else RuntimeError(reason)
         self._ack(
-            run, "F", clip(reason, _MAX_ERR).encode(), tb, 0, run.policy.keep_failed, None, err
+            run, "F", wire_text(reason, _MAX_ERR), tb, 0, run.policy.keep_failed, None, err
         )
 
     def _ack(
@@ -728,28 +904,24 @@ class Worker:
         run: _Run,
         kind: str,
         payload: bytes,
-        tb: str,
+        tb: bytes,
         delay: int,
         keep: Any,
         result: Any,
         exc: BaseException | None,
-        meta: str = "",
+        meta: bytes = b"",
     ) -> None:
+        # Every text field arrives encoded (bytes, by wire_text or the serializer), so
+        # packing the call can never fail on this job's content; the delay is clamped
+        # here, at the one place every outcome passes, so finish.lua never sees a value
+        # Redis would refuse (SET PX, ZADD).
         self._forget(run)
         if run.abandoned:
             return
+        if type(delay) is not int or not 0 <= delay <= MAX_DELAY_MS:
+            delay = clamp_delay_ms(delay)
         self._acks.extend(
-            (
-                run.job.id,
-                run.token,
-                kind,
-                payload,
-                tb,
-                delay,
-                keep.count if keep is not None else -1,
-                keep.age if keep is not None else -1,
-                meta,
-            )
+            (run.job.id, run.token, kind, payload, tb, delay, *_keep_args(keep), meta)
         )
         self._done.append((run, kind, result, exc, delay))
         self._signal.set()
@@ -774,6 +946,14 @@ class Worker:
                     )
                 elif status == b"missing":
                     log.warning("queue %s: job %s was removed while it ran", q.name, job.id)
+                elif status == b"damaged":
+                    log.error(
+                        "queue %s: the record of job %s is damaged (its key holds another "
+                        "type); its outcome (%s) was not recorded",
+                        q.name,
+                        job.id,
+                        kind,
+                    )
                 continue
             self.processed += 1
             if kind == "C":
@@ -868,7 +1048,7 @@ class Worker:
                     f"{MAX_PROGRESS_BYTES}; report a small value (a percentage, a few counters)"
                 )
         else:
-            raw = clip(str(value), MAX_LOG_LINE_CHARS).encode()
+            raw = wire_text(safe_text(value), MAX_LOG_LINE_CHARS)
         await q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
         if kind == "progress" and self._events.wants("job-progress"):
             self._events.emit(EventData("job-progress", q.name, job.id, job=job, progress=value))
@@ -1031,15 +1211,51 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
-def _traceback_text(exc: BaseException) -> str:
-    """The traceback as recorded on the job: each part (a huge exception message too)
-    clipped, then the innermost MAX_TRACEBACK_CHARS kept."""
-    parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    return "".join(clip(p, _MAX_ERR) for p in parts)[-_MAX_TB:]
+def _traceback_text(exc: BaseException) -> bytes:
+    """The traceback as recorded on the job, encoded: each part (a huge exception message
+    too) clipped, then the innermost MAX_TRACEBACK_CHARS kept. Never raises: surrogates
+    in any message of the chain are escaped (``wire_text``), and a traceback that cannot
+    be formatted at all is replaced by the exception's description."""
+    try:
+        parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        text = "".join(clip(safe_text(p), _MAX_ERR) for p in parts)[-_MAX_TB:]
+    except Exception as fmt:
+        text = f"{_describe(exc)}\n(traceback unavailable: {_describe(fmt)})"
+    return wire_text(text, _MAX_TB)
 
 
 def _describe(exc: BaseException | None) -> str:
+    """``"<type>: <message>"`` of an error, clipped to MAX_ERROR_CHARS. Never raises: an
+    exception whose ``__str__`` raises or returns a non-string is described by type."""
     if exc is None:
         return "unknown error"
-    text = f"{type(exc).__name__}: {exc}"
-    return clip(text, _MAX_ERR)
+    return clip(f"{_safe_name(exc)}: {safe_text(exc)}", _MAX_ERR)
+
+
+def _safe_name(exc: BaseException) -> str:
+    """The exception's type name (a plain str even for odd, dynamically made types)."""
+    name = getattr(type(exc), "__name__", None)
+    return name if type(name) is str else "Exception"
+
+
+def _keep_args(keep: Any) -> tuple[int, int]:
+    """Retention count and age of a finish outcome (-1 = unlimited; see finish.lua)."""
+    if keep is None:
+        return -1, -1
+    return keep.count, keep.age
+
+
+def _server_refusal(exc: Exception) -> bool:
+    """Whether Redis refused a call for a reason of the whole server rather than of what
+    the call carried: out of memory, a script running too long (BUSY), the dataset
+    loading, missing replicas, or an ACL permission. Sending the outcomes one by one
+    would not help and would wrongly fail jobs; they are kept and sent again later."""
+    if isinstance(
+        exc, (OutOfMemoryError, NoPermissionError, PermissionDeniedError, BusyLoadingError)
+    ):
+        return True
+    return safe_text(exc).startswith(_SERVER_REFUSALS)
+
+
+# Error replies (their leading code) that concern the server, not one call's arguments.
+_SERVER_REFUSALS = ("OOM", "BUSY", "LOADING", "NOREPLICAS", "MASTERDOWN", "NOPERM")

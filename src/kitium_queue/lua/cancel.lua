@@ -5,13 +5,18 @@
 
   KEYS: the shared layout (common.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
-  ARGV[4..]  job ids (at most 1000)
+  ARGV[4..]  job ids (at most 1000; more is refused with KQ_BAD_ARGUMENT before any
+             write)
 
   Returns one status per id: 'removed' | 'flagged' | 'missing' | 'finished'.
   Events: job-removed (reason cancelled) or job-cancelling.
 ]]
 --@include common
 
+if #ARGV - 3 > BATCH_MAX then
+  return bad_arg('cancel', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
+    (#ARGV - 3))
+end
 local out = {}
 for i = 4, #ARGV do
   local id = ARGV[i]

@@ -5,9 +5,11 @@
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  force ('1' | '0'): without force, a queue with active jobs is refused
            (KQ_QUEUE_ACTIVE) so running work is not pulled from under its workers.
-  ARGV[5]  max jobs deleted per call
+  ARGV[5]  max jobs deleted per call, clamped to 1..1000 (BATCH_MAX; missing or not a
+           number: 1000). At least 1, so a client looping while 1 always progresses.
 
-  Returns 1 when more remains (call again), 0 when the queue is gone.
+  Returns 1 when more remains (call again), 0 when the queue is gone. The id and
+  lease counters are kept, so ids and fencing tokens never repeat.
 ]]
 --@include common
 --@include errors
@@ -18,17 +20,20 @@ if ARGV[4] ~= '1' then
     return fail(ERR_QUEUE_ACTIVE, n .. ' jobs are active; wait for them, or pass force=True')
   end
 end
-local budget = tonumber(ARGV[5])
+local budget = arg_int(ARGV[5], BATCH_MAX, 1, BATCH_MAX)
 local sets = { K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED, K_DLQ }
 for s = 1, #sets do
   if budget <= 0 then return 1 end
   local ids = redis.call('ZRANGE', sets[s], 0, budget - 1)
   for i = 1, #ids do delete_job(ids[i]) end
-  if #ids > 0 then redis.call('ZREM', sets[s], unpack(ids)) end
+  zrem_all(sets[s], ids)
   budget = budget - #ids
 end
 for s = 1, #sets do
   if redis.call('ZCARD', sets[s]) > 0 then return 1 end
 end
-redis.call('DEL', K_META, K_EVENTS, K_MARKER, K_ID, K_LIMITER, K_LEASE)
+-- The id and lease-token counters survive: an idempotency key (kept for its whole
+-- window) must never point at a new, unrelated job reusing an old id, and a fencing
+-- token must never be handed out twice.
+redis.call('DEL', K_META, K_EVENTS, K_MARKER, K_LIMITER)
 return 0

@@ -5,14 +5,15 @@
   KEYS: the shared layout (common.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  include delayed ('1' | '0')
-  ARGV[5]  max jobs removed per call
+  ARGV[5]  max jobs removed per call, clamped to 1..1000 (BATCH_MAX; missing or not a
+           number: 1000). At least 1, so a client looping until 0 always progresses.
 
   Returns the number removed by this call (the client calls again until 0).
   Events: one queue-drained event when the call removed anything.
 ]]
 --@include common
 
-local limit = tonumber(ARGV[5])
+local limit = arg_int(ARGV[5], BATCH_MAX, 1, BATCH_MAX)
 local removed = 0
 local sets = { K_WAIT }
 if ARGV[4] == '1' then sets[2] = K_DELAYED end
@@ -20,7 +21,7 @@ for s = 1, #sets do
   if removed < limit then
     local ids = redis.call('ZRANGE', sets[s], 0, limit - removed - 1)
     for i = 1, #ids do delete_job(ids[i]) end
-    if #ids > 0 then redis.call('ZREM', sets[s], unpack(ids)) end
+    zrem_all(sets[s], ids)
     removed = removed + #ids
   end
 end

@@ -3,30 +3,43 @@
 
   KEYS: the shared layout (common.lua); uses wait, delayed, events, marker, id.
   ARGV[1..3]: shared prefix, now, events maxlen.
-  ARGV[4]   default idempotency window in ms
-  ARGV[5..] 8 fields per job:
-            id ('' = next sequence number), name, data, opts (JSON or ''),
-            priority (0..65535), delay ms (0 = none), lifo ('1'|'0'),
-            idempotency key ('' = none)
+  ARGV[4]   default idempotency window in ms, clamped to 1..MAX_MS (missing or not a
+            number: 86400000)
+  ARGV[5..] 8 fields per job, for at most 1000 jobs:
+            id ('' = an auto id, the next free sequence number), name, data,
+            opts (JSON or ''), priority (clamped to 0..65535), delay ms (clamped to
+            0..MAX_MS; 0 = none), lifo ('1'|'0'), idempotency key ('' = none)
+            A field count that is not a multiple of 8, or more than 1000 jobs, is
+            refused with KQ_BAD_ARGUMENT before anything is written.
 
   Returns a flat array: id1, flag1, id2, flag2, ... where flag is
     'new'  — the job was created;
     'dup'  — a job with that job_id or idempotency key already exists; id is the
-             existing job's id and nothing was written.
+             existing job's id and nothing was written;
+    'err'  — the job could not be added (no free auto id: see add_job in common.lua);
+             in place of the id comes the reason. Nothing of that job was written, and
+             processing stops there: the jobs after it in the call are not written and
+             have no entry in the reply.
+  Chosen ids and auto ids never overwrite a job: a chosen id that exists is 'dup', and
+  an auto id skips sequence numbers whose job hash exists.
   Events: job-added (with state) per new job.
-  Bounded: the client sends at most 1000 jobs per call.
 ]]
 --@include common
 
-local idem_ttl = tonumber(ARGV[4])
+local MAX_JOBS = 1000
+local fields = #ARGV - 4
+if fields < 0 or fields % 8 ~= 0 or fields / 8 > MAX_JOBS then
+  return bad_arg('enqueue', 'expected 8 fields for each of at most ' .. MAX_JOBS ..
+    ' jobs after ARGV[4], got ' .. fields .. ' fields')
+end
+local idem_ttl = int(arg_int(ARGV[4], 86400000, 1, MAX_MS))
 local out = {}
 local woke = false
 local waiting = {}
-local n = (#ARGV - 4) / 8
-for j = 0, n - 1 do
+for j = 0, fields / 8 - 1 do
   local b = 5 + j * 8
   local custom, name, data, opts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local pri, delay, lifo, ik = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), ARGV[b + 6], ARGV[b + 7]
+  local pri, delay, lifo, ik = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
   local existing = nil
   local ikey = nil
   if ik ~= '' then
@@ -40,7 +53,14 @@ for j = 0, n - 1 do
     out[#out + 1] = existing
     out[#out + 1] = 'dup'
   else
+    -- add_job clamps priority and delay itself (arg_int), so no value of theirs can
+    -- fail a command after this job's first write.
     local id, jk, state = add_job(custom, name, data, opts, pri, delay, lifo, waiting)
+    if not id then
+      out[#out + 1] = jk  -- the reason
+      out[#out + 1] = 'err'
+      break
+    end
     if state == 'waiting' then woke = true end
     if ikey then
       redis.call('HSET', jk, 'ik', ik)

@@ -12,15 +12,33 @@
                the worker must abandon the job and never record its outcome.
     cancelled  renewed, but cancel_job() asked for the job to stop.
   Bounded: the client sends at most 500 pairs per call.
+  Arguments are checked before the first write: a duration that is not a positive
+  number, or an odd number of id/token fields, is refused whole ('KQ_BAD_ARGUMENT' error
+  reply, nothing written); a duration above MAX_LEASE_MS is clamped to it.
 ]]
 --@include common
 
-local deadline = int(NOW + tonumber(ARGV[4]))
+-- Longest lease (ms), as limits.MAX_DELAY_MS: ten years; NOW + it stays an exact integer.
+local MAX_LEASE_MS = 315360000000
+
+local duration = tonumber(ARGV[4])
+if duration == nil or duration ~= duration or duration <= 0 then
+  return redis.error_reply('KQ_BAD_ARGUMENT extend: the lease duration must be a positive '
+    .. 'number of ms; nothing was written')
+end
+if (#ARGV - 4) % 2 ~= 0 then
+  return redis.error_reply('KQ_BAD_ARGUMENT extend: job ids and lease tokens must come in '
+    .. 'pairs; nothing was written')
+end
+if duration > MAX_LEASE_MS then duration = MAX_LEASE_MS end
+local deadline = int(NOW + math.floor(duration))
 local lost, cancelled = {}, {}
 for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local f = redis.call('HMGET', job_key(id), 'lt', 'st', 'cx')
-  if f[1] == token and f[2] == 'active' then
+  -- pcall: a job key holding another type would fail HMGET (WRONGTYPE) after the leases
+  -- before it were renewed; such a job is no longer ours, so it counts as lost.
+  local f = redis.pcall('HMGET', job_key(id), 'lt', 'st', 'cx')
+  if not f.err and f[1] == token and f[2] == 'active' then
     -- No XX: a lease missing from the active set (the key was deleted) is put back,
     -- so the job can still be recovered if this worker dies.
     redis.call('ZADD', K_ACTIVE, deadline, id)

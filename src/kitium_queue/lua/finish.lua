@@ -22,13 +22,64 @@
                holds the whole queue (claim.lua), 'hold:<key>' one rate-limit key
                (flow control); '' = none. A longer hold already set is kept.
 
-  Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing'.
+  Arguments are checked before the first write: a call with a malformed outcome (a kind
+  other than C R F D H, a delay / keep count / keep age that is not a number, NaN
+  included, or a field count that is not a multiple of 9) is refused whole with a
+  'KQ_BAD_ARGUMENT' error reply and writes nothing. Numbers are then clamped: delay to
+  0..MAX_DELAY_MS (limits.py; +inf gives the maximum, negatives 0), keep count and keep
+  age to -1..2^53; fractions are cut. So no SET PX, ZADD or XADD below can be refused
+  half way through the call. Ids and tokens need no check: any string is fenced (a
+  forged or empty token is 'lease-lost', an unknown id 'missing').
+
+  Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing' | 'damaged'
+  ('damaged': the job key holds something other than a job hash; nothing is written).
   Events: job-completed | job-retrying | job-failed (+ job-dlq) | job-delayed | job-released.
   Bounded: the client sends at most 500 outcomes per call.
 ]]
 --@include common
 
+-- Longest delay or hold (ms), as limits.MAX_DELAY_MS: ten years, exact in a double.
+local MAX_DELAY_MS = 315360000000
+-- Retention counts and ages above this are as good as unlimited; exact in a double.
+local MAX_KEEP = 9007199254740992
+local KINDS = { C = true, R = true, F = true, D = true, H = true }
+
+-- A whole number within lo..hi from an argument, or nil when it is not a number (NaN
+-- too). Out-of-range values (+-inf included) are clamped, fractions cut.
+local function bounded_int(x, lo, hi)
+  local n = tonumber(x)
+  if n == nil or n ~= n then return nil end
+  if n <= lo then return lo end
+  if n >= hi then return hi end
+  return math.floor(n)
+end
+
+local function bad_outcome(index, what)
+  return redis.error_reply('KQ_BAD_ARGUMENT finish: outcome ' .. index .. ' of the call: '
+    .. what .. '; nothing was written')
+end
+
 local dlq_enabled = ARGV[4] == '1'
+if (#ARGV - 4) % 9 ~= 0 then
+  return redis.error_reply('KQ_BAD_ARGUMENT finish: ' .. (#ARGV - 4) ..
+    ' outcome fields, not 9 per outcome; nothing was written')
+end
+-- Check and clamp every outcome before the first write (header). Pure Lua, no command:
+-- a few microseconds per call on the hot path.
+local delays, counts, ages = {}, {}, {}
+for b = 5, #ARGV, 9 do
+  local n = (b - 5) / 9 + 1
+  if not KINDS[ARGV[b + 2]] then return bad_outcome(n, 'unknown kind') end
+  local delay = bounded_int(ARGV[b + 5], 0, MAX_DELAY_MS)
+  local keep_count = bounded_int(ARGV[b + 6], -1, MAX_KEEP)
+  local keep_age = bounded_int(ARGV[b + 7], -1, MAX_KEEP)
+  if delay == nil then return bad_outcome(n, 'delay is not a number') end
+  if keep_count == nil or keep_age == nil then
+    return bad_outcome(n, 'keep count or keep age is not a number')
+  end
+  delays[b], counts[b], ages[b] = delay, keep_count, keep_age
+end
+
 local res = {}
 local woke = false
 -- Retention is applied once per distinct policy at the end of the call, not per job;
@@ -38,11 +89,15 @@ local unleased, completed = {}, {}
 local last_kc, last_ka = nil, nil
 for b = 5, #ARGV, 9 do
   local id, token, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local payload, tb, delay = ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5])
-  local keep_count, keep_age, meta = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]), ARGV[b + 8]
+  local payload, tb, delay = ARGV[b + 3], ARGV[b + 4], delays[b]
+  local keep_count, keep_age, meta = counts[b], ages[b], ARGV[b + 8]
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'lt', 'st', 'e')
-  if not f[2] then
+  -- pcall: a job key holding another type (overwritten by hand) would fail HMGET with
+  -- WRONGTYPE after the outcomes before it were written; report it instead.
+  local f = redis.pcall('HMGET', jk, 'lt', 'st', 'e')
+  if f.err then
+    res[#res + 1] = 'damaged'
+  elseif not f[2] then
     res[#res + 1] = 'missing'
     redis.call('ZREM', K_ACTIVE, id)
   elseif f[1] ~= token or f[2] ~= 'active' then
@@ -72,6 +127,7 @@ for b = 5, #ARGV, 9 do
       end
       emit('job-completed', id)
     elseif kind == 'R' then
+      local delay_s = int(delay)
       redis.call('HSET', jk, 'e', payload, 'tb', tb)
       if delay > 0 then
         push_delayed(jk, id, NOW + delay)
@@ -79,7 +135,7 @@ for b = 5, #ARGV, 9 do
         push_wait(jk, id)
         woke = true
       end
-      emit('job-retrying', id, 'delay', delay, 'reason', payload)
+      emit('job-retrying', id, 'delay', delay_s, 'reason', payload)
     elseif kind == 'F' then
       if dlq_enabled then
         dead_letter(jk, id, true, payload, tb)
@@ -93,6 +149,7 @@ for b = 5, #ARGV, 9 do
         end
       end
     elseif kind == 'D' then
+      local delay_s = int(delay)
       redis.call('HSET', jk, 'a', int(math.max(num(redis.call('HGET', jk, 'a')) - 1, 0)))
       if delay > 0 then
         push_delayed(jk, id, NOW + delay)
@@ -102,9 +159,10 @@ for b = 5, #ARGV, 9 do
       end
       if delay > 0 and (meta == 'hold' or string.sub(meta, 1, 5) == 'hold:') then
         local hk = PREFIX .. meta
-        if redis.call('PTTL', hk) < delay then redis.call('SET', hk, '1', 'PX', delay) end
+        -- delay_s: digits, as SET PX needs (a Lua number would be sent as "1e+17").
+        if redis.call('PTTL', hk) < delay then redis.call('SET', hk, '1', 'PX', delay_s) end
       end
-      emit('job-delayed', id, 'delay', delay, 'reason', payload)
+      emit('job-delayed', id, 'delay', delay_s, 'reason', payload)
     else -- 'H'
       redis.call('HSET', jk, 'a', int(math.max(num(redis.call('HGET', jk, 'a')) - 1, 0)))
       push_wait(jk, id)

@@ -4,7 +4,9 @@
 
   KEYS: the shared layout (common.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
-  ARGV[4]  max jobs moved
+  ARGV[4]  max jobs moved by this call, clamped to 0..1000 (BATCH_MAX; missing or not a
+           number: 1000). promote_delayed(limit) calls again until its limit is reached
+           or no due job is left, so no single call blocks Redis for long.
   ARGV[5]  dlq enabled ('1' | '0'; default '1'): where a job whose hash was deleted
            while it was delayed is recorded
 
@@ -12,6 +14,6 @@
 ]]
 --@include common
 
-local n = promote(tonumber(ARGV[4]), ARGV[5] ~= '0')
+local n = promote(ARGV[4], ARGV[5] ~= '0')
 if n > 0 then wake() end
 return n

@@ -5,14 +5,15 @@
 
   KEYS: the shared layout (common.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
-  ARGV[4]  max_stalled_count
+  ARGV[4]  max_stalled_count, clamped to 0..MAX_MS (missing or not a number: 2)
   ARGV[5]  dlq enabled ('1' | '0')
-  ARGV[6]  max jobs examined (bounded work)
+  ARGV[6]  max jobs examined by this call, clamped to 0..1000 (BATCH_MAX; missing or not
+           a number: 1000); recover_stalled(limit) calls again for more
 
-  Returns { {recovered ids}, {dead-lettered ids} }.
+  Returns { {recovered ids}, {dead-lettered ids} }: every examined job is in one of them.
   Events: job-stalled per recovered job; job-failed (+ job-dlq) per dead-lettered job.
 ]]
 --@include common
 
-local back, dead = recover(tonumber(ARGV[6]), tonumber(ARGV[4]), ARGV[5] == '1')
+local back, dead = recover(ARGV[6], ARGV[4], ARGV[5] == '1')
 return { back, dead }

@@ -3,7 +3,8 @@
 
   KEYS: the shared layout (common.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
-  ARGV[4..]  job ids (at most 1000)
+  ARGV[4..]  job ids (at most 1000; more is refused with KQ_BAD_ARGUMENT before any
+             write)
 
   Returns one status per id: 'removed' | 'missing' | 'active' (active jobs are left
   alone: cancel them with cancel.lua, or wait for them to finish).
@@ -11,6 +12,10 @@
 ]]
 --@include common
 
+if #ARGV - 3 > BATCH_MAX then
+  return bad_arg('remove', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
+    (#ARGV - 3))
+end
 local STATE_SETS = { waiting = K_WAIT, delayed = K_DELAYED, completed = K_COMPLETED,
   failed = K_FAILED, dlq = K_DLQ }
 local out = {}

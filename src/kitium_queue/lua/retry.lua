@@ -5,11 +5,13 @@
   KEYS: the shared layout (common.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]   mode: 'ids' or 'state'
-  mode 'ids':   ARGV[5..] job ids (at most 1000). Raises KQ_JOB_NOT_FOUND for an unknown
-                id and KQ_BAD_STATE for a job that is not failed, dlq or completed;
-                nothing is moved in either case.
-  mode 'state': ARGV[5] state ('failed' | 'dlq' | 'completed'), ARGV[6] limit (≤ 1000):
-                the oldest `limit` jobs of that state are moved.
+  mode 'ids':   ARGV[5..] job ids (at most 1000; more is refused with KQ_BAD_ARGUMENT).
+                Raises KQ_JOB_NOT_FOUND for an unknown id and KQ_BAD_STATE for a job
+                that is not failed, dlq or completed; nothing is moved in either case.
+  mode 'state': ARGV[5] state ('failed' | 'dlq' | 'completed'), ARGV[6] limit, clamped
+                to 0..1000 (BATCH_MAX; missing or not a number: 1000): the oldest
+                `limit` jobs of that state are moved. bulk_retry() calls again for more.
+  Every argument is checked before the first write.
   Returns the ids moved. Events: job-waiting per job.
 ]]
 --@include common
@@ -17,6 +19,10 @@
 
 local moved = {}
 if ARGV[4] == 'ids' then
+  if #ARGV - 4 > BATCH_MAX then
+    return bad_arg('retry', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
+      (#ARGV - 4))
+  end
   local plan = {}
   for i = 5, #ARGV do
     local id = ARGV[i]
@@ -39,7 +45,10 @@ else
     return fail(ERR_BAD_STATE, 'cannot bulk-retry state ' .. ARGV[5] ..
       '; use failed, dlq or completed')
   end
-  local ids = redis.call('ZRANGE', set_key, 0, tonumber(ARGV[6]) - 1)
+  -- A limit of 0 must not become ZRANGE 0 -1, which is the whole set.
+  local limit = arg_int(ARGV[6], BATCH_MAX, 0, BATCH_MAX)
+  local ids = {}
+  if limit > 0 then ids = redis.call('ZRANGE', set_key, 0, limit - 1) end
   for i = 1, #ids do
     requeue(ids[i], set_key)
     moved[#moved + 1] = ids[i]

@@ -16,10 +16,14 @@
   ARGV[4]  schedule id
   ARGV[5]  expected next tick (the 'due' the caller read)
   ARGV[6]  expected version
-  ARGV[7]  new next tick ('' = the schedule is finished)
+  ARGV[7]  new next tick ('' = the schedule is finished), else a time in ms (0..MAX_MS)
   ARGV[8]  overlap: '1' = skip a tick while the previous job of the schedule is
            waiting, delayed, pending or active; '0' = allow
-  ARGV[9..] pairs: tick ms, start time ms (tick + jitter; the job is delayed until then)
+  ARGV[9..] pairs: tick ms, start time ms (tick + jitter; the job is delayed until then),
+           at most 1000 pairs (MAX_TICKS_PER_FIRE in scheduler.py); each a time in ms
+           (0..MAX_MS). A start before now enqueues at once.
+  Malformed arguments (odd pair count, more than 1000 ticks, a tick, start or next tick
+  that is not a time) are refused with KQ_BAD_ARGUMENT before anything is written.
 
   Returns { 'ok' | 'stale', {enqueued job ids}, skipped, next tick or '' }
     'stale': another scheduler already handled this tick, or the schedule changed,
@@ -32,13 +36,37 @@
 
 local id, expect_due, expect_v = ARGV[4], ARGV[5], ARGV[6]
 local nxt, skip_overlap = ARGV[7], ARGV[8] == '1'
+
+-- Checked before the first write: a tick or start that is not a time would otherwise
+-- fail inside the loop below, after earlier ticks' jobs were written and before the
+-- schedule's next tick moved on, so the same ticks would be enqueued again.
+local function is_time(x)
+  local n = tonumber(x)
+  return n ~= nil and n == n and n >= 0 and n <= MAX_MS
+end
+local pairs_n = (#ARGV - 8) / 2
+if #ARGV < 8 or (#ARGV - 8) % 2 ~= 0 or pairs_n > 1000 then
+  return bad_arg('schedule_fire', 'expected at most 1000 (tick, start) pairs after '
+    .. 'ARGV[8], got ' .. (#ARGV - 8) .. ' values')
+end
+if nxt ~= '' and not is_time(nxt) then
+  return bad_arg('schedule_fire', 'next tick must be empty or a time in ms, got ' ..
+    tostring(nxt))
+end
+for b = 9, #ARGV, 2 do
+  if not (is_time(ARGV[b]) and is_time(ARGV[b + 1])) then
+    return bad_arg('schedule_fire', 'tick and start must be times in ms, got ' ..
+      tostring(ARGV[b]) .. ', ' .. tostring(ARGV[b + 1]))
+  end
+end
 local sk = schedule_key(id)
 local f = redis.call('HMGET', sk, 'due', 'v', 'paused', 'n', 'd', 'o', 'p', 'l', 'cnt', 'lim', 'lj')
 if f[1] ~= expect_due or f[2] ~= expect_v or f[3] == '1' then
   return { 'stale', {}, 0, f[1] or '' }
 end
 local name, data, opts, pri, lifo = f[4], f[5], f[6] or '', tonumber(f[7]) or 0, f[8] or '0'
-local cnt, lim, last_job = tonumber(f[9]) or 0, tonumber(f[10]) or 0, f[11]
+-- num(): a damaged counter reads as 0 instead of comparing as NaN.
+local cnt, lim, last_job = num(f[9]), num(f[10]), f[11]
 local RUNNING = { waiting = true, delayed = true, active = true, pending = true }
 
 local fired, skipped, last_tick, woke = {}, 0, nil, false
@@ -66,8 +94,11 @@ for b = 9, #ARGV, 2 do
 end
 
 if lim > 0 and cnt >= lim then nxt = '' end
-redis.call('HSET', sk, 'due', nxt, 'cnt', cnt)
-if skipped > 0 then redis.call('HINCRBY', sk, 'skip', skipped) end
+redis.call('HSET', sk, 'due', nxt, 'cnt', int(cnt))
+if skipped > 0 then
+  -- Not HINCRBY: it fails on a damaged (non-integer) field, after the jobs were written.
+  redis.call('HSET', sk, 'skip', int(num(redis.call('HGET', sk, 'skip')) + skipped))
+end
 if last_tick then redis.call('HSET', sk, 'last', last_tick, 'lj', last_job) end
 if nxt == '' then
   redis.call('HSET', sk, 'done', '1')
