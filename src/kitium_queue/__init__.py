@@ -44,6 +44,7 @@ from .errors import (
 )
 from .events import EventData, StreamEvent
 from .job import Job, JobInfo
+from .leader import LeaderLease, LeaderService
 from .options import (
     BackoffOptions,
     DLQConfig,
@@ -54,6 +55,7 @@ from .options import (
     RetryConfig,
     WorkerConfig,
 )
+from .outbox import DeadEntry, GroupStats, Outbox, OutboxConsumer, OutboxEntry, OutboxStats
 from .partitioned import PartitionedQueue
 from .queue import HealthStatus, JobQueue, QueueStats
 from .schedules import Schedule
@@ -65,10 +67,12 @@ __all__ = [
     "ConfigurationError",
     "ConnectionUnavailableError",
     "DLQConfig",
+    "DeadEntry",
     "DeliveryGuarantee",
     "EncryptionAlgorithm",
     "EventData",
     "ExtendedJobOptions",
+    "GroupStats",
     "HealthStatus",
     "Job",
     "JobActiveError",
@@ -79,9 +83,15 @@ __all__ = [
     "JobStateError",
     "JobStatus",
     "KitiumQueueError",
+    "LeaderLease",
+    "LeaderService",
     "LeaseLostError",
     "LimiterConfig",
     "NonRetryableError",
+    "Outbox",
+    "OutboxConsumer",
+    "OutboxEntry",
+    "OutboxStats",
     "PartitionedQueue",
     "PayloadTooLargeError",
     "PermissionDeniedError",

@@ -1,0 +1,347 @@
+"""Leader-only services: housekeeping that one process of a queue runs at a time.
+
+``LeaderLease`` is a lease on a named role of one queue, in the key
+``<prefix>:{<queue>}:leader:<role>`` (the queue's hash tag, so cluster-safe):
+
+* **acquire**: ``SET key <random token> NX PX lease_ms`` and, in the same script, ``INCR``
+  of ``leader:<role>:term``. Every acquisition gets a new, higher *term* (fencing number):
+  pass it along with the leader's writes elsewhere, and refuse a write whose term is
+  lower than one already seen, so a deposed leader that still runs cannot overwrite its
+  successor's work.
+* **renew**: compare-and-renew (``PEXPIRE`` only while the key still holds our token).
+* **release**: compare-and-delete.
+
+``LeaderService(name, body)`` plugs into ``queue.add_service``: every worker process
+campaigns; the one holding the lease runs ``body(term)``. Its body is cancelled
+
+* when a renewal answers that the lease is gone (deleted, or expired and taken), at the
+  next renewal: within one renew interval;
+* when renewals have failed (Redis unreachable or silent) for ``lease_ms - renew_ms / 2``
+  since the last one that succeeded was *sent*. Redis counts the lease from when it
+  executed that renewal, which is later, so the body stops before the lease can expire
+  and before any other process can be elected.
+
+A process that dies simply stops renewing: another one is elected once its lease expires
+(at most ``lease_ms``). A graceful stop cancels the body, then releases the lease, so a
+successor is elected at its next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
+__all__ = ["LeaderBody", "LeaderLease", "LeaderService"]
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean "Redis is unreachable right now": keep retrying.
+NET_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError,
+)
+
+LeaderBody = Callable[[int], Awaitable[Any]]
+
+
+class OutageLog:
+    """Logs an outage once when it starts and once when it ends, as the worker does, and
+    paces retries (``pause``: exponential backoff from 50 ms to 1 s)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.down = False
+        self.backoff = 0.05
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("%s: Redis unreachable (%s: %s); retrying", self.what,
+                        type(exc).__name__, exc)
+
+    async def pause(self, exc: BaseException) -> None:
+        self.failed(exc)
+        await asyncio.sleep(self.backoff)
+        self.backoff = min(self.backoff * 2, 1.0)
+
+    def ok(self) -> None:
+        self.backoff = 0.05
+        if self.down:
+            self.down = False
+            log.warning("%s: Redis is reachable again", self.what)
+
+
+def check_name(value: str, what: str, max_len: int = 100) -> str:
+    """Refuse names that are empty, long, unprintable or contain spaces or braces."""
+    if (
+        not isinstance(value, str) or not value or len(value) > max_len
+        or not value.isprintable() or any(c.isspace() or c in "{}" for c in value)
+    ):
+        raise ConfigurationError(
+            f"{what} must be 1-{max_len} printable characters without spaces or braces, "
+            f"got {value!r}"
+        )
+    return value
+
+
+class LeaderLease:
+    """The lease on role ``role`` of ``queue`` (see the module docstring).
+
+    ``term`` is the fencing number of the current holding (None when not held);
+    ``retry_after_ms`` is how long the current holder's lease still runs after a failed
+    ``acquire``.
+    """
+
+    def __init__(self, queue: JobQueue, role: str, *, lease_ms: int = 10_000) -> None:
+        check_name(role, "leader role")
+        if not isinstance(lease_ms, int) or lease_ms < 100:
+            raise ConfigurationError(f"lease_ms must be an int >= 100, got {lease_ms!r}")
+        self.queue = queue
+        self.role = role
+        self.lease_ms = lease_ms
+        self.key = queue.keys.extra(f"leader:{role}")
+        self.term_key = self.key + ":term"
+        self.token: str | None = None
+        self.term: int | None = None
+        self.retry_after_ms = 0
+
+    async def _call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        client = await self.queue.client()
+        return await self.queue.scripts.call(client, script, keys, args)
+
+    async def acquire(self) -> int | None:
+        """Take the lease if nobody holds it; returns the new term, or None."""
+        # A fresh token per attempt: a reply lost in transit leaves at worst a lease
+        # nobody renews, which expires; it can never be mistaken for a later holding.
+        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        ok, value = await self._call("leader_acquire", [self.key, self.term_key],
+                                     [token, self.lease_ms])
+        if int(ok) == 1:
+            self.token, self.term = token, int(value)
+            return self.term
+        self.retry_after_ms = max(int(value), 0)
+        return None
+
+    async def renew(self) -> bool:
+        """Extend the lease by ``lease_ms`` if still ours; False: it was lost."""
+        if self.token is None:
+            return False
+        ok = int(await self._call("leader_renew", [self.key], [self.token, self.lease_ms]))
+        if not ok:
+            self.token = self.term = None
+        return ok == 1
+
+    async def release(self) -> bool:
+        """Give the lease up (only if still ours); True if it was deleted."""
+        token, self.token, self.term = self.token, None, None
+        if token is None:
+            return False
+        return int(await self._call("leader_release", [self.key], [token])) == 1
+
+    def forget(self) -> None:
+        """Drop the holding locally (it was lost, or is about to expire unrenewed)."""
+        self.token = self.term = None
+
+    async def holder(self) -> str | None:
+        """Token of the current holder (``host:pid:random``), or None."""
+        client = await self.queue.client()
+        raw = await client.get(self.key)
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def current_term(self) -> int:
+        """The latest term handed out for this role (0: never held)."""
+        client = await self.queue.client()
+        return int(await client.get(self.term_key) or 0)
+
+
+class LeaderService:
+    """A ``Service`` running ``body(term)`` in at most one process of the queue at a time.
+
+    Args:
+        name: the role (and the service name): key ``leader:<name>`` of the queue.
+        body: ``async def body(term: int)``; runs while this process leads and is
+            cancelled when it stops leading. If it returns or raises, the lease is
+            released and this process campaigns again after one renew interval.
+        lease_ms: lease length; another process takes over at most this long after the
+            leader died.
+        renew_ms: renewal interval (default ``lease_ms // 3``), below ``lease_ms / 2``.
+
+    ``term`` is the current term while leading (None otherwise); ``terms`` lists every
+    term this instance held.
+
+    Example::
+
+        async def compact(term: int) -> None:
+            while True:
+                await do_housekeeping(fence=term)
+                await asyncio.sleep(60)
+
+        queue.add_service(LeaderService("compact", compact))
+    """
+
+    def __init__(
+        self, name: str, body: LeaderBody, *, lease_ms: int = 10_000,
+        renew_ms: int | None = None,
+    ) -> None:
+        self.name = check_name(name, "leader service name")
+        if not isinstance(lease_ms, int) or lease_ms < 100:
+            raise ConfigurationError(f"lease_ms must be an int >= 100, got {lease_ms!r}")
+        renew = lease_ms // 3 if renew_ms is None else renew_ms
+        if not isinstance(renew, int) or renew < 10 or 2 * renew >= lease_ms:
+            raise ConfigurationError(
+                f"renew_ms must be an int >= 10 and below lease_ms / 2 ({lease_ms / 2:.0f}), "
+                f"got {renew_ms!r}: the lease must survive a failed renewal"
+            )
+        self.body = body
+        self.lease_ms = lease_ms
+        self.renew_ms = renew
+        self.lease: LeaderLease | None = None
+        self.term: int | None = None
+        self.terms: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+        self._outage = OutageLog(f"leader service {self.name}")
+
+    @property
+    def is_leader(self) -> bool:
+        return self.term is not None
+
+    # ------------------------------------------------------------------ service
+    async def start(self, queue: JobQueue) -> None:
+        if self._task is not None and not self._task.done():
+            return  # already campaigning
+        if self.lease is None or self.lease.queue is not queue:
+            self.lease = LeaderLease(queue, self.name, lease_ms=self.lease_ms)
+        self._task = asyncio.get_running_loop().create_task(
+            self._campaign(), name=f"kq-leader-{self.name}-{queue.name}"
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        # The campaign's cleanup (cancel the body, then release) may take a moment;
+        # cancel again if the body swallows a cancellation, but never hang the stop.
+        for _ in range(20):
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return
+            task.cancel()
+        log.warning("leader service %s did not stop within 5 s", self.name)
+
+    # ------------------------------------------------------------------ campaign
+    async def _campaign(self) -> None:
+        lease = self.lease
+        assert lease is not None
+        loop = asyncio.get_running_loop()
+        renew_s = self.renew_ms / 1000
+        while True:
+            sent = loop.time()
+            try:
+                term = await asyncio.wait_for(lease.acquire(), renew_s)
+            except NET_ERRORS as exc:
+                await self._outage.pause(exc)
+                continue
+            self._outage.ok()
+            if term is None:
+                # Sleep until the holder's lease would expire, but look again at least
+                # every renew interval: a graceful release frees it earlier.
+                await asyncio.sleep(min(max(lease.retry_after_ms, 1) / 1000, renew_s))
+                continue
+            await self._lead(term, sent)
+            await asyncio.sleep(renew_s)
+
+    async def _lead(self, term: int, sent: float) -> None:
+        lease = self.lease
+        assert lease is not None
+        loop = asyncio.get_running_loop()
+        lease_s, renew_s = self.lease_ms / 1000, self.renew_ms / 1000
+        # Local deadline: lease length from when the last good renewal was sent, less
+        # half a renew interval for the body to wind down before Redis lets it expire.
+        margin = renew_s / 2
+        deadline = sent + lease_s - margin
+        next_renew = sent + renew_s
+        self.term = term
+        self.terms.append(term)
+        log.info("leader service %s: leading queue %s in term %d", self.name,
+                 lease.queue.name, term)
+        body = loop.create_task(self._run_body(term), name=f"kq-leader-body-{self.name}")
+        lost = False
+        try:
+            while True:
+                wait = min(next_renew, deadline) - loop.time()
+                if wait > 0:
+                    await asyncio.wait({body}, timeout=wait)
+                if body.done():
+                    return
+                now = loop.time()
+                if now >= deadline:
+                    lost = True
+                    log.warning("leader service %s: no renewal for %.1f s; stepping down "
+                                "before the lease expires (term %d)", self.name,
+                                now - deadline + lease_s - margin, term)
+                    return
+                try:
+                    ok = await asyncio.wait_for(lease.renew(), max(deadline - now, 0.001))
+                except NET_ERRORS as exc:
+                    self._outage.failed(exc)
+                    next_renew = loop.time() + min(renew_s / 4, 0.25)
+                    continue
+                self._outage.ok()
+                if not ok:
+                    lost = True
+                    log.warning("leader service %s: lease lost (expired or taken over); "
+                                "term %d ends", self.name, term)
+                    return
+                deadline = now + lease_s - margin
+                next_renew = now + renew_s
+        finally:
+            await _cancel(body, self.name)
+            self.term = None
+            if lost:
+                lease.forget()
+            else:
+                # Only after the body stopped: a successor must never overlap it.
+                try:
+                    await asyncio.wait_for(asyncio.shield(lease.release()), 1.0)
+                except asyncio.CancelledError:
+                    pass  # stopping: the lease expires by itself
+                except NET_ERRORS:
+                    pass  # Redis unreachable: likewise
+
+    async def _run_body(self, term: int) -> None:
+        try:
+            await self.body(term)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("leader service %s: body failed in term %d; stepping down",
+                          self.name, term)
+
+
+async def _cancel(task: asyncio.Task[Any], name: str) -> None:
+    """Cancel ``task`` and wait until it ended, even if this coroutine is cancelled."""
+    for _ in range(40):
+        if task.done():
+            break
+        task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=0.25)
+        except asyncio.CancelledError:
+            continue  # stop() cancels the campaign again; the body must still end first
+    else:
+        log.warning("leader service %s: body ignores cancellation", name)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved; _run_body already logged it
