@@ -14,11 +14,13 @@ stay), wedge the queue, or make a job vanish without a trace:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from helpers import QueueFactory
 from workers.harness import Engine
 
 T0 = 1_700_000_000_000
@@ -123,3 +125,29 @@ def test_renewal_with_a_stale_token_adds_no_lease(engine: Engine) -> None:
     assert engine.recover(T0 + 1001) == ([jid], [])
     assert engine.extend(T0 + 1100, 1000, [(jid, token)]) == ([jid], [])
     assert engine.members("active") == [] and engine.job(jid)["st"] == "waiting"
+
+
+
+async def test_a_job_key_of_another_type_is_dead_lettered_not_a_wedge(
+    make_queue: QueueFactory,
+) -> None:
+    q = make_queue()
+    runs: list[str] = []
+    q.process("n", lambda job: runs.append(job.id))
+    bad_wait = await q.add_job("n", job_id="bad-wait")
+    bad_delayed = await q.add_job("n", job_id="bad-delayed", delay=1)
+    good = [await q.add_job("n", i) for i in range(5)]
+    client = await q.client()
+    await client.delete(q.keys.job(bad_wait), q.keys.job(bad_delayed))
+    await client.set(q.keys.job(bad_wait), "x")
+    await client.rpush(q.keys.job(bad_delayed), "x")
+    await asyncio.sleep(0.01)
+    await q.start(concurrency=4)
+    for _ in range(300):
+        if len(runs) == 5 and await client.zcard(q.keys.dlq) == 2:
+            break
+        await asyncio.sleep(0.02)
+    await q.close()
+    assert sorted(runs) == sorted(good)
+    dlq = {m.decode() for m in await client.zrange(q.keys.dlq, 0, -1)}
+    assert dlq == {bad_wait, bad_delayed}

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import ConfigurationError
+from .limits import clamp_delay_ms
 from .options import Policy
 
 __all__ = ["retry_delay"]
@@ -46,4 +47,6 @@ def retry_delay(
         delay = min(delay, float(b.max_delay))  # type: ignore[arg-type]
     if policy.jitter_ms:
         delay += random.randint(0, policy.jitter_ms)
-    return max(0, int(delay))
+    # A strategy may return anything numeric (inf, NaN, 2**70): clamp to the documented
+    # range here so a bad value never reaches Redis or raises OverflowError.
+    return clamp_delay_ms(delay)

@@ -14,50 +14,21 @@ import json
 import logging
 import os
 import sys
-import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 
 from .errors import ConfigurationError, KitiumQueueError
+from .limits import printable
 from .queue import JobQueue
 
 __all__ = ["load_queue", "main", "text_field"]
 
 T = TypeVar("T")
 
-_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def text_field(value: object) -> str:
-    """``value`` as one field of a line of text output: it cannot end the line, add a
-    column, move the cursor, recolour the terminal or fail to encode.
-
-    Text output separates records by newlines and columns by tabs, and every field may
-    come from a job (its id, name, error message, event fields), i.e. from anyone who can
-    add or fail a job. So every character that is not plain printable text is written
-    as a Python-style escape: ``\\n``, ``\\t``, ``\\r``, ``\\xNN``, ``\\uNNNN``,
-    ``\\UNNNNNNNN`` for control characters (ESC of ANSI sequences included), format
-    characters (bidirectional overrides, zero-width ones), line and paragraph separators
-    and lone surrogates; the backslash itself becomes ``\\\\`` so an escape in the
-    output always means an escaped character. ``--json`` output is JSON-escaped instead.
-    """
-    text = value if isinstance(value, str) else str(value)
-    out = []
-    for ch in text:
-        if ch in _SHORT_ESCAPES:
-            out.append(_SHORT_ESCAPES[ch])
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-            code = ord(ch)
-            out.append(
-                f"\\x{code:02x}" if code < 0x100
-                else f"\\u{code:04x}" if code < 0x10000
-                else f"\\U{code:08x}"
-            )
-        else:
-            out.append(ch)
-    return "".join(out)
+#: One field of a line of text output (see ``limits.printable``).
+text_field = printable
 
 
 def _row(*fields: object) -> str:

@@ -4,6 +4,8 @@
 
     KitiumQueueError
     ├── ConfigurationError          bad option, unknown option, malformed config
+    │   └── ScriptArgumentError     a script refused its arguments, wrote nothing (KQ_BAD_ARGUMENT)
+    ├── PartialEnqueueError         add_jobs wrote only some chunks; says which jobs
     ├── SerializationError          data or result that cannot be encoded
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
@@ -37,6 +39,7 @@ __all__ = [
     "KitiumQueueError",
     "LeaseLostError",
     "NonRetryableError",
+    "PartialEnqueueError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "ProcessorSignal",
@@ -44,6 +47,7 @@ __all__ = [
     "RateLimited",
     "RetryLater",
     "ScheduleNotFoundError",
+    "ScriptArgumentError",
     "SerializationError",
     "error_from_script",
 ]
@@ -55,6 +59,11 @@ class KitiumQueueError(Exception):
 
 class ConfigurationError(KitiumQueueError, ValueError):
     """An option or configuration value is unknown or invalid."""
+
+
+class ScriptArgumentError(ConfigurationError):
+    """A script refused its arguments (a value out of range, a malformed field list)
+    before writing anything; the message names the script and the argument."""
 
 
 class SerializationError(KitiumQueueError, TypeError):
@@ -179,6 +188,7 @@ SCRIPT_ERRORS: dict[str, type[KitiumQueueError]] = {
     "KQ_BAD_STATE": JobStateError,
     "KQ_QUEUE_ACTIVE": QueueActiveError,
     "KQ_LEASE_LOST": LeaseLostError,
+    "KQ_BAD_ARGUMENT": ScriptArgumentError,
 }
 
 

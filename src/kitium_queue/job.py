@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .enums import JobStatus
+from .limits import safe_text
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -97,7 +98,7 @@ class Job:
     async def log(self, message: str) -> None:
         """Append a log line to the job (kept with the job; see ``queue.get_job_logs``)."""
         if self._worker is not None:
-            await self._worker._update(self, "log", str(message))
+            await self._worker._update(self, "log", safe_text(message))
 
     def update_progress_sync(self, value: Any) -> None:
         """``update_progress`` for plain (threaded) processors."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
+import unicodedata
 
 __all__ = [
     "ENQUEUE_CHUNK_BYTES",
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_TRACEBACK_CHARS",
     "clamp_delay_ms",
     "clip",
+    "printable",
     "safe_text",
     "wire_text",
 ]
@@ -140,3 +142,37 @@ def _type_name(value: object) -> str:
 #: instead. Keeps each stream entry small, so the stream's size in bytes is bounded by
 #: ``events_max_len`` (must match ``PROGRESS_EVENT_MAX`` in ``lua/update.lua``).
 MAX_PROGRESS_EVENT_BYTES = 256
+
+
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value: object) -> str:
+    """``value`` as one field of a line of text output: it cannot end the line, add a
+    column, move the cursor, recolour the terminal or fail to encode.
+
+    Text output separates records by newlines and columns by tabs, and every field may
+    come from a job (its id, name, error message, event fields), i.e. from anyone who can
+    add or fail a job. So every character that is not plain printable text is written
+    as a Python-style escape: ``\\n``, ``\\t``, ``\\r``, ``\\xNN``, ``\\uNNNN``,
+    ``\\UNNNNNNNN`` for control characters (ESC of ANSI sequences included), format
+    characters (bidirectional overrides, zero-width ones), line and paragraph separators
+    and lone surrogates; the backslash itself becomes ``\\\\`` so an escape in the
+    output always means an escaped character. Used for the CLI's text output and for
+    every log line that quotes job data (ids, names, error messages).
+    """
+    text = value if isinstance(value, str) else safe_text(value)
+    out = []
+    for ch in text:
+        if ch in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[ch])
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(
+                f"\\x{code:02x}" if code < 0x100
+                else f"\\u{code:04x}" if code < 0x10000
+                else f"\\U{code:08x}"
+            )
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -15,7 +15,7 @@ from redis.crc import key_slot
 
 from .connection import ConnectionFactory
 from .enums import JobStatus
-from .errors import ConfigurationError, JobNotFoundError
+from .errors import ConfigurationError, JobNotFoundError, PartialEnqueueError
 from .events import EventData, Handler, StreamEvent
 from .job import Job, JobInfo
 from .keys import check_key_part
@@ -277,6 +277,14 @@ class PartitionedQueue:
 
         Items as for ``JobQueue.add_jobs``; an item's options may hold ``partition_key``.
         Returns the ids in input order.
+
+        Raises:
+            PartialEnqueueError: a partition's batch failed. ``written_ids`` are the full
+                ids of the longest run of input jobs, from the first, known to be
+                written; ``failed_from`` the input position of the first job not known to
+                be written. Later jobs of *other* partitions may have been written too, so
+                retry ``jobs[failed_from:]`` with ``job_id``s or idempotency keys (such a
+                retry adds nothing twice).
         """
         groups: dict[int, list[tuple[int, tuple[str, Any, dict[str, Any]]]]] = {}
         n = 0
@@ -287,11 +295,35 @@ class PartitionedQueue:
         out: list[str] = [""] * (n + 1 if groups else 0)
 
         async def one(p: int, items: list[tuple[int, tuple[str, Any, dict[str, Any]]]]) -> None:
-            ids = await self.queues[p].add_jobs([job for _, job in items])
+            try:
+                ids = await self.queues[p].add_jobs([job for _, job in items])
+            except PartialEnqueueError as exc:
+                # Positions and ids local to the partition: record what is known written.
+                for (pos, _), inner in zip(items, exc.written_ids, strict=False):
+                    out[pos] = self._public(p, inner)
+                raise
             for (pos, _), inner in zip(items, ids, strict=True):
                 out[pos] = self._public(p, inner)
 
-        await asyncio.gather(*(one(p, items) for p, items in groups.items()))
+        results = await asyncio.gather(
+            *(one(p, items) for p, items in groups.items()), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            first = next((i for i, v in enumerate(out) if not v), len(out))
+            cause = errors[0]
+            if not isinstance(cause, Exception):
+                raise cause  # cancellation and the like, as they are
+            if first == 0 and not any(out):
+                raise cause  # nothing is known written: the error as it is
+            failure = PartialEnqueueError(
+                f"add_jobs on {self.name!r}: jobs from position {first} are not known to be "
+                f"written ({type(cause).__name__}: {cause}); retry them with job ids or "
+                "idempotency keys",
+                out[:first],
+                first,
+            )
+            raise failure from cause
         return out
 
     # ------------------------------------------------------------------ queries

@@ -626,9 +626,20 @@ class JobQueue:
                 try:
                     ids = await self._enqueue([p for p, _ in batch], None)
                 except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    # Callers whose jobs are known written get their ids; only the others
+                    # get the error (the underlying one, not the batch's bookkeeping).
+                    written: list[str] = []
+                    err: BaseException = exc
+                    if isinstance(exc, PartialEnqueueError):
+                        written = exc.written_ids
+                        err = exc.__cause__ or exc
+                    for i, (_, fut) in enumerate(batch):
+                        if fut.done():
+                            continue
+                        if i < len(written):
+                            fut.set_result(written[i])
+                        else:
+                            fut.set_exception(err)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue

@@ -71,6 +71,7 @@ from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryErr
 
 from .backoff import retry_delay
 from .batches import BatchProcessor
+from .codec import Serializer
 from .connection import TRANSIENT_ERRORS
 from .errors import (
     NonRetryableError,
@@ -91,11 +92,12 @@ from .limits import (
     MAX_TRACEBACK_CHARS,
     clamp_delay_ms,
     clip,
+    printable,
     safe_text,
     wire_text,
 )
 from .middleware import run_process_chain
-from .options import Policy
+from .options import MAX_CONCURRENCY, Policy, to_int
 from .procpool import ProcessPool, import_path
 from .scripts import ScriptCall
 
@@ -179,7 +181,13 @@ class Worker:
         slots: SharedSlots | None = None,
     ) -> None:
         self.queue = queue
-        self.concurrency = int(concurrency or queue.worker_config.concurrency)
+        # Every entry point (start(), run_worker(), the CLI's -c) goes through the same
+        # check as worker={"concurrency": ...}: 0, negative, bool or text is refused.
+        self.concurrency = (
+            queue.worker_config.concurrency
+            if concurrency is None
+            else to_int(concurrency, "concurrency", minimum=1, maximum=MAX_CONCURRENCY)
+        )
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running = False
         self.stopped = asyncio.Event()
@@ -389,7 +397,7 @@ class Worker:
                         self.id,
                         q.name,
                         type(exc).__name__,
-                        exc,
+                        q.connection.redact(exc),
                         delay_backoff,
                     )
                     if self._events.wants("queue-error"):
@@ -411,7 +419,7 @@ class Worker:
             if free > 0:
                 reply = replies[-1]
                 if isinstance(reply, Exception):
-                    log.error("worker %s: claim failed: %s", self.id, reply)
+                    log.error("worker %s: claim failed: %s", self.id, q.connection.redact(reply))
                     self._unreserve(free, 0)
                     idle_for = 1.0
                     claim_failed = True
@@ -563,7 +571,7 @@ class Worker:
                 "worker %s: Redis unreachable (%s: %s); holding %d outcome(s), retrying",
                 self.id,
                 type(exc).__name__,
-                exc,
+                self.queue.connection.redact(exc),
                 self._held(),
             )
             if self._events.wants("queue-error"):
@@ -921,7 +929,17 @@ class Worker:
         if type(delay) is not int or not 0 <= delay <= MAX_DELAY_MS:
             delay = clamp_delay_ms(delay)
         self._acks.extend(
-            (run.job.id, run.token, kind, payload, tb, delay, *_keep_args(keep), meta)
+            (
+                run.job.id,
+                run.token,
+                kind,
+                payload,
+                tb,
+                delay,
+                keep.count if keep is not None else -1,
+                keep.age if keep is not None else -1,
+                meta,
+            )
         )
         self._done.append((run, kind, result, exc, delay))
         self._signal.set()
@@ -971,7 +989,7 @@ class Worker:
                     job.attempts,
                     run.policy.attempts,
                     delay,
-                    _describe(exc),
+                    printable(_describe(exc)),
                 )
                 if events.wants("job-failed"):
                     events.emit(
@@ -993,7 +1011,7 @@ class Worker:
                     q.name,
                     job.id,
                     job.attempts,
-                    _describe(exc),
+                    printable(_describe(exc)),
                 )
                 if events.wants("job-failed"):
                     events.emit(
@@ -1041,7 +1059,9 @@ class Worker:
     async def _update(self, job: Job, kind: str, value: Any) -> None:
         q = self.queue
         if kind == "progress":
-            raw = orjson.dumps(value)
+            # Plain JSON (no codecs: the event stream carries small values as they are);
+            # NaN, surrogates or huge ints raise SerializationError in this job alone.
+            raw = _PROGRESS_JSON.dumps(value, "progress")
             if len(raw) > MAX_PROGRESS_BYTES:
                 raise PayloadTooLargeError(
                     f"progress of job {job.id} is {len(raw)} bytes encoded, above "
@@ -1071,7 +1091,9 @@ class Worker:
                 continue
             except ResponseError as exc:
                 # e.g. UNBLOCKED: the primary was demoted while we waited (failover).
-                log.warning("worker %s: wake-up wait interrupted: %s", self.id, exc)
+                log.warning(
+                    "worker %s: wake-up wait interrupted: %s", self.id, q.connection.redact(exc)
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 self._signal.set()
@@ -1123,7 +1145,11 @@ class Worker:
     def _after_extend(self, replies: list[Any], sent: dict[str, _Run]) -> None:
         for reply in replies:
             if isinstance(reply, Exception):
-                log.error("worker %s: lease renewal failed: %s", self.id, reply)
+                log.error(
+                    "worker %s: lease renewal failed: %s",
+                    self.id,
+                    self.queue.connection.redact(reply),
+                )
                 continue
             lost, cancelled = reply
             for b in lost:
@@ -1202,6 +1228,10 @@ async def serve_until_stopped(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+#: Encodes progress values: plain JSON, checked like job data.
+_PROGRESS_JSON = Serializer(())
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -97,8 +97,14 @@ if want > 0 then
       if ADMIT_STOP then break end
       local id = cands[i]
       local jk = job_key(id)
-      local f = redis.call('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a')
-      if not f[1] then
+      -- pcall: a job key overwritten with another type must not fail every claim.
+      local f = redis.pcall('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a')
+      if f.err then
+        taken[#taken + 1] = id
+        dead_letter(jk, id, dlq_enabled,
+          'job record damaged: its key holds a ' .. key_type(jk) .. ', not a hash', '', true)
+        dead[#dead + 1] = id
+      elseif not f[1] then
         -- The job's hash was deleted behind our back: dead-letter a record of it rather
         -- than lose it silently.
         taken[#taken + 1] = id

@@ -262,14 +262,32 @@ local function trim_finished(set_key, keep_count, keep_age)
 end
 
 -- Terminal failure: to the DLQ when enabled, else to the failed set.
-local function dead_letter(jk, id, dlq_enabled, reason, tb)
+-- Reasons copied into the event stream are cut to this many bytes: the job record keeps
+-- the whole text, and the stream (10,000 entries by default) stays small in bytes too.
+local STREAM_REASON_BYTES = 512
+local function stream_reason(reason)
+  if #reason <= STREAM_REASON_BYTES then return reason end
+  return string.sub(reason, 1, STREAM_REASON_BYTES) .. '...'
+end
+
+-- 'hash' for a sound job record, 'none' when it is gone, anything else when the key was
+-- overwritten with another type (damaged by hand): such a key must not make a script
+-- fail half way, so callers treat it like a missing record.
+local function key_type(jk)
+  return redis.call('TYPE', jk)['ok']
+end
+
+local function dead_letter(jk, id, dlq_enabled, reason, tb, damaged)
   local target, state = K_FAILED, 'failed'
   if dlq_enabled then target, state = K_DLQ, 'dlq' end
-  redis.call('HSET', jk, 'st', state, 'f', int(NOW), 'e', reason, 'tb', tb or '')
-  redis.call('HDEL', jk, 'lt')
+  if not damaged then
+    redis.call('HSET', jk, 'st', state, 'f', int(NOW), 'e', reason, 'tb', tb or '')
+    redis.call('HDEL', jk, 'lt')
+  end
   redis.call('ZADD', target, int(NOW), id)
-  emit('job-failed', id, 'reason', reason, 'final', '1')
-  if dlq_enabled then emit('job-dlq', id, 'reason', reason) end
+  local short = stream_reason(reason)
+  emit('job-failed', id, 'reason', short, 'final', '1')
+  if dlq_enabled then emit('job-dlq', id, 'reason', short) end
   return state
 end
 
@@ -284,12 +302,16 @@ local function promote(limit, dlq_enabled)
   for i = 1, #due do
     local id = due[i]
     local jk = job_key(id)
-    if redis.call('EXISTS', jk) == 1 then
+    local kt = key_type(jk)
+    if kt == 'hash' then
       push_wait(jk, id)
       redis.call('HDEL', jk, 'due')
-    else
+    elseif kt == 'none' then
       dead_letter(jk, id, dlq_enabled ~= false,
         'job record missing: its hash key was deleted while the job was delayed', '')
+    else
+      dead_letter(jk, id, dlq_enabled ~= false,
+        'job record damaged: its key holds a ' .. kt .. ', not a hash', '', true)
     end
   end
   zrem_all(K_DELAYED, due)
@@ -311,11 +333,16 @@ local function recover(limit, max_stalled, dlq_enabled)
     local id = expired[i]
     local jk = job_key(id)
     redis.call('ZREM', K_ACTIVE, id)
-    if redis.call('EXISTS', jk) == 0 then
+    local kt = key_type(jk)
+    if kt == 'none' then
       -- The hash was deleted while the job ran: dead-letter a record of it rather than
       -- drop the job silently.
       dead_letter(jk, id, dlq_enabled,
         'job record missing: its hash key was deleted while the job was running', '')
+      dead[#dead + 1] = id
+    elseif kt ~= 'hash' then
+      dead_letter(jk, id, dlq_enabled,
+        'job record damaged: its key holds a ' .. kt .. ', not a hash', '', true)
       dead[#dead + 1] = id
     else
       local c = redis.call('HMGET', jk, 's', 'a')

@@ -135,7 +135,7 @@ for b = 5, #ARGV, 9 do
         push_wait(jk, id)
         woke = true
       end
-      emit('job-retrying', id, 'delay', delay_s, 'reason', payload)
+      emit('job-retrying', id, 'delay', delay_s, 'reason', stream_reason(payload))
     elseif kind == 'F' then
       if dlq_enabled then
         dead_letter(jk, id, true, payload, tb)
@@ -162,7 +162,7 @@ for b = 5, #ARGV, 9 do
         -- delay_s: digits, as SET PX needs (a Lua number would be sent as "1e+17").
         if redis.call('PTTL', hk) < delay then redis.call('SET', hk, '1', 'PX', delay_s) end
       end
-      emit('job-delayed', id, 'delay', delay_s, 'reason', payload)
+      emit('job-delayed', id, 'delay', delay_s, 'reason', stream_reason(payload))
     else -- 'H'
       redis.call('HSET', jk, 'a', int(math.max(num(redis.call('HGET', jk, 'a')) - 1, 0)))
       push_wait(jk, id)

@@ -1,0 +1,223 @@
+"""Lifecycle hooks: one typed protocol for everything that watches jobs (DESIGN §5.3).
+
+A *subscriber* is an object with any of the methods of ``Subscriber``; the queue calls
+them as jobs move: ``enqueued``, ``started``, ``progress``, ``finished`` (with the
+``Outcome``: completed, retrying, failed for good, deferred, released), ``stalled``,
+``dead_lettered``, ``removed``, ``admin`` (every administrative command, with its result
+or error) and ``queue_error``. The built-in ``queue.on(...)`` events, the metrics adapter,
+the logs and the DLQ notification handler are subscribers (``observe.py``); Prometheus,
+OpenTelemetry, webhooks and audit are each one more.
+
+Rules a subscriber can rely on:
+
+* Calls happen in the process that saw the transition, *after* Redis recorded it (a
+  ``finished`` call means the outcome is durable), in the order subscribers were added.
+* Methods are plain functions called on the event loop: keep them short and do I/O in a
+  task of your own. A subscriber that raises is logged and skipped; it never changes the
+  job's outcome and never stops the other subscribers.
+* A method a subscriber does not override costs nothing: ``HookBus`` keeps, per hook,
+  the tuple of subscribers that override it, and callers skip a hook whose tuple is
+  empty (``if bus.started: bus.emit_started(job)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["HOOK_NAMES", "AdminCall", "HookBus", "Outcome", "OutcomeKind", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["completed", "retrying", "failed", "deferred", "released"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one run of a job ended, as recorded in Redis.
+
+    Attributes:
+        kind: ``completed``; ``retrying`` (failed, will run again after ``delay_ms``);
+            ``failed`` (for good: dead-lettered when the DLQ is enabled); ``deferred``
+            (``RetryLater``/``RateLimited``: back after ``delay_ms``, no attempt spent);
+            ``released`` (handed back unstarted or interrupted by shutdown).
+        result: the processor's return value (``completed``).
+        error: the exception (``retrying``, ``failed``, ``deferred``), if any.
+        reason: the recorded reason text (``retrying``, ``failed``, ``deferred``).
+        delay_ms: delay before the job runs again (``retrying``, ``deferred``).
+        duration_ms: how long the processor ran, when it ran.
+    """
+
+    kind: OutcomeKind
+    result: Any = None
+    error: BaseException | None = None
+    reason: str | None = None
+    delay_ms: int | None = None
+    duration_ms: float | None = None
+
+    @property
+    def final(self) -> bool:
+        """True when the job will not run again by itself (completed or failed)."""
+        return self.kind in ("completed", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminCall:
+    """An administrative command that passed the admin choke point.
+
+    Attributes:
+        queue: queue name.
+        command: the method name (``pause``, ``retry_job``, ``clear``, ...).
+        args: its arguments (ids, limits, flags; never job payloads).
+        result: what it returned, when it succeeded.
+        error: the exception it raised, when it failed.
+    """
+
+    queue: str
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Subscriber:
+    """Base class of lifecycle subscribers: override the hooks you need.
+
+    Every method is optional and a no-op here. ``job`` is the ``Job`` a worker runs
+    (``started``, ``progress``, ``finished``) or, where only the id is known, None.
+    """
+
+    def enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        """Jobs were added (``job_ids[i]`` has name ``names[i]``)."""
+
+    def started(self, queue: str, job: Any) -> None:
+        """A worker started running ``job``."""
+
+    def progress(self, queue: str, job: Any, value: Any) -> None:
+        """``job`` reported progress ``value`` (already stored)."""
+
+    def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
+        """The outcome of one run of ``job`` was recorded."""
+
+    def stalled(self, queue: str, job_ids: Sequence[str]) -> None:
+        """Leases of these jobs expired; they went back to wait."""
+
+    def dead_lettered(self, queue: str, job_id: str, job: Any, reason: str | None) -> None:
+        """A job reached the dead-letter queue (final failure, stalls, bad payload)."""
+
+    def removed(self, queue: str, job_id: str) -> None:
+        """A job was removed by ``remove_job``."""
+
+    def admin(self, call: AdminCall) -> None:
+        """An administrative command ran (or failed)."""
+
+    def queue_error(self, queue: str, error: BaseException) -> None:
+        """A queue-level error: Redis unreachable, a claim or finish round refused."""
+
+
+#: Every hook of ``Subscriber``, in the order they are documented.
+HOOK_NAMES = (
+    "enqueued",
+    "started",
+    "progress",
+    "finished",
+    "stalled",
+    "dead_lettered",
+    "removed",
+    "admin",
+    "queue_error",
+)
+
+
+class HookBus:
+    """The subscribers of one queue, indexed per hook.
+
+    ``bus.<hook>`` is the tuple of bound methods of the subscribers that override that
+    hook (empty when none does: test it before building the arguments), and
+    ``bus.emit_<hook>(...)`` calls them in order, logging and skipping one that raises.
+    """
+
+    def __init__(self) -> None:
+        self._subs: list[Any] = []
+        self._index()
+
+    @property
+    def subscribers(self) -> tuple[Any, ...]:
+        return tuple(self._subs)
+
+    def add(self, subscriber: Any) -> None:
+        """Add a subscriber (called after those added before it). Adding twice is a no-op."""
+        if any(s is subscriber for s in self._subs):
+            return
+        if not any(callable(getattr(subscriber, h, None)) for h in HOOK_NAMES):
+            raise TypeError(
+                f"{subscriber!r} has none of the lifecycle hooks {', '.join(HOOK_NAMES)}"
+            )
+        self._subs.append(subscriber)
+        self._index()
+
+    def remove(self, subscriber: Any) -> None:
+        self._subs = [s for s in self._subs if s is not subscriber]
+        self._index()
+
+    def _index(self) -> None:
+        for hook in HOOK_NAMES:
+            base = getattr(Subscriber, hook)
+            found: list[Callable[..., None]] = []
+            for s in self._subs:
+                fn = getattr(s, hook, None)
+                if fn is None or not callable(fn):
+                    continue
+                # A Subscriber subclass that leaves the hook as inherited does not count.
+                if getattr(type(s), hook, None) is base:
+                    continue
+                found.append(fn)
+            setattr(self, hook, tuple(found))
+
+    # The hook tuples, set by _index (declared for type checkers).
+    enqueued: tuple[Callable[..., None], ...]
+    started: tuple[Callable[..., None], ...]
+    progress: tuple[Callable[..., None], ...]
+    finished: tuple[Callable[..., None], ...]
+    stalled: tuple[Callable[..., None], ...]
+    dead_lettered: tuple[Callable[..., None], ...]
+    removed: tuple[Callable[..., None], ...]
+    admin: tuple[Callable[..., None], ...]
+    queue_error: tuple[Callable[..., None], ...]
+
+    @staticmethod
+    def _call(hook: str, fns: tuple[Callable[..., None], ...], *args: Any) -> None:
+        for fn in fns:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in %s", fn, hook)
+
+    def emit_enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        self._call("enqueued", self.enqueued, queue, job_ids, names)
+
+    def emit_started(self, queue: str, job: Any) -> None:
+        self._call("started", self.started, queue, job)
+
+    def emit_progress(self, queue: str, job: Any, value: Any) -> None:
+        self._call("progress", self.progress, queue, job, value)
+
+    def emit_finished(self, queue: str, job: Any, outcome: Outcome) -> None:
+        self._call("finished", self.finished, queue, job, outcome)
+
+    def emit_stalled(self, queue: str, job_ids: Sequence[str]) -> None:
+        self._call("stalled", self.stalled, queue, job_ids)
+
+    def emit_dead_lettered(self, queue: str, job_id: str, job: Any, reason: str | None) -> None:
+        self._call("dead_lettered", self.dead_lettered, queue, job_id, job, reason)
+
+    def emit_removed(self, queue: str, job_id: str) -> None:
+        self._call("removed", self.removed, queue, job_id)
+
+    def emit_admin(self, call: AdminCall) -> None:
+        self._call("admin", self.admin, call)
+
+    def emit_queue_error(self, queue: str, error: BaseException) -> None:
+        self._call("queue_error", self.queue_error, queue, error)
