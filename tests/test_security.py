@@ -91,7 +91,7 @@ CORE_ACL_COMMANDS = (
     "hgetall", "hget", "lrange", "zrange", "zrevrange", "bzpopmin", "zadd", "xread",
     "subscribe", "time",
     # called inside the scripts
-    "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "exists",
+    "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "exists", "type",
     "hset", "hmget", "hdel", "hincrby", "hexists", "rpush", "ltrim",
     "zrem", "zcard", "zrangebyscore", "xadd", "publish",
 )  # fmt: skip
