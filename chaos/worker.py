@@ -22,6 +22,26 @@ scenario:
     fail       always raises ``RuntimeError``
     hang       never returns (``await`` on an event nobody sets)
     hang-sync  ``time.sleep(ms)`` in a plain function, meant to outlive its timeout
+    poison     hostile outcomes (issue 19), after ``await asyncio.sleep(ms)``; data
+               ``mode`` (numbers given as strings such as "maxsize", "inf", "1e30" are
+               read by ``special()``):
+                 exc-cause     ValueError raised from a cause whose text holds a lone
+                               surrogate (a file name decoded with surrogateescape)
+                 exc-message   the surrogate in the exception's own message
+                 exc-context   the surrogate in the implicit context (raised while
+                               handling another exception)
+                 exc-control   newlines, tabs, NUL and ANSI escapes in the message
+                 exc-str       an exception whose ``__str__`` raises
+                 nonretryable  NonRetryableError with a surrogate in its message
+                 log           job.log / job.update_progress with surrogates, control
+                               characters, NaN, deep nesting (a KitiumQueueError is
+                               accepted and logged as ``refused``); then returns
+                 retry-later   first execution: ``RetryLater(delay, reason)``; then returns
+                 rate-limited  first execution: ``RateLimited(delay, reason, scope=...)``
+                 result        returns a value JSON cannot carry (``result``: surrogate,
+                               int, deep, set, nan)
+                 backoff       always raises; use with the custom backoff strategy
+                               ``from-data``, which returns ``special(data["backoff"])``
     any other  not registered: an unknown job name
 
 Every job appends lines to ``--log`` (one ``O_APPEND`` write each, so a SIGKILL loses
@@ -32,7 +52,8 @@ nothing already written and processes may share the file)::
 events: ``ready``, ``clock`` (job id field = this process's idea of the time, which
 differs from the real time under ``--clock-skew``), ``start``, ``finish`` (processor
 returned), ``raise`` (processor raised), ``cancel`` (the run was cancelled: timeout,
-abandoned lease, shutdown), ``crash`` (about to SIGKILL itself), ``exit``. Times in the
+abandoned lease, shutdown), ``crash`` (about to SIGKILL itself), ``refused`` (a poison
+job's log/progress call got a KitiumQueueError), ``exit``. Times in the
 log are always the real time, even under ``--clock-skew``.
 
 The result of every job is ``{"pid", "attempt", "stalls"}``: which run was recorded.
@@ -44,6 +65,7 @@ import argparse
 import asyncio
 import datetime as _dt
 import logging
+import math
 import os
 import signal
 import sys
@@ -124,6 +146,31 @@ def _marker(state_dir: str, kind: str, job_id: str) -> bool:
 
 def _data(job: Any) -> dict[str, Any]:
     return job.data if isinstance(job.data, dict) else {}
+
+
+#: A file name as ``os.listdir`` returns it for non-UTF-8 bytes: it holds a lone surrogate.
+SURROGATE_NAME = b"r-\xff.csv".decode("utf-8", "surrogateescape")
+_SPECIAL: dict[str, Any] = {
+    "maxsize": sys.maxsize, "2**64": 2**64, "1e17": 1e17, "1e30": 10**30,
+    "inf": math.inf, "-inf": -math.inf, "nan": math.nan,
+}
+
+
+def special(value: Any) -> Any:
+    """JSON cannot carry inf, NaN or ints above 64 bits: job data names them."""
+    return _SPECIAL.get(value, value) if isinstance(value, str) else value
+
+
+def _deep(n: int) -> Any:
+    v: Any = []
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+class _StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError(f"__str__ failed on {SURROGATE_NAME}")
 
 
 def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
@@ -212,6 +259,76 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
             log.write("cancel", job.id, job.attempts, job.stalls)
             raise
 
+    from kitium_queue import KitiumQueueError, NonRetryableError, RateLimited, RetryLater
+
+    async def poison_step(job: Any, d: dict[str, Any]) -> Any:
+        mode = d.get("mode")
+        if mode == "exc-cause":
+            try:
+                raise RuntimeError(f"cannot open {SURROGATE_NAME}")
+            except RuntimeError as exc:
+                raise ValueError("upload failed") from exc
+        if mode == "exc-message":
+            raise RuntimeError(f"cannot open {SURROGATE_NAME}")
+        if mode == "exc-context":
+            try:
+                raise KeyError(SURROGATE_NAME)
+            except KeyError:
+                # The implicit context (not a cause) carries the surrogate.
+                raise RuntimeError("lookup failed")  # noqa: B904
+        if mode == "exc-control":
+            raise RuntimeError("line one\nforged row\tcol\r\x1b[31mred\x1b[0m\x00nul\x85")
+        if mode == "exc-str":
+            raise _StrRaises()
+        if mode == "nonretryable":
+            raise NonRetryableError(f"bad input file {SURROGATE_NAME}")
+        if mode == "log":
+            for line in (f"reading {SURROGATE_NAME}", "a\nforged\tline\x1b[2J\x00",
+                         "x" * 100_000):
+                try:
+                    await job.log(line)
+                except KitiumQueueError:
+                    log.write("refused", job.id, job.attempts, job.stalls)
+            for value in ({"file": SURROGATE_NAME}, math.nan, _deep(300), 2**64, 42):
+                try:
+                    await job.update_progress(value)
+                except KitiumQueueError:
+                    log.write("refused", job.id, job.attempts, job.stalls)
+            return result(job)
+        if mode in ("retry-later", "rate-limited"):
+            if _marker(state, "deferred", job.id):
+                delay, reason = special(d.get("delay")), d.get("reason", "later")
+                if mode == "rate-limited":
+                    raise RateLimited(delay, reason, scope=d.get("scope", "auto"))
+                raise RetryLater(delay, reason)
+            return result(job)
+        if mode == "result":
+            return {
+                "surrogate": f"saved {SURROGATE_NAME}", "int": 2**64, "deep": _deep(300),
+                "set": {1, 2}, "nan": math.nan,
+            }[d.get("result", "surrogate")]
+        if mode == "backoff":
+            raise RuntimeError(f"job {job.id} fails every time (attempt {job.attempts})")
+        raise RuntimeError(f"unknown poison mode {mode!r}")
+
+    async def poison(job: Any) -> Any:
+        d = _data(job)
+        log.write("start", job.id, job.attempts, job.stalls)
+        try:
+            await asyncio.sleep(float(d.get("ms", 0)) / 1000)
+            out = await poison_step(job, d)
+        except asyncio.CancelledError:
+            log.write("cancel", job.id, job.attempts, job.stalls)
+            raise
+        except BaseException:
+            log.write("raise", job.id, job.attempts, job.stalls)
+            raise
+        log.write("finish", job.id, job.attempts, job.stalls)
+        return out
+
+    queue.process("poison", poison)
+    queue.register_backoff("from-data", lambda attempts, error, job: special(
+        _data(job).get("backoff")))
     queue.process("work", work)
     queue.process("sync", sync)
     queue.process("hang-sync", sync)

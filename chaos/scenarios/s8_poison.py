@@ -22,10 +22,40 @@ renewed every 500 ms, sweep every 200 ms) so that one case cannot hide another:
     damage       keys deleted or altered while jobs wait or run: a waiting job's hash,
                  its 'd' field, its wait-set entry, the whole wait set, the active set,
                  a running job's lease token, a running job's hash, a delayed job's hash
+
+Issue 19 (one bad job must never hurt another) adds these classes; in each, the poison
+jobs run side by side with good jobs that finish at the same moment, so their outcomes
+share the workers' finish batches. Invariant of every one: each good job completes
+exactly once (worker logs), no job is in two state sets, no worker traceback:
+
+    exc-text     exceptions whose message, cause or context holds a lone surrogate
+                 (``b"r-\xff.csv"`` decoded with surrogateescape), control characters
+                 and ANSI escapes in a message, an exception whose ``__str__`` raises,
+                 a NonRetryableError with a surrogate: each dead-lettered with a reason
+                 that is valid UTF-8, after at most ``attempts`` runs
+    log-text     job.log / update_progress with surrogates, control characters, a
+                 100 kB line, NaN, 300-deep nesting, 2**64: the job completes; its log
+                 lines read back as valid UTF-8
+    huge-delay   RetryLater with sys.maxsize, 1e17, 2**64, inf and NaN ms and
+                 RateLimited(sys.maxsize, scope="job"): delayed (far ahead) or
+                 completed, never dead-lettered, never in two sets; the queue keeps
+                 working. Then issue 19's RateLimited(sys.maxsize) (whole-queue hold)
+                 among nine good jobs of the same batch: all nine complete once
+    backoff      a custom backoff returning 1e30, inf, NaN, -1 or a string: the job is
+                 dead-lettered with a reason or delayed far ahead
+    results      results JSON cannot carry (a surrogate string, 2**64, 300-deep
+                 nesting, a set; NaN): dead-lettered with a reason (NaN: or completed)
+    numeric-ids  caller-chosen numeric job ids equal to the next automatic ids,
+                 interleaved with automatic ones: every add returns a fresh id, every
+                 job keeps its own data, none is lost or run twice
+    promote      more than 8,000 due delayed jobs (80 of them LIFO) moved by one
+                 ``promote_delayed(limit=10_000)``: no job in wait and delayed at once,
+                 and every job then runs exactly once
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import random
@@ -37,18 +67,18 @@ import orjson
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from kitium_queue import PayloadTooLargeError, SyncJobQueue
+from kitium_queue import JobQueue, KitiumQueueError, PayloadTooLargeError, SyncJobQueue
 from kitium_queue.keys import QueueKeys
 from kitium_queue.options import DEFAULT_TIMEOUT_MS
 
 from ..core import Context, Result, scenario
-from ..infra import Fleet, wait_for
+from ..infra import Fleet, Timeout, wait_for
 from ..ledger import Ledger, check, snapshot, stream
 from ._common import closing_checks, stop_fleet, tracebacks, wait_final
 
-LEASE = {"concurrency": 4, "lock_duration": 1000, "lock_renew": 500, "stalled_interval": 200,
-         "max_stalled": 2}
-FAST_RETRY = {"attempts": 2, "backoff": {"type": "fixed", "delay": 50}}
+LEASE: dict[str, Any] = {"concurrency": 4, "lock_duration": 1000, "lock_renew": 500,
+                         "stalled_interval": 200, "max_stalled": 2}
+FAST_RETRY: dict[str, Any] = {"attempts": 2, "backoff": {"type": "fixed", "delay": 50}}
 FUZZ_FIELDS = ("s", "a", "ts", "o", "n", "p", "q", "st", "lt", "e", "due", "pg", "ik")
 
 
@@ -135,7 +165,8 @@ def run(ctx: Context, res: Result) -> None:
     cases: dict[str, Any] = {}
     res.figures["cases"] = cases
     for fn in (case_oversized, case_unknown, case_raising, case_payloads, case_fields,
-               case_damage, case_hanging):
+               case_damage, case_hanging, case_exc_text, case_log_text, case_huge_delay,
+               case_backoff, case_results, case_numeric_ids, case_promote):
         name = fn.__name__.removeprefix("case_")
         try:
             cases[name] = fn(ctx, res, srv.url)
@@ -471,3 +502,369 @@ def case_hanging(ctx: Context, res: Result, url: str) -> dict[str, Any]:
         res.expect(f"hanging ({kind}): the next job completes", snap.state(nxt) == "completed")
         c.close(res)
     return out
+
+
+# ---------------------------------------------------------------------- issue 19 classes
+
+SYNC_MS = 200  # every job of a case sleeps this long, so outcomes land in one batch
+
+
+def _good(c: Case, n: int) -> list[str]:
+    return [c.add("work", {"ms": SYNC_MS}, tag="good", expect="completed") for _ in range(n)]
+
+
+def _settle(c: Case, ids: list[str], timeout: float) -> bool:
+    """Wait until ``ids`` are finished; False (not an exception) when they are not."""
+    try:
+        c.wait(timeout, ids=ids)
+    except (Timeout, AssertionError):
+        return False
+    return True
+
+
+def _starts(c: Case) -> Counter[str]:
+    return Counter(ln.job_id for ln in c.fleet.lines() if ln.event == "start")
+
+
+def _good_once(c: Case, res: Result, label: str, good: list[str]) -> dict[str, Any]:
+    """Every good job completed, and its processor ran exactly once."""
+    snap = snapshot(c.client, c.keys)
+    starts = _starts(c)
+    wrong = {j: (snap.state(j), starts[j]) for j in good
+             if snap.state(j) != "completed" or starts[j] != 1}
+    res.expect(f"{label}: every good job completed exactly once", not wrong,
+               dict(list(wrong.items())[:6]))
+    return {"good_jobs": len(good), "good_not_completed_once": len(wrong)}
+
+
+def _consistent(c: Case, res: Result, label: str) -> None:
+    chk = check(snapshot(c.client, c.keys), None, final=False)
+    res.expect(f"{label}: no job in two state sets or out of every set", chk.ok,
+               chk.summary()["problems"])
+
+
+def _utf8_reason(snap: Any, jid: str) -> str | None:
+    """The job's reason if it is non-empty, valid UTF-8; else None."""
+    raw = (snap.jobs.get(jid) or {}).get("e")
+    if not raw:
+        return None
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _due_in_ms(c: Case, jid: str, now_ms: int) -> float | None:
+    due = c.client.hget(c.keys.job(jid), "due")
+    return float(due) - now_ms if due is not None else None
+
+
+EXC_MODES = ("exc-cause", "exc-message", "exc-context", "exc-control", "exc-str", "nonretryable")
+
+
+def case_exc_text(ctx: Context, res: Result, url: str) -> dict[str, Any]:
+    c = Case(ctx, url, "exc-text").ready()
+    poison = {m: c.add("poison", {"mode": m, "ms": SYNC_MS}, tag=m, expect="dlq", **FAST_RETRY)
+              for m in EXC_MODES}
+    good = _good(c, ctx.pick(10, 40))
+    settled = _settle(c, [*poison.values(), *good], ctx.pick(30, 60))
+    res.expect("exc-text: every job finished within the wait", settled)
+    out = _good_once(c, res, "exc-text", good)
+    snap = snapshot(c.client, c.keys)
+    starts = _starts(c)
+    per_mode = {}
+    for mode, jid in poison.items():
+        reason = _utf8_reason(snap, jid)
+        per_mode[mode] = {"state": snap.state(jid), "runs": starts[jid],
+                          "reason": ascii(reason)[:120] if reason else None}
+        res.expect(f"exc-text ({mode}): dead-lettered with a valid UTF-8 reason",
+                   snap.state(jid) == "dlq" and reason is not None, per_mode[mode])
+        res.expect(f"exc-text ({mode}): at most {FAST_RETRY['attempts']} runs",
+                   starts[jid] <= FAST_RETRY["attempts"], starts[jid])
+    _consistent(c, res, "exc-text")
+    c.close(res)
+    return {**out, "poison": per_mode}
+
+
+def case_log_text(ctx: Context, res: Result, url: str) -> dict[str, Any]:
+    c = Case(ctx, url, "log-text").ready()
+    poison = [c.add("poison", {"mode": "log", "ms": SYNC_MS}, tag="log", expect="completed")
+              for _ in range(3)]
+    good = _good(c, ctx.pick(8, 30))
+    settled = _settle(c, [*poison, *good], ctx.pick(30, 60))
+    res.expect("log-text: every job finished within the wait", settled)
+    out = _good_once(c, res, "log-text", good)
+    snap = snapshot(c.client, c.keys)
+    lines: dict[str, Any] = {}
+    for jid in poison:
+        raw = c.client.lrange(c.keys.logs(jid), 0, -1)
+        try:
+            lines[jid] = [bytes(x).decode("utf-8") for x in raw]
+        except UnicodeDecodeError:
+            lines[jid] = None
+    refused = sum(1 for ln in c.fleet.lines() if ln.event == "refused")
+    res.expect("log-text: the logging jobs completed",
+               all(snap.state(j) == "completed" for j in poison),
+               {j: (snap.state(j), snap.reason(j)[:120]) for j in poison})
+    res.expect("log-text: their log lines read back as valid UTF-8",
+               all(v is not None for v in lines.values()))
+    _consistent(c, res, "log-text")
+    c.close(res)
+    return {**out, "log_lines_kept": {j: len(v or []) for j, v in lines.items()},
+            "calls_refused_with_a_library_error": refused}
+
+
+HUGE_DELAYS = (("retry-later", "maxsize"), ("retry-later", "1e17"), ("retry-later", "2**64"),
+               ("retry-later", "inf"), ("retry-later", "nan"), ("rate-limited", "maxsize"))
+
+
+def case_huge_delay(ctx: Context, res: Result, url: str) -> dict[str, Any]:
+    c = Case(ctx, url, "huge-delay").ready()
+    poison = {f"{mode} {delay}": c.add("poison", {"mode": mode, "delay": delay, "ms": SYNC_MS,
+                                                  "scope": "job"},
+                                       tag=f"{mode} {delay}", expect="any")
+              for mode, delay in HUGE_DELAYS}
+    good = _good(c, ctx.pick(10, 30))
+    settled = _settle(c, good, ctx.pick(30, 60))
+    res.expect("huge-delay: the good jobs finished within the wait", settled)
+    # The deferred jobs settle too: delayed far ahead, or (small/NaN delays) completed.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: all(_deferred_settled(c, j) for j in poison.values()), 20,
+                 what="the deferred jobs to settle")
+    out = _good_once(c, res, "huge-delay", good)
+    snap = snapshot(c.client, c.keys)
+    per: dict[str, Any] = {}
+    for label, jid in poison.items():
+        due_in = _due_in_ms(c, jid, snap.now_ms)
+        per[label] = {"state": snap.state(jid), "due_in_days": None if due_in is None
+                      else round(due_in / 86_400_000, 1)}
+        res.expect(f"huge-delay ({label}): delayed far ahead or completed, not dead-lettered",
+                   snap.state(jid) == "completed"
+                   or (snap.state(jid) == "delayed" and due_in is not None and due_in > 60_000),
+                   per[label])
+    _consistent(c, res, "huge-delay")
+    after = [c.add("work", {"ms": 1}, tag="after", expect="completed") for _ in range(4)]
+    res.expect("huge-delay: the queue keeps working afterwards", _settle(c, after, 20))
+    c.close(res, ignore=tuple(j for j in poison.values() if snap.state(j) == "delayed"))
+
+    # Issue 19 item 3 verbatim: RateLimited(sys.maxsize) holding the whole queue, among
+    # nine good jobs whose outcomes share its finish batch.
+    h = Case(ctx, url, "huge-hold", workers=1, concurrency=10).ready()
+    h.producer.pause()
+    held = h.add("poison", {"mode": "rate-limited", "delay": "maxsize", "ms": SYNC_MS},
+                 tag="RateLimited(sys.maxsize)", expect="any")
+    nine = [h.add("work", {"ms": SYNC_MS}, tag="good", expect="completed") for _ in range(9)]
+    h.producer.resume()
+    res.expect("huge-hold: the nine good jobs finished within the wait", _settle(h, nine, 30))
+    hold = _good_once(h, res, "huge-hold", nine)
+    snap = snapshot(h.client, h.keys)
+    res.expect("huge-hold: the rate-limited job is delayed (not dead-lettered, not in two sets)",
+               snap.state(held) == "delayed"
+               and [s for s, m in snap.sets.items() if held in m] == ["delayed"],
+               {"state": snap.state(held),
+                "sets": [s for s, m in snap.sets.items() if held in m]})
+    _consistent(h, res, "huge-hold")
+    pttl = h.client.pttl(h.keys.hold())
+    h.close(res, ignore=(held,))
+    return {**out, "deferred": per, "hold": {**hold, "hold_pttl_days":
+                                             round(pttl / 86_400_000, 1) if pttl > 0 else pttl}}
+
+
+def _deferred_settled(c: Case, jid: str) -> bool:
+    snap_state = c.client.hget(c.keys.job(jid), "st")
+    if snap_state == b"completed":
+        return True
+    if snap_state != b"delayed":
+        return False
+    t = c.client.time()
+    due_in = _due_in_ms(c, jid, int(t[0]) * 1000 + int(t[1]) // 1000)
+    return due_in is not None and due_in > 60_000
+
+
+BACKOFFS = ("1e30", "inf", "nan", -1, "abc")
+
+
+def case_backoff(ctx: Context, res: Result, url: str) -> dict[str, Any]:
+    c = Case(ctx, url, "backoff").ready()
+    poison: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for value in BACKOFFS:
+        try:
+            poison[str(value)] = c.add(
+                "poison", {"mode": "backoff", "backoff": value, "ms": SYNC_MS},
+                tag=f"backoff {value}", expect="any", attempts=2,
+                backoff={"type": "custom", "strategy": "from-data",
+                         "max_delay": 315_360_000_000})  # ten years
+        except KitiumQueueError as exc:
+            refused[str(value)] = f"{type(exc).__name__}: {exc}"[:160]
+    good = _good(c, ctx.pick(10, 30))
+    res.expect("backoff: the good jobs finished within the wait",
+               _settle(c, good, ctx.pick(30, 60)))
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: all(c.client.hget(c.keys.job(j), "st") in (b"dlq", b"delayed")
+                             for j in poison.values()), 20, what="the poison jobs to settle")
+    out = _good_once(c, res, "backoff", good)
+    snap = snapshot(c.client, c.keys)
+    per: dict[str, Any] = {}
+    for label, jid in poison.items():
+        due_in = _due_in_ms(c, jid, snap.now_ms)
+        reason = _utf8_reason(snap, jid)
+        per[label] = {"state": snap.state(jid), "reason": ascii(reason)[:100] if reason else None,
+                      "due_in_days": None if due_in is None else round(due_in / 86_400_000, 1)}
+        res.expect(f"backoff ({label}): dead-lettered with a reason, or delayed far ahead",
+                   (snap.state(jid) == "dlq" and reason is not None)
+                   or (snap.state(jid) == "delayed" and due_in is not None and due_in > 60_000),
+                   per[label])
+    _consistent(c, res, "backoff")
+    c.close(res, ignore=tuple(j for j in poison.values() if snap.state(j) == "delayed"))
+    return {**out, "poison": per, "refused_at_enqueue": refused}
+
+
+RESULTS = ("surrogate", "int", "deep", "set", "nan")
+
+
+def case_results(ctx: Context, res: Result, url: str) -> dict[str, Any]:
+    c = Case(ctx, url, "results").ready()
+    poison = {r: c.add("poison", {"mode": "result", "result": r, "ms": SYNC_MS}, tag=r,
+                       expect="final")
+              for r in RESULTS}
+    good = _good(c, ctx.pick(10, 30))
+    settled = _settle(c, [*poison.values(), *good], ctx.pick(30, 60))
+    res.expect("results: every job finished within the wait", settled)
+    out = _good_once(c, res, "results", good)
+    snap = snapshot(c.client, c.keys)
+    per: dict[str, Any] = {}
+    for kind, jid in poison.items():
+        reason = _utf8_reason(snap, jid)
+        per[kind] = {"state": snap.state(jid), "reason": ascii(reason)[:120] if reason else None}
+        ok = snap.state(jid) == "dlq" and reason is not None
+        if kind == "nan":  # storing NaN as null, or refusing it: both keep other jobs safe
+            ok = ok or snap.state(jid) == "completed"
+        res.expect(f"results ({kind}): dead-lettered with a reason", ok, per[kind])
+    _consistent(c, res, "results")
+    c.close(res)
+    return {**out, "poison": per}
+
+
+def case_numeric_ids(ctx: Context, res: Result, url: str) -> dict[str, Any]:
+    c = Case(ctx, url, "numeric-ids")
+    c.producer.pause()
+    c.ready()
+    n = ctx.pick(30, 300)
+    made: dict[str, int] = {}
+    collisions: list[tuple[int, str, str]] = []
+    refused: Counter[str] = Counter()
+    for i in range(n):
+        data = {"ms": 1, "i": i}
+        try:
+            if i % 3 == 0:
+                # The next automatic id is the sequence number after this call's own.
+                jid = c.producer.add_job("work", data, job_id=str(i + 2),
+                                         remove_on_complete=False)
+                kind = "chosen"
+            else:
+                jid = c.producer.add_job("work", data, remove_on_complete=False)
+                kind = "auto"
+        except KitiumQueueError as exc:
+            refused[type(exc).__name__] += 1
+            continue
+        if jid in made:
+            collisions.append((i, kind, jid))
+        made[jid] = i
+        c.ledger.record([jid], tag=kind)
+    res.expect("numeric-ids: every add returned a fresh id (no automatic id met a chosen one)",
+               not collisions, collisions[:8])
+    wrong = {}
+    for jid, i in made.items():
+        raw = c.client.hget(c.keys.job(jid), "d")
+        try:
+            got = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            got = raw
+        if not isinstance(got, dict) or got.get("i") != i:
+            wrong[jid] = (i, got)
+    res.expect("numeric-ids: every job holds the data it was added with", not wrong,
+               dict(list(wrong.items())[:6]))
+    c.producer.resume()
+    res.expect("numeric-ids: every job finished within the wait",
+               _settle(c, list(made), ctx.pick(30, 60)))
+    starts = _starts(c)
+    twice = {j: starts[j] for j in made if starts[j] > 1}
+    res.expect("numeric-ids: no job ran twice", not twice, dict(list(twice.items())[:6]))
+    _consistent(c, res, "numeric-ids")
+    c.close(res)
+    return {"adds": n, "jobs": len(made), "collisions": len(collisions),
+            "refused": dict(refused), "ran_twice": len(twice)}
+
+
+def _promote(url: str, name: str, prefix: str, limit: int) -> tuple[int | str, bool]:
+    """``promote_delayed(limit)`` in a queue of its own: (count or error text, whether
+    the call returned or raised a KitiumQueueError)."""
+    async def go() -> tuple[int | str, bool]:
+        q = JobQueue(name, redis=url, prefix=prefix, events_max_len=1_000_000)
+        try:
+            return await q.promote_delayed(limit), True
+        except KitiumQueueError as exc:
+            return f"{type(exc).__name__}: {exc}"[:200], True
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:200], False
+        finally:
+            await q.close()
+
+    return asyncio.run(go())
+
+
+def case_promote(ctx: Context, res: Result, url: str) -> dict[str, Any]:
+    prefix, name = ctx.prefix(), "promote"
+    keys = QueueKeys(name, prefix)
+    client = ctx.client(url)
+    producer = ctx.producer(url, name, prefix)
+    ledger = Ledger()
+    n, lifo = ctx.pick(9000, 20000), 80
+    delay_ms = 500
+    jobs = [("work", {"ms": 0}, {"delay": delay_ms, "lifo": i < lifo,
+                                 "remove_on_complete": False}) for i in range(n)]
+    ids: list[str] = []
+    for i in range(0, n, 1000):
+        ids += ledger.record(producer.add_jobs(jobs[i:i + 1000]), tag="due")
+    wait_for(lambda: _all_due(client, keys), 30, what="every delayed job to be due")
+    t0 = time.monotonic()
+    first, library = _promote(url, name, prefix, 10_000)
+    first_s = round(time.monotonic() - t0, 3)
+    snap = snapshot(client, keys)
+    chk = check(snap, None, final=False)
+    both = [j for j in ids if j in snap.sets["wait"] and j in snap.sets["delayed"]]
+    res.expect(f"promote: promote_delayed(limit=10_000) over {n} due jobs returns a count or "
+               "raises a KitiumQueueError", library, first)
+    res.expect("promote: no job in wait and delayed at once", not both and chk.ok,
+               {"in_both": len(both), "problems": chk.summary()["problems"]})
+    calls = 1
+    while client.zcard(keys.delayed) and calls < 100:  # the rest, however the limit is cut
+        _promote(url, name, prefix, 1000)
+        calls += 1
+    fleet = ctx.fleet(url, name, prefix, **LEASE)
+    for i in range(2):
+        fleet.start(f"promote-{i + 1}").wait_ready()
+    try:
+        wait_final(ctx, client, keys, ctx.pick(90, 240), ids=ids)
+        finished = True
+    except AssertionError:
+        finished = False
+    res.expect("promote: every promoted job finished", finished)
+    starts = Counter(ln.job_id for ln in fleet.lines() if ln.event == "start")
+    twice = {j: starts[j] for j in ids if starts[j] > 1}
+    res.expect("promote: every job ran exactly once", not twice and all(starts[j] for j in ids),
+               {"ran_twice": len(twice), "never_ran": sum(1 for j in ids if not starts[j])})
+    closing_checks(ctx, res, client, keys, fleet, label="promote", ledger=ledger)
+    tb = tracebacks(fleet)
+    res.expect("promote: no traceback in worker logs", not tb, tb[:2])
+    stop_fleet(res, fleet, label="promote workers")
+    return {"due_jobs": n, "lifo": lifo, "first_call": first, "first_call_s": first_s,
+            "promote_calls": calls, "ran_twice": len(twice)}
+
+
+def _all_due(client: Any, keys: QueueKeys) -> bool:
+    t = client.time()
+    now_ms = int(t[0]) * 1000 + int(t[1]) // 1000
+    last = client.zrange(keys.delayed, -1, -1, withscores=True)
+    return bool(last) and last[0][1] <= now_ms
