@@ -4,9 +4,8 @@ server, Redis Cluster, or a primary found through Sentinel."""
 from __future__ import annotations
 
 import inspect
-import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -19,6 +18,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
+from .redact import (
+    REDACTED,
+    REDACTED_PLACEHOLDER,
+    check_delimited,
+    client_secrets,
+    mapping_secrets,
+    misplaced_secrets,
+    redact_url,
+    url_secrets,
+)
 
 __all__ = [
     "REDACTED",
@@ -87,204 +96,6 @@ def _tls_options() -> set[str]:
     return {p for p in params if p.startswith("ssl_")}
 
 
-#: What a redacted part of a URL or message is replaced with.
-REDACTED = "***"
-#: What ``redact_url`` returns when it cannot process its input at all.
-REDACTED_PLACEHOLDER = "<redacted>"
-# Option names whose values are secrets, in dicts and in URL query strings.
-_SECRET_NAME = re.compile(r"pass(?:word|wd)?|pwd|secret|token|credential|auth", re.IGNORECASE)
-# ``password=...`` / ``'sentinel_password': '...'`` / ``token: ...`` in free text: a
-# word naming a secret, then what assigns it a value, then the value. Applied word by
-# word (``_mask_params``), which keeps it linear on any input.
-_SECRET_WORD = re.compile(r"pass(?:word|wd)?|pwd|secret|token|credential", re.IGNORECASE)
-_WORD = re.compile(r"\w+")
-_ASSIGNED = re.compile(r"(['\"]?\s*[=:]\s*)(?:'[^']*'?|\"[^\"]*\"?|[^&\s,;}'\"]*)")
-# The hosts part of a URL in a text (once credentials are masked, it holds no ``@``).
-_AUTHORITY = re.compile(
-    r"(://(?:" + re.escape(REDACTED) + r"@)?)([^\s'\"<>/?#@]*)(?=[\s'\"<>/?#]|$)"
-)
-# A text that *is* a URL (as opposed to a message that mentions one).
-_WHOLE_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
-# The query string or fragment of a URL inside a message: up to the next space or quote.
-_QUERY_IN_TEXT = re.compile(r"(://[^\s'\"<>?#]*)[?#][^\s'\"<>]*")
-
-
-def redact_url(value: object, secrets: Iterable[str] = ()) -> str:
-    """``value`` (a URL, a message mentioning URLs, or a dict of connection options) with
-    every credential removed, for messages, ``describe()`` and health output.
-
-    It fails closed: anything that may be a credential goes, even if that also hides
-    harmless text.
-
-    * Credentials: whatever lies between the first ``://`` and the *last* ``@`` is
-      replaced, so a password with unencoded ``/ ? # @ :`` or spaces, a user name, the
-      hosts of a multi-host URL and any scheme spelling (``Redis://``, ``REDISS://``,
-      ``redis+sentinel://``) are all covered. An ``@`` with no ``://`` before it (a URL
-      without a scheme, a host written as ``user:pw@host``) hides everything before it.
-    * Query strings and fragments (``?password=``, ``?sentinel_password=``) are dropped:
-      to the end of the text when the text is a URL, to the next space or quote when a
-      message mentions one; ``password=...``-like pairs are masked anywhere in the text.
-    * ``secrets``: exact strings (passwords a caller knows of) masked wherever they occur,
-      also inside texts that do not look like URLs (a parser's error message quoting a
-      fragment of a malformed URL).
-    * A mapping has the values of secret-looking keys masked and its ``url`` redacted.
-    * Anything that cannot be processed (an object whose ``str()`` fails, an internal
-      error) gives ``"<redacted>"``, never the input.
-    """
-    try:
-        text = _as_text(value)
-        known = {s for s in secrets if isinstance(s, str) and s}
-        for secret in sorted(known, key=len, reverse=True):  # longest first: no remnants
-            text = text.replace(secret, REDACTED)
-        last_at = text.rfind("@")
-        if last_at >= 0:
-            scheme_end = text.find("://")
-            start = scheme_end + 3 if 0 <= scheme_end < text.find("@") else 0
-            text = text[:start] + REDACTED + text[last_at:]
-        text = _AUTHORITY.sub(lambda m: m.group(1) + _mask_ports(m.group(2)), text)
-        if _WHOLE_URL.match(text):
-            head, sep, rest = text.partition("://")
-            cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
-            text = head + sep + (rest[:cut] if cut >= 0 else rest)
-        else:
-            text = _QUERY_IN_TEXT.sub(r"\1", text)
-        return _mask_params(text)
-    except Exception:
-        return REDACTED_PLACEHOLDER
-
-
-def _mask_params(text: str) -> str:
-    """``text`` with the value after every secret-naming word (``password=x``,
-    ``'password': 'x'``, ``token: x``) replaced."""
-    out: list[str] = []
-    pos = 0
-    for word in _WORD.finditer(text):
-        if word.start() < pos or not _SECRET_WORD.search(word.group()):
-            continue
-        value = _ASSIGNED.match(text, word.end())
-        if value is None:
-            continue
-        # Keep the quote and separator, drop the value (and a quoted value's quotes).
-        out += [text[pos:word.end()], value.group(1), REDACTED]
-        pos = value.end()
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _mask_ports(authority: str) -> str:
-    """The hosts of a URL with every port that is not a plain number masked:
-    ``redis://:secret`` (the ``@`` forgotten) puts the password where the port goes."""
-    items = []
-    for item in authority.split(","):
-        end = item.find("]") + 1 if item.startswith("[") else 0  # [IPv6]:port
-        if item.startswith("[") and end == 0:
-            items.append(REDACTED)
-            continue
-        colon = item.find(":", end)
-        port = item[colon + 1:]
-        if colon >= 0 and not (port.isascii() and port.isdigit()):
-            item = item[: colon + 1] + REDACTED
-        items.append(item)
-    return ",".join(items)
-
-
-def _as_text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    if isinstance(value, Mapping):
-        shown = (
-            f"{str(k)!r}: "
-            + (REDACTED if _SECRET_NAME.search(str(k)) else
-               _as_text(v) if isinstance(v, Mapping) else repr(redact_url(v)))
-            for k, v in value.items()
-        )
-        return "{" + ", ".join(shown) + "}"
-    return str(value)
-
-
-def _url_secrets(url: str) -> set[str]:
-    """Every string of ``url`` that may be a credential, raw and percent-decoded: the
-    whole userinfo, its password part (or the lone ``secret`` of ``scheme://secret@``)
-    and the values of secret-looking query options."""
-    found: set[str] = set()
-    rest = url.partition("://")[2] if "://" in url else url
-    userinfo, at, _ = rest.rpartition("@")
-    if at:
-        user, colon, password = userinfo.partition(":")
-        found |= {userinfo, password if colon else user}
-    for name, value in parse_qsl(url.partition("?")[2], keep_blank_values=True):
-        if _SECRET_NAME.search(name):
-            found.add(value)
-    found |= {unquote(s) for s in found}
-    return {s for s in found if s}
-
-
-def _mapping_secrets(options: Mapping[str, Any]) -> set[str]:
-    """Secret values of a dict of connection options (nested ``tls`` dict included)."""
-    found: set[str] = set()
-    for key, value in options.items():
-        if isinstance(value, Mapping):
-            found |= _mapping_secrets(value)
-        elif isinstance(value, str) and value:
-            if _SECRET_NAME.search(str(key)):
-                found.add(value)
-            elif key == "url":
-                found |= _url_secrets(value)
-    return found
-
-
-def _misplaced_secrets(url: str) -> set[str]:
-    """For messages about a URL that did not parse: when it has no ``@``, whatever sits
-    where a port goes may be a password whose ``@`` was forgotten (``redis://:secret``),
-    so none of it is shown. (With an ``@`` the credentials are delimited and known.)"""
-    rest = url.partition("://")[2]
-    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" in authority:
-        return set()
-    found: set[str] = set()
-    for item in authority.split(","):
-        tail = item.partition("]")[2] if item.startswith("[") else item.partition(":")[2]
-        found |= {tail, *tail.split(":")}
-    return {t for t in found if t}
-
-
-def _check_delimited(url: str) -> None:
-    """Refuse a URL whose credentials are not delimited unambiguously.
-
-    An ``@`` after the first ``/``, ``?`` or ``#`` of the authority means a password (or
-    an option value) holds one of those characters unencoded: the URL then parses to a
-    different host, port or path, and the password would end up in error messages as a
-    "port" or "database". Percent-encoding it is the fix. A URL whose authority is empty
-    (``unix:///path/with@sign``) has no credentials to misplace.
-    """
-    rest = url.partition("://")[2]
-    if rest.startswith("/"):
-        return
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    if "@" in rest[end:]:
-        raise ConfigurationError(
-            f"redis URL {redact_url(url)!r} has an '@' after the host part: a password or "
-            "option value containing '/', '?', '#' or '@' must be percent-encoded, e.g. "
-            "urllib.parse.quote(password, safe='')"
-        )
-
-
-def _client_secrets(client: Any) -> set[str]:
-    """Passwords a ready-made client carries (best effort: only to mask them)."""
-    found: set[str] = set()
-    try:
-        if isinstance(client, RedisCluster):
-            kwargs = client.get_connection_kwargs()
-        else:
-            kwargs = client.connection_pool.connection_kwargs
-        found |= _mapping_secrets({k: v for k, v in kwargs.items() if isinstance(v, str)})
-    except Exception:  # not a redis-py client: nothing known to mask
-        pass
-    return found
-
-
 def _host_port(item: Any, default_port: int, what: str) -> tuple[str, int]:
     if isinstance(item, (tuple, list)) and len(item) == 2:
         return str(item[0]), int(item[1])
@@ -307,7 +118,7 @@ def _parse_multi_host_url(url: str) -> tuple[str, list[tuple[str, int]], list[st
     The scheme comes back lower-cased. Errors never quote the hosts part: when it does
     not parse, the password may be in it (a forgotten ``@``).
     """
-    _check_delimited(url)
+    check_delimited(url)
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
     rest, _, query = rest.partition("?")
@@ -394,7 +205,7 @@ class ConnectionFactory:
         # Strings that must never appear in a message: the passwords of this setting.
         self._secrets: set[str] = set()
         if isinstance(redis, str):
-            self._secrets = _url_secrets(redis)
+            self._secrets = url_secrets(redis)
             # URL schemes are case-insensitive (RFC 3986), as redis-py treats them.
             scheme = redis.split("://", 1)[0].lower() if "://" in redis else ""
             if scheme == "memory":
@@ -413,13 +224,13 @@ class ConnectionFactory:
                     "memory://"
                 )
         elif isinstance(redis, Mapping):
-            self._secrets = _mapping_secrets(redis)
+            self._secrets = mapping_secrets(redis)
             self._from_dict(redis)
         elif isinstance(redis, (aioredis.Redis, RedisCluster)) or hasattr(
             redis, "execute_command"
         ):
             self._given_client = redis
-            self._secrets = _client_secrets(redis)
+            self._secrets = client_secrets(redis)
             self.mode = "cluster" if isinstance(redis, RedisCluster) else "client"
         else:
             raise ConfigurationError(
@@ -435,8 +246,8 @@ class ConnectionFactory:
         ``ConfigurationError`` whose text is redacted: redis-py's own message may quote a
         piece of the URL ("Port could not be cast to integer value as '<password>'").
         """
-        _check_delimited(url)
-        hidden = self._secrets | _misplaced_secrets(url)
+        check_delimited(url)
+        hidden = self._secrets | misplaced_secrets(url)
         try:
             parse_url(url)
             problem = ""
