@@ -145,6 +145,41 @@ async def test_per_key_concurrency_cap(make_queue: QueueFactory) -> None:
     assert await client.smembers(q.keys.concurrency("c-x")) == {b"x3"}
 
 
+async def test_capped_jobs_beyond_the_scan_window_never_hide_the_jobs_behind_them(
+    make_queue: QueueFactory,
+) -> None:
+    q = make_queue()
+    q.set_concurrency_limit("hot", 1)
+    e = Engine(q)
+    hot = '{"concurrency_key":"hot"}'
+
+    async def add_hot(now: int, names: list[str]) -> None:
+        args: list[Any] = [86_400_000]
+        for name in names:
+            args += [name, "n", "{}", hot, 0, 0, "0", ""]
+        await e.run("enqueue", now, *args)
+
+    async def claim(now: int) -> list[str]:  # examines at most 100 waiting jobs per call
+        r = await e.run("claim", now, 4, 10_000, 0, 0, 2, "1", "w", 100)
+        return [j[0].decode() for j in r[5:]]
+
+    # Already in wait when the cap fills: each claim parks what it examines (at most its
+    # scan limit), so the free job behind 250 of them is reached by the third claim,
+    # and no later claim looks at them again.
+    await add_hot(T0, ["run", *(f"h{i}" for i in range(250))])
+    await e.add(T0, "free")
+    claimed = []
+    for step in range(3):
+        claimed += await claim(T0 + step)
+    assert claimed == ["run", "free"]
+    client = await q.client()
+    assert await client.zcard(q.keys.wait) == 0
+    # Added while the cap is full: parked at once, never in the way.
+    await add_hot(T0 + 10, [f"late{i}" for i in range(150)])
+    await e.add(T0 + 10, "free2")
+    assert await claim(T0 + 11) == ["free2"]
+
+
 async def test_global_concurrency_cap(make_queue: QueueFactory) -> None:
     q = make_queue()
     q.set_global_concurrency(3)

@@ -821,7 +821,7 @@ def test_property_prepared_job_is_encodable_or_refused(
 ) -> None:
     q = JobQueue("fuzz", redis="memory://hardening-fuzz")
     try:
-        prepared = q._prepare(name, data, {"job_id": job_id, "idempotency_key": key})
+        prepared = q.producer.prepare(name, data, {"job_id": job_id, "idempotency_key": key})
     except KitiumQueueError as exc:
         _no_raw_text(str(exc), name)
         return

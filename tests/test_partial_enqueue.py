@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import QueueFactory
 
+from helpers import QueueFactory
 from kitium_queue import PartialEnqueueError, PartitionedQueue
 
 
@@ -15,22 +15,22 @@ async def test_coalesced_add_job_callers_get_ids_of_what_was_written(
     make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     q = make_queue()
-    real = q._enqueue
+    real = q.producer.enqueue
     calls = 0
 
-    async def flaky(prepared: list[list[Any]], name: str | None) -> list[str]:
+    async def flaky(prepared: list[list[Any]]) -> list[str]:
         nonlocal calls
         calls += 1
         if calls == 1:
             await asyncio.sleep(0.05)  # let the other add_job calls queue up behind it
-            return await real(prepared, name)
+            return await real(prepared)
         # The coalesced batch: the first two jobs written, then the link fails.
-        ids = await real(prepared[:2], name)
+        ids = await real(prepared[:2])
         exc = PartialEnqueueError("partial", ids, 2)
         exc.__cause__ = ConnectionError("link lost")
         raise exc
 
-    monkeypatch.setattr(q, "_enqueue", flaky)
+    monkeypatch.setattr(q.producer, "enqueue", flaky)
     results = await asyncio.gather(
         *(q.add_job("n", {"i": i}) for i in range(5)), return_exceptions=True
     )

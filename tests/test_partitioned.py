@@ -224,3 +224,32 @@ def test_doc_example_runs(backend: str, request: pytest.FixtureRequest, tmp_path
     out = run_doc_example("partitioned", tmp_path, KQ_PARTITIONED_URL=url)
     first_id, status, *_ = out.split()
     assert first_id.split(":")[0] in {"0", "1", "2"} and "COMPLETED" in status.upper()
+
+
+async def test_every_queue_method_reaches_the_partitions(make_pq: Any) -> None:
+    """Methods a partitioned queue gets from the one API definition (api.QueueAPI)."""
+    pq = make_pq()
+    ids = await pq.add_jobs([("a", i, {"priority": i}) for i in range(6)])
+    detail = await pq.get_job_detail(ids[4])
+    assert detail is not None and (detail.id, detail.data, detail.worker) == (ids[4], 4, None)
+    assert await pq.get_job_detail("4") is None  # not a full id
+    by_priority = [j.id for j in await pq.get_jobs_by_status("waiting")]
+    assert by_priority == ids[::-1]
+    # An offset applies to the merged order of all partitions.
+    assert [j.id for j in await pq.get_jobs_by_status("waiting", 2, 3)] == by_priority[3:5]
+    assert await pq.recover_stalled() == ([], [])  # no lease has expired
+    with pytest.raises(ConfigurationError, match="limit"):
+        await pq.bulk_retry("failed", -1)  # refused, as on a plain queue
+    with pytest.raises(ConfigurationError, match="not available on PartitionedQueue"):
+        await pq.list_jobs("waiting")
+
+    sizes: list[int] = []
+
+    @pq.process_batch("b", size=5, max_wait=50)
+    def batch(jobs: list[Any]) -> list[int]:
+        sizes.append(len(jobs))
+        return [job.data for job in jobs]
+
+    await pq.add_jobs([("b", i) for i in range(9)])  # round-robin: every partition has some
+    await pq.start(concurrency=6)
+    await wait_until(lambda: sum(sizes) == 9, 10)

@@ -246,3 +246,21 @@ def test_sync_partitioned_queue(backend_url: str, prefix: str) -> None:
 
 async def _completed(pq: PartitionedQueue, n: int) -> bool:
     return (await pq.get_stats()).completed == n
+
+
+def test_sync_twins_of_the_newer_methods(sync_queue: SyncJobQueue, backend_url: str,
+                                         prefix: str) -> None:
+    q = sync_queue
+    jobs = (("n", i) for i in range(3))  # a generator is read in the caller's thread
+    ids = q.add_jobs(jobs)
+    assert len(ids) == 3
+    detail = q.get_job_detail(ids[0])
+    assert detail is not None and detail.id == ids[0] and detail.log_lines == 0
+    page = q.list_jobs("waiting", limit=2)
+    assert [j.id for j in page.jobs] == ids[:2] and page.next_cursor
+    assert q.promote_delayed() == 0
+    assert q.recover_stalled() == ([], [])
+    with SyncPartitionedQueue("sp", partitions=2, redis=backend_url, prefix=prefix) as pq:
+        with pytest.raises(ConfigurationError, match="schedules belong on a plain JobQueue"):
+            pq.schedule_every("tick", {}, 1000)
+        assert pq.get_job_detail(pq.add_job("n", 1)) is not None

@@ -109,7 +109,6 @@ async def _tour(redis: str, echo: Callable[[str], Any]) -> None:
     beat = await queue.schedule_every("heartbeat", {"svc": "api"}, 250, limit=3)
     say(f"scheduled {beat.id!r}: every 250 ms, 3 runs")
 
-    extra_hook = getattr(queue, "_demo_extra", None)
     await queue.start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -118,8 +117,6 @@ async def _tour(redis: str, echo: Callable[[str], Any]) -> None:
         if done and s.active == 0 and (await queue.get_schedule(beat.id) or beat).finished:
             break
         await asyncio.sleep(0.02)
-    if extra_hook is not None:
-        await extra_hook(queue, say)
 
     stats = await queue.get_stats()
     say(f"stats: {stats.to_dict()}")

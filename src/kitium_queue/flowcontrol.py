@@ -9,11 +9,21 @@ uses the queue, like ``process``)::
     await queue.add_job("sync", data, rate_limit_key="customer-42",
                         concurrency_key="customer-42")
 
-They are compiled into an admission check of ``claim`` (``ScriptRegistry
-.add_admission_check``), so they hold across every worker: the counters live in Redis
-and are read and updated in the same atomic step that hands a job out. A job that may
-not run now is never claimed: it stays in wait, keeps its place, takes no worker slot,
-and the jobs behind it still run.
+They are compiled into Lua slot fragments (``kitium_queue.slots``), so they hold across
+every worker: the counters live in Redis and are read and updated in the same atomic
+step that hands a job out or takes it back. A job that may not run now is never
+claimed and takes no worker slot; the jobs behind it still run:
+
+* at enqueue, a fragment marks the job's keys on its hash (``rk``, ``ck``: claim reads
+  them, never the options JSON), and parks a job whose concurrency key is at its cap;
+* at admission (claim), a job over a limit is left out: a job whose concurrency key is
+  at its cap is *parked* behind the key (status ``pending``, out of wait, keeping its
+  place: ``kitium_queue.parking``), so any number of them delays no other job; a job
+  over its rate limit, or held by ``RateLimited``, stays in wait and the worker sleeps
+  until the window ends (or is parked until then: ``park_rate_limited_jobs``);
+* on release (every way a job leaves active: completed, retried, failed, deferred,
+  handed back, stalled, dead-lettered, cleared), a fragment takes the job out of its
+  key's running set and brings the next parked job of the key back to wait.
 
 Patterns: an exact key, a prefix ending in ``*`` (``"customer-*"``), or ``"*"`` (every
 key). The most specific declaration applies: exact, then the longest prefix, then
@@ -23,7 +33,8 @@ separately).
 Rate limits use a fixed window per key, like the queue ``limiter``: at most ``max``
 starts per ``duration`` ms window, the window opening at the first start. Concurrency
 caps count the key's jobs that are active (claimed and not finished; a job whose worker
-died counts until its lease is recovered).
+died counts until its lease is recovered). The global cap counts every active job of the
+queue; a claim that finds it reached stops at once.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .options import MAX_COUNT, to_int, to_ms
+from .slots import lua_string
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -42,6 +54,8 @@ __all__ = ["FlowControl", "RateLimit"]
 
 FEATURE = "flow-control"
 OPTION_NAMES = ("rate_limit_key", "concurrency_key")
+#: Job-hash fields the enqueue fragment writes: the job's rate-limit and concurrency key.
+MARKERS = ("rk", "ck")
 _MAX_KEY = 512
 
 
@@ -61,6 +75,7 @@ class FlowControl:
         self.rate_limits: dict[str, RateLimit] = {}
         self.concurrency_limits: dict[str, int] = {}
         self.global_concurrency: int | None = None
+        self.park_rate_limited = False
         queue.own_options(FEATURE, OPTION_NAMES)
         queue.use_enqueue(_check_keys)
         self._install()
@@ -96,21 +111,43 @@ class FlowControl:
         self.concurrency_limits.pop(pattern, None)
         self._install()
 
-    # ------------------------------------------------------------------ the Lua check
-    def _install(self) -> None:
-        self.queue.scripts.add_admission_check("flow", self.lua())
+    # ------------------------------------------------------------------ the Lua slots
+    def park_rate_limited_jobs(self, enabled: bool = True) -> None:
+        """Park jobs held back by a rate limit or a ``RateLimited`` hold (status
+        ``pending``, out of wait) instead of leaving them in wait, where more of them
+        than claim's scan window would hide eligible jobs behind them.
 
-    def lua(self) -> str:
-        """The admission check (a Lua expression) for the current declarations."""
+        Off by default: such jobs show as ``waiting`` (as they always have). Parked,
+        they come back to wait when their window ends, ``max`` at a time.
+        """
+        self.park_rate_limited = bool(enabled)
+        self._install()
+
+    def _install(self) -> None:
+        scripts = self.queue.scripts
+        scripts.add_slot("enqueue", FEATURE, self.enqueue_lua())
+        scripts.add_slot("admission", FEATURE, self.lua(), fields=MARKERS)
+        scripts.add_slot("release", FEATURE, _RELEASE)
+
+    def _prelude(self) -> str:
         rate = _tables(
             "RATE", {p: f"{{{r.max}, {r.duration}}}" for p, r in self.rate_limits.items()}
         )
         cap = _tables("CAP", {p: str(c) for p, c in self.concurrency_limits.items()})
-        return _CHECK.format(
-            rate=rate, cap=cap, global_cap=self.global_concurrency or 0,
+        return _PRELUDE.format(
+            rate=rate, cap=cap,
             any_rate="true" if self.rate_limits else "false",
             any_cap="true" if self.concurrency_limits else "false",
+            park_rate="true" if self.park_rate_limited else "false",
         )
+
+    def lua(self) -> str:
+        """The admission check (a Lua expression) for the current declarations."""
+        return _CHECK.format(prelude=self._prelude(), global_cap=self.global_concurrency or 0)
+
+    def enqueue_lua(self) -> str:
+        """The enqueue fragment: marks the job's keys on its hash, parks it at a full cap."""
+        return _ENQUEUE.format(prelude=self._prelude())
 
 
 def _check_keys(
@@ -138,34 +175,35 @@ def _pattern(pattern: Any) -> str:
     return pattern
 
 
-def _lua_str(text: str) -> str:
-    """A Lua string literal for any text (every byte outside [A-Za-z0-9_-.:] escaped)."""
-    out = []
-    for b in text.encode("utf-8"):
-        c = chr(b)
-        out.append(c if c.isascii() and (c.isalnum() or c in "_-.:@/ ") else f"\\{b:03d}")
-    return '"' + "".join(out) + '"'
-
-
 def _tables(name: str, values: dict[str, str]) -> str:
     exact = {p: v for p, v in values.items() if not p.endswith("*")}
     prefixes = sorted(((p[:-1], v) for p, v in values.items() if p.endswith("*")),
                       key=lambda pv: -len(pv[0]))
-    ex = ", ".join(f"[{_lua_str(p)}] = {v}" for p, v in sorted(exact.items()))
-    pre = ", ".join(f"{{{_lua_str(p)}, {v}}}" for p, v in prefixes)
+    ex = ", ".join(f"[{lua_string(p)}] = {v}" for p, v in sorted(exact.items()))
+    pre = ", ".join(f"{{{lua_string(p)}, {v}}}" for p, v in prefixes)
     return f"local {name}_EXACT = {{{ex}}}\n  local {name}_PREFIX = {{{pre}}}"
 
 
-# Per claim call the check caches what it read (counters, holds, caps) in locals, so
-# each key costs a few Redis calls per call however many of its jobs are examined.
-_CHECK = """(function()
-  {rate}
+# The fragments below run inside the scripts (kitium_queue.slots). Each is evaluated once
+# per script call and caches what it read (counters, holds, caps) in locals, so each key
+# costs a few Redis calls per call however many of its jobs pass.
+#
+# Keys (all under the queue's hash tag, built from PREFIX like QueueKeys):
+#   rl:<key>   HASH  the current window of rate-limit key <key>: w = opened at, n = starts
+#   hold:<key> STRING while it exists, <key> is held (a processor raised RateLimited)
+#   cc:<key>   SET   ids of the running jobs of concurrency key <key>: added when a job
+#                    is claimed, removed by the release fragment when it leaves active
+#   cc-of      HASH  job id -> its concurrency key, for the running jobs counted in a set
+# Job markers (set by the enqueue fragment, read by claim as declared fields): rk = the
+# job's rate_limit_key, ck = its concurrency_key. Blockers: 'cc:<key>' (a full cap:
+# unparked one per finished job of the key), 'rl:<key>' (a full window or a hold: a
+# timer at its end).
+_PRELUDE = """{rate}
   {cap}
-  local GLOBAL_CAP = {global_cap}
   local ANY_RATE, ANY_CAP = {any_rate}, {any_cap}
-  local found, holds, rates, caps = {{}}, {{}}, {{}}, {{}}
-  local active = nil
-  local cur_rk, cur_rs, cur_ck, cur_cs = nil, nil, nil, nil
+  local PARK_RATE = {park_rate}
+  local CC_OWNER = PREFIX .. 'cc-of'
+  local found, rates, holds = {{}}, {{}}, {{}}
 
   local function lookup(kind, exact, prefixes, key)
     local ck = kind .. key
@@ -184,6 +222,113 @@ _CHECK = """(function()
     return v
   end
 
+  -- Running jobs of concurrency key ck. The set is exact: every way a job leaves active
+  -- passes the release fragment. A member left behind by a process that lacks these
+  -- declarations would hold a slot for good, so at the cap a few random members are
+  -- checked (bounded, and only then) and dropped when their job is no longer active.
+  local function running(ck, cap)
+    local skey = PREFIX .. 'cc:' .. ck
+    local n = redis.call('SCARD', skey)
+    local checks = 0
+    while n >= cap and checks < 3 do
+      checks = checks + 1
+      local m = redis.call('SRANDMEMBER', skey)
+      if not m then break end
+      local st = redis.pcall('HGET', job_key(m), 'st')
+      -- A damaged record counts as running: recovery releases it when its lease ends.
+      if st == 'active' or (st and type(st) ~= 'string') then break end
+      redis.call('SREM', skey, m)
+      redis.call('HDEL', CC_OWNER, m)
+      n = n - 1
+    end
+    return n
+  end
+
+  -- Fixed window of rate-limit key rk: w = when it opened, n = starts in it. Times come
+  -- from NOW, so the window follows the script clock (the Redis clock in production).
+  local function window(rk, lim)
+    local st = rates[rk]
+    if st == nil then
+      local f = redis.call('HMGET', PREFIX .. 'rl:' .. rk, 'w', 'n')
+      local w, used, reset = tonumber(f[1]), tonumber(f[2]) or 0, nil
+      if w and NOW < w + lim[2] then reset = w + lim[2] else used = 0 end
+      st = {{ used = used, max = lim[1], dur = lim[2], reset = reset }}
+      rates[rk] = st
+    end
+    return st
+  end
+
+  local function held_until(rk)
+    local h = holds[rk]
+    if h == nil then
+      local ttl = redis.call('PTTL', PREFIX .. 'hold:' .. rk)
+      if ttl > 0 then h = NOW + ttl else h = 0 end
+      holds[rk] = h
+    end
+    return h
+  end
+
+  -- The timer blocker of rate-limit key rk, due at `due`: then `max` of its jobs go back
+  -- to wait, and again each window while jobs remain (all at once without a limit).
+  local function rate_blocker(rk, due, lim)
+    local blocker = 'rl:' .. rk
+    if lim then park_timer(blocker, due, lim[1], lim[2]) else park_timer(blocker, due, 0, 0) end
+    return blocker
+  end"""
+
+_ENQUEUE = """(function()
+  {prelude}
+  local caps = {{}}
+
+  return function(id, jk, opts, state)
+    if opts == '' or not (string.find(opts, '"concurrency_key"', 1, true)
+        or string.find(opts, '"rate_limit_key"', 1, true)) then
+      return nil
+    end
+    local ok, o = pcall(cjson.decode, opts)
+    if not ok or type(o) ~= 'table' then return nil end
+    local rk, ck = o['rate_limit_key'], o['concurrency_key']
+    if type(rk) ~= 'string' or rk == '' then rk = nil end
+    if type(ck) ~= 'string' or ck == '' then ck = nil end
+    local blocker = nil
+    if state == 'waiting' and ck then
+      -- A full cap: park behind it at once (no claim needs to look at the job).
+      local cap = ANY_CAP and lookup('c', CAP_EXACT, CAP_PREFIX, ck)
+      if cap then
+        local n = caps[ck]
+        if n == nil then n = running(ck, cap); caps[ck] = n end
+        if n >= cap then blocker = 'cc:' .. ck end
+      end
+    end
+    if state == 'waiting' and rk and PARK_RATE and not blocker then
+      local lim = ANY_RATE and lookup('r', RATE_EXACT, RATE_PREFIX, rk)
+      local h = held_until(rk)
+      if h > 0 then
+        blocker = rate_blocker(rk, h, lim)
+      elseif lim then
+        local st = window(rk, lim)
+        if st.used >= st.max and st.reset then blocker = rate_blocker(rk, st.reset, lim) end
+      end
+    end
+    -- The markers claim reads instead of the options JSON.
+    if rk and ck then
+      redis.call('HSET', jk, 'rk', rk, 'ck', ck)
+    elseif rk then
+      redis.call('HSET', jk, 'rk', rk)
+    elseif ck then
+      redis.call('HSET', jk, 'ck', ck)
+    end
+    return blocker
+  end
+end)()"""
+
+_CHECK = """(function()
+  {prelude}
+  local GLOBAL_CAP = {global_cap}
+  local caps = {{}}
+  local active = nil
+  local cur_rk, cur_rs, cur_ck, cur_cs = nil, nil, nil, nil
+
   local function commit(id, jk)
     if GLOBAL_CAP > 0 then active = active + 1 end
     if cur_rs then
@@ -201,72 +346,64 @@ _CHECK = """(function()
     if cur_cs then
       cur_cs.n = cur_cs.n + 1
       redis.call('SADD', PREFIX .. 'cc:' .. cur_ck, id)
+      redis.call('HSET', CC_OWNER, id, cur_ck)
     end
   end
 
-  return function(id, jk, opts)
+  return function(id, jk, opts, rk, ck)
     if GLOBAL_CAP > 0 then
       if active == nil then active = redis.call('ZCARD', K_ACTIVE) end
       if active >= GLOBAL_CAP then admit_stop(); return false end
     end
     cur_rk, cur_rs, cur_ck, cur_cs = nil, nil, nil, nil
-    if not opts or opts == '' or not string.find(opts, '_key', 1, true) then
-      return true, commit
-    end
-    local ok, o = pcall(cjson.decode, opts)
-    if not ok or type(o) ~= 'table' then return true, commit end
-    local rk, ck = o['rate_limit_key'], o['concurrency_key']
-    if type(rk) == 'string' then
-      local h = holds[rk]
-      if h == nil then
-        local ttl = redis.call('PTTL', PREFIX .. 'hold:' .. rk)
-        if ttl > 0 then h = NOW + ttl else h = 0 end
-        holds[rk] = h
-      end
-      if h > 0 then admit_retry(h); return false end
+    if not rk and not ck then return true, commit end
+    if rk then
       local lim = ANY_RATE and lookup('r', RATE_EXACT, RATE_PREFIX, rk)
+      local h = held_until(rk)
+      if h > 0 then
+        if PARK_RATE then admit_park(rate_blocker(rk, h, lim)) else admit_retry(h) end
+        return false
+      end
       if lim then
-        local st = rates[rk]
-        if st == nil then
-          -- Fixed window: w = when it opened, n = starts in it. Times come from NOW,
-          -- so the window follows the script clock (the Redis clock in production).
-          local f = redis.call('HMGET', PREFIX .. 'rl:' .. rk, 'w', 'n')
-          local w, used, reset = tonumber(f[1]), tonumber(f[2]) or 0, nil
-          if w and NOW < w + lim[2] then reset = w + lim[2] else used = 0 end
-          st = {{ used = used, max = lim[1], dur = lim[2], reset = reset }}
-          rates[rk] = st
-        end
+        local st = window(rk, lim)
         if st.used >= st.max then
-          if st.reset then admit_retry(st.reset) end
+          if PARK_RATE and st.reset then
+            admit_park(rate_blocker(rk, st.reset, lim))
+          elseif st.reset then
+            admit_retry(st.reset)
+          end
           return false
         end
         cur_rk, cur_rs = rk, st
       end
     end
-    if type(ck) == 'string' then
+    if ck then
       local cap = ANY_CAP and lookup('c', CAP_EXACT, CAP_PREFIX, ck)
       if cap then
         local st = caps[ck]
         if st == nil then
-          -- Count the key's running jobs, dropping ids that are no longer active: the
-          -- set never holds more than cap ids after this.
-          local skey = PREFIX .. 'cc:' .. ck
-          local ids = redis.call('SMEMBERS', skey)
-          local n = 0
-          for i = 1, #ids do
-            if redis.call('HGET', job_key(ids[i]), 'st') == 'active' then
-              n = n + 1
-            else
-              redis.call('SREM', skey, ids[i])
-            end
-          end
-          st = {{ n = n, cap = cap }}
+          st = {{ n = running(ck, cap), cap = cap }}
           caps[ck] = st
         end
-        if st.n >= st.cap then return false end
+        -- A full cap: park behind the key; the release fragment brings one job back
+        -- each time one of the key's running jobs leaves active.
+        if st.n >= st.cap then admit_park('cc:' .. ck); return false end
         cur_ck, cur_cs = ck, st
       end
     end
     return true, commit
+  end
+end)()"""
+
+# Runs for every job leaving active (finish, recovery, clear): exact accounting of the
+# concurrency sets, and the next job of the key back to wait.
+_RELEASE = """(function()
+  local CC_OWNER = PREFIX .. 'cc-of'
+  return function(id, jk, outcome)
+    local ck = redis.call('HGET', CC_OWNER, id)
+    if not ck then return end
+    redis.call('HDEL', CC_OWNER, id)
+    redis.call('SREM', PREFIX .. 'cc:' .. ck, id)
+    unpark('cc:' .. ck, 1)
   end
 end)()"""

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .enums import JobStatus
 from .limits import safe_text
 
-if TYPE_CHECKING:
-    from .worker import Worker
+__all__ = ["Job", "JobInfo", "JobUpdater"]
 
-__all__ = ["Job", "JobInfo"]
+
+class JobUpdater(Protocol):
+    """Where a running job's progress and log lines go (the worker's runner)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the updates run on (threaded processors submit to it)."""
+
+    async def update(self, job: Job, kind: str, value: Any) -> None:
+        """Record ``value`` as ``job``'s progress (``kind="progress"``) or as a log line
+        (``kind="log"``) under its lease."""
 
 
 class Job:
@@ -34,7 +43,7 @@ class Job:
 
     __slots__ = (
         "_token",
-        "_worker",
+        "_updater",
         "attempts",
         "created_at",
         "data",
@@ -62,7 +71,7 @@ class Job:
         stalls: int = 0,
         progress: Any = None,
         token: str = "",
-        worker: Worker | None = None,
+        updater: JobUpdater | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -76,7 +85,7 @@ class Job:
         self.progress = progress
         self.idempotency_key: str = options.get("idempotency_key") or f"{queue_name}:{id}"
         self._token = token
-        self._worker = worker
+        self._updater = updater
 
     def __repr__(self) -> str:
         return f"<Job {self.queue_name}/{self.id} {self.name!r} attempt {self.attempts}>"
@@ -92,13 +101,13 @@ class Job:
         Raises ``LeaseLostError`` if this worker no longer holds the job.
         """
         self.progress = value
-        if self._worker is not None:
-            await self._worker._update(self, "progress", value)
+        if self._updater is not None:
+            await self._updater.update(self, "progress", value)
 
     async def log(self, message: str) -> None:
         """Append a log line to the job (kept with the job; see ``queue.get_job_logs``)."""
-        if self._worker is not None:
-            await self._worker._update(self, "log", safe_text(message))
+        if self._updater is not None:
+            await self._updater.update(self, "log", safe_text(message))
 
     def update_progress_sync(self, value: Any) -> None:
         """``update_progress`` for plain (threaded) processors."""
@@ -109,11 +118,12 @@ class Job:
         self._call_sync(self.log(message))
 
     def _call_sync(self, coro: Any) -> None:
-        worker = self._worker
-        if worker is None or worker._loop is None:
+        updater = self._updater
+        loop = updater.loop if updater is not None else None
+        if loop is None:
             coro.close()
             return
-        asyncio.run_coroutine_threadsafe(coro, worker._loop).result()
+        asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
 @dataclass(slots=True)

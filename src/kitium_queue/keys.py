@@ -61,7 +61,7 @@ _LAYOUT = (
 class QueueKeys:
     """Key names of one queue. All share the hash tag ``{name}`` (cluster-safe).
 
-    ``all`` is the KEYS vector every script receives (see ``lua/common.lua``).
+    ``all`` is the KEYS vector every script receives (see ``lua/lib_base.lua``).
     """
 
     __slots__ = ("all", "base", "name", "prefix")
@@ -111,8 +111,41 @@ class QueueKeys:
         return f"{self.base}rl:{key}"
 
     def concurrency(self, key: str) -> str:
-        """SET: ids of the running jobs of concurrency key ``key`` (pruned lazily)."""
+        """SET: ids of the running jobs of concurrency key ``key`` (added when a job is
+        claimed, removed by the release slot when it leaves active)."""
         return f"{self.base}cc:{key}"
+
+    @property
+    def concurrency_owners(self) -> str:
+        """HASH: job id -> concurrency key, for the running jobs counted in a set."""
+        return self.base + "cc-of"
+
+    # -- parked jobs (lua/lib_parking.lua, parking.py) ------------------------------------
+    def parked(self, blocker: str) -> str:
+        """ZSET: the jobs parked behind ``blocker``, score = their score in wait."""
+        return f"{self.base}parked:{blocker}"
+
+    @property
+    def parked_index(self) -> str:
+        """ZSET: blocker -> how many jobs are parked behind it."""
+        return self.base + "parked"
+
+    @property
+    def park_timers(self) -> str:
+        """ZSET: time-based blockers -> when claim unparks their jobs (ms)."""
+        return self.base + "park:timers"
+
+    @property
+    def park_rules(self) -> str:
+        """HASH: time-based blocker -> "<n> <every> <due>": how many jobs each firing
+        unparks, how often (ms) while jobs remain, and the pending due time (ms)."""
+        return self.base + "park:rules"
+
+    @property
+    def slot_errors(self) -> str:
+        """HASH: '<slot>:<fragment>' -> '<ms> <message>' of the last error of a Lua slot
+        fragment (the transition around it went on)."""
+        return self.base + "slot-errors"
 
     # -- schedules (lua/schedule_keys.lua) ----------------------------------------------
     @property

@@ -6,9 +6,10 @@
 * **Process middleware** ``async fn(job, call_next) -> result`` wraps every run of a
   processor, outermost first: circuit breakers, tenancy context, tracing. Raise to fail
   the run, return to complete it.
-* **Option ownership**: a feature declares the job options it handles with
-  ``queue.own_options(feature, names)``; options of features that are not enabled are
-  rejected.
+* **Option ownership**: a feature declares the job options it handles in the queue's
+  option registry (``jobspec.py``): ``queue.declare_option(name, feature=..., normalize=...)``,
+  or ``queue.own_options(feature, names)`` for options that carry ids or keys; an option
+  nobody declared is rejected.
 * **Services** (DESIGN §5.4): background loops in ``queue.services`` that every worker of
   the queue starts after its own loops and stops first when it stops (the scheduler).
 """

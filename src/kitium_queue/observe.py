@@ -1,18 +1,49 @@
 """The built-in lifecycle subscriber: ``queue.on(...)`` events, the metrics adapter, logs
 and the DLQ notification handler, expressed on the lifecycle hooks (``hooks.py``).
 
-Every queue has one ``Observer`` as its first subscriber, so the order users see is the
-same as when this code was written inline: metrics first, then the in-process event.
+Every queue has one ``Observer`` as its first subscriber. Within each hook it does what
+the worker and the producer did inline before the hooks existed, in the same order, so
+users see the same events, metrics, log lines and notifications:
+
+============  ==================================================================
+hook          what the Observer does
+============  ==================================================================
+enqueued      metric ``jobs.added``; event ``job-added`` per job
+started       event ``job-started``; metrics ``jobs.started``, ``job.wait_ms``
+progress      event ``job-progress``
+finished      completed: event ``job-completed``; metrics ``jobs.completed``,
+              ``job.duration_ms``.
+              retrying: log (info); events ``job-failed`` (``final`` False),
+              ``job-retrying``; metric ``jobs.retried``.
+              failed: log (error); event ``job-failed`` (``final`` True, with the
+              reason and traceback); metric ``jobs.failed``.
+              deferred: event ``job-retrying`` (``attempt_spent`` False).
+stalled       per job a log line (warning) and event ``job-stalled``; metric
+              ``jobs.stalled``
+dead_lettered a log line (error) when recovery dead-lettered it; metric
+              ``jobs.dlq``; event ``job-dlq`` (with the reason, and the error and
+              traceback when this process ran the job); ``dlq.notification_handler``
+              in a task of its own
+queue_error   event ``queue-error``
+============  ==================================================================
+
+Log lines keep the worker's logger name (``kitium_queue.worker``), as before.
 Further subscribers (Prometheus, OpenTelemetry, webhooks, audit) are added after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .events import EventData
-from .hooks import Subscriber
+from .hooks import Outcome, Subscriber
+from .limits import printable
+from .outcomes import describe, traceback_text
 
 if TYPE_CHECKING:
     from .adapters import MetricsAdapter
@@ -20,21 +51,55 @@ if TYPE_CHECKING:
 
 __all__ = ["Observer"]
 
+log = logging.getLogger("kitium_queue.worker")
+
 
 class Observer(Subscriber):
-    """Events, metrics and logs of one queue.
+    """Events, metrics, logs and the DLQ notification of one queue.
 
     Args:
         queue: the queue name.
         emitter: the queue's ``EventEmitter`` (``queue.on``).
         metrics: the queue's metrics adapter, or None.
+        dlq_handler: ``dlq.notification_handler``: called (awaited if it returns an
+            awaitable) with the ``JobInfo`` of every job dead-lettered, or None.
+        job_info: ``queue.get_job_status``, to fetch that ``JobInfo`` (needed with a
+            ``dlq_handler``).
     """
 
-    def __init__(self, queue: str, emitter: EventEmitter, metrics: MetricsAdapter | None) -> None:
+    def __init__(
+        self,
+        queue: str,
+        emitter: EventEmitter,
+        metrics: MetricsAdapter | None,
+        *,
+        dlq_handler: Callable[[Any], Any] | None = None,
+        job_info: Callable[[str], Awaitable[Any]] | None = None,
+    ) -> None:
         self.queue = queue
         self.emitter = emitter
         self.metrics = metrics
+        self.dlq_handler = dlq_handler
+        self.job_info = job_info
+        # The last final failure seen by ``finished`` (job, outcome, event details): the
+        # worker reports ``dead_lettered`` for the same job right after it, and the
+        # job-dlq event carries the same error and details.
+        self._failure: tuple[Any, Outcome, dict[str, Any]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
+    def quiet_outcomes(self) -> str:
+        """Outcome codes (``wire.Kind``) ``finished`` does nothing for right now: no
+        listener for their event and no metrics adapter. The worker skips building the
+        ``Outcome`` of those when no other subscriber wants ``finished``. Failures and
+        retries are never quiet (they are logged). Called once per batch of outcomes,
+        and again after each ``finished`` call (a handler may add a listener)."""
+        completed = self.metrics is None and not self.emitter.wants("job-completed")
+        deferred = not self.emitter.wants("job-retrying")
+        if completed:
+            return "CDH" if deferred else "CH"
+        return "DH" if deferred else "H"
+
+    # ------------------------------------------------------------------ producer
     def enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
         if self.metrics is not None:
             # One increment per call: a batch of one name is tagged with it, a mixed
@@ -45,3 +110,167 @@ class Observer(Subscriber):
         if self.emitter.wants("job-added"):
             for job_id, job_name in zip(job_ids, names, strict=False):
                 self.emitter.emit(EventData("job-added", queue, job_id, extra={"name": job_name}))
+
+    # ------------------------------------------------------------------ worker
+    def started(self, queue: str, job: Any) -> None:
+        if self.emitter.wants("job-started"):
+            self.emitter.emit(EventData("job-started", queue, job.id, job=job))
+        metrics = self.metrics
+        if metrics is not None:
+            tags = {"queue": queue, "job_name": job.name}
+            metrics.increment("jobs.started", 1, tags)
+            # Enqueue time is Redis' clock, now is this host's: close, not exact.
+            waited = max(0.0, time.time() * 1000 - job.created_at)
+            metrics.observe("job.wait_ms", waited, tags)
+
+    def progress(self, queue: str, job: Any, value: Any) -> None:
+        if self.emitter.wants("job-progress"):
+            self.emitter.emit(EventData("job-progress", queue, job.id, job=job, progress=value))
+
+    def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
+        kind = outcome.kind
+        if kind == "completed":  # the usual case, inline
+            events = self.emitter
+            if events.wants("job-completed"):
+                events.emit(
+                    EventData("job-completed", queue, job.id, job=job, result=outcome.result)
+                )
+            metrics = self.metrics
+            if metrics is not None:
+                tags = {"queue": queue, "job_name": job.name}
+                metrics.increment("jobs.completed", 1, tags)
+                took = outcome.duration_ms
+                metrics.observe("job.duration_ms", took if took is not None else 0.0, tags)
+        elif kind == "retrying":
+            self._retrying(queue, job, outcome)
+        elif kind == "failed":
+            self._failed(queue, job, outcome)
+        elif kind == "deferred" and self.emitter.wants("job-retrying"):
+            self.emitter.emit(
+                EventData(
+                    "job-retrying",
+                    queue,
+                    job.id,
+                    job=job,
+                    error=outcome.error,
+                    delay_ms=outcome.delay_ms,
+                    extra={"attempt_spent": False},
+                )
+            )
+
+    def _retrying(self, queue: str, job: Any, outcome: Outcome) -> None:
+        exc = outcome.error
+        log.info(
+            "queue %s: job %s failed (attempt %d/%d), retrying in %d ms: %s",
+            queue,
+            job.id,
+            job.attempts,
+            job.max_attempts,
+            outcome.delay_ms,
+            printable(describe(exc)),
+        )
+        events = self.emitter
+        if events.wants("job-failed"):
+            events.emit(
+                EventData("job-failed", queue, job.id, job=job, error=exc, extra={"final": False})
+            )
+        if events.wants("job-retrying"):
+            events.emit(
+                EventData(
+                    "job-retrying", queue, job.id, job=job, error=exc, delay_ms=outcome.delay_ms
+                )
+            )
+        if self.metrics is not None:
+            self.metrics.increment("jobs.retried", 1, {"queue": queue, "job_name": job.name})
+
+    def _failed(self, queue: str, job: Any, outcome: Outcome) -> None:
+        exc = outcome.error
+        log.error(
+            "queue %s: job %s failed for good after %d attempt(s): %s",
+            queue,
+            job.id,
+            job.attempts,
+            printable(describe(exc)),
+        )
+        events = self.emitter
+        details: dict[str, Any] = {}
+        if events.wants("job-failed") or events.wants("job-dlq"):
+            details = _failure_details(outcome)
+        self._failure = (job, outcome, details)
+        if events.wants("job-failed"):
+            events.emit(
+                EventData(
+                    "job-failed",
+                    queue,
+                    job.id,
+                    job=job,
+                    error=exc,
+                    extra={"final": True, **details},
+                )
+            )
+        if self.metrics is not None:
+            self.metrics.increment("jobs.failed", 1, {"queue": queue, "job_name": job.name})
+
+    def stalled(self, queue: str, job_ids: Sequence[str]) -> None:
+        events = self.emitter
+        for job_id in job_ids:
+            log.warning("queue %s: job %s stalled (lease expired); requeued", queue, job_id)
+            if events.wants("job-stalled"):
+                events.emit(EventData("job-stalled", queue, job_id))
+        if self.metrics is not None and job_ids:
+            self.metrics.increment("jobs.stalled", len(job_ids), {"queue": queue})
+
+    def dead_lettered(self, queue: str, job_id: str, job: Any, reason: str | None) -> None:
+        failure, self._failure = self._failure, None
+        error: BaseException | None = None
+        extra: dict[str, Any] = {}
+        if job is not None and failure is not None and failure[0] is job:
+            error, extra = failure[1].error, failure[2]
+        elif reason is not None:
+            extra = {"reason": reason}
+        if job is None:
+            log.error(
+                "queue %s: job %s dead-lettered on recovery (stalled too often, or cancelled "
+                "while its worker was gone; see its failed_reason)",
+                queue,
+                job_id,
+            )
+        if self.metrics is not None:
+            tags = {"queue": queue} if job is None else {"queue": queue, "job_name": job.name}
+            self.metrics.increment("jobs.dlq", 1, tags)
+        if self.emitter.wants("job-dlq"):
+            self.emitter.emit(
+                EventData("job-dlq", queue, job_id, job=job, error=error, extra=extra)
+            )
+        if self.dlq_handler is not None and self.job_info is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._notify(self.dlq_handler, self.job_info, job_id)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def queue_error(self, queue: str, error: BaseException) -> None:
+        if self.emitter.wants("queue-error"):
+            self.emitter.emit(EventData("queue-error", queue, error=error))
+
+    @staticmethod
+    async def _notify(
+        handler: Callable[[Any], Any], job_info: Callable[[str], Awaitable[Any]], job_id: str
+    ) -> None:
+        try:
+            info = await job_info(job_id)
+            out = handler(info)
+            if inspect.isawaitable(out):
+                await out
+        except Exception:
+            log.exception("dlq.notification_handler failed for job %s", job_id)
+
+
+def _failure_details(outcome: Outcome) -> dict[str, Any]:
+    """``reason`` and, when the error carries one, ``traceback`` of a final failure, as
+    recorded on the job."""
+    details: dict[str, Any] = {"reason": outcome.reason}
+    exc = outcome.error
+    if exc is not None and exc.__traceback__ is not None:
+        details["traceback"] = traceback_text(exc).decode("utf-8", "replace")
+    return details

@@ -40,8 +40,10 @@ __all__ = [
     "check_text",
     "coerce",
     "has_bad_char",
+    "shown",
     "to_int",
     "to_ms",
+    "unknown_options_error",
 ]
 
 Duration = Union[int, float, timedelta]  # noqa: UP007 - a runtime alias on 3.10
@@ -65,7 +67,7 @@ MAX_QUERY_LIMIT = 100_000
 DEFAULT_TIMEOUT_MS = 300_000
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value for an error message: its repr, clipped, so control characters and lone
     surrogates appear escaped and a huge value cannot flood the message."""
     try:
@@ -132,7 +134,7 @@ def to_ms(
         if not math.isfinite(value):
             raise ConfigurationError(
                 f"{what} must be a finite number of ms from {minimum} to {_span(maximum)}, "
-                f"got {_shown(value)}"
+                f"got {shown(value)}"
             )
         ms, negative, positive = round(value), value < 0, value > 0
     else:
@@ -145,7 +147,7 @@ def to_ms(
         if whole is None:
             raise ConfigurationError(
                 f"{what} must be milliseconds (int or float) or a datetime.timedelta, from "
-                f"{minimum} to {_span(maximum)}, got {_shown(value)}"
+                f"{minimum} to {_span(maximum)}, got {shown(value)}"
             )
         ms, negative, positive = whole, whole < 0, whole > 0
     if positive and ms == 0:
@@ -153,11 +155,11 @@ def to_ms(
     if negative or ms < minimum:
         raise ConfigurationError(
             f"{what} must be >= {minimum} ms (and at most {_span(maximum)}), got "
-            f"{_shown(value)}"
+            f"{shown(value)}"
         )
     if ms > maximum:
         raise ConfigurationError(
-            f"{what} must be at most {_span(maximum)}, got {_shown(value)}"
+            f"{what} must be at most {_span(maximum)}, got {shown(value)}"
         )
     return ms
 
@@ -178,7 +180,7 @@ def to_int(value: Any, what: str, *, minimum: int, maximum: int) -> int:
             n = None
     if n is None or not minimum <= n <= maximum:
         raise ConfigurationError(
-            f"{what} must be an int >= {minimum} and <= {maximum}, got {_shown(value)}"
+            f"{what} must be an int >= {minimum} and <= {maximum}, got {shown(value)}"
         )
     return n
 
@@ -202,17 +204,17 @@ def check_text(value: Any, what: str, *, max_len: int, rule: str = "") -> str:
         f"characters (such as line breaks) or lone surrogates{rule}"
     )
     if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{what} must be {valid}, got {_shown(value)}")
+        raise ConfigurationError(f"{what} must be {valid}, got {shown(value)}")
     if len(value) > max_len:
         raise ConfigurationError(
-            f"{what} must be {valid}, got {len(value)} characters: {_shown(value)}"
+            f"{what} must be {valid}, got {len(value)} characters: {shown(value)}"
         )
     bad = _BAD_CHAR.search(value)
     if bad is not None:
         ch = bad.group()
         kind = "a lone surrogate" if "\ud800" <= ch <= "\udfff" else "a control character"
         raise ConfigurationError(
-            f"{what} must be {valid}, got {_shown(value)} ({kind} U+{ord(ch):04X} at "
+            f"{what} must be {valid}, got {shown(value)} ({kind} U+{ord(ch):04X} at "
             f"index {bad.start()})"
         )
     return value
@@ -223,12 +225,14 @@ def has_bad_char(value: str) -> bool:
     return _BAD_CHAR.search(value) is not None
 
 
-def _unknown(section: str, bad: list[str], valid: list[str]) -> ConfigurationError:
+def unknown_options_error(section: str, bad: list[Any], valid: list[str]) -> ConfigurationError:
+    """The error for unknown keys ``bad`` of ``section``: each shown escaped, with the
+    closest valid name as a suggestion, followed by the list of valid names."""
     parts = []
     for key in bad:
         close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        parts.append(f"{_shown(key)}{hint}")
+        parts.append(f"{shown(key)}{hint}")
     return ConfigurationError(
         f"unknown {section} option{'s' if len(bad) > 1 else ''}: {', '.join(parts)}; "
         f"valid options are: {', '.join(sorted(valid))}"
@@ -248,7 +252,7 @@ def coerce(cls: type[T], value: Any, section: str) -> T:
     valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     bad = [k for k in value if k not in valid]
     if bad:
-        raise _unknown(section, bad, valid)
+        raise unknown_options_error(section, bad, valid)
     return cls(**value)
 
 
@@ -272,7 +276,7 @@ class BackoffOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.type, str) or self.type not in ("exponential", "fixed", "custom"):
             raise ConfigurationError(
-                f"backoff type {_shown(self.type)} is not supported; use 'exponential', "
+                f"backoff type {shown(self.type)} is not supported; use 'exponential', "
                 "'fixed' or 'custom'"
             )
         if self.type == "custom" and not self.strategy:
@@ -322,7 +326,7 @@ class RetentionPolicy:
         if isinstance(value, Mapping):
             bad = [k for k in value if k not in ("count", "age")]
             if bad:
-                raise _unknown(what, bad, ["count", "age"])
+                raise unknown_options_error(what, bad, ["count", "age"])
             count = value.get("count", -1)
             if not (type(count) is int and count == -1):
                 # -1 = keep all (the default); any other count is 0 .. MAX_COUNT.
@@ -331,7 +335,7 @@ class RetentionPolicy:
             return cls(count, -1 if age is None else (to_ms(age, f"{what}.age") or 0))
         raise ConfigurationError(
             f"{what} must be a bool, a count (int), an age (timedelta) or "
-            f"{{'count': N, 'age': ms}}, got {_shown(value)}"
+            f"{{'count': N, 'age': ms}}, got {shown(value)}"
         )
 
 
@@ -380,7 +384,9 @@ class ExtendedJobOptions(JobOptions):
     original job id) and ``delivery_guarantee`` are handled by the core; the others
     belong to features (FIFO groups, encryption, breakers, webhooks, workflows, regions,
     tenants, flow control) and are rejected with a clear error unless that feature is
-    enabled on the queue.
+    enabled on the queue (it declares them in the queue's option registry,
+    ``jobspec.JobSpec``). These fields only give the options a typed spelling: which
+    options a queue accepts is decided by that registry.
 
     ``rate_limit_key`` / ``concurrency_key``: the job counts against the per-key rate
     limit / concurrency cap declared with ``queue.set_rate_limit`` /
@@ -399,13 +405,6 @@ class ExtendedJobOptions(JobOptions):
     tenant_id: str | None = None
     rate_limit_key: str | None = None
     concurrency_key: str | None = None
-
-
-JOB_OPTION_NAMES = frozenset(f.name for f in fields(ExtendedJobOptions))
-CORE_OPTION_NAMES = frozenset(f.name for f in fields(JobOptions)) | {
-    "idempotency_key",
-    "delivery_guarantee",
-}
 
 
 @dataclass(frozen=True, slots=True)

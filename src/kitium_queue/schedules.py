@@ -27,6 +27,7 @@ from croniter.croniter import CroniterBadDateError, CroniterError
 from .errors import ConfigurationError, ScheduleNotFoundError
 from .limits import clip
 from .options import MAX_COUNT, check_text, to_int, to_ms
+from .producer import DATA, LIFO, NAME, OPTS, PRIORITY
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -370,7 +371,28 @@ class ScheduleStore:
         overlap: str = "allow",
         options: Mapping[str, Any] | None = None,
     ) -> Schedule:
-        """Validate and upsert a schedule; see ``JobQueue.schedule_job``."""
+        """Validate and upsert a schedule; see ``JobQueue.schedule_job``.
+
+        An administrative command (``put_schedule``): it passes ``queue.admin``.
+        """
+        args = {"schedule_id": schedule_id, "job_name": job_name, "cron": cron, "every": every}
+        return await self.queue.admin.execute(
+            "put_schedule", args,
+            lambda: self._declare(
+                job_name, data, cron=cron, every=every, schedule_id=schedule_id, tz=tz,
+                start_date=start_date, end_date=end_date, limit=limit, jitter=jitter,
+                misfire=misfire, misfire_grace=misfire_grace, overlap=overlap,
+                options=options,
+            ),
+            shown=lambda sched: sched.id,  # subscribers see the id, never the data
+        )
+
+    async def _declare(
+        self, job_name: str, data: Any, *, cron: str | None, every: Any,
+        schedule_id: str | None, tz: Any, start_date: Any, end_date: Any, limit: int | None,
+        jitter: Any, misfire: Any, misfire_grace: Any, overlap: str,
+        options: Mapping[str, Any] | None,
+    ) -> Schedule:
         q = self.queue
         if not isinstance(job_name, str) or not job_name:
             raise ConfigurationError(f"job name must be a non-empty string, got {job_name!r}")
@@ -401,10 +423,9 @@ class ScheduleStore:
                 "sched:<schedule id>:<tick ms>; use jitter= to spread start times"
             )
         if q.enqueue_middleware:
-            job_name, data, opts = await q._through_middleware(job_name, data, opts)
-        prepared = q._prepare(job_name, data, opts)  # validates options, encodes data
-        stored_opts = {k: v for k, v in q._normalize_options(q._validate_options(
-            {k: v for k, v in opts.items() if v is not None}, "schedule"), "schedule").items()}
+            job_name, data, opts = await q.producer.through_middleware(job_name, data, opts)
+        prepared = q.producer.prepare(job_name, data, opts)  # validates options, encodes data
+        stored_opts = q.jobspec.check(opts, "schedule")
         if schedule_id is None:
             timing_text = cron_text if cron_text is not None else f"every {every_ms}ms"
             schedule_id = f"{job_name}@{timing_text}"
@@ -426,8 +447,8 @@ class ScheduleStore:
         defn = orjson.dumps(sched.definition(), option=orjson.OPT_SORT_KEYS)
         sig = orjson.dumps([cron_text, every_ms, zone_name, start])
         state, due = await q.run("schedule_put", [
-            sid, defn, sig, prepared[1], prepared[2], prepared[3], prepared[4], prepared[6],
-            limit or 0, "" if first is None else first, end or 0,
+            sid, defn, sig, prepared[NAME], prepared[DATA], prepared[OPTS], prepared[PRIORITY],
+            prepared[LIFO], limit or 0, "" if first is None else first, end or 0,
         ])
         log.info("queue %s: schedule %s %s (next tick %s)", q.name, sid, state.decode(),
                  due.decode() or "none")
@@ -491,7 +512,15 @@ class ScheduleStore:
         Accepts ``data``, ``cron_pattern``, ``interval_ms``, ``tz``, ``start_date``,
         ``end_date``, ``limit``, ``jitter``, ``misfire``, ``misfire_grace``, ``overlap``
         and job options (merged into the stored ones; ``None`` removes one).
+        An administrative command (``update_schedule``; subscribers see the names of the
+        changed fields, not their values).
         """
+        return await self.queue.admin.execute(
+            "update_schedule", {"schedule_id": schedule_id, "changes": sorted(changes)},
+            lambda: self._update(schedule_id, changes), shown=lambda sched: sched.id,
+        )
+
+    async def _update(self, schedule_id: str, changes: dict[str, Any]) -> Schedule:
         cur = await self.get(schedule_id)
         if cur is None:
             raise ScheduleNotFoundError(
@@ -515,20 +544,40 @@ class ScheduleStore:
                 args[k] = changes.pop(k)
         opts = {**cur.options, **changes}
         opts = {k: v for k, v in opts.items() if v is not None}
-        return await self.declare(cur.job_name, data, cron=cron, every=every,
-                                  schedule_id=schedule_id, options=opts, **args)
+        return await self._declare(cur.job_name, data, cron=cron, every=every,
+                                   schedule_id=schedule_id, options=opts, **args)
 
     async def remove(self, schedule_id: str) -> bool:
-        """Delete a schedule (its already enqueued jobs stay). False if it did not exist."""
-        return bool(int(await self.queue.run("schedule_remove", [schedule_id])))
+        """Delete a schedule (its already enqueued jobs stay). False if it did not exist.
+        An administrative command (``remove_schedule``)."""
+
+        async def action() -> bool:
+            return bool(int(await self.queue.run("schedule_remove", [schedule_id])))
+
+        return await self.queue.admin.execute(
+            "remove_schedule", {"schedule_id": schedule_id}, action
+        )
 
     async def pause(self, schedule_id: str) -> bool:
-        """Stop a schedule from firing (every scheduler). False if it does not exist."""
-        status, _ = await self.queue.run("schedule_pause", [schedule_id, "1", ""])
-        return bool(status == b"ok")
+        """Stop a schedule from firing (every scheduler). False if it does not exist.
+        An administrative command (``pause_schedule``)."""
+
+        async def action() -> bool:
+            status, _ = await self.queue.run("schedule_pause", [schedule_id, "1", ""])
+            return bool(status == b"ok")
+
+        return await self.queue.admin.execute(
+            "pause_schedule", {"schedule_id": schedule_id}, action
+        )
 
     async def resume(self, schedule_id: str) -> bool:
-        """Resume a paused schedule at its next tick from now. False if it does not exist."""
+        """Resume a paused schedule at its next tick from now. False if it does not exist.
+        An administrative command (``resume_schedule``)."""
+        return await self.queue.admin.execute(
+            "resume_schedule", {"schedule_id": schedule_id}, lambda: self._resume(schedule_id)
+        )
+
+    async def _resume(self, schedule_id: str) -> bool:
         cur = await self.get(schedule_id)
         if cur is None:
             return False

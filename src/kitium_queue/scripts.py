@@ -15,7 +15,8 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import PermissionDeniedError, error_from_script
+from .errors import ConfigurationError, PermissionDeniedError, error_from_script
+from .slots import GENERATED, SlotTable
 
 __all__ = ["REPLY_TIMEOUT_S", "SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
 
@@ -78,13 +79,16 @@ class ScriptCall:
 class ScriptRegistry:
     """The set of scripts a queue runs, with their fragments resolved.
 
-    Features may register extra fragments (script packs) and admission checks that
-    ``claim`` runs for each candidate job; they must do so before the queue starts.
+    Scripts are composed from the files in ``lua/``: ``--@include NAME`` pulls in a
+    fragment (once per script: the first occurrence wins), and the Lua slots that
+    features fill (``add_slot``; ``kitium_queue.slots``) are compiled in where the
+    scripts call them. Features register fragments and slots before the queue starts
+    (a later change reaches workers through the NOSCRIPT fallback of each call).
     """
 
     def __init__(self) -> None:
         self._fragments: dict[str, str] = {}
-        self._admission: list[tuple[str, str]] = []  # (name, Lua expression)
+        self._slots = SlotTable()
         self._compiled: dict[str, Script] = {}
         self._loaded: set[int] = set()
         self._heads: dict[tuple[str, Sequence[str]], bytes] = {}
@@ -97,58 +101,83 @@ class ScriptRegistry:
     def add_fragment(self, name: str, source: str) -> None:
         """Provide (or override) a fragment that scripts pull in with ``--@include``."""
         self._fragments[name] = source
-        self._compiled.clear()
-        self._heads.clear()
+        self._changed()
+
+    def add_slot(
+        self, slot: str, name: str, source: str, *, fields: Sequence[str] = ()
+    ) -> None:
+        """Fill Lua slot ``slot`` (``enqueue``, ``admission`` or ``release``) with a
+        fragment: a Lua expression evaluating to the function that slot calls.
+
+        Fragments of a slot run in the order they were added; adding one under an
+        existing name replaces it. ``fields`` (admission only): job-hash fields the
+        check reads, passed to it after ``opts`` from claim's own read. The signature
+        per slot, what a fragment may call and what it must never do:
+        ``kitium_queue.slots``. Raises ``ConfigurationError`` for an unknown slot or a
+        fragment that does not compile.
+        """
+        if isinstance(fields, str):
+            raise ConfigurationError(f"fields of {name!r} must be a sequence of names, not a str")
+        self._slots.add(slot, name, source, tuple(fields))
+        self._changed()
+
+    def remove_slot(self, slot: str, name: str) -> None:
+        """Take fragment ``name`` out of ``slot`` (nothing happens if it is not there)."""
+        self._slots.remove(slot, name)
+        self._changed()
+
+    def slot_names(self, slot: str) -> list[str]:
+        """Names of the fragments filling ``slot``, in the order they run."""
+        return self._slots.names(slot)
 
     def add_admission_check(self, name: str, source: str) -> None:
         """Add a Lua expression evaluating to ``function(id, jk, opts) ... end``.
 
-        The check runs inside ``claim`` for every candidate (``opts``: the job's options
-        JSON or ``false``); returning false leaves the job in wait untouched. Checks run
-        in the order they were added; adding one under an existing name replaces it.
+        The same as ``add_slot("admission", name, source)``. The check runs inside
+        ``claim`` for every candidate (``opts``: the job's options JSON or ``false``);
+        returning false leaves the job in wait untouched. Checks run in the order they
+        were added; adding one under an existing name replaces it.
 
         A check that admits may return a second value, ``commit``: it is called as
         ``commit(id, jk)`` only once *every* check admitted the candidate — count the
         job against limits there, so a job a later check rejects is never counted. A
         check that rejects may call ``admit_retry(t_ms)`` (when the candidate may become
-        eligible: the worker sleeps until then) or ``admit_stop()`` (no later candidate
-        can pass this call: stop scanning). See ``lua/admission.lua``.
+        eligible: the worker sleeps until then), ``admit_stop()`` (no later candidate
+        can pass this call: stop scanning) or ``admit_park(blocker)`` (park the job
+        behind ``blocker``, out of wait). See ``lua/admission.lua``.
         """
-        self._admission = [(n, s) for n, s in self._admission if n != name]
-        self._admission.append((name, source))
+        self.add_slot("admission", name, source)
+
+    def _changed(self) -> None:
         self._compiled.clear()
         self._heads.clear()
 
     def _fragment(self, name: str) -> str:
-        if name == "admission_checks" and self._admission:
-            # Locals are numbered, so any check name is fine (names only identify checks).
-            lines = [f"local check{i} = {src}" for i, (_, src) in enumerate(self._admission)]
-            lines.append("local function admit(id, jk, opts)")
-            for i in range(len(self._admission)):
-                lines.append(f"  local ok{i}, commit{i} = check{i}(id, jk, opts)")
-                lines.append(f"  if not ok{i} then return false end")
-            for i in range(len(self._admission)):
-                lines.append(f"  if commit{i} then commit{i}(id, jk) end")
-            lines.append("  return true")
-            lines.append("end")
-            return "\n".join(lines) + "\n"
         if name in self._fragments:
             return self._fragments[name]
+        if name in GENERATED:
+            return self._slots.compose(name)
         return _read(name)
 
-    def _expand(self, source: str, seen: frozenset[str]) -> str:
+    def _expand(self, source: str, seen: set[str], flags: frozenset[str]) -> str:
+        # Directives first (they may drop includes), then each include once per script.
+        source = self._slots.apply_directives(source, flags)
+
         def sub(match: re.Match[str]) -> str:
             frag = match.group(1)
             if frag in seen:
                 return ""
-            return self._expand(self._fragment(frag), seen | {frag})
+            seen.add(frag)
+            return self._expand(self._fragment(frag), seen, flags)
 
         return _INCLUDE.sub(sub, source)
 
     def get(self, name: str) -> Script:
+        """The compiled script ``name``: includes expanded, slots composed."""
         script = self._compiled.get(name)
         if script is None:
-            source = self._expand(self._fragments.get(name) or _read(name), frozenset({name}))
+            raw = self._fragments.get(name) or _read(name)
+            source = self._expand(raw, {name}, self._slots.flags())
             sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
             script = Script(name, source, sha)
             self._compiled[name] = script
@@ -164,8 +193,22 @@ class ScriptRegistry:
         """
         for name in SCRIPT_NAMES:
             s = self.get(name)
-            await client.script_load(s.source)
+            try:
+                await client.script_load(s.source)
+            except ResponseError as exc:
+                if "compil" not in str(exc).lower():
+                    raise
+                # The engine's own scripts compile: a slot fragment broke this one.
+                raise ConfigurationError(
+                    f"script {name} does not compile with the Lua slot fragments "
+                    f"registered ({self._slot_summary()}): {exc}"
+                ) from None
         self._loaded.add(id(client))
+
+    def _slot_summary(self) -> str:
+        parts = [f"{slot}: {', '.join(self._slots.names(slot))}"
+                 for slot in ("enqueue", "admission", "release") if self._slots.names(slot)]
+        return "; ".join(parts) or "none"
 
     async def call(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script; on NOSCRIPT run it once with EVAL (which caches it there)."""

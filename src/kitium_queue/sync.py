@@ -1,34 +1,68 @@
-"""``SyncJobQueue`` and ``SyncPartitionedQueue``: the producer and query methods for
-synchronous code (Django, Flask, scripts). Each runs a private event loop in a background
-thread and delegates to a ``JobQueue`` (or ``PartitionedQueue``) living there, so the
-blocking and the asyncio clients share one implementation."""
+"""``SyncJobQueue`` and ``SyncPartitionedQueue``: the producer, query, admin and schedule
+methods for synchronous code (Django, Flask, scripts). Each runs a private event loop in a
+background thread and delegates to a ``JobQueue`` (or ``PartitionedQueue``) living there,
+so the blocking and the asyncio clients share one implementation.
+
+Every blocking method is the twin of a method of ``api.QueueAPI``, made by ``blocking``
+from its declaration: same signature and docstring, and mypy sees the signature with the
+result type unwrapped from the coroutine. ``SyncQueueClient`` declares one twin for every
+operation that has one (``Operation.blocking``; ``tests/test_facades.py`` checks it).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .enums import JobStatus
-from .job import JobInfo
-from .options import JobOptions
+from .api import OPERATIONS, QueueAPI
 from .partitioned import PartitionedQueue
-from .queue import HealthStatus, JobQueue, QueueStats
-from .schedules import Schedule
+from .queue import JobQueue, QueueStats
 
-__all__ = ["SyncJobQueue", "SyncPartitionedQueue"]
+__all__ = ["SyncJobQueue", "SyncPartitionedQueue", "SyncQueueClient", "blocking"]
 
 T = TypeVar("T")
-S = TypeVar("S", bound="_SyncClient")
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="SyncQueueClient")
 
 
-class _SyncClient:
-    """The background loop and the methods both blocking clients share."""
+def blocking(
+    declared: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Any, P], R]:
+    """The blocking twin of a coroutine method declared in ``QueueAPI``: it runs the
+    method of the client's queue on the client's event loop thread and waits for it.
 
-    queue: JobQueue | PartitionedQueue
+    An iterator argument (a generator of jobs, say) is read into a list first, here in
+    the caller's thread, so the caller's code never runs on the loop thread.
+    """
+    op = OPERATIONS[declared.__name__]
+    name = op.name
 
-    def __init__(self, name: str, make: Any) -> None:
+    def twin(self: SyncQueueClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        args_ = [list(a) if isinstance(a, Iterator) else a for a in args]
+        kwargs_ = {k: list(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
+        coro: Coroutine[Any, Any, R] = getattr(self.queue, name)(*args_, **kwargs_)
+        return self._call(coro)
+
+    twin.__name__ = name
+    twin.__qualname__ = f"SyncQueueClient.{name}"
+    twin.__doc__ = (
+        f"{op.doc}\n\nBlocking: runs ``{name}`` of the client's queue on its event loop "
+        "thread and returns its result."
+    )
+    twin.__dict__["__signature__"] = op.signature()
+    return twin
+
+
+class SyncQueueClient:
+    """The background loop, and the blocking twin of every producer, query, admin and
+    schedule method of ``QueueAPI`` (both blocking clients share them)."""
+
+    queue: QueueAPI
+
+    def __init__(self, name: str, make: Callable[[], Coroutine[Any, Any, QueueAPI]]) -> None:
         # ``make``: a coroutine function building the asyncio queue inside the loop.
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -53,66 +87,36 @@ class _SyncClient:
     def name(self) -> str:
         return self.queue.name
 
-    def add_job(
-        self, job_name: str, data: Any = None,
-        options: JobOptions | Mapping[str, Any] | None = None, **kwargs: Any,
-    ) -> str:
-        """See ``JobQueue.add_job``."""
-        return self._call(self.queue.add_job(job_name, data, options, **kwargs))
-
-    def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
-        """See ``JobQueue.add_jobs``."""
-        return self._call(self.queue.add_jobs(list(jobs)))
-
-    def get_job_status(self, job_id: str) -> JobInfo | None:
-        """See ``JobQueue.get_job_status`` (a damaged record comes back as a
-        ``JobInfo`` with ``damaged`` set, never as an exception)."""
-        return self._call(self.queue.get_job_status(job_id))
-
-    def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
-        """See ``JobQueue.get_job_logs``."""
-        return self._call(self.queue.get_job_logs(job_id, start, end))
-
-    def get_jobs_by_status(self, status: JobStatus | str, limit: int = 100) -> list[JobInfo]:
-        """See ``JobQueue.get_jobs_by_status`` (``limit``: 0 to 100,000)."""
-        return self._call(self.queue.get_jobs_by_status(status, limit))
-
-    def get_stats(self) -> QueueStats:
-        return self._call(self.queue.get_stats())
-
-    def health_check(self) -> HealthStatus:
-        return self._call(self.queue.health_check())
-
-    def get_dlq_jobs(self, limit: int = 100) -> list[JobInfo]:
-        """See ``JobQueue.get_dlq_jobs`` (``limit``: 0 to 100,000)."""
-        return self._call(self.queue.get_dlq_jobs(limit))
-
-    def replay_dlq(self, limit: int = 1000) -> int:
-        return self._call(self.queue.replay_dlq(limit))
-
-    def retry_job(self, job_id: str) -> None:
-        self._call(self.queue.retry_job(job_id))
-
-    def bulk_retry(self, status: JobStatus | str = JobStatus.FAILED, limit: int = 1000) -> int:
-        return self._call(self.queue.bulk_retry(status, limit))
-
-    def remove_job(self, job_id: str) -> bool:
-        return self._call(self.queue.remove_job(job_id))
-
-    def cancel_job(self, job_id: str) -> str:
-        return self._call(self.queue.cancel_job(job_id))
-
-    def pause(self) -> None:
-        self._call(self.queue.pause())
-
-    def resume(self) -> None:
-        self._call(self.queue.resume())
-
-    def drain(self, *, delayed: bool = True) -> int:
-        return self._call(self.queue.drain(delayed=delayed))
-
-    def clear(self, *, force: bool = False) -> None:
-        self._call(self.queue.clear(force=force))
+    # One line per twin, so that mypy sees each (signature, result type).
+    add_job = blocking(QueueAPI.add_job)
+    add_jobs = blocking(QueueAPI.add_jobs)
+    get_job_status = blocking(QueueAPI.get_job_status)
+    get_job_detail = blocking(QueueAPI.get_job_detail)
+    get_job_logs = blocking(QueueAPI.get_job_logs)
+    get_jobs_by_status = blocking(QueueAPI.get_jobs_by_status)
+    list_jobs = blocking(QueueAPI.list_jobs)
+    get_dlq_jobs = blocking(QueueAPI.get_dlq_jobs)
+    get_stats = blocking(QueueAPI.get_stats)
+    health_check = blocking(QueueAPI.health_check)
+    pause = blocking(QueueAPI.pause)
+    resume = blocking(QueueAPI.resume)
+    drain = blocking(QueueAPI.drain)
+    clear = blocking(QueueAPI.clear)
+    retry_job = blocking(QueueAPI.retry_job)
+    remove_job = blocking(QueueAPI.remove_job)
+    cancel_job = blocking(QueueAPI.cancel_job)
+    bulk_retry = blocking(QueueAPI.bulk_retry)
+    replay_dlq = blocking(QueueAPI.replay_dlq)
+    promote_delayed = blocking(QueueAPI.promote_delayed)
+    recover_stalled = blocking(QueueAPI.recover_stalled)
+    schedule_job = blocking(QueueAPI.schedule_job)
+    schedule_every = blocking(QueueAPI.schedule_every)
+    get_schedules = blocking(QueueAPI.get_schedules)
+    get_schedule = blocking(QueueAPI.get_schedule)
+    update_schedule = blocking(QueueAPI.update_schedule)
+    remove_schedule = blocking(QueueAPI.remove_schedule)
+    pause_schedule = blocking(QueueAPI.pause_schedule)
+    resume_schedule = blocking(QueueAPI.resume_schedule)
 
     def close(self) -> None:
         """Close the connection and stop the background loop."""
@@ -134,7 +138,7 @@ class _SyncClient:
         self.close()
 
 
-class SyncJobQueue(_SyncClient):
+class SyncJobQueue(SyncQueueClient):
     """Blocking client with ``JobQueue``'s producer, query, admin and schedule methods.
 
     Takes the same arguments as ``JobQueue``. Thread-safe. Use ``close()`` (or a
@@ -155,43 +159,13 @@ class SyncJobQueue(_SyncClient):
 
         super().__init__(name, make)
 
-    # -- schedules (see JobQueue.schedule_job; declare them at deploy time) ------------
-    def schedule_job(
-        self, job_name: str, data: Any, cron_pattern: str, **options: Any
-    ) -> Schedule:
-        """See ``JobQueue.schedule_job``."""
-        return self._call(self.queue.schedule_job(job_name, data, cron_pattern, **options))
 
-    def schedule_every(
-        self, job_name: str, data: Any, interval_ms: Any, **options: Any
-    ) -> Schedule:
-        """See ``JobQueue.schedule_every``."""
-        return self._call(self.queue.schedule_every(job_name, data, interval_ms, **options))
-
-    def get_schedules(self) -> list[Schedule]:
-        return self._call(self.queue.get_schedules())
-
-    def get_schedule(self, schedule_id: str) -> Schedule | None:
-        return self._call(self.queue.get_schedule(schedule_id))
-
-    def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
-        return self._call(self.queue.update_schedule(schedule_id, **changes))
-
-    def remove_schedule(self, schedule_id: str) -> bool:
-        return self._call(self.queue.remove_schedule(schedule_id))
-
-    def pause_schedule(self, schedule_id: str) -> bool:
-        return self._call(self.queue.pause_schedule(schedule_id))
-
-    def resume_schedule(self, schedule_id: str) -> bool:
-        return self._call(self.queue.resume_schedule(schedule_id))
-
-
-class SyncPartitionedQueue(_SyncClient):
+class SyncPartitionedQueue(SyncQueueClient):
     """Blocking client of a ``PartitionedQueue``: its producer, query and admin methods.
 
     Takes the same arguments as ``PartitionedQueue``; ids are the full
-    ``"<partition>:<id>"`` ones. Schedules belong on a plain queue (``SyncJobQueue``).
+    ``"<partition>:<id>"`` ones. Schedules belong on a plain queue (``SyncJobQueue``):
+    the schedule methods raise ``ConfigurationError`` here.
 
     Example::
 
@@ -220,4 +194,5 @@ class SyncPartitionedQueue(_SyncClient):
         return self.queue.parse_id(job_id)
 
     def partition_stats(self) -> list[QueueStats]:
+        """Stats of each partition, in partition order."""
         return self._call(self.queue.partition_stats())

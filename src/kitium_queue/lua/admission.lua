@@ -1,22 +1,26 @@
 --[[
-  admission.lua — the admission step of claim.lua: admit(id, jk, opts) decides whether a
-  waiting candidate may be handed out now.
+  admission.lua — the admission step of claim.lua: admit(id, jk, opts, f) decides whether
+  a waiting candidate may be handed out now.
 
-  By default every waiting job is eligible (admission_checks.lua). Features that decide
-  which job may run next (rate limits, concurrency caps, FIFO group turns, tenant quotas,
-  open circuit breakers) replace the admission_checks fragment at load time with an
-  admit() composed from the checks they registered; see
-  kitium_queue.scripts.ScriptRegistry.add_admission_check. A rejected candidate stays in
-  wait, untouched.
+  By default every waiting job is eligible, and claim calls nothing per candidate.
+  Features that decide which job may run next (rate limits, concurrency caps, FIFO group
+  turns, tenant quotas, open circuit breakers) fill the `admission` slot: at load time
+  the checks they registered are composed into admit() (the generated admission_checks
+  fragment; see kitium_queue.slots and ScriptRegistry.add_slot). A rejected candidate
+  stays in wait, untouched, unless its check parks it.
 
   Checks talk back to claim through:
-    admit_retry(t)  a rejected candidate may become eligible at time t (ms); claim's
-                    wake_in covers the earliest such t, so idle workers wake up then
-    admit_stop()    no further candidate can pass in this call (e.g. a global cap is
-                    reached): claim stops scanning
+    admit_retry(t)        a rejected candidate may become eligible at time t (ms); claim's
+                          wake_in covers the earliest such t, so idle workers wake up then
+    admit_stop()          no further candidate can pass in this call (e.g. a global cap
+                          is reached): claim stops scanning
+    admit_park(blocker)   park the rejected candidate behind `blocker` instead of leaving
+                          it in wait (lib_parking.lua): it returns to wait when the
+                          blocker is removed (unpark) or its timer is due (park_timer)
 ]]
 local ADMIT_RETRY_AT = nil
 local ADMIT_STOP = false
+local ADMIT_PARK = nil
 
 local function admit_retry(t)
   if ADMIT_RETRY_AT == nil or t < ADMIT_RETRY_AT then ADMIT_RETRY_AT = t end
@@ -24,6 +28,10 @@ end
 
 local function admit_stop()
   ADMIT_STOP = true
+end
+
+local function admit_park(blocker)
+  if type(blocker) == 'string' and blocker ~= '' then ADMIT_PARK = blocker end
 end
 
 --@include admission_checks

@@ -1,9 +1,10 @@
 --[[
   cancel.lua — stop jobs: waiting or delayed jobs are removed at once; an active job is
   flagged, and its worker stops it at its next lease renewal and records it as failed
-  (no retry) with reason "cancelled".
+  (no retry) with reason "cancelled". A parked job (pending) is removed like a waiting
+  one (taken out of its blocker, lib_parking.lua).
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4..]  job ids (at most 1000; more is refused with KQ_BAD_ARGUMENT before any
              write)
@@ -11,7 +12,9 @@
   Returns one status per id: 'removed' | 'flagged' | 'missing' | 'finished'.
   Events: job-removed (reason cancelled) or job-cancelling.
 ]]
---@include common
+--@include lib_events
+--@include lib_jobs
+--@include lib_parking
 
 if #ARGV - 3 > BATCH_MAX then
   return bad_arg('cancel', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
@@ -24,9 +27,10 @@ for i = 4, #ARGV do
   local st = redis.call('HGET', jk, 'st')
   if not st then
     out[#out + 1] = 'missing'
-  elseif st == 'waiting' or st == 'delayed' then
+  elseif st == 'waiting' or st == 'delayed' or st == 'pending' then
     redis.call('ZREM', K_WAIT, id)
     redis.call('ZREM', K_DELAYED, id)
+    if st == 'pending' then forget_parked(id, jk) end
     delete_job(id)
     emit('job-removed', id, 'reason', 'cancelled')
     out[#out + 1] = 'removed'

@@ -4,7 +4,7 @@
   Before claiming it promotes due delayed jobs and recovers expired leases (both bounded),
   so a worker that calls claim needs no other loop to make progress.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  N: max jobs to claim (the worker's free slots)
   ARGV[5]  lease duration ms
@@ -24,14 +24,26 @@
     token   the fencing token of this claim (same for every job of this call)
     job     { id, name, data, opts, attempts (incl. this one), created ts, stalls, progress }
   Events: job-started per claimed job; job-stalled / job-failed / job-dlq from recovery.
-  Admission: every candidate passes admit(id, jk, opts) (admission.lua, composed at load
-  time from the checks of enabled features) before it is handed out; a rejected
-  candidate stays in wait, untouched, and its checks may shorten wake_in.
+  Admission: when features filled the `admission` slot, every candidate passes
+  admit(id, jk, opts, f) (admission.lua, composed at load time from their checks) before
+  it is handed out; a rejected candidate stays in wait, untouched, unless its check parks
+  it (admit_park: out of wait, behind its blocker; lib_parking.lua), and its checks may
+  shorten wake_in. With no check registered, nothing is called per candidate.
+  Parked jobs: when any slot is filled, due park timers are served after recovery
+  (bounded, lib_park_timers.lua fire_timers) and wake_in covers the earliest timer.
   Hold: while <prefix>hold exists (a processor raised RateLimited), nothing is handed
   out and the status is 'limited' until it expires.
 ]]
---@include common
+--@include lib_base
+--@include lib_events
+--@include lib_sets
+--@include lib_retention
+--@include lib_promote
+--@include lib_recover
 --@include admission
+--@if parking
+--@include lib_park_timers
+--@end
 
 local want = tonumber(ARGV[4])
 local lease = tonumber(ARGV[5])
@@ -43,6 +55,9 @@ local scan = tonumber(ARGV[11])
 
 promote(1000, dlq_enabled)
 local back, dead = recover(1000, max_stalled, dlq_enabled)
+--@if parking
+fire_timers()
+--@end
 
 local function wake_at(extra)
   local t = -1
@@ -51,6 +66,10 @@ local function wake_at(extra)
   local a = redis.call('ZRANGE', K_ACTIVE, 0, 0, 'WITHSCORES')
   if a[2] and (t < 0 or tonumber(a[2]) < t) then t = tonumber(a[2]) end
   if extra and (t < 0 or extra < t) then t = extra end
+--@if parking
+  local pt = next_timer()
+  if pt and (t < 0 or pt < t) then t = pt end
+--@end
   if t < 0 then return -1 end
   if t < NOW then return 0 end
   return t - NOW
@@ -98,7 +117,9 @@ if want > 0 then
       local id = cands[i]
       local jk = job_key(id)
       -- pcall: a job key overwritten with another type must not fail every claim.
-      local f = redis.pcall('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a')
+      -- Fields the admission checks declared (ScriptRegistry.add_slot(fields=)) are
+      -- read in the same HMGET, after these seven.
+      local f = redis.pcall('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a'--[[@admission_fields]])
       if f.err then
         taken[#taken + 1] = id
         dead_letter(jk, id, dlq_enabled,
@@ -111,7 +132,19 @@ if want > 0 then
         dead_letter(jk, id, dlq_enabled,
           'job record missing: its hash key was deleted while the job was waiting', '')
         dead[#dead + 1] = id
-      elseif admit(id, jk, f[3]) then
+--@if admission
+      elseif not admit(id, jk, f[3], f) then
+        if ADMIT_PARK then
+          -- Parked behind its blocker (out of wait, with its wait score): it comes back
+          -- when the blocker is removed, and no later claim examines it meanwhile.
+          local score = redis.call('ZSCORE', K_WAIT, id)
+          if score then
+            park(id, jk, score, ADMIT_PARK)
+            taken[#taken + 1] = id
+          end
+        end
+--@end
+      else
         if token == 0 then
           token = redis.call('INCR', K_LEASE)
           token_s = int(token)

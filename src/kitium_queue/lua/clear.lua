@@ -1,7 +1,7 @@
 --[[
   clear.lua — delete every job and every key of the queue, in bounded batches.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  force ('1' | '0'): without force, a queue with active jobs is refused
            (KQ_QUEUE_ACTIVE) so running work is not pulled from under its workers.
@@ -10,8 +10,14 @@
 
   Returns 1 when more remains (call again), 0 when the queue is gone. The id and
   lease counters are kept, so ids and fencing tokens never repeat.
+  Parked jobs and their bookkeeping (lib_parking.lua) go too. With force, every active
+  job deleted passes the `release` slot (outcome 'removed') first, so features that
+  count running jobs stay exact.
 ]]
---@include common
+--@include lib_jobs
+--@include lib_sets
+--@include lib_parking
+--@include slot_release
 --@include errors
 
 if ARGV[4] ~= '1' then
@@ -25,15 +31,23 @@ local sets = { K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED, K_DLQ }
 for s = 1, #sets do
   if budget <= 0 then return 1 end
   local ids = redis.call('ZRANGE', sets[s], 0, budget - 1)
+--@if release
+  if sets[s] == K_ACTIVE then
+    for i = 1, #ids do release_slot(ids[i], job_key(ids[i]), 'removed') end
+  end
+--@end
   for i = 1, #ids do delete_job(ids[i]) end
   zrem_all(sets[s], ids)
   budget = budget - #ids
 end
+if budget > 0 then drop_parked(budget) end
 for s = 1, #sets do
   if redis.call('ZCARD', sets[s]) > 0 then return 1 end
 end
+if redis.call('EXISTS', K_PARKED) == 1 then return 1 end
 -- The id and lease-token counters survive: an idempotency key (kept for its whole
 -- window) must never point at a new, unrelated job reusing an old id, and a fencing
 -- token must never be handed out twice.
-redis.call('DEL', K_META, K_EVENTS, K_MARKER, K_LIMITER)
+redis.call('DEL', K_META, K_EVENTS, K_MARKER, K_LIMITER, K_PARK_TIMERS, K_PARK_RULES,
+  PREFIX .. 'slot-errors')
 return 0

@@ -1,8 +1,8 @@
 --[[
-  drain.lua — remove jobs that have not started (waiting, and delayed if asked), in
-  bounded batches; running jobs are left to finish.
+  drain.lua — remove jobs that have not started (waiting and parked, and delayed if
+  asked), in bounded batches; running jobs are left to finish.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  include delayed ('1' | '0')
   ARGV[5]  max jobs removed per call, clamped to 1..1000 (BATCH_MAX; missing or not a
@@ -11,7 +11,10 @@
   Returns the number removed by this call (the client calls again until 0).
   Events: one queue-drained event when the call removed anything.
 ]]
---@include common
+--@include lib_events
+--@include lib_jobs
+--@include lib_sets
+--@include lib_parking
 
 local limit = arg_int(ARGV[5], BATCH_MAX, 1, BATCH_MAX)
 local removed = 0
@@ -25,5 +28,8 @@ for s = 1, #sets do
     removed = removed + #ids
   end
 end
+-- Parked jobs (pending: waiting behind a blocker, lib_parking.lua) have not started
+-- either; they go like waiting ones.
+if removed < limit then removed = removed + drop_parked(limit - removed) end
 if removed > 0 then emit('queue-drained', '', 'count', removed) end
 return removed

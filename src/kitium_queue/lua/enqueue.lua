@@ -1,7 +1,7 @@
 --[[
   enqueue.lua — add one or more jobs (→ waiting | delayed).
 
-  KEYS: the shared layout (common.lua); uses wait, delayed, events, marker, id.
+  KEYS: the shared layout (lib_base.lua); uses wait, delayed, events, marker, id.
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]   default idempotency window in ms, clamped to 1..MAX_MS (missing or not a
             number: 86400000)
@@ -16,7 +16,7 @@
     'new'  — the job was created;
     'dup'  — a job with that job_id or idempotency key already exists; id is the
              existing job's id and nothing was written;
-    'err'  — the job could not be added (no free auto id: see add_job in common.lua);
+    'err'  — the job could not be added (no free auto id: see add_job in lib_add.lua);
              in place of the id comes the reason. Nothing of that job was written, and
              processing stops there: the jobs after it in the call are not written and
              have no entry in the reply.
@@ -24,7 +24,9 @@
   an auto id skips sequence numbers whose job hash exists.
   Events: job-added (with state) per new job.
 ]]
---@include common
+--@include lib_base
+--@include lib_sets
+--@include lib_add
 
 local MAX_JOBS = 1000
 local fields = #ARGV - 4

@@ -1,7 +1,7 @@
 --[[
   extend.lua — renew the leases a worker holds, all in one call.
 
-  KEYS: the shared layout (common.lua); uses active.
+  KEYS: the shared layout (lib_base.lua); uses active.
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]   lease duration ms (new deadline = now + duration)
   ARGV[5..] pairs: job id, lease token
@@ -16,7 +16,7 @@
   number, or an odd number of id/token fields, is refused whole ('KQ_BAD_ARGUMENT' error
   reply, nothing written); a duration above MAX_LEASE_MS is clamped to it.
 ]]
---@include common
+--@include lib_base
 
 -- Longest lease (ms), as limits.MAX_DELAY_MS: ten years; NOW + it stays an exact integer.
 local MAX_LEASE_MS = 315360000000

@@ -3,7 +3,7 @@
   waiting | failed | dlq), many per call. Fenced: an outcome is recorded only if the job
   is still active under the caller's lease token.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]   dlq enabled ('1' | '0')
   ARGV[5..] 9 fields per outcome:
@@ -34,15 +34,28 @@
   Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing' | 'damaged'
   ('damaged': the job key holds something other than a job hash; nothing is written).
   Events: job-completed | job-retrying | job-failed (+ job-dlq) | job-delayed | job-released.
+  Slot: every job this call takes out of active passes the `release` slot once, before
+  its transition is written, with outcome completed | retrying | failed | deferred |
+  released (its kind), or 'removed' when its record was missing; with no fragment in
+  that slot, nothing of it is compiled in.
   Bounded: the client sends at most 500 outcomes per call.
 ]]
---@include common
+--@include lib_base
+--@include lib_events
+--@include lib_jobs
+--@include lib_sets
+--@include lib_retention
+--@include slot_release
 
 -- Longest delay or hold (ms), as limits.MAX_DELAY_MS: ten years, exact in a double.
 local MAX_DELAY_MS = 315360000000
 -- Retention counts and ages above this are as good as unlimited; exact in a double.
 local MAX_KEEP = 9007199254740992
 local KINDS = { C = true, R = true, F = true, D = true, H = true }
+--@if release
+local RELEASED_AS = { C = 'completed', R = 'retrying', F = 'failed', D = 'deferred',
+  H = 'released' }
+--@end
 
 -- A whole number within lo..hi from an argument, or nil when it is not a number (NaN
 -- too). Out-of-range values (+-inf included) are clamped, fractions cut.
@@ -99,12 +112,17 @@ for b = 5, #ARGV, 9 do
     res[#res + 1] = 'damaged'
   elseif not f[2] then
     res[#res + 1] = 'missing'
+--@if release
+    if redis.call('ZREM', K_ACTIVE, id) == 1 then release_slot(id, jk, 'removed') end
+--@else
     redis.call('ZREM', K_ACTIVE, id)
+--@end
   elseif f[1] ~= token or f[2] ~= 'active' then
     res[#res + 1] = 'lease-lost'
   else
     unleased[#unleased + 1] = id
     redis.call('HDEL', jk, 'lt', 'cx')
+    --@slot release(id, jk, RELEASED_AS[kind])
     if kind == 'C' then
       if keep_count == 0 then
         delete_job(id)

@@ -2,13 +2,13 @@
   pause.lua — pause or resume a queue for every worker. Paused workers finish what they
   run and claim nothing new; producers may still add jobs.
 
-  KEYS: the shared layout (common.lua); uses meta, events, marker.
+  KEYS: the shared layout (lib_base.lua); uses meta, events, marker.
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  '1' pause, '0' resume
 
   Returns 1. Events: queue-paused | queue-resumed.
 ]]
---@include common
+--@include lib_events
 
 if ARGV[4] == '1' then
   redis.call('HSET', K_META, 'paused', '1')

@@ -2,7 +2,7 @@
   promote.lua — move due delayed jobs to wait (delayed → waiting), bounded. claim.lua
   runs the same step; this script serves promote_delayed() and housekeeping.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  max jobs moved by this call, clamped to 0..1000 (BATCH_MAX; missing or not a
            number: 1000). promote_delayed(limit) calls again until its limit is reached
@@ -12,7 +12,8 @@
 
   Returns the number of jobs promoted. Wakes idle workers when any moved.
 ]]
---@include common
+--@include lib_events
+--@include lib_promote
 
 local n = promote(ARGV[4], ARGV[5] ~= '0')
 if n > 0 then wake() end

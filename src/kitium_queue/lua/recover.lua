@@ -3,7 +3,7 @@
   that stalled more than max_stalled_count times. claim.lua runs the same step; this
   script lets a worker whose slots are all busy keep recovery going.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  max_stalled_count, clamped to 0..MAX_MS (missing or not a number: 2)
   ARGV[5]  dlq enabled ('1' | '0')
@@ -13,7 +13,7 @@
   Returns { {recovered ids}, {dead-lettered ids} }: every examined job is in one of them.
   Events: job-stalled per recovered job; job-failed (+ job-dlq) per dead-lettered job.
 ]]
---@include common
+--@include lib_recover
 
 local back, dead = recover(ARGV[6], ARGV[4], ARGV[5] == '1')
 return { back, dead }

@@ -1,16 +1,19 @@
 --[[
   remove.lua — delete jobs that are not running (any state but active → gone).
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4..]  job ids (at most 1000; more is refused with KQ_BAD_ARGUMENT before any
              write)
 
   Returns one status per id: 'removed' | 'missing' | 'active' (active jobs are left
-  alone: cancel them with cancel.lua, or wait for them to finish).
+  alone: cancel them with cancel.lua, or wait for them to finish). A parked job
+  (pending) is taken out of its blocker (lib_parking.lua).
   Events: job-removed per removed job.
 ]]
---@include common
+--@include lib_events
+--@include lib_jobs
+--@include lib_parking
 
 if #ARGV - 3 > BATCH_MAX then
   return bad_arg('remove', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
@@ -21,14 +24,19 @@ local STATE_SETS = { waiting = K_WAIT, delayed = K_DELAYED, completed = K_COMPLE
 local out = {}
 for i = 4, #ARGV do
   local id = ARGV[i]
-  local st = redis.call('HGET', job_key(id), 'st')
+  local jk = job_key(id)
+  local st = redis.call('HGET', jk, 'st')
   if not st then
     out[#out + 1] = 'missing'
   elseif st == 'active' then
     out[#out + 1] = 'active'
   else
     local set_key = STATE_SETS[st]
-    if set_key then redis.call('ZREM', set_key, id) end
+    if set_key then
+      redis.call('ZREM', set_key, id)
+    elseif st == 'pending' then
+      forget_parked(id, jk)
+    end
     delete_job(id)
     emit('job-removed', id)
     out[#out + 1] = 'removed'

@@ -2,7 +2,7 @@
   retry.lua — put finished jobs back to wait (failed | dlq | completed → waiting) with a
   fresh set of attempts.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]   mode: 'ids' or 'state'
   mode 'ids':   ARGV[5..] job ids (at most 1000; more is refused with KQ_BAD_ARGUMENT).
@@ -14,7 +14,7 @@
   Every argument is checked before the first write.
   Returns the ids moved. Events: job-waiting per job.
 ]]
---@include common
+--@include lib_requeue
 --@include errors
 
 local moved = {}

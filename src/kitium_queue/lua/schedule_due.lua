@@ -3,7 +3,7 @@
   and when the next one after those falls due. Read-only, except that index entries of
   schedules whose hash is gone are dropped.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  max schedules returned (bounded work)
 
@@ -11,7 +11,7 @@
     now   the time used (ms), so callers compute ticks on the Redis clock
     next  nominal time of the earliest tick not returned (ms), or -1 if none
 ]]
---@include common
+--@include lib_base
 --@include schedule_keys
 
 local max = tonumber(ARGV[4])

@@ -11,7 +11,7 @@
   Job ids are deterministic: sched:<schedule id>:<tick ms>. A tick whose job id exists
   is not enqueued again.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  schedule id
   ARGV[5]  expected next tick (the 'due' the caller read)
@@ -31,7 +31,8 @@
   Events: job-added per job; schedule-fired (id = schedule id, job, tick);
           schedule-skipped (overlap); schedule-finished.
 ]]
---@include common
+--@include lib_events
+--@include lib_add
 --@include schedule_keys
 
 local id, expect_due, expect_v = ARGV[4], ARGV[5], ARGV[6]

@@ -1,7 +1,7 @@
 --[[
-  schedule_keys.lua — fragment shared by the schedule scripts (--@include schedule_keys,
-  after common). Key names mirror kitium_queue.keys.QueueKeys; all share the queue's
-  hash tag through PREFIX.
+  schedule_keys.lua — fragment shared by the schedule scripts (--@include schedule_keys).
+  Key names mirror kitium_queue.keys.QueueKeys; all share the queue's hash tag through
+  PREFIX.
 
     <prefix>schedules          ZSET  every schedule id, score = creation time (ms)
     <prefix>schedules:due      ZSET  active (not paused, not finished) schedules,
@@ -19,6 +19,8 @@
     <prefix>schedules:changed  pub/sub channel: a schedule was created, changed or
                                removed (schedulers re-read their next due time)
 ]]
+--@include lib_base
+
 local K_SCHEDULES = PREFIX .. 'schedules'
 local K_SCHED_DUE = PREFIX .. 'schedules:due'
 local SCHED_CHANNEL = PREFIX .. 'schedules:changed'

@@ -5,7 +5,7 @@
   misfires: the schedule continues at its stored next tick if that is still ahead, else
   at ARGV[6] (the first tick after now, computed by the caller).
 
-  KEYS: the shared layout (common.lua); uses events.
+  KEYS: the shared layout (lib_base.lua); uses events.
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  schedule id
   ARGV[5]  '1' pause | '0' resume
@@ -14,7 +14,7 @@
   Returns { 'ok' | 'missing', next tick ms or '' }.
   Events: schedule-paused | schedule-resumed (id = schedule id).
 ]]
---@include common
+--@include lib_events
 --@include schedule_keys
 
 local id = ARGV[4]

@@ -6,7 +6,7 @@
   interval, time zone, start date) moves the next tick to ARGV[13]; any other change
   keeps the next tick. Runtime state (runs, last tick, paused) survives updates.
 
-  KEYS: the shared layout (common.lua); uses events.
+  KEYS: the shared layout (lib_base.lua); uses events.
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  schedule id
   ARGV[5]  definition JSON
@@ -23,7 +23,7 @@
   Returns { 'created' | 'updated' | 'unchanged', next tick ms or '' }.
   Events: schedule-created | schedule-updated (id = schedule id).
 ]]
---@include common
+--@include lib_events
 --@include schedule_keys
 
 local id, def, sig = ARGV[4], ARGV[5], ARGV[6]

@@ -1,14 +1,14 @@
 --[[
   schedule_remove.lua — delete a schedule. Jobs it already enqueued are left alone.
 
-  KEYS: the shared layout (common.lua); uses events.
+  KEYS: the shared layout (lib_base.lua); uses events.
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  schedule id
 
   Returns 1 if the schedule existed, else 0.
   Events: schedule-removed (id = schedule id).
 ]]
---@include common
+--@include lib_events
 --@include schedule_keys
 
 local id = ARGV[4]

@@ -1,13 +1,13 @@
 --[[
   stats.lua — counts of every state, in one consistent read.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
 
   Returns { waiting, active, delayed, completed, failed, dlq, paused flag ('1'|'0'),
             created ts of the oldest waiting job or -1, now }
 ]]
---@include common
+--@include lib_base
 
 local oldest = -1
 local first = redis.call('ZRANGE', K_WAIT, 0, 0)

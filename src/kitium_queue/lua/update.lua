@@ -1,7 +1,7 @@
 --[[
   update.lua — record progress or a log line of a running job, fenced by its lease.
 
-  KEYS: the shared layout (common.lua).
+  KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  job id
   ARGV[5]  lease token
@@ -15,7 +15,7 @@
   when it is at most PROGRESS_EVENT_MAX bytes, else only its size as 'progress_bytes'
   (readers take the value from the job record: JobQueue.events() does).
 ]]
---@include common
+--@include lib_events
 --@include errors
 
 -- Must match limits.MAX_PROGRESS_EVENT_BYTES. The stream keeps events_max_len entries of

@@ -1,0 +1,233 @@
+"""``QueueContext``: what every component of one queue shares.
+
+A ``JobQueue`` builds one context and hands it to its components (``Producer``,
+``Queries``, ``Admin``, the worker): the queue's name and keys, the Lua scripts, the
+connection and the shared client, the serializer, the settings resolved and checked at
+construction, the option registry (``jobspec``) and the lifecycle subscribers
+(``hooks``). Components talk to Redis through
+``run``/``call`` and to subscribers through ``hooks``, and know nothing of each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .adapters import MetricsAdapter, TelemetryAdapter
+from .codec import Codec, Serializer
+from .connection import ConnectionFactory
+from .errors import ConfigurationError, ConnectionUnavailableError
+from .events import EventEmitter
+from .hooks import HookBus
+from .jobspec import JobSpec, options_dict, resolve_policy
+from .keys import QueueKeys
+from .options import (
+    MAX_CONCURRENCY,
+    MAX_COUNT,
+    MAX_EVENTS_MAX_LEN,
+    MAX_LOG_LINES,
+    MAX_PAYLOAD_LIMIT,
+    BackoffOptions,
+    DLQConfig,
+    JobOptions,
+    LimiterConfig,
+    Policy,
+    QueueSettings,
+    RetryConfig,
+    WorkerConfig,
+    coerce,
+    to_int,
+    to_ms,
+)
+from .scripts import ScriptCall, ScriptRegistry, permission_denied
+
+__all__ = ["CONNECT_TIMEOUT_S", "QueueContext"]
+
+#: How long a server that accepted the connection gets to answer the first PING.
+CONNECT_TIMEOUT_S = 10.0
+
+
+class QueueContext:
+    """The shared state of one queue; built by ``JobQueue`` from its arguments (same
+    names, same meaning, every value checked against its documented range here).
+
+    Attributes (besides the arguments, coerced to their config classes):
+        keys, scripts, connection, serializer: the queue's keys, Lua scripts, connection
+            factory and payload serializer.
+        lock_duration_ms, lock_renew_ms, stalled_interval_ms, shutdown_timeout_ms,
+            limiter: the lease, stall and worker settings resolved to ms.
+        jobspec: the option registry; ``defaults``: ``default_job_options`` validated;
+            ``policy``: the execution policy of a job that sets no option.
+        emitter: the in-process event handlers (``queue.on``).
+        hooks: the lifecycle subscribers. ``JobQueue`` adds the built-in ``Observer``
+            (events, metrics, logs, DLQ notification) first, before anyone else can.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        redis: Any,
+        prefix: str,
+        default_job_options: JobOptions | Mapping[str, Any] | None,
+        retry: RetryConfig | Mapping[str, Any] | None,
+        dlq: DLQConfig | Mapping[str, Any] | None,
+        settings: QueueSettings | Mapping[str, Any] | None,
+        worker: WorkerConfig | Mapping[str, Any] | None,
+        telemetry: TelemetryAdapter | None,
+        metrics: MetricsAdapter | None,
+        codecs: Sequence[Codec],
+        events_max_len: int,
+        idempotency_ttl: Any,
+        max_payload_bytes: int,
+        max_log_lines: int,
+    ) -> None:
+        self.name = name
+        self.keys = QueueKeys(name, prefix)
+        self.connection = ConnectionFactory(redis)
+        self.retry = coerce(RetryConfig, retry, "retry")
+        self.dlq = coerce(DLQConfig, dlq, "dlq")
+        self.settings = coerce(QueueSettings, settings, "settings")
+        self.worker_config = coerce(WorkerConfig, worker, "worker")
+        self.telemetry = telemetry
+        self.metrics = metrics
+        self.serializer = Serializer(codecs)
+        # Ranges: README "Limits and ranges". Checked here, at construction, so a bad
+        # value never reaches a script (where it would fail after the job's first write).
+        self.events_max_len = to_int(
+            events_max_len, "events_max_len", minimum=0, maximum=MAX_EVENTS_MAX_LEN
+        )
+        self.idempotency_ttl = to_ms(idempotency_ttl, "idempotency_ttl", minimum=1)
+        self.max_payload_bytes = to_int(
+            max_payload_bytes, "max_payload_bytes", minimum=1, maximum=MAX_PAYLOAD_LIMIT
+        )
+        self.max_log_lines = to_int(
+            max_log_lines, "max_log_lines", minimum=0, maximum=MAX_LOG_LINES
+        )
+        self.scripts = ScriptRegistry()
+        self.jobspec = JobSpec(name)
+        self.defaults = self.jobspec.check(
+            options_dict(default_job_options), "default_job_options"
+        )
+        self._check_settings()
+        self.policy = self._base_policy()
+        self.emitter = EventEmitter()
+        self.hooks = HookBus()
+        self._client: Any = None
+        self._connect_lock: asyncio.Lock | None = None
+        self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))
+
+    # ------------------------------------------------------------------ settings
+    def _check_settings(self) -> None:
+        s = self.settings
+        to_int(s.max_stalled_count, "settings.max_stalled_count", minimum=0, maximum=MAX_COUNT)
+        self.lock_duration_ms = to_ms(s.lock_duration, "settings.lock_duration")
+        if self.lock_duration_ms < 100:
+            raise ConfigurationError("settings.lock_duration must be at least 100 ms")
+        renew = to_ms(
+            s.lock_renew_time, "settings.lock_renew_time", allow_none=True, minimum=1
+        )
+        self.lock_renew_ms = renew if renew is not None else max(50, self.lock_duration_ms // 2)
+        if self.lock_renew_ms >= self.lock_duration_ms:
+            raise ConfigurationError(
+                f"settings.lock_renew_time ({self.lock_renew_ms} ms) must be shorter than "
+                f"lock_duration ({self.lock_duration_ms} ms), or leases expire between renewals"
+            )
+        self.stalled_interval_ms = to_ms(
+            s.max_stalled_interval, "settings.max_stalled_interval", minimum=1
+        )
+        w = self.worker_config
+        to_int(w.concurrency, "worker.concurrency", minimum=1, maximum=MAX_CONCURRENCY)
+        self.shutdown_timeout_ms = to_ms(w.shutdown_timeout, "worker.shutdown_timeout")
+        self.limiter: LimiterConfig | None = None
+        if w.limiter is not None:
+            lim = coerce(LimiterConfig, w.limiter, "worker.limiter")
+            limit_max = to_int(lim.max, "worker.limiter.max", minimum=1, maximum=MAX_COUNT)
+            dur = to_ms(lim.duration, "worker.limiter.duration", minimum=1)
+            self.limiter = LimiterConfig(limit_max, dur)
+
+    def _base_policy(self) -> Policy:
+        r = self.retry
+        attempts = to_int(r.max_attempts, "retry.max_attempts", minimum=1, maximum=MAX_COUNT)
+        policy = Policy(
+            attempts=attempts,
+            backoff=BackoffOptions(r.backoff_type, r.backoff_delay, r.max_backoff_delay),
+        )
+        return resolve_policy(self.defaults, policy)[0]
+
+    # ------------------------------------------------------------------ connection
+    async def client(self) -> Any:
+        """The shared Redis client (connects and loads the scripts on first use)."""
+        if self._client is not None:
+            return self._client
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._client is None:
+                self._client = await self._connect()
+        return self._client
+
+    async def _connect(self) -> Any:
+        conn = self.connection
+        client = conn.client()
+        # Errors are raised "from None": the message says it all, and a chain of
+        # redis-py internals would only bury it (the original stays __context__).
+        try:
+            # A server that accepts the connection but never answers (plain text sent
+            # to a TLS port, a stalled proxy) fails here within seconds.
+            await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
+            await self.scripts.load(client)
+        except asyncio.TimeoutError:
+            await self._discard(client)
+            raise ConnectionUnavailableError(
+                f"Redis at {conn.describe()} accepted the connection but did not answer "
+                f"within {CONNECT_TIMEOUT_S:.0f} s (queue {self.name!r}); check the port "
+                "and whether it expects TLS (rediss://)"
+            ) from None
+        except AuthenticationError as exc:
+            await self._discard(client)
+            raise ConnectionUnavailableError(
+                f"Redis at {conn.describe()} refused the credentials of queue "
+                f"{self.name!r} ({conn.redact(exc)}); check the username and password "
+                "given in redis="
+            ) from None
+        except NoPermissionError as exc:
+            await self._discard(client)
+            raise permission_denied(str(exc)) from None
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await self._discard(client)
+            raise ConnectionUnavailableError(
+                f"cannot reach Redis at {conn.describe()} for queue {self.name!r}: "
+                f"{conn.redact(exc)}. Check the redis= setting and that the server is running"
+            ) from None
+        return client
+
+    async def _discard(self, client: Any) -> None:
+        if self.connection.owns(client):
+            await client.aclose()
+
+    async def close(self) -> None:
+        """Release the shared client (a later ``client()`` connects again)."""
+        client, self._client = self._client, None
+        if client is not None:
+            self.scripts.forget(client)
+            await self._discard(client)
+
+    def argv_head(self) -> tuple[str, str, str]:
+        """The arguments every script takes first: key prefix, now ('' = the Redis
+        clock), events max length."""
+        return self._argv_head
+
+    async def run(self, script: str, args: Sequence[Any] = ()) -> Any:
+        """Run ``script`` on the queue's keys with ``args`` after the shared head."""
+        client = await self.client()
+        return await self.scripts.call(client, script, self.keys.all, (*self._argv_head, *args))
+
+    def call(self, script: str, args: Sequence[Any] = ()) -> ScriptCall:
+        """``run``'s call, unsent (for a pipeline of script calls)."""
+        return ScriptCall(script, self.keys.all, (*self._argv_head, *args))

@@ -1,0 +1,378 @@
+"""The job-option registry: every job option is declared once, by the feature that owns it.
+
+A queue accepts exactly the options declared in its ``JobSpec`` (``queue.jobspec``). The
+core declares its own (``attempts``, ``delay``, ``priority``, ``backoff``, ``timeout``,
+``remove_on_complete``, ``remove_on_fail``, ``job_id``, ``lifo``, ``jitter``,
+``idempotency_key``, ``delivery_guarantee``) through the same ``declare`` call a feature
+uses for its options (flow control's ``rate_limit_key``, a tenancy feature's
+``tenant_id``): ``queue.declare_option(...)``, or ``queue.own_options(feature, names)``
+for options that carry ids or keys and need no validation of their own.
+
+Each declaration (``OptionSpec``) says:
+
+* ``name``, and the ``feature`` that owns it (``"core"`` for the core's options);
+* ``normalize(value, section)``: checks a value and returns its canonical stored form,
+  raising ``ConfigurationError`` naming the option (``section`` is where the value came
+  from: ``"job"``, ``"default_job_options"`` or ``"schedule"``, the start of the message);
+* ``default``: what applies when neither the job nor the queue's ``default_job_options``
+  set it (``None``: nothing). The registry never writes it into a job; whoever reads
+  the option applies it (the worker, the enqueue script, the feature's Lua);
+* ``stored``: whether the value is kept in the job's stored options (the record's ``o``
+  field, which the worker and the features' Lua read) or only travels as an argument of
+  the enqueue script (``delay``, ``priority``, ``lifo``, ``job_id``).
+
+An option nobody declared is refused with "unknown job option ... (did you mean ...)". The
+brief's feature options (``FEATURE_OPTION_NAMES``: ``message_group_id``, ``tenant_id``,
+...) are known by name only, for a clearer message while their feature is not enabled:
+"option 'tenant_id' needs a feature that is not enabled on queue ...".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from typing import Any
+
+from .enums import DeliveryGuarantee
+from .errors import ConfigurationError
+from .limits import MAX_ID_LENGTH, clip
+from .options import (
+    MAX_COUNT,
+    MAX_PRIORITY,
+    BackoffOptions,
+    ExtendedJobOptions,
+    JobOptions,
+    Policy,
+    RetentionPolicy,
+    check_text,
+    coerce,
+    has_bad_char,
+    shown,
+    to_int,
+    to_ms,
+    unknown_options_error,
+)
+
+__all__ = [
+    "CORE",
+    "FEATURE_OPTION_NAMES",
+    "JobSpec",
+    "Normalizer",
+    "OptionSpec",
+    "check_job_id",
+    "check_option_text",
+    "feature_text",
+    "options_dict",
+    "resolve_policy",
+]
+
+#: The owner of the core's options.
+CORE = "core"
+
+#: ``normalize(value, section) -> stored value``; raises ``ConfigurationError``.
+Normalizer = Callable[[Any, str], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """The declaration of one job option (see the module docstring)."""
+
+    name: str
+    feature: str
+    normalize: Normalizer
+    default: Any = None
+    stored: bool = True
+    doc: str = ""
+
+
+# ---------------------------------------------------------------------------- checks
+def check_job_id(value: Any, what: str) -> str:
+    """A caller-chosen job id: ``check_text`` rules, and not made of ASCII digits only.
+
+    Auto-generated ids are the queue's sequence numbers ("1", "2", ...): a chosen id
+    from that namespace would meet one of them (and replace it, or be mistaken for it),
+    so the two namespaces are kept apart here.
+    """
+    job_id = check_text(value, what, max_len=MAX_ID_LENGTH)
+    if job_id.isascii() and job_id.isdigit():
+        raise ConfigurationError(
+            f"{what} {shown(job_id)} is made of digits only: numeric ids are reserved for "
+            f"the ids the queue generates itself, and a chosen one would collide with "
+            f"them; add a prefix, such as 'order-{clip(job_id, 40)}'"
+        )
+    return job_id
+
+
+def check_option_text(value: Any, what: str) -> None:
+    """Refuse control characters and lone surrogates in a feature option's text (a str,
+    or the str items of a list such as ``depends_on``); other values pass through and
+    are checked when the options are encoded."""
+    if isinstance(value, str):
+        if has_bad_char(value):
+            check_text(value, what, max_len=max(1, len(value)))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if isinstance(item, str) and has_bad_char(item):
+                check_text(item, f"{what}[{i}]", max_len=max(1, len(item)))
+
+
+def feature_text(name: str) -> Normalizer:
+    """The normalizer of a feature option that carries ids or keys (a group, a tenant, a
+    rate-limit key): stored as given, but text that cannot be encoded or holds control
+    characters is refused here, so the job fails alone instead of the batch it would
+    join (such values often end up in key names and logs)."""
+
+    def normalize(value: Any, section: str) -> Any:
+        check_option_text(value, f"{section}: {name}")
+        return value
+
+    return normalize
+
+
+# ---------------------------------------------------------------------------- core options
+def _attempts(value: Any, section: str) -> int:
+    return to_int(value, f"{section}: attempts", minimum=1, maximum=MAX_COUNT)
+
+
+def _backoff(value: Any, section: str) -> dict[str, Any]:
+    if isinstance(value, BackoffOptions):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return coerce(BackoffOptions, value, f"{section}.backoff").to_dict()
+    if isinstance(value, (int, float, timedelta)) and not isinstance(value, bool):
+        return BackoffOptions("fixed", value).to_dict()
+    raise ConfigurationError(
+        f"{section}: backoff must be a dict, BackoffOptions or ms, got {shown(value)}"
+    )
+
+
+def _duration(name: str) -> Normalizer:
+    # timeout: 0 = no limit; a positive value below 1 ms becomes 1 ms (to_ms), so
+    # timeout=0.4 cannot turn into "no limit".
+    def normalize(value: Any, section: str) -> int:
+        return to_ms(value, f"{section}.{name}")
+
+    return normalize
+
+
+def _priority(value: Any, section: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_PRIORITY:
+        raise ConfigurationError(
+            f"{section}: priority must be an int from 0 to {MAX_PRIORITY} (higher runs "
+            f"first), got {shown(value)}"
+        )
+    return int(value)
+
+
+def _retention(name: str) -> Normalizer:
+    def normalize(value: Any, section: str) -> dict[str, int]:
+        rp = RetentionPolicy.parse(value, f"{section}.{name}")
+        return {"count": rp.count, "age": rp.age}
+
+    return normalize
+
+
+def _job_id(value: Any, section: str) -> str:
+    return check_job_id(value, f"{section}: job_id")
+
+
+def _idempotency_key(value: Any, section: str) -> str:
+    return check_text(value, f"{section}: idempotency_key", max_len=MAX_ID_LENGTH)
+
+
+def _lifo(value: Any, section: str) -> bool:
+    if not isinstance(value, bool) and value not in (0, 1):
+        raise ConfigurationError(f"{section}: lifo must be a bool, got {shown(value)}")
+    return bool(value)
+
+
+def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
+    c = CORE
+    return (
+        OptionSpec("attempts", c, _attempts, None, True, "runs in all (retry.max_attempts)"),
+        OptionSpec("delay", c, _duration("delay"), 0, False, "ms before the job may start"),
+        OptionSpec("priority", c, _priority, 0, False, "0..65535, higher runs first"),
+        OptionSpec("backoff", c, _backoff, None, True, "delay before each retry (retry config)"),
+        OptionSpec("timeout", c, _duration("timeout"), 300_000, True, "ms a run may take"),
+        OptionSpec("remove_on_complete", c, _retention("remove_on_complete"), None, True,
+                   "retention of completed jobs (newest 1000)"),
+        OptionSpec("remove_on_fail", c, _retention("remove_on_fail"), None, True,
+                   "retention of failed jobs (all)"),
+        OptionSpec("job_id", c, _job_id, None, False, "your own id (else a sequence number)"),
+        OptionSpec("lifo", c, _lifo, False, False, "before the others of its priority"),
+        OptionSpec("jitter", c, _duration("jitter"), 0, True, "random extra delay, ms"),
+        OptionSpec("idempotency_key", c, _idempotency_key, None, True,
+                   "duplicates within the idempotency window return the first job's id"),
+        OptionSpec("delivery_guarantee", c, delivery_guarantee, "at-least-once", True,
+                   "'exactly-once' needs the exactly-once feature"),
+    )
+
+
+#: Options of the brief's features (FIFO groups, encryption, breakers, webhooks,
+#: workflows, regions, tenants, flow control), known by name only: while no feature
+#: declared one, it is refused as "needs a feature that is not enabled" rather than as
+#: unknown. The core never declares them.
+FEATURE_OPTION_NAMES = frozenset(f.name for f in fields(ExtendedJobOptions)) - {
+    "delivery_guarantee",
+    "idempotency_key",
+    *(f.name for f in fields(JobOptions)),
+}
+
+
+# ---------------------------------------------------------------------------- registry
+class JobSpec:
+    """The job options one queue accepts (``queue.jobspec``): see the module docstring.
+
+    Args:
+        queue_name: the queue's name, for error messages.
+    """
+
+    def __init__(self, queue_name: str) -> None:
+        self.queue_name = queue_name
+        self._specs: dict[str, OptionSpec] = {}
+        #: Names of declared options that are not kept in the job's stored options.
+        self.unstored: frozenset[str] = frozenset()
+        for spec in _core_options(self._delivery_guarantee):
+            self.declare(spec)
+
+    def declare(self, spec: OptionSpec) -> None:
+        """Add ``spec`` to the registry; declaring the same name again from the same
+        feature replaces it, from another feature is an error."""
+        name = spec.name
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigurationError(
+                f"{spec.feature}: option name must be a Python identifier, got {shown(name)}"
+            )
+        if not callable(spec.normalize):
+            raise ConfigurationError(f"{spec.feature}: normalize of {name!r} is not callable")
+        cur = self._specs.get(name)
+        if cur is not None and cur.feature != spec.feature:
+            raise ConfigurationError(
+                f"{spec.feature}: option {name!r} is already declared by {cur.feature!r} "
+                f"on queue {self.queue_name!r}"
+            )
+        self._specs[name] = spec
+        self.unstored = frozenset(n for n, s in self._specs.items() if not s.stored)
+
+    def own(self, feature: str, names: Iterable[str]) -> None:
+        """``feature`` handles the options ``names``: an option not declared yet is
+        declared as a feature option carrying ids or keys (``feature_text``); one declared
+        already (a core option) is taken over, keeping its normalizer."""
+        for name in names:
+            cur = self._specs.get(name)
+            if cur is None:
+                self.declare(OptionSpec(name, feature, feature_text(name)))
+            elif cur.feature != feature:
+                self._specs[name] = replace(cur, feature=feature)
+
+    def get(self, name: str) -> OptionSpec | None:
+        """The declaration of ``name``, or None."""
+        return self._specs.get(name)
+
+    def specs(self) -> tuple[OptionSpec, ...]:
+        """Every declaration, in the order declared (the core's first)."""
+        return tuple(self._specs.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def check(self, opts: Mapping[Any, Any], section: str) -> dict[str, Any]:
+        """``opts`` validated and in canonical stored form (options set to None dropped).
+
+        Raises ``ConfigurationError``: unknown options (all named, with suggestions),
+        a feature option whose feature is not enabled, or an invalid value.
+        """
+        specs = self._specs
+        bad = [k for k in opts if k not in specs and k not in FEATURE_OPTION_NAMES]
+        if bad:
+            valid = sorted(set(specs) | FEATURE_OPTION_NAMES)
+            raise unknown_options_error(section, bad, valid)
+        for k, v in opts.items():
+            if v is not None and k not in specs:
+                raise ConfigurationError(
+                    f"option {k!r} needs a feature that is not enabled on queue "
+                    f"{self.queue_name!r}; enable the feature that owns it, or drop the option"
+                )
+        return {k: specs[k].normalize(v, section) for k, v in opts.items() if v is not None}
+
+    def _delivery_guarantee(self, value: Any, section: str) -> str:
+        # The one core option whose accepted values depend on a feature: 'exactly-once'
+        # is accepted once a feature has taken the option over (``own``/``declare``).
+        try:
+            dg = DeliveryGuarantee(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"delivery_guarantee must be 'at-least-once' or 'exactly-once', got {value!r}"
+            ) from None
+        if dg is DeliveryGuarantee.EXACTLY_ONCE and self._specs[
+            "delivery_guarantee"
+        ].feature == CORE:
+            raise ConfigurationError(
+                "delivery_guarantee='exactly-once' needs the exactly-once feature, which "
+                f"is not enabled on queue {self.queue_name!r}; for duplicate suppression "
+                "alone pass idempotency_key=..."
+            )
+        return dg.value
+
+
+def options_dict(value: Any) -> dict[str, Any]:
+    """Job options given as a ``JobOptions`` (its fields that are set), a mapping, or None."""
+    if value is None:
+        return {}
+    if isinstance(value, JobOptions):
+        return {
+            f.name: getattr(value, f.name)
+            for f in fields(value)
+            if getattr(value, f.name) is not None
+        }
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise ConfigurationError(f"options must be a dict or JobOptions, got {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------- policy
+def resolve_policy(opts: Any, base: Policy) -> tuple[Policy, list[str]]:
+    """The policy of a job from its stored options, and what was wrong with them.
+
+    Options come from Redis and may have been damaged (by hand, by another client): each
+    option that is not valid is skipped, so the base policy applies to it, and described
+    in the returned list.
+    """
+    p = Policy(
+        base.attempts, base.backoff, base.timeout_ms, base.jitter_ms, base.keep_completed,
+        base.keep_failed,
+    )
+    if not isinstance(opts, Mapping):
+        return p, [f"options are not a JSON object ({type(opts).__name__})"]
+    problems: list[str] = []
+
+    def retention(v: Any, what: str) -> RetentionPolicy:
+        if not isinstance(v, Mapping):
+            raise ConfigurationError(f"{what} is not an object")
+        count, age = v.get("count", -1), v.get("age", -1)
+        if not (type(count) is int and count == -1):
+            count = to_int(count, f"{what}.count", minimum=0, maximum=MAX_COUNT)
+        if not (type(age) is int and age == -1):
+            age = to_ms(age, f"{what}.age")
+        return RetentionPolicy(count, age)
+
+    for key, value in opts.items():
+        try:
+            if key == "attempts":
+                p.attempts = to_int(value, "attempts", minimum=1, maximum=MAX_COUNT)
+            elif key == "backoff":
+                if not isinstance(value, Mapping):
+                    raise ConfigurationError("backoff is not an object")
+                p.backoff = coerce(BackoffOptions, value, "backoff")
+            elif key == "timeout":
+                p.timeout_ms = to_ms(value, "timeout") or None
+            elif key == "jitter":
+                p.jitter_ms = to_ms(value, "jitter")
+            elif key == "remove_on_complete":
+                p.keep_completed = retention(value, key)
+            elif key == "remove_on_fail":
+                p.keep_failed = retention(value, key)
+        except (ConfigurationError, TypeError, ValueError) as exc:
+            problems.append(f"option {shown(key)} ignored ({clip(str(exc), 200)})")
+    return p, problems

@@ -1,0 +1,292 @@
+"""The leases one worker holds: renewal, abandonment, the stalled-job sweep, shared slots.
+
+* **renew** — every ``lock_renew_time`` the leases of all running jobs are renewed in one
+  ``extend`` call per 500 jobs. A job whose lease was lost (this worker was frozen or cut
+  off longer than ``lock_duration`` and another worker took it) is *abandoned*: its task
+  is cancelled and its outcome is never recorded (fencing). A job cancelled with
+  ``cancel_job()`` while it runs here has its task cancelled.
+* **sweep** — every ``max_stalled_interval`` expired leases of dead workers are requeued
+  (or dead-lettered after ``max_stalled_count`` stalls) even when every slot is busy.
+  The claim does the same step; both report what they recovered with ``recovered``.
+* ``SharedSlots`` — a concurrency budget shared by several workers of one process.
+
+Log lines keep the worker's logger name (``kitium_queue.worker``): it is what users
+configure and filter on, and splitting the worker must not change it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .connection import TRANSIENT_ERRORS
+
+if TYPE_CHECKING:
+    from .hooks import HookBus
+    from .job import Job
+    from .options import Policy
+    from .queue import JobQueue
+    from .scripts import ScriptCall
+
+__all__ = ["EXTEND_CHUNK", "Leases", "Run", "SharedSlots", "SlotMember"]
+
+log = logging.getLogger("kitium_queue.worker")
+
+#: Leases renewed by one ``extend`` call.
+EXTEND_CHUNK = 500
+#: Expired leases one sweep recovers at most.
+_SWEEP_LIMIT = 1000
+
+
+class Run:
+    """One run of a job under a lease this worker holds, and the task running it.
+
+    Attributes:
+        job: the ``Job`` handed to the processor.
+        token: the fencing token of the lease.
+        policy: the job's retry/timeout/retention policy.
+        task: the task running the job (None until launched).
+        deadline: loop time at which the run times out (None: no timeout pending).
+        reason: why the task was cancelled (``timeout``, ``cancelled``, ``shutdown``).
+        abandoned: the lease was lost; the outcome of this run is never recorded.
+        started: loop time at which the processor was called (0.0 before).
+    """
+
+    __slots__ = ("abandoned", "deadline", "job", "policy", "reason", "started", "task", "token")
+
+    def __init__(self, job: Job, token: str, policy: Policy) -> None:
+        self.job = job
+        self.token = token
+        self.policy = policy
+        self.task: asyncio.Task[None] | None = None
+        self.deadline: float | None = None
+        self.reason: str | None = None
+        self.abandoned = False
+        self.started = 0.0
+
+
+class SlotMember(Protocol):
+    """What ``SharedSlots`` needs of a worker sharing the budget."""
+
+    def slots_taken(self) -> int:
+        """Running jobs plus slots reserved by claims in flight."""
+
+    def wake(self) -> None:
+        """Wake the worker's pump (a slot freed)."""
+
+
+class SharedSlots:
+    """A concurrency budget shared by several workers of one process.
+
+    Used when one process consumes several queues as one (the partitions of a
+    ``PartitionedQueue``): each worker still claims only for free slots, but free slots
+    are counted over the whole group (running jobs plus claims in flight), so the group
+    never runs more than ``capacity`` jobs. A worker that finds the budget spent queues up
+    and is woken, in arrival order, when a slot frees: no member is starved.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self.workers: list[SlotMember] = []
+        self._waiting: dict[SlotMember, None] = {}
+
+    def join(self, member: SlotMember) -> None:
+        """Count ``member``'s slots against the budget."""
+        self.workers.append(member)
+
+    def free(self) -> int:
+        """Slots of the budget that no member uses nor is claiming for."""
+        return self.capacity - sum(w.slots_taken() for w in self.workers)
+
+    def wait(self, member: SlotMember) -> None:
+        """``member`` found the budget spent: wake it when a slot frees."""
+        self._waiting[member] = None
+
+    def released(self) -> None:
+        """A slot freed: wake every waiting member, in arrival order."""
+        waiting, self._waiting = self._waiting, {}
+        for w in waiting:
+            w.wake()
+
+
+class Leases:
+    """The runs one worker holds leases for, and the loops that keep them honest.
+
+    Args:
+        queue: the queue consumed.
+        worker_id: the worker's id (log lines).
+        hooks: the queue's lifecycle hooks (``stalled``, ``dead_lettered``).
+        wake: wakes the worker's pump (a slot freed).
+        on_outage: reports a lost connection to Redis.
+        slots: a budget shared with other workers, if any.
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        worker_id: str,
+        hooks: HookBus,
+        *,
+        wake: Callable[[], None],
+        on_outage: Callable[[BaseException], None],
+        slots: SharedSlots | None = None,
+    ) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.hooks = hooks
+        #: Runs by job id: the jobs this worker holds leases for.
+        self.runs: dict[str, Run] = {}
+        self._wake = wake
+        self._on_outage = on_outage
+        self._slots = slots
+
+    def add(self, run: Run) -> None:
+        """Hold ``run``'s lease. A run of the same job still held here is abandoned: an
+        older run lost its lease (Redis was unreachable longer than lock_duration), the
+        job was recovered and handed back to this worker, and the new lease wins. Left
+        alone, the old run's outcome would evict this one, whose lease would go unrenewed
+        and stall again."""
+        job_id = run.job.id
+        if job_id in self.runs:
+            self.abandon(job_id)
+        self.runs[job_id] = run
+
+    def forget(self, run: Run) -> None:
+        """Stop holding ``run`` (its outcome is on its way, or it was abandoned)."""
+        # By identity: a newer run of the same job id may have replaced this one.
+        runs = self.runs
+        if runs.get(run.job.id) is run:
+            del runs[run.job.id]
+            if self._slots is not None:
+                self._slots.released()
+
+    def abandon(self, job_id: str, run: Run | None = None) -> None:
+        """The lease of ``job_id`` was lost: drop ``run`` (default: the current run of
+        that job) without recording any outcome, and cancel its task."""
+        run = run or self.runs.get(job_id)
+        if run is None or run.abandoned:
+            return
+        self.forget(run)
+        run.abandoned = True
+        log.warning(
+            "queue %s: lease of job %s expired (lock_duration=%d ms) and the job was handed to "
+            "another worker; abandoning this run. Raise lock_duration, or keep the event loop "
+            "free so leases renew on time",
+            self.queue.name,
+            job_id,
+            self.queue.lock_duration_ms,
+        )
+        if run.task is not None and not run.task.done():
+            run.task.cancel()
+        self._wake()
+
+    async def wind_down(self, grace: float) -> None:
+        """Graceful stop: let the running jobs finish within ``grace`` seconds, then
+        cancel the rest, which hand their jobs back to the queue (no attempt spent)."""
+        running = [r.task for r in self.runs.values() if r.task is not None]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        left = [r for r in self.runs.values() if r.task is not None and not r.task.done()]
+        for run in left:
+            run.reason = "shutdown"
+            assert run.task is not None
+            run.task.cancel()
+        if left:
+            await asyncio.wait([r.task for r in left if r.task is not None], timeout=5)
+            log.warning(
+                "worker %s: %d job(s) still running after shutdown_timeout were handed back "
+                "to queue %s",
+                self.worker_id,
+                len(left),
+                self.queue.name,
+            )
+
+    # ------------------------------------------------------------------ renewal
+    def extend_calls(self) -> tuple[list[ScriptCall], dict[str, Run]]:
+        """``extend`` calls renewing every lease held (``EXTEND_CHUNK`` per call), and the
+        runs they renew by job id (for ``after_extend``)."""
+        q = self.queue
+        runs = [r for r in self.runs.values() if not r.abandoned]
+        calls = []
+        for i in range(0, len(runs), EXTEND_CHUNK):
+            args: list[Any] = [q.lock_duration_ms]
+            for r in runs[i : i + EXTEND_CHUNK]:
+                args.append(r.job.id)
+                args.append(r.token)
+            calls.append(q.call("extend", args))
+        return calls, {r.job.id: r for r in runs}
+
+    def after_extend(self, replies: list[Any], sent: dict[str, Run]) -> None:
+        """Abandon the runs whose lease was lost; cancel those cancelled by ``cancel_job``."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                log.error(
+                    "worker %s: lease renewal failed: %s",
+                    self.worker_id,
+                    self.queue.connection.redact(reply),
+                )
+                continue
+            lost, cancelled = reply
+            for b in lost:
+                self.abandon(b.decode(), sent.get(b.decode()))
+            for b in cancelled:
+                run = self.runs.get(b.decode())
+                if run is not None and run.task is not None and not run.task.done():
+                    run.reason = "cancelled"
+                    run.task.cancel()
+
+    async def renew(self, client: Any) -> None:
+        """The renewal loop (runs until cancelled)."""
+
+        async def renew_all() -> None:
+            calls, sent = self.extend_calls()
+            if calls:
+                self.after_extend(await self.queue.scripts.pipeline(client, calls), sent)
+
+        await self._every(self.queue.lock_renew_ms, renew_all, "lease renewal failed; retrying")
+
+    # ------------------------------------------------------------------ recovery
+    async def sweep(self, stopping: Callable[[], bool]) -> None:
+        """The stalled-job sweep (runs until cancelled; idle while ``stopping()``)."""
+        q = self.queue
+
+        async def recover() -> None:
+            if stopping():
+                return
+            back, dead = await q.run(
+                "recover",
+                [q.settings.max_stalled_count, "1" if q.dlq.enabled else "0", _SWEEP_LIMIT],
+            )
+            if back or dead:
+                self.recovered(back, dead)
+
+        await self._every(q.stalled_interval_ms, recover, "stalled-job sweep failed")
+
+    async def _every(
+        self, interval_ms: int, step: Callable[[], Awaitable[None]], failed: str
+    ) -> None:
+        # Run ``step`` every ``interval_ms`` for ever: a lost connection is reported as an
+        # outage, any other error logged (``failed``); the loop never dies of either.
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            try:
+                await step()
+            except TRANSIENT_ERRORS as exc:
+                self._on_outage(exc)
+            except Exception:
+                log.exception("worker %s: %s", self.worker_id, failed)
+
+    def recovered(self, back: list[bytes], dead: list[bytes]) -> None:
+        """Report jobs recovered from expired leases (by a claim or the sweep): ``back``
+        went back to wait (``stalled``), ``dead`` were dead-lettered (stalled too often,
+        cancelled while their worker was gone, or damaged records)."""
+        bus, name = self.hooks, self.queue.name
+        if back and bus.stalled:
+            bus.emit_stalled(name, [b.decode() for b in back])
+        if dead and bus.dead_lettered:
+            for b in dead:
+                # The reason is recorded on the job (failed_reason); this worker never
+                # held it, so it does not know it.
+                bus.emit_dead_lettered(name, b.decode(), None, None)

@@ -1,0 +1,120 @@
+--[[
+  lib_base.lua — fragment: keys, time and arguments. Every script includes it (directly
+  or through another fragment) first; it reads the shared KEYS vector and ARGV prefix.
+
+  Shared KEYS layout (every script receives the same vector, built in keys.py):
+    KEYS[1]  wait       ZSET  waiting jobs, score = priority band + sequence
+    KEYS[2]  active     ZSET  leased jobs, score = lease deadline (ms)
+    KEYS[3]  delayed    ZSET  delayed jobs, score = due time (ms)
+    KEYS[4]  completed  ZSET  completed jobs, score = finish time (ms)
+    KEYS[5]  failed     ZSET  terminally failed jobs (DLQ disabled), score = finish time
+    KEYS[6]  dlq        ZSET  dead-lettered jobs, score = time of dead-lettering
+    KEYS[7]  meta       HASH  queue-level flags (paused, ...)
+    KEYS[8]  events     STREAM durable per-queue event log
+    KEYS[9]  marker     ZSET  wake-up marker for idle workers (member "0")
+    KEYS[10] id         STRING job id / sequence counter
+    KEYS[11] limiter    STRING fixed-window counter of the queue rate limiter
+    KEYS[12] lease      STRING lease token counter (fencing tokens)
+
+  Shared ARGV prefix:
+    ARGV[1]  key prefix of the queue, ending with ':' (e.g. "kq:{orders}:"); job hashes
+             are <prefix>job:<id>, log lists <prefix>logs:<id>, idempotency keys
+             <prefix>idem:<key>, parked jobs <prefix>parked:<blocker> (lib_parking.lua).
+             They share the hash tag of KEYS, so scripts stay cluster-safe.
+    ARGV[2]  now in ms; empty string = use the Redis server clock (production default,
+             immune to client clock skew). Tests pass an explicit time: an integer from 0
+             to MAX_MS; anything else is refused (KQ_BAD_ARGUMENT, before any write).
+    ARGV[3]  approximate max length of the event stream, clamped to 0..MAX_MS (missing
+             or not a number: 10000).
+
+  Script-specific arguments start at ARGV[4].
+
+  Rules every script and fragment keeps (Redis keeps the writes a script made before it
+  failed, so a failure after the first write leaves a half-done transition behind):
+    * numeric arguments are checked or clamped at the top (arg_int), before any write;
+    * lists of arbitrary length never go to unpack() whole: zrem_all / zadd_all /
+      flush_wait (lib_sets.lua) send at most 500 members (1000 arguments) per command;
+    * every per-call amount of work is bounded (BATCH_MAX jobs), and the client calls
+      again for more.
+
+  Provides: K_* (the KEYS above), PREFIX, MAX_MS, BATCH_MAX, NOW, NOW_S, EVENTS_MAXLEN(_S),
+  arg_int, bad_arg, int, num, job_key, key_type.
+]]
+local K_WAIT, K_ACTIVE, K_DELAYED = KEYS[1], KEYS[2], KEYS[3]
+local K_COMPLETED, K_FAILED, K_DLQ = KEYS[4], KEYS[5], KEYS[6]
+local K_META, K_EVENTS, K_MARKER = KEYS[7], KEYS[8], KEYS[9]
+local K_ID, K_LIMITER, K_LEASE = KEYS[10], KEYS[11], KEYS[12]
+local PREFIX = ARGV[1]
+
+-- Largest time or duration in ms a script stores or computes with: 2^50 ms is about
+-- 35,000 years, above any documented range, and NOW + MAX_MS is still an exact integer
+-- in a double (so int() prints it as digits, never as "1e+17", which Redis refuses).
+local MAX_MS = 1125899906842624
+-- Most jobs one call moves, examines or deletes (promote, recover, drain, clear, retry,
+-- replay, trim_finished, unpark), so no call blocks Redis for long; callers loop for more.
+local BATCH_MAX = 1000
+
+-- A numeric argument as an integer within lo..hi: `default` when it is missing or not a
+-- number (nil, NaN); below lo (-inf too) gives lo, above hi (inf too) gives hi, and a
+-- fraction is cut. Used on arguments before a script's first write, so a bad value can
+-- never make a command fail half way through a transition.
+local function arg_int(x, default, lo, hi)
+  local n = tonumber(x)
+  if n == nil or n ~= n then return default end
+  if n <= lo then return lo end
+  if n >= hi then return hi end
+  return math.floor(n)
+end
+
+-- The error reply for a malformed argument, sent before the script's first write.
+-- 'KQ_BAD_ARGUMENT' is the code finish.lua and extend.lua use for the same purpose.
+local function bad_arg(script, detail)
+  return redis.error_reply('KQ_BAD_ARGUMENT ' .. script .. ': ' .. detail ..
+    '; nothing was written')
+end
+
+local EVENTS_MAXLEN = arg_int(ARGV[3], 10000, 0, MAX_MS)
+
+local NOW
+if ARGV[2] ~= nil and ARGV[2] ~= '' then
+  NOW = tonumber(ARGV[2])
+  -- An explicit clock that is not a usable time would surface later as a failed ZADD
+  -- or a "nan" score, after writes: refuse it here, before any.
+  if NOW == nil or NOW ~= NOW or NOW < 0 or NOW > MAX_MS then
+    return bad_arg('now', 'ARGV[2] must be empty (server clock) or a time in ms from 0 '
+      .. 'to ' .. string.format('%.0f', MAX_MS) .. ', got ' .. tostring(ARGV[2]))
+  end
+  NOW = math.floor(NOW)
+else
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Integers above 1e14 lose digits through Lua's default number formatting.
+local function int(x)
+  return string.format('%.0f', x)
+end
+
+local NOW_S = int(NOW)
+-- As a string once per call: redis.call formats a number argument on every call.
+local EVENTS_MAXLEN_S = int(EVENTS_MAXLEN)
+
+-- A counter field (attempts, stalls, timestamps) as a number. A damaged value (not a
+-- finite number) counts as 0: a corrupted record must not abort a script half way,
+-- after some of its writes were made.
+local function num(x)
+  local n = tonumber(x)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then return 0 end
+  return n
+end
+
+local function job_key(id)
+  return PREFIX .. 'job:' .. id
+end
+
+-- 'hash' for a sound job record, 'none' when it is gone, anything else when the key was
+-- overwritten with another type (damaged by hand): such a key must not make a script
+-- fail half way, so callers treat it like a missing record.
+local function key_type(jk)
+  return redis.call('TYPE', jk)['ok']
+end

@@ -1,0 +1,72 @@
+--[[
+  lib_park_timers.lua — fragment: time-based blockers of parked jobs (a rate-limit
+  window, a hold, a delay until a group may go on). Included by the composed slots
+  (lib_slots.lua) and by claim.lua when any slot is filled; nothing polls: claim serves
+  due timers in its promote step, and its wake_in covers the earliest one, so idle
+  workers sleep until then.
+
+  park_timer(blocker, due, n, every)
+      Make `blocker` a time-based one: at `due` (ms) claim unparks n of its jobs (0: as
+      many as one call may, UNPARK_MAX), then again every `every` ms while jobs remain
+      behind it (0: at the next claim). An earlier pending due time is kept.
+  fire_timers() -> moved      claim's step: serve due timers (at most TIMERS_MAX, moving
+                              at most UNPARK_MAX jobs per call)
+  next_timer() -> ms | nil    the earliest timer
+
+  Keys: <prefix>park:timers (ZSET blocker -> due ms) and <prefix>park:rules (HASH
+  blocker -> "<n> <every> <due>"), see lib_parking.lua.
+]]
+--@include lib_base
+--@include lib_parking
+
+local TIMERS_MAX = 100
+
+-- Timers armed by this call, so parking many jobs behind one blocker reads its timer once.
+local ARMED = {}
+
+local function set_timer(blocker, due, n, every)
+  redis.call('ZADD', K_PARK_TIMERS, int(due), blocker)
+  redis.call('HSET', K_PARK_RULES, blocker, int(n) .. ' ' .. int(every) .. ' ' .. int(due))
+end
+
+local function park_timer(blocker, due, n, every)
+  due = arg_int(due, NOW, 0, MAX_MS)
+  n = arg_int(n, 0, 0, UNPARK_MAX)
+  every = arg_int(every, 0, 0, MAX_MS)
+  local armed = ARMED[blocker]
+  if armed and armed <= due then return end
+  local rule = redis.call('HGET', K_PARK_RULES, blocker)
+  local cur = rule and tonumber(string.match(rule, '^%d+ %d+ (%d+)$'))
+  if cur and cur < due then due = cur end
+  set_timer(blocker, due, n, every)
+  ARMED[blocker] = due
+end
+
+local function fire_timers()
+  local due = redis.call('ZRANGEBYSCORE', K_PARK_TIMERS, '-inf', NOW_S, 'LIMIT', 0, TIMERS_MAX)
+  local budget, moved = UNPARK_MAX, 0
+  for i = 1, #due do
+    -- Out of budget: the timers left stay due, so the next call serves them.
+    if budget <= 0 then break end
+    local blocker = due[i]
+    local n, every = string.match(redis.call('HGET', K_PARK_RULES, blocker) or '',
+      '^(%d+) (%d+)')
+    n, every = tonumber(n) or 0, tonumber(every) or 0
+    if n <= 0 or n > budget then n = budget end
+    local m = unpark(blocker, n)
+    budget, moved = budget - m, moved + m
+    if m > 0 and redis.call('EXISTS', PARKED_PREFIX .. blocker) == 1 then
+      set_timer(blocker, NOW + every, n, every)
+    else
+      redis.call('ZREM', K_PARK_TIMERS, blocker)
+      redis.call('HDEL', K_PARK_RULES, blocker)
+    end
+  end
+  return moved
+end
+
+local function next_timer()
+  local t = redis.call('ZRANGE', K_PARK_TIMERS, 0, 0, 'WITHSCORES')
+  if t[2] then return tonumber(t[2]) end
+  return nil
+end

@@ -1,0 +1,28 @@
+--[[
+  lib_slots.lua — fragment: what the composed slots (ScriptRegistry.add_slot) run with.
+  Included only by a slot that a feature filled; an unfilled slot compiles to nothing.
+
+  slot_failed(slot, name, err)
+      A slot fragment raised an error. The host transition goes on (every fragment runs
+      under pcall), and the error is recorded for operators in <prefix>slot-errors
+      (HASH: '<slot>:<fragment name>' -> '<ms> <message>'; kitium_queue.parking
+      .slot_errors). Writes the fragment made before it failed stay: fragments must do
+      their checks first (see kitium_queue.slots).
+  Slot fragments may also use lib_parking.lua (park, unpark), lib_park_timers.lua
+  (park_timer), lib_events.lua (emit, wake) and lib_base.lua (PREFIX, NOW, job_key, ...).
+]]
+--@include lib_base
+--@include lib_events
+--@include lib_jobs
+--@include lib_parking
+--@include lib_park_timers
+
+local K_SLOT_ERRORS = PREFIX .. 'slot-errors'
+local SLOT_ERROR_BYTES = 500
+
+local function slot_failed(slot, name, err)
+  if type(err) == 'table' then err = err.err or err.ok end
+  local text = tostring(err)
+  if #text > SLOT_ERROR_BYTES then text = string.sub(text, 1, SLOT_ERROR_BYTES) .. '...' end
+  redis.call('HSET', K_SLOT_ERRORS, slot .. ':' .. name, NOW_S .. ' ' .. text)
+end

@@ -1,0 +1,392 @@
+"""The producer: validating, encoding and sending jobs (``add_job``, ``add_jobs``).
+
+Every job is checked and encoded on its own (``prepare``) before it joins a batch, so a
+bad job fails alone. Concurrent ``add_job`` calls share round trips: while one call is
+in flight, the others queue up and go together in the next script call. ``add_jobs``
+sends chunks of at most ``ENQUEUE_CHUNK_JOBS`` jobs, one after the other, and reports
+exactly which jobs were written when one fails (``PartialEnqueueError``). Subscribers
+hear of written jobs through the ``enqueued`` lifecycle hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .errors import ConfigurationError, PartialEnqueueError, PayloadTooLargeError
+from .jobspec import options_dict
+from .limits import (
+    ENQUEUE_CHUNK_BYTES,
+    ENQUEUE_CHUNK_JOBS,
+    MAX_DELAY_MS,
+    MAX_JOB_NAME_LENGTH,
+    MAX_OPTIONS_BYTES,
+)
+from .options import JobOptions, check_text
+from .wire import ENQUEUE_JOB
+
+if TYPE_CHECKING:
+    from .context import QueueContext
+    from .middleware import EnqueueMiddleware
+
+__all__ = [
+    "DATA",
+    "DELAY",
+    "ID",
+    "IDEMPOTENCY_KEY",
+    "LIFO",
+    "NAME",
+    "OPTS",
+    "PRIORITY",
+    "PreparedJob",
+    "Producer",
+    "ProducerAPI",
+]
+
+log = logging.getLogger(__name__)
+
+#: A job ready for ``enqueue.lua``: its arguments in the ``wire.ENQUEUE_JOB`` layout.
+PreparedJob = list[Any]
+#: Positions of the fields of a ``PreparedJob`` (``wire.ENQUEUE_JOB``).
+ID, NAME, DATA, OPTS, PRIORITY, DELAY, LIFO, IDEMPOTENCY_KEY = (
+    ENQUEUE_JOB.index(f)
+    for f in ("id", "name", "data", "opts", "priority", "delay_ms", "lifo", "idempotency_key")
+)
+# ``prepare`` builds the list as a literal (no per-job index stores), in this order.
+if tuple(range(len(ENQUEUE_JOB))) != (ID, NAME, DATA, OPTS, PRIORITY, DELAY, LIFO, IDEMPOTENCY_KEY):
+    raise ImportError("producer.prepare does not follow wire.ENQUEUE_JOB")
+
+
+class Producer:
+    """Adds jobs to one queue (``queue.producer``); ``JobQueue.add_job`` and
+    ``add_jobs`` delegate here.
+
+    Args:
+        ctx: the queue's context.
+        middleware: the queue's enqueue middleware (the list itself: middleware added
+            later applies too).
+    """
+
+    def __init__(self, ctx: QueueContext, middleware: list[EnqueueMiddleware]) -> None:
+        self.ctx = ctx
+        self.middleware = middleware
+        self._batching = False
+        self._pending: list[tuple[PreparedJob, asyncio.Future[str]]] = []
+        self._bg: set[asyncio.Future[None]] = set()
+
+    # ------------------------------------------------------------------ one job
+    async def through_middleware(
+        self, name: str, data: Any, opts: Mapping[str, Any]
+    ) -> tuple[str, Any, dict[str, Any]]:
+        """Run the enqueue middleware on a job, in the order added (none: unchanged)."""
+        for mw in self.middleware:
+            out = mw(name, data, opts)
+            if inspect.isawaitable(out):
+                out = await out
+            name, data, opts = out
+        return name, data, dict(opts)
+
+    def prepare(self, name: str, data: Any, options: Mapping[str, Any]) -> PreparedJob:
+        """Validate and encode one job into its enqueue arguments (``wire.ENQUEUE_JOB``).
+
+        Everything that reaches Redis is checked and encoded here, per job, before the
+        job joins a batch (``add_job`` coalesces concurrent calls; ``add_jobs`` sends
+        chunks): a name, id, key or option that cannot be encoded, or data that is not
+        JSON, fails this job alone with a library error naming what is wrong.
+        """
+        ctx = self.ctx
+        check_text(name, "job name", max_len=MAX_JOB_NAME_LENGTH)
+        if options:
+            opts = ctx.jobspec.check(options, "job")
+            merged = {**ctx.defaults, **opts}
+        else:
+            opts = {}
+            merged = ctx.defaults
+        raw = ctx.serializer.dumps(data)
+        if len(raw) > ctx.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"job {name!r} payload is {len(raw)} bytes, above max_payload_bytes="
+                f"{ctx.max_payload_bytes}; store large data elsewhere and pass a reference"
+            )
+        delay = merged.get("delay", 0)
+        jitter = merged.get("jitter", 0)
+        if jitter:
+            # Each is at most MAX_DELAY_MS; so is their sum.
+            delay = min(delay + random.randint(0, jitter), MAX_DELAY_MS)
+        unstored = ctx.jobspec.unstored
+        stored = {k: v for k, v in opts.items() if k not in unstored}
+        if "idempotency_key" in merged:
+            # Also when it comes from default_job_options: job.idempotency_key reads it.
+            stored["idempotency_key"] = merged["idempotency_key"]
+        try:
+            raw_opts = orjson.dumps(stored) if stored else b""
+        except TypeError as exc:  # orjson.JSONEncodeError: a feature option's odd value
+            raise ConfigurationError(
+                f"job {name!r} options cannot be encoded as JSON ({exc}); option values must "
+                "be strings, numbers, booleans or lists of them, without lone surrogates"
+            ) from None
+        if len(raw_opts) > MAX_OPTIONS_BYTES:
+            raise ConfigurationError(
+                f"job {name!r} options are {len(raw_opts)} bytes encoded, above "
+                f"{MAX_OPTIONS_BYTES}; options carry ids and settings, put data in the payload"
+            )
+        return [  # wire.ENQUEUE_JOB
+            merged.get("job_id", ""),
+            name,
+            raw,
+            raw_opts,
+            merged.get("priority", 0),
+            delay,
+            "1" if merged.get("lifo") else "0",
+            merged.get("idempotency_key", ""),
+        ]
+
+    # ------------------------------------------------------------------ API
+    async def add_job(
+        self, job_name: str, data: Any, options: JobOptions | Mapping[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> str:
+        """``JobQueue.add_job`` (documented there)."""
+        opts = {**options_dict(options), **kwargs} if options is not None else kwargs
+        if self.middleware:
+            job_name, data, opts = await self.through_middleware(job_name, data, opts)
+        prepared = self.prepare(job_name, data, opts)
+        if self._batching:
+            # Another add_job is in flight: ride along in the next batch (one round trip
+            # for every add_job issued meanwhile, e.g. from many coroutines).
+            fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._pending.append((prepared, fut))
+            return await fut
+        self._batching = True
+        try:
+            ids = await self.enqueue([prepared])
+        finally:
+            if self._pending:
+                task = asyncio.ensure_future(self._flush_pending())
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
+            else:
+                self._batching = False
+        return ids[0]
+
+    async def _flush_pending(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:ENQUEUE_CHUNK_JOBS]
+                del self._pending[:ENQUEUE_CHUNK_JOBS]
+                try:
+                    ids = await self.enqueue([p for p, _ in batch])
+                except BaseException as exc:
+                    # Callers whose jobs are known written get their ids; only the others
+                    # get the error (the underlying one, not the batch's bookkeeping).
+                    written: list[str] = []
+                    err: BaseException = exc
+                    if isinstance(exc, PartialEnqueueError):
+                        written = exc.written_ids
+                        err = exc.__cause__ or exc
+                    for i, (_, fut) in enumerate(batch):
+                        if fut.done():
+                            continue
+                        if i < len(written):
+                            fut.set_result(written[i])
+                        else:
+                            fut.set_exception(err)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, fut), job_id in zip(batch, ids, strict=True):
+                    if not fut.done():
+                        fut.set_result(job_id)
+        finally:
+            self._batching = False
+
+    async def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
+        """``JobQueue.add_jobs`` (documented there)."""
+        prepared: list[PreparedJob] = []
+        for i, j in enumerate(jobs):
+            if isinstance(j, Mapping):
+                extra = [k for k in j if k not in ("name", "data", "options", "opts")]
+                if extra:
+                    raise ConfigurationError(
+                        f"add_jobs item {i}: unknown key(s) {extra}; use name, data, options"
+                    )
+                name, data = j.get("name"), j.get("data")
+                opts = options_dict(j.get("options", j.get("opts")))
+            elif isinstance(j, (tuple, list)) and len(j) in (2, 3):
+                name, data = j[0], j[1]
+                opts = options_dict(j[2]) if len(j) == 3 else {}
+            else:
+                raise ConfigurationError(
+                    f"add_jobs item {i} must be a dict or a (name, data[, options]) tuple"
+                )
+            if self.middleware:
+                name, data, opts = await self.through_middleware(str(name or ""), data, opts)
+            prepared.append(self.prepare(str(name or ""), data, opts))
+        return await self.enqueue(prepared)
+
+    # ------------------------------------------------------------------ sending
+    async def enqueue(self, prepared: Sequence[PreparedJob]) -> list[str]:
+        """Write prepared jobs (chunked, in order); returns their ids.
+
+        Raises ``PartialEnqueueError`` when a chunk fails after earlier ones were
+        written, or the server refused a job (see ``JobQueue.add_jobs``).
+        """
+        ctx = self.ctx
+        span = None
+        if ctx.telemetry is not None:
+            span = ctx.telemetry.start_span(
+                "kitium.enqueue", {"queue": ctx.name, "job.count": len(prepared)}
+            )
+        ids: list[str] = []
+        try:
+            client = await ctx.client()
+            keys = ctx.keys.all
+            failure: PartialEnqueueError | None = None
+            # One script call per chunk, each awaited before the next is sent: every call
+            # has its own reply deadline (a pipeline of all chunks shared one, and a
+            # timeout left an unknown subset written), and when one fails, every job of
+            # the chunks before it is known to be in Redis.
+            for chunk in _enqueue_chunks(prepared):
+                args: list[Any] = [*ctx.argv_head(), ctx.idempotency_ttl]
+                for p in chunk:
+                    args.extend(p)
+                try:
+                    reply = await ctx.scripts.call(client, "enqueue", keys, args)
+                except Exception as exc:
+                    if not ids:
+                        raise  # nothing of this call is known written: the error as it is
+                    failure = _partial_enqueue(
+                        ids, len(prepared), f"{type(exc).__name__}: {exc}", unknown=True
+                    )
+                    failure.__cause__ = exc
+                    break
+                for k in range(0, len(reply), 2):
+                    if reply[k + 1] == b"err":
+                        # The script refused this job before writing any of it, and
+                        # stopped there: the rest of the chunk was not written either.
+                        failure = _partial_enqueue(
+                            ids, len(prepared), reply[k].decode(), unknown=False
+                        )
+                        break
+                    ids.append(reply[k].decode())
+                if failure is not None:
+                    break
+            if failure is not None:
+                # The jobs before the failure are in Redis: announce them, but never let
+                # a subscriber's error hide which ones they are.
+                try:
+                    self._announce(ids, prepared)
+                except Exception:
+                    log.exception("queue %s: reporting the jobs added failed", ctx.name)
+                raise failure
+        except Exception as exc:
+            if span is not None:
+                span.record_exception(exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
+        self._announce(ids, prepared)
+        return ids
+
+    def _announce(self, ids: list[str], prepared: Sequence[PreparedJob]) -> None:
+        hooks = self.ctx.hooks
+        if ids and hooks.enqueued:
+            hooks.emit_enqueued(self.ctx.name, ids, [p[NAME] for p in prepared[: len(ids)]])
+
+
+def _enqueue_chunks(prepared: Sequence[PreparedJob]) -> Iterator[Sequence[PreparedJob]]:
+    """Split prepared jobs into enqueue calls of at most ENQUEUE_CHUNK_JOBS jobs and about
+    ENQUEUE_CHUNK_BYTES of payload: one script call runs alone on the server, and Redis
+    drops a client whose single command outgrows its query buffer."""
+    chunk: list[PreparedJob] = []
+    size = 0
+    for p in prepared:
+        n = len(p[DATA])
+        if chunk and (len(chunk) >= ENQUEUE_CHUNK_JOBS or size + n > ENQUEUE_CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(p)
+        size += n
+    if chunk:
+        yield chunk
+
+
+def _partial_enqueue(
+    written: list[str], total: int, why: str, *, unknown: bool
+) -> PartialEnqueueError:
+    """The error of an enqueue that stopped after ``written`` of ``total`` jobs.
+
+    ``unknown``: whether the jobs from ``len(written)`` on may have been written anyway
+    (a chunk whose reply never came) rather than certainly not (a job the script refused).
+    """
+    done = len(written)
+    known = f"jobs 0 to {done - 1} are in the queue" if done else "no job was added"
+    rest = "may or may not have been added" if unknown else "were not added"
+    return PartialEnqueueError(
+        f"enqueue stopped at job {done} of {total} ({why}): {known}; job {done} and later "
+        f"{rest}. Retrying jobs[{done}:] is idempotent for jobs with a job_id or "
+        "idempotency_key",
+        written_ids=list(written),
+        failed_from=done,
+    )
+
+
+class ProducerAPI:
+    """The producer methods of ``JobQueue`` (delegating to ``queue.producer``)."""
+
+    producer: Producer
+
+    async def add_job(
+        self,
+        job_name: str,
+        data: Any = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Add a job; returns its id.
+
+        Options are keyword arguments (``attempts=5, delay=1000, priority=10``) or a
+        ``JobOptions``/dict. With ``job_id`` or ``idempotency_key`` matching an existing
+        job, the existing id is returned and nothing is written.
+
+        Raises:
+            ConfigurationError: unknown or invalid option (the message names it).
+            SerializationError: ``data`` is not JSON-serializable.
+            PayloadTooLargeError: encoded data above ``max_payload_bytes``.
+        """
+        return await self.producer.add_job(job_name, data, options, kwargs)
+
+    async def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
+        """Add many jobs in few round trips; returns their ids in order.
+
+        Each job is a dict ``{"name": ..., "data": ..., "options": {...}}`` (``opts`` is
+        accepted for ``options``), or a tuple ``(name, data)`` / ``(name, data, options)``.
+        All jobs are validated before any is written.
+
+        The call is not one transaction: the jobs go in chunks of at most
+        ``ENQUEUE_CHUNK_JOBS`` jobs (and about ``ENQUEUE_CHUNK_BYTES`` of payload), one
+        atomic script call per chunk, sent one after the other, each with its own reply
+        deadline (``scripts.REPLY_TIMEOUT_S``). So a large call never holds Redis for
+        long, and a failure is pinned to one chunk.
+
+        Raises:
+            PartialEnqueueError: a chunk failed after earlier ones were written, or the
+                server refused a job; ``written_ids`` lists the ids of the jobs known
+                written (in order), ``failed_from`` the index of the first job that is
+                not. Retrying ``jobs[failed_from:]`` is idempotent when those jobs carry
+                a ``job_id`` or an ``idempotency_key`` (jobs already written come back
+                as the existing ids, nothing is written twice); jobs with auto ids may
+                be added twice by such a retry if the failed chunk was in fact written.
+            ConfigurationError, SerializationError, PayloadTooLargeError: a job is
+                invalid; nothing was written.
+            Other errors (connection, timeout, permission) from the first chunk: no job
+                is known written; the first chunk's jobs may or may not be.
+        """
+        return await self.producer.add_jobs(jobs)

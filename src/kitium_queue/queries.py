@@ -1,0 +1,568 @@
+"""The read API: what a dashboard or an operator asks of a queue.
+
+Jobs by state (a page by offset, or by a cursor that stays put while jobs come and
+go), one job's record and detail (the worker holding it, its lease deadline), its logs,
+counts per state, health, and the durable event stream. Reads never change anything and
+never raise because of one damaged record: it is returned with ``damaged`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from .context import CONNECT_TIMEOUT_S
+from .enums import JobStatus
+from .errors import ConfigurationError
+from .events import PROGRESS_BYTES_FIELD, StreamEvent, read_stream
+from .job import JobInfo
+from .limits import MAX_DELAY_MS
+from .options import MAX_QUERY_LIMIT, shown, to_int
+from .parking import parked_ids
+from .records import JobDetail, decode_id, job_values, stored_status
+
+if TYPE_CHECKING:
+    from .context import QueueContext
+    from .schedules import Schedule, ScheduleStore
+
+__all__ = [
+    "HealthStatus",
+    "JobPage",
+    "Queries",
+    "QueryAPI",
+    "QueueStats",
+    "is_stream_id",
+    "parse_status",
+    "query_id",
+    "query_limit",
+]
+
+#: The state set of each status (PAUSED: the waiting jobs of a paused queue).
+_STATUS_SETS = {
+    JobStatus.WAITING: "wait",
+    JobStatus.PAUSED: "wait",
+    JobStatus.ACTIVE: "active",
+    JobStatus.DELAYED: "delayed",
+    JobStatus.COMPLETED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.DLQ: "dlq",
+}
+#: Listed newest first (by finish time); the others in run order.
+_NEWEST_FIRST = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DLQ}
+#: The state sets a job can be found in, in the order ``_find_state`` looks.
+_STATE_SETS = (
+    (JobStatus.ACTIVE, "active"),
+    (JobStatus.WAITING, "wait"),
+    (JobStatus.DELAYED, "delayed"),
+    (JobStatus.DLQ, "dlq"),
+    (JobStatus.FAILED, "failed"),
+    (JobStatus.COMPLETED, "completed"),
+)
+#: Largest |start| / |end| of ``get_job_logs`` (Redis list indexes are signed 64-bit).
+_MAX_INDEX = 2**63 - 1
+#: Largest ``offset`` of ``get_jobs_by_status`` (offset + limit stays a valid index).
+MAX_QUERY_OFFSET = _MAX_INDEX - MAX_QUERY_LIMIT
+_STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+# Members read per round while skipping past a cursor (see ``_after``).
+_SKIP_BATCH = 100
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """Counts per state. ``latency_ms``: how long the next job in line has waited."""
+
+    waiting: int
+    active: int
+    delayed: int
+    completed: int
+    failed: int
+    dlq: int
+    paused: int
+    is_paused: bool
+    latency_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+@dataclass(slots=True)
+class HealthStatus:
+    """Result of ``health_check()``; truthy when healthy."""
+
+    healthy: bool
+    redis_latency_ms: float | None
+    backend: str
+    error: str | None = None
+    worker_running: bool = False
+
+    def __bool__(self) -> bool:
+        return self.healthy
+
+
+@dataclass(slots=True)
+class JobPage:
+    """One page of ``list_jobs``.
+
+    Attributes:
+        jobs: the jobs of the page, in the order of their state (see
+            ``get_jobs_by_status``).
+        next_cursor: pass it as ``cursor=`` for the next page; None when this page
+            reached the end of the state.
+    """
+
+    jobs: list[JobInfo] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+# ---------------------------------------------------------------------------- argument checks
+def parse_status(status: JobStatus | str) -> JobStatus:
+    """``status`` as a ``JobStatus``, or ``ConfigurationError`` listing the valid ones."""
+    try:
+        return JobStatus(status)
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown status {status!r}; use one of {[s.value for s in JobStatus]}"
+        ) from None
+
+
+def query_limit(limit: Any, what: str = "limit") -> int:
+    """The ``limit`` of a query: an int from 0 (nothing) to ``MAX_QUERY_LIMIT``."""
+    return to_int(limit, what, minimum=0, maximum=MAX_QUERY_LIMIT)
+
+
+def query_id(job_id: Any) -> str:
+    """A job id given to a query, as text that can be sent to Redis.
+
+    Ints are accepted (``get_job_status(3)``). Ids that were stored before names were
+    checked may hold control characters, so only what cannot be encoded at all (a lone
+    surrogate) or is not an id is refused.
+    """
+    if isinstance(job_id, int) and not isinstance(job_id, bool):
+        return str(job_id)
+    if not isinstance(job_id, str) or not job_id:
+        raise ConfigurationError(f"job_id must be a non-empty string, got {shown(job_id)}")
+    try:
+        job_id.encode()
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"job_id {shown(job_id)} holds a lone surrogate and cannot name a job (no job "
+            "can be added with such an id)"
+        ) from None
+    return job_id
+
+
+def is_stream_id(value: Any) -> bool:
+    """What ``events(last_id=...)`` accepts: "$", or a stream id "<ms>" / "<ms>-<seq>"
+    with both parts unsigned 64-bit numbers (Redis refuses anything else)."""
+    if value == "$":
+        return True
+    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+        return False
+    return all(int(part) < 2**64 for part in value.split("-"))
+
+
+def _cursor(status: JobStatus, member: bytes | str, score: float) -> str:
+    # "<status>:<score>:<member, base64url>": the member as stored (it may not be UTF-8),
+    # the score exactly (repr round-trips a float).
+    raw = member.encode() if isinstance(member, str) else member
+    return f"{status.value}:{score!r}:{base64.urlsafe_b64encode(raw).decode()}"
+
+
+def _parse_cursor(cursor: Any, status: JobStatus) -> tuple[float, bytes]:
+    bad = ConfigurationError(
+        f"cursor must be a next_cursor returned by list_jobs for status "
+        f"{status.value!r}, got {shown(cursor)}"
+    )
+    if not isinstance(cursor, str):
+        raise bad
+    parts = cursor.split(":", 2)
+    if len(parts) != 3 or parts[0] != status.value:
+        raise bad
+    try:
+        score = float(parts[1])
+        member = base64.b64decode(parts[2].encode(), altchars=b"-_", validate=True)
+    except (ValueError, binascii.Error):
+        raise bad from None
+    if not math.isfinite(score):
+        raise bad
+    if status is JobStatus.PENDING and not (score >= 0 and score.is_integer()):
+        raise bad  # an offset (see list_jobs)
+    return score, member
+
+
+# ---------------------------------------------------------------------------- component
+class Queries:
+    """The read API of one queue (``queue.queries``); ``JobQueue``'s query methods
+    delegate here and document the behaviour."""
+
+    def __init__(self, ctx: QueueContext) -> None:
+        self.ctx = ctx
+
+    async def get_job_status(self, job_id: str) -> JobInfo | None:
+        """``JobQueue.get_job_status``."""
+        loaded = await self._load(job_id, detail=False)
+        return None if loaded is None else JobInfo(**loaded[0])
+
+    async def get_job_detail(self, job_id: str) -> JobDetail | None:
+        """``JobQueue.get_job_detail``."""
+        loaded = await self._load(job_id, detail=True)
+        if loaded is None:
+            return None
+        values, (worker, deadline, log_lines) = loaded
+        return JobDetail(
+            **values,
+            worker=worker.decode("utf-8", "backslashreplace") if worker else None,
+            lease_deadline=None if deadline is None else int(deadline),
+            log_lines=int(log_lines),
+        )
+
+    async def _load(self, job_id: str, *, detail: bool) -> tuple[dict[str, Any], list[Any]] | None:
+        """The ``JobInfo`` fields of one job, and with ``detail`` its worker field, its
+        score in ``active`` and its log length; None if the job does not exist."""
+        jid = query_id(job_id)
+        ctx = self.ctx
+        client = await ctx.client()
+        pipe = client.pipeline(transaction=False)
+        pipe.hgetall(ctx.keys.job(jid))
+        pipe.hget(ctx.keys.meta, "paused")
+        if detail:
+            pipe.zscore(ctx.keys.active, jid)
+            pipe.llen(ctx.keys.logs(jid))
+        raw, paused, *extra = await pipe.execute()
+        if not raw:
+            return None
+        found_in = None
+        if stored_status(raw) is None:
+            # Unknown state on the record: say where the job actually is, if anywhere.
+            found_in = await self._find_state(jid)
+        values = job_values(jid, raw, paused=paused == b"1", serializer=ctx.serializer,
+                            base=ctx.policy, found_in=found_in)
+        return values, [raw.get(b"w"), *extra] if detail else extra
+
+    async def _find_state(self, job_id: str) -> JobStatus | None:
+        ctx = self.ctx
+        client = await ctx.client()
+        pipe = client.pipeline(transaction=False)
+        for _, attr in _STATE_SETS:
+            pipe.zscore(getattr(ctx.keys, attr), job_id)
+        scores = await pipe.execute()
+        for (status, _), score in zip(_STATE_SETS, scores, strict=True):
+            if score is not None:
+                return status
+        return None
+
+    async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
+        """``JobQueue.get_job_logs``."""
+        jid = query_id(job_id)
+        first = to_int(start, "start", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
+        last = to_int(end, "end", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
+        client = await self.ctx.client()
+        lines = await client.lrange(self.ctx.keys.logs(jid), first, last)
+        # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
+        return [b.decode("utf-8", "backslashreplace") for b in lines]
+
+    async def get_jobs_by_status(
+        self, status: JobStatus | str, limit: int = 100, offset: int = 0
+    ) -> list[JobInfo]:
+        """``JobQueue.get_jobs_by_status``."""
+        st = parse_status(status)
+        n = query_limit(limit)
+        first = to_int(offset, "offset", minimum=0, maximum=MAX_QUERY_OFFSET)
+        if n == 0:
+            return []
+        if st is JobStatus.PENDING:
+            return await self.infos(await parked_ids(self.ctx, n, first), st)
+        client = await self.ctx.client()
+        key = getattr(self.ctx.keys, _STATUS_SETS[st])
+        if st is JobStatus.PAUSED and not await client.hget(self.ctx.keys.meta, "paused"):
+            return []
+        if st in _NEWEST_FIRST:
+            ids = await client.zrevrange(key, first, first + n - 1)
+        else:
+            ids = await client.zrange(key, first, first + n - 1)
+        found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
+        return await self.infos(ids, found_in)
+
+    async def list_jobs(
+        self, status: JobStatus | str, *, limit: int = 100, cursor: str | None = None
+    ) -> JobPage:
+        """``JobQueue.list_jobs``."""
+        st = parse_status(status)
+        n = to_int(limit, "limit", minimum=1, maximum=MAX_QUERY_LIMIT)
+        after = None if cursor is None else _parse_cursor(cursor, st)
+        if st is JobStatus.PENDING:
+            # Parked jobs are spread over one set per blocker (parking.py): their pages
+            # go by position in the merged order.
+            first = 0 if after is None else int(after[0])
+            ids = await parked_ids(self.ctx, n, first)
+            more = _cursor(st, b"", float(first + len(ids))) if len(ids) == n else None
+            return JobPage(await self.infos(ids, st), more)
+        client = await self.ctx.client()
+        key = getattr(self.ctx.keys, _STATUS_SETS[st])
+        if st is JobStatus.PAUSED and not await client.hget(self.ctx.keys.meta, "paused"):
+            return JobPage()
+        newest_first = st in _NEWEST_FIRST
+        if after is None:
+            if newest_first:
+                page = await client.zrevrange(key, 0, n - 1, withscores=True)
+            else:
+                page = await client.zrange(key, 0, n - 1, withscores=True)
+        else:
+            page = await _after(client, key, after, n, newest_first)
+        found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
+        jobs = await self.infos([m for m, _ in page], found_in)
+        nxt = _cursor(st, *page[-1]) if len(page) == n else None
+        return JobPage(jobs, nxt)
+
+    async def infos(
+        self, ids: Sequence[str | bytes], found_in: JobStatus | None = None
+    ) -> list[JobInfo]:
+        """The records of ``ids`` (as read from a state set: bytes are used as they are,
+        so a member that is not UTF-8 is still looked up and shown escaped); ids whose
+        record is gone are left out."""
+        if not ids:
+            return []
+        ctx = self.ctx
+        client = await ctx.client()
+        base = ctx.keys.job("")
+        base_b = base.encode()
+        pipe = client.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(base_b + i if isinstance(i, bytes) else base + i)
+        pipe.hget(ctx.keys.meta, "paused")
+        *raws, paused = await pipe.execute()
+        is_paused = paused == b"1"
+        out: list[JobInfo] = []
+        for i, r in zip(ids, raws, strict=True):
+            if not r:
+                continue
+            problems: list[str] = []
+            jid = decode_id(i, problems)
+            out.append(JobInfo(**job_values(
+                jid, r, paused=is_paused, serializer=ctx.serializer, base=ctx.policy,
+                found_in=found_in, problems=problems,
+            )))
+        return out
+
+    async def get_stats(self) -> QueueStats:
+        """``JobQueue.get_stats``."""
+        r = await self.ctx.run("stats")
+        waiting, active, delayed, completed, failed, dlq = (int(x) for x in r[:6])
+        is_paused = r[6] == b"1"
+        oldest, now = int(r[7]), int(r[8])
+        return QueueStats(
+            waiting=waiting,
+            active=active,
+            delayed=delayed,
+            completed=completed,
+            failed=failed,
+            dlq=dlq,
+            paused=waiting if is_paused else 0,
+            is_paused=is_paused,
+            latency_ms=max(0, now - oldest) if oldest >= 0 else 0,
+        )
+
+    async def health_check(self, worker_running: Callable[[], bool]) -> HealthStatus:
+        """``JobQueue.health_check``; ``worker_running()`` tells whether this process
+        runs a worker of the queue."""
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        try:
+            client = await ctx.client()
+            t0 = loop.time()
+            await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
+            latency = (loop.time() - t0) * 1000
+        except Exception as exc:
+            # The error may quote the connection (a redis-py message, a bad setting): it
+            # goes through the same redaction as ``backend`` (never the raw text).
+            error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
+            return HealthStatus(False, None, ctx.connection.describe(), error)
+        return HealthStatus(
+            True, round(latency, 3), ctx.connection.describe(), None, worker_running()
+        )
+
+    async def events(
+        self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True
+    ) -> AsyncIterator[StreamEvent]:
+        """``JobQueue.events``."""
+        if not is_stream_id(last_id):
+            raise ConfigurationError(
+                f"last_id must be '$' (new events only), '0' (from the start) or a stream "
+                f"id such as '1700000000000-0', got {shown(last_id)}"
+            )
+        block = to_int(
+            block_ms, "block_ms", minimum=0 if follow else 1, maximum=MAX_DELAY_MS
+        )
+        conn = self.ctx.connection
+        client = conn.client(blocking=True)
+        try:
+            async for ev in read_stream(
+                client, self.ctx.keys.events, last_id=last_id, block_ms=block, follow=follow
+            ):
+                if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
+                    ev = await self._with_progress(ev)
+                yield ev
+        finally:
+            if conn.owns(client):
+                await client.aclose()
+
+    async def _with_progress(self, ev: StreamEvent) -> StreamEvent:
+        """``ev`` with ``progress`` read from its job's record (left out if it is gone)."""
+        fields_ = dict(ev.fields)
+        try:
+            jid = query_id(ev.job_id)
+        except ConfigurationError:
+            return ev
+        raw = await (await self.ctx.client()).hget(self.ctx.keys.job(jid), "pg")
+        if raw is not None:
+            fields_["progress"] = raw.decode("utf-8", "backslashreplace")
+        return StreamEvent(ev.id, ev.event, ev.job_id, fields_)
+
+
+async def _after(
+    client: Any, key: str, after: tuple[float, bytes], n: int, newest_first: bool
+) -> list[tuple[bytes, float]]:
+    """Up to ``n`` members of sorted set ``key`` that come after ``after`` (score,
+    member) in the set's order (descending for ``newest_first``).
+
+    By score, not by position: jobs that arrive or leave meanwhile do not shift the
+    page. Members with the cursor's own score are ordered by their bytes, as Redis
+    orders them; those at or before the cursor are skipped.
+    """
+    score, member = after
+    out: list[tuple[bytes, float]] = []
+    start = 0
+    batch = max(n, _SKIP_BATCH)
+    bound = repr(score)
+    while len(out) < n:
+        if newest_first:
+            got = await client.zrevrangebyscore(
+                key, bound, "-inf", start=start, num=batch, withscores=True
+            )
+        else:
+            got = await client.zrangebyscore(
+                key, bound, "+inf", start=start, num=batch, withscores=True
+            )
+        for m, s in got:
+            if s == score and (m >= member if newest_first else m <= member):
+                continue
+            out.append((m, s))
+        if len(got) < batch:
+            break
+        start += len(got)
+    return out[:n]
+
+
+class QueryAPI:
+    """The query methods of ``JobQueue`` (delegating to ``queue.queries``)."""
+
+    queries: Queries
+
+    if TYPE_CHECKING:
+
+        @property
+        def schedules(self) -> ScheduleStore: ...
+
+        @property
+        def worker(self) -> Any: ...
+
+    async def get_job_status(self, job_id: str) -> JobInfo | None:
+        """The stored record of a job, or None if it does not exist (or was removed).
+
+        A damaged record (options that are not JSON, an unknown state, counters that are
+        not numbers, text that is not UTF-8) is returned as a ``JobInfo`` whose
+        ``damaged`` says what is wrong, never as an exception.
+
+        Raises ``ConfigurationError`` for an id that cannot name a job (not a string or
+        int, or holding a lone surrogate).
+        """
+        return await self.queries.get_job_status(job_id)
+
+    async def get_job_detail(self, job_id: str) -> JobDetail | None:
+        """``get_job_status`` plus what an operator asks about a running job: the worker
+        that holds it (``worker``), when its lease expires (``lease_deadline``, while
+        active) and how many log lines it has. None if the job does not exist."""
+        return await self.queries.get_job_detail(job_id)
+
+    async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
+        """Log lines a processor wrote with ``job.log`` (``start``/``end`` as in
+        ``LRANGE``: 0-based, negative counts from the end, ``end`` inclusive)."""
+        return await self.queries.get_job_logs(job_id, start, end)
+
+    async def get_jobs_by_status(
+        self, status: JobStatus | str, limit: int = 100, offset: int = 0
+    ) -> list[JobInfo]:
+        """Jobs in a state: waiting/delayed/active in run order, finished ones newest first,
+        pending (parked) ones in the order they would run if nothing blocked them.
+
+        ``limit``: an int from 0 (returns nothing) to ``MAX_QUERY_LIMIT`` (100,000);
+        ``offset``: how many to skip first (an int >= 0); anything else raises
+        ``ConfigurationError``. A damaged record is returned as a ``JobInfo`` with
+        ``damaged`` set (see ``get_job_status``) and the others as usual. Offsets shift
+        while jobs come and go; to page through a busy state use ``list_jobs``.
+        """
+        return await self.queries.get_jobs_by_status(status, limit, offset)
+
+    async def list_jobs(
+        self, status: JobStatus | str, *, limit: int = 100, cursor: str | None = None
+    ) -> JobPage:
+        """A page of jobs in a state, in the order of ``get_jobs_by_status``, and the
+        cursor of the next page.
+
+        The cursor marks a place in the state's order (not a position), so jobs that
+        arrive or leave meanwhile neither repeat nor skip the jobs after it (pending
+        jobs, kept in one set per blocker, are paged by position). ``limit``: an int
+        from 1 to ``MAX_QUERY_LIMIT``. Example::
+
+            page = await queue.list_jobs("completed", limit=50)
+            while page.next_cursor:
+                page = await queue.list_jobs("completed", limit=50, cursor=page.next_cursor)
+        """
+        return await self.queries.list_jobs(status, limit=limit, cursor=cursor)
+
+    async def get_stats(self) -> QueueStats:
+        """Counts per state, whether the queue is paused, and ``latency_ms``."""
+        return await self.queries.get_stats()
+
+    async def health_check(self) -> HealthStatus:
+        """Ping Redis; healthy when it answers. Never raises."""
+        return await self.queries.health_check(
+            lambda: self.worker is not None and bool(self.worker.running)
+        )
+
+    async def get_dlq_jobs(self, limit: int = 100) -> list[JobInfo]:
+        """Dead-lettered jobs, newest first, with ``failed_reason`` and ``stacktrace``.
+
+        ``limit``: 0 to ``MAX_QUERY_LIMIT`` (100,000), as in ``get_jobs_by_status``.
+        """
+        return await self.queries.get_jobs_by_status(JobStatus.DLQ, limit)
+
+    def events(
+        self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True
+    ) -> AsyncIterator[StreamEvent]:
+        """Iterate the durable event stream (events of every process, written atomically
+        with each transition). ``last_id="0"`` replays what the stream still holds;
+        ``follow=False`` stops when no event arrives within ``block_ms`` (1 ms to 10
+        years; with ``follow=True`` 0 is allowed too and waits without a deadline).
+
+        A ``job-progress`` event whose value was too large for the stream (it carries
+        ``progress_bytes``) gets ``progress`` from the job record, see ``StreamEvent``.
+        """
+        return self.queries.events(last_id=last_id, block_ms=block_ms, follow=follow)
+
+    async def get_schedules(self) -> list[Schedule]:
+        """Every schedule of this queue, oldest first."""
+        return await self.schedules.list()
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        """One schedule (definition and state), or None."""
+        return await self.schedules.get(schedule_id)

@@ -1,0 +1,269 @@
+"""The job record: the fields of a job's hash, and its decoding into ``JobInfo``.
+
+Every job is one Redis hash, ``<prefix>:{<queue>}:job:<id>`` (``QueueKeys.job``), written
+only by the Lua scripts. Its fields have short names (the hash is stored once per job, so
+bytes count); ``JOB_FIELDS`` below is the one table of them, with what each holds and
+which scripts write it (Lua library functions are named without their file, which may
+move). ``tests/test_records.py`` checks the table against the Lua sources both ways.
+
+The job's place in the queue is not on the record but in the state sets (``wait``,
+``delayed``, ``active``, ``completed``, ``failed``, ``dlq``; parked jobs in their
+blocker's set): the score of ``active`` is the lease deadline, of ``delayed`` the due
+time, of the finished sets the finish time.
+
+The layouts of the script arguments and replies (enqueue, claim, finish, outcome codes)
+are in ``wire.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+import orjson
+
+from .codec import Serializer
+from .enums import JobStatus
+from .job import JobInfo
+from .jobspec import resolve_policy
+from .limits import clip
+from .options import Policy, shown
+
+__all__ = [
+    "JOB_FIELDS",
+    "META_FIELDS",
+    "JobDetail",
+    "JobField",
+    "decode_id",
+    "job_values",
+    "stored_status",
+]
+
+
+class JobField(NamedTuple):
+    """One field of the job hash: its name, what it holds, and who writes it."""
+
+    name: str
+    meaning: str
+    writers: str
+
+
+_ENQ = "enqueue.lua, schedule_fire.lua (add_job, a Lua library function)"
+
+#: The fields of a job's hash. Times are ms since the epoch on the Redis clock, numbers
+#: are decimal text.
+JOB_FIELDS: Final[dict[str, JobField]] = {
+    f.name: f
+    for f in (
+        JobField("n", "job name (selects the processor)", _ENQ),
+        JobField("d", "payload, encoded by the queue's serializer and codecs", _ENQ),
+        JobField("ts", "created at (ms)", _ENQ),
+        JobField("p", "priority 0..65535, higher runs first", _ENQ),
+        JobField("q", "enqueue sequence number, negative for LIFO jobs; with 'p' it gives "
+                 "the score in 'wait'", _ENQ),
+        JobField("o", "stored options, JSON (only the options the job set; absent when "
+                 "none); read by the worker and by the features' Lua", _ENQ),
+        JobField("ik", "idempotency key the job was added with", "enqueue.lua"),
+        JobField("st", "state: waiting | delayed | pending (parked) | active | completed | "
+                 "failed | dlq (absent = waiting)", "every transition script"),
+        JobField("pk", "blocker of a parked job (the key it is parked behind), while "
+                 "pending", "park in lib_parking.lua; removed when unparked"),
+        JobField("a", "attempts made, the running one included; a deferred or handed-back "
+                 "run and a stalled one are not counted",
+                 "claim.lua (+1), finish.lua (D, H: -1), recover (-1), retry/replay (0)"),
+        JobField("s", "stalls: times its lease expired while it ran",
+                 "recover (+1), retry/replay (0)"),
+        JobField("due", "delayed until (ms), while delayed",
+                 "push_delayed; removed by promote and retry"),
+        JobField("lt", "lease (fencing) token of the current run, while active",
+                 "claim.lua; removed by finish, recover, dead_letter, retry"),
+        JobField("ps", "processing started at (ms): the start of the latest run", "claim.lua"),
+        JobField("w", "id of the worker that claimed the latest run (host:pid:random): "
+                 "the holder while the job is active", "claim.lua"),
+        JobField("cx", "cancel requested by cancel_job() for the running job ('1')",
+                 "cancel.lua; read by extend.lua; removed by finish, recover, retry"),
+        JobField("pg", "progress reported by the processor, JSON",
+                 "update.lua; removed by retry/replay"),
+        JobField("e", "failure reason of the latest failed run",
+                 "finish.lua (R, F), dead_letter"),
+        JobField("tb", "traceback of the latest failed run",
+                 "finish.lua (R, F), dead_letter"),
+        JobField("le", "last error: the reason of an earlier failure, kept once the job "
+                 "completed or was retried by hand", "finish.lua (C), requeue"),
+        JobField("f", "finished at (ms): completed or failed for good",
+                 "finish.lua (C), dead_letter"),
+        JobField("r", "result, encoded by the queue's serializer and codecs",
+                 "finish.lua (C)"),
+        JobField("m", "free-form completion metadata ('meta' of a C outcome, when given)",
+                 "finish.lua (C)"),
+    )
+}
+
+#: The fields of the queue's meta hash (``QueueKeys.meta``).
+META_FIELDS: Final[dict[str, JobField]] = {
+    f.name: f
+    for f in (
+        JobField("paused", "'1' while the queue is paused", "pause.lua"),
+        JobField("outbox_cap", "length cap of the outbox stream", "Outbox.set_cap"),
+        JobField("parked", "how many jobs are parked in all", "lib_parking.lua"),
+    )
+}
+
+
+@dataclass(slots=True)
+class JobDetail(JobInfo):
+    """A ``JobInfo`` with what an operator asks about a running job (``get_job_detail``).
+
+    Attributes:
+        worker: id of the worker that claimed the latest run (``host:pid:random``): it
+            holds the job while ``status`` is active; None if the job never ran.
+        lease_deadline: while active, when its lease expires (ms since the epoch on the
+            Redis clock) unless the worker renews it: past it, the job is recovered.
+        log_lines: how many log lines the job has (``get_job_logs``).
+    """
+
+    worker: str | None = None
+    lease_deadline: int | None = None
+    log_lines: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = JobInfo.to_dict(self)
+        out["worker"] = self.worker
+        out["lease_deadline"] = self.lease_deadline
+        out["log_lines"] = self.log_lines
+        return out
+
+
+_STATES = {s.value.encode(): s for s in JobStatus}
+
+
+def stored_status(raw: Mapping[bytes, bytes]) -> JobStatus | None:
+    """The state written on a job hash (missing = waiting), or None when it is unknown."""
+    return _STATES.get(raw.get(b"st") or b"waiting")
+
+
+def decode_id(member: str | bytes, problems: list[str]) -> str:
+    """A job id as read from a state set; one that is not UTF-8 is shown escaped (and
+    noted in ``problems``)."""
+    if not isinstance(member, bytes):
+        return member
+    try:
+        return member.decode()
+    except UnicodeDecodeError:
+        problems.append("job id is not valid UTF-8")
+        return member.decode("utf-8", "backslashreplace")
+
+
+def job_values(
+    job_id: str,
+    raw: Mapping[bytes, bytes],
+    *,
+    paused: bool,
+    serializer: Serializer,
+    base: Policy,
+    found_in: JobStatus | None = None,
+    problems: list[str] | None = None,
+) -> dict[str, Any]:
+    """The ``JobInfo`` fields of a job hash, as keyword arguments
+    (``JobInfo(**job_values(...))``).
+
+    Never raises on damaged fields: what could be read is filled in, the rest keeps its
+    default, and ``damaged`` names every problem (together with ``problems`` found
+    before, such as an id that is not UTF-8). ``found_in``: the state set the job was
+    found in, used when the record's own state is unknown. ``base``: the queue's policy,
+    for ``max_attempts``.
+    """
+    g = raw.get
+    damage = list(problems or ())
+
+    def text(key: bytes, what: str) -> str | None:
+        v = g(key)
+        if not v:
+            return None
+        try:
+            return v.decode()
+        except UnicodeDecodeError:
+            damage.append(f"{what} is not valid UTF-8")
+            return v.decode("utf-8", "backslashreplace")
+
+    def num(key: bytes, what: str) -> int | None:
+        v = g(key)
+        if not v:
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            pass
+        try:
+            f = float(v)
+        except ValueError:
+            f = math.nan
+        if math.isfinite(f):
+            return int(f)
+        damage.append(f"{what} is not a number: {shown(v)}")
+        return None
+
+    st = stored_status(raw)
+    if st is None:
+        damage.append(f"unknown state {shown(g(b'st'))}")
+        st = found_in or JobStatus.PENDING
+    if st is JobStatus.WAITING and paused:
+        st = JobStatus.PAUSED
+    opts: dict[str, Any] = {}
+    raw_opts = g(b"o")
+    if raw_opts:
+        try:
+            parsed = orjson.loads(raw_opts)
+        except orjson.JSONDecodeError:
+            damage.append("options are not valid JSON")
+        else:
+            if isinstance(parsed, dict):
+                opts = parsed
+            else:
+                damage.append("options are not a JSON object")
+    policy, bad_opts = resolve_policy(opts, base)
+    damage.extend(bad_opts)
+    data: Any = None
+    if g(b"d") is not None:
+        try:
+            data = serializer.loads(g(b"d") or b"")
+        except Exception as exc:
+            damage.append(f"data cannot be decoded ({clip(str(exc), 200)})")
+    result: Any = None
+    if g(b"r"):
+        try:
+            result = serializer.loads(g(b"r") or b"", "result")
+        except Exception as exc:
+            damage.append(f"result cannot be decoded ({clip(str(exc), 200)})")
+    progress: Any = None
+    if g(b"pg"):
+        try:
+            progress = orjson.loads(g(b"pg") or b"null")
+        except orjson.JSONDecodeError:
+            damage.append("progress is not valid JSON")
+
+    values: dict[str, Any] = {
+        "id": job_id,
+        "name": text(b"n", "name") or "",
+        "status": st,
+        "data": data,
+        "progress": progress,
+        "attempts": num(b"a", "attempts") or 0,
+        "max_attempts": policy.attempts,
+        "priority": num(b"p", "priority") or 0,
+        "created_at": num(b"ts", "created_at"),
+        "started_at": num(b"ps", "started_at"),
+        "finished_at": num(b"f", "finished_at"),
+        "delayed_until": num(b"due", "delayed_until"),
+        "result": result,
+        "failed_reason": text(b"e", "failed_reason"),
+        "stacktrace": text(b"tb", "stacktrace"),
+        "last_error": text(b"le", "last_error"),
+        "stalls": num(b"s", "stalls") or 0,
+        "options": opts,
+    }
+    if damage:
+        values["damaged"] = "; ".join(damage)
+    return values

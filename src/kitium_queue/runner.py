@@ -1,0 +1,466 @@
+"""Runs one job to an outcome: claimed entry → ``Job`` → decode → process middleware →
+async, thread or process → outcome (``Outcomes.ack``).
+
+Every way a run can end becomes exactly one outcome:
+
+* the processor returned: ``C`` (completed), unless the result cannot be encoded or is
+  larger than ``max_payload_bytes`` (then a final failure saying so);
+* it raised: ``R`` (retry after the backoff delay) while attempts remain, else ``F``;
+  ``NonRetryableError`` is ``F`` at once; ``RetryLater``/``RateLimited`` is ``D``
+  (deferred, no attempt spent, with the rate-limit hold of ``RateLimited``);
+* its payload cannot be decoded: ``F`` ("undecodable payload: ...");
+* it was cancelled: by its timeout (a failure like any other: ``R`` or ``F``), by
+  ``cancel_job()`` (``F``), by shutdown (``H``, handed back unspent), or because its
+  lease was lost (abandoned: no outcome at all, another worker owns the job now).
+
+The tracing span (``telemetry``) stays here around the processor call; the lifecycle
+hooks report the rest (``started`` here, ``progress`` from ``update``, ``finished`` once
+Redis recorded the outcome).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import heapq
+import inspect
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .backoff import retry_delay
+from .codec import Serializer
+from .errors import (
+    NonRetryableError,
+    PayloadTooLargeError,
+    RateLimited,
+    RetryLater,
+    SerializationError,
+)
+from .job import Job
+from .leases import Run
+from .limits import (
+    MAX_ERROR_CHARS,
+    MAX_LOG_LINE_CHARS,
+    MAX_OPTIONS_BYTES,
+    MAX_PROGRESS_BYTES,
+    clamp_delay_ms,
+    clip,
+    safe_text,
+    wire_text,
+)
+from .middleware import run_process_chain
+from .outcomes import describe, traceback_text
+from .procpool import ProcessPool, import_path
+from .wire import CLAIM_JOB, Kind
+
+if TYPE_CHECKING:
+    from .adapters import TelemetryAdapter
+    from .hooks import HookBus
+    from .leases import Leases
+    from .options import Policy
+    from .outcomes import Outcomes
+    from .queue import JobQueue
+
+__all__ = ["Runner", "Timeouts"]
+
+#: Encodes progress values: plain JSON, checked like job data.
+_PROGRESS_JSON = Serializer(())
+# Positions in one claimed job (wire.CLAIM_JOB).
+_ID = CLAIM_JOB.index("id")
+_NAME = CLAIM_JOB.index("name")
+_DATA = CLAIM_JOB.index("data")
+_OPTS = CLAIM_JOB.index("opts")
+_ATTEMPTS = CLAIM_JOB.index("attempts")
+_CREATED = CLAIM_JOB.index("created_at")
+_STALLS = CLAIM_JOB.index("stalls")
+
+
+class Runner:
+    """Runs jobs for one worker; also the ``JobUpdater`` its jobs report progress to.
+
+    Args:
+        queue: the queue consumed.
+        concurrency: the worker's slots (thread and process pool sizes).
+        hooks: the queue's lifecycle hooks (``started``, ``progress``).
+        outcomes: where outcomes go.
+        leases: the worker's leases (a cancelled abandoned run is forgotten there).
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        concurrency: int,
+        hooks: HookBus,
+        outcomes: Outcomes,
+        leases: Leases,
+    ) -> None:
+        self.queue = queue
+        self.concurrency = concurrency
+        self.hooks = hooks
+        #: The worker's event loop (set by ``start``); threaded processors report to it.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.timeouts = Timeouts(leases.runs)
+        self._ack = outcomes.ack
+        self._hold = leases.add
+        self._forget = leases.forget
+        self._policies: dict[bytes, Policy] = {}
+        self._procs: dict[str, tuple[Callable[..., Any], str]] = {}
+        self._pool: ProcessPool | None = None
+        self._executor = self._new_executor()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Resolve the registered processors and how each runs."""
+        self.loop = loop
+        self.timeouts.loop = loop
+        for name, fn in self.queue.processors.items():
+            self._procs[name] = (fn, self._kind(name, fn))
+
+    async def close(self) -> None:
+        """Release the thread pool, the process pool and the timeout timer."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            await self._pool.close()
+        self.timeouts.close()
+
+    # ------------------------------------------------------------------ one run
+    def launch(self, entry: list[Any], token: str, hand_back: bool = False) -> None:
+        """Start running one claimed job (a ``wire.CLAIM_JOB`` entry of a claim made
+        with lease ``token``) in a task of its own. ``hand_back``: the worker is
+        stopping; the job is handed back unstarted instead. Starting it would only cut
+        it off at the end of the grace period (stop() does not wait for jobs it has not
+        seen), and it would run twice."""
+        raw_opts = entry[_OPTS]
+        policy = self._policy(raw_opts)
+        try:
+            opts = orjson.loads(raw_opts) if raw_opts else {}
+        except Exception:
+            opts = {}
+        if not isinstance(opts, dict):
+            opts = {}
+        job = Job(
+            id=entry[_ID].decode(),
+            name=entry[_NAME].decode(errors="replace"),
+            data=None,
+            attempts=int(entry[_ATTEMPTS]),
+            max_attempts=policy.attempts,
+            created_at=int(entry[_CREATED] or 0),
+            options=opts,
+            queue_name=self.queue.name,
+            stalls=int(entry[_STALLS] or 0),
+            token=token,
+            updater=self,
+        )
+        run = Run(job, token, policy)
+        if hand_back:
+            self._ack(run, Kind.HAND_BACK, b"", b"", 0, None, None, None)
+            return
+        self._hold(run)
+        assert self.loop is not None
+        run.task = self.loop.create_task(self.run(run, entry[_DATA]))
+
+    def _policy(self, raw: bytes) -> Policy:
+        """The policy of a job with the stored options ``raw`` (cached by their text)."""
+        p = self._policies.get(raw)
+        if p is None:
+            if len(self._policies) > 1000:
+                self._policies.clear()
+            try:
+                p = self.queue.policy_for(orjson.loads(raw)) if raw else self.queue.policy
+            except Exception:
+                p = self.queue.policy
+            self._policies[raw] = p
+        return p
+
+    async def run(self, run: Run, raw: bytes) -> None:
+        """Run ``run``'s job on its encoded payload ``raw`` to an outcome (the task of
+        one run). Re-raises a cancellation that came from outside the worker."""
+        q, job, loop = self.queue, run.job, self.loop
+        assert loop is not None
+        span = None
+        try:
+            try:
+                job.data = q.serializer.loads(raw)
+            except SerializationError as exc:
+                self.fail_final(run, exc, f"undecodable payload: {safe_text(exc)}")
+                return
+            fn, kind = self._procs.get(job.name) or self._procs.get("*") or self._lookup(job.name)
+            if q.telemetry is not None:
+                span = self._span(q.telemetry, job)
+            if self.hooks.started:
+                self.hooks.emit_started(q.name, job)
+            run.started = loop.time()
+            if run.policy.timeout_ms:
+                self.timeouts.watch(run, run.started + run.policy.timeout_ms / 1000)
+            if q.process_middleware:
+                result = await run_process_chain(
+                    q.process_middleware, job, functools.partial(self._call, fn, kind, job)
+                )
+            else:
+                result = await self._call(fn, kind, job)
+            run.deadline = None
+            self._completed(run, result)
+        except asyncio.CancelledError:
+            run.deadline = None
+            if not self._interrupted(run):
+                raise
+        except RetryLater as exc:
+            run.deadline = None
+            self.deferred(run, exc)
+        except NonRetryableError as exc:
+            run.deadline = None
+            self.fail_final(run, exc, describe(exc))
+        except Exception as exc:
+            run.deadline = None
+            if span is not None:
+                span.record_exception(exc)
+            self.failed(run, exc)
+        finally:
+            if span is not None:
+                span.end()
+
+    def _span(self, telemetry: TelemetryAdapter, job: Job) -> Any:
+        # The tracing span of one run (OpenTelemetry will become a lifecycle subscriber).
+        return telemetry.start_span(
+            "kitium.process",
+            {
+                "queue": self.queue.name,
+                "job.id": job.id,
+                "job.name": job.name,
+                "job.attempt": job.attempts,
+            },
+        )
+
+    def _completed(self, run: Run, result: Any) -> None:
+        q = self.queue
+        try:
+            payload = q.serializer.dumps(result, "result")
+        except SerializationError as exc:
+            self.fail_final(run, exc, safe_text(exc))
+            return
+        if len(payload) > q.max_payload_bytes:
+            self.fail_final(
+                run,
+                None,
+                f"result of job {run.job.id} is {len(payload)} bytes encoded, above "
+                f"max_payload_bytes={q.max_payload_bytes}; store large results elsewhere "
+                "and return a reference",
+            )
+            return
+        self._ack(run, Kind.COMPLETED, payload, b"", 0, run.policy.keep_completed, result, None)
+
+    def _interrupted(self, run: Run) -> bool:
+        """The run's task was cancelled: record why. False when the cancellation came from
+        outside the worker (the job is handed back, and the caller re-raises)."""
+        if run.abandoned:
+            self._forget(run)
+            return True
+        reason = run.reason
+        if reason == "timeout":
+            job = run.job
+            self.failed(
+                run,
+                TimeoutError(
+                    f"job {job.id} ({job.name}) exceeded its timeout of "
+                    f"{run.policy.timeout_ms} ms"
+                ),
+            )
+        elif reason == "cancelled":
+            self.fail_final(run, None, "cancelled by cancel_job()")
+        else:
+            self._ack(run, Kind.HAND_BACK, b"", b"", 0, None, None, None)
+            return reason == "shutdown"
+        return True
+
+    # ------------------------------------------------------------------ outcomes
+    def failed(self, run: Run, exc: BaseException) -> None:
+        """The processor raised ``exc``: retry after the backoff delay while attempts
+        remain (and the backoff says so), else fail for good."""
+        job = run.job
+        tb = traceback_text(exc)
+        reason = describe(exc)
+        if job.attempts < run.policy.attempts:
+            try:
+                delay = retry_delay(
+                    run.policy, job.attempts, exc, job, self.queue.backoff_strategies
+                )
+            except Exception as bexc:
+                self.fail_final(
+                    run, bexc, f"{reason} (and backoff failed: {describe(bexc)})"
+                )
+                return
+            if delay is not None:
+                self._ack(run, Kind.RETRY, wire_text(reason, MAX_ERROR_CHARS), tb, delay, None,
+                          reason, exc)
+                return
+        self._ack(run, Kind.FAILED, wire_text(reason, MAX_ERROR_CHARS), tb, 0,
+                  run.policy.keep_failed, reason, exc)
+
+    def deferred(self, run: Run, exc: RetryLater) -> None:
+        """The processor raised ``RetryLater`` / ``RateLimited``: defer the job."""
+        try:
+            # Clamped again here: the attribute may have been changed after construction.
+            delay = clamp_delay_ms(exc.delay_ms)
+        except (TypeError, ValueError) as bad:
+            self.fail_final(
+                run, exc, f"{describe(exc)} with an invalid delay_ms ({describe(bad)})"
+            )
+            return
+        meta = b""
+        if isinstance(exc, RateLimited):
+            try:
+                hold = exc.hold(run.job.options)
+            except Exception as bad:  # a subclass overriding hold()
+                self.fail_final(run, exc, f"{describe(exc)}: hold() failed ({describe(bad)})")
+                return
+            if hold is not None and delay > 0:
+                # A hold name is a key: bounded like the options it comes from.
+                meta = wire_text(self.queue.keys.hold_name(hold), MAX_OPTIONS_BYTES)
+        why = clip(safe_text(exc.reason), MAX_ERROR_CHARS)
+        self._ack(run, Kind.DEFER, wire_text(why, MAX_ERROR_CHARS), b"", delay, None, why, exc,
+                  meta)
+
+    def fail_final(self, run: Run, exc: BaseException | None, reason: str) -> None:
+        """Fail the job for good (dead-lettered when the DLQ is enabled) with ``reason``."""
+        tb = b""
+        if exc is not None and exc.__traceback__ is not None:
+            tb = traceback_text(exc)
+        err = exc if exc is not None else RuntimeError(reason)
+        self._ack(run, Kind.FAILED, wire_text(reason, MAX_ERROR_CHARS), tb, 0,
+                  run.policy.keep_failed, clip(reason, MAX_ERROR_CHARS), err)
+
+    # ------------------------------------------------------------------ JobUpdater
+    async def update(self, job: Job, kind: str, value: Any) -> None:
+        """Record ``job``'s progress (``kind="progress"``) or a log line (``"log"``) under
+        its lease; raises ``LeaseLostError`` when the lease is gone."""
+        q = self.queue
+        if kind == "progress":
+            # Plain JSON (no codecs: the event stream carries small values as they are);
+            # NaN, surrogates or huge ints raise SerializationError in this job alone.
+            raw = _PROGRESS_JSON.dumps(value, "progress")
+            if len(raw) > MAX_PROGRESS_BYTES:
+                raise PayloadTooLargeError(
+                    f"progress of job {job.id} is {len(raw)} bytes encoded, above "
+                    f"{MAX_PROGRESS_BYTES}; report a small value (a percentage, a few counters)"
+                )
+        else:
+            raw = wire_text(safe_text(value), MAX_LOG_LINE_CHARS)
+        await q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
+        if kind == "progress" and self.hooks.progress:
+            self.hooks.emit_progress(q.name, job, value)
+
+    # ------------------------------------------------------------------ processors
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix=f"kq-{self.queue.name}"
+        )
+
+    def _kind(self, name: str, fn: Callable[..., Any]) -> str:
+        mode = self.queue.processor_modes.get(name, "auto")
+        if mode == "process":
+            if self._pool is None:
+                self._pool = ProcessPool(self.concurrency)
+            return "process"
+        return "async" if _is_async(fn) else "thread"
+
+    def _lookup(self, name: str) -> tuple[Callable[..., Any], str]:
+        processors = self.queue.processors
+        fn = processors.get(name) or processors.get("*")
+        if fn is not None:
+            key = name if name in processors else "*"
+            self._procs[name] = (fn, self._kind(key, fn))
+            return self._procs[name]
+        known = sorted(processors) or ["none"]
+        raise LookupError(
+            f"no processor registered for job name {name!r} on queue {self.queue.name!r} "
+            f"(registered: {', '.join(known)}); register one with "
+            f"queue.process({name!r}, fn)"
+        )
+
+    async def _call(self, fn: Callable[..., Any], kind: str, job: Job) -> Any:
+        if kind == "async":
+            return await fn(job)
+        if kind == "process":
+            assert self._pool is not None
+
+            async def relay(what: str, value: Any) -> None:
+                await self.update(job, what, value)
+
+            return await self._pool.run(import_path(fn), job, relay)
+        ctx = contextvars.copy_context()
+        pool = self._executor
+        cf = pool.submit(ctx.run, fn, job)
+        try:
+            return await asyncio.wrap_future(cf)
+        except asyncio.CancelledError:
+            if not cf.done() and pool is self._executor:
+                # A thread cannot be stopped (timeout, cancel_job): it runs on and keeps its
+                # pool thread. Later jobs get a fresh pool, so the slot freed here can really
+                # run one; the old pool winds down as its threads return.
+                self._executor = self._new_executor()
+                pool.shutdown(wait=False)
+            raise
+
+
+class Timeouts:
+    """Cancels runs that pass their ``timeout``: one timer for all running jobs (earliest
+    deadline first) instead of a timer per job.
+
+    Finished runs leave stale heap entries (their ``deadline`` was reset) that are
+    skipped, and the heap is rebuilt from the live runs when stale entries dominate.
+    """
+
+    def __init__(self, runs: dict[str, Run]) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._runs = runs
+        self._heap: list[tuple[float, int, Run]] = []
+        self._at: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def watch(self, run: Run, deadline: float) -> None:
+        """Cancel ``run`` (reason ``timeout``) at loop time ``deadline``."""
+        run.deadline = deadline
+        heap = self._heap
+        if len(heap) > 64 and len(heap) > 4 * len(self._runs):
+            heap[:] = [(r.deadline, id(r), r) for r in self._runs.values() if r.deadline]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, id(run), run))
+        if self._at is None or deadline < self._at:
+            self._arm()
+
+    def close(self) -> None:
+        """Stop the timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self) -> None:
+        self.close()
+        self._at = None
+        if self._heap and self.loop is not None:
+            self._at = self._heap[0][0]
+            self._handle = self.loop.call_at(self._at, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        assert self.loop is not None
+        now = self.loop.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, run = heapq.heappop(heap)
+            if run.deadline == deadline:
+                run.deadline = None
+                if run.task is not None and not run.task.done():
+                    run.reason = "timeout"
+                    run.task.cancel()
+        self._arm()
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004
+    )

@@ -1,0 +1,315 @@
+"""Lua slots: named places in the engine's scripts that features fill with fragments.
+
+A feature that must act inside a transition, atomically with it, registers a Lua
+fragment for a slot (``ScriptRegistry.add_slot``); at load time the fragments of each
+slot are composed into one function that the scripts call at that place. A slot no
+feature filled compiles to nothing: its call sites, and the code around them that only
+serves them, are left out of the script source.
+
+The slots, and the signature of the fragment each takes (a Lua *expression* evaluating
+to that function; it is evaluated once per script call, so it may build tables of its
+configuration, but must not call Redis itself):
+
+``enqueue`` — ``function(id, jk, opts, state) -> blocker | nil``
+    Runs for every new job inside ``add_job`` (``enqueue.lua``, ``schedule_fire.lua``),
+    right after its hash was written. ``opts``: the job's options JSON or ``''``;
+    ``state``: ``'waiting'`` or ``'delayed'``. It may write its own marker fields on the
+    job hash (so later fragments know the feature's jobs without reading the options
+    JSON) and its own keys. Returning a blocker name parks a waiting job behind it
+    instead of putting it in wait (``st`` = ``'pending'``; the first fragment that
+    returns one wins; ignored for a delayed job, which meets admission when due).
+
+``admission`` — ``function(id, jk, opts, <declared fields>...) -> ok[, commit]``
+    Runs in ``claim`` for each candidate, in registration order; the candidate is
+    handed out only if every check returns true. The values of the job-hash ``fields``
+    the fragment declared are passed after ``opts`` (read in claim's own ``HMGET``, at
+    no extra call). ``commit(id, jk)`` runs once every check admitted the candidate:
+    count the job against limits there. A rejecting check may call
+    ``admit_retry(t_ms)``, ``admit_stop()`` or ``admit_park(blocker)`` (take the job out
+    of wait, behind ``blocker``; see ``kitium_queue.parking``).
+
+``release`` — ``function(id, jk, outcome)``
+    Runs once for every job that leaves ``active``, in the same script: ``finish.lua``
+    (``completed``, ``retrying``, ``failed``, ``deferred``, ``released``; ``removed``
+    when the record was missing), recovery of an expired lease (``stalled``, or
+    ``failed`` when dead-lettered) and ``clear(force=True)`` (``removed``). A cancelled
+    job leaves active through one of these (``failed``). It runs before the job's
+    transition is written, with the record present (unless it was deleted by hand):
+    decide on ``outcome``, not on ``st``.
+
+What fragments may call: ``park``, ``unpark(blocker, n)`` (``lua/lib_parking.lua``),
+``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``, ``wake``,
+``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``,
+``redis.call``.
+
+What they must never do:
+
+* fail after a write. Every fragment runs under ``pcall``: a failure does not break the
+  transition around it (the job still moves), and it is recorded in
+  ``<prefix>slot-errors`` (``parking.slot_errors``); but the writes the fragment made
+  before failing stay. Check first, write last.
+* ``unpack()`` a list of unbounded length (Lua's stack takes about 8000 values): send
+  lists in chunks (``zrem_all``, ``zadd_pairs``).
+* do unbounded work: they run on the hot path, per job; ``unpark`` is bounded per call.
+* touch keys outside the queue's hash tag (build every key from ``PREFIX``), or define
+  globals.
+
+A fragment that does not compile is refused when it is added (or, without a local Lua
+compiler, when the scripts are loaded: ``ConfigurationError`` naming it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "RELEASE_OUTCOMES",
+    "SLOTS",
+    "SlotFragment",
+    "SlotTable",
+    "lua_string",
+]
+
+#: The slots features can fill.
+SLOTS: Final = ("enqueue", "admission", "release")
+
+#: The ``outcome`` values the ``release`` slot receives.
+RELEASE_OUTCOMES: Final = (
+    "completed",
+    "retrying",
+    "failed",
+    "deferred",
+    "released",
+    "stalled",
+    "removed",
+)
+
+#: Fragments generated from the slots (what scripts ``--@include``).
+GENERATED: Final = {
+    "slot_enqueue": "enqueue",
+    "admission_checks": "admission",
+    "slot_release": "release",
+}
+
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: The job-hash fields claim reads anyway: a check gets them as ``opts`` / via ``jk``.
+_CLAIM_FIELDS = ("n", "d", "o", "ts", "s", "pg", "a")
+_DIRECTIVE = re.compile(r"^[ \t]*--@(if|else|end)\b[ \t]*(\w*)[ \t]*$")
+_SLOT_CALL = re.compile(r"^([ \t]*)--@slot (\w+)\((.*)\)[ \t]*$")
+_FIELDS_MARK = "--[[@admission_fields]]"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotFragment:
+    """One feature's fragment for one slot."""
+
+    slot: str
+    name: str
+    source: str
+    fields: tuple[str, ...] = ()
+
+
+def lua_string(text: str) -> str:
+    """A Lua string literal for any text (every byte outside a safe set escaped)."""
+    out = []
+    for b in text.encode("utf-8"):
+        c = chr(b)
+        out.append(c if c.isascii() and (c.isalnum() or c in "_-.:@/ ") else f"\\{b:03d}")
+    return '"' + "".join(out) + '"'
+
+
+class SlotTable:
+    """The fragments registered for each slot, and the Lua they compose into."""
+
+    def __init__(self) -> None:
+        self._by_slot: dict[str, list[SlotFragment]] = {s: [] for s in SLOTS}
+
+    def add(self, slot: str, name: str, source: str, fields: tuple[str, ...] = ()) -> None:
+        """Register (or replace, by name) a fragment; see the module docstring."""
+        if slot not in SLOTS:
+            raise ConfigurationError(f"unknown Lua slot {slot!r}; slots are {', '.join(SLOTS)}")
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a {slot} slot fragment needs a non-empty name")
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigurationError(f"{slot} slot fragment {name!r} has no Lua source")
+        fields = tuple(fields)
+        if fields and slot != "admission":
+            raise ConfigurationError(
+                f"{slot} slot fragment {name!r}: only admission checks declare fields"
+            )
+        for f in fields:
+            if not isinstance(f, str) or not _FIELD.fullmatch(f):
+                raise ConfigurationError(
+                    f"admission check {name!r}: invalid job-hash field name {f!r}"
+                )
+        _check_compiles(slot, name, source)
+        frags = [f for f in self._by_slot[slot] if f.name != name]
+        frags.append(SlotFragment(slot, name, source, fields))
+        self._by_slot[slot] = frags
+
+    def remove(self, slot: str, name: str) -> None:
+        """Forget a fragment (no error when it is not there)."""
+        if slot in self._by_slot:
+            self._by_slot[slot] = [f for f in self._by_slot[slot] if f.name != name]
+
+    def fragments(self, slot: str) -> tuple[SlotFragment, ...]:
+        return tuple(self._by_slot.get(slot, ()))
+
+    def flags(self) -> frozenset[str]:
+        """The names ``--@if`` tests: each filled slot, and ``parking`` when any is."""
+        filled = {s for s, frags in self._by_slot.items() if frags}
+        if filled:
+            filled.add("parking")
+        return frozenset(filled)
+
+    def admission_fields(self) -> tuple[str, ...]:
+        """Extra job-hash fields claim reads for the admission checks, in order."""
+        out: list[str] = []
+        for frag in self._by_slot["admission"]:
+            out.extend(f for f in frag.fields if f not in out and f not in _CLAIM_FIELDS)
+        return tuple(out)
+
+    def names(self, slot: str) -> list[str]:
+        return [f.name for f in self._by_slot.get(slot, ())]
+
+    # -- composition ------------------------------------------------------------------
+    def compose(self, generated: str) -> str:
+        """The source of a generated fragment (``slot_enqueue``, ``admission_checks``,
+        ``slot_release``): empty when its slot is unfilled."""
+        slot = GENERATED[generated]
+        frags = self._by_slot[slot]
+        if not frags:
+            return ""
+        if slot == "enqueue":
+            return _compose_enqueue(frags)
+        if slot == "admission":
+            return _compose_admission(frags, self.admission_fields())
+        return _compose_release(frags)
+
+    def apply_directives(self, source: str, flags: frozenset[str]) -> str:
+        """Resolve ``--@if NAME`` / ``--@else`` / ``--@end`` blocks (not nested), ``--@slot
+        NAME(args)`` call lines and the admission-fields mark of one source."""
+        out: list[str] = []
+        keep: bool | None = None  # None: outside a block
+        for line in source.split("\n"):
+            d = _DIRECTIVE.match(line)
+            if d:
+                word, flag = d.group(1), d.group(2)
+                if word == "if":
+                    if keep is not None:
+                        raise ConfigurationError("Lua directives: --@if blocks do not nest")
+                    keep = flag in flags
+                elif word == "else":
+                    keep = None if keep is None else not keep
+                else:
+                    keep = None
+                continue
+            if keep is False:
+                continue
+            call = _SLOT_CALL.match(line)
+            if call:
+                indent, slot, args = call.groups()
+                if slot in flags:
+                    out.append(f"{indent}{slot}_slot({args})")
+                continue
+            if _FIELDS_MARK in line:
+                extra = "".join(f", '{f}'" for f in self.admission_fields())
+                line = line.replace(_FIELDS_MARK, extra)
+            out.append(line)
+        return "\n".join(out)
+
+
+def _header(slot: str, frags: list[SlotFragment]) -> list[str]:
+    lines = [
+        f"-- Composed `{slot}` slot: " + ", ".join(f.name for f in frags),
+        "--@include lib_slots",
+    ]
+    for i, f in enumerate(frags):
+        lines.append(f"local {slot}_{i} = {f.source}")
+    return lines
+
+
+def _guarded(slot: str, frags: list[SlotFragment], args: str, result: str,
+             on_success: str = "") -> list[str]:
+    """One ``pcall`` per fragment: a failure is recorded (slot_failed) and the rest run."""
+    out = []
+    for i, f in enumerate(frags):
+        out.append(f"  ok, {result} = pcall({slot}_{i}, {args})")
+        out.append(f"  if not ok then slot_failed('{slot}', {lua_string(f.name)}, {result})"
+                   f"{on_success} end")
+    return out
+
+
+def _compose_enqueue(frags: list[SlotFragment]) -> str:
+    lines = _header("enqueue", frags)
+    lines.append("local function enqueue_slot(id, jk, opts, state, pri, q)")
+    lines.append("  local blocker, ok, b = nil, true, nil")
+    # The first fragment that names a blocker parks the job (the others still run).
+    lines += _guarded("enqueue", frags, "id, jk, opts, state", "b",
+                      " elseif blocker == nil and type(b) == 'string' and b ~= '' then"
+                      " blocker = b")
+    lines.append("  if blocker == nil or state ~= 'waiting' then return false end")
+    lines.append("  park(id, jk, int(wait_score(pri, q)), blocker)")
+    lines.append("  return true")
+    lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
+def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> str:
+    # Claim's HMGET returns _CLAIM_FIELDS, then `fields`: position of each by name.
+    index = {f: i + 1 for i, f in enumerate(_CLAIM_FIELDS + fields)}
+    lines = _header("admission", frags)
+    lines.append("local function admit(id, jk, opts, f)")
+    lines.append("  ADMIT_PARK = nil")
+    lines.append("  local ok, err")
+    for i, frag in enumerate(frags):
+        args = "".join(f", f[{index[x]}]" for x in frag.fields)
+        name = lua_string(frag.name)
+        lines.append(
+            f"  local ok{i}, pass{i}, commit{i} = pcall(admission_{i}, id, jk, opts{args})"
+        )
+        lines.append(f"  if not ok{i} then")
+        lines.append(f"    ADMIT_PARK = nil; slot_failed('admission', {name}, pass{i}); "
+                     "return false")
+        lines.append("  end")
+        lines.append(f"  if not pass{i} then return false end")
+    for i, frag in enumerate(frags):
+        name = lua_string(frag.name)
+        lines.append(f"  if commit{i} then")
+        lines.append(f"    ok, err = pcall(commit{i}, id, jk)")
+        lines.append(f"    if not ok then slot_failed('admission', {name}, err) end")
+        lines.append("  end")
+    lines.append("  return true")
+    lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
+def _compose_release(frags: list[SlotFragment]) -> str:
+    lines = _header("release", frags)
+    lines.append("local function release_slot(id, jk, outcome)")
+    lines.append("  local ok, err")
+    lines += _guarded("release", frags, "id, jk, outcome", "err")
+    lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
+def _check_compiles(slot: str, name: str, source: str) -> None:
+    """Refuse a fragment that is not one Lua expression, with a local Lua 5.1 compiler
+    when one is installed (lupa, a dependency of the memory:// backend); else the
+    server refuses it when the scripts are loaded."""
+    try:
+        from lupa import lua51  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:  # pragma: no cover - lupa comes with fakeredis[lua]
+        return
+    try:
+        # Compiled only, never run: a syntax check of the expression in a statement. A
+        # fresh runtime each time (about 0.1 ms): runtimes are not safe across threads.
+        lua51.LuaRuntime().compile(f"local fragment = (\n{source}\n)")
+    except lua51.LuaSyntaxError as exc:
+        raise ConfigurationError(
+            f"{slot} slot fragment {name!r} is not a Lua expression: {exc}"
+        ) from None
