@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 OutcomeKind = Literal["completed", "retrying", "failed", "deferred", "released"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """How one run of a job ended, as recorded in Redis.
 
@@ -48,6 +48,10 @@ class Outcome:
         reason: the recorded reason text (``retrying``, ``failed``, ``deferred``).
         delay_ms: delay before the job runs again (``retrying``, ``deferred``).
         duration_ms: how long the processor ran, when it ran.
+
+    Treat it as read-only. It is a plain (not frozen) dataclass because one is built per
+    recorded outcome on the worker's hot path, and a frozen one costs several times more
+    to build.
     """
 
     kind: OutcomeKind
@@ -99,7 +103,14 @@ class Subscriber:
         """``job`` reported progress ``value`` (already stored)."""
 
     def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
-        """The outcome of one run of ``job`` was recorded."""
+        """The outcome of one run of ``job`` was recorded.
+
+        Optional companion: ``quiet_outcomes() -> str``, the outcome codes
+        (``wire.Kind``: ``"C"``, ``"D"``, ``"H"``, ...) this subscriber currently ignores.
+        When every ``finished`` subscriber says a code is quiet, the worker does not even
+        build the ``Outcome`` for it. It is asked once per batch of outcomes and again
+        after each ``finished`` call; a final failure is always reported.
+        """
 
     def stalled(self, queue: str, job_ids: Sequence[str]) -> None:
         """Leases of these jobs expired; they went back to wait."""
@@ -187,37 +198,66 @@ class HookBus:
     admin: tuple[Callable[..., None], ...]
     queue_error: tuple[Callable[..., None], ...]
 
-    @staticmethod
-    def _call(hook: str, fns: tuple[Callable[..., None], ...], *args: Any) -> None:
-        for fn in fns:
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("lifecycle subscriber %r failed in %s", fn, hook)
-
+    # Each emit_* loops inline (no shared helper): it runs once per job on the hot path.
     def emit_enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
-        self._call("enqueued", self.enqueued, queue, job_ids, names)
+        for fn in self.enqueued:
+            try:
+                fn(queue, job_ids, names)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in enqueued", fn)
 
     def emit_started(self, queue: str, job: Any) -> None:
-        self._call("started", self.started, queue, job)
+        for fn in self.started:
+            try:
+                fn(queue, job)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in started", fn)
 
     def emit_progress(self, queue: str, job: Any, value: Any) -> None:
-        self._call("progress", self.progress, queue, job, value)
+        for fn in self.progress:
+            try:
+                fn(queue, job, value)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in progress", fn)
 
     def emit_finished(self, queue: str, job: Any, outcome: Outcome) -> None:
-        self._call("finished", self.finished, queue, job, outcome)
+        for fn in self.finished:
+            try:
+                fn(queue, job, outcome)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in finished", fn)
 
     def emit_stalled(self, queue: str, job_ids: Sequence[str]) -> None:
-        self._call("stalled", self.stalled, queue, job_ids)
+        for fn in self.stalled:
+            try:
+                fn(queue, job_ids)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in stalled", fn)
 
     def emit_dead_lettered(self, queue: str, job_id: str, job: Any, reason: str | None) -> None:
-        self._call("dead_lettered", self.dead_lettered, queue, job_id, job, reason)
+        for fn in self.dead_lettered:
+            try:
+                fn(queue, job_id, job, reason)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in dead_lettered", fn)
 
     def emit_removed(self, queue: str, job_id: str) -> None:
-        self._call("removed", self.removed, queue, job_id)
+        for fn in self.removed:
+            try:
+                fn(queue, job_id)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in removed", fn)
 
     def emit_admin(self, call: AdminCall) -> None:
-        self._call("admin", self.admin, call)
+        for fn in self.admin:
+            try:
+                fn(call)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in admin", fn)
 
     def emit_queue_error(self, queue: str, error: BaseException) -> None:
-        self._call("queue_error", self.queue_error, queue, error)
+        for fn in self.queue_error:
+            try:
+                fn(queue, error)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in queue_error", fn)
