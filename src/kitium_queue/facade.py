@@ -27,11 +27,11 @@ from .enums import JobStatus
 from .errors import ConfigurationError, JobNotFoundError, PartialEnqueueError
 from .events import EventData, Handler, StreamEvent
 from .job import JobInfo
-from .jobspec import options_dict
+from .jobspec import job_item, options_dict
 from .queue import HealthStatus, QueueStats
 from .worker import serve_until_stopped
 
-__all__ = ["MultiQueue", "job_item"]
+__all__ = ["MultiQueue"]
 
 Q = TypeVar("Q", bound=QueueAPI)
 M = TypeVar("M", bound="MultiQueue[Any]")
@@ -527,16 +527,3 @@ _install(MultiQueue, MultiQueue.member_label, MultiQueue.member_key)
 
 
 # ---------------------------------------------------------------------- job items
-def job_item(i: int, item: Any) -> tuple[str, Any, dict[str, Any]]:
-    """``(name, data, options)`` of item ``i`` of an ``add_jobs`` call."""
-    if isinstance(item, Mapping):
-        extra = [k for k in item if k not in ("name", "data", "options", "opts")]
-        if extra:
-            raise ConfigurationError(
-                f"add_jobs item {i}: unknown key(s) {extra}; use name, data, options"
-            )
-        opts = options_dict(item.get("options", item.get("opts")))
-        return str(item.get("name") or ""), item.get("data"), opts
-    if isinstance(item, (tuple, list)) and len(item) in (2, 3):
-        return str(item[0] or ""), item[1], options_dict(item[2]) if len(item) == 3 else {}
-    raise ConfigurationError(f"add_jobs item {i} must be a dict or a (name, data[, options]) tuple")

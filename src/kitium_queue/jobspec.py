@@ -376,3 +376,23 @@ def resolve_policy(opts: Any, base: Policy) -> tuple[Policy, list[str]]:
         except (ConfigurationError, TypeError, ValueError) as exc:
             problems.append(f"option {shown(key)} ignored ({clip(str(exc), 200)})")
     return p, problems
+
+
+def job_item(i: int, item: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """``(name, data, options)`` of item ``i`` of an ``add_jobs`` call: a dict
+    ``{"name", "data", "options" (or "opts")}`` or a ``(name, data[, options])`` tuple.
+
+    The name is returned as given (the producer refuses one that is not a non-empty
+    string, as ``add_job`` does).
+    """
+    if isinstance(item, Mapping):
+        extra = [k for k in item if k not in ("name", "data", "options", "opts")]
+        if extra:
+            raise ConfigurationError(
+                f"add_jobs item {i}: unknown key(s) {extra}; use name, data, options"
+            )
+        opts = options_dict(item.get("options", item.get("opts")))
+        return item.get("name"), item.get("data"), opts
+    if isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        return item[0], item[1], options_dict(item[2]) if len(item) == 3 else {}
+    raise ConfigurationError(f"add_jobs item {i} must be a dict or a (name, data[, options]) tuple")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import ConfigurationError, PartialEnqueueError, PayloadTooLargeError
-from .jobspec import options_dict
+from .jobspec import job_item, options_dict
 from .limits import (
     ENQUEUE_CHUNK_BYTES,
     ENQUEUE_CHUNK_JOBS,
@@ -210,24 +210,10 @@ class Producer:
         """``JobQueue.add_jobs`` (documented there)."""
         prepared: list[PreparedJob] = []
         for i, j in enumerate(jobs):
-            if isinstance(j, Mapping):
-                extra = [k for k in j if k not in ("name", "data", "options", "opts")]
-                if extra:
-                    raise ConfigurationError(
-                        f"add_jobs item {i}: unknown key(s) {extra}; use name, data, options"
-                    )
-                name, data = j.get("name"), j.get("data")
-                opts = options_dict(j.get("options", j.get("opts")))
-            elif isinstance(j, (tuple, list)) and len(j) in (2, 3):
-                name, data = j[0], j[1]
-                opts = options_dict(j[2]) if len(j) == 3 else {}
-            else:
-                raise ConfigurationError(
-                    f"add_jobs item {i} must be a dict or a (name, data[, options]) tuple"
-                )
+            name, data, opts = job_item(i, j)
             if self.middleware:
-                name, data, opts = await self.through_middleware(str(name or ""), data, opts)
-            prepared.append(self.prepare(str(name or ""), data, opts))
+                name, data, opts = await self.through_middleware(name, data, opts)
+            prepared.append(self.prepare(name, data, opts))
         return await self.enqueue(prepared)
 
     # ------------------------------------------------------------------ sending
