@@ -178,6 +178,7 @@ async def test_capped_jobs_beyond_the_scan_window_never_hide_the_jobs_behind_the
     await add_hot(T0 + 10, [f"late{i}" for i in range(150)])
     await e.add(T0 + 10, "free2")
     assert await claim(T0 + 11) == ["free2"]
+    assert await q.drain() == 250 + 150  # the parked ones go like waiting ones
 
 
 async def test_global_concurrency_cap(make_queue: QueueFactory) -> None:

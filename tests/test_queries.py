@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from helpers import QueueFactory, wait_for_status
+from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import ConfigurationError, JobQueue, JobStatus
 from kitium_queue.job import Job
 from kitium_queue.options import MAX_QUERY_LIMIT
@@ -192,3 +192,28 @@ async def test_pending_jobs_are_listed(make_queue: QueueFactory) -> None:
     for jid in ids:
         await wait_for_status(q, jid, JobStatus.COMPLETED)
     assert await q.get_jobs_by_status(JobStatus.PENDING) == []
+
+
+async def test_stats_and_pending_list_show_parked_jobs(make_queue: QueueFactory) -> None:
+    q = make_queue("parked-stats")
+    q.set_concurrency_limit("k", 1)
+    release = asyncio.Event()
+
+    async def slow(job: Any) -> None:
+        await release.wait()
+
+    q.process("n", slow)
+    ids = [await q.add_job("n", i, concurrency_key="k") for i in range(3)]
+    await q.start(concurrency=3)
+
+    async def two_parked() -> bool:
+        return (await q.get_stats()).pending == 2
+
+    await wait_until(two_parked, 10)
+    pending = await q.get_jobs_by_status(JobStatus.PENDING)
+    assert sorted(j.id for j in pending) == sorted(ids[1:])
+    assert all(j.status is JobStatus.PENDING for j in pending)
+    release.set()
+    for jid in ids:
+        await wait_for_status(q, jid, JobStatus.COMPLETED, timeout=10)
+    assert (await q.get_stats()).pending == 0

@@ -240,7 +240,7 @@ async def test_get_stats_counts_every_state(make_queue: QueueFactory) -> None:
     stats = await q.get_stats()
     assert stats.to_dict() == {
         "waiting": 2, "active": 1, "delayed": 1, "completed": 1, "failed": 0, "dlq": 1,
-        "paused": 2, "is_paused": True, "latency_ms": stats.latency_ms,
+        "paused": 2, "is_paused": True, "latency_ms": stats.latency_ms, "pending": 0,
     }
     assert stats["active"] == 1
     release.set()

@@ -134,7 +134,9 @@ class QueueMachine(RuleBasedStateMachine):
     def _snapshot(self) -> dict[str, Any]:
         """All of the queue's keys except the event stream, for no-change checks."""
         out: dict[str, Any] = {}
-        for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
+        # KEYS, not SCAN: one round trip however many keys other tests left on the
+        # shared server (SCAN pages through all of them on every snapshot).
+        for key in self.client.keys(f"{self.prefix}:*"):
             if key == self.engine.keys.events.encode():
                 continue
             kind = self.client.type(key)

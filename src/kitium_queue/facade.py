@@ -186,6 +186,7 @@ def _merge(mq: MultiQueue[Any], op: Operation, args: Mapping[str, Any], parts: l
             paused=sum(s.paused for s in parts),
             is_paused=all(s.is_paused for s in parts),
             latency_ms=max(s.latency_ms for s in parts),
+            pending=sum(s.pending for s in parts),
         )
     if how == "health":
         bad = [h for h in parts if not h.healthy]

@@ -24,7 +24,7 @@ from .events import PROGRESS_BYTES_FIELD, StreamEvent, read_stream
 from .job import JobInfo
 from .limits import MAX_DELAY_MS
 from .options import MAX_QUERY_LIMIT, shown, to_int
-from .parking import parked_ids
+from .parking import parked_count, parked_ids
 from .records import JobDetail, decode_id, job_values, stored_status
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ _SKIP_BATCH = 100
 
 @dataclass(slots=True)
 class QueueStats:
-    """Counts per state. ``latency_ms``: how long the next job in line has waited."""
+    """Counts per state. ``latency_ms``: how long the next job in line has waited;
+    ``pending``: jobs parked behind a blocker (a concurrency cap, a group's turn, ...)."""
 
     waiting: int
     active: int
@@ -86,6 +87,7 @@ class QueueStats:
     paused: int
     is_paused: bool
     latency_ms: int
+    pending: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -369,6 +371,7 @@ class Queries:
             paused=waiting if is_paused else 0,
             is_paused=is_paused,
             latency_ms=max(0, now - oldest) if oldest >= 0 else 0,
+            pending=await parked_count(self.ctx),
         )
 
     async def health_check(self, worker_running: Callable[[], bool]) -> HealthStatus:

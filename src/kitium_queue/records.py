@@ -50,7 +50,7 @@ class JobField(NamedTuple):
     writers: str
 
 
-_ENQ = "enqueue.lua, schedule_fire.lua (add_job, a Lua library function)"
+_ENQ = "enqueue.lua, schedule_fire.lua (add_job in lib_add.lua)"
 
 #: The fields of a job's hash. Times are ms since the epoch on the Redis clock, numbers
 #: are decimal text.
@@ -70,15 +70,20 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
                  "failed | dlq (absent = waiting)", "every transition script"),
         JobField("pk", "blocker of a parked job (the key it is parked behind), while "
                  "pending", "park in lib_parking.lua; removed when unparked"),
+        JobField("rk", "rate-limit key of the job (flow control's marker, read by claim)",
+                 "flow control's enqueue slot fragment (flowcontrol.py)"),
+        JobField("ck", "concurrency key of the job (flow control's marker, read by claim)",
+                 "flow control's enqueue slot fragment (flowcontrol.py)"),
         JobField("a", "attempts made, the running one included; a deferred or handed-back "
                  "run and a stalled one are not counted",
-                 "claim.lua (+1), finish.lua (D, H: -1), recover (-1), retry/replay (0)"),
+                 "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), "
+                 "lib_requeue.lua (0)"),
         JobField("s", "stalls: times its lease expired while it ran",
-                 "recover (+1), retry/replay (0)"),
+                 "lib_recover.lua (+1), lib_requeue.lua (0)"),
         JobField("due", "delayed until (ms), while delayed",
-                 "push_delayed; removed by promote and retry"),
+                 "push_delayed in lib_jobs.lua; removed by lib_promote.lua and retry"),
         JobField("lt", "lease (fencing) token of the current run, while active",
-                 "claim.lua; removed by finish, recover, dead_letter, retry"),
+                 "claim.lua; removed by finish, lib_recover.lua, dead_letter, retry"),
         JobField("ps", "processing started at (ms): the start of the latest run", "claim.lua"),
         JobField("w", "id of the worker that claimed the latest run (host:pid:random): "
                  "the holder while the job is active", "claim.lua"),
@@ -87,7 +92,7 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         JobField("pg", "progress reported by the processor, JSON",
                  "update.lua; removed by retry/replay"),
         JobField("e", "failure reason of the latest failed run",
-                 "finish.lua (R, F), dead_letter"),
+                 "finish.lua (R, F), dead_letter in lib_retention.lua"),
         JobField("tb", "traceback of the latest failed run",
                  "finish.lua (R, F), dead_letter"),
         JobField("le", "last error: the reason of an earlier failure, kept once the job "
