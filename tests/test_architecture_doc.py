@@ -24,6 +24,8 @@ def test_every_module_and_script_named_exists() -> None:
     root = PKG.parents[1]
     for path in set(re.findall(r"tests/[a-z_]+\.py", text)):
         assert (root / path).exists(), f"{path} is named in ARCHITECTURE.md"
+    for path in set(re.findall(r"features/[a-z_]+\.py", text)):
+        assert (PKG / path).exists(), f"{path} is named in ARCHITECTURE.md"
     for name in set(re.findall(r"(?<![/\w])([a-z_]+)\.py\b", text)):
         assert (PKG / f"{name}.py").exists(), f"{name}.py is named in ARCHITECTURE.md"
     for name in set(re.findall(r"\b([a-z_]+)\.lua\b", text)):

@@ -287,7 +287,7 @@ async def use(pq: PartitionedQueue, q: JobQueue) -> None:
 def use_sync(s: SyncJobQueue, sp: SyncPartitionedQueue) -> None:
     reveal_type(s.add_jobs([("a", 1)]))  # reveal: list[str]
     reveal_type(sp.recover_stalled())  # reveal: tuple[list[str], list[str]]
-    reveal_type(sp.get_schedule("s"))  # reveal: kitium_queue.schedules.Schedule | None
+    reveal_type(sp.get_schedule("s"))  # reveal: kitium_queue.features.schedules.Schedule | None
     s.get_stats(1)  # error
     sp.start()  # error
 """

@@ -16,7 +16,7 @@ from redis.crc import key_slot
 from _docs import run_doc_example
 from helpers import wait_until
 from kitium_queue import ConfigurationError, JobStatus, PartitionedQueue
-from kitium_queue.partitioned import partition_names
+from kitium_queue.features.partitioned import partition_names
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from kitium_queue import (
     Schedule,
     ScheduleNotFoundError,
 )
-from kitium_queue.scheduler import Scheduler, plan_ticks
+from kitium_queue.features.scheduler import Scheduler, plan_ticks
 
 # A fixed instant far ahead of the real clock: schedules anchored there never fire on
 # their own, so tests drive every tick with run_due(now_ms).
@@ -216,7 +216,7 @@ def test_interval_ticks_align_on_the_start_date() -> None:
     ],
 )
 def test_plan_ticks_misfire_policies(policy: Any, expected: list[int]) -> None:
-    from kitium_queue.schedules import _misfire
+    from kitium_queue.features.schedules import _misfire
 
     name, limit = _misfire(policy)
     defn = {"every_ms": 1000, "start_date": T0, "misfire": name, "catch_up_limit": limit,

@@ -45,6 +45,8 @@ from .errors import (
     SerializationError,
 )
 from .events import EventData, StreamEvent
+from .features.partitioned import PartitionedQueue
+from .features.schedules import Schedule
 from .job import Job, JobInfo
 from .leader import LeaderLease, LeaderService
 from .options import (
@@ -58,9 +60,7 @@ from .options import (
     WorkerConfig,
 )
 from .outbox import DeadEntry, GroupStats, Outbox, OutboxConsumer, OutboxEntry, OutboxStats
-from .partitioned import PartitionedQueue
 from .queue import HealthStatus, JobQueue, QueueStats
-from .schedules import Schedule
 from .sync import SyncJobQueue, SyncPartitionedQueue
 
 __all__ = [

@@ -34,7 +34,7 @@ from .queries import parse_status, query_id
 
 if TYPE_CHECKING:
     from .context import QueueContext
-    from .schedules import Schedule, ScheduleStore
+    from .features.schedules import Schedule, ScheduleStore
 
 __all__ = ["ADMIN_BATCH", "Admin", "AdminAPI", "AdminGuard"]
 

@@ -39,6 +39,7 @@ from .enums import JobStatus
 
 if TYPE_CHECKING:
     from .events import Handler, StreamEvent
+    from .features.schedules import Schedule
     from .job import JobInfo
     from .jobspec import Normalizer
     from .middleware import EnqueueMiddleware, ProcessMiddleware
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from .queries import JobPage
     from .queue import HealthStatus, QueueStats
     from .records import JobDetail
-    from .schedules import Schedule
 
 __all__ = [
     "OPERATIONS",

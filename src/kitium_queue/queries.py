@@ -29,7 +29,7 @@ from .records import JobDetail, decode_id, job_values, stored_status
 
 if TYPE_CHECKING:
     from .context import QueueContext
-    from .schedules import Schedule, ScheduleStore
+    from .features.schedules import Schedule, ScheduleStore
 
 __all__ = [
     "HealthStatus",

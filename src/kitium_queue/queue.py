@@ -48,8 +48,8 @@ from .queries import HealthStatus, Queries, QueryAPI, QueueStats
 from .scripts import ScriptCall
 
 if TYPE_CHECKING:
-    from .flowcontrol import FlowControl
-    from .schedules import ScheduleStore
+    from .features.flowcontrol import FlowControl
+    from .features.schedules import ScheduleStore
 
 __all__ = ["HealthStatus", "JobQueue", "Processor", "QueueStats"]
 
@@ -334,7 +334,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
     def schedules(self) -> ScheduleStore:
         """The schedules of this queue in Redis (list, get, update, pause, remove)."""
         if self._schedules is None:
-            from .schedules import ScheduleStore
+            from .features.schedules import ScheduleStore
 
             self._schedules = ScheduleStore(self)
         return self._schedules
@@ -343,7 +343,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
     def flow(self) -> FlowControl:
         """Per-key rate limits and concurrency caps of this queue (enabled on first use)."""
         if self._flow is None:
-            from .flowcontrol import FlowControl
+            from .features.flowcontrol import FlowControl
 
             self._flow = FlowControl(self)
         return self._flow
@@ -375,7 +375,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         fails them all. Each job keeps its own lease, timeout, retries and outcome.
         Usable as a decorator.
         """
-        from .batches import BatchProcessor
+        from .features.batches import BatchProcessor
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
             self.processors[job_name] = BatchProcessor(
@@ -400,7 +400,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         if self._worker is not None and self._worker.running:
             return
         if self.worker_config.scheduler and not any(s.name == "scheduler" for s in self.services):
-            from .scheduler import Scheduler
+            from .features.scheduler import Scheduler
 
             self.services.append(Scheduler())
         self._worker = Worker(self, concurrency=concurrency)

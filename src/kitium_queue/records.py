@@ -71,9 +71,9 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         JobField("pk", "blocker of a parked job (the key it is parked behind), while "
                  "pending", "park in lib_parking.lua; removed when unparked"),
         JobField("rk", "rate-limit key of the job (flow control's marker, read by claim)",
-                 "flow control's enqueue slot fragment (flowcontrol.py)"),
+                 "flow control's enqueue slot fragment (features/flowcontrol.py)"),
         JobField("ck", "concurrency key of the job (flow control's marker, read by claim)",
-                 "flow control's enqueue slot fragment (flowcontrol.py)"),
+                 "flow control's enqueue slot fragment (features/flowcontrol.py)"),
         JobField("a", "attempts made, the running one included; a deferred or handed-back "
                  "run and a stalled one are not counted",
                  "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), "

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .api import OPERATIONS, QueueAPI
-from .partitioned import PartitionedQueue
+from .features.partitioned import PartitionedQueue
 from .queue import JobQueue, QueueStats
 
 __all__ = ["SyncJobQueue", "SyncPartitionedQueue", "SyncQueueClient", "blocking"]

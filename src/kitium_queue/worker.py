@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from .batches import BatchProcessor
 from .connection import TRANSIENT_ERRORS
+from .features.batches import BatchProcessor
 from .leases import Leases, SharedSlots
 from .limits import safe_text
 from .options import MAX_CONCURRENCY, to_int

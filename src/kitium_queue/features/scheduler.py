@@ -34,12 +34,12 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .events import EventData
+from ..events import EventData
+from ..scripts import ScriptCall
 from .schedules import timing_of
-from .scripts import ScriptCall
 
 if TYPE_CHECKING:
-    from .queue import JobQueue
+    from ..queue import JobQueue
 
 __all__ = ["MAX_TICKS_PER_FIRE", "Scheduler", "plan_ticks"]
 

@@ -24,8 +24,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigurationError
-from .options import to_ms
+from ..errors import ConfigurationError
+from ..options import to_ms
 
 __all__ = ["BatchProcessor"]
 

@@ -43,12 +43,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
-from .options import MAX_COUNT, to_int, to_ms
-from .slots import lua_string
+from ..errors import ConfigurationError
+from ..options import MAX_COUNT, to_int, to_ms
+from ..slots import lua_string
 
 if TYPE_CHECKING:
-    from .queue import JobQueue
+    from ..queue import JobQueue
 
 __all__ = ["FlowControl", "RateLimit"]
 

@@ -12,14 +12,14 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from .connection import ConnectionFactory
-from .errors import ConfigurationError, JobNotFoundError
-from .events import EventData
-from .facade import MultiQueue
-from .job import Job, JobInfo
-from .keys import check_key_part
-from .queue import HealthStatus, JobQueue, QueueStats
-from .worker import SharedSlots, Worker
+from ..connection import ConnectionFactory
+from ..errors import ConfigurationError, JobNotFoundError
+from ..events import EventData
+from ..facade import MultiQueue
+from ..job import Job, JobInfo
+from ..keys import check_key_part
+from ..queue import HealthStatus, JobQueue, QueueStats
+from ..worker import SharedSlots, Worker
 
 __all__ = ["PartitionedQueue"]
 

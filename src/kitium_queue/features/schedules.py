@@ -24,13 +24,13 @@ import orjson
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
-from .errors import ConfigurationError, ScheduleNotFoundError
-from .limits import clip
-from .options import MAX_COUNT, check_text, to_int, to_ms
-from .producer import DATA, LIFO, NAME, OPTS, PRIORITY
+from ..errors import ConfigurationError, ScheduleNotFoundError
+from ..limits import clip
+from ..options import MAX_COUNT, check_text, to_int, to_ms
+from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 
 if TYPE_CHECKING:
-    from .queue import JobQueue
+    from ..queue import JobQueue
 
 __all__ = [
     "MISFIRE_POLICIES",
