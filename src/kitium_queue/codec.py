@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -128,19 +128,18 @@ class Serializer:
             ) from None
 
 
-def _non_finite(value: Any, root: str) -> str | None:
-    """Where the first NaN or infinity in ``value`` is (``<root>['a'][3]``), or None.
+def _walk(value: Any, root: str) -> Iterator[tuple[Any, str]]:
+    """Every value inside ``value`` with where it is (``<root>['a'][3]``), depth first.
 
     Iterative, so it needs no recursion however deep the value (orjson has already
-    refused anything deeper than ``MAX_DEPTH``).
+    refused anything deeper than ``MAX_DEPTH``). A dict is yielded before its values,
+    so a caller can look at its keys.
     """
     stack: list[tuple[Any, str]] = [(value, root)]
     while stack:
         item, path = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return path
-        elif isinstance(item, dict):
+        yield item, path
+        if isinstance(item, dict):
             stack.extend((v, f"{path}[{_short(k)}]") for k, v in item.items())
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
@@ -149,6 +148,14 @@ def _non_finite(value: Any, root: str) -> str | None:
                 (getattr(item, f.name, None), f"{path}.{f.name}")
                 for f in dataclasses.fields(item)
             )
+
+
+def _non_finite(value: Any, root: str) -> str | None:
+    """Where the first NaN or infinity in ``value`` is (``<root>['a'][3]``), or None."""
+    for item, path in _walk(value, root):
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path
         elif _is_float_array(item) and not _all_finite(item):
             return path
     return None
@@ -157,21 +164,11 @@ def _non_finite(value: Any, root: str) -> str | None:
 def _non_str_key(value: Any, root: str) -> str | None:
     """The first dict key in ``value`` that is not a ``str`` (or a str subclass), shown
     with where it is (``1 in <root>['a']``), or None."""
-    stack: list[tuple[Any, str]] = [(value, root)]
-    while stack:
-        item, path = stack.pop()
+    for item, path in _walk(value, root):
         if isinstance(item, dict):
-            for k, v in item.items():
+            for k in item:
                 if not isinstance(k, str):
                     return f"{_short(k)} ({type(k).__name__}) in {path}"
-                stack.append((v, f"{path}[{_short(k)}]"))
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            stack.extend(
-                (getattr(item, f.name, None), f"{path}.{f.name}")
-                for f in dataclasses.fields(item)
-            )
     return None
 
 
