@@ -30,3 +30,10 @@ def test_claim_layout_matches_the_script() -> None:
     job_line = "{ id, name, data, opts, attempts (incl. this one), created ts, stalls, progress }"
     assert job_line in header
     assert len(CLAIM_JOB) == 8
+
+
+def test_lua_max_delay_is_the_python_one() -> None:
+    from kitium_queue.limits import MAX_DELAY_MS
+
+    text = resources.files("kitium_queue").joinpath("lua/lib_base.lua").read_text("utf-8")
+    assert f"local MAX_DELAY_MS = {MAX_DELAY_MS}\n" in text

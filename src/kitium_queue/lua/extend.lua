@@ -14,23 +14,19 @@
   Bounded: the client sends at most 500 pairs per call.
   Arguments are checked before the first write: a duration that is not a positive
   number, or an odd number of id/token fields, is refused whole ('KQ_BAD_ARGUMENT' error
-  reply, nothing written); a duration above MAX_LEASE_MS is clamped to it.
+  reply, nothing written); a duration above MAX_DELAY_MS (lib_base.lua) is clamped to it.
 ]]
 --@include lib_base
 
--- Longest lease (ms), as limits.MAX_DELAY_MS: ten years; NOW + it stays an exact integer.
-local MAX_LEASE_MS = 315360000000
 
 local duration = tonumber(ARGV[4])
 if duration == nil or duration ~= duration or duration <= 0 then
-  return redis.error_reply('KQ_BAD_ARGUMENT extend: the lease duration must be a positive '
-    .. 'number of ms; nothing was written')
+  return bad_arg('extend', 'the lease duration must be a positive number of ms')
 end
 if (#ARGV - 4) % 2 ~= 0 then
-  return redis.error_reply('KQ_BAD_ARGUMENT extend: job ids and lease tokens must come in '
-    .. 'pairs; nothing was written')
+  return bad_arg('extend', 'job ids and lease tokens must come in pairs')
 end
-if duration > MAX_LEASE_MS then duration = MAX_LEASE_MS end
+if duration > MAX_DELAY_MS then duration = MAX_DELAY_MS end
 local deadline = int(NOW + math.floor(duration))
 local lost, cancelled = {}, {}
 for i = 5, #ARGV, 2 do

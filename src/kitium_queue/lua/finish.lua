@@ -47,8 +47,6 @@
 --@include lib_retention
 --@include slot_release
 
--- Longest delay or hold (ms), as limits.MAX_DELAY_MS: ten years, exact in a double.
-local MAX_DELAY_MS = 315360000000
 -- Retention counts and ages above this are as good as unlimited; exact in a double.
 local MAX_KEEP = 9007199254740992
 local KINDS = { C = true, R = true, F = true, D = true, H = true }
@@ -57,25 +55,12 @@ local RELEASED_AS = { C = 'completed', R = 'retrying', F = 'failed', D = 'deferr
   H = 'released' }
 --@end
 
--- A whole number within lo..hi from an argument, or nil when it is not a number (NaN
--- too). Out-of-range values (+-inf included) are clamped, fractions cut.
-local function bounded_int(x, lo, hi)
-  local n = tonumber(x)
-  if n == nil or n ~= n then return nil end
-  if n <= lo then return lo end
-  if n >= hi then return hi end
-  return math.floor(n)
-end
-
-local function bad_outcome(index, what)
-  return redis.error_reply('KQ_BAD_ARGUMENT finish: outcome ' .. index .. ' of the call: '
-    .. what .. '; nothing was written')
-end
-
 local dlq_enabled = ARGV[4] == '1'
+local function bad_outcome(n, what)
+  return bad_arg('finish', 'outcome ' .. n .. ' of the call: ' .. what)
+end
 if (#ARGV - 4) % 9 ~= 0 then
-  return redis.error_reply('KQ_BAD_ARGUMENT finish: ' .. (#ARGV - 4) ..
-    ' outcome fields, not 9 per outcome; nothing was written')
+  return bad_arg('finish', (#ARGV - 4) .. ' outcome fields, not 9 per outcome')
 end
 -- Check and clamp every outcome before the first write (header). Pure Lua, no command:
 -- a few microseconds per call on the hot path.
@@ -83,9 +68,9 @@ local delays, counts, ages = {}, {}, {}
 for b = 5, #ARGV, 9 do
   local n = (b - 5) / 9 + 1
   if not KINDS[ARGV[b + 2]] then return bad_outcome(n, 'unknown kind') end
-  local delay = bounded_int(ARGV[b + 5], 0, MAX_DELAY_MS)
-  local keep_count = bounded_int(ARGV[b + 6], -1, MAX_KEEP)
-  local keep_age = bounded_int(ARGV[b + 7], -1, MAX_KEEP)
+  local delay = arg_int(ARGV[b + 5], nil, 0, MAX_DELAY_MS)
+  local keep_count = arg_int(ARGV[b + 6], nil, -1, MAX_KEEP)
+  local keep_age = arg_int(ARGV[b + 7], nil, -1, MAX_KEEP)
   if delay == nil then return bad_outcome(n, 'delay is not a number') end
   if keep_count == nil or keep_age == nil then
     return bad_outcome(n, 'keep count or keep age is not a number')

@@ -50,6 +50,9 @@ local PREFIX = ARGV[1]
 -- 35,000 years, above any documented range, and NOW + MAX_MS is still an exact integer
 -- in a double (so int() prints it as digits, never as "1e+17", which Redis refuses).
 local MAX_MS = 1125899906842624
+-- Longest delay, hold or lease (ms): limits.MAX_DELAY_MS, ten years (tests/test_wire.py
+-- checks the two agree).
+local MAX_DELAY_MS = 315360000000
 -- Most jobs one call moves, examines or deletes (promote, recover, drain, clear, retry,
 -- replay, trim_finished, unpark), so no call blocks Redis for long; callers loop for more.
 local BATCH_MAX = 1000
@@ -66,8 +69,8 @@ local function arg_int(x, default, lo, hi)
   return math.floor(n)
 end
 
--- The error reply for a malformed argument, sent before the script's first write.
--- 'KQ_BAD_ARGUMENT' is the code finish.lua and extend.lua use for the same purpose.
+-- The error reply for a malformed argument, sent before the script's first write
+-- (ScriptArgumentError in Python).
 local function bad_arg(script, detail)
   return redis.error_reply('KQ_BAD_ARGUMENT ' .. script .. ': ' .. detail ..
     '; nothing was written')
