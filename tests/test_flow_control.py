@@ -20,6 +20,7 @@ import pytest
 
 from helpers import QueueFactory, wait_until
 from kitium_queue import ConfigurationError, JobQueue, JobStatus, RateLimited
+from kitium_queue.features.flowcontrol import concurrency_key
 from workers.procs import WorkerProcs
 
 T0 = 1_700_000_000_000
@@ -138,11 +139,11 @@ async def test_per_key_concurrency_cap(make_queue: QueueFactory) -> None:
     assert got == ["x2"]
     # The set of running ids is pruned as jobs finish: it never outgrows the cap.
     client = await q.client()
-    assert await client.scard(q.keys.concurrency("c-x")) == 2
+    assert await client.scard(concurrency_key(q.keys, "c-x")) == 2
     await e.complete(T0 + 4, "x1", token)
     await e.complete(T0 + 4, "x2", token2)
     assert (await e.claim(T0 + 5))[2] == ["x3"]
-    assert await client.smembers(q.keys.concurrency("c-x")) == {b"x3"}
+    assert await client.smembers(concurrency_key(q.keys, "c-x")) == {b"x3"}
 
 
 async def test_capped_jobs_beyond_the_scan_window_never_hide_the_jobs_behind_them(

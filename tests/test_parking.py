@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import JobQueue, JobStatus
+from kitium_queue.features.flowcontrol import concurrency_key, concurrency_owners_key, rate_key
 from kitium_queue.parking import (
     blocker_of,
     park_stats,
@@ -300,7 +301,7 @@ async def test_clear_deletes_parked_jobs_and_their_bookkeeping(make_queue: Queue
     left = sorted(k.decode() for k in await client.keys(q.keys.base + "*"))
     # What survives a clear: the id and lease counters, and flow control's own window
     # of key r (it expires by itself); nothing of the parked jobs or the running set.
-    assert left == sorted([q.keys.id, q.keys.lease, q.keys.rate("r")])
+    assert left == sorted([q.keys.id, q.keys.lease, rate_key(q.keys, "r")])
 
 
 async def test_stats_and_status_show_parked_jobs(make_queue: QueueFactory) -> None:
@@ -435,7 +436,7 @@ async def test_a_dropped_lease_frees_the_slot_for_the_parked_job(make_queue: Que
     assert got == ["holder"]
     assert await parked_ids(q) == ["behind"]
     client = await q.client()
-    assert await client.smembers(q.keys.concurrency("k")) == {b"holder"}
+    assert await client.smembers(concurrency_key(q.keys, "k")) == {b"holder"}
 
 
 _CHAOS_WORKER = """
@@ -498,8 +499,8 @@ async def test_killing_the_worker_that_holds_the_slot_lets_the_parked_job_run(
         await wait_for_status(q, behind, JobStatus.COMPLETED, timeout=10)
         assert done == [holder, behind]
         assert await parked_count(q) == 0
-        assert await redis_client.scard(q.keys.concurrency("k")) == 0
-        assert await redis_client.hlen(q.keys.concurrency_owners) == 0
+        assert await redis_client.scard(concurrency_key(q.keys, "k")) == 0
+        assert await redis_client.hlen(concurrency_owners_key(q.keys)) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -554,7 +555,7 @@ async def test_parking_on_a_cluster_stays_under_the_queue_hash_tag(
 
         slot = key_slot(q.keys.wait)
         for key in (q.keys.parked("cc:k"), q.keys.parked_index, q.keys.park_timers,
-                    q.keys.park_rules, q.keys.concurrency("k"), q.keys.concurrency_owners,
+                    q.keys.park_rules, concurrency_key(q.keys, "k"), concurrency_owners_key(q.keys),
                     q.keys.slot_errors):
             assert key_slot(key) == slot, key
     finally:

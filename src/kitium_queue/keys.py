@@ -105,21 +105,6 @@ class QueueKeys:
         """STRING with a TTL: while it exists, claim hands out nothing of its scope."""
         return self.base + self.hold_name(rate_key)
 
-    # -- flow control (flowcontrol.py; its Lua builds the same names from the prefix) ---
-    def rate(self, key: str) -> str:
-        """HASH: current fixed window of rate-limit key ``key`` (w = opened at ms, n = starts)."""
-        return f"{self.base}rl:{key}"
-
-    def concurrency(self, key: str) -> str:
-        """SET: ids of the running jobs of concurrency key ``key`` (added when a job is
-        claimed, removed by the release slot when it leaves active)."""
-        return f"{self.base}cc:{key}"
-
-    @property
-    def concurrency_owners(self) -> str:
-        """HASH: job id -> concurrency key, for the running jobs counted in a set."""
-        return self.base + "cc-of"
-
     # -- parked jobs (lua/lib_parking.lua, parking.py) ------------------------------------
     def parked(self, blocker: str) -> str:
         """ZSET: the jobs parked behind ``blocker``, score = their score in wait."""

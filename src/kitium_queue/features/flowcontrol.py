@@ -44,13 +44,37 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+from ..keys import QueueKeys
 from ..options import MAX_COUNT, to_int, to_ms
 from ..slots import lua_string
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
 
-__all__ = ["FlowControl", "RateLimit"]
+__all__ = [
+    "FlowControl",
+    "RateLimit",
+    "concurrency_key",
+    "concurrency_owners_key",
+    "rate_key",
+]
+
+
+# -- its keys (the Lua below builds the same names from PREFIX) -------------------------
+def rate_key(keys: QueueKeys, key: str) -> str:
+    """HASH: current fixed window of rate-limit key ``key`` (w = opened at ms, n = starts)."""
+    return keys.extra(f"rl:{key}")
+
+
+def concurrency_key(keys: QueueKeys, key: str) -> str:
+    """SET: ids of the running jobs of concurrency key ``key`` (added when a job is
+    claimed, removed by the release slot when it leaves active)."""
+    return keys.extra(f"cc:{key}")
+
+
+def concurrency_owners_key(keys: QueueKeys) -> str:
+    """HASH: job id -> concurrency key, for the running jobs counted in a set."""
+    return keys.extra("cc-of")
 
 FEATURE = "flow-control"
 OPTION_NAMES = ("rate_limit_key", "concurrency_key")
