@@ -237,6 +237,9 @@ async def test_release_runs_once_for_every_way_a_job_leaves_active(lua: Lua) -> 
     await lua("clear", T0 + 300, "1", 1000)
     second = await lua.released()
     assert Counter(second) == Counter([
+        # drained before they ran again: retried (r0 waiting, r1 delayed), deferred,
+        # handed back
+        "r0=removed", "r1=removed", "d1=removed", "h1=removed",
         "lost=failed", "s1=stalled", "s2=failed", "x1=failed", "g1=failed", "k1=removed",
     ])
     # Every documented outcome was seen, and no other.
@@ -244,17 +247,43 @@ async def test_release_runs_once_for_every_way_a_job_leaves_active(lua: Lua) -> 
     assert seen == set(RELEASE_OUTCOMES)
 
 
-async def test_release_does_not_run_for_jobs_that_never_were_active(lua: Lua) -> None:
+async def test_release_runs_as_removed_for_jobs_deleted_before_they_finished(
+    lua: Lua,
+) -> None:
     lua.queue.scripts.add_slot("release", "rec", RECORD_RELEASE)
-    await lua.add(T0, {"id": "w"}, {"id": "v"}, {"id": "late", "delay": 1000})
+    await lua.add(T0, {"id": "w"}, {"id": "v"}, {"id": "late", "delay": 1000}, {"id": "done"})
     await lua("remove", T0, "w")
     await lua("cancel", T0, "v", "late")
+    assert Counter(await lua.released()) == Counter(["w=removed", "v=removed", "late=removed"])
+    await lua.client.delete(lua.keys.extra("released"))
+    # A finished job passed the slot when it left active: removing it later does not.
+    _, token = await lua.claim(T0)
+    await lua.finish(T0, ("done", token, "C", "1"))
+    assert await lua.released() == ["done=completed"]
+    await lua.client.delete(lua.keys.extra("released"))
+    assert await lua("remove", T0, "done") == ["removed"]
+    assert await lua.released() == []
+
     await lua.add(T0, {"id": "a"})
     _, token = await lua.claim(T0)
     assert await lua("cancel", T0, "a") == ["flagged"]   # only a flag: a is still active
     assert await lua.released() == []
     await lua.finish(T0, ("a", token, "F", "cancelled"))
     assert await lua.released() == ["a=failed"]
+
+
+async def test_drain_passes_waiting_delayed_and_parked_jobs_through_release(
+    lua: Lua,
+) -> None:
+    lua.queue.scripts.add_slot("release", "rec", RECORD_RELEASE)
+    lua.queue.scripts.add_slot("enqueue", "gate", """function(id, jk, opts, state)
+      if redis.call('HGET', jk, 'n') == 'gated' then return 'gate' end
+    end""")
+    await lua.add(T0, {"id": "w1"}, {"id": "l1", "delay": 1000},
+                  {"id": "p1", "name": "gated"}, {"id": "p2", "name": "gated"})
+    assert await lua("drain", T0, "1", 1000) == 4
+    assert Counter(await lua.released()) == Counter(
+        ["w1=removed", "l1=removed", "p1=removed", "p2=removed"])
 
 
 # ================================================================ enqueue

@@ -6,6 +6,7 @@
     ├── ConfigurationError          bad option, unknown option, malformed config
     │   └── ScriptArgumentError     a script refused its arguments, wrote nothing (KQ_BAD_ARGUMENT)
     ├── PartialEnqueueError         add_jobs wrote only some chunks; says which jobs
+    ├── JobRefusedError             a feature refused a job at enqueue (a full group...)
     ├── SerializationError          data or result that cannot be encoded
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
@@ -35,6 +36,7 @@ __all__ = [
     "ConnectionUnavailableError",
     "JobActiveError",
     "JobNotFoundError",
+    "JobRefusedError",
     "JobStateError",
     "KitiumQueueError",
     "LeaseLostError",
@@ -226,3 +228,30 @@ class PartialEnqueueError(KitiumQueueError):
         super().__init__(message)
         self.written_ids: list[str] = list(written_ids)
         self.failed_from = failed_from
+        #: Jobs before ``failed_from`` that a feature refused (index -> reason): nothing
+        #: of them was written, and their entry in ``written_ids`` is ``""``.
+        self.refused: dict[int, str] = {}
+
+
+class JobRefusedError(KitiumQueueError):
+    """A feature refused one or more jobs at enqueue, atomically (a message group at its
+    ``max_group_size``, a tenant over its quota...): nothing of a refused job was written.
+
+    From ``add_job`` the message is the reason. From ``add_jobs``, the other jobs of the
+    call were added (a refusal does not stop the call) and this error says which:
+
+    Attributes:
+        ids: one entry per job of the call, in order: the job's id, or ``None`` for a
+            refused job.
+        refused: index in the call -> the reason that job was refused.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        ids: list[str | None] | tuple[str | None, ...] = (),
+        refused: dict[int, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.ids: list[str | None] = list(ids)
+        self.refused: dict[int, str] = dict(refused or {})

@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import ConfigurationError, PartialEnqueueError, PayloadTooLargeError
+from .errors import (
+    ConfigurationError,
+    JobRefusedError,
+    PartialEnqueueError,
+    PayloadTooLargeError,
+)
 from .jobspec import job_item, options_dict
 from .limits import (
     ENQUEUE_CHUNK_BYTES,
@@ -166,6 +171,8 @@ class Producer:
         self._batching = True
         try:
             ids = await self.enqueue([prepared])
+        except JobRefusedError as exc:
+            raise JobRefusedError(exc.refused.get(0, str(exc))) from None
         finally:
             if self._pending:
                 task = asyncio.ensure_future(self._flush_pending())
@@ -185,16 +192,22 @@ class Producer:
                 except BaseException as exc:
                     # Callers whose jobs are known written get their ids; only the others
                     # get the error (the underlying one, not the batch's bookkeeping).
-                    written: list[str] = []
+                    written: list[str | None] = []
+                    refused: dict[int, str] = {}
                     err: BaseException = exc
                     if isinstance(exc, PartialEnqueueError):
-                        written = exc.written_ids
+                        written = list(exc.written_ids)
+                        refused = exc.refused
                         err = exc.__cause__ or exc
+                    elif isinstance(exc, JobRefusedError):
+                        written, refused = exc.ids, exc.refused
                     for i, (_, fut) in enumerate(batch):
                         if fut.done():
                             continue
-                        if i < len(written):
-                            fut.set_result(written[i])
+                        if i in refused:
+                            fut.set_exception(JobRefusedError(refused[i]))
+                        elif i < len(written) and written[i]:
+                            fut.set_result(str(written[i]))
                         else:
                             fut.set_exception(err)
                     if isinstance(exc, asyncio.CancelledError):
@@ -221,7 +234,8 @@ class Producer:
         """Write prepared jobs (chunked, in order); returns their ids.
 
         Raises ``PartialEnqueueError`` when a chunk fails after earlier ones were
-        written, or the server refused a job (see ``JobQueue.add_jobs``).
+        written, or the server could not add a job (see ``JobQueue.add_jobs``), and
+        ``JobRefusedError`` when a feature refused some jobs and the others were added.
         """
         ctx = self.ctx
         span = None
@@ -230,6 +244,7 @@ class Producer:
                 "kitium.enqueue", {"queue": ctx.name, "job.count": len(prepared)}
             )
         ids: list[str] = []
+        refused: dict[int, str] = {}
         try:
             client = await ctx.client()
             keys = ctx.keys.all
@@ -250,15 +265,23 @@ class Producer:
                     failure = _partial_enqueue(
                         ids, len(prepared), f"{type(exc).__name__}: {exc}", unknown=True
                     )
+                    failure.refused = dict(refused)
                     failure.__cause__ = exc
                     break
                 for k in range(0, len(reply), 2):
+                    if reply[k + 1] == b"refused":
+                        # A feature refused this job (nothing of it written); the call
+                        # went on with the next one. "" holds its place in ids.
+                        refused[len(ids)] = reply[k].decode(errors="replace")
+                        ids.append("")
+                        continue
                     if reply[k + 1] == b"err":
                         # The script refused this job before writing any of it, and
                         # stopped there: the rest of the chunk was not written either.
                         failure = _partial_enqueue(
                             ids, len(prepared), reply[k].decode(), unknown=False
                         )
+                        failure.refused = dict(refused)
                         break
                     ids.append(reply[k].decode())
                 if failure is not None:
@@ -271,6 +294,9 @@ class Producer:
                 except Exception:
                     log.exception("queue %s: reporting the jobs added failed", ctx.name)
                 raise failure
+            self._announce(ids, prepared)
+            if refused:
+                raise _refused(ids, refused)
         except Exception as exc:
             if span is not None:
                 span.record_exception(exc)
@@ -278,13 +304,15 @@ class Producer:
         finally:
             if span is not None:
                 span.end()
-        self._announce(ids, prepared)
         return ids
 
     def _announce(self, ids: list[str], prepared: Sequence[PreparedJob]) -> None:
         hooks = self.ctx.hooks
-        if ids and hooks.enqueued:
-            hooks.emit_enqueued(self.ctx.name, ids, [p[NAME] for p in prepared[: len(ids)]])
+        if not ids or not hooks.enqueued:
+            return
+        added = [(i, p[NAME]) for i, p in zip(ids, prepared, strict=False) if i]
+        if added:
+            hooks.emit_enqueued(self.ctx.name, [i for i, _ in added], [n for _, n in added])
 
 
 def _enqueue_chunks(prepared: Sequence[PreparedJob]) -> Iterator[Sequence[PreparedJob]]:
@@ -302,6 +330,20 @@ def _enqueue_chunks(prepared: Sequence[PreparedJob]) -> Iterator[Sequence[Prepar
         size += n
     if chunk:
         yield chunk
+
+
+def _refused(ids: list[str], refused: dict[int, str]) -> JobRefusedError:
+    """The error of a call some of whose jobs a feature refused (the rest were added)."""
+    first = min(refused)
+    more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+    added = len(ids) - len(refused)
+    return JobRefusedError(
+        f"{len(refused)} of {len(ids)} jobs were refused and not added; {added} were "
+        f"added. Job {first}: {refused[first]}{more}. The ids are in .ids (None for a "
+        "refused job), the reasons in .refused",
+        ids=[i or None for i in ids],
+        refused=refused,
+    )
 
 
 def _partial_enqueue(

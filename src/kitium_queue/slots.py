@@ -10,6 +10,16 @@ The slots, and the signature of the fragment each takes (a Lua *expression* eval
 to that function; it is evaluated once per script call, so it may build tables of its
 configuration, but must not call Redis itself):
 
+``accept`` — ``function(id, name, opts, state) -> reason | nil``
+    Runs for every new job inside ``add_job`` *before anything of it is written*
+    (``opts``: its options JSON or ``''``; ``state``: ``'waiting'`` or ``'delayed'``).
+    Returning a non-empty reason refuses the job: nothing of it is written, the reply
+    says ``refused`` with the reason (``JobRefusedError`` in Python) and the other jobs of
+    the call go on. The first fragment that refuses wins; a fragment that fails accepts
+    (and is recorded in ``slot-errors``). Fragments of this slot must not write: a later
+    fragment may still refuse the job. Use it for atomic admission limits that a
+    producer must hear about (a full group, a tenant over its quota).
+
 ``enqueue`` — ``function(id, jk, opts, state) -> blocker | nil``
     Runs for every new job inside ``add_job`` (``enqueue.lua``, ``schedule_fire.lua``),
     right after its hash was written. ``opts``: the job's options JSON or ``''``;
@@ -33,7 +43,10 @@ configuration, but must not call Redis itself):
     (``completed``, ``retrying``, ``failed``, ``deferred``, ``released``; ``removed``
     when the record was missing), recovery of an expired lease (``stalled``, or
     ``failed`` when dead-lettered) and ``clear(force=True)`` (``removed``). A cancelled
-    job leaves active through one of these (``failed``). It runs before the job's
+    job leaves active through one of these (``failed``). It also runs, with ``removed``,
+    for every job deleted while *not* active: ``remove_job``, ``cancel_job`` of a job
+    that had not started, ``drain`` (waiting, delayed and parked jobs); a fragment that
+    only tracks running jobs ignores ids it does not know. It runs before the job's
     transition is written, with the record present (unless it was deleted by hand):
     decide on ``outcome``, not on ``st``.
 
@@ -75,7 +88,7 @@ __all__ = [
 ]
 
 #: The slots features can fill.
-SLOTS: Final = ("enqueue", "admission", "release")
+SLOTS: Final = ("accept", "enqueue", "admission", "release")
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -90,6 +103,7 @@ RELEASE_OUTCOMES: Final = (
 
 #: Fragments generated from the slots (what scripts ``--@include``).
 GENERATED: Final = {
+    "slot_accept": "accept",
     "slot_enqueue": "enqueue",
     "admission_checks": "admission",
     "slot_release": "release",
@@ -184,6 +198,8 @@ class SlotTable:
         frags = self._by_slot[slot]
         if not frags:
             return ""
+        if slot == "accept":
+            return _compose_accept(frags)
         if slot == "enqueue":
             return _compose_enqueue(frags)
         if slot == "admission":
@@ -244,6 +260,20 @@ def _guarded(slot: str, frags: list[SlotFragment], args: str, result: str,
     return out
 
 
+def _compose_accept(frags: list[SlotFragment]) -> str:
+    lines = _header("accept", frags)
+    lines.append("local function accept_slot(id, name, opts, state)")
+    lines.append("  local ok, r")
+    # The first fragment that gives a reason refuses the job; the rest are not asked.
+    for i, f in enumerate(frags):
+        lines.append(f"  ok, r = pcall(accept_{i}, id, name, opts, state)")
+        lines.append(f"  if not ok then slot_failed('accept', {lua_string(f.name)}, r)")
+        lines.append("  elseif type(r) == 'string' and r ~= '' then return r end")
+    lines.append("  return nil")
+    lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
 def _compose_enqueue(frags: list[SlotFragment]) -> str:
     lines = _header("enqueue", frags)
     lines.append("local function enqueue_slot(id, jk, opts, state, pri, q)")
@@ -264,7 +294,7 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
     index = {f: i + 1 for i, f in enumerate(_CLAIM_FIELDS + fields)}
     lines = _header("admission", frags)
     lines.append("local function admit(id, jk, opts, f)")
-    lines.append("  ADMIT_PARK = nil")
+    lines.append("  ADMIT_PARK, ADMIT_PARK_SCORE = nil, nil")
     lines.append("  local ok, err")
     for i, frag in enumerate(frags):
         args = "".join(f", f[{index[x]}]" for x in frag.fields)

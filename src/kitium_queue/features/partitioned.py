@@ -157,6 +157,13 @@ class PartitionedQueue(MultiQueue[JobQueue]):
                 "digits and ':', so that it cannot be mistaken for another job's full id"
             )
         key = options.pop("partition_key", None)
+        group = options.get("message_group_id")
+        if key is not None and group is not None and key != group:
+            raise ConfigurationError(
+                f"a job of message group {str(group)[:100]!r} goes to its group's partition; "
+                "give message_group_id or partition_key, not both (a group's jobs must "
+                "share one partition to keep their order)"
+            )
         if key is None:
             for name in ("message_group_id", "idempotency_key", "job_id"):
                 if options.get(name):

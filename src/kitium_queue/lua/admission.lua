@@ -14,13 +14,17 @@
                           wake_in covers the earliest such t, so idle workers wake up then
     admit_stop()          no further candidate can pass in this call (e.g. a global cap
                           is reached): claim stops scanning
-    admit_park(blocker)   park the rejected candidate behind `blocker` instead of leaving
+    admit_park(blocker[, score])
+                          park the rejected candidate behind `blocker` instead of leaving
                           it in wait (lib_parking.lua): it returns to wait when the
-                          blocker is removed (unpark) or its timer is due (park_timer)
+                          blocker is removed (unpark) or its timer is due (park_timer).
+                          Parked at `score` when given (its place among the jobs of that
+                          blocker, e.g. its enqueue order), else at its wait score
 ]]
 local ADMIT_RETRY_AT = nil
 local ADMIT_STOP = false
 local ADMIT_PARK = nil
+local ADMIT_PARK_SCORE = nil
 
 local function admit_retry(t)
   if ADMIT_RETRY_AT == nil or t < ADMIT_RETRY_AT then ADMIT_RETRY_AT = t end
@@ -30,8 +34,17 @@ local function admit_stop()
   ADMIT_STOP = true
 end
 
-local function admit_park(blocker)
-  if type(blocker) == 'string' and blocker ~= '' then ADMIT_PARK = blocker end
+local function admit_park(blocker, score)
+  if type(blocker) == 'string' and blocker ~= '' then
+    ADMIT_PARK = blocker
+    -- Only a finite score Redis takes (|score| < 2^53): anything else parks at the wait score.
+    score = tonumber(score)
+    if score and score == score and score > -9007199254740992 and score < 9007199254740992 then
+      ADMIT_PARK_SCORE = score
+    else
+      ADMIT_PARK_SCORE = nil
+    end
+  end
 end
 
 --@include admission_checks

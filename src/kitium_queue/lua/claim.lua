@@ -139,6 +139,7 @@ if want > 0 then
           -- when the blocker is removed, and no later claim examines it meanwhile.
           local score = redis.call('ZSCORE', K_WAIT, id)
           if score then
+            if ADMIT_PARK_SCORE then score = int(ADMIT_PARK_SCORE) end
             park(id, jk, score, ADMIT_PARK)
             taken[#taken + 1] = id
           end

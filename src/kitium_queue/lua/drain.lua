@@ -8,6 +8,7 @@
   ARGV[5]  max jobs removed per call, clamped to 1..1000 (BATCH_MAX; missing or not a
            number: 1000). At least 1, so a client looping until 0 always progresses.
 
+  Every job removed passes the `release` slot (outcome 'removed') first.
   Returns the number removed by this call (the client calls again until 0).
   Events: one queue-drained event when the call removed anything.
 ]]
@@ -15,6 +16,7 @@
 --@include lib_jobs
 --@include lib_sets
 --@include lib_parking
+--@include slot_release
 
 local limit = arg_int(ARGV[5], BATCH_MAX, 1, BATCH_MAX)
 local removed = 0
@@ -23,6 +25,9 @@ if ARGV[4] == '1' then sets[2] = K_DELAYED end
 for s = 1, #sets do
   if removed < limit then
     local ids = redis.call('ZRANGE', sets[s], 0, limit - removed - 1)
+--@if release
+    for i = 1, #ids do release_slot(ids[i], job_key(ids[i]), 'removed') end
+--@end
     for i = 1, #ids do delete_job(ids[i]) end
     zrem_all(sets[s], ids)
     removed = removed + #ids
@@ -30,6 +35,10 @@ for s = 1, #sets do
 end
 -- Parked jobs (pending: waiting behind a blocker, lib_parking.lua) have not started
 -- either; they go like waiting ones.
+--@if release
+if removed < limit then removed = removed + drop_parked(limit - removed, release_slot) end
+--@else
 if removed < limit then removed = removed + drop_parked(limit - removed) end
+--@end
 if removed > 0 then emit('queue-drained', '', 'count', removed) end
 return removed

@@ -16,6 +16,9 @@
     'new'  — the job was created;
     'dup'  — a job with that job_id or idempotency key already exists; id is the
              existing job's id and nothing was written;
+    'refused' — a feature refused the job (its `accept` slot: a full group, a quota);
+             in place of the id comes the reason. Nothing of that job was written; the
+             jobs after it in the call go on.
     'err'  — the job could not be added (no free auto id: see add_job in lib_add.lua);
              in place of the id comes the reason. Nothing of that job was written, and
              processing stops there: the jobs after it in the call are not written and
@@ -58,18 +61,22 @@ for j = 0, fields / 8 - 1 do
     -- add_job clamps priority and delay itself (arg_int), so no value of theirs can
     -- fail a command after this job's first write.
     local id, jk, state = add_job(custom, name, data, opts, pri, delay, lifo, waiting)
-    if not id then
+    if not id and state == 'refused' then
+      out[#out + 1] = jk  -- the reason
+      out[#out + 1] = 'refused'
+    elseif not id then
       out[#out + 1] = jk  -- the reason
       out[#out + 1] = 'err'
       break
+    else
+      if state == 'waiting' then woke = true end
+      if ikey then
+        redis.call('HSET', jk, 'ik', ik)
+        redis.call('SET', ikey, id, 'PX', idem_ttl)
+      end
+      out[#out + 1] = id
+      out[#out + 1] = 'new'
     end
-    if state == 'waiting' then woke = true end
-    if ikey then
-      redis.call('HSET', jk, 'ik', ik)
-      redis.call('SET', ikey, id, 'PX', idem_ttl)
-    end
-    out[#out + 1] = id
-    out[#out + 1] = 'new'
   end
 end
 flush_wait(waiting)

@@ -7,7 +7,8 @@
     delay > 0 ms, and write its job-added event. state: 'waiting' | 'delayed', or
     'pending' when a feature's `enqueue` slot fragment parked it (lib_parking.lua).
     Returns nil and a reason when no free auto id was found, in which case nothing of
-    the job was written (only the sequence counter moved). Callers that pass a chosen id
+    the job was written (only the sequence counter moved); nil, a reason and 'refused'
+    when a feature's `accept` slot fragment refused the job (nothing of it written). Callers that pass a chosen id
     never get nil: they check themselves whether that id exists (a chosen id is never
     replaced either).
     priority is clamped to 0..65535 and delay to 0..MAX_MS (a missing or NaN value counts
@@ -22,6 +23,7 @@
 --@include lib_base
 --@include lib_events
 --@include lib_jobs
+--@include slot_accept
 --@include slot_enqueue
 
 -- Most sequence numbers add_job takes while looking for a free auto id (see above).
@@ -56,6 +58,10 @@ local function add_job(id, name, data, opts, pri, delay, lifo, batch)
   local jk = job_key(id)
   local state = 'waiting'
   if delay > 0 then state = 'delayed' end
+--@if accept
+  local refused = accept_slot(id, name, opts, state)
+  if refused then return nil, refused, 'refused' end
+--@end
   if opts ~= '' then
     redis.call('HSET', jk, 'n', name, 'd', data, 'ts', NOW_S, 'p', pri, 'q', int(q), 'a', 0,
       's', 0, 'st', state, 'o', opts)

@@ -17,13 +17,21 @@
 
   park(id, jk, score, blocker)
       Park a job that is in no state set (the caller took it out of wait, or it is new).
-  unpark(blocker, n) -> moved
+  unpark(blocker, n, fresh) -> moved
       Move the first n (clamped to 0..UNPARK_MAX) jobs parked behind `blocker` back to
-      wait at their positions (st = waiting), and wake idle workers. A job whose record
-      was deleted meanwhile goes to wait as it is: claim dead-letters a record of it.
+      wait (st = waiting), and wake idle workers. By default each goes back to its
+      position (its parked score). With `fresh`, each takes a new place at the back of
+      its priority band, as if it had just been added (a new sequence number; its 'q'
+      field, its enqueue order, is kept): a feature that hands turns out in rotation
+      (FIFO groups) uses it so a long-parked job does not jump ahead of work that became
+      ready meanwhile. A job whose record was deleted meanwhile goes to wait as it is:
+      claim dead-letters a record of it.
   forget_parked(id, jk)       take a parked job out of its blocker (remove, cancel)
-  drop_parked(limit) -> n     delete up to `limit` parked jobs and their records (drain,
-                              clear), with their blockers' timers
+  drop_parked(limit, on_delete) -> n
+                              delete up to `limit` parked jobs and their records (drain,
+                              clear), with their blockers' timers; on_delete(id, jk,
+                              'removed'), when given, runs for each job first (drain
+                              passes the `release` slot)
   Timers (park_timer, fire_timers, next_timer) are in lib_park_timers.lua. Every function
   is bounded and sends lists to Redis in chunks (lib_sets.lua). Only commands of the
   core ACL list are used (docs/RELIABILITY.md), so a queue whose features park jobs
@@ -69,7 +77,16 @@ local function park(id, jk, score, blocker)
   count_parked(blocker, 1)
 end
 
-local function unpark(blocker, n)
+-- A new wait score for a job going back to wait with `fresh` (see unpark): the back
+-- of its priority band (the front of it for a LIFO job, whose q is negative).
+local function fresh_score(jk)
+  local f = redis.call('HMGET', jk, 'p', 'q')
+  local seq = redis.call('INCR', K_ID)
+  if num(f[2]) < 0 then seq = -seq end
+  return int(wait_score(arg_int(f[1], 0, 0, 65535), seq))
+end
+
+local function unpark(blocker, n, fresh)
   n = arg_int(n, 1, 0, UNPARK_MAX)
   if n == 0 then return 0 end
   local pk = PARKED_PREFIX .. blocker
@@ -78,14 +95,16 @@ local function unpark(blocker, n)
   local ids, pairs_ = {}, {}
   for i = 1, #got, 2 do
     local id = got[i]
+    local score = got[i + 1]
     ids[#ids + 1] = id
-    pairs_[#pairs_ + 1] = got[i + 1]
-    pairs_[#pairs_ + 1] = id
     local jk = job_key(id)
     if key_type(jk) == 'hash' then
+      if fresh then score = fresh_score(jk) end
       redis.call('HSET', jk, 'st', 'waiting')
       redis.call('HDEL', jk, 'pk')
     end
+    pairs_[#pairs_ + 1] = score
+    pairs_[#pairs_ + 1] = id
   end
   zadd_pairs(K_WAIT, pairs_)
   zrem_all(pk, ids)
@@ -101,7 +120,7 @@ local function forget_parked(id, jk)
   end
 end
 
-local function drop_parked(limit)
+local function drop_parked(limit, on_delete)
   local removed, rounds = 0, 0
   -- Each round deletes jobs or forgets an empty blocker: at most `limit` rounds.
   while removed < limit and rounds < limit do
@@ -111,10 +130,14 @@ local function drop_parked(limit)
     local blocker = blockers[1]
     local pk = PARKED_PREFIX .. blocker
     local ids = redis.call('ZRANGE', pk, 0, limit - removed - 1)
-    for i = 1, #ids do delete_job(ids[i]) end
+    -- Out of their blocker first, so an on_delete that unparks cannot move them to wait.
     zrem_all(pk, ids)
     removed = removed + #ids
     count_parked(blocker, -#ids)
+    if on_delete then
+      for i = 1, #ids do on_delete(ids[i], job_key(ids[i]), 'removed') end
+    end
+    for i = 1, #ids do delete_job(ids[i]) end
     if redis.call('EXISTS', pk) == 0 then
       -- Emptied: its timer, if it had one, has nothing left to bring back.
       redis.call('ZREM', K_PARK_TIMERS, blocker)

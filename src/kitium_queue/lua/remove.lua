@@ -8,12 +8,15 @@
 
   Returns one status per id: 'removed' | 'missing' | 'active' (active jobs are left
   alone: cancel them with cancel.lua, or wait for them to finish). A parked job
-  (pending) is taken out of its blocker (lib_parking.lua).
+  (pending) is taken out of its blocker (lib_parking.lua). A job removed before it
+  finished (waiting, delayed, pending) passes the `release` slot (outcome 'removed').
+  A finished job (completed, failed, dlq) passed it when it left active.
   Events: job-removed per removed job.
 ]]
 --@include lib_events
 --@include lib_jobs
 --@include lib_parking
+--@include slot_release
 
 if #ARGV - 3 > BATCH_MAX then
   return bad_arg('remove', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
@@ -32,6 +35,11 @@ for i = 4, #ARGV do
     out[#out + 1] = 'active'
   else
     local set_key = STATE_SETS[st]
+--@if release
+    if st == 'waiting' or st == 'delayed' or st == 'pending' then
+      release_slot(id, jk, 'removed')
+    end
+--@end
     if set_key then
       redis.call('ZREM', set_key, id)
     elseif st == 'pending' then

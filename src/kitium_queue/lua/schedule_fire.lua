@@ -84,12 +84,18 @@ for b = 9, #ARGV, 2 do
   else
     local jid = 'sched:' .. id .. ':' .. tick
     if redis.call('EXISTS', job_key(jid)) == 0 then
-      local _, _, state = add_job(jid, name, data, opts, pri, start - NOW, lifo)
-      if state == 'waiting' then woke = true end
-      cnt = cnt + 1
-      fired[#fired + 1] = jid
-      last_job, last_tick = jid, tick
-      emit('schedule-fired', id, 'job', jid, 'tick', tick)
+      local added, why, state = add_job(jid, name, data, opts, pri, start - NOW, lifo)
+      if not added then
+        -- Refused by a feature (a full group, a quota): this run is skipped, said why.
+        skipped = skipped + 1
+        emit('schedule-refused', id, 'tick', tick, 'reason', tostring(why))
+      else
+        if state == 'waiting' then woke = true end
+        cnt = cnt + 1
+        fired[#fired + 1] = jid
+        last_job, last_tick = jid, tick
+        emit('schedule-fired', id, 'job', jid, 'tick', tick)
+      end
     end
   end
 end

@@ -1,0 +1,32 @@
+(function()
+  @PRELUDE@
+  -- Marks a new job of a group (gk, gm), counts it, and parks it in its group's line
+  -- unless it may take a turn at once (the group is not paused, has a free turn and
+  -- nobody in its line): then it goes to wait holding its turn. A delayed job takes
+  -- its turn (or its place in the line) at its first admission, once due.
+  return function(id, jk, opts, state)
+    local g = group_of(opts)
+    if not g then return nil end
+    local gkey = GP .. g
+    local f = redis.call('HMGET', gkey, 'paused', 'conc', 'n')
+    if COUNT then
+      local n = num(f[3])
+      redis.call('HSET', jk, 'gk', g, 'gm', '1')
+      redis.call('HSET', gkey, 'n', int(n + 1))
+      if n == 0 then
+        redis.call('ZADD', INDEX, 0, g)
+        redis.call('PERSIST', gkey)
+      end
+    else
+      redis.call('HSET', jk, 'gk', g)
+    end
+    if state ~= 'waiting' then return nil end
+    if f[1] == '1' then return 'g:' .. g end
+    if redis.call('SCARD', RUN .. g) >= conc_of(f[2])
+        or redis.call('EXISTS', LINE .. g) == 1 then
+      return 'g:' .. g
+    end
+    take_turn(g, id)
+    return nil
+  end
+end)()

@@ -1,0 +1,59 @@
+  -- FIFO message groups: the shared part of every fragment (kitium_queue.features.groups).
+  -- Configuration, compiled in from the manager's declarations (the same in every process):
+  local DEFAULT_CONC, DEFAULT_MAX, COUNT = @DEFAULT_CONC@, @DEFAULT_MAX@, @COUNT@
+  local MAX_GROUP_ID = @MAX_GROUP_ID@
+  -- Keys (under the queue's hash tag; kitium_queue.features.groups.keys builds the same):
+  --   grp:<g>      HASH  settings (paused, conc, max, rlm, rld), the rate window (rw, rn),
+  --                      n = unfinished jobs counted, done / fail = totals
+  --   grp-run:<g>  SET   ids of the jobs holding a turn: from when they go to wait as
+  --                      the group's next job (or are first admitted) until they
+  --                      complete, fail for good or are removed
+  --   grp-of       HASH  job id -> group, for the jobs holding a turn
+  --   groups       ZSET  index of the groups (score 0, paged by name)
+  -- Blockers (lib_parking.lua): 'g:<g>' the group's line (jobs waiting for a turn, in
+  -- line order: priority, then enqueue order), 'gh:<g>' jobs holding a turn while the
+  -- group is paused, 'gr:<g>' jobs holding a turn over the group's rate limit (a timer).
+  -- Job-hash markers: gk = the job's group, gm = '1' while it is counted in n.
+  local GP = PREFIX .. 'grp:'
+  local RUN = PREFIX .. 'grp-run:'
+  local OWNER = PREFIX .. 'grp-of'
+  local INDEX = PREFIX .. 'groups'
+  -- How long an empty group's totals are kept (ms).
+  local EMPTY_TTL = 86400000
+  local LINE = PREFIX .. 'parked:g:'
+
+  local function group_of(opts)
+    if opts == nil or opts == false or opts == '' then return nil end
+    if not string.find(opts, '"message_group_id"', 1, true) then return nil end
+    local ok, o = pcall(cjson.decode, opts)
+    if not ok or type(o) ~= 'table' then return nil end
+    local g = o['message_group_id']
+    if type(g) ~= 'string' or g == '' or #g > MAX_GROUP_ID then return nil end
+    return g
+  end
+
+  -- The group's concurrency: its own setting, else the declared default.
+  local function conc_of(v)
+    return arg_int(v, DEFAULT_CONC, 1, 1000000)
+  end
+
+  -- Give job `id` a turn of group g.
+  local function take_turn(g, id)
+    redis.call('SADD', RUN .. g, id)
+    redis.call('HSET', OWNER, id, g)
+  end
+
+  -- Hand up to n free turns of group g to the first jobs of its line: they go to the
+  -- back of wait (fresh: groups take turns), each holding its turn.
+  local function hand_turns(g, n)
+    if n <= 0 then return 0 end
+    local ids = redis.call('ZRANGE', LINE .. g, 0, n - 1)
+    for i = 1, #ids do take_turn(g, ids[i]) end
+    return unpark('g:' .. g, #ids, true)
+  end
+
+  -- A job's place in its group's line: its wait score from priority and enqueue order.
+  local function line_score(jk)
+    local f = redis.call('HMGET', jk, 'p', 'q')
+    return int(wait_score(arg_int(f[1], 0, 0, 65535), num(f[2])))
+  end
