@@ -401,8 +401,9 @@ class FIFOQueueManager:
             if not isinstance(cursor, str) or "|" not in cursor:
                 raise ConfigurationError(f"invalid list_groups cursor {cursor!r}")
             p, _, after = cursor.partition("|")
-            part = to_int(p, "list_groups cursor partition", minimum=0,
-                          maximum=len(self._parts) - 1)
+            if not p.isdigit() or int(p) >= len(self._parts):
+                raise ConfigurationError(f"invalid list_groups cursor {cursor!r}")
+            part = int(p)
         groups: list[str] = []
         while part < len(self._parts):
             q = self._parts[part]
