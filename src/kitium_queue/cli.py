@@ -321,5 +321,15 @@ def demo(redis: str) -> None:
     asyncio.run(run_demo(redis, click.echo))
 
 
+
+def _add_feature_commands() -> None:
+    from .features.groups.cli import make_command as groups_command
+
+    main.add_command(groups_command(_with_queue, redis_option, _row), "groups")
+
+
+_add_feature_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

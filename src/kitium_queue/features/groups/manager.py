@@ -265,6 +265,16 @@ class FIFOQueueManager:
         for q in self._parts:
             _install(q, conc, size, not self.high_throughput)
 
+    @classmethod
+    def for_queue(cls, queue: Any) -> FIFOQueueManager:
+        """A manager of ``queue`` with the declarations groups were enabled with on it
+        in this process (the defaults when they were not): what tools that only have the
+        queue (the CLI) use."""
+        first = (getattr(queue, "queues", None) or [queue])[0]
+        conc, size, count = _INSTALLED.get(first, (1, 0, True))
+        return cls(queue, group_concurrency=conc, max_group_size=size or None,
+                   high_throughput=not count)
+
     # ------------------------------------------------------------------ routing
     def queue_of(self, group_id: str) -> JobQueue:
         """The queue (partition) that holds ``group_id``'s jobs."""
