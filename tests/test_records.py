@@ -57,7 +57,8 @@ def _fields(is_key: re.Pattern[str]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     # Lua files, and the Lua that features build in Python (flow control's fragments).
     embedded = [p for p in sorted(LUA_DIR.parent.rglob("*.py")) if "redis.call(" in p.read_text()]
-    for path in [*sorted(LUA_DIR.rglob("*.lua")), *embedded]:
+    # Lua files of the core (lua/) and of features (features/**/*.lua).
+    for path in [*sorted(LUA_DIR.parent.rglob("*.lua")), *embedded]:
         source = _strip_comments(path.read_text())
         for m in _HASH_CALL.finditer(source):
             command = m.group(1)

@@ -46,6 +46,7 @@ from .errors import (
     SerializationError,
 )
 from .events import EventData, StreamEvent
+from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
 from .job import Job, JobInfo
@@ -75,6 +76,9 @@ __all__ = [
     "EncryptionAlgorithm",
     "EventData",
     "ExtendedJobOptions",
+    "FIFOQueueManager",
+    "GroupConfig",
+    "GroupRateLimit",
     "GroupStats",
     "HealthStatus",
     "Job",
@@ -91,6 +95,7 @@ __all__ = [
     "LeaderService",
     "LeaseLostError",
     "LimiterConfig",
+    "MessageGroupStats",
     "NonRetryableError",
     "Outbox",
     "OutboxConsumer",

@@ -74,6 +74,10 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
                  "flow control's enqueue slot fragment (features/flowcontrol.py)"),
         JobField("ck", "concurrency key of the job (flow control's marker, read by claim)",
                  "flow control's enqueue slot fragment (features/flowcontrol.py)"),
+        JobField("gk", "message group of the job (FIFO groups' marker, read by claim)",
+                 "the groups' enqueue slot fragment (features/groups/enqueue.lua)"),
+        JobField("gm", "'1' while the job is counted in its group's size",
+                 "features/groups (enqueue and admission fragments; removed by release)"),
         JobField("a", "attempts made, the running one included; a deferred or handed-back "
                  "run and a stalled one are not counted",
                  "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), "
