@@ -119,7 +119,7 @@ def test_an_unfilled_slot_adds_nothing_to_any_script() -> None:
     # every script byte for byte (same SHA: no cost left behind).
     shas = {n: reg.get(n).sha for n in SCRIPT_NAMES}
     reg.add_slot("release", "rec", RECORD_RELEASE)
-    assert "release_slot(id, jk, RELEASED_AS[kind])" in reg.get("finish").source
+    assert "release_slot(id, jk, RELEASED_AS[kind], payload)" in reg.get("finish").source
     assert "release_slot" in reg.get("recover").source
     assert "release_slot" in reg.get("clear").source
     assert "admit(" not in _code(reg.get("claim").source)

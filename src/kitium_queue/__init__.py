@@ -47,6 +47,7 @@ from .errors import (
 )
 from .events import EventData, StreamEvent
 from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
+from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
 from .job import Job, JobInfo
@@ -75,12 +76,14 @@ __all__ = [
     "DeliveryGuarantee",
     "EncryptionAlgorithm",
     "EventData",
+    "ExecutionResult",
     "ExtendedJobOptions",
     "FIFOQueueManager",
     "GroupConfig",
     "GroupRateLimit",
     "GroupStats",
     "HealthStatus",
+    "IdempotencyManager",
     "Job",
     "JobActiveError",
     "JobInfo",

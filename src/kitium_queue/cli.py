@@ -324,8 +324,10 @@ def demo(redis: str) -> None:
 
 def _add_feature_commands() -> None:
     from .features.groups.cli import make_command as groups_command
+    from .features.idempotency.cli import make_command as result_command
 
     main.add_command(groups_command(_with_queue, redis_option, _row), "groups")
+    main.add_command(result_command(_with_queue, redis_option, _row), "result")
 
 
 _add_feature_commands()

@@ -38,7 +38,7 @@ configuration, but must not call Redis itself):
     ``admit_retry(t_ms)``, ``admit_stop()`` or ``admit_park(blocker)`` (take the job out
     of wait, behind ``blocker``; see ``kitium_queue.parking``).
 
-``release`` — ``function(id, jk, outcome)``
+``release`` — ``function(id, jk, outcome, payload)``
     Runs once for every job that leaves ``active``, in the same script: ``finish.lua``
     (``completed``, ``retrying``, ``failed``, ``deferred``, ``released``; ``removed``
     when the record was missing), recovery of an expired lease (``stalled``, or
@@ -48,7 +48,20 @@ configuration, but must not call Redis itself):
     that had not started, ``drain`` (waiting, delayed and parked jobs); a fragment that
     only tracks running jobs ignores ids it does not know. It runs before the job's
     transition is written, with the record present (unless it was deleted by hand):
-    decide on ``outcome``, not on ``st``.
+    decide on ``outcome``, not on ``st``. ``payload``, from ``finish.lua`` only: the
+    encoded result of a ``completed`` job (before retention may delete its record), the
+    failure reason of a ``retrying`` or ``failed`` one; ``nil`` elsewhere.
+
+``duplicate`` — ``function(existing_id, name, data, opts, delay, ik) -> 'add' | nil``
+    Runs in ``enqueue.lua`` when a new job's idempotency key ``ik`` already points to a
+    job (``existing_id``; its record may be gone). By default the new job is a
+    duplicate: nothing is written and ``add_job`` returns ``existing_id``. A fragment
+    may act on the existing job instead (replace its data and delay while it has not
+    started: debounce) and still return ``nil``, or return ``'add'``: the new job is
+    added as if the key were free, and the key then points to it (with a fresh window).
+    The first fragment that returns ``'add'`` wins. ``delay``: the new job's delay in
+    ms (0 = none), ``opts``: its options JSON or ``''``. Not called for a ``job_id``
+    that exists (a job id is never reused).
 
 What fragments may call: ``park``, ``unpark(blocker, n)`` (``lua/lib_parking.lua``),
 ``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``, ``wake``,
@@ -88,7 +101,7 @@ __all__ = [
 ]
 
 #: The slots features can fill.
-SLOTS: Final = ("accept", "enqueue", "admission", "release")
+SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate")
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -107,6 +120,7 @@ GENERATED: Final = {
     "slot_enqueue": "enqueue",
     "admission_checks": "admission",
     "slot_release": "release",
+    "slot_duplicate": "duplicate",
 }
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -202,6 +216,8 @@ class SlotTable:
             return _compose_accept(frags)
         if slot == "enqueue":
             return _compose_enqueue(frags)
+        if slot == "duplicate":
+            return _compose_duplicate(frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
         return _compose_release(frags)
@@ -274,6 +290,21 @@ def _compose_accept(frags: list[SlotFragment]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _compose_duplicate(frags: list[SlotFragment]) -> str:
+    lines = _header("duplicate", frags)
+    lines.append("local function duplicate_slot(existing, name, data, opts, delay, ik)")
+    lines.append("  local ok, r")
+    lines.append("  local add = false")
+    # Every fragment runs (one may update the existing job); any 'add' adds the new one.
+    for i, f in enumerate(frags):
+        lines.append(f"  ok, r = pcall(duplicate_{i}, existing, name, data, opts, delay, ik)")
+        lines.append(f"  if not ok then slot_failed('duplicate', {lua_string(f.name)}, r)")
+        lines.append("  elseif r == 'add' then add = true end")
+    lines.append("  return add")
+    lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
 def _compose_enqueue(frags: list[SlotFragment]) -> str:
     lines = _header("enqueue", frags)
     lines.append("local function enqueue_slot(id, jk, opts, state, pri, q)")
@@ -320,9 +351,9 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
 
 def _compose_release(frags: list[SlotFragment]) -> str:
     lines = _header("release", frags)
-    lines.append("local function release_slot(id, jk, outcome)")
+    lines.append("local function release_slot(id, jk, outcome, payload)")
     lines.append("  local ok, err")
-    lines += _guarded("release", frags, "id, jk, outcome", "err")
+    lines += _guarded("release", frags, "id, jk, outcome, payload", "err")
     lines.append("end")
     return "\n".join(lines) + "\n"
 

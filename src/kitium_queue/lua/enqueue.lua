@@ -15,7 +15,8 @@
   Returns a flat array: id1, flag1, id2, flag2, ... where flag is
     'new'  — the job was created;
     'dup'  — a job with that job_id or idempotency key already exists; id is the
-             existing job's id and nothing was written;
+             existing job's id and nothing was written (a `duplicate` slot fragment may
+             have updated that job, or asked for the new job to be added: then 'new');
     'refused' — a feature refused the job (its `accept` slot: a full group, a quota);
              in place of the id comes the reason. Nothing of that job was written; the
              jobs after it in the call go on.
@@ -30,6 +31,7 @@
 --@include lib_base
 --@include lib_sets
 --@include lib_add
+--@include slot_duplicate
 
 local MAX_JOBS = 1000
 local fields = #ARGV - 4
@@ -51,6 +53,12 @@ for j = 0, fields / 8 - 1 do
     ikey = PREFIX .. 'idem:' .. ik
     existing = redis.call('GET', ikey)
   end
+--@if duplicate
+  -- A feature may act on the job the key points to (debounce) or add this one anyway.
+  if existing and duplicate_slot(existing, name, data, opts, arg_int(delay, 0, 0, MAX_MS), ik) then
+    existing = nil
+  end
+--@end
   if not existing and custom ~= '' and redis.call('EXISTS', job_key(custom)) == 1 then
     existing = custom
   end

@@ -107,7 +107,7 @@ for b = 5, #ARGV, 9 do
   else
     unleased[#unleased + 1] = id
     redis.call('HDEL', jk, 'lt', 'cx')
-    --@slot release(id, jk, RELEASED_AS[kind])
+    --@slot release(id, jk, RELEASED_AS[kind], payload)
     if kind == 'C' then
       if keep_count == 0 then
         delete_job(id)

@@ -1,0 +1,39 @@
+(function()
+  -- The debounce window (idempotency_window 'debounce' on the new job): while the job
+  -- its key points to has not started, a repeated key replaces that job's data and
+  -- pushes its start back by the new job's delay (or runs it now without one); once it
+  -- started or finished, the new job is added and the key points to it (trailing edge).
+  return function(existing, name, data, opts, delay, ik)
+    if opts == '' or not string.find(opts, '"debounce"', 1, true) then return nil end
+    local ok, o = pcall(cjson.decode, opts)
+    if not ok or type(o) ~= 'table' or o['idempotency_window'] ~= 'debounce' then
+      return nil
+    end
+    local jk = job_key(existing)
+    local f = redis.pcall('HMGET', jk, 'st', 'n')
+    if f.err or not f[1] then return 'add' end
+    local st = f[1]
+    if f[2] ~= name then return 'add' end
+    if st == 'waiting' or st == 'delayed' then
+      redis.call('HSET', jk, 'd', data)
+      if delay > 0 then
+        redis.call('ZREM', K_WAIT, existing)
+        push_delayed(jk, existing, NOW + delay)
+      elseif st == 'delayed' then
+        redis.call('ZREM', K_DELAYED, existing)
+        redis.call('HDEL', jk, 'due')
+        push_wait(jk, existing)
+        wake()
+      end
+      emit('job-debounced', existing)
+      return nil
+    end
+    if st == 'pending' then
+      -- Parked behind a feature's blocker: its data is replaced, its place kept.
+      redis.call('HSET', jk, 'd', data)
+      emit('job-debounced', existing)
+      return nil
+    end
+    return 'add'
+  end
+end)()

@@ -1,0 +1,300 @@
+"""Effectively-once processing: ``IdempotencyManager`` and the idempotency windows.
+
+``IdempotencyManager(queue)`` (in every process of the queue, like ``process``) enables:
+
+* ``delivery_guarantee="exactly-once"`` on a job (or on every job: ``exactly_once=True``):
+  the job needs an idempotency key — given, or derived from its name and data — and once
+  it completed, its encoded result is kept under the key for as long as the key lives,
+  whatever count- or age-based retention does to the job. A repeated ``add_job`` with
+  the key returns the first job's id without running anything, and
+  ``get_result(job_id_or_key)`` returns the stored result.
+* the window of a key (``idempotency_window``, per job or as the manager's default):
+  ``"ttl"`` (the queue's ``idempotency_ttl`` from the first add), ``"until_finished"``
+  (duplicates are suppressed while the job is unfinished; the key is freed when it
+  completes, fails for good or is removed) or ``"debounce"`` (a repeated key replaces the
+  data of the job that has not started yet and pushes its start back by the new delay;
+  once it started, the repeated key adds a new job).
+* ``record_execution`` / ``get_execution_result`` for processors that touch other
+  systems: remember that a side effect was done, under the job's stable key.
+
+What is guaranteed and what is not: ``docs/effectively-once.md``. In short: a worker
+killed after its side effect and before the outcome is recorded runs the job again,
+with the same ``job.idempotency_key`` — exactly-once *delivery* is not offered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ...enums import DeliveryGuarantee
+from ...errors import ConfigurationError, SerializationError
+from ...options import check_text, to_ms
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["WINDOWS", "ExecutionResult", "IdempotencyManager", "derive_key"]
+
+FEATURE = "effectively-once"
+#: The idempotency windows.
+WINDOWS = ("ttl", "until_finished", "debounce")
+_MAX_KEY = 512
+_RESULT_PREFIX = "idem-r:"
+_RECORD_PREFIX = "idem-x:"
+_RECORD_INDEX = "idem-x"
+
+_INSTALLED: weakref.WeakKeyDictionary[Any, tuple[str, bool, bool]] = weakref.WeakKeyDictionary()
+
+
+def _lua(name: str) -> str:
+    return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+
+
+def derive_key(job_name: str, data: Any) -> str:
+    """The idempotency key of a job without one: its name and a SHA-256 of its data in
+    canonical JSON (sorted keys), so the same call gives the same key in any process."""
+    try:
+        raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise SerializationError(
+            f"cannot derive an idempotency key for job {job_name!r}: its data is not JSON "
+            f"({exc}); pass idempotency_key=..."
+        ) from None
+    return f"eo:{job_name}:{hashlib.sha256(raw).hexdigest()}"
+
+
+def _window(value: Any, section: str = "idempotency_window") -> str:
+    if value not in WINDOWS:
+        raise ConfigurationError(
+            f"{section} must be one of {', '.join(WINDOWS)}, got {value!r}"
+        )
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """A finished execution found by key or job id.
+
+    ``source``: ``"job"`` (read from the job's record), ``"stored"`` (the result kept
+    under the key after retention removed the job) or ``"recorded"``
+    (``record_execution``). ``result`` is decoded; ``finished_at`` in ms.
+    """
+
+    key: str | None
+    job_id: str
+    job_name: str | None
+    result: Any
+    finished_at: int | None
+    source: str
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+class IdempotencyManager:
+    """Effectively-once processing on one queue (or each partition of a
+    ``PartitionedQueue``: a key always lands on the same partition).
+
+    Args:
+        queue: the ``JobQueue`` or ``PartitionedQueue``.
+        window: the default idempotency window of jobs with a key: ``"ttl"``,
+            ``"until_finished"`` or ``"debounce"`` (a job's ``idempotency_window``
+            option wins).
+        exactly_once: treat every job as ``delivery_guarantee="exactly-once"``.
+        derive_keys: derive a missing key of an exactly-once job from its name and data
+            (default); ``False`` refuses such a job instead.
+        ttl_ms: the length of the ``"ttl"`` window (sets the queue's
+            ``idempotency_ttl``); stored results live as long as their key.
+    """
+
+    def __init__(
+        self,
+        queue: Any,
+        *,
+        window: str = "ttl",
+        exactly_once: bool = False,
+        derive_keys: bool = True,
+        ttl_ms: Any = None,
+    ) -> None:
+        self.window = _window(window, "window")
+        self.exactly_once = bool(exactly_once)
+        self.derive_keys = bool(derive_keys)
+        self.queue = queue
+        self._parts: list[JobQueue] = list(getattr(queue, "queues", None) or [queue])
+        ttl = None if ttl_ms is None else to_ms(ttl_ms, "ttl_ms", minimum=1)
+        want = (self.window, self.exactly_once, self.derive_keys)
+        for q in self._parts:
+            if ttl is not None:
+                q.ctx.idempotency_ttl = ttl
+                q.idempotency_ttl = ttl
+            have = _INSTALLED.get(q)
+            if have is not None and have != want:
+                raise ConfigurationError(
+                    f"effectively-once is already enabled on queue {q.name!r} with other "
+                    "settings; create one IdempotencyManager per queue, with the same "
+                    "arguments in every process"
+                )
+            if have is None:
+                self._install(q)
+                _INSTALLED[q] = want
+
+    @classmethod
+    def for_queue(cls, queue: Any) -> IdempotencyManager:
+        """A manager of ``queue`` with the settings it was enabled with in this process
+        (the defaults when it was not): what tools that only have the queue use."""
+        first = (getattr(queue, "queues", None) or [queue])[0]
+        window, exactly_once, derive = _INSTALLED.get(first, ("ttl", False, True))
+        return cls(queue, window=window, exactly_once=exactly_once, derive_keys=derive)
+
+    # ------------------------------------------------------------------ installation
+    def _install(self, q: JobQueue) -> None:
+        # A core option: taken over (its check accepts 'exactly-once' from then on).
+        q.own_options(FEATURE, ["delivery_guarantee"])
+        q.declare_option("idempotency_window", feature=FEATURE,
+                         normalize=lambda v, section: _window(v, f"{section}: "
+                                                              "idempotency_window"),
+                         doc="ttl | until_finished | debounce")
+        q.use_enqueue(self._prepare)
+        q.scripts.add_slot("enqueue", FEATURE, _lua("enqueue"))
+        q.scripts.add_slot("release", FEATURE, _lua("release"))
+        q.scripts.add_slot("duplicate", FEATURE, _lua("duplicate"))
+
+    def _prepare(
+        self, job_name: str, data: Any, options: Mapping[str, Any]
+    ) -> tuple[str, Any, Mapping[str, Any]]:
+        opts = dict(options)
+        eo = opts.get("delivery_guarantee") in (DeliveryGuarantee.EXACTLY_ONCE,
+                                                DeliveryGuarantee.EXACTLY_ONCE.value)
+        if self.exactly_once and opts.get("delivery_guarantee") is None:
+            opts["delivery_guarantee"] = DeliveryGuarantee.EXACTLY_ONCE.value
+            eo = True
+        if eo and not opts.get("idempotency_key"):
+            if not self.derive_keys:
+                raise ConfigurationError(
+                    f"job {job_name!r} is exactly-once and needs idempotency_key=... (this "
+                    "queue's IdempotencyManager does not derive keys)"
+                )
+            opts["idempotency_key"] = derive_key(job_name, data)
+        if opts.get("idempotency_key") and "idempotency_window" not in opts \
+                and self.window != "ttl":
+            opts["idempotency_window"] = self.window
+        return job_name, data, opts
+
+    # ------------------------------------------------------------------ routing
+    def _queue_for_key(self, key: str) -> JobQueue:
+        if len(self._parts) == 1:
+            return self._parts[0]
+        index: int = self.queue.partition_of(key)
+        return self._parts[index]
+
+    # ------------------------------------------------------------------ results
+    async def get_result(self, job_id_or_key: str) -> ExecutionResult | None:
+        """The result of a completed job, by its id or its idempotency key.
+
+        Looks for the job first (by id, then the job the key points to), then for the
+        result kept under the key after the job itself was removed. ``None``: no
+        completed job is known by that id or key (still running, failed, or never
+        added, or the key's window ended)."""
+        text = check_text(job_id_or_key, "job id or idempotency key", max_len=_MAX_KEY)
+        job = await self.queue.get_job_status(text)
+        if job is not None:
+            return _from_job(job, None)
+        q = self._queue_for_key(text)
+        client = await q.client()
+        pointed = await client.get(q.keys.idempotency(text))
+        if pointed is not None:
+            job = await q.get_job_status(_text(pointed) or "")
+            if job is not None:
+                found = _from_job(job, text)
+                if found is not None:
+                    return found
+        raw = await client.hgetall(q.keys.extra(_RESULT_PREFIX + text))
+        if raw:
+            return _stored(q, text, raw, "stored")
+        return None
+
+    async def get_execution_result(self, key: str) -> ExecutionResult | None:
+        """What is known to have run under ``key``: a record made by
+        ``record_execution``, else a completed job's result (``get_result``)."""
+        text = check_text(key, "idempotency key", max_len=_MAX_KEY)
+        q = self._queue_for_key(text)
+        client = await q.client()
+        raw = await client.hgetall(q.keys.extra(_RECORD_PREFIX + text))
+        if raw:
+            return _stored(q, text, raw, "recorded")
+        return await self.get_result(text)
+
+    async def record_execution(
+        self, key: str, job_id: str, job_name: str, result: Any, *, ttl_ms: Any = None
+    ) -> None:
+        """Remember that the work under ``key`` was done (by job ``job_id``), with its
+        result, for ``ttl_ms`` (default: the queue's ``idempotency_ttl``).
+
+        Call it inside a processor right after a side effect, and check
+        ``get_execution_result(job.idempotency_key)`` before doing it: a run repeated
+        after a crash then skips what was already done.
+        """
+        text = check_text(key, "idempotency key", max_len=_MAX_KEY)
+        q = self._queue_for_key(text)
+        ttl = to_ms(ttl_ms if ttl_ms is not None else q.idempotency_ttl, "ttl_ms", minimum=1)
+        raw = q.serializer.dumps(result, "result")
+        now = int(time.time() * 1000)
+        rk = q.keys.extra(_RECORD_PREFIX + text)
+        client = await q.client()
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.delete(rk)
+            pipe.hset(rk, mapping={"id": str(job_id), "r": raw, "f": now, "n": str(job_name)})
+            pipe.pexpire(rk, ttl)
+            pipe.zadd(q.keys.extra(_RECORD_INDEX), {text: now + ttl})
+            await pipe.execute()
+
+    async def clean_expired(self) -> int:
+        """Forget index entries of execution records whose time is over (Redis expires
+        the records themselves); returns how many were removed."""
+        removed = 0
+        now = int(time.time() * 1000)
+        for q in self._parts:
+            client = await q.client()
+            idx = q.keys.extra(_RECORD_INDEX)
+            while True:
+                old = await client.zrangebyscore(idx, "-inf", now, start=0, num=500)
+                if not old:
+                    break
+                async with client.pipeline(transaction=True) as pipe:
+                    for k in old:
+                        pipe.delete(q.keys.extra(_RECORD_PREFIX + (_text(k) or "")))
+                    pipe.zrem(idx, *old)
+                    await pipe.execute()
+                removed += len(old)
+        return removed
+
+
+def _from_job(job: Any, key: str | None) -> ExecutionResult | None:
+    status = getattr(job.status, "value", job.status)
+    if status != "completed":
+        return None
+    return ExecutionResult(key, job.id, job.name, job.result, job.finished_at, "job")
+
+
+def _stored(q: JobQueue, key: str, raw: Mapping[bytes, bytes], source: str) -> ExecutionResult:
+    g = raw.get
+    f = _text(g(b"f"))
+    return ExecutionResult(
+        key=key,
+        job_id=_text(g(b"id")) or "",
+        job_name=_text(g(b"n")) or None,
+        result=q.serializer.loads(g(b"r") or b"", "result"),
+        finished_at=int(f) if f and f.isdigit() else None,
+        source=source,
+    )

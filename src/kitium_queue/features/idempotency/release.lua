@@ -1,0 +1,29 @@
+(function()
+  -- When a job with an idempotency key ends:
+  --   until_finished window: the key is freed (if it still points to this job);
+  --   exactly-once and completed: its encoded result is kept under the key, for as long
+  --   as the key lives (idem-r:<key>, HASH id, r, f, n), whatever retention does to the
+  --   job. A key that expired while the job ran keeps no result: a later add_job with it
+  --   runs the job again (docs/effectively-once.md).
+  local ENDS = { completed = true, failed = true, removed = true }
+  return function(id, jk, outcome, payload)
+    if not ENDS[outcome] then return end
+    local f = redis.pcall('HMGET', jk, 'ik', 'eo', 'iw', 'n')
+    if f.err or not f[1] then return end
+    local ikey = PREFIX .. 'idem:' .. f[1]
+    if redis.call('GET', ikey) ~= id then return end
+    if f[3] == 'f' then
+      redis.call('DEL', ikey)
+      return
+    end
+    if f[2] == '1' and outcome == 'completed' and type(payload) == 'string' then
+      local ttl = redis.call('PTTL', ikey)
+      if ttl > 0 then
+        local rk = PREFIX .. 'idem-r:' .. f[1]
+        redis.call('DEL', rk)
+        redis.call('HSET', rk, 'id', id, 'r', payload, 'f', NOW_S, 'n', f[4] or '')
+        redis.call('PEXPIRE', rk, ttl)
+      end
+    end
+  end
+end)()
