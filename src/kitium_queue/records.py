@@ -78,6 +78,10 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
                  "the groups' enqueue slot fragment (features/groups/enqueue.lua)"),
         JobField("gm", "'1' while the job is counted in its group's size",
                  "features/groups (enqueue and admission fragments; removed by release)"),
+        JobField("eo", "'1': the job is exactly-once (its result is kept under its key)",
+                 "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)"),
+        JobField("iw", "'f': the job's idempotency window ends when it finishes",
+                 "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)"),
         JobField("a", "attempts made, the running one included; a deferred or handed-back "
                  "run and a stalled one are not counted",
                  "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), "
