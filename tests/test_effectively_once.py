@@ -185,12 +185,14 @@ async def test_record_execution_and_clean_expired(make_queue: QueueFactory) -> N
     idem = IdempotencyManager(q)
     assert await idem.get_execution_result("ext-1") is None
     await idem.record_execution("ext-1", "job-9", "charge", {"receipt": "r-1"}, ttl_ms=100)
+    await idem.record_execution("ext-2", "job-8", "charge", 2, ttl_ms=60_000)
     got = await idem.get_execution_result("ext-1")
     assert got is not None and got.source == "recorded" and got.result == {"receipt": "r-1"}
     await asyncio.sleep(0.2)
     assert await idem.get_execution_result("ext-1") is None
-    assert await idem.clean_expired() == 1
+    assert await idem.clean_expired() == 1  # ext-1's index entry; ext-2 stays
     assert await idem.clean_expired() == 0
+    assert (await idem.get_execution_result("ext-2")) is not None
     for bad in ("", "a\nb", "x" * 600):
         with pytest.raises(ConfigurationError):
             await idem.get_execution_result(bad)

@@ -50,7 +50,7 @@ from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, Mess
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
-from .job import Job, JobInfo
+from .job import Job, JobInfo, JobProcessor
 from .leader import LeaderLease, LeaderService
 from .options import (
     BackoffOptions,
@@ -64,6 +64,7 @@ from .options import (
 )
 from .outbox import DeadEntry, GroupStats, Outbox, OutboxConsumer, OutboxEntry, OutboxStats
 from .queue import HealthStatus, JobQueue, QueueStats
+from .queueconfig import QueueConfig
 from .sync import SyncJobQueue, SyncPartitionedQueue
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "JobInfo",
     "JobNotFoundError",
     "JobOptions",
+    "JobProcessor",
     "JobQueue",
     "JobRefusedError",
     "JobStateError",
@@ -109,6 +111,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "QueueActiveError",
+    "QueueConfig",
     "QueueEvent",
     "QueueRole",
     "QueueSettings",

@@ -64,6 +64,7 @@ class Admin:
     def __init__(self, ctx: QueueContext) -> None:
         self.ctx = ctx
         self._guards: list[AdminGuard] = []
+        self._clear_steps: list[Callable[[], Awaitable[Any]]] = []
 
     # ------------------------------------------------------------------ choke point
     def add_guard(self, guard: AdminGuard) -> None:
@@ -74,6 +75,15 @@ class Admin:
             raise ConfigurationError(f"admin guard must be callable, got {type(guard).__name__}")
         if not any(g is guard for g in self._guards):
             self._guards.append(guard)
+
+    def add_clear_step(self, step: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``await step()`` at the end of every ``clear()``, after the jobs are gone:
+        a feature deletes the keys it keeps outside the job records there (group
+        state, breaker windows). Adding the same step twice is a no-op."""
+        if not callable(step):
+            raise ConfigurationError(f"clear step must be callable, got {type(step).__name__}")
+        if not any(s is step for s in self._clear_steps):
+            self._clear_steps.append(step)
 
     def remove_guard(self, guard: AdminGuard) -> None:
         """Remove a guard added with ``add_guard`` (no-op if absent)."""
@@ -150,6 +160,8 @@ class Admin:
         async def action() -> None:
             while int(await self.ctx.run("clear", ["1" if force else "0", 1000])):
                 pass
+            for step in self._clear_steps:
+                await step()
 
         await self.execute("clear", {"force": force}, action)
 
@@ -302,8 +314,12 @@ class AdminAPI:
         return await self.admin.drain(delayed=delayed)
 
     async def clear(self, *, force: bool = False) -> None:
-        """Delete every job and key of the queue.
+        """Delete every job and key of the queue (features' keys too, through their
+        clear steps).
 
+        Kept on purpose: the id and fencing-token counters (ids and tokens never
+        repeat), and idempotency windows with what they keep (stored results, execution
+        records): a repeated key still runs nothing until its window ends.
         Refused with ``QueueActiveError`` while jobs run, unless ``force=True``.
         """
         await self.admin.clear(force=force)

@@ -45,6 +45,7 @@ from .options import (
 from .procpool import import_path
 from .producer import Producer, ProducerAPI
 from .queries import HealthStatus, Queries, QueryAPI, QueueStats
+from .queueconfig import QueueConfig
 from .scripts import ScriptCall
 
 if TYPE_CHECKING:
@@ -63,7 +64,9 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
     """A named queue: add jobs, register processors, run workers, inspect and manage.
 
     Args:
-        name: queue name (all its keys share the hash tag ``{name}``).
+        name: queue name (all its keys share the hash tag ``{name}``), or a
+            ``QueueConfig`` holding the name and every other setting (then no other
+            argument may be given).
         redis: ``"memory://"`` (default: in-process, for trying it and for tests), a URL
             (``redis://``, ``rediss://``, ``unix://``; ``redis+cluster://h:p[,h:p]`` for
             Redis Cluster, ``redis+sentinel://h:p[,h:p]/service[/db]`` for Sentinel), a
@@ -106,7 +109,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
 
     def __init__(
         self,
-        name: str,
+        name: str | QueueConfig,
         *,
         redis: Any = "memory://",
         prefix: str = "kq",
@@ -123,6 +126,26 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         max_payload_bytes: int = 1_048_576,
         max_log_lines: int = 1000,
     ) -> None:
+        if isinstance(name, QueueConfig):
+            given = {
+                "redis": redis, "prefix": prefix, "default_job_options": default_job_options,
+                "retry": retry, "dlq": dlq, "settings": settings, "worker": worker,
+                "telemetry": telemetry, "metrics": metrics, "codecs": codecs,
+                "events_max_len": events_max_len, "idempotency_ttl": idempotency_ttl,
+                "max_payload_bytes": max_payload_bytes, "max_log_lines": max_log_lines,
+            }
+            defaults = QueueConfig("_").kwargs()
+            extra = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
+            if extra:
+                raise ConfigurationError(
+                    f"JobQueue got a QueueConfig and also {', '.join(extra)}: put every "
+                    "setting in the QueueConfig (dataclasses.replace(config, ...))"
+                )
+            cfg = name
+            name = cfg.name
+            (redis, prefix, default_job_options, retry, dlq, settings, worker, telemetry,
+             metrics, codecs, events_max_len, idempotency_ttl, max_payload_bytes,
+             max_log_lines) = (cfg.kwargs()[k] for k in given)
         ctx = self.ctx = QueueContext(
             name, redis=redis, prefix=prefix, default_job_options=default_job_options,
             retry=retry, dlq=dlq, settings=settings, worker=worker, telemetry=telemetry,

@@ -453,5 +453,20 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
     scripts.add_slot("enqueue", FEATURE, frags["enqueue"])
     scripts.add_slot("admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
     scripts.add_slot("release", FEATURE, frags["release"])
+
+    async def forget_groups() -> None:
+        # clear() deleted the jobs and their lines: the groups' own keys go too.
+        client = await q.client()
+        for pattern in (q.keys.extra("grp*"), q.keys.extra("groups")):
+            batch: list[Any] = []
+            async for key in client.scan_iter(match=pattern, count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    await client.delete(*batch)
+                    batch = []
+            if batch:
+                await client.delete(*batch)
+
+    q.admin.add_clear_step(forget_groups)
     _INSTALLED[q] = want
 

@@ -257,6 +257,9 @@ class IdempotencyManager:
             pipe.hset(rk, mapping={"id": str(job_id), "r": raw, "f": now, "n": str(job_name)})
             pipe.pexpire(rk, ttl)
             pipe.zadd(q.keys.extra(_RECORD_INDEX), {text: now + ttl})
+            # The index lives as long as its longest record.
+            pipe.pexpire(q.keys.extra(_RECORD_INDEX), ttl, gt=True)
+            pipe.pexpire(q.keys.extra(_RECORD_INDEX), ttl, nx=True)
             await pipe.execute()
 
     async def clean_expired(self) -> int:
