@@ -21,7 +21,6 @@ checks read.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import sys
 import time
@@ -37,8 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chaos.infra import Fleet, Run, redis_server, runs_by_job, wait_for  # noqa: E402
+from chaos.infra import Fleet, redis_server, runs_by_job, wait_for  # noqa: E402
 from chaos.ledger import Ledger, check, snapshot, stream  # noqa: E402
+from chaos.scenarios.s9_groups import (  # noqa: E402
+    completion_violations,
+    group_violations,
+    leftover_turns,
+    with_manager,
+)
 
 from kitium_queue import JobQueue, JobRefusedError, SyncJobQueue  # noqa: E402
 from kitium_queue.features.groups import FIFOQueueManager  # noqa: E402
@@ -63,36 +68,6 @@ def _all_final(client: redis.Redis, keys: QueueKeys, ids: list[str]) -> bool:
     for jid in ids:
         pipe.hget(keys.job(jid), "st")
     return all(st is not None and st.decode() in FINAL for st in pipe.execute())
-
-
-def group_violations(
-    runs: dict[str, list[Run]], order: dict[str, list[str]], killed: dict[int, float]
-) -> dict[str, list[str]]:
-    """Checks of the per-group run ledger. ``order``: group -> job ids in enqueue order;
-    ``killed``: pid -> time of its SIGKILL. A run with no end line is the killed one."""
-    out: dict[str, list[str]] = {"order": [], "overlap": [], "killed": []}
-    for g, ids in order.items():
-        index = {j: i for i, j in enumerate(ids)}
-        rs = sorted((r for j in ids for r in runs.get(j, [])), key=lambda r: r.start)
-        for a, b in itertools.pairwise(rs):
-            if index[b.job_id] < index[a.job_id]:
-                out["order"].append(f"{g}: {b.job_id} ran after {a.job_id}")
-            if a.end is not None:
-                if b.start < a.end:
-                    out["overlap"].append(
-                        f"{g}: {b.job_id} started {a.end - b.start:.4f} s before "
-                        f"{a.job_id} ended")
-            elif a.pid in killed:
-                # The killed run keeps the turn: its own job runs next, after the kill.
-                if b.job_id != a.job_id or b.start < killed[a.pid]:
-                    out["killed"].append(
-                        f"{g}: {b.job_id} started {b.start - killed[a.pid]:+.3f} s after the "
-                        f"kill of {a.job_id}'s run")
-            else:
-                out["killed"].append(f"{g}: run of {a.job_id} has no end, pid {a.pid} alive")
-        if rs and rs[-1].end is None:
-            out["killed"].append(f"{g}: the last run ({rs[-1].job_id}) has no end")
-    return out
 
 
 # ---------------------------------------------------------------------- 200 x 50
@@ -156,17 +131,11 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
 
         # Recorded completions (the durable stream, written with the transition) of each
         # group in enqueue order; each job completed at most once.
-        done: dict[str, list[int]] = defaultdict(list)
-        seen: set[str] = set()
-        for e in stream(client, keys.events):
-            if e.event == "job-completed":
-                assert e.job_id not in seen, f"{e.job_id} completed twice"
-                seen.add(e.job_id)
-                g, j = e.job_id.split("-")
-                done[g].append(int(j))
-        for g, seq in done.items():
-            assert seq == sorted(seq), f"{g}: completions out of order: {seq}"
-
+        events = stream(client, keys.events)
+        late = completion_violations(events, order)
+        assert not late, late[:5]
+        completed = [e.job_id for e in events if e.event == "job-completed"]
+        assert len(completed) == len(set(completed)), "a job completed twice"
         snap = snapshot(client, keys)
         res = check(snap, ledger, final=True)
         assert res.ok, res.summary()
@@ -174,13 +143,11 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
         failures = sum(1 for rs in runs.values() for r in rs if r.how == "raise")
         n_runs = sum(len(rs) for rs in runs.values())
         print(f"\n{n_runs} runs, {failures} raised, {len(interrupted)} interrupted by the "
-              f"kill, {len(doomed)} dead-lettered, {len(seen)} completed")
+              f"kill, {len(doomed)} dead-lettered, {len(completed)} completed")
         assert failures > 1000, f"only {failures} failed runs: the retries were not exercised"
-        # Every group's turn was given back at the end.
-        manager = FIFOQueueManager(producer.queue)
-        for g in ("g0", "g77", "g199"):
-            st = producer._call(manager.get_group_stats(g))
-            assert (st.size, st.waiting, st.active, st.turns) == (0, 0, 0, []), st
+        # Every group's turns were given back at the end.
+        left = leftover_turns(server.url, prefix, name, order)
+        assert not left, left[:5]
         codes = fleet.stop_all()
         assert all(codes[w.name] == 0 for w in workers if w is not victim), codes
     finally:
@@ -223,7 +190,7 @@ def test_hot_group_does_not_delay_single_job_groups(server: Any, tmp_path: Path)
         wait_for(all_started, 30, what="every single-job group to start")
         assert worker.alive()
         lag = sorted(first_start[j] - added[j] for j in added)
-        hot_left = producer._call(FIFOQueueManager(producer.queue).get_group_stats("hot"))
+        hot_left = with_manager(server.url, prefix, name, lambda m: m.get_group_stats("hot"))
         print(f"\nadd->start of 100 singles: median {lag[50] * 1000:.1f} ms, max "
               f"{lag[-1] * 1000:.1f} ms; hot group still has {hot_left.size} jobs")
         assert hot_left.size is not None and hot_left.size > 90_000, "the hot group drained"
@@ -302,7 +269,7 @@ def test_pausing_one_group_leaves_the_others_running(server: Any, tmp_path: Path
     fleet = Fleet(tmp_path, url=server.url, prefix=prefix, queue=name, fifo_groups=1,
                   concurrency=8)
     try:
-        manager = FIFOQueueManager(producer.queue)
+        FIFOQueueManager(producer.queue)
         order: dict[str, list[str]] = {g: [] for g in ("a", "b", "c")}
         for j in range(40):
             for g in order:
@@ -311,9 +278,9 @@ def test_pausing_one_group_leaves_the_others_running(server: Any, tmp_path: Path
                     remove_on_complete=False))
         fleet.start().wait_ready()
         wait_for(lambda: client.zcard(keys.completed) >= 9, 20, what="the groups to start")
-        producer._call(manager.pause_group("a"))
+        with_manager(server.url, prefix, name, lambda m: m.pause_group("a"))
         t_pause = time.time()
-        stats = producer._call(manager.get_group_stats("a"))
+        stats = with_manager(server.url, prefix, name, lambda m: m.get_group_stats("a"))
         assert stats.paused
         # b and c run to the end while a is paused.
         others = order["b"] + order["c"]
@@ -325,9 +292,9 @@ def test_pausing_one_group_leaves_the_others_running(server: Any, tmp_path: Path
         assert not after, f"{len(after)} runs of paused group a started after the pause"
         a_done = sum(1 for j in order["a"] if client.hget(keys.job(j), "st") == b"completed")
         assert 0 < a_done < 40, a_done
-        stats = producer._call(manager.get_group_stats("a"))
+        stats = with_manager(server.url, prefix, name, lambda m: m.get_group_stats("a"))
         assert stats.paused and stats.size == 40 - a_done and stats.active == 0, stats
-        producer._call(manager.resume_group("a"))
+        with_manager(server.url, prefix, name, lambda m: m.resume_group("a"))
         wait_for(lambda: _all_final(client, keys, order["a"]), 30, what="a to finish")
         runs = runs_by_job(fleet.lines())
         bad = group_violations(runs, order, {})
