@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chaos.infra import Fleet, redis_server, runs_by_job, wait_for  # noqa: E402
+from chaos.infra import Fleet, Run, redis_server, runs_by_job, wait_for  # noqa: E402
 from chaos.ledger import Ledger, check, snapshot, stream  # noqa: E402
 from chaos.scenarios.s9_groups import (  # noqa: E402
     completion_violations,
@@ -68,6 +68,28 @@ def _all_final(client: redis.Redis, keys: QueueKeys, ids: list[str]) -> bool:
     for jid in ids:
         pipe.hget(keys.job(jid), "st")
     return all(st is not None and st.decode() in FINAL for st in pipe.execute())
+
+
+# ---------------------------------------------------------------------- the checker
+
+
+def test_the_group_checker_catches_each_violation() -> None:
+    order = {"g": ["a", "b", "c"]}
+    ok = {"a": [Run("a", 1, 1, 0, 0.0, 1.0)], "b": [Run("b", 1, 1, 0, 1.0, 2.0)],
+          "c": [Run("c", 2, 1, 0, 2.5, 3.0)]}
+    assert group_violations(ok, order, {}) == {"order": [], "overlap": [], "killed": []}
+    swapped = {**ok, "b": [Run("b", 1, 1, 0, 2.6, 2.8)]}
+    assert group_violations(swapped, order, {})["order"]
+    overlapping = {**ok, "b": [Run("b", 2, 1, 0, 0.5, 2.0)]}
+    assert group_violations(overlapping, order, {})["overlap"]
+    # a's run was cut by the kill of pid 1 at t=0.5 (no end): a must run again next,
+    # after the kill.
+    cut = {**ok, "a": [Run("a", 1, 1, 0, 0.0), Run("a", 2, 1, 1, 1.0, 1.0)]}
+    assert group_violations(cut, order, {1: 0.5})["killed"] == []
+    assert group_violations(cut, order, {1: 1.5})["killed"]  # re-ran before the kill
+    skipped = {**ok, "a": [Run("a", 1, 1, 0, 0.0)]}
+    assert group_violations(skipped, order, {1: 0.5})["killed"]  # b took the turn
+    assert group_violations(cut, order, {})["killed"]  # no end, process not killed
 
 
 # ---------------------------------------------------------------------- 200 x 50
