@@ -38,6 +38,7 @@ def _headline(r: Result) -> str:
         "network": ("faults", "reruns_total"),
         "clock-skew": ("skews_s", "stalls_during_renewal", "relet_early"),
         "poison": ("fuzzed_payloads", "fuzzed_fields"),
+        "groups": ("jobs", "kills", "restarts", "interrupted_jobs"),
     }.get(r.name, ())
     parts = []
     for k in keys:

@@ -16,6 +16,8 @@ scenario:
                              "done" (process middleware, after the processor returned),
                              "retry" (process middleware, after the processor raised)
                  fail_first  raise on the job's first execution only (marker file)
+                 fail_on     list of attempt numbers (``job.attempts``) on which the
+                             run raises after its sleep (a seeded failure pattern)
                  wake        poll in 5 ms steps and return as soon as a wall-clock gap
                              > 0.5 s shows that the process was frozen (SIGSTOP)
     sync       ``time.sleep(ms)`` in a plain function (the worker's thread pool)
@@ -128,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shutdown-timeout", type=int, default=30_000)
     p.add_argument("--events-max-len", type=int, default=1_000_000)
     p.add_argument("--clock-skew", type=float, default=0.0, help="seconds")
+    p.add_argument("--fifo-groups", type=int, default=0,
+                   help="1: enable FIFO message groups (FIFOQueueManager) on the queue")
     p.add_argument("--slow-claim-ms", type=int, default=0,
                    help="delay every claim by this long before sending it (a slow link)")
     return p.parse_args(argv)
@@ -191,6 +195,10 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         worker={"concurrency": args.concurrency, "shutdown_timeout": args.shutdown_timeout},
         events_max_len=args.events_max_len,
     )
+    if args.fifo_groups:
+        from kitium_queue.features.groups import FIFOQueueManager
+
+        FIFOQueueManager(queue)
     state = args.state_dir
 
     def result(job: Any) -> dict[str, int]:
@@ -231,6 +239,8 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
                 await asyncio.sleep(seconds)
             if d.get("fail_first") and _marker(state, "failed", job.id):
                 raise RuntimeError(f"job {job.id}: first execution fails (fail_first)")
+            if job.attempts in (d.get("fail_on") or ()):
+                raise RuntimeError(f"job {job.id}: attempt {job.attempts} fails (fail_on)")
         except asyncio.CancelledError:
             log.write("cancel", job.id, job.attempts, job.stalls)
             raise
