@@ -25,9 +25,11 @@
   return function(id, jk, outcome)
     local total = ENDS[outcome]
     if total == nil then return end
-    local g = redis.call('HGET', OWNER, id)
-    local f = redis.pcall('HMGET', jk, 'gk', 'gm')
+    local f = redis.pcall('HMGET', jk, 'gk', 'gm', 'n')
     if f.err then f = {} end
+    -- A job of no group (its record is there, without a group): nothing else to read.
+    if f[3] and not f[1] then return end
+    local g = redis.call('HGET', OWNER, id)
     local gk = g or f[1]
     if not gk then return end
     local gkey = GP .. gk
