@@ -253,6 +253,39 @@ async def test_partitioned_queue_uses_every_master(cluster: LocalCluster, prefix
         await pq.close()
 
 
+async def test_fifo_groups_and_effectively_once_on_a_cluster(
+    cluster: LocalCluster, prefix: str,
+) -> None:
+    from kitium_queue import FIFOQueueManager, IdempotencyManager
+
+    pq = PartitionedQueue("grp", partitions=3, redis=cluster.url, prefix=prefix,
+                          worker={"concurrency": 10})
+    try:
+        fifo = FIFOQueueManager(pq)
+        idem = IdempotencyManager(pq)
+        order: dict[str, list[int]] = {}
+
+        async def step(job: Any) -> int:
+            order.setdefault(job.data["g"], []).append(job.data["i"])
+            return int(job.data["i"])
+
+        pq.process("step", step)
+        for i in range(10):
+            await pq.add_jobs([("step", {"g": f"c{g}", "i": i}, {"message_group_id": f"c{g}"})
+                               for g in range(6)])
+        a = await pq.add_job("step", {"g": "eo", "i": 0}, idempotency_key="k1",
+                             delivery_guarantee="exactly-once", remove_on_complete=True)
+        await pq.start(concurrency=10)
+        await wait_until(lambda: sum(map(len, order.values())) == 61, 15)
+        assert all(order[f"c{g}"] == list(range(10)) for g in range(6))
+        res = await wait_until(lambda: idem.get_result("k1"), 5)
+        assert res.job_id == a and res.result == 0
+        assert (await fifo.list_groups()).groups == []  # all empty again
+        await pq.clear(force=True)
+    finally:
+        await pq.close()
+
+
 async def _completed_pq(pq: PartitionedQueue, n: int) -> bool:
     return (await pq.get_stats()).completed >= n
 

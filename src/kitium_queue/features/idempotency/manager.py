@@ -28,7 +28,7 @@ import hashlib
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +198,13 @@ class IdempotencyManager:
         index: int = self.queue.partition_of(key)
         return self._parts[index]
 
+    def _public(self, q: JobQueue, found: ExecutionResult | None) -> ExecutionResult | None:
+        # On a partitioned queue, ids read inside a partition are given as full ids.
+        if found is None or len(self._parts) == 1:
+            return found
+        full: str = self.queue.full_id(self._parts.index(q), found.job_id)
+        return replace(found, job_id=full)
+
     # ------------------------------------------------------------------ results
     async def get_result(self, job_id_or_key: str) -> ExecutionResult | None:
         """The result of a completed job, by its id or its idempotency key.
@@ -218,10 +225,10 @@ class IdempotencyManager:
             if job is not None:
                 found = _from_job(job, text)
                 if found is not None:
-                    return found
+                    return self._public(q, found)
         raw = await client.hgetall(q.keys.extra(_RESULT_PREFIX + text))
         if raw:
-            return _stored(q, text, raw, "stored")
+            return self._public(q, _stored(q, text, raw, "stored"))
         return None
 
     async def get_execution_result(self, key: str) -> ExecutionResult | None:
