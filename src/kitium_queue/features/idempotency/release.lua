@@ -10,6 +10,8 @@
     if not ENDS[outcome] then return end
     local f = redis.pcall('HMGET', jk, 'ik', 'eo', 'iw', 'n')
     if f.err or not f[1] then return end
+    -- A key with the default window and no exactly-once: nothing to keep or free.
+    if f[2] ~= '1' and f[3] ~= 'f' then return end
     local ikey = PREFIX .. 'idem:' .. f[1]
     if redis.call('GET', ikey) ~= id then return end
     if f[3] == 'f' then
