@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisClusterException, RedisError
+
 from .context import CONNECT_TIMEOUT_S
 from .enums import JobStatus
 from .errors import ConfigurationError
@@ -406,6 +408,9 @@ class Queries:
             block_ms, "block_ms", minimum=0 if follow else 1, maximum=MAX_DELAY_MS
         )
         conn = self.ctx.connection
+        # The shared client first: its connection check turns an unreachable or wrong
+        # server into the library's error before the blocking reads start.
+        await self.ctx.client()
         client = conn.client(blocking=True)
         try:
             async for ev in read_stream(
@@ -414,6 +419,11 @@ class Queries:
                 if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
                     ev = await self._with_progress(ev)
                 yield ev
+        except (RedisError, RedisClusterException, OSError) as exc:
+            wrapped = conn.error(exc, self.ctx.name)  # e.g. the server went away
+            if wrapped is None:
+                raise
+            raise wrapped from None
         finally:
             if conn.owns(client):
                 await client.aclose()
