@@ -410,6 +410,16 @@ class ConnectionFactory:
         Use it for every message that may quote the connection or a client's error."""
         return redact_url(text, self._secrets)
 
+    def answer_timeout_s(self, default: float) -> float:
+        """How long to wait for a server's first answer: the ``socket_timeout`` of this
+        setting when one is given and shorter than ``default``, else ``default``."""
+        given: Any = self._kwargs.get("socket_timeout")
+        if given is None and self._url:
+            given = parse_url(self._url).get("socket_timeout")
+        if isinstance(given, (int, float)) and 0 < given < default:
+            return float(given)
+        return default
+
     # ------------------------------------------------------------------ clients
     def client(self, *, blocking: bool = False) -> Any:
         """A new client. ``blocking=True`` gives one meant for blocking commands."""

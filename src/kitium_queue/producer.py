@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from .limits import (
     MAX_DELAY_MS,
     MAX_JOB_NAME_LENGTH,
     MAX_OPTIONS_BYTES,
+    get_logger,
 )
 from .options import JobOptions, check_text
 from .wire import ENQUEUE_JOB
@@ -49,7 +49,7 @@ __all__ = [
     "ProducerAPI",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: A job ready for ``enqueue.lua``: its arguments in the ``wire.ENQUEUE_JOB`` layout.
 PreparedJob = list[Any]

@@ -408,11 +408,12 @@ class Queries:
             block_ms, "block_ms", minimum=0 if follow else 1, maximum=MAX_DELAY_MS
         )
         conn = self.ctx.connection
-        # The shared client first: its connection check turns an unreachable or wrong
-        # server into the library's error before the blocking reads start.
-        await self.ctx.client()
         client = conn.client(blocking=True)
+        deadline = conn.answer_timeout_s(CONNECT_TIMEOUT_S)
         try:
+            # Blocking reads have no socket timeout: a PING with a deadline first, so a
+            # server that never answers fails instead of hanging the reader.
+            await asyncio.wait_for(client.ping(), deadline)
             async for ev in read_stream(
                 client, self.ctx.keys.events, last_id=last_id, block_ms=block, follow=follow
             ):
@@ -420,7 +421,9 @@ class Queries:
                     ev = await self._with_progress(ev)
                 yield ev
         except (RedisError, RedisClusterException, OSError) as exc:
-            wrapped = conn.error(exc, self.ctx.name)  # e.g. the server went away
+            # Unreachable, or went away while we read: the library's error, saying what
+            # to check (asyncio's TimeoutError is an OSError).
+            wrapped = conn.error(exc, self.ctx.name, timeout_s=deadline)
             if wrapped is None:
                 raise
             raise wrapped from None

@@ -13,7 +13,6 @@ Unix epoch), so every process computes the same ticks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone, tzinfo
@@ -25,7 +24,7 @@ from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
 from ..errors import ConfigurationError, ScheduleNotFoundError
-from ..limits import clip
+from ..limits import clip, get_logger
 from ..options import MAX_COUNT, check_text, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 
@@ -42,7 +41,7 @@ __all__ = [
     "Timing",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 OVERLAP_POLICIES = ("allow", "skip")
