@@ -196,6 +196,8 @@ class ConnectionFactory:
       and, for Sentinel, ``sentinel_username`` / ``sentinel_password`` (credentials of
       the sentinels themselves; the URL's credentials are the data nodes').
     * a dict of connection options (host, port, username, password, db, tls, ...);
+      ``enable_ready_check=True`` is accepted (the queue always checks that the server
+      answers before use); ``retry_strategy`` is refused (reconnecting is built in);
       ``{"cluster": True, "startup_nodes": ["h:p", ...]}`` for Cluster,
       ``{"sentinels": ["h:p", ...], "service_name": "mymaster"}`` for Sentinel.
     * a ready client: ``redis.asyncio.Redis`` (a Sentinel ``master_for`` client too) or
@@ -342,8 +344,7 @@ class ConnectionFactory:
                 raise ConfigurationError(
                     "tls options given with a non-TLS url: use a rediss:// url"
                 )  # with a rediss:// url the scheme selects TLS; the options configure it
-        opts.pop("retry_strategy", None)  # reconnection is handled by the worker
-        opts.pop("enable_ready_check", None)
+        self._ready_check_and_retry(opts)
         if "unix_socket_path" in opts:
             opts["path"] = opts.pop("unix_socket_path")
         cluster = opts.pop("cluster", False)
@@ -372,6 +373,27 @@ class ConnectionFactory:
         elif any(k in opts for k in _SENTINEL_ONLY):
             raise ConfigurationError(f"{list(_SENTINEL_ONLY)} need sentinels=[...]")
         self._kwargs = opts
+
+    @staticmethod
+    def _ready_check_and_retry(opts: dict[str, Any]) -> None:
+        """The brief's ``retry_strategy`` and ``enable_ready_check``: honoured where the
+        queue does it already, refused where it cannot (never accepted and dropped)."""
+        if opts.pop("retry_strategy", None) is not None:
+            raise ConfigurationError(
+                "redis option 'retry_strategy' is not supported: reconnecting is built in "
+                "(workers, the scheduler and leader services retry with backoff up to 5 s "
+                "until Redis is back; add_job and the other calls raise "
+                "ConnectionUnavailableError at once, so the caller decides). Drop it, or "
+                "pass a ready redis.asyncio client built with retry=Retry(...) for "
+                "per-command retries"
+            )
+        ready = opts.pop("enable_ready_check", True)
+        if ready is not True:
+            raise ConfigurationError(
+                f"redis option enable_ready_check={ready!r}: the queue always checks that "
+                "Redis answers (PING, with a deadline) before it first uses a connection, "
+                "and that cannot be turned off; drop the option (True is accepted)"
+            )
 
     # ------------------------------------------------------------------ info
     @property

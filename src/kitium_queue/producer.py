@@ -108,6 +108,7 @@ class Producer:
         else:
             opts = {}
             merged = ctx.defaults
+        ctx.jobspec.check_backoff(merged.get("backoff"))  # a custom one must be known
         raw = ctx.serializer.dumps(data)
         if len(raw) > ctx.max_payload_bytes:
             raise PayloadTooLargeError(

@@ -145,7 +145,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         # Registrations of this process.
         self.processors: dict[str, Processor] = {}
         self.processor_modes: dict[str, str] = {}
-        self.backoff_strategies: dict[str, Callable[..., Any]] = {}
+        # Shared with the option registry, which refuses an unregistered custom strategy.
+        self.backoff_strategies: dict[str, Callable[..., Any]] = self.jobspec.backoff_strategies
         self.enqueue_middleware: list[EnqueueMiddleware] = []
         self.process_middleware: list[ProcessMiddleware] = []
         self.services: list[Service] = []
