@@ -567,8 +567,16 @@ class QueryAPI:
     ) -> AsyncIterator[StreamEvent]:
         """Iterate the durable event stream (events of every process, written atomically
         with each transition). ``last_id="0"`` replays what the stream still holds;
-        ``follow=False`` stops when no event arrives within ``block_ms`` (1 ms to 10
-        years; with ``follow=True`` 0 is allowed too and waits without a deadline).
+        ``"$"`` (the default) starts with the next new event.
+
+        By default (``follow=True``) the iteration never ends: after the events the
+        stream holds it waits for new ones, like ``tail -f`` — also with
+        ``last_id="0"``. Break out of the loop, or pass ``follow=False`` to stop once no
+        event arrives within ``block_ms`` (1 ms to 10 years; with ``follow=True`` 0 is
+        allowed too and waits without a deadline)::
+
+            async for ev in queue.events(last_id="0", follow=False, block_ms=100):
+                print(ev.event, ev.job_id)   # what the stream holds, then stops
 
         A ``job-progress`` event whose value was too large for the stream (it carries
         ``progress_bytes``) gets ``progress`` from the job record, see ``StreamEvent``.
