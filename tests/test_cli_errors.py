@@ -71,7 +71,8 @@ def _one_line_error(result: Result, code: int, *needles: str) -> str:
     # In-process, an exception that escaped would be result.exception itself.
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not line.startswith("note: ")]  # the memory:// note
     if not lines:  # health: its JSON verdict on stdout is the report
         assert '"healthy": false' in result.stdout, result.stdout
         text = result.stdout
@@ -214,3 +215,10 @@ def test_schedule_subcommands_have_help() -> None:
     for verb in ("pause", "resume", "remove"):
         line = next(line for line in listing.splitlines() if line.strip().startswith(verb))
         assert len(line.split()) > 1, listing
+
+
+def test_bad_concurrency_is_a_usage_error(app: str) -> None:
+    """Item 2 (done before, checked here through the CLI): one check for every entry."""
+    for value in ("0", "-5"):
+        result = CliRunner().invoke(main, ["worker", app, "-c", value])
+        _one_line_error(result, EXIT_USAGE, "concurrency must be an int >= 1")
