@@ -5,19 +5,39 @@
 * ``QueueFactory``: builds ``JobQueue`` objects with the test's backend and unique prefix
   and closes them all at the end of the test.
 * ``EventLog``: records in-process events (``queue.on``) with their monotonic time.
+* ``app_module(folder, source)``: an importable module written from ``source``, for CLI
+  ``APP`` arguments (``module:queue``); forgotten again afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from kitium_queue import EventData, JobQueue, JobStatus
 
-__all__ = ["EventLog", "QueueFactory", "wait_for_status", "wait_until"]
+__all__ = ["EventLog", "QueueFactory", "app_module", "wait_for_status", "wait_until"]
+
+
+@contextlib.contextmanager
+def app_module(folder: Path, source: str, stem: str = "kq_app") -> Iterator[str]:
+    """Write ``source`` as a new module in ``folder``, put ``folder`` on ``sys.path`` and
+    yield the module's name; both are undone afterwards."""
+    module = f"{stem}_{uuid.uuid4().hex[:8]}"
+    (folder / f"{module}.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    try:
+        yield module
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(module, None)
 
 
 async def wait_until(

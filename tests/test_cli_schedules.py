@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,23 +11,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers import app_module
 from kitium_queue import JobQueue
 from kitium_queue.cli import main
 
 
 @pytest.fixture
 def app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
-    module = f"kq_cli_app_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
+    source = (
         "from kitium_queue import JobQueue\n"
         f"queue = JobQueue('cli', redis={redis_url!r}, prefix={prefix!r})\n"
     )
-    sys.path.insert(0, str(tmp_path))
-    try:
+    with app_module(tmp_path, source, "kq_cli_app") as module:
         yield f"{module}:queue"
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop(module, None)
 
 
 def _declare(redis_url: str, prefix: str) -> None:

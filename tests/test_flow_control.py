@@ -56,7 +56,7 @@ class Engine:
 
 async def test_key_options_need_flow_control_and_valid_values(make_queue: QueueFactory) -> None:
     q = make_queue()
-    with pytest.raises(ConfigurationError, match="needs a feature that is not enabled"):
+    with pytest.raises(ConfigurationError, match=r"needs flow control \(not enabled"):
         await q.add_job("j", {}, rate_limit_key="customer-1")
     q.set_rate_limit("customer-*", max=10, duration=1000)
     assert await q.add_job("j", {}, rate_limit_key="customer-1", concurrency_key="c")

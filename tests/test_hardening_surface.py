@@ -270,7 +270,7 @@ def test_cli_health_never_prints_the_password(
     else:
         assert result.exit_code != 0, result.output
     _assert_hidden(result.output + result.stderr, " by kitium-queue health")
-    if result.exit_code == 1 and result.stdout.startswith("{"):  # it ran: JSON verdict
+    if result.exit_code == 3 and result.stdout.startswith("{"):  # it ran: JSON verdict
         report = json.loads(result.stdout)
         assert report["healthy"] is False and report["error"], report
 

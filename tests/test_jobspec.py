@@ -34,8 +34,9 @@ def test_core_declares_its_options_through_the_registry() -> None:
     declared = {s.name: s for s in spec.specs()}
     assert set(declared) == CORE_NAMES
     assert {s.feature for s in declared.values()} == {CORE}
-    # The enqueue-argument options are not kept in the stored options.
-    assert spec.unstored == {"delay", "priority", "lifo", "job_id"}
+    # The job's id is not kept in its stored options (it is the id); delay, priority
+    # and lifo travel as script arguments and are stored too, for JobInfo.options.
+    assert spec.unstored == {"job_id"}
     # The brief's feature options are known by name only: nobody declared them.
     assert FEATURE_OPTION_NAMES.isdisjoint(declared)
     assert {"tenant_id", "message_group_id", "rate_limit_key"} <= FEATURE_OPTION_NAMES
@@ -101,8 +102,8 @@ async def test_undeclared_option_is_refused_with_did_you_mean(make_queue: QueueF
 
 async def test_brief_option_without_its_feature(make_queue: QueueFactory) -> None:
     q = make_queue("orders")
-    with pytest.raises(ConfigurationError, match=r"option 'tenant_id' needs a feature that is "
-                       r"not enabled on queue 'orders'"):
+    with pytest.raises(ConfigurationError, match=r"option 'tenant_id' needs multi-tenancy "
+                       r"\(not enabled on queue 'orders'\)"):
         await q.add_job("a", {}, tenant_id="acme")
     q.own_options("tenancy", ["tenant_id"])
     jid = await q.add_job("a", {}, tenant_id="acme")

@@ -19,6 +19,7 @@ from kitium_queue import (
     PayloadTooLargeError,
     SerializationError,
 )
+from kitium_queue.jobspec import FEATURE_HOWTO, FEATURE_OPTION_NAMES
 from kitium_queue.options import MAX_PRIORITY
 
 
@@ -274,16 +275,21 @@ async def test_feature_option_without_feature_is_rejected(
     with pytest.raises(ConfigurationError) as err:
         await q.add_job("a", {}, **{option: value})
     msg = str(err.value)
-    assert f"option {option!r} needs a feature that is not enabled" in msg
-    assert "'orders'" in msg
+    feature, how = FEATURE_HOWTO[option]  # named, with how to enable it
+    assert f"option {option!r} needs {feature} (not enabled on queue 'orders'): {how}" in msg
     await _nothing_written(q)
+
+
+def test_every_feature_option_names_its_feature() -> None:
+    assert set(FEATURE_HOWTO) == set(FEATURE_OPTION_NAMES)
+    assert FEATURE_HOWTO["message_group_id"] == ("FIFO groups", "create FIFOQueueManager(queue)")
 
 
 async def test_feature_option_in_typed_options_is_rejected(make_queue: QueueFactory) -> None:
     q = make_queue()
-    with pytest.raises(ConfigurationError, match=r"'message_group_id' needs a feature"):
+    with pytest.raises(ConfigurationError, match=r"'message_group_id' needs FIFO groups"):
         await q.add_job("a", {}, ExtendedJobOptions(message_group_id="g"))
-    with pytest.raises(ConfigurationError, match=r"'tenant_id' needs a feature"):
+    with pytest.raises(ConfigurationError, match=r"'tenant_id' needs multi-tenancy"):
         JobQueue("q", default_job_options={"tenant_id": "acme"})
     await _nothing_written(q)
 

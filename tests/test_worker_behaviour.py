@@ -19,6 +19,7 @@ import pytest
 
 from helpers import EventLog, QueueFactory, wait_for_status, wait_until
 from kitium_queue import (
+    ConfigurationError,
     ConnectionUnavailableError,
     EventData,
     JobQueue,
@@ -364,18 +365,33 @@ async def test_custom_backoff_returning_none_stops_retrying(make_queue: QueueFac
     assert await _retry_delays(q, jid) == []
 
 
-async def test_unregistered_custom_backoff_fails_with_a_clear_reason(
+async def test_unregistered_custom_backoff_is_refused_at_add_job(
     make_queue: QueueFactory,
 ) -> None:
     q = make_queue()
-    q.process("flaky", lambda job: 1 / 0)
-    jid = await q.add_job("flaky", attempts=5, backoff={"type": "custom", "strategy": "missing"})
-    await q.start()
-    info = await wait_for_status(q, jid, JobStatus.DLQ)
-    assert info.attempts == 1
-    assert info.failed_reason is not None
+    q.register_backoff("linear", lambda attempts, error, job: attempts * 10)
+    with pytest.raises(ConfigurationError, match=r"'linaer' \(did you mean 'linear'\?\) is not "
+                       r"registered"):
+        await q.add_job("flaky", attempts=5, backoff={"type": "custom", "strategy": "linaer"})
+    assert (await q.get_stats()).waiting == 0
+
+
+async def test_custom_backoff_unknown_to_the_worker_retries_with_the_default(
+    make_queue: QueueFactory,
+) -> None:
+    """The producer's process registered the strategy, the worker's did not: the job is
+    retried with the default backoff, and its reason says so (no attempt is lost)."""
+    producer, worker = make_queue("b"), make_queue("b")
+    producer.register_backoff("mine", lambda attempts, error, job: 10)
+    custom = {"type": "custom", "strategy": "mine"}
+    jid = await producer.add_job("flaky", attempts=5, backoff=custom)
+    worker.process("flaky", lambda job: 1 / 0)
+    await worker.start()
+    info = await wait_for_status(worker, jid, JobStatus.DELAYED)
+    assert info.attempts == 1 and info.failed_reason is not None
     assert "ZeroDivisionError" in info.failed_reason
-    assert "'missing' is not registered" in info.failed_reason
+    assert "'mine' is not registered on this worker" in info.failed_reason
+    assert "retried with the default exponential backoff" in info.failed_reason
 
 
 async def test_retry_jitter_stays_within_bounds(make_queue: QueueFactory) -> None:

@@ -277,13 +277,11 @@ class Admin:
         return await self.execute("recover_stalled", {"limit": limit}, action)
 
 
-_SCHEDULE_OPTIONS = ("schedule_id", "tz", "start_date", "end_date", "limit", "jitter",
-                     "misfire", "misfire_grace", "overlap")
-
-
 def _split_schedule_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    sched = {k: v for k, v in options.items() if k in _SCHEDULE_OPTIONS}
-    return sched, {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}
+    from .features.schedules import SCHEDULE_OPTIONS
+
+    sched = {k: v for k, v in options.items() if k in SCHEDULE_OPTIONS}
+    return sched, {k: v for k, v in options.items() if k not in SCHEDULE_OPTIONS}
 
 
 class AdminAPI:

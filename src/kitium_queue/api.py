@@ -278,7 +278,8 @@ class QueueAPI(Protocol):
     def events(
         self, /, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True
     ) -> AsyncIterator[StreamEvent]:
-        """Iterate the durable event stream (events of every process)."""
+        """Iterate the durable event stream (events of every process). Follows the
+        stream forever (also from ``last_id="0"``) unless ``follow=False``."""
         raise _unimplemented(self)
 
     # ------------------------------------------------------------------ admin

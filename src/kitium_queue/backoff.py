@@ -10,7 +10,11 @@ from .errors import ConfigurationError
 from .limits import clamp_delay_ms
 from .options import Policy
 
-__all__ = ["retry_delay"]
+__all__ = ["UnknownStrategyError", "retry_delay"]
+
+
+class UnknownStrategyError(ConfigurationError):
+    """The job's custom backoff strategy is not registered in this worker's process."""
 
 
 def retry_delay(
@@ -35,9 +39,9 @@ def retry_delay(
     else:
         fn = strategies.get(b.strategy or "")
         if fn is None:
-            raise ConfigurationError(
+            raise UnknownStrategyError(
                 f"custom backoff strategy {b.strategy!r} is not registered on this worker; "
-                "call queue.register_backoff(name, fn)"
+                "call queue.register_backoff(name, fn) in the worker's process too"
             )
         out = fn(attempts_made, error, job)
         if out is None:

@@ -3,6 +3,10 @@
 ``APP`` arguments name a ``JobQueue`` object as ``module:attribute`` (like uvicorn), e.g.
 ``kitium-queue worker myapp.tasks:queue``. Environment variables are read here only:
 ``KITIUM_QUEUE_REDIS`` overrides the queue's Redis URL.
+
+Every subcommand fails the same way (``_Main.invoke``, the one place): one line on
+stderr and an exit code from ``EXIT_CODES``; the traceback only with ``--debug`` or
+``-v``. Errors from Redis are translated by ``ConnectionFactory.error`` first.
 """
 
 from __future__ import annotations
@@ -14,16 +18,41 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 
-from .errors import ConfigurationError, KitiumQueueError
+from .errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from .limits import printable
 from .queue import JobQueue
+from .redact import redact_url
 
-__all__ = ["load_queue", "main", "text_field"]
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_ERROR",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "load_queue",
+    "main",
+    "text_field",
+]
+
+#: The command failed: a job or schedule not found, an operation refused, an error.
+EXIT_ERROR = 1
+#: The command line or the queue's configuration is wrong (bad argument, unknown APP,
+#: invalid option or connection setting).
+EXIT_USAGE = 2
+#: Redis cannot be reached, refused the credentials, or did not answer in time.
+EXIT_UNREACHABLE = 3
+#: Every exit code but 0, with its meaning (also in ``kitium-queue --help`` and the
+#: README's "Command line" section).
+EXIT_CODES = {
+    EXIT_ERROR: "error (not found, refused, failed)",
+    EXIT_USAGE: "usage or configuration error",
+    EXIT_UNREACHABLE: "cannot connect to Redis (unreachable, refused credentials, no answer)",
+}
 
 T = TypeVar("T")
 
@@ -63,6 +92,14 @@ def load_queue(app: str, redis: str | None = None) -> JobQueue:
             obj.connection = ConnectionFactory(url)
         except ConfigurationError as exc:  # its message is redacted: no credentials
             raise click.BadParameter(text_field(exc), param_hint="--redis") from None
+    if obj.connection.is_memory:
+        # Otherwise an empty queue looks like a bug (or a hang, for events).
+        click.echo(
+            f"note: queue '{text_field(obj.name)}' uses {text_field(obj.connection.describe())}, "
+            "whose data lives only in the process that created it: this command sees an "
+            "empty queue. Point it at Redis with --redis URL or KITIUM_QUEUE_REDIS.",
+            err=True,
+        )
     return obj
 
 
@@ -71,30 +108,83 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def _with_queue(app: str, redis: str | None, action: Callable[[JobQueue], Awaitable[T]]) -> T:
+    """Run ``action`` on the queue ``app`` names, then close it. An error from Redis that
+    reached this far raw is translated by the connection (``ConnectionFactory.error``);
+    ``_Main.invoke`` prints it."""
     queue = load_queue(app, redis)
 
     async def go() -> T:
         try:
             return await action(queue)
-        except KitiumQueueError as exc:
-            # A clear one-line error instead of a traceback; the text may quote job or
-            # server data, so it is escaped like any field (connection details in it are
-            # already redacted by the library).
-            raise click.ClickException(text_field(exc)) from None
+        except (click.ClickException, KitiumQueueError):
+            raise
+        except Exception as exc:
+            wrapped = queue.connection.error(exc, queue.name)
+            if wrapped is None:
+                raise
+            raise wrapped from exc
         finally:
             await queue.close()
 
     return _run(go)
 
 
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line of text for an error that ended a command."""
+    if isinstance(exc, ConnectionUnavailableError):
+        code = EXIT_UNREACHABLE
+    elif isinstance(exc, ConfigurationError):
+        code = EXIT_USAGE
+    else:
+        code = EXIT_ERROR
+    # The text may quote job or server data: escaped like any field. The library's
+    # messages are redacted already; anything else goes through the redaction too.
+    if isinstance(exc, KitiumQueueError):
+        return code, text_field(exc)
+    text = f"{type(exc).__name__}: {redact_url(exc)}"
+    return code, f"unexpected error: {text_field(text)} (--debug shows the traceback)"
+
+
+class _Main(click.Group):
+    """The command group; the one place where a subcommand's error becomes one line on
+    stderr and an exit code (``EXIT_CODES``), with the traceback only with ``--debug``
+    or ``-v``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            code, line = _failure(exc)
+            if ctx.params.get("debug") or ctx.params.get("verbose"):
+                traceback.print_exception(exc, file=sys.stderr)
+            click.echo(f"Error: {line}", err=True)
+            ctx.exit(code)
+
+
 redis_option = click.option("--redis", default=None, help="Redis URL overriding the queue's.")
 
 
-@click.group()
+@click.group(cls=_Main)
 @click.version_option(package_name="kitium-job-queue")
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def main(verbose: int) -> None:
-    """kitium-queue: an asyncio job queue on Redis."""
+@click.option(
+    "-v", "--verbose", count=True,
+    help="More logging (-v info, -vv debug); errors show their traceback.",
+)
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+def main(verbose: int, debug: bool) -> None:
+    """kitium-queue: an asyncio job queue on Redis.
+
+    \b
+    Exit codes:
+      0  success
+      1  error (not found, refused, failed)
+      2  usage or configuration error
+      3  cannot connect to Redis (unreachable, refused credentials, no answer)
+
+    An error is one line on stderr; --debug or -v adds its traceback.
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -108,15 +198,7 @@ def worker(app: str, concurrency: int | None, redis: str | None) -> None:
     logging.getLogger("kitium_queue").setLevel(
         min(logging.INFO, logging.getLogger().level or logging.INFO)
     )
-    queue = load_queue(app, redis)
-
-    async def go() -> None:
-        try:
-            await queue.run_worker(concurrency=concurrency)
-        finally:
-            await queue.close()
-
-    _run(go)
+    _with_queue(app, redis, lambda q: q.run_worker(concurrency=concurrency))
 
 
 @main.command()
@@ -135,7 +217,7 @@ def stats(app: str, redis: str | None) -> None:
 @click.argument("app")
 @redis_option
 def health(app: str, redis: str | None) -> None:
-    """Check Redis connectivity; exit 1 when unhealthy."""
+    """Check Redis connectivity; exit 3 when unhealthy."""
 
     async def act(q: JobQueue) -> bool:
         h = await q.health_check()
@@ -152,7 +234,7 @@ def health(app: str, redis: str | None) -> None:
         return h.healthy
 
     if not _with_queue(app, redis, act):
-        sys.exit(1)
+        sys.exit(EXIT_UNREACHABLE)
 
 
 @main.command()
@@ -264,8 +346,10 @@ def schedules_list(app: str, as_json: bool, redis: str | None) -> None:
     _with_queue(app, redis, act)
 
 
-def _schedule_action(verb: str, method: str, done: str) -> Any:
-    @schedules.command(verb)
+def _schedule_action(verb: str, method: str, done: str, what: str) -> Any:
+    # The help is given to click here: a docstring set after the decorators ran would
+    # never reach ``--help``.
+    @schedules.command(verb, help=f"{what} Exit 1 if APP has no schedule SCHEDULE_ID.")
     @click.argument("app")
     @click.argument("schedule_id")
     @redis_option
@@ -278,13 +362,21 @@ def _schedule_action(verb: str, method: str, done: str) -> Any:
             raise click.ClickException(f"schedule '{text_field(schedule_id)}' not found")
         click.echo(f"{done} {text_field(schedule_id)}")
 
-    command.__doc__ = f"{verb.capitalize()} schedule SCHEDULE_ID of APP."
     return command
 
 
-schedules_pause = _schedule_action("pause", "pause_schedule", "paused")
-schedules_resume = _schedule_action("resume", "resume_schedule", "resumed")
-schedules_remove = _schedule_action("remove", "remove_schedule", "removed")
+schedules_pause = _schedule_action(
+    "pause", "pause_schedule", "paused",
+    "Stop schedule SCHEDULE_ID of APP from firing (its jobs already enqueued stay).",
+)
+schedules_resume = _schedule_action(
+    "resume", "resume_schedule", "resumed",
+    "Resume paused schedule SCHEDULE_ID of APP at its next tick from now.",
+)
+schedules_remove = _schedule_action(
+    "remove", "remove_schedule", "removed",
+    "Delete schedule SCHEDULE_ID of APP (its jobs already enqueued stay).",
+)
 
 
 @main.command()

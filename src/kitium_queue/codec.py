@@ -4,19 +4,50 @@ A ``Codec`` is a bytes→bytes transform applied after serialization (encode) an
 deserialization (decode): payload encryption and compression plug in here. No pickle
 is used anywhere.
 
-What JSON cannot carry faithfully is refused with a ``SerializationError`` that says what
-and where, instead of being changed on the way (orjson writes NaN as ``null`` and turns
-an int key into a string): lone surrogates in strings or keys, NaN and infinities, ints
-outside the 64-bit range, nesting deeper than 254 levels, and dict keys that are not
-strings.
+**The round-trip rule.** A value the processor receives (job data), or that
+``get_job_status`` returns (a result, progress), equals the value that was sent. What
+JSON cannot carry as it is is refused with a ``SerializationError`` that says where it
+is and what to send instead, never changed on the way (orjson alone would write NaN as
+``null``, a tuple as a list, a ``datetime`` as a string). Per type (README "Job data and
+results" has the same table):
+
+=========================================== =============================================
+type                                        rule
+=========================================== =============================================
+``dict`` with ``str`` keys, ``list``,       round-trips exactly
+``str``, ``int`` (64-bit), finite
+``float``, ``bool``, ``None``
+subclasses of ``str``, ``int``, ``float``,  arrive as the plain type with an equal value
+``dict``, ``list`` (``StrEnum``,            (``==`` holds; ``Color.RED`` arrives as
+``IntEnum``, ``OrderedDict``)               ``"red"``)
+``tuple`` (named tuples too)                refused: send ``list(value)`` (or
+                                            ``value._asdict()``)
+``datetime``, ``date``, ``time``            refused: send ``value.isoformat()``, parse
+                                            with ``fromisoformat``
+``uuid.UUID``                               refused: send ``str(value)``
+``Enum`` (not ``str``/``int`` based)        refused: send ``member.value``
+dataclass instances                         refused: send ``dataclasses.asdict(value)``
+numpy arrays and scalars                    refused: send ``value.tolist()``
+NaN, ``inf``, ``-inf``                      refused: send None or a string
+dict keys that are not ``str``              refused: convert them (``str(key)``)
+``int`` outside -2**63 .. 2**64-1           refused: send it as a string
+lone surrogates in a string or key          refused: convert the text first
+nesting deeper than 254 levels              refused
+``set``, ``bytes``, ``Decimal``, other      refused: convert to one of the above
+objects
+=========================================== =============================================
+
+The rule is checked by one walk over the value before it is encoded (``_first_change``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import datetime
+import enum
 import math
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -37,8 +68,6 @@ class Codec(Protocol):
 
     def decode(self, data: bytes) -> bytes: ...
 
-
-_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 # orjson's messages for values it refuses, and what to tell the caller instead.
 _REASONS = (
@@ -70,25 +99,23 @@ class Serializer:
 
     def dumps(self, value: Any, what: str = "job data") -> bytes:
         """Encode ``value``; ``SerializationError`` (naming ``what``) when JSON cannot
-        carry it as it is."""
+        carry it as it is (the module's round-trip rule)."""
+        # Plain JSON values (the common case) pass a quick check at C speed; anything
+        # else gets the walk that says what and where. NaN and infinities are floats
+        # (plain): they are looked for only when the output has a null, where orjson
+        # writes them.
+        looked = _needs_a_look(value)
+        if looked:
+            self._refuse_changes(value, what)
         try:
             try:
-                raw = orjson.dumps(value, option=_OPTS)
+                raw = orjson.dumps(value)
             except TypeError as exc:
                 if "dict key must be str" not in str(exc).lower():
                     raise
-                # Keys of str subclasses (str enums) are strings in JSON too; any other
-                # key type would come back changed (1 as "1"), so it is refused.
-                where = _non_str_key(value, what)
-                if where is not None:
-                    raise SerializationError(
-                        f"{what} cannot be serialized to JSON: the dict key {where} is not "
-                        "a str; JSON object keys are strings, so it would come back "
-                        "changed (1 as '1'): convert the keys first (str(key))"
-                    ) from None
-                raw = orjson.dumps(value, option=_OPTS | orjson.OPT_NON_STR_KEYS)
-        except SerializationError:
-            raise
+                # Every key is a str (checked above); some are str subclasses (str
+                # enums), which orjson takes only with this option.
+                raw = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
         except TypeError as exc:  # orjson.JSONEncodeError
             text = str(exc)
             low = text.lower()
@@ -98,23 +125,20 @@ class Serializer:
                         f"{what} cannot be serialized to JSON: {reason}"
                     ) from None
             raise SerializationError(
-                f"{what} cannot be serialized to JSON: {text}. Pass JSON-compatible values "
-                "(dict, list, str, int, float, bool, None, datetime, UUID, dataclass) or "
-                "convert the object first"
+                f"{what} cannot be serialized to JSON: {text}. Pass JSON values (dict with "
+                "str keys, list, str, int, float, bool, None) or convert the object first"
             ) from None
-        # orjson writes NaN and +-inf as null. Only a payload that has a null can hold
-        # one, so the (rare) walk below costs nothing for the others.
-        if b"null" in raw:
-            where = _non_finite(value, what)
-            if where is not None:
-                raise SerializationError(
-                    f"{what} cannot be serialized to JSON: {where} is NaN or infinite, "
-                    "which JSON cannot represent (it would be stored as null); use None "
-                    "or a string such as 'inf'"
-                )
+        if not looked and b"null" in raw:
+            self._refuse_changes(value, what)
         for codec in self.codecs:
             raw = codec.encode(raw)
         return raw
+
+    @staticmethod
+    def _refuse_changes(value: Any, what: str) -> None:
+        problem = _first_change(value, what)
+        if problem is not None:
+            raise SerializationError(f"{what} cannot be serialized to JSON: {problem}")
 
     def loads(self, raw: bytes, what: str = "job data") -> Any:
         """Decode a stored value; ``SerializationError`` when it cannot be decoded."""
@@ -128,47 +152,99 @@ class Serializer:
             ) from None
 
 
-def _walk(value: Any, root: str) -> Iterator[tuple[Any, str]]:
-    """Every value inside ``value`` with where it is (``<root>['a'][3]``), depth first.
+#: Exact types JSON keeps as they are (checked first: the common case).
+_SCALARS = frozenset({str, int, bool, type(None)})
+#: The same with float (whose NaN and infinities are looked for separately).
+_PLAIN = frozenset({str, int, bool, type(None), float})
+_STR = frozenset({str})
 
-    Iterative, so it needs no recursion however deep the value (orjson has already
-    refused anything deeper than ``MAX_DEPTH``). A dict is yielded before its values,
-    so a caller can look at its keys.
-    """
+
+def _needs_a_look(value: Any) -> bool:
+    """False when ``value`` holds only dicts with exact ``str`` keys, lists and plain
+    scalars (``_PLAIN``), which JSON carries as they are (NaN aside); True when it holds
+    anything else, for ``_first_change`` to examine. Type checks of whole containers run
+    in C (``issuperset(map(type, ...))``), so a plain payload costs little."""
+    if type(value) is dict and _STR.issuperset(map(type, value)) and _PLAIN.issuperset(
+        map(type, value.values())
+    ):
+        return False  # the most common payload: a flat dict
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if not _STR.issuperset(map(type, item)):
+                return True
+            values: Any = item.values()
+        elif kind is list:
+            values = item
+        elif kind in _PLAIN:
+            continue
+        else:
+            return True
+        if not _PLAIN.issuperset(map(type, values)):
+            stack.extend(v for v in values if type(v) not in _PLAIN)
+    return False
+
+
+def _first_change(value: Any, root: str) -> str | None:
+    """What in ``value`` JSON would not carry as it is (where, and what to send
+    instead), or None. One iterative walk: no recursion however deep (orjson refuses
+    what is deeper than ``MAX_DEPTH`` afterwards); a path is only built for containers."""
     stack: list[tuple[Any, str]] = [(value, root)]
     while stack:
         item, path = stack.pop()
-        yield item, path
-        if isinstance(item, dict):
-            stack.extend((v, f"{path}[{_short(k)}]") for k, v in item.items())
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+        kind = type(item)
+        if kind is dict or (kind not in _SCALARS and isinstance(item, dict)):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    return (
+                        f"the dict key {_short(k)} ({type(k).__name__}) in {path} is not a "
+                        "str; JSON object keys are strings, so it would come back changed "
+                        "(1 as '1'): convert the keys first (str(key))"
+                    )
+                if type(v) not in _SCALARS:
+                    stack.append((v, f"{path}[{_short(k)}]"))
+        elif kind is list or (kind not in _SCALARS and isinstance(item, list)):
             stack.extend(
-                (getattr(item, f.name, None), f"{path}.{f.name}")
-                for f in dataclasses.fields(item)
+                (v, f"{path}[{i}]") for i, v in enumerate(item) if type(v) not in _SCALARS
             )
-
-
-def _non_finite(value: Any, root: str) -> str | None:
-    """Where the first NaN or infinity in ``value`` is (``<root>['a'][3]``), or None."""
-    for item, path in _walk(value, root):
-        if isinstance(item, float):
+        elif kind in _SCALARS:
+            continue
+        elif isinstance(item, float):
             if not math.isfinite(item):
-                return path
-        elif _is_float_array(item) and not _all_finite(item):
-            return path
+                return (
+                    f"{path} is NaN or infinite, which JSON cannot represent (it would be "
+                    "stored as null); use None or a string such as 'inf'"
+                )
+        elif not isinstance(item, (str, int)):
+            changed = _changed_type(item)
+            if changed is not None:
+                return f"{path} is {changed}"
     return None
 
 
-def _non_str_key(value: Any, root: str) -> str | None:
-    """The first dict key in ``value`` that is not a ``str`` (or a str subclass), shown
-    with where it is (``1 in <root>['a']``), or None."""
-    for item, path in _walk(value, root):
-        if isinstance(item, dict):
-            for k in item:
-                if not isinstance(k, str):
-                    return f"{_short(k)} ({type(k).__name__}) in {path}"
+def _changed_type(item: Any) -> str | None:
+    """For a value orjson would encode as something else: what it is, what it would
+    become, what to send instead. None for values orjson refuses itself."""
+    name = type(item).__name__
+    if isinstance(item, tuple):
+        what = "a named tuple" if hasattr(item, "_asdict") else "a tuple"
+        fix = "value._asdict() or list(value)" if hasattr(item, "_asdict") else "list(value)"
+        return f"{what}, which would arrive as a list: send {fix}"
+    if isinstance(item, (datetime.datetime, datetime.date, datetime.time)):
+        return (
+            f"a {name}, which would arrive as a string: send value.isoformat() and parse "
+            f"it with {name}.fromisoformat() in the processor"
+        )
+    if isinstance(item, uuid.UUID):
+        return "a UUID, which would arrive as a string: send str(value)"
+    if isinstance(item, enum.Enum):
+        return f"a {name} member, which would arrive as its value: send member.value"
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return f"a {name} dataclass, which would arrive as a dict: send dataclasses.asdict(value)"
+    if type(item).__module__.startswith("numpy"):
+        return f"a numpy {name}, which would arrive as plain JSON values: send value.tolist()"
     return None
 
 
@@ -179,16 +255,3 @@ def _short(key: Any) -> str:
     except Exception:
         return f"<{type(key).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_float_array(item: Any) -> bool:
-    """A numpy array or scalar of floats (orjson writes their NaN as null too)."""
-    kind = getattr(getattr(item, "dtype", None), "kind", None)
-    return kind in ("f", "c") and type(item).__module__.startswith("numpy")
-
-
-def _all_finite(item: Any) -> bool:
-    # Only reached for a numpy value, so numpy is installed; imported by name so that
-    # it stays an optional dependency.
-    numpy = importlib.import_module("numpy")
-    return bool(numpy.isfinite(item).all())

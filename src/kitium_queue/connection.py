@@ -13,11 +13,19 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    InvalidResponse,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from .redact import (
     REDACTED,
     REDACTED_PLACEHOLDER,
@@ -188,6 +196,8 @@ class ConnectionFactory:
       and, for Sentinel, ``sentinel_username`` / ``sentinel_password`` (credentials of
       the sentinels themselves; the URL's credentials are the data nodes').
     * a dict of connection options (host, port, username, password, db, tls, ...);
+      ``enable_ready_check=True`` is accepted (the queue always checks that the server
+      answers before use); ``retry_strategy`` is refused (reconnecting is built in);
       ``{"cluster": True, "startup_nodes": ["h:p", ...]}`` for Cluster,
       ``{"sentinels": ["h:p", ...], "service_name": "mymaster"}`` for Sentinel.
     * a ready client: ``redis.asyncio.Redis`` (a Sentinel ``master_for`` client too) or
@@ -334,8 +344,7 @@ class ConnectionFactory:
                 raise ConfigurationError(
                     "tls options given with a non-TLS url: use a rediss:// url"
                 )  # with a rediss:// url the scheme selects TLS; the options configure it
-        opts.pop("retry_strategy", None)  # reconnection is handled by the worker
-        opts.pop("enable_ready_check", None)
+        self._ready_check_and_retry(opts)
         if "unix_socket_path" in opts:
             opts["path"] = opts.pop("unix_socket_path")
         cluster = opts.pop("cluster", False)
@@ -364,6 +373,27 @@ class ConnectionFactory:
         elif any(k in opts for k in _SENTINEL_ONLY):
             raise ConfigurationError(f"{list(_SENTINEL_ONLY)} need sentinels=[...]")
         self._kwargs = opts
+
+    @staticmethod
+    def _ready_check_and_retry(opts: dict[str, Any]) -> None:
+        """The brief's ``retry_strategy`` and ``enable_ready_check``: honoured where the
+        queue does it already, refused where it cannot (never accepted and dropped)."""
+        if opts.pop("retry_strategy", None) is not None:
+            raise ConfigurationError(
+                "redis option 'retry_strategy' is not supported: reconnecting is built in "
+                "(workers, the scheduler and leader services retry with backoff up to 5 s "
+                "until Redis is back; add_job and the other calls raise "
+                "ConnectionUnavailableError at once, so the caller decides). Drop it, or "
+                "pass a ready redis.asyncio client built with retry=Retry(...) for "
+                "per-command retries"
+            )
+        ready = opts.pop("enable_ready_check", True)
+        if ready is not True:
+            raise ConfigurationError(
+                f"redis option enable_ready_check={ready!r}: the queue always checks that "
+                "Redis answers (PING, with a deadline) before it first uses a connection, "
+                "and that cannot be turned off; drop the option (True is accepted)"
+            )
 
     # ------------------------------------------------------------------ info
     @property
@@ -401,6 +431,16 @@ class ConnectionFactory:
         ``redact_url`` plus the passwords this factory was given, wherever they occur.
         Use it for every message that may quote the connection or a client's error."""
         return redact_url(text, self._secrets)
+
+    def answer_timeout_s(self, default: float) -> float:
+        """How long to wait for a server's first answer: the ``socket_timeout`` of this
+        setting when one is given and shorter than ``default``, else ``default``."""
+        given: Any = self._kwargs.get("socket_timeout")
+        if given is None and self._url:
+            given = parse_url(self._url).get("socket_timeout")
+        if isinstance(given, (int, float)) and 0 < given < default:
+            return float(given)
+        return default
 
     # ------------------------------------------------------------------ clients
     def client(self, *, blocking: bool = False) -> Any:
@@ -484,3 +524,75 @@ class ConnectionFactory:
 
     def owns(self, client: Any) -> bool:
         return client is not self._given_client
+
+    # ------------------------------------------------------------------ errors
+    def error(
+        self, exc: BaseException, queue: str, *, timeout_s: float | None = None
+    ) -> KitiumQueueError | None:
+        """The library's error for ``exc``, raised by redis-py (or the socket) while
+        connecting to Redis or talking to it on behalf of ``queue``, or None when ``exc``
+        is not a connection problem (the caller re-raises it as it is).
+
+        The one place where connection errors are translated: each message says where
+        (``describe()``, credentials redacted), what happened and what to check.
+        ``ConfigurationError`` when the setting itself is wrong (a database number the
+        server does not have, a cluster URL for a server that is not a cluster),
+        ``ConnectionUnavailableError`` otherwise. ``timeout_s``: the deadline a bare
+        ``asyncio.TimeoutError`` stands for, if the caller set one.
+        """
+        where = f"Redis at {self.describe()}"
+        cause = _sentence(self.redact(exc)) or type(exc).__name__
+        if isinstance(exc, AuthenticationError):
+            return ConnectionUnavailableError(
+                f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
+                "username and password given in redis="
+            )
+        if isinstance(exc, InvalidResponse):
+            return ConnectionUnavailableError(
+                f"{where} does not speak the Redis protocol (queue {queue!r}: {cause}); an "
+                "HTTP or other server may be listening there: check the host and port in "
+                "redis=, and rediss:// if the server expects TLS"
+            )
+        if isinstance(exc, ResponseError) and "db index is out of range" in cause.lower():
+            return ConfigurationError(
+                f"{where} has no such database (queue {queue!r}: {cause}); a server has "
+                "databases 0..15 unless its 'databases' setting says otherwise: use a "
+                "database number within that range in redis= (redis://host:port/<db> or "
+                "db=...)"
+            )
+        if isinstance(exc, RedisClusterException):
+            if "cluster mode is not enabled" in cause.lower():
+                return ConfigurationError(
+                    f"{where} is not a Redis Cluster (queue {queue!r}: {cause}); for a "
+                    "single server use a redis:// URL instead of redis+cluster://"
+                )
+            return ConnectionUnavailableError(
+                f"cannot reach any node of the Redis {self.describe()} (queue {queue!r}: "
+                f"{cause}); check the "
+                "node addresses in redis= and that the cluster is running"
+            )
+        if isinstance(exc, (RedisTimeoutError, TimeoutError)) and "connecting" in cause:
+            return ConnectionUnavailableError(
+                f"{where} did not accept the connection in time (queue {queue!r}: "
+                f"{cause}); check the host and port in redis=, a firewall that drops "
+                "packets, and socket_connect_timeout"
+            )
+        if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+            within = f" within {timeout_s:g} s" if timeout_s and cause == "TimeoutError" else ""
+            return ConnectionUnavailableError(
+                f"{where} accepted the connection but did not answer{within} (queue "
+                f"{queue!r}: {cause}); check the port, whether the server expects TLS "
+                "(rediss://), and socket_timeout"
+            )
+        if isinstance(exc, (RedisConnectionError, OSError)):
+            return ConnectionUnavailableError(
+                f"cannot reach {where} for queue {queue!r} ({cause}); check the redis= "
+                "setting and that the server is running"
+            )
+        return None
+
+
+def _sentence(text: str) -> str:
+    """An error's text for use inside a sentence: without the final period or spaces
+    (redis-py's messages end with one, which would double the period that follows)."""
+    return text.strip().rstrip(".").strip()

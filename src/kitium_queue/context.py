@@ -14,14 +14,12 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import AuthenticationError, NoPermissionError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoPermissionError
 
 from .adapters import MetricsAdapter, TelemetryAdapter
 from .codec import Codec, Serializer
 from .connection import ConnectionFactory
-from .errors import ConfigurationError, ConnectionUnavailableError
+from .errors import ConfigurationError
 from .events import EventEmitter
 from .hooks import HookBus
 from .jobspec import JobSpec, options_dict, resolve_policy
@@ -182,29 +180,17 @@ class QueueContext:
             # to a TLS port, a stalled proxy) fails here within seconds.
             await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
             await self.scripts.load(client)
-        except asyncio.TimeoutError:
-            await self._discard(client)
-            raise ConnectionUnavailableError(
-                f"Redis at {conn.describe()} accepted the connection but did not answer "
-                f"within {CONNECT_TIMEOUT_S:.0f} s (queue {self.name!r}); check the port "
-                "and whether it expects TLS (rediss://)"
-            ) from None
-        except AuthenticationError as exc:
-            await self._discard(client)
-            raise ConnectionUnavailableError(
-                f"Redis at {conn.describe()} refused the credentials of queue "
-                f"{self.name!r} ({conn.redact(exc)}); check the username and password "
-                "given in redis="
-            ) from None
         except NoPermissionError as exc:
             await self._discard(client)
             raise permission_denied(str(exc)) from None
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except Exception as exc:
             await self._discard(client)
-            raise ConnectionUnavailableError(
-                f"cannot reach Redis at {conn.describe()} for queue {self.name!r}: "
-                f"{conn.redact(exc)}. Check the redis= setting and that the server is running"
-            ) from None
+            # connection.error is the one place that turns redis-py's and the socket's
+            # errors into the library's, saying what to check.
+            wrapped = conn.error(exc, self.name, timeout_s=CONNECT_TIMEOUT_S)
+            if wrapped is None:
+                raise
+            raise wrapped from None
         return client
 
     async def _discard(self, client: Any) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .limits import get_logger
+
 __all__ = ["PROGRESS_BYTES_FIELD", "EventData", "EventEmitter", "StreamEvent", "read_stream"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Handler = Callable[["EventData"], "Awaitable[None] | None"]
 

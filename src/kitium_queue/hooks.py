@@ -22,14 +22,15 @@ Rules a subscriber can rely on:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .limits import get_logger
+
 __all__ = ["HOOK_NAMES", "AdminCall", "HookBus", "Outcome", "OutcomeKind", "Subscriber"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 OutcomeKind = Literal["completed", "retrying", "failed", "deferred", "released"]
 

@@ -18,17 +18,21 @@ Each declaration (``OptionSpec``) says:
   set it (``None``: nothing). The registry never writes it into a job; whoever reads
   the option applies it (the worker, the enqueue script, the feature's Lua);
 * ``stored``: whether the value is kept in the job's stored options (the record's ``o``
-  field, which the worker and the features' Lua read) or only travels as an argument of
-  the enqueue script (``delay``, ``priority``, ``lifo``, ``job_id``).
+  field, which the worker and the features' Lua read, and ``JobInfo.options`` /
+  ``job.options`` show) or only travels as an argument of the enqueue script
+  (``job_id``, which is the job's id). ``delay``, ``priority`` and ``lifo`` travel as
+  arguments and are stored too, so a job shows every option it was added with.
 
 An option nobody declared is refused with "unknown job option ... (did you mean ...)". The
 brief's feature options (``FEATURE_OPTION_NAMES``: ``message_group_id``, ``tenant_id``,
-...) are known by name only, for a clearer message while their feature is not enabled:
-"option 'tenant_id' needs a feature that is not enabled on queue ...".
+...) are known by name only, for a clearer message while their feature is not enabled,
+naming the feature and how to enable it (``FEATURE_HOWTO``): "option 'message_group_id'
+needs FIFO groups (not enabled on queue 'q'): create FIFOQueueManager(queue) ...".
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
@@ -56,12 +60,14 @@ from .options import (
 
 __all__ = [
     "CORE",
+    "FEATURE_HOWTO",
     "FEATURE_OPTION_NAMES",
     "JobSpec",
     "Normalizer",
     "OptionSpec",
     "check_job_id",
     "check_option_text",
+    "feature_needed",
     "feature_text",
     "options_dict",
     "resolve_policy",
@@ -191,8 +197,8 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
     c = CORE
     return (
         OptionSpec("attempts", c, _attempts, None, True, "runs in all (retry.max_attempts)"),
-        OptionSpec("delay", c, _duration("delay"), 0, False, "ms before the job may start"),
-        OptionSpec("priority", c, _priority, 0, False, "0..65535, higher runs first"),
+        OptionSpec("delay", c, _duration("delay"), 0, True, "ms before the job may start"),
+        OptionSpec("priority", c, _priority, 0, True, "0..65535, higher runs first"),
         OptionSpec("backoff", c, _backoff, None, True, "delay before each retry (retry config)"),
         OptionSpec("timeout", c, _duration("timeout"), 300_000, True, "ms a run may take"),
         OptionSpec("remove_on_complete", c, _retention("remove_on_complete"), None, True,
@@ -200,7 +206,7 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
         OptionSpec("remove_on_fail", c, _retention("remove_on_fail"), None, True,
                    "retention of failed jobs (all)"),
         OptionSpec("job_id", c, _job_id, None, False, "your own id (else a sequence number)"),
-        OptionSpec("lifo", c, _lifo, False, False, "before the others of its priority"),
+        OptionSpec("lifo", c, _lifo, False, True, "before the others of its priority"),
         OptionSpec("jitter", c, _duration("jitter"), 0, True, "random extra delay, ms"),
         OptionSpec("idempotency_key", c, _idempotency_key, None, True,
                    "duplicates within the idempotency window return the first job's id"),
@@ -211,13 +217,41 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
 
 #: Options of the brief's features (FIFO groups, encryption, breakers, webhooks,
 #: workflows, regions, tenants, flow control), known by name only: while no feature
-#: declared one, it is refused as "needs a feature that is not enabled" rather than as
-#: unknown. The core never declares them.
+#: declared one, it is refused as "needs <feature> (not enabled on queue ...)" with how to
+#: enable it (``FEATURE_HOWTO``) rather than as unknown. The core never declares them.
 FEATURE_OPTION_NAMES = frozenset(f.name for f in fields(ExtendedJobOptions)) - {
     "delivery_guarantee",
     "idempotency_key",
     *(f.name for f in fields(JobOptions)),
 }
+
+
+#: For each feature option: the feature that owns it and how to enable that feature on a
+#: queue, quoted when the option is given to a queue without it. An option with no entry
+#: here gets a generic message.
+FEATURE_HOWTO: dict[str, tuple[str, str]] = {
+    "message_group_id": ("FIFO groups", "create FIFOQueueManager(queue)"),
+    "encrypted": ("payload encryption", "create EncryptionManager(queue) and add a key"),
+    "circuit_breaker_id": ("circuit breakers", "create CircuitBreakerManager(queue)"),
+    "webhook_url": ("webhooks", "create WebhookManager(queue)"),
+    "workflow_id": ("workflows", "create JobChainManager(queue)"),
+    "depends_on": ("job dependencies (workflows)", "create JobChainManager(queue)"),
+    "region": ("global queues", "add the job through GlobalQueueManager.add_job"),
+    "tenant_id": ("multi-tenancy", "set up the tenant with AccessControlManager"),
+    "rate_limit_key": ("flow control", "declare a limit: queue.set_rate_limit('key:*', ...)"),
+    "concurrency_key": (
+        "flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"
+    ),
+}
+
+
+def feature_needed(option: str, queue_name: str) -> ConfigurationError:
+    """The error for feature option ``option`` given to a queue without its feature."""
+    feature, how = FEATURE_HOWTO.get(option, ("a feature", "enable the feature that owns it"))
+    return ConfigurationError(
+        f"option {option!r} needs {feature} (not enabled on queue {queue_name!r}): {how} "
+        "before adding such jobs, or drop the option"
+    )
 
 
 # ---------------------------------------------------------------------------- registry
@@ -233,6 +267,9 @@ class JobSpec:
         self._specs: dict[str, OptionSpec] = {}
         #: Names of declared options that are not kept in the job's stored options.
         self.unstored: frozenset[str] = frozenset()
+        #: Custom backoff strategies by name (``queue.register_backoff``), the same dict
+        #: as ``JobQueue.backoff_strategies``.
+        self.backoff_strategies: dict[str, Callable[..., Any]] = {}
         for spec in _core_options(self._delivery_guarantee):
             self.declare(spec)
 
@@ -283,18 +320,45 @@ class JobSpec:
         Raises ``ConfigurationError``: unknown options (all named, with suggestions),
         a feature option whose feature is not enabled, or an invalid value.
         """
+        self.check_names(opts, section)
         specs = self._specs
-        bad = [k for k in opts if k not in specs and k not in FEATURE_OPTION_NAMES]
+        return {k: specs[k].normalize(v, section) for k, v in opts.items() if v is not None}
+
+    def check_names(
+        self, opts: Mapping[Any, Any], section: str, also: Iterable[str] = ()
+    ) -> None:
+        """Refuse option names this queue does not accept: unknown ones as "unknown
+        <section> option" with the closest of the job options and ``also`` (the other
+        names valid where they came from, such as the schedule options) as a
+        suggestion; a feature option whose feature is not enabled by what it needs."""
+        specs = self._specs
+        extra = set(also)
+        bad = [k for k in opts if k not in specs and k not in FEATURE_OPTION_NAMES
+               and k not in extra]  # fmt: skip
         if bad:
-            valid = sorted(set(specs) | FEATURE_OPTION_NAMES)
+            valid = sorted(set(specs) | FEATURE_OPTION_NAMES | extra)
             raise unknown_options_error(section, bad, valid)
         for k, v in opts.items():
-            if v is not None and k not in specs:
-                raise ConfigurationError(
-                    f"option {k!r} needs a feature that is not enabled on queue "
-                    f"{self.queue_name!r}; enable the feature that owns it, or drop the option"
-                )
-        return {k: specs[k].normalize(v, section) for k, v in opts.items() if v is not None}
+            if v is not None and k not in specs and k not in extra:
+                raise feature_needed(k, self.queue_name)
+
+    def check_backoff(self, backoff: Any, section: str = "job") -> None:
+        """Refuse a custom backoff whose strategy is not registered on this queue (in
+        this process): a job with it would fail for good at its first failure."""
+        if not isinstance(backoff, Mapping) or backoff.get("type") != "custom":
+            return
+        name = backoff.get("strategy")
+        if name in self.backoff_strategies:
+            return
+        known = sorted(self.backoff_strategies)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigurationError(
+            f"{section}: custom backoff strategy {shown(name)}{hint} is not registered on "
+            f"queue {self.queue_name!r} (registered: {known or 'none'}); call "
+            f"queue.register_backoff({shown(name)}, fn) first, in every process that adds "
+            "or runs such jobs"
+        )
 
     def _delivery_guarantee(self, value: Any, section: str) -> str:
         # The one core option whose accepted values depend on a feature: 'exactly-once'

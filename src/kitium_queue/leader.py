@@ -29,7 +29,6 @@ successor is elected at its next attempt.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import secrets
 import socket
@@ -40,13 +39,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
+from .limits import get_logger
 
 if TYPE_CHECKING:
     from .queue import JobQueue
 
 __all__ = ["LeaderBody", "LeaderLease", "LeaderService"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Errors that mean "Redis is unreachable right now": keep retrying.
 NET_ERRORS: tuple[type[Exception], ...] = (

@@ -17,11 +17,11 @@ configure and filter on, and splitting the worker must not change it.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .connection import TRANSIENT_ERRORS
+from .limits import get_logger
 
 if TYPE_CHECKING:
     from .hooks import HookBus
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EXTEND_CHUNK", "Leases", "Run", "SharedSlots", "SlotMember"]
 
-log = logging.getLogger("kitium_queue.worker")
+log = get_logger("kitium_queue.worker")
 
 #: Leases renewed by one ``extend`` call.
 EXTEND_CHUNK = 500

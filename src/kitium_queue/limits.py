@@ -7,13 +7,18 @@ also applied to results); the rest are fixed here. Values that are refused raise
 job's behalf (log lines, error messages, tracebacks) is truncated instead, with a marker,
 and encoded by ``wire_text``, which never fails whatever the text holds. Delays (retry
 backoff, ``RetryLater``, ``RateLimited``) are clamped to ``MAX_DELAY_MS`` by
-``clamp_delay_ms``.
+``clamp_delay_ms``. Every log record the library writes is bounded too: its loggers come
+from ``get_logger``, which clips the message to ``MAX_LOG_MESSAGE_CHARS`` and an attached
+traceback to ``MAX_TRACEBACK_CHARS`` (an exception whose text is megabytes long never
+makes a megabyte log line).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
+import traceback
 import unicodedata
 
 __all__ = [
@@ -24,11 +29,14 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_JOB_NAME_LENGTH",
     "MAX_LOG_LINE_CHARS",
+    "MAX_LOG_MESSAGE_CHARS",
     "MAX_OPTIONS_BYTES",
     "MAX_PROGRESS_BYTES",
     "MAX_TRACEBACK_CHARS",
+    "bound_log_record",
     "clamp_delay_ms",
     "clip",
+    "get_logger",
     "printable",
     "safe_text",
     "wire_text",
@@ -46,8 +54,12 @@ MAX_PROGRESS_BYTES = 65_536
 MAX_LOG_LINE_CHARS = 4096
 #: Longest error message / retry reason recorded on a job or in the event stream.
 MAX_ERROR_CHARS = 4096
-#: Longest traceback recorded on a job (the innermost frames are kept).
+#: Longest traceback recorded on a job or attached to a log record (the innermost
+#: frames are kept).
 MAX_TRACEBACK_CHARS = 16_384
+#: Longest message of a log record the library writes, its arguments filled in (error
+#: texts quoted in it are already cut to ``MAX_ERROR_CHARS``).
+MAX_LOG_MESSAGE_CHARS = 8192
 #: Longest delay a job can be retried or deferred after, and longest hold a
 #: ``RateLimited`` sets: ten years (365-day years) in ms. Exact in a double, so Lua
 #: scripts handle it without loss, and far inside what ``SET ... PX`` and sorted-set
@@ -176,3 +188,56 @@ def printable(value: object) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+# ---------------------------------------------------------------------------- logging
+def bound_log_record(record: logging.LogRecord) -> None:
+    """Bound ``record`` in place: its message (arguments filled in) clipped to
+    ``MAX_LOG_MESSAGE_CHARS``; its traceback, if any, formatted now with each part (a
+    frame, an exception's text) clipped and the whole cut to ``MAX_TRACEBACK_CHARS``,
+    innermost frames kept. Formatters use that text (``record.exc_text``) instead of
+    formatting ``exc_info`` again; ``exc_info`` stays for handlers that want the
+    exception itself. Never raises."""
+    try:
+        message = record.getMessage()
+    except Exception:  # arguments that do not fit the format: keep what can be shown
+        message = f"{safe_text(record.msg)} (log arguments could not be formatted)"
+    record.msg, record.args = clip(message, MAX_LOG_MESSAGE_CHARS), None
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        record.exc_text = _bounded_traceback(record.exc_info)
+
+
+def _bounded_traceback(exc_info: tuple[type[BaseException], BaseException, object]) -> str:
+    try:
+        parts = traceback.format_exception(exc_info[1])
+    except Exception:
+        return f"<traceback of {_type_name(exc_info[1])} could not be formatted>"
+    part_limit = MAX_LOG_MESSAGE_CHARS // 2
+    text = "".join(
+        p if len(p) <= part_limit else clip(p.rstrip("\n"), part_limit) + "\n" for p in parts
+    ).rstrip("\n")
+    if len(text) > MAX_TRACEBACK_CHARS:
+        marker = f"[traceback cut: {len(text) - MAX_TRACEBACK_CHARS} chars of outer frames]\n"
+        text = marker + text[len(text) - MAX_TRACEBACK_CHARS:]
+    return text
+
+
+class _BoundedRecords(logging.Filter):
+    """The filter ``get_logger`` puts on each of the library's loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        bound_log_record(record)
+        return True
+
+
+_BOUNDED = _BoundedRecords()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger ``name`` for the library's own records: each one is bounded by
+    ``bound_log_record`` before any handler sees it. Every module of the package gets
+    its logger here (a test checks that none calls ``logging.getLogger`` itself)."""
+    logger = logging.getLogger(name)
+    if _BOUNDED not in logger.filters:
+        logger.addFilter(_BOUNDED)
+    return logger

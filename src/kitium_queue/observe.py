@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .events import EventData
 from .hooks import Outcome, Subscriber
-from .limits import printable
+from .limits import get_logger, printable
 from .outcomes import describe, traceback_text
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Observer"]
 
-log = logging.getLogger("kitium_queue.worker")
+log = get_logger("kitium_queue.worker")
 
 
 class Observer(Subscriber):

@@ -18,7 +18,7 @@ import math
 import operator
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Literal, TypeVar, Union, overload
 
@@ -253,6 +253,15 @@ def coerce(cls: type[T], value: Any, section: str) -> T:
     bad = [k for k in value if k not in valid]
     if bad:
         raise unknown_options_error(section, bad, valid)
+    missing = [
+        f.name for f in fields(cls)  # type: ignore[arg-type]
+        if f.name not in value and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"{section} needs {', '.join(repr(m) for m in missing)}; valid options are: "
+            f"{', '.join(valid)}"
+        )
     return cls(**value)
 
 

@@ -13,7 +13,6 @@ Redis >= 6.2 (``XAUTOCLAIM``, ``XTRIM MINID``); ``stats`` reports group lag from
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from redis.exceptions import ResponseError
 
 from .errors import ConfigurationError, PayloadTooLargeError
 from .leader import NET_ERRORS, LeaderService, OutageLog, check_name
+from .limits import get_logger
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_CAP", "MAX_ENTRY_BYTES", "MAX_FIELDS", "DeadEntry", "GroupStats", "Outbox",
            "OutboxConsumer", "OutboxEntry", "OutboxStats"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Entries the outbox may hold before writes are counted as overflow (``set_cap``).
 DEFAULT_CAP = 1_000_000

@@ -27,7 +27,6 @@ Log lines keep the worker's logger name (``kitium_queue.worker``).
 from __future__ import annotations
 
 import asyncio
-import logging
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -42,6 +41,7 @@ from .limits import (
     MAX_TRACEBACK_CHARS,
     clamp_delay_ms,
     clip,
+    get_logger,
     safe_text,
     wire_text,
 )
@@ -62,7 +62,7 @@ __all__ = [
     "traceback_text",
 ]
 
-log = logging.getLogger("kitium_queue.worker")
+log = get_logger("kitium_queue.worker")
 
 #: Outcomes sent in one ``finish`` call.
 FINISH_CHUNK = 500

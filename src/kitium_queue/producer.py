@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from .limits import (
     MAX_DELAY_MS,
     MAX_JOB_NAME_LENGTH,
     MAX_OPTIONS_BYTES,
+    get_logger,
 )
 from .options import JobOptions, check_text
 from .wire import ENQUEUE_JOB
@@ -54,7 +54,7 @@ __all__ = [
     "ProducerAPI",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: A job ready for ``enqueue.lua``: its arguments in the ``wire.ENQUEUE_JOB`` layout.
 PreparedJob = list[Any]
@@ -113,6 +113,7 @@ class Producer:
         else:
             opts = {}
             merged = ctx.defaults
+        ctx.jobspec.check_backoff(merged.get("backoff"))  # a custom one must be known
         raw = ctx.serializer.dumps(data)
         if len(raw) > ctx.max_payload_bytes:
             raise PayloadTooLargeError(

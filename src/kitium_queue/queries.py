@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisClusterException, RedisError
+
 from .context import CONNECT_TIMEOUT_S
 from .enums import JobStatus
 from .errors import ConfigurationError
@@ -407,13 +409,24 @@ class Queries:
         )
         conn = self.ctx.connection
         client = conn.client(blocking=True)
+        deadline = conn.answer_timeout_s(CONNECT_TIMEOUT_S)
         try:
+            # Blocking reads have no socket timeout: a PING with a deadline first, so a
+            # server that never answers fails instead of hanging the reader.
+            await asyncio.wait_for(client.ping(), deadline)
             async for ev in read_stream(
                 client, self.ctx.keys.events, last_id=last_id, block_ms=block, follow=follow
             ):
                 if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
                     ev = await self._with_progress(ev)
                 yield ev
+        except (RedisError, RedisClusterException, OSError) as exc:
+            # Unreachable, or went away while we read: the library's error, saying what
+            # to check (asyncio's TimeoutError is an OSError).
+            wrapped = conn.error(exc, self.ctx.name, timeout_s=deadline)
+            if wrapped is None:
+                raise
+            raise wrapped from None
         finally:
             if conn.owns(client):
                 await client.aclose()
@@ -554,8 +567,16 @@ class QueryAPI:
     ) -> AsyncIterator[StreamEvent]:
         """Iterate the durable event stream (events of every process, written atomically
         with each transition). ``last_id="0"`` replays what the stream still holds;
-        ``follow=False`` stops when no event arrives within ``block_ms`` (1 ms to 10
-        years; with ``follow=True`` 0 is allowed too and waits without a deadline).
+        ``"$"`` (the default) starts with the next new event.
+
+        By default (``follow=True``) the iteration never ends: after the events the
+        stream holds it waits for new ones, like ``tail -f`` — also with
+        ``last_id="0"``. Break out of the loop, or pass ``follow=False`` to stop once no
+        event arrives within ``block_ms`` (1 ms to 10 years; with ``follow=True`` 0 is
+        allowed too and waits without a deadline)::
+
+            async for ev in queue.events(last_id="0", follow=False, block_ms=100):
+                print(ev.event, ev.job_id)   # what the stream holds, then stops
 
         A ``job-progress`` event whose value was too large for the stream (it carries
         ``progress_bytes``) gets ``progress`` from the job record, see ``StreamEvent``.

@@ -20,7 +20,6 @@ component, and a façade that stays small. This class keeps configuration, regis
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -32,6 +31,7 @@ from .context import QueueContext
 from .errors import ConfigurationError
 from .events import Handler
 from .jobspec import Normalizer, OptionSpec, feature_text, resolve_policy
+from .limits import get_logger
 from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
 from .observe import Observer
 from .options import (
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HealthStatus", "JobQueue", "Processor", "QueueStats"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Processor = Callable[..., Any]
 P = TypeVar("P", bound=Callable[..., Any])
@@ -168,7 +168,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         # Registrations of this process.
         self.processors: dict[str, Processor] = {}
         self.processor_modes: dict[str, str] = {}
-        self.backoff_strategies: dict[str, Callable[..., Any]] = {}
+        # Shared with the option registry, which refuses an unregistered custom strategy.
+        self.backoff_strategies: dict[str, Callable[..., Any]] = self.jobspec.backoff_strategies
         self.enqueue_middleware: list[EnqueueMiddleware] = []
         self.process_middleware: list[ProcessMiddleware] = []
         self.services: list[Service] = []

@@ -27,11 +27,12 @@ import heapq
 import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .backoff import retry_delay
+from .backoff import UnknownStrategyError, retry_delay
 from .codec import Serializer
 from .errors import (
     NonRetryableError,
@@ -49,10 +50,13 @@ from .limits import (
     MAX_PROGRESS_BYTES,
     clamp_delay_ms,
     clip,
+    get_logger,
+    printable,
     safe_text,
     wire_text,
 )
 from .middleware import run_process_chain
+from .options import BackoffOptions
 from .outcomes import describe, traceback_text
 from .procpool import ProcessPool, import_path
 from .wire import CLAIM_JOB, Kind
@@ -66,6 +70,8 @@ if TYPE_CHECKING:
     from .queue import JobQueue
 
 __all__ = ["Runner", "Timeouts"]
+
+log = get_logger("kitium_queue.worker")
 
 #: Encodes progress values: plain JSON, checked like job data.
 _PROGRESS_JSON = Serializer(())
@@ -287,6 +293,15 @@ class Runner:
                 delay = retry_delay(
                     run.policy, job.attempts, exc, job, self.queue.backoff_strategies
                 )
+            except UnknownStrategyError as unknown:
+                # add_job refuses an unknown strategy, but the producer may run in a
+                # process that registered it while this one did not: retry with the
+                # default backoff rather than spend the remaining attempts, and say so.
+                fallback = replace(run.policy, backoff=BackoffOptions())
+                delay = retry_delay(fallback, job.attempts, exc, job, {})
+                reason = f"{reason} [{unknown}; retried with the default exponential backoff]"
+                log.warning("queue %s: job %s: %s", self.queue.name, printable(job.id),
+                            printable(unknown))
             except Exception as bexc:
                 self.fail_final(
                     run, bexc, f"{reason} (and backoff failed: {describe(bexc)})"

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
@@ -52,7 +51,7 @@ from redis.exceptions import ResponseError
 from .connection import TRANSIENT_ERRORS
 from .features.batches import BatchProcessor
 from .leases import Leases, SharedSlots
-from .limits import safe_text
+from .limits import get_logger, safe_text
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
 from .runner import Runner
@@ -66,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SharedSlots", "Worker", "serve_until_stopped"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Connection loss, and the CLUSTERDOWN / TRYAGAIN / READONLY replies of a failover.
 _NET_ERRORS = TRANSIENT_ERRORS

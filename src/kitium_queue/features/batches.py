@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..limits import get_logger
 from ..options import to_ms
 
 __all__ = ["BatchProcessor"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _SETTLE_ROUNDS = 3
 

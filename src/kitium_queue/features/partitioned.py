@@ -64,7 +64,8 @@ class PartitionedQueue(MultiQueue[JobQueue]):
     related jobs share a partition: ``partition_key=...`` if given, else the job's
     ``message_group_id``, ``idempotency_key`` or ``job_id`` (``crc32(key) % partitions``).
     Duplicates are therefore caught (an idempotency key always lands on the same
-    partition) and a FIFO group keeps its order.
+    partition), and jobs with the same ``message_group_id`` go to the same partition
+    (so whatever ordering a group gets within one queue, it gets here too).
 
     A worker (``start()`` / ``run_worker()``) consumes every partition with one
     concurrency budget: one pump per partition, all drawing from a shared pool of
@@ -82,7 +83,7 @@ class PartitionedQueue(MultiQueue[JobQueue]):
     Inside a processor ``job.id`` is the id within the partition;
     ``queue.public_id(job)`` gives the full one.
 
-    Ordering: FIFO (within a priority) and FIFO groups hold **within a partition** only;
+    Ordering: FIFO (within a priority) holds **within a partition** only;
     jobs of different partitions run in no particular order relative to each other.
     A key maps to the same partition as long as ``partitions`` is unchanged: changing
     the count re-maps keys, so drain the queue (or keep the old count running until it

@@ -25,7 +25,6 @@ N). Ticks within the grace period always run.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import EventData
+from ..limits import get_logger
 from ..scripts import ScriptCall
 from .schedules import timing_of
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_TICKS_PER_FIRE", "Scheduler", "plan_ticks"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_IDLE_S = 30.0

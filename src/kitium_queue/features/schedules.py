@@ -13,7 +13,6 @@ Unix epoch), so every process computes the same ticks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone, tzinfo
@@ -25,7 +24,7 @@ from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
 from ..errors import ConfigurationError, ScheduleNotFoundError
-from ..limits import clip
+from ..limits import clip, get_logger
 from ..options import MAX_COUNT, check_text, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MISFIRE_POLICIES",
     "OVERLAP_POLICIES",
+    "SCHEDULE_OPTIONS",
     "CronTiming",
     "IntervalTiming",
     "Schedule",
@@ -42,7 +42,7 @@ __all__ = [
     "Timing",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MISFIRE_POLICIES = ("skip", "run_once", "catch_up")
 OVERLAP_POLICIES = ("allow", "skip")
@@ -51,6 +51,10 @@ MAX_CATCH_UP = 1000
 DEFAULT_MISFIRE_GRACE_MS = 1000
 MIN_INTERVAL_MS = 10
 _RESERVED_JOB_OPTIONS = ("job_id", "delay", "idempotency_key")
+#: The keyword options of ``schedule_job`` / ``schedule_every`` that configure the
+#: schedule itself; any other keyword is a job option.
+SCHEDULE_OPTIONS = ("schedule_id", "tz", "start_date", "end_date", "limit", "jitter",
+                    "misfire", "misfire_grace", "overlap")
 _MAX_ID = 200
 #: Latest start_date / end_date given as ms since the epoch: 9999-12-31T23:59:59.999Z.
 _MAX_EPOCH_MS = 253_402_300_799_999
@@ -416,6 +420,9 @@ class ScheduleStore:
         if overlap not in OVERLAP_POLICIES:
             raise ConfigurationError(f"overlap must be 'allow' or 'skip', got {overlap!r}")
         opts = dict(options or {})
+        # A keyword that is neither a schedule option nor a job option is reported as
+        # an unknown schedule option, with the closest of both as a suggestion.
+        q.jobspec.check_names(opts, "schedule", also=SCHEDULE_OPTIONS)
         reserved = [k for k in _RESERVED_JOB_OPTIONS if opts.get(k) is not None]
         if reserved:
             raise ConfigurationError(
