@@ -211,7 +211,7 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
         OptionSpec("idempotency_key", c, _idempotency_key, None, True,
                    "duplicates within the idempotency window return the first job's id"),
         OptionSpec("delivery_guarantee", c, delivery_guarantee, "at-least-once", True,
-                   "'exactly-once' needs the exactly-once feature"),
+                   "'exactly-once' needs IdempotencyManager(queue)"),
     )
 
 
@@ -373,9 +373,10 @@ class JobSpec:
             "delivery_guarantee"
         ].feature == CORE:
             raise ConfigurationError(
-                "delivery_guarantee='exactly-once' needs the exactly-once feature, which "
-                f"is not enabled on queue {self.queue_name!r}; for duplicate suppression "
-                "alone pass idempotency_key=..."
+                "delivery_guarantee='exactly-once' needs effectively-once processing, "
+                f"which is not enabled on queue {self.queue_name!r}: create "
+                "IdempotencyManager(queue) first; for duplicate suppression alone pass "
+                "idempotency_key=..."
             )
         return dg.value
 
