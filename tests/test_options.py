@@ -307,7 +307,7 @@ async def test_delivery_guarantee(make_queue: QueueFactory) -> None:
     jid = await q.add_job("a", {}, delivery_guarantee=DeliveryGuarantee.AT_LEAST_ONCE)
     info = await q.get_job_status(jid)
     assert info is not None and info.options["delivery_guarantee"] == "at-least-once"
-    with pytest.raises(ConfigurationError, match=r"exactly-once feature.*idempotency_key"):
+    with pytest.raises(ConfigurationError, match=r"IdempotencyManager.*idempotency_key"):
         await q.add_job("a", {}, delivery_guarantee="exactly-once")
     with pytest.raises(ConfigurationError, match=r"'at-most-once'"):
         await q.add_job("a", {}, delivery_guarantee="at-most-once")
