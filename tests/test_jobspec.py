@@ -128,7 +128,7 @@ async def test_exactly_once_needs_a_feature_that_takes_the_option_over(
     make_queue: QueueFactory,
 ) -> None:
     q = make_queue()
-    with pytest.raises(ConfigurationError, match=r"needs effectively-once processing.*IdempotencyManager"):
+    with pytest.raises(ConfigurationError, match=r"effectively-once.*IdempotencyManager"):
         await q.add_job("a", {}, delivery_guarantee="exactly-once")
     q.own_options("exactly-once", ["delivery_guarantee"])
     jid = await q.add_job("a", {}, delivery_guarantee="exactly-once")
