@@ -26,6 +26,8 @@ from .enums import (
     WebhookEventType,
 )
 from .errors import (
+    BreakerNotFoundError,
+    CircuitOpenError,
     ConfigurationError,
     ConnectionUnavailableError,
     JobActiveError,
@@ -45,8 +47,16 @@ from .errors import (
     SerializationError,
 )
 from .events import EventData, StreamEvent
+from .features.breakers import (
+    BreakerConfig,
+    BreakerStats,
+    CircuitBreaker,
+    CircuitBreakerManager,
+    FailureThreshold,
+)
 from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
+from .hooks import FeatureEvent
 from .job import Job, JobInfo
 from .leader import LeaderLease, LeaderService
 from .options import (
@@ -65,7 +75,13 @@ from .sync import SyncJobQueue, SyncPartitionedQueue
 
 __all__ = [
     "BackoffOptions",
+    "BreakerConfig",
+    "BreakerNotFoundError",
+    "BreakerStats",
+    "CircuitBreaker",
+    "CircuitBreakerManager",
     "CircuitBreakerState",
+    "CircuitOpenError",
     "ConfigurationError",
     "ConnectionUnavailableError",
     "DLQConfig",
@@ -74,6 +90,8 @@ __all__ = [
     "EncryptionAlgorithm",
     "EventData",
     "ExtendedJobOptions",
+    "FailureThreshold",
+    "FeatureEvent",
     "GroupStats",
     "HealthStatus",
     "Job",
