@@ -42,7 +42,13 @@ scenario:
                                int, deep, set, nan)
                  backoff       always raises; use with the custom backoff strategy
                                ``from-data``, which returns ``special(data["backoff"])``
+    dep        (with ``--breakers``) a call to a dependency whose health is the Redis
+               string ``<prefix>:dep``: ``up`` returns, ``hang`` waits while it says
+               so, anything else raises ``ConnectionError``
     any other  not registered: an unknown job name
+
+``--breakers`` creates a ``CircuitBreakerManager`` on the queue (jobs bound to a breaker
+are held while it is open).
 
 Every job appends lines to ``--log`` (one ``O_APPEND`` write each, so a SIGKILL loses
 nothing already written and processes may share the file)::
@@ -128,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shutdown-timeout", type=int, default=30_000)
     p.add_argument("--events-max-len", type=int, default=1_000_000)
     p.add_argument("--clock-skew", type=float, default=0.0, help="seconds")
+    p.add_argument("--breakers", type=int, default=0, help="1: circuit breakers enabled")
     p.add_argument("--slow-claim-ms", type=int, default=0,
                    help="delay every claim by this long before sending it (a slow link)")
     return p.parse_args(argv)
@@ -334,6 +341,8 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
     queue.process("hang-sync", sync)
     queue.process("fail", fail)
     queue.process("hang", hang)
+    if args.breakers:
+        install_breakers(queue, args.prefix, log)
 
     async def crash_after(job: Any, call_next: Any) -> Any:
         step = _data(job).get("crash") if job.stalls == 0 else None
@@ -360,6 +369,36 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
 
         queue.scripts.pipeline = slow_pipeline
     return queue
+
+
+def install_breakers(queue: Any, prefix: str, log: EventLog) -> None:
+    """Circuit breakers on, and the ``dep`` job (see the module docstring)."""
+    from kitium_queue import CircuitBreakerManager
+
+    CircuitBreakerManager(queue)
+    dep_key = f"{prefix}:dep"
+
+    async def dep(job: Any) -> dict[str, int]:
+        log.write("start", job.id, job.attempts, job.stalls)
+        client = await queue.client()
+        try:
+            while True:
+                health = await client.get(dep_key)
+                if health == b"up":
+                    break
+                if health != b"hang":
+                    raise ConnectionError("dependency down")
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            log.write("cancel", job.id, job.attempts, job.stalls)
+            raise
+        except Exception:
+            log.write("raise", job.id, job.attempts, job.stalls)
+            raise
+        log.write("finish", job.id, job.attempts, job.stalls)
+        return {"pid": log.pid, "attempt": job.attempts, "stalls": job.stalls}
+
+    queue.process("dep", dep)
 
 
 async def main(args: argparse.Namespace) -> int:
