@@ -73,42 +73,52 @@ _LIB = r"""
 
   -- Requests and failures in the rolling window, after adding dr / df. The window is
   -- cut into buckets of `bw` ms (at most about 60 per window); buckets that left it are
-  -- subtracted and dropped, at most one window's worth per call.
+  -- subtracted and dropped, at most one window's worth per call. What was read is kept
+  -- in s.w for the rest of the script call, so each further outcome costs one HSET.
   local function cb_window(s, dr, df)
-    local wk = CB .. 'w:' .. s.id
     local bw = math.max(100, math.ceil(s.win / 60))
-    local nb = math.ceil(s.win / bw)
     local k = math.floor(NOW / bw)
-    local first = k - nb + 1
-    local h = redis.call('HMGET', wk, 'lo', 'R', 'F')
-    local lo, R, F = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
-    local drop = {}
-    if lo == nil or lo ~= lo or lo > k or first - lo > nb then
-      if h[1] or h[2] or h[3] then redis.call('DEL', wk) end
-      lo, R, F = first, 0, 0
+    local w = s.w
+    if w == nil or w.k ~= k then
+      local wk = CB .. 'w:' .. s.id
+      local nb = math.ceil(s.win / bw)
+      local first = k - nb + 1
+      local h = redis.call('HMGET', wk, 'lo', 'R', 'F', 'r' .. int(k), 'f' .. int(k))
+      local lo, R, F = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
+      local r, f = tonumber(h[4]) or 0, tonumber(h[5]) or 0
+      local drop, reset = {}, false
+      if lo == nil or lo ~= lo or lo > k or first - lo > nb then
+        reset = h[1] or h[2] or h[3]
+        lo, R, F, r, f = first, 0, 0, 0, 0
+      end
+      while lo < first do
+        local c = redis.call('HMGET', wk, 'r' .. int(lo), 'f' .. int(lo))
+        R, F = R - (tonumber(c[1]) or 0), F - (tonumber(c[2]) or 0)
+        drop[#drop + 1] = 'r' .. int(lo)
+        drop[#drop + 1] = 'f' .. int(lo)
+        lo = lo + 1
+      end
+      R, F = math.max(R, 0), math.max(F, 0)
+      if F > R then F = R end
+      -- Writes.
+      if reset then redis.call('DEL', wk) end
+      if #drop > 0 then
+        redis.call('HDEL', wk, unpack(drop))
+        redis.call('HSET', wk, 'lo', int(lo), 'R', int(R), 'F', int(F))
+      end
+      w = { wk = wk, k = k, lo = lo, R = R, F = F, r = r, f = f, ttl = s.win + bw }
+      s.w = w
     end
-    while lo < first do
-      local c = redis.call('HMGET', wk, 'r' .. int(lo), 'f' .. int(lo))
-      R, F = R - (tonumber(c[1]) or 0), F - (tonumber(c[2]) or 0)
-      drop[#drop + 1] = 'r' .. int(lo)
-      drop[#drop + 1] = 'f' .. int(lo)
-      lo = lo + 1
+    if dr > 0 or df > 0 then
+      w.R, w.F, w.r, w.f = w.R + dr, w.F + df, w.r + dr, w.f + df
+      redis.call('HSET', w.wk, 'r' .. int(k), int(w.r), 'f' .. int(k), int(w.f),
+        'lo', int(w.lo), 'R', int(w.R), 'F', int(w.F))
+      if w.ttl then
+        redis.call('PEXPIRE', w.wk, w.ttl)
+        w.ttl = nil
+      end
     end
-    local cur = nil
-    if dr > 0 or df > 0 then cur = redis.call('HMGET', wk, 'r' .. int(k), 'f' .. int(k)) end
-    -- Writes.
-    if #drop > 0 then redis.call('HDEL', wk, unpack(drop)) end
-    R, F = math.max(R, 0) + dr, math.max(F, 0) + df
-    if F > R then F = R end
-    if cur then
-      redis.call('HSET', wk, 'r' .. int(k), int((tonumber(cur[1]) or 0) + dr),
-        'f' .. int(k), int((tonumber(cur[2]) or 0) + df))
-    end
-    if R > 0 or cur then
-      redis.call('HSET', wk, 'lo', int(lo), 'R', int(R), 'F', int(F))
-      redis.call('PEXPIRE', wk, s.win + bw)
-    end
-    return R, F
+    return w.R, w.F
   end
 
   local function cb_note(s, from, why)
@@ -135,7 +145,10 @@ _LIB = r"""
     else
       redis.call('HSET', s.key, 'st', st, 'since', NOW_S, 'po', 0, 'pok', 0, 'pdl', 0)
     end
-    if st ~= 'half-open' then redis.call('DEL', CB .. 'w:' .. s.id) end
+    if st ~= 'half-open' then
+      redis.call('DEL', CB .. 'w:' .. s.id)
+      s.w = nil
+    end
     if st == 'closed' and held then
       unpark(s.blocker, 100)
       if redis.call('EXISTS', PREFIX .. 'parked:' .. s.blocker) == 1 then
@@ -167,7 +180,8 @@ _LIB = r"""
   -- The outcome of a run or call that breaker s admitted: 'success', 'failure' or
   -- 'neutral' (counts nowhere; a probe's place is given back).
   local function cb_outcome(s, member, kind)
-    local probe = redis.call('SISMEMBER', CB .. 'p:' .. s.id, member) == 1
+    local probe = s.st ~= 'closed'
+      and redis.call('SISMEMBER', CB .. 'p:' .. s.id, member) == 1
     cb_tick(s)
     if probe and s.st == 'half-open' then
       redis.call('SREM', CB .. 'p:' .. s.id, member)
