@@ -180,6 +180,20 @@ class _StrRaises(Exception):
         raise RuntimeError(f"__str__ failed on {SURROGATE_NAME}")
 
 
+async def logged(log: EventLog, job: Any, body: Any) -> None:
+    """Run ``await body()`` for ``job``, logging start, then finish, raise or cancel."""
+    log.write("start", job.id, job.attempts, job.stalls)
+    try:
+        await body()
+    except asyncio.CancelledError:
+        log.write("cancel", job.id, job.attempts, job.stalls)
+        raise
+    except Exception:
+        log.write("raise", job.id, job.attempts, job.stalls)
+        raise
+    log.write("finish", job.id, job.attempts, job.stalls)
+
+
 def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
     from kitium_queue import JobQueue
 
@@ -214,38 +228,32 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         return float(d.get("ms", 0)) / 1000
 
     async def work(job: Any) -> dict[str, int]:
-        d = _data(job)
-        log.write("start", job.id, job.attempts, job.stalls)
-        try:
-            step = d.get("crash") if job.stalls == 0 else None
-            if step == "claim":
-                crash(job)
-            seconds = length_s(job)
-            if step == "mid":
-                await asyncio.sleep(seconds / 2)
-                crash(job)
-            if d.get("wake"):
-                end = REAL_TIME() + seconds
-                last = REAL_TIME()
-                while REAL_TIME() < end:
-                    await asyncio.sleep(0.005)
-                    now = REAL_TIME()
-                    if now - last > 0.5:
-                        log.write("wake", job.id, job.attempts, job.stalls)
-                        break
-                    last = now
-            else:
-                await asyncio.sleep(seconds)
-            if d.get("fail_first") and _marker(state, "failed", job.id):
-                raise RuntimeError(f"job {job.id}: first execution fails (fail_first)")
-        except asyncio.CancelledError:
-            log.write("cancel", job.id, job.attempts, job.stalls)
-            raise
-        except Exception:
-            log.write("raise", job.id, job.attempts, job.stalls)
-            raise
-        log.write("finish", job.id, job.attempts, job.stalls)
+        await logged(log, job, lambda: work_body(job))
         return result(job)
+
+    async def work_body(job: Any) -> None:
+        d = _data(job)
+        step = d.get("crash") if job.stalls == 0 else None
+        if step == "claim":
+            crash(job)
+        seconds = length_s(job)
+        if step == "mid":
+            await asyncio.sleep(seconds / 2)
+            crash(job)
+        if d.get("wake"):
+            end = REAL_TIME() + seconds
+            last = REAL_TIME()
+            while REAL_TIME() < end:
+                await asyncio.sleep(0.005)
+                now = REAL_TIME()
+                if now - last > 0.5:
+                    log.write("wake", job.id, job.attempts, job.stalls)
+                    break
+                last = now
+        else:
+            await asyncio.sleep(seconds)
+        if d.get("fail_first") and _marker(state, "failed", job.id):
+            raise RuntimeError(f"job {job.id}: first execution fails (fail_first)")
 
     def sync(job: Any) -> dict[str, int]:
         log.write("start", job.id, job.attempts, job.stalls)
@@ -378,24 +386,18 @@ def install_breakers(queue: Any, prefix: str, log: EventLog) -> None:
     CircuitBreakerManager(queue)
     dep_key = f"{prefix}:dep"
 
-    async def dep(job: Any) -> dict[str, int]:
-        log.write("start", job.id, job.attempts, job.stalls)
+    async def call_dep() -> None:
         client = await queue.client()
-        try:
-            while True:
-                health = await client.get(dep_key)
-                if health == b"up":
-                    break
-                if health != b"hang":
-                    raise ConnectionError("dependency down")
-                await asyncio.sleep(0.05)
-        except asyncio.CancelledError:
-            log.write("cancel", job.id, job.attempts, job.stalls)
-            raise
-        except Exception:
-            log.write("raise", job.id, job.attempts, job.stalls)
-            raise
-        log.write("finish", job.id, job.attempts, job.stalls)
+        while True:
+            health = await client.get(dep_key)
+            if health == b"up":
+                return
+            if health != b"hang":
+                raise ConnectionError("dependency down")
+            await asyncio.sleep(0.05)
+
+    async def dep(job: Any) -> dict[str, int]:
+        await logged(log, job, call_dep)
         return {"pid": log.pid, "attempt": job.attempts, "stalls": job.stalls}
 
     queue.process("dep", dep)

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,6 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 pytestmark = [pytest.mark.redis_only]
 
 
-@pytest.fixture
-def app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
-    module = f"kq_cli_cb_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
-        "from kitium_queue import JobQueue\n"
-        f"queue = JobQueue('cli', redis={redis_url!r}, prefix={prefix!r})\n"
-    )
-    sys.path.insert(0, str(tmp_path))
-    try:
-        yield f"{module}:queue"
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop(module, None)
-
-
 def _create(redis_url: str, prefix: str) -> None:
     async def go() -> None:
         q = JobQueue("cli", redis=redis_url, prefix=prefix)
@@ -46,7 +30,8 @@ def _create(redis_url: str, prefix: str) -> None:
     asyncio.run(go())
 
 
-def test_breakers_commands(app: str, redis_url: str, prefix: str) -> None:
+def test_breakers_commands(cli_app: str, redis_url: str, prefix: str) -> None:
+    app = cli_app
     runner = CliRunner()
     empty = runner.invoke(main, ["breakers", "list", app])
     assert empty.exit_code == 0 and "no circuit breakers in queue 'cli'" in empty.output

@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from kitium_queue import JobQueue
 from kitium_queue.cli import main
-
-
-@pytest.fixture
-def app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
-    module = f"kq_cli_app_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
-        "from kitium_queue import JobQueue\n"
-        f"queue = JobQueue('cli', redis={redis_url!r}, prefix={prefix!r})\n"
-    )
-    sys.path.insert(0, str(tmp_path))
-    try:
-        yield f"{module}:queue"
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop(module, None)
 
 
 def _declare(redis_url: str, prefix: str) -> None:
@@ -41,7 +22,8 @@ def _declare(redis_url: str, prefix: str) -> None:
     asyncio.run(go())
 
 
-def test_schedules_commands(app: str, redis_url: str, prefix: str) -> None:
+def test_schedules_commands(cli_app: str, redis_url: str, prefix: str) -> None:
+    app = cli_app
     runner = CliRunner()
     empty = runner.invoke(main, ["schedules", "list", app])
     assert empty.exit_code == 0 and "no schedules in queue 'cli'" in empty.output
