@@ -370,9 +370,22 @@ async def test_jobs_bound_to_a_removed_or_unknown_breaker_run(make_queue: QueueF
     try:
         await wait_until(lambda: free in done, timeout=5)
         await wait_until(lambda: _parked(q, "dep", 5), timeout=5)
+        # A held job can be removed like any other; nothing is counted for it.
+        assert await q.remove_job(held[0])
+        assert await q.get_job_status(held[0]) is None
+        st = await m.get_stats("dep")
+        assert (st.held_jobs, st.requests) == (4, 0)
+        api = await m.get_breaker("dep")
+        assert api is not None
+        with pytest.raises(CircuitOpenError):
+            await api.execute(lambda: 1)
         assert await m.remove_breaker("dep")
-        await wait_until(lambda: len(done) == 6, timeout=5)
-        assert set(done) == {*held, free}
+        await wait_until(lambda: len(done) == 5, timeout=5)
+        assert set(done) == {*held[1:], free}
+        gone = await m.create_breaker({"id": "gone"})
+        assert await m.remove_breaker("gone")
+        with pytest.raises(BreakerNotFoundError):
+            await gone.execute(lambda: 1)
     finally:
         await q.close()
 
