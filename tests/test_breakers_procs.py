@@ -63,7 +63,7 @@ async def _statuses(q: JobQueue, ids: list[str]) -> list[tuple[str, int]]:
     pipe = client.pipeline(transaction=False)
     for jid in ids:
         pipe.hmget(q.keys.job(jid), "st", "a")
-    return [((st or b"waiting").decode(), int(a or 0)) for st, a in await pipe.execute()]
+    return [((st or b"missing").decode(), int(a or 0)) for st, a in await pipe.execute()]
 
 
 async def test_two_processes_one_state_held_jobs_probes_and_drain(
@@ -76,7 +76,8 @@ async def test_two_processes_one_state_held_jobs_probes_and_drain(
     await _dep(queue, prefix, "down")
     await procs.start(2, "--concurrency", "2")
     # Phase 1: the dependency fails; both workers' failures count in one window.
-    first = await queue.add_jobs([("call-dep", {}) for _ in range(40)])
+    keep = {"remove_on_complete": False}  # more than the 1,000 kept by default complete
+    first = await queue.add_jobs([("call-dep", {}, keep) for _ in range(40)])
     await wait_until(lambda: _state_is(m, OPEN), timeout=20)
     runs = await _runs(queue, prefix)
     assert len({r["pid"] for r in runs}) == 2, "both workers ran bound jobs"
@@ -85,9 +86,9 @@ async def test_two_processes_one_state_held_jobs_probes_and_drain(
     st = await m.get_stats("dep")
     assert "10 of 10 requests failed" in st.reason
     # Phase 2: open. 1,000 bound jobs wait, other jobs run.
-    held = await queue.add_jobs([("call-dep", {"i": i}) for i in range(1000)])
+    held = await queue.add_jobs([("call-dep", {"i": i}, keep) for i in range(1000)])
+    await _dep(queue, prefix, "up")  # "other" jobs succeed; held ones are not called
     others = await queue.add_jobs([("other", {"b": "none"}) for _ in range(50)])
-    await _dep(queue, prefix, "up")  # "other" jobs succeed; bound ones are not called
     await wait_until(lambda: _all(queue, others, "completed"), timeout=20)
     ran = sum(1 for r in await _runs(queue, prefix) if r["name"] == "call-dep")
     assert ran <= 10 + 4

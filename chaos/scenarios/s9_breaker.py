@@ -77,15 +77,16 @@ def run(ctx: Context, res: Result) -> None:
                       stalled_interval=200, max_stalled=10, breakers=1)
     for w in (fleet.start(), fleet.start()):
         w.wait_ready()
-    producer = ctx.producer(srv.url, QUEUE, prefix, retry={"max_attempts": 1})
+    producer = ctx.producer(srv.url, QUEUE, prefix)
+    keep = {"remove_on_complete": False}  # the checks read every record at the end
 
     # 1. Open under failures; held jobs wait while other jobs run.
-    first = ledger.record(producer.add_jobs([("dep", {}) for _ in range(40)]), expect="final",
+    first = ledger.record(producer.add_jobs([("dep", {}, keep) for _ in range(40)]), expect="final",
                           tag="first")
     wait_for(lambda: state() == "open", 20, what="the breaker to open")
-    held = ledger.record(producer.add_jobs([("dep", {"i": i}) for i in range(n_held)]),
+    held = ledger.record(producer.add_jobs([("dep", {"i": i}, keep) for i in range(n_held)]),
                          tag="held")
-    work = ledger.record(producer.add_jobs([("work", {}) for _ in range(100)]), tag="work")
+    work = ledger.record(producer.add_jobs([("work", {}, keep) for _ in range(100)]), tag="work")
     wait_final(ctx, client, keys, 30, ids=work)
 
     def held_ok() -> tuple[int, int]:
