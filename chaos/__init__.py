@@ -21,4 +21,5 @@ NAMES = (
     "clock-skew",
     "poison",
     "groups",
+    "breaker",
 )

@@ -44,7 +44,13 @@ scenario:
                                int, deep, set, nan)
                  backoff       always raises; use with the custom backoff strategy
                                ``from-data``, which returns ``special(data["backoff"])``
+    dep        (with ``--breakers``) a call to a dependency whose health is the Redis
+               string ``<prefix>:dep``: ``up`` returns, ``hang`` waits while it says
+               so, anything else raises ``ConnectionError``
     any other  not registered: an unknown job name
+
+``--breakers`` creates a ``CircuitBreakerManager`` on the queue (jobs bound to a breaker
+are held while it is open).
 
 Every job appends lines to ``--log`` (one ``O_APPEND`` write each, so a SIGKILL loses
 nothing already written and processes may share the file)::
@@ -132,6 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clock-skew", type=float, default=0.0, help="seconds")
     p.add_argument("--fifo-groups", type=int, default=0,
                    help="1: enable FIFO message groups (FIFOQueueManager) on the queue")
+    p.add_argument("--breakers", type=int, default=0, help="1: circuit breakers enabled")
     p.add_argument("--slow-claim-ms", type=int, default=0,
                    help="delay every claim by this long before sending it (a slow link)")
     return p.parse_args(argv)
@@ -177,6 +184,20 @@ class _StrRaises(Exception):
         raise RuntimeError(f"__str__ failed on {SURROGATE_NAME}")
 
 
+async def logged(log: EventLog, job: Any, body: Any) -> None:
+    """Run ``await body()`` for ``job``, logging start, then finish, raise or cancel."""
+    log.write("start", job.id, job.attempts, job.stalls)
+    try:
+        await body()
+    except asyncio.CancelledError:
+        log.write("cancel", job.id, job.attempts, job.stalls)
+        raise
+    except Exception:
+        log.write("raise", job.id, job.attempts, job.stalls)
+        raise
+    log.write("finish", job.id, job.attempts, job.stalls)
+
+
 def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
     from kitium_queue import JobQueue
 
@@ -215,40 +236,34 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         return float(d.get("ms", 0)) / 1000
 
     async def work(job: Any) -> dict[str, int]:
-        d = _data(job)
-        log.write("start", job.id, job.attempts, job.stalls)
-        try:
-            step = d.get("crash") if job.stalls == 0 else None
-            if step == "claim":
-                crash(job)
-            seconds = length_s(job)
-            if step == "mid":
-                await asyncio.sleep(seconds / 2)
-                crash(job)
-            if d.get("wake"):
-                end = REAL_TIME() + seconds
-                last = REAL_TIME()
-                while REAL_TIME() < end:
-                    await asyncio.sleep(0.005)
-                    now = REAL_TIME()
-                    if now - last > 0.5:
-                        log.write("wake", job.id, job.attempts, job.stalls)
-                        break
-                    last = now
-            else:
-                await asyncio.sleep(seconds)
-            if d.get("fail_first") and _marker(state, "failed", job.id):
-                raise RuntimeError(f"job {job.id}: first execution fails (fail_first)")
-            if job.attempts in (d.get("fail_on") or ()):
-                raise RuntimeError(f"job {job.id}: attempt {job.attempts} fails (fail_on)")
-        except asyncio.CancelledError:
-            log.write("cancel", job.id, job.attempts, job.stalls)
-            raise
-        except Exception:
-            log.write("raise", job.id, job.attempts, job.stalls)
-            raise
-        log.write("finish", job.id, job.attempts, job.stalls)
+        await logged(log, job, lambda: work_body(job))
         return result(job)
+
+    async def work_body(job: Any) -> None:
+        d = _data(job)
+        step = d.get("crash") if job.stalls == 0 else None
+        if step == "claim":
+            crash(job)
+        seconds = length_s(job)
+        if step == "mid":
+            await asyncio.sleep(seconds / 2)
+            crash(job)
+        if d.get("wake"):
+            end = REAL_TIME() + seconds
+            last = REAL_TIME()
+            while REAL_TIME() < end:
+                await asyncio.sleep(0.005)
+                now = REAL_TIME()
+                if now - last > 0.5:
+                    log.write("wake", job.id, job.attempts, job.stalls)
+                    break
+                last = now
+        else:
+            await asyncio.sleep(seconds)
+        if d.get("fail_first") and _marker(state, "failed", job.id):
+            raise RuntimeError(f"job {job.id}: first execution fails (fail_first)")
+        if job.attempts in (d.get("fail_on") or ()):
+            raise RuntimeError(f"job {job.id}: attempt {job.attempts} fails (fail_on)")
 
     def sync(job: Any) -> dict[str, int]:
         log.write("start", job.id, job.attempts, job.stalls)
@@ -344,6 +359,8 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
     queue.process("hang-sync", sync)
     queue.process("fail", fail)
     queue.process("hang", hang)
+    if args.breakers:
+        install_breakers(queue, args.prefix, log)
 
     async def crash_after(job: Any, call_next: Any) -> Any:
         step = _data(job).get("crash") if job.stalls == 0 else None
@@ -370,6 +387,30 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
 
         queue.scripts.pipeline = slow_pipeline
     return queue
+
+
+def install_breakers(queue: Any, prefix: str, log: EventLog) -> None:
+    """Circuit breakers on, and the ``dep`` job (see the module docstring)."""
+    from kitium_queue import CircuitBreakerManager
+
+    CircuitBreakerManager(queue)
+    dep_key = f"{prefix}:dep"
+
+    async def call_dep() -> None:
+        client = await queue.client()
+        while True:
+            health = await client.get(dep_key)
+            if health == b"up":
+                return
+            if health != b"hang":
+                raise ConnectionError("dependency down")
+            await asyncio.sleep(0.05)
+
+    async def dep(job: Any) -> dict[str, int]:
+        await logged(log, job, call_dep)
+        return {"pid": log.pid, "attempt": job.attempts, "stalls": job.stalls}
+
+    queue.process("dep", dep)
 
 
 async def main(args: argparse.Namespace) -> int:

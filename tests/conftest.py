@@ -5,6 +5,7 @@
 * ``redis_url``: URL of that server.
 * ``redis_client``: a ``redis.asyncio.Redis`` for ``redis_url``, closed after the test.
 * ``prefix``: a unique key prefix per test, so tests sharing one server never collide.
+* ``cli_app``: ``module:attribute`` of a queue named ``cli`` on ``redis_url`` (CLI tests).
 * ``backend_url``: parametrized over ``redis`` and ``memory``; gives the real Redis URL or a
   fresh ``memory://<id>`` store. Tests marked ``redis_only`` are skipped for ``memory``.
 
@@ -99,3 +100,20 @@ def backend_url(request: pytest.FixtureRequest) -> str:
     # Start (or reuse) the session server only when a test actually needs it.
     url: str = request.getfixturevalue("redis_url")
     return url
+
+
+@pytest.fixture
+def cli_app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
+    """``module:attribute`` of a JobQueue named ``cli`` on the test server (for the CLI's
+    ``APP`` argument): a module written to ``tmp_path`` and put on ``sys.path``."""
+    module = f"kq_cli_app_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from kitium_queue import JobQueue\n"
+        f"queue = JobQueue('cli', redis={redis_url!r}, prefix={prefix!r})\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield f"{module}:queue"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(module, None)

@@ -5,25 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
-from helpers import app_module
 from kitium_queue import JobQueue
 from kitium_queue.cli import main
-
-
-@pytest.fixture
-def app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
-    source = (
-        "from kitium_queue import JobQueue\n"
-        f"queue = JobQueue('cli', redis={redis_url!r}, prefix={prefix!r})\n"
-    )
-    with app_module(tmp_path, source, "kq_cli_app") as module:
-        yield f"{module}:queue"
 
 
 def _declare(redis_url: str, prefix: str) -> None:
@@ -36,7 +22,8 @@ def _declare(redis_url: str, prefix: str) -> None:
     asyncio.run(go())
 
 
-def test_schedules_commands(app: str, redis_url: str, prefix: str) -> None:
+def test_schedules_commands(cli_app: str, redis_url: str, prefix: str) -> None:
+    app = cli_app
     runner = CliRunner()
     empty = runner.invoke(main, ["schedules", "list", app])
     assert empty.exit_code == 0 and "no schedules in queue 'cli'" in empty.output

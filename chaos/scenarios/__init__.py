@@ -1,4 +1,5 @@
-"""The scenarios of issue 4, items 1-8; importing this package registers them all."""
+"""The scenarios of issue 4, items 1-8, and of the features (s9: circuit breakers);
+importing this package registers them all."""
 
 from . import (  # noqa: F401
     s1_sigkill,
@@ -10,4 +11,5 @@ from . import (  # noqa: F401
     s7_clock_skew,
     s8_poison,
     s9_groups,
+    s10_breaker,
 )

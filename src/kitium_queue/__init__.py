@@ -26,6 +26,8 @@ from .enums import (
     WebhookEventType,
 )
 from .errors import (
+    BreakerNotFoundError,
+    CircuitOpenError,
     ConfigurationError,
     ConnectionUnavailableError,
     JobActiveError,
@@ -46,10 +48,18 @@ from .errors import (
     SerializationError,
 )
 from .events import EventData, StreamEvent
+from .features.breakers import (
+    BreakerConfig,
+    BreakerStats,
+    CircuitBreaker,
+    CircuitBreakerManager,
+    FailureThreshold,
+)
 from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
+from .hooks import FeatureEvent
 from .job import Job, JobInfo, JobProcessor
 from .leader import LeaderLease, LeaderService
 from .options import (
@@ -69,7 +79,13 @@ from .sync import SyncJobQueue, SyncPartitionedQueue
 
 __all__ = [
     "BackoffOptions",
+    "BreakerConfig",
+    "BreakerNotFoundError",
+    "BreakerStats",
+    "CircuitBreaker",
+    "CircuitBreakerManager",
     "CircuitBreakerState",
+    "CircuitOpenError",
     "ConfigurationError",
     "ConnectionUnavailableError",
     "DLQConfig",
@@ -80,6 +96,8 @@ __all__ = [
     "ExecutionResult",
     "ExtendedJobOptions",
     "FIFOQueueManager",
+    "FailureThreshold",
+    "FeatureEvent",
     "GroupConfig",
     "GroupRateLimit",
     "GroupStats",

@@ -379,6 +379,108 @@ schedules_remove = _schedule_action(
 )
 
 
+@main.group()
+def breakers() -> None:
+    """List, show, reset and open the queue's circuit breakers."""
+
+
+def _breaker_row(st: Any) -> str:
+    return _row(st.config.id, st.state, f"since={_fmt_ms(st.since_ms)}",
+                f"requests={st.requests}", f"failures={st.failures}",
+                f"rate={st.failure_rate:g}%", f"held={st.held_jobs}",
+                f"next_probe={_fmt_ms(st.next_probe_ms)}",
+                f"job_name={st.config.job_name or '-'}")
+
+
+def _manager(q: JobQueue) -> Any:
+    from .features.breakers import CircuitBreakerManager
+
+    return CircuitBreakerManager(q, events=False)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@breakers.command("list")
+@click.argument("app")
+@json_option
+@redis_option
+def breakers_list(app: str, as_json: bool, redis: str | None) -> None:
+    """List breakers: id, state, since (UTC), window counts, held jobs, next probe."""
+
+    async def act(q: JobQueue) -> None:
+        items = await _manager(q).list_breakers()
+        if as_json:
+            click.echo(json.dumps([s.to_dict() for s in items], indent=2))
+        elif not items:
+            click.echo(f"no circuit breakers in queue '{text_field(q.name)}'")
+        for st in items if not as_json else ():
+            click.echo(_breaker_row(st))
+
+    _with_queue(app, redis, act)
+
+
+@breakers.command("show")
+@click.argument("app")
+@click.argument("breaker_id")
+@click.option("-n", "--history", "limit", default=10, show_default=True,
+              help="State changes shown, newest first.")
+@json_option
+@redis_option
+def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool,
+                  redis: str | None) -> None:
+    """Show one breaker: its definition, state, counts and latest state changes."""
+
+    async def act(q: JobQueue) -> None:
+        m = _manager(q)
+        st = await m.get_stats(breaker_id)
+        hist = await m.history(breaker_id, limit)
+        if as_json:
+            click.echo(json.dumps({**st.to_dict(), "history": [h.to_dict() for h in hist]},
+                                  indent=2))
+            return
+        click.echo(_breaker_row(st))
+        th = st.config.failure_threshold
+        click.echo(_row("threshold", f"{th.percentage:g}% of >= {th.min_requests}",
+                        f"window={st.config.window}ms", f"timeout={st.config.timeout}ms",
+                        f"probes={st.config.half_open_probes}",
+                        f"probe_timeout={st.config.probe_timeout}ms"))
+        click.echo(_row("reason", st.reason or "-"))
+        for h in hist:
+            click.echo(_row(_fmt_ms(h.at_ms), f"{h.from_state} -> {h.to_state}", h.reason))
+
+    _with_queue(app, redis, act)
+
+
+@breakers.command("reset")
+@click.argument("app")
+@click.argument("breaker_id")
+@click.option("--reason", default="", help="Recorded with the state change.")
+@json_option
+@redis_option
+def breakers_reset(app: str, breaker_id: str, reason: str, as_json: bool,
+                   redis: str | None) -> None:
+    """Close BREAKER_ID now; the jobs it held go back to wait."""
+    st = _with_queue(app, redis, lambda q: _manager(q).reset(breaker_id, reason))
+    click.echo(json.dumps(st.to_dict(), indent=2) if as_json else _breaker_row(st))
+
+
+@breakers.command("open")
+@click.argument("app")
+@click.argument("breaker_id")
+@click.option("--duration", type=int, default=None,
+              help="ms to stay open (default: the breaker's timeout).")
+@click.option("--reason", default="", help="Recorded with the state change.")
+@json_option
+@redis_option
+def breakers_open(app: str, breaker_id: str, duration: int | None, reason: str,
+                  as_json: bool, redis: str | None) -> None:
+    """Open BREAKER_ID now: its bound jobs are held until it half-opens."""
+    st = _with_queue(app, redis,
+                     lambda q: _manager(q).force_open(breaker_id, duration, reason))
+    click.echo(json.dumps(st.to_dict(), indent=2) if as_json else _breaker_row(st))
+
+
 @main.command()
 @click.argument("app")
 @click.option("--from-start", is_flag=True, help="Replay what the stream still holds.")

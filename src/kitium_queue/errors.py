@@ -13,6 +13,8 @@
     ├── PermissionDeniedError       the Redis ACL user lacks a command or key
     ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
     ├── ScheduleNotFoundError       no schedule with that id
+    ├── BreakerNotFoundError        no circuit breaker with that id
+    ├── CircuitOpenError            a circuit breaker refused a call while open
     ├── JobStateError               operation not valid in the job's state
     │   ├── JobActiveError          the job is running             (KQ_JOB_ACTIVE)
     │   └── (KQ_BAD_STATE)
@@ -32,6 +34,8 @@ from .limits import MAX_DELAY_MS, clamp_delay_ms
 
 __all__ = [
     "SCRIPT_ERRORS",
+    "BreakerNotFoundError",
+    "CircuitOpenError",
     "ConfigurationError",
     "ConnectionUnavailableError",
     "JobActiveError",
@@ -100,6 +104,34 @@ class ScheduleNotFoundError(KitiumQueueError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "schedule not found"
+
+
+class BreakerNotFoundError(KitiumQueueError, KeyError):
+    """No circuit breaker with that id exists in the queue."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "circuit breaker not found"
+
+
+class CircuitOpenError(KitiumQueueError):
+    """A circuit breaker is open (or half-open with every probe place taken) and
+    refused the call without running it.
+
+    Attributes:
+        breaker_id: the breaker.
+        state: ``"open"`` or ``"half-open"``.
+        retry_at_ms: when a call may be let through again (ms since the epoch, Redis
+            clock): the end of the open timeout, or the deadline of the probes out.
+    """
+
+    def __init__(self, breaker_id: str, state: str, retry_at_ms: int) -> None:
+        super().__init__(
+            f"circuit breaker {breaker_id!r} is {state}: the call was not made; "
+            f"it may be tried again from {retry_at_ms} ms (epoch, Redis clock)"
+        )
+        self.breaker_id = breaker_id
+        self.state = state
+        self.retry_at_ms = retry_at_ms
 
 
 class JobStateError(KitiumQueueError):

@@ -4,9 +4,11 @@ A *subscriber* is an object with any of the methods of ``Subscriber``; the queue
 them as jobs move: ``enqueued``, ``started``, ``progress``, ``finished`` (with the
 ``Outcome``: completed, retrying, failed for good, deferred, released), ``stalled``,
 ``dead_lettered``, ``removed``, ``admin`` (every administrative command, with its result
-or error) and ``queue_error``. The built-in ``queue.on(...)`` events, the metrics adapter,
-the logs and the DLQ notification handler are subscribers (``observe.py``); Prometheus,
-OpenTelemetry, webhooks and audit are each one more.
+or error), ``queue_error`` and ``feature_event`` (something a feature reports that is not
+a job's transition, e.g. a circuit breaker changing state: a ``FeatureEvent``). The
+built-in ``queue.on(...)`` events, the metrics adapter, the logs and the DLQ
+notification handler are subscribers (``observe.py``); Prometheus, OpenTelemetry,
+webhooks and audit are each one more.
 
 Rules a subscriber can rely on:
 
@@ -28,7 +30,15 @@ from typing import Any, Literal
 
 from .limits import get_logger
 
-__all__ = ["HOOK_NAMES", "AdminCall", "HookBus", "Outcome", "OutcomeKind", "Subscriber"]
+__all__ = [
+    "HOOK_NAMES",
+    "AdminCall",
+    "FeatureEvent",
+    "HookBus",
+    "Outcome",
+    "OutcomeKind",
+    "Subscriber",
+]
 
 log = get_logger(__name__)
 
@@ -87,6 +97,31 @@ class AdminCall:
     error: BaseException | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureEvent:
+    """Something a feature reports that is not one job's transition.
+
+    Attributes:
+        queue: queue name.
+        feature: the feature reporting it (e.g. ``circuit-breakers``).
+        name: the event's name (e.g. ``breaker-state``); ``queue.on(name, ...)``
+            handlers receive it too, as ``EventData`` with these ``fields`` in ``extra``.
+        subject: what it is about (e.g. the breaker's id).
+        fields: the event's details as text (no payloads, no secrets).
+        event_id: a stable id of the event (e.g. the stream entry it was read from), for
+            receivers that deduplicate; features report at least once.
+        at_ms: when it happened (ms since the epoch, Redis clock).
+    """
+
+    queue: str
+    feature: str
+    name: str
+    subject: str
+    fields: dict[str, str] = field(default_factory=dict)
+    event_id: str = ""
+    at_ms: int = 0
+
+
 class Subscriber:
     """Base class of lifecycle subscribers: override the hooks you need.
 
@@ -128,6 +163,9 @@ class Subscriber:
     def queue_error(self, queue: str, error: BaseException) -> None:
         """A queue-level error: Redis unreachable, a claim or finish round refused."""
 
+    def feature_event(self, event: FeatureEvent) -> None:
+        """A feature reported ``event`` (which process reports it: the feature's docs)."""
+
 
 #: Every hook of ``Subscriber``, in the order they are documented.
 HOOK_NAMES = (
@@ -140,6 +178,7 @@ HOOK_NAMES = (
     "removed",
     "admin",
     "queue_error",
+    "feature_event",
 )
 
 
@@ -198,6 +237,7 @@ class HookBus:
     removed: tuple[Callable[..., None], ...]
     admin: tuple[Callable[..., None], ...]
     queue_error: tuple[Callable[..., None], ...]
+    feature_event: tuple[Callable[..., None], ...]
 
     # Each emit_* loops inline (no shared helper): it runs once per job on the hot path.
     def emit_enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
@@ -262,3 +302,10 @@ class HookBus:
                 fn(queue, error)
             except Exception:
                 log.exception("lifecycle subscriber %r failed in queue_error", fn)
+
+    def emit_feature_event(self, event: FeatureEvent) -> None:
+        for fn in self.feature_event:
+            try:
+                fn(event)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in feature_event", fn)

@@ -25,6 +25,8 @@ dead_lettered a log line (error) when recovery dead-lettered it; metric
               traceback when this process ran the job); ``dlq.notification_handler``
               in a task of its own
 queue_error   event ``queue-error``
+feature_event event named after the ``FeatureEvent`` (e.g. ``breaker-state``), its
+              fields (and ``feature``, ``subject``, ``event_id``, ``at_ms``) in ``extra``
 ============  ==================================================================
 
 Log lines keep the worker's logger name (``kitium_queue.worker``), as before.
@@ -40,7 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .events import EventData
-from .hooks import Outcome, Subscriber
+from .hooks import FeatureEvent, Outcome, Subscriber
 from .limits import get_logger, printable
 from .outcomes import describe, traceback_text
 
@@ -251,6 +253,14 @@ class Observer(Subscriber):
     def queue_error(self, queue: str, error: BaseException) -> None:
         if self.emitter.wants("queue-error"):
             self.emitter.emit(EventData("queue-error", queue, error=error))
+
+    def feature_event(self, event: FeatureEvent) -> None:
+        if self.emitter.wants(event.name):
+            extra: dict[str, Any] = {
+                **event.fields, "feature": event.feature, "subject": event.subject,
+                "event_id": event.event_id, "at_ms": event.at_ms,
+            }
+            self.emitter.emit(EventData(event.name, event.queue, extra=extra))
 
     @staticmethod
     async def _notify(

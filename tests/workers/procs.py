@@ -5,7 +5,9 @@
     wp.kill(0)                                # SIGKILL one
     await wp.close()                          # SIGTERM the rest, then SIGKILL stragglers
 
-Each process's stderr goes to ``<tmp_path>/worker-<n>.err`` (``stderr()`` shows them).
+``script=`` runs another worker script taking the same ``--url --prefix --queue``
+(``breaker_worker.py``). Each process's stderr goes to ``<tmp_path>/worker-<n>.err``
+(``stderr()`` shows them).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ FLOW_WORKER = Path(__file__).resolve().with_name("flow_worker.py")
 
 
 class WorkerProcs:
-    def __init__(self, url: str, prefix: str, queue: str, logdir: Path) -> None:
+    def __init__(self, url: str, prefix: str, queue: str, logdir: Path,
+                 script: Path = FLOW_WORKER) -> None:
+        self.script = script
         self.url = url
         self.prefix = prefix
         self.queue = queue
@@ -38,7 +42,7 @@ class WorkerProcs:
             self._errs.append(err)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(FLOW_WORKER), "--url", self.url, "--prefix", self.prefix,
+                sys.executable, str(self.script), "--url", self.url, "--prefix", self.prefix,
                 "--queue", self.queue, *extra,
                 stdout=asyncio.subprocess.PIPE, stderr=err.open("wb"), env=env,
             )

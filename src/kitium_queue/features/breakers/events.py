@@ -1,0 +1,117 @@
+"""Reporting breaker state changes in process: the ``breaker-events`` leader service.
+
+Every state change is written, in the same atomic step as the change, to the queue's
+durable event stream (``breaker-state``, read with ``queue.events()``) and to the
+breaker log ``cb:log``. One worker process of the queue at a time (the leader of
+``breaker-events``) reads the log and, for each change, calls the ``feature_event``
+lifecycle hook (``FeatureEvent`` named ``breaker-state``: ``queue.on("breaker-state",
+...)`` handlers and every subscriber) and counts it in the queue's metrics adapter
+(``breaker.transitions``, tags ``queue``, ``breaker``, ``state``). Its position in the
+log is kept in Redis (``cb:cursor``), so a new leader goes on where the last one
+stopped: each change is reported at least once across the queue's workers (a leader
+that dies between reporting and saving its position makes its successor report the
+last few again; ``FeatureEvent.event_id`` tells them apart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ...hooks import FeatureEvent
+from ...leader import NET_ERRORS, LeaderService
+from .model import BreakerTransition
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["EVENT_NAME", "FEATURE", "SERVICE_NAME", "BreakerEvents", "report"]
+
+log = logging.getLogger(__name__)
+
+FEATURE = "circuit-breakers"
+#: Name of the feature event (and of the durable stream event) of a state change.
+EVENT_NAME = "breaker-state"
+SERVICE_NAME = "breaker-events"
+#: Log entries reported per read.
+_BATCH = 100
+
+
+def report(queue: JobQueue, change: BreakerTransition) -> None:
+    """Call the ``feature_event`` hook and count the change in the metrics adapter."""
+    if queue.hooks.feature_event:
+        queue.hooks.emit_feature_event(FeatureEvent(
+            queue=queue.name, feature=FEATURE, name=EVENT_NAME, subject=change.breaker_id,
+            fields={"breaker": change.breaker_id, "from": change.from_state,
+                    "to": change.to_state, "reason": change.reason},
+            event_id=change.entry_id, at_ms=change.at_ms,
+        ))
+    metrics = queue.metrics
+    if metrics is not None:
+        try:
+            metrics.increment("breaker.transitions", 1, {
+                "queue": queue.name, "breaker": change.breaker_id, "state": change.to_state,
+            })
+        except Exception:
+            log.exception("metrics adapter failed on breaker.transitions")
+
+
+class BreakerEvents(LeaderService):
+    """The leader-only service that reports state changes (see the module docstring).
+
+    Args:
+        queue: the queue.
+        interval_ms: how often the leader reads the log (it reads again at once while
+            there is more).
+        lease_ms: the leader lease (another process takes over at most this long after
+            the leader died).
+    """
+
+    def __init__(self, queue: JobQueue, *, interval_ms: int = 250,
+                 lease_ms: int = 10_000) -> None:
+        super().__init__(SERVICE_NAME, self._body, lease_ms=lease_ms)
+        self.queue = queue
+        self.interval_s = max(10, interval_ms) / 1000
+        self.log_key = queue.keys.extra("cb:log")
+        self.cursor_key = queue.keys.extra("cb:cursor")
+
+    async def _body(self, term: int) -> None:
+        client = await self.queue.client()
+        cursor: str | None = None
+        while True:
+            try:
+                if cursor is None:
+                    raw = await client.get(self.cursor_key)
+                    cursor = raw.decode() if isinstance(raw, bytes) else (raw or "")
+                    if not cursor:
+                        # First leader ever: report changes from now on.
+                        last = await client.xrevrange(self.log_key, count=1)
+                        cursor = _sid(last[0][0]) if last else "0-0"
+                        await client.set(self.cursor_key, cursor)
+                got = await self.poll(client, cursor)
+            except NET_ERRORS as exc:
+                log.warning("breaker events: Redis unreachable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            if got is not None:
+                cursor = got
+                continue
+            await asyncio.sleep(self.interval_s)
+
+    async def poll(self, client: Any, cursor: str) -> str | None:
+        """Report the changes after ``cursor``; the new cursor, or None when none."""
+        reply = await client.xread({self.log_key: cursor}, count=_BATCH)
+        if not reply:
+            return None
+        last = cursor
+        for _key, entries in reply:
+            for entry_id, fields in entries:
+                last = _sid(entry_id)
+                report(self.queue, BreakerTransition.parse(last, fields))
+        await client.set(self.cursor_key, last)
+        return last
+
+
+def _sid(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

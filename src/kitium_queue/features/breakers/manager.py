@@ -1,0 +1,340 @@
+"""``CircuitBreakerManager`` and ``CircuitBreaker``: the Python side of circuit breakers.
+
+Semantics (states, what counts as a failure, how held jobs come back): docs/breakers.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from ...enums import CircuitBreakerState
+from ...errors import (
+    BreakerNotFoundError,
+    CircuitOpenError,
+    ConfigurationError,
+    RetryLater,
+)
+from ...limits import clip
+from ...options import to_int, to_ms
+from .events import FEATURE, BreakerEvents
+from .lua import ADMISSION, RELEASE, SCRIPT
+from .model import (
+    BreakerConfig,
+    BreakerStats,
+    BreakerTransition,
+    check_breaker_id,
+    parse_config,
+)
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["OPTION", "SCRIPT_NAME", "CircuitBreaker", "CircuitBreakerManager"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The job option that binds a job to a breaker.
+OPTION = "circuit_breaker_id"
+#: The name the breaker script is registered under in the queue's script registry.
+SCRIPT_NAME = "breaker"
+#: Most breakers ``list_breakers`` reads.
+MAX_LISTED = 1000
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
+
+
+def _normalize_option(value: Any, section: str) -> str:
+    try:
+        return check_breaker_id(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{section}: {OPTION}: {exc}") from None
+
+
+class CircuitBreaker:
+    """One breaker of a queue (from ``create_breaker`` or ``get_breaker``).
+
+    Its state lives in Redis: every ``CircuitBreaker`` object of the same id, in any
+    process, sees and changes the same breaker.
+    """
+
+    def __init__(self, manager: CircuitBreakerManager, config: BreakerConfig) -> None:
+        self.manager = manager
+        self.config = config
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.id!r}, queue={self.manager.queue.name!r})"
+
+    async def execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` through the breaker and return its result.
+
+        ``fn`` may be an ``async def`` (awaited) or a plain function (run in a thread,
+        so a blocking client does not stop the event loop); an awaitable it returns is
+        awaited. While the breaker is open, or half-open with every probe place taken,
+        ``fn`` is not called and ``CircuitOpenError`` is raised. The outcome counts in
+        the breaker's window like a bound job's: returning is a success; raising is a
+        failure (except ``RetryLater``, which counts nowhere), and the exception
+        propagates; a cancelled call counts nowhere.
+        """
+        token = secrets.token_hex(8)
+        reply = await self.manager.call("acquire", self.id, token)
+        status = _s(reply[0])
+        if status == "missing":
+            raise self.manager.not_found(self.id)
+        if status == "open":
+            self.manager.count("breaker.rejected", self.id)
+            raise CircuitOpenError(self.id, _s(reply[1]), int(reply[2]))
+        kind = "neutral"
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(*args, **kwargs)
+            else:
+                result = await asyncio.to_thread(fn, *args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            kind = "success"
+            return result
+        except RetryLater:
+            raise
+        except Exception:
+            kind = "failure"
+            raise
+        finally:
+            await self._record(token, kind)
+
+    async def _record(self, token: str, kind: str) -> None:
+        try:
+            await asyncio.shield(self.manager.call("record", self.id, token, kind))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not recorded: a probe's deadline (probe_timeout) still ends its half-open
+            # period; the error itself is the caller's concern, not this one.
+            log.warning("circuit breaker %r: outcome not recorded (%s)", self.id,
+                        clip(str(exc), 200))
+
+    async def get_state(self) -> CircuitBreakerState:
+        """The breaker's state now (``CircuitBreakerManager.get_state``)."""
+        return await self.manager.get_state(self.id)
+
+    async def get_stats(self) -> BreakerStats:
+        """State and window counts (``CircuitBreakerManager.get_stats``)."""
+        return await self.manager.get_stats(self.id)
+
+    async def reset(self) -> BreakerStats:
+        """Close the breaker now (``CircuitBreakerManager.reset``)."""
+        return await self.manager.reset(self.id)
+
+    async def force_open(self, duration: Any = None) -> BreakerStats:
+        """Open the breaker now (``CircuitBreakerManager.force_open``)."""
+        return await self.manager.force_open(self.id, duration)
+
+
+class CircuitBreakerManager:
+    """Circuit breakers of one queue, whose open state *holds* bound jobs.
+
+    Create it in every process that uses the queue (producers, workers, the CLI's
+    module), like ``queue.process`` registrations: it declares the job option
+    ``circuit_breaker_id``, fills the ``admission`` and ``release`` Lua slots (so
+    bound jobs are held while their breaker is open and their outcomes are counted,
+    atomically with each transition) and adds the ``breaker-events`` leader service
+    that reports state changes (``features/breakers/events.py``). Breaker definitions
+    and state live in Redis under the queue's hash tag: every process shares them.
+
+    Example::
+
+        breakers = CircuitBreakerManager(queue)
+        await breakers.create_breaker({
+            "id": "payments-api", "job_name": "charge",
+            "failure_threshold": {"percentage": 50, "min_requests": 20},
+            "timeout": 30_000, "window": 60_000, "half_open_probes": 2,
+        })
+        await queue.add_job("charge", {...})          # bound by its name
+        await queue.add_job("refund", {...}, circuit_breaker_id="payments-api")
+        api = await breakers.get_breaker("payments-api")
+        await api.execute(client.get, "/health")      # inline use
+
+    Semantics: docs/breakers.md.
+    """
+
+    def __init__(self, queue: JobQueue, *, events: bool = True) -> None:
+        self.queue = queue
+        queue.declare_option(
+            OPTION, feature=FEATURE, normalize=_normalize_option,
+            doc="id of the circuit breaker that holds the job while it is open",
+        )
+        scripts = queue.scripts
+        scripts.add_slot("admission", FEATURE, ADMISSION, fields=("n",))
+        scripts.add_slot("release", FEATURE, RELEASE)
+        scripts.add_fragment(SCRIPT_NAME, SCRIPT)
+        self.events: BreakerEvents | None = None
+        if events:
+            self.events = BreakerEvents(queue)
+            queue.add_service(self.events)
+
+    # ------------------------------------------------------------------ plumbing
+    async def call(self, op: str, breaker_id: str, *args: Any) -> list[Any]:
+        """Run one operation of the breaker script (``lua.py``)."""
+        return cast(list[Any], await self.queue.run(SCRIPT_NAME, [op, breaker_id, *args]))
+
+    def not_found(self, breaker_id: str) -> BreakerNotFoundError:
+        return BreakerNotFoundError(
+            f"no circuit breaker {breaker_id!r} in queue {self.queue.name!r}; create it "
+            "with create_breaker() (list them with list_breakers())"
+        )
+
+    def count(self, name: str, breaker_id: str) -> None:
+        metrics = self.queue.metrics
+        if metrics is not None:
+            try:
+                metrics.increment(name, 1, {"queue": self.queue.name, "breaker": breaker_id})
+            except Exception:
+                log.exception("metrics adapter failed on %s", name)
+
+    async def _admin(self, command: str, args: Mapping[str, Any],
+                     action: Callable[[], Awaitable[T]]) -> T:
+        return await self.queue.admin.execute(command, args, action)
+
+    async def _view(self, breaker_id: str, reply: list[Any]) -> BreakerStats:
+        if _s(reply[0]) == "missing":
+            raise self.not_found(breaker_id)
+        return BreakerStats.parse(breaker_id, reply)
+
+    # ------------------------------------------------------------------ definitions
+    async def create_breaker(
+        self, config: BreakerConfig | Mapping[str, Any], *, replace: bool = False
+    ) -> CircuitBreaker:
+        """Define a breaker (closed) and return it.
+
+        ``config``: a ``BreakerConfig`` or a dict of its fields (``id``, ``job_name``,
+        ``failure_threshold`` {``percentage``, ``min_requests``}, ``timeout`` ms open,
+        ``window`` ms, ``half_open_probes``, ``probe_timeout`` ms). An existing id is
+        refused unless ``replace=True`` (the definition changes, the state is kept). A
+        job name belongs to one breaker at most. An administrative command (guards,
+        ``admin`` hook).
+        """
+        cfg = parse_config(config)
+
+        async def action() -> CircuitBreaker:
+            th = cfg.failure_threshold
+            reply = await self.call(
+                "put", cfg.id, cfg.job_name or "", repr(float(th.percentage)),
+                th.min_requests, cfg.timeout, cfg.window, cfg.half_open_probes,
+                cfg.probe_timeout, "1" if replace else "0",
+            )
+            status = _s(reply[0])
+            if status == "exists":
+                raise ConfigurationError(
+                    f"circuit breaker {cfg.id!r} already exists in queue "
+                    f"{self.queue.name!r}; pass replace=True to change its definition"
+                )
+            if status == "name-taken":
+                raise ConfigurationError(
+                    f"job name {cfg.job_name!r} is already bound to circuit breaker "
+                    f"{_s(reply[1])!r}; a job name belongs to one breaker at most"
+                )
+            return CircuitBreaker(self, cfg)
+
+        return await self._admin("create_breaker", {**cfg.to_dict(), "replace": replace},
+                                 action)
+
+    async def remove_breaker(self, breaker_id: str) -> bool:
+        """Delete a breaker; the jobs it held go back to wait. False if there was none.
+        An administrative command."""
+        bid = check_breaker_id(breaker_id)
+
+        async def action() -> bool:
+            return _s((await self.call("delete", bid))[0]) == "ok"
+
+        return await self._admin("remove_breaker", {"id": bid}, action)
+
+    async def get_breaker(self, breaker_id: str) -> CircuitBreaker | None:
+        """The breaker ``breaker_id`` (its definition as stored), or None."""
+        bid = check_breaker_id(breaker_id)
+        reply = await self.call("get", bid)
+        if _s(reply[0]) == "missing":
+            return None
+        return CircuitBreaker(self, BreakerStats.parse(bid, reply).config)
+
+    async def get_state(self, breaker_id: str) -> CircuitBreakerState:
+        """Its state now; a timeout that ended moves it to half-open first. Raises
+        ``BreakerNotFoundError``."""
+        return (await self.get_stats(breaker_id)).state
+
+    async def get_stats(self, breaker_id: str) -> BreakerStats:
+        """State, since when, next probe time, window counts and failure rate, probes,
+        held jobs; read atomically. Raises ``BreakerNotFoundError``."""
+        bid = check_breaker_id(breaker_id)
+        return await self._view(bid, await self.call("get", bid))
+
+    async def list_breakers(self) -> list[BreakerStats]:
+        """Every breaker of the queue (up to 1000), oldest first, with its stats."""
+        client = await self.queue.client()
+        ids = [_s(i) for i in await client.zrange(self.queue.keys.extra("cb:ids"), 0,
+                                                  MAX_LISTED - 1)]
+        if not ids:
+            return []
+        calls = [self.queue.call(SCRIPT_NAME, ["get", i]) for i in ids]
+        replies = await self.queue.scripts.pipeline(client, calls)
+        out = []
+        for bid, reply in zip(ids, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            if _s(reply[0]) != "missing":
+                out.append(BreakerStats.parse(bid, reply))
+        return out
+
+    async def history(self, breaker_id: str | None = None,
+                      limit: int = 100) -> list[BreakerTransition]:
+        """The latest state changes (newest first), of one breaker or of all, from the
+        breaker log (about the last 1000 changes of the queue are kept)."""
+        n = to_int(limit, "limit", minimum=0, maximum=10_000)
+        bid = check_breaker_id(breaker_id) if breaker_id is not None else None
+        client = await self.queue.client()
+        rows = await client.xrevrange(self.queue.keys.extra("cb:log"), count=1000)
+        out = []
+        for entry_id, fields in rows:
+            t = BreakerTransition.parse(entry_id, fields)
+            if bid is None or t.breaker_id == bid:
+                out.append(t)
+                if len(out) >= n:
+                    break
+        return out
+
+    # ------------------------------------------------------------------ operators
+    async def reset(self, breaker_id: str, reason: str = "") -> BreakerStats:
+        """Close the breaker now, whatever its state: its window starts empty and the
+        jobs it held go back to wait. An administrative command."""
+        bid = check_breaker_id(breaker_id)
+        why = clip(str(reason), 200)
+
+        async def action() -> BreakerStats:
+            return await self._view(bid, await self.call("reset", bid, why))
+
+        return await self._admin("reset_breaker", {"id": bid, "reason": why}, action)
+
+    async def force_open(self, breaker_id: str, duration: Any = None,
+                         reason: str = "") -> BreakerStats:
+        """Open the breaker now, for ``duration`` ms (default: its ``timeout``); then it
+        half-opens as usual. Bound jobs are held meanwhile. An administrative command."""
+        bid = check_breaker_id(breaker_id)
+        ms = 0 if duration is None else to_ms(duration, "duration", minimum=1)
+        why = clip(str(reason), 200)
+
+        async def action() -> BreakerStats:
+            return await self._view(bid, await self.call("open", bid, ms, why))
+
+        return await self._admin("open_breaker", {"id": bid, "duration": ms, "reason": why},
+                                 action)
