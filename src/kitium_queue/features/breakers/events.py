@@ -16,11 +16,11 @@ last few again; ``FeatureEvent.event_id`` tells them apart).
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any
 
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, LeaderService
+from ...limits import get_logger
 from .model import BreakerTransition
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EVENT_NAME", "FEATURE", "SERVICE_NAME", "BreakerEvents", "report"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FEATURE = "circuit-breakers"
 #: Name of the feature event (and of the durable stream event) of a state change.
