@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -19,7 +18,7 @@ from ...errors import (
     ConfigurationError,
     RetryLater,
 )
-from ...limits import clip
+from ...limits import clip, get_logger
 from ...options import to_int, to_ms
 from .events import FEATURE, BreakerEvents
 from .lua import ADMISSION, RELEASE, SCRIPT
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OPTION", "SCRIPT_NAME", "CircuitBreaker", "CircuitBreakerManager"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
