@@ -86,7 +86,7 @@ async def dump_keyspace(client: aioredis.Redis) -> bytes:
 async def test_processor_sees_plaintext_and_redis_holds_ciphertext(
     rq: QueueFactory, redis_client: aioredis.Redis, algorithm: str
 ) -> None:
-    q, m = enc_queue(rq, algorithm=algorithm)
+    q, _ = enc_queue(rq, algorithm=algorithm)
     seen: list[Any] = []
 
     @q.process("pay")
@@ -359,7 +359,7 @@ async def test_bad_keys_are_refused_without_quoting_them(rq: QueueFactory) -> No
 
 
 async def test_a_process_without_the_current_key_refuses_to_encrypt(rq: QueueFactory) -> None:
-    q, m = enc_queue(rq, "cur")
+    _, m = enc_queue(rq, "cur")
     await m.initialize()
     other = rq("cur")  # another process of the same queue, holding another key only
     m2 = EncryptionManager(other, keys=[KeyConfig("k9", K2)])

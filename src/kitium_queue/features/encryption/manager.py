@@ -313,11 +313,12 @@ class EncryptionManager:
         return flag is True
 
     async def _on_enqueue(
-        self, name: str, data: Any, opts: Mapping[str, Any]
+        self, job_name: str, data: Any, options: Mapping[str, Any]
     ) -> tuple[str, Any, Mapping[str, Any]]:
-        if not self._wants(opts):
-            return name, data, opts
-        out = {**opts, "encrypted": True}
+        name = job_name
+        if not self._wants(options):
+            return name, data, options
+        out = {**options, "encrypted": True}
         key_id = await self.current_key_id()
         origin = enqueue_origin.get()
         if origin is not None and origin[0] == "schedule":

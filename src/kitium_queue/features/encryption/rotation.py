@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -137,18 +138,13 @@ class JobTarget:
                     jid = i.decode("utf-8", "surrogateescape")
                     name = (n or b"").decode("utf-8", "surrogateescape")
                     if d:
-                        cells.append(Cell(
-                            f"job:{jid}", "d", d,
-                            lambda scope, jid=jid, name=name: _data(q.name, jid, name, scope),
-                            True, f"job {jid} data",
-                        ))
+                        cells.append(Cell(f"job:{jid}", "d", d,
+                                          partial(_data, q.name, jid, name), True,
+                                          f"job {jid} data"))
                     if r:
-                        cells.append(Cell(
-                            f"job:{jid}", "r", r,
-                            lambda scope, jid=jid, name=name: Binding(
-                                scope, q.name, jid, name, "result"),
-                            True, f"job {jid} result",
-                        ))
+                        cells.append(Cell(f"job:{jid}", "r", r,
+                                          partial(_bind, q.name, jid, name, "result"), True,
+                                          f"job {jid} result"))
                 yield cells
 
 
@@ -156,6 +152,10 @@ def _data(queue: str, job_id: str, name: str, scope: str) -> Binding:
     from .manager import data_binding
 
     return data_binding(queue, job_id, name, scope)
+
+
+def _bind(queue: str, owner: str, name: str, part: str, scope: str) -> Binding:
+    return Binding(scope, queue, owner, name, part)
 
 
 class ScheduleTarget:
@@ -183,11 +183,9 @@ class ScheduleTarget:
                     continue
                 sid = i.decode("utf-8", "surrogateescape")
                 name = (n or b"").decode("utf-8", "surrogateescape")
-                cells.append(Cell(
-                    f"schedule:{sid}", "d", d,
-                    lambda scope, sid=sid, name=name: Binding(scope, q.name, sid, name, "data"),
-                    False, f"schedule {sid} data",
-                ))
+                cells.append(Cell(f"schedule:{sid}", "d", d,
+                                  partial(_bind, q.name, sid, name, "data"), False,
+                                  f"schedule {sid} data"))
             yield cells
 
 
@@ -364,7 +362,7 @@ class RotationPass:
                 for c in cells:
                     new = self._reseal(c, target_key, res)
                     if new is not None:
-                        args += [c.key, c.field, hashlib.sha1(c.raw).hexdigest(), new,  # noqa: S324
+                        args += [c.key, c.field, hashlib.sha1(c.raw).hexdigest(), new,
                                  "a" if c.guard else "-"]
                 if len(args) > 1:
                     reply = await q.run("enc_swap", args)
