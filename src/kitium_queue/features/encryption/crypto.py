@@ -38,6 +38,7 @@ import secrets
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -204,21 +205,32 @@ class Binding:
     part: str
 
     def aad(self, version: int, key_id: str, algorithm: str) -> bytes:
-        out = [b"kitium-queue/payload"]
-        for item in (str(version), key_id, algorithm, self.scope, self.queue, self.owner,
-                     self.name, self.part):
-            b = item.encode("utf-8", "surrogatepass")
-            out.append(struct.pack(">I", len(b)) + b)
-        return b"".join(out)
+        """The authenticated data: every field length-prefixed (4 bytes, big endian)."""
+        return _aad_head(version, key_id, algorithm, self.scope, self.queue) + _packed(
+            self.owner, self.name, self.part)
+
+
+def _packed(*items: str) -> bytes:
+    out = b""
+    for item in items:
+        b = item.encode("utf-8", "surrogatepass")
+        out += struct.pack(">I", len(b)) + b
+    return out
+
+
+@lru_cache(maxsize=256)
+def _aad_head(version: int, key_id: str, algorithm: str, scope: str, queue: str) -> bytes:
+    return b"kitium-queue/payload" + _packed(str(version), key_id, algorithm, scope, queue)
 
 
 class _Key:
     """Derived subkeys of one master key (never leaves this module)."""
 
-    __slots__ = ("algorithm", "enc", "key_id", "mac")
+    __slots__ = ("aead", "algorithm", "enc", "key_id", "mac")
 
     def __init__(self, key_id: str, master: bytes, algorithm: str) -> None:
         from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
         def derive(purpose: str) -> bytes:
@@ -231,6 +243,7 @@ class _Key:
         self.algorithm = algorithm
         self.enc = derive("enc")
         self.mac = derive("mac") if algorithm == _CBC else b""
+        self.aead = AESGCM(self.enc) if algorithm == _GCM else None
 
 
 def _cryptography() -> None:
@@ -289,15 +302,13 @@ class KeyRing:
                 f"key {key_id!r} is not held by this process; add it with add_key()"
             )
         aad = binding.aad(ENVELOPE_VERSION, key_id, key.algorithm)
-        if key.algorithm == _GCM:
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+        if key.aead is not None:
             nonce = os.urandom(12)
-            ct = nonce + AESGCM(key.enc).encrypt(nonce, plaintext, aad)
+            ct = nonce + key.aead.encrypt(nonce, plaintext, aad)
         else:
             ct = _cbc_seal(key, plaintext, aad)
         return {"kqe": ENVELOPE_VERSION, "kid": key_id, "alg": key.algorithm,
-                "for": binding.scope, "ct": base64.b64encode(ct).decode()}
+                "for": binding.scope, "ct": binascii.b2a_base64(ct, newline=False).decode()}
 
     def open(self, envelope: Any, binding: Binding) -> bytes:
         """The plaintext of ``envelope``; ``DecryptionError`` saying why it cannot be."""
@@ -308,6 +319,8 @@ class KeyRing:
             )
         key = self._keys.get(key_id)
         if key is None:
+            if not _KEY_ID.fullmatch(key_id):
+                raise DecryptionError("envelope key id is malformed")
             raise DecryptionError(
                 f"ciphertext needs key {key_id!r}, which this process does not hold "
                 "(add it with add_key)"
@@ -318,14 +331,13 @@ class KeyRing:
                 f"{key.algorithm}: the envelope was altered"
             )
         aad = binding.aad(version, key_id, algorithm)
-        if algorithm == _GCM:
+        if key.aead is not None:
             from cryptography.exceptions import InvalidTag
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
             if len(ct) < 12 + 16:
                 raise DecryptionError(f"ciphertext under key {key_id!r} is truncated")
             try:
-                return AESGCM(key.enc).decrypt(ct[:12], ct[12:], aad)
+                return key.aead.decrypt(ct[:12], ct[12:], aad)
             except InvalidTag:
                 raise DecryptionError(_TAMPERED.format(key_id=key_id)) from None
         return _cbc_open(key, ct, aad)
@@ -382,7 +394,7 @@ def parse_envelope(envelope: Any) -> tuple[int, str, str, str, bytes]:
     scope, text = envelope.get("for"), envelope.get("ct")
     if version != ENVELOPE_VERSION or type(version) is not int:
         raise DecryptionError(f"unsupported envelope version {version!r:.20}")
-    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+    if not isinstance(key_id, str) or not (0 < len(key_id) <= MAX_KEY_ID):
         raise DecryptionError("envelope key id is missing or malformed")
     if alg not in _ALGORITHMS:
         raise DecryptionError(f"envelope names an unknown algorithm {alg!r:.40}")
@@ -391,7 +403,8 @@ def parse_envelope(envelope: Any) -> tuple[int, str, str, str, bytes]:
     if not isinstance(text, str) or len(text) > _MAX_CT:
         raise DecryptionError("envelope ciphertext is missing or too large")
     try:
-        ct = base64.b64decode(text, validate=True)
+        # Not strict: whatever the decoder skips, the ciphertext is authenticated.
+        ct = binascii.a2b_base64(text)
     except (binascii.Error, ValueError):
         raise DecryptionError("envelope ciphertext is not valid base64") from None
     return version, key_id, alg, scope, ct
