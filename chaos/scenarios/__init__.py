@@ -9,4 +9,5 @@ from . import (  # noqa: F401
     s6_network,
     s7_clock_skew,
     s8_poison,
+    s9_encryption_rotation,
 )

@@ -38,5 +38,5 @@ redis.call('HSET', meta, 'current', new, 'previous', cur, 'rotated_at', NOW_S, '
 redis.call('DEL', rot)
 redis.call('HSET', rot, 'n', n, 'state', 'running', 'from', cur, 'to', new,
   'rotated_at', NOW_S, 'updated_at', NOW_S, 'round', 0, 'scanned', 0, 'total', 0,
-  'reencrypted', 0, 'conflicts', 0, 'active', 0, 'undecryptable', 0, 'clean_rounds', 0)
+  'reencrypted', 0, 'conflicts', 0, 'undecryptable', 0, 'clean_rounds', 0)
 return { 'ok', new, n }

@@ -357,7 +357,7 @@ class RotationPass:
         reencrypted = (await read_status(q)).reencrypted
         for target in self.targets:
             async for cells in target.pages(client, self.batch):
-                res.scanned += len(cells)
+                res.scanned += len({c.key for c in cells})  # records, as size() counts
                 args: list[Any] = [str(n)]
                 for c in cells:
                     new = self._reseal(c, target_key, res)
