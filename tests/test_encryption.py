@@ -397,3 +397,20 @@ async def test_events_and_dlq_notifications_carry_no_plaintext(
                       for v in f.values())
     assert MARK.encode() not in stream and RESULT_MARK.encode() not in stream
     await asyncio.sleep(0.1)
+
+
+def test_the_readme_example_runs(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Payload encryption"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    script = tmp_path / "readme_encryption.py"
+    script.write_text(code.group(1))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["{'charged': '1111'}", "done 2"]

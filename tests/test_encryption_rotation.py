@@ -165,7 +165,8 @@ async def test_rotation_under_a_running_load_of_20000_jobs(
         seen.add(job.data["i"])
         return job.data["i"]
 
-    producer = rq("load", default_job_options=keep)  # a second process's producer, with its own key cache
+    # A second process's producer, with its own key cache.
+    producer = rq("load", default_job_options=keep)
     EncryptionManager(producer, keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)],
                       encrypt_all=True, refresh_ms=200, run_rotation=False)
     ids: list[str] = []

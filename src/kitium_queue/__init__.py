@@ -46,6 +46,13 @@ from .errors import (
     SerializationError,
 )
 from .events import EventData, StreamEvent
+from .features.encryption import (
+    DecryptionError,
+    EncryptionError,
+    EncryptionManager,
+    KeyConfig,
+    RotationStatus,
+)
 from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
@@ -72,8 +79,11 @@ __all__ = [
     "ConnectionUnavailableError",
     "DLQConfig",
     "DeadEntry",
+    "DecryptionError",
     "DeliveryGuarantee",
     "EncryptionAlgorithm",
+    "EncryptionError",
+    "EncryptionManager",
     "EventData",
     "ExtendedJobOptions",
     "FIFOQueueManager",
@@ -90,6 +100,7 @@ __all__ = [
     "JobRefusedError",
     "JobStateError",
     "JobStatus",
+    "KeyConfig",
     "KitiumQueueError",
     "LeaderLease",
     "LeaderService",
@@ -113,6 +124,7 @@ __all__ = [
     "RateLimited",
     "RetryConfig",
     "RetryLater",
+    "RotationStatus",
     "Schedule",
     "ScheduleNotFoundError",
     "ScriptArgumentError",

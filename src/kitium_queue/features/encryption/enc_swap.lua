@@ -8,7 +8,7 @@
   ARGV[4]  rotation number the pass works for: nothing is written when another rotation
            started meanwhile (the reply is then { 'stale' }).
   ARGV[5..] groups of 5: key (relative to the prefix: 'job:<id>', 'schedule:<id>', ...),
-           field, SHA1 of the value read, new value, guard ('a' = skip while the record's
+           field, the value read (compared whole), new value, guard ('a' = skip while the record's
            state is 'active', '-' = none). At most 1000 groups.
   Returns { 'ok', {result per group} }: 1 replaced, 0 changed or gone since it was read,
   2 skipped (active: its result will be written under the current key).
@@ -24,14 +24,14 @@ if redis.call('HGET', PREFIX .. 'enc:rotation', 'n') ~= ARGV[4] then
 end
 local out = {}
 for i = 5, #ARGV, 5 do
-  local key, field, sha, new, guard = PREFIX .. ARGV[i], ARGV[i + 1], ARGV[i + 2],
+  local key, field, old, new, guard = PREFIX .. ARGV[i], ARGV[i + 1], ARGV[i + 2],
     ARGV[i + 3], ARGV[i + 4]
   local res = 0
   local cur = redis.call('HGET', key, field)
   if cur then
     if guard == 'a' and redis.call('HGET', key, 'st') == 'active' then
       res = 2
-    elseif redis.sha1hex(cur) == sha then
+    elseif cur == old then
       redis.call('HSET', key, field, new)
       res = 1
     end

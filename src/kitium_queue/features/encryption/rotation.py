@@ -19,7 +19,6 @@ More kinds of stored ciphertext join the pass by adding a ``RotationTarget`` to
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -362,8 +361,7 @@ class RotationPass:
                 for c in cells:
                     new = self._reseal(c, target_key, res)
                     if new is not None:
-                        args += [c.key, c.field, hashlib.sha1(c.raw).hexdigest(), new,
-                                 "a" if c.guard else "-"]
+                        args += [c.key, c.field, c.raw, new, "a" if c.guard else "-"]
                 if len(args) > 1:
                     reply = await q.run("enc_swap", args)
                     if reply[0] == b"stale":
