@@ -22,4 +22,5 @@ NAMES = (
     "poison",
     "groups",
     "breaker",
+    "encryption-rotation",
 )

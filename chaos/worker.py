@@ -141,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--breakers", type=int, default=0, help="1: circuit breakers enabled")
     p.add_argument("--slow-claim-ms", type=int, default=0,
                    help="delay every claim by this long before sending it (a slow link)")
+    p.add_argument("--encrypt", default="",
+                   help="comma-separated key ids: encrypt every job (EncryptionManager), "
+                        "each key read from the environment variable KQ_CHAOS_KEY_<id>")
     return p.parse_args(argv)
 
 
@@ -386,6 +389,14 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
             return await real_pipeline(client, calls)
 
         queue.scripts.pipeline = slow_pipeline
+    if args.encrypt:
+        from kitium_queue.features.encryption import EncryptionManager, KeyConfig
+
+        EncryptionManager(
+            queue, keys=[KeyConfig.from_env(f"KQ_CHAOS_KEY_{k}", k)
+                         for k in args.encrypt.split(",")],
+            encrypt_all=True, refresh_ms=200, rotation_grace_ms=500,
+        )
     return queue
 
 

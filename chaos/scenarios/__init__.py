@@ -12,4 +12,5 @@ from . import (  # noqa: F401
     s8_poison,
     s9_groups,
     s10_breaker,
+    s11_encryption_rotation,
 )

@@ -55,6 +55,13 @@ from .features.breakers import (
     CircuitBreakerManager,
     FailureThreshold,
 )
+from .features.encryption import (
+    DecryptionError,
+    EncryptionError,
+    EncryptionManager,
+    KeyConfig,
+    RotationStatus,
+)
 from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
@@ -90,8 +97,11 @@ __all__ = [
     "ConnectionUnavailableError",
     "DLQConfig",
     "DeadEntry",
+    "DecryptionError",
     "DeliveryGuarantee",
     "EncryptionAlgorithm",
+    "EncryptionError",
+    "EncryptionManager",
     "EventData",
     "ExecutionResult",
     "ExtendedJobOptions",
@@ -113,6 +123,7 @@ __all__ = [
     "JobRefusedError",
     "JobStateError",
     "JobStatus",
+    "KeyConfig",
     "KitiumQueueError",
     "LeaderLease",
     "LeaderService",
@@ -137,6 +148,7 @@ __all__ = [
     "RateLimited",
     "RetryConfig",
     "RetryLater",
+    "RotationStatus",
     "Schedule",
     "ScheduleNotFoundError",
     "ScriptArgumentError",

@@ -84,6 +84,8 @@ def load_queue(app: str, redis: str | None = None) -> JobQueue:
         obj = obj()
     if not isinstance(obj, JobQueue):
         raise click.BadParameter(f"{app!r} is a {type(obj).__name__}, not a JobQueue")
+    # What the CLI prints is seen by people: protected payloads are shown redacted.
+    obj.ctx.redact_payloads = True
     url = redis or os.environ.get("KITIUM_QUEUE_REDIS")
     if url:
         from .connection import ConnectionFactory
@@ -517,11 +519,13 @@ def demo(redis: str) -> None:
 
 
 def _add_feature_commands() -> None:
+    from .features.encryption.cli import make_command as encryption_command
     from .features.groups.cli import make_command as groups_command
     from .features.idempotency.cli import make_command as result_command
 
     main.add_command(groups_command(_with_queue, redis_option, _row), "groups")
     main.add_command(result_command(_with_queue, redis_option, _row), "result")
+    main.add_command(encryption_command(_with_queue, redis_option, _row), "encryption")
 
 
 _add_feature_commands()

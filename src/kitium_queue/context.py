@@ -11,8 +11,8 @@ construction, the option registry (``jobspec``) and the lifecycle subscribers
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoPermissionError
 
@@ -44,6 +44,9 @@ from .options import (
 )
 from .scripts import ScriptCall, ScriptRegistry, permission_denied
 
+if TYPE_CHECKING:
+    from .job import JobInfo
+
 __all__ = ["CONNECT_TIMEOUT_S", "QueueContext"]
 
 #: How long a server that accepted the connection gets to answer the first PING.
@@ -64,6 +67,12 @@ class QueueContext:
         emitter: the in-process event handlers (``queue.on``).
         hooks: the lifecycle subscribers. ``JobQueue`` adds the built-in ``Observer``
             (events, metrics, logs, DLQ notification) first, before anyone else can.
+        info_views: functions ``view(info, redact)`` that may rewrite each ``JobInfo``
+            the queries return, in place, in the order added (a feature that protects
+            payloads turns them back into what they hold for this process, or hides
+            them). ``redact``: ``redact_payloads``.
+        redact_payloads: set by tools that show jobs to people (the CLI): views hide
+            protected payloads instead of revealing them.
     """
 
     def __init__(
@@ -116,6 +125,8 @@ class QueueContext:
         self.policy = self._base_policy()
         self.emitter = EventEmitter()
         self.hooks = HookBus()
+        self.info_views: list[Callable[[JobInfo, bool], None]] = []
+        self.redact_payloads = False
         self._client: Any = None
         self._connect_lock: asyncio.Lock | None = None
         self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))

@@ -2,7 +2,10 @@
 
 * **Enqueue middleware** ``fn(job_name, data, options) -> (job_name, data, options)``
   (sync or async) runs in ``add_job``/``add_jobs`` before validation and encoding, in the
-  order added: idempotency, tenancy, regions and encryption plug in here.
+  order added: idempotency, tenancy, regions and encryption plug in here. It also runs
+  when a schedule is declared, on the template of the schedule's jobs: then
+  ``enqueue_origin`` holds ``("schedule", <schedule id>)`` (those jobs get the ids
+  ``sched:<schedule id>:<tick ms>``); for a job added directly it is None.
 * **Process middleware** ``async fn(job, call_next) -> result`` wraps every run of a
   processor, outermost first: circuit breakers, tenancy context, tracing. Raise to fail
   the run, return to complete it.
@@ -17,9 +20,23 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["EnqueueMiddleware", "ProcessMiddleware", "Service", "run_process_chain"]
+__all__ = [
+    "EnqueueMiddleware",
+    "ProcessMiddleware",
+    "Service",
+    "enqueue_origin",
+    "run_process_chain",
+]
+
+#: What the enqueue middleware running now prepares: None for a job added directly
+#: (``add_job``, ``add_jobs``), ``("schedule", <schedule id>)`` for the template of a
+#: schedule's jobs.
+enqueue_origin: ContextVar[tuple[str, str] | None] = ContextVar(
+    "kq_enqueue_origin", default=None
+)
 
 
 class EnqueueMiddleware(Protocol):

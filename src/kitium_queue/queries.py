@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -73,6 +73,8 @@ MAX_QUERY_OFFSET = _MAX_INDEX - MAX_QUERY_LIMIT
 _STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 # Members read per round while skipping past a cursor (see ``_after``).
 _SKIP_BATCH = 100
+
+J = TypeVar("J", bound=JobInfo)
 
 
 @dataclass(slots=True)
@@ -214,7 +216,7 @@ class Queries:
     async def get_job_status(self, job_id: str) -> JobInfo | None:
         """``JobQueue.get_job_status``."""
         loaded = await self._load(job_id, detail=False)
-        return None if loaded is None else JobInfo(**loaded[0])
+        return None if loaded is None else self._view(JobInfo(**loaded[0]))
 
     async def get_job_detail(self, job_id: str) -> JobDetail | None:
         """``JobQueue.get_job_detail``."""
@@ -222,12 +224,18 @@ class Queries:
         if loaded is None:
             return None
         values, (worker, deadline, log_lines) = loaded
-        return JobDetail(
+        return self._view(JobDetail(
             **values,
             worker=worker.decode("utf-8", "backslashreplace") if worker else None,
             lease_deadline=None if deadline is None else int(deadline),
             log_lines=int(log_lines),
-        )
+        ))
+
+    def _view(self, info: J) -> J:
+        """``info`` through the context's ``info_views`` (features' payload views)."""
+        for view in self.ctx.info_views:
+            view(info, self.ctx.redact_payloads)
+        return info
 
     async def _load(self, job_id: str, *, detail: bool) -> tuple[dict[str, Any], list[Any]] | None:
         """The ``JobInfo`` fields of one job, and with ``detail`` its worker field, its
@@ -351,10 +359,10 @@ class Queries:
                 continue
             problems: list[str] = []
             jid = decode_id(i, problems)
-            out.append(JobInfo(**job_values(
+            out.append(self._view(JobInfo(**job_values(
                 jid, r, paused=is_paused, serializer=ctx.serializer, base=ctx.policy,
                 found_in=found_in, problems=problems,
-            )))
+            ))))
         return out
 
     async def get_stats(self) -> QueueStats:

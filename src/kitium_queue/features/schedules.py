@@ -25,6 +25,7 @@ from croniter.croniter import CroniterBadDateError, CroniterError
 
 from ..errors import ConfigurationError, ScheduleNotFoundError
 from ..limits import clip, get_logger
+from ..middleware import enqueue_origin
 from ..options import MAX_COUNT, check_text, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 
@@ -429,14 +430,21 @@ class ScheduleStore:
                 f"schedule options may not set {', '.join(reserved)}: each tick's job id is "
                 "sched:<schedule id>:<tick ms>; use jitter= to spread start times"
             )
-        if q.enqueue_middleware:
-            job_name, data, opts = await q.producer.through_middleware(job_name, data, opts)
-        prepared = q.producer.prepare(job_name, data, opts)  # validates options, encodes data
-        stored_opts = q.jobspec.check(opts, "schedule")
         if schedule_id is None:
             timing_text = cron_text if cron_text is not None else f"every {every_ms}ms"
             schedule_id = f"{job_name}@{timing_text}"
         sid = _schedule_id(schedule_id)
+        if q.enqueue_middleware:
+            # The middleware sees which schedule the template is for (its jobs' ids).
+            token = enqueue_origin.set(("schedule", sid))
+            try:
+                job_name, data, opts = await q.producer.through_middleware(
+                    job_name, data, opts
+                )
+            finally:
+                enqueue_origin.reset(token)
+        prepared = q.producer.prepare(job_name, data, opts)  # validates options, encodes data
+        stored_opts = q.jobspec.check(opts, "schedule")
 
         sched = Schedule(
             id=sid, job_name=job_name, cron=cron_text, every_ms=every_ms, tz=zone_name,

@@ -1,0 +1,386 @@
+"""``EncryptionManager``: encrypted jobs on one queue (see ``docs/encryption.md``).
+
+It plugs into the queue through the extension points only:
+
+* the job option ``encrypted`` (option registry), or every job with ``encrypt_all``;
+* enqueue middleware: serializes the data, encrypts it under the queue's current key,
+  bound to the job's id, name and queue (a job added without ``job_id`` gets a
+  client-made id, ``str(uuid4())``, because auto ids are assigned inside Redis after the
+  ciphertext must exist); a schedule's template is bound to the schedule instead;
+* process middleware: opens the data before the processor runs and seals the result
+  before it is stored; a job whose ciphertext does not open (unknown key, tampered,
+  moved) fails for good, dead-lettered, with the reason, and the worker carries on;
+* a ``JobInfo`` view: queries in this process show the plaintext; the CLI (which sets
+  ``redact_payloads``) shows ``<encrypted ...>``;
+* a leader-only service running the rotation pass (``rotation.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ConfigurationError, NonRetryableError, SerializationError
+from ...leader import LeaderService
+from ...limits import get_logger
+from ...middleware import enqueue_origin
+from ...options import to_ms
+from .crypto import (
+    Binding,
+    DecryptionError,
+    EncryptionError,
+    KeyConfig,
+    KeyRing,
+    check_key_id,
+    envelope_key_id,
+    is_envelope,
+)
+from .rotation import RotationPass, RotationStatus, read_status
+
+if TYPE_CHECKING:
+    from ...job import Job, JobInfo
+    from ...queue import JobQueue
+
+__all__ = ["FEATURE", "EncryptionManager", "data_binding"]
+
+log = get_logger(__name__)
+
+#: The name the option, scripts and service are registered under.
+FEATURE = "encryption"
+_SCRIPTS = ("enc_rotate", "enc_swap")
+_INSTALLED: weakref.WeakKeyDictionary[Any, EncryptionManager] = weakref.WeakKeyDictionary()
+
+
+def _encrypted_option(value: Any, section: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{section}: encrypted must be True or False, got {value!r:.40}")
+    return value
+
+
+def data_binding(queue: str, job_id: str, name: str, scope: str) -> Binding:
+    """The binding of a job's data: to the job, or (``scope='schedule'``) to the schedule
+    whose tick made it, read from the job's id ``sched:<schedule id>:<tick ms>``."""
+    if scope == "schedule":
+        sid, _, tick = job_id[6:].rpartition(":")
+        if not job_id.startswith("sched:") or not sid or not tick.isdigit():
+            raise DecryptionError(
+                "ciphertext is bound to a schedule but the job was not made by a schedule: "
+                "it was moved"
+            )
+        return Binding("schedule", queue, sid, name, "data")
+    return Binding(scope, queue, job_id, name, "data")
+
+
+class EncryptionManager:
+    """Payload encryption for one queue: ``encrypted=True`` jobs (or every job, with
+    ``encrypt_all``) have their data and result stored encrypted.
+
+    Args:
+        queue: the queue; every process that adds or runs its jobs builds a manager with
+            the same keys (a worker without one would hand processors the envelope).
+        keys: ``KeyConfig`` s (or dicts ``key_id``, ``key`` base64, ``algorithm``) this
+            process holds; more with ``add_key``.
+        current_key_id: the key new jobs use when the queue has none yet (the first
+            ``initialize`` anywhere); default: the first key given. After that, Redis
+            says which key is current (``rotate_key`` changes it).
+        encrypt_all: encrypt every job of the queue (``encrypted=False`` is refused,
+            and the worker refuses plaintext jobs).
+        refresh_ms: how long this process trusts its copy of the current key id.
+        rotation_grace_ms: how long the rotation pass waits after ``rotate_key`` before
+            it sweeps, so that every process has seen the new key (default
+            ``refresh_ms + 5000``).
+        rotation_batch: records read and rewritten per step of the pass (1..1000).
+        run_rotation: run the pass as a leader-only service alongside this process's
+            workers (one process of the queue at a time).
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        *,
+        keys: Iterable[KeyConfig | Mapping[str, Any]] = (),
+        current_key_id: str | None = None,
+        encrypt_all: bool = False,
+        refresh_ms: Any = 1000,
+        rotation_grace_ms: Any = None,
+        rotation_batch: int = 200,
+        run_rotation: bool = True,
+    ) -> None:
+        if queue in _INSTALLED:
+            raise ConfigurationError(
+                f"queue {queue.name!r} already has an EncryptionManager; use "
+                "EncryptionManager.for_queue(queue)"
+            )
+        self.queue = queue
+        self.ring = KeyRing()
+        self.encrypt_all = bool(encrypt_all)
+        self.refresh_ms = to_ms(refresh_ms, "refresh_ms", minimum=1)
+        grace = self.refresh_ms + 5000 if rotation_grace_ms is None else rotation_grace_ms
+        self.rotation_grace_ms = to_ms(grace, "rotation_grace_ms")
+        self._first: str | None = None
+        for k in keys:
+            self._hold(k)
+        self._wanted = None if current_key_id is None else check_key_id(current_key_id)
+        self._current: str | None = None
+        self._fetched = -1e18
+        self._refresh_lock: asyncio.Lock | None = None
+        self.rotation = RotationPass(self, batch=rotation_batch)
+        self.meta_key = queue.keys.extra("enc")
+        self._install(run_rotation)
+        _INSTALLED[queue] = self
+
+    @classmethod
+    def for_queue(cls, queue: JobQueue) -> EncryptionManager:
+        """The manager installed on ``queue`` in this process, or a new one without keys
+        (it reads status and metadata; it encrypts nothing)."""
+        got = _INSTALLED.get(queue)
+        return got if got is not None else cls(queue, run_rotation=False)
+
+    def _install(self, run_rotation: bool) -> None:
+        q = self.queue
+        q.declare_option(
+            "encrypted", feature=FEATURE, normalize=_encrypted_option, default=False,
+            doc="store the job's data and result encrypted (EncryptionManager)",
+        )
+        for name in _SCRIPTS:
+            src = resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+            q.scripts.add_fragment(name, src)
+        q.use_enqueue(self._on_enqueue)
+        q.use_process(self._on_process)
+        q.ctx.info_views.append(self._view)
+        if run_rotation:
+            q.add_service(LeaderService("encryption-rotation", self.rotation.serve))
+
+    # ------------------------------------------------------------------ keys
+    def _hold(self, config: KeyConfig | Mapping[str, Any]) -> str:
+        key_id = self.ring.add(config)
+        if self._first is None:
+            self._first = key_id
+        return key_id
+
+    async def add_key(self, config: KeyConfig | Mapping[str, Any]) -> str:
+        """Hold one more key (``key_id``, ``key`` base64 of 32 bytes, ``algorithm``:
+        ``aes-256-gcm`` default, or ``aes-256-cbc``) in this process; its id (never its
+        material) is recorded in Redis. Returns the key id."""
+        key_id = self._hold(config)
+        client = await self.queue.client()
+        await client.hsetnx(self.queue.keys.extra("enc:keys"), key_id, int(time.time() * 1000))
+        return key_id
+
+    def held_key_ids(self) -> list[str]:
+        """The ids of the keys this process holds."""
+        return self.ring.ids()
+
+    async def initialize(self) -> str:
+        """Record this process's key ids and, when the queue has no current key yet, make
+        ``current_key_id`` (or the first key) current. Returns the current key id.
+
+        Raises ``ConfigurationError`` when this process holds no key, or not the key the
+        queue uses now (add it with ``add_key``)."""
+        await self._init_redis()
+        return await self.current_key_id(refresh=True)
+
+    async def _init_redis(self) -> None:
+        first = self._wanted or self._first
+        if first is None:
+            raise ConfigurationError(
+                f"queue {self.queue.name!r}: EncryptionManager holds no key; pass keys=[...] "
+                "or call add_key() before initialize()"
+            )
+        if first not in self.ring:
+            raise ConfigurationError(f"current_key_id {first!r} is not among the keys given")
+        client = await self.queue.client()
+        now = int(time.time() * 1000)
+        pipe = client.pipeline(transaction=False)
+        for key_id in self.ring.ids():
+            pipe.hsetnx(self.queue.keys.extra("enc:keys"), key_id, now)
+        await pipe.execute()
+        await self.queue.run("enc_rotate", ["init", "", first])
+
+    async def current_key_id(self, *, refresh: bool = False) -> str:
+        """The queue's current key id (cached for ``refresh_ms``); ``EncryptionError``
+        when this process does not hold it."""
+        if refresh or time.monotonic() - self._fetched > self.refresh_ms / 1000:
+            if self._refresh_lock is None:
+                self._refresh_lock = asyncio.Lock()
+            async with self._refresh_lock:
+                if refresh or time.monotonic() - self._fetched > self.refresh_ms / 1000:
+                    client = await self.queue.client()
+                    raw = await client.hget(self.meta_key, "current")
+                    if raw is None:
+                        await self._init_redis()
+                        raw = await client.hget(self.meta_key, "current")
+                    self._current = raw.decode("utf-8", "replace")
+                    self._fetched = time.monotonic()
+        cur = self._current
+        assert cur is not None
+        if cur not in self.ring:
+            raise EncryptionError(
+                f"queue {self.queue.name!r} encrypts with key {cur!r}, which this process "
+                "does not hold; add it with add_key() (keys come from your configuration, "
+                "never from Redis)"
+            )
+        return cur
+
+    async def rotate_key(self, old_key_id: str, new_key_id: str) -> RotationStatus:
+        """Make ``new_key_id`` the current key in place of ``old_key_id``.
+
+        New jobs and results use the new key (every process within ``refresh_ms``);
+        the old key stays usable for decryption; the leader-only rotation pass then
+        re-encrypts what is stored under any other key (waiting, delayed, parked,
+        failed, dead-lettered and completed jobs, results, schedules). Both keys must be
+        held here. Raises ``ConfigurationError`` if ``old_key_id`` is not the current
+        key (someone rotated first) or a key is missing.
+        """
+        old, new = check_key_id(old_key_id), check_key_id(new_key_id)
+        for k in (old, new):
+            if k not in self.ring:
+                raise ConfigurationError(
+                    f"rotate_key: key {k!r} is not held by this process; add it first"
+                )
+        await self.current_key_id()  # the queue has a current key
+        state, cur, _ = await self.queue.run("enc_rotate", ["rotate", old, new])
+        if state == b"stale":
+            raise ConfigurationError(
+                f"rotate_key: the current key is {cur.decode(errors='replace')!r}, not "
+                f"{old!r}; nothing was changed"
+            )
+        if state == b"same":
+            raise ConfigurationError(f"rotate_key: {new!r} is the current key already")
+        self._current, self._fetched = new, time.monotonic()
+        log.info("queue %s: encryption key rotated from %s to %s", self.queue.name, old, new)
+        return await self.rotation_status()
+
+    async def rotation_status(self) -> RotationStatus:
+        """The latest rotation and its pass's progress (``RotationStatus``)."""
+        return await read_status(self.queue)
+
+    async def run_rotation(self) -> RotationStatus:
+        """Run the pass of the latest rotation here, to its end (for tools, or when no
+        worker of the queue runs). Safe alongside the leader's pass (compare-and-set)."""
+        return await self.rotation.run()
+
+    # ------------------------------------------------------------------ values
+    async def encrypt(self, data: Any, context: str = "") -> dict[str, Any]:
+        """``data`` (JSON-serializable) as an envelope under the current key, bound to
+        this queue and ``context`` (decrypt with the same context)."""
+        key_id = await self.current_key_id()
+        raw = self.queue.serializer.dumps(data, "value")
+        return self.ring.seal(raw, key_id, Binding("value", self.queue.name, context, "", ""))
+
+    async def decrypt(self, data: Any, context: str = "") -> Any:
+        """The value of an envelope made by ``encrypt`` with the same ``context``;
+        ``DecryptionError`` when it does not open."""
+        raw = self.ring.open(data, Binding("value", self.queue.name, context, "", ""))
+        return self.queue.serializer.loads(raw, "value")
+
+    def open_job_data(self, job_id: str, name: str, envelope: Any) -> Any:
+        """The plaintext data of a job (``DecryptionError`` when it does not open)."""
+        if not is_envelope(envelope):
+            raise DecryptionError(
+                "the job is marked encrypted but its data is not an envelope: it was "
+                "replaced by plaintext"
+            )
+        binding = data_binding(self.queue.name, job_id, name, str(envelope.get("for")))
+        return self._loads(self.ring.open(envelope, binding), "data")
+
+    def open_job_result(self, job_id: str, name: str, envelope: Any) -> Any:
+        """The plaintext result of a job (``DecryptionError`` when it does not open)."""
+        binding = Binding("job", self.queue.name, job_id, name, "result")
+        return self._loads(self.ring.open(envelope, binding), "result")
+
+    def _loads(self, raw: bytes, what: str) -> Any:
+        try:
+            return self.queue.serializer.loads(raw, what)
+        except SerializationError:
+            raise DecryptionError(f"decrypted {what} is not valid JSON") from None
+
+    # ------------------------------------------------------------------ producer
+    def _wants(self, opts: Mapping[str, Any]) -> bool:
+        flag = opts.get("encrypted")
+        if self.encrypt_all:
+            if flag is False:
+                raise ConfigurationError(
+                    f"queue {self.queue.name!r} encrypts every job (encrypt_all=True); "
+                    "drop encrypted=False"
+                )
+            return True
+        return flag is True
+
+    async def _on_enqueue(
+        self, job_name: str, data: Any, options: Mapping[str, Any]
+    ) -> tuple[str, Any, Mapping[str, Any]]:
+        name = job_name
+        if not self._wants(options):
+            return name, data, options
+        out = {**options, "encrypted": True}
+        key_id = await self.current_key_id()
+        origin = enqueue_origin.get()
+        if origin is not None and origin[0] == "schedule":
+            binding = Binding("schedule", self.queue.name, origin[1], name, "data")
+            if is_envelope(data) and data.get("for") == "schedule":
+                # A schedule updated without new data: its stored (sealed) data again.
+                raw = self.ring.open(data, binding)
+            else:
+                raw = self.queue.serializer.dumps(data)
+        else:
+            job_id = out.get("job_id")
+            if job_id is None:
+                job_id = out["job_id"] = str(uuid.uuid4())
+            if not isinstance(job_id, str):
+                raise ConfigurationError(f"job_id must be a string, got {type(job_id).__name__}")
+            binding = Binding("job", self.queue.name, job_id, name, "data")
+            raw = self.queue.serializer.dumps(data)
+        return name, self.ring.seal(raw, key_id, binding), out
+
+    # ------------------------------------------------------------------ worker
+    async def _on_process(self, job: Job, call_next: Any) -> Any:
+        if not (self.encrypt_all or job.options.get("encrypted") is True):
+            return await call_next()
+        sealed = job.data
+        try:
+            plain = self.open_job_data(job.id, job.name, sealed)
+            key_id = await self.current_key_id()
+        except EncryptionError as exc:
+            raise NonRetryableError(f"encrypted job cannot run: {exc}") from None
+        job.data = plain
+        try:
+            result = await call_next()
+        finally:
+            job.data = sealed  # hooks and events after the run see the envelope only
+        try:
+            raw = self.queue.serializer.dumps(result, "result")
+        except SerializationError:
+            # The usual message quotes where in the result the bad value is: withheld.
+            raise NonRetryableError(
+                f"result of encrypted job {job.id} cannot be serialized to JSON (details "
+                "withheld: they would quote the result); return JSON-compatible values"
+            ) from None
+        return self.ring.seal(raw, key_id, Binding("job", self.queue.name, job.id, job.name,
+                                                   "result"))
+
+    # ------------------------------------------------------------------ queries
+    def _view(self, info: JobInfo, redact: bool) -> None:
+        if not (self.encrypt_all or info.options.get("encrypted") is True):
+            return
+        for attr in ("data", "result"):
+            value = getattr(info, attr)
+            key_id = envelope_key_id(value)
+            if key_id is None:
+                continue
+            if redact:
+                setattr(info, attr, f"<encrypted key={key_id} {value.get('alg')}>")
+                continue
+            try:
+                if attr == "data":
+                    plain = self.open_job_data(info.id, info.name, value)
+                else:
+                    plain = self.open_job_result(info.id, info.name, value)
+            except DecryptionError:
+                continue  # left as the envelope: it names the key it needs
+            setattr(info, attr, plain)

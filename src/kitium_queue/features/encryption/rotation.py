@@ -1,0 +1,402 @@
+"""The rotation pass: re-encrypt what is stored under any key but the current one.
+
+After ``rotate_key`` the pass (a leader-only service, or ``run_rotation``) waits
+``rotation_grace_ms`` (every process has then seen the new key), then sweeps in rounds.
+A round walks every *target* in bounded pages (``rotation_batch`` records): the jobs of
+``active``, ``wait``, every parked set, ``delayed``, ``failed``, ``dlq`` and
+``completed`` (their data ``d`` and result ``r``), then the schedules' data. Each
+ciphertext under another key is opened and sealed again under the current key with the
+same binding, and written back by ``enc_swap.lua``: only if the value is unchanged and
+the job is not active (an active job's result is written under the new key when it
+ends; its data is taken in a later round). A round is *clean* when it finds nothing to
+re-encrypt and meets no active or changed record; the pass ends after two clean rounds
+in a row. Progress is kept in ``<prefix>enc:rotation`` (``RotationStatus``).
+
+More kinds of stored ciphertext join the pass by adding a ``RotationTarget`` to
+``RotationPass.targets`` (``add_target``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from ...limits import get_logger
+from ...options import to_int
+from .crypto import Binding, EncryptionError, is_envelope
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+    from .manager import EncryptionManager
+
+__all__ = ["Cell", "JobTarget", "RotationPass", "RotationStatus", "RotationTarget",
+           "ScheduleTarget", "read_status"]
+
+log = get_logger(__name__)
+
+_MAX_PROBLEMS = 5
+
+
+@dataclass(slots=True)
+class Cell:
+    """One stored ciphertext: ``key`` (relative to the queue's prefix), hash ``field``,
+    the raw stored value, how to bind it (from the envelope's ``for``), whether to skip
+    it while its record is active, and a label for reports (``job 42 data``)."""
+
+    key: str
+    field: str
+    raw: bytes
+    bind: Callable[[str], Binding]
+    guard: bool
+    label: str
+
+
+class RotationTarget(Protocol):
+    """A kind of stored ciphertext the pass re-encrypts."""
+
+    name: str
+
+    def pages(self, client: Any, batch: int) -> AsyncIterator[list[Cell]]:
+        """Every encrypted cell, in pages of about ``batch`` records."""
+        ...
+
+    async def size(self, client: Any) -> int:
+        """About how many records ``pages`` walks (for the progress bar)."""
+        ...
+
+
+async def _zscan(client: Any, key: str, batch: int) -> AsyncIterator[list[bytes]]:
+    cursor = 0
+    while True:
+        cursor, items = await client.zscan(key, cursor, count=batch)
+        if items:
+            yield [m for m, _ in items]
+        if cursor == 0:
+            return
+
+
+def _encrypted(raw_opts: bytes | None, encrypt_all: bool) -> bool:
+    if encrypt_all:
+        return True
+    if not raw_opts or b"encrypted" not in raw_opts:
+        return False
+    try:
+        opts = orjson.loads(raw_opts)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(opts, dict) and opts.get("encrypted") is True
+
+
+class JobTarget:
+    """Jobs in every state set: their data and (completed) result."""
+
+    name = "jobs"
+    _SETS = ("active", "wait", "delayed", "failed", "dlq", "completed")
+
+    def __init__(self, manager: EncryptionManager) -> None:
+        self.manager = manager
+
+    async def size(self, client: Any) -> int:
+        keys = self.manager.queue.keys
+        pipe = client.pipeline(transaction=False)
+        for s in self._SETS:
+            pipe.zcard(getattr(keys, s))
+        pipe.hget(keys.meta, "parked")
+        *counts, parked = await pipe.execute()
+        return int(sum(counts)) + int(parked or 0)
+
+    async def _set_keys(self, client: Any, batch: int) -> AsyncIterator[str]:
+        keys = self.manager.queue.keys
+        yield keys.active
+        yield keys.wait
+        async for blockers in _zscan(client, keys.parked_index, batch):
+            for b in blockers:
+                yield keys.parked(b.decode("utf-8", "surrogateescape"))
+        for s in self._SETS[2:]:
+            yield getattr(keys, s)
+
+    async def pages(self, client: Any, batch: int) -> AsyncIterator[list[Cell]]:
+        m = self.manager
+        q = m.queue
+        async for set_key in self._set_keys(client, batch):
+            async for ids in _zscan(client, set_key, batch):
+                pipe = client.pipeline(transaction=False)
+                for i in ids:
+                    pipe.hmget(q.keys.job(i.decode("utf-8", "surrogateescape")), "n", "o", "d", "r")
+                rows = await pipe.execute()
+                cells: list[Cell] = []
+                for i, (n, o, d, r) in zip(ids, rows, strict=True):
+                    if not _encrypted(o, m.encrypt_all):
+                        continue
+                    jid = i.decode("utf-8", "surrogateescape")
+                    name = (n or b"").decode("utf-8", "surrogateescape")
+                    if d:
+                        cells.append(Cell(f"job:{jid}", "d", d,
+                                          partial(_data, q.name, jid, name), True,
+                                          f"job {jid} data"))
+                    if r:
+                        cells.append(Cell(f"job:{jid}", "r", r,
+                                          partial(_bind, q.name, jid, name, "result"), True,
+                                          f"job {jid} result"))
+                yield cells
+
+
+def _data(queue: str, job_id: str, name: str, scope: str) -> Binding:
+    from .manager import data_binding
+
+    return data_binding(queue, job_id, name, scope)
+
+
+def _bind(queue: str, owner: str, name: str, part: str, scope: str) -> Binding:
+    return Binding(scope, queue, owner, name, part)
+
+
+class ScheduleTarget:
+    """The data of schedules (the template every tick's job copies)."""
+
+    name = "schedules"
+
+    def __init__(self, manager: EncryptionManager) -> None:
+        self.manager = manager
+
+    async def size(self, client: Any) -> int:
+        return int(await client.zcard(self.manager.queue.keys.schedules))
+
+    async def pages(self, client: Any, batch: int) -> AsyncIterator[list[Cell]]:
+        m = self.manager
+        q = m.queue
+        async for ids in _zscan(client, q.keys.schedules, batch):
+            pipe = client.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(q.keys.schedule(i.decode("utf-8", "surrogateescape")), "n", "o", "d")
+            rows = await pipe.execute()
+            cells: list[Cell] = []
+            for i, (n, o, d) in zip(ids, rows, strict=True):
+                if not d or not _encrypted(o, m.encrypt_all):
+                    continue
+                sid = i.decode("utf-8", "surrogateescape")
+                name = (n or b"").decode("utf-8", "surrogateescape")
+                cells.append(Cell(f"schedule:{sid}", "d", d,
+                                  partial(_bind, q.name, sid, name, "data"), False,
+                                  f"schedule {sid} data"))
+            yield cells
+
+
+@dataclass(slots=True)
+class RotationStatus:
+    """The queue's keys and its latest rotation (``EncryptionManager.rotation_status``).
+
+    Attributes:
+        current_key_id: the key new jobs use (None before the first ``initialize``).
+        key_ids: every key id recorded for the queue (ids only: Redis never holds keys).
+        rotation: number of the latest rotation (0 = none yet).
+        state: ``none``, ``running`` or ``done``.
+        from_key_id / to_key_id: the rotation's keys.
+        rotated_at / finished_at / updated_at: ms since the epoch.
+        round: the sweep round in progress (or last); scanned / total: records walked in
+            it, and about how many there are.
+        reencrypted: ciphertexts rewritten under the new key, in all rounds.
+        conflicts: records skipped in the round because they changed or were active.
+        undecryptable: ciphertexts the pass could not open (unknown key or tampered: they
+            stay as they are), in the last round; problems: the first few of them.
+        clean_rounds: consecutive rounds that found nothing left (2 ends the pass).
+    """
+
+    current_key_id: str | None = None
+    key_ids: list[str] = field(default_factory=list)
+    rotation: int = 0
+    state: str = "none"
+    from_key_id: str | None = None
+    to_key_id: str | None = None
+    rotated_at: int | None = None
+    finished_at: int | None = None
+    updated_at: int | None = None
+    round: int = 0
+    scanned: int = 0
+    total: int = 0
+    reencrypted: int = 0
+    conflicts: int = 0
+    undecryptable: int = 0
+    problems: str = ""
+    clean_rounds: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def fraction(self) -> float:
+        """Progress of the current round, 0..1 (1 when done)."""
+        if self.state == "done":
+            return 1.0
+        return min(1.0, self.scanned / self.total) if self.total else 0.0
+
+
+async def read_status(queue: JobQueue) -> RotationStatus:
+    """The ``RotationStatus`` of ``queue`` (one round trip)."""
+    client = await queue.client()
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(queue.keys.extra("enc"), "current")
+    pipe.hkeys(queue.keys.extra("enc:keys"))
+    pipe.hgetall(queue.keys.extra("enc:rotation"))
+    cur, ids, rec = await pipe.execute()
+
+    def text(k: str) -> str | None:
+        v = rec.get(k.encode())
+        return None if v is None else v.decode("utf-8", "replace")
+
+    def num(k: str) -> int:
+        try:
+            return int(rec.get(k.encode()) or 0)
+        except ValueError:
+            return 0
+
+    return RotationStatus(
+        current_key_id=None if cur is None else cur.decode("utf-8", "replace"),
+        key_ids=sorted(i.decode("utf-8", "replace") for i in ids),
+        rotation=num("n"), state=text("state") or "none", from_key_id=text("from"),
+        to_key_id=text("to"), rotated_at=num("rotated_at") or None,
+        finished_at=num("finished_at") or None, updated_at=num("updated_at") or None,
+        round=num("round"), scanned=num("scanned"), total=num("total"),
+        reencrypted=num("reencrypted"), conflicts=num("conflicts"),
+        undecryptable=num("undecryptable"), problems=text("problems") or "",
+        clean_rounds=num("clean_rounds"),
+    )
+
+
+@dataclass(slots=True)
+class _Round:
+    scanned: int = 0
+    found: int = 0
+    conflicts: int = 0
+    undecryptable: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class RotationPass:
+    """Runs the re-encryption pass of the latest rotation (see the module docstring)."""
+
+    def __init__(self, manager: EncryptionManager, *, batch: int = 200,
+                 poll_ms: int = 1000) -> None:
+        self.manager = manager
+        self.batch = to_int(batch, "rotation_batch", minimum=1, maximum=1000)
+        self.poll_ms = poll_ms
+        self.targets: list[RotationTarget] = [JobTarget(manager), ScheduleTarget(manager)]
+
+    def add_target(self, target: RotationTarget) -> None:
+        """Re-encrypt one more kind of stored ciphertext in every round."""
+        self.targets.append(target)
+
+    async def serve(self, term: int) -> None:
+        """The leader-only service's body: run the pass whenever a rotation is running."""
+        while True:
+            st = await read_status(self.manager.queue)
+            if st.state == "running":
+                try:
+                    await self.run()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("queue %s: encryption rotation pass failed; retrying",
+                                  self.manager.queue.name)
+            await asyncio.sleep(self.poll_ms / 1000)
+
+    async def _save(self, n: int, **values: Any) -> None:
+        q = self.manager.queue
+        client = await q.client()
+        values["updated_at"] = int(time.time() * 1000)
+        key = q.keys.extra("enc:rotation")
+        # Only while the record is still this rotation's (a newer rotate_key resets it).
+        if await client.hget(key, "n") == str(n).encode():
+            await client.hset(key, mapping=values)
+
+    async def run(self) -> RotationStatus:
+        """Run the latest rotation's pass to its end (returns at once when none runs)."""
+        m = self.manager
+        st = await read_status(m.queue)
+        if st.state != "running":
+            return st
+        n = st.rotation
+        wait_ms = (st.rotated_at or 0) + m.rotation_grace_ms - int(time.time() * 1000)
+        if wait_ms > 0:
+            await asyncio.sleep(wait_ms / 1000)
+        clean = st.clean_rounds
+        rnd = st.round
+        while clean < 2:
+            rnd += 1
+            client = await m.queue.client()
+            total = sum([await t.size(client) for t in self.targets])
+            await self._save(n, round=rnd, scanned=0, total=total, conflicts=0)
+            res = await self._round(n, rnd, total)
+            if res is None:  # another rotation started: it has its own pass
+                return await read_status(m.queue)
+            quiet = res.found == 0 and res.conflicts == 0
+            clean = clean + 1 if quiet else 0
+            await self._save(n, clean_rounds=clean, undecryptable=res.undecryptable,
+                             problems="; ".join(res.problems[:_MAX_PROBLEMS]))
+            if res.conflicts and res.found == res.conflicts:
+                await asyncio.sleep(0.2)  # only active jobs left: let them finish
+        await self._save(n, state="done", finished_at=int(time.time() * 1000))
+        final = await read_status(m.queue)
+        log.info("queue %s: encryption rotation %d done (%d re-encrypted, %d undecryptable)",
+                 m.queue.name, n, final.reencrypted, final.undecryptable)
+        return final
+
+    async def _round(self, n: int, rnd: int, total: int) -> _Round | None:
+        m = self.manager
+        q = m.queue
+        res = _Round()
+        target_key = await m.current_key_id(refresh=True)
+        client = await q.client()
+        reencrypted = (await read_status(q)).reencrypted
+        for target in self.targets:
+            async for cells in target.pages(client, self.batch):
+                res.scanned += len({c.key for c in cells})  # records, as size() counts
+                args: list[Any] = [str(n)]
+                for c in cells:
+                    new = self._reseal(c, target_key, res)
+                    if new is not None:
+                        args += [c.key, c.field, c.raw, new, "a" if c.guard else "-"]
+                if len(args) > 1:
+                    reply = await q.run("enc_swap", args)
+                    if reply[0] == b"stale":
+                        return None
+                    for code in reply[1]:
+                        if int(code) != 1:
+                            res.conflicts += 1
+                        else:
+                            reencrypted += 1
+                await self._save(n, scanned=res.scanned, reencrypted=reencrypted,
+                                 conflicts=res.conflicts)
+        return res
+
+    def _reseal(self, cell: Cell, target_key: str, res: _Round) -> bytes | None:
+        """The cell's value under ``target_key``, or None when it is there already (or
+        cannot be opened: counted in ``res``)."""
+        q = self.manager.queue
+        try:
+            env = q.serializer.loads(cell.raw)
+        except Exception:
+            env = None
+        if not is_envelope(env):
+            res.undecryptable += 1
+            res.problems.append(f"{cell.label}: not an envelope")
+            return None
+        if env.get("kid") == target_key:
+            return None
+        res.found += 1
+        try:
+            binding = cell.bind(str(env.get("for")))
+            plain = self.manager.ring.open(env, binding)
+            sealed = self.manager.ring.seal(plain, target_key, binding)
+        except EncryptionError as exc:
+            res.found -= 1
+            res.undecryptable += 1
+            res.problems.append(f"{cell.label}: {exc}")
+            return None
+        return q.serializer.dumps(sealed, "envelope")
