@@ -195,3 +195,31 @@ async def test_rotation_under_a_running_load_of_20000_jobs(
 async def _done(m: EncryptionManager) -> Any:
     st = await m.rotation_status()
     return st if st.state == "done" else None
+
+
+async def test_rotation_reencrypts_results_kept_under_idempotency_keys(
+    rq: QueueFactory, redis_client: aioredis.Redis
+) -> None:
+    from kitium_queue import IdempotencyManager
+
+    q = rq("rot-eo")
+    m = EncryptionManager(q, keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)],
+                          rotation_grace_ms=0, run_rotation=False)
+    idem = IdempotencyManager(q)
+    await m.initialize()
+    q.process("pay")(lambda job: {"receipt": "SECRET-RECEIPT-" + job.data["o"]})
+    jid = await q.add_job("pay", {"o": "1"}, encrypted=True, idempotency_key="o-1",
+                          delivery_guarantee="exactly-once", remove_on_complete=True)
+    await q.start()
+    res = await wait_until(lambda: idem.get_result("o-1"), 5)
+    assert res.result == {"receipt": "SECRET-RECEIPT-1"} and res.source == "stored"
+    assert await q.get_job_status(jid) is None  # only the stored copy is left
+    raw = await redis_client.hget(q.keys.extra("idem-r:o-1"), "r")
+    assert raw is not None and b"SECRET-RECEIPT" not in raw
+    assert orjson.loads(raw)["kid"] == "k1"
+    await m.rotate_key("k1", "k2")
+    await m.run_rotation()
+    raw = await redis_client.hget(q.keys.extra("idem-r:o-1"), "r")
+    assert raw is not None and orjson.loads(raw)["kid"] == "k2"
+    again = await idem.get_result("o-1")
+    assert again is not None and again.result == {"receipt": "SECRET-RECEIPT-1"}

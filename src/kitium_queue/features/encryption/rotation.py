@@ -4,7 +4,8 @@ After ``rotate_key`` the pass (a leader-only service, or ``run_rotation``) waits
 ``rotation_grace_ms`` (every process has then seen the new key), then sweeps in rounds.
 A round walks every *target* in bounded pages (``rotation_batch`` records): the jobs of
 ``active``, ``wait``, every parked set, ``delayed``, ``failed``, ``dlq`` and
-``completed`` (their data ``d`` and result ``r``), then the schedules' data. Each
+``completed`` (their data ``d`` and result ``r``), the schedules' data, then the results
+kept under idempotency keys after their job was removed (effectively-once). Each
 ciphertext under another key is opened and sealed again under the current key with the
 same binding, and written back by ``enc_swap.lua``: only if the value is unchanged and
 the job is not active (an active job's result is written under the new key when it
@@ -29,6 +30,7 @@ import orjson
 
 from ...limits import get_logger
 from ...options import to_int
+from ..idempotency.manager import RESULT_PREFIX
 from .crypto import Binding, EncryptionError, is_envelope
 
 if TYPE_CHECKING:
@@ -188,6 +190,59 @@ class ScheduleTarget:
             yield cells
 
 
+class StoredResultTarget:
+    """Results kept under idempotency keys (``idem-r:<key>``: ``features.idempotency``),
+    which outlive their job: bound to the job they came from, like its ``r``."""
+
+    name = "stored-results"
+
+    def __init__(self, manager: EncryptionManager) -> None:
+        self.manager = manager
+
+    def _match(self) -> str:
+        return self.manager.queue.keys.extra(RESULT_PREFIX + "*")
+
+    async def size(self, client: Any) -> int:
+        n = 0
+        async for _ in client.scan_iter(match=self._match(), count=500):
+            n += 1
+        return n
+
+    async def pages(self, client: Any, batch: int) -> AsyncIterator[list[Cell]]:
+        q = self.manager.queue
+        base = len(q.keys.extra(""))
+        keys: list[bytes] = []
+        async for k in client.scan_iter(match=self._match(), count=batch):
+            keys.append(k)
+            if len(keys) >= batch:
+                yield await self._cells(client, keys, base)
+                keys = []
+        if keys:
+            yield await self._cells(client, keys, base)
+
+    async def _cells(self, client: Any, keys: list[bytes], base: int) -> list[Cell]:
+        q = self.manager.queue
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            pipe.hmget(k, "id", "n", "r")
+        rows = await pipe.execute()
+        cells: list[Cell] = []
+        for k, (jid, n, r) in zip(keys, rows, strict=True):
+            if not r or b"kqe" not in r:
+                continue  # a result stored in clear (its job was not encrypted)
+            try:
+                if not is_envelope(q.serializer.loads(r)):
+                    continue
+            except Exception:
+                continue
+            rel = k.decode("utf-8", "surrogateescape")[base:]
+            job = (jid or b"").decode("utf-8", "surrogateescape")
+            name = (n or b"").decode("utf-8", "surrogateescape")
+            cells.append(Cell(rel, "r", r, partial(_bind, q.name, job, name, "result"), False,
+                              f"stored result of job {job}"))
+        return cells
+
+
 @dataclass(slots=True)
 class RotationStatus:
     """The queue's keys and its latest rotation (``EncryptionManager.rotation_status``).
@@ -286,7 +341,9 @@ class RotationPass:
         self.manager = manager
         self.batch = to_int(batch, "rotation_batch", minimum=1, maximum=1000)
         self.poll_ms = poll_ms
-        self.targets: list[RotationTarget] = [JobTarget(manager), ScheduleTarget(manager)]
+        self.targets: list[RotationTarget] = [
+            JobTarget(manager), ScheduleTarget(manager), StoredResultTarget(manager),
+        ]
 
     def add_target(self, target: RotationTarget) -> None:
         """Re-encrypt one more kind of stored ciphertext in every round."""

@@ -34,20 +34,24 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...enums import DeliveryGuarantee
+from ...enums import DeliveryGuarantee, JobStatus
 from ...errors import ConfigurationError, SerializationError
+from ...job import JobInfo
 from ...options import check_text, to_ms
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
 
-__all__ = ["WINDOWS", "ExecutionResult", "IdempotencyManager", "derive_key"]
+__all__ = ["RESULT_PREFIX", "WINDOWS", "ExecutionResult", "IdempotencyManager", "derive_key"]
 
 FEATURE = "effectively-once"
 #: The idempotency windows.
 WINDOWS = ("ttl", "until_finished", "debounce")
 _MAX_KEY = 512
-_RESULT_PREFIX = "idem-r:"
+#: Key suffix (after the queue's prefix) of the result kept under an idempotency key:
+#: HASH id, r (the encoded result), f (finished at), n (job name), o (its options).
+RESULT_PREFIX = "idem-r:"
+_RESULT_PREFIX = RESULT_PREFIX
 _RECORD_PREFIX = "idem-x:"
 _RECORD_INDEX = "idem-x"
 
@@ -300,11 +304,23 @@ def _from_job(job: Any, key: str | None) -> ExecutionResult | None:
 def _stored(q: JobQueue, key: str, raw: Mapping[bytes, bytes], source: str) -> ExecutionResult:
     g = raw.get
     f = _text(g(b"f"))
+    job_id, name = _text(g(b"id")) or "", _text(g(b"n")) or ""
+    result = q.serializer.loads(g(b"r") or b"", "result")
+    try:
+        opts = orjson.loads(g(b"o") or b"{}")
+    except orjson.JSONDecodeError:
+        opts = {}
+    # Through the queue's payload views, as a query would show the job's result (a
+    # feature that protects payloads opens it here for a process holding its keys).
+    info = JobInfo(id=job_id, name=name, status=JobStatus.COMPLETED, result=result,
+                   options=opts if isinstance(opts, dict) else {})
+    for view in q.ctx.info_views:
+        view(info, q.ctx.redact_payloads)
     return ExecutionResult(
         key=key,
-        job_id=_text(g(b"id")) or "",
-        job_name=_text(g(b"n")) or None,
-        result=q.serializer.loads(g(b"r") or b"", "result"),
+        job_id=job_id,
+        job_name=name or None,
+        result=info.result,
         finished_at=int(f) if f and f.isdigit() else None,
         source=source,
     )

@@ -2,13 +2,13 @@
   -- When a job with an idempotency key ends:
   --   until_finished window: the key is freed (if it still points to this job);
   --   exactly-once and completed: its encoded result is kept under the key, for as long
-  --   as the key lives (idem-r:<key>, HASH id, r, f, n), whatever retention does to the
+  --   as the key lives (idem-r:<key>, HASH id, r, f, n, o), whatever retention does to the
   --   job. A key that expired while the job ran keeps no result: a later add_job with it
   --   runs the job again (docs/effectively-once.md).
   local ENDS = { completed = true, failed = true, removed = true }
   return function(id, jk, outcome, payload)
     if not ENDS[outcome] then return end
-    local f = redis.pcall('HMGET', jk, 'ik', 'eo', 'iw', 'n')
+    local f = redis.pcall('HMGET', jk, 'ik', 'eo', 'iw', 'n', 'o')
     if f.err or not f[1] then return end
     -- A key with the default window and no exactly-once: nothing to keep or free.
     if f[2] ~= '1' and f[3] ~= 'f' then return end
@@ -23,7 +23,8 @@
       if ttl > 0 then
         local rk = PREFIX .. 'idem-r:' .. f[1]
         redis.call('DEL', rk)
-        redis.call('HSET', rk, 'id', id, 'r', payload, 'f', NOW_S, 'n', f[4] or '')
+        redis.call('HSET', rk, 'id', id, 'r', payload, 'f', NOW_S, 'n', f[4] or '',
+          'o', f[5] or '')
         redis.call('PEXPIRE', rk, ttl)
       end
     end
