@@ -66,6 +66,7 @@ from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, Mess
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
+from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
 from .job import Job, JobInfo, JobProcessor
 from .leader import LeaderLease, LeaderService
@@ -115,6 +116,7 @@ __all__ = [
     "IdempotencyManager",
     "Job",
     "JobActiveError",
+    "JobChainManager",
     "JobInfo",
     "JobNotFoundError",
     "JobOptions",
@@ -159,5 +161,7 @@ __all__ = [
     "WebhookDeliveryStrategy",
     "WebhookEventType",
     "WorkerConfig",
+    "WorkflowStatus",
+    "WorkflowStep",
     "__version__",
 ]

@@ -78,6 +78,8 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
                  "the groups' enqueue slot fragment (features/groups/enqueue.lua)"),
         JobField("gm", "'1' while the job is counted in its group's size",
                  "features/groups (enqueue and admission fragments; removed by release)"),
+        JobField("wd", "'1': the job had unfinished parents when added (read by claim)",
+                 "the workflows' enqueue fragment and scripts (features/workflows)"),
         JobField("eo", "'1': the job is exactly-once (its result is kept under its key)",
                  "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)"),
         JobField("iw", "'f': the job's idempotency window ends when it finishes",

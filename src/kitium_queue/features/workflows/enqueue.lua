@@ -1,0 +1,12 @@
+(function()
+  @PRELUDE@
+  -- Records a new job's parents; parks it behind its first unfinished parent.
+  return function(id, jk, opts, state)
+    local deps, wid, o = opts_of(opts)
+    if not deps then return nil end
+    local first = add_parents(id, deps, wid, o['workflow_step'], o['on_failure'])
+    if not first then return nil end
+    redis.call('HSET', jk, 'wd', '1')
+    return 'wp:' .. first
+  end
+end)()

@@ -1,0 +1,62 @@
+"""The Lua of workflows and job dependencies: slot fragments and the feature's scripts.
+
+The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua``) and
+scripts (``wf_create.lua``, ``wf_cancel.lua``, ``wf_depend.lua``) share ``prelude.lua``,
+into which the manager's settings are compiled, so every process that enables the
+feature with the same settings runs the same code. See ``docs/workflows.md``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+__all__ = [
+    "ADMISSION_FIELDS",
+    "FEATURE",
+    "MAX_KIDS",
+    "MAX_PARENTS",
+    "SCRIPTS",
+    "SLOTS",
+    "fragments",
+    "script",
+]
+
+#: The name the fragments, options and scripts are registered under.
+FEATURE = "workflows"
+#: Job-hash field claim reads for the admission check: the job had unfinished parents.
+ADMISSION_FIELDS = ("wd",)
+#: The feature's own scripts (run through the queue's script registry).
+SCRIPTS = ("wf_create", "wf_cancel", "wf_depend")
+#: The slots the feature fills.
+SLOTS = ("accept", "enqueue", "admission", "release")
+#: Most parents one job may have, and most dependents of one job.
+MAX_PARENTS = 10_000
+MAX_KIDS = 10_000
+
+
+@cache
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+
+
+def _prelude(retain_ms: int) -> str:
+    return (
+        _read("prelude")
+        .replace("@RETAIN@", str(int(retain_ms)))
+        .replace("@MAX_PARENTS@", str(MAX_PARENTS))
+        .replace("@MAX_KIDS@", str(MAX_KIDS))
+    )
+
+
+def fragments(retain_ms: int) -> dict[str, str]:
+    """The source of each slot fragment for this retention."""
+    prelude = _prelude(retain_ms)
+    return {slot: _read(slot).replace("@PRELUDE@", prelude) for slot in SLOTS}
+
+
+def script(name: str, retain_ms: int) -> str:
+    """The source of one of the feature's scripts (``SCRIPTS``)."""
+    if name not in SCRIPTS:
+        raise KeyError(name)
+    return _read(name).replace("@PRELUDE@", _prelude(retain_ms))

@@ -1,0 +1,342 @@
+  -- Workflows and job dependencies: the shared part of every fragment and script
+  -- (kitium_queue.features.workflows). Compiled in: RETAIN (ms a finished workflow's
+  -- records are kept), MAX_PARENTS / MAX_KIDS (most parents of a job, most dependents).
+  local RETAIN, MAX_PARENTS, MAX_KIDS = @RETAIN@, @MAX_PARENTS@, @MAX_KIDS@
+  -- Keys (under the queue's hash tag; manager.py builds the same names):
+  --   dep:<id>    HASH  a tracked job: st (pending | ready | completed | failed | skipped |
+  --                     cancelled), np (unfinished parents), w (workflow), s (step),
+  --                     pol (on_failure), ts, f, r (encoded result), e (error); a step
+  --                     cancelled by a failing workflow keeps its definition (sn, sd, so,
+  --                     sp, sq) so a replay of the failed step can bring it back
+  --   dep-p:<id>  LIST  its parents' ids, in the order given
+  --   dep-c:<id>  SET   the jobs that depend on it
+  --   wf:<wid>    HASH  st (running | completed | failed | cancelled), ts, f, n, left,
+  --                     err (the step that failed it)
+  --   wf-s:<wid>  HASH  step name -> job id
+  --   wfs         ZSET  workflow id -> created (ms)
+  --   wf-log      STREAM workflow-completed / workflow-failed, for the in-process report
+  -- Blockers (lib_parking.lua): 'wp:<id>' jobs waiting for parent <id> (released by a
+  -- timer in chunks when it finishes), 'wn:<id>' job <id> alone, waiting for its last
+  -- parents. Job-hash marker: wd = '1' while the job had unfinished parents when added.
+  local DEP, DEPP, DEPC = PREFIX .. 'dep:', PREFIX .. 'dep-p:', PREFIX .. 'dep-c:'
+  local WF, WFS, WFI, WFLOG = PREFIX .. 'wf:', PREFIX .. 'wf-s:', PREFIX .. 'wfs', PREFIX .. 'wf-log'
+  local PARKED_AT = PREFIX .. 'parked:'
+  local ERR_MAX = 2000
+  local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }
+  local POLICIES = { fail_workflow = true, continue = true, skip = true }
+
+  local function clip(s)
+    if type(s) ~= 'string' then return 'failed' end
+    if #s > ERR_MAX then return string.sub(s, 1, ERR_MAX) end
+    return s
+  end
+
+  local function opts_of(opts)
+    if opts == nil or opts == false or opts == '' then return nil end
+    if not string.find(opts, '"depends_on"', 1, true)
+        and not string.find(opts, '"workflow_id"', 1, true) then
+      return nil
+    end
+    local ok, o = pcall(cjson.decode, opts)
+    if not ok or type(o) ~= 'table' then return nil end
+    local deps = o['depends_on']
+    if type(deps) ~= 'table' then deps = {} end
+    local wid = o['workflow_id']
+    if type(wid) ~= 'string' or wid == '' then wid = nil end
+    if #deps == 0 and not wid then return nil end
+    return deps, wid, o
+  end
+
+  local function log_event(name, wid, step)
+    emit(name, wid, 'step', step or '')
+    redis.call('XADD', WFLOG, 'MAXLEN', '~', 10000, '*', 'e', name, 'w', wid, 's', step or '')
+  end
+
+  -- A workflow ended (no unfinished step left): completed unless it failed or was
+  -- cancelled; its records expire RETAIN ms from now.
+  local function wf_end(wid)
+    local wk = WF .. wid
+    local st = redis.call('HGET', wk, 'st')
+    if st == 'running' then
+      redis.call('HSET', wk, 'st', 'completed')
+      log_event('workflow-completed', wid)
+    end
+    redis.call('HSET', wk, 'f', NOW_S)
+    local ids = redis.call('HVALS', WFS .. wid)
+    for i = 1, #ids do
+      redis.call('PEXPIRE', DEP .. ids[i], RETAIN)
+      redis.call('PEXPIRE', DEPP .. ids[i], RETAIN)
+      redis.call('PEXPIRE', DEPC .. ids[i], RETAIN)
+    end
+    redis.call('PEXPIRE', wk, RETAIN)
+    redis.call('PEXPIRE', WFS .. wid, RETAIN)
+  end
+
+  local function wf_left(wid, delta)
+    local wk = WF .. wid
+    if redis.call('EXISTS', wk) == 0 then return end
+    local left = num(redis.call('HGET', wk, 'left')) + delta
+    if left < 0 then left = 0 end
+    redis.call('HSET', wk, 'left', int(left))
+    if left == 0 and delta <= 0 then wf_end(wid) end
+  end
+
+  -- A step reaches a final state (once).
+  local function close_step(id, state, err)
+    local dk = DEP .. id
+    local f = redis.call('HMGET', dk, 'st', 'w')
+    if not f[1] or TERMINAL[f[1]] then return false end
+    redis.call('HSET', dk, 'st', state, 'f', NOW_S)
+    if err then redis.call('HSET', dk, 'e', clip(err)) end
+    if f[2] then wf_left(f[2], -1) end
+    return true
+  end
+
+  -- Take a job that has not started out of wait, delayed or its blocker and delete it;
+  -- false when it is running or finished (it is left alone).
+  local function drop_job(id)
+    local jk = job_key(id)
+    local st = redis.call('HGET', jk, 'st')
+    if st == 'active' or st == 'completed' or st == 'failed' or st == 'dlq' then
+      return false
+    end
+    if st == 'pending' then forget_parked(id, jk) end
+    redis.call('ZREM', K_WAIT, id)
+    redis.call('ZREM', K_DELAYED, id)
+    delete_job(id)
+    emit('job-removed', id)
+    return true
+  end
+
+  -- Parent `id` finished in a way that lets its dependents go on: one parent fewer for
+  -- each; one whose last parent this was goes to wait (its own blocker now, or with the
+  -- timer of 'wp:<id>' in chunks, without scanning anything).
+  local function release_kids(id)
+    local kids = redis.call('SMEMBERS', DEPC .. id)
+    for i = 1, #kids do
+      local c = kids[i]
+      local ck = DEP .. c
+      local st = redis.call('HGET', ck, 'st')
+      if st == 'pending' or st == 'cancelled' then
+        local np = num(redis.call('HGET', ck, 'np')) - 1
+        if np < 0 then np = 0 end
+        redis.call('HSET', ck, 'np', int(np))
+        if np == 0 and st == 'pending' then
+          redis.call('HSET', ck, 'st', 'ready')
+          local own = 'wn:' .. c
+          if redis.call('HGET', job_key(c), 'pk') == own then unpark(own, 1) end
+        end
+      end
+    end
+    local b = 'wp:' .. id
+    if redis.call('EXISTS', PARKED_AT .. b) == 1 then
+      park_timer(b, NOW, 0, 0)
+      wake()
+    end
+  end
+
+  -- Every dependent of `id`, transitively, that has not started: removed and closed as
+  -- `state` ('skipped' or 'cancelled'). Bounded by the jobs reachable from `id`.
+  local function close_dependents(id, state, why)
+    local todo, i = { id }, 1
+    while i <= #todo do
+      local kids = redis.call('SMEMBERS', DEPC .. todo[i])
+      i = i + 1
+      for k = 1, #kids do
+        local c = kids[k]
+        local st = redis.call('HGET', DEP .. c, 'st')
+        if st and not TERMINAL[st] and drop_job(c) then
+          close_step(c, state, why)
+          todo[#todo + 1] = c
+        end
+      end
+    end
+  end
+
+  local function mark_failed(wid, step)
+    local wk = WF .. wid
+    if redis.call('HGET', wk, 'st') == 'running' then
+      redis.call('HSET', wk, 'st', 'failed', 'err', step or '')
+      log_event('workflow-failed', wid, step)
+    end
+  end
+
+  -- A failed workflow: every step that has not started is removed and closed as
+  -- cancelled, keeping its definition (a replay of the failed step revives it).
+  local function cancel_rest(wid, why, keep)
+    local ids = redis.call('HVALS', WFS .. wid)
+    for i = 1, #ids do
+      local sid = ids[i]
+      local dk = DEP .. sid
+      local st = redis.call('HGET', dk, 'st')
+      if st == 'pending' or st == 'ready' then
+        local d = redis.call('HMGET', job_key(sid), 'n', 'd', 'o', 'p', 'q')
+        if drop_job(sid) then
+          if keep and d[1] then
+            redis.call('HSET', dk, 'sn', d[1], 'sd', d[2] or '', 'so', d[3] or '',
+              'sp', d[4] or '0', 'sq', d[5] or '0')
+          end
+          close_step(sid, 'cancelled', why)
+        end
+      end
+    end
+  end
+
+  local function step_failed(id, err)
+    local f = redis.call('HMGET', DEP .. id, 'st', 'w', 'pol', 's')
+    if not f[1] or TERMINAL[f[1]] then return end
+    local pol, wid, step = f[3], f[2], f[4]
+    if not POLICIES[pol] then pol = 'fail_workflow' end
+    if pol == 'fail_workflow' and wid then mark_failed(wid, step) end
+    close_step(id, 'failed', err)
+    if pol == 'continue' then
+      release_kids(id)
+    elseif pol == 'skip' then
+      close_dependents(id, 'skipped', 'skipped: parent ' .. (step or id) .. ' failed')
+    elseif wid then
+      cancel_rest(wid, 'workflow ' .. wid .. ' failed at step ' .. (step or id), true)
+    else
+      close_dependents(id, 'cancelled', 'cancelled: parent ' .. id .. ' failed')
+    end
+  end
+
+  -- A failed workflow goes on after a replay of its failed step completed: the steps its
+  -- failure cancelled come back (parked until their parents finish, or to wait).
+  local function revive(wid)
+    local wk = WF .. wid
+    if redis.call('HGET', wk, 'st') ~= 'failed' then return end
+    redis.call('HSET', wk, 'st', 'running')
+    redis.call('HDEL', wk, 'f', 'err')
+    redis.call('PERSIST', wk)
+    redis.call('PERSIST', WFS .. wid)
+    local ids = redis.call('HVALS', WFS .. wid)
+    local back = 0
+    for i = 1, #ids do
+      local sid = ids[i]
+      local dk = DEP .. sid
+      redis.call('PERSIST', dk)
+      redis.call('PERSIST', DEPP .. sid)
+      redis.call('PERSIST', DEPC .. sid)
+      local d = redis.call('HMGET', dk, 'st', 'sn', 'sd', 'so', 'sp', 'sq', 'np')
+      local jk = job_key(sid)
+      if d[1] == 'cancelled' and d[2] and redis.call('EXISTS', jk) == 0 then
+        local pri = arg_int(d[5], 0, 0, 65535)
+        redis.call('HSET', jk, 'n', d[2], 'd', d[3] or '', 'ts', NOW_S, 'p', pri,
+          'q', int(num(d[6])), 'a', 0, 's', 0, 'st', 'waiting')
+        if d[4] and d[4] ~= '' then redis.call('HSET', jk, 'o', d[4]) end
+        redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'e', 'f')
+        local score = int(wait_score(pri, num(d[6])))
+        if num(d[7]) > 0 then
+          redis.call('HSET', dk, 'st', 'pending')
+          redis.call('HSET', jk, 'wd', '1')
+          park(sid, jk, score, 'wn:' .. sid)
+        else
+          redis.call('HSET', dk, 'st', 'ready')
+          redis.call('ZADD', K_WAIT, score, sid)
+        end
+        emit('job-added', sid, 'name', d[2], 'st', 'revived')
+        back = back + 1
+      end
+    end
+    redis.call('HSET', wk, 'left', int(num(redis.call('HGET', wk, 'left')) + back))
+    if back > 0 then wake() end
+    wf_left(wid, 0)
+  end
+
+  local function step_done(id, payload)
+    local dk = DEP .. id
+    local f = redis.call('HMGET', dk, 'st', 'w', 'pol')
+    if not f[1] or f[1] == 'completed' then return end
+    if type(payload) == 'string' then
+      redis.call('HSET', dk, 'r', payload)
+    else
+      redis.call('HDEL', dk, 'r')
+    end
+    if f[1] == 'failed' then
+      -- A replayed step: it completes now. Its dependents were released (continue) or
+      -- skipped already, or were cancelled with its workflow: those come back.
+      redis.call('HSET', dk, 'st', 'completed', 'f', NOW_S)
+      redis.call('HDEL', dk, 'e')
+      if not POLICIES[f[3]] or f[3] == 'fail_workflow' then
+        if f[2] then revive(f[2]) end
+        release_kids(id)
+      end
+      return
+    end
+    if not close_step(id, 'completed') then return end
+    release_kids(id)
+  end
+
+  -- Why `deps` cannot be the parents of job `id` (nil: they can). Reads only.
+  local function check_parents(deps, id)
+    if #deps > MAX_PARENTS then
+      return 'depends_on lists ' .. #deps .. ' jobs, more than ' .. MAX_PARENTS
+    end
+    for i = 1, #deps do
+      local p = deps[i]
+      if type(p) ~= 'string' or p == '' then return 'depends_on holds a value that is not a job id' end
+      if p == id then return 'job ' .. p .. ' cannot depend on itself' end
+      local f = redis.call('HMGET', DEP .. p, 'st', 'pol')
+      local st = f[1]
+      if st == 'skipped' or st == 'cancelled' or (st == 'failed' and f[2] ~= 'continue') then
+        return 'depends on job ' .. p .. ', which ' .. (st == 'failed' and 'failed' or ('was ' .. st))
+      end
+      if not st then
+        if redis.call('EXISTS', job_key(p)) == 0 then
+          return 'depends on job ' .. p .. ', which does not exist (a finished job whose ' ..
+            'record was removed cannot be depended on)'
+        end
+        local js = redis.call('HGET', job_key(p), 'st')
+        if js == 'failed' or js == 'dlq' then
+          return 'depends on job ' .. p .. ', which failed'
+        end
+      end
+      if redis.call('SCARD', DEPC .. p) >= MAX_KIDS then
+        return 'job ' .. p .. ' already has ' .. MAX_KIDS .. ' dependents, the most it may have'
+      end
+    end
+    return nil
+  end
+
+  -- What parent `p` means for a new dependent: 'open' (it must finish first) or 'done'.
+  -- A finished job tracked by nobody yet gets its record here, with its result.
+  local function parent_state(p)
+    local dk = DEP .. p
+    local st = redis.call('HGET', dk, 'st')
+    if st then
+      if TERMINAL[st] then return 'done' end
+      return 'open'
+    end
+    local f = redis.call('HMGET', job_key(p), 'st', 'r', 'f')
+    if f[1] == 'completed' then
+      redis.call('HSET', dk, 'st', 'completed', 'f', f[3] or NOW_S)
+      if f[2] then redis.call('HSET', dk, 'r', f[2]) end
+      redis.call('PEXPIRE', dk, RETAIN)
+      return 'done'
+    end
+    redis.call('HSET', dk, 'st', 'ready', 'ts', NOW_S)
+    return 'open'
+  end
+
+  -- Records job `id`'s parents and its own record; the first unfinished parent (its
+  -- blocker), or nil when none is unfinished.
+  local function add_parents(id, deps, wid, step, pol)
+    local np, first = 0, nil
+    for i = 1, math.min(#deps, MAX_PARENTS) do
+      local p = deps[i]
+      if type(p) == 'string' and p ~= '' and p ~= id then
+        redis.call('RPUSH', DEPP .. id, p)
+        if parent_state(p) == 'open' then
+          np = np + 1
+          redis.call('SADD', DEPC .. p, id)
+          if not first then first = p end
+        end
+      end
+    end
+    local dk = DEP .. id
+    redis.call('HSET', dk, 'st', np > 0 and 'pending' or 'ready', 'np', np, 'ts', NOW_S)
+    if wid then redis.call('HSET', dk, 'w', wid) end
+    if type(step) == 'string' and step ~= '' then redis.call('HSET', dk, 's', step) end
+    if type(pol) == 'string' and POLICIES[pol] then redis.call('HSET', dk, 'pol', pol) end
+    return first
+  end

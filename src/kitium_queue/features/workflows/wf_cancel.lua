@@ -1,0 +1,38 @@
+--[[
+  wf_cancel.lua — cancel a workflow (kitium_queue.features.workflows).
+
+  KEYS: the shared layout (lib_base.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.  ARGV[4] workflow id.
+  Every step that has not started is removed and closed as cancelled (for good: a
+  replay does not bring it back); running steps finish, and release nothing new.
+  Returns { state, steps cancelled, ids of running steps } | { 'missing' }.
+  Events: workflow-cancelled (also on wf-log).
+]]
+--@include lib_base
+--@include lib_events
+--@include lib_jobs
+--@include lib_parking
+--@include lib_park_timers
+@PRELUDE@
+
+local wid = ARGV[4]
+if wid == nil or wid == '' then return bad_arg('wf_cancel', 'empty workflow id') end
+local wk = WF .. wid
+local st = redis.call('HGET', wk, 'st')
+if not st then return { 'missing' } end
+if st == 'completed' or st == 'cancelled' then return { st, 0, {} } end
+redis.call('HSET', wk, 'st', 'cancelled')
+log_event('workflow-cancelled', wid)
+local before = num(redis.call('HGET', wk, 'left'))
+cancel_rest(wid, 'workflow ' .. wid .. ' was cancelled', false)
+local ids = redis.call('HVALS', WFS .. wid)
+local running = {}
+for i = 1, #ids do
+  if redis.call('HGET', DEP .. ids[i], 'st') == 'ready'
+      and redis.call('HGET', job_key(ids[i]), 'st') == 'active' then
+    running[#running + 1] = ids[i]
+  end
+end
+local after = num(redis.call('HGET', wk, 'left'))
+wf_left(wid, 0)
+return { 'cancelled', int(before - after), running }

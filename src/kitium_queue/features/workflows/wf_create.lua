@@ -1,0 +1,60 @@
+--[[
+  wf_create.lua — write a whole workflow at once (kitium_queue.features.workflows).
+
+  KEYS: the shared layout (lib_base.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]   workflow id
+  ARGV[5..] 8 fields per step, parents before children: step name, job id, job name,
+            data, options JSON (with workflow_id, workflow_step, depends_on = the
+            parents' job ids, on_failure), priority, delay ms, lifo ('1' | '0')
+  Checked before anything is written: the workflow id is new and no job id is taken.
+  Each step goes through add_job (every feature's accept and enqueue slots): roots to
+  wait, the others parked behind their first unfinished parent. A step another
+  feature refuses is failed at once (its on_failure applies).
+  Returns { 'ok', n } | { 'exists', workflow id } | { 'taken', job id }.
+]]
+--@include lib_base
+--@include lib_events
+--@include lib_add
+--@include lib_parking
+--@include lib_park_timers
+@PRELUDE@
+
+local wid = ARGV[4]
+local fields = #ARGV - 4
+if wid == nil or wid == '' then return bad_arg('wf_create', 'empty workflow id') end
+if fields <= 0 or fields % 8 ~= 0 then
+  return bad_arg('wf_create', 'expected 8 fields per step, got ' .. fields)
+end
+local n = fields / 8
+if redis.call('EXISTS', WF .. wid) == 1 or redis.call('ZSCORE', WFI, wid) then
+  return { 'exists', wid }
+end
+for j = 0, n - 1 do
+  local id = ARGV[6 + j * 8]
+  if id == '' then return bad_arg('wf_create', 'a step has no job id') end
+  if redis.call('EXISTS', job_key(id)) == 1 then return { 'taken', id } end
+end
+redis.call('HSET', WF .. wid, 'st', 'running', 'ts', NOW_S, 'n', n, 'left', n)
+redis.call('ZADD', WFI, NOW, wid)
+redis.call('DEL', WFS .. wid)
+local refused = {}
+for j = 0, n - 1 do
+  local b = 5 + j * 8
+  local step, id, name, data, opts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  redis.call('HSET', WFS .. wid, step, id)
+  redis.call('DEL', DEP .. id, DEPP .. id, DEPC .. id)
+  local got, reason = add_job(id, name, data, opts, ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], nil)
+  if not got then
+    local pol = 'fail_workflow'
+    local ok, o = pcall(cjson.decode, opts)
+    if ok and type(o) == 'table' and POLICIES[o['on_failure']] then pol = o['on_failure'] end
+    redis.call('HSET', DEP .. id, 'st', 'ready', 'w', wid, 's', step, 'pol', pol, 'ts', NOW_S)
+    refused[#refused + 1] = { id, reason }
+  end
+end
+for i = 1, #refused do
+  step_failed(refused[i][1], 'refused: ' .. tostring(refused[i][2]))
+end
+wake()
+return { 'ok', n }
