@@ -166,8 +166,6 @@ class JobChainManager:
                 **s.options, "job_id": ids[s.name], "workflow_id": wid,
                 "workflow_step": s.name, "attempts": s.retry_attempts + 1,
             }
-            if s.depends_on:
-                opts["depends_on"] = [ids[p] for p in dict.fromkeys(s.depends_on)]
             if s.on_failure != "fail_workflow":
                 opts["on_failure"] = s.on_failure
             if s.data_transformer:
@@ -182,7 +180,9 @@ class JobChainManager:
                 raise ConfigurationError(
                     f"workflow {wid!r}: its steps' data is above {MAX_WORKFLOW_BYTES} bytes "
                     "in all; store large data elsewhere and pass references")
-            args += [s.name, p[0], p[1], p[2], p[3], p[4], p[5], p[6]]
+            parents = orjson.dumps([ids[x] for x in dict.fromkeys(s.depends_on)])
+            size += len(parents)
+            args += [s.name, p[0], p[1], p[2], p[3], p[4], p[5], p[6], parents]
             names.append(p[1])
         client = await q.client()
         reply = await q.scripts.call(client, "wf_create", q.keys.all, args)

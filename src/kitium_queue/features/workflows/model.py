@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: Most steps one workflow may have.
-MAX_STEPS = 10_000
+MAX_STEPS = 20_000
 #: What happens to a step's dependents when it fails for good.
 POLICIES = ("fail_workflow", "continue", "skip")
 #: Longest step name and workflow id, in characters (they end up in job ids and keys).

@@ -5,7 +5,8 @@
   -- Keys (under the queue's hash tag; manager.py builds the same names):
   --   dep:<id>    HASH  a tracked job: st (pending | ready | completed | failed | skipped |
   --                     cancelled), np (unfinished parents), w (workflow), s (step),
-  --                     pol (on_failure), ts, f, r (encoded result), e (error); a step
+  --                     pol (on_failure), ts, f, r (encoded result), e (error), wb
+  --                     (the parent it was first parked behind); a step
   --                     cancelled by a failing workflow keeps its definition (sn, sd, so,
   --                     sp, sq) so a replay of the failed step can bring it back
   --   dep-p:<id>  LIST  its parents' ids, in the order given
@@ -338,5 +339,6 @@
     if wid then redis.call('HSET', dk, 'w', wid) end
     if type(step) == 'string' and step ~= '' then redis.call('HSET', dk, 's', step) end
     if type(pol) == 'string' and POLICIES[pol] then redis.call('HSET', dk, 'pol', pol) end
+    if first then redis.call('HSET', dk, 'wb', first) end
     return first
   end

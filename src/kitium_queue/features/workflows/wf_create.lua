@@ -4,12 +4,13 @@
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]   workflow id
-  ARGV[5..] 8 fields per step, parents before children: step name, job id, job name,
-            data, options JSON (with workflow_id, workflow_step, depends_on = the
-            parents' job ids, on_failure), priority, delay ms, lifo ('1' | '0')
+  ARGV[5..] 9 fields per step, parents before children: step name, job id, job name,
+            data, options JSON (with workflow_id, workflow_step, on_failure), priority,
+            delay ms, lifo ('1' | '0'), the parents' job ids (JSON list)
   Checked before anything is written: the workflow id is new and no job id is taken.
-  Each step goes through add_job (every feature's accept and enqueue slots): roots to
-  wait, the others parked behind their first unfinished parent. A step another
+  Each step's parents are recorded, then it goes through add_job (every feature's
+  accept and enqueue slots): roots to wait, the others parked behind their first
+  unfinished parent. A step another
   feature refuses is failed at once (its on_failure applies).
   Returns { 'ok', n } | { 'exists', workflow id } | { 'taken', job id }.
 ]]
@@ -23,15 +24,23 @@
 local wid = ARGV[4]
 local fields = #ARGV - 4
 if wid == nil or wid == '' then return bad_arg('wf_create', 'empty workflow id') end
-if fields <= 0 or fields % 8 ~= 0 then
-  return bad_arg('wf_create', 'expected 8 fields per step, got ' .. fields)
+if fields <= 0 or fields % 9 ~= 0 then
+  return bad_arg('wf_create', 'expected 9 fields per step, got ' .. fields)
 end
-local n = fields / 8
+local n = fields / 9
+local parents = {}
+for j = 0, n - 1 do
+  local ok, ps = pcall(cjson.decode, ARGV[13 + j * 9])
+  if not ok or type(ps) ~= 'table' then
+    return bad_arg('wf_create', 'step ' .. tostring(ARGV[5 + j * 9]) .. ': parents are not a list')
+  end
+  parents[j] = ps
+end
 if redis.call('EXISTS', WF .. wid) == 1 or redis.call('ZSCORE', WFI, wid) then
   return { 'exists', wid }
 end
 for j = 0, n - 1 do
-  local id = ARGV[6 + j * 8]
+  local id = ARGV[6 + j * 9]
   if id == '' then return bad_arg('wf_create', 'a step has no job id') end
   if redis.call('EXISTS', job_key(id)) == 1 then return { 'taken', id } end
 end
@@ -40,16 +49,18 @@ redis.call('ZADD', WFI, NOW, wid)
 redis.call('DEL', WFS .. wid)
 local refused = {}
 for j = 0, n - 1 do
-  local b = 5 + j * 8
+  local b = 5 + j * 9
   local step, id, name, data, opts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   redis.call('HSET', WFS .. wid, step, id)
   redis.call('DEL', DEP .. id, DEPP .. id, DEPC .. id)
+  local pol = nil
+  local ok, o = pcall(cjson.decode, opts)
+  if ok and type(o) == 'table' and POLICIES[o['on_failure']] then pol = o['on_failure'] end
+  add_parents(id, parents[j], wid, step, pol)
   local got, reason = add_job(id, name, data, opts, ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], nil)
   if not got then
-    local pol = 'fail_workflow'
-    local ok, o = pcall(cjson.decode, opts)
-    if ok and type(o) == 'table' and POLICIES[o['on_failure']] then pol = o['on_failure'] end
-    redis.call('HSET', DEP .. id, 'st', 'ready', 'w', wid, 's', step, 'pol', pol, 'ts', NOW_S)
+    -- Refused by another feature: nothing of the job was written; the step fails.
+    redis.call('HSET', DEP .. id, 'st', 'ready')
     refused[#refused + 1] = { id, reason }
   end
 end
