@@ -55,7 +55,11 @@ log = get_logger(__name__)
 DEFAULT_RETENTION_MS = 7 * 86_400_000
 #: Most bytes of step data and options one workflow may send in its one script call.
 MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
+# One installation per queue object: its retention, and the transformers registered
+# by every manager of it (the process middleware that applies them is installed once).
 _INSTALLED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_TRANSFORMERS: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary())
 
 
 def _text(v: Any) -> str:
@@ -106,9 +110,8 @@ class JobChainManager:
         self.queue = queue
         self.retention_ms = to_int(retention_ms, "retention_ms", minimum=1000,
                                    maximum=10 * 365 * 86_400_000)
-        self._transformers: dict[str, Callable[..., Any]] = {}
         _install(queue, self.retention_ms)
-        queue.use_process(self._transform)
+        self._transformers = _TRANSFORMERS[queue]
         self.events: WorkflowEvents | None = None
         if events:
             self.events = WorkflowEvents(queue)
@@ -128,15 +131,13 @@ class JobChainManager:
             raise ConfigurationError(f"transformer {name!r} is not callable")
         self._transformers[name] = fn
 
-    async def _transform(self, job: Any, call_next: Callable[[], Any]) -> Any:
-        name = job.options.get("data_transformer") if isinstance(job.options, dict) else None
-        if name:
-            fn = resolve_transformer(str(name), self._transformers)
-            out = fn(job.data, await self.parent_results(job))
-            if inspect.isawaitable(out):
-                out = await out
-            job.data = out
-        return await call_next()
+    @classmethod
+    def for_queue(cls, queue: JobQueue) -> JobChainManager:
+        """A manager of ``queue`` with the retention workflows were enabled with on it in
+        this process (the default when they were not), reporting no events: what tools
+        that only have the queue (the CLI) use."""
+        return cls(queue, retention_ms=_INSTALLED.get(queue, DEFAULT_RETENTION_MS),
+                   events=False)
 
     # ------------------------------------------------------------------ writing
     async def execute_workflow(
@@ -261,25 +262,7 @@ class JobChainManager:
         workflow step: by its job id). A parent that failed with ``on_failure=
         "continue"`` is there with ``status="failed"`` and its ``error``. Pass the
         ``Job`` a processor receives, or a job id."""
-        jid = job if isinstance(job, str) else str(job.id)
-        q = self.queue
-        client = await q.client()
-        parents = await client.lrange(self._key("dep-p", jid), 0, MAX_PARENTS - 1)
-        if not parents:
-            return {}
-        pipe = client.pipeline(transaction=False)
-        for p in parents:
-            pipe.hmget(self._key("dep", _text(p)), "s", "st", "r", "e")
-        rows = await pipe.execute()
-        out: dict[str, ParentResult] = {}
-        for p, (step, st, raw, err) in zip(parents, rows, strict=True):
-            pid = _text(p)
-            result = q.ctx.serializer.loads(raw, "result") if raw else None
-            key = _text(step) if step else pid
-            out[key] = ParentResult(pid, _text(step) if step else None,
-                                    _text(st) or "missing", result,
-                                    _text(err) if err else None)
-        return out
+        return await _parent_results(self.queue, job)
 
     async def get_workflow_status(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow's state and every step's state, attempts, timings and error;
@@ -351,6 +334,27 @@ class JobChainManager:
         return out
 
 
+async def _parent_results(q: JobQueue, job: Any) -> dict[str, ParentResult]:
+    jid = job if isinstance(job, str) else str(job.id)
+    client = await q.client()
+    parents = await client.lrange(q.keys.extra(f"dep-p:{jid}"), 0, MAX_PARENTS - 1)
+    if not parents:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for p in parents:
+        pipe.hmget(q.keys.extra(f"dep:{_text(p)}"), "s", "st", "r", "e")
+    rows = await pipe.execute()
+    out: dict[str, ParentResult] = {}
+    for p, (step, st, raw, err) in zip(parents, rows, strict=True):
+        pid = _text(p)
+        result = q.ctx.serializer.loads(raw, "result") if raw else None
+        key = _text(step) if step else pid
+        out[key] = ParentResult(pid, _text(step) if step else None,
+                                _text(st) or "missing", result,
+                                _text(err) if err else None)
+    return out
+
+
 def _install(q: JobQueue, retain_ms: int) -> None:
     have = _INSTALLED.get(q)
     if have is not None:
@@ -387,4 +391,19 @@ def _install(q: JobQueue, retain_ms: int) -> None:
                 await client.unlink(*found[i:i + 500])
 
     q.admin.add_clear_step(forget_workflows)
+    transformers: dict[str, Callable[..., Any]] = {}
+
+    async def transform(job: Any, call_next: Callable[[], Any]) -> Any:
+        # The step's data_transformer, on the worker, before it runs.
+        name = job.options.get("data_transformer") if isinstance(job.options, dict) else None
+        if name:
+            fn = resolve_transformer(str(name), transformers)
+            out = fn(job.data, await _parent_results(q, job))
+            if inspect.isawaitable(out):
+                out = await out
+            job.data = out
+        return await call_next()
+
+    q.use_process(transform)
+    _TRANSFORMERS[q] = transformers
     _INSTALLED[q] = retain_ms

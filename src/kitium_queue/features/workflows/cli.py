@@ -1,0 +1,98 @@
+"""``kitium-queue workflows ...``: list workflows, show one, cancel one.
+
+The command group is built by ``make_command`` with the CLI's own helpers passed in (so
+this module does not import the CLI). Every value printed comes from Redis or the user
+and goes through the CLI's field escaping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+
+from .manager import JobChainManager
+
+__all__ = ["make_command"]
+
+WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+
+
+def _ms(v: int | None) -> str:
+    return "-" if v is None else str(v)
+
+
+def make_command(
+    with_queue: WithQueue, redis_option: Callable[[Any], Any], row: Callable[..., str]
+) -> click.Group:
+    """The ``workflows`` command group, using the CLI's queue loader, ``--redis`` option
+    and row formatter."""
+
+    @click.group()
+    def workflows() -> None:
+        """Workflows (DAGs of jobs): list, show, cancel."""
+
+    @workflows.command("list")
+    @click.argument("app")
+    @click.option("-n", "--limit", default=50, show_default=True, help="Workflows to show.")
+    @click.option("--offset", default=0, show_default=True, help="Skip this many first.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @redis_option
+    def wf_list(app: str, limit: int, offset: int, as_json: bool, redis: str | None) -> None:
+        """Workflows, newest first, with their state and unfinished steps."""
+
+        async def act(q: Any) -> None:
+            rows = await JobChainManager.for_queue(q).list_workflows(limit, offset)
+            if as_json:
+                click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+                return
+            click.echo(row("workflow", "state", "steps", "unfinished", "created", "finished"))
+            for r in rows:
+                click.echo(row(r.workflow_id, r.state, r.total, r.unfinished,
+                               _ms(r.created_at), _ms(r.finished_at)))
+
+        with_queue(app, redis, act)
+
+    @workflows.command("show")
+    @click.argument("app")
+    @click.argument("workflow_id")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @redis_option
+    def wf_show(app: str, workflow_id: str, as_json: bool, redis: str | None) -> None:
+        """One workflow: its state and every step's state, attempts and error."""
+
+        async def act(q: Any) -> None:
+            st = await JobChainManager.for_queue(q).get_workflow_status(workflow_id)
+            if st is None:
+                raise click.ClickException(f"workflow {workflow_id!r} not found")
+            if as_json:
+                click.echo(json.dumps(st.as_dict(), indent=2))
+                return
+            for k, v in (("workflow", st.workflow_id), ("state", st.state),
+                         ("steps", st.total), ("unfinished", st.unfinished),
+                         ("failed step", st.failed_step or "-"),
+                         ("created", _ms(st.created_at)), ("finished", _ms(st.finished_at))):
+                click.echo(row(k, v))
+            click.echo(row("step", "state", "attempts", "depends on", "error"))
+            for s in st.steps.values():
+                click.echo(row(s.name, s.state, s.attempts, ",".join(s.depends_on) or "-",
+                               (s.error or "-")[:200]))
+
+        with_queue(app, redis, act)
+
+    @workflows.command("cancel")
+    @click.argument("app")
+    @click.argument("workflow_id")
+    @redis_option
+    def wf_cancel(app: str, workflow_id: str, redis: str | None) -> None:
+        """Cancel WORKFLOW_ID: steps not started are removed, running ones asked to stop."""
+
+        async def act(q: Any) -> None:
+            n = await JobChainManager.for_queue(q).cancel_workflow(workflow_id)
+            click.echo(row("cancelled", workflow_id, f"{n} step(s) removed"))
+
+        with_queue(app, redis, act)
+
+    return workflows
