@@ -139,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fifo-groups", type=int, default=0,
                    help="1: enable FIFO message groups (FIFOQueueManager) on the queue")
     p.add_argument("--breakers", type=int, default=0, help="1: circuit breakers enabled")
+    p.add_argument("--workflows", type=int, default=0,
+                   help="1: enable workflows (JobChainManager) on the queue")
     p.add_argument("--slow-claim-ms", type=int, default=0,
                    help="delay every claim by this long before sending it (a slow link)")
     p.add_argument("--encrypt", default="",
@@ -223,6 +225,10 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         from kitium_queue.features.groups import FIFOQueueManager
 
         FIFOQueueManager(queue)
+    if args.workflows:
+        from kitium_queue import JobChainManager
+
+        JobChainManager(queue, events=False)
     state = args.state_dir
 
     def result(job: Any) -> dict[str, int]:

@@ -7,6 +7,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
@@ -15,7 +16,7 @@ from kitium_queue import SyncJobQueue
 from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result
-from ..infra import Fleet, Timeout
+from ..infra import Fleet, Timeout, wait_for
 from ..ledger import Ledger, Snapshot, check, duplicates, snapshot, stream
 
 FINAL = ("completed", "dlq", "failed")
@@ -196,4 +197,48 @@ def tracebacks(fleet: Fleet) -> list[str]:
                 i = text.index(marker)
                 out.append(f"{p.name}: {text[max(0, i - 300) : i + 1500]}")
                 break
+    return out
+
+
+@dataclass
+class Faults:
+    """What ``apply_faults`` did: SIGKILL times per pid, the live checks after each
+    restart, the Redis downtimes, and how many running jobs the kills interrupted."""
+
+    killed: dict[int, float] = field(default_factory=dict)
+    live_checks: list[Any] = field(default_factory=list)
+    downtimes: list[float] = field(default_factory=list)
+    interrupted: int = 0
+
+
+def apply_faults(
+    ctx: Context, res: Result, srv: Any, client: redis.Redis, keys: QueueKeys, fleet: Fleet,
+    faults: list[str], step: int, rnd: random.Random, live_check: Callable[[], Any],
+    *, progress_timeout: float = 60,
+) -> Faults:
+    """Each of ``faults`` once ``step`` more jobs completed: ``kill`` SIGKILLs a busy
+    worker (a replacement is started), ``restart`` SIGKILLs redis-server and restarts
+    it, then runs ``live_check`` and expects every worker to have survived."""
+    out = Faults()
+    for k, fault in enumerate(faults):
+        target = step * (k + 1)
+        retrying(lambda t=target: wait_for(
+            lambda: client.zcard(keys.completed) >= t, progress_timeout,
+            what="progress before the fault"), 20)
+        if fault == "kill":
+            busy = wait_for(lambda: [w for w in fleet.live() if w.running_jobs()], 20,
+                            what="a busy worker to kill")
+            victim = rnd.choice(busy)
+            out.interrupted += len(victim.running_jobs())
+            out.killed[victim.pid] = victim.kill()
+            fleet.start().wait_ready()
+        else:
+            t_kill = time.time()
+            srv.kill()
+            time.sleep(ctx.pick(0.5, rnd.uniform(0.3, 1.5)))
+            srv.restart()
+            out.downtimes.append(time.time() - t_kill)
+            out.live_checks.append(retrying(live_check, 10))
+            dead = [w.name for w in fleet.procs if not w.alive() and w.pid not in out.killed]
+            res.expect(f"restart {k + 1}: every worker survived the outage", not dead, dead)
     return out

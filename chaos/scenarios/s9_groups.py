@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
@@ -30,9 +29,16 @@ from kitium_queue.features.groups import FIFOQueueManager
 from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result, scenario
-from ..infra import Run, runs_by_job, wait_for
+from ..infra import Run, runs_by_job
 from ..ledger import StreamEvent, check, merge, snapshot, stream
-from ._common import closing_checks, retrying, stats, stop_fleet, tracebacks, wait_final
+from ._common import (
+    apply_faults,
+    closing_checks,
+    stats,
+    stop_fleet,
+    tracebacks,
+    wait_final,
+)
 
 QUEUE = "groups"
 T = TypeVar("T")
@@ -185,33 +191,11 @@ def run(ctx: Context, res: Result) -> None:
     for w in workers:
         w.wait_ready()
 
-    step = len(jobs) // (len(faults) + 2)
-    killed: dict[int, float] = {}
-    live_checks = []
-    downtimes: list[float] = []
-    interrupted = 0
-    for k, fault in enumerate(faults):
-        target = step * (k + 1)
-        retrying(lambda t=target: wait_for(
-            lambda: client.zcard(keys.completed) >= t, 60, what="progress before the fault"),
-            20)
-        if fault == "kill":
-            busy = wait_for(lambda: [w for w in fleet.live() if w.running_jobs()], 20,
-                            what="a busy worker to kill")
-            victim = rnd.choice(busy)
-            interrupted += len(victim.running_jobs())
-            killed[victim.pid] = victim.kill()
-            fleet.start().wait_ready()
-        else:
-            t_kill = time.time()
-            srv.kill()
-            time.sleep(ctx.pick(0.5, rnd.uniform(0.3, 1.5)))
-            srv.restart()
-            downtimes.append(time.time() - t_kill)
-            live_checks.append(retrying(lambda: live_check(client, keys, ctx.ledger), 10))
-            dead = [w.name for w in fleet.procs if not w.alive() and w.pid not in killed]
-            res.expect(f"restart {k + 1}: every worker survived the outage", not dead, dead)
-
+    done_faults = apply_faults(
+        ctx, res, srv, client, keys, fleet, faults, len(jobs) // (len(faults) + 2), rnd,
+        lambda: live_check(client, keys, ctx.ledger))
+    killed, live_checks = done_faults.killed, done_faults.live_checks
+    downtimes, interrupted = done_faults.downtimes, done_faults.interrupted
     if live_checks:
         res.checker("right after each Redis restart", merge(live_checks))
     took = wait_final(ctx, client, keys, ctx.pick(90, 300))
