@@ -349,3 +349,30 @@ async def _stream(q: JobQueue) -> Any:
     client = await q.client()
     for _id, fields in await client.xrange(q.keys.events):
         yield (fields.get(b"event") or fields.get(b"e") or b"").decode()
+
+
+@pytest.mark.redis_only
+async def test_encrypted_steps(make_queue: QueueFactory) -> None:
+    from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
+
+    q, chains = wf_queue(make_queue)
+    EncryptionManager(q, keys=[KeyConfig("k1", generate_key())])
+    seen: dict[str, Any] = {}
+
+    @q.process("s")
+    async def s(job: Any) -> Any:
+        seen[job.id] = (job.data, await chains.parent_results(job))
+        return {"secret": "R-" + job.id}
+
+    await chains.execute_workflow("enc", [
+        WorkflowStep("a", "s", {"card": "4111-MARK"}, options={"encrypted": True}),
+        WorkflowStep("b", "s", {"x": 1}, depends_on=["a"], options={"encrypted": True})])
+    client = await q.client()
+    assert b"4111-MARK" not in await client.hget(q.keys.job("enc:a"), "d")
+    await q.start()
+    await done(chains, "enc")
+    assert seen["enc:a"][0] == {"card": "4111-MARK"} and seen["enc:b"][0] == {"x": 1}
+    # The parent's result is passed on as stored: sealed (an envelope), never in clear.
+    sealed = seen["enc:b"][1]["a"].result
+    assert isinstance(sealed, dict) and sealed.get("kid") == "k1"
+    assert b"R-enc:a" not in await client.hget(q.keys.extra("dep:enc:a"), "r")

@@ -89,7 +89,15 @@
     if not f[1] or TERMINAL[f[1]] then return false end
     redis.call('HSET', dk, 'st', state, 'f', NOW_S)
     if err then redis.call('HSET', dk, 'e', clip(err)) end
-    if f[2] then wf_left(f[2], -1) end
+    if f[2] then
+      wf_left(f[2], -1)
+    else
+      -- A plain job with dependencies or dependents: its records are kept as long as a
+      -- workflow's (its dependents read its result).
+      redis.call('PEXPIRE', dk, RETAIN)
+      redis.call('PEXPIRE', DEPP .. id, RETAIN)
+      redis.call('PEXPIRE', DEPC .. id, RETAIN)
+    end
     return true
   end
 
