@@ -46,6 +46,7 @@ from .errors import (
     ScheduleNotFoundError,
     ScriptArgumentError,
     SerializationError,
+    WriteRefusedError,
 )
 from .events import EventData, StreamEvent
 from .features.breakers import (
@@ -159,5 +160,6 @@ __all__ = [
     "WebhookDeliveryStrategy",
     "WebhookEventType",
     "WorkerConfig",
+    "WriteRefusedError",
     "__version__",
 ]

@@ -219,7 +219,8 @@ def stats(app: str, redis: str | None) -> None:
 @click.argument("app")
 @redis_option
 def health(app: str, redis: str | None) -> None:
-    """Check Redis connectivity; exit 3 when unhealthy."""
+    """Check Redis connectivity and report its memory against maxmemory, its eviction
+    policy and persistence; exit 3 when unhealthy."""
 
     async def act(q: JobQueue) -> bool:
         h = await q.health_check()
@@ -230,6 +231,13 @@ def health(app: str, redis: str | None) -> None:
                     "redis_latency_ms": h.redis_latency_ms,
                     "backend": h.backend,
                     "error": h.error,
+                    "memory": None if h.memory is None else {
+                        "used_bytes": h.memory.used_bytes,
+                        "maxmemory_bytes": h.memory.maxmemory_bytes,
+                        "used_fraction": h.memory.used_fraction,
+                        "maxmemory_policy": h.memory.policy,
+                        "persistence": h.memory.persistence,
+                    },
                 }
             )
         )

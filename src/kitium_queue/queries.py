@@ -28,6 +28,7 @@ from .limits import MAX_DELAY_MS
 from .options import MAX_QUERY_LIMIT, shown, to_int
 from .parking import parked_count, parked_ids
 from .records import JobDetail, decode_id, job_values, stored_status
+from .serverinfo import MemoryReport, memory_report
 
 if TYPE_CHECKING:
     from .context import QueueContext
@@ -109,6 +110,9 @@ class HealthStatus:
     backend: str
     error: str | None = None
     worker_running: bool = False
+    #: Memory in use against ``maxmemory``, the eviction policy and the persistence of
+    #: the server (None for memory://, or a server that does not answer ``INFO``).
+    memory: MemoryReport | None = None
 
     def __bool__(self) -> bool:
         return self.healthy
@@ -399,8 +403,10 @@ class Queries:
             # goes through the same redaction as ``backend`` (never the raw text).
             error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
             return HealthStatus(False, None, ctx.connection.describe(), error)
+        memory = None if ctx.connection.is_memory else await memory_report(client)
         return HealthStatus(
-            True, round(latency, 3), ctx.connection.describe(), None, worker_running()
+            True, round(latency, 3), ctx.connection.describe(), None, worker_running(),
+            memory,
         )
 
     async def events(
