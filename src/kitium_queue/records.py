@@ -74,6 +74,9 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
                  "flow control's enqueue slot fragment (features/flowcontrol.py)"),
         JobField("ck", "concurrency key of the job (flow control's marker, read by claim)",
                  "flow control's enqueue slot fragment (features/flowcontrol.py)"),
+        JobField("wu", "the job's own webhook URL (its webhook_url option; the webhooks "
+                 "feature's marker, read by its release fragment)",
+                 "the webhooks enqueue slot fragment (features/webhooks/lua.py)"),
         JobField("a", "attempts made, the running one included; a deferred or handed-back "
                  "run and a stalled one are not counted",
                  "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), "

@@ -1,0 +1,85 @@
+"""The registrations of a queue's webhooks: stored in Redis, cached in each process.
+
+The cache is reloaded when ``wh:ver`` changed, checked at most every ``check_s``
+seconds (the delivery service checks before each batch), so a registration made by any
+process reaches every worker within about that time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ...errors import ConfigurationError
+from .models import Webhook
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["Registry"]
+
+log = logging.getLogger(__name__)
+
+
+class Registry:
+    """Cached ``wh:hooks`` of one queue."""
+
+    def __init__(self, queue: JobQueue, check_s: float = 1.0) -> None:
+        self.queue = queue
+        self.key = queue.keys.extra("wh:hooks")
+        self.ver_key = queue.keys.extra("wh:ver")
+        self.check_s = check_s
+        self.hooks: dict[str, Webhook] = {}
+        self._ver: bytes | None = None
+        self._checked = 0.0
+        self._by_event: dict[tuple[str, bool], tuple[Webhook, ...]] = {}
+        self.damaged: list[str] = []
+
+    async def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < self.check_s:
+            return
+        client = await self.queue.client()
+        ver = await client.get(self.ver_key)
+        self._checked = now
+        if ver == self._ver and not force and self._ver is not None:
+            return
+        raw = await client.hgetall(self.key)
+        hooks: dict[str, Webhook] = {}
+        damaged: list[str] = []
+        for k, v in raw.items():
+            wid = k.decode("utf-8", "replace")
+            try:
+                hooks[wid] = Webhook.from_json(v)
+            except ConfigurationError as exc:
+                damaged.append(wid)
+                log.warning("webhook registration %r of queue %s is damaged and ignored: %s",
+                            wid[:100], self.queue.name, exc)
+        self.hooks, self._ver, self.damaged = hooks, ver, damaged
+        self._by_event = {}
+
+    def put(self, hook: Webhook) -> None:
+        """Update the cache after this process changed a registration."""
+        self.hooks[hook.id] = hook
+        self._by_event = {}
+
+    def drop(self, webhook_id: str) -> None:
+        self.hooks.pop(webhook_id, None)
+        self._by_event = {}
+
+    def get(self, webhook_id: str) -> Webhook | None:
+        return self.hooks.get(webhook_id)
+
+    def wanting(self, event: str, *, guaranteed: bool) -> tuple[Webhook, ...]:
+        """Active endpoints subscribed to ``event``: the guaranteed ones, or the others."""
+        key = (event, guaranteed)
+        found = self._by_event.get(key)
+        if found is None:
+            found = tuple(h for h in self.hooks.values()
+                          if h.active and h.guaranteed == guaranteed and event in h.events)
+            self._by_event[key] = found
+        return found
+
+    def stale(self) -> bool:
+        return time.monotonic() - self._checked >= self.check_s
