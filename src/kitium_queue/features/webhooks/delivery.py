@@ -131,14 +131,22 @@ class EndpointBreaker:
         self._probing.discard(key)
         n = self._fails.get(key, 0) + 1
         self._fails[key] = n
-        if probing or n >= self.threshold:
-            cd = self._cooldown.get(key)
-            cd = self.cooldown_ms if cd is None else min(cd * 2, self.max_cooldown_ms)
-            self._cooldown[key] = cd
-            self._open_until[key] = time.monotonic() + cd / 1000
+        if probing:  # the probe failed: open again, for twice as long
+            cd = min(self._cooldown.get(key, self.cooldown_ms) * 2, self.max_cooldown_ms)
+        elif n >= self.threshold and key not in self._open_until:
+            cd = self.cooldown_ms
+        else:  # closed below the threshold, or a request sent before it opened
+            return
+        self._cooldown[key] = cd
+        self._open_until[key] = time.monotonic() + cd / 1000
 
     def is_open(self, key: str) -> bool:
         return key in self._open_until
+
+    def reopens_in_ms(self, key: str) -> int:
+        """How long until ``key`` lets a probe through (0: now)."""
+        until = self._open_until.get(key)
+        return 0 if until is None else max(0, int((until - time.monotonic()) * 1000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +169,8 @@ class Target:
 class AttemptResult:
     """``ok``; ``status`` (None: no response); ``error`` (short, no body, no secret);
     ``permanent``: retrying cannot help (refused by the SSRF guard, no secret);
-    ``sent``: a request went out (False: refused or breaker open)."""
+    ``sent``: a request went out (False: refused or breaker open); ``wait_ms``: do not
+    try again before this (the endpoint's breaker is open that much longer)."""
 
     ok: bool
     status: int | None
@@ -169,6 +178,7 @@ class AttemptResult:
     duration_ms: int
     permanent: bool = False
     sent: bool = True
+    wait_ms: int = 0
 
 
 class Sender:
@@ -225,7 +235,8 @@ class Sender:
         bkey = target.breaker_key
         if not self.breaker.allow(bkey):
             return AttemptResult(False, None, "endpoint circuit open after repeated "
-                                 "failures: not sent", 0, False, False)
+                                 "failures: not sent", 0, False, False,
+                                 max(self.breaker.reopens_in_ms(bkey), 1))
         ts = int(time.time())
         headers = dict(target.headers)
         headers.update({

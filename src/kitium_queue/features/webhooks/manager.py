@@ -289,6 +289,7 @@ class WebhookManager:
         state (a dead one leaves the DLQ with its full retry budget); False when no such
         delivery is recorded (or its history expired)."""
         member = self._member(webhook_id, event_id)
+        self.sender.breaker.success(webhook_id)  # an operator says: try it now
 
         async def action() -> bool:
             return bool(await self.queue.ctx.run("webhooks_requeue", ("one", member, 1)))
@@ -341,6 +342,8 @@ class WebhookManager:
         each with its full retry budget again; returns how many."""
         if webhook_id is not None and webhook_id != JOB_WEBHOOK_ID:
             check_id(webhook_id, "webhook id")
+        for wid in [webhook_id] if webhook_id else list(self.registry.hooks):
+            self.sender.breaker.success(wid)  # an operator says: try them now
 
         async def action() -> int:
             total = 0

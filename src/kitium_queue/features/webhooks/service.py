@@ -90,7 +90,7 @@ class _Base:
         if res.ok:
             kind = "ok"
         elif durable and not res.permanent and n <= d.max_retries:
-            kind, due = "retry", now + self.mgr.backoff.delay_ms(n)
+            kind, due = "retry", now + max(self.mgr.backoff.delay_ms(n), res.wait_ms)
         else:
             kind = "dead" if durable else "failed"
         return [
@@ -315,7 +315,7 @@ class LocalDispatcher(_Base):
             d.attempts += 1
             d.history = orjson.loads(history_json(d.history, [
                 int(time.time() * 1000), d.attempts, res.status, res.error, res.duration_ms]))
-            await asyncio.sleep(mgr.backoff.delay_ms(d.attempts) / 1000)
+            await asyncio.sleep(max(mgr.backoff.delay_ms(d.attempts), res.wait_ms) / 1000)
         # The history of an in-memory delivery is best effort too.
         with contextlib.suppress(*NET_ERRORS):
             await self.write(self.record(d, res, durable=False))

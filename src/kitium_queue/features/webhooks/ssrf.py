@@ -194,13 +194,30 @@ class GuardedBackend(httpcore.AsyncNetworkBackend if httpcore else object):  # t
         await asyncio.sleep(seconds)
 
 
+def _mapped(exc: Exception) -> Exception:
+    """httpx's exception for an httpcore one (same class names), else ``exc``."""
+    if httpcore is not None and isinstance(exc, httpcore.TimeoutException):
+        return getattr(httpx, type(exc).__name__, httpx.TimeoutException)(str(exc))
+    if httpcore is not None and isinstance(exc, (httpcore.NetworkError,
+                                                 httpcore.ProtocolError,
+                                                 httpcore.UnsupportedProtocol)):
+        return getattr(httpx, type(exc).__name__, httpx.TransportError)(str(exc))
+    return exc
+
+
 class _Body(httpx.AsyncByteStream if httpx else object):  # type: ignore[misc]
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self._stream:
-            yield part
+        try:
+            async for part in self._stream:
+                yield part
+        except Exception as exc:
+            mapped = _mapped(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     async def aclose(self) -> None:
         if hasattr(self._stream, "aclose"):
@@ -233,7 +250,13 @@ class GuardedTransport(httpx.AsyncBaseTransport if httpx else object):  # type: 
             headers=request.headers.raw, content=request.stream,
             extensions=request.extensions,
         )
-        resp = await self._pool.handle_async_request(req)
+        try:
+            resp = await self._pool.handle_async_request(req)
+        except Exception as exc:
+            mapped = _mapped(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_Body(resp.stream), extensions=resp.extensions)
 
