@@ -20,4 +20,5 @@ NAMES = (
     "network",
     "clock-skew",
     "poison",
+    "webhooks",
 )

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from _webhook_receiver import Receiver
 from helpers import wait_until
 from kitium_queue import ConfigurationError, JobQueue
 from kitium_queue.features.webhooks import (
@@ -47,6 +48,12 @@ from kitium_queue.features.webhooks import (
     verify_webhook,
 )
 from kitium_queue.features.webhooks.signing import secret_key
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from chaos.receiver import Receiver  # noqa: E402
 
 pytestmark = pytest.mark.redis_only
 

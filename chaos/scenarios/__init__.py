@@ -1,4 +1,5 @@
-"""The scenarios of issue 4, items 1-8; importing this package registers them all."""
+"""The scenarios of issue 4, items 1-8, and of the features (9: webhooks); importing this
+package registers them all."""
 
 from . import (  # noqa: F401
     s1_sigkill,
@@ -9,4 +10,5 @@ from . import (  # noqa: F401
     s6_network,
     s7_clock_skew,
     s8_poison,
+    s9_webhooks,
 )

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from .errors import ConfigurationError, KitiumQueueError
+from .features.webhooks.cli import commands as webhook_commands
 from .limits import printable
 from .queue import JobQueue
 
@@ -305,6 +306,9 @@ def events(app: str, from_start: bool, redis: str | None) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         _with_queue(app, redis, act)
+
+
+main.add_command(webhook_commands(load_queue, text_field), "webhooks")
 
 
 @main.command()

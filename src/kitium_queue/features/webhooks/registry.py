@@ -7,6 +7,7 @@ process reaches every worker within about that time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -35,15 +36,26 @@ class Registry:
         self._checked = 0.0
         self._by_event: dict[tuple[str, bool], tuple[Webhook, ...]] = {}
         self.damaged: list[str] = []
+        self._loaded = False
+        self._lock = asyncio.Lock()
 
     async def refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked < self.check_s:
+        """Reload if ``check_s`` passed (or ``force``) and the version moved. Callers
+        that run at the same time wait for one load: none returns with a cache that a
+        load in progress has not filled yet."""
+        if not force and not self.stale():
             return
+        async with self._lock:
+            if not force and not self.stale():
+                return  # loaded while this call waited
+            await self._load(force)
+
+    async def _load(self, force: bool) -> None:
+        started = time.monotonic()
         client = await self.queue.client()
         ver = await client.get(self.ver_key)
-        self._checked = now
-        if ver == self._ver and not force and self._ver is not None:
+        if ver == self._ver and not force and self._loaded:
+            self._checked = started
             return
         raw = await client.hgetall(self.key)
         hooks: dict[str, Webhook] = {}
@@ -58,6 +70,7 @@ class Registry:
                             wid[:100], self.queue.name, exc)
         self.hooks, self._ver, self.damaged = hooks, ver, damaged
         self._by_event = {}
+        self._checked, self._loaded = started, True
 
     def put(self, hook: Webhook) -> None:
         """Update the cache after this process changed a registration."""
@@ -82,4 +95,4 @@ class Registry:
         return found
 
     def stale(self) -> bool:
-        return time.monotonic() - self._checked >= self.check_s
+        return not self._loaded or time.monotonic() - self._checked >= self.check_s

@@ -166,9 +166,18 @@ class DeliveryService(_Base):
         """Fan entries out, make the first attempts, record them and acknowledge."""
         await self.mgr.registry.refresh()
         work: list[Delivery] = []
+        reloaded = False
         for e in entries:
-            if e.topic == "webhook":
-                work.extend(self.expand(e))
+            if e.topic != "webhook":
+                continue
+            got = self.expand(e)
+            if not got and not reloaded:
+                # The transition wrote it because an endpoint wanted it: a cache that
+                # knows none is stale (registered elsewhere a moment ago). Reload once.
+                await self.mgr.registry.refresh(force=True)
+                reloaded = True
+                got = self.expand(e)
+            work.extend(got)
         results = await self._attempt_all(work)
         fields: list[Any] = []
         for d, res in zip(work, results, strict=True):

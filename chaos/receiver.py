@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 webhook receiver on loopback for the webhook tests and bench.
+"""A small HTTP/1.1 webhook receiver on loopback (webhook tests, chaos scenario, bench).
 
 ``Receiver(status=...)`` answers every POST with ``status(request) -> int`` (default
 200), keeps the connections alive, and records each request's headers and body.
