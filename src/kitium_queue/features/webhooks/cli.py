@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -47,12 +48,19 @@ def commands(load_queue: Callable[[str, str | None], Any],
         return "\t".join(text_field(f) for f in fields)
 
     def run(app: str, redis: str | None,
-            action: Callable[[WebhookManager], Awaitable[T]]) -> T:
+            action: Callable[[WebhookManager], Awaitable[T]], own: bool = False) -> T:
         queue = load_queue(app, redis)
+        if own and WebhookManager.of(queue) is None:
+            raise click.ClickException(
+                f"{text_field(app)} constructs no WebhookManager: the delivery process needs "
+                "the application's own (its secrets and allow-list)")
 
         async def go() -> T:
             try:
-                return await action(WebhookManager(queue, run_service=False))
+                # The application's own manager when its module made one (secrets,
+                # allow-list); otherwise a bare one, enough to read and replay.
+                manager = WebhookManager.of(queue) or WebhookManager(queue, run_service=False)
+                return await action(manager)
             except KitiumQueueError as exc:
                 raise click.ClickException(text_field(exc)) from None
             finally:
@@ -179,5 +187,27 @@ def commands(load_queue: Callable[[str, str | None], Any],
 
         n = run(app, redis, act)
         click.echo(json.dumps({"replayed": n}) if as_json else f"replayed {n}")
+
+    @webhooks.command("deliver")
+    @click.argument("app")
+    @redis_option
+    def deliver(app: str, redis: str | None) -> None:
+        """Run only the delivery service of APP (no jobs) until SIGINT/SIGTERM: a
+        dedicated delivery process. APP's module must construct its WebhookManager (with
+        its secrets); give its workers ``run_service=False`` to leave delivery here."""
+
+        async def act(m: WebhookManager) -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await m.service.start(m.queue)
+            click.echo(f"delivering webhooks of queue '{text_field(m.queue.name)}'", err=True)
+            try:
+                await stop.wait()
+            finally:
+                await m.service.stop()
+
+        run(app, redis, act, own=True)
 
     return webhooks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -77,7 +77,11 @@ class WebhookManager:
         job_webhook: how jobs' own ``webhook_url`` endpoints are served.
         backoff_ms / max_backoff_ms: retry delays, ``backoff_ms * 2**(n-1)`` capped, +-20 %.
         history_ttl_s: how long delivered (and given-up) deliveries stay in the history.
-        concurrency: requests in flight at most, per process.
+        concurrency: requests in flight at most, per process (the HTTP pool's cost per
+            request grows with it: raise it for slow endpoints, not for fast ones).
+        busy_share: while this process's worker runs jobs, the delivery service takes
+            about this share of the time and sleeps the rest (1: no pacing); an idle
+            worker delivers at full speed.
         batch: outbox entries / due retries handled per step.
         claim_idle_ms: an outbox entry a dead worker held is taken over after this.
         lease_ms: a claimed retry is attempted again after this if its worker died.
@@ -93,10 +97,10 @@ class WebhookManager:
         self, queue: JobQueue, *, secrets: SecretSource | None = None,
         allow_networks: Iterable[str] = (), job_webhook: JobWebhookConfig | None = None,
         backoff_ms: int = 5_000, max_backoff_ms: int = 3_600_000,
-        history_ttl_s: int = 7 * 86_400, concurrency: int = 64, batch: int = 100,
+        history_ttl_s: int = 7 * 86_400, concurrency: int = 8, batch: int = 100,
         claim_idle_ms: int = 30_000, lease_ms: int = 60_000, poll_ms: int = 250,
         breaker_threshold: int = 5, breaker_cooldown_ms: int = 1_000,
-        max_webhooks: int = 1_000, run_service: bool = True,
+        max_webhooks: int = 1_000, run_service: bool = True, busy_share: float = 0.2,
         resolver: Resolver | None = None, connector: Any = None,
     ) -> None:
         for what, v, lo in (("backoff_ms", backoff_ms, 1), ("max_backoff_ms", max_backoff_ms, 1),
@@ -110,6 +114,10 @@ class WebhookManager:
                 raise ConfigurationError(f"WebhookManager {what} must be an int >= {lo}")
         if batch > 1000:
             raise ConfigurationError("WebhookManager batch must be at most 1000")
+        if isinstance(busy_share, bool) or not isinstance(busy_share, (int, float)) \
+                or not 0 < busy_share <= 1:
+            raise ConfigurationError("WebhookManager busy_share must be in (0, 1]")
+        self.busy_share = float(busy_share)
         self.queue = queue
         self.job_webhook = job_webhook or JobWebhookConfig()
         self.job_events = tuple(dict.fromkeys(check_event_type(e)
@@ -139,6 +147,14 @@ class WebhookManager:
         queue.subscribe(self.subscriber)
         if run_service:
             queue.add_service(self.service)
+
+    @staticmethod
+    def of(queue: JobQueue) -> WebhookManager | None:
+        """The manager already constructed on ``queue`` in this process, if any."""
+        for sub in queue.hooks.subscribers:
+            if isinstance(sub, WebhookSubscriber):
+                return sub.mgr
+        return None
 
     def _install(self) -> None:
         scripts = self.queue.scripts
@@ -378,7 +394,3 @@ class WebhookManager:
     def event_types(self) -> list[str]:
         """The event names of ``WebhookEventType``."""
         return [e.value for e in WebhookEventType]
-
-    @staticmethod
-    def _mapping(value: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(value)

@@ -132,19 +132,37 @@ class DeliveryService(_Base):
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
+        pending = set(tasks)
+        for _ in range(25):  # a client may swallow a cancellation (memory://): cancel again
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=0.2)
         for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            if t.done() and not t.cancelled():
+                with contextlib.suppress(Exception):
+                    t.result()
         await self.mgr.local.drain(timeout=2.0)
         await self.mgr.sender.close()
+
+    async def _pace(self, spent_s: float) -> None:
+        """Give way to the jobs of this process: while its worker runs jobs, delivery
+        takes about ``busy_share`` of the time (it sleeps after each batch); an idle
+        worker, or none, lets it run at full speed. The backlog waits in Redis."""
+        share = self.mgr.busy_share
+        worker = self.mgr.queue.worker
+        if share >= 1 or worker is None or worker.slots_taken() == 0:
+            return
+        await asyncio.sleep(min(spent_s * (1 - share) / share, 1.0))
 
     # ------------------------------------------------------------------ outbox
     async def _outbox_loop(self) -> None:
         mgr = self.mgr
+        # The memory:// backend cannot cancel a blocking read: poll it instead.
+        memory = mgr.queue.connection.is_memory
         consumer = Outbox(mgr.queue).consumer(
-            GROUP, self.consumer_name, count=mgr.batch, block_ms=1000,
+            GROUP, self.consumer_name, count=mgr.batch, block_ms=0 if memory else 1000,
             claim_idle_ms=mgr.claim_idle_ms, max_deliveries=_OUTBOX_MAX_DELIVERIES,
         )
         outage = OutageLog(f"webhook delivery (outbox) of queue {mgr.queue.name}")
@@ -152,7 +170,11 @@ class DeliveryService(_Base):
             try:
                 entries = await consumer.read()
                 if entries:
+                    started = time.monotonic()
                     await self.handle(entries)
+                    await self._pace(time.monotonic() - started)
+                elif memory:
+                    await asyncio.sleep(mgr.poll_ms / 1000)
                 outage.ok()
             except asyncio.CancelledError:
                 raise
@@ -230,7 +252,10 @@ class DeliveryService(_Base):
         outage = OutageLog(f"webhook delivery (retries) of queue {mgr.queue.name}")
         while True:
             try:
+                started = time.monotonic()
                 n = await self.retry_once()
+                if n:
+                    await self._pace(time.monotonic() - started)
                 outage.ok()
                 if n < mgr.batch:
                     await asyncio.sleep(mgr.poll_ms / 1000)

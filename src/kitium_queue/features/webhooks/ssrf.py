@@ -237,7 +237,8 @@ class GuardedTransport(httpx.AsyncBaseTransport if httpx else object):  # type: 
         self.backend = GuardedBackend(policy, resolver, inner)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context or ssl.create_default_context(),
-            max_connections=max_connections, max_keepalive_connections=keepalive,
+            max_connections=max_connections,
+            max_keepalive_connections=max(keepalive, max_connections),
             keepalive_expiry=keepalive_expiry_s, network_backend=self.backend,
         )
 
