@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +22,7 @@ from kitium_queue.features.webhooks import (
     WebhookEvent,
     WebhookManager,
     generate_secret,
+    verify_webhook,
 )
 
 pytestmark = pytest.mark.redis_only
@@ -95,3 +99,55 @@ def test_webhooks_commands(app: str, redis_url: str, prefix: str) -> None:
     assert "the webhook DLQ is empty" in runner.invoke(main, ["webhooks", "dlq", app]).output
     again = runner.invoke(main, ["webhooks", "replay", app])
     assert again.output == "replayed 0\n"
+
+
+def test_deliver_runs_the_apps_delivery_service(tmp_path: Path, redis_url: str,
+                                                 prefix: str) -> None:
+    """``webhooks deliver`` uses the app's own manager (its secret) and stops on SIGTERM;
+    an app without a manager is refused."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from chaos.receiver import Receiver
+
+    secret = generate_secret()
+    module = f"kq_cli_whd_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from kitium_queue import JobQueue\n"
+        "from kitium_queue.features.webhooks import WebhookManager\n"
+        f"queue = JobQueue('clihooks', redis={redis_url!r}, prefix={prefix!r})\n"
+        f"webhooks = WebhookManager(queue, secrets={{'ship': {secret!r}}},\n"
+        "                          allow_networks=['127.0.0.0/8'], poll_ms=10)\n"
+        f"bare = JobQueue('clihooks', redis={redis_url!r}, prefix={prefix!r})\n"
+    )
+
+    async def go() -> list[Any]:
+        rec = await Receiver().start()
+        q = JobQueue("clihooks", redis=redis_url, prefix=prefix)
+        m = WebhookManager(q, allow_networks=["127.0.0.0/8"], run_service=False)
+        await m.register_webhook(WebhookConfig(url=rec.url, id="ship", events=["shipped"]))
+        await m.send_event(WebhookEvent("shipped", {"order": 1}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+        cli = [sys.executable, "-c", "from kitium_queue.cli import main; main()", "webhooks",
+               "deliver"]
+        refused = await asyncio.create_subprocess_exec(
+            *cli, f"{module}:bare", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE)
+        _, err = await refused.communicate()
+        assert refused.returncode != 0 and b"constructs no WebhookManager" in err
+        proc = await asyncio.create_subprocess_exec(*cli, f"{module}:queue", cwd=tmp_path,
+                                                    env=env)
+        try:
+            for _ in range(1000):
+                if rec.ok():
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 20)
+        await rec.stop()
+        await q.close()
+        assert code == 0
+        return rec.ok()
+
+    (got,) = asyncio.run(go())
+    verify_webhook(got.body, got.headers, secret)
+    assert got.json()["data"] == {"order": 1}
