@@ -47,6 +47,16 @@ def commands(load_queue: Callable[[str, str | None], Any],
     def row(*fields: object) -> str:
         return "\t".join(text_field(f) for f in fields)
 
+    def show_records(recs: list[DeliveryRecord], as_json: bool, empty: str,
+                     fields: Callable[[DeliveryRecord], tuple[object, ...]]) -> None:
+        if as_json:
+            click.echo(json.dumps([_record(r) for r in recs], indent=2))
+            return
+        if not recs:
+            click.echo(empty)
+        for r in recs:
+            click.echo(row(*fields(r)))
+
     def run(app: str, redis: str | None,
             action: Callable[[WebhookManager], Awaitable[T]], own: bool = False) -> T:
         queue = load_queue(app, redis)
@@ -131,14 +141,9 @@ def commands(load_queue: Callable[[str, str | None], Any],
 
         async def act(m: WebhookManager) -> None:
             recs = await m.get_delivery_history(webhook_id, event_id, limit=limit)
-            if as_json:
-                click.echo(json.dumps([_record(r) for r in recs], indent=2))
-                return
-            if not recs:
-                click.echo("no deliveries recorded")
-            for r in recs:
-                click.echo(row(r.event_id, r.event_type, r.state, f"attempts={r.attempts}",
-                               _ms(r.created_at), r.last_status or "-", r.last_error or ""))
+            show_records(recs, as_json, "no deliveries recorded", lambda r: (
+                r.event_id, r.event_type, r.state, f"attempts={r.attempts}",
+                _ms(r.created_at), r.last_status or "-", r.last_error or ""))
 
         run(app, redis, act)
 
@@ -154,14 +159,9 @@ def commands(load_queue: Callable[[str, str | None], Any],
 
         async def act(m: WebhookManager) -> None:
             recs = await m.list_dlq(limit=limit, webhook_id=webhook_id)
-            if as_json:
-                click.echo(json.dumps([_record(r) for r in recs], indent=2))
-                return
-            if not recs:
-                click.echo("the webhook DLQ is empty")
-            for r in recs:
-                click.echo(row(r.webhook_id, r.event_id, r.event_type,
-                               f"attempts={r.attempts}", r.last_error or ""))
+            show_records(recs, as_json, "the webhook DLQ is empty", lambda r: (
+                r.webhook_id, r.event_id, r.event_type, f"attempts={r.attempts}",
+                r.last_error or ""))
 
         run(app, redis, act)
 

@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +156,32 @@ class DeliveryService(_Base):
             return
         await asyncio.sleep(min(spent_s * (1 - share) / share, 1.0))
 
+    async def _forever(self, what: str, step: Callable[[], Awaitable[float]]) -> None:
+        """Run ``step`` (returns how long to idle, s) until cancelled: through Redis
+        outages (logged once each) and unexpected errors (logged, then a pause)."""
+        mgr = self.mgr
+        outage = OutageLog(f"webhook {what} of queue {mgr.queue.name}")
+        while True:
+            try:
+                idle = await step()
+                outage.ok()
+                if idle > 0:
+                    await asyncio.sleep(idle)
+            except asyncio.CancelledError:
+                raise
+            except NET_ERRORS as exc:
+                await outage.pause(exc)
+            except Exception:
+                log.exception("webhook %s of queue %s failed; retrying", what, mgr.queue.name)
+                await asyncio.sleep(1.0)
+
+    async def _paced(self, work: Callable[[], Awaitable[int]]) -> int:
+        started = time.monotonic()
+        n = await work()
+        if n:
+            await self._pace(time.monotonic() - started)
+        return n
+
     # ------------------------------------------------------------------ outbox
     async def _outbox_loop(self) -> None:
         mgr = self.mgr
@@ -165,24 +191,18 @@ class DeliveryService(_Base):
             GROUP, self.consumer_name, count=mgr.batch, block_ms=0 if memory else 1000,
             claim_idle_ms=mgr.claim_idle_ms, max_deliveries=_OUTBOX_MAX_DELIVERIES,
         )
-        outage = OutageLog(f"webhook delivery (outbox) of queue {mgr.queue.name}")
-        while True:
-            try:
-                entries = await consumer.read()
-                if entries:
-                    started = time.monotonic()
-                    await self.handle(entries)
-                    await self._pace(time.monotonic() - started)
-                elif memory:
-                    await asyncio.sleep(mgr.poll_ms / 1000)
-                outage.ok()
-            except asyncio.CancelledError:
-                raise
-            except NET_ERRORS as exc:
-                await outage.pause(exc)
-            except Exception:
-                log.exception("webhook delivery of queue %s failed; retrying", mgr.queue.name)
-                await asyncio.sleep(1.0)
+
+        async def read_and_handle() -> int:
+            entries = await consumer.read()
+            if entries:
+                await self.handle(entries)
+            return len(entries)
+
+        async def step() -> float:
+            n = await self._paced(read_and_handle)
+            return mgr.poll_ms / 1000 if memory and not n else 0.0
+
+        await self._forever("delivery (outbox)", step)
 
     async def handle(self, entries: Sequence[OutboxEntry]) -> None:
         """Fan entries out, make the first attempts, record them and acknowledge."""
@@ -249,23 +269,12 @@ class DeliveryService(_Base):
     # ------------------------------------------------------------------ retries
     async def _retry_loop(self) -> None:
         mgr = self.mgr
-        outage = OutageLog(f"webhook delivery (retries) of queue {mgr.queue.name}")
-        while True:
-            try:
-                started = time.monotonic()
-                n = await self.retry_once()
-                if n:
-                    await self._pace(time.monotonic() - started)
-                outage.ok()
-                if n < mgr.batch:
-                    await asyncio.sleep(mgr.poll_ms / 1000)
-            except asyncio.CancelledError:
-                raise
-            except NET_ERRORS as exc:
-                await outage.pause(exc)
-            except Exception:
-                log.exception("webhook retries of queue %s failed; retrying", mgr.queue.name)
-                await asyncio.sleep(1.0)
+
+        async def step() -> float:
+            n = await self._paced(self.retry_once)
+            return mgr.poll_ms / 1000 if n < mgr.batch else 0.0
+
+        await self._forever("delivery (retries)", step)
 
     async def retry_once(self) -> int:
         """Claim the due retries (up to ``batch``), attempt and record them; the count."""

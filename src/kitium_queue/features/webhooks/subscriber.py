@@ -110,10 +110,20 @@ class WebhookSubscriber(Subscriber):
         for job_id, name in zip(job_ids, names, strict=False):
             self._emit("job-added", str(job_id), str(name), 0)
 
+    def _quiet(self, event: str) -> bool:
+        """No endpoint wants ``event`` (checked first: this runs once per job)."""
+        self._fresh()
+        reg = self.mgr.registry
+        return not reg.wanting(event, guaranteed=False) and \
+            not reg.wanting(event, guaranteed=True)
+
     def started(self, queue: str, job: Any) -> None:
-        self._emit("job-started", *self._job(job), durable=True)
+        if not self._quiet("job-started"):
+            self._emit("job-started", *self._job(job), durable=True)
 
     def progress(self, queue: str, job: Any, value: Any) -> None:
+        if self._quiet("job-progress"):
+            return
         try:
             encoded = orjson.dumps(value)
         except TypeError:
