@@ -446,3 +446,25 @@ async def test_started_and_progress_for_guaranteed(queue: JobQueue,
     got = {r.json()["type"]: r.json()["data"] for r in receiver.ok()}
     assert got["job-started"]["job_id"] == job_id
     assert got["job-progress"]["progress"] == {"pct": 50}
+
+
+async def test_a_silent_endpoint_times_out(queue: JobQueue) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(30)  # never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        m = WebhookManager(queue, **FAST)
+        hook = await m.register_webhook(WebhookConfig(
+            url=f"http://127.0.0.1:{port}/", secret=generate_secret(), events=["app-ping"],
+            timeout_ms=300, max_retries=0))
+        await queue.start()
+        eid = await m.send_event(WebhookEvent("app-ping"))
+        await wait_until(lambda: m.list_dlq(), 10)
+        (rec,) = await m.get_delivery_history(hook.id, eid)
+        assert rec.state == "dead" and rec.last_error == "timed out after 300 ms"
+        assert 250 <= rec.history[0].duration_ms < 3000
+    finally:
+        server.close()

@@ -7,6 +7,7 @@ request or response body, or a URL's path and query (only the host).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -245,7 +246,8 @@ class Sender:
             "webhook-signature": signature_header(keys, event_id, ts, body),
         })
         timeout = target.timeout_ms / 1000
-        try:
+
+        async def post() -> int:
             async with self.client().stream("POST", target.url, content=body, headers=headers,
                                             timeout=timeout) as resp:
                 read = 0
@@ -253,7 +255,16 @@ class Sender:
                     read += len(chunk)
                     if read >= MAX_RESPONSE_BYTES:
                         break
-                status = resp.status_code
+                return int(resp.status_code)
+
+        try:
+            # httpx's timeout is per phase (connect, each read...): bound the whole request
+            # too, so an endpoint that drips its answer cannot hold a delivery for long.
+            status = await asyncio.wait_for(post(), timeout)
+        except asyncio.TimeoutError:
+            self.breaker.failure(bkey)
+            return AttemptResult(False, None, f"timed out after {target.timeout_ms} ms",
+                                 took())
         except BlockedAddressError as exc:
             self.breaker.success(bkey)  # not the endpoint's health: leave it closed
             return AttemptResult(False, None, str(exc), took(), True, False)
