@@ -115,7 +115,7 @@ def run(ctx: Context, res: Result) -> None:
     producer = ctx.producer(srv.url, QUEUE, prefix)
     ids: list[str] = []
     for i in range(0, n, 100):
-        ids += producer.add_jobs([("noop", {}, {"job_id": f"j{k}"})
+        ids += producer.add_jobs([("noop", {}, {"job_id": f"j{k}", "remove_on_complete": False})
                                   for k in range(i, min(i + 100, n))])
     producer.close()
 
