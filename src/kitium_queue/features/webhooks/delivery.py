@@ -197,10 +197,15 @@ class Sender:
         self.breaker = breaker or EndpointBreaker()
         self.max_connections = max_connections
         self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
         self.sent = 0
 
     def client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop is not loop:
+            self._client = None  # its connections belong to a loop that is gone
         if self._client is None:
+            self._client_loop = loop
             require_httpx()
             import httpx
 

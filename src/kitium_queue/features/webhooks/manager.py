@@ -135,6 +135,7 @@ class WebhookManager:
                              max_connections=concurrency)
         self.concurrency = concurrency
         self._limit: asyncio.Semaphore | None = None
+        self._limit_loop: asyncio.AbstractEventLoop | None = None
         self.registry = Registry(queue)
         self.local = LocalDispatcher(self)
         self.service = DeliveryService(self)
@@ -166,9 +167,10 @@ class WebhookManager:
 
     @property
     def limit(self) -> asyncio.Semaphore:
-        """Requests in flight in this process (created on the running loop)."""
-        if self._limit is None:
-            self._limit = asyncio.Semaphore(self.concurrency)
+        """Requests in flight in this process (one per event loop the manager runs on)."""
+        loop = asyncio.get_running_loop()
+        if self._limit is None or self._limit_loop is not loop:
+            self._limit, self._limit_loop = asyncio.Semaphore(self.concurrency), loop
         return self._limit
 
     # ------------------------------------------------------------------ targets

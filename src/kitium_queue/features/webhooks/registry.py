@@ -38,6 +38,7 @@ class Registry:
         self.damaged: list[str] = []
         self._loaded = False
         self._lock = asyncio.Lock()
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     async def refresh(self, force: bool = False) -> None:
         """Reload if ``check_s`` passed (or ``force``) and the version moved. Callers
@@ -45,6 +46,9 @@ class Registry:
         load in progress has not filled yet."""
         if not force and not self.stale():
             return
+        loop = asyncio.get_running_loop()
+        if self._lock_loop is not loop:  # a lock belongs to the loop that first used it
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             if not force and not self.stale():
                 return  # loaded while this call waited
