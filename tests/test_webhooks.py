@@ -10,9 +10,11 @@ receiver on loopback (``_webhook_receiver.Receiver``).
 * Registrations live in Redis (every process sees them); secrets never reach Redis.
 * Guaranteed: a flaky endpoint (fails half the requests) receives the completion event
   of each of 5,000 jobs at least once (duplicates counted by webhook-id); a dead
-  endpoint's events end in the webhook DLQ (with durable ``webhook-dlq`` entries) and are
-  delivered after a replay once it is back; the per-endpoint breaker sends far fewer
+  endpoint's events end in the webhook DLQ (with durable ``webhook-dlq`` entries and
+  in-process ``queue.on`` events) and are delivered after a replay once it is back; the per-endpoint breaker sends far fewer
   requests than attempts to a failing endpoint.
+* A name connects to the address the guard checked, with the URL's host in the request;
+  a silent endpoint times out (the whole request is bounded).
 * Reliable / best-effort: in-memory retries; a job's own ``webhook_url``; ``send_event``,
   ``retry_delivery``, ``get_delivery_history``; started / progress for guaranteed ones.
 """
@@ -307,6 +309,8 @@ async def test_flaky_endpoint_gets_every_event_of_5000_jobs(queue: JobQueue) -> 
 async def test_dead_endpoint_dlq_then_replay(queue: JobQueue, receiver: Receiver,
                                             redis_client: Any) -> None:
     await receiver.stop()  # dead: connection refused
+    seen: list[Any] = []
+    queue.on("webhook-dlq", seen.append)  # in-process notification
     m = WebhookManager(queue, **FAST)
     hook = await m.register_webhook(WebhookConfig(url=receiver.url, secret=generate_secret(),
                                                   max_retries=2, events=["job-completed"]))
@@ -319,6 +323,8 @@ async def test_dead_endpoint_dlq_then_replay(queue: JobQueue, receiver: Receiver
     events = await redis_client.xrange(queue.keys.events)
     assert sum(1 for _, f in events if f[b"e"] == b"webhook-dlq") == 20
     assert receiver.requests == []
+    assert len(seen) == 20 and {e.extra["webhook_id"] for e in seen} == {hook.id}
+    assert {e.extra["event_type"] for e in seen} == {"job-completed"}
     await receiver.start()  # it comes back
     assert await m.replay_dlq(webhook_id=hook.id) == 20
     await wait_until(lambda: len(receiver.ok()) >= 20, 20)
@@ -468,3 +474,24 @@ async def test_a_silent_endpoint_times_out(queue: JobQueue) -> None:
         assert 250 <= rec.history[0].duration_ms < 3000
     finally:
         server.close()
+
+
+async def test_a_name_connects_to_its_vetted_address_with_its_host(
+        queue: JobQueue, receiver: Receiver) -> None:
+    """The guard resolves the name itself and connects to the address it checked; the
+    request still names the URL's host (no second lookup, nothing to rebind)."""
+    asked: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    m = WebhookManager(queue, resolver=resolver, **FAST)
+    await m.register_webhook(WebhookConfig(
+        url=f"http://hooks.example:{receiver.port}/in", secret=generate_secret(),
+        events=["app-ping"]))
+    await queue.start()
+    await m.send_event(WebhookEvent("app-ping"))
+    await wait_until(lambda: receiver.ok(), 10)
+    assert receiver.ok()[0].headers["host"] == f"hooks.example:{receiver.port}"
+    assert asked == ["hooks.example"]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ...events import EventData
 from ...leader import NET_ERRORS, OutageLog
 from ...outbox import Outbox, OutboxEntry
 from .delivery import AttemptResult, Target, history_json
@@ -101,6 +102,8 @@ class _Base:
         ]
 
     async def write(self, fields: Sequence[Any], acks: Sequence[str] = ()) -> None:
+        """Record results (and acknowledge entries) in Redis, then tell this process's
+        ``queue.on("webhook-dlq" | "webhook-failed")`` handlers about the given-up ones."""
         q = self.mgr.queue
         for i in range(0, max(len(fields), 1), 13 * 200):
             chunk = list(fields[i:i + 13 * 200])
@@ -108,6 +111,16 @@ class _Base:
             if not chunk and not ack:
                 return
             await q.ctx.run("webhooks_done", (GROUP, len(ack), *ack, *chunk))
+        emitter = q.emitter
+        for i in range(0, len(fields), 13):
+            kind = fields[i + 1]
+            if kind in ("dead", "failed"):
+                event = "webhook-dlq" if kind == "dead" else "webhook-failed"
+                if emitter.wants(event):
+                    wid, eid = str(fields[i]).split("/", 1)
+                    emitter.emit(EventData(event, q.name, extra={
+                        "webhook_id": wid, "event_id": eid, "event_type": fields[i + 9],
+                        "attempts": fields[i + 2], "reason": fields[i + 6]}))
 
 
 class DeliveryService(_Base):
