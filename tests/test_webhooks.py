@@ -11,8 +11,8 @@ receiver on loopback (``_webhook_receiver.Receiver``).
 * Guaranteed: a flaky endpoint (fails half the requests) receives the completion event
   of each of 5,000 jobs at least once (duplicates counted by webhook-id); a dead
   endpoint's events end in the webhook DLQ (with durable ``webhook-dlq`` entries and
-  in-process ``queue.on`` events) and are delivered after a replay once it is back; the per-endpoint breaker sends far fewer
-  requests than attempts to a failing endpoint.
+  in-process ``queue.on`` events) and are delivered after a replay once it is back;
+  the per-endpoint breaker sends far fewer requests than attempts to a failing endpoint.
 * A name connects to the address the guard checked, with the URL's host in the request;
   a silent endpoint times out (the whole request is bounded).
 * Reliable / best-effort: in-memory retries; a job's own ``webhook_url``; ``send_event``,
