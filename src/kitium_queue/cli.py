@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import click
 
 from .errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
+from .features.webhooks.cli import commands as webhook_commands
 from .limits import printable
 from .queue import JobQueue
 from .redact import redact_url
@@ -509,6 +510,9 @@ def events(app: str, from_start: bool, redis: str | None) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         _with_queue(app, redis, act)
+
+
+main.add_command(webhook_commands(load_queue, text_field), "webhooks")
 
 
 @main.command()
