@@ -42,6 +42,9 @@ async def test_health_reports_memory_and_persistence(prefix: str) -> None:
         q = JobQueue("h", redis=srv.url, prefix=prefix)
         h = await q.health_check()
         assert h.healthy and h.memory is not None
+        assert h.memory.persistence == "aof"  # INFO alone: AOF on, fsync not known
+        h = await q.queries.health_check(lambda: False, server_config=True)
+        assert h.memory is not None
         assert h.memory.persistence == "aof (appendfsync always)"
         assert h.memory.policy == "noeviction" and h.memory.used_bytes > 0
         assert h.memory.used_fraction is not None and 0 < h.memory.used_fraction < 1

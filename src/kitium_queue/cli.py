@@ -224,7 +224,8 @@ def health(app: str, redis: str | None) -> None:
     policy and persistence; exit 3 when unhealthy."""
 
     async def act(q: JobQueue) -> bool:
-        h = await q.health_check()
+        # As health_check(), and the persistence settings too (CONFIG GET, if allowed).
+        h = await q.queries.health_check(lambda: False, server_config=True)
         click.echo(
             json.dumps(
                 {

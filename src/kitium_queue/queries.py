@@ -388,9 +388,12 @@ class Queries:
             pending=await parked_count(self.ctx),
         )
 
-    async def health_check(self, worker_running: Callable[[], bool]) -> HealthStatus:
+    async def health_check(
+        self, worker_running: Callable[[], bool], *, server_config: bool = False
+    ) -> HealthStatus:
         """``JobQueue.health_check``; ``worker_running()`` tells whether this process
-        runs a worker of the queue."""
+        runs a worker of the queue; ``server_config``: also read the persistence
+        settings with ``CONFIG GET`` (operator tools)."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         try:
@@ -403,7 +406,8 @@ class Queries:
             # goes through the same redaction as ``backend`` (never the raw text).
             error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
             return HealthStatus(False, None, ctx.connection.describe(), error)
-        memory = None if ctx.connection.is_memory else await memory_report(client)
+        memory = None if ctx.connection.is_memory else await memory_report(
+            client, config=server_config)
         return HealthStatus(
             True, round(latency, 3), ctx.connection.describe(), None, worker_running(),
             memory,

@@ -93,8 +93,13 @@ async def check_eviction(client: Any, queue: str, allow_eviction: bool) -> None:
     )
 
 
-async def memory_report(client: Any) -> MemoryReport | None:
-    """Memory and persistence, or None when the server does not answer ``INFO``."""
+async def memory_report(client: Any, *, config: bool = False) -> MemoryReport | None:
+    """Memory and persistence, or None when the server does not answer ``INFO``.
+
+    From ``INFO`` alone: AOF on or off, and RDB when the server has saved a snapshot.
+    With ``config`` (operator tools such as ``kitium-queue health``) it also reads
+    ``appendfsync`` and the ``save`` rules with ``CONFIG GET``, when the user may.
+    """
     mem = await _info(client, "memory")
     per = await _info(client, "persistence")
     if mem is None:
@@ -102,9 +107,11 @@ async def memory_report(client: Any) -> MemoryReport | None:
     parts = []
     if per is not None:
         if str(per.get("aof_enabled", "0")) == "1":
-            fsync = await _config(client, "appendfsync")
+            fsync = await _config(client, "appendfsync") if config else ""
             parts.append(f"aof (appendfsync {fsync})" if fsync else "aof")
-        if await _config(client, "save"):
+        saved = int(per.get("rdb_saves", 0) or 0) > 0 or int(
+            per.get("rdb_last_bgsave_time_sec", -1) or -1) >= 0
+        if (await _config(client, "save")) if config else saved:
             parts.append("rdb")
     return MemoryReport(
         used_bytes=int(mem.get("used_memory", 0) or 0),
