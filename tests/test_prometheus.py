@@ -121,6 +121,10 @@ async def test_known_workload_on_the_http_endpoint(make_queue: QueueFactory) -> 
         assert _get(s, n + "job_duration_seconds_count", queue="pm", job_name="bad") == 2
         assert _get(s, n + "job_wait_seconds_count", queue="pm", job_name="ok") == 5
         assert _get(s, n + "job_wait_seconds_count", queue="pm", job_name="flaky") == 1
+        assert _get(s, n + "job_duration_seconds_bucket", queue="pm", job_name="ok",
+                    le="+Inf") == 5
+        assert (_get(s, n + "job_duration_seconds_bucket", queue="pm", job_name="ok",
+                     le="0.001") or 0) <= 5
         # Gauges, read from Redis at this scrape.
         assert _get(s, n + "up", queue="pm") == 1
         assert _get(s, n + "jobs", queue="pm", state="completed") == 6

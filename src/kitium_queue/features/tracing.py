@@ -41,7 +41,15 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .._version import __version__
@@ -72,6 +80,19 @@ def _normalize(value: Any, section: str) -> str:
             f"{type(value).__name__} that is not one; leave it unset to let tracing set it"
         )
     return value
+
+
+def _parent(traceparent: str) -> otel_context.Context | None:
+    """The remote parent context of a stored traceparent (read back from Redis:
+    untrusted, so matched whole first); None when it is not a valid one."""
+    if len(traceparent) != 55 or not _TRACEPARENT.fullmatch(traceparent):
+        return None
+    trace_id, span_id = int(traceparent[3:35], 16), int(traceparent[36:52], 16)
+    if not trace_id or not span_id or traceparent[:2] == "ff":
+        return None
+    sc = SpanContext(trace_id, span_id, is_remote=True,
+                     trace_flags=TraceFlags(int(traceparent[53:55], 16) & 0x01))
+    return trace.set_span_in_context(NonRecordingSpan(sc))
 
 
 class OpenTelemetryTracing(Subscriber):
@@ -165,10 +186,8 @@ class OpenTelemetryTracing(Subscriber):
 
     # ------------------------------------------------------------------ worker
     async def _on_process(self, job: Any, call_next: Callable[[], Awaitable[Any]]) -> Any:
-        parent = None
         raw = job.options.get(OPTION) if isinstance(job.options, dict) else None
-        if isinstance(raw, str) and len(raw) <= 64:
-            parent = _PROPAGATOR.extract({"traceparent": raw})
+        parent = _parent(raw) if isinstance(raw, str) else None
         links: list[Link] = []
         if job.attempts > 1:
             if parent is not None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from .collector import KitiumCollector, QueueReading
 from .exporter import MetricsServer, PrometheusExporter
-from .subscriber import DEFAULT_BUCKETS, OTHER, PrometheusSubscriber
+from .subscriber import COUNTERS, DEFAULT_BUCKETS, HISTOGRAMS, OTHER, PrometheusSubscriber
 
 __all__ = [
+    "COUNTERS",
     "DEFAULT_BUCKETS",
+    "HISTOGRAMS",
     "OTHER",
     "KitiumCollector",
     "MetricsServer",
