@@ -23,4 +23,5 @@ NAMES = (
     "groups",
     "breaker",
     "encryption-rotation",
+    "metrics",
 )

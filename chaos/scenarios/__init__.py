@@ -13,4 +13,5 @@ from . import (  # noqa: F401
     s9_groups,
     s10_breaker,
     s11_encryption_rotation,
+    s12_metrics,
 )
