@@ -7,8 +7,13 @@ CLI prints them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,3 +233,28 @@ def test_cli_metrics_once(cli_app: str) -> None:
     s = _samples(out.output)
     assert _get(s, "kitium_queue_up", queue="cli") == 1
     assert _get(s, "kitium_queue_jobs", queue="cli", state="waiting") == 0
+
+
+def test_cli_metrics_serves_until_stopped(cli_app: str, tmp_path: Path) -> None:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(tmp_path)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kitium_queue.cli", "metrics", cli_app, "--port", "0"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        assert first.startswith("serving\thttp://127.0.0.1:"), (first, proc.stderr)
+        url = first.split("\t")[1]
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            s = _samples(resp.read().decode())
+        assert _get(s, "kitium_queue_up", queue="cli") == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
