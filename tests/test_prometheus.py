@@ -218,8 +218,12 @@ async def test_enabled_features_add_their_gauges(make_queue: QueueFactory) -> No
     await q.add_job("n", {}, message_group_id="g1")
     await q.add_job("n", {}, message_group_id="g2")
     await q.add_job("call", {})  # held behind the open breaker once claimed
+    slots = {slot: q.scripts.slot_names(slot) for slot in ("admission", "release")}
     exporter = PrometheusExporter(q, subscribe=False)
     s = _samples((await exporter.render()).decode())
+    # Reading the features' figures changed nothing of the queue's Lua.
+    assert {slot: q.scripts.slot_names(slot) for slot in slots} == slots
+    assert CircuitBreakerManager.for_queue(q) is breakers
     n = "kitium_queue_"
     assert _get(s, n + "breaker_state", queue="pf", breaker="api", state="open") == 1
     assert _get(s, n + "breaker_state", queue="pf", breaker="api", state="closed") == 0

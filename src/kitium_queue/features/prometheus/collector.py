@@ -124,9 +124,8 @@ class KitiumCollector(Collector):
         if got is None:
             from ..breakers import CircuitBreakerManager  # enabled: safe to import
 
-            # Re-declaring on a queue that has breakers replaces the same declarations
-            # with themselves; events=False adds no service.
-            got = self._breakers[id(queue)] = CircuitBreakerManager(queue, events=False)
+            # The manager the queue's breakers were enabled with (no second one).
+            got = self._breakers[id(queue)] = CircuitBreakerManager.for_queue(queue)
         return got
 
     def _group_manager(self, queue: Any) -> Any:
