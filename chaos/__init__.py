@@ -24,4 +24,5 @@ NAMES = (
     "breaker",
     "encryption-rotation",
     "webhooks",
+    "metrics",
 )

@@ -14,4 +14,5 @@ from . import (  # noqa: F401
     s10_breaker,
     s11_encryption_rotation,
     s12_webhooks,
+    s13_metrics,
 )

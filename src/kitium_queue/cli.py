@@ -539,6 +539,11 @@ def _add_feature_commands() -> None:
     main.add_command(groups_command(_with_queue, redis_option, _row), "groups")
     main.add_command(result_command(_with_queue, redis_option, _row), "result")
     main.add_command(encryption_command(_with_queue, redis_option, _row), "encryption")
+    try:
+        from .features.prometheus.cli import make_command as metrics_command
+    except ImportError:  # the optional extra "prometheus" is not installed: no command
+        return
+    main.add_command(metrics_command(_with_queue, redis_option, _row), "metrics")
 
 
 _add_feature_commands()
