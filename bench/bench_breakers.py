@@ -24,80 +24,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import redis.asyncio as aioredis
+from _drain import compare, drain, fresh_queue, report
 
-from _redis import RedisServer
-from kitium_queue import CircuitBreakerManager, JobQueue
+from kitium_queue import CircuitBreakerManager
 
 VARIANTS = ("plain", "bound", "unbound")
 
 
 async def one_run(url: str, variant: str, jobs: int, concurrency: int, n: int) -> float:
-    client = aioredis.Redis.from_url(url)
-    await client.flushall()
-    await client.aclose()
-    q = JobQueue(f"bench-cb-{n}", redis=url, prefix="bcb",
-                 worker={"concurrency": concurrency, "scheduler": False})
+    q = await fresh_queue(url, f"bench-cb-{n}", "bcb", concurrency)
     if variant != "plain":
         m = CircuitBreakerManager(q, events=False)
         await m.create_breaker({"id": "dep", "job_name": "noop" if variant == "bound" else None,
                                 "failure_threshold": {"percentage": 50, "min_requests": 100}})
-    done = asyncio.Event()
-    count = 0
-
-    async def noop(job: Any) -> None:
-        nonlocal count
-        count += 1
-        if count == jobs:
-            done.set()
-
-    q.process("noop", noop)
-    for i in range(0, jobs, 1000):
-        await q.add_jobs([("noop", None) for _ in range(min(1000, jobs - i))])
-    t0 = time.perf_counter()
-    await q.start()
-    await asyncio.wait_for(done.wait(), 600)
-    elapsed = time.perf_counter() - t0
-    await q.close()
-    return jobs / elapsed
+    return await drain(q, jobs)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    server = None
-    url = args.redis
-    if url is None:
-        server = RedisServer()
-        server.start()
-        url = server.url
-    try:
-        rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        n = 0
-        for _ in range(args.reps):
-            for v in VARIANTS:
-                n += 1
-                rates[v].append(await one_run(url, v, args.jobs, args.concurrency, n))
-    finally:
-        if server is not None:
-            server.close()
-    plain = statistics.median(rates["plain"])
-    out: dict[str, Any] = {"jobs": args.jobs, "concurrency": args.concurrency,
-                           "reps": args.reps, "variants": {}}
-    print(f"drain of {args.jobs:,} no-op jobs, 1 process, concurrency {args.concurrency}, "
-          f"median of {args.reps}")
-    for v in VARIANTS:
-        med = statistics.median(rates[v])
-        out["variants"][v] = {"median": med, "min": min(rates[v]), "max": max(rates[v]),
-                              "vs_plain": med / plain}
-        print(f"  {v:8s} {med:10,.0f} jobs/s ({min(rates[v]):,.0f}-{max(rates[v]):,.0f})"
-              f"  {100 * med / plain:5.1f} % of plain")
+    async def run(url: str, variant: str, n: int) -> float:
+        return await one_run(url, variant, args.jobs, args.concurrency, n)
+
+    rates = await compare(args.redis, VARIANTS, args.reps, run)
+    out = report(rates, args.jobs, args.concurrency, args.reps)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out

@@ -23,5 +23,7 @@ NAMES = (
     "groups",
     "breaker",
     "encryption-rotation",
+    "webhooks",
+    "metrics",
     "workflows",
 )

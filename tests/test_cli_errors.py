@@ -89,10 +89,11 @@ def test_every_subcommand_is_covered() -> None:
     assert {"worker", "stats", "health", "events", "dlq list", "schedules pause"} <= flat
 
 
-#: Subcommands that refuse their arguments before connecting (a usage error, exit 2,
-#: still one line) -> the text of that refusal.
-CHECKED_FIRST = {
-    ("encryption", "rotate"): "is not held by this process",
+#: Subcommands that refuse what they were given before connecting (still one line) ->
+#: the exit code and the text of that refusal.
+CHECKED_FIRST: dict[tuple[str, ...], tuple[int, str]] = {
+    ("encryption", "rotate"): (2, "is not held by this process"),
+    ("webhooks", "deliver"): (1, "constructs no WebhookManager"),
 }
 
 
@@ -101,7 +102,7 @@ def test_closed_port_is_one_line_and_exit_3(app: str, path: tuple[str, ...]) -> 
     url = f"redis://127.0.0.1:{closed_port()}/0?{FAST}"
     result = CliRunner().invoke(main, _argv(path, app, url))
     if path in CHECKED_FIRST:
-        _one_line_error(result, 2, CHECKED_FIRST[path])
+        _one_line_error(result, *CHECKED_FIRST[path])
         return
     _one_line_error(result, EXIT_UNREACHABLE, "cannot reach Redis at", "check the redis=")
 
@@ -112,7 +113,7 @@ def test_silent_server_is_one_line_and_exit_3(app: str, path: tuple[str, ...]) -
         url = f"redis://127.0.0.1:{srv.port}/0?{FAST}"
         result = CliRunner().invoke(main, _argv(path, app, url))
     if path in CHECKED_FIRST:
-        _one_line_error(result, 2, CHECKED_FIRST[path])
+        _one_line_error(result, *CHECKED_FIRST[path])
         return
     _one_line_error(result, EXIT_UNREACHABLE, "accepted the connection but did not answer")
 

@@ -94,6 +94,8 @@ CORE_ACL_COMMANDS = (
     "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "exists", "type",
     "hset", "hmget", "hdel", "hincrby", "hexists", "rpush", "ltrim",
     "zrem", "zcard", "zrangebyscore", "xadd", "publish",
+    # the server checks at connect and in health_check (docs/RELIABILITY.md)
+    "info",
 )  # fmt: skip
 #: The rules of such a user for queue ``myq`` with the default prefix ``kq``.
 CORE_ACL_RULES = (
@@ -660,7 +662,8 @@ async def test_acl_user_with_the_documented_minimal_commands_runs_the_whole_api(
 async def test_acl_user_with_all_but_dangerous_commands_runs_the_whole_api(
     auth_server: AuthServer, acl_user: Callable[..., str]
 ) -> None:
-    user = acl_user("~kq:{myq}:*", "resetchannels", "&kq:{myq}:*", "+@all", "-@dangerous")
+    user = acl_user("~kq:{myq}:*", "resetchannels", "&kq:{myq}:*", "+@all", "-@dangerous",
+                    "+info")
     cfg = {"host": "127.0.0.1", "port": auth_server.port, "username": user, "password": PASSWORD}
     async with _queue("myq", redis=cfg) as q:
         await _whole_api(q, auth_server.admin)

@@ -1,5 +1,5 @@
-"""The scenarios of issue 4, items 1-8, and of the features (s9: circuit breakers);
-importing this package registers them all."""
+"""The scenarios of issue 4, items 1-8, and of the features (9 and up); importing
+this package registers them all."""
 
 from . import (  # noqa: F401
     s1_sigkill,
@@ -13,5 +13,7 @@ from . import (  # noqa: F401
     s9_groups,
     s10_breaker,
     s11_encryption_rotation,
-    s13_workflows,
+    s12_webhooks,
+    s13_metrics,
+    s14_workflows,
 )

@@ -14,6 +14,9 @@ Quick start::
     await queue.run_worker()
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .enums import (
     CircuitBreakerState,
@@ -46,6 +49,7 @@ from .errors import (
     ScheduleNotFoundError,
     ScriptArgumentError,
     SerializationError,
+    WriteRefusedError,
 )
 from .events import EventData, StreamEvent
 from .features.breakers import (
@@ -84,6 +88,35 @@ from .outbox import DeadEntry, GroupStats, Outbox, OutboxConsumer, OutboxEntry, 
 from .queue import HealthStatus, JobQueue, QueueStats
 from .queueconfig import QueueConfig
 from .sync import SyncJobQueue, SyncPartitionedQueue
+
+if TYPE_CHECKING:
+    from .features.webhooks import (
+        WebhookConfig,
+        WebhookEvent,
+        WebhookManager,
+        WebhookVerificationError,
+        generate_secret,
+        verify_webhook,
+    )
+
+#: Names imported on first use (the webhooks feature loads httpx).
+_LAZY = {
+    "WebhookConfig": "features.webhooks",
+    "WebhookEvent": "features.webhooks",
+    "WebhookManager": "features.webhooks",
+    "WebhookVerificationError": "features.webhooks",
+    "generate_secret": "features.webhooks",
+    "verify_webhook": "features.webhooks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "BackoffOptions",
@@ -158,10 +191,17 @@ __all__ = [
     "StreamEvent",
     "SyncJobQueue",
     "SyncPartitionedQueue",
+    "WebhookConfig",
     "WebhookDeliveryStrategy",
+    "WebhookEvent",
     "WebhookEventType",
+    "WebhookManager",
+    "WebhookVerificationError",
     "WorkerConfig",
     "WorkflowStatus",
     "WorkflowStep",
+    "WriteRefusedError",
     "__version__",
+    "generate_secret",
+    "verify_webhook",
 ]

@@ -312,12 +312,16 @@ class AdminAPI:
         return await self.admin.drain(delayed=delayed)
 
     async def clear(self, *, force: bool = False) -> None:
-        """Delete every job and key of the queue (features' keys too, through their
-        clear steps).
+        """Delete every job of the queue and the state that goes with jobs (state sets,
+        parked jobs, events, group turns and lines through the features' clear steps).
 
         Kept on purpose: the id and fencing-token counters (ids and tokens never
-        repeat), and idempotency windows with what they keep (stored results, execution
-        records): a repeated key still runs nothing until its window ends.
+        repeat); idempotency windows with what they keep (stored results, execution
+        records: a repeated key still runs nothing until its window ends); and what the
+        features hold that is configuration or history rather than jobs: circuit
+        breakers and their log, webhook endpoints, deliveries and the outbox they are
+        read from, encryption key ids and rotation records. Remove those through their
+        managers (``remove_breaker``, ``remove_webhook``).
         Refused with ``QueueActiveError`` while jobs run, unless ``force=True``.
         """
         await self.admin.clear(force=force)

@@ -300,7 +300,8 @@ class QueueAPI(Protocol):
 
     @operation("admin", Route.BROADCAST)
     async def clear(self, /, *, force: bool = False) -> None:
-        """Delete every job and key (``QueueActiveError`` while jobs run, unless forced)."""
+        """Delete every job and the state that goes with jobs (``QueueActiveError`` while
+        jobs run, unless forced); what is kept on purpose: ``JobQueue.clear``."""
         raise _unimplemented(self)
 
     @operation("admin", Route.BY_ID)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import click
 
 from .errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
+from .features.webhooks.cli import commands as webhook_commands
 from .limits import printable
 from .queue import JobQueue
 from .redact import redact_url
@@ -219,10 +220,12 @@ def stats(app: str, redis: str | None) -> None:
 @click.argument("app")
 @redis_option
 def health(app: str, redis: str | None) -> None:
-    """Check Redis connectivity; exit 3 when unhealthy."""
+    """Check Redis connectivity and report its memory against maxmemory, its eviction
+    policy and persistence; exit 3 when unhealthy."""
 
     async def act(q: JobQueue) -> bool:
-        h = await q.health_check()
+        # As health_check(), and the persistence settings too (CONFIG GET, if allowed).
+        h = await q.queries.health_check(lambda: False, server_config=True)
         click.echo(
             json.dumps(
                 {
@@ -230,6 +233,13 @@ def health(app: str, redis: str | None) -> None:
                     "redis_latency_ms": h.redis_latency_ms,
                     "backend": h.backend,
                     "error": h.error,
+                    "memory": None if h.memory is None else {
+                        "used_bytes": h.memory.used_bytes,
+                        "maxmemory_bytes": h.memory.maxmemory_bytes,
+                        "used_fraction": h.memory.used_fraction,
+                        "maxmemory_policy": h.memory.policy,
+                        "persistence": h.memory.persistence,
+                    },
                 }
             )
         )
@@ -503,6 +513,9 @@ def events(app: str, from_start: bool, redis: str | None) -> None:
         _with_queue(app, redis, act)
 
 
+main.add_command(webhook_commands(load_queue, text_field), "webhooks")
+
+
 @main.command()
 @click.option(
     "--redis",
@@ -528,6 +541,11 @@ def _add_feature_commands() -> None:
     main.add_command(result_command(_with_queue, redis_option, _row), "result")
     main.add_command(encryption_command(_with_queue, redis_option, _row), "encryption")
     main.add_command(workflows_command(_with_queue, redis_option, _row), "workflows")
+    try:
+        from .features.prometheus.cli import make_command as metrics_command
+    except ImportError:  # the optional extra "prometheus" is not installed: no command
+        return
+    main.add_command(metrics_command(_with_queue, redis_option, _row), "metrics")
 
 
 _add_feature_commands()

@@ -43,6 +43,7 @@ from .options import (
     to_ms,
 )
 from .scripts import ScriptCall, ScriptRegistry, permission_denied
+from .serverinfo import check_eviction
 
 if TYPE_CHECKING:
     from .job import JobInfo
@@ -135,6 +136,10 @@ class QueueContext:
     def _check_settings(self) -> None:
         s = self.settings
         to_int(s.max_stalled_count, "settings.max_stalled_count", minimum=0, maximum=MAX_COUNT)
+        if not isinstance(s.allow_eviction, bool):
+            raise ConfigurationError(
+                f"settings.allow_eviction must be True or False, got {s.allow_eviction!r}"
+            )
         self.lock_duration_ms = to_ms(s.lock_duration, "settings.lock_duration")
         if self.lock_duration_ms < 100:
             raise ConfigurationError("settings.lock_duration must be at least 100 ms")
@@ -190,10 +195,15 @@ class QueueContext:
             # A server that accepts the connection but never answers (plain text sent
             # to a TLS port, a stalled proxy) fails here within seconds.
             await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
+            if not conn.is_memory:
+                await check_eviction(client, self.name, bool(self.settings.allow_eviction))
             await self.scripts.load(client)
         except NoPermissionError as exc:
             await self._discard(client)
             raise permission_denied(str(exc)) from None
+        except ConfigurationError:
+            await self._discard(client)
+            raise
         except Exception as exc:
             await self._discard(client)
             # connection.error is the one place that turns redis-py's and the socket's

@@ -76,12 +76,20 @@ class CircuitBreakerState(_StrEnum):
 
 
 class WebhookEventType(_StrEnum):
-    """Events a webhook can subscribe to."""
+    """Events a webhook can subscribe to (the brief's four first; the job events share
+    the names of ``QueueEvent``). Features add their own events as further members;
+    ``register_webhook`` also accepts any event name as a string."""
 
     JOB_COMPLETED = "job-completed"
     JOB_FAILED = "job-failed"
     JOB_STARTED = "job-started"
     WORKFLOW_COMPLETED = "workflow-completed"
+    JOB_ADDED = "job-added"
+    JOB_RETRYING = "job-retrying"
+    JOB_STALLED = "job-stalled"
+    JOB_PROGRESS = "job-progress"
+    JOB_DEAD_LETTERED = "job-dlq"
+    JOB_REMOVED = "job-removed"
 
 
 class WebhookDeliveryStrategy(_StrEnum):

@@ -11,6 +11,7 @@
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
     ├── PermissionDeniedError       the Redis ACL user lacks a command or key
+    ├── WriteRefusedError           Redis refused a write (out of memory, MISCONF, replica)
     ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
     ├── ScheduleNotFoundError       no schedule with that id
     ├── BreakerNotFoundError        no circuit breaker with that id
@@ -55,6 +56,7 @@ __all__ = [
     "ScheduleNotFoundError",
     "ScriptArgumentError",
     "SerializationError",
+    "WriteRefusedError",
     "error_from_script",
 ]
 
@@ -287,3 +289,14 @@ class JobRefusedError(KitiumQueueError):
         super().__init__(message)
         self.ids: list[str | None] = list(ids)
         self.refused: dict[int, str] = dict(refused or {})
+
+
+class WriteRefusedError(KitiumQueueError):
+    """Redis refused a write as a server: out of memory (``maxmemory`` reached with
+    ``noeviction``), a failed background save (``MISCONF``) or a read-only replica.
+
+    Nothing of the refused call was written: Redis refuses a script before its first
+    write (and lets a script that already wrote finish), so a transition is never half
+    applied. ``add_job`` raises it; workers keep their outcomes and send them again
+    until Redis accepts writes. The message says what to do.
+    """

@@ -456,12 +456,16 @@ class QueueSettings:
         lock_duration: lease length (30000). A job whose worker dies runs again after at
             most this long plus one sweep.
         lock_renew_time: how often a worker renews its leases (default lock_duration/2).
+        allow_eviction: accept a Redis whose ``maxmemory-policy`` may evict keys (refused
+            at connect by default: evicted job records are lost jobs). With it the queue
+            runs and reports the records it finds missing.
     """
 
     max_stalled_count: int = 2
     max_stalled_interval: Duration = 5000
     lock_duration: Duration = 30_000
     lock_renew_time: Duration | None = None
+    allow_eviction: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryError
 
-from .errors import PermissionDeniedError
+from .errors import PermissionDeniedError, WriteRefusedError
 from .hooks import Outcome, OutcomeKind
 from .limits import (
     MAX_DELAY_MS,
@@ -401,11 +401,13 @@ def server_refusal(exc: Exception) -> bool:
     loading, missing replicas, or an ACL permission. Sending the outcomes one by one
     would not help and would wrongly fail jobs; they are kept and sent again later."""
     if isinstance(
-        exc, (OutOfMemoryError, NoPermissionError, PermissionDeniedError, BusyLoadingError)
+        exc, (OutOfMemoryError, NoPermissionError, PermissionDeniedError, BusyLoadingError,
+              WriteRefusedError)
     ):
         return True
     return safe_text(exc).startswith(_SERVER_REFUSALS)
 
 
 # Error replies (their leading code) that concern the server, not one call's arguments.
-_SERVER_REFUSALS = ("OOM", "BUSY", "LOADING", "NOREPLICAS", "MASTERDOWN", "NOPERM")
+_SERVER_REFUSALS = ("OOM", "BUSY", "LOADING", "NOREPLICAS", "MASTERDOWN", "NOPERM", "MISCONF",
+                    "READONLY")

@@ -28,6 +28,7 @@ from .limits import MAX_DELAY_MS
 from .options import MAX_QUERY_LIMIT, shown, to_int
 from .parking import parked_count, parked_ids
 from .records import JobDetail, decode_id, job_values, stored_status
+from .serverinfo import MemoryReport, memory_report
 
 if TYPE_CHECKING:
     from .context import QueueContext
@@ -109,6 +110,9 @@ class HealthStatus:
     backend: str
     error: str | None = None
     worker_running: bool = False
+    #: Memory in use against ``maxmemory``, the eviction policy and the persistence of
+    #: the server (None for memory://, or a server that does not answer ``INFO``).
+    memory: MemoryReport | None = None
 
     def __bool__(self) -> bool:
         return self.healthy
@@ -384,9 +388,12 @@ class Queries:
             pending=await parked_count(self.ctx),
         )
 
-    async def health_check(self, worker_running: Callable[[], bool]) -> HealthStatus:
+    async def health_check(
+        self, worker_running: Callable[[], bool], *, server_config: bool = False
+    ) -> HealthStatus:
         """``JobQueue.health_check``; ``worker_running()`` tells whether this process
-        runs a worker of the queue."""
+        runs a worker of the queue; ``server_config``: also read the persistence
+        settings with ``CONFIG GET`` (operator tools)."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         try:
@@ -399,8 +406,11 @@ class Queries:
             # goes through the same redaction as ``backend`` (never the raw text).
             error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
             return HealthStatus(False, None, ctx.connection.describe(), error)
+        memory = None if ctx.connection.is_memory else await memory_report(
+            client, config=server_config)
         return HealthStatus(
-            True, round(latency, 3), ctx.connection.describe(), None, worker_running()
+            True, round(latency, 3), ctx.connection.describe(), None, worker_running(),
+            memory,
         )
 
     async def events(

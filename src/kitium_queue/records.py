@@ -84,6 +84,9 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
                  "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)"),
         JobField("iw", "'f': the job's idempotency window ends when it finishes",
                  "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)"),
+        JobField("wu", "the job's own webhook URL (its webhook_url option; the webhooks "
+                 "feature's marker, read by its release fragment)",
+                 "the webhooks enqueue slot fragment (features/webhooks/lua.py)"),
         JobField("a", "attempts made, the running one included; a deferred or handed-back "
                  "run and a stalled one are not counted",
                  "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), "
@@ -123,6 +126,9 @@ META_FIELDS: Final[dict[str, JobField]] = {
         JobField("paused", "'1' while the queue is paused", "pause.lua"),
         JobField("outbox_cap", "length cap of the outbox stream", "Outbox.set_cap"),
         JobField("parked", "how many jobs are parked in all", "lib_parking.lua"),
+        JobField("-", "never set: deleting it is the first write of claim, extend and "
+                 "recover, so they still run on a full Redis (keep_running_when_full)",
+                 "lib_base.lua"),
     )
 }
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError, PermissionDeniedError, error_from_script
+from .serverinfo import write_refused
 from .slots import GENERATED, SlotTable
 
 __all__ = ["REPLY_TIMEOUT_S", "SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
@@ -379,6 +380,12 @@ _PLAIN: dict[type, bool] = {}
 
 def _translate(exc: ResponseError) -> Exception:
     text = str(exc)
+    # redis-py strips the code of the replies it has a class for.
+    code = "OOM " if isinstance(exc, OutOfMemoryError) else (
+        "READONLY " if isinstance(exc, ReadOnlyError) else "")
+    refused = write_refused(code + text)
+    if refused is not None:
+        return refused
     # Redis wraps script errors: "... KQ_CODE detail ..." may carry a script prefix.
     for word_start in (0, text.find("KQ_")):
         if word_start >= 0:

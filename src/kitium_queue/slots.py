@@ -66,7 +66,8 @@ configuration, but must not call Redis itself):
 What fragments may call: ``park``, ``unpark(blocker, n)`` (``lua/lib_parking.lua``),
 ``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``, ``wake``,
 ``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``,
-``redis.call``.
+``redis.call``, and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry
+in the queue's outbox, written atomically with the transition; docs/outbox.md).
 
 What they must never do:
 

@@ -53,6 +53,7 @@ local dlq_enabled = ARGV[9] == '1'
 local worker = ARGV[10]
 local scan = tonumber(ARGV[11])
 
+keep_running_when_full()
 promote(1000, dlq_enabled)
 local back, dead = recover(1000, max_stalled, dlq_enabled)
 --@if parking

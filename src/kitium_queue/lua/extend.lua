@@ -29,6 +29,7 @@ end
 if duration > MAX_DELAY_MS then duration = MAX_DELAY_MS end
 local deadline = int(NOW + math.floor(duration))
 local lost, cancelled = {}, {}
+keep_running_when_full()
 for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   -- pcall: a job key holding another type would fail HMGET (WRONGTYPE) after the leases

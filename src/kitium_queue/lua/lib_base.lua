@@ -111,6 +111,17 @@ local function num(x)
   return n
 end
 
+-- When Redis is out of memory (maxmemory with noeviction) it refuses a script's first
+-- write if that command may grow memory, and lets a script that already wrote go on (so
+-- a script is never cut in half). The scripts that keep running work going -- claim,
+-- lease renewal, recovery -- must still run on a full Redis: draining is what frees
+-- memory, and a lease that cannot be renewed would make a job run twice. They call this
+-- first: a write that cannot grow memory (a field that never exists), after which their
+-- writes are allowed. Enqueue does not: a full Redis refuses new jobs, whole.
+local function keep_running_when_full()
+  redis.call('HDEL', K_META, '-')
+end
+
 local function job_key(id)
   return PREFIX .. 'job:' .. id
 end

@@ -9,13 +9,15 @@
       .slot_errors). Writes the fragment made before it failed stay: fragments must do
       their checks first (see kitium_queue.slots).
   Slot fragments may also use lib_parking.lua (park, unpark), lib_park_timers.lua
-  (park_timer), lib_events.lua (emit, wake) and lib_base.lua (PREFIX, NOW, job_key, ...).
+  (park_timer), lib_events.lua (emit, wake), lib_base.lua (PREFIX, NOW, job_key, ...) and
+  outbox.lua (outbox_add: follow-up work written in the same atomic step).
 ]]
 --@include lib_base
 --@include lib_events
 --@include lib_jobs
 --@include lib_parking
 --@include lib_park_timers
+--@include outbox
 
 local K_SLOT_ERRORS = PREFIX .. 'slot-errors'
 local SLOT_ERROR_BYTES = 500

@@ -15,5 +15,6 @@
 ]]
 --@include lib_recover
 
+keep_running_when_full()
 local back, dead = recover(ARGV[6], ARGV[4], ARGV[5] == '1')
 return { back, dead }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -45,6 +46,8 @@ OPTION = "circuit_breaker_id"
 SCRIPT_NAME = "breaker"
 #: Most breakers ``list_breakers`` reads.
 MAX_LISTED = 1000
+#: The manager made on each queue in this process (``CircuitBreakerManager.for_queue``).
+_INSTALLED: weakref.WeakKeyDictionary[Any, CircuitBreakerManager] = weakref.WeakKeyDictionary()
 
 
 def _s(v: Any) -> str:
@@ -182,6 +185,15 @@ class CircuitBreakerManager:
         if events:
             self.events = BreakerEvents(queue)
             queue.add_service(self.events)
+        _INSTALLED.setdefault(queue, self)
+
+    @classmethod
+    def for_queue(cls, queue: JobQueue) -> CircuitBreakerManager:
+        """The manager first made on ``queue`` in this process, or a new one without
+        the event service when there is none (what tools that only have the queue use:
+        a second manager would fill the slots again, moving its fragments last)."""
+        got = _INSTALLED.get(queue)
+        return got if got is not None else cls(queue, events=False)
 
     # ------------------------------------------------------------------ plumbing
     async def call(self, op: str, breaker_id: str, *args: Any) -> list[Any]:

@@ -401,6 +401,15 @@ class FIFOQueueManager:
             oldest_waiting_age_ms=None if oldest is None else max(0, now - oldest),
         )
 
+    async def count_groups(self) -> int:
+        """How many groups have jobs or settings (every partition summed): one ``ZCARD``
+        per partition."""
+        total = 0
+        for q in self._parts:
+            client = await q.client()
+            total += int(await client.zcard(q.keys.extra("groups")))
+        return total
+
     async def list_groups(self, cursor: str | None = None, count: int = 100) -> GroupPage:
         """Group ids in name order, ``count`` (1..1000) per page; pass the returned
         cursor for the next page. On a partitioned queue the pages walk the partitions

@@ -1,4 +1,4 @@
-"""Item 13: a workflow (a random DAG) under worker SIGKILL and Redis restart.
+"""Item 14: a workflow (a random DAG) under worker SIGKILL and Redis restart.
 
 Workers (``--workflows 1``: ``JobChainManager`` on the queue; 4 slots, lease 2 s, sweep
 every 250 ms) work through one workflow of 5-30 ms steps, each with 1-4 parents among
@@ -92,7 +92,7 @@ def _status(url: str, prefix: str) -> Any:
     return asyncio.run(go())
 
 
-@scenario("workflows", 13, "a workflow (random DAG) under worker SIGKILL and Redis restart")
+@scenario("workflows", 14, "a workflow (random DAG) under worker SIGKILL and Redis restart")
 def run(ctx: Context, res: Result) -> None:
     lease_ms, sweep_ms = 2000, 250
     n = ctx.pick(150, 600)

@@ -1,0 +1,59 @@
+"""``kitium-queue metrics APP --port N``: serve the queue's Prometheus metrics.
+
+Built by ``make_command`` with the CLI's own helpers passed in (this module does not
+import the CLI). Redis is read once before the server starts, so an unreachable Redis
+fails at once with the CLI's one-line error instead of a server that scrapes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+
+from .exporter import PrometheusExporter
+
+__all__ = ["make_command"]
+
+WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+
+
+def make_command(
+    with_queue: WithQueue, redis_option: Callable[[Any], Any], row: Callable[..., str]
+) -> click.Command:
+    """The ``metrics`` command, using the CLI's queue loader, ``--redis`` option and row
+    formatter."""
+
+    @click.command()
+    @click.argument("app")
+    @click.option("--port", default=9464, show_default=True, type=click.IntRange(0, 65535),
+                  help="TCP port to listen on (0: any free port).")
+    @click.option("--host", default="127.0.0.1", show_default=True,
+                  help="Address to listen on (0.0.0.0 to expose it beyond this host).")
+    @click.option("--once", is_flag=True,
+                  help="Print the metrics once to stdout and exit (no server).")
+    @redis_option
+    def metrics(app: str, port: int, host: str, once: bool, redis: str | None) -> None:
+        """Serve Prometheus metrics of APP's queue on http://HOST:PORT/metrics: jobs per
+        state, DLQ size, latency, breakers and groups, read from Redis at each scrape."""
+
+        async def act(q: Any) -> None:
+            exporter = PrometheusExporter(q, subscribe=False)
+            await q.get_stats()  # fails fast, with the CLI's error, when Redis is not there
+            if once:
+                click.echo((await exporter.render()).decode(), nl=False)
+                return
+            server = await exporter.serve(host, port)
+            click.echo(row("serving", server.url))
+            try:
+                await server.serve_forever()
+            except asyncio.CancelledError:
+                pass
+            finally:
+                await server.close()
+
+        with_queue(app, redis, act)
+
+    return metrics

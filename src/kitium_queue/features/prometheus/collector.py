@@ -1,0 +1,196 @@
+"""The Prometheus collector: gauges read from Redis at scrape time, by any process.
+
+``KitiumCollector`` reads, per queue: the jobs per state (``queue.get_stats()``: one
+script call and the parked count), the DLQ size, the age of the oldest waiting job and
+whether the queue is paused; and, only for the features enabled on that queue in this
+process (known from the option registry: the feature that declared
+``circuit_breaker_id`` or ``message_group_id``), the state of every circuit breaker and
+the number of FIFO groups. A feature that is not enabled is not imported.
+
+Reading Redis needs the event loop that owns the queue's connection, while
+``prometheus_client`` calls ``collect()`` synchronously. So:
+
+* ``await collector.refresh()`` reads everything now and keeps it as the snapshot that
+  ``collect()`` returns (the exporter's ``/metrics`` does this per request);
+* when ``collect()`` runs in another thread (``prometheus_client.start_http_server``,
+  a WSGI app) while the loop that last refreshed is running, it refreshes on that loop
+  and waits for it (at most ``timeout`` seconds, then serves the last snapshot).
+
+A queue whose read fails reports ``kitium_queue_up 0`` and none of its other gauges;
+the error is logged (at most once a minute per queue), never raised into the scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ...limits import get_logger, printable
+
+__all__ = ["KitiumCollector", "QueueReading"]
+
+log = get_logger(__name__)
+
+STATES = ("waiting", "active", "delayed", "pending", "paused", "completed", "failed", "dlq")
+BREAKER_STATES = ("closed", "open", "half-open")
+#: Which feature declares which option (the option registry says who enabled what).
+_BREAKER_OPTION, _BREAKER_FEATURE = "circuit_breaker_id", "circuit-breakers"
+_GROUP_OPTION, _GROUP_FEATURE = "message_group_id", "fifo-groups"
+
+
+@dataclass
+class QueueReading:
+    """What one refresh read of one queue (None: not read, or the read failed)."""
+
+    queue: str
+    up: bool = False
+    states: dict[str, int] = field(default_factory=dict)
+    latency_ms: int = 0
+    is_paused: bool = False
+    breakers: list[tuple[str, str, int]] = field(default_factory=list)  # id, state, held
+    groups: int | None = None
+
+
+def _enabled(queue: Any, option: str, feature: str) -> bool:
+    spec = queue.jobspec.get(option)
+    return spec is not None and spec.feature == feature
+
+
+class KitiumCollector(Collector):
+    """Gauges of ``queues`` read from Redis (see the module docstring); register it in
+    any ``CollectorRegistry``: ``registry.register(KitiumCollector([queue]))``.
+
+    Args:
+        queues: the ``JobQueue`` objects to read.
+        namespace: prefix of every metric name.
+        timeout: seconds a threaded ``collect()`` waits for a refresh.
+    """
+
+    def __init__(
+        self, queues: Iterable[Any], *, namespace: str = "kitium_queue", timeout: float = 5.0
+    ) -> None:
+        self.queues = list(queues)
+        if not self.queues:
+            raise ValueError("KitiumCollector needs at least one queue")
+        self.namespace = namespace
+        self.timeout = timeout
+        self.readings: list[QueueReading] = [QueueReading(q.name) for q in self.queues]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._breakers: dict[int, Any] = {}
+        self._groups: dict[int, Any] = {}
+        self._warned: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ reading
+    async def refresh(self) -> list[QueueReading]:
+        """Read every queue now; the result becomes what ``collect()`` reports."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.readings = list(await asyncio.gather(*(self._read(q) for q in self.queues)))
+        return self.readings
+
+    async def _read(self, queue: Any) -> QueueReading:
+        out = QueueReading(queue.name)
+        try:
+            st = await queue.get_stats()
+            out.states = {s: int(getattr(st, s)) for s in STATES}
+            out.latency_ms, out.is_paused = int(st.latency_ms), bool(st.is_paused)
+            if _enabled(queue, _BREAKER_OPTION, _BREAKER_FEATURE):
+                out.breakers = [
+                    (b.config.id, str(getattr(b.state, "value", b.state)), int(b.held_jobs))
+                    for b in await self._breaker_manager(queue).list_breakers()
+                ]
+            if _enabled(queue, _GROUP_OPTION, _GROUP_FEATURE):
+                out.groups = await self._group_manager(queue).count_groups()
+            out.up = True
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._warned.get(queue.name, -1e9) > 60:
+                self._warned[queue.name] = now
+                log.warning("metrics: reading queue %s failed: %s: %s", queue.name,
+                            type(exc).__name__, printable(str(exc)))
+            out = QueueReading(queue.name)
+        return out
+
+    def _breaker_manager(self, queue: Any) -> Any:
+        got = self._breakers.get(id(queue))
+        if got is None:
+            from ..breakers import CircuitBreakerManager  # enabled: safe to import
+
+            # The manager the queue's breakers were enabled with (no second one).
+            got = self._breakers[id(queue)] = CircuitBreakerManager.for_queue(queue)
+        return got
+
+    def _group_manager(self, queue: Any) -> Any:
+        got = self._groups.get(id(queue))
+        if got is None:
+            from ..groups import FIFOQueueManager  # enabled: safe to import
+
+            got = self._groups[id(queue)] = FIFOQueueManager.for_queue(queue)
+        return got
+
+    # ------------------------------------------------------------------ prometheus
+    def collect(self) -> Iterator[Metric]:
+        """The gauges of the latest readings (refreshed first when called from another
+        thread while the owning loop runs)."""
+        loop = self._loop
+        if (
+            loop is not None and loop.is_running() and not loop.is_closed()
+            and threading.get_ident() != self._loop_thread
+        ):
+            fut = asyncio.run_coroutine_threadsafe(self.refresh(), loop)
+            try:
+                fut.result(self.timeout)
+            except Exception as exc:
+                fut.cancel()
+                log.warning("metrics: refresh at scrape time failed (%s); serving the last "
+                            "readings", type(exc).__name__)
+        return iter(self._families(self.readings))
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families, without samples (so registering does not read Redis)."""
+        return iter(self._families([]))
+
+    def _families(self, readings: Sequence[QueueReading]) -> list[Metric]:
+        ns = self.namespace
+        up = GaugeMetricFamily(f"{ns}_up", "1 when the queue's gauges were read from Redis.",
+                               labels=["queue"])
+        jobs = GaugeMetricFamily(f"{ns}_jobs", "Jobs per state, read from Redis.",
+                                 labels=["queue", "state"])
+        dlq = GaugeMetricFamily(f"{ns}_dlq_size", "Jobs in the dead-letter queue.",
+                                labels=["queue"])
+        lat = GaugeMetricFamily(f"{ns}_latency_seconds",
+                                "Age of the oldest waiting job.", labels=["queue"])
+        paused = GaugeMetricFamily(f"{ns}_paused", "1 while the queue is paused.",
+                                   labels=["queue"])
+        bstate = GaugeMetricFamily(f"{ns}_breaker_state",
+                                   "1 for the circuit breaker's current state, else 0.",
+                                   labels=["queue", "breaker", "state"])
+        held = GaugeMetricFamily(f"{ns}_breaker_held_jobs",
+                                 "Jobs held (pending) behind a circuit breaker.",
+                                 labels=["queue", "breaker"])
+        groups = GaugeMetricFamily(f"{ns}_fifo_groups", "FIFO message groups known.",
+                                   labels=["queue"])
+        for r in readings:
+            up.add_metric([r.queue], 1.0 if r.up else 0.0)
+            if not r.up:
+                continue
+            for state, n in r.states.items():
+                jobs.add_metric([r.queue, state], float(n))
+            dlq.add_metric([r.queue], float(r.states.get("dlq", 0)))
+            lat.add_metric([r.queue], r.latency_ms / 1000)
+            paused.add_metric([r.queue], 1.0 if r.is_paused else 0.0)
+            for bid, state, n in r.breakers:
+                for s in BREAKER_STATES:
+                    bstate.add_metric([r.queue, bid, s], 1.0 if s == state else 0.0)
+                held.add_metric([r.queue, bid], float(n))
+            if r.groups is not None:
+                groups.add_metric([r.queue], float(r.groups))
+        return [up, jobs, dlq, lat, paused, bstate, held, groups]

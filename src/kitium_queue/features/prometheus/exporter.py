@@ -1,0 +1,150 @@
+"""``PrometheusExporter``: the subscriber and the collector in one registry, and a small
+HTTP server for ``/metrics`` (what ``kitium-queue metrics`` runs).
+
+The server is asyncio's own (no extra dependency): it answers ``GET /metrics`` with the
+text exposition format after refreshing the collector, so the gauges are read from
+Redis at scrape time on the loop that owns the queues' connections. Requests are
+bounded (8 KiB of headers, 10 s to send them); anything but ``GET`` is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ...limits import get_logger
+from .collector import KitiumCollector
+from .subscriber import DEFAULT_BUCKETS, PrometheusSubscriber
+
+__all__ = ["MetricsServer", "PrometheusExporter"]
+
+log = get_logger(__name__)
+
+_MAX_HEAD = 8192
+_HEAD_TIMEOUT_S = 10.0
+
+
+class PrometheusExporter:
+    """Prometheus metrics of ``queues``: counters and histograms from this process's
+    lifecycle hooks, gauges read from Redis (names: docs/observability.md).
+
+    Args:
+        queues: the ``JobQueue`` objects (one, or several sharing the registry).
+        registry: an existing ``CollectorRegistry`` to plug into (a new one when None).
+        subscribe: subscribe the lifecycle subscriber on each queue (False in a process
+            that only exports the gauges, such as ``kitium-queue metrics``).
+        max_job_names: distinct ``job_name`` label values before ``other``.
+        namespace: metric name prefix.
+    """
+
+    def __init__(
+        self,
+        queues: Any,
+        *,
+        registry: CollectorRegistry | None = None,
+        subscribe: bool = True,
+        max_job_names: int = 100,
+        namespace: str = "kitium_queue",
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        qs = [queues] if hasattr(queues, "subscribe") else list(queues)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.subscriber = PrometheusSubscriber(
+            self.registry, namespace=namespace, max_job_names=max_job_names,
+            buckets=tuple(buckets),
+        )
+        self.collector = KitiumCollector(qs, namespace=namespace)
+        self.registry.register(self.collector)
+        self.queues = qs
+        if subscribe:
+            for q in qs:
+                q.subscribe(self.subscriber)
+
+    async def render(self) -> bytes:
+        """The exposition text of the registry, the gauges read from Redis now."""
+        await self.collector.refresh()
+        return generate_latest(self.registry)
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 9464) -> MetricsServer:
+        """Start serving ``http://host:port/metrics``; returns the running server
+        (``port=0`` picks a free port: read ``server.port``)."""
+        server = MetricsServer(self)
+        await server.start(host, port)
+        return server
+
+
+class MetricsServer:
+    """The HTTP server of one exporter (``PrometheusExporter.serve``)."""
+
+    def __init__(self, exporter: PrometheusExporter) -> None:
+        self.exporter = exporter
+        self._server: asyncio.base_events.Server | None = None
+        self.host = ""
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        sock = self._server.sockets[0].getsockname()
+        self.host, self.port = str(sock[0]), int(sock[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "start() first"
+        await self._server.serve_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HEAD_TIMEOUT_S)
+            if len(head) > _MAX_HEAD:
+                raise ValueError("request head too large")
+            parts = head.split(b"\r\n", 1)[0].split(b" ")
+            method, target = (parts[0], parts[1]) if len(parts) == 3 else (b"", b"")
+            path = target.split(b"?", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                await self._reply(writer, 405, b"method not allowed\n", "text/plain")
+            elif path == b"/metrics":
+                body = await self.exporter.render()
+                await self._reply(writer, 200, body, CONTENT_TYPE_LATEST, method == b"HEAD")
+            elif path == b"/":
+                await self._reply(writer, 200, b"kitium-queue metrics: GET /metrics\n",
+                                  "text/plain")
+            else:
+                await self._reply(writer, 404, b"not found: GET /metrics\n", "text/plain")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                TimeoutError, ConnectionError):
+            pass  # a client that went away or sent garbage: nothing to answer
+        except Exception:
+            log.exception("metrics: serving a request failed")
+            with contextlib.suppress(Exception):  # the client may be gone; logged above
+                await self._reply(writer, 500, b"internal error\n", "text/plain")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):  # closing a dead socket
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _reply(writer: asyncio.StreamWriter, status: int, body: bytes,
+                     ctype: str, head_only: bool = False) -> None:
+        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+                  500: "Internal Server Error"}[status]
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
+        if not head_only:
+            writer.write(body)
+        await writer.drain()

@@ -1,0 +1,205 @@
+"""The Prometheus lifecycle subscriber: counters and histograms of what this process saw.
+
+``PrometheusSubscriber`` is a ``hooks.Subscriber``: subscribe it on every queue whose
+jobs this process adds or runs (``queue.subscribe(sub)``, or let ``PrometheusExporter``
+do it). It counts in the process that saw the transition, as every lifecycle hook does:
+a worker counts what it ran, a producer what it added. The per-state gauges, read from
+Redis by any process, are the collector's (``collector.py``).
+
+Labels are ``queue`` and ``job_name``. Job names come from whoever adds jobs, so their
+number is capped: the first ``max_job_names`` distinct names (per subscriber) get their
+own label value, every later one is counted under ``other``.
+
+It is also a ``prometheus_client`` collector (registered in the registry it is given):
+the hooks run once per job on the worker's event loop, so they add to plain numbers
+(no lock, no per-sample object), and the counter and histogram families are built from
+them when the registry is scraped. Reads from a scraping thread may see one job's
+counter before its histogram sample: each value is exact, the set is a moment apart.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ...hooks import Outcome, Subscriber
+from ...limits import get_logger
+
+__all__ = ["COUNTERS", "DEFAULT_BUCKETS", "HISTOGRAMS", "OTHER", "PrometheusSubscriber"]
+
+log = get_logger(__name__)
+
+#: The label value of job names beyond the cap.
+OTHER = "other"
+#: Histogram buckets (seconds) of processing duration and queue wait.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+)
+#: Counter name (without namespace and ``_total``) -> help text.
+COUNTERS: dict[str, str] = {
+    "jobs_added": "Jobs added by this process.",
+    "jobs_processed": "Runs that completed their job.",
+    "jobs_failed": "Jobs that failed for good (no attempt left).",
+    "jobs_retried": "Failed runs that will be retried.",
+    "jobs_dead_lettered": "Jobs moved to the dead-letter queue.",
+    "jobs_stalled": "Runs whose lease expired (requeued or dead-lettered); label queue only.",
+}
+#: Histogram name (without namespace) -> help text.
+HISTOGRAMS: dict[str, str] = {
+    "job_duration_seconds": "Time a processor ran, per run.",
+    "job_wait_seconds": "Time from enqueue to the start of the first run.",
+}
+
+
+class _Hist:
+    """One histogram series: per-bucket counts (the last is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.total = 0.0
+
+
+class PrometheusSubscriber(Subscriber, Collector):
+    """Counts jobs added, processed, failed, retried, dead-lettered and stalled, and
+    observes processing duration and queue wait (metric names: docs/observability.md).
+
+    Args:
+        registry: the ``CollectorRegistry`` it registers in (a new one when None;
+            ``prometheus_client.REGISTRY`` for the global one).
+        namespace: prefix of every metric name.
+        max_job_names: distinct ``job_name`` label values kept before ``other`` is used
+            (1..10,000).
+        buckets: histogram bucket upper bounds, in seconds, increasing.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        namespace: str = "kitium_queue",
+        max_job_names: int = 100,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        if not isinstance(max_job_names, int) or not 1 <= max_job_names <= 10_000:
+            raise ValueError(f"max_job_names must be an int in 1..10000, got {max_job_names!r}")
+        bounds = tuple(float(b) for b in buckets)
+        if not bounds or list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"buckets must be increasing and not empty, got {buckets!r}")
+        self.namespace = namespace
+        self.max_job_names = max_job_names
+        self.buckets = bounds
+        self._labels: dict[str, str] = {}
+        self._counters: dict[str, dict[tuple[str, str], float]] = {k: {} for k in COUNTERS}
+        self._hists: dict[str, dict[tuple[str, str], _Hist]] = {k: {} for k in HISTOGRAMS}
+        c, h = self._counters, self._hists
+        self._added, self._processed, self._failed = (
+            c["jobs_added"], c["jobs_processed"], c["jobs_failed"])
+        self._retried, self._dead, self._stalled = (
+            c["jobs_retried"], c["jobs_dead_lettered"], c["jobs_stalled"])
+        self._duration, self._wait = h["job_duration_seconds"], h["job_wait_seconds"]
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(self)
+
+    def job_label(self, name: str) -> str:
+        """The ``job_name`` label value of ``name``: itself while under the cap, else
+        ``other``."""
+        got = self._labels.get(name)
+        if got is None:
+            if name == OTHER or len(self._labels) < self.max_job_names:
+                got = name
+                self._labels[name] = name
+            else:
+                got = OTHER
+        return got
+
+    def _observe(self, table: dict[tuple[str, str], _Hist], key: tuple[str, str],
+                 value: float) -> None:
+        hist = table.get(key)
+        if hist is None:
+            hist = table[key] = _Hist(len(self.buckets))
+        hist.counts[bisect.bisect_left(self.buckets, value)] += 1
+        hist.total += value
+
+    def quiet_outcomes(self) -> str:
+        """Deferred and handed-back runs are not counted (``hooks.Subscriber.finished``)."""
+        return "DH"
+
+    # ------------------------------------------------------------------ hooks
+    def enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        added = self._added
+        for name in names:
+            key = (queue, self.job_label(name))
+            added[key] = added.get(key, 0) + 1
+
+    def started(self, queue: str, job: Any) -> None:
+        if job.attempts == 1:
+            # Enqueue time is Redis' clock, now is this host's: close, not exact.
+            waited = max(0.0, time.time() - job.created_at / 1000)
+            self._observe(self._wait, (queue, self.job_label(job.name)), waited)
+
+    def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
+        kind = outcome.kind
+        if kind == "completed":
+            table = self._processed
+        elif kind == "retrying":
+            table = self._retried
+        elif kind == "failed":
+            table = self._failed
+        else:
+            return
+        key = (queue, self.job_label(job.name))
+        table[key] = table.get(key, 0) + 1
+        took = outcome.duration_ms
+        if took is not None:
+            self._observe(self._duration, key, took / 1000)
+
+    def stalled(self, queue: str, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            key = (queue, "")
+            self._stalled[key] = self._stalled.get(key, 0) + len(job_ids)
+
+    def dead_lettered(self, queue: str, job_id: str, job: Any, reason: str | None) -> None:
+        # Recovery dead-letters by id only: no name known, counted under "other".
+        key = (queue, self.job_label(job.name) if job is not None else OTHER)
+        self._dead[key] = self._dead.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ prometheus
+    def describe(self) -> Iterator[Metric]:
+        """The metric families, without samples."""
+        return iter(self._families(empty=True))
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter and histogram families as they are now."""
+        return iter(self._families(empty=False))
+
+    def _families(self, *, empty: bool) -> list[Metric]:
+        ns = self.namespace
+        out: list[Metric] = []
+        for name, doc in COUNTERS.items():
+            by_queue_only = name == "jobs_stalled"
+            fam = CounterMetricFamily(f"{ns}_{name}", doc,
+                                      labels=["queue"] if by_queue_only else ["queue", "job_name"])
+            for (queue, label), value in ([] if empty else list(self._counters[name].items())):
+                fam.add_metric([queue] if by_queue_only else [queue, label], value)
+            out.append(fam)
+        bounds = [repr(b) for b in self.buckets] + ["+Inf"]
+        for name, doc in HISTOGRAMS.items():
+            hfam = HistogramMetricFamily(f"{ns}_{name}", doc, labels=["queue", "job_name"])
+            for (queue, label), hist in ([] if empty else list(self._hists[name].items())):
+                counts, running = list(hist.counts), 0
+                cumulative: list[tuple[str, float]] = []
+                for bound, n in zip(bounds, counts, strict=True):
+                    running += n
+                    cumulative.append((bound, float(running)))
+                hfam.add_metric([queue, label], cumulative, hist.total)
+            out.append(hfam)
+        return out

@@ -1,0 +1,212 @@
+"""``kitium-queue webhooks ...``: list, show, history, DLQ and replay (click).
+
+Built by ``commands(load_queue, text_field)`` so that this module does not import the
+command line module that adds it (``kitium_queue.cli``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import click
+
+from .manager import WebhookManager
+from .models import DeliveryRecord
+
+__all__ = ["commands"]
+
+T = TypeVar("T")
+
+
+def _ms(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+def _record(r: DeliveryRecord) -> dict[str, Any]:
+    return {
+        "webhook_id": r.webhook_id, "event_id": r.event_id, "type": r.event_type,
+        "state": r.state, "attempts": r.attempts, "strategy": r.strategy,
+        "created_at": r.created_at, "last_status": r.last_status, "last_error": r.last_error,
+        "history": [{"at": a.at, "attempt": a.attempt, "status": a.status, "error": a.error,
+                     "duration_ms": a.duration_ms} for a in r.history],
+    }
+
+
+def commands(load_queue: Callable[[str, str | None], Any],
+             text_field: Callable[[object], str]) -> click.Group:
+    """The ``webhooks`` command group (``load_queue(app, redis)`` gives the queue)."""
+
+    def row(*fields: object) -> str:
+        return "\t".join(text_field(f) for f in fields)
+
+    def show_records(recs: list[DeliveryRecord], as_json: bool, empty: str,
+                     fields: Callable[[DeliveryRecord], tuple[object, ...]]) -> None:
+        if as_json:
+            click.echo(json.dumps([_record(r) for r in recs], indent=2))
+            return
+        if not recs:
+            click.echo(empty)
+        for r in recs:
+            click.echo(row(*fields(r)))
+
+    def run(app: str, redis: str | None,
+            action: Callable[[WebhookManager], Awaitable[T]], own: bool = False) -> T:
+        queue = load_queue(app, redis)
+        if own and WebhookManager.of(queue) is None:
+            raise click.ClickException(
+                f"{text_field(app)} constructs no WebhookManager: the delivery process needs "
+                "the application's own (its secrets and allow-list)")
+
+        async def go() -> T:
+            try:
+                # The application's own manager when its module made one (secrets,
+                # allow-list); otherwise a bare one, enough to read and replay.
+                manager = WebhookManager.of(queue) or WebhookManager(queue, run_service=False)
+                return await action(manager)
+            finally:
+                # Errors go up to the CLI's one place that prints them in one line with
+                # their exit code (cannot connect: 3, configuration: 2, others: 1).
+                await queue.close()
+
+        return asyncio.run(go())
+
+    redis_option = click.option("--redis", default=None,
+                                help="Redis URL overriding the queue's.")
+    json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+    @click.group()
+    def webhooks() -> None:
+        """Webhook endpoints of a queue: registrations, deliveries, the webhook DLQ."""
+
+    @webhooks.command("list")
+    @click.argument("app")
+    @json_option
+    @redis_option
+    def list_(app: str, as_json: bool, redis: str | None) -> None:
+        """List endpoints: id, strategy, state, events, host (never a secret)."""
+
+        async def act(m: WebhookManager) -> None:
+            hooks = await m.list_webhooks()
+            if as_json:
+                click.echo(json.dumps([h.to_dict() for h in hooks], indent=2))
+                return
+            if not hooks:
+                click.echo("no webhooks")
+            for h in hooks:
+                click.echo(row(h.id, h.delivery_strategy.value,
+                               "active" if h.active else "inactive", ",".join(h.events),
+                               h.url, f"max_retries={h.max_retries}"))
+
+        run(app, redis, act)
+
+    @webhooks.command("show")
+    @click.argument("app")
+    @click.argument("webhook_id")
+    @json_option
+    @redis_option
+    def show(app: str, webhook_id: str, as_json: bool, redis: str | None) -> None:
+        """Show one endpoint and the delivery counts of the queue."""
+
+        async def act(m: WebhookManager) -> None:
+            hook = await m.get_webhook(webhook_id)
+            if hook is None:
+                raise click.ClickException(f"no webhook '{text_field(webhook_id)}'")
+            out = {**hook.to_dict(), "stats": await m.stats()}
+            if as_json:
+                click.echo(json.dumps(out, indent=2))
+                return
+            for k, v in out.items():
+                click.echo(row(k, v if not isinstance(v, (dict, list)) else json.dumps(v)))
+
+        run(app, redis, act)
+
+    @webhooks.command("history")
+    @click.argument("app")
+    @click.argument("webhook_id")
+    @click.option("--event", "event_id", default=None, help="One event's delivery.")
+    @click.option("-n", "--limit", default=20, show_default=True)
+    @json_option
+    @redis_option
+    def history(app: str, webhook_id: str, event_id: str | None, limit: int,
+                as_json: bool, redis: str | None) -> None:
+        """Latest deliveries to WEBHOOK_ID (``job``: jobs' own URLs), newest first."""
+
+        async def act(m: WebhookManager) -> None:
+            recs = await m.get_delivery_history(webhook_id, event_id, limit=limit)
+            show_records(recs, as_json, "no deliveries recorded", lambda r: (
+                r.event_id, r.event_type, r.state, f"attempts={r.attempts}",
+                _ms(r.created_at), r.last_status or "-", r.last_error or ""))
+
+        run(app, redis, act)
+
+    @webhooks.command("dlq")
+    @click.argument("app")
+    @click.option("--webhook", "webhook_id", default=None, help="One endpoint only.")
+    @click.option("-n", "--limit", default=20, show_default=True)
+    @json_option
+    @redis_option
+    def dlq(app: str, webhook_id: str | None, limit: int, as_json: bool,
+            redis: str | None) -> None:
+        """Dead-lettered deliveries, oldest first."""
+
+        async def act(m: WebhookManager) -> None:
+            recs = await m.list_dlq(limit=limit, webhook_id=webhook_id)
+            show_records(recs, as_json, "the webhook DLQ is empty", lambda r: (
+                r.webhook_id, r.event_id, r.event_type, f"attempts={r.attempts}",
+                r.last_error or ""))
+
+        run(app, redis, act)
+
+    @webhooks.command("replay")
+    @click.argument("app")
+    @click.option("--webhook", "webhook_id", default=None, help="One endpoint only.")
+    @click.option("--event", "event_id", default=None,
+                  help="One delivery (with --webhook), whatever its state.")
+    @click.option("-n", "--limit", default=1000, show_default=True)
+    @json_option
+    @redis_option
+    def replay(app: str, webhook_id: str | None, event_id: str | None, limit: int,
+               as_json: bool, redis: str | None) -> None:
+        """Schedule dead-lettered deliveries (or one delivery) for an attempt now; the
+        workers' delivery service sends them."""
+        if event_id is not None and webhook_id is None:
+            raise click.UsageError("--event needs --webhook")
+
+        async def act(m: WebhookManager) -> int:
+            if event_id is not None and webhook_id is not None:
+                return int(await m.retry_delivery(webhook_id, event_id))
+            return await m.replay_dlq(limit=limit, webhook_id=webhook_id)
+
+        n = run(app, redis, act)
+        click.echo(json.dumps({"replayed": n}) if as_json else f"replayed {n}")
+
+    @webhooks.command("deliver")
+    @click.argument("app")
+    @redis_option
+    def deliver(app: str, redis: str | None) -> None:
+        """Run only the delivery service of APP (no jobs) until SIGINT/SIGTERM: a
+        dedicated delivery process. APP's module must construct its WebhookManager (with
+        its secrets); give its workers ``run_service=False`` to leave delivery here."""
+
+        async def act(m: WebhookManager) -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await m.service.start(m.queue)
+            click.echo(f"delivering webhooks of queue '{text_field(m.queue.name)}'", err=True)
+            try:
+                await stop.wait()
+            finally:
+                await m.service.stop()
+
+        run(app, redis, act, own=True)
+
+    return webhooks

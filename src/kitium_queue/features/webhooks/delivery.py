@@ -1,0 +1,300 @@
+"""One delivery attempt: sign, POST through the SSRF guard, classify the answer.
+
+``Sender`` owns the pooled httpx client (one per process and queue), the endpoints'
+secrets (in memory only) and the per-endpoint breakers. It never logs a secret, a
+request or response body, or a URL's path and query (only the host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import ConfigurationError
+from ...limits import get_logger
+from .models import url_host
+from .signing import secret_key, signature_header
+from .ssrf import AddressPolicy, BlockedAddressError, GuardedTransport, Resolver, require_httpx
+
+__all__ = ["AttemptResult", "Backoff", "EndpointBreaker", "SecretStore", "Sender", "Target"]
+
+log = get_logger(__name__)
+
+#: Most bytes of a response body read (and then discarded: bodies are never stored).
+MAX_RESPONSE_BYTES = 4096
+USER_AGENT = "kitium-queue-webhooks/1"
+
+SecretSource = Mapping[str, "str | Sequence[str]"] | Callable[[str], "Sequence[str] | None"]
+
+
+class SecretStore:
+    """Endpoint secrets, in this process only (see docs/webhooks.md, "Secrets").
+
+    ``source``: a mapping ``webhook id -> secret or [secrets]`` or a callable returning
+    the secrets of an id (your own config or vault). Secrets set here (``set``,
+    ``rotate``) take precedence. During a rotation every listed secret signs, so a
+    receiver holding either one accepts the request.
+    """
+
+    def __init__(self, source: SecretSource | None = None) -> None:
+        self._source = source
+        self._own: dict[str, list[tuple[bytes, float | None]]] = {}
+
+    def set(self, webhook_id: str, secrets: str | Sequence[str]) -> None:
+        items = [secrets] if isinstance(secrets, str) else list(secrets)
+        if not items:
+            raise ConfigurationError("set_secret needs at least one secret")
+        self._own[webhook_id] = [(secret_key(s), None) for s in items]
+
+    def rotate(self, webhook_id: str, new_secret: str, keep_old_s: float) -> None:
+        """Sign with ``new_secret`` from now on, and with the current secret(s) as well
+        for ``keep_old_s`` seconds (receivers switch over in that time)."""
+        new = secret_key(new_secret)
+        until = time.time() + keep_old_s
+        old = [(k, until) for k, _ in self._current(webhook_id)]
+        self._own[webhook_id] = [(new, None), *old]
+
+    def _current(self, webhook_id: str) -> list[tuple[bytes, float | None]]:
+        now = time.time()
+        own = self._own.get(webhook_id)
+        if own is not None:
+            live = [(k, t) for k, t in own if t is None or t > now]
+            self._own[webhook_id] = live
+            return live
+        src = self._source
+        if src is None:
+            return []
+        found = src(webhook_id) if callable(src) else src.get(webhook_id)
+        if not found:
+            return []
+        items = [found] if isinstance(found, str) else list(found)
+        return [(secret_key(s), None) for s in items]
+
+    def keys(self, webhook_id: str) -> list[bytes]:
+        return [k for k, _ in self._current(webhook_id)]
+
+    def has(self, webhook_id: str) -> bool:
+        try:
+            return bool(self.keys(webhook_id))
+        except ConfigurationError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before retry ``n`` (1-based): ``base_ms * 2**(n-1)``, at most ``max_ms``,
+    with +-20 % jitter so a recovering endpoint is not hit by every retry at once."""
+
+    base_ms: int = 5_000
+    max_ms: int = 3_600_000
+
+    def delay_ms(self, n: int) -> int:
+        raw = min(self.base_ms * (2 ** min(max(n - 1, 0), 40)), self.max_ms)
+        return max(1, int(raw * random.uniform(0.8, 1.2)))
+
+
+class EndpointBreaker:
+    """Per-endpoint health in this process: after ``threshold`` failures in a row the
+    endpoint is *open* for ``cooldown_ms`` (doubling on each failed probe, up to
+    ``max_cooldown_ms``); while open, attempts fail at once without a request. Then one
+    probe goes through: a success closes it."""
+
+    def __init__(self, threshold: int = 5, cooldown_ms: int = 1000,
+                 max_cooldown_ms: int = 60_000) -> None:
+        self.threshold, self.cooldown_ms, self.max_cooldown_ms = (
+            threshold, cooldown_ms, max_cooldown_ms)
+        self._fails: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+        self._cooldown: dict[str, int] = {}
+        self._probing: set[str] = set()
+
+    def allow(self, key: str) -> bool:
+        until = self._open_until.get(key)
+        if until is None:
+            return True
+        if time.monotonic() < until or key in self._probing:
+            return False
+        self._probing.add(key)  # half-open: this one attempt is the probe
+        return True
+
+    def success(self, key: str) -> None:
+        self._fails.pop(key, None)
+        self._open_until.pop(key, None)
+        self._cooldown.pop(key, None)
+        self._probing.discard(key)
+
+    def failure(self, key: str) -> None:
+        probing = key in self._probing
+        self._probing.discard(key)
+        n = self._fails.get(key, 0) + 1
+        self._fails[key] = n
+        if probing:  # the probe failed: open again, for twice as long
+            cd = min(self._cooldown.get(key, self.cooldown_ms) * 2, self.max_cooldown_ms)
+        elif n >= self.threshold and key not in self._open_until:
+            cd = self.cooldown_ms
+        else:  # closed below the threshold, or a request sent before it opened
+            return
+        self._cooldown[key] = cd
+        self._open_until[key] = time.monotonic() + cd / 1000
+
+    def is_open(self, key: str) -> bool:
+        return key in self._open_until
+
+    def reopens_in_ms(self, key: str) -> int:
+        """How long until ``key`` lets a probe through (0: now)."""
+        until = self._open_until.get(key)
+        return 0 if until is None else max(0, int((until - time.monotonic()) * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one delivery goes: the endpoint id (``job`` for a job's own URL), its URL,
+    extra headers, timeout, and the key its breaker and secrets are found under."""
+
+    webhook_id: str
+    url: str
+    headers: Mapping[str, str]
+    timeout_ms: int
+    secret_id: str
+
+    @property
+    def breaker_key(self) -> str:
+        return self.webhook_id if self.webhook_id != "job" else "job:" + url_host(self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """``ok``; ``status`` (None: no response); ``error`` (short, no body, no secret);
+    ``permanent``: retrying cannot help (refused by the SSRF guard, no secret);
+    ``sent``: a request went out (False: refused or breaker open); ``wait_ms``: do not
+    try again before this (the endpoint's breaker is open that much longer)."""
+
+    ok: bool
+    status: int | None
+    error: str | None
+    duration_ms: int
+    permanent: bool = False
+    sent: bool = True
+    wait_ms: int = 0
+
+
+class Sender:
+    """Signs and sends; see the module docstring."""
+
+    def __init__(
+        self, secrets: SecretStore, *, policy: AddressPolicy, resolver: Resolver | None = None,
+        connector: Any = None, breaker: EndpointBreaker | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self.secrets = secrets
+        self.policy = policy
+        self.resolver = resolver
+        self.connector = connector
+        self.breaker = breaker or EndpointBreaker()
+        self.max_connections = max_connections
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self.sent = 0
+
+    def client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop is not loop:
+            self._client = None  # its connections belong to a loop that is gone
+        if self._client is None:
+            self._client_loop = loop
+            require_httpx()
+            import httpx
+
+            transport = GuardedTransport(self.policy, resolver=self.resolver,
+                                         inner=self.connector,
+                                         max_connections=self.max_connections)
+            self._client = httpx.AsyncClient(transport=transport, follow_redirects=False,
+                                             trust_env=False)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def attempt(self, target: Target, event_id: str, body: bytes) -> AttemptResult:
+        """One signed POST of ``body`` to ``target``."""
+        import httpx
+
+        started = time.monotonic()
+
+        def took() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        try:
+            keys = self.secrets.keys(target.secret_id)
+        except ConfigurationError as exc:
+            return AttemptResult(False, None, f"bad secret configured: {exc}", 0, True, False)
+        if not keys:
+            return AttemptResult(False, None, f"no signing secret for webhook "
+                                 f"{target.secret_id!r} in this process (pass secrets= to "
+                                 "WebhookManager)", 0, False, False)
+        bkey = target.breaker_key
+        if not self.breaker.allow(bkey):
+            return AttemptResult(False, None, "endpoint circuit open after repeated "
+                                 "failures: not sent", 0, False, False,
+                                 max(self.breaker.reopens_in_ms(bkey), 1))
+        ts = int(time.time())
+        headers = dict(target.headers)
+        headers.update({
+            "content-type": "application/json", "user-agent": USER_AGENT,
+            "webhook-id": event_id, "webhook-timestamp": str(ts),
+            "webhook-signature": signature_header(keys, event_id, ts, body),
+        })
+        timeout = target.timeout_ms / 1000
+
+        async def post() -> int:
+            async with self.client().stream("POST", target.url, content=body, headers=headers,
+                                            timeout=timeout) as resp:
+                read = 0
+                async for chunk in resp.aiter_raw():  # drained, bounded, discarded
+                    read += len(chunk)
+                    if read >= MAX_RESPONSE_BYTES:
+                        break
+                return int(resp.status_code)
+
+        try:
+            # httpx's timeout is per phase (connect, each read...): bound the whole request
+            # too, so an endpoint that drips its answer cannot hold a delivery for long.
+            status = await asyncio.wait_for(post(), timeout)
+        except asyncio.TimeoutError:
+            self.breaker.failure(bkey)
+            return AttemptResult(False, None, f"timed out after {target.timeout_ms} ms",
+                                 took())
+        except BlockedAddressError as exc:
+            self.breaker.success(bkey)  # not the endpoint's health: leave it closed
+            return AttemptResult(False, None, str(exc), took(), True, False)
+        except httpx.TimeoutException:
+            self.breaker.failure(bkey)
+            return AttemptResult(False, None, f"timed out after {target.timeout_ms} ms",
+                                 took())
+        except (httpx.HTTPError, OSError) as exc:
+            self.breaker.failure(bkey)
+            return AttemptResult(False, None, f"{type(exc).__name__} connecting to "
+                                 f"{url_host(target.url)}", took())
+        self.sent += 1
+        if 200 <= status < 300:
+            self.breaker.success(bkey)
+            return AttemptResult(True, status, None, took())
+        self.breaker.failure(bkey)
+        if 300 <= status < 400:
+            return AttemptResult(False, status, f"HTTP {status}: redirects are not followed",
+                                 took())
+        return AttemptResult(False, status, f"HTTP {status}", took())
+
+
+def history_json(previous: Iterable[list[Any]], new: list[Any], keep: int = 20) -> bytes:
+    """The stored attempt list: the previous ones and ``new``, the last ``keep``."""
+    import orjson
+
+    items = [*previous, new][-keep:]
+    return orjson.dumps(items)

@@ -1,0 +1,297 @@
+"""The webhook feature's Lua: two slot fragments and its own scripts.
+
+Keys (all under the queue's hash tag, built from the queue prefix like ``keys.extra``):
+
+=================  ======  ============================================================
+``wh:hooks``       HASH    webhook id -> registration JSON (no secret)
+``wh:subs``        HASH    event name -> '1' when an active guaranteed webhook wants it;
+                           ``job-url`` -> '1' once a job carried a ``webhook_url``
+``wh:ver``         STRING  bumped on every registration change (caches reload)
+``wh:retry``       ZSET    ``<webhook>/<event>`` -> when its next attempt is due (ms);
+                           a claimed delivery's score is pushed a lease ahead
+``wh:d:<w>/<e>``   HASH    a delivery: b body, ty type, st state, a attempts, c created,
+                           e last error, sc last status, h history (JSON), sg strategy,
+                           u URL and m max retries (a job's own webhook_url)
+``wh:dlq``         ZSET    ``<webhook>/<event>`` -> when it was dead-lettered
+``wh:idx:<w>``     ZSET    event id -> created (ms): the deliveries of webhook ``<w>``
+=================  ======  ============================================================
+
+The enqueue and release fragments write ``webhook`` entries to the outbox in the same
+atomic step as the job's transition (fields: ``e`` event, ``j`` job id, ``n`` name,
+``a`` attempts, ``ts`` ms, and ``u`` the job's own URL when it has one); the delivery
+service fans each entry out to the endpoints that want it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ...slots import lua_string
+
+__all__ = ["RELEASE_EVENTS", "SCRIPTS", "enqueue_fragment", "release_fragment"]
+
+#: The events each ``release`` outcome produces (``failed`` adds ``job-dlq`` when the
+#: queue's DLQ is enabled). ``deferred`` and ``released`` produce none.
+RELEASE_EVENTS = {
+    "completed": ("job-completed",),
+    "retrying": ("job-retrying",),
+    "failed": ("job-failed",),
+    "stalled": ("job-stalled",),
+    "removed": ("job-removed",),
+}
+
+_READ_SUBS = """
+  local SUBS = PREFIX .. 'wh:subs'
+  local subs = nil
+  local function load_subs()
+    if subs == nil then
+      subs = {}
+      local flat = redis.call('HGETALL', SUBS)
+      for i = 1, #flat, 2 do subs[flat[i]] = true end
+    end
+    return subs
+  end"""
+
+
+def _set(values: Iterable[str]) -> str:
+    return "{" + ", ".join(f"[{lua_string(v)}] = true" for v in values) + "}"
+
+
+def enqueue_fragment(url_events: Iterable[str]) -> str:
+    """Marks a job's ``webhook_url`` on its hash (``wu``) and writes ``job-added``."""
+    return f"""(function()
+{_READ_SUBS}
+  local URL_EVENTS = {_set(url_events)}
+  return function(id, jk, opts, state)
+    local url = nil
+    if opts ~= '' and string.find(opts, '"webhook_url"', 1, true) then
+      local ok, o = pcall(cjson.decode, opts)
+      if ok and type(o) == 'table' and type(o['webhook_url']) == 'string'
+          and o['webhook_url'] ~= '' then
+        url = o['webhook_url']
+      end
+    end
+    local s = load_subs()
+    local added = s['job-added'] or (url and URL_EVENTS['job-added'])
+    local name = ''
+    if added then name = redis.call('HGET', jk, 'n') or '' end
+    -- Writes last (a fragment never fails after its first write).
+    if url then
+      redis.call('HSET', jk, 'wu', url)
+      if not s['job-url'] then redis.call('HSET', SUBS, 'job-url', '1'); s['job-url'] = true end
+    end
+    if added then
+      if url and URL_EVENTS['job-added'] then
+        outbox_add('webhook', 'e', 'job-added', 'j', id, 'n', name, 'a', '0', 'ts', NOW_S,
+          'u', url)
+      else
+        outbox_add('webhook', 'e', 'job-added', 'j', id, 'n', name, 'a', '0', 'ts', NOW_S)
+      end
+    end
+    return nil
+  end
+end)()"""
+
+
+def release_fragment(url_events: Iterable[str], dlq_enabled: bool) -> str:
+    """Writes the job's event(s) for each outcome, for the endpoints that want them."""
+    failed = "{'job-failed', 'job-dlq'}" if dlq_enabled else "{'job-failed'}"
+    return f"""(function()
+{_READ_SUBS}
+  local URL_EVENTS = {_set(url_events)}
+  local EVENTS = {{ completed = {{'job-completed'}}, retrying = {{'job-retrying'}},
+    failed = {failed}, stalled = {{'job-stalled'}}, removed = {{'job-removed'}} }}
+  return function(id, jk, outcome)
+    local evs = EVENTS[outcome]
+    if not evs then return end
+    local s = load_subs()
+    local any = false
+    for i = 1, #evs do
+      if s[evs[i]] or (s['job-url'] and URL_EVENTS[evs[i]]) then any = true end
+    end
+    if not any then return end
+    -- A missing or damaged record still gets its event (ids only).
+    local f = redis.pcall('HMGET', jk, 'n', 'a', 'wu')
+    if type(f) ~= 'table' or f.err then f = {{}} end
+    local name, attempts, url = f[1] or '', f[2] or '0', f[3]
+    for i = 1, #evs do
+      local ev = evs[i]
+      if url and URL_EVENTS[ev] then
+        outbox_add('webhook', 'e', ev, 'j', id, 'n', name, 'a', attempts, 'ts', NOW_S,
+          'u', url)
+      elseif s[ev] then
+        outbox_add('webhook', 'e', ev, 'j', id, 'n', name, 'a', attempts, 'ts', NOW_S)
+      end
+    end
+  end
+end)()"""
+
+
+# KEYS: the queue's shared layout (lib_base.lua); ARGV[1..3]: the shared head.
+_PUT = """--@include lib_base
+-- webhooks_put: ARGV[4] webhook id, ARGV[5] registration JSON ('' = remove it),
+-- ARGV[6] most webhooks a queue may have. Rebuilds wh:subs from every registration.
+local HOOKS, SUBS = PREFIX .. 'wh:hooks', PREFIX .. 'wh:subs'
+local id, body, max = ARGV[4], ARGV[5], arg_int(ARGV[6], 1000, 1, 100000)
+if body ~= '' and redis.call('HEXISTS', HOOKS, id) == 0
+    and redis.call('HLEN', HOOKS) >= max then
+  return bad_arg('webhooks_put', 'the queue already has ' .. max .. ' webhooks')
+end
+local existed = redis.call('HEXISTS', HOOKS, id)
+if body == '' then redis.call('HDEL', HOOKS, id) else redis.call('HSET', HOOKS, id, body) end
+local want = {}
+local vals = redis.call('HVALS', HOOKS)
+for i = 1, #vals do
+  local ok, h = pcall(cjson.decode, vals[i])
+  if ok and type(h) == 'table' and h['active'] == true and h['strategy'] == 'guaranteed'
+      and type(h['events']) == 'table' then
+    for _, e in ipairs(h['events']) do
+      if type(e) == 'string' then want[e] = true end
+    end
+  end
+end
+local url = redis.call('HGET', SUBS, 'job-url')
+redis.call('DEL', SUBS)
+if url then redis.call('HSET', SUBS, 'job-url', url) end
+for e in pairs(want) do redis.call('HSET', SUBS, e, '1') end
+redis.call('INCR', PREFIX .. 'wh:ver')
+return existed
+"""
+
+_CLAIM = """--@include lib_base
+-- webhooks_claim: ARGV[4] most deliveries, ARGV[5] lease ms. Due retries are handed out
+-- with their score pushed a lease ahead (a worker that dies leaves them due again).
+local RETRY = PREFIX .. 'wh:retry'
+local n = arg_int(ARGV[4], 100, 1, BATCH_MAX)
+local lease = arg_int(ARGV[5], 60000, 1, MAX_DELAY_MS)
+local due = redis.call('ZRANGEBYSCORE', RETRY, '-inf', NOW_S, 'LIMIT', 0, n)
+local out = {}
+for i = 1, #due do
+  local m = due[i]
+  local f = redis.call('HMGET', PREFIX .. 'wh:d:' .. m, 'b', 'ty', 'a', 'u', 'sg', 'm', 'h',
+    'st')
+  if not f[1] then
+    redis.call('ZREM', RETRY, m)  -- its record expired or was deleted
+  else
+    redis.call('ZADD', RETRY, int(NOW + lease), m)
+    out[#out + 1] = {m, f[1], f[2] or '', f[3] or '0', f[4] or '', f[5] or '', f[6] or '',
+      f[7] or '[]'}
+  end
+end
+return out
+"""
+
+_DONE = """--@include lib_base
+--@include lib_events
+-- webhooks_done: record delivery results and acknowledge outbox entries, atomically.
+-- ARGV[4] outbox group, ARGV[5] number of entry ids to XACK, then the ids, then 13
+-- fields per delivery: member, kind (ok | retry | dead | failed), attempts, due ms,
+-- history JSON, status ('' = none), error, ttl s, body ('' = the record exists),
+-- type, strategy, url, max retries.
+local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
+local group = ARGV[4]
+local nack = arg_int(ARGV[5], 0, 0, BATCH_MAX)
+local first = 6 + nack
+if (#ARGV - first + 1) % 13 ~= 0 then
+  return bad_arg('webhooks_done', 'delivery fields are not a multiple of 13')
+end
+for b = first, #ARGV, 13 do
+  if not arg_int(ARGV[b + 2], nil, 0, MAX_MS) or not arg_int(ARGV[b + 3], nil, 0, MAX_MS)
+      or not arg_int(ARGV[b + 7], nil, 1, MAX_MS) then
+    return bad_arg('webhooks_done', 'attempts, due or ttl is not a number')
+  end
+end
+local touched = {}
+for b = first, #ARGV, 13 do
+  local m, kind, attempts = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local due, ttl = arg_int(ARGV[b + 3], 0, 0, MAX_MS), arg_int(ARGV[b + 7], 1, 1, MAX_MS)
+  local key = PREFIX .. 'wh:d:' .. m
+  local slash = string.find(m, '/', 1, true) or 0
+  local wid, eid = string.sub(m, 1, slash - 1), string.sub(m, slash + 1)
+  local state = ({ ok = 'delivered', retry = 'pending', dead = 'dead', failed = 'failed' })[kind]
+    or 'failed'
+  if ARGV[b + 8] ~= '' then
+    redis.call('HSET', key, 'b', ARGV[b + 8], 'ty', ARGV[b + 9], 'sg', ARGV[b + 10],
+      'c', NOW_S)
+    if ARGV[b + 11] ~= '' then redis.call('HSET', key, 'u', ARGV[b + 11], 'm', ARGV[b + 12]) end
+    redis.call('ZADD', PREFIX .. 'wh:idx:' .. wid, NOW_S, eid)
+    touched[wid] = true
+  elseif redis.call('EXISTS', key) == 0 then
+    state = nil  -- deleted meanwhile: nothing to record
+  end
+  if state then
+    redis.call('HSET', key, 'st', state, 'a', attempts, 'h', ARGV[b + 4], 'sc', ARGV[b + 5],
+      'e', ARGV[b + 6])
+    if kind == 'retry' then
+      redis.call('ZADD', RETRY, due, m)
+      redis.call('PERSIST', key)
+    else
+      redis.call('ZREM', RETRY, m)
+      if kind == 'dead' then
+        redis.call('ZADD', DLQ, NOW_S, m)
+        redis.call('PERSIST', key)
+        emit('webhook-dlq', eid, 'webhook', wid, 'reason', stream_reason(ARGV[b + 6]))
+      else
+        redis.call('ZREM', DLQ, m)
+        redis.call('EXPIRE', key, ttl)
+        if kind == 'failed' then
+          emit('webhook-failed', eid, 'webhook', wid, 'reason', stream_reason(ARGV[b + 6]))
+        end
+      end
+    end
+  end
+end
+for wid in pairs(touched) do
+  redis.call('ZREMRANGEBYRANK', PREFIX .. 'wh:idx:' .. wid, 0, -10001)
+end
+if nack > 0 then
+  redis.call('XACK', PREFIX .. 'outbox', group, unpack(ARGV, 6, 5 + nack))
+end
+return 1
+"""
+
+_REQUEUE = """--@include lib_base
+-- webhooks_requeue: ARGV[4] mode ('one' | 'dlq'), ARGV[5] member (one) or webhook id
+-- filter ('' = every webhook; dlq), ARGV[6] most deliveries (dlq). Schedules deliveries
+-- for an attempt now; a dead one starts again with its full retry budget. Returns the
+-- number scheduled.
+local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
+local mode, arg = ARGV[4], ARGV[5]
+local members = {}
+if mode == 'one' then
+  members = { arg }
+else
+  local n = arg_int(ARGV[6], 1000, 1, BATCH_MAX)
+  local all = redis.call('ZRANGE', DLQ, 0, n - 1)
+  for i = 1, #all do
+    if arg == '' or string.sub(all[i], 1, #arg + 1) == arg .. '/' then
+      members[#members + 1] = all[i]
+    end
+  end
+end
+local done = 0
+for i = 1, #members do
+  local m = members[i]
+  local key = PREFIX .. 'wh:d:' .. m
+  local st = redis.call('HGET', key, 'st')
+  if st then
+    if st == 'dead' or st == 'failed' or st == 'delivered' then
+      redis.call('HSET', key, 'a', 0)
+    end
+    redis.call('HSET', key, 'st', 'pending')
+    redis.call('PERSIST', key)
+    redis.call('ZREM', DLQ, m)
+    redis.call('ZADD', RETRY, NOW_S, m)
+    done = done + 1
+  end
+end
+return done
+"""
+
+#: The feature's scripts, registered with ``queue.scripts.add_fragment``.
+SCRIPTS = {
+    "webhooks_put": _PUT,
+    "webhooks_claim": _CLAIM,
+    "webhooks_done": _DONE,
+    "webhooks_requeue": _REQUEUE,
+}

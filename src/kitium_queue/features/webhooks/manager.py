@@ -1,0 +1,398 @@
+"""``WebhookManager``: the webhook feature of one queue (docs/webhooks.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ...enums import WebhookEventType
+from ...errors import ConfigurationError
+from ...outbox import Outbox
+from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
+from .lua import SCRIPTS, enqueue_fragment, release_fragment
+from .models import (
+    DeliveryRecord,
+    Webhook,
+    WebhookConfig,
+    WebhookEvent,
+    check_event_type,
+    check_id,
+    check_url,
+)
+from .registry import Registry
+from .service import GROUP, Delivery, DeliveryService, LocalDispatcher
+from .ssrf import AddressPolicy, BlockedAddressError, Resolver
+from .subscriber import WebhookSubscriber
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["JobWebhookConfig", "WebhookManager"]
+
+FEATURE = "webhooks"
+#: The webhook id of deliveries to a job's own ``webhook_url``.
+JOB_WEBHOOK_ID = "job"
+
+
+@dataclass(frozen=True)
+class JobWebhookConfig:
+    """How jobs' own ``webhook_url`` endpoints are served (always guaranteed).
+
+    ``events``: which of a job's events go to its URL (transition events only: added,
+    completed, failed, dlq, retrying, stalled, removed); ``secret``: the signing secret
+    (or pass it as ``secrets={"job": ...}``); ``max_retries``, ``timeout_ms`` as for a
+    registered endpoint.
+    """
+
+    events: Sequence[WebhookEventType | str] = (
+        WebhookEventType.JOB_COMPLETED, WebhookEventType.JOB_FAILED)
+    secret: str | None = None
+    max_retries: int = 8
+    timeout_ms: int = 10_000
+
+
+def _url_option(value: Any, section: str) -> str:
+    try:
+        return check_url(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{section}: webhook_url: {exc}") from None
+
+
+class WebhookManager:
+    """Signed webhooks for the jobs of ``queue`` (see docs/webhooks.md).
+
+    Args:
+        queue: the queue. Construct the manager in every process of the queue
+            (producers and workers), before the queue starts, like ``queue.process``.
+        secrets: where this process finds endpoint secrets: a mapping ``webhook id ->
+            secret or [secrets]`` or a callable ``webhook id -> [secrets]``. Secrets are
+            never written to Redis.
+        allow_networks: networks the SSRF guard lets through although they are not
+            public (e.g. ``["10.20.0.0/16"]``; tests: ``["127.0.0.0/8"]``).
+        job_webhook: how jobs' own ``webhook_url`` endpoints are served.
+        backoff_ms / max_backoff_ms: retry delays, ``backoff_ms * 2**(n-1)`` capped, +-20 %.
+        history_ttl_s: how long delivered (and given-up) deliveries stay in the history.
+        concurrency: requests in flight at most, per process (the HTTP pool's cost per
+            request grows with it: raise it for slow endpoints, not for fast ones).
+        busy_share: while this process's worker runs jobs, the delivery service takes
+            about this share of the time and sleeps the rest (1: no pacing); an idle
+            worker delivers at full speed.
+        batch: outbox entries / due retries handled per step.
+        claim_idle_ms: an outbox entry a dead worker held is taken over after this.
+        lease_ms: a claimed retry is attempted again after this if its worker died.
+        poll_ms: how often the retry loop looks for due retries when idle.
+        breaker_threshold / breaker_cooldown_ms: per-endpoint breaker (failures in a row;
+            first pause, doubled per failed probe up to a minute).
+        run_service: add the delivery service to the queue's workers (default True).
+        resolver / connector: for tests: a DNS resolver stub and the network backend
+            that opens connections (see ``ssrf.GuardedBackend``).
+    """
+
+    def __init__(
+        self, queue: JobQueue, *, secrets: SecretSource | None = None,
+        allow_networks: Iterable[str] = (), job_webhook: JobWebhookConfig | None = None,
+        backoff_ms: int = 5_000, max_backoff_ms: int = 3_600_000,
+        history_ttl_s: int = 7 * 86_400, concurrency: int = 8, batch: int = 100,
+        claim_idle_ms: int = 30_000, lease_ms: int = 60_000, poll_ms: int = 250,
+        breaker_threshold: int = 5, breaker_cooldown_ms: int = 1_000,
+        max_webhooks: int = 1_000, run_service: bool = True, busy_share: float = 0.2,
+        resolver: Resolver | None = None, connector: Any = None,
+    ) -> None:
+        for what, v, lo in (("backoff_ms", backoff_ms, 1), ("max_backoff_ms", max_backoff_ms, 1),
+                            ("history_ttl_s", history_ttl_s, 1), ("concurrency", concurrency, 1),
+                            ("batch", batch, 1), ("claim_idle_ms", claim_idle_ms, 10),
+                            ("lease_ms", lease_ms, 100), ("poll_ms", poll_ms, 1),
+                            ("breaker_threshold", breaker_threshold, 1),
+                            ("breaker_cooldown_ms", breaker_cooldown_ms, 1),
+                            ("max_webhooks", max_webhooks, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigurationError(f"WebhookManager {what} must be an int >= {lo}")
+        if batch > 1000:
+            raise ConfigurationError("WebhookManager batch must be at most 1000")
+        if isinstance(busy_share, bool) or not isinstance(busy_share, (int, float)) \
+                or not 0 < busy_share <= 1:
+            raise ConfigurationError("WebhookManager busy_share must be in (0, 1]")
+        self.busy_share = float(busy_share)
+        self.queue = queue
+        self.job_webhook = job_webhook or JobWebhookConfig()
+        self.job_events = tuple(dict.fromkeys(check_event_type(e)
+                                              for e in self.job_webhook.events))
+        self.policy = AddressPolicy(allow_networks)
+        self.secrets = SecretStore(secrets)
+        if self.job_webhook.secret is not None:
+            self.secrets.set(JOB_WEBHOOK_ID, self.job_webhook.secret)
+        self.backoff = Backoff(backoff_ms, max_backoff_ms)
+        self.history_ttl_s, self.batch, self.poll_ms = history_ttl_s, batch, poll_ms
+        self.claim_idle_ms, self.lease_ms, self.max_webhooks = claim_idle_ms, lease_ms, max_webhooks
+        self.sender = Sender(self.secrets, policy=self.policy, resolver=resolver,
+                             connector=connector,
+                             breaker=EndpointBreaker(breaker_threshold, breaker_cooldown_ms),
+                             max_connections=concurrency)
+        self.concurrency = concurrency
+        self._limit: asyncio.Semaphore | None = None
+        self._limit_loop: asyncio.AbstractEventLoop | None = None
+        self.registry = Registry(queue)
+        self.local = LocalDispatcher(self)
+        self.service = DeliveryService(self)
+        self.subscriber = WebhookSubscriber(self)
+        self._keys = {k: queue.keys.extra(f"wh:{k}") for k in ("retry", "dlq", "hooks")}
+        self._group_ready = False
+        queue.declare_option("webhook_url", feature=FEATURE, normalize=_url_option,
+                             doc="send this job's own events to this URL (signed)")
+        self._install()
+        queue.subscribe(self.subscriber)
+        if run_service:
+            queue.add_service(self.service)
+
+    @staticmethod
+    def of(queue: JobQueue) -> WebhookManager | None:
+        """The manager already constructed on ``queue`` in this process, if any."""
+        for sub in queue.hooks.subscribers:
+            if isinstance(sub, WebhookSubscriber):
+                return sub.mgr
+        return None
+
+    def _install(self) -> None:
+        scripts = self.queue.scripts
+        for name, source in SCRIPTS.items():
+            scripts.add_fragment(name, source)
+        scripts.add_slot("enqueue", FEATURE, enqueue_fragment(self.job_events))
+        scripts.add_slot("release", FEATURE,
+                         release_fragment(self.job_events, self.queue.dlq.enabled))
+
+    @property
+    def limit(self) -> asyncio.Semaphore:
+        """Requests in flight in this process (one per event loop the manager runs on)."""
+        loop = asyncio.get_running_loop()
+        if self._limit is None or self._limit_loop is not loop:
+            self._limit, self._limit_loop = asyncio.Semaphore(self.concurrency), loop
+        return self._limit
+
+    # ------------------------------------------------------------------ targets
+    def target_of(self, hook: Webhook) -> Target:
+        return Target(hook.id, hook.url, hook.headers, hook.timeout_ms, hook.id)
+
+    def job_target(self, url: str) -> Target | None:
+        try:
+            check_url(url)
+        except ConfigurationError:
+            return None
+        return Target(JOB_WEBHOOK_ID, url, {}, self.job_webhook.timeout_ms, JOB_WEBHOOK_ID)
+
+    def _check_literal(self, url: str) -> None:
+        host = (urlsplit(url).hostname or "").strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return  # a name: checked on its resolved addresses at each connection
+        why = self.policy.refusal(host)
+        if why:
+            raise BlockedAddressError(f"webhook URL refused by the SSRF guard: {why}; allow "
+                                      "the network with allow_networks=[...] if intended")
+
+    # ------------------------------------------------------------------ secrets
+    def set_secret(self, webhook_id: str, secret: str | Sequence[str]) -> None:
+        """Sign ``webhook_id``'s requests with ``secret`` (several: all of them) in this
+        process. Never stored in Redis."""
+        self.secrets.set(webhook_id, secret)
+
+    def rotate_secret(self, webhook_id: str, new_secret: str, *,
+                      keep_old_s: float = 86_400) -> None:
+        """Sign with ``new_secret`` from now on and with the old secret(s) as well for
+        ``keep_old_s`` seconds, so receivers can switch in that window (this process)."""
+        self.secrets.rotate(webhook_id, new_secret, keep_old_s)
+
+    # ------------------------------------------------------------------ registrations
+    async def _put(self, hook: Webhook | None, webhook_id: str) -> bool:
+        body = hook.to_json() if hook else b""
+        existed = await self.queue.ctx.run("webhooks_put",
+                                           (webhook_id, body, self.max_webhooks))
+        if hook:
+            self.registry.put(hook)
+        else:
+            self.registry.drop(webhook_id)
+        return bool(existed)
+
+    async def _ensure_group(self) -> None:
+        if not self._group_ready:
+            await Outbox(self.queue).create_group(GROUP, "0")
+            self._group_ready = True
+
+    async def register_webhook(self, config: WebhookConfig) -> Webhook:
+        """Register an endpoint (``WebhookConfig``); its ``secret``, if given, is kept in
+        this process. Raises ConfigurationError for a bad config, an existing id, or a
+        literal address the SSRF guard refuses."""
+        hook = Webhook.from_config(config, int(time.time() * 1000))
+        if hook.id == JOB_WEBHOOK_ID:
+            raise ConfigurationError(f"webhook id {JOB_WEBHOOK_ID!r} is reserved")
+        self._check_literal(hook.url)
+
+        async def action() -> Webhook:
+            await self._ensure_group()
+            if await self.get_webhook(hook.id) is not None:
+                raise ConfigurationError(f"webhook {hook.id!r} exists; use update_webhook")
+            if config.secret is not None:
+                self.secrets.set(hook.id, config.secret)
+            await self._put(hook, hook.id)
+            return hook
+
+        return await self.queue.admin.execute(
+            "register_webhook", {"id": hook.id, "events": list(hook.events)}, action,
+            shown=lambda h: h.id)
+
+    async def list_webhooks(self) -> list[Webhook]:
+        """Every registered endpoint (from Redis)."""
+        await self.registry.refresh(force=True)
+        return sorted(self.registry.hooks.values(), key=lambda h: (h.created_at, h.id))
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None:
+        client = await self.queue.client()
+        raw = await client.hget(self._keys["hooks"], webhook_id)
+        return Webhook.from_json(raw) if raw is not None else None
+
+    async def update_webhook(self, webhook_id: str, **changes: Any) -> Webhook:
+        """Change fields of an endpoint (``url``, ``events``, ``delivery_strategy``,
+        ``max_retries``, ``active``, ``timeout_ms``, ``headers``, ``description``)."""
+
+        async def action() -> Webhook:
+            old = await self.get_webhook(webhook_id)
+            if old is None:
+                raise ConfigurationError(f"no webhook {webhook_id!r}")
+            new = old.updated(changes, int(time.time() * 1000))
+            self._check_literal(new.url)
+            await self._put(new, webhook_id)
+            return new
+
+        return await self.queue.admin.execute(
+            "update_webhook", {"id": webhook_id, "fields": sorted(changes)}, action,
+            shown=lambda h: h.id)
+
+    async def remove_webhook(self, webhook_id: str) -> bool:
+        """Remove an endpoint; its pending retries are dropped when they come due (their
+        history stays until it expires). True if it existed."""
+
+        async def action() -> bool:
+            return await self._put(None, webhook_id)
+
+        return await self.queue.admin.execute("remove_webhook", {"id": webhook_id}, action)
+
+    # ------------------------------------------------------------------ events
+    async def send_event(self, event: WebhookEvent) -> str:
+        """Send an application event to every active endpoint subscribed to its type;
+        returns its id. Guaranteed endpoints get it through the outbox (durable once this
+        returns); the others from this process's memory."""
+        eid, etype, body = event.body()
+        await self.registry.refresh()
+        if self.registry.wanting(etype, guaranteed=True):
+            await self._ensure_group()
+            await Outbox(self.queue).add("webhook", {"i": eid, "e": etype, "b": body})
+        for hook in self.registry.wanting(etype, guaranteed=False):
+            self.local.submit(Delivery(f"{hook.id}/{eid}", self.target_of(hook), etype, body,
+                                       hook.delivery_strategy.value, hook.max_retries))
+        return eid
+
+    # ------------------------------------------------------------------ deliveries
+    def _member(self, webhook_id: str, event_id: str) -> str:
+        if webhook_id != JOB_WEBHOOK_ID:
+            check_id(webhook_id, "webhook id")
+        return f"{webhook_id}/{check_id(event_id, 'event id')}"
+
+    async def retry_delivery(self, webhook_id: str, event_id: str) -> bool:
+        """Attempt the delivery of ``event_id`` to ``webhook_id`` again now, whatever its
+        state (a dead one leaves the DLQ with its full retry budget); False when no such
+        delivery is recorded (or its history expired)."""
+        member = self._member(webhook_id, event_id)
+        self.sender.breaker.success(webhook_id)  # an operator says: try it now
+
+        async def action() -> bool:
+            return bool(await self.queue.ctx.run("webhooks_requeue", ("one", member, 1)))
+
+        return await self.queue.admin.execute(
+            "retry_delivery", {"webhook_id": webhook_id, "event_id": event_id}, action)
+
+    async def get_delivery_history(
+        self, webhook_id: str, event_id: str | None = None, *, limit: int = 50
+    ) -> list[DeliveryRecord]:
+        """The delivery of ``event_id`` to ``webhook_id`` (a list of one, or empty), or
+        the latest ``limit`` deliveries to ``webhook_id``, newest first."""
+        client = await self.queue.client()
+        if event_id is not None:
+            member = self._member(webhook_id, event_id)
+            h = await client.hgetall(self.queue.keys.extra(f"wh:d:{member}"))
+            return [DeliveryRecord.from_hash(webhook_id, event_id, h)] if h else []
+        if webhook_id != JOB_WEBHOOK_ID:
+            check_id(webhook_id, "webhook id")
+        ids = await client.zrevrange(self.queue.keys.extra(f"wh:idx:{webhook_id}"), 0,
+                                     max(1, min(limit, 1000)) - 1)
+        return await self._records([f"{webhook_id}/{i.decode()}" for i in ids])
+
+    async def _records(self, members: Sequence[str]) -> list[DeliveryRecord]:
+        if not members:
+            return []
+        client = await self.queue.client()
+        pipe = client.pipeline(transaction=False)
+        for m in members:
+            pipe.hgetall(self.queue.keys.extra(f"wh:d:{m}"))
+        out = []
+        for m, h in zip(members, await pipe.execute(), strict=True):
+            if h:
+                wid, eid = m.split("/", 1)
+                out.append(DeliveryRecord.from_hash(wid, eid, h))
+        return out
+
+    async def list_dlq(self, limit: int = 100, webhook_id: str | None = None) -> \
+            list[DeliveryRecord]:
+        """Dead-lettered deliveries, oldest first (of one endpoint, or all)."""
+        client = await self.queue.client()
+        raw = await client.zrange(self._keys["dlq"], 0, max(1, min(limit, 10_000)) * 4 - 1)
+        members = [m.decode() for m in raw]
+        if webhook_id is not None:
+            members = [m for m in members if m.startswith(webhook_id + "/")]
+        return await self._records(members[:limit])
+
+    async def replay_dlq(self, limit: int = 1000, webhook_id: str | None = None) -> int:
+        """Schedule dead-lettered deliveries (of one endpoint, or all) for an attempt now,
+        each with its full retry budget again; returns how many."""
+        if webhook_id is not None and webhook_id != JOB_WEBHOOK_ID:
+            check_id(webhook_id, "webhook id")
+        for wid in [webhook_id] if webhook_id else list(self.registry.hooks):
+            self.sender.breaker.success(wid)  # an operator says: try them now
+
+        async def action() -> int:
+            total = 0
+            while total < limit:
+                n = int(await self.queue.ctx.run(
+                    "webhooks_requeue", ("dlq", webhook_id or "", min(limit - total, 1000))))
+                total += n
+                if n == 0:
+                    break
+            return total
+
+        return await self.queue.admin.execute(
+            "replay_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}, action)
+
+    async def stats(self) -> dict[str, Any]:
+        """Endpoints, retries scheduled, DLQ size, the outbox group's backlog, and this
+        process's in-memory deliveries (in flight, dropped)."""
+        client = await self.queue.client()
+        pipe = client.pipeline(transaction=False)
+        pipe.hlen(self._keys["hooks"]).zcard(self._keys["retry"]).zcard(self._keys["dlq"])
+        hooks, retry, dlq = await pipe.execute()
+        group = next((g for g in (await Outbox(self.queue).stats()).groups if g.name == GROUP),
+                     None)
+        return {
+            "webhooks": int(hooks), "retry_scheduled": int(retry), "dlq": int(dlq),
+            "outbox_pending": group.pending if group else 0,
+            "outbox_lag": group.lag if group else None,
+            "local_in_flight": self.local.in_flight, "local_dropped": self.local.dropped,
+            "delivered_here": self.service.delivered,
+        }
+
+    def event_types(self) -> list[str]:
+        """The event names of ``WebhookEventType``."""
+        return [e.value for e in WebhookEventType]

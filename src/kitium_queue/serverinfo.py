@@ -1,0 +1,159 @@
+"""What the queue needs to know about the Redis server it writes to.
+
+* At connect, ``check_eviction``: a ``maxmemory-policy`` other than ``noeviction`` lets
+  Redis delete keys — job records, state sets, leases — to make room, silently. That is
+  refused with a clear ``ConfigurationError`` unless the queue opted out
+  (``settings={"allow_eviction": True}``; the engine then reports the records it finds
+  missing instead of failing, see ``JobInfo.damaged`` and the DLQ reasons).
+* ``memory_report`` for ``health_check``: memory in use against ``maxmemory``, the
+  policy, and the persistence that protects acknowledged jobs (AOF with its
+  ``appendfsync``, RDB snapshots, or none).
+* ``write_refused``: the library's error for a write Redis refused as a server (out of
+  memory, a failed background save, a read-only replica): nothing of that call was
+  written, because Redis refuses a script before its first write and, once a script
+  wrote, lets it finish (the transitions stay whole).
+
+Servers that do not answer ``INFO`` (an ACL user without ``+info``, some managed
+services) are not checked: the check is skipped with a log line, never a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoPermissionError, ResponseError
+
+from .errors import ConfigurationError, WriteRefusedError
+from .limits import get_logger
+
+__all__ = ["MemoryReport", "check_eviction", "memory_report", "write_refused"]
+
+log = get_logger(__name__)
+
+#: The only policy under which Redis never deletes a queue's keys on its own.
+SAFE_POLICY = "noeviction"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryReport:
+    """Memory and persistence of the Redis server (``HealthStatus.memory``).
+
+    ``maxmemory_bytes`` 0 means no limit; ``persistence`` is ``"aof (appendfsync
+    everysec)"``, ``"rdb"``, ``"aof (...) + rdb"`` or ``"none"``.
+    """
+
+    used_bytes: int
+    maxmemory_bytes: int
+    policy: str
+    persistence: str
+
+    @property
+    def used_fraction(self) -> float | None:
+        """Share of ``maxmemory`` in use (None without a limit)."""
+        return self.used_bytes / self.maxmemory_bytes if self.maxmemory_bytes else None
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+async def _info(client: Any, section: str) -> dict[str, Any] | None:
+    try:
+        got = await client.info(section)
+    except (NoPermissionError, ResponseError) as exc:
+        log.info("Redis INFO %s not available (%s): server checks skipped", section,
+                 type(exc).__name__)
+        return None
+    # A cluster client answers per node: check the first (every node of a cluster is
+    # configured alike by whoever runs it; a mismatch is theirs to see in INFO).
+    if got and all(isinstance(v, dict) for v in got.values()) and "maxmemory" not in got:
+        got = next(iter(got.values()))
+    return dict(got) if isinstance(got, dict) else None
+
+
+async def check_eviction(client: Any, queue: str, allow_eviction: bool) -> None:
+    """Refuse a server whose ``maxmemory-policy`` may evict the queue's keys."""
+    info = await _info(client, "memory")
+    if info is None:
+        return
+    policy = _text(info.get("maxmemory_policy", SAFE_POLICY))
+    if policy == SAFE_POLICY:
+        return
+    if allow_eviction:
+        log.warning("queue %s: Redis maxmemory-policy is %s: it may evict job records; "
+                    "the queue reports the records it finds missing (allow_eviction=True)",
+                    queue, policy)
+        return
+    raise ConfigurationError(
+        f"Redis maxmemory-policy is {policy!r} for queue {queue!r}: under memory pressure "
+        "Redis would delete job records and state sets silently. Set "
+        "'maxmemory-policy noeviction' (CONFIG SET maxmemory-policy noeviction, or in "
+        "redis.conf), or accept the risk with settings={'allow_eviction': True}"
+    )
+
+
+async def memory_report(client: Any, *, config: bool = False) -> MemoryReport | None:
+    """Memory and persistence, or None when the server does not answer ``INFO``.
+
+    From ``INFO`` alone: AOF on or off, and RDB when the server has saved a snapshot.
+    With ``config`` (operator tools such as ``kitium-queue health``) it also reads
+    ``appendfsync`` and the ``save`` rules with ``CONFIG GET``, when the user may.
+    """
+    mem = await _info(client, "memory")
+    per = await _info(client, "persistence")
+    if mem is None:
+        return None
+    parts = []
+    if per is not None:
+        if str(per.get("aof_enabled", "0")) == "1":
+            fsync = await _config(client, "appendfsync") if config else ""
+            parts.append(f"aof (appendfsync {fsync})" if fsync else "aof")
+        saved = int(per.get("rdb_saves", 0) or 0) > 0 or int(
+            per.get("rdb_last_bgsave_time_sec", -1) or -1) >= 0
+        if (await _config(client, "save")) if config else saved:
+            parts.append("rdb")
+    return MemoryReport(
+        used_bytes=int(mem.get("used_memory", 0) or 0),
+        maxmemory_bytes=int(mem.get("maxmemory", 0) or 0),
+        policy=_text(mem.get("maxmemory_policy", "")),
+        persistence=" + ".join(parts) if parts else ("none" if per is not None else "unknown"),
+    )
+
+
+async def _config(client: Any, name: str) -> str:
+    """A server setting, or '' when it is empty or ``CONFIG GET`` is not allowed."""
+    try:
+        got = await client.config_get(name)
+    except (NoPermissionError, ResponseError):
+        return ""
+    if not got:
+        return ""
+    value = next(iter(got.values()))
+    if isinstance(value, dict):  # a cluster client: per node
+        value = next(iter(value.values()), "")
+    return _text(value).strip()
+
+
+#: Error replies of a server that refuses writes, and what to do about each.
+_REFUSALS = (
+    ("OOM", "Redis is out of memory (maxmemory reached with the noeviction policy)",
+     "free memory (keep fewer finished jobs: remove_on_complete / remove_on_fail, "
+     "replay or remove DLQ jobs) or raise maxmemory"),
+    ("MISCONF", "Redis refuses writes because its last background save failed (MISCONF)",
+     "fix the server's disk or persistence settings (see its log)"),
+    ("READONLY", "the server is a read-only replica",
+     "point the queue at the primary (or use redis+sentinel:// to follow failovers)"),
+)
+
+
+def write_refused(text: str) -> WriteRefusedError | None:
+    """The library's error for a write the server refused, from its error reply."""
+    for code, what, todo in _REFUSALS:
+        if text.startswith(code) or f" {code} " in text[:80] or text.startswith(f"-{code}"):
+            return WriteRefusedError(
+                f"{what}; nothing of this call was written (Redis refuses a script before "
+                f"its first write). To go on: {todo}, then try again. Redis said: "
+                f"{text[:300]}"
+            )
+    return None
