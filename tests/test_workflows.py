@@ -376,3 +376,44 @@ async def test_encrypted_steps(make_queue: QueueFactory) -> None:
     sealed = seen["enc:b"][1]["a"].result
     assert isinstance(sealed, dict) and sealed.get("kid") == "k1"
     assert b"R-enc:a" not in await client.hget(q.keys.extra("dep:enc:a"), "r")
+
+
+async def test_removing_a_pending_step_applies_its_policy(make_queue: QueueFactory) -> None:
+    q, chains = wf_queue(make_queue)
+
+    @q.process("n")
+    async def n(job: Any) -> None:
+        return None
+
+    await chains.execute_workflow("rm", [
+        WorkflowStep("a", "n"), WorkflowStep("b", "n", depends_on=["a"], on_failure="skip"),
+        WorkflowStep("c", "n", depends_on=["b"]), WorkflowStep("d", "n", depends_on=["a"])])
+    assert await q.remove_job("rm:b")
+    st = await chains.get_workflow_status("rm")
+    assert st is not None and st.steps["b"].state == "failed"
+    assert st.steps["c"].state == "skipped" and await q.get_job_status("rm:c") is None
+    await q.start()
+    st = await done(chains, "rm")
+    assert st.counts == {"completed": 2, "failed": 1, "skipped": 1}
+
+
+async def test_delayed_job_with_dependencies_waits_for_both(make_queue: QueueFactory) -> None:
+    q, _chains = wf_queue(make_queue)
+    ran: list[tuple[str, float]] = []
+    gate = asyncio.Event()
+
+    @q.process("n")
+    async def n(job: Any) -> None:
+        if job.id == "P":
+            await gate.wait()
+        ran.append((job.id, time.monotonic()))
+
+    await q.add_job("n", job_id="P")
+    await q.add_job("n", job_id="K", depends_on=["P"], delay=100)
+    t0 = time.monotonic()
+    await q.start()
+    await asyncio.sleep(0.4)  # K is due, but its parent is still running
+    assert ran == []
+    gate.set()
+    await wait_until(lambda: len(ran) == 2, 10)
+    assert [r[0] for r in ran] == ["P", "K"] and ran[1][1] - t0 >= 0.1
