@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from helpers import app_module
 from kitium_queue import JobQueue
 from kitium_queue.cli import main
 from kitium_queue.features.groups import FIFOQueueManager
@@ -19,19 +18,14 @@ from kitium_queue.features.groups import FIFOQueueManager
 
 @pytest.fixture
 def app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
-    module = f"kq_cli_groups_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
+    source = (
         "from kitium_queue import JobQueue\n"
         "from kitium_queue.features.groups import FIFOQueueManager\n"
         f"queue = JobQueue('cg', redis={redis_url!r}, prefix={prefix!r})\n"
         "fifo = FIFOQueueManager(queue, group_concurrency=1)\n"
     )
-    sys.path.insert(0, str(tmp_path))
-    try:
+    with app_module(tmp_path, source, "kq_cli_groups") as module:
         yield f"{module}:queue"
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop(module, None)
 
 
 def _fill(redis_url: str, prefix: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from helpers import app_module
 from kitium_queue import JobQueue
 from kitium_queue.cli import main
 from kitium_queue.features.webhooks import (
@@ -30,17 +31,12 @@ pytestmark = pytest.mark.redis_only
 
 @pytest.fixture
 def app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
-    module = f"kq_cli_wh_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
+    source = (
         "from kitium_queue import JobQueue\n"
         f"queue = JobQueue('clihooks', redis={redis_url!r}, prefix={prefix!r})\n"
     )
-    sys.path.insert(0, str(tmp_path))
-    try:
+    with app_module(tmp_path, source, "kq_cli_wh") as module:
         yield f"{module}:queue"
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop(module, None)
 
 
 def _dead_delivery(redis_url: str, prefix: str, secret: str) -> str:

@@ -51,7 +51,6 @@ _MAX_KEY = 512
 #: Key suffix (after the queue's prefix) of the result kept under an idempotency key:
 #: HASH id, r (the encoded result), f (finished at), n (job name), o (its options).
 RESULT_PREFIX = "idem-r:"
-_RESULT_PREFIX = RESULT_PREFIX
 _RECORD_PREFIX = "idem-x:"
 _RECORD_INDEX = "idem-x"
 
@@ -177,6 +176,11 @@ class IdempotencyManager:
     def _prepare(
         self, job_name: str, data: Any, options: Mapping[str, Any]
     ) -> tuple[str, Any, Mapping[str, Any]]:
+        # Per job, on the add path: a job that asks for nothing of this feature passes
+        # as it is (no copy).
+        if not (self.exactly_once or options.get("delivery_guarantee") is not None
+                or (options.get("idempotency_key") and self.window != "ttl")):
+            return job_name, data, options
         opts = dict(options)
         eo = opts.get("delivery_guarantee") in (DeliveryGuarantee.EXACTLY_ONCE,
                                                 DeliveryGuarantee.EXACTLY_ONCE.value)
@@ -230,7 +234,7 @@ class IdempotencyManager:
                 found = _from_job(job, text)
                 if found is not None:
                     return self._public(q, found)
-        raw = await client.hgetall(q.keys.extra(_RESULT_PREFIX + text))
+        raw = await client.hgetall(q.keys.extra(RESULT_PREFIX + text))
         if raw:
             return self._public(q, _stored(q, text, raw, "stored"))
         return None
