@@ -45,8 +45,12 @@ configuration, but must not call Redis itself):
     ``failed`` when dead-lettered) and ``clear(force=True)`` (``removed``). A cancelled
     job leaves active through one of these (``failed``). It also runs, with ``removed``,
     for every job deleted while *not* active: ``remove_job``, ``cancel_job`` of a job
-    that had not started, ``drain`` (waiting, delayed and parked jobs); a fragment that
-    only tracks running jobs ignores ids it does not know. It runs before the job's
+    that had not started, ``drain`` (waiting, delayed and parked jobs), and a job a
+    feature removes from its own fragment or script (a workflow's cancelled or skipped
+    steps): each goes through ``remove_unstarted(id, jk)`` (``lua/lib_parking.lua``),
+    which a fragment may call too (its script must include ``slot_release``; the
+    fragments then run once more, nested, for the removed job). A fragment that only
+    tracks running jobs ignores ids it does not know. It runs before the job's
     transition is written, with the record present (unless it was deleted by hand):
     decide on ``outcome``, not on ``st``. ``payload``, from ``finish.lua`` only: the
     encoded result of a ``completed`` job (before retention may delete its record), the
@@ -63,7 +67,8 @@ configuration, but must not call Redis itself):
     ms (0 = none), ``opts``: its options JSON or ``''``. Not called for a ``job_id``
     that exists (a job id is never reused).
 
-What fragments may call: ``park``, ``unpark(blocker, n)`` (``lua/lib_parking.lua``),
+What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id, jk)``
+(``lua/lib_parking.lua``),
 ``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``, ``wake``,
 ``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``,
 ``redis.call``, and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry
@@ -356,6 +361,8 @@ def _compose_release(frags: list[SlotFragment]) -> str:
     lines.append("  local ok, err")
     lines += _guarded("release", frags, "id, jk, outcome, payload", "err")
     lines.append("end")
+    # What remove_unstarted (lib_parking.lua) calls: fragments removing jobs pass it too.
+    lines.append("release_hook = release_slot")
     return "\n".join(lines) + "\n"
 
 

@@ -101,20 +101,21 @@
     return true
   end
 
-  -- Take a job that has not started out of wait, delayed or its blocker and delete it;
-  -- false when it is running or finished (it is left alone).
+  -- Whether job `id` has not started: waiting, delayed, parked, or its record is gone.
+  local function unstarted(id)
+    local st = redis.call('HGET', job_key(id), 'st')
+    return not (st == 'active' or st == 'completed' or st == 'failed' or st == 'dlq')
+  end
+
+  -- Remove a job that has not started, through the engine's remove_unstarted, so every
+  -- feature's release fragment sees the removal (a FIFO group gives its place back).
+  -- Its step is closed first: this feature's own release fragment, which runs for the
+  -- removal too, then finds it finished and applies no policy.
   local function drop_job(id)
     local jk = job_key(id)
-    local st = redis.call('HGET', jk, 'st')
-    if st == 'active' or st == 'completed' or st == 'failed' or st == 'dlq' then
-      return false
-    end
-    if st == 'pending' then forget_parked(id, jk) end
-    redis.call('ZREM', K_WAIT, id)
-    redis.call('ZREM', K_DELAYED, id)
-    delete_job(id)
+    if redis.call('EXISTS', jk) == 0 then return end
+    remove_unstarted(id, jk)
     emit('job-removed', id)
-    return true
   end
 
   -- Parent `id` finished in a way that lets its dependents go on: one parent fewer for
@@ -154,8 +155,9 @@
       for k = 1, #kids do
         local c = kids[k]
         local st = redis.call('HGET', DEP .. c, 'st')
-        if st and not TERMINAL[st] and drop_job(c) then
+        if st and not TERMINAL[st] and unstarted(c) then
           close_step(c, state, why)
+          drop_job(c)
           todo[#todo + 1] = c
         end
       end
@@ -178,15 +180,14 @@
       local sid = ids[i]
       local dk = DEP .. sid
       local st = redis.call('HGET', dk, 'st')
-      if st == 'pending' or st == 'ready' then
+      if (st == 'pending' or st == 'ready') and unstarted(sid) then
         local d = redis.call('HMGET', job_key(sid), 'n', 'd', 'o', 'p', 'q')
-        if drop_job(sid) then
-          if keep and d[1] then
-            redis.call('HSET', dk, 'sn', d[1], 'sd', d[2] or '', 'so', d[3] or '',
-              'sp', d[4] or '0', 'sq', d[5] or '0')
-          end
-          close_step(sid, 'cancelled', why)
+        if keep and d[1] then
+          redis.call('HSET', dk, 'sn', d[1], 'sd', d[2] or '', 'so', d[3] or '',
+            'sp', d[4] or '0', 'sq', d[5] or '0')
         end
+        close_step(sid, 'cancelled', why)
+        drop_job(sid)
       end
     end
   end
