@@ -137,7 +137,7 @@ async def test_add_job_with_workflow_id_joins_a_running_workflow(
     assert st.counts == {"completed": 4}
     assert order.index("w:b") < order.index(extra)
     assert (await chains.parent_results(extra))["b"].result == {"id": "w:b"}
-    with pytest.raises(JobRefusedError, match="workflow 'w' is not running .*completed"):
+    with pytest.raises(JobRefusedError, match=r"workflow 'w' is not running .*completed"):
         await q.add_job("n", {}, workflow_id="w")
 
 
@@ -250,15 +250,15 @@ async def test_partitioned_dependencies_refused_across_partitions(
     other = next(k for k in (f"k-{i}" for i in range(1, 50))
                  if pq.partition_of(k) != pq.partition_of("k-0"))
     b = await pq.add_job("n", partition_key=other)
-    with pytest.raises(ConfigurationError, match="on partitions .* must share one partition"):
+    with pytest.raises(ConfigurationError, match=r"on partitions .* must share one partition"):
         await pq.add_job("n", depends_on=[a, b])
     with pytest.raises(ConfigurationError, match="is not a job id of partitioned queue"):
         await pq.add_job("n", depends_on=["a-bare-id"])
     wid = next(w for w in (f"w-{i}" for i in range(50))
                if pq.partition_of(w) != pq.partition_of("k-0"))
-    with pytest.raises(ConfigurationError, match="workflow_id .* partition"):
+    with pytest.raises(ConfigurationError, match=r"workflow_id .* partition"):
         await pq.add_job("n", workflow_id=wid, depends_on=[a])
-    with pytest.raises(ConfigurationError, match="partition_key .* partition"):
+    with pytest.raises(ConfigurationError, match=r"partition_key .* partition"):
         await pq.add_job("n", partition_key=other, depends_on=[a])
     # Dependencies on one partition: the job goes there, with the ids inside it.
     c = await pq.add_job("n", depends_on=[a])

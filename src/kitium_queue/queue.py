@@ -302,16 +302,18 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
 
     def declare_option(
         self, name: str, *, feature: str, normalize: Normalizer | None = None,
-        default: Any = None, stored: bool = True, doc: str = "",
+        default: Any = None, stored: bool = True, doc: str = "", placement: str = "",
     ) -> None:
         """Declare the job option ``name``, owned by ``feature``, on this queue.
 
         ``normalize(value, section)`` checks a value and returns the form stored with the
         job (default: text checks for ids and keys, the value stored as given); the
-        others as in ``jobspec.OptionSpec``. Until declared, the option is refused as
+        others as in ``jobspec.OptionSpec`` (``placement``: where the option sends a job
+        on a queue made of several queues). Until declared, the option is refused as
         unknown (or, for the brief's feature options, as needing its feature).
         """
-        spec = OptionSpec(name, feature, normalize or feature_text(name), default, stored, doc)
+        spec = OptionSpec(name, feature, normalize or feature_text(name), default, stored, doc,
+                          placement)
         self.jobspec.declare(spec)
 
     def own_options(self, feature: str, names: Iterable[str]) -> None:

@@ -277,6 +277,43 @@
     release_kids(id)
   end
 
+  -- The step name of a job added with a workflow_id: its workflow_step, else its id.
+  local function step_name(id, o)
+    local s = o['workflow_step']
+    if type(s) == 'string' and s ~= '' then return s end
+    return id
+  end
+
+  -- Whether job `id` is a step wf_create is writing now (it recorded the step first).
+  local function preset(id, wid, step)
+    return redis.call('HGET', WFS .. wid, step) == id
+      and redis.call('HGET', DEP .. id, 'w') == wid
+  end
+
+  -- Why job `id` cannot join workflow `wid` as step `step` (nil: it can). Reads only.
+  local function join_refusal(id, wid, step)
+    if preset(id, wid, step) then return nil end
+    local st = redis.call('HGET', WF .. wid, 'st')
+    if st ~= 'running' then
+      return "workflow '" .. wid .. "' is not running (" .. (st or 'no such workflow') ..
+        '): add_job with a workflow_id adds a step to a running workflow; create one ' ..
+        'with execute_workflow'
+    end
+    if redis.call('HEXISTS', WFS .. wid, step) == 1 then
+      return "workflow '" .. wid .. "' has a step named '" .. step .. "' already; " ..
+        'give the job another workflow_step'
+    end
+    return nil
+  end
+
+  -- Job `id` joins running workflow `wid` as step `step`: counted in its steps.
+  local function join(wid, step, id)
+    local wk = WF .. wid
+    local f = redis.call('HMGET', wk, 'n', 'left')
+    redis.call('HSET', WFS .. wid, step, id)
+    redis.call('HSET', wk, 'n', int(num(f[1]) + 1), 'left', int(num(f[2]) + 1))
+  end
+
   -- Why `deps` cannot be the parents of job `id` (nil: they can). Reads only.
   local function check_parents(deps, id)
     if #deps > MAX_PARENTS then
