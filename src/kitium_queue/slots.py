@@ -67,12 +67,21 @@ configuration, but must not call Redis itself):
     ms (0 = none), ``opts``: its options JSON or ``''``. Not called for a ``job_id``
     that exists (a job id is never reused).
 
+``event`` — ``function(name, subject, fields)``
+    Runs for every event a feature raises inside a script with ``feature_event(name,
+    subject, field1, value1, ...)`` (``lua/lib_events.lua``: the event goes to the
+    queue's event stream, and to this slot in the same atomic step). ``subject`` is what
+    the event is about (a workflow's id), ``fields`` the flat list of field names and
+    values (text). A feature that forwards events (webhooks) fills it: it learns no
+    other feature's name, only the events raised. Runs only in scripts that include the
+    composed slots (any script running another feature's fragments does).
+
 What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id, jk)``
-(``lua/lib_parking.lua``),
-``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``, ``wake``,
-``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``,
-``redis.call``, and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry
-in the queue's outbox, written atomically with the transition; docs/outbox.md).
+(``lua/lib_parking.lua``), ``park_timer(blocker, due, n, every)``
+(``lua/lib_park_timers.lua``), ``emit``, ``feature_event``, ``wake``, ``job_key``,
+``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``, ``redis.call``,
+and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry in the queue's
+outbox, written atomically with the transition; docs/outbox.md).
 
 What they must never do:
 
@@ -107,7 +116,7 @@ __all__ = [
 ]
 
 #: The slots features can fill.
-SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate")
+SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate", "event")
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -127,6 +136,7 @@ GENERATED: Final = {
     "admission_checks": "admission",
     "slot_release": "release",
     "slot_duplicate": "duplicate",
+    "slot_event": "event",
 }
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -224,6 +234,8 @@ class SlotTable:
             return _compose_enqueue(frags)
         if slot == "duplicate":
             return _compose_duplicate(frags)
+        if slot == "event":
+            return _compose_event(frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
         return _compose_release(frags)
@@ -308,6 +320,17 @@ def _compose_duplicate(frags: list[SlotFragment]) -> str:
         lines.append("  elseif r == 'add' then add = true end")
     lines.append("  return add")
     lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
+def _compose_event(frags: list[SlotFragment]) -> str:
+    lines = _header("event", frags)
+    lines.append("local function event_slot(name, subject, fields)")
+    lines.append("  local ok, err")
+    lines += _guarded("event", frags, "name, subject, fields", "err")
+    lines.append("end")
+    # What feature_event (lib_events.lua) calls.
+    lines.append("event_hook = event_slot")
     return "\n".join(lines) + "\n"
 
 

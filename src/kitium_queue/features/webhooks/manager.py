@@ -14,7 +14,7 @@ from ...enums import WebhookEventType
 from ...errors import ConfigurationError
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
-from .lua import SCRIPTS, enqueue_fragment, release_fragment
+from .lua import SCRIPTS, enqueue_fragment, event_fragment, release_fragment
 from .models import (
     DeliveryRecord,
     Webhook,
@@ -164,6 +164,7 @@ class WebhookManager:
         scripts.add_slot("enqueue", FEATURE, enqueue_fragment(self.job_events))
         scripts.add_slot("release", FEATURE,
                          release_fragment(self.job_events, self.queue.dlq.enabled))
+        scripts.add_slot("event", FEATURE, event_fragment())
 
     @property
     def limit(self) -> asyncio.Semaphore:

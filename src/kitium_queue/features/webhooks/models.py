@@ -306,6 +306,30 @@ class WebhookEvent:
         return eid, etype, body
 
 
+#: Bounds of a feature event's data in a webhook body: fields, name and value lengths.
+_FEATURE_FIELDS, _FIELD_NAME, _FIELD_VALUE = 32, 64, 512
+
+
+def feature_event_data(queue: str, subject: str, fields: Any) -> dict[str, Any]:
+    """The ``data`` of a feature event's body (a workflow's end, a breaker's change):
+    the event's own text fields (at most 32, names and values cut short), then
+    ``queue`` and ``subject`` (what it is about). ``fields``: a mapping, or the flat
+    ``[name, value, ...]`` list the ``event`` Lua slot receives."""
+    if isinstance(fields, Mapping):
+        pairs = list(fields.items())
+    elif isinstance(fields, list):
+        pairs = list(zip(fields[0::2], fields[1::2], strict=False))
+    else:
+        pairs = []
+    data: dict[str, Any] = {}
+    for k, v in pairs[:_FEATURE_FIELDS]:
+        if isinstance(k, str) and isinstance(v, str) and k:
+            data[k[:_FIELD_NAME]] = v[:_FIELD_VALUE]
+    data["queue"] = queue
+    data["subject"] = str(subject)[:_FIELD_VALUE]
+    return data
+
+
 def event_body(etype: str, ts_ms: int, data: Mapping[str, Any]) -> bytes:
     """The request body: ``{"type", "timestamp" (ISO 8601, UTC), "data"}``."""
     stamp = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)

@@ -34,7 +34,7 @@ from ...leader import NET_ERRORS, OutageLog
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxEntry
 from .delivery import AttemptResult, Target, history_json
-from .models import event_body
+from .models import event_body, feature_event_data
 
 if TYPE_CHECKING:
     from .manager import WebhookManager
@@ -247,6 +247,15 @@ class DeliveryService(_Base):
         if "b" in f:  # written from Python (send_event, started, progress)
             eid = f.get("i", b"").decode("utf-8", "replace") or "evt_" + e.id
             body = f["b"]
+        elif "s" in f:  # an event another feature raised in a script (the event slot)
+            eid = "evt_" + e.id
+            try:
+                fields = orjson.loads(f.get("x") or b"[]")
+            except orjson.JSONDecodeError:
+                fields = []
+            data = feature_event_data(self.mgr.queue.name,
+                                      f["s"].decode("utf-8", "replace"), fields)
+            body = event_body(etype, _int(f.get("ts")) or int(time.time() * 1000), data)
         else:  # written by a transition script
             eid = "evt_" + e.id
             data = {

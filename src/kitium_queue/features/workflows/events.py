@@ -76,7 +76,8 @@ class WorkflowEvents(LeaderService):
                     hooks.emit_feature_event(FeatureEvent(
                         queue=self.queue.name, feature="workflows",
                         name=fields.get("e", ""), subject=fields.get("w", ""),
-                        fields={"workflow": fields.get("w", ""), "step": fields.get("s", "")},
+                        fields={"workflow_id": fields.get("w", ""),
+                                "step": fields.get("s", "")},
                         event_id=position, at_ms=int(position.split("-")[0]),
                     ))
         await client.set(self.cursor_key, position)

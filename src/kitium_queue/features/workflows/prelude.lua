@@ -48,8 +48,10 @@
     return deps, wid, o
   end
 
+  -- A workflow's end: raised as a feature event (the event stream, and the features
+  -- that forward events: webhooks), and logged for the in-process report (events.py).
   local function log_event(name, wid, step)
-    emit(name, wid, 'step', step or '')
+    feature_event(name, wid, 'workflow_id', wid, 'step', step or '')
     redis.call('XADD', WFLOG, 'MAXLEN', '~', 10000, '*', 'e', name, 'w', wid, 's', step or '')
   end
 
