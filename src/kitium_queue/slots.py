@@ -235,10 +235,10 @@ class SlotTable:
         if slot == "duplicate":
             return _compose_duplicate(frags)
         if slot == "event":
-            return _compose_event(frags)
+            return _compose_notify("event", "name, subject, fields", "event_hook", frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
-        return _compose_release(frags)
+        return _compose_notify("release", "id, jk, outcome, payload", "release_hook", frags)
 
     def apply_directives(self, source: str, flags: frozenset[str]) -> str:
         """Resolve ``--@if NAME`` / ``--@else`` / ``--@end`` blocks (not nested), ``--@slot
@@ -323,17 +323,6 @@ def _compose_duplicate(frags: list[SlotFragment]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compose_event(frags: list[SlotFragment]) -> str:
-    lines = _header("event", frags)
-    lines.append("local function event_slot(name, subject, fields)")
-    lines.append("  local ok, err")
-    lines += _guarded("event", frags, "name, subject, fields", "err")
-    lines.append("end")
-    # What feature_event (lib_events.lua) calls.
-    lines.append("event_hook = event_slot")
-    return "\n".join(lines) + "\n"
-
-
 def _compose_enqueue(frags: list[SlotFragment]) -> str:
     lines = _header("enqueue", frags)
     lines.append("local function enqueue_slot(id, jk, opts, state, pri, q)")
@@ -378,14 +367,17 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _compose_release(frags: list[SlotFragment]) -> str:
-    lines = _header("release", frags)
-    lines.append("local function release_slot(id, jk, outcome, payload)")
+def _compose_notify(slot: str, params: str, hook: str,
+                    frags: list[SlotFragment]) -> str:
+    """A slot whose fragments all run and return nothing (``release``, ``event``); its
+    function is also assigned to ``hook``, the name the library calls it by
+    (``release_hook`` in lib_parking.lua, ``event_hook`` in lib_events.lua)."""
+    lines = _header(slot, frags)
+    lines.append(f"local function {slot}_slot({params})")
     lines.append("  local ok, err")
-    lines += _guarded("release", frags, "id, jk, outcome, payload", "err")
+    lines += _guarded(slot, frags, params, "err")
     lines.append("end")
-    # What remove_unstarted (lib_parking.lua) calls: fragments removing jobs pass it too.
-    lines.append("release_hook = release_slot")
+    lines.append(f"{hook} = {slot}_slot")
     return "\n".join(lines) + "\n"
 
 
