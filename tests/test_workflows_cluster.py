@@ -35,9 +35,7 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture(autouse=True)
 def no_crossslot(cluster: LocalCluster) -> Iterator[None]:
     yield
-    for node in cluster.alive():
-        entry = cluster.info(node, "errorstats").get("errorstat_CROSSSLOT")
-        assert not entry, f"CROSSSLOT on port {node.port}: {entry}"
+    assert cluster.crossslot_errors() == {}
 
 
 def keys_by_master(cluster: LocalCluster, prefix: str) -> dict[int, list[bytes]]:
