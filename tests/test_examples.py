@@ -85,6 +85,14 @@ EXPECTED: dict[str, list[str]] = {
         r"result read back in this process: \{'charged': '\*\*\*\*1111'\}",
         r"rotation done: 2 values moved to key 2026",
     ],
+    "workflows.py": [
+        r"order-1001: completed, steps \{'validate': 'completed', 'charge': 'completed', "
+        r"'ship': 'completed', 'notify': 'completed', 'archive': 'completed', "
+        r"'audit': 'completed'\}",
+        r"archive read the results of: \['notify', 'ship'\]",
+        r"order-1002: failed at step 'charge'; cancelled: \['archive', 'notify', 'ship'\]",
+        r"steps of order-1002 that ran: \['order-1002:charge', 'order-1002:validate'\]",
+    ],
     "webhooks.py": [
         r"endpoint wh_\w+: 3 signed job-completed events verified",
         r"event types: \['job-completed'\]",

@@ -61,7 +61,9 @@ def make_command(
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @redis_option
     def wf_show(app: str, workflow_id: str, as_json: bool, redis: str | None) -> None:
-        """One workflow: its state and every step's state, attempts and error."""
+        """One workflow: its state and every step's state, attempts, parents, job id
+        (for the job commands) and error; steps added with add_job(workflow_id=...)
+        included."""
 
         async def act(q: Any) -> None:
             st = await JobChainManager.for_queue(q).get_workflow_status(workflow_id)
@@ -75,10 +77,10 @@ def make_command(
                          ("failed step", st.failed_step or "-"),
                          ("created", _ms(st.created_at)), ("finished", _ms(st.finished_at))):
                 click.echo(row(k, v))
-            click.echo(row("step", "state", "attempts", "depends on", "error"))
+            click.echo(row("step", "state", "attempts", "depends on", "job id", "error"))
             for s in st.steps.values():
                 click.echo(row(s.name, s.state, s.attempts, ",".join(s.depends_on) or "-",
-                               (s.error or "-")[:200]))
+                               s.job_id, (s.error or "-")[:200]))
 
         with_queue(app, redis, act)
 
