@@ -18,13 +18,23 @@ def _fill(redis_url: str, prefix: str) -> None:
     async def go() -> None:
         q = JobQueue("cli", redis=redis_url, prefix=prefix)
         chains = JobChainManager(q)
-        await chains.execute_workflow("order-7", [
-            WorkflowStep("validate", "validate"),
-            WorkflowStep("charge", "charge", depends_on=["validate"]),
-            WorkflowStep("evil\u202estep", "ship", depends_on=["charge"])])
+        await chains.execute_workflow(
+            "order-7",
+            [
+                WorkflowStep("validate", "validate"),
+                WorkflowStep("charge", "charge", depends_on=["validate"]),
+                WorkflowStep("evil\u202estep", "ship", depends_on=["charge"]),
+            ],
+        )
         # A step added later with add_job shows like the others.
-        await q.add_job("audit", {}, job_id="audit-7", workflow_id="order-7",
-                        workflow_step="audit", depends_on=["order-7:charge"])
+        await q.add_job(
+            "audit",
+            {},
+            job_id="audit-7",
+            workflow_id="order-7",
+            workflow_step="audit",
+            depends_on=["order-7:charge"],
+        )
         await q.close()
 
     asyncio.run(go())

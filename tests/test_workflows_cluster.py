@@ -61,18 +61,17 @@ async def ended(chains: JobChainManager, wid: str, state: str) -> Any:
 
 def shop(wid_fail: bool = False) -> list[WorkflowStep]:
     """validate -> WIDTH parallel steps (one fails with continue, one with skip) -> sum."""
-    kids = [WorkflowStep(f"k{i}", "part", {"i": i}, depends_on=["validate"])
-            for i in range(WIDTH)]
-    kids[3] = WorkflowStep("k3", "boom", {"i": 3}, depends_on=["validate"],
-                           on_failure="continue")
+    kids = [WorkflowStep(f"k{i}", "part", {"i": i}, depends_on=["validate"]) for i in range(WIDTH)]
+    kids[3] = WorkflowStep("k3", "boom", {"i": 3}, depends_on=["validate"], on_failure="continue")
     kids[5] = WorkflowStep("k5", "boom", {"i": 5}, depends_on=["validate"], on_failure="skip")
     return [
         WorkflowStep("validate", "part", {"i": -1}),
         *kids,
         WorkflowStep("after5", "part", {"i": 99}, depends_on=["k5"]),
         WorkflowStep("sum", "sum", depends_on=[f"k{i}" for i in range(WIDTH) if i != 5]),
-        WorkflowStep("gate", "gate", depends_on=["sum"]) if wid_fail else
-        WorkflowStep("archive", "part", {"i": 100}, depends_on=["sum"]),
+        WorkflowStep("gate", "gate", depends_on=["sum"])
+        if wid_fail
+        else WorkflowStep("archive", "part", {"i": 100}, depends_on=["sum"]),
     ]
 
 
@@ -109,10 +108,14 @@ async def test_workflows_on_a_redis_cluster(cluster: LocalCluster, prefix: str) 
 
     try:
         await chains.execute_workflow("shop-1", shop())
-        await chains.execute_workflow("shop-2", [
-            *shop(wid_fail=True), WorkflowStep("ship", "part", {"i": 7}, depends_on=["gate"])])
-        await chains.execute_workflow("hold-1", [
-            WorkflowStep("a", "slow"), WorkflowStep("b", "part", {"i": 0}, depends_on=["a"])])
+        await chains.execute_workflow(
+            "shop-2",
+            [*shop(wid_fail=True), WorkflowStep("ship", "part", {"i": 7}, depends_on=["gate"])],
+        )
+        await chains.execute_workflow(
+            "hold-1",
+            [WorkflowStep("a", "slow"), WorkflowStep("b", "part", {"i": 0}, depends_on=["a"])],
+        )
         later = await q.add_job("part", {"i": 1000}, depends_on=["shop-1:archive"])
         await q.start()
         st = await ended(chains, "shop-1", "completed")
@@ -147,10 +150,10 @@ async def test_workflows_on_a_redis_cluster(cluster: LocalCluster, prefix: str) 
     assert {key_slot(k) for k in names} == {slot}
 
 
-async def test_partitioned_workflows_on_a_redis_cluster(cluster: LocalCluster,
-                                                        prefix: str) -> None:
-    pq = PartitionedQueue("wfp", partitions=3, redis=cluster.url, prefix=prefix,
-                          worker={"concurrency": 12})
+async def test_partitioned_workflows_on_a_redis_cluster(cluster: LocalCluster, prefix: str) -> None:
+    pq = PartitionedQueue(
+        "wfp", partitions=3, redis=cluster.url, prefix=prefix, worker={"concurrency": 12}
+    )
     chains = JobChainManager(pq)
     ran_on: dict[str, set[str]] = {}
 
@@ -172,10 +175,14 @@ async def test_partitioned_workflows_on_a_redis_cluster(cluster: LocalCluster,
     assert len(wids) == 9
     try:
         for wid in wids:
-            await chains.execute_workflow(wid, [
-                WorkflowStep("a", "n"),
-                *(WorkflowStep(f"b{i}", "n", depends_on=["a"]) for i in range(5)),
-                WorkflowStep("c", "join", depends_on=[f"b{i}" for i in range(5)])])
+            await chains.execute_workflow(
+                wid,
+                [
+                    WorkflowStep("a", "n"),
+                    *(WorkflowStep(f"b{i}", "n", depends_on=["a"]) for i in range(5)),
+                    WorkflowStep("c", "join", depends_on=[f"b{i}" for i in range(5)]),
+                ],
+            )
         await pq.start()
         for wid in wids:
             st = await ended(chains, wid, "completed")

@@ -33,7 +33,8 @@ async def finished(chains: JobChainManager, wid: str, state: str, timeout: float
 
 @pytest.mark.parametrize("order", ["groups-first", "workflows-first"])
 async def test_cancelled_and_skipped_steps_give_their_group_place_back(
-    make_queue: QueueFactory, order: str,
+    make_queue: QueueFactory,
+    order: str,
 ) -> None:
     q = make_queue("wfg", worker={"concurrency": 4})
     # The two features' fragments run in registration order: both orders must hold.
@@ -63,16 +64,28 @@ async def test_cancelled_and_skipped_steps_give_their_group_place_back(
     # fails with skip, b (g1) is skipped; x: cancelled with cancel_workflow while its
     # root runs. The first step of g1 to arrive holds the group's turn while it waits
     # for its parent: the removal must give the turn back, not only the count.
-    await chains.execute_workflow("f", [
-        WorkflowStep("a", "bad"),
-        WorkflowStep("b", "ok", depends_on=["a"], options=G1),
-        WorkflowStep("c", "ok", depends_on=["b"], options=G1)])
-    await chains.execute_workflow("s", [
-        WorkflowStep("a", "bad", on_failure="skip"),
-        WorkflowStep("b", "ok", depends_on=["a"], options=G1)])
-    await chains.execute_workflow("x", [
-        WorkflowStep("a", "slow"),
-        WorkflowStep("b", "ok", depends_on=["a"], options={"message_group_id": "g2"})])
+    await chains.execute_workflow(
+        "f",
+        [
+            WorkflowStep("a", "bad"),
+            WorkflowStep("b", "ok", depends_on=["a"], options=G1),
+            WorkflowStep("c", "ok", depends_on=["b"], options=G1),
+        ],
+    )
+    await chains.execute_workflow(
+        "s",
+        [
+            WorkflowStep("a", "bad", on_failure="skip"),
+            WorkflowStep("b", "ok", depends_on=["a"], options=G1),
+        ],
+    )
+    await chains.execute_workflow(
+        "x",
+        [
+            WorkflowStep("a", "slow"),
+            WorkflowStep("b", "ok", depends_on=["a"], options={"message_group_id": "g2"}),
+        ],
+    )
     before = await fifo.get_group_stats("g1")
     assert before.size == 3 and len(before.turns) == 1
     assert (await fifo.get_group_stats("g2")).size == 1
@@ -113,10 +126,12 @@ async def test_add_job_with_workflow_id_joins_a_running_workflow(
         order.append(job.id)
         return {"id": job.id}
 
-    await chains.execute_workflow("w", [
-        WorkflowStep("a", "n"), WorkflowStep("b", "n", depends_on=["a"])])
-    extra = await q.add_job("n", {}, job_id="extra-1", workflow_id="w",
-                            workflow_step="audit", depends_on=["w:b"])
+    await chains.execute_workflow(
+        "w", [WorkflowStep("a", "n"), WorkflowStep("b", "n", depends_on=["a"])]
+    )
+    extra = await q.add_job(
+        "n", {}, job_id="extra-1", workflow_id="w", workflow_step="audit", depends_on=["w:b"]
+    )
     plain = await q.add_job("n", {}, job_id="extra-2", workflow_id="w")
     st = await chains.get_workflow_status("w")
     assert st is not None and (st.total, st.unfinished) == (4, 4)
@@ -154,8 +169,9 @@ async def test_a_step_added_with_add_job_fails_its_workflow(make_queue: QueueFac
     async def bad(job: Any) -> None:
         raise RuntimeError("joined and failed")
 
-    await chains.execute_workflow("w", [
-        WorkflowStep("a", "slow"), WorkflowStep("b", "slow", depends_on=["a"])])
+    await chains.execute_workflow(
+        "w", [WorkflowStep("a", "slow"), WorkflowStep("b", "slow", depends_on=["a"])]
+    )
     await q.add_job("bad", {}, workflow_id="w", workflow_step="late")
     await q.start()
     await wait_until(lambda: _state(chains, "w", "failed"), 10)
@@ -174,12 +190,14 @@ async def _state(chains: JobChainManager, wid: str, state: str) -> bool:
 
 
 def partitioned(backend_url: str, prefix: str, n: int = 4) -> PartitionedQueue:
-    return PartitionedQueue("porders", partitions=n, redis=backend_url, prefix=prefix,
-                            worker={"concurrency": 8})
+    return PartitionedQueue(
+        "porders", partitions=n, redis=backend_url, prefix=prefix, worker={"concurrency": 8}
+    )
 
 
 async def test_workflows_on_a_partitioned_queue_stay_on_one_partition(
-    backend_url: str, prefix: str,
+    backend_url: str,
+    prefix: str,
 ) -> None:
     pq = partitioned(backend_url, prefix)
     chains = JobChainManager(pq)
@@ -196,11 +214,15 @@ async def test_workflows_on_a_partitioned_queue_stay_on_one_partition(
     wids = [f"order-{i}" for i in range(8)]
     all_ids: dict[str, dict[str, str]] = {}
     for wid in wids:
-        all_ids[wid] = await chains.execute_workflow(wid, [
-            WorkflowStep("a", "step", {"name": "a"}),
-            WorkflowStep("b", "step", {"name": "bb"}, depends_on=["a"]),
-            WorkflowStep("c", "step", {"name": "ccc"}, depends_on=["a"]),
-            WorkflowStep("d", "step", {"name": "d"}, depends_on=["b", "c"])])
+        all_ids[wid] = await chains.execute_workflow(
+            wid,
+            [
+                WorkflowStep("a", "step", {"name": "a"}),
+                WorkflowStep("b", "step", {"name": "bb"}, depends_on=["a"]),
+                WorkflowStep("c", "step", {"name": "ccc"}, depends_on=["a"]),
+                WorkflowStep("d", "step", {"name": "d"}, depends_on=["b", "c"]),
+            ],
+        )
     # Ids are full ids of the partitioned queue, on the partition of the workflow id.
     for wid, ids in all_ids.items():
         p = pq.partition_of(wid)
@@ -209,8 +231,13 @@ async def test_workflows_on_a_partitioned_queue_stay_on_one_partition(
     assert len({pq.partition_of(w) for w in wids}) > 1  # spread over partitions
     # Steps added to a workflow with add_job, and jobs depending on its steps, follow it.
     wid = wids[0]
-    joined = await pq.add_job("step", {"name": "eeeee"}, workflow_id=wid,
-                              workflow_step="e", depends_on=[all_ids[wid]["d"]])
+    joined = await pq.add_job(
+        "step",
+        {"name": "eeeee"},
+        workflow_id=wid,
+        workflow_step="e",
+        depends_on=[all_ids[wid]["d"]],
+    )
     after = await pq.add_job("step", {"name": "ff"}, depends_on=[joined, all_ids[wid]["b"]])
     p = pq.partition_of(wid)
     assert joined.startswith(f"{p}:") and after.startswith(f"{p}:")
@@ -231,13 +258,15 @@ async def test_workflows_on_a_partitioned_queue_stay_on_one_partition(
     assert st.steps["e"].depends_on == ["d"]
     listed = await chains.list_workflows()
     assert sorted(r.workflow_id for r in listed) == sorted(wids)
-    assert [r.workflow_id for r in await chains.list_workflows(limit=3, offset=2)] == \
-        [r.workflow_id for r in listed[2:5]]
+    assert [r.workflow_id for r in await chains.list_workflows(limit=3, offset=2)] == [
+        r.workflow_id for r in listed[2:5]
+    ]
     await pq.close()
 
 
 async def test_partitioned_dependencies_refused_across_partitions(
-    backend_url: str, prefix: str,
+    backend_url: str,
+    prefix: str,
 ) -> None:
     pq = partitioned(backend_url, prefix)
     chains = JobChainManager(pq)
@@ -247,15 +276,17 @@ async def test_partitioned_dependencies_refused_across_partitions(
         return None
 
     a = await pq.add_job("n", partition_key="k-0")
-    other = next(k for k in (f"k-{i}" for i in range(1, 50))
-                 if pq.partition_of(k) != pq.partition_of("k-0"))
+    other = next(
+        k for k in (f"k-{i}" for i in range(1, 50)) if pq.partition_of(k) != pq.partition_of("k-0")
+    )
     b = await pq.add_job("n", partition_key=other)
     with pytest.raises(ConfigurationError, match=r"on partitions .* must share one partition"):
         await pq.add_job("n", depends_on=[a, b])
     with pytest.raises(ConfigurationError, match="is not a job id of partitioned queue"):
         await pq.add_job("n", depends_on=["a-bare-id"])
-    wid = next(w for w in (f"w-{i}" for i in range(50))
-               if pq.partition_of(w) != pq.partition_of("k-0"))
+    wid = next(
+        w for w in (f"w-{i}" for i in range(50)) if pq.partition_of(w) != pq.partition_of("k-0")
+    )
     with pytest.raises(ConfigurationError, match=r"workflow_id .* partition"):
         await pq.add_job("n", workflow_id=wid, depends_on=[a])
     with pytest.raises(ConfigurationError, match=r"partition_key .* partition"):

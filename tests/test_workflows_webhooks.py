@@ -31,16 +31,18 @@ from kitium_queue.features.workflows import JobChainManager, WorkflowStep
 
 pytestmark = pytest.mark.redis_only
 
-FAST = dict(allow_networks=["127.0.0.0/8"], backoff_ms=20, max_backoff_ms=200, poll_ms=10,
-            lease_ms=5_000)
+FAST = dict(
+    allow_networks=["127.0.0.0/8"], backoff_ms=20, max_backoff_ms=200, poll_ms=10, lease_ms=5_000
+)
 
 
 async def outbox_events(q: JobQueue) -> list[tuple[str, str]]:
     """(event, subject) of the webhook entries in the queue's outbox."""
     client = await q.client()
     rows = await client.xrange(q.keys.extra("outbox"))
-    return [(f[b"e"].decode(), f.get(b"s", b"").decode()) for _, f in rows
-            if f.get(b"t") == b"webhook"]
+    return [
+        (f[b"e"].decode(), f.get(b"s", b"").decode()) for _, f in rows if f.get(b"t") == b"webhook"
+    ]
 
 
 async def workflow_state(chains: JobChainManager, wid: str, state: str) -> bool:
@@ -48,8 +50,7 @@ async def workflow_state(chains: JobChainManager, wid: str, state: str) -> bool:
     return st is not None and st.state == state and st.unfinished == 0
 
 
-async def test_workflow_ends_reach_webhooks(redis_url: str, prefix: str,
-                                           receiver: Any) -> None:
+async def test_workflow_ends_reach_webhooks(redis_url: str, prefix: str, receiver: Any) -> None:
     q = JobQueue("wfh", redis=redis_url, prefix=prefix, worker={"concurrency": 4})
     chains = JobChainManager(q)
     # The worker delivers nothing: what reaches the receiver comes from the outbox later.
@@ -74,34 +75,57 @@ async def test_workflow_ends_reach_webhooks(redis_url: str, prefix: str,
         await chains.execute_workflow("early", [WorkflowStep("a", "ok")])
         await wait_until(lambda: workflow_state(chains, "early", "completed"), 10)
         secret = generate_secret()
-        hook = await hooks.register_webhook(WebhookConfig(
-            url=receiver.url, secret=secret, delivery_strategy="guaranteed",
-            events=[WebhookEventType.WORKFLOW_COMPLETED, "workflow-failed"]))
-        seen_cancel = await hooks.register_webhook(WebhookConfig(
-            url=receiver.url + "/cancelled", secret=generate_secret(),
-            delivery_strategy="best-effort", events=[WebhookEventType.WORKFLOW_CANCELLED]))
-        await chains.execute_workflow("order-1", [
-            WorkflowStep("validate", "ok"),
-            WorkflowStep("ship", "ok", depends_on=["validate"]),
-            WorkflowStep("notify", "ok", depends_on=["validate"]),
-            WorkflowStep("archive", "ok", depends_on=["ship", "notify"])])
-        await chains.execute_workflow("order-2", [
-            WorkflowStep("validate", "ok"),
-            WorkflowStep("charge", "bad", depends_on=["validate"]),
-            WorkflowStep("ship", "ok", depends_on=["charge"])])
-        await chains.execute_workflow("order-3", [
-            WorkflowStep("hold", "slow"), WorkflowStep("after", "ok", depends_on=["hold"])])
+        hook = await hooks.register_webhook(
+            WebhookConfig(
+                url=receiver.url,
+                secret=secret,
+                delivery_strategy="guaranteed",
+                events=[WebhookEventType.WORKFLOW_COMPLETED, "workflow-failed"],
+            )
+        )
+        seen_cancel = await hooks.register_webhook(
+            WebhookConfig(
+                url=receiver.url + "/cancelled",
+                secret=generate_secret(),
+                delivery_strategy="best-effort",
+                events=[WebhookEventType.WORKFLOW_CANCELLED],
+            )
+        )
+        await chains.execute_workflow(
+            "order-1",
+            [
+                WorkflowStep("validate", "ok"),
+                WorkflowStep("ship", "ok", depends_on=["validate"]),
+                WorkflowStep("notify", "ok", depends_on=["validate"]),
+                WorkflowStep("archive", "ok", depends_on=["ship", "notify"]),
+            ],
+        )
+        await chains.execute_workflow(
+            "order-2",
+            [
+                WorkflowStep("validate", "ok"),
+                WorkflowStep("charge", "bad", depends_on=["validate"]),
+                WorkflowStep("ship", "ok", depends_on=["charge"]),
+            ],
+        )
+        await chains.execute_workflow(
+            "order-3",
+            [WorkflowStep("hold", "slow"), WorkflowStep("after", "ok", depends_on=["hold"])],
+        )
         await wait_until(lambda: workflow_state(chains, "order-1", "completed"), 10)
         await wait_until(lambda: workflow_state(chains, "order-2", "failed"), 10)
         # Written atomically with the step that ended each workflow, before any delivery.
         assert sorted(await outbox_events(q)) == [
-            ("workflow-completed", "order-1"), ("workflow-failed", "order-2")]
+            ("workflow-completed", "order-1"),
+            ("workflow-failed", "order-2"),
+        ]
         assert [r for r in receiver.requests if r.json()["type"] != "workflow-cancelled"] == []
         await chains.cancel_workflow("order-3")
         gate.set()
         # The best-effort endpoint hears of the cancel from the in-process report.
-        await wait_until(lambda: any(r.json()["type"] == "workflow-cancelled"
-                                     for r in receiver.requests), 10)
+        await wait_until(
+            lambda: any(r.json()["type"] == "workflow-cancelled" for r in receiver.requests), 10
+        )
         assert q.worker is not None
         await q.worker.stop()
         # A dedicated delivery process (kitium-queue webhooks deliver) sends the rest.
@@ -115,31 +139,42 @@ async def test_workflow_ends_reach_webhooks(redis_url: str, prefix: str,
         for r in (done, failed):
             verify_webhook(r.body, r.headers, secret)
             assert r.id.startswith("evt_")
-        assert done.json()["data"] == {"queue": "wfh", "subject": "order-1",
-                                       "workflow_id": "order-1", "step": ""}
-        assert failed.json()["data"] == {"queue": "wfh", "subject": "order-2",
-                                         "workflow_id": "order-2", "step": "charge"}
+        assert done.json()["data"] == {
+            "queue": "wfh",
+            "subject": "order-1",
+            "workflow_id": "order-1",
+            "step": "",
+        }
+        assert failed.json()["data"] == {
+            "queue": "wfh",
+            "subject": "order-2",
+            "workflow_id": "order-2",
+            "step": "charge",
+        }
         cancelled = got["workflow-cancelled"].json()["data"]
         assert (cancelled["subject"], cancelled["workflow_id"]) == ("order-3", "order-3")
         history = await hooks.get_delivery_history(hook.id)
         assert {d.event_type for d in history} == {"workflow-completed", "workflow-failed"}
         assert all(d.state == "delivered" for d in history)
-        assert [d.event_type for d in await hooks.get_delivery_history(seen_cancel.id)] == \
-            ["workflow-cancelled"]
+        assert [d.event_type for d in await hooks.get_delivery_history(seen_cancel.id)] == [
+            "workflow-cancelled"
+        ]
     finally:
         await hooks.service.stop()
         await q.close()
 
 
-async def test_breaker_state_reaches_a_guaranteed_webhook(redis_url: str, prefix: str,
-                                                          receiver: Any) -> None:
+async def test_breaker_state_reaches_a_guaranteed_webhook(
+    redis_url: str, prefix: str, receiver: Any
+) -> None:
     q = JobQueue("cbh", redis=redis_url, prefix=prefix)
     breakers = CircuitBreakerManager(q, events=False)
     hooks = WebhookManager(q, **FAST)
     try:
         secret = generate_secret()
-        await hooks.register_webhook(WebhookConfig(
-            url=receiver.url, secret=secret, events=[WebhookEventType.BREAKER_STATE]))
+        await hooks.register_webhook(
+            WebhookConfig(url=receiver.url, secret=secret, events=[WebhookEventType.BREAKER_STATE])
+        )
         await breakers.create_breaker({"id": "payments"})
         await breakers.force_open("payments", 60_000, "maintenance")
         assert await outbox_events(q) == [("breaker-state", "payments")]
@@ -148,8 +183,12 @@ async def test_breaker_state_reaches_a_guaranteed_webhook(redis_url: str, prefix
         r = receiver.ok()[0]
         verify_webhook(r.body, r.headers, secret)
         data = r.json()["data"]
-        assert (r.json()["type"], data["subject"], data["from"], data["to"]) == \
-            ("breaker-state", "payments", "closed", "open")
+        assert (r.json()["type"], data["subject"], data["from"], data["to"]) == (
+            "breaker-state",
+            "payments",
+            "closed",
+            "open",
+        )
         assert data["why"] == "maintenance"
     finally:
         await hooks.service.stop()

@@ -172,7 +172,9 @@ redis_option = click.option("--redis", default=None, help="Redis URL overriding 
 @click.group(cls=_Main)
 @click.version_option(package_name="kitium-job-queue")
 @click.option(
-    "-v", "--verbose", count=True,
+    "-v",
+    "--verbose",
+    count=True,
     help="More logging (-v info, -vv debug); errors show their traceback.",
 )
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
@@ -233,7 +235,9 @@ def health(app: str, redis: str | None) -> None:
                     "redis_latency_ms": h.redis_latency_ms,
                     "backend": h.backend,
                     "error": h.error,
-                    "memory": None if h.memory is None else {
+                    "memory": None
+                    if h.memory is None
+                    else {
                         "used_bytes": h.memory.used_bytes,
                         "maxmemory_bytes": h.memory.maxmemory_bytes,
                         "used_fraction": h.memory.used_fraction,
@@ -299,9 +303,7 @@ def dlq_list(app: str, limit: int, redis: str | None) -> None:
 
     async def act(q: JobQueue) -> None:
         for info in await q.get_dlq_jobs(limit):
-            click.echo(
-                _row(info.id, info.name, f"attempts={info.attempts}", info.failed_reason)
-            )
+            click.echo(_row(info.id, info.name, f"attempts={info.attempts}", info.failed_reason))
 
     _with_queue(app, redis, act)
 
@@ -352,8 +354,17 @@ def schedules_list(app: str, as_json: bool, redis: str | None) -> None:
         for s in items:
             timing = f"cron {s.cron} ({s.tz})" if s.cron else f"every {s.every_ms} ms"
             state = "paused" if s.paused else "finished" if s.finished else "active"
-            click.echo(_row(s.id, s.job_name, timing, state, f"next={_fmt_ms(s.next_run_at)}",
-                            f"runs={s.runs}", f"skipped={s.skipped}"))
+            click.echo(
+                _row(
+                    s.id,
+                    s.job_name,
+                    timing,
+                    state,
+                    f"next={_fmt_ms(s.next_run_at)}",
+                    f"runs={s.runs}",
+                    f"skipped={s.skipped}",
+                )
+            )
 
     _with_queue(app, redis, act)
 
@@ -378,15 +389,21 @@ def _schedule_action(verb: str, method: str, done: str, what: str) -> Any:
 
 
 schedules_pause = _schedule_action(
-    "pause", "pause_schedule", "paused",
+    "pause",
+    "pause_schedule",
+    "paused",
     "Stop schedule SCHEDULE_ID of APP from firing (its jobs already enqueued stay).",
 )
 schedules_resume = _schedule_action(
-    "resume", "resume_schedule", "resumed",
+    "resume",
+    "resume_schedule",
+    "resumed",
     "Resume paused schedule SCHEDULE_ID of APP at its next tick from now.",
 )
 schedules_remove = _schedule_action(
-    "remove", "remove_schedule", "removed",
+    "remove",
+    "remove_schedule",
+    "removed",
     "Delete schedule SCHEDULE_ID of APP (its jobs already enqueued stay).",
 )
 
@@ -397,11 +414,17 @@ def breakers() -> None:
 
 
 def _breaker_row(st: Any) -> str:
-    return _row(st.config.id, st.state, f"since={_fmt_ms(st.since_ms)}",
-                f"requests={st.requests}", f"failures={st.failures}",
-                f"rate={st.failure_rate:g}%", f"held={st.held_jobs}",
-                f"next_probe={_fmt_ms(st.next_probe_ms)}",
-                f"job_name={st.config.job_name or '-'}")
+    return _row(
+        st.config.id,
+        st.state,
+        f"since={_fmt_ms(st.since_ms)}",
+        f"requests={st.requests}",
+        f"failures={st.failures}",
+        f"rate={st.failure_rate:g}%",
+        f"held={st.held_jobs}",
+        f"next_probe={_fmt_ms(st.next_probe_ms)}",
+        f"job_name={st.config.job_name or '-'}",
+    )
 
 
 def _manager(q: JobQueue) -> Any:
@@ -435,12 +458,17 @@ def breakers_list(app: str, as_json: bool, redis: str | None) -> None:
 @breakers.command("show")
 @click.argument("app")
 @click.argument("breaker_id")
-@click.option("-n", "--history", "limit", default=10, show_default=True,
-              help="State changes shown, newest first.")
+@click.option(
+    "-n",
+    "--history",
+    "limit",
+    default=10,
+    show_default=True,
+    help="State changes shown, newest first.",
+)
 @json_option
 @redis_option
-def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool,
-                  redis: str | None) -> None:
+def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool, redis: str | None) -> None:
     """Show one breaker: its definition, state, counts and latest state changes."""
 
     async def act(q: JobQueue) -> None:
@@ -448,15 +476,22 @@ def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool,
         st = await m.get_stats(breaker_id)
         hist = await m.history(breaker_id, limit)
         if as_json:
-            click.echo(json.dumps({**st.to_dict(), "history": [h.to_dict() for h in hist]},
-                                  indent=2))
+            click.echo(
+                json.dumps({**st.to_dict(), "history": [h.to_dict() for h in hist]}, indent=2)
+            )
             return
         click.echo(_breaker_row(st))
         th = st.config.failure_threshold
-        click.echo(_row("threshold", f"{th.percentage:g}% of >= {th.min_requests}",
-                        f"window={st.config.window}ms", f"timeout={st.config.timeout}ms",
-                        f"probes={st.config.half_open_probes}",
-                        f"probe_timeout={st.config.probe_timeout}ms"))
+        click.echo(
+            _row(
+                "threshold",
+                f"{th.percentage:g}% of >= {th.min_requests}",
+                f"window={st.config.window}ms",
+                f"timeout={st.config.timeout}ms",
+                f"probes={st.config.half_open_probes}",
+                f"probe_timeout={st.config.probe_timeout}ms",
+            )
+        )
         click.echo(_row("reason", st.reason or "-"))
         for h in hist:
             click.echo(_row(_fmt_ms(h.at_ms), f"{h.from_state} -> {h.to_state}", h.reason))
@@ -470,8 +505,9 @@ def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool,
 @click.option("--reason", default="", help="Recorded with the state change.")
 @json_option
 @redis_option
-def breakers_reset(app: str, breaker_id: str, reason: str, as_json: bool,
-                   redis: str | None) -> None:
+def breakers_reset(
+    app: str, breaker_id: str, reason: str, as_json: bool, redis: str | None
+) -> None:
     """Close BREAKER_ID now; the jobs it held go back to wait."""
     st = _with_queue(app, redis, lambda q: _manager(q).reset(breaker_id, reason))
     click.echo(json.dumps(st.to_dict(), indent=2) if as_json else _breaker_row(st))
@@ -480,16 +516,17 @@ def breakers_reset(app: str, breaker_id: str, reason: str, as_json: bool,
 @breakers.command("open")
 @click.argument("app")
 @click.argument("breaker_id")
-@click.option("--duration", type=int, default=None,
-              help="ms to stay open (default: the breaker's timeout).")
+@click.option(
+    "--duration", type=int, default=None, help="ms to stay open (default: the breaker's timeout)."
+)
 @click.option("--reason", default="", help="Recorded with the state change.")
 @json_option
 @redis_option
-def breakers_open(app: str, breaker_id: str, duration: int | None, reason: str,
-                  as_json: bool, redis: str | None) -> None:
+def breakers_open(
+    app: str, breaker_id: str, duration: int | None, reason: str, as_json: bool, redis: str | None
+) -> None:
     """Open BREAKER_ID now: its bound jobs are held until it half-opens."""
-    st = _with_queue(app, redis,
-                     lambda q: _manager(q).force_open(breaker_id, duration, reason))
+    st = _with_queue(app, redis, lambda q: _manager(q).force_open(breaker_id, duration, reason))
     click.echo(json.dumps(st.to_dict(), indent=2) if as_json else _breaker_row(st))
 
 
@@ -504,9 +541,7 @@ def events(app: str, from_start: bool, redis: str | None) -> None:
         async for ev in q.events(last_id="0" if from_start else "$"):
             # Spaces separate the k=v pairs of the last column: a space inside a key or
             # value is escaped too (\x20), so a value cannot forge another pair.
-            extra = " ".join(
-                f"{_pair_part(k)}={_pair_part(v)}" for k, v in ev.fields.items()
-            )
+            extra = " ".join(f"{_pair_part(k)}={_pair_part(v)}" for k, v in ev.fields.items())
             click.echo(_row(ev.id, ev.event, ev.job_id or "") + f"\t{extra}")
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -528,7 +563,6 @@ def demo(redis: str) -> None:
     from .demo import run_demo
 
     asyncio.run(run_demo(redis, click.echo))
-
 
 
 def _add_feature_commands() -> None:

@@ -155,7 +155,10 @@ class Producer:
 
     # ------------------------------------------------------------------ API
     async def add_job(
-        self, job_name: str, data: Any, options: JobOptions | Mapping[str, Any] | None,
+        self,
+        job_name: str,
+        data: Any,
+        options: JobOptions | Mapping[str, Any] | None,
         kwargs: dict[str, Any],
     ) -> str:
         """``JobQueue.add_job`` (documented there)."""

@@ -126,8 +126,10 @@ class PartitionedQueue(MultiQueue[JobQueue]):
     def __init__(
         self, name: str, *, partitions: int, redis: Any = "memory://", **options: Any
     ) -> None:
-        if not isinstance(partitions, int) or isinstance(partitions, bool) or not (
-            1 <= partitions <= _MAX_PARTITIONS
+        if (
+            not isinstance(partitions, int)
+            or isinstance(partitions, bool)
+            or not (1 <= partitions <= _MAX_PARTITIONS)
         ):
             raise ConfigurationError(
                 f"partitions must be an int from 1 to {_MAX_PARTITIONS}, got {partitions!r}"
@@ -179,12 +181,10 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         pins: list[tuple[str, int]] = []
         if key is not None:
             if not isinstance(key, str) or not key:
-                raise ConfigurationError(
-                    f"partition_key must be a non-empty string, got {key!r}")
+                raise ConfigurationError(f"partition_key must be a non-empty string, got {key!r}")
             pins.append((f"partition_key {key[:100]!r}", self.partition_of(key)))
         elif group:
-            pins.append((f"message_group_id {str(group)[:100]!r}",
-                         self.partition_of(str(group))))
+            pins.append((f"message_group_id {str(group)[:100]!r}", self.partition_of(str(group))))
         pins += self._declared_pins(options)
         for what, p in pins[1:]:
             if p != pins[0][1]:

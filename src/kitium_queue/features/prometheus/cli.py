@@ -28,12 +28,22 @@ def make_command(
 
     @click.command()
     @click.argument("app")
-    @click.option("--port", default=9464, show_default=True, type=click.IntRange(0, 65535),
-                  help="TCP port to listen on (0: any free port).")
-    @click.option("--host", default="127.0.0.1", show_default=True,
-                  help="Address to listen on (0.0.0.0 to expose it beyond this host).")
-    @click.option("--once", is_flag=True,
-                  help="Print the metrics once to stdout and exit (no server).")
+    @click.option(
+        "--port",
+        default=9464,
+        show_default=True,
+        type=click.IntRange(0, 65535),
+        help="TCP port to listen on (0: any free port).",
+    )
+    @click.option(
+        "--host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Address to listen on (0.0.0.0 to expose it beyond this host).",
+    )
+    @click.option(
+        "--once", is_flag=True, help="Print the metrics once to stdout and exit (no server)."
+    )
     @redis_option
     def metrics(app: str, port: int, host: str, once: bool, redis: str | None) -> None:
         """Serve Prometheus metrics of APP's queue on http://HOST:PORT/metrics: jobs per

@@ -30,8 +30,7 @@ from collections.abc import Iterable
 
 from ...slots import lua_string
 
-__all__ = ["RELEASE_EVENTS", "SCRIPTS", "enqueue_fragment", "event_fragment",
-           "release_fragment"]
+__all__ = ["RELEASE_EVENTS", "SCRIPTS", "enqueue_fragment", "event_fragment", "release_fragment"]
 
 #: The events each ``release`` outcome produces (``failed`` adds ``job-dlq`` when the
 #: queue's DLQ is enabled). ``deferred`` and ``released`` produce none.

@@ -42,7 +42,8 @@ PublicId = Callable[[str], str]
 # manager of it registered, and how its job ids are shown (a partition's full ids).
 _INSTALLED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 _TRANSFORMERS: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 _PUBLIC: weakref.WeakKeyDictionary[Any, PublicId] = weakref.WeakKeyDictionary()
 
 
@@ -56,7 +57,8 @@ def check_ids(value: Any, section: str) -> list[str]:
         raise ConfigurationError(f"{section}: depends_on must be a list of job ids")
     if len(value) > MAX_PARENTS:
         raise ConfigurationError(
-            f"{section}: depends_on lists {len(value)} jobs, at most {MAX_PARENTS}")
+            f"{section}: depends_on lists {len(value)} jobs, at most {MAX_PARENTS}"
+        )
     return [check_text(v, f"{section}: depends_on item", max_len=512) for v in value]
 
 
@@ -64,7 +66,8 @@ def check_policy(value: Any, section: str) -> str:
     """An ``on_failure`` value."""
     if value not in POLICIES:
         raise ConfigurationError(
-            f"{section}: on_failure must be one of {', '.join(POLICIES)}, got {value!r}")
+            f"{section}: on_failure must be one of {', '.join(POLICIES)}, got {value!r}"
+        )
     return str(value)
 
 
@@ -99,9 +102,13 @@ async def parent_results(q: JobQueue, jid: str) -> dict[str, ParentResult]:
         pid = public(_text(p)) if public else _text(p)
         result = q.ctx.serializer.loads(raw, "result") if raw else None
         key = _text(step) if step else pid
-        out[key] = ParentResult(pid, _text(step) if step else None,
-                                _text(st) or "missing", result,
-                                _text(err) if err else None)
+        out[key] = ParentResult(
+            pid,
+            _text(step) if step else None,
+            _text(st) or "missing",
+            result,
+            _text(err) if err else None,
+        )
     return out
 
 
@@ -112,18 +119,38 @@ def install(q: JobQueue, retain_ms: int) -> None:
         if have != retain_ms:
             raise ConfigurationError(
                 f"workflows are already enabled on queue {q.name!r} with retention_ms={have}; "
-                "create one JobChainManager per queue, with the same arguments in every process")
+                "create one JobChainManager per queue, with the same arguments in every process"
+            )
         return
-    q.declare_option("workflow_id", feature=FEATURE, placement="key",
-                     doc="the workflow the job is a step of (features.workflows)")
-    q.declare_option("workflow_step", feature=FEATURE,
-                     doc="the job's step name in its workflow (features.workflows)")
-    q.declare_option("depends_on", feature=FEATURE, normalize=check_ids, placement="job_ids",
-                     doc="ids of jobs that must complete before this one runs")
-    q.declare_option("on_failure", feature=FEATURE, normalize=check_policy,
-                     doc="what the job's final failure does to its dependents")
-    q.declare_option("data_transformer", feature=FEATURE,
-                     doc="transformer applied to the data before the job runs")
+    q.declare_option(
+        "workflow_id",
+        feature=FEATURE,
+        placement="key",
+        doc="the workflow the job is a step of (features.workflows)",
+    )
+    q.declare_option(
+        "workflow_step",
+        feature=FEATURE,
+        doc="the job's step name in its workflow (features.workflows)",
+    )
+    q.declare_option(
+        "depends_on",
+        feature=FEATURE,
+        normalize=check_ids,
+        placement="job_ids",
+        doc="ids of jobs that must complete before this one runs",
+    )
+    q.declare_option(
+        "on_failure",
+        feature=FEATURE,
+        normalize=check_policy,
+        doc="what the job's final failure does to its dependents",
+    )
+    q.declare_option(
+        "data_transformer",
+        feature=FEATURE,
+        doc="transformer applied to the data before the job runs",
+    )
     scripts = q.scripts
     for name in lua.SCRIPTS:
         scripts.add_fragment(name, lua.script(name, retain_ms))
@@ -139,7 +166,7 @@ def install(q: JobQueue, retain_ms: int) -> None:
         for pattern in ("dep*", "wf*"):
             found = [k async for k in client.scan_iter(match=q.keys.extra(pattern), count=1000)]
             for i in range(0, len(found), 500):
-                await client.unlink(*found[i:i + 500])
+                await client.unlink(*found[i : i + 500])
 
     q.admin.add_clear_step(forget_workflows)
     transformers: dict[str, Callable[..., Any]] = {}

@@ -105,11 +105,13 @@ class JobChainManager:
     ``retention_ms``: it is compiled into the queue's scripts.
     """
 
-    def __init__(self, queue: Any, *, retention_ms: int = DEFAULT_RETENTION_MS,
-                 events: bool = True) -> None:
+    def __init__(
+        self, queue: Any, *, retention_ms: int = DEFAULT_RETENTION_MS, events: bool = True
+    ) -> None:
         self.queue = queue
-        self.retention_ms = to_int(retention_ms, "retention_ms", minimum=1000,
-                                   maximum=10 * 365 * 86_400_000)
+        self.retention_ms = to_int(
+            retention_ms, "retention_ms", minimum=1000, maximum=10 * 365 * 86_400_000
+        )
         # A façade of several queues (a PartitionedQueue) has its members in `queues`.
         members = getattr(queue, "queues", None)
         self._facade: Any = queue if members is not None else None
@@ -124,8 +126,7 @@ class JobChainManager:
                 svc = WorkflowEvents(q)
                 q.add_service(svc)
                 self.event_services.append(svc)
-        self.events: WorkflowEvents | None = (
-            self.event_services[0] if self.event_services else None)
+        self.events: WorkflowEvents | None = self.event_services[0] if self.event_services else None
 
     # ------------------------------------------------------------------ routing
     def queue_of(self, workflow_id: str) -> JobQueue:
@@ -164,8 +165,9 @@ class JobChainManager:
         this process (the default when they were not), reporting no events: what tools
         that only have the queue (the CLI) use."""
         first = (getattr(queue, "queues", None) or [queue])[0]
-        return cls(queue, retention_ms=installed_retention(first) or DEFAULT_RETENTION_MS,
-                   events=False)
+        return cls(
+            queue, retention_ms=installed_retention(first) or DEFAULT_RETENTION_MS, events=False
+        )
 
     # ------------------------------------------------------------------ writing
     async def execute_workflow(
@@ -194,8 +196,11 @@ class JobChainManager:
         names: list[str] = []
         for s in ordered:
             opts: dict[str, Any] = {
-                **s.options, "job_id": ids[s.name], "workflow_id": wid,
-                "workflow_step": s.name, "attempts": s.retry_attempts + 1,
+                **s.options,
+                "job_id": ids[s.name],
+                "workflow_id": wid,
+                "workflow_step": s.name,
+                "attempts": s.retry_attempts + 1,
             }
             if s.on_failure != "fail_workflow":
                 opts["on_failure"] = s.on_failure
@@ -210,7 +215,8 @@ class JobChainManager:
             if size > MAX_WORKFLOW_BYTES:
                 raise ConfigurationError(
                     f"workflow {wid!r}: its steps' data is above {MAX_WORKFLOW_BYTES} bytes "
-                    "in all; store large data elsewhere and pass references")
+                    "in all; store large data elsewhere and pass references"
+                )
             parents = orjson.dumps([ids[x] for x in dict.fromkeys(s.depends_on)])
             size += len(parents)
             args += [s.name, p[0], p[1], p[2], p[3], p[4], p[5], p[6], parents]
@@ -220,11 +226,13 @@ class JobChainManager:
         kind = _text(reply[0])
         if kind == "exists":
             raise JobStateError(
-                f"workflow {wid!r} exists (or finished within its retention); choose a new id")
+                f"workflow {wid!r} exists (or finished within its retention); choose a new id"
+            )
         if kind == "taken":
             raise JobStateError(
                 f"workflow {wid!r}: job id {_text(reply[1])!r} is taken by an existing job; "
-                "choose another workflow id")
+                "choose another workflow id"
+            )
         if q.hooks.enqueued:
             q.hooks.emit_enqueued(q.name, [ids[s.name] for s in ordered], names)
         return {s.name: self._public(part, ids[s.name]) for s in ordered}
@@ -245,14 +253,16 @@ class JobChainManager:
                 partition than the job's.
         """
         part, jid = self._split(check_text(job_id, "job_id", max_len=512))
-        deps = [self._inner(part, d, job_id) for d in
-                check_ids(list(dependencies), "wait_for_dependencies")]
+        deps = [
+            self._inner(part, d, job_id)
+            for d in check_ids(list(dependencies), "wait_for_dependencies")
+        ]
         pol = "" if on_failure is None else check_policy(on_failure, "wait_for_dependencies")
         q = self._parts[part]
         client = await q.client()
         reply = await q.scripts.call(
-            client, "wf_depend", q.keys.all,
-            [*q.ctx.argv_head(), jid, orjson.dumps(deps), pol])
+            client, "wf_depend", q.keys.all, [*q.ctx.argv_head(), jid, orjson.dumps(deps), pol]
+        )
         kind = _text(reply[0])
         if kind == "ok":
             return int(reply[1])
@@ -261,7 +271,8 @@ class JobChainManager:
         if kind == "started":
             raise JobStateError(
                 f"job {job_id!r} is {_text(reply[1])}: only a job that has not started can "
-                "wait for dependencies")
+                "wait for dependencies"
+            )
         if kind == "tracked":
             raise JobStateError(f"job {job_id!r} has dependencies already")
         raise JobRefusedError(f"job {job_id!r}: {_text(reply[1])}")
@@ -274,12 +285,14 @@ class JobChainManager:
         if found is None:
             raise ConfigurationError(
                 f"wait_for_dependencies: {dep[:100]!r} is not a job id of partitioned queue "
-                f"{self._facade.name!r}: use the full ids add_job returned")
+                f"{self._facade.name!r}: use the full ids add_job returned"
+            )
         if int(found[0]) != part:
             raise ConfigurationError(
                 f"wait_for_dependencies: job {job_id[:100]!r} is on partition {part} and "
                 f"{dep[:100]!r} on partition {found[0]}: a job and the jobs it depends on "
-                "must share one partition (add them with the same partition_key)")
+                "must share one partition (add them with the same partition_key)"
+            )
         return str(found[1])
 
     async def cancel_workflow(self, workflow_id: str) -> int:
@@ -292,8 +305,7 @@ class JobChainManager:
 
         async def action() -> Any:
             client = await q.client()
-            return await q.scripts.call(client, "wf_cancel", q.keys.all,
-                                        [*q.ctx.argv_head(), wid])
+            return await q.scripts.call(client, "wf_cancel", q.keys.all, [*q.ctx.argv_head(), wid])
 
         reply = await q.admin.execute("cancel_workflow", {"workflow_id": wid}, action)
         if _text(reply[0]) == "missing":
@@ -317,7 +329,8 @@ class JobChainManager:
         index = self._by_name.get(str(getattr(job, "queue_name", "")))
         if index is None:
             raise ConfigurationError(
-                f"job {getattr(job, 'id', job)!r} is not a job of this manager's queue")
+                f"job {getattr(job, 'id', job)!r} is not a job of this manager's queue"
+            )
         return await parent_results(self._parts[index], str(job.id))
 
     async def get_workflow_status(self, workflow_id: str) -> WorkflowStatus | None:
@@ -354,18 +367,26 @@ class JobChainManager:
             counts[state] = counts.get(state, 0) + 1
             err = dep[3] or job[4]
             out[name] = StepStatus(
-                name=name, job_id=self._public(part, jid), state=state,
-                depends_on=[by_id.get(_text(p)) or self._public(part, _text(p))
-                            for p in parents],
-                attempts=_num(job[1]) or 0, created_at=_num(dep[1]) or _num(job[5]),
-                started_at=_num(job[2]), finished_at=_num(dep[2]) or _num(job[3]),
+                name=name,
+                job_id=self._public(part, jid),
+                state=state,
+                depends_on=[by_id.get(_text(p)) or self._public(part, _text(p)) for p in parents],
+                attempts=_num(job[1]) or 0,
+                created_at=_num(dep[1]) or _num(job[5]),
+                started_at=_num(job[2]),
+                finished_at=_num(dep[2]) or _num(job[3]),
                 error=_text(err) if err else None,
             )
         return WorkflowStatus(
-            workflow_id=wid, state=_text(head.get(b"st")) or "missing",
-            created_at=_num(head.get(b"ts")), finished_at=_num(head.get(b"f")),
-            total=_num(head.get(b"n")) or len(out), unfinished=_num(head.get(b"left")) or 0,
-            failed_step=_text(head.get(b"err")) or None, counts=counts, steps=out,
+            workflow_id=wid,
+            state=_text(head.get(b"st")) or "missing",
+            created_at=_num(head.get(b"ts")),
+            finished_at=_num(head.get(b"f")),
+            total=_num(head.get(b"n")) or len(out),
+            unfinished=_num(head.get(b"left")) or 0,
+            failed_step=_text(head.get(b"err")) or None,
+            counts=counts,
+            steps=out,
         )
 
     async def list_workflows(self, limit: int = 100, offset: int = 0) -> list[WorkflowSummary]:
@@ -377,11 +398,14 @@ class JobChainManager:
             return []
         if len(self._parts) == 1:
             return await _list(self._parts[0], skip, n)
-        rows = [r for part in await asyncio.gather(*(_list(q, 0, skip + n) for q in self._parts))
-                for r in part]
+        rows = [
+            r
+            for part in await asyncio.gather(*(_list(q, 0, skip + n) for q in self._parts))
+            for r in part
+        ]
         # Each partition's index is ordered by creation, then by id (descending).
         rows.sort(key=lambda r: (r.created_at or 0, r.workflow_id.encode()), reverse=True)
-        return rows[skip:skip + n]
+        return rows[skip : skip + n]
 
 
 async def _list(q: JobQueue, skip: int, n: int) -> list[WorkflowSummary]:
@@ -399,8 +423,11 @@ async def _list(q: JobQueue, skip: int, n: int) -> list[WorkflowSummary]:
         if r[0] is None:
             gone.append(w)
             continue
-        out.append(WorkflowSummary(_text(w), _text(r[0]), _num(r[1]), _num(r[2]),
-                                   _num(r[3]) or 0, _num(r[4]) or 0))
+        out.append(
+            WorkflowSummary(
+                _text(w), _text(r[0]), _num(r[1]), _num(r[2]), _num(r[3]) or 0, _num(r[4]) or 0
+            )
+        )
     if gone:  # retention ended: forget them in the index too
         await client.zrem(index, *gone)
     return out
