@@ -8,12 +8,23 @@ events in ``tests/test_workflows_webhooks.py``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
+from _fuzz_strategies import ids, nasty_text, unwrap
 from helpers import QueueFactory, wait_for_status, wait_until
-from kitium_queue import ConfigurationError, JobRefusedError, JobStatus, PartitionedQueue
+from kitium_queue import (
+    ConfigurationError,
+    JobQueue,
+    JobRefusedError,
+    JobStatus,
+    KitiumQueueError,
+    PartitionedQueue,
+)
 from kitium_queue.features.groups import FIFOQueueManager
 from kitium_queue.features.workflows import JobChainManager, WorkflowStep
 
@@ -224,9 +235,9 @@ async def test_workflows_on_a_partitioned_queue_stay_on_one_partition(
             ],
         )
     # Ids are full ids of the partitioned queue, on the partition of the workflow id.
-    for wid, ids in all_ids.items():
+    for wid, got in all_ids.items():
         p = pq.partition_of(wid)
-        assert ids == {s: f"{p}:{wid}:{s}" for s in "abcd"}
+        assert got == {s: f"{p}:{wid}:{s}" for s in "abcd"}
         assert chains.queue_of(wid) is pq.queues[p]
     assert len({pq.partition_of(w) for w in wids}) > 1  # spread over partitions
     # Steps added to a workflow with add_job, and jobs depending on its steps, follow it.
@@ -248,10 +259,10 @@ async def test_workflows_on_a_partitioned_queue_stay_on_one_partition(
         st = await finished(chains, w, "completed")
         assert st.counts == {"completed": 5 if w == wid else 4}
     await wait_for_status(pq, after, JobStatus.COMPLETED)  # type: ignore[arg-type]
-    for w, ids in all_ids.items():
-        names = {where[i] for i in ids.values()}
+    for w, got in all_ids.items():
+        names = {where[i] for i in got.values()}
         assert names == {pq.queues[pq.partition_of(w)].name}, (w, names)
-        assert seen[ids["d"]] == {"b": 2, "c": 3}
+        assert seen[got["d"]] == {"b": 2, "c": 3}
     assert seen[joined] == {"d": 1} and seen[after] == {"e": 5, "b": 2}
     st = await chains.get_workflow_status(wid)
     assert st is not None and st.steps["e"].job_id == joined
@@ -302,3 +313,101 @@ async def test_partitioned_dependencies_refused_across_partitions(
     await wait_for_status(pq, d, JobStatus.COMPLETED)  # type: ignore[arg-type]
     assert list(await chains.parent_results(d)) == [a]
     await pq.close()
+
+
+# ================================================================ hostile options
+
+_HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+
+
+class FuzzBench:
+    """A queue and a partitioned queue, each with a running workflow ``live``."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.q = JobQueue("fz", redis=redis_url, prefix=prefix)
+        self.pq = PartitionedQueue("fzp", partitions=3, redis=redis_url, prefix=prefix)
+        self.chains = {"queue": JobChainManager(self.q), "partitioned": JobChainManager(self.pq)}
+        self.live: dict[str, dict[str, str]] = {}
+        self.prefix = prefix
+
+    async def start(self) -> None:
+        for where, chains in self.chains.items():
+            self.live[where] = await chains.execute_workflow(
+                "live", [WorkflowStep("a", "n"), WorkflowStep("b", "n", depends_on=["a"])]
+            )
+
+    def queue(self, where: str) -> Any:
+        return self.q if where == "queue" else self.pq
+
+    async def snapshot(self) -> dict[bytes, Any]:
+        client = await self.q.client()
+        keys = [k async for k in client.scan_iter(match=f"{self.prefix}*", count=1000)]
+        return {k: await client.dump(k) for k in sorted(keys)}
+
+    async def close(self) -> None:
+        await self.q.close()
+        await self.pq.close()
+
+
+@pytest.fixture
+async def fuzz(redis_url: str, prefix: str) -> AsyncIterator[FuzzBench]:
+    bench = FuzzBench(redis_url, prefix)
+    await bench.start()
+    yield bench
+    await bench.close()
+
+
+@pytest.mark.redis_only
+@settings(max_examples=80, deadline=None, suppress_health_check=_HEALTH)
+@given(
+    where=st.sampled_from(["queue", "partitioned"]),
+    wid=st.one_of(st.none(), st.just("live"), nasty_text(), ids()),
+    step=st.one_of(st.none(), st.just("a"), nasty_text()),
+    deps=st.one_of(
+        st.none(), st.lists(st.one_of(st.sampled_from(["a", "b"]), ids()), max_size=3), ids()
+    ),
+)
+@example(where="partitioned", wid="live", step="extra", deps=["a"])
+@example(where="queue", wid="live", step="a", deps=None)
+@example(where="queue", wid="\ud800", step=None, deps=None)
+@example(where="partitioned", wid=None, step=None, deps=["0:x", "1:y"])
+async def test_hostile_workflow_options_fail_alone(
+    fuzz: FuzzBench,
+    where: str,
+    wid: Any,
+    step: Any,
+    deps: Any,
+) -> None:
+    """``add_job`` with hostile ``workflow_id`` / ``workflow_step`` / ``depends_on`` on a
+    queue and on a partitioned queue: either it adds one job (joined to ``live`` when
+    named so), or it raises a ``KitiumQueueError`` having written nothing."""
+    live = fuzz.live[where]
+    opts: dict[str, Any] = {}
+    if wid is not None:
+        opts["workflow_id"] = unwrap(wid)
+    if step is not None:
+        opts["workflow_step"] = unwrap(step)
+    if isinstance(deps, list):
+        opts["depends_on"] = [live[d] if d in ("a", "b") else unwrap(d) for d in deps]
+    elif deps is not None:
+        opts["depends_on"] = unwrap(deps)
+    chains = fuzz.chains[where]
+    before = await fuzz.snapshot()
+    total = (await chains.get_workflow_status("live")).total  # type: ignore[union-attr]
+    try:
+        jid = await fuzz.queue(where).add_job("n", {}, **opts)
+    except KitiumQueueError as exc:
+        after = await fuzz.snapshot()
+        if isinstance(exc, JobRefusedError):
+            # Refused inside the enqueue script: only the id counter moved (an automatic
+            # id is drawn before the features' accept checks, as for any refused job).
+            after = {k: v for k, v in after.items() if not k.endswith(b":id")}
+            before = {k: v for k, v in before.items() if not k.endswith(b":id")}
+        assert after == before
+        return
+    info = await fuzz.queue(where).get_job_status(jid)
+    assert info is not None and info.name == "n"
+    st_after = await chains.get_workflow_status("live")
+    assert st_after is not None
+    assert st_after.total == total + (opts.get("workflow_id") == "live")
+    await fuzz.queue(where).remove_job(jid)  # back to a workflow with room for "a"

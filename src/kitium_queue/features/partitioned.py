@@ -154,7 +154,9 @@ class PartitionedQueue(MultiQueue[JobQueue]):
     # ------------------------------------------------------------------ ids and keys
     def partition_of(self, key: str) -> int:
         """The partition a key maps to (``crc32(key) % partitions``)."""
-        return zlib.crc32(key.encode("utf-8")) % self.partitions
+        # surrogatepass: a key that is not valid text still maps (the same as strict UTF-8
+        # for any valid one); the option's own check then refuses it with a clear error.
+        return zlib.crc32(key.encode("utf-8", "surrogatepass")) % self.partitions
 
     def place(self, options: dict[str, Any]) -> int:
         """The partition of a new job: by ``partition_key`` (taken out of ``options``) or
@@ -205,16 +207,21 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         """Partitions the options with a declared placement name (rewriting full ids of
         ``job_ids`` options into ids within the partition)."""
         pins: list[tuple[str, int]] = []
-        for name, kind in self.queues[0].jobspec.placements():
+        spec = self.queues[0].jobspec
+        for name, kind in spec.placements():
             value = options.get(name)
-            if value is None or value == "":
+            if value is None:
                 continue
+            # The option's own check first: what is placed by it is valid.
+            option = spec.get(name)
+            if option is not None:
+                option.normalize(value, "job")
             if kind == "key":
                 if isinstance(value, str):
                     pins.append((f"{name} {value[:100]!r}", self.partition_of(value)))
                 continue
-            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-                continue  # not a list: the member's check says what is wrong
+            if not isinstance(value, (list, tuple)):
+                continue
             found: dict[int, list[str]] = {}
             inner: list[Any] = []
             for item in value:

@@ -19,7 +19,7 @@ from ...errors import ConfigurationError
 from ...options import check_text
 from . import lua
 from .lua import FEATURE, MAX_PARENTS
-from .model import POLICIES, ParentResult, resolve_transformer
+from .model import MAX_NAME, POLICIES, ParentResult, resolve_transformer
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PublicId",
     "check_ids",
+    "check_name",
     "check_policy",
     "install",
     "installed_retention",
@@ -60,6 +61,16 @@ def check_ids(value: Any, section: str) -> list[str]:
             f"{section}: depends_on lists {len(value)} jobs, at most {MAX_PARENTS}"
         )
     return [check_text(v, f"{section}: depends_on item", max_len=512) for v in value]
+
+
+def check_name(option: str) -> Callable[[Any, str], str]:
+    """The normalizer of ``workflow_id`` / ``workflow_step``: text of at most
+    ``MAX_NAME`` characters (they end up in job ids, keys and messages)."""
+
+    def normalize(value: Any, section: str) -> str:
+        return check_text(value, f"{section}: {option}", max_len=MAX_NAME)
+
+    return normalize
 
 
 def check_policy(value: Any, section: str) -> str:
@@ -125,12 +136,14 @@ def install(q: JobQueue, retain_ms: int) -> None:
     q.declare_option(
         "workflow_id",
         feature=FEATURE,
+        normalize=check_name("workflow_id"),
         placement="key",
         doc="the workflow the job is a step of (features.workflows)",
     )
     q.declare_option(
         "workflow_step",
         feature=FEATURE,
+        normalize=check_name("workflow_step"),
         doc="the job's step name in its workflow (features.workflows)",
     )
     q.declare_option(
