@@ -46,6 +46,7 @@ from .scripts import ScriptCall, ScriptRegistry, permission_denied
 from .serverinfo import check_eviction
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
     from .job import JobInfo
 
 __all__ = ["CONNECT_TIMEOUT_S", "QueueContext"]
@@ -126,6 +127,9 @@ class QueueContext:
         self.hooks = HookBus()
         self.info_views: list[Callable[[JobInfo, bool], None]] = []
         self.redact_payloads = False
+        #: The write barrier: a command run after each enqueue and outcome, before they
+        #: are acknowledged (``barrier.py``; None: none).
+        self.write_barrier: WriteBarrier | None = None
         #: The principal this queue acts for when no ``identity.acting_as`` block is
         #: active (stamped on admin calls; None: nobody in particular).
         self.principal: str | None = None
