@@ -235,6 +235,7 @@ def health(app: str, redis: str | None) -> None:
                     "redis_latency_ms": h.redis_latency_ms,
                     "backend": h.backend,
                     "error": h.error,
+                    "missing_records": h.missing_records,
                     "memory": None
                     if h.memory is None
                     else {

@@ -93,6 +93,10 @@ class QueueStats:
     is_paused: bool
     latency_ms: int
     pending: int = 0
+    #: Job records found missing since the queue was last cleared: hashes evicted
+    #: (``allow_eviction``) or deleted by hand while their job sat in a state set
+    #: (waiting, delayed and running ones are in the DLQ with "job record missing").
+    missing_records: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,6 +117,8 @@ class HealthStatus:
     #: Memory in use against ``maxmemory``, the eviction policy and the persistence of
     #: the server (None for memory://, or a server that does not answer ``INFO``).
     memory: MemoryReport | None = None
+    #: Job records found missing (``QueueStats.missing_records``); None when unknown.
+    missing_records: int | None = None
 
     def __bool__(self) -> bool:
         return self.healthy
@@ -365,6 +371,9 @@ class Queries:
         pipe.hget(ctx.keys.meta, "paused")
         *raws, paused = await pipe.execute()
         is_paused = paused == b"1"
+        gone = [i for i, r in zip(ids, raws, strict=True) if not r]
+        if gone and found_in in _STATUS_SETS:
+            await self._missing(gone, found_in)
         out: list[JobInfo] = []
         for i, r in zip(ids, raws, strict=True):
             if not r:
@@ -388,12 +397,28 @@ class Queries:
             )
         return out
 
+    async def _missing(self, gone: Sequence[str | bytes], found_in: JobStatus) -> None:
+        """Ids read from a state set whose record was gone when read: the ones still in
+        the set lost their record (evicted, deleted); the others left the set meanwhile
+        (retention, a transition). Reported through ``ctx.missing``, never raised."""
+        if not self.ctx.missing.due():
+            return
+        client = await self.ctx.client()
+        key = getattr(self.ctx.keys, _STATUS_SETS[found_in])
+        pipe = client.pipeline(transaction=False)
+        for i in gone:
+            pipe.zscore(key, i)
+        still = sum(1 for s in await pipe.execute() if s is not None)
+        self.ctx.missing.seen(still, f"listed as {found_in.value}")
+
     async def get_stats(self) -> QueueStats:
         """``JobQueue.get_stats``."""
         r = await self.ctx.run("stats")
         waiting, active, delayed, completed, failed, dlq = (int(x) for x in r[:6])
         is_paused = r[6] == b"1"
         oldest, now = int(r[7]), int(r[8])
+        missing = _count(r[9])
+        self.ctx.missing.counted(missing)
         return QueueStats(
             waiting=waiting,
             active=active,
@@ -405,6 +430,7 @@ class Queries:
             is_paused=is_paused,
             latency_ms=max(0, now - oldest) if oldest >= 0 else 0,
             pending=await parked_count(self.ctx),
+            missing_records=missing,
         )
 
     async def health_check(
@@ -428,6 +454,12 @@ class Queries:
         memory = (
             None if ctx.connection.is_memory else await memory_report(client, config=server_config)
         )
+        try:
+            missing: int | None = _count(await client.hget(ctx.keys.meta, "missing"))
+        except RedisError:
+            missing = None
+        else:
+            ctx.missing.counted(missing or 0)
         return HealthStatus(
             True,
             round(latency, 3),
@@ -435,6 +467,7 @@ class Queries:
             None,
             worker_running(),
             memory,
+            missing,
         )
 
     async def events(
@@ -482,6 +515,14 @@ class Queries:
         if raw is not None:
             fields_["progress"] = raw.decode("utf-8", "backslashreplace")
         return StreamEvent(ev.id, ev.event, ev.job_id, fields_)
+
+
+def _count(raw: Any) -> int:
+    """A counter read from Redis (0 when absent or damaged)."""
+    try:
+        return max(0, int(raw or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 async def _after(

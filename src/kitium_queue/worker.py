@@ -123,6 +123,7 @@ class Worker:
         # Outcomes the write barrier did not confirm, and when that was last logged.
         self._unconfirmed = 0
         self._unconfirmed_logged = -_BARRIER_LOG_S
+        self._missing_task: asyncio.Future[None] | None = None
         self._slots = slots
         self.leases = Leases(
             queue,
@@ -230,6 +231,9 @@ class Worker:
             for t in pending:
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._missing_task is not None:
+            self._missing_task.cancel()
+            await asyncio.gather(self._missing_task, return_exceptions=True)
         await self.runner.close()
         if self._bclient is not None and self.queue.connection.owns(self._bclient):
             with contextlib.suppress(Exception):  # closing a broken connection
@@ -437,6 +441,9 @@ class Worker:
         back, dead = reply[_RECOVERED], reply[_DEAD]
         if back or dead:
             self.leases.recovered(back, dead)
+        if dead and self.queue.ctx.missing.due():
+            # Some of them may have lost their record (evicted): the queue's count says.
+            self._check_missing()
         jobs = reply[_JOBS:]
         if not jobs:
             return 0
@@ -457,6 +464,19 @@ class Worker:
                     self.queue.name,
                 )
         return len(jobs)
+
+    def _check_missing(self) -> None:
+        """Read the queue's count of missing records, in the background: a warning goes
+        out (bounded rate, ``serverinfo.MissingRecords``) when it grew."""
+        if self._missing_task is not None and not self._missing_task.done():
+            return
+
+        async def check() -> None:
+            with contextlib.suppress(Exception):
+                raw = await self._client.hget(self.queue.keys.meta, "missing")
+                self.queue.ctx.missing.counted(int(raw or 0))
+
+        self._missing_task = asyncio.ensure_future(check())
 
     # ------------------------------------------------------------------ waker
     async def _waker(self) -> None:
