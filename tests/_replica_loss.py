@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from _sentinel import LocalSentinel  # noqa: E402
 from chaos.proxy import Proxy  # noqa: E402
+
+from _sentinel import LocalSentinel  # noqa: E402
 from kitium_queue import JobQueue, ReplicaAckError, ReplicaAcks  # noqa: E402
 
 __all__ = ["primary_kill_run"]
