@@ -129,9 +129,7 @@ async def test_a_frozen_replica_fails_enqueues_that_wait_and_not_the_others(
     assert (await queue.get_stats()).waiting == 10  # every one written
 
 
-async def test_add_jobs_stops_at_the_first_chunk_not_confirmed(
-    pair: Pair, queue: JobQueue
-) -> None:
+async def test_add_jobs_stops_at_the_first_chunk_not_confirmed(pair: Pair, queue: JobQueue) -> None:
     pair.freeze()
     with pytest.raises(ReplicaAckError) as ei:
         await queue.add_jobs([("n", i) for i in range(2500)])
