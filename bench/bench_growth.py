@@ -48,7 +48,6 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from _redis import RedisServer  # noqa: E402
-
 from kitium_queue import JobQueue  # noqa: E402
 
 QUEUE = "growth"
@@ -183,7 +182,8 @@ async def _admin(q: JobQueue, r: aioredis.Redis, *, destructive: bool) -> dict[s
         out["replay_dlq(10000)"] = await _blocking(r, lambda: q.replay_dlq(10_000))
         out["drain"] = await _blocking(r, q.drain)
         out["clear"] = await _blocking(r, lambda: q.clear(force=True))
-    out["latency_latest"] = [list(map(str, x)) for x in await r.execute_command("LATENCY", "LATEST")]
+    latest = await r.execute_command("LATENCY", "LATEST")
+    out["latency_latest"] = [list(map(str, x)) for x in latest]
     return out
 
 

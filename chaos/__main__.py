@@ -56,17 +56,10 @@ def _table(results: list[Result]) -> str:
     rows = [("#", "scenario", "mode", "result", "time", "checks", "figures")]
     for r in results:
         ok = sum(1 for c in r.checks if c["ok"])
-        rows.append(
-            (
-                str(r.item),
-                r.name,
-                r.mode,
-                "PASS" if r.passed else "FAIL",
-                f"{r.duration_s:.1f}s",
-                f"{ok}/{len(r.checks)}",
-                _headline(r),
-            )
-        )
+        rows.append((
+            str(r.item), r.name, r.mode, "PASS" if r.passed else "FAIL",
+            f"{r.duration_s:.1f}s", f"{ok}/{len(r.checks)}", _headline(r),
+        ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     out = []
     for row in rows:
@@ -96,11 +89,9 @@ def _write_report(path: Path, results: list[Result]) -> None:
         entry = r.to_dict()
         entry["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         report["scenarios"].setdefault(r.name, {})[r.mode] = entry
-    report["scenarios"] = dict(
-        sorted(
-            report["scenarios"].items(), key=lambda kv: NAMES.index(kv[0]) if kv[0] in NAMES else 99
-        )
-    )
+    report["scenarios"] = dict(sorted(report["scenarios"].items(),
+                                      key=lambda kv: NAMES.index(kv[0])
+                                      if kv[0] in NAMES else 99))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
@@ -108,35 +99,22 @@ def _write_report(path: Path, results: list[Result]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
     p.add_argument("--long", action="store_true", help="long form (more faults, more jobs)")
-    p.add_argument(
-        "--only",
-        action="append",
-        choices=NAMES,
-        metavar="NAME",
-        help=f"run only this scenario (repeatable): {', '.join(NAMES)}",
-    )
-    p.add_argument(
-        "--report",
-        type=Path,
-        default=DEFAULT_REPORT,
-        help="JSON report to update (default: chaos/results.json)",
-    )
+    p.add_argument("--only", action="append", choices=NAMES, metavar="NAME",
+                   help=f"run only this scenario (repeatable): {', '.join(NAMES)}")
+    p.add_argument("--report", type=Path, default=DEFAULT_REPORT,
+                   help="JSON report to update (default: chaos/results.json)")
     p.add_argument("--keep", action="store_true", help="keep work directories (logs)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = []
     for name in args.only or NAMES:
         print(f"== {name} ({'long' if args.long else 'short'}) ...", flush=True)
         r = run_scenario(name, long=args.long, keep=args.keep)
         results.append(r)
-        print(
-            f"   {'PASS' if r.passed else 'FAIL'} in {r.duration_s:.1f} s  {_headline(r)}",
-            flush=True,
-        )
+        print(f"   {'PASS' if r.passed else 'FAIL'} in {r.duration_s:.1f} s  {_headline(r)}",
+              flush=True)
         for c in r.checks:
             if not c["ok"]:
                 print(f"   failed check: {c['check']}: {c['detail']}", flush=True)

@@ -92,9 +92,8 @@ class Context:
         self._stack.callback(srv.close)
         return srv
 
-    def fleet(
-        self, url: str, queue: str, prefix: str | None = None, *, sub: str = "", **defaults: Any
-    ) -> Fleet:
+    def fleet(self, url: str, queue: str, prefix: str | None = None, *, sub: str = "",
+              **defaults: Any) -> Fleet:
         d = self.dir / (sub or queue)
         d.mkdir(parents=True, exist_ok=True)
         defaults.setdefault("events_max_len", EVENTS_MAX_LEN)
@@ -146,9 +145,8 @@ class Spec:
 SCENARIOS: dict[str, Spec] = {}
 
 
-def scenario(
-    name: str, item: int, title: str
-) -> Callable[[Callable[[Context, Result], None]], Callable[[Context, Result], None]]:
+def scenario(name: str, item: int, title: str) -> Callable[[Callable[[Context, Result], None]],
+                                                           Callable[[Context, Result], None]]:
     def register(fn: Callable[[Context, Result], None]) -> Callable[[Context, Result], None]:
         SCENARIOS[name] = Spec(name, item, title, fn)
         return fn
@@ -160,20 +158,14 @@ def rerun_command(name: str, long: bool) -> str:
     return f".venv/bin/python -m chaos --only {name}" + (" --long" if long else "")
 
 
-def run_scenario(
-    name: str, *, long: bool = False, workdir: Path | None = None, keep: bool = False
-) -> Result:
+def run_scenario(name: str, *, long: bool = False, workdir: Path | None = None,
+                 keep: bool = False) -> Result:
     """Run one scenario and return its result (never raises for a scenario failure)."""
     from . import scenarios  # noqa: F401  (registers every scenario)
 
     spec = SCENARIOS[name]
-    res = Result(
-        spec.name,
-        spec.item,
-        spec.title,
-        "long" if long else "short",
-        rerun=rerun_command(name, long),
-    )
+    res = Result(spec.name, spec.item, spec.title, "long" if long else "short",
+                 rerun=rerun_command(name, long))
     ctx = Context(name, long=long, workdir=workdir)
     t0 = time.monotonic()
     try:

@@ -100,9 +100,9 @@ class Run:
     how: str | None = None  # finish | raise | cancel | crash | None (process died)
 
 
-def runs_by_job(
-    lines: Iterable[LogLine], dead_at: dict[int, float] | None = None
-) -> dict[str, list[Run]]:
+def runs_by_job(lines: Iterable[LogLine], dead_at: dict[int, float] | None = None) -> dict[
+    str, list[Run]
+]:
     """Group log lines into runs. A run with no end line ends at its process's death
     (``dead_at[pid]``) if known, else stays open (``end is None``)."""
     open_: dict[tuple[str, int], Run] = {}
@@ -194,9 +194,8 @@ class Fleet:
         self.procs: list[WorkerProc] = []
         self._n = 0
 
-    def start(
-        self, name: str | None = None, *, url: str | None = None, **settings: Any
-    ) -> WorkerProc:
+    def start(self, name: str | None = None, *, url: str | None = None, **settings: Any
+              ) -> WorkerProc:
         """Start a worker; ``settings`` (over the fleet's defaults) become CLI flags."""
         self._n += 1
         name = name or f"w{self._n}"

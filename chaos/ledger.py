@@ -33,15 +33,7 @@ import orjson
 from .infra import LogLine
 
 __all__ = [
-    "Ack",
-    "Check",
-    "Ledger",
-    "Snapshot",
-    "check",
-    "duplicates",
-    "merge",
-    "snapshot",
-    "stream",
+    "Ack", "Check", "Ledger", "Snapshot", "check", "duplicates", "merge", "snapshot", "stream",
 ]
 
 SETS = ("wait", "active", "delayed", "completed", "failed", "dlq")
@@ -94,14 +86,8 @@ class Ledger:
         self.acked: dict[str, Ack] = {}
         self._lock = threading.Lock()
 
-    def record(
-        self,
-        ids: Iterable[str],
-        *,
-        expect: str = "completed",
-        tag: str = "",
-        t: float | None = None,
-    ) -> list[str]:
+    def record(self, ids: Iterable[str], *, expect: str = "completed", tag: str = "",
+               t: float | None = None) -> list[str]:
         t = time.time() if t is None else t
         ids = list(ids)
         with self._lock:
@@ -192,9 +178,8 @@ class Check:
             "counts": self.counts,
             "unacknowledged_jobs": self.unacknowledged,
             "max_lease_overdue_ms": self.max_overdue_ms,
-            "problems": {
-                k: {"count": len(v), "examples": v[:limit]} for k, v in self.problems.items() if v
-            },
+            "problems": {k: {"count": len(v), "examples": v[:limit]}
+                         for k, v in self.problems.items() if v},
         }
 
 
@@ -253,9 +238,8 @@ def check(
                 continue  # acknowledged after the snapshot began: not necessarily in it
             st = snap.state(jid)
             if st is None:
-                res.add(
-                    "lost", f"{jid} ({ack.tag or 'job'}, acknowledged at {ack.t:.3f}): no record"
-                )
+                res.add("lost", f"{jid} ({ack.tag or 'job'}, acknowledged at {ack.t:.3f}): "
+                                "no record")
                 continue
             if not final:
                 continue
@@ -301,11 +285,8 @@ def stream(client: Any, key: str, start: str = "-") -> list[StreamEvent]:
             return out
         for eid, f in page:
             fields = {k.decode(): v.decode(errors="replace") for k, v in f.items()}
-            out.append(
-                StreamEvent(
-                    int(eid.split(b"-")[0]), fields.get("e", ""), fields.get("id", ""), fields
-                )
-            )
+            out.append(StreamEvent(int(eid.split(b"-")[0]), fields.get("e", ""),
+                                   fields.get("id", ""), fields))
         last = page[-1][0].decode()
         ms, seq = last.split("-")
         cursor = f"{ms}-{int(seq) + 1}"
@@ -317,9 +298,8 @@ def events_of(events: Sequence[StreamEvent], name: str) -> Counter[str]:
     return Counter(e.job_id for e in events if e.event == name)
 
 
-def duplicates(
-    events: Sequence[StreamEvent], lines: Sequence[LogLine], ids: Iterable[str] | None = None
-) -> dict[str, Any]:
+def duplicates(events: Sequence[StreamEvent], lines: Sequence[LogLine],
+               ids: Iterable[str] | None = None) -> dict[str, Any]:
     """Duplicate figures over ``ids`` (default: every job seen)."""
     completed = events_of(events, "job-completed")
     starts = Counter(ln.job_id for ln in lines if ln.event == "start")

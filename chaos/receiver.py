@@ -81,10 +81,8 @@ class Receiver:
                 req = Request(headers, body, 0)
                 req.status = self.status(req)
                 self.requests.append(req)
-                writer.write(
-                    f"HTTP/1.1 {req.status} X\r\ncontent-length: 2\r\n"
-                    "content-type: text/plain\r\n\r\nok".encode()
-                )
+                writer.write(f"HTTP/1.1 {req.status} X\r\ncontent-length: 2\r\n"
+                             "content-type: text/plain\r\n\r\nok".encode())
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass

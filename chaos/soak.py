@@ -3,6 +3,7 @@ Redis crash, checking that memory stays bounded and that no job is lost.
 
     .venv/bin/python chaos/soak.py                  # the full hour
     .venv/bin/python chaos/soak.py --minutes 10     # shorter
+    .venv/bin/python chaos/soak.py --rate 2000 --workers 4   # the hour at 2,000 jobs/s
     .venv/bin/python chaos/soak.py --help           # every knob
 
 Not part of the test run (it takes as long as you ask). What it does:
@@ -172,7 +173,8 @@ def _bounded(trend: dict[str, float] | None, tolerance: float) -> bool:
     if trend is None:
         return False
     return (
-        trend["fitted_rise"] <= tolerance and trend["last_quarter_minus_first_quarter"] <= tolerance
+        trend["fitted_rise"] <= tolerance
+        and trend["last_quarter_minus_first_quarter"] <= tolerance
     )
 
 
@@ -220,18 +222,12 @@ class Soak:
         info: dict[str, Any] = {"snapshot": str(self.snapshot)}
         with contextlib.suppress(Exception):
             info["commit"] = subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                 check=True,
             ).stdout.strip()
             dirty = subprocess.run(
-                ["git", "status", "--porcelain", "src"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
+                ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True,
+                text=True, check=True,
             ).stdout
             info["src_dirty"] = bool(dirty.strip())
         return info
@@ -559,8 +555,9 @@ class Soak:
             "worker_memory_bounded": _bounded(w_trend, w_tol),
             "redis_memory_bounded": _bounded(r_trend, r_tol),
             "workers_never_exited_by_themselves": not self.unexpected_exits,
-            "sigterm_exits_clean": all(c == 0 for c in sigterm_codes)
-            and all(c == 0 for c in stops),
+            "sigterm_exits_clean": all(c == 0 for c in sigterm_codes) and all(
+                c == 0 for c in stops
+            ),
             "redis_restart_done": bool(self.redis_restart) or not 0 < a.redis_restart_at < 1,
         }
         elapsed = self.samples[-1]["t"] if self.samples else 0.0
@@ -640,42 +637,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16, help="jobs per worker at once (16)")
     p.add_argument("--lock-duration", type=int, default=5000, help="lease in ms (5000)")
     p.add_argument("--stalled-interval", type=int, default=1000, help="recover sweep ms (1000)")
-    p.add_argument(
-        "--restart-every",
-        type=float,
-        default=60.0,
-        help="seconds between worker restarts, SIGTERM/SIGKILL alternating (60)",
-    )
-    p.add_argument(
-        "--redis-restart-at",
-        type=float,
-        default=0.5,
-        help="fraction of the run at which Redis is SIGKILLed and restarted (0.5)",
-    )
+    p.add_argument("--restart-every", type=float, default=60.0,
+                   help="seconds between worker restarts, SIGTERM/SIGKILL alternating (60)")
+    p.add_argument("--redis-restart-at", type=float, default=0.5,
+                   help="fraction of the run at which Redis is SIGKILLed and restarted (0.5)")
     p.add_argument("--redis-down-s", type=float, default=1.0, help="seconds Redis stays down")
     p.add_argument("--sample-every", type=float, default=10.0, help="sampling period s (10)")
-    p.add_argument(
-        "--events-max-len",
-        type=int,
-        default=60_000,
-        help="event stream length kept (60000: ~100 s of history at 200 jobs/s)",
-    )
+    p.add_argument("--events-max-len", type=int, default=0,
+                   help="event stream length kept (default: 2 minutes of history at --rate, "
+                        "3 entries per job, at least 60000); the ledger reader must never "
+                        "fall further behind than that")
     p.add_argument("--drain-timeout", type=float, default=120.0)
-    p.add_argument(
-        "--worker-tolerance-mib",
-        type=float,
-        default=8.0,
-        help="allowed RSS rise of the steady worker after warm-up (max of this "
-        "and 10%% of its mean)",
-    )
-    p.add_argument(
-        "--redis-tolerance-mib",
-        type=float,
-        default=16.0,
-        help="allowed used_memory rise after warm-up (max of this and 15%%)",
-    )
+    p.add_argument("--worker-tolerance-mib", type=float, default=8.0,
+                   help="allowed RSS rise of the steady worker after warm-up (max of this "
+                        "and 10%% of its mean)")
+    p.add_argument("--redis-tolerance-mib", type=float, default=16.0,
+                   help="allowed used_memory rise after warm-up (max of this and 15%%)")
     p.add_argument("--out", type=Path, default=ROOT / "chaos" / "soak-results.json")
-    return p.parse_args(argv)  # fmt: skip
+    args = p.parse_args(argv)  # fmt: skip
+    if args.events_max_len <= 0:
+        args.events_max_len = max(60_000, args.rate * 3 * 120)
+    return args
 
 
 def main(argv: list[str]) -> int:

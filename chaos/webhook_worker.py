@@ -23,24 +23,12 @@ HOOK_ID = "chaos"
 
 
 async def main(url: str, prefix: str, name: str, concurrency: int) -> None:
-    queue = JobQueue(
-        name,
-        redis=url,
-        prefix=prefix,
-        worker={"concurrency": concurrency},
-        settings={"lock_duration": 2000, "max_stalled_interval": 500},
-    )
-    WebhookManager(
-        queue,
-        secrets={HOOK_ID: os.environ["KQ_WEBHOOK_SECRET"]},
-        allow_networks=["127.0.0.0/8"],
-        backoff_ms=50,
-        max_backoff_ms=500,
-        claim_idle_ms=1000,
-        lease_ms=2000,
-        poll_ms=20,
-        breaker_threshold=1000,
-    )
+    queue = JobQueue(name, redis=url, prefix=prefix,
+                     worker={"concurrency": concurrency},
+                     settings={"lock_duration": 2000, "max_stalled_interval": 500})
+    WebhookManager(queue, secrets={HOOK_ID: os.environ["KQ_WEBHOOK_SECRET"]},
+                   allow_networks=["127.0.0.0/8"], backoff_ms=50, max_backoff_ms=500,
+                   claim_idle_ms=1000, lease_ms=2000, poll_ms=20, breaker_threshold=1000)
 
     @queue.process("noop")
     async def noop(job: Any) -> None:
@@ -52,6 +40,5 @@ async def main(url: str, prefix: str, name: str, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(
-        main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 20)
-    )
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3],
+                     int(sys.argv[4]) if len(sys.argv) > 4 else 20))

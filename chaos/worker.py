@@ -136,31 +136,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shutdown-timeout", type=int, default=30_000)
     p.add_argument("--events-max-len", type=int, default=1_000_000)
     p.add_argument("--clock-skew", type=float, default=0.0, help="seconds")
-    p.add_argument(
-        "--fifo-groups",
-        type=int,
-        default=0,
-        help="1: enable FIFO message groups (FIFOQueueManager) on the queue",
-    )
+    p.add_argument("--fifo-groups", type=int, default=0,
+                   help="1: enable FIFO message groups (FIFOQueueManager) on the queue")
     p.add_argument("--breakers", type=int, default=0, help="1: circuit breakers enabled")
-    p.add_argument(
-        "--workflows",
-        type=int,
-        default=0,
-        help="1: enable workflows (JobChainManager) on the queue",
-    )
-    p.add_argument(
-        "--slow-claim-ms",
-        type=int,
-        default=0,
-        help="delay every claim by this long before sending it (a slow link)",
-    )
-    p.add_argument(
-        "--encrypt",
-        default="",
-        help="comma-separated key ids: encrypt every job (EncryptionManager), "
-        "each key read from the environment variable KQ_CHAOS_KEY_<id>",
-    )
+    p.add_argument("--workflows", type=int, default=0,
+                   help="1: enable workflows (JobChainManager) on the queue")
+    p.add_argument("--slow-claim-ms", type=int, default=0,
+                   help="delay every claim by this long before sending it (a slow link)")
+    p.add_argument("--encrypt", default="",
+                   help="comma-separated key ids: encrypt every job (EncryptionManager), "
+                        "each key read from the environment variable KQ_CHAOS_KEY_<id>")
     return p.parse_args(argv)
 
 
@@ -182,13 +167,8 @@ def _data(job: Any) -> dict[str, Any]:
 #: A file name as ``os.listdir`` returns it for non-UTF-8 bytes: it holds a lone surrogate.
 SURROGATE_NAME = b"r-\xff.csv".decode("utf-8", "surrogateescape")
 _SPECIAL: dict[str, Any] = {
-    "maxsize": sys.maxsize,
-    "2**64": 2**64,
-    "1e17": 1e17,
-    "1e30": 10**30,
-    "inf": math.inf,
-    "-inf": -math.inf,
-    "nan": math.nan,
+    "maxsize": sys.maxsize, "2**64": 2**64, "1e17": 1e17, "1e30": 10**30,
+    "inf": math.inf, "-inf": -math.inf, "nan": math.nan,
 }
 
 
@@ -337,7 +317,8 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         if mode == "nonretryable":
             raise NonRetryableError(f"bad input file {SURROGATE_NAME}")
         if mode == "log":
-            for line in (f"reading {SURROGATE_NAME}", "a\nforged\tline\x1b[2J\x00", "x" * 100_000):
+            for line in (f"reading {SURROGATE_NAME}", "a\nforged\tline\x1b[2J\x00",
+                         "x" * 100_000):
                 try:
                     await job.log(line)
                 except KitiumQueueError:
@@ -357,11 +338,8 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
             return result(job)
         if mode == "result":
             return {
-                "surrogate": f"saved {SURROGATE_NAME}",
-                "int": 2**64,
-                "deep": _deep(300),
-                "set": {1, 2},
-                "nan": math.nan,
+                "surrogate": f"saved {SURROGATE_NAME}", "int": 2**64, "deep": _deep(300),
+                "set": {1, 2}, "nan": math.nan,
             }[d.get("result", "surrogate")]
         if mode == "backoff":
             raise RuntimeError(f"job {job.id} fails every time (attempt {job.attempts})")
@@ -383,9 +361,8 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         return out
 
     queue.process("poison", poison)
-    queue.register_backoff(
-        "from-data", lambda attempts, error, job: special(_data(job).get("backoff"))
-    )
+    queue.register_backoff("from-data", lambda attempts, error, job: special(
+        _data(job).get("backoff")))
     queue.process("work", work)
     queue.process("sync", sync)
     queue.process("hang-sync", sync)
@@ -422,11 +399,9 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         from kitium_queue.features.encryption import EncryptionManager, KeyConfig
 
         EncryptionManager(
-            queue,
-            keys=[KeyConfig.from_env(f"KQ_CHAOS_KEY_{k}", k) for k in args.encrypt.split(",")],
-            encrypt_all=True,
-            refresh_ms=200,
-            rotation_grace_ms=500,
+            queue, keys=[KeyConfig.from_env(f"KQ_CHAOS_KEY_{k}", k)
+                         for k in args.encrypt.split(",")],
+            encrypt_all=True, refresh_ms=200, rotation_grace_ms=500,
         )
     return queue
 

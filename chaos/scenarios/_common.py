@@ -31,16 +31,10 @@ def _default_job(rnd: random.Random, n: int) -> tuple[str, Any, dict[str, Any]]:
 class Producer(threading.Thread):
     """Adds a batch of jobs every ``period`` s and records the acknowledged ids."""
 
-    def __init__(
-        self,
-        queue: SyncJobQueue,
-        ledger: Ledger,
-        *,
-        batch: int = 10,
-        period: float = 0.05,
-        seed: int = 5,
-        job: Callable[[random.Random, int], tuple[str, Any, dict[str, Any]]] | None = None,
-    ) -> None:
+    def __init__(self, queue: SyncJobQueue, ledger: Ledger, *, batch: int = 10,
+                 period: float = 0.05, seed: int = 5,
+                 job: Callable[[random.Random, int], tuple[str, Any, dict[str, Any]]]
+                 | None = None) -> None:
         super().__init__(name="chaos-producer", daemon=True)
         self.queue = queue
         self.ledger = ledger
@@ -179,16 +173,12 @@ def closing_checks(
     return snap, dup
 
 
-def stop_fleet(
-    res: Result, fleet: Fleet, *, label: str = "workers", allow_self_deaths: bool = False
-) -> None:
+def stop_fleet(res: Result, fleet: Fleet, *, label: str = "workers",
+               allow_self_deaths: bool = False) -> None:
     """SIGTERM every live worker: each must exit 0; unless ``allow_self_deaths``, none
     may have died without being killed by the scenario."""
-    self_died = [
-        f"{p.name} (exit {p.popen.returncode})"
-        for p in fleet.procs
-        if not p.alive() and not p.stopped_by_scenario
-    ]
+    self_died = [f"{p.name} (exit {p.popen.returncode})" for p in fleet.procs
+                 if not p.alive() and not p.stopped_by_scenario]
     live = fleet.live()
     codes = fleet.stop_all()
     if not allow_self_deaths:
@@ -222,18 +212,9 @@ class Faults:
 
 
 def apply_faults(
-    ctx: Context,
-    res: Result,
-    srv: Any,
-    client: redis.Redis,
-    keys: QueueKeys,
-    fleet: Fleet,
-    faults: list[str],
-    step: int,
-    rnd: random.Random,
-    live_check: Callable[[], Any],
-    *,
-    progress_timeout: float = 60,
+    ctx: Context, res: Result, srv: Any, client: redis.Redis, keys: QueueKeys, fleet: Fleet,
+    faults: list[str], step: int, rnd: random.Random, live_check: Callable[[], Any],
+    *, progress_timeout: float = 60,
 ) -> Faults:
     """Each of ``faults`` once ``step`` more jobs completed: ``kill`` SIGKILLs a busy
     worker (a replacement is started), ``restart`` SIGKILLs redis-server and restarts
@@ -241,20 +222,12 @@ def apply_faults(
     out = Faults()
     for k, fault in enumerate(faults):
         target = step * (k + 1)
-        retrying(
-            lambda t=target: wait_for(
-                lambda: client.zcard(keys.completed) >= t,
-                progress_timeout,
-                what="progress before the fault",
-            ),
-            20,
-        )
+        retrying(lambda t=target: wait_for(
+            lambda: client.zcard(keys.completed) >= t, progress_timeout,
+            what="progress before the fault"), 20)
         if fault == "kill":
-            busy = wait_for(
-                lambda: [w for w in fleet.live() if w.running_jobs()],
-                20,
-                what="a busy worker to kill",
-            )
+            busy = wait_for(lambda: [w for w in fleet.live() if w.running_jobs()], 20,
+                            what="a busy worker to kill")
             victim = rnd.choice(busy)
             out.interrupted += len(victim.running_jobs())
             out.killed[victim.pid] = victim.kill()

@@ -39,9 +39,8 @@ QUEUE = "breaker"
 PROBES = 2
 
 
-def _with_manager(
-    url: str, prefix: str, fn: Callable[[CircuitBreakerManager], Awaitable[Any]]
-) -> Any:
+def _with_manager(url: str, prefix: str,
+                  fn: Callable[[CircuitBreakerManager], Awaitable[Any]]) -> Any:
     async def go() -> Any:
         q = JobQueue(QUEUE, redis=url, prefix=prefix)
         try:
@@ -52,9 +51,8 @@ def _with_manager(
     return asyncio.run(go())
 
 
-@scenario(
-    "breaker", 15, "Circuit breaker holding jobs: worker SIGKILL during a probe, Redis restart"
-)
+@scenario("breaker", 15, "Circuit breaker holding jobs: worker SIGKILL during a probe, "
+                         "Redis restart")
 def run(ctx: Context, res: Result) -> None:
     lease_ms = 2000
     n_held = ctx.pick(300, 3000)
@@ -70,44 +68,24 @@ def run(ctx: Context, res: Result) -> None:
         raw = retrying(lambda: client.hget(cb_key, "st"), 15)
         return raw.decode() if raw else "missing"
 
-    _with_manager(
-        srv.url,
-        prefix,
-        lambda m: m.create_breaker(
-            {
-                "id": "dep",
-                "job_name": "dep",
-                "timeout": 1500,
-                "half_open_probes": PROBES,
-                "probe_timeout": 600_000,
-                "failure_threshold": {"percentage": 50, "min_requests": 10},
-            }
-        ),
-    )
+    _with_manager(srv.url, prefix, lambda m: m.create_breaker({
+        "id": "dep", "job_name": "dep", "timeout": 1500, "half_open_probes": PROBES,
+        "probe_timeout": 600_000, "failure_threshold": {"percentage": 50, "min_requests": 10},
+    }))
     client.set(dep_key, "down")
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        concurrency=4,
-        lock_duration=lease_ms,
-        stalled_interval=200,
-        max_stalled=10,
-        breakers=1,
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, concurrency=4, lock_duration=lease_ms,
+                      stalled_interval=200, max_stalled=10, breakers=1)
     for w in (fleet.start(), fleet.start()):
         w.wait_ready()
     producer = ctx.producer(srv.url, QUEUE, prefix)
     keep = {"remove_on_complete": False}  # the checks read every record at the end
 
     # 1. Open under failures; held jobs wait while other jobs run.
-    first = ledger.record(
-        producer.add_jobs([("dep", {}, keep) for _ in range(40)]), expect="final", tag="first"
-    )
+    first = ledger.record(producer.add_jobs([("dep", {}, keep) for _ in range(40)]), expect="final",
+                          tag="first")
     wait_for(lambda: state() == "open", 20, what="the breaker to open")
-    held = ledger.record(
-        producer.add_jobs([("dep", {"i": i}, keep) for i in range(n_held)]), tag="held"
-    )
+    held = ledger.record(producer.add_jobs([("dep", {"i": i}, keep) for i in range(n_held)]),
+                         tag="held")
     work = ledger.record(producer.add_jobs([("work", {}, keep) for _ in range(100)]), tag="work")
     wait_final(ctx, client, keys, 30, ids=work)
 
@@ -122,50 +100,35 @@ def run(ctx: Context, res: Result) -> None:
 
     # The "work" jobs all completed meanwhile (wait_final above).
     pending, spent = held_ok()
-    res.expect(
-        "while open: every held job pending, no attempt spent",
-        (pending, spent) == (n_held, 0),
-        {"pending": pending, "attempts_spent": spent},
-    )
+    res.expect("while open: every held job pending, no attempt spent",
+               (pending, spent) == (n_held, 0), {"pending": pending, "attempts_spent": spent})
 
     # 2. SIGKILL a worker while open.
     fleet.live()[0].kill()
     fleet.start().wait_ready()
     time.sleep(0.5)
     pending, spent = held_ok()
-    res.expect(
-        "after a worker SIGKILL while open: held jobs still pending, no attempt",
-        (pending, spent) == (n_held, 0),
-        {"pending": pending, "attempts_spent": spent},
-    )
+    res.expect("after a worker SIGKILL while open: held jobs still pending, no attempt",
+               (pending, spent) == (n_held, 0), {"pending": pending, "attempts_spent": spent})
 
     # 3. Probes start and hang; their workers are SIGKILLed; Redis restarts.
     client.set(dep_key, "hang")
     t_half = time.time()
     _with_manager(srv.url, prefix, lambda m: m.force_open("dep", 300))
     try:
-        wait_for(
-            lambda: _probe_starts(fleet, first + held, t_half) >= PROBES,
-            20,
-            what="the probes to start",
-        )
+        wait_for(lambda: _probe_starts(fleet, first + held, t_half) >= PROBES, 20,
+                 what="the probes to start")
     except Timeout:
         res.expect("the probes started", False, {"state": state()})
         raise
     time.sleep(0.5)  # more claims and timer rounds: still only the probes
     probe_runs = _probe_starts(fleet, first + held, t_half)
-    res.expect(
-        f"half-open: at most {PROBES} bound jobs ran",
-        probe_runs == PROBES,
-        {"bound_runs": probe_runs},
-    )
+    res.expect(f"half-open: at most {PROBES} bound jobs ran", probe_runs == PROBES,
+               {"bound_runs": probe_runs})
     res.expect("half-open while the probes hang", state() == "half-open", state())
     bound = set(first + held)
-    probe_pids = {
-        ln.pid
-        for ln in fleet.lines()
-        if ln.event == "start" and ln.t >= t_half and ln.job_id in bound
-    }
+    probe_pids = {ln.pid for ln in fleet.lines()
+                  if ln.event == "start" and ln.t >= t_half and ln.job_id in bound}
     killed = 0
     for w in fleet.live():
         if w.pid in probe_pids:
@@ -185,28 +148,17 @@ def run(ctx: Context, res: Result) -> None:
         closed_after = time.time() - t_back
     except Timeout:
         closed_after = float("inf")
-    res.expect(
-        "the breaker closed after the probe's worker died and Redis restarted",
-        closed_after < 30,
-        {"state": state()},
-    )
+    res.expect("the breaker closed after the probe's worker died and Redis restarted",
+               closed_after < 30, {"state": state()})
     drain_s = wait_final(ctx, client, keys, ctx.pick(60, 180), ids=ledger.ids())
     done = [st for st in retrying(lambda: [client.hget(keys.job(j), "st") for j in held], 15)]
-    res.expect(
-        "every held job completed",
-        all(st == b"completed" for st in done),
-        {"not_completed": sum(1 for st in done if st != b"completed")},
-    )
-    res.figures.update(
-        {
-            "held_jobs": n_held,
-            "first_phase_jobs": len(first),
-            "probe_workers_killed": killed,
-            "closed_after_restart_s": round(closed_after, 3),
-            "drain_s": round(drain_s, 3),
-            "probe_runs_while_half_open": probe_runs,
-        }
-    )
+    res.expect("every held job completed", all(st == b"completed" for st in done),
+               {"not_completed": sum(1 for st in done if st != b"completed")})
+    res.figures.update({
+        "held_jobs": n_held, "first_phase_jobs": len(first), "probe_workers_killed": killed,
+        "closed_after_restart_s": round(closed_after, 3), "drain_s": round(drain_s, 3),
+        "probe_runs_while_half_open": probe_runs,
+    })
     res.expect("no traceback in worker stderr", not tracebacks(fleet), tracebacks(fleet)[:2])
     closing_checks(ctx, res, client, keys, fleet)
     stop_fleet(res, fleet, allow_self_deaths=False)
@@ -214,6 +166,5 @@ def run(ctx: Context, res: Result) -> None:
 
 def _probe_starts(fleet: Any, held: list[str], since: float) -> int:
     ids = set(held)
-    return sum(
-        1 for ln in fleet.lines() if ln.event == "start" and ln.t >= since and ln.job_id in ids
-    )
+    return sum(1 for ln in fleet.lines()
+               if ln.event == "start" and ln.t >= since and ln.job_id in ids)

@@ -32,9 +32,8 @@ QUEUE = "encrot"
 def _manager(q: Any, keys: dict[str, str], **kw: Any) -> Any:
     from kitium_queue.features.encryption import EncryptionManager, KeyConfig
 
-    return EncryptionManager(
-        q, keys=[KeyConfig(k, v) for k, v in keys.items()], encrypt_all=True, refresh_ms=200, **kw
-    )
+    return EncryptionManager(q, keys=[KeyConfig(k, v) for k, v in keys.items()],
+                             encrypt_all=True, refresh_ms=200, **kw)
 
 
 def _rotate(url: str, prefix: str, keys: dict[str, str]) -> None:
@@ -78,23 +77,14 @@ def run(ctx: Context, res: Result) -> None:
     client = ctx.client(srv.url)
     producer = ctx.producer(srv.url, QUEUE, prefix)
     _manager(producer.queue, keys, run_rotation=False)
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        concurrency=4,
-        lock_duration=lease_ms,
-        stalled_interval=sweep_ms,
-        max_stalled=1000,
-        encrypt="k1,k2",
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, concurrency=4, lock_duration=lease_ms,
+                      stalled_interval=sweep_ms, max_stalled=1000, encrypt="k1,k2")
     for w in [fleet.start() for _ in range(3)]:
         w.wait_ready()
 
     def add(n: int) -> None:
-        jobs = [
-            ("work", {"ms": rnd.randint(20, 150)}, {"remove_on_complete": False}) for _ in range(n)
-        ]
+        jobs = [("work", {"ms": rnd.randint(20, 150)}, {"remove_on_complete": False})
+                for _ in range(n)]
         ctx.ledger.record(producer.add_jobs(jobs), tag="load")
 
     add(ctx.pick(600, 3000))
@@ -104,11 +94,8 @@ def run(ctx: Context, res: Result) -> None:
     killed = 0
     for _ in range(kills):
         add(100)
-        busy = wait_for(
-            lambda: [w for w in fleet.live() if len(w.running_jobs()) >= 1],
-            20,
-            what="a busy worker to kill",
-        )
+        busy = wait_for(lambda: [w for w in fleet.live() if len(w.running_jobs()) >= 1], 20,
+                        what="a busy worker to kill")
         rnd.choice(busy).kill()
         killed += 1
         fleet.start().wait_ready()
@@ -116,35 +103,26 @@ def run(ctx: Context, res: Result) -> None:
 
     wait_final(ctx, client, qkeys, ctx.pick(90, 300))
     rot_key = qkeys.extra("enc:rotation")
-    done = wait_for(
-        lambda: client.hget(rot_key, "state") == b"done",
-        ctx.pick(90, 300),
-        what="the rotation pass to finish",
-    )
+    done = wait_for(lambda: client.hget(rot_key, "state") == b"done", ctx.pick(90, 300),
+                    what="the rotation pass to finish")
     snap, _ = closing_checks(ctx, res, client, qkeys, fleet)
     rot = {k.decode(): v.decode() for k, v in client.hgetall(rot_key).items()}
     counts = _stored_key_ids(client, qkeys)
     dump = b"".join(client.dump(k) or b"" for k in client.scan_iter(count=1000))
-    leaked = [k for k, v in keys.items() if v.encode() in dump or base64.b64decode(v) in dump]
-    res.figures.update(
-        {
-            "jobs": len(ctx.ledger),
-            "kills": killed,
-            "rotation": rot,
-            "stored_ciphertexts_by_key": counts,
-            "rotation_s": round(time.time() - t_rotate, 2),
-            "completed": len(snap.sets["completed"]),
-        }
-    )
+    leaked = [k for k, v in keys.items()
+              if v.encode() in dump or base64.b64decode(v) in dump]
+    res.figures.update({
+        "jobs": len(ctx.ledger), "kills": killed, "rotation": rot,
+        "stored_ciphertexts_by_key": counts,
+        "rotation_s": round(time.time() - t_rotate, 2),
+        "completed": len(snap.sets["completed"]),
+    })
     res.expect("the rotation pass finished", bool(done), rot)
     res.expect("no stored ciphertext left on the old key", "k1" not in counts, counts)
     res.expect("every stored value is a ciphertext under k2", set(counts) == {"k2"}, counts)
     res.expect("no ciphertext failed to open", rot.get("undecryptable") == "0", rot)
-    res.expect(
-        "every job completed",
-        len(snap.sets["completed"]) == len(ctx.ledger),
-        f"{len(snap.sets['completed'])}/{len(ctx.ledger)}",
-    )
+    res.expect("every job completed", len(snap.sets["completed"]) == len(ctx.ledger),
+               f"{len(snap.sets['completed'])}/{len(ctx.ledger)}")
     res.expect("no key material in Redis", not leaked, leaked)
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])

@@ -61,13 +61,8 @@ def _spawn(ctx: Context, url: str, prefix: str, secret: str, tag: str) -> subpro
     env = {**os.environ, "KQ_WEBHOOK_SECRET": secret}
     err = open(ctx.dir / f"{tag}.err", "w")  # noqa: SIM115 - closed with the context
     ctx.callback(err.close)
-    proc = subprocess.Popen(
-        [sys.executable, str(WORKER), url, prefix, QUEUE],
-        stdout=subprocess.PIPE,
-        stderr=err,
-        text=True,
-        env=env,
-    )
+    proc = subprocess.Popen([sys.executable, str(WORKER), url, prefix, QUEUE],
+                            stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     ctx.callback(_kill, proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -87,15 +82,8 @@ async def _register(url: str, prefix: str, receiver_url: str, secret: str) -> No
     q = JobQueue(QUEUE, redis=url, prefix=prefix)
     try:
         m = WebhookManager(q, allow_networks=["127.0.0.0/8"], run_service=False)
-        await m.register_webhook(
-            WebhookConfig(
-                url=receiver_url,
-                id=HOOK_ID,
-                secret=secret,
-                events=["job-completed"],
-                max_retries=50,
-            )
-        )
+        await m.register_webhook(WebhookConfig(url=receiver_url, id=HOOK_ID, secret=secret,
+                                               events=["job-completed"], max_retries=50))
     finally:
         await q.close()
 
@@ -105,12 +93,8 @@ async def _leftovers(url: str, prefix: str) -> dict[str, Any]:
     try:
         st = await WebhookManager(q, run_service=False).stats()
         counts = await q.get_stats()
-        return {
-            "dlq": st["dlq"],
-            "retry_scheduled": st["retry_scheduled"],
-            "outbox_pending": st["outbox_pending"],
-            "completed": counts.completed,
-        }
+        return {"dlq": st["dlq"], "retry_scheduled": st["retry_scheduled"],
+                "outbox_pending": st["outbox_pending"], "completed": counts.completed}
     finally:
         await q.close()
 
@@ -131,12 +115,8 @@ def run(ctx: Context, res: Result) -> None:
     producer = ctx.producer(srv.url, QUEUE, prefix)
     ids: list[str] = []
     for i in range(0, n, 100):
-        ids += producer.add_jobs(
-            [
-                ("noop", {}, {"job_id": f"j{k}", "remove_on_complete": False})
-                for k in range(i, min(i + 100, n))
-            ]
-        )
+        ids += producer.add_jobs([("noop", {}, {"job_id": f"j{k}", "remove_on_complete": False})
+                                  for k in range(i, min(i + 100, n))])
     producer.close()
 
     def seen() -> set[str]:
@@ -156,20 +136,14 @@ def run(ctx: Context, res: Result) -> None:
         wait_for(lambda: len(seen()) >= n, ctx.pick(120, 300), what="every event delivered")
     got = seen()
     missing = sorted(set(ids) - got)
-    res.expect(
-        "every job's completion event delivered at least once",
-        not missing,
-        {"missing": len(missing), "first": missing[:10]},
-    )
+    res.expect("every job's completion event delivered at least once", not missing,
+               {"missing": len(missing), "first": missing[:10]})
     ok_ids = receiver.ids()
-    res.figures.update(
-        {
-            "jobs": n,
-            "requests": len(receiver.requests),
-            "answered_503": len(receiver.requests) - len(receiver.ok()),
-            "duplicate_deliveries": sum(ok_ids.values()) - len(ok_ids),
-        }
-    )
+    res.figures.update({
+        "jobs": n, "requests": len(receiver.requests),
+        "answered_503": len(receiver.requests) - len(receiver.ok()),
+        "duplicate_deliveries": sum(ok_ids.values()) - len(ok_ids),
+    })
     bad = 0
     for r in receiver.requests:
         try:
@@ -181,8 +155,5 @@ def run(ctx: Context, res: Result) -> None:
     left = asyncio.run(_leftovers(srv.url, prefix))
     res.figures["leftovers"] = left
     res.expect("every job completed", left["completed"] == n, left)
-    res.expect(
-        "nothing dead-lettered or left scheduled",
-        left["dlq"] == 0 and left["retry_scheduled"] == 0,
-        left,
-    )
+    res.expect("nothing dead-lettered or left scheduled",
+               left["dlq"] == 0 and left["retry_scheduled"] == 0, left)

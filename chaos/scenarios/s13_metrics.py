@@ -55,11 +55,8 @@ class _Exporter:
         from kitium_queue.features.prometheus import PrometheusExporter
 
         sep = "&" if "?" in self.redis_url else "?"
-        q = JobQueue(
-            QUEUE,
-            prefix=self.prefix,
-            redis=f"{self.redis_url}{sep}socket_timeout=1&socket_connect_timeout=1",
-        )
+        q = JobQueue(QUEUE, prefix=self.prefix,
+                     redis=f"{self.redis_url}{sep}socket_timeout=1&socket_connect_timeout=1")
         server = await PrometheusExporter(q, subscribe=False).serve("127.0.0.1", 0)
         self.url = server.url
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
@@ -107,15 +104,8 @@ def run(ctx: Context, res: Result) -> None:
     keys = QueueKeys(QUEUE, prefix)
     client = ctx.client(srv.url)
     producer = ctx.producer(srv.url, QUEUE, prefix)
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        concurrency=4,
-        lock_duration=1000,
-        stalled_interval=250,
-        max_stalled=1000,
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, concurrency=4, lock_duration=1000,
+                      stalled_interval=250, max_stalled=1000)
     for w in [fleet.start(), fleet.start()]:
         w.wait_ready()
     exporter = _Exporter(srv.url, prefix)
@@ -128,10 +118,8 @@ def run(ctx: Context, res: Result) -> None:
         scrapes.append((phase, status, took, got))
         return got
 
-    jobs = [
-        ("work", {"ms": rnd.randint(5, 30)}, {"remove_on_complete": False})
-        for _ in range(ctx.pick(400, 3000))
-    ]
+    jobs = [("work", {"ms": rnd.randint(5, 30)}, {"remove_on_complete": False})
+            for _ in range(ctx.pick(400, 3000))]
     ctx.ledger.record(producer.add_jobs(jobs), tag="load")
     wait_for(lambda: client.zcard(keys.completed) >= 50, 30, what="first completions")
     for _ in range(3):
@@ -142,59 +130,39 @@ def run(ctx: Context, res: Result) -> None:
     for _ in range(3):
         scrape("down")
     srv.restart()
-    busy = wait_for(
-        lambda: [w for w in fleet.live() if w.running_jobs()], 30, what="a busy worker to kill"
-    )
+    busy = wait_for(lambda: [w for w in fleet.live() if w.running_jobs()], 30,
+                    what="a busy worker to kill")
     rnd.choice(busy).kill()
     fleet.start().wait_ready()
     wait_for(lambda: scrape("back").get("up") == 1, 30, what="up 1 after the restart")
 
     wait_final(ctx, client, keys, ctx.pick(90, 300))
     final = scrape("final")
-    want = {
-        "completed": retrying(lambda: client.zcard(keys.completed), 15),
-        "waiting": 0,
-        "active": 0,
-    }
+    want = {"completed": retrying(lambda: client.zcard(keys.completed), 15),
+            "waiting": 0, "active": 0}
     snap, _ = closing_checks(ctx, res, client, keys, fleet)
     exporter.stop()
 
     answered = [s for s in scrapes if s[1] == 200 and "up" in s[3]]
-    res.figures.update(
-        {
-            "jobs": len(ctx.ledger),
-            "scrapes": len(scrapes),
-            "scrape_s": stats(s[2] for s in scrapes),
-            "scrape_s_while_down": stats(s[2] for s in scrapes if s[0] == "down"),
-            "final": final,
-        }
-    )
-    res.expect(
-        "every scrape answered with a parseable 200",
-        len(answered) == len(scrapes),
-        [s for s in scrapes if s not in answered][:3],
-    )
-    res.expect(
-        f"every scrape within {SCRAPE_BOUND_S} s",
-        all(s[2] <= SCRAPE_BOUND_S for s in scrapes),
-        max(s[2] for s in scrapes),
-    )
+    res.figures.update({
+        "jobs": len(ctx.ledger), "scrapes": len(scrapes),
+        "scrape_s": stats(s[2] for s in scrapes),
+        "scrape_s_while_down": stats(s[2] for s in scrapes if s[0] == "down"),
+        "final": final,
+    })
+    res.expect("every scrape answered with a parseable 200", len(answered) == len(scrapes),
+               [s for s in scrapes if s not in answered][:3])
+    res.expect(f"every scrape within {SCRAPE_BOUND_S} s",
+               all(s[2] <= SCRAPE_BOUND_S for s in scrapes), max(s[2] for s in scrapes))
     down = [s[3] for s in scrapes if s[0] == "down"]
-    res.expect(
-        "while Redis is down: up 0 and no stale count",
-        all(d.get("up") == 0 and "completed" not in d for d in down),
-        down,
-    )
-    res.expect(
-        "before the crash: up 1", all(s[3].get("up") == 1 for s in scrapes if s[0] == "up"), None
-    )
+    res.expect("while Redis is down: up 0 and no stale count",
+               all(d.get("up") == 0 and "completed" not in d for d in down), down)
+    res.expect("before the crash: up 1", all(s[3].get("up") == 1 for s in scrapes
+                                             if s[0] == "up"), None)
     got = {k: final.get(k) for k in want}
     res.expect("final scrape equals Redis' own counts", got == want, {"scrape": got, "redis": want})
-    res.expect(
-        "every job completed",
-        len(snap.sets["completed"]) == len(ctx.ledger),
-        f"{len(snap.sets['completed'])}/{len(ctx.ledger)}",
-    )
+    res.expect("every job completed", len(snap.sets["completed"]) == len(ctx.ledger),
+               f"{len(snap.sets['completed'])}/{len(ctx.ledger)}")
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])
     stop_fleet(res, fleet)

@@ -102,29 +102,16 @@ def run(ctx: Context, res: Result) -> None:
     prefix = ctx.prefix()
     keys = QueueKeys(QUEUE, prefix)
     client = ctx.client(srv.url)
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        workflows=1,
-        concurrency=4,
-        lock_duration=lease_ms,
-        stalled_interval=sweep_ms,
-        max_stalled=1000,
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, workflows=1, concurrency=4,
+                      lock_duration=lease_ms, stalled_interval=sweep_ms, max_stalled=1000)
     workers = [fleet.start() for _ in range(3)]
     dag = random_dag(n, rnd)
-    steps = [
-        WorkflowStep(
-            s,
-            "work",
-            {"ms": rnd.randint(5, 30), "fail_on": [a for a in range(1, 4) if rnd.random() < 0.1]},
-            depends_on=ps,
-            retry_attempts=4,
-            options={"backoff": {"type": "fixed", "delay": 20}, "remove_on_complete": False},
-        )
-        for s, ps in dag.items()
-    ]
+    steps = [WorkflowStep(s, "work", {"ms": rnd.randint(5, 30),
+                                      "fail_on": [a for a in range(1, 4) if rnd.random() < 0.1]},
+                          depends_on=ps, retry_attempts=4,
+                          options={"backoff": {"type": "fixed", "delay": 20},
+                                   "remove_on_complete": False})
+             for s, ps in dag.items()]
     ctx.ledger.record(_submit(srv.url, prefix, steps), tag="step")
     for w in workers:
         w.wait_ready()
@@ -134,19 +121,8 @@ def run(ctx: Context, res: Result) -> None:
         parked = [j for j in snap.jobs if snap.state(j) == "pending"]
         return check(snap, ctx.ledger, final=False, ignore=parked)
 
-    done_faults = apply_faults(
-        ctx,
-        res,
-        srv,
-        client,
-        keys,
-        fleet,
-        faults,
-        n // (len(faults) + 2),
-        rnd,
-        live,
-        progress_timeout=90,
-    )
+    done_faults = apply_faults(ctx, res, srv, client, keys, fleet, faults,
+                               n // (len(faults) + 2), rnd, live, progress_timeout=90)
     killed, live_checks = done_faults.killed, done_faults.live_checks
     downtimes, interrupted = done_faults.downtimes, done_faults.interrupted
     if live_checks:
@@ -158,31 +134,24 @@ def run(ctx: Context, res: Result) -> None:
     res.expect("no step started before all its parents finished", not early, early[:5])
     done = Counter(e.job_id for e in stream(client, keys.events) if e.event == "job-completed")
     twice = [j for j, c in done.items() if c > 1]
-    res.expect(
-        "every step completed exactly once",
-        not twice and len(done) == n,
-        f"{len(done)}/{n}, twice: {twice[:5]}",
-    )
+    res.expect("every step completed exactly once",
+               not twice and len(done) == n, f"{len(done)}/{n}, twice: {twice[:5]}")
     st = retrying(lambda: _status(srv.url, prefix), 10)
-    res.expect(
-        "the workflow completed",
-        st is not None and st.state == "completed" and st.unfinished == 0,
-        None if st is None else (st.state, st.unfinished, st.counts),
-    )
+    res.expect("the workflow completed",
+               st is not None and st.state == "completed" and st.unfinished == 0,
+               None if st is None else (st.state, st.unfinished, st.counts))
     res.expect("nothing is left parked", int(client.hget(keys.meta, "parked") or 0) == 0)
     res.expect("the kills interrupted running steps", interrupted > 0, interrupted)
-    res.figures.update(
-        {
-            "steps": n,
-            "kills": len(killed),
-            "restarts": len(downtimes),
-            "redis_downtime_s": stats(downtimes),
-            "interrupted_steps": interrupted,
-            "runs": sum(len(rs) for rs in runs.values()),
-            "drain_after_last_fault_s": round(took, 2),
-            "lease_ms": lease_ms,
-        }
-    )
+    res.figures.update({
+        "steps": n,
+        "kills": len(killed),
+        "restarts": len(downtimes),
+        "redis_downtime_s": stats(downtimes),
+        "interrupted_steps": interrupted,
+        "runs": sum(len(rs) for rs in runs.values()),
+        "drain_after_last_fault_s": round(took, 2),
+        "lease_ms": lease_ms,
+    })
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])
     stop_fleet(res, fleet)

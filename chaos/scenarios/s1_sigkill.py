@@ -32,22 +32,14 @@ def run(ctx: Context, res: Result) -> None:
     keys = QueueKeys(QUEUE, prefix)
     client = ctx.client(srv.url)
     producer = ctx.producer(srv.url, QUEUE, prefix)
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        concurrency=4,
-        lock_duration=lease_ms,
-        stalled_interval=sweep_ms,
-        max_stalled=1000,
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, concurrency=4, lock_duration=lease_ms,
+                      stalled_interval=sweep_ms, max_stalled=1000)
     for w in [fleet.start() for _ in range(n_workers)]:
         w.wait_ready()
 
     def add(n: int) -> None:
-        jobs = [
-            ("work", {"ms": rnd.randint(20, 200)}, {"remove_on_complete": False}) for _ in range(n)
-        ]
+        jobs = [("work", {"ms": rnd.randint(20, 200)}, {"remove_on_complete": False})
+                for _ in range(n)]
         ctx.ledger.record(producer.add_jobs(jobs), tag="load")
 
     add(300)
@@ -56,11 +48,8 @@ def run(ctx: Context, res: Result) -> None:
     for k in range(kills):
         if client.zcard(keys.wait) < 100:
             add(200)
-        busy = wait_for(
-            lambda: [w for w in fleet.live() if len(w.running_jobs()) >= 2],
-            20,
-            what="a busy worker to kill",
-        )
+        busy = wait_for(lambda: [w for w in fleet.live() if len(w.running_jobs()) >= 2], 20,
+                        what="a busy worker to kill")
         victim = rnd.choice(busy)
         t_kill = victim.kill()
         # Reaped: everything Redis holds as completed now was completed before the kill
@@ -72,15 +61,13 @@ def run(ctx: Context, res: Result) -> None:
         started = {ln.job_id for ln in lines if ln.event == "start"}
         finished = {ln.job_id for ln in lines if ln.event == "finish"}
         running = victim.running_jobs()
-        kill_log.append(
-            {
-                "kill": k + 1,
-                "t": t_kill,
-                "pid": victim.pid,
-                "interrupted": sorted(running),
-                "done_not_acknowledged": sorted((finished & started) - completed - running),
-            }
-        )
+        kill_log.append({
+            "kill": k + 1,
+            "t": t_kill,
+            "pid": victim.pid,
+            "interrupted": sorted(running),
+            "done_not_acknowledged": sorted((finished & started) - completed - running),
+        })
         replacement = fleet.start()
         replacement.wait_ready()
 
@@ -95,9 +82,8 @@ def run(ctx: Context, res: Result) -> None:
     for entry in kill_log:
         t_kill = float(entry["t"])  # type: ignore[arg-type]
         for jid in entry["interrupted"]:  # type: ignore[attr-defined]
-            later = [
-                r.start for r in runs.get(jid, []) if r.start > t_kill and r.pid != entry["pid"]
-            ]
+            later = [r.start for r in runs.get(jid, []) if r.start > t_kill
+                     and r.pid != entry["pid"]]
             if not later:
                 late.append(f"{jid}: never restarted")
                 continue
@@ -107,40 +93,32 @@ def run(ctx: Context, res: Result) -> None:
                 late.append(f"{jid}: restarted {d:.2f} s after the kill")
     interrupted = sum(len(e["interrupted"]) for e in kill_log)  # type: ignore[arg-type, misc]
     unflushed = sum(len(e["done_not_acknowledged"]) for e in kill_log)  # type: ignore[arg-type, misc]
-    res.figures.update(
-        {
-            "workers": n_workers,
-            "kills": len(kill_log),
-            "jobs": len(ctx.ledger),
-            "lease_ms": lease_ms,
-            "sweep_interval_ms": sweep_ms,
-            "interrupted_jobs": interrupted,
-            "done_but_not_acknowledged_at_kill": unflushed,
-            "restart_delay_s": stats(delays),
-            "restart_bound_s": bound,
-            "completed": len(snap.sets["completed"]),
-        }
-    )
-    res.expect(
-        "every kill interrupted at least one running job",
-        interrupted >= kills,
-        f"{interrupted} interrupted over {kills} kills",
-    )
-    res.expect(
-        f"interrupted jobs restart within lease + sweep + 2 s = {bound:.2f} s", not late, late[:5]
-    )
-    res.expect(
-        "every job completed",
-        len(snap.sets["completed"]) == len(ctx.ledger),
-        f"{len(snap.sets['completed'])}/{len(ctx.ledger)}",
-    )
+    res.figures.update({
+        "workers": n_workers,
+        "kills": len(kill_log),
+        "jobs": len(ctx.ledger),
+        "lease_ms": lease_ms,
+        "sweep_interval_ms": sweep_ms,
+        "interrupted_jobs": interrupted,
+        "done_but_not_acknowledged_at_kill": unflushed,
+        "restart_delay_s": stats(delays),
+        "restart_bound_s": bound,
+        "completed": len(snap.sets["completed"]),
+    })
+    res.expect("every kill interrupted at least one running job", interrupted >= kills,
+               f"{interrupted} interrupted over {kills} kills")
+    res.expect(f"interrupted jobs restart within lease + sweep + 2 s = {bound:.2f} s",
+               not late, late[:5])
+    res.expect("every job completed", len(snap.sets["completed"]) == len(ctx.ledger),
+               f"{len(snap.sets['completed'])}/{len(ctx.ledger)}")
     # Runs beyond the first may only come from jobs a kill interrupted or whose outcome
     # died unflushed with the process.
     exposed: set[str] = set()
     for e in kill_log:
         exposed |= set(e["interrupted"]) | set(e["done_not_acknowledged"])  # type: ignore[arg-type]
     extra = {j for j, rs in runs.items() if len(rs) > 1} - exposed
-    res.expect("only interrupted / unflushed jobs ran more than once", not extra, sorted(extra)[:5])
+    res.expect("only interrupted / unflushed jobs ran more than once", not extra,
+               sorted(extra)[:5])
     res.figures["extra_runs"] = dup["extra_runs"]
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])

@@ -34,10 +34,8 @@ STEPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "claim": ({"ms": 100}, {}),
     "mid": ({"ms": 400}, {}),
     "done": ({"ms": 50}, {}),
-    "retry": (
-        {"ms": 50, "fail_first": True},
-        {"attempts": 3, "backoff": {"type": "fixed", "delay": 100}},
-    ),
+    "retry": ({"ms": 50, "fail_first": True}, {"attempts": 3, "backoff": {"type": "fixed",
+                                                                        "delay": 100}}),
 }
 # Successful runs (processor returned) a job should make, with and without its crash.
 EXPECTED_SUCCESS = {"claim": 1, "mid": 1, "done": 2, "retry": 1}
@@ -52,15 +50,8 @@ def run(ctx: Context, res: Result) -> None:
     keys = QueueKeys(QUEUE, prefix)
     client = ctx.client(srv.url)
     producer = ctx.producer(srv.url, QUEUE, prefix)
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        concurrency=1,
-        lock_duration=lease_ms,
-        stalled_interval=sweep_ms,
-        max_stalled=5,
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, concurrency=1, lock_duration=lease_ms,
+                      stalled_interval=sweep_ms, max_stalled=5)
     for w in [fleet.start(), fleet.start()]:
         w.wait_ready()
 
@@ -72,23 +63,14 @@ def run(ctx: Context, res: Result) -> None:
         ctx.ledger.record(crash_ids, tag=step)
         ctx.ledger.record(control_ids, tag=f"{step}-control")
         ids[step], ids[f"{step}-control"] = crash_ids, control_ids
-        wait_final(
-            ctx,
-            client,
-            keys,
-            ctx.pick(40, 120),
-            ids=crash_ids + control_ids,
-            fleet=fleet,
-            keep_alive=2,
-        )
+        wait_final(ctx, client, keys, ctx.pick(40, 120), ids=crash_ids + control_ids,
+                   fleet=fleet, keep_alive=2)
 
     snap = snapshot(client, keys)
     closing_checks(ctx, res, client, keys, fleet)
     lines = fleet.lines()
-    per = {
-        ev: Counter(ln.job_id for ln in lines if ln.event == ev)
-        for ev in ("start", "finish", "raise", "crash")
-    }
+    per = {ev: Counter(ln.job_id for ln in lines if ln.event == ev)
+           for ev in ("start", "finish", "raise", "crash")}
     crash_at = {ln.job_id: ln.t for ln in lines if ln.event == "crash"}
     steps: dict[str, Any] = {}
     for step in STEPS:
@@ -113,38 +95,27 @@ def run(ctx: Context, res: Result) -> None:
         ) / n
         delays = []
         for j in ids[step]:
-            later = [
-                ln.t
-                for ln in lines
-                if ln.event == "start" and ln.job_id == j and j in crash_at and ln.t > crash_at[j]
-            ]
+            later = [ln.t for ln in lines if ln.event == "start" and ln.job_id == j
+                     and j in crash_at and ln.t > crash_at[j]]
             if later:
                 delays.append(min(later) - crash_at[j])
         fig["restart_after_crash_s"] = stats(delays)
         steps[step] = fig
-        res.expect(
-            f"{step}: every job crashed its worker once", crash["crashes"] == n, crash["crashes"]
-        )
-        res.expect(
-            f"{step}: all completed",
-            crash["states"] == {"completed": n} and control["states"] == {"completed": n},
-            [crash["states"], control["states"]],
-        )
+        res.expect(f"{step}: every job crashed its worker once", crash["crashes"] == n,
+                   crash["crashes"])
+        res.expect(f"{step}: all completed", crash["states"] == {"completed": n}
+                   and control["states"] == {"completed": n}, [crash["states"],
+                                                                control["states"]])
         want = EXPECTED_SUCCESS[step] - 1
-        res.expect(
-            f"{step}: extra successful runs per job = {want}", extra_success == want, extra_success
-        )
+        res.expect(f"{step}: extra successful runs per job = {want}", extra_success == want,
+                   extra_success)
         bound = lease_ms / 1000 + sweep_ms / 1000 + 2
-        res.expect(
-            f"{step}: restarted within lease + sweep + 2 s",
-            len(delays) == n and max(delays) <= bound,
-            stats(delays),
-        )
+        res.expect(f"{step}: restarted within lease + sweep + 2 s",
+                   len(delays) == n and max(delays) <= bound, stats(delays))
     res.figures["steps"] = steps
     res.figures["jobs_per_step"] = n
-    res.figures["extra_successful_runs"] = {
-        s: steps[s]["extra_successful_runs_per_job"] for s in STEPS
-    }
+    res.figures["extra_successful_runs"] = {s: steps[s]["extra_successful_runs_per_job"]
+                                            for s in STEPS}
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])
     stop_fleet(res, fleet, allow_self_deaths=True)

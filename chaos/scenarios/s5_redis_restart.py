@@ -44,8 +44,7 @@ def run(ctx: Context, res: Result) -> None:
         res.figures[mode] = one_mode(ctx, res, mode)
     res.figures["restarts"] = sum(res.figures[m]["restarts"] for m in ("always", "everysec"))
     res.figures["resume_after_restart_s"] = stats(
-        v for m in ("always", "everysec") for v in res.figures[m]["_resume"]
-    )
+        v for m in ("always", "everysec") for v in res.figures[m]["_resume"])
     res.figures["everysec_lost_enqueues"] = res.figures["everysec"]["lost_enqueues"]
     for m in ("always", "everysec"):
         res.figures[m].pop("_resume")
@@ -70,15 +69,8 @@ def one_mode(ctx: Context, res: Result, mode: str) -> dict[str, Any]:
     ledger = Ledger()
     producer = Producer(ctx.producer(srv.url, QUEUE, prefix), ledger)
     ctx.callback(producer.stop)
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        sub=mode,
-        concurrency=4,
-        lock_duration=lease_ms,
-        stalled_interval=500,
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, sub=mode, concurrency=4, lock_duration=lease_ms,
+                      stalled_interval=500)
     workers = [fleet.start(f"{mode}-w1"), fleet.start(f"{mode}-w2")]
     for w in workers:
         w.wait_ready()
@@ -91,11 +83,8 @@ def one_mode(ctx: Context, res: Result, mode: str) -> dict[str, Any]:
     downtimes: list[float] = []
     for k in range(restarts):
         base = client.zcard(keys.completed)
-        wait_for(
-            lambda b=base: client.zcard(keys.completed) >= b + 100,
-            30,
-            what="progress before the kill",
-        )
+        wait_for(lambda b=base: client.zcard(keys.completed) >= b + 100, 30,
+                 what="progress before the kill")
         before = snapshot(client, keys)
         t_kill = time.time()
         srv.kill()
@@ -112,35 +101,23 @@ def one_mode(ctx: Context, res: Result, mode: str) -> dict[str, Any]:
         after = retrying(lambda: snapshot(client, keys), 10)
         c = check(after, ledger, final=False)
         # Only ids acknowledged before the snapshot began must be in it.
-        lost = [
-            j
-            for j, a in list(ledger.acked.items())
-            if a.t < after.taken_at and after.state(j) is None
-        ]
+        lost = [j for j, a in list(ledger.acked.items())
+                if a.t < after.taken_at and after.state(j) is None]
         for j in lost:
             lost_all.setdefault(j, t_kill - ledger.acked[j].t)
-        back = [j for j in before.sets["completed"] if after.state(j) not in ("completed", None)]
+        back = [j for j in before.sets["completed"]
+                if after.state(j) not in ("completed", None)]
         rolled_back += back
         problems = {kk: len(v) for kk, v in c.problems.items() if kk != "lost" and v}
-        consistency.append(
-            {
-                "restart": k + 1,
-                "problems": problems,
-                "lost_enqueues": len(lost),
-                "completions_rolled_back": len(back),
-            }
-        )
+        consistency.append({"restart": k + 1, "problems": problems,
+                            "lost_enqueues": len(lost), "completions_rolled_back": len(back)})
         res.expect(f"{mode} restart {k + 1}: consistency check", not problems, problems)
         # Every worker reconnects by itself and starts a job again.
         for w in workers:
             try:
-                t = wait_for(
-                    lambda w=w, tb=t_back: next(
-                        (ln.t for ln in w.lines() if ln.event == "start" and ln.t > tb), None
-                    ),
-                    15,
-                    what=f"{w.name} to start a job after the restart",
-                )
+                t = wait_for(lambda w=w, tb=t_back: next(
+                    (ln.t for ln in w.lines() if ln.event == "start" and ln.t > tb), None), 15,
+                             what=f"{w.name} to start a job after the restart")
                 resume.append(t - t_back)
             except Timeout:
                 resume.append(float("inf"))
@@ -152,7 +129,8 @@ def one_mode(ctx: Context, res: Result, mode: str) -> dict[str, Any]:
     wait_final(ctx, client, keys, ctx.pick(60, 180), ids=survivors)
     for j in lost_all:
         ledger.acked.pop(j, None)
-    _, dup = closing_checks(ctx, res, client, keys, fleet, label=f"{mode} final", ledger=ledger)
+    _, dup = closing_checks(ctx, res, client, keys, fleet, label=f"{mode} final",
+                               ledger=ledger)
     fig = {
         "appendfsync": mode,
         "restarts": restarts,
@@ -170,22 +148,15 @@ def one_mode(ctx: Context, res: Result, mode: str) -> dict[str, Any]:
         "extra_runs": dup["extra_runs"],
         "unacknowledged_jobs_found": res.ledger[-1]["unacknowledged_jobs"],
     }
-    res.expect(
-        f"{mode}: every worker resumed within 2 s of Redis being back",
-        max(resume) <= 2.0,
-        stats(resume),
-    )
+    res.expect(f"{mode}: every worker resumed within 2 s of Redis being back",
+               max(resume) <= 2.0, stats(resume))
     if mode == "always":
         res.expect("always: 0 acknowledged enqueues lost", not lost_all, sorted(lost_all)[:5])
-        res.expect(
-            "always: 0 acknowledged completions rolled back", not rolled_back, rolled_back[:5]
-        )
+        res.expect("always: 0 acknowledged completions rolled back", not rolled_back,
+                   rolled_back[:5])
     else:
-        res.expect(
-            "everysec: loss window within ~1 s (+ fsync lag)",
-            all(v <= 2.0 for v in lost_all.values()),
-            stats(lost_all.values()),
-        )
+        res.expect("everysec: loss window within ~1 s (+ fsync lag)",
+                   all(v <= 2.0 for v in lost_all.values()), stats(lost_all.values()))
     tb = tracebacks(fleet)
     res.expect(f"{mode}: no traceback in worker logs", not tb, tb[:2])
     stop_fleet(res, fleet, label=f"{mode} workers")

@@ -50,20 +50,11 @@ def run(ctx: Context, res: Result) -> None:
     prefix = ctx.prefix()
     keys = QueueKeys(QUEUE, prefix)
     ledger = ctx.ledger
-    producer = Producer(
-        ctx.producer(srv.url, QUEUE, prefix), ledger, batch=5, period=0.05, job=_job
-    )
+    producer = Producer(ctx.producer(srv.url, QUEUE, prefix), ledger, batch=5, period=0.05,
+                        job=_job)
     ctx.callback(producer.stop)
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        concurrency=3,
-        lock_duration=lease_ms,
-        lock_renew=renew_ms,
-        stalled_interval=250,
-        max_stalled=10,
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, concurrency=3, lock_duration=lease_ms,
+                      lock_renew=renew_ms, stalled_interval=250, max_stalled=10)
     proxied = [fleet.start("p1", url=proxy.url), fleet.start("p2", url=proxy.url)]
     direct = fleet.start("direct")
     for w in [*proxied, direct]:
@@ -83,11 +74,8 @@ def run(ctx: Context, res: Result) -> None:
     live_checks = []
     for kind, seconds in plan:
         # Load on the proxied workers before each fault.
-        wait_for(
-            lambda: all(w.running_jobs() for w in proxied),
-            20,
-            what="both proxied workers to be busy",
-        )
+        wait_for(lambda: all(w.running_jobs() for w in proxied), 20,
+                 what="both proxied workers to be busy")
         held = sorted(set().union(*(w.running_jobs() for w in proxied)))
         t0 = time.time()
         if kind == "cut":
@@ -104,38 +92,23 @@ def run(ctx: Context, res: Result) -> None:
         resume = []
         for w in proxied:
             try:
-                t = wait_for(
-                    lambda w=w, t1=t1: next(
-                        (ln.t for ln in w.lines() if ln.event == "start" and ln.t > t1), None
-                    ),
-                    15,
-                    what=f"{w.name} to start a job after the fault",
-                )
+                t = wait_for(lambda w=w, t1=t1: next(
+                    (ln.t for ln in w.lines() if ln.event == "start" and ln.t > t1), None),
+                    15, what=f"{w.name} to start a job after the fault")
                 resume.append(round(t - t1, 3))
             except Timeout:
                 resume.append(float("inf"))
         live_checks.append(check(snapshot(client, keys), ledger, final=False))
-        faults.append(
-            {
-                "fault": kind,
-                "seconds": seconds,
-                "t0": t0,
-                "t1": t1,
-                "held_by_proxied_workers": held,
-                "resume_after_fault_s": resume,
-            }
-        )
-        res.expect(f"{kind} {seconds:g} s: proxied workers alive", all(w.alive() for w in proxied))
-        res.expect(
-            f"{kind} {seconds:g} s: proxied workers resume within 3 s", max(resume) <= 3.0, resume
-        )
+        faults.append({"fault": kind, "seconds": seconds, "t0": t0, "t1": t1,
+                       "held_by_proxied_workers": held, "resume_after_fault_s": resume})
+        res.expect(f"{kind} {seconds:g} s: proxied workers alive",
+                   all(w.alive() for w in proxied))
+        res.expect(f"{kind} {seconds:g} s: proxied workers resume within 3 s",
+                   max(resume) <= 3.0, resume)
         # Let what the fault hit play out before the next one, so that every re-run can
         # be attributed to one fault.
-        wait_for(
-            lambda h=set(held): not (h & set().union(*(w.running_jobs() for w in proxied))),
-            20,
-            what="the jobs held at the fault to end",
-        )
+        wait_for(lambda h=set(held): not (h & set().union(*(w.running_jobs() for w in proxied))),
+                 20, what="the jobs held at the fault to end")
 
     producer.stop()
     res.checker("after each fault", merge(live_checks))
@@ -149,9 +122,8 @@ def run(ctx: Context, res: Result) -> None:
         window = [e for e in events if f["t0"] <= e.ms / 1000 < t_end]
         stalled = sorted({e.job_id for e in window if e.event == "job-stalled"})
         # Re-runs that started in this fault's window.
-        reran = sorted(
-            j for j, rs in runs.items() if any(f["t0"] <= r.start < t_end for r in rs[1:])
-        )
+        reran = sorted(j for j, rs in runs.items()
+                       if any(f["t0"] <= r.start < t_end for r in rs[1:]))
         f["stalled"] = len(stalled)
         f["reran"] = len(reran)
         reruns_total += len(reran)
@@ -159,32 +131,26 @@ def run(ctx: Context, res: Result) -> None:
         del f["t0"], f["t1"]
         f["held_by_proxied_workers"] = len(f["held_by_proxied_workers"])
         if f["seconds"] < (lease_ms - renew_ms) / 1000:
-            res.expect(
-                f"fault {i + 1} ({f['fault']} {f['seconds']:g} s, shorter than lease - "
-                "renew interval): no job ran twice",
-                not reran,
-                reran[:5],
-            )
+            res.expect(f"fault {i + 1} ({f['fault']} {f['seconds']:g} s, shorter than lease - "
+                       "renew interval): no job ran twice", not reran, reran[:5])
     err = "\n".join(w.stderr() for w in proxied)
-    res.figures.update(
-        {
-            "faults": len(faults),
-            "lease_ms": lease_ms,
-            "per_fault": faults,
-            "jobs": len(ledger),
-            "reruns_total": reruns_total,
-            "extra_runs": dup["extra_runs"],
-            "extra_successful_runs": dup["extra_successful_runs"],
-            "proxied_worker_reports": {
-                "outages": err.count("Redis unreachable"),
-                "recoveries": err.count("reachable again"),
-                "leases_lost_at_renewal": err.count("abandoning this run"),
-                "outcomes_refused_by_fencing": err.count("was lost before its outcome"),
-            },
-            "proxy_connections_accepted": proxy.connections,
-            "enqueue_failures": producer.failures,
-        }
-    )
+    res.figures.update({
+        "faults": len(faults),
+        "lease_ms": lease_ms,
+        "per_fault": faults,
+        "jobs": len(ledger),
+        "reruns_total": reruns_total,
+        "extra_runs": dup["extra_runs"],
+        "extra_successful_runs": dup["extra_successful_runs"],
+        "proxied_worker_reports": {
+            "outages": err.count("Redis unreachable"),
+            "recoveries": err.count("reachable again"),
+            "leases_lost_at_renewal": err.count("abandoning this run"),
+            "outcomes_refused_by_fencing": err.count("was lost before its outcome"),
+        },
+        "proxy_connections_accepted": proxy.connections,
+        "enqueue_failures": producer.failures,
+    })
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])
     stop_fleet(res, fleet)

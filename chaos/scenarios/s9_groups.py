@@ -44,10 +44,7 @@ QUEUE = "groups"
 T = TypeVar("T")
 
 __all__ = [
-    "completion_violations",
-    "group_violations",
-    "leftover_turns",
-    "live_check",
+    "completion_violations", "group_violations", "leftover_turns", "live_check",
     "with_manager",
 ]
 
@@ -75,14 +72,13 @@ def group_violations(
             if a.end is not None:
                 if b.start < a.end:
                     out["overlap"].append(
-                        f"{g}: {b.job_id} started {a.end - b.start:.4f} s before {a.job_id} ended"
-                    )
+                        f"{g}: {b.job_id} started {a.end - b.start:.4f} s before "
+                        f"{a.job_id} ended")
             elif a.pid in killed:
                 if b.job_id != a.job_id or b.start < killed[a.pid]:
                     out["killed"].append(
                         f"{g}: {b.job_id} started {b.start - killed[a.pid]:+.3f} s after the "
-                        f"kill of {a.job_id}'s run"
-                    )
+                        f"kill of {a.job_id}'s run")
             else:
                 out["killed"].append(f"{g}: run of {a.job_id} has no end, pid {a.pid} alive")
         if rs and rs[-1].end is None and rs[-1].pid not in killed:
@@ -90,7 +86,9 @@ def group_violations(
     return out
 
 
-def completion_violations(events: Sequence[StreamEvent], order: dict[str, list[str]]) -> list[str]:
+def completion_violations(
+    events: Sequence[StreamEvent], order: dict[str, list[str]]
+) -> list[str]:
     """Groups whose recorded completions (``job-completed`` in the durable stream,
     written atomically with the transition) are not in enqueue order."""
     group_of = {j: (g, i) for g, ids in order.items() for i, j in enumerate(ids)}
@@ -99,15 +97,12 @@ def completion_violations(events: Sequence[StreamEvent], order: dict[str, list[s
         if e.event == "job-completed" and e.job_id in group_of:
             g, i = group_of[e.job_id]
             done[g].append(i)
-    return [
-        f"{g}: completions in positions {seq[:20]}" for g, seq in done.items() if seq != sorted(seq)
-    ]
+    return [f"{g}: completions in positions {seq[:20]}" for g, seq in done.items()
+            if seq != sorted(seq)]
 
 
 def with_manager(
-    url: str,
-    prefix: str,
-    queue: str,
+    url: str, prefix: str, queue: str,
     fn: Callable[[FIFOQueueManager], Coroutine[Any, Any, T]],
 ) -> T:
     """Run ``fn(manager)`` on a fresh ``JobQueue`` with groups enabled (from sync code)."""
@@ -144,7 +139,7 @@ def live_check(client: Any, keys: QueueKeys, ledger: Any) -> Any:
     pending = [j for j in snap.jobs if snap.state(j) == "pending"]
     res = check(snap, ledger, final=False, ignore=pending)
     for i in range(0, len(pending), 500):
-        for jid in client.eval(_PENDING_LUA, 1, keys.base, *pending[i : i + 500]):
+        for jid in client.eval(_PENDING_LUA, 1, keys.base, *pending[i:i + 500]):
             res.add("pending_not_in_line", jid.decode())
     return res
 
@@ -157,9 +152,8 @@ def leftover_turns(url: str, prefix: str, queue: str, groups: Iterable[str]) -> 
         for g in groups:
             s = await m.get_group_stats(g)
             if s.turns or s.waiting or s.held or s.size:
-                out.append(
-                    f"{g}: size {s.size}, waiting {s.waiting}, turns {[t.job_id for t in s.turns]}"
-                )
+                out.append(f"{g}: size {s.size}, waiting {s.waiting}, turns "
+                           f"{[t.job_id for t in s.turns]}")
         return out
 
     return with_manager(url, prefix, queue, read)
@@ -177,16 +171,8 @@ def run(ctx: Context, res: Result) -> None:
     client = ctx.client(srv.url)
     producer = ctx.producer(srv.url, QUEUE, prefix)
     FIFOQueueManager(producer.queue)
-    fleet = ctx.fleet(
-        srv.url,
-        QUEUE,
-        prefix,
-        fifo_groups=1,
-        concurrency=4,
-        lock_duration=lease_ms,
-        stalled_interval=sweep_ms,
-        max_stalled=1000,
-    )
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, fifo_groups=1, concurrency=4,
+                      lock_duration=lease_ms, stalled_interval=sweep_ms, max_stalled=1000)
     workers = [fleet.start() for _ in range(3)]
 
     order: dict[str, list[str]] = defaultdict(list)
@@ -196,36 +182,18 @@ def run(ctx: Context, res: Result) -> None:
             g, jid = f"g{gi}", f"g{gi}-{j}"
             order[g].append(jid)
             fail_on = [a for a in range(1, 4) if rnd.random() < 0.1]
-            jobs.append(
-                (
-                    "work",
-                    {"ms": rnd.randint(5, 30), "fail_on": fail_on},
-                    {
-                        "job_id": jid,
-                        "message_group_id": g,
-                        "attempts": 5,
-                        "backoff": {"type": "fixed", "delay": 20},
-                        "remove_on_complete": False,
-                    },
-                )
-            )
+            jobs.append(("work", {"ms": rnd.randint(5, 30), "fail_on": fail_on},
+                         {"job_id": jid, "message_group_id": g, "attempts": 5,
+                          "backoff": {"type": "fixed", "delay": 20},
+                          "remove_on_complete": False}))
     for i in range(0, len(jobs), 500):
-        ctx.ledger.record(producer.add_jobs(jobs[i : i + 500]), tag="group")
+        ctx.ledger.record(producer.add_jobs(jobs[i:i + 500]), tag="group")
     for w in workers:
         w.wait_ready()
 
     done_faults = apply_faults(
-        ctx,
-        res,
-        srv,
-        client,
-        keys,
-        fleet,
-        faults,
-        len(jobs) // (len(faults) + 2),
-        rnd,
-        lambda: live_check(client, keys, ctx.ledger),
-    )
+        ctx, res, srv, client, keys, fleet, faults, len(jobs) // (len(faults) + 2), rnd,
+        lambda: live_check(client, keys, ctx.ledger))
     killed, live_checks = done_faults.killed, done_faults.live_checks
     downtimes, interrupted = done_faults.downtimes, done_faults.interrupted
     if live_checks:
@@ -237,11 +205,8 @@ def run(ctx: Context, res: Result) -> None:
     bad = group_violations(runs, order, killed)
     res.expect("each group's runs in enqueue order", not bad["order"], bad["order"][:5])
     res.expect("no two runs of a group overlap", not bad["overlap"], bad["overlap"][:5])
-    res.expect(
-        "a killed run keeps its group's turn until it runs again after the kill",
-        not bad["killed"],
-        bad["killed"][:5],
-    )
+    res.expect("a killed run keeps its group's turn until it runs again after the kill",
+               not bad["killed"], bad["killed"][:5])
     events = stream(client, keys.events)
     late = completion_violations(events, order)
     res.expect("each group's recorded completions in enqueue order", not late, late[:5])
@@ -252,21 +217,19 @@ def run(ctx: Context, res: Result) -> None:
     res.expect("every group gave its turns back", not left, left[:5])
     res.expect("the kills interrupted running jobs", interrupted > 0, interrupted)
     raised = sum(1 for rs in runs_all.values() for r in rs if r.how == "raise")
-    res.figures.update(
-        {
-            "groups": n_groups,
-            "jobs_per_group": per_group,
-            "jobs": len(ctx.ledger),
-            "kills": len(killed),
-            "restarts": len(downtimes),
-            "redis_downtime_s": stats(downtimes),
-            "interrupted_jobs": interrupted,
-            "runs": sum(len(rs) for rs in runs_all.values()),
-            "raised_runs": raised,
-            "drain_after_last_fault_s": round(took, 2),
-            "lease_ms": lease_ms,
-        }
-    )
+    res.figures.update({
+        "groups": n_groups,
+        "jobs_per_group": per_group,
+        "jobs": len(ctx.ledger),
+        "kills": len(killed),
+        "restarts": len(downtimes),
+        "redis_downtime_s": stats(downtimes),
+        "interrupted_jobs": interrupted,
+        "runs": sum(len(rs) for rs in runs_all.values()),
+        "raised_runs": raised,
+        "drain_after_last_fault_s": round(took, 2),
+        "lease_ms": lease_ms,
+    })
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])
     stop_fleet(res, fleet)
