@@ -509,6 +509,10 @@ class Soak:
             stops = []
             for s in self.slots:
                 if s.proc is not None and s.proc.poll() is None:
+                    # A replacement started by the last restart may still be importing:
+                    # SIGTERM before its handlers are in place is not a graceful stop.
+                    with contextlib.suppress(RuntimeError):
+                        await self.wait_ready(s)
                     s.proc.send_signal(signal.SIGTERM)
             for s in self.slots:
                 if s.proc is not None:
