@@ -84,7 +84,7 @@ def worker_main(argv: list[str]) -> int:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
 
-    from kitium_queue import JobQueue
+    from kitium_queue import ConnectionUnavailableError, JobQueue
 
     async def run() -> None:
         queue = JobQueue(
@@ -113,7 +113,18 @@ def worker_main(argv: list[str]) -> int:
 
         task = asyncio.ensure_future(announce())
         try:
-            await queue.run_worker()
+            # A worker started while Redis is down (a restart during the Redis crash)
+            # cannot connect: retry as a process manager would restart it, within a
+            # minute. Once running, the worker rides out outages by itself.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    await queue.run_worker()
+                    break
+                except ConnectionUnavailableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
         finally:
             task.cancel()
             await queue.close()
