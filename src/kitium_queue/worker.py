@@ -260,7 +260,8 @@ class Worker:
             batch = outcomes.take()
             calls, extending, n_ext = self._round_calls(batch, free)
             barrier = self.queue.write_barrier
-            after = barrier.for_outcomes() if barrier is not None and batch[1] else None
+            n_out = len(batch[1]) + len(batch[2])
+            after = barrier.for_outcomes() if barrier is not None and n_out else None
             if after is not None:
                 # Last, on the same connection: it follows every write of the round.
                 calls.append(RawCall(after))
@@ -281,7 +282,7 @@ class Worker:
                 self._outage = False
                 log.warning("worker %s: Redis is reachable again; resuming", self.id)
             if after is not None and barrier is not None:
-                self._barrier_reply(barrier, after, replies.pop(), len(batch[1]))
+                self._barrier_reply(barrier, after, replies.pop(), n_out)
             if n_ext:
                 leases.after_extend(replies[:n_ext], extending)
             refused = outcomes.settle(replies[n_ext : len(replies) - (free > 0)], batch)
