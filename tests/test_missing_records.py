@@ -176,3 +176,24 @@ async def test_an_evicting_redis_loses_records_and_the_queue_keeps_going(
         finally:
             await q.close()
             await client.aclose()
+
+
+async def test_cli_health_reports_missing_records(
+    cli_app: str, redis_url: str, prefix: str
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from kitium_queue.cli import main
+
+    q = JobQueue("cli", redis=redis_url, prefix=prefix)
+    try:
+        jid = await q.add_job("n", 1)
+        await (await q.client()).delete(q.keys.job(jid))
+        await q.run("claim", [1, 1000, 0, 0, 2, "1", "w:1", 100])  # finds it gone
+    finally:
+        await q.close()
+    out = await asyncio.to_thread(CliRunner().invoke, main, ["health", cli_app])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["missing_records"] == 1

@@ -202,3 +202,26 @@ async def test_primary_sigkill_loses_acknowledged_enqueues_only_without_the_opti
     assert with_acks["lost_acknowledged"] == 0, with_acks
     assert with_acks["written_not_acknowledged"] > 0
     assert with_acks["acknowledged"] > 100
+
+
+def test_cli_replicas_shows_the_replicas_and_their_lag(pair: Pair, tmp_path: Any) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from helpers import app_module
+    from kitium_queue.cli import main
+
+    source = "from kitium_queue import JobQueue\nqueue = JobQueue('cli')\n"
+    with app_module(tmp_path, source, "kq_replicas") as module:
+        app = f"{module}:queue"
+        out = CliRunner().invoke(main, ["replicas", app, "--redis", pair.primary.url])
+        assert out.exit_code == 0, out.output
+        assert "role\tmaster" in out.stdout and "connected_replicas\t1" in out.stdout
+        assert f"127.0.0.1:{pair.replica.port}\tonline" in out.stdout
+        got = CliRunner().invoke(main, ["replicas", app, "--json", "--redis", pair.primary.url])
+        st = json.loads(got.stdout)
+        assert st["role"] == "master" and st["replicas"][0]["lag_bytes"] >= 0
+        # A replica is not a primary with replicas: exit 1.
+        again = CliRunner().invoke(main, ["replicas", app, "--redis", pair.replica.url])
+        assert again.exit_code == 1 and "role\tslave" in again.stdout
