@@ -163,11 +163,14 @@ async def _admin(q: JobQueue, r: aioredis.Redis, *, destructive: bool) -> dict[s
     out: dict[str, Any] = {}
     out["get_stats"] = await _blocking(r, q.get_stats)
     out["get_jobs_by_status(waiting, 100)"] = await _blocking(
-        r, lambda: q.get_jobs_by_status("waiting", 100))
+        r, lambda: q.get_jobs_by_status("waiting", 100)
+    )
     out["get_jobs_by_status(waiting, 100000)"] = await _blocking(
-        r, lambda: q.get_jobs_by_status("waiting", 100_000))
+        r, lambda: q.get_jobs_by_status("waiting", 100_000)
+    )
     out["get_jobs_by_status(delayed, 100)"] = await _blocking(
-        r, lambda: q.get_jobs_by_status("delayed", 100))
+        r, lambda: q.get_jobs_by_status("delayed", 100)
+    )
 
     async def two_pages() -> None:
         page = await q.list_jobs("waiting", limit=50)
@@ -201,16 +204,29 @@ async def _to_dlq(r: aioredis.Redis, q: JobQueue, n: int) -> None:
     """
     moved = 0
     while moved < n:
-        got = await r.eval(lua, 2, q.keys.wait, q.keys.dlq, min(1000, n - moved),
-                           q.keys.job(""), int(time.time() * 1000))
+        got = await r.eval(
+            lua,
+            2,
+            q.keys.wait,
+            q.keys.dlq,
+            min(1000, n - moved),
+            q.keys.job(""),
+            int(time.time() * 1000),
+        )
         if not got:
             break
         moved += int(got)
 
 
 async def _case(kind: str, n: int, sample: int, latency: bool) -> dict[str, Any]:
-    with RedisServer("--slowlog-log-slower-than", "1000", "--slowlog-max-len", "256",
-                     "--latency-monitor-threshold", "10") as srv:
+    with RedisServer(
+        "--slowlog-log-slower-than",
+        "1000",
+        "--slowlog-max-len",
+        "256",
+        "--latency-monitor-threshold",
+        "10",
+    ) as srv:
         r = aioredis.Redis.from_url(srv.url)
         q = JobQueue(QUEUE, redis=srv.url, prefix=PREFIX, worker={"concurrency": 20})
         try:
@@ -229,8 +245,7 @@ async def _case(kind: str, n: int, sample: int, latency: bool) -> dict[str, Any]
 
                 async def one(i: int) -> None:
                     async with sem:
-                        await q.schedule_every("noop", {"s": i}, 86_400_000,
-                                               schedule_id=f"s{i}")
+                        await q.schedule_every("noop", {"s": i}, 86_400_000, schedule_id=f"s{i}")
 
                 await asyncio.gather(*(one(i) for i in range(n)))
                 row["fill_jobs_per_s"] = round(n / (time.perf_counter() - t0))
@@ -239,8 +254,9 @@ async def _case(kind: str, n: int, sample: int, latency: bool) -> dict[str, Any]
             row["admin"] = await _admin(q, r, destructive=False)
             if kind != "waiting":
                 await _fill(q, sample)  # the jobs drained next to the backlog
-            row.update(await _drain_sample(q, r, min(sample, n) if kind == "waiting" else sample,
-                                           latency))
+            row.update(
+                await _drain_sample(q, r, min(sample, n) if kind == "waiting" else sample, latency)
+            )
             row["admin_end"] = await _admin(q, r, destructive=True)
             return row
         finally:
@@ -249,8 +265,17 @@ async def _case(kind: str, n: int, sample: int, latency: bool) -> dict[str, Any]
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    head = ("case", "size", "B/item", "drain/s", "script µs/job", "cmds/job", "lat p50 ms",
-            "lat p99 ms", "worst admin cmd µs (call)")
+    head = (
+        "case",
+        "size",
+        "B/item",
+        "drain/s",
+        "script µs/job",
+        "cmds/job",
+        "lat p50 ms",
+        "lat p99 ms",
+        "worst admin cmd µs (call)",
+    )
     print(" | ".join(head))
     for r in rows:
         worst = ("", 0)
@@ -258,10 +283,22 @@ def _print(rows: list[dict[str, Any]]) -> None:
             for name, v in r[part].items():
                 if isinstance(v, dict) and v["max_command_us"] > worst[1]:
                     worst = (name, v["max_command_us"])
-        print(" | ".join(str(x) for x in (
-            r["case"], f"{r['size']:,}", r["bytes_per_item"], r["drain_jobs_per_s"],
-            r["redis_script_us_per_job"], r["redis_commands_per_job"], r["latency_p50_ms"],
-            r["latency_p99_ms"], f"{worst[1]} ({worst[0]})")))
+        print(
+            " | ".join(
+                str(x)
+                for x in (
+                    r["case"],
+                    f"{r['size']:,}",
+                    r["bytes_per_item"],
+                    r["drain_jobs_per_s"],
+                    r["redis_script_us_per_job"],
+                    r["redis_commands_per_job"],
+                    r["latency_p50_ms"],
+                    r["latency_p99_ms"],
+                    f"{worst[1]} ({worst[0]})",
+                )
+            )
+        )
 
 
 def _sizes(text: str) -> list[int]:
@@ -279,18 +316,26 @@ async def main(args: argparse.Namespace) -> None:
         row = await _case(kind, n, args.sample, not args.no_latency)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        print(f"[{kind} {n:,}] drain {row['drain_jobs_per_s']}/s, script "
-              f"{row['redis_script_us_per_job']} µs/job, {row['bytes_per_item']} B/item, "
-              f"{row['seconds']} s", flush=True)
+        print(
+            f"[{kind} {n:,}] drain {row['drain_jobs_per_s']}/s, script "
+            f"{row['redis_script_us_per_job']} µs/job, {row['bytes_per_item']} B/item, "
+            f"{row['seconds']} s",
+            flush=True,
+        )
     print()
     _print(rows)
     base = next((r for r in rows if r["case"] == "waiting"), None)
     if base is not None:
         for r in rows:
             r["script_us_vs_first_waiting"] = round(
-                r["redis_script_us_per_job"] / max(1e-9, base["redis_script_us_per_job"]), 2)
-        print("\nscript µs/job relative to the first waiting case: " + ", ".join(
-            f"{r['case']} {r['size']:,}: {r['script_us_vs_first_waiting']}" for r in rows))
+                r["redis_script_us_per_job"] / max(1e-9, base["redis_script_us_per_job"]), 2
+            )
+        print(
+            "\nscript µs/job relative to the first waiting case: "
+            + ", ".join(
+                f"{r['case']} {r['size']:,}: {r['script_us_vs_first_waiting']}" for r in rows
+            )
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
         print(f"figures written to {args.json}")
@@ -306,14 +351,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dlq", default="1000000")
     p.add_argument("--sample", type=int, default=20_000, help="jobs drained per case")
     p.add_argument("--no-latency", action="store_true")
-    p.add_argument("--small", action="store_true",
-                   help="smoke sizes: 2,000 and 20,000 waiting; 20,000 delayed; 2,000 "
-                        "schedules; 20,000 in the DLQ; 2,000 drained")
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help="smoke sizes: 2,000 and 20,000 waiting; 20,000 delayed; 2,000 "
+        "schedules; 20,000 in the DLQ; 2,000 drained",
+    )
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
     if args.small:
         args.waiting, args.delayed, args.schedules, args.dlq = (
-            "2000,20000", "20000", "2000", "20000")
+            "2000,20000",
+            "20000",
+            "2000",
+            "20000",
+        )
         args.sample = 2000
     return args
 

@@ -113,8 +113,9 @@ async def replicas_part(quick: bool, prefix: str) -> dict[str, dict[str, float]]
     n_single, n_conc, n_drain = (1000, 5000, 5000) if quick else (5000, 20000, 20000)
     out: dict[str, dict[str, float]] = {}
     with RedisServer() as primary:
-        replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port),
-                              "--repl-diskless-sync-delay", "0").start()
+        replica = RedisServer(
+            "--replicaof", "127.0.0.1", str(primary.port), "--repl-diskless-sync-delay", "0"
+        ).start()
         try:
             c = redis.Redis(port=replica.port)
             while c.info("replication").get("master_link_status") != "up":
@@ -160,8 +161,7 @@ async def slow_part(quick: bool, prefix: str) -> dict[str, dict[str, float]]:
                 url = srv.url if proxy is None else proxy.url
                 if proxy is not None:
                     proxy.set_delay(delay or 0.0)
-                q = JobQueue(f"{prefix}-slow-{len(out)}", redis=url, prefix=prefix,
-                             settings=LEASE)
+                q = JobQueue(f"{prefix}-slow-{len(out)}", redis=url, prefix=prefix, settings=LEASE)
                 try:
                     out[label] = {"drain_rate": await _drain(q, n, proxy if spikes else None)}
                 finally:
@@ -174,9 +174,7 @@ async def slow_part(quick: bool, prefix: str) -> dict[str, dict[str, float]]:
 
 def _median(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     keys = runs[0].keys()
-    return {
-        k: {m: statistics.median(r[k][m] for r in runs) for m in runs[0][k]} for k in keys
-    }
+    return {k: {m: statistics.median(r[k][m] for r in runs) for m in runs[0][k]} for k in keys}
 
 
 async def main(args: argparse.Namespace) -> None:
