@@ -542,8 +542,8 @@ class AuditLog:
         if age is None and keep is None:
             raise ConfigurationError("trim needs max_age or max_entries (or the log's own)")
         for _ in range(10):
-            first = await self._first_kept(age, keep)
-            if first is False:
+            needed, first = await self._first_kept(age, keep)
+            if not needed:
                 return 0
             try:
                 return await self._trim_to(first, age, keep, principal)
@@ -553,13 +553,13 @@ class AuditLog:
 
     async def _first_kept(
         self, age: int | None, keep: int | None
-    ) -> tuple[str, dict[str, str]] | bool | None:
-        """The entry the log should start with; None: none (every entry goes); False:
-        nothing to remove."""
+    ) -> tuple[bool, tuple[str, dict[str, str]] | None]:
+        """(whether anything goes, the entry the log should start with: None when every
+        entry goes)."""
         candidates: list[tuple[str, dict[str, str]] | None] = []
         total = int(await self.deployment.call("xlen", self.stream))
         if total == 0:
-            return False
+            return False, None
         if age is not None:
             cutoff = int(self._clock() * 1000 + self._offset_ms) - age
             page = await self._page(str(max(cutoff, 0)), "+", reverse=False)
@@ -577,15 +577,15 @@ class AuditLog:
                 skip -= len(page)
                 lo = "(" + page[-1][0]
         if None in candidates:
-            return None
+            return True, None
         found = [c for c in candidates if c is not None]
         if not found:
-            return False
+            return False, None
         latest = max(found, key=lambda c: parse_id(c[0]))
         oldest = await self._page("-", "+", reverse=False)
         if oldest and oldest[0][0] == latest[0]:
-            return False  # it starts there already
-        return latest
+            return False, None  # it starts there already
+        return True, latest
 
     async def _trim_to(
         self,

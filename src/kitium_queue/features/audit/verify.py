@@ -190,7 +190,7 @@ class _Walk:
         if e.valid:
             if t is not None and not _links(t, e):
                 gap = (e.n or 0) - (t.n or 0) - 1
-                what = f"{gap} entries" if gap > 0 else "entries"
+                what = (f"{gap} entry" if gap == 1 else f"{gap} entries") if gap > 0 else "entries"
                 self.report(
                     "removed", e, f"{what} missing between entry {t.id} (n={t.n}) and this one"
                 )
@@ -209,10 +209,7 @@ class _Walk:
             return
         # The MAC fails: edited in place, or written by someone without the key.
         if nxt is None:  # the last entry: does it still sit where the chain expects?
-            if t is None:
-                altered = e.n == 1 and e.fields.get("prev") == ""
-            else:
-                altered = _links(t, e)
+            altered = (e.n == 1 and e.fields.get("prev") == "") if t is None else _links(t, e)
         elif nxt.valid and nxt.fields.get("prev") == e.mac:
             altered = True  # the chain passes through it
         else:  # inserted when the next entry skips it; otherwise changed beyond reading
