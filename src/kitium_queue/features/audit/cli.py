@@ -31,9 +31,9 @@ __all__ = [
     "key_file_option",
     "make_command",
     "prefix_option",
+    "redis_option",
     "redis_url",
     "run",
-    "redis_option",
 ]
 
 T = TypeVar("T")
