@@ -564,8 +564,12 @@ class AuditLog:
             cutoff = int(self._clock() * 1000 + self._offset_ms) - age
             page = await self._page(str(max(cutoff, 0)), "+", reverse=False)
             candidates.append(page[0] if page else None)
-        if keep is not None and total > keep:
-            skip, lo = total - keep, "-"
+        # Over the limit: trim so that ``keep`` entries remain, the retention record
+        # included.
+        if keep is not None and total > keep and keep == 1:
+            candidates.append(None)
+        elif keep is not None and total > keep:
+            skip, lo = total + 1 - keep, "-"
             while True:
                 page = await self._page(lo, "+", reverse=False)
                 if len(page) > skip:
