@@ -5,6 +5,7 @@ inserted; retention that verification accepts; key rotation."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import secrets
 import subprocess
@@ -60,7 +61,7 @@ async def test_appends_chain_in_order_and_verify(log: AuditLog) -> None:
     assert [r[0].decode() for r in raw[:5]] == ids
     assert [int(f[b"n"]) for _, f in raw] == [1, 2, 3, 4, 5, 6]
     assert raw[0][1][b"prev"] == b""
-    for (_, a), (_, b) in zip(raw, raw[1:], strict=False):
+    for (_, a), (_, b) in itertools.pairwise(raw):
         assert b[b"prev"] == a[b"mac"]
     report = await log.verify()
     assert report.ok and report.entries == 6 and report.start == "genesis"
