@@ -254,17 +254,20 @@ def make_command(row: Callable[..., str]) -> click.Group:
     @audit.command("trim")
     @click.option("--max-age-days", type=float, default=None, help="Remove older entries.")
     @click.option("--max-entries", type=int, default=None, help="Keep at most this many.")
+    @click.option("--force", is_flag=True, help="Trim even when the chain is broken.")
     @prefix_option
     @key_file_option
     @redis_option
     def trim(
         max_age_days: float | None,
         max_entries: int | None,
+        force: bool,
         prefix: str,
         key_file: Path | None,
         redis: str | None,
     ) -> None:
-        """Apply retention: a signed retention record, then the old entries go."""
+        """Apply retention: a signed retention record, then the old entries go. A
+        broken chain is not trimmed (exit 1) unless --force."""
         if max_age_days is None and max_entries is None:
             raise ConfigurationError("give --max-age-days or --max-entries")
         if max_age_days is not None and not 0 < max_age_days < 100_000:
@@ -275,7 +278,7 @@ def make_command(row: Callable[..., str]) -> click.Group:
 
         async def act() -> int:
             try:
-                return await log.trim(max_age=age, max_entries=max_entries)
+                return await log.trim(max_age=age, max_entries=max_entries, verify_first=not force)
             finally:
                 await log.close()
 

@@ -524,6 +524,7 @@ class AuditLog:
         max_age: int | timedelta | None = None,
         max_entries: int | None = None,
         principal: str | None = None,
+        verify_first: bool = True,
     ) -> int:
         """Apply retention: remove entries older than ``max_age`` and beyond the newest
         ``max_entries`` (defaults: the log's own settings). Returns how many went.
@@ -532,6 +533,11 @@ class AuditLog:
         start with (its id, ``n`` and ``prev``), then, in the same script call, the
         older entries are removed: ``verify`` accepts a log that starts there because a
         valid record says so, and reports any other missing start.
+
+        Removing entries also removes the evidence of tampering among them, so by
+        default the chain is verified first and a broken one is not trimmed
+        (``KitiumQueueError`` naming the first problem); ``verify_first=False`` trims
+        anyway, once the broken part has been examined.
         """
         age = self.max_age_ms if max_age is None else to_ms(max_age, "max_age", minimum=1)
         keep = (
@@ -541,6 +547,15 @@ class AuditLog:
         )
         if age is None and keep is None:
             raise ConfigurationError("trim needs max_age or max_entries (or the log's own)")
+        if verify_first:
+            report = await self.verify()
+            if not report.ok and report.first_problem is not None:
+                p = report.first_problem
+                raise KitiumQueueError(
+                    f"the audit chain is broken ({p.kind} at {p.entry_id or 'the end'}: "
+                    f"{p.detail}); trimming would remove the evidence: examine it (audit "
+                    "verify / query), then trim with verify_first=False (--force)"
+                )
         for _ in range(10):
             needed, first = await self._first_kept(age, keep)
             if not needed:
