@@ -42,7 +42,7 @@ from ...limits import get_logger
 from ...options import to_int, to_ms
 from .chain import FIELDS, AuditKeys, Draft, entry_mac, parse_id
 from .conn import Deployment, LuaScript
-from .verify import RETENTION_ACTION, AuditHead, AuditReport, verify_chain
+from .verify import RETENTION_ACTION, AuditHead, AuditReport, ChainCheck
 
 __all__ = ["AuditEntry", "AuditLog", "Effect"]
 
@@ -408,11 +408,18 @@ class AuditLog:
         return [(_decode(i), _fields(f)) for i, f in raw]
 
     async def entries(
-        self, *, since_ms: int | None = None, until_ms: int | None = None, newest_first: bool
+        self,
+        *,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        newest_first: bool,
+        start_id: str | None = None,
+        end_id: str | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        """Every entry in the time range, page by page, in the order asked."""
-        lo = "-" if since_ms is None else str(since_ms)
-        hi = "+" if until_ms is None else f"{until_ms}-{2**63 - 1}"
+        """Every entry in the range (times in ms, or stream ids), page by page, in the
+        order asked."""
+        lo = start_id or ("-" if since_ms is None else str(since_ms))
+        hi = end_id or ("+" if until_ms is None else f"{until_ms}-{2**63 - 1}")
         while True:
             page = await self._page(lo, hi, reverse=newest_first)
             for item in page:
@@ -504,18 +511,37 @@ class AuditLog:
         return out
 
     async def verify(self, *, checkpoint: AuditHead | None = None) -> AuditReport:
-        """Check the whole chain; see ``verify.verify_chain`` for what is reported."""
+        """Check the whole chain; see ``verify.py`` for what is reported.
+
+        Reads a consistent range while others append and trim: first the stream's
+        counter of entries ever added and its highest id, then the entries up to that
+        id, page by page. If the first entry read was the start of a trim that ran
+        meanwhile, its retention record lies beyond that id: it is looked for there.
+        """
         keys = self._need_key("be verified")
-        items = [item async for item in self.entries(newest_first=False)]
         added: int | None = None
-        if items:
-            try:
-                info = await self.deployment.call("xinfo_stream", self.stream)
-                raw = info.get("entries-added")
-                added = None if raw is None else int(raw)
-            except Exception:  # Redis < 7 or a server that refuses XINFO: no counter
-                added = None
-        return verify_chain(keys, items, entries_added=added, checkpoint=checkpoint)
+        top = "+"
+        try:
+            info = await self.deployment.call("xinfo_stream", self.stream)
+        except Exception:  # no stream yet, or a server that refuses XINFO: no counter
+            info = None
+        if info:
+            raw = info.get("entries-added")
+            added = None if raw is None else int(raw)
+            last = info.get("last-generated-id")
+            top = _decode(last) if last is not None else "+"
+        check = ChainCheck(keys, checkpoint)
+        async for entry_id, fields in self.entries(newest_first=False, end_id=top):
+            check.feed(entry_id, fields)
+        if top != "+" and check.unanchored():
+            seen = 0
+            async for entry_id, fields in self.entries(newest_first=True, start_id="(" + top):
+                if fields.get("act") == RETENTION_ACTION:
+                    check.consider_anchor(entry_id, fields)
+                seen += 1
+                if seen >= 10_000:
+                    break
+        return check.report(added)
 
     # ------------------------------------------------------------------ retention
     async def trim(

@@ -29,7 +29,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -284,13 +284,71 @@ class _Walk:
         return state, [*start, *self.problems, *end]
 
 
-def _pairs(entries: Iterable[_Entry]) -> Iterator[tuple[_Entry, _Entry | None]]:
-    it = iter(entries)
-    cur = next(it, None)
-    while cur is not None:
-        nxt = next(it, None)
-        yield cur, nxt
-        cur = nxt
+class ChainCheck:
+    """Verification fed one entry at a time (``AuditLog.verify`` pages through the
+    stream; the whole log is never held in memory).
+
+    ``feed`` each entry in stream order, then ``report``. Before it, ``unanchored``
+    tells whether the log's first entry still needs a retention record, and
+    ``consider_anchor`` offers one read from beyond the range checked (a trim that ran
+    while the log was being read).
+    """
+
+    def __init__(self, keys: AuditKeys, checkpoint: AuditHead | None = None) -> None:
+        self.keys = keys
+        self.checkpoint = checkpoint
+        self._walk = _Walk()
+        self._pending: _Entry | None = None
+
+    def feed(self, entry_id: str, fields: dict[str, str]) -> None:
+        e = _entry(self.keys, entry_id, fields)
+        if self._pending is not None:
+            self._step(self._pending, e)
+        self._pending = e
+
+    def _step(self, e: _Entry, nxt: _Entry | None) -> None:
+        if self.checkpoint is not None and e.id == self.checkpoint.id:
+            self._walk.seen_checkpoint = e
+        self._walk.step(e, nxt)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            self._step(self._pending, None)
+            self._pending = None
+
+    def unanchored(self) -> bool:
+        """True when the first entry is neither entry 1 nor named by a retention record
+        seen so far."""
+        self._flush()
+        f = self._walk.first
+        if f is None or (f.n == 1 and f.fields.get("prev") == ""):
+            return False
+        return (f.id, f.n, f.fields.get("prev", "")) not in self._walk.anchors
+
+    def consider_anchor(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Accept the retention record ``entry_id`` (read after the range checked) if
+        its MAC is valid."""
+        e = _entry(self.keys, entry_id, fields)
+        anchor = _anchor(e) if e.valid else None
+        if anchor is not None:
+            self._walk.anchors.add(anchor)
+
+    def report(self, entries_added: int | None = None) -> AuditReport:
+        self._flush()
+        walk = self._walk
+        state, problems = walk.finish(entries_added, self.checkpoint)
+        last = walk.trusted
+        head = AuditHead(last.n or 0, last.id, last.mac) if last is not None else None
+        shown = problems[:_MAX_PROBLEMS]
+        return AuditReport(
+            ok=not problems,
+            entries=walk.count,
+            first_problem=shown[0] if shown else None,
+            problems=shown,
+            more_problems=walk.more + len(problems) - len(shown),
+            head=head,
+            start=state,
+        )
 
 
 def verify_chain(
@@ -301,22 +359,7 @@ def verify_chain(
     checkpoint: AuditHead | None = None,
 ) -> AuditReport:
     """Check ``entries`` (stream id, fields), in stream order; see the module docstring."""
-    walk = _Walk()
-    parsed = (_entry(keys, i, f) for i, f in entries)
-    for e, nxt in _pairs(parsed):
-        if checkpoint is not None and e.id == checkpoint.id:
-            walk.seen_checkpoint = e
-        walk.step(e, nxt)
-    state, problems = walk.finish(entries_added, checkpoint)
-    last = walk.trusted
-    head = AuditHead(last.n or 0, last.id, last.mac) if last is not None else None
-    shown = problems[:_MAX_PROBLEMS]
-    return AuditReport(
-        ok=not problems,
-        entries=walk.count,
-        first_problem=shown[0] if shown else None,
-        problems=shown,
-        more_problems=walk.more + len(problems) - len(shown),
-        head=head,
-        start=state,
-    )
+    check = ChainCheck(keys, checkpoint)
+    for entry_id, fields in entries:
+        check.feed(entry_id, fields)
+    return check.report(entries_added)
