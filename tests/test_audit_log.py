@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kitium_queue.errors import ConfigurationError
+from kitium_queue.errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from kitium_queue.features.audit import AuditHead, AuditLog
 from kitium_queue.features.audit.chain import MAX_META_BYTES
 
@@ -352,3 +352,35 @@ async def test_appenders_in_several_processes_make_one_chain(redis_url: str, pre
         assert all(v == list(range(150)) for v in per.values())
     finally:
         await log.close()
+
+
+@pytest.mark.redis_only
+async def test_entries_recorded_while_redis_is_down_are_written_when_it_returns() -> None:
+    from _redis import RedisServer
+
+    srv = RedisServer("--appendonly", "yes", "--appendfsync", "always").start()
+    log = AuditLog(srv.url, key=KEY, prefix="down")
+    try:
+        await log.append("u", "before", "r")
+        srv.kill()
+        log.record("u", "queue.pause", "orders")  # the subscriber's path: never raises
+        log.record("u", "queue.resume", "orders")
+        with pytest.raises(ConnectionUnavailableError):  # an awaited append fails to its caller
+            await log.append("u", "awaited", "r")
+        srv.restart()
+        await asyncio.wait_for(log.flush(), 30)
+        actions = [e.action for e in await log.query(newest_first=False)]
+        assert actions == ["before", "queue.pause", "queue.resume"]
+        assert (await log.verify()).ok
+    finally:
+        await log.close()
+        srv.close()
+
+
+async def test_trim_refuses_a_broken_chain_unless_told(log: AuditLog) -> None:
+    ids = await _fill(log, 5)
+    client = await log.deployment.client()
+    await client.xdel(log.stream, ids[1])
+    with pytest.raises(KitiumQueueError, match="trimming would remove the evidence"):
+        await log.trim(max_entries=2)
+    assert await log.trim(max_entries=2, verify_first=False) == 3

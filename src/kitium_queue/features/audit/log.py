@@ -679,6 +679,11 @@ class AuditLog:
                     "audit log: %d entries could not be written before close", len(self._pending)
                 )
                 self._task.cancel()
+                for d in self._pending:  # nobody waits forever for an entry never written
+                    for fut in d.waiters:
+                        if not fut.done():
+                            fut.set_exception(KitiumQueueError("the audit log was closed"))
+                self._pending.clear()
         await self.deployment.close()
 
 
