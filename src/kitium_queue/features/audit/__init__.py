@@ -2,7 +2,10 @@
 
 * ``chain.py``: the fields of an entry, their bounds, the MAC keys and the MAC;
 * ``append.lua``: the race-free append (compare the chain's end, then write);
-* ``log.py``: ``AuditLog``: append, background writes, query, retention (``trim``);
+* ``log.py``: ``AuditLog``: appends (awaited, or queued and written in the background);
+* ``read.py``: entries by range, queries, verification of the whole chain;
+* ``retention.py``: ``trim``'s start point and the trim itself;
+* ``subscriber.py``: every administrative command of a watched queue, as an entry;
 * ``verify.py``: ``verify_chain``: the first entry altered, removed or inserted;
 * ``conn.py``: the deployment's connection and key names (shared with access control);
 * ``cli.py``: ``kitium-queue audit query|verify|trim``.

@@ -27,22 +27,21 @@ entry, never the chain's integrity.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
-
-import orjson
 
 from ...errors import ConfigurationError, KitiumQueueError
 from ...limits import get_logger
 from ...options import to_int, to_ms
-from .chain import FIELDS, AuditKeys, Draft, entry_mac, parse_id
+from .chain import AuditKeys, Draft, entry_mac, parse_id
 from .conn import Deployment, LuaScript
-from .verify import RETENTION_ACTION, AuditHead, AuditReport, ChainCheck
+from .read import AuditEntry, AuditReader, decode
+from .retention import TrimPointGone, first_kept, trim_to
+from .verify import AuditHead, AuditReport
 
 __all__ = ["AuditEntry", "AuditLog", "Effect"]
 
@@ -55,7 +54,6 @@ BATCH = 100
 MAX_PENDING = 10_000
 #: Attempts of one append under contention before giving up.
 MAX_TRIES = 200
-_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,71 +68,12 @@ class Effect:
     member: str
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One entry of the audit log, as ``query`` returns it.
-
-    Attributes:
-        id: its stream id (``<ms>-<seq>``, Redis clock).
-        at_ms: when it was written (ms since the epoch).
-        n: its position in the log (1 for the first entry ever).
-        principal: who acted (None when nobody was named).
-        action, resource, outcome: what was done, to what, and how it ended.
-        metadata: the details (a dict; never payloads or secrets).
-        authentic: its own MAC checked with a held key (True / False), or None when
-            the log was opened without the key. (Whether entries around it were removed
-            is ``verify``'s question.)
-    """
-
-    id: str
-    at_ms: int
-    n: int | None
-    principal: str | None
-    action: str
-    resource: str
-    outcome: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    authentic: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "at_ms": self.at_ms,
-            "n": self.n,
-            "principal": self.principal,
-            "action": self.action,
-            "resource": self.resource,
-            "outcome": self.outcome,
-            "metadata": self.metadata,
-            "authentic": self.authentic,
-        }
-
-
 @dataclass(slots=True)
 class _Head:
     last_id: str
     n: int
     mac: str
     top: tuple[int, int]
-
-
-def _decode(raw: Any) -> str:
-    return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
-
-
-def _fields(raw: Any) -> dict[str, str]:
-    return {_decode(k): _decode(v) for k, v in raw.items()}
-
-
-def _when(value: Any, what: str) -> int | None:
-    """A time bound as ms since the epoch (int ms, float seconds not accepted)."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ConfigurationError(f"{what} must be a timezone-aware datetime")
-        return int(value.timestamp() * 1000)
-    return to_int(value, what, minimum=0, maximum=2**48)
 
 
 class AuditLog:
@@ -174,6 +113,7 @@ class AuditLog:
             else to_int(max_entries, "max_entries", minimum=1, maximum=10**12)
         )
         self.stream = self.deployment.key("audit")
+        self.reader = AuditReader(self.deployment, self.stream, self.keys)
         self._clock = clock
         self._offset_ms = 0.0
         self._head: _Head | None = None
@@ -330,7 +270,7 @@ class AuditLog:
                     script_keys,
                     [head.last_id, len(drafts), trim_to, *effect_args, *args],
                 )
-                kind = _decode(reply[0])
+                kind = decode(reply[0])
                 if kind == "ok":
                     self._learn_time(int(reply[1]))
                     self._head = _Head(ids[-1], head.n + len(drafts), args[-1], parse_id(ids[-1]))
@@ -344,7 +284,7 @@ class AuditLog:
                 if kind == "absent":
                     return []
                 if kind == "gone":
-                    raise _TrimPointGone()
+                    raise TrimPointGone()
                 raise KitiumQueueError(f"audit append: unexpected reply {kind!r}")
         raise KitiumQueueError(
             f"audit log: could not append after {MAX_TRIES} attempts: other writers kept "
@@ -387,8 +327,8 @@ class AuditLog:
 
     def _head_from(self, reply: Sequence[Any]) -> _Head:
         self._learn_time(int(reply[4]))
-        top = parse_id(_decode(reply[5]))
-        return _Head(_decode(reply[1]), int(reply[2]), _decode(reply[3]), top)
+        top = parse_id(decode(reply[5]))
+        return _Head(decode(reply[1]), int(reply[2]), decode(reply[3]), top)
 
     async def _fetch_head(self) -> _Head:
         # A call that cannot match (k = 0) answers with the chain's last entry.
@@ -398,150 +338,25 @@ class AuditLog:
         return self._head_from(reply)
 
     # ------------------------------------------------------------------ reading
-    async def _page(
-        self, start: str, end: str, *, reverse: bool
-    ) -> list[tuple[str, dict[str, str]]]:
-        if reverse:
-            raw = await self.deployment.call("xrevrange", self.stream, end, start, count=_PAGE)
-        else:
-            raw = await self.deployment.call("xrange", self.stream, start, end, count=_PAGE)
-        return [(_decode(i), _fields(f)) for i, f in raw]
+    def entries(self, **kw: Any) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """``AuditReader.entries``: every entry in a range, page by page."""
+        return self.reader.entries(**kw)
 
-    async def entries(
-        self,
-        *,
-        since_ms: int | None = None,
-        until_ms: int | None = None,
-        newest_first: bool,
-        start_id: str | None = None,
-        end_id: str | None = None,
-    ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        """Every entry in the range (times in ms, or stream ids), page by page, in the
-        order asked."""
-        lo = start_id or ("-" if since_ms is None else str(since_ms))
-        hi = end_id or ("+" if until_ms is None else f"{until_ms}-{2**63 - 1}")
-        while True:
-            page = await self._page(lo, hi, reverse=newest_first)
-            for item in page:
-                yield item
-            if len(page) < _PAGE:
-                return
-            if newest_first:
-                hi = "(" + page[-1][0]
-            else:
-                lo = "(" + page[-1][0]
-
-    def _entry(self, entry_id: str, f: dict[str, str]) -> AuditEntry:
-        try:
-            meta = orjson.loads(f.get("meta", "{}"))
-        except orjson.JSONDecodeError:
-            meta = {"unreadable": f.get("meta", "")[:200]}
-        if not isinstance(meta, dict):
-            meta = {"value": meta}
-        authentic: bool | None = None
-        if self.keys is not None:
-            key = self.keys.key(f.get("kid", ""))
-            if key is not None and all(k in f for k in FIELDS):
-                authentic = entry_mac(key, entry_id, [f[k] for k in FIELDS]) == f.get("mac")
-            else:
-                authentic = False if key is not None else None
-        try:
-            n: int | None = int(f.get("n", ""))
-        except ValueError:
-            n = None
-        try:
-            at = parse_id(entry_id)[0]
-        except ValueError:
-            at = 0
-        return AuditEntry(
-            id=entry_id,
-            at_ms=at,
-            n=n,
-            principal=f.get("who") or None,
-            action=f.get("act", ""),
-            resource=f.get("res", ""),
-            outcome=f.get("out", ""),
-            metadata=meta,
-            authentic=authentic,
-        )
-
-    async def query(
-        self,
-        *,
-        principal: str | None = None,
-        action: str | None = None,
-        resource: str | None = None,
-        outcome: str | None = None,
-        since: int | datetime | None = None,
-        until: int | datetime | None = None,
-        limit: int = 100,
-        newest_first: bool = True,
-        max_scan: int = 100_000,
-    ) -> list[AuditEntry]:
-        """Entries matching every filter given, newest first by default.
-
-        ``principal`` matches exactly; ``action`` and ``resource`` are exact names or
-        shell-style globs (``queue.*``, ``acme-*``; ``fnmatch``, case-sensitive); ``since`` /
-        ``until``: ms since the epoch or aware datetimes, inclusive. Stops after
-        ``limit`` matches (1..100,000) or ``max_scan`` entries read.
-        """
-        lim = to_int(limit, "limit", minimum=1, maximum=100_000)
-        scan = to_int(max_scan, "max_scan", minimum=1, maximum=10**9)
-        act = None if action is None else _matcher(action, "action")
-        res = None if resource is None else _matcher(resource, "resource")
-        out: list[AuditEntry] = []
-        seen = 0
-        async for entry_id, f in self.entries(
-            since_ms=_when(since, "since"),
-            until_ms=_when(until, "until"),
-            newest_first=newest_first,
-        ):
-            seen += 1
-            if (
-                (principal is None or f.get("who") == principal)
-                and (outcome is None or f.get("out") == outcome)
-                and (act is None or act(f.get("act", "")))
-                and (res is None or res(f.get("res", "")))
-            ):
-                out.append(self._entry(entry_id, f))
-                if len(out) >= lim:
-                    break
-            if seen >= scan:
-                break
-        return out
+    async def query(self, **filters: Any) -> list[AuditEntry]:
+        """Entries matching every filter given, newest first by default
+        (``AuditReader.query``: ``principal``, ``action``, ``resource``, ``outcome``,
+        ``since``, ``until``, ``limit``, ``newest_first``, ``max_scan``)."""
+        return await self.reader.query(**filters)
 
     async def verify(self, *, checkpoint: AuditHead | None = None) -> AuditReport:
-        """Check the whole chain; see ``verify.py`` for what is reported.
+        """Check the whole chain (``AuditReader.verify``; what is reported:
+        ``verify.py``)."""
+        self._need_key("be verified")
+        return await self.reader.verify(checkpoint=checkpoint)
 
-        Reads a consistent range while others append and trim: first the stream's
-        counter of entries ever added and its highest id, then the entries up to that
-        id, page by page. If the first entry read was the start of a trim that ran
-        meanwhile, its retention record lies beyond that id: it is looked for there.
-        """
-        keys = self._need_key("be verified")
-        added: int | None = None
-        top = "+"
-        try:
-            info = await self.deployment.call("xinfo_stream", self.stream)
-        except Exception:  # no stream yet, or a server that refuses XINFO: no counter
-            info = None
-        if info:
-            raw = info.get("entries-added")
-            added = None if raw is None else int(raw)
-            last = info.get("last-generated-id")
-            top = _decode(last) if last is not None else "+"
-        check = ChainCheck(keys, checkpoint)
-        async for entry_id, fields in self.entries(newest_first=False, end_id=top):
-            check.feed(entry_id, fields)
-        if top != "+" and check.unanchored():
-            seen = 0
-            async for entry_id, fields in self.entries(newest_first=True, start_id="(" + top):
-                if fields.get("act") == RETENTION_ACTION:
-                    check.consider_anchor(entry_id, fields)
-                seen += 1
-                if seen >= 10_000:
-                    break
-        return check.report(added)
+    def now_ms(self) -> int:
+        """The Redis clock as this writer estimates it (ms)."""
+        return int(self._clock() * 1000 + self._offset_ms)
 
     # ------------------------------------------------------------------ retention
     async def trim(
@@ -583,80 +398,14 @@ class AuditLog:
                     "verify / query), then trim with verify_first=False (--force)"
                 )
         for _ in range(10):
-            needed, first = await self._first_kept(age, keep)
+            needed, first = await first_kept(self, age, keep)
             if not needed:
                 return 0
             try:
-                return await self._trim_to(first, age, keep, principal)
-            except _TrimPointGone:
+                return await trim_to(self, first, age, keep, principal)
+            except TrimPointGone:
                 continue  # another process trimmed meanwhile: look again
         return 0
-
-    async def _first_kept(
-        self, age: int | None, keep: int | None
-    ) -> tuple[bool, tuple[str, dict[str, str]] | None]:
-        """(whether anything goes, the entry the log should start with: None when every
-        entry goes)."""
-        candidates: list[tuple[str, dict[str, str]] | None] = []
-        total = int(await self.deployment.call("xlen", self.stream))
-        if total == 0:
-            return False, None
-        if age is not None:
-            cutoff = int(self._clock() * 1000 + self._offset_ms) - age
-            page = await self._page(str(max(cutoff, 0)), "+", reverse=False)
-            candidates.append(page[0] if page else None)
-        # Over the limit: trim so that ``keep`` entries remain, the retention record
-        # included.
-        if keep is not None and total > keep and keep == 1:
-            candidates.append(None)
-        elif keep is not None and total > keep:
-            skip, lo = total + 1 - keep, "-"
-            while True:
-                page = await self._page(lo, "+", reverse=False)
-                if len(page) > skip:
-                    candidates.append(page[skip])
-                    break
-                if len(page) < _PAGE:
-                    candidates.append(None)
-                    break
-                skip -= len(page)
-                lo = "(" + page[-1][0]
-        if None in candidates:
-            return True, None
-        found = [c for c in candidates if c is not None]
-        if not found:
-            return False, None
-        latest = max(found, key=lambda c: parse_id(c[0]))
-        oldest = await self._page("-", "+", reverse=False)
-        if oldest and oldest[0][0] == latest[0]:
-            return False, None  # it starts there already
-        return True, latest
-
-    async def _trim_to(
-        self,
-        first: tuple[str, dict[str, str]] | None,
-        age: int | None,
-        keep: int | None,
-        principal: str | None,
-    ) -> int:
-        rules = {"max_age_ms": age, "max_entries": keep}
-        draft = Draft.make(principal, RETENTION_ACTION, "audit", "ok", rules)
-
-        def meta_of(entry_id: str, n: int, prev: str) -> str:
-            if first is None:  # everything goes: the record itself is the new start
-                start = {"first_id": entry_id, "first_n": n, "first_prev": prev}
-            else:
-                f = first[1]
-                start = {"first_id": first[0], "first_n": int(f.get("n", "0") or 0),
-                         "first_prev": f.get("prev", "")}  # fmt: skip
-            return orjson.dumps({**rules, **start}).decode()
-
-        before = int(await self.deployment.call("xlen", self.stream))
-        await self.write(
-            [draft], trim=(lambda ids: ids[0]) if first is None else first[0], meta_of=meta_of
-        )
-        after = int(await self.deployment.call("xlen", self.stream))
-        return max(0, before + 1 - after)
 
     def watch(self, queue: Any) -> None:
         """Write every administrative command of ``queue`` (a ``JobQueue``) to this
@@ -685,16 +434,3 @@ class AuditLog:
                             fut.set_exception(KitiumQueueError("the audit log was closed"))
                 self._pending.clear()
         await self.deployment.close()
-
-
-class _TrimPointGone(Exception):
-    """The entry a trim would start the log with was removed meanwhile."""
-
-
-def _matcher(value: object, what: str) -> Callable[[str], bool]:
-    """An exact name, or a shell-style glob (``fnmatch``, case-sensitive)."""
-    if not isinstance(value, str) or not value or len(value) > 512:
-        raise ConfigurationError(f"{what} filter must be a str of 1 to 512 characters")
-    if any(c in value for c in "*?["):
-        return lambda s: fnmatch.fnmatchcase(s, value)
-    return lambda s: s == value
