@@ -478,3 +478,19 @@ async def test_audit_access_writes_the_applications_own_entries(
         await acm.audit_access("a", "x", "r", ["not", "a", "dict"])  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="control"):
         await acm.audit_access("a", "x\x1b[31m", "r")
+
+
+async def test_a_manager_built_from_a_queue_uses_its_connection_and_prefix(
+    acm: AccessControlManager, make_queue: QueueFactory
+) -> None:
+    q = make_queue("acme-orders")
+    from_queue = AccessControlManager(q, audit_key=KEY)
+    try:
+        assert from_queue.deployment.prefix == q.keys.prefix
+        await from_queue.grant_access(principal_id="zoe", queue_pattern="acme-*", role="viewer")
+        # The same grants and the same audit log as a manager given the URL and prefix.
+        assert await acm.check_access("zoe", "acme-orders", "can_view_job")
+        [entry] = await acm.query_audit_log(action="access.grant")
+        assert entry.metadata["principal"] == "zoe"
+    finally:
+        await from_queue.close()
