@@ -4,7 +4,7 @@ trimmer racing them, and Redis SIGKILLed and restarted from its AOF.
 Redis keeps an AOF (``appendfsync always``). Four (long: six) appender processes
 (``chaos/audit_appender.py``) append entries four at a time, each recording its
 acknowledgements (``ack <seq> <id>``) once the append returned; a fifth process applies
-retention (keep the newest 5,000 / 20,000 entries) every 300 ms. Every ~0.7 s one appender
+retention (keep the newest 5,000 / 8,000 entries) every 300 ms. Every ~0.7 s one appender
 is SIGKILLed — whatever it was doing: building entries, in the script call, between the
 call and its acknowledgement — and a replacement starts; halfway (long: twice) Redis is
 SIGKILLed and restarted from its AOF while they run.
@@ -95,7 +95,7 @@ def run(ctx: Context, res: Result) -> None:
     prefix = ctx.prefix()
     key = secrets.token_hex(32)
     appenders = ctx.pick(4, 6)
-    keep = ctx.pick(5000, 20_000)
+    keep = ctx.pick(5000, 8000)
     duration = ctx.pick(8.0, 40.0)
     restarts_at = [duration / 2] if not ctx.long else [duration / 3, 2 * duration / 3]
     procs = [_Proc(ctx, srv.url, prefix, key, f"app{i}") for i in range(appenders)]
