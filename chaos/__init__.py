@@ -28,4 +28,5 @@ NAMES = (
     "workflows",
     "slow-redis",
     "replica-acks",
+    "audit",
 )

@@ -87,6 +87,13 @@ def _one_line_error(result: Result, code: int, *needles: str) -> str:
     return text
 
 
+@pytest.fixture(autouse=True)
+def _no_audit_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit key commands read from the environment is not set here (whatever the
+    developer's shell holds): they refuse before connecting (``CHECKED_FIRST``)."""
+    monkeypatch.delenv("KITIUM_QUEUE_AUDIT_KEY", raising=False)
+
+
 def test_every_subcommand_is_covered() -> None:
     flat = {" ".join(p) for p in SUBCOMMANDS}
     assert {"worker", "stats", "health", "events", "dlq list", "schedules pause"} <= flat
@@ -97,6 +104,13 @@ def test_every_subcommand_is_covered() -> None:
 CHECKED_FIRST: dict[tuple[str, ...], tuple[int, str]] = {
     ("encryption", "rotate"): (2, "is not held by this process"),
     ("webhooks", "deliver"): (1, "constructs no WebhookManager"),
+    # Deployment-wide commands: options they need, and the audit key (from the
+    # environment or a file; never from the command line).
+    ("access", "grant"): (2, "allows nothing: give a role"),
+    ("access", "revoke"): (2, "needs the audit key"),
+    ("audit", "verify"): (2, "needs the audit key"),
+    ("audit", "trim"): (2, "give --max-age-days or --max-entries"),
+    ("acl", "redis-rules"): (2, "give --user"),
 }
 
 

@@ -18,4 +18,5 @@ from . import (  # noqa: F401
     s14_workflows,
     s15_slow_redis,
     s16_replica_acks,
+    s17_audit,
 )

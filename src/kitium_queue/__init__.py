@@ -29,6 +29,7 @@ from .enums import (
     WebhookEventType,
 )
 from .errors import (
+    AccessDeniedError,
     BreakerNotFoundError,
     CircuitOpenError,
     ConfigurationError,
@@ -54,6 +55,13 @@ from .errors import (
     WriteRefusedError,
 )
 from .events import EventData, StreamEvent
+from .features.access import (
+    AccessControlManager,
+    AccessEntry,
+    Permission,
+    QueuePermissions,
+)
+from .features.audit import AuditEntry, AuditLog, AuditReport
 from .features.breakers import (
     BreakerConfig,
     BreakerStats,
@@ -124,6 +132,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AccessControlManager",
+    "AccessDeniedError",
+    "AccessEntry",
+    "AuditEntry",
+    "AuditLog",
+    "AuditReport",
     "BackoffOptions",
     "BreakerConfig",
     "BreakerNotFoundError",
@@ -178,10 +192,12 @@ __all__ = [
     "PartialEnqueueError",
     "PartitionedQueue",
     "PayloadTooLargeError",
+    "Permission",
     "PermissionDeniedError",
     "QueueActiveError",
     "QueueConfig",
     "QueueEvent",
+    "QueuePermissions",
     "QueueRole",
     "QueueSettings",
     "QueueStats",

@@ -567,6 +567,9 @@ def demo(redis: str) -> None:
 
 
 def _add_feature_commands() -> None:
+    from .features.access.cli import make_acl_command
+    from .features.access.cli import make_command as access_command
+    from .features.audit.cli import make_command as audit_command
     from .features.encryption.cli import make_command as encryption_command
     from .features.groups.cli import make_command as groups_command
     from .features.idempotency.cli import make_command as result_command
@@ -578,6 +581,10 @@ def _add_feature_commands() -> None:
     main.add_command(encryption_command(_with_queue, redis_option, _row), "encryption")
     main.add_command(workflows_command(_with_queue, redis_option, _row), "workflows")
     main.add_command(replicas_command(_with_queue, redis_option, _row), "replicas")
+    # Deployment-wide (no APP): grants, the audit log, Redis ACL users.
+    main.add_command(access_command(_row), "access")
+    main.add_command(audit_command(_row), "audit")
+    main.add_command(make_acl_command(_row), "acl")
     try:
         from .features.prometheus.cli import make_command as metrics_command
     except ImportError:  # the optional extra "prometheus" is not installed: no command

@@ -11,6 +11,7 @@
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
     ├── PermissionDeniedError       the Redis ACL user lacks a command or key
+    │   └── AccessDeniedError       a grant does not allow this principal the action
     ├── WriteRefusedError           Redis refused a write (out of memory, MISCONF, replica)
     ├── WriteNotConfirmedError      written on the primary, not confirmed by the write barrier
     │   └── ReplicaAckError         fewer replicas than asked acknowledged it in time (WAIT)
@@ -37,6 +38,7 @@ from .limits import MAX_DELAY_MS, clamp_delay_ms
 
 __all__ = [
     "SCRIPT_ERRORS",
+    "AccessDeniedError",
     "BreakerNotFoundError",
     "CircuitOpenError",
     "ConfigurationError",
@@ -91,11 +93,43 @@ class ConnectionUnavailableError(KitiumQueueError, ConnectionError):
 
 
 class PermissionDeniedError(KitiumQueueError, PermissionError):
-    """The Redis ACL user lacks a command or the queue's key pattern (``NOPERM``).
+    """Refused for lack of permission: the Redis ACL user lacks a command or the
+    queue's key pattern (``NOPERM``), or (``AccessDeniedError``) the principal a call
+    runs for holds no grant allowing it.
 
     The message names what was refused; docs/RELIABILITY.md lists the ACL rules a queue
     needs (``~<prefix>:{<queue>}:*`` and the commands its scripts run).
     """
+
+
+class AccessDeniedError(PermissionDeniedError):
+    """A protected queue (or ``AccessControlManager.require_access``) refused a call:
+    the principal it runs for holds no grant with the permission it needs.
+
+    Nothing of the refused call ran. The refusal is written to the audit log before
+    this is raised.
+
+    Attributes:
+        principal: who was refused (None: no principal was acting).
+        resource: what was refused (a queue name).
+        permission: the permission that was needed (e.g. ``"can_add_job"``).
+        action: what was attempted (``"add_job"``, ``"pause"``, ``"get_stats"``...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        principal: str | None = None,
+        resource: str = "",
+        permission: str = "",
+        action: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.principal = principal
+        self.resource = resource
+        self.permission = permission
+        self.action = action
 
 
 class JobNotFoundError(KitiumQueueError, KeyError):

@@ -4,6 +4,14 @@ Jobs by state (a page by offset, or by a cursor that stays put while jobs come a
 go), one job's record and detail (the worker holding it, its lease deadline), its logs,
 counts per state, health, and the durable event stream. Reads never change anything and
 never raise because of one damaged record: it is returned with ``damaged`` set.
+
+Read guards (``queue.queries.add_guard(fn)``): every read of job data and counts
+(``get_job_status``, ``get_job_detail``, ``get_job_logs``, ``get_jobs_by_status``,
+``list_jobs``, ``get_stats``, ``events``, and the schedule reads of ``QueryAPI``) first
+calls each guard with a ``ReadCall`` (queue, query, arguments, principal); a guard
+refuses the read by raising (``PermissionDeniedError`` by convention), before anything
+is read. ``health_check`` (a PING) is not guarded. The library's own reads on behalf of
+the application (the DLQ notification's ``job_status``) do not pass the guards.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,6 +31,8 @@ from .context import CONNECT_TIMEOUT_S
 from .enums import JobStatus
 from .errors import ConfigurationError
 from .events import PROGRESS_BYTES_FIELD, StreamEvent, read_stream
+from .guards import GuardList, ReadCall, ReadGuard
+from .identity import current_principal
 from .job import JobInfo
 from .limits import MAX_DELAY_MS, QUERY_PAGE
 from .options import MAX_QUERY_LIMIT, shown, to_int
@@ -223,14 +233,49 @@ class Queries:
 
     def __init__(self, ctx: QueueContext) -> None:
         self.ctx = ctx
+        self._guards: GuardList[ReadCall] = GuardList("read guard")
 
+    # ------------------------------------------------------------------ read guards
+    def add_guard(self, guard: ReadGuard) -> None:
+        """Run ``guard(call: ReadCall)`` (sync or async) before every guarded read,
+        after the guards added before it; it refuses the read by raising. Adding the
+        same guard twice is a no-op."""
+        self._guards.add(guard)
+
+    def remove_guard(self, guard: ReadGuard) -> None:
+        """Remove a guard added with ``add_guard`` (no-op if absent)."""
+        self._guards.remove(guard)
+
+    @property
+    def guards(self) -> tuple[ReadGuard, ...]:
+        """The read guards, in the order they run."""
+        return self._guards.items
+
+    async def check(self, query: str, args: Mapping[str, Any]) -> None:
+        """Run the read guards for ``query`` (a no-op without guards). Reads of this
+        class call it themselves; a component that reads job data on a caller's
+        behalf elsewhere (the schedule reads) calls it first."""
+        if self._guards:
+            principal = current_principal(self.ctx.principal)
+            await self._guards.run(ReadCall(self.ctx.name, query, dict(args), principal))
+
+    # ------------------------------------------------------------------ reads
     async def get_job_status(self, job_id: str) -> JobInfo | None:
         """``JobQueue.get_job_status``."""
+        if self._guards:
+            await self.check("get_job_status", {"job_id": job_id})
+        return await self.job_status(job_id)
+
+    async def job_status(self, job_id: str) -> JobInfo | None:
+        """``get_job_status`` without the read guards: for the library's own reads on
+        behalf of the application (the DLQ notification), never for a caller's."""
         loaded = await self._load(job_id, detail=False)
         return None if loaded is None else self._view(JobInfo(**loaded[0]))
 
     async def get_job_detail(self, job_id: str) -> JobDetail | None:
         """``JobQueue.get_job_detail``."""
+        if self._guards:
+            await self.check("get_job_detail", {"job_id": job_id})
         loaded = await self._load(job_id, detail=True)
         if loaded is None:
             return None
@@ -293,6 +338,8 @@ class Queries:
 
     async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
         """``JobQueue.get_job_logs``."""
+        if self._guards:
+            await self.check("get_job_logs", {"job_id": job_id, "start": start, "end": end})
         jid = query_id(job_id)
         first = to_int(start, "start", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
         last = to_int(end, "end", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
@@ -305,6 +352,10 @@ class Queries:
         self, status: JobStatus | str, limit: int = 100, offset: int = 0
     ) -> list[JobInfo]:
         """``JobQueue.get_jobs_by_status``."""
+        if self._guards:
+            await self.check(
+                "get_jobs_by_status", {"status": status, "limit": limit, "offset": offset}
+            )
         st = parse_status(status)
         n = query_limit(limit)
         first = to_int(offset, "offset", minimum=0, maximum=MAX_QUERY_OFFSET)
@@ -325,6 +376,8 @@ class Queries:
         self, status: JobStatus | str, *, limit: int = 100, cursor: str | None = None
     ) -> JobPage:
         """``JobQueue.list_jobs``."""
+        if self._guards:
+            await self.check("list_jobs", {"status": status, "limit": limit, "cursor": cursor})
         st = parse_status(status)
         n = to_int(limit, "limit", minimum=1, maximum=MAX_QUERY_LIMIT)
         after = None if cursor is None else _parse_cursor(cursor, st)
@@ -409,6 +462,8 @@ class Queries:
 
     async def get_stats(self) -> QueueStats:
         """``JobQueue.get_stats``."""
+        if self._guards:
+            await self.check("get_stats", {})
         r = await self.ctx.run("stats")
         waiting, active, delayed, completed, failed, dlq = (int(x) for x in r[:6])
         is_paused = r[6] == b"1"
@@ -470,6 +525,8 @@ class Queries:
         self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True
     ) -> AsyncIterator[StreamEvent]:
         """``JobQueue.events``."""
+        if self._guards:
+            await self.check("events", {"last_id": last_id, "follow": follow})
         if not is_stream_id(last_id):
             raise ConfigurationError(
                 f"last_id must be '$' (new events only), '0' (from the start) or a stream "
@@ -686,8 +743,10 @@ class QueryAPI:
 
     async def get_schedules(self) -> list[Schedule]:
         """Every schedule of this queue, oldest first."""
+        await self.queries.check("get_schedules", {})
         return await self.schedules.list()
 
     async def get_schedule(self, schedule_id: str) -> Schedule | None:
         """One schedule (definition and state), or None."""
+        await self.queries.check("get_schedule", {"schedule_id": schedule_id})
         return await self.schedules.get(schedule_id)

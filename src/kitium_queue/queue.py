@@ -30,6 +30,7 @@ from .connection import ConnectionFactory
 from .context import QueueContext
 from .errors import ConfigurationError
 from .events import Handler
+from .identity import check_principal
 from .jobspec import Normalizer, OptionSpec, feature_text, resolve_policy
 from .limits import get_logger
 from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
@@ -88,6 +89,11 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             encoded result a processor may return (1 MiB). Other size limits:
             ``kitium_queue.limits``.
         max_log_lines: log lines kept per job (1000).
+        principal: who this queue acts for when no ``identity.acting_as`` block is
+            active (e.g. ``"alice@acme.com"``): stamped on every administrative command
+            and seen by guards and enqueue middleware. Naming it enforces nothing by
+            itself: access control (``AccessControlManager.protect(queue)``) decides
+            what the principal may do.
 
     Lifecycle subscribers: ``queue.subscribe(subscriber)`` adds an object with any of
     the hooks of ``hooks.Subscriber`` (``enqueued``, ``started``, ``progress``,
@@ -126,6 +132,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         idempotency_ttl: Any = 86_400_000,
         max_payload_bytes: int = 1_048_576,
         max_log_lines: int = 1000,
+        principal: str | None = None,
     ) -> None:
         if isinstance(name, QueueConfig):
             given = {
@@ -143,6 +150,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 "idempotency_ttl": idempotency_ttl,
                 "max_payload_bytes": max_payload_bytes,
                 "max_log_lines": max_log_lines,
+                "principal": principal,
             }
             defaults = QueueConfig("_").kwargs()
             extra = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
@@ -168,6 +176,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 idempotency_ttl,
                 max_payload_bytes,
                 max_log_lines,
+                principal,
             ) = (cfg.kwargs()[k] for k in given)
         ctx = self.ctx = QueueContext(
             name,
@@ -186,6 +195,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             max_payload_bytes=max_payload_bytes,
             max_log_lines=max_log_lines,
         )
+        if principal is not None:
+            ctx.principal = check_principal(principal)
         # The context's parts, as attributes of the queue (the worker, the features and
         # the public API read them here; plain attributes keep the hot path lean).
         self.name, self.keys, self.scripts = ctx.name, ctx.keys, ctx.scripts
@@ -217,7 +228,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             ctx.emitter,
             ctx.metrics,
             dlq_handler=ctx.dlq.notification_handler,
-            job_info=self.queries.get_job_status,
+            job_info=self.queries.job_status,
         )
         self.hooks.add(self._observer)
         self._schedules: ScheduleStore | None = None
