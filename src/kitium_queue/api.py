@@ -39,6 +39,7 @@ from .enums import JobStatus
 
 if TYPE_CHECKING:
     from .events import Handler, StreamEvent
+    from .explain import Explainer, Explanation
     from .features.schedules import Schedule
     from .job import JobInfo
     from .jobspec import Normalizer
@@ -242,6 +243,13 @@ class QueueAPI(Protocol):
     async def get_job_detail(self, /, job_id: str) -> JobDetail | None:
         """``get_job_status`` plus the worker holding the job, its lease deadline and
         how many log lines it has; None if there is no such job."""
+        raise _unimplemented(self)
+
+    @operation("query", Route.BY_ID, miss="raise")
+    async def explain(self, /, job_id: str) -> Explanation:
+        """Why a job is not running: its delay, a paused queue, no live worker for its
+        name, the lease holder, and what enabled features report (group turn,
+        dependencies, open breaker, rate window, concurrency cap)."""
         raise _unimplemented(self)
 
     @operation("query", Route.BY_ID, miss="empty")
@@ -454,6 +462,11 @@ class QueueAPI(Protocol):
     def use_process(self, /, middleware: ProcessMiddleware) -> None:
         """Add process middleware ``async fn(job, call_next) -> result`` around every
         run (first added is outermost); add it before the worker starts."""
+        raise _unimplemented(self)
+
+    @operation("registration", Route.REGISTER)
+    def add_explainer(self, /, explainer: Explainer) -> None:
+        """Add an explainer ``fn(facts) -> [Reason]`` (sync or async) to ``explain``."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)

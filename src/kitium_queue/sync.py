@@ -92,6 +92,7 @@ class SyncQueueClient:
     add_jobs = blocking(QueueAPI.add_jobs)
     get_job_status = blocking(QueueAPI.get_job_status)
     get_job_detail = blocking(QueueAPI.get_job_detail)
+    explain = blocking(QueueAPI.explain)
     get_job_logs = blocking(QueueAPI.get_job_logs)
     get_jobs_by_status = blocking(QueueAPI.get_jobs_by_status)
     list_jobs = blocking(QueueAPI.list_jobs)

@@ -31,6 +31,7 @@ from ...limits import get_logger
 from ...options import check_text, to_int
 from . import lua
 from .events import WorkflowEvents
+from .explain import make_explainer
 from .lua import FEATURE, MAX_PARENTS
 from .model import (
     MAX_NAME,
@@ -433,6 +434,7 @@ def _install(q: JobQueue, retain_ms: int) -> None:
                 await client.unlink(*found[i : i + 500])
 
     q.admin.add_clear_step(forget_workflows)
+    q.add_explainer(make_explainer(q))
     transformers: dict[str, Callable[..., Any]] = {}
 
     async def transform(job: Any, call_next: Callable[[], Any]) -> Any:
