@@ -108,16 +108,13 @@ class DashboardToken:
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         if not t.isprintable() or any(c.isspace() for c in t):
-            raise ConfigurationError(
-                "a dashboard token must be printable text without spaces"
-            )
+            raise ConfigurationError("a dashboard token must be printable text without spaces")
         check_principal(self.principal)
         try:
             role = QueueRole(self.role)
         except ValueError:
             raise ConfigurationError(
-                f"unknown dashboard role {self.role!r}; use one of "
-                f"{[r.value for r in QueueRole]}"
+                f"unknown dashboard role {self.role!r}; use one of {[r.value for r in QueueRole]}"
             ) from None
         object.__setattr__(self, "role", role)
 
@@ -127,7 +124,7 @@ class DashboardToken:
         return hashlib.sha256(b"kq-dashboard\0" + self.token.encode()).hexdigest()[:32]
 
     def __repr__(self) -> str:  # never the token
-        return f"DashboardToken(principal={self.principal!r}, role={self.role.value!r})"
+        return f"DashboardToken(principal={self.principal!r}, role={str(self.role)!r})"
 
 
 def parse_tokens(tokens: Any) -> list[DashboardToken]:
