@@ -9,7 +9,8 @@ Every request but the sign-in page and the static files needs a session
 (``auth.py``); every POST needs the session's CSRF token and, when the browser sends an
 ``Origin``, the dashboard's own. Every response carries a strict Content Security Policy
 (scripts and styles only from the dashboard's own static files, no inline script),
-``nosniff``, ``DENY`` framing, ``no-referrer`` and ``no-store``. Pages are rendered by
+``nosniff``, ``DENY`` framing, ``same-origin`` referrers (so browsers send
+``Origin`` on the dashboard's own POSTs) and ``no-store``. Pages are rendered by
 Jinja2 with autoescaping: every value, job data above all, is HTML-escaped. Each
 request's reads run inside ``redacted_views()``: protected payloads are shown redacted.
 """
@@ -48,7 +49,7 @@ SECURITY_HEADERS = {
     ),
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
@@ -388,6 +389,7 @@ def _routes(dash: Dashboard) -> list[Route]:
 
     return [
         Route("/static/{name}", static, methods=["GET"]),
+        Route("/favicon.ico", lambda request: Response(status_code=204), methods=["GET"]),
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", page(logout), methods=["POST"]),
