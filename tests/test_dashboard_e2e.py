@@ -109,7 +109,10 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Server]:
     port = free_port()
-    with app_module(tmp_path, APP_SOURCE.format(redis=redis_url, prefix=prefix)) as mod:
+    with (
+        app_module(tmp_path, APP_SOURCE.format(redis=redis_url, prefix=prefix)) as mod,
+        open(tmp_path / "dashboard.log", "wb") as logfile,
+    ):
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         proc = subprocess.Popen(
             [
@@ -132,8 +135,8 @@ def server(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Server]:
             ],
             cwd=tmp_path,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -145,8 +148,9 @@ def server(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Server]:
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                out, err = proc.communicate(timeout=5)
-                raise AssertionError(f"dashboard did not start: {err.decode()[-2000:]}")
+                proc.wait(timeout=5)
+                log = (tmp_path / "dashboard.log").read_text(errors="replace")
+                raise AssertionError(f"dashboard did not start: {log[-2000:]}")
             time.sleep(0.1)
         try:
             yield Server(url, proc)
@@ -217,11 +221,31 @@ async def test_viewing_queues_and_jobs(browser: Any, server: Server, queues: dic
     row = page.locator("#queues tr", has_text="shop")
     assert await row.locator("[data-k=waiting]").inner_text() == "3"
     assert await row.locator("[data-k=delayed]").inner_text() == "1"
-    # The live chart and counts refresh from /api/stats.
-    await page.wait_for_function("document.body.dataset.refreshed !== undefined")
+
+    # The live chart and counts refresh from /api/stats while jobs keep flowing.
+    async def produce() -> None:
+        for i in range(120):
+            await mail.add_job("welcome", {"user": 100 + i})
+            await asyncio.sleep(0.02 + 0.004 * (i % 25))
+
+    flow = asyncio.create_task(produce())
     mail_row = page.locator("#queues tr", has_text="mail")
-    await wait_until(lambda: mail_row.locator("[data-k=completed]").inner_text(), timeout=5)
-    assert await mail_row.locator("[data-k=completed]").inner_text() == "5"
+    # (Polled from here: the page's CSP forbids the eval that wait_for_function uses.)
+    spark = page.locator("svg.spark[data-q=mail] polyline.done")
+
+    async def plotted() -> bool:
+        return len((await spark.get_attribute("points") or "").split()) >= 6
+
+    await wait_until(plotted, timeout=15)
+    assert float(await mail_row.locator("[data-k=rate]").inner_text()) > 0
+    await flow
+    await wait_until(lambda: len(done) == 125, timeout=10)
+    cell = mail_row.locator("[data-k=completed]")
+
+    async def counted() -> bool:
+        return await cell.inner_text() == "125"
+
+    await wait_until(counted, timeout=5)
     await shot(page, "overview")
     await page.click("#queues a:text-is('shop')")
     await page.wait_for_selector("#jobs")

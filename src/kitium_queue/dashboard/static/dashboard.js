@@ -7,7 +7,7 @@
   var url = body.getAttribute("data-stats-url");
   var every = parseInt(body.getAttribute("data-refresh") || "0", 10);
   if (!url || !(every > 0)) { return; }
-  var KEEP = 60;
+  var KEEP = 30;
   var series = {};
 
   function cells(queue, key) {
@@ -22,7 +22,7 @@
   }
 
   function points(values, top) {
-    var w = 240, h = 40, n = values.length, pts = [];
+    var w = 320, h = 48, n = values.length, pts = [];
     for (var i = 0; i < n; i++) {
       var x = w - (n - 1 - i) * (w / (KEEP - 1));
       var y = h - 2 - (top > 0 ? (values[i] / top) * (h - 6) : 0);
@@ -39,7 +39,8 @@
     for (var j = 0; j < sparks.length; j++) {
       if (sparks[j].getAttribute("data-q") !== queue) { continue; }
       sparks[j].querySelector("polyline.done").setAttribute("points", points(s.done, top));
-      sparks[j].querySelector("polyline.fail").setAttribute("points", points(s.fail, top));
+      var failed = s.fail.some(function (v) { return v > 0; });
+      sparks[j].querySelector("polyline.fail").setAttribute("points", failed ? points(s.fail, top) : "");
     }
   }
 
