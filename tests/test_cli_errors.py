@@ -97,6 +97,7 @@ def test_every_subcommand_is_covered() -> None:
 CHECKED_FIRST: dict[tuple[str, ...], tuple[int, str]] = {
     ("encryption", "rotate"): (2, "is not held by this process"),
     ("webhooks", "deliver"): (1, "constructs no WebhookManager"),
+    ("dashboard",): (2, "the dashboard needs --token"),
 }
 
 

@@ -58,7 +58,7 @@ def make_command(
     row formatter."""
 
     @click.command()
-    @click.argument("apps", nargs=-1, required=True, metavar="APP...")
+    @click.argument("app", nargs=-1, required=True, metavar="APP...")
     @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
     @click.option(
         "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
@@ -89,7 +89,7 @@ def make_command(
     )
     @redis_option
     def dashboard(
-        apps: tuple[str, ...],
+        app: tuple[str, ...],
         host: str,
         port: int,
         tokens: tuple[str, ...],
@@ -105,20 +105,17 @@ def make_command(
         --insecure-local (then on a loopback address only)."""
         given = [*tokens, *_file_tokens(tokens_file)]
         if not given and not insecure_local:
-            raise click.UsageError(
+            raise ConfigurationError(
                 "the dashboard needs --token TOKEN:PRINCIPAL:ROLE (or --tokens-file); "
                 "--insecure-local serves this machine only without tokens"
             )
         if insecure_local and not given and not _loopback(host):
-            raise click.UsageError(
+            raise ConfigurationError(
                 f"--insecure-local listens on a loopback address only, not {host!r}"
             )
-        try:
-            parsed = parse_tokens(given)
-        except (ConfigurationError, ValueError) as exc:
-            raise click.BadParameter(str(exc), param_hint="--token") from None
-        queues = [load_queue(a, redis) for a in apps]
-        app = create_dashboard(
+        parsed = parse_tokens(given)
+        queues = [load_queue(a, redis) for a in app]
+        asgi = create_dashboard(
             queues=queues,
             tokens=parsed,
             insecure_local=insecure_local,
@@ -135,7 +132,7 @@ def make_command(
                 return
             import uvicorn
 
-            config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+            config = uvicorn.Config(asgi, host=host, port=port, log_level="warning")
             server = uvicorn.Server(config)
             click.echo(row("serving", url))
             try:
@@ -146,6 +143,6 @@ def make_command(
                 for q in queues[1:]:
                     await q.close()
 
-        with_queue(apps[0], redis, lambda q: act(q))
+        with_queue(app[0], redis, act)
 
     return dashboard
