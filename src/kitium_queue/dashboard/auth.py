@@ -4,7 +4,8 @@
   a token once; the dashboard then keeps a session in a signed cookie (HMAC-SHA256 with
   the dashboard's secret; ``HttpOnly``, ``SameSite=Strict``). The cookie carries no
   token, only a fingerprint of it, so a token removed from the configuration ends its
-  sessions at once. Read-only JSON endpoints also take ``Authorization: Bearer``.
+  sessions at once. GET requests also take ``Authorization: Bearer <token>``: without a
+  CSRF token such a request can read, never act.
 * **Roles** (``QueueRole``): a viewer reads; an operator also retries, removes and
   promotes jobs; a manager also pauses and resumes queues and groups, replays dead
   letters and changes schedules and breakers; an admin may do everything

@@ -42,7 +42,7 @@ SCAN_BATCH = 200
 #: Jobs one search request reads at most (it offers to go on after them).
 SCAN_MAX = 5000
 #: Newest events read per queue to measure throughput.
-RATE_SAMPLE = 1000
+RATE_SAMPLE = 200
 #: The window throughput is measured over (ms).
 RATE_WINDOW_MS = 10_000
 #: Most characters of a value shown (data, result, progress).
