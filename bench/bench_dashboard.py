@@ -18,7 +18,13 @@ run interleaved, ``--reps`` times each, on one redis-server (flushed before each
 The pollers run in a thread of this process with their own HTTP client; the dashboard
 server is a separate process (uvicorn), as in production. Prints the median (min-max)
 jobs/s of each variant and its ratio to ``plain``, and how many requests the pollers
-made. A benchmark, not a test: nothing here asserts.
+made.
+
+Drain rates swing with other work on a shared machine; the second part measures what
+does not: the CPU time one request costs, in redis-server and in the dashboard process
+(``/proc`` and ``INFO cpu`` deltas over ``--requests`` requests of each kind, against a
+queue whose event stream is full of completions and with 50 jobs waiting). A benchmark,
+not a test: nothing here asserts.
 """
 
 from __future__ import annotations
@@ -33,12 +39,16 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _drain import compare, drain, fresh_queue, report
 
-from _redis import free_port
+from _redis import RedisServer, free_port
+from kitium_queue import JobQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("plain", "dashboard 1/s", "dashboard 5 pages")
@@ -111,7 +121,7 @@ class Pollers:
             pass
 
     def run(self) -> None:
-        while not self.stop.is_set():
+        while self.pages and not self.stop.is_set():
             t0 = time.monotonic()
             for _ in range(self.pages):
                 self.get("/api/stats")
@@ -121,6 +131,41 @@ class Pollers:
     def close(self) -> None:
         self.stop.set()
         self.thread.join()
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _redis_cpu_s(client: Any) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def request_cost(url: str, dash: Dashboard, requests: int, concurrency: int) -> None:
+    """CPU per request of ``/api/stats`` and of a queue page, in Redis and the server."""
+    q = await fresh_queue(url, QUEUE, PREFIX, concurrency)
+    await drain(q, 20_000)  # the event stream now holds completions (its cap: 10,000)
+    q = JobQueue(QUEUE, redis=url, prefix=PREFIX)
+    await q.add_jobs([("noop", None) for _ in range(50)])
+    await q.close()
+    client = aioredis.Redis.from_url(url)
+    poll = Pollers(dash.base, 0)
+    print(f"CPU per request ({requests} of each; event stream full, 50 jobs waiting):")
+    for path in ("/api/stats", f"/q/{QUEUE}"):
+        r0, d0, t0 = await _redis_cpu_s(client), _proc_cpu_s(dash.proc.pid), time.perf_counter()
+        await asyncio.to_thread(lambda p=path: [poll.get(p) for _ in range(requests)])
+        wall = time.perf_counter() - t0
+        redis_us = (await _redis_cpu_s(client) - r0) / requests * 1e6
+        dash_ms = (_proc_cpu_s(dash.proc.pid) - d0) / requests * 1e3
+        print(
+            f"  GET {path:14s} redis-server {redis_us:7.0f} µs, dashboard process "
+            f"{dash_ms:6.2f} ms, {requests / wall:6.0f} requests/s one at a time"
+        )
+    poll.close()
+    await client.aclose()
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -143,16 +188,27 @@ async def main(args: argparse.Namespace) -> None:
                 pollers.close()
                 made[variant] += pollers.requests
 
+    server = None
+    url = args.redis
+    if url is None:
+        server = RedisServer()
+        server.start()
+        url = server.url
     try:
-        rates = await compare(args.redis, VARIANTS, args.reps, one_run)
+        rates = await compare(url, VARIANTS, args.reps, one_run)
+        report(rates, args.jobs, args.concurrency, args.reps)
+        for v, n in made.items():
+            if v != "plain":
+                print(f"  {v}: {n} requests answered over {args.reps} runs")
+        dash = state["dash"]
+        assert isinstance(dash, Dashboard)
+        await request_cost(url, dash, args.requests, args.concurrency)
     finally:
         dash = state.get("dash")
         if isinstance(dash, Dashboard):
             dash.close()
-    report(rates, args.jobs, args.concurrency, args.reps)
-    for v, n in made.items():
-        if v != "plain":
-            print(f"  {v}: {n} requests answered over {args.reps} runs")
+        if server is not None:
+            server.close()
 
 
 if __name__ == "__main__":
@@ -161,4 +217,5 @@ if __name__ == "__main__":
     p.add_argument("--jobs", type=int, default=100_000)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("--requests", type=int, default=300, help="requests per kind, CPU part")
     asyncio.run(main(p.parse_args()))

@@ -412,3 +412,87 @@ async def test_mounted_under_a_path(shop: JobQueue) -> None:
     assert 'href="/ops/queues/static/dashboard.css"' in html
     assert 'action="/ops/queues/q/shop/action/pause"' in html
     assert (await c.get("/ops/queues/static/dashboard.js")).status_code == 200
+
+
+# ---------------------------------------------------------------------- hostile input
+NASTY = [
+    "",
+    "%ED%A0%80",  # a lone surrogate, percent-encoded
+    "%00%01%1b[31m",
+    "*?[]\\{}",
+    "x" * 5000,
+    "99999999999999999999999999",
+    "-1",
+    "\u00b2",  # a digit Python's int() refuses
+    "nan",
+    "%2F..%2F..%2Fetc%2Fpasswd",
+    "<script>alert(1)</script>",
+]
+
+
+async def test_hostile_query_and_form_values_never_break_a_page(dash: Any, shop: JobQueue) -> None:
+    await shop.add_job("x", {"a": 1})
+    c = await signed_in(dash, ADMIN)
+    token = csrf_of((await c.get("/q/shop")).text)
+    for v in NASTY:
+        for path in (
+            f"/q/shop?state={v}&limit={v}&cursor={v}&offset={v}",
+            f"/q/shop?state=waiting&id={v}",
+            f"/q/shop?state=dlq&name={v}&error={v}&field={v}&value={v}",
+            f"/q/shop/jobs/{v or 'x'}",
+            f"/api/q/shop/explain/{v or 'x'}",
+            f"/q/shop/workflows/{v or 'x'}",
+            f"/q/shop/groups?cursor={v}",
+            f"/q/{v or 'x'}",
+            f"/login?next={v}",
+        ):
+            r = await c.get(path)
+            assert r.status_code < 500, (path, r.status_code)
+            if r.headers.get("content-type", "").startswith("text/html"):
+                assert "<script>alert(1)</script>" not in r.text, path
+        for action in sorted(ACTIONS):
+            fields = {
+                k: v
+                for k in (
+                    "job_id",
+                    "group_id",
+                    "schedule_id",
+                    "breaker_id",
+                    "webhook_id",
+                    "event_id",
+                    "state",
+                    "limit",
+                    "name",
+                    "error",
+                    "field",
+                    "value",
+                    "ids",
+                )
+            }
+            r = await c.post(
+                f"/q/shop/action/{action}", data={"csrf": token, "confirm": "yes", **fields}
+            )
+            assert r.status_code < 500, (action, v, r.status_code, r.text[:200])
+            assert "<script>alert(1)</script>" not in r.text
+    assert isinstance((await shop.get_stats()).waiting, int)  # the queue is still whole
+
+
+async def test_the_webhooks_page(make_queue: QueueFactory) -> None:
+    from kitium_queue.features.webhooks import WebhookConfig, WebhookManager, generate_secret
+
+    q = make_queue("hooks")
+    mgr = WebhookManager(q, allow_networks=["127.0.0.0/8"], run_service=False)
+    hook = await mgr.register_webhook(
+        WebhookConfig(
+            url="http://127.0.0.1:9/hook?token=s3cr3t",
+            secret=generate_secret(),
+            id="orders-hook",
+            description="<b>orders</b>",
+        )
+    )
+    app = create_dashboard(queues=[q], tokens=TOKENS)
+    c = await signed_in(app, VIEWER)
+    r = await c.get("/q/hooks/webhooks")
+    assert r.status_code == 200 and 'data-webhook="orders-hook"' in r.text
+    assert "s3cr3t" not in r.text  # the URL is shown with its secrets redacted
+    assert hook.id in r.text and "No deliveries yet" in r.text

@@ -72,7 +72,7 @@ def _ids(form: Form) -> list[str]:
 
 def _limit(form: Form, default: int, most: int) -> int:
     raw = one(form, "limit", required=False, limit=12) or str(default)
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
         raise ConfigurationError(f"limit must be a whole number from 1 to {most}")
     return int(raw)
 

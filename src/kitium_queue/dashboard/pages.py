@@ -41,7 +41,7 @@ def _q(value: str) -> str:
 
 def _int_param(request: Request, key: str, default: int, most: int) -> int:
     raw = request.query_params.get(key, "")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
         return default
     return max(0, min(int(raw), most))
 
@@ -114,8 +114,12 @@ class Pages:
             state = "waiting"
         limit = _int_param(request, "limit", 50, MAX_PAGE) or 50
         job_id = params.get("id", "").strip()[:1000]
+        found = None
         if job_id:
-            found = await queue.get_job_status(job_id)
+            try:
+                found = await queue.get_job_status(job_id)
+            except ConfigurationError:
+                found = None
             if found is not None:
                 url = f"{self.dash.base(request)}/q/{_q(queue.name)}/jobs/{_q(job_id)}"
                 return RedirectResponse(url, status_code=303)

@@ -26,7 +26,7 @@ def make_explainer(store: ScheduleStore) -> Any:
         if job.status is not JobStatus.DELAYED or not job.id.startswith("sched:"):
             return []
         sid, _, tick = job.id[len("sched:") :].rpartition(":")
-        if not sid or not tick.isdigit():
+        if not sid or not (tick.isascii() and tick.isdigit()) or len(tick) > 20:
             return []
         sched = await store.get(sid)
         if sched is None or not sched.jitter_ms:
