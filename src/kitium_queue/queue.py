@@ -49,6 +49,7 @@ from .queueconfig import QueueConfig
 from .scripts import ScriptCall
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
     from .explain import Explainer
     from .features.flowcontrol import FlowControl
     from .features.schedules import ScheduleStore
@@ -370,6 +371,17 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             raise ConfigurationError(f"explainer must be callable, got {type(explainer).__name__}")
         if not any(e is explainer for e in self.ctx.explainers):
             self.ctx.explainers.append(explainer)
+
+    def set_write_barrier(self, barrier: WriteBarrier | None) -> None:
+        """Run ``barrier``'s command after every enqueue and outcome of this queue, on
+        the same connection, before they are acknowledged (``barrier.py``; None removes
+        it). One per queue: replica-acknowledged writes (``ReplicaAcks``) set it."""
+        self.ctx.write_barrier = barrier
+
+    @property
+    def write_barrier(self) -> WriteBarrier | None:
+        """The write barrier set with ``set_write_barrier``, or None."""
+        return self.ctx.write_barrier
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` alongside every worker of this queue in this process (started
