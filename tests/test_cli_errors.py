@@ -111,6 +111,7 @@ CHECKED_FIRST: dict[tuple[str, ...], tuple[int, str]] = {
     ("audit", "verify"): (2, "needs the audit key"),
     ("audit", "trim"): (2, "give --max-age-days or --max-entries"),
     ("acl", "redis-rules"): (2, "give --user"),
+    ("dashboard",): (2, "the dashboard needs --token"),
 }
 
 

@@ -39,6 +39,7 @@ from .enums import JobStatus
 
 if TYPE_CHECKING:
     from .events import Handler, StreamEvent
+    from .explain import Explainer, Explanation
     from .features.schedules import Schedule
     from .job import JobInfo
     from .jobspec import Normalizer
@@ -244,6 +245,13 @@ class QueueAPI(Protocol):
         how many log lines it has; None if there is no such job."""
         raise _unimplemented(self)
 
+    @operation("query", Route.BY_ID, miss="raise")
+    async def explain(self, /, job_id: str) -> Explanation:
+        """Why a job is not running: its delay, a paused queue, no live worker for its
+        name, the lease holder, and what enabled features report (group turn,
+        dependencies, open breaker, rate window, concurrency cap)."""
+        raise _unimplemented(self)
+
     @operation("query", Route.BY_ID, miss="empty")
     async def get_job_logs(self, /, job_id: str, start: int = 0, end: int = -1) -> list[str]:
         """Lines a processor logged with ``job.log`` (``start``/``end`` as in LRANGE)."""
@@ -340,6 +348,11 @@ class QueueAPI(Protocol):
     @operation("admin", Route.BROADCAST, merge="sum")
     async def promote_delayed(self, /, limit: int = 1000) -> int:
         """Move due delayed jobs to waiting now; how many moved."""
+        raise _unimplemented(self)
+
+    @operation("admin", Route.BY_ID)
+    async def promote_job(self, /, job_id: str) -> bool:
+        """Move one delayed job to waiting now; False when it is not delayed."""
         raise _unimplemented(self)
 
     @operation("admin", Route.BUDGET, merge="concat", ids="id lists")
@@ -454,6 +467,11 @@ class QueueAPI(Protocol):
     def use_process(self, /, middleware: ProcessMiddleware) -> None:
         """Add process middleware ``async fn(job, call_next) -> result`` around every
         run (first added is outermost); add it before the worker starts."""
+        raise _unimplemented(self)
+
+    @operation("registration", Route.REGISTER)
+    def add_explainer(self, /, explainer: Explainer) -> None:
+        """Add an explainer ``fn(facts) -> [Reason]`` (sync or async) to ``explain``."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)

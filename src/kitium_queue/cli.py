@@ -588,8 +588,17 @@ def _add_feature_commands() -> None:
     try:
         from .features.prometheus.cli import make_command as metrics_command
     except ImportError:  # the optional extra "prometheus" is not installed: no command
-        return
-    main.add_command(metrics_command(_with_queue, redis_option, _row), "metrics")
+        pass
+    else:
+        main.add_command(metrics_command(_with_queue, redis_option, _row), "metrics")
+    try:
+        from .dashboard.cli import make_command as dashboard_command
+    except ImportError:  # the optional extra "dashboard" is not installed: no command
+        pass
+    else:
+        main.add_command(
+            dashboard_command(_with_queue, redis_option, _row, load_queue), "dashboard"
+        )
 
 
 _add_feature_commands()

@@ -39,6 +39,8 @@ __all__ = [
     "clip",
     "get_logger",
     "printable",
+    "reply_int",
+    "reply_text",
     "safe_text",
     "wire_text",
 ]
@@ -82,6 +84,24 @@ def clip(text: str, limit: int) -> str:
         return text
     keep = max(0, limit - len(f"... [truncated {len(text)} chars]"))
     return f"{text[:keep]}... [truncated {len(text) - keep} chars]"
+
+
+def reply_text(value: object) -> str:
+    """A value read from Redis as text: bytes decoded (what is not UTF-8 shown escaped),
+    None as ``""``; anything else through ``str``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "" if value is None else str(value)
+
+
+def reply_int(value: object, default: int = 0) -> int:
+    """A value read from Redis as an int, ``default`` when it is missing or damaged."""
+    if isinstance(value, (bytes, str, int)) and not isinstance(value, bool):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return default
 
 
 def safe_text(value: object) -> str:

@@ -42,6 +42,7 @@ from .serverinfo import MemoryReport, memory_report
 
 if TYPE_CHECKING:
     from .context import QueueContext
+    from .explain import Explanation
     from .features.schedules import Schedule, ScheduleStore
 
 __all__ = [
@@ -292,7 +293,7 @@ class Queries:
     def _view(self, info: J) -> J:
         """``info`` through the context's ``info_views`` (features' payload views)."""
         for view in self.ctx.info_views:
-            view(info, self.ctx.redact_payloads)
+            view(info, self.ctx.redacting)
         return info
 
     async def _load(self, job_id: str, *, detail: bool) -> tuple[dict[str, Any], list[Any]] | None:
@@ -740,6 +741,24 @@ class QueryAPI:
         ``progress_bytes``) gets ``progress`` from the job record, see ``StreamEvent``.
         """
         return self.queries.events(last_id=last_id, block_ms=block_ms, follow=follow)
+
+    async def explain(self, job_id: str) -> Explanation:
+        """Why job ``job_id`` is not running, with the concrete reasons: its delay, a
+        paused queue, a ``RateLimited`` hold or full limiter window, the jobs ahead of
+        it, no live worker with a processor for its name, the worker holding its lease
+        and until when, and whatever the enabled features report (a group's turn and
+        the job holding it, unfinished dependencies, an open breaker, a full rate window
+        or concurrency cap, ...). ``status`` is None when there is no such job.
+
+        Example::
+
+            why = await queue.explain(job_id)
+            for reason in why.reasons:
+                print(reason.code, reason.message)
+        """
+        from .explain import explain_job
+
+        return await explain_job(self.queries.ctx, job_id)
 
     async def get_schedules(self) -> list[Schedule]:
         """Every schedule of this queue, oldest first."""

@@ -51,6 +51,7 @@ from .scripts import ScriptCall
 
 if TYPE_CHECKING:
     from .barrier import WriteBarrier
+    from .explain import Explainer
     from .features.flowcontrol import FlowControl
     from .features.schedules import ScheduleStore
 
@@ -375,6 +376,16 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         """Declare that ``feature`` handles the job options ``names`` on this queue (ids
         or keys, stored as given: ``declare_option`` with the default ``normalize``)."""
         self.jobspec.own(feature, names)
+
+    def add_explainer(self, explainer: Explainer) -> None:
+        """Add an explainer to ``explain``: ``fn(facts: JobFacts)``, sync or async,
+        returning the ``Reason`` objects it knows of for the job (an empty list when the
+        job is not its business). A feature that holds jobs back adds one, so operators
+        see why a job waits. Adding the same one twice is a no-op."""
+        if not callable(explainer):
+            raise ConfigurationError(f"explainer must be callable, got {type(explainer).__name__}")
+        if not any(e is explainer for e in self.ctx.explainers):
+            self.ctx.explainers.append(explainer)
 
     def set_write_barrier(self, barrier: WriteBarrier | None) -> None:
         """Run ``barrier``'s command after every enqueue and outcome of this queue, on

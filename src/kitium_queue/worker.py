@@ -17,6 +17,8 @@ How one worker runs (one asyncio task each, plus one task per running job):
    polling. A marker taken while this worker has no free slot is put back for others.
 3. **renew** and 4. **sweep** — lease renewal (a run whose lease was lost is abandoned,
    its outcome never recorded) and the stalled-job sweep: ``leases.py``.
+5. **presence** — a heartbeat record of the worker (id, processors, running jobs) with a
+   TTL, so operators and ``explain`` see who is alive: ``presence.py``.
 
 The parts, one job each: this module starts and stops, pumps and wakes;
 ``runner.Runner`` runs one job to an outcome; ``outcomes.Outcomes`` batches outcomes,
@@ -54,6 +56,7 @@ from .leases import Leases, SharedSlots
 from .limits import get_logger, safe_text
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
+from .presence import Presence
 from .runner import Runner
 from .scripts import RawCall
 from .wire import CLAIM_HEAD
@@ -125,6 +128,7 @@ class Worker:
         self._unconfirmed_logged = -_BARRIER_LOG_S
         self._missing_task: asyncio.Future[None] | None = None
         self._slots = slots
+        self._presence: Presence | None = None
         self.leases = Leases(
             queue,
             self.id,
@@ -148,6 +152,12 @@ class Worker:
     def slots_taken(self) -> int:
         """Running jobs plus slots reserved by claims in flight (``SharedSlots``)."""
         return len(self.leases.runs) + self._claiming
+
+    def presence(self, q: JobQueue) -> Presence:
+        """This worker's heartbeat record (``presence.py``): who it is, what it runs."""
+        if self._presence is None:
+            self._presence = Presence(q.keys, self._client, self, q.processors)
+        return self._presence
 
     def wake(self) -> None:
         """Wake the pump (a slot freed, an outcome is ready)."""
@@ -187,6 +197,7 @@ class Worker:
             loop.create_task(self._waker(), name=f"kq-waker-{q.name}"),
             loop.create_task(self.leases.renew(self._client), name=f"kq-renew-{q.name}"),
             loop.create_task(self.leases.sweep(lambda: self._stopping), name=f"kq-sweep-{q.name}"),
+            loop.create_task(self.presence(q).run(), name=f"kq-presence-{q.name}"),
         ]
         for svc in q.services:
             try:
@@ -235,6 +246,8 @@ class Worker:
             self._missing_task.cancel()
             await asyncio.gather(self._missing_task, return_exceptions=True)
         await self.runner.close()
+        if self._presence is not None:
+            await self._presence.leave()
         if self._bclient is not None and self.queue.connection.owns(self._bclient):
             with contextlib.suppress(Exception):  # closing a broken connection
                 await self._bclient.aclose()

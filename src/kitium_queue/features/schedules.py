@@ -28,6 +28,7 @@ from ..limits import QUERY_PAGE, clip, get_logger
 from ..middleware import enqueue_origin
 from ..options import MAX_COUNT, check_text, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
+from .schedule_explain import make_explainer
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -376,6 +377,7 @@ class ScheduleStore:
 
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
+        queue.add_explainer(make_explainer(self))
 
     async def _now(self) -> int:
         client = await self.queue.client()

@@ -22,6 +22,7 @@ from ...errors import (
 from ...limits import clip, get_logger
 from ...options import to_int, to_ms
 from .events import FEATURE, BreakerEvents
+from .explain import make_explainer
 from .lua import ADMISSION, RELEASE, SCRIPT
 from .model import (
     BreakerConfig,
@@ -184,6 +185,8 @@ class CircuitBreakerManager:
         scripts.add_slot("admission", FEATURE, ADMISSION, fields=("n",))
         scripts.add_slot("release", FEATURE, RELEASE)
         scripts.add_fragment(SCRIPT_NAME, SCRIPT)
+        if queue not in _INSTALLED:
+            queue.add_explainer(make_explainer(queue))
         self.events: BreakerEvents | None = None
         if events:
             self.events = BreakerEvents(queue)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ConfigurationError
 from ...options import MAX_COUNT, check_text, to_int, to_ms
 from . import lua
+from .explain import make_explainer
 from .lua import FEATURE, MAX_GROUP_ID
 
 if TYPE_CHECKING:
@@ -501,4 +502,5 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
                 await client.delete(*batch)
 
     q.admin.add_clear_step(forget_groups)
+    q.add_explainer(make_explainer(q, conc))
     _INSTALLED[q] = want

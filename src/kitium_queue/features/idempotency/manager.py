@@ -332,7 +332,7 @@ def _stored(q: JobQueue, key: str, raw: Mapping[bytes, bytes], source: str) -> E
         options=opts if isinstance(opts, dict) else {},
     )
     for view in q.ctx.info_views:
-        view(info, q.ctx.redact_payloads)
+        view(info, q.ctx.redacting)
     return ExecutionResult(
         key=key,
         job_id=job_id,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ConfigurationError
 from ...options import check_text
 from . import lua
+from .explain import make_explainer
 from .lua import FEATURE, MAX_PARENTS
 from .model import MAX_NAME, POLICIES, ParentResult, resolve_transformer
 
@@ -182,6 +183,7 @@ def install(q: JobQueue, retain_ms: int) -> None:
                 await client.unlink(*found[i : i + 500])
 
     q.admin.add_clear_step(forget_workflows)
+    q.add_explainer(make_explainer(q))
     transformers: dict[str, Callable[..., Any]] = {}
 
     async def transform(job: Any, call_next: Callable[[], Any]) -> Any:
