@@ -2,7 +2,8 @@
 
 Every command that changes a queue on an operator's behalf (``pause``, ``resume``,
 ``drain``, ``clear``, ``retry_job``, ``bulk_retry``, ``replay_dlq``, ``remove_job``,
-``cancel_job``, ``promote_delayed``, ``recover_stalled``, and the schedule commands
+``cancel_job``, ``promote_delayed``, ``promote_job``, ``recover_stalled``, and the schedule
+commands
 ``put_schedule``, ``update_schedule``, ``remove_schedule``, ``pause_schedule``,
 ``resume_schedule``) runs as ``Admin.execute(command, args, action)``:
 
@@ -256,6 +257,16 @@ class Admin:
 
         return await self.execute("promote_delayed", {"limit": limit}, action)
 
+    async def promote_job(self, job_id: str) -> None:
+        """``JobQueue.promote_job``."""
+        ctx = self.ctx
+
+        async def action() -> None:
+            dlq = "1" if ctx.dlq.enabled else "0"
+            await ctx.run("promote", [1, dlq, query_id(job_id)])
+
+        await self.execute("promote_job", {"job_id": job_id}, action)
+
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """``JobQueue.recover_stalled``."""
         ctx = self.ctx
@@ -376,6 +387,14 @@ class AdminAPI:
         promoted by it as well.
         """
         return await self.admin.promote_delayed(limit)
+
+    async def promote_job(self, job_id: str) -> None:
+        """Move one delayed job to waiting now, whether it is due or not (its place in
+        line is its priority's, as if its delay had ended).
+
+        Raises ``JobNotFoundError``, or ``JobStateError`` when the job is not delayed.
+        """
+        await self.admin.promote_job(job_id)
 
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """Requeue jobs whose lease expired; returns (requeued ids, dead-lettered ids).

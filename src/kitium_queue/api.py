@@ -336,6 +336,12 @@ class QueueAPI(Protocol):
         """Move due delayed jobs to waiting now; how many moved."""
         raise _unimplemented(self)
 
+    @operation("admin", Route.BY_ID)
+    async def promote_job(self, /, job_id: str) -> None:
+        """Move one delayed job to waiting now, due or not (``JobStateError`` when it
+        is not delayed)."""
+        raise _unimplemented(self)
+
     @operation("admin", Route.BUDGET, merge="concat", ids="id lists")
     async def recover_stalled(self, /, limit: int = 1000) -> tuple[list[str], list[str]]:
         """Requeue jobs whose lease expired: (requeued ids, dead-lettered ids)."""

@@ -246,6 +246,7 @@ class Producer:
             )
         ids: list[str] = []
         refused: dict[int, str] = {}
+        dups: set[int] = set()  # positions whose job was there already (nothing written)
         try:
             client = await ctx.client()
             keys = ctx.keys.all
@@ -284,6 +285,8 @@ class Producer:
                         )
                         failure.refused = dict(refused)
                         break
+                    if reply[k + 1] == b"dup":
+                        dups.add(len(ids))
                     ids.append(reply[k].decode())
                 if failure is not None:
                     break
@@ -291,11 +294,11 @@ class Producer:
                 # The jobs before the failure are in Redis: announce them, but never let
                 # a subscriber's error hide which ones they are.
                 try:
-                    self._announce(ids, prepared)
+                    self._announce(ids, prepared, dups)
                 except Exception:
                     log.exception("queue %s: reporting the jobs added failed", ctx.name)
                 raise failure
-            self._announce(ids, prepared)
+            self._announce(ids, prepared, dups)
             if refused:
                 raise _refused(ids, refused)
         except Exception as exc:
@@ -307,13 +310,23 @@ class Producer:
                 span.end()
         return ids
 
-    def _announce(self, ids: list[str], prepared: Sequence[PreparedJob]) -> None:
+    def _announce(
+        self, ids: list[str], prepared: Sequence[PreparedJob], dups: set[int]
+    ) -> None:
+        """The ``enqueued`` hook for the jobs written, ``duplicate`` for the adds that
+        found their job there already."""
         hooks = self.ctx.hooks
-        if not ids or not hooks.enqueued:
+        if not ids or not (hooks.enqueued or (dups and hooks.duplicate)):
             return
-        added = [(i, p[NAME]) for i, p in zip(ids, prepared, strict=False) if i]
-        if added:
+        added: list[tuple[str, str]] = []
+        found: list[tuple[str, str]] = []
+        for n, (i, p) in enumerate(zip(ids, prepared, strict=False)):
+            if i:
+                (found if n in dups else added).append((i, p[NAME]))
+        if added and hooks.enqueued:
             hooks.emit_enqueued(self.ctx.name, [i for i, _ in added], [n for _, n in added])
+        if found and hooks.duplicate:
+            hooks.emit_duplicate(self.ctx.name, [i for i, _ in found], [n for _, n in found])
 
 
 def _enqueue_chunks(prepared: Sequence[PreparedJob]) -> Iterator[Sequence[PreparedJob]]:

@@ -110,21 +110,20 @@ def make_command(
         with_queue(app, redis, act)
 
     def _simple(verb: str) -> None:
-        @groups.command(verb)
+        @groups.command(verb, help=(
+            "Pause GROUP_ID: none of its jobs starts until resumed (running ones finish)."
+            if verb == "pause" else "Resume GROUP_ID: its held jobs and free turns go on."))
         @click.argument("app")
         @click.argument("group_id")
+        @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
         @redis_option
-        def cmd(app: str, group_id: str, redis: str | None) -> None:
+        def cmd(app: str, group_id: str, as_json: bool, redis: str | None) -> None:
             async def act(q: Any) -> None:
                 await getattr(_manager(q), f"{verb}_group")(group_id)
-                click.echo(row(f"{verb}d", group_id))
+                click.echo(json.dumps({"action": f"{verb}d", "group": group_id})
+                           if as_json else row(f"{verb}d", group_id))
 
             with_queue(app, redis, act)
-
-        cmd.__doc__ = (
-            "Pause GROUP_ID: none of its jobs starts until resumed (running ones finish)."
-            if verb == "pause" else "Resume GROUP_ID: its held jobs and free turns go on."
-        )
 
     _simple("pause")
     _simple("resume")
@@ -137,15 +136,22 @@ def make_command(
     @click.option("--rate-max", type=int, default=None, help="Starts per window.")
     @click.option("--rate-duration", type=int, default=1000, show_default=True,
                   help="Rate window in ms (with --rate-max).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the group's settings as JSON.")
     @redis_option
     def groups_set(app: str, group_id: str, concurrency: int | None, max_size: int | None,
-                   rate_max: int | None, rate_duration: int, redis: str | None) -> None:
+                   rate_max: int | None, rate_duration: int, as_json: bool,
+                   redis: str | None) -> None:
         """Set GROUP_ID's settings (those not given go back to the defaults)."""
 
         async def act(q: Any) -> None:
             rate = None if rate_max is None else GroupRateLimit(rate_max, rate_duration)
-            await _manager(q).set_group(GroupConfig(group_id, concurrency, max_size, rate))
-            click.echo(row("set", group_id))
+            fifo = _manager(q)
+            await fifo.set_group(GroupConfig(group_id, concurrency, max_size, rate))
+            if as_json:
+                click.echo(json.dumps((await fifo.get_group_stats(group_id)).as_dict(),
+                                      indent=2))
+            else:
+                click.echo(row("set", group_id))
 
         with_queue(app, redis, act)
 

@@ -85,13 +85,18 @@ def make_command(
     @workflows.command("cancel")
     @click.argument("app")
     @click.argument("workflow_id")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @redis_option
-    def wf_cancel(app: str, workflow_id: str, redis: str | None) -> None:
+    def wf_cancel(app: str, workflow_id: str, as_json: bool, redis: str | None) -> None:
         """Cancel WORKFLOW_ID: steps not started are removed, running ones asked to stop."""
 
         async def act(q: Any) -> None:
             n = await JobChainManager.for_queue(q).cancel_workflow(workflow_id)
-            click.echo(row("cancelled", workflow_id, f"{n} step(s) removed"))
+            if as_json:
+                click.echo(json.dumps({"action": "cancelled", "workflow_id": workflow_id,
+                                       "removed_steps": n}))
+            else:
+                click.echo(row("cancelled", workflow_id, f"{n} step(s) removed"))
 
         with_queue(app, redis, act)
 
