@@ -108,6 +108,7 @@ class SyncQueueClient:
     bulk_retry = blocking(QueueAPI.bulk_retry)
     replay_dlq = blocking(QueueAPI.replay_dlq)
     promote_delayed = blocking(QueueAPI.promote_delayed)
+    promote_job = blocking(QueueAPI.promote_job)
     recover_stalled = blocking(QueueAPI.recover_stalled)
     schedule_job = blocking(QueueAPI.schedule_job)
     schedule_every = blocking(QueueAPI.schedule_every)

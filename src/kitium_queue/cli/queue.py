@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -211,13 +212,21 @@ def health(app: str, probe: str, max_memory: float, max_latency: str | None,
     async def act(q: Any) -> int:
         first = members(q)[0]
         h = await first.queries.health_check(lambda: False, server_config=probe == "readiness")
+        if isinstance(q, MultiQueue) and not (redis or os.environ.get("KITIUM_QUEUE_REDIS")):
+            h.backend = q.describe_backend([h])  # its members share one client: its name
         checks: list[dict[str, Any]] = []
-        if h.healthy and probe == "readiness":
+        # Redis answered but the queue refuses the server (an evicting policy, a
+        # database it does not have): reachable, not ready.
+        refused = not h.healthy and (h.error or "").startswith("ConfigurationError")
+        answers = h.healthy or refused
+        if refused:
+            checks.append({"name": "configuration", "ok": False, "detail": h.error})
+        elif h.healthy and probe == "readiness":
             checks = await _readiness(q, max_memory, latency_ms, max_dlq)
-        ready = h.healthy and all(c["ok"] for c in checks)
-        code = 0 if ready else EXIT_UNREACHABLE if not h.healthy else EXIT_NOT_READY
+        ready = answers and (probe == "liveness" or all(c["ok"] for c in checks))
+        code = 0 if ready else EXIT_UNREACHABLE if not answers else EXIT_NOT_READY
         verdict = ("healthy" if probe == "liveness" else "ready") if ready else (
-            "unreachable" if not h.healthy else "not ready")
+            "unreachable" if not answers else "not ready")
         m = h.memory
         if as_json:
             out.json({
