@@ -185,8 +185,10 @@ class LocalCluster:
         first = self.nodes[0]
         for n in self.nodes[1:]:
             self._cmd(n, "CLUSTER", "MEET", "127.0.0.1", first.port)
-        self._wait(lambda: all(self._known_nodes(n) == len(self.nodes) for n in self.nodes),
-                   "every node to know every other")
+        self._wait(
+            lambda: all(self._known_nodes(n) == len(self.nodes) for n in self.nodes),
+            "every node to know every other",
+        )
         replicas = self.nodes[self.masters_count :]
         for i, r in enumerate(replicas):
             master = masters[i % self.masters_count]

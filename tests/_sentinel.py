@@ -27,8 +27,15 @@ __all__ = ["LocalSentinel", "SentinelServer"]
 class SentinelServer(RedisServer):
     """``redis-server <dir>/sentinel.conf --sentinel`` on a free loopback port."""
 
-    def __init__(self, service: str, primary_port: int, *, down_after_ms: int,
-                 failover_timeout_ms: int, quorum: int = 2) -> None:
+    def __init__(
+        self,
+        service: str,
+        primary_port: int,
+        *,
+        down_after_ms: int,
+        failover_timeout_ms: int,
+        quorum: int = 2,
+    ) -> None:
         super().__init__()
         self.service = service
         self.primary_port = primary_port
@@ -169,9 +176,7 @@ class LocalSentinel:
         """The primary's port as the sentinels report it (first live sentinel)."""
         for s in self.sentinels:
             if s.is_running():
-                addr = self._sentinel_cmd(
-                    s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
-                )
+                addr = self._sentinel_cmd(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
                 assert isinstance(addr, (list, tuple))
                 return int(addr[1])
         raise RedisServerError("no live sentinel")
@@ -206,9 +211,7 @@ class LocalSentinel:
         def switched() -> bool:
             ports = set()
             for s in self.sentinels:
-                addr = self._sentinel_cmd(
-                    s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
-                )
+                addr = self._sentinel_cmd(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
                 assert isinstance(addr, (list, tuple))
                 ports.add(int(addr[1]))
             if len(ports) != 1 or old.port in ports:

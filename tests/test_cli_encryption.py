@@ -25,8 +25,9 @@ MARK = "CLI-PLAINTEXT-9d2b"
 
 
 @pytest.fixture
-def app(tmp_path: Path, redis_url: str, prefix: str,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def app(
+    tmp_path: Path, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     monkeypatch.setenv("KQ_CLI_K1", K1)
     monkeypatch.setenv("KQ_CLI_K2", K2)
     module = f"kq_cli_enc_{uuid.uuid4().hex[:8]}"
@@ -49,8 +50,10 @@ def _add(module: str) -> list[str]:
     mod = __import__(module)
 
     async def go() -> list[str]:
-        ids = [await mod.queue.add_job("pay", {"card": MARK, "i": i}, encrypted=True)
-               for i in range(30)]
+        ids = [
+            await mod.queue.add_job("pay", {"card": MARK, "i": i}, encrypted=True)
+            for i in range(30)
+        ]
         await mod.queue.close()
         return ids
 

@@ -71,8 +71,11 @@ def _one_line_error(result: Result, code: int, *needles: str) -> str:
     # In-process, an exception that escaped would be result.exception itself.
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output + result.stderr
-    lines = [line for line in result.stderr.splitlines()
-             if line.strip() and not line.startswith("note: ")]  # the memory:// note
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and not line.startswith("note: ")
+    ]  # the memory:// note
     if not lines:  # health: its verdict on stdout is the report
         assert "verdict\tunreachable" in result.stdout, result.stdout
         text = result.stdout
@@ -206,7 +209,7 @@ def test_events_losing_the_server_is_one_line(app: str, tmp_path: Path) -> None:
 def test_exit_codes_are_documented() -> None:
     help_text = CliRunner().invoke(main, ["--help"]).output
     readme = README.read_text()
-    section = readme[readme.index("## Command line"):]
+    section = readme[readme.index("## Command line") :]
     section = section[: section.index("\n## ", 3)]
     for code, meaning in EXIT_CODES.items():
         assert f"{code}  {meaning}" in help_text, help_text

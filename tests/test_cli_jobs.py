@@ -57,8 +57,9 @@ def _queue(redis_url: str, prefix: str) -> JobQueue:
     return JobQueue("cj", redis=redis_url, prefix=prefix)
 
 
-def _fail_into_dlq(redis_url: str, prefix: str, jobs: list[tuple[str, dict[str, Any]]]
-                   ) -> list[str]:
+def _fail_into_dlq(
+    redis_url: str, prefix: str, jobs: list[tuple[str, dict[str, Any]]]
+) -> list[str]:
     """Add ``jobs`` and run them to the DLQ: each fails with ``data['why']``."""
 
     async def go() -> list[str]:
@@ -99,9 +100,20 @@ def test_list_filters_and_pages(app: str, redis_url: str, prefix: str) -> None:
 
     async def fill() -> list[str]:
         q = _queue(redis_url, prefix)
-        ids = await q.add_jobs([("mail", {"to": f"u{i}", "n": i,
-                                          "tier": "gold" if i % 3 == 0 else "free",
-                                          "user": {"id": str(i)}}) for i in range(30)])
+        ids = await q.add_jobs(
+            [
+                (
+                    "mail",
+                    {
+                        "to": f"u{i}",
+                        "n": i,
+                        "tier": "gold" if i % 3 == 0 else "free",
+                        "user": {"id": str(i)},
+                    },
+                )
+                for i in range(30)
+            ]
+        )
         ids += await q.add_jobs([("sms", {"n": i}) for i in range(5)])
         await q.close()
         return ids
@@ -127,8 +139,16 @@ def test_list_filters_and_pages(app: str, redis_url: str, prefix: str) -> None:
     gold: list[str] = []
     cursor = None
     while True:
-        page = _json("jobs", "list", target, "--data", "tier=gold", "-n", "4",
-                     *(["--cursor", cursor] if cursor else []))
+        page = _json(
+            "jobs",
+            "list",
+            target,
+            "--data",
+            "tier=gold",
+            "-n",
+            "4",
+            *(["--cursor", cursor] if cursor else []),
+        )
         assert len(page["jobs"]) <= 4
         gold += [j["id"] for j in page["jobs"]]
         cursor = page["next_cursor"]
@@ -140,16 +160,25 @@ def test_list_filters_and_pages(app: str, redis_url: str, prefix: str) -> None:
     assert [j["id"] for j in names] == ids[30:]
     # A number on the command line matches the number and its text; nested fields.
     assert [j["id"] for j in _json("jobs", "list", target, "--data", "n=7")["jobs"]] == [ids[7]]
-    assert [j["id"] for j in _json("jobs", "list", target, "--data", "user.id=12",
-                                   "--data", "tier=gold")["jobs"]] == [ids[12]]
+    assert [
+        j["id"]
+        for j in _json("jobs", "list", target, "--data", "user.id=12", "--data", "tier=gold")[
+            "jobs"
+        ]
+    ] == [ids[12]]
     assert _json("jobs", "list", target, "--data", "to=u7", "--name", "sms")["jobs"] == []
     assert _json("jobs", "list", target, "--older-than", "1h")["jobs"] == []
     assert len(_json("jobs", "list", target, "--newer-than", "1h", "-n", "100")["jobs"]) == 35
     assert _json("jobs", "list", target, "-s", "delayed")["jobs"] == []
     assert "no delayed jobs match" in _ok("jobs", "list", target, "-s", "delayed").stdout
 
-    for bad in (["--older-than", "soon"], ["--data", "novalue"], ["-s", "sleeping"],
-                ["-n", "0"], ["--cursor", "garbage"]):
+    for bad in (
+        ["--older-than", "soon"],
+        ["--data", "novalue"],
+        ["-s", "sleeping"],
+        ["-n", "0"],
+        ["--cursor", "garbage"],
+    ):
         result = _run("jobs", "list", target, *bad)
         assert result.exit_code == EXIT_USAGE, (bad, result.output)
         assert "Traceback" not in result.output
@@ -178,8 +207,7 @@ def test_show_a_failed_and_a_running_job(app: str, redis_url: str, prefix: str) 
 
     shown = _json("jobs", "show", target, dead)
     assert shown["status"] == "dlq" and shown["logs"] == ["attempt for card declined"]
-    assert "NonRetryableError" in shown["stacktrace"] and shown["data"] == {
-        "why": "card declined"}
+    assert "NonRetryableError" in shown["stacktrace"] and shown["data"] == {"why": "card declined"}
 
     held = _json("jobs", "show", target, live)
     assert held["status"] == "active" and held["worker"] == "worker-x"
@@ -193,8 +221,9 @@ def test_show_a_failed_and_a_running_job(app: str, redis_url: str, prefix: str) 
 
 def test_bulk_retry_remove_promote_cancel(app: str, redis_url: str, prefix: str) -> None:
     target = f"{app}:queue"
-    dead = _fail_into_dlq(redis_url, prefix, [("bad-a", {"why": "a"})] * 3
-                          + [("bad-b", {"why": "b"})] * 2)
+    dead = _fail_into_dlq(
+        redis_url, prefix, [("bad-a", {"why": "a"})] * 3 + [("bad-b", {"why": "b"})] * 2
+    )
 
     # Without --yes the bulk action asks; "n" (or no terminal) changes nothing.
     asked = _run("jobs", "retry", target, "-s", "dlq", "--name", "bad-a", input="n\n")
@@ -208,8 +237,7 @@ def test_bulk_retry_remove_promote_cancel(app: str, redis_url: str, prefix: str)
     mixed = _run("jobs", "retry", target, dead[3], dead[0], "x-404", "--json")
     assert mixed.exit_code == 1
     report = json.loads(mixed.stdout)
-    assert report["done"] == [dead[3]] and {f["id"] for f in report["failed"]} == {
-        dead[0], "x-404"}
+    assert report["done"] == [dead[3]] and {f["id"] for f in report["failed"]} == {dead[0], "x-404"}
 
     assert _run("jobs", "remove", target).exit_code == EXIT_USAGE  # no ids, no state
     both = _run("jobs", "remove", target, dead[0], "-s", "waiting")
@@ -242,10 +270,16 @@ def test_bulk_retry_remove_promote_cancel(app: str, redis_url: str, prefix: str)
 
 def test_dlq_list_and_replay_by_filter(app: str, redis_url: str, prefix: str) -> None:
     target = f"{app}:queue"
-    dead = _fail_into_dlq(redis_url, prefix, [
-        ("call", {"why": "timeout talking to A"}), ("call", {"why": "refused by B"}),
-        ("call", {"why": "Timeout again"}), ("other", {"why": "refused by C"}),
-    ])
+    dead = _fail_into_dlq(
+        redis_url,
+        prefix,
+        [
+            ("call", {"why": "timeout talking to A"}),
+            ("call", {"why": "refused by B"}),
+            ("call", {"why": "Timeout again"}),
+            ("other", {"why": "refused by C"}),
+        ],
+    )
     rows = _ok("dlq", "list", target, "--error", "TIMEOUT").stdout.splitlines()
     assert sorted(r.split("\t")[0] for r in rows) == sorted([dead[0], dead[2]])
     assert all(r.split("\t")[2] == "attempts=1" for r in rows)
@@ -261,7 +295,10 @@ def test_dlq_list_and_replay_by_filter(app: str, redis_url: str, prefix: str) ->
     assert _ok("dlq", "replay", target, "-y").stdout.strip() == "replayed 2 job(s)"
     assert _statuses(redis_url, prefix, dead) == ["waiting"] * 4
     assert _json("dlq", "replay", target, "--yes") == {
-        "action": "replayed", "matched": 0, "replayed": 0}
+        "action": "replayed",
+        "matched": 0,
+        "replayed": 0,
+    }
 
 
 def test_a_partitioned_queue(app: str, redis_url: str, prefix: str) -> None:
@@ -269,8 +306,7 @@ def test_a_partitioned_queue(app: str, redis_url: str, prefix: str) -> None:
 
     async def fill() -> list[str]:
         q = PartitionedQueue("cjp", partitions=3, redis=redis_url, prefix=prefix)
-        ids = [await q.add_job("p", {"i": i}, delay=600_000 if i % 2 else 0)
-               for i in range(9)]
+        ids = [await q.add_job("p", {"i": i}, delay=600_000 if i % 2 else 0) for i in range(9)]
         await q.close()
         return ids
 

@@ -57,12 +57,21 @@ def _queue(redis_url: str, prefix: str) -> JobQueue:
     return JobQueue("cq", redis=redis_url, prefix=prefix)
 
 
-def _kq(*args: str, cwd: Path, env: dict[str, str] | None = None,
-        code: str = "from kitium_queue.cli import main; main()"
-        ) -> subprocess.CompletedProcess[str]:
+def _kq(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    code: str = "from kitium_queue.cli import main; main()",
+) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(cwd)]), **(env or {})}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd, env=full)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=full,
+    )
 
 
 def test_stats_table_json_and_watch(app: str, redis_url: str, prefix: str) -> None:
@@ -82,8 +91,12 @@ def test_stats_table_json_and_watch(app: str, redis_url: str, prefix: str) -> No
     assert counts["waiting"] == 4 and counts["delayed"] == 1 and counts["is_paused"] is False
 
     # --watch --json: one document a line; the rate column counts what finished between.
-    docs = [json.loads(x) for x in _ok("stats", target, "--watch", "--count", "3",
-                                       "--interval", "0.1", "--json").stdout.splitlines()]
+    docs = [
+        json.loads(x)
+        for x in _ok(
+            "stats", target, "--watch", "--count", "3", "--interval", "0.1", "--json"
+        ).stdout.splitlines()
+    ]
     assert len(docs) == 3 and all(d["waiting"] == 4 for d in docs)
     watched = _ok("--plain", "stats", target, "-w", "--count", "2", "-i", "0.1").stdout
     tables = watched.split("\n\n")
@@ -97,8 +110,12 @@ def test_health_probes_and_exit_codes(app: str, redis_url: str, prefix: str) -> 
     target = f"{app}:queue"
     ready = json.loads(_ok("health", target, "--json").stdout)
     assert ready["verdict"] == "ready" and ready["ready"] is True
-    assert {c["name"] for c in ready["checks"]} >= {"queue readable", "memory",
-                                                    "eviction policy", "primary"}
+    assert {c["name"] for c in ready["checks"]} >= {
+        "queue readable",
+        "memory",
+        "eviction policy",
+        "primary",
+    }
     alive = _ok("health", target, "--probe", "liveness").stdout
     assert "verdict\thealthy" in alive
 
@@ -118,9 +135,14 @@ def test_health_probes_and_exit_codes(app: str, redis_url: str, prefix: str) -> 
 
 
 def test_health_sees_memory_replicas_and_eviction(tmp_path: Path) -> None:
-    with RedisServer() as srv, app_module(
-        tmp_path, f"from kitium_queue import JobQueue\nqueue = JobQueue('h', "
-        f"redis={srv.url!r})\n", "kq_cli_health") as module:
+    with (
+        RedisServer() as srv,
+        app_module(
+            tmp_path,
+            f"from kitium_queue import JobQueue\nqueue = JobQueue('h', redis={srv.url!r})\n",
+            "kq_cli_health",
+        ) as module,
+    ):
         target = f"{module}:queue"
         admin = redis.Redis(port=srv.port)
         _ok("health", target)
@@ -129,8 +151,10 @@ def test_health_sees_memory_replicas_and_eviction(tmp_path: Path) -> None:
         assert out.exit_code == EXIT_NOT_READY
         memory = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "memory")
         assert memory["ok"] is False and "of maxmemory used" in memory["detail"]
-        assert CliRunner().invoke(main, ["health", target, "--max-memory", "1"]).exit_code \
+        assert (
+            CliRunner().invoke(main, ["health", target, "--max-memory", "1"]).exit_code
             == EXIT_NOT_READY
+        )
         admin.config_set("maxmemory", "0")
         admin.config_set("maxmemory-policy", "allkeys-lru")
         out = CliRunner().invoke(main, ["health", target])
@@ -152,7 +176,10 @@ def test_pause_resume_queue_and_group(app: str, redis_url: str, prefix: str) -> 
     assert _ok("pause", target).stdout == "paused\n"
     assert json.loads(_ok("stats", target, "--json").stdout)["is_paused"] is True
     assert json.loads(_ok("resume", target, "--json").stdout) == {
-        "action": "resumed", "queue": "cq", "group": None}
+        "action": "resumed",
+        "queue": "cq",
+        "group": None,
+    }
     assert _ok("pause", target, "--group", "cust-9").stdout == "paused\tgroup\tcust-9\n"
 
     async def group_paused() -> bool:
@@ -167,20 +194,24 @@ def test_pause_resume_queue_and_group(app: str, redis_url: str, prefix: str) -> 
     # The feature commands' action verbs print JSON too.
     paused = json.loads(_ok("groups", "pause", target, "g2", "--json").stdout)
     assert paused == {"action": "paused", "group": "g2"}
-    shown = json.loads(_ok("groups", "set", target, "g2", "--concurrency", "2",
-                           "--json").stdout)
+    shown = json.loads(_ok("groups", "set", target, "g2", "--concurrency", "2", "--json").stdout)
     assert shown["group_concurrency"] == 2 and shown["paused"] is True
 
 
-def test_events_json_and_a_worker_process(app: str, redis_url: str, prefix: str,
-                                          tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_events_json_and_a_worker_process(
+    app: str, redis_url: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = f"{app}:queue"
     proc = subprocess.Popen(
         [sys.executable, "-m", "kitium_queue.cli", "worker", target, "-c", "2"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(tmp_path)])})
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(tmp_path)])},
+    )
     try:
+
         async def run_one() -> Any:
             q = _queue(redis_url, prefix)
             jid = await q.add_job("double", {"n": 21})
@@ -211,8 +242,9 @@ def test_events_json_and_a_worker_process(app: str, redis_url: str, prefix: str,
     assert "job-completed" in {e["event"] for e in events}
 
 
-def test_rich_tables_and_progress_and_plain_without_rich(app: str, redis_url: str,
-                                                         prefix: str, tmp_path: Path) -> None:
+def test_rich_tables_and_progress_and_plain_without_rich(
+    app: str, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
     target = f"{app}:queue"
 
     async def fill() -> None:
@@ -224,8 +256,9 @@ def test_rich_tables_and_progress_and_plain_without_rich(app: str, redis_url: st
     asyncio.run(fill())
     table = _ok("--rich", "jobs", "list", target).stdout
     assert "┃ id" in table and "│ double" in table and "\x1b" not in table
-    done = CliRunner().invoke(main, ["--rich", "jobs", "promote", target, "--yes"],
-                              env={"COLUMNS": "200"})
+    done = CliRunner().invoke(
+        main, ["--rich", "jobs", "promote", target, "--yes"], env={"COLUMNS": "200"}
+    )
     assert done.exit_code == 0 and done.stdout.strip() == "promoted 3 job(s)"
     assert "promote" in done.stderr and "3/3" in done.stderr  # the bar, on stderr
     shown = _ok("--rich", "jobs", "show", target, "1").stdout
@@ -236,8 +269,13 @@ def test_rich_tables_and_progress_and_plain_without_rich(app: str, redis_url: st
     for code, boxed in (("", True), (block, False)):
         out = _on_a_terminal(["stats", target], tmp_path, code)
         assert ("┃" in out) is boxed and ("\t" in out) is not boxed, out
-    refused = _kq("--rich", "stats", target, cwd=tmp_path,
-                  code=block + "from kitium_queue.cli import main; main()")
+    refused = _kq(
+        "--rich",
+        "stats",
+        target,
+        cwd=tmp_path,
+        code=block + "from kitium_queue.cli import main; main()",
+    )
     assert refused.returncode == 2 and "needs the optional package 'rich'" in refused.stderr
 
 
@@ -247,7 +285,11 @@ def _on_a_terminal(args: list[str], cwd: Path, prelude: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(cwd)]), "COLUMNS": "160"}
     proc = subprocess.Popen(
         [sys.executable, "-c", prelude + "from kitium_queue.cli import main; main()", *args],
-        cwd=cwd, stdout=slave, stderr=subprocess.DEVNULL, env=env)
+        cwd=cwd,
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     os.close(slave)
     chunks = []
     try:
@@ -271,14 +313,29 @@ def _on_a_terminal(args: list[str], cwd: Path, prelude: str) -> str:
 
 def test_shell_completion() -> None:
     runner = CliRunner()
-    script = runner.invoke(main, [], prog_name="kitium-queue",
-                           env={"_KITIUM_QUEUE_COMPLETE": "bash_source"})
+    script = runner.invoke(
+        main, [], prog_name="kitium-queue", env={"_KITIUM_QUEUE_COMPLETE": "bash_source"}
+    )
     assert script.exit_code == 0 and "_kitium_queue_completion" in script.output
-    words = runner.invoke(main, [], prog_name="kitium-queue", env={
-        "_KITIUM_QUEUE_COMPLETE": "bash_complete", "COMP_WORDS": "kitium-queue jo",
-        "COMP_CWORD": "1"})
+    words = runner.invoke(
+        main,
+        [],
+        prog_name="kitium-queue",
+        env={
+            "_KITIUM_QUEUE_COMPLETE": "bash_complete",
+            "COMP_WORDS": "kitium-queue jo",
+            "COMP_CWORD": "1",
+        },
+    )
     assert words.output.split() == ["plain,job", "plain,jobs"]
-    states = runner.invoke(main, [], prog_name="kitium-queue", env={
-        "_KITIUM_QUEUE_COMPLETE": "bash_complete",
-        "COMP_WORDS": "kitium-queue jobs list app -s d", "COMP_CWORD": "5"})
+    states = runner.invoke(
+        main,
+        [],
+        prog_name="kitium-queue",
+        env={
+            "_KITIUM_QUEUE_COMPLETE": "bash_complete",
+            "COMP_WORDS": "kitium-queue jobs list app -s d",
+            "COMP_CWORD": "5",
+        },
+    )
     assert states.output.split() == ["plain,delayed", "plain,dlq"]

@@ -18,10 +18,14 @@ def _fill(redis_url: str, prefix: str) -> None:
     async def go() -> None:
         q = JobQueue("cli", redis=redis_url, prefix=prefix)
         chains = JobChainManager(q)
-        await chains.execute_workflow("order-7", [
-            WorkflowStep("validate", "validate"),
-            WorkflowStep("charge", "charge", depends_on=["validate"]),
-            WorkflowStep("evil\u202estep", "ship", depends_on=["charge"])])
+        await chains.execute_workflow(
+            "order-7",
+            [
+                WorkflowStep("validate", "validate"),
+                WorkflowStep("charge", "charge", depends_on=["validate"]),
+                WorkflowStep("evil\u202estep", "ship", depends_on=["charge"]),
+            ],
+        )
         await q.close()
 
     asyncio.run(go())

@@ -96,9 +96,7 @@ EXPECTED: dict[str, list[str]] = {
 #: is configuration or history rather than jobs -- webhook deliveries and the outbox
 #: they are read from, a breaker's log and window, encryption key ids and rotation
 #: records.
-WINDOW_KEYS = re.compile(
-    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$))"
-)
+WINDOW_KEYS = re.compile(r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$))")
 
 
 def test_every_example_has_expectations() -> None:
@@ -118,16 +116,21 @@ def run_example(name: str, redis_url: str | None) -> tuple[int, str, str, int]:
     if redis_url is not None:
         env["KQ_REDIS_URL"] = redis_url
     proc = subprocess.Popen(
-        [sys.executable, str(Path("examples") / name)], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(Path("examples") / name)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"{name} did not finish within {TIMEOUT_S} s\n"
-                    f"--- stdout\n{out}\n--- stderr\n{err}")
+        pytest.fail(
+            f"{name} did not finish within {TIMEOUT_S} s\n--- stdout\n{out}\n--- stderr\n{err}"
+        )
     return proc.returncode, out, err, proc.pid
 
 

@@ -410,8 +410,9 @@ async def test_an_add_that_finds_its_job_is_a_duplicate_not_an_enqueue(
     first = await q.add_job("n", {}, job_id="order-1")
     assert await q.add_job("again", {}, job_id="order-1") == first
     keyed = await q.add_job("k", {}, idempotency_key="pay-7")
-    ids = await q.add_jobs([("k", {}, {"idempotency_key": "pay-7"}), ("n", {}),
-                            ("n", {}, {"job_id": "order-1"})])
+    ids = await q.add_jobs(
+        [("k", {}, {"idempotency_key": "pay-7"}), ("n", {}), ("n", {}, {"job_id": "order-1"})]
+    )
     assert ids[0] == keyed and ids[2] == first
     assert subs.added == [(first, "n"), (keyed, "k"), (ids[1], "n")]
     assert subs.dups == [(first, "again"), (keyed, "k"), (first, "n")]

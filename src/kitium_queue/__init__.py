@@ -72,6 +72,7 @@ from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
 from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
+from .identity import acting_as, current_principal
 from .job import Job, JobInfo, JobProcessor
 from .leader import LeaderLease, LeaderService
 from .options import (
@@ -117,6 +118,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
+
 
 __all__ = [
     "BackoffOptions",
@@ -202,6 +204,8 @@ __all__ = [
     "WorkflowStep",
     "WriteRefusedError",
     "__version__",
+    "acting_as",
+    "current_principal",
     "generate_secret",
     "verify_webhook",
 ]

@@ -16,7 +16,9 @@ commands
    ``args`` are the arguments as the caller gave them (ids, limits, flags; never job
    payloads: a schedule's data is left out, and so are the values of schedule changes).
 
-Access control wraps this point with a guard, audit with a subscriber. Commands that
+Each ``AdminCall`` names who ran it (``principal``: the innermost
+``identity.acting_as`` block, else the queue's default principal). Access control wraps
+this point with a guard, audit with a subscriber. Commands that
 workers run themselves as part of processing (promote and recover inside ``claim``)
 are not administrative and do not pass here.
 """
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .enums import JobStatus
 from .errors import ConfigurationError, JobActiveError, JobNotFoundError
 from .hooks import AdminCall
+from .identity import current_principal
 from .limits import clip
 from .queries import parse_status, query_id
 
@@ -114,7 +117,8 @@ class Admin:
         Returns what ``action`` returned; raises what a guard or ``action`` raised.
         """
         ctx = self.ctx
-        call = AdminCall(ctx.name, command, dict(args))
+        who = current_principal(ctx.principal)
+        call = AdminCall(ctx.name, command, dict(args), principal=who)
         try:
             for guard in self._guards:
                 out = guard(call)
@@ -123,11 +127,15 @@ class Admin:
             result = await action()
         except BaseException as exc:
             if ctx.hooks.admin:
-                ctx.hooks.emit_admin(AdminCall(ctx.name, command, call.args, error=exc))
+                ctx.hooks.emit_admin(
+                    AdminCall(ctx.name, command, call.args, error=exc, principal=who)
+                )
             raise
         if ctx.hooks.admin:
             seen = shown(result) if shown is not None else result
-            ctx.hooks.emit_admin(AdminCall(ctx.name, command, call.args, result=seen))
+            ctx.hooks.emit_admin(
+                AdminCall(ctx.name, command, call.args, result=seen, principal=who)
+            )
         return result
 
     # ------------------------------------------------------------------ commands
@@ -233,9 +241,7 @@ class Admin:
             (status,) = await ctx.run("cancel", [query_id(job_id)])
             if status == b"missing":
                 raise JobNotFoundError(f"job {job_id} does not exist in queue {ctx.name!r}")
-            return {"removed": "removed", "flagged": "cancelling"}.get(
-                status.decode(), "finished"
-            )
+            return {"removed": "removed", "flagged": "cancelling"}.get(status.decode(), "finished")
 
         return await self.execute("cancel_job", {"job_id": job_id}, action)
 
@@ -425,8 +431,9 @@ class AdminAPI:
             await queue.schedule_job("report", {}, "0 2 * * *", tz="Europe/Berlin")
         """
         sched, job_opts = _split_schedule_options(options)
-        return await self.schedules.declare(job_name, data, cron=cron_pattern,
-                                            options=job_opts, **sched)
+        return await self.schedules.declare(
+            job_name, data, cron=cron_pattern, options=job_opts, **sched
+        )
 
     async def schedule_every(
         self, job_name: str, data: Any, interval_ms: Any, **options: Any
@@ -440,8 +447,9 @@ class AdminAPI:
             await queue.schedule_every("heartbeat", {"svc": "api"}, 30_000, jitter=2000)
         """
         sched, job_opts = _split_schedule_options(options)
-        return await self.schedules.declare(job_name, data, every=interval_ms,
-                                            options=job_opts, **sched)
+        return await self.schedules.declare(
+            job_name, data, every=interval_ms, options=job_opts, **sched
+        )
 
     async def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
         """Change some fields of a schedule (``data``, ``cron_pattern``, ``interval_ms``,

@@ -180,8 +180,10 @@ _NO_SCHEDULES = "schedules belong on a plain JobQueue (a schedule fires into one
 
 
 # A cursor is a place in one queue's order; a merged one would need one per member.
-_NO_CURSOR = ("cursors are per {member}: page one {member} with queue.queues[i].list_jobs(), "
-              "or page the merged order with get_jobs_by_status(offset=...)")
+_NO_CURSOR = (
+    "cursors are per {member}: page one {member} with queue.queues[i].list_jobs(), "
+    "or page the merged order with get_jobs_by_status(offset=...)"
+)
 
 
 def _unimplemented(obj: object) -> TypeError:
@@ -204,8 +206,12 @@ class QueueAPI(Protocol):
     # ------------------------------------------------------------------ producer
     @operation("producer", Route.BY_KEY, ids="id")
     async def add_job(
-        self, /, job_name: str, data: Any = None,
-        options: JobOptions | Mapping[str, Any] | None = None, **kwargs: Any,
+        self,
+        /,
+        job_name: str,
+        data: Any = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> str:
         """Add one job and return its id.
 
@@ -417,16 +423,29 @@ class QueueAPI(Protocol):
 
     @operation("registration", Route.REGISTER)
     def process_batch(
-        self, /, job_name: str, fn: Callable[..., Any] | None = None, *, size: int,
-        min_size: int = 1, max_wait: Any = 1000,
+        self,
+        /,
+        job_name: str,
+        fn: Callable[..., Any] | None = None,
+        *,
+        size: int,
+        min_size: int = 1,
+        max_wait: Any = 1000,
     ) -> Any:
         """Register a processor that takes up to ``size`` jobs at once (a decorator too)."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)
     def declare_option(
-        self, /, name: str, *, feature: str, normalize: Normalizer | None = None,
-        default: Any = None, stored: bool = True, doc: str = "",
+        self,
+        /,
+        name: str,
+        *,
+        feature: str,
+        normalize: Normalizer | None = None,
+        default: Any = None,
+        stored: bool = True,
+        doc: str = "",
     ) -> None:
         """Declare the job option ``name``, owned by ``feature`` (until declared, it is
         refused as unknown)."""
@@ -471,19 +490,21 @@ class QueueAPI(Protocol):
 OPERATIONS: Mapping[str, Operation] = MappingProxyType(dict(_declared))
 
 #: Public methods of ``JobQueue`` that belong to one physical queue, and why.
-SINGLE_QUEUE_ONLY: Mapping[str, str] = MappingProxyType({
-    "client": "the queue's own Redis client",
-    "run": "runs one of the queue's scripts on its keys",
-    "call": "prepares one of the queue's script calls",
-    "argv_head": "the queue's script argument prefix",
-    "policy_for": "the queue's resolved retry policy",
-    "own_options": "features declare their options on each queue they serve",
-    "add_service": "a service runs with one queue's worker; on each member it would run "
-                   "once per member",
-    "set_rate_limit": "a limit set on every member would admit members x max",
-    "set_concurrency_limit": "a limit set on every member would admit members x max",
-    "set_global_concurrency": "a cap set on every member would admit members x max",
-    "subscribe": "lifecycle hooks carry one queue's own job ids and records: subscribe on "
-                 "each member queue knowingly",
-    "unsubscribe": "see subscribe",
-})
+SINGLE_QUEUE_ONLY: Mapping[str, str] = MappingProxyType(
+    {
+        "client": "the queue's own Redis client",
+        "run": "runs one of the queue's scripts on its keys",
+        "call": "prepares one of the queue's script calls",
+        "argv_head": "the queue's script argument prefix",
+        "policy_for": "the queue's resolved retry policy",
+        "own_options": "features declare their options on each queue they serve",
+        "add_service": "a service runs with one queue's worker; on each member it would run "
+        "once per member",
+        "set_rate_limit": "a limit set on every member would admit members x max",
+        "set_concurrency_limit": "a limit set on every member would admit members x max",
+        "set_global_concurrency": "a cap set on every member would admit members x max",
+        "subscribe": "lifecycle hooks carry one queue's own job ids and records: subscribe on "
+        "each member queue knowingly",
+        "unsubscribe": "see subscribe",
+    }
+)

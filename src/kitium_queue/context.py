@@ -119,15 +119,16 @@ class QueueContext:
         )
         self.scripts = ScriptRegistry()
         self.jobspec = JobSpec(name)
-        self.defaults = self.jobspec.check(
-            options_dict(default_job_options), "default_job_options"
-        )
+        self.defaults = self.jobspec.check(options_dict(default_job_options), "default_job_options")
         self._check_settings()
         self.policy = self._base_policy()
         self.emitter = EventEmitter()
         self.hooks = HookBus()
         self.info_views: list[Callable[[JobInfo, bool], None]] = []
         self.redact_payloads = False
+        #: The principal this queue acts for when no ``identity.acting_as`` block is
+        #: active (stamped on admin calls; None: nobody in particular).
+        self.principal: str | None = None
         self._client: Any = None
         self._connect_lock: asyncio.Lock | None = None
         self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))
@@ -143,9 +144,7 @@ class QueueContext:
         self.lock_duration_ms = to_ms(s.lock_duration, "settings.lock_duration")
         if self.lock_duration_ms < 100:
             raise ConfigurationError("settings.lock_duration must be at least 100 ms")
-        renew = to_ms(
-            s.lock_renew_time, "settings.lock_renew_time", allow_none=True, minimum=1
-        )
+        renew = to_ms(s.lock_renew_time, "settings.lock_renew_time", allow_none=True, minimum=1)
         self.lock_renew_ms = renew if renew is not None else max(50, self.lock_duration_ms // 2)
         if self.lock_renew_ms >= self.lock_duration_ms:
             raise ConfigurationError(

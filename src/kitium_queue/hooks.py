@@ -89,6 +89,8 @@ class AdminCall:
         args: its arguments (ids, limits, flags; never job payloads).
         result: what it returned, when it succeeded.
         error: the exception it raised, when it failed.
+        principal: who ran it (``identity.current_principal``, else the queue's
+            default principal; None when nobody was named).
     """
 
     queue: str
@@ -96,6 +98,7 @@ class AdminCall:
     args: dict[str, Any] = field(default_factory=dict)
     result: Any = None
     error: BaseException | None = None
+    principal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

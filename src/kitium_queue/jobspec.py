@@ -201,17 +201,41 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
         OptionSpec("priority", c, _priority, 0, True, "0..65535, higher runs first"),
         OptionSpec("backoff", c, _backoff, None, True, "delay before each retry (retry config)"),
         OptionSpec("timeout", c, _duration("timeout"), 300_000, True, "ms a run may take"),
-        OptionSpec("remove_on_complete", c, _retention("remove_on_complete"), None, True,
-                   "retention of completed jobs (newest 1000)"),
-        OptionSpec("remove_on_fail", c, _retention("remove_on_fail"), None, True,
-                   "retention of failed jobs (all)"),
+        OptionSpec(
+            "remove_on_complete",
+            c,
+            _retention("remove_on_complete"),
+            None,
+            True,
+            "retention of completed jobs (newest 1000)",
+        ),
+        OptionSpec(
+            "remove_on_fail",
+            c,
+            _retention("remove_on_fail"),
+            None,
+            True,
+            "retention of failed jobs (all)",
+        ),
         OptionSpec("job_id", c, _job_id, None, False, "your own id (else a sequence number)"),
         OptionSpec("lifo", c, _lifo, False, True, "before the others of its priority"),
         OptionSpec("jitter", c, _duration("jitter"), 0, True, "random extra delay, ms"),
-        OptionSpec("idempotency_key", c, _idempotency_key, None, True,
-                   "duplicates within the idempotency window return the first job's id"),
-        OptionSpec("delivery_guarantee", c, delivery_guarantee, "at-least-once", True,
-                   "'exactly-once' needs IdempotencyManager(queue)"),
+        OptionSpec(
+            "idempotency_key",
+            c,
+            _idempotency_key,
+            None,
+            True,
+            "duplicates within the idempotency window return the first job's id",
+        ),
+        OptionSpec(
+            "delivery_guarantee",
+            c,
+            delivery_guarantee,
+            "at-least-once",
+            True,
+            "'exactly-once' needs IdempotencyManager(queue)",
+        ),
     )
 
 
@@ -239,9 +263,7 @@ FEATURE_HOWTO: dict[str, tuple[str, str]] = {
     "region": ("global queues", "add the job through GlobalQueueManager.add_job"),
     "tenant_id": ("multi-tenancy", "set up the tenant with AccessControlManager"),
     "rate_limit_key": ("flow control", "declare a limit: queue.set_rate_limit('key:*', ...)"),
-    "concurrency_key": (
-        "flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"
-    ),
+    "concurrency_key": ("flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"),
 }
 
 
@@ -324,9 +346,7 @@ class JobSpec:
         specs = self._specs
         return {k: specs[k].normalize(v, section) for k, v in opts.items() if v is not None}
 
-    def check_names(
-        self, opts: Mapping[Any, Any], section: str, also: Iterable[str] = ()
-    ) -> None:
+    def check_names(self, opts: Mapping[Any, Any], section: str, also: Iterable[str] = ()) -> None:
         """Refuse option names this queue does not accept: unknown ones as "unknown
         <section> option" with the closest of the job options and ``also`` (the other
         names valid where they came from, such as the schedule options) as a
@@ -369,9 +389,10 @@ class JobSpec:
             raise ConfigurationError(
                 f"delivery_guarantee must be 'at-least-once' or 'exactly-once', got {value!r}"
             ) from None
-        if dg is DeliveryGuarantee.EXACTLY_ONCE and self._specs[
-            "delivery_guarantee"
-        ].feature == CORE:
+        if (
+            dg is DeliveryGuarantee.EXACTLY_ONCE
+            and self._specs["delivery_guarantee"].feature == CORE
+        ):
             raise ConfigurationError(
                 "delivery_guarantee='exactly-once' needs effectively-once processing, "
                 f"which is not enabled on queue {self.queue_name!r}: create "
@@ -405,7 +426,11 @@ def resolve_policy(opts: Any, base: Policy) -> tuple[Policy, list[str]]:
     in the returned list.
     """
     p = Policy(
-        base.attempts, base.backoff, base.timeout_ms, base.jitter_ms, base.keep_completed,
+        base.attempts,
+        base.backoff,
+        base.timeout_ms,
+        base.jitter_ms,
+        base.keep_completed,
         base.keep_failed,
     )
     if not isinstance(opts, Mapping):

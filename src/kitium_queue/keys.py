@@ -42,6 +42,7 @@ def check_key_part(value: object, what: str, *, allow_empty: bool = False) -> st
         )
     return value
 
+
 _LAYOUT = (
     "wait",
     "active",

@@ -181,8 +181,10 @@ def printable(value: object) -> str:
         elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
             code = ord(ch)
             out.append(
-                f"\\x{code:02x}" if code < 0x100
-                else f"\\u{code:04x}" if code < 0x10000
+                f"\\x{code:02x}"
+                if code < 0x100
+                else f"\\u{code:04x}"
+                if code < 0x10000
                 else f"\\U{code:08x}"
             )
         else:
@@ -218,7 +220,7 @@ def _bounded_traceback(exc_info: tuple[type[BaseException], BaseException, objec
     ).rstrip("\n")
     if len(text) > MAX_TRACEBACK_CHARS:
         marker = f"[traceback cut: {len(text) - MAX_TRACEBACK_CHARS} chars of outer frames]\n"
-        text = marker + text[len(text) - MAX_TRACEBACK_CHARS:]
+        text = marker + text[len(text) - MAX_TRACEBACK_CHARS :]
     return text
 
 

@@ -155,7 +155,10 @@ class Producer:
 
     # ------------------------------------------------------------------ API
     async def add_job(
-        self, job_name: str, data: Any, options: JobOptions | Mapping[str, Any] | None,
+        self,
+        job_name: str,
+        data: Any,
+        options: JobOptions | Mapping[str, Any] | None,
         kwargs: dict[str, Any],
     ) -> str:
         """``JobQueue.add_job`` (documented there)."""
@@ -310,9 +313,7 @@ class Producer:
                 span.end()
         return ids
 
-    def _announce(
-        self, ids: list[str], prepared: Sequence[PreparedJob], dups: set[int]
-    ) -> None:
+    def _announce(self, ids: list[str], prepared: Sequence[PreparedJob], dups: set[int]) -> None:
         """The ``enqueued`` hook for the jobs written, ``duplicate`` for the adds that
         found their job there already."""
         hooks = self.ctx.hooks

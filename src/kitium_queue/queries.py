@@ -228,12 +228,14 @@ class Queries:
         if loaded is None:
             return None
         values, (worker, deadline, log_lines) = loaded
-        return self._view(JobDetail(
-            **values,
-            worker=worker.decode("utf-8", "backslashreplace") if worker else None,
-            lease_deadline=None if deadline is None else int(deadline),
-            log_lines=int(log_lines),
-        ))
+        return self._view(
+            JobDetail(
+                **values,
+                worker=worker.decode("utf-8", "backslashreplace") if worker else None,
+                lease_deadline=None if deadline is None else int(deadline),
+                log_lines=int(log_lines),
+            )
+        )
 
     def _view(self, info: J) -> J:
         """``info`` through the context's ``info_views`` (features' payload views)."""
@@ -260,8 +262,14 @@ class Queries:
         if stored_status(raw) is None:
             # Unknown state on the record: say where the job actually is, if anywhere.
             found_in = await self._find_state(jid)
-        values = job_values(jid, raw, paused=paused == b"1", serializer=ctx.serializer,
-                            base=ctx.policy, found_in=found_in)
+        values = job_values(
+            jid,
+            raw,
+            paused=paused == b"1",
+            serializer=ctx.serializer,
+            base=ctx.policy,
+            found_in=found_in,
+        )
         return values, [raw.get(b"w"), *extra] if detail else extra
 
     async def _find_state(self, job_id: str) -> JobStatus | None:
@@ -363,10 +371,21 @@ class Queries:
                 continue
             problems: list[str] = []
             jid = decode_id(i, problems)
-            out.append(self._view(JobInfo(**job_values(
-                jid, r, paused=is_paused, serializer=ctx.serializer, base=ctx.policy,
-                found_in=found_in, problems=problems,
-            ))))
+            out.append(
+                self._view(
+                    JobInfo(
+                        **job_values(
+                            jid,
+                            r,
+                            paused=is_paused,
+                            serializer=ctx.serializer,
+                            base=ctx.policy,
+                            found_in=found_in,
+                            problems=problems,
+                        )
+                    )
+                )
+            )
         return out
 
     async def get_stats(self) -> QueueStats:
@@ -406,10 +425,15 @@ class Queries:
             # goes through the same redaction as ``backend`` (never the raw text).
             error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
             return HealthStatus(False, None, ctx.connection.describe(), error)
-        memory = None if ctx.connection.is_memory else await memory_report(
-            client, config=server_config)
+        memory = (
+            None if ctx.connection.is_memory else await memory_report(client, config=server_config)
+        )
         return HealthStatus(
-            True, round(latency, 3), ctx.connection.describe(), None, worker_running(),
+            True,
+            round(latency, 3),
+            ctx.connection.describe(),
+            None,
+            worker_running(),
             memory,
         )
 
@@ -422,9 +446,7 @@ class Queries:
                 f"last_id must be '$' (new events only), '0' (from the start) or a stream "
                 f"id such as '1700000000000-0', got {shown(last_id)}"
             )
-        block = to_int(
-            block_ms, "block_ms", minimum=0 if follow else 1, maximum=MAX_DELAY_MS
-        )
+        block = to_int(block_ms, "block_ms", minimum=0 if follow else 1, maximum=MAX_DELAY_MS)
         conn = self.ctx.connection
         client = conn.client(blocking=True)
         deadline = conn.answer_timeout_s(CONNECT_TIMEOUT_S)

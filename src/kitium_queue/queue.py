@@ -128,11 +128,20 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
     ) -> None:
         if isinstance(name, QueueConfig):
             given = {
-                "redis": redis, "prefix": prefix, "default_job_options": default_job_options,
-                "retry": retry, "dlq": dlq, "settings": settings, "worker": worker,
-                "telemetry": telemetry, "metrics": metrics, "codecs": codecs,
-                "events_max_len": events_max_len, "idempotency_ttl": idempotency_ttl,
-                "max_payload_bytes": max_payload_bytes, "max_log_lines": max_log_lines,
+                "redis": redis,
+                "prefix": prefix,
+                "default_job_options": default_job_options,
+                "retry": retry,
+                "dlq": dlq,
+                "settings": settings,
+                "worker": worker,
+                "telemetry": telemetry,
+                "metrics": metrics,
+                "codecs": codecs,
+                "events_max_len": events_max_len,
+                "idempotency_ttl": idempotency_ttl,
+                "max_payload_bytes": max_payload_bytes,
+                "max_log_lines": max_log_lines,
             }
             defaults = QueueConfig("_").kwargs()
             extra = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
@@ -143,14 +152,37 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 )
             cfg = name
             name = cfg.name
-            (redis, prefix, default_job_options, retry, dlq, settings, worker, telemetry,
-             metrics, codecs, events_max_len, idempotency_ttl, max_payload_bytes,
-             max_log_lines) = (cfg.kwargs()[k] for k in given)
+            (
+                redis,
+                prefix,
+                default_job_options,
+                retry,
+                dlq,
+                settings,
+                worker,
+                telemetry,
+                metrics,
+                codecs,
+                events_max_len,
+                idempotency_ttl,
+                max_payload_bytes,
+                max_log_lines,
+            ) = (cfg.kwargs()[k] for k in given)
         ctx = self.ctx = QueueContext(
-            name, redis=redis, prefix=prefix, default_job_options=default_job_options,
-            retry=retry, dlq=dlq, settings=settings, worker=worker, telemetry=telemetry,
-            metrics=metrics, codecs=codecs, events_max_len=events_max_len,
-            idempotency_ttl=idempotency_ttl, max_payload_bytes=max_payload_bytes,
+            name,
+            redis=redis,
+            prefix=prefix,
+            default_job_options=default_job_options,
+            retry=retry,
+            dlq=dlq,
+            settings=settings,
+            worker=worker,
+            telemetry=telemetry,
+            metrics=metrics,
+            codecs=codecs,
+            events_max_len=events_max_len,
+            idempotency_ttl=idempotency_ttl,
+            max_payload_bytes=max_payload_bytes,
             max_log_lines=max_log_lines,
         )
         # The context's parts, as attributes of the queue (the worker, the features and
@@ -180,7 +212,10 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         # The built-in subscriber comes first: events, metrics, logs and the DLQ
         # notification keep the order they had when they were written inline.
         self._observer = Observer(
-            name, ctx.emitter, ctx.metrics, dlq_handler=ctx.dlq.notification_handler,
+            name,
+            ctx.emitter,
+            ctx.metrics,
+            dlq_handler=ctx.dlq.notification_handler,
             job_info=self.queries.get_job_status,
         )
         self.hooks.add(self._observer)
@@ -301,8 +336,14 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self.process_middleware.append(middleware)
 
     def declare_option(
-        self, name: str, *, feature: str, normalize: Normalizer | None = None,
-        default: Any = None, stored: bool = True, doc: str = "",
+        self,
+        name: str,
+        *,
+        feature: str,
+        normalize: Normalizer | None = None,
+        default: Any = None,
+        stored: bool = True,
+        doc: str = "",
     ) -> None:
         """Declare the job option ``name``, owned by ``feature``, on this queue.
 
@@ -388,8 +429,13 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self.flow.set_global_concurrency(max)
 
     def process_batch(
-        self, job_name: str, fn: Callable[..., Any] | None = None, *, size: int,
-        min_size: int = 1, max_wait: Any = 1000,
+        self,
+        job_name: str,
+        fn: Callable[..., Any] | None = None,
+        *,
+        size: int,
+        min_size: int = 1,
+        max_wait: Any = 1000,
     ) -> Any:
         """Register a batch processor: ``fn(jobs)`` gets up to ``size`` jobs at once.
 
@@ -409,8 +455,12 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             if self.worker_config.concurrency < size:
                 log.warning(
                     "queue %s: batch size %d of %r exceeds worker.concurrency=%d; batches "
-                    "will hold at most %d jobs", self.name, size, job_name,
-                    self.worker_config.concurrency, self.worker_config.concurrency,
+                    "will hold at most %d jobs",
+                    self.name,
+                    size,
+                    job_name,
+                    self.worker_config.concurrency,
+                    self.worker_config.concurrency,
                 )
             return f
 

@@ -104,9 +104,7 @@ class ScriptRegistry:
         self._fragments[name] = source
         self._changed()
 
-    def add_slot(
-        self, slot: str, name: str, source: str, *, fields: Sequence[str] = ()
-    ) -> None:
+    def add_slot(self, slot: str, name: str, source: str, *, fields: Sequence[str] = ()) -> None:
         """Fill Lua slot ``slot`` (``enqueue``, ``admission`` or ``release``) with a
         fragment: a Lua expression evaluating to the function that slot calls.
 
@@ -207,8 +205,11 @@ class ScriptRegistry:
         self._loaded.add(id(client))
 
     def _slot_summary(self) -> str:
-        parts = [f"{slot}: {', '.join(self._slots.names(slot))}"
-                 for slot in ("enqueue", "admission", "release") if self._slots.names(slot)]
+        parts = [
+            f"{slot}: {', '.join(self._slots.names(slot))}"
+            for slot in ("enqueue", "admission", "release")
+            if self._slots.names(slot)
+        ]
         return "; ".join(parts) or "none"
 
     async def call(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -381,8 +382,11 @@ _PLAIN: dict[type, bool] = {}
 def _translate(exc: ResponseError) -> Exception:
     text = str(exc)
     # redis-py strips the code of the replies it has a class for.
-    code = "OOM " if isinstance(exc, OutOfMemoryError) else (
-        "READONLY " if isinstance(exc, ReadOnlyError) else "")
+    code = (
+        "OOM "
+        if isinstance(exc, OutOfMemoryError)
+        else ("READONLY " if isinstance(exc, ReadOnlyError) else "")
+    )
     refused = write_refused(code + text)
     if refused is not None:
         return refused

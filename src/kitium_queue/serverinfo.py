@@ -62,8 +62,9 @@ async def _info(client: Any, section: str) -> dict[str, Any] | None:
     try:
         got = await client.info(section)
     except (NoPermissionError, ResponseError) as exc:
-        log.info("Redis INFO %s not available (%s): server checks skipped", section,
-                 type(exc).__name__)
+        log.info(
+            "Redis INFO %s not available (%s): server checks skipped", section, type(exc).__name__
+        )
         return None
     # A cluster client answers per node: check the first (every node of a cluster is
     # configured alike by whoever runs it; a mismatch is theirs to see in INFO).
@@ -81,9 +82,12 @@ async def check_eviction(client: Any, queue: str, allow_eviction: bool) -> None:
     if policy == SAFE_POLICY:
         return
     if allow_eviction:
-        log.warning("queue %s: Redis maxmemory-policy is %s: it may evict job records; "
-                    "the queue reports the records it finds missing (allow_eviction=True)",
-                    queue, policy)
+        log.warning(
+            "queue %s: Redis maxmemory-policy is %s: it may evict job records; "
+            "the queue reports the records it finds missing (allow_eviction=True)",
+            queue,
+            policy,
+        )
         return
     raise ConfigurationError(
         f"Redis maxmemory-policy is {policy!r} for queue {queue!r}: under memory pressure "
@@ -109,8 +113,10 @@ async def memory_report(client: Any, *, config: bool = False) -> MemoryReport | 
         if str(per.get("aof_enabled", "0")) == "1":
             fsync = await _config(client, "appendfsync") if config else ""
             parts.append(f"aof (appendfsync {fsync})" if fsync else "aof")
-        saved = int(per.get("rdb_saves", 0) or 0) > 0 or int(
-            per.get("rdb_last_bgsave_time_sec", -1) or -1) >= 0
+        saved = (
+            int(per.get("rdb_saves", 0) or 0) > 0
+            or int(per.get("rdb_last_bgsave_time_sec", -1) or -1) >= 0
+        )
         if (await _config(client, "save")) if config else saved:
             parts.append("rdb")
     return MemoryReport(
@@ -137,13 +143,22 @@ async def _config(client: Any, name: str) -> str:
 
 #: Error replies of a server that refuses writes, and what to do about each.
 _REFUSALS = (
-    ("OOM", "Redis is out of memory (maxmemory reached with the noeviction policy)",
-     "free memory (keep fewer finished jobs: remove_on_complete / remove_on_fail, "
-     "replay or remove DLQ jobs) or raise maxmemory"),
-    ("MISCONF", "Redis refuses writes because its last background save failed (MISCONF)",
-     "fix the server's disk or persistence settings (see its log)"),
-    ("READONLY", "the server is a read-only replica",
-     "point the queue at the primary (or use redis+sentinel:// to follow failovers)"),
+    (
+        "OOM",
+        "Redis is out of memory (maxmemory reached with the noeviction policy)",
+        "free memory (keep fewer finished jobs: remove_on_complete / remove_on_fail, "
+        "replay or remove DLQ jobs) or raise maxmemory",
+    ),
+    (
+        "MISCONF",
+        "Redis refuses writes because its last background save failed (MISCONF)",
+        "fix the server's disk or persistence settings (see its log)",
+    ),
+    (
+        "READONLY",
+        "the server is a read-only replica",
+        "point the queue at the primary (or use redis+sentinel:// to follow failovers)",
+    ),
 )
 
 

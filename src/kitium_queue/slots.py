@@ -266,14 +266,17 @@ def _header(slot: str, frags: list[SlotFragment]) -> list[str]:
     return lines
 
 
-def _guarded(slot: str, frags: list[SlotFragment], args: str, result: str,
-             on_success: str = "") -> list[str]:
+def _guarded(
+    slot: str, frags: list[SlotFragment], args: str, result: str, on_success: str = ""
+) -> list[str]:
     """One ``pcall`` per fragment: a failure is recorded (slot_failed) and the rest run."""
     out = []
     for i, f in enumerate(frags):
         out.append(f"  ok, {result} = pcall({slot}_{i}, {args})")
-        out.append(f"  if not ok then slot_failed('{slot}', {lua_string(f.name)}, {result})"
-                   f"{on_success} end")
+        out.append(
+            f"  if not ok then slot_failed('{slot}', {lua_string(f.name)}, {result})"
+            f"{on_success} end"
+        )
     return out
 
 
@@ -311,9 +314,13 @@ def _compose_enqueue(frags: list[SlotFragment]) -> str:
     lines.append("local function enqueue_slot(id, jk, opts, state, pri, q)")
     lines.append("  local blocker, ok, b = nil, true, nil")
     # The first fragment that names a blocker parks the job (the others still run).
-    lines += _guarded("enqueue", frags, "id, jk, opts, state", "b",
-                      " elseif blocker == nil and type(b) == 'string' and b ~= '' then"
-                      " blocker = b")
+    lines += _guarded(
+        "enqueue",
+        frags,
+        "id, jk, opts, state",
+        "b",
+        " elseif blocker == nil and type(b) == 'string' and b ~= '' then blocker = b",
+    )
     lines.append("  if blocker == nil or state ~= 'waiting' then return false end")
     lines.append("  park(id, jk, int(wait_score(pri, q)), blocker)")
     lines.append("  return true")
@@ -335,8 +342,9 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
             f"  local ok{i}, pass{i}, commit{i} = pcall(admission_{i}, id, jk, opts{args})"
         )
         lines.append(f"  if not ok{i} then")
-        lines.append(f"    ADMIT_PARK = nil; slot_failed('admission', {name}, pass{i}); "
-                     "return false")
+        lines.append(
+            f"    ADMIT_PARK = nil; slot_failed('admission', {name}, pass{i}); return false"
+        )
         lines.append("  end")
         lines.append(f"  if not pass{i} then return false end")
     for i, frag in enumerate(frags):

@@ -177,9 +177,7 @@ class Worker:
             *self._pumps,
             loop.create_task(self._waker(), name=f"kq-waker-{q.name}"),
             loop.create_task(self.leases.renew(self._client), name=f"kq-renew-{q.name}"),
-            loop.create_task(
-                self.leases.sweep(lambda: self._stopping), name=f"kq-sweep-{q.name}"
-            ),
+            loop.create_task(self.leases.sweep(lambda: self._stopping), name=f"kq-sweep-{q.name}"),
         ]
         for svc in q.services:
             try:
@@ -291,9 +289,7 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._signal.wait(), idle_for)
 
-    def _round_calls(
-        self, batch: Batch, free: int
-    ) -> tuple[list[ScriptCall], dict[str, Run], int]:
+    def _round_calls(self, batch: Batch, free: int) -> tuple[list[ScriptCall], dict[str, Run], int]:
         """The calls of one round: lease renewals after an outage, the finish calls of
         ``batch``, a claim for ``free`` slots; plus the runs renewed and how many calls
         renew."""
@@ -380,9 +376,7 @@ class Worker:
                 self.hooks.emit_queue_error(self.queue.name, exc)
 
     # ------------------------------------------------------------------ claimed jobs
-    def _claimed(
-        self, reply: Any, asked: int, idle_for: float | None
-    ) -> tuple[float | None, bool]:
+    def _claimed(self, reply: Any, asked: int, idle_for: float | None) -> tuple[float | None, bool]:
         """Handle the claim reply of a round that asked for ``asked`` slots. Returns how
         long the lane may sleep when it next finds nothing to do (``idle_for`` as it was
         when jobs were claimed: the lane goes on at once), and whether the claim failed."""

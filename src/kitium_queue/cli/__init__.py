@@ -58,7 +58,9 @@ def _exit_codes_help() -> str:
     return "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
 
 
-@click.group(cls=Main, help=f"""kitium-queue: an asyncio job queue on Redis.
+@click.group(
+    cls=Main,
+    help=f"""kitium-queue: an asyncio job queue on Redis.
 
 \b
 Exit codes:
@@ -68,17 +70,25 @@ Exit codes:
 An error is one line on stderr; --debug or -v adds its traceback. Commands that print
 data take --json; text is rich tables on a terminal (with the optional package 'rich'),
 plain tab-separated rows otherwise.
-""")
+""",
+)
 @click.version_option(package_name="kitium-job-queue")
 @click.option(
-    "-v", "--verbose", count=True,
+    "-v",
+    "--verbose",
+    count=True,
     help="More logging (-v info, -vv debug); errors show their traceback.",
 )
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-@click.option("--rich", "style", flag_value="rich",
-              help="Tables and progress bars with rich, also off a terminal.")
-@click.option("--plain", "style", flag_value="plain",
-              help="Plain tab-separated rows, also on a terminal.")
+@click.option(
+    "--rich",
+    "style",
+    flag_value="rich",
+    help="Tables and progress bars with rich, also off a terminal.",
+)
+@click.option(
+    "--plain", "style", flag_value="plain", help="Plain tab-separated rows, also on a terminal."
+)
 def main(verbose: int, debug: bool, style: str | None) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -86,8 +96,12 @@ def main(verbose: int, debug: bool, style: str | None) -> None:
 
 for _command in (worker, stats, health, pause, resume, job, events, demo):
     main.add_command(_command)
-for _name, _group in (("jobs", jobs), ("dlq", dlq), ("schedules", schedules),
-                      ("breakers", breakers)):
+for _name, _group in (
+    ("jobs", jobs),
+    ("dlq", dlq),
+    ("schedules", schedules),
+    ("breakers", breakers),
+):
     main.add_command(_group, _name)
 
 

@@ -103,7 +103,8 @@ def _resolve(app: str) -> Any:
         obj = obj()
     if not isinstance(obj, (JobQueue, MultiQueue)):
         raise click.BadParameter(
-            f"{app!r} is a {type(obj).__name__}, not a JobQueue or PartitionedQueue")
+            f"{app!r} is a {type(obj).__name__}, not a JobQueue or PartitionedQueue"
+        )
     return obj
 
 
@@ -177,9 +178,7 @@ def with_queue(app: str, redis: str | None, action: Callable[[Any], Awaitable[T]
     return asyncio.run(go())
 
 
-def with_single_queue(
-    app: str, redis: str | None, action: Callable[[Any], Awaitable[T]]
-) -> T:
+def with_single_queue(app: str, redis: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
     """``with_queue`` for commands of one physical queue (the features' commands)."""
 
     async def one(queue: Any) -> T:

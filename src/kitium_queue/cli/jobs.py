@@ -60,8 +60,17 @@ def _ran(info: JobInfo) -> int | None:
 def _listing(out: Output, infos: Sequence[JobInfo], now: int, empty: str) -> None:
     out.table(
         ["id", "name", "state", "attempts", "created", "detail"],
-        [[i.id, i.name, i.status.value, f"{i.attempts}/{i.max_attempts}", when(i.created_at),
-          _state_column(i, now)] for i in infos],
+        [
+            [
+                i.id,
+                i.name,
+                i.status.value,
+                f"{i.attempts}/{i.max_attempts}",
+                when(i.created_at),
+                _state_column(i, now),
+            ]
+            for i in infos
+        ],
         empty=empty if not infos else None,
     )
 
@@ -78,16 +87,28 @@ def jobs() -> None:
 
 @jobs.command("list")
 @click.argument("app")
-@click.option("-s", "--state", type=click.Choice(_STATES), default="waiting",
-              show_default=True, help="The state to list.")
+@click.option(
+    "-s",
+    "--state",
+    type=click.Choice(_STATES),
+    default="waiting",
+    show_default=True,
+    help="The state to list.",
+)
 @filter_options()
-@click.option("-n", "--limit", type=_LIMIT, default=20, show_default=True,
-              help="Jobs per page.")
+@click.option("-n", "--limit", type=_LIMIT, default=20, show_default=True, help="Jobs per page.")
 @click.option("--cursor", default=None, help="Where the previous page ended (printed by it).")
 @json_option
 @redis_option
-def jobs_list(app: str, state: str, limit: int, cursor: str | None, as_json: bool,
-              redis: str | None, **flt: Any) -> None:
+def jobs_list(
+    app: str,
+    state: str,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+    redis: str | None,
+    **flt: Any,
+) -> None:
     """Jobs of one state, in its order (finished ones newest first), filtered.
 
     Plain output: one job per line: id, name, state, attempts/max, created (UTC), and
@@ -99,8 +120,13 @@ def jobs_list(app: str, state: str, limit: int, cursor: str | None, as_json: boo
     async def act(q: Any) -> None:
         found = await find(q, parse_status(state), selector, limit=limit, cursor=cursor)
         if as_json:
-            out.json({"jobs": [i.to_dict() for i in found.jobs],
-                      "next_cursor": found.next_cursor, "scanned": found.scanned})
+            out.json(
+                {
+                    "jobs": [i.to_dict() for i in found.jobs],
+                    "next_cursor": found.next_cursor,
+                    "scanned": found.scanned,
+                }
+            )
             return
         _listing(out, found.jobs, selector.now_ms, f"no {state} jobs match")
         _next_page(found.next_cursor)
@@ -111,12 +137,17 @@ def jobs_list(app: str, state: str, limit: int, cursor: str | None, as_json: boo
 @jobs.command("show")
 @click.argument("app")
 @click.argument("job_id")
-@click.option("--logs", "log_lines", type=click.IntRange(0, 10_000), default=20,
-              show_default=True, help="Latest log lines shown.")
+@click.option(
+    "--logs",
+    "log_lines",
+    type=click.IntRange(0, 10_000),
+    default=20,
+    show_default=True,
+    help="Latest log lines shown.",
+)
 @json_option
 @redis_option
-def jobs_show(app: str, job_id: str, log_lines: int, as_json: bool,
-              redis: str | None) -> None:
+def jobs_show(app: str, job_id: str, log_lines: int, as_json: bool, redis: str | None) -> None:
     """One job: data (redacted when protected), progress, attempts, timings, error with
     traceback, the worker holding it, its lease deadline and its latest log lines.
     Exit 1 when there is no such job."""
@@ -126,28 +157,46 @@ def jobs_show(app: str, job_id: str, log_lines: int, as_json: bool,
         d = await q.get_job_detail(job_id)
         if d is None:
             raise click.ClickException(
-                f"job {text_field(job_id)} not found in queue '{text_field(q.name)}'")
+                f"job {text_field(job_id)} not found in queue '{text_field(q.name)}'"
+            )
         logs = await q.get_job_logs(job_id, -log_lines, -1) if log_lines else []
         if as_json:
             out.json({**d.to_dict(), "logs": logs})
             return
         now = JobFilter().now_ms
-        waited = None if d.started_at is None or d.created_at is None else (
-            d.started_at - d.created_at)
-        lease = None if d.lease_deadline is None else (
-            f"{when(d.lease_deadline)} (in {span(d.lease_deadline - now)})")
-        out.fields([
-            ("id", d.id), ("name", d.name), ("state", d.status.value),
-            ("attempts", f"{d.attempts} of {d.max_attempts}"), ("stalls", d.stalls),
-            ("priority", d.priority), ("progress", json.dumps(d.progress, default=str)),
-            ("created", when(d.created_at)), ("started", when(d.started_at)),
-            ("finished", when(d.finished_at)), ("delayed until", when(d.delayed_until)),
-            ("waited", span(waited)), ("ran", span(_ran(d))),
-            ("worker", d.worker), ("lease deadline", lease),
-            ("failed reason", d.failed_reason), ("last error", d.last_error),
-            ("options", json.dumps(d.options, default=str)),
-            ("damaged", d.damaged), ("log lines", d.log_lines),
-        ], title=f"job {d.id}")
+        waited = (
+            None if d.started_at is None or d.created_at is None else (d.started_at - d.created_at)
+        )
+        lease = (
+            None
+            if d.lease_deadline is None
+            else (f"{when(d.lease_deadline)} (in {span(d.lease_deadline - now)})")
+        )
+        out.fields(
+            [
+                ("id", d.id),
+                ("name", d.name),
+                ("state", d.status.value),
+                ("attempts", f"{d.attempts} of {d.max_attempts}"),
+                ("stalls", d.stalls),
+                ("priority", d.priority),
+                ("progress", json.dumps(d.progress, default=str)),
+                ("created", when(d.created_at)),
+                ("started", when(d.started_at)),
+                ("finished", when(d.finished_at)),
+                ("delayed until", when(d.delayed_until)),
+                ("waited", span(waited)),
+                ("ran", span(_ran(d))),
+                ("worker", d.worker),
+                ("lease deadline", lease),
+                ("failed reason", d.failed_reason),
+                ("last error", d.last_error),
+                ("options", json.dumps(d.options, default=str)),
+                ("damaged", d.damaged),
+                ("log lines", d.log_lines),
+            ],
+            title=f"job {d.id}",
+        )
         out.block("data", json.dumps(d.data, indent=2, default=str).splitlines())
         if d.result is not None:
             out.block("result", json.dumps(d.result, indent=2, default=str).splitlines())
@@ -159,15 +208,16 @@ def jobs_show(app: str, job_id: str, log_lines: int, as_json: bool,
 
 
 # ---------------------------------------------------------------------- acting on jobs
-async def _each(out: Output, label: str, ids: Sequence[str],
-                fn: Callable[[str], Awaitable[Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+async def _each(
+    out: Output, label: str, ids: Sequence[str], fn: Callable[[str], Awaitable[Any]]
+) -> tuple[list[str], list[tuple[str, str]]]:
     """``fn(id)`` for every id, a few at a time, with a progress bar. A job that is not
     there or not in a state for it is noted and skipped; any other error ends it all."""
     done: list[str] = []
     failed: list[tuple[str, str]] = []
     with out.progress(len(ids), label) as advance:
         for k in range(0, len(ids), _CONCURRENT):
-            chunk = ids[k:k + _CONCURRENT]
+            chunk = ids[k : k + _CONCURRENT]
             results = await asyncio.gather(*(fn(i) for i in chunk), return_exceptions=True)
             for jid, r in zip(chunk, results, strict=True):
                 if isinstance(r, (JobNotFoundError, JobStateError)):
@@ -182,11 +232,18 @@ async def _each(out: Output, label: str, ids: Sequence[str],
     return done, failed
 
 
-def _report(out: Output, past: str, matched: int, done: list[str],
-            failed: list[tuple[str, str]]) -> None:
+def _report(
+    out: Output, past: str, matched: int, done: list[str], failed: list[tuple[str, str]]
+) -> None:
     if out.as_json:
-        out.json({"action": past, "matched": matched, "done": done,
-                  "failed": [{"id": i, "error": e} for i, e in failed]})
+        out.json(
+            {
+                "action": past,
+                "matched": matched,
+                "done": done,
+                "failed": [{"id": i, "error": e} for i, e in failed],
+            }
+        )
     else:
         out.line(f"{past} {len(done)} job(s)")
         for jid, err in failed:
@@ -200,39 +257,64 @@ def _confirm(question: str, yes: bool) -> None:
         click.confirm(question, abort=True, err=True)
 
 
-async def _select(q: Any, out: Output, ids: Sequence[str], state: str, selector: JobFilter,
-                  limit: int) -> list[str]:
+async def _select(
+    q: Any, out: Output, ids: Sequence[str], state: str, selector: JobFilter, limit: int
+) -> list[str]:
     """The ids given, or those of the jobs of ``state`` that match ``selector``."""
     if ids:
         return list(dict.fromkeys(ids))
     total = (await q.get_stats()).to_dict().get(state, 0)
-    with out.progress(min(total, limit) if selector.empty else total,
-                      f"finding {state} jobs") as advance:
+    with out.progress(
+        min(total, limit) if selector.empty else total, f"finding {state} jobs"
+    ) as advance:
         found = await find(q, parse_status(state), selector, limit=limit, on_page=advance)
     return [i.id for i in found.jobs]
 
 
-def _bulk_command(verb: str, past: str, method: str, states: Sequence[str],
-                  default_state: str | None, summary: str) -> click.Command:
-    state_help = (f"State of the jobs to {verb} by filter"
-                  + (f" (default {default_state})." if default_state else " (required)."))
+def _bulk_command(
+    verb: str,
+    past: str,
+    method: str,
+    states: Sequence[str],
+    default_state: str | None,
+    summary: str,
+) -> click.Command:
+    state_help = f"State of the jobs to {verb} by filter" + (
+        f" (default {default_state})." if default_state else " (required)."
+    )
 
-    @jobs.command(verb, help=(
-        f"{summary}\n\nGive JOB_IDS, or no ids and a state (and filters): every matching "
-        f"job is {past} after a confirmation (--yes skips it). Exit 1 if any job could "
-        "not be (not found, or not in a state for it)."))
+    @jobs.command(
+        verb,
+        help=(
+            f"{summary}\n\nGive JOB_IDS, or no ids and a state (and filters): every matching "
+            f"job is {past} after a confirmation (--yes skips it). Exit 1 if any job could "
+            "not be (not found, or not in a state for it)."
+        ),
+    )
     @click.argument("app")
     @click.argument("job_ids", nargs=-1)
-    @click.option("-s", "--state", type=click.Choice(list(states)), default=None,
-                  help=state_help)
+    @click.option("-s", "--state", type=click.Choice(list(states)), default=None, help=state_help)
     @filter_options()
-    @click.option("-n", "--limit", type=_LIMIT, default=MAX_QUERY_LIMIT,
-                  help="At most this many jobs by filter.")
+    @click.option(
+        "-n",
+        "--limit",
+        type=_LIMIT,
+        default=MAX_QUERY_LIMIT,
+        help="At most this many jobs by filter.",
+    )
     @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
     @json_option
     @redis_option
-    def command(app: str, job_ids: tuple[str, ...], state: str | None, limit: int,
-                yes: bool, as_json: bool, redis: str | None, **flt: Any) -> None:
+    def command(
+        app: str,
+        job_ids: tuple[str, ...],
+        state: str | None,
+        limit: int,
+        yes: bool,
+        as_json: bool,
+        redis: str | None,
+        **flt: Any,
+    ) -> None:
         out = output(as_json)
         selector = make_filter(**flt)
         if job_ids and (state is not None or not selector.empty):
@@ -250,8 +332,11 @@ def _bulk_command(verb: str, past: str, method: str, states: Sequence[str],
                     else:
                         out.line(f"no {chosen} jobs match ({selector.describe()})")
                     return
-                _confirm(f"{verb.capitalize()} {len(ids)} {chosen} job(s) "
-                         f"({selector.describe()}) in queue '{text_field(q.name)}'?", yes)
+                _confirm(
+                    f"{verb.capitalize()} {len(ids)} {chosen} job(s) "
+                    f"({selector.describe()}) in queue '{text_field(q.name)}'?",
+                    yes,
+                )
             done, failed = await _each(out, verb, ids, getattr(q, method))
             _report(out, past, len(ids), done, failed)
 
@@ -261,15 +346,29 @@ def _bulk_command(verb: str, past: str, method: str, states: Sequence[str],
 
 
 jobs_retry = _bulk_command(
-    "retry", "retried", "retry_job", ["failed", "dlq", "completed"], "failed",
-    "Run finished jobs again with fresh attempts.")
+    "retry",
+    "retried",
+    "retry_job",
+    ["failed", "dlq", "completed"],
+    "failed",
+    "Run finished jobs again with fresh attempts.",
+)
 jobs_remove = _bulk_command(
-    "remove", "removed", "remove_job",
-    [s for s in _STATES if s != "active"], None,
-    "Delete jobs that are not running (cancel running ones).")
+    "remove",
+    "removed",
+    "remove_job",
+    [s for s in _STATES if s != "active"],
+    None,
+    "Delete jobs that are not running (cancel running ones).",
+)
 jobs_promote = _bulk_command(
-    "promote", "promoted", "promote_job", ["delayed"], "delayed",
-    "Move delayed jobs to waiting now, due or not.")
+    "promote",
+    "promoted",
+    "promote_job",
+    ["delayed"],
+    "delayed",
+    "Move delayed jobs to waiting now, due or not.",
+)
 
 
 @jobs.command("cancel")
@@ -290,9 +389,14 @@ def jobs_cancel(app: str, job_ids: tuple[str, ...], as_json: bool, redis: str | 
 
         done, failed = await _each(out, "cancel", list(dict.fromkeys(job_ids)), one)
         if as_json:
-            out.json({"action": "cancelled", "matched": len(job_ids),
-                      "done": [{"id": i, "outcome": outcome[i]} for i in done],
-                      "failed": [{"id": i, "error": e} for i, e in failed]})
+            out.json(
+                {
+                    "action": "cancelled",
+                    "matched": len(job_ids),
+                    "done": [{"id": i, "outcome": outcome[i]} for i in done],
+                    "failed": [{"id": i, "error": e} for i, e in failed],
+                }
+            )
         else:
             out.table(["id", "outcome"], [[i, outcome[i]] for i in done])
             for jid, err in failed:
@@ -316,8 +420,9 @@ def dlq() -> None:
 @click.option("--cursor", default=None, help="Where the previous page ended (printed by it).")
 @json_option
 @redis_option
-def dlq_list(app: str, limit: int, cursor: str | None, as_json: bool, redis: str | None,
-             **flt: Any) -> None:
+def dlq_list(
+    app: str, limit: int, cursor: str | None, as_json: bool, redis: str | None, **flt: Any
+) -> None:
     """Dead-lettered jobs, newest first, filtered by name, data, error text and age.
 
     Plain output: one job per line: id, name, attempts=N, failure reason."""
@@ -327,13 +432,23 @@ def dlq_list(app: str, limit: int, cursor: str | None, as_json: bool, redis: str
     async def act(q: Any) -> None:
         found = await find(q, JobStatus.DLQ, selector, limit=limit, cursor=cursor)
         if as_json:
-            out.json({"jobs": [i.to_dict() for i in found.jobs],
-                      "next_cursor": found.next_cursor, "scanned": found.scanned})
+            out.json(
+                {
+                    "jobs": [i.to_dict() for i in found.jobs],
+                    "next_cursor": found.next_cursor,
+                    "scanned": found.scanned,
+                }
+            )
             return
         if out.rich:
-            out.table(["id", "name", "attempts", "failed", "reason"],
-                      [[i.id, i.name, i.attempts, when(i.finished_at), i.failed_reason]
-                       for i in found.jobs], empty="the DLQ holds no matching job")
+            out.table(
+                ["id", "name", "attempts", "failed", "reason"],
+                [
+                    [i.id, i.name, i.attempts, when(i.finished_at), i.failed_reason]
+                    for i in found.jobs
+                ],
+                empty="the DLQ holds no matching job",
+            )
         else:
             for i in found.jobs:
                 out.line(i.id, i.name, f"attempts={i.attempts}", i.failed_reason)
@@ -345,13 +460,20 @@ def dlq_list(app: str, limit: int, cursor: str | None, as_json: bool, redis: str
 @dlq.command("replay")
 @click.argument("app")
 @filter_options()
-@click.option("-n", "--limit", type=_LIMIT, default=1000, show_default=True,
-              help="At most this many jobs (without filters, the oldest first).")
+@click.option(
+    "-n",
+    "--limit",
+    type=_LIMIT,
+    default=1000,
+    show_default=True,
+    help="At most this many jobs (without filters, the oldest first).",
+)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @redis_option
-def dlq_replay(app: str, limit: int, yes: bool, as_json: bool, redis: str | None,
-               **flt: Any) -> None:
+def dlq_replay(
+    app: str, limit: int, yes: bool, as_json: bool, redis: str | None, **flt: Any
+) -> None:
     """Move dead-lettered jobs back to waiting with fresh attempts: all of them (up to
     --limit), or those matching the filters, after a confirmation (--yes skips it)."""
     out = output(as_json)
@@ -361,8 +483,7 @@ def dlq_replay(app: str, limit: int, yes: bool, as_json: bool, redis: str | None
         if selector.empty:
             n = min((await q.get_stats()).dlq, limit)
             if n:
-                _confirm(f"Replay {n} dead-lettered job(s) of queue '{text_field(q.name)}'?",
-                         yes)
+                _confirm(f"Replay {n} dead-lettered job(s) of queue '{text_field(q.name)}'?", yes)
             moved = 0
             with out.progress(n, "replay") as advance:
                 while moved < n:
@@ -379,10 +500,12 @@ def dlq_replay(app: str, limit: int, yes: bool, as_json: bool, redis: str | None
         found = await find(q, JobStatus.DLQ, selector, limit=limit)
         ids = [i.id for i in found.jobs]
         if ids:
-            _confirm(f"Replay {len(ids)} dead-lettered job(s) ({selector.describe()}) of "
-                     f"queue '{text_field(q.name)}'?", yes)
+            _confirm(
+                f"Replay {len(ids)} dead-lettered job(s) ({selector.describe()}) of "
+                f"queue '{text_field(q.name)}'?",
+                yes,
+            )
         done, failed = await _each(out, "replay", ids, q.retry_job)
         _report(out, "replayed", len(ids), done, failed)
 
     with_queue(app, redis, act)
-

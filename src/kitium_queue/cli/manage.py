@@ -41,8 +41,7 @@ def schedules_list(app: str, as_json: bool, redis: str | None) -> None:
         for s in items:
             timing = f"cron {s.cron} ({s.tz})" if s.cron else f"every {s.every_ms} ms"
             state = "paused" if s.paused else "finished" if s.finished else "active"
-            rows.append([s.id, s.job_name, timing, state, when(s.next_run_at), s.runs,
-                         s.skipped])
+            rows.append([s.id, s.job_name, timing, state, when(s.next_run_at), s.runs, s.skipped])
         if out.rich:
             out.table(["id", "job", "timing", "state", "next run", "runs", "skipped"], rows)
         else:
@@ -76,15 +75,21 @@ def _schedule_action(verb: str, method: str, done: str, what: str) -> Any:
 
 
 schedules_pause = _schedule_action(
-    "pause", "pause_schedule", "paused",
+    "pause",
+    "pause_schedule",
+    "paused",
     "Stop schedule SCHEDULE_ID of APP from firing (its jobs already enqueued stay).",
 )
 schedules_resume = _schedule_action(
-    "resume", "resume_schedule", "resumed",
+    "resume",
+    "resume_schedule",
+    "resumed",
     "Resume paused schedule SCHEDULE_ID of APP at its next tick from now.",
 )
 schedules_remove = _schedule_action(
-    "remove", "remove_schedule", "removed",
+    "remove",
+    "remove_schedule",
+    "removed",
     "Delete schedule SCHEDULE_ID of APP (its jobs already enqueued stay).",
 )
 
@@ -95,20 +100,46 @@ def breakers() -> None:
     """List, show, reset and open the queue's circuit breakers."""
 
 
-_BREAKER_COLUMNS = ["id", "state", "since", "requests", "failures", "rate", "held",
-                    "next probe", "job name"]
+_BREAKER_COLUMNS = [
+    "id",
+    "state",
+    "since",
+    "requests",
+    "failures",
+    "rate",
+    "held",
+    "next probe",
+    "job name",
+]
 
 
 def _breaker_fields(st: Any) -> list[object]:
-    return [st.config.id, st.state, when(st.since_ms), st.requests, st.failures,
-            f"{st.failure_rate:g}%", st.held_jobs, when(st.next_probe_ms),
-            st.config.job_name or "-"]
+    return [
+        st.config.id,
+        st.state,
+        when(st.since_ms),
+        st.requests,
+        st.failures,
+        f"{st.failure_rate:g}%",
+        st.held_jobs,
+        when(st.next_probe_ms),
+        st.config.job_name or "-",
+    ]
 
 
 def _breaker_row(st: Any) -> str:
     f = _breaker_fields(st)
-    return row(f[0], f[1], f"since={f[2]}", f"requests={f[3]}", f"failures={f[4]}",
-               f"rate={f[5]}", f"held={f[6]}", f"next_probe={f[7]}", f"job_name={f[8]}")
+    return row(
+        f[0],
+        f[1],
+        f"since={f[2]}",
+        f"requests={f[3]}",
+        f"failures={f[4]}",
+        f"rate={f[5]}",
+        f"held={f[6]}",
+        f"next_probe={f[7]}",
+        f"job_name={f[8]}",
+    )
 
 
 def _show_breakers(as_json: bool, items: list[Any]) -> None:
@@ -148,12 +179,17 @@ def breakers_list(app: str, as_json: bool, redis: str | None) -> None:
 @breakers.command("show")
 @click.argument("app")
 @click.argument("breaker_id")
-@click.option("-n", "--history", "limit", default=10, show_default=True,
-              help="State changes shown, newest first.")
+@click.option(
+    "-n",
+    "--history",
+    "limit",
+    default=10,
+    show_default=True,
+    help="State changes shown, newest first.",
+)
 @json_option
 @redis_option
-def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool,
-                  redis: str | None) -> None:
+def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool, redis: str | None) -> None:
     """Show one breaker: its definition, state, counts and latest state changes."""
     out = output(as_json)
 
@@ -166,14 +202,19 @@ def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool,
             return
         _show_breakers(False, [st])
         th = st.config.failure_threshold
-        out.line("threshold", f"{th.percentage:g}% of >= {th.min_requests}",
-                 f"window={st.config.window}ms", f"timeout={st.config.timeout}ms",
-                 f"probes={st.config.half_open_probes}",
-                 f"probe_timeout={st.config.probe_timeout}ms")
+        out.line(
+            "threshold",
+            f"{th.percentage:g}% of >= {th.min_requests}",
+            f"window={st.config.window}ms",
+            f"timeout={st.config.timeout}ms",
+            f"probes={st.config.half_open_probes}",
+            f"probe_timeout={st.config.probe_timeout}ms",
+        )
         out.line("reason", st.reason or "-")
-        out.table(["at", "change", "reason"],
-                  [[when(h.at_ms), f"{h.from_state} -> {h.to_state}", h.reason]
-                   for h in hist])
+        out.table(
+            ["at", "change", "reason"],
+            [[when(h.at_ms), f"{h.from_state} -> {h.to_state}", h.reason] for h in hist],
+        )
 
     with_single_queue(app, redis, act)
 
@@ -184,8 +225,9 @@ def breakers_show(app: str, breaker_id: str, limit: int, as_json: bool,
 @click.option("--reason", default="", help="Recorded with the state change.")
 @json_option
 @redis_option
-def breakers_reset(app: str, breaker_id: str, reason: str, as_json: bool,
-                   redis: str | None) -> None:
+def breakers_reset(
+    app: str, breaker_id: str, reason: str, as_json: bool, redis: str | None
+) -> None:
     """Close BREAKER_ID now; the jobs it held go back to wait."""
     st = with_single_queue(app, redis, lambda q: _manager(q).reset(breaker_id, reason))
     if as_json:
@@ -197,16 +239,19 @@ def breakers_reset(app: str, breaker_id: str, reason: str, as_json: bool,
 @breakers.command("open")
 @click.argument("app")
 @click.argument("breaker_id")
-@click.option("--duration", type=int, default=None,
-              help="ms to stay open (default: the breaker's timeout).")
+@click.option(
+    "--duration", type=int, default=None, help="ms to stay open (default: the breaker's timeout)."
+)
 @click.option("--reason", default="", help="Recorded with the state change.")
 @json_option
 @redis_option
-def breakers_open(app: str, breaker_id: str, duration: int | None, reason: str,
-                  as_json: bool, redis: str | None) -> None:
+def breakers_open(
+    app: str, breaker_id: str, duration: int | None, reason: str, as_json: bool, redis: str | None
+) -> None:
     """Open BREAKER_ID now: its bound jobs are held until it half-opens."""
-    st = with_single_queue(app, redis,
-                           lambda q: _manager(q).force_open(breaker_id, duration, reason))
+    st = with_single_queue(
+        app, redis, lambda q: _manager(q).force_open(breaker_id, duration, reason)
+    )
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2))
     else:

@@ -95,17 +95,24 @@ class Output:
         self.forced = style == "rich"
         if style == "rich" and not have_rich():
             raise click.UsageError(
-                "--rich needs the optional package 'rich': pip install 'kitium-job-queue[cli]'")
+                "--rich needs the optional package 'rich': pip install 'kitium-job-queue[cli]'"
+            )
         self.rich = not as_json and (
-            self.forced or (style == "auto" and sys.stdout.isatty() and have_rich()))
+            self.forced or (style == "auto" and sys.stdout.isatty() and have_rich())
+        )
 
     # ------------------------------------------------------------------ consoles
     def _console(self, err: bool = False) -> Any:
         from rich.console import Console
 
         # Made per call: stdout may be replaced between calls (tests, redirections).
-        return Console(file=sys.stderr if err else sys.stdout, highlight=False,
-                       markup=False, emoji=False, soft_wrap=False)
+        return Console(
+            file=sys.stderr if err else sys.stdout,
+            highlight=False,
+            markup=False,
+            emoji=False,
+            soft_wrap=False,
+        )
 
     @staticmethod
     def _cell(value: object) -> Any:
@@ -122,9 +129,15 @@ class Output:
         """One plain line of escaped fields (a message, or a row of a plain table)."""
         click.echo(row(*fields))
 
-    def table(self, columns: Sequence[str], rows: Sequence[Sequence[object]], *,
-              title: str | None = None, empty: str | None = None,
-              header: bool = False) -> None:
+    def table(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[object]],
+        *,
+        title: str | None = None,
+        empty: str | None = None,
+        header: bool = False,
+    ) -> None:
         """Rows under ``columns``: a rich table, or one plain line per row (with the
         column names first when ``header``). ``empty`` is printed instead of an empty
         table (plain output prints nothing for no rows unless it is given)."""
@@ -154,8 +167,11 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(show_header=False, title=None if title is None else text_field(title),
-                      title_justify="left")
+        table = Table(
+            show_header=False,
+            title=None if title is None else text_field(title),
+            title_justify="left",
+        )
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for k, v in pairs:
@@ -181,8 +197,11 @@ class Output:
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:
         """A progress bar on stderr for an operation over ``total`` items; yields
         ``advance(n)``. Shown with rich on a terminal (or ``--rich``), else nothing."""
-        show = not self.as_json and have_rich() and (
-            self.forced or (self.rich and sys.stderr.isatty()))
+        show = (
+            not self.as_json
+            and have_rich()
+            and (self.forced or (self.rich and sys.stderr.isatty()))
+        )
         if not show or total <= 0:
             yield lambda n: None
             return
@@ -194,8 +213,13 @@ class Output:
             TimeElapsedColumn,
         )
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=self._console(err=True)) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self._console(err=True),
+        ) as bar:
             task = bar.add_task(text_field(label), total=total)
             yield lambda n: bar.advance(task, n)
 

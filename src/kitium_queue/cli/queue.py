@@ -59,20 +59,27 @@ async def _read_stats(q: Any) -> list[tuple[str, QueueStats]]:
     """(label, stats) per physical queue, and the total first for a façade."""
     if isinstance(q, MultiQueue):
         parts = await asyncio.gather(*(m.get_stats() for m in q.queues))
-        return [("total", await q.get_stats()),
-                *((m.name, s) for m, s in zip(q.queues, parts, strict=True))]
+        return [
+            ("total", await q.get_stats()),
+            *((m.name, s) for m, s in zip(q.queues, parts, strict=True)),
+        ]
     return [(q.name, await q.get_stats())]
 
 
-def _stats_table(out: Output, rows: list[tuple[str, QueueStats]],
-                 rates: dict[str, float] | None) -> None:
+def _stats_table(
+    out: Output, rows: list[tuple[str, QueueStats]], rates: dict[str, float] | None
+) -> None:
     cols = ["queue", *_COUNTS, "latency", "state"]
     if rates is not None:
         cols.append("done/s")
     body = []
     for label, s in rows:
-        r: list[object] = [label, *(getattr(s, c) for c in _COUNTS), span(s.latency_ms),
-                           "paused" if s.is_paused else "running"]
+        r: list[object] = [
+            label,
+            *(getattr(s, c) for c in _COUNTS),
+            span(s.latency_ms),
+            "paused" if s.is_paused else "running",
+        ]
         if rates is not None:
             r.append(f"{rates.get(label, 0.0):.1f}")
         body.append(r)
@@ -82,14 +89,25 @@ def _stats_table(out: Output, rows: list[tuple[str, QueueStats]],
 @click.command()
 @click.argument("app")
 @click.option("-w", "--watch", is_flag=True, help="Refresh until Ctrl-C.")
-@click.option("-i", "--interval", type=click.FloatRange(0.1, 3600), default=2.0,
-              show_default=True, help="Seconds between refreshes (--watch).")
-@click.option("--count", type=click.IntRange(1), default=None,
-              help="Stop after this many refreshes (--watch).")
+@click.option(
+    "-i",
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes (--watch).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop after this many refreshes (--watch).",
+)
 @json_option
 @redis_option
-def stats(app: str, watch: bool, interval: float, count: int | None, as_json: bool,
-          redis: str | None) -> None:
+def stats(
+    app: str, watch: bool, interval: float, count: int | None, as_json: bool, redis: str | None
+) -> None:
     """Counts of every state, the age of the oldest waiting job, paused or not; per
     partition too for a partitioned queue. --watch refreshes the table (with the
     completions per second since the last refresh); with --json it prints one JSON
@@ -97,9 +115,14 @@ def stats(app: str, watch: bool, interval: float, count: int | None, as_json: bo
     out = output(as_json)
 
     def as_doc(rows: list[tuple[str, QueueStats]], compact: bool) -> str:
-        doc: Any = rows[0][1].to_dict() if len(rows) == 1 else {
-            "total": rows[0][1].to_dict(),
-            "partitions": [{"queue": n, **s.to_dict()} for n, s in rows[1:]]}
+        doc: Any = (
+            rows[0][1].to_dict()
+            if len(rows) == 1
+            else {
+                "total": rows[0][1].to_dict(),
+                "partitions": [{"queue": n, **s.to_dict()} for n, s in rows[1:]],
+            }
+        )
         return json.dumps(doc) if compact else json.dumps(doc, indent=2)
 
     async def act(q: Any) -> None:
@@ -146,8 +169,9 @@ async def _role(client: Any) -> str | None:
     return None if role is None else str(role)
 
 
-async def _readiness(q: Any, max_memory: float, max_latency: int | None,
-                     max_dlq: int | None) -> list[dict[str, Any]]:
+async def _readiness(
+    q: Any, max_memory: float, max_latency: int | None, max_dlq: int | None
+) -> list[dict[str, Any]]:
     """The readiness checks after Redis answered: name, ok, detail."""
     checks: list[dict[str, Any]] = []
 
@@ -162,22 +186,39 @@ async def _readiness(q: Any, max_memory: float, max_latency: int | None,
         m = h.memory
         if m is not None:
             frac = m.used_fraction
-            check("memory", frac is None or frac < max_memory,
-                  "no maxmemory limit" if frac is None
-                  else f"{frac:.0%} of maxmemory used (limit {max_memory:.0%})")
+            check(
+                "memory",
+                frac is None or frac < max_memory,
+                "no maxmemory limit"
+                if frac is None
+                else f"{frac:.0%} of maxmemory used (limit {max_memory:.0%})",
+            )
             allowed = bool(first.settings.allow_eviction)
-            check("eviction policy", m.policy in ("noeviction", "") or allowed,
-                  f"maxmemory-policy {m.policy or 'unknown'}"
-                  + ("" if m.policy in ("noeviction", "") else
-                     " may evict job records" + (" (allowed by settings)" if allowed else "")))
+            check(
+                "eviction policy",
+                m.policy in ("noeviction", "") or allowed,
+                f"maxmemory-policy {m.policy or 'unknown'}"
+                + (
+                    ""
+                    if m.policy in ("noeviction", "")
+                    else " may evict job records" + (" (allowed by settings)" if allowed else "")
+                ),
+            )
         role = await _role(await first.client())
         if role is not None:
-            check("primary", role == "master",
-                  "the server is a primary" if role == "master"
-                  else f"the server is a {role}: writes are refused")
+            check(
+                "primary",
+                role == "master",
+                "the server is a primary"
+                if role == "master"
+                else f"the server is a {role}: writes are refused",
+            )
     if max_latency is not None:
-        check("latency", s.latency_ms <= max_latency,
-              f"oldest waiting job waited {span(s.latency_ms)} (limit {span(max_latency)})")
+        check(
+            "latency",
+            s.latency_ms <= max_latency,
+            f"oldest waiting job waited {span(s.latency_ms)} (limit {span(max_latency)})",
+        )
     if max_dlq is not None:
         check("dlq", s.dlq <= max_dlq, f"{s.dlq} dead-lettered (limit {max_dlq})")
     return checks
@@ -185,18 +226,43 @@ async def _readiness(q: Any, max_memory: float, max_latency: int | None,
 
 @click.command()
 @click.argument("app")
-@click.option("--probe", type=click.Choice(["liveness", "readiness"]), default="readiness",
-              show_default=True, help="liveness: Redis answers; readiness: and the checks.")
-@click.option("--max-memory", type=click.FloatRange(0, 1), default=0.95, show_default=True,
-              help="Readiness fails at this share of maxmemory in use.")
-@click.option("--max-latency", default=None, metavar="DURATION",
-              help="Readiness fails when the oldest waiting job waited longer (30s, 5m).")
-@click.option("--max-dlq", type=click.IntRange(0), default=None,
-              help="Readiness fails with more dead-lettered jobs than this.")
+@click.option(
+    "--probe",
+    type=click.Choice(["liveness", "readiness"]),
+    default="readiness",
+    show_default=True,
+    help="liveness: Redis answers; readiness: and the checks.",
+)
+@click.option(
+    "--max-memory",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    show_default=True,
+    help="Readiness fails at this share of maxmemory in use.",
+)
+@click.option(
+    "--max-latency",
+    default=None,
+    metavar="DURATION",
+    help="Readiness fails when the oldest waiting job waited longer (30s, 5m).",
+)
+@click.option(
+    "--max-dlq",
+    type=click.IntRange(0),
+    default=None,
+    help="Readiness fails with more dead-lettered jobs than this.",
+)
 @json_option
 @redis_option
-def health(app: str, probe: str, max_memory: float, max_latency: str | None,
-           max_dlq: int | None, as_json: bool, redis: str | None) -> None:
+def health(
+    app: str,
+    probe: str,
+    max_memory: float,
+    max_latency: str | None,
+    max_dlq: int | None,
+    as_json: bool,
+    redis: str | None,
+) -> None:
     """Probe APP's Redis and queue; the exit code is the verdict.
 
     \b
@@ -225,33 +291,56 @@ def health(app: str, probe: str, max_memory: float, max_latency: str | None,
             checks = await _readiness(q, max_memory, latency_ms, max_dlq)
         ready = answers and (probe == "liveness" or all(c["ok"] for c in checks))
         code = 0 if ready else EXIT_UNREACHABLE if not answers else EXIT_NOT_READY
-        verdict = ("healthy" if probe == "liveness" else "ready") if ready else (
-            "unreachable" if not answers else "not ready")
+        verdict = (
+            ("healthy" if probe == "liveness" else "ready")
+            if ready
+            else ("unreachable" if not answers else "not ready")
+        )
         m = h.memory
         if as_json:
-            out.json({
-                "probe": probe, "verdict": verdict, "healthy": h.healthy, "ready": ready,
-                "redis_latency_ms": h.redis_latency_ms, "backend": h.backend,
-                "error": h.error, "checks": checks,
-                "memory": None if m is None else {
-                    "used_bytes": m.used_bytes, "maxmemory_bytes": m.maxmemory_bytes,
-                    "used_fraction": m.used_fraction, "maxmemory_policy": m.policy,
-                    "persistence": m.persistence,
-                },
-            })
+            out.json(
+                {
+                    "probe": probe,
+                    "verdict": verdict,
+                    "healthy": h.healthy,
+                    "ready": ready,
+                    "redis_latency_ms": h.redis_latency_ms,
+                    "backend": h.backend,
+                    "error": h.error,
+                    "checks": checks,
+                    "memory": None
+                    if m is None
+                    else {
+                        "used_bytes": m.used_bytes,
+                        "maxmemory_bytes": m.maxmemory_bytes,
+                        "used_fraction": m.used_fraction,
+                        "maxmemory_policy": m.policy,
+                        "persistence": m.persistence,
+                    },
+                }
+            )
             return code
         pairs: list[tuple[str, object]] = [
-            ("verdict", verdict), ("backend", h.backend),
-            ("redis latency", None if h.redis_latency_ms is None
-             else f"{h.redis_latency_ms:.1f} ms")]
+            ("verdict", verdict),
+            ("backend", h.backend),
+            (
+                "redis latency",
+                None if h.redis_latency_ms is None else f"{h.redis_latency_ms:.1f} ms",
+            ),
+        ]
         if h.error:
             pairs.append(("error", h.error))
         if m is not None:
-            pairs += [("memory", f"{m.used_bytes} bytes of "
-                       + (f"{m.maxmemory_bytes}" if m.maxmemory_bytes else "no limit")),
-                      ("maxmemory-policy", m.policy), ("persistence", m.persistence)]
-        pairs += [(c["name"], ("ok: " if c["ok"] else "FAILED: ") + c["detail"])
-                  for c in checks]
+            pairs += [
+                (
+                    "memory",
+                    f"{m.used_bytes} bytes of "
+                    + (f"{m.maxmemory_bytes}" if m.maxmemory_bytes else "no limit"),
+                ),
+                ("maxmemory-policy", m.policy),
+                ("persistence", m.persistence),
+            ]
+        pairs += [(c["name"], ("ok: " if c["ok"] else "FAILED: ") + c["detail"]) for c in checks]
         out.fields(pairs, title=f"{probe} of queue {q.name}")
         return code
 
@@ -262,13 +351,23 @@ def health(app: str, probe: str, max_memory: float, max_latency: str | None,
 
 # ---------------------------------------------------------------------- pause / resume
 def _pause_command(verb: str) -> click.Command:
-    @click.command(verb, help=(
-        "Pause APP for every worker: running jobs finish, nothing new starts; with "
-        "--group, only that message group." if verb == "pause" else
-        "Resume a paused APP, or with --group one paused message group."))
+    @click.command(
+        verb,
+        help=(
+            "Pause APP for every worker: running jobs finish, nothing new starts; with "
+            "--group, only that message group."
+            if verb == "pause"
+            else "Resume a paused APP, or with --group one paused message group."
+        ),
+    )
     @click.argument("app")
-    @click.option("-g", "--group", "group_id", default=None,
-                  help="A FIFO message group of APP instead of the whole queue.")
+    @click.option(
+        "-g",
+        "--group",
+        "group_id",
+        default=None,
+        help="A FIFO message group of APP instead of the whole queue.",
+    )
     @json_option
     @redis_option
     def command(app: str, group_id: str | None, as_json: bool, redis: str | None) -> None:
@@ -279,8 +378,11 @@ def _pause_command(verb: str) -> click.Command:
             from ..features.groups import FIFOQueueManager
 
             # A group's jobs share one member of a façade: where a job of the group goes.
-            target = q.queues[q.place({"message_group_id": group_id})] if isinstance(
-                q, MultiQueue) else q
+            target = (
+                q.queues[q.place({"message_group_id": group_id})]
+                if isinstance(q, MultiQueue)
+                else q
+            )
             await getattr(FIFOQueueManager.for_queue(target), f"{verb}_group")(group_id)
             return str(target.name)
 
@@ -333,14 +435,16 @@ def events(app: str, from_start: bool, as_json: bool, redis: str | None) -> None
     async def act(q: Any) -> None:
         async for ev in q.events(last_id="0" if from_start else "$"):
             if as_json:
-                click.echo(json.dumps({"id": ev.id, "event": ev.event, "job_id": ev.job_id,
-                                       "fields": ev.fields}, default=str))
+                click.echo(
+                    json.dumps(
+                        {"id": ev.id, "event": ev.event, "job_id": ev.job_id, "fields": ev.fields},
+                        default=str,
+                    )
+                )
                 continue
             # Spaces separate the k=v pairs of the last column: a space inside a key or
             # value is escaped too (\x20), so a value cannot forge another pair.
-            extra = " ".join(
-                f"{_pair_part(k)}={_pair_part(v)}" for k, v in ev.fields.items()
-            )
+            extra = " ".join(f"{_pair_part(k)}={_pair_part(v)}" for k, v in ev.fields.items())
             click.echo(row(ev.id, ev.event, ev.job_id or "") + f"\t{extra}")
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -359,4 +463,3 @@ def demo(redis: str) -> None:
     from ..demo import run_demo
 
     asyncio.run(run_demo(redis, click.echo))
-

@@ -29,7 +29,13 @@ from ..job import JobInfo
 from ..options import MAX_QUERY_LIMIT
 
 __all__ = [
-    "FINISHED", "Found", "JobFilter", "filter_options", "find", "make_filter", "parse_duration",
+    "FINISHED",
+    "Found",
+    "JobFilter",
+    "filter_options",
+    "find",
+    "make_filter",
+    "parse_duration",
 ]
 
 #: States whose age is counted from when the job finished.
@@ -46,7 +52,8 @@ def parse_duration(text: str) -> int:
     if m is None:
         raise click.BadParameter(
             f"{text!r} is not a duration: use a number with ms, s, m, h, d or w (e.g. 30m, "
-            "2h, 7d), or a number of milliseconds")
+            "2h, 7d), or a number of milliseconds"
+        )
     ms = float(m.group(1)) * _UNITS[(m.group(2) or "ms").lower()]
     if ms > 10 * 365 * 86_400_000:
         raise click.BadParameter(f"{text!r} is longer than 10 years")
@@ -57,7 +64,8 @@ def _data_condition(text: str) -> tuple[list[str], Any]:
     path, sep, raw = text.partition("=")
     if not sep or not path:
         raise click.BadParameter(
-            f"{text!r}: use FIELD=VALUE, e.g. --data customer=42 or --data user.email=a@b.c")
+            f"{text!r}: use FIELD=VALUE, e.g. --data customer=42 or --data user.email=a@b.c"
+        )
     try:
         value = json.loads(raw)
     except ValueError:
@@ -89,8 +97,13 @@ class JobFilter:
     @property
     def empty(self) -> bool:
         """True when no condition is set (every job matches)."""
-        return (self.name is None and not self.data and self.error is None
-                and self.older_than_ms is None and self.newer_than_ms is None)
+        return (
+            self.name is None
+            and not self.data
+            and self.error is None
+            and self.older_than_ms is None
+            and self.newer_than_ms is None
+        )
 
     def describe(self) -> str:
         """The conditions in words (for a confirmation prompt)."""
@@ -110,8 +123,10 @@ class JobFilter:
         """Whether ``info`` passes every condition."""
         if self.name is not None and not fnmatch.fnmatchcase(info.name, self.name):
             return False
-        if self.error is not None and self.error.casefold() not in (
-                info.failed_reason or "").casefold():
+        if (
+            self.error is not None
+            and self.error.casefold() not in (info.failed_reason or "").casefold()
+        ):
             return False
         if self.older_than_ms is not None or self.newer_than_ms is not None:
             at = info.finished_at if info.status in FINISHED else info.created_at
@@ -151,20 +166,39 @@ def filter_options(*, error: bool = True) -> Callable[[Any], Any]:
 
     def deco(fn: Any) -> Any:
         opts = [
-            click.option("--name", "name_glob", default=None,
-                         help="Job name, or a glob of names (send-*)."),
-            click.option("--data", "data", multiple=True, metavar="FIELD=VALUE",
-                         help="A data field equals VALUE (JSON or text; dotted FIELD for "
-                              "nested ones; repeatable)."),
-            click.option("--older-than", default=None, metavar="DURATION",
-                         help="Finished (or, unfinished, created) longer ago than this "
-                              "(30m, 2h, 7d)."),
-            click.option("--newer-than", default=None, metavar="DURATION",
-                         help="Finished (or created) at most this long ago."),
+            click.option(
+                "--name", "name_glob", default=None, help="Job name, or a glob of names (send-*)."
+            ),
+            click.option(
+                "--data",
+                "data",
+                multiple=True,
+                metavar="FIELD=VALUE",
+                help="A data field equals VALUE (JSON or text; dotted FIELD for "
+                "nested ones; repeatable).",
+            ),
+            click.option(
+                "--older-than",
+                default=None,
+                metavar="DURATION",
+                help="Finished (or, unfinished, created) longer ago than this (30m, 2h, 7d).",
+            ),
+            click.option(
+                "--newer-than",
+                default=None,
+                metavar="DURATION",
+                help="Finished (or created) at most this long ago.",
+            ),
         ]
         if error:
-            opts.append(click.option("--error", "error_text", default=None,
-                                     help="The failure reason contains this text."))
+            opts.append(
+                click.option(
+                    "--error",
+                    "error_text",
+                    default=None,
+                    help="The failure reason contains this text.",
+                )
+            )
         for opt in reversed(opts):
             fn = opt(fn)
         return fn
@@ -172,9 +206,13 @@ def filter_options(*, error: bool = True) -> Callable[[Any], Any]:
     return deco
 
 
-def make_filter(name_glob: str | None = None, data: Sequence[str] = (),
-                older_than: str | None = None, newer_than: str | None = None,
-                error_text: str | None = None) -> JobFilter:
+def make_filter(
+    name_glob: str | None = None,
+    data: Sequence[str] = (),
+    older_than: str | None = None,
+    newer_than: str | None = None,
+    error_text: str | None = None,
+) -> JobFilter:
     """The ``JobFilter`` of the options ``filter_options`` added."""
     return JobFilter(
         name=name_glob,
@@ -194,9 +232,15 @@ class Found:
     next_cursor: str | None
 
 
-async def find(queue: Any, status: JobStatus, flt: JobFilter, *, limit: int,
-               cursor: str | None = None, on_page: Callable[[int], None] | None = None
-               ) -> Found:
+async def find(
+    queue: Any,
+    status: JobStatus,
+    flt: JobFilter,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    on_page: Callable[[int], None] | None = None,
+) -> Found:
     """Up to ``limit`` jobs of ``status`` that match ``flt``, in the state's order,
     from ``cursor`` on (see the module docstring); ``on_page(n)`` after each page."""
     if not 1 <= limit <= MAX_QUERY_LIMIT:
@@ -228,15 +272,21 @@ async def find(queue: Any, status: JobStatus, flt: JobFilter, *, limit: int,
             return Found(out, scanned, None)
 
 
-async def _find_by_offset(queue: MultiQueue[Any], status: JobStatus, flt: JobFilter,
-                          limit: int, cursor: str | None,
-                          on_page: Callable[[int], None] | None) -> Found:
+async def _find_by_offset(
+    queue: MultiQueue[Any],
+    status: JobStatus,
+    flt: JobFilter,
+    limit: int,
+    cursor: str | None,
+    on_page: Callable[[int], None] | None,
+) -> Found:
     offset = 0
     if cursor is not None:
         if not (cursor.startswith("@") and cursor[1:].isdigit()):
             raise ConfigurationError(
                 f"--cursor of a {type(queue).__name__} is '@<offset>' as printed by the "
-                f"previous page, got {cursor[:100]!r}")
+                f"previous page, got {cursor[:100]!r}"
+            )
         offset = int(cursor[1:])
     out: list[JobInfo] = []
     scanned = 0

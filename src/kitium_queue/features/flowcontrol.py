@@ -76,6 +76,7 @@ def concurrency_owners_key(keys: QueueKeys) -> str:
     """HASH: job id -> concurrency key, for the running jobs counted in a set."""
     return keys.extra("cc-of")
 
+
 FEATURE = "flow-control"
 OPTION_NAMES = ("rate_limit_key", "concurrency_key")
 #: Job-hash fields the enqueue fragment writes: the job's rate-limit and concurrency key.
@@ -159,7 +160,8 @@ class FlowControl:
         )
         cap = _tables("CAP", {p: str(c) for p, c in self.concurrency_limits.items()})
         return _PRELUDE.format(
-            rate=rate, cap=cap,
+            rate=rate,
+            cap=cap,
             any_rate="true" if self.rate_limits else "false",
             any_cap="true" if self.concurrency_limits else "false",
             park_rate="true" if self.park_rate_limited else "false",
@@ -201,8 +203,9 @@ def _pattern(pattern: Any) -> str:
 
 def _tables(name: str, values: dict[str, str]) -> str:
     exact = {p: v for p, v in values.items() if not p.endswith("*")}
-    prefixes = sorted(((p[:-1], v) for p, v in values.items() if p.endswith("*")),
-                      key=lambda pv: -len(pv[0]))
+    prefixes = sorted(
+        ((p[:-1], v) for p, v in values.items() if p.endswith("*")), key=lambda pv: -len(pv[0])
+    )
     ex = ", ".join(f"[{lua_string(p)}] = {v}" for p, v in sorted(exact.items()))
     pre = ", ".join(f"{{{lua_string(p)}, {v}}}" for p, v in prefixes)
     return f"local {name}_EXACT = {{{ex}}}\n  local {name}_PREFIX = {{{pre}}}"

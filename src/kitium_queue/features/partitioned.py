@@ -118,8 +118,10 @@ class PartitionedQueue(MultiQueue[JobQueue]):
     def __init__(
         self, name: str, *, partitions: int, redis: Any = "memory://", **options: Any
     ) -> None:
-        if not isinstance(partitions, int) or isinstance(partitions, bool) or not (
-            1 <= partitions <= _MAX_PARTITIONS
+        if (
+            not isinstance(partitions, int)
+            or isinstance(partitions, bool)
+            or not (1 <= partitions <= _MAX_PARTITIONS)
         ):
             raise ConfigurationError(
                 f"partitions must be an int from 1 to {_MAX_PARTITIONS}, got {partitions!r}"

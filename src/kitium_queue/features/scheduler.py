@@ -137,8 +137,9 @@ class Scheduler:
                 t.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.25)
         if pending:
-            log.warning("scheduler of queue %s: %d task(s) did not stop", self._q.name,
-                        len(pending))
+            log.warning(
+                "scheduler of queue %s: %d task(s) did not stop", self._q.name, len(pending)
+            )
         self._tasks = []
 
     # ------------------------------------------------------------------ loops
@@ -152,8 +153,11 @@ class Scheduler:
             except _NET_ERRORS as exc:
                 if not self._outage:
                     self._outage = True
-                    log.warning("scheduler of queue %s: Redis unreachable (%s); retrying",
-                                self._q.name, self._q.connection.redact(exc))
+                    log.warning(
+                        "scheduler of queue %s: Redis unreachable (%s); retrying",
+                        self._q.name,
+                        self._q.connection.redact(exc),
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
@@ -197,9 +201,14 @@ class Scheduler:
                 raise
             except Exception as exc:
                 if self._feed:
-                    log.info("scheduler of queue %s: change feed lost (%s: %s); checking for "
-                             "schedule changes every %.0f s until it is back", q.name,
-                             type(exc).__name__, q.connection.redact(exc), _NO_FEED_IDLE_S)
+                    log.info(
+                        "scheduler of queue %s: change feed lost (%s: %s); checking for "
+                        "schedule changes every %.0f s until it is back",
+                        q.name,
+                        type(exc).__name__,
+                        q.connection.redact(exc),
+                        _NO_FEED_IDLE_S,
+                    )
                 self._feed = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -245,12 +254,21 @@ class Scheduler:
                 if nxt is not None and nxt <= due:
                     raise RuntimeError(f"next tick {nxt} is not after the due tick {due}")
             except Exception:
-                log.exception("queue %s: cannot compute the ticks of schedule %s; skipping "
-                              "it for %d s", q.name, sid, _BROKEN_RETRY_MS // 1000)
+                log.exception(
+                    "queue %s: cannot compute the ticks of schedule %s; skipping it for %d s",
+                    q.name,
+                    sid,
+                    _BROKEN_RETRY_MS // 1000,
+                )
                 self._broken[sid] = now + _BROKEN_RETRY_MS
                 continue
-            args: list[Any] = [sid, due_raw, version, "" if nxt is None else nxt,
-                               "1" if defn.get("overlap") == "skip" else "0"]
+            args: list[Any] = [
+                sid,
+                due_raw,
+                version,
+                "" if nxt is None else nxt,
+                "1" if defn.get("overlap") == "skip" else "0",
+            ]
             for tick, start in ticks:
                 args.append(tick)
                 args.append(start)
@@ -286,12 +304,22 @@ class Scheduler:
         for jid in fired:
             log.debug("queue %s: schedule %s enqueued job %s", q.name, sid, jid)
             if q.emitter.wants("schedule-fired"):
-                q.emitter.emit(EventData("schedule-fired", q.name, jid,
-                                         extra={"schedule_id": sid,
-                                                "tick": int(jid.rsplit(":", 1)[1])}))
+                q.emitter.emit(
+                    EventData(
+                        "schedule-fired",
+                        q.name,
+                        jid,
+                        extra={"schedule_id": sid, "tick": int(jid.rsplit(":", 1)[1])},
+                    )
+                )
         if skipped:
-            log.info("queue %s: schedule %s skipped %d tick(s): its previous run is still "
-                     "going (overlap='skip')", q.name, sid, skipped)
+            log.info(
+                "queue %s: schedule %s skipped %d tick(s): its previous run is still "
+                "going (overlap='skip')",
+                q.name,
+                sid,
+                skipped,
+            )
         if q.metrics is not None:
             tags = {"queue": q.name, "job_name": str(defn.get("job_name", ""))}
             if fired:

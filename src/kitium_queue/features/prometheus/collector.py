@@ -114,8 +114,12 @@ class KitiumCollector(Collector):
             now = time.monotonic()
             if now - self._warned.get(queue.name, -1e9) > 60:
                 self._warned[queue.name] = now
-                log.warning("metrics: reading queue %s failed: %s: %s", queue.name,
-                            type(exc).__name__, printable(str(exc)))
+                log.warning(
+                    "metrics: reading queue %s failed: %s: %s",
+                    queue.name,
+                    type(exc).__name__,
+                    printable(str(exc)),
+                )
             out = QueueReading(queue.name)
         return out
 
@@ -142,7 +146,9 @@ class KitiumCollector(Collector):
         thread while the owning loop runs)."""
         loop = self._loop
         if (
-            loop is not None and loop.is_running() and not loop.is_closed()
+            loop is not None
+            and loop.is_running()
+            and not loop.is_closed()
             and threading.get_ident() != self._loop_thread
         ):
             fut = asyncio.run_coroutine_threadsafe(self.refresh(), loop)
@@ -150,8 +156,10 @@ class KitiumCollector(Collector):
                 fut.result(self.timeout)
             except Exception as exc:
                 fut.cancel()
-                log.warning("metrics: refresh at scrape time failed (%s); serving the last "
-                            "readings", type(exc).__name__)
+                log.warning(
+                    "metrics: refresh at scrape time failed (%s); serving the last readings",
+                    type(exc).__name__,
+                )
         return iter(self._families(self.readings))
 
     def describe(self) -> Iterator[Metric]:
@@ -160,24 +168,32 @@ class KitiumCollector(Collector):
 
     def _families(self, readings: Sequence[QueueReading]) -> list[Metric]:
         ns = self.namespace
-        up = GaugeMetricFamily(f"{ns}_up", "1 when the queue's gauges were read from Redis.",
-                               labels=["queue"])
-        jobs = GaugeMetricFamily(f"{ns}_jobs", "Jobs per state, read from Redis.",
-                                 labels=["queue", "state"])
-        dlq = GaugeMetricFamily(f"{ns}_dlq_size", "Jobs in the dead-letter queue.",
-                                labels=["queue"])
-        lat = GaugeMetricFamily(f"{ns}_latency_seconds",
-                                "Age of the oldest waiting job.", labels=["queue"])
-        paused = GaugeMetricFamily(f"{ns}_paused", "1 while the queue is paused.",
-                                   labels=["queue"])
-        bstate = GaugeMetricFamily(f"{ns}_breaker_state",
-                                   "1 for the circuit breaker's current state, else 0.",
-                                   labels=["queue", "breaker", "state"])
-        held = GaugeMetricFamily(f"{ns}_breaker_held_jobs",
-                                 "Jobs held (pending) behind a circuit breaker.",
-                                 labels=["queue", "breaker"])
-        groups = GaugeMetricFamily(f"{ns}_fifo_groups", "FIFO message groups known.",
-                                   labels=["queue"])
+        up = GaugeMetricFamily(
+            f"{ns}_up", "1 when the queue's gauges were read from Redis.", labels=["queue"]
+        )
+        jobs = GaugeMetricFamily(
+            f"{ns}_jobs", "Jobs per state, read from Redis.", labels=["queue", "state"]
+        )
+        dlq = GaugeMetricFamily(
+            f"{ns}_dlq_size", "Jobs in the dead-letter queue.", labels=["queue"]
+        )
+        lat = GaugeMetricFamily(
+            f"{ns}_latency_seconds", "Age of the oldest waiting job.", labels=["queue"]
+        )
+        paused = GaugeMetricFamily(f"{ns}_paused", "1 while the queue is paused.", labels=["queue"])
+        bstate = GaugeMetricFamily(
+            f"{ns}_breaker_state",
+            "1 for the circuit breaker's current state, else 0.",
+            labels=["queue", "breaker", "state"],
+        )
+        held = GaugeMetricFamily(
+            f"{ns}_breaker_held_jobs",
+            "Jobs held (pending) behind a circuit breaker.",
+            labels=["queue", "breaker"],
+        )
+        groups = GaugeMetricFamily(
+            f"{ns}_fifo_groups", "FIFO message groups known.", labels=["queue"]
+        )
         for r in readings:
             up.add_metric([r.queue], 1.0 if r.up else 0.0)
             if not r.up:

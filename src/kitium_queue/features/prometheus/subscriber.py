@@ -39,8 +39,23 @@ log = get_logger(__name__)
 OTHER = "other"
 #: Histogram buckets (seconds) of processing duration and queue wait.
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0, 900.0, 3600.0,
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
 )
 #: Counter name (without namespace and ``_total``) -> help text.
 COUNTERS: dict[str, str] = {
@@ -102,9 +117,15 @@ class PrometheusSubscriber(Subscriber, Collector):
         self._hists: dict[str, dict[tuple[str, str], _Hist]] = {k: {} for k in HISTOGRAMS}
         c, h = self._counters, self._hists
         self._added, self._processed, self._failed = (
-            c["jobs_added"], c["jobs_processed"], c["jobs_failed"])
+            c["jobs_added"],
+            c["jobs_processed"],
+            c["jobs_failed"],
+        )
         self._retried, self._dead, self._stalled = (
-            c["jobs_retried"], c["jobs_dead_lettered"], c["jobs_stalled"])
+            c["jobs_retried"],
+            c["jobs_dead_lettered"],
+            c["jobs_stalled"],
+        )
         self._duration, self._wait = h["job_duration_seconds"], h["job_wait_seconds"]
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(self)
@@ -121,8 +142,9 @@ class PrometheusSubscriber(Subscriber, Collector):
                 got = OTHER
         return got
 
-    def _observe(self, table: dict[tuple[str, str], _Hist], key: tuple[str, str],
-                 value: float) -> None:
+    def _observe(
+        self, table: dict[tuple[str, str], _Hist], key: tuple[str, str], value: float
+    ) -> None:
         hist = table.get(key)
         if hist is None:
             hist = table[key] = _Hist(len(self.buckets))
@@ -186,15 +208,16 @@ class PrometheusSubscriber(Subscriber, Collector):
         out: list[Metric] = []
         for name, doc in COUNTERS.items():
             by_queue_only = name == "jobs_stalled"
-            fam = CounterMetricFamily(f"{ns}_{name}", doc,
-                                      labels=["queue"] if by_queue_only else ["queue", "job_name"])
-            for (queue, label), value in ([] if empty else list(self._counters[name].items())):
+            fam = CounterMetricFamily(
+                f"{ns}_{name}", doc, labels=["queue"] if by_queue_only else ["queue", "job_name"]
+            )
+            for (queue, label), value in [] if empty else list(self._counters[name].items()):
                 fam.add_metric([queue] if by_queue_only else [queue, label], value)
             out.append(fam)
         bounds = [repr(b) for b in self.buckets] + ["+Inf"]
         for name, doc in HISTOGRAMS.items():
             hfam = HistogramMetricFamily(f"{ns}_{name}", doc, labels=["queue", "job_name"])
-            for (queue, label), hist in ([] if empty else list(self._hists[name].items())):
+            for (queue, label), hist in [] if empty else list(self._hists[name].items()):
                 counts, running = list(hist.counts), 0
                 cumulative: list[tuple[str, float]] = []
                 for bound, n in zip(bounds, counts, strict=True):

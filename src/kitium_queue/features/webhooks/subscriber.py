@@ -30,8 +30,7 @@ __all__ = ["WebhookSubscriber"]
 log = get_logger(__name__)
 
 _MAX_PROGRESS_BYTES = 4096
-_BY_OUTCOME = {"completed": "job-completed", "retrying": "job-retrying",
-               "failed": "job-failed"}
+_BY_OUTCOME = {"completed": "job-completed", "retrying": "job-retrying", "failed": "job-failed"}
 _CODES = {"C": "job-completed", "R": "job-retrying", "F": "job-failed"}
 
 
@@ -61,47 +60,69 @@ class WebhookSubscriber(Subscriber):
         except Exception as exc:  # next event tries again
             log.debug("webhook registry refresh failed: %s", exc)
 
-    def _emit(self, event: str, job_id: str, name: str, attempts: int,
-              extra: dict[str, Any] | None = None, durable: bool = False) -> None:
+    def _emit(
+        self,
+        event: str,
+        job_id: str,
+        name: str,
+        attempts: int,
+        extra: dict[str, Any] | None = None,
+        durable: bool = False,
+    ) -> None:
         self._fresh()
         reg = self.mgr.registry
         local = reg.wanting(event, guaranteed=False)
         guaranteed = reg.wanting(event, guaranteed=True) if durable else ()
         if not local and not guaranteed:
             return
-        data: dict[str, Any] = {"queue": self.mgr.queue.name, "job_id": job_id,
-                                "job_name": name, "attempts": attempts}
+        data: dict[str, Any] = {
+            "queue": self.mgr.queue.name,
+            "job_id": job_id,
+            "job_name": name,
+            "attempts": attempts,
+        }
         if extra:
             data.update(extra)
         eid = new_event_id()
         body = event_body(event, int(time.time() * 1000), data)
         for hook in local:
-            self.mgr.local.submit(Delivery(f"{hook.id}/{eid}", self.mgr.target_of(hook), event,
-                                           body, hook.delivery_strategy.value,
-                                           hook.max_retries))
+            self.mgr.local.submit(
+                Delivery(
+                    f"{hook.id}/{eid}",
+                    self.mgr.target_of(hook),
+                    event,
+                    body,
+                    hook.delivery_strategy.value,
+                    hook.max_retries,
+                )
+            )
         if guaranteed:
             task = asyncio.get_running_loop().create_task(
-                Outbox(self.mgr.queue).add("webhook", {"i": eid, "e": event, "b": body}))
+                Outbox(self.mgr.queue).add("webhook", {"i": eid, "e": event, "b": body})
+            )
             self._writes.add(task)
             task.add_done_callback(self._written)
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._writes.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("a webhook event could not be written to the outbox: %s",
-                        task.exception())
+            log.warning("a webhook event could not be written to the outbox: %s", task.exception())
 
     @staticmethod
     def _job(job: Any) -> tuple[str, str, int]:
-        return (str(getattr(job, "id", "")), str(getattr(job, "name", "")),
-                int(getattr(job, "attempts", 0) or 0))
+        return (
+            str(getattr(job, "id", "")),
+            str(getattr(job, "name", "")),
+            int(getattr(job, "attempts", 0) or 0),
+        )
 
     # ------------------------------------------------------------------ hooks
     def quiet_outcomes(self) -> str:
         """Outcome codes no local endpoint wants (the worker then skips building them)."""
         reg = self.mgr.registry
-        return "DH" + "".join(c for c, ev in _CODES.items()
-                              if not reg.wanting(ev, guaranteed=False))
+        return "DH" + "".join(
+            c for c, ev in _CODES.items() if not reg.wanting(ev, guaranteed=False)
+        )
 
     def enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
         self._fresh()
@@ -114,8 +135,7 @@ class WebhookSubscriber(Subscriber):
         """No endpoint wants ``event`` (checked first: this runs once per job)."""
         self._fresh()
         reg = self.mgr.registry
-        return not reg.wanting(event, guaranteed=False) and \
-            not reg.wanting(event, guaranteed=True)
+        return not reg.wanting(event, guaranteed=False) and not reg.wanting(event, guaranteed=True)
 
     def started(self, queue: str, job: Any) -> None:
         if not self._quiet("job-started"):
@@ -128,8 +148,11 @@ class WebhookSubscriber(Subscriber):
             encoded = orjson.dumps(value)
         except TypeError:
             encoded = b"null"
-        extra = {"progress": orjson.loads(encoded)} if len(encoded) <= _MAX_PROGRESS_BYTES \
+        extra = (
+            {"progress": orjson.loads(encoded)}
+            if len(encoded) <= _MAX_PROGRESS_BYTES
             else {"progress_truncated": True}
+        )
         self._emit("job-progress", *self._job(job), extra=extra, durable=True)
 
     def finished(self, queue: str, job: Any, outcome: Outcome) -> None:

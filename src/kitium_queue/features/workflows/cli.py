@@ -50,8 +50,16 @@ def make_command(
                 return
             click.echo(row("workflow", "state", "steps", "unfinished", "created", "finished"))
             for r in rows:
-                click.echo(row(r.workflow_id, r.state, r.total, r.unfinished,
-                               _ms(r.created_at), _ms(r.finished_at)))
+                click.echo(
+                    row(
+                        r.workflow_id,
+                        r.state,
+                        r.total,
+                        r.unfinished,
+                        _ms(r.created_at),
+                        _ms(r.finished_at),
+                    )
+                )
 
         with_queue(app, redis, act)
 
@@ -70,15 +78,27 @@ def make_command(
             if as_json:
                 click.echo(json.dumps(st.as_dict(), indent=2))
                 return
-            for k, v in (("workflow", st.workflow_id), ("state", st.state),
-                         ("steps", st.total), ("unfinished", st.unfinished),
-                         ("failed step", st.failed_step or "-"),
-                         ("created", _ms(st.created_at)), ("finished", _ms(st.finished_at))):
+            for k, v in (
+                ("workflow", st.workflow_id),
+                ("state", st.state),
+                ("steps", st.total),
+                ("unfinished", st.unfinished),
+                ("failed step", st.failed_step or "-"),
+                ("created", _ms(st.created_at)),
+                ("finished", _ms(st.finished_at)),
+            ):
                 click.echo(row(k, v))
             click.echo(row("step", "state", "attempts", "depends on", "error"))
             for s in st.steps.values():
-                click.echo(row(s.name, s.state, s.attempts, ",".join(s.depends_on) or "-",
-                               (s.error or "-")[:200]))
+                click.echo(
+                    row(
+                        s.name,
+                        s.state,
+                        s.attempts,
+                        ",".join(s.depends_on) or "-",
+                        (s.error or "-")[:200],
+                    )
+                )
 
         with_queue(app, redis, act)
 
@@ -93,8 +113,11 @@ def make_command(
         async def act(q: Any) -> None:
             n = await JobChainManager.for_queue(q).cancel_workflow(workflow_id)
             if as_json:
-                click.echo(json.dumps({"action": "cancelled", "workflow_id": workflow_id,
-                                       "removed_steps": n}))
+                click.echo(
+                    json.dumps(
+                        {"action": "cancelled", "workflow_id": workflow_id, "removed_steps": n}
+                    )
+                )
             else:
                 click.echo(row("cancelled", workflow_id, f"{n} step(s) removed"))
 

@@ -59,7 +59,8 @@ MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
 # by every manager of it (the process middleware that applies them is installed once).
 _INSTALLED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 _TRANSFORMERS: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def _text(v: Any) -> str:
@@ -78,14 +79,16 @@ def _ids(value: Any, section: str) -> list[str]:
         raise ConfigurationError(f"{section}: depends_on must be a list of job ids")
     if len(value) > MAX_PARENTS:
         raise ConfigurationError(
-            f"{section}: depends_on lists {len(value)} jobs, at most {MAX_PARENTS}")
+            f"{section}: depends_on lists {len(value)} jobs, at most {MAX_PARENTS}"
+        )
     return [check_text(v, f"{section}: depends_on item", max_len=512) for v in value]
 
 
 def _policy(value: Any, section: str) -> str:
     if value not in POLICIES:
         raise ConfigurationError(
-            f"{section}: on_failure must be one of {', '.join(POLICIES)}, got {value!r}")
+            f"{section}: on_failure must be one of {', '.join(POLICIES)}, got {value!r}"
+        )
     return str(value)
 
 
@@ -105,11 +108,13 @@ class JobChainManager:
     ``retention_ms``: it is compiled into the queue's scripts.
     """
 
-    def __init__(self, queue: JobQueue, *, retention_ms: int = DEFAULT_RETENTION_MS,
-                 events: bool = True) -> None:
+    def __init__(
+        self, queue: JobQueue, *, retention_ms: int = DEFAULT_RETENTION_MS, events: bool = True
+    ) -> None:
         self.queue = queue
-        self.retention_ms = to_int(retention_ms, "retention_ms", minimum=1000,
-                                   maximum=10 * 365 * 86_400_000)
+        self.retention_ms = to_int(
+            retention_ms, "retention_ms", minimum=1000, maximum=10 * 365 * 86_400_000
+        )
         _install(queue, self.retention_ms)
         self._transformers = _TRANSFORMERS[queue]
         self.events: WorkflowEvents | None = None
@@ -136,8 +141,7 @@ class JobChainManager:
         """A manager of ``queue`` with the retention workflows were enabled with on it in
         this process (the default when they were not), reporting no events: what tools
         that only have the queue (the CLI) use."""
-        return cls(queue, retention_ms=_INSTALLED.get(queue, DEFAULT_RETENTION_MS),
-                   events=False)
+        return cls(queue, retention_ms=_INSTALLED.get(queue, DEFAULT_RETENTION_MS), events=False)
 
     # ------------------------------------------------------------------ writing
     async def execute_workflow(
@@ -164,8 +168,11 @@ class JobChainManager:
         names: list[str] = []
         for s in ordered:
             opts: dict[str, Any] = {
-                **s.options, "job_id": ids[s.name], "workflow_id": wid,
-                "workflow_step": s.name, "attempts": s.retry_attempts + 1,
+                **s.options,
+                "job_id": ids[s.name],
+                "workflow_id": wid,
+                "workflow_step": s.name,
+                "attempts": s.retry_attempts + 1,
             }
             if s.on_failure != "fail_workflow":
                 opts["on_failure"] = s.on_failure
@@ -180,7 +187,8 @@ class JobChainManager:
             if size > MAX_WORKFLOW_BYTES:
                 raise ConfigurationError(
                     f"workflow {wid!r}: its steps' data is above {MAX_WORKFLOW_BYTES} bytes "
-                    "in all; store large data elsewhere and pass references")
+                    "in all; store large data elsewhere and pass references"
+                )
             parents = orjson.dumps([ids[x] for x in dict.fromkeys(s.depends_on)])
             size += len(parents)
             args += [s.name, p[0], p[1], p[2], p[3], p[4], p[5], p[6], parents]
@@ -190,11 +198,13 @@ class JobChainManager:
         kind = _text(reply[0])
         if kind == "exists":
             raise JobStateError(
-                f"workflow {wid!r} exists (or finished within its retention); choose a new id")
+                f"workflow {wid!r} exists (or finished within its retention); choose a new id"
+            )
         if kind == "taken":
             raise JobStateError(
                 f"workflow {wid!r}: job id {_text(reply[1])!r} is taken by an existing job; "
-                "choose another workflow id")
+                "choose another workflow id"
+            )
         if q.hooks.enqueued:
             q.hooks.emit_enqueued(q.name, [ids[s.name] for s in ordered], names)
         return {s.name: ids[s.name] for s in ordered}
@@ -218,8 +228,8 @@ class JobChainManager:
         q = self.queue
         client = await q.client()
         reply = await q.scripts.call(
-            client, "wf_depend", q.keys.all,
-            [*q.ctx.argv_head(), jid, orjson.dumps(deps), pol])
+            client, "wf_depend", q.keys.all, [*q.ctx.argv_head(), jid, orjson.dumps(deps), pol]
+        )
         kind = _text(reply[0])
         if kind == "ok":
             return int(reply[1])
@@ -228,7 +238,8 @@ class JobChainManager:
         if kind == "started":
             raise JobStateError(
                 f"job {jid!r} is {_text(reply[1])}: only a job that has not started can "
-                "wait for dependencies")
+                "wait for dependencies"
+            )
         if kind == "tracked":
             raise JobStateError(f"job {jid!r} has dependencies already")
         raise JobRefusedError(f"job {jid!r}: {_text(reply[1])}")
@@ -243,8 +254,7 @@ class JobChainManager:
 
         async def action() -> Any:
             client = await q.client()
-            return await q.scripts.call(client, "wf_cancel", q.keys.all,
-                                        [*q.ctx.argv_head(), wid])
+            return await q.scripts.call(client, "wf_cancel", q.keys.all, [*q.ctx.argv_head(), wid])
 
         reply = await q.admin.execute("cancel_workflow", {"workflow_id": wid}, action)
         if _text(reply[0]) == "missing":
@@ -296,17 +306,26 @@ class JobChainManager:
             counts[state] = counts.get(state, 0) + 1
             err = dep[3] or job[4]
             out[name] = StepStatus(
-                name=name, job_id=jid, state=state,
+                name=name,
+                job_id=jid,
+                state=state,
                 depends_on=[by_id.get(_text(p), _text(p)) for p in parents],
-                attempts=_num(job[1]) or 0, created_at=_num(dep[1]) or _num(job[5]),
-                started_at=_num(job[2]), finished_at=_num(dep[2]) or _num(job[3]),
+                attempts=_num(job[1]) or 0,
+                created_at=_num(dep[1]) or _num(job[5]),
+                started_at=_num(job[2]),
+                finished_at=_num(dep[2]) or _num(job[3]),
                 error=_text(err) if err else None,
             )
         return WorkflowStatus(
-            workflow_id=wid, state=_text(head.get(b"st")) or "missing",
-            created_at=_num(head.get(b"ts")), finished_at=_num(head.get(b"f")),
-            total=_num(head.get(b"n")) or len(out), unfinished=_num(head.get(b"left")) or 0,
-            failed_step=_text(head.get(b"err")) or None, counts=counts, steps=out,
+            workflow_id=wid,
+            state=_text(head.get(b"st")) or "missing",
+            created_at=_num(head.get(b"ts")),
+            finished_at=_num(head.get(b"f")),
+            total=_num(head.get(b"n")) or len(out),
+            unfinished=_num(head.get(b"left")) or 0,
+            failed_step=_text(head.get(b"err")) or None,
+            counts=counts,
+            steps=out,
         )
 
     async def list_workflows(self, limit: int = 100, offset: int = 0) -> list[WorkflowSummary]:
@@ -327,8 +346,11 @@ class JobChainManager:
             if r[0] is None:
                 gone.append(w)
                 continue
-            out.append(WorkflowSummary(_text(w), _text(r[0]), _num(r[1]), _num(r[2]),
-                                       _num(r[3]) or 0, _num(r[4]) or 0))
+            out.append(
+                WorkflowSummary(
+                    _text(w), _text(r[0]), _num(r[1]), _num(r[2]), _num(r[3]) or 0, _num(r[4]) or 0
+                )
+            )
         if gone:  # retention ended: forget them in the index too
             await client.zrem(self.queue.keys.extra("wfs"), *gone)
         return out
@@ -349,9 +371,13 @@ async def _parent_results(q: JobQueue, job: Any) -> dict[str, ParentResult]:
         pid = _text(p)
         result = q.ctx.serializer.loads(raw, "result") if raw else None
         key = _text(step) if step else pid
-        out[key] = ParentResult(pid, _text(step) if step else None,
-                                _text(st) or "missing", result,
-                                _text(err) if err else None)
+        out[key] = ParentResult(
+            pid,
+            _text(step) if step else None,
+            _text(st) or "missing",
+            result,
+            _text(err) if err else None,
+        )
     return out
 
 
@@ -361,18 +387,34 @@ def _install(q: JobQueue, retain_ms: int) -> None:
         if have != retain_ms:
             raise ConfigurationError(
                 f"workflows are already enabled on queue {q.name!r} with retention_ms={have}; "
-                "create one JobChainManager per queue, with the same arguments in every process")
+                "create one JobChainManager per queue, with the same arguments in every process"
+            )
         return
-    q.declare_option("workflow_id", feature=FEATURE,
-                     doc="the workflow the job is a step of (features.workflows)")
-    q.declare_option("workflow_step", feature=FEATURE,
-                     doc="the job's step name in its workflow (features.workflows)")
-    q.declare_option("depends_on", feature=FEATURE, normalize=_ids,
-                     doc="ids of jobs that must complete before this one runs")
-    q.declare_option("on_failure", feature=FEATURE, normalize=_policy,
-                     doc="what the job's final failure does to its dependents")
-    q.declare_option("data_transformer", feature=FEATURE,
-                     doc="transformer applied to the data before the job runs")
+    q.declare_option(
+        "workflow_id", feature=FEATURE, doc="the workflow the job is a step of (features.workflows)"
+    )
+    q.declare_option(
+        "workflow_step",
+        feature=FEATURE,
+        doc="the job's step name in its workflow (features.workflows)",
+    )
+    q.declare_option(
+        "depends_on",
+        feature=FEATURE,
+        normalize=_ids,
+        doc="ids of jobs that must complete before this one runs",
+    )
+    q.declare_option(
+        "on_failure",
+        feature=FEATURE,
+        normalize=_policy,
+        doc="what the job's final failure does to its dependents",
+    )
+    q.declare_option(
+        "data_transformer",
+        feature=FEATURE,
+        doc="transformer applied to the data before the job runs",
+    )
     scripts = q.scripts
     for name in lua.SCRIPTS:
         scripts.add_fragment(name, lua.script(name, retain_ms))
@@ -388,7 +430,7 @@ def _install(q: JobQueue, retain_ms: int) -> None:
         for pattern in ("dep*", "wf*"):
             found = [k async for k in client.scan_iter(match=q.keys.extra(pattern), count=1000)]
             for i in range(0, len(found), 500):
-                await client.unlink(*found[i:i + 500])
+                await client.unlink(*found[i : i + 500])
 
     q.admin.add_clear_step(forget_workflows)
     transformers: dict[str, Callable[..., Any]] = {}
