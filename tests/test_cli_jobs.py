@@ -326,6 +326,13 @@ def test_a_partitioned_queue(app: str, redis_url: str, prefix: str) -> None:
     removed = _json("jobs", "remove", target, ids[0], ids[1])
     assert removed["done"] == ids[:2]
     assert _run("jobs", "show", target, "7").exit_code == EXIT_ERROR  # not a full id
+    exported = json.loads(_ok("metrics", target, "--json").stdout)
+    waiting = {
+        s["labels"]["queue"]: s["value"]
+        for s in exported
+        if s["name"] == "kitium_queue_jobs" and s["labels"]["state"] == "waiting"
+    }
+    assert len(waiting) == 3 and sum(waiting.values()) == 7  # per partition, 2 removed
 
     # One partition's commands: a clear usage error, and how to name a partition.
     whole = _run("schedules", "list", target)

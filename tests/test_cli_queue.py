@@ -339,3 +339,17 @@ def test_shell_completion() -> None:
         },
     )
     assert states.output.split() == ["plain,delayed", "plain,dlq"]
+
+
+def test_metrics_json(app: str, redis_url: str, prefix: str) -> None:
+    async def fill() -> None:
+        q = _queue(redis_url, prefix)
+        await q.add_jobs([("double", {"n": i}) for i in range(3)])
+        await q.close()
+
+    asyncio.run(fill())
+    samples = json.loads(_ok("metrics", f"{app}:queue", "--json").stdout)
+    got = {(s["name"], tuple(sorted(s["labels"].items()))): s["value"] for s in samples}
+    assert got[("kitium_queue_up", (("queue", "cq"),))] == 1
+    assert got[("kitium_queue_jobs", (("queue", "cq"), ("state", "waiting")))] == 3
+    assert got[("kitium_queue_fifo_groups", (("queue", "cq"),))] == 0
