@@ -196,6 +196,11 @@ def test_pause_resume_queue_and_group(app: str, redis_url: str, prefix: str) -> 
     assert paused == {"action": "paused", "group": "g2"}
     shown = json.loads(_ok("groups", "set", target, "g2", "--concurrency", "2", "--json").stdout)
     assert shown["group_concurrency"] == 2 and shown["paused"] is True
+    # The features' lists print through the CLI's tables: rich, or plain rows.
+    boxed = _ok("--rich", "groups", "list", target).stdout
+    assert "┃ group" in boxed and "│ g2 " in boxed and "\t" not in boxed
+    plain = _ok("groups", "list", target).stdout.splitlines()
+    assert plain[0].startswith("group\tstate\t") and plain[2].startswith("g2\tpaused\t")
 
 
 def test_events_json_and_a_worker_process(

@@ -40,6 +40,7 @@ from .base import (
 )
 from .jobs import dlq, jobs
 from .manage import breakers, schedules
+from .output import show_table
 from .queue import demo, events, health, job, pause, resume, stats, worker
 
 __all__ = [
@@ -112,11 +113,13 @@ def _add_feature_commands() -> None:
     from ..features.webhooks.cli import commands as webhook_commands
     from ..features.workflows.cli import make_command as workflows_command
 
-    main.add_command(webhook_commands(load_queue, text_field), "webhooks")
-    main.add_command(groups_command(with_single_queue, redis_option, row), "groups")
+    main.add_command(webhook_commands(load_queue, text_field, show_table), "webhooks")
+    main.add_command(groups_command(with_single_queue, redis_option, row, show_table), "groups")
     main.add_command(result_command(with_single_queue, redis_option, row), "result")
     main.add_command(encryption_command(with_single_queue, redis_option, row), "encryption")
-    main.add_command(workflows_command(with_single_queue, redis_option, row), "workflows")
+    main.add_command(
+        workflows_command(with_single_queue, redis_option, row, show_table), "workflows"
+    )
     try:
         from ..features.prometheus.cli import make_command as metrics_command
     except ImportError:  # the optional extra "prometheus" is not installed: no command

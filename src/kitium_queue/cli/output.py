@@ -25,7 +25,7 @@ import click
 
 from .base import row, text_field
 
-__all__ = ["Output", "have_rich", "output", "span", "when"]
+__all__ = ["Output", "have_rich", "output", "show_table", "span", "when"]
 
 
 def when(ms: int | None) -> str:
@@ -75,6 +75,15 @@ def _style() -> str:
         return "auto"
     style = ctx.find_root().params.get("style")
     return style if isinstance(style, str) else "auto"
+
+
+def show_table(
+    columns: Sequence[str], rows: Sequence[Sequence[object]], header: bool = True
+) -> None:
+    """Rows under ``columns`` as the running command prints text: a rich table, or
+    plain lines (the column names first when ``header``). Given to the features'
+    command groups, which print their lists with it."""
+    output().table(columns, rows, header=header)
 
 
 def output(as_json: bool = False) -> Output:

@@ -18,6 +18,8 @@ from .manager import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroup
 __all__ = ["make_command"]
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+#: Prints rows under column names: ``table(columns, rows, header=True)``.
+Table = Callable[..., None]
 
 
 def _manager(queue: Any) -> FIFOQueueManager:
@@ -30,8 +32,8 @@ def _age(ms: int | None) -> str:
     return f"{ms / 1000:.1f}s" if ms < 120_000 else f"{ms / 60_000:.1f}min"
 
 
-def _summary(s: MessageGroupStats, row: Callable[..., str]) -> str:
-    return row(
+def _summary(s: MessageGroupStats) -> list[object]:
+    return [
         s.group_id,
         "paused" if s.paused else "running",
         "-" if s.size is None else s.size,
@@ -41,14 +43,18 @@ def _summary(s: MessageGroupStats, row: Callable[..., str]) -> str:
         "-" if s.completed is None else s.completed,
         "-" if s.failed is None else s.failed,
         _age(s.oldest_waiting_age_ms),
-    )
+    ]
 
 
 def make_command(
-    with_queue: WithQueue, redis_option: Callable[[Any], Any], row: Callable[..., str]
+    with_queue: WithQueue,
+    redis_option: Callable[[Any], Any],
+    row: Callable[..., str],
+    table: Table,
 ) -> click.Group:
-    """The ``groups`` command group, using the CLI's queue loader, ``--redis`` option
-    and row formatter."""
+    """The ``groups`` command group, using the CLI's queue loader, ``--redis`` option,
+    row formatter and table printer."""
+    show = table
 
     @click.group()
     def groups() -> None:
@@ -76,8 +82,8 @@ def make_command(
                     )
                 )
                 return
-            click.echo(
-                row(
+            show(
+                [
                     "group",
                     "state",
                     "size",
@@ -87,10 +93,9 @@ def make_command(
                     "completed",
                     "failed",
                     "oldest wait",
-                )
+                ],
+                [_summary(s) for s in stats],
             )
-            for s in stats:
-                click.echo(_summary(s, row))
             if page.cursor:
                 click.echo(row("next page:", f"--cursor {page.cursor}"))
 
