@@ -334,8 +334,18 @@ def test_a_partitioned_queue(app: str, redis_url: str, prefix: str) -> None:
     }
     assert len(waiting) == 3 and sum(waiting.values()) == 7  # per partition, 2 removed
 
+    # A group lives in one partition: pause and resume go there.
+    home = PartitionedQueue("cjp", partitions=3).partition_of("cust-1")
+    paused = _json("pause", target, "--group", "cust-1")
+    assert paused["queue"].startswith(f"cjp#{home}") and paused["group"] == "cust-1"
+    member = f"{app}:one_partition.queues.{home}"
+    shown = _json("groups", "show", member, "cust-1", "--redis", redis_url)
+    assert shown["paused"] is True
+    assert _json("resume", target, "--group", "cust-1")["queue"] == paused["queue"]
+    assert _json("groups", "show", member, "cust-1", "--redis", redis_url)["paused"] is False
+
     # One partition's commands: a clear usage error, and how to name a partition.
     whole = _run("schedules", "list", target)
     assert whole.exit_code == EXIT_USAGE and "queues.0" in whole.stderr
-    one = _run("schedules", "list", f"{app}:one_partition.queues.1")
+    one = _run("schedules", "list", f"{app}:one_partition.queues.1", "--redis", redis_url)
     assert one.exit_code == 0 and "no schedules in queue 'cjp#1" in one.stdout

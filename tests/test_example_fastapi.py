@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 with warnings.catch_warnings():  # starlette's notice about its own httpx transport
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
