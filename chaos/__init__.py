@@ -26,4 +26,6 @@ NAMES = (
     "webhooks",
     "metrics",
     "workflows",
+    "slow-redis",
+    "replica-acks",
 )

@@ -56,6 +56,7 @@ EXERCISED_BY: dict[str, str] = {
     "encryption status": "test_cli_encryption.py",
     "encryption rotate": "test_cli_encryption.py",
     "result": "test_effectively_once.py",
+    "replicas": "test_replicas.py",
 }
 
 

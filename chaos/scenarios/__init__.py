@@ -16,4 +16,6 @@ from . import (  # noqa: F401
     s12_webhooks,
     s13_metrics,
     s14_workflows,
+    s15_slow_redis,
+    s16_replica_acks,
 )

@@ -45,10 +45,12 @@ from .errors import (
     PermissionDeniedError,
     QueueActiveError,
     RateLimited,
+    ReplicaAckError,
     RetryLater,
     ScheduleNotFoundError,
     ScriptArgumentError,
     SerializationError,
+    WriteNotConfirmedError,
     WriteRefusedError,
 )
 from .events import EventData, StreamEvent
@@ -69,6 +71,7 @@ from .features.encryption import (
 from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
+from .features.replicas import ReplicaAcks
 from .features.schedules import Schedule
 from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
@@ -183,6 +186,8 @@ __all__ = [
     "QueueSettings",
     "QueueStats",
     "RateLimited",
+    "ReplicaAckError",
+    "ReplicaAcks",
     "RetryConfig",
     "RetryLater",
     "RotationStatus",
@@ -202,6 +207,7 @@ __all__ = [
     "WorkerConfig",
     "WorkflowStatus",
     "WorkflowStep",
+    "WriteNotConfirmedError",
     "WriteRefusedError",
     "__version__",
     "acting_as",

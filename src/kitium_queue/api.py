@@ -498,6 +498,8 @@ SINGLE_QUEUE_ONLY: Mapping[str, str] = MappingProxyType(
         "argv_head": "the queue's script argument prefix",
         "policy_for": "the queue's resolved retry policy",
         "own_options": "features declare their options on each queue they serve",
+        "set_write_barrier": "a write barrier follows one queue's writes on its connection; "
+        "features set it on each member queue they serve",
         "add_service": "a service runs with one queue's worker; on each member it would run "
         "once per member",
         "set_rate_limit": "a limit set on every member would admit members x max",

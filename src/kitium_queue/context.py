@@ -43,9 +43,10 @@ from .options import (
     to_ms,
 )
 from .scripts import ScriptCall, ScriptRegistry, permission_denied
-from .serverinfo import check_eviction
+from .serverinfo import MissingRecords, check_eviction
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
     from .job import JobInfo
 
 __all__ = ["CONNECT_TIMEOUT_S", "QueueContext"]
@@ -126,6 +127,11 @@ class QueueContext:
         self.hooks = HookBus()
         self.info_views: list[Callable[[JobInfo, bool], None]] = []
         self.redact_payloads = False
+        #: The write barrier: a command run after each enqueue and outcome, before they
+        #: are acknowledged (``barrier.py``; None: none).
+        self.write_barrier: WriteBarrier | None = None
+        #: Reports job records found missing (evicted or deleted), at a bounded rate.
+        self.missing = MissingRecords(name)
         #: The principal this queue acts for when no ``identity.acting_as`` block is
         #: active (stamped on admin calls; None: nobody in particular).
         self.principal: str | None = None

@@ -12,6 +12,8 @@
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
     ├── PermissionDeniedError       the Redis ACL user lacks a command or key
     ├── WriteRefusedError           Redis refused a write (out of memory, MISCONF, replica)
+    ├── WriteNotConfirmedError      written on the primary, not confirmed by the write barrier
+    │   └── ReplicaAckError         fewer replicas than asked acknowledged it in time (WAIT)
     ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
     ├── ScheduleNotFoundError       no schedule with that id
     ├── BreakerNotFoundError        no circuit breaker with that id
@@ -52,10 +54,12 @@ __all__ = [
     "ProcessorSignal",
     "QueueActiveError",
     "RateLimited",
+    "ReplicaAckError",
     "RetryLater",
     "ScheduleNotFoundError",
     "ScriptArgumentError",
     "SerializationError",
+    "WriteNotConfirmedError",
     "WriteRefusedError",
     "error_from_script",
 ]
@@ -300,3 +304,45 @@ class WriteRefusedError(KitiumQueueError):
     applied. ``add_job`` raises it; workers keep their outcomes and send them again
     until Redis accepts writes. The message says what to do.
     """
+
+
+class WriteNotConfirmedError(KitiumQueueError):
+    """A write happened on the Redis primary, but the queue's write barrier
+    (``barrier.py``) did not confirm it: e.g. fewer replicas than asked acknowledged it
+    in time (``ReplicaAckError``). The jobs *are* in the queue on the primary; what was
+    not confirmed is that they survive a failover to a replica.
+
+    Attributes:
+        written_ids: ids written on the primary by the call, in order (``""`` for a job
+            a feature refused); for ``add_job``, its one id.
+        unconfirmed: index (in the call) -> the error of each job whose write was not
+            confirmed; the other written jobs were.
+        not_sent_from: index of the first job of an ``add_jobs`` call that was not sent
+            (the call stops at the first chunk not confirmed), or None.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.written_ids: list[str] = []
+        self.unconfirmed: dict[int, WriteNotConfirmedError] = {}
+        self.not_sent_from: int | None = None
+
+
+class ReplicaAckError(WriteNotConfirmedError):
+    """Fewer replicas than asked acknowledged a write within the timeout (``WAIT``;
+    replica-acknowledged writes, ``features/replicas``).
+
+    The write happened on the primary and stays there: a retry with the same ``job_id``
+    or ``idempotency_key`` does not add the job twice. What is not guaranteed is that it
+    survives the primary's loss: a replica promoted before it caught up would not have
+    it. ``replicas``: how many acknowledged; ``required``: how many were asked for;
+    ``timeout_ms``: how long the wait was.
+    """
+
+    def __init__(
+        self, message: str = "", *, replicas: int = 0, required: int = 0, timeout_ms: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.replicas = replicas
+        self.required = required
+        self.timeout_ms = timeout_ms

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_OPTIONS_BYTES",
     "MAX_PROGRESS_BYTES",
     "MAX_TRACEBACK_CHARS",
+    "QUERY_PAGE",
     "bound_log_record",
     "clamp_delay_ms",
     "clip",
@@ -65,6 +66,10 @@ MAX_LOG_MESSAGE_CHARS = 8192
 #: scripts handle it without loss, and far inside what ``SET ... PX`` and sorted-set
 #: scores accept once added to the current time. Longer delays are clamped to it.
 MAX_DELAY_MS = 315_360_000_000
+#: Most members one read command of a query or admin call asks Redis for (a state set's
+#: page, the schedule index): larger reads go in slices, so no single command holds
+#: Redis for long at any queue size (a 100,000-member ZRANGE takes tens of ms).
+QUERY_PAGE = 1000
 #: ``add_jobs`` sends at most this many jobs per enqueue script call ...
 ENQUEUE_CHUNK_JOBS = 1000
 #: ... and at most about this many payload bytes (a call always carries at least one job).

@@ -24,7 +24,7 @@ from .enums import JobStatus
 from .errors import ConfigurationError
 from .events import PROGRESS_BYTES_FIELD, StreamEvent, read_stream
 from .job import JobInfo
-from .limits import MAX_DELAY_MS
+from .limits import MAX_DELAY_MS, QUERY_PAGE
 from .options import MAX_QUERY_LIMIT, shown, to_int
 from .parking import parked_count, parked_ids
 from .records import JobDetail, decode_id, job_values, stored_status
@@ -44,6 +44,7 @@ __all__ = [
     "parse_status",
     "query_id",
     "query_limit",
+    "zrange_pages",
 ]
 
 #: The state set of each status (PAUSED: the waiting jobs of a paused queue).
@@ -93,6 +94,10 @@ class QueueStats:
     is_paused: bool
     latency_ms: int
     pending: int = 0
+    #: Job records found missing since the queue was last cleared: hashes evicted
+    #: (``allow_eviction``) or deleted by hand while their job sat in a state set
+    #: (waiting, delayed and running ones are in the DLQ with "job record missing").
+    missing_records: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,6 +118,8 @@ class HealthStatus:
     #: Memory in use against ``maxmemory``, the eviction policy and the persistence of
     #: the server (None for memory://, or a server that does not answer ``INFO``).
     memory: MemoryReport | None = None
+    #: Job records found missing (``QueueStats.missing_records``); None when unknown.
+    missing_records: int | None = None
 
     def __bool__(self) -> bool:
         return self.healthy
@@ -309,10 +316,8 @@ class Queries:
         key = getattr(self.ctx.keys, _STATUS_SETS[st])
         if st is JobStatus.PAUSED and not await client.hget(self.ctx.keys.meta, "paused"):
             return []
-        if st in _NEWEST_FIRST:
-            ids = await client.zrevrange(key, first, first + n - 1)
-        else:
-            ids = await client.zrange(key, first, first + n - 1)
+        rows = await zrange_pages(client, key, first, n, rev=st in _NEWEST_FIRST)
+        ids = [m for m, _ in rows]
         found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
         return await self.infos(ids, found_in)
 
@@ -336,10 +341,7 @@ class Queries:
             return JobPage()
         newest_first = st in _NEWEST_FIRST
         if after is None:
-            if newest_first:
-                page = await client.zrevrange(key, 0, n - 1, withscores=True)
-            else:
-                page = await client.zrange(key, 0, n - 1, withscores=True)
+            page = await zrange_pages(client, key, 0, n, rev=newest_first)
         else:
             page = await _after(client, key, after, n, newest_first)
         found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
@@ -365,6 +367,9 @@ class Queries:
         pipe.hget(ctx.keys.meta, "paused")
         *raws, paused = await pipe.execute()
         is_paused = paused == b"1"
+        gone = [i for i, r in zip(ids, raws, strict=True) if not r]
+        if gone and found_in in _STATUS_SETS:
+            await self._missing(gone, found_in)
         out: list[JobInfo] = []
         for i, r in zip(ids, raws, strict=True):
             if not r:
@@ -388,12 +393,28 @@ class Queries:
             )
         return out
 
+    async def _missing(self, gone: Sequence[str | bytes], found_in: JobStatus) -> None:
+        """Ids read from a state set whose record was gone when read: the ones still in
+        the set lost their record (evicted, deleted); the others left the set meanwhile
+        (retention, a transition). Reported through ``ctx.missing``, never raised."""
+        if not self.ctx.missing.due():
+            return
+        client = await self.ctx.client()
+        key = getattr(self.ctx.keys, _STATUS_SETS[found_in])
+        pipe = client.pipeline(transaction=False)
+        for i in gone:
+            pipe.zscore(key, i)
+        still = sum(1 for s in await pipe.execute() if s is not None)
+        self.ctx.missing.seen(still, f"listed as {found_in.value}")
+
     async def get_stats(self) -> QueueStats:
         """``JobQueue.get_stats``."""
         r = await self.ctx.run("stats")
         waiting, active, delayed, completed, failed, dlq = (int(x) for x in r[:6])
         is_paused = r[6] == b"1"
         oldest, now = int(r[7]), int(r[8])
+        missing = _count(r[9])
+        self.ctx.missing.counted(missing)
         return QueueStats(
             waiting=waiting,
             active=active,
@@ -405,6 +426,7 @@ class Queries:
             is_paused=is_paused,
             latency_ms=max(0, now - oldest) if oldest >= 0 else 0,
             pending=await parked_count(self.ctx),
+            missing_records=missing,
         )
 
     async def health_check(
@@ -428,6 +450,12 @@ class Queries:
         memory = (
             None if ctx.connection.is_memory else await memory_report(client, config=server_config)
         )
+        try:
+            missing: int | None = _count(await client.hget(ctx.keys.meta, "missing"))
+        except RedisError:
+            missing = None
+        else:
+            ctx.missing.counted(missing or 0)
         return HealthStatus(
             True,
             round(latency, 3),
@@ -435,6 +463,7 @@ class Queries:
             None,
             worker_running(),
             memory,
+            missing,
         )
 
     async def events(
@@ -484,6 +513,38 @@ class Queries:
         return StreamEvent(ev.id, ev.event, ev.job_id, fields_)
 
 
+async def zrange_pages(
+    client: Any, key: str | bytes, first: int, n: int, *, rev: bool = False
+) -> list[tuple[bytes, float]]:
+    """Members ``first .. first + n - 1`` of sorted set ``key`` with their scores
+    (descending with ``rev``), read in slices of ``QUERY_PAGE`` sent in one pipeline:
+    one round trip, and no single command that holds Redis for long (a 100,000-member
+    read in one ``ZRANGE`` blocks every other client while it is built)."""
+    if n <= 0:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for lo in range(first, first + n, QUERY_PAGE):
+        hi = min(first + n, lo + QUERY_PAGE) - 1
+        if rev:
+            pipe.zrevrange(key, lo, hi, withscores=True)
+        else:
+            pipe.zrange(key, lo, hi, withscores=True)
+    out: list[tuple[bytes, float]] = []
+    for rows in await pipe.execute():
+        out.extend(rows)
+        if len(rows) < QUERY_PAGE:
+            break  # the end of the set: later slices are empty
+    return out
+
+
+def _count(raw: Any) -> int:
+    """A counter read from Redis (0 when absent or damaged)."""
+    try:
+        return max(0, int(raw or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 async def _after(
     client: Any, key: str, after: tuple[float, bytes], n: int, newest_first: bool
 ) -> list[tuple[bytes, float]]:
@@ -497,7 +558,7 @@ async def _after(
     score, member = after
     out: list[tuple[bytes, float]] = []
     start = 0
-    batch = max(n, _SKIP_BATCH)
+    batch = max(min(n, QUERY_PAGE), _SKIP_BATCH)
     bound = repr(score)
     while len(out) < n:
         if newest_first:

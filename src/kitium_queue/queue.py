@@ -49,6 +49,7 @@ from .queueconfig import QueueConfig
 from .scripts import ScriptCall
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
     from .features.flowcontrol import FlowControl
     from .features.schedules import ScheduleStore
 
@@ -359,6 +360,17 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         """Declare that ``feature`` handles the job options ``names`` on this queue (ids
         or keys, stored as given: ``declare_option`` with the default ``normalize``)."""
         self.jobspec.own(feature, names)
+
+    def set_write_barrier(self, barrier: WriteBarrier | None) -> None:
+        """Run ``barrier``'s command after every enqueue and outcome of this queue, on
+        the same connection, before they are acknowledged (``barrier.py``; None removes
+        it). One per queue: replica-acknowledged writes (``ReplicaAcks``) set it."""
+        self.ctx.write_barrier = barrier
+
+    @property
+    def write_barrier(self) -> WriteBarrier | None:
+        """The write barrier set with ``set_write_barrier``, or None."""
+        return self.ctx.write_barrier
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` alongside every worker of this queue in this process (started

@@ -194,6 +194,17 @@ META_FIELDS: Final[dict[str, JobField]] = {
         JobField("outbox_cap", "length cap of the outbox stream", "Outbox.set_cap"),
         JobField("parked", "how many jobs are parked in all", "lib_parking.lua"),
         JobField(
+            "missing",
+            "job records found missing (deleted or evicted while their job sat in a "
+            "state set): QueueStats.missing_records",
+            "count_missing in lib_base.lua (claim, promote, recover, finish)",
+        ),
+        JobField(
+            "missing_at",
+            "when a job record was last found missing (ms, Redis clock)",
+            "count_missing in lib_base.lua",
+        ),
+        JobField(
             "-",
             "never set: deleting it is the first write of claim, extend and "
             "recover, so they still run on a full Redis (keep_running_when_full)",

@@ -55,13 +55,15 @@ from .limits import get_logger, safe_text
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
 from .runner import Runner
+from .scripts import RawCall
 from .wire import CLAIM_HEAD
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
     from .hooks import HookBus
     from .leases import Run
     from .queue import JobQueue
-    from .scripts import ScriptCall
+    from .scripts import Call
 
 __all__ = ["SharedSlots", "Worker", "serve_until_stopped"]
 
@@ -71,6 +73,9 @@ log = get_logger(__name__)
 _NET_ERRORS = TRANSIENT_ERRORS
 _MAX_IDLE_S = 5.0
 _MIN_BACKOFF_S = 0.05
+# At most one log line per this many seconds about outcomes the write barrier did not
+# confirm (each round's is reported on the queue_error hook).
+_BARRIER_LOG_S = 10.0
 # Positions in the claim reply (wire.CLAIM_HEAD).
 _WAKE_IN = CLAIM_HEAD.index("wake_in")
 _TOKEN = CLAIM_HEAD.index("token")
@@ -115,6 +120,10 @@ class Worker:
         self._outage = False
         self._claim_args: list[Any] = []
         self._claiming = 0  # slots asked for by the claims in flight
+        # Outcomes the write barrier did not confirm, and when that was last logged.
+        self._unconfirmed = 0
+        self._unconfirmed_logged = -_BARRIER_LOG_S
+        self._missing_task: asyncio.Future[None] | None = None
         self._slots = slots
         self.leases = Leases(
             queue,
@@ -222,6 +231,9 @@ class Worker:
             for t in pending:
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._missing_task is not None:
+            self._missing_task.cancel()
+            await asyncio.gather(self._missing_task, return_exceptions=True)
         await self.runner.close()
         if self._bclient is not None and self.queue.connection.owns(self._bclient):
             with contextlib.suppress(Exception):  # closing a broken connection
@@ -247,6 +259,12 @@ class Worker:
                     continue
             batch = outcomes.take()
             calls, extending, n_ext = self._round_calls(batch, free)
+            barrier = self.queue.write_barrier
+            n_out = len(batch[1]) + len(batch[2])
+            after = barrier.for_outcomes() if barrier is not None and n_out else None
+            if after is not None:
+                # Last, on the same connection: it follows every write of the round.
+                calls.append(RawCall(after))
             try:
                 replies = await self.queue.scripts.pipeline(self._client, calls)
                 for r in replies:
@@ -263,6 +281,8 @@ class Worker:
             if self._outage:
                 self._outage = False
                 log.warning("worker %s: Redis is reachable again; resuming", self.id)
+            if after is not None and barrier is not None:
+                self._barrier_reply(barrier, after, replies.pop(), n_out)
             if n_ext:
                 leases.after_extend(replies[:n_ext], extending)
             refused = outcomes.settle(replies[n_ext : len(replies) - (free > 0)], batch)
@@ -289,13 +309,14 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._signal.wait(), idle_for)
 
-    def _round_calls(self, batch: Batch, free: int) -> tuple[list[ScriptCall], dict[str, Run], int]:
+    def _round_calls(self, batch: Batch, free: int) -> tuple[list[Call], dict[str, Run], int]:
         """The calls of one round: lease renewals after an outage, the finish calls of
         ``batch``, a claim for ``free`` slots; plus the runs renewed and how many calls
         renew."""
         # After an outage, renew our own leases first in the same pipeline, so the claim
         # below does not recover (and re-run) jobs that are still running here.
-        calls, extending = self.leases.extend_calls() if self._outage else ([], {})
+        ext, extending = self.leases.extend_calls() if self._outage else ([], {})
+        calls: list[Call] = [*ext]
         n_ext = len(calls)
         calls += self.outcomes.calls(batch)
         if free > 0:
@@ -343,6 +364,30 @@ class Worker:
         )
         await asyncio.sleep(backoff)
         return min(backoff * 2, 5.0)
+
+    def _barrier_reply(self, barrier: WriteBarrier, command: Any, reply: Any, count: int) -> None:
+        """Judge the write barrier's reply after a round's outcomes: they are recorded
+        either way (a recorded outcome cannot be taken back); one the barrier did not
+        confirm is reported, at most once per ``_BARRIER_LOG_S`` in the log, always on
+        the ``queue_error`` hook."""
+        err = barrier.check_outcomes(command, reply, count)
+        if err is None:
+            return
+        self._unconfirmed += count
+        now = asyncio.get_running_loop().time()
+        if now - self._unconfirmed_logged >= _BARRIER_LOG_S:
+            self._unconfirmed_logged = now
+            log.warning(
+                "worker %s: %d outcome(s) on queue %s recorded but not confirmed (%d "
+                "since start): %s",
+                self.id,
+                count,
+                self.queue.name,
+                self._unconfirmed,
+                safe_text(err),
+            )
+        if self.hooks.queue_error:
+            self.hooks.emit_queue_error(self.queue.name, err)
 
     def _held(self) -> int:
         """Outcomes this worker holds that Redis has not recorded yet."""
@@ -397,6 +442,9 @@ class Worker:
         back, dead = reply[_RECOVERED], reply[_DEAD]
         if back or dead:
             self.leases.recovered(back, dead)
+        if dead and self.queue.ctx.missing.due():
+            # Some of them may have lost their record (evicted): the queue's count says.
+            self._check_missing()
         jobs = reply[_JOBS:]
         if not jobs:
             return 0
@@ -417,6 +465,19 @@ class Worker:
                     self.queue.name,
                 )
         return len(jobs)
+
+    def _check_missing(self) -> None:
+        """Read the queue's count of missing records, in the background: a warning goes
+        out (bounded rate, ``serverinfo.MissingRecords``) when it grew."""
+        if self._missing_task is not None and not self._missing_task.done():
+            return
+
+        async def check() -> None:
+            with contextlib.suppress(Exception):
+                raw = await self._client.hget(self.queue.keys.meta, "missing")
+                self.queue.ctx.missing.counted(int(raw or 0))
+
+        self._missing_task = asyncio.ensure_future(check())
 
     # ------------------------------------------------------------------ waker
     async def _waker(self) -> None:

@@ -110,6 +110,7 @@ def _add_feature_commands() -> None:
     from ..features.encryption.cli import make_command as encryption_command
     from ..features.groups.cli import make_command as groups_command
     from ..features.idempotency.cli import make_command as result_command
+    from ..features.replicas.cli import make_command as replicas_command
     from ..features.webhooks.cli import commands as webhook_commands
     from ..features.workflows.cli import make_command as workflows_command
 
@@ -120,6 +121,7 @@ def _add_feature_commands() -> None:
     main.add_command(
         workflows_command(with_single_queue, redis_option, row, show_table), "workflows"
     )
+    main.add_command(replicas_command(with_single_queue, redis_option, row), "replicas")
     try:
         from ..features.prometheus.cli import make_command as metrics_command
     except ImportError:  # the optional extra "prometheus" is not installed: no command

@@ -307,6 +307,7 @@ def health(
                     "redis_latency_ms": h.redis_latency_ms,
                     "backend": h.backend,
                     "error": h.error,
+                    "missing_records": h.missing_records,
                     "checks": checks,
                     "memory": None
                     if m is None
@@ -330,6 +331,8 @@ def health(
         ]
         if h.error:
             pairs.append(("error", h.error))
+        if h.missing_records:
+            pairs.append(("missing records", h.missing_records))
         if m is not None:
             pairs += [
                 (
