@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -163,7 +164,7 @@ def jobs_show(app: str, job_id: str, log_lines: int, as_json: bool, redis: str |
         if as_json:
             out.json({**d.to_dict(), "logs": logs})
             return
-        now = JobFilter().now_ms
+        now = int(time.time() * 1000)
         waited = (
             None if d.started_at is None or d.created_at is None else (d.started_at - d.created_at)
         )
