@@ -351,8 +351,9 @@ class QueueAPI(Protocol):
         raise _unimplemented(self)
 
     @operation("admin", Route.BY_ID)
-    async def promote_job(self, /, job_id: str) -> bool:
-        """Move one delayed job to waiting now; False when it is not delayed."""
+    async def promote_job(self, /, job_id: str) -> None:
+        """Move one delayed job to waiting now, due or not (``JobStateError`` when it
+        is not delayed)."""
         raise _unimplemented(self)
 
     @operation("admin", Route.BUDGET, merge="concat", ids="id lists")

@@ -25,7 +25,7 @@ from .models import (
     check_url,
 )
 from .registry import Registry
-from .service import GROUP, Delivery, DeliveryService, LocalDispatcher
+from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver
 from .subscriber import WebhookSubscriber
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["JobWebhookConfig", "WebhookManager"]
 
-FEATURE = "webhooks"
 #: The webhook id of deliveries to a job's own ``webhook_url``.
 JOB_WEBHOOK_ID = "job"
 
