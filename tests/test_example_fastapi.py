@@ -134,3 +134,34 @@ def test_on_redis_with_a_worker_process(
             del sys.modules[name]
     assert worker.returncode == 0, err
     assert "Traceback" not in err, err
+
+
+def test_the_dashboard_is_mounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "t" * 40
+    mod = _load(
+        monkeypatch,
+        KQ_REDIS_URL=f"memory://{uuid.uuid4().hex}",
+        KQ_DASHBOARD_TOKENS=f"{token}:ann@example.com:viewer",
+    )
+    try:
+        with TestClient(mod.app) as client:
+            job_id = client.post("/orders", json=ORDER).json()["job_id"]
+            # Signed out: sent to the dashboard's sign-in page, under the mount path.
+            r = client.get("/admin/queues/", follow_redirects=False)
+            assert r.status_code == 303 and "/login" in r.headers["location"]
+            assert client.get("/admin/queues/api/stats").status_code == 401
+            auth = {"authorization": f"Bearer {token}"}
+            stats = client.get("/admin/queues/api/stats", headers=auth).json()
+            assert [q["name"] for q in stats["queues"]] == [mod.queue.name]
+            assert _until_finished(client, job_id)["status"] == "completed"
+    finally:
+        for name in [m for m in sys.modules if m.startswith("examples.fastapi_app")]:
+            del sys.modules[name]
+
+
+def test_without_tokens_the_dashboard_serves_this_machine_only(memory_app: ModuleType) -> None:
+    with TestClient(memory_app.app, client=("203.0.113.7", 50000)) as client:
+        assert client.get("/admin/queues/api/stats").status_code == 403
+        assert client.get("/healthz").status_code == 200  # the API is not affected
+    with TestClient(memory_app.app, client=("127.0.0.1", 50000)) as client:
+        assert client.get("/admin/queues/api/stats").status_code == 200

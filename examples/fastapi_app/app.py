@@ -7,7 +7,8 @@
 
 Endpoints: ``POST /orders`` (202 and the job's id; an order sent twice is one job),
 ``GET /jobs/{job_id}`` (its status, progress and result), ``GET /stats``,
-``GET /healthz`` (liveness), ``GET /readyz`` (readiness: Redis answers).
+``GET /healthz`` (liveness), ``GET /readyz`` (readiness: Redis answers), and the
+dashboard under ``/admin/queues``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Response
 from pydantic import BaseModel, Field
+
+from kitium_queue.dashboard import create_dashboard
 
 from .tasks import queue
 
@@ -98,10 +101,14 @@ async def readyz(response: Response) -> dict[str, Any]:
     return {"ready": bool(health), "redis_latency_ms": health.redis_latency_ms}
 
 
-# ---------------------------------------------------------------- DASHBOARD MOUNT POINT
-# The kitium-queue dashboard (an ASGI app) is mounted here, under DASHBOARD_PATH, next
-# to the API above. It is not part of this example yet: nothing is mounted, and
-# DASHBOARD_PATH answers 404 until the mount below is filled in.
+# ---------------------------------------------------------------- the dashboard
+# The kitium-queue dashboard (an ASGI app, extra "dashboard") mounted next to the API.
+# Who may sign in comes from KQ_DASHBOARD_TOKENS: "TOKEN:PRINCIPAL:ROLE" entries separated
+# by commas (roles: viewer, operator, manager, admin; tokens of 32+ random characters).
+# Without it the dashboard serves this machine's browsers only, as an admin (development).
 DASHBOARD_PATH = "/admin/queues"
-# app.mount(DASHBOARD_PATH, <the dashboard's ASGI app for `queue`>)
-# ---------------------------------------------------------------- end of mount point
+_tokens = [t for t in os.environ.get("KQ_DASHBOARD_TOKENS", "").split(",") if t.strip()]
+app.mount(
+    DASHBOARD_PATH,
+    create_dashboard(queues=[queue], tokens=_tokens or None, insecure_local=not _tokens),
+)
