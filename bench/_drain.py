@@ -90,4 +90,11 @@ def report(rates: dict[str, list[float]], jobs: int, concurrency: int,
                               "vs_plain": med / first}
         print(f"  {v:10s} {med:10,.0f} jobs/s ({min(got):,.0f}-{max(got):,.0f})"
               f"  {100 * med / first:5.1f} % of plain")
+    try:
+        load = open("/proc/loadavg").read().split()[:3]
+    except OSError:
+        load = []
+    if load:
+        out["load_average"] = [float(x) for x in load]
+        print(f"  load average at the end: {' '.join(load)} (1, 5, 15 min)")
     return out

@@ -117,6 +117,8 @@ class Outcomes:
         # The ``finished`` subscribers last seen, and their ``quiet_outcomes`` (or None).
         self._fin: tuple[Callable[..., None], ...] | None = None
         self._quiet: list[Callable[[], str] | None] = []
+        # Their answers (one tuple of codes) -> the codes common to all.
+        self._combined: dict[tuple[str, ...], str] = {}
 
     def ack(
         self,
@@ -328,6 +330,7 @@ class Outcomes:
             self._quiet = [
                 getattr(getattr(fn, "__self__", None), "quiet_outcomes", None) for fn in fin
             ]
+            self._combined.clear()
         quiet = self._quiet
         if not quiet:
             return _SKIPPABLE
@@ -340,8 +343,15 @@ class Outcomes:
             return codes if "F" not in codes else codes.replace("F", "")
         if None in quiet:
             return ""
-        each = [q() for q in quiet if q is not None]
-        return "".join(k for k in _SKIPPABLE if all(k in c for c in each))
+        # Asked after every finished call: the answers rarely change, their common
+        # codes are remembered per combination.
+        each = tuple([q() for q in quiet if q is not None])
+        common = self._combined.get(each)
+        if common is None:
+            common = "".join(k for k in _SKIPPABLE if all(k in c for c in each))
+            if len(self._combined) < 64:
+                self._combined[each] = common
+        return common
 
     def _not_recorded(self, run: Run, kind: str, status: Any) -> None:
         q, job = self.queue, run.job
