@@ -8,6 +8,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,8 +25,9 @@ async def fresh_queue(url: str, name: str, prefix: str, concurrency: int) -> Any
     client = aioredis.Redis.from_url(url)
     await client.flushall()
     await client.aclose()
-    return JobQueue(name, redis=url, prefix=prefix,
-                    worker={"concurrency": concurrency, "scheduler": False})
+    return JobQueue(
+        name, redis=url, prefix=prefix, worker={"concurrency": concurrency, "scheduler": False}
+    )
 
 
 async def drain(q: Any, jobs: int) -> float:
@@ -52,7 +54,9 @@ async def drain(q: Any, jobs: int) -> float:
 
 
 async def compare(
-    url: str | None, variants: Sequence[str], reps: int,
+    url: str | None,
+    variants: Sequence[str],
+    reps: int,
     one_run: Callable[[str, str, int], Awaitable[float]],
 ) -> dict[str, list[float]]:
     """``one_run(url, variant, n)`` for every variant, interleaved, ``reps`` times, on
@@ -75,23 +79,26 @@ async def compare(
     return rates
 
 
-def report(rates: dict[str, list[float]], jobs: int, concurrency: int,
-           reps: int) -> dict[str, Any]:
+def report(rates: dict[str, list[float]], jobs: int, concurrency: int, reps: int) -> dict[str, Any]:
     """Print the median (min-max) of each variant and its ratio to the first; return
     the figures."""
     first = statistics.median(next(iter(rates.values())))
-    out: dict[str, Any] = {"jobs": jobs, "concurrency": concurrency, "reps": reps,
-                           "variants": {}}
-    print(f"drain of {jobs:,} no-op jobs, 1 process, concurrency {concurrency}, "
-          f"median of {reps}")
+    out: dict[str, Any] = {"jobs": jobs, "concurrency": concurrency, "reps": reps, "variants": {}}
+    print(f"drain of {jobs:,} no-op jobs, 1 process, concurrency {concurrency}, median of {reps}")
     for v, got in rates.items():
         med = statistics.median(got)
-        out["variants"][v] = {"median": med, "min": min(got), "max": max(got),
-                              "vs_plain": med / first}
-        print(f"  {v:10s} {med:10,.0f} jobs/s ({min(got):,.0f}-{max(got):,.0f})"
-              f"  {100 * med / first:5.1f} % of plain")
+        out["variants"][v] = {
+            "median": med,
+            "min": min(got),
+            "max": max(got),
+            "vs_plain": med / first,
+        }
+        print(
+            f"  {v:10s} {med:10,.0f} jobs/s ({min(got):,.0f}-{max(got):,.0f})"
+            f"  {100 * med / first:5.1f} % of plain"
+        )
     try:
-        load = open("/proc/loadavg").read().split()[:3]
+        load = Path("/proc/loadavg").read_text().split()[:3]
     except OSError:
         load = []
     if load:

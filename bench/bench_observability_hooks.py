@@ -109,8 +109,16 @@ def per_job(fn: Callable[[int], float], n: int, rounds: int) -> float:
 
 def job(i: int, traceparent: str | None) -> Job[Any]:
     opts = {"traceparent": traceparent} if traceparent else {}
-    return Job(id=f"job-{i}", name="noop", data=None, attempts=1, max_attempts=1,
-               created_at=int(time.time() * 1000), options=opts, queue_name="bench")
+    return Job(
+        id=f"job-{i}",
+        name="noop",
+        data=None,
+        attempts=1,
+        max_attempts=1,
+        created_at=int(time.time() * 1000),
+        options=opts,
+        queue_name="bench",
+    )
 
 
 def publish_loop(mod: ModuleType, tp: TracerProvider) -> tuple[Callable[[int], float], Any]:
@@ -196,8 +204,10 @@ def sdk_rows(tp: TracerProvider, n: int, rounds: int) -> dict[str, float]:
         return time.process_time() - t0
 
     base = per_job(empty, n, rounds)
-    return {"sdk span": per_job(span, n, rounds) - base,
-            "sdk attach": per_job(attach, n, rounds) - base}
+    return {
+        "sdk span": per_job(span, n, rounds) - base,
+        "sdk attach": per_job(attach, n, rounds) - base,
+    }
 
 
 def prometheus_row(mod: ModuleType, n: int, rounds: int) -> float:
@@ -256,10 +266,16 @@ def main(args: argparse.Namespace) -> None:
     }
     if args.before:
         versions["before"] = (
-            load_at(args.before, "kitium_queue/features/tracing.py",
-                    "kitium_queue.features._tracing_before"),
-            load_at(args.before, "kitium_queue/features/prometheus/subscriber.py",
-                    "kitium_queue.features.prometheus._subscriber_before"),
+            load_at(
+                args.before,
+                "kitium_queue/features/tracing.py",
+                "kitium_queue.features._tracing_before",
+            ),
+            load_at(
+                args.before,
+                "kitium_queue/features/prometheus/subscriber.py",
+                "kitium_queue.features.prometheus._subscriber_before",
+            ),
             load_at(args.before, "kitium_queue/outcomes.py", "kitium_queue._outcomes_before"),
         )
     loop = asyncio.new_event_loop()
@@ -276,8 +292,9 @@ def main(args: argparse.Namespace) -> None:
             jobs = traced_jobs(tmod, tp, args.n)
             traced = process_loop(loop, q, jobs)
             # The plain loop runs no middleware: the jobs are not looked at.
-            got["otel process"] = (per_job(traced, args.n, args.rounds)
-                                   - per_job(plain, args.n, args.rounds))
+            got["otel process"] = per_job(traced, args.n, args.rounds) - per_job(
+                plain, args.n, args.rounds
+            )
             rows[f"otel {version} ({label})"] = got
         tp.shutdown()
     for version, (_, pmod, omod) in versions.items():
@@ -286,8 +303,10 @@ def main(args: argparse.Namespace) -> None:
             "prometheus worker": prometheus_worker_row(loop, pmod, omod, args.n, args.rounds),
         }
     loop.close()
-    print(f"µs per job, median of {args.rounds} rounds of {args.n:,} "
-          f"(load average {' '.join(f'{x:.1f}' for x in _load())})")
+    print(
+        f"µs per job, median of {args.rounds} rounds of {args.n:,} "
+        f"(load average {' '.join(f'{x:.1f}' for x in _load())})"
+    )
     for name, got in rows.items():
         print(f"  {name:22s} " + "  ".join(f"{k} {v:6.2f}" for k, v in got.items()))
 
@@ -303,6 +322,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20_000, help="jobs per round")
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--before", default=None,
-                   help="a git revision whose modules are measured alongside")
+    p.add_argument(
+        "--before", default=None, help="a git revision whose modules are measured alongside"
+    )
     main(p.parse_args())
