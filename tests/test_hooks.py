@@ -7,7 +7,9 @@
   the ``job-dlq`` / final ``job-failed`` events carry it.
 * A subscriber that raises changes no outcome and does not stop the others.
 * With only the built-in ``Observer``, the bus holds nothing else, and a completion
-  nobody listens to builds no ``Outcome`` and calls no ``finished``.
+  nobody listens to builds no ``Outcome`` and calls no ``finished``; with two quiet
+  subscribers, a listener added later is heard from the next completion on.
+* Process middleware wrap a run outermost first.
 """
 
 from __future__ import annotations
@@ -418,3 +420,60 @@ async def test_an_add_that_finds_its_job_is_a_duplicate_not_an_enqueue(
     assert subs.dups == [(first, "again"), (keyed, "k"), (first, "n")]
     await wait_until(lambda: len(added_events) == 3, 5)
     assert sorted(added_events) == sorted([first, keyed, ids[1]])
+
+
+async def test_two_quiet_subscribers_then_a_listener(make_queue: QueueFactory) -> None:
+    # With the Observer and a subscriber that ignores every outcome, completions are
+    # skipped; a listener added later changes the Observer's answer, and the next
+    # completions reach finished (the worker remembers the codes common to both per
+    # combination of answers, and asks again after each call).
+    q = make_queue("quiet2")
+    quiet = Quiet(q)
+    q.subscribe(quiet)
+    seen: list[str] = []
+
+    @q.process("ok")
+    async def ok(job: Any) -> None:
+        return None
+
+    first = await q.add_jobs([("ok", i) for i in range(5)])
+    await q.start()
+    for jid in first:
+        await wait_for_status(q, jid, JobStatus.COMPLETED)
+    assert all(quiet.of(jid) == [("started",)] for jid in first)
+    q.on("job-completed", lambda e: seen.append(e.job_id or ""))
+    more = await q.add_jobs([("ok", i) for i in range(5)])
+    for jid in more:
+        await wait_for_status(q, jid, JobStatus.COMPLETED)
+    await wait_until(lambda: len(seen) == 5, 5)
+    assert sorted(seen) == sorted(more)
+    assert all(quiet.of(jid) == [("started",), ("finished", "completed")] for jid in more)
+
+
+async def test_process_middleware_wrap_outermost_first(make_queue: QueueFactory) -> None:
+    q = make_queue("chain")
+    trail: list[str] = []
+
+    def layer(name: str) -> Any:
+        async def middleware(job: Any, call_next: Any) -> Any:
+            trail.append(f"{name}>")
+            try:
+                return f"{name}({await call_next()})"
+            finally:
+                trail.append(f"<{name}")
+
+        return middleware
+
+    for name in ("a", "b", "c"):
+        q.use_process(layer(name))
+
+    @q.process("n")
+    async def n(job: Any) -> str:
+        trail.append("run")
+        return "x"
+
+    jid = await q.add_job("n", {})
+    await q.start()
+    info = await wait_for_status(q, jid, JobStatus.COMPLETED)
+    assert info.result == "a(b(c(x)))"
+    assert trail == ["a>", "b>", "c>", "run", "<c", "<b", "<a"]
