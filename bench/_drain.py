@@ -5,6 +5,7 @@ interleaved repetitions on one redis-server, and the report."""
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,7 +17,7 @@ import redis.asyncio as aioredis
 from _redis import RedisServer
 from kitium_queue import JobQueue
 
-__all__ = ["compare", "drain", "fresh_queue", "report"]
+__all__ = ["Rate", "compare", "drain", "fresh_queue", "report"]
 
 
 async def fresh_queue(url: str, name: str, prefix: str, concurrency: int) -> Any:
@@ -30,9 +31,19 @@ async def fresh_queue(url: str, name: str, prefix: str, concurrency: int) -> Any
     )
 
 
-async def drain(q: Any, jobs: int) -> float:
+class Rate(float):
+    """A drain's jobs/s, with ``cpu_us``: the CPU time this process spent per job
+    meanwhile (all its threads; not the redis-server's). On a machine shared with other
+    work the CPU time moves far less than the rate does: another process taking the
+    cores slows the drain, not the work this process does per job."""
+
+    cpu_us: float = float("nan")
+
+
+async def drain(q: Any, jobs: int) -> Rate:
     """Add ``jobs`` no-op jobs to ``q`` (``add_jobs``, 1,000 at a time), then time one
-    worker from ``start()`` to the last completion; closes ``q``; returns jobs/s."""
+    worker from ``start()`` to the last completion; closes ``q``; returns jobs/s (with
+    the CPU µs per job)."""
     done = asyncio.Event()
     count = 0
 
@@ -45,12 +56,14 @@ async def drain(q: Any, jobs: int) -> float:
     q.process("noop", noop)
     for i in range(0, jobs, 1000):
         await q.add_jobs([("noop", None) for _ in range(min(1000, jobs - i))])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await q.start()
     await asyncio.wait_for(done.wait(), 600)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     await q.close()
-    return jobs / elapsed
+    rate = Rate(jobs / elapsed)
+    rate.cpu_us = cpu / jobs * 1e6
+    return rate
 
 
 async def compare(
@@ -61,6 +74,9 @@ async def compare(
 ) -> dict[str, list[float]]:
     """``one_run(url, variant, n)`` for every variant, interleaved, ``reps`` times, on
     ``url`` or on a private redis-server; the rates per variant."""
+    load = load_average()
+    if load:
+        print(f"load average at the start: {' '.join(load)} (1, 5, 15 min)")
     server = None
     if url is None:
         server = RedisServer()
@@ -83,6 +99,7 @@ def report(rates: dict[str, list[float]], jobs: int, concurrency: int, reps: int
     """Print the median (min-max) of each variant and its ratio to the first; return
     the figures."""
     first = statistics.median(next(iter(rates.values())))
+    first_cpu: float | None = None
     out: dict[str, Any] = {"jobs": jobs, "concurrency": concurrency, "reps": reps, "variants": {}}
     print(f"drain of {jobs:,} no-op jobs, 1 process, concurrency {concurrency}, median of {reps}")
     for v, got in rates.items():
@@ -93,15 +110,31 @@ def report(rates: dict[str, list[float]], jobs: int, concurrency: int, reps: int
             "max": max(got),
             "vs_plain": med / first,
         }
-        print(
+        line = (
             f"  {v:10s} {med:10,.0f} jobs/s ({min(got):,.0f}-{max(got):,.0f})"
             f"  {100 * med / first:5.1f} % of plain"
         )
-    try:
-        load = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        load = []
+        cpus = [c for c in (getattr(r, "cpu_us", math.nan) for r in got) if not math.isnan(c)]
+        if cpus:
+            cpu = statistics.median(cpus)
+            first_cpu = first_cpu if first_cpu is not None else cpu
+            out["variants"][v]["cpu_us_per_job"] = cpu
+            # The rate the CPU time alone would allow, against the first variant's.
+            line += (
+                f"   CPU {cpu:6.1f} µs/job ({min(cpus):.1f}-{max(cpus):.1f})"
+                f"  {100 * first_cpu / cpu:5.1f} % of plain"
+            )
+        print(line)
+    load = load_average()
     if load:
         out["load_average"] = [float(x) for x in load]
         print(f"  load average at the end: {' '.join(load)} (1, 5, 15 min)")
     return out
+
+
+def load_average() -> list[str]:
+    """The machine's load average (1, 5, 15 min), as /proc/loadavg has it; [] elsewhere."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return []
