@@ -177,7 +177,8 @@ class OpenTelemetryTracing(Subscriber):
         self.name = queue.name
         self.tracer = trace.get_tracer("kitium_queue", __version__, tracer_provider=tracer_provider)
         self.pending_timeout = pending_timeout
-        # True once the sampler is known to drop spans under unsampled parents.
+        # Whether a run sampled out upstream may skip its span (the sampler is known to
+        # drop it): decided once the tracer provider is known (_drops_unsampled).
         self._drops: bool | None = None
         # job id -> (publish span, started at, monotonic); insertion order = age order.
         self._pending: OrderedDict[str, tuple[Any, float]] = OrderedDict()
@@ -257,14 +258,6 @@ class OpenTelemetryTracing(Subscriber):
         span.end()
 
     # ------------------------------------------------------------------ worker
-    def _sampled_out_skips(self) -> bool:
-        """True when a run whose context is not sampled may skip its span (the sampler
-        would drop it): decided once the tracer provider is known."""
-        drops = self._drops
-        if drops is None:
-            drops = self._drops = _drops_unsampled(self.tracer)
-        return bool(drops)
-
     async def _on_process(self, job: Any, call_next: Callable[[], Awaitable[Any]]) -> Any:
         options = job.options
         raw = options.get(OPTION) if isinstance(options, dict) else None
@@ -272,7 +265,10 @@ class OpenTelemetryTracing(Subscriber):
         parent = None
         if remote is not None:
             parent = trace.set_span_in_context(NonRecordingSpan(remote))
-            if not remote.trace_flags.sampled and self._sampled_out_skips():
+            drops = self._drops
+            if drops is None:
+                drops = self._drops = _drops_unsampled(self.tracer)
+            if drops and not remote.trace_flags & 1:  # 1: sampled
                 # Sampled out upstream: the sampler would drop the run's span. The job's
                 # context is made current as it is, so what the processor starts
                 # follows the same decision.
