@@ -292,6 +292,11 @@ class Outcomes:
         bus = self.hooks
         name = self.queue.name
         skip = self._skip()
+        # True once a hook ran since ``skip`` was asked: a subscriber may have added a
+        # listener (queue.on) meanwhile, so ``skip`` is asked again before it is used
+        # to skip an outcome. (Skipping less than it could is never wrong: an empty
+        # ``skip`` stays as it is.)
+        stale = False
         dlq = self.queue.dlq.enabled
         clock = asyncio.get_running_loop().time
         for (run, kind, value, exc, delay), status in zip(done, statuses, strict=False):
@@ -300,7 +305,11 @@ class Outcomes:
                 continue
             self.recorded += 1
             if kind in skip:
-                continue
+                if not stale:
+                    continue
+                skip, stale = self._skip(), False
+                if kind in skip:
+                    continue
             job = run.job
             took = (clock() - run.started) * 1000 if run.started else None
             if kind == "C":
@@ -312,10 +321,7 @@ class Outcomes:
                 bus.emit_finished(name, job, outcome)
             if kind == "F" and dlq and bus.dead_lettered:
                 bus.emit_dead_lettered(name, job.id, job, value)
-            if skip:
-                # A subscriber may have added a listener (queue.on) just now. (Skipping
-                # less than it could is never wrong: an empty ``skip`` stays as it is.)
-                skip = self._skip()
+            stale = True
 
     def _skip(self) -> str:
         """Outcome codes no ``finished`` subscriber would act on right now, so their
@@ -343,7 +349,7 @@ class Outcomes:
             return codes if "F" not in codes else codes.replace("F", "")
         if None in quiet:
             return ""
-        # Asked after every finished call: the answers rarely change, their common
+        # Asked again after finished calls: the answers rarely change, their common
         # codes are remembered per combination.
         each = tuple([q() for q in quiet if q is not None])
         common = self._combined.get(each)
