@@ -51,6 +51,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     Link,
     NonRecordingSpan,
     ProxyTracer,
@@ -76,9 +77,12 @@ FEATURE = "opentelemetry"
 #: The stored job option carrying the W3C traceparent.
 OPTION = "traceparent"
 SYSTEM = "kitium-queue"
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 #: The trace flags of each flags field, W3C's two (sampled, random trace id) kept.
 _FLAGS = {f"{bits:02x}": TraceFlags(bits & 3) for bits in range(256)}
+#: The flags fields of a context that was not sampled.
+_NOT_SAMPLED = frozenset(text for text, flags in _FLAGS.items() if not flags & 1)
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 #: Spans kept for matching (publish spans awaiting their write, previous attempts).
 _MAX_PENDING = 10_000
 
@@ -93,18 +97,48 @@ def _normalize(value: Any, section: str) -> str:
     return value
 
 
+def _valid(traceparent: str) -> bool:
+    """Whether a stored traceparent (read back from Redis: untrusted) is a valid W3C
+    one: the exact form, a version other than ``ff``, trace and span ids not zero."""
+    return (
+        _TRACEPARENT.fullmatch(traceparent) is not None
+        and traceparent[:2] != "ff"
+        and traceparent[3:35] != _ZERO_TRACE
+        and traceparent[36:52] != _ZERO_SPAN
+    )
+
+
+def _span_context(traceparent: str) -> SpanContext:
+    """The remote span context of a valid traceparent (``_valid``). Flag bits W3C does
+    not define are dropped."""
+    return SpanContext(
+        int(traceparent[3:35], 16), int(traceparent[36:52], 16), True, _FLAGS[traceparent[53:]]
+    )
+
+
 def _remote(traceparent: str) -> SpanContext | None:
-    """The remote span context of a stored traceparent (read back from Redis:
-    untrusted, so matched whole first); None when it is not a valid one. Flag bits
-    W3C does not define are dropped."""
-    match = _TRACEPARENT.fullmatch(traceparent)
-    if match is None:
-        return None
-    version, trace_hex, span_hex, flags = match.groups()
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-    if not trace_id or not span_id or version == "ff":
-        return None
-    return SpanContext(trace_id, span_id, True, _FLAGS[flags])
+    """The remote span context of a stored traceparent; None when it is not valid."""
+    return _span_context(traceparent) if _valid(traceparent) else None
+
+
+class _StoredContext(NonRecordingSpan):
+    """The current span of a run that makes none (sampled out upstream): the job's
+    stored context, its ids read from the traceparent the first time they are asked
+    for (most processors never ask)."""
+
+    def __init__(self, traceparent: str) -> None:  # no super().__init__: one per run
+        self._context = INVALID_SPAN_CONTEXT
+        self._traceparent: str | None = traceparent
+
+    def get_span_context(self) -> SpanContext:
+        traceparent = self._traceparent
+        if traceparent is not None:
+            self._context = _span_context(traceparent)
+            self._traceparent = None
+        return self._context
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self.get_span_context()!r})"
 
 
 #: Job ids made and not given yet (a forked child drops its parent's: see below).
@@ -261,22 +295,23 @@ class OpenTelemetryTracing(Subscriber):
     async def _on_process(self, job: Any, call_next: Callable[[], Awaitable[Any]]) -> Any:
         options = job.options
         raw = options.get(OPTION) if isinstance(options, dict) else None
-        remote = _remote(raw) if isinstance(raw, str) else None
-        parent = None
-        if remote is not None:
+        remote = parent = None
+        if isinstance(raw, str) and _valid(raw):
+            if raw[53:] in _NOT_SAMPLED:
+                drops = self._drops
+                if drops is None:
+                    drops = self._drops = _drops_unsampled(self.tracer)
+                if drops:
+                    # Sampled out upstream: the sampler would drop the run's span. The
+                    # job's context is made current as it is, so what the processor
+                    # starts follows the same decision.
+                    token = otel_context.attach(trace.set_span_in_context(_StoredContext(raw)))
+                    try:
+                        return await call_next()
+                    finally:
+                        otel_context.detach(token)
+            remote = _span_context(raw)
             parent = trace.set_span_in_context(NonRecordingSpan(remote))
-            drops = self._drops
-            if drops is None:
-                drops = self._drops = _drops_unsampled(self.tracer)
-            if drops and not remote.trace_flags & 1:  # 1: sampled
-                # Sampled out upstream: the sampler would drop the run's span. The job's
-                # context is made current as it is, so what the processor starts
-                # follows the same decision.
-                token = otel_context.attach(parent)
-                try:
-                    return await call_next()
-                finally:
-                    otel_context.detach(token)
         span = self.tracer.start_span(
             self._process_name,
             context=parent,
