@@ -32,8 +32,9 @@ Rows:
   built, the ``finished`` hooks, asking the subscribers which outcomes they ignore).
   ``--before`` loads ``outcomes.py`` of that revision too for this row.
 
-The tracing rows are measured at 100 % sampling and with
-``ParentBased(TraceIdRatioBased(0.1))``, on an SDK ``TracerProvider`` with a
+The tracing rows are measured at 100 % sampling (the SDK's default sampler), with
+``ParentBased(TraceIdRatioBased(0.1))`` and with a ratio of 0 (every job sampled out:
+the cost of a job nobody traces), on an SDK ``TracerProvider`` with a
 ``BatchSpanProcessor`` whose exporter drops the spans (its thread runs, as in a
 process that ships spans). A benchmark, not a test: nothing here asserts.
 """
@@ -280,7 +281,7 @@ def main(args: argparse.Namespace) -> None:
         )
     loop = asyncio.new_event_loop()
     rows: dict[str, dict[str, float]] = {}
-    for label, ratio in (("100 %", None), ("10 %", 0.1)):
+    for label, ratio in (("100 %", None), ("10 %", 0.1), ("0 %", 0.0)):
         tp = provider(ratio)
         rows[f"sdk ({label})"] = sdk_rows(tp, args.n, args.rounds)
         for version, (tmod, _, _) in versions.items():
