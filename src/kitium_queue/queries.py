@@ -7,11 +7,13 @@ never raise because of one damaged record: it is returned with ``damaged`` set.
 
 Read guards (``queue.queries.add_guard(fn)``): every read of job data and counts
 (``get_job_status``, ``get_job_detail``, ``get_job_logs``, ``get_jobs_by_status``,
-``list_jobs``, ``get_stats``, ``events``, and the schedule reads of ``QueryAPI``) first
-calls each guard with a ``ReadCall`` (queue, query, arguments, principal); a guard
-refuses the read by raising (``PermissionDeniedError`` by convention), before anything
-is read. ``health_check`` (a PING) is not guarded. The library's own reads on behalf of
-the application (the DLQ notification's ``job_status``) do not pass the guards.
+``list_jobs``, ``get_stats``, ``events``, and the schedule reads and ``explain`` of
+``QueryAPI``) first calls each guard with a ``ReadCall`` (queue, query, arguments,
+principal); a guard refuses the read by raising (``PermissionDeniedError`` by
+convention), before anything is read. A feature's public reads opt in the same way:
+each calls ``queue.queries.check(<its read's name>, args)`` first. ``health_check`` (a
+PING) is not guarded. The library's own reads on behalf of the application (the DLQ
+notification's ``job_status``) do not pass the guards.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -51,6 +53,7 @@ __all__ = [
     "Queries",
     "QueryAPI",
     "QueueStats",
+    "check_reads",
     "is_stream_id",
     "parse_status",
     "query_id",
@@ -227,6 +230,14 @@ def _parse_cursor(cursor: Any, status: JobStatus) -> tuple[float, bytes]:
     return score, member
 
 
+async def check_reads(queues: Iterable[Any], query: str, args: Mapping[str, Any]) -> None:
+    """Run the read guards of each of ``queues`` for ``query``: what a feature's read
+    that spans several queues (the partitions of a ``PartitionedQueue``) calls first,
+    so that it reads nothing unless every queue it reads lets it."""
+    for q in queues:
+        await q.queries.check(query, args)
+
+
 # ---------------------------------------------------------------------------- component
 class Queries:
     """The read API of one queue (``queue.queries``); ``JobQueue``'s query methods
@@ -254,8 +265,10 @@ class Queries:
 
     async def check(self, query: str, args: Mapping[str, Any]) -> None:
         """Run the read guards for ``query`` (a no-op without guards). Reads of this
-        class call it themselves; a component that reads job data on a caller's
-        behalf elsewhere (the schedule reads) calls it first."""
+        class call it themselves; a component that reads job data or feature state on
+        a caller's behalf elsewhere (the schedule reads, ``explain``, every feature's
+        public reads) calls it first, with a name of its own for the read (access
+        control maps each name to a permission)."""
         if self._guards:
             principal = current_principal(self.ctx.principal)
             await self._guards.run(ReadCall(self.ctx.name, query, dict(args), principal))
@@ -758,6 +771,7 @@ class QueryAPI:
         """
         from .explain import explain_job
 
+        await self.queries.check("explain", {"job_id": job_id})
         return await explain_job(self.queries.ctx, job_id)
 
     async def get_schedules(self) -> list[Schedule]:

@@ -3,7 +3,7 @@ queues a process opens as a principal, and Redis ACL rules for isolation that ho
 against any client.
 
 * ``model.py``: permissions, roles as bundles, ``AccessEntry``, and the permission
-  each administrative command and read needs;
+  each administrative command and each read needs;
 * ``glob.py``: the queue pattern syntax (``acme-*``, ``[a-c]?``, ``[!t]*``);
 * ``store.py``: grants in Redis, cached per process with a bounded TTL;
 * ``enforce.py``: the admin guard, enqueue middleware and read guard of a protected
@@ -19,15 +19,18 @@ from .glob import QueuePattern
 from .manager import AccessControlManager
 from .model import (
     COMMAND_PERMISSIONS,
+    READ_PERMISSIONS,
     ROLE_PERMISSIONS,
     AccessEntry,
     Permission,
     QueuePermissions,
     register_command,
+    register_read,
 )
 
 __all__ = [
     "COMMAND_PERMISSIONS",
+    "READ_PERMISSIONS",
     "ROLE_PERMISSIONS",
     "AccessControlManager",
     "AccessEntry",
@@ -35,4 +38,5 @@ __all__ = [
     "QueuePattern",
     "QueuePermissions",
     "register_command",
+    "register_read",
 ]

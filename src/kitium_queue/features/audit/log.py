@@ -39,11 +39,11 @@ from ...limits import get_logger
 from ...options import to_int, to_ms
 from .chain import AuditKeys, Draft, entry_mac, parse_id
 from .conn import Deployment, LuaScript
-from .read import AuditEntry, AuditReader, decode
+from .read import AuditEntry, AuditPage, AuditReader, decode
 from .retention import TrimPointGone, first_kept, trim_to
 from .verify import AuditHead, AuditReport
 
-__all__ = ["AuditEntry", "AuditLog", "Effect"]
+__all__ = ["AuditEntry", "AuditLog", "AuditPage", "Effect"]
 
 log = get_logger(__name__)
 
@@ -344,9 +344,21 @@ class AuditLog:
 
     async def query(self, **filters: Any) -> list[AuditEntry]:
         """Entries matching every filter given, newest first by default
-        (``AuditReader.query``: ``principal``, ``action``, ``resource``, ``outcome``,
-        ``since``, ``until``, ``limit``, ``newest_first``, ``max_scan``)."""
+        (``AuditReader.query_page``: ``principal``, ``action``, ``resource``,
+        ``outcome``, ``since``, ``until``, ``limit``, ``newest_first``, ``max_scan``,
+        ``cursor``)."""
         return await self.reader.query(**filters)
+
+    async def query_page(self, **filters: Any) -> AuditPage:
+        """``query`` by pages: the entries and the ``next_cursor`` to pass as
+        ``cursor=`` for the next page (``AuditReader.query_page``)::
+
+            page = await log.query_page(action="access.*", limit=50)
+            while page.next_cursor:
+                page = await log.query_page(action="access.*", limit=50,
+                                            cursor=page.next_cursor)
+        """
+        return await self.reader.query_page(**filters)
 
     async def verify(self, *, checkpoint: AuditHead | None = None) -> AuditReport:
         """Check the whole chain (``AuditReader.verify``; what is reported:

@@ -287,6 +287,7 @@ class CircuitBreakerManager:
     async def get_breaker(self, breaker_id: str) -> CircuitBreaker | None:
         """The breaker ``breaker_id`` (its definition as stored), or None."""
         bid = check_breaker_id(breaker_id)
+        await self.queue.queries.check("get_breaker", {"id": bid})
         reply = await self.call("get", bid)
         if _s(reply[0]) == "missing":
             return None
@@ -295,16 +296,20 @@ class CircuitBreakerManager:
     async def get_state(self, breaker_id: str) -> CircuitBreakerState:
         """Its state now; a timeout that ended moves it to half-open first. Raises
         ``BreakerNotFoundError``."""
-        return (await self.get_stats(breaker_id)).state
+        bid = check_breaker_id(breaker_id)
+        await self.queue.queries.check("get_breaker_state", {"id": bid})
+        return (await self._view(bid, await self.call("get", bid))).state
 
     async def get_stats(self, breaker_id: str) -> BreakerStats:
         """State, since when, next probe time, window counts and failure rate, probes,
         held jobs; read atomically. Raises ``BreakerNotFoundError``."""
         bid = check_breaker_id(breaker_id)
+        await self.queue.queries.check("get_breaker_stats", {"id": bid})
         return await self._view(bid, await self.call("get", bid))
 
     async def list_breakers(self) -> list[BreakerStats]:
         """Every breaker of the queue (up to 1000), oldest first, with its stats."""
+        await self.queue.queries.check("list_breakers", {})
         client = await self.queue.client()
         ids = [
             _s(i) for i in await client.zrange(self.queue.keys.extra("cb:ids"), 0, MAX_LISTED - 1)
@@ -328,6 +333,7 @@ class CircuitBreakerManager:
         breaker log (about the last 1000 changes of the queue are kept)."""
         n = to_int(limit, "limit", minimum=0, maximum=10_000)
         bid = check_breaker_id(breaker_id) if breaker_id is not None else None
+        await self.queue.queries.check("breaker_history", {"id": bid, "limit": n})
         client = await self.queue.client()
         rows = await client.xrevrange(self.queue.keys.extra("cb:log"), count=1000)
         out = []

@@ -269,7 +269,7 @@ class WebhookManager:
 
         async def action() -> Webhook:
             await self._ensure_group()
-            if await self.get_webhook(hook.id) is not None:
+            if await self._hook(hook.id) is not None:
                 raise ConfigurationError(f"webhook {hook.id!r} exists; use update_webhook")
             if config.secret is not None:
                 self.secrets.set(hook.id, config.secret)
@@ -285,10 +285,16 @@ class WebhookManager:
 
     async def list_webhooks(self) -> list[Webhook]:
         """Every registered endpoint (from Redis)."""
+        await self.queue.queries.check("list_webhooks", {})
         await self.registry.refresh(force=True)
         return sorted(self.registry.hooks.values(), key=lambda h: (h.created_at, h.id))
 
     async def get_webhook(self, webhook_id: str) -> Webhook | None:
+        """The endpoint ``webhook_id`` (from Redis), or None."""
+        await self.queue.queries.check("get_webhook", {"id": webhook_id})
+        return await self._hook(webhook_id)
+
+    async def _hook(self, webhook_id: str) -> Webhook | None:
         client = await self.queue.client()
         raw = await client.hget(self._keys["hooks"], webhook_id)
         return Webhook.from_json(raw) if raw is not None else None
@@ -298,7 +304,7 @@ class WebhookManager:
         ``max_retries``, ``active``, ``timeout_ms``, ``headers``, ``description``)."""
 
         async def action() -> Webhook:
-            old = await self.get_webhook(webhook_id)
+            old = await self._hook(webhook_id)
             if old is None:
                 raise ConfigurationError(f"no webhook {webhook_id!r}")
             new = old.updated(changes, int(time.time() * 1000))
@@ -370,6 +376,9 @@ class WebhookManager:
     ) -> list[DeliveryRecord]:
         """The delivery of ``event_id`` to ``webhook_id`` (a list of one, or empty), or
         the latest ``limit`` deliveries to ``webhook_id``, newest first."""
+        await self.queue.queries.check(
+            "get_delivery_history", {"webhook_id": webhook_id, "event_id": event_id, "limit": limit}
+        )
         client = await self.queue.client()
         if event_id is not None:
             member = self._member(webhook_id, event_id)
@@ -400,6 +409,9 @@ class WebhookManager:
         self, limit: int = 100, webhook_id: str | None = None
     ) -> list[DeliveryRecord]:
         """Dead-lettered deliveries, oldest first (of one endpoint, or all)."""
+        await self.queue.queries.check(
+            "list_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}
+        )
         client = await self.queue.client()
         raw = await client.zrange(self._keys["dlq"], 0, max(1, min(limit, 10_000)) * 4 - 1)
         members = [m.decode() for m in raw]
@@ -435,6 +447,7 @@ class WebhookManager:
     async def stats(self) -> dict[str, Any]:
         """Endpoints, retries scheduled, DLQ size, the outbox group's backlog, and this
         process's in-memory deliveries (in flight, dropped)."""
+        await self.queue.queries.check("webhook_stats", {})
         client = await self.queue.client()
         pipe = client.pipeline(transaction=False)
         pipe.hlen(self._keys["hooks"]).zcard(self._keys["retry"]).zcard(self._keys["dlq"])
