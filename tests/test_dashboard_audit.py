@@ -13,10 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import QueueFactory
 from kitium_queue import ConfigurationError, FIFOQueueManager, JobQueue, acting_as
 from kitium_queue.dashboard import create_dashboard
+from kitium_queue.dashboard.audit import AuditFilter
 from kitium_queue.features.access import AccessControlManager
 from kitium_queue.features.audit import AuditLog
 from test_dashboard_asgi import ADMIN, MANAGER, OPERATOR, TOKENS, VIEWER, client_for, csrf_of
@@ -318,3 +321,45 @@ async def test_on_a_protected_queue_the_role_and_the_grants_both_apply(
     done = await acm.query_audit_log(action="queue.pause")
     assert [e.principal for e in done] == ["ada@example.com"]
     assert (await acm.verify_audit_log()).ok
+
+
+# ---------------------------------------------------------------------- hostile input
+_FILTER_TEXT = st.text(
+    alphabet=st.sampled_from(list("ab9-:TZ+*?[]!\\ \x00\t\x1b\u202e\ud800é<>&\"'")), max_size=80
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.fixed_dictionaries({k: _FILTER_TEXT for k in AuditFilter.__slots__}))
+def test_any_filter_parses_or_is_refused_clearly(values: dict[str, str]) -> None:
+    flt = AuditFilter.of(values)
+    assert all(len(getattr(flt, k)) <= 512 for k in AuditFilter.__slots__)
+    assert flt.outcome in ("", "ok", "denied", "error")
+    try:
+        args = flt.query_args()
+    except ConfigurationError as exc:
+        assert "must be ms since the epoch" in str(exc) or "before 1970" in str(exc)
+        return
+    assert all(isinstance(v, (str, int)) for v in args.values())
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "principal=%00%1b%5B31m&action=%5B&resource=%5B%21",
+        "since=99999999999999999999&until=-1",
+        "since=%ED%A0%80&action=" + "a" * 5000,
+        "outcome=%3Cscript%3E&limit=99999999&cursor=" + "9" * 200,
+        "action=*%3F%5B%5D*&resource=**********************************&limit=0",
+        "until=9999-12-31T23:59:59%2B14:00&since=0001-01-01",
+    ],
+)
+async def test_hostile_query_strings_get_a_page_never_an_error(
+    shop: JobQueue, acm: AccessControlManager, query: str
+) -> None:
+    await acm.audit_access("alice", "export", "shop")
+    app = create_dashboard(queues=[shop], tokens=TOKENS, refresh_ms=0, access=acm)
+    c = await as_(app, MANAGER)
+    r = await c.get("/audit?" + query)
+    assert r.status_code == 200
+    assert "<script>" not in r.text and "\x1b" not in r.text

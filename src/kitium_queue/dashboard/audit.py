@@ -85,11 +85,13 @@ class AuditFilter:
 
     @classmethod
     def of(cls, params: Mapping[str, Any]) -> AuditFilter:
-        """From query parameters (each cut to ``MAX_FILTER`` characters; an unknown
-        outcome is no filter)."""
+        """From query parameters (each cut to ``MAX_FILTER`` characters, without
+        characters that are not printable: no entry holds those; an unknown outcome is
+        no filter)."""
 
         def get(k: str) -> str:
-            return str(params.get(k) or "").strip()[:MAX_FILTER]
+            text = str(params.get(k) or "")[: MAX_FILTER * 2]
+            return "".join(c for c in text if c.isprintable()).strip()[:MAX_FILTER]
 
         outcome = get("outcome")
         return cls(

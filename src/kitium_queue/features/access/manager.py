@@ -305,7 +305,8 @@ class AccessControlManager:
 
     async def query_audit_log(self, **filters: Any) -> list[AuditEntry]:
         """Audit entries by ``principal``, ``action``, ``resource``, ``outcome`` and
-        time range (``since`` / ``until``), newest first: ``AuditLog.query``."""
+        time range (``since`` / ``until``), newest first: ``AuditLog.query`` (page by
+        page: ``acm.audit.query_page``, with ``cursor=``)."""
         return await self.audit.query(**filters)
 
     async def verify_audit_log(self, *, checkpoint: AuditHead | None = None) -> AuditReport:
