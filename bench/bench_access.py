@@ -14,6 +14,8 @@ Queue cases (the same work on a plain queue and on one protected by an
   get_job_status      ``--jobs`` / 4 reads one at a time (the read guard)
   get_group_stats     ``--jobs`` / 4 reads of a feature (FIFO groups, on a second
                       queue) one at a time: a feature's read passes the same guard
+  read guard alone    ``--jobs`` * 10 calls of ``queries.check`` (what every guarded
+                      read adds before its round trip; no Redis involved)
   pause+resume        500 pairs of administrative commands (protected: each also
                       recorded in the audit log by the subscriber, written in the
                       background; the flush is included in the time)
@@ -82,6 +84,10 @@ async def queue_case(url, name, jobs, protected):
         await groups.get_group_stats("g")
     out["get_group_stats"] = n / (time.perf_counter() - t0)
     t0 = time.perf_counter()
+    for _ in range(jobs * 10):
+        await gq.queries.check("get_group_stats", {"group_id": "g"})
+    out["read guard alone"] = jobs * 10 / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
     for _ in range(500):
         await q.pause()
         await q.resume()
@@ -130,6 +136,7 @@ QUEUE_FIGURES = (
     "add_jobs",
     "get_job_status",
     "get_group_stats",
+    "read guard alone",
     "pause+resume",
 )
 
@@ -184,7 +191,7 @@ def main() -> None:
         base = statistics.median(queue["plain"][f])
         prot = queue["protected"][f]
         med = statistics.median(prot)
-        print(f"  {f:16s} plain {base:8.0f}/s   protected {med:8.0f}/s "
+        print(f"  {f:16s} plain {base:9.0f}/s   protected {med:9.0f}/s "
               f"({min(prot):.0f}-{max(prot):.0f})  {med / base * 100:5.1f} % of plain")  # fmt: skip
     for k, v in audit.items():
         print(f"  {k:20s} {statistics.median(v):8.0f} appends/s ({min(v):.0f}-{max(v):.0f})")

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import ConfigurationError, KitiumQueueError
-from ..limits import clip, get_logger
+from ..limits import clip
 from .auth import Session, needs
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from .app import Dashboard
 
 __all__ = ["AUDIT_SCAN", "MAX_AUDIT_PAGE", "AuditFilter", "AuditPages", "audit_of"]
-
-log = get_logger(__name__)
 
 #: Most entries on one page.
 MAX_AUDIT_PAGE = 200
@@ -168,29 +166,10 @@ class AuditPages:
         self.dash = dash
         self.audit = audit
 
-    # ------------------------------------------------------------------ recording
-    def record(
-        self,
-        session: Session,
-        action: str,
-        resource: str,
-        outcome: str,
-        metadata: Mapping[str, Any],
-    ) -> None:
-        """Queue an entry for what ``session`` did or was refused (written in the
-        background; a log opened without its key records nothing)."""
-        self.audit.record(session.principal, action, resource, outcome, dict(metadata))
-
     def refused(self, request: Request, session: Session, action: str, resource: str) -> Response:
         """The 403 page for an action the session's role does not allow (recorded)."""
         need = needs(action).value
-        self.record(
-            session,
-            "access.denied",
-            resource,
-            "denied",
-            {"action": action, "role": session.role.value, "needs_role": need, "via": "dashboard"},
-        )
+        self.dash.note_refusal(session, action, resource)
         return self.dash.render(
             request,
             "error.html",
@@ -234,8 +213,8 @@ class AuditPages:
             error = clip(str(exc), 300)
         else:
             report = report_view(found)
-            self.record(
-                session,
+            self.audit.record(
+                session.principal,
                 "audit.verify",
                 "audit",
                 "ok",
