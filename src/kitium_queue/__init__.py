@@ -52,6 +52,8 @@ from .errors import (
     WriteRefusedError,
 )
 from .events import EventData, StreamEvent
+from .features.advanced import AdvancedQueueConfig
+from .features.alerts import AlertManager, AlertRule
 from .features.breakers import (
     BreakerConfig,
     BreakerStats,
@@ -59,6 +61,7 @@ from .features.breakers import (
     CircuitBreakerManager,
     FailureThreshold,
 )
+from .features.compliance import ComplianceManager, ErasureReport
 from .features.encryption import (
     DecryptionError,
     EncryptionError,
@@ -121,6 +124,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AdvancedQueueConfig",
+    "AlertManager",
+    "AlertRule",
     "BackoffOptions",
     "BreakerConfig",
     "BreakerNotFoundError",
@@ -129,6 +135,7 @@ __all__ = [
     "CircuitBreakerManager",
     "CircuitBreakerState",
     "CircuitOpenError",
+    "ComplianceManager",
     "ConfigurationError",
     "ConnectionUnavailableError",
     "DLQConfig",
@@ -138,6 +145,7 @@ __all__ = [
     "EncryptionAlgorithm",
     "EncryptionError",
     "EncryptionManager",
+    "ErasureReport",
     "EventData",
     "ExecutionResult",
     "ExtendedJobOptions",

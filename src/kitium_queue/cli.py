@@ -566,7 +566,11 @@ def demo(redis: str) -> None:
 
 
 def _add_feature_commands() -> None:
+    from .features.advanced.cli import make_command as config_command
+    from .features.alerts.cli import make_command as alerts_command
+    from .features.compliance.cli import make_command as compliance_command
     from .features.encryption.cli import make_command as encryption_command
+    from .features.footprint import make_command as memory_command
     from .features.groups.cli import make_command as groups_command
     from .features.idempotency.cli import make_command as result_command
     from .features.workflows.cli import make_command as workflows_command
@@ -575,6 +579,10 @@ def _add_feature_commands() -> None:
     main.add_command(result_command(_with_queue, redis_option, _row), "result")
     main.add_command(encryption_command(_with_queue, redis_option, _row), "encryption")
     main.add_command(workflows_command(_with_queue, redis_option, _row), "workflows")
+    main.add_command(config_command(_with_queue, redis_option, _row), "config")
+    main.add_command(memory_command(_with_queue, redis_option, _row), "memory")
+    main.add_command(compliance_command(_with_queue, redis_option, _row), "compliance")
+    main.add_command(alerts_command(_with_queue, redis_option, _row), "alerts")
     try:
         from .features.prometheus.cli import make_command as metrics_command
     except ImportError:  # the optional extra "prometheus" is not installed: no command

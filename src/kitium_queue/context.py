@@ -74,6 +74,13 @@ class QueueContext:
             them). ``redact``: ``redact_payloads``.
         redact_payloads: set by tools that show jobs to people (the CLI): views hide
             protected payloads instead of revealing them.
+        redactors: functions ``redact(value) -> value`` returning a copy of a payload
+            value (job data, a result, progress) with protected parts hidden (a
+            compliance feature masks named fields). ``redact_value`` applies them.
+            Applied to what tools show (``JobInfo`` payloads and JSON log lines when
+            ``redact_payloads``), to progress read from the durable event stream
+            (``events()``), and, with ``redact_everywhere``, to every ``JobInfo`` and to
+            the result and progress handed to ``queue.on`` handlers as well.
     """
 
     def __init__(
@@ -126,12 +133,20 @@ class QueueContext:
         self.hooks = HookBus()
         self.info_views: list[Callable[[JobInfo, bool], None]] = []
         self.redact_payloads = False
+        self.redactors: list[Callable[[Any], Any]] = []
+        self.redact_everywhere = False
         #: The principal this queue acts for when no ``identity.acting_as`` block is
         #: active (stamped on admin calls; None: nobody in particular).
         self.principal: str | None = None
         self._client: Any = None
         self._connect_lock: asyncio.Lock | None = None
         self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))
+
+    def redact_value(self, value: Any) -> Any:
+        """``value`` through every redactor (the value itself when there is none)."""
+        for redact in self.redactors:
+            value = redact(value)
+        return value
 
     # ------------------------------------------------------------------ settings
     def _check_settings(self) -> None:

@@ -402,6 +402,9 @@ class ExtendedJobOptions(JobOptions):
     ``rate_limit_key`` / ``concurrency_key``: the job counts against the per-key rate
     limit / concurrency cap declared with ``queue.set_rate_limit`` /
     ``queue.set_concurrency_limit`` (see docs/scheduling.md).
+
+    ``subject_id``: whose personal data the job carries; ``erase_subject`` of the
+    compliance feature erases every job of a subject (see docs/compliance.md).
     """
 
     delivery_guarantee: DeliveryGuarantee | str | None = None
@@ -416,6 +419,7 @@ class ExtendedJobOptions(JobOptions):
     tenant_id: str | None = None
     rate_limit_key: str | None = None
     concurrency_key: str | None = None
+    subject_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

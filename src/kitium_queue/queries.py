@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
 from .context import CONNECT_TIMEOUT_S
@@ -239,8 +240,13 @@ class Queries:
 
     def _view(self, info: J) -> J:
         """``info`` through the context's ``info_views`` (features' payload views)."""
-        for view in self.ctx.info_views:
-            view(info, self.ctx.redact_payloads)
+        ctx = self.ctx
+        for view in ctx.info_views:
+            view(info, ctx.redact_payloads)
+        if ctx.redactors and (ctx.redact_payloads or ctx.redact_everywhere):
+            info.data = ctx.redact_value(info.data)
+            info.result = ctx.redact_value(info.result)
+            info.progress = ctx.redact_value(info.progress)
         return info
 
     async def _load(self, job_id: str, *, detail: bool) -> tuple[dict[str, Any], list[Any]] | None:
@@ -292,7 +298,11 @@ class Queries:
         client = await self.ctx.client()
         lines = await client.lrange(self.ctx.keys.logs(jid), first, last)
         # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
-        return [b.decode("utf-8", "backslashreplace") for b in lines]
+        text = [b.decode("utf-8", "backslashreplace") for b in lines]
+        ctx = self.ctx
+        if ctx.redactors and (ctx.redact_payloads or ctx.redact_everywhere):
+            text = [_redacted_json(ctx, line) for line in text]
+        return text
 
     async def get_jobs_by_status(
         self, status: JobStatus | str, limit: int = 100, offset: int = 0
@@ -459,6 +469,9 @@ class Queries:
             ):
                 if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
                     ev = await self._with_progress(ev)
+                if self.ctx.redactors and "progress" in ev.fields:
+                    shown_ = _redacted_json(self.ctx, ev.fields["progress"])
+                    ev = StreamEvent(ev.id, ev.event, ev.job_id, {**ev.fields, "progress": shown_})
                 yield ev
         except (RedisError, RedisClusterException, OSError) as exc:
             # Unreachable, or went away while we read: the library's error, saying what
@@ -482,6 +495,18 @@ class Queries:
         if raw is not None:
             fields_["progress"] = raw.decode("utf-8", "backslashreplace")
         return StreamEvent(ev.id, ev.event, ev.job_id, fields_)
+
+
+def _redacted_json(ctx: QueueContext, text: str) -> str:
+    """A JSON object or array in ``text`` (a log line, a progress value) through the
+    context's redactors, as JSON again; other text unchanged."""
+    if text[:1] not in ("{", "["):
+        return text
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return orjson.dumps(ctx.redact_value(value)).decode()
 
 
 async def _after(

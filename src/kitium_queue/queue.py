@@ -49,6 +49,7 @@ from .queueconfig import QueueConfig
 from .scripts import ScriptCall
 
 if TYPE_CHECKING:
+    from .features.advanced import AdvancedFeatures
     from .features.flowcontrol import FlowControl
     from .features.schedules import ScheduleStore
 
@@ -87,6 +88,10 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             encoded result a processor may return (1 MiB). Other size limits:
             ``kitium_queue.limits``.
         max_log_lines: log lines kept per job (1000).
+        advanced: the enterprise features to enable, an ``AdvancedQueueConfig`` or a
+            dict of its sections (``{"fifo": {"enabled": True}, ...}``); each enabled
+            section enables its feature with the section's values as defaults, and
+            ``queue.advanced`` holds the features' managers (docs/advanced-config.md).
 
     Lifecycle subscribers: ``queue.subscribe(subscriber)`` adds an object with any of
     the hooks of ``hooks.Subscriber`` (``enqueued``, ``started``, ``progress``,
@@ -125,6 +130,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         idempotency_ttl: Any = 86_400_000,
         max_payload_bytes: int = 1_048_576,
         max_log_lines: int = 1000,
+        advanced: Any = None,
     ) -> None:
         if isinstance(name, QueueConfig):
             given = {
@@ -142,6 +148,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 "idempotency_ttl": idempotency_ttl,
                 "max_payload_bytes": max_payload_bytes,
                 "max_log_lines": max_log_lines,
+                "advanced": advanced,
             }
             defaults = QueueConfig("_").kwargs()
             extra = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
@@ -167,6 +174,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 idempotency_ttl,
                 max_payload_bytes,
                 max_log_lines,
+                advanced,
             ) = (cfg.kwargs()[k] for k in given)
         ctx = self.ctx = QueueContext(
             name,
@@ -222,6 +230,12 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self._schedules: ScheduleStore | None = None
         self._flow: FlowControl | None = None
         self._worker: Any = None
+        self._advanced: AdvancedFeatures | None = None
+        if advanced is not None:
+            # The switchboard names every feature; it is loaded only when asked for.
+            from .features.advanced import AdvancedFeatures
+
+            self._advanced = AdvancedFeatures.install(self, advanced)
 
     # The connection and the adapters may be replaced after construction (the CLI's
     # --redis does): they are kept in the context, where every component reads them.
@@ -405,6 +419,17 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         return self._schedules
 
     @property
+    def advanced(self) -> AdvancedFeatures:
+        """The features ``advanced=`` enabled, with their managers and the effective
+        configuration (``queue.advanced.effective()``); all sections disabled when the
+        queue was made without it."""
+        if self._advanced is None:
+            from .features.advanced import AdvancedFeatures
+
+            self._advanced = AdvancedFeatures.install(self, None)
+        return self._advanced
+
+    @property
     def flow(self) -> FlowControl:
         """Per-key rate limits and concurrency caps of this queue (enabled on first use)."""
         if self._flow is None:
@@ -433,19 +458,23 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         job_name: str,
         fn: Callable[..., Any] | None = None,
         *,
-        size: int,
-        min_size: int = 1,
-        max_wait: Any = 1000,
+        size: int | None = None,
+        min_size: int | None = None,
+        max_wait: Any = None,
     ) -> Any:
         """Register a batch processor: ``fn(jobs)`` gets up to ``size`` jobs at once.
 
         A batch is handed over when it is full, when the jobs claimed together arrived
-        and it has ``min_size``, or ``max_wait`` ms after its first job. ``fn`` returns
-        a list (a result or an exception per job), a dict by job id, or None; raising
-        fails them all. Each job keeps its own lease, timeout, retries and outcome.
-        Usable as a decorator.
+        and it has ``min_size`` (default 1), or ``max_wait`` ms (default 1000) after its
+        first job. ``fn`` returns a list (a result or an exception per job), a dict by
+        job id, or None; raising fails them all. Each job keeps its own lease, timeout,
+        retries and outcome. Usable as a decorator. Arguments left out take the
+        queue's batch defaults (the ``batching`` section of ``AdvancedQueueConfig``);
+        ``size`` is required when there are none.
         """
-        from .features.batches import BatchProcessor
+        from .features.batches import BatchProcessor, resolve_batch
+
+        size, min_size, max_wait = resolve_batch(self, job_name, size, min_size, max_wait)
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
             self.processors[job_name] = BatchProcessor(

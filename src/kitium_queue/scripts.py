@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError, PermissionDeniedError, error_from_script
 from .serverinfo import write_refused
-from .slots import GENERATED, SlotTable
+from .slots import GENERATED, SLOTS, SlotTable
 
 __all__ = ["REPLY_TIMEOUT_S", "SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
 
@@ -207,7 +207,7 @@ class ScriptRegistry:
     def _slot_summary(self) -> str:
         parts = [
             f"{slot}: {', '.join(self._slots.names(slot))}"
-            for slot in ("enqueue", "admission", "release")
+            for slot in SLOTS
             if self._slots.names(slot)
         ]
         return "; ".join(parts) or "none"

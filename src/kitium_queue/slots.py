@@ -63,6 +63,20 @@ configuration, but must not call Redis itself):
     ms (0 = none), ``opts``: its options JSON or ``''``. Not called for a ``job_id``
     that exists (a job id is never reused).
 
+``erase`` — ``function(id, jk, ik)``
+    Runs when a job is *erased*: deleted for good so that nothing of it may remain (a
+    compliance retention period ended, or the job's subject was erased). It runs in
+    the erasing script (features' own scripts include ``slot_erase`` and call
+    ``--@slot erase(id, jk, ik)``), right before the job's hash and log list are
+    deleted, once per job. ``ik``: the job's idempotency key, or ``''``. The hash may
+    already be gone (an ordinary deletion removed it, and only a feature's copies are
+    left): a fragment finds its copies from ``id`` and ``ik``. A feature deletes what it
+    keeps of the job outside its hash there (a stored result, a copy of the result in
+    another record, an index entry); it must only touch what belongs to this job
+    (compare the id a record names before deleting it). Ordinary deletions (retention
+    trims, ``remove_job``, ``drain``, ``clear``) do not run it: there a feature's copies
+    live on by design (an exactly-once result outlives its job).
+
 What fragments may call: ``park``, ``unpark(blocker, n)`` (``lua/lib_parking.lua``),
 ``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``, ``wake``,
 ``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``,
@@ -102,7 +116,7 @@ __all__ = [
 ]
 
 #: The slots features can fill.
-SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate")
+SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate", "erase")
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -122,6 +136,7 @@ GENERATED: Final = {
     "admission_checks": "admission",
     "slot_release": "release",
     "slot_duplicate": "duplicate",
+    "slot_erase": "erase",
 }
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -221,6 +236,8 @@ class SlotTable:
             return _compose_duplicate(frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
+        if slot == "erase":
+            return _compose_erase(frags)
         return _compose_release(frags)
 
     def apply_directives(self, source: str, flags: frozenset[str]) -> str:
@@ -363,6 +380,15 @@ def _compose_release(frags: list[SlotFragment]) -> str:
     lines.append("local function release_slot(id, jk, outcome, payload)")
     lines.append("  local ok, err")
     lines += _guarded("release", frags, "id, jk, outcome, payload", "err")
+    lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
+def _compose_erase(frags: list[SlotFragment]) -> str:
+    lines = _header("erase", frags)
+    lines.append("local function erase_slot(id, jk, ik)")
+    lines.append("  local ok, err")
+    lines += _guarded("erase", frags, "id, jk, ik or ''", "err")
     lines.append("end")
     return "\n".join(lines) + "\n"
 

@@ -22,6 +22,7 @@ import contextlib
 import inspect
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -423,6 +424,8 @@ def _install(q: JobQueue, retain_ms: int) -> None:
     scripts.add_slot("enqueue", FEATURE, frags["enqueue"])
     scripts.add_slot("admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
     scripts.add_slot("release", FEATURE, frags["release"])
+    erase = resources.files(__package__).joinpath("erase.lua").read_text("utf-8")
+    scripts.add_slot("erase", FEATURE, erase)
 
     async def forget_workflows() -> None:
         # clear() deleted the jobs: the feature's own keys go too.
