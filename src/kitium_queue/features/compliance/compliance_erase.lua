@@ -40,6 +40,8 @@ end
 local limit = arg_int(ARGV[5], 200, 1, BATCH_MAX)
 local idx = PREFIX .. 'subj:' .. subject
 local flat = redis.call('HRANDFIELD', idx, limit, 'WITHVALUES')
+-- Some servers answer nil for a missing key (the embedded memory:// one).
+if type(flat) ~= 'table' then flat = {} end
 local SETS = { K_WAIT, K_DELAYED, K_ACTIVE, K_COMPLETED, K_FAILED, K_DLQ }
 local UNFINISHED = { waiting = true, delayed = true, pending = true, active = true }
 local out = { 0, 0, 0 }

@@ -36,6 +36,7 @@ from ...events import EventData
 from ...limits import get_logger
 from ...options import check_text, to_int
 from ..retention import STATES, Retention
+from ..retention.stream import install_swap, rewrite_events
 from .redaction import PathRedactor
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class ComplianceManager:
         q.scripts.add_slot("erase", FEATURE, _lua("erase"))
         for name in _SCRIPTS:
             q.scripts.add_fragment(name, _lua(name))
+        install_swap(q)
         if self.redactor:
             q.ctx.redactors.append(self.redactor)
             if self.redact_everywhere:
@@ -230,24 +232,15 @@ class ComplianceManager:
         )
 
     async def _scrub_events(self, ids: set[str]) -> int:
-        """Delete the stream entries naming one of ``ids`` (one pass over the stream,
-        which holds at most about ``events_max_len`` entries)."""
+        """Rewrite the event stream without the entries naming one of ``ids``
+        (``features.retention.stream``: gone physically, not only marked deleted)."""
         if not ids:
             return 0
-        client = await self.queue.client()
-        key = self.queue.keys.events
-        deleted = 0
-        start = "-"
-        while True:
-            page = await client.xrange(key, min=start, max="+", count=1000)
-            if not page:
-                return deleted
-            doomed = [eid for eid, fields in page if _text(fields.get(b"id")) in ids]
-            for i in range(0, len(doomed), 500):
-                deleted += int(await client.xdel(key, *doomed[i : i + 500]))
-            if len(page) < 1000:
-                return deleted
-            start = "(" + _text(page[-1][0])
+
+        def about_erased(fields: Mapping[bytes, bytes]) -> bool:
+            return _text(fields.get(b"id")) in ids
+
+        return await rewrite_events(self.queue, drop=about_erased)
 
     async def subject_jobs(self, subject_id: str, limit: int = 1000) -> list[str]:
         """Ids of the jobs in ``subject_id``'s index (at most ``limit``), unordered."""

@@ -11,8 +11,8 @@ finished state (``completed``, ``failed``, ``dlq``), each a ``StateRule``:
   past it are *erased*: their hash and log and, through the ``erase`` Lua slot, every
   copy features keep (a stored exactly-once result and its key, a workflow's copy of
   the result, the subject index entry). Entries of the durable event stream older than
-  the shortest period are trimmed too (they name the jobs, their failure reasons and
-  small progress values).
+  the shortest period go too (they name the jobs, their failure reasons and small
+  progress values), physically: the stream is rewritten without them (``stream.py``).
 
 A ``LeaderService`` (``retention``) applies the rules every ``interval_ms`` in one
 worker process of the queue, in calls of at most ``batch`` jobs (each call atomic,
@@ -39,6 +39,7 @@ from ...errors import ConfigurationError
 from ...leader import NET_ERRORS, LeaderService
 from ...limits import get_logger
 from ...options import MAX_COUNT, RetentionPolicy, to_int, to_ms
+from .stream import install_swap, rewrite_events
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -114,6 +115,7 @@ class Retention:
         self._steps: list[Callable[[], Awaitable[Any]]] = []
         src = resources.files(__package__).joinpath("purge.lua").read_text("utf-8")
         queue.scripts.add_fragment(_SCRIPT, src)
+        install_swap(queue)
         if run_service:
             queue.add_service(LeaderService("retention", self._serve))
         _INSTALLED[queue] = self
@@ -197,15 +199,25 @@ class Retention:
         trimmed = 0
         shortest = self.shortest_period_ms
         if shortest is not None:
-            client = await self.queue.client()
-            now_s, now_us = await client.time()
-            cut = int(now_s) * 1000 + int(now_us) // 1000 - shortest
-            if cut > 0:
-                trimmed = int(await client.xtrim(self.queue.keys.events, minid=f"{cut}-0"))
+            trimmed = await self._trim_events(shortest)
         for step in self._steps:
             await step()
         self.passes += 1
         return RetentionReport(deleted, erased, trimmed)
+
+    async def _trim_events(self, period_ms: int) -> int:
+        """Remove the stream entries older than ``period_ms``, physically (a rewrite,
+        ``stream.py``: XTRIM only marks entries deleted), when there are any."""
+        client = await self.queue.client()
+        key = self.queue.keys.events
+        now_s, now_us = await client.time()
+        cut = int(now_s) * 1000 + int(now_us) // 1000 - period_ms
+        first = await client.xrange(key, count=1)
+        if cut <= 0 or not first or int(_text(first[0][0]).split("-")[0]) >= cut:
+            return 0
+        before = int(await client.xlen(key))
+        await rewrite_events(self.queue, min_id=f"{cut}-0")
+        return max(0, before - int(await client.xlen(key)))
 
     async def _serve(self, term: int) -> None:
         while True:
@@ -230,6 +242,10 @@ class Retention:
             "interval_ms": self.interval_ms,
             "states": {s: r.to_dict() for s, r in self.rules.items() if not r.empty},
         }
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _state(value: Any) -> str:
