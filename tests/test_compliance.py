@@ -27,6 +27,7 @@ import pytest
 import redis.asyncio as aioredis
 from click.testing import CliRunner
 
+from _keyspace import holding, raw_keyspace, uncompressed_dump  # noqa: F401 (fixture)
 from helpers import QueueFactory, app_module, wait_for_status, wait_until
 from kitium_queue import (
     ComplianceManager,
@@ -44,50 +45,6 @@ A, B = "ALICE-7c1f", "BOB-29ad"  # markers in each subject's data
 SUBJECT_A, SUBJECT_B = f"alice-{A}", f"bob-{B}"
 
 
-async def raw_keyspace(client: aioredis.Redis, prefix: str) -> dict[bytes, bytes]:
-    """Every key of ``prefix`` with its whole content read by type, as one bytes blob
-    (key name included), and its DUMP (uncompressed) appended."""
-    out: dict[bytes, bytes] = {}
-    async for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        kind = (await client.type(key)).decode()
-        parts: list[bytes] = [key]
-        if kind == "string":
-            parts.append(await client.get(key) or b"")
-        elif kind == "hash":
-            for k, v in (await client.hgetall(key)).items():
-                parts += [k, v]
-        elif kind == "list":
-            parts += await client.lrange(key, 0, -1)
-        elif kind == "set":
-            parts += list(await client.smembers(key))
-        elif kind == "zset":
-            parts += [m for m, _ in await client.zrange(key, 0, -1, withscores=True)]
-        elif kind == "stream":
-            for eid, fields in await client.xrange(key):
-                parts.append(eid)
-                for k, v in fields.items():
-                    parts += [k, v]
-        dumped = await client.dump(key)
-        if dumped:
-            parts.append(dumped)
-        out[key] = b"\n".join(parts)
-    return out
-
-
-def holding(space: dict[bytes, bytes], marker: str) -> list[bytes]:
-    needle = marker.encode()
-    return sorted(k for k, blob in space.items() if needle in blob)
-
-
-@pytest.fixture
-async def uncompressed_dump(redis_client: aioredis.Redis) -> Any:
-    """DUMP without LZF, so a marker in a value shows in the dump as it is."""
-    old = (await redis_client.config_get("rdbcompression"))["rdbcompression"]
-    await redis_client.config_set("rdbcompression", "no")
-    yield
-    await redis_client.config_set("rdbcompression", old)
-
-
 class Audit(Subscriber):
     def __init__(self) -> None:
         self.calls: list[AdminCall] = []
@@ -97,11 +54,11 @@ class Audit(Subscriber):
 
 
 @pytest.mark.redis_only
+@pytest.mark.usefixtures("uncompressed_dump")
 async def test_erasure_leaves_no_trace_and_spares_other_subjects(
     make_queue: QueueFactory,
     prefix: str,
     redis_client: aioredis.Redis,
-    uncompressed_dump: Any,
 ) -> None:
     q = make_queue(
         "gdpr",
@@ -301,7 +258,7 @@ async def test_erasure_of_an_unknown_subject_and_bad_ids(make_queue: QueueFactor
 
 async def test_subject_option_needs_the_feature(make_queue: QueueFactory) -> None:
     q = make_queue("plain")
-    with pytest.raises(ConfigurationError, match="needs compliance .* ComplianceManager"):
+    with pytest.raises(ConfigurationError, match=r"needs compliance .* ComplianceManager"):
         await q.add_job("n", {}, subject_id="u")
 
 
@@ -329,7 +286,10 @@ async def test_erasure_picks_up_jobs_deleted_the_ordinary_way(make_queue: QueueF
     assert await q.get_job_status(jid) is None
     # GC: the plain job's entry goes (nothing left of it), the exactly-once one stays
     # (the retention service's first pass may have dropped it already).
-    assert sorted(await q.advanced.compliance.subject_jobs(SUBJECT_A)) in ([jid], sorted([jid, plain]))
+    assert sorted(await q.advanced.compliance.subject_jobs(SUBJECT_A)) in (
+        [jid],
+        sorted([jid, plain]),
+    )
     assert await q.advanced.compliance.collect_garbage() in (0, 1)
     assert await q.advanced.compliance.subject_jobs(SUBJECT_A) == [jid]
     report = await q.advanced.compliance.erase_subject(SUBJECT_A)
