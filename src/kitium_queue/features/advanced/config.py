@@ -680,6 +680,8 @@ class MonitoringConfig(Section):
         evaluation_interval_ms: how often the leader evaluates the rules (5 s).
         alert_webhook_event: the webhook event name alerts are sent as, when webhooks
             are enabled (default ``queue-alert``; None: none).
+        leader_lease_ms: the evaluating leader's lease: when it dies, another worker
+            takes over within this long (default 10 s).
     """
 
     PATH: ClassVar[str] = "advanced.monitoring"
@@ -689,8 +691,12 @@ class MonitoringConfig(Section):
     alerts: Sequence[Any] = ()
     evaluation_interval_ms: Duration = 5000
     alert_webhook_event: str | None = "queue-alert"
+    leader_lease_ms: Duration = 10_000
 
     def _check(self) -> None:
+        self._set(
+            "leader_lease_ms", to_ms(self.leader_lease_ms, self._where("leader_lease_ms"), minimum=100)
+        )
         for name in ("enabled", "prometheus", "tracing"):
             _bool(getattr(self, name), self._where(name))
         if isinstance(self.alerts, (str, Mapping)) or not isinstance(self.alerts, Sequence):

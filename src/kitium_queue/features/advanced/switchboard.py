@@ -349,6 +349,7 @@ class AdvancedFeatures:
                 mon.alerts,
                 interval_ms=mon.evaluation_interval_ms,
                 webhook_event=mon.alert_webhook_event,
+                lease_ms=mon.leader_lease_ms,
             )
 
     # ------------------------------------------------------------------ reporting

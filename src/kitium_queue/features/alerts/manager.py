@@ -130,6 +130,8 @@ class AlertManager:
         interval_ms: how often the leader evaluates them (default 5 s).
         webhook_event: the webhook event name alerts are sent as (None: none).
         run_service: evaluate in this process's workers (leader only).
+        lease_ms: the leader's lease: another process takes over evaluation at most
+            this long after the leader died (default 10 s).
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class AlertManager:
         interval_ms: Any = 5000,
         webhook_event: str | None = "queue-alert",
         run_service: bool = True,
+        lease_ms: Any = 10_000,
     ) -> None:
         if queue in _INSTALLED:
             raise ConfigurationError(
@@ -173,7 +176,8 @@ class AlertManager:
         if any(r.metric == "failure_rate" for r in self.rules):
             queue.scripts.add_slot("release", FEATURE, _RELEASE)
         if run_service and self.rules:
-            queue.add_service(LeaderService("alerts", self._serve))
+            lease = to_ms(lease_ms, "alerts lease_ms", minimum=100)
+            queue.add_service(LeaderService("alerts", self._serve, lease_ms=lease))
         _INSTALLED[queue] = self
 
     @classmethod
