@@ -65,7 +65,8 @@ async def main(url, name, jobs, case):
     t0 = time.perf_counter()
     ids = []
     for start in range(0, jobs, 500):
-        ids += await q.add_jobs([("w", sample[i % 64], {}) for i in range(start, min(jobs, start + 500))])
+        batch = [("w", sample[i % 64], {}) for i in range(start, min(jobs, start + 500))]
+        ids += await q.add_jobs(batch)
     enq = jobs / (time.perf_counter() - t0)
     used = (await client.info("memory"))["used_memory"] - before
     picks = ids[:: max(1, len(ids) // 200)][:200]

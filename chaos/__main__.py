@@ -39,6 +39,7 @@ def _headline(r: Result) -> str:
         "clock-skew": ("skews_s", "stalls_during_renewal", "relet_early"),
         "poison": ("fuzzed_payloads", "fuzzed_fields"),
         "groups": ("jobs", "kills", "restarts", "interrupted_jobs"),
+        "erasure": ("erasures", "jobs_erased", "erased_while_active", "kills", "restarts"),
     }.get(r.name, ())
     parts = []
     for k in keys:

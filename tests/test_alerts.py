@@ -172,7 +172,7 @@ async def test_rules_are_checked() -> None:
     q = JobQueue("rules")
     with pytest.raises(ConfigurationError, match="must be unique"):
         AlertManager(q, [AlertRule("a", "queue_depth", 1), AlertRule("a", "dlq_growth", 1)])
-    with pytest.raises(ConfigurationError, match="enable advanced.circuit_breaker"):
+    with pytest.raises(ConfigurationError, match=r"enable advanced\.circuit_breaker"):
         JobQueue(
             "rules2",
             advanced=_monitoring({"name": "o", "metric": "breaker_open", "threshold": 1}),
@@ -266,4 +266,3 @@ async def test_fire_and_clear_once_across_two_workers(
         assert got[0]["id"] != got[1]["id"]
     finally:
         await q.close()
-

@@ -695,7 +695,8 @@ class MonitoringConfig(Section):
 
     def _check(self) -> None:
         self._set(
-            "leader_lease_ms", to_ms(self.leader_lease_ms, self._where("leader_lease_ms"), minimum=100)
+            "leader_lease_ms",
+            to_ms(self.leader_lease_ms, self._where("leader_lease_ms"), minimum=100),
         )
         for name in ("enabled", "prometheus", "tracing"):
             _bool(getattr(self, name), self._where(name))
