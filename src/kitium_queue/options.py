@@ -226,17 +226,27 @@ def has_bad_char(value: str) -> bool:
     return _BAD_CHAR.search(value) is not None
 
 
-def unknown_options_error(section: str, bad: list[Any], valid: list[str]) -> ConfigurationError:
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def unknown_options_error(
+    section: str, bad: list[Any], valid: list[str], noun: str = "option"
+) -> ConfigurationError:
     """The error for unknown keys ``bad`` of ``section``: each shown escaped, with the
-    closest valid name as a suggestion, followed by the list of valid names."""
+    closest valid name as a suggestion (a camelCase key gets its snake_case spelling,
+    ``ttlMs`` -> ``ttl_ms``), followed by the list of valid names. ``noun``: what the
+    keys are (``option``, ``section``)."""
     parts = []
     for key in bad:
-        close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
+        close: list[str] = []
+        if isinstance(key, str):
+            snake = _CAMEL.sub("_", key).lower()
+            close = [snake] if snake in valid else difflib.get_close_matches(key, valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         parts.append(f"{shown(key)}{hint}")
     return ConfigurationError(
-        f"unknown {section} option{'s' if len(bad) > 1 else ''}: {', '.join(parts)}; "
-        f"valid options are: {', '.join(sorted(valid))}"
+        f"unknown {section} {noun}{'s' if len(bad) > 1 else ''}: {', '.join(parts)}; "
+        f"valid {noun}s are: {', '.join(sorted(valid))}"
     )
 
 

@@ -237,8 +237,10 @@ class SlotTable:
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
         if slot == "erase":
-            return _compose_erase(frags)
-        return _compose_release(frags)
+            return _compose_calls("erase", frags, "id, jk, ik", "id, jk, ik or ''")
+        return _compose_calls(
+            "release", frags, "id, jk, outcome, payload", "id, jk, outcome, payload"
+        )
 
     def apply_directives(self, source: str, flags: frozenset[str]) -> str:
         """Resolve ``--@if NAME`` / ``--@else`` / ``--@end`` blocks (not nested), ``--@slot
@@ -375,20 +377,13 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _compose_release(frags: list[SlotFragment]) -> str:
-    lines = _header("release", frags)
-    lines.append("local function release_slot(id, jk, outcome, payload)")
+def _compose_calls(slot: str, frags: list[SlotFragment], params: str, args: str) -> str:
+    """A slot whose fragments are all called in turn, for their effects (release,
+    erase): ``<slot>_slot(params)`` calls each with ``args``."""
+    lines = _header(slot, frags)
+    lines.append(f"local function {slot}_slot({params})")
     lines.append("  local ok, err")
-    lines += _guarded("release", frags, "id, jk, outcome, payload", "err")
-    lines.append("end")
-    return "\n".join(lines) + "\n"
-
-
-def _compose_erase(frags: list[SlotFragment]) -> str:
-    lines = _header("erase", frags)
-    lines.append("local function erase_slot(id, jk, ik)")
-    lines.append("  local ok, err")
-    lines += _guarded("erase", frags, "id, jk, ik or ''", "err")
+    lines += _guarded(slot, frags, args, "err")
     lines.append("end")
     return "\n".join(lines) + "\n"
 

@@ -42,23 +42,9 @@ _STATES = (
     ("failed", "failed"),
     ("dlq", "dlq"),
 )
-#: The queue's structures measured as a whole (relative to its key prefix).
-_STRUCTURES = (
-    "wait",
-    "active",
-    "delayed",
-    "completed",
-    "failed",
-    "dlq",
-    "events",
-    "meta",
-    "parked",
-    "park:timers",
-    "schedules",
-    "subjects",
-    "alerts:log",
-    "outbox",
-)
+#: Feature structures measured as a whole besides the core's keys (relative to the
+#: queue's key prefix).
+_FEATURE_STRUCTURES = ("parked", "park:timers", "schedules", "subjects", "alerts:log", "outbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +142,14 @@ async def measure_footprint(queue: JobQueue, *, samples: int = 50) -> QueueFootp
                 sampled += 1
                 used += int(sizes[i]) + int(sizes[i + 1] or 0)
         states.append(StateFootprint(state, count, sampled, used))
+    # The core's keys (state sets, events, meta, counters) and the features' structures.
+    names = [k[len(keys.base) :] for k in keys.all] + list(_FEATURE_STRUCTURES)
     pipe = client.pipeline(transaction=False)
-    for suffix in _STRUCTURES:
+    for suffix in names:
         pipe.memory_usage(keys.extra(suffix))
     structures = {
         suffix: int(size)
-        for suffix, size in zip(_STRUCTURES, await pipe.execute(), strict=True)
+        for suffix, size in zip(names, await pipe.execute(), strict=True)
         if size is not None
     }
     return QueueFootprint(queue.name, states, structures)

@@ -17,15 +17,14 @@ when ``JobQueue(..., advanced=...)`` enables the sections (``switchboard.py``).
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
 from ...enums import EncryptionAlgorithm, WebhookDeliveryStrategy
 from ...errors import ConfigurationError
-from ...options import MAX_COUNT, Duration, shown, to_int, to_ms
+from ...options import MAX_COUNT, Duration, coerce, shown, to_int, to_ms, unknown_options_error
 from ...redact import redact_url
 from ..alerts.rules import AlertRule, parse_rule
 from ..compliance.redaction import check_paths
@@ -56,28 +55,6 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound="Section")
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
-
-
-def _unknown(
-    path: str, bad: Sequence[Any], valid: Sequence[str], noun: str = "option"
-) -> ConfigurationError:
-    """Unknown keys of ``path``: each with the closest valid key (a camelCase key gets
-    its snake_case spelling), then the valid keys."""
-    parts = []
-    for key in bad:
-        hint = ""
-        if isinstance(key, str):
-            snake = _CAMEL.sub("_", key).lower()
-            close = [snake] if snake in valid else difflib.get_close_matches(key, valid, n=1)
-            if close:
-                hint = f" (did you mean {close[0]!r}?)"
-        parts.append(f"{shown(key)}{hint}")
-    nouns = noun if len(bad) == 1 else noun + "s"
-    return ConfigurationError(
-        f"unknown {path} {nouns}: {', '.join(parts)}; valid {noun}s are: "
-        f"{', '.join(valid)} (keys are snake_case)"
-    )
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -145,27 +122,7 @@ class Section:
     def parse(cls: type[S], value: Any, path: str | None = None) -> S:
         """``cls`` from an instance, a dict (unknown keys refused with a suggestion) or
         None (the defaults)."""
-        where = path or cls.PATH
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigurationError(
-                f"{where} must be a {cls.__name__} or a dict, got {type(value).__name__}"
-            )
-        valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        bad = [k for k in value if k not in valid]
-        if bad:
-            raise _unknown(where, bad, valid)
-        missing = [
-            f.name
-            for f in fields(cls)  # type: ignore[arg-type]
-            if f.name not in value and f.default is MISSING and f.default_factory is MISSING
-        ]
-        if missing:
-            raise ConfigurationError(f"{where} needs {', '.join(repr(m) for m in missing)}")
-        return cls(**value)
+        return coerce(cls, value, path or cls.PATH)
 
     def to_dict(self) -> dict[str, Any]:
         """The section's values as plain data; secrets hidden."""
@@ -843,13 +800,13 @@ class AdvancedQueueConfig:
             )
         bad = [k for k in value if k not in SECTIONS]
         if bad:
-            raise _unknown("advanced", bad, list(SECTIONS), "section")
+            raise unknown_options_error("advanced", bad, list(SECTIONS), "section")
         return cls(**value)
 
     def section(self, name: str) -> Section:
         """The section ``name`` (``"fifo"``, ...)."""
         if name not in SECTIONS:
-            raise _unknown("advanced", [name], list(SECTIONS), "section")
+            raise unknown_options_error("advanced", [name], list(SECTIONS), "section")
         out: Section = getattr(self, name)
         return out
 

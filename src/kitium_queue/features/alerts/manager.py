@@ -30,7 +30,6 @@ them.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigurationError
 from ...hooks import FeatureEvent
-from ...leader import NET_ERRORS, LeaderService
+from ...leader import LeaderService, every
 from ...limits import get_logger
 from ...options import to_ms
 from .rules import MAX_WINDOW_MS, AlertRule, parse_rule
@@ -336,14 +335,11 @@ class AlertManager:
         # A new term starts afresh: a rule pending its for_ms in a deposed leader's
         # memory starts its wait again here (the recorded states carry over).
         self._above_since.clear()
-        while True:
-            try:
-                await self.evaluate(term)
-            except NET_ERRORS:
-                pass  # Redis unreachable: the next interval tries again
-            except Exception:
-                log.exception("queue %s: alert evaluation failed", self.queue.name)
-            await asyncio.sleep(self.interval_ms / 1000)
+
+        async def step() -> None:
+            await self.evaluate(term)
+
+        await every(self.interval_ms, step, f"queue {self.queue.name}: alert evaluation")
 
     def to_dict(self) -> dict[str, Any]:
         """The rules and settings (for ``config show``)."""

@@ -28,7 +28,6 @@ more than one interval of the service.
 
 from __future__ import annotations
 
-import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -36,7 +35,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigurationError
-from ...leader import NET_ERRORS, LeaderService
+from ...leader import LeaderService, every
 from ...limits import get_logger
 from ...options import MAX_COUNT, RetentionPolicy, to_int, to_ms
 from .stream import install_swap, rewrite_events
@@ -219,22 +218,18 @@ class Retention:
         await rewrite_events(self.queue, min_id=f"{cut}-0")
         return max(0, before - int(await client.xlen(key)))
 
+    async def _pass(self) -> None:
+        report = await self.run_once()
+        if report.total:
+            log.info(
+                "queue %s: retention deleted %s, erased %s",
+                self.queue.name,
+                report.deleted,
+                report.erased,
+            )
+
     async def _serve(self, term: int) -> None:
-        while True:
-            try:
-                report = await self.run_once()
-                if report.total:
-                    log.info(
-                        "queue %s: retention deleted %s, erased %s",
-                        self.queue.name,
-                        report.deleted,
-                        report.erased,
-                    )
-            except NET_ERRORS:
-                pass  # Redis unreachable: the next interval tries again
-            except Exception:
-                log.exception("queue %s: retention pass failed", self.queue.name)
-            await asyncio.sleep(self.interval_ms / 1000)
+        await every(self.interval_ms, self._pass, f"queue {self.queue.name}: retention pass")
 
     def to_dict(self) -> dict[str, Any]:
         """The rules per state and the service's interval (for ``config show``)."""
