@@ -4,6 +4,10 @@ in the same run.
     .venv/bin/python bench/bench_compression.py                 # 5,000 jobs, 3 reps
     .venv/bin/python bench/bench_compression.py --jobs 20000 --reps 5
 
+0. Overhead per job (µs), in process, no Redis: encoding the payload as the producer
+   does (serialize + compress) and decoding it as the worker does, against plain JSON;
+   a CPU figure that does not depend on the load of the machine.
+
 Cases, interleaved per repetition against one private ``redis-server`` (each in a fresh
 child process): ``off`` (no compression), ``zstd`` and ``zlib`` (the
 ``cost_optimization.compression`` section with ``algorithm`` set). For each:
@@ -27,7 +31,9 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -99,6 +105,28 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
 """
 
 
+def overhead(n: int) -> dict[str, float]:
+    """µs per job to encode and decode the payload, per algorithm, over plain JSON."""
+    from kitium_queue.codec import Serializer
+    from kitium_queue.features.compression import CompressionCodec
+
+    ns: dict[str, Any] = {}
+    exec(_CHILD.split("async def main")[0], ns)  # the payload() of the child
+    data = ns["payload"](7)
+
+    def cost(ser: Serializer) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            ser.loads(ser.dumps(data))
+        return (time.perf_counter() - t0) / n * 1e6
+
+    plain = cost(Serializer())
+    out = {"plain": plain}
+    for alg in ("zstd", "zlib"):
+        out[alg] = cost(Serializer([CompressionCodec(algorithm=alg)])) - plain
+    return out
+
+
 def run_case(url: str, case: str, jobs: int, rep: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
@@ -115,7 +143,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=5_000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--micro", type=int, default=2000, help="iterations of part 0")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    costs = overhead(args.micro)
+    print(f"plain JSON encode+decode: {costs['plain']:.1f} us/job")
+    for alg in ("zstd", "zlib"):
+        print(f"overhead {alg}: +{costs[alg]:.1f} us/job (compress + decompress)")
     cases = ("off", "zstd", "zlib")
     got: dict[str, list[dict[str, float]]] = {c: [] for c in cases}
     with RedisServer() as server:

@@ -296,7 +296,9 @@ class AlertManager:
         name = "alert-fired" if t.state == "firing" else "alert-cleared"
         at_ms = int(t.id.split("-", 1)[0]) if t.id.split("-", 1)[0].isdigit() else 0
         fields = {"metric": t.metric, "value": t.value, "threshold": t.threshold, "state": t.state}
-        log.warning(
+        # Info, not warning: the alert itself is the event and the webhook; the log line
+        # is a trace of it.
+        log.info(
             "queue %s: alert %s %s (%s = %s, threshold %s)",
             q.name,
             t.rule,
