@@ -77,7 +77,7 @@ async def main(url, name, jobs, case):
     used = (await client.info("memory"))["used_memory"] - before
     picks = ids[:: max(1, len(ids) // 200)][:200]
     d = [len(await client.hget(q.keys.job(j), "d")) for j in picks]
-    mem = [await client.memory_usage(q.keys.job(j)) for j in picks]
+    mem = [await client.memory_usage(q.keys.job(j), samples=0) for j in picks]
     done = asyncio.Event()
     count = 0
 

@@ -414,6 +414,8 @@ def test_config_show_prints_the_effective_configuration(app: str, redis_url: str
     assert "secrets" not in eff["sections"]["webhooks"]
     assert "message_group_id" in eff["job_options"]["fifo-groups"]
     assert eff["codecs"][0] == "CompressionCodec"
+    assert eff["sections"]["multi_tenancy"]["available"] is False
+    assert eff["retention"] is None  # no limits nor periods configured
     text = runner.invoke(main, ["config", "show", app, "--redis", redis_url])
     assert text.exit_code == 0, text.output
     assert "sections.fifo.group_concurrency\t2" in text.stdout

@@ -56,6 +56,14 @@ def _require(section: str, module: str, extra: str) -> None:
         )
 
 
+def _present(module: str) -> bool:
+    """Whether ``module`` (a feature this version may lack) can be imported."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
 def _future(section: str) -> Any:
     """The function enabling ``section``'s feature, or ConfigurationError saying it is
     not available in this version."""
@@ -370,8 +378,8 @@ class AdvancedFeatures:
                 "level": self.compression.level,
                 "threshold": self.compression.threshold,
             }
-        if self.retention is not None:
-            sections["cost_optimization"]["retention_rules"] = self.retention.to_dict()
+        for name, (module, _) in FUTURE_MODULES.items():
+            sections[name]["available"] = _present(module)
         if self.alerts is not None:
             sections["monitoring"]["alerts_effective"] = self.alerts.to_dict()
         if self.compliance is not None:
@@ -386,6 +394,7 @@ class AdvancedFeatures:
             "connection": q.connection.describe(),
             "core": _core(q),
             "sections": sections,
+            "retention": None if self.retention is None else self.retention.to_dict(),
             "enabled_sections": self.config.enabled_sections(),
             "job_options": owners,
             "codecs": [type(c).__name__ for c in q.serializer.codecs],
