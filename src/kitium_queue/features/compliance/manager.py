@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ConfigurationError
 from ...events import EventData
 from ...limits import get_logger
-from ...options import check_text, to_int
+from ...options import check_text, to_int, to_ms
 from ..retention import STATES, Retention
 from ..retention.stream import install_swap, rewrite_events
 from .redaction import PathRedactor
@@ -137,9 +137,15 @@ class ComplianceManager:
         self.redactor = PathRedactor(redact_fields)
         self.redact_everywhere = redact_everywhere
         self._gc_cursor = 0
-        self.retention = Retention.of(queue) or Retention(
-            queue, interval_ms=interval_ms, run_service=run_service
-        )
+        existing = Retention.of(queue)
+        if existing is None:
+            self.retention = Retention(queue, interval_ms=interval_ms, run_service=run_service)
+        else:
+            # Shared with the cost limits: the service runs at the shorter interval.
+            self.retention = existing
+            existing.interval_ms = min(
+                existing.interval_ms, to_ms(interval_ms, "interval_ms", minimum=10)
+            )
         periods = dict(retention or {})
         unknown = sorted(set(periods) - set(STATES))
         if unknown:
