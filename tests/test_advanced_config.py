@@ -229,7 +229,7 @@ async def test_unknown_sections_and_keys_are_refused_with_a_suggestion(
         with pytest.raises(ConfigurationError) as err:
             build()
         assert needle in str(err.value), str(err.value)
-    with pytest.raises(ConfigurationError, match="advanced must be an AdvancedQueueConfig"):
+    with pytest.raises(ConfigurationError, match="advanced must be a AdvancedQueueConfig or a"):
         make_queue("bad", advanced=["fifo"])
 
 

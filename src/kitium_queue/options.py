@@ -250,8 +250,9 @@ def unknown_options_error(
     )
 
 
-def coerce(cls: type[T], value: Any, section: str) -> T:
-    """Build config dataclass ``cls`` from an instance, a dict (snake_case keys) or None."""
+def coerce(cls: type[T], value: Any, section: str, noun: str = "option") -> T:
+    """Build config dataclass ``cls`` from an instance, a dict (snake_case keys) or None;
+    ``noun``: what the dict's keys are, for the error about unknown ones."""
     if value is None:
         return cls()
     if isinstance(value, cls):
@@ -263,7 +264,7 @@ def coerce(cls: type[T], value: Any, section: str) -> T:
     valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     bad = [k for k in value if k not in valid]
     if bad:
-        raise unknown_options_error(section, bad, valid)
+        raise unknown_options_error(section, bad, valid, noun)
     missing = [
         f.name
         for f in fields(cls)  # type: ignore[arg-type]

@@ -16,12 +16,10 @@ when ``JobQueue(..., advanced=...)`` enables the sections (``switchboard.py``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import ConfigurationError
-from ...options import unknown_options_error
+from ...options import coerce, unknown_options_error
 from .base import Section
 from .operations import (
     ComplianceConfig,
@@ -132,19 +130,7 @@ class AdvancedQueueConfig:
     def parse(cls, value: Any) -> AdvancedQueueConfig:
         """An ``AdvancedQueueConfig`` from one, from a dict of sections (unknown sections
         refused with a suggestion) or None."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigurationError(
-                f"advanced must be an AdvancedQueueConfig or a dict of sections, got "
-                f"{type(value).__name__}"
-            )
-        bad = [k for k in value if k not in SECTIONS]
-        if bad:
-            raise unknown_options_error("advanced", bad, list(SECTIONS), "section")
-        return cls(**value)
+        return coerce(cls, value, "advanced", "section")
 
     def section(self, name: str) -> Section:
         """The section ``name`` (``"fifo"``, ...)."""
