@@ -29,4 +29,5 @@ NAMES = (
     "slow-redis",
     "replica-acks",
     "audit",
+    "erasure",
 )

@@ -1,6 +1,7 @@
 """The features' reads pass the read guards (issue 17, item 3): group stats, breaker
 state and stats, webhook endpoints and deliveries, workflow status and lists, stored
-results, encryption status. A protected queue refuses each of them, audited, to a
+results, encryption status, a data subject's jobs, alert values and states, the memory
+footprint. A protected queue refuses each of them, audited, to a
 principal without ``can_view_job`` (even one that may manage the queue), before anything
 is read; a viewer reads them all. Key rotation passes the admin choke point."""
 
@@ -28,7 +29,10 @@ from kitium_queue import (
 )
 from kitium_queue.errors import AccessDeniedError
 from kitium_queue.features.access import READ_PERMISSIONS, AccessControlManager, Permission
+from kitium_queue.features.alerts import AlertManager
+from kitium_queue.features.compliance import ComplianceManager
 from kitium_queue.features.encryption import generate_key
+from kitium_queue.features.footprint import measure_footprint
 from kitium_queue.guards import ReadCall
 
 pytestmark = pytest.mark.redis_only
@@ -56,6 +60,16 @@ class Features:
         self.enc = EncryptionManager(
             q, keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)], run_rotation=False
         )
+        self.compliance = ComplianceManager(q)
+        self.alerts = AlertManager(
+            q,
+            [
+                {"name": "deep", "metric": "queue_depth", "threshold": 100},
+                {"name": "b1-open", "metric": "breaker_open", "threshold": 1, "breaker_id": "b1"},
+            ],
+            run_service=False,
+        )
+        self.queue = q
 
 
 #: Each feature read (its name in READ_PERMISSIONS) and a call of it.
@@ -79,6 +93,12 @@ FEATURE_READS: dict[str, Callable[[Features], Any]] = {
     "get_result": lambda f: f.idem.get_result("order-7"),
     "get_execution_result": lambda f: f.idem.get_execution_result("order-7"),
     "rotation_status": lambda f: f.enc.rotation_status(),
+    "subject_jobs": lambda f: f.compliance.subject_jobs("user-7"),
+    "subject_count": lambda f: f.compliance.subject_count(),
+    "alert_values": lambda f: f.alerts.values(),
+    "alert_states": lambda f: f.alerts.states(),
+    "alert_history": lambda f: f.alerts.history(),
+    "measure_footprint": lambda f: measure_footprint(f.queue, samples=5),
 }
 
 
@@ -203,3 +223,23 @@ async def test_key_rotation_is_an_administrative_command(
     assert done[0].metadata["args"] == {"old_key_id": "k1", "new_key_id": "k2"}
     [refused] = await acm.query_audit_log(outcome="denied")
     assert refused.metadata["action"] == "rotate_key" and refused.principal == "mgr"
+
+
+async def test_the_alerts_leader_reads_unguarded_on_a_protected_queue(
+    acm: AccessControlManager, rq: QueueFactory
+) -> None:
+    """A service acts for no caller: the alert evaluation reads the breakers and the
+    queue's figures as the library's own reads, so a protected queue whose principal
+    may not read still evaluates its alerts, and nothing is refused or audited."""
+    await acm.grant_access(principal_id="writer", queue_pattern="orders", role="viewer")
+    q = rq("orders")
+    f = Features(q)
+    await f.breakers.create_breaker({"id": "b1", "timeout": 60_000})
+    await f.breakers.force_open("b1", reason="test")
+    acm.protect(q)  # no principal at all: every call of a caller is refused
+    with pytest.raises(AccessDeniedError):
+        await f.alerts.values()
+    changes = await f.alerts.evaluate(term=1)
+    assert [(c.rule, c.state) for c in changes] == [("b1-open", "firing")]
+    denied = await acm.query_audit_log(outcome="denied")
+    assert [e.metadata["action"] for e in denied] == ["alert_values"]

@@ -245,18 +245,3 @@ def test_add_explainer_refuses_what_cannot_be_called() -> None:
     q = JobQueue("ex-bad")
     with pytest.raises(ConfigurationError, match="callable"):
         q.add_explainer("not a function")  # type: ignore[arg-type]
-
-
-async def test_promote_job_moves_one_delayed_job_now(make_queue: QueueFactory) -> None:
-    from kitium_queue import JobNotFoundError
-
-    q = make_queue("ex-promote")
-    a = await q.add_job("a", {}, delay=60_000)
-    b = await q.add_job("b", {}, delay=60_000)
-    assert await q.promote_job(a) is True
-    assert (await q.get_job_status(a)).status is JobStatus.WAITING
-    assert (await q.get_job_status(a)).delayed_until is None
-    assert (await q.get_job_status(b)).status is JobStatus.DELAYED
-    assert await q.promote_job(a) is False  # not delayed any more
-    with pytest.raises(JobNotFoundError):
-        await q.promote_job("missing")

@@ -194,6 +194,8 @@ async def test_cli_health_reports_missing_records(
         await q.run("claim", [1, 1000, 0, 0, 2, "1", "w:1", 100])  # finds it gone
     finally:
         await q.close()
-    out = await asyncio.to_thread(CliRunner().invoke, main, ["health", cli_app])
+    out = await asyncio.to_thread(CliRunner().invoke, main, ["health", cli_app, "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["missing_records"] == 1
+    out = await asyncio.to_thread(CliRunner().invoke, main, ["health", cli_app])
+    assert "missing records\t1" in out.stdout

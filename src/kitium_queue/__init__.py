@@ -61,6 +61,8 @@ from .features.access import (
     Permission,
     QueuePermissions,
 )
+from .features.advanced import AdvancedQueueConfig
+from .features.alerts import AlertManager, AlertRule
 from .features.audit import AuditEntry, AuditLog, AuditReport
 from .features.breakers import (
     BreakerConfig,
@@ -69,6 +71,7 @@ from .features.breakers import (
     CircuitBreakerManager,
     FailureThreshold,
 )
+from .features.compliance import ComplianceManager, ErasureReport
 from .features.encryption import (
     DecryptionError,
     EncryptionError,
@@ -135,6 +138,9 @@ __all__ = [
     "AccessControlManager",
     "AccessDeniedError",
     "AccessEntry",
+    "AdvancedQueueConfig",
+    "AlertManager",
+    "AlertRule",
     "AuditEntry",
     "AuditLog",
     "AuditReport",
@@ -146,6 +152,7 @@ __all__ = [
     "CircuitBreakerManager",
     "CircuitBreakerState",
     "CircuitOpenError",
+    "ComplianceManager",
     "ConfigurationError",
     "ConnectionUnavailableError",
     "DLQConfig",
@@ -155,6 +162,7 @@ __all__ = [
     "EncryptionAlgorithm",
     "EncryptionError",
     "EncryptionManager",
+    "ErasureReport",
     "EventData",
     "ExecutionResult",
     "ExtendedJobOptions",

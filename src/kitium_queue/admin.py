@@ -2,7 +2,8 @@
 
 Every command that changes a queue on an operator's behalf (``pause``, ``resume``,
 ``drain``, ``clear``, ``retry_job``, ``bulk_retry``, ``replay_dlq``, ``remove_job``,
-``cancel_job``, ``promote_delayed``, ``promote_job``, ``recover_stalled``, and the schedule commands
+``cancel_job``, ``promote_delayed``, ``promote_job``, ``recover_stalled``, and the schedule
+commands
 ``put_schedule``, ``update_schedule``, ``remove_schedule``, ``pause_schedule``,
 ``resume_schedule``) runs as ``Admin.execute(command, args, action)``:
 
@@ -257,18 +258,15 @@ class Admin:
 
         return await self.execute("promote_delayed", {"limit": limit}, action)
 
-    async def promote_job(self, job_id: str) -> bool:
+    async def promote_job(self, job_id: str) -> None:
         """``JobQueue.promote_job``."""
         ctx = self.ctx
 
-        async def action() -> bool:
-            jid = query_id(job_id)
-            n = int(await ctx.run("promote", [0, "1" if ctx.dlq.enabled else "0", jid]))
-            if n < 0:
-                raise JobNotFoundError(f"job {job_id} does not exist in queue {ctx.name!r}")
-            return n == 1
+        async def action() -> None:
+            dlq = "1" if ctx.dlq.enabled else "0"
+            await ctx.run("promote", [1, dlq, query_id(job_id)])
 
-        return await self.execute("promote_job", {"job_id": job_id}, action)
+        await self.execute("promote_job", {"job_id": job_id}, action)
 
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """``JobQueue.recover_stalled``."""
@@ -391,11 +389,13 @@ class AdminAPI:
         """
         return await self.admin.promote_delayed(limit)
 
-    async def promote_job(self, job_id: str) -> bool:
-        """Move one delayed job to waiting now, whether its delay ended or not (a retry
-        waiting out its backoff too). Returns False when the job is not delayed;
-        raises ``JobNotFoundError`` when there is no such job."""
-        return await self.admin.promote_job(job_id)
+    async def promote_job(self, job_id: str) -> None:
+        """Move one delayed job to waiting now, whether it is due or not (its place in
+        line is its priority's, as if its delay had ended).
+
+        Raises ``JobNotFoundError``, or ``JobStateError`` when the job is not delayed.
+        """
+        await self.admin.promote_job(job_id)
 
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """Requeue jobs whose lease expired; returns (requeued ids, dead-lettered ids).

@@ -351,8 +351,9 @@ class QueueAPI(Protocol):
         raise _unimplemented(self)
 
     @operation("admin", Route.BY_ID)
-    async def promote_job(self, /, job_id: str) -> bool:
-        """Move one delayed job to waiting now; False when it is not delayed."""
+    async def promote_job(self, /, job_id: str) -> None:
+        """Move one delayed job to waiting now, due or not (``JobStateError`` when it
+        is not delayed)."""
         raise _unimplemented(self)
 
     @operation("admin", Route.BUDGET, merge="concat", ids="id lists")
@@ -435,11 +436,12 @@ class QueueAPI(Protocol):
         job_name: str,
         fn: Callable[..., Any] | None = None,
         *,
-        size: int,
-        min_size: int = 1,
-        max_wait: Any = 1000,
+        size: int | None = None,
+        min_size: int | None = None,
+        max_wait: Any = None,
     ) -> Any:
-        """Register a processor that takes up to ``size`` jobs at once (a decorator too)."""
+        """Register a processor that takes up to ``size`` jobs at once (a decorator too);
+        arguments left out take the queue's batch defaults."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)

@@ -275,6 +275,10 @@ FEATURE_HOWTO: dict[str, tuple[str, str]] = {
     "tenant_id": ("multi-tenancy", "set up the tenant with AccessControlManager"),
     "rate_limit_key": ("flow control", "declare a limit: queue.set_rate_limit('key:*', ...)"),
     "concurrency_key": ("flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"),
+    "subject_id": (
+        "compliance (erasure by subject)",
+        "create ComplianceManager(queue) or enable the compliance section of AdvancedQueueConfig",
+    ),
 }
 
 

@@ -271,6 +271,7 @@ class Producer:
             )
         ids: list[str] = []
         refused: dict[int, str] = {}
+        dups: set[int] = set()  # positions whose job was there already (nothing written)
         barrier = ctx.write_barrier
         unconfirmed: WriteNotConfirmedError | None = None
         try:
@@ -326,6 +327,8 @@ class Producer:
                         )
                         failure.refused = dict(refused)
                         break
+                    if reply[k + 1] == b"dup":
+                        dups.add(len(ids))
                     ids.append(reply[k].decode())
                 if failure is not None:
                     break
@@ -341,11 +344,11 @@ class Producer:
                 # The jobs before the failure are in Redis: announce them, but never let
                 # a subscriber's error hide which ones they are.
                 try:
-                    self._announce(ids, prepared)
+                    self._announce(ids, prepared, dups)
                 except Exception:
                     log.exception("queue %s: reporting the jobs added failed", ctx.name)
                 raise failure
-            self._announce(ids, prepared)
+            self._announce(ids, prepared, dups)
             if unconfirmed is not None:
                 # Written, but not confirmed: the caller learns which, and what was not
                 # sent. (A refusal in the same call is in ``written_ids`` as "".)
@@ -362,13 +365,21 @@ class Producer:
                 span.end()
         return ids
 
-    def _announce(self, ids: list[str], prepared: Sequence[PreparedJob]) -> None:
+    def _announce(self, ids: list[str], prepared: Sequence[PreparedJob], dups: set[int]) -> None:
+        """The ``enqueued`` hook for the jobs written, ``duplicate`` for the adds that
+        found their job there already."""
         hooks = self.ctx.hooks
-        if not ids or not hooks.enqueued:
+        if not ids or not (hooks.enqueued or (dups and hooks.duplicate)):
             return
-        added = [(i, p[NAME]) for i, p in zip(ids, prepared, strict=False) if i]
-        if added:
+        added: list[tuple[str, str]] = []
+        found: list[tuple[str, str]] = []
+        for n, (i, p) in enumerate(zip(ids, prepared, strict=False)):
+            if i:
+                (found if n in dups else added).append((i, p[NAME]))
+        if added and hooks.enqueued:
             hooks.emit_enqueued(self.ctx.name, [i for i, _ in added], [n for _, n in added])
+        if found and hooks.duplicate:
+            hooks.emit_duplicate(self.ctx.name, [i for i, _ in found], [n for _, n in found])
 
 
 def _options_of(

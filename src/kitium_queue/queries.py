@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
 from .context import CONNECT_TIMEOUT_S
@@ -305,8 +306,14 @@ class Queries:
 
     def _view(self, info: J) -> J:
         """``info`` through the context's ``info_views`` (features' payload views)."""
-        for view in self.ctx.info_views:
-            view(info, self.ctx.redacting)
+        ctx = self.ctx
+        redacting = ctx.redacting
+        for view in ctx.info_views:
+            view(info, redacting)
+        if ctx.redactors and (redacting or ctx.redact_everywhere):
+            info.data = ctx.redact_value(info.data)
+            info.result = ctx.redact_value(info.result)
+            info.progress = ctx.redact_value(info.progress)
         return info
 
     async def _load(self, job_id: str, *, detail: bool) -> tuple[dict[str, Any], list[Any]] | None:
@@ -360,7 +367,11 @@ class Queries:
         client = await self.ctx.client()
         lines = await client.lrange(self.ctx.keys.logs(jid), first, last)
         # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
-        return [b.decode("utf-8", "backslashreplace") for b in lines]
+        text = [b.decode("utf-8", "backslashreplace") for b in lines]
+        ctx = self.ctx
+        if ctx.redactors and (ctx.redacting or ctx.redact_everywhere):
+            text = [_redacted_json(ctx, line) for line in text]
+        return text
 
     async def get_jobs_by_status(
         self, status: JobStatus | str, limit: int = 100, offset: int = 0
@@ -559,6 +570,9 @@ class Queries:
             ):
                 if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
                     ev = await self._with_progress(ev)
+                if self.ctx.redactors and "progress" in ev.fields:
+                    shown_ = _redacted_json(self.ctx, ev.fields["progress"])
+                    ev = StreamEvent(ev.id, ev.event, ev.job_id, {**ev.fields, "progress": shown_})
                 yield ev
         except (RedisError, RedisClusterException, OSError) as exc:
             # Unreachable, or went away while we read: the library's error, saying what
@@ -614,6 +628,18 @@ def _count(raw: Any) -> int:
         return max(0, int(raw or 0))
     except (TypeError, ValueError):
         return 0
+
+
+def _redacted_json(ctx: QueueContext, text: str) -> str:
+    """A JSON object or array in ``text`` (a log line, a progress value) through the
+    context's redactors, as JSON again; other text unchanged."""
+    if text[:1] not in ("{", "["):
+        return text
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return orjson.dumps(ctx.redact_value(value)).decode()
 
 
 async def _after(

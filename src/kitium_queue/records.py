@@ -127,6 +127,12 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "the webhooks enqueue slot fragment (features/webhooks/lua.py)",
         ),
         JobField(
+            "sj",
+            "the subject whose data the job carries (its subject_id option; the "
+            "compliance feature's marker, read when the job is erased)",
+            "the compliance enqueue slot fragment (features/compliance/enqueue.lua)",
+        ),
+        JobField(
             "a",
             "attempts made, the running one included; a deferred or handed-back "
             "run and a stalled one are not counted",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..enums import JobStatus
-from ..errors import ConfigurationError, KitiumQueueError
+from ..errors import ConfigurationError, JobStateError, KitiumQueueError
 from ..identity import acting_as
 from ..limits import clip
 from .auth import ACTIONS, Session
@@ -98,8 +98,11 @@ async def _remove(q: Any, form: Form, s: Session) -> str:
 
 async def _promote(q: Any, form: Form, s: Session) -> str:
     jid = one(form, "job_id")
-    moved = await q.promote_job(jid)
-    return f"job {jid} promoted to waiting" if moved else f"job {jid} is not delayed"
+    try:
+        await q.promote_job(jid)
+    except JobStateError:
+        return f"job {jid} is not delayed"
+    return f"job {jid} promoted to waiting"
 
 
 async def _cancel(q: Any, form: Form, s: Session) -> str:

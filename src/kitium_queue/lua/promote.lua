@@ -1,6 +1,7 @@
 --[[
-  promote.lua — move due delayed jobs to wait (delayed → waiting), bounded. claim.lua
-  runs the same step; this script serves promote_delayed() and housekeeping.
+  promote.lua — move delayed jobs to wait (delayed → waiting): the due ones, bounded, or
+  one chosen job whether due or not. claim.lua runs the first step too; this script
+  serves promote_delayed(), promote_job() and housekeeping.
 
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
@@ -9,25 +10,35 @@
            or no due job is left, so no single call blocks Redis for long.
   ARGV[5]  dlq enabled ('1' | '0'; default '1'): where a job whose hash was deleted
            while it was delayed is recorded
-  ARGV[6]  optional job id: promote only that delayed job, now, whether due or not
-           (promote_job); ARGV[4] is then ignored
+  ARGV[6]  optional: one job id (promote_job). Only that job moves, due or not, and
+           ARGV[4] is not used. Raises KQ_JOB_NOT_FOUND when there is no such job (or
+           its record is gone) and KQ_BAD_STATE when it is not delayed; nothing is
+           written in either case.
 
-  Returns the number of jobs promoted; with ARGV[6]: 1 (moved), 0 (the job is not
-  delayed) or -1 (no such job). Wakes idle workers when any moved.
+  Returns the number of jobs promoted (with ARGV[6]: 1). Wakes idle workers when any
+  moved.
 ]]
 --@include lib_events
 --@include lib_promote
+--@include errors
 
-local one = ARGV[6]
-if one and one ~= '' then
-  local jk = job_key(one)
-  if redis.call('ZSCORE', K_DELAYED, one) == false or key_type(jk) ~= 'hash' then
-    if redis.call('EXISTS', jk) == 0 then return -1 end
-    return 0
+if ARGV[6] then
+  local id = ARGV[6]
+  local jk = job_key(id)
+  local kt = key_type(jk)
+  if redis.call('ZSCORE', K_DELAYED, id) == false then
+    if kt ~= 'hash' then return fail(ERR_JOB_NOT_FOUND, 'job ' .. id .. ' does not exist') end
+    local st = redis.call('HGET', jk, 'st') or 'waiting'
+    return fail(ERR_BAD_STATE, 'job ' .. id .. ' is ' .. st ..
+      '; only delayed jobs can be promoted')
   end
-  push_wait(jk, one)
+  if kt ~= 'hash' then
+    -- Left for the due-time promote, which dead-letters it as a record of the loss.
+    return fail(ERR_JOB_NOT_FOUND, 'job ' .. id .. ' is delayed but its record is gone')
+  end
+  push_wait(jk, id)
   redis.call('HDEL', jk, 'due')
-  redis.call('ZREM', K_DELAYED, one)
+  redis.call('ZREM', K_DELAYED, id)
   wake()
   return 1
 end

@@ -14,7 +14,8 @@ Permissions (``Permission``; a grant's ``permissions`` flags carry the same name
                        open, webhook DLQ replay, cancel a workflow
 ``can_manage_queue``   everything administrative: also ``clear``, ``drain`` and feature
                        configuration (breakers, webhook endpoints, encryption key
-                       rotation), and any command not listed in ``COMMAND_PERMISSIONS``
+                       rotation), erasing a data subject's jobs (compliance), and any
+                       command not listed in ``COMMAND_PERMISSIONS``
 =====================  ==================================================================
 
 ``can_manage_queue`` implies ``can_control_queue``, which implies ``can_modify_job``.
@@ -146,6 +147,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
             "remove_webhook",
             "rotate_key",
             "run_rotation",
+            "erase_subject",
         ),
         Permission.MANAGE_QUEUE,
     ),
@@ -195,6 +197,15 @@ READ_PERMISSIONS: dict[str, Permission] = dict.fromkeys(
         "get_execution_result",
         # encryption
         "rotation_status",
+        # compliance
+        "subject_jobs",
+        "subject_count",
+        # alerts
+        "alert_values",
+        "alert_states",
+        "alert_history",
+        # memory footprint
+        "measure_footprint",
     ),
     READ_PERMISSION,
 )

@@ -57,6 +57,8 @@ ENGINE_COMMANDS = (
     # sent from Python: queries, the worker's wake-up, events, the scheduler
     "hgetall", "hget", "hmget", "lrange", "llen", "zrange", "zrevrange", "zrangebyscore",
     "zrevrangebyscore", "zscore", "zcard", "bzpopmin", "xread", "subscribe", "time",
+    # the workers' heartbeat records (presence.py), one MULTI/EXEC each
+    "multi", "exec", "zremrangebyscore",
     # called inside the scripts
     "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "unlink", "exists", "type",
     "hset", "hdel", "hincrby", "hexists", "rpush", "ltrim", "zadd", "zrem", "xadd", "publish",

@@ -28,7 +28,9 @@ from .model import (
     BreakerConfig,
     BreakerStats,
     BreakerTransition,
+    FailureThreshold,
     check_breaker_id,
+    check_threshold,
     parse_config,
 )
 
@@ -156,6 +158,8 @@ class CircuitBreakerManager:
     atomically with each transition) and adds the ``breaker-events`` leader service
     that reports state changes (``features/breakers/events.py``). Breaker definitions
     and state live in Redis under the queue's hash tag: every process shares them.
+    ``default_failure_threshold`` (a ``FailureThreshold`` or dict): the threshold of a
+    breaker created without one (default 50 % of at least 10 outcomes).
 
     Example::
 
@@ -173,8 +177,20 @@ class CircuitBreakerManager:
     Semantics: docs/breakers.md.
     """
 
-    def __init__(self, queue: JobQueue, *, events: bool = True) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        *,
+        events: bool = True,
+        default_failure_threshold: FailureThreshold | Mapping[str, Any] | None = None,
+    ) -> None:
         self.queue = queue
+        #: The threshold of a breaker created without one (None: 50 % of >= 10).
+        self.default_failure_threshold: FailureThreshold | None = (
+            None
+            if default_failure_threshold is None
+            else check_threshold(default_failure_threshold)
+        )
         queue.declare_option(
             OPTION,
             feature=FEATURE,
@@ -243,7 +259,7 @@ class CircuitBreakerManager:
         job name belongs to one breaker at most. An administrative command (guards,
         ``admin`` hook).
         """
-        cfg = parse_config(config)
+        cfg = parse_config(config, self.default_failure_threshold)
 
         async def action() -> CircuitBreaker:
             th = cfg.failure_threshold
@@ -310,6 +326,11 @@ class CircuitBreakerManager:
     async def list_breakers(self) -> list[BreakerStats]:
         """Every breaker of the queue (up to 1000), oldest first, with its stats."""
         await self.queue.queries.check("list_breakers", {})
+        return await self.all_stats()
+
+    async def all_stats(self) -> list[BreakerStats]:
+        """``list_breakers`` without the read guards: for the library's own reads on
+        the application's behalf (the alerts' leader), never for a caller's."""
         client = await self.queue.client()
         ids = [
             _s(i) for i in await client.zrange(self.queue.keys.extra("cb:ids"), 0, MAX_LISTED - 1)

@@ -173,6 +173,7 @@ class IdempotencyManager:
         q.scripts.add_slot("enqueue", FEATURE, _lua("enqueue"))
         q.scripts.add_slot("release", FEATURE, _lua("release"))
         q.scripts.add_slot("duplicate", FEATURE, _lua("duplicate"))
+        q.scripts.add_slot("erase", FEATURE, _lua("erase"))
 
     def _prepare(
         self, job_name: str, data: Any, options: Mapping[str, Any]

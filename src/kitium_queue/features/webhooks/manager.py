@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ...enums import WebhookEventType
+from ...enums import WebhookDeliveryStrategy, WebhookEventType
 from ...errors import ConfigurationError
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
@@ -22,10 +22,11 @@ from .models import (
     WebhookEvent,
     check_event_type,
     check_id,
+    check_strategy,
     check_url,
 )
 from .registry import Registry
-from .service import GROUP, Delivery, DeliveryService, LocalDispatcher
+from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver
 from .subscriber import WebhookSubscriber
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["JobWebhookConfig", "WebhookManager"]
 
-FEATURE = "webhooks"
 #: The webhook id of deliveries to a job's own ``webhook_url``.
 JOB_WEBHOOK_ID = "job"
 
@@ -93,6 +93,8 @@ class WebhookManager:
         run_service: add the delivery service to the queue's workers (default True).
         resolver / connector: for tests: a DNS resolver stub and the network backend
             that opens connections (see ``ssrf.GuardedBackend``).
+        default_delivery_strategy: the strategy of an endpoint registered without one
+            (``guaranteed`` unless set).
     """
 
     def __init__(
@@ -117,6 +119,9 @@ class WebhookManager:
         busy_share: float = 0.2,
         resolver: Resolver | None = None,
         connector: Any = None,
+        default_delivery_strategy: WebhookDeliveryStrategy | str = (
+            WebhookDeliveryStrategy.GUARANTEED
+        ),
     ) -> None:
         for what, v, lo in (
             ("backoff_ms", backoff_ms, 1),
@@ -142,6 +147,7 @@ class WebhookManager:
         ):
             raise ConfigurationError("WebhookManager busy_share must be in (0, 1]")
         self.busy_share = float(busy_share)
+        self.default_delivery_strategy = check_strategy(default_delivery_strategy)
         self.queue = queue
         self.job_webhook = job_webhook or JobWebhookConfig()
         self.job_events = tuple(dict.fromkeys(check_event_type(e) for e in self.job_webhook.events))
@@ -262,7 +268,7 @@ class WebhookManager:
         """Register an endpoint (``WebhookConfig``); its ``secret``, if given, is kept in
         this process. Raises ConfigurationError for a bad config, an existing id, or a
         literal address the SSRF guard refuses."""
-        hook = Webhook.from_config(config, int(time.time() * 1000))
+        hook = Webhook.from_config(config, int(time.time() * 1000), self.default_delivery_strategy)
         if hook.id == JOB_WEBHOOK_ID:
             raise ConfigurationError(f"webhook id {JOB_WEBHOOK_ID!r} is reserved")
         self._check_literal(hook.url)
