@@ -11,7 +11,7 @@ Three choke points of the core, each with the same question — may the principa
   templates need ``can_add_job``;
 * a **read guard** (``queue.queries.add_guard``): every read of jobs, logs, counts,
   events, schedules and explanations, and every feature's read (group stats, breaker
-  state, webhook deliveries, workflow status, stored results, encryption status), with
+  state, webhook deliveries, workflow status, stored results, encryption status, ...), with
   the permission its name maps to (``model.READ_PERMISSIONS``: ``can_view_job``;
   unknown reads need ``can_manage_queue``).
 

@@ -6,7 +6,8 @@ Permissions (``Permission``; a grant's ``permissions`` flags carry the same name
 =====================  ==================================================================
 ``can_view_job``       every read: jobs, logs, counts, events, schedules, explanations,
                        and the features' reads (group stats, breaker state, webhook
-                       deliveries, workflow status, stored results, encryption status)
+                       deliveries, workflow status, stored results, encryption status,
+                       a data subject's jobs, alerts, the memory footprint)
 ``can_add_job``        ``add_job`` / ``add_jobs`` (and a schedule's job template)
 ``can_modify_job``     act on single jobs: retry, bulk retry, remove, cancel, promote
 ``can_control_queue``  steer the queue: pause / resume, replay the DLQ, recover stalled
