@@ -1,0 +1,82 @@
+"""Every Redis key of multi-tenancy (the Lua in ``prelude.lua`` builds the same names).
+
+Deployment keys (one set per key prefix, outside every queue's hash tag, written only by
+``TenantRegistry``; queue workers never read them):
+
+* ``<prefix>:tenants``          HASH  tenant id -> its config as JSON, with its version
+  (a removed tenant stays as a tombstone ``{"removed": true, "version": ...}``, so a
+  late copy of an older version can never bring it back);
+* ``<prefix>:tenants:queues``   SET   the queues tenancy is enabled on (each adds itself);
+* ``<prefix>:tenants:version``  STRING the version counter (one per change, all tenants).
+
+Queue keys (``QueueKeys.extra``: under the queue's hash tag, so every script stays
+cluster-safe): ``tn:<t>`` (HASH: the copy of the tenant's quota and its counts),
+``tn-run:<t>``, ``tn-tk:<t>`` (SETs: running jobs, ticket holders in wait), ``tn-of``
+(HASH job id -> tenant), ``tenants`` (ZSET index of the tenants set up in the queue),
+and the tenant's lane ``parked:t:<t>`` (``QueueKeys.parked``).
+"""
+
+from __future__ import annotations
+
+from ...keys import QueueKeys
+
+__all__ = [
+    "LANE_PREFIX",
+    "index",
+    "lane",
+    "owners",
+    "registry",
+    "registry_queues",
+    "registry_version",
+    "running",
+    "tenant",
+    "tickets",
+]
+
+#: The blocker of a tenant's lane is ``t:<tenant>`` (``lib_parking.lua``).
+LANE_PREFIX = "t:"
+
+
+def registry(prefix: str) -> str:
+    """HASH: tenant id -> its config JSON (the canonical copy)."""
+    return f"{prefix}:tenants"
+
+
+def registry_queues(prefix: str) -> str:
+    """SET: names of the queues tenancy is enabled on."""
+    return f"{prefix}:tenants:queues"
+
+
+def registry_version(prefix: str) -> str:
+    """STRING: the version counter of tenant changes."""
+    return f"{prefix}:tenants:version"
+
+
+def tenant(keys: QueueKeys, tenant_id: str) -> str:
+    """HASH: the tenant's quota in this queue (copied) and its counts."""
+    return keys.extra(f"tn:{tenant_id}")
+
+
+def running(keys: QueueKeys, tenant_id: str) -> str:
+    """SET: ids of the tenant's running jobs in this queue."""
+    return keys.extra(f"tn-run:{tenant_id}")
+
+
+def tickets(keys: QueueKeys, tenant_id: str) -> str:
+    """SET: ids of the tenant's jobs in wait holding a dispatch ticket."""
+    return keys.extra(f"tn-tk:{tenant_id}")
+
+
+def owners(keys: QueueKeys) -> str:
+    """HASH: job id -> tenant, for the running jobs counted in a ``tn-run`` set."""
+    return keys.extra("tn-of")
+
+
+def index(keys: QueueKeys) -> str:
+    """ZSET: the tenants set up in this queue (score 0, in name order)."""
+    return keys.extra("tenants")
+
+
+def lane(keys: QueueKeys, tenant_id: str) -> str:
+    """ZSET: the tenant's lane (its parked jobs)."""
+    return keys.parked(LANE_PREFIX + tenant_id)
