@@ -9,13 +9,15 @@
     local c = cur
     if not c then return end
     local s, t = c.s, c.s.t
+    -- Counts read before the writes below (cached for the call, then kept up to date).
+    local out, run = tickets(s), running(s)
     if c.holder then
       redis.call('SREM', TK .. t, id)
-      s.tk = tickets(s) - 1
+      s.tk = out - 1
     end
     redis.call('SADD', RUN .. t, id)
     redis.call('HSET', OWNER, id, t)
-    s.run = running(s) + 1
+    s.run = run + 1
     if s.rlm > 0 then
       s.used = window(s) + 1
       if s.used == 1 then
@@ -56,8 +58,9 @@
     end
     if blocked then
       if holder then
+        local out = tickets(s)
         redis.call('SREM', TK .. tn, id)
-        s.tk = tickets(s) - 1
+        s.tk = out - 1
       end
       s.lane = true
       admit_park('t:' .. tn, lane_score(jk))

@@ -18,9 +18,10 @@
   -- job is counted in n.
   --
   -- Fair dispatch: a tenant holds at most weight x QUANTUM tickets, and only its ticket
-  -- holders sit in wait; the rest of its jobs wait in its lane. When its holders start,
-  -- the lane refills the tenant's tickets at the back of wait (fresh places), so tenants
-  -- take turns in proportion to their weights whatever their backlogs.
+  -- holders sit in wait; the rest of its jobs wait in its lane. Each of its holders that
+  -- starts is replaced from the lane at the back of wait (a fresh place), so wait cycles
+  -- through the tenants' tickets and each gets starts in proportion to its weight,
+  -- whatever its backlog.
   local TN = PREFIX .. 'tn:'
   local RUN = PREFIX .. 'tn-run:'
   local TK = PREFIX .. 'tn-tk:'
@@ -81,8 +82,8 @@
   end
 
   -- Its tickets out (fair dispatch). A holder that left wait without passing here (parked
-  -- by another feature's check) keeps its ticket: when the tenant looks full, a few
-  -- random holders are checked and dropped when they are not in wait.
+  -- by another feature's check) keeps its ticket: when all are out, a few random
+  -- holders are checked and dropped when they are not in wait.
   local function tickets(s)
     if not FAIR then return 0 end
     if s.tk == nil then
@@ -136,9 +137,8 @@
   end
 
   -- Hand the tenant's free room to the first jobs of its lane: to the back of wait
-  -- (fair dispatch: holding a ticket each), or to their places (quotas only). Refills
-  -- tickets once half of them are out, so each refill moves several jobs. A full rate
-  -- window arms a timer that brings one job back when the window ends (its start
+  -- (fair dispatch: holding a ticket each), or to their places (quotas only). A full
+  -- rate window arms a timer that brings one job back when the window ends (its start
   -- refills the rest).
   local function top_up(s)
     if not lane(s) then return end
@@ -150,16 +150,13 @@
       return
     end
     local out = tickets(s)
-    if FAIR and out * 2 > s.quota then return end
-    if r > UNPARK_MAX then r = UNPARK_MAX end
-    local ids = redis.call('ZRANGE', LANE .. s.t, 0, r - 1)
-    if #ids < r then s.lane = false end
-    if #ids == 0 then return end
-    if FAIR then
+    local ids = {}
+    local moved = unpark('t:' .. s.t, r, FAIR, ids)
+    if moved < r then s.lane = false end
+    if FAIR and moved > 0 then
       for i = 1, #ids, 500 do
         redis.call('SADD', TK .. s.t, unpack(ids, i, math.min(i + 499, #ids)))
       end
-      s.tk = out + #ids
+      s.tk = out + moved
     end
-    unpark('t:' .. s.t, #ids, FAIR)
   end

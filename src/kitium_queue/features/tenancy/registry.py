@@ -90,7 +90,7 @@ class TenantRegistry:
         redis: Any = None,
         *,
         prefix: str | None = None,
-        quantum: int = 8,
+        quantum: int = 16,
         fair_dispatch: bool = True,
     ) -> None:
         self._queue: Any = None
@@ -132,7 +132,7 @@ class TenantRegistry:
     def enable(
         queue: Any,
         *,
-        quantum: int = 8,
+        quantum: int = 16,
         fair_dispatch: bool = True,
         sync_interval_s: float = SYNC_INTERVAL_S,
     ) -> None:

@@ -4,14 +4,18 @@
 
   -- Every job leaving active gives its running slot back; a job that ends (completed,
   -- failed for good, removed) leaves the tenant's count, and a removed one that had not
-  -- started gives its ticket back. Then the tenant's lane refills what became free.
+  -- started gives its ticket back. Then the tenant's lane refills what became free: a
+  -- concurrency slot or a ticket (tickets taken by starts are refilled by claim).
   return function(id, jk, outcome)
     local t = redis.call('HGET', OWNER, id)
-    local s = nil
+    local s, freed = nil, false
     if t then
       redis.call('HDEL', OWNER, id)
       s = state(t)
-      if redis.call('SREM', RUN .. t, id) == 1 and s.run then s.run = s.run - 1 end
+      if redis.call('SREM', RUN .. t, id) == 1 then
+        if s.run then s.run = s.run - 1 end
+        freed = s.mc > 0
+      end
     end
     local total = ENDS[outcome]
     if total ~= nil then
@@ -19,7 +23,6 @@
       if f.err then f = {} end
       local tn = t or f[1]
       if tn then
-        s = s or state(tn)
         if f[2] then
           redis.call('HDEL', jk, 'tq')
           local h = redis.call('HMGET', TN .. tn, 'n', 'done', 'fail')
@@ -33,11 +36,13 @@
             redis.call('HSET', TN .. tn, 'n', int(n))
           end
         end
-        if not t and FAIR and redis.call('SREM', TK .. tn, id) == 1 and s.tk then
-          s.tk = s.tk - 1
+        if not t and FAIR and redis.call('SREM', TK .. tn, id) == 1 then
+          s = state(tn)
+          if s.tk then s.tk = s.tk - 1 end
+          freed = true
         end
       end
     end
-    if s then top_up(s) end
+    if freed then top_up(s) end
   end
 end)()
