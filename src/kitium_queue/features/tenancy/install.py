@@ -159,6 +159,8 @@ class _AttachOnFirstUse:
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
         self.done = False
+        # The attach in flight: concurrent first jobs wait for one, not one each.
+        self._task: asyncio.Future[int] | None = None
 
     def __call__(self, job_name: str, data: Any, options: Mapping[str, Any]) -> Any:
         if self.done or options.get("tenant_id") is None:
@@ -166,7 +168,15 @@ class _AttachOnFirstUse:
         return self._attach(job_name, data, options)
 
     async def _attach(self, job_name: str, data: Any, options: Mapping[str, Any]) -> Any:
-        await attach(self.queue)
+        task = self._task
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self._task = asyncio.ensure_future(attach(self.queue))
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if task.done():
+                self._task = None  # failed: the next job tries again
+            raise
         self.done = True
         return job_name, data, options
 
