@@ -535,12 +535,14 @@ def _add_feature_commands() -> None:
     from .features.encryption.cli import make_command as encryption_command
     from .features.groups.cli import make_command as groups_command
     from .features.idempotency.cli import make_command as result_command
+    from .features.tenancy.cli import make_command as tenants_command
     from .features.workflows.cli import make_command as workflows_command
 
     main.add_command(groups_command(_with_queue, redis_option, _row), "groups")
     main.add_command(result_command(_with_queue, redis_option, _row), "result")
     main.add_command(encryption_command(_with_queue, redis_option, _row), "encryption")
     main.add_command(workflows_command(_with_queue, redis_option, _row), "workflows")
+    main.add_command(tenants_command(_with_queue, redis_option, _row), "tenants")
     try:
         from .features.prometheus.cli import make_command as metrics_command
     except ImportError:  # the optional extra "prometheus" is not installed: no command
