@@ -15,8 +15,8 @@ a run cut by a SIGKILL ends at the kill, so Redis held its slot at least that lo
 * after the restart the state sets match the records and every tenant's parked job is
   in its lane; nothing acknowledged is lost;
 * at the end every job completed once (no duplicate recorded completion), and every
-  count returned to 0: queued, running, in lanes, tickets, the running-job owners and
-  the usage the registry reports.
+  count returned to 0: queued, running, in lanes, tickets, and the usage the registry
+  reports.
 """
 
 from __future__ import annotations
@@ -107,9 +107,6 @@ def _leftovers(client: Any, keys: QueueKeys) -> dict[str, Any]:
         }
         if any(left.values()):
             out[t] = left
-    owners = client.hlen(tk.owners(keys))
-    if owners:
-        out["owners"] = owners
     return out
 
 

@@ -9,15 +9,16 @@
     local c = cur
     if not c then return end
     local s, t = c.s, c.s.t
-    -- Counts read before the writes below (cached for the call, then kept up to date).
-    local out, run = tickets(s), running(s)
+    -- Counts read before the writes below (cached for the call, then kept up to date);
+    -- the running count only matters to a tenant with a concurrency cap.
     if c.holder then
+      local out = tickets(s)
       redis.call('SREM', TK .. t, id)
       s.tk = out - 1
     end
+    local run = s.mc > 0 and running(s)
     redis.call('SADD', RUN .. t, id)
-    redis.call('HSET', OWNER, id, t)
-    s.run = run + 1
+    if run then s.run = run + 1 end
     if s.rlm > 0 then
       s.used = window(s) + 1
       if s.used == 1 then
@@ -34,7 +35,9 @@
       redis.call('HSET', jk, 'tq', '1')
       redis.call('HSET', TN .. t, 'n', int(num(redis.call('HGET', TN .. t, 'n')) + 1))
     end
-    admit_after('tn:' .. t, function() top_up(s) end)
+    -- Fair dispatch: the ticket it held goes to the next job of its lane. (Without it a
+    -- lane only holds jobs over a cap or a rate, which a start cannot free.)
+    if FAIR then admit_after('tn:' .. t, function() top_up(s) end) end
   end
 
   -- A job of a tenant may start while the tenant is under its max_concurrency and its

@@ -259,7 +259,7 @@ def install(
         # clear() deleted every job: the tenants' counts, running sets and tickets go;
         # their quotas (copied from the registry) stay.
         client = await queue.client()
-        doomed: list[Any] = [tk.owners(queue.keys)]
+        doomed: list[Any] = []
         async for key in client.scan_iter(match=queue.keys.extra("tn-*"), count=500):
             doomed.append(key)
         async for key in client.scan_iter(match=queue.keys.extra("tn:*"), count=500):

@@ -11,8 +11,8 @@ Deployment keys (one set per key prefix, outside every queue's hash tag, written
 
 Queue keys (``QueueKeys.extra``: under the queue's hash tag, so every script stays
 cluster-safe): ``tn:<t>`` (HASH: the copy of the tenant's quota and its counts),
-``tn-run:<t>``, ``tn-tk:<t>`` (SETs: running jobs, ticket holders in wait), ``tn-of``
-(HASH job id -> tenant), ``tenants`` (ZSET index of the tenants set up in the queue),
+``tn-run:<t>``, ``tn-tk:<t>`` (SETs: running jobs, ticket holders in wait), ``tenants``
+(ZSET index of the tenants set up in the queue),
 and the tenant's lane ``parked:t:<t>`` (``QueueKeys.parked``).
 """
 
@@ -24,7 +24,6 @@ __all__ = [
     "LANE_PREFIX",
     "index",
     "lane",
-    "owners",
     "registry",
     "registry_queues",
     "registry_version",
@@ -65,11 +64,6 @@ def running(keys: QueueKeys, tenant_id: str) -> str:
 def tickets(keys: QueueKeys, tenant_id: str) -> str:
     """SET: ids of the tenant's jobs in wait holding a dispatch ticket."""
     return keys.extra(f"tn-tk:{tenant_id}")
-
-
-def owners(keys: QueueKeys) -> str:
-    """HASH: job id -> tenant, for the running jobs counted in a ``tn-run`` set."""
-    return keys.extra("tn-of")
 
 
 def index(keys: QueueKeys) -> str:

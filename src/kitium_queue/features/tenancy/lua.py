@@ -48,6 +48,7 @@ def _prelude(quantum: int, fair: bool) -> str:
         # Lua's # counts bytes: up to 4 per character.
         .replace("@MAX_TENANT_ID@", str(MAX_TENANT_ID * 4))
         .replace("@MAX_TICKETS@", str(MAX_TICKETS))
+        .replace("@REFILL_MIN@", str(max(1, int(quantum) // 4)))
     )
 
 

@@ -3,6 +3,7 @@
   local QUANTUM, FAIR = @QUANTUM@, @FAIR@
   local MAX_TENANT_ID = @MAX_TENANT_ID@
   local MAX_TICKETS = @MAX_TICKETS@
+  local REFILL_MIN = @REFILL_MIN@
   -- Keys (under the queue's hash tag; tenancy/keys.py builds the same names):
   --   tn:<t>      HASH  the tenant's quota in this queue, copied by TenantRegistry (v
   --                     version, on '1' while the tenant exists, mqs max_queue_size, mc
@@ -10,7 +11,6 @@
   --                     ',a,b,'; 0 / '' = none), and its counts (n unfinished jobs counted,
   --                     rw/rn the rate window: opened at, starts in it, done/fail totals)
   --   tn-run:<t>  SET   ids of its running jobs (from claim until they leave active)
-  --   tn-of       HASH  job id -> tenant, for the jobs in a tn-run set
   --   tn-tk:<t>   SET   ids of its jobs in wait that hold a dispatch ticket (fair dispatch)
   -- Blocker (lib_parking.lua): 't:<t>' is the tenant's lane: its jobs waiting for a
   -- ticket, a free concurrency slot or its next rate window, in queue order (priority,
@@ -18,14 +18,13 @@
   -- job is counted in n.
   --
   -- Fair dispatch: a tenant holds at most weight x QUANTUM tickets, and only its ticket
-  -- holders sit in wait; the rest of its jobs wait in its lane. Each of its holders that
-  -- starts is replaced from the lane at the back of wait (a fresh place), so wait cycles
-  -- through the tenants' tickets and each gets starts in proportion to its weight,
-  -- whatever its backlog.
+  -- holders sit in wait; the rest of its jobs wait in its lane. The holders that start
+  -- are replaced from the lane at the back of wait (fresh places, REFILL_MIN at a time
+  -- at least), so wait cycles through the tenants' tickets and each gets starts in
+  -- proportion to its weight, whatever its backlog.
   local TN = PREFIX .. 'tn:'
   local RUN = PREFIX .. 'tn-run:'
   local TK = PREFIX .. 'tn-tk:'
-  local OWNER = PREFIX .. 'tn-of'
   local LANE = PREFIX .. 'parked:t:'
 
   -- The tenant (and region) of a job from its options JSON.
@@ -58,9 +57,10 @@
     return s
   end
 
-  -- Its running jobs. Exact (every way a job leaves active passes the release fragment);
-  -- a member left behind by a process without the feature would hold a slot for good,
-  -- so at the cap a few random members are checked and dropped when no longer active.
+  -- Its running jobs. Exact (every way a job leaves active passes the release fragment,
+  -- which finds the tenant on the job's record); a member left behind (a record deleted
+  -- by hand while it ran, a process without the feature) would hold a slot for good, so
+  -- at the cap a few random members are checked and dropped when no longer active.
   local function running(s)
     if s.run == nil then
       local key = RUN .. s.t
@@ -73,7 +73,6 @@
         local st = redis.pcall('HGET', job_key(m), 'st')
         if st == 'active' or (st and type(st) ~= 'string') then break end
         redis.call('SREM', key, m)
-        redis.call('HDEL', OWNER, m)
         n = n - 1
       end
       s.run = n
@@ -141,15 +140,18 @@
   -- rate window arms a timer that brings one job back when the window ends (its start
   -- refills the rest).
   local function top_up(s)
-    if not lane(s) then return end
+    if s.lane == false then return end
     local r = room(s)
     if r <= 0 then
-      if s.rlm > 0 and s.reset and window(s) >= s.rlm then
+      if s.rlm > 0 and s.reset and window(s) >= s.rlm and lane(s) then
         park_timer('t:' .. s.t, s.reset, 1, s.rld)
       end
       return
     end
     local out = tickets(s)
+    -- Refill REFILL_MIN at a time at least (a share of the fixed cost of a refill per
+    -- job), unless the tenant has no ticket out at all.
+    if FAIR and r < REFILL_MIN and out > 0 then return end
     local ids = {}
     local moved = unpark('t:' .. s.t, r, FAIR, ids)
     if moved < r then s.lane = false end

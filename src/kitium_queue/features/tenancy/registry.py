@@ -292,7 +292,7 @@ class TenantRegistry:
                         tk.tickets(qk, tid),
                         tk.lane(qk, tid),
                     ],
-                    [],
+                    [qk.base],
                 )
                 active = _int(r[3])
                 ends = _int(r[8])
