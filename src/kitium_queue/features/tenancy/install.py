@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError
 
 from ...connection import TRANSIENT_ERRORS
 from ...errors import ConfigurationError
@@ -53,6 +53,8 @@ _MAX_QUANTUM = 1000
 
 # One installation per queue object: (quantum, fair_dispatch).
 _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[int, bool]] = weakref.WeakKeyDictionary()
+# Queues whose Redis user may not read the registry (warned once).
+_NO_ACCESS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class LuaScript:
@@ -135,12 +137,30 @@ async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
 
 async def attach(queue: JobQueue) -> int:
     """Make ``queue`` known to the tenant registry of its key prefix and copy every
-    tenant's quota into it (each copy only if newer). Returns the copies written."""
+    tenant's quota into it (each copy only if newer). Returns the copies written.
+
+    A Redis user limited to the queue's own keys (ACL ``~<prefix>:{<queue>}:*``) may not
+    touch the registry's keys: then nothing is done here (logged once), and the queue
+    relies on an administrator's ``TenantRegistry.attach(queue)`` and on the registry's
+    writes (docs/tenancy.md).
+    """
     client = await queue.client()
     prefix = queue.keys.prefix
-    await client.sadd(tk.registry_queues(prefix), queue.name)
+    try:
+        await client.sadd(tk.registry_queues(prefix), queue.name)
+        entries = await client.hgetall(tk.registry(prefix))
+    except NoPermissionError:
+        if queue not in _NO_ACCESS:
+            _NO_ACCESS.add(queue)
+            log.warning(
+                "queue %s: the Redis user may not read the tenant registry (%s); tenants' "
+                "quotas reach this queue only when written by TenantRegistry (attach the "
+                "queue with an administrator's connection, see docs/tenancy.md)",
+                queue.name, tk.registry(prefix),
+            )
+        return 0
     written = 0
-    for tid, raw in (await client.hgetall(tk.registry(prefix))).items():
+    for tid, raw in entries.items():
         name = tid.decode("utf-8", "replace") if isinstance(tid, bytes) else str(tid)
         try:
             check_tenant_id(name)
