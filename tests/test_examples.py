@@ -85,6 +85,12 @@ EXPECTED: dict[str, list[str]] = {
         r"result read back in this process: \{'charged': '\*\*\*\*1111'\}",
         r"rotation done: 2 values moved to key 2026",
     ],
+    "tenancy.py": [
+        r"refused: tenant globex is at its max_queue_size of 20",
+        r"globex's 20 jobs all started after \d+ of acme's 300 "
+        r"\(acme: max_concurrency 3, ran at most 3 at once\)",
+        r"acme usage: queued=\d+ active=[0-3] completed=\d+ \(every job counted once: True\)",
+    ],
     "webhooks.py": [
         r"endpoint wh_\w+: 3 signed job-completed events verified",
         r"event types: \['job-completed'\]",
@@ -95,9 +101,10 @@ EXPECTED: dict[str, list[str]] = {
 #: windows and what they keep (they expire with the window), and what features hold that
 #: is configuration or history rather than jobs -- webhook deliveries and the outbox
 #: they are read from, a breaker's log and window, encryption key ids and rotation
-#: records.
+#: records, the tenants (their registry, and the copies of their quotas in a queue).
 WINDOW_KEYS = re.compile(
-    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$))"
+    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|tn:|tenants$)"
+    r"|[^{}]*:tenants(:queues)?$"
 )
 
 

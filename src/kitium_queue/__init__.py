@@ -44,11 +44,13 @@ from .errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     QueueActiveError,
+    QuotaExceededError,
     RateLimited,
     RetryLater,
     ScheduleNotFoundError,
     ScriptArgumentError,
     SerializationError,
+    TenantNotFoundError,
     WriteRefusedError,
 )
 from .events import EventData, StreamEvent
@@ -70,6 +72,7 @@ from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, Mess
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
 from .features.schedules import Schedule
+from .features.tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
 from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
 from .job import Job, JobInfo, JobProcessor
@@ -180,6 +183,7 @@ __all__ = [
     "QueueRole",
     "QueueSettings",
     "QueueStats",
+    "QuotaExceededError",
     "RateLimited",
     "RetryConfig",
     "RetryLater",
@@ -191,6 +195,11 @@ __all__ = [
     "StreamEvent",
     "SyncJobQueue",
     "SyncPartitionedQueue",
+    "TenantConfig",
+    "TenantNotFoundError",
+    "TenantQuota",
+    "TenantRegistry",
+    "TenantUsage",
     "WebhookConfig",
     "WebhookDeliveryStrategy",
     "WebhookEvent",

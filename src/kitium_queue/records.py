@@ -87,6 +87,10 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         JobField("wu", "the job's own webhook URL (its webhook_url option; the webhooks "
                  "feature's marker, read by its release fragment)",
                  "the webhooks enqueue slot fragment (features/webhooks/lua.py)"),
+        JobField("tn", "tenant of the job (its tenant_id; multi-tenancy's marker, read by "
+                 "claim and release)", "the tenancy enqueue fragment (features/tenancy)"),
+        JobField("tq", "'1' while the job is counted in its tenant's unfinished jobs",
+                 "features/tenancy (enqueue and admission fragments; removed by release)"),
         JobField("a", "attempts made, the running one included; a deferred or handed-back "
                  "run and a stalled one are not counted",
                  "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), "
