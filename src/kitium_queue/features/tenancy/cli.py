@@ -58,13 +58,29 @@ def make_command(
             configs = await reg.list_tenants()
             usages = [await reg.get_tenant_usage(c.tenant_id) for c in configs]
             if as_json:
-                out = [{**c.to_dict(), "usage": u.as_dict()} for c, u in zip(configs, usages)]
+                out = [
+                    {**c.to_dict(), "usage": u.as_dict()}
+                    for c, u in zip(configs, usages, strict=True)
+                ]
                 click.echo(json.dumps({"tenants": out, "queues": await reg.queues()}, indent=2))
                 return
-            click.echo(row("tenant", "weight", "max_queue_size", "max_concurrency",
-                           "rate_limit", "queued", "active", "held", "rate used",
-                           "completed", "failed", "name"))
-            for c, u in zip(configs, usages):
+            click.echo(
+                row(
+                    "tenant",
+                    "weight",
+                    "max_queue_size",
+                    "max_concurrency",
+                    "rate_limit",
+                    "queued",
+                    "active",
+                    "held",
+                    "rate used",
+                    "completed",
+                    "failed",
+                    "name",
+                )
+            )
+            for c, u in zip(configs, usages, strict=True):
                 click.echo(row(c.tenant_id, f"{c.weight:g}", *_quota(c), *_usage(u), c.name))
 
         with_queue(app, redis, act)
@@ -82,25 +98,45 @@ def make_command(
             c = await reg.get_tenant(tenant_id)
             u = await reg.get_tenant_usage(tenant_id)
             if as_json:
-                click.echo(json.dumps({"tenant": None if c is None else c.to_dict(),
-                                       "usage": u.as_dict()}, indent=2))
+                click.echo(
+                    json.dumps(
+                        {"tenant": None if c is None else c.to_dict(), "usage": u.as_dict()},
+                        indent=2,
+                    )
+                )
             else:
                 if c is None:
-                    click.echo(row("tenant", tenant_id, "not found (removed, or never "
-                                   "created); usage of jobs it left:"))
+                    click.echo(
+                        row(
+                            "tenant",
+                            tenant_id,
+                            "not found (removed, or never created); usage of jobs it left:",
+                        )
+                    )
                 else:
                     click.echo(row("tenant", c.tenant_id))
                     click.echo(row("name", c.name or "-"))
                     click.echo(row("weight", f"{c.weight:g}"))
-                    for k, v in zip(("max_queue_size", "max_concurrency", "rate_limit"),
-                                    _quota(c)):
+                    for k, v in zip(
+                        ("max_queue_size", "max_concurrency", "rate_limit"), _quota(c), strict=True
+                    ):
                         click.echo(row(k, v))
                     click.echo(row("allowed_regions", ",".join(c.allowed_regions) or "any"))
-                click.echo(row("queue", "queued", "active", "held", "rate used", "completed",
-                               "failed"))
+                click.echo(
+                    row("queue", "queued", "active", "held", "rate used", "completed", "failed")
+                )
                 for name, qu in u.queues.items():
-                    click.echo(row(name, qu.queued, qu.active, qu.held, qu.rate_used,
-                                   qu.completed, qu.failed))
+                    click.echo(
+                        row(
+                            name,
+                            qu.queued,
+                            qu.active,
+                            qu.held,
+                            qu.rate_used,
+                            qu.completed,
+                            qu.failed,
+                        )
+                    )
                 click.echo(row("total", *_usage(u)))
             if c is None and not any(_usage(u)):
                 raise click.ClickException(f"no tenant {tenant_id!r}")

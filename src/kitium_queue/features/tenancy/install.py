@@ -156,7 +156,8 @@ async def attach(queue: JobQueue) -> int:
                 "queue %s: the Redis user may not read the tenant registry (%s); tenants' "
                 "quotas reach this queue only when written by TenantRegistry (attach the "
                 "queue with an administrator's connection, see docs/tenancy.md)",
-                queue.name, tk.registry(prefix),
+                queue.name,
+                tk.registry(prefix),
             )
         return 0
     written = 0
