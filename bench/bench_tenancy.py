@@ -49,23 +49,10 @@ from _redis import RedisServer
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
-import asyncio, json, resource, sys, time
+import asyncio, json, sys, time
+from _drain import measured_drain
 from kitium_queue import JobQueue
 from kitium_queue.features.tenancy import TenantRegistry
-
-
-def commands(info):
-    return sum(v["calls"] for k, v in info.items() if k.startswith("cmdstat_"))
-
-
-def own_cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-async def redis_cpu(client):
-    info = await client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def main(url, name, case, jobs):
@@ -88,36 +75,12 @@ async def main(url, name, case, jobs):
     def opts(i):
         return {"tenant_id": tenants[i % len(tenants)]} if tenants else {}
 
-    client = await q.client()
     t0 = time.perf_counter()
     for start in range(0, jobs, 1000):
         await q.add_jobs([("noop", {"i": i}, opts(i))
                           for i in range(start, min(jobs, start + 1000))])
     add_rate = jobs / (time.perf_counter() - t0)
-    done = asyncio.Event()
-    count = 0
-    first = last = 0.0
-
-    async def noop(job):
-        nonlocal count, first, last
-        if count == 0:
-            first = time.perf_counter()
-        count += 1
-        if count == jobs:
-            last = time.perf_counter()
-            done.set()
-
-    q.process("noop", noop)
-    cmd0 = commands(await client.info("commandstats"))
-    rcpu0, cpu0 = await redis_cpu(client), own_cpu()
-    await q.start()
-    await done.wait()
-    cpu, rcpu = own_cpu() - cpu0, await redis_cpu(client) - rcpu0
-    cmds = commands(await client.info("commandstats")) - cmd0 - 2
-    await q.close()
-    print(json.dumps({"rate": (jobs - 1) / (last - first), "add_rate": add_rate,
-                      "commands": cmds / jobs, "worker_cpu_us": cpu / jobs * 1e6,
-                      "redis_cpu_us": rcpu / jobs * 1e6}))
+    print(json.dumps({**await measured_drain(q, jobs), "add_rate": add_rate}))
 
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
 """
@@ -186,7 +149,8 @@ CASES = {
 
 
 def _child(source: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT / "bench")))}
     out = subprocess.run(
         [sys.executable, "-c", source, *args],
         check=True, capture_output=True, text=True, env=env, timeout=900,

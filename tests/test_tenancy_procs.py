@@ -28,9 +28,7 @@ from kitium_queue.features.tenancy import TenantRegistry
 from kitium_queue.features.tenancy import keys as tk
 from workers.procs import WorkerProcs
 
-HERE = Path(__file__).resolve().parent
-TENANT_WORKER = HERE / "workers" / "tenant_worker.py"
-TENANT_PRODUCER = HERE / "workers" / "tenant_producer.py"
+TENANT_PRODUCER = Path(__file__).resolve().parent / "workers" / "tenant_producer.py"
 pytestmark = [pytest.mark.redis_only]
 
 
@@ -45,7 +43,7 @@ async def queue(redis_url: str, prefix: str) -> AsyncIterator[JobQueue]:
 
 @pytest.fixture
 async def procs(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[WorkerProcs]:
-    wp = WorkerProcs(redis_url, prefix, "tq", tmp_path, script=TENANT_WORKER)
+    wp = WorkerProcs(redis_url, prefix, "tq", tmp_path)
     try:
         yield wp
     finally:
@@ -117,7 +115,7 @@ async def test_max_concurrency_across_three_worker_processes(
     capped = await queue.add_jobs([("x", {"ms": 40}, {"tenant_id": "capped"})
                                    for _ in range(60)])
     wide = await queue.add_jobs([("x", {"ms": 40}, {"tenant_id": "wide"}) for _ in range(60)])
-    await procs.start(3, "--concurrency", "4")
+    await procs.start(3, "--concurrency", "4", "--tenancy", "--no-scheduler")
     await wait_until(lambda: _count(queue, prefix, 120), 60, message=procs.stderr)
     runs = await _runs(queue, prefix)
     mine = [r for r in runs if r["tenant"] == "capped"]
@@ -142,7 +140,7 @@ async def test_rate_limit_across_three_worker_processes(
     await reg.create_tenant({"tenant_id": "r", "quota": {"rate_limit": {"max": 5,
                                                                         "duration": 400}}})
     ids = await queue.add_jobs([("x", {"ms": 0}, {"tenant_id": "r"}) for _ in range(25)])
-    await procs.start(3, "--concurrency", "4")
+    await procs.start(3, "--concurrency", "4", "--tenancy", "--no-scheduler")
     await wait_until(lambda: _count(queue, prefix, 25), 60, message=procs.stderr)
     infos = [await queue.get_job_status(i) for i in ids]
     starts = sorted(i.started_at or 0 for i in infos if i is not None)  # Redis clock

@@ -32,8 +32,16 @@ from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result, scenario
 from ..infra import Run
-from ..ledger import check, merge, snapshot
-from ._common import apply_faults, closing_checks, stats, stop_fleet, tracebacks, wait_final
+from ..ledger import merge, snapshot
+from ._common import (
+    apply_faults,
+    closing_checks,
+    live_parked_check,
+    stats,
+    stop_fleet,
+    tracebacks,
+    wait_final,
+)
 
 QUEUE = "tenants"
 TENANTS: dict[str, dict[str, Any]] = {
@@ -55,31 +63,6 @@ def _peak(runs: Iterable[Run]) -> int:
         now += d
         peak = max(peak, now)
     return peak
-
-
-_PENDING_LUA = """
-local out = {}
-for i = 1, #ARGV do
-  local f = redis.call('HMGET', KEYS[1] .. 'job:' .. ARGV[i], 'st', 'pk')
-  if f[1] == 'pending' and not (f[2] and redis.call('ZSCORE', KEYS[1] .. 'parked:' .. f[2],
-      ARGV[i])) then
-    out[#out + 1] = ARGV[i]
-  end
-end
-return out
-"""
-
-
-def live_check(client: Any, keys: QueueKeys, ledger: Any) -> Any:
-    """The ledger/consistency check while workers run: a job parked in its tenant's
-    lane (``st`` pending) is in no state set, so each must be in its lane instead."""
-    snap = snapshot(client, keys)
-    pending = [j for j in snap.jobs if snap.state(j) == "pending"]
-    res = check(snap, ledger, final=False, ignore=pending)
-    for i in range(0, len(pending), 500):
-        for jid in client.eval(_PENDING_LUA, 1, keys.base, *pending[i:i + 500]):
-            res.add("pending_not_in_lane", jid.decode())
-    return res
 
 
 def _tenants(url: str, prefix: str, create: bool) -> dict[str, Any]:
@@ -146,7 +129,7 @@ def run(ctx: Context, res: Result) -> None:
 
     done_faults = apply_faults(
         ctx, res, srv, client, keys, fleet, faults, len(jobs) // (len(faults) + 2), rnd,
-        lambda: live_check(client, keys, ctx.ledger))
+        lambda: live_parked_check(client, keys, ctx.ledger))
     if done_faults.live_checks:
         res.checker("right after each Redis restart", merge(done_faults.live_checks))
     took = wait_final(ctx, client, keys, ctx.pick(120, 400))

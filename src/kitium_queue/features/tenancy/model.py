@@ -292,6 +292,10 @@ class QueueUsage:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+#: The counts of a ``QueueUsage`` that a ``TenantUsage`` sums.
+_SUMMED = ("queued", "active", "held", "rate_used", "completed", "failed")
+
+
 @dataclass(frozen=True, slots=True)
 class TenantUsage:
     """One tenant's usage: per queue (``queues``) and summed over them.
@@ -310,18 +314,10 @@ class TenantUsage:
 
     @classmethod
     def total(cls, tenant_id: str, queues: Iterable[QueueUsage]) -> TenantUsage:
+        """The usage summed over ``queues`` (one ``QueueUsage`` per queue)."""
         per = {u.queue: u for u in queues}
-        vals = list(per.values())
-        return cls(
-            tenant_id=tenant_id,
-            queued=sum(u.queued for u in vals),
-            active=sum(u.active for u in vals),
-            held=sum(u.held for u in vals),
-            rate_used=sum(u.rate_used for u in vals),
-            completed=sum(u.completed for u in vals),
-            failed=sum(u.failed for u in vals),
-            queues=per,
-        )
+        sums = {k: sum(getattr(u, k) for u in per.values()) for k in _SUMMED}
+        return cls(tenant_id=tenant_id, queues=per, **sums)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

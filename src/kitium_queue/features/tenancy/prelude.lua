@@ -57,6 +57,31 @@
     return s
   end
 
+  -- Checks up to 3 random members of set `key` (of n members) while n >= limit, and
+  -- removes those gone(m) says are stale; returns the count left.
+  local function prune(key, n, limit, gone)
+    local checks = 0
+    while n >= limit and checks < 3 do
+      checks = checks + 1
+      local m = redis.call('SRANDMEMBER', key)
+      if not m or not gone(m) then break end
+      redis.call('SREM', key, m)
+      n = n - 1
+    end
+    return n
+  end
+
+  -- A running-set member whose job is no longer active (a damaged record counts as
+  -- running: recovery releases it when its lease ends).
+  local function not_running(m)
+    local st = redis.pcall('HGET', job_key(m), 'st')
+    return not (st == 'active' or (st and type(st) ~= 'string'))
+  end
+
+  local function not_waiting(m)
+    return not redis.call('ZSCORE', K_WAIT, m)
+  end
+
   -- Its running jobs. Exact (every way a job leaves active passes the release fragment,
   -- which finds the tenant on the job's record); a member left behind (a record deleted
   -- by hand while it ran, a process without the feature) would hold a slot for good, so
@@ -65,16 +90,7 @@
     if s.run == nil then
       local key = RUN .. s.t
       local n = redis.call('SCARD', key)
-      local checks = 0
-      while s.mc > 0 and n >= s.mc and checks < 3 do
-        checks = checks + 1
-        local m = redis.call('SRANDMEMBER', key)
-        if not m then break end
-        local st = redis.pcall('HGET', job_key(m), 'st')
-        if st == 'active' or (st and type(st) ~= 'string') then break end
-        redis.call('SREM', key, m)
-        n = n - 1
-      end
+      if s.mc > 0 then n = prune(key, n, s.mc, not_running) end
       s.run = n
     end
     return s.run
@@ -87,16 +103,7 @@
     if not FAIR then return 0 end
     if s.tk == nil then
       local key = TK .. s.t
-      local n = redis.call('SCARD', key)
-      local checks = 0
-      while n >= s.quota and checks < 3 do
-        checks = checks + 1
-        local m = redis.call('SRANDMEMBER', key)
-        if not m or redis.call('ZSCORE', K_WAIT, m) then break end
-        redis.call('SREM', key, m)
-        n = n - 1
-      end
-      s.tk = n
+      s.tk = prune(key, redis.call('SCARD', key), s.quota, not_waiting)
     end
     return s.tk
   end
