@@ -13,6 +13,8 @@ Cases:
   plain           no-op jobs, tenancy not enabled
   installed       tenancy enabled, no job names a tenant (the cost of having it on)
   quota-1         one tenant with a max_queue_size (never reached), fair dispatch on
+  quota-1-nf      the same with fair_dispatch=False: the enqueue cost of the quota check
+                  alone (no lane)
   tenants-100     100 tenants (weight 1), jobs round-robin over them, fair dispatch
   tenants-100-nf  the same with fair_dispatch=False (quotas only)
   capped-100      100 tenants, each with max_concurrency 2 and max_queue_size, fair
@@ -59,10 +61,10 @@ async def main(url, name, case, jobs):
     q = JobQueue(name, redis=url, worker={"concurrency": 20})
     tenants = []
     if case != "plain":
-        reg = TenantRegistry(q, fair_dispatch=case != "tenants-100-nf")
-        n = 1 if case == "quota-1" else 100
+        reg = TenantRegistry(q, fair_dispatch=not case.endswith("-nf"))
+        n = 1 if case.startswith("quota-1") else 100
         quota = {}
-        if case == "quota-1":
+        if case.startswith("quota-1"):
             quota = {"max_queue_size": jobs * 2}
         elif case == "capped-100":
             quota = {"max_concurrency": 2, "max_queue_size": jobs}
@@ -142,6 +144,7 @@ CASES = {
     "plain": "plain queue, tenancy not enabled",
     "installed": "tenancy enabled, no job names a tenant",
     "quota-1": "one tenant with a max_queue_size, fair dispatch",
+    "quota-1-nf": "one tenant with a max_queue_size, fair_dispatch=False",
     "tenants-100": "100 tenants, jobs round-robin, fair dispatch",
     "tenants-100-nf": "100 tenants, fair_dispatch=False (quotas only)",
     "capped-100": "100 tenants, max_concurrency 2 + max_queue_size each, fair",

@@ -606,3 +606,16 @@ async def test_usage_counts_running_jobs_and_not_a_deleted_record(
     client = await q.client()
     await client.delete(q.keys.job(claimed[0]))
     assert (await reg.get_tenant_usage("u")).active == 1
+
+
+async def test_update_with_a_whole_config_and_bad_changes(make_queue: QueueFactory) -> None:
+    reg = TenantRegistry(make_queue("upd"))
+    await reg.create_tenant(TenantConfig("u", weight=2, quota=TenantQuota(max_concurrency=1)))
+    new = await reg.update_tenant("u", TenantConfig("u", name="U", weight=5))
+    assert (new.name, new.weight, new.quota) == ("U", 5.0, TenantQuota())
+    assert await reg.get_tenant("u") == new
+    with pytest.raises(ConfigurationError, match="config of tenant 'v'"):
+        await reg.update_tenant("u", TenantConfig("v"))
+    for bad in (["weight", 2], "weight=2", 3):
+        with pytest.raises(ConfigurationError, match="must be a dict"):
+            await reg.update_tenant("u", bad)  # type: ignore[arg-type]

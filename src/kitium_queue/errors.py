@@ -315,11 +315,9 @@ class QuotaExceededError(JobRefusedError):
 
     Attributes:
         tenant_id: the tenant.
-        quota: what refused it: ``"max_queue_size"`` (the tenant holds that many
-            unfinished jobs in the queue), ``"allowed_regions"`` (the job's ``region``
-            is not one of the tenant's) or ``"tenant"`` (no such tenant in the queue).
-        limit: the value of that quota (the ``max_queue_size``; the allowed regions,
-            comma-separated; ``""`` for an unknown tenant).
+        quota: the quota that refused it: ``"max_queue_size"`` (the tenant holds that
+            many unfinished jobs in the queue).
+        limit: the value of that quota, as text (``"100000"``).
     """
 
     def __init__(

@@ -41,7 +41,6 @@ __all__ = [
     "StoredTenant",
     "attach",
     "install",
-    "installed",
     "put_tenant",
 ]
 
@@ -235,12 +234,6 @@ class _Sync:
             except Exception:
                 log.exception("queue %s: copying the tenants' quotas failed", queue.name)
             await asyncio.sleep(self.interval_s)
-
-
-def installed(queue: Any) -> tuple[int, bool] | None:
-    """``(quantum, fair_dispatch)`` tenancy was enabled with on ``queue`` in this
-    process, or None."""
-    return _INSTALLED.get(queue)
 
 
 def install(

@@ -211,13 +211,29 @@ class TenantRegistry:
         return cfg
 
     async def update_tenant(
-        self, tenant_id: str, changes: Mapping[str, Any] | None = None, **fields: Any
+        self,
+        tenant_id: str,
+        changes: TenantConfig | Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> TenantConfig:
         """Change a tenant: ``name``, ``quota``, ``allowed_regions``, ``weight``, given
         as a dict or keyword arguments. A ``quota`` dict changes only the limits it names
-        (``None`` removes one); a ``TenantQuota`` replaces the quota. Returns the new
+        (``None`` removes one); a ``TenantQuota`` replaces the quota; a whole
+        ``TenantConfig`` (of the same tenant) replaces the config. Returns the new
         config; ``TenantNotFoundError`` if there is no such tenant."""
         tid = check_tenant_id(tenant_id)
+        if isinstance(changes, TenantConfig):
+            if changes.tenant_id != tid:
+                raise ConfigurationError(
+                    f"update_tenant({tid!r}) got the config of tenant {changes.tenant_id!r}"
+                )
+            changes = {k: v for k, v in changes.to_dict().items() if k != "tenant_id"}
+            changes["quota"] = TenantConfig.of({"tenant_id": tid, **changes}).quota
+        elif changes is not None and not isinstance(changes, Mapping):
+            raise ConfigurationError(
+                f"update_tenant changes must be a dict or a TenantConfig, got "
+                f"{type(changes).__name__}"
+            )
         wanted = {**(changes or {}), **fields}
         async with self._errors() as client:
             for _ in range(_MAX_RETRIES):
