@@ -427,6 +427,23 @@ async def test_rate_limit_holds_per_fixed_window(make_queue: QueueFactory) -> No
     assert others
 
 
+async def test_rate_limit_without_fair_dispatch(make_queue: QueueFactory) -> None:
+    q = make_queue("rate-nf")
+    reg = TenantRegistry(q, fair_dispatch=False)
+    await reg.create_tenant({"tenant_id": "r", "quota": {"rate_limit": {"max": 5,
+                                                                        "duration": 300}}})
+    log: list[str] = []
+    _recorder(q, log)
+    ids = await q.add_jobs([("x", {}, {"tenant_id": "r"}) for _ in range(15)])
+    await q.start(concurrency=10)
+    await wait_until(lambda: len(log) == 15, 15)
+    starts = sorted([(await q.get_job_status(i)).started_at or 0 for i in ids])  # type: ignore[union-attr]
+    # Each window starts its whole rate, not one job (the lane refills after a start).
+    assert _max_per_fixed_window(starts, 300) == 5
+    assert starts[-1] - starts[0] < 4 * 300
+    await _settled(q, "r")
+
+
 def _max_per_fixed_window(starts: list[int], duration: int) -> int:
     """Most starts in one window, windows opened by the first start after the last
     window ended (how the limit counts)."""

@@ -35,9 +35,10 @@
       redis.call('HSET', jk, 'tq', '1')
       redis.call('HSET', TN .. t, 'n', int(num(redis.call('HGET', TN .. t, 'n')) + 1))
     end
-    -- Fair dispatch: the ticket it held goes to the next job of its lane. (Without it a
-    -- lane only holds jobs over a cap or a rate, which a start cannot free.)
-    if FAIR then admit_after('tn:' .. t, function() top_up(s) end) end
+    -- Fair dispatch: the ticket it held goes to the next job of its lane. Without it a
+    -- lane holds only jobs over a cap or a rate: a start frees no slot, but the first
+    -- start of a window (its timer brought one job back) leaves room for more.
+    if FAIR or s.rlm > 0 then admit_after('tn:' .. t, function() top_up(s) end) end
   end
 
   -- A job of a tenant may start while the tenant is under its max_concurrency and its
