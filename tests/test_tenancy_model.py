@@ -50,13 +50,14 @@ UNFINISHED = ("waiting", "active", "delayed", "pending")
 
 class TenantMachine(RuleBasedStateMachine):
     url = ""
+    fair = True
 
     def __init__(self) -> None:
         super().__init__()
         self.client = redis.Redis.from_url(self.url)
         self.prefix = f"kqtm{uuid.uuid4().hex[:10]}"
         queue = JobQueue("tm", prefix=self.prefix)
-        TenantRegistry.enable(queue, quantum=QUANTUM)
+        TenantRegistry.enable(queue, quantum=QUANTUM, fair_dispatch=self.fair)
         self.keys = queue.keys
         self.sha = {n: self.client.script_load(queue.scripts.get(n).source)
                     for n in SCRIPT_NAMES}
@@ -178,7 +179,7 @@ class TenantMachine(RuleBasedStateMachine):
             waiting = {j for j, h in mine.items() if h.get(b"st", b"waiting") == b"waiting"}
             # Only tenancy parks jobs here: every ticket is held by a job in wait.
             assert tickets <= waiting, (t, tickets - waiting)
-            assert len(tickets) <= max(1, round(w * QUANTUM)), (t, tickets)
+            assert len(tickets) <= (max(1, round(w * QUANTUM)) if self.fair else 0), tickets
             lane = {m.decode() for m in c.zrange(tk.lane(self.keys, t), 0, -1)}
             parked = {j for j, h in mine.items()
                       if h.get(b"st") == b"pending" and h.get(b"pk") == f"t:{t}".encode()}
@@ -199,8 +200,10 @@ class TenantMachine(RuleBasedStateMachine):
                 assert where == {SETS[st_]}, (jid, st_, where)
 
 
-def test_tenancy_state_machine(redis_url: str) -> None:
+@pytest.mark.parametrize("fair", [True, False], ids=["fair-dispatch", "quotas-only"])
+def test_tenancy_state_machine(redis_url: str, fair: bool) -> None:
     TenantMachine.url = redis_url
+    TenantMachine.fair = fair
     run_state_machine_as_test(
         TenantMachine,
         settings=settings(max_examples=60, stateful_step_count=40, deadline=None,
