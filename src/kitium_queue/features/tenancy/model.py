@@ -37,11 +37,22 @@ _MAX_CONCURRENCY = 1_000_000
 MIN_WEIGHT, MAX_WEIGHT = 0.01, 1000.0
 
 
+# Tenant ids found valid, so the check of every job's tenant_id is a set lookup (a
+# deployment has a bounded number of tenants; past the bound ids are checked each time).
+_VALID_IDS: set[str] = set()
+_VALID_IDS_MAX = 10_000
+
+
 def check_tenant_id(value: Any, what: str = "tenant_id") -> str:
     """A tenant id: 1 to 128 letters, digits and ``- _ . : # / +`` (it becomes part of
     key names, of the ACL patterns written for them and of messages)."""
+    if type(value) is str and value in _VALID_IDS:
+        return value
     check_text(value, what, max_len=MAX_TENANT_ID)
-    return check_key_part(value, what)
+    out = check_key_part(value, what)
+    if len(_VALID_IDS) < _VALID_IDS_MAX:
+        _VALID_IDS.add(out)
+    return out
 
 
 def _limit(value: Any, what: str, maximum: int) -> int | None:
