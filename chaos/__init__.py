@@ -26,5 +26,8 @@ NAMES = (
     "webhooks",
     "metrics",
     "workflows",
+    "slow-redis",
+    "replica-acks",
+    "audit",
     "tenancy",
 )

@@ -39,6 +39,8 @@ def _headline(r: Result) -> str:
         "clock-skew": ("skews_s", "stalls_during_renewal", "relet_early"),
         "poison": ("fuzzed_payloads", "fuzzed_fields"),
         "groups": ("jobs", "kills", "restarts", "interrupted_jobs"),
+        "slow-redis": ("spikes", "completions_per_s", "stalled", "extra_runs"),
+        "replica-acks": ("rounds", "lost_acknowledged_without", "lost_acknowledged_with"),
     }.get(r.name, ())
     parts = []
     for k in keys:

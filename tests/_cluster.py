@@ -185,8 +185,10 @@ class LocalCluster:
         first = self.nodes[0]
         for n in self.nodes[1:]:
             self._cmd(n, "CLUSTER", "MEET", "127.0.0.1", first.port)
-        self._wait(lambda: all(self._known_nodes(n) == len(self.nodes) for n in self.nodes),
-                   "every node to know every other")
+        self._wait(
+            lambda: all(self._known_nodes(n) == len(self.nodes) for n in self.nodes),
+            "every node to know every other",
+        )
         replicas = self.nodes[self.masters_count :]
         for i, r in enumerate(replicas):
             master = masters[i % self.masters_count]
@@ -321,6 +323,16 @@ class LocalCluster:
 
         self._wait(moved, f"slot {slot} to move off port {old.port}", timeout)
         return result[-1]
+
+    def crossslot_errors(self) -> dict[int, object]:
+        """Port -> the ``errorstat_CROSSSLOT`` line of each live node that ever answered
+        a CROSSSLOT error (a script or command touched keys of several slots)."""
+        out: dict[int, object] = {}
+        for n in self.alive():
+            entry = self.info(n, "errorstats").get("errorstat_CROSSSLOT")
+            if entry:
+                out[n.port] = entry
+        return out
 
     def used_memory(self) -> int:
         """Sum of ``used_memory`` over the live masters."""

@@ -24,7 +24,7 @@ DOC = ROOT / "docs" / "scale-out.md"
 
 # Runs a snippet like the asyncio REPL does: compiled with top-level await allowed, in a
 # namespace where the prelude ran first.
-_SESSION = '''\
+_SESSION = """\
 import ast, asyncio, inspect, sys
 ns = {"__name__": "__main__"}
 exec(compile(open(sys.argv[1]).read(), "prelude", "exec"), ns)
@@ -48,7 +48,7 @@ else:  # no await: plain code, as a reader would paste it into python
     done = close() if close is not None else None
     if inspect.isawaitable(done):
         asyncio.run(done)
-'''
+"""
 
 
 def doc_example(tag: str) -> str:
@@ -79,8 +79,14 @@ def run_doc_example(tag: str, tmp: Path, **env: str) -> str:
     return proc.stdout
 
 
-def run_snippet(code: str, tmp: Path, *, prelude: str = "", name: str = "snippet",
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_snippet(
+    code: str,
+    tmp: Path,
+    *,
+    prelude: str = "",
+    name: str = "snippet",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` (see the module docstring) and return the finished process."""
     snippet = tmp / f"{name}.py"
     snippet.write_text(code)
@@ -89,7 +95,12 @@ def run_snippet(code: str, tmp: Path, *, prelude: str = "", name: str = "snippet
     else:
         (tmp / f"{name}_prelude.py").write_text(prelude)
         (tmp / f"{name}_session.py").write_text(_SESSION)
-        argv = [sys.executable, str(tmp / f"{name}_session.py"),
-                str(tmp / f"{name}_prelude.py"), str(snippet)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=tmp,
-                          env=_env(tmp, env or {}))
+        argv = [
+            sys.executable,
+            str(tmp / f"{name}_session.py"),
+            str(tmp / f"{name}_prelude.py"),
+            str(snippet),
+        ]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=90, cwd=tmp, env=_env(tmp, env or {})
+    )

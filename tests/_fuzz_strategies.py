@@ -120,8 +120,23 @@ ODD = (
 )
 #: Strings that look like (or are) the sequence numbers used for automatic job ids.
 NUMERIC_IDS = (
-    "0", "1", "2", "3", "4", "5", "6", "7", "8", "-1", "01", "1.0", "1e3", " 1", "0x10",
-    "9007199254740993", "18446744073709551616",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "8",
+    "-1",
+    "01",
+    "1.0",
+    "1e3",
+    " 1",
+    "0x10",
+    "9007199254740993",
+    "18446744073709551616",
 )
 LONG_TEXT = (
     Big("257 x", "x" * 257),
@@ -171,9 +186,36 @@ def ids() -> st.SearchStrategy[Any]:
 # ------------------------------------------------------------------------------ numbers
 
 NASTY_NUMBERS: tuple[Any, ...] = (
-    math.inf, -math.inf, math.nan, 2**63, 2**63 - 1, 2**64, -(2**63), 10**30, -(10**30),
-    10**100, -1, 0, -0.0, sys.maxsize, 1e17, 9.2233720368547758e18, 1e308, 5e-324, 0.4,
-    0.5, 0.6, 1.5, -0.4, 2**53 + 1, 1, 2, 65535, 65536, True, False,
+    math.inf,
+    -math.inf,
+    math.nan,
+    2**63,
+    2**63 - 1,
+    2**64,
+    -(2**63),
+    10**30,
+    -(10**30),
+    10**100,
+    -1,
+    0,
+    -0.0,
+    sys.maxsize,
+    1e17,
+    9.2233720368547758e18,
+    1e308,
+    5e-324,
+    0.4,
+    0.5,
+    0.6,
+    1.5,
+    -0.4,
+    2**53 + 1,
+    1,
+    2,
+    65535,
+    65536,
+    True,
+    False,
 )
 
 
@@ -189,8 +231,23 @@ def nasty_numbers() -> st.SearchStrategy[Any]:
 def wrong_types() -> st.SearchStrategy[Any]:
     """Values of a type no numeric option accepts (and a few it might)."""
     return st.sampled_from(
-        [None, "10", "abc", "\ud800", b"10", [], {}, [1], (1,), {"a": 1}, Decimal("1"),
-         Decimal("NaN"), Fraction(1, 3), complex(1, 1), object()]
+        [
+            None,
+            "10",
+            "abc",
+            "\ud800",
+            b"10",
+            [],
+            {},
+            [1],
+            (1,),
+            {"a": 1},
+            Decimal("1"),
+            Decimal("NaN"),
+            Fraction(1, 3),
+            complex(1, 1),
+            object(),
+        ]
     )
 
 
@@ -199,8 +256,15 @@ def durations() -> st.SearchStrategy[Any]:
     return st.one_of(
         nasty_numbers(),
         st.sampled_from(
-            [timedelta(0), timedelta(microseconds=1), timedelta(microseconds=400),
-             timedelta(seconds=-1), timedelta.max, timedelta.min, timedelta(days=10**6)]
+            [
+                timedelta(0),
+                timedelta(microseconds=1),
+                timedelta(microseconds=400),
+                timedelta(seconds=-1),
+                timedelta.max,
+                timedelta.min,
+                timedelta(days=10**6),
+            ]
         ),
     )
 
@@ -255,7 +319,10 @@ UNENCODABLE = (
 def json_values() -> st.SearchStrategy[Any]:
     """JSON-like values whose leaves are hostile numbers and text (surrogates included)."""
     leaf = st.one_of(
-        st.none(), st.booleans(), nasty_numbers(), nasty_text(long=False),
+        st.none(),
+        st.booleans(),
+        nasty_numbers(),
+        nasty_text(long=False),
     )
     return st.recursive(
         leaf,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import redis
@@ -27,8 +28,15 @@ __all__ = ["LocalSentinel", "SentinelServer"]
 class SentinelServer(RedisServer):
     """``redis-server <dir>/sentinel.conf --sentinel`` on a free loopback port."""
 
-    def __init__(self, service: str, primary_port: int, *, down_after_ms: int,
-                 failover_timeout_ms: int, quorum: int = 2) -> None:
+    def __init__(
+        self,
+        service: str,
+        primary_port: int,
+        *,
+        down_after_ms: int,
+        failover_timeout_ms: int,
+        quorum: int = 2,
+    ) -> None:
         super().__init__()
         self.service = service
         self.primary_port = primary_port
@@ -71,8 +79,12 @@ class LocalSentinel:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 2000,
         extra_args: tuple[str, ...] = (),
+        relay: Callable[[int], int] | None = None,
     ) -> None:
         self.service = service
+        # ``relay(primary_port)``: the port replicas replicate from instead (a proxy
+        # in front of the primary, to slow or cut the replication link).
+        self.relay = relay
         self.replicas_count = replicas
         self.sentinels_count = sentinels
         self.down_after_ms = down_after_ms
@@ -90,11 +102,10 @@ class LocalSentinel:
         try:
             primary = RedisServer(*self.extra_args).start()
             self.data.append(primary)
+            source = primary.port if self.relay is None else self.relay(primary.port)
             for _ in range(self.replicas_count):
                 self.data.append(
-                    RedisServer(
-                        "--replicaof", "127.0.0.1", str(primary.port), *self.extra_args
-                    ).start()
+                    RedisServer("--replicaof", "127.0.0.1", str(source), *self.extra_args).start()
                 )
             self._wait(self._replicas_synced, "replicas to sync")
             for _ in range(self.sentinels_count):
@@ -169,9 +180,7 @@ class LocalSentinel:
         """The primary's port as the sentinels report it (first live sentinel)."""
         for s in self.sentinels:
             if s.is_running():
-                addr = self._sentinel_cmd(
-                    s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
-                )
+                addr = self._sentinel_cmd(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
                 assert isinstance(addr, (list, tuple))
                 return int(addr[1])
         raise RedisServerError("no live sentinel")
@@ -206,9 +215,7 @@ class LocalSentinel:
         def switched() -> bool:
             ports = set()
             for s in self.sentinels:
-                addr = self._sentinel_cmd(
-                    s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
-                )
+                addr = self._sentinel_cmd(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
                 assert isinstance(addr, (list, tuple))
                 ports.add(int(addr[1]))
             if len(ports) != 1 or old.port in ports:

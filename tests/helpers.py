@@ -125,14 +125,12 @@ class EventLog:
 
     def of(self, event: str, job_id: str | None = None) -> list[EventData]:
         return [
-            d for _, d in self.items
-            if d.event == event and (job_id is None or d.job_id == job_id)
+            d for _, d in self.items if d.event == event and (job_id is None or d.job_id == job_id)
         ]
 
     def times(self, event: str, job_id: str | None = None) -> list[float]:
         return [
-            t for t, d in self.items
-            if d.event == event and (job_id is None or d.job_id == job_id)
+            t for t, d in self.items if d.event == event and (job_id is None or d.job_id == job_id)
         ]
 
     def names(self) -> list[str]:

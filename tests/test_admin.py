@@ -11,6 +11,7 @@ from kitium_queue import (
     ConfigurationError,
     JobNotFoundError,
     JobQueue,
+    JobStateError,
     JobStatus,
     PermissionDeniedError,
     ScheduleNotFoundError,
@@ -59,8 +60,7 @@ async def test_subscriber_sees_every_admin_command(make_queue: QueueFactory) -> 
         await q.update_schedule("b", priority=1)
     await q.clear()
 
-    seen = [(c.command, c.result, type(c.error).__name__ if c.error else None)
-            for c in audit.calls]
+    seen = [(c.command, c.result, type(c.error).__name__ if c.error else None) for c in audit.calls]
     assert seen == [
         ("pause", None, None),
         ("resume", None, None),
@@ -127,11 +127,13 @@ async def test_guard_refuses_and_nothing_runs(make_queue: QueueFactory) -> None:
     assert await q.get_schedules() == []
     assert audit.removed_ids == []
     refused = [(c.command, type(c.error).__name__) for c in audit.calls]
-    assert refused == [("remove_job", "PermissionDeniedError"),
-                       ("clear", "PermissionDeniedError"),
-                       ("pause", "PermissionDeniedError"),
-                       ("put_schedule", "PermissionDeniedError"),
-                       ("remove_job", "PermissionDeniedError")]
+    assert refused == [
+        ("remove_job", "PermissionDeniedError"),
+        ("clear", "PermissionDeniedError"),
+        ("pause", "PermissionDeniedError"),
+        ("put_schedule", "PermissionDeniedError"),
+        ("remove_job", "PermissionDeniedError"),
+    ]
 
     # Allowed commands pass the same guard; a sync guard works too.
     order: list[str] = []
@@ -164,3 +166,73 @@ def test_guard_must_be_callable() -> None:
     bad: Any = "not callable"
     with pytest.raises(ConfigurationError, match="admin guard must be callable"):
         q.admin.add_guard(bad)
+
+
+async def test_admin_calls_name_who_ran_them(make_queue: QueueFactory) -> None:
+    from kitium_queue import acting_as, current_principal
+
+    q = make_queue()
+    audit = Audit()
+    q.subscribe(audit)
+    seen: list[str | None] = []
+    q.admin.add_guard(lambda call: seen.append(call.principal))
+
+    await q.pause()  # nobody named
+    with acting_as("alice@acme.com"):
+        assert current_principal() == "alice@acme.com"
+        await q.resume()
+        with acting_as("bob"):
+            await q.pause()
+        await q.resume()  # the outer block is restored
+    q.ctx.principal = "svc-default"
+    await q.pause()
+    with acting_as("carol"):
+        await q.resume()  # a block wins over the queue's default
+    assert current_principal() is None
+    assert seen == [None, "alice@acme.com", "bob", "alice@acme.com", "svc-default", "carol"]
+    assert [c.principal for c in audit.calls] == seen
+
+    # A refused call is reported with its principal too.
+    def refuse(call: AdminCall) -> None:
+        raise PermissionDeniedError(f"{call.principal} may not {call.command}")
+
+    q.admin.add_guard(refuse)
+    with acting_as("mallory"), pytest.raises(PermissionDeniedError, match="mallory may not"):
+        await q.drain()
+    assert audit.calls[-1].principal == "mallory"
+    assert isinstance(audit.calls[-1].error, PermissionDeniedError)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", " alice", "a\x00b", "a\nb", "\ud800", "x" * 257, 7, None, b"alice"]
+)
+def test_acting_as_refuses_unusable_names(bad: Any) -> None:
+    from kitium_queue import acting_as
+
+    with pytest.raises(ConfigurationError, match="principal"), acting_as(bad):
+        pass
+
+
+async def test_promote_job_moves_one_delayed_job(make_queue: QueueFactory) -> None:
+    q = make_queue("promote-one")
+    audit = Audit()
+    q.subscribe(audit)
+    later = await q.add_job("n", {}, delay=600_000, priority=5)
+    other = await q.add_job("n", {}, delay=600_000)
+    waiting = await q.add_job("n", {})
+    await q.promote_job(later)
+    info = await q.get_job_status(later)
+    assert info is not None and info.status is JobStatus.WAITING and info.delayed_until is None
+    # Its place in wait is its priority's: ahead of the job that was waiting.
+    assert [i.id for i in await q.get_jobs_by_status("waiting")] == [later, waiting]
+    assert (await q.get_job_status(other)).status is JobStatus.DELAYED  # type: ignore[union-attr]
+    with pytest.raises(JobStateError, match="only delayed jobs can be promoted"):
+        await q.promote_job(waiting)
+    with pytest.raises(JobNotFoundError):
+        await q.promote_job("no-such-job")
+    seen = [(c.command, c.args, c.error is None) for c in audit.calls]
+    assert seen == [
+        ("promote_job", {"job_id": later}, True),
+        ("promote_job", {"job_id": waiting}, False),
+        ("promote_job", {"job_id": "no-such-job"}, False),
+    ]

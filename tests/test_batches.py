@@ -14,8 +14,9 @@ from kitium_queue import ConfigurationError, JobQueue, JobStatus, NonRetryableEr
 
 
 def _queue(make_queue: QueueFactory, concurrency: int = 10) -> JobQueue:
-    return make_queue(worker={"concurrency": concurrency, "scheduler": False},
-                      retry={"max_attempts": 1})
+    return make_queue(
+        worker={"concurrency": concurrency, "scheduler": False}, retry={"max_attempts": 1}
+    )
 
 
 async def test_batches_never_exceed_size_and_each_job_gets_its_result(

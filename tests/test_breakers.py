@@ -30,8 +30,11 @@ from kitium_queue import (
 from kitium_queue.hooks import AdminCall, Subscriber
 from kitium_queue.parking import parked_count, parked_in
 
-OPEN, HALF, CLOSED = (CircuitBreakerState.OPEN, CircuitBreakerState.HALF_OPEN,
-                      CircuitBreakerState.CLOSED)
+OPEN, HALF, CLOSED = (
+    CircuitBreakerState.OPEN,
+    CircuitBreakerState.HALF_OPEN,
+    CircuitBreakerState.CLOSED,
+)
 
 
 def _queue(make_queue: QueueFactory, **kw: Any) -> JobQueue:
@@ -70,9 +73,15 @@ async def test_definitions_are_checked_and_shared(make_queue: QueueFactory) -> N
         await m.create_breaker({"id": "a b"})
     with pytest.raises(ConfigurationError, match="window must be >= 1000"):
         await m.create_breaker({"id": "a", "window": 10})
-    b = await m.create_breaker({"id": "api", "job_name": "charge", "timeout": 5000,
-                                "failure_threshold": {"percentage": 40, "min_requests": 3},
-                                "half_open_probes": 2})
+    b = await m.create_breaker(
+        {
+            "id": "api",
+            "job_name": "charge",
+            "timeout": 5000,
+            "failure_threshold": {"percentage": 40, "min_requests": 3},
+            "half_open_probes": 2,
+        }
+    )
     assert b.id == "api"
     with pytest.raises(ConfigurationError, match="already exists"):
         await m.create_breaker({"id": "api"})
@@ -114,8 +123,14 @@ async def test_execute_opens_at_the_threshold_then_probes_and_closes(
 ) -> None:
     q = _queue(make_queue)
     m = CircuitBreakerManager(q, events=False)
-    b = await m.create_breaker({"id": "dep", "timeout": 300, "half_open_probes": 2,
-                                "failure_threshold": {"percentage": 50, "min_requests": 4}})
+    b = await m.create_breaker(
+        {
+            "id": "dep",
+            "timeout": 300,
+            "half_open_probes": 2,
+            "failure_threshold": {"percentage": 50, "min_requests": 4},
+        }
+    )
 
     async def boom() -> None:
         raise ConnectionError("down")
@@ -176,8 +191,9 @@ async def _probes(b: Any, n: int) -> bool:
 async def test_a_failed_probe_opens_again(make_queue: QueueFactory) -> None:
     q = _queue(make_queue)
     m = CircuitBreakerManager(q, events=False)
-    b = await m.create_breaker({"id": "dep", "timeout": 200,
-                                "failure_threshold": {"percentage": 100, "min_requests": 1}})
+    b = await m.create_breaker(
+        {"id": "dep", "timeout": 200, "failure_threshold": {"percentage": 100, "min_requests": 1}}
+    )
 
     async def boom() -> None:
         raise ConnectionError("down")
@@ -197,8 +213,14 @@ async def test_a_probe_that_never_reports_reopens_after_its_deadline(
 ) -> None:
     q = _queue(make_queue)
     m = CircuitBreakerManager(q, events=False)
-    b = await m.create_breaker({"id": "dep", "timeout": 100, "probe_timeout": 300,
-                                "failure_threshold": {"percentage": 100, "min_requests": 1}})
+    b = await m.create_breaker(
+        {
+            "id": "dep",
+            "timeout": 100,
+            "probe_timeout": 300,
+            "failure_threshold": {"percentage": 100, "min_requests": 1},
+        }
+    )
     await m.force_open("dep", 100)
     await wait_until(lambda: _is(b, HALF), timeout=3, interval=0.05)
     # A probe is taken and its caller vanishes (a process killed mid-call): nothing
@@ -223,9 +245,15 @@ async def test_bound_jobs_are_held_while_open_and_drain_when_closed(
 ) -> None:
     q = _queue(make_queue)
     m = CircuitBreakerManager(q, events=False)
-    await m.create_breaker({"id": "dep", "job_name": "call-dep", "timeout": 400,
-                            "half_open_probes": 1,
-                            "failure_threshold": {"percentage": 50, "min_requests": 5}})
+    await m.create_breaker(
+        {
+            "id": "dep",
+            "job_name": "call-dep",
+            "timeout": 400,
+            "half_open_probes": 1,
+            "failure_threshold": {"percentage": 50, "min_requests": 5},
+        }
+    )
     dep = Dependency()
     q.process("call-dep", dep)
     others: list[str] = []
@@ -282,9 +310,16 @@ async def _parked(q: JobQueue, bid: str, n: int) -> bool:
 async def test_half_open_lets_only_the_probe_count_through(make_queue: QueueFactory) -> None:
     q = _queue(make_queue, worker={"concurrency": 8, "scheduler": False})
     m = CircuitBreakerManager(q, events=False)
-    await m.create_breaker({"id": "dep", "job_name": "call-dep", "timeout": 200,
-                            "half_open_probes": 3, "probe_timeout": 60_000,
-                            "failure_threshold": {"percentage": 50, "min_requests": 5}})
+    await m.create_breaker(
+        {
+            "id": "dep",
+            "job_name": "call-dep",
+            "timeout": 200,
+            "half_open_probes": 3,
+            "probe_timeout": 60_000,
+            "failure_threshold": {"percentage": 50, "min_requests": 5},
+        }
+    )
     gate = asyncio.Event()
     running: list[str] = []
 
@@ -316,8 +351,14 @@ async def test_which_outcomes_count(make_queue: QueueFactory) -> None:
     counts nowhere; successes count as requests."""
     q = _queue(make_queue, retry={"max_attempts": 2, "backoff_delay": 1})
     m = CircuitBreakerManager(q, events=False)
-    await m.create_breaker({"id": "dep", "job_name": "j", "window": 60_000,
-                            "failure_threshold": {"percentage": 100, "min_requests": 1000}})
+    await m.create_breaker(
+        {
+            "id": "dep",
+            "job_name": "j",
+            "window": 60_000,
+            "failure_threshold": {"percentage": 100, "min_requests": 1000},
+        }
+    )
 
     deferred: set[str] = set()
 
@@ -348,8 +389,11 @@ async def test_which_outcomes_count(make_queue: QueueFactory) -> None:
 
 async def _done(q: JobQueue, jid: str) -> bool:
     info = await q.get_job_status(jid)
-    return info is not None and info.status in (JobStatus.COMPLETED, JobStatus.DLQ,
-                                               JobStatus.FAILED)
+    return info is not None and info.status in (
+        JobStatus.COMPLETED,
+        JobStatus.DLQ,
+        JobStatus.FAILED,
+    )
 
 
 async def test_jobs_bound_to_a_removed_or_unknown_breaker_run(make_queue: QueueFactory) -> None:
@@ -457,15 +501,21 @@ async def test_state_changes_reach_subscribers_metrics_and_the_stream(
         await m.reset("dep")
         await wait_until(lambda: len(events) == 2, timeout=5)
         assert [(e.fields["from"], e.fields["to"]) for e in events] == [
-            ("closed", "open"), ("open", "closed")]
+            ("closed", "open"),
+            ("open", "closed"),
+        ]
         assert events[0].subject == "dep" and events[0].fields["reason"] == "drill"
         assert events[0].name == "breaker-state" and events[0].event_id
         assert len(handled) == 2 and handled[0].extra["to"] == "open"
-        assert ("breaker.transitions", {"queue": q.name, "breaker": "dep", "state": "open"}) \
-            in metrics.counts
-        stream = [e async for e in q.events(last_id="0", block_ms=50, follow=False)
-                  if e.event == "breaker-state"]
-        assert [(e.job_id, e.fields["to"]) for e in stream] == [("dep", "open"),
-                                                               ("dep", "closed")]
+        assert (
+            "breaker.transitions",
+            {"queue": q.name, "breaker": "dep", "state": "open"},
+        ) in metrics.counts
+        stream = [
+            e
+            async for e in q.events(last_id="0", block_ms=50, follow=False)
+            if e.event == "breaker-state"
+        ]
+        assert [(e.job_id, e.fields["to"]) for e in stream] == [("dep", "open"), ("dep", "closed")]
     finally:
         await q.close()

@@ -41,8 +41,10 @@ def test_breakers_commands(cli_app: str, redis_url: str, prefix: str) -> None:
     assert out.output.startswith("api\tclosed\tsince=")
     assert "held=0" in out.output and "job_name=charge" in out.output
 
-    opened = runner.invoke(main, ["breakers", "open", app, "api", "--duration", "600000",
-                                  "--reason", "drill", "--json"])
+    opened = runner.invoke(
+        main,
+        ["breakers", "open", app, "api", "--duration", "600000", "--reason", "drill", "--json"],
+    )
     assert opened.exit_code == 0, opened.output
     data = json.loads(opened.output)
     assert data["state"] == "open" and data["reason"] == "drill"
@@ -67,15 +69,17 @@ def test_breakers_commands(cli_app: str, redis_url: str, prefix: str) -> None:
 
 def test_readme_example_runs(tmp_path: Path, redis_url: str) -> None:
     text = README.read_text()
-    section = text[text.index("## Circuit breakers"):text.index("## Extending the queue")]
+    section = text[text.index("## Circuit breakers") : text.index("## Extending the queue")]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
     # On the real server as well as on memory:// (its default).
-    code = code.replace('JobQueue("payments", ',
-                        f'JobQueue("payments-{uuid.uuid4().hex[:6]}", redis={redis_url!r}, ')
+    code = code.replace(
+        'JobQueue("payments", ',
+        f'JobQueue("payments-{uuid.uuid4().hex[:6]}", redis={redis_url!r}, ',
+    )
     script = tmp_path / "breaker_example.py"
     script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == ["pending 0", "refused: payments-api open",
-                                        "inline call 0"]
+    assert proc.stdout.splitlines() == ["pending 0", "refused: payments-api open", "inline call 0"]

@@ -26,8 +26,11 @@ from workers.procs import WorkerProcs
 
 BREAKER_WORKER = Path(__file__).resolve().parent / "workers" / "breaker_worker.py"
 pytestmark = [pytest.mark.redis_only]
-OPEN, HALF, CLOSED = (CircuitBreakerState.OPEN, CircuitBreakerState.HALF_OPEN,
-                      CircuitBreakerState.CLOSED)
+OPEN, HALF, CLOSED = (
+    CircuitBreakerState.OPEN,
+    CircuitBreakerState.HALF_OPEN,
+    CircuitBreakerState.CLOSED,
+)
 
 
 @pytest.fixture
@@ -70,9 +73,16 @@ async def test_two_processes_one_state_held_jobs_probes_and_drain(
     procs: WorkerProcs, queue: JobQueue, prefix: str
 ) -> None:
     m = CircuitBreakerManager(queue, events=False)
-    await m.create_breaker({"id": "dep", "job_name": "call-dep", "timeout": 60_000,
-                            "half_open_probes": 2, "probe_timeout": 30_000,
-                            "failure_threshold": {"percentage": 50, "min_requests": 10}})
+    await m.create_breaker(
+        {
+            "id": "dep",
+            "job_name": "call-dep",
+            "timeout": 60_000,
+            "half_open_probes": 2,
+            "probe_timeout": 30_000,
+            "failure_threshold": {"percentage": 50, "min_requests": 10},
+        }
+    )
     await _dep(queue, prefix, "down")
     await procs.start(2, "--concurrency", "2")
     # Phase 1: the dependency fails; both workers' failures count in one window.
@@ -113,9 +123,16 @@ async def test_probe_worker_sigkilled_does_not_leave_it_half_open(
 ) -> None:
     m = CircuitBreakerManager(queue, events=False)
     # probe_timeout is long: the lease, not the probe deadline, must end the probe.
-    await m.create_breaker({"id": "dep", "job_name": "call-dep", "timeout": 300,
-                            "half_open_probes": 1, "probe_timeout": 600_000,
-                            "failure_threshold": {"percentage": 50, "min_requests": 5}})
+    await m.create_breaker(
+        {
+            "id": "dep",
+            "job_name": "call-dep",
+            "timeout": 300,
+            "half_open_probes": 1,
+            "probe_timeout": 600_000,
+            "failure_threshold": {"percentage": 50, "min_requests": 5},
+        }
+    )
     await _dep(queue, prefix, "hang")
     await m.force_open("dep", 300)
     ids = await queue.add_jobs([("call-dep", {}) for _ in range(20)])
@@ -151,4 +168,3 @@ async def _all(q: JobQueue, ids: list[str], status: str) -> bool:
 
 async def _held(q: JobQueue, n: int) -> bool:
     return len(await parked_in(q, "cb:dep", limit=n + 100)) == n
-

@@ -25,8 +25,9 @@ MARK = "CLI-PLAINTEXT-9d2b"
 
 
 @pytest.fixture
-def app(tmp_path: Path, redis_url: str, prefix: str,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def app(
+    tmp_path: Path, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     monkeypatch.setenv("KQ_CLI_K1", K1)
     monkeypatch.setenv("KQ_CLI_K2", K2)
     module = f"kq_cli_enc_{uuid.uuid4().hex[:8]}"
@@ -49,8 +50,10 @@ def _add(module: str) -> list[str]:
     mod = __import__(module)
 
     async def go() -> list[str]:
-        ids = [await mod.queue.add_job("pay", {"card": MARK, "i": i}, encrypted=True)
-               for i in range(30)]
+        ids = [
+            await mod.queue.add_job("pay", {"card": MARK, "i": i}, encrypted=True)
+            for i in range(30)
+        ]
         await mod.queue.close()
         return ids
 
@@ -70,6 +73,14 @@ def test_status_rotate_and_redacted_job(app: str) -> None:
     assert out.exit_code == 0, out.output
     shown = json.loads(out.output)
     assert shown["data"] == "<encrypted key=k1 aes-256-gcm>" and MARK not in out.output
+    # jobs show (text and JSON) and jobs list: the payload stays redacted, and a data
+    # filter cannot probe it (a redacted payload has no fields to match).
+    for extra in ([], ["--json"]):
+        out = runner.invoke(main, ["--plain", "jobs", "show", target, ids[0], *extra])
+        assert out.exit_code == 0, out.output
+        assert "<encrypted key=k1 aes-256-gcm>" in out.output and MARK not in out.output
+    out = runner.invoke(main, ["jobs", "list", target, "--data", f"card={MARK}", "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["jobs"] == [], out.output
 
     out = runner.invoke(main, ["encryption", "rotate", target, "k1", "k2", "--run"])
     assert out.exit_code == 0, out.output

@@ -37,8 +37,10 @@ def test_schedules_commands(cli_app: str, redis_url: str, prefix: str) -> None:
 
     assert runner.invoke(main, ["schedules", "pause", app, "nightly"]).output == "paused nightly\n"
     data = json.loads(runner.invoke(main, ["schedules", "list", app, "--json"]).output)
-    assert sorted((s["id"], s["paused"]) for s in data) == [("beat@every 30000ms", False),
-                                                            ("nightly", True)]
+    assert sorted((s["id"], s["paused"]) for s in data) == [
+        ("beat@every 30000ms", False),
+        ("nightly", True),
+    ]
     assert "resumed nightly" in runner.invoke(main, ["schedules", "resume", app, "nightly"]).output
     assert "removed nightly" in runner.invoke(main, ["schedules", "remove", app, "nightly"]).output
     missing = runner.invoke(main, ["schedules", "remove", app, "nightly"])

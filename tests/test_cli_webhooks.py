@@ -45,9 +45,16 @@ def _dead_delivery(redis_url: str, prefix: str, secret: str) -> str:
     async def go() -> str:
         q = JobQueue("clihooks", redis=redis_url, prefix=prefix)
         m = WebhookManager(q, allow_networks=["127.0.0.0/8"], poll_ms=10)
-        await m.register_webhook(WebhookConfig(
-            url="http://127.0.0.1:9/hook", id="billing", secret=secret, max_retries=0,
-            events=["invoice-paid"], description="billing service"))
+        await m.register_webhook(
+            WebhookConfig(
+                url="http://127.0.0.1:9/hook",
+                id="billing",
+                secret=secret,
+                max_retries=0,
+                events=["invoice-paid"],
+                description="billing service",
+            )
+        )
         await m.service.start(q)
         eid = await m.send_event(WebhookEvent("invoice-paid", {"invoice": 1}, id="evt_cli1"))
         for _ in range(500):
@@ -81,24 +88,25 @@ def test_webhooks_commands(app: str, redis_url: str, prefix: str) -> None:
     missing = runner.invoke(main, ["webhooks", "show", app, "nope"])
     assert missing.exit_code != 0 and "no webhook 'nope'" in missing.output
 
-    hist = json.loads(runner.invoke(main, ["webhooks", "history", app, "billing",
-                                           "--json"]).output)
+    hist = json.loads(runner.invoke(main, ["webhooks", "history", app, "billing", "--json"]).output)
     assert [(h["event_id"], h["state"], h["attempts"]) for h in hist] == [(eid, "dead", 1)]
     assert "ConnectError" in hist[0]["history"][0]["error"]
     text = runner.invoke(main, ["webhooks", "dlq", app]).output
     assert text.startswith(f"billing\t{eid}\tinvoice-paid\tattempts=1")
 
     assert runner.invoke(main, ["webhooks", "replay", app, "--event", eid]).exit_code != 0
-    one = runner.invoke(main, ["webhooks", "replay", app, "--webhook", "billing", "--event",
-                               eid, "--json"])
+    one = runner.invoke(
+        main, ["webhooks", "replay", app, "--webhook", "billing", "--event", eid, "--json"]
+    )
     assert json.loads(one.output) == {"replayed": 1}
     assert "the webhook DLQ is empty" in runner.invoke(main, ["webhooks", "dlq", app]).output
     again = runner.invoke(main, ["webhooks", "replay", app])
     assert again.output == "replayed 0\n"
 
 
-def test_deliver_runs_the_apps_delivery_service(tmp_path: Path, redis_url: str,
-                                                 prefix: str) -> None:
+def test_deliver_runs_the_apps_delivery_service(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
     """``webhooks deliver`` uses the app's own manager (its secret) and stops on SIGTERM;
     an app without a manager is refused."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -121,16 +129,25 @@ def test_deliver_runs_the_apps_delivery_service(tmp_path: Path, redis_url: str,
         m = WebhookManager(q, allow_networks=["127.0.0.0/8"], run_service=False)
         await m.register_webhook(WebhookConfig(url=rec.url, id="ship", events=["shipped"]))
         await m.send_event(WebhookEvent("shipped", {"order": 1}))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-        cli = [sys.executable, "-c", "from kitium_queue.cli import main; main()", "webhooks",
-               "deliver"]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
+        cli = [
+            sys.executable,
+            "-c",
+            "from kitium_queue.cli import main; main()",
+            "webhooks",
+            "deliver",
+        ]
         refused = await asyncio.create_subprocess_exec(
-            *cli, f"{module}:bare", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE)
+            *cli, f"{module}:bare", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
+        )
         _, err = await refused.communicate()
         assert refused.returncode != 0 and b"constructs no WebhookManager" in err
-        proc = await asyncio.create_subprocess_exec(*cli, f"{module}:queue", cwd=tmp_path,
-                                                    env=env)
+        proc = await asyncio.create_subprocess_exec(*cli, f"{module}:queue", cwd=tmp_path, env=env)
         try:
             for _ in range(1000):
                 if rec.ok():

@@ -243,9 +243,7 @@ async def test_partitioned_queue_uses_every_master(cluster: LocalCluster, prefix
         assert len({s.split(":")[0] for s in same}) == 1
         await pq.start(concurrency=6)
         await wait_until(lambda: _completed_pq(pq, 305), 15)
-        assert sorted(per_queue.values()) == sorted(
-            s.completed for s in await pq.partition_stats()
-        )
+        assert sorted(per_queue.values()) == sorted(s.completed for s in await pq.partition_stats())
         assert all(n >= 100 for n in per_queue.values())
         info = await pq.get_job_status(ids[-1])
         assert info is not None and info.status is JobStatus.COMPLETED and info.id == ids[-1]
@@ -254,12 +252,14 @@ async def test_partitioned_queue_uses_every_master(cluster: LocalCluster, prefix
 
 
 async def test_fifo_groups_and_effectively_once_on_a_cluster(
-    cluster: LocalCluster, prefix: str,
+    cluster: LocalCluster,
+    prefix: str,
 ) -> None:
     from kitium_queue import FIFOQueueManager, IdempotencyManager
 
-    pq = PartitionedQueue("grp", partitions=3, redis=cluster.url, prefix=prefix,
-                          worker={"concurrency": 10})
+    pq = PartitionedQueue(
+        "grp", partitions=3, redis=cluster.url, prefix=prefix, worker={"concurrency": 10}
+    )
     try:
         fifo = FIFOQueueManager(pq)
         idem = IdempotencyManager(pq)
@@ -271,10 +271,16 @@ async def test_fifo_groups_and_effectively_once_on_a_cluster(
 
         pq.process("step", step)
         for i in range(10):
-            await pq.add_jobs([("step", {"g": f"c{g}", "i": i}, {"message_group_id": f"c{g}"})
-                               for g in range(6)])
-        a = await pq.add_job("step", {"g": "eo", "i": 0}, idempotency_key="k1",
-                             delivery_guarantee="exactly-once", remove_on_complete=True)
+            await pq.add_jobs(
+                [("step", {"g": f"c{g}", "i": i}, {"message_group_id": f"c{g}"}) for g in range(6)]
+            )
+        a = await pq.add_job(
+            "step",
+            {"g": "eo", "i": 0},
+            idempotency_key="k1",
+            delivery_guarantee="exactly-once",
+            remove_on_complete=True,
+        )
         await pq.start(concurrency=10)
         await wait_until(lambda: sum(map(len, order.values())) == 61, 15)
         assert all(order[f"c{g}"] == list(range(10)) for g in range(6))

@@ -28,9 +28,7 @@ CALLS: dict[str, Call] = {
 }
 
 
-async def _each_call_raises(
-    url: str, kind: type[KitiumQueueError], *needles: str
-) -> list[str]:
+async def _each_call_raises(url: str, kind: type[KitiumQueueError], *needles: str) -> list[str]:
     messages = []
     for name, call in CALLS.items():
         q = JobQueue("orders", redis=url)

@@ -135,8 +135,7 @@ async def test_sigkill_one_of_two_workers_loses_nothing(
     infos = {jid: await producer.get_job_status(jid) for jid in interrupted}
     # An outcome the victim wrote to its socket just before dying may still have been
     # applied after the snapshot above: such a job completed on the victim, once.
-    late_acks = {j for j, i in infos.items() if i and i.result == {"pid": victim.pid,
-                                                                   "attempt": 1}}
+    late_acks = {j for j, i in infos.items() if i and i.result == {"pid": victim.pid, "attempt": 1}}
     rerun_ids = interrupted - late_acks
     assert rerun_ids, "no job was interrupted by the kill"
     assert all(runs[j] == 1 for j in late_acks)
@@ -144,8 +143,11 @@ async def test_sigkill_one_of_two_workers_loses_nothing(
     assert {j for j, n in runs.items() if n > 1} == rerun_ids
     restart_delays, finish_delays = [], []
     for jid in rerun_ids:
-        rerun = [ln for ln in lines if ln.job_id == jid and ln.event == "start"
-                 and ln.pid == survivor.pid]
+        rerun = [
+            ln
+            for ln in lines
+            if ln.job_id == jid and ln.event == "start" and ln.pid == survivor.pid
+        ]
         assert len(rerun) == 1 and rerun[0].t > t_kill, jid
         restart_delays.append(rerun[0].t - t_kill)
         finish_delays.append(completed[jid] / 1000 - t_kill)
@@ -213,8 +215,10 @@ async def test_sigterm_mid_run_loses_nothing_and_runs_nothing_twice(
     for jid in running_at_term:
         info = await producer.get_job_status(jid)
         assert info is not None and info.result == {"pid": stopping.pid, "attempt": 1}
-    print(f"\nSIGTERM with {len(running_at_term)} job(s) running: exit code 0 after "
-          f"{exit_s:.2f} s; 0 lost, 0 run twice")
+    print(
+        f"\nSIGTERM with {len(running_at_term)} job(s) running: exit code 0 after "
+        f"{exit_s:.2f} s; 0 lost, 0 run twice"
+    )
 
 
 @pytest.mark.redis_only
@@ -266,8 +270,10 @@ async def test_sigterm_hands_back_job_longer_than_grace_period(
         assert info is not None and info.status is JobStatus.COMPLETED
         assert info.result == {"pid": taker.pid, "attempt": 1}
         assert info.stalls == 0
-    print(f"\nSIGTERM with 2 jobs longer than the {grace_ms} ms grace period: exit code 0 "
-          f"after {exit_s:.2f} s, both waiting at exit, then completed by another worker")
+    print(
+        f"\nSIGTERM with 2 jobs longer than the {grace_ms} ms grace period: exit code 0 "
+        f"after {exit_s:.2f} s, both waiting at exit, then completed by another worker"
+    )
 
 
 # ---------------------------------------------------------------------- stop vs claim race
@@ -282,8 +288,9 @@ async def test_jobs_claimed_while_stop_begins_are_handed_back_unstarted(
     Starting those jobs and then cancelling them at the end of the grace period would
     run them twice (here and on the next worker) although they never needed to start.
     """
-    q = JobQueue(QUEUE, redis=redis_url, prefix=prefix,
-                 worker={"concurrency": 2, "shutdown_timeout": 2000})
+    q = JobQueue(
+        QUEUE, redis=redis_url, prefix=prefix, worker={"concurrency": 2, "shutdown_timeout": 2000}
+    )
     started: list[str] = []
 
     @q.process("*")

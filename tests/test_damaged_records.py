@@ -61,8 +61,7 @@ def test_recover_reads_damaged_counters_as_zero(engine: Engine, garbage: str) ->
 @pytest.mark.parametrize("garbage", GARBAGE)
 def test_claim_returns_numbers_for_damaged_fields(engine: Engine, garbage: str) -> None:
     jid = engine.enqueue(T0)
-    engine.client.hset(engine.keys.job(jid), mapping={"ts": garbage, "s": garbage,
-                                                      "a": garbage})
+    engine.client.hset(engine.keys.job(jid), mapping={"ts": garbage, "s": garbage, "a": garbage})
     got, _, entry = _claim(engine)
     assert got == jid
     assert int(entry[4]) == 1  # type: ignore[call-overload]  # attempt
@@ -125,7 +124,6 @@ def test_renewal_with_a_stale_token_adds_no_lease(engine: Engine) -> None:
     assert engine.recover(T0 + 1001) == ([jid], [])
     assert engine.extend(T0 + 1100, 1000, [(jid, token)]) == ([jid], [])
     assert engine.members("active") == [] and engine.job(jid)["st"] == "waiting"
-
 
 
 async def test_a_job_key_of_another_type_is_dead_lettered_not_a_wedge(

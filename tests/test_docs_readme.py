@@ -55,9 +55,11 @@ def server() -> object:
 
 
 def _plain_blocks() -> list[object]:
-    return [pytest.param(i, id=f"block{i}-{b.strip().splitlines()[0][:40]}")
-            for i, b in enumerate(BLOCKS)
-            if not any(m in b for m in (*SPECIAL, *EXCLUDED))]
+    return [
+        pytest.param(i, id=f"block{i}-{b.strip().splitlines()[0][:40]}")
+        for i, b in enumerate(BLOCKS)
+        if not any(m in b for m in (*SPECIAL, *EXCLUDED))
+    ]
 
 
 def test_every_snippet_is_run_or_excluded_with_a_reason() -> None:
@@ -90,8 +92,14 @@ def test_quick_start_against_a_real_server(server: RedisServer, tmp_path: Path) 
     script = tmp_path / "quick_start.py"
     script.write_text(code.replace(README_URL, server.url))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     import redis
 
     client = redis.Redis.from_url(server.url)
@@ -153,7 +161,7 @@ async def test_events_say_they_follow_forever_and_follow_false_ends() -> None:
     from kitium_queue import JobQueue
 
     text = README.read_text()
-    events = text[text.index("## Events"):]
+    events = text[text.index("## Events") :]
     events = events[: events.index("\n## ", 5)]
     assert "never ends" in events and "follow=False" in events
     assert "never ends" in (JobQueue.events.__doc__ or "")

@@ -21,15 +21,17 @@ def test_the_doc_has_examples() -> None:
 def test_example_runs(index: int, tmp_path: Path) -> None:
     script = tmp_path / f"example_{index}.py"
     script.write_text(BLOCKS[index])
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert proc.returncode == 0, f"example {index} failed:\n{BLOCKS[index]}\n{proc.stderr}"
 
 
 def test_per_key_limit_example_output(tmp_path: Path) -> None:
-    (block,) = [b for b in BLOCKS if "rate_limit_key=\"customer-42\"" in b]
+    (block,) = [b for b in BLOCKS if 'rate_limit_key="customer-42"' in b]
     script = tmp_path / "example.py"
     script.write_text(block)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    ).stdout
     assert "waiting=10," in out and "completed=20," in out, out

@@ -47,8 +47,9 @@ async def test_exactly_once_returns_the_stored_result_after_retention(
         runs.append(job.data)
         return {"charged": job.data["amount"]}
 
-    first = await q.add_job("pay", {"amount": 5}, idempotency_key="order-1",
-                            remove_on_complete=True, **EO)
+    first = await q.add_job(
+        "pay", {"amount": 5}, idempotency_key="order-1", remove_on_complete=True, **EO
+    )
     await q.start()
 
     async def stored() -> Any:
@@ -219,13 +220,16 @@ _PRODUCER = textwrap.dedent("""
 
 @pytest.mark.redis_only
 async def test_eight_producer_processes_on_two_partitions_run_each_key_once(
-    redis_url: str, prefix: str, tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
 ) -> None:
     keys = 60
     script = tmp_path / "producer.py"
     script.write_text(_PRODUCER)
-    pq = PartitionedQueue("race", partitions=2, redis=redis_url, prefix=prefix,
-                          worker={"concurrency": 20})
+    pq = PartitionedQueue(
+        "race", partitions=2, redis=redis_url, prefix=prefix, worker={"concurrency": 20}
+    )
     idem = IdempotencyManager(pq)
     client = aioredis.from_url(redis_url)
     runs = f"{prefix}:test-runs"
@@ -238,8 +242,14 @@ async def test_eight_producer_processes_on_two_partitions_run_each_key_once(
     try:
         await pq.start()
         env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
-        procs = [subprocess.Popen([sys.executable, str(script), redis_url, prefix, str(keys)],
-                                  stdout=subprocess.PIPE, env=env) for _ in range(8)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), redis_url, prefix, str(keys)],
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            for _ in range(8)
+        ]
         outs = [p.communicate(timeout=60)[0].decode() for p in procs]
         assert all(p.returncode == 0 for p in procs)
         # Every process got the same id for each key.
@@ -288,7 +298,9 @@ _KILLED_WORKER = textwrap.dedent("""
 
 @pytest.mark.redis_only
 async def test_a_worker_killed_after_its_side_effect_runs_the_job_again_with_the_same_key(
-    redis_url: str, prefix: str, tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
 ) -> None:
     script = tmp_path / "worker.py"
     script.write_text(_KILLED_WORKER)
@@ -301,8 +313,9 @@ async def test_a_worker_killed_after_its_side_effect_runs_the_job_again_with_the
     procs: list[subprocess.Popen[bytes]] = []
     try:
         jid = await q.add_job("charge", {"amount": 5}, idempotency_key="pay-1", **EO)
-        procs.append(subprocess.Popen([sys.executable, str(script), redis_url, prefix, "die"],
-                                      env=env))
+        procs.append(
+            subprocess.Popen([sys.executable, str(script), redis_url, prefix, "die"], env=env)
+        )
 
         async def ready() -> bool:
             return bool(await client.llen(f"{prefix}:ready"))
@@ -310,8 +323,9 @@ async def test_a_worker_killed_after_its_side_effect_runs_the_job_again_with_the
         await wait_until(ready, 20)
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(10)
-        procs.append(subprocess.Popen([sys.executable, str(script), redis_url, prefix, "ok"],
-                                      env=env))
+        procs.append(
+            subprocess.Popen([sys.executable, str(script), redis_url, prefix, "ok"], env=env)
+        )
         await wait_for_status(q, jid, JobStatus.COMPLETED, timeout=20)
         # The job ran twice (at-least-once), the side effect once: the second run found
         # the record made under the same key and skipped it.

@@ -44,8 +44,9 @@ async def rq(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
     await factory.aclose()
 
 
-def enc_queue(rq: QueueFactory, name: str = "e", *, algorithm: str = "aes-256-gcm",
-              **kw: Any) -> tuple[JobQueue, EncryptionManager]:
+def enc_queue(
+    rq: QueueFactory, name: str = "e", *, algorithm: str = "aes-256-gcm", **kw: Any
+) -> tuple[JobQueue, EncryptionManager]:
     q = rq(name, worker={"concurrency": 4}, **kw.pop("queue_kw", {}))
     m = EncryptionManager(q, keys=[KeyConfig("k1", K1, algorithm)], **kw)
     return q, m
@@ -255,10 +256,13 @@ async def test_raw_keyspace_holds_no_plaintext_after_a_workload(
             return {"bad": float("nan")}  # unserializable result: reason must not quote it
         return {"out": f"{RESULT_MARK}-{n}"}
 
-    ids = [await q.add_job("work", {"n": i, "secret": f"{MARK}-{i}"}, encrypted=True,
-                           attempts=2, backoff=1) for i in range(40)]
-    await q.schedule_every("work", {"n": 1000, "secret": f"{MARK}-sched"}, 60_000,
-                           encrypted=True)
+    ids = [
+        await q.add_job(
+            "work", {"n": i, "secret": f"{MARK}-{i}"}, encrypted=True, attempts=2, backoff=1
+        )
+        for i in range(40)
+    ]
+    await q.schedule_every("work", {"n": 1000, "secret": f"{MARK}-sched"}, 60_000, encrypted=True)
     await q.start()
     await wait_until(lambda: all_done(q, ids), timeout=20)
     # Control: a job that is not encrypted shows up in the same dump.
@@ -272,8 +276,7 @@ async def test_raw_keyspace_holds_no_plaintext_after_a_workload(
     logs = "\n".join(r.getMessage() for r in caplog.records)
     assert MARK not in logs and RESULT_MARK not in logs and K1 not in logs and K2 not in logs
     dlq = await q.get_dlq_jobs(100)
-    assert {i.data["n"] for i in dlq} == {n for n in range(40) if n % 7 == 0 or
-                                         (n % 11 == 0)}
+    assert {i.data["n"] for i in dlq} == {n for n in range(40) if n % 7 == 0 or (n % 11 == 0)}
     nan_job = next(i for i in dlq if i.data["n"] == 11)
     assert "details withheld" in (nan_job.failed_reason or "")
 
@@ -292,8 +295,9 @@ async def test_schedule_payloads_are_encrypted_and_bound_to_the_schedule(
     q, _ = enc_queue(rq, queue_kw={"dlq": {"enabled": True}})
     got: list[Any] = []
     q.process("tick", lambda job: got.append(job.data))
-    sched = await q.schedule_every("tick", {"s": MARK}, 200, encrypted=True,
-                                   schedule_id="every-200")
+    sched = await q.schedule_every(
+        "tick", {"s": MARK}, 200, encrypted=True, schedule_id="every-200"
+    )
     raw = await redis_client.hget(q.keys.schedule(sched.id), "d")
     assert MARK.encode() not in raw and orjson.loads(raw)["for"] == "schedule"
     listed = await q.get_schedule(sched.id)
@@ -372,8 +376,9 @@ async def test_events_and_dlq_notifications_carry_no_plaintext(
     rq: QueueFactory, redis_client: aioredis.Redis
 ) -> None:
     notified: list[Any] = []
-    q, _ = enc_queue(rq, queue_kw={"dlq": {"enabled": True,
-                                           "notification_handler": notified.append}})
+    q, _ = enc_queue(
+        rq, queue_kw={"dlq": {"enabled": True, "notification_handler": notified.append}}
+    )
     events: list[Any] = []
     for ev in ("job-completed", "job-failed", "job-dlq", "job-started"):
         q.on(ev, events.append)
@@ -393,8 +398,7 @@ async def test_events_and_dlq_notifications_carry_no_plaintext(
     for ev in events:
         assert MARK not in repr(getattr(ev, "job", None) and ev.job.data)
         assert RESULT_MARK not in repr(getattr(ev, "result", None))
-    stream = b"".join(v for _, f in await redis_client.xrange(q.keys.events)
-                      for v in f.values())
+    stream = b"".join(v for _, f in await redis_client.xrange(q.keys.events) for v in f.values())
     assert MARK.encode() not in stream and RESULT_MARK.encode() not in stream
     await asyncio.sleep(0.1)
 
@@ -405,12 +409,13 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     import sys
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Payload encryption"):]
+    section = readme[readme.index("## Payload encryption") :]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
     script = tmp_path / "readme_encryption.py"
     script.write_text(code.group(1))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == ["{'charged': '1111'}", "done 2"]

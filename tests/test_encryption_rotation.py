@@ -58,8 +58,12 @@ async def test_rotation_reencrypts_every_state_and_skips_active_jobs(
     rq: QueueFactory, redis_client: aioredis.Redis
 ) -> None:
     q = rq("rot", worker={"concurrency": 4})
-    m = EncryptionManager(q, keys=[KeyConfig("k1", K1), KeyConfig("k2", K2, "aes-256-cbc")],
-                          rotation_grace_ms=0, run_rotation=False)
+    m = EncryptionManager(
+        q,
+        keys=[KeyConfig("k1", K1), KeyConfig("k2", K2, "aes-256-cbc")],
+        rotation_grace_ms=0,
+        run_rotation=False,
+    )
     fifo = FIFOQueueManager(q)
     release = asyncio.Event()
 
@@ -88,8 +92,9 @@ async def test_rotation_reencrypts_every_state_and_skips_active_jobs(
     delayed = await q.add_job("ok", {"v": "delayed"}, encrypted=True, delay=600_000)
     g1 = await q.add_job("ok", {"v": "g1"}, encrypted=True, message_group_id="acct")
     g2 = await q.add_job("ok", {"v": "g2"}, encrypted=True, message_group_id="acct")
-    sched = await q.schedule_every("ok", {"v": "sched"}, 3_600_000, encrypted=True,
-                                   start_date=10**13)
+    sched = await q.schedule_every(
+        "ok", {"v": "sched"}, 3_600_000, encrypted=True, start_date=10**13
+    )
     assert fifo is not None
     # 7 jobs' data, the schedule's data, one result.
     assert (await stored_key_ids(redis_client, q)) == {"k1": 9}
@@ -108,8 +113,14 @@ async def test_rotation_reencrypts_every_state_and_skips_active_jobs(
     final = await asyncio.wait_for(runner, 30)
     assert final.state == "done" and final.reencrypted >= 10 and final.undecryptable == 0
     assert (await stored_key_ids(redis_client, q)) == {"k2": 11}  # + new data, + result
-    for jid, value in ((waiting, "waiting"), (delayed, "delayed"), (g1, "g1"), (g2, "g2"),
-                       (failed, "failed"), (new, "new")):
+    for jid, value in (
+        (waiting, "waiting"),
+        (delayed, "delayed"),
+        (g1, "g1"),
+        (g2, "g2"),
+        (failed, "failed"),
+        (new, "new"),
+    ):
         info = await q.get_job_status(jid)
         assert info is not None and info.data == {"v": value}
     for jid, value in ((done, "completed"), (active, "active")):
@@ -155,8 +166,12 @@ async def test_rotation_under_a_running_load_of_20000_jobs(
     keep = {"remove_on_complete": False}  # every finished job stays: all are checked
     q = rq("load", worker={"concurrency": 64}, default_job_options=keep)
     m = EncryptionManager(
-        q, keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)], encrypt_all=True,
-        refresh_ms=200, rotation_grace_ms=600, rotation_batch=500,
+        q,
+        keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)],
+        encrypt_all=True,
+        refresh_ms=200,
+        rotation_grace_ms=600,
+        rotation_batch=500,
     )
     seen: set[int] = set()
 
@@ -167,14 +182,22 @@ async def test_rotation_under_a_running_load_of_20000_jobs(
 
     # A second process's producer, with its own key cache.
     producer = rq("load", default_job_options=keep)
-    EncryptionManager(producer, keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)],
-                      encrypt_all=True, refresh_ms=200, run_rotation=False)
+    EncryptionManager(
+        producer,
+        keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)],
+        encrypt_all=True,
+        refresh_ms=200,
+        run_rotation=False,
+    )
     ids: list[str] = []
 
     async def produce() -> None:
         for start in range(0, total, 500):
-            ids.extend(await producer.add_jobs(
-                [("w", {"i": i, "pad": "x" * 200}) for i in range(start, start + 500)]))
+            ids.extend(
+                await producer.add_jobs(
+                    [("w", {"i": i, "pad": "x" * 200}) for i in range(start, start + 500)]
+                )
+            )
             await asyncio.sleep(0.01)
 
     prod = asyncio.create_task(produce())
@@ -183,8 +206,12 @@ async def test_rotation_under_a_running_load_of_20000_jobs(
     await wait_until(lambda: len(seen) >= total // 8, timeout=60)
     await m.rotate_key("k1", "k2")  # mid-load: jobs waiting, running and done
     await prod
-    await wait_until(lambda: len(seen) == total, timeout=240, interval=0.2,
-                     message=lambda: f"{len(seen)} of {total} ran")
+    await wait_until(
+        lambda: len(seen) == total,
+        timeout=240,
+        interval=0.2,
+        message=lambda: f"{len(seen)} of {total} ran",
+    )
     st = await wait_until(lambda: _done(m), timeout=120, interval=0.2)
     assert st.undecryptable == 0 and st.reencrypted > 0
     assert len(set(ids)) == total and seen == set(range(total))
@@ -203,13 +230,20 @@ async def test_rotation_reencrypts_results_kept_under_idempotency_keys(
     from kitium_queue import IdempotencyManager
 
     q = rq("rot-eo")
-    m = EncryptionManager(q, keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)],
-                          rotation_grace_ms=0, run_rotation=False)
+    m = EncryptionManager(
+        q, keys=[KeyConfig("k1", K1), KeyConfig("k2", K2)], rotation_grace_ms=0, run_rotation=False
+    )
     idem = IdempotencyManager(q)
     await m.initialize()
     q.process("pay")(lambda job: {"receipt": "SECRET-RECEIPT-" + job.data["o"]})
-    jid = await q.add_job("pay", {"o": "1"}, encrypted=True, idempotency_key="o-1",
-                          delivery_guarantee="exactly-once", remove_on_complete=True)
+    jid = await q.add_job(
+        "pay",
+        {"o": "1"},
+        encrypted=True,
+        idempotency_key="o-1",
+        delivery_guarantee="exactly-once",
+        remove_on_complete=True,
+    )
     await q.start()
     res = await wait_until(lambda: idem.get_result("o-1"), 5)
     assert res.result == {"receipt": "SECRET-RECEIPT-1"} and res.source == "stored"

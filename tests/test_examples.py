@@ -85,6 +85,14 @@ EXPECTED: dict[str, list[str]] = {
         r"result read back in this process: \{'charged': '\*\*\*\*1111'\}",
         r"rotation done: 2 values moved to key 2026",
     ],
+    "workflows.py": [
+        r"order-1001: completed, steps \{'validate': 'completed', 'charge': 'completed', "
+        r"'ship': 'completed', 'notify': 'completed', 'archive': 'completed', "
+        r"'audit': 'completed'\}",
+        r"archive read the results of: \['notify', 'ship'\]",
+        r"order-1002: failed at step 'charge'; cancelled: \['archive', 'notify', 'ship'\]",
+        r"steps of order-1002 that ran: \['order-1002:charge', 'order-1002:validate'\]",
+    ],
     "tenancy.py": [
         r"refused: tenant globex is at its max_queue_size of 20",
         r"globex's 20 jobs all started after \d+ of acme's 300 "
@@ -125,16 +133,21 @@ def run_example(name: str, redis_url: str | None) -> tuple[int, str, str, int]:
     if redis_url is not None:
         env["KQ_REDIS_URL"] = redis_url
     proc = subprocess.Popen(
-        [sys.executable, str(Path("examples") / name)], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(Path("examples") / name)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"{name} did not finish within {TIMEOUT_S} s\n"
-                    f"--- stdout\n{out}\n--- stderr\n{err}")
+        pytest.fail(
+            f"{name} did not finish within {TIMEOUT_S} s\n--- stdout\n{out}\n--- stderr\n{err}"
+        )
     return proc.returncode, out, err, proc.pid
 
 

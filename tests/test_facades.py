@@ -36,7 +36,8 @@ SYNC_CLIENTS = [SyncJobQueue, SyncPartitionedQueue]
 
 def _public_methods(cls: type) -> set[str]:
     return {
-        name for name, value in inspect.getmembers(cls)
+        name
+        for name, value in inspect.getmembers(cls)
         if not name.startswith("_") and inspect.isfunction(value)
     }
 
@@ -59,7 +60,8 @@ def _compatible(declared: inspect.Signature, actual: inspect.Signature) -> str |
         if q.default != p.default:
             return f"{name!r} defaults to {q.default!r}, declared {p.default!r}"
     extra = [
-        n for n, q in list(have.items())[1:]
+        n
+        for n, q in list(have.items())[1:]
         if q.default is q.empty and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)
     ]
     return f"extra required parameters {extra}" if extra else None
@@ -81,11 +83,35 @@ def test_every_public_method_of_jobqueue_is_classified() -> None:
 
 def test_the_definition_covers_the_brief_api() -> None:
     for name in (
-        "add_job", "add_jobs", "get_job_status", "get_job_logs", "get_jobs_by_status",
-        "get_stats", "get_dlq_jobs", "health_check", "events", "pause", "resume", "drain",
-        "clear", "retry_job", "remove_job", "cancel_job", "bulk_retry", "replay_dlq",
-        "promote_delayed", "recover_stalled", "schedule_job", "schedule_every",
-        "get_schedules", "on", "off", "process", "start", "run_worker", "close",
+        "add_job",
+        "add_jobs",
+        "get_job_status",
+        "get_job_logs",
+        "get_jobs_by_status",
+        "get_stats",
+        "get_dlq_jobs",
+        "health_check",
+        "events",
+        "pause",
+        "resume",
+        "drain",
+        "clear",
+        "retry_job",
+        "remove_job",
+        "cancel_job",
+        "bulk_retry",
+        "replay_dlq",
+        "promote_delayed",
+        "recover_stalled",
+        "schedule_job",
+        "schedule_every",
+        "get_schedules",
+        "on",
+        "off",
+        "process",
+        "start",
+        "run_worker",
+        "close",
     ):
         assert name in OPERATIONS, name
     for op in OPERATIONS.values():
@@ -151,8 +177,9 @@ async def test_unsupported_methods_raise_a_clear_error() -> None:
             await pq.get_schedule()  # type: ignore[call-arg]  # a wrong call stays a TypeError
     finally:
         await pq.close()
-    with SyncPartitionedQueue("nosched", partitions=2) as spq, pytest.raises(
-        ConfigurationError, match="not available on PartitionedQueue"
+    with (
+        SyncPartitionedQueue("nosched", partitions=2) as spq,
+        pytest.raises(ConfigurationError, match="not available on PartitionedQueue"),
     ):
         spq.get_schedules()
 
@@ -229,7 +256,9 @@ async def test_a_third_facade_built_from_the_definition(regions: TwoRegions) -> 
     # An offset applies to the merged order, not to each member.
     pages = [await q.get_jobs_by_status("waiting", limit=2, offset=o) for o in (0, 2, 4)]
     assert [[j.id for j in p] for p in pages] == [
-        [j.id for j in waiting[:2]], [j.id for j in waiting[2:4]], []
+        [j.id for j in waiting[:2]],
+        [j.id for j in waiting[2:4]],
+        [],
     ]
     with pytest.raises(ConfigurationError):
         await q.get_jobs_by_status("waiting", offset=-1)
@@ -293,21 +322,26 @@ def use_sync(s: SyncJobQueue, sp: SyncPartitionedQueue) -> None:
 """
 
 
-@pytest.mark.skipif(shutil.which("mypy", path=str(Path(sys.executable).parent)) is None,
-                    reason="mypy is not installed")
+@pytest.mark.skipif(
+    shutil.which("mypy", path=str(Path(sys.executable).parent)) is None,
+    reason="mypy is not installed",
+)
 def test_mypy_checks_calls_of_generated_methods(tmp_path: Path) -> None:
     src = tmp_path / "use_facades.py"
     src.write_text(_TYPED_USE)
     out = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", str(src)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     ).stdout
     got: dict[int, list[str]] = {}
     for line in out.splitlines():
         _, number, message = line.split(":", 2)
         got.setdefault(int(number), []).append(message.strip().replace("builtins.", ""))
     for number, line in enumerate(_TYPED_USE.splitlines(), 1):
-        said = [m for m in got.get(number, []) if not m.startswith("note: \"")]
+        said = [m for m in got.get(number, []) if not m.startswith('note: "')]
         errors = [m for m in said if m.startswith("error:")]
         if line.endswith("# error"):
             assert errors, f"mypy accepted line {number}: {line}\n{out}"

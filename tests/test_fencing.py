@@ -237,8 +237,12 @@ async def test_job_that_keeps_killing_its_worker_is_dead_lettered(
 ) -> None:
     max_stalled = 2
     shared_log = tmp_path / "runs.log"
-    settings = {"lock_duration": 500, "stalled_interval": 100, "max_stalled": max_stalled,
-                "concurrency": 1}
+    settings = {
+        "lock_duration": 500,
+        "stalled_interval": 100,
+        "max_stalled": max_stalled,
+        "concurrency": 1,
+    }
     jid = await producer.add_job("poison", {})
 
     started = 0
@@ -281,7 +285,9 @@ async def test_job_that_keeps_killing_its_worker_is_dead_lettered(
     assert (stats.waiting, stats.active, stats.dlq) == (0, 0, 1)
     # The stream tells followers why.
     client = await producer.client()
-    events = [{k.decode(): v.decode() for k, v in f.items()}
-              for _, f in await client.xrange(producer.keys.events, "-", "+")]
+    events = [
+        {k.decode(): v.decode() for k, v in f.items()}
+        for _, f in await client.xrange(producer.keys.events, "-", "+")
+    ]
     dlq = [e for e in events if e["e"] == "job-dlq" and e["id"] == jid]
     assert len(dlq) == 1 and "stalled" in dlq[0]["reason"]

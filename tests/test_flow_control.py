@@ -202,10 +202,13 @@ async def test_admission_commit_runs_only_when_every_check_admits(
 ) -> None:
     q = make_queue()
     counter = q.keys.extra("counted")
-    q.scripts.add_admission_check("count-me", (
-        "function(id, jk) return true, function(id2) "
-        f"redis.call('RPUSH', '{counter}', id2) end end"
-    ))
+    q.scripts.add_admission_check(
+        "count-me",
+        (
+            "function(id, jk) return true, function(id2) "
+            f"redis.call('RPUSH', '{counter}', id2) end end"
+        ),
+    )
     q.scripts.add_admission_check("no-x", "function(id) return id ~= 'x' end")
     q.scripts.add_admission_check("no-x", "function(id) return id ~= 'x' and id ~= 'z' end")
     e = Engine(q)
@@ -314,8 +317,9 @@ def _max_in_window(times: list[float], window: float) -> int:
 
 
 def _max_overlap(runs: list[dict[str, Any]]) -> int:
-    edges = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs],
-                   key=lambda e: (e[0], e[1]))
+    edges = sorted(
+        [(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs], key=lambda e: (e[0], e[1])
+    )
     cur = best = 0
     for _, d in edges:
         cur += d
@@ -363,8 +367,9 @@ async def test_global_concurrency_cap_holds_across_two_processes(
 async def test_per_key_limit_and_cap_hold_across_two_processes(
     procs: WorkerProcs, redis_url: str, prefix: str
 ) -> None:
-    await procs.start(2, "--rate", "rate-*=4/1000", "--cap", "cap-*=1", "--concurrency", "6",
-                      "--no-scheduler")
+    await procs.start(
+        2, "--rate", "rate-*=4/1000", "--cap", "cap-*=1", "--concurrency", "6", "--no-scheduler"
+    )
     q = JobQueue("flow", redis=redis_url, prefix=prefix, worker={"scheduler": False})
     q.set_rate_limit("rate-*", max=4, duration=1000)
     q.set_concurrency_limit("cap-*", 1)

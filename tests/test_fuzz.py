@@ -102,19 +102,28 @@ _HEALTH = [
     HealthCheck.large_base_example,
     HealthCheck.filter_too_much,
 ]
-PRODUCER = settings(max_examples=150, deadline=None, suppress_health_check=_HEALTH,
-                    print_blob=True)
-CONFIG = settings(max_examples=50, deadline=None, suppress_health_check=_HEALTH,
-                  print_blob=True)
+PRODUCER = settings(max_examples=150, deadline=None, suppress_health_check=_HEALTH, print_blob=True)
+CONFIG = settings(max_examples=50, deadline=None, suppress_health_check=_HEALTH, print_blob=True)
 # No shrinking: a poisoned outcome can wedge the shared worker, and every shrink step
 # would then wait out its settle timeout. The issue's examples run first instead.
-PROCESSOR = settings(max_examples=60, deadline=None, suppress_health_check=_HEALTH,
-                     phases=(Phase.explicit, Phase.reuse, Phase.generate),
-                     report_multiple_bugs=False, print_blob=True)
+PROCESSOR = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=_HEALTH,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    report_multiple_bugs=False,
+    print_blob=True,
+)
 
 STATE_SETS = ("wait", "active", "delayed", "completed", "failed", "dlq")
-ST_OF_SET = {"wait": "waiting", "active": "active", "delayed": "delayed",
-             "completed": "completed", "failed": "failed", "dlq": "dlq"}
+ST_OF_SET = {
+    "wait": "waiting",
+    "active": "active",
+    "delayed": "delayed",
+    "completed": "completed",
+    "failed": "failed",
+    "dlq": "dlq",
+}
 FINAL = ("completed", "failed", "dlq")
 FAR_MS = 3000  # a bad job delayed at least this far ahead counts as settled
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -285,7 +294,11 @@ def dump_changes(before: Dump, after: Dump, *, skip: Iterable[bytes] = ()) -> li
 
 
 def accepted_changes(
-    before: Dump, after: Dump, keys: QueueKeys, new_ids: set[str], *,
+    before: Dump,
+    after: Dump,
+    keys: QueueKeys,
+    new_ids: set[str],
+    *,
     exempt: Iterable[str] = (),
 ) -> list[str]:
     """Problems with an accepted producer call: it may add the ids it returned (to wait or
@@ -307,8 +320,10 @@ def accepted_changes(
                 if m.decode("utf-8", "surrogateescape") in spared:
                     continue
                 if members.get(m) != score:
-                    out.append(f"existing job {show(m)} in {state_keys[k]} (score {score}) "
-                           f"now has score {members.get(m)}")
+                    out.append(
+                        f"existing job {show(m)} in {state_keys[k]} (score {score}) "
+                        f"now has score {members.get(m)}"
+                    )
             continue
         if now != (kind, value):
             out.append(f"existing key {show(k)} was changed or deleted")
@@ -320,12 +335,13 @@ def accepted_changes(
                 if jid in spared:
                     continue
                 if jid not in new_ids:
-                    out.append(f"{state_keys[k]} gained job {show(jid)}, not an id the call "
-                               "returned")
+                    out.append(
+                        f"{state_keys[k]} gained job {show(jid)}, not an id the call returned"
+                    )
                 elif state_keys[k] not in ("wait", "delayed"):
                     out.append(f"new job {show(jid)} went straight to {state_keys[k]}")
         elif k not in before and k.startswith(job_head) and k not in spared_keys:
-            jid = k[len(job_head):].decode("utf-8", "surrogateescape")
+            jid = k[len(job_head) :].decode("utf-8", "surrogateescape")
             if jid not in new_ids:
                 out.append(f"a record was written for id {show(jid)}, not an id the call returned")
     return out
@@ -427,37 +443,56 @@ async def queues(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
 
 # ==================================================================== producers
 
-JOB_OPTION_NAMES = ("attempts", "delay", "priority", "backoff", "timeout", "remove_on_complete",
-                    "remove_on_fail", "job_id", "lifo", "jitter", "idempotency_key",
-                    "delivery_guarantee", "rate_limit_key")
+JOB_OPTION_NAMES = (
+    "attempts",
+    "delay",
+    "priority",
+    "backoff",
+    "timeout",
+    "remove_on_complete",
+    "remove_on_fail",
+    "job_id",
+    "lifo",
+    "jitter",
+    "idempotency_key",
+    "delivery_guarantee",
+    "rate_limit_key",
+)
+
 
 def one_hostile(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
     """Dicts of exactly one of ``fields`` (so that a call with one odd value among sane
     defaults is common), or of any mix of them (mostly refused)."""
     return st.one_of(
-        st.sampled_from(sorted(fields)).flatmap(
-            lambda k: st.fixed_dictionaries({k: fields[k]})),
+        st.sampled_from(sorted(fields)).flatmap(lambda k: st.fixed_dictionaries({k: fields[k]})),
         st.fixed_dictionaries({}, optional=fields),
     )
 
 
 _plain_names = st.sampled_from(["work", "send-email", "*", "a:b", "job:1", "é日本"])
 job_names = st.one_of(
-    _plain_names, _plain_names, nasty_text(), st.sampled_from([None, "", 1, b"work", ["work"]]),
+    _plain_names,
+    _plain_names,
+    nasty_text(),
+    st.sampled_from([None, "", 1, b"work", ["work"]]),
 )
 plain_or_nasty_data = st.one_of(st.just({"a": 1}), st.just(None), data_values())
 backoffs = st.one_of(
     numbers_or_wrong(),
-    st.fixed_dictionaries({}, optional={
-        "type": st.sampled_from(["fixed", "exponential", "custom", "linear", "\ud800", 1]),
-        "delay": numbers_or_wrong(),
-        "max_delay": st.one_of(st.none(), numbers_or_wrong()),
-        "strategy": st.one_of(st.none(), nasty_text(long=False)),
-    }),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["fixed", "exponential", "custom", "linear", "\ud800", 1]),
+            "delay": numbers_or_wrong(),
+            "max_delay": st.one_of(st.none(), numbers_or_wrong()),
+            "strategy": st.one_of(st.none(), nasty_text(long=False)),
+        },
+    ),
     st.just({"type": "fixed", "delay": 10, "unknown\x00": 1}),
 )
 retentions = st.one_of(
-    st.booleans(), numbers_or_wrong(),
+    st.booleans(),
+    numbers_or_wrong(),
     st.fixed_dictionaries({}, optional={"count": numbers_or_wrong(), "age": numbers_or_wrong()}),
 )
 HOSTILE_OPTION = {
@@ -473,25 +508,37 @@ HOSTILE_OPTION = {
     "job_id": st.one_of(ids(), st.just("s-chosen")),
     "idempotency_key": st.one_of(ids(), st.just("s-key")),
     "delivery_guarantee": st.sampled_from(
-        ["at-least-once", "exactly-once", "AT-LEAST-ONCE", "\ud800", 1, None]),
+        ["at-least-once", "exactly-once", "AT-LEAST-ONCE", "\ud800", 1, None]
+    ),
     "rate_limit_key": nasty_text(long=False),
 }
 VALID_OPTION = {
-    "attempts": st.integers(1, 5), "priority": st.integers(0, 10),
-    "delay": st.sampled_from([0, 3_600_000]), "lifo": st.booleans(),
+    "attempts": st.integers(1, 5),
+    "priority": st.integers(0, 10),
+    "delay": st.sampled_from([0, 3_600_000]),
+    "lifo": st.booleans(),
 }
 #: Any mix of hostile options (mostly refused), or exactly one hostile option among
 #: valid ones (so accepted calls with one odd value are common too).
 job_options = st.one_of(
     st.fixed_dictionaries({}, optional=HOSTILE_OPTION),
     st.sampled_from(sorted(HOSTILE_OPTION)).flatmap(
-        lambda k: st.fixed_dictionaries({k: HOSTILE_OPTION[k]}, optional={
-            name: value for name, value in VALID_OPTION.items() if name != k})),
+        lambda k: st.fixed_dictionaries(
+            {k: HOSTILE_OPTION[k]},
+            optional={name: value for name, value in VALID_OPTION.items() if name != k},
+        )
+    ),
 )
 unknown_options = st.one_of(
-    st.just({}), st.just({}), st.just({}),
-    st.dictionaries(nasty_text(long=False).filter(lambda k: k not in JOB_OPTION_NAMES),
-                    numbers_or_wrong(), min_size=1, max_size=1),
+    st.just({}),
+    st.just({}),
+    st.just({}),
+    st.dictionaries(
+        nasty_text(long=False).filter(lambda k: k not in JOB_OPTION_NAMES),
+        numbers_or_wrong(),
+        min_size=1,
+        max_size=1,
+    ),
 )
 
 
@@ -532,8 +579,9 @@ class ProducerBench:
         s = Seeded()
         a = await self.q.add_job("sentinel-a", {"v": 1}, attempts=3, priority=5)
         b = await self.q.add_job("sentinel-b", {"v": [2, "x"]}, delay=3_600_000)
-        c = await self.q.add_job("sentinel-c", {"v": 3}, job_id="s-chosen",
-                                 idempotency_key="s-key", lifo=True)
+        c = await self.q.add_job(
+            "sentinel-c", {"v": 3}, job_id="s-chosen", idempotency_key="s-key", lifo=True
+        )
         s.auto |= {a, b}
         s.chosen["s-chosen"] = c
         s.idem["s-key"] = c
@@ -542,8 +590,17 @@ class ProducerBench:
     async def dump(self) -> Dump:
         return await dump_keys(self.client, self.prefix)
 
-    async def verify(self, seeded: Seeded, before: Dump, specs: list[Spec], got: list[Any],
-                     err: Exception | None, what: str, *, str_names: bool = False) -> Dump:
+    async def verify(
+        self,
+        seeded: Seeded,
+        before: Dump,
+        specs: list[Spec],
+        got: list[Any],
+        err: Exception | None,
+        what: str,
+        *,
+        str_names: bool = False,
+    ) -> Dump:
         """Check one producer call (``got``: the ids it returned, in order).
         ``str_names``: the call turns a non-string name into ``str(name)`` (add_jobs)."""
         after = await self.dump()
@@ -552,11 +609,15 @@ class ProducerBench:
             changes = dump_changes(before, after)
             assert not changes, (
                 f"{what} was rejected ({type(err).__name__}: {show(str(err))}) but wrote: "
-                f"{changes[:6]}")
+                f"{changes[:6]}"
+            )
             return after
         assert len(got) == len(specs), (what, got)
-        existed = {k[len(_b(keys.job(""))):].decode("utf-8", "surrogateescape")
-                   for k in before if k.startswith(_b(keys.job("")))}
+        existed = {
+            k[len(_b(keys.job(""))) :].decode("utf-8", "surrogateescape")
+            for k in before
+            if k.startswith(_b(keys.job("")))
+        }
         made_here: dict[Any, str] = {}
         idem_here: dict[Any, str] = {}
         new_ids: set[str] = set()
@@ -564,19 +625,23 @@ class ProducerBench:
             assert isinstance(jid, str) and jid, f"{what} returned {show(jid)} as a job id"
             if jid in existed or jid in new_ids:
                 legit = (
-                    (isinstance(spec.job_id, str) and spec.job_id == jid
-                     and (seeded.chosen.get(jid) == jid or made_here.get(jid) == jid))
-                    or (spec.idem is not None and (seeded.idem.get(spec.idem) == jid
-                                                   or idem_here.get(spec.idem) == jid))
+                    isinstance(spec.job_id, str)
+                    and spec.job_id == jid
+                    and (seeded.chosen.get(jid) == jid or made_here.get(jid) == jid)
+                ) or (
+                    spec.idem is not None
+                    and (seeded.idem.get(spec.idem) == jid or idem_here.get(spec.idem) == jid)
                 )
                 assert legit, (
                     f"{what} returned the existing job {show(jid)} as a duplicate, but it was "
                     f"not made with job_id={show(spec.job_id)} nor idempotency_key="
-                    f"{show(spec.idem)} (automatic ids: {sorted(seeded.auto)})")
+                    f"{show(spec.idem)} (automatic ids: {sorted(seeded.auto)})"
+                )
                 continue
             if isinstance(spec.job_id, str):
                 assert jid == spec.job_id, (
-                    f"{what}: job_id={show(spec.job_id)} came back as id {show(jid)}")
+                    f"{what}: job_id={show(spec.job_id)} came back as id {show(jid)}"
+                )
             new_ids.add(jid)
             made_here[spec.job_id] = jid
             if spec.idem is not None:
@@ -592,9 +657,11 @@ class ProducerBench:
             if str_names and not isinstance(want, str):
                 want = str(want or "")
             assert info.name == want, (
-                f"job {show(jid)} is named {show(info.name)}, was added as {show(spec.name)}")
+                f"job {show(jid)} is named {show(info.name)}, was added as {show(spec.name)}"
+            )
             assert info.data == normalized(spec.data), (
-                f"job {show(jid)} holds other data than it was added with")
+                f"job {show(jid)} holds other data than it was added with"
+            )
             assert info.status in (JobStatus.WAITING, JobStatus.DELAYED, JobStatus.PAUSED)
         return after
 
@@ -605,15 +672,17 @@ class ProducerBench:
         head = _b(self.q.keys.job(""))
         for jid in got:
             assert head + _b(jid) not in before, (
-                f"an automatic id reused {show(jid)}, the id of an existing job")
+                f"an automatic id reused {show(jid)}, the id of an existing job"
+            )
         problems = accepted_changes(before, after, self.q.keys, set(got))
         assert not problems, f"automatic ids after the call disturbed other jobs: {problems[:6]}"
         assert len(set(got)) == 3, got
 
 
 @pytest.fixture
-async def producer(queues: QueueFactory, redis_client: aioredis.Redis,
-                   prefix: str) -> ProducerBench:
+async def producer(
+    queues: QueueFactory, redis_client: aioredis.Redis, prefix: str
+) -> ProducerBench:
     return ProducerBench(queues("fzp"), redis_client, prefix)
 
 
@@ -630,8 +699,12 @@ job_calls = st.one_of(
     st.builds(Spec, name=st.just("work"), data=data_values(), options=st.just({})),
     st.builds(Spec, name=st.just("work"), data=st.just({"a": 1}), options=job_options),
     st.builds(Spec, name=st.just("work"), data=st.just(None), options=unknown_options),
-    st.builds(Spec, name=job_names, data=plain_or_nasty_data,
-              options=st.builds(lambda a, b: {**a, **b}, job_options, unknown_options)),
+    st.builds(
+        Spec,
+        name=job_names,
+        data=plain_or_nasty_data,
+        options=st.builds(lambda a, b: {**a, **b}, job_options, unknown_options),
+    ),
 )
 
 
@@ -660,8 +733,9 @@ def _spec(name: Any, data: Any = None, **options: Any) -> Spec:
 @example(spec=_spec("work", BIG_VALUES[2]), how="kwargs")
 @example(spec=Spec("work", None, {"\ud800": 1}), how="options")
 async def test_add_job_fuzz(producer: ProducerBench, spec: Spec, how: str) -> None:
-    spec = Spec(unwrap(spec.name), unwrap(spec.data),
-                {k: unwrap(v) for k, v in spec.options.items()})
+    spec = Spec(
+        unwrap(spec.name), unwrap(spec.data), {k: unwrap(v) for k, v in spec.options.items()}
+    )
     seeded = await producer.reset()
     before = await producer.dump()
     jid, err = await guarded("add_job", _call_add_job(producer.q, spec, how), spec)
@@ -674,28 +748,50 @@ async def test_add_job_fuzz(producer: ProducerBench, spec: Spec, how: str) -> No
 
 job_specs = job_calls
 good_specs = st.builds(
-    Spec, name=st.just("good"), data=st.integers(0, 100).map(lambda i: {"i": i}),
-    options=st.sampled_from([{}, {"priority": 3}, {"delay": 3_600_000}, {"lifo": True},
-                             {"attempts": 2}]),
+    Spec,
+    name=st.just("good"),
+    data=st.integers(0, 100).map(lambda i: {"i": i}),
+    options=st.sampled_from(
+        [{}, {"priority": 3}, {"delay": 3_600_000}, {"lifo": True}, {"attempts": 2}]
+    ),
 )
 
 
 @PRODUCER
-@given(bad=job_specs, before_n=st.integers(0, 3), after_n=st.integers(0, 3),
-       goods=st.lists(good_specs, min_size=6, max_size=6),
-       form=st.sampled_from(["tuple", "dict"]))
-@example(bad=Spec(SURROGATES[3], {"a": 1}, {}), before_n=2, after_n=2,
-         goods=[Spec("good", {"i": i}, {}) for i in range(6)], form="tuple")
-@example(bad=Spec("charge", {"a": 1}, {"job_id": "6"}), before_n=0, after_n=3,
-         goods=[Spec("good", {"i": i}, {}) for i in range(6)], form="dict")
+@given(
+    bad=job_specs,
+    before_n=st.integers(0, 3),
+    after_n=st.integers(0, 3),
+    goods=st.lists(good_specs, min_size=6, max_size=6),
+    form=st.sampled_from(["tuple", "dict"]),
+)
+@example(
+    bad=Spec(SURROGATES[3], {"a": 1}, {}),
+    before_n=2,
+    after_n=2,
+    goods=[Spec("good", {"i": i}, {}) for i in range(6)],
+    form="tuple",
+)
+@example(
+    bad=Spec("charge", {"a": 1}, {"job_id": "6"}),
+    before_n=0,
+    after_n=3,
+    goods=[Spec("good", {"i": i}, {}) for i in range(6)],
+    form="dict",
+)
 async def test_add_jobs_one_bad_among_good(
-    producer: ProducerBench, bad: Spec, before_n: int, after_n: int, goods: list[Spec],
+    producer: ProducerBench,
+    bad: Spec,
+    before_n: int,
+    after_n: int,
+    goods: list[Spec],
     form: str,
 ) -> None:
     bad = Spec(unwrap(bad.name), unwrap(bad.data), {k: unwrap(v) for k, v in bad.options.items()})
-    specs = [*goods[:before_n], bad, *goods[before_n:before_n + after_n]]
+    specs = [*goods[:before_n], bad, *goods[before_n : before_n + after_n]]
     items: list[Any] = [
-        (s.name, s.data, s.options) if form == "tuple"
+        (s.name, s.data, s.options)
+        if form == "tuple"
         else {"name": s.name, "data": s.data, "options": s.options}
         for s in specs
     ]
@@ -703,8 +799,9 @@ async def test_add_jobs_one_bad_among_good(
     before = await producer.dump()
     got, err = await guarded("add_jobs", producer.q.add_jobs(items), items)
     event(f"add_jobs: {type(err).__name__ if err else 'accepted'}")
-    after = await producer.verify(seeded, before, specs, list(got or [None] * len(specs)), err,
-                                  "add_jobs", str_names=True)
+    after = await producer.verify(
+        seeded, before, specs, list(got or [None] * len(specs)), err, "add_jobs", str_names=True
+    )
     await producer.later_adds(after)
     await assert_consistent(producer.client, producer.q.keys, "after add_jobs")
 
@@ -715,8 +812,9 @@ async def test_add_jobs_one_bad_among_good(
 @example(bad=Spec("x", {"a": 1}, {"idempotency_key": "\ud800"}), position=3)
 @example(bad=Spec("x", {"a": 1}, {"job_id": "7"}), position=1)  # item 2, inside a batch
 @example(bad=Spec("x", {"a": 1}, {"delay": math.inf}), position=2)
-async def test_concurrent_add_job_one_bad(producer: ProducerBench, bad: Spec,
-                                          position: int) -> None:
+async def test_concurrent_add_job_one_bad(
+    producer: ProducerBench, bad: Spec, position: int
+) -> None:
     """20 good ``add_job`` calls issued together are coalesced into one enqueue batch;
     a bad call among them fails alone (or succeeds), never the others."""
     bad = Spec(unwrap(bad.name), unwrap(bad.data), {k: unwrap(v) for k, v in bad.options.items()})
@@ -733,28 +831,36 @@ async def test_concurrent_add_job_one_bad(producer: ProducerBench, bad: Spec,
             if isinstance(r, BaseException) and not isinstance(r, KitiumQueueError):
                 raise AssertionError(
                     f"the bad add_job raised {type(r).__name__}, not a KitiumQueueError, for "
-                    f"{show(spec)}: {show(str(r))}") from r
+                    f"{show(spec)}: {show(str(r))}"
+                ) from r
         elif isinstance(r, BaseException):
             raise AssertionError(
                 f"a good add_job issued together with a bad one ({show(bad)}) failed with "
-                f"{type(r).__name__}: {show(str(r))}") from r
+                f"{type(r).__name__}: {show(str(r))}"
+            ) from r
     event(f"bad add_job: {type(results[position]).__name__}")
     ok = [(s, r) for s, r in zip(specs, results, strict=True) if not isinstance(r, BaseException)]
-    after = await producer.verify(seeded, before, [s for s, _ in ok], [r for _, r in ok], None,
-                                  "concurrent add_job")
+    after = await producer.verify(
+        seeded, before, [s for s, _ in ok], [r for _, r in ok], None, "concurrent add_job"
+    )
     await producer.later_adds(after)
     await assert_consistent(producer.client, producer.q.keys, "after concurrent add_job")
 
 
 @PRODUCER
-@given(ops=st.lists(
-    st.one_of(st.just(None), st.sampled_from(NUMERIC_IDS), st.integers(0, 12).map(str)),
-    min_size=1, max_size=12))
+@given(
+    ops=st.lists(
+        st.one_of(st.just(None), st.sampled_from(NUMERIC_IDS), st.integers(0, 12).map(str)),
+        min_size=1,
+        max_size=12,
+    )
+)
 # The sentinels took sequence numbers 1-3: a chosen id consumes the next one too.
 @example(ops=["5", None])  # issue 19 item 2: the automatic id 5 overwrites chosen "5"
 @example(ops=[None, "4"])  # item 2, the other order: "4" returns the automatic job 4
-async def test_numeric_job_ids_never_meet_automatic_ids(producer: ProducerBench,
-                                                        ops: list[str | None]) -> None:
+async def test_numeric_job_ids_never_meet_automatic_ids(
+    producer: ProducerBench, ops: list[str | None]
+) -> None:
     """Interleaved automatic ids (None) and numeric chosen ids: every job keeps its own
     record, and a chosen id never returns a job that was made with an automatic id."""
     seeded = await producer.reset()
@@ -766,7 +872,8 @@ async def test_numeric_job_ids_never_meet_automatic_ids(producer: ProducerBench,
         if op is None:
             jid = await producer.q.add_job(name, data)
             assert jid not in made and jid not in chosen.values() and jid not in auto, (
-                f"automatic id {jid} was already taken (ops {ops[:n + 1]})")
+                f"automatic id {jid} was already taken (ops {ops[: n + 1]})"
+            )
             auto.add(jid)
             made[jid] = (name, data)
             continue
@@ -775,7 +882,8 @@ async def test_numeric_job_ids_never_meet_automatic_ids(producer: ProducerBench,
             continue
         assert jid not in auto, (
             f"add_job(job_id={op!r}) returned {jid}, a job made with an automatic id "
-            f"(ops {ops[:n + 1]})")
+            f"(ops {ops[: n + 1]})"
+        )
         if op in chosen:
             assert jid == chosen[op]
             continue
@@ -786,52 +894,69 @@ async def test_numeric_job_ids_never_meet_automatic_ids(producer: ProducerBench,
         assert info is not None, f"job {jid} is gone (ops {ops})"
         assert (info.name, info.data) == (name, data), (
             f"job {jid} was overwritten: holds {info.name} {info.data}, made as {name} {data} "
-            f"(ops {ops})")
+            f"(ops {ops})"
+        )
     await assert_consistent(producer.client, producer.q.keys, "after numeric job ids")
 
 
 # ==================================================================== configuration
 
 settings_dicts = st.one_of(
-    one_hostile({
-        "lock_duration": numbers_or_wrong(), "lock_renew_time": numbers_or_wrong(),
-        "max_stalled_count": numbers_or_wrong(), "max_stalled_interval": numbers_or_wrong(),
-    }),
+    one_hostile(
+        {
+            "lock_duration": numbers_or_wrong(),
+            "lock_renew_time": numbers_or_wrong(),
+            "max_stalled_count": numbers_or_wrong(),
+            "max_stalled_interval": numbers_or_wrong(),
+        }
+    ),
     wrong_types(),
 )
 worker_dicts = st.one_of(
-    one_hostile({
-        "concurrency": numbers_or_wrong(),
-        "shutdown_timeout": numbers_or_wrong(),
-        "limiter": st.one_of(
-            st.none(), wrong_types(),
-            st.fixed_dictionaries({"max": numbers_or_wrong()},
-                                  optional={"duration": numbers_or_wrong()})),
-        "scheduler": st.one_of(st.booleans(), wrong_types()),
-    }),
+    one_hostile(
+        {
+            "concurrency": numbers_or_wrong(),
+            "shutdown_timeout": numbers_or_wrong(),
+            "limiter": st.one_of(
+                st.none(),
+                wrong_types(),
+                st.fixed_dictionaries(
+                    {"max": numbers_or_wrong()}, optional={"duration": numbers_or_wrong()}
+                ),
+            ),
+            "scheduler": st.one_of(st.booleans(), wrong_types()),
+        }
+    ),
     wrong_types(),
 )
-retry_dicts = one_hostile({
-    "max_attempts": numbers_or_wrong(),
-    "backoff_type": st.sampled_from(["fixed", "exponential", "custom", "\ud800", None]),
-    "backoff_delay": numbers_or_wrong(),
-    "max_backoff_delay": st.one_of(st.none(), numbers_or_wrong()),
-})
+retry_dicts = one_hostile(
+    {
+        "max_attempts": numbers_or_wrong(),
+        "backoff_type": st.sampled_from(["fixed", "exponential", "custom", "\ud800", None]),
+        "backoff_delay": numbers_or_wrong(),
+        "max_backoff_delay": st.one_of(st.none(), numbers_or_wrong()),
+    }
+)
 _small_numbers = st.one_of(nasty_numbers(), st.integers(0, 100))
-queue_configs = one_hostile({
-    "events_max_len": st.one_of(_small_numbers, numbers_or_wrong()),
-    "idempotency_ttl": numbers_or_wrong(),
-    "max_payload_bytes": numbers_or_wrong(),
-    "max_log_lines": st.one_of(_small_numbers, numbers_or_wrong()),
-    "settings": settings_dicts,
-    "worker": worker_dicts,
-    "retry": retry_dicts,
-    "dlq": one_hostile({
-        "enabled": st.one_of(st.booleans(), wrong_types()),
-        "queue_name": nasty_text(long=False)}),
-    "prefix_suffix": nasty_text(long=False),
-    "default_job_options": st.one_of(job_options, wrong_types()),
-})
+queue_configs = one_hostile(
+    {
+        "events_max_len": st.one_of(_small_numbers, numbers_or_wrong()),
+        "idempotency_ttl": numbers_or_wrong(),
+        "max_payload_bytes": numbers_or_wrong(),
+        "max_log_lines": st.one_of(_small_numbers, numbers_or_wrong()),
+        "settings": settings_dicts,
+        "worker": worker_dicts,
+        "retry": retry_dicts,
+        "dlq": one_hostile(
+            {
+                "enabled": st.one_of(st.booleans(), wrong_types()),
+                "queue_name": nasty_text(long=False),
+            }
+        ),
+        "prefix_suffix": nasty_text(long=False),
+        "default_job_options": st.one_of(job_options, wrong_types()),
+    }
+)
 
 
 async def _sentinel(client: aioredis.Redis, keys: QueueKeys, jid: str, idem: str) -> Any:
@@ -859,8 +984,9 @@ async def _sentinel(client: aioredis.Redis, keys: QueueKeys, jid: str, idem: str
 @example(cfg={"retry": {"max_attempts": 2, "backoff_delay": math.inf}})
 @example(cfg={"prefix_suffix": "\ud800"})
 @example(cfg={"default_job_options": {"timeout": 0.4}})
-async def test_queue_settings_fuzz(redis_client: aioredis.Redis, redis_url: str, prefix: str,
-                                   cfg: dict[str, Any]) -> None:
+async def test_queue_settings_fuzz(
+    redis_client: aioredis.Redis, redis_url: str, prefix: str, cfg: dict[str, Any]
+) -> None:
     """A queue built from hostile settings is refused with a KitiumQueueError, or works:
     a job added to it runs to completion (logging a line and reporting progress) on a
     worker that uses those settings (unless ``default_job_options`` may legitimately hold
@@ -885,7 +1011,9 @@ async def test_queue_settings_fuzz(redis_client: aioredis.Redis, redis_url: str,
         async def work(job: Any) -> dict[str, int]:
             runs[job.id] += 1
             calls: tuple[Callable[[], Awaitable[None]], ...] = (
-                lambda: job.log("line\tone"), lambda: job.update_progress(50))
+                lambda: job.log("line\tone"),
+                lambda: job.update_progress(50),
+            )
             for call in calls:
                 try:
                     await call()
@@ -895,8 +1023,11 @@ async def test_queue_settings_fuzz(redis_client: aioredis.Redis, redis_url: str,
             return {"ok": 1}
 
         q.process("work", work)
-        jid, err = await guarded("add_job on the configured queue",
-                                 q.add_job("work", {"i": 1}, idempotency_key=f"k-{name}"), cfg)
+        jid, err = await guarded(
+            "add_job on the configured queue",
+            q.add_job("work", {"i": 1}, idempotency_key=f"k-{name}"),
+            cfg,
+        )
         if err is not None:
             return
         _, err = await guarded("worker start", q.start(), cfg)
@@ -904,13 +1035,14 @@ async def test_queue_settings_fuzz(redis_client: aioredis.Redis, redis_url: str,
             view = await _wait_state(redis_client, q.keys, jid, FINAL, 8.0)
             reason = await redis_client.hget(q.keys.job(jid), "e")
             assert view.state(jid) == "completed", (
-                f"a job on a queue built with {show(cfg)} ended {view.state(jid)}: "
-                f"{show(reason)}")
+                f"a job on a queue built with {show(cfg)} ended {view.state(jid)}: {show(reason)}"
+            )
             assert runs[jid] == 1, f"the job ran {runs[jid]} times"
             bad = [e for e in side_errors if e is not None]
             assert not bad, (
                 f"job.log / update_progress failed on a queue built with {show(cfg)}: "
-                f"{[f'{type(e).__name__}: {show(str(e))}' for e in bad]}")
+                f"{[f'{type(e).__name__}: {show(str(e))}' for e in bad]}"
+            )
         await stop_queue(q)
         await assert_consistent(redis_client, q.keys, f"of a queue built with {show(cfg)}")
         after = await _sentinel(redis_client, base.keys, sentinel, idem)
@@ -921,8 +1053,9 @@ async def test_queue_settings_fuzz(redis_client: aioredis.Redis, redis_url: str,
         await base.close()
 
 
-async def _wait_state(client: aioredis.Redis, keys: QueueKeys, jid: str, states: Iterable[str],
-                      timeout: float) -> StateView:
+async def _wait_state(
+    client: aioredis.Redis, keys: QueueKeys, jid: str, states: Iterable[str], timeout: float
+) -> StateView:
     wanted = set(states)
     deadline = time.monotonic() + timeout
     while True:
@@ -937,8 +1070,9 @@ async def _wait_state(client: aioredis.Redis, keys: QueueKeys, jid: str, states:
 @example(name="t*")  # issue 19 item 6
 @example(name="\ud800")
 @example(name="q\x00")
-async def test_queue_name_fuzz(redis_client: aioredis.Redis, redis_url: str, prefix: str,
-                               name: Any) -> None:
+async def test_queue_name_fuzz(
+    redis_client: aioredis.Redis, redis_url: str, prefix: str, name: Any
+) -> None:
     """A hostile queue name is refused with a KitiumQueueError, or the queue works on its
     own keys: a job round-trips, and clearing the queue leaves a neighbour untouched."""
     neighbour = JobQueue("tax-refunds", redis=redis_url, prefix=prefix)
@@ -946,8 +1080,9 @@ async def test_queue_name_fuzz(redis_client: aioredis.Redis, redis_url: str, pre
     try:
         nid = await neighbour.add_job("refund", {"amt": 5})
         before = await dump_keys(redis_client, neighbour.keys.base)
-        q = build_queue("JobQueue(name)",
-                        lambda: JobQueue(unwrap(name), redis=redis_url, prefix=prefix), name)
+        q = build_queue(
+            "JobQueue(name)", lambda: JobQueue(unwrap(name), redis=redis_url, prefix=prefix), name
+        )
         if q is None:
             return
         jid, err = await guarded("add_job on the named queue", q.add_job("x", {"a": 1}), name)
@@ -958,7 +1093,8 @@ async def test_queue_name_fuzz(redis_client: aioredis.Redis, redis_url: str, pre
             await guarded("clear()", q.clear(), name)
         after = await dump_keys(redis_client, neighbour.keys.base)
         assert not dump_changes(before, after, skip=[_b(neighbour.keys.marker)]), (
-            f"queue {show(name)} changed its neighbour's keys")
+            f"queue {show(name)} changed its neighbour's keys"
+        )
         assert (await neighbour.get_job_status(nid)) is not None
     finally:
         if q is not None:
@@ -1014,7 +1150,8 @@ class StatesBench:
         while True:
             view = await state_view(self.client, q.keys)
             if all(view.state(j) == "completed" for j in done) and all(
-                    view.state(j) == "dlq" for j in dead):
+                view.state(j) == "dlq" for j in dead
+            ):
                 break
             assert time.monotonic() < deadline, f"seed jobs did not settle: {view.records}"
             await asyncio.sleep(0.01)
@@ -1030,24 +1167,55 @@ class StatesBench:
 @pytest.fixture
 async def states(queues: QueueFactory, redis_client: aioredis.Redis, prefix: str) -> StatesBench:
     return StatesBench(
-        queues("fzs", worker={"concurrency": 4, "scheduler": False},
-               default_job_options={"remove_on_complete": False}),
-        redis_client, prefix)
+        queues(
+            "fzs",
+            worker={"concurrency": 4, "scheduler": False},
+            default_job_options={"remove_on_complete": False},
+        ),
+        redis_client,
+        prefix,
+    )
 
 
 query_ops = st.one_of(
-    st.tuples(st.just("get_jobs_by_status"),
-              st.sampled_from(["waiting", "delayed", "completed", "dlq", "failed", "active",
-                               "paused", "prioritized", "\ud800", 1, None]), limits),
+    st.tuples(
+        st.just("get_jobs_by_status"),
+        st.sampled_from(
+            [
+                "waiting",
+                "delayed",
+                "completed",
+                "dlq",
+                "failed",
+                "active",
+                "paused",
+                "prioritized",
+                "\ud800",
+                1,
+                None,
+            ]
+        ),
+        limits,
+    ),
     st.tuples(st.just("get_dlq_jobs"), st.none(), limits),
-    st.tuples(st.just("bulk_retry"), st.sampled_from(["failed", "dlq", "completed", "waiting",
-                                                      "\x1b[0m"]), limits),
+    st.tuples(
+        st.just("bulk_retry"),
+        st.sampled_from(["failed", "dlq", "completed", "waiting", "\x1b[0m"]),
+        limits,
+    ),
     st.tuples(st.just("replay_dlq"), st.none(), limits),
     st.tuples(st.just("promote_delayed"), st.none(), limits),
     st.tuples(st.just("recover_stalled"), st.none(), limits),
 )
-_SET_OF = {"waiting": "wait", "paused": "wait", "delayed": "delayed", "completed": "completed",
-           "dlq": "dlq", "failed": "failed", "active": "active"}
+_SET_OF = {
+    "waiting": "wait",
+    "paused": "wait",
+    "delayed": "delayed",
+    "completed": "completed",
+    "dlq": "dlq",
+    "failed": "failed",
+    "active": "active",
+}
 
 
 @PRODUCER
@@ -1096,7 +1264,8 @@ async def test_query_limits_fuzz(states: StatesBench, op: tuple[str, Any, Any]) 
         st_ = "dlq" if name == "get_dlq_jobs" else str(JobStatus(status).value)
         if cap is not None:
             assert len(out) <= cap, (
-                f"{name}({show(op[1:])}) returned {len(out)} jobs, limit allows {cap}")
+                f"{name}({show(op[1:])}) returned {len(out)} jobs, limit allows {cap}"
+            )
         expected = set(seeded.get("waiting" if st_ == "paused" else st_, []))
         got = [i.id for i in out]
         assert len(set(got)) == len(got) and set(got) <= expected, (name, op, got, expected)
@@ -1117,25 +1286,32 @@ async def test_query_limits_fuzz(states: StatesBench, op: tuple[str, Any, Any]) 
         assert out == ([], []), out
 
 
-job_id_ops = st.sampled_from(["get_job_status", "get_job_logs", "remove_job", "cancel_job",
-                              "retry_job"])
+job_id_ops = st.sampled_from(
+    ["get_job_status", "get_job_logs", "remove_job", "cancel_job", "retry_job"]
+)
 hostile_ids = st.one_of(
     ids(),
-    st.sampled_from(["*", "?", "[0-9]", "1*", "job:1", "../1", "1\x00", " 1", "1 ", "1\n",
-                     "{fzs}", "logs:1"]),
+    st.sampled_from(
+        ["*", "?", "[0-9]", "1*", "job:1", "../1", "1\x00", " 1", "1 ", "1\n", "{fzs}", "logs:1"]
+    ),
 )
 
 
 @PRODUCER
-@given(op=job_id_ops, jid=hostile_ids, start=st.one_of(st.just(0), limits),
-       end=st.one_of(st.just(-1), limits))
+@given(
+    op=job_id_ops,
+    jid=hostile_ids,
+    start=st.one_of(st.just(0), limits),
+    end=st.one_of(st.just(-1), limits),
+)
 @example(op="remove_job", jid="*", start=0, end=-1)
 @example(op="cancel_job", jid="[0-9]", start=0, end=-1)
 @example(op="get_job_status", jid="\ud800", start=0, end=-1)
 @example(op="get_job_logs", jid="1", start=math.inf, end=-1)
 @example(op="retry_job", jid="r-\udcff.csv", start=0, end=-1)
-async def test_job_id_calls_fuzz(states: StatesBench, op: str, jid: Any, start: Any,
-                                 end: Any) -> None:
+async def test_job_id_calls_fuzz(
+    states: StatesBench, op: str, jid: Any, start: Any, end: Any
+) -> None:
     """Calls naming a job act on that job alone: a hostile id (glob, control characters,
     surrogates, an id with extra bytes) names no other job, and every other job's keys
     and set memberships stay exactly as they were."""
@@ -1145,7 +1321,8 @@ async def test_job_id_calls_fuzz(states: StatesBench, op: str, jid: Any, start: 
     before = await states.dump()
     q = states.q
     call: Awaitable[Any] = (
-        q.get_job_logs(jid, start, end) if op == "get_job_logs" else getattr(q, op)(jid))
+        q.get_job_logs(jid, start, end) if op == "get_job_logs" else getattr(q, op)(jid)
+    )
     out, err = await guarded(op, call, (jid, start, end))
     after = await states.dump()
     # An int names the job of that number (the id is formatted into the key).
@@ -1158,7 +1335,8 @@ async def test_job_id_calls_fuzz(states: StatesBench, op: str, jid: Any, start: 
         return
     # No job of that id: nothing to act on.
     assert not dump_changes(before, after, skip=[_b(q.keys.events), _b(q.keys.marker)]), (
-        f"{op}({show(jid)}) named no job but changed {dump_changes(before, after)[:6]}")
+        f"{op}({show(jid)}) named no job but changed {dump_changes(before, after)[:6]}"
+    )
     if op == "get_job_status":
         assert out is None, f"get_job_status({show(jid)}) returned job {show(out.id)}"
     elif op == "get_job_logs":
@@ -1222,8 +1400,9 @@ class ExcSpec:
         elif self.cls == "ValueError":
             exc = ValueError(msg)
         elif self.cls == "UnicodeDecodeError":
-            exc = UnicodeDecodeError("utf-8", b"\xff" + str(msg).encode("utf-8", "replace"),
-                                     0, 1, "invalid start byte")
+            exc = UnicodeDecodeError(
+                "utf-8", b"\xff" + str(msg).encode("utf-8", "replace"), 0, 1, "invalid start byte"
+            )
         elif self.cls.startswith("class:"):
             try:
                 exc = type(self.cls[6:], (RuntimeError,), {})(msg)
@@ -1253,15 +1432,28 @@ class _StrNotStr(Exception):
 
 exc_specs = st.builds(
     ExcSpec,
-    cls=st.sampled_from(["RuntimeError", "NonRetryableError", "KeyError", "UnicodeDecodeError",
-                         "str-raises", "str-not-str", "args", "class:E\nforged",
-                         "class:E\x1b[31m", "class:E*?[", "class:E\ud800"]),
+    cls=st.sampled_from(
+        [
+            "RuntimeError",
+            "NonRetryableError",
+            "KeyError",
+            "UnicodeDecodeError",
+            "str-raises",
+            "str-not-str",
+            "args",
+            "class:E\nforged",
+            "class:E\x1b[31m",
+            "class:E*?[",
+            "class:E\ud800",
+        ]
+    ),
     message=st.one_of(nasty_text(), st.sampled_from([None, 0, b"\xff"])),
     cause=st.one_of(st.none(), nasty_text()),
     context=st.one_of(st.none(), nasty_text()),
 )
-ISSUE_EXC = ExcSpec("ValueError", "upload failed",
-                    cause=f"cannot open {SURROGATES[3]}")  # issue 19 item 1, verbatim
+ISSUE_EXC = ExcSpec(
+    "ValueError", "upload failed", cause=f"cannot open {SURROGATES[3]}"
+)  # issue 19 item 1, verbatim
 
 
 class Behaviour:
@@ -1310,7 +1502,8 @@ class Returns(Behaviour):
         if state == "completed":
             info = await bench.q.get_job_status(jid)
             assert info is not None and info.result == normalized(unwrap(self.value)), (
-                "the stored result differs from the returned value")
+                "the stored result differs from the returned value"
+            )
 
 
 @dataclass(frozen=True)
@@ -1331,8 +1524,13 @@ class Raises(Behaviour):
     async def verify(self, bench: ProcessorBench, jid: str, case: Case, state: str) -> None:
         msg = unwrap(self.exc.message)
         reason = await bench.reason(jid)
-        if (self.exc.cls in ("RuntimeError", "NonRetryableError") and isinstance(msg, str)
-                and msg.isascii() and msg.isprintable() and 0 < len(msg) < 200):
+        if (
+            self.exc.cls in ("RuntimeError", "NonRetryableError")
+            and isinstance(msg, str)
+            and msg.isascii()
+            and msg.isprintable()
+            and 0 < len(msg) < 200
+        ):
             assert msg in reason, f"the reason {show(reason)} lost the message {show(msg)}"
 
 
@@ -1421,7 +1619,8 @@ class LogsProgress(Behaviour):
         bad = [e for e in case.errors if e is not None and not isinstance(e, KitiumQueueError)]
         assert not bad, (
             f"job.log / update_progress raised non-library errors: "
-            f"{[f'{type(e).__name__}: {show(str(e))}' for e in bad][:3]}")
+            f"{[f'{type(e).__name__}: {show(str(e))}' for e in bad][:3]}"
+        )
         lines, err = await guarded("get_job_logs", bench.q.get_job_logs(jid), jid)
         assert err is None and all(isinstance(x, str) for x in lines), lines
         _, err = await guarded("get_job_status", bench.q.get_job_status(jid), jid)
@@ -1492,9 +1691,13 @@ class ProcessorBench:
         try:
             bad_id, err = await guarded(
                 "add_job (bad job)",
-                q.add_job("bad-sync" if behaviour.kind == "thread" else "bad", {"case": cid},
-                          **behaviour.options(self, cid)),
-                behaviour)
+                q.add_job(
+                    "bad-sync" if behaviour.kind == "thread" else "bad",
+                    {"case": cid},
+                    **behaviour.options(self, cid),
+                ),
+                behaviour,
+            )
             if bad_id is None:
                 note(f"the bad job was refused: {type(err).__name__}: {show(str(err))}")
                 case.gate = Gate(N_GOOD)
@@ -1502,8 +1705,7 @@ class ProcessorBench:
             await self._settle(good, bad_id, behaviour)
             await self._check(good, bad_id, case)
         finally:
-            holds = [k async for k in self.client.scan_iter(
-                match=glob_escape(q.keys.hold()) + "*")]
+            holds = [k async for k in self.client.scan_iter(match=glob_escape(q.keys.hold()) + "*")]
             if holds:
                 await self.client.unlink(*holds)
 
@@ -1515,8 +1717,8 @@ class ProcessorBench:
             due = await self.client.hget(self.q.keys.job(bad_id), "due") if bad_id else None
             bad_state = view.state(bad_id) if bad_id else "completed"
             bad_done = bad_state in FINAL or (
-                bad_state == "delayed" and due is not None
-                and float(due) - view.now_ms > FAR_MS)
+                bad_state == "delayed" and due is not None and float(due) - view.now_ms > FAR_MS
+            )
             if bad_done and all(view.state(g) == "completed" for g in good):
                 return
             await asyncio.sleep(0.01)
@@ -1525,7 +1727,8 @@ class ProcessorBench:
             f"not settled within 10 s with a bad job doing {show(b, 300)}: good jobs "
             f"{dict(states)}, runs {[self.runs[g] for g in good]}; bad job "
             f"{view.state(bad_id) if bad_id else None} after "
-            f"{self.runs[bad_id] if bad_id else 0} run(s)")
+            f"{self.runs[bad_id] if bad_id else 0} run(s)"
+        )
 
     async def _check(self, good: list[str], bad_id: str | None, case: Case) -> None:
         b = case.behaviour
@@ -1533,8 +1736,9 @@ class ProcessorBench:
         assert not view.problems(), view.problems()[:8]
         reruns = {g: self.runs[g] for g in good if self.runs[g] != 1}
         assert not reruns, f"good jobs ran more than once next to {show(b, 300)}: {reruns}"
-        for g, info in zip(good, await asyncio.gather(*map(self.q.get_job_status, good)),
-                           strict=True):
+        for g, info in zip(
+            good, await asyncio.gather(*map(self.q.get_job_status, good)), strict=True
+        ):
             assert info is not None and info.status is JobStatus.COMPLETED
             assert info.result == {"i": good.index(g)}, (g, info.result)
         if bad_id is None:
@@ -1544,10 +1748,12 @@ class ProcessorBench:
         event(f"bad job: {state}")
         assert state in b.allowed(self), (
             f"the bad job ended {state}, expected one of {sorted(b.allowed(self))} "
-            f"for {show(b, 300)}")
+            f"for {show(b, 300)}"
+        )
         assert view.where.get(bad_id) == [{"waiting": "wait"}.get(state, state)], view.where
         assert case.bad_runs <= b.max_runs, (
-            f"the bad job ran {case.bad_runs} times (at most {b.max_runs} allowed)")
+            f"the bad job ran {case.bad_runs} times (at most {b.max_runs} allowed)"
+        )
         if state in ("dlq", "failed"):
             await self.reason(bad_id)
         await b.verify(self, bad_id, case, state)
@@ -1557,8 +1763,12 @@ class ProcessorBench:
 async def bench(queues: QueueFactory, redis_client: aioredis.Redis) -> ProcessorBench:
     q = queues(
         "fzw",
-        settings={"lock_duration": 4000, "lock_renew_time": 1000, "max_stalled_interval": 500,
-                  "max_stalled_count": 1},
+        settings={
+            "lock_duration": 4000,
+            "lock_renew_time": 1000,
+            "max_stalled_interval": 500,
+            "max_stalled_count": 1,
+        },
         worker={"concurrency": 12, "shutdown_timeout": 300, "scheduler": False},
         retry={"max_attempts": 2, "backoff_type": "fixed", "backoff_delay": 5},
         default_job_options={"remove_on_complete": False},
@@ -1603,9 +1813,12 @@ delays = st.one_of(durations(), st.sampled_from([None, "abc", "10"]))
 
 
 @PROCESSOR
-@given(cls=st.sampled_from(["RetryLater", "RateLimited"]), delay=delays,
-       reason=st.one_of(st.just("later"), nasty_text()),
-       scope=st.sampled_from(["auto", "queue", "job"]))
+@given(
+    cls=st.sampled_from(["RetryLater", "RateLimited"]),
+    delay=delays,
+    reason=st.one_of(st.just("later"), nasty_text()),
+    scope=st.sampled_from(["auto", "queue", "job"]),
+)
 @example(cls="RateLimited", delay=sys.maxsize, reason="later", scope="auto")  # item 3
 @example(cls="RetryLater", delay=sys.maxsize, reason="later", scope="auto")  # item 3
 @example(cls="RateLimited", delay=1e17, reason="later", scope="queue")  # item 3
@@ -1614,16 +1827,19 @@ delays = st.one_of(durations(), st.sampled_from([None, "abc", "10"]))
 @example(cls="RetryLater", delay=math.nan, reason="later", scope="auto")
 @example(cls="RetryLater", delay=10, reason="\ud800", scope="auto")  # surrogate reason
 @example(cls="RateLimited", delay=10, reason="a\nb\x1b[0m", scope="job")
-async def test_processor_retry_later_fuzz(bench: ProcessorBench, cls: str, delay: Any,
-                                          reason: Any, scope: str) -> None:
+async def test_processor_retry_later_fuzz(
+    bench: ProcessorBench, cls: str, delay: Any, reason: Any, scope: str
+) -> None:
     await bench.run_case(Defers(cls, delay, reason, scope))
     await _final_liveness(bench)
 
 
 @PROCESSOR
-@given(value=st.one_of(durations(), wrong_types()),
-       raises=st.one_of(st.none(), exc_specs),
-       max_delay=st.sampled_from([None, 1000, 10**30]))
+@given(
+    value=st.one_of(durations(), wrong_types()),
+    raises=st.one_of(st.none(), exc_specs),
+    max_delay=st.sampled_from([None, 1000, 10**30]),
+)
 @example(value=10**30, raises=None, max_delay=10**30)  # huge backoff
 @example(value=sys.maxsize, raises=None, max_delay=10**30)
 @example(value=math.inf, raises=None, max_delay=None)
@@ -1631,8 +1847,9 @@ async def test_processor_retry_later_fuzz(bench: ProcessorBench, cls: str, delay
 @example(value=-1, raises=None, max_delay=None)
 @example(value="abc", raises=None, max_delay=None)
 @example(value=None, raises=ExcSpec("RuntimeError", "\ud800"), max_delay=None)
-async def test_processor_backoff_fuzz(bench: ProcessorBench, value: Any,
-                                      raises: ExcSpec | None, max_delay: Any) -> None:
+async def test_processor_backoff_fuzz(
+    bench: ProcessorBench, value: Any, raises: ExcSpec | None, max_delay: Any
+) -> None:
     await bench.run_case(BadBackoff(value, raises, max_delay))
 
 
@@ -1641,29 +1858,32 @@ log_calls = st.lists(
         st.tuples(st.just("log"), st.one_of(nasty_text(), st.sampled_from([None, 0, b"\xff"]))),
         st.tuples(st.just("progress"), data_values()),
     ),
-    min_size=1, max_size=4,
+    min_size=1,
+    max_size=4,
 ).map(tuple)
 
 
 @PROCESSOR
 @given(calls=log_calls, kind=st.sampled_from(["async", "thread"]))
 @example(calls=(("log", SURROGATES[3]),), kind="async")
-@example(calls=(("log", "a\nb\x1b[2J\x00"), ("log", Big("100k x", "x" * 100_000))),
-         kind="thread")
+@example(calls=(("log", "a\nb\x1b[2J\x00"), ("log", Big("100k x", "x" * 100_000))), kind="thread")
 @example(calls=(("progress", "\ud800"),), kind="async")
 @example(calls=(("progress", BIG_VALUES[3]),), kind="async")  # 2,000 levels deep
 @example(calls=(("progress", UNENCODABLE[0]),), kind="thread")  # a set
 @example(calls=(("progress", math.inf),), kind="async")
-async def test_processor_log_and_progress_fuzz(bench: ProcessorBench,
-                                               calls: tuple[tuple[str, Any], ...],
-                                               kind: str) -> None:
+async def test_processor_log_and_progress_fuzz(
+    bench: ProcessorBench, calls: tuple[tuple[str, Any], ...], kind: str
+) -> None:
     await bench.run_case(LogsProgress(calls, kind))
 
 
 @pytest.fixture
 async def hang_queue(queues: QueueFactory) -> JobQueue:
-    q = queues("fzt", worker={"concurrency": 2, "shutdown_timeout": 300, "scheduler": False},
-               settings={"lock_duration": 1000, "lock_renew_time": 300})
+    q = queues(
+        "fzt",
+        worker={"concurrency": 2, "shutdown_timeout": 300, "scheduler": False},
+        settings={"lock_duration": 1000, "lock_renew_time": 300},
+    )
 
     async def hang(job: Any) -> None:
         await asyncio.Event().wait()
@@ -1673,26 +1893,49 @@ async def hang_queue(queues: QueueFactory) -> JobQueue:
     return q
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=_HEALTH,
-          phases=(Phase.explicit, Phase.generate), report_multiple_bugs=False)
-@given(timeout=st.sampled_from([0.4, 0.49, 0.5, 0.6, 1, 1.4, 2, 1e-9, 5e-324, 25,
-                                timedelta(microseconds=400), timedelta(microseconds=1)]))
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=_HEALTH,
+    phases=(Phase.explicit, Phase.generate),
+    report_multiple_bugs=False,
+)
+@given(
+    timeout=st.sampled_from(
+        [
+            0.4,
+            0.49,
+            0.5,
+            0.6,
+            1,
+            1.4,
+            2,
+            1e-9,
+            5e-324,
+            25,
+            timedelta(microseconds=400),
+            timedelta(microseconds=1),
+        ]
+    )
+)
 @example(timeout=0.4)  # issue 19 root cause (d): must not round to "no limit"
-async def test_small_timeouts_never_mean_no_limit(hang_queue: JobQueue,
-                                                  redis_client: aioredis.Redis,
-                                                  timeout: Any) -> None:
+async def test_small_timeouts_never_mean_no_limit(
+    hang_queue: JobQueue, redis_client: aioredis.Redis, timeout: Any
+) -> None:
     """A positive ``timeout`` below 1 ms is refused or enforced; it is never read as
     0 = no limit."""
     q = hang_queue
-    jid, _ = await guarded("add_job(timeout=...)",
-                             q.add_job("hang", {}, timeout=timeout, attempts=1), timeout)
+    jid, _ = await guarded(
+        "add_job(timeout=...)", q.add_job("hang", {}, timeout=timeout, attempts=1), timeout
+    )
     if jid is None:
         return
     try:
         view = await _wait_state(redis_client, q.keys, jid, FINAL, 5)
         assert view.state(jid) == "dlq", (
             f"a job with timeout={show(timeout)} still runs after 5 s (state "
-            f"{view.state(jid)}): the timeout was read as 'no limit'")
+            f"{view.state(jid)}): the timeout was read as 'no limit'"
+        )
     finally:
         with contextlib.suppress(KitiumQueueError):
             await q.cancel_job(jid)

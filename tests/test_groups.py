@@ -81,14 +81,16 @@ async def test_each_group_runs_in_order_one_at_a_time(make_queue: QueueFactory) 
         led.complete(job.data["g"], job.data["i"])
 
     for i in range(20):
-        await q.add_jobs([("step", {"g": f"c{g}", "i": i}, {"message_group_id": f"c{g}"})
-                          for g in range(5)])
+        await q.add_jobs(
+            [("step", {"g": f"c{g}", "i": i}, {"message_group_id": f"c{g}"}) for g in range(5)]
+        )
     await q.start()
     await wait_until(lambda: sum(map(len, led.done.values())) == 100, 20)
     assert all(led.done[f"c{g}"] == list(range(20)) for g in range(5))
     assert max(led.max_running.values()) == 1
     # Several groups did run at the same time.
     assert sum(led.running.values()) == 0
+
     # The last completion is recorded just after its processor returned.
     async def recorded() -> bool:
         return (await fifo.get_group_stats("c1")).completed == 20
@@ -102,7 +104,11 @@ async def test_the_line_is_pending_and_the_head_holds_the_turn(make_queue: Queue
     q, fifo = groups_queue(make_queue)
     ids = [await q.add_job("n", {"i": i}, message_group_id="acct-1") for i in range(4)]
     assert [await status(q, i) for i in ids] == [
-        JobStatus.WAITING, JobStatus.PENDING, JobStatus.PENDING, JobStatus.PENDING]
+        JobStatus.WAITING,
+        JobStatus.PENDING,
+        JobStatus.PENDING,
+        JobStatus.PENDING,
+    ]
     stats = await fifo.get_group_stats("acct-1")
     assert stats.exists and stats.size == 4 and stats.waiting == 3
     assert [t.job_id for t in stats.turns] == [ids[0]] and stats.turns[0].status == "waiting"
@@ -252,8 +258,9 @@ async def test_pausing_a_group_whose_head_is_retrying_holds_the_head(
         if job.attempts == 1:
             raise RuntimeError("once")
 
-    a = await q.add_job("n", "a", message_group_id="g", attempts=3,
-                        backoff={"type": "fixed", "delay": 200})
+    a = await q.add_job(
+        "n", "a", message_group_id="g", attempts=3, backoff={"type": "fixed", "delay": 200}
+    )
     await q.start()
     await wait_for_status(q, a, JobStatus.DELAYED)
     await fifo.pause_group("g")
@@ -273,8 +280,9 @@ async def test_group_rate_limit_spaces_starts(make_queue: QueueFactory) -> None:
     async def n(job: Any) -> None:
         starts.append(time.monotonic())
 
-    await fifo.set_group(GroupConfig("g", group_concurrency=5,
-                                     rate_limit=GroupRateLimit(max=2, duration=300)))
+    await fifo.set_group(
+        GroupConfig("g", group_concurrency=5, rate_limit=GroupRateLimit(max=2, duration=300))
+    )
     ids = await q.add_jobs([("n", i, {"message_group_id": "g"}) for i in range(6)])
     await q.start()
     await wait_for_status(q, ids[-1], JobStatus.COMPLETED, timeout=5)
@@ -294,16 +302,17 @@ async def test_max_group_size_refuses_atomically_and_frees_up(make_queue: QueueF
         await q.add_job("n", 3, message_group_id="g")
     # A batch: the refused job is skipped, the others are added.
     with pytest.raises(JobRefusedError) as info:
-        await q.add_jobs([("n", 4, {"message_group_id": "other"}),
-                          ("n", 5, {"message_group_id": "g"}),
-                          ("n", 6)])
+        await q.add_jobs(
+            [("n", 4, {"message_group_id": "other"}), ("n", 5, {"message_group_id": "g"}), ("n", 6)]
+        )
     err = info.value
     assert err.ids[0] and err.ids[1] is None and err.ids[2]
     assert list(err.refused) == [1]
     assert await status(q, str(err.ids[2])) is JobStatus.WAITING
     # Many concurrent add_job calls ride one batch: each hears its own answer.
     results = await asyncio.gather(
-        *(q.add_job("n", i, message_group_id="g") for i in range(5)), return_exceptions=True)
+        *(q.add_job("n", i, message_group_id="g") for i in range(5)), return_exceptions=True
+    )
     assert all(isinstance(r, JobRefusedError) for r in results)
     assert (await fifo.get_group_stats("g")).size == 2
     assert await q.remove_job(a)
@@ -325,7 +334,10 @@ async def test_manager_default_max_size_and_high_throughput(make_queue: QueueFac
     hq = ht.queue
     ids = [await hq.add_job("n", i, message_group_id="x") for i in range(3)]
     assert [await status(hq, i) for i in ids] == [
-        JobStatus.WAITING, JobStatus.PENDING, JobStatus.PENDING]
+        JobStatus.WAITING,
+        JobStatus.PENDING,
+        JobStatus.PENDING,
+    ]
     stats = await ht.get_group_stats("x")
     assert stats.size is None and stats.completed is None and stats.waiting == 2
     assert fifo.high_throughput is False
@@ -394,16 +406,16 @@ async def test_add_to_group_applies_settings_and_schedules_join_groups(
     make_queue: QueueFactory,
 ) -> None:
     q, fifo = groups_queue(make_queue)
-    jid = await fifo.add_to_group("n", {"x": 1}, {"group_id": "cust", "group_concurrency": 3},
-                                  {"priority": 2})
+    jid = await fifo.add_to_group(
+        "n", {"x": 1}, {"group_id": "cust", "group_concurrency": 3}, {"priority": 2}
+    )
     info = await q.get_job_status(jid)
     assert info is not None and info.status is JobStatus.WAITING
     assert (await fifo.get_group_stats("cust")).group_concurrency == 3
     with pytest.raises(ConfigurationError, match="give the group once"):
         await fifo.add_to_group("n", 1, "cust", {"message_group_id": "other"})
     # A schedule's runs join the group named in its job options (behind jid).
-    await q.schedule_every("n", {"s": 1}, 200, schedule_id="tick", limit=2,
-                           message_group_id="cust")
+    await q.schedule_every("n", {"s": 1}, 200, schedule_id="tick", limit=2, message_group_id="cust")
 
     @q.process("n")
     async def n(job: Any) -> None:

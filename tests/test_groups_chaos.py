@@ -75,8 +75,11 @@ def _all_final(client: redis.Redis, keys: QueueKeys, ids: list[str]) -> bool:
 
 def test_the_group_checker_catches_each_violation() -> None:
     order = {"g": ["a", "b", "c"]}
-    ok = {"a": [Run("a", 1, 1, 0, 0.0, 1.0)], "b": [Run("b", 1, 1, 0, 1.0, 2.0)],
-          "c": [Run("c", 2, 1, 0, 2.5, 3.0)]}
+    ok = {
+        "a": [Run("a", 1, 1, 0, 0.0, 1.0)],
+        "b": [Run("b", 1, 1, 0, 1.0, 2.0)],
+        "c": [Run("c", 2, 1, 0, 2.5, 3.0)],
+    }
     assert group_violations(ok, order, {}) == {"order": [], "overlap": [], "killed": []}
     swapped = {**ok, "b": [Run("b", 1, 1, 0, 2.6, 2.8)]}
     assert group_violations(swapped, order, {})["order"]
@@ -102,9 +105,18 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
     keys = QueueKeys(name, prefix)
     client = redis.Redis.from_url(server.url)
     producer = SyncJobQueue(name, redis=server.url, prefix=prefix, events_max_len=1_000_000)
-    fleet = Fleet(tmp_path, url=server.url, prefix=prefix, queue=name, fifo_groups=1,
-                  concurrency=16, lock_duration=1000, stalled_interval=250, max_stalled=1000,
-                  events_max_len=1_000_000)
+    fleet = Fleet(
+        tmp_path,
+        url=server.url,
+        prefix=prefix,
+        queue=name,
+        fifo_groups=1,
+        concurrency=16,
+        lock_duration=1000,
+        stalled_interval=250,
+        max_stalled=1000,
+        events_max_len=1_000_000,
+    )
     try:
         FIFOQueueManager(producer.queue)
         order: dict[str, list[str]] = defaultdict(list)
@@ -119,13 +131,23 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
                 if fail_on == [1, 2, 3, 4, 5]:
                     doomed.add(jid)
                 order[g].append(jid)
-                jobs.append(("work", {"ms": rnd.randint(0, 3), "fail_on": fail_on},
-                             {"job_id": jid, "message_group_id": g, "attempts": 5,
-                              "backoff": {"type": "fixed", "delay": 20},
-                              "remove_on_complete": False, "remove_on_fail": False}))
+                jobs.append(
+                    (
+                        "work",
+                        {"ms": rnd.randint(0, 3), "fail_on": fail_on},
+                        {
+                            "job_id": jid,
+                            "message_group_id": g,
+                            "attempts": 5,
+                            "backoff": {"type": "fixed", "delay": 20},
+                            "remove_on_complete": False,
+                            "remove_on_fail": False,
+                        },
+                    )
+                )
         ledger = Ledger()
         for i in range(0, len(jobs), 1000):
-            ledger.record(producer.add_jobs(jobs[i:i + 1000]))
+            ledger.record(producer.add_jobs(jobs[i : i + 1000]))
         for jid in doomed:
             ledger.acked[jid].expect = "dlq"
         ids = ledger.ids()
@@ -134,14 +156,19 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
         workers = [fleet.start() for _ in range(4)]
         for w in workers:
             w.wait_ready()
-        wait_for(lambda: client.zcard(keys.completed) >= len(ids) // 4, 60,
-                 what="a quarter of the jobs to complete")
-        busy = wait_for(lambda: [w for w in workers if len(w.running_jobs()) >= 2], 20,
-                        what="a busy worker")
+        wait_for(
+            lambda: client.zcard(keys.completed) >= len(ids) // 4,
+            60,
+            what="a quarter of the jobs to complete",
+        )
+        busy = wait_for(
+            lambda: [w for w in workers if len(w.running_jobs()) >= 2], 20, what="a busy worker"
+        )
         victim = busy[0]
         t_kill = victim.kill()
-        wait_for(lambda: _all_final(client, keys, ids), 90, interval=0.2,
-                 what="every job to finish")
+        wait_for(
+            lambda: _all_final(client, keys, ids), 90, interval=0.2, what="every job to finish"
+        )
 
         runs = runs_by_job(fleet.lines())
         bad = group_violations(runs, order, {victim.pid: t_kill})
@@ -164,8 +191,10 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
         assert {j for j in ids if snap.state(j) != "completed"} == doomed
         failures = sum(1 for rs in runs.values() for r in rs if r.how == "raise")
         n_runs = sum(len(rs) for rs in runs.values())
-        print(f"\n{n_runs} runs, {failures} raised, {len(interrupted)} interrupted by the "
-              f"kill, {len(doomed)} dead-lettered, {len(completed)} completed")
+        print(
+            f"\n{n_runs} runs, {failures} raised, {len(interrupted)} interrupted by the "
+            f"kill, {len(doomed)} dead-lettered, {len(completed)} completed"
+        )
         assert failures > 1000, f"only {failures} failed runs: the retries were not exercised"
         # Every group's turns were given back at the end.
         left = leftover_turns(server.url, prefix, name, order)
@@ -186,13 +215,12 @@ def test_hot_group_does_not_delay_single_job_groups(server: Any, tmp_path: Path)
     keys = QueueKeys(name, prefix)
     client = redis.Redis.from_url(server.url)
     producer = SyncJobQueue(name, redis=server.url, prefix=prefix)
-    fleet = Fleet(tmp_path, url=server.url, prefix=prefix, queue=name, fifo_groups=1,
-                  concurrency=4)
+    fleet = Fleet(tmp_path, url=server.url, prefix=prefix, queue=name, fifo_groups=1, concurrency=4)
     try:
         FIFOQueueManager(producer.queue)
         hot = [("work", {"ms": 1}, {"message_group_id": "hot"}) for _ in range(100_000)]
         for i in range(0, len(hot), 5000):
-            producer.add_jobs(hot[i:i + 5000])
+            producer.add_jobs(hot[i : i + 5000])
         worker = fleet.start().wait_ready()
         # The hot group is busy: its jobs run one after the other.
         wait_for(lambda: client.zcard(keys.completed) >= 200, 30, what="the hot group to run")
@@ -213,12 +241,17 @@ def test_hot_group_does_not_delay_single_job_groups(server: Any, tmp_path: Path)
         assert worker.alive()
         lag = sorted(first_start[j] - added[j] for j in added)
         hot_left = with_manager(server.url, prefix, name, lambda m: m.get_group_stats("hot"))
-        print(f"\nadd->start of 100 singles: median {lag[50] * 1000:.1f} ms, max "
-              f"{lag[-1] * 1000:.1f} ms; hot group still has {hot_left.size} jobs")
+        print(
+            f"\nadd->start of 100 singles: median {lag[50] * 1000:.1f} ms, max "
+            f"{lag[-1] * 1000:.1f} ms; hot group still has {hot_left.size} jobs"
+        )
         assert hot_left.size is not None and hot_left.size > 90_000, "the hot group drained"
         assert hot_left.waiting == hot_left.size - len(hot_left.turns)
-        late = [f"{j}: {(first_start[j] - added[j]) * 1000:.1f} ms" for j in added
-                if first_start[j] - added[j] > 0.1]
+        late = [
+            f"{j}: {(first_start[j] - added[j]) * 1000:.1f} ms"
+            for j in added
+            if first_start[j] - added[j] > 0.1
+        ]
         assert not late, late
     finally:
         fleet.close()
@@ -254,8 +287,7 @@ async def test_max_group_size_holds_under_concurrent_producers(server: Any) -> N
             ok = refused = 0
             for _ in range(5):
                 try:
-                    ok += len(await q.add_jobs(
-                        [("work", {}, {"message_group_id": "capped"})] * 5))
+                    ok += len(await q.add_jobs([("work", {}, {"message_group_id": "capped"})] * 5))
                 except JobRefusedError as exc:
                     ok += sum(1 for i in exc.ids if i is not None)
                     refused += len(exc.refused)
@@ -263,8 +295,10 @@ async def test_max_group_size_holds_under_concurrent_producers(server: Any) -> N
 
         for q in queues:  # every connection open before the race
             await (await q.client()).ping()
-        tasks = [asyncio.create_task(one_by_one(q) if i % 2 else batches(q))
-                 for i, q in enumerate(queues)]
+        tasks = [
+            asyncio.create_task(one_by_one(q) if i % 2 else batches(q))
+            for i, q in enumerate(queues)
+        ]
         await asyncio.sleep(0.05)
         start.set()
         results = await asyncio.gather(*tasks)
@@ -288,16 +322,21 @@ def test_pausing_one_group_leaves_the_others_running(server: Any, tmp_path: Path
     keys = QueueKeys(name, prefix)
     client = redis.Redis.from_url(server.url)
     producer = SyncJobQueue(name, redis=server.url, prefix=prefix)
-    fleet = Fleet(tmp_path, url=server.url, prefix=prefix, queue=name, fifo_groups=1,
-                  concurrency=8)
+    fleet = Fleet(tmp_path, url=server.url, prefix=prefix, queue=name, fifo_groups=1, concurrency=8)
     try:
         FIFOQueueManager(producer.queue)
         order: dict[str, list[str]] = {g: [] for g in ("a", "b", "c")}
         for j in range(40):
             for g in order:
-                order[g].append(producer.add_job(
-                    "work", {"ms": 10}, message_group_id=g, job_id=f"{g}-{j}",
-                    remove_on_complete=False))
+                order[g].append(
+                    producer.add_job(
+                        "work",
+                        {"ms": 10},
+                        message_group_id=g,
+                        job_id=f"{g}-{j}",
+                        remove_on_complete=False,
+                    )
+                )
         fleet.start().wait_ready()
         wait_for(lambda: client.zcard(keys.completed) >= 9, 20, what="the groups to start")
         with_manager(server.url, prefix, name, lambda m: m.pause_group("a"))
@@ -321,8 +360,7 @@ def test_pausing_one_group_leaves_the_others_running(server: Any, tmp_path: Path
         runs = runs_by_job(fleet.lines())
         bad = group_violations(runs, order, {})
         assert not any(bad.values()), bad
-        assert all(client.hget(keys.job(j), "st") == b"completed"
-                   for g in order for j in order[g])
+        assert all(client.hget(keys.job(j), "st") == b"completed" for g in order for j in order[g])
     finally:
         fleet.close()
         producer.close()

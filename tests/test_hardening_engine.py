@@ -58,8 +58,13 @@ class Engine:
         args: list[Any] = [ttl]
         for j in jobs:
             args += [
-                j.get("id", ""), j.get("name", "a"), j.get("data", "{}"), j.get("opts", ""),
-                j.get("priority", 0), j.get("delay", 0), "1" if j.get("lifo") else "0",
+                j.get("id", ""),
+                j.get("name", "a"),
+                j.get("data", "{}"),
+                j.get("opts", ""),
+                j.get("priority", 0),
+                j.get("delay", 0),
+                "1" if j.get("lifo") else "0",
                 j.get("ik", ""),
             ]
         return await self("enqueue", now, *args)
@@ -487,7 +492,7 @@ async def test_add_jobs_failure_in_the_middle_chunk_reports_the_written_jobs(
 
     # Retrying from failed_from completes the set; retrying everything writes nothing.
     monkeypatch.setattr(q.scripts, "call", real_call)
-    rest = await q.add_jobs(jobs[err.failed_from:])
+    rest = await q.add_jobs(jobs[err.failed_from :])
     assert rest == [f"bulk-{i}" for i in range(1000, 2_500)]
     again = await q.add_jobs(jobs)
     assert again == [f"bulk-{i}" for i in range(2_500)]
@@ -521,7 +526,7 @@ async def test_add_jobs_retry_is_idempotent_when_the_failed_chunk_was_written(
     assert await client.zcard(q.keys.wait) == 2_000  # the lost reply's chunk is there
 
     monkeypatch.setattr(q.scripts, "call", real_call)
-    retried = await q.add_jobs(jobs[info.value.failed_from:])
+    retried = await q.add_jobs(jobs[info.value.failed_from :])
     assert retried == [f"bulk-{i}" for i in range(1000, 2_500)]
     assert await client.zcard(q.keys.wait) == 2_500
     # 2,000 jobs written by the failed call, 500 by the retry; its 1,000 duplicates

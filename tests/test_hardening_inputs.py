@@ -138,7 +138,10 @@ async def _refused(q: JobQueue, call: Any, error: type[Exception] = KitiumQueueE
     info = await q.get_job_status(jid)
     assert info is not None and type(info) is JobInfo
     assert (info.name, info.data, info.priority, info.max_attempts) == (
-        "bystander", {"keep": [1, 2, 3]}, 7, 4,
+        "bystander",
+        {"keep": [1, 2, 3]},
+        7,
+        4,
     )
     return str(err.value)
 
@@ -154,8 +157,11 @@ def _no_raw_text(message: str, value: Any) -> None:
 # ---------------------------------------------------------------- names, ids, keys
 
 
-@pytest.mark.parametrize("value", list(BAD_TEXT.values()) + list(BAD_TYPES.values()),
-                         ids=list(BAD_TEXT) + list(BAD_TYPES))
+@pytest.mark.parametrize(
+    "value",
+    list(BAD_TEXT.values()) + list(BAD_TYPES.values()),
+    ids=list(BAD_TEXT) + list(BAD_TYPES),
+)
 async def test_bad_job_name_is_refused(make_queue: QueueFactory, value: Any) -> None:
     q = make_queue()
     msg = await _refused(q, lambda: q.add_job(value, {"a": 1}), ConfigurationError)
@@ -167,8 +173,11 @@ async def test_bad_job_name_is_refused(make_queue: QueueFactory, value: Any) -> 
 BAD_ID_TYPES = {k: v for k, v in BAD_TYPES.items() if v is not None}
 
 
-@pytest.mark.parametrize("value", [*BAD_TEXT.values(), *BAD_ID_TYPES.values(), "x" * 513],
-                         ids=[*BAD_TEXT, *BAD_ID_TYPES, "too-long"])
+@pytest.mark.parametrize(
+    "value",
+    [*BAD_TEXT.values(), *BAD_ID_TYPES.values(), "x" * 513],
+    ids=[*BAD_TEXT, *BAD_ID_TYPES, "too-long"],
+)
 @pytest.mark.parametrize("field", ["job_id", "idempotency_key"])
 async def test_bad_job_id_and_idempotency_key_are_refused(
     make_queue: QueueFactory, field: str, value: Any
@@ -222,8 +231,9 @@ async def test_glob_and_unicode_text_is_accepted(make_queue: QueueFactory, text:
 @pytest.mark.parametrize("job_id", ["3", "0", "007", "18446744073709551616"])
 async def test_numeric_job_id_is_refused_with_a_hint(make_queue: QueueFactory, job_id: str) -> None:
     q = make_queue()
-    msg = await _refused(q, lambda: q.add_job("charge", {"amt": 100}, job_id=job_id),
-                         ConfigurationError)
+    msg = await _refused(
+        q, lambda: q.add_job("charge", {"amt": 100}, job_id=job_id), ConfigurationError
+    )
     assert "digits only" in msg and "reserved" in msg
     assert f"'order-{job_id}'" in msg
 
@@ -255,8 +265,14 @@ def test_serializer_never_raises_a_foreign_error(data: Any, fragment: str) -> No
 
 @pytest.mark.parametrize(
     "data",
-    [None, {"x": None}, [None, 1.5, -0.0], {"big": 2**64 - 1, "neg": -(2**63)},
-     _nested(MAX_DEPTH - 1), {"k": "\u0000 is fine in data"}],
+    [
+        None,
+        {"x": None},
+        [None, 1.5, -0.0],
+        {"big": 2**64 - 1, "neg": -(2**63)},
+        _nested(MAX_DEPTH - 1),
+        {"k": "\u0000 is fine in data"},
+    ],
     ids=["none", "null-value", "null-and-floats", "int64-bounds", "deep-ok", "nul-in-data"],
 )
 async def test_data_at_the_edges_round_trips(make_queue: QueueFactory, data: Any) -> None:
@@ -344,9 +360,11 @@ async def test_bad_job_in_add_jobs_writes_nothing(make_queue: QueueFactory) -> N
 DURATION_OPTIONS = ["delay", "jitter", "timeout"]
 
 
-@pytest.mark.parametrize("value", NON_FINITE + HUGE + [-1, -0.6, timedelta(days=-1),
-                                                       timedelta.max] + WRONG_TYPE,
-                         ids=repr)
+@pytest.mark.parametrize(
+    "value",
+    NON_FINITE + HUGE + [-1, -0.6, timedelta(days=-1), timedelta.max] + WRONG_TYPE,
+    ids=repr,
+)
 @pytest.mark.parametrize("option", DURATION_OPTIONS)
 async def test_bad_duration_option(make_queue: QueueFactory, option: str, value: Any) -> None:
     q = make_queue()
@@ -364,10 +382,24 @@ async def test_bad_duration_option(make_queue: QueueFactory, option: str, value:
         *[("backoff", {"type": "exponential", "max_delay": v}) for v in [math.nan, 1e300]],
         ("backoff", {"type": 5}),
         ("backoff", {"type": "custom", "strategy": SURROGATE}),
-        *[(opt, v) for opt in ("remove_on_complete", "remove_on_fail")
-          for v in [-1, 2**64, MAX_COUNT + 1, 1.5, math.inf, "all", {"count": True},
-                    {"count": 2**64}, {"age": math.inf}, {"age": -1}, {"count": -2},
-                    timedelta(days=-1)]],
+        *[
+            (opt, v)
+            for opt in ("remove_on_complete", "remove_on_fail")
+            for v in [
+                -1,
+                2**64,
+                MAX_COUNT + 1,
+                1.5,
+                math.inf,
+                "all",
+                {"count": True},
+                {"count": 2**64},
+                {"age": math.inf},
+                {"age": -1},
+                {"count": -2},
+                timedelta(days=-1),
+            ]
+        ],
         *[("lifo", v) for v in ["no", 2, [1]]],
     ],
     ids=repr,
@@ -380,9 +412,15 @@ async def test_bad_numeric_option(make_queue: QueueFactory, option: str, value: 
 
 async def test_sub_millisecond_timeout_is_not_no_limit(make_queue: QueueFactory) -> None:
     q = make_queue()
-    for value, stored in [(0.4, 1), (0.5, 1), (1.4, 1), (1.6, 2),
-                          (timedelta(microseconds=1), 1), (timedelta(microseconds=1500), 2),
-                          (0, 0)]:
+    for value, stored in [
+        (0.4, 1),
+        (0.5, 1),
+        (1.4, 1),
+        (1.6, 2),
+        (timedelta(microseconds=1), 1),
+        (timedelta(microseconds=1500), 2),
+        (0, 0),
+    ]:
         jid = await q.add_job("a", {}, timeout=value)
         info = await q.get_job_status(jid)
         assert info is not None and info.options["timeout"] == stored, value
@@ -392,8 +430,13 @@ async def test_sub_millisecond_timeout_is_not_no_limit(make_queue: QueueFactory)
 
 async def test_duration_bounds_are_inclusive(make_queue: QueueFactory) -> None:
     q = make_queue()
-    jid = await q.add_job("a", {}, delay=MAX_DELAY_MS, timeout=timedelta(days=3650),
-                          backoff={"type": "fixed", "delay": MAX_DELAY_MS})
+    jid = await q.add_job(
+        "a",
+        {},
+        delay=MAX_DELAY_MS,
+        timeout=timedelta(days=3650),
+        backoff={"type": "fixed", "delay": MAX_DELAY_MS},
+    )
     info = await q.get_job_status(jid)
     assert info is not None and info.status is JobStatus.DELAYED
     assert info.delayed_until == (info.created_at or 0) + MAX_DELAY_MS
@@ -489,8 +532,17 @@ def test_to_ms_and_to_int_raise_only_configuration_errors(value: Any) -> None:
         (lambda q: q.set_global_concurrency(True), "global concurrency"),
         (lambda q: q.set_global_concurrency(1.5), "global concurrency"),
     ],
-    ids=["rate-max-2**64", "rate-max-bool", "rate-duration-inf", "rate-duration-2**64",
-         "rate-duration-0", "cap-nan", "cap-huge", "global-bool", "global-float"],
+    ids=[
+        "rate-max-2**64",
+        "rate-max-bool",
+        "rate-duration-inf",
+        "rate-duration-2**64",
+        "rate-duration-0",
+        "cap-nan",
+        "cap-huge",
+        "global-bool",
+        "global-float",
+    ],
 )
 def test_bad_flow_control_limits(make_queue: QueueFactory, call: Any, fragment: str) -> None:
     q = make_queue()
@@ -519,8 +571,9 @@ async def test_bad_schedule_numbers(
     q = make_queue()
     kwargs = dict(kwargs)  # shared by both backends' runs
     every = kwargs.pop("interval_ms")
-    msg = await _refused(q, lambda: q.schedule_every("beat", {}, every, **kwargs),
-                         ConfigurationError)
+    msg = await _refused(
+        q, lambda: q.schedule_every("beat", {}, every, **kwargs), ConfigurationError
+    )
     assert fragment in msg
 
 
@@ -578,14 +631,19 @@ async def test_large_progress_does_not_fill_the_event_stream(make_queue: QueueFa
     progress = [f for _, f in entries if f[b"e"] == b"job-progress"]
     assert progress[0][b"progress"] == b"7"
     assert all(len(v) <= MAX_PROGRESS_EVENT_BYTES for f in progress for v in f.values())
-    assert progress[-1][b"progress_bytes"] == str(len(
-        b'{"i":%d,"pad":"' % (updates - 1)) + len(big) + 2).encode()
+    assert (
+        progress[-1][b"progress_bytes"]
+        == str(len(b'{"i":%d,"pad":"' % (updates - 1)) + len(big) + 2).encode()
+    )
     # Log lines never reach the stream.
     assert not any(b"log-line-marker" in v for _, f in entries for v in f.values())
 
     # A reader of events() still gets the value: from the job record.
-    seen = [ev async for ev in q.events(last_id="0", follow=False, block_ms=50)
-            if ev.event == "job-progress"]
+    seen = [
+        ev
+        async for ev in q.events(last_id="0", follow=False, block_ms=50)
+        if ev.event == "job-progress"
+    ]
     assert seen[0].fields["progress"] == "7"
     assert seen[-1].fields["progress"] == f'{{"i":{updates - 1},"pad":"{big}"}}'
 
@@ -603,8 +661,11 @@ async def test_progress_of_a_removed_job_reads_as_absent(make_queue: QueueFactor
     await q.start()
     await gate.wait()
     await asyncio.wait_for(_gone(q, jid), 5)
-    seen = [ev async for ev in q.events(last_id="0", follow=False, block_ms=50)
-            if ev.event == "job-progress"]
+    seen = [
+        ev
+        async for ev in q.events(last_id="0", follow=False, block_ms=50)
+        if ev.event == "job-progress"
+    ]
     assert seen and "progress" not in seen[0].fields
     assert seen[0].fields["progress_bytes"] == "1002" and seen[0].job_id == jid
 
@@ -616,10 +677,15 @@ async def _gone(q: JobQueue, jid: str) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"last_id": "abc"}, "last_id"), ({"last_id": SURROGATE}, "last_id"),
-     ({"last_id": "99999999999999999999-0"}, "last_id"), ({"last_id": 0}, "last_id"),
-     ({"block_ms": -1}, "block_ms"), ({"block_ms": math.inf}, "block_ms"),
-     ({"block_ms": 0, "follow": False}, "block_ms")],
+    [
+        ({"last_id": "abc"}, "last_id"),
+        ({"last_id": SURROGATE}, "last_id"),
+        ({"last_id": "99999999999999999999-0"}, "last_id"),
+        ({"last_id": 0}, "last_id"),
+        ({"block_ms": -1}, "block_ms"),
+        ({"block_ms": math.inf}, "block_ms"),
+        ({"block_ms": 0, "follow": False}, "block_ms"),
+    ],
     ids=repr,
 )
 async def test_bad_events_arguments(
@@ -637,8 +703,10 @@ async def test_bad_events_arguments(
 DAMAGE: dict[str, tuple[dict[str, bytes], str]] = {
     "options-not-json": ({"o": b"{not json"}, "options are not valid JSON"),
     "options-not-object": ({"o": b"[1, 2]"}, "options are not a JSON object"),
-    "options-bad-values": ({"o": b'{"attempts": "x", "backoff": 5, "timeout": 1e300}'},
-                           "option 'attempts' ignored"),
+    "options-bad-values": (
+        {"o": b'{"attempts": "x", "backoff": 5, "timeout": 1e300}'},
+        "option 'attempts' ignored",
+    ),
     "unknown-state": ({"st": b"zombie"}, "unknown state b'zombie'"),
     "state-not-utf8": ({"st": b"\xff"}, "unknown state"),
     "attempts-garbage": ({"a": b"abc"}, "attempts is not a number"),
@@ -681,8 +749,7 @@ async def test_damaged_set_member_that_is_not_utf8(make_queue: QueueFactory) -> 
     healthy = await q.add_job("ok", {})
     client = await q.client()
     raw_id = b"bad-\xff"
-    await client.hset(q.keys.job("").encode() + raw_id,
-                      mapping={"n": "x", "st": "dlq", "d": "1"})
+    await client.hset(q.keys.job("").encode() + raw_id, mapping={"n": "x", "st": "dlq", "d": "1"})
     await client.zadd(q.keys.dlq, {raw_id: 1})
     dead = await q.get_dlq_jobs()
     assert len(dead) == 1 and dead[0].damaged
@@ -703,8 +770,16 @@ async def test_record_in_no_state_set_with_unknown_state(make_queue: QueueFactor
 
 async def test_damaged_options_fall_back_to_queue_defaults(make_queue: QueueFactory) -> None:
     q = make_queue(retry={"max_attempts": 4})
-    p = q.policy_for({"attempts": True, "backoff": [1], "timeout": "x", "jitter": 2**70,
-                      "remove_on_complete": {"count": 2**70}, "remove_on_fail": 3})
+    p = q.policy_for(
+        {
+            "attempts": True,
+            "backoff": [1],
+            "timeout": "x",
+            "jitter": 2**70,
+            "remove_on_complete": {"count": 2**70},
+            "remove_on_fail": 3,
+        }
+    )
     assert p.attempts == 4 and p.backoff == q.policy.backoff
     assert p.timeout_ms == q.policy.timeout_ms and p.jitter_ms == 0
     assert p.keep_completed == q.policy.keep_completed
@@ -724,8 +799,8 @@ async def test_limit_zero_returns_nothing(make_queue: QueueFactory) -> None:
 
 
 @pytest.mark.parametrize(
-    "limit", [-1, -100, MAX_QUERY_LIMIT + 1, 2**64, 1.5, 10.0, *NON_FINITE, *WRONG_TYPE,
-              None],
+    "limit",
+    [-1, -100, MAX_QUERY_LIMIT + 1, 2**64, 1.5, 10.0, *NON_FINITE, *WRONG_TYPE, None],
     ids=repr,
 )
 async def test_bad_query_limit(make_queue: QueueFactory, limit: Any) -> None:
@@ -739,8 +814,14 @@ async def test_bad_query_limit(make_queue: QueueFactory, limit: Any) -> None:
 
 @pytest.mark.parametrize(
     ("job_id", "start", "end"),
-    [(SURROGATE, 0, -1), (None, 0, -1), ("a", True, -1), ("a", 0, 2**64), ("a", 0.5, -1),
-     ("a", 0, "x")],
+    [
+        (SURROGATE, 0, -1),
+        (None, 0, -1),
+        ("a", True, -1),
+        ("a", 0, 2**64),
+        ("a", 0.5, -1),
+        ("a", 0, "x"),
+    ],
     ids=repr,
 )
 async def test_bad_log_query_arguments(
@@ -767,8 +848,14 @@ async def test_query_ids(make_queue: QueueFactory) -> None:
 # ---------------------------------------------------------------- properties of the checks
 
 ANY_VALUE = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
-    st.binary(max_size=4), st.timedeltas(), st.lists(st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.binary(max_size=4),
+    st.timedeltas(),
+    st.lists(st.integers(), max_size=2),
 )
 #: Text from every code point, lone surrogates and controls included.
 ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=40)
@@ -814,8 +901,12 @@ def test_property_serializer_round_trips_or_refuses(value: Any) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(name=ANY_TEXT, job_id=st.one_of(st.none(), ANY_TEXT), key=st.one_of(st.none(), ANY_TEXT),
-       data=JSONISH)
+@given(
+    name=ANY_TEXT,
+    job_id=st.one_of(st.none(), ANY_TEXT),
+    key=st.one_of(st.none(), ANY_TEXT),
+    data=JSONISH,
+)
 def test_property_prepared_job_is_encodable_or_refused(
     name: str, job_id: str | None, key: str | None, data: Any
 ) -> None:

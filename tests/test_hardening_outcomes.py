@@ -352,8 +352,7 @@ async def test_huge_delays_are_clamped_per_job(make_queue: QueueFactory) -> None
     await q.start()
 
     await wait_until(lambda: _all_done(q, good, JobStatus.COMPLETED), 10)
-    odd = {limited: "job-delayed", later: "job-delayed", expo: "job-retrying",
-           inf: "job-retrying"}
+    odd = {limited: "job-delayed", later: "job-delayed", expo: "job-retrying", inf: "job-retrying"}
     for jid in odd:
         await wait_for_status(q, jid, JobStatus.DELAYED, timeout=10)
     after = await _redis_ms(q)
@@ -422,8 +421,16 @@ async def script(make_queue: QueueFactory) -> Any:
     return _Script(q, await q.client())
 
 
-def _outcome(jid: str, token: str, kind: str = "C", delay: Any = 0, keep: Any = -1,
-             age: Any = -1, meta: str = "", payload: str = "1") -> list[Any]:
+def _outcome(
+    jid: str,
+    token: str,
+    kind: str = "C",
+    delay: Any = 0,
+    keep: Any = -1,
+    age: Any = -1,
+    meta: str = "",
+    payload: str = "1",
+) -> list[Any]:
     return [jid, token, kind, payload, "", delay, keep, age, meta]
 
 
@@ -460,7 +467,9 @@ async def test_finish_clamps_numbers_so_no_command_is_refused(script: _Script) -
     _, token = await script.claim(T0, 4)
     now = T0 + 1
     statuses = await script(
-        "finish", now, "1",
+        "finish",
+        now,
+        "1",
         *_outcome(ids[0], token, "D", "1e300", meta="hold"),  # a float SET PX would refuse
         *_outcome(ids[1], token, "R", "inf"),
         *_outcome(ids[2], token, "C", 0, "1e400", "-7"),
@@ -501,8 +510,12 @@ async def test_extend_checks_its_arguments_before_any_write(script: _Script) -> 
     ids = [await q.add_job("a", i) for i in range(2)]
     _, token = await script.claim(T0, 2)
     before = await script.snapshot()
-    for duration, pairs in (("nan", [ids[0], token]), ("-1", [ids[0], token]),
-                            ("soon", [ids[0], token]), ("1000", [ids[0], token, ids[1]])):
+    for duration, pairs in (
+        ("nan", [ids[0], token]),
+        ("-1", [ids[0], token]),
+        ("soon", [ids[0], token]),
+        ("1000", [ids[0], token, ids[1]]),
+    ):
         with pytest.raises(ScriptArgumentError, match=r"^extend: "):
             await script("extend", T0 + 1, duration, *pairs)
         assert await script.snapshot() == before
@@ -527,8 +540,11 @@ async def test_a_refused_outcome_is_sent_alone_then_recorded_as_a_failure(
     saying why, instead of being re-run."""
     caplog.set_level(logging.WARNING, logger="kitium_queue.worker")
     q = make_queue("split", worker={"concurrency": 10})
-    _inject(q, "if kind == 'C' and string.find(payload, 'POISON', 1, true) then "
-               "error('injected failure') end")
+    _inject(
+        q,
+        "if kind == 'C' and string.find(payload, 'POISON', 1, true) then "
+        "error('injected failure') end",
+    )
     runs: Counter[str] = Counter()
     gate = _Gate(10)
 
@@ -603,8 +619,11 @@ async def test_a_refusal_of_the_whole_server_keeps_the_outcomes(
     turned into failures, but kept and recorded as they were once Redis accepts them."""
     caplog.set_level(logging.WARNING, logger="kitium_queue.worker")
     q = make_queue("oom", worker={"concurrency": 5})
-    _inject(q, "if redis.call('INCR', PREFIX .. 'test-oom') <= 2 then return "
-               "redis.error_reply('OOM command not allowed when used memory > maxmemory') end")
+    _inject(
+        q,
+        "if redis.call('INCR', PREFIX .. 'test-oom') <= 2 then return "
+        "redis.error_reply('OOM command not allowed when used memory > maxmemory') end",
+    )
     runs: Counter[str] = Counter()
     gate = _Gate(5)
 

@@ -196,8 +196,13 @@ def test_redact_url_table() -> None:
 
     assert redact_url(Hostile()) == REDACTED_PLACEHOLDER  # fails closed, never open
     # Linear on hostile input: no pattern that backtracks on long runs.
-    for long_text in ("a" * 200_000, "password" * 25_000, "redis://" + "h:1," * 50_000,
-                      "x@" * 50_000, "a://b?" * 30_000):
+    for long_text in (
+        "a" * 200_000,
+        "password" * 25_000,
+        "redis://" + "h:1," * 50_000,
+        "x@" * 50_000,
+        "a://b?" * 30_000,
+    ):
         started = time.monotonic()
         redact_url(long_text)
         assert time.monotonic() - started < 2, long_text[:20]
@@ -260,11 +265,13 @@ def cli_app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Callable[..
     ],
 )
 def test_cli_health_never_prints_the_password(
-    cli_app: Callable[..., str], closed_ports: tuple[int, int], redis_server: Any,
+    cli_app: Callable[..., str],
+    closed_ports: tuple[int, int],
+    redis_server: Any,
     template: str,
 ) -> None:
     url = template.format(S1=S1, S2=S2, port=closed_ports[0], live=redis_server.port)
-    result = CliRunner().invoke(main, ["health", cli_app(), "--redis", url])
+    result = CliRunner().invoke(main, ["health", cli_app(), "--json", "--redis", url])
     if "{live}" in template:  # the test server has no password set: any one is accepted
         assert result.exit_code == 0 and "redis://***@127.0.0.1:" in result.stdout
     else:
@@ -278,9 +285,31 @@ def test_cli_health_never_prints_the_password(
 # ------------------------------------------------------------------ item 6: names and ACL
 
 REFUSED_NAMES = [
-    "t*", "t?", "t[a]", "a]b", "t\\", "a b", "a\tb", "a\nb", "a\x1b[31mred", "a\x00b",
-    "x\ud800", "a{b}", "a}", "", "a@b", 'a"b', "a'b", "a;b", "a$b", "a\u202eb", "a\u200bb",
-    "a\u2028b", "a\u00a0b", "a|b", "a`b",
+    "t*",
+    "t?",
+    "t[a]",
+    "a]b",
+    "t\\",
+    "a b",
+    "a\tb",
+    "a\nb",
+    "a\x1b[31mred",
+    "a\x00b",
+    "x\ud800",
+    "a{b}",
+    "a}",
+    "",
+    "a@b",
+    'a"b',
+    "a'b",
+    "a;b",
+    "a$b",
+    "a\u202eb",
+    "a\u200bb",
+    "a\u2028b",
+    "a\u00a0b",
+    "a|b",
+    "a`b",
 ]
 ACCEPTED_NAMES = ["tax-refunds", "billing/inv:2024#1.x+y_z", "häagen", "订单", "हिन्दी"]
 
@@ -447,8 +476,22 @@ async def test_only_canonical_full_ids_are_read(make_pq: Callable[..., Partition
     pq = make_pq(partitions=4)
     assert pq.parse_id("0:5") == (0, "5")
     assert pq.parse_id("3:a:b") == (3, "a:b")  # split at the first ':' only
-    for bad in ("01:5", "+1:5", "-1:5", " 1:5", "1 :5", "\u0661:5", "\uff11:5", "4:5",
-                "1024:5", ":5", "5", "3:", "", "9" * 5000 + ":5"):
+    for bad in (
+        "01:5",
+        "+1:5",
+        "-1:5",
+        " 1:5",
+        "1 :5",
+        "\u0661:5",
+        "\uff11:5",
+        "4:5",
+        "1024:5",
+        ":5",
+        "5",
+        "3:",
+        "",
+        "9" * 5000 + ":5",
+    ):
         assert pq.parse_id(bad) is None, bad
         assert await pq.get_job_status(bad) is None
     # Chosen ids may hold ':' elsewhere, and round-trip through their full id.

@@ -12,8 +12,18 @@ from kitium_queue import ConfigurationError, JobQueue, JobStatus
 from kitium_queue.jobspec import CORE, FEATURE_OPTION_NAMES, JobSpec, OptionSpec
 
 CORE_NAMES = {
-    "attempts", "delay", "priority", "backoff", "timeout", "remove_on_complete",
-    "remove_on_fail", "job_id", "lifo", "jitter", "idempotency_key", "delivery_guarantee",
+    "attempts",
+    "delay",
+    "priority",
+    "backoff",
+    "timeout",
+    "remove_on_complete",
+    "remove_on_fail",
+    "job_id",
+    "lifo",
+    "jitter",
+    "idempotency_key",
+    "delivery_guarantee",
 }
 
 
@@ -102,8 +112,11 @@ async def test_undeclared_option_is_refused_with_did_you_mean(make_queue: QueueF
 
 async def test_brief_option_without_its_feature(make_queue: QueueFactory) -> None:
     q = make_queue("orders")
-    with pytest.raises(ConfigurationError, match=r"option 'tenant_id' needs multi-tenancy "
-                       r"\(not enabled on queue 'orders'\)"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"option 'tenant_id' needs multi-tenancy "
+        r"\(not enabled on queue 'orders'\)",
+    ):
         await q.add_job("a", {}, tenant_id="acme")
     q.own_options("tenancy", ["tenant_id"])
     jid = await q.add_job("a", {}, tenant_id="acme")

@@ -51,8 +51,9 @@ async def test_misspelt_schedule_option_is_an_unknown_schedule_option(
 
 async def test_job_info_shows_every_option_it_was_added_with(make_queue: QueueFactory) -> None:
     q = make_queue()
-    jid = await q.add_job("send-email", {"to": "ada@example.com"},
-                          attempts=5, delay=1000, priority=10)  # the quick start's call
+    jid = await q.add_job(
+        "send-email", {"to": "ada@example.com"}, attempts=5, delay=1000, priority=10
+    )  # the quick start's call
     info = await q.get_job_status(jid)
     assert info is not None and info.status is JobStatus.DELAYED
     assert info.options == {"attempts": 5, "delay": 1000, "priority": 10}

@@ -62,10 +62,12 @@ async def test_unknown_option_in_options_dict(make_queue: QueueFactory) -> None:
 async def test_unknown_option_in_add_jobs_writes_nothing(make_queue: QueueFactory) -> None:
     q = make_queue()
     with pytest.raises(ConfigurationError, match=r"'remove_on_compelte'"):
-        await q.add_jobs([
-            ("a", {"i": 1}),
-            ("a", {"i": 2}, {"remove_on_compelte": True}),
-        ])
+        await q.add_jobs(
+            [
+                ("a", {"i": 1}),
+                ("a", {"i": 2}, {"remove_on_compelte": True}),
+            ]
+        )
     await _nothing_written(q)
 
 
@@ -180,8 +182,11 @@ async def test_backoff_as_number_means_fixed(make_queue: QueueFactory) -> None:
     q = make_queue()
     jid = await q.add_job("a", {}, backoff=250)
     info = await q.get_job_status(jid)
-    assert info is not None and info.options["backoff"] == {"type": "fixed", "delay": 250,
-                                                           "max_delay": 30000}
+    assert info is not None and info.options["backoff"] == {
+        "type": "fixed",
+        "delay": 250,
+        "max_delay": 30000,
+    }
 
 
 @pytest.mark.parametrize("job_id", ["", "a\nb", "x" * 513, 42])
@@ -199,9 +204,7 @@ async def test_invalid_idempotency_key(make_queue: QueueFactory) -> None:
     await _nothing_written(q)
 
 
-@pytest.mark.parametrize(
-    "value", [-1, {"count": -2}, {"cnt": 1}, "yes", {"age": -1}]
-)
+@pytest.mark.parametrize("value", [-1, {"count": -2}, {"cnt": 1}, "yes", {"age": -1}])
 async def test_invalid_retention(make_queue: QueueFactory, value: object) -> None:
     q = make_queue()
     with pytest.raises(ConfigurationError, match=r"remove_on_complete"):

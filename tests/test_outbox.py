@@ -72,11 +72,23 @@ def procs(tmp_path: Path) -> Iterator[list[WorkerProc]]:
             p.kill()
 
 
-def _start(procs: list[WorkerProc], tmp_path: Path, url: str, prefix: str, name: str,
-           *args: str) -> WorkerProc:
+def _start(
+    procs: list[WorkerProc], tmp_path: Path, url: str, prefix: str, name: str, *args: str
+) -> WorkerProc:
     log, err = tmp_path / f"{name}.log", tmp_path / f"{name}.stderr"
-    cmd = [sys.executable, str(CONSUMER), "--url", url, "--prefix", prefix, "--queue", QUEUE,
-           "--log", str(log), *args]
+    cmd = [
+        sys.executable,
+        str(CONSUMER),
+        "--url",
+        url,
+        "--prefix",
+        prefix,
+        "--queue",
+        QUEUE,
+        "--log",
+        str(log),
+        *args,
+    ]
     proc = WorkerProc(name, spawn(cmd, err), log, err)
     procs.append(proc)
     return proc
@@ -99,8 +111,11 @@ async def _drain(consumer: Any, until: Callable[[], Any], timeout: float) -> lis
 
 @pytest.mark.redis_only
 async def test_killed_consumer_unacked_entries_all_reach_another_consumer(
-    queues: Callable[[], JobQueue], procs: list[WorkerProc], tmp_path: Path,
-    redis_url: str, prefix: str,
+    queues: Callable[[], JobQueue],
+    procs: list[WorkerProc],
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
 ) -> None:
     n = 500
     q = queues()
@@ -108,12 +123,29 @@ async def test_killed_consumer_unacked_entries_all_reach_another_consumer(
     await outbox.create_group("hooks")
     ids = [await outbox.add("webhook", f"delivery {i}") for i in range(n)]
 
-    victim = _start(procs, tmp_path, redis_url, prefix, "victim", "consume", "--group",
-                    "hooks", "--name", "victim", "--read", str(n), "--skip-every", "3")
+    victim = _start(
+        procs,
+        tmp_path,
+        redis_url,
+        prefix,
+        "victim",
+        "consume",
+        "--group",
+        "hooks",
+        "--name",
+        "victim",
+        "--read",
+        str(n),
+        "--skip-every",
+        "3",
+    )
     await asyncio.to_thread(victim.wait_ready)
     await asyncio.to_thread(
-        wait_for, lambda: any(ln.event == "idle" for ln in victim.lines()), 30,
-        what="the victim to read every entry")
+        wait_for,
+        lambda: any(ln.event == "idle" for ln in victim.lines()),
+        30,
+        what="the victim to read every entry",
+    )
     victim.kill()
 
     lines = read_log(victim.log_path)
@@ -160,7 +192,8 @@ return { n, id }
 
 @pytest.mark.redis_only
 async def test_fragment_adds_the_entry_atomically_with_the_transition(
-    queues: Callable[[], JobQueue], redis_client: redis.asyncio.Redis,
+    queues: Callable[[], JobQueue],
+    redis_client: redis.asyncio.Redis,
 ) -> None:
     q = queues()
     q.scripts.add_fragment("test_outbox_transition", _TRANSITION)
@@ -205,8 +238,11 @@ async def test_add_validates_topic_fields_and_size(queues: Callable[[], JobQueue
     entry_id = await outbox.add("fine", {"a": "1", "b": b"\x00\xff"})
     c = outbox.consumer("g", "c")
     (entry,) = await c.read(block_ms=0)
-    assert (entry.id, entry.topic, entry.fields) == (entry_id, "fine", {"a": b"1",
-                                                                           "b": b"\x00\xff"})
+    assert (entry.id, entry.topic, entry.fields) == (
+        entry_id,
+        "fine",
+        {"a": b"1", "b": b"\x00\xff"},
+    )
 
 
 # ---------------------------------------------------------------------- trim
@@ -219,7 +255,8 @@ def _key(entry_id: str) -> tuple[int, int]:
 
 @pytest.mark.redis_only
 async def test_trim_never_removes_an_unacknowledged_entry(
-    queues: Callable[[], JobQueue], redis_client: redis.asyncio.Redis,
+    queues: Callable[[], JobQueue],
+    redis_client: redis.asyncio.Redis,
 ) -> None:
     outbox = Outbox(queues())
     assert await outbox.trim() == 0  # no stream
@@ -263,7 +300,8 @@ async def test_trim_never_removes_an_unacknowledged_entry(
 
 @pytest.mark.redis_only
 async def test_cap_overflow_is_written_counted_and_reported(
-    queues: Callable[[], JobQueue], caplog: pytest.LogCaptureFixture,
+    queues: Callable[[], JobQueue],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     q = queues()
     outbox = Outbox(q)
@@ -312,7 +350,9 @@ async def test_max_deliveries_moves_entries_to_the_dead_stream(
     assert second.buried == 2
     dead = await outbox.dead()
     assert [(d.entry.id, d.group, d.entry.deliveries) for d in dead] == [
-        (ids[1], "G", 2), (ids[2], "G", 2)]
+        (ids[1], "G", 2),
+        (ids[2], "G", 2),
+    ]
     assert dead[0].entry.topic == "hook"
     assert dead[0].entry.fields == {"url": b"https://x/1"}
     assert "not acknowledged after 2 deliveries" in dead[0].reason
@@ -326,8 +366,11 @@ async def test_max_deliveries_moves_entries_to_the_dead_stream(
     assert await other.reject(ids[0], "twice") == 0
     await other.ack(ids[1:])
     dead = await outbox.dead()
-    assert (dead[-1].entry.id, dead[-1].group, dead[-1].reason) == (ids[0], "other",
-                                                                   "malformed url")
+    assert (dead[-1].entry.id, dead[-1].group, dead[-1].reason) == (
+        ids[0],
+        "other",
+        "malformed url",
+    )
     assert await outbox.trim() == 3  # dead-lettered counts as done for its group
     assert await outbox.delete_dead([d.id for d in dead]) == 3
 
@@ -424,8 +467,9 @@ async def test_one_leader_at_a_time_and_a_stopped_leader_is_succeeded(
     queues: Callable[[], JobQueue],
 ) -> None:
     bodies = Bodies()
-    services = [LeaderService("janitor", bodies.body(w), lease_ms=600, renew_ms=100)
-                for w in ("a", "b")]
+    services = [
+        LeaderService("janitor", bodies.body(w), lease_ms=600, renew_ms=100) for w in ("a", "b")
+    ]
     for svc in services:
         await svc.start(queues())  # two queue objects: two would-be processes
     try:
@@ -450,16 +494,33 @@ async def test_one_leader_at_a_time_and_a_stopped_leader_is_succeeded(
 
 @pytest.mark.redis_only
 async def test_killed_leader_process_is_replaced_after_its_lease_expires(
-    queues: Callable[[], JobQueue], procs: list[WorkerProc], tmp_path: Path,
-    redis_url: str, prefix: str, redis_client: redis.asyncio.Redis,
+    queues: Callable[[], JobQueue],
+    procs: list[WorkerProc],
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    redis_client: redis.asyncio.Redis,
 ) -> None:
     lease_ms = 1000
-    proc = _start(procs, tmp_path, redis_url, prefix, "leader", "leader", "--role", "cron",
-                  "--lease-ms", str(lease_ms))
+    proc = _start(
+        procs,
+        tmp_path,
+        redis_url,
+        prefix,
+        "leader",
+        "leader",
+        "--role",
+        "cron",
+        "--lease-ms",
+        str(lease_ms),
+    )
     await asyncio.to_thread(proc.wait_ready)
     await asyncio.to_thread(
-        wait_for, lambda: any(ln.event == "lead" for ln in proc.lines()), 10,
-        what="the process to lead")
+        wait_for,
+        lambda: any(ln.event == "lead" for ln in proc.lines()),
+        10,
+        what="the process to lead",
+    )
     proc_term = next(ln.attempt for ln in proc.lines() if ln.event == "lead")
     bodies = Bodies()
     svc = LeaderService("cron", bodies.body("here"), lease_ms=lease_ms)
@@ -482,7 +543,8 @@ async def test_killed_leader_process_is_replaced_after_its_lease_expires(
 
 @pytest.mark.redis_only
 async def test_deleted_lease_cancels_the_body_within_one_renew_interval(
-    queues: Callable[[], JobQueue], redis_client: redis.asyncio.Redis,
+    queues: Callable[[], JobQueue],
+    redis_client: redis.asyncio.Redis,
 ) -> None:
     bodies = Bodies()
     svc = LeaderService("solo", bodies.body("x"), lease_ms=1000, renew_ms=200)
@@ -509,7 +571,8 @@ async def test_deleted_lease_cancels_the_body_within_one_renew_interval(
 
 @pytest.mark.redis_only
 async def test_leader_cut_off_from_redis_stops_before_its_lease_expires(
-    queues: Callable[[], JobQueue], monkeypatch: pytest.MonkeyPatch,
+    queues: Callable[[], JobQueue],
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     bodies = Bodies()
@@ -544,7 +607,8 @@ async def test_leader_cut_off_from_redis_stops_before_its_lease_expires(
 
 @pytest.mark.redis_only
 async def test_leader_and_consumer_ride_out_a_redis_outage(
-    prefix: str, caplog: pytest.LogCaptureFixture,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from _redis import RedisServer
 
@@ -623,7 +687,9 @@ async def test_outbox_and_leader_on_every_backend(backend_url: str, prefix: str)
         await asyncio.sleep(0.05)
         second = outbox.consumer("g", "second", claim_idle_ms=20)
         assert [(e.id, e.deliveries) for e in await second.read(block_ms=0)] == [
-            (ids[2], 2), (ids[3], 2)]
+            (ids[2], 2),
+            (ids[3], 2),
+        ]
         await second.ack(ids[2:])
         assert await outbox.trim() == 4
         bodies = Bodies()
@@ -642,8 +708,9 @@ DOC_BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
 def test_doc_example_runs(index: int, tmp_path: Path) -> None:
     script = tmp_path / f"example_{index}.py"
     script.write_text(DOC_BLOCKS[index])
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert proc.returncode == 0, f"example {index} failed:\n{DOC_BLOCKS[index]}\n{proc.stderr}"
     if "dead.reason" in DOC_BLOCKS[index]:
         assert "webhooks order.paid b'{}' not acknowledged after 1 deliveries" in proc.stdout

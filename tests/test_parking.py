@@ -48,11 +48,13 @@ class Engine:
         argv = [self.q.keys.base, str(now), "10000", *args]
         return await self.q.scripts.call(client, script, self.q.keys.all, argv)
 
-    async def add(self, now: int, job_id: str, priority: int = 0, delay: int = 0,
-                  name: str = "n", **opts: Any) -> str:
+    async def add(
+        self, now: int, job_id: str, priority: int = 0, delay: int = 0, name: str = "n", **opts: Any
+    ) -> str:
         raw = orjson.dumps(opts).decode() if opts else ""
-        reply = await self.run("enqueue", now, 86_400_000, job_id, name, "{}", raw, priority,
-                               delay, "0", "")
+        reply = await self.run(
+            "enqueue", now, 86_400_000, job_id, name, "{}", raw, priority, delay, "0", ""
+        )
         return str(reply[0].decode())
 
     async def claim(
@@ -81,7 +83,8 @@ async def _members(q: JobQueue, key: str) -> list[str]:
 
 @pytest.mark.redis_only
 async def test_an_eligible_job_starts_at_once_behind_100000_parked_jobs(
-    make_queue: QueueFactory, redis_client: aioredis.Redis,
+    make_queue: QueueFactory,
+    redis_client: aioredis.Redis,
 ) -> None:
     q = make_queue("must-show", worker={"concurrency": 4, "scheduler": False})
     q.set_concurrency_limit("tenant-a", 1)
@@ -111,8 +114,10 @@ async def test_an_eligible_job_starts_at_once_behind_100000_parked_jobs(
         data, opts = await client.hmget(q.keys.job(first), "d", "o")
         chunk = [f for _ in range(1000) for f in ("", "blocker", data, opts, 5, 0, "0", "")]
         argv = [q.keys.base, "", "10000", 86_400_000]
-        calls = [ScriptCall("enqueue", q.keys.all, argv + chunk[: 8 * min(1000, n - 1 - i)])
-                 for i in range(0, n - 1, 1000)]
+        calls = [
+            ScriptCall("enqueue", q.keys.all, argv + chunk[: 8 * min(1000, n - 1 - i)])
+            for i in range(0, n - 1, 1000)
+        ]
         for i in range(0, len(calls), 10):
             for reply in await q.scripts.pipeline(client, calls[i : i + 10]):
                 assert not isinstance(reply, Exception), reply
@@ -135,8 +140,9 @@ async def test_an_eligible_job_starts_at_once_behind_100000_parked_jobs(
         cpu = time.process_time() - cpu0
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         info1 = await redis_client.info("cpu")
-        redis_cpu = sum(float(info1[k]) - float(info0[k])
-                        for k in ("used_cpu_sys", "used_cpu_user"))
+        redis_cpu = sum(
+            float(info1[k]) - float(info0[k]) for k in ("used_cpu_sys", "used_cpu_user")
+        )
         rusage_cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
         assert cpu / wall < 0.10, f"worker process busy while idle: {cpu:.3f} s CPU in {wall:.2f} s"
         assert rusage_cpu / wall < 0.10, rusage_cpu
@@ -324,12 +330,15 @@ async def test_stats_and_status_show_parked_jobs(make_queue: QueueFactory) -> No
 async def test_a_timer_blocker_unparks_when_due_and_sets_wake_in(make_queue: QueueFactory) -> None:
     q = make_queue()
     # A feature's check: jobs named 'later' wait behind a timer until T0 + 500.
-    q.scripts.add_admission_check("hold-later", f"""function(id, jk)
+    q.scripts.add_admission_check(
+        "hold-later",
+        f"""function(id, jk)
       if redis.call('HGET', jk, 'n') ~= 'later' or NOW >= {T0 + 500} then return true end
       park_timer('until-500', {T0 + 500}, 0, 0)
       admit_park('until-500')
       return false
-    end""")
+    end""",
+    )
     e = Engine(q)
     client = await q.client()
     for i in range(3):
@@ -350,13 +359,16 @@ async def test_a_timer_blocker_unparks_when_due_and_sets_wake_in(make_queue: Que
 
 async def test_a_timer_unparks_a_bounded_number_per_firing(make_queue: QueueFactory) -> None:
     q = make_queue()
-    q.scripts.add_admission_check("pace", """function(id, jk)
+    q.scripts.add_admission_check(
+        "pace",
+        """function(id, jk)
       if redis.call('HGET', jk, 'n') ~= 'paced' then return true end
       if redis.call('GET', PREFIX .. 'open') then return true end
       park_timer('paced', NOW + 100, 2, 1000)
       admit_park('paced')
       return false
-    end""")
+    end""",
+    )
     e = Engine(q)
     client = await q.client()
     for i in range(5):
@@ -467,18 +479,28 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 @pytest.mark.redis_only
 async def test_killing_the_worker_that_holds_the_slot_lets_the_parked_job_run(
-    redis_url: str, prefix: str, redis_client: aioredis.Redis,
+    redis_url: str,
+    prefix: str,
+    redis_client: aioredis.Redis,
 ) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHAOS_WORKER, redis_url, prefix,
-        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        sys.executable,
+        "-c",
+        _CHAOS_WORKER,
+        redis_url,
+        prefix,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     factory = QueueFactory(redis_url, prefix)
     try:
         assert proc.stdout is not None
         assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
-        q = factory("chaos", settings={"lock_duration": 1000, "max_stalled_interval": 200},
-                    worker={"concurrency": 2, "scheduler": False})
+        q = factory(
+            "chaos",
+            settings={"lock_duration": 1000, "max_stalled_interval": 200},
+            worker={"concurrency": 2, "scheduler": False},
+        )
         q.set_concurrency_limit("k", 1)
         holder = await q.add_job("work", {}, concurrency_key="k")
         await wait_until(lambda: redis_client.lrange(f"{prefix}:started", 0, -1), timeout=10)
@@ -521,7 +543,8 @@ def cluster() -> Any:
 
 @pytest.mark.redis_only
 async def test_parking_on_a_cluster_stays_under_the_queue_hash_tag(
-    cluster: Any, prefix: str,
+    cluster: Any,
+    prefix: str,
 ) -> None:
     factory = QueueFactory(cluster.url, prefix)
     try:
@@ -554,9 +577,15 @@ async def test_parking_on_a_cluster_stays_under_the_queue_hash_tag(
         from _cluster import key_slot
 
         slot = key_slot(q.keys.wait)
-        for key in (q.keys.parked("cc:k"), q.keys.parked_index, q.keys.park_timers,
-                    q.keys.park_rules, concurrency_key(q.keys, "k"), concurrency_owners_key(q.keys),
-                    q.keys.slot_errors):
+        for key in (
+            q.keys.parked("cc:k"),
+            q.keys.parked_index,
+            q.keys.park_timers,
+            q.keys.park_rules,
+            concurrency_key(q.keys, "k"),
+            concurrency_owners_key(q.keys),
+            q.keys.slot_errors,
+        ):
             assert key_slot(key) == slot, key
     finally:
         await factory.aclose()

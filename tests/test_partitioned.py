@@ -20,9 +20,7 @@ from kitium_queue.features.partitioned import partition_names
 
 
 @pytest.fixture
-async def make_pq(
-    backend_url: str, prefix: str
-) -> AsyncIterator[Callable[..., PartitionedQueue]]:
+async def make_pq(backend_url: str, prefix: str) -> AsyncIterator[Callable[..., PartitionedQueue]]:
     made: list[PartitionedQueue] = []
 
     def make(name: str = "orders", partitions: int = 3, **kw: Any) -> PartitionedQueue:
@@ -151,7 +149,8 @@ async def test_merged_event_stream_covers_every_partition(make_pq: Any) -> None:
     pq = make_pq()
     ids = await pq.add_jobs([("a", i) for i in range(9)])  # round-robin: 3 per partition
     seen = [
-        ev async for ev in pq.events(last_id="0", block_ms=200, follow=False)
+        ev
+        async for ev in pq.events(last_id="0", block_ms=200, follow=False)
         if ev.event == "job-added"
     ]
     assert sorted(ev.job_id for ev in seen) == sorted(ids)

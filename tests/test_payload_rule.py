@@ -62,38 +62,54 @@ PLAIN = "arrive as the plain type, equal (`==`)"
 
 #: README row (its first cell) -> (sample values, the rule, what the message must say).
 ROWS: dict[str, tuple[list[Any], str, str]] = {
-    "`dict` with `str` keys, `list`, `str`, `int` within 64 bits, finite `float`, `bool`, "
-    "`None`": (
+    "`dict` with `str` keys, `list`, `str`, `int` within 64 bits, finite `float`, `bool`, `None`": (
         [{"a": [1, "x", 2.5, True, None, {"b": -(2**63)}]}, [], "", 2**64 - 1, 0.1, False],
-        SAME, "",
+        SAME,
+        "",
     ),
-    "subclasses of `str`, `int`, `float`, `dict`, `list` (`StrEnum`, `IntEnum`, "
-    "`OrderedDict`)": (
+    "subclasses of `str`, `int`, `float`, `dict`, `list` (`StrEnum`, `IntEnum`, `OrderedDict`)": (
         [{"s": Shade.DARK}, {"l": Level.HIGH}, collections.OrderedDict(a=1), {Shade.DARK: 1}],
-        PLAIN, "",
+        PLAIN,
+        "",
     ),
     "`tuple`, named tuple": ([{"t": (1, 2)}, [Pair(1, 2)]], "refused", "list(value)"),
     "`datetime`, `date`, `time`": (
-        [{"at": datetime.datetime(2026, 1, 2, 3, 4, 5)}, [datetime.date(2026, 1, 2)],
-         datetime.time(3, 4)],
-        "refused", "value.isoformat()",
+        [
+            {"at": datetime.datetime(2026, 1, 2, 3, 4, 5)},
+            [datetime.date(2026, 1, 2)],
+            datetime.time(3, 4),
+        ],
+        "refused",
+        "value.isoformat()",
     ),
     "`uuid.UUID`": ([{"id": uuid.UUID(int=7)}], "refused", "str(value)"),
     "other `Enum` members": ([{"c": Color.RED}], "refused", "member.value"),
     "dataclass instance": ([Point(1), {"p": [Point(2)]}], "refused", "dataclasses.asdict(value)"),
     "numpy array or scalar": ([{"a": FakeNdarray()}], "refused", "value.tolist()"),
     "`NaN`, `inf`, `-inf`": (
-        [{"f": math.nan}, [math.inf], {"a": {"b": -math.inf}}], "refused", "use None",
+        [{"f": math.nan}, [math.inf], {"a": {"b": -math.inf}}],
+        "refused",
+        "use None",
     ),
-    "dict key that is not a `str`": ([{1: "a"}, {"a": {None: 1}}, {(1, 2): 3}], "refused",
-                                     "str(key)"),
-    "`int` outside -2\\*\\*63 .. 2\\*\\*64-1": ([2**64, {"n": -(2**63) - 1}], "refused",
-                                                "as strings"),
-    "string with a lone surrogate": ([{"f": "r-\udcff.csv"}, {"\udcff": 1}], "refused",
-                                     "lone surrogate"),
+    "dict key that is not a `str`": (
+        [{1: "a"}, {"a": {None: 1}}, {(1, 2): 3}],
+        "refused",
+        "str(key)",
+    ),
+    "`int` outside -2\\*\\*63 .. 2\\*\\*64-1": (
+        [2**64, {"n": -(2**63) - 1}],
+        "refused",
+        "as strings",
+    ),
+    "string with a lone surrogate": (
+        [{"f": "r-\udcff.csv"}, {"\udcff": 1}],
+        "refused",
+        "lone surrogate",
+    ),
     "nesting deeper than 254 levels": ([_deep(300)], "refused", "deeper than 254"),
     "`set`, `bytes`, `Decimal`, other objects": (
-        [{"s": {1}}, {"b": b"x"}, {"d": decimal.Decimal("1.5")}, object()], "refused",
+        [{"s": {1}}, {"b": b"x"}, {"d": decimal.Decimal("1.5")}, object()],
+        "refused",
         "cannot be serialized",
     ),
 }
@@ -101,7 +117,7 @@ ROWS: dict[str, tuple[list[Any], str, str]] = {
 
 def _readme_rows() -> dict[str, str]:
     text = README.read_text()
-    section = text[text.index("### Job data and results"):]
+    section = text[text.index("### Job data and results") :]
     section = section[: section.index("\n## ")]
     rows = re.findall(r"^\| (.+?) \| (.+?) \|$", section, re.M)
     return {first: rule for first, rule in rows if first not in ("value", "---")}
@@ -115,9 +131,12 @@ def test_the_readme_table_is_this_table() -> None:
 
 
 def _cases(rule: str) -> list[Any]:
-    return [pytest.param(v, hint, id=f"{first[:30]}-{i}")
-            for first, (values, r, hint) in ROWS.items() if r == rule
-            for i, v in enumerate(values)]
+    return [
+        pytest.param(v, hint, id=f"{first[:30]}-{i}")
+        for first, (values, r, hint) in ROWS.items()
+        if r == rule
+        for i, v in enumerate(values)
+    ]
 
 
 @pytest.mark.parametrize(("value", "hint"), _cases("refused"))

@@ -40,6 +40,7 @@ async def make_queue(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]
     yield factory
     await factory.aclose()
 
+
 BACKOFF = {"type": "fixed", "delay": 10}
 
 
@@ -126,10 +127,10 @@ async def test_known_workload_on_the_http_endpoint(make_queue: QueueFactory) -> 
         assert _get(s, n + "job_duration_seconds_count", queue="pm", job_name="bad") == 2
         assert _get(s, n + "job_wait_seconds_count", queue="pm", job_name="ok") == 5
         assert _get(s, n + "job_wait_seconds_count", queue="pm", job_name="flaky") == 1
-        assert _get(s, n + "job_duration_seconds_bucket", queue="pm", job_name="ok",
-                    le="+Inf") == 5
-        assert (_get(s, n + "job_duration_seconds_bucket", queue="pm", job_name="ok",
-                     le="0.001") or 0) <= 5
+        assert _get(s, n + "job_duration_seconds_bucket", queue="pm", job_name="ok", le="+Inf") == 5
+        assert (
+            _get(s, n + "job_duration_seconds_bucket", queue="pm", job_name="ok", le="0.001") or 0
+        ) <= 5
         # Gauges, read from Redis at this scrape.
         assert _get(s, n + "up", queue="pm") == 1
         assert _get(s, n + "jobs", queue="pm", state="completed") == 6
@@ -156,15 +157,23 @@ async def test_known_workload_on_the_http_endpoint(make_queue: QueueFactory) -> 
 
 
 async def test_collector_in_a_second_registry_reads_redis_at_scrape_time(
-    make_queue: QueueFactory, redis_url: str,
+    make_queue: QueueFactory,
+    redis_url: str,
 ) -> None:
     q = make_queue("pc")
     registry = CollectorRegistry()
     collector = KitiumCollector([q])
     registry.register(collector)  # describe(): nothing read yet
     await collector.refresh()
-    assert _get(_samples(generate_latest(registry).decode()), "kitium_queue_jobs",
-                queue="pc", state="waiting") == 0
+    assert (
+        _get(
+            _samples(generate_latest(registry).decode()),
+            "kitium_queue_jobs",
+            queue="pc",
+            state="waiting",
+        )
+        == 0
+    )
     await q.add_jobs([("a", {}), ("a", {}), ("a", {})])
     # A scrape from another thread (as prometheus_client's own server does) reads Redis
     # now, on the loop that owns the connection.
@@ -200,8 +209,9 @@ async def test_job_name_cardinality_is_capped(make_queue: QueueFactory) -> None:
     for name in ("a", "b", "c", "d", "e", "a"):
         await q.add_job(name, {})
     s = _samples(generate_latest(registry).decode())
-    added = {dict(k[1])["job_name"]: v for k, v in s.items()
-             if k[0] == "kitium_queue_jobs_added_total"}
+    added = {
+        dict(k[1])["job_name"]: v for k, v in s.items() if k[0] == "kitium_queue_jobs_added_total"
+    }
     assert added == {"a": 2, "b": 1, "c": 1, OTHER: 2}
     with pytest.raises(ValueError, match="max_job_names"):
         PrometheusSubscriber(CollectorRegistry(), max_job_names=0)
@@ -210,9 +220,14 @@ async def test_job_name_cardinality_is_capped(make_queue: QueueFactory) -> None:
 async def test_enabled_features_add_their_gauges(make_queue: QueueFactory) -> None:
     q = make_queue("pf")
     breakers = CircuitBreakerManager(q, events=False)
-    await breakers.create_breaker({"id": "api", "job_name": "call",
-                                   "failure_threshold": {"percentage": 50, "min_requests": 2},
-                                   "timeout": 60_000})
+    await breakers.create_breaker(
+        {
+            "id": "api",
+            "job_name": "call",
+            "failure_threshold": {"percentage": 50, "min_requests": 2},
+            "timeout": 60_000,
+        }
+    )
     await breakers.force_open("api", 60_000)
     FIFOQueueManager(q)
     await q.add_job("n", {}, message_group_id="g1")
@@ -244,7 +259,11 @@ def test_cli_metrics_serves_until_stopped(cli_app: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(tmp_path)])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "kitium_queue.cli", "metrics", cli_app, "--port", "0"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -59,17 +59,24 @@ async def test_add_job_returns_id_and_stores_the_job(make_queue: QueueFactory) -
 
 async def test_add_jobs_returns_ids_in_order(make_queue: QueueFactory) -> None:
     q = make_queue()
-    ids = await q.add_jobs([
-        {"name": "a", "data": {"i": 0}},
-        ("b", {"i": 1}),
-        ("c", {"i": 2}, {"priority": 3}),
-        {"name": "d", "data": {"i": 3}, "opts": {"delay": 60_000}},
-        {"name": "e", "data": {"i": 4}, "options": {"attempts": 9}},
-    ])
+    ids = await q.add_jobs(
+        [
+            {"name": "a", "data": {"i": 0}},
+            ("b", {"i": 1}),
+            ("c", {"i": 2}, {"priority": 3}),
+            {"name": "d", "data": {"i": 3}, "opts": {"delay": 60_000}},
+            {"name": "e", "data": {"i": 4}, "options": {"attempts": 9}},
+        ]
+    )
     assert len(ids) == len(set(ids)) == 5
     infos = [await q.get_job_status(i) for i in ids]
     assert [(i.name, i.data["i"]) for i in infos if i] == [
-        ("a", 0), ("b", 1), ("c", 2), ("d", 3), ("e", 4)]
+        ("a", 0),
+        ("b", 1),
+        ("c", 2),
+        ("d", 3),
+        ("e", 4),
+    ]
     assert infos[2] is not None and infos[2].priority == 3
     assert infos[3] is not None and infos[3].status is JobStatus.DELAYED
     assert infos[4] is not None and infos[4].max_attempts == 9
@@ -109,13 +116,22 @@ async def test_duplicate_job_id_returns_existing_and_writes_nothing(
     info = await q.get_job_status(jid)
     assert info is not None
     assert (info.name, info.data, info.priority, info.status) == (
-        "order", {"v": 1}, 0, JobStatus.WAITING)
+        "order",
+        {"v": 1},
+        0,
+        JobStatus.WAITING,
+    )
     assert await client.xlen(q.keys.events) == events_before
     stats = await q.get_stats()
     assert (stats.waiting, stats.delayed) == (1, 0)
     # In a batch too, also against a job of the same batch.
-    ids = await q.add_jobs([("x", 1, {"job_id": "order-42"}), ("y", 2, {"job_id": "fresh"}),
-                            ("z", 3, {"job_id": "fresh"})])
+    ids = await q.add_jobs(
+        [
+            ("x", 1, {"job_id": "order-42"}),
+            ("y", 2, {"job_id": "fresh"}),
+            ("z", 3, {"job_id": "fresh"}),
+        ]
+    )
     assert ids == ["order-42", "fresh", "fresh"]
     fresh = await q.get_job_status("fresh")
     assert fresh is not None and fresh.name == "y"
@@ -132,8 +148,12 @@ async def test_duplicate_idempotency_key_returns_original_id(make_queue: QueueFa
     assert info is not None and info.data == {"amount": 10}
     assert info.options.get("idempotency_key") == "charge-7"
     assert (await q.get_stats()).waiting == 2
-    batch = await q.add_jobs([("charge", 1, {"idempotency_key": "charge-9"}),
-                              ("charge", 2, {"idempotency_key": "charge-9"})])
+    batch = await q.add_jobs(
+        [
+            ("charge", 1, {"idempotency_key": "charge-9"}),
+            ("charge", 2, {"idempotency_key": "charge-9"}),
+        ]
+    )
     assert batch[0] == batch[1]
     assert (await q.get_stats()).waiting == 3
 
@@ -239,8 +259,17 @@ async def test_get_stats_counts_every_state(make_queue: QueueFactory) -> None:
     await q.add_job("ok", delay=60_000)
     stats = await q.get_stats()
     assert stats.to_dict() == {
-        "waiting": 2, "active": 1, "delayed": 1, "completed": 1, "failed": 0, "dlq": 1,
-        "paused": 2, "is_paused": True, "latency_ms": stats.latency_ms, "pending": 0,
+        "waiting": 2,
+        "active": 1,
+        "delayed": 1,
+        "completed": 1,
+        "failed": 0,
+        "dlq": 1,
+        "paused": 2,
+        "is_paused": True,
+        "latency_ms": stats.latency_ms,
+        "pending": 0,
+        "missing_records": 0,
     }
     assert stats["active"] == 1
     release.set()

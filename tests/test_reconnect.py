@@ -65,8 +65,9 @@ async def _poll(predicate: Any, timeout: float, what: str) -> Any:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # coming back
             last_error = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} "
-                                 f"(last error: {last_error})")
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})"
+            )
         await asyncio.sleep(0.02)
 
 
@@ -88,8 +89,10 @@ async def _states(q: JobQueue, ids: list[str]) -> dict[str, str]:
     pipe = client.pipeline(transaction=False)
     for jid in ids:
         pipe.hget(q.keys.job(jid), "st")
-    return {jid: (st or b"<missing>").decode() for jid, st in
-            zip(ids, await pipe.execute(), strict=True)}
+    return {
+        jid: (st or b"<missing>").decode()
+        for jid, st in zip(ids, await pipe.execute(), strict=True)
+    }
 
 
 @pytest.mark.redis_only
@@ -130,8 +133,13 @@ async def test_worker_survives_redis_crash_and_restart(
     assert worker.alive()
     final = await _states(producer, everything)
     assert set(final.values()) == {"completed"}
-    for key in (producer.keys.wait, producer.keys.active, producer.keys.delayed,
-                producer.keys.failed, producer.keys.dlq):
+    for key in (
+        producer.keys.wait,
+        producer.keys.active,
+        producer.keys.delayed,
+        producer.keys.failed,
+        producer.keys.dlq,
+    ):
         assert await client.zcard(key) == 0
 
     lines = worker.lines()
@@ -166,8 +174,9 @@ async def test_outage_longer_than_lease_does_not_strand_or_dead_letter_running_j
     once, and must not be dead-lettered as if it kept killing its worker.
     """
     lock_ms = 1000
-    worker = pool.start("w", lock_duration=lock_ms, stalled_interval=200, concurrency=2,
-                        max_stalled=2)
+    worker = pool.start(
+        "w", lock_duration=lock_ms, stalled_interval=200, concurrency=2, max_stalled=2
+    )
     await asyncio.to_thread(worker.wait_ready)
     jid = await producer.add_job("long", {"ms": 6000}, remove_on_complete=False)
     await asyncio.to_thread(

@@ -49,7 +49,7 @@ def _arguments(source: str, start: int) -> list[str]:
             cur = ""
             continue
         cur += ch
-    raise AssertionError(f"unbalanced call at {source[start - 40:start + 40]!r}")
+    raise AssertionError(f"unbalanced call at {source[start - 40 : start + 40]!r}")
 
 
 def _fields(is_key: re.Pattern[str]) -> dict[str, set[str]]:

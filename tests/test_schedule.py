@@ -144,9 +144,9 @@ async def test_get_update_pause_resume_remove(make_queue: QueueFactory) -> None:
     q = make_queue()
     s = await q.schedule_job("report", {"a": 1}, "*/5 * * * *", schedule_id="r", attempts=2)
     got = await q.get_schedule("r")
-    assert isinstance(got, Schedule) and got.cron == "*/5 * * * *" and got.options == {
-        "attempts": 2
-    }
+    assert (
+        isinstance(got, Schedule) and got.cron == "*/5 * * * *" and got.options == {"attempts": 2}
+    )
     up = await q.update_schedule("r", cron_pattern="0 * * * *", attempts=4, overlap="skip")
     assert up.cron == "0 * * * *" and up.options == {"attempts": 4} and up.overlap == "skip"
     assert up.next_run_at is not None and up.next_run_at % 3_600_000 == 0
@@ -186,8 +186,7 @@ async def test_cron_with_seconds_time_zone_and_dates(make_queue: QueueFactory) -
     assert s.next_run_at is not None and s.next_run_at % 15_000 == 0
     berlin = ZoneInfo("Europe/Berlin")
     start = datetime(2100, 7, 1, 0, 0)  # naive: read in the schedule's time zone
-    r = await q.schedule_job("report", None, "0 2 * * *", tz="Europe/Berlin",
-                             start_date=start)
+    r = await q.schedule_job("report", None, "0 2 * * *", tz="Europe/Berlin", start_date=start)
     assert r.tz == "Europe/Berlin"
     want = datetime(2100, 7, 1, 2, 0, tzinfo=berlin)  # 00:00 UTC in summer
     assert r.next_run_at == int(want.timestamp() * 1000)
@@ -219,8 +218,13 @@ def test_plan_ticks_misfire_policies(policy: Any, expected: list[int]) -> None:
     from kitium_queue.features.schedules import _misfire
 
     name, limit = _misfire(policy)
-    defn = {"every_ms": 1000, "start_date": T0, "misfire": name, "catch_up_limit": limit,
-            "misfire_grace_ms": 1000}
+    defn = {
+        "every_ms": 1000,
+        "start_date": T0,
+        "misfire": name,
+        "catch_up_limit": limit,
+        "misfire_grace_ms": 1000,
+    }
     # Down for 10.5 s: T0 .. T0+9000 are missed, T0+10000 is within the grace period.
     ticks, nxt = plan_ticks(defn, T0, T0 + 10_500, random.Random(0))
     assert [t for t, _ in ticks] == expected
@@ -237,8 +241,12 @@ def test_plan_ticks_grace_keeps_short_delays_on_time() -> None:
 
 @pytest.mark.parametrize(("period", "jitter"), [(1000, 300), (1000, 5000), (200, 199)])
 def test_jitter_stays_within_bounds_and_before_the_next_tick(period: int, jitter: int) -> None:
-    defn = {"every_ms": period, "jitter_ms": jitter, "misfire_grace_ms": 10 * period,
-            "misfire": "run_once"}
+    defn = {
+        "every_ms": period,
+        "jitter_ms": jitter,
+        "misfire_grace_ms": 10 * period,
+        "misfire": "run_once",
+    }
     rng = random.Random(42)
     offsets = []
     for k in range(2000):
@@ -297,15 +305,16 @@ async def test_racing_schedulers_fire_a_tick_once(backend_url: str, prefix: str)
 
 async def _stream(q: JobQueue) -> list[dict[str, str]]:
     client = await q.client()
-    return [{k.decode(): v.decode() for k, v in f.items()}
-            for _, f in await client.xrange(q.keys.events)]
+    return [
+        {k.decode(): v.decode() for k, v in f.items()}
+        for _, f in await client.xrange(q.keys.events)
+    ]
 
 
 async def test_misfire_policies_after_downtime(make_queue: QueueFactory) -> None:
     q = make_queue()
     for policy, sid in (("skip", "s"), ("run_once", "o"), (("catch_up", 3), "c")):
-        await q.schedule_every("beat", None, 1000, start_date=T0, misfire=policy,
-                               schedule_id=sid)
+        await q.schedule_every("beat", None, 1000, start_date=T0, misfire=policy, schedule_id=sid)
     sch = await _scheduler(q)
     assert await sch.run_due(T0 + 10_500) == 500
     by: dict[str, list[int]] = {"s": [], "o": [], "c": []}
@@ -327,8 +336,7 @@ async def test_overlap_skip_waits_for_the_previous_run(make_queue: QueueFactory)
     async def slow(job: Any) -> None:
         await release.wait()
 
-    await q.schedule_every("slow", None, 1000, start_date=T0, overlap="skip",
-                           schedule_id="skip")
+    await q.schedule_every("slow", None, 1000, start_date=T0, overlap="skip", schedule_id="skip")
     await q.schedule_every("slow", None, 1000, start_date=T0, schedule_id="allow")
     sch = await _scheduler(q)
     await sch.run_due(T0)
@@ -357,14 +365,18 @@ async def _status(q: JobQueue, job_id: str, status: JobStatus) -> bool:
 async def test_run_limit_and_end_date_finish_a_schedule(make_queue: QueueFactory) -> None:
     q = make_queue()
     await q.schedule_every("a", None, 1000, start_date=T0, limit=2, schedule_id="lim")
-    await q.schedule_every("b", None, 1000, start_date=T0, end_date=T0 + 2000,
-                           schedule_id="end")
+    await q.schedule_every("b", None, 1000, start_date=T0, end_date=T0 + 2000, schedule_id="end")
     sch = await _scheduler(q)
     for k in range(5):
         await sch.run_due(T0 + k * 1000)
     ticks = sorted((j.split(":")[1], _tick(j)) for j in await _sched_jobs(q))
-    assert ticks == [("end", T0), ("end", T0 + 1000), ("end", T0 + 2000),
-                     ("lim", T0), ("lim", T0 + 1000)]
+    assert ticks == [
+        ("end", T0),
+        ("end", T0 + 1000),
+        ("end", T0 + 2000),
+        ("lim", T0),
+        ("lim", T0 + 1000),
+    ]
     for sid, runs in (("lim", 2), ("end", 3)):
         st = await q.get_schedule(sid)
         assert st is not None and st.finished and st.runs == runs and st.next_run_at is None
@@ -387,8 +399,11 @@ async def test_jitter_delays_each_run_within_bounds(make_queue: QueueFactory) ->
         start = info.delayed_until or tick  # a zero jitter leaves the job waiting
         cap = 300 if jid.startswith("sched:j:") else 999
         assert 0 <= start - tick <= cap, (jid, start - tick)
-    spread = [(j.delayed_until or _tick(i)) - _tick(i) for i, j in jobs.items()
-              if i.startswith("sched:k:")]
+    spread = [
+        (j.delayed_until or _tick(i)) - _tick(i)
+        for i, j in jobs.items()
+        if i.startswith("sched:k:")
+    ]
     assert max(spread) > 500  # a jitter above the period is capped, not ignored
 
 

@@ -48,14 +48,17 @@ class Lua:
         return _dec(await self.queue.scripts.call(self.client, script, self.keys.all, argv))
 
     # -- transitions with sensible defaults --------------------------------------------
-    async def enqueue(
-        self, now: int, *jobs: dict[str, Any], ttl: int = 86_400_000
-    ) -> list[str]:
+    async def enqueue(self, now: int, *jobs: dict[str, Any], ttl: int = 86_400_000) -> list[str]:
         args: list[Any] = [ttl]
         for j in jobs:
             args += [
-                j.get("id", ""), j.get("name", "a"), j.get("data", "{}"), j.get("opts", ""),
-                j.get("priority", 0), j.get("delay", 0), "1" if j.get("lifo") else "0",
+                j.get("id", ""),
+                j.get("name", "a"),
+                j.get("data", "{}"),
+                j.get("opts", ""),
+                j.get("priority", 0),
+                j.get("delay", 0),
+                "1" if j.get("lifo") else "0",
                 j.get("ik", ""),
             ]
         return list(await self("enqueue", now, *args))
@@ -65,13 +68,32 @@ class Lua:
         return str(reply[0])
 
     async def claim(
-        self, now: int, n: int = 10, *, lease: int = 1000, lim_max: int = 0, lim_win: int = 0,
-        max_stalled: int = 2, dlq: bool = True, worker: str = "w1", scan: int = 1000,
+        self,
+        now: int,
+        n: int = 10,
+        *,
+        lease: int = 1000,
+        lim_max: int = 0,
+        lim_win: int = 0,
+        max_stalled: int = 2,
+        dlq: bool = True,
+        worker: str = "w1",
+        scan: int = 1000,
     ) -> list[Any]:
-        return list(await self(
-            "claim", now, n, lease, lim_max, lim_win, max_stalled, "1" if dlq else "0",
-            worker, scan,
-        ))
+        return list(
+            await self(
+                "claim",
+                now,
+                n,
+                lease,
+                lim_max,
+                lim_win,
+                max_stalled,
+                "1" if dlq else "0",
+                worker,
+                scan,
+            )
+        )
 
     async def claim_one(self, now: int, **kw: Any) -> tuple[str, str]:
         reply = await self.claim(now, 1, **kw)
@@ -82,7 +104,7 @@ class Lua:
         args: list[Any] = ["1" if dlq else "0"]
         for o in outcomes:
             # id, token, kind, payload, traceback, delay, keep count, keep age, meta
-            full = (*o, *(["", "", 0, -1, -1, ""][len(o) - 3:]))
+            full = (*o, *(["", "", 0, -1, -1, ""][len(o) - 3 :]))
             args += list(full)
         return list(await self("finish", now, *args))
 
@@ -129,14 +151,24 @@ async def test_enqueue_creates_jobs_with_sequential_ids(lua: Lua) -> None:
     )
     assert reply == ["1", "new", "2", "new"]
     j1 = await lua.job("1")
-    assert j1 == {"n": "a", "d": '{"x":1}', "ts": str(T0), "p": "0", "q": "1", "a": "0",
-                  "s": "0", "st": "waiting"}
+    assert j1 == {
+        "n": "a",
+        "d": '{"x":1}',
+        "ts": str(T0),
+        "p": "0",
+        "q": "1",
+        "a": "0",
+        "s": "0",
+        "st": "waiting",
+    }
     assert (await lua.job("2"))["o"] == '{"attempts":2}'
     assert await lua.ids("wait") == ["1", "2"]
     assert await lua.marker()
     events = await lua.events()
     assert [(e["e"], e["id"], e["st"]) for e in events] == [
-        ("job-added", "1", "waiting"), ("job-added", "2", "waiting")]
+        ("job-added", "1", "waiting"),
+        ("job-added", "2", "waiting"),
+    ]
 
 
 async def test_enqueue_delayed_job(lua: Lua) -> None:
@@ -156,13 +188,25 @@ async def test_enqueue_delayed_job(lua: Lua) -> None:
 async def test_enqueue_orders_by_priority_then_fifo_and_lifo(lua: Lua) -> None:
     await lua.enqueue(
         T0,
-        {"id": "low"}, {"id": "high1", "priority": 10}, {"id": "mid", "priority": 5},
-        {"id": "high2", "priority": 10}, {"id": "high-lifo", "priority": 10, "lifo": True},
-        {"id": "low-lifo1", "lifo": True}, {"id": "low-lifo2", "lifo": True},
+        {"id": "low"},
+        {"id": "high1", "priority": 10},
+        {"id": "mid", "priority": 5},
+        {"id": "high2", "priority": 10},
+        {"id": "high-lifo", "priority": 10, "lifo": True},
+        {"id": "low-lifo1", "lifo": True},
+        {"id": "low-lifo2", "lifo": True},
         {"id": "top", "priority": 65535},
     )
     assert await lua.ids("wait") == [
-        "top", "high-lifo", "high1", "high2", "mid", "low-lifo2", "low-lifo1", "low"]
+        "top",
+        "high-lifo",
+        "high1",
+        "high2",
+        "mid",
+        "low-lifo2",
+        "low-lifo1",
+        "low",
+    ]
 
 
 async def test_enqueue_duplicate_job_id_writes_nothing(lua: Lua) -> None:
@@ -210,7 +254,9 @@ async def test_idempotency_key_outlives_a_removed_job(lua: Lua) -> None:
 
 async def test_promote_moves_only_due_jobs(lua: Lua) -> None:
     await lua.enqueue(
-        T0, {"id": "d100", "delay": 100}, {"id": "d200", "delay": 200, "priority": 3},
+        T0,
+        {"id": "d100", "delay": 100},
+        {"id": "d200", "delay": 200, "priority": 3},
         {"id": "d900", "delay": 900},
     )
     await lua.clear_marker()
@@ -236,8 +282,9 @@ async def test_promote_is_bounded(lua: Lua) -> None:
 
 
 async def test_claim_leases_jobs(lua: Lua) -> None:
-    await lua.enqueue(T0, {"name": "email", "data": '{"to":"x"}', "opts": '{"attempts":4}'},
-                      {"name": "sms"})
+    await lua.enqueue(
+        T0, {"name": "email", "data": '{"to":"x"}', "opts": '{"attempts":4}'}, {"name": "sms"}
+    )
     reply = await lua.claim(T0 + 10, 5, lease=1000, worker="host:1")
     status, wake_in, token, back, dead, *jobs = reply
     assert (status, wake_in, back, dead) == ("ok", 1000, [], [])
@@ -248,7 +295,12 @@ async def test_claim_leases_jobs(lua: Lua) -> None:
     assert await lua.zset("active") == [("1", T0 + 1010), ("2", T0 + 1010)]
     job = await lua.job("1")
     assert (job["st"], job["lt"], job["ps"], job["w"], job["a"]) == (
-        "active", str(token), str(T0 + 10), "host:1", "1")
+        "active",
+        str(token),
+        str(T0 + 10),
+        "host:1",
+        "1",
+    )
     assert await lua.event_names("1") == ["job-added", "job-started"]
 
 
@@ -359,9 +411,7 @@ async def test_claim_runs_admission_checks(lua: Lua) -> None:
 
 
 async def test_claim_scan_limit_bounds_the_work(lua: Lua) -> None:
-    lua.queue.scripts.add_admission_check(
-        "only_last", "function(id, jk) return id == 'z' end"
-    )
+    lua.queue.scripts.add_admission_check("only_last", "function(id, jk) return id == 'z' end")
     await lua.enqueue(T0, {"id": "x"}, {"id": "y"}, {"id": "z"})
     assert (await lua.claim(T0, 5, scan=2))[0] == "empty"
     reply = await lua.claim(T0, 5, scan=3)
@@ -410,7 +460,11 @@ async def test_finish_complete(lua: Lua) -> None:
     assert await lua.finish(T0 + 20, outcome) == ["ok"]
     job = await lua.job(jid)
     assert (job["st"], job["r"], job["f"], job["m"]) == (
-        "completed", '{"ok":true}', str(T0 + 20), "m1")
+        "completed",
+        '{"ok":true}',
+        str(T0 + 20),
+        "m1",
+    )
     assert "lt" not in job
     assert await lua.zset("completed") == [(jid, T0 + 20)]
     assert await lua.ids("active") == []
@@ -444,7 +498,8 @@ async def test_finish_many_outcomes_in_one_call(lua: Lua) -> None:
     reply = await lua.claim(T0, 3)
     token = str(reply[2])
     statuses = await lua.finish(
-        T0 + 1, ("1", token, "C", "1"), ("2", "0", "C", "1"), ("3", token, "R", "boom", "", 0))
+        T0 + 1, ("1", token, "C", "1"), ("2", "0", "C", "1"), ("3", token, "R", "boom", "", 0)
+    )
     assert statuses == ["ok", "lease-lost", "ok"]
 
 
@@ -484,12 +539,20 @@ async def test_finish_complete_after_a_failed_attempt(lua: Lua) -> None:
 async def test_finish_retry(lua: Lua) -> None:
     await lua.enqueue(T0, {"id": "later"}, {"id": "now"})
     token = str((await lua.claim(T0, 2))[2])
-    out = await lua.finish(T0 + 5, ("later", token, "R", "ValueError: x", "tb...", 250),
-                           ("now", token, "R", "ValueError: y", "", 0))
+    out = await lua.finish(
+        T0 + 5,
+        ("later", token, "R", "ValueError: x", "tb...", 250),
+        ("now", token, "R", "ValueError: y", "", 0),
+    )
     assert out == ["ok", "ok"]
     later = await lua.job("later")
     assert (later["st"], later["due"], later["e"], later["tb"], later["a"]) == (
-        "delayed", str(T0 + 255), "ValueError: x", "tb...", "1")
+        "delayed",
+        str(T0 + 255),
+        "ValueError: x",
+        "tb...",
+        "1",
+    )
     assert await lua.zset("delayed") == [("later", T0 + 255)]
     assert await lua.ids("wait") == ["now"]
     events = [e for e in await lua.events() if e["e"] == "job-retrying"]
@@ -501,8 +564,12 @@ async def test_finish_final_failure_to_dlq(lua: Lua) -> None:
     jid, token = await lua.claim_one(T0)
     assert await lua.finish(T0 + 7, (jid, token, "F", "KeyError: 'x'", "Traceback ...")) == ["ok"]
     job = await lua.job(jid)
-    assert (job["st"], job["e"], job["tb"], job["f"]) == ("dlq", "KeyError: 'x'", "Traceback ...",
-                                                          str(T0 + 7))
+    assert (job["st"], job["e"], job["tb"], job["f"]) == (
+        "dlq",
+        "KeyError: 'x'",
+        "Traceback ...",
+        str(T0 + 7),
+    )
     assert await lua.zset("dlq") == [(jid, T0 + 7)]
     assert (await lua.event_names(jid))[-2:] == ["job-failed", "job-dlq"]
 
@@ -776,18 +843,18 @@ async def test_update_is_fenced(lua: Lua) -> None:
 
 
 async def test_stats_counts_and_oldest_waiting(lua: Lua) -> None:
-    assert await lua("stats", T0) == [0, 0, 0, 0, 0, 0, "0", -1, T0]
+    assert await lua("stats", T0) == [0, 0, 0, 0, 0, 0, "0", -1, T0, "0"]
     await lua.enqueue(T0, {"id": "a"}, {"id": "b"}, {"id": "c"})
     await lua.enqueue(T0 + 30, {"id": "e"}, {"id": "d", "delay": 1000})
     token = str((await lua.claim(T0 + 40, 3))[2])
     await lua.finish(T0 + 40, ("a", token, "C", "1"), ("b", token, "F", "x"))
     await lua.finish(T0 + 40, ("c", token, "F", "y"), dlq=False)
-    assert await lua("stats", T0 + 100) == [1, 0, 1, 1, 1, 1, "0", T0 + 30, T0 + 100]
+    assert await lua("stats", T0 + 100) == [1, 0, 1, 1, 1, 1, "0", T0 + 30, T0 + 100, "0"]
     await lua("pause", T0, "1")
     assert (await lua("stats", T0 + 100))[6] == "1"
     await lua("pause", T0, "0")
     await lua.claim(T0 + 100, 1)
-    assert await lua("stats", T0 + 100) == [0, 1, 1, 1, 1, 1, "0", -1, T0 + 100]
+    assert await lua("stats", T0 + 100) == [0, 1, 1, 1, 1, 1, "0", -1, T0 + 100, "0"]
 
 
 async def test_server_clock_is_used_when_now_is_empty(lua: Lua) -> None:

@@ -232,9 +232,7 @@ def test_lua_scripts_never_load_code_or_binary_formats() -> None:
     scripts = [p for p in lua_dir.iterdir() if p.name.endswith(".lua")]
     assert scripts
     for path in scripts:
-        code = "\n".join(
-            line.split("--", 1)[0] for line in path.read_text("utf-8").splitlines()
-        )
+        code = "\n".join(line.split("--", 1)[0] for line in path.read_text("utf-8").splitlines())
         assert not _UNSAFE_LUA.search(code), path.name
 
 
@@ -662,8 +660,7 @@ async def test_acl_user_with_the_documented_minimal_commands_runs_the_whole_api(
 async def test_acl_user_with_all_but_dangerous_commands_runs_the_whole_api(
     auth_server: AuthServer, acl_user: Callable[..., str]
 ) -> None:
-    user = acl_user("~kq:{myq}:*", "resetchannels", "&kq:{myq}:*", "+@all", "-@dangerous",
-                    "+info")
+    user = acl_user("~kq:{myq}:*", "resetchannels", "&kq:{myq}:*", "+@all", "-@dangerous", "+info")
     cfg = {"host": "127.0.0.1", "port": auth_server.port, "username": user, "password": PASSWORD}
     async with _queue("myq", redis=cfg) as q:
         await _whole_api(q, auth_server.admin)
@@ -857,8 +854,7 @@ class TLSRedisServer(RedisServer):
             if proc.poll() is not None:
                 _LIVE.discard(proc)
                 raise RedisServerError(
-                    f"TLS redis-server exited with {proc.returncode}; log tail:\n"
-                    f"{self.log_tail()}"
+                    f"TLS redis-server exited with {proc.returncode}; log tail:\n{self.log_tail()}"
                 )
             if time.monotonic() > deadline:
                 proc.kill()

@@ -16,8 +16,14 @@ from _redis import RedisServer
 from helpers import wait_until
 from kitium_queue import ConfigurationError, JobQueue, WriteRefusedError
 
-STATE_SETS = {"waiting": "wait", "active": "active", "delayed": "delayed",
-              "completed": "completed", "failed": "failed", "dlq": "dlq"}
+STATE_SETS = {
+    "waiting": "wait",
+    "active": "active",
+    "delayed": "delayed",
+    "completed": "completed",
+    "failed": "failed",
+    "dlq": "dlq",
+}
 
 
 async def test_an_evicting_policy_is_refused_unless_allowed(prefix: str) -> None:
@@ -37,8 +43,9 @@ async def test_an_evicting_policy_is_refused_unless_allowed(prefix: str) -> None
 
 
 async def test_health_reports_memory_and_persistence(prefix: str) -> None:
-    with RedisServer("--appendonly", "yes", "--appendfsync", "always",
-                     "--maxmemory", "32mb") as srv:
+    with RedisServer(
+        "--appendonly", "yes", "--appendfsync", "always", "--maxmemory", "32mb"
+    ) as srv:
         q = JobQueue("h", redis=srv.url, prefix=prefix)
         h = await q.health_check()
         assert h.healthy and h.memory is not None
@@ -64,7 +71,7 @@ async def _consistent(client: aioredis.Redis, q: JobQueue) -> list[str]:
                 problems.append(f"{j} in {where[j]} and {st}")
             where[j] = st
     async for key in client.scan_iter(match=q.keys.job("*"), count=1000):
-        jid = key.decode()[len(q.keys.job("")):]
+        jid = key.decode()[len(q.keys.job("")) :]
         st = (await client.hget(key, "st") or b"waiting").decode()
         if where.get(jid) != st:
             problems.append(f"{jid}: st={st}, found in {where.get(jid)}")

@@ -208,8 +208,9 @@ class QueueMachine(RuleBasedStateMachine):
         self.completed_ever.discard(job.id)
 
     # ------------------------------------------------------------------ rules
-    @initialize(n=st.integers(1, 6), priorities=st.lists(st.sampled_from([0, 1, 5]), min_size=6,
-                                                        max_size=6))
+    @initialize(
+        n=st.integers(1, 6), priorities=st.lists(st.sampled_from([0, 1, 5]), min_size=6, max_size=6)
+    )
     def seed_jobs(self, n: int, priorities: list[int]) -> None:
         for i in range(n):
             self.enqueue(priorities[i], 0, False)
@@ -272,8 +273,14 @@ class QueueMachine(RuleBasedStateMachine):
         **OUTCOME,
     )
     def finish_stale(
-        self, index: int, prefer: str | None, which: str, kind: str, delay: int,
-        keep_count: int, dlq: bool,
+        self,
+        index: int,
+        prefer: str | None,
+        which: str,
+        kind: str,
+        delay: int,
+        keep_count: int,
+        dlq: bool,
     ) -> None:
         jid = self._pick(index, prefer)
         if jid is None:
@@ -294,14 +301,27 @@ class QueueMachine(RuleBasedStateMachine):
         self._finish(jid, token, kind, delay, keep_count, dlq)
 
     def _finish(
-        self, jid: str, token: int | str | None, kind: str, delay: int, keep_count: int,
+        self,
+        jid: str,
+        token: int | str | None,
+        kind: str,
+        delay: int,
+        keep_count: int,
         dlq: bool,
     ) -> None:
         job = self.jobs.get(jid)
         valid = job is not None and job.state == "active" and token == job.token
         before = None if valid else self._snapshot()
-        status = self.engine.finish(self.now, jid, token, kind, payload=f"r{self.now}".encode(),
-                                    delay=delay, keep_count=keep_count, dlq=dlq)
+        status = self.engine.finish(
+            self.now,
+            jid,
+            token,
+            kind,
+            payload=f"r{self.now}".encode(),
+            delay=delay,
+            keep_count=keep_count,
+            dlq=dlq,
+        )
         if job is None:
             assert status == "missing"
         elif not valid:
@@ -382,6 +402,23 @@ class QueueMachine(RuleBasedStateMachine):
         moved = self.engine.run("promote", self.now, 1000)
         assert int(moved) == self._promote()
 
+    @rule(index=st.integers(0, 40), prefer=st.sampled_from(["delayed", None]))
+    def promote_one(self, index: int, prefer: str | None) -> None:
+        """promote_job: one delayed job to wait, due or not; others refused unchanged."""
+        jid = self._pick(index, prefer)
+        if jid is None:
+            return
+        job = self.jobs.get(jid)
+        if job is None or job.state != "delayed":
+            before = self._snapshot()
+            code = "KQ_JOB_NOT_FOUND" if job is None else "KQ_BAD_STATE"
+            with pytest.raises(redis.ResponseError, match=code):
+                self.engine.run("promote", self.now, 1, "1", jid)
+            assert self._snapshot() == before
+            return
+        assert int(self.engine.run("promote", self.now, 1, "1", jid)) == 1
+        self._to_wait(job)
+
     @rule(index=st.integers(0, 40), prefer=st.sampled_from(["completed", "dlq", "failed", None]))
     def retry(self, index: int, prefer: str | None) -> None:
         jid = self._pick(index, prefer)
@@ -461,7 +498,7 @@ class QueueMachine(RuleBasedStateMachine):
         replies = pipe.execute()
         per_job = 1 + len(SETS)
         for i, jid in enumerate(ids):
-            raw, *scores = replies[i * per_job:(i + 1) * per_job]
+            raw, *scores = replies[i * per_job : (i + 1) * per_job]
             h = {k.decode(): v.decode() for k, v in raw.items()}
             member_of = {s: sc for s, sc in zip(SETS, scores, strict=True) if sc is not None}
             job = self.jobs.get(jid)
@@ -484,7 +521,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert ("cx" in h) == job.cancel, (jid, h, job)
             if job.state == "completed":
                 assert h.get("r") == job.result
-        cards = replies[len(ids) * per_job: len(ids) * per_job + len(SETS)]
+        cards = replies[len(ids) * per_job : len(ids) * per_job + len(SETS)]
         assert sum(cards) == len(self.jobs), "a state set holds an unknown job"
         lease = replies[-1]
         assert int(lease or 0) == self.lease_counter

@@ -63,7 +63,12 @@ def test_add_and_query_from_sync_code(sync_queue: SyncJobQueue) -> None:
     info = q.get_job_status(jid)
     assert info is not None
     assert (info.name, info.data, info.status, info.max_attempts, info.priority) == (
-        "send", {"to": "a@b.c"}, JobStatus.WAITING, 4, 2)
+        "send",
+        {"to": "a@b.c"},
+        JobStatus.WAITING,
+        4,
+        2,
+    )
     ids = q.add_jobs([("send", {"i": 1}), {"name": "send", "data": {"i": 2}}])
     assert len(ids) == 2 and jid not in ids
     listed = q.get_jobs_by_status("waiting")
@@ -248,8 +253,9 @@ async def _completed(pq: PartitionedQueue, n: int) -> bool:
     return (await pq.get_stats()).completed == n
 
 
-def test_sync_twins_of_the_newer_methods(sync_queue: SyncJobQueue, backend_url: str,
-                                         prefix: str) -> None:
+def test_sync_twins_of_the_newer_methods(
+    sync_queue: SyncJobQueue, backend_url: str, prefix: str
+) -> None:
     q = sync_queue
     jobs = (("n", i) for i in range(3))  # a generator is read in the caller's thread
     ids = q.add_jobs(jobs)

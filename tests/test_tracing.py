@@ -54,7 +54,8 @@ class Adapter:
 
 
 async def test_producer_to_worker_trace_with_retry_links(
-    make_queue: QueueFactory, spans: tuple[TracerProvider, InMemorySpanExporter],
+    make_queue: QueueFactory,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
     provider, exported = spans
     adapter = Adapter()
@@ -73,8 +74,9 @@ async def test_producer_to_worker_trace_with_retry_links(
 
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("request") as outer:
-        job_id = await q.add_job("send", {"to": "x"}, attempts=2,
-                                 backoff={"type": "fixed", "delay": 10})
+        job_id = await q.add_job(
+            "send", {"to": "x"}, attempts=2, backoff={"type": "fixed", "delay": 10}
+        )
     info = await q.get_job_status(job_id)
     assert info is not None and info.options[OPTION].startswith("00-")
     await q.start()
@@ -84,12 +86,15 @@ async def test_producer_to_worker_trace_with_retry_links(
         return got is not None and got.status == JobStatus.COMPLETED
 
     await wait_until(done, 10)
-    await wait_until(lambda: len([s for s in exported.get_finished_spans()
-                                  if s.name == "tr process"]) == 2, 5)
+    await wait_until(
+        lambda: len([s for s in exported.get_finished_spans() if s.name == "tr process"]) == 2, 5
+    )
     finished = exported.get_finished_spans()
     [publish] = [s for s in finished if s.name == "tr publish"]
-    first, second = sorted((s for s in finished if s.name == "tr process"),
-                           key=lambda s: s.attributes["kitium_queue.job.attempt"])
+    first, second = sorted(
+        (s for s in finished if s.name == "tr process"),
+        key=lambda s: s.attributes["kitium_queue.job.attempt"],
+    )
     trace_id = outer.get_span_context().trace_id
     # One trace from the caller's span through the producer to both runs.
     assert publish.context.trace_id == first.context.trace_id == trace_id
@@ -98,41 +103,47 @@ async def test_producer_to_worker_trace_with_retry_links(
     assert first.parent is not None and first.parent.span_id == publish.context.span_id
     assert publish.kind == SpanKind.PRODUCER and first.kind == SpanKind.CONSUMER
     assert dict(publish.attributes) == {
-        "messaging.system": "kitium-queue", "messaging.destination.name": "tr",
-        "messaging.operation": "publish", "messaging.operation.type": "send",
-        "messaging.message.id": job_id, "kitium_queue.job.name": "send",
+        "messaging.system": "kitium-queue",
+        "messaging.destination.name": "tr",
+        "messaging.operation": "publish",
+        "messaging.operation.type": "send",
+        "messaging.message.id": job_id,
+        "kitium_queue.job.name": "send",
     }
     assert first.attributes["messaging.operation"] == "process"
     assert first.attributes["messaging.message.id"] == job_id
     assert first.attributes["kitium_queue.job.name"] == "send"
-    assert (first.attributes["kitium_queue.job.attempt"],
-            second.attributes["kitium_queue.job.attempt"]) == (1, 2)
+    assert (
+        first.attributes["kitium_queue.job.attempt"],
+        second.attributes["kitium_queue.job.attempt"],
+    ) == (1, 2)
     # The failed run is marked; the retry links to the enqueue context and to it.
     assert first.status.status_code == StatusCode.ERROR
     assert any(e.name == "exception" for e in first.events)
     assert not first.links
-    links = {link.attributes["kitium_queue.link"]: link.context.span_id
-             for link in second.links}
-    assert links == {"enqueue": publish.context.span_id,
-                     "previous-attempt": first.context.span_id}
+    links = {link.attributes["kitium_queue.link"]: link.context.span_id for link in second.links}
+    assert links == {"enqueue": publish.context.span_id, "previous-attempt": first.context.span_id}
     assert second.status.status_code != StatusCode.ERROR
     # The brief's adapter still sees its spans.
     assert adapter.names.count("kitium.process") == 2 and "kitium.enqueue" in adapter.names
 
 
 async def test_bulk_given_ids_and_bad_traceparent(
-    make_queue: QueueFactory, spans: tuple[TracerProvider, InMemorySpanExporter],
+    make_queue: QueueFactory,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
     provider, exported = spans
     q = make_queue("tb")
     OpenTelemetryTracing(q, tracer_provider=provider)
     ids = await q.add_jobs([("a", {}), ("b", {}, {"job_id": "mine-1"})])
     assert ids[1] == "mine-1"
-    publishes = {s.attributes["messaging.message.id"]: s for s in exported.get_finished_spans()
-                 if s.name == "tb publish"}
+    publishes = {
+        s.attributes["messaging.message.id"]: s
+        for s in exported.get_finished_spans()
+        if s.name == "tb publish"
+    }
     assert set(publishes) == set(ids)  # each ended once its job was written
-    assert all("kitium_queue.enqueue.confirmed" not in s.attributes
-               for s in publishes.values())
+    assert all("kitium_queue.enqueue.confirmed" not in s.attributes for s in publishes.values())
     # Each job of a bulk add has its own trace context, stored with it.
     infos = [await q.get_job_status(i) for i in ids]
     assert infos[0] is not None and infos[1] is not None

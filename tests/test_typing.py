@@ -18,10 +18,15 @@ EXAMPLE = ROOT / "examples" / "typed_processor.py"
 
 
 def _mypy(path: Path) -> tuple[int, str]:
-    out, err, code = mypy_api.run([
-        "--strict", "--no-incremental", "--cache-dir=/dev/null", "--no-error-summary",
-        str(path),
-    ])
+    out, err, code = mypy_api.run(
+        [
+            "--strict",
+            "--no-incremental",
+            "--cache-dir=/dev/null",
+            "--no-error-summary",
+            str(path),
+        ]
+    )
     return code, out + err
 
 
@@ -33,8 +38,7 @@ def test_the_typed_example_passes_mypy_strict() -> None:
 def test_mypy_catches_a_wrong_data_key_and_a_mismatched_processor(tmp_path: Path) -> None:
     bad = tmp_path / "bad_typed.py"
     bad.write_text(
-        EXAMPLE.read_text()
-        .replace('job.data["to"].lower()', 'job.data["too"].lower()')
+        EXAMPLE.read_text().replace('job.data["to"].lower()', 'job.data["too"].lower()')
         + "\n\nasync def other(job: Job[int]) -> None:\n    return None\n\n\n"
         "wrong: JobProcessor[EmailData] = other\n"
     )
@@ -45,8 +49,13 @@ def test_mypy_catches_a_wrong_data_key_and_a_mismatched_processor(tmp_path: Path
 
 
 def test_queue_config_is_accepted_by_job_queue() -> None:
-    cfg = QueueConfig("cfg", prefix="kqcfg", retry=RetryConfig(max_attempts=7),
-                      worker={"concurrency": 3}, max_log_lines=50)
+    cfg = QueueConfig(
+        "cfg",
+        prefix="kqcfg",
+        retry=RetryConfig(max_attempts=7),
+        worker={"concurrency": 3},
+        max_log_lines=50,
+    )
     q = JobQueue(cfg)
     assert (q.name, q.keys.base.startswith("kqcfg"), q.retry.max_attempts) == ("cfg", True, 7)
     assert q.worker_config.concurrency == 3 and q.max_log_lines == 50
@@ -57,8 +66,15 @@ def test_queue_config_is_accepted_by_job_queue() -> None:
 
 
 def test_job_is_generic_and_plain_job_still_works() -> None:
-    job: Job[dict[str, int]] = Job(id="1", name="n", data={"a": 1}, attempts=1,
-                                   max_attempts=1, created_at=0, options={},
-                                   queue_name="q")
+    job: Job[dict[str, int]] = Job(
+        id="1",
+        name="n",
+        data={"a": 1},
+        attempts=1,
+        max_attempts=1,
+        created_at=0,
+        options={},
+        queue_name="q",
+    )
     assert job.data["a"] == 1
     assert Job[int] is not Job  # subscriptable at run time, like any generic

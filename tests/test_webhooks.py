@@ -60,15 +60,7 @@ from chaos.receiver import Receiver  # noqa: E402
 pytestmark = pytest.mark.redis_only
 
 LOOPBACK = ["127.0.0.0/8"]
-FAST = dict(allow_networks=LOOPBACK, backoff_ms=20, max_backoff_ms=200, poll_ms=10,
-            lease_ms=5_000)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = await Receiver().start()
-    yield rec
-    await rec.stop()
+FAST = dict(allow_networks=LOOPBACK, backoff_ms=20, max_backoff_ms=200, poll_ms=10, lease_ms=5_000)
 
 
 @pytest.fixture
@@ -88,8 +80,11 @@ def test_signature_verifies_and_rejects_tampering() -> None:
     s1, s2 = generate_secret(), generate_secret()
     body = b'{"type":"job-completed","data":{"job_id":"1"}}'
     now = int(time.time())
-    hdr = {"webhook-id": "evt_1", "webhook-timestamp": str(now),
-           "webhook-signature": signature_header([secret_key(s1)], "evt_1", now, body)}
+    hdr = {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": signature_header([secret_key(s1)], "evt_1", now, body),
+    }
     verify_webhook(body, hdr, s1)
     verify_webhook(body.decode(), {k.upper(): v for k, v in hdr.items()}, [s2, s1])
     with pytest.raises(WebhookVerificationError, match="no valid signature"):
@@ -114,8 +109,9 @@ def test_signature_verifies_and_rejects_tampering() -> None:
 async def test_rotation_both_secrets_accepted(queue: JobQueue, receiver: Receiver) -> None:
     old, new = generate_secret(), generate_secret()
     m = WebhookManager(queue, **FAST)
-    hook = await m.register_webhook(WebhookConfig(url=receiver.url, secret=old,
-                                                  events=["app-ping"]))
+    hook = await m.register_webhook(
+        WebhookConfig(url=receiver.url, secret=old, events=["app-ping"])
+    )
     await queue.start()
     await m.send_event(WebhookEvent("app-ping", {"n": 1}))
     await wait_until(lambda: len(receiver.ok()) == 1, 10)
@@ -165,12 +161,20 @@ async def stub_resolver(host: str, port: int) -> list[str]:
     return NAMES[host]
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/x", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/",
-    "http://[::1]:8080/", "http://[::ffff:10.0.0.1]/", "http://0.0.0.0/",
-    "http://[fd00:ec2::254]/", "http://100.64.0.1/",
-    *(f"https://{name}/hook" for name in NAMES),
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+        "http://[::1]:8080/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://0.0.0.0/",
+        "http://[fd00:ec2::254]/",
+        "http://100.64.0.1/",
+        *(f"https://{name}/hook" for name in NAMES),
+    ],
+)
 async def test_ssrf_guard_refuses_before_connecting(url: str) -> None:
     inner = NoConnect()
     transport = GuardedTransport(AddressPolicy(), resolver=stub_resolver, inner=inner)
@@ -192,15 +196,21 @@ def test_address_policy_allow_list() -> None:
 
 async def test_ssrf_guard_in_delivery(queue: JobQueue) -> None:
     inner = NoConnect()
-    m = WebhookManager(queue, resolver=stub_resolver, connector=inner, backoff_ms=10,
-                       poll_ms=10)
-    for url in ("http://127.0.0.1:9/h", "http://169.254.169.254/", "http://10.0.0.1/",
-                "http://[::1]/", "http://[::ffff:10.0.0.1]/"):
+    m = WebhookManager(queue, resolver=stub_resolver, connector=inner, backoff_ms=10, poll_ms=10)
+    for url in (
+        "http://127.0.0.1:9/h",
+        "http://169.254.169.254/",
+        "http://10.0.0.1/",
+        "http://[::1]/",
+        "http://[::ffff:10.0.0.1]/",
+    ):
         with pytest.raises(BlockedAddressError):
             await m.register_webhook(WebhookConfig(url=url, secret=generate_secret()))
-    hook = await m.register_webhook(WebhookConfig(
-        url="https://metadata.example/hook", secret=generate_secret(),
-        events=["job-completed"]))
+    hook = await m.register_webhook(
+        WebhookConfig(
+            url="https://metadata.example/hook", secret=generate_secret(), events=["job-completed"]
+        )
+    )
     await queue.start()
     job_id = await queue.add_job("noop", {})
     await wait_until(lambda: m.list_dlq(), 10)
@@ -215,8 +225,9 @@ async def test_redirects_not_followed(queue: JobQueue) -> None:
     rec = await Receiver(status=lambda r: 302).start()
     try:
         m = WebhookManager(queue, **FAST)
-        hook = await m.register_webhook(WebhookConfig(
-            url=rec.url, secret=generate_secret(), events=["app-ping"], max_retries=0))
+        hook = await m.register_webhook(
+            WebhookConfig(url=rec.url, secret=generate_secret(), events=["app-ping"], max_retries=0)
+        )
         await queue.start()
         eid = await m.send_event(WebhookEvent("app-ping"))
         await wait_until(lambda: m.list_dlq(), 10)
@@ -233,18 +244,28 @@ async def test_registrations_shared_and_secrets_not_stored(
 ) -> None:
     secret = generate_secret()
     m = WebhookManager(queue, **FAST)
-    hook = await m.register_webhook(WebhookConfig(
-        url=receiver.url, secret=secret, id="orders", headers={"x-team": "a"},
-        events=[WebhookEventType.JOB_COMPLETED, "job-dlq"], max_retries=3))
+    hook = await m.register_webhook(
+        WebhookConfig(
+            url=receiver.url,
+            secret=secret,
+            id="orders",
+            headers={"x-team": "a"},
+            events=[WebhookEventType.JOB_COMPLETED, "job-dlq"],
+            max_retries=3,
+        )
+    )
     with pytest.raises(ConfigurationError, match="exists"):
         await m.register_webhook(WebhookConfig(url=receiver.url, id="orders"))
     with pytest.raises(ConfigurationError, match="reserved"):
         await m.register_webhook(WebhookConfig(url=receiver.url, id="job"))
-    for bad, match in (({"url": "ftp://x/"}, "https"), ({"url": "http://u:p@x.io/"},
-                       "credentials"), ({"url": receiver.url, "events": []}, "1-64"),
-                       ({"url": receiver.url, "headers": {"webhook-id": "x"}}, "sender"),
-                       ({"url": receiver.url, "delivery_strategy": "sometimes"}, "strategy"),
-                       ({"url": receiver.url, "max_retries": -1}, "max_retries")):
+    for bad, match in (
+        ({"url": "ftp://x/"}, "https"),
+        ({"url": "http://u:p@x.io/"}, "credentials"),
+        ({"url": receiver.url, "events": []}, "1-64"),
+        ({"url": receiver.url, "headers": {"webhook-id": "x"}}, "sender"),
+        ({"url": receiver.url, "delivery_strategy": "sometimes"}, "strategy"),
+        ({"url": receiver.url, "max_retries": -1}, "max_retries"),
+    ):
         with pytest.raises(ConfigurationError, match=match):
             await m.register_webhook(WebhookConfig(**bad))
     # Another process (another queue object) sees the registration, without the secret.
@@ -279,8 +300,9 @@ async def test_flaky_endpoint_gets_every_event_of_5000_jobs(queue: JobQueue) -> 
     try:
         m = WebhookManager(queue, breaker_threshold=1000, **FAST)
         secret = generate_secret()
-        await m.register_webhook(WebhookConfig(url=rec.url, secret=secret, max_retries=40,
-                                               events=["job-completed"]))
+        await m.register_webhook(
+            WebhookConfig(url=rec.url, secret=secret, max_retries=40, events=["job-completed"])
+        )
         await queue.start()
         n = 5000
         ids = set()
@@ -295,8 +317,10 @@ async def test_flaky_endpoint_gets_every_event_of_5000_jobs(queue: JobQueue) -> 
         ok_ids = rec.ids()
         assert all(r.json()["type"] == "job-completed" for r in rec.ok())
         failed = len(rec.requests) - len(rec.ok())
-        print(f"\n5000 jobs: {len(rec.requests)} requests, {failed} answered 503, "
-              f"{sum(ok_ids.values()) - len(ok_ids)} duplicate deliveries")
+        print(
+            f"\n5000 jobs: {len(rec.requests)} requests, {failed} answered 503, "
+            f"{sum(ok_ids.values()) - len(ok_ids)} duplicate deliveries"
+        )
         assert failed > n / 3  # the endpoint really was flaky
         for r in rec.requests[:50]:
             verify_webhook(r.body, r.headers, secret)
@@ -306,14 +330,18 @@ async def test_flaky_endpoint_gets_every_event_of_5000_jobs(queue: JobQueue) -> 
         await rec.stop()
 
 
-async def test_dead_endpoint_dlq_then_replay(queue: JobQueue, receiver: Receiver,
-                                            redis_client: Any) -> None:
+async def test_dead_endpoint_dlq_then_replay(
+    queue: JobQueue, receiver: Receiver, redis_client: Any
+) -> None:
     await receiver.stop()  # dead: connection refused
     seen: list[Any] = []
     queue.on("webhook-dlq", seen.append)  # in-process notification
     m = WebhookManager(queue, **FAST)
-    hook = await m.register_webhook(WebhookConfig(url=receiver.url, secret=generate_secret(),
-                                                  max_retries=2, events=["job-completed"]))
+    hook = await m.register_webhook(
+        WebhookConfig(
+            url=receiver.url, secret=generate_secret(), max_retries=2, events=["job-completed"]
+        )
+    )
     await queue.start()
     ids = await queue.add_jobs([("noop", {}) for _ in range(20)])
     await wait_until(lambda: _count(m.list_dlq(limit=100), 20), 20)
@@ -348,8 +376,11 @@ async def test_breaker_spares_a_failing_endpoint(queue: JobQueue) -> None:
     rec = await Receiver(status=lambda r: 500).start()
     try:
         m = WebhookManager(queue, breaker_threshold=3, breaker_cooldown_ms=5_000, **FAST)
-        await m.register_webhook(WebhookConfig(url=rec.url, secret=generate_secret(),
-                                               max_retries=3, events=["job-completed"]))
+        await m.register_webhook(
+            WebhookConfig(
+                url=rec.url, secret=generate_secret(), max_retries=3, events=["job-completed"]
+            )
+        )
         await queue.start()
         await queue.add_jobs([("noop", {}) for _ in range(50)])
         await wait_until(lambda: _count(m.list_dlq(limit=100), 50), 20)
@@ -367,8 +398,11 @@ async def test_job_webhook_url_and_added_event(queue: JobQueue, receiver: Receiv
     with pytest.raises(ConfigurationError, match="webhook_url"):
         await queue.add_job("noop", {}, webhook_url=receiver.url)  # feature not enabled
     secret = generate_secret()
-    m = WebhookManager(queue, job_webhook=JobWebhookConfig(
-        secret=secret, events=["job-added", "job-completed"]), **FAST)
+    m = WebhookManager(
+        queue,
+        job_webhook=JobWebhookConfig(secret=secret, events=["job-added", "job-completed"]),
+        **FAST,
+    )
     with pytest.raises(ConfigurationError, match="webhook_url"):
         await queue.add_job("noop", {}, webhook_url="file:///etc/passwd")
     await queue.start()
@@ -386,8 +420,9 @@ async def test_job_webhook_url_and_added_event(queue: JobQueue, receiver: Receiv
 
 async def test_send_event_retry_and_history(queue: JobQueue, receiver: Receiver) -> None:
     m = WebhookManager(queue, **FAST)
-    hook = await m.register_webhook(WebhookConfig(url=receiver.url, secret=generate_secret(),
-                                                  events=["invoice-paid"]))
+    hook = await m.register_webhook(
+        WebhookConfig(url=receiver.url, secret=generate_secret(), events=["invoice-paid"])
+    )
     await queue.start()
     eid = await m.send_event(WebhookEvent("invoice-paid", {"invoice": 7}, id="evt_inv7"))
     assert eid == "evt_inv7"
@@ -415,12 +450,24 @@ async def test_reliable_and_best_effort(queue: JobQueue, redis_client: Any) -> N
     bad = await Receiver(status=lambda r: 500).start()
     try:
         m = WebhookManager(queue, breaker_threshold=100, **FAST)
-        await m.register_webhook(WebhookConfig(
-            url=good.url, secret=generate_secret(), events=["job-completed"],
-            delivery_strategy=WebhookDeliveryStrategy.RELIABLE, max_retries=3))
-        once = await m.register_webhook(WebhookConfig(
-            url=bad.url, secret=generate_secret(), events=["job-completed"],
-            delivery_strategy="best-effort", max_retries=5))
+        await m.register_webhook(
+            WebhookConfig(
+                url=good.url,
+                secret=generate_secret(),
+                events=["job-completed"],
+                delivery_strategy=WebhookDeliveryStrategy.RELIABLE,
+                max_retries=3,
+            )
+        )
+        once = await m.register_webhook(
+            WebhookConfig(
+                url=bad.url,
+                secret=generate_secret(),
+                events=["job-completed"],
+                delivery_strategy="best-effort",
+                max_retries=5,
+            )
+        )
         await queue.start()
         ids = await queue.add_jobs([("noop", {}) for _ in range(10)])
         await wait_until(lambda: len(good.ok()) == 10, 10)
@@ -437,15 +484,17 @@ async def test_reliable_and_best_effort(queue: JobQueue, redis_client: Any) -> N
         await bad.stop()
 
 
-async def test_started_and_progress_for_guaranteed(queue: JobQueue,
-                                                   receiver: Receiver) -> None:
+async def test_started_and_progress_for_guaranteed(queue: JobQueue, receiver: Receiver) -> None:
     @queue.process("report")
     async def report(job: Any) -> None:
         await job.update_progress({"pct": 50})
 
     m = WebhookManager(queue, **FAST)
-    await m.register_webhook(WebhookConfig(url=receiver.url, secret=generate_secret(),
-                                           events=["job-started", "job-progress"]))
+    await m.register_webhook(
+        WebhookConfig(
+            url=receiver.url, secret=generate_secret(), events=["job-started", "job-progress"]
+        )
+    )
     await queue.start()
     job_id = await queue.add_job("report", {})
     await wait_until(lambda: len(receiver.ok()) == 2, 10)
@@ -463,9 +512,15 @@ async def test_a_silent_endpoint_times_out(queue: JobQueue) -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         m = WebhookManager(queue, **FAST)
-        hook = await m.register_webhook(WebhookConfig(
-            url=f"http://127.0.0.1:{port}/", secret=generate_secret(), events=["app-ping"],
-            timeout_ms=300, max_retries=0))
+        hook = await m.register_webhook(
+            WebhookConfig(
+                url=f"http://127.0.0.1:{port}/",
+                secret=generate_secret(),
+                events=["app-ping"],
+                timeout_ms=300,
+                max_retries=0,
+            )
+        )
         await queue.start()
         eid = await m.send_event(WebhookEvent("app-ping"))
         await wait_until(lambda: m.list_dlq(), 10)
@@ -477,7 +532,8 @@ async def test_a_silent_endpoint_times_out(queue: JobQueue) -> None:
 
 
 async def test_a_name_connects_to_its_vetted_address_with_its_host(
-        queue: JobQueue, receiver: Receiver) -> None:
+    queue: JobQueue, receiver: Receiver
+) -> None:
     """The guard resolves the name itself and connects to the address it checked; the
     request still names the URL's host (no second lookup, nothing to rebind)."""
     asked: list[str] = []
@@ -487,9 +543,13 @@ async def test_a_name_connects_to_its_vetted_address_with_its_host(
         return ["127.0.0.1"]
 
     m = WebhookManager(queue, resolver=resolver, **FAST)
-    await m.register_webhook(WebhookConfig(
-        url=f"http://hooks.example:{receiver.port}/in", secret=generate_secret(),
-        events=["app-ping"]))
+    await m.register_webhook(
+        WebhookConfig(
+            url=f"http://hooks.example:{receiver.port}/in",
+            secret=generate_secret(),
+            events=["app-ping"],
+        )
+    )
     await queue.start()
     await m.send_event(WebhookEvent("app-ping"))
     await wait_until(lambda: receiver.ok(), 10)

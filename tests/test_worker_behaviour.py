@@ -62,8 +62,18 @@ async def test_async_processor_result_is_stored(make_queue: QueueFactory) -> Non
 
     @q.process("send")
     async def send(job: Any) -> dict[str, Any]:
-        seen.append((job.id, job.name, job.data, job.attempts, job.max_attempts,
-                     job.idempotency_key, job.options, job.created_at))
+        seen.append(
+            (
+                job.id,
+                job.name,
+                job.data,
+                job.attempts,
+                job.max_attempts,
+                job.idempotency_key,
+                job.options,
+                job.created_at,
+            )
+        )
         return {"sent": job.data["to"]}
 
     jid = await q.add_job("send", {"to": "a@b.c"}, attempts=4)
@@ -195,11 +205,17 @@ async def test_priorities_higher_first_fifo_within_priority(make_queue: QueueFac
     async def run(job: Any) -> None:
         order.append(job.data)
 
-    await q.add_jobs([
-        ("n", "p0-a", {"priority": 0}), ("n", "p5-a", {"priority": 5}),
-        ("n", "p10", {"priority": 10}), ("n", "p5-b", {"priority": 5}),
-        ("n", "p0-b"), ("n", "p5-c", {"priority": 5}), ("n", "p1", {"priority": 1}),
-    ])
+    await q.add_jobs(
+        [
+            ("n", "p0-a", {"priority": 0}),
+            ("n", "p5-a", {"priority": 5}),
+            ("n", "p10", {"priority": 10}),
+            ("n", "p5-b", {"priority": 5}),
+            ("n", "p0-b"),
+            ("n", "p5-c", {"priority": 5}),
+            ("n", "p1", {"priority": 1}),
+        ]
+    )
     await q.start()
     await wait_until(lambda: len(order) == 7)
     assert order == ["p10", "p5-a", "p5-b", "p5-c", "p1", "p0-a", "p0-b"]
@@ -370,8 +386,11 @@ async def test_unregistered_custom_backoff_is_refused_at_add_job(
 ) -> None:
     q = make_queue()
     q.register_backoff("linear", lambda attempts, error, job: attempts * 10)
-    with pytest.raises(ConfigurationError, match=r"'linaer' \(did you mean 'linear'\?\) is not "
-                       r"registered"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"'linaer' \(did you mean 'linear'\?\) is not "
+        r"registered",
+    ):
         await q.add_job("flaky", attempts=5, backoff={"type": "custom", "strategy": "linaer"})
     assert (await q.get_stats()).waiting == 0
 
@@ -907,8 +926,9 @@ async def test_queue_limiter_across_two_workers(backend_url: str, prefix: str) -
     limiter = {"max": 3, "duration": 150}
     factory = QueueFactory(backend_url, prefix)
     try:
-        workers = [factory("limited", worker={"concurrency": 4, "limiter": limiter})
-                   for _ in range(2)]
+        workers = [
+            factory("limited", worker={"concurrency": 4, "limiter": limiter}) for _ in range(2)
+        ]
         for w in workers:
             w.process("n", lambda job: None)
         ids = await workers[0].add_jobs([("n", i) for i in range(12)])
@@ -971,6 +991,7 @@ async def test_every_job_event_reaches_sync_and_async_handlers(make_queue: Queue
     await wait_until(lambda: all(f"{k}:{e}" in got for k in ("sync", "async") for e in job_events))
 
     for kind in ("sync", "async"):
+
         def of(event: str, jid: str, kind: str = kind) -> list[EventData]:
             return [d for d in got.get(f"{kind}:{event}", []) if d.job_id == jid]
 

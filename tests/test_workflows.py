@@ -39,8 +39,9 @@ def wf_queue(make_queue: QueueFactory, **kw: Any) -> tuple[JobQueue, JobChainMan
     return q, JobChainManager(q)
 
 
-async def done(chains: JobChainManager, wid: str, state: str = "completed",
-               timeout: float = 15) -> Any:
+async def done(
+    chains: JobChainManager, wid: str, state: str = "completed", timeout: float = 15
+) -> Any:
     async def check() -> bool:
         st = await chains.get_workflow_status(wid)
         return st is not None and st.state == state and st.unfinished == 0
@@ -61,12 +62,15 @@ async def test_diamond_runs_in_order_and_passes_data(make_queue: QueueFactory) -
         seen[job.data["name"]] = {k: v.result for k, v in parents.items()}
         return {"n": len(job.data["name"])}
 
-    ids = await chains.execute_workflow("order-1", [
-        WorkflowStep("a", "step", {"name": "a"}),
-        {"name": "b", "job_name": "step", "data": {"name": "bb"}, "depends_on": ["a"]},
-        WorkflowStep("c", "step", {"name": "ccc"}, depends_on=["a"]),
-        WorkflowStep("d", "step", {"name": "d"}, depends_on=["b", "c"]),
-    ])
+    ids = await chains.execute_workflow(
+        "order-1",
+        [
+            WorkflowStep("a", "step", {"name": "a"}),
+            {"name": "b", "job_name": "step", "data": {"name": "bb"}, "depends_on": ["a"]},
+            WorkflowStep("c", "step", {"name": "ccc"}, depends_on=["a"]),
+            WorkflowStep("d", "step", {"name": "d"}, depends_on=["b", "c"]),
+        ],
+    )
     assert ids == {"a": "order-1:a", "b": "order-1:b", "c": "order-1:c", "d": "order-1:d"}
     assert (await q.get_job_status("order-1:d")).status is JobStatus.PENDING  # type: ignore[union-attr]
     assert (await q.get_job_status("order-1:a")).status is JobStatus.WAITING  # type: ignore[union-attr]
@@ -95,33 +99,51 @@ async def test_transformers_registered_and_importable(make_queue: QueueFactory) 
     async def sink(job: Any) -> None:
         got[job.id] = job.data
 
-    await chains.execute_workflow("t", [
-        WorkflowStep("x", "num", {"n": 2}), WorkflowStep("y", "num", {"n": 5}),
-        WorkflowStep("s1", "sink", {"k": 1}, depends_on=["x", "y"], data_transformer="names"),
-        WorkflowStep("s2", "sink", None, depends_on=["x", "y"],
-                     data_transformer="test_workflows:double"),
-    ])
+    await chains.execute_workflow(
+        "t",
+        [
+            WorkflowStep("x", "num", {"n": 2}),
+            WorkflowStep("y", "num", {"n": 5}),
+            WorkflowStep("s1", "sink", {"k": 1}, depends_on=["x", "y"], data_transformer="names"),
+            WorkflowStep(
+                "s2", "sink", None, depends_on=["x", "y"], data_transformer="test_workflows:double"
+            ),
+        ],
+    )
     await q.start()
     await done(chains, "t")
     assert got == {"t:s1": {"k": 1, "from": ["x", "y"]}, "t:s2": {"total": 14}}
 
 
-@pytest.mark.parametrize(("steps", "message"), [
-    ([{"name": "a", "job_name": "j", "depends_on": ["b"]},
-      {"name": "b", "job_name": "j", "depends_on": ["a"]}],
-     "step 'a' is part of a dependency cycle"),
-    ([{"name": "a", "job_name": "j"}, {"name": "a", "job_name": "j"}],
-     "step 'a' is declared twice"),
-    ([{"name": "a", "job_name": "j", "depends_on": ["zz"]}], "step 'a' depends on 'zz'"),
-    ([{"name": "a", "job_name": "j", "depends_on": ["a"]}], "step 'a' depends on itself"),
-    ([{"name": "a", "job_name": "j", "on_failure": "explode"}], "step 'a': on_failure"),
-    ([{"name": "a", "job_name": "j", "options": {"job_id": "x"}}], "step 'a': options job_id"),
-    ([{"name": "a", "job_name": "j", "data_transformer": "nowhere"}], "step 'a': data_transformer"),
-    ([{"name": "a", "job_name": "j", "bogus": 1}], "unknown key(s) bogus"),
-    ([], "at least one step"),
-])
-async def test_bad_workflows_write_nothing(make_queue: QueueFactory, steps: Any,
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (
+            [
+                {"name": "a", "job_name": "j", "depends_on": ["b"]},
+                {"name": "b", "job_name": "j", "depends_on": ["a"]},
+            ],
+            "step 'a' is part of a dependency cycle",
+        ),
+        (
+            [{"name": "a", "job_name": "j"}, {"name": "a", "job_name": "j"}],
+            "step 'a' is declared twice",
+        ),
+        ([{"name": "a", "job_name": "j", "depends_on": ["zz"]}], "step 'a' depends on 'zz'"),
+        ([{"name": "a", "job_name": "j", "depends_on": ["a"]}], "step 'a' depends on itself"),
+        ([{"name": "a", "job_name": "j", "on_failure": "explode"}], "step 'a': on_failure"),
+        ([{"name": "a", "job_name": "j", "options": {"job_id": "x"}}], "step 'a': options job_id"),
+        (
+            [{"name": "a", "job_name": "j", "data_transformer": "nowhere"}],
+            "step 'a': data_transformer",
+        ),
+        ([{"name": "a", "job_name": "j", "bogus": 1}], "unknown key(s) bogus"),
+        ([], "at least one step"),
+    ],
+)
+async def test_bad_workflows_write_nothing(
+    make_queue: QueueFactory, steps: Any, message: str
+) -> None:
     q, chains = wf_queue(make_queue)
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         await chains.execute_workflow("bad", steps)
@@ -137,8 +159,9 @@ async def test_unknown_processor_and_taken_ids(make_queue: QueueFactory) -> None
         return None
 
     with pytest.raises(ConfigurationError, match="step 'b': no processor for job name 'nope'"):
-        await chains.execute_workflow("w", [WorkflowStep("a", "known"),
-                                            WorkflowStep("b", "nope", depends_on=["a"])])
+        await chains.execute_workflow(
+            "w", [WorkflowStep("a", "known"), WorkflowStep("b", "nope", depends_on=["a"])]
+        )
     await chains.execute_workflow("w", [WorkflowStep("a", "known")])
     with pytest.raises(JobStateError, match="workflow 'w' exists"):
         await chains.execute_workflow("w", [WorkflowStep("a", "known")])
@@ -235,8 +258,14 @@ async def test_retry_attempts_per_step(make_queue: QueueFactory) -> None:
             raise RuntimeError("not yet")
         return "ok"
 
-    await chains.execute_workflow("r", [WorkflowStep(
-        "a", "shaky", retry_attempts=2, options={"backoff": {"type": "fixed", "delay": 10}})])
+    await chains.execute_workflow(
+        "r",
+        [
+            WorkflowStep(
+                "a", "shaky", retry_attempts=2, options={"backoff": {"type": "fixed", "delay": 10}}
+            )
+        ],
+    )
     await q.start()
     st = await done(chains, "r")
     assert tries == [1, 2, 3] and st.steps["a"].attempts == 3
@@ -251,9 +280,14 @@ async def test_cancel_workflow(make_queue: QueueFactory) -> None:
         started.append(job.id)
         await asyncio.sleep(0.5)
 
-    await chains.execute_workflow("x", [
-        WorkflowStep("a", "slow"), WorkflowStep("b", "slow", depends_on=["a"]),
-        WorkflowStep("c", "slow", depends_on=["b"])])
+    await chains.execute_workflow(
+        "x",
+        [
+            WorkflowStep("a", "slow"),
+            WorkflowStep("b", "slow", depends_on=["a"]),
+            WorkflowStep("c", "slow", depends_on=["b"]),
+        ],
+    )
     await q.start()
     await wait_until(lambda: started == ["x:a"], 10)
     assert await chains.cancel_workflow("x") == 2
@@ -281,9 +315,14 @@ async def test_dead_lettered_step_replayed_continues(make_queue: QueueFactory) -
         ran.append(job.id)
         return {k: v.result for k, v in (await chains.parent_results(job)).items()}
 
-    await chains.execute_workflow("d", [
-        WorkflowStep("g", "gate"), WorkflowStep("x", "after", depends_on=["g"]),
-        WorkflowStep("y", "after", depends_on=["x"])])
+    await chains.execute_workflow(
+        "d",
+        [
+            WorkflowStep("g", "gate"),
+            WorkflowStep("x", "after", depends_on=["g"]),
+            WorkflowStep("y", "after", depends_on=["x"]),
+        ],
+    )
     await q.start()
     st = await done(chains, "d", "failed")
     assert st.steps["g"].state == "dlq" and st.steps["x"].state == "cancelled"
@@ -334,8 +373,9 @@ async def test_completed_event_and_timing(make_queue: QueueFactory) -> None:
     async def n(job: Any) -> None:
         return None
 
-    await chains.execute_workflow("e", [
-        WorkflowStep(f"s{i}", "n", depends_on=[f"s{i - 1}"] if i else []) for i in range(20)])
+    await chains.execute_workflow(
+        "e", [WorkflowStep(f"s{i}", "n", depends_on=[f"s{i - 1}"] if i else []) for i in range(20)]
+    )
     t0 = time.monotonic()
     await q.start()
     await done(chains, "e")
@@ -364,9 +404,13 @@ async def test_encrypted_steps(make_queue: QueueFactory) -> None:
         seen[job.id] = (job.data, await chains.parent_results(job))
         return {"secret": "R-" + job.id}
 
-    await chains.execute_workflow("enc", [
-        WorkflowStep("a", "s", {"card": "4111-MARK"}, options={"encrypted": True}),
-        WorkflowStep("b", "s", {"x": 1}, depends_on=["a"], options={"encrypted": True})])
+    await chains.execute_workflow(
+        "enc",
+        [
+            WorkflowStep("a", "s", {"card": "4111-MARK"}, options={"encrypted": True}),
+            WorkflowStep("b", "s", {"x": 1}, depends_on=["a"], options={"encrypted": True}),
+        ],
+    )
     client = await q.client()
     assert b"4111-MARK" not in await client.hget(q.keys.job("enc:a"), "d")
     await q.start()
@@ -385,9 +429,15 @@ async def test_removing_a_pending_step_applies_its_policy(make_queue: QueueFacto
     async def n(job: Any) -> None:
         return None
 
-    await chains.execute_workflow("rm", [
-        WorkflowStep("a", "n"), WorkflowStep("b", "n", depends_on=["a"], on_failure="skip"),
-        WorkflowStep("c", "n", depends_on=["b"]), WorkflowStep("d", "n", depends_on=["a"])])
+    await chains.execute_workflow(
+        "rm",
+        [
+            WorkflowStep("a", "n"),
+            WorkflowStep("b", "n", depends_on=["a"], on_failure="skip"),
+            WorkflowStep("c", "n", depends_on=["b"]),
+            WorkflowStep("d", "n", depends_on=["a"]),
+        ],
+    )
     assert await q.remove_job("rm:b")
     st = await chains.get_workflow_status("rm")
     assert st is not None and st.steps["b"].state == "failed"

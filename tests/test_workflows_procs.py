@@ -54,10 +54,19 @@ async def test_random_dag_over_three_processes_with_one_killed(
     chains = JobChainManager(q, events=False)
     procs = WorkerProcs(redis_url, prefix, name, tmp_path, script=WF_WORKER)
     try:
-        await chains.execute_workflow(wid, [
-            WorkflowStep(s, "node", {"wf": wid, "parents": ps, "ms": rnd.randint(20, 60)},
-                         depends_on=ps, options={"remove_on_complete": False})
-            for s, ps in dag.items()])
+        await chains.execute_workflow(
+            wid,
+            [
+                WorkflowStep(
+                    s,
+                    "node",
+                    {"wf": wid, "parents": ps, "ms": rnd.randint(20, 60)},
+                    depends_on=ps,
+                    options={"remove_on_complete": False},
+                )
+                for s, ps in dag.items()
+            ],
+        )
         await procs.start(3, "--ledger", str(ledger))
 
         def finishes() -> int:
@@ -110,8 +119,10 @@ async def test_random_dag_over_three_processes_with_one_killed(
         assert set(done.values()) == {1}, "a node completed more than once"
         reruns = sum(1 for s in dag if len(starts[s]) > 1)
         assert reruns >= 1, "the killed process had a node in flight: it must run again"
-        print(f"\n200-node DAG: completed {time.time() - killed_at:.2f} s after the kill; "
-              f"{reruns} node(s) ran again after it")
+        print(
+            f"\n200-node DAG: completed {time.time() - killed_at:.2f} s after the kill; "
+            f"{reruns} node(s) ran again after it"
+        )
     finally:
         await procs.close()
         await q.close()
@@ -128,7 +139,8 @@ async def test_fan_out_and_fan_in_of_ten_thousand(make_queue: QueueFactory) -> N
 
     width = 10_000
     steps = [WorkflowStep("root", "n")] + [
-        WorkflowStep(f"c{i}", "n", depends_on=["root"]) for i in range(width)]
+        WorkflowStep(f"c{i}", "n", depends_on=["root"]) for i in range(width)
+    ]
     t0 = time.monotonic()
     await chains.execute_workflow("out", steps)
     write_s = time.monotonic() - t0
@@ -150,7 +162,8 @@ async def test_fan_out_and_fan_in_of_ten_thousand(make_queue: QueueFactory) -> N
     # Fan-in: 10,000 parents, one child.
     started.clear()
     steps = [WorkflowStep(f"p{i}", "n") for i in range(width)] + [
-        WorkflowStep("sink", "n", depends_on=[f"p{i}" for i in range(width)])]
+        WorkflowStep("sink", "n", depends_on=[f"p{i}" for i in range(width)])
+    ]
     await chains.execute_workflow("in", steps)
     await wait_until(lambda: "in:sink" in started, 60)
     pipe = client.pipeline(transaction=False)
@@ -158,9 +171,11 @@ async def test_fan_out_and_fan_in_of_ten_thousand(make_queue: QueueFactory) -> N
         pipe.hget(q.keys.extra(f"dep:in:p{i}"), "f")
     last_parent = max(int(f) for f in await pipe.execute()) / 1000
     fan_in_s = started["in:sink"] - last_parent
-    print(f"\nfan-out {width}: written in {write_s * 1000:.0f} ms, all released "
-          f"{fan_out_s * 1000:.0f} ms after the parent completed; fan-in {width}: the child "
-          f"started {fan_in_s * 1000:.1f} ms after the last parent completed")
+    print(
+        f"\nfan-out {width}: written in {write_s * 1000:.0f} ms, all released "
+        f"{fan_out_s * 1000:.0f} ms after the parent completed; fan-in {width}: the child "
+        f"started {fan_in_s * 1000:.1f} ms after the last parent completed"
+    )
     assert fan_out_s < 10 and fan_in_s < 5
     st = await chains.get_workflow_status("in")
     assert st is not None and st.state == "completed"

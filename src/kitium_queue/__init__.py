@@ -29,6 +29,7 @@ from .enums import (
     WebhookEventType,
 )
 from .errors import (
+    AccessDeniedError,
     BreakerNotFoundError,
     CircuitOpenError,
     ConfigurationError,
@@ -46,14 +47,23 @@ from .errors import (
     QueueActiveError,
     QuotaExceededError,
     RateLimited,
+    ReplicaAckError,
     RetryLater,
     ScheduleNotFoundError,
     ScriptArgumentError,
     SerializationError,
     TenantNotFoundError,
+    WriteNotConfirmedError,
     WriteRefusedError,
 )
 from .events import EventData, StreamEvent
+from .features.access import (
+    AccessControlManager,
+    AccessEntry,
+    Permission,
+    QueuePermissions,
+)
+from .features.audit import AuditEntry, AuditLog, AuditReport
 from .features.breakers import (
     BreakerConfig,
     BreakerStats,
@@ -71,10 +81,12 @@ from .features.encryption import (
 from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
+from .features.replicas import ReplicaAcks
 from .features.schedules import Schedule
 from .features.tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
 from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
+from .identity import acting_as, current_principal
 from .job import Job, JobInfo, JobProcessor
 from .leader import LeaderLease, LeaderService
 from .options import (
@@ -121,7 +133,14 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
+    "AccessControlManager",
+    "AccessDeniedError",
+    "AccessEntry",
+    "AuditEntry",
+    "AuditLog",
+    "AuditReport",
     "BackoffOptions",
     "BreakerConfig",
     "BreakerNotFoundError",
@@ -176,15 +195,19 @@ __all__ = [
     "PartialEnqueueError",
     "PartitionedQueue",
     "PayloadTooLargeError",
+    "Permission",
     "PermissionDeniedError",
     "QueueActiveError",
     "QueueConfig",
     "QueueEvent",
+    "QueuePermissions",
     "QueueRole",
     "QueueSettings",
     "QueueStats",
     "QuotaExceededError",
     "RateLimited",
+    "ReplicaAckError",
+    "ReplicaAcks",
     "RetryConfig",
     "RetryLater",
     "RotationStatus",
@@ -209,8 +232,11 @@ __all__ = [
     "WorkerConfig",
     "WorkflowStatus",
     "WorkflowStep",
+    "WriteNotConfirmedError",
     "WriteRefusedError",
     "__version__",
+    "acting_as",
+    "current_principal",
     "generate_secret",
     "verify_webhook",
 ]

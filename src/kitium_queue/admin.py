@@ -2,7 +2,8 @@
 
 Every command that changes a queue on an operator's behalf (``pause``, ``resume``,
 ``drain``, ``clear``, ``retry_job``, ``bulk_retry``, ``replay_dlq``, ``remove_job``,
-``cancel_job``, ``promote_delayed``, ``recover_stalled``, and the schedule commands
+``cancel_job``, ``promote_delayed``, ``promote_job``, ``recover_stalled``, and the schedule
+commands
 ``put_schedule``, ``update_schedule``, ``remove_schedule``, ``pause_schedule``,
 ``resume_schedule``) runs as ``Admin.execute(command, args, action)``:
 
@@ -15,20 +16,23 @@ Every command that changes a queue on an operator's behalf (``pause``, ``resume`
    ``args`` are the arguments as the caller gave them (ids, limits, flags; never job
    payloads: a schedule's data is left out, and so are the values of schedule changes).
 
-Access control wraps this point with a guard, audit with a subscriber. Commands that
+Each ``AdminCall`` names who ran it (``principal``: the innermost
+``identity.acting_as`` block, else the queue's default principal). Access control wraps
+this point with a guard, audit with a subscriber. Commands that
 workers run themselves as part of processing (promote and recover inside ``claim``)
 are not administrative and do not pass here.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .enums import JobStatus
 from .errors import ConfigurationError, JobActiveError, JobNotFoundError
+from .guards import GuardList
 from .hooks import AdminCall
+from .identity import current_principal
 from .limits import clip
 from .queries import parse_status, query_id
 
@@ -63,7 +67,7 @@ class Admin:
 
     def __init__(self, ctx: QueueContext) -> None:
         self.ctx = ctx
-        self._guards: list[AdminGuard] = []
+        self._guards: GuardList[AdminCall] = GuardList("admin guard")
         self._clear_steps: list[Callable[[], Awaitable[Any]]] = []
 
     # ------------------------------------------------------------------ choke point
@@ -71,10 +75,7 @@ class Admin:
         """Run ``guard(call)`` before every administrative command (after the guards
         added before it); it refuses the command by raising, e.g.
         ``PermissionDeniedError``. Adding the same guard twice is a no-op."""
-        if not callable(guard):
-            raise ConfigurationError(f"admin guard must be callable, got {type(guard).__name__}")
-        if not any(g is guard for g in self._guards):
-            self._guards.append(guard)
+        self._guards.add(guard)
 
     def add_clear_step(self, step: Callable[[], Awaitable[Any]]) -> None:
         """Run ``await step()`` at the end of every ``clear()``, after the jobs are gone:
@@ -87,12 +88,12 @@ class Admin:
 
     def remove_guard(self, guard: AdminGuard) -> None:
         """Remove a guard added with ``add_guard`` (no-op if absent)."""
-        self._guards = [g for g in self._guards if g is not guard]
+        self._guards.remove(guard)
 
     @property
     def guards(self) -> tuple[AdminGuard, ...]:
         """The guards, in the order they run."""
-        return tuple(self._guards)
+        return self._guards.items
 
     async def execute(
         self,
@@ -113,20 +114,23 @@ class Admin:
         Returns what ``action`` returned; raises what a guard or ``action`` raised.
         """
         ctx = self.ctx
-        call = AdminCall(ctx.name, command, dict(args))
+        who = current_principal(ctx.principal)
+        call = AdminCall(ctx.name, command, dict(args), principal=who)
         try:
-            for guard in self._guards:
-                out = guard(call)
-                if inspect.isawaitable(out):
-                    await out
+            if self._guards:
+                await self._guards.run(call)
             result = await action()
         except BaseException as exc:
             if ctx.hooks.admin:
-                ctx.hooks.emit_admin(AdminCall(ctx.name, command, call.args, error=exc))
+                ctx.hooks.emit_admin(
+                    AdminCall(ctx.name, command, call.args, error=exc, principal=who)
+                )
             raise
         if ctx.hooks.admin:
             seen = shown(result) if shown is not None else result
-            ctx.hooks.emit_admin(AdminCall(ctx.name, command, call.args, result=seen))
+            ctx.hooks.emit_admin(
+                AdminCall(ctx.name, command, call.args, result=seen, principal=who)
+            )
         return result
 
     # ------------------------------------------------------------------ commands
@@ -232,9 +236,7 @@ class Admin:
             (status,) = await ctx.run("cancel", [query_id(job_id)])
             if status == b"missing":
                 raise JobNotFoundError(f"job {job_id} does not exist in queue {ctx.name!r}")
-            return {"removed": "removed", "flagged": "cancelling"}.get(
-                status.decode(), "finished"
-            )
+            return {"removed": "removed", "flagged": "cancelling"}.get(status.decode(), "finished")
 
         return await self.execute("cancel_job", {"job_id": job_id}, action)
 
@@ -255,6 +257,16 @@ class Admin:
             return moved
 
         return await self.execute("promote_delayed", {"limit": limit}, action)
+
+    async def promote_job(self, job_id: str) -> None:
+        """``JobQueue.promote_job``."""
+        ctx = self.ctx
+
+        async def action() -> None:
+            dlq = "1" if ctx.dlq.enabled else "0"
+            await ctx.run("promote", [1, dlq, query_id(job_id)])
+
+        await self.execute("promote_job", {"job_id": job_id}, action)
 
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """``JobQueue.recover_stalled``."""
@@ -377,6 +389,14 @@ class AdminAPI:
         """
         return await self.admin.promote_delayed(limit)
 
+    async def promote_job(self, job_id: str) -> None:
+        """Move one delayed job to waiting now, whether it is due or not (its place in
+        line is its priority's, as if its delay had ended).
+
+        Raises ``JobNotFoundError``, or ``JobStateError`` when the job is not delayed.
+        """
+        await self.admin.promote_job(job_id)
+
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """Requeue jobs whose lease expired; returns (requeued ids, dead-lettered ids).
 
@@ -406,8 +426,9 @@ class AdminAPI:
             await queue.schedule_job("report", {}, "0 2 * * *", tz="Europe/Berlin")
         """
         sched, job_opts = _split_schedule_options(options)
-        return await self.schedules.declare(job_name, data, cron=cron_pattern,
-                                            options=job_opts, **sched)
+        return await self.schedules.declare(
+            job_name, data, cron=cron_pattern, options=job_opts, **sched
+        )
 
     async def schedule_every(
         self, job_name: str, data: Any, interval_ms: Any, **options: Any
@@ -421,8 +442,9 @@ class AdminAPI:
             await queue.schedule_every("heartbeat", {"svc": "api"}, 30_000, jitter=2000)
         """
         sched, job_opts = _split_schedule_options(options)
-        return await self.schedules.declare(job_name, data, every=interval_ms,
-                                            options=job_opts, **sched)
+        return await self.schedules.declare(
+            job_name, data, every=interval_ms, options=job_opts, **sched
+        )
 
     async def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
         """Change some fields of a schedule (``data``, ``cron_pattern``, ``interval_ms``,

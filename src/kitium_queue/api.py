@@ -39,6 +39,7 @@ from .enums import JobStatus
 
 if TYPE_CHECKING:
     from .events import Handler, StreamEvent
+    from .explain import Explainer, Explanation
     from .features.schedules import Schedule
     from .job import JobInfo
     from .jobspec import Normalizer
@@ -180,8 +181,10 @@ _NO_SCHEDULES = "schedules belong on a plain JobQueue (a schedule fires into one
 
 
 # A cursor is a place in one queue's order; a merged one would need one per member.
-_NO_CURSOR = ("cursors are per {member}: page one {member} with queue.queues[i].list_jobs(), "
-              "or page the merged order with get_jobs_by_status(offset=...)")
+_NO_CURSOR = (
+    "cursors are per {member}: page one {member} with queue.queues[i].list_jobs(), "
+    "or page the merged order with get_jobs_by_status(offset=...)"
+)
 
 
 def _unimplemented(obj: object) -> TypeError:
@@ -204,8 +207,12 @@ class QueueAPI(Protocol):
     # ------------------------------------------------------------------ producer
     @operation("producer", Route.BY_KEY, ids="id")
     async def add_job(
-        self, /, job_name: str, data: Any = None,
-        options: JobOptions | Mapping[str, Any] | None = None, **kwargs: Any,
+        self,
+        /,
+        job_name: str,
+        data: Any = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> str:
         """Add one job and return its id.
 
@@ -236,6 +243,13 @@ class QueueAPI(Protocol):
     async def get_job_detail(self, /, job_id: str) -> JobDetail | None:
         """``get_job_status`` plus the worker holding the job, its lease deadline and
         how many log lines it has; None if there is no such job."""
+        raise _unimplemented(self)
+
+    @operation("query", Route.BY_ID, miss="raise")
+    async def explain(self, /, job_id: str) -> Explanation:
+        """Why a job is not running: its delay, a paused queue, no live worker for its
+        name, the lease holder, and what enabled features report (group turn,
+        dependencies, open breaker, rate window, concurrency cap)."""
         raise _unimplemented(self)
 
     @operation("query", Route.BY_ID, miss="empty")
@@ -336,6 +350,12 @@ class QueueAPI(Protocol):
         """Move due delayed jobs to waiting now; how many moved."""
         raise _unimplemented(self)
 
+    @operation("admin", Route.BY_ID)
+    async def promote_job(self, /, job_id: str) -> None:
+        """Move one delayed job to waiting now, due or not (``JobStateError`` when it
+        is not delayed)."""
+        raise _unimplemented(self)
+
     @operation("admin", Route.BUDGET, merge="concat", ids="id lists")
     async def recover_stalled(self, /, limit: int = 1000) -> tuple[list[str], list[str]]:
         """Requeue jobs whose lease expired: (requeued ids, dead-lettered ids)."""
@@ -411,16 +431,29 @@ class QueueAPI(Protocol):
 
     @operation("registration", Route.REGISTER)
     def process_batch(
-        self, /, job_name: str, fn: Callable[..., Any] | None = None, *, size: int,
-        min_size: int = 1, max_wait: Any = 1000,
+        self,
+        /,
+        job_name: str,
+        fn: Callable[..., Any] | None = None,
+        *,
+        size: int,
+        min_size: int = 1,
+        max_wait: Any = 1000,
     ) -> Any:
         """Register a processor that takes up to ``size`` jobs at once (a decorator too)."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)
     def declare_option(
-        self, /, name: str, *, feature: str, normalize: Normalizer | None = None,
-        default: Any = None, stored: bool = True, doc: str = "",
+        self,
+        /,
+        name: str,
+        *,
+        feature: str,
+        normalize: Normalizer | None = None,
+        default: Any = None,
+        stored: bool = True,
+        doc: str = "",
     ) -> None:
         """Declare the job option ``name``, owned by ``feature`` (until declared, it is
         refused as unknown)."""
@@ -435,6 +468,11 @@ class QueueAPI(Protocol):
     def use_process(self, /, middleware: ProcessMiddleware) -> None:
         """Add process middleware ``async fn(job, call_next) -> result`` around every
         run (first added is outermost); add it before the worker starts."""
+        raise _unimplemented(self)
+
+    @operation("registration", Route.REGISTER)
+    def add_explainer(self, /, explainer: Explainer) -> None:
+        """Add an explainer ``fn(facts) -> [Reason]`` (sync or async) to ``explain``."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)
@@ -465,19 +503,23 @@ class QueueAPI(Protocol):
 OPERATIONS: Mapping[str, Operation] = MappingProxyType(dict(_declared))
 
 #: Public methods of ``JobQueue`` that belong to one physical queue, and why.
-SINGLE_QUEUE_ONLY: Mapping[str, str] = MappingProxyType({
-    "client": "the queue's own Redis client",
-    "run": "runs one of the queue's scripts on its keys",
-    "call": "prepares one of the queue's script calls",
-    "argv_head": "the queue's script argument prefix",
-    "policy_for": "the queue's resolved retry policy",
-    "own_options": "features declare their options on each queue they serve",
-    "add_service": "a service runs with one queue's worker; on each member it would run "
-                   "once per member",
-    "set_rate_limit": "a limit set on every member would admit members x max",
-    "set_concurrency_limit": "a limit set on every member would admit members x max",
-    "set_global_concurrency": "a cap set on every member would admit members x max",
-    "subscribe": "lifecycle hooks carry one queue's own job ids and records: subscribe on "
-                 "each member queue knowingly",
-    "unsubscribe": "see subscribe",
-})
+SINGLE_QUEUE_ONLY: Mapping[str, str] = MappingProxyType(
+    {
+        "client": "the queue's own Redis client",
+        "run": "runs one of the queue's scripts on its keys",
+        "call": "prepares one of the queue's script calls",
+        "argv_head": "the queue's script argument prefix",
+        "policy_for": "the queue's resolved retry policy",
+        "own_options": "features declare their options on each queue they serve",
+        "set_write_barrier": "a write barrier follows one queue's writes on its connection; "
+        "features set it on each member queue they serve",
+        "add_service": "a service runs with one queue's worker; on each member it would run "
+        "once per member",
+        "set_rate_limit": "a limit set on every member would admit members x max",
+        "set_concurrency_limit": "a limit set on every member would admit members x max",
+        "set_global_concurrency": "a cap set on every member would admit members x max",
+        "subscribe": "lifecycle hooks carry one queue's own job ids and records: subscribe on "
+        "each member queue knowingly",
+        "unsubscribe": "see subscribe",
+    }
+)

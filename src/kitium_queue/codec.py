@@ -79,8 +79,7 @@ _REASONS = (
     ),
     (
         "64-bit",
-        "an int is outside the 64-bit range (-2**63 .. 2**64-1); pass big numbers as "
-        "strings",
+        "an int is outside the 64-bit range (-2**63 .. 2**64-1); pass big numbers as strings",
     ),
     (
         "recursion",
@@ -164,8 +163,10 @@ def _needs_a_look(value: Any) -> bool:
     scalars (``_PLAIN``), which JSON carries as they are (NaN aside); True when it holds
     anything else, for ``_first_change`` to examine. Type checks of whole containers run
     in C (``issuperset(map(type, ...))``), so a plain payload costs little."""
-    if type(value) is dict and _STR.issuperset(map(type, value)) and _PLAIN.issuperset(
-        map(type, value.values())
+    if (
+        type(value) is dict
+        and _STR.issuperset(map(type, value))
+        and _PLAIN.issuperset(map(type, value.values()))
     ):
         return False  # the most common payload: a flat dict
     stack = [value]
@@ -206,9 +207,7 @@ def _first_change(value: Any, root: str) -> str | None:
                 if type(v) not in _SCALARS:
                     stack.append((v, f"{path}[{_short(k)}]"))
         elif kind is list or (kind not in _SCALARS and isinstance(item, list)):
-            stack.extend(
-                (v, f"{path}[{i}]") for i, v in enumerate(item) if type(v) not in _SCALARS
-            )
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item) if type(v) not in _SCALARS)
         elif kind in _SCALARS:
             continue
         elif isinstance(item, float):

@@ -61,14 +61,34 @@ _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
 
 _DICT_KEYS = {
-    "host", "port", "username", "password", "db", "tls", "ssl", "url", "socket_timeout",
-    "socket_connect_timeout", "max_connections", "ssl_ca_certs", "ssl_certfile",
-    "ssl_keyfile", "ssl_cert_reqs", "client_name", "health_check_interval",
-    "retry_strategy", "enable_ready_check", "unix_socket_path",
+    "host",
+    "port",
+    "username",
+    "password",
+    "db",
+    "tls",
+    "ssl",
+    "url",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "max_connections",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "client_name",
+    "health_check_interval",
+    "retry_strategy",
+    "enable_ready_check",
+    "unix_socket_path",
     # Redis Cluster
-    "cluster", "startup_nodes",
+    "cluster",
+    "startup_nodes",
     # Sentinel
-    "sentinels", "service_name", "sentinel_username", "sentinel_password",
+    "sentinels",
+    "service_name",
+    "sentinel_username",
+    "sentinel_password",
 }
 # Query-string options accepted by the cluster and sentinel URLs, with their types.
 _QUERY_TYPES: dict[str, type] = {
@@ -219,7 +239,7 @@ class ConnectionFactory:
             # URL schemes are case-insensitive (RFC 3986), as redis-py treats them.
             scheme = redis.split("://", 1)[0].lower() if "://" in redis else ""
             if scheme == "memory":
-                self.memory_name = redis[len("memory://"):] or "default"
+                self.memory_name = redis[len("memory://") :] or "default"
                 self.mode = "memory"
             elif scheme in ("redis", "rediss", "unix"):
                 self._url = self._checked_url(redis)
@@ -236,9 +256,7 @@ class ConnectionFactory:
         elif isinstance(redis, Mapping):
             self._secrets = mapping_secrets(redis)
             self._from_dict(redis)
-        elif isinstance(redis, (aioredis.Redis, RedisCluster)) or hasattr(
-            redis, "execute_command"
-        ):
+        elif isinstance(redis, (aioredis.Redis, RedisCluster)) or hasattr(redis, "execute_command"):
             self._given_client = redis
             self._secrets = client_secrets(redis)
             self.mode = "cluster" if isinstance(redis, RedisCluster) else "client"
@@ -484,7 +502,7 @@ class ConnectionFactory:
         sentinel_kwargs["socket_timeout"] = kwargs.get("socket_connect_timeout") or 5
         for k in ("sentinel_username", "sentinel_password"):
             if k in kwargs:
-                sentinel_kwargs[k[len("sentinel_"):]] = kwargs.pop(k)
+                sentinel_kwargs[k[len("sentinel_") :]] = kwargs.pop(k)
         kwargs.pop("service_name", None)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             self._nodes, sentinel_kwargs=sentinel_kwargs

@@ -12,7 +12,10 @@
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
     ├── PermissionDeniedError       the Redis ACL user lacks a command or key
+    │   └── AccessDeniedError       a grant does not allow this principal the action
     ├── WriteRefusedError           Redis refused a write (out of memory, MISCONF, replica)
+    ├── WriteNotConfirmedError      written on the primary, not confirmed by the write barrier
+    │   └── ReplicaAckError         fewer replicas than asked acknowledged it in time (WAIT)
     ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
     ├── ScheduleNotFoundError       no schedule with that id
     ├── BreakerNotFoundError        no circuit breaker with that id
@@ -38,6 +41,7 @@ from .limits import MAX_DELAY_MS, clamp_delay_ms
 __all__ = [
     "REFUSAL_ERRORS",
     "SCRIPT_ERRORS",
+    "AccessDeniedError",
     "BreakerNotFoundError",
     "CircuitOpenError",
     "ConfigurationError",
@@ -56,11 +60,13 @@ __all__ = [
     "QueueActiveError",
     "QuotaExceededError",
     "RateLimited",
+    "ReplicaAckError",
     "RetryLater",
     "ScheduleNotFoundError",
     "ScriptArgumentError",
     "SerializationError",
     "TenantNotFoundError",
+    "WriteNotConfirmedError",
     "WriteRefusedError",
     "error_from_script",
     "refusal_error",
@@ -93,11 +99,43 @@ class ConnectionUnavailableError(KitiumQueueError, ConnectionError):
 
 
 class PermissionDeniedError(KitiumQueueError, PermissionError):
-    """The Redis ACL user lacks a command or the queue's key pattern (``NOPERM``).
+    """Refused for lack of permission: the Redis ACL user lacks a command or the
+    queue's key pattern (``NOPERM``), or (``AccessDeniedError``) the principal a call
+    runs for holds no grant allowing it.
 
     The message names what was refused; docs/RELIABILITY.md lists the ACL rules a queue
     needs (``~<prefix>:{<queue>}:*`` and the commands its scripts run).
     """
+
+
+class AccessDeniedError(PermissionDeniedError):
+    """A protected queue (or ``AccessControlManager.require_access``) refused a call:
+    the principal it runs for holds no grant with the permission it needs.
+
+    Nothing of the refused call ran. The refusal is written to the audit log before
+    this is raised.
+
+    Attributes:
+        principal: who was refused (None: no principal was acting).
+        resource: what was refused (a queue name).
+        permission: the permission that was needed (e.g. ``"can_add_job"``).
+        action: what was attempted (``"add_job"``, ``"pause"``, ``"get_stats"``...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        principal: str | None = None,
+        resource: str = "",
+        permission: str = "",
+        action: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.principal = principal
+        self.resource = resource
+        self.permission = permission
+        self.action = action
 
 
 class JobNotFoundError(KitiumQueueError, KeyError):
@@ -363,3 +401,45 @@ class WriteRefusedError(KitiumQueueError):
     applied. ``add_job`` raises it; workers keep their outcomes and send them again
     until Redis accepts writes. The message says what to do.
     """
+
+
+class WriteNotConfirmedError(KitiumQueueError):
+    """A write happened on the Redis primary, but the queue's write barrier
+    (``barrier.py``) did not confirm it: e.g. fewer replicas than asked acknowledged it
+    in time (``ReplicaAckError``). The jobs *are* in the queue on the primary; what was
+    not confirmed is that they survive a failover to a replica.
+
+    Attributes:
+        written_ids: ids written on the primary by the call, in order (``""`` for a job
+            a feature refused); for ``add_job``, its one id.
+        unconfirmed: index (in the call) -> the error of each job whose write was not
+            confirmed; the other written jobs were.
+        not_sent_from: index of the first job of an ``add_jobs`` call that was not sent
+            (the call stops at the first chunk not confirmed), or None.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.written_ids: list[str] = []
+        self.unconfirmed: dict[int, WriteNotConfirmedError] = {}
+        self.not_sent_from: int | None = None
+
+
+class ReplicaAckError(WriteNotConfirmedError):
+    """Fewer replicas than asked acknowledged a write within the timeout (``WAIT``;
+    replica-acknowledged writes, ``features/replicas``).
+
+    The write happened on the primary and stays there: a retry with the same ``job_id``
+    or ``idempotency_key`` does not add the job twice. What is not guaranteed is that it
+    survives the primary's loss: a replica promoted before it caught up would not have
+    it. ``replicas``: how many acknowledged; ``required``: how many were asked for;
+    ``timeout_ms``: how long the wait was.
+    """
+
+    def __init__(
+        self, message: str = "", *, replicas: int = 0, required: int = 0, timeout_ms: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.replicas = replicas
+        self.required = required
+        self.timeout_ms = timeout_ms

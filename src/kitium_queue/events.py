@@ -71,7 +71,10 @@ class EventEmitter:
             except Exception:
                 log.exception(
                     "event handler %r for %s failed (queue=%s job=%s)",
-                    handler, data.event, data.queue, data.job_id,
+                    handler,
+                    data.event,
+                    data.queue,
+                    data.job_id,
                 )
                 continue
             if inspect.isawaitable(out):
@@ -86,7 +89,10 @@ class EventEmitter:
         except Exception:
             log.exception(
                 "async event handler %r for %s failed (queue=%s job=%s)",
-                handler, data.event, data.queue, data.job_id,
+                handler,
+                data.event,
+                data.queue,
+                data.job_id,
             )
 
     async def drain(self, timeout: float = 5.0) -> None:
@@ -121,7 +127,12 @@ class StreamEvent:
 
 
 async def read_stream(
-    client: Any, key: str, *, last_id: str = "$", block_ms: int = 5000, count: int = 500,
+    client: Any,
+    key: str,
+    *,
+    last_id: str = "$",
+    block_ms: int = 5000,
+    count: int = 500,
     follow: bool = True,
 ) -> AsyncIterator[StreamEvent]:
     """Yield stream events after ``last_id`` ("$" = only new ones, "0" = from the start).
@@ -140,9 +151,9 @@ async def read_stream(
                 # Fields are written as UTF-8 by the scripts; an entry added by another
                 # client may hold anything, and must not stop the reader.
                 fields_ = {
-                    (
-                        k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k
-                    ): (v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v)
+                    (k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k): (
+                        v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
+                    )
                     for k, v in raw.items()
                 }
                 last_id = eid

@@ -454,8 +454,9 @@ _MISS: dict[Miss, str] = {
 def _with_keyword(sig: inspect.Signature, key: str) -> inspect.Signature:
     """``sig`` with a keyword-only ``key: str | None = None`` before its ``**kwargs``."""
     *head, varkw = sig.parameters.values()
-    pin = inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None,
-                            annotation="str | None")
+    pin = inspect.Parameter(
+        key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None"
+    )
     return sig.replace(parameters=[*head, pin, varkw])
 
 

@@ -22,6 +22,12 @@ Each declaration (``OptionSpec``) says:
   ``job.options`` show) or only travels as an argument of the enqueue script
   (``job_id``, which is the job's id). ``delay``, ``priority`` and ``lifo`` travel as
   arguments and are stored too, so a job shows every option it was added with.
+* ``placement``: what the option says about where a job goes when a queue is made of
+  several queues (a ``PartitionedQueue``; ``PLACEMENTS``): ``""`` nothing, ``"key"``
+  its value is a key that pins the job to a member, as a ``partition_key`` does (jobs
+  with the same value share a member), ``"job_ids"`` its value lists jobs of the same
+  queue by their full ids: the job goes to their member, and the ids are passed on as
+  that member knows them. The façade reads this; the core never names the options.
 
 An option nobody declared is refused with "unknown job option ... (did you mean ...)". The
 brief's feature options (``FEATURE_OPTION_NAMES``: ``message_group_id``, ``tenant_id``,
@@ -62,6 +68,7 @@ __all__ = [
     "CORE",
     "FEATURE_HOWTO",
     "FEATURE_OPTION_NAMES",
+    "PLACEMENTS",
     "JobSpec",
     "Normalizer",
     "OptionSpec",
@@ -75,6 +82,9 @@ __all__ = [
 
 #: The owner of the core's options.
 CORE = "core"
+
+#: The kinds of ``OptionSpec.placement`` (see the module docstring).
+PLACEMENTS = ("", "key", "job_ids")
 
 #: ``normalize(value, section) -> stored value``; raises ``ConfigurationError``.
 Normalizer = Callable[[Any, str], Any]
@@ -90,6 +100,7 @@ class OptionSpec:
     default: Any = None
     stored: bool = True
     doc: str = ""
+    placement: str = ""
 
 
 # ---------------------------------------------------------------------------- checks
@@ -201,17 +212,41 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
         OptionSpec("priority", c, _priority, 0, True, "0..65535, higher runs first"),
         OptionSpec("backoff", c, _backoff, None, True, "delay before each retry (retry config)"),
         OptionSpec("timeout", c, _duration("timeout"), 300_000, True, "ms a run may take"),
-        OptionSpec("remove_on_complete", c, _retention("remove_on_complete"), None, True,
-                   "retention of completed jobs (newest 1000)"),
-        OptionSpec("remove_on_fail", c, _retention("remove_on_fail"), None, True,
-                   "retention of failed jobs (all)"),
+        OptionSpec(
+            "remove_on_complete",
+            c,
+            _retention("remove_on_complete"),
+            None,
+            True,
+            "retention of completed jobs (newest 1000)",
+        ),
+        OptionSpec(
+            "remove_on_fail",
+            c,
+            _retention("remove_on_fail"),
+            None,
+            True,
+            "retention of failed jobs (all)",
+        ),
         OptionSpec("job_id", c, _job_id, None, False, "your own id (else a sequence number)"),
         OptionSpec("lifo", c, _lifo, False, True, "before the others of its priority"),
         OptionSpec("jitter", c, _duration("jitter"), 0, True, "random extra delay, ms"),
-        OptionSpec("idempotency_key", c, _idempotency_key, None, True,
-                   "duplicates within the idempotency window return the first job's id"),
-        OptionSpec("delivery_guarantee", c, delivery_guarantee, "at-least-once", True,
-                   "'exactly-once' needs IdempotencyManager(queue)"),
+        OptionSpec(
+            "idempotency_key",
+            c,
+            _idempotency_key,
+            None,
+            True,
+            "duplicates within the idempotency window return the first job's id",
+        ),
+        OptionSpec(
+            "delivery_guarantee",
+            c,
+            delivery_guarantee,
+            "at-least-once",
+            True,
+            "'exactly-once' needs IdempotencyManager(queue)",
+        ),
     )
 
 
@@ -238,12 +273,11 @@ FEATURE_HOWTO: dict[str, tuple[str, str]] = {
     "depends_on": ("job dependencies (workflows)", "create JobChainManager(queue)"),
     "region": ("global queues", "add the job through GlobalQueueManager.add_job"),
     "tenant_id": (
-        "multi-tenancy", "enable it with TenantRegistry(queue) (or registry.enable(queue))"
+        "multi-tenancy",
+        "enable it with TenantRegistry(queue) (or registry.enable(queue))",
     ),
     "rate_limit_key": ("flow control", "declare a limit: queue.set_rate_limit('key:*', ...)"),
-    "concurrency_key": (
-        "flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"
-    ),
+    "concurrency_key": ("flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"),
 }
 
 
@@ -285,6 +319,11 @@ class JobSpec:
             )
         if not callable(spec.normalize):
             raise ConfigurationError(f"{spec.feature}: normalize of {name!r} is not callable")
+        if spec.placement not in PLACEMENTS:
+            raise ConfigurationError(
+                f"{spec.feature}: placement of {name!r} must be one of "
+                f"{', '.join(repr(p) for p in PLACEMENTS)}, got {shown(spec.placement)}"
+            )
         cur = self._specs.get(name)
         if cur is not None and cur.feature != spec.feature:
             raise ConfigurationError(
@@ -309,6 +348,11 @@ class JobSpec:
         """The declaration of ``name``, or None."""
         return self._specs.get(name)
 
+    def placements(self) -> tuple[tuple[str, str], ...]:
+        """``(name, placement)`` of every option that says where a job goes
+        (``OptionSpec.placement``), in the order declared."""
+        return tuple((s.name, s.placement) for s in self._specs.values() if s.placement)
+
     def specs(self) -> tuple[OptionSpec, ...]:
         """Every declaration, in the order declared (the core's first)."""
         return tuple(self._specs.values())
@@ -326,9 +370,7 @@ class JobSpec:
         specs = self._specs
         return {k: specs[k].normalize(v, section) for k, v in opts.items() if v is not None}
 
-    def check_names(
-        self, opts: Mapping[Any, Any], section: str, also: Iterable[str] = ()
-    ) -> None:
+    def check_names(self, opts: Mapping[Any, Any], section: str, also: Iterable[str] = ()) -> None:
         """Refuse option names this queue does not accept: unknown ones as "unknown
         <section> option" with the closest of the job options and ``also`` (the other
         names valid where they came from, such as the schedule options) as a
@@ -371,9 +413,10 @@ class JobSpec:
             raise ConfigurationError(
                 f"delivery_guarantee must be 'at-least-once' or 'exactly-once', got {value!r}"
             ) from None
-        if dg is DeliveryGuarantee.EXACTLY_ONCE and self._specs[
-            "delivery_guarantee"
-        ].feature == CORE:
+        if (
+            dg is DeliveryGuarantee.EXACTLY_ONCE
+            and self._specs["delivery_guarantee"].feature == CORE
+        ):
             raise ConfigurationError(
                 "delivery_guarantee='exactly-once' needs effectively-once processing, "
                 f"which is not enabled on queue {self.queue_name!r}: create "
@@ -407,7 +450,11 @@ def resolve_policy(opts: Any, base: Policy) -> tuple[Policy, list[str]]:
     in the returned list.
     """
     p = Policy(
-        base.attempts, base.backoff, base.timeout_ms, base.jitter_ms, base.keep_completed,
+        base.attempts,
+        base.backoff,
+        base.timeout_ms,
+        base.jitter_ms,
+        base.keep_completed,
         base.keep_failed,
     )
     if not isinstance(opts, Mapping):

@@ -50,7 +50,10 @@ log = get_logger(__name__)
 
 #: Errors that mean "Redis is unreachable right now": keep retrying.
 NET_ERRORS: tuple[type[Exception], ...] = (
-    RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    asyncio.TimeoutError,
 )
 
 LeaderBody = Callable[[int], Awaitable[Any]]
@@ -68,8 +71,9 @@ class OutageLog:
     def failed(self, exc: BaseException) -> None:
         if not self.down:
             self.down = True
-            log.warning("%s: Redis unreachable (%s: %s); retrying", self.what,
-                        type(exc).__name__, exc)
+            log.warning(
+                "%s: Redis unreachable (%s: %s); retrying", self.what, type(exc).__name__, exc
+            )
 
     async def pause(self, exc: BaseException) -> None:
         self.failed(exc)
@@ -86,8 +90,11 @@ class OutageLog:
 def check_name(value: str, what: str, max_len: int = 100) -> str:
     """Refuse names that are empty, long, unprintable or contain spaces or braces."""
     if (
-        not isinstance(value, str) or not value or len(value) > max_len
-        or not value.isprintable() or any(c.isspace() or c in "{}" for c in value)
+        not isinstance(value, str)
+        or not value
+        or len(value) > max_len
+        or not value.isprintable()
+        or any(c.isspace() or c in "{}" for c in value)
     ):
         raise ConfigurationError(
             f"{what} must be 1-{max_len} printable characters without spaces or braces, "
@@ -126,8 +133,9 @@ class LeaderLease:
         # A fresh token per attempt: a reply lost in transit leaves at worst a lease
         # nobody renews, which expires; it can never be mistaken for a later holding.
         token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
-        ok, value = await self._call("leader_acquire", [self.key, self.term_key],
-                                     [token, self.lease_ms])
+        ok, value = await self._call(
+            "leader_acquire", [self.key, self.term_key], [token, self.lease_ms]
+        )
         if int(ok) == 1:
             self.token, self.term = token, int(value)
             return self.term
@@ -192,7 +200,11 @@ class LeaderService:
     """
 
     def __init__(
-        self, name: str, body: LeaderBody, *, lease_ms: int = 10_000,
+        self,
+        name: str,
+        body: LeaderBody,
+        *,
+        lease_ms: int = 10_000,
         renew_ms: int | None = None,
     ) -> None:
         self.name = check_name(name, "leader service name")
@@ -275,8 +287,9 @@ class LeaderService:
         next_renew = sent + renew_s
         self.term = term
         self.terms.append(term)
-        log.info("leader service %s: leading queue %s in term %d", self.name,
-                 lease.queue.name, term)
+        log.info(
+            "leader service %s: leading queue %s in term %d", self.name, lease.queue.name, term
+        )
         body = loop.create_task(self._run_body(term), name=f"kq-leader-body-{self.name}")
         lost = False
         try:
@@ -289,9 +302,13 @@ class LeaderService:
                 now = loop.time()
                 if now >= deadline:
                     lost = True
-                    log.warning("leader service %s: no renewal for %.1f s; stepping down "
-                                "before the lease expires (term %d)", self.name,
-                                now - deadline + lease_s - margin, term)
+                    log.warning(
+                        "leader service %s: no renewal for %.1f s; stepping down "
+                        "before the lease expires (term %d)",
+                        self.name,
+                        now - deadline + lease_s - margin,
+                        term,
+                    )
                     return
                 try:
                     ok = await asyncio.wait_for(lease.renew(), max(deadline - now, 0.001))
@@ -302,8 +319,11 @@ class LeaderService:
                 self._outage.ok()
                 if not ok:
                     lost = True
-                    log.warning("leader service %s: lease lost (expired or taken over); "
-                                "term %d ends", self.name, term)
+                    log.warning(
+                        "leader service %s: lease lost (expired or taken over); term %d ends",
+                        self.name,
+                        term,
+                    )
                     return
                 deadline = now + lease_s - margin
                 next_renew = now + renew_s
@@ -327,8 +347,9 @@ class LeaderService:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("leader service %s: body failed in term %d; stepping down",
-                          self.name, term)
+            log.exception(
+                "leader service %s: body failed in term %d; stepping down", self.name, term
+            )
 
 
 async def _cancel(task: asyncio.Task[Any], name: str) -> None:

@@ -34,9 +34,7 @@ __all__ = [
 #: What the enqueue middleware running now prepares: None for a job added directly
 #: (``add_job``, ``add_jobs``), ``("schedule", <schedule id>)`` for the template of a
 #: schedule's jobs.
-enqueue_origin: ContextVar[tuple[str, str] | None] = ContextVar(
-    "kq_enqueue_origin", default=None
-)
+enqueue_origin: ContextVar[tuple[str, str] | None] = ContextVar("kq_enqueue_origin", default=None)
 
 
 class EnqueueMiddleware(Protocol):

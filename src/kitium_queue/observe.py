@@ -257,8 +257,11 @@ class Observer(Subscriber):
     def feature_event(self, event: FeatureEvent) -> None:
         if self.emitter.wants(event.name):
             extra: dict[str, Any] = {
-                **event.fields, "feature": event.feature, "subject": event.subject,
-                "event_id": event.event_id, "at_ms": event.at_ms,
+                **event.fields,
+                "feature": event.feature,
+                "subject": event.subject,
+                "event_id": event.event_id,
+                "at_ms": event.at_ms,
             }
             self.emitter.emit(EventData(event.name, event.queue, extra=extra))
 

@@ -83,7 +83,11 @@ def _span(ms: int) -> str:
 
 @overload
 def to_ms(
-    value: Any, what: str, *, allow_none: Literal[False] = ..., minimum: int = ...,
+    value: Any,
+    what: str,
+    *,
+    allow_none: Literal[False] = ...,
+    minimum: int = ...,
     maximum: int = ...,
 ) -> int: ...
 
@@ -154,13 +158,10 @@ def to_ms(
         ms = 1
     if negative or ms < minimum:
         raise ConfigurationError(
-            f"{what} must be >= {minimum} ms (and at most {_span(maximum)}), got "
-            f"{shown(value)}"
+            f"{what} must be >= {minimum} ms (and at most {_span(maximum)}), got {shown(value)}"
         )
     if ms > maximum:
-        raise ConfigurationError(
-            f"{what} must be at most {_span(maximum)}, got {shown(value)}"
-        )
+        raise ConfigurationError(f"{what} must be at most {_span(maximum)}, got {shown(value)}")
     return ms
 
 
@@ -254,7 +255,8 @@ def coerce(cls: type[T], value: Any, section: str) -> T:
     if bad:
         raise unknown_options_error(section, bad, valid)
     missing = [
-        f.name for f in fields(cls)  # type: ignore[arg-type]
+        f.name
+        for f in fields(cls)  # type: ignore[arg-type]
         if f.name not in value and f.default is MISSING and f.default_factory is MISSING
     ]
     if missing:

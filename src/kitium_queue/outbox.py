@@ -27,8 +27,17 @@ from .limits import get_logger
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["DEFAULT_CAP", "MAX_ENTRY_BYTES", "MAX_FIELDS", "DeadEntry", "GroupStats", "Outbox",
-           "OutboxConsumer", "OutboxEntry", "OutboxStats"]
+__all__ = [
+    "DEFAULT_CAP",
+    "MAX_ENTRY_BYTES",
+    "MAX_FIELDS",
+    "DeadEntry",
+    "GroupStats",
+    "Outbox",
+    "OutboxConsumer",
+    "OutboxEntry",
+    "OutboxStats",
+]
 
 log = get_logger(__name__)
 
@@ -164,8 +173,13 @@ class Outbox:
         flat: list[bytes] = []
         size = len(topic.encode())
         for name, value in items:
-            if not isinstance(name, str) or not 0 < len(name) <= 64 or name == "t" \
-                    or name.startswith("_") or not isinstance(value, (bytes, str)):
+            if (
+                not isinstance(name, str)
+                or not 0 < len(name) <= 64
+                or name == "t"
+                or name.startswith("_")
+                or not isinstance(value, (bytes, str))
+            ):
                 raise ConfigurationError(
                     f"outbox field {name!r}: names are str of 1-64 characters, not 't' nor "
                     f"starting with '_' (reserved); values bytes or str, got {type(value)}"
@@ -202,8 +216,15 @@ class Outbox:
         return True
 
     def consumer(
-        self, group: str, name: str, *, start: str = "0", count: int = 100,
-        block_ms: int = 1000, claim_idle_ms: int = 30_000, max_deliveries: int = 10,
+        self,
+        group: str,
+        name: str,
+        *,
+        start: str = "0",
+        count: int = 100,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 10,
         reclaim_every_ms: int | None = None,
     ) -> OutboxConsumer:
         """A consumer named ``name`` in ``group`` (created at ``start`` on first use).
@@ -211,9 +232,17 @@ class Outbox:
         ``claim_idle_ms``: entries pending that long on any consumer of the group are
         taken over; ``max_deliveries``: deliveries before an entry is dead-lettered.
         """
-        return OutboxConsumer(self, group, name, start=start, count=count, block_ms=block_ms,
-                              claim_idle_ms=claim_idle_ms, max_deliveries=max_deliveries,
-                              reclaim_every_ms=reclaim_every_ms)
+        return OutboxConsumer(
+            self,
+            group,
+            name,
+            start=start,
+            count=count,
+            block_ms=block_ms,
+            claim_idle_ms=claim_idle_ms,
+            max_deliveries=max_deliveries,
+            reclaim_every_ms=reclaim_every_ms,
+        )
 
     # ------------------------------------------------------------------ housekeeping
     async def trim(self, limit: int = 10_000) -> int:
@@ -236,10 +265,20 @@ class Outbox:
             if isinstance(value, Exception):
                 raise value
         return OutboxStats(
-            int(length), int(cap or DEFAULT_CAP), int(overflow or 0), int(dead),
-            [GroupStats(_s(g["name"]), int(g["consumers"]), int(g["pending"]),
-                        None if g.get("lag") is None else int(g["lag"]),
-                        _s(g["last-delivered-id"])) for g in groups],
+            int(length),
+            int(cap or DEFAULT_CAP),
+            int(overflow or 0),
+            int(dead),
+            [
+                GroupStats(
+                    _s(g["name"]),
+                    int(g["consumers"]),
+                    int(g["pending"]),
+                    None if g.get("lag") is None else int(g["lag"]),
+                    _s(g["last-delivered-id"]),
+                )
+                for g in groups
+            ],
         )
 
     async def dead(self, count: int = 100, start: str = "-") -> list[DeadEntry]:
@@ -248,8 +287,10 @@ class Outbox:
         out = []
         for dead_id, raw in await client.xrange(self.dead_key, start, "+", count=count):
             f = _fields(raw)
-            meta = {k: f.pop(k, b"").decode(errors="replace")
-                    for k in ("_id", "_group", "_deliveries", "_reason")}
+            meta = {
+                k: f.pop(k, b"").decode(errors="replace")
+                for k in ("_id", "_group", "_deliveries", "_reason")
+            }
             entry = OutboxEntry.parse(meta["_id"], f, int(meta["_deliveries"] or 0))
             out.append(DeadEntry(_s(dead_id), entry, meta["_group"], meta["_reason"]))
         return out
@@ -288,24 +329,42 @@ class Outbox:
         self._warned_at = now
         st = st or await self.stats()
         behind = ", ".join(f"{g.name}: {g.pending} pending, lag {g.lag}" for g in st.groups)
-        log.warning("outbox of queue %s holds %d entries, at or above its cap of %d (%d written "
-                    "over the cap so far). Nothing is dropped; a consumer group is behind or "
-                    "stuck and holds back the trim (%s)", self.queue.name, st.length, st.cap,
-                    st.overflow, behind or "no consumer group")
+        log.warning(
+            "outbox of queue %s holds %d entries, at or above its cap of %d (%d written "
+            "over the cap so far). Nothing is dropped; a consumer group is behind or "
+            "stuck and holds back the trim (%s)",
+            self.queue.name,
+            st.length,
+            st.cap,
+            st.overflow,
+            behind or "no consumer group",
+        )
 
 
 class OutboxConsumer:
     """One consumer of a group; see ``Outbox.consumer``. Not shared between tasks."""
 
     def __init__(
-        self, outbox: Outbox, group: str, name: str, *, start: str, count: int,
-        block_ms: int, claim_idle_ms: int, max_deliveries: int, reclaim_every_ms: int | None,
+        self,
+        outbox: Outbox,
+        group: str,
+        name: str,
+        *,
+        start: str,
+        count: int,
+        block_ms: int,
+        claim_idle_ms: int,
+        max_deliveries: int,
+        reclaim_every_ms: int | None,
     ) -> None:
         check_name(group, "outbox group")
         check_name(name, "outbox consumer name")
-        for what, v, low in (("count", count, 1), ("block_ms", block_ms, 0),
-                             ("claim_idle_ms", claim_idle_ms, 1),
-                             ("max_deliveries", max_deliveries, 1)):
+        for what, v, low in (
+            ("count", count, 1),
+            ("block_ms", block_ms, 0),
+            ("claim_idle_ms", claim_idle_ms, 1),
+            ("max_deliveries", max_deliveries, 1),
+        ):
             if not isinstance(v, int) or v < low:
                 raise ConfigurationError(f"outbox consumer {what} must be an int >= {low}")
         if start != "$" and not all(p.isdigit() for p in start.split("-", 1)):
@@ -342,8 +401,13 @@ class OutboxConsumer:
         wait_ms = min(block, max(int((self._next_reclaim - time.monotonic()) * 1000), 0))
         client = await self.outbox.queue.client()
         try:
-            reply = await client.xreadgroup(self.group, self.name, {self.outbox.key: ">"},
-                                            count=n, block=wait_ms if wait_ms > 0 else None)
+            reply = await client.xreadgroup(
+                self.group,
+                self.name,
+                {self.outbox.key: ">"},
+                count=n,
+                block=wait_ms if wait_ms > 0 else None,
+            )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -361,8 +425,16 @@ class OutboxConsumer:
         Entries past ``max_deliveries`` go to the dead stream instead (``buried``).
         """
         cursor, got, buried = await self.outbox.script(
-            "outbox_reclaim", (self.group, self.name, self.claim_idle_ms, self._cursor,
-                               count or self.count, self.max_deliveries))
+            "outbox_reclaim",
+            (
+                self.group,
+                self.name,
+                self.claim_idle_ms,
+                self._cursor,
+                count or self.count,
+                self.max_deliveries,
+            ),
+        )
         self._cursor = _s(cursor)
         self.buried += int(buried)
         if self._cursor == "0-0" and not got:

@@ -256,8 +256,7 @@ class Outcomes:
         job instead (sent alone next round), saying why, without the outcome's content."""
         run, kind = entry[0], entry[1]
         full = (
-            f"outcome could not be recorded (kind {kind}): {type(exc).__name__}: "
-            f"{safe_text(exc)}"
+            f"outcome could not be recorded (kind {kind}): {type(exc).__name__}: {safe_text(exc)}"
         )
         reason = clip(full, MAX_ERROR_CHARS)
         log.error(
@@ -272,8 +271,15 @@ class Outcomes:
         count, age = keep_args(run.policy.keep_failed)
         # wire.FINISH_OUTCOME: same id and token, a final failure with the reason.
         fallback = [
-            args[0], args[1], Kind.FAILED, wire_text(reason, MAX_ERROR_CHARS), b"", 0, count,
-            age, b"",
+            args[0],
+            args[1],
+            Kind.FAILED,
+            wire_text(reason, MAX_ERROR_CHARS),
+            b"",
+            0,
+            count,
+            age,
+            b"",
         ]
         entry = (run, Kind.FAILED, reason, RuntimeError(full), 0)
         self.solo.append((fallback, entry, _FALLBACK))
@@ -350,7 +356,9 @@ class Outcomes:
                 q.lock_duration_ms,
             )
         elif status == b"missing":
-            log.warning("queue %s: job %s was removed while it ran", q.name, job.id)
+            # Deleted or evicted while it ran: reported at a bounded rate (a Redis that
+            # evicts may do it to thousands of jobs at once).
+            q.ctx.missing.seen(1, f"job {job.id} while it ran; its outcome ({kind}) dropped")
         elif status == b"damaged":
             log.error(
                 "queue %s: the record of job %s is damaged (its key holds another "
@@ -401,13 +409,27 @@ def server_refusal(exc: Exception) -> bool:
     loading, missing replicas, or an ACL permission. Sending the outcomes one by one
     would not help and would wrongly fail jobs; they are kept and sent again later."""
     if isinstance(
-        exc, (OutOfMemoryError, NoPermissionError, PermissionDeniedError, BusyLoadingError,
-              WriteRefusedError)
+        exc,
+        (
+            OutOfMemoryError,
+            NoPermissionError,
+            PermissionDeniedError,
+            BusyLoadingError,
+            WriteRefusedError,
+        ),
     ):
         return True
     return safe_text(exc).startswith(_SERVER_REFUSALS)
 
 
 # Error replies (their leading code) that concern the server, not one call's arguments.
-_SERVER_REFUSALS = ("OOM", "BUSY", "LOADING", "NOREPLICAS", "MASTERDOWN", "NOPERM", "MISCONF",
-                    "READONLY")
+_SERVER_REFUSALS = (
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "NOREPLICAS",
+    "MASTERDOWN",
+    "NOPERM",
+    "MISCONF",
+    "READONLY",
+)

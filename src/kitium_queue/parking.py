@@ -102,9 +102,7 @@ async def parked_by_blocker(queue: QueueLike, limit: int = 100) -> dict[str, int
     return {_text(b): int(c) for b, c in rows}
 
 
-async def parked_in(
-    queue: QueueLike, blocker: str, limit: int = 100, offset: int = 0
-) -> list[str]:
+async def parked_in(queue: QueueLike, blocker: str, limit: int = 100, offset: int = 0) -> list[str]:
     """Ids of the jobs parked behind ``blocker``, in the order they return to wait."""
     n, skip = _count(limit, "limit"), _count(offset, "offset")
     if n == 0:

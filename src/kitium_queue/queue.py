@@ -30,6 +30,7 @@ from .connection import ConnectionFactory
 from .context import QueueContext
 from .errors import ConfigurationError
 from .events import Handler
+from .identity import check_principal
 from .jobspec import Normalizer, OptionSpec, feature_text, resolve_policy
 from .limits import get_logger
 from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
@@ -49,6 +50,8 @@ from .queueconfig import QueueConfig
 from .scripts import ScriptCall
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
+    from .explain import Explainer
     from .features.flowcontrol import FlowControl
     from .features.schedules import ScheduleStore
 
@@ -87,6 +90,11 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             encoded result a processor may return (1 MiB). Other size limits:
             ``kitium_queue.limits``.
         max_log_lines: log lines kept per job (1000).
+        principal: who this queue acts for when no ``identity.acting_as`` block is
+            active (e.g. ``"alice@acme.com"``): stamped on every administrative command
+            and seen by guards and enqueue middleware. Naming it enforces nothing by
+            itself: access control (``AccessControlManager.protect(queue)``) decides
+            what the principal may do.
 
     Lifecycle subscribers: ``queue.subscribe(subscriber)`` adds an object with any of
     the hooks of ``hooks.Subscriber`` (``enqueued``, ``started``, ``progress``,
@@ -125,14 +133,25 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         idempotency_ttl: Any = 86_400_000,
         max_payload_bytes: int = 1_048_576,
         max_log_lines: int = 1000,
+        principal: str | None = None,
     ) -> None:
         if isinstance(name, QueueConfig):
             given = {
-                "redis": redis, "prefix": prefix, "default_job_options": default_job_options,
-                "retry": retry, "dlq": dlq, "settings": settings, "worker": worker,
-                "telemetry": telemetry, "metrics": metrics, "codecs": codecs,
-                "events_max_len": events_max_len, "idempotency_ttl": idempotency_ttl,
-                "max_payload_bytes": max_payload_bytes, "max_log_lines": max_log_lines,
+                "redis": redis,
+                "prefix": prefix,
+                "default_job_options": default_job_options,
+                "retry": retry,
+                "dlq": dlq,
+                "settings": settings,
+                "worker": worker,
+                "telemetry": telemetry,
+                "metrics": metrics,
+                "codecs": codecs,
+                "events_max_len": events_max_len,
+                "idempotency_ttl": idempotency_ttl,
+                "max_payload_bytes": max_payload_bytes,
+                "max_log_lines": max_log_lines,
+                "principal": principal,
             }
             defaults = QueueConfig("_").kwargs()
             extra = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
@@ -143,16 +162,42 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 )
             cfg = name
             name = cfg.name
-            (redis, prefix, default_job_options, retry, dlq, settings, worker, telemetry,
-             metrics, codecs, events_max_len, idempotency_ttl, max_payload_bytes,
-             max_log_lines) = (cfg.kwargs()[k] for k in given)
+            (
+                redis,
+                prefix,
+                default_job_options,
+                retry,
+                dlq,
+                settings,
+                worker,
+                telemetry,
+                metrics,
+                codecs,
+                events_max_len,
+                idempotency_ttl,
+                max_payload_bytes,
+                max_log_lines,
+                principal,
+            ) = (cfg.kwargs()[k] for k in given)
         ctx = self.ctx = QueueContext(
-            name, redis=redis, prefix=prefix, default_job_options=default_job_options,
-            retry=retry, dlq=dlq, settings=settings, worker=worker, telemetry=telemetry,
-            metrics=metrics, codecs=codecs, events_max_len=events_max_len,
-            idempotency_ttl=idempotency_ttl, max_payload_bytes=max_payload_bytes,
+            name,
+            redis=redis,
+            prefix=prefix,
+            default_job_options=default_job_options,
+            retry=retry,
+            dlq=dlq,
+            settings=settings,
+            worker=worker,
+            telemetry=telemetry,
+            metrics=metrics,
+            codecs=codecs,
+            events_max_len=events_max_len,
+            idempotency_ttl=idempotency_ttl,
+            max_payload_bytes=max_payload_bytes,
             max_log_lines=max_log_lines,
         )
+        if principal is not None:
+            ctx.principal = check_principal(principal)
         # The context's parts, as attributes of the queue (the worker, the features and
         # the public API read them here; plain attributes keep the hot path lean).
         self.name, self.keys, self.scripts = ctx.name, ctx.keys, ctx.scripts
@@ -180,8 +225,11 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         # The built-in subscriber comes first: events, metrics, logs and the DLQ
         # notification keep the order they had when they were written inline.
         self._observer = Observer(
-            name, ctx.emitter, ctx.metrics, dlq_handler=ctx.dlq.notification_handler,
-            job_info=self.queries.get_job_status,
+            name,
+            ctx.emitter,
+            ctx.metrics,
+            dlq_handler=ctx.dlq.notification_handler,
+            job_info=self.queries.job_status,
         )
         self.hooks.add(self._observer)
         self._schedules: ScheduleStore | None = None
@@ -301,23 +349,54 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self.process_middleware.append(middleware)
 
     def declare_option(
-        self, name: str, *, feature: str, normalize: Normalizer | None = None,
-        default: Any = None, stored: bool = True, doc: str = "",
+        self,
+        name: str,
+        *,
+        feature: str,
+        normalize: Normalizer | None = None,
+        default: Any = None,
+        stored: bool = True,
+        doc: str = "",
+        placement: str = "",
     ) -> None:
         """Declare the job option ``name``, owned by ``feature``, on this queue.
 
         ``normalize(value, section)`` checks a value and returns the form stored with the
         job (default: text checks for ids and keys, the value stored as given); the
-        others as in ``jobspec.OptionSpec``. Until declared, the option is refused as
+        others as in ``jobspec.OptionSpec`` (``placement``: where the option sends a job
+        on a queue made of several queues). Until declared, the option is refused as
         unknown (or, for the brief's feature options, as needing its feature).
         """
-        spec = OptionSpec(name, feature, normalize or feature_text(name), default, stored, doc)
+        spec = OptionSpec(
+            name, feature, normalize or feature_text(name), default, stored, doc, placement
+        )
         self.jobspec.declare(spec)
 
     def own_options(self, feature: str, names: Iterable[str]) -> None:
         """Declare that ``feature`` handles the job options ``names`` on this queue (ids
         or keys, stored as given: ``declare_option`` with the default ``normalize``)."""
         self.jobspec.own(feature, names)
+
+    def add_explainer(self, explainer: Explainer) -> None:
+        """Add an explainer to ``explain``: ``fn(facts: JobFacts)``, sync or async,
+        returning the ``Reason`` objects it knows of for the job (an empty list when the
+        job is not its business). A feature that holds jobs back adds one, so operators
+        see why a job waits. Adding the same one twice is a no-op."""
+        if not callable(explainer):
+            raise ConfigurationError(f"explainer must be callable, got {type(explainer).__name__}")
+        if not any(e is explainer for e in self.ctx.explainers):
+            self.ctx.explainers.append(explainer)
+
+    def set_write_barrier(self, barrier: WriteBarrier | None) -> None:
+        """Run ``barrier``'s command after every enqueue and outcome of this queue, on
+        the same connection, before they are acknowledged (``barrier.py``; None removes
+        it). One per queue: replica-acknowledged writes (``ReplicaAcks``) set it."""
+        self.ctx.write_barrier = barrier
+
+    @property
+    def write_barrier(self) -> WriteBarrier | None:
+        """The write barrier set with ``set_write_barrier``, or None."""
+        return self.ctx.write_barrier
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` alongside every worker of this queue in this process (started
@@ -388,8 +467,13 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self.flow.set_global_concurrency(max)
 
     def process_batch(
-        self, job_name: str, fn: Callable[..., Any] | None = None, *, size: int,
-        min_size: int = 1, max_wait: Any = 1000,
+        self,
+        job_name: str,
+        fn: Callable[..., Any] | None = None,
+        *,
+        size: int,
+        min_size: int = 1,
+        max_wait: Any = 1000,
     ) -> Any:
         """Register a batch processor: ``fn(jobs)`` gets up to ``size`` jobs at once.
 
@@ -409,8 +493,12 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             if self.worker_config.concurrency < size:
                 log.warning(
                     "queue %s: batch size %d of %r exceeds worker.concurrency=%d; batches "
-                    "will hold at most %d jobs", self.name, size, job_name,
-                    self.worker_config.concurrency, self.worker_config.concurrency,
+                    "will hold at most %d jobs",
+                    self.name,
+                    size,
+                    job_name,
+                    self.worker_config.concurrency,
+                    self.worker_config.concurrency,
                 )
             return f
 

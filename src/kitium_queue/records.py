@@ -61,65 +61,138 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         JobField("d", "payload, encoded by the queue's serializer and codecs", _ENQ),
         JobField("ts", "created at (ms)", _ENQ),
         JobField("p", "priority 0..65535, higher runs first", _ENQ),
-        JobField("q", "enqueue sequence number, negative for LIFO jobs; with 'p' it gives "
-                 "the score in 'wait'", _ENQ),
-        JobField("o", "stored options, JSON (only the options the job set; absent when "
-                 "none); read by the worker and by the features' Lua", _ENQ),
+        JobField(
+            "q",
+            "enqueue sequence number, negative for LIFO jobs; with 'p' it gives "
+            "the score in 'wait'",
+            _ENQ,
+        ),
+        JobField(
+            "o",
+            "stored options, JSON (only the options the job set; absent when "
+            "none); read by the worker and by the features' Lua",
+            _ENQ,
+        ),
         JobField("ik", "idempotency key the job was added with", "enqueue.lua"),
-        JobField("st", "state: waiting | delayed | pending (parked) | active | completed | "
-                 "failed | dlq (absent = waiting)", "every transition script"),
-        JobField("pk", "blocker of a parked job (the key it is parked behind), while "
-                 "pending", "park in lib_parking.lua; removed when unparked"),
-        JobField("rk", "rate-limit key of the job (flow control's marker, read by claim)",
-                 "flow control's enqueue slot fragment (features/flowcontrol.py)"),
-        JobField("ck", "concurrency key of the job (flow control's marker, read by claim)",
-                 "flow control's enqueue slot fragment (features/flowcontrol.py)"),
-        JobField("gk", "message group of the job (FIFO groups' marker, read by claim)",
-                 "the groups' enqueue slot fragment (features/groups/enqueue.lua)"),
-        JobField("gm", "'1' while the job is counted in its group's size",
-                 "features/groups (enqueue and admission fragments; removed by release)"),
-        JobField("wd", "'1': the job had unfinished parents when added (read by claim)",
-                 "the workflows' enqueue fragment and scripts (features/workflows)"),
-        JobField("eo", "'1': the job is exactly-once (its result is kept under its key)",
-                 "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)"),
-        JobField("iw", "'f': the job's idempotency window ends when it finishes",
-                 "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)"),
-        JobField("wu", "the job's own webhook URL (its webhook_url option; the webhooks "
-                 "feature's marker, read by its release fragment)",
-                 "the webhooks enqueue slot fragment (features/webhooks/lua.py)"),
-        JobField("tn", "tenant of the job (its tenant_id; multi-tenancy's marker, read by "
-                 "claim and release)", "the tenancy enqueue fragment (features/tenancy)"),
-        JobField("tq", "'1' while the job is counted in its tenant's unfinished jobs",
-                 "features/tenancy (enqueue and admission fragments; removed by release)"),
-        JobField("a", "attempts made, the running one included; a deferred or handed-back "
-                 "run and a stalled one are not counted",
-                 "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), "
-                 "lib_requeue.lua (0)"),
-        JobField("s", "stalls: times its lease expired while it ran",
-                 "lib_recover.lua (+1), lib_requeue.lua (0)"),
-        JobField("due", "delayed until (ms), while delayed",
-                 "push_delayed in lib_jobs.lua; removed by lib_promote.lua and retry"),
-        JobField("lt", "lease (fencing) token of the current run, while active",
-                 "claim.lua; removed by finish, lib_recover.lua, dead_letter, retry"),
+        JobField(
+            "st",
+            "state: waiting | delayed | pending (parked) | active | completed | "
+            "failed | dlq (absent = waiting)",
+            "every transition script",
+        ),
+        JobField(
+            "pk",
+            "blocker of a parked job (the key it is parked behind), while pending",
+            "park in lib_parking.lua; removed when unparked",
+        ),
+        JobField(
+            "rk",
+            "rate-limit key of the job (flow control's marker, read by claim)",
+            "flow control's enqueue slot fragment (features/flowcontrol.py)",
+        ),
+        JobField(
+            "ck",
+            "concurrency key of the job (flow control's marker, read by claim)",
+            "flow control's enqueue slot fragment (features/flowcontrol.py)",
+        ),
+        JobField(
+            "gk",
+            "message group of the job (FIFO groups' marker, read by claim)",
+            "the groups' enqueue slot fragment (features/groups/enqueue.lua)",
+        ),
+        JobField(
+            "gm",
+            "'1' while the job is counted in its group's size",
+            "features/groups (enqueue and admission fragments; removed by release)",
+        ),
+        JobField(
+            "wd",
+            "'1': the job had unfinished parents when added (read by claim)",
+            "the workflows' enqueue fragment and scripts (features/workflows)",
+        ),
+        JobField(
+            "eo",
+            "'1': the job is exactly-once (its result is kept under its key)",
+            "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)",
+        ),
+        JobField(
+            "iw",
+            "'f': the job's idempotency window ends when it finishes",
+            "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)",
+        ),
+        JobField(
+            "wu",
+            "the job's own webhook URL (its webhook_url option; the webhooks "
+            "feature's marker, read by its release fragment)",
+            "the webhooks enqueue slot fragment (features/webhooks/lua.py)",
+        ),
+        JobField(
+            "tn",
+            "tenant of the job (its tenant_id; multi-tenancy's marker, read by claim and release)",
+            "the tenancy enqueue fragment (features/tenancy)",
+        ),
+        JobField(
+            "tq",
+            "'1' while the job is counted in its tenant's unfinished jobs",
+            "features/tenancy (enqueue and admission fragments; removed by release)",
+        ),
+        JobField(
+            "a",
+            "attempts made, the running one included; a deferred or handed-back "
+            "run and a stalled one are not counted",
+            "claim.lua (+1), finish.lua (D, H: -1), lib_recover.lua (-1), lib_requeue.lua (0)",
+        ),
+        JobField(
+            "s",
+            "stalls: times its lease expired while it ran",
+            "lib_recover.lua (+1), lib_requeue.lua (0)",
+        ),
+        JobField(
+            "due",
+            "delayed until (ms), while delayed",
+            "push_delayed in lib_jobs.lua; removed by lib_promote.lua and retry",
+        ),
+        JobField(
+            "lt",
+            "lease (fencing) token of the current run, while active",
+            "claim.lua; removed by finish, lib_recover.lua, dead_letter, retry",
+        ),
         JobField("ps", "processing started at (ms): the start of the latest run", "claim.lua"),
-        JobField("w", "id of the worker that claimed the latest run (host:pid:random): "
-                 "the holder while the job is active", "claim.lua"),
-        JobField("cx", "cancel requested by cancel_job() for the running job ('1')",
-                 "cancel.lua; read by extend.lua; removed by finish, recover, retry"),
-        JobField("pg", "progress reported by the processor, JSON",
-                 "update.lua; removed by retry/replay"),
-        JobField("e", "failure reason of the latest failed run",
-                 "finish.lua (R, F), dead_letter in lib_retention.lua"),
-        JobField("tb", "traceback of the latest failed run",
-                 "finish.lua (R, F), dead_letter"),
-        JobField("le", "last error: the reason of an earlier failure, kept once the job "
-                 "completed or was retried by hand", "finish.lua (C), requeue"),
-        JobField("f", "finished at (ms): completed or failed for good",
-                 "finish.lua (C), dead_letter"),
-        JobField("r", "result, encoded by the queue's serializer and codecs",
-                 "finish.lua (C)"),
-        JobField("m", "free-form completion metadata ('meta' of a C outcome, when given)",
-                 "finish.lua (C)"),
+        JobField(
+            "w",
+            "id of the worker that claimed the latest run (host:pid:random): "
+            "the holder while the job is active",
+            "claim.lua",
+        ),
+        JobField(
+            "cx",
+            "cancel requested by cancel_job() for the running job ('1')",
+            "cancel.lua; read by extend.lua; removed by finish, recover, retry",
+        ),
+        JobField(
+            "pg", "progress reported by the processor, JSON", "update.lua; removed by retry/replay"
+        ),
+        JobField(
+            "e",
+            "failure reason of the latest failed run",
+            "finish.lua (R, F), dead_letter in lib_retention.lua",
+        ),
+        JobField("tb", "traceback of the latest failed run", "finish.lua (R, F), dead_letter"),
+        JobField(
+            "le",
+            "last error: the reason of an earlier failure, kept once the job "
+            "completed or was retried by hand",
+            "finish.lua (C), requeue",
+        ),
+        JobField(
+            "f", "finished at (ms): completed or failed for good", "finish.lua (C), dead_letter"
+        ),
+        JobField("r", "result, encoded by the queue's serializer and codecs", "finish.lua (C)"),
+        JobField(
+            "m",
+            "free-form completion metadata ('meta' of a C outcome, when given)",
+            "finish.lua (C)",
+        ),
     )
 }
 
@@ -130,9 +203,23 @@ META_FIELDS: Final[dict[str, JobField]] = {
         JobField("paused", "'1' while the queue is paused", "pause.lua"),
         JobField("outbox_cap", "length cap of the outbox stream", "Outbox.set_cap"),
         JobField("parked", "how many jobs are parked in all", "lib_parking.lua"),
-        JobField("-", "never set: deleting it is the first write of claim, extend and "
-                 "recover, so they still run on a full Redis (keep_running_when_full)",
-                 "lib_base.lua"),
+        JobField(
+            "missing",
+            "job records found missing (deleted or evicted while their job sat in a "
+            "state set): QueueStats.missing_records",
+            "count_missing in lib_base.lua (claim, promote, recover, finish)",
+        ),
+        JobField(
+            "missing_at",
+            "when a job record was last found missing (ms, Redis clock)",
+            "count_missing in lib_base.lua",
+        ),
+        JobField(
+            "-",
+            "never set: deleting it is the first write of claim, extend and "
+            "recover, so they still run on a full Redis (keep_running_when_full)",
+            "lib_base.lua",
+        ),
     )
 }
 

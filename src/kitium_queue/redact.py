@@ -106,7 +106,7 @@ def _mask_params(text: str) -> str:
         if value is None:
             continue
         # Keep the quote and separator, drop the value (and a quoted value's quotes).
-        out += [text[pos:word.end()], value.group(1), REDACTED]
+        out += [text[pos : word.end()], value.group(1), REDACTED]
         pos = value.end()
     out.append(text[pos:])
     return "".join(out)
@@ -122,7 +122,7 @@ def _mask_ports(authority: str) -> str:
             items.append(REDACTED)
             continue
         colon = item.find(":", end)
-        port = item[colon + 1:]
+        port = item[colon + 1 :]
         if colon >= 0 and not (port.isascii() and port.isdigit()):
             item = item[: colon + 1] + REDACTED
         items.append(item)
@@ -137,8 +137,13 @@ def _as_text(value: object) -> str:
     if isinstance(value, Mapping):
         shown = (
             f"{str(k)!r}: "
-            + (REDACTED if _SECRET_NAME.search(str(k)) else
-               _as_text(v) if isinstance(v, Mapping) else repr(redact_url(v)))
+            + (
+                REDACTED
+                if _SECRET_NAME.search(str(k))
+                else _as_text(v)
+                if isinstance(v, Mapping)
+                else repr(redact_url(v))
+            )
             for k, v in value.items()
         )
         return "{" + ", ".join(shown) + "}"

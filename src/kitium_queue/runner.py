@@ -270,8 +270,7 @@ class Runner:
             self.failed(
                 run,
                 TimeoutError(
-                    f"job {job.id} ({job.name}) exceeded its timeout of "
-                    f"{run.policy.timeout_ms} ms"
+                    f"job {job.id} ({job.name}) exceeded its timeout of {run.policy.timeout_ms} ms"
                 ),
             )
         elif reason == "cancelled":
@@ -300,19 +299,34 @@ class Runner:
                 fallback = replace(run.policy, backoff=BackoffOptions())
                 delay = retry_delay(fallback, job.attempts, exc, job, {})
                 reason = f"{reason} [{unknown}; retried with the default exponential backoff]"
-                log.warning("queue %s: job %s: %s", self.queue.name, printable(job.id),
-                            printable(unknown))
-            except Exception as bexc:
-                self.fail_final(
-                    run, bexc, f"{reason} (and backoff failed: {describe(bexc)})"
+                log.warning(
+                    "queue %s: job %s: %s", self.queue.name, printable(job.id), printable(unknown)
                 )
+            except Exception as bexc:
+                self.fail_final(run, bexc, f"{reason} (and backoff failed: {describe(bexc)})")
                 return
             if delay is not None:
-                self._ack(run, Kind.RETRY, wire_text(reason, MAX_ERROR_CHARS), tb, delay, None,
-                          reason, exc)
+                self._ack(
+                    run,
+                    Kind.RETRY,
+                    wire_text(reason, MAX_ERROR_CHARS),
+                    tb,
+                    delay,
+                    None,
+                    reason,
+                    exc,
+                )
                 return
-        self._ack(run, Kind.FAILED, wire_text(reason, MAX_ERROR_CHARS), tb, 0,
-                  run.policy.keep_failed, reason, exc)
+        self._ack(
+            run,
+            Kind.FAILED,
+            wire_text(reason, MAX_ERROR_CHARS),
+            tb,
+            0,
+            run.policy.keep_failed,
+            reason,
+            exc,
+        )
 
     def deferred(self, run: Run, exc: RetryLater) -> None:
         """The processor raised ``RetryLater`` / ``RateLimited``: defer the job."""
@@ -320,9 +334,7 @@ class Runner:
             # Clamped again here: the attribute may have been changed after construction.
             delay = clamp_delay_ms(exc.delay_ms)
         except (TypeError, ValueError) as bad:
-            self.fail_final(
-                run, exc, f"{describe(exc)} with an invalid delay_ms ({describe(bad)})"
-            )
+            self.fail_final(run, exc, f"{describe(exc)} with an invalid delay_ms ({describe(bad)})")
             return
         meta = b""
         if isinstance(exc, RateLimited):
@@ -335,8 +347,9 @@ class Runner:
                 # A hold name is a key: bounded like the options it comes from.
                 meta = wire_text(self.queue.keys.hold_name(hold), MAX_OPTIONS_BYTES)
         why = clip(safe_text(exc.reason), MAX_ERROR_CHARS)
-        self._ack(run, Kind.DEFER, wire_text(why, MAX_ERROR_CHARS), b"", delay, None, why, exc,
-                  meta)
+        self._ack(
+            run, Kind.DEFER, wire_text(why, MAX_ERROR_CHARS), b"", delay, None, why, exc, meta
+        )
 
     def fail_final(self, run: Run, exc: BaseException | None, reason: str) -> None:
         """Fail the job for good (dead-lettered when the DLQ is enabled) with ``reason``."""
@@ -344,8 +357,16 @@ class Runner:
         if exc is not None and exc.__traceback__ is not None:
             tb = traceback_text(exc)
         err = exc if exc is not None else RuntimeError(reason)
-        self._ack(run, Kind.FAILED, wire_text(reason, MAX_ERROR_CHARS), tb, 0,
-                  run.policy.keep_failed, clip(reason, MAX_ERROR_CHARS), err)
+        self._ack(
+            run,
+            Kind.FAILED,
+            wire_text(reason, MAX_ERROR_CHARS),
+            tb,
+            0,
+            run.policy.keep_failed,
+            clip(reason, MAX_ERROR_CHARS),
+            err,
+        )
 
     # ------------------------------------------------------------------ JobUpdater
     async def update(self, job: Job, kind: str, value: Any) -> None:

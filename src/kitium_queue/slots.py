@@ -52,8 +52,12 @@ configuration, but must not call Redis itself):
     ``failed`` when dead-lettered) and ``clear(force=True)`` (``removed``). A cancelled
     job leaves active through one of these (``failed``). It also runs, with ``removed``,
     for every job deleted while *not* active: ``remove_job``, ``cancel_job`` of a job
-    that had not started, ``drain`` (waiting, delayed and parked jobs); a fragment that
-    only tracks running jobs ignores ids it does not know. It runs before the job's
+    that had not started, ``drain`` (waiting, delayed and parked jobs), and a job a
+    feature removes from its own fragment or script (a workflow's cancelled or skipped
+    steps): each goes through ``remove_unstarted(id, jk)`` (``lua/lib_parking.lua``),
+    which a fragment may call too (its script must include ``slot_release``; the
+    fragments then run once more, nested, for the removed job). A fragment that only
+    tracks running jobs ignores ids it does not know. It runs before the job's
     transition is written, with the record present (unless it was deleted by hand):
     decide on ``outcome``, not on ``st``. ``payload``, from ``finish.lua`` only: the
     encoded result of a ``completed`` job (before retention may delete its record), the
@@ -70,11 +74,21 @@ configuration, but must not call Redis itself):
     ms (0 = none), ``opts``: its options JSON or ``''``. Not called for a ``job_id``
     that exists (a job id is never reused).
 
-What fragments may call: ``park``, ``unpark(blocker, n)`` (``lua/lib_parking.lua``),
-``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``, ``wake``,
-``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``,
-``redis.call``, and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry
-in the queue's outbox, written atomically with the transition; docs/outbox.md).
+``event`` — ``function(name, subject, fields)``
+    Runs for every event a feature raises inside a script with ``feature_event(name,
+    subject, field1, value1, ...)`` (``lua/lib_events.lua``: the event goes to the
+    queue's event stream, and to this slot in the same atomic step). ``subject`` is what
+    the event is about (a workflow's id), ``fields`` the flat list of field names and
+    values (text). A feature that forwards events (webhooks) fills it: it learns no
+    other feature's name, only the events raised. Runs only in scripts that include the
+    composed slots (any script running another feature's fragments does).
+
+What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id, jk)``
+(``lua/lib_parking.lua``), ``park_timer(blocker, due, n, every)``
+(``lua/lib_park_timers.lua``), ``emit``, ``feature_event``, ``wake``, ``job_key``,
+``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``, ``redis.call``,
+and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry in the queue's
+outbox, written atomically with the transition; docs/outbox.md).
 
 What they must never do:
 
@@ -109,7 +123,7 @@ __all__ = [
 ]
 
 #: The slots features can fill.
-SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate")
+SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate", "event")
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -129,6 +143,7 @@ GENERATED: Final = {
     "admission_checks": "admission",
     "slot_release": "release",
     "slot_duplicate": "duplicate",
+    "slot_event": "event",
 }
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -226,9 +241,11 @@ class SlotTable:
             return _compose_enqueue(frags)
         if slot == "duplicate":
             return _compose_duplicate(frags)
+        if slot == "event":
+            return _compose_notify("event", "name, subject, fields", "event_hook", frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
-        return _compose_release(frags)
+        return _compose_notify("release", "id, jk, outcome, payload", "release_hook", frags)
 
     def apply_directives(self, source: str, flags: frozenset[str]) -> str:
         """Resolve ``--@if NAME`` / ``--@else`` / ``--@end`` blocks (not nested), ``--@slot
@@ -273,14 +290,17 @@ def _header(slot: str, frags: list[SlotFragment]) -> list[str]:
     return lines
 
 
-def _guarded(slot: str, frags: list[SlotFragment], args: str, result: str,
-             on_success: str = "") -> list[str]:
+def _guarded(
+    slot: str, frags: list[SlotFragment], args: str, result: str, on_success: str = ""
+) -> list[str]:
     """One ``pcall`` per fragment: a failure is recorded (slot_failed) and the rest run."""
     out = []
     for i, f in enumerate(frags):
         out.append(f"  ok, {result} = pcall({slot}_{i}, {args})")
-        out.append(f"  if not ok then slot_failed('{slot}', {lua_string(f.name)}, {result})"
-                   f"{on_success} end")
+        out.append(
+            f"  if not ok then slot_failed('{slot}', {lua_string(f.name)}, {result})"
+            f"{on_success} end"
+        )
     return out
 
 
@@ -318,9 +338,13 @@ def _compose_enqueue(frags: list[SlotFragment]) -> str:
     lines.append("local function enqueue_slot(id, jk, opts, state, pri, q)")
     lines.append("  local blocker, ok, b = nil, true, nil")
     # The first fragment that names a blocker parks the job (the others still run).
-    lines += _guarded("enqueue", frags, "id, jk, opts, state", "b",
-                      " elseif blocker == nil and type(b) == 'string' and b ~= '' then"
-                      " blocker = b")
+    lines += _guarded(
+        "enqueue",
+        frags,
+        "id, jk, opts, state",
+        "b",
+        " elseif blocker == nil and type(b) == 'string' and b ~= '' then blocker = b",
+    )
     lines.append("  if blocker == nil or state ~= 'waiting' then return false end")
     lines.append("  park(id, jk, int(wait_score(pri, q)), blocker)")
     lines.append("  return true")
@@ -342,8 +366,9 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
             f"  local ok{i}, pass{i}, commit{i} = pcall(admission_{i}, id, jk, opts{args})"
         )
         lines.append(f"  if not ok{i} then")
-        lines.append(f"    ADMIT_PARK = nil; slot_failed('admission', {name}, pass{i}); "
-                     "return false")
+        lines.append(
+            f"    ADMIT_PARK = nil; slot_failed('admission', {name}, pass{i}); return false"
+        )
         lines.append("  end")
         lines.append(f"  if not pass{i} then return false end")
     for i, frag in enumerate(frags):
@@ -357,12 +382,16 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _compose_release(frags: list[SlotFragment]) -> str:
-    lines = _header("release", frags)
-    lines.append("local function release_slot(id, jk, outcome, payload)")
+def _compose_notify(slot: str, params: str, hook: str, frags: list[SlotFragment]) -> str:
+    """A slot whose fragments all run and return nothing (``release``, ``event``); its
+    function is also assigned to ``hook``, the name the library calls it by
+    (``release_hook`` in lib_parking.lua, ``event_hook`` in lib_events.lua)."""
+    lines = _header(slot, frags)
+    lines.append(f"local function {slot}_slot({params})")
     lines.append("  local ok, err")
-    lines += _guarded("release", frags, "id, jk, outcome, payload", "err")
+    lines += _guarded(slot, frags, params, "err")
     lines.append("end")
+    lines.append(f"{hook} = {slot}_slot")
     return "\n".join(lines) + "\n"
 
 

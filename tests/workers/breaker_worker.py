@@ -38,10 +38,11 @@ def main() -> None:
 
 async def run(args: argparse.Namespace) -> None:
     queue = JobQueue(
-        args.queue, redis=args.url, prefix=args.prefix,
+        args.queue,
+        redis=args.url,
+        prefix=args.prefix,
         worker={"concurrency": args.concurrency, "scheduler": False, "shutdown_timeout": 2000},
-        settings={"lock_duration": args.lease, "max_stalled_interval": 200,
-                  "max_stalled_count": 5},
+        settings={"lock_duration": args.lease, "max_stalled_interval": 200, "max_stalled_count": 5},
         retry={"max_attempts": 1},
     )
     CircuitBreakerManager(queue)
@@ -53,9 +54,18 @@ async def run(args: argparse.Namespace) -> None:
         data = job.data if isinstance(job.data, dict) else {}
         breaker = data.get("b", "dep")
         st = await rec.hget(queue.keys.extra(f"cb:b:{breaker}"), "st")
-        await rec.rpush(runs_key, orjson.dumps({
-            "id": job.id, "name": job.name, "pid": pid, "t": time.time() * 1000,
-            "st": st.decode() if st else None}))
+        await rec.rpush(
+            runs_key,
+            orjson.dumps(
+                {
+                    "id": job.id,
+                    "name": job.name,
+                    "pid": pid,
+                    "t": time.time() * 1000,
+                    "st": st.decode() if st else None,
+                }
+            ),
+        )
         while True:
             health = await rec.get(dep_key)
             if health == b"up":

@@ -49,8 +49,11 @@ def main() -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    worker: dict[str, Any] = {"concurrency": args.concurrency, "scheduler": not args.no_scheduler,
-                              "shutdown_timeout": 2000}
+    worker: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "scheduler": not args.no_scheduler,
+        "shutdown_timeout": 2000,
+    }
     if args.limiter:
         mx, dur = args.limiter.split("/")
         worker["limiter"] = {"max": int(mx), "duration": int(dur)}
@@ -76,9 +79,11 @@ async def run(args: argparse.Namespace) -> None:
         if ms:
             await asyncio.sleep(ms / 1000)
         end = time.time() * 1000
-        await rec.rpush(runs_key, orjson.dumps({
-            "id": job.id, "name": job.name, "tenant": job.options.get("tenant_id"),
-            "pid": pid, "start": start, "end": end}))
+        await rec.rpush(
+            runs_key,
+            orjson.dumps({"id": job.id, "name": job.name, "tenant": job.options.get("tenant_id"),
+                          "pid": pid, "start": start, "end": end}),
+        )
         return None
 
     queue.process("*", process)

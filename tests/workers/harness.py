@@ -118,7 +118,11 @@ def spawn(cmd: list[str], err: Path, **popen: Any) -> subprocess.Popen[bytes]:
     env["PYTHONUNBUFFERED"] = "1"
     with open(err, "ab") as err_file:
         return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=err_file, stderr=subprocess.STDOUT, env=env,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=err_file,
+            stderr=subprocess.STDOUT,
+            env=env,
             **popen,
         )
 
@@ -274,28 +278,71 @@ class Engine:
 
     # convenience wrappers with the argument order of the scripts' headers
     def enqueue(
-        self, now: int, *, name: str = "j", data: str = "{}", priority: int = 0,
-        delay: int = 0, lifo: bool = False, job_id: str = "",
+        self,
+        now: int,
+        *,
+        name: str = "j",
+        data: str = "{}",
+        priority: int = 0,
+        delay: int = 0,
+        lifo: bool = False,
+        job_id: str = "",
     ) -> str:
         reply = self.run(
-            "enqueue", now, 86_400_000, job_id, name, data, "", priority, delay,
-            "1" if lifo else "0", "",
+            "enqueue",
+            now,
+            86_400_000,
+            job_id,
+            name,
+            data,
+            "",
+            priority,
+            delay,
+            "1" if lifo else "0",
+            "",
         )
         return str(reply[0].decode())
 
     def claim(
-        self, now: int, n: int = 1, *, lease: int = 1000, max_stalled: int = 2,
-        dlq: bool = True, worker: str = "w",
+        self,
+        now: int,
+        n: int = 1,
+        *,
+        lease: int = 1000,
+        max_stalled: int = 2,
+        dlq: bool = True,
+        worker: str = "w",
     ) -> list[Any]:
-        return list(self.run("claim", now, n, lease, 0, 0, max_stalled, "1" if dlq else "0",
-                             worker, 1000))
+        return list(
+            self.run("claim", now, n, lease, 0, 0, max_stalled, "1" if dlq else "0", worker, 1000)
+        )
 
     def finish(
-        self, now: int, job_id: str, token: Any, kind: str = "C", *, payload: bytes = b"r",
-        delay: int = 0, keep_count: int = -1, dlq: bool = True,
+        self,
+        now: int,
+        job_id: str,
+        token: Any,
+        kind: str = "C",
+        *,
+        payload: bytes = b"r",
+        delay: int = 0,
+        keep_count: int = -1,
+        dlq: bool = True,
     ) -> str:
-        reply = self.run("finish", now, "1" if dlq else "0", job_id, token, kind, payload, "",
-                         delay, keep_count, -1, "")
+        reply = self.run(
+            "finish",
+            now,
+            "1" if dlq else "0",
+            job_id,
+            token,
+            kind,
+            payload,
+            "",
+            delay,
+            keep_count,
+            -1,
+            "",
+        )
         return str(reply[0].decode())
 
     def recover(

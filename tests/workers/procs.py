@@ -25,8 +25,9 @@ FLOW_WORKER = Path(__file__).resolve().with_name("flow_worker.py")
 
 
 class WorkerProcs:
-    def __init__(self, url: str, prefix: str, queue: str, logdir: Path,
-                 script: Path = FLOW_WORKER) -> None:
+    def __init__(
+        self, url: str, prefix: str, queue: str, logdir: Path, script: Path = FLOW_WORKER
+    ) -> None:
         self.script = script
         self.url = url
         self.prefix = prefix
@@ -42,9 +43,18 @@ class WorkerProcs:
             self._errs.append(err)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(self.script), "--url", self.url, "--prefix", self.prefix,
-                "--queue", self.queue, *extra,
-                stdout=asyncio.subprocess.PIPE, stderr=err.open("wb"), env=env,
+                sys.executable,
+                str(self.script),
+                "--url",
+                self.url,
+                "--prefix",
+                self.prefix,
+                "--queue",
+                self.queue,
+                *extra,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err.open("wb"),
+                env=env,
             )
             self.procs.append(proc)
             started.append(proc)
@@ -64,8 +74,7 @@ class WorkerProcs:
         return sum(1 for p in self.procs if p.returncode is None)
 
     def stderr(self) -> str:
-        return "\n".join(f"--- {e.name}\n{e.read_text()[-3000:]}" for e in self._errs
-                         if e.exists())
+        return "\n".join(f"--- {e.name}\n{e.read_text()[-3000:]}" for e in self._errs if e.exists())
 
     async def close(self) -> None:
         for p in self.procs:

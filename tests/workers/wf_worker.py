@@ -29,10 +29,12 @@ def value(job_id: str) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     queue = JobQueue(
-        args.queue, redis=args.url, prefix=args.prefix,
-        settings={"lock_duration": 1000, "max_stalled_interval": 250,
-                  "max_stalled_count": 1000},
-        worker={"concurrency": 8, "shutdown_timeout": 2000})
+        args.queue,
+        redis=args.url,
+        prefix=args.prefix,
+        settings={"lock_duration": 1000, "max_stalled_interval": 250, "max_stalled_count": 1000},
+        worker={"concurrency": 8, "shutdown_timeout": 2000},
+    )
     chains = JobChainManager(queue)
     fd = os.open(args.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 

@@ -54,8 +54,7 @@ class BatchProcessor:
             raise ConfigurationError("batch processor must be callable")
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ConfigurationError(f"batch size must be an int >= 1, got {size!r}")
-        if (not isinstance(min_size, int) or isinstance(min_size, bool)
-                or not 1 <= min_size <= size):
+        if not isinstance(min_size, int) or isinstance(min_size, bool) or not 1 <= min_size <= size:
             raise ConfigurationError(
                 f"batch min_size must be an int from 1 to size ({size}), got {min_size!r}"
             )

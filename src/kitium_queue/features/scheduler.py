@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import EventData
+from ..hooks import FeatureEvent
 from ..limits import get_logger
 from ..scripts import ScriptCall
 from .schedules import timing_of
@@ -41,7 +42,13 @@ from .schedules import timing_of
 if TYPE_CHECKING:
     from ..queue import JobQueue
 
-__all__ = ["MAX_TICKS_PER_FIRE", "Scheduler", "plan_ticks"]
+__all__ = ["FEATURE", "LAG_EVENT", "MAX_TICKS_PER_FIRE", "Scheduler", "overdue_ms", "plan_ticks"]
+
+#: The feature name of the scheduler's feature events.
+FEATURE = "schedules"
+#: The feature event of every tick enqueued: ``fields`` schedule_id, job_id, tick (ms)
+#: and lag_ms (how long after its tick the scheduler enqueued it; jitter not counted).
+LAG_EVENT = "schedule-lag"
 
 log = get_logger(__name__)
 
@@ -137,8 +144,9 @@ class Scheduler:
                 t.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.25)
         if pending:
-            log.warning("scheduler of queue %s: %d task(s) did not stop", self._q.name,
-                        len(pending))
+            log.warning(
+                "scheduler of queue %s: %d task(s) did not stop", self._q.name, len(pending)
+            )
         self._tasks = []
 
     # ------------------------------------------------------------------ loops
@@ -152,8 +160,11 @@ class Scheduler:
             except _NET_ERRORS as exc:
                 if not self._outage:
                     self._outage = True
-                    log.warning("scheduler of queue %s: Redis unreachable (%s); retrying",
-                                self._q.name, self._q.connection.redact(exc))
+                    log.warning(
+                        "scheduler of queue %s: Redis unreachable (%s); retrying",
+                        self._q.name,
+                        self._q.connection.redact(exc),
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
@@ -197,9 +208,14 @@ class Scheduler:
                 raise
             except Exception as exc:
                 if self._feed:
-                    log.info("scheduler of queue %s: change feed lost (%s: %s); checking for "
-                             "schedule changes every %.0f s until it is back", q.name,
-                             type(exc).__name__, q.connection.redact(exc), _NO_FEED_IDLE_S)
+                    log.info(
+                        "scheduler of queue %s: change feed lost (%s: %s); checking for "
+                        "schedule changes every %.0f s until it is back",
+                        q.name,
+                        type(exc).__name__,
+                        q.connection.redact(exc),
+                        _NO_FEED_IDLE_S,
+                    )
                 self._feed = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -245,12 +261,21 @@ class Scheduler:
                 if nxt is not None and nxt <= due:
                     raise RuntimeError(f"next tick {nxt} is not after the due tick {due}")
             except Exception:
-                log.exception("queue %s: cannot compute the ticks of schedule %s; skipping "
-                              "it for %d s", q.name, sid, _BROKEN_RETRY_MS // 1000)
+                log.exception(
+                    "queue %s: cannot compute the ticks of schedule %s; skipping it for %d s",
+                    q.name,
+                    sid,
+                    _BROKEN_RETRY_MS // 1000,
+                )
                 self._broken[sid] = now + _BROKEN_RETRY_MS
                 continue
-            args: list[Any] = [sid, due_raw, version, "" if nxt is None else nxt,
-                               "1" if defn.get("overlap") == "skip" else "0"]
+            args: list[Any] = [
+                sid,
+                due_raw,
+                version,
+                "" if nxt is None else nxt,
+                "1" if defn.get("overlap") == "skip" else "0",
+            ]
             for tick, start in ticks:
                 args.append(tick)
                 args.append(start)
@@ -275,26 +300,71 @@ class Scheduler:
             if new_next:
                 n = int(new_next) - now
                 wait = n if wait is None else min(wait, n)
-            self._note_fired(sid, defn, fired, int(r[2]))
+            self._note_fired(sid, defn, fired, int(r[2]), now)
         return None if wait is None else max(0, wait)
 
     def _note_fired(
-        self, sid: str, defn: Mapping[str, Any], fired: list[str], skipped: int
+        self, sid: str, defn: Mapping[str, Any], fired: list[str], skipped: int, now: int
     ) -> None:
         q = self._q
         self.fired += len(fired)
         for jid in fired:
             log.debug("queue %s: schedule %s enqueued job %s", q.name, sid, jid)
             if q.emitter.wants("schedule-fired"):
-                q.emitter.emit(EventData("schedule-fired", q.name, jid,
-                                         extra={"schedule_id": sid,
-                                                "tick": int(jid.rsplit(":", 1)[1])}))
+                q.emitter.emit(
+                    EventData(
+                        "schedule-fired",
+                        q.name,
+                        jid,
+                        extra={"schedule_id": sid, "tick": int(jid.rsplit(":", 1)[1])},
+                    )
+                )
+        if fired and q.hooks.feature_event:
+            for jid in fired:
+                tick = int(jid.rsplit(":", 1)[1])
+                fields = {
+                    "schedule_id": sid,
+                    "job_id": jid,
+                    "tick": str(tick),
+                    "lag_ms": str(max(0, now - tick)),
+                }
+                q.hooks.emit_feature_event(
+                    FeatureEvent(
+                        queue=q.name,
+                        feature=FEATURE,
+                        name=LAG_EVENT,
+                        subject=sid,
+                        fields=fields,
+                        event_id=jid,
+                        at_ms=now,
+                    )
+                )
         if skipped:
-            log.info("queue %s: schedule %s skipped %d tick(s): its previous run is still "
-                     "going (overlap='skip')", q.name, sid, skipped)
+            log.info(
+                "queue %s: schedule %s skipped %d tick(s): its previous run is still "
+                "going (overlap='skip')",
+                q.name,
+                sid,
+                skipped,
+            )
         if q.metrics is not None:
             tags = {"queue": q.name, "job_name": str(defn.get("job_name", ""))}
             if fired:
                 q.metrics.increment("schedules.fired", len(fired), tags)
             if skipped:
                 q.metrics.increment("schedules.skipped", skipped, tags)
+
+
+async def overdue_ms(queue: JobQueue) -> int | None:
+    """How long ago the earliest tick of the queue's active schedules was due, by the
+    Redis clock (0 while none is late); None when no schedule is active. A value that
+    keeps growing means no scheduler is firing (no worker runs one)."""
+    client = await queue.client()
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(queue.keys.schedules_due, 0, 0, withscores=True)
+    pipe.time()
+    first, (sec, usec) = await pipe.execute()
+    if not first:
+        return None
+    now = int(sec) * 1000 + int(usec) // 1000
+    return max(0, now - int(first[0][1]))

@@ -24,10 +24,11 @@ from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
 from ..errors import ConfigurationError, ScheduleNotFoundError
-from ..limits import clip, get_logger
+from ..limits import QUERY_PAGE, clip, get_logger
 from ..middleware import enqueue_origin
 from ..options import MAX_COUNT, check_text, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
+from .schedule_explain import make_explainer
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -54,8 +55,17 @@ MIN_INTERVAL_MS = 10
 _RESERVED_JOB_OPTIONS = ("job_id", "delay", "idempotency_key")
 #: The keyword options of ``schedule_job`` / ``schedule_every`` that configure the
 #: schedule itself; any other keyword is a job option.
-SCHEDULE_OPTIONS = ("schedule_id", "tz", "start_date", "end_date", "limit", "jitter",
-                    "misfire", "misfire_grace", "overlap")
+SCHEDULE_OPTIONS = (
+    "schedule_id",
+    "tz",
+    "start_date",
+    "end_date",
+    "limit",
+    "jitter",
+    "misfire",
+    "misfire_grace",
+    "overlap",
+)
 _MAX_ID = 200
 #: Latest start_date / end_date given as ms since the epoch: 9999-12-31T23:59:59.999Z.
 _MAX_EPOCH_MS = 253_402_300_799_999
@@ -217,11 +227,20 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (for JSON output, the CLI)."""
-        return {"id": self.id, **self.definition(), "data": self.data, "paused": self.paused,
-                "finished": self.finished, "next_run_at": self.next_run_at,
-                "last_run_at": self.last_run_at, "last_job_id": self.last_job_id,
-                "runs": self.runs, "skipped": self.skipped, "created_at": self.created_at,
-                "updated_at": self.updated_at}
+        return {
+            "id": self.id,
+            **self.definition(),
+            "data": self.data,
+            "paused": self.paused,
+            "finished": self.finished,
+            "next_run_at": self.next_run_at,
+            "last_run_at": self.last_run_at,
+            "last_job_id": self.last_job_id,
+            "runs": self.runs,
+            "skipped": self.skipped,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
 
 
 _DEF_FIELDS = frozenset(f.name for f in fields(Schedule))
@@ -230,8 +249,12 @@ _DEF_FIELDS = frozenset(f.name for f in fields(Schedule))
 def timing_of(defn: Mapping[str, Any]) -> Timing:
     """Build the ``Timing`` of a stored definition."""
     if defn.get("cron"):
-        return CronTiming(str(defn["cron"]), _zone(defn.get("tz") or "UTC"),
-                          defn.get("start_date"), defn.get("end_date"))
+        return CronTiming(
+            str(defn["cron"]),
+            _zone(defn.get("tz") or "UTC"),
+            defn.get("start_date"),
+            defn.get("end_date"),
+        )
     return IntervalTiming(int(defn["every_ms"]), defn.get("start_date"), defn.get("end_date"))
 
 
@@ -281,7 +304,8 @@ def _date_ms(value: Any, tz: tzinfo, what: str) -> int | None:
     # ms since the epoch, up to the end of year 9999 (what datetime can represent); NaN
     # and infinities fail the range check instead of reaching int().
     if (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
         and 0 <= value <= _MAX_EPOCH_MS
     ):
         return int(value)
@@ -311,11 +335,12 @@ def check_cron(pattern: Any) -> str:
     try:
         croniter(text, datetime.now(timezone.utc), second_at_beginning=n == 6)
     except (CroniterError, ValueError, KeyError) as exc:
-        layout = ("second minute hour day-of-month month day-of-week" if n == 6
-                  else "minute hour day-of-month month day-of-week")
-        raise ConfigurationError(
-            f"invalid cron pattern {pattern!r} ({layout}): {exc}"
-        ) from None
+        layout = (
+            "second minute hour day-of-month month day-of-week"
+            if n == 6
+            else "minute hour day-of-month month day-of-week"
+        )
+        raise ConfigurationError(f"invalid cron pattern {pattern!r} ({layout}): {exc}") from None
     return text
 
 
@@ -352,6 +377,7 @@ class ScheduleStore:
 
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
+        queue.add_explainer(make_explainer(self))
 
     async def _now(self) -> int:
         client = await self.queue.client()
@@ -382,20 +408,43 @@ class ScheduleStore:
         """
         args = {"schedule_id": schedule_id, "job_name": job_name, "cron": cron, "every": every}
         return await self.queue.admin.execute(
-            "put_schedule", args,
+            "put_schedule",
+            args,
             lambda: self._declare(
-                job_name, data, cron=cron, every=every, schedule_id=schedule_id, tz=tz,
-                start_date=start_date, end_date=end_date, limit=limit, jitter=jitter,
-                misfire=misfire, misfire_grace=misfire_grace, overlap=overlap,
+                job_name,
+                data,
+                cron=cron,
+                every=every,
+                schedule_id=schedule_id,
+                tz=tz,
+                start_date=start_date,
+                end_date=end_date,
+                limit=limit,
+                jitter=jitter,
+                misfire=misfire,
+                misfire_grace=misfire_grace,
+                overlap=overlap,
                 options=options,
             ),
             shown=lambda sched: sched.id,  # subscribers see the id, never the data
         )
 
     async def _declare(
-        self, job_name: str, data: Any, *, cron: str | None, every: Any,
-        schedule_id: str | None, tz: Any, start_date: Any, end_date: Any, limit: int | None,
-        jitter: Any, misfire: Any, misfire_grace: Any, overlap: str,
+        self,
+        job_name: str,
+        data: Any,
+        *,
+        cron: str | None,
+        every: Any,
+        schedule_id: str | None,
+        tz: Any,
+        start_date: Any,
+        end_date: Any,
+        limit: int | None,
+        jitter: Any,
+        misfire: Any,
+        misfire_grace: Any,
+        overlap: str,
         options: Mapping[str, Any] | None,
     ) -> Schedule:
         q = self.queue
@@ -438,19 +487,27 @@ class ScheduleStore:
             # The middleware sees which schedule the template is for (its jobs' ids).
             token = enqueue_origin.set(("schedule", sid))
             try:
-                job_name, data, opts = await q.producer.through_middleware(
-                    job_name, data, opts
-                )
+                job_name, data, opts = await q.producer.through_middleware(job_name, data, opts)
             finally:
                 enqueue_origin.reset(token)
         prepared = q.producer.prepare(job_name, data, opts)  # validates options, encodes data
         stored_opts = q.jobspec.check(opts, "schedule")
 
         sched = Schedule(
-            id=sid, job_name=job_name, cron=cron_text, every_ms=every_ms, tz=zone_name,
-            start_date=start, end_date=end, limit=limit, jitter_ms=jitter_ms,
-            misfire=policy, catch_up_limit=catch_up, misfire_grace_ms=grace or 0,
-            overlap=overlap, options=stored_opts,
+            id=sid,
+            job_name=job_name,
+            cron=cron_text,
+            every_ms=every_ms,
+            tz=zone_name,
+            start_date=start,
+            end_date=end,
+            limit=limit,
+            jitter_ms=jitter_ms,
+            misfire=policy,
+            catch_up_limit=catch_up,
+            misfire_grace_ms=grace or 0,
+            overlap=overlap,
+            options=stored_opts,
         )
         timing = sched.timing()
         now = await self._now()
@@ -461,12 +518,29 @@ class ScheduleStore:
             )
         defn = orjson.dumps(sched.definition(), option=orjson.OPT_SORT_KEYS)
         sig = orjson.dumps([cron_text, every_ms, zone_name, start])
-        state, due = await q.run("schedule_put", [
-            sid, defn, sig, prepared[NAME], prepared[DATA], prepared[OPTS], prepared[PRIORITY],
-            prepared[LIFO], limit or 0, "" if first is None else first, end or 0,
-        ])
-        log.info("queue %s: schedule %s %s (next tick %s)", q.name, sid, state.decode(),
-                 due.decode() or "none")
+        state, due = await q.run(
+            "schedule_put",
+            [
+                sid,
+                defn,
+                sig,
+                prepared[NAME],
+                prepared[DATA],
+                prepared[OPTS],
+                prepared[PRIORITY],
+                prepared[LIFO],
+                limit or 0,
+                "" if first is None else first,
+                end or 0,
+            ],
+        )
+        log.info(
+            "queue %s: schedule %s %s (next tick %s)",
+            q.name,
+            sid,
+            state.decode(),
+            due.decode() or "none",
+        )
         got = await self.get(sid)
         assert got is not None
         return got
@@ -483,14 +557,23 @@ class ScheduleStore:
         """Every schedule of the queue, oldest first."""
         q = self.queue
         client = await q.client()
-        ids = [i.decode() for i in await client.zrange(q.keys.schedules, 0, -1)]
-        if not ids:
-            return []
-        pipe = client.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(q.keys.schedule(i))
-        raws = await pipe.execute()
-        return [self._record(i, r) for i, r in zip(ids, raws, strict=True) if r]
+        out: list[Schedule] = []
+        start = 0
+        # A page of ids at a time (``QUERY_PAGE``): with 100,000 schedules one ZRANGE of
+        # the whole index would hold Redis for tens of ms.
+        while True:
+            page = await client.zrange(q.keys.schedules, start, start + QUERY_PAGE - 1)
+            if not page:
+                return out
+            ids = [i.decode() for i in page]
+            pipe = client.pipeline(transaction=False)
+            for i in ids:
+                pipe.hgetall(q.keys.schedule(i))
+            raws = await pipe.execute()
+            out += [self._record(i, r) for i, r in zip(ids, raws, strict=True) if r]
+            if len(page) < QUERY_PAGE:
+                return out
+            start += QUERY_PAGE
 
     def _record(self, sid: str, raw: dict[bytes, bytes]) -> Schedule:
         g = raw.get
@@ -531,8 +614,10 @@ class ScheduleStore:
         changed fields, not their values).
         """
         return await self.queue.admin.execute(
-            "update_schedule", {"schedule_id": schedule_id, "changes": sorted(changes)},
-            lambda: self._update(schedule_id, changes), shown=lambda sched: sched.id,
+            "update_schedule",
+            {"schedule_id": schedule_id, "changes": sorted(changes)},
+            lambda: self._update(schedule_id, changes),
+            shown=lambda sched: sched.id,
         )
 
     async def _update(self, schedule_id: str, changes: dict[str, Any]) -> Schedule:
@@ -542,11 +627,16 @@ class ScheduleStore:
                 f"schedule {schedule_id!r} does not exist in queue {self.queue.name!r}"
             )
         args: dict[str, Any] = {
-            "tz": cur.tz, "start_date": cur.start_date, "end_date": cur.end_date,
-            "limit": cur.limit, "jitter": cur.jitter_ms,
-            "misfire": (cur.misfire if cur.misfire != "catch_up"
-                        else ("catch_up", cur.catch_up_limit)),
-            "misfire_grace": cur.misfire_grace_ms, "overlap": cur.overlap,
+            "tz": cur.tz,
+            "start_date": cur.start_date,
+            "end_date": cur.end_date,
+            "limit": cur.limit,
+            "jitter": cur.jitter_ms,
+            "misfire": (
+                cur.misfire if cur.misfire != "catch_up" else ("catch_up", cur.catch_up_limit)
+            ),
+            "misfire_grace": cur.misfire_grace_ms,
+            "overlap": cur.overlap,
         }
         cron, every = cur.cron, cur.every_ms
         data = changes.pop("data", cur.data)
@@ -559,8 +649,15 @@ class ScheduleStore:
                 args[k] = changes.pop(k)
         opts = {**cur.options, **changes}
         opts = {k: v for k, v in opts.items() if v is not None}
-        return await self._declare(cur.job_name, data, cron=cron, every=every,
-                                   schedule_id=schedule_id, options=opts, **args)
+        return await self._declare(
+            cur.job_name,
+            data,
+            cron=cron,
+            every=every,
+            schedule_id=schedule_id,
+            options=opts,
+            **args,
+        )
 
     async def remove(self, schedule_id: str) -> bool:
         """Delete a schedule (its already enqueued jobs stay). False if it did not exist.
@@ -601,4 +698,3 @@ class ScheduleStore:
             "schedule_pause", [schedule_id, "0", "" if nxt is None else nxt]
         )
         return bool(status == b"ok")
-

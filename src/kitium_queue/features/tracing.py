@@ -90,8 +90,12 @@ def _parent(traceparent: str) -> otel_context.Context | None:
     trace_id, span_id = int(traceparent[3:35], 16), int(traceparent[36:52], 16)
     if not trace_id or not span_id or traceparent[:2] == "ff":
         return None
-    sc = SpanContext(trace_id, span_id, is_remote=True,
-                     trace_flags=TraceFlags(int(traceparent[53:55], 16) & 0x01))
+    sc = SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(int(traceparent[53:55], 16) & 0x01),
+    )
     return trace.set_span_in_context(NonRecordingSpan(sc))
 
 
@@ -110,8 +114,7 @@ class OpenTelemetryTracing(Subscriber):
     ) -> None:
         self.queue = queue
         self.name = queue.name
-        self.tracer = trace.get_tracer("kitium_queue", __version__,
-                                       tracer_provider=tracer_provider)
+        self.tracer = trace.get_tracer("kitium_queue", __version__, tracer_provider=tracer_provider)
         self.pending_timeout = pending_timeout
         # job id -> (publish span, started at, monotonic); insertion order = age order.
         self._pending: OrderedDict[str, tuple[Any, float]] = OrderedDict()
@@ -120,7 +123,9 @@ class OpenTelemetryTracing(Subscriber):
         self._publish_name = f"{self.name} publish"
         self._process_name = f"{self.name} process"
         queue.declare_option(
-            OPTION, feature=FEATURE, normalize=_normalize,
+            OPTION,
+            feature=FEATURE,
+            normalize=_normalize,
             doc="W3C traceparent of the job's publish span (set by OpenTelemetryTracing)",
         )
         queue.use_enqueue(self._on_enqueue)

@@ -131,6 +131,7 @@ if want > 0 then
         -- The job's hash was deleted behind our back: dead-letter a record of it rather
         -- than lose it silently.
         taken[#taken + 1] = id
+        count_missing()
         dead_letter(jk, id, dlq_enabled,
           'job record missing: its hash key was deleted while the job was waiting', '')
         dead[#dead + 1] = id

@@ -27,7 +27,15 @@
       job does not jump ahead of work that became ready meanwhile. A job whose record
       was deleted meanwhile goes to wait as it is: claim dead-letters a record of it.
       `ids`, when given (a table), receives the ids moved, in order.
-  forget_parked(id, jk)       take a parked job out of its blocker (remove, cancel)
+  forget_parked(id, jk)       take a parked job out of its blocker
+  remove_unstarted(id, jk)    delete a job that has not started (waiting, delayed or
+                              parked): out of its set or blocker, then the `release` slot
+                              (outcome 'removed') when a feature filled it, then its
+                              records. Every removal of an unfinished job goes through it
+                              (remove, cancel, and features that remove jobs from inside
+                              a fragment or script: a workflow's cancelled steps), so the
+                              features' release fragments see each one. The caller emits
+                              the event. A script that calls it includes `slot_release`.
   drop_parked(limit, on_delete) -> n
                               delete up to `limit` parked jobs and their records (drain,
                               clear), with their blockers' timers; on_delete(id, jk,
@@ -129,6 +137,20 @@ local function forget_parked(id, jk)
   if blocker and redis.call('ZREM', PARKED_PREFIX .. blocker, id) == 1 then
     count_parked(blocker, -1)
   end
+end
+
+-- The composed `release` slot (slots.py assigns it when a feature filled the slot and
+-- the script includes slot_release): nil otherwise. Declared here, before the slot's
+-- fragments, so that a fragment may remove jobs through remove_unstarted too.
+local release_hook = nil
+
+local function remove_unstarted(id, jk)
+  redis.call('ZREM', K_WAIT, id)
+  redis.call('ZREM', K_DELAYED, id)
+  forget_parked(id, jk)
+  -- Out of every set first: a release fragment that unparks cannot move it to wait.
+  if release_hook then release_hook(id, jk, 'removed') end
+  delete_job(id)
 end
 
 local function drop_parked(limit, on_delete)

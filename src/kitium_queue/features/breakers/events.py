@@ -41,18 +41,34 @@ _BATCH = 100
 def report(queue: JobQueue, change: BreakerTransition) -> None:
     """Call the ``feature_event`` hook and count the change in the metrics adapter."""
     if queue.hooks.feature_event:
-        queue.hooks.emit_feature_event(FeatureEvent(
-            queue=queue.name, feature=FEATURE, name=EVENT_NAME, subject=change.breaker_id,
-            fields={"breaker": change.breaker_id, "from": change.from_state,
-                    "to": change.to_state, "reason": change.reason},
-            event_id=change.entry_id, at_ms=change.at_ms,
-        ))
+        queue.hooks.emit_feature_event(
+            FeatureEvent(
+                queue=queue.name,
+                feature=FEATURE,
+                name=EVENT_NAME,
+                subject=change.breaker_id,
+                fields={
+                    "breaker": change.breaker_id,
+                    "from": change.from_state,
+                    "to": change.to_state,
+                    "reason": change.reason,
+                },
+                event_id=change.entry_id,
+                at_ms=change.at_ms,
+            )
+        )
     metrics = queue.metrics
     if metrics is not None:
         try:
-            metrics.increment("breaker.transitions", 1, {
-                "queue": queue.name, "breaker": change.breaker_id, "state": change.to_state,
-            })
+            metrics.increment(
+                "breaker.transitions",
+                1,
+                {
+                    "queue": queue.name,
+                    "breaker": change.breaker_id,
+                    "state": change.to_state,
+                },
+            )
         except Exception:
             log.exception("metrics adapter failed on breaker.transitions")
 
@@ -68,8 +84,7 @@ class BreakerEvents(LeaderService):
             the leader died).
     """
 
-    def __init__(self, queue: JobQueue, *, interval_ms: int = 250,
-                 lease_ms: int = 10_000) -> None:
+    def __init__(self, queue: JobQueue, *, interval_ms: int = 250, lease_ms: int = 10_000) -> None:
         super().__init__(SERVICE_NAME, self._body, lease_ms=lease_ms)
         self.queue = queue
         self.interval_s = max(10, interval_ms) / 1000

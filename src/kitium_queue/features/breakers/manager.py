@@ -22,6 +22,7 @@ from ...errors import (
 from ...limits import clip, get_logger
 from ...options import to_int, to_ms
 from .events import FEATURE, BreakerEvents
+from .explain import make_explainer
 from .lua import ADMISSION, RELEASE, SCRIPT
 from .model import (
     BreakerConfig,
@@ -124,8 +125,9 @@ class CircuitBreaker:
         except Exception as exc:
             # Not recorded: a probe's deadline (probe_timeout) still ends its half-open
             # period; the error itself is the caller's concern, not this one.
-            log.warning("circuit breaker %r: outcome not recorded (%s)", self.id,
-                        clip(str(exc), 200))
+            log.warning(
+                "circuit breaker %r: outcome not recorded (%s)", self.id, clip(str(exc), 200)
+            )
 
     async def get_state(self) -> CircuitBreakerState:
         """The breaker's state now (``CircuitBreakerManager.get_state``)."""
@@ -174,13 +176,17 @@ class CircuitBreakerManager:
     def __init__(self, queue: JobQueue, *, events: bool = True) -> None:
         self.queue = queue
         queue.declare_option(
-            OPTION, feature=FEATURE, normalize=_normalize_option,
+            OPTION,
+            feature=FEATURE,
+            normalize=_normalize_option,
             doc="id of the circuit breaker that holds the job while it is open",
         )
         scripts = queue.scripts
         scripts.add_slot("admission", FEATURE, ADMISSION, fields=("n",))
         scripts.add_slot("release", FEATURE, RELEASE)
         scripts.add_fragment(SCRIPT_NAME, SCRIPT)
+        if queue not in _INSTALLED:
+            queue.add_explainer(make_explainer(queue))
         self.events: BreakerEvents | None = None
         if events:
             self.events = BreakerEvents(queue)
@@ -214,8 +220,9 @@ class CircuitBreakerManager:
             except Exception:
                 log.exception("metrics adapter failed on %s", name)
 
-    async def _admin(self, command: str, args: Mapping[str, Any],
-                     action: Callable[[], Awaitable[T]]) -> T:
+    async def _admin(
+        self, command: str, args: Mapping[str, Any], action: Callable[[], Awaitable[T]]
+    ) -> T:
         return await self.queue.admin.execute(command, args, action)
 
     async def _view(self, breaker_id: str, reply: list[Any]) -> BreakerStats:
@@ -241,9 +248,16 @@ class CircuitBreakerManager:
         async def action() -> CircuitBreaker:
             th = cfg.failure_threshold
             reply = await self.call(
-                "put", cfg.id, cfg.job_name or "", repr(float(th.percentage)),
-                th.min_requests, cfg.timeout, cfg.window, cfg.half_open_probes,
-                cfg.probe_timeout, "1" if replace else "0",
+                "put",
+                cfg.id,
+                cfg.job_name or "",
+                repr(float(th.percentage)),
+                th.min_requests,
+                cfg.timeout,
+                cfg.window,
+                cfg.half_open_probes,
+                cfg.probe_timeout,
+                "1" if replace else "0",
             )
             status = _s(reply[0])
             if status == "exists":
@@ -258,8 +272,7 @@ class CircuitBreakerManager:
                 )
             return CircuitBreaker(self, cfg)
 
-        return await self._admin("create_breaker", {**cfg.to_dict(), "replace": replace},
-                                 action)
+        return await self._admin("create_breaker", {**cfg.to_dict(), "replace": replace}, action)
 
     async def remove_breaker(self, breaker_id: str) -> bool:
         """Delete a breaker; the jobs it held go back to wait. False if there was none.
@@ -293,8 +306,9 @@ class CircuitBreakerManager:
     async def list_breakers(self) -> list[BreakerStats]:
         """Every breaker of the queue (up to 1000), oldest first, with its stats."""
         client = await self.queue.client()
-        ids = [_s(i) for i in await client.zrange(self.queue.keys.extra("cb:ids"), 0,
-                                                  MAX_LISTED - 1)]
+        ids = [
+            _s(i) for i in await client.zrange(self.queue.keys.extra("cb:ids"), 0, MAX_LISTED - 1)
+        ]
         if not ids:
             return []
         calls = [self.queue.call(SCRIPT_NAME, ["get", i]) for i in ids]
@@ -307,8 +321,9 @@ class CircuitBreakerManager:
                 out.append(BreakerStats.parse(bid, reply))
         return out
 
-    async def history(self, breaker_id: str | None = None,
-                      limit: int = 100) -> list[BreakerTransition]:
+    async def history(
+        self, breaker_id: str | None = None, limit: int = 100
+    ) -> list[BreakerTransition]:
         """The latest state changes (newest first), of one breaker or of all, from the
         breaker log (about the last 1000 changes of the queue are kept)."""
         n = to_int(limit, "limit", minimum=0, maximum=10_000)
@@ -336,8 +351,9 @@ class CircuitBreakerManager:
 
         return await self._admin("reset_breaker", {"id": bid, "reason": why}, action)
 
-    async def force_open(self, breaker_id: str, duration: Any = None,
-                         reason: str = "") -> BreakerStats:
+    async def force_open(
+        self, breaker_id: str, duration: Any = None, reason: str = ""
+    ) -> BreakerStats:
         """Open the breaker now, for ``duration`` ms (default: its ``timeout``); then it
         half-opens as usual. Bound jobs are held meanwhile. An administrative command."""
         bid = check_breaker_id(breaker_id)
@@ -347,5 +363,4 @@ class CircuitBreakerManager:
         async def action() -> BreakerStats:
             return await self._view(bid, await self.call("open", bid, ms, why))
 
-        return await self._admin("open_breaker", {"id": bid, "duration": ms, "reason": why},
-                                 action)
+        return await self._admin("open_breaker", {"id": bid, "duration": ms, "reason": why}, action)

@@ -150,14 +150,18 @@ def parse_config(config: BreakerConfig | Mapping[str, Any]) -> BreakerConfig:
         id=check_breaker_id(raw["id"]),
         job_name=job_name,
         failure_threshold=_threshold(raw.get("failure_threshold", FailureThreshold())),
-        timeout=to_ms(raw.get("timeout", 60_000), "breaker timeout", minimum=1,
-                      maximum=MAX_DELAY_MS),
-        window=to_ms(raw.get("window", 60_000), "breaker window", minimum=1000,
-                     maximum=MAX_DELAY_MS),
-        half_open_probes=to_int(raw.get("half_open_probes", 1), "half_open_probes",
-                                minimum=1, maximum=MAX_PROBES),
-        probe_timeout=to_ms(raw.get("probe_timeout", 60_000), "probe_timeout", minimum=1,
-                            maximum=MAX_DELAY_MS),
+        timeout=to_ms(
+            raw.get("timeout", 60_000), "breaker timeout", minimum=1, maximum=MAX_DELAY_MS
+        ),
+        window=to_ms(
+            raw.get("window", 60_000), "breaker window", minimum=1000, maximum=MAX_DELAY_MS
+        ),
+        half_open_probes=to_int(
+            raw.get("half_open_probes", 1), "half_open_probes", minimum=1, maximum=MAX_PROBES
+        ),
+        probe_timeout=to_ms(
+            raw.get("probe_timeout", 60_000), "probe_timeout", minimum=1, maximum=MAX_DELAY_MS
+        ),
     )
 
 
@@ -227,8 +231,9 @@ class BreakerStats:
         """From the breaker script's view: ``ok st since until po pok pdl R F held probes
         n why jn pct min to win pr pto ca`` (values read from Redis are untrusted: a
         damaged one reads as its default)."""
-        v = [x.decode("utf-8", "backslashreplace") if isinstance(x, bytes) else str(x)
-             for x in reply]
+        v = [
+            x.decode("utf-8", "backslashreplace") if isinstance(x, bytes) else str(x) for x in reply
+        ]
         n = [_int(x) for x in v]
         state = CircuitBreakerState(v[1]) if v[1] in _STATES else CircuitBreakerState.CLOSED
         try:
@@ -236,9 +241,13 @@ class BreakerStats:
         except ValueError:
             pct = 50.0
         config = BreakerConfig(
-            id=breaker_id, job_name=v[13] or None,
+            id=breaker_id,
+            job_name=v[13] or None,
             failure_threshold=FailureThreshold(pct, max(1, n[15])),
-            timeout=n[16], window=n[17], half_open_probes=n[18], probe_timeout=n[19],
+            timeout=n[16],
+            window=n[17],
+            half_open_probes=n[18],
+            probe_timeout=n[19],
         )
         requests, failures = n[7], n[8]
         since, until, po, pdl = n[2], n[3], n[4], n[6]
@@ -249,11 +258,21 @@ class BreakerStats:
         else:
             next_probe = None
         return cls(
-            config=config, state=state, since_ms=since, open_until_ms=until,
-            next_probe_ms=next_probe, requests=requests, failures=failures,
+            config=config,
+            state=state,
+            since_ms=since,
+            open_until_ms=until,
+            next_probe_ms=next_probe,
+            requests=requests,
+            failures=failures,
             failure_rate=round(100.0 * failures / requests, 3) if requests else 0.0,
-            probes_admitted=po, probes_succeeded=n[5], probe_deadline_ms=pdl,
-            held_jobs=n[9], transitions=n[11], reason=v[12], created_ms=n[20],
+            probes_admitted=po,
+            probes_succeeded=n[5],
+            probe_deadline_ms=pdl,
+            held_jobs=n[9],
+            transitions=n[11],
+            reason=v[12],
+            created_ms=n[20],
         )
 
 
@@ -290,14 +309,28 @@ class BreakerTransition:
 
     @classmethod
     def parse(cls, entry_id: Any, raw: Mapping[Any, Any]) -> BreakerTransition:
-        f = {(k.decode() if isinstance(k, bytes) else str(k)):
-             (v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v))
-             for k, v in raw.items()}
+        f = {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
+            )
+            for k, v in raw.items()
+        }
         eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-        return cls(eid, f.get("b", ""), f.get("from", ""), f.get("to", ""),
-                   clip(f.get("why", ""), 500), _int(f.get("at", "0")))
+        return cls(
+            eid,
+            f.get("b", ""),
+            f.get("from", ""),
+            f.get("to", ""),
+            clip(f.get("why", ""), 500),
+            _int(f.get("at", "0")),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entry_id": self.entry_id, "breaker_id": self.breaker_id,
-                "from": self.from_state, "to": self.to_state, "reason": self.reason,
-                "at_ms": self.at_ms}
+        return {
+            "entry_id": self.entry_id,
+            "breaker_id": self.breaker_id,
+            "from": self.from_state,
+            "to": self.to_state,
+            "reason": self.reason,
+            "at_ms": self.at_ms,
+        }

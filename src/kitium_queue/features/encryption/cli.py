@@ -79,16 +79,32 @@ def make_command(
     @click.argument("app")
     @click.argument("old_key_id")
     @click.argument("new_key_id")
-    @click.option("--run", "run_here", is_flag=True,
-                  help="Run the re-encryption pass in this process (else a worker's "
-                       "leader runs it and this command follows its progress).")
+    @click.option(
+        "--run",
+        "run_here",
+        is_flag=True,
+        help="Run the re-encryption pass in this process (else a worker's "
+        "leader runs it and this command follows its progress).",
+    )
     @click.option("--no-wait", is_flag=True, help="Return once the key is rotated.")
-    @click.option("--timeout", default=0.0, show_default=True,
-                  help="Stop following after this many seconds (0 = until done).")
+    @click.option(
+        "--timeout",
+        default=0.0,
+        show_default=True,
+        help="Stop following after this many seconds (0 = until done).",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print progress as JSON lines.")
     @redis_option
-    def rotate(app: str, old_key_id: str, new_key_id: str, run_here: bool, no_wait: bool,
-               timeout: float, as_json: bool, redis: str | None) -> None:
+    def rotate(
+        app: str,
+        old_key_id: str,
+        new_key_id: str,
+        run_here: bool,
+        no_wait: bool,
+        timeout: float,
+        as_json: bool,
+        redis: str | None,
+    ) -> None:
         """Make NEW_KEY_ID the current key and re-encrypt what is stored under others.
 
         Both keys must be held by the app's EncryptionManager (its configuration)."""
@@ -114,8 +130,9 @@ def make_command(
                     if st.state != "running" or (task is not None and task.done()):
                         break
                     if deadline is not None and time.monotonic() > deadline:
-                        click.echo("still running; follow with: kitium-queue encryption "
-                                   "status", err=True)
+                        click.echo(
+                            "still running; follow with: kitium-queue encryption status", err=True
+                        )
                         break
                     await asyncio.sleep(0.5)
                 if task is not None:

@@ -151,17 +151,24 @@ class KeyConfig:
             if extra or "key_id" not in value or "key" not in value:
                 raise ConfigurationError(
                     "a key config needs key_id and key (and optionally algorithm); "
-                    f"unknown: {extra}" if extra else "a key config needs key_id and key"
+                    f"unknown: {extra}"
+                    if extra
+                    else "a key config needs key_id and key"
                 )
-            return cls(value["key_id"], value["key"],
-                       value.get("algorithm", EncryptionAlgorithm.AES_256_GCM))
+            return cls(
+                value["key_id"],
+                value["key"],
+                value.get("algorithm", EncryptionAlgorithm.AES_256_GCM),
+            )
         raise ConfigurationError(
             f"a key config must be a KeyConfig or a dict, got {type(value).__name__}"
         )
 
     @classmethod
     def from_env(
-        cls, variable: str, key_id: str,
+        cls,
+        variable: str,
+        key_id: str,
         algorithm: EncryptionAlgorithm | str = EncryptionAlgorithm.AES_256_GCM,
     ) -> KeyConfig:
         """The key held (base64) in environment variable ``variable``."""
@@ -175,7 +182,9 @@ class KeyConfig:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike[str], key_id: str,
+        cls,
+        path: str | os.PathLike[str],
+        key_id: str,
         algorithm: EncryptionAlgorithm | str = EncryptionAlgorithm.AES_256_GCM,
     ) -> KeyConfig:
         """The key held (base64, surrounding whitespace ignored) in the file ``path``
@@ -207,7 +216,8 @@ class Binding:
     def aad(self, version: int, key_id: str, algorithm: str) -> bytes:
         """The authenticated data: every field length-prefixed (4 bytes, big endian)."""
         return _aad_head(version, key_id, algorithm, self.scope, self.queue) + _packed(
-            self.owner, self.name, self.part)
+            self.owner, self.name, self.part
+        )
 
 
 def _packed(*items: str) -> bytes:
@@ -235,7 +245,9 @@ class _Key:
 
         def derive(purpose: str) -> bytes:
             return HKDF(
-                algorithm=hashes.SHA256(), length=32, salt=None,
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=None,
                 info=f"kitium-queue {algorithm} {purpose}".encode(),
             ).derive(master)
 
@@ -307,8 +319,13 @@ class KeyRing:
             ct = nonce + key.aead.encrypt(nonce, plaintext, aad)
         else:
             ct = _cbc_seal(key, plaintext, aad)
-        return {"kqe": ENVELOPE_VERSION, "kid": key_id, "alg": key.algorithm,
-                "for": binding.scope, "ct": binascii.b2a_base64(ct, newline=False).decode()}
+        return {
+            "kqe": ENVELOPE_VERSION,
+            "kid": key_id,
+            "alg": key.algorithm,
+            "for": binding.scope,
+            "ct": binascii.b2a_base64(ct, newline=False).decode(),
+        }
 
     def open(self, envelope: Any, binding: Binding) -> bytes:
         """The plaintext of ``envelope``; ``DecryptionError`` saying why it cannot be."""

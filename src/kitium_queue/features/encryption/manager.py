@@ -144,7 +144,10 @@ class EncryptionManager:
     def _install(self, run_rotation: bool) -> None:
         q = self.queue
         q.declare_option(
-            "encrypted", feature=FEATURE, normalize=_encrypted_option, default=False,
+            "encrypted",
+            feature=FEATURE,
+            normalize=_encrypted_option,
+            default=False,
             doc="store the job's data and result encrypted (EncryptionManager)",
         )
         for name in _SCRIPTS:
@@ -361,8 +364,9 @@ class EncryptionManager:
                 f"result of encrypted job {job.id} cannot be serialized to JSON (details "
                 "withheld: they would quote the result); return JSON-compatible values"
             ) from None
-        return self.ring.seal(raw, key_id, Binding("job", self.queue.name, job.id, job.name,
-                                                   "result"))
+        return self.ring.seal(
+            raw, key_id, Binding("job", self.queue.name, job.id, job.name, "result")
+        )
 
     # ------------------------------------------------------------------ queries
     def _view(self, info: JobInfo, redact: bool) -> None:

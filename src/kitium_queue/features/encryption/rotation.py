@@ -37,8 +37,15 @@ if TYPE_CHECKING:
     from ...queue import JobQueue
     from .manager import EncryptionManager
 
-__all__ = ["Cell", "JobTarget", "RotationPass", "RotationStatus", "RotationTarget",
-           "ScheduleTarget", "read_status"]
+__all__ = [
+    "Cell",
+    "JobTarget",
+    "RotationPass",
+    "RotationStatus",
+    "RotationTarget",
+    "ScheduleTarget",
+    "read_status",
+]
 
 log = get_logger(__name__)
 
@@ -139,13 +146,27 @@ class JobTarget:
                     jid = i.decode("utf-8", "surrogateescape")
                     name = (n or b"").decode("utf-8", "surrogateescape")
                     if d:
-                        cells.append(Cell(f"job:{jid}", "d", d,
-                                          partial(_data, q.name, jid, name), True,
-                                          f"job {jid} data"))
+                        cells.append(
+                            Cell(
+                                f"job:{jid}",
+                                "d",
+                                d,
+                                partial(_data, q.name, jid, name),
+                                True,
+                                f"job {jid} data",
+                            )
+                        )
                     if r:
-                        cells.append(Cell(f"job:{jid}", "r", r,
-                                          partial(_bind, q.name, jid, name, "result"), True,
-                                          f"job {jid} result"))
+                        cells.append(
+                            Cell(
+                                f"job:{jid}",
+                                "r",
+                                r,
+                                partial(_bind, q.name, jid, name, "result"),
+                                True,
+                                f"job {jid} result",
+                            )
+                        )
                 yield cells
 
 
@@ -184,9 +205,16 @@ class ScheduleTarget:
                     continue
                 sid = i.decode("utf-8", "surrogateescape")
                 name = (n or b"").decode("utf-8", "surrogateescape")
-                cells.append(Cell(f"schedule:{sid}", "d", d,
-                                  partial(_bind, q.name, sid, name, "data"), False,
-                                  f"schedule {sid} data"))
+                cells.append(
+                    Cell(
+                        f"schedule:{sid}",
+                        "d",
+                        d,
+                        partial(_bind, q.name, sid, name, "data"),
+                        False,
+                        f"schedule {sid} data",
+                    )
+                )
             yield cells
 
 
@@ -238,8 +266,16 @@ class StoredResultTarget:
             rel = k.decode("utf-8", "surrogateescape")[base:]
             job = (jid or b"").decode("utf-8", "surrogateescape")
             name = (n or b"").decode("utf-8", "surrogateescape")
-            cells.append(Cell(rel, "r", r, partial(_bind, q.name, job, name, "result"), False,
-                              f"stored result of job {job}"))
+            cells.append(
+                Cell(
+                    rel,
+                    "r",
+                    r,
+                    partial(_bind, q.name, job, name, "result"),
+                    False,
+                    f"stored result of job {job}",
+                )
+            )
         return cells
 
 
@@ -314,12 +350,20 @@ async def read_status(queue: JobQueue) -> RotationStatus:
     return RotationStatus(
         current_key_id=None if cur is None else cur.decode("utf-8", "replace"),
         key_ids=sorted(i.decode("utf-8", "replace") for i in ids),
-        rotation=num("n"), state=text("state") or "none", from_key_id=text("from"),
-        to_key_id=text("to"), rotated_at=num("rotated_at") or None,
-        finished_at=num("finished_at") or None, updated_at=num("updated_at") or None,
-        round=num("round"), scanned=num("scanned"), total=num("total"),
-        reencrypted=num("reencrypted"), conflicts=num("conflicts"),
-        undecryptable=num("undecryptable"), problems=text("problems") or "",
+        rotation=num("n"),
+        state=text("state") or "none",
+        from_key_id=text("from"),
+        to_key_id=text("to"),
+        rotated_at=num("rotated_at") or None,
+        finished_at=num("finished_at") or None,
+        updated_at=num("updated_at") or None,
+        round=num("round"),
+        scanned=num("scanned"),
+        total=num("total"),
+        reencrypted=num("reencrypted"),
+        conflicts=num("conflicts"),
+        undecryptable=num("undecryptable"),
+        problems=text("problems") or "",
         clean_rounds=num("clean_rounds"),
     )
 
@@ -336,13 +380,16 @@ class _Round:
 class RotationPass:
     """Runs the re-encryption pass of the latest rotation (see the module docstring)."""
 
-    def __init__(self, manager: EncryptionManager, *, batch: int = 200,
-                 poll_ms: int = 1000) -> None:
+    def __init__(
+        self, manager: EncryptionManager, *, batch: int = 200, poll_ms: int = 1000
+    ) -> None:
         self.manager = manager
         self.batch = to_int(batch, "rotation_batch", minimum=1, maximum=1000)
         self.poll_ms = poll_ms
         self.targets: list[RotationTarget] = [
-            JobTarget(manager), ScheduleTarget(manager), StoredResultTarget(manager),
+            JobTarget(manager),
+            ScheduleTarget(manager),
+            StoredResultTarget(manager),
         ]
 
     def add_target(self, target: RotationTarget) -> None:
@@ -359,8 +406,10 @@ class RotationPass:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    log.exception("queue %s: encryption rotation pass failed; retrying",
-                                  self.manager.queue.name)
+                    log.exception(
+                        "queue %s: encryption rotation pass failed; retrying",
+                        self.manager.queue.name,
+                    )
             await asyncio.sleep(self.poll_ms / 1000)
 
     async def _save(self, n: int, **values: Any) -> None:
@@ -394,14 +443,23 @@ class RotationPass:
                 return await read_status(m.queue)
             quiet = res.found == 0 and res.conflicts == 0
             clean = clean + 1 if quiet else 0
-            await self._save(n, clean_rounds=clean, undecryptable=res.undecryptable,
-                             problems="; ".join(res.problems[:_MAX_PROBLEMS]))
+            await self._save(
+                n,
+                clean_rounds=clean,
+                undecryptable=res.undecryptable,
+                problems="; ".join(res.problems[:_MAX_PROBLEMS]),
+            )
             if res.conflicts and res.found == res.conflicts:
                 await asyncio.sleep(0.2)  # only active jobs left: let them finish
         await self._save(n, state="done", finished_at=int(time.time() * 1000))
         final = await read_status(m.queue)
-        log.info("queue %s: encryption rotation %d done (%d re-encrypted, %d undecryptable)",
-                 m.queue.name, n, final.reencrypted, final.undecryptable)
+        log.info(
+            "queue %s: encryption rotation %d done (%d re-encrypted, %d undecryptable)",
+            m.queue.name,
+            n,
+            final.reencrypted,
+            final.undecryptable,
+        )
         return final
 
     async def _round(self, n: int, rnd: int, total: int) -> _Round | None:
@@ -428,8 +486,9 @@ class RotationPass:
                             res.conflicts += 1
                         else:
                             reencrypted += 1
-                await self._save(n, scanned=res.scanned, reencrypted=reencrypted,
-                                 conflicts=res.conflicts)
+                await self._save(
+                    n, scanned=res.scanned, reencrypted=reencrypted, conflicts=res.conflicts
+                )
         return res
 
     def _reseal(self, cell: Cell, target_key: str, res: _Round) -> bytes | None:

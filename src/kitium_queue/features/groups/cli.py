@@ -18,6 +18,8 @@ from .manager import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroup
 __all__ = ["make_command"]
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+#: Prints rows under column names: ``table(columns, rows, header=True)``.
+Table = Callable[..., None]
 
 
 def _manager(queue: Any) -> FIFOQueueManager:
@@ -30,20 +32,29 @@ def _age(ms: int | None) -> str:
     return f"{ms / 1000:.1f}s" if ms < 120_000 else f"{ms / 60_000:.1f}min"
 
 
-def _summary(s: MessageGroupStats, row: Callable[..., str]) -> str:
-    return row(
-        s.group_id, "paused" if s.paused else "running",
-        "-" if s.size is None else s.size, s.waiting, s.active, s.held,
-        "-" if s.completed is None else s.completed, "-" if s.failed is None else s.failed,
+def _summary(s: MessageGroupStats) -> list[object]:
+    return [
+        s.group_id,
+        "paused" if s.paused else "running",
+        "-" if s.size is None else s.size,
+        s.waiting,
+        s.active,
+        s.held,
+        "-" if s.completed is None else s.completed,
+        "-" if s.failed is None else s.failed,
         _age(s.oldest_waiting_age_ms),
-    )
+    ]
 
 
 def make_command(
-    with_queue: WithQueue, redis_option: Callable[[Any], Any], row: Callable[..., str]
+    with_queue: WithQueue,
+    redis_option: Callable[[Any], Any],
+    row: Callable[..., str],
+    table: Table,
 ) -> click.Group:
-    """The ``groups`` command group, using the CLI's queue loader, ``--redis`` option
-    and row formatter."""
+    """The ``groups`` command group, using the CLI's queue loader, ``--redis`` option,
+    row formatter and table printer."""
+    show = table
 
     @click.group()
     def groups() -> None:
@@ -55,8 +66,9 @@ def make_command(
     @click.option("--cursor", default=None, help="Cursor printed by the previous page.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @redis_option
-    def groups_list(app: str, limit: int, cursor: str | None, as_json: bool,
-                    redis: str | None) -> None:
+    def groups_list(
+        app: str, limit: int, cursor: str | None, as_json: bool, redis: str | None
+    ) -> None:
         """Groups with jobs or settings, in name order, with their counts."""
 
         async def act(q: Any) -> None:
@@ -64,13 +76,26 @@ def make_command(
             page = await fifo.list_groups(cursor, count=limit)
             stats = [await fifo.get_group_stats(g) for g in page.groups]
             if as_json:
-                click.echo(json.dumps(
-                    {"groups": [s.as_dict() for s in stats], "cursor": page.cursor}, indent=2))
+                click.echo(
+                    json.dumps(
+                        {"groups": [s.as_dict() for s in stats], "cursor": page.cursor}, indent=2
+                    )
+                )
                 return
-            click.echo(row("group", "state", "size", "waiting", "active", "held", "completed",
-                           "failed", "oldest wait"))
-            for s in stats:
-                click.echo(_summary(s, row))
+            show(
+                [
+                    "group",
+                    "state",
+                    "size",
+                    "waiting",
+                    "active",
+                    "held",
+                    "completed",
+                    "failed",
+                    "oldest wait",
+                ],
+                [_summary(s) for s in stats],
+            )
             if page.cursor:
                 click.echo(row("next page:", f"--cursor {page.cursor}"))
 
@@ -89,14 +114,22 @@ def make_command(
             if as_json:
                 click.echo(json.dumps(s.as_dict(), indent=2))
                 return
-            rl = "-" if s.rate_limit is None else (
-                f"{s.rate_limit.max} per {s.rate_limit.duration} ms")
+            rl = (
+                "-"
+                if s.rate_limit is None
+                else (f"{s.rate_limit.max} per {s.rate_limit.duration} ms")
+            )
             for k, v in (
-                ("group", s.group_id), ("known", s.exists), ("paused", s.paused),
+                ("group", s.group_id),
+                ("known", s.exists),
+                ("paused", s.paused),
                 ("group_concurrency", s.group_concurrency),
-                ("max_group_size", s.max_group_size or "-"), ("rate_limit", rl),
-                ("size", "-" if s.size is None else s.size), ("waiting", s.waiting),
-                ("active", s.active), ("held", s.held),
+                ("max_group_size", s.max_group_size or "-"),
+                ("rate_limit", rl),
+                ("size", "-" if s.size is None else s.size),
+                ("waiting", s.waiting),
+                ("active", s.active),
+                ("held", s.held),
                 ("completed", "-" if s.completed is None else s.completed),
                 ("failed", "-" if s.failed is None else s.failed),
                 ("oldest wait", _age(s.oldest_waiting_age_ms)),
@@ -104,27 +137,35 @@ def make_command(
             ):
                 click.echo(row(k, v))
             for t in s.turns:
-                click.echo(row("turn", t.job_id, t.status, t.worker or "-",
-                               f"attempts={t.attempts}"))
+                click.echo(
+                    row("turn", t.job_id, t.status, t.worker or "-", f"attempts={t.attempts}")
+                )
 
         with_queue(app, redis, act)
 
     def _simple(verb: str) -> None:
-        @groups.command(verb)
+        @groups.command(
+            verb,
+            help=(
+                "Pause GROUP_ID: none of its jobs starts until resumed (running ones finish)."
+                if verb == "pause"
+                else "Resume GROUP_ID: its held jobs and free turns go on."
+            ),
+        )
         @click.argument("app")
         @click.argument("group_id")
+        @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
         @redis_option
-        def cmd(app: str, group_id: str, redis: str | None) -> None:
+        def cmd(app: str, group_id: str, as_json: bool, redis: str | None) -> None:
             async def act(q: Any) -> None:
                 await getattr(_manager(q), f"{verb}_group")(group_id)
-                click.echo(row(f"{verb}d", group_id))
+                click.echo(
+                    json.dumps({"action": f"{verb}d", "group": group_id})
+                    if as_json
+                    else row(f"{verb}d", group_id)
+                )
 
             with_queue(app, redis, act)
-
-        cmd.__doc__ = (
-            "Pause GROUP_ID: none of its jobs starts until resumed (running ones finish)."
-            if verb == "pause" else "Resume GROUP_ID: its held jobs and free turns go on."
-        )
 
     _simple("pause")
     _simple("resume")
@@ -135,17 +176,35 @@ def make_command(
     @click.option("--concurrency", type=int, default=None, help="Jobs holding a turn at once.")
     @click.option("--max-size", type=int, default=None, help="Most unfinished jobs (0: none).")
     @click.option("--rate-max", type=int, default=None, help="Starts per window.")
-    @click.option("--rate-duration", type=int, default=1000, show_default=True,
-                  help="Rate window in ms (with --rate-max).")
+    @click.option(
+        "--rate-duration",
+        type=int,
+        default=1000,
+        show_default=True,
+        help="Rate window in ms (with --rate-max).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print the group's settings as JSON.")
     @redis_option
-    def groups_set(app: str, group_id: str, concurrency: int | None, max_size: int | None,
-                   rate_max: int | None, rate_duration: int, redis: str | None) -> None:
+    def groups_set(
+        app: str,
+        group_id: str,
+        concurrency: int | None,
+        max_size: int | None,
+        rate_max: int | None,
+        rate_duration: int,
+        as_json: bool,
+        redis: str | None,
+    ) -> None:
         """Set GROUP_ID's settings (those not given go back to the defaults)."""
 
         async def act(q: Any) -> None:
             rate = None if rate_max is None else GroupRateLimit(rate_max, rate_duration)
-            await _manager(q).set_group(GroupConfig(group_id, concurrency, max_size, rate))
-            click.echo(row("set", group_id))
+            fifo = _manager(q)
+            await fifo.set_group(GroupConfig(group_id, concurrency, max_size, rate))
+            if as_json:
+                click.echo(json.dumps((await fifo.get_group_stats(group_id)).as_dict(), indent=2))
+            else:
+                click.echo(row("set", group_id))
 
         with_queue(app, redis, act)
 

@@ -39,14 +39,15 @@ def _prelude(default_concurrency: int, default_max_size: int, count: bool) -> st
     )
 
 
-def fragments(
-    default_concurrency: int, default_max_size: int, count: bool
-) -> dict[str, str]:
+def fragments(default_concurrency: int, default_max_size: int, count: bool) -> dict[str, str]:
     """The source of each slot fragment for these declarations (``accept`` only when
     groups are counted: without counts there is no ``max_group_size`` to enforce)."""
     prelude = _prelude(default_concurrency, default_max_size, count)
-    slots = ("accept", "enqueue", "admission", "release") if count else (
-        "enqueue", "admission", "release")
+    slots = (
+        ("accept", "enqueue", "admission", "release")
+        if count
+        else ("enqueue", "admission", "release")
+    )
     return {slot: _read(slot).replace("@PRELUDE@", prelude) for slot in slots}
 
 

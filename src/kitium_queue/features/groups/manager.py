@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ConfigurationError
 from ...options import MAX_COUNT, check_text, to_int, to_ms
 from . import lua
+from .explain import make_explainer
 from .lua import FEATURE, MAX_GROUP_ID
 
 if TYPE_CHECKING:
@@ -112,10 +113,14 @@ class GroupConfig:
                     "rate_limit must be GroupRateLimit(max, duration) or "
                     f"{{'max': n, 'duration': ms}}, got {rl!r}"
                 )
-        return _checked(cls(
-            config["group_id"], config.get("group_concurrency"), config.get("max_group_size"),
-            rate,
-        ))
+        return _checked(
+            cls(
+                config["group_id"],
+                config.get("group_concurrency"),
+                config.get("max_group_size"),
+                rate,
+            )
+        )
 
     @property
     def has_settings(self) -> bool:
@@ -128,10 +133,16 @@ class GroupConfig:
 
 def _checked(c: GroupConfig) -> GroupConfig:
     gid = check_group_id(c.group_id, "group_id")
-    conc = None if c.group_concurrency is None else to_int(
-        c.group_concurrency, "group_concurrency", minimum=1, maximum=_MAX_CONCURRENCY)
-    size = None if c.max_group_size is None else to_int(
-        c.max_group_size, "max_group_size", minimum=0, maximum=_MAX_SIZE)
+    conc = (
+        None
+        if c.group_concurrency is None
+        else to_int(c.group_concurrency, "group_concurrency", minimum=1, maximum=_MAX_CONCURRENCY)
+    )
+    size = (
+        None
+        if c.max_group_size is None
+        else to_int(c.max_group_size, "max_group_size", minimum=0, maximum=_MAX_SIZE)
+    )
     rate = None
     if c.rate_limit is not None:
         rate = GroupRateLimit(
@@ -190,7 +201,8 @@ class MessageGroupStats:
             k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("turns",)
         }
         out["rate_limit"] = (
-            None if self.rate_limit is None
+            None
+            if self.rate_limit is None
             else {"max": self.rate_limit.max, "duration": self.rate_limit.duration}
         )
         out["turns"] = [{k: getattr(t, k) for k in t.__dataclass_fields__} for t in self.turns]
@@ -248,10 +260,12 @@ class FIFOQueueManager:
         max_group_size: int | None = None,
         high_throughput: bool = False,
     ) -> None:
-        conc = to_int(group_concurrency, "group_concurrency", minimum=1,
-                      maximum=_MAX_CONCURRENCY)
-        size = 0 if max_group_size is None else to_int(
-            max_group_size, "max_group_size", minimum=0, maximum=_MAX_SIZE)
+        conc = to_int(group_concurrency, "group_concurrency", minimum=1, maximum=_MAX_CONCURRENCY)
+        size = (
+            0
+            if max_group_size is None
+            else to_int(max_group_size, "max_group_size", minimum=0, maximum=_MAX_SIZE)
+        )
         if high_throughput and size:
             raise ConfigurationError(
                 "max_group_size needs per-group counts, which high_throughput turns off: "
@@ -272,8 +286,9 @@ class FIFOQueueManager:
         queue (the CLI) use."""
         first = (getattr(queue, "queues", None) or [queue])[0]
         conc, size, count = _INSTALLED.get(first, (1, 0, True))
-        return cls(queue, group_concurrency=conc, max_group_size=size or None,
-                   high_throughput=not count)
+        return cls(
+            queue, group_concurrency=conc, max_group_size=size or None, high_throughput=not count
+        )
 
     # ------------------------------------------------------------------ routing
     def queue_of(self, group_id: str) -> JobQueue:
@@ -350,7 +365,9 @@ class FIFOQueueManager:
         async def action() -> Any:
             client = await q.client()
             return await q.scripts.call(
-                client, "group_admin", q.keys.all,
+                client,
+                "group_admin",
+                q.keys.all,
                 [*q.ctx.argv_head(), op, group_id, *extra],
             )
 
@@ -363,15 +380,21 @@ class FIFOQueueManager:
         q = self.queue_of(gid)
         client = await q.client()
         settings, counts, turns, head = await q.scripts.call(
-            client, "group_stats", q.keys.all,
+            client,
+            "group_stats",
+            q.keys.all,
             [*q.ctx.argv_head(), gid],
         )
         now = int(time.time() * 1000)
         held_turns = [
             GroupTurn(
-                job_id=_text(t[0]), status=_text(t[1]) or "missing",
-                worker=_text(t[2]) or None, started_at=_num(t[3]),
-                attempts=_num(t[4]) or 0, created_at=_num(t[5]), due_at=_num(t[6]),
+                job_id=_text(t[0]),
+                status=_text(t[1]) or "missing",
+                worker=_text(t[2]) or None,
+                started_at=_num(t[3]),
+                attempts=_num(t[4]) or 0,
+                created_at=_num(t[5]),
+                due_at=_num(t[6]),
             )
             for t in turns
         ]
@@ -429,7 +452,8 @@ class FIFOQueueManager:
             client = await q.client()
             lo = "-" if not after else "(" + after
             got = await client.zrangebylex(
-                q.keys.extra("groups"), lo, "+", start=0, num=count - len(groups))
+                q.keys.extra("groups"), lo, "+", start=0, num=count - len(groups)
+            )
             groups.extend(_text(g) for g in got)
             if len(groups) >= count:
                 return GroupPage(groups, f"{part}|{groups[-1]}")
@@ -449,7 +473,8 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
             )
         return
     q.declare_option(
-        "message_group_id", feature=FEATURE,
+        "message_group_id",
+        feature=FEATURE,
         normalize=lambda v, section: check_group_id(v, f"{section}: message_group_id"),
         doc="the FIFO message group of the job (features.groups)",
     )
@@ -477,5 +502,5 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
                 await client.delete(*batch)
 
     q.admin.add_clear_step(forget_groups)
+    q.add_explainer(make_explainer(q, conc))
     _INSTALLED[q] = want
-

@@ -34,20 +34,32 @@ def make_command(
         async def act(q: Any) -> bool:
             found = await IdempotencyManager.for_queue(q).get_execution_result(key_or_id)
             if found is None:
-                click.echo(row("no completed job or execution record for", key_or_id),
-                           err=True)
+                click.echo(row("no completed job or execution record for", key_or_id), err=True)
                 return False
             if as_json:
-                click.echo(json.dumps({
-                    "key": found.key, "job_id": found.job_id, "job_name": found.job_name,
-                    "result": found.result, "finished_at": found.finished_at,
-                    "source": found.source,
-                }, indent=2, default=str))
+                click.echo(
+                    json.dumps(
+                        {
+                            "key": found.key,
+                            "job_id": found.job_id,
+                            "job_name": found.job_name,
+                            "result": found.result,
+                            "finished_at": found.finished_at,
+                            "source": found.source,
+                        },
+                        indent=2,
+                        default=str,
+                    )
+                )
             else:
-                for k, v in (("job", found.job_id), ("name", found.job_name or "-"),
-                             ("key", found.key or "-"), ("source", found.source),
-                             ("finished_at", found.finished_at or "-"),
-                             ("result", json.dumps(found.result, default=str))):
+                for k, v in (
+                    ("job", found.job_id),
+                    ("name", found.job_name or "-"),
+                    ("key", found.key or "-"),
+                    ("source", found.source),
+                    ("finished_at", found.finished_at or "-"),
+                    ("result", json.dumps(found.result, default=str)),
+                ):
                     click.echo(row(k, v))
             return True
 

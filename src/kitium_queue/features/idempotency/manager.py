@@ -76,9 +76,7 @@ def derive_key(job_name: str, data: Any) -> str:
 
 def _window(value: Any, section: str = "idempotency_window") -> str:
     if value not in WINDOWS:
-        raise ConfigurationError(
-            f"{section} must be one of {', '.join(WINDOWS)}, got {value!r}"
-        )
+        raise ConfigurationError(f"{section} must be one of {', '.join(WINDOWS)}, got {value!r}")
     return str(value)
 
 
@@ -164,10 +162,12 @@ class IdempotencyManager:
     def _install(self, q: JobQueue) -> None:
         # A core option: taken over (its check accepts 'exactly-once' from then on).
         q.own_options(FEATURE, ["delivery_guarantee"])
-        q.declare_option("idempotency_window", feature=FEATURE,
-                         normalize=lambda v, section: _window(v, f"{section}: "
-                                                              "idempotency_window"),
-                         doc="ttl | until_finished | debounce")
+        q.declare_option(
+            "idempotency_window",
+            feature=FEATURE,
+            normalize=lambda v, section: _window(v, f"{section}: idempotency_window"),
+            doc="ttl | until_finished | debounce",
+        )
         q.use_enqueue(self._prepare)
         q.scripts.add_slot("enqueue", FEATURE, _lua("enqueue"))
         q.scripts.add_slot("release", FEATURE, _lua("release"))
@@ -178,12 +178,17 @@ class IdempotencyManager:
     ) -> tuple[str, Any, Mapping[str, Any]]:
         # Per job, on the add path: a job that asks for nothing of this feature passes
         # as it is (no copy).
-        if not (self.exactly_once or options.get("delivery_guarantee") is not None
-                or (options.get("idempotency_key") and self.window != "ttl")):
+        if not (
+            self.exactly_once
+            or options.get("delivery_guarantee") is not None
+            or (options.get("idempotency_key") and self.window != "ttl")
+        ):
             return job_name, data, options
         opts = dict(options)
-        eo = opts.get("delivery_guarantee") in (DeliveryGuarantee.EXACTLY_ONCE,
-                                                DeliveryGuarantee.EXACTLY_ONCE.value)
+        eo = opts.get("delivery_guarantee") in (
+            DeliveryGuarantee.EXACTLY_ONCE,
+            DeliveryGuarantee.EXACTLY_ONCE.value,
+        )
         if self.exactly_once and opts.get("delivery_guarantee") is None:
             opts["delivery_guarantee"] = DeliveryGuarantee.EXACTLY_ONCE.value
             eo = True
@@ -194,8 +199,11 @@ class IdempotencyManager:
                     "queue's IdempotencyManager does not derive keys)"
                 )
             opts["idempotency_key"] = derive_key(job_name, data)
-        if opts.get("idempotency_key") and "idempotency_window" not in opts \
-                and self.window != "ttl":
+        if (
+            opts.get("idempotency_key")
+            and "idempotency_window" not in opts
+            and self.window != "ttl"
+        ):
             opts["idempotency_window"] = self.window
         return job_name, data, opts
 
@@ -316,10 +324,15 @@ def _stored(q: JobQueue, key: str, raw: Mapping[bytes, bytes], source: str) -> E
         opts = {}
     # Through the queue's payload views, as a query would show the job's result (a
     # feature that protects payloads opens it here for a process holding its keys).
-    info = JobInfo(id=job_id, name=name, status=JobStatus.COMPLETED, result=result,
-                   options=opts if isinstance(opts, dict) else {})
+    info = JobInfo(
+        id=job_id,
+        name=name,
+        status=JobStatus.COMPLETED,
+        result=result,
+        options=opts if isinstance(opts, dict) else {},
+    )
     for view in q.ctx.info_views:
-        view(info, q.ctx.redact_payloads)
+        view(info, q.ctx.redacting)
     return ExecutionResult(
         key=key,
         job_id=job_id,

@@ -54,7 +54,9 @@ class PrometheusExporter:
         qs = [queues] if hasattr(queues, "subscribe") else list(queues)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.subscriber = PrometheusSubscriber(
-            self.registry, namespace=namespace, max_job_names=max_job_names,
+            self.registry,
+            namespace=namespace,
+            max_job_names=max_job_names,
             buckets=tuple(buckets),
         )
         self.collector = KitiumCollector(qs, namespace=namespace)
@@ -120,12 +122,18 @@ class MetricsServer:
                 body = await self.exporter.render()
                 await self._reply(writer, 200, body, CONTENT_TYPE_LATEST, method == b"HEAD")
             elif path == b"/":
-                await self._reply(writer, 200, b"kitium-queue metrics: GET /metrics\n",
-                                  "text/plain")
+                await self._reply(
+                    writer, 200, b"kitium-queue metrics: GET /metrics\n", "text/plain"
+                )
             else:
                 await self._reply(writer, 404, b"not found: GET /metrics\n", "text/plain")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
-                TimeoutError, ConnectionError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            TimeoutError,
+            ConnectionError,
+        ):
             pass  # a client that went away or sent garbage: nothing to answer
         except Exception:
             log.exception("metrics: serving a request failed")
@@ -137,10 +145,15 @@ class MetricsServer:
                 await writer.wait_closed()
 
     @staticmethod
-    async def _reply(writer: asyncio.StreamWriter, status: int, body: bytes,
-                     ctype: str, head_only: bool = False) -> None:
-        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
-                  500: "Internal Server Error"}[status]
+    async def _reply(
+        writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str, head_only: bool = False
+    ) -> None:
+        reason = {
+            200: "OK",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            500: "Internal Server Error",
+        }[status]
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

@@ -9,7 +9,7 @@ Every value printed comes from Redis or the user and goes through the CLI's esca
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import click
@@ -20,6 +20,7 @@ from .registry import TenantRegistry
 __all__ = ["make_command"]
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+Table = Callable[[Sequence[str], Sequence[Sequence[object]]], None]
 
 
 def _limit(v: int | None) -> str:
@@ -37,10 +38,13 @@ def _usage(u: TenantUsage) -> list[int]:
 
 
 def make_command(
-    with_queue: WithQueue, redis_option: Callable[[Any], Any], row: Callable[..., str]
+    with_queue: WithQueue,
+    redis_option: Callable[[Any], Any],
+    row: Callable[..., str],
+    table: Table,
 ) -> click.Group:
-    """The ``tenants`` command group, using the CLI's queue loader, ``--redis`` option
-    and row formatter."""
+    """The ``tenants`` command group, using the CLI's queue loader, ``--redis`` option,
+    row formatter and table printer."""
 
     @click.group()
     def tenants() -> None:
@@ -64,8 +68,8 @@ def make_command(
                 ]
                 click.echo(json.dumps({"tenants": out, "queues": await reg.queues()}, indent=2))
                 return
-            click.echo(
-                row(
+            table(
+                [
                     "tenant",
                     "weight",
                     "max_queue_size",
@@ -78,10 +82,12 @@ def make_command(
                     "completed",
                     "failed",
                     "name",
-                )
+                ],
+                [
+                    [c.tenant_id, f"{c.weight:g}", *_quota(c), *_usage(u), c.name]
+                    for c, u in zip(configs, usages, strict=True)
+                ],
             )
-            for c, u in zip(configs, usages, strict=True):
-                click.echo(row(c.tenant_id, f"{c.weight:g}", *_quota(c), *_usage(u), c.name))
 
         with_queue(app, redis, act)
 
@@ -122,22 +128,14 @@ def make_command(
                     ):
                         click.echo(row(k, v))
                     click.echo(row("allowed_regions", ",".join(c.allowed_regions) or "any"))
-                click.echo(
-                    row("queue", "queued", "active", "held", "rate used", "completed", "failed")
+                table(
+                    ["queue", "queued", "active", "held", "rate used", "completed", "failed"],
+                    [
+                        [name, qu.queued, qu.active, qu.held, qu.rate_used, qu.completed, qu.failed]
+                        for name, qu in u.queues.items()
+                    ]
+                    + [["total", *_usage(u)]],
                 )
-                for name, qu in u.queues.items():
-                    click.echo(
-                        row(
-                            name,
-                            qu.queued,
-                            qu.active,
-                            qu.held,
-                            qu.rate_used,
-                            qu.completed,
-                            qu.failed,
-                        )
-                    )
-                click.echo(row("total", *_usage(u)))
             if c is None and not any(_usage(u)):
                 raise click.ClickException(f"no tenant {tenant_id!r}")
 

@@ -31,38 +31,66 @@ def _ms(ms: int | None) -> str:
 
 def _record(r: DeliveryRecord) -> dict[str, Any]:
     return {
-        "webhook_id": r.webhook_id, "event_id": r.event_id, "type": r.event_type,
-        "state": r.state, "attempts": r.attempts, "strategy": r.strategy,
-        "created_at": r.created_at, "last_status": r.last_status, "last_error": r.last_error,
-        "history": [{"at": a.at, "attempt": a.attempt, "status": a.status, "error": a.error,
-                     "duration_ms": a.duration_ms} for a in r.history],
+        "webhook_id": r.webhook_id,
+        "event_id": r.event_id,
+        "type": r.event_type,
+        "state": r.state,
+        "attempts": r.attempts,
+        "strategy": r.strategy,
+        "created_at": r.created_at,
+        "last_status": r.last_status,
+        "last_error": r.last_error,
+        "history": [
+            {
+                "at": a.at,
+                "attempt": a.attempt,
+                "status": a.status,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+            }
+            for a in r.history
+        ],
     }
 
 
-def commands(load_queue: Callable[[str, str | None], Any],
-             text_field: Callable[[object], str]) -> click.Group:
-    """The ``webhooks`` command group (``load_queue(app, redis)`` gives the queue)."""
+def commands(
+    load_queue: Callable[[str, str | None], Any],
+    text_field: Callable[[object], str],
+    table: Callable[..., None],
+) -> click.Group:
+    """The ``webhooks`` command group (``load_queue(app, redis)`` gives the queue;
+    ``table(columns, rows, header=False)`` prints rows, rich or plain)."""
 
     def row(*fields: object) -> str:
         return "\t".join(text_field(f) for f in fields)
 
-    def show_records(recs: list[DeliveryRecord], as_json: bool, empty: str,
-                     fields: Callable[[DeliveryRecord], tuple[object, ...]]) -> None:
+    def show_records(
+        recs: list[DeliveryRecord],
+        as_json: bool,
+        empty: str,
+        columns: list[str],
+        fields: Callable[[DeliveryRecord], tuple[object, ...]],
+    ) -> None:
         if as_json:
             click.echo(json.dumps([_record(r) for r in recs], indent=2))
             return
         if not recs:
             click.echo(empty)
-        for r in recs:
-            click.echo(row(*fields(r)))
+            return
+        table(columns, [fields(r) for r in recs], header=False)
 
-    def run(app: str, redis: str | None,
-            action: Callable[[WebhookManager], Awaitable[T]], own: bool = False) -> T:
+    def run(
+        app: str,
+        redis: str | None,
+        action: Callable[[WebhookManager], Awaitable[T]],
+        own: bool = False,
+    ) -> T:
         queue = load_queue(app, redis)
         if own and WebhookManager.of(queue) is None:
             raise click.ClickException(
                 f"{text_field(app)} constructs no WebhookManager: the delivery process needs "
-                "the application's own (its secrets and allow-list)")
+                "the application's own (its secrets and allow-list)"
+            )
 
         async def go() -> T:
             try:
@@ -77,8 +105,7 @@ def commands(load_queue: Callable[[str, str | None], Any],
 
         return asyncio.run(go())
 
-    redis_option = click.option("--redis", default=None,
-                                help="Redis URL overriding the queue's.")
+    redis_option = click.option("--redis", default=None, help="Redis URL overriding the queue's.")
     json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
     @click.group()
@@ -99,10 +126,22 @@ def commands(load_queue: Callable[[str, str | None], Any],
                 return
             if not hooks:
                 click.echo("no webhooks")
-            for h in hooks:
-                click.echo(row(h.id, h.delivery_strategy.value,
-                               "active" if h.active else "inactive", ",".join(h.events),
-                               h.url, f"max_retries={h.max_retries}"))
+                return
+            table(
+                ["id", "strategy", "state", "events", "url", "max retries"],
+                [
+                    [
+                        h.id,
+                        h.delivery_strategy.value,
+                        "active" if h.active else "inactive",
+                        ",".join(h.events),
+                        h.url,
+                        f"max_retries={h.max_retries}",
+                    ]
+                    for h in hooks
+                ],
+                header=False,
+            )
 
         run(app, redis, act)
 
@@ -134,15 +173,33 @@ def commands(load_queue: Callable[[str, str | None], Any],
     @click.option("-n", "--limit", default=20, show_default=True)
     @json_option
     @redis_option
-    def history(app: str, webhook_id: str, event_id: str | None, limit: int,
-                as_json: bool, redis: str | None) -> None:
+    def history(
+        app: str,
+        webhook_id: str,
+        event_id: str | None,
+        limit: int,
+        as_json: bool,
+        redis: str | None,
+    ) -> None:
         """Latest deliveries to WEBHOOK_ID (``job``: jobs' own URLs), newest first."""
 
         async def act(m: WebhookManager) -> None:
             recs = await m.get_delivery_history(webhook_id, event_id, limit=limit)
-            show_records(recs, as_json, "no deliveries recorded", lambda r: (
-                r.event_id, r.event_type, r.state, f"attempts={r.attempts}",
-                _ms(r.created_at), r.last_status or "-", r.last_error or ""))
+            show_records(
+                recs,
+                as_json,
+                "no deliveries recorded",
+                ["event", "type", "state", "attempts", "created", "status", "error"],
+                lambda r: (
+                    r.event_id,
+                    r.event_type,
+                    r.state,
+                    f"attempts={r.attempts}",
+                    _ms(r.created_at),
+                    r.last_status or "-",
+                    r.last_error or "",
+                ),
+            )
 
         run(app, redis, act)
 
@@ -152,28 +209,47 @@ def commands(load_queue: Callable[[str, str | None], Any],
     @click.option("-n", "--limit", default=20, show_default=True)
     @json_option
     @redis_option
-    def dlq(app: str, webhook_id: str | None, limit: int, as_json: bool,
-            redis: str | None) -> None:
+    def dlq(app: str, webhook_id: str | None, limit: int, as_json: bool, redis: str | None) -> None:
         """Dead-lettered deliveries, oldest first."""
 
         async def act(m: WebhookManager) -> None:
             recs = await m.list_dlq(limit=limit, webhook_id=webhook_id)
-            show_records(recs, as_json, "the webhook DLQ is empty", lambda r: (
-                r.webhook_id, r.event_id, r.event_type, f"attempts={r.attempts}",
-                r.last_error or ""))
+            show_records(
+                recs,
+                as_json,
+                "the webhook DLQ is empty",
+                ["webhook", "event", "type", "attempts", "error"],
+                lambda r: (
+                    r.webhook_id,
+                    r.event_id,
+                    r.event_type,
+                    f"attempts={r.attempts}",
+                    r.last_error or "",
+                ),
+            )
 
         run(app, redis, act)
 
     @webhooks.command("replay")
     @click.argument("app")
     @click.option("--webhook", "webhook_id", default=None, help="One endpoint only.")
-    @click.option("--event", "event_id", default=None,
-                  help="One delivery (with --webhook), whatever its state.")
+    @click.option(
+        "--event",
+        "event_id",
+        default=None,
+        help="One delivery (with --webhook), whatever its state.",
+    )
     @click.option("-n", "--limit", default=1000, show_default=True)
     @json_option
     @redis_option
-    def replay(app: str, webhook_id: str | None, event_id: str | None, limit: int,
-               as_json: bool, redis: str | None) -> None:
+    def replay(
+        app: str,
+        webhook_id: str | None,
+        event_id: str | None,
+        limit: int,
+        as_json: bool,
+        redis: str | None,
+    ) -> None:
         """Schedule dead-lettered deliveries (or one delivery) for an attempt now; the
         workers' delivery service sends them."""
         if event_id is not None and webhook_id is None:

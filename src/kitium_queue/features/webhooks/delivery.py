@@ -103,10 +103,14 @@ class EndpointBreaker:
     ``max_cooldown_ms``); while open, attempts fail at once without a request. Then one
     probe goes through: a success closes it."""
 
-    def __init__(self, threshold: int = 5, cooldown_ms: int = 1000,
-                 max_cooldown_ms: int = 60_000) -> None:
+    def __init__(
+        self, threshold: int = 5, cooldown_ms: int = 1000, max_cooldown_ms: int = 60_000
+    ) -> None:
         self.threshold, self.cooldown_ms, self.max_cooldown_ms = (
-            threshold, cooldown_ms, max_cooldown_ms)
+            threshold,
+            cooldown_ms,
+            max_cooldown_ms,
+        )
         self._fails: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
         self._cooldown: dict[str, int] = {}
@@ -186,8 +190,13 @@ class Sender:
     """Signs and sends; see the module docstring."""
 
     def __init__(
-        self, secrets: SecretStore, *, policy: AddressPolicy, resolver: Resolver | None = None,
-        connector: Any = None, breaker: EndpointBreaker | None = None,
+        self,
+        secrets: SecretStore,
+        *,
+        policy: AddressPolicy,
+        resolver: Resolver | None = None,
+        connector: Any = None,
+        breaker: EndpointBreaker | None = None,
         max_connections: int = 100,
     ) -> None:
         self.secrets = secrets
@@ -209,11 +218,15 @@ class Sender:
             require_httpx()
             import httpx
 
-            transport = GuardedTransport(self.policy, resolver=self.resolver,
-                                         inner=self.connector,
-                                         max_connections=self.max_connections)
-            self._client = httpx.AsyncClient(transport=transport, follow_redirects=False,
-                                             trust_env=False)
+            transport = GuardedTransport(
+                self.policy,
+                resolver=self.resolver,
+                inner=self.connector,
+                max_connections=self.max_connections,
+            )
+            self._client = httpx.AsyncClient(
+                transport=transport, follow_redirects=False, trust_env=False
+            )
         return self._client
 
     async def close(self) -> None:
@@ -235,26 +248,44 @@ class Sender:
         except ConfigurationError as exc:
             return AttemptResult(False, None, f"bad secret configured: {exc}", 0, True, False)
         if not keys:
-            return AttemptResult(False, None, f"no signing secret for webhook "
-                                 f"{target.secret_id!r} in this process (pass secrets= to "
-                                 "WebhookManager)", 0, False, False)
+            return AttemptResult(
+                False,
+                None,
+                f"no signing secret for webhook "
+                f"{target.secret_id!r} in this process (pass secrets= to "
+                "WebhookManager)",
+                0,
+                False,
+                False,
+            )
         bkey = target.breaker_key
         if not self.breaker.allow(bkey):
-            return AttemptResult(False, None, "endpoint circuit open after repeated "
-                                 "failures: not sent", 0, False, False,
-                                 max(self.breaker.reopens_in_ms(bkey), 1))
+            return AttemptResult(
+                False,
+                None,
+                "endpoint circuit open after repeated failures: not sent",
+                0,
+                False,
+                False,
+                max(self.breaker.reopens_in_ms(bkey), 1),
+            )
         ts = int(time.time())
         headers = dict(target.headers)
-        headers.update({
-            "content-type": "application/json", "user-agent": USER_AGENT,
-            "webhook-id": event_id, "webhook-timestamp": str(ts),
-            "webhook-signature": signature_header(keys, event_id, ts, body),
-        })
+        headers.update(
+            {
+                "content-type": "application/json",
+                "user-agent": USER_AGENT,
+                "webhook-id": event_id,
+                "webhook-timestamp": str(ts),
+                "webhook-signature": signature_header(keys, event_id, ts, body),
+            }
+        )
         timeout = target.timeout_ms / 1000
 
         async def post() -> int:
-            async with self.client().stream("POST", target.url, content=body, headers=headers,
-                                            timeout=timeout) as resp:
+            async with self.client().stream(
+                "POST", target.url, content=body, headers=headers, timeout=timeout
+            ) as resp:
                 read = 0
                 async for chunk in resp.aiter_raw():  # drained, bounded, discarded
                     read += len(chunk)
@@ -268,27 +299,27 @@ class Sender:
             status = await asyncio.wait_for(post(), timeout)
         except asyncio.TimeoutError:
             self.breaker.failure(bkey)
-            return AttemptResult(False, None, f"timed out after {target.timeout_ms} ms",
-                                 took())
+            return AttemptResult(False, None, f"timed out after {target.timeout_ms} ms", took())
         except BlockedAddressError as exc:
             self.breaker.success(bkey)  # not the endpoint's health: leave it closed
             return AttemptResult(False, None, str(exc), took(), True, False)
         except httpx.TimeoutException:
             self.breaker.failure(bkey)
-            return AttemptResult(False, None, f"timed out after {target.timeout_ms} ms",
-                                 took())
+            return AttemptResult(False, None, f"timed out after {target.timeout_ms} ms", took())
         except (httpx.HTTPError, OSError) as exc:
             self.breaker.failure(bkey)
-            return AttemptResult(False, None, f"{type(exc).__name__} connecting to "
-                                 f"{url_host(target.url)}", took())
+            return AttemptResult(
+                False, None, f"{type(exc).__name__} connecting to {url_host(target.url)}", took()
+            )
         self.sent += 1
         if 200 <= status < 300:
             self.breaker.success(bkey)
             return AttemptResult(True, status, None, took())
         self.breaker.failure(bkey)
         if 300 <= status < 400:
-            return AttemptResult(False, status, f"HTTP {status}: redirects are not followed",
-                                 took())
+            return AttemptResult(
+                False, status, f"HTTP {status}: redirects are not followed", took()
+            )
         return AttemptResult(False, status, f"HTTP {status}", took())
 
 

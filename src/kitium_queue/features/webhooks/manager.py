@@ -14,7 +14,7 @@ from ...enums import WebhookEventType
 from ...errors import ConfigurationError
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
-from .lua import SCRIPTS, enqueue_fragment, release_fragment
+from .lua import SCRIPTS, enqueue_fragment, event_fragment, release_fragment
 from .models import (
     DeliveryRecord,
     Webhook,
@@ -25,7 +25,7 @@ from .models import (
     check_url,
 )
 from .registry import Registry
-from .service import GROUP, Delivery, DeliveryService, LocalDispatcher
+from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver
 from .subscriber import WebhookSubscriber
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["JobWebhookConfig", "WebhookManager"]
 
-FEATURE = "webhooks"
 #: The webhook id of deliveries to a job's own ``webhook_url``.
 JOB_WEBHOOK_ID = "job"
 
@@ -50,7 +49,9 @@ class JobWebhookConfig:
     """
 
     events: Sequence[WebhookEventType | str] = (
-        WebhookEventType.JOB_COMPLETED, WebhookEventType.JOB_FAILED)
+        WebhookEventType.JOB_COMPLETED,
+        WebhookEventType.JOB_FAILED,
+    )
     secret: str | None = None
     max_retries: int = 8
     timeout_ms: int = 10_000
@@ -94,34 +95,55 @@ class WebhookManager:
     """
 
     def __init__(
-        self, queue: JobQueue, *, secrets: SecretSource | None = None,
-        allow_networks: Iterable[str] = (), job_webhook: JobWebhookConfig | None = None,
-        backoff_ms: int = 5_000, max_backoff_ms: int = 3_600_000,
-        history_ttl_s: int = 7 * 86_400, concurrency: int = 8, batch: int = 100,
-        claim_idle_ms: int = 30_000, lease_ms: int = 60_000, poll_ms: int = 250,
-        breaker_threshold: int = 5, breaker_cooldown_ms: int = 1_000,
-        max_webhooks: int = 1_000, run_service: bool = True, busy_share: float = 0.2,
-        resolver: Resolver | None = None, connector: Any = None,
+        self,
+        queue: JobQueue,
+        *,
+        secrets: SecretSource | None = None,
+        allow_networks: Iterable[str] = (),
+        job_webhook: JobWebhookConfig | None = None,
+        backoff_ms: int = 5_000,
+        max_backoff_ms: int = 3_600_000,
+        history_ttl_s: int = 7 * 86_400,
+        concurrency: int = 8,
+        batch: int = 100,
+        claim_idle_ms: int = 30_000,
+        lease_ms: int = 60_000,
+        poll_ms: int = 250,
+        breaker_threshold: int = 5,
+        breaker_cooldown_ms: int = 1_000,
+        max_webhooks: int = 1_000,
+        run_service: bool = True,
+        busy_share: float = 0.2,
+        resolver: Resolver | None = None,
+        connector: Any = None,
     ) -> None:
-        for what, v, lo in (("backoff_ms", backoff_ms, 1), ("max_backoff_ms", max_backoff_ms, 1),
-                            ("history_ttl_s", history_ttl_s, 1), ("concurrency", concurrency, 1),
-                            ("batch", batch, 1), ("claim_idle_ms", claim_idle_ms, 10),
-                            ("lease_ms", lease_ms, 100), ("poll_ms", poll_ms, 1),
-                            ("breaker_threshold", breaker_threshold, 1),
-                            ("breaker_cooldown_ms", breaker_cooldown_ms, 1),
-                            ("max_webhooks", max_webhooks, 1)):
+        for what, v, lo in (
+            ("backoff_ms", backoff_ms, 1),
+            ("max_backoff_ms", max_backoff_ms, 1),
+            ("history_ttl_s", history_ttl_s, 1),
+            ("concurrency", concurrency, 1),
+            ("batch", batch, 1),
+            ("claim_idle_ms", claim_idle_ms, 10),
+            ("lease_ms", lease_ms, 100),
+            ("poll_ms", poll_ms, 1),
+            ("breaker_threshold", breaker_threshold, 1),
+            ("breaker_cooldown_ms", breaker_cooldown_ms, 1),
+            ("max_webhooks", max_webhooks, 1),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigurationError(f"WebhookManager {what} must be an int >= {lo}")
         if batch > 1000:
             raise ConfigurationError("WebhookManager batch must be at most 1000")
-        if isinstance(busy_share, bool) or not isinstance(busy_share, (int, float)) \
-                or not 0 < busy_share <= 1:
+        if (
+            isinstance(busy_share, bool)
+            or not isinstance(busy_share, (int, float))
+            or not 0 < busy_share <= 1
+        ):
             raise ConfigurationError("WebhookManager busy_share must be in (0, 1]")
         self.busy_share = float(busy_share)
         self.queue = queue
         self.job_webhook = job_webhook or JobWebhookConfig()
-        self.job_events = tuple(dict.fromkeys(check_event_type(e)
-                                              for e in self.job_webhook.events))
+        self.job_events = tuple(dict.fromkeys(check_event_type(e) for e in self.job_webhook.events))
         self.policy = AddressPolicy(allow_networks)
         self.secrets = SecretStore(secrets)
         if self.job_webhook.secret is not None:
@@ -129,10 +151,14 @@ class WebhookManager:
         self.backoff = Backoff(backoff_ms, max_backoff_ms)
         self.history_ttl_s, self.batch, self.poll_ms = history_ttl_s, batch, poll_ms
         self.claim_idle_ms, self.lease_ms, self.max_webhooks = claim_idle_ms, lease_ms, max_webhooks
-        self.sender = Sender(self.secrets, policy=self.policy, resolver=resolver,
-                             connector=connector,
-                             breaker=EndpointBreaker(breaker_threshold, breaker_cooldown_ms),
-                             max_connections=concurrency)
+        self.sender = Sender(
+            self.secrets,
+            policy=self.policy,
+            resolver=resolver,
+            connector=connector,
+            breaker=EndpointBreaker(breaker_threshold, breaker_cooldown_ms),
+            max_connections=concurrency,
+        )
         self.concurrency = concurrency
         self._limit: asyncio.Semaphore | None = None
         self._limit_loop: asyncio.AbstractEventLoop | None = None
@@ -142,8 +168,12 @@ class WebhookManager:
         self.subscriber = WebhookSubscriber(self)
         self._keys = {k: queue.keys.extra(f"wh:{k}") for k in ("retry", "dlq", "hooks")}
         self._group_ready = False
-        queue.declare_option("webhook_url", feature=FEATURE, normalize=_url_option,
-                             doc="send this job's own events to this URL (signed)")
+        queue.declare_option(
+            "webhook_url",
+            feature=FEATURE,
+            normalize=_url_option,
+            doc="send this job's own events to this URL (signed)",
+        )
         self._install()
         queue.subscribe(self.subscriber)
         if run_service:
@@ -162,8 +192,10 @@ class WebhookManager:
         for name, source in SCRIPTS.items():
             scripts.add_fragment(name, source)
         scripts.add_slot("enqueue", FEATURE, enqueue_fragment(self.job_events))
-        scripts.add_slot("release", FEATURE,
-                         release_fragment(self.job_events, self.queue.dlq.enabled))
+        scripts.add_slot(
+            "release", FEATURE, release_fragment(self.job_events, self.queue.dlq.enabled)
+        )
+        scripts.add_slot("event", FEATURE, event_fragment())
 
     @property
     def limit(self) -> asyncio.Semaphore:
@@ -192,8 +224,10 @@ class WebhookManager:
             return  # a name: checked on its resolved addresses at each connection
         why = self.policy.refusal(host)
         if why:
-            raise BlockedAddressError(f"webhook URL refused by the SSRF guard: {why}; allow "
-                                      "the network with allow_networks=[...] if intended")
+            raise BlockedAddressError(
+                f"webhook URL refused by the SSRF guard: {why}; allow "
+                "the network with allow_networks=[...] if intended"
+            )
 
     # ------------------------------------------------------------------ secrets
     def set_secret(self, webhook_id: str, secret: str | Sequence[str]) -> None:
@@ -201,8 +235,9 @@ class WebhookManager:
         process. Never stored in Redis."""
         self.secrets.set(webhook_id, secret)
 
-    def rotate_secret(self, webhook_id: str, new_secret: str, *,
-                      keep_old_s: float = 86_400) -> None:
+    def rotate_secret(
+        self, webhook_id: str, new_secret: str, *, keep_old_s: float = 86_400
+    ) -> None:
         """Sign with ``new_secret`` from now on and with the old secret(s) as well for
         ``keep_old_s`` seconds, so receivers can switch in that window (this process)."""
         self.secrets.rotate(webhook_id, new_secret, keep_old_s)
@@ -210,8 +245,7 @@ class WebhookManager:
     # ------------------------------------------------------------------ registrations
     async def _put(self, hook: Webhook | None, webhook_id: str) -> bool:
         body = hook.to_json() if hook else b""
-        existed = await self.queue.ctx.run("webhooks_put",
-                                           (webhook_id, body, self.max_webhooks))
+        existed = await self.queue.ctx.run("webhooks_put", (webhook_id, body, self.max_webhooks))
         if hook:
             self.registry.put(hook)
         else:
@@ -242,8 +276,11 @@ class WebhookManager:
             return hook
 
         return await self.queue.admin.execute(
-            "register_webhook", {"id": hook.id, "events": list(hook.events)}, action,
-            shown=lambda h: h.id)
+            "register_webhook",
+            {"id": hook.id, "events": list(hook.events)},
+            action,
+            shown=lambda h: h.id,
+        )
 
     async def list_webhooks(self) -> list[Webhook]:
         """Every registered endpoint (from Redis)."""
@@ -269,8 +306,11 @@ class WebhookManager:
             return new
 
         return await self.queue.admin.execute(
-            "update_webhook", {"id": webhook_id, "fields": sorted(changes)}, action,
-            shown=lambda h: h.id)
+            "update_webhook",
+            {"id": webhook_id, "fields": sorted(changes)},
+            action,
+            shown=lambda h: h.id,
+        )
 
     async def remove_webhook(self, webhook_id: str) -> bool:
         """Remove an endpoint; its pending retries are dropped when they come due (their
@@ -292,8 +332,16 @@ class WebhookManager:
             await self._ensure_group()
             await Outbox(self.queue).add("webhook", {"i": eid, "e": etype, "b": body})
         for hook in self.registry.wanting(etype, guaranteed=False):
-            self.local.submit(Delivery(f"{hook.id}/{eid}", self.target_of(hook), etype, body,
-                                       hook.delivery_strategy.value, hook.max_retries))
+            self.local.submit(
+                Delivery(
+                    f"{hook.id}/{eid}",
+                    self.target_of(hook),
+                    etype,
+                    body,
+                    hook.delivery_strategy.value,
+                    hook.max_retries,
+                )
+            )
         return eid
 
     # ------------------------------------------------------------------ deliveries
@@ -313,7 +361,8 @@ class WebhookManager:
             return bool(await self.queue.ctx.run("webhooks_requeue", ("one", member, 1)))
 
         return await self.queue.admin.execute(
-            "retry_delivery", {"webhook_id": webhook_id, "event_id": event_id}, action)
+            "retry_delivery", {"webhook_id": webhook_id, "event_id": event_id}, action
+        )
 
     async def get_delivery_history(
         self, webhook_id: str, event_id: str | None = None, *, limit: int = 50
@@ -327,8 +376,9 @@ class WebhookManager:
             return [DeliveryRecord.from_hash(webhook_id, event_id, h)] if h else []
         if webhook_id != JOB_WEBHOOK_ID:
             check_id(webhook_id, "webhook id")
-        ids = await client.zrevrange(self.queue.keys.extra(f"wh:idx:{webhook_id}"), 0,
-                                     max(1, min(limit, 1000)) - 1)
+        ids = await client.zrevrange(
+            self.queue.keys.extra(f"wh:idx:{webhook_id}"), 0, max(1, min(limit, 1000)) - 1
+        )
         return await self._records([f"{webhook_id}/{i.decode()}" for i in ids])
 
     async def _records(self, members: Sequence[str]) -> list[DeliveryRecord]:
@@ -345,8 +395,9 @@ class WebhookManager:
                 out.append(DeliveryRecord.from_hash(wid, eid, h))
         return out
 
-    async def list_dlq(self, limit: int = 100, webhook_id: str | None = None) -> \
-            list[DeliveryRecord]:
+    async def list_dlq(
+        self, limit: int = 100, webhook_id: str | None = None
+    ) -> list[DeliveryRecord]:
         """Dead-lettered deliveries, oldest first (of one endpoint, or all)."""
         client = await self.queue.client()
         raw = await client.zrange(self._keys["dlq"], 0, max(1, min(limit, 10_000)) * 4 - 1)
@@ -366,15 +417,19 @@ class WebhookManager:
         async def action() -> int:
             total = 0
             while total < limit:
-                n = int(await self.queue.ctx.run(
-                    "webhooks_requeue", ("dlq", webhook_id or "", min(limit - total, 1000))))
+                n = int(
+                    await self.queue.ctx.run(
+                        "webhooks_requeue", ("dlq", webhook_id or "", min(limit - total, 1000))
+                    )
+                )
                 total += n
                 if n == 0:
                     break
             return total
 
         return await self.queue.admin.execute(
-            "replay_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}, action)
+            "replay_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}, action
+        )
 
     async def stats(self) -> dict[str, Any]:
         """Endpoints, retries scheduled, DLQ size, the outbox group's backlog, and this
@@ -383,13 +438,17 @@ class WebhookManager:
         pipe = client.pipeline(transaction=False)
         pipe.hlen(self._keys["hooks"]).zcard(self._keys["retry"]).zcard(self._keys["dlq"])
         hooks, retry, dlq = await pipe.execute()
-        group = next((g for g in (await Outbox(self.queue).stats()).groups if g.name == GROUP),
-                     None)
+        group = next(
+            (g for g in (await Outbox(self.queue).stats()).groups if g.name == GROUP), None
+        )
         return {
-            "webhooks": int(hooks), "retry_scheduled": int(retry), "dlq": int(dlq),
+            "webhooks": int(hooks),
+            "retry_scheduled": int(retry),
+            "dlq": int(dlq),
             "outbox_pending": group.pending if group else 0,
             "outbox_lag": group.lag if group else None,
-            "local_in_flight": self.local.in_flight, "local_dropped": self.local.dropped,
+            "local_in_flight": self.local.in_flight,
+            "local_dropped": self.local.dropped,
             "delivered_here": self.service.delivered,
         }
 

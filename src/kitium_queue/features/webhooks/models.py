@@ -42,16 +42,30 @@ _ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _EVENT = re.compile(r"[a-z0-9][a-z0-9._:-]{0,63}")
 _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 #: Headers the sender sets itself (a configured header may not replace them).
-RESERVED_HEADERS = frozenset({
-    "webhook-id", "webhook-timestamp", "webhook-signature", "host", "content-length",
-    "content-type", "transfer-encoding", "connection", "user-agent",
-})
+RESERVED_HEADERS = frozenset(
+    {
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "user-agent",
+    }
+)
 
 
 def check_url(url: Any) -> str:
     """An http(s) URL with a host and no credentials; raises ConfigurationError."""
-    if not isinstance(url, str) or not url or len(url) > MAX_URL or not url.isprintable() \
-            or any(c.isspace() for c in url):
+    if (
+        not isinstance(url, str)
+        or not url
+        or len(url) > MAX_URL
+        or not url.isprintable()
+        or any(c.isspace() for c in url)
+    ):
         raise ConfigurationError(
             f"a webhook URL is a str of 1-{MAX_URL} printable characters without spaces"
         )
@@ -164,8 +178,10 @@ class WebhookConfig:
     """
 
     url: str
-    events: Sequence[WebhookEventType | str] = (WebhookEventType.JOB_COMPLETED,
-                                                WebhookEventType.JOB_FAILED)
+    events: Sequence[WebhookEventType | str] = (
+        WebhookEventType.JOB_COMPLETED,
+        WebhookEventType.JOB_FAILED,
+    )
     delivery_strategy: WebhookDeliveryStrategy | str = WebhookDeliveryStrategy.GUARANTEED
     max_retries: int = 8
     active: bool = True
@@ -208,20 +224,32 @@ class Webhook:
         if not isinstance(desc, str) or len(desc) > 500 or not desc.isprintable():
             raise ConfigurationError("webhook description: printable text of 500 characters")
         return cls(
-            id=check_id(config.id, "webhook id") if config.id is not None
+            id=check_id(config.id, "webhook id")
+            if config.id is not None
             else "wh_" + secrets.token_hex(8),
-            url=check_url(config.url), events=evs,
+            url=check_url(config.url),
+            events=evs,
             delivery_strategy=_strategy(config.delivery_strategy),
             max_retries=_int(config.max_retries, "max_retries", 0, MAX_RETRIES),
             active=config.active,
             timeout_ms=_int(config.timeout_ms, "timeout_ms", 100, MAX_TIMEOUT_MS),
-            headers=_headers(config.headers), description=desc,
-            created_at=now_ms, updated_at=now_ms,
+            headers=_headers(config.headers),
+            description=desc,
+            created_at=now_ms,
+            updated_at=now_ms,
         )
 
     def updated(self, changes: Mapping[str, Any], now_ms: int) -> Webhook:
-        allowed = {"url", "events", "delivery_strategy", "max_retries", "active",
-                   "timeout_ms", "headers", "description"}
+        allowed = {
+            "url",
+            "events",
+            "delivery_strategy",
+            "max_retries",
+            "active",
+            "timeout_ms",
+            "headers",
+            "description",
+        }
         unknown = set(changes) - allowed
         if unknown:
             raise ConfigurationError(
@@ -238,13 +266,21 @@ class Webhook:
         return self.delivery_strategy is WebhookDeliveryStrategy.GUARANTEED
 
     def to_json(self) -> bytes:
-        return orjson.dumps({
-            "id": self.id, "url": self.url, "events": list(self.events),
-            "strategy": self.delivery_strategy.value, "max_retries": self.max_retries,
-            "active": self.active, "timeout_ms": self.timeout_ms, "headers": self.headers,
-            "description": self.description, "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        })
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "url": self.url,
+                "events": list(self.events),
+                "strategy": self.delivery_strategy.value,
+                "max_retries": self.max_retries,
+                "active": self.active,
+                "timeout_ms": self.timeout_ms,
+                "headers": self.headers,
+                "description": self.description,
+                "created_at": self.created_at,
+                "updated_at": self.updated_at,
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = orjson.loads(self.to_json())
@@ -261,16 +297,22 @@ class Webhook:
             raise ConfigurationError("stored webhook registration is not an object")
         try:
             cfg = WebhookConfig(
-                url=d["url"], events=d["events"], delivery_strategy=d["strategy"],
-                max_retries=d["max_retries"], active=d["active"],
-                timeout_ms=d["timeout_ms"], headers=d.get("headers") or {},
-                id=d["id"], description=d.get("description") or "",
+                url=d["url"],
+                events=d["events"],
+                delivery_strategy=d["strategy"],
+                max_retries=d["max_retries"],
+                active=d["active"],
+                timeout_ms=d["timeout_ms"],
+                headers=d.get("headers") or {},
+                id=d["id"],
+                description=d.get("description") or "",
             )
         except (KeyError, TypeError):
             raise ConfigurationError("stored webhook registration lacks fields") from None
         hook = cls.from_config(cfg, 0)
-        return replace(hook, created_at=_num(d.get("created_at")),
-                       updated_at=_num(d.get("updated_at")))
+        return replace(
+            hook, created_at=_num(d.get("created_at")), updated_at=_num(d.get("updated_at"))
+        )
 
 
 def _num(v: Any) -> int:
@@ -306,12 +348,36 @@ class WebhookEvent:
         return eid, etype, body
 
 
+#: Bounds of a feature event's data in a webhook body: fields, name and value lengths.
+_FEATURE_FIELDS, _FIELD_NAME, _FIELD_VALUE = 32, 64, 512
+
+
+def feature_event_data(queue: str, subject: str, fields: Any) -> dict[str, Any]:
+    """The ``data`` of a feature event's body (a workflow's end, a breaker's change):
+    the event's own text fields (at most 32, names and values cut short), then
+    ``queue`` and ``subject`` (what it is about). ``fields``: a mapping, or the flat
+    ``[name, value, ...]`` list the ``event`` Lua slot receives."""
+    if isinstance(fields, Mapping):
+        pairs = list(fields.items())
+    elif isinstance(fields, list):
+        pairs = list(zip(fields[0::2], fields[1::2], strict=False))
+    else:
+        pairs = []
+    data: dict[str, Any] = {}
+    for k, v in pairs[:_FEATURE_FIELDS]:
+        if isinstance(k, str) and isinstance(v, str) and k:
+            data[k[:_FIELD_NAME]] = v[:_FIELD_VALUE]
+    data["queue"] = queue
+    data["subject"] = str(subject)[:_FIELD_VALUE]
+    return data
+
+
 def event_body(etype: str, ts_ms: int, data: Mapping[str, Any]) -> bytes:
     """The request body: ``{"type", "timestamp" (ISO 8601, UTC), "data"}``."""
     stamp = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
-    return orjson.dumps({"type": etype,
-                         "timestamp": stamp.isoformat(timespec="milliseconds"),
-                         "data": data})
+    return orjson.dumps(
+        {"type": etype, "timestamp": stamp.isoformat(timespec="milliseconds"), "data": data}
+    )
 
 
 @dataclass(frozen=True)
@@ -334,8 +400,13 @@ class DeliveryAttempt:
         at, n, status, error, dur = v
         if not all(isinstance(x, int) for x in (at, n, dur)):
             return None
-        return cls(at, n, status if isinstance(status, int) else None,
-                   error[:500] if isinstance(error, str) else None, dur)
+        return cls(
+            at,
+            n,
+            status if isinstance(status, int) else None,
+            error[:500] if isinstance(error, str) else None,
+            dur,
+        )
 
 
 @dataclass(frozen=True)
@@ -358,8 +429,7 @@ class DeliveryRecord:
     history: tuple[DeliveryAttempt, ...] = ()
 
     @classmethod
-    def from_hash(cls, webhook_id: str, event_id: str, h: Mapping[bytes, bytes]) -> \
-            DeliveryRecord:
+    def from_hash(cls, webhook_id: str, event_id: str, h: Mapping[bytes, bytes]) -> DeliveryRecord:
         def s(k: bytes) -> str:
             return h.get(k, b"").decode("utf-8", "replace")[:500]
 
@@ -371,8 +441,21 @@ class DeliveryRecord:
             raw = orjson.loads(h.get(b"h") or b"[]")
         except orjson.JSONDecodeError:
             raw = []
-        hist = tuple(a for a in (DeliveryAttempt.from_list(x) for x in
-                                 (raw if isinstance(raw, list) else [])) if a)
+        hist = tuple(
+            a
+            for a in (DeliveryAttempt.from_list(x) for x in (raw if isinstance(raw, list) else []))
+            if a
+        )
         status = i(b"sc")
-        return cls(webhook_id, event_id, s(b"ty"), s(b"st") or "pending", i(b"a"), i(b"c"),
-                   s(b"sg"), s(b"e") or None, status or None, hist)
+        return cls(
+            webhook_id,
+            event_id,
+            s(b"ty"),
+            s(b"st") or "pending",
+            i(b"a"),
+            i(b"c"),
+            s(b"sg"),
+            s(b"e") or None,
+            status or None,
+            hist,
+        )

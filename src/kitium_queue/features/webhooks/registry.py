@@ -70,8 +70,12 @@ class Registry:
                 hooks[wid] = Webhook.from_json(v)
             except ConfigurationError as exc:
                 damaged.append(wid)
-                log.warning("webhook registration %r of queue %s is damaged and ignored: %s",
-                            wid[:100], self.queue.name, exc)
+                log.warning(
+                    "webhook registration %r of queue %s is damaged and ignored: %s",
+                    wid[:100],
+                    self.queue.name,
+                    exc,
+                )
         self.hooks, self._ver, self.damaged = hooks, ver, damaged
         self._by_event = {}
         self._checked, self._loaded = started, True
@@ -93,8 +97,11 @@ class Registry:
         key = (event, guaranteed)
         found = self._by_event.get(key)
         if found is None:
-            found = tuple(h for h in self.hooks.values()
-                          if h.active and h.guaranteed == guaranteed and event in h.events)
+            found = tuple(
+                h
+                for h in self.hooks.values()
+                if h.active and h.guaranteed == guaranteed and event in h.events
+            )
             self._by_event[key] = found
         return found
 

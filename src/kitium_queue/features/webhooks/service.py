@@ -30,21 +30,29 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...events import EventData
+from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, OutageLog
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxEntry
 from .delivery import AttemptResult, Target, history_json
-from .models import event_body
+from .models import event_body, feature_event_data
 
 if TYPE_CHECKING:
     from .manager import WebhookManager
 
-__all__ = ["GROUP", "Delivery", "DeliveryService", "LocalDispatcher"]
+__all__ = ["DELIVERY_EVENT", "FEATURE", "GROUP", "Delivery", "DeliveryService", "LocalDispatcher"]
 
 log = get_logger(__name__)
 
+#: The feature's name (its option, its slots, its feature events).
+FEATURE = "webhooks"
 #: The outbox consumer group of webhook delivery.
 GROUP = "webhooks"
+#: The feature event of each delivery result recorded (``subject``: the webhook id;
+#: ``fields``: webhook, event_id, event_type, outcome, attempts, status), reported by the
+#: process that made the attempt, once the result is in Redis.
+DELIVERY_EVENT = "webhook-delivery"
+_OUTCOMES = {"ok": "delivered", "retry": "retrying", "dead": "dead-lettered", "failed": "failed"}
 _OUTBOX_MAX_DELIVERIES = 50
 
 
@@ -95,10 +103,19 @@ class _Base:
         else:
             kind = "dead" if durable else "failed"
         return [
-            d.member, kind, n, due, history_json(d.history, entry),
-            "" if res.status is None else res.status, res.error or "",
-            self.mgr.history_ttl_s, d.body if d.new else b"", d.event_type, d.strategy,
-            d.url, d.max_retries,
+            d.member,
+            kind,
+            n,
+            due,
+            history_json(d.history, entry),
+            "" if res.status is None else res.status,
+            res.error or "",
+            self.mgr.history_ttl_s,
+            d.body if d.new else b"",
+            d.event_type,
+            d.strategy,
+            d.url,
+            d.max_retries,
         ]
 
     async def write(self, fields: Sequence[Any], acks: Sequence[str] = ()) -> None:
@@ -106,11 +123,13 @@ class _Base:
         ``queue.on("webhook-dlq" | "webhook-failed")`` handlers about the given-up ones."""
         q = self.mgr.queue
         for i in range(0, max(len(fields), 1), 13 * 200):
-            chunk = list(fields[i:i + 13 * 200])
+            chunk = list(fields[i : i + 13 * 200])
             ack = list(acks) if i == 0 else []
             if not chunk and not ack:
                 return
             await q.ctx.run("webhooks_done", (GROUP, len(ack), *ack, *chunk))
+        if q.hooks.feature_event:
+            self._report(fields)
         emitter = q.emitter
         for i in range(0, len(fields), 13):
             kind = fields[i + 1]
@@ -118,9 +137,45 @@ class _Base:
                 event = "webhook-dlq" if kind == "dead" else "webhook-failed"
                 if emitter.wants(event):
                     wid, eid = str(fields[i]).split("/", 1)
-                    emitter.emit(EventData(event, q.name, extra={
-                        "webhook_id": wid, "event_id": eid, "event_type": fields[i + 9],
-                        "attempts": fields[i + 2], "reason": fields[i + 6]}))
+                    emitter.emit(
+                        EventData(
+                            event,
+                            q.name,
+                            extra={
+                                "webhook_id": wid,
+                                "event_id": eid,
+                                "event_type": fields[i + 9],
+                                "attempts": fields[i + 2],
+                                "reason": fields[i + 6],
+                            },
+                        )
+                    )
+
+    def _report(self, fields: Sequence[Any]) -> None:
+        """The ``feature_event`` hook for each result just recorded."""
+        q = self.mgr.queue
+        now = int(time.time() * 1000)
+        for i in range(0, len(fields), 13):
+            wid, eid = str(fields[i]).split("/", 1)
+            attempts, status = fields[i + 2], fields[i + 5]
+            q.hooks.emit_feature_event(
+                FeatureEvent(
+                    queue=q.name,
+                    feature=FEATURE,
+                    name=DELIVERY_EVENT,
+                    subject=wid,
+                    fields={
+                        "webhook": wid,
+                        "event_id": eid,
+                        "event_type": str(fields[i + 9]),
+                        "outcome": _OUTCOMES.get(str(fields[i + 1]), str(fields[i + 1])),
+                        "attempts": str(attempts),
+                        "status": str(status),
+                    },
+                    event_id=f"{fields[i]}#{attempts}",
+                    at_ms=now,
+                )
+            )
 
 
 class DeliveryService(_Base):
@@ -201,8 +256,12 @@ class DeliveryService(_Base):
         # The memory:// backend cannot cancel a blocking read: poll it instead.
         memory = mgr.queue.connection.is_memory
         consumer = Outbox(mgr.queue).consumer(
-            GROUP, self.consumer_name, count=mgr.batch, block_ms=0 if memory else 1000,
-            claim_idle_ms=mgr.claim_idle_ms, max_deliveries=_OUTBOX_MAX_DELIVERIES,
+            GROUP,
+            self.consumer_name,
+            count=mgr.batch,
+            block_ms=0 if memory else 1000,
+            claim_idle_ms=mgr.claim_idle_ms,
+            max_deliveries=_OUTBOX_MAX_DELIVERIES,
         )
 
         async def read_and_handle() -> int:
@@ -247,6 +306,16 @@ class DeliveryService(_Base):
         if "b" in f:  # written from Python (send_event, started, progress)
             eid = f.get("i", b"").decode("utf-8", "replace") or "evt_" + e.id
             body = f["b"]
+        elif "s" in f:  # an event another feature raised in a script (the event slot)
+            eid = "evt_" + e.id
+            try:
+                fields = orjson.loads(f.get("x") or b"[]")
+            except orjson.JSONDecodeError:
+                fields = []
+            data = feature_event_data(
+                self.mgr.queue.name, f["s"].decode("utf-8", "replace"), fields
+            )
+            body = event_body(etype, _int(f.get("ts")) or int(time.time() * 1000), data)
         else:  # written by a transition script
             eid = "evt_" + e.id
             data = {
@@ -261,13 +330,30 @@ class DeliveryService(_Base):
         for hook in self.mgr.registry.wanting(etype, guaranteed=True):
             if only and hook.id != only:
                 continue
-            out.append(Delivery(f"{hook.id}/{eid}", self.mgr.target_of(hook), etype, body,
-                                "guaranteed", hook.max_retries))
+            out.append(
+                Delivery(
+                    f"{hook.id}/{eid}",
+                    self.mgr.target_of(hook),
+                    etype,
+                    body,
+                    "guaranteed",
+                    hook.max_retries,
+                )
+            )
         url = f.get("u", b"").decode("utf-8", "replace")
         if url and not only:
             jw = self.mgr.job_webhook
-            out.append(Delivery(f"job/{eid}", self.mgr.job_target(url), etype, body,
-                                "guaranteed", jw.max_retries, url=url))
+            out.append(
+                Delivery(
+                    f"job/{eid}",
+                    self.mgr.job_target(url),
+                    etype,
+                    body,
+                    "guaranteed",
+                    jw.max_retries,
+                    url=url,
+                )
+            )
         return out
 
     async def _attempt_all(self, work: Sequence[Delivery]) -> list[AttemptResult]:
@@ -307,8 +393,15 @@ class DeliveryService(_Base):
 
     def _claimed(self, row: Sequence[Any]) -> Delivery:
         member, body, etype, attempts, url, strategy, max_r, hist = (
-            _text(row[0]), bytes(row[1]), _text(row[2]), _int(row[3]), _text(row[4]),
-            _text(row[5]), _text(row[6]), row[7])
+            _text(row[0]),
+            bytes(row[1]),
+            _text(row[2]),
+            _int(row[3]),
+            _text(row[4]),
+            _text(row[5]),
+            _text(row[6]),
+            row[7],
+        )
         try:
             history = orjson.loads(hist)
         except orjson.JSONDecodeError:
@@ -327,8 +420,19 @@ class DeliveryService(_Base):
             target = self.mgr.target_of(hook) if hook and hook.active else None
             max_retries = hook.max_retries if hook else 0
             missing = "webhook inactive" if hook else "webhook removed"
-        return Delivery(member, target, etype, body, strategy or "guaranteed", max_retries,
-                        attempts, history, new=False, url=url, missing=missing)
+        return Delivery(
+            member,
+            target,
+            etype,
+            body,
+            strategy or "guaranteed",
+            max_retries,
+            attempts,
+            history,
+            new=False,
+            url=url,
+            missing=missing,
+        )
 
 
 class LocalDispatcher(_Base):
@@ -352,9 +456,13 @@ class LocalDispatcher(_Base):
             now = time.monotonic()
             if now - self._warned > 60:
                 self._warned = now
-                log.warning("webhook deliveries of queue %s: %d in flight in this process, "
-                            "new ones dropped (%d so far)", self.mgr.queue.name,
-                            len(self._tasks), self.dropped)
+                log.warning(
+                    "webhook deliveries of queue %s: %d in flight in this process, "
+                    "new ones dropped (%d so far)",
+                    self.mgr.queue.name,
+                    len(self._tasks),
+                    self.dropped,
+                )
             return
         task = asyncio.get_running_loop().create_task(self._run(d))
         self._tasks.add(task)
@@ -369,8 +477,12 @@ class LocalDispatcher(_Base):
             if res.ok or res.permanent or d.attempts >= budget:
                 break
             d.attempts += 1
-            d.history = orjson.loads(history_json(d.history, [
-                int(time.time() * 1000), d.attempts, res.status, res.error, res.duration_ms]))
+            d.history = orjson.loads(
+                history_json(
+                    d.history,
+                    [int(time.time() * 1000), d.attempts, res.status, res.error, res.duration_ms],
+                )
+            )
             await asyncio.sleep(max(mgr.backoff.delay_ms(d.attempts), res.wait_ms) / 1000)
         # The history of an in-memory delivery is best effort too.
         with contextlib.suppress(*NET_ERRORS):

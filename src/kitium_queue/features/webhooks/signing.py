@@ -64,10 +64,11 @@ def secret_key(secret: str) -> bytes:
             "generate_secret()); the value given is not in that form"
         )
     try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigurationError("a webhook secret's part after 'whsec_' is not valid base64")\
-            from None
+        raise ConfigurationError(
+            "a webhook secret's part after 'whsec_' is not valid base64"
+        ) from None
     if not _MIN_KEY <= len(key) <= _MAX_KEY:
         raise ConfigurationError(
             f"a webhook secret must decode to {_MIN_KEY}-{_MAX_KEY} bytes, this one has "

@@ -166,19 +166,25 @@ class GuardedBackend(httpcore.AsyncNetworkBackend if httpcore else object):  # t
             try:
                 addresses = await self.resolver(bare, port)
             except OSError as exc:
-                raise BlockedAddressError(f"webhook host {host!r} did not resolve: {exc}") \
-                    from None
+                raise BlockedAddressError(f"webhook host {host!r} did not resolve: {exc}") from None
         return self.policy.check(host, addresses)
 
     async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None,
-        local_address: str | None = None, socket_options: Any = None,
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
     ) -> Any:
         last: Exception | None = None
         for address in await self.vet(host, port):
             try:
                 return await self.inner.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address,
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
                     socket_options=socket_options,
                 )
             except Exception as exc:  # try the next vetted address
@@ -186,8 +192,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend if httpcore else object):  # t
         assert last is not None
         raise last
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Any = None) -> Any:
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> Any:
         raise BlockedAddressError("webhooks are never delivered over a unix socket")
 
     async def sleep(self, seconds: float) -> None:
@@ -198,9 +205,9 @@ def _mapped(exc: Exception) -> Exception:
     """httpx's exception for an httpcore one (same class names), else ``exc``."""
     if httpcore is not None and isinstance(exc, httpcore.TimeoutException):
         return getattr(httpx, type(exc).__name__, httpx.TimeoutException)(str(exc))
-    if httpcore is not None and isinstance(exc, (httpcore.NetworkError,
-                                                 httpcore.ProtocolError,
-                                                 httpcore.UnsupportedProtocol)):
+    if httpcore is not None and isinstance(
+        exc, (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol)
+    ):
         return getattr(httpx, type(exc).__name__, httpx.TransportError)(str(exc))
     return exc
 
@@ -229,8 +236,14 @@ class GuardedTransport(httpx.AsyncBaseTransport if httpx else object):  # type: 
     goes through ``GuardedBackend`` (see the module docstring)."""
 
     def __init__(
-        self, policy: AddressPolicy, *, resolver: Resolver | None = None, inner: Any = None,
-        max_connections: int = 100, keepalive: int = 20, keepalive_expiry_s: float = 30.0,
+        self,
+        policy: AddressPolicy,
+        *,
+        resolver: Resolver | None = None,
+        inner: Any = None,
+        max_connections: int = 100,
+        keepalive: int = 20,
+        keepalive_expiry_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         require_httpx()
@@ -239,16 +252,19 @@ class GuardedTransport(httpx.AsyncBaseTransport if httpx else object):  # type: 
             ssl_context=ssl_context or ssl.create_default_context(),
             max_connections=max_connections,
             max_keepalive_connections=max(keepalive, max_connections),
-            keepalive_expiry=keepalive_expiry_s, network_backend=self.backend,
+            keepalive_expiry=keepalive_expiry_s,
+            network_backend=self.backend,
         )
 
     async def handle_async_request(self, request: Any) -> Any:
         url = request.url
         req = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
-                             target=url.raw_path),
-            headers=request.headers.raw, content=request.stream,
+            url=httpcore.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
             extensions=request.extensions,
         )
         try:
@@ -258,8 +274,12 @@ class GuardedTransport(httpx.AsyncBaseTransport if httpx else object):  # type: 
             if mapped is exc:
                 raise
             raise mapped from exc
-        return httpx.Response(status_code=resp.status, headers=resp.headers,
-                              stream=_Body(resp.stream), extensions=resp.extensions)
+        return httpx.Response(
+            status_code=resp.status,
+            headers=resp.headers,
+            stream=_Body(resp.stream),
+            extensions=resp.extensions,
+        )
 
     async def aclose(self) -> None:
         await self._pool.aclose()

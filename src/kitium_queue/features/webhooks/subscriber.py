@@ -1,10 +1,12 @@
 """In-process job events for webhooks (a ``hooks.Subscriber``).
 
 Guaranteed endpoints get the transition events (added, completed, failed, retrying,
-stalled, dead-lettered, removed) from the Lua fragments, atomically; this subscriber
+stalled, dead-lettered, removed) and the events other features raise in their scripts
+(workflow ends, breaker changes) from the Lua fragments, atomically; this subscriber
 serves the rest: every event of reliable and best-effort endpoints (handed to the
-``LocalDispatcher``), and ``job-started`` / ``job-progress`` of guaranteed endpoints,
-which it writes to the outbox (durable from then on; see docs/webhooks.md).
+``LocalDispatcher``; other features' events as the ``feature_event`` hook reports
+them), and ``job-started`` / ``job-progress`` of guaranteed endpoints, which it writes
+to the outbox (durable from then on; see docs/webhooks.md).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...hooks import Outcome, Subscriber
+from ...hooks import FeatureEvent, Outcome, Subscriber
 from ...limits import get_logger
 from ...outbox import Outbox
-from .models import event_body, new_event_id
+from .models import event_body, feature_event_data, new_event_id
 from .service import Delivery
 
 if TYPE_CHECKING:
@@ -30,8 +32,7 @@ __all__ = ["WebhookSubscriber"]
 log = get_logger(__name__)
 
 _MAX_PROGRESS_BYTES = 4096
-_BY_OUTCOME = {"completed": "job-completed", "retrying": "job-retrying",
-               "failed": "job-failed"}
+_BY_OUTCOME = {"completed": "job-completed", "retrying": "job-retrying", "failed": "job-failed"}
 _CODES = {"C": "job-completed", "R": "job-retrying", "F": "job-failed"}
 
 
@@ -61,47 +62,72 @@ class WebhookSubscriber(Subscriber):
         except Exception as exc:  # next event tries again
             log.debug("webhook registry refresh failed: %s", exc)
 
-    def _emit(self, event: str, job_id: str, name: str, attempts: int,
-              extra: dict[str, Any] | None = None, durable: bool = False) -> None:
+    def _emit(
+        self,
+        event: str,
+        job_id: str,
+        name: str,
+        attempts: int,
+        extra: dict[str, Any] | None = None,
+        durable: bool = False,
+    ) -> None:
         self._fresh()
         reg = self.mgr.registry
         local = reg.wanting(event, guaranteed=False)
         guaranteed = reg.wanting(event, guaranteed=True) if durable else ()
         if not local and not guaranteed:
             return
-        data: dict[str, Any] = {"queue": self.mgr.queue.name, "job_id": job_id,
-                                "job_name": name, "attempts": attempts}
+        data: dict[str, Any] = {
+            "queue": self.mgr.queue.name,
+            "job_id": job_id,
+            "job_name": name,
+            "attempts": attempts,
+        }
         if extra:
             data.update(extra)
         eid = new_event_id()
         body = event_body(event, int(time.time() * 1000), data)
-        for hook in local:
-            self.mgr.local.submit(Delivery(f"{hook.id}/{eid}", self.mgr.target_of(hook), event,
-                                           body, hook.delivery_strategy.value,
-                                           hook.max_retries))
+        self._submit_local(local, eid, event, body)
         if guaranteed:
             task = asyncio.get_running_loop().create_task(
-                Outbox(self.mgr.queue).add("webhook", {"i": eid, "e": event, "b": body}))
+                Outbox(self.mgr.queue).add("webhook", {"i": eid, "e": event, "b": body})
+            )
             self._writes.add(task)
             task.add_done_callback(self._written)
+
+    def _submit_local(self, hooks: Sequence[Any], eid: str, event: str, body: bytes) -> None:
+        for hook in hooks:
+            self.mgr.local.submit(
+                Delivery(
+                    f"{hook.id}/{eid}",
+                    self.mgr.target_of(hook),
+                    event,
+                    body,
+                    hook.delivery_strategy.value,
+                    hook.max_retries,
+                )
+            )
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._writes.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("a webhook event could not be written to the outbox: %s",
-                        task.exception())
+            log.warning("a webhook event could not be written to the outbox: %s", task.exception())
 
     @staticmethod
     def _job(job: Any) -> tuple[str, str, int]:
-        return (str(getattr(job, "id", "")), str(getattr(job, "name", "")),
-                int(getattr(job, "attempts", 0) or 0))
+        return (
+            str(getattr(job, "id", "")),
+            str(getattr(job, "name", "")),
+            int(getattr(job, "attempts", 0) or 0),
+        )
 
     # ------------------------------------------------------------------ hooks
     def quiet_outcomes(self) -> str:
         """Outcome codes no local endpoint wants (the worker then skips building them)."""
         reg = self.mgr.registry
-        return "DH" + "".join(c for c, ev in _CODES.items()
-                              if not reg.wanting(ev, guaranteed=False))
+        return "DH" + "".join(
+            c for c, ev in _CODES.items() if not reg.wanting(ev, guaranteed=False)
+        )
 
     def enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
         self._fresh()
@@ -114,8 +140,7 @@ class WebhookSubscriber(Subscriber):
         """No endpoint wants ``event`` (checked first: this runs once per job)."""
         self._fresh()
         reg = self.mgr.registry
-        return not reg.wanting(event, guaranteed=False) and \
-            not reg.wanting(event, guaranteed=True)
+        return not reg.wanting(event, guaranteed=False) and not reg.wanting(event, guaranteed=True)
 
     def started(self, queue: str, job: Any) -> None:
         if not self._quiet("job-started"):
@@ -128,8 +153,11 @@ class WebhookSubscriber(Subscriber):
             encoded = orjson.dumps(value)
         except TypeError:
             encoded = b"null"
-        extra = {"progress": orjson.loads(encoded)} if len(encoded) <= _MAX_PROGRESS_BYTES \
+        extra = (
+            {"progress": orjson.loads(encoded)}
+            if len(encoded) <= _MAX_PROGRESS_BYTES
             else {"progress_truncated": True}
+        )
         self._emit("job-progress", *self._job(job), extra=extra, durable=True)
 
     def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
@@ -147,3 +175,18 @@ class WebhookSubscriber(Subscriber):
 
     def removed(self, queue: str, job_id: str) -> None:
         self._emit("job-removed", str(job_id), "", 0)
+
+    def feature_event(self, event: FeatureEvent) -> None:
+        """Another feature's event (a workflow's end, a breaker's change), reported in
+        process: to the reliable and best-effort endpoints that want it. Guaranteed
+        endpoints got it from the script that raised it (the ``event`` Lua slot)."""
+        self._fresh()
+        local = self.mgr.registry.wanting(event.name, guaranteed=False)
+        if not local:
+            return
+        body = event_body(
+            event.name,
+            event.at_ms or int(time.time() * 1000),
+            feature_event_data(event.queue, event.subject, event.fields),
+        )
+        self._submit_local(local, new_event_id(), event.name, body)

@@ -53,8 +53,7 @@ class WorkflowEvents(LeaderService):
                     position = _s(await client.get(self.cursor_key) or "0-0")
                 moved = await self.step(client, position)
             except NET_ERRORS as exc:
-                log.warning("workflow events: Redis unreachable (%s); retrying",
-                            type(exc).__name__)
+                log.warning("workflow events: Redis unreachable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
             if moved is None:
@@ -73,11 +72,19 @@ class WorkflowEvents(LeaderService):
                 position = _s(entry_id)
                 fields = {_s(k): _s(v) for k, v in raw.items()}
                 if hooks.feature_event:
-                    hooks.emit_feature_event(FeatureEvent(
-                        queue=self.queue.name, feature="workflows",
-                        name=fields.get("e", ""), subject=fields.get("w", ""),
-                        fields={"workflow": fields.get("w", ""), "step": fields.get("s", "")},
-                        event_id=position, at_ms=int(position.split("-")[0]),
-                    ))
+                    hooks.emit_feature_event(
+                        FeatureEvent(
+                            queue=self.queue.name,
+                            feature="workflows",
+                            name=fields.get("e", ""),
+                            subject=fields.get("w", ""),
+                            fields={
+                                "workflow_id": fields.get("w", ""),
+                                "step": fields.get("s", ""),
+                            },
+                            event_id=position,
+                            at_ms=int(position.split("-")[0]),
+                        )
+                    )
         await client.set(self.cursor_key, position)
         return position

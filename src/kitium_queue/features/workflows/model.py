@@ -35,8 +35,15 @@ POLICIES = ("fail_workflow", "continue", "skip")
 #: Longest step name and workflow id, in characters (they end up in job ids and keys).
 MAX_NAME = 200
 #: Options a step may not set: the workflow chooses them.
-_RESERVED = ("job_id", "workflow_id", "workflow_step", "depends_on", "on_failure",
-             "data_transformer", "idempotency_key")
+_RESERVED = (
+    "job_id",
+    "workflow_id",
+    "workflow_step",
+    "depends_on",
+    "on_failure",
+    "data_transformer",
+    "idempotency_key",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +85,15 @@ class WorkflowStep:
             return step
         if not isinstance(step, Mapping):
             raise ConfigurationError(
-                f"a workflow step is a WorkflowStep or a mapping, got {type(step).__name__}")
+                f"a workflow step is a WorkflowStep or a mapping, got {type(step).__name__}"
+            )
         known = set(cls.__dataclass_fields__)
         unknown = sorted(str(k) for k in step if k not in known)
         if unknown:
             raise ConfigurationError(
                 f"step {step.get('name')!r}: unknown key(s) {', '.join(unknown)}; valid keys: "
-                f"{', '.join(sorted(known))}")
+                f"{', '.join(sorted(known))}"
+            )
         for key in ("name", "job_name"):
             if key not in step:
                 raise ConfigurationError(f"a workflow step needs {key!r}: {dict(step)!r:.200}")
@@ -103,7 +112,8 @@ def resolve_transformer(
     if not mod or not attr:
         raise ConfigurationError(
             f"data_transformer {name!r} is not registered (register_transformer) and is not "
-            "an importable 'package.module:function' path")
+            "an importable 'package.module:function' path"
+        )
     try:
         fn = getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as exc:
@@ -116,18 +126,23 @@ def resolve_transformer(
     return fn  # type: ignore[no-any-return]
 
 
-def _check_step(step: WorkflowStep, processors: Mapping[str, Any] | None,
-                registry: Mapping[str, Callable[..., Any]]) -> None:
+def _check_step(
+    step: WorkflowStep,
+    processors: Mapping[str, Any] | None,
+    registry: Mapping[str, Callable[..., Any]],
+) -> None:
     check_text(step.name, "workflow step name", max_len=MAX_NAME)
     where = f"step {step.name!r}"
     check_text(step.job_name, f"{where}: job_name", max_len=200)
     if processors and step.job_name not in processors:
         raise ConfigurationError(
             f"{where}: no processor for job name {step.job_name!r} on this queue (known: "
-            f"{', '.join(sorted(processors))[:300]})")
+            f"{', '.join(sorted(processors))[:300]})"
+        )
     if step.on_failure not in POLICIES:
         raise ConfigurationError(
-            f"{where}: on_failure must be one of {', '.join(POLICIES)}, got {step.on_failure!r}")
+            f"{where}: on_failure must be one of {', '.join(POLICIES)}, got {step.on_failure!r}"
+        )
     to_int(step.retry_attempts, f"{where}: retry_attempts", minimum=0, maximum=1000)
     if isinstance(step.depends_on, str):
         raise ConfigurationError(f"{where}: depends_on is a list of step names, not a str")
@@ -137,14 +152,19 @@ def _check_step(step: WorkflowStep, processors: Mapping[str, Any] | None,
     if bad:
         raise ConfigurationError(
             f"{where}: options {', '.join(bad)} are set by the workflow; use the step's "
-            "fields (depends_on, on_failure, data_transformer) instead")
+            "fields (depends_on, on_failure, data_transformer) instead"
+        )
     if step.data_transformer is not None:
         check_text(step.data_transformer, f"{where}: data_transformer", max_len=300)
-        if step.data_transformer not in registry and ":" not in step.data_transformer \
-                and "." not in step.data_transformer:
+        if (
+            step.data_transformer not in registry
+            and ":" not in step.data_transformer
+            and "." not in step.data_transformer
+        ):
             raise ConfigurationError(
                 f"{where}: data_transformer {step.data_transformer!r} is not registered "
-                "(register_transformer) and is not a 'package.module:function' path")
+                "(register_transformer) and is not a 'package.module:function' path"
+            )
 
 
 def plan(
@@ -163,7 +183,8 @@ def plan(
         raise ConfigurationError("a workflow needs at least one step")
     if len(steps) > MAX_STEPS:
         raise ConfigurationError(
-            f"a workflow has at most {MAX_STEPS} steps, got {len(steps)}; split it")
+            f"a workflow has at most {MAX_STEPS} steps, got {len(steps)}; split it"
+        )
     items = [WorkflowStep.of(s) for s in steps]
     by_name: dict[str, WorkflowStep] = {}
     for s in items:
@@ -180,7 +201,8 @@ def plan(
                 raise ConfigurationError(f"step {s.name!r} depends on itself")
             if p not in by_name:
                 raise ConfigurationError(
-                    f"step {s.name!r} depends on {p!r}, which is not a step of this workflow")
+                    f"step {s.name!r} depends on {p!r}, which is not a step of this workflow"
+                )
             kids[p].append(s.name)
         missing[s.name] = len(parents)
     order = [n for n in by_name if missing[n] == 0]
@@ -194,8 +216,8 @@ def plan(
     if len(order) < len(items):
         stuck = next(s.name for s in items if missing[s.name] > 0)
         raise ConfigurationError(
-            f"step {stuck!r} is part of a dependency cycle (or depends on one); a workflow "
-            "is a DAG")
+            f"step {stuck!r} is part of a dependency cycle (or depends on one); a workflow is a DAG"
+        )
     return [by_name[n] for n in order]
 
 
