@@ -111,8 +111,7 @@ EXPECTED: dict[str, list[str]] = {
 #: they are read from, a breaker's log and window, encryption key ids and rotation
 #: records, the tenants (their registry, and the copies of their quotas in a queue).
 WINDOW_KEYS = re.compile(
-    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|tn:|tenants$)"
-    r"|[^{}]*:tenants(:queues)?$"
+    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|tn:|tenants(:queues)?$)"
 )
 
 

@@ -1,11 +1,11 @@
 """Multi-tenancy with a Redis ACL user limited to its queue's keys.
 
-The queue's scripts need, besides the core list of docs/RELIABILITY.md, the set commands
-``+sadd +srem +scard +srandmember +sismember`` and ``+zscore``. Such a user may not read
-the registry's keys (``<prefix>:tenants*``, outside every queue's hash tag): the queue
-then takes its tenants' quotas from the registry's own writes (an administrator's
-``TenantRegistry.attach(queue)``), logs once that it cannot read the registry, and
-enforces every quota as usual.
+The user's rules are the ones ``kitium-queue acl redis-rules --feature tenancy`` writes
+(``redis_acl_rules``): the engine's commands and the set commands of tenancy. Such a
+user may not read the registry's keys (``<prefix>:{!access}:tenants*``, outside every
+queue's hash tag): the queue then takes its tenants' quotas from the registry's own
+writes (an administrator's ``TenantRegistry.attach(queue)``), logs once that it cannot
+read the registry, and enforces every quota as usual.
 """
 
 from __future__ import annotations
@@ -23,19 +23,11 @@ from _redis import RedisServer
 from helpers import wait_until
 from kitium_queue import JobQueue
 from kitium_queue.errors import QuotaExceededError
+from kitium_queue.features.access.redisacl import FEATURE_COMMANDS, redis_acl_rules
 from kitium_queue.features.tenancy import TenantRegistry
+from kitium_queue.features.tenancy import keys as tk
 
 pytestmark = [pytest.mark.redis_only]
-
-CORE = (
-    "ping", "script|load", "evalsha", "eval", "hgetall", "hget", "lrange", "zrange",
-    "zrevrange", "bzpopmin", "zadd", "xread", "subscribe", "time", "get", "set", "incr",
-    "incrby", "pexpire", "pttl", "del", "exists", "type", "hset", "hmget", "hdel",
-    "hincrby", "hexists", "rpush", "ltrim", "zrem", "zcard", "zrangebyscore", "xadd",
-    "publish", "info",
-)  # fmt: skip
-TENANCY = ("sadd", "srem", "scard", "srandmember", "sismember", "zscore")
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
@@ -52,10 +44,8 @@ async def test_queue_user_without_registry_access(
     prefix, password = f"kqa{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
     admin = redis_sync.Redis(host="127.0.0.1", port=server.port)
     user = f"u{uuid.uuid4().hex[:6]}"
-    admin.execute_command(
-        "ACL", "SETUSER", user, "reset", "on", f">{password}", f"~{prefix}:{{aq}}:*",
-        "resetchannels", f"&{prefix}:{{aq}}:*", "-@all",
-        *(f"+{c}" for c in CORE + TENANCY))
+    rules = redis_acl_rules(user, ["aq"], prefix=prefix, features=["tenancy"])
+    admin.execute_command("ACL", "SETUSER", *rules.setuser_args(password))
     admin.execute_command("ACL", "LOG", "RESET")
     url = f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
     q = JobQueue("aq", redis=url, prefix=prefix, settings={"max_stalled_interval": 200})
@@ -85,9 +75,12 @@ async def test_queue_user_without_registry_access(
             assert len(warned) == 1  # once, not per job or per sync
         finally:
             await q.close()
-    denied = {e["object"] for e in admin.acl_log() if e.get("object") != "client|setinfo"}
-    # Only the registry's keys were refused: no command the scripts call is missing.
-    assert denied and all(str(o).startswith(f"{prefix}:tenants") for o in denied), denied
+    log = [e for e in admin.acl_log() if e.get("object") != "client|setinfo"]
+    keys = {str(e["object"]) for e in log if e.get("reason") == "key"}
+    commands = {str(e["object"]) for e in log if e.get("reason") == "command"}
+    # The registry's keys were refused, and no command of tenancy (nor another key).
+    assert keys and all(k.startswith(tk.registry(prefix)) for k in keys), keys
+    assert not commands & set(FEATURE_COMMANDS["tenancy"]), commands
     admin.close()
 
 

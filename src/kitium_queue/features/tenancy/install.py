@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from ...connection import TRANSIENT_ERRORS
 from ...errors import ConfigurationError
 from ...limits import get_logger
 from ...options import to_int
+from ..audit.conn import LuaScript
 from . import keys as tk
 from . import lua
 from .model import TenantConfig, check_tenant_id
@@ -37,11 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SYNC_INTERVAL_S",
-    "LuaScript",
     "StoredTenant",
     "attach",
     "install",
     "put_tenant",
+    "run_script",
 ]
 
 log = get_logger(__name__)
@@ -56,22 +56,16 @@ _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[int, bool]] = weakref.WeakKeyDi
 _NO_ACCESS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-class LuaScript:
-    """One of the package's scripts run by SHA, with the source sent again when the
+async def run_script(client: Any, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+    """Run one of the package's scripts on ``client`` by SHA; the source again when the
     server does not know it (restart, failover). Its keys are given in ``KEYS``."""
-
-    def __init__(self, name: str) -> None:
-        self.source = lua.source(name)
-        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
-
-    async def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+    try:
+        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
 
 
-TN_PUT = LuaScript("tn_put")
+TN_PUT = LuaScript(__package__, "tn_put")
 
 
 class StoredTenant:
@@ -131,7 +125,7 @@ class StoredTenant:
 async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
     """Copy ``entry`` into one queue (if newer than the copy there)."""
     keys = [tk.tenant(queue_keys, entry.tenant_id), tk.index(queue_keys)]
-    return bool(await TN_PUT(client, keys, [entry.tenant_id, *entry.copy_args()]))
+    return bool(await run_script(client, TN_PUT, keys, [entry.tenant_id, *entry.copy_args()]))
 
 
 async def attach(queue: JobQueue) -> int:

@@ -1,13 +1,16 @@
 """Every Redis key of multi-tenancy (the Lua in ``prelude.lua`` builds the same names).
 
-Deployment keys (one set per key prefix, outside every queue's hash tag, written only by
-``TenantRegistry``; queue workers never read them):
+Deployment keys (one set per key prefix, under the deployment-wide hash tag
+``{!access}`` that no queue name can hold, shared with access control and the audit log:
+``features/audit/conn.py``), written by ``TenantRegistry`` and by a queue registering
+itself; the scripts of queues never read them:
 
-* ``<prefix>:tenants``          HASH  tenant id -> its config as JSON, with its version
-  (a removed tenant stays as a tombstone ``{"removed": true, "version": ...}``, so a
-  late copy of an older version can never bring it back);
-* ``<prefix>:tenants:queues``   SET   the queues tenancy is enabled on (each adds itself);
-* ``<prefix>:tenants:version``  STRING the version counter (one per change, all tenants).
+* ``<prefix>:{!access}:tenants``          HASH  tenant id -> its config as JSON, with its
+  version (a removed tenant stays as a tombstone ``{"removed": true, "version": ...}``,
+  so a late copy of an older version can never bring it back);
+* ``<prefix>:{!access}:tenants:queues``   SET   the queues tenancy is enabled on (each
+  adds itself);
+* ``<prefix>:{!access}:tenants:version``  STRING the version counter (one per change).
 
 Queue keys (``QueueKeys.extra``: under the queue's hash tag, so every script stays
 cluster-safe): ``tn:<t>`` (HASH: the copy of the tenant's quota and its counts),
@@ -19,6 +22,7 @@ and the tenant's lane ``parked:t:<t>`` (``QueueKeys.parked``).
 from __future__ import annotations
 
 from ...keys import QueueKeys
+from ..audit.conn import DEPLOYMENT_TAG
 
 __all__ = [
     "LANE_PREFIX",
@@ -38,17 +42,17 @@ LANE_PREFIX = "t:"
 
 def registry(prefix: str) -> str:
     """HASH: tenant id -> its config JSON (the canonical copy)."""
-    return f"{prefix}:tenants"
+    return f"{prefix}:{{{DEPLOYMENT_TAG}}}:tenants"
 
 
 def registry_queues(prefix: str) -> str:
     """SET: names of the queues tenancy is enabled on."""
-    return f"{prefix}:tenants:queues"
+    return registry(prefix) + ":queues"
 
 
 def registry_version(prefix: str) -> str:
     """STRING: the version counter of tenant changes."""
-    return f"{prefix}:tenants:version"
+    return registry(prefix) + ":version"
 
 
 def tenant(keys: QueueKeys, tenant_id: str) -> str:

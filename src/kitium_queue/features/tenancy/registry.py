@@ -1,7 +1,8 @@
 """``TenantRegistry``: tenants, their quotas and weights, and their usage, across queues.
 
 The registry keeps each tenant's config once per deployment (one key prefix:
-``<prefix>:tenants``, see ``keys.py``) and copies its quota into every queue tenancy is
+``<prefix>:{!access}:tenants``, see ``keys.py``; its connection is a ``Deployment``, as
+access control's and the audit log's) and copies its quota into every queue tenancy is
 enabled on, where the queue's own scripts enforce it atomically (``docs/tenancy.md``):
 
 * ``max_queue_size`` at enqueue (``accept`` slot): ``QuotaExceededError``, nothing written;
@@ -26,12 +27,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from ...connection import ConnectionFactory
 from ...errors import ConfigurationError, KitiumQueueError, TenantNotFoundError
-from ...keys import QueueKeys, check_key_part
+from ...keys import QueueKeys
+from ..audit.conn import Deployment, LuaScript
 from . import keys as tk
-from .install import SYNC_INTERVAL_S, LuaScript, StoredTenant, attach, install, put_tenant
+from .install import SYNC_INTERVAL_S, StoredTenant, attach, install, put_tenant, run_script
 from .model import QueueUsage, TenantConfig, TenantQuota, TenantUsage, check_tenant_id
 
 if TYPE_CHECKING:
@@ -39,8 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TenantRegistry"]
 
-_REGISTRY = LuaScript("tn_registry")
-_USAGE = LuaScript("tn_usage")
+_REGISTRY = LuaScript(__package__, "tn_registry")
+_USAGE = LuaScript(__package__, "tn_usage")
 _MAX_RETRIES = 20
 
 
@@ -94,17 +97,13 @@ class TenantRegistry:
         fair_dispatch: bool = True,
     ) -> None:
         self._queue: Any = None
-        self._client: Any = None
-        self.prefix: str
-        self.connection: ConnectionFactory
         if _is_queue(redis) or hasattr(redis, "queues"):
             self._use_queue(redis, prefix)
             self.enable(redis, quantum=quantum, fair_dispatch=fair_dispatch)
         else:
-            self.prefix = check_key_part(
-                "kq" if prefix is None else prefix, "key prefix", allow_empty=True
+            self._dep = Deployment(
+                "memory://" if redis is None else redis, prefix, name="tenant registry"
             )
-            self.connection = ConnectionFactory("memory://" if redis is None else redis)
 
     def _use_queue(self, queue: Any, prefix: str | None) -> None:
         parts = list(getattr(queue, "queues", None) or [queue])
@@ -115,15 +114,24 @@ class TenantRegistry:
                 "registry of a queue lives under the queue's prefix"
             )
         self._queue = queue
-        self.prefix = own
-        self.connection = parts[0].connection
+        # The queue's connection and prefix; its own client is used (no second one).
+        self._dep = Deployment(parts[0], own, name="tenant registry")
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of the deployment's queues."""
+        return self._dep.prefix
+
+    @property
+    def connection(self) -> ConnectionFactory:
+        """How the registry connects to Redis."""
+        return self._dep.connection
 
     @classmethod
     def for_queue(cls, queue: JobQueue) -> TenantRegistry:
         """The registry of ``queue``'s deployment (its connection and key prefix),
         without enabling tenancy on it: for tools that only manage or read (the CLI)."""
         reg = cls.__new__(cls)
-        reg._client = None
         reg._use_queue(queue, None)
         return reg
 
@@ -196,8 +204,9 @@ class TenantRegistry:
             version = int(await client.incr(tk.registry_version(self.prefix)))
             entry = StoredTenant(cfg.tenant_id, cfg, version)
             out = _text(
-                await _REGISTRY(
+                await run_script(
                     client,
+                    _REGISTRY,
                     [tk.registry(self.prefix)],
                     ["create", cfg.tenant_id, _json(cfg, version), ""],
                 )
@@ -300,8 +309,9 @@ class TenantRegistry:
             per = []
             for name in names:
                 qk = QueueKeys(name, self.prefix)
-                r = await _USAGE(
+                r = await run_script(
                     client,
+                    _USAGE,
                     [
                         tk.tenant(qk, tid),
                         tk.running(qk, tid),
@@ -369,8 +379,11 @@ class TenantRegistry:
             )
         )
         out = _text(
-            await _REGISTRY(
-                client, [tk.registry(self.prefix)], ["put", cur.tenant_id, body, cur.version]
+            await run_script(
+                client,
+                _REGISTRY,
+                [tk.registry(self.prefix)],
+                ["put", cur.tenant_id, body, cur.version],
             )
         )
         if out == "missing":
@@ -391,30 +404,24 @@ class TenantRegistry:
 
     @contextlib.asynccontextmanager
     async def _errors(self) -> AsyncIterator[Any]:
-        """The client, and connection errors translated (``ConnectionFactory.error``)."""
+        """The client, and Redis errors translated (``Deployment.error``)."""
         try:
             yield await self._get_client()
         except KitiumQueueError:
             raise
-        except Exception as exc:
-            wrapped = self.connection.error(exc, "tenants")
-            if wrapped is None:
-                raise
-            raise wrapped from None
+        except (RedisError, OSError) as exc:
+            raise self._dep.error(exc) from None
 
     async def _get_client(self) -> Any:
         if self._queue is not None:
             parts = list(getattr(self._queue, "queues", None) or [self._queue])
             return await parts[0].client()
-        if self._client is None:
-            self._client = self.connection.client()
-        return self._client
+        return await self._dep.client()
 
     async def close(self) -> None:
         """Release the registry's own connection (a queue's is left to the queue)."""
-        client, self._client = self._client, None
-        if client is not None and self.connection.owns(client):
-            await client.aclose()
+        if self._queue is None:
+            await self._dep.close()
 
     async def __aenter__(self) -> TenantRegistry:
         return self
