@@ -30,4 +30,5 @@ NAMES = (
     "replica-acks",
     "audit",
     "erasure",
+    "tenancy",
 )

@@ -52,6 +52,8 @@ scenario:
 ``--breakers`` creates a ``CircuitBreakerManager`` on the queue (jobs bound to a breaker
 are held while it is open); ``--compliance`` a ``ComplianceManager`` (jobs may carry
 ``subject_id``; ``erase_subject`` finds them through its index).
+are held while it is open); ``--tenancy`` enables multi-tenancy (tenants' quotas and
+fair dispatch; the tenants are created by the scenario).
 
 Every job appends lines to ``--log`` (one ``O_APPEND`` write each, so a SIGKILL loses
 nothing already written and processes may share the file)::
@@ -144,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="1: enable workflows (JobChainManager) on the queue")
     p.add_argument("--compliance", type=int, default=0,
                    help="1: enable compliance (ComplianceManager: subject_id, erasure)")
+    p.add_argument("--tenancy", type=int, default=0,
+                   help="1: enable multi-tenancy (TenantRegistry.enable) on the queue")
     p.add_argument("--slow-claim-ms", type=int, default=0,
                    help="delay every claim by this long before sending it (a slow link)")
     p.add_argument("--encrypt", default="",
@@ -236,6 +240,10 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         from kitium_queue import ComplianceManager
 
         ComplianceManager(queue, run_service=False)
+    if args.tenancy:
+        from kitium_queue.features.tenancy import TenantRegistry
+
+        TenantRegistry.enable(queue)
     state = args.state_dir
 
     def result(job: Any) -> dict[str, int]:

@@ -105,6 +105,7 @@ def test_the_lists_cover_every_command_the_lua_sources_call() -> None:
         "webhooks": _lua_of(SRC / "features/webhooks") | leader | outbox,
         # No Lua: the write barrier sends WAIT from Python after each write.
         "replicas": {c.lower() for c in re.findall(r'"(WAIT)"', _replicas_src)},
+        "tenancy": _lua_of(SRC / "features/tenancy"),
     }  # fmt: skip
     assert set(sources) == set(FEATURE_COMMANDS)
     for feature, used in sources.items():

@@ -20,4 +20,5 @@ from . import (  # noqa: F401
     s16_replica_acks,
     s17_audit,
     s18_erasure,
+    s19_tenancy,
 )

@@ -45,12 +45,14 @@ from .errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     QueueActiveError,
+    QuotaExceededError,
     RateLimited,
     ReplicaAckError,
     RetryLater,
     ScheduleNotFoundError,
     ScriptArgumentError,
     SerializationError,
+    TenantNotFoundError,
     WriteNotConfirmedError,
     WriteRefusedError,
 )
@@ -84,6 +86,7 @@ from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
 from .features.replicas import ReplicaAcks
 from .features.schedules import Schedule
+from .features.tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
 from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
 from .identity import acting_as, current_principal
@@ -209,6 +212,7 @@ __all__ = [
     "QueueRole",
     "QueueSettings",
     "QueueStats",
+    "QuotaExceededError",
     "RateLimited",
     "ReplicaAckError",
     "ReplicaAcks",
@@ -222,6 +226,11 @@ __all__ = [
     "StreamEvent",
     "SyncJobQueue",
     "SyncPartitionedQueue",
+    "TenantConfig",
+    "TenantNotFoundError",
+    "TenantQuota",
+    "TenantRegistry",
+    "TenantUsage",
     "WebhookConfig",
     "WebhookDeliveryStrategy",
     "WebhookEvent",

@@ -133,6 +133,16 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "the compliance enqueue slot fragment (features/compliance/enqueue.lua)",
         ),
         JobField(
+            "tn",
+            "tenant of the job (its tenant_id; multi-tenancy's marker, read by claim and release)",
+            "the tenancy enqueue fragment (features/tenancy)",
+        ),
+        JobField(
+            "tq",
+            "'1' while the job is counted in its tenant's unfinished jobs",
+            "features/tenancy (enqueue and admission fragments; removed by release)",
+        ),
+        JobField(
             "a",
             "attempts made, the running one included; a deferred or handed-back "
             "run and a stalled one are not counted",

@@ -15,10 +15,14 @@ configuration, but must not call Redis itself):
     (``opts``: its options JSON or ``''``; ``state``: ``'waiting'`` or ``'delayed'``).
     Returning a non-empty reason refuses the job: nothing of it is written, the reply
     says ``refused`` with the reason (``JobRefusedError`` in Python) and the other jobs of
-    the call go on. The first fragment that refuses wins; a fragment that fails accepts
-    (and is recorded in ``slot-errors``). Fragments of this slot must not write: a later
-    fragment may still refuse the job. Use it for atomic admission limits that a
-    producer must hear about (a full group, a tenant over its quota).
+    the call go on. A reason that starts with a refusal code and tab-separated fields
+    (``"KQ_QUOTA_EXCEEDED\\t<tenant>\\t<quota>\\t<limit>\\t<message>"``; the codes are in
+    ``errors.REFUSAL_ERRORS``) is raised as that code's subclass of ``JobRefusedError``
+    (``QuotaExceededError``), with the message as its text. The first fragment that
+    refuses wins; a fragment that fails accepts (and is recorded in ``slot-errors``).
+    Fragments of this slot must not write: a later fragment may still refuse the job.
+    Use it for atomic admission limits that a producer must hear about (a full group, a
+    tenant over its quota).
 
 ``enqueue`` — ``function(id, jk, opts, state) -> blocker | nil``
     Runs for every new job inside ``add_job`` (``enqueue.lua``, ``schedule_fire.lua``),
@@ -36,7 +40,10 @@ configuration, but must not call Redis itself):
     no extra call). ``commit(id, jk)`` runs once every check admitted the candidate:
     count the job against limits there. A rejecting check may call
     ``admit_retry(t_ms)``, ``admit_stop()`` or ``admit_park(blocker)`` (take the job out
-    of wait, behind ``blocker``; see ``kitium_queue.parking``).
+    of wait, behind ``blocker``; see ``kitium_queue.parking``). A check or its commit
+    that moves jobs into wait (``unpark``) defers that with ``admit_after(key, fn)``:
+    claim scans wait by position while it runs the checks, so ``fn`` runs once the
+    call's jobs are handed out (``lua/admission.lua``).
 
 ``release`` — ``function(id, jk, outcome, payload)``
     Runs once for every job that leaves ``active``, in the same script: ``finish.lua``

@@ -118,6 +118,7 @@ def _add_feature_commands() -> None:
     from ..features.groups.cli import make_command as groups_command
     from ..features.idempotency.cli import make_command as result_command
     from ..features.replicas.cli import make_command as replicas_command
+    from ..features.tenancy.cli import make_command as tenants_command
     from ..features.webhooks.cli import commands as webhook_commands
     from ..features.workflows.cli import make_command as workflows_command
 
@@ -133,6 +134,7 @@ def _add_feature_commands() -> None:
     main.add_command(memory_command(with_single_queue, redis_option, row), "memory")
     main.add_command(compliance_command(with_single_queue, redis_option, row), "compliance")
     main.add_command(alerts_command(with_single_queue, redis_option, row), "alerts")
+    main.add_command(tenants_command(with_queue, redis_option, row, show_table), "tenants")
     # Deployment-wide (no APP): grants, the audit log, Redis ACL users.
     main.add_command(access_command(row), "access")
     main.add_command(audit_command(row), "audit")

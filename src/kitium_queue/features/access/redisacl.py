@@ -85,6 +85,7 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
     "encryption": ("hsetnx", "hkeys", "scan", "zscan", *_LEADER),
     "webhooks": ("hvals", "hlen", "persist", "expire", "zremrangebyrank", *_OUTBOX, *_LEADER),
     "replicas": ("wait",),
+    "tenancy": ("sadd", "srem", "scard", "srandmember", "sismember", "smembers"),
 }  # fmt: skip
 
 #: What access control and the audit log send (``access="enforce"``; ``"admin"`` adds
@@ -191,7 +192,7 @@ def redis_acl_rules(
         prefix: the queues' key prefix.
         features: optional features the queues use (``FEATURE_COMMANDS`` keys:
             flow-control, groups, idempotency, workflows, breakers, encryption,
-            webhooks).
+            webhooks, replicas, tenancy).
         access: None; ``"enforce"`` (the process protects queues and appends to the
             audit log); ``"admin"`` (it also changes grants and trims the log).
         info: allow ``INFO`` (the eviction check at connect and ``health_check``
