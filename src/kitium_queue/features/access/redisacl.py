@@ -98,7 +98,7 @@ ACCESS_ADMIN_COMMANDS = (
     "hset", "hdel", "hexists", "sadd", "srem", "xtrim",
     # tenant changes (AccessControlManager.create_tenant...): the registry's entry read
     # and compared, its version counter, the queues it is copied into
-    "hget", "incr",
+    "hget", "incrby",
 )  # fmt: skip
 
 
