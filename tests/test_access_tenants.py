@@ -128,9 +128,7 @@ async def test_a_tenant_made_through_the_manager_binds_a_tenancy_queue(
 ) -> None:
     q = make_queue("acme-orders")
     acm.tenants.enable(q)
-    await acm.create_tenant(
-        {"tenantId": "acme", "quota": {"maxQueueSize": 6, "maxConcurrency": 2}}
-    )
+    await acm.create_tenant({"tenantId": "acme", "quota": {"maxQueueSize": 6, "maxConcurrency": 2}})
     await acm.create_tenant({"tenantId": "globex"})
     ids = await q.add_jobs([("x", {"n": n}, {"tenant_id": "acme"}) for n in range(6)])
     with pytest.raises(QuotaExceededError) as err:
@@ -210,9 +208,7 @@ async def test_every_tenant_change_is_audited_with_who_what_and_outcome(
     assert report.ok and report.entries == len(await _entries(acm))
 
 
-async def test_racing_managers_leave_one_entry_per_change(
-    backend_url: str, prefix: str
-) -> None:
+async def test_racing_managers_leave_one_entry_per_change(backend_url: str, prefix: str) -> None:
     """Two managers (two processes' worth of state) update one tenant concurrently: the
     registry's compare-and-set and the audit append are one script, so a change that
     lost the race wrote neither and was retried: one entry per change, versions
@@ -293,8 +289,9 @@ async def test_a_principal_without_the_right_is_refused_and_audited(
     # A principal with no grant at all, and a call with no principal.
     with acting_as("mallory"), pytest.raises(AccessDeniedError, match="mallory"):
         await acm.create_tenant({"tenant_id": "m"})
-    bare = AccessControlManager(acm.deployment.connection, prefix=acm.deployment.prefix,
-                                audit_key=KEY)
+    bare = AccessControlManager(
+        acm.deployment.connection, prefix=acm.deployment.prefix, audit_key=KEY
+    )
     try:
         with pytest.raises(AccessDeniedError, match="no principal is acting"):
             await bare.create_tenant({"tenant_id": "m"})
@@ -302,7 +299,10 @@ async def test_a_principal_without_the_right_is_refused_and_audited(
     finally:
         await bare.close()
     last = (await _entries(acm, action="access.denied"))[-2:]
-    assert [(e.principal, e.resource) for e in last] == [("mallory", "tenant:m"), (None, "tenant:m")]
+    assert [(e.principal, e.resource) for e in last] == [
+        ("mallory", "tenant:m"),
+        (None, "tenant:m"),
+    ]
     assert (await acm.verify_audit_log()).ok
 
 
