@@ -32,20 +32,17 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ...errors import AccessDeniedError, ConfigurationError
-from ...limits import clip, get_logger
+from ...limits import clip
 from ..audit.chain import Draft
 from ..audit.log import Effect
-from ..tenancy import TenantConfig, TenantRegistry, check_tenant_id
+from ..tenancy import TenantChange, TenantConfig, TenantRegistry, check_tenant_id
 from ..tenancy.install import StoredTenant
-from ..tenancy.registry import TenantChange
 from .model import Permission
 
 if TYPE_CHECKING:
     from .manager import AccessControlManager
 
 __all__ = ["TENANT_PERMISSION", "TenantAdmin", "brief_keys", "tenant_resource"]
-
-log = get_logger(__name__)
 
 #: The permission tenant changes need, through a grant on every queue (``*``).
 TENANT_PERMISSION = Permission.MANAGE_QUEUE
