@@ -110,6 +110,15 @@ async def test_the_briefs_tenant_example_through_the_manager(acm: AccessControlM
         ({"tenantId": "a b"}, "tenant_id"),
         ({"tenantId": "a", "quota": {"maxConcurrency": -1}}, "max_concurrency"),
         ("acme", "must be a TenantConfig or a dict"),
+        ({"tenantId": "\ud800"}, "tenant_id"),
+        ({"tenantId": "a*"}, "tenant_id"),
+        ({"tenantId": "a", "quota": {"maxQueueSize": 2**70}}, "max_queue_size"),
+        ({"tenantId": "a", "quota": {"rateLimit": float("inf")}}, "rate_limit"),
+        ({"tenantId": "a", "quota": {"rateLimit": {"max": 1, "duration": {"x": 1}}}}, "duration"),
+        ({"tenantId": "a", "weight": float("nan")}, "weight"),
+        ({"tenantId": "a", "name": "x\x00y"}, "tenant name"),
+        ({"tenantId": "a", "allowedRegions": ["eu", "{x}"]}, "allowed_regions"),
+        ({"tenantId": "a", 7: 1}, "unknown tenant config"),
     ],
 )
 async def test_bad_tenant_configs_are_refused_before_anything(
