@@ -12,6 +12,10 @@ Queue cases (the same work on a plain queue and on one protected by an
   add_job x100        ``--jobs`` jobs added from 100 coroutines (batched by the producer)
   add_jobs            ``--jobs`` jobs in batches of 1,000 (the middleware runs per job)
   get_job_status      ``--jobs`` / 4 reads one at a time (the read guard)
+  get_group_stats     ``--jobs`` / 4 reads of a feature (FIFO groups, on a second
+                      queue) one at a time: a feature's read passes the same guard
+  read guard alone    ``--jobs`` * 10 calls of ``queries.check`` (what every guarded
+                      read adds before its round trip; no Redis involved)
   pause+resume        500 pairs of administrative commands (protected: each also
                       recorded in the audit log by the subscriber, written in the
                       background; the flush is included in the time)
@@ -42,18 +46,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
 import asyncio, json, secrets, sys, time
-from kitium_queue import AccessControlManager, JobQueue
+from kitium_queue import AccessControlManager, FIFOQueueManager, JobQueue
 
 KEY = "k" * 32
 
 async def queue_case(url, name, jobs, protected):
     q = JobQueue(name, redis=url, worker={"scheduler": False})
+    # A second queue with FIFO groups for the feature read (the first one stays plain).
+    gq = JobQueue(name + "-g", redis=url, worker={"scheduler": False})
+    groups = FIFOQueueManager(gq)
     acm = None
     if protected:
         acm = AccessControlManager(url, audit_key=KEY, cache_ttl=60_000)
-        await acm.grant_access(principal_id="bench", queue_pattern=name, role="admin")
+        await acm.grant_access(principal_id="bench", queue_pattern=name + "*", role="admin")
         acm.protect(q, principal="bench")
+        acm.protect(gq, principal="bench")
     await q.get_stats()  # connect (and, protected, cache the grants)
+    await gq.get_stats()
     out = {}
     n = jobs // 4
     t0 = time.perf_counter()
@@ -71,6 +80,14 @@ async def queue_case(url, name, jobs, protected):
         await q.get_job_status(i)
     out["get_job_status"] = n / (time.perf_counter() - t0)
     t0 = time.perf_counter()
+    for _ in range(n):
+        await groups.get_group_stats("g")
+    out["get_group_stats"] = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(jobs * 10):
+        await gq.queries.check("get_group_stats", {"group_id": "g"})
+    out["read guard alone"] = jobs * 10 / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
     for _ in range(500):
         await q.pause()
         await q.resume()
@@ -79,6 +96,7 @@ async def queue_case(url, name, jobs, protected):
     out["pause+resume"] = 500 / (time.perf_counter() - t0)
     await q.clear(force=True)
     await q.close()
+    await gq.close()
     if acm is not None:
         await acm.close()
     return out
@@ -112,7 +130,15 @@ async def main(url, case, name, jobs):
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
 """
 
-QUEUE_FIGURES = ("add_job awaited", "add_job x100", "add_jobs", "get_job_status", "pause+resume")
+QUEUE_FIGURES = (
+    "add_job awaited",
+    "add_job x100",
+    "add_jobs",
+    "get_job_status",
+    "get_group_stats",
+    "read guard alone",
+    "pause+resume",
+)
 
 
 def _child(url: str, case: str, name: str, jobs: int) -> subprocess.Popen[str]:
@@ -165,7 +191,7 @@ def main() -> None:
         base = statistics.median(queue["plain"][f])
         prot = queue["protected"][f]
         med = statistics.median(prot)
-        print(f"  {f:16s} plain {base:8.0f}/s   protected {med:8.0f}/s "
+        print(f"  {f:16s} plain {base:9.0f}/s   protected {med:9.0f}/s "
               f"({min(prot):.0f}-{max(prot):.0f})  {med / base * 100:5.1f} % of plain")  # fmt: skip
     for k, v in audit.items():
         print(f"  {k:20s} {statistics.median(v):8.0f} appends/s ({min(v):.0f}-{max(v):.0f})")

@@ -29,4 +29,6 @@ NAMES = (
     "slow-redis",
     "replica-acks",
     "audit",
+    "erasure",
+    "tenancy",
 )

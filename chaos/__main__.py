@@ -41,6 +41,7 @@ def _headline(r: Result) -> str:
         "groups": ("jobs", "kills", "restarts", "interrupted_jobs"),
         "slow-redis": ("spikes", "completions_per_s", "stalled", "extra_runs"),
         "replica-acks": ("rounds", "lost_acknowledged_without", "lost_acknowledged_with"),
+        "erasure": ("erasures", "jobs_erased", "erased_while_active", "kills", "restarts"),
     }.get(r.name, ())
     parts = []
     for k in keys:

@@ -19,11 +19,14 @@ from kitium_queue import JobQueue, PartitionedQueue, QueueRole, SyncJobQueue, ac
 from kitium_queue.errors import AccessDeniedError, ConfigurationError, PermissionDeniedError
 from kitium_queue.features.access import (
     COMMAND_PERMISSIONS,
+    READ_PERMISSIONS,
     ROLE_PERMISSIONS,
     AccessControlManager,
     AccessEntry,
     Permission,
+    register_read,
 )
+from kitium_queue.features.access.model import read_permission
 
 KEY = secrets.token_hex(32)
 SRC = Path(__file__).resolve().parents[1] / "src" / "kitium_queue"
@@ -77,6 +80,47 @@ def test_every_administrative_command_of_the_package_is_mapped() -> None:
     assert COMMAND_PERMISSIONS["retry_job"] is P.MODIFY_JOB
     assert COMMAND_PERMISSIONS["replay_dlq"] is P.CONTROL_QUEUE
     assert COMMAND_PERMISSIONS["clear"] is P.MANAGE_QUEUE
+
+
+def test_every_read_of_the_package_is_mapped_to_can_view_job() -> None:
+    """Each read name passed to the read guards anywhere in the package (the core's
+    ``self.check(...)``, a feature's ``queue.queries.check(...)`` or ``check_reads(
+    queues, ...)``) needs can_view_job; an unmapped one would need can_manage_queue
+    and a viewer would be refused it."""
+    found: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        text = path.read_text()
+        found |= set(re.findall(r'(?:\.check\(|check_reads\([^,()]+,)\s*"(\w+)"', text))
+    assert {"get_job_status", "explain", "get_group_stats", "list_breakers"} <= found, found
+    assert {"get_delivery_history", "get_workflow_status", "get_result"} <= found, found
+    assert {"rotation_status", "list_workflows", "count_groups"} <= found, found
+    assert found - set(READ_PERMISSIONS) == set()
+    assert {READ_PERMISSIONS[q] for q in found} == {P.VIEW_JOB}
+    # Nothing mapped that no read uses (a renamed read would leave a stale name).
+    assert set(READ_PERMISSIONS) - found == set()
+
+
+def test_an_unmapped_read_needs_manage_until_it_is_registered() -> None:
+    assert read_permission("my_feature_report") is P.MANAGE_QUEUE
+    register_read("my_feature_report")
+    try:
+        assert read_permission("my_feature_report") is P.VIEW_JOB
+        with pytest.raises(ConfigurationError, match="unknown permission"):
+            register_read("my_feature_report", "can_fly")
+    finally:
+        READ_PERMISSIONS.pop("my_feature_report")
+
+
+async def test_an_unmapped_read_is_refused_to_a_viewer(
+    acm: AccessControlManager, make_queue: QueueFactory
+) -> None:
+    await _grant(acm, "vera", "q", role="viewer")
+    await _grant(acm, "root", "q", role="admin")
+    q = acm.protect(make_queue("q", principal="vera"))
+    with pytest.raises(AccessDeniedError, match="can_manage_queue"):
+        await q.queries.check("my_feature_report", {})
+    with acting_as("root"):
+        await q.queries.check("my_feature_report", {})
 
 
 @pytest.mark.parametrize(
@@ -287,7 +331,7 @@ async def test_every_read_needs_can_view_job(
     reads = [
         q.get_job_status(jid), q.get_job_detail(jid), q.get_job_logs(jid),
         q.get_jobs_by_status("waiting"), q.list_jobs("waiting"), q.get_stats(),
-        q.get_dlq_jobs(), events(), q.get_schedules(), q.get_schedule("s"),
+        q.get_dlq_jobs(), events(), q.get_schedules(), q.get_schedule("s"), q.explain(jid),
     ]  # fmt: skip
     for read in reads:
         with pytest.raises(AccessDeniedError, match="can_view_job"):
@@ -297,7 +341,7 @@ async def test_every_read_needs_can_view_job(
     assert [e.metadata["action"] for e in denied] == [
         "get_job_status", "get_job_detail", "get_job_logs", "get_jobs_by_status",
         "list_jobs", "get_stats", "get_jobs_by_status", "events", "get_schedules",
-        "get_schedule",
+        "get_schedule", "explain",
     ]  # fmt: skip
     assert all("payload" not in str(e.metadata) for e in denied)
 

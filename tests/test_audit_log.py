@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from kitium_queue.errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from kitium_queue.features.audit import AuditHead, AuditLog
 from kitium_queue.features.audit.chain import MAX_META_BYTES
+from kitium_queue.features.audit.read import parse_time
 
 KEY = secrets.token_hex(32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,53 @@ async def test_query_filters(log: AuditLog) -> None:
         await log.query(limit=0)
     with pytest.raises(ConfigurationError):
         await log.query(action="")
+
+
+async def test_query_pages_follow_the_cursor_in_either_order(log: AuditLog) -> None:
+    ids = await _fill(log, 7)  # principals user0, user1, user2, user0, ...
+    for newest_first, order in ((True, ids[::-1]), (False, ids)):
+        seen: list[str] = []
+        page = await log.query_page(limit=3, newest_first=newest_first)
+        while True:
+            seen += [e.id for e in page.entries]
+            if page.next_cursor is None:
+                break
+            page = await log.query_page(limit=3, newest_first=newest_first, cursor=page.next_cursor)
+        assert seen == order
+    # With a filter, a page that stops at max_scan says where to go on.
+    page = await log.query_page(principal="user0", max_scan=2)
+    assert [e.id for e in page.entries] == [ids[6]] and page.next_cursor == ids[5]
+    assert page.scanned == 2
+    rest = await log.query_page(principal="user0", cursor=page.next_cursor)
+    assert [e.id for e in rest.entries] == [ids[3], ids[0]] and rest.next_cursor is None
+    # A cursor outside the time range does not widen it.
+    at = (await log.query(newest_first=False))[0].at_ms
+    inside = await log.query_page(until=at - 1, cursor=f"{at + 10**6}-0")
+    assert inside.entries == []
+    for bad in ("x", "1-2-3", "", "9" * 30 + "-0"):
+        with pytest.raises(ConfigurationError, match="cursor must be"):
+            await log.query_page(cursor=bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("1700000000000", 1_700_000_000_000),
+        ("2023-11-14T22:13:20Z", 1_700_000_000_000),
+        ("2023-11-14T22:13:20", 1_700_000_000_000),  # UTC without an offset
+        ("2023-11-14T23:13:20+01:00", 1_700_000_000_000),
+        ("2023-11-14", 1_699_920_000_000),
+        ("  ", None),
+    ],
+)
+def test_time_bounds_given_as_text(text: str, ms: int | None) -> None:
+    assert parse_time(text, "since") == ms
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2023-13-01", "1e9", "\x00", "-5", "9" * 40])
+def test_time_bounds_that_do_not_parse_are_refused(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="since must"):
+        parse_time(text, "since")
 
 
 async def test_the_key_never_reaches_redis(log: AuditLog) -> None:

@@ -68,6 +68,10 @@ def test_audit_query_verify_and_trim(kq: Any, redis_url: str, prefix: str) -> No
     kq("access", "revoke", "bob", "q1", "--as", "root")
     text = kq("audit", "query").output.splitlines()
     assert len(text) == 3 and "access.revoke" in text[0] and "authentic=yes" in text[0]
+    first, more = kq("audit", "query", "-n", "1").output.splitlines()
+    assert first == text[0] and more.startswith("more\t--cursor ")
+    rest = kq("audit", "query", "--cursor", more.split(" ")[-1]).output.splitlines()
+    assert rest == text[1:]
     rows = json.loads(kq("audit", "query", "--json", "--action", "access.grant",
                          "--oldest-first").output)  # fmt: skip
     assert [r["resource"] for r in rows] == ["q1", "q2"]

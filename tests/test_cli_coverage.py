@@ -66,6 +66,12 @@ EXERCISED_BY: dict[str, str] = {
     "audit trim": "test_cli_access.py",
     "acl redis-rules": "test_cli_access.py",
     "dashboard": "test_dashboard_cli.py",
+    "config show": "test_advanced_config.py",
+    "memory": "test_footprint.py",
+    "alerts": "test_footprint.py",
+    "compliance erase": "test_footprint.py",
+    "compliance jobs": "test_footprint.py",
+    "compliance retention": "test_footprint.py",
 }
 
 

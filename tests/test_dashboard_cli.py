@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from kitium_queue.cli import main
@@ -42,3 +43,26 @@ def test_tokens_are_checked_and_may_come_from_a_file(cli_app: str, tmp_path: Pat
     assert code == 0 and out.strip().split("\t") == ["ready", "http://127.0.0.1:8080/", "2"]
     code, _, err = run(cli_app, "--tokens-file", str(tmp_path / "missing"))
     assert code == 2 and "cannot read" in err
+
+
+def test_access_and_audit_take_the_key_from_the_environment_or_a_file(
+    cli_app: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KITIUM_QUEUE_AUDIT_KEY", raising=False)
+    token = f"{TOKEN}:ada@example.com:admin"
+    for flag in ("--access", "--audit"):
+        code, _, err = run(cli_app, "--token", token, flag, "--once")
+        assert code == 2 and "needs the audit key: set KITIUM_QUEUE_AUDIT_KEY" in err
+    keyfile = tmp_path / "audit.key"
+    keyfile.write_text("k" * 64 + "\n")
+    code, out, _ = run(cli_app, "--token", token, "--access", "--audit-key-file", str(keyfile),
+                       "--once")  # fmt: skip
+    assert code == 0 and out.startswith("ready\t")
+    monkeypatch.setenv("KITIUM_QUEUE_AUDIT_KEY", "e" * 64)
+    code, out, _ = run(cli_app, "--token", token, "--audit", "--once")
+    assert code == 0 and out.startswith("ready\t")
+    code, _, err = run(cli_app, "--token", token, "--audit-key-file", str(keyfile), "--once")
+    assert code == 2 and "--audit-key-file goes with --access or --audit" in err
+    # The key is never an option of its own (no way to put it on the command line).
+    code, _, err = run(cli_app, "--token", token, "--audit-key", "x" * 64)
+    assert code == 2 and "No such option" in err

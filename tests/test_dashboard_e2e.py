@@ -18,7 +18,9 @@ the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -39,11 +41,13 @@ from kitium_queue import (
     JobQueue,
     JobStatus,
 )
+from kitium_queue.features.access import AccessControlManager
 
 pytestmark = pytest.mark.redis_only
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTEFACTS = ROOT / "artefacts" / "dashboard"
+ADMIN = "ad-" + "a" * 29
 OPERATOR = "op-" + "o" * 29
 MANAGER = "mg-" + "m" * 29
 VIEWER = "vw-" + "v" * 29
@@ -106,14 +110,17 @@ class Server:
         self.proc = proc
 
 
-@pytest.fixture
-def server(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Server]:
+@contextlib.contextmanager
+def serve(
+    tmp_path: Path, redis_url: str, prefix: str, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """``kitium-queue dashboard`` of the app module's queues with ``args``, until the
+    block ends."""
     port = free_port()
     with (
         app_module(tmp_path, APP_SOURCE.format(redis=redis_url, prefix=prefix)) as mod,
         open(tmp_path / "dashboard.log", "wb") as logfile,
     ):
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -126,15 +133,10 @@ def server(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Server]:
                 str(port),
                 "--refresh-ms",
                 "1000",
-                "--token",
-                f"{OPERATOR}:olivia@example.com:operator",
-                "--token",
-                f"{MANAGER}:max@example.com:manager",
-                "--token",
-                f"{VIEWER}:vera@example.com:viewer",
+                *args,
             ],
             cwd=tmp_path,
-            env=env,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
             stdout=logfile,
             stderr=subprocess.STDOUT,
         )
@@ -161,6 +163,22 @@ def server(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Server]:
+    with serve(
+        tmp_path,
+        redis_url,
+        prefix,
+        "--token",
+        f"{OPERATOR}:olivia@example.com:operator",
+        "--token",
+        f"{MANAGER}:max@example.com:manager",
+        "--token",
+        f"{VIEWER}:vera@example.com:viewer",
+    ) as running:
+        yield running
 
 
 @pytest.fixture
@@ -470,3 +488,65 @@ async def test_a_missing_csrf_token_is_refused(browser: Any, server: Server, que
     await page.click("button[data-action=pause]")
     await page.wait_for_selector("#paused")
     assert (await shop.get_stats()).is_paused
+
+
+async def test_the_audit_page_filters_and_verifies_the_chain(
+    browser: Any, tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    """``--access``: the grants apply on top of the roles, a refusal lands in the audit
+    log, an admin finds it with the filters and verifies the chain, before and after
+    an entry is removed behind the log's back."""
+    key = secrets.token_hex(32)
+    acm = AccessControlManager(redis_url, prefix=prefix, audit_key=key)
+    try:
+        await acm.grant_access(principal_id="ada@example.com", queue_pattern="*", role="admin")
+        await acm.grant_access(principal_id="max@example.com", queue_pattern="shop", role="viewer")
+        with serve(
+            tmp_path,
+            redis_url,
+            prefix,
+            "--access",
+            "--token",
+            f"{ADMIN}:ada@example.com:admin",
+            "--token",
+            f"{MANAGER}:max@example.com:manager",
+            env={"KITIUM_QUEUE_AUDIT_KEY": key},
+        ) as srv:
+            # max: a manager's role, a viewer's grant: the grant refuses the pause.
+            page = await signed_in(browser, srv, MANAGER)
+            await page.goto(f"{srv.url}/q/shop")
+            await page.click("button[data-action=pause]")
+            await page.wait_for_selector("#error")
+            assert "can_control_queue" in await page.inner_text("#error")
+            assert await page.inner_text("#heading") == "Refused"
+            # ada finds the refusal on the Audit page.
+            page = await signed_in(browser, srv, ADMIN)
+            async with page.expect_navigation():
+                await page.click("#audit-link")
+            assert await page.locator("#audit tbody tr[data-id]").count() >= 3
+            await page.fill("#audit-filter input[name=principal]", "max@example.com")
+            await page.select_option("#audit-filter select[name=outcome]", "denied")
+            async with page.expect_navigation():
+                await page.click("#audit-filter button[type=submit]")
+            found = page.locator("#audit tbody tr[data-id]")
+            assert await found.count() == 1
+            assert await found.locator("td.action").inner_text() == "access.denied"
+            assert await found.locator("td.resource").inner_text() == "shop"
+            assert '"action":"pause"' in await found.locator("td.metadata").inner_text()
+            assert await found.locator("td.authentic").inner_text() == "yes"
+            await shot(page, "audit")
+            async with page.expect_navigation():
+                await page.click("#verify-chain")
+            assert "Chain intact" in await page.inner_text("#verdict")
+            # An entry disappears from the stream: the next verification names the gap.
+            entries = await acm.query_audit_log(newest_first=False)
+            client = await acm.deployment.client()
+            assert await client.xdel(acm.audit.stream, entries[1].id) == 1
+            async with page.expect_navigation():
+                await page.click("#verify-chain")
+            assert await page.get_attribute("#report", "data-ok") == "no"
+            assert "Chain BROKEN" in await page.inner_text("#verdict")
+            assert await page.inner_text("#first-entry") == entries[2].id
+            await shot(page, "audit-broken")
+    finally:
+        await acm.close()

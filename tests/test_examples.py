@@ -93,6 +93,14 @@ EXPECTED: dict[str, list[str]] = {
         r"order-1002: failed at step 'charge'; cancelled: \['archive', 'notify', 'ship'\]",
         r"steps of order-1002 that ran: \['order-1002:charge', 'order-1002:validate'\]",
     ],
+    "tenancy.py": [
+        r"refused: tenant globex is at its max_queue_size of 20",
+        r"globex's 20 jobs all started after \d+ of acme's 300 "
+        r"\(acme: max_concurrency 3, ran at most 3 at once\)",
+        r"acme usage: queued=\d+ active=[0-3] completed=\d+ \(every job counted once: True\)",
+        r"audited: platform-admin tenant.create tenant:acme, "
+        r"platform-admin tenant.create tenant:globex",
+    ],
     "webhooks.py": [
         r"endpoint wh_\w+: 3 signed job-completed events verified",
         r"event types: \['job-completed'\]",
@@ -103,8 +111,12 @@ EXPECTED: dict[str, list[str]] = {
 #: windows and what they keep (they expire with the window), and what features hold that
 #: is configuration or history rather than jobs -- webhook deliveries and the outbox
 #: they are read from, a breaker's log and window, encryption key ids and rotation
-#: records.
-WINDOW_KEYS = re.compile(r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$))")
+#: records, the tenants (their registry, and the copies of their quotas in a queue),
+#: grants and the audit log.
+WINDOW_KEYS = re.compile(
+    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|tn:|tenants(:queues)?$"
+    r"|grants:|principals$|audit$)"
+)
 
 
 def test_every_example_has_expectations() -> None:

@@ -19,4 +19,6 @@ from . import (  # noqa: F401
     s15_slow_redis,
     s16_replica_acks,
     s17_audit,
+    s18_erasure,
+    s19_tenancy,
 )

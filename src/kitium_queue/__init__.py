@@ -45,12 +45,14 @@ from .errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     QueueActiveError,
+    QuotaExceededError,
     RateLimited,
     ReplicaAckError,
     RetryLater,
     ScheduleNotFoundError,
     ScriptArgumentError,
     SerializationError,
+    TenantNotFoundError,
     WriteNotConfirmedError,
     WriteRefusedError,
 )
@@ -61,6 +63,8 @@ from .features.access import (
     Permission,
     QueuePermissions,
 )
+from .features.advanced import AdvancedQueueConfig
+from .features.alerts import AlertManager, AlertRule
 from .features.audit import AuditEntry, AuditLog, AuditReport
 from .features.breakers import (
     BreakerConfig,
@@ -69,6 +73,7 @@ from .features.breakers import (
     CircuitBreakerManager,
     FailureThreshold,
 )
+from .features.compliance import ComplianceManager, ErasureReport
 from .features.encryption import (
     DecryptionError,
     EncryptionError,
@@ -81,6 +86,7 @@ from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
 from .features.replicas import ReplicaAcks
 from .features.schedules import Schedule
+from .features.tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
 from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
 from .identity import acting_as, current_principal
@@ -135,6 +141,9 @@ __all__ = [
     "AccessControlManager",
     "AccessDeniedError",
     "AccessEntry",
+    "AdvancedQueueConfig",
+    "AlertManager",
+    "AlertRule",
     "AuditEntry",
     "AuditLog",
     "AuditReport",
@@ -146,6 +155,7 @@ __all__ = [
     "CircuitBreakerManager",
     "CircuitBreakerState",
     "CircuitOpenError",
+    "ComplianceManager",
     "ConfigurationError",
     "ConnectionUnavailableError",
     "DLQConfig",
@@ -155,6 +165,7 @@ __all__ = [
     "EncryptionAlgorithm",
     "EncryptionError",
     "EncryptionManager",
+    "ErasureReport",
     "EventData",
     "ExecutionResult",
     "ExtendedJobOptions",
@@ -201,6 +212,7 @@ __all__ = [
     "QueueRole",
     "QueueSettings",
     "QueueStats",
+    "QuotaExceededError",
     "RateLimited",
     "ReplicaAckError",
     "ReplicaAcks",
@@ -214,6 +226,11 @@ __all__ = [
     "StreamEvent",
     "SyncJobQueue",
     "SyncPartitionedQueue",
+    "TenantConfig",
+    "TenantNotFoundError",
+    "TenantQuota",
+    "TenantRegistry",
+    "TenantUsage",
     "WebhookConfig",
     "WebhookDeliveryStrategy",
     "WebhookEvent",

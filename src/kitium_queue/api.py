@@ -436,11 +436,12 @@ class QueueAPI(Protocol):
         job_name: str,
         fn: Callable[..., Any] | None = None,
         *,
-        size: int,
-        min_size: int = 1,
-        max_wait: Any = 1000,
+        size: int | None = None,
+        min_size: int | None = None,
+        max_wait: Any = None,
     ) -> Any:
-        """Register a processor that takes up to ``size`` jobs at once (a decorator too)."""
+        """Register a processor that takes up to ``size`` jobs at once (a decorator too);
+        arguments left out take the queue's batch defaults."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)

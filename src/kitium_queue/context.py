@@ -96,6 +96,13 @@ class QueueContext:
             protected payloads instead of revealing them (``redacted_views()`` does it
             for one block; views read ``redacting``).
         explainers: what ``explain`` asks besides the core (``queue.add_explainer``).
+        redactors: functions ``redact(value) -> value`` returning a copy of a payload
+            value (job data, a result, progress) with protected parts hidden (a
+            compliance feature masks named fields). ``redact_value`` applies them.
+            Applied to what tools show (``JobInfo`` payloads and JSON log lines when
+            ``redacting``), to progress read from the durable event stream
+            (``events()``), and, with ``redact_everywhere``, to every ``JobInfo`` and to
+            the result and progress handed to ``queue.on`` handlers as well.
     """
 
     def __init__(
@@ -155,6 +162,8 @@ class QueueContext:
         self.write_barrier: WriteBarrier | None = None
         #: Reports job records found missing (evicted or deleted), at a bounded rate.
         self.missing = MissingRecords(name)
+        self.redactors: list[Callable[[Any], Any]] = []
+        self.redact_everywhere = False
         #: The principal this queue acts for when no ``identity.acting_as`` block is
         #: active (stamped on admin calls; None: nobody in particular).
         self.principal: str | None = None
@@ -167,6 +176,12 @@ class QueueContext:
         """Whether payload views hide protected payloads now (``redact_payloads``, or
         inside ``redacted_views()``)."""
         return self.redact_payloads or _REDACTING.get()
+
+    def redact_value(self, value: Any) -> Any:
+        """``value`` through every redactor (the value itself when there is none)."""
+        for redact in self.redactors:
+            value = redact(value)
+        return value
 
     # ------------------------------------------------------------------ settings
     def _check_settings(self) -> None:

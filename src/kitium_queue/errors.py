@@ -7,6 +7,7 @@
     │   └── ScriptArgumentError     a script refused its arguments, wrote nothing (KQ_BAD_ARGUMENT)
     ├── PartialEnqueueError         add_jobs wrote only some chunks; says which jobs
     ├── JobRefusedError             a feature refused a job at enqueue (a full group...)
+    │   └── QuotaExceededError      a tenant's quota refused it (max_queue_size, regions)
     ├── SerializationError          data or result that cannot be encoded
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
@@ -18,6 +19,7 @@
     ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
     ├── ScheduleNotFoundError       no schedule with that id
     ├── BreakerNotFoundError        no circuit breaker with that id
+    ├── TenantNotFoundError         no tenant with that id
     ├── CircuitOpenError            a circuit breaker refused a call while open
     ├── JobStateError               operation not valid in the job's state
     │   ├── JobActiveError          the job is running             (KQ_JOB_ACTIVE)
@@ -37,6 +39,7 @@ from typing import Any
 from .limits import MAX_DELAY_MS, clamp_delay_ms
 
 __all__ = [
+    "REFUSAL_ERRORS",
     "SCRIPT_ERRORS",
     "AccessDeniedError",
     "BreakerNotFoundError",
@@ -55,15 +58,18 @@ __all__ = [
     "PermissionDeniedError",
     "ProcessorSignal",
     "QueueActiveError",
+    "QuotaExceededError",
     "RateLimited",
     "ReplicaAckError",
     "RetryLater",
     "ScheduleNotFoundError",
     "ScriptArgumentError",
     "SerializationError",
+    "TenantNotFoundError",
     "WriteNotConfirmedError",
     "WriteRefusedError",
     "error_from_script",
+    "refusal_error",
 ]
 
 
@@ -103,15 +109,17 @@ class PermissionDeniedError(KitiumQueueError, PermissionError):
 
 
 class AccessDeniedError(PermissionDeniedError):
-    """A protected queue (or ``AccessControlManager.require_access``) refused a call:
-    the principal it runs for holds no grant with the permission it needs.
+    """A protected queue (or ``AccessControlManager.require_access``, or a tenant change
+    through ``AccessControlManager``) refused a call: the principal it runs for holds no
+    grant with the permission it needs.
 
     Nothing of the refused call ran. The refusal is written to the audit log before
     this is raised.
 
     Attributes:
         principal: who was refused (None: no principal was acting).
-        resource: what was refused (a queue name).
+        resource: what was refused (a queue name, or ``tenant:<id>`` for a tenant
+            change).
         permission: the permission that was needed (e.g. ``"can_add_job"``).
         action: what was attempted (``"add_job"``, ``"pause"``, ``"get_stats"``...).
     """
@@ -151,6 +159,13 @@ class BreakerNotFoundError(KitiumQueueError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "circuit breaker not found"
+
+
+class TenantNotFoundError(KitiumQueueError, KeyError):
+    """No tenant with that id exists (never created, or removed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "tenant not found"
 
 
 class CircuitOpenError(KitiumQueueError):
@@ -303,6 +318,8 @@ class PartialEnqueueError(KitiumQueueError):
         #: Jobs before ``failed_from`` that a feature refused (index -> reason): nothing
         #: of them was written, and their entry in ``written_ids`` is ``""``.
         self.refused: dict[int, str] = {}
+        #: The same jobs, index -> their error (``QuotaExceededError``...).
+        self.errors: dict[int, JobRefusedError] = {}
 
 
 class JobRefusedError(KitiumQueueError):
@@ -327,6 +344,54 @@ class JobRefusedError(KitiumQueueError):
         super().__init__(message)
         self.ids: list[str | None] = list(ids)
         self.refused: dict[int, str] = dict(refused or {})
+        #: index in the call -> the error of that refused job (a ``QuotaExceededError``
+        #: when a tenant's quota refused it), for the refusals of ``add_jobs``.
+        self.errors: dict[int, JobRefusedError] = {}
+
+
+class QuotaExceededError(JobRefusedError):
+    """A tenant's quota refused a job at enqueue, atomically: nothing of it was written
+    (``features.tenancy``; docs/tenancy.md).
+
+    Attributes:
+        tenant_id: the tenant.
+        quota: the quota that refused it: ``"max_queue_size"`` (the tenant holds that
+            many unfinished jobs in the queue).
+        limit: the value of that quota, as text (``"100000"``).
+    """
+
+    def __init__(
+        self, message: str, *, tenant_id: str = "", quota: str = "", limit: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.tenant_id = tenant_id
+        self.quota = quota
+        self.limit = limit
+
+    @classmethod
+    def from_fields(cls, fields: list[str], message: str) -> QuotaExceededError:
+        """Built from a refusal's fields: tenant, quota, limit."""
+        tenant, quota, limit = [*fields, "", "", ""][:3]
+        return cls(message, tenant_id=tenant, quota=quota, limit=limit)
+
+
+#: Refusal codes of the ``accept`` Lua slot (``kitium_queue.slots``): a reason
+#: ``"<CODE>\t<field>\t...\t<message>"`` becomes the code's error, built by its
+#: ``from_fields(fields, message)``; any other reason a plain ``JobRefusedError``.
+REFUSAL_ERRORS: dict[str, type[QuotaExceededError]] = {
+    "KQ_QUOTA_EXCEEDED": QuotaExceededError,
+}
+
+
+def refusal_error(reason: str) -> JobRefusedError:
+    """The error of one job refused at enqueue with ``reason`` (an ``accept`` slot's
+    reply): its code's error class with the message as text, else ``JobRefusedError``."""
+    code, tab, rest = reason.partition("\t")
+    cls = REFUSAL_ERRORS.get(code) if tab else None
+    if cls is None:
+        return JobRefusedError(reason)
+    *fields, message = rest.split("\t")
+    return cls.from_fields(fields, message)
 
 
 class WriteRefusedError(KitiumQueueError):

@@ -272,9 +272,16 @@ FEATURE_HOWTO: dict[str, tuple[str, str]] = {
     "workflow_id": ("workflows", "create JobChainManager(queue)"),
     "depends_on": ("job dependencies (workflows)", "create JobChainManager(queue)"),
     "region": ("global queues", "add the job through GlobalQueueManager.add_job"),
-    "tenant_id": ("multi-tenancy", "set up the tenant with AccessControlManager"),
+    "tenant_id": (
+        "multi-tenancy",
+        "enable it with TenantRegistry(queue) (or registry.enable(queue))",
+    ),
     "rate_limit_key": ("flow control", "declare a limit: queue.set_rate_limit('key:*', ...)"),
     "concurrency_key": ("flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"),
+    "subject_id": (
+        "compliance (erasure by subject)",
+        "create ComplianceManager(queue) or enable the compliance section of AdvancedQueueConfig",
+    ),
 }
 
 

@@ -25,6 +25,7 @@ from .errors import (
     PartialEnqueueError,
     PayloadTooLargeError,
     WriteNotConfirmedError,
+    refusal_error,
 )
 from .jobspec import job_item, options_dict
 from .limits import (
@@ -179,7 +180,7 @@ class Producer:
         try:
             ids = await self.enqueue([prepared], [opts])
         except JobRefusedError as exc:
-            raise JobRefusedError(exc.refused.get(0, str(exc))) from None
+            raise exc.errors.get(0) or JobRefusedError(exc.refused.get(0, str(exc))) from None
         except WriteNotConfirmedError as exc:
             raise exc.unconfirmed.get(0, exc) from None
         finally:
@@ -202,22 +203,22 @@ class Producer:
                     # Callers whose jobs are known written get their ids; only the others
                     # get the error (the underlying one, not the batch's bookkeeping).
                     written: list[str | None] = []
-                    refused: dict[int, str] = {}
+                    refused: dict[int, JobRefusedError] = {}
                     unconfirmed: dict[int, WriteNotConfirmedError] = {}
                     err: BaseException = exc
                     if isinstance(exc, PartialEnqueueError):
                         written = list(exc.written_ids)
-                        refused = exc.refused
+                        refused = exc.errors
                         err = exc.__cause__ or exc
                     elif isinstance(exc, JobRefusedError):
-                        written, refused = exc.ids, exc.refused
+                        written, refused = exc.ids, exc.errors
                     elif isinstance(exc, WriteNotConfirmedError):
                         written, unconfirmed = list(exc.written_ids), exc.unconfirmed
                     for i, (_, fut, _) in enumerate(batch):
                         if fut.done():
                             continue
                         if i in refused:
-                            fut.set_exception(JobRefusedError(refused[i]))
+                            fut.set_exception(refused[i])
                         elif i in unconfirmed:
                             fut.set_exception(unconfirmed[i])
                         elif i < len(written) and written[i]:
@@ -309,7 +310,7 @@ class Producer:
                     failure = _partial_enqueue(
                         ids, len(prepared), f"{type(exc).__name__}: {exc}", unknown=True
                     )
-                    failure.refused = dict(refused)
+                    _set_refused(failure, refused)
                     failure.__cause__ = exc
                     break
                 for k in range(0, len(reply), 2):
@@ -325,7 +326,7 @@ class Producer:
                         failure = _partial_enqueue(
                             ids, len(prepared), reply[k].decode(), unknown=False
                         )
-                        failure.refused = dict(refused)
+                        _set_refused(failure, refused)
                         break
                     if reply[k + 1] == b"dup":
                         dups.add(len(ids))
@@ -435,17 +436,27 @@ def _enqueue_chunks(prepared: Sequence[PreparedJob]) -> Iterator[Sequence[Prepar
 
 
 def _refused(ids: list[str], refused: dict[int, str]) -> JobRefusedError:
-    """The error of a call some of whose jobs a feature refused (the rest were added)."""
+    """The error of a call some of whose jobs a feature refused (the rest were added);
+    ``refused``: index -> the reason the script gave."""
+    errors = {i: refusal_error(r) for i, r in refused.items()}
     first = min(refused)
     more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
     added = len(ids) - len(refused)
-    return JobRefusedError(
+    out = JobRefusedError(
         f"{len(refused)} of {len(ids)} jobs were refused and not added; {added} were "
-        f"added. Job {first}: {refused[first]}{more}. The ids are in .ids (None for a "
-        "refused job), the reasons in .refused",
+        f"added. Job {first}: {errors[first]}{more}. The ids are in .ids (None for a "
+        "refused job), the reasons in .refused, each job's error in .errors",
         ids=[i or None for i in ids],
-        refused=refused,
+        refused={i: str(e) for i, e in errors.items()},
     )
+    out.errors = errors
+    return out
+
+
+def _set_refused(failure: PartialEnqueueError, refused: dict[int, str]) -> None:
+    """Record on ``failure`` the jobs before it that a feature refused."""
+    failure.errors = {i: refusal_error(r) for i, r in refused.items()}
+    failure.refused = {i: str(e) for i, e in failure.errors.items()}
 
 
 def _partial_enqueue(

@@ -7,11 +7,13 @@ never raise because of one damaged record: it is returned with ``damaged`` set.
 
 Read guards (``queue.queries.add_guard(fn)``): every read of job data and counts
 (``get_job_status``, ``get_job_detail``, ``get_job_logs``, ``get_jobs_by_status``,
-``list_jobs``, ``get_stats``, ``events``, and the schedule reads of ``QueryAPI``) first
-calls each guard with a ``ReadCall`` (queue, query, arguments, principal); a guard
-refuses the read by raising (``PermissionDeniedError`` by convention), before anything
-is read. ``health_check`` (a PING) is not guarded. The library's own reads on behalf of
-the application (the DLQ notification's ``job_status``) do not pass the guards.
+``list_jobs``, ``get_stats``, ``events``, and the schedule reads and ``explain`` of
+``QueryAPI``) first calls each guard with a ``ReadCall`` (queue, query, arguments,
+principal); a guard refuses the read by raising (``PermissionDeniedError`` by
+convention), before anything is read. A feature's public reads opt in the same way:
+each calls ``queue.queries.check(<its read's name>, args)`` first. ``health_check`` (a
+PING) is not guarded. The library's own reads on behalf of the application (the DLQ
+notification's ``job_status``) do not pass the guards.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
 from .context import CONNECT_TIMEOUT_S
@@ -51,6 +54,7 @@ __all__ = [
     "Queries",
     "QueryAPI",
     "QueueStats",
+    "check_reads",
     "is_stream_id",
     "parse_status",
     "query_id",
@@ -227,6 +231,14 @@ def _parse_cursor(cursor: Any, status: JobStatus) -> tuple[float, bytes]:
     return score, member
 
 
+async def check_reads(queues: Iterable[Any], query: str, args: Mapping[str, Any]) -> None:
+    """Run the read guards of each of ``queues`` for ``query``: what a feature's read
+    that spans several queues (the partitions of a ``PartitionedQueue``) calls first,
+    so that it reads nothing unless every queue it reads lets it."""
+    for q in queues:
+        await q.queries.check(query, args)
+
+
 # ---------------------------------------------------------------------------- component
 class Queries:
     """The read API of one queue (``queue.queries``); ``JobQueue``'s query methods
@@ -254,8 +266,10 @@ class Queries:
 
     async def check(self, query: str, args: Mapping[str, Any]) -> None:
         """Run the read guards for ``query`` (a no-op without guards). Reads of this
-        class call it themselves; a component that reads job data on a caller's
-        behalf elsewhere (the schedule reads) calls it first."""
+        class call it themselves; a component that reads job data or feature state on
+        a caller's behalf elsewhere (the schedule reads, ``explain``, every feature's
+        public reads) calls it first, with a name of its own for the read (access
+        control maps each name to a permission)."""
         if self._guards:
             principal = current_principal(self.ctx.principal)
             await self._guards.run(ReadCall(self.ctx.name, query, dict(args), principal))
@@ -292,8 +306,14 @@ class Queries:
 
     def _view(self, info: J) -> J:
         """``info`` through the context's ``info_views`` (features' payload views)."""
-        for view in self.ctx.info_views:
-            view(info, self.ctx.redacting)
+        ctx = self.ctx
+        redacting = ctx.redacting
+        for view in ctx.info_views:
+            view(info, redacting)
+        if ctx.redactors and (redacting or ctx.redact_everywhere):
+            info.data = ctx.redact_value(info.data)
+            info.result = ctx.redact_value(info.result)
+            info.progress = ctx.redact_value(info.progress)
         return info
 
     async def _load(self, job_id: str, *, detail: bool) -> tuple[dict[str, Any], list[Any]] | None:
@@ -347,7 +367,11 @@ class Queries:
         client = await self.ctx.client()
         lines = await client.lrange(self.ctx.keys.logs(jid), first, last)
         # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
-        return [b.decode("utf-8", "backslashreplace") for b in lines]
+        text = [b.decode("utf-8", "backslashreplace") for b in lines]
+        ctx = self.ctx
+        if ctx.redactors and (ctx.redacting or ctx.redact_everywhere):
+            text = [_redacted_json(ctx, line) for line in text]
+        return text
 
     async def get_jobs_by_status(
         self, status: JobStatus | str, limit: int = 100, offset: int = 0
@@ -546,6 +570,9 @@ class Queries:
             ):
                 if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
                     ev = await self._with_progress(ev)
+                if self.ctx.redactors and "progress" in ev.fields:
+                    shown_ = _redacted_json(self.ctx, ev.fields["progress"])
+                    ev = StreamEvent(ev.id, ev.event, ev.job_id, {**ev.fields, "progress": shown_})
                 yield ev
         except (RedisError, RedisClusterException, OSError) as exc:
             # Unreachable, or went away while we read: the library's error, saying what
@@ -601,6 +628,18 @@ def _count(raw: Any) -> int:
         return max(0, int(raw or 0))
     except (TypeError, ValueError):
         return 0
+
+
+def _redacted_json(ctx: QueueContext, text: str) -> str:
+    """A JSON object or array in ``text`` (a log line, a progress value) through the
+    context's redactors, as JSON again; other text unchanged."""
+    if text[:1] not in ("{", "["):
+        return text
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return orjson.dumps(ctx.redact_value(value)).decode()
 
 
 async def _after(
@@ -758,6 +797,7 @@ class QueryAPI:
         """
         from .explain import explain_job
 
+        await self.queries.check("explain", {"job_id": job_id})
         return await explain_job(self.queries.ctx, job_id)
 
     async def get_schedules(self) -> list[Schedule]:

@@ -52,6 +52,7 @@ from .scripts import ScriptCall
 if TYPE_CHECKING:
     from .barrier import WriteBarrier
     from .explain import Explainer
+    from .features.advanced import AdvancedFeatures
     from .features.flowcontrol import FlowControl
     from .features.schedules import ScheduleStore
 
@@ -95,6 +96,10 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             and seen by guards and enqueue middleware. Naming it enforces nothing by
             itself: access control (``AccessControlManager.protect(queue)``) decides
             what the principal may do.
+        advanced: the enterprise features to enable, an ``AdvancedQueueConfig`` or a
+            dict of its sections (``{"fifo": {"enabled": True}, ...}``); each enabled
+            section enables its feature with the section's values as defaults, and
+            ``queue.advanced`` holds the features' managers (docs/advanced-config.md).
 
     Lifecycle subscribers: ``queue.subscribe(subscriber)`` adds an object with any of
     the hooks of ``hooks.Subscriber`` (``enqueued``, ``started``, ``progress``,
@@ -134,6 +139,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         max_payload_bytes: int = 1_048_576,
         max_log_lines: int = 1000,
         principal: str | None = None,
+        advanced: Any = None,
     ) -> None:
         if isinstance(name, QueueConfig):
             given = {
@@ -152,6 +158,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 "max_payload_bytes": max_payload_bytes,
                 "max_log_lines": max_log_lines,
                 "principal": principal,
+                "advanced": advanced,
             }
             defaults = QueueConfig("_").kwargs()
             extra = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
@@ -178,6 +185,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 max_payload_bytes,
                 max_log_lines,
                 principal,
+                advanced,
             ) = (cfg.kwargs()[k] for k in given)
         ctx = self.ctx = QueueContext(
             name,
@@ -235,6 +243,12 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self._schedules: ScheduleStore | None = None
         self._flow: FlowControl | None = None
         self._worker: Any = None
+        self._advanced: AdvancedFeatures | None = None
+        if advanced is not None:
+            # The switchboard names every feature; it is loaded only when asked for.
+            from .features.advanced import AdvancedFeatures
+
+            self._advanced = AdvancedFeatures.install(self, advanced)
 
     # The connection and the adapters may be replaced after construction (the CLI's
     # --redis does): they are kept in the context, where every component reads them.
@@ -443,6 +457,17 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         return self._schedules
 
     @property
+    def advanced(self) -> AdvancedFeatures:
+        """The features ``advanced=`` enabled, with their managers and the effective
+        configuration (``queue.advanced.effective()``); all sections disabled when the
+        queue was made without it."""
+        if self._advanced is None:
+            from .features.advanced import AdvancedFeatures
+
+            self._advanced = AdvancedFeatures.install(self, None)
+        return self._advanced
+
+    @property
     def flow(self) -> FlowControl:
         """Per-key rate limits and concurrency caps of this queue (enabled on first use)."""
         if self._flow is None:
@@ -471,19 +496,23 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         job_name: str,
         fn: Callable[..., Any] | None = None,
         *,
-        size: int,
-        min_size: int = 1,
-        max_wait: Any = 1000,
+        size: int | None = None,
+        min_size: int | None = None,
+        max_wait: Any = None,
     ) -> Any:
         """Register a batch processor: ``fn(jobs)`` gets up to ``size`` jobs at once.
 
         A batch is handed over when it is full, when the jobs claimed together arrived
-        and it has ``min_size``, or ``max_wait`` ms after its first job. ``fn`` returns
-        a list (a result or an exception per job), a dict by job id, or None; raising
-        fails them all. Each job keeps its own lease, timeout, retries and outcome.
-        Usable as a decorator.
+        and it has ``min_size`` (default 1), or ``max_wait`` ms (default 1000) after its
+        first job. ``fn`` returns a list (a result or an exception per job), a dict by
+        job id, or None; raising fails them all. Each job keeps its own lease, timeout,
+        retries and outcome. Usable as a decorator. Arguments left out take the
+        queue's batch defaults (the ``batching`` section of ``AdvancedQueueConfig``);
+        ``size`` is required when there are none.
         """
-        from .features.batches import BatchProcessor
+        from .features.batches import BatchProcessor, resolve_batch
+
+        size, min_size, max_wait = resolve_batch(self, job_name, size, min_size, max_wait)
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
             self.processors[job_name] = BatchProcessor(

@@ -42,6 +42,7 @@ class QueueConfig:
     max_payload_bytes: int = 1_048_576
     max_log_lines: int = 1000
     principal: str | None = None
+    advanced: Any = None
 
     def kwargs(self) -> dict[str, Any]:
         """The fields other than ``name``, as ``JobQueue`` keyword arguments."""

@@ -127,6 +127,22 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "the webhooks enqueue slot fragment (features/webhooks/lua.py)",
         ),
         JobField(
+            "sj",
+            "the subject whose data the job carries (its subject_id option; the "
+            "compliance feature's marker, read when the job is erased)",
+            "the compliance enqueue slot fragment (features/compliance/enqueue.lua)",
+        ),
+        JobField(
+            "tn",
+            "tenant of the job (its tenant_id; multi-tenancy's marker, read by claim and release)",
+            "the tenancy enqueue fragment (features/tenancy)",
+        ),
+        JobField(
+            "tq",
+            "'1' while the job is counted in its tenant's unfinished jobs",
+            "features/tenancy (enqueue and admission fragments; removed by release)",
+        ),
+        JobField(
             "a",
             "attempts made, the running one included; a deferred or handed-back "
             "run and a stalled one are not counted",

@@ -15,10 +15,14 @@ configuration, but must not call Redis itself):
     (``opts``: its options JSON or ``''``; ``state``: ``'waiting'`` or ``'delayed'``).
     Returning a non-empty reason refuses the job: nothing of it is written, the reply
     says ``refused`` with the reason (``JobRefusedError`` in Python) and the other jobs of
-    the call go on. The first fragment that refuses wins; a fragment that fails accepts
-    (and is recorded in ``slot-errors``). Fragments of this slot must not write: a later
-    fragment may still refuse the job. Use it for atomic admission limits that a
-    producer must hear about (a full group, a tenant over its quota).
+    the call go on. A reason that starts with a refusal code and tab-separated fields
+    (``"KQ_QUOTA_EXCEEDED\\t<tenant>\\t<quota>\\t<limit>\\t<message>"``; the codes are in
+    ``errors.REFUSAL_ERRORS``) is raised as that code's subclass of ``JobRefusedError``
+    (``QuotaExceededError``), with the message as its text. The first fragment that
+    refuses wins; a fragment that fails accepts (and is recorded in ``slot-errors``).
+    Fragments of this slot must not write: a later fragment may still refuse the job.
+    Use it for atomic admission limits that a producer must hear about (a full group, a
+    tenant over its quota).
 
 ``enqueue`` — ``function(id, jk, opts, state) -> blocker | nil``
     Runs for every new job inside ``add_job`` (``enqueue.lua``, ``schedule_fire.lua``),
@@ -36,7 +40,10 @@ configuration, but must not call Redis itself):
     no extra call). ``commit(id, jk)`` runs once every check admitted the candidate:
     count the job against limits there. A rejecting check may call
     ``admit_retry(t_ms)``, ``admit_stop()`` or ``admit_park(blocker)`` (take the job out
-    of wait, behind ``blocker``; see ``kitium_queue.parking``).
+    of wait, behind ``blocker``; see ``kitium_queue.parking``). A check or its commit
+    that moves jobs into wait (``unpark``) defers that with ``admit_after(key, fn)``:
+    claim scans wait by position while it runs the checks, so ``fn`` runs once the
+    call's jobs are handed out (``lua/admission.lua``).
 
 ``release`` — ``function(id, jk, outcome, payload)``
     Runs once for every job that leaves ``active``, in the same script: ``finish.lua``
@@ -75,6 +82,20 @@ configuration, but must not call Redis itself):
     values (text). A feature that forwards events (webhooks) fills it: it learns no
     other feature's name, only the events raised. Runs only in scripts that include the
     composed slots (any script running another feature's fragments does).
+
+``erase`` — ``function(id, jk, ik)``
+    Runs when a job is *erased*: deleted for good so that nothing of it may remain (a
+    compliance retention period ended, or the job's subject was erased). It runs in
+    the erasing script (features' own scripts include ``slot_erase`` and call
+    ``--@slot erase(id, jk, ik)``), right before the job's hash and log list are
+    deleted, once per job. ``ik``: the job's idempotency key, or ``''``. The hash may
+    already be gone (an ordinary deletion removed it, and only a feature's copies are
+    left): a fragment finds its copies from ``id`` and ``ik``. A feature deletes what it
+    keeps of the job outside its hash there (a stored result, a copy of the result in
+    another record, an index entry); it must only touch what belongs to this job
+    (compare the id a record names before deleting it). Ordinary deletions (retention
+    trims, ``remove_job``, ``drain``, ``clear``) do not run it: there a feature's copies
+    live on by design (an exactly-once result outlives its job).
 
 What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id, jk)``
 (``lua/lib_parking.lua``), ``park_timer(blocker, due, n, every)``
@@ -116,7 +137,7 @@ __all__ = [
 ]
 
 #: The slots features can fill.
-SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate", "event")
+SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate", "event", "erase")
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -137,6 +158,7 @@ GENERATED: Final = {
     "slot_release": "release",
     "slot_duplicate": "duplicate",
     "slot_event": "event",
+    "slot_erase": "erase",
 }
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -238,6 +260,8 @@ class SlotTable:
             return _compose_notify("event", "name, subject, fields", "event_hook", frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
+        if slot == "erase":
+            return _compose_notify("erase", "id, jk, ik", None, frags, args="id, jk, ik or ''")
         return _compose_notify("release", "id, jk, outcome, payload", "release_hook", frags)
 
     def apply_directives(self, source: str, flags: frozenset[str]) -> str:
@@ -375,16 +399,21 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _compose_notify(slot: str, params: str, hook: str, frags: list[SlotFragment]) -> str:
-    """A slot whose fragments all run and return nothing (``release``, ``event``); its
-    function is also assigned to ``hook``, the name the library calls it by
-    (``release_hook`` in lib_parking.lua, ``event_hook`` in lib_events.lua)."""
+def _compose_notify(
+    slot: str, params: str, hook: str | None, frags: list[SlotFragment], *, args: str = ""
+) -> str:
+    """A slot whose fragments all run in turn, for their effects, and return nothing
+    (``release``, ``event``, ``erase``): ``<slot>_slot(params)`` calls each with ``args``
+    (default: the params). When ``hook`` is given the function is also assigned to it,
+    the name the library calls it by (``release_hook`` in lib_parking.lua,
+    ``event_hook`` in lib_events.lua); ``erase`` is called by ``--@slot`` lines only."""
     lines = _header(slot, frags)
     lines.append(f"local function {slot}_slot({params})")
     lines.append("  local ok, err")
-    lines += _guarded(slot, frags, params, "err")
+    lines += _guarded(slot, frags, args or params, "err")
     lines.append("end")
-    lines.append(f"{hook} = {slot}_slot")
+    if hook:
+        lines.append(f"{hook} = {slot}_slot")
     return "\n".join(lines) + "\n"
 
 

@@ -109,11 +109,16 @@ for _name, _group in (
 def _add_feature_commands() -> None:
     from ..features.access.cli import make_acl_command
     from ..features.access.cli import make_command as access_command
+    from ..features.advanced.cli import make_command as config_command
+    from ..features.alerts.cli import make_command as alerts_command
     from ..features.audit.cli import make_command as audit_command
+    from ..features.compliance.cli import make_command as compliance_command
     from ..features.encryption.cli import make_command as encryption_command
+    from ..features.footprint import make_command as memory_command
     from ..features.groups.cli import make_command as groups_command
     from ..features.idempotency.cli import make_command as result_command
     from ..features.replicas.cli import make_command as replicas_command
+    from ..features.tenancy.cli import make_command as tenants_command
     from ..features.webhooks.cli import commands as webhook_commands
     from ..features.workflows.cli import make_command as workflows_command
 
@@ -125,6 +130,11 @@ def _add_feature_commands() -> None:
         workflows_command(with_single_queue, redis_option, row, show_table), "workflows"
     )
     main.add_command(replicas_command(with_single_queue, redis_option, row), "replicas")
+    main.add_command(config_command(with_single_queue, redis_option, row), "config")
+    main.add_command(memory_command(with_single_queue, redis_option, row), "memory")
+    main.add_command(compliance_command(with_single_queue, redis_option, row), "compliance")
+    main.add_command(alerts_command(with_single_queue, redis_option, row), "alerts")
+    main.add_command(tenants_command(with_queue, redis_option, row, show_table), "tenants")
     # Deployment-wide (no APP): grants, the audit log, Redis ACL users.
     main.add_command(access_command(row), "access")
     main.add_command(audit_command(row), "audit")

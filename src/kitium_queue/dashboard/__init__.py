@@ -4,7 +4,8 @@ An ASGI application on Starlette, rendered on the server with Jinja2 (optional e
 ``dashboard``: ``pip install "kitium-job-queue[dashboard]"``). Serve it with
 ``kitium-queue dashboard APP --token TOKEN:PRINCIPAL:ROLE`` or mount it in a Starlette
 or FastAPI application. The security model (tokens, roles, CSRF, escaping, headers) is
-in docs/dashboard.md; ``auth.py`` says what each role may do.
+in docs/dashboard.md; ``auth.py`` says what each role may do; ``audit.py`` is the
+Audit page of a dashboard given an audit log (``create_dashboard(access=...)``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .app import SECURITY_HEADERS, create_dashboard
-from .auth import ACTIONS, DashboardToken
+from .auth import ACTIONS, AUDIT_ACTIONS, DashboardToken
 
-__all__ = ["ACTIONS", "SECURITY_HEADERS", "DashboardToken", "create_dashboard"]
+__all__ = [
+    "ACTIONS",
+    "AUDIT_ACTIONS",
+    "SECURITY_HEADERS",
+    "DashboardToken",
+    "create_dashboard",
+]

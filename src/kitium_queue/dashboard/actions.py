@@ -39,9 +39,9 @@ Form = Mapping[str, list[str]]
 class Outcome:
     """What an action did, for the page that follows.
 
-    ``status``: the HTTP status (403 refused by role or guard). ``confirm``: the
-    action awaits a confirmation; ``summary`` says what it would do and ``preview``
-    lists some of the jobs it would touch.
+    ``status``: the HTTP status (403 refused by role or guard; ``refused_role``: by
+    the session's role). ``confirm``: the action awaits a confirmation; ``summary``
+    says what it would do and ``preview`` lists some of the jobs it would touch.
     """
 
     ok: bool
@@ -50,6 +50,7 @@ class Outcome:
     confirm: bool = False
     summary: str = ""
     preview: list[str] = field(default_factory=list)
+    refused_role: bool = False
 
 
 def one(form: Form, key: str, *, required: bool = True, limit: int = 1000) -> str:
@@ -321,6 +322,7 @@ async def run_action(queue: Any, action: str, form: Form, session: Session) -> O
             f"{session.principal} ({session.role.value}) may not {action}: it needs the "
             f"{need} role",
             status=403,
+            refused_role=True,
         )
     try:
         with acting_as(session.principal):

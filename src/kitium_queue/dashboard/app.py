@@ -12,7 +12,11 @@ Every request but the sign-in page and the static files needs a session
 ``nosniff``, ``DENY`` framing, ``same-origin`` referrers (so browsers send
 ``Origin`` on the dashboard's own POSTs) and ``no-store``. Pages are rendered by
 Jinja2 with autoescaping: every value, job data above all, is HTML-escaped. Each
-request's reads run inside ``redacted_views()``: protected payloads are shown redacted.
+request runs inside ``redacted_views()`` (protected payloads are shown redacted) and
+``acting_as(<the session's principal>)``: on a queue protected by access control the
+grants of the person signed in apply to every read and action, on top of their role,
+and a refusal is a 403 page. With ``access=`` the dashboard records its actions and
+refusals in the deployment's audit log and shows it (``audit.py``).
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..context import redacted_views
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, PermissionDeniedError
+from ..identity import acting_as
 from ..limits import clip
 from .actions import run_action
-from .auth import Auth, DashboardToken, Session, parse_tokens
+from .audit import AuditPages, audit_of
+from .auth import Auth, DashboardToken, Session, needs, parse_tokens
 from .pages import Pages
 
 __all__ = ["SECURITY_HEADERS", "create_dashboard"]
@@ -126,6 +132,7 @@ class Dashboard:
         refresh_ms: int,
         show_payloads: bool,
         title: str,
+        access: Any = None,
     ) -> None:
         self.queues = dict(queues)
         self.auth = auth
@@ -133,6 +140,8 @@ class Dashboard:
         self.title = title
         self.env = _environment()
         self.pages = Pages(self, show_payloads=show_payloads)
+        self.audit, self.access = audit_of(access)
+        self.audit_pages = None if self.audit is None else AuditPages(self, self.audit)
         self._failed: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ plumbing
@@ -168,6 +177,7 @@ class Dashboard:
             refresh_ms=self.refresh_ms,
             flash=flash,
             here=self.safe_next(request, _here(request)),
+            audit_link=self.audit is not None and session is not None and session.may("view-audit"),
             **ctx,
         )
         resp = HTMLResponse(html, status_code=status)
@@ -225,6 +235,29 @@ class Dashboard:
         """The configured queue ``name``, or None."""
         return self.queues.get(name)
 
+    @staticmethod
+    def forbidden(text: str) -> Response:
+        """A plain-text 403 (``PlainForbidden``)."""
+        return PlainForbidden(text)
+
+    def note_refusal(self, session: Session, action: str, resource: str) -> None:
+        """Record that the session's role does not allow ``action`` on ``resource``
+        (an ``access.denied`` entry with ``via: dashboard``, when the dashboard has an
+        audit log)."""
+        if self.audit is not None:
+            self.audit.record(
+                session.principal,
+                "access.denied",
+                resource,
+                "denied",
+                {
+                    "action": action,
+                    "role": session.role.value,
+                    "needs_role": needs(action).value,
+                    "via": "dashboard",
+                },
+            )
+
     def safe_next(self, request: Request, target: str | None) -> str:
         """``target`` if it is a path inside the dashboard, else the overview."""
         base = self.base(request)
@@ -278,7 +311,9 @@ def _guard(
     dash: Dashboard, handler: Callable[[Request, Session], Awaitable[Response]], *, api: bool
 ) -> Callable[[Request], Awaitable[Response]]:
     """A route that needs a session: signs the request in (or sends it to the sign-in
-    page / answers 401) and runs it inside ``redacted_views()``."""
+    page / answers 401) and runs it inside ``redacted_views()`` and
+    ``acting_as(<the session's principal>)``; a read or action a guard refuses
+    (access control's grants) is a 403 page, or JSON for the API."""
 
     async def route(request: Request) -> Response:
         session = dash.session(request)
@@ -289,8 +324,17 @@ def _guard(
                 return JSONResponse({"error": "sign in first"}, status_code=401)
             nxt = quote(_here(request))
             return RedirectResponse(f"{dash.base(request)}/login?next={nxt}", status_code=303)
-        with redacted_views():
-            resp = await handler(request, session)
+        try:
+            with redacted_views(), acting_as(session.principal):
+                resp = await handler(request, session)
+        except PermissionDeniedError as exc:
+            text = f"refused: {clip(str(exc), 500)}"
+            if api:
+                resp = JSONResponse({"error": text}, status_code=403)
+            else:
+                resp = dash.render(
+                    request, "error.html", session, status=403, heading="Refused", error=text
+                )
         return dash.keep(request, session, resp)
 
     return route
@@ -358,6 +402,8 @@ def _routes(dash: Dashboard) -> list[Route]:
             return PlainForbidden("missing or wrong CSRF token: reload the page and try again")
         act = request.path_params["action"]
         outcome = await run_action(queue, act, form, session)
+        if outcome.refused_role:
+            dash.note_refusal(session, act, name)
         back = dash.safe_next(request, (form.get("next") or [""])[0])
         if outcome.confirm:
             fields = [(k, v) for k, vs in form.items() if k not in ("csrf", "confirm") for v in vs]
@@ -377,6 +423,7 @@ def _routes(dash: Dashboard) -> list[Route]:
                 "error.html",
                 session,
                 status=outcome.status,
+                heading="Refused" if outcome.status == 403 else None,
                 error=outcome.message,
                 back=back,
             )
@@ -386,6 +433,17 @@ def _routes(dash: Dashboard) -> list[Route]:
 
     def page(fn: Callable[[Request, Session], Awaitable[Response]], *, api: bool = False) -> Any:
         return _guard(dash, fn, api=api)
+
+    async def no_audit(request: Request, session: Session) -> Response:
+        return dash.render(
+            request,
+            "error.html",
+            session,
+            status=404,
+            error="this dashboard has no audit log (create_dashboard(access=...), --access)",
+        )
+
+    audit = dash.audit_pages
 
     return [
         Route("/static/{name}", static, methods=["GET"]),
@@ -410,6 +468,8 @@ def _routes(dash: Dashboard) -> list[Route]:
         Route("/q/{queue}/webhooks", page(pages.webhooks), methods=["GET"]),
         Route("/q/{queue}/workers", page(pages.workers), methods=["GET"]),
         Route("/q/{queue}/action/{action}", page(action), methods=["POST"]),
+        Route("/audit", page(audit.page if audit else no_audit), methods=["GET"]),
+        Route("/audit/verify", page(audit.verify if audit else no_audit), methods=["POST"]),
     ]
 
 
@@ -451,6 +511,7 @@ def create_dashboard(
     refresh_ms: int = 2000,
     show_payloads: bool = True,
     title: str = "kitium-queue",
+    access: Any = None,
 ) -> Starlette:
     """The dashboard of ``queues`` as an ASGI application.
 
@@ -472,6 +533,14 @@ def create_dashboard(
         show_payloads: False hides job data, results and progress everywhere (and the
             search by data field); encrypted payloads are always shown redacted.
         title: shown in the page header.
+        access: an ``AccessControlManager`` (or just an ``AuditLog``): the dashboard
+            records every action it runs and every refusal in that audit log (it
+            watches each of its queues), and managers and admins get the Audit page
+            (filters, paging, and for admins "verify chain"). Queues the manager
+            protects (``acm.protect(queue)``) apply the grants of whoever is signed in
+            to every read and action, on top of the dashboard role; a refusal is a 403
+            page, audited. Without the audit key (an ``AuditLog`` opened without
+            ``key=``) the page can read but records and verifies nothing.
 
     Example::
 
@@ -494,9 +563,12 @@ def create_dashboard(
         refresh_ms=refresh_ms,
         show_payloads=bool(show_payloads),
         title=clip(str(title), 80),
+        access=access,
     )
     for q in dash.queues.values():
         q.schedules  # noqa: B018 - enables the schedules' explainer on the queue
+        if dash.audit is not None and dash.audit.keys is not None:
+            dash.audit.watch(q)  # every action of the dashboard is recorded
     app = Starlette(routes=_routes(dash))
     app.add_middleware(_SecurityHeaders)
     app.state.dashboard = dash

@@ -9,7 +9,8 @@
 * **Roles** (``QueueRole``): a viewer reads; an operator also retries, removes and
   promotes jobs; a manager also pauses and resumes queues and groups, replays dead
   letters and changes schedules and breakers; an admin may do everything
-  (``ACTIONS``).
+  (``ACTIONS``). With an audit log (``create_dashboard(access=...)``) managers and
+  admins read it, and admins verify its chain (``AUDIT_ACTIONS``).
 * **CSRF**: every POST carries the session's CSRF token (an HMAC of the session's
   random nonce); a missing or wrong one is refused with 403 before anything runs.
 
@@ -36,12 +37,14 @@ from ..identity import check_principal
 
 __all__ = [
     "ACTIONS",
+    "AUDIT_ACTIONS",
     "LOCAL_PRINCIPAL",
     "MIN_TOKEN_LENGTH",
     "Auth",
     "DashboardToken",
     "Session",
     "may",
+    "needs",
     "parse_tokens",
 ]
 
@@ -80,10 +83,22 @@ ACTIONS: Mapping[str, QueueRole] = {
 }
 
 
+#: The least role of the audit page (``create_dashboard(access=...)``): managers and
+#: admins read the deployment's audit log; only admins run the chain's verification.
+AUDIT_ACTIONS: Mapping[str, QueueRole] = {
+    "view-audit": QueueRole.MANAGER,
+    "verify-audit": QueueRole.ADMIN,
+}
+
+
+def needs(action: str) -> QueueRole:
+    """The least role ``action`` needs (an unknown action: admin)."""
+    return ACTIONS.get(action) or AUDIT_ACTIONS.get(action) or QueueRole.ADMIN
+
+
 def may(role: QueueRole, action: str) -> bool:
     """Whether ``role`` may run ``action`` (an unknown action: only an admin)."""
-    need = ACTIONS.get(action, QueueRole.ADMIN)
-    return _RANK[role] >= _RANK[need]
+    return _RANK[role] >= _RANK[needs(action)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,20 @@ import the CLI). It refuses to start without a token unless ``--insecure-local``
 given, and with ``--insecure-local`` it listens on a loopback address only. Tokens can
 come from a file (``--tokens-file``, one ``TOKEN:PRINCIPAL:ROLE`` per line) so they do
 not show in the process list.
+
+``--access`` protects the queues with the deployment's grants (an
+``AccessControlManager`` on the first queue's connection and prefix; a queue the app
+module protected already keeps its manager), so every signed-in principal needs both
+its dashboard role and a grant, and shows the Audit page; ``--audit`` shows the Audit
+page and records the dashboard's actions without enforcing grants. Both need the audit
+key, read from ``--audit-key-file`` or ``$KITIUM_QUEUE_AUDIT_KEY``, never from the
+command line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +28,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigurationError
+from ..features.audit.cli import AUDIT_KEY_ENV, audit_key
 from .app import create_dashboard
 from .auth import parse_tokens
 
@@ -46,6 +56,32 @@ def _file_tokens(path: str | None) -> list[str]:
             f"cannot read {path}: {exc.strerror}", param_hint="--tokens-file"
         ) from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def _access(queues: list[Any], access: bool, audit: bool, key_file: Path | None) -> Any:
+    """What ``create_dashboard(access=...)`` gets for ``--access`` / ``--audit``."""
+    if not (access or audit):
+        if key_file is not None:
+            raise ConfigurationError("--audit-key-file goes with --access or --audit")
+        return None
+    key = audit_key(key_file, required=True)
+    prefixes = {q.keys.prefix for q in queues}
+    if len(prefixes) > 1:
+        raise ConfigurationError(
+            f"--access / --audit need the queues of one deployment (one key prefix), got "
+            f"prefixes {sorted(prefixes)}"
+        )
+    if not access:
+        from ..features.audit import AuditLog
+
+        return AuditLog(queues[0], key=key)
+    from ..features.access import AccessControlManager
+
+    manager = AccessControlManager(queues[0], audit_key=key)
+    for q in queues:
+        if AccessControlManager.protection_of(q) is None:
+            manager.protect(q)
+    return manager
 
 
 def make_command(
@@ -85,6 +121,26 @@ def make_command(
     )
     @click.option("--hide-payloads", is_flag=True, help="Never show job data or results.")
     @click.option(
+        "--access",
+        "with_access",
+        is_flag=True,
+        help="Protect the queues with the deployment's grants (role and grant both apply) "
+        "and show the Audit page.",
+    )
+    @click.option(
+        "--audit",
+        "with_audit",
+        is_flag=True,
+        help="Show the Audit page and record the dashboard's actions (no grants enforced).",
+    )
+    @click.option(
+        "--audit-key-file",
+        "key_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=f"File holding the audit key (default: ${AUDIT_KEY_ENV}).",
+    )
+    @click.option(
         "--once", is_flag=True, help="Check the configuration and Redis, print the URL, exit."
     )
     @redis_option
@@ -97,6 +153,9 @@ def make_command(
         insecure_local: bool,
         refresh_ms: int,
         hide_payloads: bool,
+        with_access: bool,
+        with_audit: bool,
+        key_file: Path | None,
         once: bool,
         redis: str | None,
     ) -> None:
@@ -115,31 +174,37 @@ def make_command(
             )
         parsed = parse_tokens(given)
         queues = [load_queue(a, redis) for a in app]
+        access = _access(queues, with_access, with_audit, key_file)
         asgi = create_dashboard(
             queues=queues,
             tokens=parsed,
             insecure_local=insecure_local,
             refresh_ms=refresh_ms,
             show_payloads=not hide_payloads,
+            access=access,
         )
 
         async def act(first: Any) -> None:
-            for q in queues:
-                await q.get_stats()  # fails fast, with the CLI's error, when Redis is not there
-            url = f"http://{host}:{port}/"
-            if once:
-                click.echo(row("ready", url, len(queues)))
-                return
-            import uvicorn
-
-            config = uvicorn.Config(asgi, host=host, port=port, log_level="warning")
-            server = uvicorn.Server(config)
-            click.echo(row("serving", url))
             try:
-                await server.serve()
-            except asyncio.CancelledError:
-                pass
+                for q in queues:
+                    # Fails fast, with the CLI's error, when Redis is not there (a
+                    # connection, not a read: a protected queue would refuse a read
+                    # made for no principal).
+                    await q.client()
+                url = f"http://{host}:{port}/"
+                if once:
+                    click.echo(row("ready", url, len(queues)))
+                    return
+                import uvicorn
+
+                config = uvicorn.Config(asgi, host=host, port=port, log_level="warning")
+                server = uvicorn.Server(config)
+                click.echo(row("serving", url))
+                with contextlib.suppress(asyncio.CancelledError):
+                    await server.serve()
             finally:
+                if access is not None:
+                    await access.close()  # writes the audit entries still queued
                 for q in queues[1:]:
                     await q.close()
 

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..enums import JobStatus
+from ..errors import PermissionDeniedError
 from ..job import JobInfo
 from ..limits import clip, reply_text
 from ..presence import WorkerPresence, live_workers
@@ -30,6 +31,8 @@ __all__ = [
     "Rate",
     "Search",
     "enabled",
+    "may_view",
+    "overview_row",
     "queue_row",
     "render_value",
     "search",
@@ -127,14 +130,44 @@ async def throughput(queue: Any) -> Rate | None:
 
 async def queue_row(queue: Any) -> QueueRow:
     """Counts, throughput and live workers of one queue; an unreachable queue is shown
-    with its error instead of failing the page."""
+    with its error instead of failing the page. A read a guard refuses raises
+    (``PermissionDeniedError``): the page says so."""
     try:
         stats = await queue.get_stats()
         rate = await throughput(queue)
         workers = await live_workers(queue)
+    except PermissionDeniedError:
+        raise
     except Exception as exc:
         return QueueRow(queue.name, None, None, error=clip(queue.connection.redact(exc), 300))
     return QueueRow(queue.name, stats, rate, workers)
+
+
+async def may_view(queue: Any, principal: str) -> bool:
+    """Whether ``principal`` may read ``queue``'s counts: always, unless access control
+    protects the queue in this process and no grant of the principal allows it. A
+    question (``check_access``), not an attempt: nothing is audited, so a page that
+    polls does not fill the audit log with refusals."""
+    from ..features.access import AccessControlManager
+    from ..features.access.model import read_permission
+
+    prot = AccessControlManager.protection_of(queue)
+    if prot is None:
+        return True
+    return await prot.manager.check_access(principal, queue.name, read_permission("get_stats"))
+
+
+async def overview_row(queue: Any, principal: str) -> QueueRow:
+    """``queue_row`` for the overview: a queue ``principal`` may not read is listed
+    with the reason, and asked about first (``may_view``) so it is not refused on
+    every refresh."""
+    denied = f"{principal} may not view queue {queue.name}: none of its grants gives can_view_job"
+    try:
+        if not await may_view(queue, principal):
+            return QueueRow(queue.name, None, None, error=denied)
+        return await queue_row(queue)
+    except PermissionDeniedError as exc:
+        return QueueRow(queue.name, None, None, error=clip(str(exc), 300))
 
 
 def render_value(value: Any, *, limit: int = MAX_SHOWN) -> str:

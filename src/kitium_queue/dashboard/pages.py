@@ -20,7 +20,7 @@ from ..limits import clip
 from ..presence import live_workers
 from ..queries import JobPage
 from .auth import ACTIONS, Session
-from .data import MAX_PAGE, Filter, enabled, queue_row, render_value, search
+from .data import MAX_PAGE, Filter, enabled, overview_row, queue_row, render_value, search
 from .graph import layout
 
 if TYPE_CHECKING:
@@ -86,11 +86,11 @@ class Pages:
 
     # ------------------------------------------------------------------ overview
     async def overview(self, request: Request, session: Session) -> Response:
-        rows = [await queue_row(q) for q in self.dash.queues.values()]
+        rows = [await overview_row(q, session.principal) for q in self.dash.queues.values()]
         return self.dash.render(request, "overview.html", session, rows=rows, live=True)
 
     async def api_stats(self, request: Request, session: Session) -> Response:
-        rows = [await queue_row(q) for q in self.dash.queues.values()]
+        rows = [await overview_row(q, session.principal) for q in self.dash.queues.values()]
         return JSONResponse({"queues": [r.to_dict() for r in rows]})
 
     async def api_explain(self, request: Request, session: Session) -> Response:

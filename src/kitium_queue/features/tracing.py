@@ -150,18 +150,20 @@ _VARIANT = {f"{n:x}": f"{8 | (n & 3):x}" for n in range(16)}
 def _new_job_id() -> str:
     """A random version 4 UUID as ``str(uuid.uuid4())`` writes it, cheaper: the random
     bytes of 256 ids are read from ``os.urandom`` at once."""
-    if not _IDS:
-        raw = os.urandom(16 * 256).hex()
-        variant = _VARIANT
-        _IDS.extend(
-            f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}"
-            for h in (raw[i : i + 32] for i in range(0, len(raw), 32))
-        )
-    return _IDS.pop()
+    while True:
+        try:
+            return _IDS.pop()
+        except IndexError:  # empty (another thread may have taken the last one)
+            raw = os.urandom(16 * 256).hex()
+            variant = _VARIANT
+            _IDS.extend(
+                f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}"
+                for h in (raw[i : i + 32] for i in range(0, len(raw), 32))
+            )
 
 
-# A child of fork() must not give out the ids its parent may give out too.
-os.register_at_fork(after_in_child=_IDS.clear)
+if hasattr(os, "register_at_fork"):  # POSIX: a child of fork() must not give out the
+    os.register_at_fork(after_in_child=_IDS.clear)  # ids its parent may give out too
 
 
 def _traceparent(sc: SpanContext) -> str:

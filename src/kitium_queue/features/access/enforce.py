@@ -10,7 +10,10 @@ Three choke points of the core, each with the same question — may the principa
 * **enqueue middleware**, first in the chain: ``add_job`` / ``add_jobs`` and schedule
   templates need ``can_add_job``;
 * a **read guard** (``queue.queries.add_guard``): every read of jobs, logs, counts,
-  events and schedules needs ``can_view_job``.
+  events, schedules and explanations, and every feature's read (group stats, breaker
+  state, webhook deliveries, workflow status, stored results, encryption status, ...), with
+  the permission its name maps to (``model.READ_PERMISSIONS``: ``can_view_job``;
+  unknown reads need ``can_manage_queue``).
 
 A call with no principal at all is refused (fail closed). A refusal raises
 ``AccessDeniedError`` after the audit log has the ``access.denied`` entry; nothing of
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ...guards import ReadCall
 from ...hooks import AdminCall
 from ...identity import current_principal
-from .model import READ_PERMISSION, Permission, command_permission
+from .model import Permission, command_permission, read_permission
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -68,8 +71,13 @@ class Protection:
             call.principal, self.name, command_permission(call.command), call.command
         )
 
-    async def read_guard(self, call: ReadCall) -> None:
-        await self.manager.enforce(call.principal, self.name, READ_PERMISSION, call.query)
+    def read_guard(self, call: ReadCall) -> Awaitable[None] | None:
+        # Synchronous while the principal's grants are cached and allow it: reads are
+        # frequent (a dashboard polls), so an allowed one costs a dictionary lookup.
+        perm = read_permission(call.query)
+        if self.manager.allowed_now(call.principal, self.name, perm):
+            return None
+        return self.manager.enforce(call.principal, self.name, perm, call.query)
 
     def enqueue(
         self, job_name: str, data: Any, options: Mapping[str, Any]

@@ -4,15 +4,19 @@ permission each administrative command and read needs.
 Permissions (``Permission``; a grant's ``permissions`` flags carry the same names):
 
 =====================  ==================================================================
-``can_view_job``       every read: jobs, logs, counts, events, schedules
+``can_view_job``       every read: jobs, logs, counts, events, schedules, explanations,
+                       and the features' reads (group stats, breaker state, webhook
+                       deliveries, workflow status, stored results, encryption status,
+                       a data subject's jobs, alerts, the memory footprint)
 ``can_add_job``        ``add_job`` / ``add_jobs`` (and a schedule's job template)
 ``can_modify_job``     act on single jobs: retry, bulk retry, remove, cancel, promote
 ``can_control_queue``  steer the queue: pause / resume, replay the DLQ, recover stalled
                        jobs, schedules, group pause / resume / settings, breaker reset /
                        open, webhook DLQ replay, cancel a workflow
 ``can_manage_queue``   everything administrative: also ``clear``, ``drain`` and feature
-                       configuration (breakers, webhook endpoints), and any command not
-                       listed in ``COMMAND_PERMISSIONS``
+                       configuration (breakers, webhook endpoints, encryption key
+                       rotation), erasing a data subject's jobs (compliance), and any
+                       command not listed in ``COMMAND_PERMISSIONS``
 =====================  ==================================================================
 
 ``can_manage_queue`` implies ``can_control_queue``, which implies ``can_modify_job``.
@@ -22,6 +26,10 @@ it also holds ``can_view_job``.
 Roles (``QueueRole``) are bundles: ``viewer`` reads; ``operator`` reads and retries or
 removes jobs; ``manager`` adds too, and pauses, replays and changes schedules; ``admin``
 may do everything (``ROLE_PERMISSIONS``).
+
+Each read passed to a queue's read guards (``ReadCall.query``) is mapped the same way
+(``READ_PERMISSIONS``); a read not listed needs ``can_manage_queue`` until it is mapped
+(``register_read``), so a read added later is never open by mistake.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from .glob import QueuePattern
 __all__ = [
     "COMMAND_PERMISSIONS",
     "READ_PERMISSION",
+    "READ_PERMISSIONS",
     "ROLE_PERMISSIONS",
     "AccessEntry",
     "Permission",
@@ -48,7 +57,9 @@ __all__ = [
     "implied",
     "parse_permission",
     "parse_role",
+    "read_permission",
     "register_command",
+    "register_read",
 ]
 
 
@@ -100,6 +111,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
             "remove_job",
             "cancel_job",
             "promote_delayed",
+            "promote_job",
             "retry_delivery",
         ),
         Permission.MODIFY_JOB,
@@ -134,13 +146,70 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
             "register_webhook",
             "update_webhook",
             "remove_webhook",
+            "rotate_key",
+            "run_rotation",
+            "erase_subject",
         ),
         Permission.MANAGE_QUEUE,
     ),
 }
 
-#: The permission every guarded read needs.
+#: The permission every read of job data, counts and feature state needs.
 READ_PERMISSION = Permission.VIEW_JOB
+
+#: The permission each guarded read needs (``ReadCall.query``: the core's reads and
+#: the features' reads, which pass ``queue.queries.check`` with these names). A read
+#: not listed needs ``can_manage_queue`` (``register_read`` maps one of your own).
+READ_PERMISSIONS: dict[str, Permission] = dict.fromkeys(
+    (
+        # the core (queries.py)
+        "get_job_status",
+        "get_job_detail",
+        "get_job_logs",
+        "get_jobs_by_status",
+        "list_jobs",
+        "get_stats",
+        "events",
+        "get_schedules",
+        "get_schedule",
+        "explain",
+        # FIFO message groups
+        "get_group_stats",
+        "list_groups",
+        "count_groups",
+        # circuit breakers
+        "get_breaker",
+        "get_breaker_state",
+        "get_breaker_stats",
+        "list_breakers",
+        "breaker_history",
+        # webhooks
+        "list_webhooks",
+        "get_webhook",
+        "get_delivery_history",
+        "list_webhook_dlq",
+        "webhook_stats",
+        # workflows
+        "get_workflow_status",
+        "list_workflows",
+        "parent_results",
+        # effectively-once
+        "get_result",
+        "get_execution_result",
+        # encryption
+        "rotation_status",
+        # compliance
+        "subject_jobs",
+        "subject_count",
+        # alerts
+        "alert_values",
+        "alert_states",
+        "alert_history",
+        # memory footprint
+        "measure_footprint",
+    ),
+    READ_PERMISSION,
+)
 
 
 def register_command(command: str, permission: Permission | str) -> None:
@@ -154,6 +223,20 @@ def register_command(command: str, permission: Permission | str) -> None:
 def command_permission(command: str) -> Permission:
     """The permission administrative command ``command`` needs."""
     return COMMAND_PERMISSIONS.get(command, Permission.MANAGE_QUEUE)
+
+
+def register_read(query: str, permission: Permission | str = READ_PERMISSION) -> None:
+    """Map a guarded read (``ReadCall.query`` of a feature of your own, passed with
+    ``queue.queries.check(query, args)``) to the permission it needs (default
+    ``can_view_job``); unmapped reads need ``can_manage_queue``."""
+    if not isinstance(query, str) or not query:
+        raise ConfigurationError(f"query must be a non-empty str, got {query!r:.60}")
+    READ_PERMISSIONS[query] = parse_permission(permission)
+
+
+def read_permission(query: str) -> Permission:
+    """The permission guarded read ``query`` needs."""
+    return READ_PERMISSIONS.get(query, Permission.MANAGE_QUEUE)
 
 
 def parse_permission(value: object) -> Permission:

@@ -57,6 +57,8 @@ ENGINE_COMMANDS = (
     # sent from Python: queries, the worker's wake-up, events, the scheduler
     "hgetall", "hget", "hmget", "lrange", "llen", "zrange", "zrevrange", "zrangebyscore",
     "zrevrangebyscore", "zscore", "zcard", "bzpopmin", "xread", "subscribe", "time",
+    # the workers' heartbeat records (presence.py), one MULTI/EXEC each
+    "multi", "exec", "zremrangebyscore",
     # called inside the scripts
     "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "unlink", "exists", "type",
     "hset", "hdel", "hincrby", "hexists", "rpush", "ltrim", "zadd", "zrem", "xadd", "publish",
@@ -83,15 +85,21 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
     "encryption": ("hsetnx", "hkeys", "scan", "zscan", *_LEADER),
     "webhooks": ("hvals", "hlen", "persist", "expire", "zremrangebyrank", *_OUTBOX, *_LEADER),
     "replicas": ("wait",),
+    "tenancy": ("sadd", "srem", "scard", "srandmember", "sismember", "smembers"),
 }  # fmt: skip
 
 #: What access control and the audit log send (``access="enforce"``; ``"admin"`` adds
-#: the writes of grant changes and retention, ``ACCESS_ADMIN_COMMANDS``).
+#: the writes of grant changes, tenant changes and retention, ``ACCESS_ADMIN_COMMANDS``).
 ACCESS_COMMANDS = (
     "ping", "script|load", "evalsha", "eval", "hgetall", "smembers", "exists", "time",
     "xrevrange", "xrange", "xinfo", "xlen", "xadd",
 )  # fmt: skip
-ACCESS_ADMIN_COMMANDS = ("hset", "hdel", "hexists", "sadd", "srem", "xtrim")
+ACCESS_ADMIN_COMMANDS = (
+    "hset", "hdel", "hexists", "sadd", "srem", "xtrim",
+    # tenant changes (AccessControlManager.create_tenant...): the registry's entry read
+    # and compared, its version counter, the queues it is copied into
+    "hget", "incrby",
+)  # fmt: skip
 
 
 def _queue_key_pattern(prefix: str, spec: str) -> str:
@@ -189,7 +197,7 @@ def redis_acl_rules(
         prefix: the queues' key prefix.
         features: optional features the queues use (``FEATURE_COMMANDS`` keys:
             flow-control, groups, idempotency, workflows, breakers, encryption,
-            webhooks).
+            webhooks, replicas, tenancy).
         access: None; ``"enforce"`` (the process protects queues and appends to the
             audit log); ``"admin"`` (it also changes grants and trims the log).
         info: allow ``INFO`` (the eviction check at connect and ``health_check``

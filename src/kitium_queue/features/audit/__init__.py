@@ -14,7 +14,15 @@ docs/access-control.md describes the format, the guarantees and their limits.
 """
 
 from .chain import AuditKeys
-from .log import AuditEntry, AuditLog
+from .log import AuditEntry, AuditLog, AuditPage
 from .verify import AuditHead, AuditProblem, AuditReport
 
-__all__ = ["AuditEntry", "AuditHead", "AuditKeys", "AuditLog", "AuditProblem", "AuditReport"]
+__all__ = [
+    "AuditEntry",
+    "AuditHead",
+    "AuditKeys",
+    "AuditLog",
+    "AuditPage",
+    "AuditProblem",
+    "AuditReport",
+]

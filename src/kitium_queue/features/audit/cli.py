@@ -16,12 +16,13 @@ import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 
 from ...errors import ConfigurationError
-from .log import AuditLog
+from .log import AuditLog, AuditPage
+from .read import parse_time
 from .verify import AuditHead, AuditReport
 
 __all__ = [
@@ -93,25 +94,6 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
-def _time(value: str | None, what: str) -> int | None:
-    """``--since``/``--until``: ms since the epoch, or an ISO-8601 time (UTC if no
-    offset is given)."""
-    if value is None:
-        return None
-    if value.isdigit():
-        return int(value)
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigurationError(
-            f"{what} must be ms since the epoch or an ISO-8601 time such as "
-            f"2025-01-31T12:00:00Z, got {value[:60]!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return int(when.timestamp() * 1000)
-
-
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
 
@@ -120,13 +102,10 @@ def parse_checkpoint(value: str | None) -> AuditHead | None:
     """``--checkpoint N:ID:MAC`` (the ``head`` a previous ``audit verify`` printed)."""
     if value is None:
         return None
-    parts = value.split(":")
-    if len(parts) != 3 or not parts[0].isdigit():
-        raise ConfigurationError(
-            f"--checkpoint must be N:ID:MAC as printed by 'audit verify' (head), got "
-            f"{value[:100]!r}"
-        )
-    return AuditHead(int(parts[0]), parts[1], parts[2])
+    try:
+        return AuditHead.parse(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"--checkpoint: {exc}") from None
 
 
 def _print_report(report: AuditReport, as_json: bool, row: Callable[..., str]) -> None:
@@ -137,7 +116,7 @@ def _print_report(report: AuditReport, as_json: bool, row: Callable[..., str]) -
     click.echo(row("chain", verdict, f"entries={report.entries}", f"start={report.start}"))
     if report.head is not None:
         h = report.head
-        click.echo(row("head", f"{h.n}:{h.id}:{h.mac}", "(keep it; --checkpoint later)"))
+        click.echo(row("head", str(h), "(keep it; --checkpoint later)"))
     for p in report.problems:
         click.echo(row(p.kind, p.entry_id or "(end)", f"n={p.n}", p.detail))
     if report.more_problems:
@@ -160,6 +139,7 @@ def make_command(row: Callable[..., str]) -> click.Group:
     @click.option("--until", default=None, help="Until (ms since the epoch or ISO-8601).")
     @click.option("-n", "--limit", default=50, show_default=True, help="Entries shown.")
     @click.option("--oldest-first", is_flag=True, help="Oldest entries first.")
+    @click.option("--cursor", default=None, help="Go on after this entry id (the last one shown).")
     @json_option
     @prefix_option
     @key_file_option
@@ -173,32 +153,36 @@ def make_command(row: Callable[..., str]) -> click.Group:
         until: str | None,
         limit: int,
         oldest_first: bool,
+        cursor: str | None,
         as_json: bool,
         prefix: str,
         key_file: Path | None,
         redis: str | None,
     ) -> None:
         """List audit entries, newest first: time, n, who, action, resource, outcome,
-        authentic (MAC checked: yes / NO / - without the key), metadata."""
+        authentic (MAC checked: yes / NO / - without the key), metadata. A last line
+        ``more --cursor ID`` says how to see the next page."""
         url = redis_url(redis)
         log = AuditLog(url, key=audit_key(key_file, required=False), prefix=prefix)
 
-        async def act() -> list[Any]:
+        async def act() -> AuditPage:
             try:
-                return await log.query(
+                return await log.query_page(
                     principal=principal,
                     action=action,
                     resource=resource,
                     outcome=outcome,
-                    since=_time(since, "--since"),
-                    until=_time(until, "--until"),
+                    since=parse_time(since, "--since"),
+                    until=parse_time(until, "--until"),
                     limit=limit,
                     newest_first=not oldest_first,
+                    cursor=cursor,
                 )
             finally:
                 await log.close()
 
-        entries = run(act)
+        page = run(act)
+        entries = page.entries
         if as_json:
             click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
             return
@@ -218,6 +202,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
                     json.dumps(e.metadata, sort_keys=True),
                 )
             )
+        if page.next_cursor is not None:
+            click.echo(row("more", f"--cursor {page.next_cursor}"))
 
     @audit.command("verify")
     @click.option(

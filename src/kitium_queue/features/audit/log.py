@@ -39,11 +39,11 @@ from ...limits import get_logger
 from ...options import to_int, to_ms
 from .chain import AuditKeys, Draft, entry_mac, parse_id
 from .conn import Deployment, LuaScript
-from .read import AuditEntry, AuditReader, decode
+from .read import AuditEntry, AuditPage, AuditReader, decode
 from .retention import TrimPointGone, first_kept, trim_to
 from .verify import AuditHead, AuditReport
 
-__all__ = ["AuditEntry", "AuditLog", "Effect"]
+__all__ = ["AuditEntry", "AuditLog", "AuditPage", "Effect"]
 
 log = get_logger(__name__)
 
@@ -58,14 +58,17 @@ MAX_TRIES = 200
 
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """A grant change written atomically with its audit entry (``append.lua``)."""
+    """A change written atomically with its audit entry (``append.lua``): a grant
+    (``"grant"`` / ``"revoke"``), or a compare-and-set of one hash field (``"cas"``:
+    ``field`` is set to ``value`` only while it holds ``member``; ``"cas-new"``: only
+    while it does not exist)."""
 
-    kind: str  # "grant" | "revoke"
+    kind: str  # "grant" | "revoke" | "cas" | "cas-new"
     hash_key: str
     set_key: str
     field: str
-    value: str
-    member: str
+    value: str | bytes
+    member: str | bytes
 
 
 @dataclass(slots=True)
@@ -241,7 +244,8 @@ class AuditLog:
         meta_of: Callable[[str, int, str], str] | None = None,
     ) -> list[str]:
         """Append ``drafts`` now, in one script call (retried on contention); returns
-        their ids, or [] when ``effect`` is a revoke of a missing grant.
+        their ids, or [] (nothing written) when ``effect`` is a revoke of a missing
+        grant or a compare-and-set whose field no longer holds the value expected.
 
         ``trim``: remove the entries below this id in the same call (or a function of
         the new ids giving it). ``meta_of(id, n, prev)``: the ``meta`` of the first
@@ -281,7 +285,7 @@ class AuditLog:
                         await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 20)))
                     continue
                 self._learn_time(int(reply[1]))
-                if kind == "absent":
+                if kind in ("absent", "changed"):
                     return []
                 if kind == "gone":
                     raise TrimPointGone()
@@ -344,9 +348,21 @@ class AuditLog:
 
     async def query(self, **filters: Any) -> list[AuditEntry]:
         """Entries matching every filter given, newest first by default
-        (``AuditReader.query``: ``principal``, ``action``, ``resource``, ``outcome``,
-        ``since``, ``until``, ``limit``, ``newest_first``, ``max_scan``)."""
+        (``AuditReader.query_page``: ``principal``, ``action``, ``resource``,
+        ``outcome``, ``since``, ``until``, ``limit``, ``newest_first``, ``max_scan``,
+        ``cursor``)."""
         return await self.reader.query(**filters)
+
+    async def query_page(self, **filters: Any) -> AuditPage:
+        """``query`` by pages: the entries and the ``next_cursor`` to pass as
+        ``cursor=`` for the next page (``AuditReader.query_page``)::
+
+            page = await log.query_page(action="access.*", limit=50)
+            while page.next_cursor:
+                page = await log.query_page(action="access.*", limit=50,
+                                            cursor=page.next_cursor)
+        """
+        return await self.reader.query_page(**filters)
 
     async def verify(self, *, checkpoint: AuditHead | None = None) -> AuditReport:
         """Check the whole chain (``AuditReader.verify``; what is reported:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -17,7 +17,7 @@ from .chain import FIELDS, AuditKeys, entry_mac, parse_id
 from .conn import Deployment
 from .verify import RETENTION_ACTION, AuditHead, AuditReport, ChainCheck
 
-__all__ = ["PAGE", "AuditEntry", "AuditReader", "decode"]
+__all__ = ["PAGE", "AuditEntry", "AuditPage", "AuditReader", "decode", "parse_time"]
 
 #: Entries read per round trip.
 PAGE = 1000
@@ -63,6 +63,22 @@ class AuditEntry:
         }
 
 
+@dataclass(slots=True)
+class AuditPage:
+    """One page of ``AuditLog.query_page``.
+
+    Attributes:
+        entries: the matching entries, in the order asked.
+        next_cursor: pass it as ``cursor=`` (with the same filters) for the next page;
+            None when the range was read to its end.
+        scanned: how many entries were read to find these.
+    """
+
+    entries: list[AuditEntry] = field(default_factory=list)
+    next_cursor: str | None = None
+    scanned: int = 0
+
+
 def decode(raw: Any) -> str:
     """Text read from Redis (bytes that are not UTF-8 shown escaped)."""
     return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
@@ -70,6 +86,43 @@ def decode(raw: Any) -> str:
 
 def _fields(raw: Any) -> dict[str, str]:
     return {decode(k): decode(v) for k, v in raw.items()}
+
+
+def parse_time(value: str | None, what: str) -> int | None:
+    """A time bound given as text (a command-line option, a form field): ms since the
+    epoch, or an ISO-8601 time (``2025-01-31T12:00:00Z``; UTC when no offset is given).
+    None for None or blank; ``ConfigurationError`` naming ``what`` otherwise."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 15:
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text[:64])
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        ms = int(when.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
+        raise ConfigurationError(
+            f"{what} must be ms since the epoch or an ISO-8601 time such as "
+            f"2025-01-31T12:00:00Z, got {text[:60]!r}"
+        ) from None
+    if ms < 0:
+        raise ConfigurationError(f"{what} must not be before 1970, got {text[:60]!r}")
+    return ms
+
+
+def _cursor(value: object) -> tuple[int, int]:
+    """A ``cursor`` of ``query_page``: the stream id of the entry a page ended at."""
+    try:
+        if isinstance(value, str):
+            return parse_id(value)
+    except ValueError:
+        pass
+    raise ConfigurationError(
+        f"cursor must be the next_cursor of an audit page (an entry id such as "
+        f"1700000000000-0), got {str(value)[:60]!r}"
+    )
 
 
 def _when(value: Any, what: str) -> int | None:
@@ -176,7 +229,12 @@ class AuditReader:
             authentic=authentic,
         )
 
-    async def query(
+    async def query(self, **filters: Any) -> list[AuditEntry]:
+        """Entries matching every filter given, newest first by default: the entries
+        of ``query_page`` (same arguments)."""
+        return (await self.query_page(**filters)).entries
+
+    async def query_page(
         self,
         *,
         principal: str | None = None,
@@ -188,24 +246,40 @@ class AuditReader:
         limit: int = 100,
         newest_first: bool = True,
         max_scan: int = 100_000,
-    ) -> list[AuditEntry]:
-        """Entries matching every filter given, newest first by default.
+        cursor: str | None = None,
+    ) -> AuditPage:
+        """One page of the entries matching every filter given, newest first by
+        default, and the cursor of the next page.
 
         ``principal`` matches exactly; ``action`` and ``resource`` are exact names or
         shell-style globs (``queue.*``, ``acme-*``; ``fnmatch``, case-sensitive); ``since`` /
         ``until``: ms since the epoch or aware datetimes, inclusive. Stops after
-        ``limit`` matches (1..100,000) or ``max_scan`` entries read.
+        ``limit`` matches (1..100,000) or ``max_scan`` entries read; ``cursor``: the
+        ``next_cursor`` of the previous page (the page goes on after that entry, in
+        the order asked, within ``since`` / ``until``).
         """
         lim = to_int(limit, "limit", minimum=1, maximum=100_000)
         scan = to_int(max_scan, "max_scan", minimum=1, maximum=10**9)
         act = None if action is None else _matcher(action, "action")
         res = None if resource is None else _matcher(resource, "resource")
+        since_ms, until_ms = _when(since, "since"), _when(until, "until")
+        start_id = end_id = None
+        if cursor is not None:
+            at = _cursor(cursor)
+            after = f"({at[0]}-{at[1]}"
+            # Within the time range whatever the cursor says.
+            if newest_first and (until_ms is None or at[0] <= until_ms):
+                end_id = after
+            elif not newest_first and (since_ms is None or at[0] >= since_ms):
+                start_id = after
         out: list[AuditEntry] = []
         seen = 0
         async for entry_id, f in self.entries(
-            since_ms=_when(since, "since"),
-            until_ms=_when(until, "until"),
+            since_ms=since_ms,
+            until_ms=until_ms,
             newest_first=newest_first,
+            start_id=start_id,
+            end_id=end_id,
         ):
             seen += 1
             if (
@@ -215,11 +289,9 @@ class AuditReader:
                 and (res is None or res(f.get("res", "")))
             ):
                 out.append(self.entry(entry_id, f))
-                if len(out) >= lim:
-                    break
-            if seen >= scan:
-                break
-        return out
+            if len(out) >= lim or seen >= scan:
+                return AuditPage(out, entry_id, seen)
+        return AuditPage(out, None, seen)
 
     async def verify(self, *, checkpoint: AuditHead | None = None) -> AuditReport:
         """Check the whole chain; see ``verify.py`` for what is reported.

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import orjson
 
+from ...errors import ConfigurationError
 from .chain import FIELDS, AuditKeys, entry_mac
 
 __all__ = ["RETENTION_ACTION", "AuditHead", "AuditProblem", "AuditReport", "verify_chain"]
@@ -55,8 +56,23 @@ class AuditHead:
     id: str
     mac: str
 
+    def __str__(self) -> str:
+        return f"{self.n}:{self.id}:{self.mac}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "id": self.id, "mac": self.mac}
+
+    @classmethod
+    def parse(cls, text: str) -> AuditHead:
+        """A head written as ``N:ID:MAC`` (``str(head)``, as ``audit verify`` prints
+        it); ``ConfigurationError`` otherwise."""
+        parts = text.strip().split(":") if isinstance(text, str) else []
+        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()):
+            raise ConfigurationError(
+                f"a checkpoint is N:ID:MAC as 'audit verify' prints it (head), got "
+                f"{str(text)[:100]!r}"
+            )
+        return cls(int(parts[0]), parts[1], parts[2])
 
 
 @dataclass(frozen=True, slots=True)

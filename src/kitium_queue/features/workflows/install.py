@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigurationError
@@ -173,6 +174,8 @@ def install(q: JobQueue, retain_ms: int) -> None:
     scripts.add_slot("enqueue", FEATURE, frags["enqueue"])
     scripts.add_slot("admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
     scripts.add_slot("release", FEATURE, frags["release"])
+    erase = resources.files(__package__).joinpath("erase.lua").read_text("utf-8")
+    scripts.add_slot("erase", FEATURE, erase)
 
     async def forget_workflows() -> None:
         # clear() deleted the jobs: the feature's own keys go too.

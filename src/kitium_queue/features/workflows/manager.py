@@ -29,6 +29,7 @@ import orjson
 from ...errors import ConfigurationError, JobNotFoundError, JobRefusedError, JobStateError
 from ...limits import get_logger
 from ...options import check_text, to_int
+from ...queries import check_reads
 from .events import WorkflowEvents
 from .install import (
     check_ids,
@@ -322,23 +323,29 @@ class JobChainManager:
         """The results of ``job``'s parents, keyed by step name (a parent that is not a
         workflow step: by its job id). A parent that failed with ``on_failure=
         "continue"`` is there with ``status="failed"`` and its ``error``. Pass the
-        ``Job`` a processor receives, or a job id."""
+        ``Job`` a processor receives, or a job id. A read of the queue: it passes the
+        queue's read guards first (``data_transformer`` gets the same results as the
+        library's own read, unguarded)."""
         if isinstance(job, str):
             part, jid = self._split(job)
-            return await parent_results(self._parts[part], jid)
-        index = self._by_name.get(str(getattr(job, "queue_name", "")))
-        if index is None:
-            raise ConfigurationError(
-                f"job {getattr(job, 'id', job)!r} is not a job of this manager's queue"
-            )
-        return await parent_results(self._parts[index], str(job.id))
+        else:
+            index = self._by_name.get(str(getattr(job, "queue_name", "")))
+            if index is None:
+                raise ConfigurationError(
+                    f"job {getattr(job, 'id', job)!r} is not a job of this manager's queue"
+                )
+            part, jid = index, str(job.id)
+        await self._parts[part].queries.check("parent_results", {"job_id": jid})
+        return await parent_results(self._parts[part], jid)
 
     async def get_workflow_status(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow's state and every step's state, attempts, timings and error;
-        None when there is no such workflow (or its retention ended)."""
+        None when there is no such workflow (or its retention ended). A read of the
+        queue: it passes the queue's read guards first."""
         wid = check_text(workflow_id, "workflow_id", max_len=MAX_NAME)
         part = self._index(wid)
         q = self._parts[part]
+        await q.queries.check("get_workflow_status", {"workflow_id": wid})
         key = q.keys.extra
         client = await q.client()
         pipe = client.pipeline(transaction=False)
@@ -394,6 +401,7 @@ class JobChainManager:
         ``PartitionedQueue``, of every partition (each reads its first offset + limit)."""
         n = to_int(limit, "limit", minimum=0, maximum=10_000)
         skip = to_int(offset, "offset", minimum=0, maximum=2**31)
+        await check_reads(self._parts, "list_workflows", {"limit": n, "offset": skip})
         if n == 0:
             return []
         if len(self._parts) == 1:
