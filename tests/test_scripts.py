@@ -289,8 +289,8 @@ async def test_claim_leases_jobs(lua: Lua) -> None:
     status, wake_in, token, back, dead, *jobs = reply
     assert (status, wake_in, back, dead) == ("ok", 1000, [], [])
     assert jobs == [
-        ["1", "email", '{"to":"x"}', '{"attempts":4}', 1, str(T0), "0", ""],
-        ["2", "sms", "{}", "", 1, str(T0), "0", ""],
+        ["1", "email", '{"to":"x"}', '{"attempts":4}', 1, str(T0), "0", "", None],
+        ["2", "sms", "{}", "", 1, str(T0), "0", "", None],
     ]
     assert await lua.zset("active") == [("1", T0 + 1010), ("2", T0 + 1010)]
     job = await lua.job("1")

@@ -138,7 +138,7 @@ def test_an_unfilled_slot_adds_nothing_to_any_script() -> None:
     # every script byte for byte (same SHA: no cost left behind).
     shas = {n: reg.get(n).sha for n in SCRIPT_NAMES}
     reg.add_slot("release", "rec", RECORD_RELEASE)
-    assert "release_slot(id, jk, RELEASED_AS[kind], payload)" in reg.get("finish").source
+    assert "release_slot(id, jk, RELEASED_AS[kind], payload, ctx)" in reg.get("finish").source
     assert "release_slot" in reg.get("recover").source
     assert "release_slot" in reg.get("clear").source
     assert "admit(" not in _code(reg.get("claim").source)
@@ -157,8 +157,8 @@ def test_each_filled_slot_is_compiled_where_it_runs() -> None:
     assert "enqueue_slot(id, jk, opts, state, pri, q)" in reg.get("enqueue").source
     assert "enqueue_slot(" in reg.get("schedule_fire").source
     claim = reg.get("claim").source
-    assert "'pg', 'a', 'x', 'y')" in claim and "admit(id, jk, f[3], f)" in claim
-    assert "pcall(admission_0, id, jk, opts, f[8], f[9])" in claim
+    assert "'pg', 'a', 'fw', 'x', 'y')" in claim and "admit(id, jk, f[3], f)" in claim
+    assert "pcall(admission_0, id, jk, opts, f[9], f[10])" in claim
     assert "fire_timers()" in claim
     assert reg.slot_names("admission") == ["a"]
 

@@ -6,7 +6,15 @@ works alongside; a bad traceparent is refused. Sampling: a run sampled out upstr
 makes no span under a parent-based sampler yet has the job's context current, and is
 traced as the sampler says under any other; a no-op tracer adds jobs untraced. The
 stored traceparent is parsed as the W3C propagator parses it (fuzzed); job ids made
-for tracing are version 4 UUIDs, never shared with a forked child."""
+for tracing are version 4 UUIDs, never shared with a forked child.
+
+Job dependencies ("workflow parents as links"): a fan-in step's process span links to
+each parent's process span, and a step after it to the run of it that completed; a
+retried step links to its parents, its publish span and its previous attempt; a plain
+job added with ``depends_on`` links to its parent, also when added after the parent
+finished; a parent sampled out (or a whole workflow sampled out) leaves no link and
+breaks nothing; at most 32 parent links; the traceparents read back with the job are
+untrusted. The engine's side of run links: ``tests/test_run_links.py``."""
 
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
@@ -28,7 +36,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import ConfigurationError, JobStatus
 from kitium_queue.features import tracing
-from kitium_queue.features.tracing import OPTION, OpenTelemetryTracing
+from kitium_queue.features.tracing import MAX_PARENT_LINKS, OPTION, OpenTelemetryTracing
+from kitium_queue.features.workflows import JobChainManager, WorkflowStep
 
 
 @pytest.fixture
@@ -324,3 +333,191 @@ def test_job_ids_are_version_4_uuids_and_a_forked_child_makes_its_own() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert uuid.UUID(child_id).version == 4 and child_id not in left
+
+
+# ================================================================ workflow parents as links
+
+
+class Traced:
+    """A traced queue with workflows whose processor ``j`` records what each run
+    follows (a job whose data says ``flaky`` fails its first attempt)."""
+
+    def __init__(self, make_queue: QueueFactory, name: str, sampler: Any = None) -> None:
+        self.provider, self.exported = recording(sampler)
+        self.name = name
+        self.queue = make_queue(name, worker={"concurrency": 8})
+        OpenTelemetryTracing(self.queue, tracer_provider=self.provider)
+        self.chains = JobChainManager(self.queue)
+        self.follows: dict[str, Any] = {}
+        self.queue.process("j")(self._run)
+
+    async def _run(self, job: Any) -> None:
+        self.follows[job.id] = job.follows
+        if job.data and job.data.get("flaky") and job.attempts == 1:
+            raise RuntimeError("first attempt fails")
+
+    def runs(self) -> dict[tuple[str, int], ReadableSpan]:
+        """The process spans by (job id, attempt)."""
+        out = {}
+        for s in self.exported.get_finished_spans():
+            if s.name == f"{self.name} process" and s.attributes is not None:
+                attempt = s.attributes["kitium_queue.job.attempt"]
+                assert isinstance(attempt, int)
+                out[(str(s.attributes["messaging.message.id"]), attempt)] = s
+        return out
+
+    async def ran(self, n: int, *, workflow: str | None = None) -> dict[Any, ReadableSpan]:
+        """Start the worker, wait for ``workflow`` to complete (if given) and for ``n``
+        process spans; returns them."""
+        await self.queue.start()
+        if workflow is not None:
+
+            async def check() -> bool:
+                st = await self.chains.get_workflow_status(workflow)
+                return st is not None and st.state == "completed" and st.unfinished == 0
+
+            await wait_until(check, 15)
+        await wait_until(lambda: len(self.runs()) == n, 10)
+        return self.runs()
+
+
+def linked(span: ReadableSpan, kind: str) -> list[int]:
+    """The span ids ``span`` links to with ``kitium_queue.link = kind``."""
+    return [
+        link.context.span_id
+        for link in span.links
+        if link.attributes is not None and link.attributes.get("kitium_queue.link") == kind
+    ]
+
+
+async def test_fan_in_links_to_each_parent_and_a_retry_keeps_its_links(
+    make_queue: QueueFactory,
+) -> None:
+    t = Traced(make_queue, "tw")
+    with t.provider.get_tracer("test").start_as_current_span("request") as outer:
+        await t.chains.execute_workflow(
+            "w",
+            [
+                WorkflowStep("a", "j"),
+                WorkflowStep("b", "j"),
+                WorkflowStep("c", "j"),
+                WorkflowStep(
+                    "d",
+                    "j",
+                    {"flaky": True},
+                    depends_on=["a", "b", "c"],
+                    retry_attempts=1,
+                    options={"backoff": {"type": "fixed", "delay": 10}},
+                ),
+                WorkflowStep("e", "j", depends_on=["d"]),
+            ],
+        )
+    got = await t.ran(6, workflow="w")
+    roots = {got[(f"w:{x}", 1)].context.span_id for x in "abc"}
+    d1, d2, e = got[("w:d", 1)], got[("w:d", 2)], got[("w:e", 1)]
+    # One trace, from the caller's span through every step.
+    assert {s.context.trace_id for s in got.values()} == {outer.get_span_context().trace_id}
+    # The roots follow nothing.
+    assert all(not got[(f"w:{x}", 1)].links for x in "abc")
+    # The fan-in step links to each parent's run, on every attempt.
+    assert sorted(linked(d1, "parent")) == sorted(roots) and len(d1.links) == 3
+    assert sorted(linked(d2, "parent")) == sorted(roots)
+    # Its retry keeps the retry links too: its publish context and the first attempt.
+    [publish] = [
+        s
+        for s in t.exported.get_finished_spans()
+        if s.name == "tw publish" and s.attributes and s.attributes["messaging.message.id"] == "w:d"
+    ]
+    assert linked(d2, "enqueue") == [publish.context.span_id]
+    assert linked(d2, "previous-attempt") == [d1.context.span_id]
+    # The step after it links to the run of it that completed, not the failed one.
+    assert linked(e, "parent") == [d2.context.span_id] and len(e.links) == 1
+
+
+async def test_depends_on_links_also_when_added_after_the_parent_finished(
+    make_queue: QueueFactory,
+) -> None:
+    t = Traced(make_queue, "td")
+    q = t.queue
+    parent = await q.add_job("j", {})
+    child = await q.add_job("j", {}, depends_on=[parent])
+    lone = await q.add_job("j", {})
+    await t.ran(3)
+    # Its dependent was recorded before it ran: its run's context was kept.
+    late = await q.add_job("j", {}, depends_on=[parent])
+    await wait_for_status(q, late, JobStatus.COMPLETED)
+    got = await t.ran(4)
+    parent_span = got[(parent, 1)].context.span_id
+    assert linked(got[(child, 1)], "parent") == [parent_span]
+    assert linked(got[(late, 1)], "parent") == [parent_span]
+    assert not got[(parent, 1)].links and not got[(lone, 1)].links
+    assert t.follows[lone] is None  # in no relation: nothing asked of its run
+
+
+async def test_sampled_out_parents_leave_no_link_and_break_nothing(
+    make_queue: QueueFactory,
+) -> None:
+    t = Traced(make_queue, "tso")  # ParentBased(ALWAYS_ON): follows the stored flag
+    q = t.queue
+    unsampled = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-00"
+    p1 = await q.add_job("j", {}, traceparent=unsampled)
+    p2 = await q.add_job("j", {})
+    child = await q.add_job("j", {}, depends_on=[p1, p2])
+    # A dependent sampled out itself makes no span, whatever it follows.
+    quiet = await q.add_job("j", {}, depends_on=[p2], traceparent=unsampled)
+    got = await t.ran(2)
+    for jid in (child, quiet):
+        await wait_for_status(q, jid, JobStatus.COMPLETED)
+    assert set(t.runs()) == {(p2, 1), (child, 1)}  # p1 and quiet were sampled out
+    assert linked(got[(child, 1)], "parent") == [got[(p2, 1)].context.span_id]
+    assert t.follows[p1] == () and len(t.follows[child]) == 1
+
+
+async def test_a_workflow_sampled_out_runs_untraced(make_queue: QueueFactory) -> None:
+    t = Traced(make_queue, "tsz", ParentBased(TraceIdRatioBased(0.0)))
+    await t.chains.execute_workflow(
+        "z",
+        [
+            WorkflowStep("a", "j"),
+            WorkflowStep("b", "j"),
+            WorkflowStep("c", "j", depends_on=["a", "b"]),
+        ],
+    )
+    assert await t.ran(0, workflow="z") == {}
+    # No run left a context: the parents are followed (so asked for one), the leaf
+    # follows nothing recorded and nothing follows it.
+    assert t.follows == {"z:a": (), "z:b": (), "z:c": None}
+
+
+async def test_at_most_32_parent_links(make_queue: QueueFactory) -> None:
+    t = Traced(make_queue, "tcap")
+    parents = [f"p{i}" for i in range(MAX_PARENT_LINKS + 8)]
+    await t.chains.execute_workflow(
+        "cap",
+        [*(WorkflowStep(p, "j") for p in parents), WorkflowStep("fan", "j", depends_on=parents)],
+    )
+    got = await t.ran(len(parents) + 1, workflow="cap")
+    ids = linked(got[("cap:fan", 1)], "parent")
+    assert len(ids) == MAX_PARENT_LINKS == 32 == len(set(ids))
+    assert set(ids) <= {got[(f"cap:{p}", 1)].context.span_id for p in parents}
+
+
+async def test_traceparents_read_back_are_untrusted(make_queue: QueueFactory) -> None:
+    t = Traced(make_queue, "tun")
+    jid = await t.queue.add_job("j", {})
+    good = [f"00-{i + 1:032x}-{i + 1:016x}-01" for i in range(40)]
+    bad = [
+        "00-" + "0" * 32 + "-" + "1" * 16 + "-01",  # zero trace id
+        "00-" + "1" * 32 + "-" + "0" * 16 + "-01",  # zero span id
+        "ff-" + "1" * 32 + "-" + "1" * 16 + "-01",  # version ff
+        "00-" + "G" * 32 + "-" + "1" * 16 + "-01",
+        "<script>",
+        "x" * 300,
+    ]
+    client = await t.queue.client()
+    await client.hset(t.queue.keys.job(jid), "fw", "\n".join([*bad, *good]))
+    [span] = (await t.ran(1)).values()
+    # The first 32 lines reach the job ("x" * 300 is dropped there); the bad ones
+    # make no link.
+    expected = [int(g[36:52], 16) for g in good[: 32 - len(bad)]]
+    assert linked(span, "parent") == expected

@@ -27,9 +27,11 @@ def test_claim_layout_matches_the_script() -> None:
     header = _header("claim")
     assert "{ status, wake_in, token, {recovered ids}, {dead-lettered ids}, job1" in header
     assert len(CLAIM_HEAD) == 5
-    job_line = "{ id, name, data, opts, attempts (incl. this one), created ts, stalls, progress }"
+    job_line = (
+        "{ id, name, data, opts, attempts (incl. this one), created ts, stalls, progress, follows }"
+    )
     assert job_line in header
-    assert len(CLAIM_JOB) == 8
+    assert len(CLAIM_JOB) == 9
 
 
 def test_lua_max_delay_is_the_python_one() -> None:

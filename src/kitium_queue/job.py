@@ -49,6 +49,18 @@ class Job(Generic[DataT]):
         idempotency_key: stable key for side effects outside Redis: the job's
             ``idempotency_key`` option if given, else ``"<queue>:<id>"``.
         queue_name: the queue it belongs to.
+        follows: run links: the run contexts of the runs this run follows (a
+            workflow step's parents' runs, recorded when each finished), at most
+            ``limits.MAX_FOLLOWS``, as features' Lua stored them (untrusted text);
+            ``None`` when nothing of the kind was recorded for it (it follows no
+            recorded run, and no job follows it), ``()`` when another job follows
+            this one but it follows no recorded run itself.
+        run_context: this run's context, for the runs that follow it: process
+            middleware sets it (tracing: the process span's traceparent) when
+            ``follows`` is not ``None``; the worker sends it with a completed or
+            failed-for-good outcome, and the ``release`` slot hands it to the
+            features' Lua. Printable ASCII of at most
+            ``limits.MAX_RUN_CONTEXT_CHARS`` characters, else it is not sent.
     """
 
     __slots__ = (
@@ -57,6 +69,7 @@ class Job(Generic[DataT]):
         "attempts",
         "created_at",
         "data",
+        "follows",
         "id",
         "idempotency_key",
         "max_attempts",
@@ -64,6 +77,7 @@ class Job(Generic[DataT]):
         "options",
         "progress",
         "queue_name",
+        "run_context",
         "stalls",
     )
 
@@ -82,6 +96,7 @@ class Job(Generic[DataT]):
         progress: Any = None,
         token: str = "",
         updater: JobUpdater | None = None,
+        follows: tuple[str, ...] | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -96,6 +111,8 @@ class Job(Generic[DataT]):
         self.idempotency_key: str = options.get("idempotency_key") or f"{queue_name}:{id}"
         self._token = token
         self._updater = updater
+        self.follows = follows
+        self.run_context: str | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.queue_name}/{self.id} {self.name!r} attempt {self.attempts}>"

@@ -26,12 +26,14 @@ __all__ = [
     "ENQUEUE_CHUNK_JOBS",
     "MAX_DELAY_MS",
     "MAX_ERROR_CHARS",
+    "MAX_FOLLOWS",
     "MAX_ID_LENGTH",
     "MAX_JOB_NAME_LENGTH",
     "MAX_LOG_LINE_CHARS",
     "MAX_LOG_MESSAGE_CHARS",
     "MAX_OPTIONS_BYTES",
     "MAX_PROGRESS_BYTES",
+    "MAX_RUN_CONTEXT_CHARS",
     "MAX_TRACEBACK_CHARS",
     "QUERY_PAGE",
     "bound_log_record",
@@ -72,6 +74,12 @@ MAX_DELAY_MS = 315_360_000_000
 #: page, the schedule index): larger reads go in slices, so no single command holds
 #: Redis for long at any queue size (a 100,000-member ZRANGE takes tens of ms).
 QUERY_PAGE = 1000
+#: Most run contexts one job follows (``Job.follows``, the job-hash field ``fw``): the
+#: worker hands a job at most this many, and features' Lua keeps at most this many.
+MAX_FOLLOWS = 32
+#: Longest run context a worker sends with an outcome (``Job.run_context``): printable
+#: ASCII; longer or other text is not sent.
+MAX_RUN_CONTEXT_CHARS = 256
 #: ``add_jobs`` sends at most this many jobs per enqueue script call ...
 ENQUEUE_CHUNK_JOBS = 1000
 #: ... and at most about this many payload bytes (a call always carries at least one job).

@@ -143,6 +143,15 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "features/tenancy (enqueue and admission fragments; removed by release)",
         ),
         JobField(
+            "fw",
+            "run links: the contexts of the runs this job's run follows, newline-separated, "
+            "at most 32; present (maybe empty) on every job another job follows, so the "
+            "worker sends the run's own context with its outcome; claim hands it out "
+            "(Job.follows)",
+            "features' Lua (the workflows' enqueue and release fragments and scripts: "
+            "features/workflows)",
+        ),
+        JobField(
             "a",
             "attempts made, the running one included; a deferred or handed-back "
             "run and a stalled one are not counted",
@@ -196,7 +205,8 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         JobField("r", "result, encoded by the queue's serializer and codecs", "finish.lua (C)"),
         JobField(
             "m",
-            "free-form completion metadata ('meta' of a C outcome, when given)",
+            "completion metadata ('meta' of a C outcome, when given): the run's context "
+            "(Job.run_context) of a job that takes part in run links",
             "finish.lua (C)",
         ),
     )

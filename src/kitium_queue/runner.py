@@ -46,9 +46,11 @@ from .jobspec import POLICY_OPTIONS
 from .leases import Run
 from .limits import (
     MAX_ERROR_CHARS,
+    MAX_FOLLOWS,
     MAX_LOG_LINE_CHARS,
     MAX_OPTIONS_BYTES,
     MAX_PROGRESS_BYTES,
+    MAX_RUN_CONTEXT_CHARS,
     clamp_delay_ms,
     clip,
     get_logger,
@@ -84,6 +86,7 @@ _OPTS = CLAIM_JOB.index("opts")
 _ATTEMPTS = CLAIM_JOB.index("attempts")
 _CREATED = CLAIM_JOB.index("created_at")
 _STALLS = CLAIM_JOB.index("stalls")
+_FOLLOWS = CLAIM_JOB.index("follows")
 
 
 class Runner:
@@ -163,6 +166,7 @@ class Runner:
             stalls=int(entry[_STALLS] or 0),
             token=token,
             updater=self,
+            follows=None if entry[_FOLLOWS] is None else _follows(entry[_FOLLOWS]),
         )
         run = Run(job, token, policy)
         if hand_back:
@@ -261,7 +265,18 @@ class Runner:
                 "and return a reference",
             )
             return
-        self._ack(run, Kind.COMPLETED, payload, b"", 0, run.policy.keep_completed, result, None)
+        job = run.job
+        self._ack(
+            run,
+            Kind.COMPLETED,
+            payload,
+            b"",
+            0,
+            run.policy.keep_completed,
+            result,
+            None,
+            b"" if job.run_context is None else _context(job.run_context),
+        )
 
     def _interrupted(self, run: Run) -> bool:
         """The run's task was cancelled: record why. False when the cancellation came from
@@ -331,6 +346,7 @@ class Runner:
             run.policy.keep_failed,
             reason,
             exc,
+            b"" if job.run_context is None else _context(job.run_context),
         )
 
     def deferred(self, run: Run, exc: RetryLater) -> None:
@@ -362,6 +378,7 @@ class Runner:
         if exc is not None and exc.__traceback__ is not None:
             tb = traceback_text(exc)
         err = exc if exc is not None else RuntimeError(reason)
+        ctx = run.job.run_context
         self._ack(
             run,
             Kind.FAILED,
@@ -371,6 +388,7 @@ class Runner:
             run.policy.keep_failed,
             clip(reason, MAX_ERROR_CHARS),
             err,
+            b"" if ctx is None else _context(ctx),
         )
 
     # ------------------------------------------------------------------ JobUpdater
@@ -498,6 +516,30 @@ class Timeouts:
                     run.reason = "timeout"
                     run.task.cancel()
         self._arm()
+
+
+def _follows(raw: bytes) -> tuple[str, ...]:
+    """``Job.follows`` from a claimed job's ``fw`` field (read back from Redis:
+    untrusted): at most ``MAX_FOLLOWS`` non-empty lines of at most
+    ``MAX_RUN_CONTEXT_CHARS`` characters each."""
+    if not raw:
+        return ()
+    lines = raw.decode("utf-8", "replace").split("\n", MAX_FOLLOWS)[:MAX_FOLLOWS]
+    return tuple(line for line in lines if line and len(line) <= MAX_RUN_CONTEXT_CHARS)
+
+
+def _context(ctx: object) -> bytes:
+    """A run context as sent with an outcome; ``b""`` (none) unless it is printable
+    ASCII of 1 to ``MAX_RUN_CONTEXT_CHARS`` characters (what ``Job.run_context``
+    promises the features' Lua)."""
+    if (
+        type(ctx) is str
+        and 0 < len(ctx) <= MAX_RUN_CONTEXT_CHARS
+        and ctx.isascii()
+        and ctx.isprintable()
+    ):
+        return ctx.encode()
+    return b""
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

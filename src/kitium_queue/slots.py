@@ -45,7 +45,7 @@ configuration, but must not call Redis itself):
     claim scans wait by position while it runs the checks, so ``fn`` runs once the
     call's jobs are handed out (``lua/admission.lua``).
 
-``release`` — ``function(id, jk, outcome, payload)``
+``release`` — ``function(id, jk, outcome, payload, context)``
     Runs once for every job that leaves ``active``, in the same script: ``finish.lua``
     (``completed``, ``retrying``, ``failed``, ``deferred``, ``released``; ``removed``
     when the record was missing), recovery of an expired lease (``stalled``, or
@@ -62,6 +62,11 @@ configuration, but must not call Redis itself):
     decide on ``outcome``, not on ``st``. ``payload``, from ``finish.lua`` only: the
     encoded result of a ``completed`` job (before retention may delete its record), the
     failure reason of a ``retrying`` or ``failed`` one; ``nil`` elsewhere.
+    ``context``, from ``finish.lua`` only: the run context the worker sent with a
+    ``completed`` or ``failed`` outcome (``Job.run_context``, set by process middleware
+    for a job that takes part in run links: its job-hash field ``fw`` is present); a
+    feature that makes other jobs follow this one keeps it for them and writes it into
+    their ``fw`` (workflows). Untrusted text: check it. ``nil`` elsewhere.
 
 ``duplicate`` — ``function(existing_id, name, data, opts, delay, ik) -> 'add' | nil``
     Runs in ``enqueue.lua`` when a new job's idempotency key ``ik`` already points to a
@@ -163,7 +168,7 @@ GENERATED: Final = {
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 #: The job-hash fields claim reads anyway: a check gets them as ``opts`` / via ``jk``.
-_CLAIM_FIELDS = ("n", "d", "o", "ts", "s", "pg", "a")
+_CLAIM_FIELDS = ("n", "d", "o", "ts", "s", "pg", "a", "fw")
 _DIRECTIVE = re.compile(r"^[ \t]*--@(if|else|end)\b[ \t]*(\w*)[ \t]*$")
 _SLOT_CALL = re.compile(r"^([ \t]*)--@slot (\w+)\((.*)\)[ \t]*$")
 _FIELDS_MARK = "--[[@admission_fields]]"
@@ -262,7 +267,9 @@ class SlotTable:
             return _compose_admission(frags, self.admission_fields())
         if slot == "erase":
             return _compose_notify("erase", "id, jk, ik", None, frags, args="id, jk, ik or ''")
-        return _compose_notify("release", "id, jk, outcome, payload", "release_hook", frags)
+        return _compose_notify(
+            "release", "id, jk, outcome, payload, context", "release_hook", frags
+        )
 
     def apply_directives(self, source: str, flags: frozenset[str]) -> str:
         """Resolve ``--@if NAME`` / ``--@else`` / ``--@end`` blocks (not nested), ``--@slot

@@ -42,7 +42,8 @@ FINISH_OUTCOME: Final = (
     "delay_ms",  # R, D
     "keep_count",  # retention of the finished set: -1 keep all, 0 remove at once
     "keep_age_ms",  # -1 = no age limit
-    "meta",  # C: stored as 'm'; D: the hold to set ('hold' | 'hold:<key>' | '')
+    "meta",  # C, F: the run's context (Job.run_context), or ''; C: stored as 'm' too;
+    # D: the hold to set ('hold' | 'hold:<key>' | '')
 )
 
 
@@ -84,4 +85,5 @@ CLAIM_JOB: Final = (
     "created_at",  # ms
     "stalls",
     "progress",
+    "follows",  # field 'fw': run contexts, newline-separated; None = no run links
 )

@@ -22,6 +22,14 @@ runs its jobs, like ``queue.process`` registrations):
   2 and later) carries links: to the publish context (``kitium_queue.link =
   enqueue``) and, when this process ran the previous attempt, to that attempt's span
   (``previous-attempt``).
+* **Parents** (run links, ``Job.follows``). A job whose run follows other runs (a
+  workflow step, a job added with ``depends_on``) links to its parents' process spans
+  (``kitium_queue.link = parent``), at most ``MAX_FOLLOWS`` (32): a sampled run of a
+  job that takes part in run links sets ``job.run_context`` to its process span's
+  traceparent, which the worker sends with the outcome and the workflows feature hands
+  to the dependents' records in the script that releases them; the dependents' runs
+  read them with the job at claim, with no extra round trip. A parent whose run was
+  sampled out (or not traced) leaves no context and gets no link.
 
 Attributes follow the messaging semantic conventions: ``messaging.system`` =
 ``kitium-queue``, ``messaging.destination.name`` (queue), ``messaging.operation`` /
@@ -66,7 +74,7 @@ from opentelemetry.trace import (
 from .._version import __version__
 from ..errors import ConfigurationError
 from ..hooks import Subscriber
-from ..limits import get_logger
+from ..limits import MAX_FOLLOWS, get_logger
 from ..middleware import enqueue_origin
 
 __all__ = ["FEATURE", "OPTION", "OpenTelemetryTracing"]
@@ -85,6 +93,8 @@ _NOT_SAMPLED = frozenset(text for text, flags in _FLAGS.items() if not flags & 1
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 #: Spans kept for matching (publish spans awaiting their write, previous attempts).
 _MAX_PENDING = 10_000
+#: Most links to parents' runs per process span (the core hands out no more either).
+MAX_PARENT_LINKS = MAX_FOLLOWS
 
 
 def _normalize(value: Any, section: str) -> str:
@@ -169,6 +179,17 @@ if hasattr(os, "register_at_fork"):  # POSIX: a child of fork() must not give ou
 def _traceparent(sc: SpanContext) -> str:
     """The W3C traceparent of ``sc`` (as the W3C propagator writes it)."""
     return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+
+
+def _parent_links(follows: Sequence[str], links: list[Link] | None) -> list[Link]:
+    """``links`` (or a new list) with a link to each parent's run in ``follows`` (the
+    traceparents its workflow recorded: read back from Redis, untrusted: anything but
+    a valid traceparent is skipped), at most ``MAX_PARENT_LINKS``."""
+    out = links if links is not None else []
+    for text in follows[:MAX_PARENT_LINKS]:
+        if isinstance(text, str) and _valid(text):
+            out.append(Link(_span_context(text), {"kitium_queue.link": "parent"}))
+    return out
 
 
 def _drops_unsampled(tracer: Any) -> bool | None:
@@ -314,11 +335,15 @@ class OpenTelemetryTracing(Subscriber):
                         otel_context.detach(token)
             remote = _span_context(raw)
             parent = trace.set_span_in_context(NonRecordingSpan(remote))
+        follows = job.follows
+        links = self._links(job, remote) if job.attempts > 1 else None
+        if follows:
+            links = _parent_links(follows, links)
         span = self.tracer.start_span(
             self._process_name,
             context=parent,
             kind=SpanKind.CONSUMER,
-            links=self._links(job, remote) if job.attempts > 1 else None,
+            links=links,
             attributes={
                 "messaging.system": SYSTEM,
                 "messaging.destination.name": self.name,
@@ -329,6 +354,12 @@ class OpenTelemetryTracing(Subscriber):
                 "kitium_queue.job.attempt": job.attempts,
             },
         )
+        if follows is not None:
+            # Its dependents' runs link to this one (sent with the outcome): only a
+            # sampled span is exported, so there is something to link to.
+            sc = span.get_span_context()
+            if sc.trace_flags.sampled:
+                job.run_context = _traceparent(sc)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             return await call_next()

@@ -22,7 +22,9 @@
             deadline, limiter window end), or -1 if nothing is scheduled. Relative, so
             the worker needs no clock agreement with Redis.
     token   the fencing token of this claim (same for every job of this call)
-    job     { id, name, data, opts, attempts (incl. this one), created ts, stalls, progress }
+    job     { id, name, data, opts, attempts (incl. this one), created ts, stalls, progress, follows }
+            follows: the job's 'fw' field (the run contexts of the runs it follows,
+            written by features' Lua: run links), nil when absent
   Events: job-started per claimed job; job-stalled / job-failed / job-dlq from recovery.
   Admission: when features filled the `admission` slot, every candidate passes
   admit(id, jk, opts, f) (admission.lua, composed at load time from their checks) before
@@ -120,8 +122,8 @@ if want > 0 then
       local jk = job_key(id)
       -- pcall: a job key overwritten with another type must not fail every claim.
       -- Fields the admission checks declared (ScriptRegistry.add_slot(fields=)) are
-      -- read in the same HMGET, after these seven.
-      local f = redis.pcall('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a'--[[@admission_fields]])
+      -- read in the same HMGET, after these eight.
+      local f = redis.pcall('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a', 'fw'--[[@admission_fields]])
       if f.err then
         taken[#taken + 1] = id
         dead_letter(jk, id, dlq_enabled,
@@ -156,7 +158,7 @@ if want > 0 then
         local att = num(f[7]) + 1
         local att_s = int(att)
         redis.call('HSET', jk, 'st', 'active', 'lt', token_s, 'ps', NOW_S, 'w', worker, 'a', att_s)
-        out[#out + 1] = { id, f[1], f[2] or '', f[3] or '', att, int(num(f[4])), int(num(f[5])), f[6] or '' }
+        out[#out + 1] = { id, f[1], f[2] or '', f[3] or '', att, int(num(f[4])), int(num(f[5])), f[6] or '', f[8] }
         emit('job-started', id, 'att', att_s)
         taken[#taken + 1] = id
         leased[#leased + 1] = id

@@ -17,7 +17,9 @@
           'H' hand back: unstarted or interrupted by shutdown; back to wait at its
               original position without spending an attempt
     keep count -1 = keep all, 0 = remove at once; keep age -1 = no age limit
-    meta  'C': free-form string stored as 'm' on completion (duration, worker), '' = none
+    meta  'C', 'F': the run's context (Job.run_context: what the runs that follow this
+               one link to), '' = none; handed to the `release` slot; 'C' stores it
+               as 'm' too
           'D': a hold to set for delay ms (the processor raised RateLimited): 'hold'
                holds the whole queue (claim.lua), 'hold:<key>' one rate-limit key
                (flow control); '' = none. A longer hold already set is kept.
@@ -36,8 +38,9 @@
   Events: job-completed | job-retrying | job-failed (+ job-dlq) | job-delayed | job-released.
   Slot: every job this call takes out of active passes the `release` slot once, before
   its transition is written, with outcome completed | retrying | failed | deferred |
-  released (its kind), or 'removed' when its record was missing; with no fragment in
-  that slot, nothing of it is compiled in.
+  released (its kind), or 'removed' when its record was missing, and the run's context
+  (meta of a 'C' or 'F' outcome, else nil); with no fragment in that slot, nothing of
+  it is compiled in.
   Bounded: the client sends at most 500 outcomes per call.
 ]]
 --@include lib_base
@@ -110,7 +113,11 @@ for b = 5, #ARGV, 9 do
   else
     unleased[#unleased + 1] = id
     redis.call('HDEL', jk, 'lt', 'cx')
-    --@slot release(id, jk, RELEASED_AS[kind], payload)
+--@if release
+    local ctx = nil
+    if (kind == 'C' or kind == 'F') and meta ~= '' then ctx = meta end
+--@end
+    --@slot release(id, jk, RELEASED_AS[kind], payload, ctx)
     if kind == 'C' then
       if keep_count == 0 then
         delete_job(id)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
+from ...limits import MAX_FOLLOWS, MAX_RUN_CONTEXT_CHARS
+
 __all__ = [
     "ADMISSION_FIELDS",
     "FEATURE",
@@ -46,6 +48,8 @@ def _prelude(retain_ms: int) -> str:
         .replace("@RETAIN@", str(int(retain_ms)))
         .replace("@MAX_PARENTS@", str(MAX_PARENTS))
         .replace("@MAX_KIDS@", str(MAX_KIDS))
+        .replace("@MAX_LINKS@", str(MAX_FOLLOWS))
+        .replace("@MAX_CONTEXT@", str(MAX_RUN_CONTEXT_CHARS))
     )
 
 

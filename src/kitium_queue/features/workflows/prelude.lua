@@ -1,12 +1,15 @@
   -- Workflows and job dependencies: the shared part of every fragment and script
   -- (kitium_queue.features.workflows). Compiled in: RETAIN (ms a finished workflow's
-  -- records are kept), MAX_PARENTS / MAX_KIDS (most parents of a job, most dependents).
+  -- records are kept), MAX_PARENTS / MAX_KIDS (most parents of a job, most dependents),
+  -- MAX_LINKS / MAX_CONTEXT (most run links of a job, longest run context: limits.py).
   local RETAIN, MAX_PARENTS, MAX_KIDS = @RETAIN@, @MAX_PARENTS@, @MAX_KIDS@
+  local MAX_LINKS, MAX_CONTEXT = @MAX_LINKS@, @MAX_CONTEXT@
   -- Keys (under the queue's hash tag; manager.py builds the same names):
   --   dep:<id>    HASH  a tracked job: st (pending | ready | completed | failed | skipped |
   --                     cancelled), np (unfinished parents), w (workflow), s (step),
   --                     pol (on_failure), ts, f, r (encoded result), e (error), wb
-  --                     (the parent it was first parked behind); a step
+  --                     (the parent it was first parked behind), rc (the context its
+  --                     last finished run left: run links); a step
   --                     cancelled by a failing workflow keeps its definition (sn, sd, so,
   --                     sp, sq) so a replay of the failed step can bring it back
   --   dep-p:<id>  LIST  its parents' ids, in the order given
@@ -19,6 +22,7 @@
   -- Blockers (lib_parking.lua): 'wp:<id>' jobs waiting for parent <id> (released by a
   -- timer in chunks when it finishes), 'wn:<id>' job <id> alone, waiting for its last
   -- parents. Job-hash marker: wd = '1' while the job had unfinished parents when added.
+  -- Run links (the engine's job-hash field fw, Job.follows): see add_links below.
   local DEP, DEPP, DEPC = PREFIX .. 'dep:', PREFIX .. 'dep-p:', PREFIX .. 'dep-c:'
   local WF, WFS, WFI, WFLOG = PREFIX .. 'wf:', PREFIX .. 'wf-s:', PREFIX .. 'wfs', PREFIX .. 'wf-log'
   local PARKED_AT = PREFIX .. 'parked:'
@@ -30,6 +34,63 @@
     if type(s) ~= 'string' then return 'failed' end
     if #s > ERR_MAX then return string.sub(s, 1, ERR_MAX) end
     return s
+  end
+
+  -- Run links. A dependent follows its parents' runs: the context a tracked job's run
+  -- left when it finished (the release slot's `context`: tracing's process span) is
+  -- kept as its 'rc' and added to the 'fw' field of each dependent still waiting for
+  -- it; a dependent added later takes those of its finished parents. At most MAX_LINKS
+  -- per job, in the order they came, without repeats. A parent gets 'fw' (empty) when
+  -- a dependent is recorded, so the worker sends its run's context. Nothing is written
+  -- for runs that left none (no tracing, sampled out).
+
+  -- A run's context, or nil: untrusted text from the worker, one printable line.
+  local function run_context(ctx)
+    if type(ctx) ~= 'string' or ctx == '' or #ctx > MAX_CONTEXT or string.find(ctx, '%c') then
+      return nil
+    end
+    return ctx
+  end
+
+  -- Job `p` is followed: its record (when there is one) gets 'fw', if it has none.
+  local function mark_followed(p)
+    local jk = job_key(p)
+    if redis.call('EXISTS', jk) == 1 then redis.pcall('HSETNX', jk, 'fw', '') end
+  end
+
+  -- Adds the contexts `ctxs` to job `id`'s 'fw' (on its record only: nothing when it
+  -- has none), those it has not, while it has fewer than MAX_LINKS.
+  local function add_links(id, ctxs)
+    if #ctxs == 0 then return end
+    local jk = job_key(id)
+    local f = redis.pcall('HMGET', jk, 'n', 'fw')
+    if f.err or not f[1] then return end
+    local cur = f[2] or ''
+    local seen, n, changed = {}, 0, false
+    for e in string.gmatch(cur, '[^\n]+') do
+      seen[e] = true
+      n = n + 1
+    end
+    for i = 1, #ctxs do
+      if n >= MAX_LINKS then break end
+      local c = ctxs[i]
+      if not seen[c] then
+        seen[c], n, changed = true, n + 1, true
+        if cur == '' then cur = c else cur = cur .. '\n' .. c end
+      end
+    end
+    if changed then redis.pcall('HSET', jk, 'fw', cur) end
+  end
+
+  -- The contexts its finished parents' runs left, of job `id`'s first MAX_LINKS parents.
+  local function parent_contexts(id)
+    local ps = redis.call('LRANGE', DEPP .. id, 0, MAX_LINKS - 1)
+    local out = {}
+    for i = 1, #ps do
+      local c = redis.call('HGET', DEP .. ps[i], 'rc')
+      if c then out[#out + 1] = c end
+    end
+    return out
   end
 
   local function opts_of(opts)
@@ -122,9 +183,11 @@
 
   -- Parent `id` finished in a way that lets its dependents go on: one parent fewer for
   -- each; one whose last parent this was goes to wait (its own blocker now, or with the
-  -- timer of 'wp:<id>' in chunks, without scanning anything).
-  local function release_kids(id)
+  -- timer of 'wp:<id>' in chunks, without scanning anything). `ctx`: the context its
+  -- run left (or nil), added to the run links of each dependent waiting for it.
+  local function release_kids(id, ctx)
     local kids = redis.call('SMEMBERS', DEPC .. id)
+    local links = ctx and { ctx } or nil
     for i = 1, #kids do
       local c = kids[i]
       local ck = DEP .. c
@@ -133,6 +196,7 @@
         local np = num(redis.call('HGET', ck, 'np')) - 1
         if np < 0 then np = 0 end
         redis.call('HSET', ck, 'np', int(np))
+        if links and st == 'pending' then add_links(c, links) end
         if np == 0 and st == 'pending' then
           redis.call('HSET', ck, 'st', 'ready')
           local own = 'wn:' .. c
@@ -194,15 +258,16 @@
     end
   end
 
-  local function step_failed(id, err)
+  local function step_failed(id, err, ctx)
     local f = redis.call('HMGET', DEP .. id, 'st', 'w', 'pol', 's')
     if not f[1] or TERMINAL[f[1]] then return end
     local pol, wid, step = f[3], f[2], f[4]
     if not POLICIES[pol] then pol = 'fail_workflow' end
+    if ctx then redis.call('HSET', DEP .. id, 'rc', ctx) end
     if pol == 'fail_workflow' and wid then mark_failed(wid, step) end
     close_step(id, 'failed', err)
     if pol == 'continue' then
-      release_kids(id)
+      release_kids(id, ctx)
     elseif pol == 'skip' then
       close_dependents(id, 'skipped', 'skipped: parent ' .. (step or id) .. ' failed')
     elseif wid then
@@ -236,6 +301,10 @@
         redis.call('HSET', jk, 'n', d[2], 'd', d[3] or '', 'ts', NOW_S, 'p', pri,
           'q', int(num(d[6])), 'a', 0, 's', 0, 'st', 'waiting')
         if d[4] and d[4] ~= '' then redis.call('HSET', jk, 'o', d[4]) end
+        -- Its run links, rebuilt: its finished parents' contexts; present when it has
+        -- dependents.
+        if redis.call('SCARD', DEPC .. sid) > 0 then redis.call('HSET', jk, 'fw', '') end
+        add_links(sid, parent_contexts(sid))
         redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'e', 'f')
         local score = int(wait_score(pri, num(d[6])))
         if num(d[7]) > 0 then
@@ -255,10 +324,11 @@
     wf_left(wid, 0)
   end
 
-  local function step_done(id, payload)
+  local function step_done(id, payload, ctx)
     local dk = DEP .. id
     local f = redis.call('HMGET', dk, 'st', 'w', 'pol')
     if not f[1] or f[1] == 'completed' then return end
+    if ctx then redis.call('HSET', dk, 'rc', ctx) end
     if type(payload) == 'string' then
       redis.call('HSET', dk, 'r', payload)
     else
@@ -271,12 +341,12 @@
       redis.call('HDEL', dk, 'e')
       if not POLICIES[f[3]] or f[3] == 'fail_workflow' then
         if f[2] then revive(f[2]) end
-        release_kids(id)
+        release_kids(id, ctx)
       end
       return
     end
     if not close_step(id, 'completed') then return end
-    release_kids(id)
+    release_kids(id, ctx)
   end
 
   -- The step name of a job added with a workflow_id: its workflow_step, else its id.
@@ -368,9 +438,10 @@
   end
 
   -- Records job `id`'s parents and its own record; the first unfinished parent (its
-  -- blocker), or nil when none is unfinished.
+  -- blocker), or nil when none is unfinished. Unfinished parents are marked followed;
+  -- the run links of finished ones go to the job's record (when it is written already).
   local function add_parents(id, deps, wid, step, pol)
-    local np, first = 0, nil
+    local np, first, links = 0, nil, {}
     for i = 1, math.min(#deps, MAX_PARENTS) do
       local p = deps[i]
       if type(p) == 'string' and p ~= '' and p ~= id then
@@ -378,10 +449,15 @@
         if parent_state(p) == 'open' then
           np = np + 1
           redis.call('SADD', DEPC .. p, id)
+          mark_followed(p)
           if not first then first = p end
+        elseif #links < MAX_LINKS then
+          local c = redis.call('HGET', DEP .. p, 'rc')
+          if c then links[#links + 1] = c end
         end
       end
     end
+    add_links(id, links)
     local dk = DEP .. id
     redis.call('HSET', dk, 'st', np > 0 and 'pending' or 'ready', 'np', np, 'ts', NOW_S)
     if wid then redis.call('HSET', dk, 'w', wid) end
