@@ -18,7 +18,12 @@ Rows:
   producer's side: publish span started, traceparent written, span ended);
 * ``otel process``: one run through the queue's process chain with tracing (the
   stored traceparent parsed, the process span started, made current, ended) against
-  the same run without middleware (what the worker does then);
+  the same run without middleware (what the worker does then); a job without parents
+  (``Job.follows`` is None);
+* ``otel process +K parents``: the same for a job whose ``Job.follows`` holds the
+  traceparents of K parents' runs (``--parents``, default 4 and 32): K links checked
+  and made, and the run's own context left in ``job.run_context`` (a job others
+  follow); "before" ignores them (the feature did not exist);
 * ``sdk span``: the OpenTelemetry SDK alone: ``tracer.start_span`` with the same seven
   attributes, then ``end()``, on the same provider: the floor of one recorded span;
 * ``sdk attach``: ``context.attach(set_span_in_context(span))`` and ``detach``: the
@@ -108,9 +113,10 @@ def per_job(fn: Callable[[int], float], n: int, rounds: int) -> float:
     return statistics.median(fn(n) for _ in range(rounds)) / n * 1e6
 
 
-def job(i: int, traceparent: str | None) -> Job[Any]:
+def job(i: int, traceparent: str | None, follows: tuple[str, ...] | None = None) -> Job[Any]:
     opts = {"traceparent": traceparent} if traceparent else {}
     return Job(
+        follows=follows,
         id=f"job-{i}",
         name="noop",
         data=None,
@@ -161,14 +167,16 @@ def process_loop(
     return lambda n: loop.run_until_complete(many(n))
 
 
-def traced_jobs(mod: ModuleType, tp: TracerProvider, n: int) -> list[Job[Any]]:
-    """``n`` jobs carrying the traceparent of a publish span made by ``mod``."""
+def traced_jobs(mod: ModuleType, tp: TracerProvider, n: int, parents: int = 0) -> list[Job[Any]]:
+    """``n`` jobs carrying the traceparent of a publish span made by ``mod``; with
+    ``parents``, each follows that many sampled runs (``Job.follows``)."""
     _, t = publish_loop(mod, tp)
+    follows = tuple(f"00-{k + 1:032x}-{k + 1:016x}-01" for k in range(parents)) if parents else None
     out = []
     for i in range(n):
         _, _, opts = t._on_enqueue("noop", None, {})
         t.enqueued("bench", (opts["job_id"],), ("noop",))
-        out.append(job(i, opts["traceparent"]))
+        out.append(job(i, opts["traceparent"], follows))
     return out
 
 
@@ -293,9 +301,11 @@ def main(args: argparse.Namespace) -> None:
             jobs = traced_jobs(tmod, tp, args.n)
             traced = process_loop(loop, q, jobs)
             # The plain loop runs no middleware: the jobs are not looked at.
-            got["otel process"] = per_job(traced, args.n, args.rounds) - per_job(
-                plain, args.n, args.rounds
-            )
+            plain_us = per_job(plain, args.n, args.rounds)
+            got["otel process"] = per_job(traced, args.n, args.rounds) - plain_us
+            for k in args.parents:
+                linked = process_loop(loop, q, traced_jobs(tmod, tp, args.n, k))
+                got[f"+{k} parents"] = per_job(linked, args.n, args.rounds) - plain_us
             rows[f"otel {version} ({label})"] = got
         tp.shutdown()
     for version, (_, pmod, omod) in versions.items():
@@ -325,5 +335,11 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument(
         "--before", default=None, help="a git revision whose modules are measured alongside"
+    )
+    p.add_argument(
+        "--parents",
+        default="4,32",
+        type=lambda text: [int(x) for x in text.split(",") if x],
+        help="rows for jobs following that many parents' runs (comma-separated; '' none)",
     )
     main(p.parse_args())
