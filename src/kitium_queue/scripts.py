@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError, PermissionDeniedError, error_from_script
 from .serverinfo import write_refused
-from .slots import GENERATED, SlotTable
+from .slots import GENERATED, SLOTS, SlotTable
 
 __all__ = ["REPLY_TIMEOUT_S", "SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
 
@@ -105,7 +105,8 @@ class ScriptRegistry:
         self._changed()
 
     def add_slot(self, slot: str, name: str, source: str, *, fields: Sequence[str] = ()) -> None:
-        """Fill Lua slot ``slot`` (``enqueue``, ``admission`` or ``release``) with a
+        """Fill Lua slot ``slot`` (one of ``slots.SLOTS``: ``accept``, ``enqueue``,
+        ``admission``, ``release``, ``duplicate``, ``fence``, ``requeue``) with a
         fragment: a Lua expression evaluating to the function that slot calls.
 
         Fragments of a slot run in the order they were added; adding one under an
@@ -207,7 +208,7 @@ class ScriptRegistry:
     def _slot_summary(self) -> str:
         parts = [
             f"{slot}: {', '.join(self._slots.names(slot))}"
-            for slot in ("enqueue", "admission", "release")
+            for slot in SLOTS
             if self._slots.names(slot)
         ]
         return "; ".join(parts) or "none"

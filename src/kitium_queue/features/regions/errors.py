@@ -1,0 +1,53 @@
+"""Errors of the regions feature (all ``KitiumQueueError``\\ s)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ...errors import JobRefusedError, KitiumQueueError
+
+__all__ = [
+    "FailoverError",
+    "RegionNotAllowedError",
+    "RegionUnavailableError",
+    "ReplicationTimeoutError",
+]
+
+
+class RegionUnavailableError(KitiumQueueError, ConnectionError):
+    """No region can take the call now: the primary is unreachable (or has no lease) and
+    no other region has been promoted yet. Nothing was written by the call that raised
+    it; add the job again once a primary serves (``get_global_stats()`` shows when)."""
+
+
+class ReplicationTimeoutError(KitiumQueueError):
+    """Synchronous replication: a job was stored by the primary, but fewer than
+    ``min_acks`` other regions confirmed it within ``ack_timeout_ms``.
+
+    The job is not acknowledged as replicated: it stays queued at the primary and
+    reaches the other regions asynchronously, so it may be lost if the primary fails
+    before that. Adding it again with the same ``job_id`` (``job_ids``) or idempotency key
+    is safe: it is not added twice.
+
+    Attributes:
+        job_ids: the ids of the jobs of the call (full ids of the global queue).
+        acked: per job id, the regions that confirmed it.
+    """
+
+    def __init__(
+        self, message: str, job_ids: Sequence[str] = (), acked: dict[str, list[str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.job_ids = list(job_ids)
+        self.acked = dict(acked or {})
+
+
+class RegionNotAllowedError(JobRefusedError):
+    """The job's tenant may not place jobs in the region asked for (or in none of the
+    configured regions): nothing was written."""
+
+
+class FailoverError(KitiumQueueError):
+    """A failover could not be carried out (no majority of regions reachable, the votes
+    went to another candidate, the region is not eligible); the message says which and
+    what to do. The previous primary, if any, is still the primary."""

@@ -1,0 +1,425 @@
+"""Replication from the primary to the secondaries.
+
+**Asynchronous (always, when enabled).** The primary's Lua fragments write an outbox
+entry in the same atomic step as each new job, each job that ends, each retry and each
+requeue (``lua.py``). One process at a time (the leader of ``regions-replicator`` on
+the primary's queue) follows the outbox with one consumer group per secondary
+(``rg:<region>``): it reads a batch, fetches the jobs the entries name from the primary
+(``rg_export.lua``) and applies them to the secondary (``rg_apply.lua``, idempotent),
+then acknowledges. A secondary that is unreachable keeps its entries in its group (the
+outbox keeps them: nothing is trimmed until every group acknowledged). Schedules are
+copied every ``schedule_sync_ms``.
+
+**Joining.** Before following the stream, a secondary whose position is not in the
+current primary's stream is brought level: a region that was the primary has what it
+never replicated recorded as stranded (``stranded.py``), is emptied and copied afresh;
+a region with no position (new, or its data lost) is copied afresh (``snapshot``);
+a region that followed an earlier primary exchanges with the new one the copies either
+received after the other's position (``merge_since``).
+
+**Synchronous (opt-in).** ``confirm`` copies jobs the primary just stored to every
+reachable secondary and returns once ``min_acks`` of them applied them.
+
+The lag of each secondary, in entries and in seconds (age of the oldest entry it has
+not acknowledged), is in ``lag()``, ``get_global_stats()`` and the metrics adapter
+(``regions.replication.lag_entries`` / ``regions.replication.lag_ms``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...leader import LeaderService
+from ...limits import get_logger
+from ...outbox import Outbox, OutboxEntry
+from ...queue import JobQueue
+from .copying import APPLIED, apply, as_entry, end_entry, export, merge_since, now_ms, snapshot
+from .errors import ReplicationTimeoutError
+from .record import RegionCopy
+from .stranded import collect
+from .topology import Topology
+
+__all__ = ["Lag", "Replicator", "copy_schedules", "group_of"]
+
+log = get_logger(__name__)
+
+SERVICE = "regions-replicator"
+_BLOCK_MS = 500
+_TERMINAL = {"completed", "failed", "dlq"}
+
+
+def group_of(region: str) -> str:
+    """The consumer group of ``region`` on the primary's outbox."""
+    return f"rg:{region}"
+
+
+def _s(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, (bytes, bytearray)) else str(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far a secondary is behind: entries not yet applied, and the age (ms) of the
+    oldest one; ``position``: the last entry it applied."""
+
+    entries: int
+    ms: int
+    pending: int
+    position: str
+
+
+class Replicator:
+    """Replication to the secondaries (see the module docstring).
+
+    Args:
+        topo: the regions.
+        on_stranded: called with the records ``collect`` wrote when a former primary
+            rejoins (the manager turns them into events).
+    """
+
+    def __init__(
+        self,
+        topo: Topology,
+        on_stranded: Callable[[list[Any]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.topo = topo
+        self.cfg = topo.cfg.replication
+        self.on_stranded = on_stranded
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:100]
+        self.service: LeaderService | None = None
+        self._on: str | None = None  # the primary the service campaigns on
+        self.applied = 0
+        self.refused = 0
+        self._bg: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ leadership
+    async def follow_primary(self) -> None:
+        """(Re)start the leader service on the current primary's queue."""
+        primary = self.topo.primary_copy()
+        label = None if primary is None else self.topo.source
+        if label == self._on:
+            return
+        await self.stop()
+        if primary is None or not self.cfg.enabled:
+            return
+        self._on = label
+        lease = max(1000, self.topo.cfg.lease_ms)
+        self.service = LeaderService(SERVICE, self._body, lease_ms=lease)
+        await self.service.start(primary.lane)
+
+    async def stop(self) -> None:
+        svc, self.service, self._on = self.service, None, None
+        if svc is not None:
+            await svc.stop()
+
+    @property
+    def leading(self) -> bool:
+        return self.service is not None and self.service.is_leader
+
+    async def _body(self, term: int) -> None:
+        primary = self.topo.primary_copy()
+        if primary is None:
+            return
+        source = self.topo.source
+        loops = [self._follow(primary, s, source) for s in self.topo.secondaries()]
+        loops.append(self._schedules(primary))
+        await asyncio.gather(*loops)
+
+    # ------------------------------------------------------------------ following
+    async def _follow(self, primary: RegionCopy, sec: RegionCopy, source: str) -> None:
+        outbox = Outbox(primary.lane)
+        consumer = outbox.consumer(
+            group_of(sec.name),
+            self.consumer,
+            start="0",
+            count=self.cfg.batch,
+            block_ms=_BLOCK_MS,
+            claim_idle_ms=max(1000, self.topo.cfg.lease_ms),
+            max_deliveries=1_000_000_000,
+        )
+        joined = False
+        held: list[OutboxEntry] = []
+        backoff = 0.05
+        while True:
+            if not sec.reachable:
+                await asyncio.sleep(self.topo.cfg.check_interval_ms / 1000)
+                continue
+            try:
+                if not joined:
+                    await self.join(primary, sec, source)
+                    joined = True
+                if not held:
+                    held = await consumer.read()
+                if held:
+                    # Held until applied: a failed apply is retried with the same batch, so
+                    # the entries of one job stay in order.
+                    await self.apply_batch(primary, sec, held, source)
+                    await consumer.ack([e.id for e in held])
+                    held = []
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "queue %s: replication to region %s paused (%s: %s); retrying",
+                    primary.queue_name,
+                    sec.name,
+                    type(exc).__name__,
+                    sec.connection.redact(exc),
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def apply_batch(
+        self, primary: RegionCopy, sec: RegionCopy, batch: Sequence[OutboxEntry], source: str
+    ) -> None:
+        mine = [e for e in batch if e.topic == "rg"]
+        wanted = [
+            _s(e.fields.get("id", b"")) for e in mine if e.fields.get("op") in (b"add", b"req")
+        ]
+        rows = {_s(r["id"]): r for r in await export(primary.lane, list(dict.fromkeys(wanted)))}
+        entries: list[list[Any]] = []
+        for e in mine:
+            op, jid = _s(e.fields.get("op", b"")), _s(e.fields.get("id", b""))
+            if op in ("add", "req"):
+                row = rows.get(jid)
+                if row is not None and _s(row["op"]) != "gone":
+                    entries.append(as_entry(row, "req" if op == "req" else "put"))
+            elif op == "end":
+                entries.append(end_entry(sec.lane, e.fields))
+            elif op == "att":
+                entries.append(
+                    as_entry({"op": "att", "id": jid, "attempts": e.fields.get("a", b"0")})
+                )
+        last_ms = int(batch[-1].id.split("-", 1)[0])
+        statuses = await apply(
+            sec.lane,
+            entries,
+            pos=batch[-1].id,
+            src=source,
+            cutoff=max(0, last_ms - self.cfg.index_retention_ms),
+        )
+        self.applied += len(statuses)
+        refused = statuses.count("refused")
+        if refused:
+            self.refused += refused
+            log.warning(
+                "queue %s: region %s refused %d copied job(s) (a feature's accept slot, "
+                "e.g. a full message group there)",
+                primary.queue_name,
+                sec.name,
+                refused,
+            )
+
+    # ------------------------------------------------------------------ joining
+    async def join(self, primary: RegionCopy, sec: RegionCopy, source: str) -> None:
+        """Bring ``sec`` level with ``primary`` before following the stream."""
+        rec = await sec.op("read")
+        if rec.src == source:
+            return
+        outbox = Outbox(primary.lane)
+        await outbox.create_group(group_of(sec.name), "$")
+        client = await primary.lane.client()
+        last = await client.xrevrange(outbox.key, count=1)
+        mark = _s(last[0][0]) if last else "0-0"
+        if rec.former is not None:
+            found = await collect(primary, sec, rec.former)
+            if found and self.on_stranded is not None:
+                await self.on_stranded(found)
+            await sec.lane.clear(force=True)
+            await self._destroy_groups(sec.lane)
+            await sec.op("rejoin")
+            counts = await snapshot(primary.lane, sec.lane)
+            how = "former primary: stranded work recorded, copied afresh"
+        elif not rec.pos:
+            counts = await snapshot(primary.lane, sec.lane)
+            how = "no position: copied afresh"
+        else:
+            up = await merge_since(sec.lane, primary.lane, (primary.record or rec).position_ms)
+            counts = await merge_since(primary.lane, sec.lane, rec.position_ms)
+            counts = {k: counts.get(k, 0) + up.get(k, 0) for k in {*counts, *up}}
+            how = f"followed {rec.src}: exchanged the copies received since"
+        await apply(sec.lane, [], pos=mark, src=source)
+        log.info(
+            "queue %s: region %s joined the replication from %s (%s; %s)",
+            primary.queue_name,
+            sec.name,
+            source,
+            how,
+            ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to copy",
+        )
+
+    @staticmethod
+    async def _destroy_groups(q: JobQueue) -> None:
+        client = await q.client()
+        key = q.keys.extra("outbox")
+        try:
+            groups = await client.xinfo_groups(key)
+        except Exception:
+            return
+        for g in groups:
+            name = _s(g["name"])
+            if name.startswith("rg:"):
+                await client.xgroup_destroy(key, name)
+
+    async def catch_up(self, target: RegionCopy) -> dict[str, int]:
+        """A new primary ``target`` fetches from every reachable peer the copies they
+        received after its own position (jobs acknowledged by the old primary that
+        reached a peer but not ``target``)."""
+        since = (target.record.position_ms if target.record else 0) or 0
+        counts: dict[str, int] = {}
+        for peer in self.topo.reachable():
+            if peer is target:
+                continue
+            try:
+                got = await merge_since(peer.lane, target.lane, since)
+            except Exception as exc:
+                log.warning(
+                    "queue %s: catching up from region %s failed (%s); its copies newer "
+                    "than the new primary's may be missing there",
+                    target.queue_name,
+                    peer.name,
+                    type(exc).__name__,
+                )
+                continue
+            for k, v in got.items():
+                counts[k] = counts.get(k, 0) + v
+        return counts
+
+    # ------------------------------------------------------------------ schedules
+    async def _schedules(self, primary: RegionCopy) -> None:
+        while True:
+            for sec in self.topo.secondaries():
+                if sec.reachable:
+                    try:
+                        await copy_schedules(primary.lane, sec.lane)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.debug("schedules not copied to %s: %s", sec.name, exc)
+            await asyncio.sleep(self.cfg.schedule_sync_ms / 1000)
+
+    # ------------------------------------------------------------------ sync mode
+    async def confirm(self, primary: RegionCopy, ids: Sequence[str]) -> dict[str, list[str]]:
+        """Copy ``ids`` from the primary to every reachable secondary; return once
+        ``min_acks`` of them applied every job (per job: the regions that did), or raise
+        ``ReplicationTimeoutError``."""
+        need = self.topo.cfg.min_acks
+        timeout = self.cfg.ack_timeout_ms / 1000
+        rows = await export(primary.lane, ids)
+        entries = [as_entry(r, "put") for r in rows if _s(r["op"]) != "gone"]
+        targets = [s for s in self.topo.secondaries() if s.reachable]
+        acked: dict[str, list[str]] = {i: [] for i in ids}
+        if len(targets) < need:
+            raise ReplicationTimeoutError(
+                f"{len(ids)} job(s) stored by the primary {primary.name}, but only "
+                f"{len(targets)} other region(s) are reachable and replication.min_acks is "
+                f"{need}: not acknowledged as replicated (they reach the others "
+                "asynchronously); add them again with the same job_id or idempotency key "
+                "once the regions are back, or lower min_acks",
+                ids,
+                acked,
+            )
+        floor = now_ms()
+
+        async def one(sec: RegionCopy) -> str:
+            statuses = await apply(sec.lane, entries, floor=floor)
+            if all(s in APPLIED for s in statuses):
+                return sec.name
+            raise RuntimeError(f"region {sec.name} refused: {sorted(set(statuses) - APPLIED)}")
+
+        tasks = [asyncio.ensure_future(one(s)) for s in targets]
+        ok: list[str] = []
+        errors: list[str] = []
+        try:
+            for fut in asyncio.as_completed(tasks, timeout=timeout):
+                try:
+                    ok.append(await fut)
+                except asyncio.TimeoutError:
+                    raise
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                if len(ok) >= need:
+                    break
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            for t in tasks:
+                if not t.done():
+                    # Left to finish: a late copy is still a copy (and idempotent).
+                    self._bg.add(t)
+                    t.add_done_callback(self._bg.discard)
+        for i in ids:
+            acked[i] = list(ok)
+        if len(ok) < need:
+            detail = f"; errors: {'; '.join(errors)}" if errors else ""
+            raise ReplicationTimeoutError(
+                f"{len(ids)} job(s) stored by the primary {primary.name}, but {len(ok)} of "
+                f"the {need} other region(s) replication.min_acks requires confirmed them "
+                f"within {self.cfg.ack_timeout_ms} ms{detail}: not acknowledged as "
+                "replicated (they reach the others asynchronously); adding them again "
+                "with the same job_id or idempotency key adds nothing twice",
+                ids,
+                acked,
+            )
+        return acked
+
+    # ------------------------------------------------------------------ lag
+    async def lag(self, primary: RegionCopy, sec: RegionCopy) -> Lag | None:
+        """How far ``sec`` is behind ``primary`` (None: no group yet)."""
+        client = await primary.lane.client()
+        key = primary.lane.keys.extra("outbox")
+        try:
+            groups = await client.xinfo_groups(key)
+        except Exception:
+            return None
+        g = next((x for x in groups if _s(x["name"]) == group_of(sec.name)), None)
+        if g is None:
+            return None
+        last = _s(g["last-delivered-id"])
+        pending = int(g["pending"])
+        oldest: str | None = None
+        if pending:
+            summary = await client.xpending(key, group_of(sec.name))
+            oldest = _s(summary["min"]) if summary and summary.get("min") else None
+        nxt = await client.xrange(key, "(" + last, "+", count=1)
+        behind = g.get("lag")
+        if behind is None:  # Redis < 7: count what follows the group's position
+            behind = len(await client.xrange(key, "(" + last, "+", count=100_000))
+        if oldest is None and nxt:
+            oldest = _s(nxt[0][0])
+        now = primary.record.now if primary.record else now_ms()
+        age = max(0, now - int(oldest.split("-", 1)[0])) if oldest else 0
+        return Lag(int(behind) + pending, age, pending, last)
+
+
+async def copy_schedules(source: JobQueue, target: JobQueue) -> int:
+    """Copy every schedule of ``source`` to ``target`` (and delete the others there)."""
+    client = await source.client()
+    ids = [_s(i) for i in await client.zrange(source.keys.schedules, 0, 9_999)]
+    pipe = client.pipeline(transaction=False)
+    for sid in ids:
+        pipe.hgetall(source.keys.schedule(sid))
+    hashes = await pipe.execute()
+    args: list[Any] = []
+    count = 0
+    written = 0
+    for sid, h in zip(ids, hashes, strict=True):
+        if not h:
+            continue
+        args += [sid, len(h)]
+        for k, v in h.items():
+            args += [k, v]
+        count += 1
+        if count >= 500:
+            written += int(await target.run("rg_sched", ["put", *args]))
+            args, count = [], 0
+    if count:
+        written += int(await target.run("rg_sched", ["put", *args]))
+    written += int(await target.run("rg_sched", ["prune", *ids]))
+    return written
