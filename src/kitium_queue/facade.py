@@ -103,6 +103,13 @@ class MultiQueue(QueueAPI, Generic[Q]):
         their own workers say so in their health)."""
         return False
 
+    def designated(self, op: Operation) -> int | None:
+        """The member that carries out an operation routed UNSUPPORTED (schedules,
+        cursors), if this façade has one for it; None (default): it raises
+        ``ConfigurationError``. A regional queue names its primary's member for the
+        schedules (they fire into the global queue and are replicated with it)."""
+        return None
+
     def members_for(self, op: Operation) -> Sequence[int]:
         """The indexes of the members a FAN_OUT, BROADCAST, BUDGET or STREAM operation
         ``op`` is carried out on, in order: every member by default. A façade some of
@@ -435,6 +442,9 @@ def _register(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
 def _unsupported(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
     async def method(self: MultiQueue[Any], *args: Any, **kwargs: Any) -> Any:
         sig.bind(self, *args, **kwargs)  # a wrong call is a TypeError, as anywhere
+        i = self.designated(op)
+        if i is not None:
+            return await getattr(self.queues[i], op.name)(*args, **kwargs)
         raise ConfigurationError(
             f"{op.name} is not available on {type(self).__name__} {self.name!r}: "
             + op.note.format(member=self.member_label)
@@ -507,7 +517,8 @@ def _how(op: Operation, cls: type, label: str, key: str | None) -> str:
         f"``fields[{label!r}]`` the {label} index",
         Route.REGISTER: f"registered on {each}",
         Route.UNSUPPORTED: "not available, raises ``ConfigurationError``: "
-        + op.note.format(member=label),
+        + op.note.format(member=label)
+        + f" (unless the façade names a {label} for it: ``designated``)",
     }[op.route]
     return f"On {cls.__name__}: {text}."
 

@@ -73,7 +73,7 @@ class Lanes:
         for key, q in list(self._running.items()):
             if key not in want:
                 del self._running[key]
-                self._stop_later(q)
+                self._stop_later(q, gone=not self._reachable(q))
         for key, q in want.items():
             if key in self._running:
                 continue
@@ -83,14 +83,17 @@ class Lanes:
             await q.start(concurrency=self.concurrency)
             self._running[key] = q
 
-    def _stop_later(self, q: JobQueue) -> None:
+    def _stop_later(self, q: JobQueue, *, gone: bool = False) -> None:
         worker = q.worker
         if worker is None or not worker.running:
             return
+        # A region given up (unreachable) cannot take outcomes: its jobs run again at the
+        # new primary, so there is nothing to wait for.
+        grace, flush = (0, 1000) if gone else (None, 30_000)
 
         async def stop() -> None:
             try:
-                await worker.stop()
+                await worker.stop(grace, flush_timeout_ms=flush)
             except Exception:
                 log.exception("queue %s: stopping a worker failed", q.name)
 
@@ -104,11 +107,17 @@ class Lanes:
 
         task.add_done_callback(forget)
 
+    def _reachable(self, q: JobQueue) -> bool:
+        for c in self.topo.copies:
+            if q in c.queues():
+                return c.reachable is not False
+        return True
+
     async def stop(self) -> None:
         self.serving = False
         running, self._running = list(self._running.values()), {}
         for q in running:
-            self._stop_later(q)
+            self._stop_later(q, gone=not self._reachable(q))
         tasks = list(self._stopping.values())
         if tasks:
             await asyncio.wait(tasks, timeout=_STOP_WAIT_S)

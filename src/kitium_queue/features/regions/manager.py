@@ -266,6 +266,11 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
             "returned (a pinned job's id is '@<region>:<id>' with a configured region)"
         )
 
+    def designated(self, op: Operation) -> int | None:
+        """Schedules belong to the global queue: they are kept (and fired) at the
+        primary and copied to the secondaries, so a failover keeps them."""
+        return self._primary_index() if op.kind == "schedule" else None
+
     def members_for(self, op: Operation) -> Sequence[int]:
         """Queries and per-job admin: the primary's global queue and the own queues of
         the reachable regions; broadcast commands (pause, resume, drain, clear,
@@ -379,7 +384,8 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         """After a fenced add: check the regions now; True when a primary serves (it may
         be another region, or the same one with its lease renewed)."""
         assert self.monitor is not None
-        view = await self.monitor.tick()
+        await self.monitor.tick()  # renews a lapsed lease when a majority grants it
+        view = await self._topo().refresh()
         return view.serving
 
     def _unavailable(self, tried: str | None, exc: BaseException) -> RegionUnavailableError:

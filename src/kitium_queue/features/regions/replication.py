@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...leader import LeaderService
+from ...leader import LeaderService, OutageLog
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxEntry
 from ...queue import JobQueue
@@ -126,25 +126,38 @@ class Replicator:
         if primary is None:
             return
         source = self.topo.source
-        loops = [self._follow(primary, s, source) for s in self.topo.secondaries()]
-        loops.append(self._schedules(primary))
-        await asyncio.gather(*loops)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._follow(primary, s, source)) for s in self.topo.secondaries()]
+        tasks.append(loop.create_task(self._schedules(primary)))
+        try:
+            # The loops only end by failing: one failure ends the term (the service logs
+            # it and campaigns again); every loop stops with the body, whatever ends it.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ following
     async def _follow(self, primary: RegionCopy, sec: RegionCopy, source: str) -> None:
         outbox = Outbox(primary.lane)
+        # The in-process memory:// store serves blocking reads from tasks of its own that
+        # outlive a cancelled caller: poll it instead.
+        polled = primary.connection.is_memory
         consumer = outbox.consumer(
             group_of(sec.name),
             self.consumer,
             start="0",
             count=self.cfg.batch,
-            block_ms=_BLOCK_MS,
+            block_ms=0 if polled else _BLOCK_MS,
             claim_idle_ms=max(1000, self.topo.cfg.lease_ms),
             max_deliveries=1_000_000_000,
         )
         joined = False
         held: list[OutboxEntry] = []
-        backoff = 0.05
+        outage = OutageLog(f"queue {primary.queue_name}: replication to region {sec.name}")
         while True:
             if not sec.reachable:
                 await asyncio.sleep(self.topo.cfg.check_interval_ms / 1000)
@@ -155,25 +168,21 @@ class Replicator:
                     joined = True
                 if not held:
                     held = await consumer.read()
+                    if not held and polled:
+                        await asyncio.sleep(0.02)
                 if held:
                     # Held until applied: a failed apply is retried with the same batch, so
                     # the entries of one job stay in order.
                     await self.apply_batch(primary, sec, held, source)
                     await consumer.ack([e.id for e in held])
                     held = []
-                backoff = 0.05
+                outage.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "queue %s: replication to region %s paused (%s: %s); retrying",
-                    primary.queue_name,
-                    sec.name,
-                    type(exc).__name__,
-                    sec.connection.redact(exc),
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                # Logged once per outage (the primary or the secondary), retried with
+                # backoff; held entries stay unacknowledged in the group meanwhile.
+                await outage.pause(exc)
 
     async def apply_batch(
         self, primary: RegionCopy, sec: RegionCopy, batch: Sequence[OutboxEntry], source: str
