@@ -30,7 +30,7 @@ from kitium_queue import EventData, FencedError
 from kitium_queue.features.regions import GlobalQueueManager
 from kitium_queue.features.regions.errors import RegionUnavailableError, ReplicationTimeoutError
 
-__all__ = ["NAMES", "RegionLoad", "Regions"]
+__all__ = ["NAMES", "RegionLoad", "Regions", "accepted", "overlapping_epochs"]
 
 NAMES = ("us-east-1", "eu-west-1", "ap-southeast-1", "sa-east-1", "af-south-1")
 
@@ -199,3 +199,36 @@ class RegionLoad:
 
     def twice(self) -> dict[str, list[tuple[float, str | None]]]:
         return {j: c for j, c in self.completions.items() if len(c) > 1}
+
+
+async def accepted(m: GlobalQueueManager) -> dict[str, tuple[int, int]]:
+    """Every job any reachable region holds or reports as stranded: id -> (the epoch it
+    was accepted in, when it was created: the accepting primary's clock, ms)."""
+    out: dict[str, tuple[int, int]] = {}
+    for name in m.regions:
+        c = m.region(name)
+        if not c.reachable:
+            continue
+        q = c.lane
+        client = await q.client()
+        keys = [k async for k in client.scan_iter(match=q.keys.base + "job:*", count=1000)]
+        for key in keys:
+            ep, ts = await client.hmget(key, "ep", "ts")
+            if ts is None:
+                continue  # deleted since the scan saw it (retention, a region emptied)
+            jid = key.decode().rsplit(":", 1)[1]
+            out.setdefault(jid, (int(ep or -1), int(ts)))
+    for s in await m.stranded():
+        out.setdefault(s.id, (s.epoch if s.epoch is not None else -1, s.created_ms))
+    return out
+
+
+def overlapping_epochs(jobs: Mapping[str, tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pairs of epochs whose acceptance times interleave (a job of the earlier epoch
+    created after one of the later): two primaries accepting at once."""
+    spans: dict[int, tuple[int, int]] = {}
+    for ep, ts in jobs.values():
+        lo, hi = spans.get(ep, (ts, ts))
+        spans[ep] = (min(lo, ts), max(hi, ts))
+    eps = sorted(e for e in spans if e >= 0)
+    return [(a, b) for a, b in zip(eps, eps[1:], strict=False) if spans[a][1] >= spans[b][0]]

@@ -85,6 +85,7 @@ def end_entry(q: JobQueue, fields: Mapping[str, bytes]) -> list[Any]:
         "lifo": "0",
         "created": fields.get("ts", b""),
         "state": outcome,
+        "epoch": fields.get("ep", b""),
         "ikey": fields.get("ik", b""),
         "ittl": fields.get("ittl", b"0"),
         "payload": fields.get("pl", b""),

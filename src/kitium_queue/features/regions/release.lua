@@ -6,14 +6,15 @@
   return function(id, jk, outcome, payload)
     if not primary_epoch() then return end
     if outcome == 'completed' or outcome == 'failed' or outcome == 'removed' then
-      local f = redis.pcall('HMGET', jk, 'ik', 'o', 'n', 'ts', 'p')
+      local f = redis.pcall('HMGET', jk, 'ik', 'o', 'n', 'ts', 'p', 'ep')
       if f.err then f = {} end
       local ttl = 0
       if f[1] then ttl = redis.call('PTTL', PREFIX .. 'idem:' .. f[1]) end
       local pl = ''
       if outcome ~= 'removed' and type(payload) == 'string' then pl = payload end
       outbox_add('rg', 'op', 'end', 'id', id, 'oc', outcome, 'pl', pl, 'ik', f[1] or '',
-        'ittl', int(ttl), 'o', f[2] or '', 'n', f[3] or '', 'ts', f[4] or '', 'p', f[5] or '0')
+        'ittl', int(ttl), 'o', f[2] or '', 'n', f[3] or '', 'ts', f[4] or '', 'p', f[5] or '0',
+        'ep', f[6] or '')
     elseif outcome == 'retrying' then
       local a = redis.pcall('HGET', jk, 'a')
       if type(a) ~= 'string' then a = '0' end
