@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -231,4 +232,4 @@ def overlapping_epochs(jobs: Mapping[str, tuple[int, int]]) -> list[tuple[int, i
         lo, hi = spans.get(ep, (ts, ts))
         spans[ep] = (min(lo, ts), max(hi, ts))
     eps = sorted(e for e in spans if e >= 0)
-    return [(a, b) for a, b in zip(eps, eps[1:], strict=False) if spans[a][1] >= spans[b][0]]
+    return [(a, b) for a, b in itertools.pairwise(eps) if spans[a][1] >= spans[b][0]]

@@ -154,7 +154,12 @@ async def test_failover_to_and_back_loses_nothing_and_runs_nothing_twice(
 
     first = [await m.add_job("job", {"n": i}) for i in range(20)]
     info = await m.failover_to(NAMES[1])
-    assert (info.previous, info.primary, info.reason, info.epoch) == (NAMES[0], NAMES[1], "manual", 2)
+    assert (info.previous, info.primary, info.reason, info.epoch) == (
+        NAMES[0],
+        NAMES[1],
+        "manual",
+        2,
+    )
     second = [await m.add_job("job", {"n": i}) for i in range(20)]
     back = await m.failover_to(NAMES[0])
     assert (back.primary, m.primary, m.epoch) == (NAMES[0], NAMES[0], 3)
@@ -420,6 +425,7 @@ async def test_failover_events_and_webhooks(
     make: Callable[..., Any], backend_url: str, prefix: str
 ) -> None:
     from chaos.receiver import Receiver
+
     from kitium_queue import JobQueue
     from kitium_queue.features.webhooks import WebhookConfig, WebhookManager, generate_secret
 

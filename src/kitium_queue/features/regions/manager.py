@@ -31,6 +31,7 @@ from ...leader import NET_ERRORS
 from ...limits import get_logger
 from ...queue import HealthStatus, JobQueue
 from .config import Checked, GlobalQueueConfig, check_config
+from .confirm import Confirmer
 from .copying import apply, as_entry, export
 from .election import View
 from .errors import FailoverError, RegionUnavailableError
@@ -109,6 +110,7 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         self.topo: Topology | None = None
         self.router: Router | None = None
         self.replicator: Replicator | None = None
+        self.confirmer: Confirmer | None = None
         self.monitor: Monitor | None = None
         self.lanes: Lanes | None = None
         self.handover: Handover | None = None
@@ -177,6 +179,7 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         self.queues = [c.lane for c in copies] + [c.home for c in copies]
         self.router = Router(cfg.names, cfg.allowed_regions)
         self.replicator = Replicator(topo, self._stranded_found)
+        self.confirmer = Confirmer(topo)
         self.monitor = Monitor(topo, self.replicator, self._on_change)
         self.lanes = Lanes(topo)
         self.handover = Handover(topo, self.monitor)
@@ -347,7 +350,7 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
                     raise
                 raise self._unavailable(tried, exc) from exc
         if lane == GLOBAL:
-            await self._confirm([job_id])
+            await self._confirm([job_id], tried)
         return job_id
 
     async def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
@@ -367,18 +370,22 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         except _NET as exc:
             raise self._unavailable(tried, exc) from exc
         if global_ids:
-            await self._confirm([i for i in ids if i in set(global_ids)])
+            wanted = set(global_ids)
+            await self._confirm([i for i in ids if i in wanted], tried)
         return ids
 
-    async def _confirm(self, ids: list[str]) -> None:
+    async def _confirm(self, ids: list[str], primary_name: str | None) -> None:
+        """Sync mode: wait for the acknowledgements of ``ids``, stored by the primary
+        ``primary_name`` (the one ``add_job`` wrote to, even if another took over
+        since: the copies are read from where the jobs are)."""
         cfg, topo = self.cfg, self._topo()
-        assert cfg is not None and self.replicator is not None
+        assert cfg is not None and self.confirmer is not None
         if not ids or not cfg.replication.enabled or cfg.replication.mode != "sync":
             return
-        primary = topo.primary_copy()
+        primary = topo.by_name.get(primary_name or "")
         if primary is None:
             raise RegionUnavailableError(f"queue {self.name!r}: no primary to confirm from")
-        await self.replicator.confirm(primary, ids)
+        await self.confirmer.confirm(primary, ids)
 
     async def _rerouted(self, tried: str | None) -> bool:
         """After a fenced add: check the regions now; True when a primary serves (it may

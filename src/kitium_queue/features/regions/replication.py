@@ -17,8 +17,7 @@ a region with no position (new, or its data lost) is copied afresh (``snapshot``
 a region that followed an earlier primary exchanges with the new one the copies either
 received after the other's position (``merge_since``).
 
-**Synchronous (opt-in).** ``confirm`` copies jobs the primary just stored to every
-reachable secondary and returns once ``min_acks`` of them applied them.
+**Synchronous (opt-in)**: ``confirm.py``.
 
 The lag of each secondary, in entries and in seconds (age of the oldest entry it has
 not acknowledged), is in ``lag()``, ``get_global_stats()`` and the metrics adapter
@@ -38,8 +37,7 @@ from ...leader import LeaderService, OutageLog
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxEntry
 from ...queue import JobQueue
-from .copying import APPLIED, apply, as_entry, end_entry, export, merge_since, now_ms, snapshot
-from .errors import ReplicationTimeoutError
+from .copying import apply, as_entry, end_entry, export, merge_since, snapshot
 from .record import RegionCopy
 from .stranded import collect
 from .topology import Topology
@@ -95,7 +93,6 @@ class Replicator:
         self._on: str | None = None  # the primary the service campaigns on
         self.applied = 0
         self.refused = 0
-        self._bg: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ leadership
     async def follow_primary(self) -> None:
@@ -127,7 +124,9 @@ class Replicator:
             return
         source = self.topo.source
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._follow(primary, s, source)) for s in self.topo.secondaries()]
+        tasks = [
+            loop.create_task(self._follow(primary, s, source)) for s in self.topo.secondaries()
+        ]
         tasks.append(loop.create_task(self._schedules(primary)))
         try:
             # The loops only end by failing: one failure ends the term (the service logs
@@ -313,71 +312,6 @@ class Replicator:
                         log.debug("schedules not copied to %s: %s", sec.name, exc)
             await asyncio.sleep(self.cfg.schedule_sync_ms / 1000)
 
-    # ------------------------------------------------------------------ sync mode
-    async def confirm(self, primary: RegionCopy, ids: Sequence[str]) -> dict[str, list[str]]:
-        """Copy ``ids`` from the primary to every reachable secondary; return once
-        ``min_acks`` of them applied every job (per job: the regions that did), or raise
-        ``ReplicationTimeoutError``."""
-        need = self.topo.cfg.min_acks
-        timeout = self.cfg.ack_timeout_ms / 1000
-        rows = await export(primary.lane, ids)
-        entries = [as_entry(r, "put") for r in rows if _s(r["op"]) != "gone"]
-        targets = [s for s in self.topo.secondaries() if s.reachable]
-        acked: dict[str, list[str]] = {i: [] for i in ids}
-        if len(targets) < need:
-            raise ReplicationTimeoutError(
-                f"{len(ids)} job(s) stored by the primary {primary.name}, but only "
-                f"{len(targets)} other region(s) are reachable and replication.min_acks is "
-                f"{need}: not acknowledged as replicated (they reach the others "
-                "asynchronously); add them again with the same job_id or idempotency key "
-                "once the regions are back, or lower min_acks",
-                ids,
-                acked,
-            )
-        floor = now_ms()
-
-        async def one(sec: RegionCopy) -> str:
-            statuses = await apply(sec.lane, entries, floor=floor)
-            if all(s in APPLIED for s in statuses):
-                return sec.name
-            raise RuntimeError(f"region {sec.name} refused: {sorted(set(statuses) - APPLIED)}")
-
-        tasks = [asyncio.ensure_future(one(s)) for s in targets]
-        ok: list[str] = []
-        errors: list[str] = []
-        try:
-            for fut in asyncio.as_completed(tasks, timeout=timeout):
-                try:
-                    ok.append(await fut)
-                except asyncio.TimeoutError:
-                    raise
-                except Exception as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                if len(ok) >= need:
-                    break
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            for t in tasks:
-                if not t.done():
-                    # Left to finish: a late copy is still a copy (and idempotent).
-                    self._bg.add(t)
-                    t.add_done_callback(self._bg.discard)
-        for i in ids:
-            acked[i] = list(ok)
-        if len(ok) < need:
-            detail = f"; errors: {'; '.join(errors)}" if errors else ""
-            raise ReplicationTimeoutError(
-                f"{len(ids)} job(s) stored by the primary {primary.name}, but {len(ok)} of "
-                f"the {need} other region(s) replication.min_acks requires confirmed them "
-                f"within {self.cfg.ack_timeout_ms} ms{detail}: not acknowledged as "
-                "replicated (they reach the others asynchronously); adding them again "
-                "with the same job_id or idempotency key adds nothing twice",
-                ids,
-                acked,
-            )
-        return acked
-
     # ------------------------------------------------------------------ lag
     async def lag(self, primary: RegionCopy, sec: RegionCopy) -> Lag | None:
         """How far ``sec`` is behind ``primary`` (None: no group yet)."""
@@ -402,8 +336,10 @@ class Replicator:
             behind = len(await client.xrange(key, "(" + last, "+", count=100_000))
         if oldest is None and nxt:
             oldest = _s(nxt[0][0])
-        now = primary.record.now if primary.record else now_ms()
-        age = max(0, now - int(oldest.split("-", 1)[0])) if oldest else 0
+        age = 0
+        if oldest:
+            sec_s, usec = await client.time()  # the primary's clock, as the entry ids
+            age = max(0, int(sec_s) * 1000 + int(usec) // 1000 - int(oldest.split("-", 1)[0]))
         return Lag(int(behind) + pending, age, pending, last)
 
 
