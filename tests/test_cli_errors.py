@@ -97,6 +97,10 @@ def test_every_subcommand_is_covered() -> None:
 CHECKED_FIRST: dict[tuple[str, ...], tuple[int, str]] = {
     ("encryption", "rotate"): (2, "is not held by this process"),
     ("webhooks", "deliver"): (1, "constructs no WebhookManager"),
+    ("regions", "failover"): (2, "needs a GlobalQueueManager"),
+    ("regions", "stranded"): (2, "needs a GlobalQueueManager"),
+    ("regions", "resubmit"): (2, "needs a GlobalQueueManager"),
+    ("regions", "discard"): (2, "needs a GlobalQueueManager"),
 }
 
 

@@ -85,6 +85,14 @@ EXPECTED: dict[str, list[str]] = {
         r"result read back in this process: \{'charged': '\*\*\*\*1111'\}",
         r"rotation done: 2 values moved to key 2026",
     ],
+    "regions.py": [
+        r"pinned job id: @eu-west-1:\.\.\.",
+        r"copy in ap-southeast-1: waiting",
+        r"failover: us-east-1 -> eu-west-1, epoch 2",
+        r"and back: eu-west-1 -> us-east-1, epoch 3",
+        r"orders run once each: True",
+        r"  us-east-1: primary, epoch 3, healthy=True",
+    ],
     "webhooks.py": [
         r"endpoint wh_\w+: 3 signed job-completed events verified",
         r"event types: \['job-completed'\]",
@@ -95,8 +103,8 @@ EXPECTED: dict[str, list[str]] = {
 #: windows and what they keep (they expire with the window), and what features hold that
 #: is configuration or history rather than jobs -- webhook deliveries and the outbox
 #: they are read from, a breaker's log and window, encryption key ids and rotation
-#: records.
-WINDOW_KEYS = re.compile(r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$))")
+#: records, a region's record of its epoch and the copies it holds (rg).
+WINDOW_KEYS = re.compile(r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|rg(:|$))")
 
 
 def test_every_example_has_expectations() -> None:

@@ -142,6 +142,56 @@ async def test_jobs_outcomes_and_idempotency_reach_every_region(make: Callable[.
     assert runs == [jid]
 
 
+async def test_exactly_once_results_and_delays_survive_a_failover(
+    make: Callable[..., Any],
+) -> None:
+    from kitium_queue import IdempotencyManager
+
+    m = await make()
+    for q in m.queues:  # a feature is enabled on every queue of the façade
+        IdempotencyManager(q)
+    charged: list[str] = []
+
+    @m.process("pay")
+    async def pay(job: Any) -> dict[str, Any]:
+        charged.append(job.id)
+        return {"receipt": job.data["order"]}
+
+    eo = {"delivery_guarantee": "exactly-once", "idempotency_key": "pay-1"}
+    jid = await m.add_job("pay", {"order": 1}, remove_on_complete=True, **eo)
+    later = await m.add_job("pay", {"order": 2}, delay=60_000)
+    await m.start(concurrency=1)
+    await wait_until(lambda: charged == [jid], 5)
+    await wait_until(lambda: copy_state(m, NAMES[2], later), 5)
+    assert await copy_state(m, NAMES[2], later) == "delayed"
+    await m.failover_to(NAMES[2])
+    # At the new primary: the same key returns the first job and its kept result.
+    assert await m.add_job("pay", {"order": 1}, **eo) == jid
+    result = await IdempotencyManager(m.region(NAMES[2]).lane).get_result("pay-1")
+    assert result is not None and result.result == {"receipt": 1}
+    info = await m.get_job_status(later)
+    assert info is not None and info.status is JobStatus.DELAYED
+    assert info.delayed_until is not None and info.delayed_until > info.created_at + 50_000
+    await asyncio.sleep(0.2)
+    assert charged == [jid]
+
+
+async def test_lag_and_failovers_reach_the_metrics_adapter(make: Callable[..., Any]) -> None:
+    from test_adapters import RecordingMetrics
+
+    metrics = RecordingMetrics()
+    m = await make(queue_options={"prefix": f"kqt{uuid.uuid4().hex[:8]}", "metrics": metrics})
+    await m.add_job("x", {})
+
+    def seen(name: str) -> set[str]:
+        return {t["region"] for n, _, t in metrics.observations if n == name}
+
+    await wait_until(lambda: seen("regions.replication.lag_entries") == {NAMES[1], NAMES[2]}, 5)
+    assert seen("regions.replication.lag_ms") == {NAMES[1], NAMES[2]}
+    await m.failover_to(NAMES[1])
+    assert metrics.total("regions.failovers", to=NAMES[1], reason="manual") == 1
+
+
 async def test_failover_to_and_back_loses_nothing_and_runs_nothing_twice(
     make: Callable[..., Any],
 ) -> None:

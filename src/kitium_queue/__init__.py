@@ -70,6 +70,18 @@ from .features.encryption import (
 from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
+from .features.regions import (
+    FailoverError,
+    GlobalQueueConfig,
+    GlobalQueueManager,
+    GlobalStats,
+    RegionConfig,
+    RegionNotAllowedError,
+    RegionStats,
+    RegionUnavailableError,
+    ReplicationTimeoutError,
+    TenantRegionMap,
+)
 from .features.schedules import Schedule
 from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
@@ -143,9 +155,13 @@ __all__ = [
     "ExecutionResult",
     "ExtendedJobOptions",
     "FIFOQueueManager",
+    "FailoverError",
     "FailureThreshold",
     "FeatureEvent",
     "FencedError",
+    "GlobalQueueConfig",
+    "GlobalQueueManager",
+    "GlobalStats",
     "GroupConfig",
     "GroupRateLimit",
     "GroupStats",
@@ -185,6 +201,11 @@ __all__ = [
     "QueueSettings",
     "QueueStats",
     "RateLimited",
+    "RegionConfig",
+    "RegionNotAllowedError",
+    "RegionStats",
+    "RegionUnavailableError",
+    "ReplicationTimeoutError",
     "RetryConfig",
     "RetryLater",
     "RotationStatus",
@@ -195,6 +216,7 @@ __all__ = [
     "StreamEvent",
     "SyncJobQueue",
     "SyncPartitionedQueue",
+    "TenantRegionMap",
     "WebhookConfig",
     "WebhookDeliveryStrategy",
     "WebhookEvent",

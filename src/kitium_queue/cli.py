@@ -35,6 +35,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "load_app",
     "load_queue",
     "main",
     "text_field",
@@ -66,8 +67,9 @@ def _row(*fields: object) -> str:
     return "\t".join(text_field(f) for f in fields)
 
 
-def load_queue(app: str, redis: str | None = None) -> JobQueue:
-    """Import ``module:attribute`` and return the JobQueue it names."""
+def load_app(app: str, kinds: tuple[type, ...] = (JobQueue,)) -> Any:
+    """Import ``module:attribute`` and return the object it names (called first if it
+    is a factory rather than one of ``kinds``)."""
     module_name, _, attr = app.partition(":")
     if not module_name or not attr:
         raise click.BadParameter(f"{app!r}: use module:attribute, e.g. myapp.tasks:queue")
@@ -81,8 +83,14 @@ def load_queue(app: str, redis: str | None = None) -> JobQueue:
         if not hasattr(obj, part):
             raise click.BadParameter(f"{module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
-    if callable(obj) and not isinstance(obj, JobQueue):
+    if callable(obj) and not isinstance(obj, kinds):
         obj = obj()
+    return obj
+
+
+def load_queue(app: str, redis: str | None = None) -> JobQueue:
+    """Import ``module:attribute`` and return the JobQueue it names."""
+    obj = load_app(app)
     if not isinstance(obj, JobQueue):
         raise click.BadParameter(f"{app!r} is a {type(obj).__name__}, not a JobQueue")
     # What the CLI prints is seen by people: protected payloads are shown redacted.
@@ -569,12 +577,14 @@ def _add_feature_commands() -> None:
     from .features.encryption.cli import make_command as encryption_command
     from .features.groups.cli import make_command as groups_command
     from .features.idempotency.cli import make_command as result_command
+    from .features.regions.cli import make_command as regions_command
     from .features.workflows.cli import make_command as workflows_command
 
     main.add_command(groups_command(_with_queue, redis_option, _row), "groups")
     main.add_command(result_command(_with_queue, redis_option, _row), "result")
     main.add_command(encryption_command(_with_queue, redis_option, _row), "encryption")
     main.add_command(workflows_command(_with_queue, redis_option, _row), "workflows")
+    main.add_command(regions_command(_with_queue, redis_option, _row, load_app, _run), "regions")
     try:
         from .features.prometheus.cli import make_command as metrics_command
     except ImportError:  # the optional extra "prometheus" is not installed: no command

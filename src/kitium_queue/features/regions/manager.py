@@ -116,6 +116,11 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         self.handover: Handover | None = None
         self.failovers: list[Failover] = []
 
+    @property
+    def configuration(self) -> GlobalQueueConfig | Mapping[str, Any] | None:
+        """The configuration given to the constructor (or to ``initialize``)."""
+        return self._config
+
     # ------------------------------------------------------------------ members
     @property
     def queues(self) -> list[JobQueue]:
@@ -171,6 +176,7 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         given = config if config is not None else self._config
         if given is None:
             raise ConfigurationError("initialize(config) needs the configuration")
+        self._config = given
         cfg = self.cfg = check_config(given)
         timeout_s = min(2.0, max(0.2, cfg.failover.timeout_ms / 4000))
         copies = [RegionCopy(r, cfg.name, cfg.queue_options, timeout_s) for r in cfg.regions]

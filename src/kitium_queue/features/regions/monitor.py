@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -231,7 +232,10 @@ class Monitor:
             int((time.monotonic() - started) * 1000),
             caught,
         )
-        log.warning(
+        # A failover nobody asked for is worth a warning; a bootstrap or a handover by
+        # hand is what the caller wanted.
+        log.log(
+            logging.WARNING if reason == "automatic" else logging.INFO,
             "queue %s: region %s is the primary of epoch %d (%s; was %s; %d ms%s)",
             self.cfg.name,
             target.name,

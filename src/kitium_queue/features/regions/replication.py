@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ log = get_logger(__name__)
 
 SERVICE = "regions-replicator"
 _BLOCK_MS = 500
+_REPORT_EVERY_S = 1.0
 _TERMINAL = {"completed", "failed", "dlq"}
 
 
@@ -157,6 +159,7 @@ class Replicator:
         joined = False
         held: list[OutboxEntry] = []
         outage = OutageLog(f"queue {primary.queue_name}: replication to region {sec.name}")
+        next_report = 0.0
         while True:
             if not sec.reachable:
                 await asyncio.sleep(self.topo.cfg.check_interval_ms / 1000)
@@ -176,12 +179,28 @@ class Replicator:
                     await consumer.ack([e.id for e in held])
                     held = []
                 outage.ok()
+                if primary.lane.metrics is not None and time.monotonic() >= next_report:
+                    next_report = time.monotonic() + _REPORT_EVERY_S
+                    await self._report_lag(primary, sec)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # Logged once per outage (the primary or the secondary), retried with
                 # backoff; held entries stay unacknowledged in the group meanwhile.
                 await outage.pause(exc)
+
+    async def _report_lag(self, primary: RegionCopy, sec: RegionCopy) -> None:
+        """The lag of ``sec`` to the metrics adapter (entries, ms), about once a second."""
+        lag = await self.lag(primary, sec)
+        metrics = primary.lane.metrics
+        if lag is None or metrics is None:
+            return
+        tags = {"queue": primary.queue_name, "region": sec.name}
+        try:
+            metrics.observe("regions.replication.lag_entries", lag.entries, tags)
+            metrics.observe("regions.replication.lag_ms", lag.ms, tags)
+        except Exception:
+            log.exception("metrics adapter failed on regions.replication.lag_*")
 
     async def apply_batch(
         self, primary: RegionCopy, sec: RegionCopy, batch: Sequence[OutboxEntry], source: str
