@@ -26,4 +26,5 @@ NAMES = (
     "webhooks",
     "metrics",
     "workflows",
+    "regions",
 )

@@ -39,6 +39,8 @@ def _headline(r: Result) -> str:
         "clock-skew": ("skews_s", "stalls_during_renewal", "relet_early"),
         "poison": ("fuzzed_payloads", "fuzzed_fields"),
         "groups": ("jobs", "kills", "restarts", "interrupted_jobs"),
+        "regions": ("crash_rto_workers_s", "crash_rpo_jobs", "partition_stranded",
+                    "completed_twice"),
     }.get(r.name, ())
     parts = []
     for k in keys:

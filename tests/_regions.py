@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from _redis import RedisServer
@@ -31,7 +33,14 @@ from kitium_queue import EventData, FencedError
 from kitium_queue.features.regions import GlobalQueueManager
 from kitium_queue.features.regions.errors import RegionUnavailableError, ReplicationTimeoutError
 
-__all__ = ["NAMES", "RegionLoad", "Regions", "accepted", "overlapping_epochs"]
+__all__ = [
+    "NAMES",
+    "RegionLoad",
+    "Regions",
+    "accepted",
+    "overlapping_epochs",
+    "partition_managers",
+]
 
 NAMES = ("us-east-1", "eu-west-1", "ap-southeast-1", "sa-east-1", "af-south-1")
 
@@ -108,6 +117,28 @@ class Regions:
         return m
 
 
+async def partition_managers(
+    rg: Regions,
+) -> tuple[list[Any], GlobalQueueManager, list[GlobalQueueManager], GlobalQueueManager]:
+    """The managers of a partition: a loopback proxy in front of each region
+    (``chaos/proxy.py``); a producer and two worker managers reach region 0 (the first
+    primary) through its proxy, and one more producer reaches regions 1 and 2 through
+    theirs. Downing every proxy cuts region 0 off from the majority's managers and the
+    other regions off from the last producer. Returns (proxies, producer, workers, the
+    cut-off producer); the caller stops the proxies."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from chaos.proxy import Proxy
+
+    proxies = [Proxy(s.port).start() for s in rg.servers]
+    majority = {0: proxies[0].url}
+    producer = await rg.manager(majority)
+    workers = [await rg.manager(majority), await rg.manager(majority)]
+    cut_off = await rg.manager({1: proxies[1].url, 2: proxies[2].url})
+    return proxies, producer, workers, cut_off
+
+
 class RegionLoad:
     """A producer adding numbered jobs at ``rate`` per second and ``workers`` worker
     managers completing them, with the bookkeeping of a failover:
@@ -166,7 +197,9 @@ class RegionLoad:
             n = self._n
             self._n += 1
             try:
-                jid = await self.producer.add_job("load", {"n": n})
+                # Kept once completed (no retention), so that a job missing at the new
+                # primary is one that never reached it.
+                jid = await self.producer.add_job("load", {"n": n}, remove_on_complete=False)
                 self.acked[jid] = (n, time.time())
             except (RegionUnavailableError, FencedError, ReplicationTimeoutError) as exc:
                 self.errors[type(exc).__name__] += 1

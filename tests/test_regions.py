@@ -292,6 +292,40 @@ async def test_region_pins_a_job_to_that_regions_own_queue(make: Callable[..., A
         await m.remove_job("@nowhere")
 
 
+async def test_workers_own_serve_their_region_and_the_primary_only_while_it_is_theirs(
+    make: Callable[..., Any],
+) -> None:
+    producer = await make(background=False)
+    eu = await make(workers="own", own_region=NAMES[1])
+    ran: list[str] = []
+    eu.process("x", lambda job: ran.append(str(job.data["k"])))
+    await producer.add_job("x", {"k": "global-1"})
+    await producer.add_job("x", {"k": "pinned-eu"}, region=NAMES[1])
+    await producer.add_job("x", {"k": "pinned-ap"}, region=NAMES[2])
+    await eu.start(concurrency=2)
+    await wait_until(lambda: ran == ["pinned-eu"], 5)
+    await asyncio.sleep(0.2)
+    assert ran == ["pinned-eu"]  # not the primary's jobs, not another region's
+    await eu.failover_to(NAMES[1])  # now eu is the primary: its workers take the global queue
+    await wait_until(lambda: sorted(ran) == ["global-1", "pinned-eu"], 5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a b", "\ud800", "eu-west-1\n", "*", "x" * 300, 7, None, ["eu-west-1"], {"r": 1}],
+)
+async def test_odd_region_arguments_are_refused_clearly(make: Callable[..., Any], bad: Any) -> None:
+    m = await make(background=False)
+    if bad is not None:
+        with pytest.raises(ConfigurationError):
+            await m.add_job("x", {}, region=bad)
+    with pytest.raises(ConfigurationError):
+        await m.failover_to(bad)
+    with pytest.raises(ConfigurationError):
+        await m.replicate_job(await m.add_job("x", {}), [bad])
+    assert await m.get_job_status(f"@{bad}:1") is None
+
+
 class Tenants(TenantRegionMap):
     """The tenancy lookup as the tenancy feature will provide it: async."""
 

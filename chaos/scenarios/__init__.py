@@ -16,4 +16,5 @@ from . import (  # noqa: F401
     s12_webhooks,
     s13_metrics,
     s14_workflows,
+    s15_regions,
 )

@@ -335,10 +335,7 @@ def _fan_out(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
             asked.arguments.update(limit=skip + limit, offset=0)
         members = list(self.members_for(op))
         answers = await asyncio.gather(
-            *(
-                getattr(self.queues[i], op.name)(*asked.args[1:], **asked.kwargs)
-                for i in members
-            )
+            *(getattr(self.queues[i], op.name)(*asked.args[1:], **asked.kwargs) for i in members)
         )
         parts = [_with_full_ids(self, i, op.ids, a) for i, a in zip(members, answers, strict=True)]
         bound.apply_defaults()

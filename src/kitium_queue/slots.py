@@ -344,12 +344,7 @@ def _compose_fence(frags: list[SlotFragment]) -> str:
 
 
 def _compose_requeue(frags: list[SlotFragment]) -> str:
-    lines = _header("requeue", frags)
-    lines.append("local function requeue_slot(id, jk, from)")
-    lines.append("  local ok, err")
-    lines += _guarded("requeue", frags, "id, jk, from", "err")
-    lines.append("end")
-    return "\n".join(lines) + "\n"
+    return _compose_notice("requeue", frags, "id, jk, from")
 
 
 def _compose_duplicate(frags: list[SlotFragment]) -> str:
@@ -417,10 +412,15 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
 
 
 def _compose_release(frags: list[SlotFragment]) -> str:
-    lines = _header("release", frags)
-    lines.append("local function release_slot(id, jk, outcome, payload)")
+    return _compose_notice("release", frags, "id, jk, outcome, payload")
+
+
+def _compose_notice(slot: str, frags: list[SlotFragment], args: str) -> str:
+    """A slot whose fragments all run, each under pcall, and return nothing."""
+    lines = _header(slot, frags)
+    lines.append(f"local function {slot}_slot({args})")
     lines.append("  local ok, err")
-    lines += _guarded("release", frags, "id, jk, outcome, payload", "err")
+    lines += _guarded(slot, frags, args, "err")
     lines.append("end")
     return "\n".join(lines) + "\n"
 

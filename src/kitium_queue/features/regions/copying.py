@@ -5,7 +5,7 @@ another, and a merge of the copies one region added since a point in time."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -131,6 +131,25 @@ async def copy_ids(
     return counts
 
 
+async def _copy_pages(
+    source: JobQueue,
+    target: JobQueue,
+    page: Callable[[int], Awaitable[list[Any]]],
+    counts: dict[str, int],
+) -> None:
+    """Copy the ids ``page(offset)`` gives, page after page, adding up the statuses."""
+    offset = 0
+    while True:
+        ids = await page(offset)
+        if not ids:
+            return
+        offset += len(ids)
+        for k, v in (await copy_ids(source, target, [_s(i) for i in ids])).items():
+            counts[k] = counts.get(k, 0) + v
+        if len(ids) < _PAGE:
+            return
+
+
 async def merge_since(source: JobQueue, target: JobQueue, since_ms: int) -> dict[str, int]:
     """Copy into ``target`` every job ``source`` received as a copy (its index) created
     at or after ``since_ms`` (less ``MARGIN_MS``); counts per status."""
@@ -138,16 +157,11 @@ async def merge_since(source: JobQueue, target: JobQueue, since_ms: int) -> dict
     key = source.keys.extra("rg:idx")
     low = max(0, since_ms - MARGIN_MS)
     counts: dict[str, int] = {}
-    offset = 0
-    while True:
-        ids = await client.zrangebyscore(key, low, "+inf", start=offset, num=_PAGE)
-        if not ids:
-            break
-        offset += len(ids)
-        for k, v in (await copy_ids(source, target, [_s(i) for i in ids])).items():
-            counts[k] = counts.get(k, 0) + v
-        if len(ids) < _PAGE:
-            break
+
+    async def page(offset: int) -> list[Any]:
+        return list(await client.zrangebyscore(key, low, "+inf", start=offset, num=_PAGE))
+
+    await _copy_pages(source, target, page, counts)
     return counts
 
 
@@ -155,24 +169,14 @@ async def snapshot(source: JobQueue, target: JobQueue) -> dict[str, int]:
     """Copy every job of ``source`` (every state, parked ones too) into ``target``."""
     client = await source.client()
     k = source.keys
-    sets = [k.wait, k.delayed, k.active, k.completed, k.failed, k.dlq]
-    counts: dict[str, int] = {}
-
-    async def page_of(key: str) -> None:
-        start = 0
-        while True:
-            ids = await client.zrange(key, start, start + _PAGE - 1)
-            if not ids:
-                return
-            start += len(ids)
-            for s, n in (await copy_ids(source, target, [_s(i) for i in ids])).items():
-                counts[s] = counts.get(s, 0) + n
-            if len(ids) < _PAGE:
-                return
-
-    for key in sets:
-        await page_of(key)
     blockers = await client.zrange(k.parked_index, 0, -1)
-    for b in blockers:
-        await page_of(k.parked(_s(b)))
+    sets = [k.wait, k.delayed, k.active, k.completed, k.failed, k.dlq]
+    sets += [k.parked(_s(b)) for b in blockers]
+    counts: dict[str, int] = {}
+    for key in sets:
+
+        async def page(offset: int, key: str = key) -> list[Any]:
+            return list(await client.zrange(key, offset, offset + _PAGE - 1))
+
+        await _copy_pages(source, target, page, counts)
     return counts

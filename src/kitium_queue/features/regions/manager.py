@@ -55,6 +55,8 @@ log = get_logger(__name__)
 #: The private option ``add_job`` / ``add_jobs`` hand ``place`` the routed queue in.
 _LANE = "__kq_lane"
 _NET: tuple[type[BaseException], ...] = (*NET_ERRORS, ConnectionUnavailableError)
+#: Deadline of the first contact with a region (connect, load the scripts).
+_FIRST_CONTACT_S = 10.0
 
 
 def new_job_id() -> str:
@@ -191,6 +193,7 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         self.handover = Handover(topo, self.monitor)
         self.topo = topo
         try:
+            await asyncio.gather(*(c.connect(_FIRST_CONTACT_S) for c in copies))
             view = await topo.refresh()
             reachable = topo.reachable()
             for c in reachable:

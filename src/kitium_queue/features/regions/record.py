@@ -4,6 +4,7 @@ region record (``region.lua``) and its health."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -166,6 +167,12 @@ class RegionCopy:
                 "the same Redis (and key prefix). Give each region its own deployment"
             )
         return rec
+
+    async def connect(self, timeout_s: float) -> None:
+        """Open the connection and load the scripts, with a deadline fit for a first
+        contact (the health checks' own is short); a failure shows in the next check."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.lane.client(), timeout_s)
 
     async def check(self) -> Record | None:
         """Read the global queue's record: the health check. Updates the health fields;

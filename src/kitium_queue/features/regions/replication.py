@@ -247,6 +247,11 @@ class Replicator:
     async def join(self, primary: RegionCopy, sec: RegionCopy, source: str) -> None:
         """Bring ``sec`` level with ``primary`` before following the stream."""
         rec = await sec.op("read")
+        epoch, leader = self.topo.epoch, self.topo.primary
+        if epoch is not None and leader is not None and (rec.epoch is None or rec.epoch < epoch):
+            # Not told of the current epoch yet (the health checks may not have reached it):
+            # tell it first, so that a former primary shows what it was ('former').
+            rec = await sec.op("adopt", epoch, leader)
         if rec.src == source:
             return
         outbox = Outbox(primary.lane)

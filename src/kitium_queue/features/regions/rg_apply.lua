@@ -9,7 +9,9 @@
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]   dlq enabled ('1' | '0'): where a job that failed for good goes here
   ARGV[5]   replication position to record once applied ('' = none): an outbox entry id
-  ARGV[6]   its source, "<region>@<epoch>"
+  ARGV[6]   its source, "<region>@<epoch>". With a position, a copy that knows a later
+            epoch than the source's refuses the whole call (KQ_FENCED, nothing written): a
+            replicator that still follows a deposed primary cannot apply its stream.
   ARGV[7]   trim the index of copies older than this (ms; 0 = do not trim)
   ARGV[8]   index floor (ms): a copy added here is indexed at max(its creation, floor)
   ARGV[9..] 18 fields per entry (features/regions/lua.py ENTRY), at most 500 entries:
@@ -54,6 +56,14 @@ for b = 9, #ARGV, N do
 end
 local dlq_enabled = ARGV[4] == '1'
 local pos, src = ARGV[5], ARGV[6]
+if pos ~= '' then
+  local src_epoch = tonumber(string.match(src, '@(%d+)$') or '')
+  local here = tonumber(redis.call('HGET', PREFIX .. 'rg', 'epoch') or '')
+  if src_epoch == nil or (here ~= nil and here > src_epoch) then
+    return redis.error_reply('KQ_FENCED replication from ' .. src .. ' refused: this copy ' ..
+      'knows epoch ' .. tostring(here) .. ', a later one; its source is no longer the primary')
+  end
+end
 local cutoff = arg_int(ARGV[7], 0, 0, MAX_MS)
 local floor = arg_int(ARGV[8], 0, 0, MAX_MS)
 local K_IDX = PREFIX .. 'rg:idx'

@@ -227,8 +227,8 @@ async def resubmit(copy: RegionCopy, primary: JobQueue, ids: Sequence[str]) -> d
         kind = _s(fields.get("kind", ""))
         row = [fields.get(k, b"") for k in ENTRY]
         if kind == "job":
+            # It keeps its id, creation time and the epoch that first accepted it.
             row[ENTRY.index("op")] = "put"
-            row[ENTRY.index("epoch")] = ""  # accepted anew: the current primary stamps it
         (status,) = await apply(primary, [row])
         out[jid] = status
         if status in APPLIED:

@@ -28,12 +28,13 @@ class Topology:
         self.lock = asyncio.Lock()
 
     def copy(self, name: str) -> RegionCopy:
-        try:
-            return self.by_name[name]
-        except KeyError:
+        found = self.by_name.get(name) if isinstance(name, str) else None
+        if found is None:
+            shown = repr(name[:100]) if isinstance(name, str) else type(name).__name__
             raise ConfigurationError(
-                f"unknown region {name!r}; the regions are {', '.join(self.by_name)}"
-            ) from None
+                f"unknown region {shown}; the regions are {', '.join(self.by_name)}"
+            )
+        return found
 
     @property
     def primary(self) -> str | None:
