@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ...errors import JobRefusedError, KitiumQueueError
 
@@ -16,8 +17,25 @@ __all__ = [
 
 class RegionUnavailableError(KitiumQueueError, ConnectionError):
     """No region can take the call now: the primary is unreachable (or has no lease) and
-    no other region has been promoted yet. Nothing was written by the call that raised
-    it; add the job again once a primary serves (``get_global_stats()`` shows when)."""
+    no other region has been promoted yet. Add the job again (with the same ``job_id``)
+    once a primary serves (``get_global_stats()`` shows when)."""
+
+    @classmethod
+    def primary_gone(
+        cls, queue: str, primary: str | None, failover: Any, exc: BaseException
+    ) -> RegionUnavailableError:
+        """The error of an ``add_job`` whose primary could not be reached."""
+        auto = (
+            f"automatic failover follows after {failover.timeout_ms} ms without it"
+            if failover.enabled
+            else "automatic failover is off: use failover_to(region)"
+        )
+        return cls(
+            f"the primary region {primary} of queue {queue!r} is unreachable "
+            f"({type(exc).__name__}: {exc}); {auto}. The job may or may not have been "
+            "stored there: add it again with the same job_id (or idempotency_key), which "
+            "never adds it twice in one region"
+        )
 
 
 class ReplicationTimeoutError(KitiumQueueError):

@@ -12,7 +12,6 @@ loop (``monitor.py``), replication (``replication.py``) and the stranded-work re
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,17 +31,17 @@ from ...limits import get_logger
 from ...queue import HealthStatus, JobQueue
 from .config import Checked, GlobalQueueConfig, check_config
 from .confirm import Confirmer
-from .copying import apply, as_entry, export
 from .election import View
-from .errors import FailoverError, RegionUnavailableError
+from .errors import RegionUnavailableError
 from .handover import Handover
 from .lanes import Lanes
 from .monitor import Failover, Monitor
+from .ops import RegionOps
 from .record import RegionCopy
 from .replication import Replicator
 from .routing import GLOBAL, Router
 from .stats import GlobalStats, collect_stats
-from .stranded import StrandedJob, discard, listing, resubmit
+from .stranded import StrandedJob
 from .topology import Topology
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ def new_job_id() -> str:
     return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(5)}"
 
 
-class GlobalQueueManager(MultiQueue[JobQueue]):
+class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
     """A queue spread over regions with failover (the brief's ``GlobalQueueManager``).
 
     Example::
@@ -193,27 +192,7 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         self.handover = Handover(topo, self.monitor)
         self.topo = topo
         try:
-            await asyncio.gather(*(c.connect(_FIRST_CONTACT_S) for c in copies))
-            view = await topo.refresh()
-            reachable = topo.reachable()
-            for c in reachable:
-                await c.make_home()
-            if view.epoch is None:
-                if len(reachable) < cfg.majority:
-                    raise FailoverError(
-                        f"cannot elect the first primary of {cfg.name!r}: {len(reachable)} of "
-                        f"{len(copies)} regions are reachable and a majority "
-                        f"({cfg.majority}) must vote; unreachable: "
-                        + ", ".join(f"{c.name} ({c.error})" for c in copies if not c.reachable)
-                    )
-                result = await self.monitor.bootstrap()
-                if result is None or not result.won:
-                    raise FailoverError(
-                        f"cannot elect the first primary of {cfg.name!r}: "
-                        + (result.describe() if result else "no region may be promoted")
-                    )
-            else:
-                await self.monitor.tick()
+            await self.monitor.establish(_FIRST_CONTACT_S)
             if cfg.background:
                 await self.replicator.follow_primary()
                 await self.monitor.start()
@@ -306,20 +285,8 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
 
     # ------------------------------------------------------------------ producing
     async def _route(self, opts: dict[str, Any]) -> str:
-        topo = self._topo()
         assert self.router is not None
-        order = {c.name: i for i, c in enumerate(topo.copies)}
-
-        def rank(name: str) -> tuple[int, int, int]:
-            c = topo.by_name[name]
-            return (0 if c.reachable else 1, c.priority, order[name])
-
-        return await self.router.route(
-            opts.pop("region", None),
-            opts.get("tenant_id"),
-            primary=topo.view.primary,
-            rank=rank,  # type: ignore[arg-type]
-        )
+        return await self.router.route_in(self._topo(), opts)
 
     async def add_job(
         self,
@@ -405,19 +372,8 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         return view.serving
 
     def _unavailable(self, tried: str | None, exc: BaseException) -> RegionUnavailableError:
-        cfg = self.cfg
-        assert cfg is not None
-        auto = (
-            f"automatic failover follows after {cfg.failover.timeout_ms} ms without it"
-            if cfg.failover.enabled
-            else "automatic failover is off: use failover_to(region)"
-        )
-        return RegionUnavailableError(
-            f"the primary region {tried} of queue {self.name!r} is unreachable "
-            f"({type(exc).__name__}: {exc}); {auto}. The job may or may not have been "
-            "stored there: add it again with the same job_id (or idempotency_key), which "
-            "never adds it twice in one region"
-        )
+        assert self.cfg is not None
+        return RegionUnavailableError.primary_gone(self.name, tried, self.cfg.failover, exc)
 
     # ------------------------------------------------------------------ the brief's API
     async def get_global_stats(self) -> GlobalStats:
@@ -441,77 +397,6 @@ class GlobalQueueManager(MultiQueue[JobQueue]):
         assert self.handover is not None
         info = await self.handover.to(region)
         return info
-
-    async def replicate_job(self, job_id: str, regions: Iterable[str]) -> dict[str, str]:
-        """Copy job ``job_id``, as it is now, to ``regions`` (each gets it now, whatever
-        the asynchronous replication does). A job of the global queue is copied into
-        those regions' copies of it; a job pinned to a region into their copies of that
-        region's queue, fenced: never run there. Returns, per region, ``"added"``,
-        ``"exists"``, ``"ended"``, or the error that prevented the copy."""
-        topo = self._topo()
-        found = self.parse_id(job_id)
-        if found is None:
-            raise self.not_found(job_id)
-        index, inner = found
-        n = len(topo.copies)
-        if index < n:
-            source_region, source = topo.view.primary, self.queues[index]
-        else:
-            source_region = topo.copies[index - n].name
-            source = topo.copies[index - n].home
-        targets = list(dict.fromkeys(regions))
-        for t in targets:
-            topo.copy(t)
-        rows = await export(source, [inner])
-        if not rows or rows[0]["op"] in (b"gone", "gone"):
-            raise JobNotFoundError(f"job {job_id!r} does not exist in region {source_region}")
-        entry = as_entry(rows[0], "put")
-
-        async def one(name: str) -> str:
-            if name == source_region:
-                return "source"
-            c = topo.copy(name)
-            q = c.lane if index < n else await c.copy_of(str(source_region))
-            (status,) = await asyncio.wait_for(apply(q, [entry]), max(1.0, c.timeout_s * 2))
-            return status
-
-        got = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
-        return {
-            t: (g if isinstance(g, str) else f"error: {type(g).__name__}: {g}"[:300])
-            for t, g in zip(targets, got, strict=True)
-        }
-
-    # ------------------------------------------------------------------ stranded work
-    async def stranded(self) -> list[StrandedJob]:
-        """Jobs and outcomes former primaries accepted and never replicated, recorded
-        when they rejoined (see docs/multi-region.md); oldest first."""
-        topo = self._topo()
-        out: list[StrandedJob] = []
-        for c in topo.reachable():
-            out += await listing(c)
-        return sorted(out, key=lambda s: s.detected_ms)
-
-    async def resubmit_stranded(self, ids: Iterable[str] | None = None) -> dict[str, str]:
-        """Apply stranded records (all, or ``ids``) to the current primary: jobs are
-        added with their ids, outcomes end the job if it has not run again. Per id the
-        status (``added``, ``exists``, ``ended``, ``requeued``, ``refused``)."""
-        topo = self._topo()
-        primary = topo.primary_copy()
-        if primary is None or not topo.view.serving:
-            raise RegionUnavailableError(f"queue {self.name!r} has no serving primary now")
-        wanted = None if ids is None else set(ids)
-        out: dict[str, str] = {}
-        for c in topo.reachable():
-            mine = [s.id for s in await listing(c) if wanted is None or s.id in wanted]
-            if mine:
-                out.update(await resubmit(c, primary.lane, mine))
-        return out
-
-    async def discard_stranded(self, ids: Iterable[str]) -> int:
-        """Forget stranded records without applying them; how many there were."""
-        topo = self._topo()
-        ids = list(ids)
-        return sum([await discard(c, ids) for c in topo.reachable()])
 
     async def _stranded_found(self, found: list[StrandedJob]) -> None:
         assert self.lanes is not None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from ...limits import get_logger
 from ...outbox import Outbox
 from .election import Election, View
+from .errors import FailoverError
 from .record import RegionCopy
 from .replication import Replicator, group_of
 from .topology import Topology
@@ -188,6 +189,33 @@ class Monitor:
         )
 
     # ------------------------------------------------------------------ promotion
+    async def establish(self, first_contact_s: float) -> None:
+        """At start: connect to every region, make each own queue its region's home, and
+        agree on the primary; the first time ever, elect the configured one. Raises
+        ``FailoverError`` when that needs a majority that is not reachable."""
+        copies = self.topo.copies
+        await asyncio.gather(*(c.connect(first_contact_s) for c in copies))
+        view = await self.topo.refresh()
+        reachable = self.topo.reachable()
+        for c in reachable:
+            await c.make_home()
+        if view.epoch is not None:
+            await self.tick()
+            return
+        if len(reachable) < self.cfg.majority:
+            raise FailoverError(
+                f"cannot elect the first primary of {self.cfg.name!r}: {len(reachable)} of "
+                f"{len(copies)} regions are reachable and a majority ({self.cfg.majority}) "
+                "must vote; unreachable: "
+                + ", ".join(f"{c.name} ({c.error})" for c in copies if not c.reachable)
+            )
+        result = await self.bootstrap()
+        if result is None or not result.won:
+            raise FailoverError(
+                f"cannot elect the first primary of {self.cfg.name!r}: "
+                + (result.describe() if result else "no region may be promoted")
+            )
+
     async def bootstrap(self) -> Election | None:
         """Elect the configured primary (or, if it is unreachable, the best reachable
         region) when no region knows of any primary yet."""

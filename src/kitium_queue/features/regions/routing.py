@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ...errors import ConfigurationError
 from ...options import check_text
 from .config import check_region_name
 from .errors import RegionNotAllowedError
+
+if TYPE_CHECKING:
+    from .topology import Topology
 
 __all__ = ["GLOBAL", "AllowedRegions", "Router", "TenantRegionMap"]
 
@@ -118,13 +121,26 @@ class Router:
             ) from exc
         return _regions(got, f"allowed regions of tenant {tenant_id!r}")
 
+    async def route_in(self, topo: Topology, opts: dict[str, Any]) -> str:
+        """``route`` for a job's options (its ``region`` is taken out of them), ranking
+        the allowed regions by reachability, then priority, then configuration order."""
+        order = {c.name: i for i, c in enumerate(topo.copies)}
+
+        def rank(name: str) -> tuple[int, int, int]:
+            c = topo.by_name[name]
+            return (0 if c.reachable else 1, c.priority, order[name])
+
+        return await self.route(
+            opts.pop("region", None), opts.get("tenant_id"), primary=topo.view.primary, rank=rank
+        )
+
     async def route(
         self,
         region: Any,
         tenant_id: Any,
         *,
         primary: str | None,
-        rank: Callable[[str], tuple[int, int]],
+        rank: Callable[[str], tuple[int, ...]],
     ) -> str:
         """The region whose own queue takes the job, or ``GLOBAL``. ``rank(region)``
         orders the allowed regions (lower first: reachable, then priority)."""
