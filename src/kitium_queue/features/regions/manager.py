@@ -285,8 +285,9 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
 
     # ------------------------------------------------------------------ producing
     async def _route(self, opts: dict[str, Any]) -> str:
+        topo = self._topo()  # ConfigurationError before initialize
         assert self.router is not None
-        return await self.router.route_in(self._topo(), opts)
+        return await self.router.route_in(topo, opts)
 
     async def add_job(
         self,
