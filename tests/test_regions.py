@@ -119,6 +119,50 @@ async def test_bootstrap_elects_the_configured_primary(make: Callable[..., Any])
     assert (other.primary, other.epoch) == (NAMES[0], 1)
 
 
+async def test_the_briefs_examples_run_as_written(urls: list[str], prefix: str) -> None:
+    """The brief's three-region example (no name, no priorities, defaults elsewhere) and
+    its two-region one (``priority: 2``, failover after 5 s)."""
+    three = GlobalQueueManager()
+    await three.initialize(
+        {
+            "regions": [
+                {"region": "us-east-1", "redis": urls[0], "is_primary": True},
+                {"region": "eu-west-1", "redis": urls[1]},
+                {"region": "ap-southeast-1", "redis": urls[2]},
+            ],
+            "queue_options": {"prefix": prefix},
+        }
+    )
+    try:
+        assert (three.name, three.primary) == ("global-queue", "us-east-1")
+        job_id = await three.add_job("process", {"data": 1})
+        stats = await three.get_global_stats()
+        assert [r.role for r in stats.regions] == ["primary", "secondary", "secondary"]
+        await three.failover_to("eu-west-1")
+        assert (await three.get_job_status(job_id)) is not None
+    finally:
+        await three.close()
+    two = GlobalQueueManager()
+    await two.initialize(
+        {
+            "name": "global-queue-2",
+            "regions": [
+                {"region": "us-east-1", "redis": urls[0], "is_primary": True},
+                {"region": "eu-west-1", "redis": urls[1], "priority": 2},
+            ],
+            "replication": {"enabled": True},
+            "failover": {"enabled": True, "timeout_ms": 5000},
+            "queue_options": {"prefix": prefix},
+        }
+    )
+    try:
+        job_id = await two.add_job("process", {"data": 2})
+        assert (await two.failover_to("eu-west-1")).primary == "eu-west-1"
+        assert await two.replicate_job(job_id, ["us-east-1"]) == {"us-east-1": "exists"}
+    finally:
+        await two.close()
+
+
 # ---------------------------------------------------------------------- replication
 async def test_jobs_outcomes_and_idempotency_reach_every_region(make: Callable[..., Any]) -> None:
     m = await make()
@@ -140,6 +184,27 @@ async def test_jobs_outcomes_and_idempotency_reach_every_region(make: Callable[.
     assert await m.add_job("charge", {"order": 7}, idempotency_key="order-7") == jid
     await asyncio.sleep(0.2)
     assert runs == [jid]
+
+
+async def test_the_primarys_outbox_is_trimmed_once_every_region_applied_it(
+    make: Callable[..., Any],
+) -> None:
+    m = await make()
+    ids = await m.add_jobs([("x", {"n": i}) for i in range(50)])
+    await wait_until(lambda: replicated(m, ids[-1], "waiting"), 5)
+    client = await m.region(NAMES[0]).lane.client()
+    key = m.region(NAMES[0]).lane.keys.extra("outbox")
+    await wait_until(lambda: client.xlen(key), 5)  # entries were written
+    await wait_until(lambda: _is_zero(client.xlen(key)), 5)  # and trimmed once applied
+    # Without replication nothing is written to the outbox at all.
+    quiet = await make(name="quiet", replication={"enabled": False})
+    await quiet.add_job("x", {})
+    qkey = quiet.region(NAMES[0]).lane.keys.extra("outbox")
+    assert await client.xlen(qkey) == 0
+
+
+async def _is_zero(aw: Any) -> bool:
+    return int(await aw) == 0
 
 
 async def test_exactly_once_results_and_delays_survive_a_failover(

@@ -180,7 +180,12 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         self._config = given
         cfg = self.cfg = check_config(given)
         timeout_s = min(2.0, max(0.2, cfg.failover.timeout_ms / 4000))
-        copies = [RegionCopy(r, cfg.name, cfg.queue_options, timeout_s) for r in cfg.regions]
+        copies = [
+            RegionCopy(
+                r, cfg.name, cfg.queue_options, timeout_s, replicated=cfg.replication.enabled
+            )
+            for r in cfg.regions
+        ]
         topo = Topology(cfg, copies)
         self.name = cfg.name
         self.queues = [c.lane for c in copies] + [c.home for c in copies]

@@ -118,7 +118,13 @@ class RegionCopy:
     """
 
     def __init__(
-        self, cfg: RegionConfig, name: str, queue_options: Mapping[str, Any], timeout_s: float
+        self,
+        cfg: RegionConfig,
+        name: str,
+        queue_options: Mapping[str, Any],
+        timeout_s: float,
+        *,
+        replicated: bool = True,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.region
@@ -129,7 +135,8 @@ class RegionCopy:
         self._shared: Any = None if self.connection.is_memory else self.connection.client()
         self._backend = cfg.redis if self._shared is None else self._shared
         self._options = dict(queue_options)
-        self.lane = self._queue(name, replicated=True)
+        # Without replication the primary writes no outbox entries (nobody would read them).
+        self.lane = self._queue(name, replicated=replicated)
         self.home = self._queue(home_name(name, self.name), replicated=False)
         self.copies: dict[str, JobQueue] = {}
         # Health, as the last check found it.

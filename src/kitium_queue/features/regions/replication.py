@@ -27,6 +27,7 @@ not acknowledged), is in ``lag()``, ``get_global_stats()`` and the metrics adapt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -50,6 +51,7 @@ log = get_logger(__name__)
 SERVICE = "regions-replicator"
 _BLOCK_MS = 500
 _REPORT_EVERY_S = 1.0
+_TRIM, _TRIM_EVERY_S = 10_000, 1.0
 _TERMINAL = {"completed", "failed", "dlq"}
 
 
@@ -130,6 +132,7 @@ class Replicator:
             loop.create_task(self._follow(primary, s, source)) for s in self.topo.secondaries()
         ]
         tasks.append(loop.create_task(self._schedules(primary)))
+        tasks.append(loop.create_task(self._housekeeping()))
         try:
             # The loops only end by failing: one failure ends the term (the service logs
             # it and campaigns again); every loop stops with the body, whatever ends it.
@@ -172,6 +175,10 @@ class Replicator:
                     held = await consumer.read()
                     if not held and polled:
                         await asyncio.sleep(0.02)
+                    elif held and len(held) < self.cfg.batch and self.cfg.linger_ms:
+                        # A trickle: wait a moment for more, to apply them in one call.
+                        await asyncio.sleep(self.cfg.linger_ms / 1000)
+                        held += await consumer.read(self.cfg.batch - len(held), block_ms=0)
                 if held:
                     # Held until applied: a failed apply is retried with the same batch, so
                     # the entries of one job stay in order.
@@ -294,10 +301,16 @@ class Replicator:
             groups = await client.xinfo_groups(key)
         except Exception:
             return
+        left = 0
         for g in groups:
             name = _s(g["name"])
             if name.startswith("rg:"):
                 await client.xgroup_destroy(key, name)
+            else:
+                left += 1
+        if not left:
+            # No group reads this outbox any more: its entries would never be trimmed.
+            await client.delete(key)
 
     async def catch_up(self, target: RegionCopy) -> dict[str, int]:
         """A new primary ``target`` fetches from every reachable peer the copies they
@@ -322,6 +335,17 @@ class Replicator:
             for k, v in got.items():
                 counts[k] = counts.get(k, 0) + v
         return counts
+
+    async def _housekeeping(self) -> None:
+        """Trim every reachable copy's outbox of what every group acknowledged (the
+        primary's, and a former primary's left over from its term)."""
+        while True:
+            for c in self.topo.reachable():
+                with contextlib.suppress(Exception):  # the next round tries again
+                    box = Outbox(c.lane)
+                    while await box.trim(_TRIM) >= _TRIM:
+                        pass
+            await asyncio.sleep(_TRIM_EVERY_S)
 
     # ------------------------------------------------------------------ schedules
     async def _schedules(self, primary: RegionCopy) -> None:
