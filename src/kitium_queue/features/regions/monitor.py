@@ -67,6 +67,7 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._not_serving_since: float | None = None
         self._warned_minority = False
+        self._tick_lock = asyncio.Lock()
         self.ticks = 0
 
     # ------------------------------------------------------------------ loop
@@ -95,7 +96,12 @@ class Monitor:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def tick(self) -> View:
-        """One round of the loop (see the module docstring)."""
+        """One round of the loop (see the module docstring). Rounds never overlap (a
+        fenced ``add_job`` runs one of its own)."""
+        async with self._tick_lock:
+            return await self._tick()
+
+    async def _tick(self) -> View:
         self.ticks += 1
         prev = self.topo.view
         view = await self.topo.refresh()
