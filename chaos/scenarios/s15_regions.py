@@ -225,7 +225,12 @@ async def _async_run(ctx: Context, res: Result) -> None:
                 dict(lone.errors),
             )
             cut_ids = lone.acked_after(t_cut)
-            await _until(lambda: _has(producer, cut_ids), 20, "partition: stranded report")
+            await wait_until(
+                lambda: _has(producer, cut_ids),
+                20,
+                interval=0.2,
+                message=lambda: f"partition: stranded report; lacking {_LACKING}",
+            )
             got = await producer.resubmit_stranded()
             res.figures["partition_stranded"] = len(got)
 
@@ -270,10 +275,22 @@ async def _async_run(ctx: Context, res: Result) -> None:
                 p.stop()
 
 
+_LACKING: dict[str, Any] = {}
+
+
 async def _has(m: Any, ids: list[str]) -> bool:
-    """Every id exists at the primary or is reported stranded."""
+    """Every id exists at the primary or is reported stranded (what is not, and where
+    its copies are: in ``_LACKING``)."""
     stranded = {s.id for s in await m.stranded()}
     missing = await _missing(m, [i for i in ids if i not in stranded])
+    _LACKING.clear()
+    for j in missing[:5]:
+        where = {}
+        for r in m.regions:
+            c = m.region(r)
+            info = await c.lane.get_job_status(j) if c.reachable else None
+            where[r] = None if info is None else info.status.value
+        _LACKING[j] = where
     return not missing
 
 

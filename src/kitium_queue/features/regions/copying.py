@@ -55,16 +55,16 @@ async def export(q: JobQueue, ids: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def as_entry(row: Mapping[str, Any], op: str | None = None) -> list[Any]:
-    """An exported row as the 18 fields ``rg_apply.lua`` takes (``op`` replaced)."""
+    """An exported row as the fields ``rg_apply.lua`` takes (``op`` replaced)."""
     values = [row.get(name, "") for name in ENTRY]
     if op is not None and _s(values[0]) != "gone":
         values[0] = op
     return values
 
 
-def end_entry(q: JobQueue, fields: Mapping[str, bytes]) -> list[Any]:
-    """The entry of an outbox ``end`` (fields of release.lua): the copy's retention is
-    the one the job's options give on this queue."""
+def end_entry(q: JobQueue, fields: Mapping[str, bytes], at: int | str = "") -> list[Any]:
+    """The entry of an outbox ``end`` (fields of release.lua) written at ``at``: the
+    copy's retention is the one the job's options give on this queue."""
     outcome = _s(fields.get("oc", b"removed"))
     raw = fields.get("o", b"")
     try:
@@ -92,6 +92,7 @@ def end_entry(q: JobQueue, fields: Mapping[str, bytes]) -> list[Any]:
         "finished": now_ms(),
         "keep_count": count,
         "keep_age": age,
+        "at": at,
     }
     return [values.get(name, "") for name in ENTRY]
 
@@ -103,10 +104,13 @@ async def apply(
     pos: str = "",
     src: str = "",
     cutoff: int = 0,
-    floor: int = 0,
+    floor: int | None = None,
 ) -> list[str]:
     """Apply ``entries`` to copy ``q``; one status per entry. ``pos``/``src``: the
-    replication position recorded once the last chunk is applied."""
+    replication position recorded once the last chunk is applied; ``floor``: the ``at``
+    of entries without one (default: now, this process's clock)."""
+    if floor is None:
+        floor = now_ms()
     out: list[str] = []
     chunks = list(_chunks(list(entries), _APPLY_MAX)) or [[]]
     dlq = "1" if q.dlq.enabled else "0"
@@ -119,14 +123,14 @@ async def apply(
 
 
 async def copy_ids(
-    source: JobQueue, target: JobQueue, ids: Sequence[str], *, op: str = "put", floor: int = 0
+    source: JobQueue, target: JobQueue, ids: Sequence[str], *, op: str = "put"
 ) -> dict[str, int]:
     """Copy jobs ``ids`` from ``source`` to ``target`` as they are now; counts per status."""
     counts: dict[str, int] = {}
     for chunk in _chunks(list(ids), _APPLY_MAX):
         got = await export(source, chunk)
         entries = [as_entry(r, op) for r in got if _s(r["op"]) != "gone"]
-        for status in await apply(target, entries, floor=floor):
+        for status in await apply(target, entries):
             counts[status] = counts.get(status, 0) + 1
     return counts
 

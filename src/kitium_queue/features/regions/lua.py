@@ -68,6 +68,7 @@ ENTRY: Final = (
     "finished",  # ms
     "keep_count",  # retention of the finished copy (-1 = keep, '' = keep)
     "keep_age",
+    "at",  # when the source wrote what the entry carries (ms; '' = the call's floor)
 )
 
 
@@ -94,7 +95,7 @@ def install(queue: JobQueue, *, replicated: bool) -> None:
 
 
 def entry(**values: Any) -> list[Any]:
-    """One replication entry as its 18 fields (missing ones empty)."""
+    """One replication entry as its fields (missing ones empty)."""
     unknown = set(values) - set(ENTRY)
     if unknown:
         raise KeyError(f"not fields of a replication entry: {sorted(unknown)}")

@@ -220,12 +220,13 @@ class Replicator:
         entries: list[list[Any]] = []
         for e in mine:
             op, jid = _s(e.fields.get("op", b"")), _s(e.fields.get("id", b""))
+            at = int(e.id.split("-", 1)[0])  # the entry's time, in the source's clock
             if op in ("add", "req"):
                 row = rows.get(jid)
                 if row is not None and _s(row["op"]) != "gone":
-                    entries.append(as_entry(row, "req" if op == "req" else "put"))
+                    entries.append(as_entry({**row, "at": at}, "req" if op == "req" else "put"))
             elif op == "end":
-                entries.append(end_entry(sec.lane, e.fields))
+                entries.append(end_entry(sec.lane, e.fields, at))
             elif op == "att":
                 entries.append(
                     as_entry({"op": "att", "id": jid, "attempts": e.fields.get("a", b"0")})

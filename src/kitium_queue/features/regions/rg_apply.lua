@@ -13,10 +13,13 @@
             epoch than the source's refuses the whole call (KQ_FENCED, nothing written): a
             replicator that still follows a deposed primary cannot apply its stream.
   ARGV[7]   trim the index of copies older than this (ms; 0 = do not trim)
-  ARGV[8]   index floor (ms): a copy added here is indexed at max(its creation, floor)
-  ARGV[9..] 18 fields per entry (features/regions/lua.py ENTRY), at most 500 entries:
+  ARGV[8]   index floor (ms): the `at` of entries that give none
+  ARGV[9..] 19 fields per entry (features/regions/lua.py ENTRY), at most 500 entries:
             op, id, name, data, opts, priority, lifo, created, state, due, attempts,
-            epoch, idempotency key, its ms left, payload, finished, keep count, keep age
+            epoch, idempotency key, its ms left, payload, finished, keep count, keep age,
+            at (when the source wrote it: a copy added here is indexed at max(created,
+            at), so that a peer catching up from this copy finds what arrived after its
+            own position, whenever the job was created)
     op 'put'   the job as it is at the source (rg_export.lua): created here if missing
                (through add_job, so the features' enqueue fragments run), ended here if
                it is finished there
@@ -44,10 +47,10 @@
 --@include lib_add
 --@include slot_release
 
-local N = 18
+local N = 19
 local fields = #ARGV - 8
 if fields < 0 or fields % N ~= 0 or fields / N > 500 then
-  return bad_arg('rg_apply', 'expected 18 fields for each of at most 500 entries after ' ..
+  return bad_arg('rg_apply', 'expected ' .. N .. ' fields for each of at most 500 entries after ' ..
     'ARGV[8], got ' .. fields .. ' fields')
 end
 local OPS = { put = true, req = true, ['end'] = true, att = true, gone = true }
@@ -119,6 +122,7 @@ for b = 9, #ARGV, N do
   local ep, ik, ittl = ARGV[b + 11], ARGV[b + 12], arg_int(ARGV[b + 13], 0, 0, MAX_MS)
   local payload, finished = ARGV[b + 14], arg_int(ARGV[b + 15], 0, 0, MAX_MS)
   local keep_count, keep_age = ARGV[b + 16], ARGV[b + 17]
+  local at = arg_int(ARGV[b + 18], floor, 0, MAX_MS)
   local jk = job_key(id)
   local kind = redis.call('TYPE', jk)['ok']
   local st = nil
@@ -151,7 +155,7 @@ for b = 9, #ARGV, N do
         if ep ~= '' then redis.call('HSET', jk, 'ep', ep) end
         keep_key(id, ik, ittl)
         local score = created
-        if score < floor then score = floor end
+        if score < at then score = at end
         if score <= 0 then score = NOW end
         redis.call('ZADD', K_IDX, int(score), id)
         status = 'added'

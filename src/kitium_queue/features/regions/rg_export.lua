@@ -1,6 +1,6 @@
 --[[
   rg_export.lua — read jobs of this copy as replication entries (the layout
-  features/regions/lua.py ENTRY: 18 fields per job), for a copy elsewhere to apply with
+  features/regions/lua.py ENTRY: 19 fields per job), for a copy elsewhere to apply with
   rg_apply.lua: sync acknowledgements, replicate_job, catching up a new primary from its
   peers, and the replicator (which reads the job an 'add' entry of the outbox names).
 
@@ -8,7 +8,7 @@
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4..] job ids, at most 1000 (more: KQ_BAD_ARGUMENT).
 
-  Returns 18 fields per id, in order: op 'put' and the job as it is here, or op 'gone'
+  Returns 19 fields per id, in order: op 'put' and the job as it is here, or op 'gone'
   (no record, or a damaged one) with the other fields empty. Writes nothing.
 ]]
 --@include lib_base
@@ -25,7 +25,7 @@ for i = 4, #ARGV do
     'ik', 'r', 'e', 'f')
   if f.err or not f[1] then
     for _, v in ipairs({ 'gone', id, '', '', '', '', '', '', '', '', '', '', '', '', '', '',
-      '', '' }) do
+      '', '', '' }) do
       out[#out + 1] = v
     end
   else
@@ -39,7 +39,7 @@ for i = 4, #ARGV do
     if st == 'completed' then pl = f[12] or '' elseif PAYLOAD_OF[st] then pl = f[13] or '' end
     local row = { 'put', id, f[1], f[2] or '', f[3] or '', f[4] or '0', lifo, f[6] or '',
       st, f[8] or '', f[9] or '0', f[10] or '', f[11] or '', int(ttl), pl, f[14] or '', '',
-      '' }
+      '', '' }
     for _, v in ipairs(row) do out[#out + 1] = v end
   end
 end
