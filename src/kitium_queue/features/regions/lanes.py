@@ -144,12 +144,12 @@ class Lanes:
             )
 
     async def report_failover(
-        self, prev: View, view: View, info: Failover | None, notify: Sequence[Any]
+        self, was: str, view: View, info: Failover | None, notify: Sequence[Any]
     ) -> None:
         """The ``region-failover`` event, the ``regions.failovers`` metric and, for a
         failover this process carried out, the webhooks of ``notify``."""
         fields = {
-            "from": str(prev.primary),
+            "from": was,
             "to": str(view.primary),
             "epoch": str(view.epoch),
             "reason": info.reason if info is not None else "observed",

@@ -12,6 +12,7 @@ loop (``monitor.py``), replication (``replication.py``) and the stranded-work re
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -116,6 +117,8 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         self.lanes: Lanes | None = None
         self.handover: Handover | None = None
         self.failovers: list[Failover] = []
+        self._change_lock = asyncio.Lock()
+        self._seen: tuple[str | None, int | None] = (None, None)
 
     @property
     def configuration(self) -> GlobalQueueConfig | Mapping[str, Any] | None:
@@ -414,14 +417,21 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
 
     # ------------------------------------------------------------------ changes
     async def _on_change(self, prev: View, view: View, info: Failover | None) -> None:
+        # Serialised, and once per view: a handover and a health check may both see the
+        # same change; workers, the replicator and the reports must follow it once.
         assert self.lanes is not None and self.replicator is not None and self.cfg is not None
-        if info is not None:
-            self.failovers.append(info)
-        await self.lanes.sync()
-        if self.cfg.background:
-            await self.replicator.follow_primary()
-        if view.primary != prev.primary and prev.primary is not None:
-            await self.lanes.report_failover(prev, view, info, self.cfg.notify)
+        async with self._change_lock:
+            if info is not None:
+                self.failovers.append(info)
+            seen, self._seen = self._seen, (view.primary, view.epoch)
+            await self.lanes.sync()
+            if self.cfg.background:
+                await self.replicator.follow_primary()
+            if seen == self._seen or view.primary is None:
+                return
+            was = seen[0] if seen[0] is not None else prev.primary
+            if was is not None and was != view.primary:
+                await self.lanes.report_failover(was, view, info, self.cfg.notify)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, concurrency: int | None = None) -> None:

@@ -97,23 +97,31 @@ class Replicator:
         self._on: str | None = None  # the primary the service campaigns on
         self.applied = 0
         self.refused = 0
+        self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ leadership
     async def follow_primary(self) -> None:
-        """(Re)start the leader service on the current primary's queue."""
-        primary = self.topo.primary_copy()
-        label = None if primary is None else self.topo.source
-        if label == self._on:
-            return
-        await self.stop()
-        if primary is None or not self.cfg.enabled:
-            return
-        self._on = label
-        lease = max(1000, self.topo.cfg.lease_ms)
-        self.service = LeaderService(SERVICE, self._body, lease_ms=lease)
-        await self.service.start(primary.lane)
+        """(Re)start the leader service on the current primary's queue. Serialised: two
+        calls at once (a handover and a health check seeing it) must not leave a service
+        behind, still campaigning for a former primary."""
+        async with self._lock:
+            primary = self.topo.primary_copy()
+            label = None if primary is None else self.topo.source
+            if label == self._on:
+                return
+            await self._stop()
+            if primary is None or not self.cfg.enabled:
+                return
+            self._on = label
+            lease = max(1000, self.topo.cfg.lease_ms)
+            self.service = LeaderService(SERVICE, self._body, lease_ms=lease)
+            await self.service.start(primary.lane)
 
     async def stop(self) -> None:
+        async with self._lock:
+            await self._stop()
+
+    async def _stop(self) -> None:
         svc, self.service, self._on = self.service, None, None
         if svc is not None:
             await svc.stop()
