@@ -3,15 +3,12 @@ fragment that uses ``regions`` runs inside a script that initialises one)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from _docs import ROOT, python_blocks
+from _docs import ROOT, python_blocks, run_snippet
 
 DOC = ROOT / "docs" / "multi-region.md"
 BLOCKS = python_blocks(DOC)
@@ -48,19 +45,6 @@ def test_example_runs(index: int, tmp_path: Path) -> None:
     code = BLOCKS[index]
     if "asyncio.run(" not in code and "regions." in code:
         code = WRAPPER.format(body=textwrap.indent(code, "    "))
-    script = tmp_path / f"example_{index}.py"
-    script.write_text(code)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=env,
-    )
+    proc = run_snippet(code, tmp_path, name=f"example_{index}")
     assert proc.returncode == 0, f"example {index} failed:\n{code}\n{proc.stderr}"
     assert proc.stderr == "", proc.stderr
