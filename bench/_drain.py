@@ -1,10 +1,12 @@
 """Shared by the drain benchmarks that compare variants of one queue in the same run
-(``bench_breakers.py``, ``bench_observability.py``): the timed drain of no-op jobs, the
+(``bench_breakers.py``, ``bench_observability.py``, ``bench_tenancy.py``): the timed
+drain of no-op jobs (with the Redis commands and CPU it cost, ``measured_drain``), the
 interleaved repetitions on one redis-server, and the report."""
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,7 +17,7 @@ import redis.asyncio as aioredis
 from _redis import RedisServer
 from kitium_queue import JobQueue
 
-__all__ = ["compare", "drain", "fresh_queue", "report"]
+__all__ = ["compare", "drain", "fresh_queue", "measured_drain", "report"]
 
 
 async def fresh_queue(url: str, name: str, prefix: str, concurrency: int) -> Any:
@@ -49,6 +51,48 @@ async def drain(q: Any, jobs: int) -> float:
     elapsed = time.perf_counter() - t0
     await q.close()
     return jobs / elapsed
+
+
+async def measured_drain(q: Any, jobs: int) -> dict[str, float]:
+    """Time one worker of ``q`` draining the ``jobs`` no-op ``noop`` jobs already in it,
+    from the first job's start to the last job's run; closes ``q``. Returns the rate
+    (jobs/s), and per job the Redis commands run (``INFO commandstats``, Lua's inner
+    commands included) and the CPU time of this process and of redis-server (µs)."""
+    done = asyncio.Event()
+    count = 0
+    first = last = 0.0
+
+    async def noop(job: Any) -> None:
+        nonlocal count, first, last
+        if count == 0:
+            first = time.perf_counter()
+        count += 1
+        if count == jobs:
+            last = time.perf_counter()
+            done.set()
+
+    def commands(info: dict[str, Any]) -> int:
+        return sum(v["calls"] for k, v in info.items() if k.startswith("cmdstat_"))
+
+    def own_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    async def redis_cpu() -> float:
+        info = await client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    q.process("noop", noop)
+    client = await q.client()
+    cmd0 = commands(await client.info("commandstats"))
+    rcpu0, cpu0 = await redis_cpu(), own_cpu()
+    await q.start()
+    await asyncio.wait_for(done.wait(), 600)
+    cpu, rcpu = own_cpu() - cpu0, await redis_cpu() - rcpu0
+    cmds = commands(await client.info("commandstats")) - cmd0 - 2
+    await q.close()
+    return {"rate": (jobs - 1) / (last - first), "commands": cmds / jobs,
+            "worker_cpu_us": cpu / jobs * 1e6, "redis_cpu_us": rcpu / jobs * 1e6}
 
 
 async def compare(

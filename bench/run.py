@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -62,6 +63,7 @@ class Peer:
     worker: dict[str, Any] = field(default_factory=dict)
     bulk: bool = False  # has a bulk enqueue API (the adapter's enqueue_many)
     async_client: bool = True  # producer API is asyncio (concurrent add_job applies)
+    runtime: str = "python"  # "node": bench/node/<name>_peer.mjs, installed with npm ci
 
 
 PEERS: dict[str, Peer] = {
@@ -121,8 +123,18 @@ PEERS: dict[str, Peer] = {
             "Worker(concurrency=20), defaults otherwise (completed jobs kept)",
             {"concurrency": 20}, bulk=True,
         ),
+        # The engine the brief is built on: BullMQ itself, on Node.js.
+        Peer(
+            "bullmq-node", ("bullmq",), "bullmq",
+            "at-least-once (locks + stalled-job check)",
+            "Node.js BullMQ 5.x (bench/node, npm ci): Worker(concurrency=20), defaults "
+            "otherwise (completed jobs kept)",
+            {"concurrency": 20}, bulk=True, runtime="node",
+        ),
     ]
 }
+
+NODE_DIR = BENCH / "node"
 
 KITIUM_GUARANTEE = "at-least-once (leases + fencing; a dead worker's job re-runs)"
 
@@ -131,12 +143,42 @@ def peer_python(name: str) -> Path:
     return BENCH / ".peers" / name / "bin" / "python"
 
 
+def ensure_node_env(log: Callable[[str], None]) -> str | None:
+    """``npm ci`` in ``bench/node`` (from its lockfile) unless already installed."""
+    if (NODE_DIR / "node_modules" / "bullmq" / "package.json").exists():
+        return None
+    log("installing bench/node: npm ci")
+    try:
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
+                       capture_output=True, text=True, timeout=900)
+    except FileNotFoundError:
+        return "npm not found (install Node.js 18+ with npm)"
+    except subprocess.CalledProcessError as exc:
+        tail = "\n".join((exc.stderr or exc.stdout or "").strip().splitlines()[-5:])
+        return f"npm ci failed: {tail}"
+    except subprocess.TimeoutExpired:
+        return "npm ci timed out"
+    return None
+
+
+def node_version(package: str) -> str:
+    try:
+        meta = json.loads((NODE_DIR / "node_modules" / package / "package.json").read_text())
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30)
+        return f"{meta['version']} (node {node.stdout.strip()})"
+    except Exception:
+        return "?"
+
+
 def ensure_peer_env(peer: Peer, log: Callable[[str], None]) -> str | None:
     """Create ``bench/.peers/<name>`` with the peer installed; return an error or None.
 
     One venv per peer: their redis-py pins do not fit one environment (arq needs
-    redis<6, saq redis<8, taskiq-redis redis>=8).
+    redis<6, saq redis<8, taskiq-redis redis>=8). A Node peer is installed once in
+    ``bench/node`` from its lockfile.
     """
+    if peer.runtime == "node":
+        return ensure_node_env(log)
     py = peer_python(peer.name)
     marker = py.parent.parent / ".kq-installed"
     want = " ".join(peer.packages)
@@ -314,6 +356,9 @@ class Runner:
     def argv(self, lib: str, role: str, params: dict[str, Any]) -> list[str]:
         if lib == KITIUM:
             return [sys.executable, str(BENCH / "kitium_adapter.py"), role, json.dumps(params)]
+        if PEERS[lib].runtime == "node":
+            script = NODE_DIR / f"{lib.removesuffix('-node')}_peer.mjs"
+            return ["node", str(script), role, json.dumps(params)]
         return [str(peer_python(lib)), str(BENCH / "peers" / f"{lib}_peer.py"), role,
                 json.dumps(params)]
 
@@ -938,8 +983,9 @@ def main() -> int:
         with contextlib.suppress(json.JSONDecodeError):
             value = json.loads(value)
         peer.worker[key] = value
-        PEERS[pname] = Peer(peer.name, peer.packages, peer.dist, peer.guarantee,
-                            peer.settings + f" [overridden: {key}={value}]", peer.worker)
+        PEERS[pname] = dataclasses.replace(
+            peer, settings=peer.settings + f" [overridden: {key}={value}]"
+        )
 
     t_start = time.time()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -965,7 +1011,8 @@ def main() -> int:
             setup_errors[name] = err
             log(f"{name}: {err}")
             continue
-        versions[name] = dist_version(peer_python(name), PEERS[name].dist)
+        versions[name] = (node_version(PEERS[name].dist) if PEERS[name].runtime == "node"
+                          else dist_version(peer_python(name), PEERS[name].dist))
         ready_peers.append(name)
 
     logdir = Path(tempfile.mkdtemp(prefix="kq-bench-logs-"))

@@ -26,5 +26,10 @@ NAMES = (
     "webhooks",
     "metrics",
     "workflows",
+    "slow-redis",
+    "replica-acks",
+    "audit",
+    "erasure",
+    "tenancy",
     "regions",
 )

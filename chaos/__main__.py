@@ -39,6 +39,9 @@ def _headline(r: Result) -> str:
         "clock-skew": ("skews_s", "stalls_during_renewal", "relet_early"),
         "poison": ("fuzzed_payloads", "fuzzed_fields"),
         "groups": ("jobs", "kills", "restarts", "interrupted_jobs"),
+        "slow-redis": ("spikes", "completions_per_s", "stalled", "extra_runs"),
+        "replica-acks": ("rounds", "lost_acknowledged_without", "lost_acknowledged_with"),
+        "erasure": ("erasures", "jobs_erased", "erased_while_active", "kills", "restarts"),
         "regions": ("crash_rto_workers_s", "crash_rpo_jobs", "partition_stranded",
                     "completed_twice"),
     }.get(r.name, ())

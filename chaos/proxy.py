@@ -1,10 +1,17 @@
-"""A loopback TCP proxy that can cut, stall and refuse connections (asyncio, own thread).
+"""A loopback TCP proxy that can cut, stall, slow and refuse connections (asyncio, own
+thread).
 
     proxy = Proxy(target_port=6380).start()      # listens on 127.0.0.1:<proxy.port>
     proxy.cut()                                  # reset every open connection
     proxy.stall(2.0)                             # forward nothing for 2 s (both ways)
+    proxy.set_delay(0.02)                        # deliver every chunk 20 ms late, each way
     proxy.down(); ...; proxy.up()                # refuse connections, then accept again
     proxy.stop()
+
+A delay is latency, not a bandwidth cap: each chunk is delivered ``delay`` seconds after
+it arrived, in order, while later chunks keep arriving (a pipelined client sees one
+delay per round trip, not one per command). Changing the delay applies to chunks that
+arrive from then on (a spike: ``set_delay(0.2)``, then back).
 
 Only 127.0.0.1 is ever bound or dialled. The proxy stops by itself after
 ``max_lifetime`` seconds, so a run that dies half way cannot leave it behind.
@@ -27,8 +34,9 @@ HOST = "127.0.0.1"
 
 
 class Proxy:
-    def __init__(self, target_port: int, *, port: int | None = None,
-                 max_lifetime: float = 900.0) -> None:
+    def __init__(
+        self, target_port: int, *, port: int | None = None, max_lifetime: float = 900.0
+    ) -> None:
         self.target_port = target_port
         self.port = port or free_port()
         self.max_lifetime = max_lifetime
@@ -41,6 +49,7 @@ class Proxy:
         self._stopped = threading.Event()
         self.connections = 0  # accepted since start
         self.cuts = 0
+        self.delay_s = 0.0
 
     @property
     def url(self) -> str:
@@ -64,6 +73,10 @@ class Proxy:
 
     def resume(self) -> None:
         self._run(self._set_flow(True, None))
+
+    def set_delay(self, seconds: float) -> None:
+        """Deliver what arrives from now on ``seconds`` late, in both directions."""
+        self.delay_s = max(0.0, float(seconds))
 
     def down(self) -> None:
         """Redis unreachable: stop listening (connection refused) and reset every
@@ -154,8 +167,10 @@ class Proxy:
             return
         pair = (writer, up_writer)
         self._pairs.add(pair)
-        tasks = [asyncio.ensure_future(self._pump(reader, up_writer)),
-                 asyncio.ensure_future(self._pump(up_reader, writer))]
+        tasks = [
+            asyncio.ensure_future(self._pump(reader, up_writer)),
+            asyncio.ensure_future(self._pump(up_reader, writer)),
+        ]
         self._tasks.update(tasks)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -170,12 +185,46 @@ class Proxy:
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         assert self._flowing is not None
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        late: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        deliver: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while True:
+                    data = await src.read(65536)
+                    if not data:
+                        return
+                    if not self._flowing.is_set():
+                        await self._flowing.wait()
+                    if self.delay_s > 0 or (deliver is not None and not late.empty()):
+                        # Delivered later by its own task, in order.
+                        if deliver is None:
+                            deliver = asyncio.ensure_future(self._deliver(late, dst))
+                            self._tasks.add(deliver)
+                        late.put_nowait((loop.time() + self.delay_s, data))
+                        continue
+                    dst.write(data)
+                    await dst.drain()
+        finally:
+            if deliver is not None:
+                late.put_nowait(None)  # deliver what is queued, then stop
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(deliver), 5)
+                self._tasks.discard(deliver)
+
+    @staticmethod
+    async def _deliver(
+        late: asyncio.Queue[tuple[float, bytes] | None], dst: asyncio.StreamWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
             while True:
-                data = await src.read(65536)
-                if not data:
+                item = await late.get()
+                if item is None:
                     return
-                if not self._flowing.is_set():
-                    await self._flowing.wait()
+                due, data = item
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 dst.write(data)
                 await dst.drain()

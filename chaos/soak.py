@@ -3,6 +3,7 @@ Redis crash, checking that memory stays bounded and that no job is lost.
 
     .venv/bin/python chaos/soak.py                  # the full hour
     .venv/bin/python chaos/soak.py --minutes 10     # shorter
+    .venv/bin/python chaos/soak.py --rate 2000 --workers 4   # the hour at 2,000 jobs/s
     .venv/bin/python chaos/soak.py --help           # every knob
 
 Not part of the test run (it takes as long as you ask). What it does:
@@ -83,7 +84,7 @@ def worker_main(argv: list[str]) -> int:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
 
-    from kitium_queue import JobQueue
+    from kitium_queue import ConnectionUnavailableError, JobQueue
 
     async def run() -> None:
         queue = JobQueue(
@@ -112,7 +113,18 @@ def worker_main(argv: list[str]) -> int:
 
         task = asyncio.ensure_future(announce())
         try:
-            await queue.run_worker()
+            # A worker started while Redis is down (a restart during the Redis crash)
+            # cannot connect: retry as a process manager would restart it, within a
+            # minute. Once running, the worker rides out outages by itself.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    await queue.run_worker()
+                    break
+                except ConnectionUnavailableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
         finally:
             task.cancel()
             await queue.close()
@@ -508,6 +520,10 @@ class Soak:
             stops = []
             for s in self.slots:
                 if s.proc is not None and s.proc.poll() is None:
+                    # A replacement started by the last restart may still be importing:
+                    # SIGTERM before its handlers are in place is not a graceful stop.
+                    with contextlib.suppress(RuntimeError):
+                        await self.wait_ready(s)
                     s.proc.send_signal(signal.SIGTERM)
             for s in self.slots:
                 if s.proc is not None:
@@ -642,8 +658,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="fraction of the run at which Redis is SIGKILLed and restarted (0.5)")
     p.add_argument("--redis-down-s", type=float, default=1.0, help="seconds Redis stays down")
     p.add_argument("--sample-every", type=float, default=10.0, help="sampling period s (10)")
-    p.add_argument("--events-max-len", type=int, default=60_000,
-                   help="event stream length kept (60000: ~100 s of history at 200 jobs/s)")
+    p.add_argument("--events-max-len", type=int, default=0,
+                   help="event stream length kept (default: 2 minutes of history at --rate, "
+                        "3 entries per job, at least 60000); the ledger reader must never "
+                        "fall further behind than that")
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--worker-tolerance-mib", type=float, default=8.0,
                    help="allowed RSS rise of the steady worker after warm-up (max of this "
@@ -651,7 +669,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--redis-tolerance-mib", type=float, default=16.0,
                    help="allowed used_memory rise after warm-up (max of this and 15%%)")
     p.add_argument("--out", type=Path, default=ROOT / "chaos" / "soak-results.json")
-    return p.parse_args(argv)  # fmt: skip
+    args = p.parse_args(argv)  # fmt: skip
+    if args.events_max_len <= 0:
+        args.events_max_len = max(60_000, args.rate * 3 * 120)
+    return args
 
 
 def main(argv: list[str]) -> int:

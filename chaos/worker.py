@@ -50,7 +50,10 @@ scenario:
     any other  not registered: an unknown job name
 
 ``--breakers`` creates a ``CircuitBreakerManager`` on the queue (jobs bound to a breaker
-are held while it is open).
+are held while it is open); ``--compliance`` a ``ComplianceManager`` (jobs may carry
+``subject_id``; ``erase_subject`` finds them through its index).
+are held while it is open); ``--tenancy`` enables multi-tenancy (tenants' quotas and
+fair dispatch; the tenants are created by the scenario).
 
 Every job appends lines to ``--log`` (one ``O_APPEND`` write each, so a SIGKILL loses
 nothing already written and processes may share the file)::
@@ -141,6 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--breakers", type=int, default=0, help="1: circuit breakers enabled")
     p.add_argument("--workflows", type=int, default=0,
                    help="1: enable workflows (JobChainManager) on the queue")
+    p.add_argument("--compliance", type=int, default=0,
+                   help="1: enable compliance (ComplianceManager: subject_id, erasure)")
+    p.add_argument("--tenancy", type=int, default=0,
+                   help="1: enable multi-tenancy (TenantRegistry.enable) on the queue")
     p.add_argument("--slow-claim-ms", type=int, default=0,
                    help="delay every claim by this long before sending it (a slow link)")
     p.add_argument("--encrypt", default="",
@@ -229,6 +236,14 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         from kitium_queue import JobChainManager
 
         JobChainManager(queue, events=False)
+    if args.compliance:
+        from kitium_queue import ComplianceManager
+
+        ComplianceManager(queue, run_service=False)
+    if args.tenancy:
+        from kitium_queue.features.tenancy import TenantRegistry
+
+        TenantRegistry.enable(queue)
     state = args.state_dir
 
     def result(job: Any) -> dict[str, int]:

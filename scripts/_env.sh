@@ -8,6 +8,8 @@
 #   kq_info / kq_die        messages on stderr
 #   kq_sudo CMD...          run CMD as root (directly, or through sudo)
 #   kq_ensure_redis_server  make sure `redis-server` is on PATH, installing it if needed
+#   kq_ensure_chromium      make sure a headless Chromium is on PATH (the dashboard's
+#                           browser tests), installing Debian's `chromium` if needed
 #   kq_ensure_venv [EXTRA]  create/refresh the virtualenv and install the package
 #                           (editable, with optional extra such as "dev"); reinstalls only
 #                           when pyproject.toml changed since the last successful install
@@ -78,6 +80,42 @@ kq_ensure_redis_server() {
             || kq_die "redis-server is still not on PATH after installing it"
     fi
     kq_info "redis-server: $(command -v redis-server) ($(redis-server --version | head -n 1))"
+}
+
+# ---------------------------------------------------------------- chromium
+
+kq_find_chromium() {
+    local name
+    for name in chromium chromium-browser google-chrome; do
+        if command -v "$name" >/dev/null 2>&1; then
+            command -v "$name"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The dashboard's end-to-end tests drive a real headless Chromium through Playwright
+# with executable_path: the system's browser, never one Playwright downloads.
+kq_ensure_chromium() {
+    export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+    if ! kq_find_chromium >/dev/null; then
+        kq_info "chromium not found; installing it with the system package manager"
+        if command -v apt-get >/dev/null 2>&1; then
+            kq_sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+            kq_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+        elif command -v dnf >/dev/null 2>&1; then
+            kq_sudo dnf install -y chromium
+        else
+            kq_die "chromium is not installed and no supported package manager (apt-get, \
+dnf) was found; install Chromium so that 'chromium' is on PATH"
+        fi
+        hash -r
+        kq_find_chromium >/dev/null || kq_die "chromium is still not on PATH after installing it"
+    fi
+    # The browser tests fail (rather than skip) when the browser is missing.
+    export KQ_REQUIRE_BROWSER=1
+    kq_info "chromium: $(kq_find_chromium)"
 }
 
 # ---------------------------------------------------------------- virtualenv

@@ -324,6 +324,16 @@ class LocalCluster:
         self._wait(moved, f"slot {slot} to move off port {old.port}", timeout)
         return result[-1]
 
+    def crossslot_errors(self) -> dict[int, object]:
+        """Port -> the ``errorstat_CROSSSLOT`` line of each live node that ever answered
+        a CROSSSLOT error (a script or command touched keys of several slots)."""
+        out: dict[int, object] = {}
+        for n in self.alive():
+            entry = self.info(n, "errorstats").get("errorstat_CROSSSLOT")
+            if entry:
+                out[n.port] = entry
+        return out
+
     def used_memory(self) -> int:
         """Sum of ``used_memory`` over the live masters."""
         return sum(int(str(self.info(m, "memory")["used_memory"])) for m in self.masters())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 import redis
@@ -78,8 +79,12 @@ class LocalSentinel:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 2000,
         extra_args: tuple[str, ...] = (),
+        relay: Callable[[int], int] | None = None,
     ) -> None:
         self.service = service
+        # ``relay(primary_port)``: the port replicas replicate from instead (a proxy
+        # in front of the primary, to slow or cut the replication link).
+        self.relay = relay
         self.replicas_count = replicas
         self.sentinels_count = sentinels
         self.down_after_ms = down_after_ms
@@ -97,11 +102,10 @@ class LocalSentinel:
         try:
             primary = RedisServer(*self.extra_args).start()
             self.data.append(primary)
+            source = primary.port if self.relay is None else self.relay(primary.port)
             for _ in range(self.replicas_count):
                 self.data.append(
-                    RedisServer(
-                        "--replicaof", "127.0.0.1", str(primary.port), *self.extra_args
-                    ).start()
+                    RedisServer("--replicaof", "127.0.0.1", str(source), *self.extra_args).start()
                 )
             self._wait(self._replicas_synced, "replicas to sync")
             for _ in range(self.sentinels_count):

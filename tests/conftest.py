@@ -8,6 +8,8 @@
 * ``cli_app``: ``module:attribute`` of a queue named ``cli`` on ``redis_url`` (CLI tests).
 * ``backend_url``: parametrized over ``redis`` and ``memory``; gives the real Redis URL or a
   fresh ``memory://<id>`` store. Tests marked ``redis_only`` are skipped for ``memory``.
+* ``receiver``: a webhook receiver on loopback (``chaos.receiver.Receiver``), stopped after
+  the test.
 
 Tests that need to crash or restart Redis start their own ``RedisServer``
 (``from _redis import RedisServer``; ``tests/`` is on ``sys.path``).
@@ -21,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -117,3 +119,16 @@ def cli_app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop(module, None)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Any]:
+    """A webhook receiver on loopback that answers 200 and records every request."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from chaos.receiver import Receiver
+
+    rec = await Receiver().start()
+    yield rec
+    await rec.stop()

@@ -11,6 +11,7 @@ from kitium_queue import (
     ConfigurationError,
     JobNotFoundError,
     JobQueue,
+    JobStateError,
     JobStatus,
     PermissionDeniedError,
     ScheduleNotFoundError,
@@ -210,3 +211,28 @@ def test_acting_as_refuses_unusable_names(bad: Any) -> None:
 
     with pytest.raises(ConfigurationError, match="principal"), acting_as(bad):
         pass
+
+
+async def test_promote_job_moves_one_delayed_job(make_queue: QueueFactory) -> None:
+    q = make_queue("promote-one")
+    audit = Audit()
+    q.subscribe(audit)
+    later = await q.add_job("n", {}, delay=600_000, priority=5)
+    other = await q.add_job("n", {}, delay=600_000)
+    waiting = await q.add_job("n", {})
+    await q.promote_job(later)
+    info = await q.get_job_status(later)
+    assert info is not None and info.status is JobStatus.WAITING and info.delayed_until is None
+    # Its place in wait is its priority's: ahead of the job that was waiting.
+    assert [i.id for i in await q.get_jobs_by_status("waiting")] == [later, waiting]
+    assert (await q.get_job_status(other)).status is JobStatus.DELAYED  # type: ignore[union-attr]
+    with pytest.raises(JobStateError, match="only delayed jobs can be promoted"):
+        await q.promote_job(waiting)
+    with pytest.raises(JobNotFoundError):
+        await q.promote_job("no-such-job")
+    seen = [(c.command, c.args, c.error is None) for c in audit.calls]
+    assert seen == [
+        ("promote_job", {"job_id": later}, True),
+        ("promote_job", {"job_id": waiting}, False),
+        ("promote_job", {"job_id": "no-such-job"}, False),
+    ]

@@ -73,6 +73,14 @@ def test_status_rotate_and_redacted_job(app: str) -> None:
     assert out.exit_code == 0, out.output
     shown = json.loads(out.output)
     assert shown["data"] == "<encrypted key=k1 aes-256-gcm>" and MARK not in out.output
+    # jobs show (text and JSON) and jobs list: the payload stays redacted, and a data
+    # filter cannot probe it (a redacted payload has no fields to match).
+    for extra in ([], ["--json"]):
+        out = runner.invoke(main, ["--plain", "jobs", "show", target, ids[0], *extra])
+        assert out.exit_code == 0, out.output
+        assert "<encrypted key=k1 aes-256-gcm>" in out.output and MARK not in out.output
+    out = runner.invoke(main, ["jobs", "list", target, "--data", f"card={MARK}", "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["jobs"] == [], out.output
 
     out = runner.invoke(main, ["encryption", "rotate", target, "k1", "k2", "--run"])
     assert out.exit_code == 0, out.output

@@ -26,6 +26,15 @@ def _fill(redis_url: str, prefix: str) -> None:
                 WorkflowStep("evil\u202estep", "ship", depends_on=["charge"]),
             ],
         )
+        # A step added later with add_job shows like the others.
+        await q.add_job(
+            "audit",
+            {},
+            job_id="audit-7",
+            workflow_id="order-7",
+            workflow_step="audit",
+            depends_on=["order-7:charge"],
+        )
         await q.close()
 
     asyncio.run(go())
@@ -39,13 +48,15 @@ def test_workflows_commands(cli_app: str, redis_url: str, prefix: str) -> None:
     assert out.exit_code == 0, out.output
     lines = out.output.strip().splitlines()
     assert lines[0] == "workflow\tstate\tsteps\tunfinished\tcreated\tfinished"
-    assert lines[1].startswith("order-7\trunning\t3\t3\t")
+    assert lines[1].startswith("order-7\trunning\t4\t4\t")
 
     out = runner.invoke(main, ["workflows", "show", app, "order-7"])
     assert out.exit_code == 0, out.output
     assert "state\trunning" in out.output
-    assert "validate\twaiting\t0\t-\t-" in out.output
-    assert "charge\tpending\t0\tvalidate\t-" in out.output
+    assert "step\tstate\tattempts\tdepends on\tjob id\terror" in out.output
+    assert "validate\twaiting\t0\t-\torder-7:validate\t-" in out.output
+    assert "charge\tpending\t0\tvalidate\torder-7:charge\t-" in out.output
+    assert "audit\tpending\t0\tcharge\taudit-7\t-" in out.output
     assert "\u202e" not in out.output and "evil" in out.output
 
     out = runner.invoke(main, ["workflows", "show", app, "order-7", "--json"])
@@ -53,7 +64,7 @@ def test_workflows_commands(cli_app: str, redis_url: str, prefix: str) -> None:
     assert data["state"] == "running" and data["steps"]["charge"]["depends_on"] == ["validate"]
 
     out = runner.invoke(main, ["workflows", "cancel", app, "order-7"])
-    assert out.output == "cancelled\torder-7\t3 step(s) removed\n"
+    assert out.output == "cancelled\torder-7\t4 step(s) removed\n"
     out = runner.invoke(main, ["workflows", "list", app, "--json"])
     assert json.loads(out.output)[0]["state"] == "cancelled"
 

@@ -63,6 +63,4 @@ def backend_url(cluster: LocalCluster) -> str:
 @pytest.fixture(autouse=True)
 def no_crossslot(cluster: LocalCluster) -> Iterator[None]:
     yield
-    for node in cluster.alive():
-        entry = cluster.info(node, "errorstats").get("errorstat_CROSSSLOT")
-        assert not entry, f"CROSSSLOT on port {node.port}: {entry}"
+    assert cluster.crossslot_errors() == {}

@@ -123,6 +123,7 @@ def test_retry_later_carries_delay_and_reason() -> None:
 
 def test_error_names_exported_from_package() -> None:
     for name in kq_errors.__all__:
-        if name in ("SCRIPT_ERRORS", "error_from_script", "ProcessorSignal"):
+        if name in ("SCRIPT_ERRORS", "error_from_script", "REFUSAL_ERRORS", "refusal_error",
+                    "ProcessorSignal"):
             continue
         assert getattr(kitium_queue, name) is getattr(kq_errors, name), name

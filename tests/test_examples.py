@@ -85,6 +85,20 @@ EXPECTED: dict[str, list[str]] = {
         r"result read back in this process: \{'charged': '\*\*\*\*1111'\}",
         r"rotation done: 2 values moved to key 2026",
     ],
+    "workflows.py": [
+        r"order-1001: completed, steps \{'validate': 'completed', 'charge': 'completed', "
+        r"'ship': 'completed', 'notify': 'completed', 'archive': 'completed', "
+        r"'audit': 'completed'\}",
+        r"archive read the results of: \['notify', 'ship'\]",
+        r"order-1002: failed at step 'charge'; cancelled: \['archive', 'notify', 'ship'\]",
+        r"steps of order-1002 that ran: \['order-1002:charge', 'order-1002:validate'\]",
+    ],
+    "tenancy.py": [
+        r"refused: tenant globex is at its max_queue_size of 20",
+        r"globex's 20 jobs all started after \d+ of acme's 300 "
+        r"\(acme: max_concurrency 3, ran at most 3 at once\)",
+        r"acme usage: queued=\d+ active=[0-3] completed=\d+ \(every job counted once: True\)",
+    ],
     "regions.py": [
         r"pinned job id: @eu-west-1:\.\.\.",
         r"copy in ap-southeast-1: waiting",
@@ -103,8 +117,11 @@ EXPECTED: dict[str, list[str]] = {
 #: windows and what they keep (they expire with the window), and what features hold that
 #: is configuration or history rather than jobs -- webhook deliveries and the outbox
 #: they are read from, a breaker's log and window, encryption key ids and rotation
-#: records, a region's record of its epoch and the copies it holds (rg).
-WINDOW_KEYS = re.compile(r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|rg(:|$))")
+#: records, the tenants (their registry, and the copies of their quotas in a queue),
+#: a region's record of its epoch and the copies it holds (rg).
+WINDOW_KEYS = re.compile(
+    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|tn:|tenants(:queues)?$|rg(:|$))"
+)
 
 
 def test_every_example_has_expectations() -> None:

@@ -271,7 +271,7 @@ def test_cli_health_never_prints_the_password(
     template: str,
 ) -> None:
     url = template.format(S1=S1, S2=S2, port=closed_ports[0], live=redis_server.port)
-    result = CliRunner().invoke(main, ["health", cli_app(), "--redis", url])
+    result = CliRunner().invoke(main, ["health", cli_app(), "--json", "--redis", url])
     if "{live}" in template:  # the test server has no password set: any one is accepted
         assert result.exit_code == 0 and "redis://***@127.0.0.1:" in result.stdout
     else:

@@ -385,3 +385,36 @@ async def test_quiet_subscribers_skip_outcomes_but_never_a_dead_letter(
         ("finished", "failed"),
         ("dead_lettered", "ValueError: always"),
     ]
+
+
+class Adds(Subscriber):
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str]] = []
+        self.dups: list[tuple[str, str]] = []
+
+    def enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        self.added += list(zip(job_ids, names, strict=True))
+
+    def duplicate(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        self.dups += list(zip(job_ids, names, strict=True))
+
+
+async def test_an_add_that_finds_its_job_is_a_duplicate_not_an_enqueue(
+    make_queue: QueueFactory,
+) -> None:
+    q = make_queue("dups")
+    subs = Adds()
+    q.subscribe(subs)
+    added_events: list[str] = []
+    q.on("job-added", lambda e: added_events.append(e.job_id or ""))
+    first = await q.add_job("n", {}, job_id="order-1")
+    assert await q.add_job("again", {}, job_id="order-1") == first
+    keyed = await q.add_job("k", {}, idempotency_key="pay-7")
+    ids = await q.add_jobs(
+        [("k", {}, {"idempotency_key": "pay-7"}), ("n", {}), ("n", {}, {"job_id": "order-1"})]
+    )
+    assert ids[0] == keyed and ids[2] == first
+    assert subs.added == [(first, "n"), (keyed, "k"), (ids[1], "n")]
+    assert subs.dups == [(first, "again"), (keyed, "k"), (first, "n")]
+    await wait_until(lambda: len(added_events) == 3, 5)
+    assert sorted(added_events) == sorted([first, keyed, ids[1]])

@@ -18,14 +18,14 @@ async def test_coalesced_add_job_callers_get_ids_of_what_was_written(
     real = q.producer.enqueue
     calls = 0
 
-    async def flaky(prepared: list[list[Any]]) -> list[str]:
+    async def flaky(prepared: list[list[Any]], options: Any = None) -> list[str]:
         nonlocal calls
         calls += 1
         if calls == 1:
             await asyncio.sleep(0.05)  # let the other add_job calls queue up behind it
-            return await real(prepared)
+            return await real(prepared, options)
         # The coalesced batch: the first two jobs written, then the link fails.
-        ids = await real(prepared[:2])
+        ids = await real(prepared[:2], options[:2] if options else None)
         exc = PartialEnqueueError("partial", ids, 2)
         exc.__cause__ = ConnectionError("link lost")
         raise exc

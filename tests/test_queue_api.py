@@ -269,6 +269,7 @@ async def test_get_stats_counts_every_state(make_queue: QueueFactory) -> None:
         "is_paused": True,
         "latency_ms": stats.latency_ms,
         "pending": 0,
+        "missing_records": 0,
     }
     assert stats["active"] == 1
     release.set()

@@ -843,18 +843,18 @@ async def test_update_is_fenced(lua: Lua) -> None:
 
 
 async def test_stats_counts_and_oldest_waiting(lua: Lua) -> None:
-    assert await lua("stats", T0) == [0, 0, 0, 0, 0, 0, "0", -1, T0]
+    assert await lua("stats", T0) == [0, 0, 0, 0, 0, 0, "0", -1, T0, "0"]
     await lua.enqueue(T0, {"id": "a"}, {"id": "b"}, {"id": "c"})
     await lua.enqueue(T0 + 30, {"id": "e"}, {"id": "d", "delay": 1000})
     token = str((await lua.claim(T0 + 40, 3))[2])
     await lua.finish(T0 + 40, ("a", token, "C", "1"), ("b", token, "F", "x"))
     await lua.finish(T0 + 40, ("c", token, "F", "y"), dlq=False)
-    assert await lua("stats", T0 + 100) == [1, 0, 1, 1, 1, 1, "0", T0 + 30, T0 + 100]
+    assert await lua("stats", T0 + 100) == [1, 0, 1, 1, 1, 1, "0", T0 + 30, T0 + 100, "0"]
     await lua("pause", T0, "1")
     assert (await lua("stats", T0 + 100))[6] == "1"
     await lua("pause", T0, "0")
     await lua.claim(T0 + 100, 1)
-    assert await lua("stats", T0 + 100) == [0, 1, 1, 1, 1, 1, "0", -1, T0 + 100]
+    assert await lua("stats", T0 + 100) == [0, 1, 1, 1, 1, 1, "0", -1, T0 + 100, "0"]
 
 
 async def test_server_clock_is_used_when_now_is_empty(lua: Lua) -> None:

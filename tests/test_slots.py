@@ -342,6 +342,74 @@ async def test_drain_passes_waiting_delayed_and_parked_jobs_through_release(
     )
 
 
+async def test_a_fragment_removing_a_job_passes_it_through_release(lua: Lua) -> None:
+    # A feature removing jobs from inside its own fragment (a workflow cancelling the
+    # dependents of a failed step) goes through remove_unstarted: every release fragment
+    # sees the removal, nested in the release of the job that caused it.
+    lua.queue.scripts.add_slot("release", "rec", RECORD_RELEASE)
+    lua.queue.scripts.add_slot(
+        "enqueue",
+        "gate",
+        """function(id, jk, opts, state)
+      if redis.call('HGET', jk, 'n') == 'gated' then return 'gate' end
+    end""",
+    )
+    lua.queue.scripts.add_slot(
+        "release",
+        "cascade",
+        """function(id, jk, outcome)
+      if outcome ~= 'failed' then return end
+      for _, c in ipairs({'w1', 'l1', 'p1'}) do
+        local ck = job_key(c)
+        if redis.call('EXISTS', ck) == 1 then
+          remove_unstarted(c, ck)
+          emit('job-removed', c)
+        end
+      end
+    end""",
+    )
+    await lua.add(
+        T0, {"id": "boss"}, {"id": "w1"}, {"id": "l1", "delay": 1000}, {"id": "p1", "name": "gated"}
+    )
+    got, token = await lua.claim(T0, n=1)
+    assert got == ["boss"]
+    await lua.finish(T0, ("boss", token, "F", "fatal"))
+    assert Counter(await lua.released()) == Counter(
+        ["boss=failed", "w1=removed", "l1=removed", "p1=removed"]
+    )
+    for jid in ("w1", "l1", "p1"):
+        assert not await lua.client.exists(lua.keys.job(jid))
+    assert await lua.ids("wait") == [] and await lua.ids("delayed") == []
+    assert await parked_count(lua.queue) == 0
+    assert await slot_errors(lua.queue) == {}
+
+
+async def test_event_slot_gets_the_events_features_raise(lua: Lua) -> None:
+    raise_it = """function(id, jk, outcome)
+      if outcome == 'completed' then feature_event('thing-done', id, 'k', 'v', 'n', '2') end
+    end"""
+    lua.queue.scripts.add_slot("release", "raiser", raise_it)
+    await lua.add(T0, {"id": "a"}, {"id": "b"})
+    _, token = await lua.claim(T0, n=1)
+    await lua.finish(T0, ("a", token, "C", "1"))
+    # No feature forwards events: the event stream has it all the same.
+    lua.queue.scripts.add_slot(
+        "event",
+        "rec",
+        """function(name, subject, fields)
+      redis.call('RPUSH', PREFIX .. 'raised', name .. '|' .. subject .. '|' ..
+        table.concat(fields, ','))
+    end""",
+    )
+    _, token = await lua.claim(T0, n=1)
+    await lua.finish(T0, ("b", token, "C", "1"))
+    raised = [_dec(x) for x in await lua.client.lrange(lua.keys.extra("raised"), 0, -1)]
+    assert raised == ["thing-done|b|k,v,n,2"]
+    stream = [_dec(f) for _, f in await lua.client.xrange(lua.keys.events)]
+    done = [f for f in stream if f[b"e"] == b"thing-done"]
+    assert [(f[b"id"], f[b"k"], f[b"n"]) for f in done] == [(b"a", b"v", b"2"), (b"b", b"v", b"2")]
+
+
 # ================================================================ enqueue
 
 

@@ -402,6 +402,23 @@ class QueueMachine(RuleBasedStateMachine):
         moved = self.engine.run("promote", self.now, 1000)
         assert int(moved) == self._promote()
 
+    @rule(index=st.integers(0, 40), prefer=st.sampled_from(["delayed", None]))
+    def promote_one(self, index: int, prefer: str | None) -> None:
+        """promote_job: one delayed job to wait, due or not; others refused unchanged."""
+        jid = self._pick(index, prefer)
+        if jid is None:
+            return
+        job = self.jobs.get(jid)
+        if job is None or job.state != "delayed":
+            before = self._snapshot()
+            code = "KQ_JOB_NOT_FOUND" if job is None else "KQ_BAD_STATE"
+            with pytest.raises(redis.ResponseError, match=code):
+                self.engine.run("promote", self.now, 1, "1", jid)
+            assert self._snapshot() == before
+            return
+        assert int(self.engine.run("promote", self.now, 1, "1", jid)) == 1
+        self._to_wait(job)
+
     @rule(index=st.integers(0, 40), prefer=st.sampled_from(["completed", "dlq", "failed", None]))
     def retry(self, index: int, prefer: str | None) -> None:
         jid = self._pick(index, prefer)

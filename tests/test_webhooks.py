@@ -64,13 +64,6 @@ FAST = dict(allow_networks=LOOPBACK, backoff_ms=20, max_backoff_ms=200, poll_ms=
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = await Receiver().start()
-    yield rec
-    await rec.stop()
-
-
-@pytest.fixture
 async def queue(redis_url: str, prefix: str) -> AsyncIterator[JobQueue]:
     q = JobQueue("wh", redis=redis_url, prefix=prefix, worker={"concurrency": 50})
 

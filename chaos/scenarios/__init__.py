@@ -16,5 +16,10 @@ from . import (  # noqa: F401
     s12_webhooks,
     s13_metrics,
     s14_workflows,
-    s15_regions,
+    s15_slow_redis,
+    s16_replica_acks,
+    s17_audit,
+    s18_erasure,
+    s19_tenancy,
+    s20_regions,
 )

@@ -17,7 +17,7 @@ from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result
 from ..infra import Fleet, Timeout, wait_for
-from ..ledger import Ledger, Snapshot, check, duplicates, snapshot, stream
+from ..ledger import Check, Ledger, Snapshot, check, duplicates, snapshot, stream
 
 FINAL = ("completed", "dlq", "failed")
 T = TypeVar("T")
@@ -242,3 +242,32 @@ def apply_faults(
             dead = [w.name for w in fleet.procs if not w.alive() and w.pid not in out.killed]
             res.expect(f"restart {k + 1}: every worker survived the outage", not dead, dead)
     return out
+
+
+# Pending (parked) jobs among ARGV whose record names a blocker they are not parked
+# behind: a parked job must be in the set of the blocker its record names.
+_NOT_IN_BLOCKER_LUA = """
+local out = {}
+for i = 1, #ARGV do
+  local f = redis.call('HMGET', KEYS[1] .. 'job:' .. ARGV[i], 'st', 'pk')
+  if f[1] == 'pending' and not (f[2] and redis.call('ZSCORE', KEYS[1] .. 'parked:' .. f[2],
+      ARGV[i])) then
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
+"""
+
+
+def live_parked_check(client: redis.Redis, keys: QueueKeys, ledger: Ledger) -> Check:
+    """The ledger/consistency check while workers run, for a queue whose features park
+    jobs: a parked job (``st`` pending) is in no state set, so instead each must be in
+    the set of its blocker (read atomically per call; a job that left it meanwhile is
+    covered by the final check)."""
+    snap = snapshot(client, keys)
+    pending = [j for j in snap.jobs if snap.state(j) == "pending"]
+    res = check(snap, ledger, final=False, ignore=pending)
+    for i in range(0, len(pending), 500):
+        for jid in client.eval(_NOT_IN_BLOCKER_LUA, 1, keys.base, *pending[i:i + 500]):
+            res.add("pending_not_in_blocker", jid.decode())
+    return res

@@ -30,10 +30,11 @@ from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result, scenario
 from ..infra import Run, runs_by_job
-from ..ledger import StreamEvent, check, merge, snapshot, stream
+from ..ledger import StreamEvent, merge, snapshot, stream
 from ._common import (
     apply_faults,
     closing_checks,
+    live_parked_check,
     stats,
     stop_fleet,
     tracebacks,
@@ -117,31 +118,10 @@ def with_manager(
     return asyncio.run(go())
 
 
-_PENDING_LUA = """
-local out = {}
-for i = 1, #ARGV do
-  local f = redis.call('HMGET', KEYS[1] .. 'job:' .. ARGV[i], 'st', 'gk')
-  if f[1] == 'pending' and not (f[2] and redis.call('ZSCORE', KEYS[1] .. 'parked:g:' .. f[2],
-      ARGV[i])) then
-    out[#out + 1] = ARGV[i]
-  end
-end
-return out
-"""
-
-
 def live_check(client: Any, keys: QueueKeys, ledger: Any) -> Any:
-    """The ledger/consistency check while workers run, for a queue with groups: a job
-    parked in its group's line (``st`` pending) is in no state set, so those are checked
-    here instead: each must be in its group's line (read atomically per call; a job that
-    left the line meanwhile is covered by the final check)."""
-    snap = snapshot(client, keys)
-    pending = [j for j in snap.jobs if snap.state(j) == "pending"]
-    res = check(snap, ledger, final=False, ignore=pending)
-    for i in range(0, len(pending), 500):
-        for jid in client.eval(_PENDING_LUA, 1, keys.base, *pending[i:i + 500]):
-            res.add("pending_not_in_line", jid.decode())
-    return res
+    """The ledger/consistency check while workers run: a job parked in its group's line
+    (``st`` pending) is in no state set, so it must be in its blocker's set instead."""
+    return live_parked_check(client, keys, ledger)
 
 
 def leftover_turns(url: str, prefix: str, queue: str, groups: Iterable[str]) -> list[str]:

@@ -29,6 +29,7 @@ from .enums import (
     WebhookEventType,
 )
 from .errors import (
+    AccessDeniedError,
     BreakerNotFoundError,
     CircuitOpenError,
     ConfigurationError,
@@ -45,14 +46,27 @@ from .errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     QueueActiveError,
+    QuotaExceededError,
     RateLimited,
+    ReplicaAckError,
     RetryLater,
     ScheduleNotFoundError,
     ScriptArgumentError,
     SerializationError,
+    TenantNotFoundError,
+    WriteNotConfirmedError,
     WriteRefusedError,
 )
 from .events import EventData, StreamEvent
+from .features.access import (
+    AccessControlManager,
+    AccessEntry,
+    Permission,
+    QueuePermissions,
+)
+from .features.advanced import AdvancedQueueConfig
+from .features.alerts import AlertManager, AlertRule
+from .features.audit import AuditEntry, AuditLog, AuditReport
 from .features.breakers import (
     BreakerConfig,
     BreakerStats,
@@ -60,6 +74,7 @@ from .features.breakers import (
     CircuitBreakerManager,
     FailureThreshold,
 )
+from .features.compliance import ComplianceManager, ErasureReport
 from .features.encryption import (
     DecryptionError,
     EncryptionError,
@@ -82,7 +97,9 @@ from .features.regions import (
     ReplicationTimeoutError,
     TenantRegionMap,
 )
+from .features.replicas import ReplicaAcks
 from .features.schedules import Schedule
+from .features.tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
 from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
 from .hooks import FeatureEvent
 from .identity import acting_as, current_principal
@@ -134,6 +151,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AccessControlManager",
+    "AccessDeniedError",
+    "AccessEntry",
+    "AdvancedQueueConfig",
+    "AlertManager",
+    "AlertRule",
+    "AuditEntry",
+    "AuditLog",
+    "AuditReport",
     "BackoffOptions",
     "BreakerConfig",
     "BreakerNotFoundError",
@@ -142,6 +168,7 @@ __all__ = [
     "CircuitBreakerManager",
     "CircuitBreakerState",
     "CircuitOpenError",
+    "ComplianceManager",
     "ConfigurationError",
     "ConnectionUnavailableError",
     "DLQConfig",
@@ -151,6 +178,7 @@ __all__ = [
     "EncryptionAlgorithm",
     "EncryptionError",
     "EncryptionManager",
+    "ErasureReport",
     "EventData",
     "ExecutionResult",
     "ExtendedJobOptions",
@@ -193,18 +221,23 @@ __all__ = [
     "PartialEnqueueError",
     "PartitionedQueue",
     "PayloadTooLargeError",
+    "Permission",
     "PermissionDeniedError",
     "QueueActiveError",
     "QueueConfig",
     "QueueEvent",
+    "QueuePermissions",
     "QueueRole",
     "QueueSettings",
     "QueueStats",
+    "QuotaExceededError",
     "RateLimited",
     "RegionConfig",
     "RegionNotAllowedError",
     "RegionStats",
     "RegionUnavailableError",
+    "ReplicaAckError",
+    "ReplicaAcks",
     "ReplicationTimeoutError",
     "RetryConfig",
     "RetryLater",
@@ -216,7 +249,12 @@ __all__ = [
     "StreamEvent",
     "SyncJobQueue",
     "SyncPartitionedQueue",
+    "TenantConfig",
+    "TenantNotFoundError",
+    "TenantQuota",
     "TenantRegionMap",
+    "TenantRegistry",
+    "TenantUsage",
     "WebhookConfig",
     "WebhookDeliveryStrategy",
     "WebhookEvent",
@@ -226,6 +264,7 @@ __all__ = [
     "WorkerConfig",
     "WorkflowStatus",
     "WorkflowStep",
+    "WriteNotConfirmedError",
     "WriteRefusedError",
     "__version__",
     "acting_as",

@@ -2,7 +2,8 @@
 
 Every command that changes a queue on an operator's behalf (``pause``, ``resume``,
 ``drain``, ``clear``, ``retry_job``, ``bulk_retry``, ``replay_dlq``, ``remove_job``,
-``cancel_job``, ``promote_delayed``, ``recover_stalled``, and the schedule commands
+``cancel_job``, ``promote_delayed``, ``promote_job``, ``recover_stalled``, and the schedule
+commands
 ``put_schedule``, ``update_schedule``, ``remove_schedule``, ``pause_schedule``,
 ``resume_schedule``) runs as ``Admin.execute(command, args, action)``:
 
@@ -24,12 +25,12 @@ are not administrative and do not pass here.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .enums import JobStatus
 from .errors import ConfigurationError, JobActiveError, JobNotFoundError
+from .guards import GuardList
 from .hooks import AdminCall
 from .identity import current_principal
 from .limits import clip
@@ -66,7 +67,7 @@ class Admin:
 
     def __init__(self, ctx: QueueContext) -> None:
         self.ctx = ctx
-        self._guards: list[AdminGuard] = []
+        self._guards: GuardList[AdminCall] = GuardList("admin guard")
         self._clear_steps: list[Callable[[], Awaitable[Any]]] = []
 
     # ------------------------------------------------------------------ choke point
@@ -74,10 +75,7 @@ class Admin:
         """Run ``guard(call)`` before every administrative command (after the guards
         added before it); it refuses the command by raising, e.g.
         ``PermissionDeniedError``. Adding the same guard twice is a no-op."""
-        if not callable(guard):
-            raise ConfigurationError(f"admin guard must be callable, got {type(guard).__name__}")
-        if not any(g is guard for g in self._guards):
-            self._guards.append(guard)
+        self._guards.add(guard)
 
     def add_clear_step(self, step: Callable[[], Awaitable[Any]]) -> None:
         """Run ``await step()`` at the end of every ``clear()``, after the jobs are gone:
@@ -90,12 +88,12 @@ class Admin:
 
     def remove_guard(self, guard: AdminGuard) -> None:
         """Remove a guard added with ``add_guard`` (no-op if absent)."""
-        self._guards = [g for g in self._guards if g is not guard]
+        self._guards.remove(guard)
 
     @property
     def guards(self) -> tuple[AdminGuard, ...]:
         """The guards, in the order they run."""
-        return tuple(self._guards)
+        return self._guards.items
 
     async def execute(
         self,
@@ -119,10 +117,8 @@ class Admin:
         who = current_principal(ctx.principal)
         call = AdminCall(ctx.name, command, dict(args), principal=who)
         try:
-            for guard in self._guards:
-                out = guard(call)
-                if inspect.isawaitable(out):
-                    await out
+            if self._guards:
+                await self._guards.run(call)
             result = await action()
         except BaseException as exc:
             if ctx.hooks.admin:
@@ -262,6 +258,16 @@ class Admin:
 
         return await self.execute("promote_delayed", {"limit": limit}, action)
 
+    async def promote_job(self, job_id: str) -> None:
+        """``JobQueue.promote_job``."""
+        ctx = self.ctx
+
+        async def action() -> None:
+            dlq = "1" if ctx.dlq.enabled else "0"
+            await ctx.run("promote", [1, dlq, query_id(job_id)])
+
+        await self.execute("promote_job", {"job_id": job_id}, action)
+
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """``JobQueue.recover_stalled``."""
         ctx = self.ctx
@@ -382,6 +388,14 @@ class AdminAPI:
         promoted by it as well.
         """
         return await self.admin.promote_delayed(limit)
+
+    async def promote_job(self, job_id: str) -> None:
+        """Move one delayed job to waiting now, whether it is due or not (its place in
+        line is its priority's, as if its delay had ended).
+
+        Raises ``JobNotFoundError``, or ``JobStateError`` when the job is not delayed.
+        """
+        await self.admin.promote_job(job_id)
 
     async def recover_stalled(self, limit: int = 1000) -> tuple[list[str], list[str]]:
         """Requeue jobs whose lease expired; returns (requeued ids, dead-lettered ids).

@@ -39,6 +39,7 @@ from .enums import JobStatus
 
 if TYPE_CHECKING:
     from .events import Handler, StreamEvent
+    from .explain import Explainer, Explanation
     from .features.schedules import Schedule
     from .job import JobInfo
     from .jobspec import Normalizer
@@ -244,6 +245,13 @@ class QueueAPI(Protocol):
         how many log lines it has; None if there is no such job."""
         raise _unimplemented(self)
 
+    @operation("query", Route.BY_ID, miss="raise")
+    async def explain(self, /, job_id: str) -> Explanation:
+        """Why a job is not running: its delay, a paused queue, no live worker for its
+        name, the lease holder, and what enabled features report (group turn,
+        dependencies, open breaker, rate window, concurrency cap)."""
+        raise _unimplemented(self)
+
     @operation("query", Route.BY_ID, miss="empty")
     async def get_job_logs(self, /, job_id: str, start: int = 0, end: int = -1) -> list[str]:
         """Lines a processor logged with ``job.log`` (``start``/``end`` as in LRANGE)."""
@@ -342,6 +350,12 @@ class QueueAPI(Protocol):
         """Move due delayed jobs to waiting now; how many moved."""
         raise _unimplemented(self)
 
+    @operation("admin", Route.BY_ID)
+    async def promote_job(self, /, job_id: str) -> None:
+        """Move one delayed job to waiting now, due or not (``JobStateError`` when it
+        is not delayed)."""
+        raise _unimplemented(self)
+
     @operation("admin", Route.BUDGET, merge="concat", ids="id lists")
     async def recover_stalled(self, /, limit: int = 1000) -> tuple[list[str], list[str]]:
         """Requeue jobs whose lease expired: (requeued ids, dead-lettered ids)."""
@@ -422,11 +436,12 @@ class QueueAPI(Protocol):
         job_name: str,
         fn: Callable[..., Any] | None = None,
         *,
-        size: int,
-        min_size: int = 1,
-        max_wait: Any = 1000,
+        size: int | None = None,
+        min_size: int | None = None,
+        max_wait: Any = None,
     ) -> Any:
-        """Register a processor that takes up to ``size`` jobs at once (a decorator too)."""
+        """Register a processor that takes up to ``size`` jobs at once (a decorator too);
+        arguments left out take the queue's batch defaults."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)
@@ -454,6 +469,11 @@ class QueueAPI(Protocol):
     def use_process(self, /, middleware: ProcessMiddleware) -> None:
         """Add process middleware ``async fn(job, call_next) -> result`` around every
         run (first added is outermost); add it before the worker starts."""
+        raise _unimplemented(self)
+
+    @operation("registration", Route.REGISTER)
+    def add_explainer(self, /, explainer: Explainer) -> None:
+        """Add an explainer ``fn(facts) -> [Reason]`` (sync or async) to ``explain``."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)
@@ -492,6 +512,8 @@ SINGLE_QUEUE_ONLY: Mapping[str, str] = MappingProxyType(
         "argv_head": "the queue's script argument prefix",
         "policy_for": "the queue's resolved retry policy",
         "own_options": "features declare their options on each queue they serve",
+        "set_write_barrier": "a write barrier follows one queue's writes on its connection; "
+        "features set it on each member queue they serve",
         "add_service": "a service runs with one queue's worker; on each member it would run "
         "once per member",
         "set_rate_limit": "a limit set on every member would admit members x max",

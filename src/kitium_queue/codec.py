@@ -96,6 +96,20 @@ class Serializer:
     def __init__(self, codecs: Sequence[Codec] = ()) -> None:
         self.codecs = tuple(codecs)
 
+    def add_codec(self, codec: Codec, *, first: bool = False) -> None:
+        """Add ``codec`` to the chain: last (applied last on encode, first on decode), or
+        ``first`` (applied to the JSON itself: a compression codec goes there, so that
+        it compresses before any other codec, such as encryption, makes the bytes
+        incompressible). Adding the same codec object twice is a no-op. Add codecs
+        before the queue is used: values already stored keep the chain they were
+        written with, so a codec must recognise (and pass through) bytes it did not
+        produce."""
+        if not isinstance(codec, Codec):
+            raise TypeError(f"a codec has encode(bytes) and decode(bytes), got {codec!r}")
+        if any(c is codec for c in self.codecs):
+            return
+        self.codecs = (codec, *self.codecs) if first else (*self.codecs, codec)
+
     def dumps(self, value: Any, what: str = "job data") -> bytes:
         """Encode ``value``; ``SerializationError`` (naming ``what``) when JSON cannot
         carry it as it is (the module's round-trip rule)."""

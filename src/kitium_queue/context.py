@@ -11,7 +11,9 @@ construction, the option registry (``jobspec``) and the lifecycle subscribers
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoPermissionError
@@ -43,12 +45,30 @@ from .options import (
     to_ms,
 )
 from .scripts import ScriptCall, ScriptRegistry, permission_denied
-from .serverinfo import check_eviction
+from .serverinfo import MissingRecords, check_eviction
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
+    from .explain import Explainer
     from .job import JobInfo
 
-__all__ = ["CONNECT_TIMEOUT_S", "QueueContext"]
+__all__ = ["CONNECT_TIMEOUT_S", "QueueContext", "redacted_views"]
+
+_REDACTING: ContextVar[bool] = ContextVar("kq_redacting", default=False)
+
+
+@contextmanager
+def redacted_views() -> Iterator[None]:
+    """Inside the block, payload views of every queue hide protected payloads, as with
+    ``redact_payloads``, without changing the queue: a server that shows jobs to people
+    (the dashboard) wraps each request in it (a ``contextvars`` variable, so other
+    requests and tasks of the process are not affected)."""
+    token = _REDACTING.set(True)
+    try:
+        yield
+    finally:
+        _REDACTING.reset(token)
+
 
 #: How long a server that accepted the connection gets to answer the first PING.
 CONNECT_TIMEOUT_S = 10.0
@@ -73,7 +93,16 @@ class QueueContext:
             payloads turns them back into what they hold for this process, or hides
             them). ``redact``: ``redact_payloads``.
         redact_payloads: set by tools that show jobs to people (the CLI): views hide
-            protected payloads instead of revealing them.
+            protected payloads instead of revealing them (``redacted_views()`` does it
+            for one block; views read ``redacting``).
+        explainers: what ``explain`` asks besides the core (``queue.add_explainer``).
+        redactors: functions ``redact(value) -> value`` returning a copy of a payload
+            value (job data, a result, progress) with protected parts hidden (a
+            compliance feature masks named fields). ``redact_value`` applies them.
+            Applied to what tools show (``JobInfo`` payloads and JSON log lines when
+            ``redacting``), to progress read from the durable event stream
+            (``events()``), and, with ``redact_everywhere``, to every ``JobInfo`` and to
+            the result and progress handed to ``queue.on`` handlers as well.
     """
 
     def __init__(
@@ -126,12 +155,33 @@ class QueueContext:
         self.hooks = HookBus()
         self.info_views: list[Callable[[JobInfo, bool], None]] = []
         self.redact_payloads = False
+        #: Explainers of ``explain``: features add theirs with ``queue.add_explainer``.
+        self.explainers: list[Explainer] = []
+        #: The write barrier: a command run after each enqueue and outcome, before they
+        #: are acknowledged (``barrier.py``; None: none).
+        self.write_barrier: WriteBarrier | None = None
+        #: Reports job records found missing (evicted or deleted), at a bounded rate.
+        self.missing = MissingRecords(name)
+        self.redactors: list[Callable[[Any], Any]] = []
+        self.redact_everywhere = False
         #: The principal this queue acts for when no ``identity.acting_as`` block is
         #: active (stamped on admin calls; None: nobody in particular).
         self.principal: str | None = None
         self._client: Any = None
         self._connect_lock: asyncio.Lock | None = None
         self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))
+
+    @property
+    def redacting(self) -> bool:
+        """Whether payload views hide protected payloads now (``redact_payloads``, or
+        inside ``redacted_views()``)."""
+        return self.redact_payloads or _REDACTING.get()
+
+    def redact_value(self, value: Any) -> Any:
+        """``value`` through every redactor (the value itself when there is none)."""
+        for redact in self.redactors:
+            value = redact(value)
+        return value
 
     # ------------------------------------------------------------------ settings
     def _check_settings(self) -> None:

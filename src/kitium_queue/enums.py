@@ -90,6 +90,9 @@ class WebhookEventType(_StrEnum):
     JOB_PROGRESS = "job-progress"
     JOB_DEAD_LETTERED = "job-dlq"
     JOB_REMOVED = "job-removed"
+    WORKFLOW_FAILED = "workflow-failed"
+    WORKFLOW_CANCELLED = "workflow-cancelled"
+    BREAKER_STATE = "breaker-state"
 
 
 class WebhookDeliveryStrategy(_StrEnum):

@@ -7,15 +7,20 @@
     │   └── ScriptArgumentError     a script refused its arguments, wrote nothing (KQ_BAD_ARGUMENT)
     ├── PartialEnqueueError         add_jobs wrote only some chunks; says which jobs
     ├── JobRefusedError             a feature refused a job at enqueue (a full group...)
+    │   └── QuotaExceededError      a tenant's quota refused it (max_queue_size, regions)
     ├── FencedError                 a fence is up: the queue takes no new work here (KQ_FENCED)
     ├── SerializationError          data or result that cannot be encoded
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
     ├── PermissionDeniedError       the Redis ACL user lacks a command or key
+    │   └── AccessDeniedError       a grant does not allow this principal the action
     ├── WriteRefusedError           Redis refused a write (out of memory, MISCONF, replica)
+    ├── WriteNotConfirmedError      written on the primary, not confirmed by the write barrier
+    │   └── ReplicaAckError         fewer replicas than asked acknowledged it in time (WAIT)
     ├── JobNotFoundError            no job with that id           (KQ_JOB_NOT_FOUND)
     ├── ScheduleNotFoundError       no schedule with that id
     ├── BreakerNotFoundError        no circuit breaker with that id
+    ├── TenantNotFoundError         no tenant with that id
     ├── CircuitOpenError            a circuit breaker refused a call while open
     ├── JobStateError               operation not valid in the job's state
     │   ├── JobActiveError          the job is running             (KQ_JOB_ACTIVE)
@@ -35,7 +40,9 @@ from typing import Any
 from .limits import MAX_DELAY_MS, clamp_delay_ms
 
 __all__ = [
+    "REFUSAL_ERRORS",
     "SCRIPT_ERRORS",
+    "AccessDeniedError",
     "BreakerNotFoundError",
     "CircuitOpenError",
     "ConfigurationError",
@@ -53,13 +60,18 @@ __all__ = [
     "PermissionDeniedError",
     "ProcessorSignal",
     "QueueActiveError",
+    "QuotaExceededError",
     "RateLimited",
+    "ReplicaAckError",
     "RetryLater",
     "ScheduleNotFoundError",
     "ScriptArgumentError",
     "SerializationError",
+    "TenantNotFoundError",
+    "WriteNotConfirmedError",
     "WriteRefusedError",
     "error_from_script",
+    "refusal_error",
 ]
 
 
@@ -89,11 +101,43 @@ class ConnectionUnavailableError(KitiumQueueError, ConnectionError):
 
 
 class PermissionDeniedError(KitiumQueueError, PermissionError):
-    """The Redis ACL user lacks a command or the queue's key pattern (``NOPERM``).
+    """Refused for lack of permission: the Redis ACL user lacks a command or the
+    queue's key pattern (``NOPERM``), or (``AccessDeniedError``) the principal a call
+    runs for holds no grant allowing it.
 
     The message names what was refused; docs/RELIABILITY.md lists the ACL rules a queue
     needs (``~<prefix>:{<queue>}:*`` and the commands its scripts run).
     """
+
+
+class AccessDeniedError(PermissionDeniedError):
+    """A protected queue (or ``AccessControlManager.require_access``) refused a call:
+    the principal it runs for holds no grant with the permission it needs.
+
+    Nothing of the refused call ran. The refusal is written to the audit log before
+    this is raised.
+
+    Attributes:
+        principal: who was refused (None: no principal was acting).
+        resource: what was refused (a queue name).
+        permission: the permission that was needed (e.g. ``"can_add_job"``).
+        action: what was attempted (``"add_job"``, ``"pause"``, ``"get_stats"``...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        principal: str | None = None,
+        resource: str = "",
+        permission: str = "",
+        action: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.principal = principal
+        self.resource = resource
+        self.permission = permission
+        self.action = action
 
 
 class JobNotFoundError(KitiumQueueError, KeyError):
@@ -115,6 +159,13 @@ class BreakerNotFoundError(KitiumQueueError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "circuit breaker not found"
+
+
+class TenantNotFoundError(KitiumQueueError, KeyError):
+    """No tenant with that id exists (never created, or removed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "tenant not found"
 
 
 class CircuitOpenError(KitiumQueueError):
@@ -276,6 +327,8 @@ class PartialEnqueueError(KitiumQueueError):
         #: Jobs before ``failed_from`` that a feature refused (index -> reason): nothing
         #: of them was written, and their entry in ``written_ids`` is ``""``.
         self.refused: dict[int, str] = {}
+        #: The same jobs, index -> their error (``QuotaExceededError``...).
+        self.errors: dict[int, JobRefusedError] = {}
 
 
 class JobRefusedError(KitiumQueueError):
@@ -300,6 +353,54 @@ class JobRefusedError(KitiumQueueError):
         super().__init__(message)
         self.ids: list[str | None] = list(ids)
         self.refused: dict[int, str] = dict(refused or {})
+        #: index in the call -> the error of that refused job (a ``QuotaExceededError``
+        #: when a tenant's quota refused it), for the refusals of ``add_jobs``.
+        self.errors: dict[int, JobRefusedError] = {}
+
+
+class QuotaExceededError(JobRefusedError):
+    """A tenant's quota refused a job at enqueue, atomically: nothing of it was written
+    (``features.tenancy``; docs/tenancy.md).
+
+    Attributes:
+        tenant_id: the tenant.
+        quota: the quota that refused it: ``"max_queue_size"`` (the tenant holds that
+            many unfinished jobs in the queue).
+        limit: the value of that quota, as text (``"100000"``).
+    """
+
+    def __init__(
+        self, message: str, *, tenant_id: str = "", quota: str = "", limit: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.tenant_id = tenant_id
+        self.quota = quota
+        self.limit = limit
+
+    @classmethod
+    def from_fields(cls, fields: list[str], message: str) -> QuotaExceededError:
+        """Built from a refusal's fields: tenant, quota, limit."""
+        tenant, quota, limit = [*fields, "", "", ""][:3]
+        return cls(message, tenant_id=tenant, quota=quota, limit=limit)
+
+
+#: Refusal codes of the ``accept`` Lua slot (``kitium_queue.slots``): a reason
+#: ``"<CODE>\t<field>\t...\t<message>"`` becomes the code's error, built by its
+#: ``from_fields(fields, message)``; any other reason a plain ``JobRefusedError``.
+REFUSAL_ERRORS: dict[str, type[QuotaExceededError]] = {
+    "KQ_QUOTA_EXCEEDED": QuotaExceededError,
+}
+
+
+def refusal_error(reason: str) -> JobRefusedError:
+    """The error of one job refused at enqueue with ``reason`` (an ``accept`` slot's
+    reply): its code's error class with the message as text, else ``JobRefusedError``."""
+    code, tab, rest = reason.partition("\t")
+    cls = REFUSAL_ERRORS.get(code) if tab else None
+    if cls is None:
+        return JobRefusedError(reason)
+    *fields, message = rest.split("\t")
+    return cls.from_fields(fields, message)
 
 
 class WriteRefusedError(KitiumQueueError):
@@ -311,3 +412,45 @@ class WriteRefusedError(KitiumQueueError):
     applied. ``add_job`` raises it; workers keep their outcomes and send them again
     until Redis accepts writes. The message says what to do.
     """
+
+
+class WriteNotConfirmedError(KitiumQueueError):
+    """A write happened on the Redis primary, but the queue's write barrier
+    (``barrier.py``) did not confirm it: e.g. fewer replicas than asked acknowledged it
+    in time (``ReplicaAckError``). The jobs *are* in the queue on the primary; what was
+    not confirmed is that they survive a failover to a replica.
+
+    Attributes:
+        written_ids: ids written on the primary by the call, in order (``""`` for a job
+            a feature refused); for ``add_job``, its one id.
+        unconfirmed: index (in the call) -> the error of each job whose write was not
+            confirmed; the other written jobs were.
+        not_sent_from: index of the first job of an ``add_jobs`` call that was not sent
+            (the call stops at the first chunk not confirmed), or None.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.written_ids: list[str] = []
+        self.unconfirmed: dict[int, WriteNotConfirmedError] = {}
+        self.not_sent_from: int | None = None
+
+
+class ReplicaAckError(WriteNotConfirmedError):
+    """Fewer replicas than asked acknowledged a write within the timeout (``WAIT``;
+    replica-acknowledged writes, ``features/replicas``).
+
+    The write happened on the primary and stays there: a retry with the same ``job_id``
+    or ``idempotency_key`` does not add the job twice. What is not guaranteed is that it
+    survives the primary's loss: a replica promoted before it caught up would not have
+    it. ``replicas``: how many acknowledged; ``required``: how many were asked for;
+    ``timeout_ms``: how long the wait was.
+    """
+
+    def __init__(
+        self, message: str = "", *, replicas: int = 0, required: int = 0, timeout_ms: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.replicas = replicas
+        self.required = required
+        self.timeout_ms = timeout_ms

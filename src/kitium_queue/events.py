@@ -45,13 +45,26 @@ class EventData:
 
 
 class EventEmitter:
-    """Calls registered handlers; a failing handler is logged and never propagates."""
+    """Calls registered handlers; a failing handler is logged and never propagates.
 
-    __slots__ = ("_handlers", "_tasks")
+    Views (``add_view``) run before the handlers of each event and may rewrite its
+    ``EventData`` in place (a compliance feature masks fields of ``result`` and
+    ``progress`` there); a view that raises is logged and the event is not delivered,
+    so a broken view never lets an unmasked value through.
+    """
+
+    __slots__ = ("_handlers", "_tasks", "_views")
 
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._views: tuple[Callable[[EventData], None], ...] = ()
+
+    def add_view(self, view: Callable[[EventData], None]) -> None:
+        """Run ``view(data)`` on every event before its handlers (after the views added
+        before it); adding the same view twice is a no-op."""
+        if not any(v is view for v in self._views):
+            self._views = (*self._views, view)
 
     def on(self, event: str, handler: Handler) -> None:
         self._handlers.setdefault(str(event), []).append(handler)
@@ -65,7 +78,20 @@ class EventEmitter:
         return bool(self._handlers.get(event))
 
     def emit(self, data: EventData) -> None:
-        for handler in self._handlers.get(data.event, ()):
+        handlers = self._handlers.get(data.event, ())
+        if handlers and self._views:
+            try:
+                for view in self._views:
+                    view(data)
+            except Exception:
+                log.exception(
+                    "event view failed for %s (queue=%s job=%s); event not delivered",
+                    data.event,
+                    data.queue,
+                    data.job_id,
+                )
+                return
+        for handler in handlers:
             try:
                 out = handler(data)
             except Exception:

@@ -1,7 +1,8 @@
 """Lifecycle hooks: one typed protocol for everything that watches jobs (DESIGN §5.3).
 
 A *subscriber* is an object with any of the methods of ``Subscriber``; the queue calls
-them as jobs move: ``enqueued``, ``started``, ``progress``, ``finished`` (with the
+them as jobs move: ``enqueued``, ``duplicate`` (an add that found its job there already),
+``started``, ``progress``, ``finished`` (with the
 ``Outcome``: completed, retrying, failed for good, deferred, released), ``stalled``,
 ``dead_lettered``, ``removed``, ``admin`` (every administrative command, with its result
 or error), ``queue_error`` and ``feature_event`` (something a feature reports that is not
@@ -133,7 +134,14 @@ class Subscriber:
     """
 
     def enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
-        """Jobs were added (``job_ids[i]`` has name ``names[i]``)."""
+        """Jobs were added (``job_ids[i]`` has name ``names[i]``). Adds that found their
+        job there already are not among them: see ``duplicate``."""
+
+    def duplicate(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        """Adds that wrote nothing because their job exists already (the same
+        ``job_id``, or an idempotency key whose window is open): ``job_ids[i]`` is the
+        existing job's id, ``names[i]`` the name the add asked for. A feature acting on
+        the existing job (a debounce) reports through this hook too."""
 
     def started(self, queue: str, job: Any) -> None:
         """A worker started running ``job``."""
@@ -173,6 +181,7 @@ class Subscriber:
 #: Every hook of ``Subscriber``, in the order they are documented.
 HOOK_NAMES = (
     "enqueued",
+    "duplicate",
     "started",
     "progress",
     "finished",
@@ -232,6 +241,7 @@ class HookBus:
 
     # The hook tuples, set by _index (declared for type checkers).
     enqueued: tuple[Callable[..., None], ...]
+    duplicate: tuple[Callable[..., None], ...]
     started: tuple[Callable[..., None], ...]
     progress: tuple[Callable[..., None], ...]
     finished: tuple[Callable[..., None], ...]
@@ -249,6 +259,13 @@ class HookBus:
                 fn(queue, job_ids, names)
             except Exception:
                 log.exception("lifecycle subscriber %r failed in enqueued", fn)
+
+    def emit_duplicate(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        for fn in self.duplicate:
+            try:
+                fn(queue, job_ids, names)
+            except Exception:
+                log.exception("lifecycle subscriber %r failed in duplicate", fn)
 
     def emit_started(self, queue: str, job: Any) -> None:
         for fn in self.started:

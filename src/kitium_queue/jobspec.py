@@ -22,6 +22,12 @@ Each declaration (``OptionSpec``) says:
   ``job.options`` show) or only travels as an argument of the enqueue script
   (``job_id``, which is the job's id). ``delay``, ``priority`` and ``lifo`` travel as
   arguments and are stored too, so a job shows every option it was added with.
+* ``placement``: what the option says about where a job goes when a queue is made of
+  several queues (a ``PartitionedQueue``; ``PLACEMENTS``): ``""`` nothing, ``"key"``
+  its value is a key that pins the job to a member, as a ``partition_key`` does (jobs
+  with the same value share a member), ``"job_ids"`` its value lists jobs of the same
+  queue by their full ids: the job goes to their member, and the ids are passed on as
+  that member knows them. The façade reads this; the core never names the options.
 
 An option nobody declared is refused with "unknown job option ... (did you mean ...)". The
 brief's feature options (``FEATURE_OPTION_NAMES``: ``message_group_id``, ``tenant_id``,
@@ -62,6 +68,7 @@ __all__ = [
     "CORE",
     "FEATURE_HOWTO",
     "FEATURE_OPTION_NAMES",
+    "PLACEMENTS",
     "JobSpec",
     "Normalizer",
     "OptionSpec",
@@ -75,6 +82,9 @@ __all__ = [
 
 #: The owner of the core's options.
 CORE = "core"
+
+#: The kinds of ``OptionSpec.placement`` (see the module docstring).
+PLACEMENTS = ("", "key", "job_ids")
 
 #: ``normalize(value, section) -> stored value``; raises ``ConfigurationError``.
 Normalizer = Callable[[Any, str], Any]
@@ -90,6 +100,7 @@ class OptionSpec:
     default: Any = None
     stored: bool = True
     doc: str = ""
+    placement: str = ""
 
 
 # ---------------------------------------------------------------------------- checks
@@ -261,9 +272,16 @@ FEATURE_HOWTO: dict[str, tuple[str, str]] = {
     "workflow_id": ("workflows", "create JobChainManager(queue)"),
     "depends_on": ("job dependencies (workflows)", "create JobChainManager(queue)"),
     "region": ("global queues", "add the job through GlobalQueueManager.add_job"),
-    "tenant_id": ("multi-tenancy", "set up the tenant with AccessControlManager"),
+    "tenant_id": (
+        "multi-tenancy",
+        "enable it with TenantRegistry(queue) (or registry.enable(queue))",
+    ),
     "rate_limit_key": ("flow control", "declare a limit: queue.set_rate_limit('key:*', ...)"),
     "concurrency_key": ("flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"),
+    "subject_id": (
+        "compliance (erasure by subject)",
+        "create ComplianceManager(queue) or enable the compliance section of AdvancedQueueConfig",
+    ),
 }
 
 
@@ -305,6 +323,11 @@ class JobSpec:
             )
         if not callable(spec.normalize):
             raise ConfigurationError(f"{spec.feature}: normalize of {name!r} is not callable")
+        if spec.placement not in PLACEMENTS:
+            raise ConfigurationError(
+                f"{spec.feature}: placement of {name!r} must be one of "
+                f"{', '.join(repr(p) for p in PLACEMENTS)}, got {shown(spec.placement)}"
+            )
         cur = self._specs.get(name)
         if cur is not None and cur.feature != spec.feature:
             raise ConfigurationError(
@@ -328,6 +351,11 @@ class JobSpec:
     def get(self, name: str) -> OptionSpec | None:
         """The declaration of ``name``, or None."""
         return self._specs.get(name)
+
+    def placements(self) -> tuple[tuple[str, str], ...]:
+        """``(name, placement)`` of every option that says where a job goes
+        (``OptionSpec.placement``), in the order declared."""
+        return tuple((s.name, s.placement) for s in self._specs.values() if s.placement)
 
     def specs(self) -> tuple[OptionSpec, ...]:
         """Every declaration, in the order declared (the core's first)."""

@@ -152,3 +152,14 @@ class QueueKeys:
     def schedule(self, schedule_id: str) -> str:
         """HASH: one schedule's definition and state."""
         return f"{self.base}schedule:{schedule_id}"
+
+    # -- live workers (presence.py) ---------------------------------------------------
+    @property
+    def workers(self) -> str:
+        """ZSET: ids of workers that announced themselves -> when they last did (ms, the
+        worker's clock); an index only: a worker is alive while its ``worker`` hash is."""
+        return self.base + "workers"
+
+    def worker(self, worker_id: str) -> str:
+        """HASH with a TTL: what worker ``worker_id`` said at its last heartbeat."""
+        return f"{self.base}worker:{worker_id}"

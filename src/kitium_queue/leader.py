@@ -44,7 +44,7 @@ from .limits import get_logger
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["LeaderBody", "LeaderLease", "LeaderService"]
+__all__ = ["LeaderBody", "LeaderLease", "LeaderService", "every"]
 
 log = get_logger(__name__)
 
@@ -350,6 +350,21 @@ class LeaderService:
             log.exception(
                 "leader service %s: body failed in term %d; stepping down", self.name, term
             )
+
+
+async def every(interval_ms: int, step: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Run ``await step()`` now and then every ``interval_ms``, until cancelled: the
+    body of a periodic leader-only service. Redis being unreachable is simply tried
+    again at the next interval; any other error is logged (as ``what`` failing) and
+    the loop goes on."""
+    while True:
+        try:
+            await step()
+        except NET_ERRORS:
+            pass
+        except Exception:
+            log.exception("%s failed", what)
+        await asyncio.sleep(interval_ms / 1000)
 
 
 async def _cancel(task: asyncio.Task[Any], name: str) -> None:

@@ -33,11 +33,14 @@ __all__ = [
     "MAX_OPTIONS_BYTES",
     "MAX_PROGRESS_BYTES",
     "MAX_TRACEBACK_CHARS",
+    "QUERY_PAGE",
     "bound_log_record",
     "clamp_delay_ms",
     "clip",
     "get_logger",
     "printable",
+    "reply_int",
+    "reply_text",
     "safe_text",
     "wire_text",
 ]
@@ -65,6 +68,10 @@ MAX_LOG_MESSAGE_CHARS = 8192
 #: scripts handle it without loss, and far inside what ``SET ... PX`` and sorted-set
 #: scores accept once added to the current time. Longer delays are clamped to it.
 MAX_DELAY_MS = 315_360_000_000
+#: Most members one read command of a query or admin call asks Redis for (a state set's
+#: page, the schedule index): larger reads go in slices, so no single command holds
+#: Redis for long at any queue size (a 100,000-member ZRANGE takes tens of ms).
+QUERY_PAGE = 1000
 #: ``add_jobs`` sends at most this many jobs per enqueue script call ...
 ENQUEUE_CHUNK_JOBS = 1000
 #: ... and at most about this many payload bytes (a call always carries at least one job).
@@ -77,6 +84,24 @@ def clip(text: str, limit: int) -> str:
         return text
     keep = max(0, limit - len(f"... [truncated {len(text)} chars]"))
     return f"{text[:keep]}... [truncated {len(text) - keep} chars]"
+
+
+def reply_text(value: object) -> str:
+    """A value read from Redis as text: bytes decoded (what is not UTF-8 shown escaped),
+    None as ``""``; anything else through ``str``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "" if value is None else str(value)
+
+
+def reply_int(value: object, default: int = 0) -> int:
+    """A value read from Redis as an int, ``default`` when it is missing or damaged."""
+    if isinstance(value, (bytes, str, int)) and not isinstance(value, bool):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return default
 
 
 def safe_text(value: object) -> str:

@@ -226,22 +226,33 @@ def has_bad_char(value: str) -> bool:
     return _BAD_CHAR.search(value) is not None
 
 
-def unknown_options_error(section: str, bad: list[Any], valid: list[str]) -> ConfigurationError:
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def unknown_options_error(
+    section: str, bad: list[Any], valid: list[str], noun: str = "option"
+) -> ConfigurationError:
     """The error for unknown keys ``bad`` of ``section``: each shown escaped, with the
-    closest valid name as a suggestion, followed by the list of valid names."""
+    closest valid name as a suggestion (a camelCase key gets its snake_case spelling,
+    ``ttlMs`` -> ``ttl_ms``), followed by the list of valid names. ``noun``: what the
+    keys are (``option``, ``section``)."""
     parts = []
     for key in bad:
-        close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
+        close: list[str] = []
+        if isinstance(key, str):
+            snake = _CAMEL.sub("_", key).lower()
+            close = [snake] if snake in valid else difflib.get_close_matches(key, valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         parts.append(f"{shown(key)}{hint}")
     return ConfigurationError(
-        f"unknown {section} option{'s' if len(bad) > 1 else ''}: {', '.join(parts)}; "
-        f"valid options are: {', '.join(sorted(valid))}"
+        f"unknown {section} {noun}{'s' if len(bad) > 1 else ''}: {', '.join(parts)}; "
+        f"valid {noun}s are: {', '.join(sorted(valid))}"
     )
 
 
-def coerce(cls: type[T], value: Any, section: str) -> T:
-    """Build config dataclass ``cls`` from an instance, a dict (snake_case keys) or None."""
+def coerce(cls: type[T], value: Any, section: str, noun: str = "option") -> T:
+    """Build config dataclass ``cls`` from an instance, a dict (snake_case keys) or None;
+    ``noun``: what the dict's keys are, for the error about unknown ones."""
     if value is None:
         return cls()
     if isinstance(value, cls):
@@ -253,7 +264,7 @@ def coerce(cls: type[T], value: Any, section: str) -> T:
     valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     bad = [k for k in value if k not in valid]
     if bad:
-        raise unknown_options_error(section, bad, valid)
+        raise unknown_options_error(section, bad, valid, noun)
     missing = [
         f.name
         for f in fields(cls)  # type: ignore[arg-type]
@@ -402,6 +413,9 @@ class ExtendedJobOptions(JobOptions):
     ``rate_limit_key`` / ``concurrency_key``: the job counts against the per-key rate
     limit / concurrency cap declared with ``queue.set_rate_limit`` /
     ``queue.set_concurrency_limit`` (see docs/scheduling.md).
+
+    ``subject_id``: whose personal data the job carries; ``erase_subject`` of the
+    compliance feature erases every job of a subject (see docs/compliance.md).
     """
 
     delivery_guarantee: DeliveryGuarantee | str | None = None
@@ -416,6 +430,7 @@ class ExtendedJobOptions(JobOptions):
     tenant_id: str | None = None
     rate_limit_key: str | None = None
     concurrency_key: str | None = None
+    subject_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -356,7 +356,9 @@ class Outcomes:
                 q.lock_duration_ms,
             )
         elif status == b"missing":
-            log.warning("queue %s: job %s was removed while it ran", q.name, job.id)
+            # Deleted or evicted while it ran: reported at a bounded rate (a Redis that
+            # evicts may do it to thousands of jobs at once).
+            q.ctx.missing.seen(1, f"job {job.id} while it ran; its outcome ({kind}) dropped")
         elif status == b"damaged":
             log.error(
                 "queue %s: the record of job %s is damaged (its key holds another "

@@ -11,6 +11,7 @@ hear of written jobs through the ``enqueued`` lifecycle hook.
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,8 @@ from .errors import (
     JobRefusedError,
     PartialEnqueueError,
     PayloadTooLargeError,
+    WriteNotConfirmedError,
+    refusal_error,
 )
 from .jobspec import job_item, options_dict
 from .limits import (
@@ -34,6 +37,7 @@ from .limits import (
     get_logger,
 )
 from .options import JobOptions, check_text
+from .scripts import RawCall, ScriptCall
 from .wire import ENQUEUE_JOB
 
 if TYPE_CHECKING:
@@ -82,7 +86,7 @@ class Producer:
         self.ctx = ctx
         self.middleware = middleware
         self._batching = False
-        self._pending: list[tuple[PreparedJob, asyncio.Future[str]]] = []
+        self._pending: list[tuple[PreparedJob, asyncio.Future[str], Mapping[str, Any]]] = []
         self._bg: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ one job
@@ -170,13 +174,15 @@ class Producer:
             # Another add_job is in flight: ride along in the next batch (one round trip
             # for every add_job issued meanwhile, e.g. from many coroutines).
             fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self._pending.append((prepared, fut))
+            self._pending.append((prepared, fut, opts))
             return await fut
         self._batching = True
         try:
-            ids = await self.enqueue([prepared])
+            ids = await self.enqueue([prepared], [opts])
         except JobRefusedError as exc:
-            raise JobRefusedError(exc.refused.get(0, str(exc))) from None
+            raise exc.errors.get(0) or JobRefusedError(exc.refused.get(0, str(exc))) from None
+        except WriteNotConfirmedError as exc:
+            raise exc.unconfirmed.get(0, exc) from None
         finally:
             if self._pending:
                 task = asyncio.ensure_future(self._flush_pending())
@@ -192,24 +198,29 @@ class Producer:
                 batch = self._pending[:ENQUEUE_CHUNK_JOBS]
                 del self._pending[:ENQUEUE_CHUNK_JOBS]
                 try:
-                    ids = await self.enqueue([p for p, _ in batch])
+                    ids = await self.enqueue([p for p, _, _ in batch], [o for _, _, o in batch])
                 except BaseException as exc:
                     # Callers whose jobs are known written get their ids; only the others
                     # get the error (the underlying one, not the batch's bookkeeping).
                     written: list[str | None] = []
-                    refused: dict[int, str] = {}
+                    refused: dict[int, JobRefusedError] = {}
+                    unconfirmed: dict[int, WriteNotConfirmedError] = {}
                     err: BaseException = exc
                     if isinstance(exc, PartialEnqueueError):
                         written = list(exc.written_ids)
-                        refused = exc.refused
+                        refused = exc.errors
                         err = exc.__cause__ or exc
                     elif isinstance(exc, JobRefusedError):
-                        written, refused = exc.ids, exc.refused
-                    for i, (_, fut) in enumerate(batch):
+                        written, refused = exc.ids, exc.errors
+                    elif isinstance(exc, WriteNotConfirmedError):
+                        written, unconfirmed = list(exc.written_ids), exc.unconfirmed
+                    for i, (_, fut, _) in enumerate(batch):
                         if fut.done():
                             continue
                         if i in refused:
-                            fut.set_exception(JobRefusedError(refused[i]))
+                            fut.set_exception(refused[i])
+                        elif i in unconfirmed:
+                            fut.set_exception(unconfirmed[i])
                         elif i < len(written) and written[i]:
                             fut.set_result(str(written[i]))
                         else:
@@ -217,7 +228,7 @@ class Producer:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                for (_, fut), job_id in zip(batch, ids, strict=True):
+                for (_, fut, _), job_id in zip(batch, ids, strict=True):
                     if not fut.done():
                         fut.set_result(job_id)
         finally:
@@ -226,20 +237,32 @@ class Producer:
     async def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
         """``JobQueue.add_jobs`` (documented there)."""
         prepared: list[PreparedJob] = []
+        options: list[Mapping[str, Any]] = []
         for i, j in enumerate(jobs):
             name, data, opts = job_item(i, j)
             if self.middleware:
                 name, data, opts = await self.through_middleware(name, data, opts)
             prepared.append(self.prepare(name, data, opts))
-        return await self.enqueue(prepared)
+            options.append(opts)
+        return await self.enqueue(prepared, options)
 
     # ------------------------------------------------------------------ sending
-    async def enqueue(self, prepared: Sequence[PreparedJob]) -> list[str]:
+    async def enqueue(
+        self,
+        prepared: Sequence[PreparedJob],
+        options: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[str]:
         """Write prepared jobs (chunked, in order); returns their ids.
 
+        ``options``: the options each job was given (for the queue's write barrier,
+        ``barrier.py``; None: no options).
+
         Raises ``PartialEnqueueError`` when a chunk fails after earlier ones were
-        written, or the server could not add a job (see ``JobQueue.add_jobs``), and
-        ``JobRefusedError`` when a feature refused some jobs and the others were added.
+        written, or the server could not add a job (see ``JobQueue.add_jobs``),
+        ``JobRefusedError`` when a feature refused some jobs and the others were added,
+        and ``WriteNotConfirmedError`` (its ``unconfirmed`` says which jobs) when the
+        write barrier did not confirm a chunk: the jobs are written, later chunks were
+        not sent.
         """
         ctx = self.ctx
         span = None
@@ -249,6 +272,9 @@ class Producer:
             )
         ids: list[str] = []
         refused: dict[int, str] = {}
+        dups: set[int] = set()  # positions whose job was there already (nothing written)
+        barrier = ctx.write_barrier
+        unconfirmed: WriteNotConfirmedError | None = None
         try:
             client = await ctx.client()
             keys = ctx.keys.all
@@ -258,18 +284,33 @@ class Producer:
             # timeout left an unknown subset written), and when one fails, every job of
             # the chunks before it is known to be in Redis.
             for chunk in _enqueue_chunks(prepared):
+                start = len(ids)
                 args: list[Any] = [*ctx.argv_head(), ctx.idempotency_ttl]
                 for p in chunk:
                     args.extend(p)
+                chunk_opts: Sequence[Mapping[str, Any]] = ()
+                command = None
+                after: Any = None
+                if barrier is not None:
+                    chunk_opts = _options_of(options, start, len(chunk))
+                    command = barrier.for_enqueue(chunk_opts)
                 try:
-                    reply = await ctx.scripts.call(client, "enqueue", keys, args)
+                    if command is None:
+                        reply = await ctx.scripts.call(client, "enqueue", keys, args)
+                    else:
+                        # The barrier's command follows the script on its connection.
+                        reply, after = await ctx.scripts.pipeline(
+                            client, [ScriptCall("enqueue", keys, args), RawCall(command)]
+                        )
+                        if isinstance(reply, Exception):
+                            raise reply
                 except Exception as exc:
                     if not ids:
                         raise  # nothing of this call is known written: the error as it is
                     failure = _partial_enqueue(
                         ids, len(prepared), f"{type(exc).__name__}: {exc}", unknown=True
                     )
-                    failure.refused = dict(refused)
+                    _set_refused(failure, refused)
                     failure.__cause__ = exc
                     break
                 for k in range(0, len(reply), 2):
@@ -285,20 +326,35 @@ class Producer:
                         failure = _partial_enqueue(
                             ids, len(prepared), reply[k].decode(), unknown=False
                         )
-                        failure.refused = dict(refused)
+                        _set_refused(failure, refused)
                         break
+                    if reply[k + 1] == b"dup":
+                        dups.add(len(ids))
                     ids.append(reply[k].decode())
                 if failure is not None:
                     break
+                if command is not None and barrier is not None:
+                    unconfirmed = _unconfirmed(
+                        barrier.check_enqueue(command, after, chunk_opts), ids, start
+                    )
+                    if unconfirmed is not None:
+                        if len(ids) < len(prepared):
+                            unconfirmed.not_sent_from = len(ids)
+                        break
             if failure is not None:
                 # The jobs before the failure are in Redis: announce them, but never let
                 # a subscriber's error hide which ones they are.
                 try:
-                    self._announce(ids, prepared)
+                    self._announce(ids, prepared, dups)
                 except Exception:
                     log.exception("queue %s: reporting the jobs added failed", ctx.name)
                 raise failure
-            self._announce(ids, prepared)
+            self._announce(ids, prepared, dups)
+            if unconfirmed is not None:
+                # Written, but not confirmed: the caller learns which, and what was not
+                # sent. (A refusal in the same call is in ``written_ids`` as "".)
+                unconfirmed.written_ids = list(ids)
+                raise unconfirmed
             if refused:
                 raise _refused(ids, refused)
         except Exception as exc:
@@ -310,13 +366,56 @@ class Producer:
                 span.end()
         return ids
 
-    def _announce(self, ids: list[str], prepared: Sequence[PreparedJob]) -> None:
+    def _announce(self, ids: list[str], prepared: Sequence[PreparedJob], dups: set[int]) -> None:
+        """The ``enqueued`` hook for the jobs written, ``duplicate`` for the adds that
+        found their job there already."""
         hooks = self.ctx.hooks
-        if not ids or not hooks.enqueued:
+        if not ids or not (hooks.enqueued or (dups and hooks.duplicate)):
             return
-        added = [(i, p[NAME]) for i, p in zip(ids, prepared, strict=False) if i]
-        if added:
+        added: list[tuple[str, str]] = []
+        found: list[tuple[str, str]] = []
+        for n, (i, p) in enumerate(zip(ids, prepared, strict=False)):
+            if i:
+                (found if n in dups else added).append((i, p[NAME]))
+        if added and hooks.enqueued:
             hooks.emit_enqueued(self.ctx.name, [i for i, _ in added], [n for _, n in added])
+        if found and hooks.duplicate:
+            hooks.emit_duplicate(self.ctx.name, [i for i, _ in found], [n for _, n in found])
+
+
+def _options_of(
+    options: Sequence[Mapping[str, Any]] | None, start: int, n: int
+) -> Sequence[Mapping[str, Any]]:
+    """The options of jobs ``start .. start + n - 1`` of a call (empty ones if unknown)."""
+    if options is None:
+        return [{}] * n
+    return options[start : start + n]
+
+
+def _unconfirmed(
+    errors: Sequence[BaseException | None], ids: list[str], start: int
+) -> WriteNotConfirmedError | None:
+    """The error of a chunk some of whose jobs the write barrier did not confirm: the
+    first job's error, with every unconfirmed job of the chunk by its index in the call
+    (each error naming its own job id). None when every job was confirmed."""
+    first: WriteNotConfirmedError | None = None
+    per: dict[int, WriteNotConfirmedError] = {}
+    for k, err in enumerate(errors):
+        if err is None or start + k >= len(ids) or not ids[start + k]:
+            continue  # confirmed, or a job a feature refused (nothing written)
+        if not isinstance(err, WriteNotConfirmedError):
+            err = WriteNotConfirmedError(f"{type(err).__name__}: {err}")
+        err.written_ids = [ids[start + k]]
+        per[start + k] = err
+        if first is None:
+            first = err
+    if first is None:
+        return None
+    # The call's error: a copy of the first one's type and message (the per-job errors
+    # keep their own ``written_ids``).
+    whole = copy.copy(first)
+    whole.unconfirmed = per
+    return whole
 
 
 def _enqueue_chunks(prepared: Sequence[PreparedJob]) -> Iterator[Sequence[PreparedJob]]:
@@ -337,17 +436,27 @@ def _enqueue_chunks(prepared: Sequence[PreparedJob]) -> Iterator[Sequence[Prepar
 
 
 def _refused(ids: list[str], refused: dict[int, str]) -> JobRefusedError:
-    """The error of a call some of whose jobs a feature refused (the rest were added)."""
+    """The error of a call some of whose jobs a feature refused (the rest were added);
+    ``refused``: index -> the reason the script gave."""
+    errors = {i: refusal_error(r) for i, r in refused.items()}
     first = min(refused)
     more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
     added = len(ids) - len(refused)
-    return JobRefusedError(
+    out = JobRefusedError(
         f"{len(refused)} of {len(ids)} jobs were refused and not added; {added} were "
-        f"added. Job {first}: {refused[first]}{more}. The ids are in .ids (None for a "
-        "refused job), the reasons in .refused",
+        f"added. Job {first}: {errors[first]}{more}. The ids are in .ids (None for a "
+        "refused job), the reasons in .refused, each job's error in .errors",
         ids=[i or None for i in ids],
-        refused=refused,
+        refused={i: str(e) for i, e in errors.items()},
     )
+    out.errors = errors
+    return out
+
+
+def _set_refused(failure: PartialEnqueueError, refused: dict[int, str]) -> None:
+    """Record on ``failure`` the jobs before it that a feature refused."""
+    failure.errors = {i: refusal_error(r) for i, r in refused.items()}
+    failure.refused = {i: str(e) for i, e in failure.errors.items()}
 
 
 def _partial_enqueue(

@@ -4,6 +4,16 @@ Jobs by state (a page by offset, or by a cursor that stays put while jobs come a
 go), one job's record and detail (the worker holding it, its lease deadline), its logs,
 counts per state, health, and the durable event stream. Reads never change anything and
 never raise because of one damaged record: it is returned with ``damaged`` set.
+
+Read guards (``queue.queries.add_guard(fn)``): every read of job data and counts
+(``get_job_status``, ``get_job_detail``, ``get_job_logs``, ``get_jobs_by_status``,
+``list_jobs``, ``get_stats``, ``events``, and the schedule reads and ``explain`` of
+``QueryAPI``) first calls each guard with a ``ReadCall`` (queue, query, arguments,
+principal); a guard refuses the read by raising (``PermissionDeniedError`` by
+convention), before anything is read. A feature's public reads opt in the same way:
+each calls ``queue.queries.check(<its read's name>, args)`` first. ``health_check`` (a
+PING) is not guarded. The library's own reads on behalf of the application (the DLQ
+notification's ``job_status``) do not pass the guards.
 """
 
 from __future__ import annotations
@@ -13,18 +23,21 @@ import base64
 import binascii
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
 from .context import CONNECT_TIMEOUT_S
 from .enums import JobStatus
 from .errors import ConfigurationError
 from .events import PROGRESS_BYTES_FIELD, StreamEvent, read_stream
+from .guards import GuardList, ReadCall, ReadGuard
+from .identity import current_principal
 from .job import JobInfo
-from .limits import MAX_DELAY_MS
+from .limits import MAX_DELAY_MS, QUERY_PAGE
 from .options import MAX_QUERY_LIMIT, shown, to_int
 from .parking import parked_count, parked_ids
 from .records import JobDetail, decode_id, job_values, stored_status
@@ -32,6 +45,7 @@ from .serverinfo import MemoryReport, memory_report
 
 if TYPE_CHECKING:
     from .context import QueueContext
+    from .explain import Explanation
     from .features.schedules import Schedule, ScheduleStore
 
 __all__ = [
@@ -40,10 +54,12 @@ __all__ = [
     "Queries",
     "QueryAPI",
     "QueueStats",
+    "check_reads",
     "is_stream_id",
     "parse_status",
     "query_id",
     "query_limit",
+    "zrange_pages",
 ]
 
 #: The state set of each status (PAUSED: the waiting jobs of a paused queue).
@@ -93,6 +109,10 @@ class QueueStats:
     is_paused: bool
     latency_ms: int
     pending: int = 0
+    #: Job records found missing since the queue was last cleared: hashes evicted
+    #: (``allow_eviction``) or deleted by hand while their job sat in a state set
+    #: (waiting, delayed and running ones are in the DLQ with "job record missing").
+    missing_records: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,6 +133,8 @@ class HealthStatus:
     #: Memory in use against ``maxmemory``, the eviction policy and the persistence of
     #: the server (None for memory://, or a server that does not answer ``INFO``).
     memory: MemoryReport | None = None
+    #: Job records found missing (``QueueStats.missing_records``); None when unknown.
+    missing_records: int | None = None
 
     def __bool__(self) -> bool:
         return self.healthy
@@ -209,6 +231,14 @@ def _parse_cursor(cursor: Any, status: JobStatus) -> tuple[float, bytes]:
     return score, member
 
 
+async def check_reads(queues: Iterable[Any], query: str, args: Mapping[str, Any]) -> None:
+    """Run the read guards of each of ``queues`` for ``query``: what a feature's read
+    that spans several queues (the partitions of a ``PartitionedQueue``) calls first,
+    so that it reads nothing unless every queue it reads lets it."""
+    for q in queues:
+        await q.queries.check(query, args)
+
+
 # ---------------------------------------------------------------------------- component
 class Queries:
     """The read API of one queue (``queue.queries``); ``JobQueue``'s query methods
@@ -216,14 +246,51 @@ class Queries:
 
     def __init__(self, ctx: QueueContext) -> None:
         self.ctx = ctx
+        self._guards: GuardList[ReadCall] = GuardList("read guard")
 
+    # ------------------------------------------------------------------ read guards
+    def add_guard(self, guard: ReadGuard) -> None:
+        """Run ``guard(call: ReadCall)`` (sync or async) before every guarded read,
+        after the guards added before it; it refuses the read by raising. Adding the
+        same guard twice is a no-op."""
+        self._guards.add(guard)
+
+    def remove_guard(self, guard: ReadGuard) -> None:
+        """Remove a guard added with ``add_guard`` (no-op if absent)."""
+        self._guards.remove(guard)
+
+    @property
+    def guards(self) -> tuple[ReadGuard, ...]:
+        """The read guards, in the order they run."""
+        return self._guards.items
+
+    async def check(self, query: str, args: Mapping[str, Any]) -> None:
+        """Run the read guards for ``query`` (a no-op without guards). Reads of this
+        class call it themselves; a component that reads job data or feature state on
+        a caller's behalf elsewhere (the schedule reads, ``explain``, every feature's
+        public reads) calls it first, with a name of its own for the read (access
+        control maps each name to a permission)."""
+        if self._guards:
+            principal = current_principal(self.ctx.principal)
+            await self._guards.run(ReadCall(self.ctx.name, query, dict(args), principal))
+
+    # ------------------------------------------------------------------ reads
     async def get_job_status(self, job_id: str) -> JobInfo | None:
         """``JobQueue.get_job_status``."""
+        if self._guards:
+            await self.check("get_job_status", {"job_id": job_id})
+        return await self.job_status(job_id)
+
+    async def job_status(self, job_id: str) -> JobInfo | None:
+        """``get_job_status`` without the read guards: for the library's own reads on
+        behalf of the application (the DLQ notification), never for a caller's."""
         loaded = await self._load(job_id, detail=False)
         return None if loaded is None else self._view(JobInfo(**loaded[0]))
 
     async def get_job_detail(self, job_id: str) -> JobDetail | None:
         """``JobQueue.get_job_detail``."""
+        if self._guards:
+            await self.check("get_job_detail", {"job_id": job_id})
         loaded = await self._load(job_id, detail=True)
         if loaded is None:
             return None
@@ -239,8 +306,14 @@ class Queries:
 
     def _view(self, info: J) -> J:
         """``info`` through the context's ``info_views`` (features' payload views)."""
-        for view in self.ctx.info_views:
-            view(info, self.ctx.redact_payloads)
+        ctx = self.ctx
+        redacting = ctx.redacting
+        for view in ctx.info_views:
+            view(info, redacting)
+        if ctx.redactors and (redacting or ctx.redact_everywhere):
+            info.data = ctx.redact_value(info.data)
+            info.result = ctx.redact_value(info.result)
+            info.progress = ctx.redact_value(info.progress)
         return info
 
     async def _load(self, job_id: str, *, detail: bool) -> tuple[dict[str, Any], list[Any]] | None:
@@ -286,18 +359,28 @@ class Queries:
 
     async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
         """``JobQueue.get_job_logs``."""
+        if self._guards:
+            await self.check("get_job_logs", {"job_id": job_id, "start": start, "end": end})
         jid = query_id(job_id)
         first = to_int(start, "start", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
         last = to_int(end, "end", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
         client = await self.ctx.client()
         lines = await client.lrange(self.ctx.keys.logs(jid), first, last)
         # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
-        return [b.decode("utf-8", "backslashreplace") for b in lines]
+        text = [b.decode("utf-8", "backslashreplace") for b in lines]
+        ctx = self.ctx
+        if ctx.redactors and (ctx.redacting or ctx.redact_everywhere):
+            text = [_redacted_json(ctx, line) for line in text]
+        return text
 
     async def get_jobs_by_status(
         self, status: JobStatus | str, limit: int = 100, offset: int = 0
     ) -> list[JobInfo]:
         """``JobQueue.get_jobs_by_status``."""
+        if self._guards:
+            await self.check(
+                "get_jobs_by_status", {"status": status, "limit": limit, "offset": offset}
+            )
         st = parse_status(status)
         n = query_limit(limit)
         first = to_int(offset, "offset", minimum=0, maximum=MAX_QUERY_OFFSET)
@@ -309,10 +392,8 @@ class Queries:
         key = getattr(self.ctx.keys, _STATUS_SETS[st])
         if st is JobStatus.PAUSED and not await client.hget(self.ctx.keys.meta, "paused"):
             return []
-        if st in _NEWEST_FIRST:
-            ids = await client.zrevrange(key, first, first + n - 1)
-        else:
-            ids = await client.zrange(key, first, first + n - 1)
+        rows = await zrange_pages(client, key, first, n, rev=st in _NEWEST_FIRST)
+        ids = [m for m, _ in rows]
         found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
         return await self.infos(ids, found_in)
 
@@ -320,6 +401,8 @@ class Queries:
         self, status: JobStatus | str, *, limit: int = 100, cursor: str | None = None
     ) -> JobPage:
         """``JobQueue.list_jobs``."""
+        if self._guards:
+            await self.check("list_jobs", {"status": status, "limit": limit, "cursor": cursor})
         st = parse_status(status)
         n = to_int(limit, "limit", minimum=1, maximum=MAX_QUERY_LIMIT)
         after = None if cursor is None else _parse_cursor(cursor, st)
@@ -336,10 +419,7 @@ class Queries:
             return JobPage()
         newest_first = st in _NEWEST_FIRST
         if after is None:
-            if newest_first:
-                page = await client.zrevrange(key, 0, n - 1, withscores=True)
-            else:
-                page = await client.zrange(key, 0, n - 1, withscores=True)
+            page = await zrange_pages(client, key, 0, n, rev=newest_first)
         else:
             page = await _after(client, key, after, n, newest_first)
         found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
@@ -365,6 +445,9 @@ class Queries:
         pipe.hget(ctx.keys.meta, "paused")
         *raws, paused = await pipe.execute()
         is_paused = paused == b"1"
+        gone = [i for i, r in zip(ids, raws, strict=True) if not r]
+        if gone and found_in in _STATUS_SETS:
+            await self._missing(gone, found_in)
         out: list[JobInfo] = []
         for i, r in zip(ids, raws, strict=True):
             if not r:
@@ -388,12 +471,30 @@ class Queries:
             )
         return out
 
+    async def _missing(self, gone: Sequence[str | bytes], found_in: JobStatus) -> None:
+        """Ids read from a state set whose record was gone when read: the ones still in
+        the set lost their record (evicted, deleted); the others left the set meanwhile
+        (retention, a transition). Reported through ``ctx.missing``, never raised."""
+        if not self.ctx.missing.due():
+            return
+        client = await self.ctx.client()
+        key = getattr(self.ctx.keys, _STATUS_SETS[found_in])
+        pipe = client.pipeline(transaction=False)
+        for i in gone:
+            pipe.zscore(key, i)
+        still = sum(1 for s in await pipe.execute() if s is not None)
+        self.ctx.missing.seen(still, f"listed as {found_in.value}")
+
     async def get_stats(self) -> QueueStats:
         """``JobQueue.get_stats``."""
+        if self._guards:
+            await self.check("get_stats", {})
         r = await self.ctx.run("stats")
         waiting, active, delayed, completed, failed, dlq = (int(x) for x in r[:6])
         is_paused = r[6] == b"1"
         oldest, now = int(r[7]), int(r[8])
+        missing = _count(r[9])
+        self.ctx.missing.counted(missing)
         return QueueStats(
             waiting=waiting,
             active=active,
@@ -405,6 +506,7 @@ class Queries:
             is_paused=is_paused,
             latency_ms=max(0, now - oldest) if oldest >= 0 else 0,
             pending=await parked_count(self.ctx),
+            missing_records=missing,
         )
 
     async def health_check(
@@ -428,6 +530,12 @@ class Queries:
         memory = (
             None if ctx.connection.is_memory else await memory_report(client, config=server_config)
         )
+        try:
+            missing: int | None = _count(await client.hget(ctx.keys.meta, "missing"))
+        except RedisError:
+            missing = None
+        else:
+            ctx.missing.counted(missing or 0)
         return HealthStatus(
             True,
             round(latency, 3),
@@ -435,12 +543,15 @@ class Queries:
             None,
             worker_running(),
             memory,
+            missing,
         )
 
     async def events(
         self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True
     ) -> AsyncIterator[StreamEvent]:
         """``JobQueue.events``."""
+        if self._guards:
+            await self.check("events", {"last_id": last_id, "follow": follow})
         if not is_stream_id(last_id):
             raise ConfigurationError(
                 f"last_id must be '$' (new events only), '0' (from the start) or a stream "
@@ -459,6 +570,9 @@ class Queries:
             ):
                 if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
                     ev = await self._with_progress(ev)
+                if self.ctx.redactors and "progress" in ev.fields:
+                    shown_ = _redacted_json(self.ctx, ev.fields["progress"])
+                    ev = StreamEvent(ev.id, ev.event, ev.job_id, {**ev.fields, "progress": shown_})
                 yield ev
         except (RedisError, RedisClusterException, OSError) as exc:
             # Unreachable, or went away while we read: the library's error, saying what
@@ -484,6 +598,50 @@ class Queries:
         return StreamEvent(ev.id, ev.event, ev.job_id, fields_)
 
 
+async def zrange_pages(
+    client: Any, key: str | bytes, first: int, n: int, *, rev: bool = False
+) -> list[tuple[bytes, float]]:
+    """Members ``first .. first + n - 1`` of sorted set ``key`` with their scores
+    (descending with ``rev``), read in slices of ``QUERY_PAGE`` sent in one pipeline:
+    one round trip, and no single command that holds Redis for long (a 100,000-member
+    read in one ``ZRANGE`` blocks every other client while it is built)."""
+    if n <= 0:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for lo in range(first, first + n, QUERY_PAGE):
+        hi = min(first + n, lo + QUERY_PAGE) - 1
+        if rev:
+            pipe.zrevrange(key, lo, hi, withscores=True)
+        else:
+            pipe.zrange(key, lo, hi, withscores=True)
+    out: list[tuple[bytes, float]] = []
+    for rows in await pipe.execute():
+        out.extend(rows)
+        if len(rows) < QUERY_PAGE:
+            break  # the end of the set: later slices are empty
+    return out
+
+
+def _count(raw: Any) -> int:
+    """A counter read from Redis (0 when absent or damaged)."""
+    try:
+        return max(0, int(raw or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _redacted_json(ctx: QueueContext, text: str) -> str:
+    """A JSON object or array in ``text`` (a log line, a progress value) through the
+    context's redactors, as JSON again; other text unchanged."""
+    if text[:1] not in ("{", "["):
+        return text
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return orjson.dumps(ctx.redact_value(value)).decode()
+
+
 async def _after(
     client: Any, key: str, after: tuple[float, bytes], n: int, newest_first: bool
 ) -> list[tuple[bytes, float]]:
@@ -497,7 +655,7 @@ async def _after(
     score, member = after
     out: list[tuple[bytes, float]] = []
     start = 0
-    batch = max(n, _SKIP_BATCH)
+    batch = max(min(n, QUERY_PAGE), _SKIP_BATCH)
     bound = repr(score)
     while len(out) < n:
         if newest_first:
@@ -623,10 +781,31 @@ class QueryAPI:
         """
         return self.queries.events(last_id=last_id, block_ms=block_ms, follow=follow)
 
+    async def explain(self, job_id: str) -> Explanation:
+        """Why job ``job_id`` is not running, with the concrete reasons: its delay, a
+        paused queue, a ``RateLimited`` hold or full limiter window, the jobs ahead of
+        it, no live worker with a processor for its name, the worker holding its lease
+        and until when, and whatever the enabled features report (a group's turn and
+        the job holding it, unfinished dependencies, an open breaker, a full rate window
+        or concurrency cap, ...). ``status`` is None when there is no such job.
+
+        Example::
+
+            why = await queue.explain(job_id)
+            for reason in why.reasons:
+                print(reason.code, reason.message)
+        """
+        from .explain import explain_job
+
+        await self.queries.check("explain", {"job_id": job_id})
+        return await explain_job(self.queries.ctx, job_id)
+
     async def get_schedules(self) -> list[Schedule]:
         """Every schedule of this queue, oldest first."""
+        await self.queries.check("get_schedules", {})
         return await self.schedules.list()
 
     async def get_schedule(self, schedule_id: str) -> Schedule | None:
         """One schedule (definition and state), or None."""
+        await self.queries.check("get_schedule", {"schedule_id": schedule_id})
         return await self.schedules.get(schedule_id)

@@ -30,6 +30,7 @@ from .connection import ConnectionFactory
 from .context import QueueContext
 from .errors import ConfigurationError
 from .events import Handler
+from .identity import check_principal
 from .jobspec import Normalizer, OptionSpec, feature_text, resolve_policy
 from .limits import get_logger
 from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
@@ -49,6 +50,9 @@ from .queueconfig import QueueConfig
 from .scripts import ScriptCall
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
+    from .explain import Explainer
+    from .features.advanced import AdvancedFeatures
     from .features.flowcontrol import FlowControl
     from .features.schedules import ScheduleStore
 
@@ -87,6 +91,15 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             encoded result a processor may return (1 MiB). Other size limits:
             ``kitium_queue.limits``.
         max_log_lines: log lines kept per job (1000).
+        principal: who this queue acts for when no ``identity.acting_as`` block is
+            active (e.g. ``"alice@acme.com"``): stamped on every administrative command
+            and seen by guards and enqueue middleware. Naming it enforces nothing by
+            itself: access control (``AccessControlManager.protect(queue)``) decides
+            what the principal may do.
+        advanced: the enterprise features to enable, an ``AdvancedQueueConfig`` or a
+            dict of its sections (``{"fifo": {"enabled": True}, ...}``); each enabled
+            section enables its feature with the section's values as defaults, and
+            ``queue.advanced`` holds the features' managers (docs/advanced-config.md).
 
     Lifecycle subscribers: ``queue.subscribe(subscriber)`` adds an object with any of
     the hooks of ``hooks.Subscriber`` (``enqueued``, ``started``, ``progress``,
@@ -125,6 +138,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         idempotency_ttl: Any = 86_400_000,
         max_payload_bytes: int = 1_048_576,
         max_log_lines: int = 1000,
+        principal: str | None = None,
+        advanced: Any = None,
     ) -> None:
         if isinstance(name, QueueConfig):
             given = {
@@ -142,6 +157,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 "idempotency_ttl": idempotency_ttl,
                 "max_payload_bytes": max_payload_bytes,
                 "max_log_lines": max_log_lines,
+                "principal": principal,
+                "advanced": advanced,
             }
             defaults = QueueConfig("_").kwargs()
             extra = sorted(k for k, v in given.items() if v is not defaults[k] and v != defaults[k])
@@ -167,6 +184,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 idempotency_ttl,
                 max_payload_bytes,
                 max_log_lines,
+                principal,
+                advanced,
             ) = (cfg.kwargs()[k] for k in given)
         ctx = self.ctx = QueueContext(
             name,
@@ -185,6 +204,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             max_payload_bytes=max_payload_bytes,
             max_log_lines=max_log_lines,
         )
+        if principal is not None:
+            ctx.principal = check_principal(principal)
         # The context's parts, as attributes of the queue (the worker, the features and
         # the public API read them here; plain attributes keep the hot path lean).
         self.name, self.keys, self.scripts = ctx.name, ctx.keys, ctx.scripts
@@ -216,12 +237,18 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             ctx.emitter,
             ctx.metrics,
             dlq_handler=ctx.dlq.notification_handler,
-            job_info=self.queries.get_job_status,
+            job_info=self.queries.job_status,
         )
         self.hooks.add(self._observer)
         self._schedules: ScheduleStore | None = None
         self._flow: FlowControl | None = None
         self._worker: Any = None
+        self._advanced: AdvancedFeatures | None = None
+        if advanced is not None:
+            # The switchboard names every feature; it is loaded only when asked for.
+            from .features.advanced import AdvancedFeatures
+
+            self._advanced = AdvancedFeatures.install(self, advanced)
 
     # The connection and the adapters may be replaced after construction (the CLI's
     # --redis does): they are kept in the context, where every component reads them.
@@ -344,21 +371,46 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         default: Any = None,
         stored: bool = True,
         doc: str = "",
+        placement: str = "",
     ) -> None:
         """Declare the job option ``name``, owned by ``feature``, on this queue.
 
         ``normalize(value, section)`` checks a value and returns the form stored with the
         job (default: text checks for ids and keys, the value stored as given); the
-        others as in ``jobspec.OptionSpec``. Until declared, the option is refused as
+        others as in ``jobspec.OptionSpec`` (``placement``: where the option sends a job
+        on a queue made of several queues). Until declared, the option is refused as
         unknown (or, for the brief's feature options, as needing its feature).
         """
-        spec = OptionSpec(name, feature, normalize or feature_text(name), default, stored, doc)
+        spec = OptionSpec(
+            name, feature, normalize or feature_text(name), default, stored, doc, placement
+        )
         self.jobspec.declare(spec)
 
     def own_options(self, feature: str, names: Iterable[str]) -> None:
         """Declare that ``feature`` handles the job options ``names`` on this queue (ids
         or keys, stored as given: ``declare_option`` with the default ``normalize``)."""
         self.jobspec.own(feature, names)
+
+    def add_explainer(self, explainer: Explainer) -> None:
+        """Add an explainer to ``explain``: ``fn(facts: JobFacts)``, sync or async,
+        returning the ``Reason`` objects it knows of for the job (an empty list when the
+        job is not its business). A feature that holds jobs back adds one, so operators
+        see why a job waits. Adding the same one twice is a no-op."""
+        if not callable(explainer):
+            raise ConfigurationError(f"explainer must be callable, got {type(explainer).__name__}")
+        if not any(e is explainer for e in self.ctx.explainers):
+            self.ctx.explainers.append(explainer)
+
+    def set_write_barrier(self, barrier: WriteBarrier | None) -> None:
+        """Run ``barrier``'s command after every enqueue and outcome of this queue, on
+        the same connection, before they are acknowledged (``barrier.py``; None removes
+        it). One per queue: replica-acknowledged writes (``ReplicaAcks``) set it."""
+        self.ctx.write_barrier = barrier
+
+    @property
+    def write_barrier(self) -> WriteBarrier | None:
+        """The write barrier set with ``set_write_barrier``, or None."""
+        return self.ctx.write_barrier
 
     def add_service(self, service: Service) -> None:
         """Run ``service`` alongside every worker of this queue in this process (started
@@ -405,6 +457,17 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         return self._schedules
 
     @property
+    def advanced(self) -> AdvancedFeatures:
+        """The features ``advanced=`` enabled, with their managers and the effective
+        configuration (``queue.advanced.effective()``); all sections disabled when the
+        queue was made without it."""
+        if self._advanced is None:
+            from .features.advanced import AdvancedFeatures
+
+            self._advanced = AdvancedFeatures.install(self, None)
+        return self._advanced
+
+    @property
     def flow(self) -> FlowControl:
         """Per-key rate limits and concurrency caps of this queue (enabled on first use)."""
         if self._flow is None:
@@ -433,19 +496,23 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         job_name: str,
         fn: Callable[..., Any] | None = None,
         *,
-        size: int,
-        min_size: int = 1,
-        max_wait: Any = 1000,
+        size: int | None = None,
+        min_size: int | None = None,
+        max_wait: Any = None,
     ) -> Any:
         """Register a batch processor: ``fn(jobs)`` gets up to ``size`` jobs at once.
 
         A batch is handed over when it is full, when the jobs claimed together arrived
-        and it has ``min_size``, or ``max_wait`` ms after its first job. ``fn`` returns
-        a list (a result or an exception per job), a dict by job id, or None; raising
-        fails them all. Each job keeps its own lease, timeout, retries and outcome.
-        Usable as a decorator.
+        and it has ``min_size`` (default 1), or ``max_wait`` ms (default 1000) after its
+        first job. ``fn`` returns a list (a result or an exception per job), a dict by
+        job id, or None; raising fails them all. Each job keeps its own lease, timeout,
+        retries and outcome. Usable as a decorator. Arguments left out take the
+        queue's batch defaults (the ``batching`` section of ``AdvancedQueueConfig``);
+        ``size`` is required when there are none.
         """
-        from .features.batches import BatchProcessor
+        from .features.batches import BatchProcessor, resolve_batch
+
+        size, min_size, max_wait = resolve_batch(self, job_name, size, min_size, max_wait)
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
             self.processors[job_name] = BatchProcessor(

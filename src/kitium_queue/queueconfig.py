@@ -41,6 +41,8 @@ class QueueConfig:
     idempotency_ttl: Any = 86_400_000
     max_payload_bytes: int = 1_048_576
     max_log_lines: int = 1000
+    principal: str | None = None
+    advanced: Any = None
 
     def kwargs(self) -> dict[str, Any]:
         """The fields other than ``name``, as ``JobQueue`` keyword arguments."""

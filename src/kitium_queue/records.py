@@ -134,6 +134,22 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "copies it",
         ),
         JobField(
+            "sj",
+            "the subject whose data the job carries (its subject_id option; the "
+            "compliance feature's marker, read when the job is erased)",
+            "the compliance enqueue slot fragment (features/compliance/enqueue.lua)",
+        ),
+        JobField(
+            "tn",
+            "tenant of the job (its tenant_id; multi-tenancy's marker, read by claim and release)",
+            "the tenancy enqueue fragment (features/tenancy)",
+        ),
+        JobField(
+            "tq",
+            "'1' while the job is counted in its tenant's unfinished jobs",
+            "features/tenancy (enqueue and admission fragments; removed by release)",
+        ),
+        JobField(
             "a",
             "attempts made, the running one included; a deferred or handed-back "
             "run and a stalled one are not counted",
@@ -200,6 +216,17 @@ META_FIELDS: Final[dict[str, JobField]] = {
         JobField("paused", "'1' while the queue is paused", "pause.lua"),
         JobField("outbox_cap", "length cap of the outbox stream", "Outbox.set_cap"),
         JobField("parked", "how many jobs are parked in all", "lib_parking.lua"),
+        JobField(
+            "missing",
+            "job records found missing (deleted or evicted while their job sat in a "
+            "state set): QueueStats.missing_records",
+            "count_missing in lib_base.lua (claim, promote, recover, finish)",
+        ),
+        JobField(
+            "missing_at",
+            "when a job record was last found missing (ms, Redis clock)",
+            "count_missing in lib_base.lua",
+        ),
         JobField(
             "-",
             "never set: deleting it is the first write of claim, extend and "

@@ -19,7 +19,14 @@ from .errors import ConfigurationError, PermissionDeniedError, error_from_script
 from .serverinfo import write_refused
 from .slots import GENERATED, SLOTS, SlotTable
 
-__all__ = ["REPLY_TIMEOUT_S", "SCRIPT_NAMES", "Script", "ScriptCall", "ScriptRegistry"]
+__all__ = [
+    "REPLY_TIMEOUT_S",
+    "SCRIPT_NAMES",
+    "RawCall",
+    "Script",
+    "ScriptCall",
+    "ScriptRegistry",
+]
 
 #: Deadline of one script exchange (send + replies) on the hot path.
 REPLY_TIMEOUT_S = 15.0
@@ -77,6 +84,19 @@ class ScriptCall:
     args: Sequence[Any]
 
 
+@dataclass(frozen=True, slots=True)
+class RawCall:
+    """A plain command sent in the same exchange as script calls, on the same connection
+    and after them: ``WAIT`` must follow the writes it waits for on their connection
+    (``write barriers``, ``barrier.py``)."""
+
+    args: Sequence[Any]
+
+
+#: What ``ScriptRegistry.pipeline`` sends: script calls and plain commands, in order.
+Call = ScriptCall | RawCall
+
+
 class ScriptRegistry:
     """The set of scripts a queue runs, with their fragments resolved.
 
@@ -105,8 +125,7 @@ class ScriptRegistry:
         self._changed()
 
     def add_slot(self, slot: str, name: str, source: str, *, fields: Sequence[str] = ()) -> None:
-        """Fill Lua slot ``slot`` (one of ``slots.SLOTS``: ``accept``, ``enqueue``,
-        ``admission``, ``release``, ``duplicate``, ``fence``, ``requeue``) with a
+        """Fill Lua slot ``slot`` (one of ``slots.SLOTS``) with a
         fragment: a Lua expression evaluating to the function that slot calls.
 
         Fragments of a slot run in the order they were added; adding one under an
@@ -233,8 +252,10 @@ class ScriptRegistry:
         except ResponseError as exc:
             raise _translate(exc) from exc
 
-    async def pipeline(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
-        """Run several scripts in one round trip (not a transaction).
+    async def pipeline(self, client: Any, calls: Sequence[Call]) -> list[Any]:
+        """Run several scripts in one round trip (not a transaction), on one connection.
+
+        ``calls`` may hold plain commands too (``RawCall``), run in their place.
 
         Each result is the script's reply or an exception instance; commands refused with
         NOSCRIPT (never executed) are re-run with EVAL, which also caches them on the
@@ -249,26 +270,35 @@ class ScriptRegistry:
         results = await self._run_pipe(client, calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
+            # Plain commands go again after the re-run scripts: a WAIT must come after
+            # the writes it waits for, on their connection.
+            raw = [i for i, c in enumerate(calls) if isinstance(c, RawCall)]
             pipe = client.pipeline(transaction=False)
             for i in missing:
                 c = calls[i]
+                assert isinstance(c, ScriptCall)
                 source = self.get(c.script).source
                 pipe.execute_command("EVAL", source, len(c.keys), *c.keys, *c.args)
+            for i in raw:
+                pipe.execute_command(*calls[i].args)
             again = list(await pipe.execute(raise_on_error=False))
-            for i, r in zip(missing, again, strict=True):
+            for i, r in zip(missing + raw, again, strict=True):
                 results[i] = r
         return [_translate(r) if isinstance(r, ResponseError) else r for r in results]
 
-    async def _run_pipe(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def _run_pipe(self, client: Any, calls: Sequence[Call]) -> list[Any]:
         if _is_plain_redis(client):
             return await self._run_packed(client, calls)
         pipe = client.pipeline(transaction=False)
         for c in calls:
+            if isinstance(c, RawCall):
+                pipe.execute_command(*c.args)
+                continue
             s = self.get(c.script)
             pipe.execute_command("EVALSHA", s.sha, len(c.keys), *c.keys, *c.args)
         return list(await pipe.execute(raise_on_error=False))
 
-    async def _run_packed(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def _run_packed(self, client: Any, calls: Sequence[Call]) -> list[Any]:
         # The hot path of every worker: pack the RESP commands ourselves (the script
         # header is identical for every call, so it is packed once) and write them in one
         # send. The whole exchange has one deadline (REPLY_TIMEOUT_S): a server or a
@@ -277,6 +307,10 @@ class ScriptRegistry:
         buf: list[bytes] = []
         heads = self._heads
         for c in calls:
+            if isinstance(c, RawCall):
+                buf.append(b"*%d\r\n" % len(c.args))
+                buf.append(_pack_args(c.args))
+                continue
             hkey = (c.script, tuple(c.keys))
             head = heads.get(hkey)
             if head is None:

@@ -8,6 +8,10 @@
 * ``memory_report`` for ``health_check``: memory in use against ``maxmemory``, the
   policy, and the persistence that protects acknowledged jobs (AOF with its
   ``appendfsync``, RDB snapshots, or none).
+* ``MissingRecords``: job records found missing (evicted under an ``allkeys-*``
+  policy, or deleted by hand) are counted by the scripts that find them
+  (``QueueStats.missing_records``) and reported here, in a warning at most every
+  ``MISSING_LOG_S`` seconds per queue and process, never per record.
 * ``write_refused``: the library's error for a write Redis refused as a server (out of
   memory, a failed background save, a read-only replica): nothing of that call was
   written, because Redis refuses a script before its first write and, once a script
@@ -19,6 +23,8 @@ services) are not checked: the check is skipped with a log line, never a failure
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +33,21 @@ from redis.exceptions import NoPermissionError, ResponseError
 from .errors import ConfigurationError, WriteRefusedError
 from .limits import get_logger
 
-__all__ = ["MemoryReport", "check_eviction", "memory_report", "write_refused"]
+__all__ = [
+    "MISSING_LOG_S",
+    "MemoryReport",
+    "MissingRecords",
+    "check_eviction",
+    "memory_report",
+    "write_refused",
+]
 
 log = get_logger(__name__)
 
 #: The only policy under which Redis never deletes a queue's keys on its own.
 SAFE_POLICY = "noeviction"
+#: At most one warning about missing job records per this many seconds (queue, process).
+MISSING_LOG_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +154,68 @@ async def _config(client: Any, name: str) -> str:
     if isinstance(value, dict):  # a cluster client: per node
         value = next(iter(value.values()), "")
     return _text(value).strip()
+
+
+class MissingRecords:
+    """Reports job records found missing, at a bounded rate (one per queue).
+
+    The scripts count what they find (meta field ``missing``: a waiting, delayed or
+    running job whose hash is gone is dead-lettered with the reason "job record
+    missing", a finished one is dropped from its list); the worker and the queries call
+    ``seen(n)`` when they meet some, and ``counted(total)`` with the total in Redis when
+    they read it. A warning goes out when the total grew (or records were seen) and the
+    last one is ``MISSING_LOG_S`` seconds old: it says how many, the total, and why
+    records go missing. Never raises.
+    """
+
+    def __init__(self, queue: str, *, clock: Callable[[], float] | None = None) -> None:
+        self.queue = queue
+        self._clock = clock or time.monotonic
+        self._logged_at: float | None = None
+        self._total_logged = 0
+        self._seen = 0
+        #: Records seen missing by this process since it started.
+        self.seen_total = 0
+
+    def seen(self, n: int = 1, where: str = "") -> None:
+        """``n`` records found missing by this process (``where``: in which state)."""
+        if n <= 0:
+            return
+        self._seen += n
+        self.seen_total += n
+        self._maybe_log(None, where)
+
+    def counted(self, total: int) -> None:
+        """The queue's total of missing records, as read from Redis."""
+        if total > self._total_logged:
+            self._maybe_log(total, "")
+
+    def due(self) -> bool:
+        """Whether a warning could go out now (a caller reads the total only then)."""
+        return self._logged_at is None or self._clock() - self._logged_at >= MISSING_LOG_S
+
+    def _maybe_log(self, total: int | None, where: str) -> None:
+        if not self.due():
+            return
+        new = self._seen
+        if total is not None:
+            new = max(new, total - self._total_logged)
+            self._total_logged = total
+        if new <= 0:
+            return
+        self._logged_at = self._clock()
+        self._seen = 0
+        log.warning(
+            "queue %s: %d job record(s) found missing%s%s: their hashes were evicted "
+            "(maxmemory-policy allkeys-*/volatile-*, accepted with allow_eviction=True) or "
+            "deleted by hand. Waiting, delayed and running ones are dead-lettered with the "
+            "reason 'job record missing' (their data is gone); see "
+            "QueueStats.missing_records. Give Redis more memory or use noeviction",
+            self.queue,
+            new,
+            f" ({where})" if where else "",
+            "" if total is None else f", {total} since the queue was cleared",
+        )
 
 
 #: Error replies of a server that refuses writes, and what to do about each.

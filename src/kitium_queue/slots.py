@@ -15,10 +15,14 @@ configuration, but must not call Redis itself):
     (``opts``: its options JSON or ``''``; ``state``: ``'waiting'`` or ``'delayed'``).
     Returning a non-empty reason refuses the job: nothing of it is written, the reply
     says ``refused`` with the reason (``JobRefusedError`` in Python) and the other jobs of
-    the call go on. The first fragment that refuses wins; a fragment that fails accepts
-    (and is recorded in ``slot-errors``). Fragments of this slot must not write: a later
-    fragment may still refuse the job. Use it for atomic admission limits that a
-    producer must hear about (a full group, a tenant over its quota).
+    the call go on. A reason that starts with a refusal code and tab-separated fields
+    (``"KQ_QUOTA_EXCEEDED\\t<tenant>\\t<quota>\\t<limit>\\t<message>"``; the codes are in
+    ``errors.REFUSAL_ERRORS``) is raised as that code's subclass of ``JobRefusedError``
+    (``QuotaExceededError``), with the message as its text. The first fragment that
+    refuses wins; a fragment that fails accepts (and is recorded in ``slot-errors``).
+    Fragments of this slot must not write: a later fragment may still refuse the job.
+    Use it for atomic admission limits that a producer must hear about (a full group, a
+    tenant over its quota).
 
 ``enqueue`` — ``function(id, jk, opts, state) -> blocker | nil``
     Runs for every new job inside ``add_job`` (``enqueue.lua``, ``schedule_fire.lua``),
@@ -36,7 +40,10 @@ configuration, but must not call Redis itself):
     no extra call). ``commit(id, jk)`` runs once every check admitted the candidate:
     count the job against limits there. A rejecting check may call
     ``admit_retry(t_ms)``, ``admit_stop()`` or ``admit_park(blocker)`` (take the job out
-    of wait, behind ``blocker``; see ``kitium_queue.parking``).
+    of wait, behind ``blocker``; see ``kitium_queue.parking``). A check or its commit
+    that moves jobs into wait (``unpark``) defers that with ``admit_after(key, fn)``:
+    claim scans wait by position while it runs the checks, so ``fn`` runs once the
+    call's jobs are handed out (``lua/admission.lua``).
 
 ``release`` — ``function(id, jk, outcome, payload)``
     Runs once for every job that leaves ``active``, in the same script: ``finish.lua``
@@ -45,8 +52,12 @@ configuration, but must not call Redis itself):
     ``failed`` when dead-lettered) and ``clear(force=True)`` (``removed``). A cancelled
     job leaves active through one of these (``failed``). It also runs, with ``removed``,
     for every job deleted while *not* active: ``remove_job``, ``cancel_job`` of a job
-    that had not started, ``drain`` (waiting, delayed and parked jobs); a fragment that
-    only tracks running jobs ignores ids it does not know. It runs before the job's
+    that had not started, ``drain`` (waiting, delayed and parked jobs), and a job a
+    feature removes from its own fragment or script (a workflow's cancelled or skipped
+    steps): each goes through ``remove_unstarted(id, jk)`` (``lua/lib_parking.lua``),
+    which a fragment may call too (its script must include ``slot_release``; the
+    fragments then run once more, nested, for the removed job). A fragment that only
+    tracks running jobs ignores ids it does not know. It runs before the job's
     transition is written, with the record present (unless it was deleted by hand):
     decide on ``outcome``, not on ``st``. ``payload``, from ``finish.lua`` only: the
     encoded result of a ``completed`` job (before retention may delete its record), the
@@ -62,6 +73,29 @@ configuration, but must not call Redis itself):
     The first fragment that returns ``'add'`` wins. ``delay``: the new job's delay in
     ms (0 = none), ``opts``: its options JSON or ``''``. Not called for a ``job_id``
     that exists (a job id is never reused).
+
+``event`` — ``function(name, subject, fields)``
+    Runs for every event a feature raises inside a script with ``feature_event(name,
+    subject, field1, value1, ...)`` (``lua/lib_events.lua``: the event goes to the
+    queue's event stream, and to this slot in the same atomic step). ``subject`` is what
+    the event is about (a workflow's id), ``fields`` the flat list of field names and
+    values (text). A feature that forwards events (webhooks) fills it: it learns no
+    other feature's name, only the events raised. Runs only in scripts that include the
+    composed slots (any script running another feature's fragments does).
+
+``erase`` — ``function(id, jk, ik)``
+    Runs when a job is *erased*: deleted for good so that nothing of it may remain (a
+    compliance retention period ended, or the job's subject was erased). It runs in
+    the erasing script (features' own scripts include ``slot_erase`` and call
+    ``--@slot erase(id, jk, ik)``), right before the job's hash and log list are
+    deleted, once per job. ``ik``: the job's idempotency key, or ``''``. The hash may
+    already be gone (an ordinary deletion removed it, and only a feature's copies are
+    left): a fragment finds its copies from ``id`` and ``ik``. A feature deletes what it
+    keeps of the job outside its hash there (a stored result, a copy of the result in
+    another record, an index entry); it must only touch what belongs to this job
+    (compare the id a record names before deleting it). Ordinary deletions (retention
+    trims, ``remove_job``, ``drain``, ``clear``) do not run it: there a feature's copies
+    live on by design (an exactly-once result outlives its job).
 
 ``fence`` — ``function(op) -> reason | nil``
     Runs at the very start of the scripts that let work into or out of the queue, before
@@ -83,11 +117,12 @@ configuration, but must not call Redis itself):
     ``'waiting'``); ``from``: the state it left (``'completed'``, ``'failed'`` or
     ``'dlq'``). Failures are recorded like ``release``'s.
 
-What fragments may call: ``park``, ``unpark(blocker, n)`` (``lua/lib_parking.lua``),
-``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``, ``wake``,
-``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``,
-``redis.call``, and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry
-in the queue's outbox, written atomically with the transition; docs/outbox.md).
+What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id, jk)``
+(``lua/lib_parking.lua``), ``park_timer(blocker, due, n, every)``
+(``lua/lib_park_timers.lua``), ``emit``, ``feature_event``, ``wake``, ``job_key``,
+``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``, ``redis.call``,
+and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry in the queue's
+outbox, written atomically with the transition; docs/outbox.md).
 
 What they must never do:
 
@@ -122,7 +157,17 @@ __all__ = [
 ]
 
 #: The slots features can fill.
-SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate", "fence", "requeue")
+SLOTS: Final = (
+    "accept",
+    "enqueue",
+    "admission",
+    "release",
+    "duplicate",
+    "event",
+    "erase",
+    "fence",
+    "requeue",
+)
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -142,6 +187,8 @@ GENERATED: Final = {
     "admission_checks": "admission",
     "slot_release": "release",
     "slot_duplicate": "duplicate",
+    "slot_event": "event",
+    "slot_erase": "erase",
     "slot_fence": "fence",
     "slot_requeue": "requeue",
 }
@@ -241,13 +288,17 @@ class SlotTable:
             return _compose_enqueue(frags)
         if slot == "duplicate":
             return _compose_duplicate(frags)
+        if slot == "event":
+            return _compose_notify("event", "name, subject, fields", "event_hook", frags)
         if slot == "fence":
             return _compose_fence(frags)
         if slot == "requeue":
-            return _compose_requeue(frags)
+            return _compose_notify("requeue", "id, jk, from", None, frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
-        return _compose_release(frags)
+        if slot == "erase":
+            return _compose_notify("erase", "id, jk, ik", None, frags, args="id, jk, ik or ''")
+        return _compose_notify("release", "id, jk, outcome, payload", "release_hook", frags)
 
     def apply_directives(self, source: str, flags: frozenset[str]) -> str:
         """Resolve ``--@if NAME`` / ``--@else`` / ``--@end`` blocks (not nested), ``--@slot
@@ -343,10 +394,6 @@ def _compose_fence(frags: list[SlotFragment]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compose_requeue(frags: list[SlotFragment]) -> str:
-    return _compose_notice("requeue", frags, "id, jk, from")
-
-
 def _compose_duplicate(frags: list[SlotFragment]) -> str:
     lines = _header("duplicate", frags)
     lines.append("local function duplicate_slot(existing, name, data, opts, delay, ik)")
@@ -411,17 +458,21 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _compose_release(frags: list[SlotFragment]) -> str:
-    return _compose_notice("release", frags, "id, jk, outcome, payload")
-
-
-def _compose_notice(slot: str, frags: list[SlotFragment], args: str) -> str:
-    """A slot whose fragments all run, each under pcall, and return nothing."""
+def _compose_notify(
+    slot: str, params: str, hook: str | None, frags: list[SlotFragment], *, args: str = ""
+) -> str:
+    """A slot whose fragments all run in turn, for their effects, and return nothing
+    (``release``, ``event``, ``erase``): ``<slot>_slot(params)`` calls each with ``args``
+    (default: the params). When ``hook`` is given the function is also assigned to it,
+    the name the library calls it by (``release_hook`` in lib_parking.lua,
+    ``event_hook`` in lib_events.lua); ``erase`` is called by ``--@slot`` lines only."""
     lines = _header(slot, frags)
-    lines.append(f"local function {slot}_slot({args})")
+    lines.append(f"local function {slot}_slot({params})")
     lines.append("  local ok, err")
-    lines += _guarded(slot, frags, args, "err")
+    lines += _guarded(slot, frags, args or params, "err")
     lines.append("end")
+    if hook:
+        lines.append(f"{hook} = {slot}_slot")
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,8 @@ How one worker runs (one asyncio task each, plus one task per running job):
    polling. A marker taken while this worker has no free slot is put back for others.
 3. **renew** and 4. **sweep** — lease renewal (a run whose lease was lost is abandoned,
    its outcome never recorded) and the stalled-job sweep: ``leases.py``.
+5. **presence** — a heartbeat record of the worker (id, processors, running jobs) with a
+   TTL, so operators and ``explain`` see who is alive: ``presence.py``.
 
 The parts, one job each: this module starts and stops, pumps and wakes;
 ``runner.Runner`` runs one job to an outcome; ``outcomes.Outcomes`` batches outcomes,
@@ -54,14 +56,17 @@ from .leases import Leases, SharedSlots
 from .limits import get_logger, safe_text
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
+from .presence import Presence
 from .runner import Runner
+from .scripts import RawCall
 from .wire import CLAIM_HEAD
 
 if TYPE_CHECKING:
+    from .barrier import WriteBarrier
     from .hooks import HookBus
     from .leases import Run
     from .queue import JobQueue
-    from .scripts import ScriptCall
+    from .scripts import Call
 
 __all__ = ["SharedSlots", "Worker", "serve_until_stopped"]
 
@@ -71,6 +76,9 @@ log = get_logger(__name__)
 _NET_ERRORS = TRANSIENT_ERRORS
 _MAX_IDLE_S = 5.0
 _MIN_BACKOFF_S = 0.05
+# At most one log line per this many seconds about outcomes the write barrier did not
+# confirm (each round's is reported on the queue_error hook).
+_BARRIER_LOG_S = 10.0
 # Positions in the claim reply (wire.CLAIM_HEAD).
 _WAKE_IN = CLAIM_HEAD.index("wake_in")
 _TOKEN = CLAIM_HEAD.index("token")
@@ -115,7 +123,12 @@ class Worker:
         self._outage = False
         self._claim_args: list[Any] = []
         self._claiming = 0  # slots asked for by the claims in flight
+        # Outcomes the write barrier did not confirm, and when that was last logged.
+        self._unconfirmed = 0
+        self._unconfirmed_logged = -_BARRIER_LOG_S
+        self._missing_task: asyncio.Future[None] | None = None
         self._slots = slots
+        self._presence: Presence | None = None
         self.leases = Leases(
             queue,
             self.id,
@@ -139,6 +152,12 @@ class Worker:
     def slots_taken(self) -> int:
         """Running jobs plus slots reserved by claims in flight (``SharedSlots``)."""
         return len(self.leases.runs) + self._claiming
+
+    def presence(self, q: JobQueue) -> Presence:
+        """This worker's heartbeat record (``presence.py``): who it is, what it runs."""
+        if self._presence is None:
+            self._presence = Presence(q.keys, self._client, self, q.processors)
+        return self._presence
 
     def wake(self) -> None:
         """Wake the pump (a slot freed, an outcome is ready)."""
@@ -178,6 +197,7 @@ class Worker:
             loop.create_task(self._waker(), name=f"kq-waker-{q.name}"),
             loop.create_task(self.leases.renew(self._client), name=f"kq-renew-{q.name}"),
             loop.create_task(self.leases.sweep(lambda: self._stopping), name=f"kq-sweep-{q.name}"),
+            loop.create_task(self.presence(q).run(), name=f"kq-presence-{q.name}"),
         ]
         for svc in q.services:
             try:
@@ -227,7 +247,12 @@ class Worker:
             for t in pending:
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._missing_task is not None:
+            self._missing_task.cancel()
+            await asyncio.gather(self._missing_task, return_exceptions=True)
         await self.runner.close()
+        if self._presence is not None:
+            await self._presence.leave()
         if self._bclient is not None and self.queue.connection.owns(self._bclient):
             with contextlib.suppress(Exception):  # closing a broken connection
                 await self._bclient.aclose()
@@ -252,6 +277,12 @@ class Worker:
                     continue
             batch = outcomes.take()
             calls, extending, n_ext = self._round_calls(batch, free)
+            barrier = self.queue.write_barrier
+            n_out = len(batch[1]) + len(batch[2])
+            after = barrier.for_outcomes() if barrier is not None and n_out else None
+            if after is not None:
+                # Last, on the same connection: it follows every write of the round.
+                calls.append(RawCall(after))
             try:
                 replies = await self.queue.scripts.pipeline(self._client, calls)
                 for r in replies:
@@ -268,6 +299,8 @@ class Worker:
             if self._outage:
                 self._outage = False
                 log.warning("worker %s: Redis is reachable again; resuming", self.id)
+            if after is not None and barrier is not None:
+                self._barrier_reply(barrier, after, replies.pop(), n_out)
             if n_ext:
                 leases.after_extend(replies[:n_ext], extending)
             refused = outcomes.settle(replies[n_ext : len(replies) - (free > 0)], batch)
@@ -294,13 +327,14 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._signal.wait(), idle_for)
 
-    def _round_calls(self, batch: Batch, free: int) -> tuple[list[ScriptCall], dict[str, Run], int]:
+    def _round_calls(self, batch: Batch, free: int) -> tuple[list[Call], dict[str, Run], int]:
         """The calls of one round: lease renewals after an outage, the finish calls of
         ``batch``, a claim for ``free`` slots; plus the runs renewed and how many calls
         renew."""
         # After an outage, renew our own leases first in the same pipeline, so the claim
         # below does not recover (and re-run) jobs that are still running here.
-        calls, extending = self.leases.extend_calls() if self._outage else ([], {})
+        ext, extending = self.leases.extend_calls() if self._outage else ([], {})
+        calls: list[Call] = [*ext]
         n_ext = len(calls)
         calls += self.outcomes.calls(batch)
         if free > 0:
@@ -348,6 +382,30 @@ class Worker:
         )
         await asyncio.sleep(backoff)
         return min(backoff * 2, 5.0)
+
+    def _barrier_reply(self, barrier: WriteBarrier, command: Any, reply: Any, count: int) -> None:
+        """Judge the write barrier's reply after a round's outcomes: they are recorded
+        either way (a recorded outcome cannot be taken back); one the barrier did not
+        confirm is reported, at most once per ``_BARRIER_LOG_S`` in the log, always on
+        the ``queue_error`` hook."""
+        err = barrier.check_outcomes(command, reply, count)
+        if err is None:
+            return
+        self._unconfirmed += count
+        now = asyncio.get_running_loop().time()
+        if now - self._unconfirmed_logged >= _BARRIER_LOG_S:
+            self._unconfirmed_logged = now
+            log.warning(
+                "worker %s: %d outcome(s) on queue %s recorded but not confirmed (%d "
+                "since start): %s",
+                self.id,
+                count,
+                self.queue.name,
+                self._unconfirmed,
+                safe_text(err),
+            )
+        if self.hooks.queue_error:
+            self.hooks.emit_queue_error(self.queue.name, err)
 
     def _held(self) -> int:
         """Outcomes this worker holds that Redis has not recorded yet."""
@@ -402,6 +460,9 @@ class Worker:
         back, dead = reply[_RECOVERED], reply[_DEAD]
         if back or dead:
             self.leases.recovered(back, dead)
+        if dead and self.queue.ctx.missing.due():
+            # Some of them may have lost their record (evicted): the queue's count says.
+            self._check_missing()
         jobs = reply[_JOBS:]
         if not jobs:
             return 0
@@ -422,6 +483,19 @@ class Worker:
                     self.queue.name,
                 )
         return len(jobs)
+
+    def _check_missing(self) -> None:
+        """Read the queue's count of missing records, in the background: a warning goes
+        out (bounded rate, ``serverinfo.MissingRecords``) when it grew."""
+        if self._missing_task is not None and not self._missing_task.done():
+            return
+
+        async def check() -> None:
+            with contextlib.suppress(Exception):
+                raw = await self._client.hget(self.queue.keys.meta, "missing")
+                self.queue.ctx.missing.counted(int(raw or 0))
+
+        self._missing_task = asyncio.ensure_future(check())
 
     # ------------------------------------------------------------------ waker
     async def _waker(self) -> None:

@@ -2,13 +2,15 @@
 
     python flow_worker.py --url redis://127.0.0.1:PORT/0 --prefix P --queue Q \
         [--concurrency 4] [--job-ms 0] [--limiter 10/1000] [--global-cap 3] \
-        [--rate 'customer-*=5/1000'] [--cap 'customer-*=1'] [--no-scheduler]
+        [--rate 'customer-*=5/1000'] [--cap 'customer-*=1'] [--no-scheduler] [--tenancy]
 
 Runs ``JobQueue.run_worker()`` (its scheduler too, unless ``--no-scheduler``) with one
-processor for every job name. Each run is recorded in the Redis list ``<prefix>:runs`` as
-JSON ``{"id", "name", "pid", "start", "end"}`` (ms since the epoch, this machine's clock; the
-schedule tests compare them with tick times). ``job.data["ms"]`` (default ``--job-ms``)
-is how long a run sleeps. Prints ``ready`` once the worker runs.
+processor for every job name; ``--tenancy`` enables multi-tenancy on the queue. Each run
+is recorded in the Redis list ``<prefix>:runs`` as JSON ``{"id", "name", "tenant", "pid",
+"start", "end"}`` (ms since the epoch, this machine's clock, taken inside the processor:
+within the job's claim and its recorded outcome; the schedule tests compare them with
+tick times). ``job.data["ms"]`` (default ``--job-ms``) is how long a run sleeps. Prints
+``ready`` once the worker runs.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     p.add_argument("--rate", action="append", default=[], help="PATTERN=MAX/DURATION_MS")
     p.add_argument("--cap", action="append", default=[], help="PATTERN=N")
     p.add_argument("--no-scheduler", action="store_true")
+    p.add_argument("--tenancy", action="store_true", help="enable multi-tenancy")
     args = p.parse_args()
     asyncio.run(run(args))
 
@@ -62,6 +65,10 @@ async def run(args: argparse.Namespace) -> None:
         queue.set_rate_limit(pattern, max=int(mx), duration=int(dur))
     for pattern, n in _pairs(args.cap):
         queue.set_concurrency_limit(pattern, int(n))
+    if args.tenancy:
+        from kitium_queue.features.tenancy import TenantRegistry
+
+        TenantRegistry.enable(queue)
     rec = aioredis.Redis.from_url(args.url)
     runs_key = f"{args.prefix}:runs"
     pid = os.getpid()
@@ -74,7 +81,8 @@ async def run(args: argparse.Namespace) -> None:
         end = time.time() * 1000
         await rec.rpush(
             runs_key,
-            orjson.dumps({"id": job.id, "name": job.name, "pid": pid, "start": start, "end": end}),
+            orjson.dumps({"id": job.id, "name": job.name, "tenant": job.options.get("tenant_id"),
+                          "pid": pid, "start": start, "end": end}),
         )
         return None
 

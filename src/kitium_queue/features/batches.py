@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,11 +28,43 @@ from ..errors import ConfigurationError
 from ..limits import get_logger
 from ..options import to_ms
 
-__all__ = ["BatchProcessor"]
+__all__ = ["BatchProcessor", "resolve_batch", "set_batch_defaults"]
 
 log = get_logger(__name__)
 
 _SETTLE_ROUNDS = 3
+# Per queue: (size, min_size, max_wait ms) for process_batch calls that leave them out.
+_DEFAULTS: weakref.WeakKeyDictionary[Any, tuple[int, int, int]] = weakref.WeakKeyDictionary()
+
+
+def set_batch_defaults(queue: Any, *, size: int, min_size: int = 1, max_wait: Any = 1000) -> None:
+    """Give ``queue.process_batch`` calls of this process defaults for the arguments
+    they leave out (the ``batching`` section of ``AdvancedQueueConfig``)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigurationError(f"batch size must be an int >= 1, got {size!r}")
+    if not isinstance(min_size, int) or isinstance(min_size, bool) or not 1 <= min_size <= size:
+        raise ConfigurationError(f"batch min_size must be an int from 1 to size ({size})")
+    _DEFAULTS[queue] = (size, min_size, to_ms(max_wait, "batch max_wait"))
+
+
+def resolve_batch(
+    queue: Any, job_name: str, size: int | None, min_size: int | None, max_wait: Any
+) -> tuple[int, int, Any]:
+    """The arguments of a ``process_batch`` call, the queue's defaults filling in the
+    ones left out (None)."""
+    d = _DEFAULTS.get(queue)
+    if size is None:
+        if d is None:
+            raise ConfigurationError(
+                f"process_batch({job_name!r}) needs size=N: this queue has no batch defaults "
+                "(enable the batching section of AdvancedQueueConfig to give it some)"
+            )
+        size = d[0]
+    if min_size is None:
+        min_size = min(d[1], size) if d is not None and isinstance(size, int) else 1
+    if max_wait is None:
+        max_wait = d[2] if d is not None else 1000
+    return size, min_size, max_wait
 
 
 class BatchProcessor:

@@ -43,8 +43,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..enums import JobStatus
 from ..errors import ConfigurationError
+from ..explain import JobFacts, Reason, at
 from ..keys import QueueKeys
+from ..limits import reply_text
 from ..options import MAX_COUNT, to_int, to_ms
 from ..slots import lua_string
 
@@ -103,6 +106,7 @@ class FlowControl:
         self.park_rate_limited = False
         queue.own_options(FEATURE, OPTION_NAMES)
         queue.use_enqueue(_check_keys)
+        queue.add_explainer(self.explain)
         self._install()
 
     # ------------------------------------------------------------------ declarations
@@ -135,6 +139,96 @@ class FlowControl:
     def remove_concurrency_limit(self, pattern: str) -> None:
         self.concurrency_limits.pop(pattern, None)
         self._install()
+
+    def limit_of(self, key: str, table: Mapping[str, Any]) -> Any:
+        """The declaration of ``table`` that applies to ``key``: exact, then the
+        longest prefix, then ``"*"`` (as the Lua does); None when none does."""
+        if key in table:
+            return table[key]
+        best = max(
+            (p for p in table if p.endswith("*") and key.startswith(p[:-1])), key=len, default=None
+        )
+        return None if best is None else table[best]
+
+    async def explain(self, facts: JobFacts) -> list[Reason]:
+        """Why flow control holds the job (``queue.explain``): a concurrency key at its
+        cap (with the jobs running under it), a rate-limit window that is full or held
+        by ``RateLimited`` (until when), the queue's global cap."""
+        job = facts.job
+        if job.status not in (JobStatus.WAITING, JobStatus.PENDING, JobStatus.PAUSED):
+            return []
+        blocker = facts.blocker or ""
+        rk, ck = facts.fields.get("rk"), facts.fields.get("ck")
+        out: list[Reason] = []
+        q = self.queue
+        client = await q.client()
+        if ck and (blocker == f"cc:{ck}" or job.status is not JobStatus.PENDING):
+            cap = self.limit_of(ck, self.concurrency_limits)
+            pipe = client.pipeline(transaction=False)
+            pipe.scard(concurrency_key(q.keys, ck))
+            pipe.srandmember(concurrency_key(q.keys, ck), 5)
+            n, some = await pipe.execute()
+            if (cap is not None and int(n) >= cap) or blocker == f"cc:{ck}":
+                ids = sorted(reply_text(i) for i in some)
+                out.append(
+                    Reason(
+                        "concurrency-cap",
+                        f"concurrency key {ck!r} is at its cap: {int(n)} of {cap} running "
+                        f"(e.g. {', '.join('job ' + i for i in ids) or 'none'}); the next "
+                        "one to finish lets it in",
+                        refs=(("key", ck), *(("job", i) for i in ids)),
+                        source=FEATURE,
+                    )
+                )
+        if rk and (blocker == f"rl:{rk}" or job.status is not JobStatus.PENDING):
+            out.extend(await self._rate(client, rk, facts.now_ms))
+        if self.global_concurrency and job.status is JobStatus.WAITING:
+            active = int(await client.zcard(q.keys.active))
+            if active >= self.global_concurrency:
+                out.append(
+                    Reason(
+                        "global-cap",
+                        f"the queue's global concurrency cap is reached: {active} of "
+                        f"{self.global_concurrency} jobs running",
+                        source=FEATURE,
+                    )
+                )
+        return out
+
+    async def _rate(self, client: Any, rk: str, now: int) -> list[Reason]:
+        keys = self.queue.keys
+        pipe = client.pipeline(transaction=False)
+        pipe.pttl(keys.hold(rk))
+        pipe.hmget(rate_key(keys, rk), "w", "n")
+        held, (w, n) = await pipe.execute()
+        refs = (("key", rk),)
+        if held and held > 0:
+            return [
+                Reason(
+                    "rate-limit",
+                    f"a processor raised RateLimited for rate-limit key {rk!r}: its jobs are "
+                    f"held until {at(now + held, now)}",
+                    until_ms=now + held,
+                    refs=refs,
+                    source=FEATURE,
+                )
+            ]
+        lim = self.limit_of(rk, self.rate_limits)
+        if lim is None or w is None:
+            return []
+        until = int(w) + lim.duration
+        if int(n or 0) < lim.max or until <= now:
+            return []
+        return [
+            Reason(
+                "rate-limit",
+                f"rate-limit key {rk!r} allows {lim.max} starts per {lim.duration} ms and "
+                f"its window is full; it ends {at(until, now)}",
+                until_ms=until,
+                refs=refs,
+                source=FEATURE,
+            )
+        ]
 
     # ------------------------------------------------------------------ the Lua slots
     def park_rate_limited_jobs(self, enabled: bool = True) -> None:

@@ -34,6 +34,11 @@ _FULL_ID = re.compile(r"(0|[1-9][0-9]{0,3}):(.+)", re.DOTALL)
 _LOOKS_FULL = re.compile(r"[0-9]+:")
 
 
+def shown_id(value: Any) -> str:
+    """A job id (or what was given as one) for a message: quoted, cut to 100 characters."""
+    return repr(value[:100]) if isinstance(value, str) else type(value).__name__
+
+
 def partition_names(name: str, partitions: int) -> list[str]:
     """Physical queue names of ``name`` split ``partitions`` ways.
 
@@ -63,9 +68,12 @@ class PartitionedQueue(MultiQueue[JobQueue]):
     Producers spread jobs over the partitions: round-robin, or by a stable key so that
     related jobs share a partition: ``partition_key=...`` if given, else the job's
     ``message_group_id``, ``idempotency_key`` or ``job_id`` (``crc32(key) % partitions``).
-    Duplicates are therefore caught (an idempotency key always lands on the same
-    partition), and jobs with the same ``message_group_id`` go to the same partition
-    (so whatever ordering a group gets within one queue, it gets here too).
+    Duplicates are therefore caught (an idempotency key lands on the same partition
+    whenever nothing pins the job elsewhere), and jobs with the same ``message_group_id``
+    go to the same partition (so whatever ordering a group gets within one queue, it
+    gets here too). Options a feature declared with a placement pin a job as well: a
+    workflow's steps go to the partition of its ``workflow_id``, and a job with
+    ``depends_on`` to the partition of the jobs it names (see ``place``).
 
     A worker (``start()`` / ``run_worker()``) consumes every partition with one
     concurrency budget: one pump per partition, all drawing from a shared pool of
@@ -146,12 +154,17 @@ class PartitionedQueue(MultiQueue[JobQueue]):
     # ------------------------------------------------------------------ ids and keys
     def partition_of(self, key: str) -> int:
         """The partition a key maps to (``crc32(key) % partitions``)."""
-        return zlib.crc32(key.encode("utf-8")) % self.partitions
+        # surrogatepass: a key that is not valid text still maps (the same as strict UTF-8
+        # for any valid one); the option's own check then refuses it with a clear error.
+        return zlib.crc32(key.encode("utf-8", "surrogatepass")) % self.partitions
 
     def place(self, options: dict[str, Any]) -> int:
-        """The partition of a new job: by ``partition_key`` (taken out of ``options``),
-        else its ``message_group_id``, ``idempotency_key`` or ``job_id``, else the next
-        one round-robin. A ``job_id`` that begins like a full id is refused."""
+        """The partition of a new job: by ``partition_key`` (taken out of ``options``) or
+        its ``message_group_id``; by the options a feature declared with a placement
+        (``OptionSpec.placement``: a workflow's id, the full ids of the jobs it depends
+        on, which are passed on as ids within that partition); else its
+        ``idempotency_key`` or ``job_id``; else the next one round-robin. Pins that
+        disagree, and a ``job_id`` that begins like a full id, are refused."""
         job_id = options.get("job_id")
         if isinstance(job_id, str) and _LOOKS_FULL.match(job_id):
             raise ConfigurationError(
@@ -167,17 +180,70 @@ class PartitionedQueue(MultiQueue[JobQueue]):
                 "give message_group_id or partition_key, not both (a group's jobs must "
                 "share one partition to keep their order)"
             )
-        if key is None:
-            for name in ("message_group_id", "idempotency_key", "job_id"):
-                if options.get(name):
-                    key = str(options[name])
-                    break
-        if key is None:
-            self._rr = (self._rr + 1) % self.partitions
-            return self._rr
-        if not isinstance(key, str) or not key:
-            raise ConfigurationError(f"partition_key must be a non-empty string, got {key!r}")
-        return self.partition_of(key)
+        pins: list[tuple[str, int]] = []
+        if key is not None:
+            if not isinstance(key, str) or not key:
+                raise ConfigurationError(f"partition_key must be a non-empty string, got {key!r}")
+            pins.append((f"partition_key {key[:100]!r}", self.partition_of(key)))
+        elif group:
+            pins.append((f"message_group_id {str(group)[:100]!r}", self.partition_of(str(group))))
+        pins += self._declared_pins(options)
+        for what, p in pins[1:]:
+            if p != pins[0][1]:
+                raise ConfigurationError(
+                    f"{pins[0][0]} places the job on partition {pins[0][1]} but {what} on "
+                    f"partition {p}: related jobs must share one partition (add them with "
+                    "the same partition_key, or as steps of one workflow)"
+                )
+        if pins:
+            return pins[0][1]
+        for name in ("idempotency_key", "job_id"):
+            if options.get(name):
+                return self.partition_of(str(options[name]))
+        self._rr = (self._rr + 1) % self.partitions
+        return self._rr
+
+    def _declared_pins(self, options: dict[str, Any]) -> list[tuple[str, int]]:
+        """Partitions the options with a declared placement name (rewriting full ids of
+        ``job_ids`` options into ids within the partition)."""
+        pins: list[tuple[str, int]] = []
+        spec = self.queues[0].jobspec
+        for name, kind in spec.placements():
+            value = options.get(name)
+            if value is None:
+                continue
+            # The option's own check first: what is placed by it is valid.
+            option = spec.get(name)
+            if option is not None:
+                option.normalize(value, "job")
+            if kind == "key":
+                if isinstance(value, str):
+                    pins.append((f"{name} {value[:100]!r}", self.partition_of(value)))
+                continue
+            if not isinstance(value, (list, tuple)):
+                continue
+            found: dict[int, list[str]] = {}
+            inner: list[Any] = []
+            for item in value:
+                parsed = self.parse_id(item) if isinstance(item, str) else None
+                if parsed is None:
+                    raise ConfigurationError(
+                        f"{name}: {shown_id(item)} is not a job id of partitioned queue "
+                        f"{self.name!r}: use the full ids add_job returned ('<partition>:<id>')"
+                    )
+                found.setdefault(parsed[0], []).append(item)
+                inner.append(parsed[1])
+            if len(found) > 1:
+                where = ", ".join(f"{p} ({found[p][0][:60]!r})" for p in sorted(found))
+                raise ConfigurationError(
+                    f"{name} lists jobs on partitions {where}: the jobs a job names in "
+                    f"{name} must share one partition (add them with the same "
+                    "partition_key, or as steps of one workflow)"
+                )
+            if found:
+                options[name] = inner
+                pins.append((name, next(iter(found))))
+        return pins
 
     def parse_id(self, job_id: str) -> tuple[int, str] | None:
         """``(partition, id within it)`` of a full id, or None when ``job_id`` is not a
@@ -198,9 +264,8 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         return f"{index}:{inner}"
 
     def not_found(self, job_id: Any) -> JobNotFoundError:
-        shown = repr(job_id[:100]) if isinstance(job_id, str) else type(job_id).__name__
         return JobNotFoundError(
-            f"{shown} is not a job id of partitioned queue {self.name!r}: use the full "
+            f"{shown_id(job_id)} is not a job id of partitioned queue {self.name!r}: use the full "
             f"id add_job returned, '<partition>:<id>' with a partition from 0 to "
             f"{self.partitions - 1}"
         )

@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import FencedError
 from ..events import EventData
+from ..hooks import FeatureEvent
 from ..limits import get_logger
 from ..scripts import ScriptCall
 from .schedules import timing_of
@@ -42,7 +43,13 @@ from .schedules import timing_of
 if TYPE_CHECKING:
     from ..queue import JobQueue
 
-__all__ = ["MAX_TICKS_PER_FIRE", "Scheduler", "plan_ticks"]
+__all__ = ["FEATURE", "LAG_EVENT", "MAX_TICKS_PER_FIRE", "Scheduler", "overdue_ms", "plan_ticks"]
+
+#: The feature name of the scheduler's feature events.
+FEATURE = "schedules"
+#: The feature event of every tick enqueued: ``fields`` schedule_id, job_id, tick (ms)
+#: and lag_ms (how long after its tick the scheduler enqueued it; jitter not counted).
+LAG_EVENT = "schedule-lag"
 
 log = get_logger(__name__)
 
@@ -300,11 +307,11 @@ class Scheduler:
             if new_next:
                 n = int(new_next) - now
                 wait = n if wait is None else min(wait, n)
-            self._note_fired(sid, defn, fired, int(r[2]))
+            self._note_fired(sid, defn, fired, int(r[2]), now)
         return None if wait is None else max(0, wait)
 
     def _note_fired(
-        self, sid: str, defn: Mapping[str, Any], fired: list[str], skipped: int
+        self, sid: str, defn: Mapping[str, Any], fired: list[str], skipped: int, now: int
     ) -> None:
         q = self._q
         self.fired += len(fired)
@@ -317,6 +324,26 @@ class Scheduler:
                         q.name,
                         jid,
                         extra={"schedule_id": sid, "tick": int(jid.rsplit(":", 1)[1])},
+                    )
+                )
+        if fired and q.hooks.feature_event:
+            for jid in fired:
+                tick = int(jid.rsplit(":", 1)[1])
+                fields = {
+                    "schedule_id": sid,
+                    "job_id": jid,
+                    "tick": str(tick),
+                    "lag_ms": str(max(0, now - tick)),
+                }
+                q.hooks.emit_feature_event(
+                    FeatureEvent(
+                        queue=q.name,
+                        feature=FEATURE,
+                        name=LAG_EVENT,
+                        subject=sid,
+                        fields=fields,
+                        event_id=jid,
+                        at_ms=now,
                     )
                 )
         if skipped:
@@ -333,3 +360,18 @@ class Scheduler:
                 q.metrics.increment("schedules.fired", len(fired), tags)
             if skipped:
                 q.metrics.increment("schedules.skipped", skipped, tags)
+
+
+async def overdue_ms(queue: JobQueue) -> int | None:
+    """How long ago the earliest tick of the queue's active schedules was due, by the
+    Redis clock (0 while none is late); None when no schedule is active. A value that
+    keeps growing means no scheduler is firing (no worker runs one)."""
+    client = await queue.client()
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(queue.keys.schedules_due, 0, 0, withscores=True)
+    pipe.time()
+    first, (sec, usec) = await pipe.execute()
+    if not first:
+        return None
+    now = int(sec) * 1000 + int(usec) // 1000
+    return max(0, now - int(first[0][1]))

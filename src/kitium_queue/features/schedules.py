@@ -24,10 +24,11 @@ from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
 from ..errors import ConfigurationError, ScheduleNotFoundError
-from ..limits import clip, get_logger
+from ..limits import QUERY_PAGE, clip, get_logger
 from ..middleware import enqueue_origin
 from ..options import MAX_COUNT, check_text, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
+from .schedule_explain import make_explainer
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -376,6 +377,7 @@ class ScheduleStore:
 
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
+        queue.add_explainer(make_explainer(self))
 
     async def _now(self) -> int:
         client = await self.queue.client()
@@ -555,14 +557,23 @@ class ScheduleStore:
         """Every schedule of the queue, oldest first."""
         q = self.queue
         client = await q.client()
-        ids = [i.decode() for i in await client.zrange(q.keys.schedules, 0, -1)]
-        if not ids:
-            return []
-        pipe = client.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(q.keys.schedule(i))
-        raws = await pipe.execute()
-        return [self._record(i, r) for i, r in zip(ids, raws, strict=True) if r]
+        out: list[Schedule] = []
+        start = 0
+        # A page of ids at a time (``QUERY_PAGE``): with 100,000 schedules one ZRANGE of
+        # the whole index would hold Redis for tens of ms.
+        while True:
+            page = await client.zrange(q.keys.schedules, start, start + QUERY_PAGE - 1)
+            if not page:
+                return out
+            ids = [i.decode() for i in page]
+            pipe = client.pipeline(transaction=False)
+            for i in ids:
+                pipe.hgetall(q.keys.schedule(i))
+            raws = await pipe.execute()
+            out += [self._record(i, r) for i, r in zip(ids, raws, strict=True) if r]
+            if len(page) < QUERY_PAGE:
+                return out
+            start += QUERY_PAGE
 
     def _record(self, sid: str, raw: dict[bytes, bytes]) -> Schedule:
         g = raw.get

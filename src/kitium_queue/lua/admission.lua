@@ -20,11 +20,20 @@
                           blocker is removed (unpark) or its timer is due (park_timer).
                           Parked at `score` when given (its place among the jobs of that
                           blocker, e.g. its enqueue order), else at its wait score
+    admit_after(key, fn)  run fn() once claim has handed out this call's jobs and taken
+                          them out of wait (before it decides on the wake-up): work that
+                          puts jobs into wait (unpark) belongs there, because claim scans
+                          wait by position and a job added in front of the scan would
+                          shift it onto candidates it already examined. A key registered
+                          again in the same call keeps one run (the latest fn), in the
+                          order the keys were first registered; a fn that fails is
+                          recorded in slot-errors like a fragment
 ]]
 local ADMIT_RETRY_AT = nil
 local ADMIT_STOP = false
 local ADMIT_PARK = nil
 local ADMIT_PARK_SCORE = nil
+local ADMIT_AFTER, ADMIT_AFTER_KEYS = {}, {}
 
 local function admit_retry(t)
   if ADMIT_RETRY_AT == nil or t < ADMIT_RETRY_AT then ADMIT_RETRY_AT = t end
@@ -47,4 +56,19 @@ local function admit_park(blocker, score)
   end
 end
 
+local function admit_after(key, fn)
+  if ADMIT_AFTER[key] == nil then ADMIT_AFTER_KEYS[#ADMIT_AFTER_KEYS + 1] = key end
+  ADMIT_AFTER[key] = fn
+end
+
 --@include admission_checks
+--@if admission
+
+local function run_admit_after()
+  for i = 1, #ADMIT_AFTER_KEYS do
+    local key = ADMIT_AFTER_KEYS[i]
+    local ok, err = pcall(ADMIT_AFTER[key])
+    if not ok then slot_failed('admission', 'after:' .. tostring(key), err) end
+  end
+end
+--@end

@@ -2,8 +2,8 @@
   cancel.lua — stop jobs: waiting or delayed jobs are removed at once; an active job is
   flagged, and its worker stops it at its next lease renewal and records it as failed
   (no retry) with reason "cancelled". A parked job (pending) is removed like a waiting
-  one (taken out of its blocker, lib_parking.lua). A job removed before it started
-  passes the `release` slot (outcome 'removed').
+  one; both go through remove_unstarted (lib_parking.lua: out of its set or blocker, the
+  `release` slot with outcome 'removed').
 
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
@@ -30,11 +30,7 @@ for i = 4, #ARGV do
   if not st then
     out[#out + 1] = 'missing'
   elseif st == 'waiting' or st == 'delayed' or st == 'pending' then
-    --@slot release(id, jk, 'removed')
-    redis.call('ZREM', K_WAIT, id)
-    redis.call('ZREM', K_DELAYED, id)
-    if st == 'pending' then forget_parked(id, jk) end
-    delete_job(id)
+    remove_unstarted(id, jk)
     emit('job-removed', id, 'reason', 'cancelled')
     out[#out + 1] = 'removed'
   elseif st == 'active' then

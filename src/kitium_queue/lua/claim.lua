@@ -28,7 +28,8 @@
   admit(id, jk, opts, f) (admission.lua, composed at load time from their checks) before
   it is handed out; a rejected candidate stays in wait, untouched, unless its check parks
   it (admit_park: out of wait, behind its blocker; lib_parking.lua), and its checks may
-  shorten wake_in. With no check registered, nothing is called per candidate.
+  shorten wake_in; work they defer with admit_after runs once the candidates are handed
+  out and out of wait. With no check registered, nothing is called per candidate.
   Parked jobs: when any slot is filled, due park timers are served after recovery
   (bounded, lib_park_timers.lua fire_timers) and wake_in covers the earliest timer.
   Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
@@ -138,6 +139,7 @@ if want > 0 then
         -- The job's hash was deleted behind our back: dead-letter a record of it rather
         -- than lose it silently.
         taken[#taken + 1] = id
+        count_missing()
         dead_letter(jk, id, dlq_enabled,
           'job record missing: its hash key was deleted while the job was waiting', '')
         dead[#dead + 1] = id
@@ -172,6 +174,10 @@ if want > 0 then
   end
   zrem_all(K_WAIT, taken)
   zadd_all(K_ACTIVE, int(NOW + lease), leased)
+--@if admission
+  -- What the checks deferred until wait is no longer scanned (admit_after).
+  run_admit_after()
+--@end
 end
 
 if lim_max > 0 and got > 0 then

@@ -48,6 +48,8 @@ if redis.call('EXISTS', K_PARKED) == 1 then return 1 end
 -- The id and lease-token counters survive: an idempotency key (kept for its whole
 -- window) must never point at a new, unrelated job reusing an old id, and a fencing
 -- token must never be handed out twice.
-redis.call('DEL', K_META, K_EVENTS, K_MARKER, K_LIMITER, K_PARK_TIMERS, K_PARK_RULES,
+-- UNLINK: the event stream may hold millions of entries (events_max_len); freeing it
+-- happens in the background instead of inside this call.
+redis.call('UNLINK', K_META, K_EVENTS, K_MARKER, K_LIMITER, K_PARK_TIMERS, K_PARK_RULES,
   PREFIX .. 'slot-errors')
 return 0

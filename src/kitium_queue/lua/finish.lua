@@ -97,11 +97,14 @@ for b = 5, #ARGV, 9 do
     res[#res + 1] = 'damaged'
   elseif not f[2] then
     res[#res + 1] = 'missing'
+    -- Still leased: the record went behind the queue's back (remove_job refuses a
+    -- running job, clear() takes it out of active), evicted or deleted: counted.
+    if redis.call('ZREM', K_ACTIVE, id) == 1 then
+      count_missing()
 --@if release
-    if redis.call('ZREM', K_ACTIVE, id) == 1 then release_slot(id, jk, 'removed') end
---@else
-    redis.call('ZREM', K_ACTIVE, id)
+      release_slot(id, jk, 'removed')
 --@end
+    end
   elseif f[1] ~= token or f[2] ~= 'active' then
     res[#res + 1] = 'lease-lost'
   else

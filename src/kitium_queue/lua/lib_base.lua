@@ -38,7 +38,7 @@
       again for more.
 
   Provides: K_* (the KEYS above), PREFIX, MAX_MS, BATCH_MAX, NOW, NOW_S, EVENTS_MAXLEN(_S),
-  arg_int, bad_arg, int, num, job_key, key_type.
+  arg_int, bad_arg, int, num, job_key, key_type, keep_running_when_full, count_missing.
 ]]
 local K_WAIT, K_ACTIVE, K_DELAYED = KEYS[1], KEYS[2], KEYS[3]
 local K_COMPLETED, K_FAILED, K_DLQ = KEYS[4], KEYS[5], KEYS[6]
@@ -120,6 +120,15 @@ end
 -- writes are allowed. Enqueue does not: a full Redis refuses new jobs, whole.
 local function keep_running_when_full()
   redis.call('HDEL', K_META, '-')
+end
+
+-- A job record found missing: its hash was deleted or evicted (maxmemory-policy
+-- allkeys-*, with settings.allow_eviction) while the job sat in a state set. Counted in
+-- meta 'missing' (QueueStats.missing_records) with the time last seen ('missing_at');
+-- pcall: a damaged counter must never fail the transition that found the record gone.
+local function count_missing()
+  redis.pcall('HINCRBY', K_META, 'missing', 1)
+  redis.pcall('HSET', K_META, 'missing_at', NOW_S)
 end
 
 local function job_key(id)

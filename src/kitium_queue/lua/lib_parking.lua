@@ -17,16 +17,25 @@
 
   park(id, jk, score, blocker)
       Park a job that is in no state set (the caller took it out of wait, or it is new).
-  unpark(blocker, n, fresh) -> moved
+  unpark(blocker, n, fresh, ids) -> moved
       Move the first n (clamped to 0..UNPARK_MAX) jobs parked behind `blocker` back to
       wait (st = waiting), and wake idle workers. By default each goes back to its
       position (its parked score). With `fresh`, each takes a new place at the back of
-      its priority band, as if it had just been added (a new sequence number; its 'q'
-      field, its enqueue order, is kept): a feature that hands turns out in rotation
-      (FIFO groups) uses it so a long-parked job does not jump ahead of work that became
-      ready meanwhile. A job whose record was deleted meanwhile goes to wait as it is:
-      claim dead-letters a record of it.
-  forget_parked(id, jk)       take a parked job out of its blocker (remove, cancel)
+      its priority band (the band its parked score is in), as if it had just been added
+      (a new sequence number; its 'q' field, its enqueue order, is kept): a feature that
+      hands turns out in rotation (FIFO groups, tenants' lanes) uses it so a long-parked
+      job does not jump ahead of work that became ready meanwhile. A job whose record
+      was deleted meanwhile goes to wait as it is: claim dead-letters a record of it.
+      `ids`, when given (a table), receives the ids moved, in order.
+  forget_parked(id, jk)       take a parked job out of its blocker
+  remove_unstarted(id, jk)    delete a job that has not started (waiting, delayed or
+                              parked): out of its set or blocker, then the `release` slot
+                              (outcome 'removed') when a feature filled it, then its
+                              records. Every removal of an unfinished job goes through it
+                              (remove, cancel, and features that remove jobs from inside
+                              a fragment or script: a workflow's cancelled steps), so the
+                              features' release fragments see each one. The caller emits
+                              the event. A script that calls it includes `slot_release`.
   drop_parked(limit, on_delete) -> n
                               delete up to `limit` parked jobs and their records (drain,
                               clear), with their blockers' timers; on_delete(id, jk,
@@ -77,29 +86,39 @@ local function park(id, jk, score, blocker)
   count_parked(blocker, 1)
 end
 
--- A new wait score for a job going back to wait with `fresh` (see unpark): the back
--- of its priority band (the front of it for a LIFO job, whose q is negative).
-local function fresh_score(jk)
-  local f = redis.call('HMGET', jk, 'p', 'q')
-  local seq = redis.call('INCR', K_ID)
-  if num(f[2]) < 0 then seq = -seq end
-  return int(wait_score(arg_int(f[1], 0, 0, 65535), seq))
+-- A new wait score with sequence number `seq` for a job parked at wait score `score`
+-- going back to wait with `fresh` (see unpark): the back of the priority band `score`
+-- is in (the front of it for a LIFO job, which sits in the band's lower half). Parked
+-- scores are wait scores (lib_jobs.lua wait_score), so band and LIFO-ness are read from
+-- the score itself, without reading the job's record.
+local function fresh_score(score, seq)
+  local s = num(score)
+  local band = math.floor(s / BAND)
+  if s - band * BAND < HALF then seq = -seq end
+  return int(wait_score(arg_int(65535 - band, 0, 0, 65535), seq))
 end
 
-local function unpark(blocker, n, fresh)
+local function unpark(blocker, n, fresh, moved)
   n = arg_int(n, 1, 0, UNPARK_MAX)
   if n == 0 then return 0 end
   local pk = PARKED_PREFIX .. blocker
   local got = redis.call('ZRANGE', pk, 0, n - 1, 'WITHSCORES')
   if #got == 0 then return 0 end
   local ids, pairs_ = {}, {}
+  -- The fresh sequence numbers of this call, taken at once.
+  local seq = 0
+  if fresh then seq = redis.call('INCRBY', K_ID, #got / 2) - #got / 2 end
   for i = 1, #got, 2 do
     local id = got[i]
     local score = got[i + 1]
     ids[#ids + 1] = id
+    if moved then moved[#moved + 1] = id end
     local jk = job_key(id)
     if key_type(jk) == 'hash' then
-      if fresh then score = fresh_score(jk) end
+      if fresh then
+        seq = seq + 1
+        score = fresh_score(score, seq)
+      end
       redis.call('HSET', jk, 'st', 'waiting')
       redis.call('HDEL', jk, 'pk')
     end
@@ -118,6 +137,20 @@ local function forget_parked(id, jk)
   if blocker and redis.call('ZREM', PARKED_PREFIX .. blocker, id) == 1 then
     count_parked(blocker, -1)
   end
+end
+
+-- The composed `release` slot (slots.py assigns it when a feature filled the slot and
+-- the script includes slot_release): nil otherwise. Declared here, before the slot's
+-- fragments, so that a fragment may remove jobs through remove_unstarted too.
+local release_hook = nil
+
+local function remove_unstarted(id, jk)
+  redis.call('ZREM', K_WAIT, id)
+  redis.call('ZREM', K_DELAYED, id)
+  forget_parked(id, jk)
+  -- Out of every set first: a release fragment that unparks cannot move it to wait.
+  if release_hook then release_hook(id, jk, 'removed') end
+  delete_job(id)
 end
 
 local function drop_parked(limit, on_delete)

@@ -23,6 +23,7 @@ local function promote(limit, dlq_enabled)
       push_wait(jk, id)
       redis.call('HDEL', jk, 'due')
     elseif kt == 'none' then
+      count_missing()
       dead_letter(jk, id, dlq_enabled ~= false,
         'job record missing: its hash key was deleted while the job was delayed', '')
     else

@@ -31,6 +31,7 @@ local function recover(limit, max_stalled, dlq_enabled)
       -- The hash was deleted while the job ran: dead-letter a record of it rather than
       -- drop the job silently.
       --@slot release(id, jk, 'failed')
+      count_missing()
       dead_letter(jk, id, dlq_enabled,
         'job record missing: its hash key was deleted while the job was running', '')
       dead[#dead + 1] = id

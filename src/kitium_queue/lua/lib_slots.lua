@@ -8,9 +8,12 @@
       (HASH: '<slot>:<fragment name>' -> '<ms> <message>'; kitium_queue.parking
       .slot_errors). Writes the fragment made before it failed stay: fragments must do
       their checks first (see kitium_queue.slots).
-  Slot fragments may also use lib_parking.lua (park, unpark), lib_park_timers.lua
-  (park_timer), lib_events.lua (emit, wake), lib_base.lua (PREFIX, NOW, job_key, ...) and
-  outbox.lua (outbox_add: follow-up work written in the same atomic step).
+  The composed `event` slot is included here, so every script that runs a feature's
+  fragments passes the events they raise (feature_event) to it.
+  Slot fragments may also use lib_parking.lua (park, unpark, remove_unstarted),
+  lib_park_timers.lua (park_timer), lib_events.lua (emit, feature_event, wake),
+  lib_base.lua (PREFIX, NOW, job_key, ...) and outbox.lua (outbox_add: follow-up work
+  written in the same atomic step).
 ]]
 --@include lib_base
 --@include lib_events
@@ -28,3 +31,6 @@ local function slot_failed(slot, name, err)
   if #text > SLOT_ERROR_BYTES then text = string.sub(text, 1, SLOT_ERROR_BYTES) .. '...' end
   redis.call('HSET', K_SLOT_ERRORS, slot .. ':' .. name, NOW_S .. ' ' .. text)
 end
+
+-- The features that forward raised events (feature_event in lib_events.lua).
+--@include slot_event

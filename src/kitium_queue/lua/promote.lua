@@ -1,6 +1,7 @@
 --[[
-  promote.lua — move due delayed jobs to wait (delayed → waiting), bounded. claim.lua
-  runs the same step; this script serves promote_delayed() and housekeeping.
+  promote.lua — move delayed jobs to wait (delayed → waiting): the due ones, bounded, or
+  one chosen job whether due or not. claim.lua runs the first step too; this script
+  serves promote_delayed(), promote_job() and housekeeping.
 
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
@@ -9,11 +10,38 @@
            or no due job is left, so no single call blocks Redis for long.
   ARGV[5]  dlq enabled ('1' | '0'; default '1'): where a job whose hash was deleted
            while it was delayed is recorded
+  ARGV[6]  optional: one job id (promote_job). Only that job moves, due or not, and
+           ARGV[4] is not used. Raises KQ_JOB_NOT_FOUND when there is no such job (or
+           its record is gone) and KQ_BAD_STATE when it is not delayed; nothing is
+           written in either case.
 
-  Returns the number of jobs promoted. Wakes idle workers when any moved.
+  Returns the number of jobs promoted (with ARGV[6]: 1). Wakes idle workers when any
+  moved.
 ]]
 --@include lib_events
 --@include lib_promote
+--@include errors
+
+if ARGV[6] then
+  local id = ARGV[6]
+  local jk = job_key(id)
+  local kt = key_type(jk)
+  if redis.call('ZSCORE', K_DELAYED, id) == false then
+    if kt ~= 'hash' then return fail(ERR_JOB_NOT_FOUND, 'job ' .. id .. ' does not exist') end
+    local st = redis.call('HGET', jk, 'st') or 'waiting'
+    return fail(ERR_BAD_STATE, 'job ' .. id .. ' is ' .. st ..
+      '; only delayed jobs can be promoted')
+  end
+  if kt ~= 'hash' then
+    -- Left for the due-time promote, which dead-letters it as a record of the loss.
+    return fail(ERR_JOB_NOT_FOUND, 'job ' .. id .. ' is delayed but its record is gone')
+  end
+  push_wait(jk, id)
+  redis.call('HDEL', jk, 'due')
+  redis.call('ZREM', K_DELAYED, id)
+  wake()
+  return 1
+end
 
 local n = promote(ARGV[4], ARGV[5] ~= '0')
 if n > 0 then wake() end

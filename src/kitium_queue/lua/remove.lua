@@ -7,9 +7,9 @@
              write)
 
   Returns one status per id: 'removed' | 'missing' | 'active' (active jobs are left
-  alone: cancel them with cancel.lua, or wait for them to finish). A parked job
-  (pending) is taken out of its blocker (lib_parking.lua). A job removed before it
-  finished (waiting, delayed, pending) passes the `release` slot (outcome 'removed').
+  alone: cancel them with cancel.lua, or wait for them to finish). A job removed before
+  it finished (waiting, delayed, pending) goes through remove_unstarted (lib_parking.lua:
+  out of its set or blocker, the `release` slot with outcome 'removed').
   A finished job (completed, failed, dlq) passed it when it left active.
   Events: job-removed per removed job.
 ]]
@@ -34,18 +34,13 @@ for i = 4, #ARGV do
   elseif st == 'active' then
     out[#out + 1] = 'active'
   else
-    local set_key = STATE_SETS[st]
---@if release
     if st == 'waiting' or st == 'delayed' or st == 'pending' then
-      release_slot(id, jk, 'removed')
+      remove_unstarted(id, jk)
+    else
+      local set_key = STATE_SETS[st]
+      if set_key then redis.call('ZREM', set_key, id) end
+      delete_job(id)
     end
---@end
-    if set_key then
-      redis.call('ZREM', set_key, id)
-    elseif st == 'pending' then
-      forget_parked(id, jk)
-    end
-    delete_job(id)
     emit('job-removed', id)
     out[#out + 1] = 'removed'
   end

@@ -5,7 +5,8 @@
   ARGV[1..3]: shared prefix, now, events maxlen.
 
   Returns { waiting, active, delayed, completed, failed, dlq, paused flag ('1'|'0'),
-            created ts of the oldest waiting job or -1, now }
+            created ts of the oldest waiting job or -1, now,
+            job records found missing (count_missing in lib_base.lua) }
 ]]
 --@include lib_base
 
@@ -19,5 +20,5 @@ if redis.call('HGET', K_META, 'paused') == '1' then paused = '1' end
 return {
   redis.call('ZCARD', K_WAIT), redis.call('ZCARD', K_ACTIVE), redis.call('ZCARD', K_DELAYED),
   redis.call('ZCARD', K_COMPLETED), redis.call('ZCARD', K_FAILED), redis.call('ZCARD', K_DLQ),
-  paused, oldest, NOW
+  paused, oldest, NOW, redis.call('HGET', K_META, 'missing') or '0'
 }

@@ -124,7 +124,7 @@ _LIB = r"""
   local function cb_note(s, from, why)
     s.n, s.why = s.n + 1, why
     redis.call('HSET', s.key, 'n', int(s.n), 'why', why)
-    emit('breaker-state', s.id, 'from', from, 'to', s.st, 'why', why)
+    feature_event('breaker-state', s.id, 'from', from, 'to', s.st, 'why', why)
     redis.call('XADD', CB_LOG, 'MAXLEN', '~', CB_LOG_MAX, '*', 'b', s.id, 'from', from,
       'to', s.st, 'why', why, 'at', NOW_S)
   end
@@ -386,7 +386,8 @@ elseif op == 'delete' then
   end
   redis.call('DEL', s.key, CB .. 'w:' .. b, CB .. 'p:' .. b)
   redis.call('ZREM', CB .. 'ids', b)
-  emit('breaker-state', b, 'from', s.st, 'to', 'removed', 'why', 'removed by an operator')
+  feature_event('breaker-state', b, 'from', s.st, 'to', 'removed', 'why',
+    'removed by an operator')
   redis.call('XADD', CB_LOG, 'MAXLEN', '~', CB_LOG_MAX, '*', 'b', b, 'from', s.st,
     'to', 'removed', 'why', 'removed by an operator', 'at', NOW_S)
   return { 'ok' }

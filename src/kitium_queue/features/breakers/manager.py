@@ -22,12 +22,15 @@ from ...errors import (
 from ...limits import clip, get_logger
 from ...options import to_int, to_ms
 from .events import FEATURE, BreakerEvents
+from .explain import make_explainer
 from .lua import ADMISSION, RELEASE, SCRIPT
 from .model import (
     BreakerConfig,
     BreakerStats,
     BreakerTransition,
+    FailureThreshold,
     check_breaker_id,
+    check_threshold,
     parse_config,
 )
 
@@ -155,6 +158,8 @@ class CircuitBreakerManager:
     atomically with each transition) and adds the ``breaker-events`` leader service
     that reports state changes (``features/breakers/events.py``). Breaker definitions
     and state live in Redis under the queue's hash tag: every process shares them.
+    ``default_failure_threshold`` (a ``FailureThreshold`` or dict): the threshold of a
+    breaker created without one (default 50 % of at least 10 outcomes).
 
     Example::
 
@@ -172,8 +177,20 @@ class CircuitBreakerManager:
     Semantics: docs/breakers.md.
     """
 
-    def __init__(self, queue: JobQueue, *, events: bool = True) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        *,
+        events: bool = True,
+        default_failure_threshold: FailureThreshold | Mapping[str, Any] | None = None,
+    ) -> None:
         self.queue = queue
+        #: The threshold of a breaker created without one (None: 50 % of >= 10).
+        self.default_failure_threshold: FailureThreshold | None = (
+            None
+            if default_failure_threshold is None
+            else check_threshold(default_failure_threshold)
+        )
         queue.declare_option(
             OPTION,
             feature=FEATURE,
@@ -184,6 +201,8 @@ class CircuitBreakerManager:
         scripts.add_slot("admission", FEATURE, ADMISSION, fields=("n",))
         scripts.add_slot("release", FEATURE, RELEASE)
         scripts.add_fragment(SCRIPT_NAME, SCRIPT)
+        if queue not in _INSTALLED:
+            queue.add_explainer(make_explainer(queue))
         self.events: BreakerEvents | None = None
         if events:
             self.events = BreakerEvents(queue)
@@ -240,7 +259,7 @@ class CircuitBreakerManager:
         job name belongs to one breaker at most. An administrative command (guards,
         ``admin`` hook).
         """
-        cfg = parse_config(config)
+        cfg = parse_config(config, self.default_failure_threshold)
 
         async def action() -> CircuitBreaker:
             th = cfg.failure_threshold
@@ -284,6 +303,7 @@ class CircuitBreakerManager:
     async def get_breaker(self, breaker_id: str) -> CircuitBreaker | None:
         """The breaker ``breaker_id`` (its definition as stored), or None."""
         bid = check_breaker_id(breaker_id)
+        await self.queue.queries.check("get_breaker", {"id": bid})
         reply = await self.call("get", bid)
         if _s(reply[0]) == "missing":
             return None
@@ -292,16 +312,25 @@ class CircuitBreakerManager:
     async def get_state(self, breaker_id: str) -> CircuitBreakerState:
         """Its state now; a timeout that ended moves it to half-open first. Raises
         ``BreakerNotFoundError``."""
-        return (await self.get_stats(breaker_id)).state
+        bid = check_breaker_id(breaker_id)
+        await self.queue.queries.check("get_breaker_state", {"id": bid})
+        return (await self._view(bid, await self.call("get", bid))).state
 
     async def get_stats(self, breaker_id: str) -> BreakerStats:
         """State, since when, next probe time, window counts and failure rate, probes,
         held jobs; read atomically. Raises ``BreakerNotFoundError``."""
         bid = check_breaker_id(breaker_id)
+        await self.queue.queries.check("get_breaker_stats", {"id": bid})
         return await self._view(bid, await self.call("get", bid))
 
     async def list_breakers(self) -> list[BreakerStats]:
         """Every breaker of the queue (up to 1000), oldest first, with its stats."""
+        await self.queue.queries.check("list_breakers", {})
+        return await self.all_stats()
+
+    async def all_stats(self) -> list[BreakerStats]:
+        """``list_breakers`` without the read guards: for the library's own reads on
+        the application's behalf (the alerts' leader), never for a caller's."""
         client = await self.queue.client()
         ids = [
             _s(i) for i in await client.zrange(self.queue.keys.extra("cb:ids"), 0, MAX_LISTED - 1)
@@ -325,6 +354,7 @@ class CircuitBreakerManager:
         breaker log (about the last 1000 changes of the queue are kept)."""
         n = to_int(limit, "limit", minimum=0, maximum=10_000)
         bid = check_breaker_id(breaker_id) if breaker_id is not None else None
+        await self.queue.queries.check("breaker_history", {"id": bid, "limit": n})
         client = await self.queue.client()
         rows = await client.xrevrange(self.queue.keys.extra("cb:log"), count=1000)
         out = []

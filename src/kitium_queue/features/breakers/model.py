@@ -20,6 +20,7 @@ __all__ = [
     "BreakerTransition",
     "FailureThreshold",
     "check_breaker_id",
+    "check_threshold",
     "parse_config",
 ]
 
@@ -49,6 +50,11 @@ class FailureThreshold:
     min_requests: int = 10
 
 
+#: The threshold of a config that sets none (by identity: the manager's own default,
+#: ``default_failure_threshold``, applies to such a config instead).
+_DEFAULT_THRESHOLD = FailureThreshold()
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     """A circuit breaker's definition (``CircuitBreakerManager.create_breaker``).
@@ -58,7 +64,8 @@ class BreakerConfig:
         job_name: jobs of this name are bound to the breaker (held while it is open),
             as are jobs added with ``circuit_breaker_id=id``. None: only those.
         failure_threshold: ``FailureThreshold`` (or a dict with ``percentage`` and
-            ``min_requests``).
+            ``min_requests``); when not given, the manager's default (50 % of at
+            least 10 outcomes unless ``default_failure_threshold`` says otherwise).
         timeout: ms the breaker stays open before it lets probes through (half-open).
         window: length of the rolling window outcomes are counted in (ms, >= 1000).
         half_open_probes: how many runs or calls a half-open breaker lets through;
@@ -70,7 +77,7 @@ class BreakerConfig:
 
     id: str
     job_name: str | None = None
-    failure_threshold: FailureThreshold = field(default_factory=FailureThreshold)
+    failure_threshold: FailureThreshold = field(default_factory=lambda: _DEFAULT_THRESHOLD)
     timeout: int = 60_000
     window: int = 60_000
     half_open_probes: int = 1
@@ -93,6 +100,12 @@ class BreakerConfig:
 
 
 _CONFIG_KEYS = tuple(f.name for f in fields(BreakerConfig))
+
+
+def check_threshold(value: Any) -> FailureThreshold:
+    """A checked ``FailureThreshold`` from one or from a dict (``percentage``,
+    ``min_requests``)."""
+    return _threshold(value)
 
 
 def _threshold(value: Any) -> FailureThreshold:
@@ -120,10 +133,16 @@ def _threshold(value: Any) -> FailureThreshold:
     return FailureThreshold(float(pct), n)
 
 
-def parse_config(config: BreakerConfig | Mapping[str, Any]) -> BreakerConfig:
-    """A checked ``BreakerConfig`` from one or from a dict of its fields."""
+def parse_config(
+    config: BreakerConfig | Mapping[str, Any], default: FailureThreshold | None = None
+) -> BreakerConfig:
+    """A checked ``BreakerConfig`` from one or from a dict of its fields; ``default``:
+    the threshold of a config that sets none."""
+    fallback = default if default is not None else FailureThreshold()
     if isinstance(config, BreakerConfig):
         raw: dict[str, Any] = {k: getattr(config, k) for k in _CONFIG_KEYS}
+        if raw["failure_threshold"] is _DEFAULT_THRESHOLD:
+            raw["failure_threshold"] = fallback
     elif isinstance(config, Mapping):
         raw = dict(config)
         unknown = set(raw) - set(_CONFIG_KEYS)
@@ -149,7 +168,7 @@ def parse_config(config: BreakerConfig | Mapping[str, Any]) -> BreakerConfig:
     return BreakerConfig(
         id=check_breaker_id(raw["id"]),
         job_name=job_name,
-        failure_threshold=_threshold(raw.get("failure_threshold", FailureThreshold())),
+        failure_threshold=_threshold(raw.get("failure_threshold", fallback)),
         timeout=to_ms(
             raw.get("timeout", 60_000), "breaker timeout", minimum=1, maximum=MAX_DELAY_MS
         ),

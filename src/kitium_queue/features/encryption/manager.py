@@ -76,6 +76,11 @@ def data_binding(queue: str, job_id: str, name: str, scope: str) -> Binding:
     return Binding(scope, queue, job_id, name, "data")
 
 
+def _shown(status: RotationStatus) -> dict[str, Any]:
+    """What the ``admin`` hook sees of a rotation command's result (ids and counts)."""
+    return {"rotation": status.rotation, "state": status.state, "to_key_id": status.to_key_id}
+
+
 class EncryptionManager:
     """Payload encryption for one queue: ``encrypted=True`` jobs (or every job, with
     ``encrypt_all``) have their data and result stored encrypted.
@@ -246,27 +251,36 @@ class EncryptionManager:
                 raise ConfigurationError(
                     f"rotate_key: key {k!r} is not held by this process; add it first"
                 )
-        await self.current_key_id()  # the queue has a current key
-        state, cur, _ = await self.queue.run("enc_rotate", ["rotate", old, new])
-        if state == b"stale":
-            raise ConfigurationError(
-                f"rotate_key: the current key is {cur.decode(errors='replace')!r}, not "
-                f"{old!r}; nothing was changed"
-            )
-        if state == b"same":
-            raise ConfigurationError(f"rotate_key: {new!r} is the current key already")
-        self._current, self._fetched = new, time.monotonic()
-        log.info("queue %s: encryption key rotated from %s to %s", self.queue.name, old, new)
-        return await self.rotation_status()
+
+        async def action() -> RotationStatus:
+            await self.current_key_id()  # the queue has a current key
+            state, cur, _ = await self.queue.run("enc_rotate", ["rotate", old, new])
+            if state == b"stale":
+                raise ConfigurationError(
+                    f"rotate_key: the current key is {cur.decode(errors='replace')!r}, not "
+                    f"{old!r}; nothing was changed"
+                )
+            if state == b"same":
+                raise ConfigurationError(f"rotate_key: {new!r} is the current key already")
+            self._current, self._fetched = new, time.monotonic()
+            log.info("queue %s: encryption key rotated from %s to %s", self.queue.name, old, new)
+            return await read_status(self.queue)
+
+        return await self.queue.admin.execute(
+            "rotate_key", {"old_key_id": old, "new_key_id": new}, action, shown=_shown
+        )
 
     async def rotation_status(self) -> RotationStatus:
-        """The latest rotation and its pass's progress (``RotationStatus``)."""
+        """The latest rotation and its pass's progress (``RotationStatus``). A read of
+        the queue: it passes the queue's read guards first."""
+        await self.queue.queries.check("rotation_status", {})
         return await read_status(self.queue)
 
     async def run_rotation(self) -> RotationStatus:
         """Run the pass of the latest rotation here, to its end (for tools, or when no
-        worker of the queue runs). Safe alongside the leader's pass (compare-and-set)."""
-        return await self.rotation.run()
+        worker of the queue runs). Safe alongside the leader's pass (compare-and-set).
+        An administrative command (guards, ``admin`` hook)."""
+        return await self.queue.admin.execute("run_rotation", {}, self.rotation.run, shown=_shown)
 
     # ------------------------------------------------------------------ values
     async def encrypt(self, data: Any, context: str = "") -> dict[str, Any]:

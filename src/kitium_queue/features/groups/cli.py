@@ -18,6 +18,8 @@ from .manager import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroup
 __all__ = ["make_command"]
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+#: Prints rows under column names: ``table(columns, rows, header=True)``.
+Table = Callable[..., None]
 
 
 def _manager(queue: Any) -> FIFOQueueManager:
@@ -30,8 +32,8 @@ def _age(ms: int | None) -> str:
     return f"{ms / 1000:.1f}s" if ms < 120_000 else f"{ms / 60_000:.1f}min"
 
 
-def _summary(s: MessageGroupStats, row: Callable[..., str]) -> str:
-    return row(
+def _summary(s: MessageGroupStats) -> list[object]:
+    return [
         s.group_id,
         "paused" if s.paused else "running",
         "-" if s.size is None else s.size,
@@ -41,14 +43,18 @@ def _summary(s: MessageGroupStats, row: Callable[..., str]) -> str:
         "-" if s.completed is None else s.completed,
         "-" if s.failed is None else s.failed,
         _age(s.oldest_waiting_age_ms),
-    )
+    ]
 
 
 def make_command(
-    with_queue: WithQueue, redis_option: Callable[[Any], Any], row: Callable[..., str]
+    with_queue: WithQueue,
+    redis_option: Callable[[Any], Any],
+    row: Callable[..., str],
+    table: Table,
 ) -> click.Group:
-    """The ``groups`` command group, using the CLI's queue loader, ``--redis`` option
-    and row formatter."""
+    """The ``groups`` command group, using the CLI's queue loader, ``--redis`` option,
+    row formatter and table printer."""
+    show = table
 
     @click.group()
     def groups() -> None:
@@ -76,8 +82,8 @@ def make_command(
                     )
                 )
                 return
-            click.echo(
-                row(
+            show(
+                [
                     "group",
                     "state",
                     "size",
@@ -87,10 +93,9 @@ def make_command(
                     "completed",
                     "failed",
                     "oldest wait",
-                )
+                ],
+                [_summary(s) for s in stats],
             )
-            for s in stats:
-                click.echo(_summary(s, row))
             if page.cursor:
                 click.echo(row("next page:", f"--cursor {page.cursor}"))
 
@@ -139,22 +144,28 @@ def make_command(
         with_queue(app, redis, act)
 
     def _simple(verb: str) -> None:
-        @groups.command(verb)
+        @groups.command(
+            verb,
+            help=(
+                "Pause GROUP_ID: none of its jobs starts until resumed (running ones finish)."
+                if verb == "pause"
+                else "Resume GROUP_ID: its held jobs and free turns go on."
+            ),
+        )
         @click.argument("app")
         @click.argument("group_id")
+        @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
         @redis_option
-        def cmd(app: str, group_id: str, redis: str | None) -> None:
+        def cmd(app: str, group_id: str, as_json: bool, redis: str | None) -> None:
             async def act(q: Any) -> None:
                 await getattr(_manager(q), f"{verb}_group")(group_id)
-                click.echo(row(f"{verb}d", group_id))
+                click.echo(
+                    json.dumps({"action": f"{verb}d", "group": group_id})
+                    if as_json
+                    else row(f"{verb}d", group_id)
+                )
 
             with_queue(app, redis, act)
-
-        cmd.__doc__ = (
-            "Pause GROUP_ID: none of its jobs starts until resumed (running ones finish)."
-            if verb == "pause"
-            else "Resume GROUP_ID: its held jobs and free turns go on."
-        )
 
     _simple("pause")
     _simple("resume")
@@ -172,6 +183,7 @@ def make_command(
         show_default=True,
         help="Rate window in ms (with --rate-max).",
     )
+    @click.option("--json", "as_json", is_flag=True, help="Print the group's settings as JSON.")
     @redis_option
     def groups_set(
         app: str,
@@ -180,14 +192,19 @@ def make_command(
         max_size: int | None,
         rate_max: int | None,
         rate_duration: int,
+        as_json: bool,
         redis: str | None,
     ) -> None:
         """Set GROUP_ID's settings (those not given go back to the defaults)."""
 
         async def act(q: Any) -> None:
             rate = None if rate_max is None else GroupRateLimit(rate_max, rate_duration)
-            await _manager(q).set_group(GroupConfig(group_id, concurrency, max_size, rate))
-            click.echo(row("set", group_id))
+            fifo = _manager(q)
+            await fifo.set_group(GroupConfig(group_id, concurrency, max_size, rate))
+            if as_json:
+                click.echo(json.dumps((await fifo.get_group_stats(group_id)).as_dict(), indent=2))
+            else:
+                click.echo(row("set", group_id))
 
         with_queue(app, redis, act)
 

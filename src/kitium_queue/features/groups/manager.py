@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigurationError
 from ...options import MAX_COUNT, check_text, to_int, to_ms
+from ...queries import check_reads
 from . import lua
+from .explain import make_explainer
 from .lua import FEATURE, MAX_GROUP_ID
 
 if TYPE_CHECKING:
@@ -374,9 +376,11 @@ class FIFOQueueManager:
 
     # ------------------------------------------------------------------ reading
     async def get_group_stats(self, group_id: str) -> MessageGroupStats:
-        """One group's settings, counts, turns and oldest waiting job, read atomically."""
+        """One group's settings, counts, turns and oldest waiting job, read atomically.
+        A read of the queue: it passes the queue's read guards first."""
         gid = check_group_id(group_id, "group_id")
         q = self.queue_of(gid)
+        await q.queries.check("get_group_stats", {"group_id": gid})
         client = await q.client()
         settings, counts, turns, head = await q.scripts.call(
             client,
@@ -426,6 +430,7 @@ class FIFOQueueManager:
     async def count_groups(self) -> int:
         """How many groups have jobs or settings (every partition summed): one ``ZCARD``
         per partition."""
+        await check_reads(self._parts, "count_groups", {})
         total = 0
         for q in self._parts:
             client = await q.client()
@@ -437,6 +442,7 @@ class FIFOQueueManager:
         cursor for the next page. On a partitioned queue the pages walk the partitions
         one after the other (the cursor carries the partition)."""
         count = to_int(count, "count", minimum=1, maximum=_PAGE_MAX)
+        await check_reads(self._parts, "list_groups", {"cursor": cursor, "count": count})
         part, after = 0, None
         if cursor:
             if not isinstance(cursor, str) or "|" not in cursor:
@@ -501,4 +507,5 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
                 await client.delete(*batch)
 
     q.admin.add_clear_step(forget_groups)
+    q.add_explainer(make_explainer(q, conc))
     _INSTALLED[q] = want

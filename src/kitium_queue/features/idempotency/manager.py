@@ -38,6 +38,7 @@ from ...enums import DeliveryGuarantee, JobStatus
 from ...errors import ConfigurationError, SerializationError
 from ...job import JobInfo
 from ...options import check_text, to_ms
+from ...queries import check_reads
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -172,6 +173,7 @@ class IdempotencyManager:
         q.scripts.add_slot("enqueue", FEATURE, _lua("enqueue"))
         q.scripts.add_slot("release", FEATURE, _lua("release"))
         q.scripts.add_slot("duplicate", FEATURE, _lua("duplicate"))
+        q.scripts.add_slot("erase", FEATURE, _lua("erase"))
 
     def _prepare(
         self, job_name: str, data: Any, options: Mapping[str, Any]
@@ -228,8 +230,13 @@ class IdempotencyManager:
         Looks for the job first (by id, then the job the key points to), then for the
         result kept under the key after the job itself was removed. ``None``: no
         completed job is known by that id or key (still running, failed, or never
-        added, or the key's window ended)."""
+        added, or the key's window ended). A read of the queue: it passes the read
+        guards of the queue (every partition) first."""
         text = check_text(job_id_or_key, "job id or idempotency key", max_len=_MAX_KEY)
+        await check_reads(self._parts, "get_result", {"job_id_or_key": text})
+        return await self._result(text)
+
+    async def _result(self, text: str) -> ExecutionResult | None:
         job = await self.queue.get_job_status(text)
         if job is not None:
             return _from_job(job, None)
@@ -249,14 +256,16 @@ class IdempotencyManager:
 
     async def get_execution_result(self, key: str) -> ExecutionResult | None:
         """What is known to have run under ``key``: a record made by
-        ``record_execution``, else a completed job's result (``get_result``)."""
+        ``record_execution``, else a completed job's result (``get_result``). A read
+        of the queue: it passes the queue's read guards first."""
         text = check_text(key, "idempotency key", max_len=_MAX_KEY)
         q = self._queue_for_key(text)
+        await q.queries.check("get_execution_result", {"key": text})
         client = await q.client()
         raw = await client.hgetall(q.keys.extra(_RECORD_PREFIX + text))
         if raw:
             return _stored(q, text, raw, "recorded")
-        return await self.get_result(text)
+        return await self._result(text)
 
     async def record_execution(
         self, key: str, job_id: str, job_name: str, result: Any, *, ttl_ms: Any = None
@@ -332,7 +341,7 @@ def _stored(q: JobQueue, key: str, raw: Mapping[bytes, bytes], source: str) -> E
         options=opts if isinstance(opts, dict) else {},
     )
     for view in q.ctx.info_views:
-        view(info, q.ctx.redact_payloads)
+        view(info, q.ctx.redacting)
     return ExecutionResult(
         key=key,
         job_id=job_id,

@@ -8,6 +8,7 @@ fails at once with the CLI's one-line error instead of a server that scrapes not
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,16 +45,41 @@ def make_command(
     @click.option(
         "--once", is_flag=True, help="Print the metrics once to stdout and exit (no server)."
     )
+    @click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="With --once: the samples as JSON (name, labels, value).",
+    )
     @redis_option
-    def metrics(app: str, port: int, host: str, once: bool, redis: str | None) -> None:
+    def metrics(
+        app: str, port: int, host: str, once: bool, as_json: bool, redis: str | None
+    ) -> None:
         """Serve Prometheus metrics of APP's queue on http://HOST:PORT/metrics: jobs per
-        state, DLQ size, latency, breakers and groups, read from Redis at each scrape."""
+        state, DLQ size, latency, breakers and groups, read from Redis at each scrape.
+        A partitioned APP is exported partition by partition."""
 
         async def act(q: Any) -> None:
-            exporter = PrometheusExporter(q, subscribe=False)
+            # A partitioned queue: every partition, each under its own queue label.
+            exporter = PrometheusExporter(getattr(q, "queues", [q]), subscribe=False)
             await q.get_stats()  # fails fast, with the CLI's error, when Redis is not there
-            if once:
-                click.echo((await exporter.render()).decode(), nl=False)
+            if once or as_json:
+                text = (await exporter.render()).decode()
+                if not as_json:
+                    click.echo(text, nl=False)
+                    return
+                from prometheus_client.parser import text_string_to_metric_families
+
+                click.echo(
+                    json.dumps(
+                        [
+                            {"name": s.name, "labels": s.labels, "value": s.value}
+                            for fam in text_string_to_metric_families(text)
+                            for s in fam.samples
+                        ],
+                        indent=2,
+                    )
+                )
                 return
             server = await exporter.serve(host, port)
             click.echo(row("serving", server.url))

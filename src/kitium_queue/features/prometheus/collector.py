@@ -5,7 +5,9 @@ script call and the parked count), the DLQ size, the age of the oldest waiting j
 whether the queue is paused; and, only for the features enabled on that queue in this
 process (known from the option registry: the feature that declared
 ``circuit_breaker_id`` or ``message_group_id``), the state of every circuit breaker and
-the number of FIFO groups. A feature that is not enabled is not imported.
+the number of FIFO groups, and the webhook DLQ and retry backlog. How late the queue's
+schedules are (the earliest due tick of an active schedule) is read for every queue.
+A feature that is not enabled is not imported.
 
 Reading Redis needs the event loop that owns the queue's connection, while
 ``prometheus_client`` calls ``collect()`` synchronously. So:
@@ -33,6 +35,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ...limits import get_logger, printable
+from ..scheduler import overdue_ms
 
 __all__ = ["KitiumCollector", "QueueReading"]
 
@@ -43,6 +46,7 @@ BREAKER_STATES = ("closed", "open", "half-open")
 #: Which feature declares which option (the option registry says who enabled what).
 _BREAKER_OPTION, _BREAKER_FEATURE = "circuit_breaker_id", "circuit-breakers"
 _GROUP_OPTION, _GROUP_FEATURE = "message_group_id", "fifo-groups"
+_WEBHOOK_OPTION, _WEBHOOK_FEATURE = "webhook_url", "webhooks"
 
 
 @dataclass
@@ -56,6 +60,8 @@ class QueueReading:
     is_paused: bool = False
     breakers: list[tuple[str, str, int]] = field(default_factory=list)  # id, state, held
     groups: int | None = None
+    schedule_overdue_ms: int = 0
+    webhooks: dict[str, int] | None = None  # dlq, retry_scheduled
 
 
 def _enabled(queue: Any, option: str, feature: str) -> bool:
@@ -109,6 +115,17 @@ class KitiumCollector(Collector):
                 ]
             if _enabled(queue, _GROUP_OPTION, _GROUP_FEATURE):
                 out.groups = await self._group_manager(queue).count_groups()
+            out.schedule_overdue_ms = await overdue_ms(queue) or 0
+            if _enabled(queue, _WEBHOOK_OPTION, _WEBHOOK_FEATURE):
+                from ..webhooks import WebhookManager  # enabled: safe to import
+
+                mgr = WebhookManager.of(queue)
+                if mgr is not None:
+                    st = await mgr.stats()
+                    out.webhooks = {
+                        "dlq": int(st["dlq"]),
+                        "retry_scheduled": int(st["retry_scheduled"]),
+                    }
             out.up = True
         except Exception as exc:
             now = time.monotonic()
@@ -194,6 +211,20 @@ class KitiumCollector(Collector):
         groups = GaugeMetricFamily(
             f"{ns}_fifo_groups", "FIFO message groups known.", labels=["queue"]
         )
+        overdue = GaugeMetricFamily(
+            f"{ns}_schedule_overdue_seconds",
+            "How long ago the earliest tick of an active schedule was due (0: none late; "
+            "growing: no scheduler is firing).",
+            labels=["queue"],
+        )
+        wh_dlq = GaugeMetricFamily(
+            f"{ns}_webhook_dlq_size", "Webhook deliveries dead-lettered.", labels=["queue"]
+        )
+        wh_retry = GaugeMetricFamily(
+            f"{ns}_webhook_retries_scheduled",
+            "Webhook deliveries waiting for their next attempt.",
+            labels=["queue"],
+        )
         for r in readings:
             up.add_metric([r.queue], 1.0 if r.up else 0.0)
             if not r.up:
@@ -209,4 +240,8 @@ class KitiumCollector(Collector):
                 held.add_metric([r.queue, bid], float(n))
             if r.groups is not None:
                 groups.add_metric([r.queue], float(r.groups))
-        return [up, jobs, dlq, lat, paused, bstate, held, groups]
+            overdue.add_metric([r.queue], r.schedule_overdue_ms / 1000)
+            if r.webhooks is not None:
+                wh_dlq.add_metric([r.queue], float(r.webhooks["dlq"]))
+                wh_retry.add_metric([r.queue], float(r.webhooks["retry_scheduled"]))
+        return [up, jobs, dlq, lat, paused, bstate, held, groups, overdue, wh_dlq, wh_retry]

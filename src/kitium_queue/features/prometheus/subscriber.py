@@ -6,9 +6,14 @@ do it). It counts in the process that saw the transition, as every lifecycle hoo
 a worker counts what it ran, a producer what it added. The per-state gauges, read from
 Redis by any process, are the collector's (``collector.py``).
 
-Labels are ``queue`` and ``job_name``. Job names come from whoever adds jobs, so their
-number is capped: the first ``max_job_names`` distinct names (per subscriber) get their
-own label value, every later one is counted under ``other``.
+Labels are ``queue`` and ``job_name`` (``LABELS`` lists the exceptions). Job names come
+from whoever adds jobs, so their number is capped: the first ``max_job_names`` distinct
+names (per subscriber) get their own label value, every later one is counted under
+``other``; webhook and breaker ids have a cap of their own of the same size.
+
+Besides the jobs' transitions it counts adds that found their job there already
+(``duplicate``: idempotency hits) and three features' reports (``feature_event``): the
+lag of each schedule tick, each webhook delivery result and each breaker transition.
 
 It is also a ``prometheus_client`` collector (registered in the registry it is given):
 the hooks run once per job on the worker's event loop, so they add to plain numbers
@@ -20,6 +25,7 @@ counter before its histogram sample: each value is exact, the set is a moment ap
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,10 +34,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ...hooks import Outcome, Subscriber
+from ...hooks import FeatureEvent, Outcome, Subscriber
 from ...limits import get_logger
 
-__all__ = ["COUNTERS", "DEFAULT_BUCKETS", "HISTOGRAMS", "OTHER", "PrometheusSubscriber"]
+__all__ = [
+    "BREAKER_STATE_EVENT",
+    "COUNTERS",
+    "DEFAULT_BUCKETS",
+    "HISTOGRAMS",
+    "LABELS",
+    "OTHER",
+    "SCHEDULE_LAG_EVENT",
+    "WEBHOOK_DELIVERY_EVENT",
+    "PrometheusSubscriber",
+]
 
 log = get_logger(__name__)
 
@@ -60,17 +76,40 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 #: Counter name (without namespace and ``_total``) -> help text.
 COUNTERS: dict[str, str] = {
     "jobs_added": "Jobs added by this process.",
+    "idempotency_hits": "Adds that found their job there already (same job_id or "
+    "idempotency key): nothing was written.",
     "jobs_processed": "Runs that completed their job.",
     "jobs_failed": "Jobs that failed for good (no attempt left).",
     "jobs_retried": "Failed runs that will be retried.",
     "jobs_dead_lettered": "Jobs moved to the dead-letter queue.",
     "jobs_stalled": "Runs whose lease expired (requeued or dead-lettered); label queue only.",
+    "webhook_deliveries": "Webhook delivery results recorded by this process, by outcome "
+    "(delivered, retrying, dead-lettered, failed).",
+    "breaker_transitions": "Circuit breaker state changes reported by this process (the "
+    "breakers' leader).",
 }
 #: Histogram name (without namespace) -> help text.
 HISTOGRAMS: dict[str, str] = {
     "job_duration_seconds": "Time a processor ran, per run.",
     "job_wait_seconds": "Time from enqueue to the start of the first run.",
+    "schedule_lag_seconds": "How late the schedulers of this process enqueued each tick "
+    "(fire time minus tick time).",
 }
+#: The label names of each metric (the ones not listed: queue and job_name).
+LABELS: dict[str, tuple[str, ...]] = {
+    "jobs_stalled": ("queue",),
+    "webhook_deliveries": ("queue", "webhook", "outcome"),
+    "breaker_transitions": ("queue", "breaker", "state"),
+    "schedule_lag_seconds": ("queue",),
+}
+#: The features' events counted here (their names as the features define them:
+#: ``features/scheduler.py`` LAG_EVENT, ``features/webhooks`` DELIVERY_EVENT,
+#: ``features/breakers/events.py`` EVENT_NAME; a test keeps them in step).
+SCHEDULE_LAG_EVENT = "schedule-lag"
+WEBHOOK_DELIVERY_EVENT = "webhook-delivery"
+BREAKER_STATE_EVENT = "breaker-state"
+#: Outcomes of a webhook delivery (anything else is counted as ``other``).
+DELIVERY_OUTCOMES = frozenset({"delivered", "retrying", "dead-lettered", "failed"})
 
 
 class _Hist:
@@ -113,8 +152,9 @@ class PrometheusSubscriber(Subscriber, Collector):
         self.max_job_names = max_job_names
         self.buckets = bounds
         self._labels: dict[str, str] = {}
-        self._counters: dict[str, dict[tuple[str, str], float]] = {k: {} for k in COUNTERS}
-        self._hists: dict[str, dict[tuple[str, str], _Hist]] = {k: {} for k in HISTOGRAMS}
+        self._subjects: dict[str, str] = {}
+        self._counters: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in COUNTERS}
+        self._hists: dict[str, dict[tuple[str, ...], _Hist]] = {k: {} for k in HISTOGRAMS}
         c, h = self._counters, self._hists
         self._added, self._processed, self._failed = (
             c["jobs_added"],
@@ -127,6 +167,8 @@ class PrometheusSubscriber(Subscriber, Collector):
             c["jobs_stalled"],
         )
         self._duration, self._wait = h["job_duration_seconds"], h["job_wait_seconds"]
+        self._hits, self._lag = c["idempotency_hits"], h["schedule_lag_seconds"]
+        self._deliveries, self._transitions = c["webhook_deliveries"], c["breaker_transitions"]
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(self)
 
@@ -142,8 +184,19 @@ class PrometheusSubscriber(Subscriber, Collector):
                 got = OTHER
         return got
 
+    def subject_label(self, subject: str) -> str:
+        """The label value of a feature's subject (a webhook or breaker id): itself for
+        the first ``max_job_names`` distinct ones, then ``other``."""
+        got = self._subjects.get(subject)
+        if got is None:
+            if subject == OTHER or len(self._subjects) < self.max_job_names:
+                got = self._subjects[subject] = subject
+            else:
+                got = OTHER
+        return got
+
     def _observe(
-        self, table: dict[tuple[str, str], _Hist], key: tuple[str, str], value: float
+        self, table: dict[tuple[str, ...], _Hist], key: tuple[str, ...], value: float
     ) -> None:
         hist = table.get(key)
         if hist is None:
@@ -186,13 +239,46 @@ class PrometheusSubscriber(Subscriber, Collector):
 
     def stalled(self, queue: str, job_ids: Sequence[str]) -> None:
         if job_ids:
-            key = (queue, "")
+            key = (queue,)
             self._stalled[key] = self._stalled.get(key, 0) + len(job_ids)
 
     def dead_lettered(self, queue: str, job_id: str, job: Any, reason: str | None) -> None:
         # Recovery dead-letters by id only: no name known, counted under "other".
         key = (queue, self.job_label(job.name) if job is not None else OTHER)
         self._dead[key] = self._dead.get(key, 0) + 1
+
+    def duplicate(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        hits = self._hits
+        for name in names:
+            key = (queue, self.job_label(name))
+            hits[key] = hits.get(key, 0) + 1
+
+    def feature_event(self, event: FeatureEvent) -> None:
+        name, f = event.name, event.fields
+        if name == SCHEDULE_LAG_EVENT:
+            try:
+                lag_ms = max(0.0, float(f.get("lag_ms", "")))
+            except ValueError:
+                return
+            if not math.isfinite(lag_ms):
+                return
+            self._observe(self._lag, (event.queue,), lag_ms / 1000)
+        elif name == WEBHOOK_DELIVERY_EVENT:
+            outcome = f.get("outcome", "")
+            key = (
+                event.queue,
+                self.subject_label(event.subject),
+                outcome if outcome in DELIVERY_OUTCOMES else OTHER,
+            )
+            self._deliveries[key] = self._deliveries.get(key, 0) + 1
+        elif name == BREAKER_STATE_EVENT:
+            to = f.get("to", "")
+            key = (
+                event.queue,
+                self.subject_label(event.subject),
+                to if to in ("closed", "open", "half-open") else OTHER,
+            )
+            self._transitions[key] = self._transitions.get(key, 0) + 1
 
     # ------------------------------------------------------------------ prometheus
     def describe(self) -> Iterator[Metric]:
@@ -207,22 +293,21 @@ class PrometheusSubscriber(Subscriber, Collector):
         ns = self.namespace
         out: list[Metric] = []
         for name, doc in COUNTERS.items():
-            by_queue_only = name == "jobs_stalled"
-            fam = CounterMetricFamily(
-                f"{ns}_{name}", doc, labels=["queue"] if by_queue_only else ["queue", "job_name"]
-            )
-            for (queue, label), value in [] if empty else list(self._counters[name].items()):
-                fam.add_metric([queue] if by_queue_only else [queue, label], value)
+            labels = list(LABELS.get(name, ("queue", "job_name")))
+            fam = CounterMetricFamily(f"{ns}_{name}", doc, labels=labels)
+            for key, value in [] if empty else list(self._counters[name].items()):
+                fam.add_metric(list(key), value)
             out.append(fam)
         bounds = [repr(b) for b in self.buckets] + ["+Inf"]
         for name, doc in HISTOGRAMS.items():
-            hfam = HistogramMetricFamily(f"{ns}_{name}", doc, labels=["queue", "job_name"])
-            for (queue, label), hist in [] if empty else list(self._hists[name].items()):
+            labels = list(LABELS.get(name, ("queue", "job_name")))
+            hfam = HistogramMetricFamily(f"{ns}_{name}", doc, labels=labels)
+            for key, hist in [] if empty else list(self._hists[name].items()):
                 counts, running = list(hist.counts), 0
                 cumulative: list[tuple[str, float]] = []
                 for bound, n in zip(bounds, counts, strict=True):
                     running += n
                     cumulative.append((bound, float(running)))
-                hfam.add_metric([queue, label], cumulative, hist.total)
+                hfam.add_metric(list(key), cumulative, hist.total)
             out.append(hfam)
         return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import click
@@ -47,10 +47,10 @@ def make_command(
     redis_option: Callable[[Any], Any],
     row: Callable[..., str],
     load_app: Callable[..., Any],
-    run: Callable[[Callable[[], Awaitable[Any]]], Any],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
 ) -> click.Group:
     """The ``regions`` command group, with the CLI's queue loader, ``--redis`` option,
-    row formatter, app loader and runner."""
+    row formatter, app loader and coroutine runner."""
 
     def manager_of(app: str, redis: str | None, what: str) -> GlobalQueueManager:
         obj = load_app(app, (JobQueue, GlobalQueueManager))
@@ -81,7 +81,7 @@ def make_command(
             finally:
                 await m.close()
 
-        return run(go)
+        return run(go())
 
     @click.group()
     def regions() -> None:

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import FencedError
 from ...leader import LeaderService, OutageLog
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxEntry
@@ -199,6 +200,12 @@ class Replicator:
                     await self._report_lag(primary, sec)
             except asyncio.CancelledError:
                 raise
+            except FencedError as exc:
+                # The secondary knows a later epoch: this term's source is no longer the
+                # primary, and this process stops following it as soon as it sees the
+                # change. Nothing was applied; the entries stay in the group.
+                log.debug("queue %s: replication to %s: %s", primary.queue_name, sec.name, exc)
+                await asyncio.sleep(self.topo.cfg.check_interval_ms / 1000)
             except Exception as exc:
                 # Logged once per outage (the primary or the secondary), retried with
                 # backoff; held entries stay unacknowledged in the group meanwhile.

@@ -54,9 +54,12 @@ def _record(r: DeliveryRecord) -> dict[str, Any]:
 
 
 def commands(
-    load_queue: Callable[[str, str | None], Any], text_field: Callable[[object], str]
+    load_queue: Callable[[str, str | None], Any],
+    text_field: Callable[[object], str],
+    table: Callable[..., None],
 ) -> click.Group:
-    """The ``webhooks`` command group (``load_queue(app, redis)`` gives the queue)."""
+    """The ``webhooks`` command group (``load_queue(app, redis)`` gives the queue;
+    ``table(columns, rows, header=False)`` prints rows, rich or plain)."""
 
     def row(*fields: object) -> str:
         return "\t".join(text_field(f) for f in fields)
@@ -65,6 +68,7 @@ def commands(
         recs: list[DeliveryRecord],
         as_json: bool,
         empty: str,
+        columns: list[str],
         fields: Callable[[DeliveryRecord], tuple[object, ...]],
     ) -> None:
         if as_json:
@@ -72,8 +76,8 @@ def commands(
             return
         if not recs:
             click.echo(empty)
-        for r in recs:
-            click.echo(row(*fields(r)))
+            return
+        table(columns, [fields(r) for r in recs], header=False)
 
     def run(
         app: str,
@@ -122,17 +126,22 @@ def commands(
                 return
             if not hooks:
                 click.echo("no webhooks")
-            for h in hooks:
-                click.echo(
-                    row(
+                return
+            table(
+                ["id", "strategy", "state", "events", "url", "max retries"],
+                [
+                    [
                         h.id,
                         h.delivery_strategy.value,
                         "active" if h.active else "inactive",
                         ",".join(h.events),
                         h.url,
                         f"max_retries={h.max_retries}",
-                    )
-                )
+                    ]
+                    for h in hooks
+                ],
+                header=False,
+            )
 
         run(app, redis, act)
 
@@ -180,6 +189,7 @@ def commands(
                 recs,
                 as_json,
                 "no deliveries recorded",
+                ["event", "type", "state", "attempts", "created", "status", "error"],
                 lambda r: (
                     r.event_id,
                     r.event_type,
@@ -208,6 +218,7 @@ def commands(
                 recs,
                 as_json,
                 "the webhook DLQ is empty",
+                ["webhook", "event", "type", "attempts", "error"],
                 lambda r: (
                     r.webhook_id,
                     r.event_id,

@@ -18,8 +18,10 @@ Keys (all under the queue's hash tag, built from the queue prefix like ``keys.ex
 
 The enqueue and release fragments write ``webhook`` entries to the outbox in the same
 atomic step as the job's transition (fields: ``e`` event, ``j`` job id, ``n`` name,
-``a`` attempts, ``ts`` ms, and ``u`` the job's own URL when it has one); the delivery
-service fans each entry out to the endpoints that want it.
+``a`` attempts, ``ts`` ms, and ``u`` the job's own URL when it has one); the event
+fragment does the same for the events other features raise (``feature_event``: ``e``
+event, ``s`` subject, ``x`` its fields as a JSON list, ``ts``). The delivery service
+fans each entry out to the endpoints that want it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Iterable
 
 from ...slots import lua_string
 
-__all__ = ["RELEASE_EVENTS", "SCRIPTS", "enqueue_fragment", "release_fragment"]
+__all__ = ["RELEASE_EVENTS", "SCRIPTS", "enqueue_fragment", "event_fragment", "release_fragment"]
 
 #: The events each ``release`` outcome produces (``failed`` adds ``job-dlq`` when the
 #: queue's DLQ is enabled). ``deferred`` and ``released`` produce none.
@@ -123,6 +125,19 @@ def release_fragment(url_events: Iterable[str], dlq_enabled: bool) -> str:
         outbox_add('webhook', 'e', ev, 'j', id, 'n', name, 'a', attempts, 'ts', NOW_S)
       end
     end
+  end
+end)()"""
+
+
+def event_fragment() -> str:
+    """Writes an event another feature raised (a workflow's end, a breaker's change) to
+    the outbox when an active guaranteed endpoint wants it: the ``event`` slot."""
+    return f"""(function()
+{_READ_SUBS}
+  return function(name, subject, fields)
+    if not load_subs()[name] then return end
+    outbox_add('webhook', 'e', name, 's', tostring(subject or ''), 'x', cjson.encode(fields),
+      'ts', NOW_S)
   end
 end)()"""
 

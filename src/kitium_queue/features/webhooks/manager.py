@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ...enums import WebhookEventType
+from ...enums import WebhookDeliveryStrategy, WebhookEventType
 from ...errors import ConfigurationError
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
-from .lua import SCRIPTS, enqueue_fragment, release_fragment
+from .lua import SCRIPTS, enqueue_fragment, event_fragment, release_fragment
 from .models import (
     DeliveryRecord,
     Webhook,
@@ -22,10 +22,11 @@ from .models import (
     WebhookEvent,
     check_event_type,
     check_id,
+    check_strategy,
     check_url,
 )
 from .registry import Registry
-from .service import GROUP, Delivery, DeliveryService, LocalDispatcher
+from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver
 from .subscriber import WebhookSubscriber
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["JobWebhookConfig", "WebhookManager"]
 
-FEATURE = "webhooks"
 #: The webhook id of deliveries to a job's own ``webhook_url``.
 JOB_WEBHOOK_ID = "job"
 
@@ -93,6 +93,8 @@ class WebhookManager:
         run_service: add the delivery service to the queue's workers (default True).
         resolver / connector: for tests: a DNS resolver stub and the network backend
             that opens connections (see ``ssrf.GuardedBackend``).
+        default_delivery_strategy: the strategy of an endpoint registered without one
+            (``guaranteed`` unless set).
     """
 
     def __init__(
@@ -117,6 +119,9 @@ class WebhookManager:
         busy_share: float = 0.2,
         resolver: Resolver | None = None,
         connector: Any = None,
+        default_delivery_strategy: WebhookDeliveryStrategy | str = (
+            WebhookDeliveryStrategy.GUARANTEED
+        ),
     ) -> None:
         for what, v, lo in (
             ("backoff_ms", backoff_ms, 1),
@@ -142,6 +147,7 @@ class WebhookManager:
         ):
             raise ConfigurationError("WebhookManager busy_share must be in (0, 1]")
         self.busy_share = float(busy_share)
+        self.default_delivery_strategy = check_strategy(default_delivery_strategy)
         self.queue = queue
         self.job_webhook = job_webhook or JobWebhookConfig()
         self.job_events = tuple(dict.fromkeys(check_event_type(e) for e in self.job_webhook.events))
@@ -196,6 +202,7 @@ class WebhookManager:
         scripts.add_slot(
             "release", FEATURE, release_fragment(self.job_events, self.queue.dlq.enabled)
         )
+        scripts.add_slot("event", FEATURE, event_fragment())
 
     @property
     def limit(self) -> asyncio.Semaphore:
@@ -261,14 +268,14 @@ class WebhookManager:
         """Register an endpoint (``WebhookConfig``); its ``secret``, if given, is kept in
         this process. Raises ConfigurationError for a bad config, an existing id, or a
         literal address the SSRF guard refuses."""
-        hook = Webhook.from_config(config, int(time.time() * 1000))
+        hook = Webhook.from_config(config, int(time.time() * 1000), self.default_delivery_strategy)
         if hook.id == JOB_WEBHOOK_ID:
             raise ConfigurationError(f"webhook id {JOB_WEBHOOK_ID!r} is reserved")
         self._check_literal(hook.url)
 
         async def action() -> Webhook:
             await self._ensure_group()
-            if await self.get_webhook(hook.id) is not None:
+            if await self._hook(hook.id) is not None:
                 raise ConfigurationError(f"webhook {hook.id!r} exists; use update_webhook")
             if config.secret is not None:
                 self.secrets.set(hook.id, config.secret)
@@ -284,10 +291,16 @@ class WebhookManager:
 
     async def list_webhooks(self) -> list[Webhook]:
         """Every registered endpoint (from Redis)."""
+        await self.queue.queries.check("list_webhooks", {})
         await self.registry.refresh(force=True)
         return sorted(self.registry.hooks.values(), key=lambda h: (h.created_at, h.id))
 
     async def get_webhook(self, webhook_id: str) -> Webhook | None:
+        """The endpoint ``webhook_id`` (from Redis), or None."""
+        await self.queue.queries.check("get_webhook", {"id": webhook_id})
+        return await self._hook(webhook_id)
+
+    async def _hook(self, webhook_id: str) -> Webhook | None:
         client = await self.queue.client()
         raw = await client.hget(self._keys["hooks"], webhook_id)
         return Webhook.from_json(raw) if raw is not None else None
@@ -297,7 +310,7 @@ class WebhookManager:
         ``max_retries``, ``active``, ``timeout_ms``, ``headers``, ``description``)."""
 
         async def action() -> Webhook:
-            old = await self.get_webhook(webhook_id)
+            old = await self._hook(webhook_id)
             if old is None:
                 raise ConfigurationError(f"no webhook {webhook_id!r}")
             new = old.updated(changes, int(time.time() * 1000))
@@ -369,6 +382,9 @@ class WebhookManager:
     ) -> list[DeliveryRecord]:
         """The delivery of ``event_id`` to ``webhook_id`` (a list of one, or empty), or
         the latest ``limit`` deliveries to ``webhook_id``, newest first."""
+        await self.queue.queries.check(
+            "get_delivery_history", {"webhook_id": webhook_id, "event_id": event_id, "limit": limit}
+        )
         client = await self.queue.client()
         if event_id is not None:
             member = self._member(webhook_id, event_id)
@@ -399,6 +415,9 @@ class WebhookManager:
         self, limit: int = 100, webhook_id: str | None = None
     ) -> list[DeliveryRecord]:
         """Dead-lettered deliveries, oldest first (of one endpoint, or all)."""
+        await self.queue.queries.check(
+            "list_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}
+        )
         client = await self.queue.client()
         raw = await client.zrange(self._keys["dlq"], 0, max(1, min(limit, 10_000)) * 4 - 1)
         members = [m.decode() for m in raw]
@@ -434,6 +453,7 @@ class WebhookManager:
     async def stats(self) -> dict[str, Any]:
         """Endpoints, retries scheduled, DLQ size, the outbox group's backlog, and this
         process's in-memory deliveries (in flight, dropped)."""
+        await self.queue.queries.check("webhook_stats", {})
         client = await self.queue.client()
         pipe = client.pipeline(transaction=False)
         pipe.hlen(self._keys["hooks"]).zcard(self._keys["retry"]).zcard(self._keys["dlq"])

@@ -28,6 +28,7 @@ __all__ = [
     "WebhookConfig",
     "WebhookEvent",
     "check_event_type",
+    "check_strategy",
     "check_url",
     "new_event_id",
 ]
@@ -120,6 +121,11 @@ def new_event_id() -> str:
     return "evt_" + secrets.token_hex(12)
 
 
+def check_strategy(value: Any) -> WebhookDeliveryStrategy:
+    """A ``WebhookDeliveryStrategy`` from one or from its value; ConfigurationError."""
+    return _strategy(value)
+
+
 def _strategy(value: Any) -> WebhookDeliveryStrategy:
     try:
         return WebhookDeliveryStrategy(value)
@@ -164,9 +170,10 @@ class WebhookConfig:
     Attributes:
         url: the endpoint, ``https://...`` (``http://`` is accepted too).
         events: the events it receives (``WebhookEventType`` members or event names).
-        delivery_strategy: ``guaranteed`` (default: outbox, retries until delivered or
+        delivery_strategy: ``guaranteed`` (outbox, retries until delivered or
             dead-lettered), ``reliable`` (retries in the sending process's memory) or
-            ``best-effort`` (one try).
+            ``best-effort`` (one try). None (default): the manager's
+            ``default_delivery_strategy``, itself ``guaranteed`` unless set.
         max_retries: retries after the first attempt (guaranteed and reliable).
         active: an inactive endpoint receives nothing (events are not kept for it).
         secret: the signing secret (``whsec_...``), kept in this process only — never
@@ -182,7 +189,7 @@ class WebhookConfig:
         WebhookEventType.JOB_COMPLETED,
         WebhookEventType.JOB_FAILED,
     )
-    delivery_strategy: WebhookDeliveryStrategy | str = WebhookDeliveryStrategy.GUARANTEED
+    delivery_strategy: WebhookDeliveryStrategy | str | None = None
     max_retries: int = 8
     active: bool = True
     secret: str | None = None
@@ -209,7 +216,12 @@ class Webhook:
     updated_at: int = 0
 
     @classmethod
-    def from_config(cls, config: WebhookConfig, now_ms: int) -> Webhook:
+    def from_config(
+        cls,
+        config: WebhookConfig,
+        now_ms: int,
+        default_strategy: WebhookDeliveryStrategy = WebhookDeliveryStrategy.GUARANTEED,
+    ) -> Webhook:
         if not isinstance(config, WebhookConfig):
             raise ConfigurationError("register_webhook takes a WebhookConfig")
         events = config.events
@@ -229,7 +241,9 @@ class Webhook:
             else "wh_" + secrets.token_hex(8),
             url=check_url(config.url),
             events=evs,
-            delivery_strategy=_strategy(config.delivery_strategy),
+            delivery_strategy=_strategy(
+                default_strategy if config.delivery_strategy is None else config.delivery_strategy
+            ),
             max_retries=_int(config.max_retries, "max_retries", 0, MAX_RETRIES),
             active=config.active,
             timeout_ms=_int(config.timeout_ms, "timeout_ms", 100, MAX_TIMEOUT_MS),
@@ -346,6 +360,30 @@ class WebhookEvent:
                 "a reference to the data instead"
             )
         return eid, etype, body
+
+
+#: Bounds of a feature event's data in a webhook body: fields, name and value lengths.
+_FEATURE_FIELDS, _FIELD_NAME, _FIELD_VALUE = 32, 64, 512
+
+
+def feature_event_data(queue: str, subject: str, fields: Any) -> dict[str, Any]:
+    """The ``data`` of a feature event's body (a workflow's end, a breaker's change):
+    the event's own text fields (at most 32, names and values cut short), then
+    ``queue`` and ``subject`` (what it is about). ``fields``: a mapping, or the flat
+    ``[name, value, ...]`` list the ``event`` Lua slot receives."""
+    if isinstance(fields, Mapping):
+        pairs = list(fields.items())
+    elif isinstance(fields, list):
+        pairs = list(zip(fields[0::2], fields[1::2], strict=False))
+    else:
+        pairs = []
+    data: dict[str, Any] = {}
+    for k, v in pairs[:_FEATURE_FIELDS]:
+        if isinstance(k, str) and isinstance(v, str) and k:
+            data[k[:_FIELD_NAME]] = v[:_FIELD_VALUE]
+    data["queue"] = queue
+    data["subject"] = str(subject)[:_FIELD_VALUE]
+    return data
 
 
 def event_body(etype: str, ts_ms: int, data: Mapping[str, Any]) -> bytes:

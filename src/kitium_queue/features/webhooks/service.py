@@ -30,21 +30,29 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...events import EventData
+from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, OutageLog
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxEntry
 from .delivery import AttemptResult, Target, history_json
-from .models import event_body
+from .models import event_body, feature_event_data
 
 if TYPE_CHECKING:
     from .manager import WebhookManager
 
-__all__ = ["GROUP", "Delivery", "DeliveryService", "LocalDispatcher"]
+__all__ = ["DELIVERY_EVENT", "FEATURE", "GROUP", "Delivery", "DeliveryService", "LocalDispatcher"]
 
 log = get_logger(__name__)
 
+#: The feature's name (its option, its slots, its feature events).
+FEATURE = "webhooks"
 #: The outbox consumer group of webhook delivery.
 GROUP = "webhooks"
+#: The feature event of each delivery result recorded (``subject``: the webhook id;
+#: ``fields``: webhook, event_id, event_type, outcome, attempts, status), reported by the
+#: process that made the attempt, once the result is in Redis.
+DELIVERY_EVENT = "webhook-delivery"
+_OUTCOMES = {"ok": "delivered", "retry": "retrying", "dead": "dead-lettered", "failed": "failed"}
 _OUTBOX_MAX_DELIVERIES = 50
 
 
@@ -120,6 +128,8 @@ class _Base:
             if not chunk and not ack:
                 return
             await q.ctx.run("webhooks_done", (GROUP, len(ack), *ack, *chunk))
+        if q.hooks.feature_event:
+            self._report(fields)
         emitter = q.emitter
         for i in range(0, len(fields), 13):
             kind = fields[i + 1]
@@ -140,6 +150,32 @@ class _Base:
                             },
                         )
                     )
+
+    def _report(self, fields: Sequence[Any]) -> None:
+        """The ``feature_event`` hook for each result just recorded."""
+        q = self.mgr.queue
+        now = int(time.time() * 1000)
+        for i in range(0, len(fields), 13):
+            wid, eid = str(fields[i]).split("/", 1)
+            attempts, status = fields[i + 2], fields[i + 5]
+            q.hooks.emit_feature_event(
+                FeatureEvent(
+                    queue=q.name,
+                    feature=FEATURE,
+                    name=DELIVERY_EVENT,
+                    subject=wid,
+                    fields={
+                        "webhook": wid,
+                        "event_id": eid,
+                        "event_type": str(fields[i + 9]),
+                        "outcome": _OUTCOMES.get(str(fields[i + 1]), str(fields[i + 1])),
+                        "attempts": str(attempts),
+                        "status": str(status),
+                    },
+                    event_id=f"{fields[i]}#{attempts}",
+                    at_ms=now,
+                )
+            )
 
 
 class DeliveryService(_Base):
@@ -270,6 +306,16 @@ class DeliveryService(_Base):
         if "b" in f:  # written from Python (send_event, started, progress)
             eid = f.get("i", b"").decode("utf-8", "replace") or "evt_" + e.id
             body = f["b"]
+        elif "s" in f:  # an event another feature raised in a script (the event slot)
+            eid = "evt_" + e.id
+            try:
+                fields = orjson.loads(f.get("x") or b"[]")
+            except orjson.JSONDecodeError:
+                fields = []
+            data = feature_event_data(
+                self.mgr.queue.name, f["s"].decode("utf-8", "replace"), fields
+            )
+            body = event_body(etype, _int(f.get("ts")) or int(time.time() * 1000), data)
         else:  # written by a transition script
             eid = "evt_" + e.id
             data = {

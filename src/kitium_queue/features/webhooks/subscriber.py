@@ -1,10 +1,12 @@
 """In-process job events for webhooks (a ``hooks.Subscriber``).
 
 Guaranteed endpoints get the transition events (added, completed, failed, retrying,
-stalled, dead-lettered, removed) from the Lua fragments, atomically; this subscriber
+stalled, dead-lettered, removed) and the events other features raise in their scripts
+(workflow ends, breaker changes) from the Lua fragments, atomically; this subscriber
 serves the rest: every event of reliable and best-effort endpoints (handed to the
-``LocalDispatcher``), and ``job-started`` / ``job-progress`` of guaranteed endpoints,
-which it writes to the outbox (durable from then on; see docs/webhooks.md).
+``LocalDispatcher``; other features' events as the ``feature_event`` hook reports
+them), and ``job-started`` / ``job-progress`` of guaranteed endpoints, which it writes
+to the outbox (durable from then on; see docs/webhooks.md).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...hooks import Outcome, Subscriber
+from ...hooks import FeatureEvent, Outcome, Subscriber
 from ...limits import get_logger
 from ...outbox import Outbox
-from .models import event_body, new_event_id
+from .models import event_body, feature_event_data, new_event_id
 from .service import Delivery
 
 if TYPE_CHECKING:
@@ -85,7 +87,16 @@ class WebhookSubscriber(Subscriber):
             data.update(extra)
         eid = new_event_id()
         body = event_body(event, int(time.time() * 1000), data)
-        for hook in local:
+        self._submit_local(local, eid, event, body)
+        if guaranteed:
+            task = asyncio.get_running_loop().create_task(
+                Outbox(self.mgr.queue).add("webhook", {"i": eid, "e": event, "b": body})
+            )
+            self._writes.add(task)
+            task.add_done_callback(self._written)
+
+    def _submit_local(self, hooks: Sequence[Any], eid: str, event: str, body: bytes) -> None:
+        for hook in hooks:
             self.mgr.local.submit(
                 Delivery(
                     f"{hook.id}/{eid}",
@@ -96,12 +107,6 @@ class WebhookSubscriber(Subscriber):
                     hook.max_retries,
                 )
             )
-        if guaranteed:
-            task = asyncio.get_running_loop().create_task(
-                Outbox(self.mgr.queue).add("webhook", {"i": eid, "e": event, "b": body})
-            )
-            self._writes.add(task)
-            task.add_done_callback(self._written)
 
     def _written(self, task: asyncio.Task[Any]) -> None:
         self._writes.discard(task)
@@ -170,3 +175,18 @@ class WebhookSubscriber(Subscriber):
 
     def removed(self, queue: str, job_id: str) -> None:
         self._emit("job-removed", str(job_id), "", 0)
+
+    def feature_event(self, event: FeatureEvent) -> None:
+        """Another feature's event (a workflow's end, a breaker's change), reported in
+        process: to the reliable and best-effort endpoints that want it. Guaranteed
+        endpoints got it from the script that raised it (the ``event`` Lua slot)."""
+        self._fresh()
+        local = self.mgr.registry.wanting(event.name, guaranteed=False)
+        if not local:
+            return
+        body = event_body(
+            event.name,
+            event.at_ms or int(time.time() * 1000),
+            feature_event_data(event.queue, event.subject, event.fields),
+        )
+        self._submit_local(local, new_event_id(), event.name, body)

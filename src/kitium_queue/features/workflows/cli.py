@@ -18,6 +18,8 @@ from .manager import JobChainManager
 __all__ = ["make_command"]
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+#: Prints rows under column names: ``table(columns, rows, header=True)``.
+Table = Callable[..., None]
 
 
 def _ms(v: int | None) -> str:
@@ -25,10 +27,14 @@ def _ms(v: int | None) -> str:
 
 
 def make_command(
-    with_queue: WithQueue, redis_option: Callable[[Any], Any], row: Callable[..., str]
+    with_queue: WithQueue,
+    redis_option: Callable[[Any], Any],
+    row: Callable[..., str],
+    table: Table,
 ) -> click.Group:
-    """The ``workflows`` command group, using the CLI's queue loader, ``--redis`` option
-    and row formatter."""
+    """The ``workflows`` command group, using the CLI's queue loader, ``--redis`` option,
+    row formatter and table printer (``table(columns, rows)``: rich or plain rows)."""
+    show = table
 
     @click.group()
     def workflows() -> None:
@@ -48,18 +54,20 @@ def make_command(
             if as_json:
                 click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
                 return
-            click.echo(row("workflow", "state", "steps", "unfinished", "created", "finished"))
-            for r in rows:
-                click.echo(
-                    row(
+            show(
+                ["workflow", "state", "steps", "unfinished", "created", "finished"],
+                [
+                    [
                         r.workflow_id,
                         r.state,
                         r.total,
                         r.unfinished,
                         _ms(r.created_at),
                         _ms(r.finished_at),
-                    )
-                )
+                    ]
+                    for r in rows
+                ],
+            )
 
         with_queue(app, redis, act)
 
@@ -69,7 +77,9 @@ def make_command(
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @redis_option
     def wf_show(app: str, workflow_id: str, as_json: bool, redis: str | None) -> None:
-        """One workflow: its state and every step's state, attempts and error."""
+        """One workflow: its state and every step's state, attempts, parents, job id
+        (for the job commands) and error; steps added with add_job(workflow_id=...)
+        included."""
 
         async def act(q: Any) -> None:
             st = await JobChainManager.for_queue(q).get_workflow_status(workflow_id)
@@ -88,30 +98,41 @@ def make_command(
                 ("finished", _ms(st.finished_at)),
             ):
                 click.echo(row(k, v))
-            click.echo(row("step", "state", "attempts", "depends on", "error"))
-            for s in st.steps.values():
-                click.echo(
-                    row(
+            show(
+                ["step", "state", "attempts", "depends on", "job id", "error"],
+                [
+                    [
                         s.name,
                         s.state,
                         s.attempts,
                         ",".join(s.depends_on) or "-",
+                        s.job_id,
                         (s.error or "-")[:200],
-                    )
-                )
+                    ]
+                    for s in st.steps.values()
+                ],
+            )
 
         with_queue(app, redis, act)
 
     @workflows.command("cancel")
     @click.argument("app")
     @click.argument("workflow_id")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @redis_option
-    def wf_cancel(app: str, workflow_id: str, redis: str | None) -> None:
+    def wf_cancel(app: str, workflow_id: str, as_json: bool, redis: str | None) -> None:
         """Cancel WORKFLOW_ID: steps not started are removed, running ones asked to stop."""
 
         async def act(q: Any) -> None:
             n = await JobChainManager.for_queue(q).cancel_workflow(workflow_id)
-            click.echo(row("cancelled", workflow_id, f"{n} step(s) removed"))
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {"action": "cancelled", "workflow_id": workflow_id, "removed_steps": n}
+                    )
+                )
+            else:
+                click.echo(row("cancelled", workflow_id, f"{n} step(s) removed"))
 
         with_queue(app, redis, act)
 

@@ -78,7 +78,10 @@ class WorkflowEvents(LeaderService):
                             feature="workflows",
                             name=fields.get("e", ""),
                             subject=fields.get("w", ""),
-                            fields={"workflow": fields.get("w", ""), "step": fields.get("s", "")},
+                            fields={
+                                "workflow_id": fields.get("w", ""),
+                                "step": fields.get("s", ""),
+                            },
                             event_id=position,
                             at_ms=int(position.split("-")[0]),
                         )

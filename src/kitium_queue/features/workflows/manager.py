@@ -18,8 +18,8 @@ The exact semantics are in ``docs/workflows.md``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import inspect
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,19 +29,26 @@ import orjson
 from ...errors import ConfigurationError, JobNotFoundError, JobRefusedError, JobStateError
 from ...limits import get_logger
 from ...options import check_text, to_int
-from . import lua
+from ...queries import check_reads
 from .events import WorkflowEvents
-from .lua import FEATURE, MAX_PARENTS
+from .install import (
+    check_ids,
+    check_policy,
+    install,
+    installed_retention,
+    parent_results,
+    set_public_id,
+    transformers_of,
+)
+from .lua import MAX_PARENTS
 from .model import (
     MAX_NAME,
-    POLICIES,
     ParentResult,
     StepStatus,
     WorkflowStatus,
     WorkflowStep,
     WorkflowSummary,
     plan,
-    resolve_transformer,
 )
 
 if TYPE_CHECKING:
@@ -55,12 +62,6 @@ log = get_logger(__name__)
 DEFAULT_RETENTION_MS = 7 * 86_400_000
 #: Most bytes of step data and options one workflow may send in its one script call.
 MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
-# One installation per queue object: its retention, and the transformers registered
-# by every manager of it (the process middleware that applies them is installed once).
-_INSTALLED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-_TRANSFORMERS: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def _text(v: Any) -> str:
@@ -74,57 +75,79 @@ def _num(v: Any) -> int | None:
         return None
 
 
-def _ids(value: Any, section: str) -> list[str]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise ConfigurationError(f"{section}: depends_on must be a list of job ids")
-    if len(value) > MAX_PARENTS:
-        raise ConfigurationError(
-            f"{section}: depends_on lists {len(value)} jobs, at most {MAX_PARENTS}"
-        )
-    return [check_text(v, f"{section}: depends_on item", max_len=512) for v in value]
+def _full_ids(facade: Any, index: int) -> Callable[[str], str]:
+    """Member ``index``'s ids shown as ``facade``'s full ids (holding the façade weakly:
+    the function is kept per member queue, which the façade holds)."""
+    ref = weakref.ref(facade)
 
+    def public(inner: str) -> str:
+        f = ref()
+        return inner if f is None else str(f.full_id(index, inner))
 
-def _policy(value: Any, section: str) -> str:
-    if value not in POLICIES:
-        raise ConfigurationError(
-            f"{section}: on_failure must be one of {', '.join(POLICIES)}, got {value!r}"
-        )
-    return str(value)
+    return public
 
 
 class JobChainManager:
-    """Workflows and job dependencies on one ``JobQueue``.
+    """Workflows and job dependencies on one ``JobQueue`` or ``PartitionedQueue``.
 
     Args:
-        queue: the queue.
+        queue: the queue. On a ``PartitionedQueue`` every partition is enabled, and a
+            workflow lives on the partition its id maps to (``queue_of``): its steps,
+            the jobs added to it with ``add_job(..., workflow_id=...)`` and the jobs
+            that depend on them. Job ids are then the queue's full ids.
         retention_ms: how long a finished workflow's records (states, results, errors)
             are kept after its last step finished.
         events: report ``workflow-completed`` / ``workflow-failed`` /
             ``workflow-cancelled`` in process (the ``feature_event`` hook, ``queue.on``)
-            from one worker process of the queue (a leader-only service). They are on the
-            durable event stream (``queue.events()``) either way.
+            from one worker process of the queue (a leader-only service per partition).
+            They are on the durable event stream (``queue.events()``) either way.
 
     Every process that adds or runs the queue's jobs must create it, with the same
     ``retention_ms``: it is compiled into the queue's scripts.
     """
 
     def __init__(
-        self, queue: JobQueue, *, retention_ms: int = DEFAULT_RETENTION_MS, events: bool = True
+        self, queue: Any, *, retention_ms: int = DEFAULT_RETENTION_MS, events: bool = True
     ) -> None:
         self.queue = queue
         self.retention_ms = to_int(
             retention_ms, "retention_ms", minimum=1000, maximum=10 * 365 * 86_400_000
         )
-        _install(queue, self.retention_ms)
-        self._transformers = _TRANSFORMERS[queue]
-        self.events: WorkflowEvents | None = None
-        if events:
-            self.events = WorkflowEvents(queue)
-            queue.add_service(self.events)
+        # A façade of several queues (a PartitionedQueue) has its members in `queues`.
+        members = getattr(queue, "queues", None)
+        self._facade: Any = queue if members is not None else None
+        self._parts: list[JobQueue] = list(members) if members is not None else [queue]
+        self._by_name = {q.name: i for i, q in enumerate(self._parts)}
+        self.event_services: list[WorkflowEvents] = []
+        for i, q in enumerate(self._parts):
+            install(q, self.retention_ms)
+            if self._facade is not None:
+                set_public_id(q, _full_ids(self._facade, i))
+            if events:
+                svc = WorkflowEvents(q)
+                q.add_service(svc)
+                self.event_services.append(svc)
+        self.events: WorkflowEvents | None = self.event_services[0] if self.event_services else None
 
-    # ------------------------------------------------------------------ keys
-    def _key(self, kind: str, name: str) -> str:
-        return self.queue.keys.extra(f"{kind}:{name}")
+    # ------------------------------------------------------------------ routing
+    def queue_of(self, workflow_id: str) -> JobQueue:
+        """The queue (partition) that holds workflow ``workflow_id``."""
+        return self._parts[self._index(workflow_id)]
+
+    def _index(self, workflow_id: str) -> int:
+        return 0 if self._facade is None else int(self._facade.partition_of(workflow_id))
+
+    def _public(self, i: int, inner: str) -> str:
+        return inner if self._facade is None else str(self._facade.full_id(i, inner))
+
+    def _split(self, job_id: str) -> tuple[int, str]:
+        """(partition, id within it) of a job id as the caller knows it."""
+        if self._facade is None:
+            return 0, job_id
+        found = self._facade.parse_id(job_id)
+        if found is None:
+            raise self._facade.not_found(job_id)
+        return int(found[0]), str(found[1])
 
     # ------------------------------------------------------------------ transformers
     def register_transformer(self, name: str, fn: Callable[..., Any]) -> None:
@@ -134,14 +157,18 @@ class JobChainManager:
         check_text(name, "transformer name", max_len=300)
         if not callable(fn):
             raise ConfigurationError(f"transformer {name!r} is not callable")
-        self._transformers[name] = fn
+        for q in self._parts:
+            transformers_of(q)[name] = fn
 
     @classmethod
-    def for_queue(cls, queue: JobQueue) -> JobChainManager:
+    def for_queue(cls, queue: Any) -> JobChainManager:
         """A manager of ``queue`` with the retention workflows were enabled with on it in
         this process (the default when they were not), reporting no events: what tools
         that only have the queue (the CLI) use."""
-        return cls(queue, retention_ms=_INSTALLED.get(queue, DEFAULT_RETENTION_MS), events=False)
+        first = (getattr(queue, "queues", None) or [queue])[0]
+        return cls(
+            queue, retention_ms=installed_retention(first) or DEFAULT_RETENTION_MS, events=False
+        )
 
     # ------------------------------------------------------------------ writing
     async def execute_workflow(
@@ -149,8 +176,9 @@ class JobChainManager:
     ) -> dict[str, str]:
         """Check a whole workflow, then write it atomically; returns step name -> job id.
 
-        Job ids are ``"<workflow_id>:<step name>"``. Roots go to wait at once; every
-        other step waits (``pending``) until all its parents finished.
+        Job ids are ``"<workflow_id>:<step name>"`` (on a ``PartitionedQueue``, the full
+        ids of those on the workflow's partition). Roots go to wait at once; every other
+        step waits (``pending``) until all its parents finished.
 
         Raises:
             ConfigurationError: a bad step (the message names it), a duplicate or unknown
@@ -159,8 +187,9 @@ class JobChainManager:
                 retention), or a job id it needs is taken; nothing was written.
         """
         wid = check_text(workflow_id, "workflow_id", max_len=MAX_NAME)
-        ordered = plan(steps, self.queue.processors or None, self._transformers)
-        q = self.queue
+        part = self._index(wid)
+        q = self._parts[part]
+        ordered = plan(steps, q.processors or None, transformers_of(q))
         producer = q.producer
         ids = {s.name: f"{wid}:{s.name}" for s in ordered}
         args: list[Any] = [*q.ctx.argv_head(), wid]
@@ -207,7 +236,7 @@ class JobChainManager:
             )
         if q.hooks.enqueued:
             q.hooks.emit_enqueued(q.name, [ids[s.name] for s in ordered], names)
-        return {s.name: ids[s.name] for s in ordered}
+        return {s.name: self._public(part, ids[s.name]) for s in ordered}
 
     async def wait_for_dependencies(
         self, job_id: str, dependencies: Sequence[str], *, on_failure: str | None = None
@@ -221,11 +250,16 @@ class JobChainManager:
             JobNotFoundError: no such job.
             JobStateError: it started or finished already, or has dependencies already.
             JobRefusedError: a dependency does not exist or failed (the reason says).
+            ConfigurationError: on a ``PartitionedQueue``, a dependency on another
+                partition than the job's.
         """
-        jid = check_text(job_id, "job_id", max_len=512)
-        deps = _ids(list(dependencies), "wait_for_dependencies")
-        pol = "" if on_failure is None else _policy(on_failure, "wait_for_dependencies")
-        q = self.queue
+        part, jid = self._split(check_text(job_id, "job_id", max_len=512))
+        deps = [
+            self._inner(part, d, job_id)
+            for d in check_ids(list(dependencies), "wait_for_dependencies")
+        ]
+        pol = "" if on_failure is None else check_policy(on_failure, "wait_for_dependencies")
+        q = self._parts[part]
         client = await q.client()
         reply = await q.scripts.call(
             client, "wf_depend", q.keys.all, [*q.ctx.argv_head(), jid, orjson.dumps(deps), pol]
@@ -234,15 +268,33 @@ class JobChainManager:
         if kind == "ok":
             return int(reply[1])
         if kind == "missing":
-            raise JobNotFoundError(f"job {jid!r} not found")
+            raise JobNotFoundError(f"job {job_id!r} not found")
         if kind == "started":
             raise JobStateError(
-                f"job {jid!r} is {_text(reply[1])}: only a job that has not started can "
+                f"job {job_id!r} is {_text(reply[1])}: only a job that has not started can "
                 "wait for dependencies"
             )
         if kind == "tracked":
-            raise JobStateError(f"job {jid!r} has dependencies already")
-        raise JobRefusedError(f"job {jid!r}: {_text(reply[1])}")
+            raise JobStateError(f"job {job_id!r} has dependencies already")
+        raise JobRefusedError(f"job {job_id!r}: {_text(reply[1])}")
+
+    def _inner(self, part: int, dep: str, job_id: str) -> str:
+        """A dependency's id within partition ``part`` (the job's)."""
+        if self._facade is None:
+            return dep
+        found = self._facade.parse_id(dep)
+        if found is None:
+            raise ConfigurationError(
+                f"wait_for_dependencies: {dep[:100]!r} is not a job id of partitioned queue "
+                f"{self._facade.name!r}: use the full ids add_job returned"
+            )
+        if int(found[0]) != part:
+            raise ConfigurationError(
+                f"wait_for_dependencies: job {job_id[:100]!r} is on partition {part} and "
+                f"{dep[:100]!r} on partition {found[0]}: a job and the jobs it depends on "
+                "must share one partition (add them with the same partition_key)"
+            )
+        return str(found[1])
 
     async def cancel_workflow(self, workflow_id: str) -> int:
         """Cancel a workflow: every step that has not started is removed (state
@@ -250,7 +302,7 @@ class JobChainManager:
         number of steps cancelled before they started. A finished workflow is left as it
         is (0). Raises ``JobNotFoundError`` for an unknown workflow."""
         wid = check_text(workflow_id, "workflow_id", max_len=MAX_NAME)
-        q = self.queue
+        q = self.queue_of(wid)
 
         async def action() -> Any:
             client = await q.client()
@@ -271,27 +323,43 @@ class JobChainManager:
         """The results of ``job``'s parents, keyed by step name (a parent that is not a
         workflow step: by its job id). A parent that failed with ``on_failure=
         "continue"`` is there with ``status="failed"`` and its ``error``. Pass the
-        ``Job`` a processor receives, or a job id."""
-        return await _parent_results(self.queue, job)
+        ``Job`` a processor receives, or a job id. A read of the queue: it passes the
+        queue's read guards first (``data_transformer`` gets the same results as the
+        library's own read, unguarded)."""
+        if isinstance(job, str):
+            part, jid = self._split(job)
+        else:
+            index = self._by_name.get(str(getattr(job, "queue_name", "")))
+            if index is None:
+                raise ConfigurationError(
+                    f"job {getattr(job, 'id', job)!r} is not a job of this manager's queue"
+                )
+            part, jid = index, str(job.id)
+        await self._parts[part].queries.check("parent_results", {"job_id": jid})
+        return await parent_results(self._parts[part], jid)
 
     async def get_workflow_status(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow's state and every step's state, attempts, timings and error;
-        None when there is no such workflow (or its retention ended)."""
+        None when there is no such workflow (or its retention ended). A read of the
+        queue: it passes the queue's read guards first."""
         wid = check_text(workflow_id, "workflow_id", max_len=MAX_NAME)
-        q = self.queue
+        part = self._index(wid)
+        q = self._parts[part]
+        await q.queries.check("get_workflow_status", {"workflow_id": wid})
+        key = q.keys.extra
         client = await q.client()
         pipe = client.pipeline(transaction=False)
-        pipe.hgetall(self._key("wf", wid))
-        pipe.hgetall(self._key("wf-s", wid))
+        pipe.hgetall(key(f"wf:{wid}"))
+        pipe.hgetall(key(f"wf-s:{wid}"))
         head, steps = await pipe.execute()
         if not head:
             return None
         ids = {_text(k): _text(v) for k, v in steps.items()}
         pipe = client.pipeline(transaction=False)
         for jid in ids.values():
-            pipe.hmget(self._key("dep", jid), "st", "ts", "f", "e")
+            pipe.hmget(key(f"dep:{jid}"), "st", "ts", "f", "e")
             pipe.hmget(q.keys.job(jid), "st", "a", "ps", "f", "e", "ts")
-            pipe.lrange(self._key("dep-p", jid), 0, MAX_PARENTS - 1)
+            pipe.lrange(key(f"dep-p:{jid}"), 0, MAX_PARENTS - 1)
         rows = await pipe.execute()
         by_id = {v: k for k, v in ids.items()}
         out: dict[str, StepStatus] = {}
@@ -307,9 +375,9 @@ class JobChainManager:
             err = dep[3] or job[4]
             out[name] = StepStatus(
                 name=name,
-                job_id=jid,
+                job_id=self._public(part, jid),
                 state=state,
-                depends_on=[by_id.get(_text(p), _text(p)) for p in parents],
+                depends_on=[by_id.get(_text(p)) or self._public(part, _text(p)) for p in parents],
                 attempts=_num(job[1]) or 0,
                 created_at=_num(dep[1]) or _num(job[5]),
                 started_at=_num(job[2]),
@@ -329,123 +397,45 @@ class JobChainManager:
         )
 
     async def list_workflows(self, limit: int = 100, offset: int = 0) -> list[WorkflowSummary]:
-        """Workflows, newest first (those within their retention)."""
+        """Workflows, newest first (those within their retention); on a
+        ``PartitionedQueue``, of every partition (each reads its first offset + limit)."""
         n = to_int(limit, "limit", minimum=0, maximum=10_000)
         skip = to_int(offset, "offset", minimum=0, maximum=2**31)
+        await check_reads(self._parts, "list_workflows", {"limit": n, "offset": skip})
         if n == 0:
             return []
-        client = await self.queue.client()
-        wids = await client.zrevrange(self.queue.keys.extra("wfs"), skip, skip + n - 1)
-        pipe = client.pipeline(transaction=False)
-        for w in wids:
-            pipe.hmget(self._key("wf", _text(w)), "st", "ts", "f", "n", "left")
-        rows = await pipe.execute()
-        out: list[WorkflowSummary] = []
-        gone: list[Any] = []
-        for w, r in zip(wids, rows, strict=True):
-            if r[0] is None:
-                gone.append(w)
-                continue
-            out.append(
-                WorkflowSummary(
-                    _text(w), _text(r[0]), _num(r[1]), _num(r[2]), _num(r[3]) or 0, _num(r[4]) or 0
-                )
-            )
-        if gone:  # retention ended: forget them in the index too
-            await client.zrem(self.queue.keys.extra("wfs"), *gone)
-        return out
+        if len(self._parts) == 1:
+            return await _list(self._parts[0], skip, n)
+        rows = [
+            r
+            for part in await asyncio.gather(*(_list(q, 0, skip + n) for q in self._parts))
+            for r in part
+        ]
+        # Each partition's index is ordered by creation, then by id (descending).
+        rows.sort(key=lambda r: (r.created_at or 0, r.workflow_id.encode()), reverse=True)
+        return rows[skip : skip + n]
 
 
-async def _parent_results(q: JobQueue, job: Any) -> dict[str, ParentResult]:
-    jid = job if isinstance(job, str) else str(job.id)
+async def _list(q: JobQueue, skip: int, n: int) -> list[WorkflowSummary]:
+    """One queue's workflows, newest first."""
     client = await q.client()
-    parents = await client.lrange(q.keys.extra(f"dep-p:{jid}"), 0, MAX_PARENTS - 1)
-    if not parents:
-        return {}
+    index = q.keys.extra("wfs")
+    wids = await client.zrevrange(index, skip, skip + n - 1)
     pipe = client.pipeline(transaction=False)
-    for p in parents:
-        pipe.hmget(q.keys.extra(f"dep:{_text(p)}"), "s", "st", "r", "e")
+    for w in wids:
+        pipe.hmget(q.keys.extra(f"wf:{_text(w)}"), "st", "ts", "f", "n", "left")
     rows = await pipe.execute()
-    out: dict[str, ParentResult] = {}
-    for p, (step, st, raw, err) in zip(parents, rows, strict=True):
-        pid = _text(p)
-        result = q.ctx.serializer.loads(raw, "result") if raw else None
-        key = _text(step) if step else pid
-        out[key] = ParentResult(
-            pid,
-            _text(step) if step else None,
-            _text(st) or "missing",
-            result,
-            _text(err) if err else None,
-        )
-    return out
-
-
-def _install(q: JobQueue, retain_ms: int) -> None:
-    have = _INSTALLED.get(q)
-    if have is not None:
-        if have != retain_ms:
-            raise ConfigurationError(
-                f"workflows are already enabled on queue {q.name!r} with retention_ms={have}; "
-                "create one JobChainManager per queue, with the same arguments in every process"
+    out: list[WorkflowSummary] = []
+    gone: list[Any] = []
+    for w, r in zip(wids, rows, strict=True):
+        if r[0] is None:
+            gone.append(w)
+            continue
+        out.append(
+            WorkflowSummary(
+                _text(w), _text(r[0]), _num(r[1]), _num(r[2]), _num(r[3]) or 0, _num(r[4]) or 0
             )
-        return
-    q.declare_option(
-        "workflow_id", feature=FEATURE, doc="the workflow the job is a step of (features.workflows)"
-    )
-    q.declare_option(
-        "workflow_step",
-        feature=FEATURE,
-        doc="the job's step name in its workflow (features.workflows)",
-    )
-    q.declare_option(
-        "depends_on",
-        feature=FEATURE,
-        normalize=_ids,
-        doc="ids of jobs that must complete before this one runs",
-    )
-    q.declare_option(
-        "on_failure",
-        feature=FEATURE,
-        normalize=_policy,
-        doc="what the job's final failure does to its dependents",
-    )
-    q.declare_option(
-        "data_transformer",
-        feature=FEATURE,
-        doc="transformer applied to the data before the job runs",
-    )
-    scripts = q.scripts
-    for name in lua.SCRIPTS:
-        scripts.add_fragment(name, lua.script(name, retain_ms))
-    frags = lua.fragments(retain_ms)
-    scripts.add_slot("accept", FEATURE, frags["accept"])
-    scripts.add_slot("enqueue", FEATURE, frags["enqueue"])
-    scripts.add_slot("admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
-    scripts.add_slot("release", FEATURE, frags["release"])
-
-    async def forget_workflows() -> None:
-        # clear() deleted the jobs: the feature's own keys go too.
-        client = await q.client()
-        for pattern in ("dep*", "wf*"):
-            found = [k async for k in client.scan_iter(match=q.keys.extra(pattern), count=1000)]
-            for i in range(0, len(found), 500):
-                await client.unlink(*found[i : i + 500])
-
-    q.admin.add_clear_step(forget_workflows)
-    transformers: dict[str, Callable[..., Any]] = {}
-
-    async def transform(job: Any, call_next: Callable[[], Any]) -> Any:
-        # The step's data_transformer, on the worker, before it runs.
-        name = job.options.get("data_transformer") if isinstance(job.options, dict) else None
-        if name:
-            fn = resolve_transformer(str(name), transformers)
-            out = fn(job.data, await _parent_results(q, job))
-            if inspect.isawaitable(out):
-                out = await out
-            job.data = out
-        return await call_next()
-
-    q.use_process(transform)
-    _TRANSFORMERS[q] = transformers
-    _INSTALLED[q] = retain_ms
+        )
+    if gone:  # retention ended: forget them in the index too
+        await client.zrem(index, *gone)
+    return out

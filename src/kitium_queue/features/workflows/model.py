@@ -134,7 +134,8 @@ def _check_step(
     check_text(step.name, "workflow step name", max_len=MAX_NAME)
     where = f"step {step.name!r}"
     check_text(step.job_name, f"{where}: job_name", max_len=200)
-    if processors and step.job_name not in processors:
+    # A "*" processor runs any job name without one of its own.
+    if processors and step.job_name not in processors and "*" not in processors:
         raise ConfigurationError(
             f"{where}: no processor for job name {step.job_name!r} on this queue (known: "
             f"{', '.join(sorted(processors))[:300]})"

@@ -48,8 +48,10 @@
     return deps, wid, o
   end
 
+  -- A workflow's end: raised as a feature event (the event stream, and the features
+  -- that forward events: webhooks), and logged for the in-process report (events.py).
   local function log_event(name, wid, step)
-    emit(name, wid, 'step', step or '')
+    feature_event(name, wid, 'workflow_id', wid, 'step', step or '')
     redis.call('XADD', WFLOG, 'MAXLEN', '~', 10000, '*', 'e', name, 'w', wid, 's', step or '')
   end
 
@@ -101,20 +103,21 @@
     return true
   end
 
-  -- Take a job that has not started out of wait, delayed or its blocker and delete it;
-  -- false when it is running or finished (it is left alone).
+  -- Whether job `id` has not started: waiting, delayed, parked, or its record is gone.
+  local function unstarted(id)
+    local st = redis.call('HGET', job_key(id), 'st')
+    return not (st == 'active' or st == 'completed' or st == 'failed' or st == 'dlq')
+  end
+
+  -- Remove a job that has not started, through the engine's remove_unstarted, so every
+  -- feature's release fragment sees the removal (a FIFO group gives its place back).
+  -- Its step is closed first: this feature's own release fragment, which runs for the
+  -- removal too, then finds it finished and applies no policy.
   local function drop_job(id)
     local jk = job_key(id)
-    local st = redis.call('HGET', jk, 'st')
-    if st == 'active' or st == 'completed' or st == 'failed' or st == 'dlq' then
-      return false
-    end
-    if st == 'pending' then forget_parked(id, jk) end
-    redis.call('ZREM', K_WAIT, id)
-    redis.call('ZREM', K_DELAYED, id)
-    delete_job(id)
+    if redis.call('EXISTS', jk) == 0 then return end
+    remove_unstarted(id, jk)
     emit('job-removed', id)
-    return true
   end
 
   -- Parent `id` finished in a way that lets its dependents go on: one parent fewer for
@@ -154,8 +157,9 @@
       for k = 1, #kids do
         local c = kids[k]
         local st = redis.call('HGET', DEP .. c, 'st')
-        if st and not TERMINAL[st] and drop_job(c) then
+        if st and not TERMINAL[st] and unstarted(c) then
           close_step(c, state, why)
+          drop_job(c)
           todo[#todo + 1] = c
         end
       end
@@ -178,15 +182,14 @@
       local sid = ids[i]
       local dk = DEP .. sid
       local st = redis.call('HGET', dk, 'st')
-      if st == 'pending' or st == 'ready' then
+      if (st == 'pending' or st == 'ready') and unstarted(sid) then
         local d = redis.call('HMGET', job_key(sid), 'n', 'd', 'o', 'p', 'q')
-        if drop_job(sid) then
-          if keep and d[1] then
-            redis.call('HSET', dk, 'sn', d[1], 'sd', d[2] or '', 'so', d[3] or '',
-              'sp', d[4] or '0', 'sq', d[5] or '0')
-          end
-          close_step(sid, 'cancelled', why)
+        if keep and d[1] then
+          redis.call('HSET', dk, 'sn', d[1], 'sd', d[2] or '', 'so', d[3] or '',
+            'sp', d[4] or '0', 'sq', d[5] or '0')
         end
+        close_step(sid, 'cancelled', why)
+        drop_job(sid)
       end
     end
   end
@@ -274,6 +277,43 @@
     end
     if not close_step(id, 'completed') then return end
     release_kids(id)
+  end
+
+  -- The step name of a job added with a workflow_id: its workflow_step, else its id.
+  local function step_name(id, o)
+    local s = o['workflow_step']
+    if type(s) == 'string' and s ~= '' then return s end
+    return id
+  end
+
+  -- Whether job `id` is a step wf_create is writing now (it recorded the step first).
+  local function preset(id, wid, step)
+    return redis.call('HGET', WFS .. wid, step) == id
+      and redis.call('HGET', DEP .. id, 'w') == wid
+  end
+
+  -- Why job `id` cannot join workflow `wid` as step `step` (nil: it can). Reads only.
+  local function join_refusal(id, wid, step)
+    if preset(id, wid, step) then return nil end
+    local st = redis.call('HGET', WF .. wid, 'st')
+    if st ~= 'running' then
+      return "workflow '" .. wid .. "' is not running (" .. (st or 'no such workflow') ..
+        '): add_job with a workflow_id adds a step to a running workflow; create one ' ..
+        'with execute_workflow'
+    end
+    if redis.call('HEXISTS', WFS .. wid, step) == 1 then
+      return "workflow '" .. wid .. "' has a step named '" .. step .. "' already; " ..
+        'give the job another workflow_step'
+    end
+    return nil
+  end
+
+  -- Job `id` joins running workflow `wid` as step `step`: counted in its steps.
+  local function join(wid, step, id)
+    local wk = WF .. wid
+    local f = redis.call('HMGET', wk, 'n', 'left')
+    redis.call('HSET', WFS .. wid, step, id)
+    redis.call('HSET', wk, 'n', int(num(f[1]) + 1), 'left', int(num(f[2]) + 1))
   end
 
   -- Why `deps` cannot be the parents of job `id` (nil: they can). Reads only.

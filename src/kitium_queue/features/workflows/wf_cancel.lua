@@ -13,6 +13,7 @@
 --@include lib_jobs
 --@include lib_parking
 --@include lib_park_timers
+--@include slot_release
 @PRELUDE@
 
 local wid = ARGV[4]

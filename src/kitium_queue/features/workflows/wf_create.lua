@@ -19,6 +19,7 @@
 --@include lib_add
 --@include lib_parking
 --@include lib_park_timers
+--@include slot_release
 @PRELUDE@
 
 local wid = ARGV[4]

@@ -317,7 +317,7 @@ async def _sync_run(ctx: Context, res: Result) -> None:
         )
 
 
-@scenario("regions", 21, "Multi-region: primary SIGKILL, handover, partition; async and sync")
+@scenario("regions", 20, "Multi-region: primary SIGKILL, handover, partition; async and sync")
 def run(ctx: Context, res: Result) -> None:
     asyncio.run(_async_run(ctx, res))
     asyncio.run(_sync_run(ctx, res))

@@ -1,0 +1,175 @@
+"""Issue 17: tenants at their concurrency caps under worker SIGKILL and Redis restart.
+
+Three workers (``--tenancy 1``: multi-tenancy on the queue; 4 slots each, lease 1.5 s,
+sweep every 250 ms) share a queue between four tenants: ``cap2`` (max_concurrency 2),
+``cap3`` (max_concurrency 3, weight 2), ``rated`` (max_concurrency 2, at most 20 starts
+per 500 ms) and ``free`` (no cap). Every job runs 10-40 ms; some runs raise (attempts 5,
+fixed 20 ms backoff). While the capped tenants are at their caps, the scenario SIGKILLs
+busy workers (a replacement is started each time) and once SIGKILLs redis-server and
+restarts it from its AOF (``appendfsync always``).
+
+Checks, from the workers' run log (start and end of every run, written outside Redis;
+a run cut by a SIGKILL ends at the kill, so Redis held its slot at least that long):
+
+* no capped tenant ever had more runs at once than its cap, and each reached its cap;
+* after the restart the state sets match the records and every tenant's parked job is
+  in its lane; nothing acknowledged is lost;
+* at the end every job completed once (no duplicate recorded completion), and every
+  count returned to 0: queued, running, in lanes, tickets, and the usage the registry
+  reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from kitium_queue.features.tenancy import TenantRegistry
+from kitium_queue.features.tenancy import keys as tk
+from kitium_queue.keys import QueueKeys
+
+from ..core import Context, Result, scenario
+from ..infra import Run
+from ..ledger import merge, snapshot
+from ._common import (
+    apply_faults,
+    closing_checks,
+    live_parked_check,
+    stats,
+    stop_fleet,
+    tracebacks,
+    wait_final,
+)
+
+QUEUE = "tenants"
+TENANTS: dict[str, dict[str, Any]] = {
+    "cap2": {"quota": {"max_concurrency": 2}},
+    "cap3": {"quota": {"max_concurrency": 3}, "weight": 2},
+    "rated": {"quota": {"max_concurrency": 2, "rate_limit": {"max": 20, "duration": 500}}},
+    "free": {},
+}
+CAPS = {"cap2": 2, "cap3": 3, "rated": 2}
+
+
+def _peak(runs: Iterable[Run]) -> int:
+    """Most runs open at once (an end at the same instant as a start closes first)."""
+    rs = list(runs)
+    edges = sorted([(r.start, 1) for r in rs] + [(r.end or r.start, -1) for r in rs],
+                   key=lambda e: (e[0], e[1]))
+    now = peak = 0
+    for _, d in edges:
+        now += d
+        peak = max(peak, now)
+    return peak
+
+
+def _tenants(url: str, prefix: str, create: bool) -> dict[str, Any]:
+    """Create the tenants, or read their usage (summed over the queues)."""
+
+    async def go() -> dict[str, Any]:
+        async with TenantRegistry(redis=url, prefix=prefix) as reg:
+            if create:
+                for tid, cfg in TENANTS.items():
+                    await reg.create_tenant({"tenant_id": tid, **cfg})
+                return {}
+            return {t: (await reg.get_tenant_usage(t)).as_dict() for t in TENANTS}
+
+    return asyncio.run(go())
+
+
+def _leftovers(client: Any, keys: QueueKeys) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in TENANTS:
+        left = {
+            "n": int(client.hget(tk.tenant(keys, t), "n") or 0),
+            "running": client.scard(tk.running(keys, t)),
+            "tickets": client.scard(tk.tickets(keys, t)),
+            "lane": client.zcard(tk.lane(keys, t)),
+        }
+        if any(left.values()):
+            out[t] = left
+    return out
+
+
+@scenario("tenancy", 17, "Tenants at their concurrency caps under worker SIGKILL and "
+                         "Redis restart")
+def run(ctx: Context, res: Result) -> None:
+    lease_ms, sweep_ms = 1500, 250
+    per_tenant = ctx.pick(150, 600)
+    faults = ctx.pick(["kill", "kill", "restart", "kill"], ["kill", "restart"] * 4 + ["kill"])
+    rnd = random.Random(17)
+    srv = ctx.redis(appendfsync="always")
+    prefix = ctx.prefix()
+    keys = QueueKeys(QUEUE, prefix)
+    client = ctx.client(srv.url)
+    _tenants(srv.url, prefix, create=True)
+    producer = ctx.producer(srv.url, QUEUE, prefix)
+    TenantRegistry.enable(producer.queue)
+    fleet = ctx.fleet(srv.url, QUEUE, prefix, tenancy=1, concurrency=4,
+                      lock_duration=lease_ms, stalled_interval=sweep_ms, max_stalled=1000)
+    workers = [fleet.start() for _ in range(3)]
+
+    tenant_of: dict[str, str] = {}
+    jobs = []
+    for j in range(per_tenant):
+        for t in TENANTS:
+            jid = f"{t}-{j}"
+            tenant_of[jid] = t
+            fail_on = [a for a in range(1, 4) if rnd.random() < 0.1]
+            jobs.append(("work", {"ms": rnd.randint(10, 40), "fail_on": fail_on},
+                         {"job_id": jid, "tenant_id": t, "attempts": 5,
+                          "backoff": {"type": "fixed", "delay": 20},
+                          "remove_on_complete": False}))
+    for i in range(0, len(jobs), 500):
+        ctx.ledger.record(producer.add_jobs(jobs[i:i + 500]), tag="tenant")
+    for w in workers:
+        w.wait_ready()
+
+    done_faults = apply_faults(
+        ctx, res, srv, client, keys, fleet, faults, len(jobs) // (len(faults) + 2), rnd,
+        lambda: live_parked_check(client, keys, ctx.ledger))
+    if done_faults.live_checks:
+        res.checker("right after each Redis restart", merge(done_faults.live_checks))
+    took = wait_final(ctx, client, keys, ctx.pick(120, 400))
+    closing_checks(ctx, res, client, keys, fleet)
+    runs = fleet.runs()  # a run cut by a SIGKILL ends at the kill
+    peaks = {t: _peak(r for jid, rs in runs.items() if tenant_of.get(jid) == t for r in rs)
+             for t in TENANTS}
+    over = {t: (peaks[t], cap) for t, cap in CAPS.items() if peaks[t] > cap}
+    res.expect("no tenant ever ran more jobs at once than its max_concurrency", not over,
+               over)
+    res.expect("each capped tenant reached its cap", all(peaks[t] == c for t, c in CAPS.items()),
+               peaks)
+    res.expect("the uncapped tenant ran wider than the caps", peaks["free"] > 3, peaks)
+    snap = snapshot(client, keys)
+    done = sum(1 for j in ctx.ledger.ids() if snap.state(j) == "completed")
+    res.expect("every job completed", done == len(ctx.ledger), f"{done}/{len(ctx.ledger)}")
+    left = _leftovers(client, keys)
+    res.expect("every tenant's counts back to 0 (unfinished, running, lane, tickets)",
+               not left, left)
+    usage = _tenants(srv.url, prefix, create=False)
+    busy = {t: u for t, u in usage.items() if u["queued"] or u["active"] or u["held"]}
+    res.expect("the registry reports no queued, running or held job", not busy, busy)
+    res.expect("every job's completion counted for its tenant",
+               sum(u["completed"] for u in usage.values()) == len(ctx.ledger),
+               {t: u["completed"] for t, u in usage.items()})
+    res.expect("the kills interrupted running jobs", done_faults.interrupted > 0,
+               done_faults.interrupted)
+    res.figures.update({
+        "tenants": list(TENANTS),
+        "jobs": len(ctx.ledger),
+        "peak_running_per_tenant": peaks,
+        "caps": CAPS,
+        "kills": len(done_faults.killed),
+        "restarts": len(done_faults.downtimes),
+        "redis_downtime_s": stats(done_faults.downtimes),
+        "interrupted_jobs": done_faults.interrupted,
+        "runs": sum(len(rs) for rs in runs.values()),
+        "drain_after_last_fault_s": round(took, 2),
+        "lease_ms": lease_ms,
+    })
+    tb = tracebacks(fleet)
+    res.expect("no traceback in worker logs", not tb, tb[:2])
+    stop_fleet(res, fleet)

@@ -1,0 +1,46 @@
+"""Write barriers: a command run right after a write, before the write is acknowledged.
+
+A queue acknowledges two kinds of writes: an enqueue (``add_job`` / ``add_jobs`` return
+the ids) and an outcome (the worker reports it on the lifecycle hooks). A *write
+barrier* (``queue.set_write_barrier(barrier)``; one per queue) may ask for a plain
+command to follow such a write on the same connection, in the same exchange, and judges
+its reply before the write is acknowledged. Replica-acknowledged writes
+(``features/replicas``: ``WAIT``) are built on it; the core never knows what the
+command means.
+
+The protocol:
+
+* ``for_enqueue(options)``: the command to run after writing jobs added with these
+  options (one mapping per job, as given to ``add_job``, after the enqueue
+  middleware), or None for no command. Called per script call of an enqueue (a chunk of
+  ``add_jobs``, or the ``add_job`` calls that share one round trip).
+* ``check_enqueue(command, reply, options)``: one entry per job: None when its write is
+  acknowledged, or the exception its caller gets instead (the job *was* written).
+* ``for_outcomes()``: the command to run after a worker's finish calls, or None.
+* ``check_outcomes(command, reply, count)``: None, or the error reported (log and
+  ``queue_error`` hook) for ``count`` outcomes recorded but not confirmed by the
+  command. Outcomes stay recorded either way: a recorded outcome cannot be taken back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+__all__ = ["WriteBarrier"]
+
+
+class WriteBarrier(Protocol):
+    """What ``queue.set_write_barrier`` takes (see the module docstring)."""
+
+    def for_enqueue(self, options: Sequence[Mapping[str, Any]]) -> Sequence[Any] | None: ...
+
+    def check_enqueue(
+        self, command: Sequence[Any], reply: Any, options: Sequence[Mapping[str, Any]]
+    ) -> list[BaseException | None]: ...
+
+    def for_outcomes(self) -> Sequence[Any] | None: ...
+
+    def check_outcomes(
+        self, command: Sequence[Any], reply: Any, count: int
+    ) -> BaseException | None: ...

@@ -1,0 +1,232 @@
+"""What every subcommand shares: loading APP, running on its queue, failing in one line.
+
+``load_queue`` imports ``module:attribute`` and returns the ``JobQueue`` or the façade
+over several queues (``PartitionedQueue``) it names; ``with_queue`` runs an action on it
+and closes it; ``Main.invoke`` is the one place where an error becomes one line on
+stderr and an exit code from ``EXIT_CODES``. Environment variables are read here only:
+``KITIUM_QUEUE_REDIS`` overrides the queue's Redis URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
+from ..facade import MultiQueue
+from ..limits import printable
+from ..queue import JobQueue
+from ..redact import redact_url
+
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_ERROR",
+    "EXIT_NOT_READY",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "Main",
+    "json_option",
+    "load_app",
+    "load_queue",
+    "members",
+    "redis_option",
+    "row",
+    "single_queue",
+    "text_field",
+    "with_queue",
+    "with_single_queue",
+]
+
+#: The command failed: a job or schedule not found, an operation refused, an error.
+EXIT_ERROR = 1
+#: The command line or the queue's configuration is wrong (bad argument, unknown APP,
+#: invalid option or connection setting).
+EXIT_USAGE = 2
+#: Redis cannot be reached, refused the credentials, or did not answer in time.
+EXIT_UNREACHABLE = 3
+#: ``health --probe readiness``: Redis answers, but the queue should not take traffic
+#: (memory nearly full, an eviction policy, a read-only replica, a threshold crossed).
+EXIT_NOT_READY = 4
+#: Every exit code but 0, with its meaning (also in ``kitium-queue --help`` and the
+#: README's "Command line" section).
+EXIT_CODES = {
+    EXIT_ERROR: "error (not found, refused, failed)",
+    EXIT_USAGE: "usage or configuration error",
+    EXIT_UNREACHABLE: "cannot connect to Redis (unreachable, refused credentials, no answer)",
+    EXIT_NOT_READY: "not ready (health --probe readiness: Redis answers, a check failed)",
+}
+
+T = TypeVar("T")
+
+#: One field of a line of text output (see ``limits.printable``).
+text_field = printable
+
+redis_option = click.option("--redis", default=None, help="Redis URL overriding the queue's.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+
+
+def row(*fields: object) -> str:
+    """One line of text output: the escaped fields, separated by tabs."""
+    return "\t".join(text_field(f) for f in fields)
+
+
+def members(queue: Any) -> list[JobQueue]:
+    """The physical queues of ``queue``: its members for a façade, else itself."""
+    return list(queue.queues) if isinstance(queue, MultiQueue) else [queue]
+
+
+def load_app(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
+    """Import ``module:attribute`` and return the object it names: one of ``kinds`` (a
+    factory is called first). Feature commands whose APP is something else (a
+    ``GlobalQueueManager`` built with its configuration) load it here."""
+    return _resolve(app, kinds)
+
+
+def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
+    module_name, _, attr = app.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"{app!r}: use module:attribute, e.g. myapp.tasks:queue")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        # ``orders.queues.2``: one partition of a partitioned queue.
+        if isinstance(obj, (list, tuple)) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        elif hasattr(obj, part):
+            obj = getattr(obj, part)
+        else:
+            raise click.BadParameter(f"{module_name!r} has no attribute {attr!r}")
+    if callable(obj) and not isinstance(obj, kinds):
+        obj = obj()
+    if not isinstance(obj, kinds):
+        wanted = (
+            "a JobQueue or PartitionedQueue"
+            if kinds == (JobQueue, MultiQueue)
+            else "a " + " or ".join(k.__name__ for k in kinds)
+        )
+        raise click.BadParameter(f"{app!r} is a {type(obj).__name__}, not {wanted}")
+    return obj
+
+
+def load_queue(app: str, redis: str | None = None) -> Any:
+    """Import ``module:attribute`` and return the ``JobQueue`` (or ``PartitionedQueue``)
+    it names, with payloads shown redacted and ``redis`` (or ``KITIUM_QUEUE_REDIS``)
+    as its Redis URL when given."""
+    obj = _resolve(app)
+    parts = members(obj)
+    for q in parts:
+        # What the CLI prints is seen by people: protected payloads are shown redacted.
+        q.ctx.redact_payloads = True
+    url = redis or os.environ.get("KITIUM_QUEUE_REDIS")
+    if url:
+        from ..connection import ConnectionFactory
+
+        try:
+            for q in parts:
+                q.connection = ConnectionFactory(url)
+        except ConfigurationError as exc:  # its message is redacted: no credentials
+            raise click.BadParameter(text_field(exc), param_hint="--redis") from None
+    if parts[0].connection.is_memory:
+        # Otherwise an empty queue looks like a bug (or a hang, for events).
+        click.echo(
+            f"note: queue '{text_field(obj.name)}' uses "
+            f"{text_field(parts[0].connection.describe())}, whose data lives only in the "
+            "process that created it: this command sees an empty queue. Point it at Redis "
+            "with --redis URL or KITIUM_QUEUE_REDIS.",
+            err=True,
+        )
+    return obj
+
+
+def single_queue(queue: Any, command: str = "this command") -> JobQueue:
+    """``queue`` itself when it is one ``JobQueue``; for a façade a clear error saying
+    how to name one of its queues."""
+    if isinstance(queue, MultiQueue):
+        raise ConfigurationError(
+            f"{command} works on one queue, and '{text_field(queue.name)}' is a "
+            f"{type(queue).__name__} of {len(queue.queues)}: name one of them as APP, "
+            "e.g. module:attribute.queues.0"
+        )
+    one: JobQueue = queue
+    return one
+
+
+def _close_on_error(queue: Any, exc: Exception) -> Exception | None:
+    """The library's error for a raw Redis error that reached this far (None: keep)."""
+    return members(queue)[0].connection.error(exc, queue.name)
+
+
+def with_queue(app: str, redis: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action`` on the queue ``app`` names, then close it. An error from Redis that
+    reached this far raw is translated by the connection (``ConnectionFactory.error``);
+    ``Main.invoke`` prints it."""
+    queue = load_queue(app, redis)
+
+    async def go() -> T:
+        try:
+            return await action(queue)
+        except (click.ClickException, KitiumQueueError):
+            raise
+        except Exception as exc:
+            wrapped = _close_on_error(queue, exc)
+            if wrapped is None:
+                raise
+            raise wrapped from exc
+        finally:
+            await queue.close()
+
+    return asyncio.run(go())
+
+
+def with_single_queue(app: str, redis: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """``with_queue`` for commands of one physical queue (the features' commands)."""
+
+    async def one(queue: Any) -> T:
+        return await action(single_queue(queue, "this command"))
+
+    return with_queue(app, redis, one)
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line of text for an error that ended a command."""
+    if isinstance(exc, ConnectionUnavailableError):
+        code = EXIT_UNREACHABLE
+    elif isinstance(exc, ConfigurationError):
+        code = EXIT_USAGE
+    else:
+        code = EXIT_ERROR
+    # The text may quote job or server data: escaped like any field. The library's
+    # messages are redacted already; anything else goes through the redaction too.
+    if isinstance(exc, KitiumQueueError):
+        return code, text_field(exc)
+    text = f"{type(exc).__name__}: {redact_url(exc)}"
+    return code, f"unexpected error: {text_field(text)} (--debug shows the traceback)"
+
+
+class Main(click.Group):
+    """The command group; the one place where a subcommand's error becomes one line on
+    stderr and an exit code (``EXIT_CODES``), with the traceback only with ``--debug``
+    or ``-v``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            code, line = _failure(exc)
+            if ctx.params.get("debug") or ctx.params.get("verbose"):
+                traceback.print_exception(exc, file=sys.stderr)
+            click.echo(f"Error: {line}", err=True)
+            ctx.exit(code)

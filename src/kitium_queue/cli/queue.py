@@ -1,0 +1,468 @@
+"""Queue-level commands: ``worker``, ``stats`` (``--watch``), ``health`` (probes),
+``pause`` / ``resume`` (a queue or one message group), ``job``, ``events``, ``demo``.
+
+``health`` is made for container probes: ``--probe liveness`` asks only whether Redis
+answers (exit 0, else 3); ``--probe readiness`` (the default) also checks that the
+queue can be read, that Redis is a primary with room and an eviction policy that keeps
+jobs, and the thresholds given (backlog latency, DLQ size): exit 4 when Redis answers
+but a check fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..facade import MultiQueue
+from ..queries import QueueStats
+from .base import (
+    EXIT_NOT_READY,
+    EXIT_UNREACHABLE,
+    json_option,
+    members,
+    redis_option,
+    row,
+    text_field,
+    with_queue,
+)
+from .output import Output, output, span
+from .select import parse_duration
+
+__all__ = ["demo", "events", "health", "job", "pause", "resume", "stats", "worker"]
+
+_COUNTS = ("waiting", "active", "delayed", "pending", "paused", "completed", "failed", "dlq")
+
+
+@click.command()
+@click.argument("app")
+@click.option("-c", "--concurrency", type=int, default=None, help="Jobs run at once.")
+@redis_option
+def worker(app: str, concurrency: int | None, redis: str | None) -> None:
+    """Run a worker for APP until SIGTERM/SIGINT, then shut down gracefully."""
+    logging.getLogger("kitium_queue").setLevel(
+        min(logging.INFO, logging.getLogger().level or logging.INFO)
+    )
+    with_queue(app, redis, lambda q: q.run_worker(concurrency=concurrency))
+
+
+# ---------------------------------------------------------------------- stats
+async def _read_stats(q: Any) -> list[tuple[str, QueueStats]]:
+    """(label, stats) per physical queue, and the total first for a façade."""
+    if isinstance(q, MultiQueue):
+        parts = await asyncio.gather(*(m.get_stats() for m in q.queues))
+        return [
+            ("total", await q.get_stats()),
+            *((m.name, s) for m, s in zip(q.queues, parts, strict=True)),
+        ]
+    return [(q.name, await q.get_stats())]
+
+
+def _stats_table(
+    out: Output, rows: list[tuple[str, QueueStats]], rates: dict[str, float] | None
+) -> None:
+    cols = ["queue", *_COUNTS, "latency", "state"]
+    if rates is not None:
+        cols.append("done/s")
+    body = []
+    for label, s in rows:
+        r: list[object] = [
+            label,
+            *(getattr(s, c) for c in _COUNTS),
+            span(s.latency_ms),
+            "paused" if s.is_paused else "running",
+        ]
+        if rates is not None:
+            r.append(f"{rates.get(label, 0.0):.1f}")
+        body.append(r)
+    out.table(cols, body, header=True)
+
+
+@click.command()
+@click.argument("app")
+@click.option("-w", "--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "-i",
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes (--watch).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1),
+    default=None,
+    help="Stop after this many refreshes (--watch).",
+)
+@json_option
+@redis_option
+def stats(
+    app: str, watch: bool, interval: float, count: int | None, as_json: bool, redis: str | None
+) -> None:
+    """Counts of every state, the age of the oldest waiting job, paused or not; per
+    partition too for a partitioned queue. --watch refreshes the table (with the
+    completions per second since the last refresh); with --json it prints one JSON
+    document per line and refresh."""
+    out = output(as_json)
+
+    def as_doc(rows: list[tuple[str, QueueStats]], compact: bool) -> str:
+        doc: Any = (
+            rows[0][1].to_dict()
+            if len(rows) == 1
+            else {
+                "total": rows[0][1].to_dict(),
+                "partitions": [{"queue": n, **s.to_dict()} for n, s in rows[1:]],
+            }
+        )
+        return json.dumps(doc) if compact else json.dumps(doc, indent=2)
+
+    async def act(q: Any) -> None:
+        if not watch:
+            rows = await _read_stats(q)
+            if as_json:
+                click.echo(as_doc(rows, False))
+            else:
+                _stats_table(out, rows, None)
+            return
+        last: dict[str, tuple[float, int]] = {}
+        n = 0
+        while count is None or n < count:
+            if n:
+                await asyncio.sleep(interval)
+            rows = await _read_stats(q)
+            now = time.monotonic()
+            rates = {}
+            for label, s in rows:
+                done = s.completed + s.failed + s.dlq
+                if label in last:
+                    t0, d0 = last[label]
+                    rates[label] = max(0, done - d0) / max(now - t0, 1e-6)
+                last[label] = (now, done)
+            if as_json:
+                click.echo(as_doc(rows, True))
+            else:
+                out.refresh(functools.partial(_stats_table, out, rows, rates), first=n == 0)
+            n += 1
+
+    with contextlib.suppress(KeyboardInterrupt):
+        with_queue(app, redis, act)
+
+
+# ---------------------------------------------------------------------- health
+async def _role(client: Any) -> str | None:
+    try:
+        info = await client.info("replication")
+    except Exception:  # an ACL user without +info: not checked
+        return None
+    if info and all(isinstance(v, dict) for v in info.values()) and "role" not in info:
+        info = next(iter(info.values()))  # a cluster client: per node
+    role = info.get("role") if isinstance(info, dict) else None
+    return None if role is None else str(role)
+
+
+async def _readiness(
+    q: Any, max_memory: float, max_latency: int | None, max_dlq: int | None
+) -> list[dict[str, Any]]:
+    """The readiness checks after Redis answered: name, ok, detail."""
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        checks.append({"name": name, "ok": ok, "detail": detail})
+
+    s = await q.get_stats()  # runs the queue's stats script: scripts load, keys readable
+    check("queue readable", True, f"{s.waiting} waiting, {s.active} active")
+    first = members(q)[0]
+    if not first.connection.is_memory:
+        h = await first.queries.health_check(lambda: False, server_config=True)
+        m = h.memory
+        if m is not None:
+            frac = m.used_fraction
+            check(
+                "memory",
+                frac is None or frac < max_memory,
+                "no maxmemory limit"
+                if frac is None
+                else f"{frac:.0%} of maxmemory used (limit {max_memory:.0%})",
+            )
+            allowed = bool(first.settings.allow_eviction)
+            check(
+                "eviction policy",
+                m.policy in ("noeviction", "") or allowed,
+                f"maxmemory-policy {m.policy or 'unknown'}"
+                + (
+                    ""
+                    if m.policy in ("noeviction", "")
+                    else " may evict job records" + (" (allowed by settings)" if allowed else "")
+                ),
+            )
+        role = await _role(await first.client())
+        if role is not None:
+            check(
+                "primary",
+                role == "master",
+                "the server is a primary"
+                if role == "master"
+                else f"the server is a {role}: writes are refused",
+            )
+    if max_latency is not None:
+        check(
+            "latency",
+            s.latency_ms <= max_latency,
+            f"oldest waiting job waited {span(s.latency_ms)} (limit {span(max_latency)})",
+        )
+    if max_dlq is not None:
+        check("dlq", s.dlq <= max_dlq, f"{s.dlq} dead-lettered (limit {max_dlq})")
+    return checks
+
+
+@click.command()
+@click.argument("app")
+@click.option(
+    "--probe",
+    type=click.Choice(["liveness", "readiness"]),
+    default="readiness",
+    show_default=True,
+    help="liveness: Redis answers; readiness: and the checks.",
+)
+@click.option(
+    "--max-memory",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    show_default=True,
+    help="Readiness fails at this share of maxmemory in use.",
+)
+@click.option(
+    "--max-latency",
+    default=None,
+    metavar="DURATION",
+    help="Readiness fails when the oldest waiting job waited longer (30s, 5m).",
+)
+@click.option(
+    "--max-dlq",
+    type=click.IntRange(0),
+    default=None,
+    help="Readiness fails with more dead-lettered jobs than this.",
+)
+@json_option
+@redis_option
+def health(
+    app: str,
+    probe: str,
+    max_memory: float,
+    max_latency: str | None,
+    max_dlq: int | None,
+    as_json: bool,
+    redis: str | None,
+) -> None:
+    """Probe APP's Redis and queue; the exit code is the verdict.
+
+    \b
+    0  healthy (liveness) / ready (readiness)
+    3  Redis unreachable, refused the credentials or did not answer
+    4  readiness only: Redis answers but a check failed (memory nearly full,
+       an evicting maxmemory-policy, a replica, --max-latency or --max-dlq)
+
+    Reports Redis latency, memory against maxmemory, eviction policy and persistence."""
+    out = output(as_json)
+    latency_ms = None if max_latency is None else parse_duration(max_latency)
+
+    async def act(q: Any) -> int:
+        first = members(q)[0]
+        h = await first.queries.health_check(lambda: False, server_config=probe == "readiness")
+        if isinstance(q, MultiQueue) and not (redis or os.environ.get("KITIUM_QUEUE_REDIS")):
+            h.backend = q.describe_backend([h])  # its members share one client: its name
+        checks: list[dict[str, Any]] = []
+        # Redis answered but the queue refuses the server (an evicting policy, a
+        # database it does not have): reachable, not ready.
+        refused = not h.healthy and (h.error or "").startswith("ConfigurationError")
+        answers = h.healthy or refused
+        if refused:
+            checks.append({"name": "configuration", "ok": False, "detail": h.error})
+        elif h.healthy and probe == "readiness":
+            checks = await _readiness(q, max_memory, latency_ms, max_dlq)
+        ready = answers and (probe == "liveness" or all(c["ok"] for c in checks))
+        code = 0 if ready else EXIT_UNREACHABLE if not answers else EXIT_NOT_READY
+        verdict = (
+            ("healthy" if probe == "liveness" else "ready")
+            if ready
+            else ("unreachable" if not answers else "not ready")
+        )
+        m = h.memory
+        if as_json:
+            out.json(
+                {
+                    "probe": probe,
+                    "verdict": verdict,
+                    "healthy": h.healthy,
+                    "ready": ready,
+                    "redis_latency_ms": h.redis_latency_ms,
+                    "backend": h.backend,
+                    "error": h.error,
+                    "missing_records": h.missing_records,
+                    "checks": checks,
+                    "memory": None
+                    if m is None
+                    else {
+                        "used_bytes": m.used_bytes,
+                        "maxmemory_bytes": m.maxmemory_bytes,
+                        "used_fraction": m.used_fraction,
+                        "maxmemory_policy": m.policy,
+                        "persistence": m.persistence,
+                    },
+                }
+            )
+            return code
+        pairs: list[tuple[str, object]] = [
+            ("verdict", verdict),
+            ("backend", h.backend),
+            (
+                "redis latency",
+                None if h.redis_latency_ms is None else f"{h.redis_latency_ms:.1f} ms",
+            ),
+        ]
+        if h.error:
+            pairs.append(("error", h.error))
+        if h.missing_records:
+            pairs.append(("missing records", h.missing_records))
+        if m is not None:
+            pairs += [
+                (
+                    "memory",
+                    f"{m.used_bytes} bytes of "
+                    + (f"{m.maxmemory_bytes}" if m.maxmemory_bytes else "no limit"),
+                ),
+                ("maxmemory-policy", m.policy),
+                ("persistence", m.persistence),
+            ]
+        pairs += [(c["name"], ("ok: " if c["ok"] else "FAILED: ") + c["detail"]) for c in checks]
+        out.fields(pairs, title=f"{probe} of queue {q.name}")
+        return code
+
+    code = with_queue(app, redis, act)
+    if code:
+        sys.exit(code)
+
+
+# ---------------------------------------------------------------------- pause / resume
+def _pause_command(verb: str) -> click.Command:
+    @click.command(
+        verb,
+        help=(
+            "Pause APP for every worker: running jobs finish, nothing new starts; with "
+            "--group, only that message group."
+            if verb == "pause"
+            else "Resume a paused APP, or with --group one paused message group."
+        ),
+    )
+    @click.argument("app")
+    @click.option(
+        "-g",
+        "--group",
+        "group_id",
+        default=None,
+        help="A FIFO message group of APP instead of the whole queue.",
+    )
+    @json_option
+    @redis_option
+    def command(app: str, group_id: str | None, as_json: bool, redis: str | None) -> None:
+        async def act(q: Any) -> str:
+            if group_id is None:
+                await getattr(q, verb)()
+                return str(q.name)
+            from ..features.groups import FIFOQueueManager
+
+            # A group's jobs share one member of a façade: where a job of the group goes.
+            target = (
+                q.queues[q.place({"message_group_id": group_id})]
+                if isinstance(q, MultiQueue)
+                else q
+            )
+            await getattr(FIFOQueueManager.for_queue(target), f"{verb}_group")(group_id)
+            return str(target.name)
+
+        name = with_queue(app, redis, act)
+        done = f"{verb}d"
+        if as_json:
+            click.echo(json.dumps({"action": done, "queue": name, "group": group_id}))
+        else:
+            click.echo(done if group_id is None else row(done, "group", group_id))
+
+    return command
+
+
+pause = _pause_command("pause")
+resume = _pause_command("resume")
+
+
+# ---------------------------------------------------------------------- job, events, demo
+@click.command()
+@click.argument("app")
+@click.argument("job_id")
+@redis_option
+def job(app: str, job_id: str, redis: str | None) -> None:
+    """Show one job as JSON (as ``jobs show --json``, without the logs)."""
+
+    async def act(q: Any) -> None:
+        info = await q.get_job_status(job_id)
+        if info is None:
+            raise click.ClickException(
+                f"job {text_field(job_id)} not found in queue '{text_field(q.name)}'"
+            )
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+
+    with_queue(app, redis, act)
+
+
+def _pair_part(value: object) -> str:
+    """A key or value of a ``k=v`` list: escaped, and without a bare space or ``=``."""
+    return text_field(value).replace(" ", "\\x20").replace("=", "\\x3d")
+
+
+@click.command()
+@click.argument("app")
+@click.option("--from-start", is_flag=True, help="Replay what the stream still holds.")
+@json_option
+@redis_option
+def events(app: str, from_start: bool, as_json: bool, redis: str | None) -> None:
+    """Tail the durable event stream (Ctrl-C to stop); --json: one JSON object a line."""
+
+    async def act(q: Any) -> None:
+        async for ev in q.events(last_id="0" if from_start else "$"):
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {"id": ev.id, "event": ev.event, "job_id": ev.job_id, "fields": ev.fields},
+                        default=str,
+                    )
+                )
+                continue
+            # Spaces separate the k=v pairs of the last column: a space inside a key or
+            # value is escaped too (\x20), so a value cannot forge another pair.
+            extra = " ".join(f"{_pair_part(k)}={_pair_part(v)}" for k, v in ev.fields.items())
+            click.echo(row(ev.id, ev.event, ev.job_id or "") + f"\t{extra}")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        with_queue(app, redis, act)
+
+
+@click.command()
+@click.option(
+    "--redis",
+    default="memory://demo",
+    show_default=True,
+    help="Where to run the demo; memory:// needs no server.",
+)
+def demo(redis: str) -> None:
+    """Show the queue at work: jobs, progress, retries, the DLQ and events."""
+    from ..demo import run_demo
+
+    asyncio.run(run_demo(redis, click.echo))

@@ -1,0 +1,335 @@
+"""What the dashboard's buttons do. Every action is a command of the queue's admin choke
+point (directly, or through a feature's manager, which passes it too), run inside
+``identity.acting_as(<the session's principal>)``: guards see who asks and audit
+subscribers record who did what.
+
+An action is refused before anything runs when the session's role does not allow it
+(``auth.ACTIONS``). Actions that touch many jobs (bulk retry or remove, replaying dead
+letters, draining) first answer with what they would do and run only when the form
+comes back with ``confirm=yes``. Bulk inputs are bounded: ``MAX_BULK`` ids per request,
+``MAX_REPLAY`` jobs per replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..enums import JobStatus
+from ..errors import ConfigurationError, JobStateError, KitiumQueueError
+from ..identity import acting_as
+from ..limits import clip
+from .auth import ACTIONS, Session
+from .data import Filter, enabled, search
+
+__all__ = ["MAX_BULK", "MAX_REPLAY", "Outcome", "run_action"]
+
+#: Most job ids one bulk request names.
+MAX_BULK = 500
+#: Most dead letters one replay moves.
+MAX_REPLAY = 1000
+#: Actions that ask for a confirmation first.
+CONFIRM = frozenset({"bulk-retry", "bulk-remove", "replay-dlq", "drain", "replay-webhooks"})
+
+Form = Mapping[str, list[str]]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What an action did, for the page that follows.
+
+    ``status``: the HTTP status (403 refused by role or guard; ``refused_role``: by
+    the session's role). ``confirm``: the action awaits a confirmation; ``summary``
+    says what it would do and ``preview`` lists some of the jobs it would touch.
+    """
+
+    ok: bool
+    message: str
+    status: int = 200
+    confirm: bool = False
+    summary: str = ""
+    preview: list[str] = field(default_factory=list)
+    refused_role: bool = False
+
+
+def one(form: Form, key: str, *, required: bool = True, limit: int = 1000) -> str:
+    """The single value of ``key`` in ``form`` (cut to ``limit`` characters)."""
+    vals = form.get(key) or []
+    v = vals[0].strip() if vals else ""
+    if required and not v:
+        raise ConfigurationError(f"the form lacks {key!r}")
+    return v[:limit]
+
+
+def _ids(form: Form) -> list[str]:
+    ids = [i.strip() for i in form.get("ids", []) if i.strip()]
+    if not ids:
+        raise ConfigurationError("select at least one job")
+    if len(ids) > MAX_BULK:
+        raise ConfigurationError(f"at most {MAX_BULK} jobs per bulk action, got {len(ids)}")
+    return list(dict.fromkeys(i[:1000] for i in ids))
+
+
+def _limit(form: Form, default: int, most: int) -> int:
+    raw = one(form, "limit", required=False, limit=12) or str(default)
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+        raise ConfigurationError(f"limit must be a whole number from 1 to {most}")
+    return int(raw)
+
+
+def _feature(queue: Any, page: str) -> None:
+    if not enabled(queue, page):
+        raise ConfigurationError(f"{page} are not enabled on queue {queue.name!r}")
+
+
+# ---------------------------------------------------------------------- the actions
+async def _retry(q: Any, form: Form, s: Session) -> str:
+    jid = one(form, "job_id")
+    await q.retry_job(jid)
+    return f"job {jid} is waiting again"
+
+
+async def _remove(q: Any, form: Form, s: Session) -> str:
+    jid = one(form, "job_id")
+    removed = await q.remove_job(jid)
+    return f"job {jid} removed" if removed else f"job {jid} did not exist"
+
+
+async def _promote(q: Any, form: Form, s: Session) -> str:
+    jid = one(form, "job_id")
+    try:
+        await q.promote_job(jid)
+    except JobStateError:
+        return f"job {jid} is not delayed"
+    return f"job {jid} promoted to waiting"
+
+
+async def _cancel(q: Any, form: Form, s: Session) -> str:
+    jid = one(form, "job_id")
+    return f"job {jid}: {await q.cancel_job(jid)}"
+
+
+async def _each(q: Any, ids: list[str], method: str) -> str:
+    done, failed = 0, []
+    for jid in ids:
+        try:
+            await getattr(q, method)(jid)
+            done += 1
+        except KitiumQueueError as exc:
+            failed.append(f"{jid}: {clip(str(exc), 120)}")
+    more = f"; {len(failed)} refused ({'; '.join(failed[:5])})" if failed else ""
+    return f"{done} of {len(ids)} job(s) done{more}"
+
+
+async def _bulk_retry(q: Any, form: Form, s: Session) -> str:
+    if form.get("ids"):
+        return await _each(q, _ids(form), "retry_job")
+    state = one(form, "state")
+    n = await q.bulk_retry(state, _limit(form, 1000, 10_000))
+    return f"{n} {state} job(s) are waiting again"
+
+
+async def _bulk_remove(q: Any, form: Form, s: Session) -> str:
+    return await _each(q, _ids(form), "remove_job")
+
+
+async def _replay_dlq(q: Any, form: Form, s: Session) -> str:
+    flt = _filter(form)
+    limit = _limit(form, MAX_REPLAY, MAX_REPLAY)
+    if flt.empty:
+        n = await q.replay_dlq(limit)
+        return f"{n} dead-lettered job(s) replayed"
+    found = await search(q, JobStatus.DLQ, flt, limit=limit)
+    msg = await _each(q, [j.id for j in found.jobs], "retry_job")
+    return f"replayed by filter: {msg}"
+
+
+async def _pause(q: Any, form: Form, s: Session) -> str:
+    await q.pause()
+    return f"queue {q.name} paused"
+
+
+async def _resume(q: Any, form: Form, s: Session) -> str:
+    await q.resume()
+    return f"queue {q.name} resumed"
+
+
+async def _drain(q: Any, form: Form, s: Session) -> str:
+    return f"{await q.drain()} job(s) removed from queue {q.name}"
+
+
+async def _group(q: Any, form: Form, pause: bool) -> str:
+    _feature(q, "groups")
+    from ..features.groups import FIFOQueueManager
+
+    gid = one(form, "group_id", limit=256)
+    mgr = FIFOQueueManager.for_queue(q)
+    if pause:
+        await mgr.pause_group(gid)
+        return f"group {gid} paused"
+    await mgr.resume_group(gid)
+    return f"group {gid} resumed"
+
+
+async def _pause_group(q: Any, form: Form, s: Session) -> str:
+    return await _group(q, form, True)
+
+
+async def _resume_group(q: Any, form: Form, s: Session) -> str:
+    return await _group(q, form, False)
+
+
+async def _schedule(q: Any, form: Form, method: str, done: str) -> str:
+    sid = one(form, "schedule_id")
+    found = await getattr(q, method)(sid)
+    return f"schedule {sid} {done}" if found else f"schedule {sid} does not exist"
+
+
+async def _pause_schedule(q: Any, form: Form, s: Session) -> str:
+    return await _schedule(q, form, "pause_schedule", "paused")
+
+
+async def _resume_schedule(q: Any, form: Form, s: Session) -> str:
+    return await _schedule(q, form, "resume_schedule", "resumed")
+
+
+async def _remove_schedule(q: Any, form: Form, s: Session) -> str:
+    return await _schedule(q, form, "remove_schedule", "removed")
+
+
+def _breakers(q: Any) -> Any:
+    _feature(q, "breakers")
+    from ..features.breakers import CircuitBreakerManager
+
+    return CircuitBreakerManager.for_queue(q)
+
+
+async def _reset_breaker(q: Any, form: Form, s: Session) -> str:
+    bid = one(form, "breaker_id", limit=256)
+    await _breakers(q).reset(bid, reason=f"reset from the dashboard by {s.principal}")
+    return f"breaker {bid} closed"
+
+
+async def _open_breaker(q: Any, form: Form, s: Session) -> str:
+    bid = one(form, "breaker_id", limit=256)
+    await _breakers(q).force_open(bid, reason=f"opened from the dashboard by {s.principal}")
+    return f"breaker {bid} opened"
+
+
+def _webhooks(q: Any) -> Any:
+    _feature(q, "webhooks")
+    from ..features.webhooks import WebhookManager
+
+    mgr = WebhookManager.of(q)
+    if mgr is None:
+        raise ConfigurationError(f"no WebhookManager was made for queue {q.name!r} here")
+    return mgr
+
+
+async def _retry_delivery(q: Any, form: Form, s: Session) -> str:
+    wid, eid = one(form, "webhook_id", limit=256), one(form, "event_id", limit=256)
+    ok = await _webhooks(q).retry_delivery(wid, eid)
+    return f"delivery {eid} to {wid} scheduled" if ok else f"no delivery {eid} to {wid}"
+
+
+async def _replay_webhooks(q: Any, form: Form, s: Session) -> str:
+    wid = one(form, "webhook_id", required=False, limit=256) or None
+    n = await _webhooks(q).replay_dlq(_limit(form, 1000, 10_000), wid)
+    return f"{n} dead-lettered deliveries scheduled"
+
+
+_RUN: dict[str, Callable[[Any, Form, Session], Awaitable[str]]] = {
+    "retry": _retry,
+    "remove": _remove,
+    "promote": _promote,
+    "cancel": _cancel,
+    "bulk-retry": _bulk_retry,
+    "bulk-remove": _bulk_remove,
+    "replay-dlq": _replay_dlq,
+    "pause": _pause,
+    "resume": _resume,
+    "drain": _drain,
+    "pause-group": _pause_group,
+    "resume-group": _resume_group,
+    "pause-schedule": _pause_schedule,
+    "resume-schedule": _resume_schedule,
+    "remove-schedule": _remove_schedule,
+    "reset-breaker": _reset_breaker,
+    "open-breaker": _open_breaker,
+    "retry-delivery": _retry_delivery,
+    "replay-webhooks": _replay_webhooks,
+}
+assert set(_RUN) == set(ACTIONS), "every action has a role and a handler"
+
+
+def _ask(summary: str, preview: list[str] | None = None) -> Outcome:
+    return Outcome(True, "", confirm=True, summary=summary, preview=preview or [])
+
+
+def _filter(form: Form) -> Filter:
+    return Filter.of({k: one(form, k, required=False) for k in ("name", "error", "field", "value")})
+
+
+async def _preview(q: Any, action: str, form: Form) -> Outcome:
+    """What a confirmed action would do."""
+    if action == "replay-dlq":
+        flt = _filter(form)
+        limit = _limit(form, MAX_REPLAY, MAX_REPLAY)
+        if flt.empty:
+            n = min(limit, (await q.get_stats()).dlq)
+            return _ask(f"Replay {n} dead-lettered job(s)?")
+        found = await search(q, JobStatus.DLQ, flt, limit=limit)
+        more = "" if found.next_offset is None else " (the first ones found; more may match)"
+        return _ask(
+            f"Replay {len(found.jobs)} dead-lettered job(s) matching {flt.as_args()}{more}?",
+            [j.id for j in found.jobs[:20]],
+        )
+    if action in ("bulk-retry", "bulk-remove") and form.get("ids"):
+        ids = _ids(form)
+        verb = "Retry" if action == "bulk-retry" else "Remove"
+        return Outcome(
+            True, "", confirm=True, summary=f"{verb} {len(ids)} job(s)?", preview=ids[:20]
+        )
+    if action == "bulk-retry":
+        state = one(form, "state")
+        return Outcome(
+            True,
+            "",
+            confirm=True,
+            summary=f"Retry up to {_limit(form, 1000, 10_000)} {state} job(s)?",
+        )
+    if action == "drain":
+        return Outcome(
+            True,
+            "",
+            confirm=True,
+            summary=f"Remove every waiting and delayed job of queue {q.name}?",
+        )
+    wid = one(form, "webhook_id", required=False) or "every endpoint"
+    return _ask(f"Replay the dead-lettered deliveries of {wid}?")
+
+
+async def run_action(queue: Any, action: str, form: Form, session: Session) -> Outcome:
+    """Run ``action`` on ``queue`` for ``session`` (role checked first), or, for an
+    action that needs it, answer with the confirmation to ask."""
+    if action not in _RUN:
+        return Outcome(False, f"unknown action {clip(action, 50)!r}", status=404)
+    if not session.may(action):
+        need = ACTIONS[action].value
+        return Outcome(
+            False,
+            f"{session.principal} ({session.role.value}) may not {action}: it needs the "
+            f"{need} role",
+            status=403,
+            refused_role=True,
+        )
+    try:
+        with acting_as(session.principal):
+            if action in CONFIRM and one(form, "confirm", required=False) != "yes":
+                return await _preview(queue, action, form)
+            return Outcome(True, await _RUN[action](queue, form, session))
+    except PermissionError as exc:
+        return Outcome(False, f"refused: {clip(str(exc), 300)}", status=403)
+    except KitiumQueueError as exc:
+        return Outcome(False, clip(str(exc), 500), status=400)

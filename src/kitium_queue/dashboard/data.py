@@ -1,0 +1,292 @@
+"""What the dashboard reads, through the queue's public read API and the features'
+managers: counts and throughput, pages of jobs, bounded searches, feature pages.
+
+Every read is bounded: a page holds at most ``MAX_PAGE`` jobs; a search reads the
+state's jobs ``SCAN_BATCH`` at a time (one short round trip each) and stops after
+``SCAN_MAX`` per request, offering to go on from there, so a search never keeps Redis
+busy for long however large the state is. Throughput comes from the durable event
+stream: the newest ``RATE_SAMPLE`` events at most, per queue and refresh.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..enums import JobStatus
+from ..errors import PermissionDeniedError
+from ..job import JobInfo
+from ..limits import clip, reply_text
+from ..presence import WorkerPresence, live_workers
+from ..queries import QueueStats
+
+__all__ = [
+    "MAX_PAGE",
+    "SCAN_MAX",
+    "Filter",
+    "QueueRow",
+    "Rate",
+    "Search",
+    "enabled",
+    "may_view",
+    "overview_row",
+    "queue_row",
+    "render_value",
+    "search",
+]
+
+#: Most jobs on one page.
+MAX_PAGE = 200
+#: Jobs read per round trip while searching.
+SCAN_BATCH = 200
+#: Jobs one search request reads at most (it offers to go on after them).
+SCAN_MAX = 5000
+#: Newest events read per queue to measure throughput.
+RATE_SAMPLE = 200
+#: The window throughput is measured over (ms).
+RATE_WINDOW_MS = 10_000
+#: Most characters of a value shown (data, result, progress).
+MAX_SHOWN = 64 * 1024
+#: Longest search text accepted.
+MAX_SEARCH = 200
+
+#: The feature pages, and the option whose declaration shows the feature is enabled on
+#: a queue (the option registry says who enabled what; a page is shown only then).
+FEATURE_PAGES = {
+    "groups": ("message_group_id", "fifo-groups"),
+    "workflows": ("workflow_id", "workflows"),
+    "breakers": ("circuit_breaker_id", "circuit-breakers"),
+    "webhooks": ("webhook_url", "webhooks"),
+}
+
+
+def enabled(queue: Any, page: str) -> bool:
+    """Whether the feature behind ``page`` is enabled on ``queue`` in this process."""
+    option, feature = FEATURE_PAGES[page]
+    spec = queue.jobspec.get(option)
+    return spec is not None and spec.feature == feature
+
+
+@dataclass(slots=True)
+class Rate:
+    """Jobs finished per second over the last ``RATE_WINDOW_MS`` (from the events)."""
+
+    completed: float
+    failed: float
+
+
+@dataclass(slots=True)
+class QueueRow:
+    """One queue on the overview."""
+
+    name: str
+    stats: QueueStats | None
+    rate: Rate | None
+    workers: list[WorkerPresence] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``/api/stats``."""
+        return {
+            "name": self.name,
+            "stats": None if self.stats is None else self.stats.to_dict(),
+            "rate": None
+            if self.rate is None
+            else {"completed": self.rate.completed, "failed": self.rate.failed},
+            "workers": len(self.workers),
+            "error": self.error,
+        }
+
+
+async def throughput(queue: Any) -> Rate | None:
+    """Completions and failures per second over the last ``RATE_WINDOW_MS``, from at
+    most ``RATE_SAMPLE`` of the newest events (None when the queue keeps no events).
+    When the sample is full before the window is, the rate is taken over the time the
+    sample covers."""
+    if queue.events_max_len == 0:
+        return None
+    client = await queue.client()
+    now_s, now_us = await client.time()
+    now = int(now_s) * 1000 + int(now_us) // 1000
+    rows = await client.xrevrange(
+        queue.keys.events, "+", str(now - RATE_WINDOW_MS), count=RATE_SAMPLE
+    )
+    done = failed = 0
+    for _, fields in rows:
+        ev = fields.get(b"e")
+        if ev == b"job-completed":
+            done += 1
+        elif ev in (b"job-failed", b"job-dlq"):
+            failed += 1
+    span = RATE_WINDOW_MS
+    if len(rows) >= RATE_SAMPLE:
+        oldest = reply_text(rows[-1][0]).split("-")[0]
+        span = max(1, now - int(oldest)) if oldest.isdigit() else span
+    return Rate(round(done * 1000 / span, 2), round(failed * 1000 / span, 2))
+
+
+async def queue_row(queue: Any) -> QueueRow:
+    """Counts, throughput and live workers of one queue; an unreachable queue is shown
+    with its error instead of failing the page. A read a guard refuses raises
+    (``PermissionDeniedError``): the page says so."""
+    try:
+        stats = await queue.get_stats()
+        rate = await throughput(queue)
+        workers = await live_workers(queue)
+    except PermissionDeniedError:
+        raise
+    except Exception as exc:
+        return QueueRow(queue.name, None, None, error=clip(queue.connection.redact(exc), 300))
+    return QueueRow(queue.name, stats, rate, workers)
+
+
+async def may_view(queue: Any, principal: str) -> bool:
+    """Whether ``principal`` may read ``queue``'s counts: always, unless access control
+    protects the queue in this process and no grant of the principal allows it. A
+    question (``check_access``), not an attempt: nothing is audited, so a page that
+    polls does not fill the audit log with refusals."""
+    from ..features.access import AccessControlManager
+    from ..features.access.model import read_permission
+
+    prot = AccessControlManager.protection_of(queue)
+    if prot is None:
+        return True
+    return await prot.manager.check_access(principal, queue.name, read_permission("get_stats"))
+
+
+async def overview_row(queue: Any, principal: str) -> QueueRow:
+    """``queue_row`` for the overview: a queue ``principal`` may not read is listed
+    with the reason, and asked about first (``may_view``) so it is not refused on
+    every refresh."""
+    denied = f"{principal} may not view queue {queue.name}: none of its grants gives can_view_job"
+    try:
+        if not await may_view(queue, principal):
+            return QueueRow(queue.name, None, None, error=denied)
+        return await queue_row(queue)
+    except PermissionDeniedError as exc:
+        return QueueRow(queue.name, None, None, error=clip(str(exc), 300))
+
+
+def render_value(value: Any, *, limit: int = MAX_SHOWN) -> str:
+    """A job's data, result or progress as indented JSON text, cut at ``limit``
+    characters (the template escapes it)."""
+    try:
+        text = orjson.dumps(
+            value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=repr
+        ).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        text = repr(value)
+    return clip(text, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """What a search matches: every given part must match.
+
+    ``name``: a substring of the job name (case-insensitive); ``error``: a substring of
+    the failure reason; ``field`` / ``value``: the data field at a dotted path (e.g.
+    ``user.id``; list items by index) whose JSON scalar equals ``value`` as text.
+    """
+
+    name: str = ""
+    error: str = ""
+    field: str = ""
+    value: str = ""
+
+    @classmethod
+    def of(cls, params: Any) -> Filter:
+        """From query or form parameters (each cut to ``MAX_SEARCH`` characters)."""
+
+        def get(k: str) -> str:
+            v = params.get(k) or ""
+            return str(v).strip()[:MAX_SEARCH]
+
+        return cls(get("name"), get("error"), get("field"), get("value"))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.name or self.error or self.field)
+
+    def matches(self, job: JobInfo) -> bool:
+        """Whether ``job`` matches every part of the filter."""
+        if self.name and self.name.lower() not in job.name.lower():
+            return False
+        if self.error and self.error.lower() not in (job.failed_reason or "").lower():
+            return False
+        if self.field:
+            found, v = _at_path(job.data, self.field)
+            if not found or isinstance(v, (dict, list)):
+                return False
+            shown = v if isinstance(v, str) else orjson.dumps(v).decode()
+            if shown != self.value:
+                return False
+        return True
+
+    def as_args(self) -> dict[str, str]:
+        """The non-empty parts (for links and audit records)."""
+        return {
+            k: v
+            for k, v in (
+                ("name", self.name),
+                ("error", self.error),
+                ("field", self.field),
+                ("value", self.value),
+            )
+            if v
+        }
+
+
+def _at_path(data: Any, path: str) -> tuple[bool, Any]:
+    cur = data
+    for part in path.split(".")[:20]:
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return False, None
+    return True, cur
+
+
+@dataclass(slots=True)
+class Search:
+    """One search request's answer: the matches, and where to go on (``next_offset``,
+    None when the state was read to its end)."""
+
+    jobs: list[JobInfo]
+    scanned: int
+    next_offset: int | None
+
+
+async def search(
+    queue: Any,
+    state: JobStatus,
+    flt: Filter,
+    *,
+    offset: int = 0,
+    limit: int = 50,
+    scan_max: int = SCAN_MAX,
+) -> Search:
+    """Jobs of ``state`` matching ``flt``, reading from position ``offset`` on, at most
+    ``scan_max`` jobs in batches of ``SCAN_BATCH``; stops at ``limit`` matches."""
+    found: list[JobInfo] = []
+    pos = offset
+    read = 0
+    started = time.monotonic()
+    while read < scan_max and len(found) < limit:
+        batch = await queue.get_jobs_by_status(state, SCAN_BATCH, pos)
+        for i, job in enumerate(batch):
+            if flt.matches(job):
+                found.append(job)
+                if len(found) >= limit:
+                    return Search(found, read + i + 1, pos + i + 1)
+        pos += len(batch)
+        read += len(batch)
+        if len(batch) < SCAN_BATCH:
+            return Search(found, read, None)
+        if time.monotonic() - started > 2.0:
+            break  # a slow server: answer with what was found, offer to go on
+    return Search(found, read, pos)

@@ -1,0 +1,321 @@
+"""The dashboard's pages: each gathers what it shows through the queue's read API and
+the features' managers, then renders its template (which escapes every value).
+
+A feature's page is served only for a queue the feature is enabled on in this process
+(``data.enabled``); its manager is the one the queue was enabled with
+(``for_queue``/``of``), so nothing is declared twice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from ..enums import JobStatus
+from ..errors import ConfigurationError, KitiumQueueError
+from ..limits import clip
+from ..presence import live_workers
+from ..queries import JobPage
+from .auth import ACTIONS, Session
+from .data import MAX_PAGE, Filter, enabled, overview_row, queue_row, render_value, search
+from .graph import layout
+
+if TYPE_CHECKING:
+    from .app import Dashboard
+
+__all__ = ["STATES", "Pages"]
+
+#: The state tabs of a queue page, in order.
+STATES = ("waiting", "active", "delayed", "pending", "completed", "failed", "dlq")
+#: States whose jobs get a "why?" link.
+NOT_RUNNING = {"waiting", "delayed", "pending", "paused"}
+_HIDDEN = "(hidden: this dashboard does not show payloads)"
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _int_param(request: Request, key: str, default: int, most: int) -> int:
+    raw = request.query_params.get(key, "")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
+        return default
+    return max(0, min(int(raw), most))
+
+
+class Pages:
+    """The GET handlers of one dashboard."""
+
+    def __init__(self, dash: Dashboard, *, show_payloads: bool) -> None:
+        self.dash = dash
+        self.show_payloads = show_payloads
+
+    # ------------------------------------------------------------------ helpers
+    def _queue(self, request: Request) -> Any:
+        return self.dash.queue(request.path_params["queue"])
+
+    def _missing(self, request: Request, session: Session, what: str) -> Response:
+        return self.dash.render(request, "error.html", session, status=404, error=what)
+
+    def _common(self, queue: Any, session: Session) -> dict[str, Any]:
+        return {
+            "queue": queue.name,
+            "features": [
+                p for p in ("groups", "workflows", "breakers", "webhooks") if enabled(queue, p)
+            ],
+            "can": {a: session.may(a) for a in ACTIONS},
+        }
+
+    def _job_view(self, job: Any) -> dict[str, Any]:
+        status = job.status.value
+        return {
+            "id": job.id,
+            "name": job.name,
+            "status": status,
+            "attempts": job.attempts,
+            "max_attempts": job.max_attempts,
+            "created_at": job.created_at,
+            "finished_at": job.finished_at,
+            "delayed_until": job.delayed_until,
+            "failed_reason": clip(job.failed_reason or "", 200),
+            "why": status in NOT_RUNNING,
+        }
+
+    # ------------------------------------------------------------------ overview
+    async def overview(self, request: Request, session: Session) -> Response:
+        rows = [await overview_row(q, session.principal) for q in self.dash.queues.values()]
+        return self.dash.render(request, "overview.html", session, rows=rows, live=True)
+
+    async def api_stats(self, request: Request, session: Session) -> Response:
+        rows = [await overview_row(q, session.principal) for q in self.dash.queues.values()]
+        return JSONResponse({"queues": [r.to_dict() for r in rows]})
+
+    async def api_explain(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None:
+            return JSONResponse({"error": "no such queue"}, status_code=404)
+        try:
+            why = await queue.explain(request.path_params["job_id"][:1000])
+        except ConfigurationError as exc:
+            return JSONResponse({"error": clip(str(exc), 300)}, status_code=400)
+        return JSONResponse(why.to_dict(), status_code=200 if why.status else 404)
+
+    # ------------------------------------------------------------------ a queue
+    async def queue(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None:
+            return self._missing(request, session, "no such queue")
+        params = request.query_params
+        state = params.get("state", "waiting")
+        if state not in STATES:
+            state = "waiting"
+        limit = _int_param(request, "limit", 50, MAX_PAGE) or 50
+        job_id = params.get("id", "").strip()[:1000]
+        found = None
+        if job_id:
+            try:
+                found = await queue.get_job_status(job_id)
+            except ConfigurationError:
+                found = None
+            if found is not None:
+                url = f"{self.dash.base(request)}/q/{_q(queue.name)}/jobs/{_q(job_id)}"
+                return RedirectResponse(url, status_code=303)
+        flt = Filter.of(params)
+        if not self.show_payloads:
+            flt = Filter(flt.name, flt.error)
+        row = await queue_row(queue)
+        page: JobPage | None = None
+        found_search = None
+        error = None
+        try:
+            if flt.empty:
+                cursor = params.get("cursor") or None
+                page = await queue.list_jobs(
+                    state, limit=limit, cursor=cursor[:2000] if cursor else None
+                )
+            else:
+                offset = _int_param(request, "offset", 0, 2**40)
+                found_search = await search(
+                    queue, JobStatus(state), flt, offset=offset, limit=limit
+                )
+        except ConfigurationError as exc:
+            error = clip(str(exc), 300)
+        jobs = page.jobs if page else found_search.jobs if found_search else []
+        return self.dash.render(
+            request,
+            "queue.html",
+            session,
+            **self._common(queue, session),
+            row=row,
+            state=state,
+            states=STATES,
+            jobs=[self._job_view(j) for j in jobs],
+            next_cursor=page.next_cursor if page else None,
+            search=found_search,
+            flt=flt,
+            limit=limit,
+            job_id=job_id,
+            not_found=bool(job_id),
+            error=error,
+            show_payloads=self.show_payloads,
+            live=True,
+        )
+
+    async def job(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None:
+            return self._missing(request, session, "no such queue")
+        job_id = request.path_params["job_id"][:1000]
+        try:
+            detail = await queue.get_job_detail(job_id)
+        except ConfigurationError as exc:
+            return self._missing(request, session, clip(str(exc), 300))
+        if detail is None:
+            return self._missing(
+                request, session, f"no job {clip(job_id, 200)!r} in queue {queue.name!r}"
+            )
+        why = await queue.explain(job_id)
+        logs = await queue.get_job_logs(job_id, -200, -1)
+        shown = {
+            k: (render_value(getattr(detail, k)) if self.show_payloads else _HIDDEN)
+            for k in ("data", "result", "progress")
+        }
+        return self.dash.render(
+            request,
+            "job.html",
+            session,
+            **self._common(queue, session),
+            job=detail,
+            shown=shown,
+            options=render_value(detail.options),
+            logs=logs,
+            why=why,
+        )
+
+    # ------------------------------------------------------------------ feature pages
+    async def schedules(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None:
+            return self._missing(request, session, "no such queue")
+        items = (await queue.get_schedules())[:1000]
+        return self.dash.render(
+            request, "schedules.html", session, **self._common(queue, session), schedules=items
+        )
+
+    async def workflows(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None or not enabled(queue, "workflows"):
+            return self._missing(request, session, "workflows are not enabled on this queue")
+        from ..features.workflows import JobChainManager
+
+        offset = _int_param(request, "offset", 0, 2**31)
+        items = await JobChainManager.for_queue(queue).list_workflows(50, offset)
+        return self.dash.render(
+            request,
+            "workflows.html",
+            session,
+            **self._common(queue, session),
+            workflows=items,
+            offset=offset,
+        )
+
+    async def workflow(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None or not enabled(queue, "workflows"):
+            return self._missing(request, session, "workflows are not enabled on this queue")
+        from ..features.workflows import JobChainManager
+
+        try:
+            status = await JobChainManager.for_queue(queue).get_workflow_status(
+                request.path_params["wid"][:300]
+            )
+        except ConfigurationError as exc:
+            return self._missing(request, session, clip(str(exc), 300))
+        if status is None:
+            return self._missing(request, session, "no such workflow (or its retention ended)")
+        return self.dash.render(
+            request,
+            "workflow.html",
+            session,
+            **self._common(queue, session),
+            wf=status,
+            graph=layout(status.steps),
+        )
+
+    async def groups(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None or not enabled(queue, "groups"):
+            return self._missing(request, session, "groups are not enabled on this queue")
+        from ..features.groups import FIFOQueueManager
+
+        mgr = FIFOQueueManager.for_queue(queue)
+        cursor = request.query_params.get("cursor") or None
+        try:
+            page = await mgr.list_groups(cursor[:600] if cursor else None, 50)
+        except ConfigurationError as exc:
+            return self._missing(request, session, clip(str(exc), 300))
+        stats = [await mgr.get_group_stats(g) for g in page.groups]
+        return self.dash.render(
+            request,
+            "groups.html",
+            session,
+            **self._common(queue, session),
+            groups=stats,
+            next_cursor=page.cursor,
+            total=await mgr.count_groups(),
+        )
+
+    async def breakers(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None or not enabled(queue, "breakers"):
+            return self._missing(request, session, "circuit breakers are not enabled on this queue")
+        from ..features.breakers import CircuitBreakerManager
+
+        items = await CircuitBreakerManager.for_queue(queue).list_breakers()
+        return self.dash.render(
+            request, "breakers.html", session, **self._common(queue, session), breakers=items
+        )
+
+    async def webhooks(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None or not enabled(queue, "webhooks"):
+            return self._missing(request, session, "webhooks are not enabled on this queue")
+        from ..features.webhooks import WebhookManager
+        from ..redact import redact_url
+
+        mgr = WebhookManager.of(queue)
+        if mgr is None:
+            return self._missing(request, session, "no WebhookManager was made for this queue here")
+        hooks = await mgr.list_webhooks()
+        rows = []
+        for h in hooks[:100]:
+            try:
+                recent = await mgr.get_delivery_history(h.id, limit=20)
+            except KitiumQueueError:
+                recent = []
+            rows.append({"hook": h, "url": redact_url(h.url), "deliveries": recent})
+        dead = await mgr.list_dlq(50)
+        return self.dash.render(
+            request,
+            "webhooks.html",
+            session,
+            **self._common(queue, session),
+            hooks=rows,
+            dead=dead,
+            stats=await mgr.stats(),
+        )
+
+    async def workers(self, request: Request, session: Session) -> Response:
+        queue = self._queue(request)
+        if queue is None:
+            return self._missing(request, session, "no such queue")
+        return self.dash.render(
+            request,
+            "workers.html",
+            session,
+            **self._common(queue, session),
+            workers=await live_workers(queue),
+        )

@@ -1,0 +1,320 @@
+"""``AccessControlManager``: grants, checks, enforcement on queues, and the audit log.
+
+It spans queues, so it takes a connection (``redis=`` as ``JobQueue`` takes it, or a
+``JobQueue`` whose connection and prefix it uses). Grants live in Redis, shared by
+every process (``store.py``); each process caches a principal's grants for
+``cache_ttl`` ms, the bound within which a revoke made elsewhere takes effect.
+``protect(queue)`` makes a queue refuse what its principal may not do
+(``enforce.py``). Every grant change, every refusal and every administrative command of
+a protected queue is written to the audit log (``features/audit``), whose MAC key
+(``audit_key``) the application holds.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, NoReturn, TypeVar
+
+from ...errors import AccessDeniedError, ConfigurationError
+from ...identity import check_principal, current_principal
+from ...keys import check_key_part
+from ...limits import clip, get_logger
+from ...options import to_ms
+from ..audit import AuditEntry, AuditHead, AuditLog, AuditReport
+from ..audit.conn import Deployment
+from .enforce import Protection
+from .glob import QueuePattern
+from .model import AccessEntry, Permission, parse_permission
+from .store import GrantStore
+
+__all__ = ["AccessControlManager"]
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Queues protected in this process -> their protection (one manager per queue).
+_PROTECTED: weakref.WeakKeyDictionary[Any, Protection] = weakref.WeakKeyDictionary()
+
+
+def _queues_of(target: Any) -> list[Any]:
+    """The ``JobQueue`` objects behind ``target``: itself, a façade's ``queues``
+    (partitioned queues), or a synchronous client's ``queue``."""
+    from ...queue import JobQueue
+
+    if isinstance(target, JobQueue):
+        return [target]
+    inner = getattr(target, "queues", None)
+    if isinstance(inner, (list, tuple)) and inner and all(isinstance(q, JobQueue) for q in inner):
+        return list(inner)
+    one = getattr(target, "queue", None)
+    if one is not None and one is not target:
+        return _queues_of(one)
+    raise ConfigurationError(
+        f"protect() takes a JobQueue, a PartitionedQueue or a SyncJobQueue, got "
+        f"{type(target).__name__}"
+    )
+
+
+class AccessControlManager:
+    """Access control and audit for every queue of a deployment.
+
+    Args:
+        redis: as ``JobQueue`` takes it (URL, dict, client), or a ``JobQueue`` whose
+            connection and key prefix are used.
+        audit_key: the audit log's MAC key (bytes or str, at least 16 bytes, e.g.
+            ``secrets.token_hex(32)`` kept in your secret store). Required: every grant
+            change and refusal is audited. Never written to Redis.
+        audit_previous_keys: earlier audit keys (entries they signed still verify).
+        prefix: key prefix (default: the queue's, or ``"kq"``).
+        cache_ttl: how long (ms or timedelta) a process trusts the grants it read;
+            a revoke made by another process takes effect here within it (5000).
+            0: read Redis on every check.
+        audit_max_age, audit_max_entries: the audit log's retention (``trim``).
+
+    Example::
+
+        acm = AccessControlManager("redis://localhost:6379/0", audit_key=key)
+        await acm.grant_access({"principal_id": "alice@acme.com",
+                                "queue_pattern": "acme-*", "role": "operator"})
+        queue = acm.protect(JobQueue("acme-orders", redis=..., principal="alice@acme.com"))
+        await queue.retry_job("42")      # allowed: operators retry
+        await queue.pause()              # AccessDeniedError (and an audit entry)
+    """
+
+    def __init__(
+        self,
+        redis: Any = "memory://",
+        *,
+        audit_key: bytes | str | None = None,
+        audit_previous_keys: Sequence[bytes | str] = (),
+        prefix: str | None = None,
+        cache_ttl: int | timedelta = 5000,
+        audit_max_age: int | timedelta | None = None,
+        audit_max_entries: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if audit_key is None:
+            raise ConfigurationError(
+                "AccessControlManager needs audit_key=: the secret (at least 16 bytes, e.g. "
+                "secrets.token_hex(32) from your secret store) that signs the audit log of "
+                "grant changes, refusals and administrative commands"
+            )
+        self.deployment = Deployment(redis, prefix, name="access control")
+        self.audit = AuditLog(
+            self.deployment,
+            key=audit_key,
+            previous_keys=audit_previous_keys,
+            max_age=audit_max_age,
+            max_entries=audit_max_entries,
+        )
+        ttl = to_ms(cache_ttl, "cache_ttl", minimum=0, maximum=3_600_000)
+        self.grants = GrantStore(self.deployment, self.audit, cache_ttl_ms=ttl, monotonic=monotonic)
+
+    # ------------------------------------------------------------------ grants
+    async def grant_access(
+        self, entry: AccessEntry | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> AccessEntry:
+        """Grant ``entry`` (an ``AccessEntry``, a dict, or its fields as keywords):
+        ``principal_id`` may do ``permissions`` (and what ``role`` bundles) on every
+        queue matching ``queue_pattern``. A grant on the same (principal, pattern)
+        replaces the earlier one. Written to Redis together with an ``access.grant``
+        audit entry (who granted it: ``identity.current_principal()``). Returns the
+        stored grant."""
+        if entry is not None and fields:
+            raise ConfigurationError("give the grant as one entry or as keywords, not both")
+        parsed = AccessEntry.parse(entry if entry is not None else fields)
+        return await self.grants.put(parsed, current_principal())
+
+    async def revoke_access(self, principal_id: str, queue_pattern: str) -> bool:
+        """Remove the grant of ``principal_id`` on ``queue_pattern`` (the pattern exactly
+        as granted), with an ``access.revoke`` audit entry. False when there was none
+        (then nothing is written). Other processes stop honouring it within
+        ``cache_ttl``."""
+        principal = check_principal(principal_id)
+        pattern = QueuePattern(queue_pattern).text
+        return await self.grants.delete(principal, pattern, current_principal())
+
+    async def list_access(self, principal_id: str | None = None) -> list[AccessEntry]:
+        """The grants of ``principal_id``, or of everyone (by principal, then pattern)."""
+        if principal_id is not None:
+            return await self.grants.read(check_principal(principal_id))
+        out: list[AccessEntry] = []
+        for p in await self.grants.principals():
+            out += await self.grants.read(p)
+        return out
+
+    # ------------------------------------------------------------------ checks
+    async def permissions_on(self, principal_id: str, queue_name: str) -> frozenset[Permission]:
+        """Everything ``principal_id`` may do on queue ``queue_name`` (the union of
+        its matching grants, implied permissions included)."""
+        principal = check_principal(principal_id)
+        check_key_part(queue_name, "queue name")
+        return (await self.grants.load(principal)).on(queue_name)[0]
+
+    async def check_access(
+        self, principal_id: str, queue_name: str, permission: Permission | str
+    ) -> bool:
+        """Whether ``principal_id`` holds ``permission`` (``"can_add_job"``,
+        ``Permission.VIEW_JOB``, the brief's ``"canAddJob"``...) on queue
+        ``queue_name``. A question, not an access: nothing is audited (use
+        ``require_access`` to enforce)."""
+        perm = parse_permission(permission)
+        return perm in await self.permissions_on(principal_id, queue_name)
+
+    async def require_access(
+        self,
+        principal_id: str | None,
+        queue_name: str,
+        permission: Permission | str,
+        *,
+        action: str = "access",
+    ) -> None:
+        """Raise ``AccessDeniedError`` (after writing an ``access.denied`` audit entry)
+        unless ``principal_id`` holds ``permission`` on ``queue_name``; for the
+        application's own checks (``action`` names what was attempted)."""
+        who = None if principal_id is None else check_principal(principal_id)
+        check_key_part(queue_name, "queue name")
+        await self.enforce(who, queue_name, parse_permission(permission), action)
+
+    def allowed_now(self, principal: str | None, queue: str, perm: Permission) -> bool:
+        """True when the cached grants allow it (False also means "not cached")."""
+        if principal is None:
+            return False
+        grants = self.grants.cached(principal)
+        return grants is not None and perm in grants.on(queue)[0]
+
+    async def enforce(
+        self, principal: str | None, queue: str, perm: Permission, action: str
+    ) -> None:
+        """Let the call through, or refuse it (audited) with ``AccessDeniedError``."""
+        if principal is None:
+            self._refuse(
+                None,
+                queue,
+                perm,
+                action,
+                await self._write_denial(None, queue, perm, action, ()),
+            )
+        grants = await self.grants.load(principal)
+        perms, via = grants.on(queue)
+        if perm in perms:
+            return
+        self._refuse(
+            principal,
+            queue,
+            perm,
+            action,
+            await self._write_denial(principal, queue, perm, action, via),
+        )
+
+    async def _write_denial(
+        self,
+        principal: str | None,
+        queue: str,
+        perm: Permission,
+        action: str,
+        via: tuple[str, ...],
+    ) -> bool:
+        meta = {"action": action, "permission": perm.value, "grants": list(via)}
+        try:
+            await self.audit.append(principal, "access.denied", queue, "denied", meta, strict=False)
+        except Exception as exc:  # the refusal stands either way
+            log.error(
+                "access: the refusal of %s on queue %s could not be audited (%s: %s)",
+                clip(str(principal), 100),
+                queue,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        return True
+
+    @staticmethod
+    def _refuse(
+        principal: str | None, queue: str, perm: Permission, action: str, audited: bool
+    ) -> NoReturn:
+        note = "" if audited else " (the audit log could not record this refusal)"
+        if principal is None:
+            text = (
+                f"no principal is acting for {action} on queue {queue!r}, which is protected "
+                "by access control: name one with JobQueue(..., principal=...) or run the "
+                f"call inside acting_as(...){note}"
+            )
+        else:
+            text = (
+                f"principal {clip(repr(principal), 100)} was refused {action} on queue "
+                f"{queue!r}: it needs {perm.value} there and none of its grants gives that; "
+                f"an admin can grant it with AccessControlManager.grant_access{note}"
+            )
+        raise AccessDeniedError(
+            text, principal=principal, resource=queue, permission=perm.value, action=action
+        )
+
+    # ------------------------------------------------------------------ enforcement
+    def protect(self, queue: T, *, principal: str | None = None) -> T:
+        """Make ``queue`` (a ``JobQueue``, each partition of a ``PartitionedQueue``, or
+        a ``SyncJobQueue``'s queue) refuse what the acting principal may not do, and
+        audit its administrative commands; returns ``queue``.
+
+        ``principal``: who the queue acts for when no ``acting_as`` block is active
+        (sets the queue's ``principal``). Calls with no principal at all are refused.
+        Protecting a queue again with the same manager is a no-op; with another
+        manager it is refused.
+        """
+        who = None if principal is None else check_principal(principal)
+        for q in _queues_of(queue):
+            prot = _PROTECTED.get(q)
+            if prot is not None and prot.manager is not self:
+                raise ConfigurationError(
+                    f"queue {q.name!r} is protected by another AccessControlManager already"
+                )
+            if who is not None:
+                q.ctx.principal = who
+            if prot is None:
+                prot = Protection(self, q)
+                prot.install()
+                self.audit.watch(q)
+                _PROTECTED[q] = prot
+        return queue
+
+    @staticmethod
+    def protection_of(queue: Any) -> Protection | None:
+        """The protection installed on ``queue`` in this process, if any."""
+        return _PROTECTED.get(queue)
+
+    # ------------------------------------------------------------------ audit
+    async def audit_access(
+        self,
+        principal_id: str | None,
+        action: str,
+        resource: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        outcome: str = "ok",
+    ) -> str:
+        """Write the application's own audit entry (the brief's ``audit_access``) and
+        wait until it is in Redis; returns its id. ``metadata``: ids and short facts
+        (at most 4 KiB as JSON; never payloads; values of keys naming secrets are
+        replaced by ``***``)."""
+        who = None if principal_id is None else check_principal(principal_id)
+        return await self.audit.append(who, action, resource, outcome, metadata)
+
+    async def query_audit_log(self, **filters: Any) -> list[AuditEntry]:
+        """Audit entries by ``principal``, ``action``, ``resource``, ``outcome`` and
+        time range (``since`` / ``until``), newest first: ``AuditLog.query`` (page by
+        page: ``acm.audit.query_page``, with ``cursor=``)."""
+        return await self.audit.query(**filters)
+
+    async def verify_audit_log(self, *, checkpoint: AuditHead | None = None) -> AuditReport:
+        """Check the audit chain; the report names the first entry altered, removed or
+        inserted (``AuditLog.verify``)."""
+        await self.audit.flush()
+        return await self.audit.verify(checkpoint=checkpoint)
+
+    async def close(self) -> None:
+        """Write the audit entries still queued, then release the connection."""
+        await self.audit.close()

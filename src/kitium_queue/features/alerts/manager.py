@@ -1,0 +1,365 @@
+"""``AlertManager``: alert rules on one queue, evaluated by a leader-only service.
+
+Every ``interval_ms`` the process that leads the role ``alerts`` (``LeaderService``)
+reads the figures the rules watch in one atomic script call (``alerts_probe.lua``:
+waiting jobs, the oldest waiting job, dead-letterings and run outcomes per window; open
+breakers through the breakers' own API) and moves each rule between ``ok`` and
+``firing``:
+
+* it **fires** when its value is at or above ``threshold`` (for ``for_ms`` in a row);
+* it **clears** when the value falls below ``clear_below`` (default: the threshold).
+
+Each change is recorded once, in Redis, fenced by the leader's term
+(``alerts_state.lua``: state per rule in ``alerts:state``, every change in the stream
+``alerts:log``), so a new leader neither repeats a change nor misses one, and then
+reported in the leading process:
+
+* as a ``FeatureEvent`` (feature ``alerts``, name ``alert-fired`` or ``alert-cleared``,
+  subject the rule's name; fields ``metric``, ``value``, ``threshold``, ``state``;
+  ``event_id`` the log entry's id) through the ``feature_event`` hook, so
+  ``queue.on("alert-fired", ...)`` handlers get it;
+* as a webhook event when the queue has a ``WebhookManager`` and ``webhook_event`` is
+  set (default ``queue-alert``): endpoints subscribed to that event name receive
+  ``{"rule", "state", "metric", "value", "threshold", "queue"}``, with the id
+  ``alert_<log entry id>`` (receivers deduplicate on it).
+
+Run outcomes (for ``failure_rate``) are counted by a ``release`` slot fragment into
+buckets of ``BUCKET_MS`` (``alerts:o:<bucket>``), installed only when a rule watches
+them.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ConfigurationError
+from ...hooks import FeatureEvent
+from ...leader import LeaderService, every
+from ...limits import get_logger
+from ...options import to_ms
+from .rules import MAX_WINDOW_MS, AlertRule, parse_rule
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["BUCKET_MS", "FEATURE", "AlertManager", "AlertState", "AlertTransition"]
+
+log = get_logger(__name__)
+
+FEATURE = "alerts"
+#: Width of an outcome bucket (ms).
+BUCKET_MS = 5000
+_SCRIPTS = ("alerts_probe", "alerts_state")
+_INSTALLED: weakref.WeakKeyDictionary[Any, AlertManager] = weakref.WeakKeyDictionary()
+
+_RELEASE = f"""(function()
+  -- Alerts (kitium_queue.features.alerts): count how runs end, per bucket of
+  -- {BUCKET_MS} ms, for the failure_rate rules (alerts_probe.lua sums them).
+  local B, TTL = {BUCKET_MS}, {MAX_WINDOW_MS + 2 * BUCKET_MS}
+  local F = {{ completed = 'c', retrying = 'r', failed = 'f' }}
+  return function(id, jk, outcome, payload)
+    local f = F[outcome]
+    if not f then return end
+    local k = PREFIX .. 'alerts:o:' .. int(math.floor(NOW / B))
+    if redis.call('HINCRBY', k, f, 1) == 1 then redis.call('PEXPIRE', k, TTL) end
+  end
+end)()"""
+
+
+def _lua(name: str) -> str:
+    return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """A rule's recorded state: ``ok`` or ``firing`` since ``since_ms``, with the value
+    last seen by the leader (``None``: never evaluated)."""
+
+    rule: str
+    state: str
+    since_ms: int | None
+    value: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "state": self.state,
+            "since_ms": self.since_ms,
+            "value": self.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTransition:
+    """One recorded change (an entry of ``alerts:log``)."""
+
+    id: str
+    rule: str
+    state: str
+    metric: str
+    value: str
+    threshold: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "state": self.state,
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+        }
+
+
+class AlertManager:
+    """Alert rules of one queue (see the module docstring).
+
+    Args:
+        queue: the queue.
+        rules: ``AlertRule`` s (or dicts of their fields).
+        interval_ms: how often the leader evaluates them (default 5 s).
+        webhook_event: the webhook event name alerts are sent as (None: none).
+        run_service: evaluate in this process's workers (leader only).
+        lease_ms: the leader's lease: another process takes over evaluation at most
+            this long after the leader died (default 10 s).
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        rules: Iterable[AlertRule | Mapping[str, Any]] = (),
+        *,
+        interval_ms: Any = 5000,
+        webhook_event: str | None = "queue-alert",
+        run_service: bool = True,
+        lease_ms: Any = 10_000,
+    ) -> None:
+        if queue in _INSTALLED:
+            raise ConfigurationError(
+                f"queue {queue.name!r} already has an AlertManager; use AlertManager.of(queue)"
+            )
+        self.queue = queue
+        self.rules: tuple[AlertRule, ...] = tuple(
+            parse_rule(r, f"alert rule {i}") for i, r in enumerate(rules)
+        )
+        names = [r.name for r in self.rules]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigurationError(f"alert rule names must be unique; repeated: {dup}")
+        for r in self.rules:
+            if r.metric == "region_lag_ms":
+                raise ConfigurationError(
+                    f"alert rule {r.name!r}: metric region_lag_ms needs a global queue "
+                    "(multi-region), which is not available in this version; the metric is "
+                    "defined so rules can be written for it once it is"
+                )
+        self.interval_ms = to_ms(interval_ms, "alerts interval_ms", minimum=10)
+        if webhook_event is not None:
+            from ..webhooks.models import check_event_type
+
+            webhook_event = check_event_type(webhook_event)
+        self.webhook_event = webhook_event
+        self._above_since: dict[str, int] = {}
+        self.evaluations = 0
+        for name in _SCRIPTS:
+            queue.scripts.add_fragment(name, _lua(name))
+        if any(r.metric == "failure_rate" for r in self.rules):
+            queue.scripts.add_slot("release", FEATURE, _RELEASE)
+        if run_service and self.rules:
+            lease = to_ms(lease_ms, "alerts lease_ms", minimum=100)
+            queue.add_service(LeaderService("alerts", self._serve, lease_ms=lease))
+        _INSTALLED[queue] = self
+
+    @classmethod
+    def of(cls, queue: JobQueue) -> AlertManager | None:
+        """The manager installed on ``queue`` in this process, if any."""
+        return _INSTALLED.get(queue)
+
+    # ------------------------------------------------------------------ reading
+    async def values(self) -> dict[str, float]:
+        """The current value of every rule's metric (what the leader compares). A read
+        of the queue: it passes the queue's read guards first."""
+        await self.queue.queries.check("alert_values", {})
+        return await self._values()
+
+    async def _values(self) -> dict[str, float]:
+        windows = sorted({r.window for r in self.rules})
+        reply = await self.queue.run("alerts_probe", [BUCKET_MS, *windows])
+        now, waiting, oldest = int(reply[0]), int(reply[1]), int(reply[2])
+        per = {w: [int(x) for x in reply[3 + i]] for i, w in enumerate(windows)}
+        open_breakers: dict[str, bool] | None = None
+        out: dict[str, float] = {}
+        for r in self.rules:
+            if r.metric == "queue_depth":
+                out[r.name] = float(waiting)
+            elif r.metric == "oldest_waiting_age_ms":
+                out[r.name] = float(max(0, now - oldest)) if oldest >= 0 else 0.0
+            elif r.metric == "dlq_growth":
+                out[r.name] = float(per[r.window][0])
+            elif r.metric == "failure_rate":
+                _, c, rt, f = per[r.window]
+                total = c + rt + f
+                out[r.name] = 100.0 * (rt + f) / total if total >= r.min_samples else 0.0
+            elif r.metric == "breaker_open":
+                if open_breakers is None:
+                    open_breakers = await self._breakers()
+                if r.breaker_id is not None:
+                    out[r.name] = 1.0 if open_breakers.get(r.breaker_id) else 0.0
+                else:
+                    out[r.name] = float(sum(open_breakers.values()))
+        return out
+
+    async def _breakers(self) -> dict[str, bool]:
+        from ..breakers import CircuitBreakerManager
+
+        found = await CircuitBreakerManager.for_queue(self.queue).all_stats()
+        return {st.config.id: getattr(st.state, "value", st.state) == "open" for st in found}
+
+    async def states(self) -> list[AlertState]:
+        """Every rule's recorded state (``ok`` with no time when never changed). A read
+        of the queue: it passes the queue's read guards first."""
+        await self.queue.queries.check("alert_states", {})
+        return await self._states()
+
+    async def _states(self) -> list[AlertState]:
+        client = await self.queue.client()
+        raw = await client.hgetall(self.queue.keys.extra("alerts:state"))
+        stored = {_text(k): _text(v).split(" ") for k, v in raw.items()}
+        out = []
+        for r in self.rules:
+            parts = stored.get(r.name)
+            if parts is None or len(parts) < 4:
+                out.append(AlertState(r.name, "ok", None, None))
+                continue
+            try:
+                since, value = int(parts[1]), float(parts[3])
+            except ValueError:
+                since, value = None, None  # damaged by hand: shown without figures
+            out.append(AlertState(r.name, parts[0], since, value))
+        return out
+
+    async def history(self, limit: int = 50) -> list[AlertTransition]:
+        """The latest recorded changes, newest first. A read of the queue: it passes
+        the queue's read guards first."""
+        n = max(1, min(int(limit), 1000))
+        await self.queue.queries.check("alert_history", {"limit": n})
+        client = await self.queue.client()
+        raw = await client.xrevrange(self.queue.keys.extra("alerts:log"), count=n)
+        out = []
+        for eid, f in raw:
+            g = {_text(k): _text(v) for k, v in f.items()}
+            out.append(
+                AlertTransition(
+                    _text(eid),
+                    g.get("rule", ""),
+                    g.get("state", ""),
+                    g.get("metric", ""),
+                    g.get("value", ""),
+                    g.get("threshold", ""),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    async def evaluate(self, term: int) -> list[AlertTransition]:
+        """Evaluate every rule once as the leader of ``term``; returns the changes
+        recorded (and reported) by this evaluation."""
+        # The leader's own reads, unguarded (a service acts for no caller).
+        values = await self._values()
+        current = {s.rule: s.state for s in await self._states()}
+        now = int(time.time() * 1000)
+        changes: list[AlertTransition] = []
+        for r in self.rules:
+            value = values[r.name]
+            firing = current.get(r.name) == "firing"
+            want: str | None = None
+            if value >= r.threshold:
+                since = self._above_since.setdefault(r.name, now)
+                if not firing and now - since >= r.hold:
+                    want = "firing"
+            else:
+                self._above_since.pop(r.name, None)
+                if firing and value < r.clears_below:
+                    want = "ok"
+            shown = f"{value:g}"
+            if want is None:
+                continue
+            reply = await self.queue.run(
+                "alerts_state", [r.name, want, term, shown, r.metric, f"{r.threshold:g}"]
+            )
+            if _text(reply[0]) != "changed":
+                continue
+            t = AlertTransition(_text(reply[1]), r.name, want, r.metric, shown, f"{r.threshold:g}")
+            changes.append(t)
+            await self._report(t)
+        self.evaluations += 1
+        return changes
+
+    async def _report(self, t: AlertTransition) -> None:
+        q = self.queue
+        name = "alert-fired" if t.state == "firing" else "alert-cleared"
+        at_ms = int(t.id.split("-", 1)[0]) if t.id.split("-", 1)[0].isdigit() else 0
+        fields = {"metric": t.metric, "value": t.value, "threshold": t.threshold, "state": t.state}
+        # Info, not warning: the alert itself is the event and the webhook; the log line
+        # is a trace of it.
+        log.info(
+            "queue %s: alert %s %s (%s = %s, threshold %s)",
+            q.name,
+            t.rule,
+            "fired" if t.state == "firing" else "cleared",
+            t.metric,
+            t.value,
+            t.threshold,
+        )
+        if q.hooks.feature_event:
+            q.hooks.emit_feature_event(
+                FeatureEvent(q.name, FEATURE, name, t.rule, fields, t.id, at_ms)
+            )
+        if self.webhook_event is None:
+            return
+        try:
+            from ..webhooks.manager import WebhookManager
+            from ..webhooks.models import WebhookEvent
+        except ImportError:  # the optional extra "webhooks" is not installed
+            return
+        mgr = WebhookManager.of(q)
+        if mgr is None:
+            return
+        try:
+            await mgr.send_event(
+                WebhookEvent(
+                    self.webhook_event,
+                    {"rule": t.rule, "queue": q.name, **fields},
+                    id=f"alert_{t.id}",
+                    timestamp_ms=at_ms or None,
+                )
+            )
+        except Exception:
+            log.exception("queue %s: alert %s: webhook event not sent", q.name, t.rule)
+
+    async def _serve(self, term: int) -> None:
+        # A new term starts afresh: a rule pending its for_ms in a deposed leader's
+        # memory starts its wait again here (the recorded states carry over).
+        self._above_since.clear()
+
+        async def step() -> None:
+            await self.evaluate(term)
+
+        await every(self.interval_ms, step, f"queue {self.queue.name}: alert evaluation")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rules and settings (for ``config show``)."""
+        return {
+            "interval_ms": self.interval_ms,
+            "webhook_event": self.webhook_event,
+            "rules": [r.to_dict() for r in self.rules],
+        }

@@ -1,0 +1,142 @@
+"""Alert rules: what is measured, when an alert fires and when it clears."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, cast
+
+from ...errors import ConfigurationError
+from ...options import Duration, shown, to_ms, unknown_options_error
+
+__all__ = ["METRICS", "AlertRule", "parse_rule"]
+
+#: The metrics a rule may watch, with their meaning (docs/advanced-config.md).
+METRICS: dict[str, str] = {
+    "queue_depth": "jobs waiting to run (the wait set)",
+    "oldest_waiting_age_ms": "age of the oldest job waiting to run (ms since it was added)",
+    "dlq_growth": "jobs dead-lettered within window_ms",
+    "failure_rate": (
+        "percentage of runs that failed (retrying or failed for good) among the runs "
+        "that ended within window_ms; evaluated from min_samples runs"
+    ),
+    "breaker_open": "open circuit breakers (breaker_id: that one only, 1 when open)",
+    "region_lag_ms": (
+        "replication lag of the other regions of a global queue (ms); needs the "
+        "global_queue section, which this version does not provide yet"
+    ),
+}
+#: Longest window of a rule (outcome buckets are kept that long).
+MAX_WINDOW_MS = 3_600_000
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One alert rule.
+
+    Attributes:
+        name: the rule's name (letters, digits and ``_ . : -``, at most 64): the
+            subject of its events.
+        metric: what is watched, one of ``METRICS``.
+        threshold: the alert fires when the value is at or above it.
+        clear_below: the alert clears when the value falls below this (default: the
+            threshold). A lower value keeps a value hovering at the threshold from
+            firing and clearing over and over.
+        window_ms: the window of ``dlq_growth`` and ``failure_rate`` (default 60 s, at
+            most 1 h).
+        for_ms: the value must stay at or above the threshold this long before the
+            alert fires (default 0: at the first evaluation that sees it).
+        min_samples: ``failure_rate`` only: fewer runs than this in the window count
+            as no failure (default 10).
+        breaker_id: ``breaker_open`` only: watch this breaker (1 while open, else 0).
+    """
+
+    name: str
+    metric: str
+    threshold: float
+    clear_below: float | None = None
+    window_ms: Duration = 60_000
+    for_ms: Duration = 0
+    min_samples: int = 10
+    breaker_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigurationError(
+                f"alert rule name must be 1-64 letters, digits or _ . : -, got {shown(self.name)}"
+            )
+        where = f"alert rule {self.name!r}"
+        if self.metric not in METRICS:
+            import difflib
+
+            close = difflib.get_close_matches(str(self.metric), list(METRICS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigurationError(
+                f"{where}: unknown metric {shown(self.metric)}{hint}; metrics are "
+                f"{', '.join(METRICS)}"
+            )
+        for attr in ("threshold", "clear_below"):
+            v = getattr(self, attr)
+            if v is None and attr == "clear_below":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigurationError(f"{where}: {attr} must be a finite number, got {shown(v)}")
+        if self.clear_below is not None and self.clear_below > self.threshold:
+            raise ConfigurationError(
+                f"{where}: clear_below ({self.clear_below}) must not be above the threshold "
+                f"({self.threshold}), or the alert could never stay fired"
+            )
+        object.__setattr__(
+            self,
+            "window_ms",
+            to_ms(self.window_ms, f"{where}: window_ms", minimum=1000, maximum=MAX_WINDOW_MS),
+        )
+        object.__setattr__(self, "for_ms", to_ms(self.for_ms, f"{where}: for_ms"))
+        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int):
+            raise ConfigurationError(f"{where}: min_samples must be an int >= 1")
+        if self.min_samples < 1:
+            raise ConfigurationError(f"{where}: min_samples must be an int >= 1")
+        if self.breaker_id is not None and self.metric != "breaker_open":
+            raise ConfigurationError(f"{where}: breaker_id applies to metric 'breaker_open' only")
+
+    @property
+    def window(self) -> int:
+        """``window_ms`` as whole ms (normalised at construction)."""
+        return cast(int, self.window_ms)
+
+    @property
+    def hold(self) -> int:
+        """``for_ms`` as whole ms (normalised at construction)."""
+        return cast(int, self.for_ms)
+
+    @property
+    def clears_below(self) -> float:
+        """The value below which a fired alert clears."""
+        return self.threshold if self.clear_below is None else float(self.clear_below)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_FIELDS = [f.name for f in fields(AlertRule)]
+
+
+def parse_rule(value: AlertRule | Mapping[str, Any], where: str) -> AlertRule:
+    """An ``AlertRule`` from one or from a dict of its fields (unknown keys refused with
+    a suggestion)."""
+    if isinstance(value, AlertRule):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{where} must be an AlertRule or a dict, got {type(value).__name__}"
+        )
+    bad = [k for k in value if k not in _FIELDS]
+    if bad:
+        raise unknown_options_error(where, bad, _FIELDS)
+    missing = [k for k in ("name", "metric", "threshold") if k not in value]
+    if missing:
+        raise ConfigurationError(f"{where} needs {', '.join(repr(m) for m in missing)}")
+    return AlertRule(**value)

@@ -1,0 +1,110 @@
+--[[
+  append.lua — append entries to the audit chain, only if the chain still ends where
+  the caller computed them from (AuditLog in features/audit/log.py). The caller made
+  each entry's MAC with a key Redis never sees; this script checks the entries follow
+  the current last entry (id, position n, prev = its MAC) and writes them, with an
+  optional effect (a grant change) and an optional trim, all or nothing.
+
+  KEYS[1] audit STREAM
+  KEYS[2] grants HASH of one principal (effects 'grant' / 'revoke'; else unused)
+  KEYS[3] principals SET (effects 'grant' / 'revoke'; else unused)
+  ARGV[1] expected id of the last entry ('' = the stream has no entry)
+  ARGV[2] k: how many entries follow (1..100)
+  ARGV[3] trim: after appending, remove the entries whose id is below this one ('' = no
+          trim); it must be the id of an entry that exists or of one appended here
+  ARGV[4] effect: '' | 'grant' | 'revoke'
+  ARGV[5] effect field (the queue pattern), ARGV[6] its value (the grant, JSON),
+  ARGV[7] the principal (member of KEYS[3])
+  ARGV[8..] k groups of 10 values: id, n, prev, who, act, res, out, meta, kid, mac
+
+  Replies (nothing is ever written before every check passed):
+    {'ok', now_ms, trimmed}
+    {'conflict', last_id, last_n, last_mac, now_ms, top_id}: nothing written: the chain
+        moved on, or the entries do not follow it (position, prev or id); recompute from
+        that last entry, with ids above top_id (the highest id the stream ever had)
+    {'absent', now_ms}: effect 'revoke' of a grant that does not exist; nothing written
+    {'gone', now_ms}: the trim point is not in the stream (trimmed meanwhile); nothing
+        written
+]]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local last_id, last_n, last_mac, top = '', 0, '', '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    last_id = last[1][1]
+    local f = last[1][2]
+    for i = 1, #f, 2 do
+      if f[i] == 'n' then last_n = tonumber(f[i + 1]) or -1 end
+      if f[i] == 'mac' then last_mac = f[i + 1] end
+    end
+  end
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then top = info[i + 1] end
+  end
+end
+
+local function parse(id)
+  local a, b = string.match(id, '^(%d+)%-(%d+)$')
+  if not a then return nil end
+  return tonumber(a), tonumber(b)
+end
+
+local function after(x, y) -- is stream id x above stream id y?
+  local xa, xb = parse(x)
+  local ya, yb = parse(y)
+  if not xa or not ya then return false end
+  return xa > ya or (xa == ya and xb > yb)
+end
+
+local function conflict()
+  return { 'conflict', last_id, last_n, last_mac, now, top }
+end
+
+if ARGV[1] ~= last_id then return conflict() end
+local k = tonumber(ARGV[2])
+if not k or k < 1 or k > 100 or #ARGV ~= 7 + 10 * k then return conflict() end
+
+local prev_id, prev_mac, base = top, last_mac, 7
+if last_id ~= '' and after(last_id, top) then prev_id = last_id end
+local trim = ARGV[3]
+local trim_is_new = false
+for i = 1, k do
+  local o = base + (i - 1) * 10
+  local id = ARGV[o + 1]
+  if not after(id, prev_id) then return conflict() end
+  if tonumber(ARGV[o + 2]) ~= last_n + i then return conflict() end
+  if ARGV[o + 3] ~= prev_mac then return conflict() end
+  if id == trim then trim_is_new = true end
+  prev_id, prev_mac = id, ARGV[o + 10]
+end
+
+if trim ~= '' and not trim_is_new then
+  if #redis.call('XRANGE', KEYS[1], trim, trim) == 0 then return { 'gone', now } end
+end
+local effect = ARGV[4]
+if effect == 'revoke' and redis.call('HEXISTS', KEYS[2], ARGV[5]) == 0 then
+  return { 'absent', now }
+end
+
+-- Checks done: from here on every command is a write that cannot fail.
+for i = 1, k do
+  local o = base + (i - 1) * 10
+  redis.call('XADD', KEYS[1], ARGV[o + 1],
+    'n', ARGV[o + 2], 'prev', ARGV[o + 3], 'who', ARGV[o + 4], 'act', ARGV[o + 5],
+    'res', ARGV[o + 6], 'out', ARGV[o + 7], 'meta', ARGV[o + 8], 'kid', ARGV[o + 9],
+    'mac', ARGV[o + 10])
+end
+if effect == 'grant' then
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+  redis.call('SADD', KEYS[3], ARGV[7])
+elseif effect == 'revoke' then
+  redis.call('HDEL', KEYS[2], ARGV[5])
+  if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[7]) end
+end
+local trimmed = 0
+if trim ~= '' then trimmed = redis.call('XTRIM', KEYS[1], 'MINID', trim) end
+return { 'ok', now, trimmed }

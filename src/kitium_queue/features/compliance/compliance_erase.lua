@@ -1,0 +1,79 @@
+--[[
+  compliance_erase.lua — erase jobs of one subject, in any state, each atomically
+  (kitium_queue.features.compliance: ComplianceManager.erase_subject).
+
+  KEYS: the shared layout (lib_base.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]  the subject id
+  ARGV[5]  most jobs erased by this call (clamped to 1..BATCH_MAX)
+
+  Takes up to ARGV[5] jobs from the subject's index (subj:<subject>: job id -> its
+  idempotency key) and erases each:
+    * a job not finished (waiting, delayed, pending, active) passes the `release` slot
+      with 'removed' first, so features give back what it held (a group's turn, a
+      concurrency place, a workflow's dependents apply their failure policy);
+    * it leaves every state set and its blocker (parked jobs);
+    * the `erase` slot deletes the copies features keep (stored exactly-once result
+      and its key, a workflow's copy of the result, ...);
+    * its hash and log list are deleted, and it leaves the index.
+  A job whose record is already gone (an ordinary deletion) still gets the `erase`
+  slot, with the idempotency key the index kept, then leaves the index.
+  An active job's worker still runs it: its lease renewals, progress, log lines and
+  outcome are refused from then on (fencing: the record is gone), and its run is
+  abandoned at its next renewal. It is never recovered or run again.
+  When the index is empty it is deleted, with the subject's entry in `subjects`.
+
+  Returns { erased, active, left, id1, id2, ... }: jobs erased by this call, how many
+  of them were active, entries left in the index (call again while > 0), the ids.
+  Events: none (the erasure is reported through the admin choke point).
+]]
+--@include lib_base
+--@include lib_jobs
+--@include lib_parking
+--@include slot_release
+--@include slot_erase
+
+local subject = ARGV[4]
+if subject == nil or subject == '' then
+  return bad_arg('compliance_erase', 'the subject id is empty')
+end
+local limit = arg_int(ARGV[5], 200, 1, BATCH_MAX)
+local idx = PREFIX .. 'subj:' .. subject
+local flat = redis.call('HRANDFIELD', idx, limit, 'WITHVALUES')
+-- Some servers answer nil for a missing key (the embedded memory:// one).
+if type(flat) ~= 'table' then flat = {} end
+local SETS = { K_WAIT, K_DELAYED, K_ACTIVE, K_COMPLETED, K_FAILED, K_DLQ }
+local UNFINISHED = { waiting = true, delayed = true, pending = true, active = true }
+local out = { 0, 0, 0 }
+for i = 1, #flat, 2 do
+  local id, ik = flat[i], flat[i + 1]
+  local jk = job_key(id)
+  local kind = key_type(jk)
+  if kind == 'hash' then
+    local f = redis.call('HMGET', jk, 'st', 'ik')
+    local st = f[1] or 'waiting'
+    if f[2] then ik = f[2] end
+    if st == 'active' then out[2] = out[2] + 1 end
+--@if release
+    if UNFINISHED[st] then release_slot(id, jk, 'removed') end
+--@end
+    if st == 'pending' then forget_parked(id, jk) end
+  end
+  for s = 1, #SETS do redis.call('ZREM', SETS[s], id) end
+--@if erase
+  erase_slot(id, jk, ik)
+--@end
+  -- A key damaged by hand (another type than a hash) is the subject's job key all the
+  -- same: it goes too.
+  delete_job(id)
+  redis.call('HDEL', idx, id)
+  out[1] = out[1] + 1
+  out[#out + 1] = id
+end
+local left = redis.call('HLEN', idx)
+if left == 0 then
+  redis.call('DEL', idx)
+  redis.call('ZREM', PREFIX .. 'subjects', subject)
+end
+out[3] = left
+return out

@@ -1,0 +1,126 @@
+"""Redaction of named fields of job payloads: ``PathRedactor``.
+
+A path names fields inside a payload (job data, a result, progress) by their keys,
+separated by dots: ``"user.email"``, ``"card.number"``. Two wildcards:
+
+* ``*`` stands for any one key of an object or any item of a list
+  (``"items.*.card"``: the ``card`` of every item);
+* ``**`` stands for any number of levels, none included (``"**.password"``: every
+  ``password`` field at any depth, the top level too).
+
+A matched field keeps its key and has its value replaced by ``"***"`` (whatever it
+held: a string, a number, a whole object). Lists are walked through ``*`` and ``**``
+only: a plain name never matches a list index. Keys that contain a dot cannot be
+named (use ``*``). A redactor returns a copy and never changes the value it was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ...errors import ConfigurationError
+from ...options import check_text
+from ...redact import REDACTED
+
+__all__ = ["MAX_PATHS", "PathRedactor", "check_paths"]
+
+#: Most paths one redactor takes.
+MAX_PATHS = 200
+_MAX_SEGMENTS = 32
+
+Pattern = tuple[str, ...]
+
+
+def check_paths(paths: Iterable[str], what: str = "redact_fields") -> tuple[str, ...]:
+    """The paths, checked: text of at most 500 characters without control characters,
+    no empty segment (``"a..b"``), at most 32 segments, at most 200 paths."""
+    if isinstance(paths, str):
+        raise ConfigurationError(f"{what} must be a list of paths, not one string: [{paths!r:.60}]")
+    out: list[str] = []
+    for p in paths:
+        text = check_text(p, f"{what} path", max_len=500)
+        parts = text.split(".")
+        if any(not s for s in parts):
+            raise ConfigurationError(
+                f"{what} path {text!r:.80} has an empty segment: write keys separated by "
+                "single dots, e.g. 'user.email'"
+            )
+        if len(parts) > _MAX_SEGMENTS:
+            raise ConfigurationError(f"{what} path {text!r:.80} has more than 32 segments")
+        out.append(text)
+    if len(out) > MAX_PATHS:
+        raise ConfigurationError(f"{what} lists {len(out)} paths, at most {MAX_PATHS}")
+    return tuple(dict.fromkeys(out))
+
+
+class PathRedactor:
+    """Masks the fields the ``paths`` name (see the module docstring).
+
+    Example::
+
+        r = PathRedactor(["user.email", "**.password"])
+        r({"user": {"email": "a@b.c", "id": 7}, "login": {"password": "x"}})
+        # {"user": {"email": "***", "id": 7}, "login": {"password": "***"}}
+    """
+
+    def __init__(self, paths: Iterable[str], *, mask: str = REDACTED) -> None:
+        self.paths = check_paths(paths)
+        self.mask = mask
+        self._patterns: tuple[Pattern, ...] = tuple(tuple(p.split(".")) for p in self.paths)
+
+    def __bool__(self) -> bool:
+        return bool(self._patterns)
+
+    def __call__(self, value: Any) -> Any:
+        """A copy of ``value`` with the named fields masked."""
+        if not self._patterns or not isinstance(value, (dict, list)):
+            return value
+        return self._walk(value, self._patterns)
+
+    def _walk(self, value: Any, patterns: tuple[Pattern, ...]) -> Any:
+        if isinstance(value, dict):
+            out: dict[Any, Any] = {}
+            for key, item in value.items():
+                out[key] = self._child(
+                    item, _advance(patterns, key if isinstance(key, str) else None)
+                )
+            return out
+        if isinstance(value, list):
+            below = _advance(patterns, None)
+            return [self._child(item, below) for item in value]
+        return value
+
+    def _child(self, item: Any, state: tuple[bool, tuple[Pattern, ...]]) -> Any:
+        matched, rest = state
+        if matched:
+            return self.mask
+        if rest and isinstance(item, (dict, list)):
+            return self._walk(item, rest)
+        return item
+
+
+def _advance(patterns: tuple[Pattern, ...], key: str | None) -> tuple[bool, tuple[Pattern, ...]]:
+    """Step every pattern through one key (``None``: a list index). Returns whether a
+    pattern ends here (the field is masked) and the patterns that go on below it."""
+    matched = False
+    rest: list[Pattern] = []
+    stack = list(patterns)
+    while stack:
+        pat = stack.pop()
+        head = pat[0]
+        if head == "**":
+            # Zero levels: the rest of the pattern applies to this very key.
+            if len(pat) > 1:
+                stack.append(pat[1:])
+            else:
+                matched = True
+            # One more level: the same pattern applies below.
+            rest.append(pat)
+            continue
+        if head == "*" or (key is not None and head == key):
+            if len(pat) == 1:
+                matched = True
+            else:
+                rest.append(pat[1:])
+    return matched, tuple(dict.fromkeys(rest))

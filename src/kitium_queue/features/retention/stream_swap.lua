@@ -1,0 +1,37 @@
+--[[
+  stream_swap.lua — finish the rewrite of the event stream: copy the entries added since
+  the copy began, then put the copy in the stream's place (features.retention.stream).
+
+  KEYS: the shared layout (lib_base.lua); uses events. The copy is <events>:rewrite
+  (same hash tag).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]  where the entries not copied yet start: an XRANGE start ('(<last id copied>',
+           or the first id to keep, or '-')
+  ARGV[5]  most entries this call copies (clamped to 1..5000)
+
+  Returns { 'ok', copied } (the copy replaced the stream; a stream left empty is
+  deleted), { 'more', n } (more than ARGV[5] entries to copy: copy them first, nothing
+  written) or { 'gone', 0 } (the stream no longer exists: the copy is deleted).
+]]
+--@include lib_base
+
+local tmp = K_EVENTS .. ':rewrite'
+if redis.call('EXISTS', K_EVENTS) == 0 then
+  redis.call('DEL', tmp)
+  return { 'gone', 0 }
+end
+local limit = arg_int(ARGV[5], 1000, 1, 5000)
+local from = ARGV[4]
+if from == nil or from == '' then from = '-' end
+local tail = redis.call('XRANGE', K_EVENTS, from, '+', 'COUNT', limit + 1)
+if #tail > limit then return { 'more', #tail } end
+for i = 1, #tail do
+  local e = tail[i]
+  redis.call('XADD', tmp, e[1], unpack(e[2]))
+end
+if redis.call('EXISTS', tmp) == 1 then
+  redis.call('RENAME', tmp, K_EVENTS)
+else
+  redis.call('DEL', K_EVENTS)
+end
+return { 'ok', #tail }

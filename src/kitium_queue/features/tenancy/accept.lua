@@ -1,0 +1,34 @@
+(function()
+  @PRELUDE@
+  local QUEUE = string.match(PREFIX, '{(.*)}') or PREFIX
+
+  -- Refuses, before anything of the job is written: a job of a tenant this queue does
+  -- not know (never created, or removed), a job whose region the tenant may not use,
+  -- and a job that would take the tenant past its max_queue_size (its unfinished jobs
+  -- in this queue). Reads the count each time: the enqueue fragment of the job before,
+  -- in the same call, may have raised it.
+  return function(id, name, opts, state)
+    local t, region = tenant_opts(opts)
+    if not t then return nil end
+    local f = redis.call('HMGET', TN .. t, 'on', 'mqs', 'n', 'ar')
+    if f[1] ~= '1' then
+      return "tenant '" .. t .. "' does not exist in queue '" .. QUEUE .. "' (never " ..
+        'created, or removed): the job was not added. Create it with ' ..
+        'TenantRegistry.create_tenant, or drop tenant_id'
+    end
+    local ar = f[4]
+    if region and ar and ar ~= '' and not string.find(ar, ',' .. region .. ',', 1, true) then
+      return "tenant '" .. t .. "' may not use region '" .. region .. "' (its " ..
+        'allowed_regions: ' .. string.sub(ar, 2, -2) .. '): the job was not added'
+    end
+    local max = arg_int(f[2], 0, 0, 1000000000)
+    local n = num(f[3])
+    if max > 0 and n >= max then
+      return 'KQ_QUOTA_EXCEEDED\t' .. t .. '\tmax_queue_size\t' .. max .. "\ttenant '" ..
+        t .. "' is at its max_queue_size of " .. max .. ' in queue ' .. "'" .. QUEUE ..
+        "' (" .. int(n) .. ' unfinished jobs): the job was not added. Add it again ' ..
+        'once some of them finished, or raise the quota (TenantRegistry.update_tenant)'
+    end
+    return nil
+  end
+end)()

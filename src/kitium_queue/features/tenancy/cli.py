@@ -1,0 +1,144 @@
+"""``kitium-queue tenants ...``: the tenants of a deployment, their quotas and usage.
+
+The command group is built by ``make_command`` with the CLI's own helpers passed in (so
+this module does not import the CLI). ``APP`` names a queue: the registry is the one of
+its connection and key prefix; usage is summed over every queue tenancy is enabled on.
+Every value printed comes from Redis or the user and goes through the CLI's escaping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import click
+
+from .model import TenantConfig, TenantUsage
+from .registry import TenantRegistry
+
+__all__ = ["make_command"]
+
+WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+Table = Callable[[Sequence[str], Sequence[Sequence[object]]], None]
+
+
+def _limit(v: int | None) -> str:
+    return "-" if v is None else str(v)
+
+
+def _quota(c: TenantConfig) -> list[str]:
+    q = c.quota
+    rate = "-" if q.rate_limit is None else f"{q.rate_limit.max}/{q.rate_limit.duration}ms"
+    return [_limit(q.max_queue_size), _limit(q.max_concurrency), rate]
+
+
+def _usage(u: TenantUsage) -> list[int]:
+    return [u.queued, u.active, u.held, u.rate_used, u.completed, u.failed]
+
+
+def make_command(
+    with_queue: WithQueue,
+    redis_option: Callable[[Any], Any],
+    row: Callable[..., str],
+    table: Table,
+) -> click.Group:
+    """The ``tenants`` command group, using the CLI's queue loader, ``--redis`` option,
+    row formatter and table printer."""
+
+    @click.group()
+    def tenants() -> None:
+        """Tenants: quotas, weights and usage (multi-tenancy)."""
+
+    @tenants.command("list")
+    @click.argument("app")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @redis_option
+    def tenants_list(app: str, as_json: bool, redis: str | None) -> None:
+        """Every tenant with its quota, weight and usage summed over its queues."""
+
+        async def act(q: Any) -> None:
+            reg = TenantRegistry.for_queue(q)
+            configs = await reg.list_tenants()
+            usages = [await reg.get_tenant_usage(c.tenant_id) for c in configs]
+            if as_json:
+                out = [
+                    {**c.to_dict(), "usage": u.as_dict()}
+                    for c, u in zip(configs, usages, strict=True)
+                ]
+                click.echo(json.dumps({"tenants": out, "queues": await reg.queues()}, indent=2))
+                return
+            table(
+                [
+                    "tenant",
+                    "weight",
+                    "max_queue_size",
+                    "max_concurrency",
+                    "rate_limit",
+                    "queued",
+                    "active",
+                    "held",
+                    "rate used",
+                    "completed",
+                    "failed",
+                    "name",
+                ],
+                [
+                    [c.tenant_id, f"{c.weight:g}", *_quota(c), *_usage(u), c.name]
+                    for c, u in zip(configs, usages, strict=True)
+                ],
+            )
+
+        with_queue(app, redis, act)
+
+    @tenants.command("show")
+    @click.argument("app")
+    @click.argument("tenant_id")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @redis_option
+    def tenants_show(app: str, tenant_id: str, as_json: bool, redis: str | None) -> None:
+        """One tenant: its config, and its usage in each queue."""
+
+        async def act(q: Any) -> None:
+            reg = TenantRegistry.for_queue(q)
+            c = await reg.get_tenant(tenant_id)
+            u = await reg.get_tenant_usage(tenant_id)
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {"tenant": None if c is None else c.to_dict(), "usage": u.as_dict()},
+                        indent=2,
+                    )
+                )
+            else:
+                if c is None:
+                    click.echo(
+                        row(
+                            "tenant",
+                            tenant_id,
+                            "not found (removed, or never created); usage of jobs it left:",
+                        )
+                    )
+                else:
+                    click.echo(row("tenant", c.tenant_id))
+                    click.echo(row("name", c.name or "-"))
+                    click.echo(row("weight", f"{c.weight:g}"))
+                    for k, v in zip(
+                        ("max_queue_size", "max_concurrency", "rate_limit"), _quota(c), strict=True
+                    ):
+                        click.echo(row(k, v))
+                    click.echo(row("allowed_regions", ",".join(c.allowed_regions) or "any"))
+                table(
+                    ["queue", "queued", "active", "held", "rate used", "completed", "failed"],
+                    [
+                        [name, qu.queued, qu.active, qu.held, qu.rate_used, qu.completed, qu.failed]
+                        for name, qu in u.queues.items()
+                    ]
+                    + [["total", *_usage(u)]],
+                )
+            if c is None and not any(_usage(u)):
+                raise click.ClickException(f"no tenant {tenant_id!r}")
+
+        with_queue(app, redis, act)
+
+    return tenants

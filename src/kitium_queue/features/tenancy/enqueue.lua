@@ -1,0 +1,25 @@
+(function()
+  @PRELUDE@
+  -- Marks a new job of a tenant (tn, tq) and counts it. A waiting job goes to wait when
+  -- the tenant has room there (a free ticket, a free slot, rate left) and nothing in its
+  -- lane; else it joins its lane. A delayed job meets admission when due.
+  return function(id, jk, opts, st)
+    local t = tenant_opts(opts)
+    if not t then return nil end
+    local s = state(t)
+    if s.n == nil then s.n = num(redis.call('HGET', TN .. t, 'n')) end
+    s.n = s.n + 1
+    redis.call('HSET', jk, 'tn', t, 'tq', '1')
+    redis.call('HSET', TN .. t, 'n', int(s.n))
+    if st ~= 'waiting' then return nil end
+    if not lane(s) and room(s) > 0 then
+      if FAIR then
+        redis.call('SADD', TK .. t, id)
+        s.tk = s.tk + 1
+      end
+      return nil
+    end
+    s.lane = true
+    return 't:' .. t
+  end
+end)()

@@ -1,0 +1,279 @@
+"""Multi-tenancy on one queue: what ``TenantRegistry.enable(queue)`` installs.
+
+* the job option ``tenant_id`` (the option registry);
+* the Lua fragments (``lua.py``) in the ``accept``, ``enqueue``, ``admission`` and
+  ``release`` slots, compiled from the queue's declarations (``quantum``,
+  ``fair_dispatch``): the same in every process that adds or runs the queue's jobs;
+* enqueue middleware that, the first time this process adds a job with a tenant, makes
+  sure the queue is known to the registry and holds every tenant's quota (``attach``);
+* a service run by each worker that does the same at start and then every
+  ``SYNC_INTERVAL_S`` (quota changes reach queues at once; this heals a copy a crash
+  interrupted);
+* a ``clear()`` step that resets the tenants' counts (their quotas stay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import NoPermissionError, NoScriptError
+
+from ...connection import TRANSIENT_ERRORS
+from ...errors import ConfigurationError
+from ...limits import get_logger
+from ...options import to_int
+from ..audit.conn import LuaScript
+from . import keys as tk
+from . import lua
+from .model import TenantConfig, check_tenant_id
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = [
+    "SYNC_INTERVAL_S",
+    "StoredTenant",
+    "attach",
+    "install",
+    "put_tenant",
+    "run_script",
+]
+
+log = get_logger(__name__)
+
+#: How often each worker re-copies the tenants' quotas into its queue (seconds).
+SYNC_INTERVAL_S = 30.0
+_MAX_QUANTUM = 1000
+
+# One installation per queue object: (quantum, fair_dispatch).
+_INSTALLED: weakref.WeakKeyDictionary[Any, tuple[int, bool]] = weakref.WeakKeyDictionary()
+# Queues whose Redis user may not read the registry (warned once).
+_NO_ACCESS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+async def run_script(client: Any, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+    """Run one of the package's scripts on ``client`` by SHA; the source again when the
+    server does not know it (restart, failover). Its keys are given in ``KEYS``."""
+    try:
+        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+
+
+TN_PUT = LuaScript(__package__, "tn_put")
+
+
+class StoredTenant:
+    """A registry entry read back from Redis: a live config or a tombstone, with its
+    version. ``config`` is None for a tombstone or an entry that cannot be read."""
+
+    __slots__ = ("config", "tenant_id", "version")
+
+    def __init__(self, tenant_id: str, config: TenantConfig | None, version: int) -> None:
+        self.tenant_id = tenant_id
+        self.config = config
+        self.version = version
+
+    @classmethod
+    def parse(cls, tenant_id: str, raw: bytes | str | None) -> StoredTenant | None:
+        """The entry of ``tenant_id`` from its stored JSON (None when there is none).
+        Read back from Redis, so checked like input: a damaged entry is logged and
+        reads as a tombstone of version 0."""
+        if raw is None:
+            return None
+        try:
+            data = orjson.loads(raw)
+            if not isinstance(data, Mapping):
+                raise ValueError("not an object")
+            version = int(data.get("version", 0))
+            if data.get("removed") is True:
+                return cls(tenant_id, None, version)
+            return cls(tenant_id, TenantConfig.from_stored(data), version)
+        except (ValueError, TypeError, ConfigurationError) as exc:
+            log.warning(
+                "tenant registry: the entry of tenant %r cannot be read (%s); it "
+                "is ignored until it is written again",
+                tenant_id,
+                exc,
+            )
+            return cls(tenant_id, None, 0)
+
+    def copy_args(self) -> list[Any]:
+        """ARGV of ``tn_put.lua`` (after the tenant id) for this entry."""
+        c = self.config
+        if c is None:
+            return [self.version, "0", 0, 0, 0, 0, 1, ""]
+        q, rl = c.quota, c.quota.rate_limit
+        regions = "," + ",".join(c.allowed_regions) + "," if c.allowed_regions else ""
+        return [
+            self.version,
+            "1",
+            q.max_queue_size or 0,
+            q.max_concurrency or 0,
+            rl.max if rl else 0,
+            rl.duration if rl else 0,
+            repr(c.weight),
+            regions,
+        ]
+
+
+async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
+    """Copy ``entry`` into one queue (if newer than the copy there)."""
+    keys = [tk.tenant(queue_keys, entry.tenant_id), tk.index(queue_keys)]
+    return bool(await run_script(client, TN_PUT, keys, [entry.tenant_id, *entry.copy_args()]))
+
+
+async def attach(queue: JobQueue) -> int:
+    """Make ``queue`` known to the tenant registry of its key prefix and copy every
+    tenant's quota into it (each copy only if newer). Returns the copies written.
+
+    A Redis user limited to the queue's own keys (ACL ``~<prefix>:{<queue>}:*``) may not
+    touch the registry's keys: then nothing is done here (logged once), and the queue
+    relies on an administrator's ``TenantRegistry.attach(queue)`` and on the registry's
+    writes (docs/tenancy.md).
+    """
+    client = await queue.client()
+    prefix = queue.keys.prefix
+    try:
+        await client.sadd(tk.registry_queues(prefix), queue.name)
+        entries = await client.hgetall(tk.registry(prefix))
+    except NoPermissionError:
+        if queue not in _NO_ACCESS:
+            _NO_ACCESS.add(queue)
+            log.warning(
+                "queue %s: the Redis user may not read the tenant registry (%s); tenants' "
+                "quotas reach this queue only when written by TenantRegistry (attach the "
+                "queue with an administrator's connection, see docs/tenancy.md)",
+                queue.name,
+                tk.registry(prefix),
+            )
+        return 0
+    written = 0
+    for tid, raw in entries.items():
+        name = tid.decode("utf-8", "replace") if isinstance(tid, bytes) else str(tid)
+        try:
+            check_tenant_id(name)
+        except ConfigurationError:
+            continue  # not written by the registry; never used as a key part
+        entry = StoredTenant.parse(name, raw)
+        if entry is not None and await put_tenant(client, queue.keys, entry):
+            written += 1
+    return written
+
+
+class _AttachOnFirstUse:
+    """Enqueue middleware: before the first job with a tenant this process adds to the
+    queue, ``attach`` it (so its quotas are there). Free afterwards."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+        self.done = False
+        # The attach in flight: concurrent first jobs wait for one, not one each.
+        self._task: asyncio.Future[int] | None = None
+
+    def __call__(self, job_name: str, data: Any, options: Mapping[str, Any]) -> Any:
+        if self.done or options.get("tenant_id") is None:
+            return job_name, data, options
+        return self._attach(job_name, data, options)
+
+    async def _attach(self, job_name: str, data: Any, options: Mapping[str, Any]) -> Any:
+        task = self._task
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self._task = asyncio.ensure_future(attach(self.queue))
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if task.done():
+                self._task = None  # failed: the next job tries again
+            raise
+        self.done = True
+        return job_name, data, options
+
+
+class _Sync:
+    """Worker service: ``attach`` at start, then every ``SYNC_INTERVAL_S``."""
+
+    name = "tenancy-sync"
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, queue: Any) -> None:
+        self._task = asyncio.ensure_future(self._loop(queue))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self, queue: Any) -> None:
+        while True:
+            try:
+                await attach(queue)
+            except TRANSIENT_ERRORS as exc:
+                log.warning(
+                    "queue %s: copying the tenants' quotas failed (%s); retrying in %.0f s",
+                    queue.name,
+                    type(exc).__name__,
+                    self.interval_s,
+                )
+            except Exception:
+                log.exception("queue %s: copying the tenants' quotas failed", queue.name)
+            await asyncio.sleep(self.interval_s)
+
+
+def install(
+    queue: JobQueue, *, quantum: int, fair_dispatch: bool, sync_interval_s: float = SYNC_INTERVAL_S
+) -> None:
+    """Enable tenancy on one ``JobQueue`` (see the module docstring). Enabling it again
+    with the same declarations does nothing; with others, ``ConfigurationError``."""
+    quantum = to_int(quantum, "quantum", minimum=1, maximum=_MAX_QUANTUM)
+    if not isinstance(fair_dispatch, bool):
+        raise ConfigurationError(f"fair_dispatch must be True or False, got {fair_dispatch!r}")
+    want = (quantum, fair_dispatch)
+    have = _INSTALLED.get(queue)
+    if have is not None:
+        if have != want:
+            raise ConfigurationError(
+                f"multi-tenancy is already enabled on queue {queue.name!r} with quantum="
+                f"{have[0]}, fair_dispatch={have[1]}; enable it once per queue, with the "
+                "same arguments in every process"
+            )
+        return
+    queue.declare_option(
+        "tenant_id",
+        feature=lua.FEATURE,
+        normalize=lambda v, section: check_tenant_id(v, f"{section}: tenant_id"),
+        doc="the tenant the job belongs to (features.tenancy)",
+    )
+    frags = lua.fragments(quantum, fair_dispatch)
+    scripts = queue.scripts
+    scripts.add_slot("accept", lua.FEATURE, frags["accept"])
+    scripts.add_slot("enqueue", lua.FEATURE, frags["enqueue"])
+    scripts.add_slot("admission", lua.FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
+    scripts.add_slot("release", lua.FEATURE, frags["release"])
+    queue.use_enqueue(_AttachOnFirstUse(queue))
+    queue.add_service(_Sync(sync_interval_s))
+
+    async def reset_counts() -> None:
+        # clear() deleted every job: the tenants' counts, running sets and tickets go;
+        # their quotas (copied from the registry) stay.
+        client = await queue.client()
+        doomed: list[Any] = []
+        async for key in client.scan_iter(match=queue.keys.extra("tn-*"), count=500):
+            doomed.append(key)
+        async for key in client.scan_iter(match=queue.keys.extra("tn:*"), count=500):
+            await client.hdel(key, "n", "rw", "rn", "done", "fail")
+        for i in range(0, len(doomed), 500):
+            await client.delete(*doomed[i : i + 500])
+
+    queue.admin.add_clear_step(reset_counts)
+    _INSTALLED[queue] = want

@@ -1,0 +1,80 @@
+"""Every Redis key of multi-tenancy (the Lua in ``prelude.lua`` builds the same names).
+
+Deployment keys (one set per key prefix, under the deployment-wide hash tag
+``{!access}`` that no queue name can hold, shared with access control and the audit log:
+``features/audit/conn.py``), written by ``TenantRegistry`` and by a queue registering
+itself; the scripts of queues never read them:
+
+* ``<prefix>:{!access}:tenants``          HASH  tenant id -> its config as JSON, with its
+  version (a removed tenant stays as a tombstone ``{"removed": true, "version": ...}``,
+  so a late copy of an older version can never bring it back);
+* ``<prefix>:{!access}:tenants:queues``   SET   the queues tenancy is enabled on (each
+  adds itself);
+* ``<prefix>:{!access}:tenants:version``  STRING the version counter (one per change).
+
+Queue keys (``QueueKeys.extra``: under the queue's hash tag, so every script stays
+cluster-safe): ``tn:<t>`` (HASH: the copy of the tenant's quota and its counts),
+``tn-run:<t>``, ``tn-tk:<t>`` (SETs: running jobs, ticket holders in wait), ``tenants``
+(ZSET index of the tenants set up in the queue),
+and the tenant's lane ``parked:t:<t>`` (``QueueKeys.parked``).
+"""
+
+from __future__ import annotations
+
+from ...keys import QueueKeys
+from ..audit.conn import DEPLOYMENT_TAG
+
+__all__ = [
+    "LANE_PREFIX",
+    "index",
+    "lane",
+    "registry",
+    "registry_queues",
+    "registry_version",
+    "running",
+    "tenant",
+    "tickets",
+]
+
+#: The blocker of a tenant's lane is ``t:<tenant>`` (``lib_parking.lua``).
+LANE_PREFIX = "t:"
+
+
+def registry(prefix: str) -> str:
+    """HASH: tenant id -> its config JSON (the canonical copy)."""
+    return f"{prefix}:{{{DEPLOYMENT_TAG}}}:tenants"
+
+
+def registry_queues(prefix: str) -> str:
+    """SET: names of the queues tenancy is enabled on."""
+    return registry(prefix) + ":queues"
+
+
+def registry_version(prefix: str) -> str:
+    """STRING: the version counter of tenant changes."""
+    return registry(prefix) + ":version"
+
+
+def tenant(keys: QueueKeys, tenant_id: str) -> str:
+    """HASH: the tenant's quota in this queue (copied) and its counts."""
+    return keys.extra(f"tn:{tenant_id}")
+
+
+def running(keys: QueueKeys, tenant_id: str) -> str:
+    """SET: ids of the tenant's running jobs in this queue."""
+    return keys.extra(f"tn-run:{tenant_id}")
+
+
+def tickets(keys: QueueKeys, tenant_id: str) -> str:
+    """SET: ids of the tenant's jobs in wait holding a dispatch ticket."""
+    return keys.extra(f"tn-tk:{tenant_id}")
+
+
+def index(keys: QueueKeys) -> str:
+    """ZSET: the tenants set up in this queue (score 0, in name order)."""
+    return keys.extra("tenants")
+
+
+def lane(keys: QueueKeys, tenant_id: str) -> str:
+    """ZSET: the tenant's lane (its parked jobs)."""
+    return keys.parked(LANE_PREFIX + tenant_id)

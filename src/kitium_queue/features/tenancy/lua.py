@@ -1,0 +1,58 @@
+"""The Lua of multi-tenancy: slot fragments and the feature's own scripts.
+
+The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua``) share
+``prelude.lua``, into which the queue's declarations (fair dispatch on or off, the
+quantum) are compiled, so every process that enables tenancy the same way runs the same
+code. The scripts ``tn_put.lua`` (a tenant's quota copied into a queue) and
+``tn_usage.lua`` (a tenant's counts in a queue, read atomically) and ``tn_registry.lua``
+(the registry's compare-and-set) take their keys in ``KEYS``. See ``docs/tenancy.md``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+__all__ = [
+    "ADMISSION_FIELDS",
+    "FEATURE",
+    "MAX_TENANT_ID",
+    "MAX_TICKETS",
+    "fragments",
+    "source",
+]
+
+#: The name the fragments and the option are registered under.
+FEATURE = "multi-tenancy"
+#: Longest tenant id, in characters (ids end up in key names and messages).
+MAX_TENANT_ID = 128
+#: Most dispatch tickets one tenant holds in a queue (weight x quantum is clamped to it).
+MAX_TICKETS = 10_000
+#: Job-hash fields claim reads for the admission check: the job's tenant, whether it is
+#: counted in the tenant's unfinished jobs.
+ADMISSION_FIELDS = ("tn", "tq")
+_SLOTS = ("accept", "enqueue", "admission", "release")
+
+
+@cache
+def source(name: str) -> str:
+    """The text of one of the package's Lua files."""
+    return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+
+
+def _prelude(quantum: int, fair: bool) -> str:
+    return (
+        source("prelude")
+        .replace("@QUANTUM@", str(int(quantum)))
+        .replace("@FAIR@", "true" if fair else "false")
+        # Lua's # counts bytes: up to 4 per character.
+        .replace("@MAX_TENANT_ID@", str(MAX_TENANT_ID * 4))
+        .replace("@MAX_TICKETS@", str(MAX_TICKETS))
+        .replace("@REFILL_MIN@", str(max(1, int(quantum) // 4)))
+    )
+
+
+def fragments(quantum: int, fair: bool) -> dict[str, str]:
+    """The source of each slot fragment for these declarations."""
+    prelude = _prelude(quantum, fair)
+    return {slot: source(slot).replace("@PRELUDE@", prelude) for slot in _SLOTS}

@@ -1,0 +1,337 @@
+"""The records of multi-tenancy: a tenant's config and quota, and its usage.
+
+``TenantConfig`` and ``TenantQuota`` are frozen dataclasses checked on construction;
+``TenantConfig.of`` / ``TenantQuota.of`` also take plain dicts with snake_case keys (an
+unknown key is refused with the closest valid one suggested). ``TenantUsage`` is what
+``TenantRegistry.get_tenant_usage`` reads: per queue and in total.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from ...errors import ConfigurationError
+from ...keys import check_key_part
+from ...options import MAX_COUNT, check_text, shown, to_int, to_ms, unknown_options_error
+from ..flowcontrol import RateLimit
+from .lua import MAX_TENANT_ID
+
+__all__ = [
+    "QueueUsage",
+    "RateLimit",
+    "TenantConfig",
+    "TenantQuota",
+    "TenantUsage",
+    "check_tenant_id",
+]
+
+_MAX_NAME = 256
+_MAX_REGIONS = 100
+_MAX_REGION = 64
+_MAX_QUEUE_SIZE = 1_000_000_000
+_MAX_CONCURRENCY = 1_000_000
+#: Weights accepted (a tenant's share of a backlogged queue is proportional to it).
+MIN_WEIGHT, MAX_WEIGHT = 0.01, 1000.0
+
+
+# Tenant ids found valid, so the check of every job's tenant_id is a set lookup (a
+# deployment has a bounded number of tenants; past the bound ids are checked each time).
+_VALID_IDS: set[str] = set()
+_VALID_IDS_MAX = 10_000
+
+
+def check_tenant_id(value: Any, what: str = "tenant_id") -> str:
+    """A tenant id: 1 to 128 letters, digits and ``- _ . : # / +`` (it becomes part of
+    key names, of the ACL patterns written for them and of messages)."""
+    if type(value) is str and value in _VALID_IDS:
+        return value
+    check_text(value, what, max_len=MAX_TENANT_ID)
+    out = check_key_part(value, what)
+    if len(_VALID_IDS) < _VALID_IDS_MAX:
+        _VALID_IDS.add(out)
+    return out
+
+
+def _limit(value: Any, what: str, maximum: int) -> int | None:
+    """A count limit: None (or 0) for none, else an int from 1 to ``maximum``."""
+    if value is None:
+        return None
+    n = to_int(value, what, minimum=0, maximum=maximum)
+    return n or None
+
+
+def _rate(value: Any) -> RateLimit | None:
+    if value is None or isinstance(value, RateLimit):
+        rl = value
+    elif isinstance(value, Mapping):
+        bad = [k for k in value if k not in ("max", "duration")]
+        if bad:
+            raise unknown_options_error("quota.rate_limit", bad, ["max", "duration"])
+        if "max" not in value:
+            raise ConfigurationError("quota.rate_limit needs 'max' (starts per duration ms)")
+        rl = RateLimit(value["max"], value.get("duration", 1000))
+    elif isinstance(value, int) and not isinstance(value, bool):
+        rl = RateLimit(value, 1000)  # the brief's rateLimit: 1000 -> per second
+    else:
+        raise ConfigurationError(
+            "quota.rate_limit must be starts per second (an int), RateLimit(max, duration) "
+            f"or {{'max': n, 'duration': ms}}, got {shown(value)}"
+        )
+    if rl is None:
+        return None
+    return RateLimit(
+        to_int(rl.max, "quota.rate_limit.max", minimum=1, maximum=MAX_COUNT),
+        to_ms(rl.duration, "quota.rate_limit.duration", minimum=1),
+    )
+
+
+def _of(cls: Any, value: Any, section: str) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` from a mapping: unknown keys refused with a
+    suggestion."""
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{section} must be a {cls.__name__} or a dict, got {type(value).__name__}"
+        )
+    valid = [f.name for f in fields(cls)]
+    bad = [k for k in value if k not in valid]
+    if bad:
+        raise unknown_options_error(section, bad, valid)
+    return dict(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantQuota:
+    """What one tenant may use in each queue (docs/tenancy.md: what is enforced where).
+
+    Attributes:
+        max_queue_size: most unfinished jobs (waiting, delayed, pending, running,
+            retrying) of the tenant in a queue; a job beyond is refused at enqueue,
+            atomically (``QuotaExceededError``). None: no limit.
+        max_concurrency: most of its jobs running at once in a queue, across every
+            worker; the others wait their turn (no attempt spent). None: no limit.
+        rate_limit: most of its jobs started per window in a queue, across every worker
+            (``RateLimit(max, duration_ms)``; an int ``n`` means ``n`` per second, as
+            the brief's ``rateLimit``). None: no limit.
+    """
+
+    max_queue_size: int | None = None
+    max_concurrency: int | None = None
+    rate_limit: RateLimit | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(
+            self,
+            "max_queue_size",
+            _limit(self.max_queue_size, "quota.max_queue_size", _MAX_QUEUE_SIZE),
+        )
+        set_(
+            self,
+            "max_concurrency",
+            _limit(self.max_concurrency, "quota.max_concurrency", _MAX_CONCURRENCY),
+        )
+        set_(self, "rate_limit", _rate(self.rate_limit))
+
+    @classmethod
+    def of(cls, value: TenantQuota | Mapping[str, Any] | None) -> TenantQuota:
+        """A quota from itself, a dict with any of its fields, or None (no limits)."""
+        if value is None:
+            return cls()
+        if isinstance(value, TenantQuota):
+            return value
+        return cls(**_of(cls, value, "tenant quota"))
+
+    def merged(self, changes: TenantQuota | Mapping[str, Any] | None) -> TenantQuota:
+        """This quota with ``changes``: a ``TenantQuota`` replaces it, a dict replaces
+        the fields it names (None: that limit removed)."""
+        if changes is None:
+            return self
+        if isinstance(changes, TenantQuota):
+            return changes
+        return replace(self, **_of(TenantQuota, changes, "tenant quota"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        rl = self.rate_limit
+        return {
+            "max_queue_size": self.max_queue_size,
+            "max_concurrency": self.max_concurrency,
+            "rate_limit": None if rl is None else {"max": rl.max, "duration": rl.duration},
+        }
+
+
+def _regions(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigurationError(
+            f"allowed_regions must be a list of region names, got {shown(value)}"
+        )
+    out: list[str] = []
+    for i, r in enumerate(value):
+        name = check_key_part(
+            check_text(r, f"allowed_regions[{i}]", max_len=_MAX_REGION), f"allowed_regions[{i}]"
+        )
+        if name not in out:
+            out.append(name)
+        if len(out) > _MAX_REGIONS:
+            raise ConfigurationError(f"allowed_regions holds more than {_MAX_REGIONS} regions")
+    return tuple(out)
+
+
+def _weight(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"weight must be a number, got {shown(value)}")
+    w = float(value)
+    if not math.isfinite(w) or not MIN_WEIGHT <= w <= MAX_WEIGHT:
+        raise ConfigurationError(
+            f"weight must be from {MIN_WEIGHT} to {MAX_WEIGHT:g} (a tenant's share of a "
+            f"busy queue is proportional to it), got {shown(value)}"
+        )
+    return w
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """A tenant (the brief's ``createTenant`` config, plus its dispatch weight).
+
+    Attributes:
+        tenant_id: its id (letters, digits and ``- _ . : # / +``, at most 128): the
+            ``tenant_id`` option of its jobs.
+        name: a display name.
+        quota: its limits in each queue (``TenantQuota``).
+        allowed_regions: the regions its jobs may name with the ``region`` option
+            (empty: any); a job naming another is refused at enqueue.
+        weight: its share of a queue other tenants also keep busy, relative to theirs
+            (fair dispatch; 0.01 to 1000, default 1).
+    """
+
+    tenant_id: str
+    name: str = ""
+    quota: TenantQuota = field(default_factory=TenantQuota)
+    allowed_regions: tuple[str, ...] = ()
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "tenant_id", check_tenant_id(self.tenant_id))
+        if not isinstance(self.name, str):
+            raise ConfigurationError(f"tenant name must be a string, got {shown(self.name)}")
+        if self.name:
+            check_text(self.name, "tenant name", max_len=_MAX_NAME)
+        set_(self, "quota", TenantQuota.of(self.quota))
+        set_(self, "allowed_regions", _regions(self.allowed_regions))
+        set_(self, "weight", _weight(self.weight))
+
+    @classmethod
+    def of(cls, value: TenantConfig | Mapping[str, Any]) -> TenantConfig:
+        """A config from itself or a dict (``tenant_id`` required; ``quota`` a dict or a
+        ``TenantQuota``)."""
+        if isinstance(value, TenantConfig):
+            return value
+        kwargs = _of(cls, value, "tenant config")
+        if "tenant_id" not in kwargs:
+            raise ConfigurationError("a tenant config needs 'tenant_id'")
+        return cls(**kwargs)
+
+    def changed(self, changes: Mapping[str, Any]) -> TenantConfig:
+        """This config with ``changes`` (any field but ``tenant_id``; ``quota`` merged
+        as ``TenantQuota.merged`` does)."""
+        valid = [f.name for f in fields(TenantConfig) if f.name != "tenant_id"]
+        bad = [k for k in changes if k not in valid]
+        if bad:
+            raise unknown_options_error("tenant update", bad, valid)
+        kwargs = dict(changes)
+        if "quota" in kwargs:
+            kwargs["quota"] = self.quota.merged(kwargs["quota"])
+        return replace(self, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what the registry stores, without its version)."""
+        return {
+            "tenant_id": self.tenant_id,
+            "name": self.name,
+            "quota": self.quota.to_dict(),
+            "allowed_regions": list(self.allowed_regions),
+            "weight": self.weight,
+        }
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> TenantConfig:
+        """A config from what the registry stores (read back from Redis: checked like
+        any input)."""
+        return cls.of(
+            {
+                k: data[k]
+                for k in ("tenant_id", "name", "quota", "allowed_regions", "weight")
+                if k in data
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueUsage:
+    """One tenant in one queue, read atomically.
+
+    Attributes:
+        queue: the queue.
+        queued: its unfinished jobs that are not running (waiting, delayed, pending in
+            its lane, waiting to be retried).
+        active: its jobs running now (claimed by a worker, lease not yet ended).
+        held: of the queued ones, those in its lane: waiting for a dispatch turn, a
+            free concurrency slot or the next rate window.
+        rate_used: its starts in the current rate window (0 without a rate limit).
+        rate_window_ends_ms: when that window ends (ms since the epoch, Redis clock), or
+            None.
+        completed, failed: totals since the tenant was first used in the queue.
+    """
+
+    queue: str
+    queued: int
+    active: int
+    held: int
+    rate_used: int
+    rate_window_ends_ms: int | None
+    completed: int
+    failed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+#: The counts of a ``QueueUsage`` that a ``TenantUsage`` sums.
+_SUMMED = ("queued", "active", "held", "rate_used", "completed", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    """One tenant's usage: per queue (``queues``) and summed over them.
+
+    ``rate_used`` sums the queues' current windows (each queue has its own window).
+    """
+
+    tenant_id: str
+    queued: int
+    active: int
+    held: int
+    rate_used: int
+    completed: int
+    failed: int
+    queues: dict[str, QueueUsage] = field(default_factory=dict)
+
+    @classmethod
+    def total(cls, tenant_id: str, queues: Iterable[QueueUsage]) -> TenantUsage:
+        """The usage summed over ``queues`` (one ``QueueUsage`` per queue)."""
+        per = {u.queue: u for u in queues}
+        sums = {k: sum(getattr(u, k) for u in per.values()) for k in _SUMMED}
+        return cls(tenant_id=tenant_id, queues=per, **sums)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["queues"] = {q: u.as_dict() for q, u in self.queues.items()}
+        return out

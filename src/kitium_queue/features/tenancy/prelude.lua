@@ -1,0 +1,171 @@
+  -- Multi-tenancy: the shared part of every fragment (kitium_queue.features.tenancy).
+  -- Compiled in from the queue's declarations (the same in every process):
+  local QUANTUM, FAIR = @QUANTUM@, @FAIR@
+  local MAX_TENANT_ID = @MAX_TENANT_ID@
+  local MAX_TICKETS = @MAX_TICKETS@
+  local REFILL_MIN = @REFILL_MIN@
+  -- Keys (under the queue's hash tag; tenancy/keys.py builds the same names):
+  --   tn:<t>      HASH  the tenant's quota in this queue, copied by TenantRegistry (v
+  --                     version, on '1' while the tenant exists, mqs max_queue_size, mc
+  --                     max_concurrency, rlm/rld rate limit, w weight, ar allowed regions
+  --                     ',a,b,'; 0 / '' = none), and its counts (n unfinished jobs counted,
+  --                     rw/rn the rate window: opened at, starts in it, done/fail totals)
+  --   tn-run:<t>  SET   ids of its running jobs (from claim until they leave active)
+  --   tn-tk:<t>   SET   ids of its jobs in wait that hold a dispatch ticket (fair dispatch)
+  -- Blocker (lib_parking.lua): 't:<t>' is the tenant's lane: its jobs waiting for a
+  -- ticket, a free concurrency slot or its next rate window, in queue order (priority,
+  -- then enqueue order). Job-hash markers: tn = the job's tenant, tq = '1' while the
+  -- job is counted in n.
+  --
+  -- Fair dispatch: a tenant holds at most weight x QUANTUM tickets, and only its ticket
+  -- holders sit in wait; the rest of its jobs wait in its lane. The holders that start
+  -- are replaced from the lane at the back of wait (fresh places, REFILL_MIN at a time
+  -- at least), so wait cycles through the tenants' tickets and each gets starts in
+  -- proportion to its weight, whatever its backlog.
+  local TN = PREFIX .. 'tn:'
+  local RUN = PREFIX .. 'tn-run:'
+  local TK = PREFIX .. 'tn-tk:'
+  local LANE = PREFIX .. 'parked:t:'
+
+  -- The tenant (and region) of a job from its options JSON.
+  local function tenant_opts(opts)
+    if opts == nil or opts == false or opts == '' then return nil end
+    if not string.find(opts, '"tenant_id"', 1, true) then return nil end
+    local ok, o = pcall(cjson.decode, opts)
+    if not ok or type(o) ~= 'table' then return nil end
+    local t = o['tenant_id']
+    if type(t) ~= 'string' or t == '' or #t > MAX_TENANT_ID then return nil end
+    local r = o['region']
+    if type(r) ~= 'string' or r == '' then r = nil end
+    return t, r
+  end
+
+  -- A tenant's quota and counts, read once per script call and kept up to date here.
+  local tenants = {}
+  local function state(t)
+    local s = tenants[t]
+    if s == nil then
+      local f = redis.call('HMGET', TN .. t, 'mc', 'rlm', 'rld', 'w', 'rw', 'rn')
+      local w = tonumber(f[4])
+      if w == nil or w ~= w or w <= 0 then w = 1 end
+      s = { t = t, mc = arg_int(f[1], 0, 0, 1000000000), rlm = arg_int(f[2], 0, 0, 1000000000),
+            rld = arg_int(f[3], 0, 0, MAX_MS), rw = tonumber(f[5]), rn = num(f[6]) }
+      s.quota = arg_int(w * QUANTUM + 0.5, 1, 1, MAX_TICKETS)
+      if s.rlm == 0 or s.rld == 0 then s.rlm = 0 end
+      tenants[t] = s
+    end
+    return s
+  end
+
+  -- Checks up to 3 random members of set `key` (of n members) while n >= limit, and
+  -- removes those gone(m) says are stale; returns the count left.
+  local function prune(key, n, limit, gone)
+    local checks = 0
+    while n >= limit and checks < 3 do
+      checks = checks + 1
+      local m = redis.call('SRANDMEMBER', key)
+      if not m or not gone(m) then break end
+      redis.call('SREM', key, m)
+      n = n - 1
+    end
+    return n
+  end
+
+  -- A running-set member whose job is no longer active (a damaged record counts as
+  -- running: recovery releases it when its lease ends).
+  local function not_running(m)
+    local st = redis.pcall('HGET', job_key(m), 'st')
+    return not (st == 'active' or (st and type(st) ~= 'string'))
+  end
+
+  local function not_waiting(m)
+    return not redis.call('ZSCORE', K_WAIT, m)
+  end
+
+  -- Its running jobs. Exact (every way a job leaves active passes the release fragment,
+  -- which finds the tenant on the job's record); a member left behind (a record deleted
+  -- by hand while it ran, a process without the feature) would hold a slot for good, so
+  -- at the cap a few random members are checked and dropped when no longer active.
+  local function running(s)
+    if s.run == nil then
+      local key = RUN .. s.t
+      local n = redis.call('SCARD', key)
+      if s.mc > 0 then n = prune(key, n, s.mc, not_running) end
+      s.run = n
+    end
+    return s.run
+  end
+
+  -- Its tickets out (fair dispatch). A holder that left wait without passing here (parked
+  -- by another feature's check) keeps its ticket: when all are out, a few random
+  -- holders are checked and dropped when they are not in wait.
+  local function tickets(s)
+    if not FAIR then return 0 end
+    if s.tk == nil then
+      local key = TK .. s.t
+      s.tk = prune(key, redis.call('SCARD', key), s.quota, not_waiting)
+    end
+    return s.tk
+  end
+
+  -- The rate window: used = starts in the current window, reset = when it ends.
+  local function window(s)
+    if s.used == nil then
+      if s.rw and NOW < s.rw + s.rld then
+        s.used, s.reset = s.rn, s.rw + s.rld
+      else
+        s.used, s.reset = 0, nil
+      end
+    end
+    return s.used
+  end
+
+  -- Whether its lane holds jobs.
+  local function lane(s)
+    if s.lane == nil then s.lane = redis.call('EXISTS', LANE .. s.t) == 1 end
+    return s.lane
+  end
+
+  -- How many more of its jobs may go to wait now: its free tickets, within its free
+  -- concurrency slots and what is left of its rate window (each ticket may start).
+  local function room(s)
+    local r = MAX_TICKETS
+    if FAIR then r = s.quota end
+    if s.mc > 0 and s.mc - running(s) < r then r = s.mc - running(s) end
+    if s.rlm > 0 and s.rlm - window(s) < r then r = s.rlm - window(s) end
+    return r - tickets(s)
+  end
+
+  -- A job's place in its lane: its wait score from priority and enqueue order.
+  local function lane_score(jk)
+    local f = redis.call('HMGET', jk, 'p', 'q')
+    return int(wait_score(arg_int(f[1], 0, 0, 65535), num(f[2])))
+  end
+
+  -- Hand the tenant's free room to the first jobs of its lane: to the back of wait
+  -- (fair dispatch: holding a ticket each), or to their places (quotas only). A full
+  -- rate window arms a timer that brings one job back when the window ends (its start
+  -- refills the rest).
+  local function top_up(s)
+    if s.lane == false then return end
+    local r = room(s)
+    if r <= 0 then
+      if s.rlm > 0 and s.reset and window(s) >= s.rlm and lane(s) then
+        park_timer('t:' .. s.t, s.reset, 1, s.rld)
+      end
+      return
+    end
+    local out = tickets(s)
+    -- Refill REFILL_MIN at a time at least (a share of the fixed cost of a refill per
+    -- job), unless the tenant has no ticket out at all.
+    if FAIR and r < REFILL_MIN and out > 0 then return end
+    local ids = {}
+    local moved = unpark('t:' .. s.t, r, FAIR, ids)
+    if moved < r then s.lane = false end
+    if FAIR and moved > 0 then
+      for i = 1, #ids, 500 do
+        redis.call('SADD', TK .. s.t, unpack(ids, i, math.min(i + 499, #ids)))
+      end
+      s.tk = out + moved
+    end
+  end

@@ -1,0 +1,438 @@
+"""``TenantRegistry``: tenants, their quotas and weights, and their usage, across queues.
+
+The registry keeps each tenant's config once per deployment (one key prefix:
+``<prefix>:{!access}:tenants``, see ``keys.py``; its connection is a ``Deployment``, as
+access control's and the audit log's) and copies its quota into every queue tenancy is
+enabled on, where the queue's own scripts enforce it atomically (``docs/tenancy.md``):
+
+* ``max_queue_size`` at enqueue (``accept`` slot): ``QuotaExceededError``, nothing written;
+* ``max_concurrency`` and ``rate_limit`` at claim, across every worker (``admission``
+  and ``release`` slots): a tenant over its cap waits in its lane, spending no attempt
+  and blocking no one else;
+* weighted fair dispatch between the tenants that share a queue (``weight``).
+
+Every change gets a new version (one counter for all tenants) and is written with a
+compare-and-set, to the registry first and then to each queue; a queue keeps only a
+copy newer than its own, so copies that cross (two registries, a worker's periodic
+resync) end with the newest everywhere. Quotas are per queue and exact there; nothing
+spans queues atomically (each queue has its own hash tag on a Redis Cluster): see
+docs/tenancy.md for how to bound a tenant's work as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from ...connection import ConnectionFactory
+from ...errors import ConfigurationError, KitiumQueueError, TenantNotFoundError
+from ...keys import QueueKeys
+from ..audit.conn import Deployment, LuaScript
+from . import keys as tk
+from .install import SYNC_INTERVAL_S, StoredTenant, attach, install, put_tenant, run_script
+from .model import QueueUsage, TenantConfig, TenantQuota, TenantUsage, check_tenant_id
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["TenantRegistry"]
+
+_REGISTRY = LuaScript(__package__, "tn_registry")
+_USAGE = LuaScript(__package__, "tn_usage")
+_MAX_RETRIES = 20
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(_text(v) or 0)
+    except ValueError:
+        return 0
+
+
+def _is_queue(obj: Any) -> bool:
+    return hasattr(obj, "keys") and hasattr(obj, "client") and hasattr(obj, "scripts")
+
+
+class TenantRegistry:
+    """Tenants with quotas and dispatch weights, for every queue of one deployment.
+
+    Args:
+        redis: where the registry lives: a ``JobQueue`` (or ``PartitionedQueue``): its
+            connection and key prefix are used, and tenancy is enabled on it (as with
+            ``enable``); or a connection as ``JobQueue`` takes it (a URL, a dict of
+            options, a ``redis.asyncio`` client).
+        prefix: the key prefix of the queues (default ``"kq"``; taken from the queue
+            when one is given).
+        quantum, fair_dispatch: passed to ``enable`` for the queue given as ``redis``.
+
+    Example::
+
+        tenants = TenantRegistry(queue)       # or TenantRegistry(redis="redis://...")
+        await tenants.create_tenant({"tenant_id": "acme", "name": "ACME Corp",
+                                     "quota": {"max_queue_size": 100_000,
+                                               "max_concurrency": 50, "rate_limit": 1000},
+                                     "weight": 3})
+        await queue.add_job("report", {...}, tenant_id="acme")
+
+    Every process that adds or runs a queue's tenant jobs enables tenancy on it (with the
+    same arguments, like ``process``). Changes are administrative commands: they reach
+    every queue at once, and queues also re-copy the quotas every 30 s.
+    """
+
+    def __init__(
+        self,
+        redis: Any = None,
+        *,
+        prefix: str | None = None,
+        quantum: int = 16,
+        fair_dispatch: bool = True,
+    ) -> None:
+        self._queue: Any = None
+        if _is_queue(redis) or hasattr(redis, "queues"):
+            self._use_queue(redis, prefix)
+            self.enable(redis, quantum=quantum, fair_dispatch=fair_dispatch)
+        else:
+            self._dep = Deployment(
+                "memory://" if redis is None else redis, prefix, name="tenant registry"
+            )
+
+    def _use_queue(self, queue: Any, prefix: str | None) -> None:
+        parts = list(getattr(queue, "queues", None) or [queue])
+        own: str = parts[0].keys.prefix
+        if prefix is not None and prefix != own:
+            raise ConfigurationError(
+                f"prefix {prefix!r} differs from the queue's key prefix {own!r}: the "
+                "registry of a queue lives under the queue's prefix"
+            )
+        self._queue = queue
+        # The queue's connection and prefix; its own client is used (no second one).
+        self._dep = Deployment(parts[0], own, name="tenant registry")
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of the deployment's queues."""
+        return self._dep.prefix
+
+    @property
+    def connection(self) -> ConnectionFactory:
+        """How the registry connects to Redis."""
+        return self._dep.connection
+
+    @classmethod
+    def for_queue(cls, queue: JobQueue) -> TenantRegistry:
+        """The registry of ``queue``'s deployment (its connection and key prefix),
+        without enabling tenancy on it: for tools that only manage or read (the CLI)."""
+        reg = cls.__new__(cls)
+        reg._use_queue(queue, None)
+        return reg
+
+    # ------------------------------------------------------------------ queues
+    @staticmethod
+    def enable(
+        queue: Any,
+        *,
+        quantum: int = 16,
+        fair_dispatch: bool = True,
+        sync_interval_s: float = SYNC_INTERVAL_S,
+    ) -> None:
+        """Enable tenancy on ``queue`` (each partition of a ``PartitionedQueue``): jobs
+        may carry ``tenant_id``, and the tenants' quotas and weights apply to them.
+
+        Args:
+            queue: the ``JobQueue``; it uses the registry under its own key prefix.
+            quantum: dispatch tickets per unit of weight: how many jobs of a tenant of
+                weight 1 sit in wait at once (the rest wait in its lane). Larger means
+                fewer refills (cheaper) and a coarser interleaving of tenants.
+            fair_dispatch: False keeps the quotas but lets tenants' jobs run in plain
+                queue order (no lanes, no tickets: cheaper; a tenant with a backlog
+                then delays the others).
+            sync_interval_s: how often each worker re-copies the quotas into the queue.
+
+        Call it in every process that adds or runs the queue's jobs, with the same
+        arguments (they are compiled into the queue's scripts).
+        """
+        for q in list(getattr(queue, "queues", None) or [queue]):
+            install(
+                q, quantum=quantum, fair_dispatch=fair_dispatch, sync_interval_s=sync_interval_s
+            )
+
+    async def attach(self, queue: Any) -> int:
+        """Register ``queue`` (each partition) with the registry now and copy every
+        tenant's quota into it; returns the copies written. Enabled queues do this on
+        their own (first tenant job added in a process, worker start); this is for
+        tools and tests that want it done before."""
+        total = 0
+        for q in list(getattr(queue, "queues", None) or [queue]):
+            if q.keys.prefix != self.prefix:
+                raise ConfigurationError(
+                    f"queue {q.name!r} uses key prefix {q.keys.prefix!r}, this registry "
+                    f"{self.prefix!r}"
+                )
+            total += await attach(q)
+        return total
+
+    async def queues(self) -> list[str]:
+        """Names of the queues tenancy is enabled on (that registered), sorted."""
+        async with self._errors() as client:
+            names = await client.smembers(tk.registry_queues(self.prefix))
+        return sorted(_text(n) for n in names)
+
+    async def sync(self) -> int:
+        """Copy every tenant's quota into every registered queue (each copy only if
+        newer); returns the copies written."""
+        async with self._errors() as client:
+            entries = await self._entries(client)
+            return await self._propagate(client, entries)
+
+    # ------------------------------------------------------------------ tenants
+    async def create_tenant(self, config: TenantConfig | Mapping[str, Any]) -> TenantConfig:
+        """Create a tenant (``TenantConfig`` or a dict with ``tenant_id``, ``name``,
+        ``quota`` {``max_queue_size``, ``max_concurrency``, ``rate_limit``},
+        ``allowed_regions``, ``weight``); returns it as stored. Its quota reaches every
+        registered queue before this returns. ``ConfigurationError`` if it exists."""
+        cfg = TenantConfig.of(config)
+        async with self._errors() as client:
+            version = int(await client.incr(tk.registry_version(self.prefix)))
+            entry = StoredTenant(cfg.tenant_id, cfg, version)
+            out = _text(
+                await run_script(
+                    client,
+                    _REGISTRY,
+                    [tk.registry(self.prefix)],
+                    ["create", cfg.tenant_id, _json(cfg, version), ""],
+                )
+            )
+            if out == "exists":
+                raise ConfigurationError(
+                    f"tenant {cfg.tenant_id!r} exists already; change it with "
+                    "update_tenant() or remove it first"
+                )
+            await self._propagate(client, [entry])
+        return cfg
+
+    async def update_tenant(
+        self,
+        tenant_id: str,
+        changes: TenantConfig | Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> TenantConfig:
+        """Change a tenant: ``name``, ``quota``, ``allowed_regions``, ``weight``, given
+        as a dict or keyword arguments. A ``quota`` dict changes only the limits it names
+        (``None`` removes one); a ``TenantQuota`` replaces the quota; a whole
+        ``TenantConfig`` (of the same tenant) replaces the config. Returns the new
+        config; ``TenantNotFoundError`` if there is no such tenant."""
+        tid = check_tenant_id(tenant_id)
+        if isinstance(changes, TenantConfig):
+            if changes.tenant_id != tid:
+                raise ConfigurationError(
+                    f"update_tenant({tid!r}) got the config of tenant {changes.tenant_id!r}"
+                )
+            changes = {k: v for k, v in changes.to_dict().items() if k != "tenant_id"}
+            changes["quota"] = TenantConfig.of({"tenant_id": tid, **changes}).quota
+        elif changes is not None and not isinstance(changes, Mapping):
+            raise ConfigurationError(
+                f"update_tenant changes must be a dict or a TenantConfig, got "
+                f"{type(changes).__name__}"
+            )
+        wanted = {**(changes or {}), **fields}
+        async with self._errors() as client:
+            for _ in range(_MAX_RETRIES):
+                cur = await self._entry(client, tid)
+                if cur is None or cur.config is None:
+                    raise self._not_found(tid)
+                new = cur.config.changed(wanted)
+                entry = await self._put(client, cur, new)
+                if entry is not None:
+                    await self._propagate(client, [entry])
+                    return new
+        raise KitiumQueueError(
+            f"tenant {tid!r} was changed {_MAX_RETRIES} times by others while this "
+            "update was computed; try again"
+        )
+
+    async def remove_tenant(self, tenant_id: str) -> bool:
+        """Remove a tenant: queues refuse its new jobs; the ones it has go on and run
+        without its quota (weight 1). False if there was no such tenant."""
+        tid = check_tenant_id(tenant_id)
+        async with self._errors() as client:
+            for _ in range(_MAX_RETRIES):
+                cur = await self._entry(client, tid)
+                if cur is None or cur.config is None:
+                    return False
+                entry = await self._put(client, cur, None)
+                if entry is not None:
+                    await self._propagate(client, [entry])
+                    return True
+        raise KitiumQueueError(f"tenant {tid!r} kept changing while it was removed; try again")
+
+    async def get_tenant(self, tenant_id: str) -> TenantConfig | None:
+        """The tenant's config, or None."""
+        tid = check_tenant_id(tenant_id)
+        async with self._errors() as client:
+            cur = await self._entry(client, tid)
+        return None if cur is None else cur.config
+
+    async def list_tenants(self) -> list[TenantConfig]:
+        """Every tenant, by id."""
+        async with self._errors() as client:
+            entries = await self._entries(client)
+        return sorted(
+            (e.config for e in entries if e.config is not None), key=lambda c: c.tenant_id
+        )
+
+    async def get_tenant_quota(self, tenant_id: str) -> TenantQuota:
+        """The tenant's quota; ``TenantNotFoundError`` if there is no such tenant."""
+        cfg = await self.get_tenant(tenant_id)
+        if cfg is None:
+            raise self._not_found(tenant_id)
+        return cfg.quota
+
+    async def get_tenant_usage(
+        self, tenant_id: str, queues: Iterable[str] | None = None
+    ) -> TenantUsage:
+        """What the tenant uses now, per queue (each read atomically) and in total:
+        queued, active, held in its lane, rate used, completed and failed. ``queues``:
+        the queue names to read (default: every registered queue). A removed tenant
+        with jobs left still reports them."""
+        tid = check_tenant_id(tenant_id)
+        async with self._errors() as client:
+            names = sorted(queues) if queues is not None else await self.queues()
+            per = []
+            for name in names:
+                qk = QueueKeys(name, self.prefix)
+                r = await run_script(
+                    client,
+                    _USAGE,
+                    [
+                        tk.tenant(qk, tid),
+                        tk.running(qk, tid),
+                        tk.tickets(qk, tid),
+                        tk.lane(qk, tid),
+                    ],
+                    [qk.base],
+                )
+                active = _int(r[3])
+                ends = _int(r[8])
+                per.append(
+                    QueueUsage(
+                        queue=name,
+                        queued=max(0, _int(r[2]) - active),
+                        active=active,
+                        held=_int(r[5]),
+                        rate_used=_int(r[6]),
+                        rate_window_ends_ms=ends or None,
+                        completed=_int(r[9]),
+                        failed=_int(r[10]),
+                    )
+                )
+        return TenantUsage.total(tid, per)
+
+    # ------------------------------------------------------------------ internals
+    def _not_found(self, tenant_id: str) -> TenantNotFoundError:
+        return TenantNotFoundError(
+            f"no tenant {tenant_id!r} under key prefix {self.prefix!r}; create it with "
+            "create_tenant() (list them with list_tenants())"
+        )
+
+    async def _entry(self, client: Any, tenant_id: str) -> StoredTenant | None:
+        raw = await client.hget(tk.registry(self.prefix), tenant_id)
+        return StoredTenant.parse(tenant_id, raw)
+
+    async def _entries(self, client: Any) -> list[StoredTenant]:
+        out = []
+        for tid, raw in (await client.hgetall(tk.registry(self.prefix))).items():
+            name = _text(tid)
+            try:
+                check_tenant_id(name)
+            except ConfigurationError:
+                continue
+            entry = StoredTenant.parse(name, raw)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    async def _put(
+        self, client: Any, cur: StoredTenant, new: TenantConfig | None
+    ) -> StoredTenant | None:
+        """Replace ``cur`` by ``new`` (None: a tombstone) if nobody changed it since it
+        was read; the new entry, or None on a conflict."""
+        version = int(await client.incr(tk.registry_version(self.prefix)))
+        body = (
+            _json(new, version)
+            if new is not None
+            else orjson.dumps(
+                {
+                    "tenant_id": cur.tenant_id,
+                    "removed": True,
+                    "version": version,
+                    "updated_at": _now_ms(),
+                }
+            )
+        )
+        out = _text(
+            await run_script(
+                client,
+                _REGISTRY,
+                [tk.registry(self.prefix)],
+                ["put", cur.tenant_id, body, cur.version],
+            )
+        )
+        if out == "missing":
+            raise self._not_found(cur.tenant_id)
+        return StoredTenant(cur.tenant_id, new, version) if out == "ok" else None
+
+    async def _propagate(self, client: Any, entries: list[StoredTenant]) -> int:
+        written = 0
+        for name in await client.smembers(tk.registry_queues(self.prefix)):
+            try:
+                qk = QueueKeys(_text(name), self.prefix)
+            except ConfigurationError:
+                continue  # not a queue name: not written by a queue
+            for entry in entries:
+                if await put_tenant(client, qk, entry):
+                    written += 1
+        return written
+
+    @contextlib.asynccontextmanager
+    async def _errors(self) -> AsyncIterator[Any]:
+        """The client, and Redis errors translated (``Deployment.error``)."""
+        try:
+            yield await self._get_client()
+        except KitiumQueueError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise self._dep.error(exc) from None
+
+    async def _get_client(self) -> Any:
+        if self._queue is not None:
+            parts = list(getattr(self._queue, "queues", None) or [self._queue])
+            return await parts[0].client()
+        return await self._dep.client()
+
+    async def close(self) -> None:
+        """Release the registry's own connection (a queue's is left to the queue)."""
+        if self._queue is None:
+            await self._dep.close()
+
+    async def __aenter__(self) -> TenantRegistry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _json(cfg: TenantConfig, version: int) -> bytes:
+    return orjson.dumps({**cfg.to_dict(), "version": version, "updated_at": _now_ms()})

@@ -1,0 +1,36 @@
+--[[
+  tn_usage.lua — one tenant's counts in one queue, read atomically (read only).
+
+  KEYS[1]  <prefix>:{<queue>}:tn:<tenant>      HASH  quota copy and counts (prelude.lua)
+  KEYS[2]  <prefix>:{<queue>}:tn-run:<tenant>  SET   its running jobs
+  KEYS[3]  <prefix>:{<queue>}:tn-tk:<tenant>   SET   its ticket holders in wait
+  KEYS[4]  <prefix>:{<queue>}:parked:t:<tenant> ZSET its lane
+  ARGV[1]  the queue's key prefix <prefix>:{<queue>}: (job records are <prefix>job:<id>,
+           under the same hash tag)
+  Returns { on, version, unfinished, running, tickets, in lane, rate starts in the
+  current window (0 when it ended), rate max, window ends at (ms or 0), done, failed,
+  now (ms, Redis clock) }. Running counts the members of the running set whose job is
+  active (a member left behind by a record deleted by hand is not counted; the set is
+  bounded by the workers' slots, and above 10,000 members its size is given as is).
+]]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local f = redis.call('HMGET', KEYS[1], 'on', 'v', 'n', 'rlm', 'rld', 'rw', 'rn', 'done', 'fail')
+local rld, rw = tonumber(f[5]) or 0, tonumber(f[6])
+local used, ends = 0, 0
+if rw and rld > 0 and now < rw + rld then
+  used, ends = tonumber(f[7]) or 0, rw + rld
+end
+local running = redis.call('SCARD', KEYS[2])
+if running <= 10000 then
+  local members = redis.call('SMEMBERS', KEYS[2])
+  running = 0
+  for i = 1, #members do
+    if redis.pcall('HGET', ARGV[1] .. 'job:' .. members[i], 'st') == 'active' then
+      running = running + 1
+    end
+  end
+end
+return { f[1] or '', f[2] or '0', f[3] or '0', running,
+  redis.call('SCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]), used, f[4] or '0',
+  string.format('%.0f', ends), f[8] or '0', f[9] or '0', string.format('%.0f', now) }

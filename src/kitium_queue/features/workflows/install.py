@@ -1,0 +1,205 @@
+"""Enabling workflows on one ``JobQueue``: options, Lua, the transformer middleware.
+
+``install(queue, retention_ms)`` runs once per queue object (every partition of a
+``PartitionedQueue`` is one): it declares the job options (``workflow_id`` and
+``depends_on`` with a placement, so a partitioned queue sends a workflow's jobs to one
+partition), registers the scripts and slot fragments, the clear step, and the process
+middleware that applies ``data_transformer``. ``parent_results`` reads a job's parents'
+results, as the middleware and ``JobChainManager.parent_results`` give them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ConfigurationError
+from ...options import check_text
+from . import lua
+from .explain import make_explainer
+from .lua import FEATURE, MAX_PARENTS
+from .model import MAX_NAME, POLICIES, ParentResult, resolve_transformer
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = [
+    "PublicId",
+    "check_ids",
+    "check_name",
+    "check_policy",
+    "install",
+    "installed_retention",
+    "parent_results",
+    "set_public_id",
+    "transformers_of",
+]
+
+#: ``public(inner id) -> id as the caller knows it`` (a partition's full ids).
+PublicId = Callable[[str], str]
+
+# Per queue object: the retention its scripts were built with, the transformers every
+# manager of it registered, and how its job ids are shown (a partition's full ids).
+_INSTALLED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_TRANSFORMERS: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_PUBLIC: weakref.WeakKeyDictionary[Any, PublicId] = weakref.WeakKeyDictionary()
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
+
+
+def check_ids(value: Any, section: str) -> list[str]:
+    """A ``depends_on`` value: a list of at most ``MAX_PARENTS`` job ids."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ConfigurationError(f"{section}: depends_on must be a list of job ids")
+    if len(value) > MAX_PARENTS:
+        raise ConfigurationError(
+            f"{section}: depends_on lists {len(value)} jobs, at most {MAX_PARENTS}"
+        )
+    return [check_text(v, f"{section}: depends_on item", max_len=512) for v in value]
+
+
+def check_name(option: str) -> Callable[[Any, str], str]:
+    """The normalizer of ``workflow_id`` / ``workflow_step``: text of at most
+    ``MAX_NAME`` characters (they end up in job ids, keys and messages)."""
+
+    def normalize(value: Any, section: str) -> str:
+        return check_text(value, f"{section}: {option}", max_len=MAX_NAME)
+
+    return normalize
+
+
+def check_policy(value: Any, section: str) -> str:
+    """An ``on_failure`` value."""
+    if value not in POLICIES:
+        raise ConfigurationError(
+            f"{section}: on_failure must be one of {', '.join(POLICIES)}, got {value!r}"
+        )
+    return str(value)
+
+
+def installed_retention(q: JobQueue) -> int | None:
+    """The retention workflows were enabled with on ``q`` in this process, or None."""
+    return _INSTALLED.get(q)
+
+
+def transformers_of(q: JobQueue) -> dict[str, Callable[..., Any]]:
+    """The transformers registered for ``q`` (the dict its middleware reads)."""
+    return _TRANSFORMERS[q]
+
+
+def set_public_id(q: JobQueue, public: PublicId) -> None:
+    """Show ``q``'s job ids through ``public`` (a partition: its full ids)."""
+    _PUBLIC[q] = public
+
+
+async def parent_results(q: JobQueue, jid: str) -> dict[str, ParentResult]:
+    """The results of job ``jid``'s parents (``JobChainManager.parent_results``)."""
+    client = await q.client()
+    parents = await client.lrange(q.keys.extra(f"dep-p:{jid}"), 0, MAX_PARENTS - 1)
+    if not parents:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for p in parents:
+        pipe.hmget(q.keys.extra(f"dep:{_text(p)}"), "s", "st", "r", "e")
+    rows = await pipe.execute()
+    public = _PUBLIC.get(q)
+    out: dict[str, ParentResult] = {}
+    for p, (step, st, raw, err) in zip(parents, rows, strict=True):
+        pid = public(_text(p)) if public else _text(p)
+        result = q.ctx.serializer.loads(raw, "result") if raw else None
+        key = _text(step) if step else pid
+        out[key] = ParentResult(
+            pid,
+            _text(step) if step else None,
+            _text(st) or "missing",
+            result,
+            _text(err) if err else None,
+        )
+    return out
+
+
+def install(q: JobQueue, retain_ms: int) -> None:
+    """Enable workflows on ``q`` (once; again with another retention is an error)."""
+    have = _INSTALLED.get(q)
+    if have is not None:
+        if have != retain_ms:
+            raise ConfigurationError(
+                f"workflows are already enabled on queue {q.name!r} with retention_ms={have}; "
+                "create one JobChainManager per queue, with the same arguments in every process"
+            )
+        return
+    q.declare_option(
+        "workflow_id",
+        feature=FEATURE,
+        normalize=check_name("workflow_id"),
+        placement="key",
+        doc="the workflow the job is a step of (features.workflows)",
+    )
+    q.declare_option(
+        "workflow_step",
+        feature=FEATURE,
+        normalize=check_name("workflow_step"),
+        doc="the job's step name in its workflow (features.workflows)",
+    )
+    q.declare_option(
+        "depends_on",
+        feature=FEATURE,
+        normalize=check_ids,
+        placement="job_ids",
+        doc="ids of jobs that must complete before this one runs",
+    )
+    q.declare_option(
+        "on_failure",
+        feature=FEATURE,
+        normalize=check_policy,
+        doc="what the job's final failure does to its dependents",
+    )
+    q.declare_option(
+        "data_transformer",
+        feature=FEATURE,
+        doc="transformer applied to the data before the job runs",
+    )
+    scripts = q.scripts
+    for name in lua.SCRIPTS:
+        scripts.add_fragment(name, lua.script(name, retain_ms))
+    frags = lua.fragments(retain_ms)
+    scripts.add_slot("accept", FEATURE, frags["accept"])
+    scripts.add_slot("enqueue", FEATURE, frags["enqueue"])
+    scripts.add_slot("admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
+    scripts.add_slot("release", FEATURE, frags["release"])
+    erase = resources.files(__package__).joinpath("erase.lua").read_text("utf-8")
+    scripts.add_slot("erase", FEATURE, erase)
+
+    async def forget_workflows() -> None:
+        # clear() deleted the jobs: the feature's own keys go too.
+        client = await q.client()
+        for pattern in ("dep*", "wf*"):
+            found = [k async for k in client.scan_iter(match=q.keys.extra(pattern), count=1000)]
+            for i in range(0, len(found), 500):
+                await client.unlink(*found[i : i + 500])
+
+    q.admin.add_clear_step(forget_workflows)
+    q.add_explainer(make_explainer(q))
+    transformers: dict[str, Callable[..., Any]] = {}
+
+    async def transform(job: Any, call_next: Callable[[], Any]) -> Any:
+        # The step's data_transformer, on the worker, before it runs.
+        name = job.options.get("data_transformer") if isinstance(job.options, dict) else None
+        if name:
+            fn = resolve_transformer(str(name), transformers)
+            out = fn(job.data, await parent_results(q, str(job.id)))
+            if inspect.isawaitable(out):
+                out = await out
+            job.data = out
+        return await call_next()
+
+    q.use_process(transform)
+    _TRANSFORMERS[q] = transformers
+    _INSTALLED[q] = retain_ms

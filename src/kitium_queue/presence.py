@@ -1,0 +1,205 @@
+"""Live workers: each running worker announces itself, and anyone can list who is alive.
+
+A worker writes a small record of itself when it starts and again every
+``HEARTBEAT_MS`` (its id, host, pid, concurrency, the job names it has processors for,
+how many jobs it runs and has processed), with a TTL of ``PRESENCE_TTL_MS``; a worker
+that stops deletes it, one that dies lets it expire. The TTL runs on the Redis clock, so
+hosts whose clocks disagree still agree on who is alive.
+
+Keys (``QueueKeys``): ``workers`` (ZSET, an index: worker id -> when it last announced
+itself) and ``worker(id)`` (HASH, the record). ``live_workers`` reads the index and
+keeps the workers whose record still exists; the writers drop index entries older than
+an hour.
+
+What it is for: an operator's view of the fleet (the dashboard), and the "why is this
+job not running?" answer *no live worker has a processor for its name*
+(``explain.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .connection import TRANSIENT_ERRORS
+from .limits import get_logger, reply_int, reply_text
+
+if TYPE_CHECKING:
+    from .keys import QueueKeys
+
+__all__ = [
+    "HEARTBEAT_MS",
+    "PRESENCE_TTL_MS",
+    "Presence",
+    "WorkerPresence",
+    "live_workers",
+]
+
+log = get_logger(__name__)
+
+#: How often a running worker renews its record (ms).
+HEARTBEAT_MS = 5_000
+#: How long a record lives without renewal (ms): three missed heartbeats.
+PRESENCE_TTL_MS = 3 * HEARTBEAT_MS
+#: Index entries older than this are dropped by the writers (ms).
+_STALE_MS = 3_600_000
+#: Most job names a record lists (a worker with more shows the first ones).
+MAX_NAMES = 200
+#: Most workers ``live_workers`` reads.
+MAX_WORKERS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPresence:
+    """What a live worker said about itself at its last heartbeat.
+
+    Attributes:
+        id: the worker id (``host:pid:random``), as on the jobs it claims (``w``).
+        host, pid: where it runs.
+        concurrency: jobs it may run at once.
+        running: jobs it ran at its last heartbeat.
+        processed: outcomes it recorded since it started.
+        processors: the job names it has a processor for (``"*"``: any name).
+        started_at, seen_at: when it started and last announced itself (ms, its clock).
+    """
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int
+    running: int
+    processed: int
+    processors: tuple[str, ...]
+    started_at: int
+    seen_at: int
+
+    def can_process(self, job_name: str) -> bool:
+        """Whether it has a processor for jobs named ``job_name``."""
+        return job_name in self.processors or "*" in self.processors
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (``--json``, the dashboard's API)."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "concurrency": self.concurrency,
+            "running": self.running,
+            "processed": self.processed,
+            "processors": list(self.processors),
+            "started_at": self.started_at,
+            "seen_at": self.seen_at,
+        }
+
+
+class Presence:
+    """The heartbeat of one worker (``Worker`` runs ``run()`` and calls ``leave()``)."""
+
+    def __init__(self, keys: QueueKeys, client: Any, worker: Any, names: Iterable[str]) -> None:
+        self.keys = keys
+        self.client = client
+        self.worker = worker
+        self.names = sorted({str(n) for n in names})[:MAX_NAMES]
+        self.started_at = int(time.time() * 1000)
+        self.host = socket.gethostname()
+
+    def record(self) -> dict[str, str]:
+        """The fields written at each heartbeat."""
+        w = self.worker
+        return {
+            "host": self.host,
+            "pid": str(os.getpid()),
+            "conc": str(w.concurrency),
+            "run": str(len(w.leases.runs)),
+            "done": str(w.processed),
+            "names": orjson.dumps(self.names).decode(),
+            "start": str(self.started_at),
+            "seen": str(int(time.time() * 1000)),
+        }
+
+    async def beat(self) -> None:
+        """Write the record once (atomically: index, record, TTL)."""
+        now = int(time.time() * 1000)
+        key = self.keys.worker(self.worker.id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping=self.record())
+        pipe.pexpire(key, PRESENCE_TTL_MS)
+        pipe.zadd(self.keys.workers, {self.worker.id: now})
+        pipe.zremrangebyscore(self.keys.workers, "-inf", now - _STALE_MS)
+        await pipe.execute()
+
+    async def run(self) -> None:
+        """Announce the worker every ``HEARTBEAT_MS`` until cancelled; an outage only
+        delays the next heartbeat."""
+        while True:
+            try:
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except TRANSIENT_ERRORS:
+                pass  # the worker's own loops report the outage
+            except Exception:
+                log.exception("worker %s: heartbeat failed", self.worker.id)
+            await asyncio.sleep(HEARTBEAT_MS / 1000)
+
+    async def leave(self) -> None:
+        """Delete the record (a stopped worker is not alive); errors are ignored: the
+        record expires anyway."""
+        with contextlib.suppress(Exception):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self.keys.worker(self.worker.id))
+            pipe.zrem(self.keys.workers, self.worker.id)
+            await pipe.execute()
+
+
+def _names(raw: Any) -> tuple[str, ...]:
+    try:
+        got = orjson.loads(raw or b"[]")
+    except orjson.JSONDecodeError:
+        return ()
+    if not isinstance(got, list):
+        return ()
+    return tuple(str(n) for n in got[:MAX_NAMES] if isinstance(n, str))
+
+
+async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPresence]:
+    """The workers of ``queue`` (anything with ``keys`` and an async ``client()``) whose
+    record is alive, most recently seen first; at most ``limit`` (up to 1000) are read.
+    Records written by others are untrusted: a damaged field reads as empty or 0."""
+    n = max(0, min(int(limit), MAX_WORKERS))
+    if n == 0:
+        return []
+    client = await queue.client()
+    keys: QueueKeys = queue.keys
+    ids = await client.zrevrange(keys.workers, 0, n - 1)
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for i in ids:
+        pipe.hgetall(keys.worker(reply_text(i)))
+    out: list[WorkerPresence] = []
+    for i, h in zip(ids, await pipe.execute(), strict=True):
+        if not h:
+            continue  # expired: the worker is gone
+        out.append(
+            WorkerPresence(
+                id=reply_text(i),
+                host=reply_text(h.get(b"host"))[:255],
+                pid=reply_int(h.get(b"pid")),
+                concurrency=reply_int(h.get(b"conc")),
+                running=reply_int(h.get(b"run")),
+                processed=reply_int(h.get(b"done")),
+                processors=_names(h.get(b"names")),
+                started_at=reply_int(h.get(b"start")),
+                seen_at=reply_int(h.get(b"seen")),
+            )
+        )
+    return out

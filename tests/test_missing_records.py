@@ -1,0 +1,201 @@
+"""Evicted or deleted job records (issue 18, item 4): with ``allow_eviction`` the queue
+runs on an evicting Redis, and every job record it finds missing is counted
+(``QueueStats.missing_records``, ``HealthStatus.missing_records``), dead-lettered with a
+reason when its job was waiting, delayed or running, and reported in a warning at a
+bounded rate; nothing crashes.
+
+Two ways records go: a real ``redis-server`` with a small ``maxmemory`` and
+``allkeys-lru`` evicting them under load, and hashes deleted directly (each state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from _redis import RedisServer
+from helpers import QueueFactory, wait_until
+from kitium_queue import JobQueue
+from kitium_queue.serverinfo import MISSING_LOG_S, MissingRecords
+
+pytestmark = pytest.mark.redis_only
+
+WARNING = "job record(s) found missing"
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if WARNING in r.getMessage()]
+
+
+async def test_records_deleted_in_every_state_are_counted_and_reported(
+    make_queue: QueueFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = make_queue(settings={"lock_duration": 300, "max_stalled_interval": 50})
+    client = await q.client()
+    gate = asyncio.Event()
+    ran: list[str] = []
+
+    @q.process("n")
+    async def n(job: Any) -> str:
+        ran.append(job.id)
+        if job.data == "hold":
+            await gate.wait()
+        return "ok"
+
+    done = await q.add_job("n", "done", job_id="done")
+    await q.start(concurrency=2)
+    await wait_until(lambda: "done" in ran)
+    await q.close()
+    waiting = await q.add_job("n", "w", job_id="waiting")
+    delayed = await q.add_job("n", "d", job_id="delayed", delay=1)
+    for jid in (waiting, delayed, done):
+        await client.delete(q.keys.job(jid))
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    # Listing the completed jobs meets the record that is gone (it is left out).
+    assert [j.id for j in await q.get_jobs_by_status("completed")] == []
+    assert len(_warnings(caplog)) == 1, "a listing that meets a missing record warns"
+
+    await asyncio.sleep(0.01)
+    await q.start(concurrency=2)
+    # The waiting and the delayed job are dead-lettered with the reason.
+
+    async def two_dead() -> bool:
+        return (await q.get_stats()).dlq == 2
+
+    await wait_until(two_dead, 5)
+    running = await q.add_job("n", "hold", job_id="running")
+    await wait_until(lambda: "running" in ran)
+    await client.delete(q.keys.job(running))
+    gate.set()  # its outcome finds no record: counted, dropped, no crash
+
+    async def none_active() -> bool:
+        return (await q.get_stats()).active == 0
+
+    await wait_until(none_active, 5)
+
+    stats = await q.get_stats()
+    assert stats.missing_records == 3, stats
+    for jid, state in ((waiting, "waiting"), (delayed, "delayed")):
+        info = await q.get_job_status(jid)
+        assert info is not None and info.status.value == "dlq"
+        assert f"job record missing: its hash key was deleted while the job was {state}" in (
+            info.failed_reason or ""
+        )
+    health = await q.health_check()
+    assert health.healthy and health.missing_records == 3
+    assert q.worker.running
+    # The later finds were reported within the same interval: still one warning.
+    assert len(_warnings(caplog)) == 1
+    # clear() starts the count again.
+    await q.close()
+    await q.clear()
+    assert (await q.get_stats()).missing_records == 0
+
+
+async def test_a_lease_expiring_on_a_deleted_record_is_counted(make_queue: QueueFactory) -> None:
+    q = make_queue()
+    client = await q.client()
+    jid = await q.add_job("n", 1)
+    # Claimed by a worker that then vanished (as if killed): a lease that expires.
+    await q.run("claim", [1, 1, 0, 0, 2, "1", "gone:1", 100])
+    await client.delete(q.keys.job(jid))
+    await asyncio.sleep(0.01)
+    back, dead = await q.recover_stalled()
+    assert (back, dead) == ([], [jid])
+    assert (await q.get_stats()).missing_records == 1
+    info = await q.get_job_status(jid)
+    assert info is not None and "deleted while the job was running" in (info.failed_reason or "")
+
+
+def test_warnings_are_bounded_in_rate(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    m = MissingRecords("q", clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    for _ in range(500):
+        m.seen(1, "running")
+    m.counted(700)
+    assert len(_warnings(caplog)) == 1
+    assert "1 job record(s) found missing (running)" in _warnings(caplog)[0].getMessage()
+    now[0] += MISSING_LOG_S + 1
+    m.counted(700)  # nothing new since the total was last reported? it was not: report
+    assert len(_warnings(caplog)) == 2
+    assert "700 since the queue was cleared" in _warnings(caplog)[1].getMessage()
+    now[0] += MISSING_LOG_S + 1
+    m.counted(700)  # no growth, nothing seen: no warning
+    assert len(_warnings(caplog)) == 2
+    assert m.seen_total == 500
+
+
+async def test_an_evicting_redis_loses_records_and_the_queue_keeps_going(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru") as srv:
+        client = aioredis.from_url(srv.url)
+        q = JobQueue(
+            "ev",
+            redis=srv.url,
+            prefix=prefix,
+            settings={"allow_eviction": True},
+            worker={"concurrency": 20},
+        )
+        ran: list[str] = []
+        q.process("n", lambda job: ran.append(job.id))
+        try:
+            added: list[str] = []
+            # Far more than 4 MB of jobs: Redis evicts the least recently used keys,
+            # the job records that wait longest among them.
+            for _ in range(40):
+                added += await q.add_jobs([("n", {"pad": "p" * 2000}) for _ in range(100)])
+            evicted = int((await client.info("stats"))["evicted_keys"])
+            assert evicted > 0, "Redis evicted nothing; the test needs a smaller maxmemory"
+            await q.start()
+
+            async def settled() -> bool:
+                st = await q.get_stats()
+                return st.waiting == 0 and st.active == 0 and st.delayed == 0
+
+            await wait_until(settled, 60, interval=0.05)
+            stats = await q.get_stats()
+            print(f"added={len(added)} evicted_keys={evicted} ran={len(ran)} {stats}")
+            assert q.worker.running
+            assert stats.missing_records > 0, stats
+            # Every job either ran or was found missing (some missing ones may have been
+            # evicted again from the DLQ, and a job whose wait entry was evicted is
+            # neither: the count is a lower bound of what eviction cost).
+            assert len(ran) + stats.missing_records <= len(added)
+            assert len(ran) > 0
+            health = await q.health_check()
+            assert health.healthy and health.missing_records == stats.missing_records
+            assert health.memory is not None and health.memory.policy == "allkeys-lru"
+            assert 1 <= len(_warnings(caplog)) <= 2, [r.getMessage() for r in caplog.records]
+        finally:
+            await q.close()
+            await client.aclose()
+
+
+async def test_cli_health_reports_missing_records(
+    cli_app: str, redis_url: str, prefix: str
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from kitium_queue.cli import main
+
+    q = JobQueue("cli", redis=redis_url, prefix=prefix)
+    try:
+        jid = await q.add_job("n", 1)
+        await (await q.client()).delete(q.keys.job(jid))
+        await q.run("claim", [1, 1000, 0, 0, 2, "1", "w:1", 100])  # finds it gone
+    finally:
+        await q.close()
+    out = await asyncio.to_thread(CliRunner().invoke, main, ["health", cli_app, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["missing_records"] == 1
+    out = await asyncio.to_thread(CliRunner().invoke, main, ["health", cli_app])
+    assert "missing records\t1" in out.stdout
