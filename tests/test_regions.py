@@ -429,6 +429,36 @@ async def test_a_tenants_allowed_regions_route_or_refuse(make: Callable[..., Any
     assert ids[0].startswith(f"@{NAMES[1]}:") and not ids[1].startswith("@")
 
 
+async def test_the_tenancy_registry_answers_the_routing(
+    make: Callable[..., Any], urls: list[str], prefix: str
+) -> None:
+    """The tenancy feature's registry behind the routing protocol (the adapter of
+    docs/multi-region.md): a tenant with regions is pinned, one without goes anywhere."""
+    from kitium_queue import TenantRegistry
+
+    registry = TenantRegistry(urls[0], prefix=prefix)
+    await registry.create_tenant({"tenant_id": "acme", "allowed_regions": [NAMES[2]]})
+    await registry.create_tenant({"tenant_id": "globex"})
+
+    async def allowed_regions_for(tenant_id: str) -> tuple[str, ...] | None:
+        tenant = await registry.get_tenant(tenant_id)
+        if tenant is None:
+            raise KeyError(f"unknown tenant {tenant_id!r}")
+        return tenant.allowed_regions or None
+
+    try:
+        m = await make(allowed_regions=allowed_regions_for)
+        m.declare_option("tenant_id", feature="test tenancy")
+        assert (await m.add_job("x", tenant_id="acme")).startswith(f"@{NAMES[2]}:")
+        assert not (await m.add_job("x", tenant_id="globex")).startswith("@")
+        with pytest.raises(RegionNotAllowedError):
+            await m.add_job("x", tenant_id="acme", region=NAMES[0])
+        with pytest.raises(RegionNotAllowedError, match="unknown tenant"):
+            await m.add_job("x", tenant_id="initech")
+    finally:
+        await registry.close()
+
+
 async def test_replicate_job_copies_either_kind(make: Callable[..., Any]) -> None:
     m = await make(replication={"enabled": False})
     jid = await m.add_job("x", {"v": 1})
