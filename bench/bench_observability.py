@@ -83,6 +83,7 @@ async def main(args: argparse.Namespace) -> None:
     rates = await compare(args.redis, VARIANTS, args.reps, run)
     report(rates, args.jobs, args.concurrency, args.reps)
 
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--redis", default=None, help="a Redis URL (default: a private server)")

@@ -18,6 +18,9 @@ Cases:
   tenants-100     100 tenants (weight 1), jobs round-robin over them, fair dispatch
   tenants-100-nf  the same with fair_dispatch=False (quotas only)
   capped-100      100 tenants, each with max_concurrency 2 and max_queue_size, fair
+  capped-100-nq   the same tenants on a queue with enforce_quotas=False
+                  (advanced.multi_tenancy.enable_resource_quotas False): tracked and
+                  fairly dispatched, quotas not applied
 
 Then, once: the starvation figure. One tenant has 100,000 jobs queued and a worker
 (concurrency 20) draining them; a second tenant adds 100 jobs; printed: how long until
@@ -61,12 +64,13 @@ async def main(url, name, case, jobs):
     q = JobQueue(name, redis=url, worker={"concurrency": 20})
     tenants = []
     if case != "plain":
-        reg = TenantRegistry(q, fair_dispatch=not case.endswith("-nf"))
+        reg = TenantRegistry(q, fair_dispatch=not case.endswith("-nf"),
+                             enforce_quotas=not case.endswith("-nq"))
         n = 1 if case.startswith("quota-1") else 100
         quota = {}
         if case.startswith("quota-1"):
             quota = {"max_queue_size": jobs * 2}
-        elif case == "capped-100":
+        elif case.startswith("capped-100"):
             quota = {"max_concurrency": 2, "max_queue_size": jobs}
         if case != "installed":
             for i in range(n):
@@ -148,6 +152,7 @@ CASES = {
     "tenants-100": "100 tenants, jobs round-robin, fair dispatch",
     "tenants-100-nf": "100 tenants, fair_dispatch=False (quotas only)",
     "capped-100": "100 tenants, max_concurrency 2 + max_queue_size each, fair",
+    "capped-100-nq": "the same, enforce_quotas=False (tracked, fair, not limited)",
 }
 
 

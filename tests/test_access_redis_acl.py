@@ -332,3 +332,30 @@ async def test_access_users_enforce_or_administer_and_no_more(fresh: Server) -> 
         await q.close()
         await app.close()
         await boss.close()
+
+
+async def test_the_admin_user_manages_tenants_and_the_enforce_user_cannot(
+    fresh: Server,
+) -> None:
+    """Tenant changes through AccessControlManager (registry compare-and-set with its
+    audit entry) run as the ``admin`` user with an empty ACL log; an ``enforce`` user is
+    refused by Redis even for a principal its grants would allow."""
+    admin_user = fresh.user(redis_acl_rules("acl-admin", [], access="admin"))
+    app_user = fresh.user(redis_acl_rules("app", ["acme-orders"], access="enforce"))
+    fresh.admin.execute_command("ACL", "LOG", "RESET")
+    boss = AccessControlManager(fresh.url(admin_user), audit_key=KEY, principal="root")
+    app = AccessControlManager(fresh.url(app_user), audit_key=KEY, principal="root")
+    try:
+        await boss.grant_access(principal_id="root", queue_pattern="*", role="admin")
+        await boss.create_tenant({"tenantId": "acme", "quota": {"maxQueueSize": 10}})
+        await boss.update_tenant("acme", quota={"maxConcurrency": 2})
+        assert (await boss.get_tenant_quota("acme")).max_concurrency == 2
+        assert await boss.remove_tenant("acme") is True
+        assert fresh.denials() == []
+        with pytest.raises(PermissionDeniedError, match="lack of permission"):
+            await app.create_tenant({"tenant_id": "globex"})
+        assert fresh.admin.hget("kq:{!access}:tenants", "globex") is None
+        assert (await boss.verify_audit_log()).ok
+    finally:
+        await app.close()
+        await boss.close()

@@ -1,7 +1,8 @@
 """``AdvancedQueueConfig`` (issue 22): the brief's Advanced Types example with every
 section, typed and as a dict; unknown sections and keys refused with a suggestion; each
 section enabling its feature through the option registry with the section's defaults;
-missing extras and features this version lacks refused with what to do;
+missing extras and features this version lacks refused with what to do; multi_tenancy
+enabling tenancy (``queue.advanced.multi_tenancy`` is the ``TenantRegistry``);
 ``kitium-queue config show`` printing the effective configuration without secrets."""
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from kitium_queue import (
     AdvancedQueueConfig,
     ConfigurationError,
     JobQueue,
+    JobRefusedError,
     JobStatus,
     QueueConfig,
+    QuotaExceededError,
     WebhookConfig,
 )
 from kitium_queue.cli import main
@@ -35,6 +38,7 @@ from kitium_queue.features.advanced import (
 )
 from kitium_queue.features.encryption import generate_key
 from kitium_queue.features.encryption.crypto import envelope_key_id
+from kitium_queue.features.tenancy import TenantRegistry
 from kitium_queue.features.webhooks.models import Webhook
 
 KEY = generate_key()
@@ -55,7 +59,7 @@ def brief_example(**over: Any) -> dict[str, Any]:
         "circuit_breaker": {"enabled": True, "default_failure_threshold": 30},
         "webhooks": {"enabled": True, "default_delivery_strategy": "reliable"},
         "global_queue": {"enabled": False, "regions": [{"region": "us-east-1", "redis": None}]},
-        "multi_tenancy": {"enabled": False, "enable_resource_quotas": True},
+        "multi_tenancy": {"enabled": True, "enable_resource_quotas": True},
         "batching": {"enabled": True, "size": 8, "max_wait_ms": 50},
         "rate_limiting": {"enabled": True, "per_key": {"api:*": {"max": 100, "duration_ms": 1000}}},
         "cost_optimization": {
@@ -94,7 +98,7 @@ async def test_brief_example_runs_with_every_section(
         q = JobQueue(QueueConfig("adv", redis=backend_url, prefix=prefix, advanced=_typed(cfg)))
         make_queue.queues.append(q)
     adv = q.advanced
-    assert set(adv.config.enabled_sections()) == set(cfg) - {"global_queue", "multi_tenancy"}
+    assert set(adv.config.enabled_sections()) == set(cfg) - {"global_queue"}
     # Each enabled section's feature declared its options in the registry.
     owners = {s.name: s.feature for s in q.jobspec.specs()}
     assert {
@@ -108,6 +112,7 @@ async def test_brief_example_runs_with_every_section(
             "rate_limit_key",
             "subject_id",
             "idempotency_window",
+            "tenant_id",
         )
     } == {
         "message_group_id": "fifo-groups",
@@ -118,6 +123,7 @@ async def test_brief_example_runs_with_every_section(
         "rate_limit_key": "flow-control",
         "subject_id": "compliance",
         "idempotency_window": "effectively-once",
+        "tenant_id": "multi-tenancy",
     }
     for attr in (
         "exactly_once",
@@ -130,9 +136,12 @@ async def test_brief_example_runs_with_every_section(
         "retention",
         "alerts",
         "compliance",
+        "multi_tenancy",
     ):
         assert getattr(adv, attr) is not None, attr
-    assert adv.global_queue is None and adv.multi_tenancy is None
+    assert adv.global_queue is None
+    assert isinstance(adv.multi_tenancy, TenantRegistry)
+    await adv.multi_tenancy.create_tenant({"tenant_id": "acme", "quota": {"max_queue_size": 5}})
 
     # A job using several features at once goes through.
     seen: list[Any] = []
@@ -150,9 +159,11 @@ async def test_brief_example_runs_with_every_section(
         delivery_guarantee="exactly-once",
         idempotency_key="charge-1",
         subject_id="user-1",
+        tenant_id="acme",
     )
     again = await q.add_job("charge", {"n": 2}, idempotency_key="charge-1")
     assert again == jid
+    assert (await adv.multi_tenancy.get_tenant_usage("acme")).queued == 1
     await q.start()
     info = await wait_for_status(q, jid, JobStatus.COMPLETED)
     assert info.result["ok"] == 1 and seen == [
@@ -322,11 +333,11 @@ async def test_compliance_caps_the_idempotency_window(make_queue: QueueFactory) 
 
 
 async def test_future_sections_say_they_are_not_available(make_queue: QueueFactory) -> None:
-    for section, label in (("multi_tenancy", "multi-tenancy"), ("global_queue", "global queues")):
-        with pytest.raises(ConfigurationError) as err:
-            make_queue("f", advanced={section: {"enabled": True}})
-        text = str(err.value)
-        assert f"advanced.{section}: {label}" in text and "not available in this version" in text
+    with pytest.raises(ConfigurationError) as err:
+        make_queue("f", advanced={"global_queue": {"enabled": True}})
+    text = str(err.value)
+    assert "advanced.global_queue: global queues" in text
+    assert "not available in this version" in text
     with pytest.raises(ConfigurationError, match="region_lag_ms, which needs a global queue"):
         make_queue(
             "f",
@@ -337,6 +348,55 @@ async def test_future_sections_say_they_are_not_available(make_queue: QueueFacto
                 }
             },
         )
+
+
+@pytest.mark.parametrize("quotas", [True, False])
+async def test_multi_tenancy_section_enables_tenancy_with_its_settings(
+    make_queue: QueueFactory, quotas: bool
+) -> None:
+    q = make_queue(
+        "mt",
+        advanced={
+            "multi_tenancy": {
+                "enabled": True,
+                "enable_resource_quotas": quotas,
+                "fair_dispatch": True,
+                "quantum": 3,
+            }
+        },
+    )
+    reg = q.advanced.multi_tenancy
+    assert isinstance(reg, TenantRegistry) and reg.prefix == q.keys.prefix
+    await reg.create_tenant({"tenant_id": "acme", "quota": {"max_queue_size": 4}})
+    await q.add_jobs([("x", {}, {"tenant_id": "acme"}) for _ in range(4)])
+    if quotas:
+        with pytest.raises(QuotaExceededError, match="max_queue_size of 4"):
+            await q.add_job("x", {}, tenant_id="acme")
+    else:  # tracked, not limited
+        await q.add_job("x", {}, tenant_id="acme")
+    assert (await reg.get_tenant_usage("acme")).queued == (4 if quotas else 5)
+    # Fair dispatch with the section's quantum: 3 tickets out, the rest in the lane.
+    stats = await q.get_stats()
+    assert (stats.waiting, stats.pending) == (3, 1 if quotas else 2)
+    with pytest.raises(JobRefusedError, match="does not exist in queue"):
+        await q.add_job("x", {}, tenant_id="nobody")
+    eff = q.advanced.effective()["sections"]["multi_tenancy"]["effective"]
+    assert (eff["quantum"], eff["fair_dispatch"], eff["enforce_quotas"]) == (3, True, quotas)
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ({"enabled": True, "quantum": 0}, "advanced.multi_tenancy.quantum"),
+        ({"enabled": True, "quantum": 10_000}, "advanced.multi_tenancy.quantum"),
+        ({"enabled": True, "fair_dispatch": "yes"}, "advanced.multi_tenancy.fair_dispatch"),
+        ({"enabled": True, "enable_resource_quotas": 1}, "enable_resource_quotas"),
+        ({"enabled": True, "enableResourceQuotas": False}, "did you mean 'enable_resource_quotas'"),
+    ],
+)
+def test_multi_tenancy_section_values_are_checked(section: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=needle):
+        AdvancedQueueConfig(multi_tenancy=section)
 
 
 async def test_missing_extra_says_what_to_install(
@@ -373,7 +433,7 @@ async def test_missing_extra_says_what_to_install(
 
 
 async def test_a_refused_configuration_installs_nothing(make_queue: QueueFactory) -> None:
-    bad = brief_example(multi_tenancy={"enabled": True})
+    bad = brief_example(global_queue={"enabled": True})
     with pytest.raises(ConfigurationError):
         make_queue("atomic", advanced=bad)
     q = make_queue("atomic")
@@ -393,13 +453,16 @@ def app(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
         "        'encryption': {'enabled': True, 'keys': [{'key_id': 'k1', 'key': KEY}]},\n"
         "        'webhooks': {'enabled': True, 'secrets': {'wh': 'whsec_topsecret'}},\n"
         "        'cost_optimization': {'enabled': True, 'compression': {'algorithm': 'zlib'}},\n"
+        "        'multi_tenancy': {'enabled': True, 'quantum': 8, 'fair_dispatch': False},\n"
         "    })\n"
     )
     with app_module(tmp_path, source, "kq_cli_cfg") as module:
         yield f"{module}:queue"
 
 
-def test_config_show_prints_the_effective_configuration(app: str, redis_url: str) -> None:
+def test_config_show_prints_the_effective_configuration(
+    app: str, redis_url: str, prefix: str
+) -> None:
     runner = CliRunner()
     out = runner.invoke(main, ["config", "show", app, "--json", "--redis", redis_url])
     assert out.exit_code == 0, out.output
@@ -414,7 +477,16 @@ def test_config_show_prints_the_effective_configuration(app: str, redis_url: str
     assert "secrets" not in eff["sections"]["webhooks"]
     assert "message_group_id" in eff["job_options"]["fifo-groups"]
     assert eff["codecs"][0] == "CompressionCodec"
-    assert eff["sections"]["multi_tenancy"]["available"] is False
+    assert eff["sections"]["global_queue"]["available"] is False
+    tenancy = eff["sections"]["multi_tenancy"]
+    assert (tenancy["enabled"], tenancy["quantum"], tenancy["fair_dispatch"]) == (True, 8, False)
+    assert tenancy["effective"] == {
+        "quantum": 8,
+        "fair_dispatch": False,
+        "enforce_quotas": True,
+        "registry": f"{prefix}:{{!access}}:tenants",
+    }
+    assert "tenant_id" in eff["job_options"]["multi-tenancy"]
     assert eff["retention"] is None  # no limits nor periods configured
     text = runner.invoke(main, ["config", "show", app, "--redis", redis_url])
     assert text.exit_code == 0, text.output

@@ -98,6 +98,8 @@ EXPECTED: dict[str, list[str]] = {
         r"globex's 20 jobs all started after \d+ of acme's 300 "
         r"\(acme: max_concurrency 3, ran at most 3 at once\)",
         r"acme usage: queued=\d+ active=[0-3] completed=\d+ \(every job counted once: True\)",
+        r"audited: platform-admin tenant.create tenant:acme, "
+        r"platform-admin tenant.create tenant:globex",
     ],
     "regions.py": [
         r"pinned job id: @eu-west-1:\.\.\.",
@@ -118,9 +120,10 @@ EXPECTED: dict[str, list[str]] = {
 #: is configuration or history rather than jobs -- webhook deliveries and the outbox
 #: they are read from, a breaker's log and window, encryption key ids and rotation
 #: records, the tenants (their registry, and the copies of their quotas in a queue),
-#: a region's record of its epoch and the copies it holds (rg).
+#: grants and the audit log, a region's record of its epoch and the copies it holds (rg).
 WINDOW_KEYS = re.compile(
-    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|tn:|tenants(:queues)?$|rg(:|$))"
+    r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|tn:|tenants(:queues)?$"
+    r"|grants:|principals$|audit$|rg(:|$))"
 )
 
 

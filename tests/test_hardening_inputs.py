@@ -37,6 +37,7 @@ from kitium_queue import (
     SerializationError,
 )
 from kitium_queue.codec import MAX_DEPTH, Serializer
+from kitium_queue.jobspec import POLICY_OPTIONS
 from kitium_queue.limits import MAX_DELAY_MS, MAX_PROGRESS_BYTES, MAX_PROGRESS_EVENT_BYTES
 from kitium_queue.options import (
     MAX_CONCURRENCY,
@@ -784,6 +785,37 @@ async def test_damaged_options_fall_back_to_queue_defaults(make_queue: QueueFact
     assert p.timeout_ms == q.policy.timeout_ms and p.jitter_ms == 0
     assert p.keep_completed == q.policy.keep_completed
     assert q.policy_for({"attempts": 2, "timeout": 0}).timeout_ms is None
+
+
+async def test_policy_options_are_the_ones_a_policy_reads(make_queue: QueueFactory) -> None:
+    # The worker keeps the queue's policy for a job that sets none of POLICY_OPTIONS:
+    # each of them must change the policy, and a job with other options only (an
+    # idempotency key here) runs under the queue's retry settings.
+    q = make_queue(retry={"max_attempts": 3, "backoff_type": "fixed", "backoff_delay": 1})
+    changed = {
+        "attempts": 7,
+        "backoff": {"type": "fixed", "delay": 5},
+        "timeout": 1234,
+        "jitter": 10,
+        "remove_on_complete": {"count": 5},
+        "remove_on_fail": {"count": 6},
+    }
+    assert set(changed) == POLICY_OPTIONS
+    for key, value in changed.items():
+        assert q.policy_for({key: value}) != q.policy, key
+    assert q.policy_for({"idempotency_key": "k", "priority": 3}) == q.policy
+    runs: list[int] = []
+
+    @q.process("flaky")
+    async def flaky(job: Any) -> None:
+        runs.append(job.attempts)
+        if job.attempts < 3:
+            raise RuntimeError("again")
+
+    jid = await q.add_job("flaky", {}, idempotency_key="only-a-key")
+    await q.start()
+    await wait_for_status(q, jid, JobStatus.COMPLETED)
+    assert runs == [1, 2, 3]
 
 
 # ---------------------------------------------------------------- item 13: query limits

@@ -7,7 +7,11 @@
   the ``job-dlq`` / final ``job-failed`` events carry it.
 * A subscriber that raises changes no outcome and does not stop the others.
 * With only the built-in ``Observer``, the bus holds nothing else, and a completion
-  nobody listens to builds no ``Outcome`` and calls no ``finished``.
+  nobody listens to builds no ``Outcome`` and calls no ``finished``; with two quiet
+  subscribers, a listener added later is heard from the next completion on.
+  An answer changed by a ``finished`` call counts from the next outcome of the same
+  batch on.
+* Process middleware wrap a run outermost first.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import pytest
 from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import EventData, JobQueue, JobStatus, NonRetryableError, RetryLater
 from kitium_queue.hooks import HOOK_NAMES, Outcome, Subscriber
+from kitium_queue.job import Job
+from kitium_queue.leases import Run
 from kitium_queue.observe import Observer
+from kitium_queue.outcomes import Outcomes
 
 # Retry / defer delays long enough that a job is still delayed when the check made from
 # its ``finished`` hook reads it.
@@ -418,3 +425,114 @@ async def test_an_add_that_finds_its_job_is_a_duplicate_not_an_enqueue(
     assert subs.dups == [(first, "again"), (keyed, "k"), (first, "n")]
     await wait_until(lambda: len(added_events) == 3, 5)
     assert sorted(added_events) == sorted([first, keyed, ids[1]])
+
+
+async def test_two_quiet_subscribers_then_a_listener(make_queue: QueueFactory) -> None:
+    # With the Observer and a subscriber that ignores every outcome, completions are
+    # skipped; a listener added later changes the Observer's answer, and the next
+    # completions reach finished (the worker remembers the codes common to both per
+    # combination of answers, and asks again after each call).
+    q = make_queue("quiet2")
+    quiet = Quiet(q)
+    q.subscribe(quiet)
+    seen: list[str] = []
+
+    @q.process("ok")
+    async def ok(job: Any) -> None:
+        return None
+
+    first = await q.add_jobs([("ok", i) for i in range(5)])
+    await q.start()
+    for jid in first:
+        await wait_for_status(q, jid, JobStatus.COMPLETED)
+    assert all(quiet.of(jid) == [("started",)] for jid in first)
+    q.on("job-completed", lambda e: seen.append(e.job_id or ""))
+    more = await q.add_jobs([("ok", i) for i in range(5)])
+    for jid in more:
+        await wait_for_status(q, jid, JobStatus.COMPLETED)
+    await wait_until(lambda: len(seen) == 5, 5)
+    assert sorted(seen) == sorted(more)
+    assert all(quiet.of(jid) == [("started",), ("finished", "completed")] for jid in more)
+
+
+async def test_process_middleware_wrap_outermost_first(make_queue: QueueFactory) -> None:
+    q = make_queue("chain")
+    trail: list[str] = []
+
+    def layer(name: str) -> Any:
+        async def middleware(job: Any, call_next: Any) -> Any:
+            trail.append(f"{name}>")
+            try:
+                return f"{name}({await call_next()})"
+            finally:
+                trail.append(f"<{name}")
+
+        return middleware
+
+    for name in ("a", "b", "c"):
+        q.use_process(layer(name))
+
+    @q.process("n")
+    async def n(job: Any) -> str:
+        trail.append("run")
+        return "x"
+
+    jid = await q.add_job("n", {})
+    await q.start()
+    info = await wait_for_status(q, jid, JobStatus.COMPLETED)
+    assert info.result == "a(b(c(x)))"
+    assert trail == ["a>", "b>", "c>", "run", "<c", "<b", "<a"]
+
+
+class Flips(Subscriber):
+    """Quiet about completions until it sees a retry; from then on it wants them."""
+
+    def __init__(self) -> None:
+        self.quiet = "CDH"
+        self.seen: list[tuple[str, str]] = []
+
+    def quiet_outcomes(self) -> str:
+        return self.quiet
+
+    def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
+        self.seen.append((job.id, outcome.kind))
+        if outcome.kind == "retrying":
+            self.quiet = "DH"
+
+
+async def test_an_answer_changed_by_a_finished_call_counts_from_the_next_outcome(
+    make_queue: QueueFactory,
+) -> None:
+    # One batch of recorded outcomes, reported as the worker reports them: a
+    # completion (skipped: nobody wants it), a retry (reported; the subscriber changes
+    # its answer), then two completions, which must be reported.
+    q = make_queue("flip")
+    flips = Flips()
+    q.subscribe(flips)
+    outcomes = Outcomes(q, "w", q.hooks, forget=lambda run: None, wake=lambda: None)
+    runs = [
+        Run(
+            Job(
+                id=f"j{i}",
+                name="n",
+                data=None,
+                attempts=1,
+                max_attempts=2,
+                created_at=0,
+                options={},
+                queue_name="flip",
+            ),
+            "token",
+            q.policy,
+        )
+        for i in range(4)
+    ]
+    done = [
+        (runs[0], "C", None, None, 0),
+        (runs[1], "R", "RuntimeError: boom", RuntimeError("boom"), 10),
+        (runs[2], "C", None, None, 0),
+        (runs[3], "C", None, None, 0),
+    ]
+    outcomes._recorded(done, [b"ok"] * len(done))
+    assert flips.seen == [("j1", "retrying"), ("j2", "completed"), ("j3", "completed")]
+    assert outcomes.recorded == 4

@@ -202,17 +202,25 @@ def _registry(collector: KitiumCollector) -> CollectorRegistry:
 
 
 async def test_job_name_cardinality_is_capped(make_queue: QueueFactory) -> None:
-    q = make_queue("pn")
+    q, q2 = make_queue("pn"), make_queue("pn2")
     registry = CollectorRegistry()
     sub = PrometheusSubscriber(registry, max_job_names=3)
     q.subscribe(sub)
+    q2.subscribe(sub)
     for name in ("a", "b", "c", "d", "e", "a"):
         await q.add_job(name, {})
+    # The cap is the subscriber's, across queues; each queue has its own series.
+    await q2.add_jobs([("a", {}), ("d", {}), ("f", {}), (OTHER, {})])
     s = _samples(generate_latest(registry).decode())
-    added = {
-        dict(k[1])["job_name"]: v for k, v in s.items() if k[0] == "kitium_queue_jobs_added_total"
-    }
-    assert added == {"a": 2, "b": 1, "c": 1, OTHER: 2}
+    added: dict[str, dict[str, float]] = {}
+    for (metric, labels), v in s.items():
+        if metric == "kitium_queue_jobs_added_total":
+            got = dict(labels)
+            added.setdefault(got["queue"], {})[got["job_name"]] = v
+    assert added == {"pn": {"a": 2, "b": 1, "c": 1, OTHER: 2}, "pn2": {"a": 1, OTHER: 3}}
+    # Names past the cap are not remembered one by one.
+    assert set(sub._series["pn"]) == {"a", "b", "c", OTHER}
+    assert set(sub._series["pn2"]) == {"a", OTHER}
     with pytest.raises(ValueError, match="max_job_names"):
         PrometheusSubscriber(CollectorRegistry(), max_job_names=0)
 

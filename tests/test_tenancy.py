@@ -636,3 +636,56 @@ async def test_update_with_a_whole_config_and_bad_changes(make_queue: QueueFacto
     for bad in (["weight", 2], "weight=2", 3):
         with pytest.raises(ConfigurationError, match="must be a dict"):
             await reg.update_tenant("u", bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- quotas off
+@pytest.mark.parametrize("fair", [True, False])
+async def test_without_quotas_tenants_are_tracked_but_not_limited(
+    make_queue: QueueFactory, fair: bool
+) -> None:
+    """``enforce_quotas=False`` (``advanced.multi_tenancy.enable_resource_quotas``
+    False): jobs are counted and reported, unknown tenants and regions refused, fair
+    dispatch kept; max_queue_size, max_concurrency and rate_limit not applied."""
+    q = make_queue("noquota")
+    q.own_options("global-queues", ["region"])  # the region option's own feature
+    reg = TenantRegistry(q, enforce_quotas=False, fair_dispatch=fair, quantum=2)
+    await reg.create_tenant({"tenant_id": "big", "allowed_regions": ["eu"], "quota": {
+        "max_queue_size": 2, "max_concurrency": 1, "rate_limit": {"max": 1, "duration": 60_000},
+    }})
+    await reg.create_tenant({"tenant_id": "small"})
+    # Past max_queue_size: accepted.
+    ids = await q.add_jobs([("x", {}, {"tenant_id": "big"}) for _ in range(12)])
+    ids += await q.add_jobs([("x", {}, {"tenant_id": "small"}) for _ in range(3)])
+    assert len(ids) == 15
+    with pytest.raises(JobRefusedError, match="does not exist"):
+        await q.add_job("x", {}, tenant_id="nobody")
+    with pytest.raises(JobRefusedError, match="may not use region 'us'"):
+        await q.add_job("x", {}, tenant_id="big", region="us")
+    assert (await reg.get_tenant_usage("big")).queued == 12
+    # Fair dispatch on: a backlogged tenant holds at most weight x quantum tickets in
+    # wait, the rest in its lane; off: every job waits in plain queue order.
+    raw = await _raw(q, "big")
+    assert (raw["tickets"], raw["lane"]) == ((2, 10) if fair else (0, 0))
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    done: list[str] = []
+
+    async def run(job: Any) -> None:
+        t = job.options["tenant_id"]
+        running[t] += 1
+        peak[t] = max(peak[t], running[t])
+        await asyncio.sleep(0.03)
+        running[t] -= 1
+        done.append(t)
+
+    q.process("x", run)
+    await q.start(concurrency=6)
+    # A rate of 1 start a minute would let 1 of big's 12 jobs start here.
+    await wait_until(lambda: len(done) == 15, 10)
+    assert peak["big"] > 1, peak  # max_concurrency 1 not applied
+    usage = await reg.get_tenant_usage("big")
+    assert (usage.completed, usage.queued, usage.active) == (12, 0, 0)
+    await _settled(q, "big")
+    # The same queue object cannot be enabled again with quotas on.
+    with pytest.raises(ConfigurationError, match="enforce_quotas=False"):
+        TenantRegistry.enable(q, quantum=2, fair_dispatch=fair, enforce_quotas=True)

@@ -111,15 +111,17 @@ class PermissionDeniedError(KitiumQueueError, PermissionError):
 
 
 class AccessDeniedError(PermissionDeniedError):
-    """A protected queue (or ``AccessControlManager.require_access``) refused a call:
-    the principal it runs for holds no grant with the permission it needs.
+    """A protected queue (or ``AccessControlManager.require_access``, or a tenant change
+    through ``AccessControlManager``) refused a call: the principal it runs for holds no
+    grant with the permission it needs.
 
     Nothing of the refused call ran. The refusal is written to the audit log before
     this is raised.
 
     Attributes:
         principal: who was refused (None: no principal was acting).
-        resource: what was refused (a queue name).
+        resource: what was refused (a queue name, or ``tenant:<id>`` for a tenant
+            change).
         permission: the permission that was needed (e.g. ``"can_add_job"``).
         action: what was attempted (``"add_job"``, ``"pause"``, ``"get_stats"``...).
     """

@@ -155,8 +155,10 @@ class Subscriber:
         Optional companion: ``quiet_outcomes() -> str``, the outcome codes
         (``wire.Kind``: ``"C"``, ``"D"``, ``"H"``, ...) this subscriber currently ignores.
         When every ``finished`` subscriber says a code is quiet, the worker does not even
-        build the ``Outcome`` for it. It is asked once per batch of outcomes and again
-        after each ``finished`` call; a final failure is always reported.
+        build the ``Outcome`` for it. It is asked once per batch of outcomes, and again
+        before an outcome would be skipped when a ``finished`` call was made since it
+        was last asked (so an answer changed by that call counts from the next
+        outcome on); a final failure is always reported.
         """
 
     def stalled(self, queue: str, job_ids: Sequence[str]) -> None:

@@ -446,12 +446,19 @@ def options_dict(value: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- policy
+#: The stored options a job's policy is made of (``resolve_policy`` reads no other): a
+#: job that sets none of them runs under its queue's policy.
+POLICY_OPTIONS = frozenset(
+    {"attempts", "backoff", "timeout", "jitter", "remove_on_complete", "remove_on_fail"}
+)
+
+
 def resolve_policy(opts: Any, base: Policy) -> tuple[Policy, list[str]]:
     """The policy of a job from its stored options, and what was wrong with them.
 
     Options come from Redis and may have been damaged (by hand, by another client): each
     option that is not valid is skipped, so the base policy applies to it, and described
-    in the returned list.
+    in the returned list. Only ``POLICY_OPTIONS`` are read.
     """
     p = Policy(
         base.attempts,
@@ -476,6 +483,8 @@ def resolve_policy(opts: Any, base: Policy) -> tuple[Policy, list[str]]:
         return RetentionPolicy(count, age)
 
     for key, value in opts.items():
+        if key not in POLICY_OPTIONS:
+            continue
         try:
             if key == "attempts":
                 p.attempts = to_int(value, "attempts", minimum=1, maximum=MAX_COUNT)

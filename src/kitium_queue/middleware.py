@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -64,11 +65,11 @@ ProcessMiddleware = Callable[[Any, Callable[[], Awaitable[Any]]], Awaitable[Any]
 async def run_process_chain(
     chain: list[ProcessMiddleware], job: Any, innermost: Callable[[], Awaitable[Any]]
 ) -> Any:
-    """Run ``innermost`` wrapped by ``chain`` (first element outermost)."""
-
-    async def call(i: int) -> Any:
-        if i == len(chain):
-            return await innermost()
-        return await chain[i](job, lambda: call(i + 1))
-
-    return await call(0)
+    """Run ``innermost`` wrapped by ``chain`` (first element outermost). The chain is
+    read once, when the run starts: a middleware added meanwhile wraps later runs."""
+    if len(chain) == 1:  # the usual case: no wrapper to build
+        return await chain[0](job, innermost)
+    call_next = innermost
+    for middleware in reversed(chain):
+        call_next = functools.partial(middleware, job, call_next)
+    return await call_next()

@@ -93,7 +93,8 @@ class Observer(Subscriber):
         listener for their event and no metrics adapter. The worker skips building the
         ``Outcome`` of those when no other subscriber wants ``finished``. Failures and
         retries are never quiet (they are logged). Called once per batch of outcomes,
-        and again after each ``finished`` call (a handler may add a listener)."""
+        and again after ``finished`` calls before an outcome is skipped (a handler may
+        add a listener)."""
         completed = self.metrics is None and not self.emitter.wants("job-completed")
         deferred = not self.emitter.wants("job-retrying")
         if completed:

@@ -117,6 +117,8 @@ class Outcomes:
         # The ``finished`` subscribers last seen, and their ``quiet_outcomes`` (or None).
         self._fin: tuple[Callable[..., None], ...] | None = None
         self._quiet: list[Callable[[], str] | None] = []
+        # Their answers (one tuple of codes) -> the codes common to all.
+        self._combined: dict[tuple[str, ...], str] = {}
 
     def ack(
         self,
@@ -290,6 +292,11 @@ class Outcomes:
         bus = self.hooks
         name = self.queue.name
         skip = self._skip()
+        # True once a hook ran since ``skip`` was asked: a subscriber may have added a
+        # listener (queue.on) meanwhile, so ``skip`` is asked again before it is used
+        # to skip an outcome. (Skipping less than it could is never wrong: an empty
+        # ``skip`` stays as it is.)
+        stale = False
         dlq = self.queue.dlq.enabled
         clock = asyncio.get_running_loop().time
         for (run, kind, value, exc, delay), status in zip(done, statuses, strict=False):
@@ -298,7 +305,11 @@ class Outcomes:
                 continue
             self.recorded += 1
             if kind in skip:
-                continue
+                if not stale:
+                    continue
+                skip, stale = self._skip(), False
+                if kind in skip:
+                    continue
             job = run.job
             took = (clock() - run.started) * 1000 if run.started else None
             if kind == "C":
@@ -310,10 +321,7 @@ class Outcomes:
                 bus.emit_finished(name, job, outcome)
             if kind == "F" and dlq and bus.dead_lettered:
                 bus.emit_dead_lettered(name, job.id, job, value)
-            if skip:
-                # A subscriber may have added a listener (queue.on) just now. (Skipping
-                # less than it could is never wrong: an empty ``skip`` stays as it is.)
-                skip = self._skip()
+            stale = True
 
     def _skip(self) -> str:
         """Outcome codes no ``finished`` subscriber would act on right now, so their
@@ -328,6 +336,7 @@ class Outcomes:
             self._quiet = [
                 getattr(getattr(fn, "__self__", None), "quiet_outcomes", None) for fn in fin
             ]
+            self._combined.clear()
         quiet = self._quiet
         if not quiet:
             return _SKIPPABLE
@@ -340,8 +349,15 @@ class Outcomes:
             return codes if "F" not in codes else codes.replace("F", "")
         if None in quiet:
             return ""
-        each = [q() for q in quiet if q is not None]
-        return "".join(k for k in _SKIPPABLE if all(k in c for c in each))
+        # Asked again after finished calls: the answers rarely change, their common
+        # codes are remembered per combination.
+        each = tuple([q() for q in quiet if q is not None])
+        common = self._combined.get(each)
+        if common is None:
+            common = "".join(k for k in _SKIPPABLE if all(k in c for c in each))
+            if len(self._combined) < 64:
+                self._combined[each] = common
+        return common
 
     def _not_recorded(self, run: Run, kind: str, status: Any) -> None:
         q, job = self.queue, run.job

@@ -42,6 +42,7 @@ from .errors import (
     SerializationError,
 )
 from .job import Job
+from .jobspec import POLICY_OPTIONS
 from .leases import Run
 from .limits import (
     MAX_ERROR_CHARS,
@@ -140,13 +141,16 @@ class Runner:
         it off at the end of the grace period (stop() does not wait for jobs it has not
         seen), and it would run twice."""
         raw_opts = entry[_OPTS]
-        policy = self._policy(raw_opts)
         try:
             opts = orjson.loads(raw_opts) if raw_opts else {}
         except Exception:
             opts = {}
         if not isinstance(opts, dict):
             opts = {}
+        # Options that make no policy (a trace context, a key) leave the queue's.
+        policy = (
+            self.queue.policy if POLICY_OPTIONS.isdisjoint(opts) else self._policy(raw_opts, opts)
+        )
         job = Job(
             id=entry[_ID].decode(),
             name=entry[_NAME].decode(errors="replace"),
@@ -168,14 +172,15 @@ class Runner:
         assert self.loop is not None
         run.task = self.loop.create_task(self.run(run, entry[_DATA]))
 
-    def _policy(self, raw: bytes) -> Policy:
-        """The policy of a job with the stored options ``raw`` (cached by their text)."""
+    def _policy(self, raw: bytes, opts: dict[str, Any]) -> Policy:
+        """The policy of a job with the stored options ``raw`` (parsed: ``opts``),
+        cached by their text."""
         p = self._policies.get(raw)
         if p is None:
             if len(self._policies) > 1000:
                 self._policies.clear()
             try:
-                p = self.queue.policy_for(orjson.loads(raw)) if raw else self.queue.policy
+                p = self.queue.policy_for(opts)
             except Exception:
                 p = self.queue.policy
             self._policies[raw] = p

@@ -12,8 +12,9 @@ runs its jobs, like ``queue.process`` registrations):
 * **Publish span** ``<queue> publish`` (kind PRODUCER), a child of the caller's current
   span, started by the enqueue middleware and ended when the job is written (the
   ``enqueued`` hook), so it covers the Redis write. To know the job's id before it is
-  written, a job added without ``job_id`` is given one, ``str(uuid4())`` (as payload
-  encryption does); a job whose add failed has its span ended after
+  written, a job added without ``job_id`` is given one, a random version 4 UUID in its
+  usual text form (as payload encryption does; drawn from ``os.urandom`` 256 at a
+  time); a job whose add failed has its span ended after
   ``pending_timeout`` seconds, marked ``kitium_queue.enqueue.confirmed = false``.
 * **Process span** ``<queue> process`` (kind CONSUMER) around every run (process
   middleware), a child of the publish context: producer and worker share the trace id.
@@ -28,13 +29,21 @@ Attributes follow the messaging semantic conventions: ``messaging.system`` =
 ``messaging.message.id`` (job id), plus ``kitium_queue.job.name`` and
 ``kitium_queue.job.attempt``. The brief's ``telemetry`` adapter (``kitium.enqueue`` /
 ``kitium.process`` spans) is separate and keeps working alongside.
+
+Cost (docs/observability.md): per job, the SDK's span is most of it. A run whose stored
+context says *not sampled* makes no span when the tracer's sampler is known to drop
+every span under an unsampled parent (the SDK's ``ParentBased`` samplers with their
+defaults for that case, which the SDK's default sampler is): the job's context is made
+current as it is, which is what the SDK's span would have given the processor. With any
+other sampler the SDK is asked for every run. A span that is not recording is not kept
+waiting for its job's write.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -42,15 +51,17 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     Link,
     NonRecordingSpan,
+    ProxyTracer,
+    ProxyTracerProvider,
     SpanContext,
     SpanKind,
     Status,
     StatusCode,
     TraceFlags,
 )
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .._version import __version__
 from ..errors import ConfigurationError
@@ -67,7 +78,11 @@ FEATURE = "opentelemetry"
 OPTION = "traceparent"
 SYSTEM = "kitium-queue"
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-_PROPAGATOR = TraceContextTextMapPropagator()
+#: The trace flags of each flags field, W3C's two (sampled, random trace id) kept.
+_FLAGS = {f"{bits:02x}": TraceFlags(bits & 3) for bits in range(256)}
+#: The flags fields of a context that was not sampled.
+_NOT_SAMPLED = frozenset(text for text, flags in _FLAGS.items() if not flags & 1)
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 #: Spans kept for matching (publish spans awaiting their write, previous attempts).
 _MAX_PENDING = 10_000
 
@@ -82,21 +97,103 @@ def _normalize(value: Any, section: str) -> str:
     return value
 
 
-def _parent(traceparent: str) -> otel_context.Context | None:
-    """The remote parent context of a stored traceparent (read back from Redis:
-    untrusted, so matched whole first); None when it is not a valid one."""
-    if len(traceparent) != 55 or not _TRACEPARENT.fullmatch(traceparent):
-        return None
-    trace_id, span_id = int(traceparent[3:35], 16), int(traceparent[36:52], 16)
-    if not trace_id or not span_id or traceparent[:2] == "ff":
-        return None
-    sc = SpanContext(
-        trace_id,
-        span_id,
-        is_remote=True,
-        trace_flags=TraceFlags(int(traceparent[53:55], 16) & 0x01),
+def _valid(traceparent: str) -> bool:
+    """Whether a stored traceparent (read back from Redis: untrusted) is a valid W3C
+    one: the exact form, a version other than ``ff``, trace and span ids not zero."""
+    return (
+        _TRACEPARENT.fullmatch(traceparent) is not None
+        and traceparent[:2] != "ff"
+        and traceparent[3:35] != _ZERO_TRACE
+        and traceparent[36:52] != _ZERO_SPAN
     )
-    return trace.set_span_in_context(NonRecordingSpan(sc))
+
+
+def _span_context(traceparent: str) -> SpanContext:
+    """The remote span context of a valid traceparent (``_valid``). Flag bits W3C does
+    not define are dropped."""
+    return SpanContext(
+        int(traceparent[3:35], 16), int(traceparent[36:52], 16), True, _FLAGS[traceparent[53:]]
+    )
+
+
+def _remote(traceparent: str) -> SpanContext | None:
+    """The remote span context of a stored traceparent; None when it is not valid."""
+    return _span_context(traceparent) if _valid(traceparent) else None
+
+
+class _StoredContext(NonRecordingSpan):
+    """The current span of a run that makes none (sampled out upstream): the job's
+    stored context, its ids read from the traceparent the first time they are asked
+    for (most processors never ask)."""
+
+    def __init__(self, traceparent: str) -> None:  # no super().__init__: one per run
+        self._context = INVALID_SPAN_CONTEXT
+        self._traceparent: str | None = traceparent
+
+    def get_span_context(self) -> SpanContext:
+        traceparent = self._traceparent
+        if traceparent is not None:
+            self._context = _span_context(traceparent)
+            self._traceparent = None
+        return self._context
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self.get_span_context()!r})"
+
+
+#: Job ids made and not given yet (a forked child drops its parent's: see below).
+_IDS: list[str] = []
+#: The variant field (RFC 9562: 10xx) of each first hex digit of that group.
+_VARIANT = {f"{n:x}": f"{8 | (n & 3):x}" for n in range(16)}
+
+
+def _new_job_id() -> str:
+    """A random version 4 UUID as ``str(uuid.uuid4())`` writes it, cheaper: the random
+    bytes of 256 ids are read from ``os.urandom`` at once."""
+    while True:
+        try:
+            return _IDS.pop()
+        except IndexError:  # empty (another thread may have taken the last one)
+            raw = os.urandom(16 * 256).hex()
+            variant = _VARIANT
+            _IDS.extend(
+                f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}"
+                for h in (raw[i : i + 32] for i in range(0, len(raw), 32))
+            )
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: a child of fork() must not give out the
+    os.register_at_fork(after_in_child=_IDS.clear)  # ids its parent may give out too
+
+
+def _traceparent(sc: SpanContext) -> str:
+    """The W3C traceparent of ``sc`` (as the W3C propagator writes it)."""
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+
+
+def _drops_unsampled(tracer: Any) -> bool | None:
+    """Whether every span ``tracer`` starts under a parent that was not sampled, remote
+    or local, is known to be dropped: True for the SDK's tracer with a ``ParentBased``
+    sampler whose samplers for those two cases are static drops (their default); False
+    when that is not known; None while ``tracer`` is the global proxy and the
+    application has not set a provider yet (ask again later)."""
+    sampler = getattr(tracer, "sampler", None)
+    if sampler is None and isinstance(tracer, ProxyTracer):
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, ProxyTracerProvider):
+            return None
+        sampler = getattr(provider, "sampler", None)  # the one its tracers take
+    try:
+        from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
+    except ImportError:  # pragma: no cover - no SDK: nothing records anyway
+        return False
+    if not isinstance(sampler, ParentBased):
+        return False
+    for case in ("_remote_parent_not_sampled", "_local_parent_not_sampled"):
+        delegate = getattr(sampler, case, None)
+        if not isinstance(delegate, StaticSampler) or delegate._decision is not Decision.DROP:
+            return False
+    return True
 
 
 class OpenTelemetryTracing(Subscriber):
@@ -116,6 +213,9 @@ class OpenTelemetryTracing(Subscriber):
         self.name = queue.name
         self.tracer = trace.get_tracer("kitium_queue", __version__, tracer_provider=tracer_provider)
         self.pending_timeout = pending_timeout
+        # Whether a run sampled out upstream may skip its span (the sampler is known to
+        # drop it): decided once the tracer provider is known (_drops_unsampled).
+        self._drops: bool | None = None
         # job id -> (publish span, started at, monotonic); insertion order = age order.
         self._pending: OrderedDict[str, tuple[Any, float]] = OrderedDict()
         # job id -> span context of the latest failed run seen here.
@@ -141,7 +241,7 @@ class OpenTelemetryTracing(Subscriber):
         out = dict(options)
         job_id = out.get("job_id")
         if job_id is None:
-            job_id = out["job_id"] = str(uuid.uuid4())
+            job_id = out["job_id"] = _new_job_id()
         span = self.tracer.start_span(
             self._publish_name,
             kind=SpanKind.PRODUCER,
@@ -154,14 +254,18 @@ class OpenTelemetryTracing(Subscriber):
                 "kitium_queue.job.name": job_name,
             },
         )
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-        out[OPTION] = carrier["traceparent"]
-        self._sweep()
+        sc = span.get_span_context()
+        if sc.is_valid:  # a no-op tracer (no SDK set up) has no context to carry
+            out[OPTION] = _traceparent(sc)
+        if not span.is_recording():
+            return job_name, data, out  # sampled out: nothing to end
+        pending = self._pending
+        if pending:
+            self._sweep()
         if isinstance(job_id, str):
-            self._pending[job_id] = (span, time.monotonic())
-            if len(self._pending) > _MAX_PENDING:
-                self._end_pending(*self._pending.popitem(last=False)[1], confirmed=False)
+            pending[job_id] = (span, time.monotonic())
+            if len(pending) > _MAX_PENDING:
+                self._end_pending(*pending.popitem(last=False)[1], confirmed=False)
         else:  # a bad job_id: the add will refuse it with its own error
             span.end()
         return job_name, data, out
@@ -191,22 +295,30 @@ class OpenTelemetryTracing(Subscriber):
 
     # ------------------------------------------------------------------ worker
     async def _on_process(self, job: Any, call_next: Callable[[], Awaitable[Any]]) -> Any:
-        raw = job.options.get(OPTION) if isinstance(job.options, dict) else None
-        parent = _parent(raw) if isinstance(raw, str) else None
-        links: list[Link] = []
-        if job.attempts > 1:
-            if parent is not None:
-                sc = trace.get_current_span(parent).get_span_context()
-                if sc.is_valid:
-                    links.append(Link(sc, {"kitium_queue.link": "enqueue"}))
-            prev = self._previous.pop(job.id, None)
-            if prev is not None:
-                links.append(Link(prev, {"kitium_queue.link": "previous-attempt"}))
+        options = job.options
+        raw = options.get(OPTION) if isinstance(options, dict) else None
+        remote = parent = None
+        if isinstance(raw, str) and _valid(raw):
+            if raw[53:] in _NOT_SAMPLED:
+                drops = self._drops
+                if drops is None:
+                    drops = self._drops = _drops_unsampled(self.tracer)
+                if drops:
+                    # Sampled out upstream: the sampler would drop the run's span. The
+                    # job's context is made current as it is, so what the processor
+                    # starts follows the same decision.
+                    token = otel_context.attach(trace.set_span_in_context(_StoredContext(raw)))
+                    try:
+                        return await call_next()
+                    finally:
+                        otel_context.detach(token)
+            remote = _span_context(raw)
+            parent = trace.set_span_in_context(NonRecordingSpan(remote))
         span = self.tracer.start_span(
             self._process_name,
             context=parent,
             kind=SpanKind.CONSUMER,
-            links=links,
+            links=self._links(job, remote) if job.attempts > 1 else None,
             attributes={
                 "messaging.system": SYSTEM,
                 "messaging.destination.name": self.name,
@@ -219,9 +331,9 @@ class OpenTelemetryTracing(Subscriber):
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            result = await call_next()
-        except BaseException as exc:
-            if isinstance(exc, Exception):
+            return await call_next()
+        except Exception as exc:
+            if span.is_recording():
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 self._previous[job.id] = span.get_span_context()
@@ -231,4 +343,14 @@ class OpenTelemetryTracing(Subscriber):
         finally:
             otel_context.detach(token)
             span.end()
-        return result
+
+    def _links(self, job: Any, remote: SpanContext | None) -> list[Link]:
+        """A retry's links: the publish context, and the previous attempt's span when
+        this process ran it."""
+        links: list[Link] = []
+        if remote is not None:
+            links.append(Link(remote, {"kitium_queue.link": "enqueue"}))
+        prev = self._previous.pop(job.id, None)
+        if prev is not None:
+            links.append(Link(prev, {"kitium_queue.link": "previous-attempt"}))
+        return links

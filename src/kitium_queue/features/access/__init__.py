@@ -1,6 +1,6 @@
 """Access control: grants of permissions and roles on queue patterns, enforced on the
-queues a process opens as a principal, and Redis ACL rules for isolation that holds
-against any client.
+queues a process opens as a principal, the deployment's tenants (changes authorized and
+audited), and Redis ACL rules for isolation that holds against any client.
 
 * ``model.py``: permissions, roles as bundles, ``AccessEntry``, and the permission
   each administrative command and each read needs;
@@ -9,6 +9,8 @@ against any client.
 * ``enforce.py``: the admin guard, enqueue middleware and read guard of a protected
   queue;
 * ``manager.py``: ``AccessControlManager``;
+* ``tenants.py``: its tenants: the ``TenantRegistry`` writer that checks the principal
+  and writes each change with its audit entry, and the brief's camelCase keys;
 * ``redisacl.py``: ``redis_acl_rules``: Redis ACL users per tenant or queue;
 * ``cli.py``: ``kitium-queue access ...`` and ``kitium-queue acl redis-rules``.
 

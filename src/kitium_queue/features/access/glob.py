@@ -156,6 +156,11 @@ class QueuePattern:
         return all(t is not None and not t[0] and len(t[1]) == 1 and not t[2] for t in self._tokens)
 
     @property
+    def matches_all(self) -> bool:
+        """True when the pattern matches every queue name (``*``, ``**``...)."""
+        return self._tokens == (None,)
+
+    @property
     def literal_prefix(self) -> str:
         """The characters before the first operator (all of them for a literal)."""
         out = []

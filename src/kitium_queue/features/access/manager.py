@@ -1,20 +1,23 @@
-"""``AccessControlManager``: grants, checks, enforcement on queues, and the audit log.
+"""``AccessControlManager``: grants, checks, enforcement on queues, tenants, and the
+audit log.
 
 It spans queues, so it takes a connection (``redis=`` as ``JobQueue`` takes it, or a
 ``JobQueue`` whose connection and prefix it uses). Grants live in Redis, shared by
 every process (``store.py``); each process caches a principal's grants for
 ``cache_ttl`` ms, the bound within which a revoke made elsewhere takes effect.
 ``protect(queue)`` makes a queue refuse what its principal may not do
-(``enforce.py``). Every grant change, every refusal and every administrative command of
-a protected queue is written to the audit log (``features/audit``), whose MAC key
-(``audit_key``) the application holds.
+(``enforce.py``). Tenants (the brief's ``create_tenant`` ...) are the deployment's
+``TenantRegistry``, with every change authorized and audited (``tenants.py``). Every
+grant change, tenant change, refusal and administrative command of a protected queue is
+written to the audit log (``features/audit``), whose MAC key (``audit_key``) the
+application holds.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -25,10 +28,12 @@ from ...limits import clip, get_logger
 from ...options import to_ms
 from ..audit import AuditEntry, AuditHead, AuditLog, AuditReport
 from ..audit.conn import Deployment
+from ..tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
 from .enforce import Protection
 from .glob import QueuePattern
 from .model import AccessEntry, Permission, parse_permission
 from .store import GrantStore
+from .tenants import TenantAdmin
 
 __all__ = ["AccessControlManager"]
 
@@ -74,10 +79,17 @@ class AccessControlManager:
             a revoke made by another process takes effect here within it (5000).
             0: read Redis on every check.
         audit_max_age, audit_max_entries: the audit log's retention (``trim``).
+        principal: who the manager acts for when no ``acting_as`` block is active:
+            recorded as the author of grant changes, and the principal whose grants
+            decide tenant changes.
 
     Example::
 
-        acm = AccessControlManager("redis://localhost:6379/0", audit_key=key)
+        acm = AccessControlManager("redis://localhost:6379/0", audit_key=key,
+                                   principal="platform-admin")
+        await acm.grant_access({"principal_id": "platform-admin", "queue_pattern": "*",
+                                "role": "admin"})
+        await acm.create_tenant({"tenant_id": "acme", "quota": {"max_queue_size": 1000}})
         await acm.grant_access({"principal_id": "alice@acme.com",
                                 "queue_pattern": "acme-*", "role": "operator"})
         queue = acm.protect(JobQueue("acme-orders", redis=..., principal="alice@acme.com"))
@@ -95,6 +107,7 @@ class AccessControlManager:
         cache_ttl: int | timedelta = 5000,
         audit_max_age: int | timedelta | None = None,
         audit_max_entries: int | None = None,
+        principal: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if audit_key is None:
@@ -113,6 +126,13 @@ class AccessControlManager:
         )
         ttl = to_ms(cache_ttl, "cache_ttl", minimum=0, maximum=3_600_000)
         self.grants = GrantStore(self.deployment, self.audit, cache_ttl_ms=ttl, monotonic=monotonic)
+        self.principal = None if principal is None else check_principal(principal)
+        self._tenants = TenantAdmin(self, self.acting)
+
+    def acting(self) -> str | None:
+        """The principal a call of the manager runs for: the innermost ``acting_as``
+        block, else the manager's ``principal``."""
+        return current_principal(self.principal)
 
     # ------------------------------------------------------------------ grants
     async def grant_access(
@@ -122,12 +142,11 @@ class AccessControlManager:
         ``principal_id`` may do ``permissions`` (and what ``role`` bundles) on every
         queue matching ``queue_pattern``. A grant on the same (principal, pattern)
         replaces the earlier one. Written to Redis together with an ``access.grant``
-        audit entry (who granted it: ``identity.current_principal()``). Returns the
-        stored grant."""
+        audit entry (who granted it: ``acting()``). Returns the stored grant."""
         if entry is not None and fields:
             raise ConfigurationError("give the grant as one entry or as keywords, not both")
         parsed = AccessEntry.parse(entry if entry is not None else fields)
-        return await self.grants.put(parsed, current_principal())
+        return await self.grants.put(parsed, self.acting())
 
     async def revoke_access(self, principal_id: str, queue_pattern: str) -> bool:
         """Remove the grant of ``principal_id`` on ``queue_pattern`` (the pattern exactly
@@ -136,7 +155,7 @@ class AccessControlManager:
         ``cache_ttl``."""
         principal = check_principal(principal_id)
         pattern = QueuePattern(queue_pattern).text
-        return await self.grants.delete(principal, pattern, current_principal())
+        return await self.grants.delete(principal, pattern, self.acting())
 
     async def list_access(self, principal_id: str | None = None) -> list[AccessEntry]:
         """The grants of ``principal_id``, or of everyone (by principal, then pattern)."""
@@ -146,6 +165,62 @@ class AccessControlManager:
         for p in await self.grants.principals():
             out += await self.grants.read(p)
         return out
+
+    # ------------------------------------------------------------------ tenants
+    @property
+    def tenants(self) -> TenantRegistry:
+        """The deployment's ``TenantRegistry`` (this manager's connection and key
+        prefix). Its changes are authorized and audited like the methods below;
+        ``tenants.enable(queue)`` turns tenancy on for a queue."""
+        return self._tenants.registry
+
+    async def create_tenant(self, config: TenantConfig | Mapping[str, Any]) -> TenantConfig:
+        """Create a tenant (the brief's ``createTenant``): a ``TenantConfig`` or a dict
+        with ``tenant_id``, ``name``, ``quota`` {``max_queue_size``,
+        ``max_concurrency``, ``rate_limit``}, ``allowed_regions``, ``weight`` (the
+        brief's camelCase keys too). Needs ``can_manage_queue`` on every queue (a grant
+        on ``*``) for the acting principal, else ``AccessDeniedError`` (audited);
+        written with its ``tenant.create`` audit entry, atomically. Its quota reaches
+        every queue tenancy is enabled on before this returns. ``ConfigurationError``
+        if it exists."""
+        return await self._tenants.create(config)
+
+    async def update_tenant(
+        self,
+        tenant_id: str,
+        changes: TenantConfig | Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> TenantConfig:
+        """Change a tenant (``TenantRegistry.update_tenant``: a ``quota`` dict changes
+        the limits it names); authorized and audited (``tenant.update``) as
+        ``create_tenant``. ``TenantNotFoundError`` if there is no such tenant."""
+        return await self._tenants.update(tenant_id, changes, fields)
+
+    async def remove_tenant(self, tenant_id: str) -> bool:
+        """Remove a tenant: queues refuse its new jobs, the ones it has run to their
+        end; authorized and audited (``tenant.remove``). False (nothing written) if
+        there was no such tenant."""
+        return await self._tenants.remove(tenant_id)
+
+    async def get_tenant(self, tenant_id: str) -> TenantConfig | None:
+        """The tenant's config, or None."""
+        return await self._tenants.registry.get_tenant(tenant_id)
+
+    async def list_tenants(self) -> list[TenantConfig]:
+        """Every tenant, by id."""
+        return await self._tenants.registry.list_tenants()
+
+    async def get_tenant_quota(self, tenant_id: str) -> TenantQuota:
+        """The tenant's quota (the brief's ``getTenantQuota``); ``TenantNotFoundError``
+        if there is no such tenant."""
+        return await self._tenants.registry.get_tenant_quota(tenant_id)
+
+    async def get_tenant_usage(
+        self, tenant_id: str, queues: Iterable[str] | None = None
+    ) -> TenantUsage:
+        """What the tenant uses now (queued, active, held, rate used, completed,
+        failed), per queue and in total (``TenantRegistry.get_tenant_usage``)."""
+        return await self._tenants.registry.get_tenant_usage(tenant_id, queues)
 
     # ------------------------------------------------------------------ checks
     async def permissions_on(self, principal_id: str, queue_name: str) -> frozenset[Permission]:
@@ -197,7 +272,7 @@ class AccessControlManager:
                 queue,
                 perm,
                 action,
-                await self._write_denial(None, queue, perm, action, ()),
+                await self.write_denial(None, queue, perm, action, ()),
             )
         grants = await self.grants.load(principal)
         perms, via = grants.on(queue)
@@ -208,10 +283,10 @@ class AccessControlManager:
             queue,
             perm,
             action,
-            await self._write_denial(principal, queue, perm, action, via),
+            await self.write_denial(principal, queue, perm, action, via),
         )
 
-    async def _write_denial(
+    async def write_denial(
         self,
         principal: str | None,
         queue: str,
@@ -219,6 +294,9 @@ class AccessControlManager:
         action: str,
         via: tuple[str, ...],
     ) -> bool:
+        """Write the ``access.denied`` entry of a refusal of ``action`` on resource
+        ``queue`` (a queue, or ``tenant:<id>``); False when the log could not take it
+        (the refusal stands either way)."""
         meta = {"action": action, "permission": perm.value, "grants": list(via)}
         try:
             await self.audit.append(principal, "access.denied", queue, "denied", meta, strict=False)

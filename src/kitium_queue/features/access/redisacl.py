@@ -89,12 +89,17 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 #: What access control and the audit log send (``access="enforce"``; ``"admin"`` adds
-#: the writes of grant changes and retention, ``ACCESS_ADMIN_COMMANDS``).
+#: the writes of grant changes, tenant changes and retention, ``ACCESS_ADMIN_COMMANDS``).
 ACCESS_COMMANDS = (
     "ping", "script|load", "evalsha", "eval", "hgetall", "smembers", "exists", "time",
     "xrevrange", "xrange", "xinfo", "xlen", "xadd",
 )  # fmt: skip
-ACCESS_ADMIN_COMMANDS = ("hset", "hdel", "hexists", "sadd", "srem", "xtrim")
+ACCESS_ADMIN_COMMANDS = (
+    "hset", "hdel", "hexists", "sadd", "srem", "xtrim",
+    # tenant changes (AccessControlManager.create_tenant...): the registry's entry read
+    # and compared, its version counter, the queues it is copied into
+    "hget", "incrby",
+)  # fmt: skip
 
 
 def _queue_key_pattern(prefix: str, spec: str) -> str:

@@ -316,22 +316,31 @@ class GlobalQueueConfig(Section):
 
 @dataclass(frozen=True)
 class MultiTenancyConfig(Section):
-    """``multi_tenancy``: tenants with quotas (``tenant_id``).
+    """``multi_tenancy``: tenants with quotas and fair dispatch (``TenantRegistry``).
 
     Attributes:
-        enabled: enable it (available once the tenancy feature is installed; refused
-            with a message saying so otherwise).
-        enable_resource_quotas: enforce each tenant's quota (queue size, concurrency,
-            rate).
+        enabled: enable tenancy on the queue (jobs may carry ``tenant_id``; a job of
+            an unknown tenant is refused).
+        enable_resource_quotas: enforce each tenant's quota (``max_queue_size`` at
+            enqueue, ``max_concurrency`` and ``rate_limit`` at claim). False: tenants
+            are tracked (counts, usage, regions) and fair dispatch applies, but no
+            quota is enforced in this queue.
+        fair_dispatch: weighted fair dispatch between tenants (False: plain queue
+            order; cheaper).
+        quantum: dispatch tickets per unit of weight (jobs of a weight-1 tenant in
+            wait at once), 1 to 1000.
     """
 
     PATH: ClassVar[str] = "advanced.multi_tenancy"
     enabled: bool = False
     enable_resource_quotas: bool = True
+    fair_dispatch: bool = True
+    quantum: int = 16
 
     def _check(self) -> None:
-        check_bool(self.enabled, self._where("enabled"))
-        check_bool(self.enable_resource_quotas, self._where("enable_resource_quotas"))
+        for name in ("enabled", "enable_resource_quotas", "fair_dispatch"):
+            check_bool(getattr(self, name), self._where(name))
+        to_int(self.quantum, self._where("quantum"), minimum=1, maximum=1000)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ section's values as its defaults. The managers are then reachable as attributes
 tells what is in force (``kitium-queue config show`` prints it).
 
 A section whose optional extra is not installed fails with the ``pip install`` line;
-a section for a feature this version does not provide (``global_queue``,
-``multi_tenancy`` until their modules exist) fails saying so. Nothing is half-enabled:
+a section for a feature this version does not provide (``global_queue`` until its
+module exists) fails saying so. Nothing is half-enabled:
 every section is checked against the queue (extras, modules, conflicts) before the
 first feature is installed.
 """
@@ -39,11 +39,9 @@ EXTRAS: dict[str, list[tuple[str, str]]] = {
 #: Sections whose feature lives in a module this version may not have: section ->
 #: (module, the function there that enables it from its section).
 FUTURE_MODULES: dict[str, tuple[str, str]] = {
-    "multi_tenancy": ("kitium_queue.features.tenancy", "enable_from_advanced"),
     "global_queue": ("kitium_queue.features.regions", "enable_from_advanced"),
 }
 _LABEL = {
-    "multi_tenancy": "multi-tenancy",
     "global_queue": "global queues (multi-region)",
 }
 
@@ -97,8 +95,8 @@ class AdvancedFeatures:
     (``CompressionCodec``), ``retention`` (``features.retention.Retention``: limits and
     periods), ``prometheus`` (``PrometheusExporter``), ``tracing``
     (``OpenTelemetryTracing``), ``alerts`` (``AlertManager``), ``compliance``
-    (``ComplianceManager``), ``multi_tenancy`` and ``global_queue`` (what their
-    features return once they exist).
+    (``ComplianceManager``), ``multi_tenancy`` (``TenantRegistry``), ``global_queue``
+    (what its feature returns once it exists).
     """
 
     def __init__(self, queue: JobQueue, config: AdvancedQueueConfig) -> None:
@@ -172,7 +170,15 @@ class AdvancedFeatures:
         if c.global_queue.enabled:
             self.global_queue = _future("global_queue")(queue, c.global_queue)
         if c.multi_tenancy.enabled:
-            self.multi_tenancy = _future("multi_tenancy")(queue, c.multi_tenancy)
+            from ..tenancy import TenantRegistry
+
+            mt = c.multi_tenancy
+            self.multi_tenancy = TenantRegistry(
+                queue,
+                quantum=mt.quantum,
+                fair_dispatch=mt.fair_dispatch,
+                enforce_quotas=mt.enable_resource_quotas,
+            )
         if c.batching.enabled:
             from ..batches import set_batch_defaults
 
@@ -380,6 +386,11 @@ class AdvancedFeatures:
             }
         for name, (module, _) in FUTURE_MODULES.items():
             sections[name]["available"] = _present(module)
+        from ..tenancy.install import installed
+
+        tenancy = installed(q)
+        if tenancy is not None:  # by the section, or by hand (TenantRegistry(queue))
+            sections["multi_tenancy"]["effective"] = tenancy
         if self.alerts is not None:
             sections["monitoring"]["alerts_effective"] = self.alerts.to_dict()
         if self.compliance is not None:

@@ -3,18 +3,22 @@
   the caller computed them from (AuditLog in features/audit/log.py). The caller made
   each entry's MAC with a key Redis never sees; this script checks the entries follow
   the current last entry (id, position n, prev = its MAC) and writes them, with an
-  optional effect (a grant change) and an optional trim, all or nothing.
+  optional effect (a grant change, or a compare-and-set of one hash field such as a
+  tenant's entry in the registry) and an optional trim, all or nothing.
 
   KEYS[1] audit STREAM
-  KEYS[2] grants HASH of one principal (effects 'grant' / 'revoke'; else unused)
+  KEYS[2] grants HASH of one principal (effects 'grant' / 'revoke'); the HASH of
+          effects 'cas' / 'cas-new'; else unused
   KEYS[3] principals SET (effects 'grant' / 'revoke'; else unused)
   ARGV[1] expected id of the last entry ('' = the stream has no entry)
   ARGV[2] k: how many entries follow (1..100)
   ARGV[3] trim: after appending, remove the entries whose id is below this one ('' = no
           trim); it must be the id of an entry that exists or of one appended here
-  ARGV[4] effect: '' | 'grant' | 'revoke'
-  ARGV[5] effect field (the queue pattern), ARGV[6] its value (the grant, JSON),
-  ARGV[7] the principal (member of KEYS[3])
+  ARGV[4] effect: '' | 'grant' | 'revoke' | 'cas' | 'cas-new'
+  ARGV[5] effect field (the queue pattern; the hash field of 'cas' / 'cas-new'),
+  ARGV[6] its value (the grant, JSON; the new value of 'cas' / 'cas-new'),
+  ARGV[7] the principal (member of KEYS[3]); for 'cas': the value the field must hold
+          now ('cas-new': the field must not exist)
   ARGV[8..] k groups of 10 values: id, n, prev, who, act, res, out, meta, kid, mac
 
   Replies (nothing is ever written before every check passed):
@@ -23,6 +27,8 @@
         moved on, or the entries do not follow it (position, prev or id); recompute from
         that last entry, with ids above top_id (the highest id the stream ever had)
     {'absent', now_ms}: effect 'revoke' of a grant that does not exist; nothing written
+    {'changed', now_ms}: effect 'cas' / 'cas-new' and the field does not hold the value
+        expected (or exists); nothing written: read it again
     {'gone', now_ms}: the trim point is not in the stream (trimmed meanwhile); nothing
         written
 ]]
@@ -89,6 +95,12 @@ local effect = ARGV[4]
 if effect == 'revoke' and redis.call('HEXISTS', KEYS[2], ARGV[5]) == 0 then
   return { 'absent', now }
 end
+if effect == 'cas' or effect == 'cas-new' then
+  local cur = redis.call('HGET', KEYS[2], ARGV[5])
+  if (effect == 'cas-new' and cur) or (effect == 'cas' and cur ~= ARGV[7]) then
+    return { 'changed', now }
+  end
+end
 
 -- Checks done: from here on every command is a write that cannot fail.
 for i = 1, k do
@@ -104,6 +116,8 @@ if effect == 'grant' then
 elseif effect == 'revoke' then
   redis.call('HDEL', KEYS[2], ARGV[5])
   if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[7]) end
+elseif effect == 'cas' or effect == 'cas-new' then
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
 end
 local trimmed = 0
 if trim ~= '' then trimmed = redis.call('XTRIM', KEYS[1], 'MINID', trim) end

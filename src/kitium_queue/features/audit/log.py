@@ -58,14 +58,17 @@ MAX_TRIES = 200
 
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """A grant change written atomically with its audit entry (``append.lua``)."""
+    """A change written atomically with its audit entry (``append.lua``): a grant
+    (``"grant"`` / ``"revoke"``), or a compare-and-set of one hash field (``"cas"``:
+    ``field`` is set to ``value`` only while it holds ``member``; ``"cas-new"``: only
+    while it does not exist)."""
 
-    kind: str  # "grant" | "revoke"
+    kind: str  # "grant" | "revoke" | "cas" | "cas-new"
     hash_key: str
     set_key: str
     field: str
-    value: str
-    member: str
+    value: str | bytes
+    member: str | bytes
 
 
 @dataclass(slots=True)
@@ -241,7 +244,8 @@ class AuditLog:
         meta_of: Callable[[str, int, str], str] | None = None,
     ) -> list[str]:
         """Append ``drafts`` now, in one script call (retried on contention); returns
-        their ids, or [] when ``effect`` is a revoke of a missing grant.
+        their ids, or [] (nothing written) when ``effect`` is a revoke of a missing
+        grant or a compare-and-set whose field no longer holds the value expected.
 
         ``trim``: remove the entries below this id in the same call (or a function of
         the new ids giving it). ``meta_of(id, n, prev)``: the ``meta`` of the first
@@ -281,7 +285,7 @@ class AuditLog:
                         await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 20)))
                     continue
                 self._learn_time(int(reply[1]))
-                if kind == "absent":
+                if kind in ("absent", "changed"):
                     return []
                 if kind == "gone":
                     raise TrimPointGone()

@@ -18,8 +18,11 @@ lag of each schedule tick, each webhook delivery result and each breaker transit
 It is also a ``prometheus_client`` collector (registered in the registry it is given):
 the hooks run once per job on the worker's event loop, so they add to plain numbers
 (no lock, no per-sample object), and the counter and histogram families are built from
-them when the registry is scraped. Reads from a scraping thread may see one job's
-counter before its histogram sample: each value is exact, the set is a moment apart.
+them when the registry is scraped. The numbers of one (queue, job name) pair live in
+one ``_Series``, bound the first time the pair is seen and found again by two dict
+lookups (queue, then name): a job's hooks build no key and no label. Reads from a
+scraping thread may see one job's counter before its histogram sample: each value is
+exact, the set is a moment apart.
 """
 
 from __future__ import annotations
@@ -115,11 +118,40 @@ DELIVERY_OUTCOMES = frozenset({"delivered", "retrying", "dead-lettered", "failed
 class _Hist:
     """One histogram series: per-bucket counts (the last is +Inf) and the sum."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("bounds", "counts", "total")
 
-    def __init__(self, buckets: int) -> None:
-        self.counts = [0] * (buckets + 1)
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class _Series:
+    """The counters and histograms labelled with one (queue, job_name) pair."""
+
+    __slots__ = ("added", "dead", "duration", "failed", "hits", "processed", "retried", "wait")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.added = self.hits = self.processed = self.retried = self.failed = self.dead = 0
+        self.duration = _Hist(bounds)
+        self.wait = _Hist(bounds)
+
+
+#: The metrics kept per (queue, job_name) in a ``_Series``: metric name -> attribute.
+SERIES_METRICS: dict[str, str] = {
+    "jobs_added": "added",
+    "idempotency_hits": "hits",
+    "jobs_processed": "processed",
+    "jobs_failed": "failed",
+    "jobs_retried": "retried",
+    "jobs_dead_lettered": "dead",
+    "job_duration_seconds": "duration",
+    "job_wait_seconds": "wait",
+}
 
 
 class PrometheusSubscriber(Subscriber, Collector):
@@ -153,22 +185,22 @@ class PrometheusSubscriber(Subscriber, Collector):
         self.buckets = bounds
         self._labels: dict[str, str] = {}
         self._subjects: dict[str, str] = {}
-        self._counters: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in COUNTERS}
-        self._hists: dict[str, dict[tuple[str, ...], _Hist]] = {k: {} for k in HISTOGRAMS}
-        c, h = self._counters, self._hists
-        self._added, self._processed, self._failed = (
-            c["jobs_added"],
-            c["jobs_processed"],
-            c["jobs_failed"],
+        # queue -> job name -> its series; a name past the cap is not a key here (it
+        # finds the ``other`` series through job_label every time: bounded memory).
+        self._series: dict[str, dict[str, _Series]] = {}
+        # The metrics not kept per (queue, job_name): label values -> value.
+        self._counters: dict[str, dict[tuple[str, ...], float]] = {
+            k: {} for k in COUNTERS if k not in SERIES_METRICS
+        }
+        self._hists: dict[str, dict[tuple[str, ...], _Hist]] = {
+            k: {} for k in HISTOGRAMS if k not in SERIES_METRICS
+        }
+        self._stalled, self._lag = (
+            self._counters["jobs_stalled"],
+            self._hists["schedule_lag_seconds"],
         )
-        self._retried, self._dead, self._stalled = (
-            c["jobs_retried"],
-            c["jobs_dead_lettered"],
-            c["jobs_stalled"],
-        )
-        self._duration, self._wait = h["job_duration_seconds"], h["job_wait_seconds"]
-        self._hits, self._lag = c["idempotency_hits"], h["schedule_lag_seconds"]
-        self._deliveries, self._transitions = c["webhook_deliveries"], c["breaker_transitions"]
+        self._deliveries = self._counters["webhook_deliveries"]
+        self._transitions = self._counters["breaker_transitions"]
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(self)
 
@@ -195,14 +227,20 @@ class PrometheusSubscriber(Subscriber, Collector):
                 got = OTHER
         return got
 
-    def _observe(
-        self, table: dict[tuple[str, ...], _Hist], key: tuple[str, ...], value: float
-    ) -> None:
-        hist = table.get(key)
-        if hist is None:
-            hist = table[key] = _Hist(len(self.buckets))
-        hist.counts[bisect.bisect_left(self.buckets, value)] += 1
-        hist.total += value
+    def _bound(self, queue: str, name: str) -> _Series:
+        """The series of ``queue`` and job name ``name`` (its label, capped)."""
+        names = self._series.get(queue)
+        if names is None:
+            names = self._series[queue] = {}
+        else:
+            got = names.get(name)
+            if got is not None:
+                return got
+        label = self.job_label(name)
+        series = names.get(label)
+        if series is None:
+            series = names[label] = _Series(self.buckets)
+        return series
 
     def quiet_outcomes(self) -> str:
         """Deferred and handed-back runs are not counted (``hooks.Subscriber.finished``)."""
@@ -210,32 +248,38 @@ class PrometheusSubscriber(Subscriber, Collector):
 
     # ------------------------------------------------------------------ hooks
     def enqueued(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
-        added = self._added
+        known = self._series.get(queue) or {}
         for name in names:
-            key = (queue, self.job_label(name))
-            added[key] = added.get(key, 0) + 1
+            series = known.get(name) or self._bound(queue, name)
+            series.added += 1
 
     def started(self, queue: str, job: Any) -> None:
         if job.attempts == 1:
+            names = self._series.get(queue)
+            series = names.get(job.name) if names is not None else None
+            if series is None:
+                series = self._bound(queue, job.name)
             # Enqueue time is Redis' clock, now is this host's: close, not exact.
-            waited = max(0.0, time.time() - job.created_at / 1000)
-            self._observe(self._wait, (queue, self.job_label(job.name)), waited)
+            waited = time.time() - job.created_at / 1000
+            series.wait.observe(waited if waited > 0.0 else 0.0)
 
     def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
+        names = self._series.get(queue)
+        series = names.get(job.name) if names is not None else None
+        if series is None:
+            series = self._bound(queue, job.name)
         kind = outcome.kind
         if kind == "completed":
-            table = self._processed
+            series.processed += 1
         elif kind == "retrying":
-            table = self._retried
+            series.retried += 1
         elif kind == "failed":
-            table = self._failed
+            series.failed += 1
         else:
             return
-        key = (queue, self.job_label(job.name))
-        table[key] = table.get(key, 0) + 1
         took = outcome.duration_ms
         if took is not None:
-            self._observe(self._duration, key, took / 1000)
+            series.duration.observe(took / 1000)
 
     def stalled(self, queue: str, job_ids: Sequence[str]) -> None:
         if job_ids:
@@ -244,14 +288,11 @@ class PrometheusSubscriber(Subscriber, Collector):
 
     def dead_lettered(self, queue: str, job_id: str, job: Any, reason: str | None) -> None:
         # Recovery dead-letters by id only: no name known, counted under "other".
-        key = (queue, self.job_label(job.name) if job is not None else OTHER)
-        self._dead[key] = self._dead.get(key, 0) + 1
+        self._bound(queue, job.name if job is not None else OTHER).dead += 1
 
     def duplicate(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
-        hits = self._hits
         for name in names:
-            key = (queue, self.job_label(name))
-            hits[key] = hits.get(key, 0) + 1
+            self._bound(queue, name).hits += 1
 
     def feature_event(self, event: FeatureEvent) -> None:
         name, f = event.name, event.fields
@@ -262,7 +303,10 @@ class PrometheusSubscriber(Subscriber, Collector):
                 return
             if not math.isfinite(lag_ms):
                 return
-            self._observe(self._lag, (event.queue,), lag_ms / 1000)
+            hist = self._lag.get((event.queue,))
+            if hist is None:
+                hist = self._lag[(event.queue,)] = _Hist(self.buckets)
+            hist.observe(lag_ms / 1000)
         elif name == WEBHOOK_DELIVERY_EVENT:
             outcome = f.get("outcome", "")
             key = (
@@ -291,23 +335,50 @@ class PrometheusSubscriber(Subscriber, Collector):
 
     def _families(self, *, empty: bool) -> list[Metric]:
         ns = self.namespace
+        # Copied at once (each list() runs without a thread switch): the loop may add
+        # a series while a scraping thread reads.
+        series = (
+            []
+            if empty
+            else [(queue, list(names.items())) for queue, names in list(self._series.items())]
+        )
         out: list[Metric] = []
         for name, doc in COUNTERS.items():
             labels = list(LABELS.get(name, ("queue", "job_name")))
             fam = CounterMetricFamily(f"{ns}_{name}", doc, labels=labels)
-            for key, value in [] if empty else list(self._counters[name].items()):
-                fam.add_metric(list(key), value)
+            attr = SERIES_METRICS.get(name)
+            if attr is not None:
+                for queue, named in series:
+                    for label, one in named:
+                        value = getattr(one, attr)
+                        if value:  # counted at least once (as before any series existed)
+                            fam.add_metric([queue, label], value)
+            elif not empty:
+                for key, value in list(self._counters[name].items()):
+                    fam.add_metric(list(key), value)
             out.append(fam)
         bounds = [repr(b) for b in self.buckets] + ["+Inf"]
         for name, doc in HISTOGRAMS.items():
             labels = list(LABELS.get(name, ("queue", "job_name")))
             hfam = HistogramMetricFamily(f"{ns}_{name}", doc, labels=labels)
-            for key, hist in [] if empty else list(self._hists[name].items()):
+            attr = SERIES_METRICS.get(name)
+            hists: list[tuple[list[str], _Hist]] = []
+            if attr is not None:
+                hists = [
+                    ([queue, label], getattr(one, attr))
+                    for queue, named in series
+                    for label, one in named
+                ]
+            elif not empty:
+                hists = [(list(key), hist) for key, hist in list(self._hists[name].items())]
+            for values, hist in hists:
                 counts, running = list(hist.counts), 0
+                if not sum(counts):
+                    continue  # never observed
                 cumulative: list[tuple[str, float]] = []
                 for bound, n in zip(bounds, counts, strict=True):
                     running += n
                     cumulative.append((bound, float(running)))
-                hfam.add_metric(list(key), cumulative, hist.total)
+                hfam.add_metric(values, cumulative, hist.total)
             out.append(hfam)
         return out

@@ -4,8 +4,8 @@
 
   -- Refuses, before anything of the job is written: a job of a tenant this queue does
   -- not know (never created, or removed), a job whose region the tenant may not use,
-  -- and a job that would take the tenant past its max_queue_size (its unfinished jobs
-  -- in this queue). Reads the count each time: the enqueue fragment of the job before,
+  -- and (quotas enforced) a job that would take the tenant past its max_queue_size
+  -- (its unfinished jobs in this queue). Reads the count each time: the enqueue fragment of the job before,
   -- in the same call, may have raised it.
   return function(id, name, opts, state)
     local t, region = tenant_opts(opts)
@@ -23,7 +23,7 @@
     end
     local max = arg_int(f[2], 0, 0, 1000000000)
     local n = num(f[3])
-    if max > 0 and n >= max then
+    if QUOTAS and max > 0 and n >= max then
       return 'KQ_QUOTA_EXCEEDED\t' .. t .. '\tmax_queue_size\t' .. max .. "\ttenant '" ..
         t .. "' is at its max_queue_size of " .. max .. ' in queue ' .. "'" .. QUEUE ..
         "' (" .. int(n) .. ' unfinished jobs): the job was not added. Add it again ' ..

@@ -3,7 +3,8 @@
 * the job option ``tenant_id`` (the option registry);
 * the Lua fragments (``lua.py``) in the ``accept``, ``enqueue``, ``admission`` and
   ``release`` slots, compiled from the queue's declarations (``quantum``,
-  ``fair_dispatch``): the same in every process that adds or runs the queue's jobs;
+  ``fair_dispatch``, ``enforce_quotas``): the same in every process that adds or runs
+  the queue's jobs;
 * enqueue middleware that, the first time this process adds a job with a tenant, makes
   sure the queue is known to the registry and holds every tenant's quota (``attach``);
 * a service run by each worker that does the same at start and then every
@@ -40,6 +41,7 @@ __all__ = [
     "StoredTenant",
     "attach",
     "install",
+    "installed",
     "put_tenant",
     "run_script",
 ]
@@ -50,8 +52,8 @@ log = get_logger(__name__)
 SYNC_INTERVAL_S = 30.0
 _MAX_QUANTUM = 1000
 
-# One installation per queue object: (quantum, fair_dispatch).
-_INSTALLED: weakref.WeakKeyDictionary[Any, tuple[int, bool]] = weakref.WeakKeyDictionary()
+# One installation per queue object: (quantum, fair_dispatch, enforce_quotas).
+_INSTALLED: weakref.WeakKeyDictionary[Any, tuple[int, bool, bool]] = weakref.WeakKeyDictionary()
 # Queues whose Redis user may not read the registry (warned once).
 _NO_ACCESS: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -230,22 +232,43 @@ class _Sync:
             await asyncio.sleep(self.interval_s)
 
 
+def installed(queue: Any) -> dict[str, Any] | None:
+    """How tenancy is enabled on ``queue`` in this process (``quantum``,
+    ``fair_dispatch``, ``enforce_quotas``, and the ``registry`` key it copies quotas
+    from), or None when it is not."""
+    have = _INSTALLED.get(queue)
+    if have is None:
+        return None
+    return {
+        "quantum": have[0],
+        "fair_dispatch": have[1],
+        "enforce_quotas": have[2],
+        "registry": tk.registry(queue.keys.prefix),
+    }
+
+
 def install(
-    queue: JobQueue, *, quantum: int, fair_dispatch: bool, sync_interval_s: float = SYNC_INTERVAL_S
+    queue: JobQueue,
+    *,
+    quantum: int,
+    fair_dispatch: bool,
+    enforce_quotas: bool = True,
+    sync_interval_s: float = SYNC_INTERVAL_S,
 ) -> None:
     """Enable tenancy on one ``JobQueue`` (see the module docstring). Enabling it again
     with the same declarations does nothing; with others, ``ConfigurationError``."""
     quantum = to_int(quantum, "quantum", minimum=1, maximum=_MAX_QUANTUM)
-    if not isinstance(fair_dispatch, bool):
-        raise ConfigurationError(f"fair_dispatch must be True or False, got {fair_dispatch!r}")
-    want = (quantum, fair_dispatch)
+    for name, flag in (("fair_dispatch", fair_dispatch), ("enforce_quotas", enforce_quotas)):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{name} must be True or False, got {flag!r}")
+    want = (quantum, fair_dispatch, enforce_quotas)
     have = _INSTALLED.get(queue)
     if have is not None:
         if have != want:
             raise ConfigurationError(
                 f"multi-tenancy is already enabled on queue {queue.name!r} with quantum="
-                f"{have[0]}, fair_dispatch={have[1]}; enable it once per queue, with the "
-                "same arguments in every process"
+                f"{have[0]}, fair_dispatch={have[1]}, enforce_quotas={have[2]}; enable it "
+                "once per queue, with the same arguments in every process"
             )
         return
     queue.declare_option(
@@ -254,7 +277,7 @@ def install(
         normalize=lambda v, section: check_tenant_id(v, f"{section}: tenant_id"),
         doc="the tenant the job belongs to (features.tenancy)",
     )
-    frags = lua.fragments(quantum, fair_dispatch)
+    frags = lua.fragments(quantum, fair_dispatch, enforce_quotas)
     scripts = queue.scripts
     scripts.add_slot("accept", lua.FEATURE, frags["accept"])
     scripts.add_slot("enqueue", lua.FEATURE, frags["enqueue"])

@@ -2,9 +2,9 @@
 
 The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua``) share
 ``prelude.lua``, into which the queue's declarations (fair dispatch on or off, the
-quantum) are compiled, so every process that enables tenancy the same way runs the same
-code. The scripts ``tn_put.lua`` (a tenant's quota copied into a queue) and
-``tn_usage.lua`` (a tenant's counts in a queue, read atomically) and ``tn_registry.lua``
+quantum, quotas enforced or not) are compiled, so every process that enables tenancy the
+same way runs the same code. The scripts ``tn_put.lua`` (a tenant's quota copied into a
+queue) and ``tn_usage.lua`` (a tenant's counts in a queue, read atomically) and ``tn_registry.lua``
 (the registry's compare-and-set) take their keys in ``KEYS``. See ``docs/tenancy.md``.
 """
 
@@ -40,11 +40,12 @@ def source(name: str) -> str:
     return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
 
 
-def _prelude(quantum: int, fair: bool) -> str:
+def _prelude(quantum: int, fair: bool, quotas: bool) -> str:
     return (
         source("prelude")
         .replace("@QUANTUM@", str(int(quantum)))
         .replace("@FAIR@", "true" if fair else "false")
+        .replace("@QUOTAS@", "true" if quotas else "false")
         # Lua's # counts bytes: up to 4 per character.
         .replace("@MAX_TENANT_ID@", str(MAX_TENANT_ID * 4))
         .replace("@MAX_TICKETS@", str(MAX_TICKETS))
@@ -52,7 +53,7 @@ def _prelude(quantum: int, fair: bool) -> str:
     )
 
 
-def fragments(quantum: int, fair: bool) -> dict[str, str]:
+def fragments(quantum: int, fair: bool, quotas: bool = True) -> dict[str, str]:
     """The source of each slot fragment for these declarations."""
-    prelude = _prelude(quantum, fair)
+    prelude = _prelude(quantum, fair, quotas)
     return {slot: source(slot).replace("@PRELUDE@", prelude) for slot in _SLOTS}

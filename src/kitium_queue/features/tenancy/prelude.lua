@@ -1,6 +1,8 @@
   -- Multi-tenancy: the shared part of every fragment (kitium_queue.features.tenancy).
-  -- Compiled in from the queue's declarations (the same in every process):
-  local QUANTUM, FAIR = @QUANTUM@, @FAIR@
+  -- Compiled in from the queue's declarations (the same in every process); QUOTAS false:
+  -- tenants are tracked (counts, usage, unknown tenants and regions refused) and fair
+  -- dispatch applies, but no quota (max_queue_size, max_concurrency, rate_limit) is.
+  local QUANTUM, FAIR, QUOTAS = @QUANTUM@, @FAIR@, @QUOTAS@
   local MAX_TENANT_ID = @MAX_TENANT_ID@
   local MAX_TICKETS = @MAX_TICKETS@
   local REFILL_MIN = @REFILL_MIN@
@@ -51,7 +53,8 @@
       s = { t = t, mc = arg_int(f[1], 0, 0, 1000000000), rlm = arg_int(f[2], 0, 0, 1000000000),
             rld = arg_int(f[3], 0, 0, MAX_MS), rw = tonumber(f[5]), rn = num(f[6]) }
       s.quota = arg_int(w * QUANTUM + 0.5, 1, 1, MAX_TICKETS)
-      if s.rlm == 0 or s.rld == 0 then s.rlm = 0 end
+      if s.rlm == 0 or s.rld == 0 or not QUOTAS then s.rlm = 0 end
+      if not QUOTAS then s.mc = 0 end
       tenants[t] = s
     end
     return s

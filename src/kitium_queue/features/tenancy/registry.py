@@ -14,7 +14,10 @@ enabled on, where the queue's own scripts enforce it atomically (``docs/tenancy.
 Every change gets a new version (one counter for all tenants) and is written with a
 compare-and-set, to the registry first and then to each queue; a queue keeps only a
 copy newer than its own, so copies that cross (two registries, a worker's periodic
-resync) end with the newest everywhere. Quotas are per queue and exact there; nothing
+resync) end with the newest everywhere. The registry write is the registry's
+``writer`` (``TenantChange`` -> outcome): ``tn_registry.lua`` by default;
+``AccessControlManager`` passes one that writes the change together with its audit
+entry, in one script. Quotas are per queue and exact there; nothing
 spans queues atomically (each queue has its own hash tag on a Redis Cluster): see
 docs/tenancy.md for how to bound a tenant's work as a whole.
 """
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,7 +44,7 @@ from .model import QueueUsage, TenantConfig, TenantQuota, TenantUsage, check_ten
 if TYPE_CHECKING:
     from ...queue import JobQueue
 
-__all__ = ["TenantRegistry"]
+__all__ = ["TenantChange", "TenantRegistry", "TenantWriter"]
 
 _REGISTRY = LuaScript(__package__, "tn_registry")
 _USAGE = LuaScript(__package__, "tn_usage")
@@ -62,6 +66,44 @@ def _is_queue(obj: Any) -> bool:
     return hasattr(obj, "keys") and hasattr(obj, "client") and hasattr(obj, "scripts")
 
 
+@dataclass(frozen=True, slots=True)
+class TenantChange:
+    """One change of the registry, as its writer receives it.
+
+    Attributes:
+        op: ``"create"``, ``"update"`` or ``"remove"``.
+        tenant_id: the tenant.
+        body: the entry to store (JSON with its new version; a tombstone for a removal).
+        version: the entry's new version.
+        replaces: the version the change was computed from (None for a creation).
+        config: the tenant's new config (None for a removal).
+        key: the registry's hash (the field is ``tenant_id``).
+    """
+
+    op: str
+    tenant_id: str
+    body: bytes
+    version: int
+    replaces: int | None
+    config: TenantConfig | None
+    key: str
+
+
+#: Writes a ``TenantChange`` to the registry (``client`` is the registry's) and says how
+#: it went: ``"ok"``; ``"exists"`` (create: the tenant exists); ``"missing"`` (update or
+#: remove: no such tenant); ``"conflict"`` (the entry changed since it was read: the
+#: registry reads it again and retries). Nothing may be written unless ``"ok"``.
+TenantWriter = Callable[[Any, TenantChange], Awaitable[str]]
+
+
+async def lua_writer(client: Any, change: TenantChange) -> str:
+    """The default ``TenantWriter``: ``tn_registry.lua``'s compare-and-set."""
+    op = "create" if change.op == "create" else "put"
+    replaces = "" if change.replaces is None else change.replaces
+    args = [op, change.tenant_id, change.body, replaces]
+    return _text(await run_script(client, _REGISTRY, [change.key], args))
+
+
 class TenantRegistry:
     """Tenants with quotas and dispatch weights, for every queue of one deployment.
 
@@ -70,9 +112,13 @@ class TenantRegistry:
             connection and key prefix are used, and tenancy is enabled on it (as with
             ``enable``); or a connection as ``JobQueue`` takes it (a URL, a dict of
             options, a ``redis.asyncio`` client).
+            A ``Deployment`` (``features/audit/conn.py``) shares that connection.
         prefix: the key prefix of the queues (default ``"kq"``; taken from the queue
             when one is given).
-        quantum, fair_dispatch: passed to ``enable`` for the queue given as ``redis``.
+        quantum, fair_dispatch, enforce_quotas: passed to ``enable`` for the queue
+            given as ``redis``.
+        writer: how a change is written to the registry (``TenantWriter``; default
+            ``tn_registry.lua``'s compare-and-set).
 
     Example::
 
@@ -95,11 +141,27 @@ class TenantRegistry:
         prefix: str | None = None,
         quantum: int = 16,
         fair_dispatch: bool = True,
+        enforce_quotas: bool = True,
+        writer: TenantWriter | None = None,
     ) -> None:
         self._queue: Any = None
+        self._shared = False  # a Deployment given: its owner closes it
+        self._writer: TenantWriter = lua_writer if writer is None else writer
         if _is_queue(redis) or hasattr(redis, "queues"):
             self._use_queue(redis, prefix)
-            self.enable(redis, quantum=quantum, fair_dispatch=fair_dispatch)
+            self.enable(
+                redis,
+                quantum=quantum,
+                fair_dispatch=fair_dispatch,
+                enforce_quotas=enforce_quotas,
+            )
+        elif isinstance(redis, Deployment):
+            if prefix is not None and prefix != redis.prefix:
+                raise ConfigurationError(
+                    f"prefix {prefix!r} differs from the deployment's key prefix {redis.prefix!r}"
+                )
+            self._dep = redis
+            self._shared = True
         else:
             self._dep = Deployment(
                 "memory://" if redis is None else redis, prefix, name="tenant registry"
@@ -123,6 +185,10 @@ class TenantRegistry:
         return self._dep.prefix
 
     @property
+    def _key(self) -> str:
+        return tk.registry(self.prefix)
+
+    @property
     def connection(self) -> ConnectionFactory:
         """How the registry connects to Redis."""
         return self._dep.connection
@@ -132,6 +198,8 @@ class TenantRegistry:
         """The registry of ``queue``'s deployment (its connection and key prefix),
         without enabling tenancy on it: for tools that only manage or read (the CLI)."""
         reg = cls.__new__(cls)
+        reg._writer = lua_writer
+        reg._shared = False
         reg._use_queue(queue, None)
         return reg
 
@@ -142,6 +210,7 @@ class TenantRegistry:
         *,
         quantum: int = 16,
         fair_dispatch: bool = True,
+        enforce_quotas: bool = True,
         sync_interval_s: float = SYNC_INTERVAL_S,
     ) -> None:
         """Enable tenancy on ``queue`` (each partition of a ``PartitionedQueue``): jobs
@@ -155,6 +224,10 @@ class TenantRegistry:
             fair_dispatch: False keeps the quotas but lets tenants' jobs run in plain
                 queue order (no lanes, no tickets: cheaper; a tenant with a backlog
                 then delays the others).
+            enforce_quotas: False tracks tenants (their jobs counted, usage reported,
+                unknown tenants and regions refused) and keeps fair dispatch, but
+                enforces no quota: ``max_queue_size``, ``max_concurrency`` and
+                ``rate_limit`` are stored and shown, not applied, in this queue.
             sync_interval_s: how often each worker re-copies the quotas into the queue.
 
         Call it in every process that adds or runs the queue's jobs, with the same
@@ -162,7 +235,11 @@ class TenantRegistry:
         """
         for q in list(getattr(queue, "queues", None) or [queue]):
             install(
-                q, quantum=quantum, fair_dispatch=fair_dispatch, sync_interval_s=sync_interval_s
+                q,
+                quantum=quantum,
+                fair_dispatch=fair_dispatch,
+                enforce_quotas=enforce_quotas,
+                sync_interval_s=sync_interval_s,
             )
 
     async def attach(self, queue: Any) -> int:
@@ -201,23 +278,25 @@ class TenantRegistry:
         registered queue before this returns. ``ConfigurationError`` if it exists."""
         cfg = TenantConfig.of(config)
         async with self._errors() as client:
-            version = int(await client.incr(tk.registry_version(self.prefix)))
-            entry = StoredTenant(cfg.tenant_id, cfg, version)
-            out = _text(
-                await run_script(
-                    client,
-                    _REGISTRY,
-                    [tk.registry(self.prefix)],
-                    ["create", cfg.tenant_id, _json(cfg, version), ""],
+            for _ in range(_MAX_RETRIES):
+                version = int(await client.incr(tk.registry_version(self.prefix)))
+                entry = StoredTenant(cfg.tenant_id, cfg, version)
+                change = TenantChange(
+                    "create", cfg.tenant_id, _json(cfg, version), version, None, cfg, self._key
                 )
-            )
-            if out == "exists":
-                raise ConfigurationError(
-                    f"tenant {cfg.tenant_id!r} exists already; change it with "
-                    "update_tenant() or remove it first"
-                )
-            await self._propagate(client, [entry])
-        return cfg
+                out = await self._writer(client, change)
+                if out == "exists":
+                    raise ConfigurationError(
+                        f"tenant {cfg.tenant_id!r} exists already; change it with "
+                        "update_tenant() or remove it first"
+                    )
+                if out == "ok":
+                    await self._propagate(client, [entry])
+                    return cfg
+        raise KitiumQueueError(
+            f"tenant {cfg.tenant_id!r} was changed {_MAX_RETRIES} times by others while it "
+            "was created; try again"
+        )
 
     async def update_tenant(
         self,
@@ -378,14 +457,9 @@ class TenantRegistry:
                 }
             )
         )
-        out = _text(
-            await run_script(
-                client,
-                _REGISTRY,
-                [tk.registry(self.prefix)],
-                ["put", cur.tenant_id, body, cur.version],
-            )
-        )
+        op = "update" if new is not None else "remove"
+        change = TenantChange(op, cur.tenant_id, body, version, cur.version, new, self._key)
+        out = await self._writer(client, change)
         if out == "missing":
             raise self._not_found(cur.tenant_id)
         return StoredTenant(cur.tenant_id, new, version) if out == "ok" else None
@@ -419,8 +493,9 @@ class TenantRegistry:
         return await self._dep.client()
 
     async def close(self) -> None:
-        """Release the registry's own connection (a queue's is left to the queue)."""
-        if self._queue is None:
+        """Release the registry's own connection (a queue's, or a ``Deployment``
+        given to it, is left to its owner)."""
+        if self._queue is None and not self._shared:
             await self._dep.close()
 
     async def __aenter__(self) -> TenantRegistry:

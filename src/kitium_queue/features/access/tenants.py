@@ -1,0 +1,220 @@
+"""Tenants through ``AccessControlManager``: every change authorized and audited.
+
+``TenantAdmin`` keeps a ``TenantRegistry`` on the manager's connection and key prefix
+(``AccessControlManager.tenants``) whose writer (``TenantWriter``) does two things
+before a change reaches the registry:
+
+1. **Authorization.** A tenant's quota applies in every queue tenancy is enabled on, so
+   changing a tenant is managing every queue: the acting principal
+   (``identity.current_principal()``, else the manager's ``principal``) needs
+   ``can_manage_queue`` through a grant whose pattern matches every queue (``*``: the
+   ``admin`` role, or ``{"can_manage_queue": True}``). Anyone else, and a call with no
+   principal at all, is refused with ``AccessDeniedError`` after an ``access.denied``
+   entry (resource ``tenant:<id>``) is in the audit log.
+2. **The audit entry, atomically with the change.** The registry's entry is compared
+   and set by the audit log's append script (``append.lua``, effect ``cas``) in the
+   same call that appends ``tenant.create`` / ``tenant.update`` / ``tenant.remove``
+   (who, resource ``tenant:<id>``, the new config: name, quota, regions, weight,
+   version): both or neither. A tenant config holds no secret.
+
+The writer runs for every change of that registry, so ``acm.tenants.create_tenant``
+is held to the same rule as ``acm.create_tenant``. Reads (``get_tenant``,
+``list_tenants``, ``get_tenant_quota``, ``get_tenant_usage``) are not guarded, as
+``list_access`` is not: the manager is the administrators' tool.
+
+The brief's camelCase keys (``tenantId``, ``allowedRegions``, ``quota.maxQueueSize``,
+``quota.maxConcurrency``, ``quota.rateLimit``) are accepted here (``brief_keys``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ...errors import AccessDeniedError, ConfigurationError
+from ...limits import clip
+from ..audit.chain import Draft
+from ..audit.log import Effect
+from ..tenancy import TenantChange, TenantConfig, TenantRegistry, check_tenant_id
+from ..tenancy.install import StoredTenant
+from .model import Permission
+
+if TYPE_CHECKING:
+    from .manager import AccessControlManager
+
+__all__ = ["TENANT_PERMISSION", "TenantAdmin", "brief_keys", "tenant_resource"]
+
+#: The permission tenant changes need, through a grant on every queue (``*``).
+TENANT_PERMISSION = Permission.MANAGE_QUEUE
+#: Compare-and-set attempts of one change before the registry is told to read again.
+_CAS_TRIES = 5
+
+_TOP = {"tenantId": "tenant_id", "allowedRegions": "allowed_regions"}
+_QUOTA = {
+    "maxQueueSize": "max_queue_size",
+    "maxConcurrency": "max_concurrency",
+    "rateLimit": "rate_limit",
+}
+
+
+def _renamed(value: Mapping[str, Any], aliases: Mapping[str, str], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        key = aliases.get(k, k) if isinstance(k, str) else k
+        if key in out:
+            raise ConfigurationError(
+                f"{where}: {clip(repr(k), 40)} and {key!r} name the same field; give it once"
+            )
+        out[key] = v
+    return out
+
+
+def brief_keys(value: Any, where: str = "tenant config") -> Any:
+    """``value`` with the brief's camelCase keys in snake_case (a ``TenantConfig`` or a
+    non-dict is returned as is, for ``TenantConfig.of`` to judge)."""
+    if not isinstance(value, Mapping):
+        return value
+    out = _renamed(value, _TOP, where)
+    if isinstance(out.get("quota"), Mapping):
+        out["quota"] = _renamed(out["quota"], _QUOTA, f"{where}: quota")
+    return out
+
+
+def tenant_resource(tenant_id: str) -> str:
+    """The audit log's resource for a tenant (``tenant:<id>``)."""
+    return f"tenant:{tenant_id}"
+
+
+def _meta(change: TenantChange) -> dict[str, Any]:
+    """What the audit entry says of the change: the new config (a tenant config holds
+    no secret) and its version."""
+    if change.config is None:
+        return {"tenant_id": change.tenant_id, "version": change.version}
+    return {**change.config.to_dict(), "version": change.version}
+
+
+class TenantAdmin:
+    """The tenants of an ``AccessControlManager`` (see the module docstring).
+
+    Args:
+        manager: the manager whose connection, key prefix, grants, audit log and
+            acting principal are used.
+        who: the acting principal (the manager's rule: ``acting_as``, else its
+            ``principal``).
+    """
+
+    def __init__(self, manager: AccessControlManager, who: Callable[[], str | None]) -> None:
+        self.manager = manager
+        self.who = who
+        self.registry = TenantRegistry(manager.deployment, writer=self.write)
+
+    # ------------------------------------------------------------------ authorization
+    async def allowed(self, principal: str | None) -> bool:
+        """Whether ``principal`` may change tenants (``can_manage_queue`` on ``*``)."""
+        if principal is None:
+            return False
+        grants = await self.manager.grants.load(principal)
+        return any(
+            pattern.matches_all and TENANT_PERMISSION in perms
+            for pattern, perms, _ in grants.entries
+        )
+
+    async def authorize(self, action: str, tenant_id: str) -> str:
+        """The acting principal, if it may change tenants; else ``AccessDeniedError``
+        after an ``access.denied`` audit entry."""
+        who = self.who()
+        if who is not None and await self.allowed(who):
+            return who
+        resource = tenant_resource(tenant_id)
+        via: tuple[str, ...] = ()
+        if who is not None:
+            grants = await self.manager.grants.load(who)
+            via = tuple(p.text for p, perms, _ in grants.entries if TENANT_PERMISSION in perms)
+        audited = await self.manager.write_denial(who, resource, TENANT_PERMISSION, action, via)
+        note = "" if audited else " (the audit log could not record this refusal)"
+        if who is None:
+            text = (
+                f"no principal is acting for {action} of tenant {tenant_id!r}: tenant changes "
+                "are made by a principal holding can_manage_queue on every queue (a grant on "
+                "'*'); run the call inside acting_as(...) or give AccessControlManager("
+                f"principal=...){note}"
+            )
+        else:
+            held = f" (it holds it on {', '.join(via)} only)" if via else ""
+            text = (
+                f"principal {clip(repr(who), 100)} was refused {action} of tenant "
+                f"{tenant_id!r}: a tenant's quota applies in every queue, so it needs "
+                f"can_manage_queue on every queue, a grant on '*'{held}; an admin can grant "
+                "it with AccessControlManager.grant_access(principal_id=..., "
+                f"queue_pattern='*', role='admin'){note}"
+            )
+        raise AccessDeniedError(
+            text,
+            principal=who,
+            resource=resource,
+            permission=TENANT_PERMISSION.value,
+            action=action,
+        )
+
+    # ------------------------------------------------------------------ the writer
+    async def write(self, client: Any, change: TenantChange) -> str:
+        """The registry's ``TenantWriter``: authorize, then compare-and-set the entry
+        together with its audit entry (one script call)."""
+        who = await self.authorize(f"{change.op}_tenant", change.tenant_id)
+        draft_args = (
+            who,
+            f"tenant.{change.op}",
+            tenant_resource(change.tenant_id),
+            "ok",
+            _meta(change),
+        )
+        for _ in range(_CAS_TRIES):
+            raw = await client.hget(change.key, change.tenant_id)
+            cur = StoredTenant.parse(change.tenant_id, raw)
+            live = cur is not None and cur.config is not None
+            if change.op == "create":
+                if live:
+                    return "exists"
+            elif cur is None or not live:
+                return "missing"
+            elif cur.version != change.replaces:
+                return "conflict"
+            effect = Effect(
+                "cas-new" if raw is None else "cas",
+                change.key,
+                change.key,
+                change.tenant_id,
+                change.body,
+                b"" if raw is None else raw,
+            )
+            draft = Draft.make(*draft_args, strict=False)
+            if await self.manager.audit.write([draft], effect=effect):
+                return "ok"
+            if change.op != "create":
+                return "conflict"  # the registry reads it again
+        return "conflict"
+
+    # ------------------------------------------------------------------ the methods
+    async def create(self, config: TenantConfig | Mapping[str, Any]) -> TenantConfig:
+        """``TenantRegistry.create_tenant`` with the brief's keys; authorized up front
+        (a refused principal learns nothing of the deployment)."""
+        cfg = TenantConfig.of(brief_keys(config))
+        await self.authorize("create_tenant", cfg.tenant_id)
+        return await self.registry.create_tenant(cfg)
+
+    async def update(
+        self,
+        tenant_id: str,
+        changes: TenantConfig | Mapping[str, Any] | None,
+        fields: Mapping[str, Any],
+    ) -> TenantConfig:
+        """``TenantRegistry.update_tenant`` with the brief's keys."""
+        given = brief_keys(changes, "tenant update")
+        more = brief_keys(fields, "tenant update")
+        await self.authorize("update_tenant", check_tenant_id(tenant_id))
+        return await self.registry.update_tenant(tenant_id, given, **more)
+
+    async def remove(self, tenant_id: str) -> bool:
+        """``TenantRegistry.remove_tenant``."""
+        await self.authorize("remove_tenant", check_tenant_id(tenant_id))
+        return await self.registry.remove_tenant(tenant_id)
