@@ -10,6 +10,7 @@ replicated), ``lanes`` (workers and reports), ``stats``, ``cli``, ``lua`` and th
 files. docs/multi-region.md describes the semantics and the guarantees.
 """
 
+from .advanced import enable_from_advanced
 from .config import FailoverConfig, GlobalQueueConfig, RegionConfig, ReplicationConfig
 from .errors import (
     FailoverError,
@@ -39,4 +40,5 @@ __all__ = [
     "ReplicationTimeoutError",
     "StrandedJob",
     "TenantRegionMap",
+    "enable_from_advanced",
 ]
