@@ -432,31 +432,64 @@ async def test_a_tenants_allowed_regions_route_or_refuse(make: Callable[..., Any
 async def test_the_tenancy_registry_answers_the_routing(
     make: Callable[..., Any], urls: list[str], prefix: str
 ) -> None:
-    """The tenancy feature's registry behind the routing protocol (the adapter of
-    docs/multi-region.md): a tenant with regions is pinned, one without goes anywhere."""
+    """``tenants=`` a ``TenantRegistry``: a tenant with regions is pinned to them, one
+    without goes anywhere, an unknown one is refused."""
     from kitium_queue import TenantRegistry
 
     registry = TenantRegistry(urls[0], prefix=prefix)
     await registry.create_tenant({"tenant_id": "acme", "allowed_regions": [NAMES[2]]})
     await registry.create_tenant({"tenant_id": "globex"})
-
-    async def allowed_regions_for(tenant_id: str) -> tuple[str, ...] | None:
-        tenant = await registry.get_tenant(tenant_id)
-        if tenant is None:
-            raise KeyError(f"unknown tenant {tenant_id!r}")
-        return tenant.allowed_regions or None
-
     try:
-        m = await make(allowed_regions=allowed_regions_for)
+        assert await registry.allowed_regions_for("acme") == (NAMES[2],)
+        assert await registry.allowed_regions_for("globex") is None
+        m = await make(tenants=registry)
         m.declare_option("tenant_id", feature="test tenancy")
         assert (await m.add_job("x", tenant_id="acme")).startswith(f"@{NAMES[2]}:")
         assert not (await m.add_job("x", tenant_id="globex")).startswith("@")
         with pytest.raises(RegionNotAllowedError):
             await m.add_job("x", tenant_id="acme", region=NAMES[0])
-        with pytest.raises(RegionNotAllowedError, match="unknown tenant"):
+        with pytest.raises(RegionNotAllowedError, match="no tenant 'initech'"):
             await m.add_job("x", tenant_id="initech")
     finally:
         await registry.close()
+
+
+async def test_access_control_tenants_restrict_the_regions(
+    make: Callable[..., Any], urls: list[str], prefix: str
+) -> None:
+    """``tenants=`` an ``AccessControlManager``: an eu-only tenant's job goes to an eu
+    region; placing it outside them is refused with an error naming its regions."""
+    import secrets
+
+    from kitium_queue import AccessControlManager
+
+    acm = AccessControlManager(
+        urls[0], prefix=prefix, audit_key=secrets.token_hex(32), principal="ops"
+    )
+    try:
+        await acm.grant_access(principal_id="ops", queue_pattern="*", role="admin")
+        await acm.create_tenant({"tenant_id": "eu-co", "allowed_regions": [NAMES[1]]})
+        m = await make(tenants=acm)
+        m.declare_option("tenant_id", feature="test tenancy")
+        job = await m.add_job("x", {"n": 1}, tenant_id="eu-co")
+        assert job.startswith(f"@{NAMES[1]}:")
+        status = await m.get_job_status(job)
+        assert status is not None and status.data == {"n": 1}
+        with pytest.raises(
+            RegionNotAllowedError, match=f"may not place jobs in region {NAMES[0]!r}"
+        ):
+            await m.add_job("x", tenant_id="eu-co", region=NAMES[0])
+    finally:
+        await acm.close()
+
+
+async def test_tenants_and_allowed_regions_are_exclusive(urls: list[str], prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="not both"):
+        await GlobalQueueManager().initialize(
+            config(urls, prefix, tenants=TenantRegionMap({}), allowed_regions=TenantRegionMap({}))
+        )
+    with pytest.raises(ConfigurationError, match="TenantRegistry or an AccessControlManager"):
+        await GlobalQueueManager().initialize(config(urls, prefix, tenants={"acme": ["x"]}))
 
 
 async def test_replicate_job_copies_either_kind(make: Callable[..., Any]) -> None:

@@ -148,6 +148,10 @@ class GlobalQueueConfig:
         allowed_regions: where each tenant's jobs may go: an object with
             ``allowed_regions_for(tenant_id)`` (sync or async; ``None`` = anywhere), or
             such a function. See ``routing.AllowedRegions``.
+        tenants: the same from the multi-tenancy feature: a ``TenantRegistry`` or an
+            ``AccessControlManager`` (each tenant's ``allowed_regions``; empty = any
+            region; an unknown tenant's jobs are refused). Give this or
+            ``allowed_regions``, not both.
         notify: objects with ``async send_event(WebhookEvent)`` (a ``WebhookManager``)
             that hear of every failover this process carries out.
         queue_options: ``JobQueue`` arguments every region's queues get (``prefix``,
@@ -165,6 +169,7 @@ class GlobalQueueConfig:
     workers: str = "primary"
     own_region: str | None = None
     allowed_regions: Any = None
+    tenants: Any = None
     notify: Sequence[Any] = ()
     queue_options: Mapping[str, Any] = field(default_factory=dict)
     background: bool = True
@@ -327,6 +332,19 @@ def check_config(config: GlobalQueueConfig | Mapping[str, Any]) -> Checked:
             )
     if not isinstance(cfg.background, bool):
         raise ConfigurationError("background must be True or False")
+    allowed = cfg.allowed_regions
+    if cfg.tenants is not None:
+        if allowed is not None:
+            raise ConfigurationError(
+                "give tenants= or allowed_regions=, not both (both say where a tenant's "
+                "jobs may go)"
+            )
+        if not callable(getattr(cfg.tenants, "allowed_regions_for", None)):
+            raise ConfigurationError(
+                "tenants takes a TenantRegistry or an AccessControlManager (an object with "
+                f"allowed_regions_for(tenant_id)), got {type(cfg.tenants).__name__}"
+            )
+        allowed = cfg.tenants
     return Checked(
         name=cfg.name,
         regions=regions,
@@ -339,7 +357,7 @@ def check_config(config: GlobalQueueConfig | Mapping[str, Any]) -> Checked:
         majority=majority,
         workers=cfg.workers,
         own_region=own,
-        allowed_regions=cfg.allowed_regions,
+        allowed_regions=allowed,
         notify=notify,
         queue_options=dict(cfg.queue_options),
         background=cfg.background,
