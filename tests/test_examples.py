@@ -109,6 +109,17 @@ EXPECTED: dict[str, list[str]] = {
         r"orders run once each: True",
         r"  us-east-1: primary, epoch 3, healthy=True",
     ],
+    "enterprise_setup.py": [
+        r"same job for a repeated order: True",
+        r"stored data holds the card token: False",
+        r"order completed: \{'order_id': 'order-123', 'payment_id': 'pay-order-123'\}; "
+        r"charges made: 1",
+        r"workflow completed: ship -> \{'tracking': 'TRK-order-123'\}",
+        r"webhooks verified: 4 signed job-completed events",
+        r"breaker stripe-payment: closed",
+        r"acme-corp's global job placed in: @eu-west-1",
+        r"refused in us-east-1: RegionNotAllowedError",
+    ],
     "webhooks.py": [
         r"endpoint wh_\w+: 3 signed job-completed events verified",
         r"event types: \['job-completed'\]",
