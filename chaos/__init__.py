@@ -31,4 +31,5 @@ NAMES = (
     "audit",
     "erasure",
     "tenancy",
+    "regions",
 )

@@ -332,12 +332,26 @@ async def test_compliance_caps_the_idempotency_window(make_queue: QueueFactory) 
         )
 
 
-async def test_future_sections_say_they_are_not_available(make_queue: QueueFactory) -> None:
-    with pytest.raises(ConfigurationError) as err:
+async def test_global_queue_section_gives_a_manager_and_region_lag_alerts_wait(
+    make_queue: QueueFactory,
+) -> None:
+    from kitium_queue import GlobalQueueManager
+
+    with pytest.raises(ConfigurationError, match="2 to 16 regions"):
         make_queue("f", advanced={"global_queue": {"enabled": True}})
-    text = str(err.value)
-    assert "advanced.global_queue: global queues" in text
-    assert "not available in this version" in text
+    regions = [
+        {"region": "us-east-1", "redis": "memory://adv-us", "is_primary": True},
+        {"region": "eu-west-1", "redis": "memory://adv-eu"},
+    ]
+    q = make_queue("g", advanced={"global_queue": {"enabled": True, "regions": regions}})
+    m = q.advanced.global_queue
+    assert isinstance(m, GlobalQueueManager)
+    await m.initialize()
+    try:
+        assert (m.name, m.primary, m.epoch) == ("g", "us-east-1", 1)
+        assert await m.add_job("x", {})
+    finally:
+        await m.close()
     with pytest.raises(ConfigurationError, match="region_lag_ms, which needs a global queue"):
         make_queue(
             "f",
@@ -477,7 +491,7 @@ def test_config_show_prints_the_effective_configuration(
     assert "secrets" not in eff["sections"]["webhooks"]
     assert "message_group_id" in eff["job_options"]["fifo-groups"]
     assert eff["codecs"][0] == "CompressionCodec"
-    assert eff["sections"]["global_queue"]["available"] is False
+    assert eff["sections"]["global_queue"]["available"] is True  # features/regions exists
     tenancy = eff["sections"]["multi_tenancy"]
     assert (tenancy["enabled"], tenancy["quantum"], tenancy["fair_dispatch"]) == (True, 8, False)
     assert tenancy["effective"] == {

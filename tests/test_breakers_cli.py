@@ -69,7 +69,8 @@ def test_breakers_commands(cli_app: str, redis_url: str, prefix: str) -> None:
 
 def test_readme_example_runs(tmp_path: Path, redis_url: str) -> None:
     text = README.read_text()
-    section = text[text.index("## Circuit breakers") : text.index("## Extending the queue")]
+    start = text.index("## Circuit breakers")
+    section = text[start : text.index("\n## ", start)]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
     # On the real server as well as on memory:// (its default).
     code = code.replace(

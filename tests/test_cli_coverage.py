@@ -72,6 +72,13 @@ EXERCISED_BY: dict[str, str] = {
     "compliance erase": "test_footprint.py",
     "compliance jobs": "test_footprint.py",
     "compliance retention": "test_footprint.py",
+    "regions status": "test_cli_regions.py",
+    "regions failover": "test_cli_regions.py",
+    "regions stranded": "test_cli_regions.py",
+    "regions resubmit": "test_cli_regions.py",
+    "regions discard": "test_cli_regions.py",
+    "tenants list": "test_cli_tenants.py",
+    "tenants show": "test_cli_tenants.py",
 }
 
 

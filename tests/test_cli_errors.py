@@ -112,6 +112,10 @@ CHECKED_FIRST: dict[tuple[str, ...], tuple[int, str]] = {
     ("audit", "trim"): (2, "give --max-age-days or --max-entries"),
     ("acl", "redis-rules"): (2, "give --user"),
     ("dashboard",): (2, "the dashboard needs --token"),
+    ("regions", "failover"): (2, "needs a GlobalQueueManager"),
+    ("regions", "stranded"): (2, "needs a GlobalQueueManager"),
+    ("regions", "resubmit"): (2, "needs a GlobalQueueManager"),
+    ("regions", "discard"): (2, "needs a GlobalQueueManager"),
 }
 
 

@@ -101,6 +101,25 @@ EXPECTED: dict[str, list[str]] = {
         r"audited: platform-admin tenant.create tenant:acme, "
         r"platform-admin tenant.create tenant:globex",
     ],
+    "regions.py": [
+        r"pinned job id: @eu-west-1:\.\.\.",
+        r"copy in ap-southeast-1: waiting",
+        r"failover: us-east-1 -> eu-west-1, epoch 2",
+        r"and back: eu-west-1 -> us-east-1, epoch 3",
+        r"orders run once each: True",
+        r"  us-east-1: primary, epoch 3, healthy=True",
+    ],
+    "enterprise_setup.py": [
+        r"same job for a repeated order: True",
+        r"stored data holds the card token: False",
+        r"order completed: \{'order_id': 'order-123', 'payment_id': 'pay-order-123'\}; "
+        r"charges made: 1",
+        r"workflow completed: ship -> \{'tracking': 'TRK-order-123'\}",
+        r"webhooks verified: 4 signed job-completed events",
+        r"breaker stripe-payment: closed",
+        r"acme-corp's global job placed in: @eu-west-1",
+        r"refused in us-east-1: RegionNotAllowedError",
+    ],
     "webhooks.py": [
         r"endpoint wh_\w+: 3 signed job-completed events verified",
         r"event types: \['job-completed'\]",
@@ -112,10 +131,10 @@ EXPECTED: dict[str, list[str]] = {
 #: is configuration or history rather than jobs -- webhook deliveries and the outbox
 #: they are read from, a breaker's log and window, encryption key ids and rotation
 #: records, the tenants (their registry, and the copies of their quotas in a queue),
-#: grants and the audit log.
+#: grants and the audit log, a region's record of its epoch and the copies it holds (rg).
 WINDOW_KEYS = re.compile(
     r".*\}:(idem-r:|idem-x:|idem-x$|outbox$|wh:|cb:|enc(:|$)|tn:|tenants(:queues)?$"
-    r"|grants:|principals$|audit$)"
+    r"|grants:|principals$|audit$|rg(:|$))"
 )
 
 

@@ -90,10 +90,12 @@ CORE_ACL_COMMANDS = (
     # change notifications and clock)
     "hgetall", "hget", "lrange", "zrange", "zrevrange", "bzpopmin", "zadd", "xread",
     "subscribe", "time",
+    # the workers' heartbeat records (presence.py: one MULTI/EXEC each)
+    "multi", "exec", "zremrangebyscore",
     # called inside the scripts
-    "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "exists", "type",
+    "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "unlink", "exists", "type",
     "hset", "hmget", "hdel", "hincrby", "hexists", "rpush", "ltrim",
-    "zrem", "zcard", "zrangebyscore", "xadd", "publish",
+    "zrem", "zscore", "zcard", "zrangebyscore", "xadd", "publish",
     # the server checks at connect and in health_check (docs/RELIABILITY.md)
     "info",
 )  # fmt: skip

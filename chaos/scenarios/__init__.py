@@ -21,4 +21,5 @@ from . import (  # noqa: F401
     s17_audit,
     s18_erasure,
     s19_tenancy,
+    s20_regions,
 )

@@ -34,6 +34,7 @@ from .errors import (
     CircuitOpenError,
     ConfigurationError,
     ConnectionUnavailableError,
+    FencedError,
     JobActiveError,
     JobNotFoundError,
     JobRefusedError,
@@ -84,6 +85,18 @@ from .features.encryption import (
 from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 from .features.idempotency import ExecutionResult, IdempotencyManager
 from .features.partitioned import PartitionedQueue
+from .features.regions import (
+    FailoverError,
+    GlobalQueueConfig,
+    GlobalQueueManager,
+    GlobalStats,
+    RegionConfig,
+    RegionNotAllowedError,
+    RegionStats,
+    RegionUnavailableError,
+    ReplicationTimeoutError,
+    TenantRegionMap,
+)
 from .features.replicas import ReplicaAcks
 from .features.schedules import Schedule
 from .features.tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
@@ -170,8 +183,13 @@ __all__ = [
     "ExecutionResult",
     "ExtendedJobOptions",
     "FIFOQueueManager",
+    "FailoverError",
     "FailureThreshold",
     "FeatureEvent",
+    "FencedError",
+    "GlobalQueueConfig",
+    "GlobalQueueManager",
+    "GlobalStats",
     "GroupConfig",
     "GroupRateLimit",
     "GroupStats",
@@ -214,8 +232,13 @@ __all__ = [
     "QueueStats",
     "QuotaExceededError",
     "RateLimited",
+    "RegionConfig",
+    "RegionNotAllowedError",
+    "RegionStats",
+    "RegionUnavailableError",
     "ReplicaAckError",
     "ReplicaAcks",
+    "ReplicationTimeoutError",
     "RetryConfig",
     "RetryLater",
     "RotationStatus",
@@ -229,6 +252,7 @@ __all__ = [
     "TenantConfig",
     "TenantNotFoundError",
     "TenantQuota",
+    "TenantRegionMap",
     "TenantRegistry",
     "TenantUsage",
     "WebhookConfig",

@@ -8,6 +8,7 @@
     ├── PartialEnqueueError         add_jobs wrote only some chunks; says which jobs
     ├── JobRefusedError             a feature refused a job at enqueue (a full group...)
     │   └── QuotaExceededError      a tenant's quota refused it (max_queue_size, regions)
+    ├── FencedError                 a fence is up: the queue takes no new work here (KQ_FENCED)
     ├── SerializationError          data or result that cannot be encoded
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
@@ -46,6 +47,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "ConnectionUnavailableError",
+    "FencedError",
     "JobActiveError",
     "JobNotFoundError",
     "JobRefusedError",
@@ -270,6 +272,14 @@ class RateLimited(RetryLater):
         return ""
 
 
+class FencedError(KitiumQueueError):
+    """The queue is fenced: a feature's guard in the ``fence`` Lua slot refused the call
+    before anything was written (``KQ_FENCED``), e.g. this copy of a multi-region queue
+    is not the primary, or its lease as primary ran out. The message is the guard's
+    reason; adding the job again where the guard points (the current primary) is safe.
+    """
+
+
 #: Lua error code → exception type. Must match the codes in lua/errors.lua.
 SCRIPT_ERRORS: dict[str, type[KitiumQueueError]] = {
     "KQ_JOB_NOT_FOUND": JobNotFoundError,
@@ -278,6 +288,7 @@ SCRIPT_ERRORS: dict[str, type[KitiumQueueError]] = {
     "KQ_QUEUE_ACTIVE": QueueActiveError,
     "KQ_LEASE_LOST": LeaseLostError,
     "KQ_BAD_ARGUMENT": ScriptArgumentError,
+    "KQ_FENCED": FencedError,
 }
 
 

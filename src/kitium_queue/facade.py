@@ -103,6 +103,20 @@ class MultiQueue(QueueAPI, Generic[Q]):
         their own workers say so in their health)."""
         return False
 
+    def designated(self, op: Operation) -> int | None:
+        """The member that carries out an operation routed UNSUPPORTED (schedules,
+        cursors), if this façade has one for it; None (default): it raises
+        ``ConfigurationError``. A regional queue names its primary's member for the
+        schedules (they fire into the global queue and are replicated with it)."""
+        return None
+
+    def members_for(self, op: Operation) -> Sequence[int]:
+        """The indexes of the members a FAN_OUT, BROADCAST, BUDGET or STREAM operation
+        ``op`` is carried out on, in order: every member by default. A façade some of
+        whose members are not serving copies (a regional queue's replicas of the
+        primary) narrows it per operation; the list must not be empty."""
+        return range(len(self.queues))
+
     # ------------------------------------------------------------------ in-process events
     def on(self, event: str, handler: Handler) -> None:
         """Call ``handler`` on ``event`` of any member; ``job_id`` is the full id."""
@@ -319,10 +333,11 @@ def _fan_out(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
             # hold the wanted ones. Values members refuse reach them unchanged.
             asked = sig.bind(self, *args, **kwargs)
             asked.arguments.update(limit=skip + limit, offset=0)
+        members = list(self.members_for(op))
         answers = await asyncio.gather(
-            *(getattr(q, op.name)(*asked.args[1:], **asked.kwargs) for q in self.queues)
+            *(getattr(self.queues[i], op.name)(*asked.args[1:], **asked.kwargs) for i in members)
         )
-        parts = [_with_full_ids(self, i, op.ids, a) for i, a in enumerate(answers)]
+        parts = [_with_full_ids(self, i, op.ids, a) for i, a in zip(members, answers, strict=True)]
         bound.apply_defaults()
         return _merge(self, op, bound.arguments, parts)
 
@@ -336,12 +351,12 @@ def _budget(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
         limit = bound.arguments["limit"]
         used = 0
         parts: list[Any] = []
-        for i, q in enumerate(self.queues):
+        for n, i in enumerate(self.members_for(op)):
             # The first member is always asked, with the whole limit: it validates it.
-            if i and used >= limit:
+            if n and used >= limit:
                 break
             bound.arguments["limit"] = limit - used
-            answer = await getattr(q, op.name)(*bound.args[1:], **bound.kwargs)
+            answer = await getattr(self.queues[i], op.name)(*bound.args[1:], **bound.kwargs)
             parts.append(_with_full_ids(self, i, op.ids, answer))
             used += _count(answer)
         return _merge(self, op, bound.arguments, parts)
@@ -373,7 +388,7 @@ def _stream(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
                 return
             await inbox.put((i, None))
 
-        readers = [asyncio.ensure_future(read(i)) for i in range(len(self.queues))]
+        readers = [asyncio.ensure_future(read(i)) for i in self.members_for(op)]
         try:
             open_ = len(readers)
             while open_:
@@ -424,6 +439,9 @@ def _register(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
 def _unsupported(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
     async def method(self: MultiQueue[Any], *args: Any, **kwargs: Any) -> Any:
         sig.bind(self, *args, **kwargs)  # a wrong call is a TypeError, as anywhere
+        i = self.designated(op)
+        if i is not None:
+            return await getattr(self.queues[i], op.name)(*args, **kwargs)
         raise ConfigurationError(
             f"{op.name} is not available on {type(self).__name__} {self.name!r}: "
             + op.note.format(member=self.member_label)
@@ -496,7 +514,8 @@ def _how(op: Operation, cls: type, label: str, key: str | None) -> str:
         f"``fields[{label!r}]`` the {label} index",
         Route.REGISTER: f"registered on {each}",
         Route.UNSUPPORTED: "not available, raises ``ConfigurationError``: "
-        + op.note.format(member=label),
+        + op.note.format(member=label)
+        + f" (unless the façade names a {label} for it: ``designated``)",
     }[op.route]
     return f"On {cls.__name__}: {text}."
 

@@ -127,6 +127,13 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "the webhooks enqueue slot fragment (features/webhooks/lua.py)",
         ),
         JobField(
+            "ep",
+            "multi-region: the epoch of the primary that accepted the job (kept by every "
+            "copy; a job stranded on a former primary shows its old epoch)",
+            "the regions enqueue slot fragment (features/regions/enqueue.lua); rg_apply.lua "
+            "copies it",
+        ),
+        JobField(
             "sj",
             "the subject whose data the job carries (its subject_id option; the "
             "compliance feature's marker, read when the job is erased)",

@@ -102,6 +102,26 @@ configuration, but must not call Redis itself):
     trims, ``remove_job``, ``drain``, ``clear``) do not run it: there a feature's copies
     live on by design (an exactly-once result outlives its job).
 
+``fence`` — ``function(op) -> reason | nil``
+    Runs at the very start of the scripts that let work into or out of the queue, before
+    anything is written: ``enqueue.lua`` (``op`` = ``'enqueue'``), ``claim.lua``
+    (``'claim'``) and ``schedule_fire.lua`` (``'fire'``). Returning a non-empty reason
+    fences the queue for that call: ``enqueue`` and ``schedule_fire`` answer
+    ``KQ_FENCED <reason>`` (``FencedError`` in Python) and write nothing; ``claim``
+    answers status ``'fenced'`` (nothing promoted, recovered or handed out; the worker
+    asks again within a second or at its next wake-up). The first fragment that fences
+    wins. A fragment that fails *fences* (fail closed: the reason names it and quotes the
+    error), and it is not recorded in ``slot-errors``: a fenced call writes nothing.
+    Fragments of this slot must not write. Use it for a guard that must hold for every
+    producer and worker at once, read atomically with the transition (a copy of the
+    queue that is not the active one refuses new work).
+
+``requeue`` — ``function(id, jk, from)``
+    Runs for every finished job put back to wait by ``retry_job``, ``bulk_retry`` or
+    ``replay_dlq`` (``lua/lib_requeue.lua``), right after it moved (``st`` =
+    ``'waiting'``); ``from``: the state it left (``'completed'``, ``'failed'`` or
+    ``'dlq'``). Failures are recorded like ``release``'s.
+
 What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id, jk)``
 (``lua/lib_parking.lua``), ``park_timer(blocker, due, n, every)``
 (``lua/lib_park_timers.lua``), ``emit``, ``feature_event``, ``wake``, ``job_key``,
@@ -142,7 +162,17 @@ __all__ = [
 ]
 
 #: The slots features can fill.
-SLOTS: Final = ("accept", "enqueue", "admission", "release", "duplicate", "event", "erase")
+SLOTS: Final = (
+    "accept",
+    "enqueue",
+    "admission",
+    "release",
+    "duplicate",
+    "event",
+    "erase",
+    "fence",
+    "requeue",
+)
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -164,6 +194,8 @@ GENERATED: Final = {
     "slot_duplicate": "duplicate",
     "slot_event": "event",
     "slot_erase": "erase",
+    "slot_fence": "fence",
+    "slot_requeue": "requeue",
 }
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -263,6 +295,10 @@ class SlotTable:
             return _compose_duplicate(frags)
         if slot == "event":
             return _compose_notify("event", "name, subject, fields", "event_hook", frags)
+        if slot == "fence":
+            return _compose_fence(frags)
+        if slot == "requeue":
+            return _compose_notify("requeue", "id, jk, from", None, frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
         if slot == "erase":
@@ -336,6 +372,29 @@ def _compose_accept(frags: list[SlotFragment]) -> str:
     for i, f in enumerate(frags):
         lines.append(f"  ok, r = pcall(accept_{i}, id, name, opts, state)")
         lines.append(f"  if not ok then slot_failed('accept', {lua_string(f.name)}, r)")
+        lines.append("  elseif type(r) == 'string' and r ~= '' then return r end")
+    lines.append("  return nil")
+    lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
+def _compose_fence(frags: list[SlotFragment]) -> str:
+    # No lib_slots: a fence writes nothing, not even a record of a failing fragment.
+    lines = [
+        "-- Composed `fence` slot: " + ", ".join(f.name for f in frags),
+        "--@include lib_base",
+    ]
+    for i, f in enumerate(frags):
+        lines.append(f"local fence_{i} = {f.source}")
+    lines.append("local function fence_slot(op)")
+    lines.append("  local ok, r")
+    # Fail closed: a guard that cannot decide must not let work through.
+    for i, f in enumerate(frags):
+        lines.append(f"  ok, r = pcall(fence_{i}, op)")
+        lines.append(
+            f"  if not ok then return 'fence ' .. {lua_string(f.name)} .. ' failed: ' .. "
+            "tostring(type(r) == 'table' and (r.err or r.ok) or r)"
+        )
         lines.append("  elseif type(r) == 'string' and r ~= '' then return r end")
     lines.append("  return nil")
     lines.append("end")

@@ -208,8 +208,12 @@ class Worker:
             "worker %s started on queue %s (concurrency=%d)", self.id, q.name, self.concurrency
         )
 
-    async def stop(self, timeout_ms: int | None = None) -> None:
-        """Graceful stop; see the module docstring."""
+    async def stop(self, timeout_ms: int | None = None, *, flush_timeout_ms: int = 30_000) -> None:
+        """Graceful stop; see the module docstring. ``timeout_ms``: how long running jobs
+        may take to finish (default ``shutdown_timeout``); ``flush_timeout_ms``: how long
+        to keep offering the outcomes and hand-backs this worker holds to an unreachable
+        Redis (those jobs run again after their leases expire; a caller that knows the
+        server is gone, e.g. a region given up by a failover, passes a short one)."""
         if not self.running or self._stopping:
             await self.stopped.wait()
             return
@@ -223,13 +227,14 @@ class Worker:
         grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
         await self.leases.wind_down(grace)
         self._signal.set()
-        _, flushing = await asyncio.wait(self._pumps, timeout=30)
+        _, flushing = await asyncio.wait(self._pumps, timeout=max(flush_timeout_ms, 0) / 1000)
         if flushing:
             log.error(
-                "worker %s: could not flush %d outcome(s) within 30 s (Redis unreachable); "
+                "worker %s: could not flush %d outcome(s) within %.1f s (Redis unreachable); "
                 "those jobs will run again after their leases expire",
                 self.id,
                 self._held(),
+                flush_timeout_ms / 1000,
             )
         for t in self._tasks:
             t.cancel()

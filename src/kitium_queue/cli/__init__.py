@@ -20,6 +20,7 @@ Shell completion is click's: ``eval "$(_KITIUM_QUEUE_COMPLETE=bash_source kitium
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import click
@@ -31,6 +32,7 @@ from .base import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     Main,
+    load_app,
     load_queue,
     redis_option,
     row,
@@ -117,6 +119,7 @@ def _add_feature_commands() -> None:
     from ..features.footprint import make_command as memory_command
     from ..features.groups.cli import make_command as groups_command
     from ..features.idempotency.cli import make_command as result_command
+    from ..features.regions.cli import make_command as regions_command
     from ..features.replicas.cli import make_command as replicas_command
     from ..features.tenancy.cli import make_command as tenants_command
     from ..features.webhooks.cli import commands as webhook_commands
@@ -135,6 +138,9 @@ def _add_feature_commands() -> None:
     main.add_command(compliance_command(with_single_queue, redis_option, row), "compliance")
     main.add_command(alerts_command(with_single_queue, redis_option, row), "alerts")
     main.add_command(tenants_command(with_queue, redis_option, row, show_table), "tenants")
+    main.add_command(
+        regions_command(with_queue, redis_option, row, load_app, asyncio.run), "regions"
+    )
     # Deployment-wide (no APP): grants, the audit log, Redis ACL users.
     main.add_command(access_command(row), "access")
     main.add_command(audit_command(row), "audit")

@@ -33,6 +33,7 @@ __all__ = [
     "EXIT_USAGE",
     "Main",
     "json_option",
+    "load_app",
     "load_queue",
     "members",
     "redis_option",
@@ -81,7 +82,14 @@ def members(queue: Any) -> list[JobQueue]:
     return list(queue.queues) if isinstance(queue, MultiQueue) else [queue]
 
 
-def _resolve(app: str) -> Any:
+def load_app(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
+    """Import ``module:attribute`` and return the object it names: one of ``kinds`` (a
+    factory is called first). Feature commands whose APP is something else (a
+    ``GlobalQueueManager`` built with its configuration) load it here."""
+    return _resolve(app, kinds)
+
+
+def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
     module_name, _, attr = app.partition(":")
     if not module_name or not attr:
         raise click.BadParameter(f"{app!r}: use module:attribute, e.g. myapp.tasks:queue")
@@ -99,12 +107,15 @@ def _resolve(app: str) -> Any:
             obj = getattr(obj, part)
         else:
             raise click.BadParameter(f"{module_name!r} has no attribute {attr!r}")
-    if callable(obj) and not isinstance(obj, (JobQueue, MultiQueue)):
+    if callable(obj) and not isinstance(obj, kinds):
         obj = obj()
-    if not isinstance(obj, (JobQueue, MultiQueue)):
-        raise click.BadParameter(
-            f"{app!r} is a {type(obj).__name__}, not a JobQueue or PartitionedQueue"
+    if not isinstance(obj, kinds):
+        wanted = (
+            "a JobQueue or PartitionedQueue"
+            if kinds == (JobQueue, MultiQueue)
+            else "a " + " or ".join(k.__name__ for k in kinds)
         )
+        raise click.BadParameter(f"{app!r} is a {type(obj).__name__}, not {wanted}")
     return obj
 
 

@@ -33,6 +33,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..errors import FencedError
 from ..events import EventData
 from ..hooks import FeatureEvent
 from ..limits import get_logger
@@ -288,6 +289,12 @@ class Scheduler:
         for (sid, defn), r in zip(plans, replies, strict=True):
             if isinstance(r, _NET_ERRORS):
                 raise r
+            if isinstance(r, FencedError):
+                # The queue takes no new work here (a fence, e.g. a region that is not the
+                # primary): nothing was written; look again in a second.
+                log.debug("queue %s: schedule %s not fired: %s", q.name, sid, r)
+                wait = 1000 if wait is None else min(wait, 1000)
+                continue
             if isinstance(r, Exception):
                 log.error("queue %s: firing schedule %s failed: %s", q.name, sid, r)
                 continue

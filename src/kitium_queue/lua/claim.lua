@@ -17,7 +17,7 @@
 
   Returns:
     { status, wake_in, token, {recovered ids}, {dead-lettered ids}, job1..., jobN }
-    status  'ok' | 'paused' | 'limited' | 'empty'
+    status  'ok' | 'paused' | 'limited' | 'empty' | 'fenced'
     wake_in ms until something becomes due (earliest delayed job, earliest lease
             deadline, limiter window end), or -1 if nothing is scheduled. Relative, so
             the worker needs no clock agreement with Redis.
@@ -34,6 +34,9 @@
   out and out of wait. With no check registered, nothing is called per candidate.
   Parked jobs: when any slot is filled, due park timers are served after recovery
   (bounded, lib_park_timers.lua fire_timers) and wake_in covers the earliest timer.
+  Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
+  reply is { 'fenced', 1000, 0, {}, {} } and nothing was written: no job is promoted,
+  recovered or handed out.
   Hold: while <prefix>hold exists (a processor raised RateLimited), nothing is handed
   out and the status is 'limited' until it expires.
 ]]
@@ -47,6 +50,7 @@
 --@if parking
 --@include lib_park_timers
 --@end
+--@include slot_fence
 
 local want = tonumber(ARGV[4])
 local lease = tonumber(ARGV[5])
@@ -56,6 +60,10 @@ local dlq_enabled = ARGV[9] == '1'
 local worker = ARGV[10]
 local scan = tonumber(ARGV[11])
 
+--@if fence
+local fenced = fence_slot('claim')
+if fenced then return { 'fenced', 1000, 0, {}, {} } end
+--@end
 keep_running_when_full()
 promote(1000, dlq_enabled)
 local back, dead = recover(1000, max_stalled, dlq_enabled)

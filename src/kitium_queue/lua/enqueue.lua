@@ -24,6 +24,8 @@
              in place of the id comes the reason. Nothing of that job was written, and
              processing stops there: the jobs after it in the call are not written and
              have no entry in the reply.
+  Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
+  call answers KQ_FENCED <reason> before anything is written.
   Chosen ids and auto ids never overwrite a job: a chosen id that exists is 'dup', and
   an auto id skips sequence numbers whose job hash exists.
   Events: job-added (with state) per new job.
@@ -32,6 +34,7 @@
 --@include lib_sets
 --@include lib_add
 --@include slot_duplicate
+--@include slot_fence
 
 local MAX_JOBS = 1000
 local fields = #ARGV - 4
@@ -39,6 +42,10 @@ if fields < 0 or fields % 8 ~= 0 or fields / 8 > MAX_JOBS then
   return bad_arg('enqueue', 'expected 8 fields for each of at most ' .. MAX_JOBS ..
     ' jobs after ARGV[4], got ' .. fields .. ' fields')
 end
+--@if fence
+local fenced = fence_slot('enqueue')
+if fenced then return redis.error_reply('KQ_FENCED ' .. fenced) end
+--@end
 local idem_ttl = int(arg_int(ARGV[4], 86400000, 1, MAX_MS))
 local out = {}
 local woke = false

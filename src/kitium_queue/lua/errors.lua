@@ -8,6 +8,7 @@ local ERR_BAD_STATE = 'KQ_BAD_STATE'
 local ERR_QUEUE_ACTIVE = 'KQ_QUEUE_ACTIVE'
 local ERR_LEASE_LOST = 'KQ_LEASE_LOST'
 local ERR_BAD_ARGUMENT = 'KQ_BAD_ARGUMENT'
+local ERR_FENCED = 'KQ_FENCED'
 
 local function fail(code, detail)
   return redis.error_reply(code .. ' ' .. detail)

@@ -25,6 +25,8 @@
   Malformed arguments (odd pair count, more than 1000 ticks, a tick, start or next tick
   that is not a time) are refused with KQ_BAD_ARGUMENT before anything is written.
 
+  Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
+  call answers KQ_FENCED <reason> before anything is written.
   Returns { 'ok' | 'stale', {enqueued job ids}, skipped, next tick or '' }
     'stale': another scheduler already handled this tick, or the schedule changed,
              was paused or removed; nothing was written.
@@ -34,6 +36,7 @@
 --@include lib_events
 --@include lib_add
 --@include schedule_keys
+--@include slot_fence
 
 local id, expect_due, expect_v = ARGV[4], ARGV[5], ARGV[6]
 local nxt, skip_overlap = ARGV[7], ARGV[8] == '1'
@@ -60,6 +63,10 @@ for b = 9, #ARGV, 2 do
       tostring(ARGV[b]) .. ', ' .. tostring(ARGV[b + 1]))
   end
 end
+--@if fence
+local fenced = fence_slot('fire')
+if fenced then return redis.error_reply('KQ_FENCED ' .. fenced) end
+--@end
 local sk = schedule_key(id)
 local f = redis.call('HMGET', sk, 'due', 'v', 'paused', 'n', 'd', 'o', 'p', 'l', 'cnt', 'lim', 'lj')
 if f[1] ~= expect_due or f[2] ~= expect_v or f[3] == '1' then

@@ -210,6 +210,12 @@ class AccessControlManager:
         """Every tenant, by id."""
         return await self._tenants.registry.list_tenants()
 
+    async def allowed_regions_for(self, tenant_id: str) -> tuple[str, ...] | None:
+        """The tenant's regions (``None``: any), from its registry: this manager is a
+        region lookup for multi-region routing (``GlobalQueueManager``'s ``tenants``
+        setting). Raises ``TenantNotFoundError`` for an unknown tenant."""
+        return await self._tenants.registry.allowed_regions_for(tenant_id)
+
     async def get_tenant_quota(self, tenant_id: str) -> TenantQuota:
         """The tenant's quota (the brief's ``getTenantQuota``); ``TenantNotFoundError``
         if there is no such tenant."""

@@ -280,8 +280,9 @@ class RegionConfig(Section):
 class GlobalQueueConfig(Section):
     """``global_queue``: one queue over several regions (``GlobalQueueManager``).
 
-    Not available in this version: ``enabled=True`` is refused with a message saying
-    so. The section is defined so configurations can be written for it.
+    Enabled, it gives ``queue.advanced.global_queue``: a ``GlobalQueueManager`` named
+    like the queue over these regions, to ``await ...initialize()``
+    (``features.regions.enable_from_advanced``; docs/multi-region.md).
 
     Attributes:
         enabled: enable it.

@@ -9,8 +9,8 @@ section's values as its defaults. The managers are then reachable as attributes
 tells what is in force (``kitium-queue config show`` prints it).
 
 A section whose optional extra is not installed fails with the ``pip install`` line;
-a section for a feature this version does not provide (``global_queue`` until its
-module exists) fails saying so. Nothing is half-enabled:
+a section for a feature this version does not provide fails saying so. Nothing is
+half-enabled:
 every section is checked against the queue (extras, modules, conflicts) before the
 first feature is installed.
 """
@@ -96,7 +96,7 @@ class AdvancedFeatures:
     periods), ``prometheus`` (``PrometheusExporter``), ``tracing``
     (``OpenTelemetryTracing``), ``alerts`` (``AlertManager``), ``compliance``
     (``ComplianceManager``), ``multi_tenancy`` (``TenantRegistry``), ``global_queue``
-    (what its feature returns once it exists).
+    (a ``GlobalQueueManager``, not yet initialized).
     """
 
     def __init__(self, queue: JobQueue, config: AdvancedQueueConfig) -> None:

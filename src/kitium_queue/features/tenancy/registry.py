@@ -360,6 +360,17 @@ class TenantRegistry:
             cur = await self._entry(client, tid)
         return None if cur is None else cur.config
 
+    async def allowed_regions_for(self, tenant_id: str) -> tuple[str, ...] | None:
+        """The regions where the tenant's jobs may be stored and run, ``None`` for any
+        (an empty ``allowed_regions``). This makes the registry a region lookup for
+        multi-region routing (``GlobalQueueManager``'s ``tenants`` setting). Raises
+        ``TenantNotFoundError`` for an unknown tenant (its jobs are then refused)."""
+        tid = check_tenant_id(tenant_id)
+        tenant = await self.get_tenant(tid)
+        if tenant is None:
+            raise self._not_found(tid)
+        return tenant.allowed_regions or None
+
     async def list_tenants(self) -> list[TenantConfig]:
         """Every tenant, by id."""
         async with self._errors() as client:

@@ -1,0 +1,247 @@
+"""``kitium-queue regions ...``: the regions of a global queue: status, failover,
+stranded work.
+
+``APP`` names a ``GlobalQueueManager`` built with its configuration
+(``GlobalQueueManager(config)``, not initialized: the command initializes it without
+the background loop) or, for ``status`` only, a ``JobQueue``: then the record of that
+one copy is shown (its region, epoch, primary, lease, replication position), read from
+``--redis`` or the queue's own Redis. Every value printed goes through the CLI's field
+escaping; no job payload is printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
+
+import click
+
+from ...errors import ConfigurationError
+from ...queue import JobQueue
+from .config import GlobalQueueConfig
+from .manager import GlobalQueueManager
+
+__all__ = ["make_command"]
+
+WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
+
+
+def _quiet(config: Any) -> Any:
+    """``config`` without the background loop (a command must not take part in leases
+    or elections, only read and act)."""
+    if isinstance(config, GlobalQueueConfig):
+        return dataclasses.replace(config, background=False)
+    if isinstance(config, Mapping):
+        return {**config, "background": False}
+    raise ConfigurationError("the GlobalQueueManager of APP was built without a configuration")
+
+
+def _ms(v: int | None) -> str:
+    return "-" if v is None else f"{v} ms"
+
+
+def make_command(
+    with_queue: WithQueue,
+    redis_option: Callable[[Any], Any],
+    row: Callable[..., str],
+    load_app: Callable[..., Any],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+) -> click.Group:
+    """The ``regions`` command group, with the CLI's queue loader, ``--redis`` option,
+    row formatter, app loader and coroutine runner."""
+
+    def manager_of(app: str, redis: str | None, what: str) -> GlobalQueueManager:
+        obj = load_app(app, (JobQueue, GlobalQueueManager))
+        if isinstance(obj, JobQueue):
+            raise ConfigurationError(
+                f"{app!r} is a JobQueue: 'regions {what}' needs a GlobalQueueManager built with "
+                "its configuration (module:attribute of GlobalQueueManager(config))"
+            )
+        if not isinstance(obj, GlobalQueueManager):
+            raise click.BadParameter(f"{app!r} is a {type(obj).__name__}, not a GlobalQueueManager")
+        if redis is not None:
+            raise ConfigurationError(
+                "--redis applies to a JobQueue APP; a GlobalQueueManager names the Redis of "
+                "each region in its configuration"
+            )
+        return obj
+
+    def with_manager(
+        app: str, redis: str | None, what: str, act: Callable[[GlobalQueueManager], Awaitable[Any]]
+    ) -> Any:
+        given = manager_of(app, redis, what)
+
+        async def go() -> Any:
+            m = GlobalQueueManager()
+            try:
+                await m.initialize(_quiet(given.configuration))
+                return await act(m)
+            finally:
+                await m.close()
+
+        return run(go())
+
+    @click.group()
+    def regions() -> None:
+        """Regions of a global queue: status, failover, stranded work."""
+
+    @regions.command("status")
+    @click.argument("app")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @redis_option
+    def status(app: str, as_json: bool, redis: str | None) -> None:
+        """Each region: role, health, epoch, lease, replication lag, counts."""
+        obj = load_app(app, (JobQueue, GlobalQueueManager))
+        if isinstance(obj, JobQueue):
+
+            async def one(q: Any) -> None:
+                client = await q.client()
+                rec = {
+                    k.decode(): v.decode(errors="replace")
+                    for k, v in (await client.hgetall(q.keys.extra("rg"))).items()
+                }
+                sec, usec = await client.time()
+                now = int(sec) * 1000 + int(usec) // 1000
+                lease = int(rec.get("lease", "0") or 0)
+                primary = rec.get("primary") == rec.get("self") and "self" in rec
+                left = (-1 if lease < 0 else max(0, lease - now)) if primary else 0
+                out = {
+                    "queue": q.name,
+                    "region": rec.get("self"),
+                    "epoch": rec.get("epoch"),
+                    "primary": rec.get("primary"),
+                    "lease_ms": left,
+                    "position": rec.get("pos", ""),
+                    "source": rec.get("src", ""),
+                }
+                if as_json:
+                    click.echo(json.dumps(out, indent=2))
+                    return
+                if "self" not in rec:
+                    click.echo(row(q.name, "no region record: not a copy of a global queue"))
+                    return
+                for k, v in out.items():
+                    click.echo(row(k, "-" if v in (None, "") else v))
+
+            with_queue(app, redis, one)
+            return
+
+        async def act(m: GlobalQueueManager) -> None:
+            st = await m.get_global_stats()
+            if as_json:
+                click.echo(json.dumps(st.as_dict(), indent=2, default=str))
+                return
+            click.echo(
+                row("queue", st.name, "primary", st.primary or "-", "epoch", st.epoch or "-")
+            )
+            click.echo(row("mode", st.mode, "serving", st.serving))
+            click.echo(
+                row(
+                    "region",
+                    "role",
+                    "healthy",
+                    "epoch",
+                    "lease",
+                    "lag",
+                    "lag age",
+                    "waiting",
+                    "active",
+                    "pinned",
+                    "stranded",
+                    "error",
+                )
+            )
+            for r in st.regions:
+                click.echo(
+                    row(
+                        r.region,
+                        r.role,
+                        r.healthy,
+                        "-" if r.epoch is None else r.epoch,
+                        _ms(r.lease_ms) if r.serving else "-",
+                        "-" if r.lag_entries is None else r.lag_entries,
+                        _ms(r.lag_ms),
+                        "-" if r.queue is None else r.queue.waiting,
+                        "-" if r.queue is None else r.queue.active,
+                        "-" if r.pinned is None else r.pinned.waiting + r.pinned.active,
+                        r.stranded,
+                        r.error or "-",
+                    )
+                )
+
+        with_manager(app, redis, "status", act)
+
+    @regions.command("failover")
+    @click.argument("app")
+    @click.argument("region")
+    @redis_option
+    def failover(app: str, region: str, redis: str | None) -> None:
+        """Make REGION the primary now (a planned handover if the primary answers)."""
+
+        async def act(m: GlobalQueueManager) -> None:
+            info = await m.failover_to(region)
+            click.echo(
+                row(
+                    "primary",
+                    info.primary,
+                    "epoch",
+                    info.epoch,
+                    "was",
+                    info.previous or "-",
+                    "took",
+                    _ms(info.duration_ms),
+                )
+            )
+
+        with_manager(app, redis, "failover", act)
+
+    @regions.command("stranded")
+    @click.argument("app")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @redis_option
+    def stranded(app: str, as_json: bool, redis: str | None) -> None:
+        """Jobs and outcomes former primaries never replicated (see docs/multi-region.md)."""
+
+        async def act(m: GlobalQueueManager) -> None:
+            got = await m.stranded()
+            if as_json:
+                click.echo(json.dumps([s.as_dict() for s in got], indent=2))
+                return
+            click.echo(row("id", "kind", "from", "epoch", "name", "state there", "state here"))
+            for s in got:
+                click.echo(row(s.id, s.kind, s.region, s.epoch, s.name, s.state, s.here))
+
+        with_manager(app, redis, "stranded", act)
+
+    @regions.command("resubmit")
+    @click.argument("app")
+    @click.argument("ids", nargs=-1)
+    @click.option("--all", "every", is_flag=True, help="Every stranded record.")
+    @redis_option
+    def resubmit(app: str, ids: tuple[str, ...], every: bool, redis: str | None) -> None:
+        """Apply stranded records (IDS, or --all) to the current primary."""
+        if not ids and not every:
+            raise click.UsageError("give the ids to re-submit, or --all")
+
+        async def act(m: GlobalQueueManager) -> None:
+            got = await m.resubmit_stranded(None if every else ids)
+            for jid, status in got.items():
+                click.echo(row(jid, status))
+
+        with_manager(app, redis, "resubmit", act)
+
+    @regions.command("discard")
+    @click.argument("app")
+    @click.argument("ids", nargs=-1, required=True)
+    @redis_option
+    def discard(app: str, ids: tuple[str, ...], redis: str | None) -> None:
+        """Forget stranded records IDS without applying them."""
+
+        async def act(m: GlobalQueueManager) -> None:
+            click.echo(row("discarded", await m.discard_stranded(ids)))
+
+        with_manager(app, redis, "discard", act)
+
+    return regions

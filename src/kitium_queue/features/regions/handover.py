@@ -1,0 +1,153 @@
+"""``failover_to(region)``: a promotion by hand.
+
+* **Planned** (the primary answers): the primary steps down (it takes no new job and
+  hands none out from then on), the jobs running there get ``drain_timeout_ms`` to
+  finish, everything the target has not applied yet is replicated to it, the other
+  regions withdraw their grants to the old primary, and the target is elected. Nothing
+  acknowledged is lost and nothing runs twice (unless a job outlives the drain). If the
+  election fails, the old primary resumes.
+* **Unplanned** (the primary is unreachable): the target is elected as soon as the
+  majority's grants to the old primary have lapsed (at most ``lease_ms``); what the old
+  primary had not replicated is reported when it comes back (stranded work).
+
+The whole handover holds the topology lock, so this process's automatic failover does
+not step in; ``drain_timeout_ms`` stays below ``timeout_ms`` for the other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+from ...outbox import Outbox
+from .copying import apply
+from .errors import FailoverError
+from .monitor import Failover, Monitor
+from .record import RegionCopy
+from .replication import group_of
+from .topology import Topology
+
+__all__ = ["Handover"]
+
+
+class Handover:
+    """See the module docstring."""
+
+    def __init__(self, topo: Topology, monitor: Monitor) -> None:
+        self.topo = topo
+        self.monitor = monitor
+
+    async def to(self, region: str) -> Failover:
+        topo, cfg = self.topo, self.topo.cfg
+        target = topo.copy(region)
+        if target.priority == 0:
+            raise FailoverError(
+                f"region {region} has priority 0: it is never promoted (a witness); give it a "
+                "priority of 1 or more to make it eligible"
+            )
+        async with topo.lock:
+            view = await topo.refresh()
+            if view.primary == region and view.serving:
+                return Failover(region, region, view.epoch or 0, "manual", 0)
+            if not target.reachable:
+                raise FailoverError(f"region {region} is unreachable ({target.error})")
+            reachable = topo.reachable()
+            if len(reachable) < cfg.majority:
+                raise FailoverError(
+                    f"only {len(reachable)} of {len(topo.copies)} regions are reachable: a "
+                    f"majority ({cfg.majority}) must vote for {region}; reachable: "
+                    f"{', '.join(c.name for c in reachable)}"
+                )
+            p = topo.primary_copy()
+            rec = None if p is None else p.record
+            planned = (
+                p is not None
+                and p.reachable
+                and rec is not None
+                and rec.is_primary
+                and rec.epoch == view.epoch
+            )
+            if planned and p is not None and view.epoch is not None:
+                return await self._planned(p, target, view.epoch)
+            return await self._unplanned(target)
+
+    async def _planned(self, p: RegionCopy, target: RegionCopy, epoch: int) -> Failover:
+        down = await p.op("stepdown", epoch)
+        if not down.ok:
+            raise FailoverError(
+                f"region {p.name} could not step down from epoch {epoch} ({down.status}): the "
+                "regions changed meanwhile; look at get_global_stats() and try again"
+            )
+        promoted = False
+        try:
+            await self._drain(p, target, epoch)
+            # The old primary holds everything the target has: it follows the new
+            # primary's stream from here without being copied afresh.
+            await apply(p.lane, [], pos=f"{down.now}-0", src=f"{target.name}@{epoch + 1}")
+            await self.topo.elections.release(epoch, p.name)
+            result, info = await self.monitor.promote_locked(target, "manual")
+            if not result.won or info is None:
+                raise FailoverError(f"{result.describe()}; {p.name} stays the primary")
+            promoted = True
+            return info
+        finally:
+            if not promoted:
+                # On failure the lease simply lapses, and another failover follows.
+                with contextlib.suppress(Exception):
+                    await p.op("resume", epoch)
+
+    async def _drain(self, p: RegionCopy, target: RegionCopy, epoch: int) -> None:
+        cfg = self.topo.cfg
+        drain_ms = int(cfg.failover.drain_timeout_ms or 0)
+        deadline = time.monotonic() + drain_ms / 1000
+        client = await p.lane.client()
+        while await client.zcard(p.lane.keys.active) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if not cfg.replication.enabled:
+            return
+        rep = self.monitor.replicator
+        consumer = Outbox(p.lane).consumer(
+            group_of(target.name),
+            f"handover-{os.getpid()}",
+            start="0",
+            count=500,
+            block_ms=0,
+            claim_idle_ms=max(1000, cfg.lease_ms),
+            max_deliveries=1_000_000_000,
+        )
+        source = f"{p.name}@{epoch}"
+        while True:
+            got = await consumer.read(block_ms=0)
+            if got:
+                await rep.apply_batch(p, target, got, source)
+                await consumer.ack([e.id for e in got])
+                continue
+            lag = await rep.lag(p, target)
+            if lag is None or (lag.entries == 0 and lag.pending == 0):
+                return
+            if time.monotonic() >= deadline:
+                raise FailoverError(
+                    f"{target.name} is still {lag.entries} entries behind {p.name} after "
+                    f"drain_timeout_ms ({drain_ms} ms); {p.name} stays "
+                    "the primary: try again, or raise drain_timeout_ms"
+                )
+            await asyncio.sleep(0.02)
+
+    async def _unplanned(self, target: RegionCopy) -> Failover:
+        cfg = self.topo.cfg
+        deadline = time.monotonic() + (cfg.lease_ms * 2 + cfg.failover.timeout_ms) / 1000
+        while True:
+            result, info = await self.monitor.promote_locked(target, "manual")
+            if result.won and info is not None:
+                return info
+            wait = result.held_ms / 1000
+            if result.held_ms and time.monotonic() + wait < deadline:
+                await asyncio.sleep(wait + 0.02)
+                await self.topo.refresh()
+                continue
+            raise FailoverError(
+                f"{result.describe()}. A region does not vote while its grant to the "
+                "current primary runs, and votes once per election"
+            )

@@ -1,0 +1,284 @@
+"""The control loop of a multi-region queue, run in every process that initialised a
+``GlobalQueueManager`` (``background=True``):
+
+1. **health**: read every region's record (``check_interval_ms``), with a deadline;
+2. **view**: the established epoch and primary; a change (made here or by another
+   process) moves this process's producers and workers (``on_change``);
+3. **adopt**: a reachable region that knows an older epoch (a former primary back after
+   a failover, a region that was down) learns the current one: it stops taking work as
+   a primary at once;
+4. **renew**: the primary's lease, when a third of it is left, with a majority's grants;
+5. **failover** (``failover.enabled``): the primary unreachable, or not serving, for
+   ``timeout_ms`` -> the reachable region with the lowest ``priority`` number (never 0)
+   is elected, provided a majority of regions is reachable.
+
+``promote`` is the one way a region becomes the primary (bootstrap, automatic, by hand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ...limits import get_logger
+from ...outbox import Outbox
+from .election import Election, View
+from .errors import FailoverError
+from .record import RegionCopy
+from .replication import Replicator, group_of
+from .topology import Topology
+
+__all__ = ["Failover", "Monitor"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """A promotion this process carried out.
+
+    ``reason``: ``"bootstrap"``, ``"automatic"`` or ``"manual"``; ``duration_ms``: from
+    the start of the election to the end of the catch-up; ``caught_up``: what the new
+    primary fetched from its peers (statuses of ``rg_apply.lua``).
+    """
+
+    previous: str | None
+    primary: str
+    epoch: int
+    reason: str
+    duration_ms: int
+    caught_up: dict[str, int] = field(default_factory=dict)
+
+
+ChangeHandler = Callable[[View, View, Failover | None], Awaitable[None]]
+
+
+class Monitor:
+    """See the module docstring."""
+
+    def __init__(self, topo: Topology, replicator: Replicator, on_change: ChangeHandler) -> None:
+        self.topo = topo
+        self.cfg = topo.cfg
+        self.replicator = replicator
+        self.on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._not_serving_since: float | None = None
+        self._warned_minority = False
+        self._tick_lock = asyncio.Lock()
+        self.ticks = 0
+
+    # ------------------------------------------------------------------ loop
+    async def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"kq-regions-monitor-{self.cfg.name}"
+            )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        interval = self.cfg.check_interval_ms / 1000
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("queue %s: region monitor round failed", self.cfg.name)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def tick(self) -> View:
+        """One round of the loop (see the module docstring). Rounds never overlap (a
+        fenced ``add_job`` runs one of its own)."""
+        async with self._tick_lock:
+            return await self._tick()
+
+    async def _tick(self) -> View:
+        self.ticks += 1
+        prev = self.topo.view
+        view = await self.topo.refresh()
+        if (view.primary, view.epoch) != (prev.primary, prev.epoch):
+            await self.on_change(prev, view, None)
+        if view.epoch is not None and view.primary is not None:
+            await self._adopt_stale(view)
+            await self._renew(view)
+        self._not_serving_since = (
+            None if view.serving else (self._not_serving_since or time.monotonic())
+        )
+        if self.cfg.failover.enabled and not self.topo.lock.locked():
+            await self._maybe_failover(view)
+        return view
+
+    async def _adopt_stale(self, view: View) -> None:
+        assert view.epoch is not None and view.primary is not None
+        stale = [
+            c
+            for c in self.topo.reachable()
+            if c.record is not None and (c.record.epoch is None or c.record.epoch < view.epoch)
+        ]
+        if stale:
+            for c in stale:
+                log.warning(
+                    "queue %s: region %s knew epoch %s; told it that %s is the primary of "
+                    "epoch %d (it takes no work as the primary from now on)",
+                    self.cfg.name,
+                    c.name,
+                    c.record.epoch if c.record else None,
+                    view.primary,
+                    view.epoch,
+                )
+            await self.topo.elections.adopt(view.epoch, view.primary, stale)
+
+    async def _renew(self, view: View) -> None:
+        p = self.topo.primary_copy()
+        rec = None if p is None else p.record
+        if p is None or not p.reachable or rec is None or not rec.is_primary:
+            return
+        if rec.epoch != view.epoch or rec.down == rec.epoch or rec.lease < 0:
+            return
+        if rec.lease_left_ms > self.cfg.lease_ms * 2 // 3:
+            return
+        assert rec.epoch is not None
+        ok = await self.topo.elections.renew(p, rec.epoch, rec.now)
+        if not ok:
+            log.debug("queue %s: lease of %s not renewed (no majority)", self.cfg.name, p.name)
+
+    async def _maybe_failover(self, view: View) -> None:
+        if view.primary is None:
+            if view.epoch is None and len(self.topo.reachable()) >= self.cfg.majority:
+                await self.bootstrap()
+            return
+        p = self.topo.primary_copy()
+        timeout_s = self.cfg.failover.timeout_ms / 1000
+        gone = p is None or (not p.reachable and p.down_for_s() >= timeout_s)
+        idle = (
+            self._not_serving_since is not None
+            and time.monotonic() - self._not_serving_since >= timeout_s
+        )
+        if not (gone or idle):
+            return
+        reachable = self.topo.reachable()
+        if len(reachable) < self.cfg.majority:
+            if not self._warned_minority:
+                self._warned_minority = True
+                log.warning(
+                    "queue %s: the primary %s is unavailable, but only %d of %d regions are "
+                    "reachable from here (a majority, %d, must agree): no failover from this "
+                    "process",
+                    self.cfg.name,
+                    view.primary,
+                    len(reachable),
+                    len(self.topo.copies),
+                    self.cfg.majority,
+                )
+            return
+        self._warned_minority = False
+        candidates = self.candidates(exclude=view.primary)
+        if candidates:
+            await self.promote(candidates[0], "automatic")
+
+    def candidates(self, exclude: str | None) -> list[RegionCopy]:
+        """Reachable regions that may be promoted, best first (lowest priority number,
+        then configuration order)."""
+        order = {c.name: i for i, c in enumerate(self.topo.copies)}
+        return sorted(
+            (c for c in self.topo.reachable() if c.name != exclude and c.priority > 0),
+            key=lambda c: (c.priority, order[c.name]),
+        )
+
+    # ------------------------------------------------------------------ promotion
+    async def establish(self, first_contact_s: float) -> None:
+        """At start: connect to every region, make each own queue its region's home, and
+        agree on the primary; the first time ever, elect the configured one. Raises
+        ``FailoverError`` when that needs a majority that is not reachable."""
+        copies = self.topo.copies
+        await asyncio.gather(*(c.connect(first_contact_s) for c in copies))
+        view = await self.topo.refresh()
+        reachable = self.topo.reachable()
+        for c in reachable:
+            await c.make_home()
+        if view.epoch is not None:
+            await self.tick()
+            return
+        if len(reachable) < self.cfg.majority:
+            raise FailoverError(
+                f"cannot elect the first primary of {self.cfg.name!r}: {len(reachable)} of "
+                f"{len(copies)} regions are reachable and a majority ({self.cfg.majority}) "
+                "must vote; unreachable: "
+                + ", ".join(f"{c.name} ({c.error})" for c in copies if not c.reachable)
+            )
+        result = await self.bootstrap()
+        if result is None or not result.won:
+            raise FailoverError(
+                f"cannot elect the first primary of {self.cfg.name!r}: "
+                + (result.describe() if result else "no region may be promoted")
+            )
+
+    async def bootstrap(self) -> Election | None:
+        """Elect the configured primary (or, if it is unreachable, the best reachable
+        region) when no region knows of any primary yet."""
+        want = self.topo.by_name[self.cfg.primary]
+        target = want if want.reachable else next(iter(self.candidates(None)), None)
+        if target is None:
+            return None
+        return (await self.promote(target, "bootstrap"))[0]
+
+    async def promote(self, target: RegionCopy, reason: str) -> tuple[Election, Failover | None]:
+        """Elect ``target`` in the next epoch; on success, tell every reachable region,
+        catch it up from its peers, and report the change (``Failover``)."""
+        async with self.topo.lock:
+            return await self.promote_locked(target, reason)
+
+    async def promote_locked(
+        self, target: RegionCopy, reason: str
+    ) -> tuple[Election, Failover | None]:
+        """``promote`` for a caller that holds ``topo.lock`` (a planned handover)."""
+        started = time.monotonic()
+        prev = self.topo.view
+        epoch = max(prev.election, prev.epoch or 0) + 1
+        # The groups exist before the new primary can write its first entry.
+        outbox = Outbox(target.lane)
+        for other in self.topo.copies:
+            if other is not target:
+                await outbox.create_group(group_of(other.name), "$")
+        result = await self.topo.elections.elect(target, epoch)
+        if not result.won:
+            log.info("queue %s: %s", self.cfg.name, result.describe())
+            return result, None
+        await self.topo.elections.adopt(epoch, target.name, self.topo.reachable())
+        view = await self.topo.refresh()
+        caught: dict[str, int] = {}
+        if reason != "bootstrap" and self.topo.cfg.replication.enabled:
+            caught = await self.replicator.catch_up(target)
+        info = Failover(
+            prev.primary,
+            target.name,
+            epoch,
+            reason,
+            int((time.monotonic() - started) * 1000),
+            caught,
+        )
+        # A failover nobody asked for is worth a warning; a bootstrap or a handover by
+        # hand is what the caller wanted.
+        log.log(
+            logging.WARNING if reason == "automatic" else logging.INFO,
+            "queue %s: region %s is the primary of epoch %d (%s; was %s; %d ms%s)",
+            self.cfg.name,
+            target.name,
+            epoch,
+            reason,
+            prev.primary,
+            info.duration_ms,
+            f"; caught up {caught}" if caught else "",
+        )
+        self._not_serving_since = None
+        await self.on_change(prev, view, info)
+        return result, info

@@ -1,0 +1,112 @@
+"""The brief's ``replicate_job`` and the stranded-work calls of ``GlobalQueueManager``
+(a mixin: the manager's class stays one job's worth of code)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ...errors import ConfigurationError, JobNotFoundError
+from .copying import apply, as_entry, export
+from .errors import RegionUnavailableError
+from .stranded import StrandedJob, discard, listing, resubmit
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+    from .topology import Topology
+
+__all__ = ["RegionOps"]
+
+
+class _Host(Protocol):
+    name: str
+
+    @property
+    def queues(self) -> list[JobQueue]: ...
+
+    def _topo(self) -> Topology: ...
+
+    def parse_id(self, job_id: str) -> tuple[int, str] | None: ...
+
+    def not_found(self, job_id: Any) -> JobNotFoundError: ...
+
+
+class RegionOps:
+    """``replicate_job``, ``stranded``, ``resubmit_stranded``, ``discard_stranded``."""
+
+    async def replicate_job(self: _Host, job_id: str, regions: Iterable[str]) -> dict[str, str]:
+        """Copy job ``job_id``, as it is now, to ``regions`` (each gets it now, whatever
+        the asynchronous replication does). A job of the global queue is copied into
+        those regions' copies of it; a job pinned to a region into their copies of that
+        region's queue, fenced: never run there. Returns, per region, ``"added"``,
+        ``"exists"``, ``"ended"``, or the error that prevented the copy."""
+        topo = self._topo()
+        found = self.parse_id(job_id)
+        if found is None:
+            raise self.not_found(job_id)
+        index, inner = found
+        n = len(topo.copies)
+        if index < n:
+            source_region, source = topo.view.primary, self.queues[index]
+        else:
+            source_region = topo.copies[index - n].name
+            source = topo.copies[index - n].home
+        if isinstance(regions, (str, bytes)) or not isinstance(regions, Iterable):
+            raise ConfigurationError(
+                f"regions must be a list of region names, got {type(regions).__name__}"
+            )
+        targets: list[str] = []
+        for t in regions:
+            topo.copy(t)  # ConfigurationError for anything but a configured region
+            if t not in targets:
+                targets.append(t)
+        rows = await export(source, [inner])
+        if not rows or rows[0]["op"] in (b"gone", "gone"):
+            raise JobNotFoundError(f"job {job_id!r} does not exist in region {source_region}")
+        entry = as_entry(rows[0], "put")
+
+        async def one(name: str) -> str:
+            if name == source_region:
+                return "source"
+            c = topo.copy(name)
+            q = c.lane if index < n else await c.copy_of(str(source_region))
+            (status,) = await asyncio.wait_for(apply(q, [entry]), max(1.0, c.timeout_s * 2))
+            return status
+
+        got = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+        return {
+            t: (g if isinstance(g, str) else f"error: {type(g).__name__}: {g}"[:300])
+            for t, g in zip(targets, got, strict=True)
+        }
+
+    async def stranded(self: _Host) -> list[StrandedJob]:
+        """Jobs and outcomes former primaries accepted and never replicated, recorded
+        when they rejoined (see docs/multi-region.md); oldest first."""
+        topo = self._topo()
+        out: list[StrandedJob] = []
+        for c in topo.reachable():
+            out += await listing(c)
+        return sorted(out, key=lambda s: s.detected_ms)
+
+    async def resubmit_stranded(self: _Host, ids: Iterable[str] | None = None) -> dict[str, str]:
+        """Apply stranded records (all, or ``ids``) to the current primary: jobs are
+        added with their ids, outcomes end the job if it has not run again. Per id the
+        status (``added``, ``exists``, ``ended``, ``requeued``, ``refused``)."""
+        topo = self._topo()
+        primary = topo.primary_copy()
+        if primary is None or not topo.view.serving:
+            raise RegionUnavailableError(f"queue {self.name!r} has no serving primary now")
+        wanted = None if ids is None else set(ids)
+        out: dict[str, str] = {}
+        for c in topo.reachable():
+            mine = [s.id for s in await listing(c) if wanted is None or s.id in wanted]
+            if mine:
+                out.update(await resubmit(c, primary.lane, mine))
+        return out
+
+    async def discard_stranded(self: _Host, ids: Iterable[str]) -> int:
+        """Forget stranded records without applying them; how many there were."""
+        topo = self._topo()
+        ids = list(ids)
+        return sum([await discard(c, ids) for c in topo.reachable()])

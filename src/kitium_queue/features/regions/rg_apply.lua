@@ -1,0 +1,193 @@
+--[[
+  rg_apply.lua — apply replication entries to this copy of the queue (a secondary, or a
+  new primary catching up from its peers). Every entry is idempotent and the order of
+  entries of different jobs does not matter; for one job, an outcome that ends it wins
+  over anything older (an 'end' that arrives before its job leaves a tombstone, so the
+  late 'put' is skipped).
+
+  KEYS: the shared layout (lib_base.lua).
+  ARGV[1..3]: shared prefix, now, events maxlen.
+  ARGV[4]   dlq enabled ('1' | '0'): where a job that failed for good goes here
+  ARGV[5]   replication position to record once applied ('' = none): an outbox entry id
+  ARGV[6]   its source, "<region>@<epoch>". With a position, a copy that knows a later
+            epoch than the source's refuses the whole call (KQ_FENCED, nothing written): a
+            replicator that still follows a deposed primary cannot apply its stream.
+  ARGV[7]   trim the index of copies older than this (ms; 0 = do not trim)
+  ARGV[8]   index floor (ms): the `at` of entries that give none
+  ARGV[9..] 19 fields per entry (features/regions/lua.py ENTRY), at most 500 entries:
+            op, id, name, data, opts, priority, lifo, created, state, due, attempts,
+            epoch, idempotency key, its ms left, payload, finished, keep count, keep age,
+            at (when the source wrote it: a copy added here is indexed at max(created,
+            at), so that a peer catching up from this copy finds what arrived after its
+            own position, whenever the job was created)
+    op 'put'   the job as it is at the source (rg_export.lua): created here if missing
+               (through add_job, so the features' enqueue fragments run), ended here if
+               it is finished there
+       'req'   the same, and a copy finished here goes back to wait (retry, replay)
+       'end'   the job ended at the source (state: completed | failed | removed,
+               payload: its result or reason): this copy ends the same way (the
+               `release` slot runs with that outcome), or, when there is no copy, one is
+               written already finished (completed, failed) or a tombstone (removed)
+       'att'   a retry at the source spent attempts: the copy counts them
+       'gone'  the source has no such job any more: nothing to do
+  Malformed arguments are refused before the first write (KQ_BAD_ARGUMENT).
+
+  Returns one status per entry: 'added' | 'ended' | 'requeued' | 'exists' | 'gone' |
+  'refused' (a feature's accept slot refused the copy here; nothing of it written).
+  Keys: <prefix>rg:idx (ZSET copy id -> created at the source, for peers catching up),
+  <prefix>rg:gone:<id> (tombstone, a day), the record <prefix>rg (pos, src).
+]]
+--@include lib_base
+--@include lib_events
+--@include lib_jobs
+--@include lib_sets
+--@include lib_retention
+--@include lib_parking
+--@include lib_requeue
+--@include lib_add
+--@include slot_release
+
+local N = 19
+local fields = #ARGV - 8
+if fields < 0 or fields % N ~= 0 or fields / N > 500 then
+  return bad_arg('rg_apply', 'expected ' .. N .. ' fields for each of at most 500 entries after ' ..
+    'ARGV[8], got ' .. fields .. ' fields')
+end
+local OPS = { put = true, req = true, ['end'] = true, att = true, gone = true }
+for b = 9, #ARGV, N do
+  if not OPS[ARGV[b]] then return bad_arg('rg_apply', 'unknown op ' .. tostring(ARGV[b])) end
+end
+local dlq_enabled = ARGV[4] == '1'
+local pos, src = ARGV[5], ARGV[6]
+if pos ~= '' then
+  local src_epoch = tonumber(string.match(src, '@(%d+)$') or '')
+  local here = tonumber(redis.call('HGET', PREFIX .. 'rg', 'epoch') or '')
+  if src_epoch == nil or (here ~= nil and here > src_epoch) then
+    return redis.error_reply('KQ_FENCED replication from ' .. src .. ' refused: this copy ' ..
+      'knows epoch ' .. tostring(here) .. ', a later one; its source is no longer the primary')
+  end
+end
+local cutoff = arg_int(ARGV[7], 0, 0, MAX_MS)
+local floor = arg_int(ARGV[8], 0, 0, MAX_MS)
+local K_IDX = PREFIX .. 'rg:idx'
+local GONE_TTL = 86400000
+local TERMINAL = { completed = K_COMPLETED, failed = K_FAILED, dlq = K_DLQ }
+local PLACE = { waiting = K_WAIT, delayed = K_DELAYED, active = K_ACTIVE }
+
+local function tombstone(id)
+  redis.call('SET', PREFIX .. 'rg:gone:' .. id, '1', 'PX', GONE_TTL)
+end
+
+local function keep_key(id, ik, ttl)
+  if ik ~= '' and ttl > 0 then
+    redis.call('HSET', job_key(id), 'ik', ik)
+    redis.call('SET', PREFIX .. 'idem:' .. ik, id, 'PX', int(ttl), 'NX')
+  end
+end
+
+-- End this copy as the source did. `st`: its state here (not terminal).
+local function end_job(id, jk, st, outcome, payload, finished, keep_count, keep_age)
+--@if release
+  release_slot(id, jk, outcome, payload)
+--@end
+  if PLACE[st] then
+    redis.call('ZREM', PLACE[st], id)
+  elseif st == 'pending' then
+    forget_parked(id, jk)
+  end
+  if outcome == 'removed' then
+    delete_job(id)
+    tombstone(id)
+    return
+  end
+  redis.call('HDEL', jk, 'lt', 'due', 'pk', 'cx')
+  if outcome == 'completed' then
+    if finished <= 0 then finished = NOW end
+    redis.call('HSET', jk, 'st', 'completed', 'r', payload, 'f', int(finished))
+    redis.call('ZADD', K_COMPLETED, int(finished), id)
+    trim_finished(K_COMPLETED, keep_count, keep_age)
+  else
+    local state = dead_letter(jk, id, dlq_enabled, payload, '')
+    if state == 'failed' then trim_finished(K_FAILED, keep_count, keep_age) end
+  end
+end
+
+local out = {}
+local woke = false
+for b = 9, #ARGV, N do
+  local op, id, name, data, opts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local pri, lifo, created = ARGV[b + 5], ARGV[b + 6], arg_int(ARGV[b + 7], 0, 0, MAX_MS)
+  local state, due = ARGV[b + 8], arg_int(ARGV[b + 9], 0, 0, MAX_MS)
+  local attempts = arg_int(ARGV[b + 10], 0, 0, MAX_MS)
+  local ep, ik, ittl = ARGV[b + 11], ARGV[b + 12], arg_int(ARGV[b + 13], 0, 0, MAX_MS)
+  local payload, finished = ARGV[b + 14], arg_int(ARGV[b + 15], 0, 0, MAX_MS)
+  local keep_count, keep_age = ARGV[b + 16], ARGV[b + 17]
+  local at = arg_int(ARGV[b + 18], floor, 0, MAX_MS)
+  local jk = job_key(id)
+  local kind = redis.call('TYPE', jk)['ok']
+  local st = nil
+  if kind == 'hash' then st = redis.call('HGET', jk, 'st') or 'waiting' end
+  local status = 'exists'
+  if op == 'gone' then
+    status = 'gone'
+  elseif kind ~= 'hash' and kind ~= 'none' then
+    status = 'exists'  -- a damaged key is left for an operator; never overwritten
+  elseif op == 'att' then
+    if st and not TERMINAL[st] and attempts > num(redis.call('HGET', jk, 'a')) then
+      redis.call('HSET', jk, 'a', int(attempts))
+    end
+    if not st then status = 'gone' end
+  elseif not st then
+    local gone = redis.call('EXISTS', PREFIX .. 'rg:gone:' .. id) == 1
+    if gone or state == 'removed' then
+      if op == 'end' then tombstone(id) end
+      status = 'gone'
+    else
+      local delay = 0
+      if op ~= 'end' and state == 'delayed' and due > NOW then delay = due - NOW end
+      if op == 'end' then data = '' end
+      local nid, reason, added = add_job(id, name, data, opts, pri, delay, lifo, nil)
+      if not nid then
+        status = 'refused'
+      else
+        if added == 'waiting' then woke = true end
+        redis.call('HSET', jk, 'ts', int(created > 0 and created or NOW), 'a', int(attempts))
+        if ep ~= '' then redis.call('HSET', jk, 'ep', ep) end
+        keep_key(id, ik, ittl)
+        local score = created
+        if score < at then score = at end
+        if score <= 0 then score = NOW end
+        redis.call('ZADD', K_IDX, int(score), id)
+        status = 'added'
+        local now_st = redis.call('HGET', jk, 'st') or 'waiting'
+        if op == 'end' or TERMINAL[state] then
+          local outcome = state
+          if state == 'dlq' then outcome = 'failed' end
+          end_job(id, jk, now_st, outcome, payload, finished, keep_count, keep_age)
+        end
+      end
+    end
+  else
+    keep_key(id, ik, ittl)
+    local ends = (op == 'end') or TERMINAL[state]
+    if ends and not TERMINAL[st] then
+      local outcome = state
+      if state == 'dlq' then outcome = 'failed' end
+      end_job(id, jk, st, outcome, payload, finished, keep_count, keep_age)
+      status = 'ended'
+    elseif op == 'req' and TERMINAL[st] and not TERMINAL[state] and state ~= 'removed' then
+      requeue(id, TERMINAL[st])
+      woke = true
+      status = 'requeued'
+    elseif not TERMINAL[st] and attempts > num(redis.call('HGET', jk, 'a')) then
+      redis.call('HSET', jk, 'a', int(attempts))
+    end
+  end
+  out[#out + 1] = status
+end
+if pos ~= '' then redis.call('HSET', PREFIX .. 'rg', 'pos', pos, 'src', src) end
+if cutoff > 0 then
+  redis.call('ZREMRANGEBYSCORE', K_IDX, '-inf', '(' .. int(cutoff))
+end
+if woke then wake() end
+return out

@@ -1,0 +1,129 @@
+"""The region record's protocol (features/regions/region.lua) op by op, with the clock
+injected: votes once per epoch and never while a grant to another region runs; a lease
+only from a majority's grants and never moved back; step-down and resume; adopt marks a
+former primary unless it stepped down; the fence (enqueue and claim) follows the
+record. The multi-region behaviour built on it: tests/test_regions.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from kitium_queue import FencedError, JobQueue
+from kitium_queue.features.regions.lua import install
+from kitium_queue.features.regions.record import Record
+
+T0 = 1_000_000
+
+
+@pytest.fixture
+async def copy(backend_url: str, prefix: str) -> AsyncIterator[JobQueue]:
+    q = JobQueue("proto", redis=backend_url, prefix=prefix)
+    install(q, replicated=True)
+    yield q
+    await q.close()
+
+
+async def op(q: JobQueue, now: int, name: str, *args: Any, me: str = "a") -> Record:
+    client = await q.client()
+    head = [q.keys.base, str(now), "10000"]
+    reply = await q.scripts.call(client, "region", q.keys.all, [*head, name, me, *args])
+    return Record.parse(reply)
+
+
+async def test_votes_once_per_epoch_and_not_while_a_grant_runs(copy: JobQueue) -> None:
+    assert (await op(copy, T0, "vote", 1, "a", 500)).ok
+    # Another candidate in the same epoch: refused (one vote per epoch)...
+    assert (await op(copy, T0 + 10, "vote", 1, "b", 500)).status == "voted"
+    # ...and in a later one while the grant to "a" runs: held, with the time left.
+    held = await op(copy, T0 + 100, "vote", 2, "b", 500)
+    assert (held.status, held.detail) == ("held", "400")
+    assert (await op(copy, T0 + 500, "vote", 2, "b", 500)).ok  # lapsed
+    assert (await op(copy, T0 + 510, "vote", 1, "a", 500)).status == "voted"  # older election
+
+
+async def test_a_lease_needs_the_vote_and_only_grows(copy: JobQueue) -> None:
+    assert (await op(copy, T0, "promote", 1, T0 + 450)).status == "novote"
+    assert (await op(copy, T0, "vote", 1, "a", 500)).ok
+    rec = await op(copy, T0, "promote", 1, T0 + 450)
+    assert rec.ok and rec.is_primary and rec.lease == T0 + 450
+    assert (await op(copy, T0 + 1, "extend", 1, T0 + 100)).lease == T0 + 450  # never back
+    assert (await op(copy, T0 + 1, "extend", 1, T0 + 900)).lease == T0 + 900
+    assert (await op(copy, T0 + 1, "extend", 2, T0 + 950)).status == "stale"
+    # The fence follows the lease, in the clock of each call (injected here).
+    assert (await _enqueue_at(copy, T0 + 899))[1] == b"new"
+    with pytest.raises(FencedError, match="lease of region a as primary"):
+        await _enqueue_at(copy, T0 + 901)
+
+
+async def _enqueue_at(q: JobQueue, now: int) -> Any:
+    client = await q.client()
+    head = [q.keys.base, str(now), "10000", 86_400_000]
+    job = ["", "x", "{}", "", 0, 0, "0", ""]
+    return await q.scripts.call(client, "enqueue", q.keys.all, [*head, *job])
+
+
+async def test_renewals_learn_a_later_epoch_and_refuse_an_older_one(copy: JobQueue) -> None:
+    rec = await op(copy, T0, "renew", 3, "b", 500)  # a copy that missed epochs 1-2
+    assert (rec.ok, rec.epoch, rec.primary, rec.lease) == (True, 3, "b", 0)
+    assert rec.vfor == "b" and rec.vuntil == T0 + 500
+    assert (await op(copy, T0, "renew", 2, "c", 500)).status == "stale"
+    assert (await op(copy, T0, "renew", 3, "c", 500)).status == "conflict"
+    assert (await op(copy, T0, "vote", 4, "c", 500)).status == "held"
+    assert (await op(copy, T0 + 600, "vote", 4, "c", 500)).ok
+    # An election for epoch 4 is under way here: renewals of epoch 3 are refused.
+    assert (await op(copy, T0 + 600, "renew", 3, "b", 500)).status == "stale"
+
+
+async def test_stepdown_fences_at_once_and_resume_undoes_it(copy: JobQueue) -> None:
+    await op(copy, T0, "vote", 1, "a", 10**9)
+    await op(copy, T0, "promote", 1, T0 + 10**9)
+    down = await op(copy, T0 + 1, "stepdown", 1)
+    assert down.ok and down.lease == 0 and down.down == 1 and down.vuntil == 0
+    with pytest.raises(FencedError, match="stepped down"):
+        await _enqueue_at(copy, T0 + 2)
+    assert (await op(copy, T0 + 2, "extend", 1, T0 + 10**9)).status == "stale"
+    assert (await op(copy, T0 + 3, "resume", 1)).down is None
+    assert (await op(copy, T0 + 4, "extend", 1, T0 + 10**9)).ok
+
+
+async def test_adopt_marks_a_former_primary_unless_it_stepped_down(
+    backend_url: str, prefix: str
+) -> None:
+    for stepped in (False, True):
+        q = JobQueue(f"proto{stepped}", redis=backend_url, prefix=prefix)
+        install(q, replicated=True)
+        try:
+            await op(q, T0, "vote", 1, "a", 500)
+            await op(q, T0, "promote", 1, T0 + 450)
+            if stepped:
+                await op(q, T0, "stepdown", 1)
+            rec = await op(q, T0 + 1000, "adopt", 2, "b")
+            assert (rec.epoch, rec.primary, rec.lease) == (2, "b", 0)
+            assert rec.former == (None if stepped else 1)
+            assert (await op(q, T0 + 1000, "adopt", 1, "a")).status == "stale"
+            assert (await op(q, T0 + 1000, "rejoin")).former is None
+        finally:
+            await q.close()
+
+
+async def test_a_record_belongs_to_one_region_and_arguments_are_checked(copy: JobQueue) -> None:
+    await op(copy, T0, "read")
+    assert (await op(copy, T0, "read", me="b")).status == "mismatch"
+    from kitium_queue.errors import ScriptArgumentError
+
+    for bad in (("vote", "x", "a", 5), ("vote", -1, "a", 5), ("promote", 1, "nan"), ("nope",)):
+        with pytest.raises(ScriptArgumentError):
+            await op(copy, T0, *bad)
+
+
+async def test_claims_are_fenced_too(copy: JobQueue) -> None:
+    await op(copy, T0, "vote", 1, "b", 500)  # this copy ("a") voted for another region
+    client = await copy.client()
+    head = [copy.keys.base, str(T0), "10000"]
+    reply = await copy.scripts.call(
+        client, "claim", copy.keys.all, [*head, 10, 30_000, 0, 1000, 1, "1", "w", 100]
+    )
+    assert reply[0] == b"fenced"
