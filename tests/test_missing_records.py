@@ -134,48 +134,72 @@ async def test_an_evicting_redis_loses_records_and_the_queue_keeps_going(
     prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="kitium_queue")
-    with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru") as srv:
+    with RedisServer(
+        "--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "10"
+    ) as srv:
         client = aioredis.from_url(srv.url)
-        q = JobQueue(
-            "ev",
-            redis=srv.url,
-            prefix=prefix,
-            settings={"allow_eviction": True},
-            worker={"concurrency": 20},
-        )
-        ran: list[str] = []
-        q.process("n", lambda job: ran.append(job.id))
         try:
-            added: list[str] = []
-            # Far more than 4 MB of jobs: Redis evicts the least recently used keys,
-            # the job records that wait longest among them.
-            for _ in range(40):
-                added += await q.add_jobs([("n", {"pad": "p" * 2000}) for _ in range(100)])
-            evicted = int((await client.info("stats"))["evicted_keys"])
-            assert evicted > 0, "Redis evicted nothing; the test needs a smaller maxmemory"
-            await q.start()
-
-            async def settled() -> bool:
-                st = await q.get_stats()
-                return st.waiting == 0 and st.active == 0 and st.delayed == 0
-
-            await wait_until(settled, 60, interval=0.05)
-            stats = await q.get_stats()
-            print(f"added={len(added)} evicted_keys={evicted} ran={len(ran)} {stats}")
-            assert q.worker.running
-            assert stats.missing_records > 0, stats
-            # Every job either ran or was found missing (some missing ones may have been
-            # evicted again from the DLQ, and a job whose wait entry was evicted is
-            # neither: the count is a lower bound of what eviction cost).
-            assert len(ran) + stats.missing_records <= len(added)
-            assert len(ran) > 0
-            health = await q.health_check()
-            assert health.healthy and health.missing_records == stats.missing_records
-            assert health.memory is not None and health.memory.policy == "allkeys-lru"
-            assert 1 <= len(_warnings(caplog)) <= 2, [r.getMessage() for r in caplog.records]
+            # Redis' LRU is approximate: now and then it evicts the wait set itself, and
+            # then no job is left to find missing. Such a run is started over on an
+            # emptied server (at most 5 times); the checks below hold for the first run
+            # in which the scripts met evicted records.
+            for _attempt in range(5):
+                await client.flushall()
+                caplog.clear()
+                outcome = await _evicting_run(srv.url, prefix, client)
+                if outcome is not None:
+                    break
+            assert outcome is not None, "5 runs in a row lost the wait set itself"
+            q, stats, added, ran, evicted = outcome
+            try:
+                print(f"added={len(added)} evicted_keys={evicted} ran={len(ran)} {stats}")
+                assert q.worker.running
+                # Every job either ran or was found missing (some missing ones may have
+                # been evicted again from the DLQ, and a job whose wait entry was evicted
+                # is neither: the count is a lower bound of what eviction cost).
+                assert len(ran) + stats.missing_records <= len(added)
+                assert len(ran) > 0
+                health = await q.health_check()
+                assert health.healthy and health.missing_records == stats.missing_records
+                assert health.memory is not None and health.memory.policy == "allkeys-lru"
+                assert 1 <= len(_warnings(caplog)) <= 2, [r.getMessage() for r in caplog.records]
+            finally:
+                await q.close()
         finally:
-            await q.close()
             await client.aclose()
+
+
+async def _evicting_run(
+    url: str, prefix: str, client: Any
+) -> tuple[JobQueue, Any, list[str], list[str], int] | None:
+    """Fill a 4 MB allkeys-lru server far past its memory and drain it; the queue (still
+    running), its stats, the ids added, the ids run and the evicted keys — or None (the
+    queue closed) when the scripts met no missing record."""
+    q = JobQueue(
+        "ev", redis=url, prefix=prefix, settings={"allow_eviction": True},
+        worker={"concurrency": 20},
+    )  # fmt: skip
+    ran: list[str] = []
+    q.process("n", lambda job: ran.append(job.id))
+    added: list[str] = []
+    for _ in range(40):
+        added += await q.add_jobs([("n", {"pad": "p" * 2000}) for _ in range(100)])
+    evicted = int((await client.info("stats"))["evicted_keys"])
+    assert evicted > 0, "Redis evicted nothing; the test needs a smaller maxmemory"
+    await q.start()
+
+    async def settled() -> bool:
+        st = await q.get_stats()
+        return st.waiting == 0 and st.active == 0 and st.delayed == 0
+
+    await wait_until(settled, 60, interval=0.05)
+    stats = await q.get_stats()
+    # Found missing by the scripts: the counter (in Redis, itself evictable) or this
+    # process' own tally of what the scripts reported.
+    if stats.missing_records > 0 or q.ctx.missing.seen_total > 0:
+        return q, stats, added, ran, evicted
+    await q.close()
+    return None
 
 
 async def test_cli_health_reports_missing_records(
