@@ -274,8 +274,8 @@ async def test_bound_jobs_are_held_while_open_and_drain_when_closed(
         held = await q.add_jobs([("call-dep", {"i": i}) for i in range(60)])
         held += [await q.add_job("x", {}, circuit_breaker_id="dep")]
         free = await q.add_jobs([("other", {}) for _ in range(20)])
-        await wait_until(lambda: len(others) == 20, timeout=5)
-        await wait_until(lambda: _parked(q, "dep", len(held)), timeout=5)
+        await wait_until(lambda: len(others) == 20, timeout=30)
+        await wait_until(lambda: _parked(q, "dep", len(held)), timeout=30)
         for jid in held[:5] + held[-1:]:
             info = await q.get_job_status(jid)
             assert info is not None and info.status is JobStatus.PENDING and info.attempts == 0
