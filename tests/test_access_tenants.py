@@ -172,7 +172,12 @@ async def test_a_tenant_made_through_the_manager_binds_a_tenancy_queue(
     await wait_until(lambda: len(done) == 14, 15)
     assert peak["acme"] == 2, peak  # max_concurrency, across the worker's slots
     assert peak["globex"] >= 3, peak  # the other tenant was not held up
-    usage = await acm.get_tenant_usage("acme")
+    # The processor returning is not yet the completion being recorded: wait for it.
+    async def acme_recorded() -> Any:
+        u = await acm.get_tenant_usage("acme")
+        return u if u.completed == 7 else None
+
+    usage = await wait_until(acme_recorded, 10)
     assert (usage.queued, usage.active, usage.completed) == (0, 0, 7)
     # Removed through the manager: the queue refuses the tenant's new jobs.
     await acm.remove_tenant("acme")

@@ -683,7 +683,12 @@ async def test_without_quotas_tenants_are_tracked_but_not_limited(
     # A rate of 1 start a minute would let 1 of big's 12 jobs start here.
     await wait_until(lambda: len(done) == 15, 10)
     assert peak["big"] > 1, peak  # max_concurrency 1 not applied
-    usage = await reg.get_tenant_usage("big")
+    # The processor returning is not yet the completion being recorded: wait for it.
+    async def big_recorded() -> Any:
+        u = await reg.get_tenant_usage("big")
+        return u if u.completed == 12 else None
+
+    usage = await wait_until(big_recorded, 10)
     assert (usage.completed, usage.queued, usage.active) == (12, 0, 0)
     await _settled(q, "big")
     # The same queue object cannot be enabled again with quotas on.
