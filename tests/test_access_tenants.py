@@ -172,6 +172,7 @@ async def test_a_tenant_made_through_the_manager_binds_a_tenancy_queue(
     await wait_until(lambda: len(done) == 14, 15)
     assert peak["acme"] == 2, peak  # max_concurrency, across the worker's slots
     assert peak["globex"] >= 3, peak  # the other tenant was not held up
+
     # The processor returning is not yet the completion being recorded: wait for it.
     async def acme_recorded() -> Any:
         u = await acm.get_tenant_usage("acme")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from helpers import QueueFactory, app_module, wait_for_status
+from helpers import QueueFactory, app_module, wait_for_status, wait_until
 from kitium_queue import (
     AdvancedQueueConfig,
     ConfigurationError,
@@ -352,16 +352,29 @@ async def test_global_queue_section_gives_a_manager_and_region_lag_alerts_wait(
         assert await m.add_job("x", {})
     finally:
         await m.close()
-    with pytest.raises(ConfigurationError, match="region_lag_ms, which needs a global queue"):
-        make_queue(
-            "f",
-            advanced={
-                "monitoring": {
-                    "enabled": True,
-                    "alerts": [{"name": "lag", "metric": "region_lag_ms", "threshold": 5000}],
-                }
-            },
-        )
+    lag_rule = {"name": "lag", "metric": "region_lag_ms", "threshold": 5000}
+    with pytest.raises(ConfigurationError, match=r"enable advanced\.global_queue too"):
+        make_queue("f", advanced={"monitoring": {"enabled": True, "alerts": [lag_rule]}})
+    # With the section: the queue carries the manager's lag gauge, which the rule reads
+    # (no value before the manager is initialized: the rule is left as it is).
+    regions = [{**r, "redis": r["redis"] + "-2"} for r in regions]
+    q = make_queue(
+        "h",
+        advanced={
+            "global_queue": {"enabled": True, "regions": regions},
+            "monitoring": {"enabled": True, "alerts": [lag_rule]},
+        },
+    )
+    assert "region_lag_ms" in q.gauges and q.advanced.alerts is not None
+    assert await q.advanced.alerts.values() == {}
+    m = q.advanced.global_queue
+    await m.initialize()
+    try:
+        await m.add_job("x", {})
+        values = await wait_until(q.advanced.alerts.values, 5)
+        assert values["lag"] >= 0
+    finally:
+        await m.close()
 
 
 @pytest.mark.parametrize("quotas", [True, False])

@@ -257,6 +257,82 @@ async def test_lag_and_failovers_reach_the_metrics_adapter(make: Callable[..., A
     assert metrics.total("regions.failovers", to=NAMES[1], reason="manual") == 1
 
 
+async def test_a_lag_alert_rule_fires_while_replication_stalls_and_clears_after(
+    make: Callable[..., Any],
+) -> None:
+    """``region_lag_ms``: the manager provides the gauge on its queues; an alert rule on
+    the primary's queue reads it (alerts knows no region), fires while a stalled
+    replicator lets the oldest unapplied change age past the threshold, and clears once
+    replication has caught up."""
+    from kitium_queue.features.alerts import AlertManager
+
+    m = await make()
+    lane = m.region(NAMES[0]).lane
+    assert "region_lag_ms" in lane.gauges
+    fired: list[Any] = []
+    lane.on("alert-fired", fired.append)
+    alerts = AlertManager(
+        lane,
+        [{"name": "lag", "metric": "region_lag_ms", "threshold": 300, "clear_below": 100}],
+        run_service=False,
+    )
+    await m.add_job("x", {})
+
+    async def caught_up() -> bool:
+        return await m.region_lag_ms() == 0.0
+
+    await wait_until(caught_up, 10)  # both secondaries follow, nothing pending
+    assert await alerts.values() == {"lag": 0.0}
+    assert await alerts.evaluate(1) == []
+    assert m.replicator is not None
+    await m.replicator.stop()  # replication stalls: changes pile up at the primary
+    await m.add_job("x", {"n": 2})
+    await asyncio.sleep(0.4)
+    value = (await alerts.values())["lag"]
+    assert value >= 300, value
+    (t,) = await alerts.evaluate(1)
+    assert (t.rule, t.state, t.metric) == ("lag", "firing", "region_lag_ms")
+    await wait_until(lambda: len(fired) == 1, 5)
+    await m.replicator.follow_primary()  # replication resumes and catches up
+    await wait_until(caught_up, 10)
+    (t,) = await alerts.evaluate(1)
+    assert (t.rule, t.state, float(t.value)) == ("lag", "ok", 0.0)
+
+
+async def test_a_lag_rule_without_a_global_queue_keeps_its_state_and_says_why(
+    make_queue: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queue no global queue provides the gauge on: the rule has no value, is not
+    evaluated (its state stays), and the first miss is logged with what to do."""
+    from kitium_queue.features.alerts import AlertManager
+
+    q = make_queue("lagless")
+    alerts = AlertManager(
+        q, [{"name": "lag", "metric": "region_lag_ms", "threshold": 1}], run_service=False
+    )
+    assert await alerts.values() == {}
+    with caplog.at_level("WARNING"):
+        assert await alerts.evaluate(1) == []
+        assert await alerts.evaluate(1) == []
+    warned = [r for r in caplog.records if "not evaluated" in r.getMessage()]
+    assert len(warned) == 1 and "GlobalQueueManager" in warned[0].getMessage()
+    assert [s.state for s in await alerts.states()] == ["ok"]
+    # A feature's gauge (here a plain function) is what the rule reads.
+    q.add_gauge("region_lag_ms", lambda: 5.0)
+    (t,) = await alerts.evaluate(1)
+    assert (t.state, t.value) == ("firing", "5")
+    # Values that are not finite numbers count as none.
+    for bad in (float("nan"), float("inf"), "7", True, None):
+        q.add_gauge("region_lag_ms", lambda bad=bad: bad)
+        assert await q.read_gauge("region_lag_ms") is None
+    q.add_gauge("region_lag_ms", None)
+    assert "region_lag_ms" not in q.gauges
+    with pytest.raises(ConfigurationError, match="gauge name"):
+        q.add_gauge("bad name*", lambda: 1)
+    with pytest.raises(ConfigurationError, match="must be callable"):
+        q.add_gauge("g", 3)  # type: ignore[arg-type]
+
+
 async def test_failover_to_and_back_loses_nothing_and_runs_nothing_twice(
     make: Callable[..., Any],
 ) -> None:

@@ -477,6 +477,11 @@ class QueueAPI(Protocol):
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)
+    def add_gauge(self, /, name: str, fn: Callable[[], Any] | None) -> None:
+        """Provide gauge ``name``: ``fn()`` (sync or async) returns its value or None."""
+        raise _unimplemented(self)
+
+    @operation("registration", Route.REGISTER)
     def register_backoff(self, /, name: str, fn: Callable[..., Any]) -> None:
         """Register a custom backoff ``fn(attempts_made, error, job) -> delay_ms | None``."""
         raise _unimplemented(self)
@@ -522,5 +527,7 @@ SINGLE_QUEUE_ONLY: Mapping[str, str] = MappingProxyType(
         "subscribe": "lifecycle hooks carry one queue's own job ids and records: subscribe on "
         "each member queue knowingly",
         "unsubscribe": "see subscribe",
+        "read_gauge": "a gauge is one queue's reading (set on every member with add_gauge, "
+        "each member may read another value): read it on a member",
     }
 )

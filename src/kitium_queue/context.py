@@ -96,6 +96,9 @@ class QueueContext:
             protected payloads instead of revealing them (``redacted_views()`` does it
             for one block; views read ``redacting``).
         explainers: what ``explain`` asks besides the core (``queue.add_explainer``).
+        gauges: named readings features provide (``queue.add_gauge``): a metric only a
+            feature can compute (a global queue's replication lag), read by whoever
+            watches metrics (alert rules) without importing the feature.
         redactors: functions ``redact(value) -> value`` returning a copy of a payload
             value (job data, a result, progress) with protected parts hidden (a
             compliance feature masks named fields). ``redact_value`` applies them.
@@ -157,6 +160,8 @@ class QueueContext:
         self.redact_payloads = False
         #: Explainers of ``explain``: features add theirs with ``queue.add_explainer``.
         self.explainers: list[Explainer] = []
+        #: Gauges: features add theirs with ``queue.add_gauge``.
+        self.gauges: dict[str, Callable[[], Any]] = {}
         #: The write barrier: a command run after each enqueue and outcome, before they
         #: are acknowledged (``barrier.py``; None: none).
         self.write_barrier: WriteBarrier | None = None

@@ -20,6 +20,8 @@ component, and a façade that stays small. This class keeps configuration, regis
 from __future__ import annotations
 
 import inspect
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["HealthStatus", "JobQueue", "Processor", "QueueStats"]
 
 log = get_logger(__name__)
+_GAUGE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 Processor = Callable[..., Any]
 P = TypeVar("P", bound=Callable[..., Any])
@@ -400,6 +403,47 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             raise ConfigurationError(f"explainer must be callable, got {type(explainer).__name__}")
         if not any(e is explainer for e in self.ctx.explainers):
             self.ctx.explainers.append(explainer)
+
+    def add_gauge(self, name: str, fn: Callable[[], Any] | None) -> None:
+        """Provide the gauge ``name``: ``fn()``, sync or async, returns its current value
+        (a number) or None when it cannot be told now. A feature that computes a figure
+        only it knows (a global queue's replication lag: ``region_lag_ms``) adds one, so
+        whoever watches metrics (alert rules) reads it without knowing the feature.
+        Adding a gauge again replaces it; ``fn=None`` removes it."""
+        if not isinstance(name, str) or not _GAUGE_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"gauge name must be 1-64 letters, digits or _ . : -, got {name!r:.80}"
+            )
+        if fn is None:
+            self.ctx.gauges.pop(name, None)
+            return
+        if not callable(fn):
+            raise ConfigurationError(f"gauge {name!r} must be callable, got {type(fn).__name__}")
+        self.ctx.gauges[name] = fn
+
+    @property
+    def gauges(self) -> tuple[str, ...]:
+        """The names of the gauges features provide on this queue (``add_gauge``)."""
+        return tuple(sorted(self.ctx.gauges))
+
+    async def read_gauge(self, name: str) -> float | None:
+        """The current value of gauge ``name``; None when no feature provides it on this
+        queue, when it cannot be told now, or when its function failed (logged) or gave
+        something that is not a finite number."""
+        fn = self.ctx.gauges.get(name)
+        if fn is None:
+            return None
+        try:
+            value = fn()
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception:
+            log.exception("queue %s: gauge %s failed", self.name, name)
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        v = float(value)
+        return v if math.isfinite(v) else None
 
     def set_write_barrier(self, barrier: WriteBarrier | None) -> None:
         """Run ``barrier``'s command after every enqueue and outcome of this queue, on

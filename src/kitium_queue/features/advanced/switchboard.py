@@ -216,11 +216,11 @@ class AdvancedFeatures:
                         f"advanced.monitoring.alerts: rule {rule.name!r} watches open breakers; "
                         "enable advanced.circuit_breaker too"
                     )
-                if rule.metric == "region_lag_ms":
+                if rule.metric == "region_lag_ms" and not c.global_queue.enabled:
                     raise ConfigurationError(
                         f"advanced.monitoring.alerts: rule {rule.name!r} watches region_lag_ms, "
-                        "which needs a global queue (multi-region); global queues are not "
-                        "available in this version, so the rule cannot be evaluated yet"
+                        "the replication lag of a global queue; enable advanced.global_queue "
+                        "too (or add the rule to a queue of a GlobalQueueManager)"
                     )
         comp = c.cost_optimization.compression
         if c.cost_optimization.enabled and comp.enabled and comp.algorithm == "zstd":

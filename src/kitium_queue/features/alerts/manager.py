@@ -42,7 +42,7 @@ from ...hooks import FeatureEvent
 from ...leader import LeaderService, every
 from ...limits import get_logger
 from ...options import to_ms
-from .rules import MAX_WINDOW_MS, AlertRule, parse_rule
+from .rules import GAUGE_METRICS, MAX_WINDOW_MS, AlertRule, parse_rule
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -155,13 +155,6 @@ class AlertManager:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigurationError(f"alert rule names must be unique; repeated: {dup}")
-        for r in self.rules:
-            if r.metric == "region_lag_ms":
-                raise ConfigurationError(
-                    f"alert rule {r.name!r}: metric region_lag_ms needs a global queue "
-                    "(multi-region), which is not available in this version; the metric is "
-                    "defined so rules can be written for it once it is"
-                )
         self.interval_ms = to_ms(interval_ms, "alerts interval_ms", minimum=10)
         if webhook_event is not None:
             from ..webhooks.models import check_event_type
@@ -169,6 +162,7 @@ class AlertManager:
             webhook_event = check_event_type(webhook_event)
         self.webhook_event = webhook_event
         self._above_since: dict[str, int] = {}
+        self._gauge_missing: set[str] = set()
         self.evaluations = 0
         for name in _SCRIPTS:
             queue.scripts.add_fragment(name, _lua(name))
@@ -186,8 +180,9 @@ class AlertManager:
 
     # ------------------------------------------------------------------ reading
     async def values(self) -> dict[str, float]:
-        """The current value of every rule's metric (what the leader compares). A read
-        of the queue: it passes the queue's read guards first."""
+        """The current value of every rule's metric (what the leader compares); a rule
+        on a gauge no feature provides now (``region_lag_ms`` without a global queue) is
+        absent. A read of the queue: it passes the queue's read guards first."""
         await self.queue.queries.check("alert_values", {})
         return await self._values()
 
@@ -216,7 +211,36 @@ class AlertManager:
                     out[r.name] = 1.0 if open_breakers.get(r.breaker_id) else 0.0
                 else:
                     out[r.name] = float(sum(open_breakers.values()))
+            elif r.metric in GAUGE_METRICS:
+                value = await self.queue.read_gauge(r.metric)
+                if value is None:
+                    self._no_gauge(r)
+                else:
+                    self._gauge_missing.discard(r.name)
+                    out[r.name] = value
         return out
+
+    def _no_gauge(self, r: AlertRule) -> None:
+        """A gauge rule with no value this time: no feature provides the gauge on this
+        queue (yet), or it cannot be told now. The rule keeps its state; the first miss
+        in a row is logged."""
+        if r.name in self._gauge_missing:
+            return
+        self._gauge_missing.add(r.name)
+        if r.metric in self.queue.gauges:
+            why = "its provider cannot tell it now (no other region reachable, or no primary)"
+        else:
+            why = (
+                f"no feature provides it on queue {self.queue.name!r} (a global queue does: "
+                "GlobalQueueManager, or AdvancedQueueConfig's global_queue section)"
+            )
+        log.warning(
+            "queue %s: alert rule %s not evaluated: %s has no value: %s",
+            self.queue.name,
+            r.name,
+            r.metric,
+            why,
+        )
 
     async def _breakers(self) -> dict[str, bool]:
         from ..breakers import CircuitBreakerManager
@@ -279,7 +303,10 @@ class AlertManager:
         now = int(time.time() * 1000)
         changes: list[AlertTransition] = []
         for r in self.rules:
-            value = values[r.name]
+            value = values.get(r.name)
+            if value is None:  # a gauge with no value now: the rule keeps its state
+                self._above_since.pop(r.name, None)
+                continue
             firing = current.get(r.name) == "firing"
             want: str | None = None
             if value >= r.threshold:

@@ -11,7 +11,7 @@ from typing import Any, cast
 from ...errors import ConfigurationError
 from ...options import Duration, shown, to_ms, unknown_options_error
 
-__all__ = ["METRICS", "AlertRule", "parse_rule"]
+__all__ = ["GAUGE_METRICS", "METRICS", "AlertRule", "parse_rule"]
 
 #: The metrics a rule may watch, with their meaning (docs/advanced-config.md).
 METRICS: dict[str, str] = {
@@ -24,10 +24,13 @@ METRICS: dict[str, str] = {
     ),
     "breaker_open": "open circuit breakers (breaker_id: that one only, 1 when open)",
     "region_lag_ms": (
-        "replication lag of the other regions of a global queue (ms); needs the "
-        "global_queue section, which this version does not provide yet"
+        "replication lag of a global queue: the age (ms) of the oldest change the "
+        "furthest-behind region has not applied; read from the gauge the global queue "
+        "provides on its queues (queue.add_gauge), so it needs one"
     ),
 }
+#: Metrics read from a gauge a feature provides on the queue (``queue.read_gauge``).
+GAUGE_METRICS = frozenset({"region_lag_ms"})
 #: Longest window of a rule (outcome buckets are kept that long).
 MAX_WINDOW_MS = 3_600_000
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

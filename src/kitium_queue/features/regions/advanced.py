@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import check_config
-from .manager import GlobalQueueManager
+from .manager import LAG_GAUGE, GlobalQueueManager
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -22,7 +22,8 @@ def enable_from_advanced(queue: JobQueue, section: Any) -> GlobalQueueManager:
     to the regions and agrees on the primary. The section's priorities count from 0
     (lower first); the manager's from 1 (0 there means never promoted), so each is
     raised by one. ``replication`` and ``failover_timeout_ms`` become the manager's
-    ``replication.enabled`` and ``failover.timeout_ms``.
+    ``replication.enabled`` and ``failover.timeout_ms``. The queue gets the gauge
+    ``region_lag_ms`` (the manager's ``region_lag_ms()``) for alert rules.
     """
     config: dict[str, Any] = {
         "name": queue.name,
@@ -40,4 +41,8 @@ def enable_from_advanced(queue: JobQueue, section: Any) -> GlobalQueueManager:
         "queue_options": {"prefix": queue.keys.prefix},
     }
     check_config(config)
-    return GlobalQueueManager(config)
+    manager = GlobalQueueManager(config)
+    # Alert rules on region_lag_ms of the configured queue read the manager's lag (None
+    # until it is initialized).
+    queue.add_gauge(LAG_GAUGE, manager.region_lag_ms)
+    return manager

@@ -65,6 +65,10 @@ def new_job_id() -> str:
     return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(5)}"
 
 
+#: The gauge a global queue provides on its queues (``queue.add_gauge``).
+LAG_GAUGE = "region_lag_ms"
+
+
 class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
     """A queue spread over regions with failover (the brief's ``GlobalQueueManager``).
 
@@ -199,6 +203,8 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         self.lanes = Lanes(topo)
         self.handover = Handover(topo, self.monitor)
         self.topo = topo
+        for q in self.queues:  # alert rules on region_lag_ms read it (queue.read_gauge)
+            q.add_gauge(LAG_GAUGE, self.region_lag_ms)
         try:
             await self.monitor.establish(_FIRST_CONTACT_S)
             if cfg.background:
@@ -391,6 +397,33 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         assert self.replicator is not None
         topo = self._topo()
         return await collect_stats(topo, self.replicator, max(1.0, topo.copies[0].timeout_s))
+
+    async def region_lag_ms(self) -> float | None:
+        """The replication lag of the region furthest behind the primary: the age (ms)
+        of the oldest change of the primary's outbox it has not applied (0: none
+        pending). None when not initialized, replication is off, there is no reachable
+        primary, or no secondary is reachable. The gauge ``region_lag_ms`` the manager
+        provides on its queues (and ``AdvancedQueueConfig`` on the configured queue), read
+        by alert rules on that metric."""
+        topo = self.topo
+        rep = self.replicator
+        if topo is None or rep is None or not topo.cfg.replication.enabled:
+            return None
+        p = topo.primary_copy()
+        if p is None or not p.reachable:
+            return None
+        timeout = max(1.0, topo.copies[0].timeout_s)
+        worst: int | None = None
+        for c in topo.copies:
+            if c is p or not c.reachable:
+                continue
+            try:
+                lag = await asyncio.wait_for(rep.lag(p, c), timeout)
+            except Exception:
+                lag = None
+            if lag is not None:
+                worst = lag.ms if worst is None else max(worst, lag.ms)
+        return None if worst is None else float(worst)
 
     async def failover_to(self, region: str) -> Failover:
         """Make ``region`` the primary now.
