@@ -89,7 +89,7 @@ CORE_ACL_COMMANDS = (
     # sent directly by the Python side (queries, the worker's wake-up, the scheduler's
     # change notifications and clock)
     "hgetall", "hget", "lrange", "zrange", "zrevrange", "bzpopmin", "zadd", "xread",
-    "subscribe", "time",
+    "xrevrange", "subscribe", "time",
     # the workers' heartbeat records (presence.py: one MULTI/EXEC each)
     "multi", "exec", "zremrangebyscore",
     # called inside the scripts

@@ -1155,6 +1155,43 @@ async def test_durable_stream_delivers_new_events_to_a_live_reader(
     assert seen == ["job-added"]
 
 
+async def test_a_new_events_reader_misses_nothing_added_between_two_reads(
+    make_queue: QueueFactory,
+) -> None:
+    """``last_id="$"`` is where the reader starts, resolved once: an event added right
+    after a read that timed out, before the next read, is still delivered."""
+    from kitium_queue.events import read_stream
+
+    producer = make_queue("gap")
+    client = await producer.client()
+    added: list[str] = []
+
+    class Gap:
+        """The queue's client, adding a job right after the first empty read."""
+
+        async def xrevrange(self, *a: Any, **kw: Any) -> Any:
+            return await client.xrevrange(*a, **kw)
+
+        async def xread(self, *a: Any, **kw: Any) -> Any:
+            reply = await client.xread(*a, **kw)
+            if not reply and not added:
+                added.append(await producer.add_job("between"))
+            return reply
+
+    await producer.add_job("before")  # the stream exists and has an entry before "$"
+    got: list[tuple[str, str]] = []
+    reader = read_stream(Gap(), producer.keys.events, block_ms=20)
+    async with contextlib.aclosing(reader) as events:
+
+        async def first() -> None:
+            async for ev in events:
+                got.append((ev.event, ev.job_id))
+                return
+
+        await asyncio.wait_for(first(), 5)
+    assert got == [("job-added", added[0])]
+
+
 # ================================================================ retention
 
 

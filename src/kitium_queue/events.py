@@ -163,8 +163,13 @@ async def read_stream(
 ) -> AsyncIterator[StreamEvent]:
     """Yield stream events after ``last_id`` ("$" = only new ones, "0" = from the start).
 
-    With ``follow=False`` it stops once no event arrived within ``block_ms``.
+    With ``follow=False`` it stops once no event arrived within ``block_ms``. "$" is
+    resolved once, to the stream's newest entry now: asked again on every read, it would
+    skip what was added between a read that timed out and the next one.
     """
+    if last_id == "$":
+        newest = await client.xrevrange(key, "+", "-", count=1)
+        last_id = _text(newest[0][0]) if newest else "0-0"
     while True:
         reply = await client.xread({key: last_id}, count=count, block=block_ms)
         if not reply:
@@ -173,7 +178,7 @@ async def read_stream(
             continue
         for _key, entries in reply:
             for entry_id, raw in entries:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                eid = _text(entry_id)
                 # Fields are written as UTF-8 by the scripts; an entry added by another
                 # client may hold anything, and must not stop the reader.
                 fields_ = {
@@ -184,3 +189,7 @@ async def read_stream(
                 }
                 last_id = eid
                 yield StreamEvent(eid, fields_.pop("e", ""), fields_.pop("id", ""), fields_)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

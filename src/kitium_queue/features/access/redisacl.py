@@ -56,7 +56,8 @@ ENGINE_COMMANDS = (
     "ping", "script|load", "evalsha", "eval",
     # sent from Python: queries, the worker's wake-up, events, the scheduler
     "hgetall", "hget", "hmget", "lrange", "llen", "zrange", "zrevrange", "zrangebyscore",
-    "zrevrangebyscore", "zscore", "zcard", "bzpopmin", "xread", "subscribe", "time",
+    "zrevrangebyscore", "zscore", "zcard", "bzpopmin", "xread", "xrevrange", "subscribe",
+    "time",
     # the workers' heartbeat records (presence.py), one MULTI/EXEC each
     "multi", "exec", "zremrangebyscore",
     # called inside the scripts
