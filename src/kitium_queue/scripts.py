@@ -286,6 +286,31 @@ class ScriptRegistry:
                 results[i] = r
         return [_translate(r) if isinstance(r, ResponseError) else r for r in results]
 
+    def fusable(self, client: Any) -> bool:
+        """Whether ``after_block`` can send its two commands in one exchange on
+        ``client`` (a plain, pooled redis-py client; not a cluster)."""
+        return _is_plain_redis(client)
+
+    async def after_block(
+        self, client: Any, command: Sequence[Any], call: ScriptCall
+    ) -> tuple[Any, Any]:
+        """Send the blocking ``command`` and the script ``call`` in one exchange (a
+        ``fusable`` client only): Redis runs the script as soon as the command returns,
+        with no round trip between them. Returns both replies; either may be an
+        exception instance. A script refused with NOSCRIPT runs again alone with EVAL
+        (the command is not sent again)."""
+        if id(client) not in self._loaded:
+            await self.load(client)
+        first, reply = await self._run_packed(client, (RawCall(command), call))
+        if isinstance(reply, NoScriptError):
+            try:
+                reply = await self.call(client, call.script, call.keys, call.args)
+            except Exception as exc:  # returned like every other reply
+                reply = exc
+        elif isinstance(reply, ResponseError):
+            reply = _translate(reply)
+        return first, reply
+
     async def _run_pipe(self, client: Any, calls: Sequence[Call]) -> list[Any]:
         if _is_plain_redis(client):
             return await self._run_packed(client, calls)
