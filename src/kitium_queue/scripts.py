@@ -406,23 +406,34 @@ def _alive(conn: Any) -> bool:
 
 def _pack_args(args: Sequence[Any]) -> bytes:
     # RESP bulk strings. Exact type checks first: this runs for every argument of every
-    # script call (9 per recorded outcome), so the common cases take one format each.
+    # script call (9 per recorded outcome), so the common cases take one format each, and
+    # the small ints every call carries (counts, flags, retention) come packed already.
     parts: list[bytes] = []
     append = parts.append
+    small = _SMALL_INTS
     for a in args:
         t = type(a)
-        if t is str:
+        if t is bytes:
+            append(b"$%d\r\n%b\r\n" % (len(a), a))
+        elif t is str:
             b = a.encode()
-        elif t is bytes:
-            b = a
-        elif isinstance(a, int):  # bool too: True → "1", as redis-py encodes it
-            b = b"%d" % a
-        elif isinstance(a, (bytes, bytearray, memoryview)):
-            b = bytes(a)
+            append(b"$%d\r\n%b\r\n" % (len(b), b))
+        elif t is int and -1 <= a <= _SMALL_MAX:
+            append(small[a + 1])
         else:
-            b = str(a).encode()
-        append(b"$%d\r\n%b\r\n" % (len(b), b))
+            if isinstance(a, int):  # bool too: True → "1", as redis-py encodes it
+                b = b"%d" % a
+            elif isinstance(a, (bytes, bytearray, memoryview)):
+                b = bytes(a)
+            else:
+                b = str(a).encode()
+            append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(parts)
+
+
+_SMALL_MAX = 1024
+#: -1 .. _SMALL_MAX as RESP bulk strings (index = value + 1).
+_SMALL_INTS = tuple(b"$%d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(-1, _SMALL_MAX + 1))
 
 
 def _is_plain_redis(client: Any) -> bool:
