@@ -74,7 +74,8 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")
 """
 
 
-def _export(rev: str, into: Path) -> Path:
+def export_src(rev: str, into: Path) -> Path:
+    """The ``src/`` of the engine at git revision ``rev``, exported under ``into``."""
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True
     ).stdout
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as srv:
-        base_src = _export(args.base, Path(tmp))
+        base_src = export_src(args.base, Path(tmp))
         cases = {
             "base": (base_src, False),
             "tree": (ROOT / "src", False),

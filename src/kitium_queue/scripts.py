@@ -286,6 +286,31 @@ class ScriptRegistry:
                 results[i] = r
         return [_translate(r) if isinstance(r, ResponseError) else r for r in results]
 
+    def fusable(self, client: Any) -> bool:
+        """Whether ``after_block`` can send its two commands in one exchange on
+        ``client`` (a plain, pooled redis-py client; not a cluster)."""
+        return _is_plain_redis(client)
+
+    async def after_block(
+        self, client: Any, command: Sequence[Any], call: ScriptCall
+    ) -> tuple[Any, Any]:
+        """Send the blocking ``command`` and the script ``call`` in one exchange (a
+        ``fusable`` client only): Redis runs the script as soon as the command returns,
+        with no round trip between them. Returns both replies; either may be an
+        exception instance. A script refused with NOSCRIPT runs again alone with EVAL
+        (the command is not sent again)."""
+        if id(client) not in self._loaded:
+            await self.load(client)
+        first, reply = await self._run_packed(client, (RawCall(command), call))
+        if isinstance(reply, NoScriptError):
+            try:
+                reply = await self.call(client, call.script, call.keys, call.args)
+            except Exception as exc:  # returned like every other reply
+                reply = exc
+        elif isinstance(reply, ResponseError):
+            reply = _translate(reply)
+        return first, reply
+
     async def _run_pipe(self, client: Any, calls: Sequence[Call]) -> list[Any]:
         if _is_plain_redis(client):
             return await self._run_packed(client, calls)
@@ -381,23 +406,34 @@ def _alive(conn: Any) -> bool:
 
 def _pack_args(args: Sequence[Any]) -> bytes:
     # RESP bulk strings. Exact type checks first: this runs for every argument of every
-    # script call (9 per recorded outcome), so the common cases take one format each.
+    # script call (9 per recorded outcome), so the common cases take one format each, and
+    # the small ints every call carries (counts, flags, retention) come packed already.
     parts: list[bytes] = []
     append = parts.append
+    small = _SMALL_INTS
     for a in args:
         t = type(a)
-        if t is str:
+        if t is bytes:
+            append(b"$%d\r\n%b\r\n" % (len(a), a))
+        elif t is str:
             b = a.encode()
-        elif t is bytes:
-            b = a
-        elif isinstance(a, int):  # bool too: True → "1", as redis-py encodes it
-            b = b"%d" % a
-        elif isinstance(a, (bytes, bytearray, memoryview)):
-            b = bytes(a)
+            append(b"$%d\r\n%b\r\n" % (len(b), b))
+        elif t is int and -1 <= a <= _SMALL_MAX:
+            append(small[a + 1])
         else:
-            b = str(a).encode()
-        append(b"$%d\r\n%b\r\n" % (len(b), b))
+            if isinstance(a, int):  # bool too: True → "1", as redis-py encodes it
+                b = b"%d" % a
+            elif isinstance(a, (bytes, bytearray, memoryview)):
+                b = bytes(a)
+            else:
+                b = str(a).encode()
+            append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(parts)
+
+
+_SMALL_MAX = 1024
+#: -1 .. _SMALL_MAX as RESP bulk strings (index = value + 1).
+_SMALL_INTS = tuple(b"$%d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(-1, _SMALL_MAX + 1))
 
 
 def _is_plain_redis(client: Any) -> bool:

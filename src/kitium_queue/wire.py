@@ -69,7 +69,7 @@ OUTCOME_CODES: Final = {
 #: ``claim.lua``: the reply starts with these, then one ``CLAIM_JOB`` array per job.
 CLAIM_HEAD: Final = (
     "status",  # 'ok' | 'paused' | 'limited' | 'empty'
-    "wake_in",  # ms until something becomes due, -1 = nothing scheduled
+    "wake_in",  # ms until something becomes due, -1 = nothing scheduled (or every slot filled)
     "token",  # the fencing token of this claim (every job of it)
     "recovered",  # ids whose expired lease was recovered (back to wait)
     "dead",  # ids dead-lettered by recovery or as damaged records

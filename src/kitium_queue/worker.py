@@ -14,7 +14,15 @@ How one worker runs (one asyncio task each, plus one task per running job):
    deadline / limiter window is due (a local timer, so delays are precise to ~1 ms).
 2. **waker** — blocks on the queue's marker key (BZPOPMIN on a dedicated connection) while
    the pump is idle; producers add the marker, so a new job starts within ~1 ms without
-   polling. A marker taken while this worker has no free slot is put back for others.
+   polling. The claim rides in the same exchange, right behind the BZPOPMIN: Redis runs
+   it the moment the pop returns (a marker, or the timeout: the moment the next delayed
+   job, lease deadline or limiter window is due), so a new job costs its idle worker one
+   round trip, not two. The slots that claim asks for are reserved while it waits.
+   (Workers sharing a slot budget, a client that is not a plain redis-py one, and a
+   worker just back from an outage pop the marker alone and let a pump lane claim; a
+   marker taken while such a worker has no free slot is put back for others.) Stopping
+   cancels the waiting exchange first; a claim that Redis ran just as it was cancelled
+   leaves its jobs leased, and they are recovered once their lease expires.
 3. **renew** and 4. **sweep** — lease renewal (a run whose lease was lost is abandoned,
    its outcome never recorded) and the stalled-job sweep: ``leases.py``.
 5. **presence** — a heartbeat record of the worker (id, processors, running jobs) with a
@@ -116,6 +124,11 @@ class Worker:
         self._stopping = False
         self._signal = asyncio.Event()
         self._want_block = asyncio.Event()
+        # How long the waker may block (s): the shortest idle_for of the lanes waiting.
+        self._block_s = _MAX_IDLE_S
+        self._cap = 1
+        self._waker_claiming = 0  # of _claiming: the slots the waker's wait holds
+        self._waker_task: asyncio.Task[None] | None = None
         self._client: Any = None
         self._bclient: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -189,12 +202,14 @@ class Worker:
         single = batching or self._slots is not None
         lanes = 2 if self.concurrency >= 2 and not single else 1
         cap = -(-self.concurrency // lanes)
+        self._cap = cap
         self._pumps = [
             loop.create_task(self._pump(cap), name=f"kq-pump{i}-{q.name}") for i in range(lanes)
         ]
+        self._waker_task = loop.create_task(self._waker(), name=f"kq-waker-{q.name}")
         self._tasks = [
             *self._pumps,
-            loop.create_task(self._waker(), name=f"kq-waker-{q.name}"),
+            self._waker_task,
             loop.create_task(self.leases.renew(self._client), name=f"kq-renew-{q.name}"),
             loop.create_task(self.leases.sweep(lambda: self._stopping), name=f"kq-sweep-{q.name}"),
             loop.create_task(self.presence(q).run(), name=f"kq-presence-{q.name}"),
@@ -218,6 +233,9 @@ class Worker:
             await self.stopped.wait()
             return
         self._stopping = True
+        if self._waker_task is not None:
+            # Before a claim riding on its wait can lease jobs no pump would run.
+            self._waker_task.cancel()
         self._signal.set()
         for svc in reversed(self.queue.services):
             try:
@@ -321,6 +339,9 @@ class Worker:
         """Wait for a completion, a wake-up or ``idle_for`` seconds (None: no limit)."""
         self._signal.clear()
         if free > 0:
+            block = _MAX_IDLE_S if idle_for is None else idle_for
+            if not self._want_block.is_set() or block < self._block_s:
+                self._block_s = block
             self._want_block.set()
         elif self._slots is not None:
             self._slots.wait(self)
@@ -501,13 +522,29 @@ class Worker:
     async def _waker(self) -> None:
         q = self.queue
         backoff = _MIN_BACKOFF_S
+        fusable = self._slots is None and q.scripts.fusable(self._bclient)
         while True:
             await self._want_block.wait()
+            asked = 0
+            if fusable and not self._outage and not self._stopping:
+                asked = min(self._free(), self._cap)
             try:
-                popped = await self._bclient.bzpopmin(q.keys.marker, timeout=_MAX_IDLE_S)
+                if asked > 0:
+                    popped_error = await self._wait_and_claim(asked)
+                    asked = 0  # the claim's reply gave the slots back
+                    if popped_error is not None:
+                        raise popped_error
+                else:
+                    popped = await self._bclient.bzpopmin(q.keys.marker, timeout=_MAX_IDLE_S)
+                    if popped and (self._stopping or self._free() <= 0):
+                        # Not ours to use: hand the wake-up on to another worker.
+                        with contextlib.suppress(*_NET_ERRORS):
+                            await self._client.zadd(q.keys.marker, {"0": 0})
             except asyncio.CancelledError:
+                self._unreserve(asked, 0)
                 raise
             except _NET_ERRORS as exc:
+                self._unreserve(asked, 0)
                 self._report_outage(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -515,6 +552,7 @@ class Worker:
                 continue
             except ResponseError as exc:
                 # e.g. UNBLOCKED: the primary was demoted while we waited (failover).
+                self._unreserve(asked, 0)
                 log.warning(
                     "worker %s: wake-up wait interrupted: %s", self.id, q.connection.redact(exc)
                 )
@@ -525,17 +563,37 @@ class Worker:
             except Exception:
                 # Never let the wake-up loop die: without it an idle worker would only
                 # look for work on its own timers.
+                self._unreserve(asked, 0)
                 log.exception("worker %s: wake-up wait failed; retrying", self.id)
                 await asyncio.sleep(1.0)
                 self._signal.set()
                 continue
             backoff = _MIN_BACKOFF_S
-            if popped and (self._stopping or self._free() <= 0):
-                # Not ours to use: hand the wake-up on to another worker.
-                with contextlib.suppress(*_NET_ERRORS):
-                    await self._client.zadd(q.keys.marker, {"0": 0})
             self._want_block.clear()
             self._signal.set()
+
+    async def _wait_and_claim(self, asked: int) -> Exception | None:
+        """Wait for the marker and claim ``asked`` slots in one exchange (module
+        docstring, waker); the slots are reserved until the claim's reply is handled.
+        Returns the error the wait answered, if any (the claim ran all the same)."""
+        q = self.queue
+        claim_args = self._claim_args.copy()
+        claim_args[0] = asked
+        # Redis reads the timeout in seconds (decimals allowed); 0 would block for ever.
+        timeout = b"%.3f" % max(0.001, min(self._block_s, _MAX_IDLE_S))
+        self._claiming += asked
+        self._waker_claiming = asked
+        try:
+            popped, reply = await q.scripts.after_block(
+                self._bclient, ("BZPOPMIN", q.keys.marker, timeout), q.call("claim", claim_args)
+            )
+        finally:
+            self._waker_claiming = 0
+        if isinstance(reply, _NET_ERRORS):
+            raise reply
+        idle_for, _ = self._claimed(reply, asked, None)
+        self._block_s = _MAX_IDLE_S if idle_for is None else idle_for
+        return popped if isinstance(popped, Exception) else None
 
 
 async def serve_until_stopped(

@@ -36,7 +36,7 @@ for s = 1, #sets do
     for i = 1, #ids do release_slot(ids[i], job_key(ids[i]), 'removed') end
   end
 --@end
-  for i = 1, #ids do delete_job(ids[i]) end
+  delete_jobs(ids)
   zrem_all(sets[s], ids)
   budget = budget - #ids
 end

@@ -28,7 +28,7 @@ for s = 1, #sets do
 --@if release
     for i = 1, #ids do release_slot(ids[i], job_key(ids[i]), 'removed') end
 --@end
-    for i = 1, #ids do delete_job(ids[i]) end
+    delete_jobs(ids)
     zrem_all(sets[s], ids)
     removed = removed + #ids
   end

@@ -6,6 +6,8 @@
   push_delayed(jk, id, due) put a job into delayed until `due` (st = delayed)
   delete_job(id)           delete the job's records (hash, log list); the caller removes
                            it from its set
+  delete_jobs(ids)         delete_job for every id, one DEL per 250 jobs (retention
+                           deletes about one job per job finished: one command per call)
 ]]
 --@include lib_base
 --@include lib_events
@@ -40,4 +42,16 @@ local function delete_job(id)
   -- An idempotency key outlives its job on purpose: it suppresses duplicates for its
   -- whole window even after the job was removed.
   redis.call('DEL', job_key(id), PREFIX .. 'logs:' .. id)
+end
+
+-- delete_job for a list of ids: one DEL per 250 jobs (500 keys), not one per job.
+local function delete_jobs(ids)
+  for i = 1, #ids, 250 do
+    local ks = {}
+    for j = i, math.min(i + 249, #ids) do
+      ks[#ks + 1] = PREFIX .. 'job:' .. ids[j]
+      ks[#ks + 1] = PREFIX .. 'logs:' .. ids[j]
+    end
+    redis.call('DEL', unpack(ks))
+  end
 end

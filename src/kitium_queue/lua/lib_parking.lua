@@ -170,7 +170,7 @@ local function drop_parked(limit, on_delete)
     if on_delete then
       for i = 1, #ids do on_delete(ids[i], job_key(ids[i]), 'removed') end
     end
-    for i = 1, #ids do delete_job(ids[i]) end
+    delete_jobs(ids)
     if redis.call('EXISTS', pk) == 0 then
       -- Emptied: its timer, if it had one, has nothing left to bring back.
       redis.call('ZREM', K_PARK_TIMERS, blocker)

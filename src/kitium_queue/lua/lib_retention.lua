@@ -26,14 +26,14 @@ local function trim_finished(set_key, keep_count, keep_age)
     if excess > 0 then
       if excess > BATCH_MAX then excess = BATCH_MAX end
       local old = redis.call('ZRANGE', set_key, 0, excess - 1)
-      for i = 1, #old do delete_job(old[i]) end
+      delete_jobs(old)
       zrem_all(set_key, old)
     end
   end
   if keep_age >= 0 then
     local old = redis.call('ZRANGEBYSCORE', set_key, '-inf', int(NOW - keep_age), 'LIMIT', 0,
       BATCH_MAX)
-    for i = 1, #old do delete_job(old[i]) end
+    delete_jobs(old)
     zrem_all(set_key, old)
   end
 end
