@@ -41,13 +41,8 @@ async def one_run(url: str, variant: str, jobs: int, concurrency: int, n: int) -
     q = await fresh_queue(url, f"bench-cb-{n}", "bcb", concurrency)
     if variant != "plain":
         m = CircuitBreakerManager(q, events=False)
-        await m.create_breaker(
-            {
-                "id": "dep",
-                "job_name": "noop" if variant == "bound" else None,
-                "failure_threshold": {"percentage": 50, "min_requests": 100},
-            }
-        )
+        await m.create_breaker({"id": "dep", "job_name": "noop" if variant == "bound" else None,
+                                "failure_threshold": {"percentage": 50, "min_requests": 100}})
     return await drain(q, jobs)
 
 

@@ -99,9 +99,8 @@ async def _fill(url: str, partitions: int, jobs: int, batch: int) -> float:
         await pq.close()
 
 
-async def _drain(
-    url: str, partitions: int, jobs: int, workers: int, concurrency: int, cluster: Any
-) -> dict[str, Any]:
+async def _drain(url: str, partitions: int, jobs: int, workers: int, concurrency: int,
+                 cluster: Any) -> dict[str, Any]:
     from kitium_queue import PartitionedQueue
 
     pq = PartitionedQueue("bench", partitions=partitions, redis=url, prefix="kqb")
@@ -128,12 +127,8 @@ async def _drain(
         elapsed = time.perf_counter() - t0
         cpu = _delta(cpu0, _cpu(cluster))
         per_part = [s.completed for s in await pq.partition_stats()]
-        return {
-            "seconds": elapsed,
-            "jobs_per_s": jobs / elapsed,
-            "redis_cpu_s": cpu,
-            "completed_per_partition_kept": per_part,
-        }
+        return {"seconds": elapsed, "jobs_per_s": jobs / elapsed, "redis_cpu_s": cpu,
+                "completed_per_partition_kept": per_part}
     finally:
         for p, _ in procs:
             p.terminate()
@@ -175,9 +170,8 @@ async def _topology(tooling: Any, masters: int, args: argparse.Namespace) -> dic
         cpu0 = _cpu(cluster)
         fill_s = await _fill(url, args.partitions, args.jobs, args.batch)
         enqueue_cpu = _delta(cpu0, _cpu(cluster))
-        drain = await _drain(
-            url, args.partitions, args.jobs, args.workers, args.concurrency, cluster
-        )
+        drain = await _drain(url, args.partitions, args.jobs, args.workers, args.concurrency,
+                             cluster)
         mem = await _memory(url, cluster, args.memory_jobs) if masters == 1 else None
         consume_cpu = drain.pop("redis_cpu_s")
         jobs = args.jobs
@@ -224,12 +218,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=200, help="slots per worker process")
     ap.add_argument("--memory-jobs", type=int, default=100_000)
     ap.add_argument("--target", type=float, default=100_000, help="jobs/s to plan for")
-    ap.add_argument(
-        "--utilization",
-        type=float,
-        default=0.5,
-        help="share of a shard's core to plan with (headroom for failover, spikes)",
-    )
+    ap.add_argument("--utilization", type=float, default=0.5,
+                    help="share of a shard's core to plan with (headroom for failover, spikes)")
     ap.add_argument("--json", type=Path, help="write every figure to this file")
     args = ap.parse_args()
 
@@ -238,46 +228,29 @@ def main() -> None:
     for masters in (1, 3):
         r = asyncio.run(_topology(tooling, masters, args))
         results.append(r)
-        print(
-            f"{masters} master(s): enqueue {r['enqueue_jobs_per_s']:,.0f} jobs/s, "
-            f"drain {r['drain_jobs_per_s']:,.0f} jobs/s; redis CPU per job "
-            f"enqueue {r['redis_cpu_us_per_job']['enqueue']:.1f} us + consume "
-            f"{r['redis_cpu_us_per_job']['consume']:.1f} us; consume CPU share per master "
-            f"{r['redis_cpu_share_per_master']}",
-            flush=True,
-        )
+        print(f"{masters} master(s): enqueue {r['enqueue_jobs_per_s']:,.0f} jobs/s, "
+              f"drain {r['drain_jobs_per_s']:,.0f} jobs/s; redis CPU per job "
+              f"enqueue {r['redis_cpu_us_per_job']['enqueue']:.1f} us + consume "
+              f"{r['redis_cpu_us_per_job']['consume']:.1f} us; consume CPU share per master "
+              f"{r['redis_cpu_share_per_master']}", flush=True)
         if r["memory"]:
             m = r["memory"]
-            print(
-                f"  memory: {m['bytes_per_small_job']:.0f} B per small waiting job, "
-                f"{m['bytes_per_1k_payload_job']:.0f} B per job with a 1 KB payload"
-            )
+            print(f"  memory: {m['bytes_per_small_job']:.0f} B per small waiting job, "
+                  f"{m['bytes_per_1k_payload_job']:.0f} B per job with a 1 KB payload")
     plan = _plan(results, args.target, args.utilization)
-    print(
-        f"capacity: {plan['max_jobs_per_s_per_shard_at_100pct_cpu']:,.0f} jobs/s per shard "
-        f"at 100% of one core ({plan['redis_cpu_us_per_job_total']:.1f} us/job); planning at "
-        f"{args.utilization:.0%}: {plan['jobs_per_s_per_shard_planned']:,.0f} jobs/s per "
-        f"shard -> {plan['shards_needed']} shards for {args.target:,.0f} jobs/s "
-        f"(partitions: {plan['partitions_suggested']})"
-    )
+    print(f"capacity: {plan['max_jobs_per_s_per_shard_at_100pct_cpu']:,.0f} jobs/s per shard "
+          f"at 100% of one core ({plan['redis_cpu_us_per_job_total']:.1f} us/job); planning at "
+          f"{args.utilization:.0%}: {plan['jobs_per_s_per_shard_planned']:,.0f} jobs/s per "
+          f"shard -> {plan['shards_needed']} shards for {args.target:,.0f} jobs/s "
+          f"(partitions: {plan['partitions_suggested']})")
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": {
-                        "cpus": os.cpu_count(),
-                        "python": platform.python_version(),
-                        "platform": platform.platform(),
-                    },
-                    "args": {
-                        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                    },
-                    "results": results,
-                    "plan": plan,
-                },
-                indent=2,
-            )
-        )
+        args.json.write_text(json.dumps({
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "results": results,
+            "plan": plan,
+        }, indent=2))
 
 
 if __name__ == "__main__":

@@ -98,18 +98,15 @@ def _run(url: str, name: str, jobs: int, case: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, url, name, str(jobs), case],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
+        check=True, capture_output=True, text=True, env=env, timeout=900,
     ).stdout
     got: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return got
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--jobs", type=int, default=20000)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
@@ -120,10 +117,8 @@ def main() -> None:
                 r = _run(srv.url, f"eo-{case}-{rep}", args.jobs, case)
                 for k in ("add", "drain"):
                     rates[case][k].append(r[k])
-                print(
-                    f"rep {rep + 1} {case:13s} add {r['add']:9.0f}/s  drain {r['drain']:9.0f}/s",
-                    flush=True,
-                )
+                print(f"rep {rep + 1} {case:13s} add {r['add']:9.0f}/s  "
+                      f"drain {r['drain']:9.0f}/s", flush=True)
     base = {k: statistics.median(rates["plain"][k]) for k in ("add", "drain")}
     print(f"\n{args.jobs} jobs, {args.reps} repetitions, medians (min-max), vs plain:")
     for case in CASES:
@@ -134,9 +129,8 @@ def main() -> None:
             if case == "duplicates" and k == "drain":
                 continue
             label = "add of completed keys" if case == "duplicates" and k == "add" else k
-            parts.append(
-                f"{label} {med:8.0f}/s ({min(rs):.0f}-{max(rs):.0f}) {med / base[k] * 100:5.1f} %"
-            )
+            parts.append(f"{label} {med:8.0f}/s ({min(rs):.0f}-{max(rs):.0f}) "
+                         f"{med / base[k] * 100:5.1f} %")
         print(f"  {case:13s} " + "   ".join(parts))
 
 

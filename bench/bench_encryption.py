@@ -31,11 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
-PAYLOAD = {
-    "order": "A-1029",
-    "customer": {"name": "x" * 40, "email": "a@b.c"},
-    "lines": [{"sku": f"SKU-{i:04d}", "qty": i, "note": "y" * 20} for i in range(16)],
-}
+PAYLOAD = {"order": "A-1029", "customer": {"name": "x" * 40, "email": "a@b.c"},
+           "lines": [{"sku": f"SKU-{i:04d}", "qty": i, "note": "y" * 20} for i in range(16)]}
 
 _CHILD = r"""
 import asyncio, json, sys, time
@@ -87,7 +84,8 @@ def overhead(n: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for alg in ("aes-256-gcm", "aes-256-cbc"):
         q = JobQueue(f"b-{alg}", redis="memory://bench")
-        m = EncryptionManager(q, keys=[KeyConfig("k1", generate_key(), alg)], run_rotation=False)
+        m = EncryptionManager(q, keys=[KeyConfig("k1", generate_key(), alg)],
+                              run_rotation=False)
         ser, ring = q.serializer, m.ring
         data_b = Binding("job", q.name, "0f8fad5b-d9cb-469f-a165-70867728950e", "w", "data")
         res_b = Binding("job", q.name, "0f8fad5b-d9cb-469f-a165-70867728950e", "w", "result")
@@ -115,20 +113,9 @@ def overhead(n: int) -> dict[str, float]:
 def drain(url: str, case: str, jobs: int, rep: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _CHILD,
-            url,
-            f"bench-{case}-{rep}",
-            str(jobs),
-            case,
-            json.dumps(PAYLOAD),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
+        [sys.executable, "-c", _CHILD, url, f"bench-{case}-{rep}", str(jobs), case,
+         json.dumps(PAYLOAD)],
+        check=True, capture_output=True, text=True, env=env,
     )
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -143,10 +130,8 @@ def main() -> None:
     costs = overhead(args.micro)
     print(f"payload: {costs['plain stored bytes']} B as JSON")
     for alg in ("aes-256-gcm", "aes-256-cbc"):
-        print(
-            f"overhead {alg}: {costs[alg]:.1f} us/job (seal data + open data + seal result, "
-            f"over plain serialization); stored {costs[f'{alg} stored bytes']} B"
-        )
+        print(f"overhead {alg}: {costs[alg]:.1f} us/job (seal data + open data + seal result, "
+              f"over plain serialization); stored {costs[f'{alg} stored bytes']} B")
     cases = ("plain", "gcm", "cbc")
     rates: dict[str, list[float]] = {c: [] for c in cases}
     enq: dict[str, list[float]] = {c: [] for c in cases}
@@ -156,20 +141,16 @@ def main() -> None:
                 got = drain(server.url, case, args.jobs, rep)
                 rates[case].append(got["rate"])
                 enq[case].append(got["enqueue"])
-                print(
-                    f"rep {rep + 1} {case:5s}: drain {got['rate']:,.0f} jobs/s, "
-                    f"enqueue {got['enqueue']:,.0f} jobs/s"
-                )
+                print(f"rep {rep + 1} {case:5s}: drain {got['rate']:,.0f} jobs/s, "
+                      f"enqueue {got['enqueue']:,.0f} jobs/s")
     base = statistics.median(rates["plain"])
     base_enq = statistics.median(enq["plain"])
     for case in cases:
         med = statistics.median(rates[case])
         med_enq = statistics.median(enq[case])
-        print(
-            f"{case:5s}: drain median {med:,.0f} jobs/s ({min(rates[case]):,.0f}-"
-            f"{max(rates[case]):,.0f}), {med / base * 100:.0f}% of plain; enqueue median "
-            f"{med_enq:,.0f} jobs/s, {med_enq / base_enq * 100:.0f}% of plain"
-        )
+        print(f"{case:5s}: drain median {med:,.0f} jobs/s ({min(rates[case]):,.0f}-"
+              f"{max(rates[case]):,.0f}), {med / base * 100:.0f}% of plain; enqueue median "
+              f"{med_enq:,.0f} jobs/s, {med_enq / base_enq * 100:.0f}% of plain")
 
 
 if __name__ == "__main__":

@@ -138,11 +138,7 @@ def _run(url: str, name: str, case: str, jobs: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, url, name, case, str(jobs)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
+        check=True, capture_output=True, text=True, env=env, timeout=900,
     ).stdout
     figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return figures
@@ -153,7 +149,8 @@ def _med(values: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--jobs", type=int, default=20_000, help="jobs per drain case")
     ap.add_argument("--serial-jobs", type=int, default=5_000, help="jobs per serial case")
     ap.add_argument("--reps", type=int, default=3)
@@ -168,23 +165,19 @@ def main() -> None:
     with RedisServer() as srv:
         client = redis.Redis.from_url(srv.url)
         for rep in range(args.reps):
-            for case in cases[rep % len(cases) :] + cases[: rep % len(cases)]:
+            for case in cases[rep % len(cases):] + cases[:rep % len(cases)]:
                 client.flushall()
                 n = args.serial_jobs if case.startswith("serial") else args.jobs
                 r = _run(srv.url, f"bg-{case}-{rep}", case, n)
                 runs[case].append(r)
-                print(
-                    f"rep {rep + 1} {case:12s} {r['rate']:9.0f} jobs/s  "
-                    f"{r['round_trips']:.3f} round trips/job  "
-                    f"{r['commands']:.1f} commands/job  CPU/job: worker "
-                    f"{r['worker_cpu_us']:.0f} µs, redis {r['redis_cpu_us']:.0f} µs",
-                    flush=True,
-                )
+                print(f"rep {rep + 1} {case:12s} {r['rate']:9.0f} jobs/s  "
+                      f"{r['round_trips']:.3f} round trips/job  "
+                      f"{r['commands']:.1f} commands/job  CPU/job: worker "
+                      f"{r['worker_cpu_us']:.0f} µs, redis {r['redis_cpu_us']:.0f} µs",
+                      flush=True)
     base = _med([r["rate"] for r in runs["plain"]]) if "plain" in runs else None
-    print(
-        f"\n{args.reps} repetitions, medians (min-max); machine: {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, python {platform.python_version()}"
-    )
+    print(f"\n{args.reps} repetitions, medians (min-max); machine: {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}")
     summary: dict[str, Any] = {}
     for case, rs in runs.items():
         rates = [r["rate"] for r in rs]
@@ -193,22 +186,13 @@ def main() -> None:
         rt, cmd = _med([r["round_trips"] for r in rs]), _med([r["commands"] for r in rs])
         wcpu = _med([r["worker_cpu_us"] for r in rs])
         rcpu = _med([r["redis_cpu_us"] for r in rs])
-        print(
-            f"  {case:12s} {med:9.0f} jobs/s ({min(rates):.0f}-{max(rates):.0f})  {rel}  "
-            f"{rt:.3f} round trips/job  {cmd:.1f} commands/job  CPU/job: worker "
-            f"{wcpu:.0f} µs, redis {rcpu:.0f} µs   {CASES[case]}"
-        )
-        summary[case] = {
-            "rate": med,
-            "min": min(rates),
-            "max": max(rates),
-            "round_trips_per_job": rt,
-            "commands_per_job": cmd,
-            "worker_cpu_us_per_job": wcpu,
-            "redis_cpu_us_per_job": rcpu,
-            "vs_plain": None if not base else med / base,
-            "runs": rs,
-        }
+        print(f"  {case:12s} {med:9.0f} jobs/s ({min(rates):.0f}-{max(rates):.0f})  {rel}  "
+              f"{rt:.3f} round trips/job  {cmd:.1f} commands/job  CPU/job: worker "
+              f"{wcpu:.0f} µs, redis {rcpu:.0f} µs   {CASES[case]}")
+        summary[case] = {"rate": med, "min": min(rates), "max": max(rates),
+                         "round_trips_per_job": rt, "commands_per_job": cmd,
+                         "worker_cpu_us_per_job": wcpu, "redis_cpu_us_per_job": rcpu,
+                         "vs_plain": None if not base else med / base, "runs": rs}
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -47,11 +47,8 @@ QUEUE = "bench-sched"
 
 # ---------------------------------------------------------------------------- worker mode
 async def _worker(args: argparse.Namespace) -> None:
-    worker: dict[str, Any] = {
-        "concurrency": args.concurrency,
-        "scheduler": args.scheduler,
-        "shutdown_timeout": 2000,
-    }
+    worker: dict[str, Any] = {"concurrency": args.concurrency, "scheduler": args.scheduler,
+                              "shutdown_timeout": 2000}
     if args.w_limit:
         mx, dur = args.w_limit.split("/")
         worker["limiter"] = {"max": int(mx), "duration": int(dur)}
@@ -84,18 +81,9 @@ class Workers:
     def start(self, n: int, *extra: str) -> None:
         for _ in range(n):
             p = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    "--redis",
-                    self.args.redis,
-                    "--prefix",
-                    self.prefix,
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [sys.executable, __file__, "--worker", "--redis", self.args.redis,
+                 "--prefix", self.prefix, *extra],
+                stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             self.procs.append(p)
         for p in self.procs[-n:]:
@@ -123,12 +111,8 @@ def _pct(values: list[float], p: float) -> float:
 
 
 def _summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(_pct(values, 50), 2),
-        "p99": round(_pct(values, 99), 2),
-        "max": round(max(values), 2),
-        "mean": round(statistics.fmean(values), 2),
-    }
+    return {"p50": round(_pct(values, 50), 2), "p99": round(_pct(values, 99), 2),
+            "max": round(max(values), 2), "mean": round(statistics.fmean(values), 2)}
 
 
 async def _starts(q: JobQueue, prefix: str) -> list[tuple[str, str, float]]:
@@ -164,14 +148,9 @@ async def tick_precision(args: argparse.Namespace) -> dict[str, Any]:
             enq.append(info.created_at - tick)
             claim.append(info.started_at - tick)
             start.append(started - tick)
-        return {
-            "workers": args.workers,
-            "interval_ms": args.interval,
-            "ticks": len(enq),
-            "due_to_enqueued_ms": _summary(enq),
-            "due_to_claimed_ms": _summary(claim),
-            "due_to_started_ms": _summary(start),
-        }
+        return {"workers": args.workers, "interval_ms": args.interval, "ticks": len(enq),
+                "due_to_enqueued_ms": _summary(enq), "due_to_claimed_ms": _summary(claim),
+                "due_to_started_ms": _summary(start)}
     finally:
         w.stop()
         await q.close()
@@ -187,14 +166,10 @@ def _rate(starts: list[float], per: int, window: int) -> dict[str, Any]:
         while starts[j] <= t - window:
             j += 1
         best = max(best, i - j + 1)
-    return {
-        "configured_per_s": per * 1000 / window,
-        "achieved_per_s": round(in_k * 1000 / (k * window), 2),
-        "windows": k,
-        "max_in_sliding_window": best,
-        "jobs": len(starts),
-        "span_s": round((starts[-1] - t0) / 1000, 3),
-    }
+    return {"configured_per_s": per * 1000 / window,
+            "achieved_per_s": round(in_k * 1000 / (k * window), 2),
+            "windows": k, "max_in_sliding_window": best, "jobs": len(starts),
+            "span_s": round((starts[-1] - t0) / 1000, 3)}
 
 
 async def limiter_accuracy(args: argparse.Namespace) -> dict[str, Any]:
@@ -249,23 +224,9 @@ def _private_redis() -> Any:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="kq-bench-")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
@@ -280,16 +241,11 @@ def _private_redis() -> Any:
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    print(
-        f"tick precision: {args.workers} schedulers, every {args.interval} ms, "
-        f"{args.ticks} ticks ...",
-        flush=True,
-    )
+    print(f"tick precision: {args.workers} schedulers, every {args.interval} ms, "
+          f"{args.ticks} ticks ...", flush=True)
     results["tick_precision"] = await tick_precision(args)
-    print(
-        f"queue limiter {args.limit} across {args.workers} processes, {args.jobs} jobs ...",
-        flush=True,
-    )
+    print(f"queue limiter {args.limit} across {args.workers} processes, {args.jobs} jobs ...",
+          flush=True)
     results["queue_limiter"] = await limiter_accuracy(args)
     print(f"per-key limit {args.key_limit} across {args.workers} processes ...", flush=True)
     results["key_limiter"] = await key_limit_accuracy(args)
@@ -298,26 +254,20 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print(results: dict[str, Any]) -> None:
     tp = results["tick_precision"]
-    print(
-        f"\nTick precision ({tp['workers']} scheduler processes, every "
-        f"{tp['interval_ms']} ms, {tp['ticks']} ticks), ms after the due time:"
-    )
+    print(f"\nTick precision ({tp['workers']} scheduler processes, every "
+          f"{tp['interval_ms']} ms, {tp['ticks']} ticks), ms after the due time:")
     print(f"  {'':22} {'p50':>8} {'p99':>8} {'max':>8}")
-    for label, key in (
-        ("due -> enqueued", "due_to_enqueued_ms"),
-        ("due -> claimed", "due_to_claimed_ms"),
-        ("due -> started", "due_to_started_ms"),
-    ):
+    for label, key in (("due -> enqueued", "due_to_enqueued_ms"),
+                       ("due -> claimed", "due_to_claimed_ms"),
+                       ("due -> started", "due_to_started_ms")):
         v = tp[key]
         print(f"  {label:22} {v['p50']:8.2f} {v['p99']:8.2f} {v['max']:8.2f}")
     for title, key in (("Queue limiter", "queue_limiter"), ("Per-key limit", "key_limiter")):
         r = results[key]
-        print(
-            f"\n{title} across {r['processes']} processes: configured "
-            f"{r['configured_per_s']:.1f}/s, achieved {r['achieved_per_s']:.2f}/s over "
-            f"{r['windows']} windows ({r['jobs']} jobs); max in a sliding window: "
-            f"{r['max_in_sliding_window']}"
-        )
+        print(f"\n{title} across {r['processes']} processes: configured "
+              f"{r['configured_per_s']:.1f}/s, achieved {r['achieved_per_s']:.2f}/s over "
+              f"{r['windows']} windows ({r['jobs']} jobs); max in a sliding window: "
+              f"{r['max_in_sliding_window']}")
         if "unlimited_jobs_done_in_s" in r:
             print(f"  unlimited jobs mixed in finished in {r['unlimited_jobs_done_in_s']} s")
 

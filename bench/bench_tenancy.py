@@ -157,26 +157,23 @@ CASES = {
 
 
 def _child(source: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT / "bench")))}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT / "bench")))}
     out = subprocess.run(
         [sys.executable, "-c", source, *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
+        check=True, capture_output=True, text=True, env=env, timeout=900,
     ).stdout
     figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return figures
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--jobs", type=int, default=20_000, help="jobs per case")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument(
-        "--backlog", type=int, default=100_000, help="jobs of the busy tenant in the starvation run"
-    )
+    ap.add_argument("--backlog", type=int, default=100_000,
+                    help="jobs of the busy tenant in the starvation run")
     ap.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = ap.parse_args()
@@ -188,23 +185,18 @@ def main() -> None:
     with RedisServer() as srv:
         client = redis.Redis.from_url(srv.url)
         for rep in range(args.reps):
-            for case in cases[rep % len(cases) :] + cases[: rep % len(cases)]:
+            for case in cases[rep % len(cases):] + cases[:rep % len(cases)]:
                 client.flushall()
                 r = _child(_CHILD, srv.url, f"bt-{case}-{rep}", case, str(args.jobs))
                 runs[case].append(r)
-                print(
-                    f"rep {rep + 1} {case:15s} drain {r['rate']:8.0f} jobs/s  add "
-                    f"{r['add_rate']:8.0f} jobs/s  {r['commands']:.1f} commands/job  "
-                    f"CPU/job: worker {r['worker_cpu_us']:.0f} µs, redis "
-                    f"{r['redis_cpu_us']:.0f} µs",
-                    flush=True,
-                )
+                print(f"rep {rep + 1} {case:15s} drain {r['rate']:8.0f} jobs/s  add "
+                      f"{r['add_rate']:8.0f} jobs/s  {r['commands']:.1f} commands/job  "
+                      f"CPU/job: worker {r['worker_cpu_us']:.0f} µs, redis "
+                      f"{r['redis_cpu_us']:.0f} µs", flush=True)
         client.flushall()
         fair = _child(_FAIRNESS, srv.url, str(args.backlog))
-    print(
-        f"\n{args.reps} repetitions, medians (min-max); machine: {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, python {platform.python_version()}"
-    )
+    print(f"\n{args.reps} repetitions, medians (min-max); machine: {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}")
     base = statistics.median(r["rate"] for r in runs["plain"]) if "plain" in runs else None
     base_add = statistics.median(r["add_rate"] for r in runs["plain"]) if "plain" in runs else None
     summary: dict[str, Any] = {}
@@ -217,32 +209,19 @@ def main() -> None:
         cmd = statistics.median(r["commands"] for r in rs)
         wcpu = statistics.median(r["worker_cpu_us"] for r in rs)
         rcpu = statistics.median(r["redis_cpu_us"] for r in rs)
-        print(
-            f"  {case:15s} drain {med:8.0f} ({min(rates):.0f}-{max(rates):.0f}) {rel} | "
-            f"add {add:8.0f} ({min(adds):.0f}-{max(adds):.0f}) {rel_add} | {cmd:.1f} "
-            f"commands/job | CPU/job worker {wcpu:.0f} µs, redis {rcpu:.0f} µs   "
-            f"{CASES[case]}"
-        )
-        summary[case] = {
-            "rate": med,
-            "min": min(rates),
-            "max": max(rates),
-            "add_rate": add,
-            "add_min": min(adds),
-            "add_max": max(adds),
-            "commands_per_job": cmd,
-            "worker_cpu_us_per_job": wcpu,
-            "redis_cpu_us_per_job": rcpu,
-            "vs_plain": None if not base else med / base,
-            "add_vs_plain": None if not base_add else add / base_add,
-            "runs": rs,
-        }
-    print(
-        f"\nstarvation: with {fair['backlog']:,} jobs of one tenant queued and draining, "
-        f"100 jobs of another all started {fair['small_all_started_ms']:.0f} ms after "
-        f"they were added (first after {fair['small_first_started_ms']:.1f} ms); the busy "
-        f"tenant started {fair['big_started_meanwhile']} jobs meanwhile"
-    )
+        print(f"  {case:15s} drain {med:8.0f} ({min(rates):.0f}-{max(rates):.0f}) {rel} | "
+              f"add {add:8.0f} ({min(adds):.0f}-{max(adds):.0f}) {rel_add} | {cmd:.1f} "
+              f"commands/job | CPU/job worker {wcpu:.0f} µs, redis {rcpu:.0f} µs   "
+              f"{CASES[case]}")
+        summary[case] = {"rate": med, "min": min(rates), "max": max(rates), "add_rate": add,
+                         "add_min": min(adds), "add_max": max(adds), "commands_per_job": cmd,
+                         "worker_cpu_us_per_job": wcpu, "redis_cpu_us_per_job": rcpu,
+                         "vs_plain": None if not base else med / base,
+                         "add_vs_plain": None if not base_add else add / base_add, "runs": rs}
+    print(f"\nstarvation: with {fair['backlog']:,} jobs of one tenant queued and draining, "
+          f"100 jobs of another all started {fair['small_all_started_ms']:.0f} ms after "
+          f"they were added (first after {fair['small_first_started_ms']:.1f} ms); the busy "
+          f"tenant started {fair['big_started_meanwhile']} jobs meanwhile")
     print(f"weights 3:1, both backlogged: share of starts {fair['weights_3_1_share']:.3f} : 1")
     summary["fairness"] = fair
     if args.json:

@@ -67,14 +67,11 @@ async def _child(args: argparse.Namespace) -> None:
     n = args.jobs
     m = None
     if args.mode != "plain":
-        m = WebhookManager(
-            q,
-            secrets={HOOK: os.environ["KQ_BENCH_SECRET"]},
-            allow_networks=["127.0.0.0/8"],
-            run_service=args.mode == "webhooks",
-        )
+        m = WebhookManager(q, secrets={HOOK: os.environ["KQ_BENCH_SECRET"]},
+                           allow_networks=["127.0.0.0/8"], run_service=args.mode == "webhooks")
         if args.mode != "offload":  # the deliverer process registered it
-            await m.register_webhook(WebhookConfig(url=args.url, id=HOOK, events=["job-completed"]))
+            await m.register_webhook(WebhookConfig(url=args.url, id=HOOK,
+                                                   events=["job-completed"]))
     if args.mode == "deliverer":
         assert m is not None
         await m.service.start(q)
@@ -120,37 +117,21 @@ async def _child(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- driver
-def _run_case(
-    args: argparse.Namespace, url: str, mode: str, rep: int, rec_url: str
-) -> dict[str, Any]:
+def _run_case(args: argparse.Namespace, url: str, mode: str, rep: int, rec_url: str) -> \
+        dict[str, Any]:
     import redis
 
     redis.Redis.from_url(url).flushall()
-    env = {
-        **os.environ,
-        "KQ_BENCH_SECRET": args.secret,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
-
+    env = {**os.environ, "KQ_BENCH_SECRET": args.secret,
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     def cmd(child: str) -> list[str]:
-        return [
-            sys.executable,
-            __file__,
-            "--child",
-            child,
-            "--redis",
-            url,
-            "--prefix",
-            f"b{rep}{mode}",
-            "--jobs",
-            str(args.jobs),
-            "--url",
-            rec_url,
-        ]
+        return [sys.executable, __file__, "--child", child, "--redis", url, "--prefix",
+                f"b{rep}{mode}", "--jobs", str(args.jobs), "--url", rec_url]
 
     deliverer = None
     if mode == "offload":
-        deliverer = subprocess.Popen(cmd("deliverer"), stdout=subprocess.PIPE, text=True, env=env)
+        deliverer = subprocess.Popen(cmd("deliverer"), stdout=subprocess.PIPE, text=True,
+                                     env=env)
         assert deliverer.stdout is not None
         deliverer.stdout.readline()  # ready
     res = subprocess.run(cmd(mode), capture_output=True, text=True, env=env, check=False)
@@ -184,19 +165,11 @@ def main() -> None:
     from kitium_queue.features.webhooks import generate_secret
 
     args.secret = generate_secret()
-    rows: dict[str, list[dict[str, Any]]] = {
-        "plain": [],
-        "webhooks": [],
-        "offload": [],
-        "deliver": [],
-    }
+    rows: dict[str, list[dict[str, Any]]] = {"plain": [], "webhooks": [], "offload": [],
+                                             "deliver": []}
     with RedisServer() as srv:
-        recv = subprocess.Popen(
-            [sys.executable, __file__, "--receiver"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        recv = subprocess.Popen([sys.executable, __file__, "--receiver"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert recv.stdout is not None and recv.stdin is not None
         port = int(recv.stdout.readline().split()[1])
         rec_url = f"http://127.0.0.1:{port}/hook"
@@ -205,57 +178,34 @@ def main() -> None:
                 for mode in rows:
                     r = _run_case(args, srv.url, mode, rep, rec_url)
                     rows[mode].append(r)
-                    print(
-                        f"rep {rep + 1} {mode:9s} "
-                        + "  ".join(f"{k}={v:,.1f}" for k, v in r.items()),
-                        flush=True,
-                    )
+                    print(f"rep {rep + 1} {mode:9s} " + "  ".join(
+                        f"{k}={v:,.1f}" for k, v in r.items()), flush=True)
         finally:
             recv.stdin.write("done\n")
             recv.stdin.flush()
             received = json.loads(recv.stdout.readline())
             recv.wait(10)
-    med = {
-        mode: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for mode, rs in rows.items()
-    }
+    med = {mode: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+           for mode, rs in rows.items()}
     ratio = med["webhooks"]["drain_rate"] / med["plain"]["drain_rate"]
     print(f"\n{args.jobs:,} jobs, {args.reps} reps, medians:")
     print(f"  plain drain                       {med['plain']['drain_rate']:>10,.0f} jobs/s")
-    print(
-        f"  drain with a guaranteed webhook   {med['webhooks']['drain_rate']:>10,.0f} jobs/s"
-        f"  ({ratio:.0%} of plain)"
-    )
-    print(
-        f"  ... every event delivered after   {med['webhooks']['deliver_s']:>10.2f} s"
-        f"  ({med['webhooks']['deliver_rate']:,.0f} deliveries/s while draining)"
-    )
+    print(f"  drain with a guaranteed webhook   {med['webhooks']['drain_rate']:>10,.0f} jobs/s"
+          f"  ({ratio:.0%} of plain)")
+    print(f"  ... every event delivered after   {med['webhooks']['deliver_s']:>10.2f} s"
+          f"  ({med['webhooks']['deliver_rate']:,.0f} deliveries/s while draining)")
     off = med["offload"]["drain_rate"] / med["plain"]["drain_rate"]
-    print(
-        f"  drain, delivery in another process {med['offload']['drain_rate']:>9,.0f} jobs/s"
-        f"  ({off:.0%} of plain; every event delivered after "
-        f"{med['offload']['delivered_after_s']:.2f} s)"
-    )
-    print(
-        f"  delivery service alone            {med['deliver']['deliver_rate']:>10,.0f}"
-        " deliveries/s (one process, backlog in the outbox)"
-    )
-    print(
-        f"  receiver: {received['ok']:,} requests answered 200, {received['unique']:,} "
-        "distinct webhook-ids"
-    )
+    print(f"  drain, delivery in another process {med['offload']['drain_rate']:>9,.0f} jobs/s"
+          f"  ({off:.0%} of plain; every event delivered after "
+          f"{med['offload']['delivered_after_s']:.2f} s)")
+    print(f"  delivery service alone            {med['deliver']['deliver_rate']:>10,.0f}"
+          " deliveries/s (one process, backlog in the outbox)")
+    print(f"  receiver: {received['ok']:,} requests answered 200, {received['unique']:,} "
+          "distinct webhook-ids")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "jobs": args.jobs,
-                    "reps": rows,
-                    "medians": med,
-                    "ratio": ratio,
-                    "received": received,
-                },
-                indent=2,
-            )
-        )
+        Path(args.json).write_text(json.dumps({"jobs": args.jobs, "reps": rows,
+                                               "medians": med, "ratio": ratio,
+                                               "received": received}, indent=2))
 
 
 if __name__ == "__main__":

@@ -50,33 +50,22 @@ DIAMOND = 5
 
 
 def _diamond() -> list[WorkflowStep]:
-    return [
-        WorkflowStep("a", "noop"),
-        WorkflowStep("b", "noop", depends_on=["a"]),
-        WorkflowStep("c", "noop", depends_on=["a"]),
-        WorkflowStep("d", "noop", depends_on=["b", "c"]),
-        WorkflowStep("e", "noop", depends_on=["d"]),
-    ]
+    return [WorkflowStep("a", "noop"), WorkflowStep("b", "noop", depends_on=["a"]),
+            WorkflowStep("c", "noop", depends_on=["a"]),
+            WorkflowStep("d", "noop", depends_on=["b", "c"]),
+            WorkflowStep("e", "noop", depends_on=["d"])]
 
 
 async def _drain(url: str, name: str, case: str, width: int, chain: int) -> dict[str, float]:
     conc = 1 if case == "chain" else 20
-    q: Any = (
-        PartitionedQueue(name, partitions=4, redis=url, worker={"concurrency": conc})
-        if case == "many-part"
-        else JobQueue(name, redis=url, worker={"concurrency": conc})
-    )
+    q: Any = (PartitionedQueue(name, partitions=4, redis=url, worker={"concurrency": conc})
+              if case == "many-part" else JobQueue(name, redis=url, worker={"concurrency": conc}))
     chains = JobChainManager(q, events=False) if case != "plain" else None
     starts: list[float] = []
     ends: list[float] = []
     flows = width // DIAMOND
-    total = {
-        "plain": width,
-        "wide": width + 1,
-        "chain": chain,
-        "many": flows * DIAMOND,
-        "many-part": flows * DIAMOND,
-    }[case]
+    total = {"plain": width, "wide": width + 1, "chain": chain, "many": flows * DIAMOND,
+             "many-part": flows * DIAMOND}[case]
     done = asyncio.Event()
 
     async def noop(job: Any) -> None:
@@ -95,20 +84,13 @@ async def _drain(url: str, name: str, case: str, width: int, chain: int) -> dict
             await chains.execute_workflow(f"wf-{i}", _diamond())
     elif case == "wide":
         assert chains is not None
-        await chains.execute_workflow(
-            name,
-            [WorkflowStep("root", "noop")]
-            + [WorkflowStep(f"c{i}", "noop", {"i": i}, depends_on=["root"]) for i in range(width)],
-        )
+        await chains.execute_workflow(name, [WorkflowStep("root", "noop")] + [
+            WorkflowStep(f"c{i}", "noop", {"i": i}, depends_on=["root"]) for i in range(width)])
     else:
         assert chains is not None
-        await chains.execute_workflow(
-            name,
-            [
-                WorkflowStep(f"s{i}", "noop", depends_on=[f"s{i - 1}"] if i else [])
-                for i in range(chain)
-            ],
-        )
+        await chains.execute_workflow(name, [
+            WorkflowStep(f"s{i}", "noop", depends_on=[f"s{i - 1}"] if i else [])
+            for i in range(chain)])
     await q.start()
     await asyncio.wait_for(done.wait(), 600)
     await q.close()
@@ -133,43 +115,32 @@ def main() -> None:
             k = rep % len(CASES)
             for case in CASES[k:] + CASES[:k]:
                 client.flushall()
-                r = asyncio.run(_drain(srv.url, f"bw-{case}-{rep}", case, args.width, args.chain))
+                r = asyncio.run(_drain(srv.url, f"bw-{case}-{rep}", case, args.width,
+                                       args.chain))
                 runs[case].append(r)
-                print(
-                    f"rep {rep + 1} {case:6s} " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()),
-                    flush=True,
-                )
+                print(f"rep {rep + 1} {case:6s} " + "  ".join(
+                    f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     med = statistics.median
     plain = med(r["rate"] for r in runs["plain"])
     wide = med(r["rate"] for r in runs["wide"])
-    print(
-        f"\n{args.reps} repetitions, medians (min-max); machine: {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, python {platform.python_version()}"
-    )
+    print(f"\n{args.reps} repetitions, medians (min-max); machine: {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}")
     rates = [r["rate"] for r in runs["plain"]]
-    print(
-        f"  plain drain, {args.width} no-op jobs: {plain:.0f} jobs/s "
-        f"({min(rates):.0f}-{max(rates):.0f})"
-    )
+    print(f"  plain drain, {args.width} no-op jobs: {plain:.0f} jobs/s "
+          f"({min(rates):.0f}-{max(rates):.0f})")
     rates = [r["rate"] for r in runs["wide"]]
-    print(
-        f"  wide workflow, 1 root + {args.width} children: {wide:.0f} jobs/s "
-        f"({min(rates):.0f}-{max(rates):.0f}) = {wide / plain * 100:.1f} % of plain"
-    )
+    print(f"  wide workflow, 1 root + {args.width} children: {wide:.0f} jobs/s "
+          f"({min(rates):.0f}-{max(rates):.0f}) = {wide / plain * 100:.1f} % of plain")
     for case, what in (("many", "one queue"), ("many-part", "a partitioned queue (4)")):
         rates = [r["rate"] for r in runs[case]]
         m = med(rates)
-        print(
-            f"  {args.width // DIAMOND} diamond workflows of {DIAMOND} steps on {what}: "
-            f"{m:.0f} jobs/s ({min(rates):.0f}-{max(rates):.0f}) = "
-            f"{m / plain * 100:.1f} % of plain"
-        )
+        print(f"  {args.width // DIAMOND} diamond workflows of {DIAMOND} steps on {what}: "
+              f"{m:.0f} jobs/s ({min(rates):.0f}-{max(rates):.0f}) = "
+              f"{m / plain * 100:.1f} % of plain")
     p50 = [r["p50_ms"] for r in runs["chain"]]
     p95 = [r["p95_ms"] for r in runs["chain"]]
-    print(
-        f"  serial chain of {args.chain} steps: step-to-step p50 {med(p50):.2f} ms "
-        f"({min(p50):.2f}-{max(p50):.2f}), p95 {med(p95):.2f} ms"
-    )
+    print(f"  serial chain of {args.chain} steps: step-to-step p50 {med(p50):.2f} ms "
+          f"({min(p50):.2f}-{max(p50):.2f}), p95 {med(p95):.2f} ms")
 
 
 if __name__ == "__main__":

@@ -70,91 +70,66 @@ PEERS: dict[str, Peer] = {
     p.name: p
     for p in [
         Peer(
-            "arq",
-            ("arq", "hiredis"),
-            "arq",
-            "at-least-once (job stays queued until done; re-run after its in-progress key expires)",
+            "arq", ("arq", "hiredis"), "arq",
+            "at-least-once (job stays queued until done; re-run after its in-progress key "
+            "expires)",
             "max_jobs=20, poll_delay=0.01 s (default 0.5 s caps it at ~200 jobs/s)",
             {"concurrency": 20, "poll_delay": 0.01},
         ),
         Peer(
-            "saq",
-            ("saq[redis]", "hiredis", "typing_extensions"),
-            "saq",
+            "saq", ("saq[redis]", "hiredis", "typing_extensions"), "saq",
             "at-least-once (sweep retries jobs of a dead worker, after up to 60 s)",
             "Worker(concurrency=20)",
             {"concurrency": 20},
         ),
         Peer(
-            "rq",
-            ("rq", "hiredis"),
-            "rq",
+            "rq", ("rq", "hiredis"), "rq",
             "at-most-once by default (a dead worker's job goes to the failed registry; "
             "re-run only with Retry)",
             "SimpleWorker (no fork per job), one job at a time per process",
-            {},
-            bulk=True,
-            async_client=False,
+            {}, bulk=True, async_client=False,
         ),
         Peer(
-            "celery",
-            ("celery[redis]", "hiredis"),
-            "celery",
+            "celery", ("celery[redis]", "hiredis"), "celery",
             "at-most-once for a running task (early ack, the default); at-least-once "
             "with acks_late",
             "Redis broker, -P threads -c 20 (solo and -c 1/4 no faster), no result backend, "
             "prefetch x4",
-            {"concurrency": 20, "pool": "threads"},
-            async_client=False,
+            {"concurrency": 20, "pool": "threads"}, async_client=False,
         ),
         Peer(
-            "dramatiq",
-            ("dramatiq[redis]", "hiredis"),
-            "dramatiq",
+            "dramatiq", ("dramatiq[redis]", "hiredis"), "dramatiq",
             "at-least-once (unacked messages of a dead worker are requeued)",
             "RedisBroker, default middleware, worker_threads=20 (default 8 drained 2.5x "
             "slower here)",
-            {"concurrency": 20},
-            async_client=False,
+            {"concurrency": 20}, async_client=False,
         ),
         Peer(
-            "huey",
-            ("huey", "redis", "hiredis"),
-            "huey",
+            "huey", ("huey", "redis", "hiredis"), "huey",
             "at-most-once (a job is popped before it runs; lost if its worker dies)",
             "RedisHuey (blocking pop), thread consumer, workers=1 (its default; 2-20 threads "
             "were no faster here)",
-            {"concurrency": 1},
-            async_client=False,
+            {"concurrency": 1}, async_client=False,
         ),
         Peer(
-            "taskiq",
-            ("taskiq", "taskiq-redis", "hiredis"),
-            "taskiq",
+            "taskiq", ("taskiq", "taskiq-redis", "hiredis"), "taskiq",
             "at-most-once with ListQueueBroker (BRPOP); RedisStreamBroker acks",
             "ListQueueBroker, max_async_tasks=100 (its default), no result backend",
             {"concurrency": 100},
         ),
         Peer(
-            "bullmq",
-            ("bullmq", "hiredis"),
-            "bullmq",
+            "bullmq", ("bullmq", "hiredis"), "bullmq",
             "at-least-once (locks + stalled-job check)",
             "Worker(concurrency=20), defaults otherwise (completed jobs kept)",
-            {"concurrency": 20},
-            bulk=True,
+            {"concurrency": 20}, bulk=True,
         ),
         # The engine the brief is built on: BullMQ itself, on Node.js.
         Peer(
-            "bullmq-node",
-            ("bullmq",),
-            "bullmq",
+            "bullmq-node", ("bullmq",), "bullmq",
             "at-least-once (locks + stalled-job check)",
             "Node.js BullMQ 5.x (bench/node, npm ci): Worker(concurrency=20), defaults "
             "otherwise (completed jobs kept)",
-            {"concurrency": 20},
-            bulk=True,
-            runtime="node",
+            {"concurrency": 20}, bulk=True, runtime="node",
         ),
     ]
 }
@@ -174,14 +149,8 @@ def ensure_node_env(log: Callable[[str], None]) -> str | None:
         return None
     log("installing bench/node: npm ci")
     try:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
+                       capture_output=True, text=True, timeout=900)
     except FileNotFoundError:
         return "npm not found (install Node.js 18+ with npm)"
     except subprocess.CalledProcessError as exc:
@@ -224,10 +193,7 @@ def ensure_peer_env(peer: Peer, log: Callable[[str], None]) -> str | None:
             )
         subprocess.run(
             [str(py), "-m", "pip", "install", "-q", *peer.packages],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=900,
+            check=True, capture_output=True, text=True, timeout=900,
         )
     except subprocess.CalledProcessError as exc:
         tail = "\n".join((exc.stderr or exc.stdout or "").strip().splitlines()[-5:])
@@ -255,14 +221,8 @@ def dist_version(py: Path | str, dist: str) -> str:
 class Proc:
     """One adapter subprocess speaking the line protocol of ``_common.py``."""
 
-    def __init__(
-        self,
-        argv: list[str],
-        log_path: Path,
-        events: queue.Queue[Any],
-        tag: int,
-        env: dict[str, str] | None = None,
-    ):
+    def __init__(self, argv: list[str], log_path: Path, events: queue.Queue[Any], tag: int,
+                 env: dict[str, str] | None = None):
         self.tag = tag
         self.log_path = log_path
         self.result: dict[str, Any] | None = None
@@ -399,12 +359,8 @@ class Runner:
         if PEERS[lib].runtime == "node":
             script = NODE_DIR / f"{lib.removesuffix('-node')}_peer.mjs"
             return ["node", str(script), role, json.dumps(params)]
-        return [
-            str(peer_python(lib)),
-            str(BENCH / "peers" / f"{lib}_peer.py"),
-            role,
-            json.dumps(params),
-        ]
+        return [str(peer_python(lib)), str(BENCH / "peers" / f"{lib}_peer.py"), role,
+                json.dumps(params)]
 
     def fresh(self, lib: str, wl: str) -> dict[str, Any]:
         self.r.flushall()
@@ -415,20 +371,14 @@ class Runner:
     def logfile(self, lib: str, wl: str, what: str) -> Path:
         return self.logdir / f"{self._seq:03d}-{lib}-{wl}-{what}.log"
 
-    def oneshot(
-        self, lib: str, role: str, params: dict[str, Any], wl: str, timeout: float
-    ) -> dict[str, Any]:
+    def oneshot(self, lib: str, role: str, params: dict[str, Any], wl: str,
+                timeout: float) -> dict[str, Any]:
         log = self.logfile(lib, wl, role)
         with open(log, "w") as fh:
             try:
                 res = subprocess.run(
-                    self.argv(lib, role, params),
-                    stdout=subprocess.PIPE,
-                    stderr=fh,
-                    text=True,
-                    timeout=timeout,
-                    cwd=REPO,
-                    env=self.env(lib),
+                    self.argv(lib, role, params), stdout=subprocess.PIPE, stderr=fh,
+                    text=True, timeout=timeout, cwd=REPO, env=self.env(lib),
                 )
             except subprocess.TimeoutExpired:
                 raise BenchError(f"{role} timed out after {timeout:.0f} s") from None
@@ -458,27 +408,14 @@ class Runner:
         c = self.info("cpu")
         return float(c["used_cpu_user"]) + float(c["used_cpu_sys"])
 
-    def workers(
-        self,
-        lib: str,
-        wl: str,
-        nproc: int,
-        params: dict[str, Any],
-        expect: int,
-        timeout: float,
-        after_go: Callable[[], None] | None = None,
-        stall: float = 30.0,
-    ) -> tuple[list[dict[str, Any]], float]:
+    def workers(self, lib: str, wl: str, nproc: int, params: dict[str, Any], expect: int,
+                timeout: float, after_go: Callable[[], None] | None = None,
+                stall: float = 30.0) -> tuple[list[dict[str, Any]], float]:
         """Start ``nproc`` workers, GO once all are READY, STOP when ``expect`` jobs ran."""
         events: queue.Queue[Any] = queue.Queue()
         procs = [
-            Proc(
-                self.argv(lib, "worker", params),
-                self.logfile(lib, wl, f"worker{i}"),
-                events,
-                i,
-                self.env(lib),
-            )
+            Proc(self.argv(lib, "worker", params), self.logfile(lib, wl, f"worker{i}"),
+                 events, i, self.env(lib))
             for i in range(nproc)
         ]
         try:
@@ -546,44 +483,29 @@ class Runner:
             "bulk": (10000, 50000),
         }
         n = sizes[mode][0 if self.quick else 1]
-        params = {
-            **self.fresh(lib, wl),
-            "mode": mode,
-            "n": n,
-            "batch": 1000,
-            "conc": 100,
-            "max_seconds": 5,
-        }
+        params = {**self.fresh(lib, wl), "mode": mode, "n": n, "batch": 1000, "conc": 100,
+                  "max_seconds": 5}
         s0 = self.cmdstats()
         res = self.oneshot(lib, "enqueue", params, wl, timeout=300)
         s1 = self.cmdstats()
         cmds = sum(s1.values()) - sum(s0.values())
         done = res["n"] + 20  # 20 warm-up jobs
         return {
-            "rate": res["rate"],
-            "n": res["n"],
+            "rate": res["rate"], "n": res["n"],
             "round_trips_per_job": res["sends"] / res["n"],
             "cmds_per_job": cmds / done,
         }
 
-    def drain(
-        self,
-        lib: str,
-        wl: str,
-        nproc: int,
-        worker: dict[str, Any],
-        n: int | None = None,
-        fill: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def drain(self, lib: str, wl: str, nproc: int, worker: dict[str, Any],
+              n: int | None = None, fill: dict[str, Any] | None = None) -> dict[str, Any]:
         n = n or (5000 if self.quick else 20000)
         base = self.fresh(lib, wl)
         s0, m0 = self.cmdstats(), int(self.info("memory")["used_memory"])
         fres = self.oneshot(lib, "fill", {**base, "n": n, **(fill or {})}, wl, timeout=600)
         s1, m1 = self.cmdstats(), int(self.info("memory")["used_memory"])
         cpu1 = self.redis_cpu()
-        results, _ = self.workers(
-            lib, wl, nproc, {**base, **worker}, n, timeout=60 if self.quick else 300
-        )
+        results, _ = self.workers(lib, wl, nproc, {**base, **worker}, n,
+                                  timeout=60 if self.quick else 300)
         s2, cpu2 = self.cmdstats(), self.redis_cpu()
         first = min(r["first"] for r in results if r["first"])
         last = max(r["last"] for r in results if r["last"])
@@ -602,8 +524,7 @@ class Runner:
             "cmds_per_job_consume": sum(consume.values()) / count,
             "scripts_per_job_consume": sum(
                 v for k, v in consume.items() if k in ("eval", "evalsha", "fcall", "evalsha_ro")
-            )
-            / count,
+            ) / count,
             "round_trips_per_job_consume": sum(r["sends"] for r in results) / count,
             "round_trips_per_job_produce": fres["sends"] / n,
             "top_commands_consume": {k: round(v / count, 3) for k, v in top},
@@ -624,19 +545,15 @@ class Runner:
             def go() -> None:
                 time.sleep(0.5)  # let the worker reach its idle wait
                 try:
-                    steady.update(
-                        self.oneshot(
-                            lib, "steady", {**base, "n": n, "rate": rate}, wl, timeout=secs + 120
-                        )
-                    )
+                    steady.update(self.oneshot(lib, "steady", {**base, "n": n, "rate": rate},
+                                               wl, timeout=secs + 120))
                 except BenchError as exc:
                     steady["error"] = str(exc)
 
             threading.Thread(target=go, daemon=True).start()
 
-        results, _ = self.workers(
-            lib, wl, 1, {**base, **worker, "latency": True}, n, timeout=secs + 60, after_go=produce
-        )
+        results, _ = self.workers(lib, wl, 1, {**base, **worker, "latency": True}, n,
+                                  timeout=secs + 60, after_go=produce)
         time.sleep(0.05)
         if "error" in steady:
             raise BenchError(steady["error"])
@@ -688,47 +605,29 @@ WORKLOADS = ["single", "concurrent", "bulk", "drain1", "drain2", "latency", "mem
 def kitium_cases() -> list[Case]:
     k = KITIUM
     cases = [
-        Case(
-            "single", "add_job awaited one at a time", k, lambda r: r.enqueue(k, "single", "single")
-        ),
-        Case(
-            "concurrent",
-            "add_job from 100 coroutines",
-            k,
-            lambda r: r.enqueue(k, "concurrent", "concurrent"),
-        ),
-        Case("bulk", "add_jobs, batches of 1000", k, lambda r: r.enqueue(k, "bulk", "bulk")),
+        Case("single", "add_job awaited one at a time", k,
+             lambda r: r.enqueue(k, "single", "single")),
+        Case("concurrent", "add_job from 100 coroutines", k,
+             lambda r: r.enqueue(k, "concurrent", "concurrent")),
+        Case("bulk", "add_jobs, batches of 1000", k,
+             lambda r: r.enqueue(k, "bulk", "bulk")),
     ]
     for procs in (1, 2):
         for conc in (20, 200):
-            cases.append(
-                Case(
-                    f"drain{procs}",
-                    f"drain no-op, {procs} process{'es' if procs > 1 else ''}, concurrency {conc}",
-                    k,
-                    lambda r, p=procs, c=conc: r.drain(k, f"drain{p}-c{c}", p, {"concurrency": c}),
-                )
-            )
+            cases.append(Case(
+                f"drain{procs}", f"drain no-op, {procs} process{'es' if procs > 1 else ''}, "
+                f"concurrency {conc}", k,
+                lambda r, p=procs, c=conc: r.drain(k, f"drain{p}-c{c}", p, {"concurrency": c}),
+            ))
     cases += [
-        Case(
-            "latency",
-            "enqueue→start latency at 200 jobs/s (concurrency 20)",
-            k,
-            lambda r: r.latency(k, "latency", {"concurrency": 20}),
-        ),
+        Case("latency", "enqueue→start latency at 200 jobs/s (concurrency 20)", k,
+             lambda r: r.latency(k, "latency", {"concurrency": 20})),
         Case("memory", "Redis memory per waiting job", k, lambda r: r.memory(k, "memory")),
-        Case(
-            "io",
-            "drain, 1 ms await asyncio.sleep per job, 1 process, concurrency 500",
-            k,
-            lambda r: r.drain(k, "io", 1, {"concurrency": 500, "sleep_ms": 1}),
-        ),
-        Case(
-            "mix",
-            "drain, 10% delayed (1-100 ms) + 30% prioritized, 1 process, concurrency 20",
-            k,
-            lambda r: r.drain(k, "mix", 1, {"concurrency": 20}, fill={"mix": True}),
-        ),
+        Case("io", "drain, 1 ms await asyncio.sleep per job, 1 process, concurrency 500", k,
+             lambda r: r.drain(k, "io", 1, {"concurrency": 500, "sleep_ms": 1})),
+        Case("mix", "drain, 10% delayed (1-100 ms) + 30% prioritized, 1 process, "
+             "concurrency 20", k,
+             lambda r: r.drain(k, "mix", 1, {"concurrency": 20}, fill={"mix": True})),
     ]
     return cases
 
@@ -736,33 +635,18 @@ def kitium_cases() -> list[Case]:
 def peer_cases(peer: Peer) -> list[Case]:
     name, w = peer.name, peer.worker
     return [
-        Case(
-            "single",
-            "add_job awaited one at a time",
-            name,
-            lambda r: r.enqueue(name, "single", "single"),
-        ),
-        Case(
-            "concurrent",
-            "add_job from 100 coroutines",
-            name,
-            lambda r: r.enqueue(name, "concurrent", "concurrent"),
-            "" if peer.async_client else "n/a: synchronous client",
-        ),
-        Case(
-            "bulk",
-            "add_jobs, batches of 1000",
-            name,
-            lambda r: r.enqueue(name, "bulk", "bulk"),
-            "" if peer.bulk else "n/a: no bulk enqueue API",
-        ),
-        Case("drain1", "drain no-op, 1 process", name, lambda r: r.drain(name, "drain1", 1, w)),
-        Case(
-            "latency",
-            "enqueue→start latency at 200 jobs/s",
-            name,
-            lambda r: r.latency(name, "latency", w),
-        ),
+        Case("single", "add_job awaited one at a time", name,
+             lambda r: r.enqueue(name, "single", "single")),
+        Case("concurrent", "add_job from 100 coroutines", name,
+             lambda r: r.enqueue(name, "concurrent", "concurrent"),
+             "" if peer.async_client else "n/a: synchronous client"),
+        Case("bulk", "add_jobs, batches of 1000", name,
+             lambda r: r.enqueue(name, "bulk", "bulk"),
+             "" if peer.bulk else "n/a: no bulk enqueue API"),
+        Case("drain1", "drain no-op, 1 process", name,
+             lambda r: r.drain(name, "drain1", 1, w)),
+        Case("latency", "enqueue→start latency at 200 jobs/s", name,
+             lambda r: r.latency(name, "latency", w)),
     ]
 
 
@@ -837,7 +721,7 @@ KITIUM_ROWS = [
 def kitium_table(summary: dict[Any, Any], reps: int) -> list[str]:
     lines = ["| workload | figure (median of reps; min–max) | notes |", "|---|---|---|"]
     seen: list[tuple[str, str]] = []
-    for lib, wl, var in summary:
+    for (lib, wl, var) in summary:
         if lib == KITIUM and (wl, var) not in seen:
             seen.append((wl, var))
     order = {w: i for i, w in enumerate(WORKLOADS)}
@@ -854,32 +738,24 @@ def kitium_table(summary: dict[Any, Any], reps: int) -> list[str]:
 
         if wl in ("single", "concurrent", "bulk"):
             fig = f"**{fmt_rate(g('rate'))} jobs/s**{spread(summary, key, 'rate')}"
-            note = (
-                f"{fmt_num(g('round_trips_per_job'), 3)} round trips/job, "
-                f"{fmt_num(g('cmds_per_job'), 1)} Redis commands/job"
-            )
+            note = (f"{fmt_num(g('round_trips_per_job'), 3)} round trips/job, "
+                    f"{fmt_num(g('cmds_per_job'), 1)} Redis commands/job")
         elif wl in ("drain1", "drain2", "io", "mix"):
             fig = f"**{fmt_rate(g('rate'))} jobs/s**{spread(summary, key, 'rate')}"
-            note = (
-                f"consume: {fmt_num(g('round_trips_per_job_consume'), 3)} round trips/job, "
-                f"{fmt_num(g('cmds_per_job_consume'), 1)} Redis commands/job "
-                f"({fmt_num(g('scripts_per_job_consume'), 3)} script calls); "
-                f"produce (add_jobs): {fmt_num(g('cmds_per_job_produce'), 1)} commands/job; "
-                f"{fmt_rate(g('mem_per_job'))} B/waiting job; redis-server CPU "
-                f"{fmt_num(g('redis_cpu_us_per_job'), 1)} µs/job"
-            )
+            note = (f"consume: {fmt_num(g('round_trips_per_job_consume'), 3)} round trips/job, "
+                    f"{fmt_num(g('cmds_per_job_consume'), 1)} Redis commands/job "
+                    f"({fmt_num(g('scripts_per_job_consume'), 3)} script calls); "
+                    f"produce (add_jobs): {fmt_num(g('cmds_per_job_produce'), 1)} commands/job; "
+                    f"{fmt_rate(g('mem_per_job'))} B/waiting job; redis-server CPU "
+                    f"{fmt_num(g('redis_cpu_us_per_job'), 1)} µs/job")
         elif wl == "latency":
-            fig = f"**p50 {fmt_num(g('p50_ms'))} ms, p99 {fmt_num(g('p99_ms'))} ms**"
-            note = (
-                f"max {fmt_num(g('max_ms'))} ms, {fmt_rate(g('samples'))} samples after "
-                f"1 s warm-up; producer lag p99 {fmt_num(g('producer_lag_p99_ms'))} ms"
-            )
+            fig = (f"**p50 {fmt_num(g('p50_ms'))} ms, p99 {fmt_num(g('p99_ms'))} ms**")
+            note = (f"max {fmt_num(g('max_ms'))} ms, {fmt_rate(g('samples'))} samples after "
+                    f"1 s warm-up; producer lag p99 {fmt_num(g('producer_lag_p99_ms'))} ms")
         elif wl == "memory":
             fig = f"**{fmt_rate(g('bytes_per_job'))} bytes/job**"
-            note = (
-                f"used_memory delta over {fmt_rate(g('jobs'))} small waiting jobs, "
-                f"{fmt_rate(g('keys'))} keys"
-            )
+            note = (f"used_memory delta over {fmt_rate(g('jobs'))} small waiting jobs, "
+                    f"{fmt_rate(g('keys'))} keys")
         else:
             fig, note = "?", ""
         lines.append(f"| {var} | {fig}{dagger(summary, key)} | {note} |")
@@ -904,11 +780,9 @@ def peer_table(summary: dict[Any, Any], libs: list[str]) -> list[str]:
         cands = [k for k in summary if k[0] == lib and k[1] == wl]
         return cands[0] if cands else None
 
-    head = (
-        ["library"]
-        + [c[2] for c in PEER_COLS]
-        + ["commands/job (consume)", "round trips/job (consume)", "B/waiting job"]
-    )
+    head = ["library"] + [c[2] for c in PEER_COLS] + ["commands/job (consume)",
+                                                     "round trips/job (consume)",
+                                                     "B/waiting job"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lib in libs:
         row = [f"**{lib}**" if lib == KITIUM else lib]
@@ -930,11 +804,8 @@ def peer_table(summary: dict[Any, Any], libs: list[str]) -> list[str]:
                 cell += f" (kq {ratio:.1f}×)"
             row.append(cell)
         dkey = pick(lib, "drain1")
-        for metric, nd in (
-            ("cmds_per_job_consume", 1),
-            ("round_trips_per_job_consume", 2),
-            ("mem_per_job", 0),
-        ):
+        for metric, nd in (("cmds_per_job_consume", 1), ("round_trips_per_job_consume", 2),
+                           ("mem_per_job", 0)):
             v = mval(summary, dkey, metric) if dkey else None
             row.append(fmt_rate(v) if nd == 0 else fmt_num(v, nd))
         lines.append("| " + " | ".join(row) + " |")
@@ -952,13 +823,8 @@ def failures(summary: dict[Any, Any], na: bool = False) -> list[str]:
     return lines
 
 
-def write_markdown(
-    path: Path,
-    summary: dict[Any, Any],
-    meta: dict[str, Any],
-    libs: list[str],
-    setup_errors: dict[str, str],
-) -> None:
+def write_markdown(path: Path, summary: dict[Any, Any], meta: dict[str, Any],
+                   libs: list[str], setup_errors: dict[str, str]) -> None:
     reps = meta["reps"]
     lines = [
         "# Benchmark results",
@@ -1068,7 +934,6 @@ def machine_facts(r: redis.Redis) -> dict[str, str]:
 
 def kitium_source(rev: str) -> str:
     """Which kitium-queue code is measured: a commit, and whether src/ had local edits."""
-
     def git(*a: str) -> str:
         res = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
         return res.stdout.strip()
@@ -1084,33 +949,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--only", default="", help=f"comma list of workloads: {','.join(WORKLOADS)}")
-    ap.add_argument(
-        "--peers", default=",".join(PEERS), help="comma list of peers, or 'none' (default: all)"
-    )
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help="comma list of peers, or 'none' (default: all)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     ap.add_argument("--md", default=str(BENCH / "RESULTS.md"), help="markdown output path")
-    ap.add_argument(
-        "--kitium-rev",
-        default="",
-        help="benchmark kitium-queue as committed at this git revision (its src/ "
-        "is exported to a temporary directory) instead of the work tree",
-    )
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="before each case, wait up to this long for other work on the "
-        "machine to drop below 0.2 cores (default 0: do not wait)",
-    )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="PEER.KEY=VALUE",
-        help="override a peer's worker setting, e.g. huey.concurrency=8, "
-        "celery.pool=solo (repeatable)",
-    )
+    ap.add_argument("--kitium-rev", default="",
+                    help="benchmark kitium-queue as committed at this git revision (its src/ "
+                         "is exported to a temporary directory) instead of the work tree")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="before each case, wait up to this long for other work on the "
+                         "machine to drop below 0.2 cores (default 0: do not wait)")
+    ap.add_argument("--set", action="append", default=[], metavar="PEER.KEY=VALUE",
+                    help="override a peer's worker setting, e.g. huey.concurrency=8, "
+                         "celery.pool=solo (repeatable)")
     args = ap.parse_args()
 
     only = [w for w in args.only.split(",") if w] or WORKLOADS
@@ -1145,11 +996,8 @@ def main() -> int:
     kitium_src = kitium_source(args.kitium_rev)
     if args.kitium_rev:
         tmp = Path(tempfile.mkdtemp(prefix="kq-bench-src-"))
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", args.kitium_rev, "src"],
-            check=True,
-            capture_output=True,
-        ).stdout
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.kitium_rev, "src"],
+                                 check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
         args.kitium_path = str(tmp / "src")
     log(f"kitium-queue source: {kitium_src}")
@@ -1163,11 +1011,8 @@ def main() -> int:
             setup_errors[name] = err
             log(f"{name}: {err}")
             continue
-        versions[name] = (
-            node_version(PEERS[name].dist)
-            if PEERS[name].runtime == "node"
-            else dist_version(peer_python(name), PEERS[name].dist)
-        )
+        versions[name] = (node_version(PEERS[name].dist) if PEERS[name].runtime == "node"
+                          else dist_version(peer_python(name), PEERS[name].dist))
         ready_peers.append(name)
 
     logdir = Path(tempfile.mkdtemp(prefix="kq-bench-logs-"))
@@ -1188,20 +1033,14 @@ def main() -> int:
                 shift = rep % len(libs)
                 libs = libs[shift:] + libs[:shift]  # interleave: rotate who goes first
                 for lib in libs:
-                    todo = [
-                        c for c in (cases if lib == KITIUM else pcases[lib]) if c.workload == wl
-                    ]
+                    todo = [c for c in (cases if lib == KITIUM else pcases[lib])
+                            if c.workload == wl]
                     for case in todo:
-                        rec: dict[str, Any] = {
-                            "rep": rep,
-                            "lib": lib,
-                            "workload": wl,
-                            "variant": case.variant,
-                        }
+                        rec: dict[str, Any] = {"rep": rep, "lib": lib, "workload": wl,
+                                               "variant": case.variant}
                         if case.na:
-                            records.append(
-                                {**rec, "error": case.na, "wall_s": 0.0, "foreign_cores": 0.0}
-                            )
+                            records.append({**rec, "error": case.na, "wall_s": 0.0,
+                                            "foreign_cores": 0.0})
                             continue
                         if args.wait_quiet > 0:
                             foreign.wait_quiet(args.wait_quiet)
@@ -1210,50 +1049,36 @@ def main() -> int:
                         try:
                             rec["metrics"] = case.fn(runner)
                             m = rec["metrics"]
-                            shown = (
-                                f"{m['rate']:,.0f} jobs/s"
-                                if "rate" in m
-                                else f"p50 {m['p50_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms"
-                                if "p50_ms" in m
-                                else f"{m.get('bytes_per_job', 0):,.0f} B/job"
-                            )
+                            shown = (f"{m['rate']:,.0f} jobs/s" if "rate" in m else
+                                     f"p50 {m['p50_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms"
+                                     if "p50_ms" in m else
+                                     f"{m.get('bytes_per_job', 0):,.0f} B/job")
                         except BenchError as exc:
                             rec["error"] = str(exc)
                             shown = "n/a" if str(exc).startswith("n/a") else f"FAILED: {exc}"
                         rec["wall_s"] = time.time() - t0
                         rec["foreign_cores"] = foreign.cores(snap)
                         records.append(rec)
-                        busy = (
-                            f"  [other load {rec['foreign_cores']:.2f} cores]"
-                            if rec["foreign_cores"] > 0.2
-                            else ""
-                        )
+                        busy = (f"  [other load {rec['foreign_cores']:.2f} cores]"
+                                if rec["foreign_cores"] > 0.2 else "")
                         log(f"rep {rep + 1}/{args.reps} {lib:13s} {case.variant}: {shown}{busy}")
     elapsed = time.time() - t_start
     libs = [KITIUM, *ready_peers]
-    fc = sorted(
-        r.get("foreign_cores", 0.0)
-        for r in records
-        if not str(r.get("error", "")).startswith("n/a")
-    )
+    fc = sorted(r.get("foreign_cores", 0.0) for r in records
+                if not str(r.get("error", "")).startswith("n/a"))
     summary = summarize(records)
     meta = {
-        "command": command,
-        "date": stamp,
-        "elapsed_s": elapsed,
-        "reps": args.reps,
-        "machine": machine,
-        "versions": versions,
-        "quick": args.quick,
+        "command": command, "date": stamp, "elapsed_s": elapsed, "reps": args.reps,
+        "machine": machine, "versions": versions, "quick": args.quick,
         "foreign_cores_median": pct(fc, 50) if fc else 0.0,
         "foreign_cores_max": fc[-1] if fc else 0.0,
         "foreign_disturbed_cases": sum(1 for x in fc if x > 0.2),
         "cases": len(fc),
     }
     out_json = BENCH / f"results-{stamp}.json"  # raw figures first: a report bug loses nothing
-    out_json.write_text(
-        json.dumps({"meta": meta, "setup_errors": setup_errors, "records": records}, indent=1)
-    )
+    out_json.write_text(json.dumps(
+        {"meta": meta, "setup_errors": setup_errors, "records": records}, indent=1
+    ))
     print_table(summary, libs, args.reps)
     write_markdown(Path(args.md), summary, meta, libs, setup_errors)
     log(f"wrote {out_json.relative_to(REPO)} and {args.md}")

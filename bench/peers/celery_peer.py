@@ -49,22 +49,12 @@ class CeleryPeer(Adapter):
         self.connect()
         ctl.ready()
         ctl.wait_go()
-        app.worker_main(
-            [
-                "worker",
-                "-P",
-                str(params.get("pool", "threads")),
-                "-c",
-                str(params.get("concurrency", 20)),
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "WARNING",
-                "-Q",
-                self.queue,
-            ]
-        )
+        app.worker_main([
+            "worker", "-P", str(params.get("pool", "threads")),
+            "-c", str(params.get("concurrency", 20)),
+            "--without-heartbeat", "--without-gossip", "--without-mingle",
+            "-l", "WARNING", "-Q", self.queue,
+        ])
 
 
 if __name__ == "__main__":

@@ -169,7 +169,11 @@ async def read_stream(
     """
     if last_id == "$":
         newest = await client.xrevrange(key, "+", "-", count=1)
-        last_id = _text(newest[0][0]) if newest else "0-0"
+        if newest:
+            first = newest[0][0]
+            last_id = first.decode() if isinstance(first, bytes) else first
+        else:
+            last_id = "0-0"
     while True:
         reply = await client.xread({key: last_id}, count=count, block=block_ms)
         if not reply:
@@ -178,7 +182,7 @@ async def read_stream(
             continue
         for _key, entries in reply:
             for entry_id, raw in entries:
-                eid = _text(entry_id)
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 # Fields are written as UTF-8 by the scripts; an entry added by another
                 # client may hold anything, and must not stop the reader.
                 fields_ = {
@@ -189,7 +193,3 @@ async def read_stream(
                 }
                 last_id = eid
                 yield StreamEvent(eid, fields_.pop("e", ""), fields_.pop("id", ""), fields_)
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

@@ -49,7 +49,7 @@ local function delete_jobs(ids)
   for i = 1, #ids, 250 do
     local ks = {}
     for j = i, math.min(i + 249, #ids) do
-      ks[#ks + 1] = PREFIX .. 'job:' .. ids[j]
+      ks[#ks + 1] = job_key(ids[j])
       ks[#ks + 1] = PREFIX .. 'logs:' .. ids[j]
     end
     redis.call('DEL', unpack(ks))
