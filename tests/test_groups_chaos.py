@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -68,6 +69,24 @@ def _all_final(client: redis.Redis, keys: QueueKeys, ids: list[str]) -> bool:
     for jid in ids:
         pipe.hget(keys.job(jid), "st")
     return all(st is not None and st.decode() in FINAL for st in pipe.execute())
+
+
+def _kill_mid_run(workers: list[Any], tries: int = 50) -> tuple[Any, float]:
+    """SIGKILL a worker while it has a run open. Runs last 0-3 ms, so a worker seen busy
+    may be idle a moment later: freeze it (SIGSTOP) first, read its log, and kill only if
+    a run is still open there (else let it go on and try again)."""
+    for _ in range(tries):
+        busy = wait_for(
+            lambda: [w for w in workers if w.running_jobs()], 20, what="a busy worker"
+        )
+        victim = busy[0]
+        victim.signal(signal.SIGSTOP)
+        time.sleep(0.02)  # a log write under way when the signal landed completes
+        if victim.running_jobs():
+            return victim, victim.kill()
+        victim.signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"no worker had a run open in {tries} tries")
 
 
 # ---------------------------------------------------------------------- the checker
@@ -161,11 +180,7 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
             60,
             what="a quarter of the jobs to complete",
         )
-        busy = wait_for(
-            lambda: [w for w in workers if len(w.running_jobs()) >= 2], 20, what="a busy worker"
-        )
-        victim = busy[0]
-        t_kill = victim.kill()
+        victim, t_kill = _kill_mid_run(workers)
         wait_for(
             lambda: _all_final(client, keys, ids), 90, interval=0.2, what="every job to finish"
         )
