@@ -16,6 +16,7 @@ Each case runs on a fresh private ``redis-server`` (no persistence, ``SLOWLOG`` 
 * **claim cost**: Redis time per claimed job over that drain (``INFO commandstats``: µs
   of EVALSHA/EVAL per job, the commands run inside the scripts included) and Redis
   commands per job;
+  and, per command run inside them, µs per job (where the script time goes);
 * **enqueue→start latency**: while the worker drains, a producer adds 200 jobs/s at
   priority 10 (ahead of the backlog, behind nothing): p50 / p99 from ``add_job`` to the
   processor's start;
@@ -90,6 +91,12 @@ async def _script_stats(r: aioredis.Redis) -> tuple[int, int, int]:
     return calls, usec, total
 
 
+async def _command_usec(r: aioredis.Redis) -> dict[str, int]:
+    """µs spent per command name (INFO commandstats)."""
+    stats = await r.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in stats.items()}
+
+
 async def _blocking(r: aioredis.Redis, call: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
     """Run ``call``; the longest single Redis command it caused (SLOWLOG, µs)."""
     await r.slowlog_reset()
@@ -128,6 +135,7 @@ async def _drain_sample(
     q.process("noop", noop)
     await r.config_resetstat()
     c0 = await _script_stats(r)
+    u0 = await _command_usec(r)
     stop = asyncio.Event()
 
     async def produce() -> None:
@@ -147,7 +155,16 @@ async def _drain_sample(
         await q.worker.stop(timeout_ms=2000)
     t1 = time.time()
     c1 = await _script_stats(r)
+    u1 = await _command_usec(r)
     jobs = counted[0] + len(lat)
+    # Where the script time goes: µs per job of each command run inside the scripts
+    # (what grows with the size of the keyspace and of the sets).
+    inner = {
+        name: round((us - u0.get(name, 0)) / max(1, jobs), 2)
+        for name, us in u1.items()
+        if name not in ("evalsha", "eval", "info", "config|resetstat")
+    }
+    top = dict(sorted(inner.items(), key=lambda kv: -kv[1])[:10])
     first = min(starts) if starts else t0
     return {
         "drain_jobs_per_s": round(counted[0] / max(1e-9, t1 - first), 0),
@@ -156,6 +173,7 @@ async def _drain_sample(
         "latency_p50_ms": round((_pct(lat, 50) or 0) * 1000, 3) if lat else None,
         "latency_p99_ms": round((_pct(lat, 99) or 0) * 1000, 3) if lat else None,
         "latency_samples": len(lat),
+        "inner_us_per_job": top,
     }
 
 
@@ -324,6 +342,10 @@ async def main(args: argparse.Namespace) -> None:
         )
     print()
     _print(rows)
+    print("\nµs per job of the commands run inside the scripts (the largest):")
+    for r in rows:
+        parts = ", ".join(f"{k} {v}" for k, v in r["inner_us_per_job"].items())
+        print(f"  {r['case']} {r['size']:,}: {parts}")
     base = next((r for r in rows if r["case"] == "waiting"), None)
     if base is not None:
         for r in rows:

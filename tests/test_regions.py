@@ -612,6 +612,29 @@ async def test_the_fence_refuses_a_secondary_and_an_expired_lease(
     assert await m.add_job("x", {})
 
 
+async def test_an_election_under_way_is_given_the_timeout_before_a_higher_one(
+    make: Callable[..., Any],
+) -> None:
+    # Another process has cast votes for epoch 2 but not finished (crashed, or slow):
+    # this one sees the primary gone and the election under way. Starting epoch 3 at
+    # once would move the primary twice; it waits the failover timeout, then takes over.
+    m = await make(background=False, failover={"timeout_ms": 300})
+    assert m.monitor is not None
+    await asyncio.sleep(0.4)  # no renewals here: the primary's lease runs out
+    lease_ms = m.monitor.cfg.lease_ms
+    votes = [await c.op("vote", 2, NAMES[1], lease_ms) for c in m.monitor.topo.copies]
+    assert sum(1 for v in votes if v.ok) >= 2, votes
+    await m.monitor.tick()  # the primary is seen not serving from here
+    await asyncio.sleep(0.35)
+    view = await m.monitor.tick()  # past the timeout: would fail over, but 2 is under way
+    assert (view.epoch, view.election) == (1, 2)
+    assert (m.primary, m.epoch) == (NAMES[0], 1)
+    await asyncio.sleep(0.35)  # the election of epoch 2 never finished
+    await m.monitor.tick()
+    await m.monitor.tick()
+    assert (m.primary, m.epoch) == (NAMES[1], 3)
+
+
 async def test_two_regions_on_one_redis_are_refused(urls: list[str], prefix: str) -> None:
     m = GlobalQueueManager()
     cfg = config([urls[0], urls[0], urls[2]], prefix)

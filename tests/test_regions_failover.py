@@ -180,9 +180,11 @@ async def test_a_partition_never_lets_two_regions_accept_as_primary(record_prope
             jobs = await accepted(producer)
             assert overlapping_epochs(jobs) == []
             epochs = sorted({ep for ep, _ in jobs.values()})
-            assert epochs == [1, 2]
+            # One primary before the cut, one after (an election that found no majority
+            # may have used an epoch number in between: numbers are not a count).
+            assert len(epochs) == 2 and epochs[0] == 1, epochs
             ends = max(ts for ep, ts in jobs.values() if ep == 1)
-            starts = min(ts for ep, ts in jobs.values() if ep == 2)
+            starts = min(ts for ep, ts in jobs.values() if ep == epochs[1])
             figures = {
                 "old_primary_stopped_after_cut_s": round(last_lone - t_cut, 3),
                 "new_primary_started_after_cut_s": round(starts / 1000 - t_cut, 3),

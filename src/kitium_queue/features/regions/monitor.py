@@ -10,7 +10,8 @@
 4. **renew**: the primary's lease, when a third of it is left, with a majority's grants;
 5. **failover** (``failover.enabled``): the primary unreachable, or not serving, for
    ``timeout_ms`` -> the reachable region with the lowest ``priority`` number (never 0)
-   is elected, provided a majority of regions is reachable.
+   is elected, provided a majority of regions is reachable and no election of a newer
+   epoch is under way (one is given ``timeout_ms`` to finish before a higher one starts).
 
 ``promote`` is the one way a region becomes the primary (bootstrap, automatic, by hand).
 """
@@ -67,6 +68,8 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._not_serving_since: float | None = None
         self._warned_minority = False
+        # (epoch, first seen) of an election under way that this process did not win.
+        self._election_seen: tuple[int, float] | None = None
         self._tick_lock = asyncio.Lock()
         self.ticks = 0
 
@@ -181,6 +184,18 @@ class Monitor:
                 )
             return
         self._warned_minority = False
+        if view.election > (view.epoch or 0):
+            # Votes were cast in a newer epoch than the established one: another process
+            # (or an earlier round of ours) is electing. Give that election the failover
+            # timeout to finish before starting a higher one: a second election right
+            # behind it would move the primary twice (and fence the first winner) for
+            # nothing. A candidate that died mid-election is overtaken after the timeout.
+            seen = self._election_seen
+            if seen is None or seen[0] != view.election:
+                self._election_seen = (view.election, time.monotonic())
+                return
+            if time.monotonic() - seen[1] < timeout_s:
+                return
         candidates = self.candidates(exclude=view.primary)
         if candidates:
             await self.promote(candidates[0], "automatic")
