@@ -6,16 +6,17 @@ and 5 M waiting jobs, 1 M delayed jobs, 100 k schedules and a DLQ of 1 M.
     .venv/bin/python bench/bench_growth.py --waiting 10000,1000000 --delayed 0 --json out.json
 
 Each case runs on a fresh private ``redis-server`` (no persistence, ``SLOWLOG`` at 1 ms,
-``LATENCY`` monitor at 10 ms). Per case:
+``LATENCY`` monitor at 10 ms; ``--pin``: on core 0, this process on core 1). Per case:
 
 * **memory per job**: ``used_memory`` delta over the jobs put in (``add_jobs``, chunks of
   1,000, four calls in flight);
 * **drain rate**: one in-process worker (concurrency 20) drains ``--sample`` jobs from
   the head of the backlog (the rest stays): jobs/s from the first start to the last
-  completion;
+  completion; ``--reps`` drains per case (the backlog topped up between them), medians;
 * **claim cost**: Redis time per claimed job over that drain (``INFO commandstats``: µs
-  of EVALSHA/EVAL per job, the commands run inside the scripts included) and Redis
-  commands per job;
+  of EVALSHA/EVAL per job, the commands run inside the scripts included), the Redis
+  process's CPU time per job (``INFO cpu``: unlike the first, not inflated when another
+  process preempts Redis on a shared core), and Redis commands per job;
   and, per command run inside them, µs per job (where the script time goes);
 * **enqueue→start latency**: while the worker drains, a producer adds 200 jobs/s at
   priority 10 (ahead of the backlog, behind nothing): p50 / p99 from ``add_job`` to the
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -52,6 +54,8 @@ from _redis import RedisServer  # noqa: E402
 from kitium_queue import JobQueue  # noqa: E402
 
 QUEUE = "growth"
+#: Pin Redis and this process to different cores (``--pin``).
+PIN = False
 PREFIX = "kqg"
 
 
@@ -89,6 +93,14 @@ async def _script_stats(r: aioredis.Redis) -> tuple[int, int, int]:
             calls += int(v["calls"])
             usec += int(v["usec"])
     return calls, usec, total
+
+
+async def _redis_cpu(r: aioredis.Redis) -> float:
+    """CPU seconds the redis-server process has used (user + system). Unlike the µs of
+    ``commandstats`` (wall time), time Redis spent preempted by another process on its
+    core does not count."""
+    info = await r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def _command_usec(r: aioredis.Redis) -> dict[str, int]:
@@ -136,6 +148,7 @@ async def _drain_sample(
     await r.config_resetstat()
     c0 = await _script_stats(r)
     u0 = await _command_usec(r)
+    cpu0 = await _redis_cpu(r)
     stop = asyncio.Event()
 
     async def produce() -> None:
@@ -156,6 +169,7 @@ async def _drain_sample(
     t1 = time.time()
     c1 = await _script_stats(r)
     u1 = await _command_usec(r)
+    cpu1 = await _redis_cpu(r)
     jobs = counted[0] + len(lat)
     # Where the script time goes: µs per job of each command run inside the scripts
     # (what grows with the size of the keyspace and of the sets).
@@ -170,6 +184,7 @@ async def _drain_sample(
         "drain_jobs_per_s": round(counted[0] / max(1e-9, t1 - first), 0),
         "redis_script_us_per_job": round((c1[1] - c0[1]) / max(1, jobs), 2),
         "redis_commands_per_job": round((c1[2] - c0[2]) / max(1, jobs), 2),
+        "redis_cpu_us_per_job": round((cpu1 - cpu0) * 1e6 / max(1, jobs), 2),
         "latency_p50_ms": round((_pct(lat, 50) or 0) * 1000, 3) if lat else None,
         "latency_p99_ms": round((_pct(lat, 99) or 0) * 1000, 3) if lat else None,
         "latency_samples": len(lat),
@@ -236,7 +251,19 @@ async def _to_dlq(r: aioredis.Redis, q: JobQueue, n: int) -> None:
         moved += int(got)
 
 
-async def _case(kind: str, n: int, sample: int, latency: bool) -> dict[str, Any]:
+def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the drains (the per-command breakdown and the
+    latency percentiles of the drain whose script time is the median one)."""
+    mid = sorted(samples, key=lambda x: x["redis_script_us_per_job"])[len(samples) // 2]
+    out = dict(mid)
+    for key in ("drain_jobs_per_s", "redis_script_us_per_job", "redis_cpu_us_per_job",
+                "redis_commands_per_job"):  # fmt: skip
+        out[key] = statistics.median(x[key] for x in samples)
+        out[key + "_all"] = [x[key] for x in samples]
+    return out
+
+
+async def _case(kind: str, n: int, sample: int, latency: bool, reps: int) -> dict[str, Any]:
     with RedisServer(
         "--slowlog-log-slower-than",
         "1000",
@@ -245,6 +272,10 @@ async def _case(kind: str, n: int, sample: int, latency: bool) -> dict[str, Any]
         "--latency-monitor-threshold",
         "10",
     ) as srv:
+        if PIN and srv.pid is not None:
+            # Redis on one core, this process (producer and worker) on the other.
+            os.sched_setaffinity(srv.pid, {0})
+            os.sched_setaffinity(0, {1})
         r = aioredis.Redis.from_url(srv.url)
         q = JobQueue(QUEUE, redis=srv.url, prefix=PREFIX, worker={"concurrency": 20})
         try:
@@ -270,11 +301,22 @@ async def _case(kind: str, n: int, sample: int, latency: bool) -> dict[str, Any]
             m1 = int((await r.info("memory"))["used_memory"])
             row["bytes_per_item"] = round((m1 - m0) / max(1, n))
             row["admin"] = await _admin(q, r, destructive=False)
-            if kind != "waiting":
-                await _fill(q, sample)  # the jobs drained next to the backlog
-            row.update(
-                await _drain_sample(q, r, min(sample, n) if kind == "waiting" else sample, latency)
-            )
+            # ``reps`` drains of ``sample`` jobs each; the figures are their medians (one
+            # drain lasts about a second, and this machine's speed drifts by a third
+            # between seconds). The waiting backlog is topped up to its size before each
+            # drain after the first; the other cases get the jobs drained next to them.
+            samples = []
+            for rep in range(reps):
+                if kind != "waiting":
+                    await _fill(q, sample)
+                elif rep:
+                    await _fill(q, min(sample, n))
+                samples.append(
+                    await _drain_sample(
+                        q, r, min(sample, n) if kind == "waiting" else sample, latency
+                    )
+                )
+            row.update(_median(samples))
             row["admin_end"] = await _admin(q, r, destructive=True)
             return row
         finally:
@@ -324,6 +366,8 @@ def _sizes(text: str) -> list[int]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    global PIN
+    PIN = args.pin and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
     plan = [("waiting", n) for n in _sizes(args.waiting)]
     plan += [("delayed", n) for n in _sizes(args.delayed)]
     plan += [("schedules", n) for n in _sizes(args.schedules)]
@@ -331,12 +375,13 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     for kind, n in plan:
         t0 = time.perf_counter()
-        row = await _case(kind, n, args.sample, not args.no_latency)
+        row = await _case(kind, n, args.sample, not args.no_latency, args.reps)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(
             f"[{kind} {n:,}] drain {row['drain_jobs_per_s']}/s, script "
-            f"{row['redis_script_us_per_job']} µs/job, {row['bytes_per_item']} B/item, "
+            f"{row['redis_script_us_per_job']} µs/job, Redis CPU "
+            f"{row['redis_cpu_us_per_job']} µs/job, {row['bytes_per_item']} B/item, "
             f"{row['seconds']} s",
             flush=True,
         )
@@ -352,12 +397,16 @@ async def main(args: argparse.Namespace) -> None:
             r["script_us_vs_first_waiting"] = round(
                 r["redis_script_us_per_job"] / max(1e-9, base["redis_script_us_per_job"]), 2
             )
-        print(
-            "\nscript µs/job relative to the first waiting case: "
-            + ", ".join(
-                f"{r['case']} {r['size']:,}: {r['script_us_vs_first_waiting']}" for r in rows
+            r["cpu_us_vs_first_waiting"] = round(
+                r["redis_cpu_us_per_job"] / max(1e-9, base["redis_cpu_us_per_job"]), 2
             )
-        )
+        for label, key in (("script µs", "script_us"), ("Redis CPU µs", "cpu_us")):
+            print(
+                f"\n{label}/job relative to the first waiting case: "
+                + ", ".join(
+                    f"{r['case']} {r['size']:,}: {r[key + '_vs_first_waiting']}" for r in rows
+                )
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
         print(f"figures written to {args.json}")
@@ -373,6 +422,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dlq", default="1000000")
     p.add_argument("--sample", type=int, default=20_000, help="jobs drained per case")
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--reps", type=int, default=3, help="drains per case (medians reported)")
     p.add_argument(
         "--small",
         action="store_true",
@@ -380,6 +430,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "schedules; 20,000 in the DLQ; 2,000 drained",
     )
     p.add_argument("--json", default="")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin redis-server to core 0 and this process to core 1",
+    )
     args = p.parse_args(argv)
     if args.small:
         args.waiting, args.delayed, args.schedules, args.dlq = (
