@@ -1,0 +1,121 @@
+"""Where the time of one awaited ``add_job`` goes (issue 18, item 8): the same number of
+sequential calls, each awaited before the next, against the shared Redis:
+
+* ``lpush (blocking)``: redis-py's blocking client, one ``LPUSH`` per call (what a
+  blocking one-command producer such as huey's costs);
+* ``ping (asyncio)`` and ``evalsha return 1 (asyncio)``: redis-py's asyncio client, the
+  floor of one awaited round trip, without and with a script call;
+* ``add_job``: kitium-queue's awaited ``add_job`` (one enqueue script call);
+* ``add_job, exchange stubbed``: the same with the Redis exchange replaced by a stub
+  that packs the arguments and returns a canned reply: our own Python per call.
+
+Per line: calls/s (median of ``--reps``) and the client's CPU µs per call (user + system
+of this process, median).
+
+    .venv/bin/python bench/bench_single.py [--url redis://127.0.0.1:6379] [--calls 5000]
+
+Benchmarks are not tests: nothing here asserts. Keys go under ``kqbs:`` and are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import kitium_queue.scripts as scripts_mod
+from kitium_queue import JobQueue
+
+PREFIX = "kqbs"
+
+
+def _report(label: str, runs: list[tuple[float, float]]) -> None:
+    rate = statistics.median(r for r, _ in runs)
+    cpu = statistics.median(c for _, c in runs)
+    spread = " / ".join(f"{r:,.0f}" for r, _ in runs)
+    print(f"{label:32s} {rate:8,.0f} calls/s   {cpu:6.0f} µs CPU/call   ({spread})")
+
+
+async def _timed(n: int, call: Callable[[int], Awaitable[Any]]) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n):
+        await call(i)
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
+
+
+def _blocking_lpush(url: str, n: int, reps: int) -> list[tuple[float, float]]:
+    r = redis.Redis.from_url(url)
+    out = []
+    try:
+        for _ in range(reps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in range(n):
+                r.lpush(f"{PREFIX}:list", b'{"i":%d}' % i)
+            out.append((n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6))
+    finally:
+        r.delete(f"{PREFIX}:list")
+        r.close()
+    return out
+
+
+async def _async_cases(url: str, n: int, reps: int) -> None:
+    r = aioredis.Redis.from_url(url)
+    sha = await r.script_load("return 1")
+    q = JobQueue("single", redis=url, prefix=PREFIX)
+    await q.add_job("warm-up", {})
+    cases: dict[str, Callable[[int], Awaitable[Any]]] = {
+        "ping (asyncio)": lambda i: r.ping(),
+        "evalsha return 1 (asyncio)": lambda i: r.evalsha(sha, 0),
+        "add_job": lambda i: q.add_job("single", {"i": i}),
+    }
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
+    try:
+        for _ in range(reps):  # the cases take turns, so a drift hits them alike
+            for label, call in cases.items():
+                runs[label].append(await _timed(n, call))
+        for label, got in runs.items():
+            _report(label, got)
+        real = scripts_mod.ScriptRegistry._run_packed
+
+        async def stub(self: Any, client: Any, calls: Any) -> list[Any]:
+            for c in calls:
+                scripts_mod._pack_args(c.args)
+            return [[b"1", b"new"] for _ in calls]
+
+        scripts_mod.ScriptRegistry._run_packed = stub  # type: ignore[method-assign]
+        try:
+            got = [
+                await _timed(n, lambda i: q.add_job("single", {"i": i})) for _ in range(reps)
+            ]
+        finally:
+            scripts_mod.ScriptRegistry._run_packed = real  # type: ignore[method-assign]
+        _report("add_job, exchange stubbed", got)
+    finally:
+        await q.close()
+        async for key in r.scan_iter(f"{PREFIX}:*", count=10_000):
+            await r.unlink(key)
+        await r.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="redis://127.0.0.1:6379")
+    p.add_argument("--calls", type=int, default=5000)
+    p.add_argument("--reps", type=int, default=5)
+    args = p.parse_args(argv)
+    _report("lpush (blocking)", _blocking_lpush(args.url, args.calls, args.reps))
+    asyncio.run(_async_cases(args.url, args.calls, args.reps))
+
+
+if __name__ == "__main__":
+    main()
