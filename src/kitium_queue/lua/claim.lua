@@ -123,7 +123,16 @@ if want > 0 then
   local examined = 0
   while got < want and examined < scan and not ADMIT_STOP do
     local batch = math.min(want - got, scan - examined)
+--@if admission
     local cands = redis.call('ZRANGE', K_WAIT, examined, examined + batch - 1)
+--@else
+    -- No admission check can refuse a candidate, so every one fetched is taken (leased
+    -- or dead-lettered): pop them. Removing the head of wait in one command costs the
+    -- same at any size, where a ZREM per member searches a large wait set again.
+    local popped = redis.call('ZPOPMIN', K_WAIT, batch)
+    local cands = {}
+    for i = 1, #popped, 2 do cands[#cands + 1] = popped[i] end
+--@end
     if #cands == 0 then break end
     examined = examined + #cands
     for i = 1, #cands do
@@ -176,7 +185,9 @@ if want > 0 then
       end
     end
   end
+--@if admission
   zrem_all(K_WAIT, taken)
+--@end
   zadd_all(K_ACTIVE, int(NOW + lease), leased)
 --@if admission
   -- What the checks deferred until wait is no longer scanned (admit_after).
