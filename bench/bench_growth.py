@@ -27,6 +27,10 @@ Each case runs on a fresh private ``redis-server`` (no persistence, ``SLOWLOG`` 
   single Redis command it caused (``SLOWLOG``, µs) and its wall time. The target: no
   command above 50 ms at any size (``LATENCY LATEST`` is printed too).
 
+``--bracket`` runs the first waiting case again at the end and compares every case with
+the mean of its two runs (the machine's speed drifts over a half-hour run; the two
+baseline figures show by how much).
+
 The targets (issue 18): cost per job within 20 % of the 10 k figure; no admin call
 blocking Redis for more than 50 ms. Prints a table; ``--json`` writes every figure.
 Benchmarks are not tests: nothing here asserts.
@@ -372,6 +376,10 @@ async def main(args: argparse.Namespace) -> None:
     plan += [("delayed", n) for n in _sizes(args.delayed)]
     plan += [("schedules", n) for n in _sizes(args.schedules)]
     plan += [("dlq", n) for n in _sizes(args.dlq)]
+    if args.bracket and plan and plan[0][0] == "waiting":
+        # The baseline again at the end: the machine's speed drifts over a long run, and
+        # the ratios then compare every case with the mean of the two baseline runs.
+        plan.append(plan[0])
     rows = []
     for kind, n in plan:
         t0 = time.perf_counter()
@@ -393,16 +401,25 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  {r['case']} {r['size']:,}: {parts}")
     base = next((r for r in rows if r["case"] == "waiting"), None)
     if base is not None:
+        bases = [base]
+        if args.bracket and len(rows) > 1 and rows[-1]["size"] == base["size"]:
+            bases.append(rows[-1])
+            print(
+                f"\nbaseline drift: script {base['redis_script_us_per_job']} → "
+                f"{rows[-1]['redis_script_us_per_job']} µs/job, Redis CPU "
+                f"{base['redis_cpu_us_per_job']} → {rows[-1]['redis_cpu_us_per_job']} µs/job"
+            )
+        script0 = statistics.mean(b["redis_script_us_per_job"] for b in bases)
+        cpu0 = statistics.mean(b["redis_cpu_us_per_job"] for b in bases)
         for r in rows:
             r["script_us_vs_first_waiting"] = round(
-                r["redis_script_us_per_job"] / max(1e-9, base["redis_script_us_per_job"]), 2
+                r["redis_script_us_per_job"] / max(1e-9, script0), 2
             )
-            r["cpu_us_vs_first_waiting"] = round(
-                r["redis_cpu_us_per_job"] / max(1e-9, base["redis_cpu_us_per_job"]), 2
-            )
+            r["cpu_us_vs_first_waiting"] = round(r["redis_cpu_us_per_job"] / max(1e-9, cpu0), 2)
+        what = "the first waiting case" + (" (mean of its two runs)" if len(bases) > 1 else "")
         for label, key in (("script µs", "script_us"), ("Redis CPU µs", "cpu_us")):
             print(
-                f"\n{label}/job relative to the first waiting case: "
+                f"\n{label}/job relative to {what}: "
                 + ", ".join(
                     f"{r['case']} {r['size']:,}: {r[key + '_vs_first_waiting']}" for r in rows
                 )
@@ -428,6 +445,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="smoke sizes: 2,000 and 20,000 waiting; 20,000 delayed; 2,000 "
         "schedules; 20,000 in the DLQ; 2,000 drained",
+    )
+    p.add_argument(
+        "--bracket",
+        action="store_true",
+        help="run the first waiting case again at the end; ratios against the mean of both",
     )
     p.add_argument("--json", default="")
     p.add_argument(
