@@ -127,8 +127,8 @@ if want > 0 then
     local cands = redis.call('ZRANGE', K_WAIT, examined, examined + batch - 1)
 --@else
     -- No admission check can refuse a candidate, so every one fetched is taken (leased
-    -- or dead-lettered): pop them. Removing the head of wait in one command costs the
-    -- same at any size, where a ZREM per member searches a large wait set again.
+    -- or dead-lettered): pop them, one command where reading them and then removing
+    -- them by name took two.
     local popped = redis.call('ZPOPMIN', K_WAIT, batch)
     local cands = {}
     for i = 1, #popped, 2 do cands[#cands + 1] = popped[i] end
