@@ -95,7 +95,7 @@ CORE_ACL_COMMANDS = (
     # called inside the scripts
     "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "unlink", "exists", "type",
     "hset", "hmget", "hdel", "hincrby", "hexists", "rpush", "ltrim",
-    "zrem", "zscore", "zcard", "zrangebyscore", "xadd", "publish",
+    "zrem", "zpopmin", "zscore", "zcard", "zrangebyscore", "xadd", "publish",
     # the server checks at connect and in health_check (docs/RELIABILITY.md)
     "info",
 )  # fmt: skip

@@ -62,7 +62,8 @@ ENGINE_COMMANDS = (
     "multi", "exec", "zremrangebyscore",
     # called inside the scripts
     "get", "set", "incr", "incrby", "pexpire", "pttl", "del", "unlink", "exists", "type",
-    "hset", "hdel", "hincrby", "hexists", "rpush", "ltrim", "zadd", "zrem", "xadd", "publish",
+    "hset", "hdel", "hincrby", "hexists", "rpush", "ltrim", "zadd", "zrem", "zpopmin", "xadd",
+    "publish",
     # the server checks at connect and in health_check (maxmemory policy, persistence)
     "info",
 )  # fmt: skip
