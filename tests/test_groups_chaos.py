@@ -71,18 +71,24 @@ def _all_final(client: redis.Redis, keys: QueueKeys, ids: list[str]) -> bool:
     return all(st is not None and st.decode() in FINAL for st in pipe.execute())
 
 
-def _kill_mid_run(workers: list[Any], tries: int = 50) -> tuple[Any, float]:
-    """SIGKILL a worker while it has a run open. Runs last 0-3 ms, so a worker seen busy
-    may be idle a moment later: freeze it (SIGSTOP) first, read its log, and kill only if
-    a run is still open there (else let it go on and try again)."""
+#: The job whose run the SIGKILL cuts: deep in its group, so the kill lands mid-flight.
+_LONG_JOB = "g7-30"
+
+
+def _kill_mid_run(workers: list[Any], job: str, tries: int = 50) -> tuple[Any, float]:
+    """SIGKILL the worker running ``job`` (a long one, so its run is easy to catch open)
+    while that run is open: freeze the worker (SIGSTOP) first, read its log, and kill only
+    if the run is still open there (else let it go on and try again)."""
     for _ in range(tries):
         busy = wait_for(
-            lambda: [w for w in workers if w.running_jobs()], 20, what="a busy worker"
+            lambda: [w for w in workers if job in w.running_jobs()],
+            60,
+            what=f"a worker running {job}",
         )
         victim = busy[0]
         victim.signal(signal.SIGSTOP)
         time.sleep(0.02)  # a log write under way when the signal landed completes
-        if victim.running_jobs():
+        if job in victim.running_jobs():
             return victim, victim.kill()
         victim.signal(signal.SIGCONT)
         time.sleep(0.05)
@@ -147,13 +153,19 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
                 fail_on = [a for a in range(1, 6) if rnd.random() < 0.2]
                 if rnd.random() < 0.001:
                     fail_on = [1, 2, 3, 4, 5]
+                ms = rnd.randint(0, 3)
+                if jid == _LONG_JOB:
+                    # The run the SIGKILL cuts: long enough to be seen open in the log
+                    # (the others last 0-3 ms and may all be over before one is seen;
+                    # one look at four logs of thousands of lines takes a few 100 ms).
+                    fail_on, ms = [], 3000
                 if fail_on == [1, 2, 3, 4, 5]:
                     doomed.add(jid)
                 order[g].append(jid)
                 jobs.append(
                     (
                         "work",
-                        {"ms": rnd.randint(0, 3), "fail_on": fail_on},
+                        {"ms": ms, "fail_on": fail_on},
                         {
                             "job_id": jid,
                             "message_group_id": g,
@@ -175,12 +187,8 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
         workers = [fleet.start() for _ in range(4)]
         for w in workers:
             w.wait_ready()
-        wait_for(
-            lambda: client.zcard(keys.completed) >= len(ids) // 4,
-            60,
-            what="a quarter of the jobs to complete",
-        )
-        victim, t_kill = _kill_mid_run(workers)
+        # The kill lands mid-flight: the long job is the 31st of its group's 50.
+        victim, t_kill = _kill_mid_run(workers, _LONG_JOB)
         wait_for(
             lambda: _all_final(client, keys, ids), 90, interval=0.2, what="every job to finish"
         )
