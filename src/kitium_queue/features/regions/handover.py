@@ -21,6 +21,7 @@ import contextlib
 import os
 import time
 
+from ...connection import TRANSIENT_ERRORS
 from ...outbox import Outbox
 from .copying import apply
 from .errors import FailoverError
@@ -103,7 +104,14 @@ class Handover:
         drain_ms = int(cfg.failover.drain_timeout_ms or 0)
         deadline = time.monotonic() + drain_ms / 1000
         client = await p.lane.client()
-        while await client.zcard(p.lane.keys.active) > 0 and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            try:
+                if await client.zcard(p.lane.keys.active) == 0:
+                    break
+            except TRANSIENT_ERRORS:
+                # A pooled connection the region's Redis dropped (it restarted since):
+                # ask again on a fresh one until the drain's deadline.
+                pass
             await asyncio.sleep(0.02)
         if not cfg.replication.enabled:
             return
