@@ -370,7 +370,11 @@ async def test_why_is_this_job_not_running(browser: Any, server: Server, queues:
     for name in ("g", "slow", "cap", "api", "charge"):
         shop.process(name, hold)
     await shop.start(concurrency=8)
-    orphan = await shop.add_job("nobody-runs-me", {})
+    # The worker claims it and fails it (no processor); a long backoff keeps it retrying
+    # (delayed, not started) rather than dead-lettered before the page is read.
+    orphan = await shop.add_job(
+        "nobody-runs-me", {}, attempts=3, backoff={"type": "fixed", "delay": 3_600_000}
+    )
     holder = await shop.add_job("g", {}, message_group_id="cust-1")
     await wait_for_status(shop, holder, "active")
     turn = await shop.add_job("g", {}, message_group_id="cust-1")
