@@ -762,3 +762,47 @@ async def test_failover_events_and_webhooks(
     finally:
         await control.close()
         await receiver.stop()
+
+
+async def test_close_bounds_a_step_that_never_ends_and_still_closes_the_rest(
+    urls: list[str],
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A part of the manager that never finishes stopping (here the region monitor) is
+    cancelled after its bound, named in the log, and the workers and every region's
+    connections are still closed."""
+    from kitium_queue.features.regions import manager as manager_mod
+
+    monkeypatch.setattr(manager_mod, "_STEP_S", 0.3)
+    m = GlobalQueueManager()
+    await m.initialize(config(urls, prefix))
+
+    @m.process("job")
+    async def job(j: Any) -> None:
+        return None
+
+    await m.start(concurrency=1)
+    assert m.monitor is not None and m.topo is not None
+    stuck = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def never_stops() -> None:
+        try:
+            await stuck.wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    monkeypatch.setattr(m.monitor, "stop", never_stops)
+    workers = [q.worker for c in m.topo.copies for q in c.queues() if q.worker is not None]
+    assert workers and any(w.running for w in workers)
+    with caplog.at_level("WARNING", logger="kitium_queue.features.regions.manager"):
+        await asyncio.wait_for(m.close(), 30)
+    await asyncio.sleep(0)
+    assert cancelled == [True]
+    warned = [r.getMessage() for r in caplog.records if "took more than" in r.getMessage()]
+    assert warned and "the region monitor" in warned[0], warned
+    assert not any(w.running for w in workers)
+    assert m.stopped.is_set()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...api import Operation, Route
@@ -51,6 +51,31 @@ if TYPE_CHECKING:
 __all__ = ["GlobalQueueManager"]
 
 log = get_logger(__name__)
+
+# How long ``close`` gives each of its steps (the workers' step is bounded inside Lanes
+# too: a worker stopping there has ``_STOP_WAIT_S``, ending its running jobs first).
+_STEP_S = 15.0
+_LANES_STEP_S = 45.0
+_REGION_STEP_S = 20.0
+
+
+async def close_step(queue: str, what: str, step: Awaitable[None], timeout_s: float) -> None:
+    """Run one step of a close for at most ``timeout_s``: an overrun is logged by name and
+    cancelled, a failure (a region that is gone) logged, and the close goes on."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        log.warning(
+            "queue %s: closing %s took more than %.0f s; cancelled, closing the rest",
+            queue,
+            what,
+            timeout_s,
+        )
+        return
+    exc = task.exception()
+    if exc is not None:  # e.g. closing the connection to a region that is gone
+        log.debug("queue %s: closing %s failed", queue, what, exc_info=exc)
 
 #: The private option ``add_job`` / ``add_jobs`` hand ``place`` the routed queue in.
 _LANE = "__kq_lane"
@@ -483,15 +508,20 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         self.stopped.set()
 
     async def _shutdown(self) -> None:
+        # Each step is bounded: a close that waits for ever on one part (a loop that
+        # swallowed its cancellation, a region that stopped answering mid-call) would
+        # leave every later part running. The step that overran is named in the log.
+        name = self.cfg.name if self.cfg is not None else "?"
         if self.monitor is not None:
-            await self.monitor.stop()
+            await close_step(name, "the region monitor", self.monitor.stop(), _STEP_S)
         if self.replicator is not None:
-            await self.replicator.stop()
+            await close_step(name, "replication", self.replicator.stop(), _STEP_S)
         if self.lanes is not None:
-            await self.lanes.stop()
+            await close_step(name, "the workers", self.lanes.stop(), _LANES_STEP_S)
         if self.topo is not None:
-            for c in self.topo.copies:
-                try:
-                    await c.close()
-                except Exception:  # closing a connection to a region that is gone
-                    log.debug("closing region %s failed", c.name, exc_info=True)
+            await asyncio.gather(
+                *(
+                    close_step(name, f"region {c.name}", c.close(), _REGION_STEP_S)
+                    for c in self.topo.copies
+                )
+            )

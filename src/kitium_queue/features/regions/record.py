@@ -228,8 +228,10 @@ class RegionCopy:
         return [self.lane, self.home, *self.copies.values()]
 
     async def close(self) -> None:
-        for q in self.queues():
-            await q.close()
-        shared, self._shared = self._shared, None
-        if shared is not None and self.connection.owns(shared):
-            await shared.aclose()
+        try:
+            for q in self.queues():
+                await q.close()
+        finally:  # also when the close is cancelled for taking too long
+            shared, self._shared = self._shared, None
+            if shared is not None and self.connection.owns(shared):
+                await shared.aclose()
