@@ -93,7 +93,9 @@ from kitium_queue import (
 )
 from kitium_queue.keys import QueueKeys
 
-pytestmark = pytest.mark.redis_only
+# Property tests: their wall time scales with the machine (two pytest processes share
+# two cores); a wedged example still fails on its own settle timeouts, well inside this.
+pytestmark = [pytest.mark.redis_only, pytest.mark.timeout(600)]
 
 _HEALTH = [
     HealthCheck.function_scoped_fixture,  # one queue (and worker) per test, on purpose

@@ -806,3 +806,41 @@ async def test_close_bounds_a_step_that_never_ends_and_still_closes_the_rest(
     assert warned and "the region monitor" in warned[0], warned
     assert not any(w.running for w in workers)
     assert m.stopped.is_set()
+
+
+async def test_a_handover_is_reported_once_as_manual_while_the_monitor_ticks(
+    make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor's rounds (every 20 ms here) go on while a handover catches the new
+    primary up (slowed to 0.4 s): a round that sees the new epoch first must not follow
+    it as an observed change, or the process's own failover would lose its reason, its
+    metric and its webhooks (seen on a loaded machine)."""
+    from test_adapters import RecordingMetrics
+
+    metrics = RecordingMetrics()
+    m = await make(
+        failover={"enabled": True, "timeout_ms": 2000, "check_interval_ms": 20},
+        queue_options={"prefix": f"kqt{uuid.uuid4().hex[:8]}", "metrics": metrics},
+    )
+    assert m.replicator is not None and m.monitor is not None
+    events: list[EventData] = []
+    m.on("region-failover", events.append)
+    slow_catch_up = m.replicator.catch_up
+    ticks_during: list[int] = []
+
+    async def catch_up(target: Any) -> dict[str, int]:
+        assert m.monitor is not None
+        before = m.monitor.ticks
+        await asyncio.sleep(0.4)
+        ticks_during.append(m.monitor.ticks - before)
+        return await slow_catch_up(target)
+
+    monkeypatch.setattr(m.replicator, "catch_up", catch_up)
+    await m.failover_to(NAMES[1])
+    assert ticks_during and ticks_during[0] >= 2, ticks_during  # the monitor did tick
+    await asyncio.sleep(0.1)  # a few more rounds: none reports the change again
+    assert [(e.extra["from"], e.extra["to"], e.extra["reason"]) for e in events] == [
+        (NAMES[0], NAMES[1], "manual")
+    ]
+    assert metrics.total("regions.failovers", to=NAMES[1], reason="manual") == 1
+    assert m.primary == NAMES[1]

@@ -527,6 +527,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert int(lease or 0) == self.lease_counter
 
 
+@pytest.mark.timeout(600)  # many examples: wall time scales with the machine
 @pytest.mark.redis_only
 def test_transitions_state_machine(redis_url: str) -> None:
     machine = type("BoundQueueMachine", (QueueMachine,), {"url": redis_url})

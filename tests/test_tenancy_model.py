@@ -38,7 +38,9 @@ from kitium_queue.features.tenancy import TenantRegistry
 from kitium_queue.features.tenancy import keys as tk
 from kitium_queue.scripts import SCRIPT_NAMES
 
-pytestmark = [pytest.mark.redis_only]
+# Property tests: their wall time scales with the machine (two pytest processes share
+# two cores); a wedged example still fails on its own settle timeouts, well inside this.
+pytestmark = [pytest.mark.redis_only, pytest.mark.timeout(600)]
 
 T0 = 1_700_000_000_000
 QUANTUM = 2

@@ -293,7 +293,10 @@ async def test_fixed_backoff(make_queue: QueueFactory) -> None:
     assert await _retry_delays(q, jid) == [80, 80]
     starts = log.times("job-started", jid)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(gaps) == 2 and all(0.075 <= g <= 0.6 for g in gaps), gaps
+    # The delays themselves are exact above ([80, 80]); the gaps between runs only show
+    # each retry waited for its delay (the upper bound leaves room for a loaded machine,
+    # where a run once started 0.78 s after its retry was due).
+    assert len(gaps) == 2 and all(0.075 <= g <= 3.0 for g in gaps), gaps
 
 
 async def test_exponential_backoff_with_max_delay(make_queue: QueueFactory) -> None:

@@ -357,6 +357,7 @@ async def fuzz(redis_url: str, prefix: str) -> AsyncIterator[FuzzBench]:
     await bench.close()
 
 
+@pytest.mark.timeout(600)  # many examples: wall time scales with the machine
 @pytest.mark.redis_only
 @settings(max_examples=80, deadline=None, suppress_health_check=_HEALTH)
 @given(

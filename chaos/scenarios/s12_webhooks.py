@@ -151,8 +151,16 @@ def run(ctx: Context, res: Result) -> None:
         except Exception:
             bad += 1
     res.expect("every request carries a valid signature", bad == 0, {"bad": bad})
-    time.sleep(1.0)  # the last acknowledgements
-    left = asyncio.run(_leftovers(srv.url, prefix))
+    # The last acknowledgements, and retries of deliveries that had already landed (a
+    # killed worker's orphaned attempt answered 503: at least once means it is sent
+    # again). Wait for them to settle, bounded; what is still left is reported below.
+    deadline = time.monotonic() + 30
+    while True:
+        time.sleep(0.5)
+        left = asyncio.run(_leftovers(srv.url, prefix))
+        settled = left["retry_scheduled"] == 0 and left["outbox_pending"] == 0
+        if settled or time.monotonic() > deadline:
+            break
     res.figures["leftovers"] = left
     res.expect("every job completed", left["completed"] == n, left)
     res.expect("nothing dead-lettered or left scheduled",

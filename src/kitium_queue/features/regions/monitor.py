@@ -72,6 +72,9 @@ class Monitor:
         self._election_seen: tuple[int, float] | None = None
         self._tick_lock = asyncio.Lock()
         self.ticks = 0
+        # The view this process last followed (``on_change``): a change is followed once,
+        # whichever refresh saw it first.
+        self._followed: View | None = None
 
     # ------------------------------------------------------------------ loop
     async def start(self) -> None:
@@ -106,10 +109,15 @@ class Monitor:
 
     async def _tick(self) -> View:
         self.ticks += 1
-        prev = self.topo.view
+        if self._followed is None:
+            self._followed = self.topo.view
         view = await self.topo.refresh()
-        if (view.primary, view.epoch) != (prev.primary, prev.epoch):
-            await self.on_change(prev, view, None)
+        # While a promotion by this process is under way (it holds topo.lock) the change
+        # it makes is its own to follow, with its reason and duration: following it here
+        # first would report it as merely observed. A change it does not follow (an
+        # election it lost) is followed by the next round.
+        if not self.topo.lock.locked() and not _same(view, self._followed):
+            await self._follow(view, None)
         if view.epoch is not None and view.primary is not None:
             await self._adopt_stale(view)
             await self._renew(view)
@@ -295,5 +303,14 @@ class Monitor:
             f"; caught up {caught}" if caught else "",
         )
         self._not_serving_since = None
-        await self.on_change(prev, view, info)
+        await self._follow(view, info, prev)
         return result, info
+
+    async def _follow(self, view: View, info: Failover | None, prev: View | None = None) -> None:
+        was = prev if prev is not None else (self._followed or view)
+        self._followed = view
+        await self.on_change(was, view, info)
+
+
+def _same(a: View, b: View) -> bool:
+    return (a.primary, a.epoch) == (b.primary, b.epoch)
