@@ -124,6 +124,11 @@ class Worker:
         self._stopping = False
         self._signal = asyncio.Event()
         self._want_block = asyncio.Event()
+        # The waker popped a wake-up (without claiming) and no claim has been sent since:
+        # the pump must claim before it waits again. A wake-up popped while the pump was
+        # mid-round would otherwise be lost with the signal its next idle wait clears,
+        # and the new jobs would wait for the next timer (up to _MAX_IDLE_S).
+        self._woken = False
         # How long the waker may block (s): the shortest idle_for of the lanes waiting.
         self._block_s = _MAX_IDLE_S
         self._cap = 1
@@ -337,6 +342,8 @@ class Worker:
 
     async def _idle(self, free: int, idle_for: float | None) -> None:
         """Wait for a completion, a wake-up or ``idle_for`` seconds (None: no limit)."""
+        if free > 0 and self._woken:
+            return  # a wake-up arrived since the last claim was sent: claim first
         self._signal.clear()
         if free > 0:
             block = _MAX_IDLE_S if idle_for is None else idle_for
@@ -359,6 +366,7 @@ class Worker:
         n_ext = len(calls)
         calls += self.outcomes.calls(batch)
         if free > 0:
+            self._woken = False  # this claim sees every job a wake-up announced so far
             claim_args = self._claim_args.copy()
             claim_args[0] = free
             calls.append(self.queue.call("claim", claim_args))
@@ -540,6 +548,8 @@ class Worker:
                         # Not ours to use: hand the wake-up on to another worker.
                         with contextlib.suppress(*_NET_ERRORS):
                             await self._client.zadd(q.keys.marker, {"0": 0})
+                    elif popped:
+                        self._woken = True
             except asyncio.CancelledError:
                 self._unreserve(asked, 0)
                 raise
