@@ -19,7 +19,8 @@ How one worker runs (one asyncio task each, plus one task per running job):
    job, lease deadline or limiter window is due), so a new job costs its idle worker one
    round trip, not two. The slots that claim asks for are reserved while it waits.
    (Workers sharing a slot budget, a client that is not a plain redis-py one, and a
-   worker just back from an outage pop the marker alone and let a pump lane claim; a
+   worker just back from an outage pop the marker alone and let a pump lane claim — before
+   the lane's next idle wait, even when the pop landed while it was mid-round; a
    marker taken while such a worker has no free slot is put back for others.) Stopping
    cancels the waiting exchange first; a claim that Redis ran just as it was cancelled
    leaves its jobs leased, and they are recovered once their lease expires.
