@@ -59,7 +59,7 @@ _LANES_STEP_S = 45.0
 _REGION_STEP_S = 20.0
 
 
-async def close_step(queue: str, what: str, step: Awaitable[None], timeout_s: float) -> None:
+async def _close_step(queue: str, what: str, step: Awaitable[None], timeout_s: float) -> None:
     """Run one step of a close for at most ``timeout_s``: an overrun is logged by name and
     cancelled, a failure (a region that is gone) logged, and the close goes on."""
     task = asyncio.ensure_future(step)
@@ -513,15 +513,15 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         # leave every later part running. The step that overran is named in the log.
         name = self.cfg.name if self.cfg is not None else "?"
         if self.monitor is not None:
-            await close_step(name, "the region monitor", self.monitor.stop(), _STEP_S)
+            await _close_step(name, "the region monitor", self.monitor.stop(), _STEP_S)
         if self.replicator is not None:
-            await close_step(name, "replication", self.replicator.stop(), _STEP_S)
+            await _close_step(name, "replication", self.replicator.stop(), _STEP_S)
         if self.lanes is not None:
-            await close_step(name, "the workers", self.lanes.stop(), _LANES_STEP_S)
+            await _close_step(name, "the workers", self.lanes.stop(), _LANES_STEP_S)
         if self.topo is not None:
             await asyncio.gather(
                 *(
-                    close_step(name, f"region {c.name}", c.close(), _REGION_STEP_S)
+                    _close_step(name, f"region {c.name}", c.close(), _REGION_STEP_S)
                     for c in self.topo.copies
                 )
             )
