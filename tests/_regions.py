@@ -146,7 +146,9 @@ class RegionLoad:
     * ``acked``: job id -> (number, time) for every ``add_job`` that returned;
     * ``errors``: add_job failures (not acknowledged: the caller knows);
     * ``completions``: job id -> [(time, region of the primary then)] from the
-      workers' ``job-completed`` events (recorded completions, one per event).
+      workers' ``job-completed`` events (recorded completions, one per event);
+    * ``starts``: job id -> [(time, region of the primary then)], one per run of the
+      processor (a run's outcome may be recorded late, or never).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class RegionLoad:
         self.errors: Counter[str] = Counter()
         self.completions: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
         self.runs: Counter[str] = Counter()
+        self.starts: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
         self._n = 0
         self._task: asyncio.Task[None] | None = None
         self._stop = False
@@ -180,6 +183,7 @@ class RegionLoad:
     def _register(self, w: GlobalQueueManager) -> None:
         async def work(job: Any) -> int:
             self.runs[job.id] += 1
+            self.starts[job.id].append((time.time(), w.primary))
             await asyncio.sleep(self.work_s)
             return int(job.data["n"])
 

@@ -112,10 +112,12 @@ async def test_max_concurrency_across_three_worker_processes(
     reg = TenantRegistry(queue)
     await reg.create_tenant({"tenant_id": "capped", "quota": {"max_concurrency": 3}})
     await reg.create_tenant({"tenant_id": "wide"})
+    # The processes run before the work arrives: one that started late (a loaded
+    # machine) would otherwise find the capped jobs already done by the others.
+    await procs.start(3, "--concurrency", "4", "--tenancy", "--no-scheduler")
     capped = await queue.add_jobs([("x", {"ms": 40}, {"tenant_id": "capped"})
                                    for _ in range(60)])
     wide = await queue.add_jobs([("x", {"ms": 40}, {"tenant_id": "wide"}) for _ in range(60)])
-    await procs.start(3, "--concurrency", "4", "--tenancy", "--no-scheduler")
     await wait_until(lambda: _count(queue, prefix, 120), 60, message=procs.stderr)
     runs = await _runs(queue, prefix)
     mine = [r for r in runs if r["tenant"] == "capped"]
