@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -567,3 +568,20 @@ async def test_section_disabled_by_default_does_nothing(make_queue: QueueFactory
     plain = make_queue("plain")
     assert plain.advanced.config.enabled_sections() == []
     assert plain.advanced.effective()["enabled_sections"] == []
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "needle"),
+    [
+        # Not a list of paths: a clear error, never a TypeError from iterating it.
+        ("compliance", {"redact_fields": math.inf}, "must be a list of paths"),
+        ("compliance", {"redact_fields": 3}, "got int"),
+        ("compliance", {"redact_fields": {"a": 1}}, "got dict"),
+        ("compliance", {"redact_fields": ["x"] * 201}, "more than 200 paths"),
+        # A region given as nothing: which field it needs.
+        ("global_queue", {"regions": [None]}, r"regions\[0\] needs 'region'"),
+    ],
+)
+def test_wrong_shapes_are_configuration_errors(section: str, value: Any, needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=needle):
+        AdvancedQueueConfig.parse({section: value})

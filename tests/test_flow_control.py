@@ -257,7 +257,7 @@ async def test_rate_limited_holds_only_its_key_across_workers(
     async def call(job: Any) -> None:
         if job.data.get("limit") and not held:
             held.append(time.monotonic())
-            raise RateLimited(600)  # scope "auto": the job's rate_limit_key
+            raise RateLimited(2000)  # scope "auto": the job's rate_limit_key
         started.setdefault(job.id, time.monotonic())
 
     try:
@@ -273,9 +273,11 @@ async def test_rate_limited_holds_only_its_key_across_workers(
         acme = [await q.add_job("call", {}, rate_limit_key="acme") for _ in range(2)]
         other = [await q.add_job("call", {}, rate_limit_key="globex") for _ in range(2)]
         await wait_until(lambda: all(j in started for j in other), timeout=3)
-        assert all(started[j] - held[0] < 0.4 for j in other)  # other keys run at once
-        await wait_until(lambda: all(j in started for j in acme), timeout=5)
-        assert all(started[j] - held[0] >= 0.55 for j in acme)  # acme held on both workers
+        # Other keys run at once: well inside the hold (a loaded machine may take its
+        # time to claim, so the hold is long and the bound generous).
+        assert all(started[j] - held[0] < 1.5 for j in other)
+        await wait_until(lambda: all(j in started for j in acme), timeout=8)
+        assert all(started[j] - held[0] >= 1.95 for j in acme)  # acme held on both workers
     finally:
         await factory.aclose()
 

@@ -264,7 +264,12 @@ def test_cli_metrics_once(cli_app: str) -> None:
 
 def test_cli_metrics_serves_until_stopped(cli_app: str, tmp_path: Path) -> None:
     src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(tmp_path)])}
+    # faulthandler: a process that does not stop shows where it was (SIGABRT below).
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([src, str(tmp_path)]),
+        "PYTHONFAULTHANDLER": "1",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "kitium_queue.cli", "metrics", cli_app, "--port", "0"],
         cwd=tmp_path,
@@ -284,8 +289,12 @@ def test_cli_metrics_serves_until_stopped(cli_app: str, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(10)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGABRT)  # its threads' stacks go to stderr
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""

@@ -254,7 +254,7 @@ def coerce(cls: type[T], value: Any, section: str, noun: str = "option") -> T:
     """Build config dataclass ``cls`` from an instance, a dict (snake_case keys) or None;
     ``noun``: what the dict's keys are, for the error about unknown ones."""
     if value is None:
-        return cls()
+        value = {}  # the defaults: a class with a required field says which it needs
     if isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):

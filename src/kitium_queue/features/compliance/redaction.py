@@ -16,7 +16,7 @@ named (use ``*``). A redactor returns a copy and never changes the value it was 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...errors import ConfigurationError
@@ -37,8 +37,15 @@ def check_paths(paths: Iterable[str], what: str = "redact_fields") -> tuple[str,
     no empty segment (``"a..b"``), at most 32 segments, at most 200 paths."""
     if isinstance(paths, str):
         raise ConfigurationError(f"{what} must be a list of paths, not one string: [{paths!r:.60}]")
+    if isinstance(paths, (bytes, bytearray, Mapping)) or not isinstance(paths, Iterable):
+        raise ConfigurationError(
+            f"{what} must be a list of paths such as ['user.email'], "
+            f"got {type(paths).__name__}"
+        )
     out: list[str] = []
     for p in paths:
+        if len(out) >= MAX_PATHS:
+            raise ConfigurationError(f"{what} lists more than {MAX_PATHS} paths")
         text = check_text(p, f"{what} path", max_len=500)
         parts = text.split(".")
         if any(not s for s in parts):
@@ -49,8 +56,6 @@ def check_paths(paths: Iterable[str], what: str = "redact_fields") -> tuple[str,
         if len(parts) > _MAX_SEGMENTS:
             raise ConfigurationError(f"{what} path {text!r:.80} has more than 32 segments")
         out.append(text)
-    if len(out) > MAX_PATHS:
-        raise ConfigurationError(f"{what} lists {len(out)} paths, at most {MAX_PATHS}")
     return tuple(dict.fromkeys(out))
 
 
