@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,7 +58,8 @@ def make_command(
     ) -> None:
         """Serve Prometheus metrics of APP's queue on http://HOST:PORT/metrics: jobs per
         state, DLQ size, latency, breakers and groups, read from Redis at each scrape.
-        A partitioned APP is exported partition by partition."""
+        A partitioned APP is exported partition by partition. Runs until SIGINT or
+        SIGTERM, then closes the server and its connections and exits 0."""
 
         async def act(q: Any) -> None:
             # A partitioned queue: every partition, each under its own queue label.
@@ -82,12 +84,33 @@ def make_command(
                 )
                 return
             server = await exporter.serve(host, port)
+            # SIGINT and SIGTERM stop it gracefully, whatever the process inherited (a
+            # shell starts background commands with SIGINT ignored; a service manager
+            # stops with SIGTERM).
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            installed = []
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, stop.set)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError):  # no signals on this platform
+                    pass
             click.echo(row("serving", server.url))
+            serving = asyncio.ensure_future(server.serve_forever())
+            stopping = asyncio.ensure_future(stop.wait())
             try:
-                await server.serve_forever()
+                await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if serving.done() and not serving.cancelled():
+                    serving.result()  # the server failed: its error ends the command
             except asyncio.CancelledError:
                 pass
             finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
+                for task in (serving, stopping):
+                    task.cancel()
+                await asyncio.gather(serving, stopping, return_exceptions=True)
                 await server.close()
 
         with_queue(app, redis, act)
