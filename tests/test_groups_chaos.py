@@ -78,7 +78,11 @@ _LONG_JOB = "g7-30"
 def _kill_mid_run(workers: list[Any], job: str, tries: int = 50) -> tuple[Any, float]:
     """SIGKILL the worker running ``job`` (a long one, so its run is easy to catch open)
     while that run is open: freeze the worker (SIGSTOP) first, read its log, and kill only
-    if the run is still open there (else let it go on and try again)."""
+    if the run is still open there (else let it go on and try again).
+
+    Returns the victim and the time it was frozen: it did nothing after that, and on a
+    loaded machine its lease may run out (and its job run again elsewhere) before the
+    SIGKILL itself lands."""
     for _ in range(tries):
         busy = wait_for(
             lambda: [w for w in workers if job in w.running_jobs()],
@@ -86,10 +90,12 @@ def _kill_mid_run(workers: list[Any], job: str, tries: int = 50) -> tuple[Any, f
             what=f"a worker running {job}",
         )
         victim = busy[0]
+        frozen_at = time.time()
         victim.signal(signal.SIGSTOP)
         time.sleep(0.02)  # a log write under way when the signal landed completes
         if job in victim.running_jobs():
-            return victim, victim.kill()
+            victim.kill()
+            return victim, frozen_at
         victim.signal(signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError(f"no worker had a run open in {tries} tries")
