@@ -12,6 +12,13 @@ sequential calls, each awaited before the next, against the shared Redis:
 Per line: calls/s (median of ``--reps``) and the client's CPU µs per call (user + system
 of this process, median).
 
+Then the Redis side (``--server``, on by default): the server's own µs per call from
+``INFO commandstats`` (``CONFIG RESETSTAT`` before each case: run it against a Redis
+nothing else uses), blocking calls back to back: ``LPUSH``; ``EVALSHA`` of ``return 1``
+with no keys, and with the enqueue script's keys and arguments; the enqueue script with
+its definitions only (its code up to the first job, then ``return 1``); the whole
+enqueue script; and the commands it runs inside, each at its own cost.
+
     .venv/bin/python bench/bench_single.py [--url redis://127.0.0.1:6379] [--calls 5000]
 
 Benchmarks are not tests: nothing here asserts. Keys go under ``kqbs:`` and are removed.
@@ -107,14 +114,73 @@ async def _async_cases(url: str, n: int, reps: int) -> None:
         await r.aclose()
 
 
+def _server_side(url: str, n: int, reps: int) -> None:
+    """µs of Redis time per call (see the module docstring)."""
+    r = redis.Redis.from_url(url)
+    q = JobQueue("single", redis=url, prefix=PREFIX)
+    ctx = q.producer.ctx
+    keys = list(ctx.keys.all)
+    args = [*ctx.argv_head(), ctx.idempotency_ttl, *q.producer.prepare("single", {"i": 0}, {})]
+    source = ctx.scripts.get("enqueue").source
+    cut = source.index("local MAX_JOBS")  # the enqueue script's own code starts here
+    cases = {
+        "lpush": None,
+        "evalsha return 1, no keys": ("return 1", [], []),
+        "evalsha return 1, enqueue's keys+args": ("return 1", keys, args),
+        "enqueue's definitions, then return 1": (source[:cut] + "\nreturn 1\n", keys, args),
+        "enqueue (one job)": (source, keys, args),
+    }
+    inner = ("incr", "exists", "hset", "zadd", "xadd")
+    got: dict[str, list[float]] = {k: [] for k in cases}
+    parts: dict[str, list[float]] = {k: [] for k in inner}
+    try:
+        for _ in range(reps):
+            for label, case in cases.items():
+                if case is None:
+                    r.config_resetstat()
+                    for i in range(n):
+                        r.lpush(f"{PREFIX}:list", b'{"i":%d}' % i)
+                    got[label].append(r.info("commandstats")["cmdstat_lpush"]["usec_per_call"])
+                    r.delete(f"{PREFIX}:list")
+                    continue
+                body, k, a = case
+                sha = r.script_load(body)
+                r.config_resetstat()
+                for _ in range(n):
+                    r.evalsha(sha, len(k), *k, *a)
+                stats = r.info("commandstats")
+                got[label].append(stats["cmdstat_evalsha"]["usec_per_call"])
+                if label.startswith("enqueue ("):
+                    for c in inner:
+                        st = stats.get(f"cmdstat_{c}")
+                        if st:  # per enqueue call, not per command
+                            parts[c].append(st["usec"] / n)
+        print("\nRedis time per call (µs, median; INFO commandstats):")
+        for label, v in got.items():
+            print(f"  {label:40s} {statistics.median(v):7.2f}")
+        print("  inside the enqueue script, per call:")
+        for c, v in parts.items():
+            if v:
+                print(f"    {c:38s} {statistics.median(v):7.2f}")
+    finally:
+        for key in r.scan_iter(f"{PREFIX}:*", count=10_000):
+            r.unlink(key)
+        r.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="redis://127.0.0.1:6379")
     p.add_argument("--calls", type=int, default=5000)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument(
+        "--no-server", dest="server", action="store_false", help="skip the Redis-side figures"
+    )
     args = p.parse_args(argv)
     _report("lpush (blocking)", _blocking_lpush(args.url, args.calls, args.reps))
     asyncio.run(_async_cases(args.url, args.calls, args.reps))
+    if args.server:
+        _server_side(args.url, args.calls, args.reps)
 
 
 if __name__ == "__main__":
