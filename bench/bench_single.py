@@ -15,7 +15,8 @@ of this process, median).
 Then the Redis side (``--server``, on by default): the server's own µs per call from
 ``INFO commandstats`` (``CONFIG RESETSTAT`` before each case: run it against a Redis
 nothing else uses), blocking calls back to back: ``LPUSH``; ``EVALSHA`` of ``return 1``
-with no keys, and with the enqueue script's keys and arguments; the enqueue script with
+with no keys, and with the enqueue script's keys and arguments; a server clock read
+(``TIME``) with them; the enqueue script with
 its definitions only (its code up to the first job, then ``return 1``); the whole
 enqueue script; and the commands it runs inside, each at its own cost.
 
@@ -127,6 +128,7 @@ def _server_side(url: str, n: int, reps: int) -> None:
         "lpush": None,
         "evalsha return 1, no keys": ("return 1", [], []),
         "evalsha return 1, enqueue's keys+args": ("return 1", keys, args),
+        "evalsha TIME, enqueue's keys+args": ("redis.call('TIME') return 1", keys, args),
         "enqueue's definitions, then return 1": (source[:cut] + "\nreturn 1\n", keys, args),
         "enqueue (one job)": (source, keys, args),
     }

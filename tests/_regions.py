@@ -168,7 +168,6 @@ class RegionLoad:
         self.acked: dict[str, tuple[int, float]] = {}
         self.errors: Counter[str] = Counter()
         self.completions: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
-        self.runs: Counter[str] = Counter()
         self.starts: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
         self._n = 0
         self._task: asyncio.Task[None] | None = None
@@ -182,7 +181,6 @@ class RegionLoad:
 
     def _register(self, w: GlobalQueueManager) -> None:
         async def work(job: Any) -> int:
-            self.runs[job.id] += 1
             self.starts[job.id].append((time.time(), w.primary))
             await asyncio.sleep(self.work_s)
             return int(job.data["n"])

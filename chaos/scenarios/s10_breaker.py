@@ -129,8 +129,7 @@ def run(ctx: Context, res: Result) -> None:
     # the first claim, call or read after the timeout, and the stored field may still say
     # open when no claim came since (e.g. the probes were admitted by the breaker's own
     # timeout ending just before force_open, and the workers sit idle).
-    seen = _with_manager(srv.url, prefix, lambda m: m.get_state("dep"))
-    seen = getattr(seen, "value", seen)
+    seen = str(_with_manager(srv.url, prefix, lambda m: m.get_state("dep")))
     res.expect("half-open while the probes hang", seen == "half-open", {"state": seen})
     bound = set(first + held)
     probe_pids = {ln.pid for ln in fleet.lines()

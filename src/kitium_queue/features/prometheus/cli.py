@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
 
+from ...worker import serve_until_stopped
 from .exporter import PrometheusExporter
 
 __all__ = ["make_command"]
@@ -83,34 +83,21 @@ def make_command(
                     )
                 )
                 return
-            server = await exporter.serve(host, port)
-            # SIGINT and SIGTERM stop it gracefully, whatever the process inherited (a
-            # shell starts background commands with SIGINT ignored; a service manager
-            # stops with SIGTERM).
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            installed = []
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    loop.add_signal_handler(sig, stop.set)
-                    installed.append(sig)
-                except (NotImplementedError, RuntimeError):  # no signals on this platform
-                    pass
+            server = await exporter.serve(host, port)  # accepting connections from here
             click.echo(row("serving", server.url))
-            serving = asyncio.ensure_future(server.serve_forever())
-            stopping = asyncio.ensure_future(stop.wait())
+            # SIGINT and SIGTERM stop it gracefully through the loop's own handlers,
+            # whatever the process inherited (a shell starts background commands with
+            # SIGINT ignored; a service manager stops with SIGTERM).
+            stopped = asyncio.Event()
+
+            async def stop() -> None:
+                stopped.set()
+
             try:
-                await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if serving.done() and not serving.cancelled():
-                    serving.result()  # the server failed: its error ends the command
+                await serve_until_stopped(stopped, stop)
             except asyncio.CancelledError:
                 pass
             finally:
-                for sig in installed:
-                    loop.remove_signal_handler(sig)
-                for task in (serving, stopping):
-                    task.cancel()
-                await asyncio.gather(serving, stopping, return_exceptions=True)
                 await server.close()
 
         with_queue(app, redis, act)
