@@ -6,6 +6,8 @@ sequential calls, each awaited before the next, against the shared Redis:
 * ``ping (asyncio)`` and ``evalsha return 1 (asyncio)``: redis-py's asyncio client, the
   floor of one awaited round trip, without and with a script call;
 * ``add_job``: kitium-queue's awaited ``add_job`` (one enqueue script call);
+* ``add_job, redis-py reads replies``: the same with the replies read through
+  redis-py's connection instead of the engine's reply channel (``replies.py``);
 * ``add_job, exchange stubbed``: the same with the Redis exchange replaced by a stub
   that packs the arguments and returns a canned reply: our own Python per call.
 
@@ -45,6 +47,9 @@ import kitium_queue.scripts as scripts_mod
 from kitium_queue import JobQueue
 
 PREFIX = "kqbs"
+#: The same add_job with its replies read by redis-py instead of the engine's own
+#: reply channel (kitium_queue.replies).
+REDIS_PY_READS = "add_job, redis-py reads replies"
 
 
 def _report(label: str, runs: list[tuple[float, float]]) -> None:
@@ -85,12 +90,15 @@ async def _async_cases(url: str, n: int, reps: int) -> None:
         "ping (asyncio)": lambda i: r.ping(),
         "evalsha return 1 (asyncio)": lambda i: r.evalsha(sha, 0),
         "add_job": lambda i: q.add_job("single", {"i": i}),
+        REDIS_PY_READS: lambda i: q.add_job("single", {"i": i}),
     }
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
     try:
         for _ in range(reps):  # the cases take turns, so a drift hits them alike
             for label, call in cases.items():
+                scripts_mod._DIRECT_REPLIES = label != REDIS_PY_READS
                 runs[label].append(await _timed(n, call))
+        scripts_mod._DIRECT_REPLIES = True
         for label, got in runs.items():
             _report(label, got)
         real = scripts_mod.ScriptRegistry._run_packed

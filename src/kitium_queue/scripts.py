@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError, PermissionDeniedError, error_from_script
+from .replies import ReplyChannel, ReplyTimeout, channel_for, release_channel
 from .serverinfo import write_refused
 from .slots import GENERATED, SLOTS, SlotTable
 
@@ -361,6 +363,13 @@ class ScriptRegistry:
             await pool.release(kept)
         if conn is None:
             conn = await pool.get_connection()
+        if _DIRECT_REPLIES:
+            channel = channel_for(conn)
+            if channel is not None:
+                payload = b"".join(buf)
+                return await self._exchange_direct(pool, idle, conn, channel, payload, len(calls))
+        else:
+            release_channel(conn)  # switched off meanwhile (bench_single compares both)
         clean = False
         try:
             async with _deadline(REPLY_TIMEOUT_S):
@@ -375,9 +384,7 @@ class ScriptRegistry:
             return out
         except (TimeoutError, asyncio.TimeoutError):
             await conn.disconnect(nowait=True)
-            raise RedisTimeoutError(
-                f"no reply from Redis within {REPLY_TIMEOUT_S:.0f} s; connection dropped"
-            ) from None
+            raise _no_reply() from None
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
@@ -390,18 +397,66 @@ class ScriptRegistry:
             else:
                 await pool.release(conn)
 
+    async def _exchange_direct(
+        self,
+        pool: Any,
+        idle: list[Any],
+        conn: Any,
+        channel: ReplyChannel,
+        payload: bytes,
+        n: int,
+    ) -> list[Any]:
+        # The replies come through the connection's ReplyChannel (replies.py), which
+        # also keeps the exchange's deadline.
+        try:
+            out = await channel.exchange(payload, n, REPLY_TIMEOUT_S)
+            for r in out:
+                # What redis-py's reader raises rather than returns (LOADING, a refused
+                # connection): the exchange failed as a whole, as on redis-py's path.
+                if isinstance(r, RedisConnectionError):
+                    raise r
+        except BaseException as exc:
+            channel.abandon()
+            await conn.disconnect(nowait=True)
+            await pool.release(conn)
+            if isinstance(exc, ReplyTimeout):
+                raise _no_reply() from None
+            raise
+        if len(idle) < _MAX_IDLE_CONNS and channel.usable:
+            idle.append(conn)
+        else:
+            if channel.usable:
+                channel.restore()
+            else:
+                await conn.disconnect(nowait=True)
+            await pool.release(conn)
+        return out
+
     def forget(self, client: Any) -> None:
         self._loaded.discard(id(client))
 
 
 _MAX_IDLE_CONNS = 8
+#: Read replies through ``replies.ReplyChannel`` where the connection allows it (off:
+#: redis-py's reading, as bench/bench_single.py compares).
+_DIRECT_REPLIES = True
+
+
+def _no_reply() -> RedisTimeoutError:
+    return RedisTimeoutError(
+        f"no reply from Redis within {REPLY_TIMEOUT_S:.0f} s; connection dropped"
+    )
 
 
 def _alive(conn: Any) -> bool:
     # The event loop reads every open socket in the background, so a connection the
     # server closed or reset while it sat idle already shows EOF or an error here.
     reader = getattr(conn, "_reader", None)
-    return reader is not None and not reader.at_eof() and reader.exception() is None
+    if reader is None or reader.at_eof() or reader.exception() is not None:
+        return False
+    writer = getattr(conn, "_writer", None)
+    proto = writer.transport.get_protocol() if writer is not None else None
+    return not isinstance(proto, ReplyChannel) or proto.usable
 
 
 def _pack_args(args: Sequence[Any]) -> bytes:
