@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
+import kitium_queue.scripts as scripts_mod
 from helpers import QueueFactory
 from kitium_queue.admin import ADMIN_BATCH
 from kitium_queue.limits import QUERY_PAGE
@@ -50,6 +51,9 @@ def replies(monkeypatch: pytest.MonkeyPatch) -> Iterator[Replies]:
         return reply
 
     monkeypatch.setattr(AbstractConnection, "read_response", read_response)
+    # Every reply through redis-py's reading, where it is counted (the engine's own
+    # reply channel, kitium_queue.replies, would bypass it).
+    monkeypatch.setattr(scripts_mod, "_DIRECT_REPLIES", False)
     yield seen
 
 

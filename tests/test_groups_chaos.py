@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,22 @@ def _all_final(client: redis.Redis, keys: QueueKeys, ids: list[str]) -> bool:
 _LONG_JOB = "g7-30"
 
 
+def _running(workers: list[Any], job: str) -> Any:
+    """The worker whose run of ``job`` is open per the shared log, or None. One pass
+    over the log's lines for ``job`` only: parsing the whole log for each worker (tens of
+    thousands of lines) took seconds per look on a loaded machine, longer than the run."""
+    text = workers[0].log_path.read_text()
+    live: Counter[int] = Counter()
+    ends = workers[0].END_EVENTS
+    for event, pid in re.findall(rf"^(\w+) {re.escape(job)} (\d+) ", text, re.MULTILINE):
+        if event == "start":
+            live[int(pid)] += 1
+        elif event in ends:
+            live[int(pid)] -= 1
+    by_pid = {w.pid: w for w in workers}
+    return next((by_pid[p] for p, n in live.items() if n > 0 and p in by_pid), None)
+
+
 def _kill_mid_run(workers: list[Any], job: str, tries: int = 50) -> tuple[Any, float]:
     """SIGKILL the worker running ``job`` (a long one, so its run is easy to catch open)
     while that run is open: freeze the worker (SIGSTOP) first, read its log, and kill only
@@ -84,16 +101,11 @@ def _kill_mid_run(workers: list[Any], job: str, tries: int = 50) -> tuple[Any, f
     loaded machine its lease may run out (and its job run again elsewhere) before the
     SIGKILL itself lands."""
     for _ in range(tries):
-        busy = wait_for(
-            lambda: [w for w in workers if job in w.running_jobs()],
-            60,
-            what=f"a worker running {job}",
-        )
-        victim = busy[0]
+        victim = wait_for(lambda: _running(workers, job), 60, what=f"a worker running {job}")
         frozen_at = time.time()
         victim.signal(signal.SIGSTOP)
         time.sleep(0.02)  # a log write under way when the signal landed completes
-        if job in victim.running_jobs():
+        if _running(workers, job) is victim:
             victim.kill()
             return victim, frozen_at
         victim.signal(signal.SIGCONT)
