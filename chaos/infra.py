@@ -242,10 +242,17 @@ class Fleet:
         return "\n".join(f"--- {p.name} ({p.pid})\n{p.stderr()}" for p in self.procs)
 
     def stop_all(self, timeout: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM every live worker and wait; returns exit codes by name."""
-        for p in self.live():
+        """SIGTERM every live worker and wait; returns exit codes by name. A worker
+        started moments ago (a replacement after a crash) is first given up to 20 s to
+        be ready: before its handler is in place, SIGTERM is not a graceful stop."""
+        live = self.live()
+        for p in live:
             with contextlib.suppress(OSError):
                 p.popen.send_signal(signal.SIGCONT)
+        for p in live:
+            with contextlib.suppress(Exception):
+                wait_for(p.ready, 20, what=f"worker {p.name} to be ready")
+            with contextlib.suppress(OSError):
                 p.popen.send_signal(signal.SIGTERM)
         codes: dict[str, int | None] = {}
         for p in self.procs:

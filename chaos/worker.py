@@ -451,7 +451,13 @@ async def main(args: argparse.Namespace) -> int:
     queue = build_queue(args, log)
 
     async def announce() -> None:
-        while queue.worker is None or not queue.worker.running:
+        # Ready once the worker runs and SIGTERM takes the graceful path (run_worker
+        # installs its handler after start(): a SIGTERM before that kills the process).
+        while (
+            queue.worker is None
+            or not queue.worker.running
+            or signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+        ):
             await asyncio.sleep(0.005)
         log.write("ready")
 

@@ -62,7 +62,8 @@ def test_redactor_never_raises_and_keeps_unmatched(paths: list[Any], value: Any)
 @given(value=json_values())
 def test_redactor_with_nothing_matching_returns_an_equal_copy(value: Any) -> None:
     v = unwrap(value)
-    assert PathRedactor(["no-such-key.deeper"])(v) == v
+    # repr, not ==: the values may hold NaN, which equals nothing, itself included.
+    assert repr(PathRedactor(["no-such-key.deeper"])(v)) == repr(v)
 
 
 @FAST
