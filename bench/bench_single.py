@@ -11,6 +11,10 @@ sequential calls, each awaited before the next, against the shared Redis:
 * ``add_job, exchange stubbed``: the same with the Redis exchange replaced by a stub
   that packs the arguments and returns a canned reply: our own Python per call.
 
+Then the floor without any library (``_bare_cases``): µs per awaited round trip of a bare
+asyncio protocol on one connection, for ``LPUSH``, ``EVALSHA`` of ``return 1`` with the
+enqueue's keys and arguments, and the enqueue script itself.
+
 Per line: calls/s (median of ``--reps``) and the client's CPU µs per call (user + system
 of this process, median).
 
@@ -178,6 +182,64 @@ def _server_side(url: str, n: int, reps: int) -> None:
         r.close()
 
 
+class _Bare(asyncio.Protocol):
+    """One reply per request, nothing else: the floor of an awaited round trip."""
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[bytes] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        fut, self.fut = self.fut, None
+        if fut is not None:
+            fut.set_result(data)
+
+
+async def _bare_cases(url: str, n: int, reps: int) -> None:
+    """µs per awaited round trip with a bare asyncio protocol (no library): ``LPUSH``,
+    ``EVALSHA`` of ``return 1`` with the enqueue's keys and arguments, and the enqueue
+    script itself (each reply fits one read, so one ``data_received`` is one reply)."""
+    r = redis.Redis.from_url(url)
+    q = JobQueue("single", redis=url, prefix=PREFIX)
+    ctx = q.producer.ctx
+    keys = list(ctx.keys.all)
+    args = [*ctx.argv_head(), ctx.idempotency_ttl, *q.producer.prepare("single", {"i": 0}, {})]
+    one = r.script_load("return 1")
+    enqueue = r.script_load(ctx.scripts.get("enqueue").source)
+
+    def packed(*parts: Any) -> bytes:
+        return b"*%d\r\n" % len(parts) + scripts_mod._pack_args(parts)
+
+    cases = {
+        "lpush": packed("LPUSH", f"{PREFIX}:list", b'{"i":1}'),
+        "evalsha return 1, enqueue's keys+args": packed("EVALSHA", one, len(keys), *keys, *args),
+        "evalsha enqueue (one job)": packed("EVALSHA", enqueue, len(keys), *keys, *args),
+    }
+    host = r.connection_pool.connection_kwargs.get("host", "127.0.0.1")
+    port = r.connection_pool.connection_kwargs.get("port", 6379)
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(_Bare, host, port)
+    got: dict[str, list[float]] = {k: [] for k in cases}
+    try:
+        for _ in range(reps):
+            for label, payload in cases.items():
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    proto.fut = fut = loop.create_future()
+                    transport.write(payload)
+                    await fut
+                got[label].append((time.perf_counter() - t0) / n * 1e6)
+        print("\nBare asyncio protocol, one connection, no library (µs per round trip, median):")
+        for label, v in got.items():
+            spread = " / ".join(f"{x:.0f}" for x in v)
+            print(f"  {label:40s} {statistics.median(v):7.1f}   ({spread})")
+    finally:
+        transport.close()
+        await q.close()
+        for key in r.scan_iter(f"{PREFIX}:*", count=10_000):
+            r.unlink(key)
+        r.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="redis://127.0.0.1:6379")
@@ -189,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     _report("lpush (blocking)", _blocking_lpush(args.url, args.calls, args.reps))
     asyncio.run(_async_cases(args.url, args.calls, args.reps))
+    asyncio.run(_bare_cases(args.url, args.calls, args.reps))
     if args.server:
         _server_side(args.url, args.calls, args.reps)
 

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import signal
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,23 +75,7 @@ def _all_final(client: redis.Redis, keys: QueueKeys, ids: list[str]) -> bool:
 _LONG_JOB = "g7-30"
 
 
-def _running(workers: list[Any], job: str) -> Any:
-    """The worker whose run of ``job`` is open per the shared log, or None. One pass
-    over the log's lines for ``job`` only: parsing the whole log for each worker (tens of
-    thousands of lines) took seconds per look on a loaded machine, longer than the run."""
-    text = workers[0].log_path.read_text()
-    live: Counter[int] = Counter()
-    ends = workers[0].END_EVENTS
-    for event, pid in re.findall(rf"^(\w+) {re.escape(job)} (\d+) ", text, re.MULTILINE):
-        if event == "start":
-            live[int(pid)] += 1
-        elif event in ends:
-            live[int(pid)] -= 1
-    by_pid = {w.pid: w for w in workers}
-    return next((by_pid[p] for p, n in live.items() if n > 0 and p in by_pid), None)
-
-
-def _kill_mid_run(workers: list[Any], job: str, tries: int = 50) -> tuple[Any, float]:
+def _kill_mid_run(fleet: Fleet, job: str, tries: int = 50) -> tuple[Any, float]:
     """SIGKILL the worker running ``job`` (a long one, so its run is easy to catch open)
     while that run is open: freeze the worker (SIGSTOP) first, read its log, and kill only
     if the run is still open there (else let it go on and try again).
@@ -101,11 +84,11 @@ def _kill_mid_run(workers: list[Any], job: str, tries: int = 50) -> tuple[Any, f
     loaded machine its lease may run out (and its job run again elsewhere) before the
     SIGKILL itself lands."""
     for _ in range(tries):
-        victim = wait_for(lambda: _running(workers, job), 60, what=f"a worker running {job}")
+        victim = wait_for(lambda: fleet.running(job), 60, what=f"a worker running {job}")
         frozen_at = time.time()
         victim.signal(signal.SIGSTOP)
         time.sleep(0.02)  # a log write under way when the signal landed completes
-        if _running(workers, job) is victim:
+        if fleet.running(job) is victim:
             victim.kill()
             return victim, frozen_at
         victim.signal(signal.SIGCONT)
@@ -206,7 +189,7 @@ def test_groups_keep_order_under_failures_and_sigkill(server: Any, tmp_path: Pat
         for w in workers:
             w.wait_ready()
         # The kill lands mid-flight: the long job is the 31st of its group's 50.
-        victim, t_kill = _kill_mid_run(workers, _LONG_JOB)
+        victim, t_kill = _kill_mid_run(fleet, _LONG_JOB)
         wait_for(
             lambda: _all_final(client, keys, ids), 90, interval=0.2, what="every job to finish"
         )

@@ -41,16 +41,8 @@ def server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def redis_url(server: RedisServer) -> str:
+    # conftest's redis_client connects here too.
     return server.url
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 @pytest.fixture
@@ -60,6 +52,17 @@ async def queue(redis_url: str, prefix: str) -> AsyncIterator[JobQueue]:
         yield q
     finally:
         await q.close()
+
+
+async def _stored(q: JobQueue, jid: str, name: str, data: Any) -> None:
+    """Job ``jid`` is in Redis as added with ``name`` and ``data``: the id the add got
+    back was its own reply, not another exchange's."""
+    info = await q.get_job_status(jid)
+    assert info is not None and (info.name, info.data) == (name, data)
+
+
+async def _add_and_check(q: JobQueue, name: str, data: Any) -> None:
+    await _stored(q, await q.add_job(name, data), name, data)
 
 
 def _held(q: JobQueue) -> list[Any]:
@@ -97,8 +100,7 @@ async def test_the_hot_path_reads_through_the_channel(queue: JobQueue) -> None:
     ids = [await queue.add_job("x", i) for i in range(50)]
     assert len(set(ids)) == 50
     for i, jid in enumerate(ids):
-        info = await queue.get_job_status(jid)
-        assert info is not None and info.data == i
+        await _stored(queue, jid, "x", i)
 
 
 async def test_idle_connection_killed_by_the_server_is_replaced(
@@ -108,9 +110,7 @@ async def test_idle_connection_killed_by_the_server_is_replaced(
     for cid in await _client_ids(queue, redis_client):
         await redis_client.execute_command("CLIENT", "KILL", "ID", cid)
     await asyncio.sleep(0.1)  # the loop sees the closed socket
-    jid = await queue.add_job("x", 2)
-    info = await queue.get_job_status(jid)
-    assert info is not None and info.data == 2
+    await _add_and_check(queue, "x", 2)
 
 
 @contextlib.asynccontextmanager
@@ -141,9 +141,7 @@ async def test_server_killed_mid_exchange_fails_that_call_only(
         with pytest.raises(RedisConnectionError):
             await add
     await asyncio.to_thread(server.restart)
-    jid = await queue.add_job("x", 3)
-    info = await queue.get_job_status(jid)
-    assert info is not None and info.data == 3
+    await _add_and_check(queue, "x", 3)
 
 
 async def test_deadline_drops_the_connection_and_the_next_call_reads_its_own_reply(
@@ -158,8 +156,7 @@ async def test_deadline_drops_the_connection_and_the_next_call_reads_its_own_rep
         # Sent while Redis still sleeps: the late add's reply comes first, and must
         # not be taken for this one's.
         jid = await queue.add_job("next", 3)
-    info = await queue.get_job_status(jid)
-    assert info is not None and info.name == "next" and info.data == 3
+    await _stored(queue, jid, "next", 3)
 
 
 async def test_cancelled_exchange_never_leaks_its_reply_to_the_next(
@@ -175,12 +172,9 @@ async def test_cancelled_exchange_never_leaks_its_reply_to_the_next(
         # Sent while Redis still sleeps, behind the cancelled add.
         ids = await asyncio.gather(*(queue.add_job("after", 10 + i) for i in range(3)))
     for i, jid in enumerate(ids):
-        info = await queue.get_job_status(jid)
-        assert info is not None and info.name == "after" and info.data == 10 + i
+        await _stored(queue, jid, "after", 10 + i)
     for i in range(3):
-        jid = await queue.add_job("later", i)
-        info = await queue.get_job_status(jid)
-        assert info is not None and info.name == "later" and info.data == i
+        await _add_and_check(queue, "later", i)
 
 
 async def test_stray_bytes_make_the_connection_unusable(queue: JobQueue) -> None:
@@ -191,9 +185,7 @@ async def test_stray_bytes_make_the_connection_unusable(queue: JobQueue) -> None
     channel.data_received(b"+PONG\r\n")  # nothing asked for it
     assert not channel.usable
     assert not scripts_mod._alive(conn)
-    jid = await queue.add_job("x", 2)  # the registry drops it and takes another
-    info = await queue.get_job_status(jid)
-    assert info is not None and info.data == 2
+    await _add_and_check(queue, "x", 2)  # the registry drops it and takes another
 
 
 async def test_connections_handed_back_to_the_pool_serve_redis_py_again(
@@ -225,9 +217,7 @@ async def test_a_server_restart_between_calls_is_transparent(
     await asyncio.to_thread(lambda: (server.kill(), server.restart()))
     await asyncio.sleep(0.1)
     # The script cache is gone too: NOSCRIPT, then EVAL, on a fresh connection.
-    jid = await queue.add_job("x", 2)
-    info = await queue.get_job_status(jid)
-    assert info is not None and info.data == 2
+    await _add_and_check(queue, "x", 2)
 
 
 async def test_unix_socket_and_worker_round_trip(

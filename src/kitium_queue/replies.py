@@ -21,7 +21,6 @@ reconnect, keeps redis-py's path).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -219,7 +218,7 @@ def channel_for(conn: Any) -> ReplyChannel | None:
         return None
     kwargs: dict[str, Any] = {
         "protocolError": InvalidResponse,
-        "replyError": _error_factory(parser),
+        "replyError": parser.parse_error,
         "notEnoughData": _MORE,
     }
     encoder = conn.encoder
@@ -231,20 +230,15 @@ def channel_for(conn: Any) -> ReplyChannel | None:
     return channel
 
 
-def release_channel(conn: Any) -> None:
-    """Give a connection back to redis-py's reading if a channel holds it (the stream in
-    step); a channel out of step closes the connection, for the pool to reconnect."""
+def release_channel(conn: Any) -> bool:
+    """Give a connection back to redis-py's reading if a channel holds it. False when
+    that channel is out of step: the caller disconnects the connection (the pool
+    reconnects it before anyone uses it again)."""
     writer = getattr(conn, "_writer", None)
-    if writer is None:
-        return
-    proto = writer.transport.get_protocol()
-    if type(proto) is ReplyChannel:
-        if proto.usable:
-            proto.restore()
-        else:
-            writer.transport.abort()
-
-
-def _error_factory(parser: Any) -> Callable[[str], Exception]:
-    made: Callable[[str], Exception] = parser.parse_error
-    return made
+    proto = writer.transport.get_protocol() if writer is not None else None
+    if type(proto) is not ReplyChannel:
+        return True
+    if not proto.usable:
+        return False
+    proto.restore()
+    return True

@@ -368,8 +368,8 @@ class ScriptRegistry:
             if channel is not None:
                 payload = b"".join(buf)
                 return await self._exchange_direct(pool, idle, conn, channel, payload, len(calls))
-        else:
-            release_channel(conn)  # switched off meanwhile (bench_single compares both)
+        elif not release_channel(conn):  # switched off meanwhile (bench_single does)
+            await conn.disconnect(nowait=True)
         clean = False
         try:
             async with _deadline(REPLY_TIMEOUT_S):
@@ -425,9 +425,7 @@ class ScriptRegistry:
         if len(idle) < _MAX_IDLE_CONNS and channel.usable:
             idle.append(conn)
         else:
-            if channel.usable:
-                channel.restore()
-            else:
+            if not release_channel(conn):
                 await conn.disconnect(nowait=True)
             await pool.release(conn)
         return out
