@@ -20,8 +20,9 @@ Roles:
     worker    {concurrency, sleep_ms, latency}: consume; figures are taken in the job
 
 Every process counts its client round trips to Redis: redis-py's
-``send_packed_command`` is wrapped (one call per command, or per pipeline), so
-``sends`` is the number of request writes, each answered before the client goes on.
+``send_packed_command`` is wrapped (one call per command, or per pipeline), and so is
+kitium-queue's ``ReplyChannel.exchange`` (its hot path writes to the transport itself),
+so ``sends`` is the number of request writes, each answered before the client goes on.
 """
 
 from __future__ import annotations
@@ -71,6 +72,19 @@ def _count_round_trips() -> None:
             wrapped = send_sync
         wrapped._kq_counted = True
         cls.send_packed_command = wrapped
+    replies = sys.modules.get("kitium_queue.replies")  # imported by kitium_adapter only
+    if replies is None:
+        return
+    ReplyChannel = replies.ReplyChannel
+    if not getattr(ReplyChannel.exchange, "_kq_counted", False):
+        exchange = ReplyChannel.exchange
+
+        def counted(self: Any, *a: Any, **kw: Any) -> Any:
+            _SENDS[0] += 1
+            return exchange(self, *a, **kw)
+
+        counted._kq_counted = True  # type: ignore[attr-defined]
+        ReplyChannel.exchange = counted  # type: ignore[method-assign]
 
 
 def out(line: str) -> None:
