@@ -131,6 +131,17 @@ async def make_queue(backend_url: str, prefix: str) -> AsyncIterator[QueueFactor
     await factory.aclose()
 
 
+@pytest.fixture
+def debug_server() -> Iterator[RedisServer]:
+    """A private redis-server with DEBUG enabled (DEBUG SLEEP makes it busy on cue); the
+    test may restart, stop or kill it."""
+    srv = RedisServer("--enable-debug-command", "yes").start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
 @pytest.fixture(params=["redis", "memory"])
 def backend_url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,13 +30,9 @@ pytestmark = pytest.mark.redis_only
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    # A private server: DEBUG SLEEP makes Redis busy on cue, and it may be killed.
-    srv = RedisServer("--enable-debug-command", "yes").start()
-    try:
-        yield srv
-    finally:
-        srv.close()
+def server(debug_server: RedisServer) -> RedisServer:
+    # A private server (conftest): it is flushed, restarted, put to sleep and killed.
+    return debug_server
 
 
 @pytest.fixture
@@ -218,6 +214,24 @@ async def test_a_server_restart_between_calls_is_transparent(
     await asyncio.sleep(0.1)
     # The script cache is gone too: NOSCRIPT, then EVAL, on a fresh connection.
     await _add_and_check(queue, "x", 2)
+
+
+async def test_a_pooled_connection_a_restart_closed_is_reconnected_before_use(
+    queue: JobQueue, server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection that sat in redis-py's pool (never held by the script registry)
+    # when the server restarted: the pool hands it out as it is, its stream at EOF. A
+    # request sent on it would never be answered; the registry reconnects it first.
+    client = await queue.producer.ctx.client()
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    await pool.release(conn)
+    assert _held(queue) == []
+    await asyncio.to_thread(server.restart)
+    await asyncio.sleep(0.1)
+    monkeypatch.setattr(scripts_mod, "REPLY_TIMEOUT_S", 2.0)
+    # NOSCRIPT after the restart, then EVAL: both on live connections, no deadline hit.
+    await _add_and_check(queue, "x", 1)
 
 
 async def test_unix_socket_and_worker_round_trip(

@@ -495,6 +495,34 @@ class ConnectionFactory:
             return aioredis.Redis.from_url(self._url, **{**defaults, **self._kwargs, **extra})
         return aioredis.Redis(**{**defaults, **self._kwargs, **extra})
 
+    def sync_pool(self, *, reply_timeout_s: float) -> Any:
+        """A blocking ``redis.ConnectionPool`` to the same server as ``client()``, for
+        script calls made outside the event loop (``SyncJobQueue.add_job``), or None
+        where the clients are not plain connections to one server (memory://, Cluster,
+        Sentinel, a client passed in): those callers use the asyncio client instead.
+
+        ``reply_timeout_s`` bounds each socket read and write (redis-py's
+        ``socket_timeout``). Replies are not decoded (the scripts' callers read bytes).
+        """
+        if self.mode != "standalone" or self.memory_name is not None:
+            return None
+        import redis as sync_redis
+
+        opts: dict[str, Any] = {
+            "socket_connect_timeout": 5,
+            "health_check_interval": 30,
+            **self._kwargs,
+            "socket_timeout": reply_timeout_s,
+            "decode_responses": False,
+        }
+        try:
+            if self._url:
+                return sync_redis.ConnectionPool.from_url(self._url, **opts)
+            client = sync_redis.Redis(**opts)
+        except TypeError:  # an option only the asyncio client takes
+            return None
+        return client.connection_pool
+
     def _sentinel_master(self, kwargs: dict[str, Any]) -> Any:
         sentinel_kwargs: dict[str, Any] = {
             k: kwargs[k] for k in ("socket_connect_timeout", "ssl") if k in kwargs

@@ -14,7 +14,7 @@ import asyncio
 import copy
 import inspect
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -192,6 +192,45 @@ class Producer:
                 self._batching = False
         return ids[0]
 
+    def blocking_ready(self) -> bool:
+        """Whether ``add_job_blocking`` may run now: no enqueue middleware (it may be a
+        coroutine, or keep state the event loop's thread owns), no write barrier and no
+        tracing span to open (both belong to the asyncio path)."""
+        ctx = self.ctx
+        return not self.middleware and ctx.write_barrier is None and ctx.telemetry is None
+
+    def add_job_blocking(
+        self,
+        job_name: str,
+        data: Any,
+        options: JobOptions | Mapping[str, Any] | None,
+        kwargs: dict[str, Any],
+        run: Callable[[Sequence[Any]], Any],
+        announce: Callable[[Callable[[], None]], None],
+    ) -> str:
+        """``add_job`` for a thread outside the event loop (``SyncJobQueue``), when
+        ``blocking_ready()``: the same checks, encoding, script and errors, with the
+        script run by ``run(args)`` (blocking; returns its reply). The ``enqueued`` and
+        ``duplicate`` hooks are handed to ``announce``, which runs them on the queue's
+        event loop, where their subscribers live.
+        """
+        opts = {**options_dict(options), **kwargs} if options is not None else kwargs
+        prepared = self.prepare(job_name, data, opts)
+        ctx = self.ctx
+        reply = run([*ctx.argv_head(), ctx.idempotency_ttl, *prepared])
+        ids: list[str] = []
+        refused: dict[int, str] = {}
+        dups: set[int] = set()
+        failure = _take_reply(reply, 1, ids, refused, dups)
+        if failure is not None:
+            raise failure
+        hooks = ctx.hooks
+        if ids[0] and (hooks.enqueued or (dups and hooks.duplicate)):
+            announce(lambda: self._announce(ids, [prepared], dups))
+        if refused:
+            raise refusal_error(refused[0])
+        return ids[0]
+
     async def _flush_pending(self) -> None:
         try:
             while self._pending:
@@ -313,24 +352,7 @@ class Producer:
                     _set_refused(failure, refused)
                     failure.__cause__ = exc
                     break
-                for k in range(0, len(reply), 2):
-                    if reply[k + 1] == b"refused":
-                        # A feature refused this job (nothing of it written); the call
-                        # went on with the next one. "" holds its place in ids.
-                        refused[len(ids)] = reply[k].decode(errors="replace")
-                        ids.append("")
-                        continue
-                    if reply[k + 1] == b"err":
-                        # The script refused this job before writing any of it, and
-                        # stopped there: the rest of the chunk was not written either.
-                        failure = _partial_enqueue(
-                            ids, len(prepared), reply[k].decode(), unknown=False
-                        )
-                        _set_refused(failure, refused)
-                        break
-                    if reply[k + 1] == b"dup":
-                        dups.add(len(ids))
-                    ids.append(reply[k].decode())
+                failure = _take_reply(reply, len(prepared), ids, refused, dups)
                 if failure is not None:
                     break
                 if command is not None and barrier is not None:
@@ -381,6 +403,30 @@ class Producer:
             hooks.emit_enqueued(self.ctx.name, [i for i, _ in added], [n for _, n in added])
         if found and hooks.duplicate:
             hooks.emit_duplicate(self.ctx.name, [i for i, _ in found], [n for _, n in found])
+
+
+def _take_reply(
+    reply: Sequence[Any], total: int, ids: list[str], refused: dict[int, str], dups: set[int]
+) -> PartialEnqueueError | None:
+    """Read one enqueue script reply (id, flag pairs) into ``ids``, ``refused`` and
+    ``dups``; the failure when the script stopped at a job it could not add."""
+    for k in range(0, len(reply), 2):
+        if reply[k + 1] == b"refused":
+            # A feature refused this job (nothing of it written); the call went on with
+            # the next one. "" holds its place in ids.
+            refused[len(ids)] = reply[k].decode(errors="replace")
+            ids.append("")
+            continue
+        if reply[k + 1] == b"err":
+            # The script refused this job before writing any of it, and stopped there:
+            # the rest of the chunk was not written either.
+            failure = _partial_enqueue(ids, total, reply[k].decode(), unknown=False)
+            _set_refused(failure, refused)
+            return failure
+        if reply[k + 1] == b"dup":
+            dups.add(len(ids))
+        ids.append(reply[k].decode())
+    return None
 
 
 def _options_of(

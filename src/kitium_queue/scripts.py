@@ -119,6 +119,7 @@ class ScriptRegistry:
         # taking one back skips the pool's lock, health probe and bookkeeping. They stay
         # checked out of the pool, so its limits and disconnect() still cover them.
         self._idle: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+        self._sync_idle: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
     # -- composition ------------------------------------------------------------------
     def add_fragment(self, name: str, source: str) -> None:
@@ -248,6 +249,14 @@ class ScriptRegistry:
             return await client.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
         except NoScriptError:
             try:
+                if _is_plain_redis(client):
+                    # The same path as the call (after a restart, the pool's other
+                    # connections may still be the closed ones: _run_packed checks).
+                    eval_call = RawCall(("EVAL", s.source, len(keys), *keys, *args))
+                    (reply,) = await self._run_packed(client, (eval_call,))
+                    if isinstance(reply, Exception):
+                        raise reply
+                    return reply
                 return await client.execute_command("EVAL", s.source, len(keys), *keys, *args)
             except ResponseError as exc:
                 raise _translate(exc) from exc
@@ -332,20 +341,13 @@ class ScriptRegistry:
         # network path that goes silent becomes a TimeoutError the loops handle, without
         # paying for a timer per socket operation.
         buf: list[bytes] = []
-        heads = self._heads
         for c in calls:
             if isinstance(c, RawCall):
                 buf.append(b"*%d\r\n" % len(c.args))
                 buf.append(_pack_args(c.args))
                 continue
-            hkey = (c.script, tuple(c.keys))
-            head = heads.get(hkey)
-            if head is None:
-                s = self.get(c.script)
-                head = _pack_args((s.sha, len(c.keys), *c.keys))
-                heads[hkey] = head
             buf.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(c.keys) + len(c.args)))
-            buf.append(head)
+            buf.append(self._head(c))
             buf.append(_pack_args(c.args))
         pool = client.connection_pool
         idle = self._idle.get(pool)
@@ -363,6 +365,16 @@ class ScriptRegistry:
             await pool.release(kept)
         if conn is None:
             conn = await pool.get_connection()
+            if not _alive(conn):
+                # The pool's own check misses a connection whose server closed it while it
+                # sat in the pool (a restart): its stream is at EOF, and a request sent on
+                # it would wait for a reply that never comes. Nothing was sent: reconnect.
+                try:
+                    await conn.disconnect(nowait=True)
+                    await conn.connect()
+                except BaseException:
+                    await pool.release(conn)
+                    raise
         if _DIRECT_REPLIES:
             channel = channel_for(conn)
             if channel is not None:
@@ -396,6 +408,80 @@ class ScriptRegistry:
                 idle.append(conn)
             else:
                 await pool.release(conn)
+
+    def _head(self, c: ScriptCall) -> bytes:
+        # The script's SHA, key count and keys, packed: the same for every call.
+        hkey = (c.script, tuple(c.keys))
+        head = self._heads.get(hkey)
+        if head is None:
+            s = self.get(c.script)
+            head = _pack_args((s.sha, len(c.keys), *c.keys))
+            self._heads[hkey] = head
+        return head
+
+    def call_blocking(self, pool: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script from a thread outside the event loop, over ``pool`` (a
+        blocking ``redis.ConnectionPool``; ``ConnectionFactory.sync_pool``), waiting for
+        its reply; on NOSCRIPT run it once with EVAL (which caches it there).
+
+        Thread-safe. Errors as ``call`` raises them: the script's own (``KQ_*``) and
+        Redis's refusals translated, connection errors and timeouts as redis-py's.
+        """
+        c = ScriptCall(name, keys, args)
+        n = 3 + len(keys) + len(args)
+        reply = self._exchange_blocking(
+            pool, b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (n, self._head(c), _pack_args(args))
+        )
+        if isinstance(reply, NoScriptError):
+            source = self.get(name).source
+            reply = self._exchange_blocking(
+                pool, b"*%d\r\n" % n + _pack_args(("EVAL", source, len(keys), *keys, *args))
+            )
+        if isinstance(reply, ResponseError):
+            raise _translate(reply)
+        return reply
+
+    def _exchange_blocking(self, pool: Any, payload: bytes) -> Any:
+        # Connections stay checked out of the pool between calls, in an idle list of
+        # their own (list.pop and append are atomic: any thread may take one); the
+        # pool's limit and disconnect() still cover them.
+        idle = self._sync_idle.get(pool)
+        if idle is None:
+            idle = self._sync_idle.setdefault(pool, [])
+        conn = None
+        while conn is None:
+            try:
+                kept = idle.pop()
+            except IndexError:
+                conn = pool.get_connection()
+                break
+            try:
+                # Unread bytes or EOF on an idle connection: the server closed it (restart,
+                # client timeout); sending on it would fail after the fact.
+                stale = kept.can_read(timeout=0)
+            except (RedisConnectionError, OSError):
+                stale = True
+            if stale:
+                kept.disconnect()
+                pool.release(kept)
+            else:
+                conn = kept
+        try:
+            conn.send_packed_command([payload], check_health=False)
+            try:
+                reply = conn.read_response()
+            except ResponseError as exc:  # an error reply: the stream is still in step
+                reply = exc
+        except BaseException:
+            # Timed out, cut, interrupted: the stream is out of step, never reuse it.
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        if len(idle) < _MAX_IDLE_CONNS:
+            idle.append(conn)
+        else:
+            pool.release(conn)
+        return reply
 
     async def _exchange_direct(
         self,

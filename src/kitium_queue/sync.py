@@ -12,15 +12,26 @@ operation that has one (``Operation.blocking``; ``tests/test_facades.py`` checks
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from .api import OPERATIONS, QueueAPI
 from .features.partitioned import PartitionedQueue
+from .options import JobOptions
 from .queue import JobQueue, QueueStats
+from .scripts import REPLY_TIMEOUT_S
 
-__all__ = ["SyncJobQueue", "SyncPartitionedQueue", "SyncQueueClient", "blocking"]
+__all__ = ["HOP", "SyncJobQueue", "SyncPartitionedQueue", "SyncQueueClient", "blocking"]
+
+#: What a direct implementation (``SyncQueueClient._direct``) returns when it cannot
+#: serve a call from the caller's thread: the call then runs on the loop thread.
+HOP: Any = object()
+
+#: How long after a ``SyncJobQueue.add_job`` served from the caller's thread its
+#: ``enqueued`` hooks run, at most, on the loop thread (metrics, local events).
+ANNOUNCE_DELAY_S = 0.002
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -43,6 +54,11 @@ def blocking(
     def twin(self: SyncQueueClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
         args_ = [list(a) if isinstance(a, Iterator) else a for a in args]
         kwargs_ = {k: list(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
+        direct = self._direct.get(name)
+        if direct is not None:
+            result = direct(*args_, **kwargs_)
+            if result is not HOP:
+                return cast(R, result)
         coro: Coroutine[Any, Any, R] = getattr(self.queue, name)(*args_, **kwargs_)
         return self._call(coro)
 
@@ -70,6 +86,10 @@ class SyncQueueClient:
         )
         self._thread.start()
         self._closed = False
+        # Operations a client serves from the caller's thread, without a hop to the loop
+        # thread: name -> a function taking the twin's arguments, returning HOP when it
+        # cannot serve that call.
+        self._direct: dict[str, Callable[..., Any]] = {}
         try:
             self.queue = self._call(make())
         except BaseException:
@@ -160,6 +180,71 @@ class SyncJobQueue(SyncQueueClient):
             return JobQueue(name, **config)
 
         super().__init__(name, make)
+        # add_job from the caller's thread over a blocking connection (one round trip,
+        # no hop to the loop thread) when the queue talks to one plain Redis server.
+        self._pool = self.queue.producer.ctx.connection.sync_pool(reply_timeout_s=REPLY_TIMEOUT_S)
+        self._connected = False
+        self._announcements: collections.deque[Callable[[], None]] = collections.deque()
+        self._announce_armed = False
+        if self._pool is not None:
+            self._direct["add_job"] = self._add_job_direct
+
+    def _add_job_direct(
+        self,
+        job_name: str,
+        data: Any = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        producer = self.queue.producer
+        if not producer.blocking_ready():
+            return HOP  # middleware, a write barrier or tracing: the asyncio path
+        ctx = producer.ctx
+        if not self._connected:
+            # The first use connects as the asyncio client does (PING, the eviction
+            # policy check, SCRIPT LOAD), and fails with the same errors.
+            self._call(ctx.client())
+            self._connected = True
+        pool, scripts, keys = self._pool, ctx.scripts, ctx.keys.all
+
+        def run(args: Sequence[Any]) -> Any:
+            return scripts.call_blocking(pool, "enqueue", keys, args)
+
+        return producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
+
+    def _announce(self, fn: Callable[[], None]) -> None:
+        # Hooks of jobs added from the caller's thread run on the loop thread, a moment
+        # later and in order: one wake-up of the loop per ANNOUNCE_DELAY_S, not one per
+        # job (waking another thread per add would cost more than the add itself).
+        self._announcements.append(fn)
+        if not self._announce_armed:
+            self._announce_armed = True
+            self._loop.call_soon_threadsafe(
+                self._loop.call_later, ANNOUNCE_DELAY_S, self._run_announcements
+            )
+
+    def _run_announcements(self) -> None:
+        # Disarm first: an add that appends after this point arms the next run itself.
+        self._announce_armed = False
+        pending = self._announcements
+        while pending:
+            pending.popleft()()
+
+    def close(self) -> None:
+        """Close the connections and stop the background loop."""
+        if not self._closed and self._announcements:
+
+            async def announce_now() -> None:
+                self._run_announcements()
+
+            self._call(announce_now())
+        try:
+            super().close()
+        finally:
+            if self._pool is not None:
+                self._pool.disconnect()
 
 
 class SyncPartitionedQueue(SyncQueueClient):
