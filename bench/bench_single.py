@@ -9,7 +9,11 @@ sequential calls, each awaited before the next, against the shared Redis:
 * ``add_job, redis-py reads replies``: the same with the replies read through
   redis-py's connection instead of the engine's reply channel (``replies.py``);
 * ``add_job, exchange stubbed``: the same with the Redis exchange replaced by a stub
-  that packs the arguments and returns a canned reply: our own Python per call.
+  that packs the arguments and returns a canned reply: our own Python per call;
+* ``SyncJobQueue.add_job``: the blocking client's ``add_job`` from plain synchronous code
+  (served in the caller's thread over a blocking connection), and the same call handed
+  to the client's event-loop thread as every other blocking method is
+  (``SyncJobQueue.add_job, via the loop thread``), taking turns.
 
 Then the floor without any library (``_bare_cases``): µs per awaited round trip of a bare
 asyncio protocol on one connection, for ``LPUSH``, ``EVALSHA`` of ``return 1`` with the
@@ -48,7 +52,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import kitium_queue.scripts as scripts_mod
-from kitium_queue import JobQueue
+from kitium_queue import JobQueue, SyncJobQueue
 
 PREFIX = "kqbs"
 #: The same add_job with its replies read by redis-py instead of the engine's own
@@ -109,7 +113,7 @@ async def _async_cases(url: str, n: int, reps: int) -> None:
 
         async def stub(self: Any, client: Any, calls: Any) -> list[Any]:
             for c in calls:
-                scripts_mod._pack_args(c.args)
+                scripts_mod.pack_args(c.args)
             return [[b"1", b"new"] for _ in calls]
 
         scripts_mod.ScriptRegistry._run_packed = stub  # type: ignore[method-assign]
@@ -125,6 +129,32 @@ async def _async_cases(url: str, n: int, reps: int) -> None:
         async for key in r.scan_iter(f"{PREFIX}:*", count=10_000):
             await r.unlink(key)
         await r.aclose()
+
+
+def _sync_cases(url: str, n: int, reps: int) -> None:
+    q = SyncJobQueue("single", redis=url, prefix=PREFIX)
+    direct = q._direct.get("add_job")
+    q.add_job("warm-up", {})
+    labels = ("SyncJobQueue.add_job", "SyncJobQueue.add_job, via the loop thread")
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in labels}
+    try:
+        for _ in range(reps):
+            for label in labels:
+                if label == labels[1]:
+                    q._direct.pop("add_job", None)
+                elif direct is not None:
+                    q._direct["add_job"] = direct
+                t0, c0 = time.perf_counter(), time.process_time()
+                for i in range(n):
+                    q.add_job("single", {"i": i})
+                runs[label].append(
+                    (n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6)
+                )
+        for label, got in runs.items():
+            _report(label, got)
+    finally:
+        q.clear()
+        q.close()
 
 
 def _server_side(url: str, n: int, reps: int) -> None:
@@ -207,7 +237,7 @@ async def _bare_cases(url: str, n: int, reps: int) -> None:
     enqueue = r.script_load(ctx.scripts.get("enqueue").source)
 
     def packed(*parts: Any) -> bytes:
-        return b"*%d\r\n" % len(parts) + scripts_mod._pack_args(parts)
+        return b"*%d\r\n" % len(parts) + scripts_mod.pack_args(parts)
 
     cases = {
         "lpush": packed("LPUSH", f"{PREFIX}:list", b'{"i":1}'),
@@ -251,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     _report("lpush (blocking)", _blocking_lpush(args.url, args.calls, args.reps))
     asyncio.run(_async_cases(args.url, args.calls, args.reps))
+    _sync_cases(args.url, args.calls, args.reps)
     asyncio.run(_bare_cases(args.url, args.calls, args.reps))
     if args.server:
         _server_side(args.url, args.calls, args.reps)

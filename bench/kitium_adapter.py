@@ -8,6 +8,7 @@ all on.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Adapter, Ctl, main
 
-from kitium_queue import JobQueue
+from kitium_queue import JobQueue, SyncJobQueue
 
 GUARANTEE = "at-least-once (leases + fencing; a dead worker's job re-runs)"
 
@@ -93,5 +94,23 @@ class Kitium(Adapter):
         await asyncio.Event().wait()
 
 
+class KitiumBlocking(Adapter):
+    """The producer from blocking code: ``SyncJobQueue`` (workload ``single_blocking``)."""
+
+    name = "kitium-queue"
+
+    def __init__(self, url: str, queue: str) -> None:
+        super().__init__(url, queue)
+        self.q: SyncJobQueue | None = None
+
+    def connect(self) -> None:
+        self.q = SyncJobQueue(self.queue, redis=self.url, prefix="kqb")
+
+    def enqueue_one(self, data: dict[str, Any]) -> None:
+        assert self.q is not None
+        self.q.add_job("noop", data)
+
+
 if __name__ == "__main__":
-    main(Kitium)
+    blocking = len(sys.argv) > 2 and json.loads(sys.argv[2]).get("blocking")
+    main(KitiumBlocking if blocking else Kitium)

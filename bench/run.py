@@ -476,7 +476,7 @@ class Runner:
                 p.kill()
 
     # ---- workloads
-    def enqueue(self, lib: str, wl: str, mode: str) -> dict[str, Any]:
+    def enqueue(self, lib: str, wl: str, mode: str, blocking: bool = False) -> dict[str, Any]:
         sizes = {
             "single": (1000, 5000),
             "concurrent": (5000, 20000),
@@ -484,7 +484,7 @@ class Runner:
         }
         n = sizes[mode][0 if self.quick else 1]
         params = {**self.fresh(lib, wl), "mode": mode, "n": n, "batch": 1000, "conc": 100,
-                  "max_seconds": 5}
+                  "max_seconds": 5, "blocking": blocking}
         s0 = self.cmdstats()
         res = self.oneshot(lib, "enqueue", params, wl, timeout=300)
         s1 = self.cmdstats()
@@ -599,7 +599,10 @@ class Case:
     na: str = ""  # set: not applicable to this library (nothing is run)
 
 
-WORKLOADS = ["single", "concurrent", "bulk", "drain1", "drain2", "latency", "memory", "io", "mix"]
+WORKLOADS = [
+    "single", "single_blocking", "concurrent", "bulk", "drain1", "drain2", "latency", "memory",
+    "io", "mix",
+]
 
 
 def kitium_cases() -> list[Case]:
@@ -607,6 +610,8 @@ def kitium_cases() -> list[Case]:
     cases = [
         Case("single", "add_job awaited one at a time", k,
              lambda r: r.enqueue(k, "single", "single")),
+        Case("single_blocking", "add_job from blocking code (SyncJobQueue), one at a time", k,
+             lambda r: r.enqueue(k, "single_blocking", "single", blocking=True)),
         Case("concurrent", "add_job from 100 coroutines", k,
              lambda r: r.enqueue(k, "concurrent", "concurrent")),
         Case("bulk", "add_jobs, batches of 1000", k,
@@ -637,6 +642,11 @@ def peer_cases(peer: Peer) -> list[Case]:
     return [
         Case("single", "add_job awaited one at a time", name,
              lambda r: r.enqueue(name, "single", "single")),
+        # The same call again where the producer is blocking code: the column to read
+        # beside kitium-queue's SyncJobQueue (asyncio producers have no such call).
+        Case("single_blocking", "add_job from blocking code, one at a time", name,
+             lambda r: r.enqueue(name, "single_blocking", "single"),
+             "n/a: asyncio client" if peer.async_client else ""),
         Case("concurrent", "add_job from 100 coroutines", name,
              lambda r: r.enqueue(name, "concurrent", "concurrent"),
              "" if peer.async_client else "n/a: synchronous client"),
@@ -713,6 +723,8 @@ def spread(summary: dict[Any, Any], key: tuple[str, str, str], metric: str) -> s
 
 KITIUM_ROWS = [
     ("single", "add_job awaited one at a time", "rate", "jobs/s"),
+    ("single_blocking", "add_job from blocking code (SyncJobQueue), one at a time", "rate",
+     "jobs/s"),
     ("concurrent", "add_job from 100 coroutines", "rate", "jobs/s"),
     ("bulk", "add_jobs, batches of 1000", "rate", "jobs/s"),
 ]
@@ -736,7 +748,7 @@ def kitium_table(summary: dict[Any, Any], reps: int) -> list[str]:
         def g(m: str, key: tuple[str, str, str] = key) -> float | None:
             return mval(summary, key, m)
 
-        if wl in ("single", "concurrent", "bulk"):
+        if wl in ("single", "single_blocking", "concurrent", "bulk"):
             fig = f"**{fmt_rate(g('rate'))} jobs/s**{spread(summary, key, 'rate')}"
             note = (f"{fmt_num(g('round_trips_per_job'), 3)} round trips/job, "
                     f"{fmt_num(g('cmds_per_job'), 1)} Redis commands/job")
@@ -764,6 +776,7 @@ def kitium_table(summary: dict[Any, Any], reps: int) -> list[str]:
 
 PEER_COLS = [
     ("single", "rate", "add_job single (jobs/s)", True),
+    ("single_blocking", "rate", "add_job single, blocking code (jobs/s)", True),
     ("concurrent", "rate", "add_job ×100 coroutines (jobs/s)", True),
     ("bulk", "rate", "bulk (jobs/s)", True),
     ("drain1", "rate", "drain 20k, 1 proc (jobs/s)", True),

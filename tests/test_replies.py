@@ -191,7 +191,7 @@ async def test_connections_handed_back_to_the_pool_serve_redis_py_again(
     reg = queue.producer.ctx.scripts
     # More concurrent exchanges than the registry keeps: the extra connections go back
     # to the pool, and redis-py's own commands must work on every pooled connection.
-    n = scripts_mod._MAX_IDLE_CONNS + 6
+    n = scripts_mod.MAX_IDLE_CONNS + 6
     keys = list(queue.producer.ctx.keys.all)
     args = [*queue.producer.ctx.argv_head()]
     replies = await asyncio.gather(*(reg.call(client, "stats", keys, args) for _ in range(n)))

@@ -1,7 +1,7 @@
 """``SyncJobQueue.add_job`` served from the caller's thread, against a real Redis.
 
 On a queue that talks to one plain Redis server, a blocking ``add_job`` runs the enqueue
-script over a blocking connection of its own (``ScriptRegistry.call_blocking``) instead
+script over a blocking connection of its own (``kitium_queue.blocking``) instead
 of handing the call to the client's event-loop thread and waiting for it there. These
 tests check that it is the same ``add_job``: same records, duplicates, refusals and
 errors; that its hooks still run, on the loop thread, in order; that queues with enqueue
@@ -35,8 +35,8 @@ from kitium_queue import (
     SyncJobQueue,
     WriteRefusedError,
 )
+from kitium_queue.blocking import BlockingScripts
 from kitium_queue.features.groups import FIFOQueueManager
-from kitium_queue.scripts import ScriptRegistry
 
 pytestmark = pytest.mark.redis_only
 
@@ -51,13 +51,13 @@ def server(debug_server: RedisServer) -> RedisServer:
 def direct_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the scripts run through ``call_blocking`` (the caller-thread path)."""
     calls: list[str] = []
-    real = ScriptRegistry.call_blocking
+    real = BlockingScripts.call
 
-    def spy(self: ScriptRegistry, pool: Any, name: str, keys: Any, args: Any) -> Any:
+    def spy(self: BlockingScripts, name: str, keys: Any, args: Any) -> Any:
         calls.append(name)
-        return real(self, pool, name, keys, args)
+        return real(self, name, keys, args)
 
-    monkeypatch.setattr(ScriptRegistry, "call_blocking", spy)
+    monkeypatch.setattr(BlockingScripts, "call", spy)
     return calls
 
 

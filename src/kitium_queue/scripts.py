@@ -22,12 +22,15 @@ from .serverinfo import write_refused
 from .slots import GENERATED, SLOTS, SlotTable
 
 __all__ = [
+    "MAX_IDLE_CONNS",
     "REPLY_TIMEOUT_S",
     "SCRIPT_NAMES",
     "RawCall",
     "Script",
     "ScriptCall",
     "ScriptRegistry",
+    "pack_args",
+    "translate_error",
 ]
 
 #: Deadline of one script exchange (send + replies) on the hot path.
@@ -119,7 +122,6 @@ class ScriptRegistry:
         # taking one back skips the pool's lock, health probe and bookkeeping. They stay
         # checked out of the pool, so its limits and disconnect() still cover them.
         self._idle: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
-        self._sync_idle: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
     # -- composition ------------------------------------------------------------------
     def add_fragment(self, name: str, source: str) -> None:
@@ -259,9 +261,9 @@ class ScriptRegistry:
                     return reply
                 return await client.execute_command("EVAL", s.source, len(keys), *keys, *args)
             except ResponseError as exc:
-                raise _translate(exc) from exc
+                raise translate_error(exc) from exc
         except ResponseError as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
 
     async def pipeline(self, client: Any, calls: Sequence[Call]) -> list[Any]:
         """Run several scripts in one round trip (not a transaction), on one connection.
@@ -295,7 +297,7 @@ class ScriptRegistry:
             again = list(await pipe.execute(raise_on_error=False))
             for i, r in zip(missing + raw, again, strict=True):
                 results[i] = r
-        return [_translate(r) if isinstance(r, ResponseError) else r for r in results]
+        return [translate_error(r) if isinstance(r, ResponseError) else r for r in results]
 
     def fusable(self, client: Any) -> bool:
         """Whether ``after_block`` can send its two commands in one exchange on
@@ -319,7 +321,7 @@ class ScriptRegistry:
             except Exception as exc:  # returned like every other reply
                 reply = exc
         elif isinstance(reply, ResponseError):
-            reply = _translate(reply)
+            reply = translate_error(reply)
         return first, reply
 
     async def _run_pipe(self, client: Any, calls: Sequence[Call]) -> list[Any]:
@@ -344,11 +346,11 @@ class ScriptRegistry:
         for c in calls:
             if isinstance(c, RawCall):
                 buf.append(b"*%d\r\n" % len(c.args))
-                buf.append(_pack_args(c.args))
+                buf.append(pack_args(c.args))
                 continue
             buf.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(c.keys) + len(c.args)))
-            buf.append(self._head(c))
-            buf.append(_pack_args(c.args))
+            buf.append(self.packed_head(c))
+            buf.append(pack_args(c.args))
         pool = client.connection_pool
         idle = self._idle.get(pool)
         if idle is None:
@@ -404,84 +406,21 @@ class ScriptRegistry:
             # Every reply was read: the connection is clean and can serve the next
             # exchange as it is. After an error it goes back through the pool, which
             # reconnects it and checks it before anyone uses it again.
-            if clean and len(idle) < _MAX_IDLE_CONNS and conn.is_connected:
+            if clean and len(idle) < MAX_IDLE_CONNS and conn.is_connected:
                 idle.append(conn)
             else:
                 await pool.release(conn)
 
-    def _head(self, c: ScriptCall) -> bytes:
-        # The script's SHA, key count and keys, packed: the same for every call.
+    def packed_head(self, c: ScriptCall) -> bytes:
+        """RESP of ``c``'s script SHA, key count and keys (the same for every call of that
+        script on those keys, so it is packed once): what follows ``EVALSHA``."""
         hkey = (c.script, tuple(c.keys))
         head = self._heads.get(hkey)
         if head is None:
             s = self.get(c.script)
-            head = _pack_args((s.sha, len(c.keys), *c.keys))
+            head = pack_args((s.sha, len(c.keys), *c.keys))
             self._heads[hkey] = head
         return head
-
-    def call_blocking(self, pool: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script from a thread outside the event loop, over ``pool`` (a
-        blocking ``redis.ConnectionPool``; ``ConnectionFactory.sync_pool``), waiting for
-        its reply; on NOSCRIPT run it once with EVAL (which caches it there).
-
-        Thread-safe. Errors as ``call`` raises them: the script's own (``KQ_*``) and
-        Redis's refusals translated, connection errors and timeouts as redis-py's.
-        """
-        c = ScriptCall(name, keys, args)
-        n = 3 + len(keys) + len(args)
-        reply = self._exchange_blocking(
-            pool, b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (n, self._head(c), _pack_args(args))
-        )
-        if isinstance(reply, NoScriptError):
-            source = self.get(name).source
-            reply = self._exchange_blocking(
-                pool, b"*%d\r\n" % n + _pack_args(("EVAL", source, len(keys), *keys, *args))
-            )
-        if isinstance(reply, ResponseError):
-            raise _translate(reply)
-        return reply
-
-    def _exchange_blocking(self, pool: Any, payload: bytes) -> Any:
-        # Connections stay checked out of the pool between calls, in an idle list of
-        # their own (list.pop and append are atomic: any thread may take one); the
-        # pool's limit and disconnect() still cover them.
-        idle = self._sync_idle.get(pool)
-        if idle is None:
-            idle = self._sync_idle.setdefault(pool, [])
-        conn = None
-        while conn is None:
-            try:
-                kept = idle.pop()
-            except IndexError:
-                conn = pool.get_connection()
-                break
-            try:
-                # Unread bytes or EOF on an idle connection: the server closed it (restart,
-                # client timeout); sending on it would fail after the fact.
-                stale = kept.can_read(timeout=0)
-            except (RedisConnectionError, OSError):
-                stale = True
-            if stale:
-                kept.disconnect()
-                pool.release(kept)
-            else:
-                conn = kept
-        try:
-            conn.send_packed_command([payload], check_health=False)
-            try:
-                reply = conn.read_response()
-            except ResponseError as exc:  # an error reply: the stream is still in step
-                reply = exc
-        except BaseException:
-            # Timed out, cut, interrupted: the stream is out of step, never reuse it.
-            conn.disconnect()
-            pool.release(conn)
-            raise
-        if len(idle) < _MAX_IDLE_CONNS:
-            idle.append(conn)
-        else:
-            pool.release(conn)
-        return reply
 
     async def _exchange_direct(
         self,
@@ -508,7 +447,7 @@ class ScriptRegistry:
             if isinstance(exc, ReplyTimeout):
                 raise _no_reply() from None
             raise
-        if len(idle) < _MAX_IDLE_CONNS and channel.usable:
+        if len(idle) < MAX_IDLE_CONNS and channel.usable:
             idle.append(conn)
         else:
             if not release_channel(conn):
@@ -520,7 +459,8 @@ class ScriptRegistry:
         self._loaded.discard(id(client))
 
 
-_MAX_IDLE_CONNS = 8
+#: Most connections kept checked out between exchanges, per pool.
+MAX_IDLE_CONNS = 8
 #: Read replies through ``replies.ReplyChannel`` where the connection allows it (off:
 #: redis-py's reading, as bench/bench_single.py compares).
 _DIRECT_REPLIES = True
@@ -543,8 +483,9 @@ def _alive(conn: Any) -> bool:
     return not isinstance(proto, ReplyChannel) or proto.usable
 
 
-def _pack_args(args: Sequence[Any]) -> bytes:
-    # RESP bulk strings. Exact type checks first: this runs for every argument of every
+def pack_args(args: Sequence[Any]) -> bytes:
+    """``args`` as RESP bulk strings (a command's arguments after its ``*N`` header)."""
+    # Exact type checks first: this runs for every argument of every
     # script call (9 per recorded outcome), so the common cases take one format each, and
     # the small ints every call carries (counts, flags, retention) come packed already.
     parts: list[bytes] = []
@@ -589,7 +530,9 @@ def _is_plain_redis(client: Any) -> bool:
 _PLAIN: dict[type, bool] = {}
 
 
-def _translate(exc: ResponseError) -> Exception:
+def translate_error(exc: ResponseError) -> Exception:
+    """The library's error for an error reply of a script call (``KQ_*`` codes, refused
+    writes, ACL refusals), or ``exc`` itself."""
     text = str(exc)
     # redis-py strips the code of the replies it has a class for.
     code = (

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from .api import OPERATIONS, QueueAPI
+from .blocking import BlockingScripts
 from .features.partitioned import PartitionedQueue
 from .options import JobOptions
 from .queue import JobQueue, QueueStats
@@ -182,11 +183,13 @@ class SyncJobQueue(SyncQueueClient):
         super().__init__(name, make)
         # add_job from the caller's thread over a blocking connection (one round trip,
         # no hop to the loop thread) when the queue talks to one plain Redis server.
-        self._pool = self.queue.producer.ctx.connection.sync_pool(reply_timeout_s=REPLY_TIMEOUT_S)
+        ctx = self.queue.producer.ctx
+        pool = ctx.connection.sync_pool(reply_timeout_s=REPLY_TIMEOUT_S)
+        self._blocking = BlockingScripts(ctx.scripts, pool) if pool is not None else None
         self._connected = False
         self._announcements: collections.deque[Callable[[], None]] = collections.deque()
         self._announce_armed = False
-        if self._pool is not None:
+        if self._blocking is not None:
             self._direct["add_job"] = self._add_job_direct
 
     def _add_job_direct(
@@ -207,10 +210,11 @@ class SyncJobQueue(SyncQueueClient):
             # policy check, SCRIPT LOAD), and fails with the same errors.
             self._call(ctx.client())
             self._connected = True
-        pool, scripts, keys = self._pool, ctx.scripts, ctx.keys.all
+        blocking, keys = self._blocking, ctx.keys.all
+        assert blocking is not None
 
         def run(args: Sequence[Any]) -> Any:
-            return scripts.call_blocking(pool, "enqueue", keys, args)
+            return blocking.call("enqueue", keys, args)
 
         return producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
 
@@ -243,8 +247,8 @@ class SyncJobQueue(SyncQueueClient):
         try:
             super().close()
         finally:
-            if self._pool is not None:
-                self._pool.disconnect()
+            if self._blocking is not None:
+                self._blocking.close()
 
 
 class SyncPartitionedQueue(SyncQueueClient):

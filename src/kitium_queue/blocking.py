@@ -1,0 +1,96 @@
+"""Script calls from threads outside the event loop, over blocking connections.
+
+``SyncJobQueue.add_job`` runs the enqueue script from the caller's thread through a
+``BlockingScripts``: the call is packed as on the asyncio hot path (``scripts.py``), sent
+over a blocking redis-py connection and its reply read there, so a blocking caller pays
+one round trip and no hand-over to the client's event-loop thread. The connections come
+from a blocking ``redis.ConnectionPool`` to the same server
+(``ConnectionFactory.sync_pool``); up to ``MAX_IDLE_CONNS`` stay checked out between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from .scripts import MAX_IDLE_CONNS, ScriptCall, ScriptRegistry, pack_args, translate_error
+
+__all__ = ["BlockingScripts"]
+
+
+class BlockingScripts:
+    """Runs the scripts of ``registry`` over ``pool`` (a blocking
+    ``redis.ConnectionPool``), waiting for each reply. Thread-safe."""
+
+    def __init__(self, registry: ScriptRegistry, pool: Any) -> None:
+        self._registry = registry
+        self._pool = pool
+        # Connections kept between calls: list.pop and append are atomic, so any thread
+        # may take one; the pool's limit and disconnect() still cover them.
+        self._idle: list[Any] = []
+
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run script ``name`` and return its reply; on NOSCRIPT run it once with EVAL
+        (which caches it there).
+
+        Errors as ``ScriptRegistry.call`` raises them: the script's own (``KQ_*``) and
+        Redis's refusals translated; connection errors and timeouts (the pool's
+        ``socket_timeout``) as redis-py's, after which the connection is dropped.
+        """
+        reg = self._registry
+        n = 3 + len(keys) + len(args)
+        head = reg.packed_head(ScriptCall(name, keys, args))
+        reply = self._exchange(b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (n, head, pack_args(args)))
+        if isinstance(reply, NoScriptError):
+            source = reg.get(name).source
+            reply = self._exchange(
+                b"*%d\r\n" % n + pack_args(("EVAL", source, len(keys), *keys, *args))
+            )
+        if isinstance(reply, ResponseError):
+            raise translate_error(reply)
+        return reply
+
+    def close(self) -> None:
+        """Close every connection of the pool (a later call connects again)."""
+        self._idle.clear()
+        self._pool.disconnect()
+
+    def _exchange(self, payload: bytes) -> Any:
+        pool, idle = self._pool, self._idle
+        conn = None
+        while conn is None:
+            try:
+                kept = idle.pop()
+            except IndexError:
+                conn = pool.get_connection()
+                break
+            try:
+                # Unread bytes or EOF on an idle connection: the server closed it (a
+                # restart, a client timeout), and a request sent on it would be lost.
+                stale = kept.can_read(timeout=0)
+            except (RedisConnectionError, OSError):
+                stale = True
+            if stale:
+                kept.disconnect()
+                pool.release(kept)
+            else:
+                conn = kept
+        try:
+            conn.send_packed_command([payload], check_health=False)
+            try:
+                reply = conn.read_response()
+            except ResponseError as exc:  # an error reply: the stream is still in step
+                reply = exc
+        except BaseException:
+            # Timed out, cut, interrupted: the stream is out of step, never reuse it.
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        if len(idle) < MAX_IDLE_CONNS:
+            idle.append(conn)
+        else:
+            pool.release(conn)
+        return reply
