@@ -234,6 +234,26 @@ async def test_a_pooled_connection_a_restart_closed_is_reconnected_before_use(
     await _add_and_check(queue, "x", 1)
 
 
+async def test_queries_right_after_a_restart_succeed(
+    queue: JobQueue, server: RedisServer
+) -> None:
+    # Queries and admin calls go through redis-py's pool: every connection it holds was
+    # closed by the restart, and each is reconnected before use (none fails once first).
+    jid = await queue.add_job("x", 1)
+    await asyncio.gather(*(queue.get_job_status(jid) for _ in range(6)))
+    client = await queue.producer.ctx.client()
+    assert len(client.connection_pool._available_connections) >= 2
+    await asyncio.to_thread(server.restart)
+    await asyncio.sleep(0.1)
+    stats, health, infos = await asyncio.gather(
+        queue.get_stats(),
+        queue.health_check(),
+        asyncio.gather(*(queue.get_job_status(jid) for _ in range(6))),
+    )
+    assert stats.waiting == 0 and health  # no persistence: the job went with the restart
+    assert infos == [None] * 6
+
+
 async def test_unix_socket_and_worker_round_trip(
     tmp_path: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -71,16 +71,8 @@ def queue(server: RedisServer, prefix: str) -> Iterator[SyncJobQueue]:
 
 
 def _stored(q: SyncJobQueue, jid: str, name: str, data: Any) -> None:
-    """Job ``jid`` is in Redis as added: the id this add got back was its own reply.
-
-    Read through the loop thread's client, whose pooled connections may be the ones a
-    restart closed: redis-py (no retries by default) fails the first command on such a
-    connection and reconnects it for the next, so a query is tried twice.
-    """
-    try:
-        info = q.get_job_status(jid)
-    except RedisConnectionError:
-        info = q.get_job_status(jid)
+    """Job ``jid`` is in Redis as added: the id this add got back was its own reply."""
+    info = q.get_job_status(jid)
     assert info is not None, jid
     assert (info.name, info.data) == (name, data)
 

@@ -202,6 +202,20 @@ class _SentinelMaster(aioredis.Redis):
                 await sentinel.aclose()
 
 
+class _CheckedPool(aioredis.ConnectionPool):
+    """redis-py's pool, reconnecting a connection whose server closed it while it sat in
+    the pool (a restart, a failover, a client timeout) before handing it out. redis-py
+    8.1's own check spots the EOF but then fails the reconnected connection's second
+    check, so the first command on each such connection raised ConnectionError although
+    the server was back. Nothing has been sent on it yet: reconnecting is safe."""
+
+    async def ensure_connection(self, connection: Any) -> None:
+        reader = getattr(connection, "_reader", None)
+        if reader is not None and (reader.at_eof() or reader.exception() is not None):
+            await connection.disconnect(nowait=True)
+        await super().ensure_connection(connection)
+
+
 class ConnectionFactory:
     """Makes the clients a queue needs: a shared one and dedicated blocking ones.
 
@@ -492,8 +506,12 @@ class ConnectionFactory:
         if self.mode == "sentinel":
             return self._sentinel_master({**defaults, **self._kwargs, **extra})
         if self._url:
-            return aioredis.Redis.from_url(self._url, **{**defaults, **self._kwargs, **extra})
-        return aioredis.Redis(**{**defaults, **self._kwargs, **extra})
+            client = aioredis.Redis.from_url(self._url, **{**defaults, **self._kwargs, **extra})
+        else:
+            client = aioredis.Redis(**{**defaults, **self._kwargs, **extra})
+        if type(client.connection_pool) is aioredis.ConnectionPool:
+            client.connection_pool.__class__ = _CheckedPool
+        return client
 
     def sync_pool(self, *, reply_timeout_s: float) -> Any:
         """A blocking ``redis.ConnectionPool`` to the same server as ``client()``, for
