@@ -36,6 +36,7 @@ from kitium_queue import (
     WriteRefusedError,
 )
 from kitium_queue.blocking import BlockingScripts
+from kitium_queue.features.compression import CompressionCodec
 from kitium_queue.features.groups import FIFOQueueManager
 
 pytestmark = pytest.mark.redis_only
@@ -207,6 +208,29 @@ def test_middleware_keeps_the_loop_thread_path(
     jid = queue.add_job("after", 2)
     assert direct_calls.count("enqueue") == 1
     _stored(queue, jid, "after", {"tagged": 2})
+
+
+def test_codecs_run_in_many_callers_threads_at_once(
+    server: RedisServer, prefix: str, direct_calls: list[str]
+) -> None:
+    # A codec runs in each caller's thread now: the compression codec keeps a context
+    # per thread. Every payload comes back whole, under its own id.
+    codec = CompressionCodec(algorithm="zlib", threshold=64)
+    with SyncJobQueue("direct", redis=server.url, prefix=prefix, codecs=[codec]) as q:
+
+        def produce(w: int) -> list[tuple[str, dict[str, Any]]]:
+            out = []
+            for i in range(40):
+                data = {"w": w, "i": i, "text": f"{w}-{i} " * (50 + i)}
+                out.append((q.add_job("n", data), data))
+            return out
+
+        with ThreadPoolExecutor(6) as pool:
+            added = [x for batch in pool.map(produce, range(6)) for x in batch]
+        assert codec.stats().compressed == 240
+        for jid, data in added:
+            _stored(q, jid, "n", data)
+    assert direct_calls.count("enqueue") == 240
 
 
 def test_script_cache_flushed(

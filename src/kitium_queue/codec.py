@@ -62,7 +62,13 @@ MAX_DEPTH = 254
 
 @runtime_checkable
 class Codec(Protocol):
-    """A reversible bytes transform (encryption, compression)."""
+    """A reversible bytes transform (encryption, compression).
+
+    ``encode`` and ``decode`` may run in several threads at once (the callers of a
+    ``SyncJobQueue.add_job`` encode in their own threads): keep them thread-safe, as
+    ``features.compression.CompressionCodec`` is (a context per thread, its counters
+    under a lock).
+    """
 
     def encode(self, data: bytes) -> bytes: ...
 
