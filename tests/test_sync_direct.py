@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -231,6 +232,29 @@ def test_codecs_run_in_many_callers_threads_at_once(
         for jid, data in added:
             _stored(q, jid, "n", data)
     assert direct_calls.count("enqueue") == 240
+
+
+@pytest.mark.parametrize("form", ["unix", "dict"])
+def test_other_connection_forms(prefix: str, form: str, direct_calls: list[str]) -> None:
+    # A unix socket, and a dict of options instead of a URL: the blocking pool is built
+    # from the same settings as the asyncio client.
+    sock = f"/tmp/kq-direct-{uuid.uuid4().hex[:8]}.sock"
+    srv = RedisServer("--unixsocket", sock, "--unixsocketperm", "700").start()
+    target: Any = (
+        f"unix://{sock}" if form == "unix" else {"host": "127.0.0.1", "port": srv.port, "db": 3}
+    )
+    try:
+        with SyncJobQueue("direct", redis=target, prefix=prefix) as q:
+            ids = [q.add_job("n", i) for i in range(5)]
+            for i, jid in enumerate(ids):
+                _stored(q, jid, "n", i)
+        if form == "dict":  # in the database the options named
+            admin = redis.Redis(port=srv.port, db=3)
+            assert admin.dbsize() > 0
+            admin.close()
+    finally:
+        srv.close()
+    assert direct_calls.count("enqueue") == 5
 
 
 def test_script_cache_flushed(
