@@ -368,9 +368,11 @@ class ScriptRegistry:
         if conn is None:
             conn = await pool.get_connection()
             if not _alive(conn):
-                # The pool's own check misses a connection whose server closed it while it
-                # sat in the pool (a restart): its stream is at EOF, and a request sent on
-                # it would wait for a reply that never comes. Nothing was sent: reconnect.
+                # redis-py's pool misses a connection whose server closed it while it sat
+                # in the pool (a restart): its stream is at EOF, and a request sent on it
+                # would wait for a reply that never comes. The pools the queue builds
+                # reconnect it already (connection._CheckedPool); a client passed in may
+                # not. Nothing was sent: reconnect.
                 try:
                     await conn.disconnect(nowait=True)
                     await conn.connect()

@@ -20,6 +20,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from .api import OPERATIONS, QueueAPI
 from .blocking import BlockingScripts
 from .features.partitioned import PartitionedQueue
+from .limits import get_logger
 from .options import JobOptions
 from .queue import JobQueue, QueueStats
 from .scripts import REPLY_TIMEOUT_S
@@ -33,6 +34,8 @@ HOP: Any = object()
 #: How long after a ``SyncJobQueue.add_job`` served from the caller's thread its
 #: ``enqueued`` hooks run, at most, on the loop thread (metrics, local events).
 ANNOUNCE_DELAY_S = 0.002
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -234,7 +237,11 @@ class SyncJobQueue(SyncQueueClient):
         self._announce_armed = False
         pending = self._announcements
         while pending:
-            pending.popleft()()
+            fn = pending.popleft()
+            try:
+                fn()
+            except Exception:  # subscribers' errors are caught further in; this is a bug
+                log.exception("queue %s: reporting jobs added from blocking code failed", self.name)
 
     def close(self) -> None:
         """Close the connections and stop the background loop."""
