@@ -338,6 +338,31 @@ async def test_flaky_endpoint_gets_every_event_of_5000_jobs(queue: JobQueue) -> 
         await rec.stop()
 
 
+async def test_delivery_gives_way_to_running_jobs_only(queue: JobQueue) -> None:
+    # An idle worker keeps slots reserved for the claim riding on its wake-up wait: those
+    # must not pace delivery (they capped it at `batch` per second while nothing ran).
+    release = asyncio.Event()
+
+    @queue.process("hold")
+    async def hold(job: Any) -> None:
+        await release.wait()
+
+    m = WebhookManager(queue, **FAST)
+    await queue.start()
+    worker = queue.worker
+    assert worker is not None
+    await wait_until(lambda: worker.slots_taken() > 0 and not worker.leases.runs, 5)
+    assert m.service.pause_after(0.5) == 0.0, "an idle worker paced delivery"
+    await queue.add_job("hold")
+    try:
+        await wait_until(lambda: bool(worker.leases.runs), 5)
+        # A job runs: 0.5 s spent at busy_share 0.2 asks for 2 s, capped at 1 s.
+        assert m.service.pause_after(0.5) == 1.0
+        assert m.service.pause_after(0.05) == pytest.approx(0.2)
+    finally:
+        release.set()
+
+
 async def test_dead_endpoint_dlq_then_replay(
     queue: JobQueue, receiver: Receiver, redis_client: Any
 ) -> None:

@@ -215,14 +215,24 @@ class DeliveryService(_Base):
         await self.mgr.sender.close()
 
     async def _pace(self, spent_s: float) -> None:
-        """Give way to the jobs of this process: while its worker runs jobs, delivery
-        takes about ``busy_share`` of the time (it sleeps after each batch); an idle
-        worker, or none, lets it run at full speed. The backlog waits in Redis."""
+        pause = self.pause_after(spent_s)
+        if pause > 0:
+            await asyncio.sleep(pause)
+
+    def pause_after(self, spent_s: float) -> float:
+        """Seconds to sleep after a batch that took ``spent_s``. Delivery gives way to the
+        jobs of this process: while its worker runs jobs, it takes about ``busy_share``
+        of the time (it sleeps after each batch); an idle worker, or none, lets it run
+        at full speed. The backlog waits in Redis.
+
+        Jobs running, not slots taken: an idle worker keeps slots reserved for the
+        claim that rides on its wake-up wait, and counting those paced delivery to
+        ``batch`` per second for as long as the worker had nothing to do."""
         share = self.mgr.busy_share
         worker = self.mgr.queue.worker
-        if share >= 1 or worker is None or worker.slots_taken() == 0:
-            return
-        await asyncio.sleep(min(spent_s * (1 - share) / share, 1.0))
+        if share >= 1 or worker is None or not worker.leases.runs:
+            return 0.0
+        return min(spent_s * (1 - share) / share, 1.0)
 
     async def _forever(self, what: str, step: Callable[[], Awaitable[float]]) -> None:
         """Run ``step`` (returns how long to idle, s) until cancelled: through Redis
