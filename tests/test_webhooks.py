@@ -351,7 +351,8 @@ async def test_delivery_gives_way_to_running_jobs_only(queue: JobQueue) -> None:
     await queue.start()
     worker = queue.worker
     assert worker is not None
-    await wait_until(lambda: worker.slots_taken() > 0 and not worker.leases.runs, 5)
+    # Idle: nothing runs, nothing is being claimed, the wake-up wait holds its slots.
+    await wait_until(lambda: worker.slots_taken() > 0 and not worker.busy(), 5)
     assert m.service.pause_after(0.5) == 0.0, "an idle worker paced delivery"
     await queue.add_job("hold")
     try:

@@ -149,13 +149,9 @@ class Worker:
         self._slots = slots
         self._presence: Presence | None = None
         self.leases = Leases(
-            queue,
-            self.id,
-            self.hooks,
-            wake=self._signal.set,
-            on_outage=self._report_outage,
+            queue, self.id, self.hooks, wake=self._signal.set, on_outage=self._report_outage,
             slots=slots,
-        )
+        )  # fmt: skip
         self.outcomes = Outcomes(
             queue, self.id, self.hooks, forget=self.leases.forget, wake=self._signal.set
         )
@@ -171,6 +167,10 @@ class Worker:
     def slots_taken(self) -> int:
         """Running jobs plus slots reserved by claims in flight (``SharedSlots``)."""
         return len(self.leases.runs) + self._claiming
+
+    def busy(self) -> bool:
+        """Jobs running or being claimed (an idle worker's wake-up wait reserves slots)."""
+        return bool(self.leases.runs) or self._claiming > self._waker_claiming
 
     def presence(self, q: JobQueue) -> Presence:
         """This worker's heartbeat record (``presence.py``): who it is, what it runs."""

@@ -225,12 +225,13 @@ class DeliveryService(_Base):
         of the time (it sleeps after each batch); an idle worker, or none, lets it run
         at full speed. The backlog waits in Redis.
 
-        Jobs running, not slots taken: an idle worker keeps slots reserved for the
-        claim that rides on its wake-up wait, and counting those paced delivery to
-        ``batch`` per second for as long as the worker had nothing to do."""
+        Busy means jobs running or being claimed (``Worker.busy``), not slots taken: an
+        idle worker keeps slots reserved for the claim that rides on its wake-up wait,
+        and counting those paced delivery to ``batch`` per second for as long as the
+        worker had nothing to do."""
         share = self.mgr.busy_share
         worker = self.mgr.queue.worker
-        if share >= 1 or worker is None or not worker.leases.runs:
+        if share >= 1 or worker is None or not worker.busy():
             return 0.0
         return min(spent_s * (1 - share) / share, 1.0)
 
