@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     q = JobQueue("functions", redis=args.url, prefix=PREFIX)
     ctx = q.producer.ctx
     keys = list(ctx.keys.all)
-    job = [*ctx.argv_head(), ctx.idempotency_ttl, *q.producer.prepare("n", {"i": 0}, {})]
+    job = q.producer.script_args([q.producer.prepare("n", {"i": 0}, {})])
     head = list(ctx.argv_head())
     cases: dict[str, tuple[str, list[object]]] = {}
     for name in SCRIPTS:

@@ -163,7 +163,7 @@ def _server_side(url: str, n: int, reps: int) -> None:
     q = JobQueue("single", redis=url, prefix=PREFIX)
     ctx = q.producer.ctx
     keys = list(ctx.keys.all)
-    args = [*ctx.argv_head(), ctx.idempotency_ttl, *q.producer.prepare("single", {"i": 0}, {})]
+    args = q.producer.script_args([q.producer.prepare("single", {"i": 0}, {})])
     source = ctx.scripts.get("enqueue").source
     cut = source.index("local MAX_JOBS")  # the enqueue script's own code starts here
     cases = {
@@ -232,7 +232,7 @@ async def _bare_cases(url: str, n: int, reps: int) -> None:
     q = JobQueue("single", redis=url, prefix=PREFIX)
     ctx = q.producer.ctx
     keys = list(ctx.keys.all)
-    args = [*ctx.argv_head(), ctx.idempotency_ttl, *q.producer.prepare("single", {"i": 0}, {})]
+    args = q.producer.script_args([q.producer.prepare("single", {"i": 0}, {})])
     one = r.script_load("return 1")
     enqueue = r.script_load(ctx.scripts.get("enqueue").source)
 

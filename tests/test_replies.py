@@ -216,12 +216,28 @@ async def test_a_server_restart_between_calls_is_transparent(
     await _add_and_check(queue, "x", 2)
 
 
+@pytest.mark.parametrize("given", [False, True], ids=["url", "client-passed-in"])
 async def test_a_pooled_connection_a_restart_closed_is_reconnected_before_use(
-    queue: JobQueue, server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch, given: bool
 ) -> None:
     # A connection that sat in redis-py's pool (never held by the script registry)
-    # when the server restarted: the pool hands it out as it is, its stream at EOF. A
-    # request sent on it would never be answered; the registry reconnects it first.
+    # when the server restarted: redis-py's pool hands it out as it is, its stream at
+    # EOF, and a request sent on it would never be answered. The pools the queue builds
+    # reconnect it (connection._CheckedPool); for a client passed in, redis-py's own
+    # pool, the registry does before it sends.
+    redis_arg: Any = aioredis.Redis.from_url(server.url) if given else server.url
+    queue = JobQueue("replies", redis=redis_arg, prefix=prefix)
+    try:
+        await _restart_behind_a_pooled_connection(queue, server, monkeypatch)
+    finally:
+        await queue.close()
+        if given:
+            await redis_arg.aclose()
+
+
+async def _restart_behind_a_pooled_connection(
+    queue: JobQueue, server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = await queue.producer.ctx.client()
     pool = client.connection_pool
     conn = await pool.get_connection()

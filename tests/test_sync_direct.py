@@ -50,6 +50,16 @@ def server(debug_server: RedisServer) -> RedisServer:
 
 
 @pytest.fixture
+def admin(server: RedisServer) -> Iterator[redis.Redis]:
+    """A blocking client of the private server, for what the test does to it."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
 def direct_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the scripts run through ``call_blocking`` (the caller-thread path)."""
     calls: list[str] = []
@@ -145,7 +155,7 @@ def test_bad_input_fails_alone_and_writes_nothing(
 
 
 def test_feature_refusal_and_server_errors(
-    server: RedisServer, queue: SyncJobQueue, direct_calls: list[str]
+    admin: redis.Redis, queue: SyncJobQueue, direct_calls: list[str]
 ) -> None:
     fifo = FIFOQueueManager(queue.queue)
     queue._call(fifo.set_group({"group_id": "g", "max_group_size": 2}))
@@ -156,14 +166,12 @@ def test_feature_refusal_and_server_errors(
     assert direct_calls.count("enqueue") == 3  # the groups feature needs no middleware
     _stored(queue, first, "n", 1)
     # A server that refuses writes: the error names the cause, nothing is written.
-    admin = redis.Redis.from_url(server.url)
+    admin.config_set("maxmemory", 1)
     try:
-        admin.config_set("maxmemory", 1)
         with pytest.raises(WriteRefusedError, match=r"(?i)out of memory"):
             queue.add_job("n", "too much")
     finally:
         admin.config_set("maxmemory", 0)
-        admin.close()
     stats = queue.get_stats()
     assert stats.waiting + stats.pending == 2  # the group's second job waits its turn
 
@@ -258,17 +266,13 @@ def test_other_connection_forms(prefix: str, form: str, direct_calls: list[str])
 
 
 def test_script_cache_flushed(
-    server: RedisServer, queue: SyncJobQueue, direct_calls: list[str]
+    admin: redis.Redis, queue: SyncJobQueue, direct_calls: list[str]
 ) -> None:
     queue.add_job("n", 0)
-    admin = redis.Redis.from_url(server.url)
-    try:
-        admin.script_flush()
-        _stored(queue, queue.add_job("n", 1), "n", 1)  # NOSCRIPT -> EVAL
-        _stored(queue, queue.add_job("n", 2), "n", 2)  # cached again by that EVAL
-        assert admin.info("commandstats")["cmdstat_eval"]["calls"] == 1
-    finally:
-        admin.close()
+    admin.script_flush()
+    _stored(queue, queue.add_job("n", 1), "n", 1)  # NOSCRIPT -> EVAL
+    _stored(queue, queue.add_job("n", 2), "n", 2)  # cached again by that EVAL
+    assert admin.info("commandstats")["cmdstat_eval"]["calls"] == 1
     assert direct_calls.count("enqueue") == 3
 
 
@@ -287,12 +291,15 @@ def test_server_restart_and_down(
 
 
 def test_reply_past_its_deadline(
-    server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch, direct_calls: list[str]
+    server: RedisServer,
+    admin: redis.Redis,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    direct_calls: list[str],
 ) -> None:
     monkeypatch.setattr(sync_mod, "REPLY_TIMEOUT_S", 0.3)
     with SyncJobQueue("direct", redis=server.url, prefix=prefix) as q:
         q.add_job("n", 0)
-        admin = redis.Redis.from_url(server.url)
         sleeper = threading.Thread(target=lambda: admin.execute_command("DEBUG", "SLEEP", 1))
         sleeper.start()
         time.sleep(0.1)
@@ -301,7 +308,6 @@ def test_reply_past_its_deadline(
                 q.add_job("late", "unknown")  # may or may not be written: its reply is lost
         finally:
             sleeper.join()
-            admin.close()
         # The next call reads its own reply, not the late one's.
         for i in range(5):
             _stored(q, q.add_job("n", {"after": i}), "n", {"after": i})

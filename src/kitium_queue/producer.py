@@ -192,6 +192,14 @@ class Producer:
                 self._batching = False
         return ids[0]
 
+    def script_args(self, prepared: Sequence[PreparedJob]) -> list[Any]:
+        """The enqueue script's arguments for ``prepared`` jobs (one call)."""
+        ctx = self.ctx
+        args: list[Any] = [*ctx.argv_head(), ctx.idempotency_ttl]
+        for p in prepared:
+            args.extend(p)
+        return args
+
     def blocking_ready(self) -> bool:
         """Whether ``add_job_blocking`` may run now: no enqueue middleware (it may be a
         coroutine, or keep state the event loop's thread owns), no write barrier and no
@@ -217,7 +225,7 @@ class Producer:
         opts = {**options_dict(options), **kwargs} if options is not None else kwargs
         prepared = self.prepare(job_name, data, opts)
         ctx = self.ctx
-        reply = run([*ctx.argv_head(), ctx.idempotency_ttl, *prepared])
+        reply = run(self.script_args([prepared]))
         ids: list[str] = []
         refused: dict[int, str] = {}
         dups: set[int] = set()
@@ -324,9 +332,7 @@ class Producer:
             # the chunks before it is known to be in Redis.
             for chunk in _enqueue_chunks(prepared):
                 start = len(ids)
-                args: list[Any] = [*ctx.argv_head(), ctx.idempotency_ttl]
-                for p in chunk:
-                    args.extend(p)
+                args = self.script_args(chunk)
                 chunk_opts: Sequence[Mapping[str, Any]] = ()
                 command = None
                 after: Any = None
