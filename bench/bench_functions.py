@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from importlib import resources
 from pathlib import Path
 
 import redis
@@ -31,22 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _lualib import library
+from _scriptparts import fixed_part, one_job_call
 
 from kitium_queue import JobQueue
 
 PREFIX = "kqbf"
 SCRIPTS = ("enqueue", "claim", "finish", "extend")
-
-
-def _own_start(name: str, source: str) -> int:
-    """Offset in ``source`` of the first statement of script ``name``'s own file."""
-    raw = resources.files("kitium_queue").joinpath(f"lua/{name}.lua").read_text("utf-8")
-    body = raw[raw.index("]]") + 2 :] if raw.startswith("--[[") else raw
-    for line in body.splitlines():
-        s = line.strip()
-        if s and not s.startswith("--"):
-            return source.index(line)
-    raise SystemExit(f"no statement in {name}.lua")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,13 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     r = redis.Redis.from_url(args.url)
     q = JobQueue("functions", redis=args.url, prefix=PREFIX)
     ctx = q.producer.ctx
-    keys = list(ctx.keys.all)
-    job = q.producer.script_args([q.producer.prepare("n", {"i": 0}, {})])
+    keys, job = one_job_call(q)
     head = list(ctx.argv_head())
     cases: dict[str, tuple[str, list[object]]] = {}
     for name in SCRIPTS:
         source = ctx.scripts.get(name).source
-        fixed = source[: _own_start(name, source)] + "\nreturn 1\n"
+        fixed = fixed_part(name, source)
         cases[f"{name}: fixed part"] = (fixed, job if name == "enqueue" else head)
     cases["enqueue: one job"] = (ctx.scripts.get("enqueue").source, job)
     libs: list[str] = []

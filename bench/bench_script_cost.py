@@ -36,7 +36,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_functions import _own_start
+from _scriptparts import fixed_part, one_job_call
 
 from kitium_queue import JobQueue
 
@@ -104,14 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     r = redis.Redis.from_url(args.url)
     q = JobQueue("scriptcost", redis=args.url, prefix=PREFIX)
-    ctx = q.producer.ctx
-    keys = list(ctx.keys.all)
-    job = q.producer.script_args([q.producer.prepare("n", {"i": 0}, {})])
-    full = ctx.scripts.get("enqueue").source
+    keys, job = one_job_call(q)
+    full = q.producer.ctx.scripts.get("enqueue").source
     shaken = without_unused_helpers(full)
     scripts = {
         "EVALSHA return 1 (enqueue's keys, args)": "return 1",
-        "enqueue: fixed part": full[: _own_start("enqueue", full)] + "\nreturn 1\n",
+        "enqueue: fixed part": fixed_part("enqueue", full),
         "enqueue's 7 commands, plain script": _PLAIN,
         "enqueue: one job": full,
         "enqueue: one job, unused helpers removed": shaken,

@@ -49,7 +49,10 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _scriptparts import fixed_part, one_job_call
 
 import kitium_queue.scripts as scripts_mod
 from kitium_queue import JobQueue, SyncJobQueue
@@ -162,16 +165,14 @@ def _server_side(url: str, n: int, reps: int) -> None:
     r = redis.Redis.from_url(url)
     q = JobQueue("single", redis=url, prefix=PREFIX)
     ctx = q.producer.ctx
-    keys = list(ctx.keys.all)
-    args = q.producer.script_args([q.producer.prepare("single", {"i": 0}, {})])
+    keys, args = one_job_call(q, "single")
     source = ctx.scripts.get("enqueue").source
-    cut = source.index("local MAX_JOBS")  # the enqueue script's own code starts here
     cases = {
         "lpush": None,
         "evalsha return 1, no keys": ("return 1", [], []),
         "evalsha return 1, enqueue's keys+args": ("return 1", keys, args),
         "evalsha TIME, enqueue's keys+args": ("redis.call('TIME') return 1", keys, args),
-        "enqueue's definitions, then return 1": (source[:cut] + "\nreturn 1\n", keys, args),
+        "enqueue's definitions, then return 1": (fixed_part("enqueue", source), keys, args),
         "enqueue (one job)": (source, keys, args),
     }
     inner = ("incr", "exists", "hset", "zadd", "xadd")
@@ -231,8 +232,7 @@ async def _bare_cases(url: str, n: int, reps: int) -> None:
     r = redis.Redis.from_url(url)
     q = JobQueue("single", redis=url, prefix=PREFIX)
     ctx = q.producer.ctx
-    keys = list(ctx.keys.all)
-    args = q.producer.script_args([q.producer.prepare("single", {"i": 0}, {})])
+    keys, args = one_job_call(q, "single")
     one = r.script_load("return 1")
     enqueue = r.script_load(ctx.scripts.get("enqueue").source)
 
