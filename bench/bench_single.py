@@ -13,7 +13,8 @@ sequential calls, each awaited before the next, against the shared Redis:
 * ``SyncJobQueue.add_job``: the blocking client's ``add_job`` from plain synchronous code
   (served in the caller's thread over a blocking connection), and the same call handed
   to the client's event-loop thread as every other blocking method is
-  (``SyncJobQueue.add_job, via the loop thread``), taking turns.
+  (``SyncJobQueue.add_job, via the loop thread``), taking turns; the same two for a
+  ``SyncPartitionedQueue`` of 4 partitions (round-robin placement).
 
 Then the floor without any library (``_bare_cases``): µs per awaited round trip of a bare
 asyncio protocol on one connection, for ``LPUSH``, ``EVALSHA`` of ``return 1`` with the
@@ -55,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _scriptparts import fixed_part, one_job_call
 
 import kitium_queue.scripts as scripts_mod
-from kitium_queue import JobQueue, SyncJobQueue
+from kitium_queue import JobQueue, SyncJobQueue, SyncPartitionedQueue
 
 PREFIX = "kqbs"
 #: The same add_job with its replies read by redis-py instead of the engine's own
@@ -135,29 +136,35 @@ async def _async_cases(url: str, n: int, reps: int) -> None:
 
 
 def _sync_cases(url: str, n: int, reps: int) -> None:
-    q = SyncJobQueue("single", redis=url, prefix=PREFIX)
-    direct = q._direct.get("add_job")
-    q.add_job("warm-up", {})
-    labels = ("SyncJobQueue.add_job", "SyncJobQueue.add_job, via the loop thread")
-    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in labels}
-    try:
-        for _ in range(reps):
-            for label in labels:
-                if label == labels[1]:
-                    q._direct.pop("add_job", None)
-                elif direct is not None:
-                    q._direct["add_job"] = direct
-                t0, c0 = time.perf_counter(), time.process_time()
-                for i in range(n):
-                    q.add_job("single", {"i": i})
-                runs[label].append(
-                    (n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6)
-                )
-        for label, got in runs.items():
-            _report(label, got)
-    finally:
-        q.clear()
-        q.close()
+    for kind in ("SyncJobQueue", "SyncPartitionedQueue"):
+        q: SyncJobQueue | SyncPartitionedQueue = (
+            SyncJobQueue("single", redis=url, prefix=PREFIX)
+            if kind == "SyncJobQueue"
+            else SyncPartitionedQueue("psingle", partitions=4, redis=url, prefix=PREFIX)
+        )
+        direct = q._direct.get("add_job")
+        for _ in range(4):  # every partition connects through the loop thread once
+            q.add_job("warm-up", {})
+        labels = (f"{kind}.add_job", f"{kind}.add_job, via the loop thread")
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in labels}
+        try:
+            for _ in range(reps):
+                for label in labels:
+                    if label == labels[1]:
+                        q._direct.pop("add_job", None)
+                    elif direct is not None:
+                        q._direct["add_job"] = direct
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for i in range(n):
+                        q.add_job("single", {"i": i})
+                    runs[label].append(
+                        (n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6)
+                    )
+            for label, got in runs.items():
+                _report(label, got)
+        finally:
+            q.clear()
+            q.close()
 
 
 def _server_side(url: str, n: int, reps: int) -> None:

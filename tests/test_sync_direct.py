@@ -1,4 +1,5 @@
-"""``SyncJobQueue.add_job`` served from the caller's thread, against a real Redis.
+"""``SyncJobQueue.add_job`` (and ``SyncPartitionedQueue.add_job``) served from the
+caller's thread, against a real Redis.
 
 On a queue that talks to one plain Redis server, a blocking ``add_job`` runs the enqueue
 script over a blocking connection of its own (``kitium_queue.blocking``) instead
@@ -16,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +35,7 @@ from kitium_queue import (
     PayloadTooLargeError,
     SerializationError,
     SyncJobQueue,
+    SyncPartitionedQueue,
     WriteRefusedError,
 )
 from kitium_queue.blocking import BlockingScripts
@@ -65,9 +67,9 @@ def direct_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = BlockingScripts.call
 
-    def spy(self: BlockingScripts, name: str, keys: Any, args: Any) -> Any:
+    def spy(self: BlockingScripts, name: str, keys: Any, args: Any, registry: Any = None) -> Any:
         calls.append(name)
-        return real(self, name, keys, args)
+        return real(self, name, keys, args, registry)
 
     monkeypatch.setattr(BlockingScripts, "call", spy)
     return calls
@@ -82,7 +84,7 @@ def queue(server: RedisServer, prefix: str) -> Iterator[SyncJobQueue]:
         q.close()
 
 
-def _stored(q: SyncJobQueue, jid: str, name: str, data: Any) -> None:
+def _stored(q: SyncJobQueue | SyncPartitionedQueue, jid: str, name: str, data: Any) -> None:
     """Job ``jid`` is in Redis as added: the id this add got back was its own reply."""
     info = q.get_job_status(jid)
     assert info is not None, jid
@@ -322,43 +324,191 @@ def test_threads_and_a_killed_server_lose_no_acknowledged_job(
     are the only ones allowed to be missing."""
     # appendfsync always: a job acknowledged before the kill must survive it.
     srv = RedisServer("--appendonly", "yes", "--appendfsync", "always").start()
+    try:
+        with SyncJobQueue("direct", redis=srv.url, prefix=prefix) as q:
+            q.add_job("warm-up")
+            acked = _add_through_kills(srv, 6, 2, lambda w, i: q.add_job("n", {"w": w, "i": i}))
+            for jid, (w, i) in acked.items():
+                _stored(q, jid, "n", {"w": w, "i": i})
+    finally:
+        srv.close()
+    assert direct_calls.count("enqueue") >= len(acked)
+
+
+def _add_through_kills(
+    srv: RedisServer, threads: int, kills: int, add: Callable[[int, int], str]
+) -> dict[str, tuple[int, int]]:
+    """``threads`` threads call ``add(thread, i)`` (i = 0, 1, ...) while ``srv`` is
+    SIGKILLed and restarted ``kills`` times; returns each id an add returned with its
+    (thread, i). Fails unless the kills failed some adds and many were acknowledged."""
     acked: dict[str, tuple[int, int]] = {}
     failed = [0]
     lock = threading.Lock()
     stop = threading.Event()
+
+    def produce(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                jid = add(worker, i)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                with lock:
+                    failed[0] += 1
+                time.sleep(0.01)
+            else:
+                with lock:
+                    assert jid not in acked, "one id given to two adds"
+                    acked[jid] = (worker, i)
+            i += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(produce, w) for w in range(threads)]
+        for _ in range(kills):
+            time.sleep(0.4)
+            srv.kill()
+            time.sleep(0.2)
+            srv.restart()
+        time.sleep(0.4)
+        stop.set()
+        for f in futures:
+            f.result(30)
+    assert failed[0] > 0, "the kills should have failed some adds"
+    assert len(acked) > 50
+    return acked
+
+
+# ---------------------------------------------------------------------- partitioned
+
+
+@pytest.fixture
+def pqueue(server: RedisServer, prefix: str) -> Iterator[SyncPartitionedQueue]:
+    q = SyncPartitionedQueue("pdirect", partitions=4, redis=server.url, prefix=prefix)
     try:
-        with SyncJobQueue("direct", redis=srv.url, prefix=prefix) as q:
-            q.add_job("warm-up")
+        yield q
+    finally:
+        q.close()
 
-            def produce(worker: int) -> None:
-                i = 0
-                while not stop.is_set():
-                    try:
-                        jid = q.add_job("n", {"w": worker, "i": i})
-                    except (RedisConnectionError, RedisTimeoutError, OSError):
-                        with lock:
-                            failed[0] += 1
-                        time.sleep(0.01)
-                    else:
-                        with lock:
-                            assert jid not in acked, "one id given to two adds"
-                            acked[jid] = (worker, i)
-                    i += 1
 
-            with ThreadPoolExecutor(6) as pool:
-                futures = [pool.submit(produce, w) for w in range(6)]
-                for _ in range(2):
-                    time.sleep(0.4)
-                    srv.kill()
-                    time.sleep(0.2)
-                    srv.restart()
-                time.sleep(0.4)
-                stop.set()
-                for f in futures:
-                    f.result(30)
-            assert failed[0] > 0, "the kills should have failed some adds"
-            assert len(acked) > 100
+def _part(q: SyncPartitionedQueue, full_id: str) -> int:
+    parsed = q.parse_id(full_id)
+    assert parsed is not None, full_id
+    return parsed[0]
+
+
+def _warm(q: SyncPartitionedQueue) -> None:
+    """One job on every partition: the first use of each connects through the loop."""
+    for p in range(q.partitions):
+        key = next(f"k{n}" for n in range(1000) if q.partition_of(f"k{n}") == p)
+        q.add_job("warm-up", partition_key=key)
+
+
+def test_partitioned_add_job_runs_in_the_callers_thread(
+    pqueue: SyncPartitionedQueue, direct_calls: list[str]
+) -> None:
+    _warm(pqueue)
+    seen: list[Any] = []
+    real = pqueue._call
+
+    def counting_call(coro: Any) -> Any:
+        seen.append(coro)
+        return real(coro)
+
+    pqueue._call = counting_call  # type: ignore[method-assign]
+    ids = [pqueue.add_job("n", {"i": i}) for i in range(20)]
+    keyed = [pqueue.add_job("k", {"c": c}, partition_key=f"customer-{c}") for c in range(8)]
+    pqueue._call = real  # type: ignore[method-assign]
+    assert seen == [], "add_job handed a call to the loop thread"
+    assert direct_calls.count("enqueue") == 4 + 28
+    # Round-robin spreads over every partition; a key lands on its own partition.
+    assert {_part(pqueue, j) for j in ids} == {0, 1, 2, 3}
+    for c, jid in enumerate(keyed):
+        assert _part(pqueue, jid) == pqueue.partition_of(f"customer-{c}")
+        _stored(pqueue, jid, "k", {"c": c})
+    for i, jid in enumerate(ids):
+        _stored(pqueue, jid, "n", {"i": i})
+    assert pqueue.get_stats().waiting == 32
+
+
+def test_partitioned_placement_and_duplicates_as_on_the_loop(
+    pqueue: SyncPartitionedQueue, direct_calls: list[str]
+) -> None:
+    # The key inside options wins over the keyword, as in PartitionedQueue.add_job.
+    a = pqueue.add_job("n", 1, {"partition_key": "alpha"}, partition_key="beta")
+    assert _part(pqueue, a) == pqueue.partition_of("alpha")
+    first = pqueue.add_job("pay", {"n": 1}, idempotency_key="order-7")
+    assert pqueue.add_job("pay", {"n": 2}, idempotency_key="order-7") == first
+    _stored(pqueue, first, "pay", {"n": 1})
+    chosen = pqueue.add_job("mail", None, job_id="inv-4")
+    assert chosen == f"{pqueue.partition_of('inv-4')}:inv-4"
+    assert pqueue.add_job("mail", "again", job_id="inv-4") == chosen
+    calls = direct_calls.count("enqueue")
+    before = pqueue.get_stats().waiting
+    # Refused before any write, with the asyncio path's errors.
+    with pytest.raises(ConfigurationError, match="begins like a full id"):
+        pqueue.add_job("n", job_id="1:inv-4")
+    with pytest.raises(ConfigurationError, match="not both"):
+        pqueue.add_job("n", partition_key="a", message_group_id="b")
+    with pytest.raises(ConfigurationError, match="partition_key must be"):
+        pqueue.add_job("n", partition_key="")
+    with pytest.raises(ConfigurationError):
+        pqueue.add_job("n", no_such_option=1)
+    assert direct_calls.count("enqueue") == calls
+    assert pqueue.get_stats().waiting == before == 3
+
+
+def test_partitioned_middleware_keeps_the_loop_path_and_the_callers_key(
+    pqueue: SyncPartitionedQueue, direct_calls: list[str]
+) -> None:
+    """A partition with enqueue middleware hands the call to the loop thread with the
+    caller's own arguments: the partition_key still places it (placement in the
+    caller's thread took the key out of its own copy only)."""
+
+    def tag(name: str, data: Any, opts: dict[str, Any]) -> tuple[str, Any, dict[str, Any]]:
+        return name, {"tagged": data}, opts
+
+    for member in pqueue.queue.queues:
+        member.use_enqueue(tag)
+    for c in range(6):
+        jid = pqueue.add_job("after", c, partition_key=f"cust-{c}")
+        assert _part(pqueue, jid) == pqueue.partition_of(f"cust-{c}")
+        _stored(pqueue, jid, "after", {"tagged": c})
+    assert direct_calls.count("enqueue") == 0
+
+
+def test_partitioned_hooks_match_the_loop_path(
+    pqueue: SyncPartitionedQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heard: list[tuple[str, str]] = []
+    for member in pqueue.queue.queues:
+        member.on("job-added", lambda e, m=member.name: heard.append((m, e.job_id)))
+    direct = pqueue.add_job("n", partition_key="one")
+    # The same call through the loop thread (what a queue with middleware does).
+    monkeypatch.setattr(type(pqueue.queue.queues[0].producer), "blocking_ready", lambda self: False)
+    looped = pqueue.add_job("n", partition_key="two")
+    pqueue.close()  # runs the hooks still pending
+    names = [q.name for q in pqueue.queue.queues]
+    want = []
+    for full in (direct, looped):
+        p, inner = pqueue.parse_id(full)  # type: ignore[misc]
+        want.append((names[p], inner))
+    assert sorted(heard) == sorted(want)
+
+
+def test_partitioned_killed_server_loses_no_acknowledged_job(
+    prefix: str, direct_calls: list[str]
+) -> None:
+    """Chaos: 4 threads add keyed jobs to a partitioned queue while its server is
+    SIGKILLed and restarted; every full id an add returned is stored, on the partition
+    its key names, with that add's own data."""
+    srv = RedisServer("--appendonly", "yes", "--appendfsync", "always").start()
+    try:
+        with SyncPartitionedQueue("pchaos", partitions=3, redis=srv.url, prefix=prefix) as q:
+            _warm(q)
+            acked = _add_through_kills(
+                srv, 4, 1, lambda w, i: q.add_job("n", {"w": w, "i": i}, partition_key=f"w{w}-{i}")
+            )
             for jid, (w, i) in acked.items():
+                assert _part(q, jid) == q.partition_of(f"w{w}-{i}")
                 _stored(q, jid, "n", {"w": w, "i": i})
     finally:
         srv.close()

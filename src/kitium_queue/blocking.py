@@ -32,15 +32,23 @@ class BlockingScripts:
         # may take one; the pool's limit and disconnect() still cover them.
         self._idle: list[Any] = []
 
-    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def call(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        registry: ScriptRegistry | None = None,
+    ) -> Any:
         """Run script ``name`` and return its reply; on NOSCRIPT run it once with EVAL
-        (which caches it there).
+        (which caches it there). ``registry``: whose script (default: the one given at
+        construction), for queues that share one server and one pool (the partitions of
+        a ``PartitionedQueue``).
 
         Errors as ``ScriptRegistry.call`` raises them: the script's own (``KQ_*``) and
         Redis's refusals translated; connection errors and timeouts (the pool's
         ``socket_timeout``) as redis-py's, after which the connection is dropped.
         """
-        reg = self._registry
+        reg = self._registry if registry is None else registry
         n = 3 + len(keys) + len(args)
         head = reg.packed_head(ScriptCall(name, keys, args))
         reply = self._exchange(b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (n, head, pack_args(args)))

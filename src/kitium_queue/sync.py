@@ -20,12 +20,16 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from .api import OPERATIONS, QueueAPI
 from .blocking import BlockingScripts
 from .features.partitioned import PartitionedQueue
+from .jobspec import options_dict
 from .limits import get_logger
 from .options import JobOptions
+from .producer import Producer
 from .queue import JobQueue, QueueStats
 from .scripts import REPLY_TIMEOUT_S
 
 __all__ = ["HOP", "SyncJobQueue", "SyncPartitionedQueue", "SyncQueueClient", "blocking"]
+
+_UNSET: Any = object()
 
 #: What a direct implementation (``SyncQueueClient._direct``) returns when it cannot
 #: serve a call from the caller's thread: the call then runs on the loop thread.
@@ -94,6 +98,12 @@ class SyncQueueClient:
         # thread: name -> a function taking the twin's arguments, returning HOP when it
         # cannot serve that call.
         self._direct: dict[str, Callable[..., Any]] = {}
+        # The blocking connections of the direct add_job (None: no direct path), and the
+        # hooks of jobs it added, waiting to run on the loop thread (_announce).
+        self._blocking: BlockingScripts | None = None
+        self._connected: set[int] = set()  # members whose first use has connected them
+        self._announcements: collections.deque[Callable[[], None]] = collections.deque()
+        self._announce_armed = False
         try:
             self.queue = self._call(make())
         except BaseException:
@@ -145,11 +155,84 @@ class SyncQueueClient:
     resume_schedule = blocking(QueueAPI.resume_schedule)
 
     def close(self) -> None:
-        """Close the connection and stop the background loop."""
+        """Close the connections and stop the background loop."""
         if self._closed:
             return
-        self._call(self.queue.close())
-        self._stop_loop()
+        try:
+            if self._announcements:
+
+                async def announce_now() -> None:
+                    self._run_announcements()
+
+                self._call(announce_now())
+            self._call(self.queue.close())
+            self._stop_loop()
+        finally:
+            if self._blocking is not None:
+                self._blocking.close()
+
+    def _add_job_direct(
+        self,
+        job_name: str,
+        data: Any = None,
+        options: JobOptions | Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``add_job`` from the caller's thread over the blocking connections (installed
+        in ``_direct`` by a client that has them), or HOP when the call belongs to the
+        asyncio path (enqueue middleware, a write barrier, tracing)."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        member, producer, options, kwargs = self._place(options, kwargs)
+        if not producer.blocking_ready():
+            return HOP
+        ctx = producer.ctx
+        if member not in self._connected:
+            # The first use connects as the asyncio client does (PING, the eviction
+            # policy check, SCRIPT LOAD), and fails with the same errors.
+            self._call(ctx.client())
+            self._connected.add(member)
+        blocking, keys, scripts = self._blocking, ctx.keys.all, ctx.scripts
+        assert blocking is not None
+
+        def run(args: Sequence[Any]) -> Any:
+            return blocking.call("enqueue", keys, args, scripts)
+
+        inner = producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
+        return self._public_id(member, inner)
+
+    def _place(
+        self, options: JobOptions | Mapping[str, Any] | None, kwargs: dict[str, Any]
+    ) -> tuple[int, Producer, JobOptions | Mapping[str, Any] | None, dict[str, Any]]:
+        """Which member a direct ``add_job`` goes to: its index, its producer, and the
+        options and keyword arguments to hand it."""
+        raise NotImplementedError
+
+    def _public_id(self, member: int, inner: str) -> str:
+        """The id a direct ``add_job`` returns for job ``inner`` of member ``member``."""
+        return inner
+
+    def _announce(self, fn: Callable[[], None]) -> None:
+        # Hooks of jobs added from the caller's thread run on the loop thread, a moment
+        # later and in order: one wake-up of the loop per ANNOUNCE_DELAY_S, not one per
+        # job (waking another thread per add would cost more than the add itself).
+        self._announcements.append(fn)
+        if not self._announce_armed:
+            self._announce_armed = True
+            self._loop.call_soon_threadsafe(
+                self._loop.call_later, ANNOUNCE_DELAY_S, self._run_announcements
+            )
+
+    def _run_announcements(self) -> None:
+        # Disarm first: an add that appends after this point arms the next run itself.
+        self._announce_armed = False
+        pending = self._announcements
+        while pending:
+            fn = pending.popleft()
+            try:
+                fn()
+            except Exception:  # subscribers' errors are caught further in; this is a bug
+                log.exception("queue %s: reporting jobs added from blocking code failed", self.name)
 
     def _stop_loop(self) -> None:
         self._closed = True
@@ -189,73 +272,13 @@ class SyncJobQueue(SyncQueueClient):
         ctx = self.queue.producer.ctx
         pool = ctx.connection.sync_pool(reply_timeout_s=REPLY_TIMEOUT_S)
         self._blocking = BlockingScripts(ctx.scripts, pool) if pool is not None else None
-        self._connected = False
-        self._announcements: collections.deque[Callable[[], None]] = collections.deque()
-        self._announce_armed = False
         if self._blocking is not None:
             self._direct["add_job"] = self._add_job_direct
 
-    def _add_job_direct(
-        self,
-        job_name: str,
-        data: Any = None,
-        options: JobOptions | Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        if self._closed:
-            raise RuntimeError(f"{type(self).__name__} is closed")
-        producer = self.queue.producer
-        if not producer.blocking_ready():
-            return HOP  # middleware, a write barrier or tracing: the asyncio path
-        ctx = producer.ctx
-        if not self._connected:
-            # The first use connects as the asyncio client does (PING, the eviction
-            # policy check, SCRIPT LOAD), and fails with the same errors.
-            self._call(ctx.client())
-            self._connected = True
-        blocking, keys = self._blocking, ctx.keys.all
-        assert blocking is not None
-
-        def run(args: Sequence[Any]) -> Any:
-            return blocking.call("enqueue", keys, args)
-
-        return producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
-
-    def _announce(self, fn: Callable[[], None]) -> None:
-        # Hooks of jobs added from the caller's thread run on the loop thread, a moment
-        # later and in order: one wake-up of the loop per ANNOUNCE_DELAY_S, not one per
-        # job (waking another thread per add would cost more than the add itself).
-        self._announcements.append(fn)
-        if not self._announce_armed:
-            self._announce_armed = True
-            self._loop.call_soon_threadsafe(
-                self._loop.call_later, ANNOUNCE_DELAY_S, self._run_announcements
-            )
-
-    def _run_announcements(self) -> None:
-        # Disarm first: an add that appends after this point arms the next run itself.
-        self._announce_armed = False
-        pending = self._announcements
-        while pending:
-            fn = pending.popleft()
-            try:
-                fn()
-            except Exception:  # subscribers' errors are caught further in; this is a bug
-                log.exception("queue %s: reporting jobs added from blocking code failed", self.name)
-
-    def close(self) -> None:
-        """Close the connections and stop the background loop."""
-        if not self._closed and self._announcements:
-
-            async def announce_now() -> None:
-                self._run_announcements()
-
-            self._call(announce_now())
-        try:
-            super().close()
-        finally:
-            if self._blocking is not None:
-                self._blocking.close()
+    def _place(
+        self, options: JobOptions | Mapping[str, Any] | None, kwargs: dict[str, Any]
+    ) -> tuple[int, Producer, JobOptions | Mapping[str, Any] | None, dict[str, Any]]:
+        return 0, self.queue.producer, options, kwargs
 
 
 class SyncPartitionedQueue(SyncQueueClient):
@@ -278,6 +301,31 @@ class SyncPartitionedQueue(SyncQueueClient):
             return PartitionedQueue(name, partitions=partitions, **config)
 
         super().__init__(name, make)
+        # add_job from the caller's thread, as SyncJobQueue does: the partitions share one
+        # server, so one pool of blocking connections serves them all.
+        pool = self.queue.connection.sync_pool(reply_timeout_s=REPLY_TIMEOUT_S)
+        if pool is not None:
+            first = self.queue.queues[0].producer.ctx.scripts
+            self._blocking = BlockingScripts(first, pool)
+            self._direct["add_job"] = self._add_job_direct
+
+    def _place(
+        self, options: JobOptions | Mapping[str, Any] | None, kwargs: dict[str, Any]
+    ) -> tuple[int, Producer, JobOptions | Mapping[str, Any] | None, dict[str, Any]]:
+        pq = self.queue
+        key = kwargs.pop(pq.member_key, _UNSET) if pq.member_key else _UNSET
+        opts = {**options_dict(options), **kwargs}
+        if key is not _UNSET:
+            # As PartitionedQueue.add_job: the key inside ``options`` wins over the keyword.
+            opts.setdefault(pq.member_key, key)
+        # Placement takes partition_key out of the options it reads (and rewrites full ids
+        # into ids within the partition): a call handed to the loop thread gets the
+        # caller's own arguments (the twin keeps them) and is placed again there.
+        i = pq.place(opts)
+        return i, pq.queues[i].producer, None, opts
+
+    def _public_id(self, member: int, inner: str) -> str:
+        return self.queue.full_id(member, inner)
 
     @property
     def partitions(self) -> int:
