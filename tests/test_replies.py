@@ -250,11 +250,29 @@ async def _restart_behind_a_pooled_connection(
     await _add_and_check(queue, "x", 1)
 
 
+@pytest.mark.parametrize("given", [False, True], ids=["url", "client-passed-in"])
 async def test_queries_right_after_a_restart_succeed(
-    queue: JobQueue, server: RedisServer
+    server: RedisServer, prefix: str, given: bool
 ) -> None:
     # Queries and admin calls go through redis-py's pool: every connection it holds was
-    # closed by the restart, and each is reconnected before use (none fails once first).
+    # closed by the restart, and each is reconnected before use (none fails once first),
+    # in a client passed in as in the queue's own.
+    redis_arg: Any = aioredis.Redis.from_url(server.url) if given else server.url
+    queue = JobQueue("replies", redis=redis_arg, prefix=prefix)
+    try:
+        await _queries_after_a_restart(queue, server)
+        if given:
+            # The caller's own use of its client after a restart: no failed first command.
+            await asyncio.to_thread(server.restart)
+            await asyncio.sleep(0.1)
+            assert await redis_arg.ping()
+    finally:
+        await queue.close()
+        if given:
+            await redis_arg.aclose()
+
+
+async def _queries_after_a_restart(queue: JobQueue, server: RedisServer) -> None:
     jid = await queue.add_job("x", 1)
     await asyncio.gather(*(queue.get_job_status(jid) for _ in range(6)))
     client = await queue.producer.ctx.client()

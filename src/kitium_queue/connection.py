@@ -236,6 +236,10 @@ class ConnectionFactory:
       ``{"sentinels": ["h:p", ...], "service_name": "mymaster"}`` for Sentinel.
     * a ready client: ``redis.asyncio.Redis`` (a Sentinel ``master_for`` client too) or
       ``redis.asyncio.RedisCluster``; blocking clients copy its connection settings.
+      When its pool is redis-py's plain ``ConnectionPool``, the pool is given the check
+      the queue's own pools have: a connection that a server restart closed while it
+      sat in the pool is reconnected before it is handed out (redis-py 8.1 fails the
+      first command sent on each such connection). Its other uses get that check too.
     """
 
     def __init__(self, redis: Any = "memory://") -> None:
@@ -273,6 +277,12 @@ class ConnectionFactory:
         elif isinstance(redis, (aioredis.Redis, RedisCluster)) or hasattr(redis, "execute_command"):
             self._given_client = redis
             self._secrets = client_secrets(redis)
+            pool = getattr(redis, "connection_pool", None)
+            if type(pool) is aioredis.ConnectionPool:
+                # redis-py's plain pool, as the queue's own clients have: it gets the same
+                # check (a connection a server restart closed while it sat in the pool is
+                # reconnected before it is handed out, instead of failing one command).
+                pool.__class__ = _CheckedPool
             self.mode = "cluster" if isinstance(redis, RedisCluster) else "client"
         else:
             raise ConfigurationError(
