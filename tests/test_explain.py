@@ -22,7 +22,7 @@ from kitium_queue import (
     JobStatus,
 )
 from kitium_queue.explain import Explanation, JobFacts, Reason
-from kitium_queue.presence import HEARTBEAT_MS, live_workers
+from kitium_queue.presence import HEARTBEAT_MS, Presence, live_workers
 
 
 def codes(why: Explanation) -> list[str]:
@@ -103,6 +103,40 @@ async def test_live_workers_are_listed_and_forgotten_when_they_stop(
     assert w.seen_at > 0 and HEARTBEAT_MS > 0
     await q.worker.stop()
     assert await live_workers(q) == []
+
+
+async def test_a_started_worker_is_listed_alive_at_once(
+    make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``start()`` returns once the worker's first heartbeat is written, even when the
+    server is slow to take it: ``explain`` right after it never says "no live worker".
+    A heartbeat the server does not take within the bound does not hold start up."""
+    real_beat = Presence.beat
+
+    async def slow_beat(self: Presence) -> None:
+        await asyncio.sleep(0.3)
+        await real_beat(self)
+
+    monkeypatch.setattr(Presence, "beat", slow_beat)
+    q = make_queue("ex-at-once")
+    q.process("a", lambda job: None)
+    await q.pause()
+    await q.start(concurrency=1)
+    assert [w.id for w in await live_workers(q)] == [q.worker.id]
+    why = await q.explain(await q.add_job("a", {}))
+    assert "no-worker" not in codes(why)
+    await q.worker.stop()
+
+    async def stuck_beat(self: Presence) -> None:
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(Presence, "beat", stuck_beat)
+    monkeypatch.setattr(Presence.announce, "__defaults__", (0.2,))
+    q2 = make_queue("ex-stuck")
+    q2.process("a", lambda job: None)
+    await asyncio.wait_for(q2.start(concurrency=1), 5)  # bounded: start goes on
+    assert await live_workers(q2) == []
+    await q2.worker.stop()
 
 
 async def test_a_running_job_names_its_worker_and_lease(make_queue: QueueFactory) -> None:

@@ -266,10 +266,12 @@ async def test_delayed_job_does_not_hold_up_waiting_jobs(make_queue: QueueFactor
     async def run(job: Any) -> None:
         order.append(job.data)
 
-    await q.add_job("n", "later", delay=150, priority=100)
+    # Long enough that "later" cannot be due when the worker first claims, however
+    # slow a loaded machine is to start it (it would then run first, by priority).
+    await q.add_job("n", "later", delay=1000, priority=100)
     await q.add_job("n", "now")
     await q.start()
-    await wait_until(lambda: len(order) == 2, 3)
+    await wait_until(lambda: len(order) == 2, 5)
     assert order == ["now", "later"]
 
 

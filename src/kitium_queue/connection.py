@@ -7,7 +7,6 @@ import inspect
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -36,6 +35,7 @@ from .redact import (
     redact_url,
     url_secrets,
 )
+from .redis_urls import host_port, parse_multi_host_url
 
 __all__ = [
     "REDACTED",
@@ -90,20 +90,6 @@ _DICT_KEYS = {
     "sentinel_username",
     "sentinel_password",
 }
-# Query-string options accepted by the cluster and sentinel URLs, with their types.
-_QUERY_TYPES: dict[str, type] = {
-    "socket_timeout": float,
-    "socket_connect_timeout": float,
-    "health_check_interval": float,
-    "max_connections": int,
-    "client_name": str,
-    "ssl_cert_reqs": str,
-    "ssl_ca_certs": str,
-    "ssl_certfile": str,
-    "ssl_keyfile": str,
-    "sentinel_username": str,
-    "sentinel_password": str,
-}
 _SENTINEL_ONLY = ("service_name", "sentinel_username", "sentinel_password")
 
 
@@ -122,70 +108,6 @@ def _tls_options() -> set[str]:
     """The ``ssl_*`` keyword arguments this redis-py version accepts."""
     params = inspect.signature(aioredis.Redis.__init__).parameters
     return {p for p in params if p.startswith("ssl_")}
-
-
-def _host_port(item: Any, default_port: int, what: str) -> tuple[str, int]:
-    if isinstance(item, (tuple, list)) and len(item) == 2:
-        return str(item[0]), int(item[1])
-    if isinstance(item, str) and item:
-        host, sep, port = item.rpartition(":")
-        if not sep:
-            return item, default_port
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        try:
-            return host or "localhost", int(port)
-        except ValueError:
-            pass
-    raise ConfigurationError(f"invalid {what} address {item!r}: use 'host:port'")
-
-
-def _parse_multi_host_url(url: str) -> tuple[str, list[tuple[str, int]], list[str], dict[str, Any]]:
-    """Split ``scheme://[user[:pass]@]h1:p1[,h2:p2...][/path...][?opts]``.
-
-    The scheme comes back lower-cased. Errors never quote the hosts part: when it does
-    not parse, the password may be in it (a forgotten ``@``).
-    """
-    check_delimited(url)
-    scheme, rest = url.split("://", 1)
-    scheme = scheme.lower()
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    kwargs: dict[str, Any] = {}
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if colon:
-            kwargs["password"] = unquote(password)
-            if user:
-                kwargs["username"] = unquote(user)
-        elif user:
-            kwargs["password"] = unquote(user)  # redis://secret@host: password only
-    default_port = 26379 if "sentinel" in scheme else 6379
-    nodes = []
-    for n, host in enumerate((h for h in hosts.split(",") if h), 1):
-        try:
-            nodes.append(_host_port(host, default_port, "node"))
-            continue
-        except ConfigurationError:
-            pass  # raised below, without this error (which quotes the host) as context
-        raise ConfigurationError(
-            f"invalid node address (host {n} of the {scheme}:// URL): use "
-            f"{scheme}://[user:password@]host:port[,host:port...]"
-        )
-    if not nodes:
-        raise ConfigurationError(f"{scheme}:// URL needs at least one host:port")
-    for name, value in parse_qsl(query):
-        cast = _QUERY_TYPES.get(name)
-        if cast is None:
-            raise ConfigurationError(
-                f"unknown option {name!r} in {scheme}:// URL; valid: {sorted(_QUERY_TYPES)}"
-            )
-        try:
-            kwargs[name] = cast(value)
-        except ValueError:
-            raise ConfigurationError(f"option {name}={value!r} must be {cast.__name__}") from None
-    return scheme, nodes, [unquote(p) for p in path.split("/") if p], kwargs
 
 
 class _SentinelMaster(aioredis.Redis):
@@ -216,6 +138,35 @@ class _CheckedPool(aioredis.ConnectionPool):
         await super().ensure_connection(connection)
 
 
+def _ready_check_and_retry(opts: dict[str, Any]) -> None:
+    """The brief's ``retry_strategy`` and ``enable_ready_check``: honoured where the
+    queue does it already, refused where it cannot (never accepted and dropped)."""
+    if opts.pop("retry_strategy", None) is not None:
+        raise ConfigurationError(
+            "redis option 'retry_strategy' is not supported: reconnecting is built in "
+            "(workers, the scheduler and leader services retry with backoff up to 5 s "
+            "until Redis is back; add_job and the other calls raise "
+            "ConnectionUnavailableError at once, so the caller decides). Drop it, or "
+            "pass a ready redis.asyncio client built with retry=Retry(...) for "
+            "per-command retries"
+        )
+    ready = opts.pop("enable_ready_check", True)
+    if ready is not True:
+        raise ConfigurationError(
+            f"redis option enable_ready_check={ready!r}: the queue always checks that "
+            "Redis answers (PING, with a deadline) before it first uses a connection, "
+            "and that cannot be turned off; drop the option (True is accepted)"
+        )
+
+
+def _check_pool(pool: Any) -> None:
+    """Give redis-py's plain pool (of a client built here or passed in) the reconnect
+    check of ``_CheckedPool``: a connection a server restart closed while it sat in the
+    pool is reconnected before it is handed out, instead of failing one command."""
+    if type(pool) is aioredis.ConnectionPool:
+        pool.__class__ = _CheckedPool
+
+
 class ConnectionFactory:
     """Makes the clients a queue needs: a shared one and dedicated blocking ones.
 
@@ -236,10 +187,8 @@ class ConnectionFactory:
       ``{"sentinels": ["h:p", ...], "service_name": "mymaster"}`` for Sentinel.
     * a ready client: ``redis.asyncio.Redis`` (a Sentinel ``master_for`` client too) or
       ``redis.asyncio.RedisCluster``; blocking clients copy its connection settings.
-      When its pool is redis-py's plain ``ConnectionPool``, the pool is given the check
-      the queue's own pools have: a connection that a server restart closed while it
-      sat in the pool is reconnected before it is handed out (redis-py 8.1 fails the
-      first command sent on each such connection). Its other uses get that check too.
+      A plain ``ConnectionPool`` of it gets the check of the queue's own (``_check_pool``),
+      for every use of the client.
     """
 
     def __init__(self, redis: Any = "memory://") -> None:
@@ -277,12 +226,7 @@ class ConnectionFactory:
         elif isinstance(redis, (aioredis.Redis, RedisCluster)) or hasattr(redis, "execute_command"):
             self._given_client = redis
             self._secrets = client_secrets(redis)
-            pool = getattr(redis, "connection_pool", None)
-            if type(pool) is aioredis.ConnectionPool:
-                # redis-py's plain pool, as the queue's own clients have: it gets the same
-                # check (a connection a server restart closed while it sat in the pool is
-                # reconnected before it is handed out, instead of failing one command).
-                pool.__class__ = _CheckedPool
+            _check_pool(getattr(redis, "connection_pool", None))
             self.mode = "cluster" if isinstance(redis, RedisCluster) else "client"
         else:
             raise ConfigurationError(
@@ -312,7 +256,7 @@ class ConnectionFactory:
         return url
 
     def _from_cluster_url(self, url: str) -> None:
-        scheme, nodes, path, kwargs = _parse_multi_host_url(url)
+        scheme, nodes, path, kwargs = parse_multi_host_url(url)
         if path not in ([], ["0"]):
             raise ConfigurationError(
                 f"Redis Cluster has only database 0; drop '/{'/'.join(path)}' from "
@@ -328,7 +272,7 @@ class ConnectionFactory:
             self._kwargs["ssl"] = True
 
     def _from_sentinel_url(self, url: str) -> None:
-        scheme, nodes, path, kwargs = _parse_multi_host_url(url)
+        scheme, nodes, path, kwargs = parse_multi_host_url(url)
         if not path or len(path) > 2:
             raise ConfigurationError(
                 f"sentinel URL {redact_url(url, self._secrets)!r} needs the service name: "
@@ -386,7 +330,7 @@ class ConnectionFactory:
                 raise ConfigurationError(
                     "tls options given with a non-TLS url: use a rediss:// url"
                 )  # with a rediss:// url the scheme selects TLS; the options configure it
-        self._ready_check_and_retry(opts)
+        _ready_check_and_retry(opts)
         if "unix_socket_path" in opts:
             opts["path"] = opts.pop("unix_socket_path")
         cluster = opts.pop("cluster", False)
@@ -402,7 +346,7 @@ class ConnectionFactory:
             if "host" in opts or not nodes:
                 nodes.append((opts.pop("host", "localhost"), opts.pop("port", 6379)))
             self.mode = "cluster"
-            self._nodes = [_host_port(n, 6379, "cluster node") for n in nodes]
+            self._nodes = [host_port(n, 6379, "cluster node") for n in nodes]
         elif sentinels:
             if isinstance(sentinels, (str, bytes)) or not isinstance(sentinels, Sequence):
                 raise ConfigurationError("sentinels must be a list of 'host:port' or (host, port)")
@@ -411,31 +355,10 @@ class ConnectionFactory:
                 raise ConfigurationError("sentinels=... needs service_name (e.g. 'mymaster')")
             self.mode = "sentinel"
             self._service = str(service)
-            self._nodes = [_host_port(n, 26379, "sentinel") for n in sentinels]
+            self._nodes = [host_port(n, 26379, "sentinel") for n in sentinels]
         elif any(k in opts for k in _SENTINEL_ONLY):
             raise ConfigurationError(f"{list(_SENTINEL_ONLY)} need sentinels=[...]")
         self._kwargs = opts
-
-    @staticmethod
-    def _ready_check_and_retry(opts: dict[str, Any]) -> None:
-        """The brief's ``retry_strategy`` and ``enable_ready_check``: honoured where the
-        queue does it already, refused where it cannot (never accepted and dropped)."""
-        if opts.pop("retry_strategy", None) is not None:
-            raise ConfigurationError(
-                "redis option 'retry_strategy' is not supported: reconnecting is built in "
-                "(workers, the scheduler and leader services retry with backoff up to 5 s "
-                "until Redis is back; add_job and the other calls raise "
-                "ConnectionUnavailableError at once, so the caller decides). Drop it, or "
-                "pass a ready redis.asyncio client built with retry=Retry(...) for "
-                "per-command retries"
-            )
-        ready = opts.pop("enable_ready_check", True)
-        if ready is not True:
-            raise ConfigurationError(
-                f"redis option enable_ready_check={ready!r}: the queue always checks that "
-                "Redis answers (PING, with a deadline) before it first uses a connection, "
-                "and that cannot be turned off; drop the option (True is accepted)"
-            )
 
     # ------------------------------------------------------------------ info
     @property
@@ -519,8 +442,7 @@ class ConnectionFactory:
             client = aioredis.Redis.from_url(self._url, **{**defaults, **self._kwargs, **extra})
         else:
             client = aioredis.Redis(**{**defaults, **self._kwargs, **extra})
-        if type(client.connection_pool) is aioredis.ConnectionPool:
-            client.connection_pool.__class__ = _CheckedPool
+        _check_pool(client.connection_pool)
         return client
 
     def sync_pool(self, *, reply_timeout_s: float) -> Any:
@@ -560,7 +482,7 @@ class ConnectionFactory:
             if k in kwargs:
                 sentinel_kwargs[k[len("sentinel_") :]] = kwargs.pop(k)
         kwargs.pop("service_name", None)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             self._nodes, sentinel_kwargs=sentinel_kwargs
         )
         master = sentinel.master_for(self._service, redis_class=_SentinelMaster, **kwargs)

@@ -136,19 +136,32 @@ class Presence:
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - _STALE_MS)
         await pipe.execute()
 
-    async def run(self) -> None:
-        """Announce the worker every ``HEARTBEAT_MS`` until cancelled; an outage only
-        delays the next heartbeat."""
+    async def announce(self, timeout_s: float = 2.0) -> None:
+        """One heartbeat, waited for at most ``timeout_s``: what a starting worker does,
+        so that it is listed alive (``explain``, the dashboard) once ``start()`` returns.
+        An outage or a slow server only delays the record until ``run``'s next beat."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._try_beat(), timeout_s)
+
+    async def run(self, *, announced: bool = False) -> None:
+        """Announce the worker every ``HEARTBEAT_MS`` until cancelled (``announced``: the
+        first heartbeat was just written, wait before the next); an outage only delays
+        the next heartbeat."""
         while True:
-            try:
-                await self.beat()
-            except asyncio.CancelledError:
-                raise
-            except TRANSIENT_ERRORS:
-                pass  # the worker's own loops report the outage
-            except Exception:
-                log.exception("worker %s: heartbeat failed", self.worker.id)
+            if not announced:
+                await self._try_beat()
+            announced = False
             await asyncio.sleep(HEARTBEAT_MS / 1000)
+
+    async def _try_beat(self) -> None:
+        try:
+            await self.beat()
+        except asyncio.CancelledError:
+            raise
+        except TRANSIENT_ERRORS:
+            pass  # the worker's own loops report the outage
+        except Exception:
+            log.exception("worker %s: heartbeat failed", self.worker.id)
 
     async def leave(self) -> None:
         """Delete the record (a stopped worker is not alive); errors are ignored: the

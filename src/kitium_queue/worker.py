@@ -200,10 +200,10 @@ class Worker:
             self.id,
             max(1000, self.concurrency * 4),
         ]
+        await self.presence(q).announce()  # listed alive (explain) once start() returns
         self.running = True
-        # Pump lanes (module docstring). A batch processor gathers the jobs of one claim,
-        # so its queue keeps one lane claiming every free slot; workers sharing a budget
-        # (partitions) already overlap one another and keep one lane for fair turns.
+        # Pump lanes (module docstring). A batch processor's queue keeps one lane claiming
+        # every free slot; workers sharing a budget (partitions) keep one for fair turns.
         batching = any(isinstance(fn, BatchProcessor) for fn in q.processors.values())
         single = batching or self._slots is not None
         lanes = 2 if self.concurrency >= 2 and not single else 1
@@ -218,7 +218,7 @@ class Worker:
             self._waker_task,
             loop.create_task(self.leases.renew(self._client), name=f"kq-renew-{q.name}"),
             loop.create_task(self.leases.sweep(lambda: self._stopping), name=f"kq-sweep-{q.name}"),
-            loop.create_task(self.presence(q).run(), name=f"kq-presence-{q.name}"),
+            loop.create_task(self.presence(q).run(announced=True), name=f"kq-presence-{q.name}"),
         ]
         for svc in q.services:
             try:
