@@ -73,8 +73,9 @@ def blocking(
     twin.__name__ = name
     twin.__qualname__ = f"SyncQueueClient.{name}"
     twin.__doc__ = (
-        f"{op.doc}\n\nBlocking: runs ``{name}`` of the client's queue on its event loop "
-        "thread and returns its result."
+        f"{op.doc}\n\nBlocking: runs ``{name}`` of the client's queue and returns its "
+        "result: on the client's event-loop thread, or in the calling thread where the "
+        "client serves the call itself (``add_job`` on one plain Redis server)."
     )
     twin.__dict__["__signature__"] = op.signature()
     return twin
@@ -286,7 +287,10 @@ class SyncPartitionedQueue(SyncQueueClient):
 
     Takes the same arguments as ``PartitionedQueue``; ids are the full
     ``"<partition>:<id>"`` ones. Schedules belong on a plain queue (``SyncJobQueue``):
-    the schedule methods raise ``ConfigurationError`` here.
+    the schedule methods raise ``ConfigurationError`` here. ``add_job`` runs in the
+    caller's thread where ``SyncJobQueue``'s does (one plain Redis server, no enqueue
+    middleware): the job is placed there, and the partitions share one pool of
+    blocking connections.
 
     Example::
 
