@@ -10,9 +10,9 @@ private ``redis-server`` with ``SLOWLOG`` recording every command, it prints:
   ``BZPOPMIN``) to the processor: to ``Runner.launch``, inside it (the claimed entry
   decoded, the job's task created), the loop's turn until that task runs, and the task's
   own steps before the processor is called;
-* Redis time per call (``SLOWLOG``, threshold 0), median: the enqueue, claim, finish
-  and extend scripts (every call: the worker's own claim rounds as well as the claim
-  riding on its wake-up) and the ``BZPOPMIN``.
+* Redis time per call (``SLOWLOG``, threshold 0), median, and their sum per job
+  enqueued: the enqueue, claim, finish and extend scripts (every call: the worker's own
+  claim rounds as well as the claim riding on its wake-up) and the ``BZPOPMIN``.
 
 The worker's methods are wrapped with clock reads for the run (a probe, not a
 benchmark: its own reads add a few µs). The first 100 jobs are left out (warm-up).
@@ -136,9 +136,14 @@ def slowlog_medians(r: redis.Redis, shas: dict[str, str]) -> None:
             got[f"{shas[cmd[1].decode()]} script"].append(entry["duration"])
         elif name == b"BZPOPMIN":
             got["BZPOPMIN"].append(entry["duration"])
-    print("Redis time per call (SLOWLOG, median):")
+    jobs = max(1, len(got["enqueue script"]))
+    print("Redis time per call (SLOWLOG, median), and in all per job enqueued:")
     for label, xs in got.items():
-        shown = f"{statistics.median(xs):.0f} µs over {len(xs)} calls" if xs else "not seen"
+        shown = (
+            f"{statistics.median(xs):.0f} µs over {len(xs)} calls; {sum(xs) / jobs:.0f} µs/job"
+            if xs
+            else "not seen"
+        )
         print(f"  {label:40s} {shown}")
 
 

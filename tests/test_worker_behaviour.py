@@ -1274,3 +1274,42 @@ async def test_worker_start_with_unreachable_redis() -> None:
             await q.run_worker(install_signal_handlers=False)
     finally:
         await q.close()
+
+
+async def test_an_idle_worker_claims_once_per_job_at_low_rates(
+    make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs that arrive one at a time, each after the last has finished: the claim that
+    starts a job comes back short, and until a wake-up (or the next delayed job's time)
+    the worker's lanes send no claim that would find nothing. Per job: the claim that
+    takes it and the one riding on its outcome, not a claim from every lane as well."""
+    q = make_queue(worker={"concurrency": 4})
+    done: list[int] = []
+    q.process("n", lambda job: done.append(job.data))
+    claims = 0
+    real_call = q.call
+
+    def counting(script: str, args: Any = ()) -> Any:
+        nonlocal claims
+        if script == "claim":
+            claims += 1
+        return real_call(script, args)
+
+    monkeypatch.setattr(q, "call", counting)
+    await q.start()
+    await asyncio.sleep(0.2)  # settled: the worker waits for a wake-up
+    start = claims
+    jobs = 20
+    for i in range(jobs):
+        await q.add_job("n", i)
+        await wait_until(lambda i=i: len(done) == i + 1, 5)
+        await asyncio.sleep(0.02)
+    assert done == list(range(jobs))
+    per_job = (claims - start) / jobs
+    assert per_job <= 2.5, f"{per_job:.2f} claims per job"  # 4-5 without the wait
+    # A delayed job still starts on its time with the lanes waiting (the claim's
+    # wake_in bounds their wait and the waker's).
+    t0 = time.monotonic()
+    await q.add_job("n", 99, delay=300)
+    await wait_until(lambda: done[-1] == 99, 5)
+    assert 0.29 <= time.monotonic() - t0 <= 1.0

@@ -24,10 +24,18 @@ The protocol:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["WriteBarrier"]
+from .limits import get_logger, safe_text
+
+if TYPE_CHECKING:
+    from .hooks import HookBus
+
+__all__ = ["UnconfirmedOutcomes", "WriteBarrier"]
+
+log = get_logger(__name__)
 
 
 class WriteBarrier(Protocol):
@@ -44,3 +52,38 @@ class WriteBarrier(Protocol):
     def check_outcomes(
         self, command: Sequence[Any], reply: Any, count: int
     ) -> BaseException | None: ...
+
+
+class UnconfirmedOutcomes:
+    """A worker's outcomes that its queue's write barrier did not confirm: they stay
+    recorded (a recorded outcome cannot be taken back); each round's are reported on the
+    ``queue_error`` hook, and in the log at most once per ``LOG_S``."""
+
+    #: At most one log line per this many seconds.
+    LOG_S = 10.0
+
+    def __init__(self, worker_id: str, queue_name: str, hooks: HookBus) -> None:
+        self.worker_id, self.queue_name, self.hooks = worker_id, queue_name, hooks
+        self.count = 0  # since the worker started
+        self._logged = -self.LOG_S
+
+    def judge(self, barrier: WriteBarrier, command: Any, reply: Any, count: int) -> None:
+        """Judge ``barrier``'s ``reply`` to ``command``, run after ``count`` outcomes."""
+        err = barrier.check_outcomes(command, reply, count)
+        if err is None:
+            return
+        self.count += count
+        now = asyncio.get_running_loop().time()
+        if now - self._logged >= self.LOG_S:
+            self._logged = now
+            log.warning(
+                "worker %s: %d outcome(s) on queue %s recorded but not confirmed (%d "
+                "since start): %s",
+                self.worker_id,
+                count,
+                self.queue_name,
+                self.count,
+                safe_text(err),
+            )
+        if self.hooks.queue_error:
+            self.hooks.emit_queue_error(self.queue_name, err)

@@ -29,7 +29,7 @@ from .events import EventData, Handler, StreamEvent
 from .job import JobInfo
 from .jobspec import job_item, options_dict
 from .queue import HealthStatus, QueueStats
-from .worker import serve_until_stopped
+from .serving import serve_until_stopped
 
 __all__ = ["MultiQueue"]
 

@@ -600,7 +600,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self, *, concurrency: int | None = None, install_signal_handlers: bool = True
     ) -> None:
         """Run a worker until SIGTERM/SIGINT (or ``close()``), then shut down gracefully."""
-        from .worker import serve_until_stopped
+        from .serving import serve_until_stopped
 
         await self.start(concurrency=concurrency)
         await serve_until_stopped(

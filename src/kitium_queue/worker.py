@@ -12,6 +12,9 @@ How one worker runs (one asyncio task each, plus one task per running job):
    shared budgets keep one lane). When nothing could be claimed a lane sleeps until a
    completion, a wake-up from the waker, or the moment the next delayed job / lease
    deadline / limiter window is due (a local timer, so delays are precise to ~1 ms).
+   After a claim that came back short, a lane with no outcomes to send does not claim
+   again until a wake-up or that moment (``leases.Drained``): the waker's wait stands
+   for it, and an idle worker spends one claim per job, not two.
 2. **waker** — blocks on the queue's marker key (BZPOPMIN on a dedicated connection) while
    the pump is idle; producers add the marker, so a new job starts within ~1 ms without
    polling. The claim rides in the same exchange, right behind the BZPOPMIN: Redis runs
@@ -51,17 +54,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from .barrier import UnconfirmedOutcomes
 from .connection import TRANSIENT_ERRORS
 from .features.batches import BatchProcessor
-from .leases import Leases, SharedSlots
+from .leases import Drained, Leases, SharedSlots
 from .limits import get_logger, safe_text
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
@@ -71,13 +73,12 @@ from .scripts import RawCall
 from .wire import CLAIM_HEAD
 
 if TYPE_CHECKING:
-    from .barrier import WriteBarrier
     from .hooks import HookBus
     from .leases import Run
     from .queue import JobQueue
     from .scripts import Call
 
-__all__ = ["SharedSlots", "Worker", "serve_until_stopped"]
+__all__ = ["SharedSlots", "Worker"]
 
 log = get_logger(__name__)
 
@@ -85,9 +86,6 @@ log = get_logger(__name__)
 _NET_ERRORS = TRANSIENT_ERRORS
 _MAX_IDLE_S = 5.0
 _MIN_BACKOFF_S = 0.05
-# At most one log line per this many seconds about outcomes the write barrier did not
-# confirm (each round's is reported on the queue_error hook).
-_BARRIER_LOG_S = 10.0
 # Positions in the claim reply (wire.CLAIM_HEAD).
 _WAKE_IN = CLAIM_HEAD.index("wake_in")
 _TOKEN = CLAIM_HEAD.index("token")
@@ -132,6 +130,7 @@ class Worker:
         self._woken = False
         # How long the waker may block (s): the shortest idle_for of the lanes waiting.
         self._block_s = _MAX_IDLE_S
+        self._drained = Drained()  # whether a claim with nothing to send is worth it
         self._cap = 1
         self._waker_claiming = 0  # of _claiming: the slots the waker's wait holds
         self._waker_task: asyncio.Task[None] | None = None
@@ -142,9 +141,7 @@ class Worker:
         self._outage = False
         self._claim_args: list[Any] = []
         self._claiming = 0  # slots asked for by the claims in flight
-        # Outcomes the write barrier did not confirm, and when that was last logged.
-        self._unconfirmed = 0
-        self._unconfirmed_logged = -_BARRIER_LOG_S
+        self._unconfirmed = UnconfirmedOutcomes(self.id, queue.name, queue.hooks)
         self._missing_task: asyncio.Future[None] | None = None
         self._slots = slots
         self._presence: Presence | None = None
@@ -179,7 +176,8 @@ class Worker:
         return self._presence
 
     def wake(self) -> None:
-        """Wake the pump (a slot freed, an outcome is ready)."""
+        """Wake the pump to claim (a slot of a shared budget freed)."""
+        self._drained.clear()
         self._signal.set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -299,6 +297,12 @@ class Worker:
                     await self._idle(free, idle_for)
                     idle_for = None
                     continue
+                drained = None if self._woken else self._drained.left()
+                if drained is not None:
+                    # The waker's wait stands for this lane until then (a wake-up, a due
+                    # delayed job or lease deadline ends it): no claim that finds nothing.
+                    await self._idle(free, drained)
+                    continue
             batch = outcomes.take()
             calls, extending, n_ext = self._round_calls(batch, free)
             barrier = self.queue.write_barrier
@@ -324,7 +328,7 @@ class Worker:
                 self._outage = False
                 log.warning("worker %s: Redis is reachable again; resuming", self.id)
             if after is not None and barrier is not None:
-                self._barrier_reply(barrier, after, replies.pop(), n_out)
+                self._unconfirmed.judge(barrier, after, replies.pop(), n_out)
             if n_ext:
                 leases.after_extend(replies[:n_ext], extending)
             refused = outcomes.settle(replies[n_ext : len(replies) - (free > 0)], batch)
@@ -413,30 +417,6 @@ class Worker:
         await asyncio.sleep(backoff)
         return min(backoff * 2, 5.0)
 
-    def _barrier_reply(self, barrier: WriteBarrier, command: Any, reply: Any, count: int) -> None:
-        """Judge the write barrier's reply after a round's outcomes: they are recorded
-        either way (a recorded outcome cannot be taken back); one the barrier did not
-        confirm is reported, at most once per ``_BARRIER_LOG_S`` in the log, always on
-        the ``queue_error`` hook."""
-        err = barrier.check_outcomes(command, reply, count)
-        if err is None:
-            return
-        self._unconfirmed += count
-        now = asyncio.get_running_loop().time()
-        if now - self._unconfirmed_logged >= _BARRIER_LOG_S:
-            self._unconfirmed_logged = now
-            log.warning(
-                "worker %s: %d outcome(s) on queue %s recorded but not confirmed (%d "
-                "since start): %s",
-                self.id,
-                count,
-                self.queue.name,
-                self._unconfirmed,
-                safe_text(err),
-            )
-        if self.hooks.queue_error:
-            self.hooks.emit_queue_error(self.queue.name, err)
-
     def _held(self) -> int:
         """Outcomes this worker holds that Redis has not recorded yet."""
         return self.outcomes.held()
@@ -456,6 +436,7 @@ class Worker:
             self._slots.released()
 
     def _report_outage(self, exc: BaseException) -> None:
+        self._drained.clear()  # what the last claim saw may no longer hold
         if not self._outage:
             self._outage = True
             log.warning(
@@ -479,6 +460,7 @@ class Worker:
             return 1.0, True
         got = self._after_claim(reply)
         self._unreserve(asked, got)
+        self._drained.after_claim(got < asked, int(reply[_WAKE_IN]), _MAX_IDLE_S)
         if got == 0:
             # Nothing now: sleep until the next delayed job / lease deadline / limiter
             # window is due (-1: nothing scheduled), at most _MAX_IDLE_S.
@@ -605,26 +587,3 @@ class Worker:
         idle_for, _ = self._claimed(reply, asked, None)
         self._block_s = _MAX_IDLE_S if idle_for is None else idle_for
         return popped if isinstance(popped, Exception) else None
-
-
-async def serve_until_stopped(
-    stopped: asyncio.Event,
-    close: Callable[[], Awaitable[None]],
-    *,
-    install_signal_handlers: bool = True,
-) -> None:
-    """Wait for ``stopped``; SIGTERM/SIGINT call ``close()`` (a graceful stop) meanwhile."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    if install_signal_handlers:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(close()))
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
-    try:
-        await stopped.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)

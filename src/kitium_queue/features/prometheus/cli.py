@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ...worker import serve_until_stopped
+from ...serving import serve_until_stopped
 from .exporter import PrometheusExporter
 
 __all__ = ["make_command"]
