@@ -457,6 +457,7 @@ class Worker:
         if isinstance(reply, Exception):
             log.error("worker %s: claim failed: %s", self.id, self.queue.connection.redact(reply))
             self._unreserve(asked, 0)
+            self._drained.clear()  # the retry after 1 s claims, whatever came before
             return 1.0, True
         got = self._after_claim(reply)
         self._unreserve(asked, got)
