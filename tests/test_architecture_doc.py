@@ -46,7 +46,7 @@ LONG_MODULES = {
 }
 LONG_CLASSES = {
     "JobQueue": 557,
-    "Worker": 494,
+    "Worker": 493,
     "ConnectionFactory": 419,
     "GlobalQueueManager": 431,
     "TenantRegistry": 410,

@@ -90,16 +90,13 @@ class Drained:
     def __init__(self) -> None:
         self._until: float | None = None
 
-    def after_claim(self, short: bool, wake_in_ms: int, cap_s: float) -> None:
-        """A claim came back: ``short`` (fewer jobs than asked), its ``wake_in``."""
-        if not short:
-            self._until = None
-            return
-        wait_s = cap_s if wake_in_ms < 0 else min(cap_s, wake_in_ms / 1000)
-        self._until = asyncio.get_running_loop().time() + wait_s
+    def after_claim(self, short: bool, wait_s: float) -> None:
+        """A claim came back: when ``short`` (fewer jobs than asked), nothing more to find
+        for ``wait_s`` seconds; else more may wait."""
+        self._until = asyncio.get_running_loop().time() + wait_s if short else None
 
     def clear(self) -> None:
-        """Something may have changed (a slot of a shared budget freed, an outage)."""
+        """Claim again: a freed slot of a shared budget, a failed claim, an outage."""
         self._until = None
 
     def left(self) -> float | None:

@@ -14,7 +14,8 @@ How one worker runs (one asyncio task each, plus one task per running job):
    deadline / limiter window is due (a local timer, so delays are precise to ~1 ms).
    After a claim that came back short, a lane with no outcomes to send does not claim
    again until a wake-up or that moment (``leases.Drained``): the waker's wait stands
-   for it, and an idle worker spends one claim per job, not two.
+   for it, and an idle worker spends two claims per job (the one riding on its wake-up,
+   the one riding on the job's outcome), not one more from each lane.
 2. **waker** — blocks on the queue's marker key (BZPOPMIN on a dedicated connection) while
    the pump is idle; producers add the marker, so a new job starts within ~1 ms without
    polling. The claim rides in the same exchange, right behind the BZPOPMIN: Redis runs
@@ -461,13 +462,12 @@ class Worker:
             return 1.0, True
         got = self._after_claim(reply)
         self._unreserve(asked, got)
-        self._drained.after_claim(got < asked, int(reply[_WAKE_IN]), _MAX_IDLE_S)
-        if got == 0:
-            # Nothing now: sleep until the next delayed job / lease deadline / limiter
-            # window is due (-1: nothing scheduled), at most _MAX_IDLE_S.
-            wake_in = int(reply[_WAKE_IN])
-            idle_for = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
-        return idle_for, False
+        wake_in = int(reply[_WAKE_IN])
+        wait_s = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
+        # Short: nothing to find until the next delayed job / lease deadline / limiter
+        # window (-1: none; at most _MAX_IDLE_S). Nothing got: the lane sleeps until then.
+        self._drained.after_claim(got < asked, wait_s)
+        return (wait_s if got == 0 else idle_for), False
 
     def _after_claim(self, reply: list[Any]) -> int:
         back, dead = reply[_RECOVERED], reply[_DEAD]
