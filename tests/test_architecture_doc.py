@@ -1,5 +1,6 @@
 """docs/ARCHITECTURE.md stays true: its job-record table is records.JOB_FIELDS, every
-module it names exists, and modules and classes keep to its size rule."""
+module it names exists, every module of the package is named, and modules and classes
+keep to its size rule."""
 
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ def test_every_module_and_script_named_exists() -> None:
             continue
         found = (PKG / "lua" / f"{name}.lua").exists() or any(PKG.rglob(f"{name}.lua"))
         assert found, f"{name}.lua is named in ARCHITECTURE.md"
+
+
+def test_every_module_of_the_package_is_in_the_doc() -> None:
+    """A new module gets its line in ARCHITECTURE.md (the picture or the smaller modules' table)."""
+    text = DOC.read_text("utf-8")
+    missing = [
+        path.name
+        for path in sorted(PKG.glob("*.py"))
+        if path.name not in {"__init__.py", "_version.py"}
+        and not re.search(rf"(?<![\w/]){re.escape(path.name)}", text)
+    ]
+    assert not missing, f"modules not described in ARCHITECTURE.md: {missing}"
 
 
 MODULE_LINES = 600
