@@ -46,6 +46,14 @@ def test_every_module_of_the_package_is_in_the_doc() -> None:
         if path.name not in {"__init__.py", "_version.py"}
         and not re.search(rf"(?<![\w/]){re.escape(path.name)}", text)
     ]
+    features = PKG / "features"
+    missing += [
+        f"features/{path.name}"
+        for path in sorted(features.iterdir())
+        if path.name != "__init__.py"
+        and (path.suffix == ".py" or (path / "__init__.py").exists())
+        and f"features/{path.name.removesuffix('.py')}" not in text
+    ]
     assert not missing, f"modules not described in ARCHITECTURE.md: {missing}"
 
 
