@@ -109,7 +109,11 @@ def worker_main(argv: list[str]) -> int:
                 await asyncio.sleep(0.01)
             import kitium_queue
 
-            Path(args.ready_file).write_text(f"{os.getpid()} {kitium_queue.__file__}\n")
+            # Written whole, then renamed: the controller never reads a half-written file.
+            ready = Path(args.ready_file)
+            partial = ready.with_name(ready.name + ".partial")
+            partial.write_text(f"{os.getpid()} {kitium_queue.__file__}\n")
+            partial.replace(ready)
 
         task = asyncio.ensure_future(announce())
         try:
@@ -221,6 +225,7 @@ class Soak:
         self.last_completion = 0.0
         self.samples: list[dict[str, Any]] = []
         self.restarts: list[dict[str, Any]] = []
+        self.chaos_errors: list[str] = []
         self.unexpected_exits: list[dict[str, Any]] = []
         self.redis_restart: dict[str, Any] = {}
         self.producing = True
@@ -443,7 +448,14 @@ class Soak:
             code = await asyncio.to_thread(proc.wait, 60)
             exit_s = time.monotonic() - t_sig
             self.spawn(s)
-            ready_s = await self.wait_ready(s)
+            try:
+                ready_s = await self.wait_ready(s)
+            except RuntimeError as exc:
+                # The rotation goes on, but the run fails: a restart that did not
+                # come back ready is a finding, never a silent end of the faults.
+                self.chaos_errors.append(f"t={self.now():.1f} restart of worker {s.index}: {exc}")
+                print(f"!! {self.chaos_errors[-1]}", flush=True)
+                continue
             self.restarts.append(
                 {
                     "t": round(self.now(), 1),
@@ -509,7 +521,11 @@ class Soak:
             await producer
             for t in chaos:
                 t.cancel()
-            await asyncio.gather(*chaos, return_exceptions=True)
+            ended = await asyncio.gather(*chaos, return_exceptions=True)
+            for t, res in zip(chaos, ended, strict=True):
+                if isinstance(res, Exception):
+                    self.chaos_errors.append(f"{t.get_coro().__name__} died: {res!r}")
+                    print(f"!! {self.chaos_errors[-1]}", flush=True)
             # Drain: every acknowledged job must reach an outcome.
             deadline = time.monotonic() + a.drain_timeout
             while time.monotonic() < deadline and self.acked - self.completed.keys() - self.dead:
@@ -538,6 +554,12 @@ class Soak:
             await asyncio.gather(producer, sampler, reader, *chaos, exits,
                                  return_exceptions=True)  # fmt: skip
         return self.judge(source, drained_s, stops)
+
+    def _restarts_expected(self) -> int:
+        every = self.args.restart_every
+        if every <= 0 or not any(s.restartable for s in self.slots):
+            return 0
+        return int(self.duration // (every + 5))
 
     def judge(self, source: dict[str, Any], drained_s: float, stops: list[int]) -> dict[str, Any]:
         a = self.args
@@ -574,6 +596,10 @@ class Soak:
                 c == 0 for c in stops
             ),
             "redis_restart_done": bool(self.redis_restart) or not 0 < a.redis_restart_at < 1,
+            # Every planned worker restart happened (a restart takes a few seconds on top
+            # of the period) and no fault task ended early.
+            "worker_restarts_done": not self.chaos_errors
+            and len(self.restarts) >= self._restarts_expected(),
         }
         elapsed = self.samples[-1]["t"] if self.samples else 0.0
         return {
@@ -619,6 +645,8 @@ class Soak:
                 "reader_reconnects": self.reader_errors,
             },
             "restarts": self.restarts,
+            "restarts_expected_at_least": self._restarts_expected(),
+            "chaos_errors": self.chaos_errors,
             "unexpected_exits": self.unexpected_exits,
             "redis_restart": self.redis_restart,
             "memory": {
