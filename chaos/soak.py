@@ -431,6 +431,11 @@ class Soak:
                     self.spawn(s)
             await asyncio.sleep(0.2)
 
+    def fault_failed(self, what: str) -> None:
+        """A fault that did not take place as planned: reported now, and it fails the run."""
+        self.chaos_errors.append(what)
+        print(f"!! {what}", flush=True)
+
     async def restart_workers(self) -> None:
         restartable = [s for s in self.slots if s.restartable]
         if not restartable or self.args.restart_every <= 0:
@@ -453,8 +458,7 @@ class Soak:
             except RuntimeError as exc:
                 # The rotation goes on, but the run fails: a restart that did not
                 # come back ready is a finding, never a silent end of the faults.
-                self.chaos_errors.append(f"t={self.now():.1f} restart of worker {s.index}: {exc}")
-                print(f"!! {self.chaos_errors[-1]}", flush=True)
+                self.fault_failed(f"t={self.now():.1f} restart of worker {s.index}: {exc}")
                 continue
             self.restarts.append(
                 {
@@ -524,8 +528,7 @@ class Soak:
             ended = await asyncio.gather(*chaos, return_exceptions=True)
             for t, res in zip(chaos, ended, strict=True):
                 if isinstance(res, Exception):
-                    self.chaos_errors.append(f"{t.get_coro().__name__} died: {res!r}")
-                    print(f"!! {self.chaos_errors[-1]}", flush=True)
+                    self.fault_failed(f"{t.get_coro().__name__} died: {res!r}")
             # Drain: every acknowledged job must reach an outcome.
             deadline = time.monotonic() + a.drain_timeout
             while time.monotonic() < deadline and self.acked - self.completed.keys() - self.dead:

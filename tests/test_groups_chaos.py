@@ -370,7 +370,7 @@ def test_pausing_one_group_leaves_the_others_running(server: Any, tmp_path: Path
         # b and c run to the end while a is paused.
         others = order["b"] + order["c"]
         wait_for(lambda: _all_final(client, keys, others), 30, what="b and c to finish")
-        time.sleep(0.3)
+        time.sleep(0.3)  # a job of a claimed before the pause finishes (stats.active below)
         # "Starts" is the claim: a job of a claimed before the pause may reach its
         # processor after it on a loaded machine (its run finishes, as documented); no
         # job of a may be claimed once pause_group returned. `ps` is the claim's time
