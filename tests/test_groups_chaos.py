@@ -12,7 +12,10 @@ checks read.
   recorded completions), no two runs of a group overlap, the killed run's job is the
   next to run in its group and only after the kill, nothing is lost.
 * A hot group with 100,000 parked jobs and 100 single-job groups added one at a time:
-  each single starts within 100 ms of its add (turns rotate; the hot line is parked).
+  no single waits behind the hot group (turns rotate; the hot line is parked). Judged by
+  order, not by the clock: between a single's add returning and its start, at most a few
+  hot-group runs start (the hot group runs one job at a time, 1 ms each); a single that
+  waited for the hot line, or for a poll instead of its wake-up, would see dozens.
 * ``max_group_size=50`` under 8 concurrent producers on their own connections: exactly
   50 accepted, the rest refused with ``JobRefusedError``.
 * Pausing one group leaves the others running; resuming it finishes it in order.
@@ -21,6 +24,7 @@ checks read.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 import signal
 import sys
@@ -53,6 +57,9 @@ from kitium_queue.keys import QueueKeys  # noqa: E402
 pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
 
 FINAL = ("completed", "dlq", "failed")
+# Hot-group runs that may start between a single's add and its start (one or two in
+# practice: the run already under way and the next one claimed with it).
+MAX_HOT_RUNS_AHEAD = 10
 
 
 @pytest.fixture
@@ -250,8 +257,10 @@ def test_hot_group_does_not_delay_single_job_groups(server: Any, tmp_path: Path)
         wait_for(lambda: client.zcard(keys.completed) >= 200, 30, what="the hot group to run")
         added: dict[str, float] = {}
         for i in range(100):
-            t = time.time()
-            added[producer.add_job("work", {"ms": 1}, message_group_id=f"single-{i}")] = t
+            job_id = producer.add_job("work", {"ms": 1}, message_group_id=f"single-{i}")
+            # Taken once the add returned (the job is in Redis): a test process that the
+            # other tests' load delays before it sends does not count against the queue.
+            added[job_id] = time.time()
             time.sleep(0.02)
         first_start: dict[str, float] = {}
 
@@ -271,11 +280,22 @@ def test_hot_group_does_not_delay_single_job_groups(server: Any, tmp_path: Path)
         )
         assert hot_left.size is not None and hot_left.size > 90_000, "the hot group drained"
         assert hot_left.waiting == hot_left.size - len(hot_left.turns)
-        late = [
-            f"{j}: {(first_start[j] - added[j]) * 1000:.1f} ms"
+        # Machine speed does not enter this check: a stall of the worker process stalls
+        # the hot group's runs as well, so only waiting behind the hot line can fail it.
+        hot_starts = sorted(
+            ln.t for ln in fleet.lines() if ln.event == "start" and ln.job_id not in added
+        )
+        behind = {
+            j: bisect.bisect_left(hot_starts, first_start[j])
+            - bisect.bisect_right(hot_starts, added[j])
             for j in added
-            if first_start[j] - added[j] > 0.1
+        }
+        late = [
+            f"{j}: {n} hot-group runs started first ({(first_start[j] - added[j]) * 1000:.1f} ms)"
+            for j, n in behind.items()
+            if n > MAX_HOT_RUNS_AHEAD
         ]
+        print(f"hot-group runs started between an add and its start: max {max(behind.values())}")
         assert not late, late
     finally:
         fleet.close()

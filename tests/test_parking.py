@@ -148,16 +148,23 @@ async def test_an_eligible_job_starts_at_once_behind_100000_parked_jobs(
         assert rusage_cpu / wall < 0.10, rusage_cpu
         assert redis_cpu / wall < 0.10, f"Redis busy while idle: {redis_cpu:.3f} s CPU"
 
-        # One eligible job: it is claimed at once. 50 ms from the call that adds it to
-        # the start of its processor, on a real Redis: the add, the wake-up of the idle
-        # worker (a blocking pop on its marker) and one claim take about 1-3 ms; the
-        # margin is for a loaded machine. Any scan of the parked jobs would take far
-        # longer (hundreds of ms for 100,000 of them).
+        # One eligible job: it is claimed at once, without looking at the parked ones.
+        # Judged by work, not by the clock (another test process may hold a core):
+        # the add, the wake-up of the idle worker (a blocking pop on its marker) and one
+        # claim cost Redis well under a millisecond of CPU; any scan of the 100,000
+        # parked jobs costs it hundreds. The wall-clock bound only tells a woken worker
+        # from one that waits for a poll (its idle wait is seconds long).
+        info0 = await redis_client.info("cpu")
         t0 = time.monotonic()
         jid = await q.add_job("free", {})
         await wait_until(lambda: jid in started, timeout=5, interval=0.001)
         took = started[jid] - t0
-        assert took < 0.050, f"the eligible job started {took * 1000:.1f} ms after it was added"
+        info1 = await redis_client.info("cpu")
+        redis_cpu = sum(
+            float(info1[k]) - float(info0[k]) for k in ("used_cpu_sys", "used_cpu_user")
+        )
+        assert redis_cpu < 0.020, f"Redis spent {redis_cpu * 1000:.1f} ms of CPU to start it"
+        assert took < 1.0, f"the eligible job started {took * 1000:.1f} ms after it was added"
         assert await parked_count(q) == n
     finally:
         hold.set()
