@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import (
     AuthenticationError,
     ClusterDownError,
@@ -555,6 +555,23 @@ class ConnectionFactory:
                 "databases 0..15 unless its 'databases' setting says otherwise: use a "
                 "database number within that range in redis= (redis://host:port/<db> or "
                 "db=...)"
+            )
+        if isinstance(exc, ResponseError) and "client names cannot contain" in cause.lower():
+            return ConfigurationError(
+                f"{where} refused the client name set for queue {queue!r} ({cause}); use a "
+                "client_name without spaces or special characters in redis="
+            )
+        if isinstance(exc, RedisConnectionError) and "protocol must be" in cause.lower():
+            return ConfigurationError(
+                f"the connection setting of queue {queue!r} is wrong ({cause}): use "
+                "protocol=2 or protocol=3 in redis= (or leave it out)"
+            )
+        if isinstance(exc, MasterNotFoundError):
+            # Its text lists every Sentinel client's repr: say it in one sentence instead.
+            return ConnectionUnavailableError(
+                f"no Sentinel of {self.describe()} named a primary for queue {queue!r} "
+                "(none answered, or none monitors that service name); check the sentinel "
+                "addresses and the service name in redis=, and that the sentinels run"
             )
         if isinstance(exc, RedisClusterException):
             if "cluster mode is not enabled" in cause.lower():

@@ -31,6 +31,7 @@ __all__ = [
     "EXIT_NOT_READY",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "FiniteFloatRange",
     "Main",
     "json_option",
     "load_app",
@@ -72,6 +73,17 @@ redis_option = click.option("--redis", default=None, help="Redis URL overriding 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 
 
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN (which compares false with both
+    bounds, so a plain range lets it through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if rv != rv:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return rv
+
+
 def row(*fields: object) -> str:
     """One line of text output: the escaped fields, separated by tabs."""
     return "\t".join(text_field(f) for f in fields)
@@ -101,14 +113,28 @@ def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
     obj: Any = module
     for part in attr.split("."):
         # ``orders.queues.2``: one partition of a partitioned queue.
-        if isinstance(obj, (list, tuple)) and part.isdigit() and int(part) < len(obj):
+        if (
+            isinstance(obj, (list, tuple))
+            and part.isascii()
+            and part.isdigit()
+            and int(part) < len(obj)
+        ):
             obj = obj[int(part)]
         elif hasattr(obj, part):
             obj = getattr(obj, part)
         else:
             raise click.BadParameter(f"{module_name!r} has no attribute {attr!r}")
     if callable(obj) and not isinstance(obj, kinds):
-        obj = obj()
+        try:
+            obj = obj()
+        except TypeError as exc:
+            # Not a factory of no arguments (a function that needs some, a class, a
+            # builtin): APP names the wrong thing.
+            raise click.BadParameter(
+                f"{app!r} is a {type(obj).__name__} that cannot be called without "
+                f"arguments ({text_field(exc)}): APP must name a queue, or a function "
+                "of no arguments that returns one"
+            ) from None
     if not isinstance(obj, kinds):
         wanted = (
             "a JobQueue or PartitionedQueue"
@@ -136,7 +162,8 @@ def load_queue(app: str, redis: str | None = None) -> Any:
             for q in parts:
                 q.connection = ConnectionFactory(url)
         except ConfigurationError as exc:  # its message is redacted: no credentials
-            raise click.BadParameter(text_field(exc), param_hint="--redis") from None
+            hint = "--redis" if redis else "KITIUM_QUEUE_REDIS (environment)"
+            raise click.BadParameter(text_field(exc), param_hint=hint) from None
     if parts[0].connection.is_memory:
         # Otherwise an empty queue looks like a bug (or a hang, for events).
         click.echo(
@@ -176,7 +203,8 @@ def with_queue(app: str, redis: str | None, action: Callable[[Any], Awaitable[T]
     async def go() -> T:
         try:
             return await action(queue)
-        except (click.ClickException, KitiumQueueError):
+        except (click.ClickException, KitiumQueueError, BrokenPipeError):
+            # BrokenPipeError: our stdout was closed (``| head``), not a Redis socket.
             raise
         except Exception as exc:
             wrapped = _close_on_error(queue, exc)
@@ -210,8 +238,25 @@ def _failure(exc: BaseException) -> tuple[int, str]:
     # messages are redacted already; anything else goes through the redaction too.
     if isinstance(exc, KitiumQueueError):
         return code, text_field(exc)
+    if isinstance(exc, UnicodeEncodeError) and "surrogate" in str(exc.reason):
+        # Text from the command line that was not UTF-8 (the shell passes such bytes
+        # as lone surrogates) reached Redis, which takes bytes: an argument is wrong.
+        bad = text_field(ascii(exc.object[exc.start : exc.end]))
+        return EXIT_USAGE, (
+            f"an argument holds text that is not valid UTF-8 ({bad}), which cannot name "
+            "anything stored in Redis: check the argument's encoding"
+        )
     text = f"{type(exc).__name__}: {redact_url(exc)}"
     return code, f"unexpected error: {text_field(text)} (--debug shows the traceback)"
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test runner's buffer)
+        pass
 
 
 class Main(click.Group):
@@ -224,6 +269,13 @@ class Main(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            # The reader of stdout went away (``| head``): nothing more can be said there
+            # and nothing went wrong with the queue. End quietly, as a pipe's writer does,
+            # with stdout pointed at /dev/null so the interpreter's last flush cannot
+            # raise again.
+            _stdout_to_devnull()
+            ctx.exit(EXIT_ERROR)
         except Exception as exc:
             code, line = _failure(exc)
             if ctx.params.get("debug") or ctx.params.get("verbose"):

@@ -27,7 +27,7 @@ from ..enums import JobStatus
 from ..errors import JobNotFoundError, JobStateError
 from ..job import JobInfo
 from ..options import MAX_QUERY_LIMIT
-from ..queries import parse_status
+from ..queries import parse_status, query_id
 from .base import json_option, redis_option, text_field, with_queue
 from .output import Output, output, span, when
 from .select import JobFilter, filter_options, find, make_filter
@@ -213,7 +213,11 @@ async def _each(
     out: Output, label: str, ids: Sequence[str], fn: Callable[[str], Awaitable[Any]]
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """``fn(id)`` for every id, a few at a time, with a progress bar. A job that is not
-    there or not in a state for it is noted and skipped; any other error ends it all."""
+    there or not in a state for it is noted and skipped; any other error ends it all.
+    Every id is checked first, so an id that cannot name a job is refused before any
+    job is acted on."""
+    for jid in ids:
+        query_id(jid)
     done: list[str] = []
     failed: list[tuple[str, str]] = []
     with out.progress(len(ids), label) as advance:
@@ -335,7 +339,7 @@ def _bulk_command(
                     return
                 _confirm(
                     f"{verb.capitalize()} {len(ids)} {chosen} job(s) "
-                    f"({selector.describe()}) in queue '{text_field(q.name)}'?",
+                    f"({text_field(selector.describe())}) in queue '{text_field(q.name)}'?",
                     yes,
                 )
             done, failed = await _each(out, verb, ids, getattr(q, method))
@@ -502,7 +506,7 @@ def dlq_replay(
         ids = [i.id for i in found.jobs]
         if ids:
             _confirm(
-                f"Replay {len(ids)} dead-lettered job(s) ({selector.describe()}) of "
+                f"Replay {len(ids)} dead-lettered job(s) ({text_field(selector.describe())}) of "
                 f"queue '{text_field(q.name)}'?",
                 yes,
             )

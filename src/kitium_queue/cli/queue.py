@@ -27,6 +27,7 @@ from ..queries import QueueStats
 from .base import (
     EXIT_NOT_READY,
     EXIT_UNREACHABLE,
+    FiniteFloatRange,
     json_option,
     members,
     redis_option,
@@ -92,7 +93,7 @@ def _stats_table(
 @click.option(
     "-i",
     "--interval",
-    type=click.FloatRange(0.1, 3600),
+    type=FiniteFloatRange(0.1, 3600),
     default=2.0,
     show_default=True,
     help="Seconds between refreshes (--watch).",
@@ -235,7 +236,7 @@ async def _readiness(
 )
 @click.option(
     "--max-memory",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.95,
     show_default=True,
     help="Readiness fails at this share of maxmemory in use.",

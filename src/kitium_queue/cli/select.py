@@ -70,6 +70,11 @@ def _data_condition(text: str) -> tuple[list[str], Any]:
         value = json.loads(raw)
     except ValueError:
         value = raw
+    except RecursionError:
+        raise click.BadParameter(
+            f"{text[:100]!r}...: the VALUE is JSON nested too deeply to compare; give a "
+            "number, a string or shallow JSON"
+        ) from None
     return path.split("."), value
 
 
@@ -145,7 +150,7 @@ def _field_is(data: Any, path: Sequence[str], value: Any) -> bool:
     for part in path:
         if isinstance(got, dict):
             got = got.get(part, _MISSING)
-        elif isinstance(got, list) and part.isdigit() and int(part) < len(got):
+        elif isinstance(got, list) and part.isascii() and part.isdigit() and int(part) < len(got):
             got = got[int(part)]
         else:
             return False
@@ -282,17 +287,27 @@ async def _find_by_offset(
 ) -> Found:
     offset = 0
     if cursor is not None:
-        if not (cursor.startswith("@") and cursor[1:].isdigit()):
+        if not (cursor.startswith("@") and cursor[1:].isascii() and cursor[1:].isdigit()):
             raise ConfigurationError(
                 f"--cursor of a {type(queue).__name__} is '@<offset>' as printed by the "
                 f"previous page, got {cursor[:100]!r}"
             )
         offset = int(cursor[1:])
+        if offset >= MAX_QUERY_LIMIT:
+            raise ConfigurationError(
+                f"a {type(queue).__name__} is listed by offset up to its first "
+                f"{MAX_QUERY_LIMIT:,} jobs of a state, and --cursor {cursor[:100]!r} is "
+                "past them: list one partition (APP as module:attribute.queues.N), whose "
+                "cursor has no such bound, or narrow the listing with filters"
+            )
     out: list[JobInfo] = []
     scanned = 0
     while True:
         need = limit - len(out)
         size = need if flt.empty else min(max(need, _PAGE), 1000)
+        size = min(size, MAX_QUERY_LIMIT - offset)
+        if size <= 0:  # the offset bound: the next page's cursor says so when used
+            return Found(out, scanned, f"@{offset}")
         jobs = await queue.get_jobs_by_status(status, limit=size, offset=offset)
         scanned += len(jobs)
         if on_page is not None:

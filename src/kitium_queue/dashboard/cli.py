@@ -29,6 +29,7 @@ import click
 
 from ..errors import ConfigurationError
 from ..features.audit.cli import AUDIT_KEY_ENV, audit_key
+from ..serving import listen_socket
 from .app import create_dashboard
 from .auth import parse_tokens
 
@@ -197,11 +198,18 @@ def make_command(
                     return
                 import uvicorn
 
-                config = uvicorn.Config(asgi, host=host, port=port, log_level="warning")
+                # Bound here, before "serving" is printed: a port in use or a host that
+                # is not this machine's is a clear error, not a line that says serving.
+                sock = listen_socket(host, port)
+                bound = sock.getsockname()[1]
+                config = uvicorn.Config(asgi, host=host, port=bound, log_level="warning")
                 server = uvicorn.Server(config)
-                click.echo(row("serving", url))
-                with contextlib.suppress(asyncio.CancelledError):
-                    await server.serve()
+                click.echo(row("serving", f"http://{host}:{bound}/"))
+                try:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await server.serve(sockets=[sock])
+                finally:
+                    sock.close()
             finally:
                 if access is not None:
                     await access.close()  # writes the audit entries still queued

@@ -371,6 +371,24 @@ def _schedule_id(value: Any) -> str:
     return str(value)
 
 
+def _lookup_id(value: Any) -> str:
+    """A schedule id given to look one up (get, update, remove, pause, resume): any
+    non-empty string that can be sent to Redis (ids stored by older versions are found
+    as they are); a lone surrogate, which no schedule can hold, is refused clearly."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(
+            f"schedule_id must be a non-empty string, got {clip(repr(value), 100)}"
+        )
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"schedule_id {clip(ascii(value), 100)} holds a lone surrogate (text that was "
+            "not valid UTF-8) and cannot name a schedule: check the id's encoding"
+        ) from None
+    return value
+
+
 # ---------------------------------------------------------------------------- store
 class ScheduleStore:
     """Schedules of one queue in Redis: ``queue.schedules``."""
@@ -547,6 +565,7 @@ class ScheduleStore:
 
     async def get(self, schedule_id: str) -> Schedule | None:
         """One schedule, or None if it does not exist."""
+        schedule_id = _lookup_id(schedule_id)
         client = await self.queue.client()
         raw = await client.hgetall(self.queue.keys.schedule(schedule_id))
         if not raw:
@@ -613,6 +632,7 @@ class ScheduleStore:
         An administrative command (``update_schedule``; subscribers see the names of the
         changed fields, not their values).
         """
+        schedule_id = _lookup_id(schedule_id)
         return await self.queue.admin.execute(
             "update_schedule",
             {"schedule_id": schedule_id, "changes": sorted(changes)},
@@ -662,6 +682,7 @@ class ScheduleStore:
     async def remove(self, schedule_id: str) -> bool:
         """Delete a schedule (its already enqueued jobs stay). False if it did not exist.
         An administrative command (``remove_schedule``)."""
+        schedule_id = _lookup_id(schedule_id)
 
         async def action() -> bool:
             return bool(int(await self.queue.run("schedule_remove", [schedule_id])))
@@ -673,6 +694,7 @@ class ScheduleStore:
     async def pause(self, schedule_id: str) -> bool:
         """Stop a schedule from firing (every scheduler). False if it does not exist.
         An administrative command (``pause_schedule``)."""
+        schedule_id = _lookup_id(schedule_id)
 
         async def action() -> bool:
             status, _ = await self.queue.run("schedule_pause", [schedule_id, "1", ""])
@@ -685,6 +707,7 @@ class ScheduleStore:
     async def resume(self, schedule_id: str) -> bool:
         """Resume a paused schedule at its next tick from now. False if it does not exist.
         An administrative command (``resume_schedule``)."""
+        schedule_id = _lookup_id(schedule_id)
         return await self.queue.admin.execute(
             "resume_schedule", {"schedule_id": schedule_id}, lambda: self._resume(schedule_id)
         )

@@ -355,6 +355,8 @@ class CircuitBreakerManager:
         n = to_int(limit, "limit", minimum=0, maximum=10_000)
         bid = check_breaker_id(breaker_id) if breaker_id is not None else None
         await self.queue.queries.check("breaker_history", {"id": bid, "limit": n})
+        if n == 0:
+            return []
         client = await self.queue.client()
         rows = await client.xrevrange(self.queue.keys.extra("cb:log"), count=1000)
         out = []

@@ -58,6 +58,7 @@ def make_command(
                     f"erase every job of subject {subject_digest(subject_id)[:16]}... in "
                     f"queue '{q.name}'?",
                     abort=True,
+                    err=True,
                 )
             if principal is None:
                 return await m.erase_subject(subject_id)

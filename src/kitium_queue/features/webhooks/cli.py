@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ...facade import MultiQueue
 from .manager import WebhookManager
 from .models import DeliveryRecord
 
@@ -86,6 +87,12 @@ def commands(
         own: bool = False,
     ) -> T:
         queue = load_queue(app, redis)
+        if isinstance(queue, MultiQueue):
+            raise click.UsageError(
+                f"webhooks works on one queue, and {text_field(app)} names a "
+                f"{type(queue).__name__} of {len(queue.queues)}: name one of them as APP, "
+                "e.g. module:attribute.queues.0"
+            )
         if own and WebhookManager.of(queue) is None:
             raise click.ClickException(
                 f"{text_field(app)} constructs no WebhookManager: the delivery process needs "
@@ -170,7 +177,7 @@ def commands(
     @click.argument("app")
     @click.argument("webhook_id")
     @click.option("--event", "event_id", default=None, help="One event's delivery.")
-    @click.option("-n", "--limit", default=20, show_default=True)
+    @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
     @json_option
     @redis_option
     def history(
@@ -206,7 +213,7 @@ def commands(
     @webhooks.command("dlq")
     @click.argument("app")
     @click.option("--webhook", "webhook_id", default=None, help="One endpoint only.")
-    @click.option("-n", "--limit", default=20, show_default=True)
+    @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
     @json_option
     @redis_option
     def dlq(app: str, webhook_id: str | None, limit: int, as_json: bool, redis: str | None) -> None:
@@ -239,7 +246,7 @@ def commands(
         default=None,
         help="One delivery (with --webhook), whatever its state.",
     )
-    @click.option("-n", "--limit", default=1000, show_default=True)
+    @click.option("-n", "--limit", default=1000, show_default=True, type=click.IntRange(1))
     @json_option
     @redis_option
     def replay(

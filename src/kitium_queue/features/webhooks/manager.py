@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from ...enums import WebhookDeliveryStrategy, WebhookEventType
 from ...errors import ConfigurationError
+from ...options import to_int
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
 from .lua import SCRIPTS, enqueue_fragment, event_fragment, release_fragment
@@ -37,6 +38,9 @@ __all__ = ["JobWebhookConfig", "WebhookManager"]
 
 #: The webhook id of deliveries to a job's own ``webhook_url``.
 JOB_WEBHOOK_ID = "job"
+#: Most deliveries one get_delivery_history / list_dlq call returns.
+_MAX_HISTORY = 1000
+_MAX_DLQ_LIST = 10_000
 
 
 @dataclass(frozen=True)
@@ -392,9 +396,10 @@ class WebhookManager:
             return [DeliveryRecord.from_hash(webhook_id, event_id, h)] if h else []
         if webhook_id != JOB_WEBHOOK_ID:
             check_id(webhook_id, "webhook id")
-        ids = await client.zrevrange(
-            self.queue.keys.extra(f"wh:idx:{webhook_id}"), 0, max(1, min(limit, 1000)) - 1
-        )
+        limit = to_int(limit, "limit", minimum=0, maximum=_MAX_HISTORY)
+        if limit == 0:
+            return []
+        ids = await client.zrevrange(self.queue.keys.extra(f"wh:idx:{webhook_id}"), 0, limit - 1)
         return await self._records([f"{webhook_id}/{i.decode()}" for i in ids])
 
     async def _records(self, members: Sequence[str]) -> list[DeliveryRecord]:
@@ -418,8 +423,11 @@ class WebhookManager:
         await self.queue.queries.check(
             "list_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}
         )
+        limit = to_int(limit, "limit", minimum=0, maximum=_MAX_DLQ_LIST)
+        if limit == 0:
+            return []
         client = await self.queue.client()
-        raw = await client.zrange(self._keys["dlq"], 0, max(1, min(limit, 10_000)) * 4 - 1)
+        raw = await client.zrange(self._keys["dlq"], 0, limit * 4 - 1)
         members = [m.decode() for m in raw]
         if webhook_id is not None:
             members = [m for m in members if m.startswith(webhook_id + "/")]
@@ -428,6 +436,7 @@ class WebhookManager:
     async def replay_dlq(self, limit: int = 1000, webhook_id: str | None = None) -> int:
         """Schedule dead-lettered deliveries (of one endpoint, or all) for an attempt now,
         each with its full retry budget again; returns how many."""
+        limit = to_int(limit, "limit", minimum=0, maximum=2**53)
         if webhook_id is not None and webhook_id != JOB_WEBHOOK_ID:
             check_id(webhook_id, "webhook id")
         for wid in [webhook_id] if webhook_id else list(self.registry.hooks):
