@@ -29,11 +29,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .enums import JobStatus
-from .errors import ConfigurationError, JobActiveError, JobNotFoundError
+from .errors import ConfigurationError, JobActiveError, JobNotFoundError, JobStateError
 from .guards import GuardList
 from .hooks import AdminCall
 from .identity import current_principal
 from .limits import clip
+from .options import shown_bare
 from .queries import parse_status, query_id
 
 if TYPE_CHECKING:
@@ -57,6 +58,16 @@ def _check_limit(limit: Any, what: str) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise ConfigurationError(f"{what} must be an int >= 0, got {clip(repr(limit), 100)}")
     return limit
+
+
+def _id_shown(exc: JobNotFoundError | JobStateError, job_id: str) -> None:
+    """Show job id ``job_id`` escaped and clipped (``shown_bare``) in ``exc``, raised by a
+    script whose message starts ``job <id>`` with the id as given (Redis turns line
+    breaks into spaces, one for one), in place."""
+    text, head = str(exc), f"job {job_id}"
+    rest = text[len(head) :]
+    if text[:4] == "job " and len(text) >= len(head) and rest[:1] in ("", " "):
+        exc.args = (f"job {shown_bare(job_id)}{clip(rest, 300)}",)
 
 
 class Admin:
@@ -173,7 +184,12 @@ class Admin:
         """``JobQueue.retry_job``."""
 
         async def action() -> None:
-            await self.ctx.run("retry", ["ids", query_id(job_id)])
+            jid = query_id(job_id)
+            try:
+                await self.ctx.run("retry", ["ids", jid])
+            except (JobNotFoundError, JobStateError) as exc:
+                _id_shown(exc, jid)
+                raise
 
         await self.execute("retry_job", {"job_id": job_id}, action)
 
@@ -219,7 +235,7 @@ class Admin:
             (status,) = await ctx.run("remove", [jid])
             if status == b"active":
                 raise JobActiveError(
-                    f"job {job_id} is running; cancel it with cancel_job() or wait for it"
+                    f"job {shown_bare(jid)} is running; cancel it with cancel_job() or wait for it"
                 )
             removed = status == b"removed"
             if removed and ctx.hooks.removed:
@@ -235,7 +251,9 @@ class Admin:
         async def action() -> str:
             (status,) = await ctx.run("cancel", [query_id(job_id)])
             if status == b"missing":
-                raise JobNotFoundError(f"job {job_id} does not exist in queue {ctx.name!r}")
+                raise JobNotFoundError(
+                    f"job {shown_bare(job_id)} does not exist in queue {ctx.name!r}"
+                )
             return {"removed": "removed", "flagged": "cancelling"}.get(status.decode(), "finished")
 
         return await self.execute("cancel_job", {"job_id": job_id}, action)
@@ -264,7 +282,12 @@ class Admin:
 
         async def action() -> None:
             dlq = "1" if ctx.dlq.enabled else "0"
-            await ctx.run("promote", [1, dlq, query_id(job_id)])
+            jid = query_id(job_id)
+            try:
+                await ctx.run("promote", [1, dlq, jid])
+            except (JobNotFoundError, JobStateError) as exc:
+                _id_shown(exc, jid)
+                raise
 
         await self.execute("promote_job", {"job_id": job_id}, action)
 

@@ -11,20 +11,17 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import (
-    AuthenticationError,
     ClusterDownError,
-    InvalidResponse,
     ReadOnlyError,
-    RedisClusterException,
-    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
+from .connerrors import translate_error
+from .errors import ConfigurationError, KitiumQueueError
 from .redact import (
     REDACTED,
     REDACTED_PLACEHOLDER,
@@ -536,76 +533,4 @@ class ConnectionFactory:
         ``ConnectionUnavailableError`` otherwise. ``timeout_s``: the deadline a bare
         ``asyncio.TimeoutError`` stands for, if the caller set one.
         """
-        where = f"Redis at {self.describe()}"
-        cause = _sentence(self.redact(exc)) or type(exc).__name__
-        if isinstance(exc, AuthenticationError):
-            return ConnectionUnavailableError(
-                f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
-                "username and password given in redis="
-            )
-        if isinstance(exc, InvalidResponse):
-            return ConnectionUnavailableError(
-                f"{where} does not speak the Redis protocol (queue {queue!r}: {cause}); an "
-                "HTTP or other server may be listening there: check the host and port in "
-                "redis=, and rediss:// if the server expects TLS"
-            )
-        if isinstance(exc, ResponseError) and "db index is out of range" in cause.lower():
-            return ConfigurationError(
-                f"{where} has no such database (queue {queue!r}: {cause}); a server has "
-                "databases 0..15 unless its 'databases' setting says otherwise: use a "
-                "database number within that range in redis= (redis://host:port/<db> or "
-                "db=...)"
-            )
-        if isinstance(exc, ResponseError) and "client names cannot contain" in cause.lower():
-            return ConfigurationError(
-                f"{where} refused the client name set for queue {queue!r} ({cause}); use a "
-                "client_name without spaces or special characters in redis="
-            )
-        if isinstance(exc, RedisConnectionError) and "protocol must be" in cause.lower():
-            return ConfigurationError(
-                f"the connection setting of queue {queue!r} is wrong ({cause}): use "
-                "protocol=2 or protocol=3 in redis= (or leave it out)"
-            )
-        if isinstance(exc, MasterNotFoundError):
-            # Its text lists every Sentinel client's repr: say it in one sentence instead.
-            return ConnectionUnavailableError(
-                f"no Sentinel of {self.describe()} named a primary for queue {queue!r} "
-                "(none answered, or none monitors that service name); check the sentinel "
-                "addresses and the service name in redis=, and that the sentinels run"
-            )
-        if isinstance(exc, RedisClusterException):
-            if "cluster mode is not enabled" in cause.lower():
-                return ConfigurationError(
-                    f"{where} is not a Redis Cluster (queue {queue!r}: {cause}); for a "
-                    "single server use a redis:// URL instead of redis+cluster://"
-                )
-            return ConnectionUnavailableError(
-                f"cannot reach any node of the Redis {self.describe()} (queue {queue!r}: "
-                f"{cause}); check the "
-                "node addresses in redis= and that the cluster is running"
-            )
-        if isinstance(exc, (RedisTimeoutError, TimeoutError)) and "connecting" in cause:
-            return ConnectionUnavailableError(
-                f"{where} did not accept the connection in time (queue {queue!r}: "
-                f"{cause}); check the host and port in redis=, a firewall that drops "
-                "packets, and socket_connect_timeout"
-            )
-        if isinstance(exc, (RedisTimeoutError, TimeoutError)):
-            within = f" within {timeout_s:g} s" if timeout_s and cause == "TimeoutError" else ""
-            return ConnectionUnavailableError(
-                f"{where} accepted the connection but did not answer{within} (queue "
-                f"{queue!r}: {cause}); check the port, whether the server expects TLS "
-                "(rediss://), and socket_timeout"
-            )
-        if isinstance(exc, (RedisConnectionError, OSError)):
-            return ConnectionUnavailableError(
-                f"cannot reach {where} for queue {queue!r} ({cause}); check the redis= "
-                "setting and that the server is running"
-            )
-        return None
-
-
-def _sentence(text: str) -> str:
-    """An error's text for use inside a sentence: without the final period or spaces
-    (redis-py's messages end with one, which would double the period that follows)."""
-    return text.strip().rstrip(".").strip()
+        return translate_error(self.describe(), self.redact(exc), exc, queue, timeout_s)

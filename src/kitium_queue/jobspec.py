@@ -38,14 +38,15 @@ needs FIFO groups (not enabled on queue 'q'): create FIFOQueueManager(queue) ...
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import Any
 
 from .enums import DeliveryGuarantee
-from .errors import ConfigurationError
+from .errors import ConfigurationError, KitiumQueueError
 from .limits import MAX_ID_LENGTH, clip
 from .options import (
     MAX_COUNT,
@@ -76,6 +77,8 @@ __all__ = [
     "check_option_text",
     "feature_needed",
     "feature_text",
+    "job_items",
+    "name_item",
     "options_dict",
     "resolve_policy",
 ]
@@ -124,14 +127,15 @@ def check_job_id(value: Any, what: str) -> str:
 def check_option_text(value: Any, what: str) -> None:
     """Refuse control characters and lone surrogates in a feature option's text (a str,
     or the str items of a list such as ``depends_on``); other values pass through and
-    are checked when the options are encoded."""
+    are checked when the options are encoded. (Their length is the owning feature's
+    business: the message names no limit.)"""
     if isinstance(value, str):
         if has_bad_char(value):
-            check_text(value, what, max_len=max(1, len(value)))
+            check_text(value, what, max_len=None)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             if isinstance(item, str) and has_bad_char(item):
-                check_text(item, f"{what}[{i}]", max_len=max(1, len(item)))
+                check_text(item, f"{what}[{i}]", max_len=None)
 
 
 def feature_text(name: str) -> Normalizer:
@@ -415,7 +419,7 @@ class JobSpec:
             dg = DeliveryGuarantee(value)
         except ValueError:
             raise ConfigurationError(
-                f"delivery_guarantee must be 'at-least-once' or 'exactly-once', got {value!r}"
+                f"delivery_guarantee must be 'at-least-once' or 'exactly-once', got {shown(value)}"
             ) from None
         if (
             dg is DeliveryGuarantee.EXACTLY_ONCE
@@ -503,6 +507,41 @@ def resolve_policy(opts: Any, base: Policy) -> tuple[Policy, list[str]]:
         except (ConfigurationError, TypeError, ValueError) as exc:
             problems.append(f"option {shown(key)} ignored ({clip(str(exc), 200)})")
     return p, problems
+
+
+def job_items(jobs: Any) -> Iterator[tuple[int, Any]]:
+    """``(index, item)`` of the jobs given to ``add_jobs``: any iterable but a str, bytes
+    or a mapping (one job's dict, or a mistake); else ``ConfigurationError``."""
+    it = None
+    if not isinstance(jobs, (str, bytes, bytearray, Mapping)):
+        with contextlib.suppress(TypeError):
+            it = iter(jobs)
+    if it is None:
+        one = " (for one job, use add_job)" if isinstance(jobs, Mapping) else ""
+        raise ConfigurationError(
+            "add_jobs takes an iterable of jobs (such as a list), each a dict with name, "
+            f"data and options or a (name, data[, options]) tuple; got "
+            f"{type(jobs).__name__}{one}"
+        )
+    return enumerate(it)
+
+
+def name_item(i: int, exc: BaseException) -> None:
+    """Make ``exc``, raised for item ``i`` of an ``add_jobs`` call, say which item it is.
+
+    A library error whose message is its one argument gets it as a prefix (``add_jobs
+    item 637: ...``), in place, so its type, attributes and traceback stay; any other
+    exception (from a middleware) gets a note (Python 3.11+).
+    """
+    head = f"add_jobs item {i}"
+    args = exc.args
+    if isinstance(exc, KitiumQueueError) and len(args) == 1 and isinstance(args[0], str):
+        if str(exc) == args[0] and not args[0].startswith(head):
+            exc.args = (f"{head}: {args[0]}",)
+        return
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(f"(raised for {head})")
 
 
 def job_item(i: int, item: Any) -> tuple[Any, Any, dict[str, Any]]:

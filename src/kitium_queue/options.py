@@ -41,6 +41,7 @@ __all__ = [
     "coerce",
     "has_bad_char",
     "shown",
+    "shown_bare",
     "to_int",
     "to_ms",
     "unknown_options_error",
@@ -67,6 +68,23 @@ MAX_QUERY_LIMIT = 100_000
 DEFAULT_TIMEOUT_MS = 300_000
 
 
+def lookup_id(value: Any, what: str) -> str:
+    """An id given to look something up (a job, a schedule): any non-empty string that
+    can be sent to Redis (ids stored before names were checked are found as they are);
+    a lone surrogate (text that was not valid UTF-8), which nothing stored can hold, is
+    refused with a ``ConfigurationError`` that says so."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {shown(value)}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{what} {shown(value)} holds a lone surrogate (text that was not valid UTF-8) "
+            "and cannot name anything stored: check its encoding"
+        ) from None
+    return value
+
+
 def shown(value: Any) -> str:
     """A value for an error message: its repr, clipped, so control characters and lone
     surrogates appear escaped and a huge value cannot flood the message."""
@@ -75,6 +93,14 @@ def shown(value: Any) -> str:
     except Exception:
         return f"<{type(value).__name__}>"
     return clip(text, 80)
+
+
+def shown_bare(value: Any) -> str:
+    """An id or key for a message: as it is when it is short printable text (``job
+    order-42 does not exist`` reads best bare), else ``shown`` (escaped and clipped)."""
+    if isinstance(value, str) and 0 < len(value) <= 80 and value.isprintable():
+        return value
+    return shown(value)
 
 
 def _span(ms: int) -> str:
@@ -191,7 +217,7 @@ def to_int(value: Any, what: str, *, minimum: int, maximum: int) -> int:
 _BAD_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
-def check_text(value: Any, what: str, *, max_len: int, rule: str = "") -> str:
+def check_text(value: Any, what: str, *, max_len: int | None, rule: str = "") -> str:
     """A name, id or key: a non-empty ``str`` of at most ``max_len`` characters without
     control characters (U+0000-U+001F, U+007F) or lone surrogates.
 
@@ -199,14 +225,16 @@ def check_text(value: Any, what: str, *, max_len: int, rule: str = "") -> str:
     lines in logs and text output, so they are refused here, before the value joins a
     batch sent to Redis. The error names ``what`` and shows the value escaped and
     clipped, never raw. ``rule`` is appended to the description of valid values.
+    ``max_len=None``: the length is checked elsewhere (the message names no limit).
     """
+    most = "" if max_len is None else f" of at most {max_len} characters"
     valid = (
-        f"a non-empty string of at most {max_len} characters without control "
-        f"characters (such as line breaks) or lone surrogates{rule}"
+        f"a non-empty string{most} without control characters (such as line breaks) "
+        f"or lone surrogates{rule}"
     )
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{what} must be {valid}, got {shown(value)}")
-    if len(value) > max_len:
+    if max_len is not None and len(value) > max_len:
         raise ConfigurationError(
             f"{what} must be {valid}, got {len(value)} characters: {shown(value)}"
         )

@@ -27,7 +27,7 @@ from .errors import (
     WriteNotConfirmedError,
     refusal_error,
 )
-from .jobspec import job_item, options_dict
+from .jobspec import job_item, job_items, name_item, options_dict
 from .limits import (
     ENQUEUE_CHUNK_BYTES,
     ENQUEUE_CHUNK_JOBS,
@@ -285,11 +285,15 @@ class Producer:
         """``JobQueue.add_jobs`` (documented there)."""
         prepared: list[PreparedJob] = []
         options: list[Mapping[str, Any]] = []
-        for i, j in enumerate(jobs):
-            name, data, opts = job_item(i, j)
-            if self.middleware:
-                name, data, opts = await self.through_middleware(name, data, opts)
-            prepared.append(self.prepare(name, data, opts))
+        for i, j in job_items(jobs):
+            try:
+                name, data, opts = job_item(i, j)
+                if self.middleware:
+                    name, data, opts = await self.through_middleware(name, data, opts)
+                prepared.append(self.prepare(name, data, opts))
+            except Exception as exc:
+                name_item(i, exc)  # the message says which job: "add_jobs item 637: ..."
+                raise
             options.append(opts)
         return await self.enqueue(prepared, options)
 
@@ -578,7 +582,8 @@ class ProducerAPI:
                 as the existing ids, nothing is written twice); jobs with auto ids may
                 be added twice by such a retry if the failed chunk was in fact written.
             ConfigurationError, SerializationError, PayloadTooLargeError: a job is
-                invalid; nothing was written.
+                invalid (the message starts ``add_jobs item <index>:``), or ``jobs`` is
+                not an iterable of jobs (ConfigurationError); nothing was written.
             Other errors (connection, timeout, permission) from the first chunk: no job
                 is known written; the first chunk's jobs may or may not be.
         """

@@ -38,7 +38,7 @@ from .guards import GuardList, ReadCall, ReadGuard
 from .identity import current_principal
 from .job import JobInfo
 from .limits import MAX_DELAY_MS, QUERY_PAGE
-from .options import MAX_QUERY_LIMIT, shown, to_int
+from .options import MAX_QUERY_LIMIT, lookup_id, shown, to_int
 from .parking import parked_count, parked_ids
 from .records import JobDetail, decode_id, job_values, stored_status
 from .serverinfo import MemoryReport, memory_report
@@ -162,7 +162,7 @@ def parse_status(status: JobStatus | str) -> JobStatus:
         return JobStatus(status)
     except ValueError:
         raise ConfigurationError(
-            f"unknown status {status!r}; use one of {[s.value for s in JobStatus]}"
+            f"unknown status {shown(status)}; use one of {[s.value for s in JobStatus]}"
         ) from None
 
 
@@ -180,16 +180,7 @@ def query_id(job_id: Any) -> str:
     """
     if isinstance(job_id, int) and not isinstance(job_id, bool):
         return str(job_id)
-    if not isinstance(job_id, str) or not job_id:
-        raise ConfigurationError(f"job_id must be a non-empty string, got {shown(job_id)}")
-    try:
-        job_id.encode()
-    except UnicodeEncodeError:
-        raise ConfigurationError(
-            f"job_id {shown(job_id)} holds a lone surrogate and cannot name a job (no job "
-            "can be added with such an id)"
-        ) from None
-    return job_id
+    return lookup_id(job_id, "job_id")
 
 
 def is_stream_id(value: Any) -> bool:

@@ -37,14 +37,7 @@ from .jobspec import Normalizer, OptionSpec, feature_text, resolve_policy
 from .limits import get_logger
 from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
 from .observe import Observer
-from .options import (
-    DLQConfig,
-    JobOptions,
-    Policy,
-    QueueSettings,
-    RetryConfig,
-    WorkerConfig,
-)
+from .options import DLQConfig, JobOptions, Policy, QueueSettings, RetryConfig, WorkerConfig, shown
 from .procpool import import_path
 from .producer import Producer, ProducerAPI
 from .queries import HealthStatus, Queries, QueryAPI, QueueStats
@@ -335,7 +328,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         ``job.update_progress_sync`` / ``job.log_sync``.
         """
         if mode not in ("auto", "process"):
-            raise ConfigurationError(f"mode must be 'auto' or 'process', got {mode!r}")
+            raise ConfigurationError(f"mode must be 'auto' or 'process', got {shown(mode)}")
 
         def register(f: P) -> P:
             if not callable(f):

@@ -28,7 +28,10 @@ claimed and takes no worker slot; the jobs behind it still run:
 Patterns: an exact key, a prefix ending in ``*`` (``"customer-*"``), or ``"*"`` (every
 key). The most specific declaration applies: exact, then the longest prefix, then
 ``"*"``. Each key has its own counter (``customer-1`` and ``customer-2`` are limited
-separately).
+separately). Patterns and keys follow the rules of a job's keys (README "Limits and
+ranges": no control characters or lone surrogates, at most 512 characters); a bad
+pattern is refused with ``ConfigurationError`` and changes nothing, and so does any
+declaration whose Lua cannot be installed.
 
 Rate limits use a fixed window per key, like the queue ``limiter``: at most ``max``
 starts per ``duration`` ms window, the window opening at the first start. Concurrency
@@ -39,6 +42,7 @@ queue; a claim that finds it reached stops at once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,9 +50,10 @@ from typing import TYPE_CHECKING, Any
 from ..enums import JobStatus
 from ..errors import ConfigurationError
 from ..explain import JobFacts, Reason, at
+from ..jobspec import Normalizer
 from ..keys import QueueKeys
 from ..limits import reply_text
-from ..options import MAX_COUNT, to_int, to_ms
+from ..options import MAX_COUNT, check_text, shown, to_int, to_ms
 from ..slots import lua_string
 
 if TYPE_CHECKING:
@@ -104,41 +109,45 @@ class FlowControl:
         self.concurrency_limits: dict[str, int] = {}
         self.global_concurrency: int | None = None
         self.park_rate_limited = False
-        queue.own_options(FEATURE, OPTION_NAMES)
+        queue.own_options(FEATURE, OPTION_NAMES)  # taken over if declared already
+        for name in OPTION_NAMES:
+            # Keys by the rules of every key of a job (README "Limits and ranges"), and
+            # at most _MAX_KEY characters: the one limit the message names.
+            queue.declare_option(name, feature=FEATURE, normalize=_key_option(name))
         queue.use_enqueue(_check_keys)
         queue.add_explainer(self.explain)
         self._install()
 
     # ------------------------------------------------------------------ declarations
+    # Every declaration is checked whole before anything changes, then installed by
+    # ``_apply``: a refused one leaves the declarations and the installed Lua as they were.
     def set_rate_limit(self, pattern: str, *, max: int, duration: Any = 1000) -> None:
         pattern = _pattern(pattern)
         # Ranges: README "Limits and ranges" (the window is a Redis PEXPIRE, so it must
         # be a whole number of ms that Redis accepts).
         limit = to_int(max, "rate limit max", minimum=1, maximum=MAX_COUNT)
         dur = to_ms(duration, "rate limit duration", minimum=1)
-        self.rate_limits[pattern] = RateLimit(limit, dur)
-        self._install()
+        self._apply(rate_limits={**self.rate_limits, pattern: RateLimit(limit, dur)})
 
     def set_concurrency_limit(self, pattern: str, max: int) -> None:
         pattern = _pattern(pattern)
-        self.concurrency_limits[pattern] = to_int(
-            max, "concurrency limit", minimum=1, maximum=MAX_COUNT
-        )
-        self._install()
+        cap = to_int(max, "concurrency limit", minimum=1, maximum=MAX_COUNT)
+        self._apply(concurrency_limits={**self.concurrency_limits, pattern: cap})
 
     def set_global_concurrency(self, max: int | None) -> None:
         if max is not None:
             max = to_int(max, "global concurrency", minimum=1, maximum=MAX_COUNT)
-        self.global_concurrency = max
-        self._install()
+        self._apply(global_concurrency=max)
 
     def remove_rate_limit(self, pattern: str) -> None:
-        self.rate_limits.pop(pattern, None)
-        self._install()
+        pattern = _pattern(pattern)
+        self._apply(rate_limits={p: v for p, v in self.rate_limits.items() if p != pattern})
 
     def remove_concurrency_limit(self, pattern: str) -> None:
-        self.concurrency_limits.pop(pattern, None)
-        self._install()
+        pattern = _pattern(pattern)
+        self._apply(
+            concurrency_limits={p: v for p, v in self.concurrency_limits.items() if p != pattern}
+        )
 
     def limit_of(self, key: str, table: Mapping[str, Any]) -> Any:
         """The declaration of ``table`` that applies to ``key``: exact, then the
@@ -239,13 +248,33 @@ class FlowControl:
         Off by default: such jobs show as ``waiting`` (as they always have). Parked,
         they come back to wait when their window ends, ``max`` at a time.
         """
-        self.park_rate_limited = bool(enabled)
-        self._install()
+        self._apply(park_rate_limited=bool(enabled))
+
+    def _apply(self, **changes: Any) -> None:
+        """Set the declarations ``changes`` (attribute -> new value) and install their
+        Lua, all or nothing: if building or installing the Lua fails, the previous
+        declarations and their Lua stay in force."""
+        before = {name: getattr(self, name) for name in changes}
+        for name, value in changes.items():
+            setattr(self, name, value)
+        try:
+            self._install()
+        except BaseException:
+            for name, value in before.items():
+                setattr(self, name, value)
+            # The previous declarations were installed before: put their fragments back
+            # (the ones installed before the failure); the first error is the one raised.
+            with contextlib.suppress(Exception):
+                self._install()
+            raise
 
     def _install(self) -> None:
+        # Every fragment is built before the first is installed, so a failure to build
+        # one leaves the installed ones as they were.
+        enqueue, admission = self.enqueue_lua(), self.lua()
         scripts = self.queue.scripts
-        scripts.add_slot("enqueue", FEATURE, self.enqueue_lua())
-        scripts.add_slot("admission", FEATURE, self.lua(), fields=MARKERS)
+        scripts.add_slot("enqueue", FEATURE, enqueue)
+        scripts.add_slot("admission", FEATURE, admission, fields=MARKERS)
         scripts.add_slot("release", FEATURE, _RELEASE)
 
     def _prelude(self) -> str:
@@ -270,29 +299,42 @@ class FlowControl:
         return _ENQUEUE.format(prelude=self._prelude())
 
 
+def _key_option(name: str) -> Normalizer:
+    """The normalizer of job option ``name`` (a rate-limit or concurrency key)."""
+
+    def normalize(value: Any, section: str) -> str:
+        return check_text(value, f"{section}: {name}", max_len=_MAX_KEY)
+
+    return normalize
+
+
 def _check_keys(
     job_name: str, data: Any, options: Mapping[str, Any]
 ) -> tuple[str, Any, Mapping[str, Any]]:
+    # Enqueue middleware: the keys as given to add_job (``_key_option`` checks them
+    # again when the job is prepared, after every middleware).
     for name in OPTION_NAMES:
         v = options.get(name)
-        if v is not None and (not isinstance(v, str) or not v or len(v) > _MAX_KEY):
-            raise ConfigurationError(
-                f"{name} must be a non-empty string of at most {_MAX_KEY} characters, got {v!r}"
-            )
+        if v is not None:
+            check_text(v, name, max_len=_MAX_KEY)
     return job_name, data, options
 
 
 def _pattern(pattern: Any) -> str:
-    if not isinstance(pattern, str) or not pattern or len(pattern) > _MAX_KEY:
-        raise ConfigurationError(
-            f"a limit's key must be a key, a prefix ending in '*' or '*', got {pattern!r}"
-        )
+    """A limit's key pattern: the rules of a job's keys (``_key_option``, README "Limits
+    and ranges"), with ``*`` only at the end."""
+    check_text(
+        pattern,
+        "a limit's key pattern",
+        max_len=_MAX_KEY,
+        rule=": a key, a prefix ending in '*' (such as 'customer-*') or '*' for every key",
+    )
     if "*" in pattern[:-1]:
         raise ConfigurationError(
-            f"invalid key pattern {pattern!r}: '*' is only allowed at the end "
+            f"invalid key pattern {shown(pattern)}: '*' is only allowed at the end "
             "(a prefix such as 'customer-*', or '*' for every key)"
         )
-    return pattern
+    return str(pattern)
 
 
 def _tables(name: str, values: dict[str, str]) -> str:

@@ -26,7 +26,7 @@ from croniter.croniter import CroniterBadDateError, CroniterError
 from ..errors import ConfigurationError, ScheduleNotFoundError
 from ..limits import QUERY_PAGE, clip, get_logger
 from ..middleware import enqueue_origin
-from ..options import MAX_COUNT, check_text, to_int, to_ms
+from ..options import MAX_COUNT, check_text, lookup_id, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 from .schedule_explain import make_explainer
 
@@ -371,24 +371,6 @@ def _schedule_id(value: Any) -> str:
     return str(value)
 
 
-def _lookup_id(value: Any) -> str:
-    """A schedule id given to look one up (get, update, remove, pause, resume): any
-    non-empty string that can be sent to Redis (ids stored by older versions are found
-    as they are); a lone surrogate, which no schedule can hold, is refused clearly."""
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(
-            f"schedule_id must be a non-empty string, got {clip(repr(value), 100)}"
-        )
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise ConfigurationError(
-            f"schedule_id {clip(ascii(value), 100)} holds a lone surrogate (text that was "
-            "not valid UTF-8) and cannot name a schedule: check the id's encoding"
-        ) from None
-    return value
-
-
 # ---------------------------------------------------------------------------- store
 class ScheduleStore:
     """Schedules of one queue in Redis: ``queue.schedules``."""
@@ -565,9 +547,8 @@ class ScheduleStore:
 
     async def get(self, schedule_id: str) -> Schedule | None:
         """One schedule, or None if it does not exist."""
-        schedule_id = _lookup_id(schedule_id)
-        client = await self.queue.client()
-        raw = await client.hgetall(self.queue.keys.schedule(schedule_id))
+        key = self.queue.keys.schedule(lookup_id(schedule_id, "schedule_id"))
+        raw = await (await self.queue.client()).hgetall(key)
         if not raw:
             return None
         return self._record(schedule_id, raw)
@@ -632,7 +613,7 @@ class ScheduleStore:
         An administrative command (``update_schedule``; subscribers see the names of the
         changed fields, not their values).
         """
-        schedule_id = _lookup_id(schedule_id)
+        schedule_id = lookup_id(schedule_id, "schedule_id")
         return await self.queue.admin.execute(
             "update_schedule",
             {"schedule_id": schedule_id, "changes": sorted(changes)},
@@ -682,32 +663,28 @@ class ScheduleStore:
     async def remove(self, schedule_id: str) -> bool:
         """Delete a schedule (its already enqueued jobs stay). False if it did not exist.
         An administrative command (``remove_schedule``)."""
-        schedule_id = _lookup_id(schedule_id)
+        sid = lookup_id(schedule_id, "schedule_id")
 
         async def action() -> bool:
-            return bool(int(await self.queue.run("schedule_remove", [schedule_id])))
+            return bool(int(await self.queue.run("schedule_remove", [sid])))
 
-        return await self.queue.admin.execute(
-            "remove_schedule", {"schedule_id": schedule_id}, action
-        )
+        return await self.queue.admin.execute("remove_schedule", {"schedule_id": sid}, action)
 
     async def pause(self, schedule_id: str) -> bool:
         """Stop a schedule from firing (every scheduler). False if it does not exist.
         An administrative command (``pause_schedule``)."""
-        schedule_id = _lookup_id(schedule_id)
+        sid = lookup_id(schedule_id, "schedule_id")
 
         async def action() -> bool:
-            status, _ = await self.queue.run("schedule_pause", [schedule_id, "1", ""])
+            status, _ = await self.queue.run("schedule_pause", [sid, "1", ""])
             return bool(status == b"ok")
 
-        return await self.queue.admin.execute(
-            "pause_schedule", {"schedule_id": schedule_id}, action
-        )
+        return await self.queue.admin.execute("pause_schedule", {"schedule_id": sid}, action)
 
     async def resume(self, schedule_id: str) -> bool:
         """Resume a paused schedule at its next tick from now. False if it does not exist.
         An administrative command (``resume_schedule``)."""
-        schedule_id = _lookup_id(schedule_id)
+        schedule_id = lookup_id(schedule_id, "schedule_id")
         return await self.queue.admin.execute(
             "resume_schedule", {"schedule_id": schedule_id}, lambda: self._resume(schedule_id)
         )

@@ -396,9 +396,7 @@ class WebhookManager:
             return [DeliveryRecord.from_hash(webhook_id, event_id, h)] if h else []
         if webhook_id != JOB_WEBHOOK_ID:
             check_id(webhook_id, "webhook id")
-        limit = to_int(limit, "limit", minimum=0, maximum=_MAX_HISTORY)
-        if limit == 0:
-            return []
+        limit = to_int(limit, "limit", minimum=1, maximum=_MAX_HISTORY)
         ids = await client.zrevrange(self.queue.keys.extra(f"wh:idx:{webhook_id}"), 0, limit - 1)
         return await self._records([f"{webhook_id}/{i.decode()}" for i in ids])
 
@@ -423,11 +421,8 @@ class WebhookManager:
         await self.queue.queries.check(
             "list_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}
         )
-        limit = to_int(limit, "limit", minimum=0, maximum=_MAX_DLQ_LIST)
-        if limit == 0:
-            return []
-        client = await self.queue.client()
-        raw = await client.zrange(self._keys["dlq"], 0, limit * 4 - 1)
+        limit = to_int(limit, "limit", minimum=1, maximum=_MAX_DLQ_LIST)
+        raw = await (await self.queue.client()).zrange(self._keys["dlq"], 0, limit * 4 - 1)
         members = [m.decode() for m in raw]
         if webhook_id is not None:
             members = [m for m in members if m.startswith(webhook_id + "/")]
