@@ -236,6 +236,29 @@ class Leases:
                 self.queue.name,
             )
 
+    def drop_stuck(self) -> None:
+        """After ``wind_down``: stop holding the runs that are still held (a processor
+        that ignores its cancellation). The worker's pumps end once no run is held, so
+        waiting on those would hold ``stop()`` up to its flush timeout beyond
+        ``shutdown_timeout``. Nothing is recorded for them: their leases, no longer
+        renewed, expire and the jobs are recovered, as when a worker dies."""
+        stuck = list(self.runs.values())
+        if not stuck:
+            return
+        for run in stuck:
+            run.abandoned = True  # an outcome it reports later is not recorded
+            self.forget(run)
+        log.error(
+            "worker %s: %d job(s) of queue %s did not end after being cancelled at the end "
+            "of shutdown_timeout (a processor that ignores cancellation?); left leased, they "
+            "run again after their leases expire (lock_duration=%d ms): %s",
+            self.worker_id,
+            len(stuck),
+            self.queue.name,
+            self.queue.lock_duration_ms,
+            ", ".join(r.job.id for r in stuck[:10]),
+        )
+
     # ------------------------------------------------------------------ renewal
     def extend_calls(self) -> tuple[list[ScriptCall], dict[str, Run]]:
         """``extend`` calls renewing every lease held (``EXTEND_CHUNK`` per call), and the

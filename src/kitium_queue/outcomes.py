@@ -168,6 +168,29 @@ class Outcomes:
         """Outcomes held that Redis has not recorded yet."""
         return len(self.acks) // _FIELDS + len(self.solo)
 
+    def report_unflushed(self, waited_s: float, *, unreachable: bool) -> None:
+        """The worker's pumps did not end within the flush timeout of ``stop()``
+        (``waited_s``): say what was left and why, without blaming the network when it
+        was not ``unreachable``."""
+        held = self.held()
+        if held:
+            log.error(
+                "worker %s: could not flush %d outcome(s) within %.1f s (%s); those jobs will "
+                "run again after their leases expire",
+                self.worker_id,
+                held,
+                waited_s,
+                "Redis unreachable" if unreachable else "Redis did not answer or refused them",
+            )
+        else:
+            log.error(
+                "worker %s: its last claim/finish round did not end within %.1f s (%s); jobs "
+                "whose outcome it carried will run again after their leases expire",
+                self.worker_id,
+                waited_s,
+                "Redis unreachable" if unreachable else "no reply from Redis",
+            )
+
     # ------------------------------------------------------------------ one round
     def take(self) -> Batch:
         """The outcomes to send this round (solo ones a bounded number per round)."""

@@ -7,7 +7,13 @@ Every way a run can end becomes exactly one outcome:
   larger than ``max_payload_bytes`` (then a final failure saying so);
 * it raised: ``R`` (retry after the backoff delay) while attempts remain, else ``F``;
   ``NonRetryableError`` is ``F`` at once; ``RetryLater``/``RateLimited`` is ``D``
-  (deferred, no attempt spent, with the rate-limit hold of ``RateLimited``);
+  (deferred, no attempt spent, with the rate-limit hold of ``RateLimited``; one whose
+  ``delay_ms`` cannot be read is ``F``, one whose ``reason`` cannot be read is deferred
+  with a reason saying so). A ``BaseException`` that is not an ``Exception`` (a custom
+  abort signal, a ``CancelledError`` the processor raised while its run was not
+  cancelled) is a failure like any other, as is a ``StopIteration`` raised in a thread
+  (which asyncio cannot hand over as it is); ``KeyboardInterrupt`` and ``SystemExit``
+  end the process, the job left leased until recovered (``runends.py``);
 * its payload cannot be decoded: ``F`` ("undecodable payload: ...");
 * it was cancelled: by its timeout (a failure like any other: ``R`` or ``F``), by
   ``cancel_job()`` (``F``), by shutdown (``H``, handed back unspent), or because its
@@ -15,7 +21,8 @@ Every way a run can end becomes exactly one outcome:
 
 The tracing span (``telemetry``) stays here around the processor call; the lifecycle
 hooks report the rest (``started`` here, ``progress`` from ``update``, ``finished`` once
-Redis recorded the outcome).
+Redis recorded the outcome). A done callback on every run's task (``runends.RunEnds``)
+is the safety net: a run whose task ended without an outcome is given one there.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ from .middleware import run_process_chain
 from .options import BackoffOptions
 from .outcomes import describe, traceback_text
 from .procpool import ProcessPool, import_path
+from .runends import PROCESS_EXITS, RunEnds, cancelled, no_stop, not_cancelled
 from .wire import CLAIM_JOB, Kind
 
 if TYPE_CHECKING:
@@ -117,6 +125,7 @@ class Runner:
         self._ack = outcomes.ack
         self._hold = leases.add
         self._forget = leases.forget
+        self._ends = RunEnds(self, leases)
         self._policies: dict[bytes, Policy] = {}
         self._procs: dict[str, tuple[Callable[..., Any], str]] = {}
         self._pool: ProcessPool | None = None
@@ -174,7 +183,8 @@ class Runner:
             return
         self._hold(run)
         assert self.loop is not None
-        run.task = self.loop.create_task(self.run(run, entry[_DATA]))
+        run.task = task = self.loop.create_task(self.run(run, entry[_DATA]))
+        task.add_done_callback(functools.partial(self._ends.ended, run))
 
     def _policy(self, raw: bytes, opts: dict[str, Any]) -> Policy:
         """The policy of a job with the stored options ``raw`` (parsed: ``opts``),
@@ -204,7 +214,7 @@ class Runner:
                 return
             fn, kind = self._procs.get(job.name) or self._procs.get("*") or self._lookup(job.name)
             if q.telemetry is not None:
-                span = self._span(q.telemetry, job)
+                span = _span(q.telemetry, q.name, job)
             if self.hooks.started:
                 self.hooks.emit_started(q.name, job)
             run.started = loop.time()
@@ -218,10 +228,18 @@ class Runner:
                 result = await self._call(fn, kind, job)
             run.deadline = None
             self._completed(run, result)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             run.deadline = None
-            if not self._interrupted(run):
-                raise
+            if cancelled(run):
+                if not self.interrupted(run):
+                    raise
+            else:
+                # Raised by the processor (or handed to it as a batch reply), not a
+                # cancellation of this run: handing the job back would run it again at
+                # once, for ever, without spending an attempt.
+                if span is not None:
+                    span.record_exception(exc)
+                self.failed(run, exc, not_cancelled(exc))
         except RetryLater as exc:
             run.deadline = None
             self.deferred(run, exc)
@@ -233,21 +251,21 @@ class Runner:
             if span is not None:
                 span.record_exception(exc)
             self.failed(run, exc)
+        except PROCESS_EXITS as exc:
+            self._ends.process_exit(run, exc)  # they end the process, as asyncio lets them
+            raise
+        except GeneratorExit:
+            raise  # the coroutine is being closed (its loop is gone): nothing to record
+        except BaseException as exc:
+            # A BaseException that is not an Exception (a custom abort signal, a
+            # framework's exit exception): a processor error like any other.
+            run.deadline = None
+            if span is not None:
+                span.record_exception(exc)
+            self.failed(run, exc)
         finally:
             if span is not None:
                 span.end()
-
-    def _span(self, telemetry: TelemetryAdapter, job: Job) -> Any:
-        # The tracing span of one run (OpenTelemetry will become a lifecycle subscriber).
-        return telemetry.start_span(
-            "kitium.process",
-            {
-                "queue": self.queue.name,
-                "job.id": job.id,
-                "job.name": job.name,
-                "job.attempt": job.attempts,
-            },
-        )
 
     def _completed(self, run: Run, result: Any) -> None:
         q = self.queue
@@ -278,7 +296,7 @@ class Runner:
             b"" if job.run_context is None else _context(job.run_context),
         )
 
-    def _interrupted(self, run: Run) -> bool:
+    def interrupted(self, run: Run) -> bool:
         """The run's task was cancelled: record why. False when the cancellation came from
         outside the worker (the job is handed back, and the caller re-raises)."""
         if run.abandoned:
@@ -301,12 +319,14 @@ class Runner:
         return True
 
     # ------------------------------------------------------------------ outcomes
-    def failed(self, run: Run, exc: BaseException) -> None:
+    def failed(self, run: Run, exc: BaseException, reason: str | None = None) -> None:
         """The processor raised ``exc``: retry after the backoff delay while attempts
-        remain (and the backoff says so), else fail for good."""
+        remain (and the backoff says so), else fail for good. ``reason``: the text
+        recorded (default: ``describe(exc)``)."""
         job = run.job
         tb = traceback_text(exc)
-        reason = describe(exc)
+        if reason is None:
+            reason = describe(exc)
         if job.attempts < run.policy.attempts:
             try:
                 delay = retry_delay(
@@ -352,9 +372,10 @@ class Runner:
     def deferred(self, run: Run, exc: RetryLater) -> None:
         """The processor raised ``RetryLater`` / ``RateLimited``: defer the job."""
         try:
-            # Clamped again here: the attribute may have been changed after construction.
+            # Clamped again here: the attribute may have been changed after construction
+            # (to anything: a property of a subclass may even raise when read).
             delay = clamp_delay_ms(exc.delay_ms)
-        except (TypeError, ValueError) as bad:
+        except Exception as bad:
             self.fail_final(run, exc, f"{describe(exc)} with an invalid delay_ms ({describe(bad)})")
             return
         meta = b""
@@ -367,7 +388,12 @@ class Runner:
             if hold is not None and delay > 0:
                 # A hold name is a key: bounded like the options it comes from.
                 meta = wire_text(self.queue.keys.hold_name(hold), MAX_OPTIONS_BYTES)
-        why = clip(safe_text(exc.reason), MAX_ERROR_CHARS)
+        try:
+            why = clip(safe_text(exc.reason), MAX_ERROR_CHARS)
+        except Exception as bad:
+            why = clip(
+                f"{describe(exc)} (its reason cannot be read: {describe(bad)})", MAX_ERROR_CHARS
+            )
         self._ack(
             run, Kind.DEFER, wire_text(why, MAX_ERROR_CHARS), b"", delay, None, why, exc, meta
         )
@@ -451,7 +477,7 @@ class Runner:
             return await self._pool.run(import_path(fn), job, relay)
         ctx = contextvars.copy_context()
         pool = self._executor
-        cf = pool.submit(ctx.run, fn, job)
+        cf = pool.submit(ctx.run, no_stop, fn, job)
         try:
             return await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
@@ -516,6 +542,19 @@ class Timeouts:
                     run.reason = "timeout"
                     run.task.cancel()
         self._arm()
+
+
+def _span(telemetry: TelemetryAdapter, queue_name: str, job: Job) -> Any:
+    # The tracing span of one run (OpenTelemetry will become a lifecycle subscriber).
+    return telemetry.start_span(
+        "kitium.process",
+        {
+            "queue": queue_name,
+            "job.id": job.id,
+            "job.name": job.name,
+            "job.attempt": job.attempts,
+        },
+    )
 
 
 def _follows(raw: bytes) -> tuple[str, ...]:

@@ -249,16 +249,11 @@ class Worker:
                 log.exception("worker %s: service %s failed to stop", self.id, svc.name)
         grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
         await self.leases.wind_down(grace)
+        self.leases.drop_stuck()  # the pumps end once no run is held
         self._signal.set()
         _, flushing = await asyncio.wait(self._pumps, timeout=max(flush_timeout_ms, 0) / 1000)
         if flushing:
-            log.error(
-                "worker %s: could not flush %d outcome(s) within %.1f s (Redis unreachable); "
-                "those jobs will run again after their leases expire",
-                self.id,
-                self._held(),
-                flush_timeout_ms / 1000,
-            )
+            self.outcomes.report_unflushed(flush_timeout_ms / 1000, unreachable=self._outage)
         for t in self._tasks:
             t.cancel()
         # A client library can swallow a cancellation that lands just as its reply arrives

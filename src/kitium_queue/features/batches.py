@@ -27,6 +27,8 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..limits import get_logger
 from ..options import to_ms
+from ..outcomes import describe
+from ..runends import PROCESS_EXITS, cancelling, no_stop, settable
 
 __all__ = ["BatchProcessor", "resolve_batch", "set_batch_defaults"]
 
@@ -77,7 +79,10 @@ class BatchProcessor:
     * a dict ``{job.id: result or exception}`` covering every job;
     * ``None``: every job completed with result ``None``.
 
-    Raising fails every job of the batch with that exception.
+    Raising fails every job of the batch with that exception (a ``BaseException`` that
+    is not an ``Exception`` too, with a reason naming it; ``KeyboardInterrupt`` and
+    ``SystemExit`` end the process). A ``StopIteration`` raised or returned for a job,
+    which asyncio cannot hand over, fails it as a ``RuntimeError`` naming it.
     """
 
     def __init__(
@@ -162,17 +167,36 @@ class BatchProcessor:
             if self._async:
                 reply = await self.fn(jobs)
             else:
-                reply = await asyncio.get_running_loop().run_in_executor(None, self.fn, jobs)
+                loop = asyncio.get_running_loop()
+                reply = await loop.run_in_executor(None, no_stop, self.fn, jobs)
             outcomes = _outcomes(jobs, reply)
         except Exception as exc:
             outcomes = [exc] * len(jobs)
+        except (*PROCESS_EXITS, GeneratorExit):
+            raise  # they end the process (or close the coroutine), as in runner.py
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and cancelling(asyncio.current_task()):
+                raise  # a real cancellation of this batch's task
+            # A custom abort signal, or a CancelledError the function raised while this
+            # task was not cancelled: every job of the batch fails with it, as a plain
+            # processor's would. Left unhandled, the jobs stayed active until their
+            # timeout or shutdown.
+            outcomes = [exc] * len(jobs)
         for (_, fut), out in zip(batch, outcomes, strict=True):
-            if fut.done():
-                continue
-            if isinstance(out, BaseException):
-                fut.set_exception(out)
-            else:
-                fut.set_result(out)
+            _settle_one(fut, out)
+
+
+def _settle_one(fut: asyncio.Future[Any], out: Any) -> None:
+    """Hand one job's entry of the reply to the run waiting for it."""
+    if fut.done():
+        return
+    try:
+        if isinstance(out, BaseException):
+            fut.set_exception(settable(out))
+        else:
+            fut.set_result(out)
+    except Exception as exc:  # never leave a run waiting for ever
+        fut.set_exception(RuntimeError(f"batch reply could not be handed over: {describe(exc)}"))
 
 
 def _outcomes(jobs: Sequence[Any], reply: Any) -> list[Any]:

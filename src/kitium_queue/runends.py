@@ -1,0 +1,155 @@
+"""How a run ends when it does not end the ordinary way (``runner.py``), and the
+exceptions that need care on the way to an outcome.
+
+* ``cancelled(run)``: whether a ``CancelledError`` that ended a run is a real
+  cancellation of its task (timeout, ``cancel_job()``, shutdown, a lost lease, or one
+  from outside the worker) or one the processor raised (or a batch processor handed it
+  as a job's result) while its run was not cancelled: a failure like any other.
+* ``PROCESS_EXITS`` (``KeyboardInterrupt``, ``SystemExit``) end the process as asyncio
+  lets them; ``RunEnds.process_exit`` records nothing for such a run and frees its slot,
+  so the job keeps its lease until it expires and is recovered (a stall, as after a
+  crash). Every other ``BaseException`` is a processor error.
+* ``settable(exc)`` / ``no_stop(fn, *args)``: asyncio refuses a ``StopIteration`` in a
+  future (``set_exception`` raises ``TypeError``, and a thread's ``StopIteration`` never
+  reaches the awaiting task), which would leave the job ``active`` until its timeout;
+  it becomes a ``RuntimeError`` naming it, as PEP 479 does for a coroutine.
+* ``RunEnds.ended``: the done callback on every run's task, the safety net. A run whose
+  task ended without an outcome (an error escaping ``Runner.run`` itself, a task
+  cancelled before it started) is given one there, so its slot is never leaked and its
+  job never stays ``active`` under a worker that keeps renewing its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .limits import get_logger, printable
+from .outcomes import describe
+
+if TYPE_CHECKING:
+    from .leases import Leases, Run
+    from .runner import Runner
+
+__all__ = ["PROCESS_EXITS", "RunEnds", "cancelled", "no_stop", "settable", "type_name"]
+
+log = get_logger("kitium_queue.worker")
+
+#: Exceptions that end the process rather than fail a job.
+PROCESS_EXITS = (KeyboardInterrupt, SystemExit)
+
+_T = TypeVar("_T")
+
+
+def cancelled(run: Run) -> bool:
+    """Whether the ``CancelledError`` that ended ``run`` is a cancellation of its task
+    rather than one the processor raised while its run was not cancelled."""
+    if run.abandoned or run.reason is not None:
+        return True
+    return cancelling(run.task)
+
+
+def cancelling(task: asyncio.Task[Any] | None) -> bool:
+    """Whether ``task`` is being cancelled (a ``CancelledError`` it sees is real). Before
+    Python 3.11 there is no way to tell: a cancellation, as before."""
+    probe = getattr(task, "cancelling", None)
+    if probe is None:
+        return True
+    return bool(probe())
+
+
+def not_cancelled(exc: BaseException) -> str:
+    """The reason recorded for a ``CancelledError`` raised while the run was not
+    cancelled."""
+    return f"{describe(exc)} (raised by the processor; the run was not cancelled)"
+
+
+def type_name(exc: BaseException) -> str:
+    name = getattr(type(exc), "__name__", None)
+    return name if type(name) is str else "BaseException"
+
+
+def settable(exc: BaseException) -> BaseException:
+    """``exc``, or a ``RuntimeError`` naming it when asyncio would refuse it in a future
+    (a ``StopIteration`` or ``StopAsyncIteration``)."""
+    if isinstance(exc, (StopIteration, StopAsyncIteration)):
+        wrapped = RuntimeError(f"{describe(exc)} (raised or returned by the processor)")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
+def no_stop(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` (in a thread): a ``StopIteration`` it raises comes out as
+    ``settable``'s ``RuntimeError``, which the awaiting task can receive."""
+    try:
+        return fn(*args)
+    except (StopIteration, StopAsyncIteration) as exc:
+        raise settable(exc) from exc
+
+
+class RunEnds:
+    """The ends of a ``Runner``'s runs that its ``run`` does not record itself."""
+
+    def __init__(self, runner: Runner, leases: Leases) -> None:
+        self.runner = runner
+        self.leases = leases
+
+    def process_exit(self, run: Run, exc: BaseException) -> None:
+        """The processor raised ``KeyboardInterrupt`` / ``SystemExit`` (the caller
+        re-raises it). Nothing is recorded: the job keeps its lease (no longer renewed)
+        and is recovered once it expires, counted as a stall, so a job that keeps ending
+        its worker is dead-lettered after max_stalled_count runs. Its slot is freed in
+        case the loop goes on."""
+        run.deadline = None
+        self.leases.forget(run)
+        q = self.runner.queue
+        log.error(
+            "queue %s: job %s: processor raised %s; the job stays leased and runs again "
+            "once its lease expires (lock_duration=%d ms)",
+            q.name,
+            printable(run.job.id),
+            type_name(exc),
+            q.lock_duration_ms,
+        )
+
+    def ended(self, run: Run, task: asyncio.Task[None]) -> None:
+        """Done callback of a run's task: the safety net (module docstring). A run that
+        recorded its outcome or was abandoned is no longer held, and nothing happens."""
+        # Retrieved in every case, so an error is reported here, not as "Task exception
+        # was never retrieved" when the task is collected.
+        exc = None if task.cancelled() else task.exception()
+        runs, runner = self.leases.runs, self.runner
+        if runs.get(run.job.id) is not run or run.abandoned:
+            return
+        run.deadline = None
+        name = runner.queue.name
+        try:
+            if exc is None:
+                if task.cancelled():
+                    # Cancelled before its first step: run()'s handlers never ran.
+                    runner.interrupted(run)
+                else:
+                    runner.fail_final(run, None, "the run ended without recording an outcome")
+            elif isinstance(exc, PROCESS_EXITS):
+                self.leases.forget(run)  # as in run(): the lease expires, the job is recovered
+            else:
+                log.error(
+                    "queue %s: job %s: %s escaped its run; recording it as the job's failure",
+                    name,
+                    printable(run.job.id),
+                    describe(exc),
+                    exc_info=exc,
+                )
+                runner.failed(run, exc)
+        except Exception:
+            log.exception(
+                "queue %s: job %s: could not record the outcome of its run",
+                name,
+                printable(run.job.id),
+            )
+        if runs.get(run.job.id) is run:
+            # Still held: never leak the slot. No outcome is sent, so the lease expires
+            # and the job is recovered like the job of a crashed worker.
+            self.leases.forget(run)
