@@ -2,6 +2,21 @@
 
 Run as ``python -m kitium_queue._child``. Anything the processor prints goes to stderr;
 stdout carries only frames.
+
+The rules are those of a run in the worker's own process (async and thread mode):
+
+* a result or a progress value is encoded by the codec's own ``Serializer`` (the
+  round-trip rule of ``codec``): a result it refuses is sent back as ``refused`` with the
+  ``SerializationError`` text, and the parent fails the job for good with that reason
+  (``codec.RefusedValue``); ``update_progress_sync`` raises ``SerializationError`` (or
+  ``PayloadTooLargeError``) in the processor, as ``update_progress`` does in-process;
+* every text sent (an error's message and traceback, a log line) is made safe the way
+  ``outcomes`` makes it for the in-process modes: an exception whose ``__str__`` raises
+  is described by its type, lone surrogates become backslash escapes (``r-\\udcff.csv``),
+  so writing a frame never fails and the child survives whatever the processor raised
+  (a ``BaseException`` that is not an ``Exception`` is a failure like any error;
+  ``KeyboardInterrupt`` and ``SystemExit`` end the child, which the parent reports as
+  ``ChildProcessDied``).
 """
 
 from __future__ import annotations
@@ -10,14 +25,26 @@ import importlib
 import os
 import struct
 import sys
-import traceback
 from typing import Any, BinaryIO
 
 import orjson
 
-from .errors import NonRetryableError, RetryLater
+from .codec import Serializer
+from .errors import NonRetryableError, PayloadTooLargeError, RetryLater, SerializationError
+from .limits import (
+    MAX_ERROR_CHARS,
+    MAX_LOG_LINE_CHARS,
+    MAX_PROGRESS_BYTES,
+    clamp_delay_ms,
+    safe_text,
+    wire_text,
+)
+from .outcomes import _safe_name, describe, traceback_text
 
 _LEN = struct.Struct("!I")
+#: Encodes results and progress values: plain JSON (the parent applies the queue's
+#: codecs), checked like job data.
+_JSON = Serializer(())
 
 
 class ChildJob:
@@ -41,17 +68,75 @@ class ChildJob:
         self._out = out
 
     def update_progress_sync(self, value: Any) -> None:
+        """Record progress; raises ``SerializationError`` for a value JSON would change
+        and ``PayloadTooLargeError`` above ``MAX_PROGRESS_BYTES``, as in-process."""
         self.progress = value
-        _write(self._out, {"t": "progress", "v": value})
+        raw = _JSON.dumps(value, "progress")
+        if len(raw) > MAX_PROGRESS_BYTES:
+            raise PayloadTooLargeError(
+                f"progress of job {self.id} is {len(raw)} bytes encoded, above "
+                f"{MAX_PROGRESS_BYTES}; report a small value (a percentage, a few counters)"
+            )
+        _send(self._out, b'{"t":"progress","v":' + raw + b"}")
 
     def log_sync(self, message: str) -> None:
-        _write(self._out, {"t": "log", "v": str(message)})
+        _write(self._out, {"t": "log", "v": _text(message, MAX_LOG_LINE_CHARS)})
+
+
+def _text(value: object, limit: int) -> str:
+    """``value`` as text that any frame can carry: ``safe_text`` (a raising ``__str__``
+    gives a placeholder), clipped, lone surrogates written as backslash escapes
+    (``limits.wire_text``, as recorded in-process)."""
+    return wire_text(safe_text(value), limit).decode("utf-8")
+
+
+def _send(out: BinaryIO, data: bytes) -> None:
+    out.write(_LEN.pack(len(data)) + data)
+    out.flush()
 
 
 def _write(out: BinaryIO, msg: dict[str, Any]) -> None:
-    data = orjson.dumps(msg)
-    out.write(_LEN.pack(len(data)) + data)
-    out.flush()
+    _send(out, orjson.dumps(msg))
+
+
+def _result_frame(result: Any) -> bytes:
+    """The frame of a returned ``result``: the value encoded by the codec, or the
+    refusal's text (``SerializationError``, which the parent raises again)."""
+    try:
+        raw = _JSON.dumps(result, "result")
+    except SerializationError as exc:
+        return orjson.dumps({"t": "refused", "msg": _text(exc, MAX_ERROR_CHARS)})
+    return b'{"t":"result","v":' + raw + b"}"
+
+
+def _error_frame(exc: BaseException) -> bytes:
+    """The frame of an exception the processor raised. Never raises."""
+    kind, delay = "error", 0
+    if isinstance(exc, NonRetryableError):
+        kind = "nonretryable"
+    elif isinstance(exc, RetryLater):
+        kind = "retrylater"
+        try:
+            delay = clamp_delay_ms(exc.delay_ms)
+        except Exception as bad:  # a property of a subclass may even raise when read
+            # As in-process (Runner.deferred): a delay that cannot be read fails for good.
+            # (The text names the type already: sent as a NonRetryableError's.)
+            why = f"{describe(exc)} with an invalid delay_ms ({describe(bad)})"
+            return _error_dict(exc, "nonretryable", 0, why, "NonRetryableError")
+    return _error_dict(exc, kind, delay, safe_text(exc), _safe_name(exc))
+
+
+def _error_dict(exc: BaseException, kind: str, delay: int, text: str, type_name: str) -> bytes:
+    return orjson.dumps(
+        {
+            "t": "error",
+            "kind": kind,
+            "delay": delay,
+            "type": _text(type_name, 200),
+            "msg": _text(text, MAX_ERROR_CHARS),
+            "tb": traceback_text(exc).decode("utf-8"),
+        }
+    )
 
 
 def _resolve(path: str) -> Any:
@@ -79,37 +164,12 @@ def main() -> None:
             fn = cache.get(msg["fn"])
             if fn is None:
                 fn = cache[msg["fn"]] = _resolve(msg["fn"])
-            result = fn(ChildJob(msg["job"], out))
-            try:
-                _write(out, {"t": "result", "v": result})
-            except TypeError as exc:
-                _write(
-                    out,
-                    {
-                        "t": "error",
-                        "kind": "nonretryable",
-                        "type": "SerializationError",
-                        "msg": f"result cannot be serialized to JSON: {exc}",
-                        "tb": "",
-                    },
-                )
-        except Exception as exc:
-            kind, delay = "error", 0
-            if isinstance(exc, NonRetryableError):
-                kind = "nonretryable"
-            elif isinstance(exc, RetryLater):
-                kind, delay = "retrylater", exc.delay_ms
-            _write(
-                out,
-                {
-                    "t": "error",
-                    "kind": kind,
-                    "delay": delay,
-                    "type": type(exc).__name__,
-                    "msg": str(exc)[:4096],
-                    "tb": traceback.format_exc()[-16384:],
-                },
-            )
+            frame = _result_frame(fn(ChildJob(msg["job"], out)))
+        except (KeyboardInterrupt, SystemExit):
+            raise  # end the child, as they end the worker's process in-process
+        except BaseException as exc:  # a custom abort signal too: a failure like any error
+            frame = _error_frame(exc)
+        _send(out, frame)
 
 
 if __name__ == "__main__":

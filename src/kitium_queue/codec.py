@@ -33,11 +33,15 @@ dict keys that are not ``str``              refused: convert them (``str(key)``)
 ``int`` outside -2**63 .. 2**64-1           refused: send it as a string
 lone surrogates in a string or key          refused: convert the text first
 nesting deeper than 254 levels              refused
+a list or dict that contains itself         refused: remove the back-reference
 ``set``, ``bytes``, ``Decimal``, other      refused: convert to one of the above
 objects
 =========================================== =============================================
 
-The rule is checked by one walk over the value before it is encoded (``_first_change``).
+The rule is checked by one walk over the value before it is encoded (``_first_change``),
+after a quick check of plain values (``_needs_a_look``); both walks are bounded by
+``MAX_DEPTH``, so a value that contains itself is refused, never walked for ever. A
+process-mode child encodes results and progress with this same ``Serializer``.
 """
 
 from __future__ import annotations
@@ -47,14 +51,14 @@ import datetime
 import enum
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
 from .errors import SerializationError
 
-__all__ = ["MAX_DEPTH", "Codec", "Serializer"]
+__all__ = ["MAX_DEPTH", "Codec", "RefusedValue", "Serializer"]
 
 #: Deepest nesting of lists and dicts accepted (orjson's own limit).
 MAX_DEPTH = 254
@@ -92,6 +96,22 @@ _REASONS = (
         f"it is nested deeper than {MAX_DEPTH} levels of lists and dicts",
     ),
 )
+
+
+class RefusedValue:
+    """Stands in for a value ``Serializer.dumps`` refused where it was produced (a
+    process-mode child, which cannot send the value itself): encoding it raises that
+    ``SerializationError`` again, with the same text, so the refusal ends the same way
+    as if the value had been encoded here."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        #: The full ``SerializationError`` text.
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"RefusedValue({self.reason!r})"
 
 
 class Serializer:
@@ -155,6 +175,8 @@ class Serializer:
 
     @staticmethod
     def _refuse_changes(value: Any, what: str) -> None:
+        if type(value) is RefusedValue:
+            raise SerializationError(value.reason)
         problem = _first_change(value, what)
         if problem is not None:
             raise SerializationError(f"{what} cannot be serialized to JSON: {problem}")
@@ -180,67 +202,122 @@ _STR = frozenset({str})
 
 def _needs_a_look(value: Any) -> bool:
     """False when ``value`` holds only dicts with exact ``str`` keys, lists and plain
-    scalars (``_PLAIN``), which JSON carries as they are (NaN aside); True when it holds
-    anything else, for ``_first_change`` to examine. Type checks of whole containers run
-    in C (``issuperset(map(type, ...))``), so a plain payload costs little."""
-    if (
-        type(value) is dict
-        and _STR.issuperset(map(type, value))
-        and _PLAIN.issuperset(map(type, value.values()))
-    ):
-        return False  # the most common payload: a flat dict
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            if not _STR.issuperset(map(type, item)):
-                return True
-            values: Any = item.values()
-        elif kind is list:
-            values = item
-        elif kind in _PLAIN:
-            continue
-        else:
+    scalars (``_PLAIN``), which JSON carries as they are (NaN aside), at most
+    ``MAX_DEPTH`` levels deep; True when it holds anything else, for ``_first_change``
+    to examine. Type checks of whole containers run in C
+    (``issuperset(map(type, ...))``), so a plain payload costs little.
+
+    Depth first, one iterator per open container: the stack's length is the depth, so a
+    value nested too deep, or one that contains itself (which would otherwise be walked
+    forever), is handed on after at most ``MAX_DEPTH`` levels."""
+    kind = type(value)
+    if kind is dict:
+        if not _STR.issuperset(map(type, value)):
             return True
-        if not _PLAIN.issuperset(map(type, values)):
-            stack.extend(v for v in values if type(v) not in _PLAIN)
+        values: Any = value.values()
+    elif kind is list:
+        values = value
+    else:
+        return kind not in _PLAIN
+    if _PLAIN.issuperset(map(type, values)):
+        return False  # the most common payload: a flat dict (or list)
+    # The items ``stack[-1]`` yields (containers, or values to look at) are at depth
+    # len(stack) + 1: the root is at depth 1.
+    stack: list[Iterator[Any]] = [(v for v in values if type(v) not in _PLAIN)]
+    while stack:
+        for item in stack[-1]:
+            kind = type(item)
+            if kind is dict:
+                if not _STR.issuperset(map(type, item)):
+                    return True
+                values = item.values()
+            elif kind is list:
+                values = item
+            else:
+                return True  # not plain (plain values are never yielded)
+            if not _PLAIN.issuperset(map(type, values)):
+                if len(stack) >= MAX_DEPTH - 1:
+                    return True  # containers deeper than MAX_DEPTH (or a cycle)
+                stack.append(v for v in values if type(v) not in _PLAIN)
+                break
+        else:
+            stack.pop()
     return False
 
 
 def _first_change(value: Any, root: str) -> str | None:
     """What in ``value`` JSON would not carry as it is (where, and what to send
-    instead), or None. One iterative walk: no recursion however deep (orjson refuses
-    what is deeper than ``MAX_DEPTH`` afterwards); a path is only built for containers."""
-    stack: list[tuple[Any, str]] = [(value, root)]
-    while stack:
-        item, path = stack.pop()
-        kind = type(item)
-        if kind is dict or (kind not in _SCALARS and isinstance(item, dict)):
-            for k, v in item.items():
-                if not isinstance(k, str):
+    instead), or None. One iterative walk, depth first: no recursion however deep; a
+    value nested deeper than ``MAX_DEPTH`` levels, or a list or dict that contains
+    itself (at any depth), is reported as soon as it is reached. A path is only built
+    for containers."""
+    # One iterator of (child, path) per open container; ``open_ids`` maps the id() of
+    # each open container (the current item's ancestors) to its path.
+    frames: list[Iterator[tuple[Any, str]]] = [iter(((value, root),))]
+    open_ids: dict[int, str] = {}
+    opened: list[int] = []
+    while frames:
+        for item, path in frames[-1]:
+            kind = type(item)
+            if kind in _SCALARS:
+                continue
+            if kind is dict or kind is list or isinstance(item, (dict, list)):
+                ident = id(item)
+                outer = open_ids.get(ident)
+                if outer is not None:
                     return (
-                        f"the dict key {_short(k)} ({type(k).__name__}) in {path} is not a "
-                        "str; JSON object keys are strings, so it would come back changed "
-                        "(1 as '1'): convert the keys first (str(key))"
+                        f"{_clip_path(path)} is {_clip_path(outer)} itself: the value "
+                        "contains itself (a list or dict holds a reference to itself or to "
+                        "a container around it), which JSON cannot represent; remove the "
+                        "back-reference, or send an id that stands for it"
                     )
-                if type(v) not in _SCALARS:
-                    stack.append((v, f"{path}[{_short(k)}]"))
-        elif kind is list or (kind not in _SCALARS and isinstance(item, list)):
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item) if type(v) not in _SCALARS)
-        elif kind in _SCALARS:
-            continue
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return (
-                    f"{path} is NaN or infinite, which JSON cannot represent (it would be "
-                    "stored as null); use None or a string such as 'inf'"
-                )
-        elif not isinstance(item, (str, int)):
-            changed = _changed_type(item)
-            if changed is not None:
-                return f"{path} is {changed}"
+                if len(frames) > MAX_DEPTH:
+                    return (
+                        f"{root} is nested deeper than {MAX_DEPTH} levels of lists and dicts "
+                        f"({_clip_path(path)} is at level {MAX_DEPTH + 1}); flatten it, or "
+                        "store the data elsewhere and send a reference"
+                    )
+                children: list[tuple[Any, str]]
+                if isinstance(item, dict):
+                    children = []
+                    for k, v in item.items():
+                        if not isinstance(k, str):
+                            return (
+                                f"the dict key {_short(k)} ({type(k).__name__}) in "
+                                f"{_clip_path(path)} is not a str; JSON object keys are "
+                                "strings, so it would come back changed (1 as '1'): "
+                                "convert the keys first (str(key))"
+                            )
+                        if type(v) not in _SCALARS:
+                            children.append((v, f"{path}[{_short(k)}]"))
+                else:
+                    children = [
+                        (v, f"{path}[{i}]") for i, v in enumerate(item) if type(v) not in _SCALARS
+                    ]
+                open_ids[ident] = path
+                opened.append(ident)
+                frames.append(iter(children))
+                break
+            if isinstance(item, float):
+                if not math.isfinite(item):
+                    return (
+                        f"{_clip_path(path)} is NaN or infinite, which JSON cannot represent "
+                        "(it would be stored as null); use None or a string such as 'inf'"
+                    )
+            elif not isinstance(item, (str, int)):
+                changed = _changed_type(item)
+                if changed is not None:
+                    return f"{_clip_path(path)} is {changed}"
+        else:
+            frames.pop()
+            if opened:
+                del open_ids[opened.pop()]
     return None
+
+
+def _clip_path(path: str) -> str:
+    """A path for a message, its middle cut when it is long (deep data)."""
+    return path if len(path) <= 100 else f"{path[:60]}...{path[-30:]}"
 
 
 def _changed_type(item: Any) -> str | None:

@@ -5,7 +5,11 @@ Opt in per processor with ``queue.process(name, fn, mode="process")``. Each chil
 its timeout (or is cancelled) has its child killed and replaced, so a hung C extension
 or an endless loop cannot hold a slot. Nothing is pickled and the parent's ``__main__``
 is never re-imported: the function travels as its import path, the job and the outcome
-as length-prefixed JSON frames over the child's stdin/stdout.
+as length-prefixed JSON frames over the child's stdin/stdout. Results and progress are
+encoded in the child by the codec's own ``Serializer`` (its round-trip rule holds as in
+the other modes); a result it refused comes back as a ``codec.RefusedValue``, which the
+runner's encoding refuses again with the same ``SerializationError``, so the job fails
+for good with the reason it would have in-process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from .codec import RefusedValue
 from .errors import ConfigurationError, NonRetryableError, RetryLater
 
 __all__ = ["ProcessPool", "RemoteError", "import_path"]
@@ -81,7 +86,8 @@ class ProcessPool:
         self._free = asyncio.Semaphore(size)
 
     async def run(self, fn_path: str, job: Any, on_message: Any) -> Any:
-        """Run ``fn_path`` on ``job`` in a child; returns the result or raises.
+        """Run ``fn_path`` on ``job`` in a child; returns the result (a ``RefusedValue``
+        when the child's codec refused it) or raises.
 
         ``on_message(kind, value)`` is awaited for progress/log messages. Cancelling the
         call kills the child (hard timeout).
@@ -114,6 +120,9 @@ class ProcessPool:
                     if t == "result":
                         healthy = True
                         return msg["v"]
+                    if t == "refused":
+                        healthy = True
+                        return RefusedValue(msg["msg"])
                     if t == "error":
                         healthy = True
                         text = msg["msg"]
