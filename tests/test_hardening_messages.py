@@ -30,6 +30,7 @@ from kitium_queue import (
     JobQueue,
     JobStateError,
     JobStatus,
+    PartialEnqueueError,
     PayloadTooLargeError,
     SerializationError,
 )
@@ -345,3 +346,30 @@ async def test_other_feature_options_claim_no_length_limit(rq: QueueFactory) -> 
     with pytest.raises(ConfigurationError, match=r"shard_key\[1\].*U\+001B"):
         await q.add_job("n", {}, shard_key=["ok", "bad\x1b"])
     assert await q.add_job("n", {}, shard_key="tenant:a")
+
+
+async def test_a_partitioned_add_jobs_names_the_callers_index(
+    redis_url: str, prefix: str
+) -> None:
+    from kitium_queue.features.partitioned import PartitionedQueue
+
+    pq = PartitionedQueue("pidx", partitions=3, redis=redis_url, prefix=prefix)
+    try:
+        # Jobs spread over the partitions by key: item 7 is not index 7 of its
+        # partition's share, and the error says 7, the position the caller gave it.
+        jobs = [
+            ("email", {"i": i, "bad": float("nan") if i == 7 else 1}, {"partition_key": f"k{i}"})
+            for i in range(12)
+        ]
+        # The partitions write independently: the others' jobs are in, so the error is
+        # a PartialEnqueueError whose cause is the refusal, with the caller's index.
+        with pytest.raises(PartialEnqueueError) as info:
+            await pq.add_jobs(jobs)
+        cause = info.value.__cause__
+        assert isinstance(cause, SerializationError), repr(cause)
+        assert str(cause).startswith("add_jobs item 7: "), str(cause)[:200]
+        assert "add_jobs item 7: " in str(info.value)
+        with pytest.raises(ConfigurationError, match="add_jobs takes an iterable of jobs"):
+            await pq.add_jobs(None)  # type: ignore[arg-type]
+    finally:
+        await pq.close()

@@ -24,10 +24,15 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from .api import OPERATIONS, Ids, Miss, Operation, QueueAPI, Route
 from .enums import JobStatus
-from .errors import ConfigurationError, JobNotFoundError, PartialEnqueueError
+from .errors import (
+    ConfigurationError,
+    JobNotFoundError,
+    KitiumQueueError,
+    PartialEnqueueError,
+)
 from .events import EventData, Handler, StreamEvent
 from .job import JobInfo
-from .jobspec import job_item, options_dict
+from .jobspec import job_item, job_items, options_dict
 from .queue import HealthStatus, QueueStats
 from .serving import serve_until_stopped
 
@@ -263,11 +268,21 @@ def _by_key(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
     return method
 
 
+def _global_item(exc: KitiumQueueError, positions: Sequence[int]) -> None:
+    """A member refused item ``k`` of its share (``add_jobs item k: ...``): say the
+    position the caller gave it, ``positions[k]``, in place."""
+    text = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else ""
+    head, sep, rest = text.partition(": ")
+    k = head.removeprefix("add_jobs item ")
+    if sep and head.startswith("add_jobs item ") and k.isdigit() and int(k) < len(positions):
+        exc.args = (f"add_jobs item {positions[int(k)]}: {rest}",)
+
+
 def _split_by_key(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
     async def method(self: MultiQueue[Any], jobs: Iterable[Any]) -> list[str]:
         groups: dict[int, list[tuple[int, tuple[str, Any, dict[str, Any]]]]] = {}
         n = 0
-        for n, item in enumerate(jobs):
+        for n, item in job_items(jobs):
             name, data, opts = job_item(n, item)
             groups.setdefault(self.place(opts), []).append((n, (name, data, opts)))
         out: list[str] = [""] * (n + 1 if groups else 0)
@@ -279,6 +294,9 @@ def _split_by_key(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
                 # Positions and ids local to the member: record what is known written.
                 for (pos, _), inner in zip(items, exc.written_ids, strict=False):
                     out[pos] = self.full_id(i, inner)
+                raise
+            except KitiumQueueError as exc:
+                _global_item(exc, [pos for pos, _ in items])
                 raise
             for (pos, _), inner in zip(items, ids, strict=True):
                 out[pos] = self.full_id(i, inner)

@@ -26,7 +26,7 @@ from ...errors import (
     JobNotFoundError,
 )
 from ...facade import MultiQueue
-from ...jobspec import job_item, options_dict
+from ...jobspec import job_item, job_items, options_dict
 from ...leader import NET_ERRORS
 from ...limits import get_logger
 from ...queue import HealthStatus, JobQueue
@@ -373,7 +373,7 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         """Add many jobs, each routed as ``add_job`` routes it; ids in input order. In
         sync mode returns once ``min_acks`` other regions stored those of the primary."""
         items: list[dict[str, Any]] = []
-        for n, item in enumerate(jobs):
+        for n, item in job_items(jobs):
             name, data, opts = job_item(n, item)
             opts[_LANE] = await self._route(opts)
             if not opts.get("job_id"):
