@@ -77,6 +77,11 @@ async def test_outcome_signals_cross_the_process_boundary(
         r = await queue.get_job_status(refused)
         assert r is not None and r.status is JobStatus.DLQ and r.attempts == 1
         assert r.failed_reason == "NonRetryableError: bad input"
+        # The recorded traceback holds the child's frames, where the processor raised.
+        detail = await queue.get_job_detail(refused)
+        assert detail is not None and detail.stacktrace is not None
+        assert "in the child process:" in detail.stacktrace
+        assert "procjobs.py" in detail.stacktrace and "in refuse" in detail.stacktrace
         lt = await queue.get_job_status(later)
         assert lt is not None and lt.status is JobStatus.COMPLETED and lt.result == "ran"
         assert lt.attempts == 1  # RetryLater spent no attempt

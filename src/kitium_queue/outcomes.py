@@ -410,11 +410,17 @@ class Outcomes:
 
 def traceback_text(exc: BaseException) -> bytes:
     """The traceback as recorded on the job, encoded: each part (a huge exception message
-    too) clipped, then the innermost MAX_TRACEBACK_CHARS kept. Never raises: surrogates
+    too) clipped, then the innermost MAX_TRACEBACK_CHARS kept (for an error raised in a
+    process-mode child, the child's traceback comes last). Never raises: surrogates
     in any message of the chain are escaped (``wire_text``), and a traceback that cannot
     be formatted at all is replaced by the exception's description."""
     try:
         parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        # An error from a child process (procpool.RemoteError) carries the child's own
+        # traceback, where the processor's frames are: it goes last, kept first.
+        remote = getattr(exc, "remote_traceback", None)
+        if isinstance(remote, str) and remote:
+            parts.append(f"\nin the child process:\n{remote}")
         text = "".join(clip(safe_text(p), MAX_ERROR_CHARS) for p in parts)[-MAX_TRACEBACK_CHARS:]
     except Exception as fmt:
         text = f"{describe(exc)}\n(traceback unavailable: {describe(fmt)})"

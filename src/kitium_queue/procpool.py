@@ -129,7 +129,10 @@ class ProcessPool:
                         if msg["type"] not in ("NonRetryableError", "RetryLater", "RateLimited"):
                             text = f"{msg['type']}: {text}"
                         if msg["kind"] == "nonretryable":
-                            raise NonRetryableError(text)
+                            err: Exception = NonRetryableError(text)
+                            # The child's frames, for the job's recorded traceback.
+                            setattr(err, "remote_traceback", msg["tb"])  # noqa: B010
+                            raise err
                         if msg["kind"] == "retrylater":
                             raise RetryLater(msg["delay"], text)
                         raise RemoteError(msg["type"], msg["msg"], msg["tb"])
