@@ -258,3 +258,18 @@ def test_bulk_prompts_escape_the_filter_text(app: str, redis_url: str, prefix: s
     got = _run("dlq", "replay", f"{app}:queue", "--name", "[!\x1b[31m\n]*", input="n\n")
     assert got.exit_code == EXIT_ERROR, got.output
     assert "\x1b" not in got.stderr and "\\x1b" in got.stderr, got.stderr
+
+
+@pytest.mark.parametrize(
+    "redis",
+    [
+        "redis://127.0.0.1:6379/0?client_name=a%20b",
+        "redis://127.0.0.1:6379/0?protocol=9",
+        {"host": "127.0.0.1", "client_name": "line\nbreak"},
+    ],
+)
+def test_connection_settings_redis_would_refuse_are_refused_when_given(redis: object) -> None:
+    from kitium_queue import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"client_name|protocol=2 or protocol=3"):
+        JobQueue("ch", redis=redis)  # type: ignore[arg-type]

@@ -29,17 +29,16 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .codec import Serializer
-from .errors import NonRetryableError, PayloadTooLargeError, RetryLater, SerializationError
+from .codec import Serializer, encode_progress
+from .errors import NonRetryableError, RetryLater, SerializationError
 from .limits import (
     MAX_ERROR_CHARS,
     MAX_LOG_LINE_CHARS,
-    MAX_PROGRESS_BYTES,
     clamp_delay_ms,
     safe_text,
     wire_text,
 )
-from .outcomes import _safe_name, describe, traceback_text
+from .outcomes import describe, safe_name, traceback_text
 
 _LEN = struct.Struct("!I")
 #: Encodes results and progress values: plain JSON (the parent applies the queue's
@@ -71,12 +70,7 @@ class ChildJob:
         """Record progress; raises ``SerializationError`` for a value JSON would change
         and ``PayloadTooLargeError`` above ``MAX_PROGRESS_BYTES``, as in-process."""
         self.progress = value
-        raw = _JSON.dumps(value, "progress")
-        if len(raw) > MAX_PROGRESS_BYTES:
-            raise PayloadTooLargeError(
-                f"progress of job {self.id} is {len(raw)} bytes encoded, above "
-                f"{MAX_PROGRESS_BYTES}; report a small value (a percentage, a few counters)"
-            )
+        raw = encode_progress(self.id, value)
         _send(self._out, b'{"t":"progress","v":' + raw + b"}")
 
     def log_sync(self, message: str) -> None:
@@ -123,7 +117,7 @@ def _error_frame(exc: BaseException) -> bytes:
             # (The text names the type already: sent as a NonRetryableError's.)
             why = f"{describe(exc)} with an invalid delay_ms ({describe(bad)})"
             return _error_dict(exc, "nonretryable", 0, why, "NonRetryableError")
-    return _error_dict(exc, kind, delay, safe_text(exc), _safe_name(exc))
+    return _error_dict(exc, kind, delay, safe_text(exc), safe_name(exc))
 
 
 def _error_dict(exc: BaseException, kind: str, delay: int, text: str, type_name: str) -> bytes:

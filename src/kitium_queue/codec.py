@@ -56,9 +56,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from .errors import SerializationError
+from .errors import PayloadTooLargeError, SerializationError
+from .limits import MAX_PROGRESS_BYTES
 
-__all__ = ["MAX_DEPTH", "Codec", "RefusedValue", "Serializer"]
+__all__ = ["MAX_DEPTH", "Codec", "RefusedValue", "Serializer", "encode_progress"]
 
 #: Deepest nesting of lists and dicts accepted (orjson's own limit).
 MAX_DEPTH = 254
@@ -252,10 +253,10 @@ def _first_change(value: Any, root: str) -> str | None:
     itself (at any depth), is reported as soon as it is reached. A path is only built
     for containers."""
     # One iterator of (child, path) per open container; ``open_ids`` maps the id() of
-    # each open container (the current item's ancestors) to its path.
+    # each open container (the current item's ancestors) to its path, in opening order,
+    # so the last one is closed with ``popitem``.
     frames: list[Iterator[tuple[Any, str]]] = [iter(((value, root),))]
     open_ids: dict[int, str] = {}
-    opened: list[int] = []
     while frames:
         for item, path in frames[-1]:
             kind = type(item)
@@ -295,7 +296,6 @@ def _first_change(value: Any, root: str) -> str | None:
                         (v, f"{path}[{i}]") for i, v in enumerate(item) if type(v) not in _SCALARS
                     ]
                 open_ids[ident] = path
-                opened.append(ident)
                 frames.append(iter(children))
                 break
             if isinstance(item, float):
@@ -310,8 +310,8 @@ def _first_change(value: Any, root: str) -> str | None:
                     return f"{_clip_path(path)} is {changed}"
         else:
             frames.pop()
-            if opened:
-                del open_ids[opened.pop()]
+            if open_ids:
+                open_ids.popitem()
     return None
 
 
@@ -351,3 +351,21 @@ def _short(key: Any) -> str:
     except Exception:
         return f"<{type(key).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: Progress values: plain JSON (no codecs: the event stream carries small values as they
+#: are), by the same round-trip rule as job data.
+_PROGRESS = Serializer(())
+
+
+def encode_progress(job_id: str, value: Any) -> bytes:
+    """A job's progress value as recorded, in every execution mode (in-process and a
+    process-mode child): ``SerializationError`` for a value JSON would change,
+    ``PayloadTooLargeError`` above ``MAX_PROGRESS_BYTES`` encoded."""
+    raw = _PROGRESS.dumps(value, "progress")
+    if len(raw) > MAX_PROGRESS_BYTES:
+        raise PayloadTooLargeError(
+            f"progress of job {job_id} is {len(raw)} bytes encoded, above "
+            f"{MAX_PROGRESS_BYTES}; report a small value (a percentage, a few counters)"
+        )
+    return raw

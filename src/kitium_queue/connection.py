@@ -90,6 +90,26 @@ _DICT_KEYS = {
 _SENTINEL_ONLY = ("service_name", "sentinel_username", "sentinel_password")
 
 
+def _settings_problem(opts: Mapping[str, Any]) -> str:
+    """What Redis or redis-py would refuse only at the first connection, said now ("" if
+    nothing): a client name Redis will not take, a protocol other than 2 or 3."""
+    name = opts.get("client_name")
+    if name is not None and (not isinstance(name, str) or any(not "!" <= c <= "~" for c in name)):
+        return (
+            "client_name may hold only visible ASCII characters, no spaces (Redis refuses "
+            "others)"
+        )
+    if opts.get("protocol") is not None and str(opts["protocol"]) not in ("2", "3"):
+        return "use protocol=2 or protocol=3 (or leave it out)"
+    return ""
+
+
+def _check_settings(opts: Mapping[str, Any]) -> None:
+    problem = _settings_problem(opts)
+    if problem:
+        raise ConfigurationError(f"invalid redis connection setting: {problem}")
+
+
 def _memory_server(name: str) -> Any:
     import fakeredis
 
@@ -242,8 +262,7 @@ class ConnectionFactory:
         check_delimited(url)
         hidden = self._secrets | misplaced_secrets(url)
         try:
-            parse_url(url)
-            problem = ""
+            problem = _settings_problem(parse_url(url))
         except Exception as exc:
             problem = redact_url(exc, hidden) or type(exc).__name__
         if problem:
@@ -254,6 +273,7 @@ class ConnectionFactory:
 
     def _from_cluster_url(self, url: str) -> None:
         scheme, nodes, path, kwargs = parse_multi_host_url(url)
+        _check_settings(kwargs)
         if path not in ([], ["0"]):
             raise ConfigurationError(
                 f"Redis Cluster has only database 0; drop '/{'/'.join(path)}' from "
@@ -270,6 +290,7 @@ class ConnectionFactory:
 
     def _from_sentinel_url(self, url: str) -> None:
         scheme, nodes, path, kwargs = parse_multi_host_url(url)
+        _check_settings(kwargs)
         if not path or len(path) > 2:
             raise ConfigurationError(
                 f"sentinel URL {redact_url(url, self._secrets)!r} needs the service name: "
@@ -296,6 +317,7 @@ class ConnectionFactory:
                 f"unknown redis connection option(s) {bad}; valid: {sorted(_DICT_KEYS)}"
             )
         opts = dict(redis)
+        _check_settings(opts)
         if "url" in opts:
             url = opts.pop("url")
             scheme = url.split("://", 1)[0].lower() if isinstance(url, str) else ""

@@ -52,16 +52,6 @@ def translate_error(
             "database number within that range in redis= (redis://host:port/<db> or "
             "db=...)"
         )
-    if isinstance(exc, ResponseError) and "client names cannot contain" in cause.lower():
-        return ConfigurationError(
-            f"{where} refused the client name set for queue {queue!r} ({cause}); use a "
-            "client_name without spaces or special characters in redis="
-        )
-    if isinstance(exc, RedisConnectionError) and "protocol must be" in cause.lower():
-        return ConfigurationError(
-            f"the connection setting of queue {queue!r} is wrong ({cause}): use "
-            "protocol=2 or protocol=3 in redis= (or leave it out)"
-        )
     if isinstance(exc, MasterNotFoundError):
         # Its text lists every Sentinel client's repr: say it in one sentence instead.
         return ConnectionUnavailableError(

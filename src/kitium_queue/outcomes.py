@@ -58,6 +58,7 @@ __all__ = [
     "Outcomes",
     "describe",
     "keep_args",
+    "safe_name",
     "server_refusal",
     "traceback_text",
 ]
@@ -432,10 +433,10 @@ def describe(exc: BaseException | None) -> str:
     exception whose ``__str__`` raises or returns a non-string is described by type."""
     if exc is None:
         return "unknown error"
-    return clip(f"{_safe_name(exc)}: {safe_text(exc)}", MAX_ERROR_CHARS)
+    return clip(f"{safe_name(exc)}: {safe_text(exc)}", MAX_ERROR_CHARS)
 
 
-def _safe_name(exc: BaseException) -> str:
+def safe_name(exc: BaseException) -> str:
     """The exception's type name (a plain str even for odd, dynamically made types)."""
     name = getattr(type(exc), "__name__", None)
     return name if type(name) is str else "Exception"

@@ -26,13 +26,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .limits import get_logger, printable
-from .outcomes import describe
+from .outcomes import describe, safe_name
 
 if TYPE_CHECKING:
     from .leases import Leases, Run
     from .runner import Runner
 
-__all__ = ["PROCESS_EXITS", "RunEnds", "cancelled", "no_stop", "settable", "type_name"]
+__all__ = ["PROCESS_EXITS", "RunEnds", "cancelled", "no_stop", "settable"]
 
 log = get_logger("kitium_queue.worker")
 
@@ -63,11 +63,6 @@ def not_cancelled(exc: BaseException) -> str:
     """The reason recorded for a ``CancelledError`` raised while the run was not
     cancelled."""
     return f"{describe(exc)} (raised by the processor; the run was not cancelled)"
-
-
-def type_name(exc: BaseException) -> str:
-    name = getattr(type(exc), "__name__", None)
-    return name if type(name) is str else "BaseException"
 
 
 def settable(exc: BaseException) -> BaseException:
@@ -110,7 +105,7 @@ class RunEnds:
             "once its lease expires (lock_duration=%d ms)",
             q.name,
             printable(run.job.id),
-            type_name(exc),
+            safe_name(exc),
             q.lock_duration_ms,
         )
 

@@ -40,10 +40,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .backoff import UnknownStrategyError, retry_delay
-from .codec import Serializer
+from .codec import encode_progress
 from .errors import (
     NonRetryableError,
-    PayloadTooLargeError,
     RateLimited,
     RetryLater,
     SerializationError,
@@ -56,7 +55,6 @@ from .limits import (
     MAX_FOLLOWS,
     MAX_LOG_LINE_CHARS,
     MAX_OPTIONS_BYTES,
-    MAX_PROGRESS_BYTES,
     MAX_RUN_CONTEXT_CHARS,
     clamp_delay_ms,
     clip,
@@ -85,7 +83,6 @@ __all__ = ["Runner", "Timeouts"]
 log = get_logger("kitium_queue.worker")
 
 #: Encodes progress values: plain JSON, checked like job data.
-_PROGRESS_JSON = Serializer(())
 # Positions in one claimed job (wire.CLAIM_JOB).
 _ID = CLAIM_JOB.index("id")
 _NAME = CLAIM_JOB.index("name")
@@ -246,19 +243,14 @@ class Runner:
         except NonRetryableError as exc:
             run.deadline = None
             self.fail_final(run, exc, describe(exc))
-        except Exception as exc:
-            run.deadline = None
-            if span is not None:
-                span.record_exception(exc)
-            self.failed(run, exc)
         except PROCESS_EXITS as exc:
             self._ends.process_exit(run, exc)  # they end the process, as asyncio lets them
             raise
         except GeneratorExit:
             raise  # the coroutine is being closed (its loop is gone): nothing to record
         except BaseException as exc:
-            # A BaseException that is not an Exception (a custom abort signal, a
-            # framework's exit exception): a processor error like any other.
+            # Any other error, a BaseException that is not an Exception too (a custom
+            # abort signal, a framework's exit exception): a processor error.
             run.deadline = None
             if span is not None:
                 span.record_exception(exc)
@@ -423,14 +415,8 @@ class Runner:
         its lease; raises ``LeaseLostError`` when the lease is gone."""
         q = self.queue
         if kind == "progress":
-            # Plain JSON (no codecs: the event stream carries small values as they are);
             # NaN, surrogates or huge ints raise SerializationError in this job alone.
-            raw = _PROGRESS_JSON.dumps(value, "progress")
-            if len(raw) > MAX_PROGRESS_BYTES:
-                raise PayloadTooLargeError(
-                    f"progress of job {job.id} is {len(raw)} bytes encoded, above "
-                    f"{MAX_PROGRESS_BYTES}; report a small value (a percentage, a few counters)"
-                )
+            raw = encode_progress(job.id, value)
         else:
             raw = wire_text(safe_text(value), MAX_LOG_LINE_CHARS)
         await q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])

@@ -36,6 +36,7 @@ from .base import (
     load_queue,
     redis_option,
     row,
+    single_queue,
     text_field,
     with_queue,
     with_single_queue,
@@ -125,7 +126,14 @@ def _add_feature_commands() -> None:
     from ..features.webhooks.cli import commands as webhook_commands
     from ..features.workflows.cli import make_command as workflows_command
 
-    main.add_command(webhook_commands(load_queue, text_field, show_table), "webhooks")
+    main.add_command(
+        webhook_commands(
+            lambda app, redis: single_queue(load_queue(app, redis), "webhooks"),
+            text_field,
+            show_table,
+        ),
+        "webhooks",
+    )
     main.add_command(groups_command(with_single_queue, redis_option, row, show_table), "groups")
     main.add_command(result_command(with_single_queue, redis_option, row), "result")
     main.add_command(encryption_command(with_single_queue, redis_option, row), "encryption")

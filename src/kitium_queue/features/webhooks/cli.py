@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import click
 
-from ...facade import MultiQueue
 from .manager import WebhookManager
 from .models import DeliveryRecord
 
@@ -87,12 +86,6 @@ def commands(
         own: bool = False,
     ) -> T:
         queue = load_queue(app, redis)
-        if isinstance(queue, MultiQueue):
-            raise click.UsageError(
-                f"webhooks works on one queue, and {text_field(app)} names a "
-                f"{type(queue).__name__} of {len(queue.queues)}: name one of them as APP, "
-                "e.g. module:attribute.queues.0"
-            )
         if own and WebhookManager.of(queue) is None:
             raise click.ClickException(
                 f"{text_field(app)} constructs no WebhookManager: the delivery process needs "
