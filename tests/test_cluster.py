@@ -103,6 +103,21 @@ async def test_cluster_url_dict_and_client_forms(cluster: LocalCluster, prefix: 
         await client.aclose()
 
 
+async def test_more_calls_at_once_than_redis_py_s_default_pool(make_queue: QueueFactory) -> None:
+    """redis-py's Cluster client raises MaxConnectionsError past 100 calls at once per
+    node (its default); the clients the queue builds are not bounded that way."""
+    q = make_queue("burst")
+    await asyncio.gather(*(q.add_job("t") for _ in range(300)))
+    stats = await asyncio.gather(*(q.get_stats() for _ in range(400)))
+    details = await asyncio.gather(*(q.get_job_detail(f"m{i}") for i in range(400)))
+    assert {s.waiting for s in stats} == {300} and details == [None] * 400
+    await wait_until(lambda: _waiting(q, 300), 5, message="300 jobs waiting")
+
+
+async def _waiting(q: JobQueue, n: int) -> bool:
+    return (await q.get_stats()).waiting == n
+
+
 async def test_scripts_are_loaded_on_every_primary(cluster: LocalCluster, prefix: str) -> None:
     q = JobQueue("scripts", redis=cluster.url, prefix=prefix)
     try:

@@ -66,6 +66,20 @@ async def test_sentinel_url_dict_and_client_forms(sentinel: LocalSentinel, prefi
         await manager.aclose()
 
 
+async def test_more_calls_at_once_than_the_pool_holds(sentinel: LocalSentinel, prefix: str) -> None:
+    """The primary's pool (100 connections) queues calls beyond it instead of raising
+    redis-py's MaxConnectionsError."""
+    q = JobQueue("burst", redis=sentinel.url, prefix=prefix)
+    try:
+        await asyncio.gather(*(q.add_job("t") for _ in range(300)))
+        stats = await asyncio.gather(*(q.get_stats() for _ in range(400)))
+        details = await asyncio.gather(*(q.get_job_detail(f"m{i}") for i in range(400)))
+        assert {s.waiting for s in stats} == {300} and details == [None] * 400
+        assert (await q.get_stats()).waiting == 300
+    finally:
+        await q.close()
+
+
 async def test_workers_follow_the_primary_through_failovers(prefix: str) -> None:
     with LocalSentinel() as s:
         q = JobQueue(

@@ -6,16 +6,21 @@ over a blocking redis-py connection and its reply read there, so a blocking call
 one round trip and no hand-over to the client's event-loop thread. The connections come
 from a blocking ``redis.ConnectionPool`` to the same server
 (``ConnectionFactory.sync_pool``); up to ``MAX_IDLE_CONNS`` stay checked out between calls.
+At most ``max_connections`` calls are under way at once: a thread beyond that waits
+for one to end (up to ``pools.POOL_WAIT_S``) instead of failing with redis-py's
+``MaxConnectionsError``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import MaxConnectionsError, NoScriptError, ResponseError
 
+from . import pools
 from .scripts import MAX_IDLE_CONNS, ScriptCall, ScriptRegistry, pack_args, translate_error
 
 __all__ = ["BlockingScripts"]
@@ -31,6 +36,13 @@ class BlockingScripts:
         # Connections kept between calls: list.pop and append are atomic, so any thread
         # may take one; the pool's limit and disconnect() still cover them.
         self._idle: list[Any] = []
+        # One slot per connection the pool may open: a call holds one from taking a
+        # connection to handing it back, so the pool never runs out (the connections
+        # kept aside are taken first, before the pool is asked for one).
+        most = getattr(pool, "max_connections", None)
+        self._slots = (
+            threading.BoundedSemaphore(most) if isinstance(most, int) and most < 2**30 else None
+        )
 
     def call(
         self,
@@ -67,6 +79,21 @@ class BlockingScripts:
         self._pool.disconnect()
 
     def _exchange(self, payload: bytes) -> Any:
+        slots = self._slots
+        if slots is None:
+            return self._exchange_on(payload)
+        if not slots.acquire(timeout=pools.POOL_WAIT_S):
+            raise MaxConnectionsError(
+                f"all {self._pool.max_connections} connections of the pool to Redis stayed "
+                f"in use for {pools.POOL_WAIT_S:g} s; raise max_connections in redis= "
+                "(?max_connections=N in the URL) or make fewer calls at once"
+            )
+        try:
+            return self._exchange_on(payload)
+        finally:
+            slots.release()
+
+    def _exchange_on(self, payload: bytes) -> Any:
         pool, idle = self._pool, self._idle
         conn = None
         while conn is None:

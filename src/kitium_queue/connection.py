@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connerrors import translate_error
 from .errors import ConfigurationError, KitiumQueueError
+from .pools import CheckedSentinelPool, check_pool
 from .redact import (
     REDACTED,
     REDACTED_PLACEHOLDER,
@@ -53,6 +54,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TryAgainError,
     ReadOnlyError,
 )
+
+#: Connections per node of a Cluster client built here, unless ``max_connections`` is
+#: given (redis-py's Cluster client raises rather than waits once they are all in use).
+CLUSTER_MAX_CONNECTIONS = 2**31
 
 _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
@@ -96,8 +101,7 @@ def _settings_problem(opts: Mapping[str, Any]) -> str:
     name = opts.get("client_name")
     if name is not None and (not isinstance(name, str) or any(not "!" <= c <= "~" for c in name)):
         return (
-            "client_name may hold only visible ASCII characters, no spaces (Redis refuses "
-            "others)"
+            "client_name may hold only visible ASCII characters, no spaces (Redis refuses others)"
         )
     if opts.get("protocol") is not None and str(opts["protocol"]) not in ("2", "3"):
         return "use protocol=2 or protocol=3 (or leave it out)"
@@ -141,20 +145,6 @@ class _SentinelMaster(aioredis.Redis):
                 await sentinel.aclose()
 
 
-class _CheckedPool(aioredis.ConnectionPool):
-    """redis-py's pool, reconnecting a connection whose server closed it while it sat in
-    the pool (a restart, a failover, a client timeout) before handing it out. redis-py
-    8.1's own check spots the EOF but then fails the reconnected connection's second
-    check, so the first command on each such connection raised ConnectionError although
-    the server was back. Nothing has been sent on it yet: reconnecting is safe."""
-
-    async def ensure_connection(self, connection: Any) -> None:
-        reader = getattr(connection, "_reader", None)
-        if reader is not None and (reader.at_eof() or reader.exception() is not None):
-            await connection.disconnect(nowait=True)
-        await super().ensure_connection(connection)
-
-
 def _ready_check_and_retry(opts: dict[str, Any]) -> None:
     """The brief's ``retry_strategy`` and ``enable_ready_check``: honoured where the
     queue does it already, refused where it cannot (never accepted and dropped)."""
@@ -174,14 +164,6 @@ def _ready_check_and_retry(opts: dict[str, Any]) -> None:
             "Redis answers (PING, with a deadline) before it first uses a connection, "
             "and that cannot be turned off; drop the option (True is accepted)"
         )
-
-
-def _check_pool(pool: Any) -> None:
-    """Give redis-py's plain pool (of a client built here or passed in) the reconnect
-    check of ``_CheckedPool``: a connection a server restart closed while it sat in the
-    pool is reconnected before it is handed out, instead of failing one command."""
-    if type(pool) is aioredis.ConnectionPool:
-        pool.__class__ = _CheckedPool
 
 
 class ConnectionFactory:
@@ -204,8 +186,9 @@ class ConnectionFactory:
       ``{"sentinels": ["h:p", ...], "service_name": "mymaster"}`` for Sentinel.
     * a ready client: ``redis.asyncio.Redis`` (a Sentinel ``master_for`` client too) or
       ``redis.asyncio.RedisCluster``; blocking clients copy its connection settings.
-      A plain ``ConnectionPool`` of it gets the check of the queue's own (``_check_pool``),
-      for every use of the client.
+      A plain ``ConnectionPool`` of it (a Sentinel one too) gets what the queue's own
+      pools add (``pools.check_pool``: waiting for a free connection, reconnecting one
+      the server closed), for every use of the client.
     """
 
     def __init__(self, redis: Any = "memory://") -> None:
@@ -243,7 +226,7 @@ class ConnectionFactory:
         elif isinstance(redis, (aioredis.Redis, RedisCluster)) or hasattr(redis, "execute_command"):
             self._given_client = redis
             self._secrets = client_secrets(redis)
-            _check_pool(getattr(redis, "connection_pool", None))
+            check_pool(getattr(redis, "connection_pool", None))
             self.mode = "cluster" if isinstance(redis, RedisCluster) else "client"
         else:
             raise ConfigurationError(
@@ -432,7 +415,9 @@ class ConnectionFactory:
         if self.memory_name is not None:
             from fakeredis import aioredis as fake
 
-            return fake.FakeRedis(server=_memory_server(self.memory_name))
+            memory = fake.FakeRedis(server=_memory_server(self.memory_name))
+            check_pool(memory.connection_pool)
+            return memory
         extra: dict[str, Any] = {}
         if blocking:
             extra["socket_timeout"] = None
@@ -450,7 +435,11 @@ class ConnectionFactory:
             "health_check_interval": 30,
         }
         if self.mode == "cluster":
-            extra.pop("max_connections", None)  # per node in a cluster; keep the default
+            extra.pop("max_connections", None)
+            # Per node. redis-py's Cluster client cannot wait for a free connection: at
+            # its default of 100 the 101st concurrent call raised MaxConnectionsError.
+            # Unbounded unless the setting says otherwise, as redis-py was before 6.0.
+            defaults["max_connections"] = CLUSTER_MAX_CONNECTIONS
             return RedisCluster(
                 startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
                 **{**defaults, **self._kwargs, **extra},
@@ -461,7 +450,7 @@ class ConnectionFactory:
             client = aioredis.Redis.from_url(self._url, **{**defaults, **self._kwargs, **extra})
         else:
             client = aioredis.Redis(**{**defaults, **self._kwargs, **extra})
-        _check_pool(client.connection_pool)
+        check_pool(client.connection_pool)
         return client
 
     def sync_pool(self, *, reply_timeout_s: float) -> Any:
@@ -504,7 +493,12 @@ class ConnectionFactory:
         sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             self._nodes, sentinel_kwargs=sentinel_kwargs
         )
-        master = sentinel.master_for(self._service, redis_class=_SentinelMaster, **kwargs)
+        master = sentinel.master_for(
+            self._service,
+            redis_class=_SentinelMaster,
+            connection_pool_class=CheckedSentinelPool,
+            **kwargs,
+        )
         master.kq_sentinel = sentinel
         return master
 

@@ -11,6 +11,7 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
     InvalidResponse,
+    MaxConnectionsError,
     RedisClusterException,
     ResponseError,
 )
@@ -82,6 +83,12 @@ def translate_error(
             f"{where} accepted the connection but did not answer{within} (queue "
             f"{queue!r}: {cause}); check the port, whether the server expects TLS "
             "(rediss://), and socket_timeout"
+        )
+    if isinstance(exc, MaxConnectionsError):
+        return ConnectionUnavailableError(
+            f"no free connection to {where} for queue {queue!r} ({cause}); every "
+            "connection of the pool was in use: raise max_connections in redis= or run "
+            "fewer calls at once"
         )
     if isinstance(exc, (RedisConnectionError, OSError)):
         return ConnectionUnavailableError(

@@ -7,7 +7,7 @@ import hashlib
 import re
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, Res
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError, PermissionDeniedError, error_from_script
+from .pools import waiters_of
 from .replies import ReplyChannel, ReplyTimeout, channel_for, release_channel
 from .serverinfo import write_refused
 from .slots import GENERATED, SLOTS, SlotTable
@@ -121,7 +122,7 @@ class ScriptRegistry:
         # Connections the packed path keeps between exchanges, per connection pool:
         # taking one back skips the pool's lock, health probe and bookkeeping. They stay
         # checked out of the pool, so its limits and disconnect() still cover them.
-        self._idle: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+        self._idle: weakref.WeakKeyDictionary[Any, _Idle] = weakref.WeakKeyDictionary()
 
     # -- composition ------------------------------------------------------------------
     def add_fragment(self, name: str, source: str) -> None:
@@ -354,7 +355,7 @@ class ScriptRegistry:
         pool = client.connection_pool
         idle = self._idle.get(pool)
         if idle is None:
-            idle = self._idle[pool] = []
+            idle = self._idle[pool] = _Idle(pool)
         conn = None
         while idle:
             kept = idle.pop()
@@ -408,7 +409,7 @@ class ScriptRegistry:
             # Every reply was read: the connection is clean and can serve the next
             # exchange as it is. After an error it goes back through the pool, which
             # reconnects it and checks it before anyone uses it again.
-            if clean and len(idle) < MAX_IDLE_CONNS and conn.is_connected:
+            if clean and idle.keeps() and conn.is_connected:
                 idle.append(conn)
             else:
                 await pool.release(conn)
@@ -427,7 +428,7 @@ class ScriptRegistry:
     async def _exchange_direct(
         self,
         pool: Any,
-        idle: list[Any],
+        idle: _Idle,
         conn: Any,
         channel: ReplyChannel,
         payload: bytes,
@@ -449,7 +450,7 @@ class ScriptRegistry:
             if isinstance(exc, ReplyTimeout):
                 raise _no_reply() from None
             raise
-        if len(idle) < MAX_IDLE_CONNS and channel.usable:
+        if idle.keeps() and channel.usable:
             idle.append(conn)
         else:
             if not release_channel(conn):
@@ -463,6 +464,28 @@ class ScriptRegistry:
 
 #: Most connections kept checked out between exchanges, per pool.
 MAX_IDLE_CONNS = 8
+
+
+class _Idle(list[Any]):
+    """The connections of one pool kept checked out between exchanges (no pool round
+    trip on the hot path). Never all of the pool's (``max_connections - 1`` at most,
+    so a command waiting for the pool always has a connection that comes back), and
+    none while callers wait for the pool (a connection that is free goes back to
+    it)."""
+
+    def __init__(self, pool: Any) -> None:
+        super().__init__()
+        # The pool's line of waiting callers (not the pool: this list is the value of a
+        # WeakKeyDictionary keyed by the pool).
+        self.waiters: Sized = waiters_of(pool)
+        most = getattr(pool, "max_connections", MAX_IDLE_CONNS + 1)
+        self.cap = min(MAX_IDLE_CONNS, most - 1) if isinstance(most, int) else MAX_IDLE_CONNS
+
+    def keeps(self) -> bool:
+        """Whether one more connection may be kept aside."""
+        return len(self) < self.cap and not self.waiters
+
+
 #: Read replies through ``replies.ReplyChannel`` where the connection allows it (off:
 #: redis-py's reading, as bench/bench_single.py compares).
 _DIRECT_REPLIES = True

@@ -1,0 +1,152 @@
+"""The connection pools of the clients a queue builds (``connection.ConnectionFactory``).
+
+Two things redis-py's plain pool does not do:
+
+* **Wait for a free connection.** redis-py's pool holds at most ``max_connections``
+  (100 by default) and raises ``MaxConnectionsError`` ("Too many connections") at once
+  for the next caller, so ``asyncio.gather`` of a few hundred queue calls failed
+  part-way. These pools queue such a caller (first come, first served) until a
+  connection is handed back, for up to ``POOL_WAIT_S``; only a pool that stays
+  exhausted that long raises, with a message saying what to change.
+* **Reconnect a connection the server closed while it sat in the pool** (a restart, a
+  failover, a client timeout) before handing it out. redis-py 8.1's own check spots the
+  EOF but then fails the reconnected connection's second check, so the first command on
+  each such connection raised ``ConnectionError`` although the server was back.
+  Nothing has been sent on it yet: reconnecting is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sized
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import MaxConnectionsError
+
+__all__ = ["POOL_WAIT_S", "CheckedPool", "CheckedSentinelPool", "check_pool", "waiters_of"]
+
+#: Longest a call waits for a free connection of an exhausted pool.
+POOL_WAIT_S = 30.0
+
+
+class _WaitsAndChecks:
+    """What ``CheckedPool`` and ``CheckedSentinelPool`` add to redis-py's pools (see the
+    module's text). Its state lives in the instance's ``__dict__``, created on first use,
+    because ``check_pool`` also gives it to a pool built elsewhere by changing its
+    class."""
+
+    max_connections: int
+
+    def _kq_queue(self) -> deque[asyncio.Future[bool]]:
+        waiters: deque[asyncio.Future[bool]] | None = self.__dict__.get("_kq_waiters")
+        if waiters is None:
+            waiters = self.__dict__["_kq_waiters"] = deque()
+        return waiters
+
+    def _kq_wake(self) -> None:
+        """Let the longest-waiting caller try again: a connection was handed back."""
+        waiters = self.__dict__.get("_kq_waiters")
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(True)
+                return
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        waiters = self._kq_queue()
+        if not waiters:  # nobody queued ahead: take a connection if one is free
+            try:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[misc]
+            except MaxConnectionsError:
+                pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + POOL_WAIT_S
+        front = False
+        while True:
+            fut: asyncio.Future[bool] = loop.create_future()
+            if front:  # woken but beaten to it: keep the place in the line
+                waiters.appendleft(fut)
+            else:
+                waiters.append(fut)
+            timer = loop.call_at(deadline, _expire, fut)
+            try:
+                woken = await fut
+            except BaseException:
+                if fut.done() and not fut.cancelled() and fut.result():
+                    self._kq_wake()  # cancelled after being woken: pass the turn on
+                raise
+            finally:
+                timer.cancel()
+            if not woken:
+                if fut in waiters:
+                    waiters.remove(fut)
+                raise MaxConnectionsError(
+                    f"all {self.max_connections} connections of the pool to Redis stayed "
+                    f"in use for {POOL_WAIT_S:g} s; raise max_connections in redis= "
+                    "(?max_connections=N in the URL) or run fewer calls at once"
+                )
+            try:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[misc]
+            except MaxConnectionsError:
+                front = True
+            except BaseException:
+                self._kq_wake()  # this caller gave up (Redis down, cancelled): next one
+                raise
+
+    async def release(self, connection: Any) -> None:
+        try:
+            await super().release(connection)  # type: ignore[misc]
+        finally:
+            self._kq_wake()
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().disconnect(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            for fut in self.__dict__.get("_kq_waiters", ()):
+                if not fut.done():
+                    fut.set_result(True)
+
+    async def ensure_connection(self, connection: Any) -> None:
+        reader = getattr(connection, "_reader", None)  # not a stream in memory://
+        if isinstance(reader, asyncio.StreamReader) and (
+            reader.at_eof() or reader.exception() is not None
+        ):
+            await connection.disconnect(nowait=True)
+        await super().ensure_connection(connection)  # type: ignore[misc]
+
+
+def waiters_of(pool: Any) -> Sized:
+    """The line of callers waiting for a connection of ``pool`` (empty for ever for a
+    pool that does not queue them): while it is not empty, a connection that is free
+    should go back to the pool rather than be kept aside."""
+    if isinstance(pool, _WaitsAndChecks):
+        return pool._kq_queue()
+    return ()
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+class CheckedPool(_WaitsAndChecks, aioredis.ConnectionPool):
+    """redis-py's pool that waits for a free connection and reconnects a connection the
+    server closed while it sat in the pool (see the module's text)."""
+
+
+class CheckedSentinelPool(_WaitsAndChecks, SentinelConnectionPool):
+    """``CheckedPool``'s behaviour for the primary of a Sentinel service."""
+
+
+def check_pool(pool: Any) -> None:
+    """Give redis-py's plain pool (of a client built here or passed in) what
+    ``CheckedPool`` adds, for every use of the client. Other pools (a
+    ``BlockingConnectionPool`` already waits) are left as they are."""
+    if type(pool) is aioredis.ConnectionPool:
+        pool.__class__ = CheckedPool
+    elif type(pool) is SentinelConnectionPool:
+        pool.__class__ = CheckedSentinelPool
