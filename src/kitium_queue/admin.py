@@ -64,7 +64,8 @@ def _id_shown(exc: JobNotFoundError | JobStateError, job_id: str) -> None:
     """Show job id ``job_id`` escaped and clipped (``shown_bare``) in ``exc``, raised by a
     script whose message starts ``job <id>`` with the id as given (Redis turns line
     breaks into spaces, one for one), in place."""
-    text, head = str(exc), f"job {job_id}"
+    sent = job_id.replace("\x00", "\\0")  # as errors.lua's fail() writes a NUL
+    text, head = str(exc), f"job {sent}"
     rest = text[len(head) :]
     if text[:4] == "job " and len(text) >= len(head) and rest[:1] in ("", " "):
         exc.args = (f"job {shown_bare(job_id)}{clip(rest, 300)}",)

@@ -111,14 +111,17 @@ async def _cancel(q: Any, form: Form, s: Session) -> str:
 
 
 async def _each(q: Any, ids: list[str], method: str) -> str:
-    done, failed = 0, []
+    done, missing, failed = 0, [], []
     for jid in ids:
         try:
-            await getattr(q, method)(jid)
-            done += 1
+            if await getattr(q, method)(jid) is False:  # remove_job: there was no such job
+                missing.append(clip(jid, 60))
+            else:
+                done += 1
         except KitiumQueueError as exc:
             failed.append(f"{jid}: {clip(str(exc), 120)}")
-    more = f"; {len(failed)} refused ({'; '.join(failed[:5])})" if failed else ""
+    more = f"; {len(missing)} did not exist ({', '.join(missing[:5])})" if missing else ""
+    more += f"; {len(failed)} refused ({'; '.join(failed[:5])})" if failed else ""
     return f"{done} of {len(ids)} job(s) done{more}"
 
 
@@ -268,7 +271,12 @@ def _ask(summary: str, preview: list[str] | None = None) -> Outcome:
 
 
 def _filter(form: Form) -> Filter:
-    return Filter.of({k: one(form, k, required=False) for k in ("name", "error", "field", "value")})
+    flt = Filter.of({k: one(form, k, required=False) for k in ("name", "error", "field", "value")})
+    if flt.value and not flt.field:
+        raise ConfigurationError(
+            "a value to match needs the data field it is in: give field= too, or leave value= empty"
+        )
+    return flt
 
 
 async def _preview(q: Any, action: str, form: Form) -> Outcome:
@@ -310,11 +318,24 @@ async def _preview(q: Any, action: str, form: Form) -> Outcome:
     return _ask(f"Replay the dead-lettered deliveries of {wid}?")
 
 
-async def run_action(queue: Any, action: str, form: Form, session: Session) -> Outcome:
+async def run_action(
+    queue: Any, action: str, form: Form, session: Session, *, show_payloads: bool = True
+) -> Outcome:
     """Run ``action`` on ``queue`` for ``session`` (role checked first), or, for an
-    action that needs it, answer with the confirmation to ask."""
+    action that needs it, answer with the confirmation to ask. ``show_payloads=False``
+    (a dashboard that hides job data) refuses a match on a data field, which would
+    tell what the data holds."""
     if action not in _RUN:
         return Outcome(False, f"unknown action {clip(action, 50)!r}", status=404)
+    if not show_payloads and (
+        one(form, "field", required=False) or one(form, "value", required=False)
+    ):
+        return Outcome(
+            False,
+            "this dashboard hides job data (show_payloads=False), so it does not match "
+            "jobs by a data field: leave field= and value= empty",
+            status=400,
+        )
     if not session.may(action):
         need = ACTIONS[action].value
         return Outcome(

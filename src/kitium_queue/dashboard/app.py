@@ -25,16 +25,13 @@ import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..context import redacted_views
 from ..errors import ConfigurationError, PermissionDeniedError
@@ -44,23 +41,10 @@ from .actions import run_action
 from .audit import AuditPages, audit_of
 from .auth import Auth, DashboardToken, Session, needs, parse_tokens
 from .pages import Pages
+from .render import SECURITY_HEADERS, DashboardApp, environment
 
 __all__ = ["SECURITY_HEADERS", "create_dashboard"]
 
-#: Headers on every response.
-SECURITY_HEADERS = {
-    "content-security-policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    "referrer-policy": "same-origin",
-    "cache-control": "no-store",
-    "cross-origin-opener-policy": "same-origin",
-    "cross-origin-resource-policy": "same-origin",
-    "permissions-policy": "camera=(), microphone=(), geolocation=()",
-}
 SESSION_COOKIE = "kqd_session"
 FLASH_COOKIE = "kqd_flash"
 #: Largest POST body read (bytes).
@@ -70,55 +54,9 @@ MAX_FAILED_LOGINS = 20
 _STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 
 
-class _SecurityHeaders:
-    """ASGI middleware: ``SECURITY_HEADERS`` on every response of the dashboard."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                names = {k.lower() for k, _ in message.get("headers", [])}
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    *((k, v) for k, v in self.headers if k not in names),
-                ]
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
-def _fmt_time(ms: Any) -> str:
-    if not isinstance(ms, int) or ms <= 0:
-        return "-"
-    try:
-        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    except (OverflowError, OSError, ValueError):
-        return str(ms)
-
-
 def _here(request: Request) -> str:
     query = request.url.query
     return str(request.url.path) + ("?" + query if query else "")
-
-
-def _environment() -> Environment:
-    env = Environment(
-        loader=PackageLoader("kitium_queue.dashboard", "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["ts"] = _fmt_time
-    env.filters["q"] = lambda v: quote(str(v), safe="")
-    return env
 
 
 class Dashboard:
@@ -138,7 +76,7 @@ class Dashboard:
         self.auth = auth
         self.refresh_ms = refresh_ms
         self.title = title
-        self.env = _environment()
+        self.env = environment()
         self.pages = Pages(self, show_payloads=show_payloads)
         self.audit, self.access = audit_of(access)
         self.audit_pages = None if self.audit is None else AuditPages(self, self.audit)
@@ -151,12 +89,25 @@ class Dashboard:
         return str(request.scope.get("root_path", "")).rstrip("/")
 
     def session(self, request: Request) -> Session | None:
-        """The request's session (cookie, or a bearer token for JSON reads)."""
+        """The request's session (cookie, or a bearer token for JSON reads). A wrong
+        bearer token counts as a failed sign-in of the client's address (the same limit
+        as the sign-in form's)."""
         host = request.client.host if request.client else None
         got = self.auth.session(request.cookies.get(SESSION_COOKIE), host)
-        if got is None and not self.auth.insecure_local:
-            got = self.auth.bearer(request.headers.get("authorization"))
+        header = request.headers.get("authorization")
+        if got is None and header and not self.auth.insecure_local:
+            got = self.auth.bearer(header)
+            if got is None:
+                self.login_failed(host or "?")
         return got
+
+    def bearer_throttled(self, request: Request) -> bool:
+        """Whether the request tries a bearer token from an address that failed to
+        sign in too often in the last minute (refused before the token is checked)."""
+        if not request.headers.get("authorization") or self.auth.insecure_local:
+            return False
+        host = request.client.host if request.client else "?"
+        return not self.login_allowed(host)
 
     def render(
         self,
@@ -223,11 +174,10 @@ class Dashboard:
         raw = request.cookies.get(FLASH_COOKIE)
         if not raw or "." not in raw or len(raw) > 4000:
             return None
-        from urllib.parse import unquote
-
         sig, _, quoted = raw.partition(".")
         value = unquote(quoted)
-        if not value or not hmac.compare_digest(sig, self._flash_sig(value)):
+        expected = self._flash_sig(value).encode()
+        if not value or not hmac.compare_digest(sig.encode("utf-8", "replace"), expected):
             return None
         return value[0] == "1", value[1:]
 
@@ -264,8 +214,14 @@ class Dashboard:
         home = base + "/"
         if not target or len(target) > 2000 or not target.startswith(home):
             return home
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # "//[x": not a URL at all
+            return home
         if parts.scheme or parts.netloc or target.startswith("//") or "\\" in target:
+            return home
+        # A dot segment ("/dash/../admin", "%2e%2e" too) leads out of the dashboard.
+        if any(seg in (".", "..") for seg in unquote(parts.path).split("/")):
             return home
         return target
 
@@ -283,14 +239,21 @@ class Dashboard:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        return parse_qs(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        try:
+            return parse_qs(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        except ValueError:  # more than MAX_FORM_FIELDS fields
+            return None
 
     def same_origin(self, request: Request) -> bool:
         """False when the browser says the POST comes from another site."""
         origin = request.headers.get("origin")
         if origin is None:
             return True  # not a browser, or a browser that sent none: CSRF token decides
-        return urlsplit(origin).netloc == request.headers.get("host", "")
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # "http://[::1": not a URL, so not this site
+            return False
+        return netloc == request.headers.get("host", "")
 
     def login_allowed(self, host: str) -> bool:
         now = time.monotonic()
@@ -305,6 +268,12 @@ class Dashboard:
 
 
 MAX_FORM_FIELDS = MAX_BODY // 4
+TOO_MANY = "too many failed sign-ins from this address; wait a minute"
+WRONG_CSRF = "missing or wrong CSRF token: reload the page and try again"
+CROSS_SITE = (
+    "cross-site request refused: the browser says this form comes from another site "
+    "(Origin header); use the dashboard's own pages"
+)
 
 
 def _guard(
@@ -316,6 +285,8 @@ def _guard(
     (access control's grants) is a 403 page, or JSON for the API."""
 
     async def route(request: Request) -> Response:
+        if dash.bearer_throttled(request):
+            return JSONResponse({"error": TOO_MANY}, status_code=429)
         session = dash.session(request)
         if session is None:
             if dash.auth.insecure_local:
@@ -366,9 +337,9 @@ def _routes(dash: Dashboard) -> list[Route]:
     async def login(request: Request) -> Response:
         host = request.client.host if request.client else "?"
         if not dash.same_origin(request):
-            return PlainForbidden("cross-site sign-in refused")
+            return PlainForbidden(CROSS_SITE)
         if not dash.login_allowed(host):
-            return Response("too many failed sign-ins; wait a minute", status_code=429)
+            return Response(TOO_MANY, status_code=429)
         form = await dash.form(request) or {}
         token = (form.get("token") or [""])[0]
         nxt = dash.safe_next(request, (form.get("next") or [""])[0])
@@ -381,9 +352,12 @@ def _routes(dash: Dashboard) -> list[Route]:
         return dash.keep(request, session, RedirectResponse(nxt, status_code=303))
 
     async def logout(request: Request, session: Session) -> Response:
+        if not dash.same_origin(request):
+            return PlainForbidden(CROSS_SITE)
         form = await dash.form(request) or {}
         if not dash.auth.check_csrf(session, (form.get("csrf") or [""])[0]):
-            return PlainForbidden("missing or wrong CSRF token: reload the page and try again")
+            return PlainForbidden(WRONG_CSRF)
+        dash.auth.end(request.cookies.get(SESSION_COOKIE))
         resp = RedirectResponse(f"{dash.base(request)}/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path=dash.base(request) or "/")
         return resp
@@ -396,15 +370,17 @@ def _routes(dash: Dashboard) -> list[Route]:
         form = await dash.form(request)
         if form is None:
             return PlainForbidden("the form is missing, too large or not urlencoded")
-        if not dash.same_origin(request) or not dash.auth.check_csrf(
-            session, (form.get("csrf") or [""])[0]
-        ):
-            return PlainForbidden("missing or wrong CSRF token: reload the page and try again")
+        if not dash.same_origin(request):
+            return PlainForbidden(CROSS_SITE)
+        if not dash.auth.check_csrf(session, (form.get("csrf") or [""])[0]):
+            return PlainForbidden(WRONG_CSRF)
         act = request.path_params["action"]
-        outcome = await run_action(queue, act, form, session)
+        back = dash.safe_next(request, (form.get("next") or [""])[0])
+        outcome = await run_action(
+            queue, act, form, session, show_payloads=dash.pages.show_payloads
+        )
         if outcome.refused_role:
             dash.note_refusal(session, act, name)
-        back = dash.safe_next(request, (form.get("next") or [""])[0])
         if outcome.confirm:
             fields = [(k, v) for k, vs in form.items() if k not in ("csrf", "confirm") for v in vs]
             return dash.render(
@@ -569,7 +545,6 @@ def create_dashboard(
         q.schedules  # noqa: B018 - enables the schedules' explainer on the queue
         if dash.audit is not None and dash.audit.keys is not None:
             dash.audit.watch(q)  # every action of the dashboard is recorded
-    app = Starlette(routes=_routes(dash))
-    app.add_middleware(_SecurityHeaders)
+    app = DashboardApp(routes=_routes(dash))
     app.state.dashboard = dash
     return app

@@ -56,6 +56,8 @@ MAX_TOKEN_LENGTH = 512
 LOCAL_PRINCIPAL = "local"
 #: How long a session lasts (s).
 SESSION_S = 12 * 3600
+#: Most signed-out sessions one process remembers (until each would have expired).
+MAX_ENDED = 100_000
 
 _RANK = {QueueRole.VIEWER: 0, QueueRole.OPERATOR: 1, QueueRole.MANAGER: 2, QueueRole.ADMIN: 3}
 
@@ -224,6 +226,8 @@ class Auth:
         self.tokens = {t.fingerprint: t for t in tokens}
         self.insecure_local = insecure_local and not tokens
         self.secret = secret or secrets.token_bytes(32)
+        # Sessions signed out in this process (nonce -> expiry), until they expire.
+        self._ended: dict[str, int] = {}
 
     # ------------------------------------------------------------------ tokens
     def by_token(self, token: str) -> DashboardToken | None:
@@ -285,12 +289,27 @@ class Auth:
             return None
         if not expires.isdigit() or int(expires) < time.time():
             return None
+        if nonce in self._ended:
+            return None  # signed out
         if self.insecure_local and fp == "local":
             return Session(LOCAL_PRINCIPAL, QueueRole.ADMIN, self.csrf_of(nonce))
         t = self.tokens.get(fp)
         if t is None:
             return None  # the token was removed: its sessions end
         return Session(t.principal, QueueRole(t.role), self.csrf_of(nonce))
+
+    def end(self, cookie: str | None) -> None:
+        """Sign the session of ``cookie`` out: this process refuses it from now on
+        (until it would have expired; at most ``MAX_ENDED`` remembered, oldest first
+        forgotten)."""
+        if self._verify(cookie) is None or cookie is None:
+            return
+        _, expires, nonce, _ = cookie.split(".")
+        now = time.time()
+        self._ended = {n: e for n, e in self._ended.items() if e >= now}
+        while len(self._ended) >= MAX_ENDED:
+            del self._ended[next(iter(self._ended))]
+        self._ended[nonce] = int(expires)
 
     def bearer(self, header: str | None) -> Session | None:
         """A session for ``Authorization: Bearer <token>`` (read-only use: no CSRF

@@ -253,10 +253,12 @@ class Pages:
 
         mgr = FIFOQueueManager.for_queue(queue)
         cursor = request.query_params.get("cursor") or None
+        error = None
         try:
             page = await mgr.list_groups(cursor[:600] if cursor else None, 50)
-        except ConfigurationError as exc:
-            return self._missing(request, session, clip(str(exc), 300))
+        except ConfigurationError as exc:  # a bad cursor: say so over the first page
+            error = clip(str(exc), 300)
+            page = await mgr.list_groups(None, 50)
         stats = [await mgr.get_group_stats(g) for g in page.groups]
         return self.dash.render(
             request,
@@ -264,6 +266,7 @@ class Pages:
             session,
             **self._common(queue, session),
             groups=stats,
+            error=error,
             next_cursor=page.cursor,
             total=await mgr.count_groups(),
         )

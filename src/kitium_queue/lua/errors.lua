@@ -11,5 +11,6 @@ local ERR_BAD_ARGUMENT = 'KQ_BAD_ARGUMENT'
 local ERR_FENCED = 'KQ_FENCED'
 
 local function fail(code, detail)
-  return redis.error_reply(code .. ' ' .. detail)
+  -- Redis ends an error's text at a NUL byte (an id may hold one): write it as \0.
+  return redis.error_reply(code .. ' ' .. string.gsub(detail, '%z', '\\0'))
 end

@@ -112,11 +112,17 @@ def parse_time(value: str | None, what: str) -> int | None:
     return ms
 
 
+#: The largest part of a stream id (ms and sequence are unsigned 64-bit numbers).
+_MAX_ID = 2**64 - 1
+
+
 def _cursor(value: object) -> tuple[int, int]:
     """A ``cursor`` of ``query_page``: the stream id of the entry a page ended at."""
     try:
         if isinstance(value, str):
-            return parse_id(value)
+            at = parse_id(value)
+            if max(at) <= _MAX_ID:
+                return at
     except ValueError:
         pass
     raise ConfigurationError(
@@ -266,6 +272,8 @@ class AuditReader:
         start_id = end_id = None
         if cursor is not None:
             at = _cursor(cursor)
+            if at == ((0, 0) if newest_first else (_MAX_ID, _MAX_ID)):
+                return AuditPage([], None, 0)  # nothing lies beyond the first or last id
             after = f"({at[0]}-{at[1]}"
             # Within the time range whatever the cursor says.
             if newest_first and (until_ms is None or at[0] <= until_ms):

@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,7 +37,7 @@ from typing import Any, Literal
 import orjson
 
 from ...errors import ConfigurationError
-from .chain import FIELDS, AuditKeys, entry_mac
+from .chain import FIELDS, AuditKeys, entry_mac, parse_id
 
 __all__ = ["RETENTION_ACTION", "AuditHead", "AuditProblem", "AuditReport", "verify_chain"]
 
@@ -67,12 +68,29 @@ class AuditHead:
         """A head written as ``N:ID:MAC`` (``str(head)``, as ``audit verify`` prints
         it); ``ConfigurationError`` otherwise."""
         parts = text.strip().split(":") if isinstance(text, str) else []
-        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()):
+        if (
+            len(parts) != 3
+            or not (parts[0].isascii() and parts[0].isdigit() and len(parts[0]) <= 19)
+            or not _is_stream_id(parts[1])
+            or not _HEX.fullmatch(parts[2])
+        ):
             raise ConfigurationError(
-                f"a checkpoint is N:ID:MAC as 'audit verify' prints it (head), got "
+                "a checkpoint is N:ID:MAC as 'audit verify' prints it (head): N a count, "
+                "ID a stream id such as 1700000000000-0, MAC hexadecimal; got "
                 f"{str(text)[:100]!r}"
             )
         return cls(int(parts[0]), parts[1], parts[2])
+
+
+_HEX = re.compile(r"[0-9a-f]{16,128}")
+
+
+def _is_stream_id(text: str) -> bool:
+    try:
+        parse_id(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,104 @@
+"""What every dashboard response shares: its security headers, and the Jinja2
+environment its pages are rendered with (autoescaping; every printed value passes
+``visible`` first)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["SECURITY_HEADERS", "DashboardApp", "environment", "visible"]
+
+#: Headers on every response.
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware: ``SECURITY_HEADERS`` on every response of the dashboard."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    *((k, v) for k, v in self.headers if k not in names),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class DashboardApp(Starlette):
+    """The dashboard's Starlette application: ``SecurityHeaders`` wraps the whole
+    middleware stack, so the headers are on every response, Starlette's own 500 page
+    included (middleware added the usual way runs inside the error handler)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
+def _fmt_time(ms: Any) -> str:
+    if not isinstance(ms, int) or ms <= 0:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+
+
+#: Characters no page shows as they are: C0 controls but tab and line breaks, DEL, and
+#: lone surrogates (which UTF-8 cannot encode).
+_UNSHOWN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def visible(value: Any) -> Any:
+    """Every value a template prints, before HTML escaping: text with a control
+    character or a lone surrogate gets it as an escape (``\\x1b``, ``\\udcff``), so
+    an id or a query parameter cannot drive a terminal or break the page's encoding."""
+    if isinstance(value, str) and _UNSHOWN.search(value):
+        shown = _UNSHOWN.sub(lambda m: ascii(m.group())[1:-1], value)
+        # Markup (already escaped) stays markup: the escapes are plain ASCII.
+        return Markup(shown) if isinstance(value, Markup) else shown
+    return value
+
+
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("kitium_queue.dashboard", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=visible,
+    )
+    env.filters["ts"] = _fmt_time
+    env.filters["q"] = lambda v: quote(str(v), safe="")
+    return env
