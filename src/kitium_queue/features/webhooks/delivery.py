@@ -15,10 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ConfigurationError
-from ...limits import get_logger
+from ...limits import clip, get_logger
 from .models import url_host
 from .signing import secret_key, signature_header
-from .ssrf import AddressPolicy, BlockedAddressError, GuardedTransport, Resolver, require_httpx
+from .ssrf import (
+    UNRESOLVED,
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedTransport,
+    Resolver,
+    require_httpx,
+)
 
 __all__ = ["AttemptResult", "Backoff", "EndpointBreaker", "SecretStore", "Sender", "Target"]
 
@@ -308,8 +315,17 @@ class Sender:
             return AttemptResult(False, None, f"timed out after {target.timeout_ms} ms", took())
         except (httpx.HTTPError, OSError) as exc:
             self.breaker.failure(bkey)
+            text = str(exc)
+            why = (
+                clip(text, 300)
+                if text.startswith(UNRESOLVED)
+                else f"{type(exc).__name__} connecting to {url_host(target.url)}"
+            )
+            return AttemptResult(False, None, why, took())
+        except Exception as exc:  # any other: this attempt failed, not the whole batch
+            self.breaker.failure(bkey)
             return AttemptResult(
-                False, None, f"{type(exc).__name__} connecting to {url_host(target.url)}", took()
+                False, None, f"{type(exc).__name__} sending to {url_host(target.url)}", took()
             )
         self.sent += 1
         if 200 <= status < 300:

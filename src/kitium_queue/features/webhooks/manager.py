@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -17,6 +17,8 @@ from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
 from .lua import SCRIPTS, enqueue_fragment, event_fragment, release_fragment
 from .models import (
+    MAX_RETRIES,
+    MAX_TIMEOUT_MS,
     DeliveryRecord,
     Webhook,
     WebhookConfig,
@@ -57,9 +59,23 @@ class JobWebhookConfig:
         WebhookEventType.JOB_COMPLETED,
         WebhookEventType.JOB_FAILED,
     )
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
     max_retries: int = 8
     timeout_ms: int = 10_000
+
+    def checked(self) -> JobWebhookConfig:
+        """This configuration once its numbers are in range (those of a registered
+        endpoint); ``ConfigurationError`` otherwise."""
+        where = "WebhookManager job_webhook"
+        for name, value, lo, hi in (
+            ("max_retries", self.max_retries, 0, MAX_RETRIES),
+            ("timeout_ms", self.timeout_ms, 100, MAX_TIMEOUT_MS),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigurationError(
+                    f"{where} {name} must be an int from {lo} to {hi}, got {value!r}"
+                )
+        return self
 
 
 def _url_option(value: Any, section: str) -> str:
@@ -153,7 +169,12 @@ class WebhookManager:
         self.busy_share = float(busy_share)
         self.default_delivery_strategy = check_strategy(default_delivery_strategy)
         self.queue = queue
-        self.job_webhook = job_webhook or JobWebhookConfig()
+        if job_webhook is not None and not isinstance(job_webhook, JobWebhookConfig):
+            raise ConfigurationError(
+                f"WebhookManager job_webhook must be a JobWebhookConfig, got "
+                f"{type(job_webhook).__name__}"
+            )
+        self.job_webhook = (job_webhook or JobWebhookConfig()).checked()
         self.job_events = tuple(dict.fromkeys(check_event_type(e) for e in self.job_webhook.events))
         self.policy = AddressPolicy(allow_networks)
         self.secrets = SecretStore(secrets)

@@ -7,6 +7,7 @@ instead of crashing a listing.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import time
@@ -54,8 +55,15 @@ RESERVED_HEADERS = frozenset(
         "transfer-encoding",
         "connection",
         "user-agent",
+        "expect",
+        "te",
+        "trailer",
+        "upgrade",
+        "keep-alive",
     }
 )
+#: Header name prefixes reserved the same way (the signature's, the body's, proxies').
+RESERVED_PREFIXES = ("webhook-", "content-", "proxy-")
 
 
 def check_url(url: Any) -> str:
@@ -86,7 +94,40 @@ def check_url(url: Any) -> str:
         )
     if port == 0:
         raise ConfigurationError("a webhook URL's port must be 1-65535")
+    _check_host(url, parts.hostname)
     return url
+
+
+def _check_host(url: str, hostname: str) -> None:
+    """Refuse a host no request could be sent to (as httpx encodes it: IDNA for a
+    name, dotted decimal for IPv4): empty or over-long labels, invalid IDNA, an IPv4
+    address written another way (``0177.0.0.1``). Such a URL would fail only when a
+    delivery is attempted."""
+    try:
+        import httpx
+    except ImportError:  # without the webhooks extra: the standard library's IDNA
+        try:
+            raw = hostname.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ConfigurationError(f"webhook URL host is not valid: {exc}") from None
+    else:
+        try:
+            # A request, not only a URL: building one also checks an ASCII label
+            # that claims to be IDNA (xn--...).
+            raw = httpx.Request("POST", url).url.raw_host.decode("ascii")
+        except Exception as exc:  # httpx.InvalidURL, idna.IDNAError (a UnicodeError)
+            raise ConfigurationError(f"webhook URL host is not valid: {exc}") from None
+    try:
+        ipaddress.ip_address(raw.strip("[]").split("%", 1)[0])
+        return
+    except ValueError:
+        pass
+    labels = raw[:-1].split(".") if raw.endswith(".") else raw.split(".")
+    if len(raw) > 253 or any(not 1 <= len(label) <= 63 for label in labels):
+        raise ConfigurationError(
+            f"webhook URL host {hostname!r} is not a valid host name: each dot-separated "
+            "label must be 1-63 characters, 253 in all"
+        )
 
 
 def url_host(url: str) -> str:
@@ -152,10 +193,17 @@ def _headers(value: Any) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(k, str) or not _HEADER.fullmatch(k):
             raise ConfigurationError(f"webhook header name {k!r} is not a valid header name")
-        if k.lower() in RESERVED_HEADERS:
-            raise ConfigurationError(f"webhook header {k!r} is set by the sender itself")
-        if not isinstance(v, str) or not v.isprintable() or not v.isascii():
-            raise ConfigurationError(f"webhook header {k!r}: the value must be printable ASCII")
+        if k.lower() in RESERVED_HEADERS or k.lower().startswith(RESERVED_PREFIXES):
+            raise ConfigurationError(
+                f"webhook header {k!r} is set by the sender or the HTTP protocol itself "
+                f"(reserved: {', '.join(sorted(RESERVED_HEADERS))} and every "
+                f"{'*, '.join(RESERVED_PREFIXES)}* header)"
+            )
+        if not isinstance(v, str) or not v.isprintable() or not v.isascii() or v != v.strip():
+            raise ConfigurationError(
+                f"webhook header {k!r}: the value must be printable ASCII without leading "
+                "or trailing spaces"
+            )
         size += len(k) + len(v)
         out[k] = v
     if size > MAX_HEADER_BYTES:
@@ -192,7 +240,7 @@ class WebhookConfig:
     delivery_strategy: WebhookDeliveryStrategy | str | None = None
     max_retries: int = 8
     active: bool = True
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
     timeout_ms: int = 10_000
     headers: Mapping[str, str] = field(default_factory=dict)
     id: str | None = None

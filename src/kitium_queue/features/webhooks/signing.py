@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets as _random
 import time
 from collections.abc import Iterable, Mapping
@@ -38,6 +39,8 @@ __all__ = [
 
 SECRET_PREFIX = "whsec_"
 #: How far a ``webhook-timestamp`` may be from the receiver's clock (either way).
+#: Largest tolerance ``verify_webhook`` takes (a day).
+MAX_TOLERANCE_S = 86_400
 DEFAULT_TOLERANCE_S = 300
 _MIN_KEY, _MAX_KEY = 24, 64
 _MAX_SIGNATURES = 8
@@ -115,6 +118,20 @@ def verify_webhook(
     of the secrets (constant-time comparison). Deduplicate on ``webhook-id`` afterwards:
     delivery is at-least-once.
     """
+    if (
+        isinstance(tolerance_s, bool)
+        or not isinstance(tolerance_s, (int, float))
+        or not 0 <= tolerance_s <= MAX_TOLERANCE_S
+    ):
+        # NaN or inf would pass every timestamp: no replay protection at all.
+        raise ConfigurationError(
+            f"verify_webhook tolerance_s must be a number of seconds from 0 to "
+            f"{MAX_TOLERANCE_S}, got {tolerance_s!r}"
+        )
+    if now is not None and (
+        isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now)
+    ):
+        raise ConfigurationError(f"verify_webhook now must be a finite time, got {now!r}")
     body = payload.encode() if isinstance(payload, str) else bytes(payload)
     msg_id = _header(headers, "webhook-id")
     ts_text = _header(headers, "webhook-timestamp")

@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - the `webhooks` extra is not installed
     httpx = None  # type: ignore[assignment]
 
 __all__ = [
+    "UNRESOLVED",
     "AddressPolicy",
     "BlockedAddressError",
     "GuardedBackend",
@@ -45,6 +46,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``async resolver(host, port) -> addresses``.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: How the error of a host name that did not resolve starts (a text of this module's
+#: own, naming the host only: the sender shows it as it is).
+UNRESOLVED = "webhook host"
 
 
 class BlockedAddressError(KitiumQueueError, ConnectionError):
@@ -166,7 +170,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend if httpcore else object):  # t
             try:
                 addresses = await self.resolver(bare, port)
             except OSError as exc:
-                raise BlockedAddressError(f"webhook host {host!r} did not resolve: {exc}") from None
+                # A failed lookup may pass (a DNS outage, a name not yet published): a
+                # connection failure, retried like one, not a refusal.
+                raise httpcore.ConnectError(
+                    f"{UNRESOLVED} {host!r} did not resolve: {exc}"
+                ) from None
         return self.policy.check(host, addresses)
 
     async def connect_tcp(
