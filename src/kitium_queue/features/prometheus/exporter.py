@@ -4,7 +4,10 @@ HTTP server for ``/metrics`` (what ``kitium-queue metrics`` runs).
 The server is asyncio's own (no extra dependency): it answers ``GET /metrics`` with the
 text exposition format after refreshing the collector, so the gauges are read from
 Redis at scrape time on the loop that owns the queues' connections. Requests are
-bounded (8 KiB of headers, 10 s to send them); anything but ``GET`` is refused.
+bounded: 8 KiB of headers (else 431), 10 s to send them and 30 s to take the answer
+(else the connection is dropped with what was buffered for it), 16 connections at once
+(else 503); a request line that is not HTTP/1.x is a 400, anything but ``GET`` and
+``HEAD`` a 405.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -26,6 +30,10 @@ log = get_logger(__name__)
 
 _MAX_HEAD = 8192
 _HEAD_TIMEOUT_S = 10.0
+#: Longest a client may take to receive an answer before its connection is dropped.
+_WRITE_TIMEOUT_S = 30.0
+#: Most connections served at once (beyond: 503 at once).
+_MAX_CLIENTS = 16
 
 
 class PrometheusExporter:
@@ -87,6 +95,7 @@ class MetricsServer:
         self._server: asyncio.base_events.Server | None = None
         self.host = ""
         self.port = 0
+        self._clients = 0
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port)
@@ -109,12 +118,22 @@ class MetricsServer:
         await self._server.serve_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients += 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HEAD_TIMEOUT_S)
-            if len(head) > _MAX_HEAD:
-                raise ValueError("request head too large")
-            parts = head.split(b"\r\n", 1)[0].split(b" ")
-            method, target = (parts[0], parts[1]) if len(parts) == 3 else (b"", b"")
+            if self._clients > _MAX_CLIENTS:
+                await self._reply(writer, 503, b"too many scrapes at once\n", "text/plain")
+                return
+            head = await asyncio.wait_for(_read_head(reader), _HEAD_TIMEOUT_S)
+            if head is None:
+                await self._reply(writer, 431, b"request head too large\n", "text/plain")
+                return
+            parts = head[0].split(b" ")
+            if len(parts) != 3 or not parts[0] or not parts[2].startswith(b"HTTP/1."):
+                await self._reply(writer, 400, b"bad request: GET /metrics\n", "text/plain")
+                return
+            method, target = parts[0], parts[1]
+            if target.startswith((b"http://", b"https://")):  # absolute form (RFC 9112)
+                target = urlsplit(target).path or b"/"
             path = target.split(b"?", 1)[0]
             if method not in (b"GET", b"HEAD"):
                 await self._reply(writer, 405, b"method not allowed\n", "text/plain")
@@ -127,37 +146,62 @@ class MetricsServer:
                 )
             else:
                 await self._reply(writer, 404, b"not found: GET /metrics\n", "text/plain")
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ValueError,
-            TimeoutError,
-            ConnectionError,
-        ):
-            pass  # a client that went away or sent garbage: nothing to answer
+        except (asyncio.IncompleteReadError, TimeoutError, asyncio.TimeoutError, ConnectionError):
+            # A client that went away, or too slow to send its request or take the
+            # answer: drop the connection and what was buffered for it.
+            writer.transport.abort()
         except Exception:
             log.exception("metrics: serving a request failed")
             with contextlib.suppress(Exception):  # the client may be gone; logged above
                 await self._reply(writer, 500, b"internal error\n", "text/plain")
         finally:
+            self._clients -= 1
             writer.close()
             with contextlib.suppress(Exception):  # closing a dead socket
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), _WRITE_TIMEOUT_S)
 
     @staticmethod
     async def _reply(
         writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str, head_only: bool = False
     ) -> None:
-        reason = {
-            200: "OK",
-            404: "Not Found",
-            405: "Method Not Allowed",
-            500: "Internal Server Error",
-        }[status]
         writer.write(
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
         )
         if not head_only:
             writer.write(body)
-        await writer.drain()
+        await asyncio.wait_for(writer.drain(), _WRITE_TIMEOUT_S)
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+async def _read_head(reader: asyncio.StreamReader) -> list[bytes] | None:
+    """The lines of a request head (CRLF or bare LF), without the empty line that ends
+    it; None when it is larger than ``_MAX_HEAD``. ``IncompleteReadError`` when the
+    client closes first."""
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:  # one line beyond the stream's own limit (64 KiB)
+            return None
+        if not line.endswith(b"\n"):
+            raise asyncio.IncompleteReadError(line, None)
+        size += len(line)
+        if size > _MAX_HEAD:
+            return None
+        line = line.rstrip(b"\r\n")
+        if line:
+            lines.append(line)
+        elif lines:
+            return lines
