@@ -63,19 +63,27 @@ class JobWebhookConfig:
     max_retries: int = 8
     timeout_ms: int = 10_000
 
-    def checked(self) -> JobWebhookConfig:
-        """This configuration once its numbers are in range (those of a registered
-        endpoint); ``ConfigurationError`` otherwise."""
+    @staticmethod
+    def checked(config: Any) -> JobWebhookConfig:
+        """``config`` (None: the defaults) once it is a ``JobWebhookConfig`` whose
+        numbers are in range (those of a registered endpoint); ``ConfigurationError``
+        otherwise."""
         where = "WebhookManager job_webhook"
+        if config is None:
+            return JobWebhookConfig()
+        if not isinstance(config, JobWebhookConfig):
+            raise ConfigurationError(
+                f"{where} must be a JobWebhookConfig, got {type(config).__name__}"
+            )
         for name, value, lo, hi in (
-            ("max_retries", self.max_retries, 0, MAX_RETRIES),
-            ("timeout_ms", self.timeout_ms, 100, MAX_TIMEOUT_MS),
+            ("max_retries", config.max_retries, 0, MAX_RETRIES),
+            ("timeout_ms", config.timeout_ms, 100, MAX_TIMEOUT_MS),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ConfigurationError(
                     f"{where} {name} must be an int from {lo} to {hi}, got {value!r}"
                 )
-        return self
+        return config
 
 
 def _url_option(value: Any, section: str) -> str:
@@ -169,12 +177,7 @@ class WebhookManager:
         self.busy_share = float(busy_share)
         self.default_delivery_strategy = check_strategy(default_delivery_strategy)
         self.queue = queue
-        if job_webhook is not None and not isinstance(job_webhook, JobWebhookConfig):
-            raise ConfigurationError(
-                f"WebhookManager job_webhook must be a JobWebhookConfig, got "
-                f"{type(job_webhook).__name__}"
-            )
-        self.job_webhook = (job_webhook or JobWebhookConfig()).checked()
+        self.job_webhook = JobWebhookConfig.checked(job_webhook)
         self.job_events = tuple(dict.fromkeys(check_event_type(e) for e in self.job_webhook.events))
         self.policy = AddressPolicy(allow_networks)
         self.secrets = SecretStore(secrets)
