@@ -391,7 +391,7 @@ async def test_payloads_hidden_or_redacted(shop: JobQueue, make_queue: QueueFact
     assert jid in r.text  # the data filter is ignored: no search by hidden data
     # Encrypted payloads are redacted on the dashboard, and the queue itself is untouched.
     enc = make_queue("vault")
-    EncryptionManager(enc, keys=[KeyConfig("k1", b"k" * 32)], encrypt_all=True)
+    EncryptionManager(enc, keys=[KeyConfig("k1", bytes(range(32)))], encrypt_all=True)
     eid = await enc.add_job("x", {"card": "4111-1111"})
     app = create_dashboard(queues=[enc], tokens=TOKENS)
     c = await signed_in(app, ADMIN)

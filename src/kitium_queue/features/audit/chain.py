@@ -185,8 +185,15 @@ def _meta_value(value: Any, depth: int) -> Any:
 def _meta_dict(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in list(value.items())[:100]:
-        name = _text(k if isinstance(k, str) else safe_text(k), 64, "key", strict=False)
-        out[name] = "***" if _SECRET_NAME.search(name) else _meta_value(v, depth)
+        full = k if isinstance(k, str) else safe_text(k)
+        name = _text(full, 64, "key", strict=False)
+        # Two keys that read alike once cleaned and clipped ("k\n", "k\t") both stay.
+        n = 2
+        while name in out:
+            name = f"{_text(full, 58, 'key', strict=False)}~{n}"
+            n += 1
+        # The whole name decides (a clipped one can lose the word that names a secret).
+        out[name] = "***" if _SECRET_NAME.search(full) else _meta_value(v, depth)
     return out
 
 

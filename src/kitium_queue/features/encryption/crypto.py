@@ -84,6 +84,9 @@ def generate_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+_B64_TEXT = re.compile(rb"[A-Za-z0-9+/=_-]+")
+
+
 def check_key_id(value: Any) -> str:
     """A key id: 1 to 64 letters, digits, ``.``, ``_`` or ``-``, starting alphanumeric."""
     if not isinstance(value, str) or not _KEY_ID.fullmatch(value):
@@ -106,6 +109,13 @@ def check_algorithm(value: Any) -> str:
 
 def _decode_key(value: Any) -> bytes:
     if isinstance(value, (bytes, bytearray)) and len(value) == 32:
+        if _B64_TEXT.fullmatch(bytes(value)):
+            # Random key bytes are never all base64 characters (a chance of about
+            # 1e-19): this is text, maybe the base64 of a key of the wrong size.
+            raise ConfigurationError(
+                "key is 32 bytes of base64 text, not 32 random bytes: pass base64 text as "
+                "a str (it must decode to 32 bytes), or the raw key as 32 random bytes"
+            )
         return bytes(value)
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("ascii", "replace")

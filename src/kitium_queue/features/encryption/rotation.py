@@ -47,6 +47,9 @@ __all__ = [
     "read_status",
 ]
 
+#: Most groups one ``enc_swap`` call takes (its ``BATCH_MAX``).
+_SWAP_MAX = 1000
+
 log = get_logger(__name__)
 
 _MAX_PROBLEMS = 5
@@ -472,13 +475,15 @@ class RotationPass:
         for target in self.targets:
             async for cells in target.pages(client, self.batch):
                 res.scanned += len({c.key for c in cells})  # records, as size() counts
-                args: list[Any] = [str(n)]
+                groups: list[Any] = []
                 for c in cells:
                     new = self._reseal(c, target_key, res)
                     if new is not None:
-                        args += [c.key, c.field, c.raw, new, "a" if c.guard else "-"]
-                if len(args) > 1:
-                    reply = await q.run("enc_swap", args)
+                        groups += [c.key, c.field, c.raw, new, "a" if c.guard else "-"]
+                # A page of records can hold more cells (data and result) than one
+                # enc_swap call takes: several calls, each checked for a newer rotation.
+                for at in range(0, len(groups), _SWAP_MAX * 5):
+                    reply = await q.run("enc_swap", [str(n), *groups[at : at + _SWAP_MAX * 5]])
                     if reply[0] == b"stale":
                         return None
                     for code in reply[1]:

@@ -50,6 +50,7 @@ log = get_logger(__name__)
 
 #: How often each worker re-copies the tenants' quotas into its queue (seconds).
 SYNC_INTERVAL_S = 30.0
+_MIN_SYNC_S, _MAX_SYNC_S = 0.1, 86_400.0
 _MAX_QUANTUM = 1000
 
 # One installation per queue object: (quantum, fair_dispatch, enforce_quotas).
@@ -258,6 +259,16 @@ def install(
     """Enable tenancy on one ``JobQueue`` (see the module docstring). Enabling it again
     with the same declarations does nothing; with others, ``ConfigurationError``."""
     quantum = to_int(quantum, "quantum", minimum=1, maximum=_MAX_QUANTUM)
+    if (
+        isinstance(sync_interval_s, bool)
+        or not isinstance(sync_interval_s, (int, float))
+        or not _MIN_SYNC_S <= sync_interval_s <= _MAX_SYNC_S
+    ):
+        raise ConfigurationError(
+            f"sync_interval_s must be a number of seconds from {_MIN_SYNC_S:g} to "
+            f"{_MAX_SYNC_S:g} (how often each worker re-copies the quotas), got "
+            f"{sync_interval_s!r}"
+        )
     for name, flag in (("fair_dispatch", fair_dispatch), ("enforce_quotas", enforce_quotas)):
         if not isinstance(flag, bool):
             raise ConfigurationError(f"{name} must be True or False, got {flag!r}")

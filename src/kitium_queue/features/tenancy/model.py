@@ -185,7 +185,10 @@ def _regions(value: Any) -> tuple[str, ...]:
 def _weight(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"weight must be a number, got {shown(value)}")
-    w = float(value)
+    try:
+        w = float(value)
+    except OverflowError:  # an int beyond any float
+        w = math.inf
     if not math.isfinite(w) or not MIN_WEIGHT <= w <= MAX_WEIGHT:
         raise ConfigurationError(
             f"weight must be from {MIN_WEIGHT} to {MAX_WEIGHT:g} (a tenant's share of a "

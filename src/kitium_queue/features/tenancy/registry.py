@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from ...connection import ConnectionFactory
 from ...errors import ConfigurationError, KitiumQueueError, TenantNotFoundError
 from ...keys import QueueKeys
+from ...options import shown
 from ..audit.conn import Deployment, LuaScript
 from . import keys as tk
 from .install import SYNC_INTERVAL_S, StoredTenant, attach, install, put_tenant, run_script
@@ -393,9 +394,9 @@ class TenantRegistry:
         queued, active, held in its lane, rate used, completed and failed. ``queues``:
         the queue names to read (default: every registered queue). A removed tenant
         with jobs left still reports them."""
-        tid = check_tenant_id(tenant_id)
+        tid, given = check_tenant_id(tenant_id), _queue_names(queues)
         async with self._errors() as client:
-            names = sorted(queues) if queues is not None else await self.queues()
+            names = given if given is not None else await self.queues()
             per = []
             for name in names:
                 qk = QueueKeys(name, self.prefix)
@@ -522,3 +523,16 @@ def _now_ms() -> int:
 
 def _json(cfg: TenantConfig, version: int) -> bytes:
     return orjson.dumps({**cfg.to_dict(), "version": version, "updated_at": _now_ms()})
+
+
+def _queue_names(queues: Iterable[str] | None) -> list[str] | None:
+    """``queues`` sorted (None: every registered queue, read by the caller); a single
+    string is refused rather than read as its letters."""
+    if queues is None:
+        return None
+    if isinstance(queues, (str, bytes)):
+        raise ConfigurationError(
+            f"queues must be a list of queue names, got the single "
+            f"{type(queues).__name__} {shown(queues)}: pass [{shown(queues)}]"
+        )
+    return sorted(queues)

@@ -1,0 +1,156 @@
+"""Hostile and malformed input to tenancy, access control, the audit log and payload
+encryption (a review's findings, each reproduced before it was fixed), against a real
+Redis:
+
+* an audit metadata key that names a secret past its 64th character is still masked,
+  and two keys that read alike once cleaned are both kept;
+* a principal the audit log could not tell from a look-alike (zero-width, bidi, C1
+  control characters) is refused everywhere, as the log refuses it;
+* a key rotation whose page holds more cells than one swap call takes finishes;
+* tenancy's ``sync_interval_s``, a weight beyond any float and a single string for
+  ``queues`` are refused with ``ConfigurationError``;
+* 32 bytes of base64 text are not taken for a raw key.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from helpers import QueueFactory, wait_until
+from kitium_queue import ConfigurationError, acting_as
+from kitium_queue.features.access import AccessControlManager
+from kitium_queue.features.audit.chain import clean_metadata
+from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
+from kitium_queue.features.tenancy import TenantConfig, TenantRegistry
+from kitium_queue.identity import check_principal
+
+
+@pytest.fixture
+async def acm(backend_url: str, prefix: str) -> AsyncIterator[AccessControlManager]:
+    manager = AccessControlManager(backend_url, prefix=prefix, audit_key=secrets.token_hex(32))
+    yield manager
+    await manager.close()
+
+
+# ---------------------------------------------------------------------- audit metadata
+async def test_a_secret_named_past_the_key_clip_is_masked(acm: AccessControlManager) -> None:
+    long_name = "upstream_reporting_service_connection_settings_for_nightly_export_db_password"
+    assert len(long_name) > 64
+    await acm.audit_access("root", "export", "q1", {long_name: "hunter2-SECRET", "k": 1})
+    (entry,) = await acm.query_audit_log(principal="root")
+    assert "hunter2-SECRET" not in orjson.dumps(entry.metadata).decode()
+    assert list(entry.metadata.values()) == ["***", 1]
+    report = await acm.verify_audit_log()
+    assert report.ok
+
+
+def test_keys_that_read_alike_once_cleaned_are_all_kept() -> None:
+    meta = orjson.loads(clean_metadata({"k\n": 1, "k\t": 2, "k\u200b": 3}, strict=False))
+    assert sorted(meta.values()) == [1, 2, 3]
+    assert len(meta) == 3
+
+
+# ---------------------------------------------------------------------- principals
+@pytest.mark.parametrize("name", ["bob\u200b", "bob\u2060", "a\x85b", "a\u202eb", "\ufeffbob"])
+async def test_a_principal_the_audit_log_could_not_tell_apart_is_refused(
+    acm: AccessControlManager, name: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="control or format character"):
+        check_principal(name)
+    with pytest.raises(ConfigurationError, match="control or format character"), acting_as(name):
+        pass
+    with pytest.raises(ConfigurationError):
+        await acm.grant_access(principal_id=name, queue_pattern="q1", role="viewer")
+
+
+def test_printable_principals_are_kept() -> None:
+    for name in ("bob", "ana@example.com", "Zoë", "\u5f20\u4f1f", "svc:billing/eu-1"):
+        assert check_principal(name) == name
+
+
+# ---------------------------------------------------------------------- rotation
+async def test_a_rotation_with_pages_larger_than_one_swap_call_finishes(
+    redis_url: str, prefix: str
+) -> None:
+    factory = QueueFactory(redis_url, prefix)
+    keep = {"remove_on_complete": False}
+    q = factory("rot", worker={"concurrency": 50}, default_job_options=keep)
+    k1, k2 = generate_key(), generate_key()
+    m = EncryptionManager(
+        q,
+        keys=[KeyConfig("k1", k1), KeyConfig("k2", k2)],
+        encrypt_all=True,
+        run_rotation=False,
+        rotation_grace_ms=0,
+        rotation_batch=1000,
+    )
+
+    @q.process("w")
+    async def w(job: Any) -> Any:
+        return {"i": job.data["i"]}
+
+    try:
+        ids = await q.add_jobs([("w", {"i": i}) for i in range(600)])
+        await q.start()
+        await wait_until(lambda: _completed(q, 600), 30, message="600 jobs completed")
+        await m.rotate_key("k1", "k2")
+        final = await m.run_rotation()  # 1,200 cells (data and result) in one page
+        assert final.state == "done" and final.undecryptable == 0
+        assert final.reencrypted == 1200
+        detail = await q.get_job_detail(ids[0])
+        assert detail is not None and detail.result == {"i": 0}
+    finally:
+        await factory.aclose()
+
+
+async def _completed(q: Any, n: int) -> bool:
+    return (await q.get_stats()).completed == n
+
+
+# ---------------------------------------------------------------------- tenancy
+@pytest.mark.parametrize("interval", [0, -5, "30", True, math.nan, math.inf, 10**9])
+async def test_the_tenancy_sync_interval_is_checked(
+    make_queue: QueueFactory, backend_url: str, prefix: str, interval: Any
+) -> None:
+    reg = TenantRegistry(backend_url, prefix=prefix)
+    try:
+        with pytest.raises(ConfigurationError, match="sync_interval_s"):
+            reg.enable(make_queue("tq"), sync_interval_s=interval)
+    finally:
+        await reg.close()
+
+
+async def test_a_weight_beyond_any_float_and_a_single_queue_string_are_refused(
+    backend_url: str, prefix: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="weight"):
+        TenantConfig("t", weight=10**400)
+    reg = TenantRegistry(backend_url, prefix=prefix)
+    try:
+        await reg.create_tenant(TenantConfig("acme"))
+        with pytest.raises(ConfigurationError, match="weight"):
+            await reg.update_tenant("acme", weight=10**400)
+        with pytest.raises(ConfigurationError, match=r"pass \['tq1'\]"):
+            await reg.get_tenant_usage("acme", queues="tq1")
+        usage = await reg.get_tenant_usage("acme", queues=["tq1"])
+        assert list(usage.queues) == ["tq1"]
+    finally:
+        await reg.close()
+
+
+# ---------------------------------------------------------------------- keys
+def test_base64_text_given_as_bytes_is_not_a_raw_key(make_queue: QueueFactory) -> None:
+    for text in (b"a" * 32, base64.b64encode(os.urandom(24))):
+        assert len(text) == 32
+        with pytest.raises(ConfigurationError, match="base64 text"):
+            EncryptionManager(make_queue("k"), keys=[KeyConfig("k", text)])
+    for good in (bytes(range(32)), os.urandom(32), generate_key()):
+        EncryptionManager(make_queue("k"), keys=[KeyConfig("k", good)])
