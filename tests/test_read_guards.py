@@ -86,7 +86,7 @@ def test_guards_must_be_callable() -> None:
 
 
 async def test_the_queue_principal_is_checked(make_queue: QueueFactory) -> None:
-    with pytest.raises(ConfigurationError, match="control character"):
+    with pytest.raises(ConfigurationError, match="control or format character"):
         make_queue("q", principal="bad\x00name")
     assert make_queue("q2", principal="alice").ctx.principal == "alice"
     assert make_queue("q3").ctx.principal is None
