@@ -24,12 +24,17 @@ from typing import Any
 import orjson
 import pytest
 
-from helpers import QueueFactory, wait_until
-from kitium_queue import ConfigurationError, acting_as
+from helpers import QueueFactory, wait_for_status, wait_until
+from kitium_queue import ConfigurationError, JobStatus, acting_as
 from kitium_queue.features.access import AccessControlManager
 from kitium_queue.features.audit.chain import clean_metadata
+from kitium_queue.features.breakers import CircuitBreakerManager
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
+from kitium_queue.features.idempotency import IdempotencyManager
 from kitium_queue.features.tenancy import TenantConfig, TenantRegistry
+from kitium_queue.features.workflows import JobChainManager, WorkflowStep
+from kitium_queue.features.workflows.lua import MAX_KIDS, MAX_PARENTS
+from kitium_queue.features.workflows.model import plan
 from kitium_queue.identity import check_principal
 
 
@@ -154,3 +159,105 @@ def test_base64_text_given_as_bytes_is_not_a_raw_key(make_queue: QueueFactory) -
             EncryptionManager(make_queue("k"), keys=[KeyConfig("k", text)])
     for good in (bytes(range(32)), os.urandom(32), generate_key()):
         EncryptionManager(make_queue("k"), keys=[KeyConfig("k", good)])
+
+
+# ---------------------------------------------------------------------- workflows
+async def test_a_parent_named_twice_is_one_parent(make_queue: QueueFactory) -> None:
+    q = make_queue("dup", worker={"concurrency": 4})
+    JobChainManager(q)
+    ran: list[str] = []
+
+    @q.process("step")
+    async def step(job: Any) -> str:
+        ran.append(job.id)
+        return job.id
+
+    await q.add_job("step", job_id="p")
+    await q.add_job("step", job_id="c", depends_on=["p", "p"])
+    await q.start()
+    info = await wait_for_status(q, "c", JobStatus.COMPLETED)  # released once p is done
+    assert info.status is JobStatus.COMPLETED and ran == ["p", "c"]
+
+
+@pytest.mark.parametrize(
+    "depends_on, why",
+    [(iter(["a"]), "list or tuple"), (None, "list or tuple"), ([["a"]], "depends_on item")],
+)
+def test_step_parents_must_be_a_list_of_names(depends_on: Any, why: str) -> None:
+    steps = [WorkflowStep("a", "t"), {"name": "b", "job_name": "t", "depends_on": depends_on}]
+    with pytest.raises(ConfigurationError, match=why):
+        plan(steps)
+
+
+def test_the_parent_and_dependent_limits_are_refused_not_cut() -> None:
+    roots = [WorkflowStep(f"r{i}", "t") for i in range(MAX_PARENTS + 1)]
+    child = WorkflowStep("c", "t", depends_on=[r.name for r in roots])
+    with pytest.raises(ConfigurationError, match=f"at most {MAX_PARENTS}"):
+        plan([*roots, child])
+    fan = [WorkflowStep(f"k{i}", "t", depends_on=["r"]) for i in range(MAX_KIDS + 1)]
+    with pytest.raises(ConfigurationError, match="dependents"):
+        plan([WorkflowStep("r", "t"), *fan])
+
+
+async def test_data_transformer_is_a_name(make_queue: QueueFactory) -> None:
+    q = make_queue("dt")
+    JobChainManager(q)
+    for bad in ({"idempotency_window": "until_finished"}, 5, ["l"], ""):
+        with pytest.raises(ConfigurationError, match="data_transformer"):
+            await q.add_job("t", data_transformer=bad)
+
+
+# ---------------------------------------------------------------------- breakers
+class _OwnStop(BaseException):
+    """An exception class of the caller's own, outside ``Exception``."""
+
+
+async def test_a_raise_of_any_exception_class_counts_as_a_failure(
+    make_queue: QueueFactory,
+) -> None:
+    m = CircuitBreakerManager(make_queue("br"), events=False)
+    b = await m.create_breaker({"id": "dep", "failure_threshold": {"min_requests": 2}})
+
+    async def stop() -> None:
+        raise _OwnStop()
+
+    for _ in range(2):
+        with pytest.raises(_OwnStop):
+            await b.execute(stop)
+    assert (await b.get_stats()).state.value == "open"
+
+
+async def test_breaker_names_and_reasons_are_checked_or_escaped(make_queue: QueueFactory) -> None:
+    m = CircuitBreakerManager(make_queue("br2"), events=False)
+    for name in ("a\udcff", "a\nb", "x" * 300):
+        with pytest.raises(ConfigurationError, match="job_name"):
+            await m.create_breaker({"id": "b", "job_name": name})
+    await m.create_breaker({"id": "b"})
+    await m.force_open("b", reason="\udcff\x1b[31m")
+    stats = await m.reset("b", reason="line\nbreak")
+    assert stats.state.value == "closed"
+
+
+# ---------------------------------------------------------------------- effectively-once
+async def test_execution_records_and_empty_keys_are_checked(make_queue: QueueFactory) -> None:
+    q = make_queue("eo")
+    idem = IdempotencyManager(q, exactly_once=True)
+    with pytest.raises(ConfigurationError, match="job_id"):
+        await idem.record_execution("k1", "\udcff", "t", 1)
+    with pytest.raises(ConfigurationError, match="job_name"):
+        await idem.record_execution("k1", "1", "a\nb", 1)
+    with pytest.raises(ConfigurationError, match="idempotency"):
+        await q.add_job("t", {"x": 1}, idempotency_key="")
+    first = await q.add_job("t", {"x": 1})  # no key: derived from the data
+    assert await q.add_job("t", {"x": 1}) == first
+
+
+@pytest.mark.redis_only
+async def test_a_job_key_of_another_type_is_a_damaged_record(make_queue: QueueFactory) -> None:
+    q = make_queue("wt")
+    jid = await q.add_job("t")
+    client = await q.client()
+    await client.delete(q.keys.job(jid))
+    await client.set(q.keys.job(jid), "not a hash")
+    for info in (await q.get_job_status(jid), await q.get_job_detail(jid)):
+        assert info is not None and "another type" in (info.damaged or "")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from .context import CONNECT_TIMEOUT_S
 from .enums import JobStatus
@@ -291,7 +291,7 @@ class Queries:
                 **values,
                 worker=worker.decode("utf-8", "backslashreplace") if worker else None,
                 lease_deadline=None if deadline is None else int(deadline),
-                log_lines=int(log_lines),
+                log_lines=int(log_lines or 0),
             )
         )
 
@@ -319,8 +319,15 @@ class Queries:
         if detail:
             pipe.zscore(ctx.keys.active, jid)
             pipe.llen(ctx.keys.logs(jid))
-        raw, paused, *extra = await pipe.execute()
-        if not raw:
+        raw, paused, *extra = await pipe.execute(raise_on_error=False)
+        problems: list[str] = []
+        if isinstance(raw, ResponseError) and "WRONGTYPE" in str(raw):
+            # The job's key was overwritten with another type: a damaged record.
+            raw, problems = {}, ["job record damaged: its key holds another type, not a hash"]
+        elif isinstance(raw, Exception):
+            raise raw
+        extra = [None if isinstance(v, Exception) else v for v in extra]
+        if not raw and not problems:
             return None
         found_in = None
         if stored_status(raw) is None:
@@ -330,6 +337,7 @@ class Queries:
             jid,
             raw,
             paused=paused == b"1",
+            problems=problems,
             serializer=ctx.serializer,
             base=ctx.policy,
             found_in=found_in,

@@ -19,7 +19,7 @@ from ...errors import (
     ConfigurationError,
     RetryLater,
 )
-from ...limits import clip, get_logger
+from ...limits import clip, get_logger, printable
 from ...options import to_int, to_ms
 from .events import FEATURE, BreakerEvents
 from .explain import make_explainer
@@ -111,9 +111,9 @@ class CircuitBreaker:
                     result = await result
             kind = "success"
             return result
-        except RetryLater:
-            raise
-        except Exception:
+        except (RetryLater, asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise  # not the dependency's failure
+        except BaseException:  # an exception class of the caller's own too
             kind = "failure"
             raise
         finally:
@@ -373,7 +373,7 @@ class CircuitBreakerManager:
         """Close the breaker now, whatever its state: its window starts empty and the
         jobs it held go back to wait. An administrative command."""
         bid = check_breaker_id(breaker_id)
-        why = clip(str(reason), 200)
+        why = clip(printable(reason), 200)
 
         async def action() -> BreakerStats:
             return await self._view(bid, await self.call("reset", bid, why))
@@ -387,7 +387,7 @@ class CircuitBreakerManager:
         half-opens as usual. Bound jobs are held meanwhile. An administrative command."""
         bid = check_breaker_id(breaker_id)
         ms = 0 if duration is None else to_ms(duration, "duration", minimum=1)
-        why = clip(str(reason), 200)
+        why = clip(printable(reason), 200)
 
         async def action() -> BreakerStats:
             return await self._view(bid, await self.call("open", bid, ms, why))

@@ -10,7 +10,7 @@ from ...enums import CircuitBreakerState
 from ...errors import ConfigurationError
 from ...keys import check_key_part
 from ...limits import MAX_DELAY_MS, clip
-from ...options import to_int, to_ms
+from ...options import check_text, to_int, to_ms
 
 __all__ = [
     "MAX_BREAKER_ID",
@@ -28,7 +28,7 @@ __all__ = [
 MAX_BREAKER_ID = 128
 #: Most probes a half-open breaker lets through at once.
 MAX_PROBES = 1000
-_MAX_JOB_NAME = 512
+_MAX_JOB_NAME = 256
 _MAX_MIN_REQUESTS = 1_000_000_000
 
 
@@ -158,13 +158,8 @@ def parse_config(
             f"a breaker config is a BreakerConfig or a dict, got {type(config).__name__}"
         )
     job_name = raw.get("job_name")
-    if job_name is not None and (
-        not isinstance(job_name, str) or not job_name or len(job_name) > _MAX_JOB_NAME
-    ):
-        raise ConfigurationError(
-            f"job_name must be None or a non-empty string of at most {_MAX_JOB_NAME} "
-            f"characters, got {clip(repr(job_name), 60)}"
-        )
+    if job_name is not None:  # a name a job can have: 1-256 characters, no control ones
+        job_name = check_text(job_name, "breaker job_name", max_len=_MAX_JOB_NAME)
     return BreakerConfig(
         id=check_breaker_id(raw["id"]),
         job_name=job_name,

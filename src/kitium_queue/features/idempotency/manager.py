@@ -194,7 +194,7 @@ class IdempotencyManager:
         if self.exactly_once and opts.get("delivery_guarantee") is None:
             opts["delivery_guarantee"] = DeliveryGuarantee.EXACTLY_ONCE.value
             eo = True
-        if eo and not opts.get("idempotency_key"):
+        if eo and opts.get("idempotency_key") is None:  # "" is refused, not derived
             if not self.derive_keys:
                 raise ConfigurationError(
                     f"job {job_name!r} is exactly-once and needs idempotency_key=... (this "
@@ -278,6 +278,8 @@ class IdempotencyManager:
         after a crash then skips what was already done.
         """
         text = check_text(key, "idempotency key", max_len=_MAX_KEY)
+        job_id = check_text(job_id, "job_id", max_len=512)
+        job_name = check_text(job_name, "job_name", max_len=256)
         q = self._queue_for_key(text)
         ttl = to_ms(ttl_ms if ttl_ms is not None else q.idempotency_ttl, "ttl_ms", minimum=1)
         raw = q.serializer.dumps(result, "result")

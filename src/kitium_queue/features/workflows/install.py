@@ -62,7 +62,10 @@ def check_ids(value: Any, section: str) -> list[str]:
         raise ConfigurationError(
             f"{section}: depends_on lists {len(value)} jobs, at most {MAX_PARENTS}"
         )
-    return [check_text(v, f"{section}: depends_on item", max_len=512) for v in value]
+    # A parent named twice is one parent (counted twice, it would never be released).
+    return list(
+        dict.fromkeys(check_text(v, f"{section}: depends_on item", max_len=512) for v in value)
+    )
 
 
 def check_name(option: str) -> Callable[[Any, str], str]:
@@ -164,7 +167,10 @@ def install(q: JobQueue, retain_ms: int) -> None:
     q.declare_option(
         "data_transformer",
         feature=FEATURE,
-        doc="transformer applied to the data before the job runs",
+        # A name, never a structure: a dict here could also carry other options' text.
+        normalize=lambda v, section: check_text(v, f"{section}: data_transformer", max_len=300),
+        doc="transformer applied to the data before the job runs (a registered name or "
+        "'package.module:function')",
     )
     scripts = q.scripts
     for name in lua.SCRIPTS:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...errors import ConfigurationError
 from ...options import check_text, to_int
+from .lua import MAX_KIDS, MAX_PARENTS
 
 __all__ = [
     "MAX_STEPS",
@@ -145,8 +146,17 @@ def _check_step(
             f"{where}: on_failure must be one of {', '.join(POLICIES)}, got {step.on_failure!r}"
         )
     to_int(step.retry_attempts, f"{where}: retry_attempts", minimum=0, maximum=1000)
-    if isinstance(step.depends_on, str):
-        raise ConfigurationError(f"{where}: depends_on is a list of step names, not a str")
+    if not isinstance(step.depends_on, (list, tuple)):
+        raise ConfigurationError(
+            f"{where}: depends_on is a list or tuple of step names, got "
+            f"{type(step.depends_on).__name__}"
+        )
+    for p in step.depends_on:
+        check_text(p, f"{where}: depends_on item", max_len=MAX_NAME)
+    if len(set(step.depends_on)) > MAX_PARENTS:
+        raise ConfigurationError(
+            f"{where}: depends on {len(set(step.depends_on))} steps, at most {MAX_PARENTS}"
+        )
     if not isinstance(step.options, Mapping):
         raise ConfigurationError(f"{where}: options must be a mapping")
     bad = sorted(k for k in step.options if k in _RESERVED)
@@ -206,6 +216,12 @@ def plan(
                 )
             kids[p].append(s.name)
         missing[s.name] = len(parents)
+    wide = next((p for p, k in kids.items() if len(k) > MAX_KIDS), None)
+    if wide is not None:
+        raise ConfigurationError(
+            f"step {wide!r} has {len(kids[wide])} dependents, at most {MAX_KIDS}; add a step "
+            "between to fan out further"
+        )
     order = [n for n in by_name if missing[n] == 0]
     i = 0
     while i < len(order):

@@ -446,9 +446,9 @@
       local p = deps[i]
       if type(p) == 'string' and p ~= '' and p ~= id then
         redis.call('RPUSH', DEPP .. id, p)
-        if parent_state(p) == 'open' then
+        -- SADD's answer: a parent listed twice is counted once, as release counts it.
+        if parent_state(p) == 'open' and redis.call('SADD', DEPC .. p, id) == 1 then
           np = np + 1
-          redis.call('SADD', DEPC .. p, id)
           mark_followed(p)
           if not first then first = p end
         elseif #links < MAX_LINKS then
