@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from helpers import QueueFactory, wait_for_status, wait_until
-from kitium_queue import ConfigurationError, JobStatus, acting_as
+from kitium_queue import ConfigurationError, JobStateError, JobStatus, acting_as
 from kitium_queue.features.access import AccessControlManager
 from kitium_queue.features.audit.chain import clean_metadata
 from kitium_queue.features.breakers import CircuitBreakerManager
@@ -261,3 +261,33 @@ async def test_a_job_key_of_another_type_is_a_damaged_record(make_queue: QueueFa
     await client.set(q.keys.job(jid), "not a hash")
     for info in (await q.get_job_status(jid), await q.get_job_detail(jid)):
         assert info is not None and "another type" in (info.damaged or "")
+
+
+async def test_a_workflow_whose_step_ids_read_like_another_s_is_refused(
+    make_queue: QueueFactory,
+) -> None:
+    """Workflow "a" step "b:c" and workflow "a:b" step "c" both name job "a:b:c": once
+    the first one's job record is gone (retention), its dependency record still holds
+    the id, and the second workflow must not take it over."""
+    q = make_queue("wfc", worker={"concurrency": 4})
+    chains = JobChainManager(q, events=False)
+
+    @q.process("x")
+    async def x(job: Any) -> Any:
+        return job.data
+
+    await chains.execute_workflow(
+        "a", [{"name": "b:c", "job_name": "x", "data": 1, "options": {"remove_on_complete": True}}]
+    )
+    await q.start()
+    await wait_until(lambda: _step_done(chains, "a", "b:c"), 10, message="a's step b:c done")
+    assert await q.get_job_status("a:b:c") is None  # removed on completion
+    with pytest.raises(JobStateError, match="taken"):
+        await chains.execute_workflow("a:b", [{"name": "c", "job_name": "x", "data": 2}])
+    status = await chains.get_workflow_status("a")
+    assert status is not None and status.steps["b:c"].state == "completed"
+
+
+async def _step_done(chains: Any, wid: str, step: str) -> bool:
+    status = await chains.get_workflow_status(wid)
+    return status is not None and status.steps[step].state == "completed"

@@ -231,7 +231,8 @@ class JobChainManager:
             )
         if kind == "taken":
             raise JobStateError(
-                f"workflow {wid!r}: job id {_text(reply[1])!r} is taken by an existing job; "
+                f"workflow {wid!r}: job id {_text(reply[1])!r} is taken by an existing job (or a"
+                " step of another workflow whose ids read the same); "
                 "choose another workflow id"
             )
         if q.hooks.enqueued:

@@ -43,7 +43,11 @@ end
 for j = 0, n - 1 do
   local id = ARGV[6 + j * 9]
   if id == '' then return bad_arg('wf_create', 'a step has no job id') end
-  if redis.call('EXISTS', job_key(id)) == 1 then return { 'taken', id } end
+  -- A job, or the dependency record of one (a step of another workflow whose id reads
+  -- the same: workflow "a" step "b:c" and workflow "a:b" step "c"), holds the id.
+  if redis.call('EXISTS', job_key(id)) == 1 or redis.call('EXISTS', DEP .. id) == 1 then
+    return { 'taken', id }
+  end
 end
 redis.call('HSET', WF .. wid, 'st', 'running', 'ts', NOW_S, 'n', n, 'left', n)
 redis.call('ZADD', WFI, NOW, wid)
