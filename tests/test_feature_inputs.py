@@ -30,6 +30,7 @@ from kitium_queue.features.access import AccessControlManager
 from kitium_queue.features.audit.chain import clean_metadata
 from kitium_queue.features.breakers import CircuitBreakerManager
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
+from kitium_queue.features.groups import FIFOQueueManager
 from kitium_queue.features.idempotency import IdempotencyManager
 from kitium_queue.features.tenancy import TenantConfig, TenantRegistry
 from kitium_queue.features.workflows import JobChainManager, WorkflowStep
@@ -291,3 +292,43 @@ async def test_a_workflow_whose_step_ids_read_like_another_s_is_refused(
 async def _step_done(chains: Any, wid: str, step: str) -> bool:
     status = await chains.get_workflow_status(wid)
     return status is not None and status.steps[step].state == "completed"
+
+
+# ---------------------------------------------------------------------- groups
+@pytest.mark.redis_only
+@pytest.mark.parametrize("damage", ["overwritten", "deleted"])
+async def test_a_damaged_head_of_a_group_gives_its_turn_back(
+    make_queue: QueueFactory, damage: str
+) -> None:
+    q = make_queue("gpoison", worker={"concurrency": 4})
+    FIFOQueueManager(q)
+    ran: list[str] = []
+
+    @q.process("x")
+    async def x(job: Any) -> int:
+        ran.append(job.id)
+        return 1
+
+    await q.add_job("x", 1, message_group_id="G", job_id="j1")  # has the turn
+    await q.add_job("x", 2, message_group_id="G", job_id="j2")  # in line behind it
+    client = await q.client()
+    await client.delete(q.keys.job("j1"))
+    if damage == "overwritten":
+        await client.set(q.keys.job("j1"), "garbage")
+    await q.start()
+    await q.add_job("x", 3, message_group_id="G", job_id="j3")
+    await wait_until(lambda: len(ran) == 2, 10, message="the rest of the group to run")
+    assert ran == ["j2", "j3"]  # in order, once the damaged head was dead-lettered
+
+
+async def test_a_group_named_only_by_admin_calls_leaves_the_index(
+    make_queue: QueueFactory,
+) -> None:
+    fifo = FIFOQueueManager(make_queue("gghost"))
+    await fifo.pause_group("ghost-0")
+    assert await fifo.count_groups() == 1  # paused: a setting, kept
+    await fifo.resume_group("ghost-0")
+    await fifo.set_group({"group_id": "s1", "group_concurrency": 3})
+    assert (await fifo.list_groups()).groups == ["s1"]
+    await fifo.set_group({"group_id": "s1"})  # back to the defaults
+    assert await fifo.count_groups() == 0

@@ -145,6 +145,8 @@ if want > 0 then
       local f = redis.pcall('HMGET', jk, 'n', 'd', 'o', 'ts', 's', 'pg', 'a', 'fw'--[[@admission_fields]])
       if f.err then
         taken[#taken + 1] = id
+        -- Features give back what the job held (a group's turn) as for any failure.
+        --@slot release(id, jk, 'failed')
         dead_letter(jk, id, dlq_enabled,
           'job record damaged: its key holds a ' .. key_type(jk) .. ', not a hash', '', true)
         dead[#dead + 1] = id
@@ -153,6 +155,7 @@ if want > 0 then
         -- than lose it silently.
         taken[#taken + 1] = id
         count_missing()
+        --@slot release(id, jk, 'failed')
         dead_letter(jk, id, dlq_enabled,
           'job record missing: its hash key was deleted while the job was waiting', '')
         dead[#dead + 1] = id

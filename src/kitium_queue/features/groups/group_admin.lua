@@ -75,5 +75,8 @@ else
   moved = moved + hand_turns(g, free_turns())
   emit('group-resumed', g)
 end
+-- A group named only by this call (no jobs; settings back to the defaults) does not
+-- stay in the index.
+if op ~= 'pause' then maybe_forget(g) end
 local f = redis.call('HMGET', gkey, 'paused', 'conc')
 return { f[1] == '1' and 1 or 0, conc_of(f[2]), moved }

@@ -52,6 +52,24 @@
     return unpark('g:' .. g, #ids, true)
   end
 
+  -- (release.lua, group_admin.lua) An empty group without settings leaves the index; its hash (its totals) expires a
+  -- day later unless a new job comes (the enqueue fragment keeps it then).
+  local function maybe_forget(g)
+    local gkey = GP .. g
+    local f = redis.call('HMGET', gkey, 'n', 'paused', 'conc', 'max', 'rlm')
+    if COUNT and num(f[1]) > 0 then return end
+    if f[2] or f[3] or f[4] or f[5] then return end
+    if redis.call('SCARD', RUN .. g) > 0 or redis.call('EXISTS', LINE .. g) == 1 then return end
+    if not COUNT then
+      -- Without counts, jobs not yet in the line (delayed, or waiting for a first
+      -- admission) are not known here: keep the index entry, drop only the hash.
+      redis.call('DEL', gkey)
+      return
+    end
+    redis.call('PEXPIRE', gkey, EMPTY_TTL)
+    redis.call('ZREM', INDEX, g)
+  end
+
   -- A job's place in its group's line: its wait score from priority and enqueue order.
   local function line_score(jk)
     local f = redis.call('HMGET', jk, 'p', 'q')
