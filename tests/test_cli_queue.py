@@ -200,7 +200,9 @@ def test_pause_resume_queue_and_group(app: str, redis_url: str, prefix: str) -> 
     boxed = _ok("--rich", "groups", "list", target).stdout
     assert "┃ group" in boxed and "│ g2 " in boxed and "\t" not in boxed
     plain = _ok("groups", "list", target).stdout.splitlines()
-    assert plain[0].startswith("group\tstate\t") and plain[2].startswith("g2\tpaused\t")
+    # cust-9, resumed with no jobs and no settings, has left the list; g2 is paused.
+    assert plain[0].startswith("group\tstate\t") and plain[1].startswith("g2\tpaused\t")
+    assert len(plain) == 2
 
 
 def test_events_json_and_a_worker_process(
