@@ -19,24 +19,27 @@ import math
 import os
 import secrets
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 import pytest
 
 from helpers import QueueFactory, wait_for_status, wait_until
-from kitium_queue import ConfigurationError, JobStateError, JobStatus, acting_as
+from kitium_queue import ConfigurationError, JobQueue, JobStateError, JobStatus, acting_as
 from kitium_queue.features.access import AccessControlManager
 from kitium_queue.features.audit.chain import clean_metadata
 from kitium_queue.features.breakers import CircuitBreakerManager
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
 from kitium_queue.features.groups import FIFOQueueManager
 from kitium_queue.features.idempotency import IdempotencyManager
+from kitium_queue.features.regions.config import check_config
 from kitium_queue.features.tenancy import TenantConfig, TenantRegistry
 from kitium_queue.features.workflows import JobChainManager, WorkflowStep
 from kitium_queue.features.workflows.lua import MAX_KIDS, MAX_PARENTS
 from kitium_queue.features.workflows.model import plan
 from kitium_queue.identity import check_principal
+from kitium_queue.keys import MAX_KEY_PART
 
 
 @pytest.fixture
@@ -332,3 +335,48 @@ async def test_a_group_named_only_by_admin_calls_leaves_the_index(
     assert (await fifo.list_groups()).groups == ["s1"]
     await fifo.set_group({"group_id": "s1"})  # back to the defaults
     assert await fifo.count_groups() == 0
+
+
+# ---------------------------------------------------------------------- schedules
+async def test_schedule_dates_out_of_range_are_configuration_errors(
+    make_queue: QueueFactory,
+) -> None:
+    q = make_queue("sched")
+    late = datetime(9999, 6, 1, tzinfo=timezone.utc)  # its next yearly tick is in 10000
+    with pytest.raises(ConfigurationError, match="never fires"):
+        await q.schedules.declare("job", {}, cron="0 0 1 1 *", start_date=late)
+    for early in (datetime(1, 1, 1), datetime(1969, 1, 1, tzinfo=timezone.utc)):
+        with pytest.raises(ConfigurationError, match="start_date must be"):
+            await q.schedules.declare("job", {}, every=1000, start_date=early)
+    end = datetime(2099, 1, 1, tzinfo=timezone.utc)
+    with pytest.raises(ConfigurationError, match="never fires"):
+        await q.schedules.declare("job", {}, cron="0 0 31 2 *", end_date=end)
+    sid = await q.schedules.declare("job", {}, cron="0 0 1 1 *", end_date=end)
+    assert sid
+
+
+# ---------------------------------------------------------------------- names, regions
+def test_queue_names_and_prefixes_are_bounded() -> None:
+    assert JobQueue("q" * MAX_KEY_PART).name == "q" * MAX_KEY_PART
+    for kw in ({"name": "q" * (MAX_KEY_PART + 1)}, {"name": "q", "prefix": "p" * 300}):
+        with pytest.raises(ConfigurationError, match=f"at most {MAX_KEY_PART}"):
+            JobQueue(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("redis", [123, "", "  ", "redis://x\n:1", object()])
+def test_a_region_s_redis_setting_is_checked(redis: Any) -> None:
+    cfg = {
+        "name": "orders",
+        "regions": [
+            {"region": "us", "redis": "redis://127.0.0.1:1/0", "is_primary": True},
+            {"region": "eu", "redis": redis, "priority": 1},
+        ],
+    }
+    with pytest.raises(ConfigurationError, match=r"regions\[1\] \(eu\): redis="):
+        check_config(cfg)
+    fine = [
+        {"region": "us", "redis": "redis://127.0.0.1:1/0", "is_primary": True},
+        {"region": "eu", "redis": "redis://127.0.0.1:2/0", "priority": 1},
+    ]
+    with pytest.raises(ConfigurationError, match="at most 200"):
+        check_config({"name": "g" * 201, "regions": fine})

@@ -20,19 +20,32 @@ NAME_PUNCTUATION = "-_.:#/+"
 _NAME_RULE = f"letters, digits and {' '.join(NAME_PUNCTUATION)}"
 
 
+#: Longest queue name, key prefix or other part of key names (a partitioned or global
+#: queue's name: ``MAX_KEY_PART - 50``, room for what its members add).
+MAX_KEY_PART = 250
+
+
 def _allowed(ch: str) -> bool:
     # Letters (L*), digits and other numbers (N*) and combining marks (M*, needed to write
     # many scripts): none is special in a glob pattern, an ACL rule or a config line.
     return ch in NAME_PUNCTUATION or unicodedata.category(ch)[0] in "LNM"
 
 
-def check_key_part(value: object, what: str, *, allow_empty: bool = False) -> str:
+def check_key_part(
+    value: object, what: str, *, allow_empty: bool = False, max_len: int = MAX_KEY_PART
+) -> str:
     """``value`` if it may be part of key names (and of the ACL patterns written for
-    them); else ``ConfigurationError`` naming the first offending character."""
+    them): at most ``max_len`` characters; else ``ConfigurationError`` naming the first
+    offending character."""
     if not isinstance(value, str):
         raise ConfigurationError(f"invalid {what}: must be a string, got {type(value).__name__}")
     if not value and not allow_empty:
         raise ConfigurationError(f"invalid {what} '': must not be empty; use {_NAME_RULE}")
+    if len(value) > max_len:
+        raise ConfigurationError(
+            f"invalid {what} {value[:60]!r}...: {len(value)} characters, at most {max_len} "
+            "(it is part of every key name)"
+        )
     bad = next((c for c in value if not _allowed(c)), None)
     if bad is not None:
         raise ConfigurationError(

@@ -17,7 +17,7 @@ from ..errors import ConfigurationError, JobNotFoundError
 from ..events import EventData
 from ..facade import MultiQueue
 from ..job import Job, JobInfo
-from ..keys import check_key_part
+from ..keys import MAX_KEY_PART, check_key_part
 from ..queue import HealthStatus, JobQueue, QueueStats
 from ..worker import SharedSlots, Worker
 
@@ -137,7 +137,7 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         if "name" in options:
             raise ConfigurationError("pass the queue name as the first argument")
         # Before partition_names, which encodes it: refused names fail here, clearly.
-        check_key_part(name, "queue name")
+        check_key_part(name, "queue name", max_len=MAX_KEY_PART - 50)
         self.partitions = partitions
         self.connection = ConnectionFactory(redis)
         # One client for every partition (a cluster client discovers the topology once).

@@ -13,6 +13,7 @@ Unix epoch), so every process computes the same ticks.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone, tzinfo
@@ -120,14 +121,14 @@ class CronTiming(Timing):
     def _next(self, t: int) -> int | None:
         try:
             return round(self._iter(t).get_next(float) * 1000)
-        except CroniterBadDateError:
+        except (CroniterBadDateError, ValueError, OverflowError):  # past year 9999
             return None
 
     def _prev(self, t: int) -> int | None:
         try:
             # croniter's get_prev is strictly before its start; +1 ms makes it inclusive.
             return round(self._iter(t + 1).get_prev(float) * 1000)
-        except CroniterBadDateError:
+        except (CroniterBadDateError, ValueError, OverflowError):  # before year 1
             return None
 
 
@@ -296,13 +297,12 @@ def _zone_name(tz: Any) -> str:
 def _date_ms(value: Any, tz: tzinfo, what: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=tz)
-        ts: float = value.timestamp()
-        return round(ts * 1000)
-    # ms since the epoch, up to the end of year 9999 (what datetime can represent); NaN
-    # and infinities fail the range check instead of reaching int().
+    given = value
+    if isinstance(value, datetime):  # then the range check below, as for ms
+        value = value.replace(tzinfo=tz) if value.tzinfo is None else value
+        with contextlib.suppress(OverflowError, ValueError):  # beyond the platform's clock
+            value = round(value.timestamp() * 1000)
+    # ms from 1970 to the end of 9999; NaN and infinities fail here, before int().
     if (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -311,7 +311,7 @@ def _date_ms(value: Any, tz: tzinfo, what: str) -> int | None:
         return int(value)
     raise ConfigurationError(
         f"{what} must be a datetime (naive = in the schedule's tz) or ms since the epoch "
-        f"from 0 to {_MAX_EPOCH_MS}, got {clip(repr(value), 80)}"
+        f"from 0 to {_MAX_EPOCH_MS} (1970 to the end of 9999), got {clip(repr(given), 80)}"
     )
 
 
@@ -512,9 +512,9 @@ class ScheduleStore:
         timing = sched.timing()
         now = await self._now()
         first = timing.next_after(now)
-        if first is None and cron_text is not None and end is None:
+        if first is None and cron_text is not None and (end is None or end > now):
             raise ConfigurationError(
-                f"cron pattern {cron_text!r} never fires (no matching date within 50 years)"
+                f"cron {cron_text!r} never fires (no date within 50 years or before end_date)"
             )
         defn = orjson.dumps(sched.definition(), option=orjson.OPT_SORT_KEYS)
         sig = orjson.dumps([cron_text, every_ms, zone_name, start])

@@ -217,17 +217,27 @@ def _region(value: Any, n: int) -> RegionConfig:
     prio = to_int(r.priority, f"regions[{n}].priority", minimum=0, maximum=1_000_000)
     if r.redis is None:
         raise ConfigurationError(f"regions[{n}] ({r.region}) needs redis=")
+    if isinstance(r.redis, str) and (not r.redis.strip() or not r.redis.isprintable()):
+        raise ConfigurationError(
+            f"regions[{n}] ({r.region}): redis= must be a URL of printable text, got "
+            f"{shown(r.redis)}"
+        )
+    if not isinstance(r.redis, (str, Mapping)) and not hasattr(r.redis, "execute_command"):
+        raise ConfigurationError(
+            f"regions[{n}] ({r.region}): redis= must be a URL, a dict of connection options "
+            f"or a redis.asyncio client, got {type(r.redis).__name__}"
+        )
     return replace(r, priority=prio)
 
 
 def check_config(config: GlobalQueueConfig | Mapping[str, Any]) -> Checked:
     """Validate ``config``; raises ``ConfigurationError`` saying what is wrong."""
-    from ...keys import check_key_part
+    from ...keys import MAX_KEY_PART, check_key_part
 
     if isinstance(config, Mapping) and "regions" not in config:
         raise ConfigurationError("the global queue configuration needs regions=[...]")
     cfg = coerce(GlobalQueueConfig, config, "global queue")
-    check_key_part(cfg.name, "queue name")
+    check_key_part(cfg.name, "queue name", max_len=MAX_KEY_PART - 50)
     if isinstance(cfg.regions, (str, bytes, Mapping)) or not isinstance(cfg.regions, Sequence):
         raise ConfigurationError("regions must be a list of regions (RegionConfig or dicts)")
     regions = tuple(_region(r, n) for n, r in enumerate(cfg.regions))
