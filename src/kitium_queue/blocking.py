@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import pools
 from .scripts import MAX_IDLE_CONNS, ScriptCall, ScriptRegistry, pack_args, translate_error
@@ -83,11 +83,7 @@ class BlockingScripts:
         if slots is None:
             return self._exchange_on(payload)
         if not slots.acquire(timeout=pools.POOL_WAIT_S):
-            raise MaxConnectionsError(
-                f"all {self._pool.max_connections} connections of the pool to Redis stayed "
-                f"in use for {pools.POOL_WAIT_S:g} s; raise max_connections in redis= "
-                "(?max_connections=N in the URL) or make fewer calls at once"
-            )
+            raise pools.exhausted(self._pool.max_connections)
         try:
             return self._exchange_on(payload)
         finally:

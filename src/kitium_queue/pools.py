@@ -26,7 +26,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import MaxConnectionsError
 
-__all__ = ["POOL_WAIT_S", "CheckedPool", "CheckedSentinelPool", "check_pool", "waiters_of"]
+__all__ = [
+    "POOL_WAIT_S",
+    "CheckedPool",
+    "CheckedSentinelPool",
+    "check_pool",
+    "exhausted",
+    "waiters_of",
+]
 
 #: Longest a call waits for a free connection of an exhausted pool.
 POOL_WAIT_S = 30.0
@@ -83,11 +90,7 @@ class _WaitsAndChecks:
             if not woken:
                 if fut in waiters:
                     waiters.remove(fut)
-                raise MaxConnectionsError(
-                    f"all {self.max_connections} connections of the pool to Redis stayed "
-                    f"in use for {POOL_WAIT_S:g} s; raise max_connections in redis= "
-                    "(?max_connections=N in the URL) or run fewer calls at once"
-                )
+                raise exhausted(self.max_connections)
             try:
                 return await super().get_connection(*args, **kwargs)  # type: ignore[misc]
             except MaxConnectionsError:
@@ -126,6 +129,15 @@ def waiters_of(pool: Any) -> Sized:
     if isinstance(pool, _WaitsAndChecks):
         return pool._kq_queue()
     return ()
+
+
+def exhausted(most: int) -> MaxConnectionsError:
+    """The error of a pool of ``most`` connections that stayed in use ``POOL_WAIT_S``."""
+    return MaxConnectionsError(
+        f"all {most} connections of the pool to Redis stayed in use for {POOL_WAIT_S:g} s; "
+        "raise max_connections in redis= (?max_connections=N in the URL) or run fewer "
+        "calls at once"
+    )
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:

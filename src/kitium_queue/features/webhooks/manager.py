@@ -75,14 +75,8 @@ class JobWebhookConfig:
             raise ConfigurationError(
                 f"{where} must be a JobWebhookConfig, got {type(config).__name__}"
             )
-        for name, value, lo, hi in (
-            ("max_retries", config.max_retries, 0, MAX_RETRIES),
-            ("timeout_ms", config.timeout_ms, 100, MAX_TIMEOUT_MS),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ConfigurationError(
-                    f"{where} {name} must be an int from {lo} to {hi}, got {value!r}"
-                )
+        to_int(config.max_retries, f"{where} max_retries", minimum=0, maximum=MAX_RETRIES)
+        to_int(config.timeout_ms, f"{where} timeout_ms", minimum=100, maximum=MAX_TIMEOUT_MS)
         return config
 
 
