@@ -166,15 +166,22 @@ def test_base64_text_given_as_bytes_is_not_a_raw_key(make_queue: QueueFactory) -
 
 
 # ---------------------------------------------------------------------- workflows
+def _record_runs(q: JobQueue, name: str) -> list[str]:
+    """Process ``name`` on ``q``: each run appends its job id to the returned list."""
+    ran: list[str] = []
+
+    @q.process(name)
+    async def record(job: Any) -> str:
+        ran.append(job.id)
+        return str(job.id)
+
+    return ran
+
+
 async def test_a_parent_named_twice_is_one_parent(make_queue: QueueFactory) -> None:
     q = make_queue("dup", worker={"concurrency": 4})
     JobChainManager(q)
-    ran: list[str] = []
-
-    @q.process("step")
-    async def step(job: Any) -> str:
-        ran.append(job.id)
-        return job.id
+    ran = _record_runs(q, "step")
 
     await q.add_job("step", job_id="p")
     await q.add_job("step", job_id="c", depends_on=["p", "p"])
@@ -305,12 +312,7 @@ async def test_a_damaged_head_of_a_group_gives_its_turn_back(
 ) -> None:
     q = make_queue("gpoison", worker={"concurrency": 4})
     FIFOQueueManager(q)
-    ran: list[str] = []
-
-    @q.process("x")
-    async def x(job: Any) -> int:
-        ran.append(job.id)
-        return 1
+    ran = _record_runs(q, "x")
 
     await q.add_job("x", 1, message_group_id="G", job_id="j1")  # has the turn
     await q.add_job("x", 2, message_group_id="G", job_id="j2")  # in line behind it
