@@ -152,7 +152,7 @@ async def _hset(client: aioredis.Redis, q: JobQueue, job_id: str, field: str, va
 async def test_tampered_swapped_and_unknown_key_jobs_are_dead_lettered(
     rq: QueueFactory, redis_client: aioredis.Redis
 ) -> None:
-    q, _ = enc_queue(rq, queue_kw={"dlq": {"enabled": True}})
+    q, _ = enc_queue(rq, queue_kw={"dlq": {"enabled": True}}, missing_key_wait_ms=0)
     ran: list[Any] = []
 
     @q.process("*")

@@ -9,6 +9,7 @@ from .crypto import (
     DecryptionError,
     EncryptionError,
     KeyConfig,
+    KeyNotHeldError,
     generate_key,
 )
 from .manager import EncryptionManager
@@ -19,6 +20,7 @@ __all__ = [
     "EncryptionError",
     "EncryptionManager",
     "KeyConfig",
+    "KeyNotHeldError",
     "RotationStatus",
     "RotationTarget",
     "generate_key",

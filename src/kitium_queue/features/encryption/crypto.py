@@ -52,6 +52,7 @@ __all__ = [
     "DecryptionError",
     "EncryptionError",
     "KeyConfig",
+    "KeyNotHeldError",
     "KeyRing",
     "generate_key",
     "is_envelope",
@@ -79,12 +80,32 @@ class DecryptionError(EncryptionError):
     """
 
 
+class KeyNotHeldError(DecryptionError):
+    """This process does not hold a key it needs: the key a ciphertext names, or the
+    queue's current key (to seal). Unlike a tampered or moved ciphertext, another
+    process may hold it (a rolling deploy of a new key): a worker defers such a job
+    for ``missing_key_wait_ms`` before it dead-letters it.
+
+    Attributes:
+        key_id: the id of the key this process lacks.
+    """
+
+    def __init__(self, message: str, key_id: str) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
 def generate_key() -> str:
     """A new random 256-bit key, base64-encoded (what ``KeyConfig.key`` takes)."""
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 _B64_TEXT = re.compile(rb"[A-Za-z0-9+/=_-]+")
+
+
+def is_key_id(value: Any) -> bool:
+    """Whether ``value`` is a well-formed key id (see ``check_key_id``)."""
+    return isinstance(value, str) and _KEY_ID.fullmatch(value) is not None
 
 
 def check_key_id(value: Any) -> str:
@@ -348,9 +369,10 @@ class KeyRing:
         if key is None:
             if not _KEY_ID.fullmatch(key_id):
                 raise DecryptionError("envelope key id is malformed")
-            raise DecryptionError(
+            raise KeyNotHeldError(
                 f"ciphertext needs key {key_id!r}, which this process does not hold "
-                "(add it with add_key)"
+                "(add it with add_key)",
+                key_id,
             )
         if key.algorithm != algorithm:
             raise DecryptionError(

@@ -8,8 +8,10 @@ It plugs into the queue through the extension points only:
   client-made id, ``str(uuid4())``, because auto ids are assigned inside Redis after the
   ciphertext must exist); a schedule's template is bound to the schedule instead;
 * process middleware: opens the data before the processor runs and seals the result
-  before it is stored; a job whose ciphertext does not open (unknown key, tampered,
-  moved) fails for good, dead-lettered, with the reason, and the worker carries on;
+  before it is stored; a job whose ciphertext does not open (tampered, moved) fails
+  for good, dead-lettered, with the reason, and the worker carries on; a job that needs
+  a key this process does not hold is deferred (no attempt spent) for
+  ``missing_key_wait_ms``, for a process that holds it, then dead-lettered;
 * a ``JobInfo`` view: queries in this process show the plaintext; the CLI (which sets
   ``redact_payloads``) shows ``<encrypted ...>``;
 * a leader-only service running the rotation pass (``rotation.py``).
@@ -25,7 +27,13 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigurationError, NonRetryableError, SerializationError
+from ...errors import (
+    ConfigurationError,
+    NonRetryableError,
+    ProcessorSignal,
+    RetryLater,
+    SerializationError,
+)
 from ...leader import LeaderService
 from ...limits import get_logger
 from ...middleware import enqueue_origin
@@ -35,10 +43,12 @@ from .crypto import (
     DecryptionError,
     EncryptionError,
     KeyConfig,
+    KeyNotHeldError,
     KeyRing,
     check_key_id,
     envelope_key_id,
     is_envelope,
+    is_key_id,
 )
 from .rotation import RotationPass, RotationStatus, read_status
 
@@ -54,6 +64,10 @@ log = get_logger(__name__)
 FEATURE = "encryption"
 _SCRIPTS = ("enc_rotate", "enc_swap")
 _INSTALLED: weakref.WeakKeyDictionary[Any, EncryptionManager] = weakref.WeakKeyDictionary()
+#: Jobs this process remembers deferring for a key it lacks (oldest forgotten first).
+MAX_WAITING = 10_000
+#: Longest single deferral of a job waiting for a process that holds its key (ms).
+MAX_KEY_RETRY_MS = 30_000
 
 
 def _encrypted_option(value: Any, section: str) -> bool:
@@ -102,6 +116,13 @@ class EncryptionManager:
         rotation_batch: records read and rewritten per step of the pass (1..1000).
         run_rotation: run the pass as a leader-only service alongside this process's
             workers (one process of the queue at a time).
+        missing_key_wait_ms: how long this process's workers defer a job that needs a
+            key it does not hold (the job's own key, or the queue's current key to seal
+            the result), for a process that holds it: during a rolling deploy of a new
+            key, old workers hand such jobs on instead of dead-lettering them. No
+            attempt is spent; each deferral is longer (1 s, growing to 30 s). After
+            this long the job is dead-lettered with the reason. Default 10 minutes;
+            0 dead-letters at once.
     """
 
     def __init__(
@@ -115,6 +136,7 @@ class EncryptionManager:
         rotation_grace_ms: Any = None,
         rotation_batch: int = 200,
         run_rotation: bool = True,
+        missing_key_wait_ms: Any = 600_000,
     ) -> None:
         if queue in _INSTALLED:
             raise ConfigurationError(
@@ -127,6 +149,10 @@ class EncryptionManager:
         self.refresh_ms = to_ms(refresh_ms, "refresh_ms", minimum=1)
         grace = self.refresh_ms + 5000 if rotation_grace_ms is None else rotation_grace_ms
         self.rotation_grace_ms = to_ms(grace, "rotation_grace_ms")
+        self.missing_key_wait_ms = to_ms(missing_key_wait_ms, "missing_key_wait_ms")
+        # job id -> when this process first deferred it for a key it lacks (monotonic s)
+        self._waiting: dict[str, float] = {}
+        self._warned: set[str] = set()
         self._first: str | None = None
         for k in keys:
             self._hold(k)
@@ -228,10 +254,16 @@ class EncryptionManager:
         cur = self._current
         assert cur is not None
         if cur not in self.ring:
-            raise EncryptionError(
+            if not is_key_id(cur):
+                raise EncryptionError(
+                    f"queue {self.queue.name!r}: the current key id stored in Redis is "
+                    "malformed; set it again with rotate_key()"
+                )
+            raise KeyNotHeldError(
                 f"queue {self.queue.name!r} encrypts with key {cur!r}, which this process "
                 "does not hold; add it with add_key() (keys come from your configuration, "
-                "never from Redis)"
+                "never from Redis)",
+                cur,
             )
         return cur
 
@@ -363,8 +395,11 @@ class EncryptionManager:
         try:
             plain = self.open_job_data(job.id, job.name, sealed)
             key_id = await self.current_key_id()
+        except KeyNotHeldError as exc:
+            raise self._key_missing(job.id, exc) from None
         except EncryptionError as exc:
             raise NonRetryableError(f"encrypted job cannot run: {exc}") from None
+        self._waiting.pop(job.id, None)
         job.data = plain
         try:
             result = await call_next()
@@ -381,6 +416,38 @@ class EncryptionManager:
         return self.ring.seal(
             raw, key_id, Binding("job", self.queue.name, job.id, job.name, "result")
         )
+
+    def _key_missing(self, job_id: str, exc: KeyNotHeldError) -> ProcessorSignal:
+        """Defer a job that needs a key this process lacks, or, once it has waited
+        ``missing_key_wait_ms`` (counted from this process's first deferral), fail it
+        for good."""
+        now = time.monotonic()
+        first = self._waiting.get(job_id)
+        if first is None:
+            horizon = now - 2 * self.missing_key_wait_ms / 1000
+            self._waiting = {j: t for j, t in self._waiting.items() if t >= horizon}
+            while len(self._waiting) >= MAX_WAITING:
+                del self._waiting[next(iter(self._waiting))]
+            first = self._waiting[job_id] = now
+        waited_ms = (now - first) * 1000
+        left_ms = self.missing_key_wait_ms - waited_ms
+        if left_ms <= 0:
+            self._waiting.pop(job_id, None)
+            return NonRetryableError(
+                f"encrypted job cannot run: {exc}; no process holding the key took it "
+                f"within missing_key_wait_ms ({self.missing_key_wait_ms} ms)"
+            )
+        if exc.key_id not in self._warned and len(self._warned) < 100:
+            self._warned.add(exc.key_id)
+            log.warning(
+                "queue %r: jobs need key %r, which this process does not hold; they are "
+                "deferred for a process that holds it (missing_key_wait_ms=%d)",
+                self.queue.name,
+                exc.key_id,
+                self.missing_key_wait_ms,
+            )
+        delay = min(max(1000.0, waited_ms / 4), MAX_KEY_RETRY_MS, left_ms)
+        return RetryLater(delay, f"waiting for a process that holds key {exc.key_id!r}")
 
     # ------------------------------------------------------------------ queries
     def _view(self, info: JobInfo, redact: bool) -> None:
