@@ -43,6 +43,7 @@ queue; a claim that finds it reached stops at once.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FlowControl",
     "RateLimit",
+    "check_pattern",
     "concurrency_key",
     "concurrency_owners_key",
     "rate_key",
@@ -122,7 +124,7 @@ class FlowControl:
     # Every declaration is checked whole before anything changes, then installed by
     # ``_apply``: a refused one leaves the declarations and the installed Lua as they were.
     def set_rate_limit(self, pattern: str, *, max: int, duration: Any = 1000) -> None:
-        pattern = _pattern(pattern)
+        pattern = check_pattern(pattern)
         # Ranges: README "Limits and ranges" (the window is a Redis PEXPIRE, so it must
         # be a whole number of ms that Redis accepts).
         limit = to_int(max, "rate limit max", minimum=1, maximum=MAX_COUNT)
@@ -130,7 +132,7 @@ class FlowControl:
         self._apply(rate_limits={**self.rate_limits, pattern: RateLimit(limit, dur)})
 
     def set_concurrency_limit(self, pattern: str, max: int) -> None:
-        pattern = _pattern(pattern)
+        pattern = check_pattern(pattern)
         cap = to_int(max, "concurrency limit", minimum=1, maximum=MAX_COUNT)
         self._apply(concurrency_limits={**self.concurrency_limits, pattern: cap})
 
@@ -140,11 +142,11 @@ class FlowControl:
         self._apply(global_concurrency=max)
 
     def remove_rate_limit(self, pattern: str) -> None:
-        pattern = _pattern(pattern)
+        pattern = check_pattern(pattern)
         self._apply(rate_limits={p: v for p, v in self.rate_limits.items() if p != pattern})
 
     def remove_concurrency_limit(self, pattern: str) -> None:
-        pattern = _pattern(pattern)
+        pattern = check_pattern(pattern)
         self._apply(
             concurrency_limits={p: v for p, v in self.concurrency_limits.items() if p != pattern}
         )
@@ -223,10 +225,12 @@ class FlowControl:
                 )
             ]
         lim = self.limit_of(rk, self.rate_limits)
-        if lim is None or w is None:
+        start, used = _number(w), _number(n)
+        # As claim reads it: a window opened after now (or at no time) is none.
+        if lim is None or start is None or start > now:
             return []
-        until = int(w) + lim.duration
-        if int(n or 0) < lim.max or until <= now:
+        until = int(start) + lim.duration
+        if (used or 0) < lim.max or until <= now:
             return []
         return [
             Reason(
@@ -299,6 +303,15 @@ class FlowControl:
         return _ENQUEUE.format(prelude=self._prelude())
 
 
+def _number(value: Any) -> float | None:
+    """A counter field read from Redis as a finite number, or None (absent or damaged)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
 def _key_option(name: str) -> Normalizer:
     """The normalizer of job option ``name`` (a rate-limit or concurrency key)."""
 
@@ -320,18 +333,18 @@ def _check_keys(
     return job_name, data, options
 
 
-def _pattern(pattern: Any) -> str:
+def check_pattern(pattern: Any, what: str = "a limit's key pattern") -> str:
     """A limit's key pattern: the rules of a job's keys (``_key_option``, README "Limits
-    and ranges"), with ``*`` only at the end."""
+    and ranges"), with ``*`` only at the end; ``what`` names it in the error."""
     check_text(
         pattern,
-        "a limit's key pattern",
+        what,
         max_len=_MAX_KEY,
         rule=": a key, a prefix ending in '*' (such as 'customer-*') or '*' for every key",
     )
     if "*" in pattern[:-1]:
         raise ConfigurationError(
-            f"invalid key pattern {shown(pattern)}: '*' is only allowed at the end "
+            f"{what}: invalid key pattern {shown(pattern)}: '*' is only allowed at the end "
             "(a prefix such as 'customer-*', or '*' for every key)"
         )
     return str(pattern)
@@ -400,8 +413,8 @@ _PRELUDE = """{rate}
       local st = redis.pcall('HGET', job_key(m), 'st')
       -- A damaged record counts as running: recovery releases it when its lease ends.
       if st == 'active' or (st and type(st) ~= 'string') then break end
-      redis.call('SREM', skey, m)
       redis.call('HDEL', CC_OWNER, m)
+      redis.call('SREM', skey, m)
       n = n - 1
     end
     return n
@@ -414,7 +427,9 @@ _PRELUDE = """{rate}
     if st == nil then
       local f = redis.call('HMGET', PREFIX .. 'rl:' .. rk, 'w', 'n')
       local w, used, reset = tonumber(f[1]), tonumber(f[2]) or 0, nil
-      if w and NOW < w + lim[2] then reset = w + lim[2] else used = 0 end
+      -- A window opened after NOW (or at no finite time) was written by hand or by
+      -- another clock: it would hold the key for good, so a fresh one opens.
+      if w and w <= NOW and NOW < w + lim[2] then reset = w + lim[2] else used = 0 end
       st = {{ used = used, max = lim[1], dur = lim[2], reset = reset }}
       rates[rk] = st
     end
@@ -507,9 +522,12 @@ _CHECK = """(function()
       end
     end
     if cur_cs then
+      -- The owner entry first: a member of cc:<key> whose owner entry failed (cc-of
+      -- damaged) would hold a slot that no release gives back, parking the key's jobs
+      -- for good; the job runs uncounted instead (the failure is in slot-errors).
+      redis.call('HSET', CC_OWNER, id, cur_ck)
       cur_cs.n = cur_cs.n + 1
       redis.call('SADD', PREFIX .. 'cc:' .. cur_ck, id)
-      redis.call('HSET', CC_OWNER, id, cur_ck)
     end
   end
 

@@ -18,6 +18,7 @@ from ..events import EventData
 from ..facade import MultiQueue
 from ..job import Job, JobInfo
 from ..keys import MAX_KEY_PART, check_key_part
+from ..options import MAX_CONCURRENCY, to_int
 from ..queue import HealthStatus, JobQueue, QueueStats
 from ..worker import SharedSlots, Worker
 
@@ -305,9 +306,12 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         slots (default: ``worker.concurrency``). Returns once the workers run."""
         if any(w.running for w in self._workers):
             return
-        total = int(concurrency or self.queues[0].worker_config.concurrency)
-        if total < 1:
-            raise ConfigurationError(f"concurrency must be >= 1, got {total}")
+        # The check of a JobQueue's worker: 0, negative, bool, float or text is refused.
+        total = (
+            self.queues[0].worker_config.concurrency
+            if concurrency is None
+            else to_int(concurrency, "concurrency", minimum=1, maximum=MAX_CONCURRENCY)
+        )
         slots = SharedSlots(total)
         workers = [Worker(q, concurrency=total, slots=slots) for q in self.queues]
         self.stopped.clear()

@@ -418,10 +418,16 @@ class RateLimitingConfig(Section):
         self._set("duration_ms", to_ms(self.duration_ms, self._where("duration_ms"), minimum=1))
         if not isinstance(self.per_key, Mapping):
             raise ConfigurationError(f"{self._where('per_key')} must be a dict of pattern -> rule")
+        # Each pattern by the rules of set_rate_limit / set_concurrency_limit, here, so a
+        # bad one names its field (a key that is not text is refused, not turned into one).
+        from ..flowcontrol import check_pattern
+
         self._set(
             "per_key",
             {
-                str(k): RateLimitRule.parse(v, f"{self.PATH}.per_key[{k!r}]")
+                check_pattern(k, f"{self.PATH}.per_key key"): RateLimitRule.parse(
+                    v, f"{self.PATH}.per_key[{k!r}]"
+                )
                 for k, v in self.per_key.items()
             },
         )
@@ -430,6 +436,7 @@ class RateLimitingConfig(Section):
                 f"{self._where('concurrency_per_key')} must be a dict of pattern -> int"
             )
         for k, v in self.concurrency_per_key.items():
+            check_pattern(k, f"{self.PATH}.concurrency_per_key key")
             to_int(v, f"{self.PATH}.concurrency_per_key[{k!r}]", minimum=1, maximum=MAX_COUNT)
         self._set("concurrency_per_key", dict(self.concurrency_per_key))
         opt_int(self.global_concurrency, self._where("global_concurrency"), minimum=1)

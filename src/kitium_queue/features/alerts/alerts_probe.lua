@@ -14,7 +14,8 @@
     dlq       jobs dead-lettered within the window (their score in dlq)
     completed / retrying / failed
               runs that ended so within the window, from the outcome buckets
-              (alerts:o:<bucket>, written by the feature's release fragment)
+              (alerts:o:<bucket>, written by the feature's release fragment; a bucket
+              that is not a hash counts as none)
 ]]
 --@include lib_base
 
@@ -41,8 +42,12 @@ for i = 5, #ARGV do
   local first = math.floor((NOW - w) / B) + 1
   if last - first > 2000 then first = last - 2000 end
   for b = first, last do
-    local v = redis.call('HMGET', PREFIX .. 'alerts:o:' .. int(b), 'c', 'r', 'f')
-    c, r, f = c + num(v[1]), r + num(v[2]), f + num(v[3])
+    -- A bucket damaged by hand (another type of key) counts as no runs: it must not
+    -- keep every rule of the queue from being evaluated.
+    local v = redis.pcall('HMGET', PREFIX .. 'alerts:o:' .. int(b), 'c', 'r', 'f')
+    if type(v) == 'table' and not v.err then
+      c, r, f = c + num(v[1]), r + num(v[2]), f + num(v[3])
+    end
   end
   out[#out + 1] = { dlq, int(c), int(r), int(f) }
 end

@@ -13,15 +13,24 @@
   alerts:state  HASH  rule -> '<state> <since ms> <term> <value>'
   alerts:log    STREAM  every change: rule, state, metric, value, threshold (~1000 kept)
   Returns { 'changed', log entry id } | { 'same' } (already in that state) | { 'stale' }
-  (a later term recorded this rule: this leader was deposed; nothing written).
+  (a later term recorded this rule: this leader was deposed; nothing written) |
+  { 'damaged', key, type } (alerts:state or alerts:log holds another type of key, written
+  by hand: nothing written, so the change is recorded and reported once it is repaired).
 ]]
 --@include lib_base
 
 local key = PREFIX .. 'alerts:state'
+local log_key = PREFIX .. 'alerts:log'
 local rule, state, term = ARGV[4], ARGV[5], arg_int(ARGV[6], 0, 0, MAX_MS)
 if state ~= 'firing' and state ~= 'ok' then
   return bad_arg('alerts_state', "state must be 'firing' or 'ok'")
 end
+-- Both keys are checked before the first write: a change is recorded whole (state and
+-- log entry) or not at all.
+local kt = key_type(key)
+if kt ~= 'hash' and kt ~= 'none' then return { 'damaged', 'alerts:state', kt } end
+kt = key_type(log_key)
+if kt ~= 'stream' and kt ~= 'none' then return { 'damaged', 'alerts:log', kt } end
 local cur = redis.call('HGET', key, rule)
 if cur then
   local st, _, t = string.match(cur, '^(%S+) (%S+) (%S+)')
@@ -36,6 +45,6 @@ elseif state == 'ok' then
   return { 'same' }
 end
 redis.call('HSET', key, rule, state .. ' ' .. NOW_S .. ' ' .. int(term) .. ' ' .. ARGV[7])
-local eid = redis.call('XADD', PREFIX .. 'alerts:log', 'MAXLEN', '~', '1000', '*', 'rule', rule,
+local eid = redis.call('XADD', log_key, 'MAXLEN', '~', '1000', '*', 'rule', rule,
   'state', state, 'metric', ARGV[8], 'value', ARGV[7], 'threshold', ARGV[9])
 return { 'changed', eid }

@@ -30,6 +30,7 @@ them.
 
 from __future__ import annotations
 
+import operator
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -37,11 +38,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
+
 from ...errors import ConfigurationError
 from ...hooks import FeatureEvent
 from ...leader import LeaderService, every
 from ...limits import get_logger
-from ...options import to_ms
+from ...options import shown, to_ms
 from .rules import GAUGE_METRICS, MAX_WINDOW_MS, AlertRule, parse_rule
 
 if TYPE_CHECKING:
@@ -79,10 +82,15 @@ def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
+def _wrong_type(exc: ResponseError) -> bool:
+    return "WRONGTYPE" in str(exc)
+
+
 @dataclass(frozen=True, slots=True)
 class AlertState:
     """A rule's recorded state: ``ok`` or ``firing`` since ``since_ms``, with the value
-    last seen by the leader (``None``: never evaluated)."""
+    last seen by the leader (``None``: never evaluated); ``unknown`` when the key of
+    the states (``alerts:state``) was overwritten with another type of key."""
 
     rule: str
     state: str
@@ -163,6 +171,7 @@ class AlertManager:
         self.webhook_event = webhook_event
         self._above_since: dict[str, int] = {}
         self._gauge_missing: set[str] = set()
+        self._damaged: set[str] = set()
         self.evaluations = 0
         for name in _SCRIPTS:
             queue.scripts.add_fragment(name, _lua(name))
@@ -256,7 +265,14 @@ class AlertManager:
 
     async def _states(self) -> list[AlertState]:
         client = await self.queue.client()
-        raw = await client.hgetall(self.queue.keys.extra("alerts:state"))
+        try:
+            raw = await client.hgetall(self.queue.keys.extra("alerts:state"))
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            # Overwritten with another type of key: no state can be read.
+            self._warn_damaged("alerts:state")
+            return [AlertState(r.name, "unknown", None, None) for r in self.rules]
         stored = {_text(k): _text(v).split(" ") for k, v in raw.items()}
         out = []
         for r in self.rules:
@@ -272,12 +288,27 @@ class AlertManager:
         return out
 
     async def history(self, limit: int = 50) -> list[AlertTransition]:
-        """The latest recorded changes, newest first. A read of the queue: it passes
-        the queue's read guards first."""
-        n = max(1, min(int(limit), 1000))
+        """The latest recorded changes, newest first (``limit``: an int, at most 1000
+        are read; none when ``alerts:log`` was overwritten with another type of key). A
+        read of the queue: it passes the queue's read guards first."""
+        try:
+            whole = None if isinstance(limit, bool) else operator.index(limit)
+        except TypeError:
+            whole = None
+        if whole is None:
+            raise ConfigurationError(
+                f"alert history limit must be an int (at most 1000 are read), got {shown(limit)}"
+            )
+        n = max(1, min(whole, 1000))
         await self.queue.queries.check("alert_history", {"limit": n})
         client = await self.queue.client()
-        raw = await client.xrevrange(self.queue.keys.extra("alerts:log"), count=n)
+        try:
+            raw = await client.xrevrange(self.queue.keys.extra("alerts:log"), count=n)
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            self._warn_damaged("alerts:log")
+            return []
         out = []
         for eid, f in raw:
             g = {_text(k): _text(v) for k, v in f.items()}
@@ -323,13 +354,33 @@ class AlertManager:
             reply = await self.queue.run(
                 "alerts_state", [r.name, want, term, shown, r.metric, f"{r.threshold:g}"]
             )
+            if _text(reply[0]) == "damaged":
+                # Nothing was written: the change is recorded (and reported) at the
+                # first evaluation after the key is repaired.
+                self._warn_damaged(_text(reply[1]), _text(reply[2]))
+                continue
             if _text(reply[0]) != "changed":
                 continue
+            self._damaged.clear()
             t = AlertTransition(_text(reply[1]), r.name, want, r.metric, shown, f"{r.threshold:g}")
             changes.append(t)
             await self._report(t)
         self.evaluations += 1
         return changes
+
+    def _warn_damaged(self, key: str, kind: str = "") -> None:
+        """Log, once until a change is recorded again, that ``key`` of the alerts holds
+        another type of key (written by hand)."""
+        if key in self._damaged:
+            return
+        self._damaged.add(key)
+        log.warning(
+            "queue %s: alerts: key %s holds %s, not what the alerts keep there: alert "
+            "changes are not recorded until it is deleted or repaired",
+            self.queue.name,
+            key,
+            f"a {kind}" if kind else "another type of key",
+        )
 
     async def _report(self, t: AlertTransition) -> None:
         q = self.queue

@@ -85,8 +85,17 @@ class AlertRule:
             v = getattr(self, attr)
             if v is None and attr == "clear_below":
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigurationError(f"{where}: {attr} must be a finite number, got {shown(v)}")
+            finite = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if finite:
+                try:  # an int beyond any float (10**400) is no usable threshold either
+                    finite = math.isfinite(float(v))
+                except OverflowError:
+                    finite = False
+            if not finite:
+                raise ConfigurationError(
+                    f"{where}: {attr} must be a finite number (an int or float within the "
+                    f"range of a float), got {shown(v)}"
+                )
         if self.clear_below is not None and self.clear_below > self.threshold:
             raise ConfigurationError(
                 f"{where}: clear_below ({self.clear_below}) must not be above the threshold "
@@ -102,8 +111,18 @@ class AlertRule:
             raise ConfigurationError(f"{where}: min_samples must be an int >= 1")
         if self.min_samples < 1:
             raise ConfigurationError(f"{where}: min_samples must be an int >= 1")
-        if self.breaker_id is not None and self.metric != "breaker_open":
-            raise ConfigurationError(f"{where}: breaker_id applies to metric 'breaker_open' only")
+        if self.breaker_id is not None:
+            if self.metric != "breaker_open":
+                raise ConfigurationError(
+                    f"{where}: breaker_id applies to metric 'breaker_open' only"
+                )
+            from ..breakers.model import check_breaker_id
+
+            try:
+                check_breaker_id(self.breaker_id)
+            except ConfigurationError as exc:
+                # Any other value would name no breaker: the rule could never fire.
+                raise ConfigurationError(f"{where}: breaker_id: {exc}") from None
 
     @property
     def window(self) -> int:
