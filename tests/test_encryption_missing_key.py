@@ -192,3 +192,21 @@ async def test_rolling_deploy_old_and_new_workers_together_run_every_job_once(
     await wait_until(all_done, timeout=60, interval=0.2)
     assert ran_old == []
     assert sorted(d["i"] for d in ran_new) == list(range(160))
+
+
+async def test_the_advanced_section_passes_missing_key_wait_ms_on(rq: QueueFactory) -> None:
+    from kitium_queue.features.advanced import EncryptionConfig
+
+    with pytest.raises(ConfigurationError, match=r"advanced\.encryption\.missing_key_wait_ms"):
+        EncryptionConfig(enabled=True, missing_key_wait_ms=-5)
+    q = rq(
+        "adv",
+        advanced={
+            "encryption": {
+                "enabled": True,
+                "keys": [{"key_id": "k1", "key": K1}],
+                "missing_key_wait_ms": 2500,
+            }
+        },
+    )
+    assert EncryptionManager.for_queue(q).missing_key_wait_ms == 2500

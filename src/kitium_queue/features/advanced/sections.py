@@ -105,6 +105,9 @@ class EncryptionConfig(Section):
         current_key_id: the key new jobs use when the queue has none yet.
         encrypt_all: encrypt every job.
         rotation: run the re-encryption pass after ``rotate_key`` (leader only).
+        missing_key_wait_ms: how long a worker defers a job that needs a key this
+            process does not hold, for a process that holds it, before it dead-letters
+            it (0: at once).
     """
 
     PATH: ClassVar[str] = "advanced.encryption"
@@ -115,10 +118,15 @@ class EncryptionConfig(Section):
     current_key_id: str | None = None
     encrypt_all: bool = False
     rotation: bool = True
+    missing_key_wait_ms: Any = 600_000
 
     def _check(self) -> None:
         for name in ("enabled", "encrypt_all", "rotation"):
             check_bool(getattr(self, name), self._where(name))
+        self._set(
+            "missing_key_wait_ms",
+            to_ms(self.missing_key_wait_ms, self._where("missing_key_wait_ms")),
+        )
         self._set(
             "algorithm",
             check_choice(

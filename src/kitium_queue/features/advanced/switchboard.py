@@ -266,6 +266,7 @@ class AdvancedFeatures:
             current_key_id=enc.current_key_id,
             encrypt_all=enc.encrypt_all,
             run_rotation=enc.rotation,
+            missing_key_wait_ms=enc.missing_key_wait_ms,
         )
 
     def _workflows(self) -> None:
