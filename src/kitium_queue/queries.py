@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from .context import CONNECT_TIMEOUT_S
@@ -41,6 +40,7 @@ from .limits import MAX_DELAY_MS, QUERY_PAGE
 from .options import MAX_QUERY_LIMIT, lookup_id, shown, to_int
 from .parking import parked_count, parked_ids
 from .records import JobDetail, decode_id, job_values, stored_status
+from .redact import redact_json_text
 from .serverinfo import MemoryReport, memory_report
 
 if TYPE_CHECKING:
@@ -631,14 +631,9 @@ def _count(raw: Any) -> int:
 
 def _redacted_json(ctx: QueueContext, text: str) -> str:
     """A JSON object or array in ``text`` (a log line, a progress value) through the
-    context's redactors, as JSON again; other text unchanged."""
-    if text[:1] not in ("{", "["):
-        return text
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
-    return orjson.dumps(ctx.redact_value(value)).decode()
+    context's redactors, as JSON again; other text unchanged (fails closed:
+    ``redact.redact_json_text``)."""
+    return redact_json_text(text, ctx.redact_value)
 
 
 async def _after(

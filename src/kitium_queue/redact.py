@@ -1,17 +1,20 @@
-"""Redaction of credentials in URLs, connection settings and error messages.
+"""Redaction of credentials in URLs, connection settings and error messages, and of
+payload fields in JSON text.
 
 One function, ``redact_url``, that fails closed: every message and printed URL of the
 library goes through it (``ConnectionFactory.redact`` adds the passwords a connection
-setting was given).
+setting was given). ``redact_json_text`` puts a JSON text (a log line, a progress value
+from the event stream) through the payload redactors, failing closed too.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import orjson
 from redis.asyncio.cluster import RedisCluster
 
 from .errors import ConfigurationError
@@ -23,6 +26,7 @@ __all__ = [
     "client_secrets",
     "mapping_secrets",
     "misplaced_secrets",
+    "redact_json_text",
     "redact_url",
     "url_secrets",
 ]
@@ -229,3 +233,47 @@ def client_secrets(client: Any) -> set[str]:
     except Exception:  # not a redis-py client: nothing known to mask
         pass
     return found
+
+
+# Deeper nesting than any payload may have (the codec refuses more than 254 levels).
+_JSON_DEPTH = 255
+
+
+def redact_json_text(text: str, redact: Callable[[Any], Any]) -> str:
+    """A JSON object or array in ``text`` through ``redact``, as JSON again; other text
+    unchanged. Fails closed: JSON nested too deep to be read or written back (any text
+    that opens more than 254 levels of brackets) comes back as ``REDACTED`` whole, so
+    nesting cannot carry a field past the redactor."""
+    if text[:1] not in ("{", "["):
+        return text
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return REDACTED if _nesting_exceeds(text, _JSON_DEPTH) else text
+    try:
+        return orjson.dumps(redact(value)).decode()
+    except (TypeError, RecursionError):  # orjson.JSONEncodeError: nested too deep
+        return REDACTED
+
+
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether ``text`` opens more than ``limit`` levels of ``[`` / ``{`` outside strings."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .manager import ComplianceManager, subject_digest
+from .manager import ComplianceManager, check_subject, subject_digest
 
 __all__ = ["make_command"]
 
@@ -47,6 +47,8 @@ def make_command(
         """Erase every job of SUBJECT_ID in APP (any state, running ones too), with its
         results, logs, DLQ entry, stored idempotency results and events. Asks first
         unless --yes."""
+        # Checked before anything is loaded or asked; the error never shows the id.
+        check_subject(subject_id)
 
         async def act(q: Any) -> Any:
             from ...identity import acting_as
@@ -79,6 +81,7 @@ def make_command(
     @redis_option
     def jobs(app: str, subject_id: str, limit: int, redis: str | None) -> None:
         """List the ids of SUBJECT_ID's jobs in APP (from the subject index)."""
+        check_subject(subject_id)
 
         async def act(q: Any) -> list[str]:
             return await ComplianceManager.for_queue(q).subject_jobs(subject_id, limit)

@@ -3,6 +3,8 @@
   -- with its subject's entry in `subjects` (the `erase` slot; see enqueue.lua).
   local IDX, ALL = PREFIX .. 'subj:', PREFIX .. 'subjects'
   return function(id, jk, ik)
+    -- A job key damaged by hand (not a hash) names no subject.
+    if key_type(jk) ~= 'hash' then return end
     local sj = redis.call('HGET', jk, 'sj')
     if not sj then return end
     local idx = IDX .. sj

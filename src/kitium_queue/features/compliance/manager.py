@@ -24,6 +24,7 @@ It plugs into the queue through the extension points only:
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -31,10 +32,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, KitiumQueueError
 from ...events import EventData
 from ...limits import get_logger
-from ...options import check_text, to_int, to_ms
+from ...options import to_int, to_ms
 from ..retention import STATES, Retention
 from ..retention.stream import install_swap, rewrite_events
 from .redaction import PathRedactor
@@ -42,7 +43,7 @@ from .redaction import PathRedactor
 if TYPE_CHECKING:
     from ...queue import JobQueue
 
-__all__ = ["FEATURE", "ComplianceManager", "ErasureReport", "subject_digest"]
+__all__ = ["FEATURE", "ComplianceManager", "ErasureReport", "check_subject", "subject_digest"]
 
 log = get_logger(__name__)
 
@@ -63,8 +64,38 @@ def subject_digest(subject_id: str) -> str:
     return hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
 
 
+# Control characters, DEL and lone surrogates (as ``options.check_text`` refuses them).
+_BAD_SUBJECT_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def check_subject(value: Any, what: str = "subject_id") -> str:
+    """A subject id: text of 1..256 characters without control characters or lone
+    surrogates. The error says what is wrong and where, never the value itself: a
+    subject id is personal data (an e-mail address, a customer number), and error
+    messages end up in logs and on terminals."""
+    valid = (
+        f"{what} must be a non-empty string of at most {_MAX_SUBJECT} characters without "
+        "control characters or lone surrogates"
+    )
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{valid}, got {type(value).__name__}")
+    if not value:
+        raise ConfigurationError(f"{valid}, got an empty string")
+    if len(value) > _MAX_SUBJECT:
+        raise ConfigurationError(f"{valid}, got {len(value)} characters")
+    bad = _BAD_SUBJECT_CHAR.search(value)
+    if bad is not None:
+        ch = bad.group()
+        kind = "a lone surrogate" if "\ud800" <= ch <= "\udfff" else "a control character"
+        raise ConfigurationError(
+            f"{valid}, got one with {kind} (U+{ord(ch):04X}) at index {bad.start()}; the "
+            "value is not shown (it is personal data)"
+        )
+    return value
+
+
 def _subject(value: Any, section: str) -> str:
-    return check_text(value, f"{section}: subject_id", max_len=_MAX_SUBJECT)
+    return check_subject(value, f"{section}: subject_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,26 +163,22 @@ class ComplianceManager:
             )
         if not isinstance(redact_everywhere, bool):
             raise ConfigurationError("redact_everywhere must be True or False")
+        # Every setting is checked before anything is installed: a bad one leaves the
+        # queue as it was (no retention service, no period half applied).
         self.queue = queue
         self.erase_batch = to_int(erase_batch, "erase_batch", minimum=1, maximum=1000)
         self.redactor = PathRedactor(redact_fields)
         self.redact_everywhere = redact_everywhere
         self._gc_cursor = 0
+        interval = to_ms(interval_ms, "interval_ms", minimum=10)
+        periods = _periods(retention)
         existing = Retention.of(queue)
         if existing is None:
-            self.retention = Retention(queue, interval_ms=interval_ms, run_service=run_service)
+            self.retention = Retention(queue, interval_ms=interval, run_service=run_service)
         else:
             # Shared with the cost limits: the service runs at the shorter interval.
             self.retention = existing
-            existing.interval_ms = min(
-                existing.interval_ms, to_ms(interval_ms, "interval_ms", minimum=10)
-            )
-        periods = dict(retention or {})
-        unknown = sorted(set(periods) - set(STATES))
-        if unknown:
-            raise ConfigurationError(
-                f"retention periods apply to {', '.join(STATES)}; unknown state(s) {unknown}"
-            )
+            existing.interval_ms = min(existing.interval_ms, interval)
         for state, period in periods.items():
             self.retention.set_period(state, period)
         self._install()
@@ -213,7 +240,7 @@ class ComplianceManager:
         argument ``subject_digest`` (the subject's SHA-256: audit records never hold
         the subject id or the erased data). Returns an ``ErasureReport``.
         """
-        subject = check_text(subject_id, "subject_id", max_len=_MAX_SUBJECT)
+        subject = check_subject(subject_id)
         digest = subject_digest(subject)
         q = self.queue
 
@@ -223,10 +250,18 @@ class ComplianceManager:
             active = 0
             while True:
                 reply = await q.run("compliance_erase", [subject, self.erase_batch])
-                n, act, left = int(reply[0]), int(reply[1]), int(reply[2])
-                erased.update(b.decode("utf-8", "replace") for b in reply[3:])
+                act, left, seen = int(reply[1]), int(reply[2]), int(reply[3])
+                if left < 0:
+                    raise KitiumQueueError(
+                        f"queue {q.name!r}: the subject's index (key '<prefix>subj:<subject "
+                        f"id>') holds a {_text(reply[4])[:20]}, not a hash: it was damaged "
+                        "outside the library, so the subject's jobs cannot be found through "
+                        "it; the erasure stopped there. Delete that key, then remove the "
+                        "subject's jobs (field 'sj' of their records) with remove_job"
+                    )
+                erased.update(b.decode("utf-8", "replace") for b in reply[4:])
                 active += act
-                if left == 0 or n == 0:
+                if left == 0 or seen == 0:
                     break
             events = await self._scrub_events(erased)
             return ErasureReport(
@@ -251,7 +286,7 @@ class ComplianceManager:
     async def subject_jobs(self, subject_id: str, limit: int = 1000) -> list[str]:
         """Ids of the jobs in ``subject_id``'s index (at most ``limit``), unordered. A
         read of the queue: it passes the queue's read guards first."""
-        subject = check_text(subject_id, "subject_id", max_len=_MAX_SUBJECT)
+        subject = check_subject(subject_id)
         n = to_int(limit, "limit", minimum=0, maximum=100_000)
         await self.queue.queries.check("subject_jobs", {"subject_id": subject, "limit": n})
         client = await self.queue.client()
@@ -277,6 +312,16 @@ class ComplianceManager:
         visited in turn (the retention service calls it on each pass)."""
         client = await self.queue.client()
         key = self.queue.keys.extra("subjects")
+        kind = _text(await client.type(key))
+        if kind not in ("zset", "none"):
+            # Damaged by hand: it lists no subject. The retention pass goes on.
+            log.warning(
+                "queue %s: the compliance key 'subjects' holds a %s, not a sorted set; "
+                "the subject index's garbage collection is skipped until it is deleted",
+                self.queue.name,
+                kind[:20],
+            )
+            return 0
         dropped = calls = 0
         while calls < max_calls:
             cursor, page = await client.zscan(key, self._gc_cursor, count=100)
@@ -284,7 +329,9 @@ class ComplianceManager:
                 inner = "0"
                 while True:
                     calls += 1
-                    nxt, n = await self.queue.run("compliance_gc", [_text(raw), inner, 500])
+                    # The subject as stored (bytes): a name that is not UTF-8 (damaged)
+                    # still names its own index.
+                    nxt, n = await self.queue.run("compliance_gc", [raw, inner, 500])
                     dropped += int(n)
                     inner = _text(nxt)
                     if inner == "0":
@@ -312,6 +359,28 @@ class ComplianceManager:
             "redact_everywhere": self.redact_everywhere,
             "erase_batch": self.erase_batch,
         }
+
+
+def _periods(value: Any) -> dict[str, int | None]:
+    """The retention periods, checked: ``{state: ms, timedelta or None}`` for finished
+    states (None: no period)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            "retention must be a dict of periods per finished state, such as "
+            f"{{'completed': timedelta(days=30)}}, got {type(value).__name__}"
+        )
+    unknown = [k for k in value if k not in STATES]
+    if unknown:
+        shown_ = ", ".join(repr(k)[:40] for k in unknown[:5])
+        raise ConfigurationError(
+            f"retention periods apply to {', '.join(STATES)}; unknown state(s) [{shown_}]"
+        )
+    return {
+        str(s): None if p is None else to_ms(p, f"{s} retention period", minimum=1)
+        for s, p in value.items()
+    }
 
 
 def _text(v: Any) -> str:

@@ -12,6 +12,11 @@ A matched field keeps its key and has its value replaced by ``"***"`` (whatever 
 held: a string, a number, a whole object). Lists are walked through ``*`` and ``**``
 only: a plain name never matches a list index. Keys that contain a dot cannot be
 named (use ``*``). A redactor returns a copy and never changes the value it was given.
+
+It fails closed on values nested deeper than any payload can be (the codec refuses
+more than 254 levels; only damaged or foreign data is deeper): below
+``MAX_DEPTH`` levels, where a path could still match, the whole rest is masked, instead
+of the walk running out of stack.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from ...errors import ConfigurationError
 from ...options import check_text
 from ...redact import REDACTED
 
-__all__ = ["MAX_PATHS", "PathRedactor", "check_paths"]
+__all__ = ["MAX_DEPTH", "MAX_PATHS", "PathRedactor", "check_paths"]
 
 #: Most paths one redactor takes.
 MAX_PATHS = 200
+#: Levels walked; deeper, a value a path may still reach is masked whole.
+MAX_DEPTH = 256
 _MAX_SEGMENTS = 32
 
 Pattern = tuple[str, ...]
@@ -39,8 +46,7 @@ def check_paths(paths: Iterable[str], what: str = "redact_fields") -> tuple[str,
         raise ConfigurationError(f"{what} must be a list of paths, not one string: [{paths!r:.60}]")
     if isinstance(paths, (bytes, bytearray, Mapping)) or not isinstance(paths, Iterable):
         raise ConfigurationError(
-            f"{what} must be a list of paths such as ['user.email'], "
-            f"got {type(paths).__name__}"
+            f"{what} must be a list of paths such as ['user.email'], got {type(paths).__name__}"
         )
     out: list[str] = []
     for p in paths:
@@ -81,28 +87,34 @@ class PathRedactor:
         """A copy of ``value`` with the named fields masked."""
         if not self._patterns or not isinstance(value, (dict, list)):
             return value
-        return self._walk(value, self._patterns)
+        return self._walk(value, self._patterns, 0)
 
-    def _walk(self, value: Any, patterns: tuple[Pattern, ...]) -> Any:
+    def _walk(self, value: Any, patterns: tuple[Pattern, ...], depth: int) -> Any:
+        # One frame per level (no helper, no comprehension): MAX_DEPTH levels stay well
+        # within the interpreter's recursion limit.
+        if depth >= MAX_DEPTH:
+            return self.mask
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             for key, item in value.items():
-                out[key] = self._child(
-                    item, _advance(patterns, key if isinstance(key, str) else None)
-                )
+                matched, rest = _advance(patterns, key if isinstance(key, str) else None)
+                if matched:
+                    out[key] = self.mask
+                elif rest and isinstance(item, (dict, list)):
+                    out[key] = self._walk(item, rest, depth + 1)
+                else:
+                    out[key] = item
             return out
-        if isinstance(value, list):
-            below = _advance(patterns, None)
-            return [self._child(item, below) for item in value]
-        return value
-
-    def _child(self, item: Any, state: tuple[bool, tuple[Pattern, ...]]) -> Any:
-        matched, rest = state
-        if matched:
-            return self.mask
-        if rest and isinstance(item, (dict, list)):
-            return self._walk(item, rest)
-        return item
+        matched, below = _advance(patterns, None)
+        items: list[Any] = []
+        for item in value:
+            if matched:
+                items.append(self.mask)
+            elif below and isinstance(item, (dict, list)):
+                items.append(self._walk(item, below, depth + 1))
+            else:
+                items.append(item)
+        return items
 
 
 def _advance(patterns: tuple[Pattern, ...], key: str | None) -> tuple[bool, tuple[Pattern, ...]]:
