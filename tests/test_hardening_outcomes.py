@@ -520,7 +520,7 @@ async def test_extend_checks_its_arguments_before_any_write(script: _Script) -> 
             await script("extend", T0 + 1, duration, *pairs)
         assert await script.snapshot() == before
     # A huge duration is clamped: the deadline stays an exact integer.
-    lost, cancelled = await script("extend", T0 + 1, "1e300", ids[0], token, ids[1], token)
+    lost, cancelled, _gone = await script("extend", T0 + 1, "1e300", ids[0], token, ids[1], token)
     assert lost == [] and cancelled == []
     assert await script.client.zscore(q.keys.active, ids[0]) == T0 + 1 + MAX_DELAY
 

@@ -223,3 +223,38 @@ async def test_cli_health_reports_missing_records(
     assert json.loads(out.stdout)["missing_records"] == 1
     out = await asyncio.to_thread(CliRunner().invoke, main, ["health", cli_app])
     assert "missing records\t1" in out.stdout
+
+
+async def test_a_running_job_whose_record_goes_is_not_blamed_on_its_lease(
+    make_queue: QueueFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record deleted (erased, evicted) while its job runs: the lease renewal finds it
+    gone, the run is abandoned, and the warning says the job was removed — not that the
+    lease expired and another worker took it (advice to raise lock_duration is wrong
+    here). A lease taken by another token still gets the lease warning."""
+    q = make_queue(settings={"lock_duration": 400, "lock_renew_time": 50})
+    client = await q.client()
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    @q.process("n")
+    async def n(job: Any) -> str:
+        started.append(job.id)
+        await gate.wait()
+        return "ok"
+
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    gone = await q.add_job("n", 1, job_id="gone-while-running")
+    taken = await q.add_job("n", 2, job_id="taken-while-running")
+    await q.start(concurrency=2)
+    await wait_until(lambda: len(started) == 2)
+    await client.delete(q.keys.job(gone))
+    await client.hset(q.keys.job(taken), "lt", "another-worker-token")
+
+    def said(text: str, jid: str) -> bool:
+        return any(text in r.getMessage() and jid in r.getMessage() for r in caplog.records)
+
+    await wait_until(lambda: said("removed while it ran", gone) and said("lease of job", taken))
+    assert not said("lease of job", gone)
+    assert not said("removed while it ran", taken)
+    gate.set()

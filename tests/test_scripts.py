@@ -424,7 +424,7 @@ async def test_claim_scan_limit_bounds_the_work(lua: Lua) -> None:
 async def test_extend_renews_a_held_lease(lua: Lua) -> None:
     await lua.add(T0)
     jid, token = await lua.claim_one(T0, lease=100)
-    assert await lua("extend", T0 + 50, 100, jid, token) == [[], []]
+    assert await lua("extend", T0 + 50, 100, jid, token) == [[], [], []]
     assert await lua.zset("active") == [(jid, T0 + 150)]
 
 
@@ -435,18 +435,19 @@ async def test_extend_reports_lost_leases_and_never_resurrects(lua: Lua) -> None
     # Job 1 expires and is recovered (waiting again); job 2 is still ours.
     await lua("recover", T0 + 100, 2, "1", 1)  # limit 1: only the first expired job
     assert await lua.ids("active") == ["2"]
-    assert await lua("extend", T0 + 100, 100, "1", token, "2", token) == [["1"], []]
+    assert await lua("extend", T0 + 100, 100, "1", token, "2", token) == [["1"], [], []]
     assert await lua.zset("active") == [("2", T0 + 200)]
     assert (await lua.job("1"))["st"] == "waiting"
-    assert await lua("extend", T0, 100, "2", "999") == [["2"], []]
-    assert await lua("extend", T0, 100, "nope", token) == [["nope"], []]
+    assert await lua("extend", T0, 100, "2", "999") == [["2"], [], []]
+    # A job whose record is gone is lost, and reported as gone too.
+    assert await lua("extend", T0, 100, "nope", token) == [["nope"], [], ["nope"]]
 
 
 async def test_extend_reports_cancellation_requests(lua: Lua) -> None:
     await lua.add(T0)
     jid, token = await lua.claim_one(T0, lease=100)
     assert await lua("cancel", T0, jid) == ["flagged"]
-    assert await lua("extend", T0 + 10, 100, jid, token) == [[], [jid]]
+    assert await lua("extend", T0 + 10, 100, jid, token) == [[], [jid], []]
     assert await lua.zset("active") == [(jid, T0 + 110)]
 
 

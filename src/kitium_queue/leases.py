@@ -195,22 +195,32 @@ class Leases:
             if self._slots is not None:
                 self._slots.released()
 
-    def abandon(self, job_id: str, run: Run | None = None) -> None:
+    def abandon(self, job_id: str, run: Run | None = None, *, gone: bool = False) -> None:
         """The lease of ``job_id`` was lost: drop ``run`` (default: the current run of
-        that job) without recording any outcome, and cancel its task."""
+        that job) without recording any outcome, and cancel its task. ``gone``: the
+        job's record no longer exists (erased, cleared, deleted or evicted while it
+        ran), which the warning says instead of blaming the lease's duration."""
         run = run or self.runs.get(job_id)
         if run is None or run.abandoned:
             return
         self.forget(run)
         run.abandoned = True
-        log.warning(
-            "queue %s: lease of job %s expired (lock_duration=%d ms) and the job was handed to "
-            "another worker; abandoning this run. Raise lock_duration, or keep the event loop "
-            "free so leases renew on time",
-            self.queue.name,
-            job_id,
-            self.queue.lock_duration_ms,
-        )
+        if gone:
+            log.warning(
+                "queue %s: job %s was removed while it ran (erased, cleared, deleted or "
+                "evicted); abandoning this run, no outcome is recorded",
+                self.queue.name,
+                job_id,
+            )
+        else:
+            log.warning(
+                "queue %s: lease of job %s expired (lock_duration=%d ms) and the job was "
+                "handed to another worker; abandoning this run. Raise lock_duration, or keep "
+                "the event loop free so leases renew on time",
+                self.queue.name,
+                job_id,
+                self.queue.lock_duration_ms,
+            )
         if run.task is not None and not run.task.done():
             run.task.cancel()
         self._wake()
@@ -284,9 +294,10 @@ class Leases:
                     self.queue.connection.redact(reply),
                 )
                 continue
-            lost, cancelled = reply
+            lost, cancelled = reply[0], reply[1]
+            gone = set(reply[2]) if len(reply) > 2 else set()
             for b in lost:
-                self.abandon(b.decode(), sent.get(b.decode()))
+                self.abandon(b.decode(), sent.get(b.decode()), gone=b in gone)
             for b in cancelled:
                 run = self.runs.get(b.decode())
                 if run is not None and run.task is not None and not run.task.done():

@@ -357,7 +357,7 @@ class Engine:
         flat: list[Any] = []
         for job_id, token in pairs:
             flat += [job_id, token]
-        lost, cancelled = self.run("extend", now, lease, *flat)
+        lost, cancelled, _gone = self.run("extend", now, lease, *flat)
         return [b.decode() for b in lost], [b.decode() for b in cancelled]
 
     def job(self, job_id: str) -> dict[str, str]:

@@ -7,10 +7,12 @@
   ARGV[5..] pairs: job id, lease token
 
   A lease is renewed only if the job is still active under that token (fencing).
-  Returns { {lost ids}, {cancelled ids} }:
-    lost       the lease is no longer ours (expired and re-leased, job removed, ...);
+  Returns { {lost ids}, {cancelled ids}, {gone ids} }:
+    lost       the lease is no longer ours (expired and re-leased, damaged record);
                the worker must abandon the job and never record its outcome.
     cancelled  renewed, but cancel_job() asked for the job to stop.
+    gone       among the lost: the job's record no longer exists (erased, cleared,
+               deleted or evicted while it ran), so no other worker runs it either.
   Bounded: the client sends at most 500 pairs per call.
   Arguments are checked before the first write: a duration that is not a positive
   number, or an odd number of id/token fields, is refused whole ('KQ_BAD_ARGUMENT' error
@@ -28,7 +30,7 @@ if (#ARGV - 4) % 2 ~= 0 then
 end
 if duration > MAX_DELAY_MS then duration = MAX_DELAY_MS end
 local deadline = int(NOW + math.floor(duration))
-local lost, cancelled = {}, {}
+local lost, cancelled, gone = {}, {}, {}
 keep_running_when_full()
 for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
@@ -42,6 +44,7 @@ for i = 5, #ARGV, 2 do
     if f[3] then cancelled[#cancelled + 1] = id end
   else
     lost[#lost + 1] = id
+    if not f.err and not f[2] then gone[#gone + 1] = id end
   end
 end
-return { lost, cancelled }
+return { lost, cancelled, gone }
