@@ -179,3 +179,29 @@ async def test_age_limits_and_by_hand(make_queue: QueueFactory) -> None:
             bad()
     with pytest.raises(ConfigurationError, match="already has retention rules"):
         Retention(q)
+
+
+async def test_a_rewritten_event_stream_keeps_its_last_id(make_queue: QueueFactory) -> None:
+    """Entries left out of a rewrite (the newest ones included, or all of them) never
+    let a later entry take an id lower than one a reader has seen: a reader that goes on
+    from the last id it read misses nothing."""
+    from kitium_queue.features.retention.stream import rewrite_events
+
+    q = make_queue("ids")
+    client = await q.client()
+    key = q.keys.events
+    for i in range(5):
+        await client.xadd(key, {"n": str(i), "drop": "1" if i >= 3 else "0"})
+    seen = (await client.xrevrange(key, count=1))[0][0]  # a reader read up to here
+    assert await rewrite_events(q, drop=lambda f: f.get(b"drop") == b"1") == 2
+    assert len(await client.xrange(key)) == 3
+    new = await client.xadd(key, {"n": "after"})
+    rows = (await client.xread({key: seen}))[0][1]
+    assert [r[0] for r in rows] == [new]
+    # Every entry left out: the stream is emptied, not deleted, and keeps its last id.
+    seen = new
+    assert await rewrite_events(q, drop=lambda f: True) == 4
+    assert await client.exists(key) == 1 and await client.xlen(key) == 0
+    after = await client.xadd(key, {"n": "later"})
+    rows = (await client.xread({key: seen}))[0][1]
+    assert [r[0] for r in rows] == [after]

@@ -9,9 +9,13 @@
            or the first id to keep, or '-')
   ARGV[5]  most entries this call copies (clamped to 1..5000)
 
-  Returns { 'ok', copied } (the copy replaced the stream; a stream left empty is
-  deleted), { 'more', n } (more than ARGV[5] entries to copy: copy them first, nothing
-  written) or { 'gone', 0 } (the stream no longer exists: the copy is deleted).
+  Returns { 'ok', copied } (the copy replaced the stream; a stream left with no entry is
+  emptied, not deleted), { 'more', n } (more than ARGV[5] entries to copy: copy them
+  first, nothing written) or { 'gone', 0 } (the stream no longer exists: the copy is
+  deleted).
+  The stream keeps its last generated id: an entry added after the swap gets a later
+  id than any entry a reader has seen, the ones left out included (a reader that goes
+  on from the last id it read misses nothing).
 ]]
 --@include lib_base
 
@@ -30,8 +34,19 @@ for i = 1, #tail do
   redis.call('XADD', tmp, e[1], unpack(e[2]))
 end
 if redis.call('EXISTS', tmp) == 1 then
+  local info, last = redis.call('XINFO', 'STREAM', K_EVENTS), nil
+  for i = 1, #info - 1, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+  local top = redis.call('XREVRANGE', tmp, '+', '-', 'COUNT', 1)[1][1]
+  if last and last ~= top then
+    -- An entry at that id, deleted at once: the copy's last generated id is the
+    -- stream's (XSETID would do it on a server; an entry works on every backend).
+    redis.call('XADD', tmp, last, 'kq', 'id')
+    redis.call('XDEL', tmp, last)
+  end
   redis.call('RENAME', tmp, K_EVENTS)
 else
-  redis.call('DEL', K_EVENTS)
+  redis.call('XTRIM', K_EVENTS, 'MAXLEN', 0)
 end
 return { 'ok', #tail }
