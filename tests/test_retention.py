@@ -195,6 +195,7 @@ async def test_a_rewritten_event_stream_keeps_its_last_id(make_queue: QueueFacto
     seen = (await client.xrevrange(key, count=1))[0][0]  # a reader read up to here
     assert await rewrite_events(q, drop=lambda f: f.get(b"drop") == b"1") == 2
     assert len(await client.xrange(key)) == 3
+    assert (await client.xinfo_stream(key))["last-generated-id"] == seen
     new = await client.xadd(key, {"n": "after"})
     rows = (await client.xread({key: seen}))[0][1]
     assert [r[0] for r in rows] == [new]
