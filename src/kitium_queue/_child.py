@@ -151,6 +151,9 @@ def main() -> None:
         if len(head) < _LEN.size:
             return
         msg = orjson.loads(inp.read(_LEN.unpack(head)[0]))
+        # Acknowledged before anything runs: a child that ends before this frame (one
+        # that died while idle) never started the job, which the parent runs elsewhere.
+        _send(out, b'{"t":"start"}')
         for p in msg.get("path", []):
             if p not in sys.path:
                 sys.path.append(p)

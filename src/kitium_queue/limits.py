@@ -117,11 +117,15 @@ def safe_text(value: object) -> str:
 
     An exception (or any object a processor hands us) may define ``__str__`` to raise or
     to return something that is not a string; recording its outcome must not fail
-    because of that.
+    because of that. That includes a ``__str__`` raising a ``BaseException`` that is not
+    an ``Exception`` (even one whose own ``__str__`` raises again); only
+    ``KeyboardInterrupt`` and ``SystemExit`` go through, as everywhere else.
     """
     try:
         text = str(value)
-    except Exception:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
         return f"<unprintable {_type_name(value)}>"
     # A str subclass may override encode() or slicing: keep only the plain text.
     return text if type(text) is str else str.__str__(text)
@@ -177,7 +181,9 @@ def clamp_delay_ms(value: object) -> int:
 def _type_name(value: object) -> str:
     try:
         name = type(value).__name__
-    except Exception:  # pragma: no cover - a metaclass that refuses even that
+    except (KeyboardInterrupt, SystemExit):  # pragma: no cover
+        raise
+    except BaseException:  # pragma: no cover - a metaclass that refuses even that
         return "object"
     return name if type(name) is str else "object"
 

@@ -423,7 +423,11 @@ def traceback_text(exc: BaseException) -> bytes:
         if isinstance(remote, str) and remote:
             parts.append(f"\nin the child process:\n{remote}")
         text = "".join(clip(safe_text(p), MAX_ERROR_CHARS) for p in parts)[-MAX_TRACEBACK_CHARS:]
-    except Exception as fmt:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as fmt:
+        # ``traceback`` guards only against an ``Exception`` from an exception's
+        # ``__str__``: a ``BaseException`` raised there lands here.
         text = f"{describe(exc)}\n(traceback unavailable: {describe(fmt)})"
     return wire_text(text, MAX_TRACEBACK_CHARS)
 

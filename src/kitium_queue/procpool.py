@@ -10,24 +10,35 @@ encoded in the child by the codec's own ``Serializer`` (its round-trip rule hold
 the other modes); a result it refused comes back as a ``codec.RefusedValue``, which the
 runner's encoding refuses again with the same ``SerializationError``, so the job fails
 for good with the reason it would have in-process.
+
+The child acknowledges each job (a ``start`` frame) before it runs it: a child that ends
+before that (one that died while idle, killed or ended by a thread its last job left
+behind) never started the job, which is sent to a fresh child instead of failing. Job
+data the child cannot be sent (a process middleware may have replaced it) fails the job
+for good before any child is taken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import struct
 import sys
 from typing import Any
 
 import orjson
 
-from .codec import RefusedValue
-from .errors import ConfigurationError, NonRetryableError, RetryLater
+from .codec import RefusedValue, Serializer
+from .errors import ConfigurationError, NonRetryableError, RetryLater, SerializationError
+from .limits import safe_text
 
 __all__ = ["ProcessPool", "RemoteError", "import_path"]
 
 _LEN = struct.Struct("!I")
+#: Checks and encodes the job data sent to a child: plain JSON, by the round-trip rule of
+#: job data (the child receives what the processor would in-process, or the job fails).
+_JSON = Serializer(())
 
 
 def import_path(fn: Any) -> str:
@@ -54,11 +65,17 @@ class RemoteError(Exception):
         return str(self.args[0])
 
 
+class _DiedIdle(Exception):
+    """The child ended before it acknowledged the job sent to it: it never started it."""
+
+
 class _Child:
-    __slots__ = ("proc",)
+    __slots__ = ("done", "proc")
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+        #: It sent the outcome of the job it was given (and may take the next one).
+        self.done = False
 
     async def send(self, payload: bytes) -> None:
         assert self.proc.stdin is not None
@@ -69,6 +86,20 @@ class _Child:
         assert self.proc.stdout is not None
         head = await self.proc.stdout.readexactly(_LEN.size)
         return orjson.loads(await self.proc.stdout.readexactly(_LEN.unpack(head)[0]))
+
+    async def exit_status(self) -> str:
+        """How the child ended, for an error message: its exit code, or the signal that
+        killed it (the code is waited for briefly: the pipe closes before it is known)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.proc.wait(), 2)
+        code = self.proc.returncode
+        if code is None:
+            return "exit code unknown"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by signal {-code} ({signal.Signals(-code).name})"
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
 
     async def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -92,63 +123,110 @@ class ProcessPool:
         ``on_message(kind, value)`` is awaited for progress/log messages. Cancelling the
         call kills the child (hard timeout).
         """
+        # Encoded before a child is taken: data the child cannot be sent (a process
+        # middleware may have replaced it) fails the job and costs no child.
+        try:
+            data = _JSON.dumps(job.data, "job data")
+        except SerializationError as exc:
+            raise NonRetryableError(
+                f"job data cannot be sent to the child process: {safe_text(exc)}"
+            ) from None
+        fields = orjson.dumps(
+            {
+                "id": job.id,
+                "name": job.name,
+                "attempts": job.attempts,
+                "max_attempts": job.max_attempts,
+                "created_at": job.created_at,
+                "options": job.options,
+                "idempotency_key": job.idempotency_key,
+                "queue_name": job.queue_name,
+            }
+        )
+        head = orjson.dumps({"fn": fn_path, "path": sys.path})
+        payload = b'%b,"job":%b,"data":%b}}' % (head[:-1], fields[:-1], data)
         async with self._free:
-            child = self._idle.pop() if self._idle else await self._spawn()
-            payload = orjson.dumps(
-                {
-                    "fn": fn_path,
-                    "path": sys.path,
-                    "job": {
-                        "id": job.id,
-                        "name": job.name,
-                        "data": job.data,
-                        "attempts": job.attempts,
-                        "max_attempts": job.max_attempts,
-                        "created_at": job.created_at,
-                        "options": job.options,
-                        "idempotency_key": job.idempotency_key,
-                        "queue_name": job.queue_name,
-                    },
-                }
-            )
-            healthy = False
+            child = self._take()
+            if child is None:
+                child = await self._spawn()
             try:
-                await child.send(payload)
-                while True:
-                    msg = await child.recv()
-                    t = msg["t"]
-                    if t == "result":
-                        healthy = True
-                        return msg["v"]
-                    if t == "refused":
-                        healthy = True
-                        return RefusedValue(msg["msg"])
-                    if t == "error":
-                        healthy = True
-                        text = msg["msg"]
-                        if msg["type"] not in ("NonRetryableError", "RetryLater", "RateLimited"):
-                            text = f"{msg['type']}: {text}"
-                        if msg["kind"] == "nonretryable":
-                            err: Exception = NonRetryableError(text)
-                            # The child's frames, for the job's recorded traceback.
-                            setattr(err, "remote_traceback", msg["tb"])  # noqa: B010
-                            raise err
-                        if msg["kind"] == "retrylater":
-                            raise RetryLater(msg["delay"], text)
-                        raise RemoteError(msg["type"], msg["msg"], msg["tb"])
-                    await on_message(t, msg["v"])
+                for fresh in (False, True):
+                    try:
+                        return await self._exchange(child, payload, on_message)
+                    except _DiedIdle:
+                        if fresh:
+                            raise RemoteError(
+                                "ChildProcessDied",
+                                "a new child process exited before it read the job "
+                                f"({await child.exit_status()})",
+                                "",
+                            ) from None
+                        # The child died while idle, after its last job (a thread that
+                        # job left behind ended it, or it was killed): it never read
+                        # this job, which runs in a fresh child instead of failing for
+                        # another's fault.
+                        await child.kill()
+                        child = await self._spawn()
+                raise AssertionError("unreachable")  # pragma: no cover
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError) as exc:
                 raise RemoteError(
                     "ChildProcessDied",
-                    f"the child process running the job exited (code {child.proc.returncode}, "
+                    f"the child process running the job exited ({await child.exit_status()}, "
                     f"{type(exc).__name__})",
                     "",
                 ) from None
             finally:
-                if healthy:
+                if child.done:  # it sent the job's outcome: ready for the next job
+                    child.done = False
                     self._idle.append(child)
                 else:
                     await asyncio.shield(child.kill())
+
+    @staticmethod
+    async def _exchange(child: _Child, payload: bytes, on_message: Any) -> Any:
+        """Send the job to ``child`` and read its frames to the outcome. Raises
+        ``_DiedIdle`` when the child ends before it acknowledged the job."""
+        started = False
+        try:
+            await child.send(payload)
+            while True:
+                msg = await child.recv()
+                t = msg["t"]
+                if t == "start":
+                    started = True
+                    continue
+                if t == "result":
+                    child.done = True
+                    return msg["v"]
+                if t == "refused":
+                    child.done = True
+                    return RefusedValue(msg["msg"])
+                if t == "error":
+                    child.done = True
+                    text = msg["msg"]
+                    if msg["type"] not in ("NonRetryableError", "RetryLater", "RateLimited"):
+                        text = f"{msg['type']}: {text}"
+                    if msg["kind"] == "nonretryable":
+                        err: Exception = NonRetryableError(text)
+                        # The child's frames, for the job's recorded traceback.
+                        setattr(err, "remote_traceback", msg["tb"])  # noqa: B010
+                        raise err
+                    if msg["kind"] == "retrylater":
+                        raise RetryLater(msg["delay"], text)
+                    raise RemoteError(msg["type"], msg["msg"], msg["tb"])
+                await on_message(t, msg["v"])
+        except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
+            if started:
+                raise
+            raise _DiedIdle() from None
+
+    def _take(self) -> _Child | None:
+        """An idle child still alive (the dead ones are dropped), or None."""
+        while self._idle:
+            child = self._idle.pop()
+            if child.proc.returncode is None:
+                return child
+        return None
 
     @staticmethod
     async def _spawn() -> _Child:

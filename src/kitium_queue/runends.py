@@ -144,7 +144,9 @@ class RunEnds:
                 name,
                 printable(run.job.id),
             )
-        if runs.get(run.job.id) is run:
-            # Still held: never leak the slot. No outcome is sent, so the lease expires
-            # and the job is recovered like the job of a crashed worker.
-            self.leases.forget(run)
+        finally:
+            if runs.get(run.job.id) is run:
+                # Still held: never leak the slot, whatever escaped above. No outcome is
+                # sent, so the lease expires and the job is recovered like the job of a
+                # crashed worker.
+                self.leases.forget(run)

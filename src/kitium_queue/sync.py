@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
@@ -95,6 +97,12 @@ class SyncQueueClient:
         )
         self._thread.start()
         self._closed = False
+        # close() has begun: calls still under way then end with a clear error.
+        self._closing = False
+        # The calls under way (their futures), so that close() can end those the stopped
+        # loop will never finish: without that, their threads waited for ever.
+        self._calls: set[concurrent.futures.Future[Any]] = set()
+        self._calls_lock = threading.Lock()
         # Operations a client serves from the caller's thread, without a hop to the loop
         # thread: name -> a function taking the twin's arguments, returning HOP when it
         # cannot serve that call.
@@ -112,11 +120,39 @@ class SyncQueueClient:
             self._stop_loop()
             raise
 
+    def _off_loop_thread(self) -> None:
+        """Refuse a blocking call made on the client's own event-loop thread (where a
+        lifecycle subscriber or a ``queue.on`` handler runs): it would wait for ever for
+        the loop it blocks."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                f"{type(self).__name__} methods cannot be called from its own event-loop "
+                "thread (a lifecycle subscriber or queue.on handler runs there): await the "
+                "asyncio queue's method instead (client.queue), or call from another thread"
+            )
+
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._closed:
+        try:
+            self._off_loop_thread()
+        except RuntimeError:
             coro.close()
-            raise RuntimeError(f"{type(self).__name__} is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+            raise
+        with self._calls_lock:
+            if self._closed:
+                coro.close()
+                raise RuntimeError(f"{type(self).__name__} is closed")
+            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._calls.add(fut)
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            if self._closing:
+                raise RuntimeError(
+                    f"{type(self).__name__} was closed while the call was under way"
+                ) from None
+            raise
+        finally:
+            self._calls.discard(fut)
 
     @property
     def name(self) -> str:
@@ -159,6 +195,8 @@ class SyncQueueClient:
         """Close the connections and stop the background loop."""
         if self._closed:
             return
+        self._off_loop_thread()
+        self._closing = True
         try:
             if self._announcements:
 
@@ -167,6 +205,8 @@ class SyncQueueClient:
 
                 self._call(announce_now())
             self._call(self.queue.close())
+            # Calls other threads still wait for end now (cancelled: a clear error).
+            self._call(_cancel_others())
             self._stop_loop()
         finally:
             if self._blocking is not None:
@@ -236,16 +276,38 @@ class SyncQueueClient:
                 log.exception("queue %s: reporting jobs added from blocking code failed", self.name)
 
     def _stop_loop(self) -> None:
-        self._closed = True
+        with self._calls_lock:
+            self._closed = True
+            left = list(self._calls)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+        # A call handed over as the loop stopped never runs: its caller gets the error.
+        for fut in left:
+            if not fut.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    fut.set_exception(
+                        RuntimeError(
+                            f"{type(self).__name__} was closed while the call was under way"
+                        )
+                    )
 
     def __enter__(self: S) -> S:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _cancel_others(timeout_s: float = 5.0) -> None:
+    """Cancel every other task of the running loop (the calls of other threads still
+    under way when the client closes) and wait for them to end, up to ``timeout_s``."""
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me]
+    for task in others:
+        task.cancel()
+    if others:
+        await asyncio.wait(others, timeout=timeout_s)
 
 
 class SyncJobQueue(SyncQueueClient):

@@ -80,9 +80,10 @@ class BatchProcessor:
     * ``None``: every job completed with result ``None``.
 
     Raising fails every job of the batch with that exception (a ``BaseException`` that
-    is not an ``Exception`` too, with a reason naming it; ``KeyboardInterrupt`` and
-    ``SystemExit`` end the process). A ``StopIteration`` raised or returned for a job,
-    which asyncio cannot hand over, fails it as a ``RuntimeError`` naming it.
+    is not an ``Exception`` too, ``GeneratorExit`` included, with a reason naming it;
+    ``KeyboardInterrupt`` and ``SystemExit`` end the process). A ``StopIteration``
+    raised or returned for a job, which asyncio cannot hand over, fails it as a
+    ``RuntimeError`` naming it.
     """
 
     def __init__(
@@ -172,15 +173,16 @@ class BatchProcessor:
             outcomes = _outcomes(jobs, reply)
         except Exception as exc:
             outcomes = [exc] * len(jobs)
-        except (*PROCESS_EXITS, GeneratorExit):
-            raise  # they end the process (or close the coroutine), as in runner.py
+        except PROCESS_EXITS:
+            raise  # they end the process, as in runner.py
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and cancelling(asyncio.current_task()):
                 raise  # a real cancellation of this batch's task
-            # A custom abort signal, or a CancelledError the function raised while this
-            # task was not cancelled: every job of the batch fails with it, as a plain
-            # processor's would. Left unhandled, the jobs stayed active until their
-            # timeout or shutdown.
+            # A custom abort signal, a GeneratorExit, or a CancelledError the function
+            # raised while this task was not cancelled: every job of the batch fails with
+            # it, as a plain processor's would. Left unhandled, the jobs stayed active
+            # until their timeout (for ever without one) or shutdown. (Should this task's
+            # coroutine itself be closed, its jobs are failed the same way.)
             outcomes = [exc] * len(jobs)
         for (_, fut), out in zip(batch, outcomes, strict=True):
             _settle_one(fut, out)
@@ -191,7 +193,12 @@ def _settle_one(fut: asyncio.Future[Any], out: Any) -> None:
     if fut.done():
         return
     try:
-        if isinstance(out, BaseException):
+        if isinstance(out, GeneratorExit):
+            # The run awaiting ``fut`` would take it for the close of its own coroutine.
+            wrapped = RuntimeError(f"{describe(out)} (raised by the batch processor)")
+            wrapped.__cause__ = out
+            fut.set_exception(wrapped)
+        elif isinstance(out, BaseException):
             fut.set_exception(settable(out))
         else:
             fut.set_result(out)
