@@ -22,3 +22,12 @@ def exit_soon_after(job: Any) -> int:
 
 def killed(job: Any) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rate_limited_once(job: Any) -> str:
+    """Raises RateLimited (a long hold of its scope) when its data says ``limit``."""
+    from kitium_queue import RateLimited
+
+    if job.data.get("limit"):
+        raise RateLimited(60_000, "upstream said 429", scope=job.data["scope"])
+    return "ok"

@@ -169,6 +169,30 @@ async def test_a_killed_child_is_reported_with_its_signal(make: QueueFactory) ->
     assert (await wait_for_status(q, after, JobStatus.COMPLETED)).result != os.getpid()
 
 
+@pytest.mark.parametrize("scope", ["queue", "job"])
+async def test_rate_limited_in_a_child_keeps_its_hold(make: QueueFactory, scope: str) -> None:
+    """``RateLimited`` raised in a process-mode child holds what it says, as in process:
+    scope ``queue`` holds the whole queue, ``job`` defers only that job."""
+    q = _queue(make)
+    q.process("limited", procjobs_hostile.rate_limited_once, mode="process")
+    job_id = await q.add_job("limited", {"limit": True, "scope": scope})
+    await q.start()
+    info = await wait_for_status(q, job_id, JobStatus.DELAYED)
+    assert info.attempts == 0  # no attempt spent
+    client = await q.client()
+    held = await client.pttl(q.keys.hold())
+    if scope == "queue":
+        assert held > 0, "the queue is held"
+        # Held: a job added now waits (the worker claims nothing during the hold).
+        other = await q.add_job("limited", {"limit": False, "scope": scope})
+        await asyncio.sleep(0.5)
+        assert (await q.get_job_status(other)).status is JobStatus.WAITING  # type: ignore[union-attr]
+    else:
+        assert held < 0, "nothing is held"
+        other = await q.add_job("limited", {"limit": False, "scope": scope})
+        await wait_for_status(q, other, JobStatus.COMPLETED)
+
+
 # ================================================================ batches
 
 

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from .codec import Serializer, encode_progress
-from .errors import NonRetryableError, RetryLater, SerializationError
+from .errors import NonRetryableError, RateLimited, RetryLater, SerializationError
 from .limits import (
     MAX_ERROR_CHARS,
     MAX_LOG_LINE_CHARS,
@@ -121,16 +121,19 @@ def _error_frame(exc: BaseException) -> bytes:
 
 
 def _error_dict(exc: BaseException, kind: str, delay: int, text: str, type_name: str) -> bytes:
-    return orjson.dumps(
-        {
-            "t": "error",
-            "kind": kind,
-            "delay": delay,
-            "type": _text(type_name, 200),
-            "msg": _text(text, MAX_ERROR_CHARS),
-            "tb": traceback_text(exc).decode("utf-8"),
-        }
-    )
+    frame: dict[str, Any] = {
+        "t": "error",
+        "kind": kind,
+        "delay": delay,
+        "type": _text(type_name, 200),
+        "msg": _text(text, MAX_ERROR_CHARS),
+        "tb": traceback_text(exc).decode("utf-8"),
+    }
+    if kind == "retrylater" and isinstance(exc, RateLimited):
+        # What the hold covers (queue, key, job): the parent raises RateLimited again.
+        scope = getattr(exc, "scope", "auto")
+        frame["scope"] = scope if scope in RateLimited.SCOPES else "auto"
+    return orjson.dumps(frame)
 
 
 def _resolve(path: str) -> Any:

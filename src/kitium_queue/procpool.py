@@ -30,7 +30,13 @@ from typing import Any
 import orjson
 
 from .codec import RefusedValue, Serializer
-from .errors import ConfigurationError, NonRetryableError, RetryLater, SerializationError
+from .errors import (
+    ConfigurationError,
+    NonRetryableError,
+    RateLimited,
+    RetryLater,
+    SerializationError,
+)
 from .limits import safe_text
 
 __all__ = ["ProcessPool", "RemoteError", "import_path"]
@@ -212,6 +218,9 @@ class ProcessPool:
                         setattr(err, "remote_traceback", msg["tb"])  # noqa: B010
                         raise err
                     if msg["kind"] == "retrylater":
+                        scope = msg.get("scope")
+                        if scope in RateLimited.SCOPES:
+                            raise RateLimited(msg["delay"], text, scope=scope)
                         raise RetryLater(msg["delay"], text)
                     raise RemoteError(msg["type"], msg["msg"], msg["tb"])
                 await on_message(t, msg["v"])
