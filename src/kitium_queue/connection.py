@@ -33,7 +33,7 @@ from .redact import (
     redact_url,
     url_secrets,
 )
-from .redis_urls import host_port, parse_multi_host_url
+from .redis_urls import host_port, option_problem, parse_multi_host_url, unknown_url_options
 
 __all__ = [
     "REDACTED",
@@ -97,7 +97,8 @@ _SENTINEL_ONLY = ("service_name", "sentinel_username", "sentinel_password")
 
 def _settings_problem(opts: Mapping[str, Any]) -> str:
     """What Redis or redis-py would refuse only at the first connection, said now ("" if
-    nothing): a client name Redis will not take, a protocol other than 2 or 3."""
+    nothing): a client name Redis will not take, a protocol other than 2 or 3, a port,
+    database, timeout or pool size out of range (``option_problem``)."""
     name = opts.get("client_name")
     if name is not None and (not isinstance(name, str) or any(not "!" <= c <= "~" for c in name)):
         return (
@@ -105,7 +106,7 @@ def _settings_problem(opts: Mapping[str, Any]) -> str:
         )
     if opts.get("protocol") is not None and str(opts["protocol"]) not in ("2", "3"):
         return "use protocol=2 or protocol=3 (or leave it out)"
-    return ""
+    return option_problem(opts)
 
 
 def _check_settings(opts: Mapping[str, Any]) -> None:
@@ -245,7 +246,7 @@ class ConnectionFactory:
         check_delimited(url)
         hidden = self._secrets | misplaced_secrets(url)
         try:
-            problem = _settings_problem(parse_url(url))
+            problem = _settings_problem(parse_url(url)) or unknown_url_options(url)
         except Exception as exc:
             problem = redact_url(exc, hidden) or type(exc).__name__
         if problem:
@@ -283,12 +284,12 @@ class ConnectionFactory:
         self._nodes = nodes
         self._service = path[0]
         if len(path) == 2:
-            try:
-                kwargs["db"] = int(path[1])
-            except ValueError:
+            if not (path[1].isascii() and path[1].isdigit()):
                 raise ConfigurationError(
-                    f"invalid database {path[1]!r} in {redact_url(url, self._secrets)!r}"
-                ) from None
+                    f"invalid database {path[1]!r} in {redact_url(url, self._secrets)!r}: "
+                    "use a database number, 0 or more"
+                )
+            kwargs["db"] = int(path[1])
         self._kwargs = kwargs
         if scheme.startswith("rediss"):
             self._kwargs["ssl"] = True
@@ -323,8 +324,14 @@ class ConnectionFactory:
                         f"unknown tls option {k!r}; valid: {sorted(n[4:] for n in valid)}"
                     )
                 opts[name] = v
-        elif tls is not None:
-            use_tls = bool(tls)  # tls=True: system CAs; tls=False: plain text
+            _check_settings(opts)  # the values the tls dict set (cert_reqs)
+        elif isinstance(tls, bool):
+            use_tls = tls  # tls=True: system CAs; tls=False: plain text
+        elif tls is not None:  # bool("false") is True: a str is never guessed at
+            raise ConfigurationError(
+                f"redis option tls must be True, False or a dict of TLS options, got "
+                f"{type(tls).__name__}"
+            )
         if use_tls:
             if self._url is None:
                 opts["ssl"] = True
@@ -338,6 +345,15 @@ class ConnectionFactory:
         cluster = opts.pop("cluster", False)
         startup = opts.pop("startup_nodes", None)
         sentinels = opts.pop("sentinels", None)
+        if startup is not None and (
+            isinstance(startup, (str, bytes)) or not isinstance(startup, Sequence)
+        ):
+            raise ConfigurationError("startup_nodes must be a list of 'host:port' or (host, port)")
+        if startup is not None and not startup and "host" not in opts:
+            raise ConfigurationError(
+                "startup_nodes is empty: give at least one node of the cluster, e.g. "
+                "startup_nodes=['10.0.0.1:7000']"
+            )
         if cluster or startup:
             if sentinels:
                 raise ConfigurationError("choose either cluster or sentinels, not both")
@@ -349,9 +365,14 @@ class ConnectionFactory:
                 nodes.append((opts.pop("host", "localhost"), opts.pop("port", 6379)))
             self.mode = "cluster"
             self._nodes = [host_port(n, 6379, "cluster node") for n in nodes]
-        elif sentinels:
+        elif sentinels is not None:
             if isinstance(sentinels, (str, bytes)) or not isinstance(sentinels, Sequence):
                 raise ConfigurationError("sentinels must be a list of 'host:port' or (host, port)")
+            if not sentinels:
+                raise ConfigurationError(
+                    "sentinels is empty: give at least one sentinel, e.g. "
+                    "sentinels=['10.0.0.1:26379']"
+                )
             service = opts.pop("service_name", None)
             if not service:
                 raise ConfigurationError("sentinels=... needs service_name (e.g. 'mymaster')")

@@ -47,6 +47,14 @@ class EventData:
 class EventEmitter:
     """Calls registered handlers; a failing handler is logged and never propagates.
 
+    A handler must be callable (``on`` raises ``TypeError`` otherwise). Whatever a
+    handler raises is contained, a ``BaseException`` subclass or a ``CancelledError``
+    raised by a plain function too (only ``KeyboardInterrupt`` and ``SystemExit`` go
+    on); the other handlers of the event still run. Each event is delivered to the
+    handlers registered when it is emitted: one that adds or removes handlers (itself
+    too) while it is called changes who gets the next event, never skips another
+    handler of this one.
+
     Views (``add_view``) run before the handlers of each event and may rewrite its
     ``EventData`` in place (a compliance feature masks fields of ``result`` and
     ``progress`` there); a view that raises is logged and the event is not delivered,
@@ -56,7 +64,9 @@ class EventEmitter:
     __slots__ = ("_handlers", "_tasks", "_views")
 
     def __init__(self) -> None:
-        self._handlers: dict[str, list[Handler]] = {}
+        # Tuples, replaced (never changed in place) by on/off: an emit iterates the
+        # tuple it read, whatever its handlers add or remove meanwhile.
+        self._handlers: dict[str, tuple[Handler, ...]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._views: tuple[Callable[[EventData], None], ...] = ()
 
@@ -67,12 +77,23 @@ class EventEmitter:
             self._views = (*self._views, view)
 
     def on(self, event: str, handler: Handler) -> None:
-        self._handlers.setdefault(str(event), []).append(handler)
+        if not callable(handler):
+            raise TypeError(
+                f"event handler for {str(event)!r} must be a function taking the "
+                f"EventData (sync or async), got {type(handler).__name__}"
+            )
+        key = str(event)
+        self._handlers[key] = (*self._handlers.get(key, ()), handler)
 
     def off(self, event: str, handler: Handler) -> None:
-        handlers = self._handlers.get(str(event), [])
+        key = str(event)
+        handlers = list(self._handlers.get(key, ()))
         if handler in handlers:
             handlers.remove(handler)
+            if handlers:
+                self._handlers[key] = tuple(handlers)
+            else:
+                del self._handlers[key]
 
     def wants(self, event: str) -> bool:
         return bool(self._handlers.get(event))
@@ -83,7 +104,9 @@ class EventEmitter:
             try:
                 for view in self._views:
                     view(data)
-            except Exception:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:
                 log.exception(
                     "event view failed for %s (queue=%s job=%s); event not delivered",
                     data.event,
@@ -94,7 +117,9 @@ class EventEmitter:
         for handler in handlers:
             try:
                 out = handler(data)
-            except Exception:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # a plain call: a CancelledError here is its own
                 log.exception(
                     "event handler %r for %s failed (queue=%s job=%s)",
                     handler,
@@ -112,7 +137,9 @@ class EventEmitter:
     async def _guard(aw: Awaitable[None], handler: Handler, data: EventData) -> None:
         try:
             await aw
-        except Exception:
+        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+            raise
+        except BaseException:
             log.exception(
                 "async event handler %r for %s failed (queue=%s job=%s)",
                 handler,

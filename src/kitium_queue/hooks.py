@@ -17,7 +17,10 @@ Rules a subscriber can rely on:
   ``finished`` call means the outcome is durable), in the order subscribers were added.
 * Methods are plain functions called on the event loop: keep them short and do I/O in a
   task of your own. A subscriber that raises is logged and skipped; it never changes the
-  job's outcome and never stops the other subscribers.
+  job's outcome and never stops the other subscribers. That holds for whatever it
+  raises, a ``BaseException`` subclass or a ``CancelledError`` too (raised by a plain
+  function, it is its own, not a cancellation of the caller); only
+  ``KeyboardInterrupt`` and ``SystemExit`` go on.
 * A method a subscriber does not override costs nothing: ``HookBus`` keeps, per hook,
   the tuple of subscribers that override it, and callers skip a hook whose tuple is
   empty (``if bus.started: bus.emit_started(job)``).
@@ -42,6 +45,9 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+#: What a subscriber may raise that is not contained: the process is being stopped.
+_PASSED_ON = (KeyboardInterrupt, SystemExit)
 
 OutcomeKind = Literal["completed", "retrying", "failed", "deferred", "released"]
 
@@ -259,75 +265,97 @@ class HookBus:
         for fn in self.enqueued:
             try:
                 fn(queue, job_ids, names)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in enqueued", fn)
 
     def emit_duplicate(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
         for fn in self.duplicate:
             try:
                 fn(queue, job_ids, names)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in duplicate", fn)
 
     def emit_started(self, queue: str, job: Any) -> None:
         for fn in self.started:
             try:
                 fn(queue, job)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in started", fn)
 
     def emit_progress(self, queue: str, job: Any, value: Any) -> None:
         for fn in self.progress:
             try:
                 fn(queue, job, value)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in progress", fn)
 
     def emit_finished(self, queue: str, job: Any, outcome: Outcome) -> None:
         for fn in self.finished:
             try:
                 fn(queue, job, outcome)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in finished", fn)
 
     def emit_stalled(self, queue: str, job_ids: Sequence[str]) -> None:
         for fn in self.stalled:
             try:
                 fn(queue, job_ids)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in stalled", fn)
 
     def emit_dead_lettered(self, queue: str, job_id: str, job: Any, reason: str | None) -> None:
         for fn in self.dead_lettered:
             try:
                 fn(queue, job_id, job, reason)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in dead_lettered", fn)
 
     def emit_removed(self, queue: str, job_id: str) -> None:
         for fn in self.removed:
             try:
                 fn(queue, job_id)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in removed", fn)
 
     def emit_admin(self, call: AdminCall) -> None:
         for fn in self.admin:
             try:
                 fn(call)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in admin", fn)
 
     def emit_queue_error(self, queue: str, error: BaseException) -> None:
         for fn in self.queue_error:
             try:
                 fn(queue, error)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in queue_error", fn)
 
     def emit_feature_event(self, event: FeatureEvent) -> None:
         for fn in self.feature_event:
             try:
                 fn(event)
-            except Exception:
+            except _PASSED_ON:
+                raise
+            except BaseException:
                 log.exception("lifecycle subscriber %r failed in feature_event", fn)

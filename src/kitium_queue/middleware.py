@@ -29,6 +29,7 @@ __all__ = [
     "ProcessMiddleware",
     "Service",
     "enqueue_origin",
+    "enqueue_result",
     "run_process_chain",
 ]
 
@@ -42,6 +43,27 @@ class EnqueueMiddleware(Protocol):
     def __call__(
         self, job_name: str, data: Any, options: Mapping[str, Any]
     ) -> tuple[str, Any, Mapping[str, Any]] | Awaitable[tuple[str, Any, Mapping[str, Any]]]: ...
+
+
+def enqueue_result(middleware: Any, out: Any) -> tuple[Any, Any, Mapping[str, Any]]:
+    """``out``, what an enqueue ``middleware`` returned (awaited), once it is the
+    ``(job_name, data, options)`` it must be; else a ``TypeError`` naming the middleware
+    and what it returned (the job is not added)."""
+    if isinstance(out, (tuple, list)) and len(out) == 3 and isinstance(out[2], Mapping):
+        return out[0], out[1], out[2]
+    got = (
+        f"a {type(out).__name__} of {len(out)} items"
+        if isinstance(out, (tuple, list))
+        else type(out).__name__
+    )
+    if isinstance(out, (tuple, list)) and len(out) == 3:
+        got = f"options of type {type(out[2]).__name__}"
+    name = getattr(middleware, "__qualname__", None) or type(middleware).__name__
+    raise TypeError(
+        f"enqueue middleware {name} returned {got}: it must return the tuple "
+        "(job_name, data, options) with options a dict (return them unchanged to let "
+        "the job pass as it is); the job was not added"
+    )
 
 
 class Service(Protocol):

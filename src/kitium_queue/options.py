@@ -489,6 +489,22 @@ class DLQConfig:
     queue_name: str | None = None
     notification_handler: Callable[[Any], Awaitable[None] | None] | None = None
 
+    def __post_init__(self) -> None:
+        # bool("no") is True: a flag that is not a bool is never guessed at.
+        if not isinstance(self.enabled, bool):
+            raise ConfigurationError(
+                f"dlq.enabled must be True or False, got {shown(self.enabled)}"
+            )
+        if self.queue_name is not None and not isinstance(self.queue_name, str):
+            raise ConfigurationError(
+                f"dlq.queue_name must be a str or None, got {type(self.queue_name).__name__}"
+            )
+        if self.notification_handler is not None and not callable(self.notification_handler):
+            raise ConfigurationError(
+                "dlq.notification_handler must be a function taking the JobInfo (sync or "
+                f"async) or None, got {type(self.notification_handler).__name__}"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class QueueSettings:
@@ -538,6 +554,12 @@ class WorkerConfig:
     limiter: LimiterConfig | Mapping[str, Any] | None = None
     shutdown_timeout: Duration = 30_000
     scheduler: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheduler, bool):
+            raise ConfigurationError(
+                f"worker.scheduler must be True or False, got {shown(self.scheduler)}"
+            )
 
 
 @dataclass(slots=True)

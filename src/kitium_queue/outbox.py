@@ -13,6 +13,7 @@ Redis >= 6.2 (``XAUTOCLAIM``, ``XTRIM MINID``); ``stats`` reports group lag from
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,7 +50,20 @@ _WARN_EVERY_S = 60.0
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
+    # Not strict: what a stream holds may have been written by any client, and one
+    # entry that is not UTF-8 must not stop a consumer from reading the others.
+    return v.decode(errors="backslashreplace") if isinstance(v, (bytes, bytearray)) else str(v)
+
+
+def _count(v: Any, default: int) -> int:
+    """A count read back from Redis (untrusted: a hand-written field may hold anything);
+    ``default`` when it is not a whole number >= 0. Fractions round up, as the cap
+    compares in ``lua/outbox.lua``."""
+    try:
+        n = math.ceil(float(_s(v)))
+    except (ValueError, OverflowError):  # not a number, nan, inf
+        return default
+    return n if n >= 0 else default
 
 
 def _b(v: Any) -> bytes:
@@ -264,10 +278,11 @@ class Outbox:
         for value in (length, cap, overflow, dead):
             if isinstance(value, Exception):
                 raise value
+        cap_n = _count(cap, DEFAULT_CAP) if cap is not None else DEFAULT_CAP
         return OutboxStats(
             int(length),
-            int(cap or DEFAULT_CAP),
-            int(overflow or 0),
+            cap_n if cap_n >= 1 else DEFAULT_CAP,  # as lua/outbox.lua reads it
+            _count(overflow, 0) if overflow is not None else 0,
             int(dead),
             [
                 GroupStats(
@@ -291,7 +306,7 @@ class Outbox:
                 k: f.pop(k, b"").decode(errors="replace")
                 for k in ("_id", "_group", "_deliveries", "_reason")
             }
-            entry = OutboxEntry.parse(meta["_id"], f, int(meta["_deliveries"] or 0))
+            entry = OutboxEntry.parse(meta["_id"], f, _count(meta["_deliveries"], 0))
             out.append(DeadEntry(_s(dead_id), entry, meta["_group"], meta["_reason"]))
         return out
 

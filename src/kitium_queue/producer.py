@@ -36,6 +36,7 @@ from .limits import (
     MAX_OPTIONS_BYTES,
     get_logger,
 )
+from .middleware import enqueue_result
 from .options import JobOptions, check_text
 from .scripts import RawCall, ScriptCall
 from .wire import ENQUEUE_JOB
@@ -98,7 +99,7 @@ class Producer:
             out = mw(name, data, opts)
             if inspect.isawaitable(out):
                 out = await out
-            name, data, opts = out
+            name, data, opts = enqueue_result(mw, out)
         return name, data, dict(opts)
 
     def prepare(self, name: str, data: Any, options: Mapping[str, Any]) -> PreparedJob:

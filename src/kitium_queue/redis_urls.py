@@ -1,16 +1,31 @@
 """The addresses of the ``redis=`` option: ``host:port`` items and the multi-host URLs of
 Redis Cluster and Sentinel (``redis+cluster://``, ``redis+sentinel://``), parsed without
-ever quoting a password in an error."""
+ever quoting a password in an error; and the checks of the connection settings that
+redis-py would only trip over at the first connection (``option_problem``,
+``unknown_url_options``)."""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import math
+import ssl
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
+
+from redis.asyncio import connection as _rc
 
 from .errors import ConfigurationError
 from .redact import check_delimited
 
-__all__ = ["QUERY_TYPES", "host_port", "parse_multi_host_url"]
+__all__ = [
+    "QUERY_TYPES",
+    "host_port",
+    "option_problem",
+    "parse_multi_host_url",
+    "unknown_url_options",
+]
 
 # Query-string options accepted by the cluster and sentinel URLs, with their types.
 QUERY_TYPES: dict[str, type] = {
@@ -28,22 +43,37 @@ QUERY_TYPES: dict[str, type] = {
 }
 
 
+def _port(value: Any) -> int | None:
+    """``value`` as a TCP port (1-65535), or None when it is not one."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+        return value
+    return None
+
+
 def host_port(item: Any, default_port: int, what: str) -> tuple[str, int]:
     """``(host, port)`` of ``item``: a ``(host, port)`` pair or ``"host[:port]"``
-    (``[v6]:port`` too); ``default_port`` when it names none."""
+    (``[v6]:port`` and ``[v6]`` too); ``default_port`` when it names none. The port must
+    be 1-65535."""
+    host: Any = None
+    port: int | None = None
     if isinstance(item, (tuple, list)) and len(item) == 2:
-        return str(item[0]), int(item[1])
-    if isinstance(item, str) and item:
-        host, sep, port = item.rpartition(":")
-        if not sep:
-            return item, default_port
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        try:
-            return host or "localhost", int(port)
-        except ValueError:
-            pass
-    raise ConfigurationError(f"invalid {what} address {item!r}: use 'host:port'")
+        host, port = item[0], _port(item[1])
+    elif isinstance(item, str) and item:
+        if item.startswith("["):  # an IPv6 literal: [v6] or [v6]:port
+            v6, bracket, rest = item[1:].partition("]")
+            if bracket and v6 and (not rest or rest.startswith(":")):
+                host, port = v6, _port(rest[1:]) if rest else default_port
+        else:
+            name, sep, text = item.rpartition(":")
+            host, port = (name or "localhost", _port(text)) if sep else (item, default_port)
+    if isinstance(host, str) and host and port is not None:
+        return host, port
+    raise ConfigurationError(
+        f"invalid {what} address {item!r}: use 'host:port' (a port of 1-65535; an IPv6 "
+        "address in brackets, '[::1]:6379')"
+    )
 
 
 def parse_multi_host_url(url: str) -> tuple[str, list[tuple[str, int]], list[str], dict[str, Any]]:
@@ -77,7 +107,7 @@ def parse_multi_host_url(url: str) -> tuple[str, list[tuple[str, int]], list[str
             pass  # raised below, without this error (which quotes the host) as context
         raise ConfigurationError(
             f"invalid node address (host {n} of the {scheme}:// URL): use "
-            f"{scheme}://[user:password@]host:port[,host:port...]"
+            f"{scheme}://[user:password@]host:port[,host:port...] with ports of 1-65535"
         )
     if not nodes:
         raise ConfigurationError(f"{scheme}:// URL needs at least one host:port")
@@ -92,3 +122,88 @@ def parse_multi_host_url(url: str) -> tuple[str, list[tuple[str, int]], list[str
         except ValueError:
             raise ConfigurationError(f"option {name}={value!r} must be {cast.__name__}") from None
     return scheme, nodes, [unquote(p) for p in path.split("/") if p], kwargs
+
+
+def _finite(value: Any, low: float) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= low
+    )
+
+
+_CERT_REQS = ("none", "optional", "required")
+
+
+def option_problem(opts: Mapping[str, Any]) -> str:
+    """What is wrong with the values of a connection setting's options (from a dict or
+    parsed from a URL), said before the first connection ("" if nothing): redis-py
+    accepts them all and fails later, with a message that does not say which option."""
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        value = opts.get(name)
+        if value is not None and not (_finite(value, 0) and value > 0):
+            return (
+                f"{name}={value!r}: use a number of seconds above 0 (leave it out for the default)"
+            )
+    value = opts.get("health_check_interval")
+    if value is not None and not _finite(value, 0):
+        return f"health_check_interval={value!r}: use a number of seconds, 0 or more"
+    value = opts.get("max_connections")
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**31
+    ):
+        return (
+            f"max_connections={value!r}: use a whole number of 1 or more (leave it out "
+            "for no limit)"
+        )
+    if "port" in opts:
+        port = opts["port"]
+        if isinstance(port, str) or _port(port) is None:  # redis-py takes no str port
+            return f"port={port!r}: use a whole number from 1 to 65535"
+    if "host" in opts and (not isinstance(opts["host"], str) or not opts["host"]):
+        return f"host={opts['host']!r}: use a host name or IP address (a non-empty str)"
+    db = opts.get("db")
+    if db is not None and not (
+        (isinstance(db, int) and not isinstance(db, bool) and db >= 0)
+        or (isinstance(db, str) and db.isascii() and db.isdigit())
+    ):
+        return f"db={db!r}: use a database number, 0 or more"
+    reqs = opts.get("ssl_cert_reqs")
+    if reqs is not None and not isinstance(reqs, ssl.VerifyMode) and reqs not in _CERT_REQS:
+        return f"ssl_cert_reqs={reqs!r}: use one of {', '.join(_CERT_REQS)}"
+    return ""
+
+
+def _connection_options(*classes: type) -> frozenset[str]:
+    names = {"max_connections"}
+    for cls in (_rc.AbstractConnection, *classes):
+        names |= set(inspect.signature(cls).parameters) - {"kwargs"}
+    return frozenset(names)
+
+
+# The options a URL's query string may set, per scheme: what the connection class redis-py
+# picks for it takes (an unknown one reaches it as a keyword argument it refuses).
+_URL_OPTIONS = {
+    "redis": _connection_options(_rc.Connection),
+    "rediss": _connection_options(_rc.Connection, _rc.SSLConnection),
+    "unix": _connection_options(_rc.UnixDomainSocketConnection),
+}
+
+
+def unknown_url_options(url: str) -> str:
+    """What is wrong with the query options of a redis://, rediss:// or unix:// URL
+    ("" if nothing): an option its connection does not take, with the closest valid
+    names."""
+    scheme = url.split("://", 1)[0].lower()
+    valid = _URL_OPTIONS.get(scheme)
+    if valid is None:
+        return ""
+    query = url.partition("?")[2].partition("#")[0]
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if name not in valid:
+            close = difflib.get_close_matches(name, sorted(valid), n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else "see redis-py's from_url"
+            tls = " (ssl_* options need a rediss:// URL)" if name.startswith("ssl_") else ""
+            return f"unknown option {name!r} in the query string{tls}; {hint}"
+    return ""

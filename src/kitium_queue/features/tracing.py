@@ -97,14 +97,19 @@ _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _MAX_PENDING = 10_000
 #: Most links to parents' runs per process span (the core hands out no more either).
 MAX_PARENT_LINKS = MAX_FOLLOWS
+#: Seconds between two warnings about a tracer (or its span processors) that raises.
+_WARN_EVERY_S = 60.0
 
 
 def _normalize(value: Any, section: str) -> str:
-    if not isinstance(value, str) or not _TRACEPARENT.fullmatch(value):
+    # The same check as a worker makes on what it reads back (``_valid``): a value it
+    # would ignore is refused here, where the caller can still be told.
+    if not isinstance(value, str) or not _valid(value):
         raise ConfigurationError(
             f"{section} option {OPTION!r} must be a W3C traceparent such as "
-            "'00-<32 hex trace id>-<16 hex span id>-01', got a "
-            f"{type(value).__name__} that is not one; leave it unset to let tracing set it"
+            "'00-<32 lowercase hex trace id>-<16 lowercase hex span id>-01' (version not "
+            f"'ff', ids not all zero), got a {type(value).__name__} that is not one; "
+            "leave it unset to let tracing set it"
         )
     return value
 
@@ -244,6 +249,8 @@ class OpenTelemetryTracing(Subscriber):
         # job id -> span context of the latest failed run seen here.
         self._previous: OrderedDict[str, Any] = OrderedDict()
         self._publish_name = f"{self.name} publish"
+        self._failed_at = -_WARN_EVERY_S  # last warning about a raising tracer
+        self._failures = 0  # failures since that warning
         self._process_name = f"{self.name} process"
         queue.declare_option(
             OPTION,
@@ -265,23 +272,27 @@ class OpenTelemetryTracing(Subscriber):
         job_id = out.get("job_id")
         if job_id is None:
             job_id = out["job_id"] = _new_job_id()
-        span = self.tracer.start_span(
-            self._publish_name,
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.destination.name": self.name,
-                "messaging.operation": "publish",
-                "messaging.operation.type": "send",
-                "messaging.message.id": str(job_id),
-                "kitium_queue.job.name": job_name,
-            },
-        )
-        sc = span.get_span_context()
-        if sc.is_valid:  # a no-op tracer (no SDK set up) has no context to carry
-            out[OPTION] = _traceparent(sc)
-        if not span.is_recording():
-            return job_name, data, out  # sampled out: nothing to end
+        try:
+            span = self.tracer.start_span(
+                self._publish_name,
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": SYSTEM,
+                    "messaging.destination.name": self.name,
+                    "messaging.operation": "publish",
+                    "messaging.operation.type": "send",
+                    "messaging.message.id": str(job_id),
+                    "kitium_queue.job.name": job_name,
+                },
+            )
+            sc = span.get_span_context()
+            if sc.is_valid:  # a no-op tracer (no SDK set up) has no context to carry
+                out[OPTION] = _traceparent(sc)
+            if not span.is_recording():
+                return job_name, data, out  # sampled out: nothing to end
+        except Exception as exc:  # the tracer's fault: the job is added untraced
+            self._tracer_failed(exc)
+            return job_name, data, options
         pending = self._pending
         if pending:
             self._sweep()
@@ -300,7 +311,10 @@ class OpenTelemetryTracing(Subscriber):
         for job_id in job_ids:
             got = pending.pop(job_id, None)
             if got is not None:
-                got[0].end()
+                try:
+                    got[0].end()
+                except Exception as exc:  # the other spans of the batch still end
+                    self._tracer_failed(exc)
 
     def _sweep(self) -> None:
         pending, limit = self._pending, time.monotonic() - self.pending_timeout
@@ -311,10 +325,29 @@ class OpenTelemetryTracing(Subscriber):
             del pending[job_id]
             self._end_pending(span, at, confirmed=False)
 
-    @staticmethod
-    def _end_pending(span: Any, at: float, *, confirmed: bool) -> None:
-        span.set_attribute("kitium_queue.enqueue.confirmed", confirmed)
-        span.end()
+    def _tracer_failed(self, exc: Exception) -> None:
+        """A call into the tracer (or its span processors) raised: tracing is lost for
+        that span, never the job's add or run. Warned about once a minute at most."""
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._failed_at < _WARN_EVERY_S:
+            return
+        self._failed_at, count, self._failures = now, self._failures, 0
+        log.warning(
+            "queue %s: the OpenTelemetry tracer raised %s (%d time(s) since the last "
+            "warning); the spans concerned are lost, the jobs are added and run as usual",
+            self.name,
+            type(exc).__name__,
+            count,
+            exc_info=exc,
+        )
+
+    def _end_pending(self, span: Any, at: float, *, confirmed: bool) -> None:
+        try:
+            span.set_attribute("kitium_queue.enqueue.confirmed", confirmed)
+            span.end()
+        except Exception as exc:
+            self._tracer_failed(exc)
 
     # ------------------------------------------------------------------ worker
     async def _on_process(self, job: Any, call_next: Callable[[], Awaitable[Any]]) -> Any:
@@ -341,41 +374,56 @@ class OpenTelemetryTracing(Subscriber):
         links = self._links(job, remote) if job.attempts > 1 else None
         if follows:
             links = _parent_links(follows, links)
-        span = self.tracer.start_span(
-            self._process_name,
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            links=links,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.destination.name": self.name,
-                "messaging.operation": "process",
-                "messaging.operation.type": "process",
-                "messaging.message.id": job.id,
-                "kitium_queue.job.name": job.name,
-                "kitium_queue.job.attempt": job.attempts,
-            },
-        )
-        if follows is not None:
-            # Its dependents' runs link to this one (sent with the outcome): only a
-            # sampled span is exported, so there is something to link to.
-            sc = span.get_span_context()
-            if sc.trace_flags.sampled:
-                job.run_context = _traceparent(sc)
-        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            span = self.tracer.start_span(
+                self._process_name,
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                links=links,
+                attributes={
+                    "messaging.system": SYSTEM,
+                    "messaging.destination.name": self.name,
+                    "messaging.operation": "process",
+                    "messaging.operation.type": "process",
+                    "messaging.message.id": job.id,
+                    "kitium_queue.job.name": job.name,
+                    "kitium_queue.job.attempt": job.attempts,
+                },
+            )
+            if follows is not None:
+                # Its dependents' runs link to this one (sent with the outcome): only a
+                # sampled span is exported, so there is something to link to.
+                sc = span.get_span_context()
+                if sc.trace_flags.sampled:
+                    job.run_context = _traceparent(sc)
+            token = otel_context.attach(trace.set_span_in_context(span))
+        except Exception as exc:  # the tracer's fault: the job runs untraced
+            self._tracer_failed(exc)
+            span = None
+        if span is None:  # outside the handler: the run's errors chain no tracer error
+            return await call_next()
         try:
             return await call_next()
         except Exception as exc:
-            if span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                self._previous[job.id] = span.get_span_context()
-                if len(self._previous) > _MAX_PENDING:
-                    self._previous.popitem(last=False)
+            self._record_failure(span, job.id, exc)
             raise
         finally:
             otel_context.detach(token)
-            span.end()
+            try:
+                span.end()
+            except Exception as exc:  # never the run's outcome: it is decided
+                self._tracer_failed(exc)
+
+    def _record_failure(self, span: Any, job_id: str, exc: Exception) -> None:
+        try:
+            if span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                self._previous[job_id] = span.get_span_context()
+                if len(self._previous) > _MAX_PENDING:
+                    self._previous.popitem(last=False)
+        except Exception as failed:  # the run's own error goes on, not the tracer's
+            self._tracer_failed(failed)
 
     def _links(self, job: Any, remote: SpanContext | None) -> list[Link]:
         """A retry's links: the publish context, and the previous attempt's span when
