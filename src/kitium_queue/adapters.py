@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["MetricsAdapter", "Span", "TelemetryAdapter"]
+from .errors import ConfigurationError
+
+__all__ = ["MetricsAdapter", "Span", "TelemetryAdapter", "check_adapter"]
+
+A = TypeVar("A")
 
 
 @runtime_checkable
@@ -42,3 +46,18 @@ class TelemetryAdapter(Protocol):
     """
 
     def start_span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Span: ...
+
+
+def check_adapter(value: A | None, what: str, methods: tuple[str, ...]) -> A | None:
+    """``value`` (an adapter, or None) once it has the callable ``methods``; else a
+    ``ConfigurationError`` naming ``what`` and the methods it lacks."""
+    if value is None:
+        return None
+    lacking = [m for m in methods if not callable(getattr(value, m, None))]
+    if lacking:
+        raise ConfigurationError(
+            f"{what} must be an object with {' and '.join(methods)} "
+            f"{'method' if len(methods) == 1 else 'methods'} (or None); "
+            f"{type(value).__name__} has no {', '.join(lacking)}"
+        )
+    return value

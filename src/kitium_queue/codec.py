@@ -51,12 +51,12 @@ import datetime
 import enum
 import math
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from .errors import PayloadTooLargeError, SerializationError
+from .errors import ConfigurationError, PayloadTooLargeError, SerializationError
 from .limits import MAX_PROGRESS_BYTES
 
 __all__ = ["MAX_DEPTH", "Codec", "RefusedValue", "Serializer", "encode_progress"]
@@ -121,6 +121,17 @@ class Serializer:
     __slots__ = ("codecs",)
 
     def __init__(self, codecs: Sequence[Codec] = ()) -> None:
+        if isinstance(codecs, (str, bytes, Mapping)) or not isinstance(codecs, Sequence):
+            raise ConfigurationError(
+                f"codecs must be a list of codecs (objects with encode and decode), got "
+                f"{type(codecs).__name__}"
+            )
+        for codec in codecs:
+            if not isinstance(codec, Codec):
+                raise ConfigurationError(
+                    "each codec has encode(bytes) and decode(bytes) methods, got "
+                    f"{type(codec).__name__}"
+                )
         self.codecs = tuple(codecs)
 
     def add_codec(self, codec: Codec, *, first: bool = False) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoPermissionError
 
-from .adapters import MetricsAdapter, TelemetryAdapter
+from .adapters import MetricsAdapter, TelemetryAdapter, check_adapter
 from .codec import Codec, Serializer
 from .connection import ConnectionFactory
 from .errors import ConfigurationError
@@ -134,8 +134,8 @@ class QueueContext:
         self.dlq = coerce(DLQConfig, dlq, "dlq")
         self.settings = coerce(QueueSettings, settings, "settings")
         self.worker_config = coerce(WorkerConfig, worker, "worker")
-        self.telemetry = telemetry
-        self.metrics = metrics
+        self.telemetry = check_adapter(telemetry, "telemetry", ("start_span",))
+        self.metrics = check_adapter(metrics, "metrics", ("increment", "observe"))
         self.serializer = Serializer(codecs)
         # Ranges: README "Limits and ranges". Checked here, at construction, so a bad
         # value never reaches a script (where it would fail after the job's first write).

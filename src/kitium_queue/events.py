@@ -10,11 +10,28 @@ from typing import Any
 
 from .limits import get_logger
 
-__all__ = ["PROGRESS_BYTES_FIELD", "EventData", "EventEmitter", "StreamEvent", "read_stream"]
+__all__ = [
+    "PROGRESS_BYTES_FIELD",
+    "EventData",
+    "EventEmitter",
+    "StreamEvent",
+    "check_handler",
+    "read_stream",
+]
 
 log = get_logger(__name__)
 
 Handler = Callable[["EventData"], "Awaitable[None] | None"]
+
+
+def check_handler(event: Any, handler: Any) -> None:
+    """Refuse an event ``handler`` that is not callable (``TypeError``), when it is
+    added rather than at every event."""
+    if not callable(handler):
+        raise TypeError(
+            f"event handler for {str(event)!r} must be a function taking the "
+            f"EventData (sync or async), got {type(handler).__name__}"
+        )
 
 
 @dataclass(slots=True)
@@ -77,11 +94,7 @@ class EventEmitter:
             self._views = (*self._views, view)
 
     def on(self, event: str, handler: Handler) -> None:
-        if not callable(handler):
-            raise TypeError(
-                f"event handler for {str(event)!r} must be a function taking the "
-                f"EventData (sync or async), got {type(handler).__name__}"
-            )
+        check_handler(event, handler)
         key = str(event)
         self._handlers[key] = (*self._handlers.get(key, ()), handler)
 

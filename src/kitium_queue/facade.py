@@ -30,7 +30,7 @@ from .errors import (
     KitiumQueueError,
     PartialEnqueueError,
 )
-from .events import EventData, Handler, StreamEvent
+from .events import EventData, Handler, StreamEvent, check_handler
 from .job import JobInfo
 from .jobspec import job_item, job_items, options_dict
 from .queue import HealthStatus, QueueStats
@@ -125,6 +125,7 @@ class MultiQueue(QueueAPI, Generic[Q]):
     # ------------------------------------------------------------------ in-process events
     def on(self, event: str, handler: Handler) -> None:
         """Call ``handler`` on ``event`` of any member; ``job_id`` is the full id."""
+        check_handler(event, handler)
         for i, q in enumerate(self.queues):
 
             def relay(data: EventData, i: int = i) -> Any:

@@ -22,16 +22,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from .errors import ConfigurationError
 
 __all__ = [
     "EnqueueMiddleware",
     "ProcessMiddleware",
     "Service",
+    "check_callable",
     "enqueue_origin",
     "enqueue_result",
     "run_process_chain",
 ]
+
+T = TypeVar("T")
 
 #: What the enqueue middleware running now prepares: None for a job added directly
 #: (``add_job``, ``add_jobs``), ``("schedule", <schedule id>)`` for the template of a
@@ -43,6 +48,14 @@ class EnqueueMiddleware(Protocol):
     def __call__(
         self, job_name: str, data: Any, options: Mapping[str, Any]
     ) -> tuple[str, Any, Mapping[str, Any]] | Awaitable[tuple[str, Any, Mapping[str, Any]]]: ...
+
+
+def check_callable(fn: T, what: str) -> T:
+    """``fn`` when it is callable; else a ``ConfigurationError`` naming ``what`` (at
+    registration, rather than at the first job it would have failed)."""
+    if not callable(fn):
+        raise ConfigurationError(f"{what} must be a function, got {type(fn).__name__}")
+    return fn
 
 
 def enqueue_result(middleware: Any, out: Any) -> tuple[Any, Any, Mapping[str, Any]]:

@@ -35,7 +35,7 @@ from .events import Handler
 from .identity import check_principal
 from .jobspec import Normalizer, OptionSpec, feature_text, resolve_policy
 from .limits import get_logger
-from .middleware import EnqueueMiddleware, ProcessMiddleware, Service
+from .middleware import EnqueueMiddleware, ProcessMiddleware, Service, check_callable
 from .observe import Observer
 from .options import DLQConfig, JobOptions, Policy, QueueSettings, RetryConfig, WorkerConfig, shown
 from .procpool import import_path
@@ -351,12 +351,12 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
     def use_enqueue(self, middleware: EnqueueMiddleware) -> None:
         """Add enqueue middleware: ``fn(job_name, data, options) -> (job_name, data,
         options)``, sync or async, run by ``add_job``/``add_jobs`` before validation."""
-        self.enqueue_middleware.append(middleware)
+        self.enqueue_middleware.append(check_callable(middleware, "enqueue middleware"))
 
     def use_process(self, middleware: ProcessMiddleware) -> None:
         """Add process middleware: ``async fn(job, call_next) -> result`` around every run
         (first added is outermost). Register before the worker starts."""
-        self.process_middleware.append(middleware)
+        self.process_middleware.append(check_callable(middleware, "process middleware"))
 
     def declare_option(
         self,
