@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
+
 from .enums import JobStatus
-from .limits import clip, get_logger, reply_text, safe_text
+from .limits import clip, get_logger, printable, reply_text, safe_text
 from .presence import WorkerPresence, live_workers
 from .queries import Queries, query_id
 from .records import JobDetail
@@ -151,6 +153,17 @@ def _int(v: Any) -> int | None:
         return None
 
 
+def _reply(value: Any) -> Any:
+    """One reply of the facts pipeline: a key overwritten with another type (WRONGTYPE,
+    a record damaged by hand) reads as absent, so the explanation still comes; any
+    other error is raised."""
+    if isinstance(value, ResponseError) and "WRONGTYPE" in str(value):
+        return None
+    if isinstance(value, Exception):
+        raise value
+    return value
+
+
 def at(ms: int, now_ms: int) -> str:
     """A time for messages: UTC, and its distance from now
     (``"2026-01-02 03:04:05 UTC (in 3.2 s)"``)."""
@@ -178,14 +191,26 @@ async def explain_job(ctx: QueueContext, job_id: str) -> Explanation:
     pipe.pttl(keys.limiter)
     pipe.zrank(keys.wait, jid)
     pipe.hget(keys.meta, "paused")
-    (sec, usec), raw, hold_ttl, lim_used, lim_ttl, rank, paused = await pipe.execute()
+    replies = [_reply(r) for r in await pipe.execute(raise_on_error=False)]
+    (sec, usec), raw, hold_ttl, lim_used, lim_ttl, rank, paused = replies
     now = int(sec) * 1000 + int(usec) // 1000
     if job is None:
         return Explanation(jid, None, [], now)
-    fields = {f: reply_text(v) for f, v in zip(FACT_FIELDS, raw, strict=True) if v is not None}
+    fields = {
+        f: reply_text(v) for f, v in zip(FACT_FIELDS, raw or (), strict=False) if v is not None
+    }
     workers = await live_workers(ctx)
     facts = JobFacts(job, fields, now, workers, paused=paused == b"1")
-    reasons = _core(ctx, facts, hold_ttl, _int(lim_used), lim_ttl, rank)
+    reasons = _core(ctx, facts, _int(hold_ttl) or -2, _int(lim_used), _int(lim_ttl) or -2, rank)
+    if job.damaged:
+        reasons.append(
+            Reason(
+                "damaged",
+                f"the job's record is damaged ({clip(printable(job.damaged), 300)}): "
+                "remove the job, or add it again",
+                blocking=False,
+            )
+        )
     for explainer in list(ctx.explainers):
         reasons.extend(await _run(explainer, facts))
     if job.status is JobStatus.PENDING and not any(r.blocking for r in reasons):
@@ -213,7 +238,7 @@ async def _run(explainer: Explainer, facts: JobFacts) -> list[Reason]:
         return [
             Reason(
                 "explainer-failed",
-                f"explainer {name} failed: {clip(safe_text(exc), 200)}",
+                f"explainer {name} failed: {clip(printable(safe_text(exc)), 200)}",
                 blocking=False,
             )
         ]
@@ -241,7 +266,7 @@ def _core(
         if due is not None:
             why = (
                 f"retrying after failed attempt {job.attempts} of {job.max_attempts} "
-                f"({clip(job.failed_reason, 120)}): backoff until"
+                f"({clip(printable(job.failed_reason), 120)}): backoff until"
                 if job.failed_reason and job.attempts
                 else "delayed until"
             )
@@ -290,7 +315,7 @@ def _workers(queue_name: str, facts: JobFacts) -> list[Reason]:
             )
         ]
     if not any(w.can_process(name) for w in facts.workers):
-        seen = ", ".join(w.id for w in facts.workers[:5])
+        seen = ", ".join(printable(w.id) for w in facts.workers[:5])
         return [
             Reason(
                 "no-worker",
@@ -304,10 +329,12 @@ def _workers(queue_name: str, facts: JobFacts) -> list[Reason]:
 
 def _running(facts: JobFacts) -> list[Reason]:
     job, now = facts.job, facts.now_ms
-    worker = job.worker or facts.fields.get("w") or "(unknown)"
+    worker_id = job.worker or facts.fields.get("w") or "(unknown)"
     deadline = job.lease_deadline
-    alive = any(w.id == worker for w in facts.workers)
-    refs = (("worker", worker),)
+    alive = any(w.id == worker_id for w in facts.workers)
+    refs = (("worker", worker_id),)
+    # Worker ids are read from Redis: shown escaped (no line break, no terminal control).
+    worker = printable(worker_id)
     if deadline is None:
         return [Reason("lease-held", f"running on worker {worker}", blocking=False, refs=refs)]
     if deadline < now:

@@ -10,6 +10,7 @@ stderr and an exit code from ``EXIT_CODES``. Environment variables are read here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import sys
@@ -21,7 +22,7 @@ import click
 
 from ..errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from ..facade import MultiQueue
-from ..limits import printable
+from ..limits import clip, printable
 from ..queue import JobQueue
 from ..redact import redact_url
 
@@ -33,6 +34,7 @@ __all__ = [
     "EXIT_USAGE",
     "FiniteFloatRange",
     "Main",
+    "error_line",
     "json_option",
     "load_app",
     "load_queue",
@@ -101,15 +103,32 @@ def load_app(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
     return _resolve(app, kinds)
 
 
+def _raised(exc: BaseException) -> str:
+    """What an APP module or factory raised, for one line: its type and its text,
+    credentials redacted, escaped and clipped (a ``sys.exit()`` says so)."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({clip(text_field(repr(exc.code)), 100)})"
+    return clip(text_field(f"{type(exc).__name__}: {redact_url(exc)}"), 500)
+
+
 def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
     module_name, _, attr = app.partition(":")
     if not module_name or not attr:
         raise click.BadParameter(f"{app!r}: use module:attribute, e.g. myapp.tasks:queue")
     sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        # What the module prints while it loads goes to stderr: stdout holds only data.
+        with contextlib.redirect_stdout(sys.stderr):
+            module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+        raise click.BadParameter(f"cannot import {module_name!r}: {_raised(exc)}") from None
+    except (KitiumQueueError, KeyboardInterrupt):
+        raise
+    except (Exception, SystemExit) as exc:
+        raise click.BadParameter(
+            f"importing {module_name!r} failed: {_raised(exc)}; fix the module, or name "
+            "another APP (its import must only build the queue)"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         # ``orders.queues.2``: one partition of a partitioned queue.
@@ -126,7 +145,8 @@ def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
             raise click.BadParameter(f"{module_name!r} has no attribute {attr!r}")
     if callable(obj) and not isinstance(obj, kinds):
         try:
-            obj = obj()
+            with contextlib.redirect_stdout(sys.stderr):
+                obj = obj()
         except TypeError as exc:
             # Not a factory of no arguments (a function that needs some, a class, a
             # builtin): APP names the wrong thing.
@@ -134,6 +154,12 @@ def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
                 f"{app!r} is a {type(obj).__name__} that cannot be called without "
                 f"arguments ({text_field(exc)}): APP must name a queue, or a function "
                 "of no arguments that returns one"
+            ) from None
+        except (KitiumQueueError, KeyboardInterrupt):
+            raise
+        except (Exception, SystemExit) as exc:
+            raise click.BadParameter(
+                f"calling {app!r} to build the queue failed: {_raised(exc)}"
             ) from None
     if not isinstance(obj, kinds):
         wanted = (
@@ -226,6 +252,20 @@ def with_single_queue(app: str, redis: str | None, action: Callable[[Any], Await
     return with_queue(app, redis, one)
 
 
+#: Longest error line: a message quoting an argument as long as the shell allows
+#: (128 KiB) keeps its start and its end (what to do), and says how much was cut.
+MAX_ERROR_LINE = 1000
+
+
+def error_line(text: str) -> str:
+    """``text`` (escaped already) cut in its middle to at most about ``MAX_ERROR_LINE``
+    characters."""
+    if len(text) <= MAX_ERROR_LINE:
+        return text
+    head, tail = MAX_ERROR_LINE * 3 // 5, MAX_ERROR_LINE // 4
+    return f"{text[:head]}...[{len(text) - head - tail} characters cut]...{text[-tail:]}"
+
+
 def _failure(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one line of text for an error that ended a command."""
     if isinstance(exc, ConnectionUnavailableError):
@@ -267,7 +307,10 @@ class Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+        except click.exceptions.ClickException as exc:
+            exc.message = error_line(exc.message)  # type: ignore[misc]  # Final in the stubs
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except BrokenPipeError:
             # The reader of stdout went away (``| head``): nothing more can be said there
@@ -278,6 +321,7 @@ class Main(click.Group):
             ctx.exit(EXIT_ERROR)
         except Exception as exc:
             code, line = _failure(exc)
+            line = error_line(line)
             if ctx.params.get("debug") or ctx.params.get("verbose"):
                 traceback.print_exception(exc, file=sys.stderr)
             click.echo(f"Error: {line}", err=True)

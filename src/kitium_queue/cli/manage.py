@@ -39,14 +39,26 @@ def schedules_list(app: str, as_json: bool, redis: str | None) -> None:
             return
         rows = []
         for s in items:
-            timing = f"cron {s.cron} ({s.tz})" if s.cron else f"every {s.every_ms} ms"
+            timing = (
+                f"cron {s.cron} ({s.tz})"
+                if s.cron
+                else "-"
+                if s.every_ms is None
+                else f"every {s.every_ms} ms"
+            )
             state = "paused" if s.paused else "finished" if s.finished else "active"
-            rows.append([s.id, s.job_name, timing, state, when(s.next_run_at), s.runs, s.skipped])
+            rows.append(
+                [s.id, s.job_name, timing, state, when(s.next_run_at), s.runs, s.skipped, s.damaged]
+            )
         if out.rich:
-            out.table(["id", "job", "timing", "state", "next run", "runs", "skipped"], rows)
+            # A record damaged by hand says what is wrong in a column of its own.
+            columns = ["id", "job", "timing", "state", "next run", "runs", "skipped", "damaged"]
+            n = 8 if any(s.damaged for s in items) else 7
+            out.table(columns[:n], [r[:n] for r in rows])
         else:
             for r in rows:
-                out.line(*r[:4], f"next={r[4]}", f"runs={r[5]}", f"skipped={r[6]}")
+                damaged = [] if r[7] is None else [f"damaged={r[7]}"]
+                out.line(*r[:4], f"next={r[4]}", f"runs={r[5]}", f"skipped={r[6]}", *damaged)
 
     with_single_queue(app, redis, act)
 

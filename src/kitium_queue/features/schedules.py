@@ -14,8 +14,8 @@ Unix epoch), so every process computes the same ticks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -30,6 +30,7 @@ from ..middleware import enqueue_origin
 from ..options import MAX_COUNT, check_text, lookup_id, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 from .schedule_explain import make_explainer
+from .schedule_records import check_intact, schedule_hash, schedule_values, stored_id
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -172,6 +173,7 @@ class Schedule:
         paused, finished: state; ``next_run_at``: nominal time of the next tick.
         runs: ticks enqueued so far; ``skipped``: ticks skipped by the overlap policy.
         last_run_at / last_job_id: the last tick enqueued and its job.
+        damaged: what is wrong with a record damaged by hand (``schedule_records``).
     """
 
     id: str
@@ -198,6 +200,7 @@ class Schedule:
     skipped: int = 0
     created_at: int | None = None
     updated_at: int | None = None
+    damaged: str | None = None
 
     @property
     def kind(self) -> str:
@@ -241,10 +244,8 @@ class Schedule:
             "skipped": self.skipped,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "damaged": self.damaged,
         }
-
-
-_DEF_FIELDS = frozenset(f.name for f in fields(Schedule))
 
 
 def timing_of(defn: Mapping[str, Any]) -> Timing:
@@ -548,10 +549,11 @@ class ScheduleStore:
     async def get(self, schedule_id: str) -> Schedule | None:
         """One schedule, or None if it does not exist."""
         key = self.queue.keys.schedule(lookup_id(schedule_id, "schedule_id"))
-        raw = await (await self.queue.client()).hgetall(key)
-        if not raw:
-            return None
-        return self._record(schedule_id, raw)
+        pipe = (await self.queue.client()).pipeline(transaction=False)
+        (reply,) = await pipe.hgetall(key).execute(raise_on_error=False)
+        problems: list[str] = []
+        raw = schedule_hash(reply, problems)
+        return self._record(schedule_id, raw, problems) if raw or problems else None
 
     async def list(self) -> list[Schedule]:
         """Every schedule of the queue, oldest first."""
@@ -565,44 +567,20 @@ class ScheduleStore:
             page = await client.zrange(q.keys.schedules, start, start + QUERY_PAGE - 1)
             if not page:
                 return out
-            ids = [i.decode() for i in page]
             pipe = client.pipeline(transaction=False)
-            for i in ids:
-                pipe.hgetall(q.keys.schedule(i))
-            raws = await pipe.execute()
-            out += [self._record(i, r) for i, r in zip(ids, raws, strict=True) if r]
+            for i in page:  # as stored: an id that is not UTF-8 is still read
+                pipe.hgetall(q.keys.schedule("").encode() + i)
+            for i, reply in zip(page, await pipe.execute(raise_on_error=False), strict=True):
+                problems: list[str] = []
+                raw = schedule_hash(reply, problems)
+                if raw or problems:
+                    out.append(self._record(stored_id(i, problems), raw, problems))
             if len(page) < QUERY_PAGE:
                 return out
             start += QUERY_PAGE
 
-    def _record(self, sid: str, raw: dict[bytes, bytes]) -> Schedule:
-        g = raw.get
-        defn = {k: v for k, v in orjson.loads(g(b"def") or b"{}").items() if k in _DEF_FIELDS}
-        data: Any = None
-        if g(b"d") is not None:
-            try:
-                data = self.queue.serializer.loads(g(b"d") or b"")
-            except Exception:  # undecodable (e.g. a codec key is gone): show no data
-                data = None
-
-        def num(key: bytes) -> int | None:
-            v = g(key)
-            return int(v) if v else None
-
-        return Schedule(
-            id=sid,
-            data=data,
-            paused=g(b"paused") == b"1",
-            finished=g(b"done") == b"1",
-            next_run_at=num(b"due"),
-            last_run_at=num(b"last"),
-            last_job_id=(g(b"lj") or b"").decode() or None,
-            runs=num(b"cnt") or 0,
-            skipped=num(b"skip") or 0,
-            created_at=num(b"ca"),
-            updated_at=num(b"ua"),
-            **defn,
-        )
+    def _record(self, sid: str, raw: dict[bytes, bytes], problems: Sequence[str]) -> Schedule:
+        return Schedule(**schedule_values(sid, raw, self.queue.serializer, problems))
 
     async def update(self, schedule_id: str, **changes: Any) -> Schedule:
         """Change some fields of a schedule; the others keep their stored values.
@@ -627,6 +605,7 @@ class ScheduleStore:
             raise ScheduleNotFoundError(
                 f"schedule {schedule_id!r} does not exist in queue {self.queue.name!r}"
             )
+        check_intact(cur)
         args: dict[str, Any] = {
             "tz": cur.tz,
             "start_date": cur.start_date,
@@ -693,6 +672,7 @@ class ScheduleStore:
         cur = await self.get(schedule_id)
         if cur is None:
             return False
+        check_intact(cur)
         nxt = cur.timing().next_after(await self._now())
         status, _ = await self.queue.run(
             "schedule_pause", [schedule_id, "0", "" if nxt is None else nxt]
