@@ -183,3 +183,13 @@ async def test_explain_messages_quote_worker_ids_and_errors_escaped(
             assert "\\x1b[31m\\u202e\\nX" in reason.message, reason.message
     finally:
         await q.close()
+
+
+def test_an_interrupted_stats_read_is_not_a_success(tmp_path: Path) -> None:
+    """Ctrl-C (here: raised while APP loads) during a one-off ``stats`` is not exit 0;
+    only ``--watch`` ends on Ctrl-C as its normal way to stop."""
+    with app_module(tmp_path, "raise KeyboardInterrupt\n", "kq_cli_interrupted") as module:
+        got = _run("stats", f"{module}:queue")
+        assert got.exit_code != 0, got.output
+        watched = _run("stats", f"{module}:queue", "--watch")
+        assert watched.exit_code == 0, watched.output

@@ -154,7 +154,11 @@ def stats(
                 out.refresh(functools.partial(_stats_table, out, rows, rates), first=n == 0)
             n += 1
 
-    with contextlib.suppress(KeyboardInterrupt):
+    if not watch:
+        # A single read interrupted is not a result: Ctrl-C aborts (non-zero exit).
+        with_queue(app, redis, act)
+        return
+    with contextlib.suppress(KeyboardInterrupt):  # the way to stop watching
         with_queue(app, redis, act)
 
 
