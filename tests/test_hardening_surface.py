@@ -184,6 +184,14 @@ def test_redact_url_table() -> None:
         "memory://x": "memory://x",
         "see redis://u:pw@h:1/0?password=pw for details": "see redis://***@h:1/0 for details",
         "cannot reach h:6379 (password=pw&db=0)": "cannot reach h:6379 (password=***&db=0)",
+        # Where Redis says a script raised: that '@' delimits no credentials.
+        "WRONGTYPE Operation against a key script: c0f4, on @user_script:163.": (
+            "WRONGTYPE Operation against a key script: c0f4, on user_script:163."
+        ),
+        "redis://u:pw@h:1 failed: ERR x, on @user_script:2.": (
+            "redis://***@h:1 failed: ERR x, on user_script:2."
+        ),
+        "pw@h on @user_function:1": "***@h on user_function:1",
     }
     for given, shown in table.items():
         assert redact_url(given) == shown, given

@@ -48,6 +48,9 @@ _ASSIGNED = re.compile(r"(['\"]?\s*[=:]\s*)(?:'[^']*'?|\"[^\"]*\"?|[^&\s,;}'\"]*
 _AUTHORITY = re.compile(
     r"(://(?:" + re.escape(REDACTED) + r"@)?)([^\s'\"<>/?#@]*)(?=[\s'\"<>/?#]|$)"
 )
+# Where Redis says a script or function raised ("... on @user_script:163."): an ``@``
+# that delimits no credentials, read without it.
+_SCRIPT_AT = re.compile(r"\bon @(user_script|user_function):(\d+)")
 # A text that *is* a URL (as opposed to a message that mentions one).
 _WHOLE_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
 # The query string or fragment of a URL inside a message: up to the next space or quote.
@@ -81,6 +84,7 @@ def redact_url(value: object, secrets: Iterable[str] = ()) -> str:
         known = {s for s in secrets if isinstance(s, str) and s}
         for secret in sorted(known, key=len, reverse=True):  # longest first: no remnants
             text = text.replace(secret, REDACTED)
+        text = _SCRIPT_AT.sub(r"on \1:\2", text)
         last_at = text.rfind("@")
         if last_at >= 0:
             scheme_end = text.find("://")
