@@ -34,7 +34,7 @@ from .guards import GuardList
 from .hooks import AdminCall
 from .identity import current_principal
 from .limits import clip
-from .options import shown_bare
+from .options import shown, shown_bare
 from .queries import parse_status, query_id
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ AdminGuard = Callable[[AdminCall], Awaitable[None] | None]
 #: Most jobs one admin script call moves (promote, recover, retry, replay, drain): the
 #: scripts clamp to the same bound, so no single call blocks Redis for long.
 ADMIN_BATCH = 1000
+#: The states ``bulk_retry`` takes jobs from.
+_RETRYABLE = (JobStatus.FAILED, JobStatus.DLQ, JobStatus.COMPLETED)
 
 
 def _check_limit(limit: Any, what: str) -> int:
@@ -58,6 +60,15 @@ def _check_limit(limit: Any, what: str) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise ConfigurationError(f"{what} must be an int >= 0, got {clip(repr(limit), 100)}")
     return limit
+
+
+def _check_flag(value: Any, what: str) -> bool:
+    """``value`` as a bool, or ConfigurationError: a flag that decides what is deleted
+    (``clear(force=)``, ``drain(delayed=)``) is never read by truthiness, so the text
+    ``"false"`` cannot force anything."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{what} must be True or False, got {shown(value)}")
+    return value
 
 
 def _id_shown(exc: JobNotFoundError | JobStateError, job_id: str) -> None:
@@ -162,8 +173,9 @@ class Admin:
 
         async def action() -> int:
             total = 0
+            flag = "1" if _check_flag(delayed, "drain delayed") else "0"
             while True:
-                n = int(await self.ctx.run("drain", ["1" if delayed else "0", ADMIN_BATCH]))
+                n = int(await self.ctx.run("drain", [flag, ADMIN_BATCH]))
                 total += n
                 if n == 0:
                     return total
@@ -174,7 +186,8 @@ class Admin:
         """``JobQueue.clear``."""
 
         async def action() -> None:
-            while int(await self.ctx.run("clear", ["1" if force else "0", 1000])):
+            flag = "1" if _check_flag(force, "clear force") else "0"
+            while int(await self.ctx.run("clear", [flag, 1000])):
                 pass
             for step in self._clear_steps:
                 await step()
@@ -195,14 +208,17 @@ class Admin:
         await self.execute("retry_job", {"job_id": job_id}, action)
 
     async def _moved(self, script: str, head: list[Any], limit: int) -> int:
-        # Up to ``limit`` jobs, in script calls of at most ADMIN_BATCH; each call replies
-        # the ids it moved, and fewer than asked means nothing is left.
-        moved = 0
+        # Up to ``limit`` jobs, in script calls of at most ADMIN_BATCH; each call examines
+        # that many entries from the position after those skipped so far (their record is
+        # gone or damaged: they stay) and replies the ids it moved and how many it
+        # skipped; fewer examined than asked means nothing is left.
+        moved = skip = 0
         while moved < limit:
             batch = min(ADMIN_BATCH, limit - moved)
-            ids = await self.ctx.run(script, [*head, batch])
+            ids, skipped = await self.ctx.run(script, [*head, batch, skip])
             moved += len(ids)
-            if len(ids) < batch:
+            skip += int(skipped)
+            if len(ids) + int(skipped) < batch:
                 break
         return moved
 
@@ -213,6 +229,11 @@ class Admin:
 
         async def action() -> int:
             st = parse_status(status)
+            if st not in _RETRYABLE:
+                raise ConfigurationError(
+                    f"bulk_retry status must be one of {[s.value for s in _RETRYABLE]} "
+                    f"(jobs that finished), got {shown(status)}"
+                )
             return await self._moved(
                 "retry", ["state", st.value], _check_limit(limit, "bulk_retry limit")
             )
@@ -343,7 +364,8 @@ class AdminAPI:
         """Remove every job that has not started (waiting and, by default, delayed).
 
         Running jobs are left to finish. Returns the number removed. Works in script calls
-        of at most 1000 jobs, so Redis serves other clients in between.
+        of at most 1000 jobs, so Redis serves other clients in between. ``delayed`` is
+        True or False (anything else: ``ConfigurationError``).
         """
         return await self.admin.drain(delayed=delayed)
 
@@ -358,14 +380,16 @@ class AdminAPI:
         breakers and their log, webhook endpoints, deliveries and the outbox they are
         read from, encryption key ids and rotation records. Remove those through their
         managers (``remove_breaker``, ``remove_webhook``).
-        Refused with ``QueueActiveError`` while jobs run, unless ``force=True``.
+        Refused with ``QueueActiveError`` while jobs run, unless ``force=True``; ``force``
+        is True or False, never read by truthiness (``"false"``: ``ConfigurationError``).
         """
         await self.admin.clear(force=force)
 
     async def retry_job(self, job_id: str) -> None:
         """Run a failed, dead-lettered or completed job again with fresh attempts.
 
-        Raises ``JobNotFoundError`` or ``JobStateError`` (waiting/active/delayed jobs).
+        Raises ``JobNotFoundError`` or ``JobStateError`` (waiting/active/delayed jobs, or
+        a record damaged so it cannot run again: its key holds another type).
         """
         await self.admin.retry_job(job_id)
 
@@ -374,8 +398,11 @@ class AdminAPI:
     ) -> int:
         """Retry up to ``limit`` jobs of a state (failed, dlq or completed), oldest first.
 
-        ``limit`` is an int >= 0 (else ``ConfigurationError``); the jobs move in script
-        calls of at most 1000, each atomic. Returns how many moved.
+        ``status`` is failed, dlq or completed and ``limit`` an int >= 0 (else
+        ``ConfigurationError``); the jobs move in script calls of at most 1000, each
+        atomic. A job whose record is gone or damaged (its key holds another type) cannot
+        run again, and one held elsewhere (running, delayed, parked) is not run twice:
+        each is skipped and stays. Returns how many moved.
         """
         return await self.admin.bulk_retry(status, limit)
 
@@ -383,14 +410,20 @@ class AdminAPI:
         """Move up to ``limit`` dead-lettered jobs back to waiting; returns how many.
 
         ``limit`` is an int >= 0 (else ``ConfigurationError``); the jobs move in script
-        calls of at most 1000, each atomic.
+        calls of at most 1000, each atomic. A job whose record is gone or damaged (its key
+        holds another type) cannot run again: it is skipped and stays in the DLQ, as the
+        record of the loss (``remove_job`` removes it); so does a stale entry of a job
+        held elsewhere (running, delayed, parked), which is never run twice.
         """
         return await self.admin.replay_dlq(limit)
 
     async def remove_job(self, job_id: str) -> bool:
         """Delete a job that is not running. Returns False if it did not exist.
 
-        Raises ``JobActiveError`` for a running job (use ``cancel_job``).
+        Raises ``JobActiveError`` for a running job (use ``cancel_job``). A job whose
+        record is gone or damaged (its key holds another type) but is still listed in a
+        state set is removed from it, its key with it (True); a running one is left to
+        recovery, which dead-letters it.
         """
         return await self.admin.remove_job(job_id)
 

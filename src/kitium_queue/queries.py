@@ -39,7 +39,7 @@ from .job import JobInfo
 from .limits import MAX_DELAY_MS, QUERY_PAGE
 from .options import MAX_QUERY_LIMIT, lookup_id, shown, to_int
 from .parking import parked_count, parked_ids
-from .records import JobDetail, decode_id, job_values, stored_status
+from .records import JobDetail, decode_id, hash_reply, job_values, stored_status
 from .redact import redact_json_text
 from .serverinfo import MemoryReport, memory_report
 
@@ -215,7 +215,7 @@ def _parse_cursor(cursor: Any, status: JobStatus) -> tuple[float, bytes]:
         member = base64.b64decode(parts[2].encode(), altchars=b"-_", validate=True)
     except (ValueError, binascii.Error):
         raise bad from None
-    if not math.isfinite(score):
+    if math.isnan(score):  # +-inf is a score a member may have (set by hand)
         raise bad
     if status is JobStatus.PENDING and not (score >= 0 and score.is_integer()):
         raise bad  # an offset (see list_jobs)
@@ -290,7 +290,7 @@ class Queries:
             JobDetail(
                 **values,
                 worker=worker.decode("utf-8", "backslashreplace") if worker else None,
-                lease_deadline=None if deadline is None else int(deadline),
+                lease_deadline=None if deadline is None or math.isinf(deadline) else int(deadline),
                 log_lines=int(log_lines or 0),
             )
         )
@@ -319,19 +319,15 @@ class Queries:
         if detail:
             pipe.zscore(ctx.keys.active, jid)
             pipe.llen(ctx.keys.logs(jid))
-        raw, paused, *extra = await pipe.execute(raise_on_error=False)
+        reply, paused, *extra = await pipe.execute(raise_on_error=False)
         problems: list[str] = []
-        if isinstance(raw, ResponseError) and "WRONGTYPE" in str(raw):
-            # The job's key was overwritten with another type: a damaged record.
-            raw, problems = {}, ["job record damaged: its key holds another type, not a hash"]
-        elif isinstance(raw, Exception):
-            raise raw
+        raw = hash_reply(reply, problems)  # a key of another type: a damaged record
         extra = [None if isinstance(v, Exception) else v for v in extra]
         if not raw and not problems:
             return None
         found_in = None
-        if stored_status(raw) is None:
-            # Unknown state on the record: say where the job actually is, if anywhere.
+        if problems or stored_status(raw) is None:
+            # No state on the record: say where the job actually is, if anywhere.
             found_in = await self._find_state(jid)
         values = job_values(
             jid,
@@ -364,7 +360,12 @@ class Queries:
         first = to_int(start, "start", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
         last = to_int(end, "end", minimum=-_MAX_INDEX, maximum=_MAX_INDEX)
         client = await self.ctx.client()
-        lines = await client.lrange(self.ctx.keys.logs(jid), first, last)
+        try:
+            lines = await client.lrange(self.ctx.keys.logs(jid), first, last)
+        except ResponseError as exc:  # the log key holds another type: no line to read
+            if "WRONGTYPE" not in str(exc):
+                raise
+            lines = []
         # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
         text = [b.decode("utf-8", "backslashreplace") for b in lines]
         ctx = self.ctx
@@ -442,16 +443,18 @@ class Queries:
         for i in ids:
             pipe.hgetall(base_b + i if isinstance(i, bytes) else base + i)
         pipe.hget(ctx.keys.meta, "paused")
-        *raws, paused = await pipe.execute()
+        # One key of another type (WRONGTYPE) is that job's damage, not the listing's.
+        *raws, paused = await pipe.execute(raise_on_error=False)
         is_paused = paused == b"1"
         gone = [i for i, r in zip(ids, raws, strict=True) if not r]
         if gone and found_in in _STATUS_SETS:
             await self._missing(gone, found_in)
         out: list[JobInfo] = []
-        for i, r in zip(ids, raws, strict=True):
-            if not r:
-                continue
+        for i, reply in zip(ids, raws, strict=True):
             problems: list[str] = []
+            r = hash_reply(reply, problems)
+            if not r and not problems:
+                continue
             jid = decode_id(i, problems)
             out.append(
                 self._view(
@@ -703,7 +706,8 @@ class QueryAPI:
 
     async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
         """Log lines a processor wrote with ``job.log`` (``start``/``end`` as in
-        ``LRANGE``: 0-based, negative counts from the end, ``end`` inclusive)."""
+        ``LRANGE``: 0-based, negative counts from the end, ``end`` inclusive); a log key
+        overwritten with another type reads as no lines."""
         return await self.queries.get_job_logs(job_id, start, end)
 
     async def get_jobs_by_status(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import orjson
+from redis.exceptions import ResponseError
 
 from .codec import Serializer
 from .enums import JobStatus
@@ -37,6 +38,7 @@ __all__ = [
     "JobDetail",
     "JobField",
     "decode_id",
+    "hash_reply",
     "job_values",
     "stored_status",
 ]
@@ -279,6 +281,22 @@ def stored_status(raw: Mapping[bytes, bytes]) -> JobStatus | None:
     return _STATES.get(raw.get(b"st") or b"waiting")
 
 
+#: What ``job_values`` says of a job whose key holds another type than a hash.
+WRONG_TYPE = "job record damaged: its key holds another type, not a hash"
+
+
+def hash_reply(reply: Any, problems: list[str]) -> Mapping[bytes, bytes]:
+    """The reply of ``HGETALL`` on a job key, read with ``raise_on_error=False``: a
+    ``WRONGTYPE`` error (the key was overwritten with another type) is an empty record
+    with the damage noted in ``problems``; any other error is raised."""
+    if isinstance(reply, ResponseError) and "WRONGTYPE" in str(reply):
+        problems.append(WRONG_TYPE)
+        return {}
+    if isinstance(reply, BaseException):
+        raise reply
+    return reply  # type: ignore[no-any-return]
+
+
 def decode_id(member: str | bytes, problems: list[str]) -> str:
     """A job id as read from a state set; one that is not UTF-8 is shown escaped (and
     noted in ``problems``)."""
@@ -340,9 +358,11 @@ def job_values(
         damage.append(f"{what} is not a number: {shown(v)}")
         return None
 
-    st = stored_status(raw)
+    # An empty record is a key of another type (``hash_reply``): no state of its own.
+    st = stored_status(raw) if raw else None
     if st is None:
-        damage.append(f"unknown state {shown(g(b'st'))}")
+        if raw:
+            damage.append(f"unknown state {shown(g(b'st'))}")
         st = found_in or JobStatus.PENDING
     if st is JobStatus.WAITING and paused:
         st = JobStatus.PAUSED

@@ -11,6 +11,11 @@
              write)
 
   Returns one status per id: 'removed' | 'flagged' | 'missing' | 'finished'.
+  A job whose key holds another type than a hash (damaged by hand) is never read as a
+  hash: waiting or delayed, it is removed (out of its set, then its key); running, it is
+  'flagged' with only its event written (its worker's next renewal finds the record
+  damaged and gives the job up; recovery dead-letters it); listed as finished,
+  'finished'; else 'missing'.
   Events: job-removed (reason cancelled) or job-cancelling.
 ]]
 --@include lib_events
@@ -22,12 +27,33 @@ if #ARGV - 3 > BATCH_MAX then
   return bad_arg('cancel', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
     (#ARGV - 3))
 end
+-- A job whose key holds another type (see the header): its status, by the sets it is in.
+local function cancel_damaged(id, jk)
+  if redis.call('ZREM', K_WAIT, id) + redis.call('ZREM', K_DELAYED, id) > 0 then
+    if release_hook then release_hook(id, jk, 'removed') end
+    delete_job(id)
+    emit('job-removed', id, 'reason', 'cancelled')
+    return 'removed'
+  elseif redis.call('ZSCORE', K_ACTIVE, id) then
+    emit('job-cancelling', id)
+    return 'flagged'
+  end
+  local sets = { K_COMPLETED, K_FAILED, K_DLQ }
+  for s = 1, #sets do
+    if redis.call('ZSCORE', sets[s], id) then return 'finished' end
+  end
+  return 'missing'
+end
+
 local out = {}
 for i = 4, #ARGV do
   local id = ARGV[i]
   local jk = job_key(id)
-  local st = redis.call('HGET', jk, 'st')
-  if not st then
+  local kt = key_type(jk)
+  local st = kt == 'hash' and redis.call('HGET', jk, 'st')
+  if kt ~= 'hash' and kt ~= 'none' then
+    out[#out + 1] = cancel_damaged(id, jk)
+  elseif not st then
     out[#out + 1] = 'missing'
   elseif st == 'waiting' or st == 'delayed' or st == 'pending' then
     remove_unstarted(id, jk)

@@ -3,6 +3,14 @@
 
   Put a finished job back to wait as a fresh job: attempts and stalls reset, last error
   kept in 'le' for the record. FINISHED_SETS maps a finished state to its set.
+
+  requeue_sound(ids, set_key) -> moved ids, skipped count
+    requeue each id (a member of set_key) whose record is a hash with a state; the
+    others stay in the set: one whose record is gone (evicted, deleted), has no state or
+    whose key holds another type cannot run again and stays as the record of its loss
+    (read with pcall, so it cannot fail the call after its writes), and one whose record
+    says it is held elsewhere (active, delayed, pending: a stale entry) is not run a
+    second time.
   Slot: every requeued job passes the `requeue` slot (kitium_queue.slots) once it is back
   in wait, with the state it left.
 ]]
@@ -28,4 +36,20 @@ local function requeue(id, set_key)
 --@if requeue
   requeue_slot(id, jk, from or '')
 --@end
+end
+
+local HELD = { active = true, delayed = true, pending = true }
+
+local function requeue_sound(ids, set_key)
+  local moved, skipped = {}, 0
+  for i = 1, #ids do
+    local st = redis.pcall('HGET', job_key(ids[i]), 'st')
+    if type(st) == 'string' and not HELD[st] then
+      requeue(ids[i], set_key)
+      moved[#moved + 1] = ids[i]
+    else
+      skipped = skipped + 1
+    end
+  end
+  return moved, skipped
 end

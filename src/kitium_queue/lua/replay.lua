@@ -6,15 +6,24 @@
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  limit, clamped to 0..1000 (BATCH_MAX; missing or not a number: 1000);
            replay_dlq() calls again for more
+  ARGV[5]  optional: the position in the DLQ to start at, clamped to 0..MAX_MS (missing
+           or not a number: 0): how many entries earlier calls skipped (see below)
 
-  Returns the ids replayed. Events: job-waiting per job.
+  The `limit` oldest entries from that position are examined. One whose record is gone
+  or holds no state, whose key holds another type, or whose record says it is held
+  elsewhere (active, delayed, pending) is skipped and stays in the DLQ (lib_requeue.lua
+  requeue_sound).
+  Returns the ids replayed; with ARGV[5], { ids replayed, number skipped }. Events:
+  job-waiting per job.
 ]]
 --@include lib_requeue
 
 -- A limit of 0 must not become ZRANGE 0 -1, which is the whole set.
 local limit = arg_int(ARGV[4], BATCH_MAX, 0, BATCH_MAX)
+local start = arg_int(ARGV[5], 0, 0, MAX_MS)
 local ids = {}
-if limit > 0 then ids = redis.call('ZRANGE', K_DLQ, 0, limit - 1) end
-for i = 1, #ids do requeue(ids[i], K_DLQ) end
-if #ids > 0 then wake() end
-return ids
+if limit > 0 then ids = redis.call('ZRANGE', K_DLQ, int(start), int(start + limit - 1)) end
+local moved, skipped = requeue_sound(ids, K_DLQ)
+if #moved > 0 then wake() end
+if ARGV[5] then return { moved, skipped } end
+return moved

@@ -6,34 +6,53 @@
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]   mode: 'ids' or 'state'
   mode 'ids':   ARGV[5..] job ids (at most 1000; more is refused with KQ_BAD_ARGUMENT).
-                Raises KQ_JOB_NOT_FOUND for an unknown id and KQ_BAD_STATE for a job
-                that is not failed, dlq or completed; nothing is moved in either case.
+                Raises KQ_JOB_NOT_FOUND for an unknown id (or one whose record is gone)
+                and KQ_BAD_STATE for a job that is not failed, dlq or completed, or
+                whose key holds another type than a hash; nothing is moved in any case.
+                An id given twice moves once.
   mode 'state': ARGV[5] state ('failed' | 'dlq' | 'completed'), ARGV[6] limit, clamped
                 to 0..1000 (BATCH_MAX; missing or not a number: 1000): the oldest
-                `limit` jobs of that state are moved. bulk_retry() calls again for more.
+                `limit` jobs of that state from position ARGV[7] (optional, clamped to
+                0..MAX_MS; missing or not a number: 0) are examined, and each whose
+                record can run again moved; the others stay (lib_requeue.lua
+                requeue_sound).
+                bulk_retry() calls again for more, from the number skipped so far.
   Every argument is checked before the first write.
-  Returns the ids moved. Events: job-waiting per job.
+  Returns the ids moved; in mode 'state' with ARGV[7], { ids moved, number skipped }.
+  Events: job-waiting per job.
 ]]
 --@include lib_requeue
 --@include errors
 
-local moved = {}
+-- skipped: how many entries mode 'state' left (its reply names them when ARGV[7] is given).
+local moved, skipped = {}, nil
 if ARGV[4] == 'ids' then
   if #ARGV - 4 > BATCH_MAX then
     return bad_arg('retry', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
       (#ARGV - 4))
   end
-  local plan = {}
+  local plan, seen = {}, {}
   for i = 5, #ARGV do
     local id = ARGV[i]
+    local kt = key_type(job_key(id))
+    if kt == 'none' then return fail(ERR_JOB_NOT_FOUND, 'job ' .. id .. ' does not exist') end
+    if kt ~= 'hash' then
+      return fail(ERR_BAD_STATE, 'job ' .. id .. ' has a damaged record (its key holds a ' ..
+        kt .. ', not a hash) and cannot run again; remove it with remove_job')
+    end
     local st = redis.call('HGET', job_key(id), 'st')
-    if not st then return fail(ERR_JOB_NOT_FOUND, 'job ' .. id .. ' does not exist') end
+    if not st then
+      return fail(ERR_BAD_STATE, 'job ' .. id .. ' has a damaged record (no state) and ' ..
+        'cannot run again; remove it with remove_job')
+    end
     local set_key = FINISHED_SETS[st]
     if not set_key then
       return fail(ERR_BAD_STATE, 'job ' .. id .. ' is ' .. st ..
         '; only failed, dlq or completed jobs can be retried')
     end
-    plan[#plan + 1] = { id, set_key }
+    -- An id given twice moves once (the `requeue` slot sees each job once).
+    if not seen[id] then plan[#plan + 1] = { id, set_key } end
+    seen[id] = true
   end
   for i = 1, #plan do
     requeue(plan[i][1], plan[i][2])
@@ -47,12 +66,14 @@ else
   end
   -- A limit of 0 must not become ZRANGE 0 -1, which is the whole set.
   local limit = arg_int(ARGV[6], BATCH_MAX, 0, BATCH_MAX)
+  local start = arg_int(ARGV[7], 0, 0, MAX_MS)
   local ids = {}
-  if limit > 0 then ids = redis.call('ZRANGE', set_key, 0, limit - 1) end
-  for i = 1, #ids do
-    requeue(ids[i], set_key)
-    moved[#moved + 1] = ids[i]
+  if limit > 0 then
+    ids = redis.call('ZRANGE', set_key, int(start), int(start + limit - 1))
   end
+  moved, skipped = requeue_sound(ids, set_key)
+  if not ARGV[7] then skipped = nil end
 end
 if #moved > 0 then wake() end
+if skipped then return { moved, skipped } end
 return moved

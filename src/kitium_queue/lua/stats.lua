@@ -5,7 +5,8 @@
   ARGV[1..3]: shared prefix, now, events maxlen.
 
   Returns { waiting, active, delayed, completed, failed, dlq, paused flag ('1'|'0'),
-            created ts of the oldest waiting job or -1, now,
+            created ts of the oldest waiting job or -1 (none, or its record damaged),
+            now,
             job records found missing (count_missing in lib_base.lua) }
 ]]
 --@include lib_base
@@ -13,7 +14,10 @@
 local oldest = -1
 local first = redis.call('ZRANGE', K_WAIT, 0, 0)
 if first[1] then
-  oldest = tonumber(redis.call('HGET', job_key(first[1]), 'ts') or '-1')
+  -- pcall and a range check: a damaged first record (a key of another type, a created
+  -- time that is not a time) leaves the latency unknown (-1), never the counts unread.
+  local ts = tonumber(redis.pcall('HGET', job_key(first[1]), 'ts'))
+  if ts and ts >= 0 and ts <= MAX_MS then oldest = math.floor(ts) end
 end
 local paused = '0'
 if redis.call('HGET', K_META, 'paused') == '1' then paused = '1' end
