@@ -104,3 +104,18 @@ def test_the_translation_leaves_other_errors_alone() -> None:
     assert isinstance(err, ConnectionUnavailableError) and "pw" not in str(err)
     timeout = f.error(asyncio.TimeoutError(), "q", timeout_s=10)
     assert isinstance(timeout, ConnectionUnavailableError) and "within 10 s" in str(timeout)
+
+
+@pytest.mark.redis_only
+async def test_a_tls_file_that_does_not_exist_is_named(
+    redis_server: RedisServer, tmp_path: object
+) -> None:
+    """A TLS file named in redis= that does not exist is a ConfigurationError naming the
+    option and the path, not 'cannot reach Redis ... check that the server is running'."""
+    missing = f"{tmp_path}/no-such-ca.pem"
+    for url in (
+        f"rediss://127.0.0.1:{redis_server.port}/0?ssl_ca_certs={missing}",
+        f"rediss://127.0.0.1:{redis_server.port}/0?ssl_certfile={missing}&ssl_keyfile={missing}",
+    ):
+        for msg in await _each_call_raises(url, ConfigurationError, "do not exist"):
+            assert repr(missing) in msg and "ssl_" in msg and "server is running" not in msg

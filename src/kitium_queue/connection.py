@@ -20,7 +20,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connerrors import translate_error
+from .connerrors import missing_tls_files, translate_error
 from .errors import ConfigurationError, KitiumQueueError
 from .pools import CheckedSentinelPool, check_pool
 from .redact import (
@@ -570,4 +570,9 @@ class ConnectionFactory:
         ``ConnectionUnavailableError`` otherwise. ``timeout_s``: the deadline a bare
         ``asyncio.TimeoutError`` stands for, if the caller set one.
         """
-        return translate_error(self.describe(), self.redact(exc), exc, queue, timeout_s)
+        try:
+            opts = {**(parse_url(self._url) if self._url else {}), **self._kwargs}
+        except Exception:  # checked at construction; here only to word a message
+            opts = dict(self._kwargs)
+        missing = missing_tls_files(opts)
+        return translate_error(self.describe(), self.redact(exc), exc, queue, timeout_s, missing)

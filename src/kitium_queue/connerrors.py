@@ -7,6 +7,10 @@ a ``ConnectionUnavailableError``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
@@ -20,7 +24,25 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 
-__all__ = ["translate_error"]
+__all__ = ["missing_tls_files", "translate_error"]
+
+
+#: The options that name files the TLS handshake reads when a connection opens.
+TLS_FILE_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+
+
+def missing_tls_files(options: Mapping[str, Any]) -> list[str]:
+    """``option='path'`` for each TLS file option in ``options`` whose path does not
+    exist (paths are not secrets). Never raises."""
+    out = []
+    try:
+        for name in TLS_FILE_OPTIONS:
+            path = options.get(name)
+            if isinstance(path, str) and path and not os.path.exists(path):
+                out.append(f"{name}={path[:300]!r}")
+    except Exception:  # only to word a message
+        return []
+    return out
 
 
 def translate_error(
@@ -29,12 +51,20 @@ def translate_error(
     exc: BaseException,
     queue: str,
     timeout_s: float | None = None,
+    missing_files: Sequence[str] = (),
 ) -> KitiumQueueError | None:
     """The library's error for ``exc`` (see ``ConnectionFactory.error``): ``describe``
     is where the connection goes and ``redacted`` the text of ``exc``, both without
-    credentials; None when ``exc`` is not a connection problem."""
+    credentials; ``missing_files``: TLS files of the setting that do not exist
+    (``missing_tls_files``). None when ``exc`` is not a connection problem."""
     where = f"Redis at {describe}"
     cause = _sentence(redacted) or type(exc).__name__
+    if missing_files and isinstance(exc, (RedisConnectionError, OSError)):
+        return ConfigurationError(
+            f"cannot connect to {where} for queue {queue!r}: the TLS file(s) named in "
+            f"redis= do not exist: {', '.join(missing_files)} ({cause}); check the paths "
+            "(they are read each time a connection opens)"
+        )
     if isinstance(exc, AuthenticationError):
         return ConnectionUnavailableError(
             f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
