@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from .errors import ConfigurationError, PayloadTooLargeError
+from .errors import ConfigurationError, KitiumQueueError, PayloadTooLargeError
 from .leader import NET_ERRORS, LeaderService, OutageLog, check_name
 from .limits import get_logger
 
@@ -122,13 +122,17 @@ class GroupStats:
 
 @dataclass(slots=True)
 class OutboxStats:
-    """``length`` entries (``cap``), ``overflow`` written over the cap so far, ``dead``."""
+    """``length`` entries (``cap``), ``overflow`` written over the cap so far, ``dead``;
+    ``unwritten``: entries that could not be written because the outbox key held
+    another type of key (``damaged`` says which, while it does)."""
 
     length: int
     cap: int
     overflow: int
     dead: int
     groups: list[GroupStats] = field(default_factory=list)
+    unwritten: int = 0
+    damaged: str | None = None
 
     @property
     def over_cap(self) -> bool:
@@ -154,6 +158,7 @@ class Outbox:
         self.key = queue.keys.extra("outbox")
         self.dead_key = queue.keys.extra("outbox:dead")
         self.overflow_key = queue.keys.extra("outbox:overflow")
+        self.unwritten_key = queue.keys.extra("outbox:unwritten")
         self._warned_at = 0.0
 
     async def script(self, name: str, args: Iterable[Any]) -> Any:
@@ -173,9 +178,20 @@ class Outbox:
         Raises ConfigurationError (bad topic or field), PayloadTooLargeError (too big)."""
         flat = self.encode(topic, payload)
         entry_id, over = await self.script("outbox_put", (topic, *flat))
+        if not entry_id:
+            raise self.damaged_error("nothing was added")
         if int(over):
             await self._warn_cap()
         return _s(entry_id)
+
+    def damaged_error(self, what: str) -> KitiumQueueError:
+        """The error for the outbox key holding another type of key (``what``: what
+        could not be done)."""
+        return KitiumQueueError(
+            f"queue {self.queue.name!r}: the outbox key ('{self.key}') holds another type "
+            f"of key, written outside the library: {what}. Rename it aside (to keep what "
+            "it holds) or delete it; the outbox starts again empty"
+        )
 
     @staticmethod
     def encode(topic: str, payload: bytes | str | Mapping[str, bytes | str]) -> list[bytes]:
@@ -226,6 +242,8 @@ class Outbox:
         except ResponseError as exc:
             if "BUSYGROUP" in str(exc):
                 return False
+            if "WRONGTYPE" in str(exc):
+                raise self.damaged_error(f"group {group!r} cannot be created") from None
             raise
         return True
 
@@ -271,11 +289,28 @@ class Outbox:
         client = await self.queue.client()
         pipe = client.pipeline(transaction=False)
         pipe.xlen(self.key).hget(self.queue.keys.meta, "outbox_cap").get(self.overflow_key)
-        pipe.xlen(self.dead_key).xinfo_groups(self.key)
-        length, cap, overflow, dead, groups = await pipe.execute(raise_on_error=False)
+        pipe.xlen(self.dead_key).xinfo_groups(self.key).get(self.unwritten_key)
+        replies = await pipe.execute(raise_on_error=False)
+        length, cap, overflow, dead, groups, unwritten = replies
         if isinstance(groups, ResponseError):  # no stream yet
             groups = []
-        for value in (length, cap, overflow, dead):
+        damaged = None
+        if isinstance(length, ResponseError) and "WRONGTYPE" in str(length):
+            length, damaged = (
+                0,
+                (
+                    f"the outbox key ('{self.key}') holds another type of key, written outside "
+                    "the library: entries cannot be written (counted in unwritten); rename it "
+                    "aside or delete it"
+                ),
+            )
+        # A counter or the cap damaged the same way reads as its default (as the Lua
+        # fragment reads it).
+        cap, overflow, unwritten = (
+            None if isinstance(v, ResponseError) and "WRONGTYPE" in str(v) else v
+            for v in (cap, overflow, unwritten)
+        )
+        for value in (length, cap, overflow, dead, unwritten):
             if isinstance(value, Exception):
                 raise value
         cap_n = _count(cap, DEFAULT_CAP) if cap is not None else DEFAULT_CAP
@@ -294,6 +329,8 @@ class Outbox:
                 )
                 for g in groups
             ],
+            unwritten=_count(unwritten, 0) if unwritten is not None else 0,
+            damaged=damaged,
         )
 
     async def dead(self, count: int = 100, start: str = "-") -> list[DeadEntry]:
@@ -328,7 +365,7 @@ class Outbox:
                 try:
                     removed = await self.trim(trim_limit)
                     st = await self.stats()
-                    if st.over_cap:
+                    if st.over_cap or st.damaged or st.unwritten:
                         await self._warn_cap(st)
                 except NET_ERRORS:
                     pass  # the leader service notices the outage through its lease
@@ -343,6 +380,15 @@ class Outbox:
             return
         self._warned_at = now
         st = st or await self.stats()
+        if st.damaged or st.unwritten:
+            log.warning(
+                "outbox of queue %s: %d entries could not be written%s",
+                self.queue.name,
+                st.unwritten,
+                f": {st.damaged}" if st.damaged else " (the outbox key held another type)",
+            )
+        if not st.over_cap:
+            return
         behind = ", ".join(f"{g.name}: {g.pending} pending, lag {g.lag}" for g in st.groups)
         log.warning(
             "outbox of queue %s holds %d entries, at or above its cap of %d (%d written "
@@ -424,6 +470,8 @@ class OutboxConsumer:
                 block=wait_ms if wait_ms > 0 else None,
             )
         except ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise self.outbox.damaged_error("nothing can be read") from None
             if "NOGROUP" not in str(exc):
                 raise
             self._ready = False  # the stream or group was deleted: recreate it next time

@@ -19,6 +19,12 @@
   <prefix>outbox:overflow, which stats() and a warning report (consumers are behind, or a
   group is stuck and holds back the trim). Field names starting with '_' are reserved
   for dead-letter metadata.
+
+  Never fails, so that a transition including it never fails after its own writes:
+  when <prefix>outbox holds another type of key (written by hand), the entry cannot be
+  written; it is counted in <prefix>outbox:unwritten (stats() and the housekeeping
+  warning report it) and outbox_add returns false. A damaged cap or counter reads as
+  the default.
 ]]
 local OUTBOX_KEY = ARGV[1] .. 'outbox'
 local OUTBOX_DEFAULT_CAP = 1000000
@@ -26,7 +32,8 @@ local outbox_cap_value = nil  -- read at most once per script call
 
 local function outbox_cap()
   if outbox_cap_value == nil then
-    local v = tonumber(redis.call('HGET', ARGV[1] .. 'meta', 'outbox_cap'))
+    local raw = redis.pcall('HGET', ARGV[1] .. 'meta', 'outbox_cap')
+    local v = type(raw) == 'string' and tonumber(raw) or nil
     if v == nil or v ~= v or v < 1 then v = OUTBOX_DEFAULT_CAP end
     outbox_cap_value = v
   end
@@ -34,8 +41,13 @@ local function outbox_cap()
 end
 
 local function outbox_add(topic, ...)
-  local over = redis.call('XLEN', OUTBOX_KEY) >= outbox_cap()
+  local n = redis.pcall('XLEN', OUTBOX_KEY)
+  if type(n) ~= 'number' then
+    redis.pcall('INCR', ARGV[1] .. 'outbox:unwritten')
+    return false, false
+  end
+  local over = n >= outbox_cap()
   local id = redis.call('XADD', OUTBOX_KEY, '*', 't', topic, ...)
-  if over then redis.call('INCR', ARGV[1] .. 'outbox:overflow') end
+  if over then redis.pcall('INCR', ARGV[1] .. 'outbox:overflow') end
   return id, over
 end

@@ -10,9 +10,10 @@
   floor of every group are removed, so an unacknowledged entry is never deleted. With no
   group at all nothing is removed (nobody has read those entries yet).
 
-  Returns { entries removed, floor ('' when there is no stream or no group) }.
+  Returns { entries removed, floor ('' when there is no stream, or no group) }.
 ]]
-if redis.call('EXISTS', KEYS[1]) == 0 then return { 0, '' } end
+-- No stream, or a key of another type (damaged by hand: nothing to trim; stats() says).
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then return { 0, '' } end
 -- Budgets are checked before the first write: at least 1 each (LIMIT 0 means no limit).
 local budget = math.max(math.floor(tonumber(ARGV[2]) or 10000), 1)
 local exact = math.max(math.floor(tonumber(ARGV[3]) or 100), 1)
