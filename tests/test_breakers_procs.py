@@ -83,11 +83,19 @@ async def test_two_processes_one_state_held_jobs_probes_and_drain(
             "failure_threshold": {"percentage": 50, "min_requests": 10},
         }
     )
-    await _dep(queue, prefix, "down")
+    await _dep(queue, prefix, "hang")
     await procs.start(2, "--concurrency", "2")
-    # Phase 1: the dependency fails; both workers' failures count in one window.
+    # Phase 1: the dependency fails; both workers' failures count in one window. It
+    # hangs first: a worker holds at most 2 jobs, so both workers run some (whatever
+    # the machine's load), then it fails.
     keep = {"remove_on_complete": False}  # more than the 1,000 kept by default complete
     first = await queue.add_jobs([("call-dep", {}, keep) for _ in range(40)])
+
+    async def both_running() -> bool:
+        return len({r["pid"] for r in await _runs(queue, prefix)}) == 2
+
+    await wait_until(both_running, timeout=20)
+    await _dep(queue, prefix, "down")
     await wait_until(lambda: _state_is(m, OPEN), timeout=20)
     runs = await _runs(queue, prefix)
     assert len({r["pid"] for r in runs}) == 2, "both workers ran bound jobs"

@@ -47,6 +47,15 @@ class EvilError(Exception):
         raise Evil()
 
 
+#: How long a test waits for a state: a process-mode child starts a Python interpreter,
+#: which takes seconds on a loaded machine (waits end as soon as the state is reached).
+WAIT_S = 30.0
+
+
+async def _status(q: JobQueue, job_id: str, *statuses: JobStatus | str) -> Any:
+    return await wait_for_status(q, job_id, *statuses, timeout=WAIT_S)
+
+
 @pytest.fixture
 async def make(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
     factory = QueueFactory(redis_url, prefix)
@@ -98,11 +107,11 @@ async def test_an_error_whose_str_raises_a_base_exception_fails_only_its_job(
     ids = [await q.add_job("bad", "base"), await q.add_job("bad", "error")]
     await q.start()
     for job_id, name in zip(ids, ("Evil", "EvilError"), strict=True):
-        info = await wait_for_status(q, job_id, *ENDED)
+        info = await _status(q, job_id, *ENDED)
         assert info.failed_reason == f"{name}: <unprintable {name}>"
     # The only slot was freed both times: the next job runs.
     good_id = await q.add_job("good", None)
-    assert (await wait_for_status(q, good_id, JobStatus.COMPLETED)).result == "ok"
+    assert (await _status(q, good_id, JobStatus.COMPLETED)).result == "ok"
 
 
 # ================================================================ process mode
@@ -117,11 +126,11 @@ async def test_a_child_that_died_idle_is_replaced_and_the_next_job_not_blamed(
     q.process("pid", procjobs_hostile.pid, mode="process")
     first = await q.add_job("exit-soon", None)
     await q.start()
-    old_pid = (await wait_for_status(q, first, JobStatus.COMPLETED)).result
+    old_pid = (await _status(q, first, JobStatus.COMPLETED)).result
     # The child, back in the pool, ends while idle.
-    await wait_until(lambda: old_pid not in _children(), 5)
+    await wait_until(lambda: old_pid not in _children(), WAIT_S)
     second = await q.add_job("pid", None)
-    info = await wait_for_status(q, second, JobStatus.COMPLETED, *ENDED)
+    info = await _status(q, second, JobStatus.COMPLETED, *ENDED)
     assert info.status is JobStatus.COMPLETED, info.failed_reason
     assert info.result != old_pid and info.attempts == 1
 
@@ -142,7 +151,7 @@ async def test_job_data_a_child_cannot_take_fails_alone_and_costs_no_child(
     ids = [await q.add_job("pid", "bad" if i % 2 else "fine") for i in range(6)]
     await q.start()
     for i, job_id in enumerate(ids):
-        info = await wait_for_status(q, job_id, JobStatus.COMPLETED, *ENDED)
+        info = await _status(q, job_id, JobStatus.COMPLETED, *ENDED)
         if i % 2:
             assert info.status is JobStatus.DLQ
             assert (info.failed_reason or "").startswith(
@@ -153,7 +162,7 @@ async def test_job_data_a_child_cannot_take_fails_alone_and_costs_no_child(
             assert info.status is JobStatus.COMPLETED
     assert len(_children()) <= 2  # one per slot at most
     await q.close()
-    await wait_until(lambda: not _children(), 5, message="no child left after close()")
+    await wait_until(lambda: not _children(), WAIT_S, message="no child left after close()")
 
 
 async def test_a_killed_child_is_reported_with_its_signal(make: QueueFactory) -> None:
@@ -162,11 +171,11 @@ async def test_a_killed_child_is_reported_with_its_signal(make: QueueFactory) ->
     q.process("pid", procjobs_hostile.pid, mode="process")
     job_id = await q.add_job("killed", None)
     await q.start()
-    info = await wait_for_status(q, job_id, *ENDED)
+    info = await _status(q, job_id, *ENDED)
     assert "ChildProcessDied" in (info.failed_reason or "")
     assert "killed by signal 9 (SIGKILL)" in (info.failed_reason or "")
     after = await q.add_job("pid", None)
-    assert (await wait_for_status(q, after, JobStatus.COMPLETED)).result != os.getpid()
+    assert (await _status(q, after, JobStatus.COMPLETED)).result != os.getpid()
 
 
 @pytest.mark.parametrize("scope", ["queue", "job"])
@@ -177,7 +186,7 @@ async def test_rate_limited_in_a_child_keeps_its_hold(make: QueueFactory, scope:
     q.process("limited", procjobs_hostile.rate_limited_once, mode="process")
     job_id = await q.add_job("limited", {"limit": True, "scope": scope})
     await q.start()
-    info = await wait_for_status(q, job_id, JobStatus.DELAYED)
+    info = await _status(q, job_id, JobStatus.DELAYED)
     assert info.attempts == 0  # no attempt spent
     client = await q.client()
     held = await client.pttl(q.keys.hold())
@@ -190,7 +199,7 @@ async def test_rate_limited_in_a_child_keeps_its_hold(make: QueueFactory, scope:
     else:
         assert held < 0, "nothing is held"
         other = await q.add_job("limited", {"limit": False, "scope": scope})
-        await wait_for_status(q, other, JobStatus.COMPLETED)
+        await _status(q, other, JobStatus.COMPLETED)
 
 
 # ================================================================ batches
@@ -215,7 +224,7 @@ async def test_a_batch_function_raising_generator_exit_fails_every_job(
     ids = [await q.add_job("b", i) for i in range(3)]  # no timeout: nothing else ends them
     await q.start()
     for job_id in ids:
-        info = await wait_for_status(q, job_id, *ENDED)
+        info = await _status(q, job_id, *ENDED)
         assert "GeneratorExit: batch gave up" in (info.failed_reason or "")
 
 
