@@ -257,3 +257,29 @@ async def test_rotation_reencrypts_results_kept_under_idempotency_keys(
     assert raw is not None and orjson.loads(raw)["kid"] == "k2"
     again = await idem.get_result("o-1")
     assert again is not None and again.result == {"receipt": "SECRET-RECEIPT-1"}
+
+
+async def test_passes_run_side_by_side_count_every_value_once(
+    rq: QueueFactory, redis_client: aioredis.Redis
+) -> None:
+    """Two passes of one rotation at once (the leader's and a ``run_rotation`` by hand,
+    in two processes): each value is re-encrypted once (compare-and-set), and the
+    rotation's count is the sum of both passes' swaps, never one pass's count written
+    over the other's."""
+    keys = [KeyConfig("k1", K1), KeyConfig("k2", K2)]
+    q1, q2 = rq("side"), rq("side")
+    m1 = EncryptionManager(
+        q1, keys=keys, run_rotation=False, rotation_grace_ms=0, rotation_batch=10
+    )
+    m2 = EncryptionManager(
+        q2, keys=keys, run_rotation=False, rotation_grace_ms=0, rotation_batch=10
+    )
+    await m1.initialize()
+    n = 300
+    for i in range(n):
+        await q1.add_job("pay", {"i": i}, encrypted=True)
+    await m1.rotate_key("k1", "k2")
+    a, b = await asyncio.gather(m1.run_rotation(), m2.run_rotation())
+    assert a.state == b.state == "done"
+    assert await stored_key_ids(redis_client, q1) == {"k2": n}
+    assert (await m1.rotation_status()).reencrypted == n

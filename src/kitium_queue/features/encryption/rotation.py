@@ -424,6 +424,14 @@ class RotationPass:
         if await client.hget(key, "n") == str(n).encode():
             await client.hset(key, mapping=values)
 
+    async def _add(self, n: int, field_name: str, by: int) -> None:
+        """Add ``by`` to a counter of rotation ``n``'s record (while it is still its)."""
+        if by:
+            client = await self.manager.queue.client()
+            key = self.manager.queue.keys.extra("enc:rotation")
+            if await client.hget(key, "n") == str(n).encode():
+                await client.hincrby(key, field_name, by)
+
     async def run(self) -> RotationStatus:
         """Run the latest rotation's pass to its end (returns at once when none runs)."""
         m = self.manager
@@ -471,7 +479,6 @@ class RotationPass:
         res = _Round()
         target_key = await m.current_key_id(refresh=True)
         client = await q.client()
-        reencrypted = (await read_status(q)).reencrypted
         for target in self.targets:
             async for cells in target.pages(client, self.batch):
                 res.scanned += len({c.key for c in cells})  # records, as size() counts
@@ -482,6 +489,7 @@ class RotationPass:
                         groups += [c.key, c.field, c.raw, new, "a" if c.guard else "-"]
                 # A page of records can hold more cells (data and result) than one
                 # enc_swap call takes: several calls, each checked for a newer rotation.
+                swapped = 0
                 for at in range(0, len(groups), _SWAP_MAX * 5):
                     reply = await q.run("enc_swap", [str(n), *groups[at : at + _SWAP_MAX * 5]])
                     if reply[0] == b"stale":
@@ -490,10 +498,11 @@ class RotationPass:
                         if int(code) != 1:
                             res.conflicts += 1
                         else:
-                            reencrypted += 1
-                await self._save(
-                    n, scanned=res.scanned, reencrypted=reencrypted, conflicts=res.conflicts
-                )
+                            swapped += 1
+                await self._save(n, scanned=res.scanned, conflicts=res.conflicts)
+                # Added, not set: a pass run by hand beside the leader's (run_rotation)
+                # must not overwrite the count of the other's swaps.
+                await self._add(n, "reencrypted", swapped)
         return res
 
     def _reseal(self, cell: Cell, target_key: str, res: _Round) -> bytes | None:
