@@ -92,6 +92,15 @@ class LoadRun:
         self.start_producing()
         await asyncio.sleep(seconds)
 
+    async def produce_until(self, acked: int, timeout: float = 60.0) -> None:
+        """Produce until at least ``acked`` jobs were acknowledged in all (however slow
+        the machine: a count, not a duration); AssertionError after ``timeout`` s."""
+        self.start_producing()
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < acked:
+            assert time.monotonic() < deadline, f"only {len(self.acked)} of {acked} acked"
+            await asyncio.sleep(0.05)
+
     @contextlib.contextmanager
     def window(self, what: str) -> Iterator[None]:
         start = time.monotonic() - self.margin_s

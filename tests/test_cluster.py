@@ -343,6 +343,7 @@ async def test_failover_under_load_keeps_every_acknowledged_job(prefix: str) -> 
                     await asyncio.to_thread(c.wait_master_change, new, slot)
                     await asyncio.to_thread(c.wait_ok)
                 await run.produce_for(1.0)
+                await run.produce_until(301)  # a real load, on any machine
             await run.settle()
             print(run.report())
             assert q.worker is worker and worker.running

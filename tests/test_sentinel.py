@@ -105,6 +105,7 @@ async def test_workers_follow_the_primary_through_failovers(prefix: str) -> None
                     killed = s.kill_primary()
                     await asyncio.to_thread(s.wait_new_primary, killed)
                 await run.produce_for(1.0)
+                await run.produce_until(301)  # a real load, on any machine
             await run.settle()
             print(run.report())
             assert q.worker is worker and worker.running

@@ -417,7 +417,8 @@ async def test_breaker_spares_a_failing_endpoint(queue: JobQueue) -> None:
         )
         await queue.start()
         await queue.add_jobs([("noop", {}) for _ in range(50)])
-        await wait_until(lambda: _count(m.list_dlq(limit=100), 50), 20)
+        # 50 deliveries of 4 attempts with backoff: a bound for a loaded machine.
+        await wait_until(lambda: _count(m.list_dlq(limit=100), 50), 60)
         attempts = sum(d.attempts for d in await m.list_dlq(limit=100))
         assert attempts == 200
         # Requests in flight when the breaker opened still went out; the rest did not.
