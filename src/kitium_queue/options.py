@@ -217,7 +217,9 @@ def to_int(value: Any, what: str, *, minimum: int, maximum: int) -> int:
 _BAD_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
-def check_text(value: Any, what: str, *, max_len: int | None, rule: str = "") -> str:
+def check_text(
+    value: Any, what: str, *, max_len: int | None, rule: str = "", quote: bool = True
+) -> str:
     """A name, id or key: a non-empty ``str`` of at most ``max_len`` characters without
     control characters (U+0000-U+001F, U+007F) or lone surrogates.
 
@@ -226,6 +228,8 @@ def check_text(value: Any, what: str, *, max_len: int | None, rule: str = "") ->
     batch sent to Redis. The error names ``what`` and shows the value escaped and
     clipped, never raw. ``rule`` is appended to the description of valid values.
     ``max_len=None``: the length is checked elsewhere (the message names no limit).
+    ``quote=False``: the value is personal data (a subject id): the error says what is
+    wrong and where, never the value.
     """
     most = "" if max_len is None else f" of at most {max_len} characters"
     valid = (
@@ -233,18 +237,19 @@ def check_text(value: Any, what: str, *, max_len: int | None, rule: str = "") ->
         f"or lone surrogates{rule}"
     )
     if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{what} must be {valid}, got {shown(value)}")
-    if max_len is not None and len(value) > max_len:
-        raise ConfigurationError(
-            f"{what} must be {valid}, got {len(value)} characters: {shown(value)}"
+        got = (
+            shown(value) if quote else ("an empty string" if value == "" else type(value).__name__)
         )
+        raise ConfigurationError(f"{what} must be {valid}, got {got}")
+    said = shown(value) if quote else "a value not shown (it is personal data)"
+    if max_len is not None and len(value) > max_len:
+        raise ConfigurationError(f"{what} must be {valid}, got {len(value)} characters: {said}")
     bad = _BAD_CHAR.search(value)
     if bad is not None:
         ch = bad.group()
         kind = "a lone surrogate" if "\ud800" <= ch <= "\udfff" else "a control character"
         raise ConfigurationError(
-            f"{what} must be {valid}, got {shown(value)} ({kind} U+{ord(ch):04X} at "
-            f"index {bad.start()})"
+            f"{what} must be {valid}, got {said} ({kind} U+{ord(ch):04X} at index {bad.start()})"
         )
     return value
 
