@@ -296,14 +296,8 @@ class Outbox:
             groups = []
         damaged = None
         if isinstance(length, ResponseError) and "WRONGTYPE" in str(length):
-            length, damaged = (
-                0,
-                (
-                    f"the outbox key ('{self.key}') holds another type of key, written outside "
-                    "the library: entries cannot be written (counted in unwritten); rename it "
-                    "aside or delete it"
-                ),
-            )
+            length = 0
+            damaged = str(self.damaged_error("entries cannot be written (counted in unwritten)"))
         # A counter or the cap damaged the same way reads as its default (as the Lua
         # fragment reads it).
         cap, overflow, unwritten = (
