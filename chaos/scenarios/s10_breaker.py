@@ -113,8 +113,10 @@ def run(ctx: Context, res: Result) -> None:
 
     # 3. Probes start and hang; their workers are SIGKILLed; Redis restarts.
     client.set(dep_key, "hang")
-    t_half = time.time()
     _with_manager(srv.url, prefix, lambda m: m.force_open("dep", 300))
+    # Counted from here: a half-open phase of the breaker's own 1.5 s timeout may have
+    # admitted its probes just before force_open started a new cycle.
+    t_half = time.time()
     try:
         wait_for(lambda: _probe_starts(fleet, first + held, t_half) >= PROBES, 20,
                  what="the probes to start")
