@@ -66,6 +66,10 @@ def test_breakers_commands(cli_app: str, redis_url: str, prefix: str) -> None:
     missing = runner.invoke(main, ["breakers", "show", app, "nope"])
     assert missing.exit_code == 1 and "no circuit breaker 'nope'" in missing.output
 
+    # A negative history count is refused by the option itself, naming the option.
+    neg = runner.invoke(main, ["breakers", "show", app, "api", "-n", "-1"])
+    assert neg.exit_code == 2 and "--history" in neg.output and "limit" not in neg.output
+
 
 def test_readme_example_runs(tmp_path: Path, redis_url: str) -> None:
     text = README.read_text()

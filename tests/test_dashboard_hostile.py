@@ -220,3 +220,28 @@ def test_a_checkpoint_must_name_a_stream_id_and_a_mac() -> None:
     for text in ("1:2:3", f"1:abc:{'ab' * 32}", "1:1-0:zz", "x:1-0:" + "ab" * 32, "1:1-0"):
         with pytest.raises(ConfigurationError, match="N:ID:MAC"):
             AuditHead.parse(text)
+
+
+async def test_a_sign_out_ends_the_session_in_every_process_serving_the_queues(
+    shop: JobQueue, make_queue: QueueFactory
+) -> None:
+    # Two processes behind one load balancer: the same secret and queues, no shared memory.
+    secret = secrets.token_bytes(32)
+    other_q = make_queue("shop")  # another JobQueue object on the same queue
+    assert other_q is not shop
+    one = create_dashboard(queues=[shop], tokens=TOKENS, refresh_ms=0, secret=secret)
+    two = create_dashboard(queues=[other_q], tokens=TOKENS, refresh_ms=0, secret=secret)
+    c, csrf = await signed(one, MANAGER)
+    cookie = c.cookies["kqd_session"]
+    kept = {"cookie": f"kqd_session={cookie}"}
+    assert (await client_for(two).get("/api/stats", headers=kept)).status_code == 200
+    assert (await c.post("/logout", data={"csrf": csrf})).status_code == 303
+    assert (await client_for(two).get("/api/stats", headers=kept)).status_code == 401
+    assert (await client_for(one).get("/api/stats", headers=kept)).status_code == 401
+    # The record ends with the session: it expires, it is not kept for ever.
+    client = await shop.client()
+    keys = [k async for k in client.scan_iter(match=shop.keys.extra("dash:out:*"))]
+    assert len(keys) == 1 and 0 < await client.ttl(keys[0]) <= 12 * 3600
+    # A new sign-in works on both.
+    c2, _ = await signed(two, MANAGER)
+    assert (await c2.get("/api/stats")).status_code == 200

@@ -195,6 +195,7 @@ def breakers_list(app: str, as_json: bool, redis: str | None) -> None:
     "-n",
     "--history",
     "limit",
+    type=click.IntRange(0, 10_000),
     default=10,
     show_default=True,
     help="State changes shown, newest first.",

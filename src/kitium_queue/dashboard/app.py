@@ -88,18 +88,51 @@ class Dashboard:
         """The mount path of the dashboard ('' when served alone)."""
         return str(request.scope.get("root_path", "")).rstrip("/")
 
-    def session(self, request: Request) -> Session | None:
+    async def session(self, request: Request) -> Session | None:
         """The request's session (cookie, or a bearer token for JSON reads). A wrong
         bearer token counts as a failed sign-in of the client's address (the same limit
-        as the sign-in form's)."""
+        as the sign-in form's). A cookie signed out in any process serving this
+        dashboard (recorded in Redis, see ``sign_out``) is no session."""
         host = request.client.host if request.client else None
-        got = self.auth.session(request.cookies.get(SESSION_COOKIE), host)
+        cookie = request.cookies.get(SESSION_COOKIE)
+        got = self.auth.session(cookie, host)
+        fresh = got is None or got.cookie is not None
+        if cookie and not fresh and await self._signed_out(self.auth.nonce_of(cookie)):
+            self.auth.end(cookie)  # remembered here too: no second look-up
+            got = self.auth.session(cookie, host)
         header = request.headers.get("authorization")
         if got is None and header and not self.auth.insecure_local:
             got = self.auth.bearer(header)
             if got is None:
                 self.login_failed(host or "?")
         return got
+
+    def _ended_key(self, nonce: str) -> tuple[Any, str] | None:
+        """Where a signed-out session is recorded: a key under the queue first by name
+        (the same in every process serving the same queues), or None without queues."""
+        if not self.queues:
+            return None
+        queue = self.queues[min(self.queues)]
+        return queue, queue.keys.extra(f"dash:out:{nonce}")
+
+    async def _signed_out(self, nonce: str) -> bool:
+        where = self._ended_key(nonce)
+        if where is None:
+            return False
+        client = await where[0].client()
+        return bool(await client.exists(where[1]))
+
+    async def sign_out(self, cookie: str | None) -> None:
+        """End the session of ``cookie`` in this process and, through a key that
+        expires with the session, in every other process serving the same queues."""
+        ended = self.auth.end(cookie)
+        where = None if ended is None else self._ended_key(ended[0])
+        if ended is None or where is None:
+            return
+        ttl = ended[1] - int(time.time())
+        if ttl > 0:
+            client = await where[0].client()
+            await client.set(where[1], b"1", ex=ttl)
 
     def bearer_throttled(self, request: Request) -> bool:
         """Whether the request tries a bearer token from an address that failed to
@@ -287,7 +320,7 @@ def _guard(
     async def route(request: Request) -> Response:
         if dash.bearer_throttled(request):
             return JSONResponse({"error": TOO_MANY}, status_code=429)
-        session = dash.session(request)
+        session = await dash.session(request)
         if session is None:
             if dash.auth.insecure_local:
                 return PlainForbidden("this dashboard serves this machine only")
@@ -357,7 +390,7 @@ def _routes(dash: Dashboard) -> list[Route]:
         form = await dash.form(request) or {}
         if not dash.auth.check_csrf(session, (form.get("csrf") or [""])[0]):
             return PlainForbidden(WRONG_CSRF)
-        dash.auth.end(request.cookies.get(SESSION_COOKIE))
+        await dash.sign_out(request.cookies.get(SESSION_COOKIE))
         resp = RedirectResponse(f"{dash.base(request)}/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path=dash.base(request) or "/")
         return resp

@@ -298,18 +298,25 @@ class Auth:
             return None  # the token was removed: its sessions end
         return Session(t.principal, QueueRole(t.role), self.csrf_of(nonce))
 
-    def end(self, cookie: str | None) -> None:
+    def end(self, cookie: str | None) -> tuple[str, int] | None:
         """Sign the session of ``cookie`` out: this process refuses it from now on
         (until it would have expired; at most ``MAX_ENDED`` remembered, oldest first
-        forgotten)."""
+        forgotten). Returns the session's nonce and expiry (Unix seconds), or None
+        when ``cookie`` is no valid session."""
         if self._verify(cookie) is None or cookie is None:
-            return
+            return None
         _, expires, nonce, _ = cookie.split(".")
         now = time.time()
         self._ended = {n: e for n, e in self._ended.items() if e >= now}
         while len(self._ended) >= MAX_ENDED:
             del self._ended[next(iter(self._ended))]
         self._ended[nonce] = int(expires)
+        return nonce, int(expires)
+
+    @staticmethod
+    def nonce_of(cookie: str) -> str:
+        """The nonce of a cookie ``_verify`` accepted."""
+        return cookie.split(".")[2]
 
     def bearer(self, header: str | None) -> Session | None:
         """A session for ``Authorization: Bearer <token>`` (read-only use: no CSRF
