@@ -215,3 +215,29 @@ async def test_deep_json_neither_breaks_nor_bypasses_redaction(make_queue: Queue
     for _ in range(5000):
         deep = {"d": [deep]}
     assert "s3cret" not in repr(PathRedactor(["**.password"])(deep))
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("items[0].card", "brackets"),
+        ("items[*].card", "brackets"),
+        ("$.user['email']", "brackets"),
+        ("user.e*", "'*' inside a name"),
+        ("**password", "'*' inside a name"),
+    ],
+)
+def test_a_path_that_would_silently_match_nothing_is_refused(
+    make_queue: QueueFactory, path: str, why: str
+) -> None:
+    # Before: accepted, and the field it meant was shown unmasked everywhere.
+    with pytest.raises(ConfigurationError, match=why):
+        PathRedactor([path])
+    with pytest.raises(ConfigurationError, match=why):
+        _compliance(make_queue, "p", compliance={"redact_fields": ["user.email", path]})
+    # The spelling the message suggests works.
+    card = {"items": [{"card": "4111"}], "user": {"email": "a@b.c"}}
+    assert PathRedactor(["items.*.card", "user.*"])(card) == {
+        "items": [{"card": "***"}],
+        "user": {"email": "***"},
+    }

@@ -10,8 +10,10 @@ separated by dots: ``"user.email"``, ``"card.number"``. Two wildcards:
 
 A matched field keeps its key and has its value replaced by ``"***"`` (whatever it
 held: a string, a number, a whole object). Lists are walked through ``*`` and ``**``
-only: a plain name never matches a list index. Keys that contain a dot cannot be
-named (use ``*``). A redactor returns a copy and never changes the value it was given.
+only: a plain name never matches a list index. Keys that contain a dot or a bracket
+cannot be named (use ``*``): a path with a bracket (``"items[0]"``) or a ``*`` inside a
+name (``"card*"``) is refused, since it would silently match nothing. A redactor returns
+a copy and never changes the value it was given.
 
 It fails closed on values nested deeper than any payload can be (the codec refuses
 more than 254 levels; only damaged or foreign data is deeper): below
@@ -58,6 +60,18 @@ def check_paths(paths: Iterable[str], what: str = "redact_fields") -> tuple[str,
             raise ConfigurationError(
                 f"{what} path {text!r:.80} has an empty segment: write keys separated by "
                 "single dots, e.g. 'user.email'"
+            )
+        if "[" in text or "]" in text:
+            raise ConfigurationError(
+                f"{what} path {text!r:.80} has brackets, which a path never matches: list "
+                "items are named by '*' ('items.*.card'), and a key holding a bracket "
+                "by '*' too"
+            )
+        if any("*" in s and s not in ("*", "**") for s in parts):
+            raise ConfigurationError(
+                f"{what} path {text!r:.80} has '*' inside a name, which would match only "
+                "that exact name: '*' and '**' stand alone between dots ('user.*', "
+                "'**.password')"
             )
         if len(parts) > _MAX_SEGMENTS:
             raise ConfigurationError(f"{what} path {text!r:.80} has more than 32 segments")
