@@ -268,6 +268,20 @@ async def test_parked_jobs_are_listed_across_blockers_in_queue_order(
     assert await parked_ids(q, limit=100) == expected
     assert await parked_ids(q, limit=7, offset=20) == expected[20:27]
     assert await parked_by_blocker(q) == {"cc:x": 10, "cc:y": 10, "cc:z": 10}
+    if not q.connection.is_memory:
+        # An offset far past the end (a forged list_jobs cursor) is answered from the
+        # counts, without walking the parked jobs to it: no ZRANGE of a blocker's set.
+        client = await q.client()
+
+        async def zrange_calls() -> int:
+            stats = await client.info("commandstats")
+            return int(stats.get("cmdstat_zrange", {}).get("calls", 0))
+
+        before = await zrange_calls()
+        assert await parked_ids(q, limit=5, offset=10**12) == []
+        assert await zrange_calls() - before == 1  # the blockers' index only
+        forged = f"pending:{float(10**12)!r}:"
+        assert (await q.list_jobs(JobStatus.PENDING, cursor=forged)).jobs == []
     stats = await park_stats(q, top=2)
     assert (stats.total, stats.blockers, len(stats.top), stats.timers) == (30, 3, 2, 0)
     assert stats.slot_errors == {}

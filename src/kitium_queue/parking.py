@@ -38,6 +38,8 @@ __all__ = [
 
 #: Blockers a cross-blocker listing (``parked_ids``) merges at most.
 MAX_BLOCKERS_LISTED = 10_000
+# Offsets from which ``parked_ids`` counts the parked jobs before walking to the offset.
+_COUNT_PAST = 10_000
 
 
 class QueueLike(Protocol):
@@ -132,6 +134,14 @@ async def parked_ids(queue: QueueLike, limit: int = 100, offset: int = 0) -> lis
     page = max(1, min(1000, need // len(blockers) + 1))
     base = keys.parked("").encode()
     set_keys = [base + b if isinstance(b, bytes) else base + b.encode() for b in blockers]
+    if skip >= _COUNT_PAST:
+        # A far offset (a forged cursor, or a page past the end): count first, so one
+        # past the end costs a round trip rather than a walk over every parked job.
+        pipe = client.pipeline(transaction=False)
+        for k in set_keys:
+            pipe.zcard(k)
+        if skip >= sum(await pipe.execute()):
+            return []
 
     async def fetch(which: list[int], starts: list[int]) -> list[list[tuple[bytes, float]]]:
         pipe = client.pipeline(transaction=False)
