@@ -12,7 +12,7 @@ changing or resuming it is refused (``check_intact``): its timing cannot be trus
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -20,10 +20,16 @@ from redis.exceptions import ResponseError
 
 from ..codec import Serializer
 from ..errors import ConfigurationError
-from ..limits import clip, printable
+from ..limits import MAX_DELAY_MS, clip, printable
 from ..options import shown
 
-__all__ = ["check_intact", "schedule_hash", "schedule_values", "stored_id"]
+__all__ = [
+    "check_intact",
+    "schedule_hash",
+    "schedule_values",
+    "stored_id",
+    "timing_problems",
+]
 
 _NONE = type(None)
 #: The fields of a stored definition (``Schedule.definition``) and the types they hold.
@@ -76,15 +82,7 @@ def stored_id(member: bytes, problems: list[str]) -> str:
         return member.decode("utf-8", "backslashreplace")
 
 
-def _definition(raw: bytes | None, damage: list[str]) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError:
-        damage.append("definition is not valid JSON")
-        return {}
-    if not isinstance(parsed, dict):
-        damage.append("definition is not a JSON object")
-        return {}
+def _typed(parsed: Mapping[str, Any], damage: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, types in _DEFINITION.items():
         if name not in parsed:
@@ -94,10 +92,80 @@ def _definition(raw: bytes | None, damage: list[str]) -> dict[str, Any]:
             out[name] = value
         else:
             damage.append(f"definition field {name} is not a {types[0].__name__}")
+    return out
+
+
+def _semantics(defn: Mapping[str, Any], damage: list[str]) -> None:
+    """Values of the right type that no declaration could have stored: a scheduler must
+    not fire them (an interval of -5 ms would fire on every round, a cron pattern that
+    does not parse would read as "never again" and finish the schedule)."""
+    from .schedules import (
+        _MAX_EPOCH_MS,
+        MAX_CATCH_UP,
+        MIN_INTERVAL_MS,
+        MISFIRE_POLICIES,
+        _zone,
+        check_cron,
+    )
+
+    def bad(name: str, rule: str) -> None:
+        damage.append(f"definition field {name} {rule}, got {shown(defn[name])}")
+
+    cron, every = defn.get("cron"), defn.get("every_ms")
+    if cron is not None:
+        try:
+            check_cron(cron)
+        except ConfigurationError:
+            bad("cron", "is not a valid cron pattern")
+    elif every is not None and not MIN_INTERVAL_MS <= every <= MAX_DELAY_MS:
+        bad("every_ms", f"must be {MIN_INTERVAL_MS} to {MAX_DELAY_MS} ms")
+    if "tz" in defn:
+        try:
+            _zone(defn["tz"])
+        except ConfigurationError:
+            bad("tz", "is not an IANA time zone")
+    for name in ("start_date", "end_date"):
+        v = defn.get(name)
+        if v is not None and not 0 <= v <= _MAX_EPOCH_MS:
+            bad(name, f"must be ms from 0 to {_MAX_EPOCH_MS}")
+    if "misfire" in defn and defn["misfire"] not in MISFIRE_POLICIES:
+        bad("misfire", f"must be one of {', '.join(MISFIRE_POLICIES)}")
+    if "catch_up_limit" in defn and not 1 <= defn["catch_up_limit"] <= MAX_CATCH_UP:
+        bad("catch_up_limit", f"must be 1 to {MAX_CATCH_UP}")
+    for name in ("jitter_ms", "misfire_grace_ms"):
+        if name in defn and not 0 <= defn[name] <= MAX_DELAY_MS:
+            bad(name, f"must be 0 to {MAX_DELAY_MS} ms")
+
+
+def timing_problems(defn: Any) -> list[str]:
+    """What is wrong with the timing fields of a stored definition (those it holds): the
+    type checks of a listing and the ranges a declaration enforces. Empty: the scheduler
+    may compute its ticks."""
+    if not isinstance(defn, Mapping):
+        return ["definition is not a JSON object"]
+    damage: list[str] = []
+    out = _typed(defn, damage)
+    if out.get("cron") is None and out.get("every_ms") is None:
+        damage.append("definition has neither a cron pattern nor an interval")
+    _semantics(out, damage)
+    return damage
+
+
+def _definition(raw: bytes | None, damage: list[str]) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        damage.append("definition is not valid JSON")
+        return {}
+    if not isinstance(parsed, dict):
+        damage.append("definition is not a JSON object")
+        return {}
+    out = _typed(parsed, damage)
     if not isinstance(out.get("job_name"), str):
         damage.append("definition has no job name")
     if out.get("cron") is None and out.get("every_ms") is None:
         damage.append("definition has neither a cron pattern nor an interval")
+    _semantics(out, damage)
     return out
 
 

@@ -33,11 +33,13 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import FencedError
+from ..errors import ConfigurationError, FencedError
 from ..events import EventData
 from ..hooks import FeatureEvent
-from ..limits import get_logger
+from ..limits import clip, get_logger, printable
+from ..options import shown
 from ..scripts import ScriptCall
+from .schedule_records import timing_problems
 from .schedules import timing_of
 
 if TYPE_CHECKING:
@@ -70,6 +72,12 @@ def plan_ticks(
     its jitter, capped below the following tick. ``next_tick`` is None when the schedule
     has ended (end date or no further match).
     """
+    problems = timing_problems(defn)
+    if problems:
+        raise ConfigurationError(
+            f"its record is damaged ({clip(printable('; '.join(problems)), 300)}): remove "
+            "the schedule and declare it again"
+        )
     timing = timing_of(defn)
     grace = int(defn.get("misfire_grace_ms") or 0)
     on_time: list[int] = []
@@ -87,7 +95,9 @@ def plan_ticks(
             while t is not None and t >= due and len(missed) < limit:
                 missed.append(t)
                 t = timing.prev_at_or_before(t - 1)
-    ticks = sorted(set(missed + on_time))
+    # At most MAX_TICKS_PER_FIRE in all (the latest): schedule_fire refuses more, and a
+    # fast schedule with a long grace would otherwise be refused on every round.
+    ticks = sorted(set(missed + on_time))[-MAX_TICKS_PER_FIRE:]
     nxt = timing.next_after(now)
     jitter = int(defn.get("jitter_ms") or 0)
     out: list[tuple[int, int]] = []
@@ -100,6 +110,16 @@ def plan_ticks(
                 start += rng.randint(0, cap)
         out.append((tick, start))
     return out, nxt
+
+
+def _due(raw: Any) -> int:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"its record is damaged (due is not a time: {shown(raw)}): remove the schedule "
+            "and declare it again"
+        ) from None
 
 
 class Scheduler:
@@ -117,7 +137,7 @@ class Scheduler:
         self.fired = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._broken: dict[str, int] = {}
+        self._broken: dict[bytes, int] = {}
         self._outage = False
         self._stopping = False
         self._feed = True  # the change feed (pub/sub) is up; False: poll for changes
@@ -251,24 +271,48 @@ class Scheduler:
         calls: list[ScriptCall] = []
         plans: list[tuple[str, dict[str, Any]]] = []
         for i in range(2, len(reply), 5):
-            sid = reply[i].decode()
+            member = bytes(reply[i])
             due_raw, version, raw_def = reply[i + 1], reply[i + 2], reply[i + 3]
-            if self._broken.get(sid, 0) > now:
+            if self._broken.get(member, 0) > now:
                 continue
             try:
-                defn = orjson.loads(raw_def)
-                due = int(due_raw)
+                sid = member.decode()
+            except UnicodeDecodeError:
+                sid = member.decode("utf-8", "backslashreplace")
+            try:
+                if sid.encode() != member:
+                    raise ConfigurationError("its id is not valid UTF-8: remove it")
+                if not version:  # schedule_due.lua: a key of another type, no version
+                    raise ConfigurationError(
+                        "its record is damaged (its key holds another type, or its hash "
+                        "has no version): remove the schedule and declare it again"
+                    )
+                try:
+                    defn = orjson.loads(raw_def)
+                except orjson.JSONDecodeError:
+                    defn = None
+                due = _due(due_raw)
                 ticks, nxt = plan_ticks(defn, due, now, self.rng)
                 if nxt is not None and nxt <= due:
                     raise RuntimeError(f"next tick {nxt} is not after the due tick {due}")
+            except ConfigurationError as exc:
+                log.error(
+                    "queue %s: schedule %s does not fire: %s (looking again in %d s)",
+                    q.name,
+                    shown(sid),
+                    exc,
+                    _BROKEN_RETRY_MS // 1000,
+                )
+                self._broken[member] = now + _BROKEN_RETRY_MS
+                continue
             except Exception:
                 log.exception(
                     "queue %s: cannot compute the ticks of schedule %s; skipping it for %d s",
                     q.name,
-                    sid,
+                    shown(sid),
                     _BROKEN_RETRY_MS // 1000,
                 )
-                self._broken[sid] = now + _BROKEN_RETRY_MS
+                self._broken[member] = now + _BROKEN_RETRY_MS
                 continue
             args: list[Any] = [
                 sid,

@@ -2,8 +2,8 @@
 
 A schedule is stored under the queue's hash tag (``lua/schedule_keys.lua`` lists the
 keys) and fired by the scheduler loops of the workers (``scheduler.py``). This module
-validates declarations, computes tick times with croniter (cron) or arithmetic
-(intervals), and implements ``JobQueue.schedule_job`` / ``schedule_every`` and the
+validates declarations, computes tick times with ``schedule_timing`` (croniter or
+arithmetic), and implements ``JobQueue.schedule_job`` / ``schedule_every`` and the
 list / get / update / pause / resume / remove calls.
 
 Tick times are epoch milliseconds. A cron schedule ticks on whole seconds; an interval
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from croniter import croniter
-from croniter.croniter import CroniterBadDateError, CroniterError
+from croniter.croniter import CroniterError
 
 from ..errors import ConfigurationError, ScheduleNotFoundError
 from ..limits import QUERY_PAGE, clip, get_logger
@@ -31,6 +31,7 @@ from ..options import MAX_COUNT, check_text, lookup_id, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 from .schedule_explain import make_explainer
 from .schedule_records import check_intact, schedule_hash, schedule_values, stored_id
+from .schedule_timing import CronTiming, IntervalTiming, Timing
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -71,85 +72,6 @@ SCHEDULE_OPTIONS = (
 _MAX_ID = 200
 #: Latest start_date / end_date given as ms since the epoch: 9999-12-31T23:59:59.999Z.
 _MAX_EPOCH_MS = 253_402_300_799_999
-
-
-# ---------------------------------------------------------------------------- timing
-class Timing:
-    """Tick times of a schedule, bounded by its start and end dates (ms, inclusive)."""
-
-    def __init__(self, start: int | None, end: int | None) -> None:
-        self.start = start
-        self.end = end
-
-    def _next(self, t: int) -> int | None:  # first raw tick strictly after t
-        raise NotImplementedError
-
-    def _prev(self, t: int) -> int | None:  # last raw tick at or before t
-        raise NotImplementedError
-
-    def next_after(self, t: int) -> int | None:
-        """The first tick strictly after ``t``, or None if the schedule has ended."""
-        if self.start is not None and t < self.start:
-            t = self.start - 1
-        n = self._next(t)
-        if n is None or (self.end is not None and n > self.end):
-            return None
-        return n
-
-    def prev_at_or_before(self, t: int) -> int | None:
-        """The last tick at or before ``t``, or None if there is none since the start."""
-        if self.end is not None and t > self.end:
-            t = self.end
-        p = self._prev(t)
-        if p is None or (self.start is not None and p < self.start):
-            return None
-        return p
-
-
-class CronTiming(Timing):
-    """Ticks of a 5-field (minute resolution) or 6-field (seconds first) cron pattern."""
-
-    def __init__(self, pattern: str, tz: tzinfo, start: int | None, end: int | None) -> None:
-        super().__init__(start, end)
-        self.pattern = pattern
-        self.tz = tz
-        self.seconds = len(pattern.split()) == 6
-
-    def _iter(self, t_ms: int) -> croniter:
-        start = datetime.fromtimestamp(t_ms / 1000, self.tz)
-        return croniter(self.pattern, start, second_at_beginning=self.seconds)
-
-    def _next(self, t: int) -> int | None:
-        try:
-            return round(self._iter(t).get_next(float) * 1000)
-        except (CroniterBadDateError, ValueError, OverflowError):  # past year 9999
-            return None
-
-    def _prev(self, t: int) -> int | None:
-        try:
-            # croniter's get_prev is strictly before its start; +1 ms makes it inclusive.
-            return round(self._iter(t + 1).get_prev(float) * 1000)
-        except (CroniterBadDateError, ValueError, OverflowError):  # before year 1
-            return None
-
-
-class IntervalTiming(Timing):
-    """Ticks every ``interval`` ms, aligned on ``start`` (or the Unix epoch)."""
-
-    def __init__(self, interval: int, start: int | None, end: int | None) -> None:
-        super().__init__(start, end)
-        self.interval = interval
-        self.anchor = start or 0
-
-    def _next(self, t: int) -> int | None:
-        if t < self.anchor:
-            return self.anchor
-        return self.anchor + ((t - self.anchor) // self.interval + 1) * self.interval
-
-    def _prev(self, t: int) -> int | None:
-        if t < self.anchor:
-            return None
-        return self.anchor + ((t - self.anchor) // self.interval) * self.interval
 
 
 # ---------------------------------------------------------------------------- record

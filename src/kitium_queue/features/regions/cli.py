@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import click
+from redis.exceptions import ResponseError
 
 from ...errors import ConfigurationError
+from ...options import shown
 from ...queue import JobQueue
 from .config import GlobalQueueConfig
 from .manager import GlobalQueueManager
@@ -98,13 +100,27 @@ def make_command(
 
             async def one(q: Any) -> None:
                 client = await q.client()
+                (reply,) = (
+                    await client.pipeline(transaction=False)
+                    .hgetall(q.keys.extra("rg"))
+                    .execute(raise_on_error=False)
+                )
+                damage: list[str] = []
+                if isinstance(reply, ResponseError) and "WRONGTYPE" in str(reply):
+                    damage.append("its key holds another type, not a hash")
+                    reply = {}
+                elif isinstance(reply, BaseException):
+                    raise reply
                 rec = {
-                    k.decode(): v.decode(errors="replace")
-                    for k, v in (await client.hgetall(q.keys.extra("rg"))).items()
+                    k.decode(errors="replace"): v.decode(errors="replace") for k, v in reply.items()
                 }
                 sec, usec = await client.time()
                 now = int(sec) * 1000 + int(usec) // 1000
-                lease = int(rec.get("lease", "0") or 0)
+                try:
+                    lease = int(rec.get("lease", "0") or 0)
+                except ValueError:
+                    damage.append(f"lease is not a number: {shown(rec['lease'])}")
+                    lease = 0
                 primary = rec.get("primary") == rec.get("self") and "self" in rec
                 left = (-1 if lease < 0 else max(0, lease - now)) if primary else 0
                 out = {
@@ -115,11 +131,12 @@ def make_command(
                     "lease_ms": left,
                     "position": rec.get("pos", ""),
                     "source": rec.get("src", ""),
+                    "damaged": "; ".join(damage) or None,
                 }
                 if as_json:
                     click.echo(json.dumps(out, indent=2))
                     return
-                if "self" not in rec:
+                if "self" not in rec and not damage:
                     click.echo(row(q.name, "no region record: not a copy of a global queue"))
                     return
                 for k, v in out.items():

@@ -38,8 +38,10 @@ from typing import Any
 from ...errors import FencedError
 from ...leader import LeaderService, OutageLog
 from ...limits import get_logger
+from ...options import shown
 from ...outbox import Outbox, OutboxEntry
 from ...queue import JobQueue
+from ..schedule_records import schedule_hash
 from .copying import apply, as_entry, end_entry, export, merge_since, snapshot
 from .record import RegionCopy
 from .stranded import collect
@@ -48,6 +50,8 @@ from .topology import Topology
 __all__ = ["Lag", "Replicator", "copy_schedules", "group_of"]
 
 log = get_logger(__name__)
+#: Most fields of a schedule hash rg_sched.lua copies (it has about 20).
+_SCHEDULE_FIELDS = 100
 
 SERVICE = "regions-replicator"
 _BLOCK_MS = 500
@@ -408,17 +412,35 @@ class Replicator:
 
 
 async def copy_schedules(source: JobQueue, target: JobQueue) -> int:
-    """Copy every schedule of ``source`` to ``target`` (and delete the others there)."""
+    """Copy every schedule of ``source`` to ``target`` (and delete the others there).
+
+    A schedule whose record on ``source`` is damaged (its key of another type, more
+    fields than a schedule has) is not copied, and logged; it never stops the others.
+    Ids are kept as stored (bytes), so one that is not UTF-8 is copied as it is."""
     client = await source.client()
-    ids = [_s(i) for i in await client.zrange(source.keys.schedules, 0, 9_999)]
+    ids: list[bytes] = list(await client.zrange(source.keys.schedules, 0, 9_999))
+    base = source.keys.schedule("").encode()
     pipe = client.pipeline(transaction=False)
     for sid in ids:
-        pipe.hgetall(source.keys.schedule(sid))
-    hashes = await pipe.execute()
+        pipe.hgetall(base + sid)
+    hashes = await pipe.execute(raise_on_error=False)
     args: list[Any] = []
     count = 0
     written = 0
-    for sid, h in zip(ids, hashes, strict=True):
+    for sid, reply in zip(ids, hashes, strict=True):
+        problems: list[str] = []
+        h = schedule_hash(reply, problems)  # raises any error but WRONGTYPE
+        if len(h) > _SCHEDULE_FIELDS:
+            problems.append(f"its hash holds {len(h)} fields, more than a schedule has")
+        if problems:
+            log.warning(
+                "queue %s: schedule %s not copied to the other regions: %s; remove it "
+                "and declare it again",
+                source.name,
+                shown(sid.decode("utf-8", "backslashreplace")),
+                "; ".join(problems),
+            )
+            continue
         if not h:
             continue
         args += [sid, len(h)]
