@@ -37,7 +37,8 @@ def check_principal(principal: object) -> str:
     """``principal`` if it is a usable name, else ConfigurationError saying why.
 
     A name is a non-empty ``str`` of at most ``MAX_PRINCIPAL_LEN`` characters with no
-    control characters or surrogates (it is written to audit records and shown in UIs).
+    control characters or surrogates (it is written to audit records and shown in UIs),
+    in Unicode NFKC form (a look-alike spelling is refused, never normalised).
     """
     if not isinstance(principal, str):
         raise ConfigurationError(
@@ -60,6 +61,15 @@ def check_principal(principal: object) -> str:
                 f"principal {clip(repr(principal), 100)} contains a control or format "
                 f"character or a lone surrogate (U+{ord(ch):04X}); use printable text"
             )
+    # One spelling per name: a decomposed accent or a full-width letter would make a
+    # second principal that looks like the first (and is not granted what it is).
+    # Refused, not rewritten: two names an identity provider keeps apart stay apart.
+    canonical = unicodedata.normalize("NFKC", principal)
+    if canonical != principal:
+        raise ConfigurationError(
+            f"principal {clip(ascii(principal), 100)} is not in Unicode NFKC form (it "
+            f"would look like another name); write it as {clip(ascii(canonical), 100)}"
+        )
     return principal
 
 

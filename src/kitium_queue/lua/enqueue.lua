@@ -17,7 +17,8 @@
     'dup'  — a job with that job_id or idempotency key already exists; id is the
              existing job's id and nothing was written (a `duplicate` slot fragment may
              have updated that job, or asked for the new job to be added: then 'new');
-    'refused' — a feature refused the job (its `accept` slot: a full group, a quota);
+    'refused' — a feature refused the job (its `accept` slot: a full group, a quota),
+             or its idempotency key's record holds another type (damaged by hand);
              in place of the id comes the reason. Nothing of that job was written; the
              jobs after it in the call go on.
     'err'  — the job could not be added (no free auto id: see add_job in lib_add.lua);
@@ -56,9 +57,18 @@ for j = 0, fields / 8 - 1 do
   local pri, delay, lifo, ik = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
   local existing = nil
   local ikey = nil
+  local damaged = nil
   if ik ~= '' then
     ikey = PREFIX .. 'idem:' .. ik
-    existing = redis.call('GET', ikey)
+    -- pcall: a key of another type (written by hand) refuses this job alone, before
+    -- anything of it is written, never the call after the batch's earlier jobs.
+    existing = redis.pcall('GET', ikey)
+    if type(existing) == 'table' then
+      existing = nil
+      damaged = 'the record of its idempotency key (' .. ikey .. ') holds another ' ..
+        'type, not a job id: the job was not added. Delete that key (it was not ' ..
+        'written by kitium-queue) and add the job again'
+    end
   end
 --@if duplicate
   -- A feature may act on the job the key points to (debounce) or add this one anyway.
@@ -69,7 +79,10 @@ for j = 0, fields / 8 - 1 do
   if not existing and custom ~= '' and redis.call('EXISTS', job_key(custom)) == 1 then
     existing = custom
   end
-  if existing then
+  if damaged then
+    out[#out + 1] = damaged
+    out[#out + 1] = 'refused'
+  elseif existing then
     out[#out + 1] = existing
     out[#out + 1] = 'dup'
   else

@@ -98,6 +98,8 @@ ACCESS_COMMANDS = (
 )  # fmt: skip
 ACCESS_ADMIN_COMMANDS = (
     "hset", "hdel", "hexists", "sadd", "srem", "xtrim",
+    # a grant's hash and the principals set checked for their type before any write
+    "type",
     # tenant changes (AccessControlManager.create_tenant...): the registry's entry read
     # and compared, its version counter, the queues it is copied into
     "hget", "incrby",

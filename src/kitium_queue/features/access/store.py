@@ -10,7 +10,9 @@ The cache: a principal's grants are read with one ``HGETALL`` and kept for
 ``cache_ttl_ms``; so a grant or revoke made by another process takes effect here within
 that bound (in the process that made it, at once). Concurrent checks of a principal
 whose grants are not cached share one read. A grant read back from Redis that does not
-parse (edited by hand, damaged) grants nothing and is logged.
+parse (edited by hand, damaged) grants nothing and is logged; so does a grants key of
+another Redis type (the principal's checks are refused: fail closed), and a principals
+set of another type lists no principal.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from ...enums import QueueRole
 from ...errors import ConfigurationError
@@ -174,9 +177,28 @@ class GrantStore:
         else:
             self._cache.pop(principal, None)
 
+    async def _damaged(self, method: str, key: str, what: str) -> Any:
+        """``method`` on ``key``, or None (logged) when the key holds another type."""
+        try:
+            return await self.deployment.call(method, key)
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            log.warning(
+                "access: key %s holds another Redis type than kitium-queue writes there "
+                "(damaged or written by hand); %s. Inspect and delete it, then grant again",
+                printable(key)[:300],
+                what,
+            )
+            return None
+
     async def read(self, principal: str) -> list[AccessEntry]:
         """The grants of ``principal`` as stored, ordered by pattern."""
-        raw: dict[Any, bytes] = await self.deployment.call("hgetall", self.key(principal))
+        raw: dict[Any, bytes] | None = await self._damaged(
+            "hgetall", self.key(principal), "it grants nothing (every check is refused)"
+        )
+        if raw is None:
+            return []
         out = []
         for k, v in sorted(raw.items()):
             pattern = k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k)
@@ -187,8 +209,8 @@ class GrantStore:
 
     async def principals(self) -> list[str]:
         """Every principal holding a grant, sorted."""
-        raw = await self.deployment.call("smembers", self.principals_key)
-        return sorted(m.decode("utf-8", "backslashreplace") for m in raw)
+        raw = await self._damaged("smembers", self.principals_key, "no principal is listed")
+        return sorted(m.decode("utf-8", "backslashreplace") for m in raw or ())
 
     # ------------------------------------------------------------------ writing
     def _audit(self) -> AuditLog:

@@ -31,6 +31,8 @@
         expected (or exists); nothing written: read it again
     {'gone', now_ms}: the trim point is not in the stream (trimmed meanwhile); nothing
         written
+    {'damaged', now_ms, key}: the effect's hash or set holds another type (written by
+        hand); nothing written
 ]]
 
 local t = redis.call('TIME')
@@ -92,6 +94,19 @@ if trim ~= '' and not trim_is_new then
   if #redis.call('XRANGE', KEYS[1], trim, trim) == 0 then return { 'gone', now } end
 end
 local effect = ARGV[4]
+-- A grant hash or principals set of another type (written by hand) would fail a write
+-- below after the entries were added: refuse the call before anything is written.
+local function other_type(key, want)
+  local t = redis.call('TYPE', key)
+  if type(t) == 'table' then t = t['ok'] end
+  return t ~= 'none' and t ~= want
+end
+if effect == 'grant' or effect == 'revoke' or effect == 'cas' or effect == 'cas-new' then
+  if other_type(KEYS[2], 'hash') then return { 'damaged', now, KEYS[2] } end
+  if (effect == 'grant' or effect == 'revoke') and other_type(KEYS[3], 'set') then
+    return { 'damaged', now, KEYS[3] }
+  end
+end
 if effect == 'revoke' and redis.call('HEXISTS', KEYS[2], ARGV[5]) == 0 then
   return { 'absent', now }
 end

@@ -289,6 +289,13 @@ class AuditLog:
                     return []
                 if kind == "gone":
                     raise TrimPointGone()
+                if kind == "damaged":
+                    raise KitiumQueueError(
+                        f"the change was not made and nothing was audited: key "
+                        f"{decode(reply[2])} holds another Redis type than kitium-queue "
+                        "writes there (damaged or written by hand); inspect it, delete "
+                        "it, and make the change again"
+                    )
                 raise KitiumQueueError(f"audit append: unexpected reply {kind!r}")
         raise KitiumQueueError(
             f"audit log: could not append after {MAX_TRIES} attempts: other writers kept "

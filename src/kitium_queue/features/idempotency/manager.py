@@ -33,10 +33,12 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from ...enums import DeliveryGuarantee, JobStatus
 from ...errors import ConfigurationError, SerializationError
 from ...job import JobInfo
+from ...limits import get_logger
 from ...options import check_text, to_ms
 from ...queries import check_reads
 
@@ -56,6 +58,24 @@ _RECORD_PREFIX = "idem-x:"
 _RECORD_INDEX = "idem-x"
 
 _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[str, bool, bool]] = weakref.WeakKeyDictionary()
+
+log = get_logger(__name__)
+
+
+async def _read(client: Any, command: str, key: str, *args: Any) -> Any:
+    """``command`` on ``key``, or None when the key holds another type (written by
+    hand, damaged): the record is skipped, logged, never the caller's crash."""
+    try:
+        return await getattr(client, command)(key, *args)
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        log.warning(
+            "effectively-once: key %s holds another type than kitium-queue writes there "
+            "(damaged); it is ignored. Delete it to repair",
+            key,
+        )
+        return None
 
 
 def _lua(name: str) -> str:
@@ -242,14 +262,14 @@ class IdempotencyManager:
             return _from_job(job, None)
         q = self._queue_for_key(text)
         client = await q.client()
-        pointed = await client.get(q.keys.idempotency(text))
+        pointed = await _read(client, "get", q.keys.idempotency(text))
         if pointed is not None:
             job = await q.get_job_status(_text(pointed) or "")
             if job is not None:
                 found = _from_job(job, text)
                 if found is not None:
                     return self._public(q, found)
-        raw = await client.hgetall(q.keys.extra(RESULT_PREFIX + text))
+        raw = await _read(client, "hgetall", q.keys.extra(RESULT_PREFIX + text))
         if raw:
             return self._public(q, _stored(q, text, raw, "stored"))
         return None
@@ -262,7 +282,7 @@ class IdempotencyManager:
         q = self._queue_for_key(text)
         await q.queries.check("get_execution_result", {"key": text})
         client = await q.client()
-        raw = await client.hgetall(q.keys.extra(_RECORD_PREFIX + text))
+        raw = await _read(client, "hgetall", q.keys.extra(_RECORD_PREFIX + text))
         if raw:
             return _stored(q, text, raw, "recorded")
         return await self._result(text)
@@ -294,7 +314,18 @@ class IdempotencyManager:
             # The index lives as long as its longest record.
             pipe.pexpire(q.keys.extra(_RECORD_INDEX), ttl, gt=True)
             pipe.pexpire(q.keys.extra(_RECORD_INDEX), ttl, nx=True)
-            await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                if "WRONGTYPE" not in str(reply):
+                    raise reply
+                # The index holds another type (damaged): the record stands (it expires
+                # on its own); only clean_expired cannot list it.
+                log.warning(
+                    "effectively-once: the index %s holds another type (damaged); the "
+                    "execution record was kept, unindexed. Delete the index to repair",
+                    q.keys.extra(_RECORD_INDEX),
+                )
 
     async def clean_expired(self) -> int:
         """Forget index entries of execution records whose time is over (Redis expires
@@ -305,8 +336,8 @@ class IdempotencyManager:
             client = await q.client()
             idx = q.keys.extra(_RECORD_INDEX)
             while True:
-                old = await client.zrangebyscore(idx, "-inf", now, start=0, num=500)
-                if not old:
+                old = await _read(client, "zrangebyscore", idx, "-inf", now, 0, 500)
+                if not old:  # none due, or the index is damaged (logged; skipped)
                     break
                 async with client.pipeline(transaction=True) as pipe:
                     for k in old:

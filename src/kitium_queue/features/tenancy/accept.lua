@@ -10,7 +10,14 @@
   return function(id, name, opts, state)
     local t, region = tenant_opts(opts)
     if not t then return nil end
-    local f = redis.call('HMGET', TN .. t, 'on', 'mqs', 'n', 'ar')
+    -- pcall: a tenant key of another type (written by hand) refuses the job, never
+    -- lets it in without its tenant's quota (fail closed).
+    local f = redis.pcall('HMGET', TN .. t, 'on', 'mqs', 'n', 'ar')
+    if f.err then
+      return "the record of tenant '" .. t .. "' in queue '" .. QUEUE .. "' (" .. TN ..
+        t .. ') holds another type (damaged): the job was not added. Delete that key ' ..
+        'and run TenantRegistry.sync() to copy the tenant into the queue again'
+    end
     if f[1] ~= '1' then
       return "tenant '" .. t .. "' does not exist in queue '" .. QUEUE .. "' (never " ..
         'created, or removed): the job was not added. Create it with ' ..

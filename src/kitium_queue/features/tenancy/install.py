@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import NoPermissionError, NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
 from ...connection import TRANSIENT_ERRORS
 from ...errors import ConfigurationError
-from ...limits import get_logger
+from ...limits import get_logger, printable
 from ...options import to_int
 from ..audit.conn import LuaScript
 from . import keys as tk
@@ -52,6 +52,9 @@ log = get_logger(__name__)
 SYNC_INTERVAL_S = 30.0
 _MIN_SYNC_S, _MAX_SYNC_S = 0.1, 86_400.0
 _MAX_QUANTUM = 1000
+#: Versions are counted by INCR: a stored one beyond 2**53 (or not an int) is damage,
+#: and would make every later copy of the tenant look older than it.
+_MAX_VERSION = 2**53
 
 # One installation per queue object: (quantum, fair_dispatch, enforce_quotas).
 _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[int, bool, bool]] = weakref.WeakKeyDictionary()
@@ -73,38 +76,49 @@ TN_PUT = LuaScript(__package__, "tn_put")
 
 class StoredTenant:
     """A registry entry read back from Redis: a live config or a tombstone, with its
-    version. ``config`` is None for a tombstone or an entry that cannot be read."""
+    version. ``config`` is None for a tombstone or an entry that cannot be read
+    (``damaged`` then says why)."""
 
-    __slots__ = ("config", "tenant_id", "version")
+    __slots__ = ("config", "damaged", "tenant_id", "version")
 
-    def __init__(self, tenant_id: str, config: TenantConfig | None, version: int) -> None:
+    def __init__(
+        self, tenant_id: str, config: TenantConfig | None, version: int, damaged: str = ""
+    ) -> None:
         self.tenant_id = tenant_id
         self.config = config
         self.version = version
+        self.damaged = damaged
 
     @classmethod
     def parse(cls, tenant_id: str, raw: bytes | str | None) -> StoredTenant | None:
         """The entry of ``tenant_id`` from its stored JSON (None when there is none).
-        Read back from Redis, so checked like input: a damaged entry is logged and
-        reads as a tombstone of version 0."""
+        Read back from Redis, so checked like input: a damaged entry (not JSON, a
+        version that is no int from 0 to 2**53, a config that does not check, or the
+        config of another tenant than its field names) is logged and reads as a
+        tombstone of version 0."""
         if raw is None:
             return None
         try:
             data = orjson.loads(raw)
             if not isinstance(data, Mapping):
                 raise ValueError("not an object")
-            version = int(data.get("version", 0))
+            version = data.get("version", 0)
+            if type(version) is not int or not 0 <= version <= _MAX_VERSION:
+                raise ValueError(f"version {str(version)[:40]} is not an int from 0 to 2**53")
+            if data.get("tenant_id", tenant_id) != tenant_id:
+                raise ValueError("it holds the config of another tenant")
             if data.get("removed") is True:
                 return cls(tenant_id, None, version)
             return cls(tenant_id, TenantConfig.from_stored(data), version)
         except (ValueError, TypeError, ConfigurationError) as exc:
+            why = printable(exc)[:300]
             log.warning(
-                "tenant registry: the entry of tenant %r cannot be read (%s); it "
+                "tenant registry: the entry of tenant %s cannot be read (%s); it "
                 "is ignored until it is written again",
-                tenant_id,
-                exc,
+                printable(tenant_id)[:200],
+                why,
             )
-            return cls(tenant_id, None, 0)
+            return cls(tenant_id, None, 0, why or type(exc).__name__)
 
     def copy_args(self) -> list[Any]:
         """ARGV of ``tn_put.lua`` (after the tenant id) for this entry."""
@@ -126,9 +140,22 @@ class StoredTenant:
 
 
 async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
-    """Copy ``entry`` into one queue (if newer than the copy there)."""
+    """Copy ``entry`` into one queue (if newer than the copy there). A copy whose keys
+    hold another type (damaged) is not written, and logged: the other queues and
+    tenants still get theirs."""
     keys = [tk.tenant(queue_keys, entry.tenant_id), tk.index(queue_keys)]
-    return bool(await run_script(client, TN_PUT, keys, [entry.tenant_id, *entry.copy_args()]))
+    out = int(await run_script(client, TN_PUT, keys, [entry.tenant_id, *entry.copy_args()]))
+    if out < 0:
+        log.warning(
+            "queue %s: the copy of tenant %s was not written: %s or %s holds another "
+            "Redis type (damaged or written by hand); delete it and run "
+            "TenantRegistry.sync()",
+            queue_keys.name,
+            entry.tenant_id,
+            keys[0],
+            keys[1],
+        )
+    return out > 0
 
 
 async def attach(queue: JobQueue) -> int:
@@ -143,8 +170,19 @@ async def attach(queue: JobQueue) -> int:
     client = await queue.client()
     prefix = queue.keys.prefix
     try:
-        await client.sadd(tk.registry_queues(prefix), queue.name)
-        entries = await client.hgetall(tk.registry(prefix))
+        try:
+            await client.sadd(tk.registry_queues(prefix), queue.name)
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            _damaged(tk.registry_queues(prefix), "the queue is not registered")
+        try:
+            entries = await client.hgetall(tk.registry(prefix))
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            _damaged(tk.registry(prefix), "no tenant is copied into the queue")
+            return 0
     except NoPermissionError:
         if queue not in _NO_ACCESS:
             _NO_ACCESS.add(queue)
@@ -167,6 +205,16 @@ async def attach(queue: JobQueue) -> int:
         if entry is not None and await put_tenant(client, queue.keys, entry):
             written += 1
     return written
+
+
+def _damaged(key: str, what: str) -> None:
+    log.warning(
+        "tenant registry: key %s holds another Redis type than kitium-queue writes there "
+        "(damaged or written by hand); %s. Inspect and delete it (queues register again "
+        "at their next sync; tenants must be created again)",
+        key,
+        what,
+    )
 
 
 class _AttachOnFirstUse:

@@ -9,6 +9,7 @@ unknown key is refused with the closest valid one suggested). ``TenantUsage`` is
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -45,11 +46,19 @@ _VALID_IDS_MAX = 10_000
 
 def check_tenant_id(value: Any, what: str = "tenant_id") -> str:
     """A tenant id: 1 to 128 letters, digits and ``- _ . : # / +`` (it becomes part of
-    key names, of the ACL patterns written for them and of messages)."""
+    key names, of the ACL patterns written for them and of messages), in Unicode NFKC
+    form: a decomposed accent or a full-width letter would make a second tenant that
+    looks like the first, so such a spelling is refused (never normalised)."""
     if type(value) is str and value in _VALID_IDS:
         return value
     check_text(value, what, max_len=MAX_TENANT_ID)
     out = check_key_part(value, what)
+    canonical = unicodedata.normalize("NFKC", out)
+    if canonical != out:
+        raise ConfigurationError(
+            f"{what} {ascii(out)[:300]} is not in Unicode NFKC form (it would look like "
+            f"another tenant's id); write it as {ascii(canonical)[:300]}"
+        )
     if len(_VALID_IDS) < _VALID_IDS_MAX:
         _VALID_IDS.add(out)
     return out

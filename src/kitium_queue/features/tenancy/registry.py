@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ...connection import ConnectionFactory
 from ...errors import ConfigurationError, KitiumQueueError, TenantNotFoundError
 from ...keys import QueueKeys
+from ...limits import get_logger, printable
 from ...options import shown
 from ..audit.conn import Deployment, LuaScript
 from . import keys as tk
@@ -50,6 +51,8 @@ __all__ = ["TenantChange", "TenantRegistry", "TenantWriter"]
 _REGISTRY = LuaScript(__package__, "tn_registry")
 _USAGE = LuaScript(__package__, "tn_usage")
 _MAX_RETRIES = 20
+
+log = get_logger(__name__)
 
 
 def _text(v: Any) -> str:
@@ -259,9 +262,10 @@ class TenantRegistry:
         return total
 
     async def queues(self) -> list[str]:
-        """Names of the queues tenancy is enabled on (that registered), sorted."""
+        """Names of the queues tenancy is enabled on (that registered), sorted; none
+        when their set holds another type (damaged: logged)."""
         async with self._errors() as client:
-            names = await client.smembers(tk.registry_queues(self.prefix))
+            names = await _members(client, tk.registry_queues(self.prefix))
         return sorted(_text(n) for n in names)
 
     async def sync(self) -> int:
@@ -280,13 +284,14 @@ class TenantRegistry:
         cfg = TenantConfig.of(config)
         async with self._errors() as client:
             for _ in range(_MAX_RETRIES):
-                version = int(await client.incr(tk.registry_version(self.prefix)))
+                version = await _next_version(client, self.prefix)
                 entry = StoredTenant(cfg.tenant_id, cfg, version)
                 change = TenantChange(
                     "create", cfg.tenant_id, _json(cfg, version), version, None, cfg, self._key
                 )
                 out = await self._writer(client, change)
                 if out == "exists":
+                    _check(await self._entry(client, cfg.tenant_id), self._key)
                     raise ConfigurationError(
                         f"tenant {cfg.tenant_id!r} exists already; change it with "
                         "update_tenant() or remove it first"
@@ -327,6 +332,7 @@ class TenantRegistry:
         async with self._errors() as client:
             for _ in range(_MAX_RETRIES):
                 cur = await self._entry(client, tid)
+                _check(cur, self._key)
                 if cur is None or cur.config is None:
                     raise self._not_found(tid)
                 new = cur.config.changed(wanted)
@@ -411,20 +417,7 @@ class TenantRegistry:
                     ],
                     [qk.base],
                 )
-                active = _int(r[3])
-                ends = _int(r[8])
-                per.append(
-                    QueueUsage(
-                        queue=name,
-                        queued=max(0, _int(r[2]) - active),
-                        active=active,
-                        held=_int(r[5]),
-                        rate_used=_int(r[6]),
-                        rate_window_ends_ms=ends or None,
-                        completed=_int(r[9]),
-                        failed=_int(r[10]),
-                    )
-                )
+                per.append(_usage(name, tid, r))
         return TenantUsage.total(tid, per)
 
     # ------------------------------------------------------------------ internals
@@ -456,7 +449,7 @@ class TenantRegistry:
     ) -> StoredTenant | None:
         """Replace ``cur`` by ``new`` (None: a tombstone) if nobody changed it since it
         was read; the new entry, or None on a conflict."""
-        version = int(await client.incr(tk.registry_version(self.prefix)))
+        version = await _next_version(client, self.prefix)
         body = (
             _json(new, version)
             if new is not None
@@ -478,7 +471,7 @@ class TenantRegistry:
 
     async def _propagate(self, client: Any, entries: list[StoredTenant]) -> int:
         written = 0
-        for name in await client.smembers(tk.registry_queues(self.prefix)):
+        for name in await _members(client, tk.registry_queues(self.prefix)):
             try:
                 qk = QueueKeys(_text(name), self.prefix)
             except ConfigurationError:
@@ -515,6 +508,71 @@ class TenantRegistry:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _usage(name: str, tenant_id: str, r: list[Any]) -> QueueUsage:
+    """One queue's usage from ``tn_usage.lua``'s reply (damaged keys logged)."""
+    if len(r) > 12:
+        log.warning(
+            "queue %s: tenant %s's usage reads %s as empty: another Redis type is stored "
+            "there (damaged or written by hand); delete it and run TenantRegistry.sync()",
+            name,
+            tenant_id,
+            ", ".join(printable(_text(k))[:300] for k in r[12:]),
+        )
+    active, ends = _int(r[3]), _int(r[8])
+    return QueueUsage(
+        queue=name,
+        queued=max(0, _int(r[2]) - active),
+        active=active,
+        held=_int(r[5]),
+        rate_used=_int(r[6]),
+        rate_window_ends_ms=ends or None,
+        completed=_int(r[9]),
+        failed=_int(r[10]),
+    )
+
+
+async def _members(client: Any, key: str) -> set[Any]:
+    """The members of set ``key``; none (logged) when it holds another type."""
+    try:
+        return set(await client.smembers(key))
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        log.warning(
+            "tenant registry: key %s holds another Redis type than a set of queue names "
+            "(damaged or written by hand); no queue is listed or copied to. Delete it: "
+            "queues register again at their next sync",
+            key,
+        )
+        return set()
+
+
+async def _next_version(client: Any, prefix: str) -> int:
+    """The next version of the registry (its counter incremented)."""
+    key = tk.registry_version(prefix)
+    try:
+        return int(await client.incr(key))
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc) and "not an integer" not in str(exc):
+            raise
+        raise KitiumQueueError(
+            f"the tenant registry's version counter {key} is damaged (not an integer, or "
+            f"another Redis type): no tenant change can be made. SET it to an integer above "
+            f"every 'version' stored in {tk.registry(prefix)} (queues ignore copies with a "
+            "version they already passed), then make the change again"
+        ) from None
+
+
+def _check(entry: StoredTenant | None, key: str) -> None:
+    """``ConfigurationError`` saying how to repair ``entry`` when it is damaged."""
+    if entry is not None and entry.damaged:
+        raise ConfigurationError(
+            f"the registry entry of tenant {entry.tenant_id!r} is damaged ({entry.damaged}): "
+            f"it cannot be changed. Delete it (HDEL {key} {entry.tenant_id}) and create the "
+            "tenant again"
+        )
 
 
 def _now_ms() -> int:

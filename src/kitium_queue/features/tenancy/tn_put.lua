@@ -7,7 +7,8 @@
            rate max, rate duration ms, weight, allowed regions (',a,b,' or '')
   Writes only when the version is above the one the queue holds, so copies that arrive
   in any order (two registries, a resync racing an update) end with the newest.
-  Returns 1 when written, 0 when the queue already holds this version or a newer one.
+  Returns 1 when written, 0 when the queue already holds this version or a newer one,
+  -1 when a key holds another type (damaged, written by hand): nothing is written.
   Both keys share the queue's hash tag (cluster-safe). The tenant's counts in the same
   hash are left as they are.
 ]]
@@ -15,6 +16,12 @@ local v = tonumber(ARGV[2])
 if v == nil or v ~= v then
   return redis.error_reply('KQ_BAD_ARGUMENT tn_put: version ' .. tostring(ARGV[2]) ..
     ' is not a number; nothing was written')
+end
+-- Types first: no write below may fail after the first.
+for i = 1, 2 do
+  local t = redis.call('TYPE', KEYS[i])
+  if type(t) == 'table' then t = t['ok'] end
+  if t ~= 'none' and t ~= (i == 1 and 'hash' or 'zset') then return -1 end
 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '') or 0
 if v <= cur then return 0 end

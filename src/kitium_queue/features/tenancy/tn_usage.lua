@@ -12,18 +12,31 @@
   now (ms, Redis clock) }. Running counts the members of the running set whose job is
   active (a member left behind by a record deleted by hand is not counted; the set is
   bounded by the workers' slots, and above 10,000 members its size is given as is).
+  A key of another type (written by hand) reads as empty, and its name is appended
+  to the reply (after now) for the caller to report.
 ]]
+local damaged = {}
+-- A command on one of the keys; nil (the key noted) when it holds another type.
+local function read(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    local key = select(2, ...)
+    damaged[#damaged + 1] = key
+    return nil
+  end
+  return r
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local f = redis.call('HMGET', KEYS[1], 'on', 'v', 'n', 'rlm', 'rld', 'rw', 'rn', 'done', 'fail')
+local f = read('HMGET', KEYS[1], 'on', 'v', 'n', 'rlm', 'rld', 'rw', 'rn', 'done', 'fail') or {}
 local rld, rw = tonumber(f[5]) or 0, tonumber(f[6])
 local used, ends = 0, 0
 if rw and rld > 0 and now < rw + rld then
   used, ends = tonumber(f[7]) or 0, rw + rld
 end
-local running = redis.call('SCARD', KEYS[2])
+local running = read('SCARD', KEYS[2]) or 0
 if running <= 10000 then
-  local members = redis.call('SMEMBERS', KEYS[2])
+  local members = read('SMEMBERS', KEYS[2]) or {}
   running = 0
   for i = 1, #members do
     if redis.pcall('HGET', ARGV[1] .. 'job:' .. members[i], 'st') == 'active' then
@@ -31,6 +44,8 @@ if running <= 10000 then
     end
   end
 end
-return { f[1] or '', f[2] or '0', f[3] or '0', running,
-  redis.call('SCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]), used, f[4] or '0',
+local out = { f[1] or '', f[2] or '0', f[3] or '0', running,
+  read('SCARD', KEYS[3]) or 0, read('ZCARD', KEYS[4]) or 0, used, f[4] or '0',
   string.format('%.0f', ends), f[8] or '0', f[9] or '0', string.format('%.0f', now) }
+for i = 1, #damaged do out[#out + 1] = damaged[i] end
+return out
