@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from ..enums import JobStatus
-from ..errors import ConfigurationError, KitiumQueueError
+from ..errors import ConfigurationError, JobStateError, KitiumQueueError
 from ..limits import clip
 from ..presence import live_workers
 from ..queries import JobPage
@@ -259,7 +259,12 @@ class Pages:
         except ConfigurationError as exc:  # a bad cursor: say so over the first page
             error = clip(str(exc), 300)
             page = await mgr.list_groups(None, 50)
-        stats = [await mgr.get_group_stats(g) for g in page.groups]
+        stats = []
+        for g in page.groups:
+            try:
+                stats.append(await mgr.get_group_stats(g))
+            except JobStateError as exc:  # a group key damaged by hand: said, others listed
+                error = clip(str(exc), 300)
         return self.dash.render(
             request,
             "groups.html",

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ...errors import JobStateError
 from .manager import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
 
 __all__ = ["make_command"]
@@ -32,7 +33,18 @@ def _age(ms: int | None) -> str:
     return f"{ms / 1000:.1f}s" if ms < 120_000 else f"{ms / 60_000:.1f}min"
 
 
-def _summary(s: MessageGroupStats) -> list[object]:
+async def _stats(fifo: FIFOQueueManager, gid: str) -> MessageGroupStats | str:
+    """A group's stats, or what is wrong with a group whose keys are damaged (a key of
+    another type): one such group is a row of the listing, not its end."""
+    try:
+        return await fifo.get_group_stats(gid)
+    except JobStateError as exc:
+        return str(exc)
+
+
+def _summary(s: MessageGroupStats | str, gid: str) -> list[object]:
+    if isinstance(s, str):
+        return [gid, "damaged", *("-" * 7)]
     return [
         s.group_id,
         "paused" if s.paused else "running",
@@ -74,13 +86,13 @@ def make_command(
         async def act(q: Any) -> None:
             fifo = _manager(q)
             page = await fifo.list_groups(cursor, count=limit)
-            stats = [await fifo.get_group_stats(g) for g in page.groups]
+            stats = [await _stats(fifo, g) for g in page.groups]
             if as_json:
-                click.echo(
-                    json.dumps(
-                        {"groups": [s.as_dict() for s in stats], "cursor": page.cursor}, indent=2
-                    )
-                )
+                listed = [
+                    {"group_id": g, "damaged": s} if isinstance(s, str) else s.as_dict()
+                    for g, s in zip(page.groups, stats, strict=True)
+                ]
+                click.echo(json.dumps({"groups": listed, "cursor": page.cursor}, indent=2))
                 return
             show(
                 [
@@ -94,7 +106,7 @@ def make_command(
                     "failed",
                     "oldest wait",
                 ],
-                [_summary(s) for s in stats],
+                [_summary(s, g) for g, s in zip(page.groups, stats, strict=True)],
             )
             if page.cursor:
                 click.echo(row("next page:", f"--cursor {page.cursor}"))

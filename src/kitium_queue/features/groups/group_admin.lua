@@ -14,7 +14,8 @@
           jobs finish. No job of the group starts until resume.
   resume: held jobs go back to wait, and the line hands out the group's free turns.
   set:    new settings; a raised concurrency hands out the extra turns at once.
-  Returns { paused (0|1), concurrency, jobs moved to wait }.
+  Returns { paused (0|1), concurrency, jobs moved to wait }; KQ_BAD_STATE (nothing
+  written) when a key of the group holds another type (damaged by hand).
   Events: group-paused | group-resumed | group-updated (id = the group id).
 ]]
 --@include lib_base
@@ -30,6 +31,9 @@ end
 local gkey = PREFIX .. 'grp:' .. g
 local run = PREFIX .. 'grp-run:' .. g
 local moved = 0
+-- A key of the group damaged by hand (another type): refused before the first write.
+local bad = group_damage(g)
+if bad then return redis.error_reply(bad) end
 
 local function free_turns()
   local f = redis.call('HMGET', gkey, 'paused', 'conc')

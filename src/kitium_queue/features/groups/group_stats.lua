@@ -14,6 +14,7 @@
     turns     up to 100 jobs holding a turn: { id, st, worker, started ms, attempts,
               created ms, due ms }
     head      { id, created ms } of the next job of the line, or {}
+  KQ_BAD_STATE when a key of the group holds another type (damaged by hand).
 ]]
 --@include lib_base
 --@include lib_parking
@@ -21,6 +22,9 @@
 
 local g = ARGV[4]
 local gkey = PREFIX .. 'grp:' .. g
+-- A key of the group damaged by hand (another type): said, not a bare WRONGTYPE.
+local bad = group_damage(g)
+if bad then return redis.error_reply(bad) end
 local f = redis.call('HMGET', gkey, 'paused', 'conc', 'max', 'rlm', 'rld', 'n', 'done', 'fail')
 local known = redis.call('EXISTS', gkey) == 1 or redis.call('ZSCORE', PREFIX .. 'groups', g)
 local settings = {

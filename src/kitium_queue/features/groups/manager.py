@@ -26,8 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigurationError
-from ...options import MAX_COUNT, check_text, to_int, to_ms
+from redis.exceptions import ResponseError
+
+from ...errors import ConfigurationError, JobStateError
+from ...options import MAX_COUNT, check_text, has_bad_char, shown, to_int, to_ms
 from ...queries import check_reads
 from . import lua
 from .explain import make_explainer
@@ -236,6 +238,18 @@ def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
 
 
+def _index_damaged(exc: ResponseError, key: str) -> Exception:
+    """The error of a read of the group index ``key``: a key of another type (damaged
+    by hand) is said as such; any other error reply is itself."""
+    if "WRONGTYPE" not in str(exc):
+        return exc
+    return JobStateError(
+        f"the index of message groups {key} holds another type than a sorted set (damaged "
+        "by hand?): delete it (the groups' jobs and settings are kept; a group is indexed "
+        "again at its next job or set_group), then try again"
+    )
+
+
 class FIFOQueueManager:
     """FIFO message groups on one queue (or on each partition of a ``PartitionedQueue``,
     where a group lives in the partition its id maps to).
@@ -316,6 +330,10 @@ class FIFOQueueManager:
         ``max_group_size``.
         """
         cfg = GroupConfig.of(config)
+        if options is not None and not isinstance(options, Mapping):
+            raise ConfigurationError(
+                f"options must be a mapping of job options, got {type(options).__name__}"
+            )
         if cfg.has_settings:
             await self.set_group(cfg)
         opts = dict(options or {})
@@ -434,7 +452,10 @@ class FIFOQueueManager:
         total = 0
         for q in self._parts:
             client = await q.client()
-            total += int(await client.zcard(q.keys.extra("groups")))
+            try:
+                total += int(await client.zcard(q.keys.extra("groups")))
+            except ResponseError as exc:
+                raise _index_damaged(exc, q.keys.extra("groups")) from None
         return total
 
     async def list_groups(self, cursor: str | None = None, count: int = 100) -> GroupPage:
@@ -446,19 +467,26 @@ class FIFOQueueManager:
         part, after = 0, None
         if cursor:
             if not isinstance(cursor, str) or "|" not in cursor:
-                raise ConfigurationError(f"invalid list_groups cursor {cursor!r}")
+                raise ConfigurationError(
+                    f"invalid list_groups cursor {shown(cursor)}: pass the cursor a page returned"
+                )
             p, _, after = cursor.partition("|")
-            if not p.isdigit() or int(p) >= len(self._parts):
-                raise ConfigurationError(f"invalid list_groups cursor {cursor!r}")
+            if not p.isdigit() or int(p) >= len(self._parts) or has_bad_char(after):
+                raise ConfigurationError(
+                    f"invalid list_groups cursor {shown(cursor)}: pass the cursor a page returned"
+                )
             part = int(p)
         groups: list[str] = []
         while part < len(self._parts):
             q = self._parts[part]
             client = await q.client()
             lo = "-" if not after else "(" + after
-            got = await client.zrangebylex(
-                q.keys.extra("groups"), lo, "+", start=0, num=count - len(groups)
-            )
+            try:
+                got = await client.zrangebylex(
+                    q.keys.extra("groups"), lo, "+", start=0, num=count - len(groups)
+                )
+            except ResponseError as exc:
+                raise _index_damaged(exc, q.keys.extra("groups")) from None
             groups.extend(_text(g) for g in got)
             if len(groups) >= count:
                 return GroupPage(groups, f"{part}|{groups[-1]}")

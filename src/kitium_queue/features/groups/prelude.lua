@@ -22,6 +22,24 @@
   local EMPTY_TTL = 86400000
   local LINE = PREFIX .. 'parked:g:'
 
+  -- Why key `key` of group g (of type `want`) cannot be used: nil when it is of that
+  -- type or absent. The admin scripts check their keys with it before the first write,
+  -- so a key damaged by hand (another type) fails them whole, never half way.
+  local function damaged(g, key, want)
+    local t = redis.call('TYPE', key)['ok']
+    if t == want or t == 'none' then return nil end
+    return 'KQ_BAD_STATE message group ' .. g .. ': key ' .. key .. ' holds a ' .. t ..
+      ', not a ' .. want .. ' (damaged by hand?); nothing was written. Delete or ' ..
+      'repair that key, then try again'
+  end
+
+  local function group_damage(g)
+    return damaged(g, GP .. g, 'hash') or damaged(g, RUN .. g, 'set')
+      or damaged(g, OWNER, 'hash') or damaged(g, INDEX, 'zset')
+      or damaged(g, LINE .. g, 'zset') or damaged(g, PREFIX .. 'parked:gh:' .. g, 'zset')
+      or damaged(g, PREFIX .. 'parked:gr:' .. g, 'zset')
+  end
+
   local function group_of(opts)
     if opts == nil or opts == false or opts == '' then return nil end
     if not string.find(opts, '"message_group_id"', 1, true) then return nil end

@@ -96,6 +96,7 @@ def make_command(
                 ("failed step", st.failed_step or "-"),
                 ("created", _ms(st.created_at)),
                 ("finished", _ms(st.finished_at)),
+                *((("damaged", st.damaged),) if st.damaged else ()),
             ):
                 click.echo(row(k, v))
             show(
@@ -107,7 +108,7 @@ def make_command(
                         s.attempts,
                         ",".join(s.depends_on) or "-",
                         s.job_id,
-                        (s.error or "-")[:200],
+                        (s.error or (f"damaged: {s.damaged}" if s.damaged else "-"))[:200],
                     ]
                     for s in st.steps.values()
                 ],

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigurationError
+from redis.exceptions import ResponseError
+
+from ...errors import ConfigurationError, JobStateError
 from ...options import check_text
 from . import lua
 from .explain import make_explainer
@@ -105,17 +107,34 @@ def set_public_id(q: JobQueue, public: PublicId) -> None:
 async def parent_results(q: JobQueue, jid: str) -> dict[str, ParentResult]:
     """The results of job ``jid``'s parents (``JobChainManager.parent_results``)."""
     client = await q.client()
-    parents = await client.lrange(q.keys.extra(f"dep-p:{jid}"), 0, MAX_PARENTS - 1)
+    list_key = q.keys.extra(f"dep-p:{jid}")
+    try:
+        parents = await client.lrange(list_key, 0, MAX_PARENTS - 1)
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        raise JobStateError(
+            f"the list of parents of job {jid!r} ({list_key}) holds another type than a list "
+            "(damaged by hand?): its parents' results cannot be read; repair or delete that key"
+        ) from None
     if not parents:
         return {}
     pipe = client.pipeline(transaction=False)
     for p in parents:
         pipe.hmget(q.keys.extra(f"dep:{_text(p)}"), "s", "st", "r", "e")
-    rows = await pipe.execute()
+    rows = await pipe.execute(raise_on_error=False)
     public = _PUBLIC.get(q)
     out: dict[str, ParentResult] = {}
-    for p, (step, st, raw, err) in zip(parents, rows, strict=True):
+    for p, row in zip(parents, rows, strict=True):
         pid = public(_text(p)) if public else _text(p)
+        if isinstance(row, ResponseError) and "WRONGTYPE" in str(row):
+            # One parent's record of another type: that parent reads as damaged.
+            why = f"its dependency record {q.keys.extra(f'dep:{_text(p)}')} holds another type"
+            out[pid] = ParentResult(pid, None, "damaged", None, why + " (damaged by hand?)")
+            continue
+        if isinstance(row, BaseException):
+            raise row
+        step, st, raw, err = row
         result = q.ctx.serializer.loads(raw, "result") if raw else None
         key = _text(step) if step else pid
         out[key] = ParentResult(

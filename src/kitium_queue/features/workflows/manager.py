@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from ...errors import ConfigurationError, JobNotFoundError, JobRefusedError, JobStateError
 from ...limits import get_logger
@@ -73,6 +74,18 @@ def _num(v: Any) -> int | None:
         return None if v in (None, b"", "") else int(v)
     except (TypeError, ValueError):
         return None
+
+
+def _read(reply: Any, key: str, problems: list[str]) -> Any:
+    """One reply of a pipeline run with ``raise_on_error=False``: a key of another type
+    (``WRONGTYPE``, a record damaged by hand) is None, with the damage noted in
+    ``problems``; any other error is raised."""
+    if isinstance(reply, ResponseError) and "WRONGTYPE" in str(reply):
+        problems.append(f"key {key} holds another type (damaged by hand?): delete or repair it")
+        return None
+    if isinstance(reply, BaseException):
+        raise reply
+    return reply
 
 
 def _full_ids(facade: Any, index: int) -> Callable[[str], str]:
@@ -255,6 +268,14 @@ class JobChainManager:
                 partition than the job's.
         """
         part, jid = self._split(check_text(job_id, "job_id", max_len=512))
+        if isinstance(dependencies, (str, bytes, Mapping)) or not isinstance(
+            dependencies, Iterable
+        ):
+            # A str is one id, not a list of its characters (each a job id).
+            raise ConfigurationError(
+                "wait_for_dependencies: dependencies must be a list of job ids, got "
+                f"{type(dependencies).__name__}"
+            )
         deps = [
             self._inner(part, d, job_id)
             for d in check_ids(list(dependencies), "wait_for_dependencies")
@@ -352,24 +373,32 @@ class JobChainManager:
         pipe = client.pipeline(transaction=False)
         pipe.hgetall(key(f"wf:{wid}"))
         pipe.hgetall(key(f"wf-s:{wid}"))
-        head, steps = await pipe.execute()
-        if not head:
+        # Keys of another type (damaged by hand) are reported, not raised (_read).
+        head_raw, steps_raw = await pipe.execute(raise_on_error=False)
+        damage: list[str] = []
+        head = _read(head_raw, key(f"wf:{wid}"), damage)
+        if not head and not damage:
             return None
+        steps = _read(steps_raw, key(f"wf-s:{wid}"), damage) or {}
+        head = head or {}
         ids = {_text(k): _text(v) for k, v in steps.items()}
         pipe = client.pipeline(transaction=False)
         for jid in ids.values():
             pipe.hmget(key(f"dep:{jid}"), "st", "ts", "f", "e")
             pipe.hmget(q.keys.job(jid), "st", "a", "ps", "f", "e", "ts")
             pipe.lrange(key(f"dep-p:{jid}"), 0, MAX_PARENTS - 1)
-        rows = await pipe.execute()
+        rows = await pipe.execute(raise_on_error=False)
         by_id = {v: k for k, v in ids.items()}
         out: dict[str, StepStatus] = {}
         counts: dict[str, int] = {}
         for i, (name, jid) in enumerate(ids.items()):
-            dep, job, parents = rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]
-            state = _text(dep[0]) or "missing"
+            bad: list[str] = []
+            dep = _read(rows[3 * i], key(f"dep:{jid}"), bad) or [None] * 4
+            job = _read(rows[3 * i + 1], q.keys.job(jid), bad) or [None] * 6
+            parents = _read(rows[3 * i + 2], key(f"dep-p:{jid}"), bad) or []
+            state = _text(dep[0]) or ("damaged" if bad else "missing")
             if state == "ready":
-                state = _text(job[0]) or ("waiting" if job[5] else "missing")
+                state = _text(job[0]) or ("damaged" if bad else "waiting" if job[5] else "missing")
             elif state == "failed" and _text(job[0]) == "dlq":
                 state = "dlq"
             counts[state] = counts.get(state, 0) + 1
@@ -384,10 +413,11 @@ class JobChainManager:
                 started_at=_num(job[2]),
                 finished_at=_num(dep[2]) or _num(job[3]),
                 error=_text(err) if err else None,
+                damaged="; ".join(bad) or None,
             )
         return WorkflowStatus(
             workflow_id=wid,
-            state=_text(head.get(b"st")) or "missing",
+            state=_text(head.get(b"st")) or ("damaged" if damage else "missing"),
             created_at=_num(head.get(b"ts")),
             finished_at=_num(head.get(b"f")),
             total=_num(head.get(b"n")) or len(out),
@@ -395,6 +425,7 @@ class JobChainManager:
             failed_step=_text(head.get(b"err")) or None,
             counts=counts,
             steps=out,
+            damaged="; ".join(damage) or None,
         )
 
     async def list_workflows(self, limit: int = 100, offset: int = 0) -> list[WorkflowSummary]:
@@ -421,14 +452,29 @@ async def _list(q: JobQueue, skip: int, n: int) -> list[WorkflowSummary]:
     """One queue's workflows, newest first."""
     client = await q.client()
     index = q.keys.extra("wfs")
-    wids = await client.zrevrange(index, skip, skip + n - 1)
+    try:
+        wids = await client.zrevrange(index, skip, skip + n - 1)
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        raise JobStateError(
+            f"the index of workflows {index} holds another type than a sorted set (damaged "
+            "by hand?): delete it (the workflows themselves are kept, unlisted), then list "
+            "again"
+        ) from None
     pipe = client.pipeline(transaction=False)
     for w in wids:
         pipe.hmget(q.keys.extra(f"wf:{_text(w)}"), "st", "ts", "f", "n", "left")
-    rows = await pipe.execute()
+    rows = await pipe.execute(raise_on_error=False)
     out: list[WorkflowSummary] = []
     gone: list[Any] = []
-    for w, r in zip(wids, rows, strict=True):
+    for w, reply in zip(wids, rows, strict=True):
+        bad: list[str] = []
+        r = _read(reply, q.keys.extra(f"wf:{_text(w)}"), bad)
+        if bad:
+            # A record of another type: listed as damaged, the others as they are.
+            out.append(WorkflowSummary(_text(w), "damaged", None, None, 0, 0, bad[0]))
+            continue
         if r[0] is None:
             gone.append(w)
             continue

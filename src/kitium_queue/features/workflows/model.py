@@ -242,9 +242,10 @@ def plan(
 class ParentResult:
     """What one parent left for its dependent (``JobChainManager.parent_results``).
 
-    ``status``: ``completed`` or ``failed`` (a parent with ``on_failure="continue"``);
-    ``result``: its decoded result (as stored: an encrypted result stays sealed);
-    ``error``: its failure reason when it failed.
+    ``status``: ``completed`` or ``failed`` (a parent with ``on_failure="continue"``), or
+    ``damaged`` when its dependency record holds another type (written by hand; ``error``
+    says which key); ``result``: its decoded result (as stored: an encrypted result
+    stays sealed); ``error``: its failure reason when it failed.
     """
 
     job_id: str
@@ -258,7 +259,9 @@ class ParentResult:
 class StepStatus:
     """One step: ``state`` is ``pending`` (parents unfinished), ``waiting``, ``delayed``,
     ``active``, ``completed``, ``failed``, ``dlq`` (failed, replayable), ``skipped`` or
-    ``cancelled``. Times are ms since the epoch (Redis clock)."""
+    ``cancelled`` (``damaged``: a record of it holds another type, written by hand, and
+    nothing else tells its state). Times are ms since the epoch (Redis clock).
+    ``damaged``: what is wrong with the step's records, or None."""
 
     name: str
     job_id: str
@@ -269,13 +272,16 @@ class StepStatus:
     started_at: int | None
     finished_at: int | None
     error: str | None
+    damaged: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class WorkflowStatus:
     """A workflow at a glance: ``state`` is ``running``, ``completed``, ``failed`` or
     ``cancelled``; ``counts`` the steps per state; ``failed_step`` the step that failed
-    it; ``steps`` every step by name (in the order they were declared, parents first)."""
+    it; ``steps`` every step by name (in the order they were declared, parents first).
+    ``damaged``: what is wrong with the workflow's own records (keys of another type,
+    written by hand), or None; its ``state`` is then ``damaged`` when unreadable."""
 
     workflow_id: str
     state: str
@@ -286,6 +292,7 @@ class WorkflowStatus:
     created_at: int | None
     finished_at: int | None
     steps: dict[str, StepStatus]
+    damaged: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the CLI's ``--json``)."""
@@ -294,7 +301,8 @@ class WorkflowStatus:
 
 @dataclass(frozen=True, slots=True)
 class WorkflowSummary:
-    """One row of ``list_workflows``."""
+    """One row of ``list_workflows`` (``damaged``: what is wrong with its record, a key
+    of another type written by hand; its ``state`` is then ``damaged``)."""
 
     workflow_id: str
     state: str
@@ -302,6 +310,7 @@ class WorkflowSummary:
     finished_at: int | None
     total: int
     unfinished: int
+    damaged: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the CLI's ``--json``)."""

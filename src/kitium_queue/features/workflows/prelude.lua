@@ -30,6 +30,42 @@
   local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }
   local POLICIES = { fail_workflow = true, continue = true, skip = true }
 
+  -- Records of other jobs and workflows are read through these: a key overwritten with
+  -- another type (damaged by hand) reads as missing, so it is skipped and never fails a
+  -- script (or a slot fragment) half way, after writes made for the jobs before it.
+  local function field(key, name)
+    local v = redis.pcall('HGET', key, name)
+    if type(v) ~= 'string' then return nil end
+    return v
+  end
+
+  local function fields(key, ...)
+    local v = redis.pcall('HMGET', key, ...)
+    if v.err then return {} end
+    return v
+  end
+
+  local function members(key)
+    local v = redis.pcall('SMEMBERS', key)
+    if v.err then return {} end
+    return v
+  end
+
+  local function hvals(key)
+    local v = redis.pcall('HVALS', key)
+    if v.err then return {} end
+    return v
+  end
+
+  -- Why key `key` (a record of this feature, of type `want`) cannot be used: nil when it
+  -- is of that type or absent. Checked by the admin scripts before their first write.
+  local function damaged(key, want)
+    local t = key_type(key)
+    if t == want or t == 'none' then return nil end
+    return 'KQ_BAD_STATE key ' .. key .. ' holds a ' .. t .. ', not a ' .. want ..
+      ' (damaged by hand?); nothing was written. Delete or repair that key, then try again'
+  end
+
   local function clip(s)
     if type(s) ~= 'string' then return 'failed' end
     if #s > ERR_MAX then return string.sub(s, 1, ERR_MAX) end
@@ -87,7 +123,7 @@
     local ps = redis.call('LRANGE', DEPP .. id, 0, MAX_LINKS - 1)
     local out = {}
     for i = 1, #ps do
-      local c = redis.call('HGET', DEP .. ps[i], 'rc')
+      local c = field(DEP .. ps[i], 'rc')
       if c then out[#out + 1] = c end
     end
     return out
@@ -113,20 +149,22 @@
   -- that forward events: webhooks), and logged for the in-process report (events.py).
   local function log_event(name, wid, step)
     feature_event(name, wid, 'workflow_id', wid, 'step', step or '')
-    redis.call('XADD', WFLOG, 'MAXLEN', '~', 10000, '*', 'e', name, 'w', wid, 's', step or '')
+    -- pcall: a log key damaged by hand loses this line, and fails nothing after writes.
+    redis.pcall('XADD', WFLOG, 'MAXLEN', '~', 10000, '*', 'e', name, 'w', wid, 's', step or '')
   end
 
   -- A workflow ended (no unfinished step left): completed unless it failed or was
   -- cancelled; its records expire RETAIN ms from now.
   local function wf_end(wid)
     local wk = WF .. wid
+    if key_type(wk) ~= 'hash' then return end
     local st = redis.call('HGET', wk, 'st')
     if st == 'running' then
       redis.call('HSET', wk, 'st', 'completed')
       log_event('workflow-completed', wid)
     end
     redis.call('HSET', wk, 'f', NOW_S)
-    local ids = redis.call('HVALS', WFS .. wid)
+    local ids = hvals(WFS .. wid)
     for i = 1, #ids do
       redis.call('PEXPIRE', DEP .. ids[i], RETAIN)
       redis.call('PEXPIRE', DEPP .. ids[i], RETAIN)
@@ -138,7 +176,7 @@
 
   local function wf_left(wid, delta)
     local wk = WF .. wid
-    if redis.call('EXISTS', wk) == 0 then return end
+    if key_type(wk) ~= 'hash' then return end
     local left = num(redis.call('HGET', wk, 'left')) + delta
     if left < 0 then left = 0 end
     redis.call('HSET', wk, 'left', int(left))
@@ -166,7 +204,7 @@
 
   -- Whether job `id` has not started: waiting, delayed, parked, or its record is gone.
   local function unstarted(id)
-    local st = redis.call('HGET', job_key(id), 'st')
+    local st = field(job_key(id), 'st')
     return not (st == 'active' or st == 'completed' or st == 'failed' or st == 'dlq')
   end
 
@@ -176,7 +214,8 @@
   -- removal too, then finds it finished and applies no policy.
   local function drop_job(id)
     local jk = job_key(id)
-    if redis.call('EXISTS', jk) == 0 then return end
+    -- Gone, or damaged (another type: left in place for remove_job, never read here).
+    if key_type(jk) ~= 'hash' then return end
     remove_unstarted(id, jk)
     emit('job-removed', id)
   end
@@ -186,21 +225,22 @@
   -- timer of 'wp:<id>' in chunks, without scanning anything). `ctx`: the context its
   -- run left (or nil), added to the run links of each dependent waiting for it.
   local function release_kids(id, ctx)
-    local kids = redis.call('SMEMBERS', DEPC .. id)
+    local kids = members(DEPC .. id)
     local links = ctx and { ctx } or nil
     for i = 1, #kids do
       local c = kids[i]
       local ck = DEP .. c
-      local st = redis.call('HGET', ck, 'st')
+      -- A dependent whose record is damaged is skipped: the others are still released.
+      local st = field(ck, 'st')
       if st == 'pending' or st == 'cancelled' then
-        local np = num(redis.call('HGET', ck, 'np')) - 1
+        local np = num(field(ck, 'np')) - 1
         if np < 0 then np = 0 end
         redis.call('HSET', ck, 'np', int(np))
         if links and st == 'pending' then add_links(c, links) end
         if np == 0 and st == 'pending' then
           redis.call('HSET', ck, 'st', 'ready')
           local own = 'wn:' .. c
-          if redis.call('HGET', job_key(c), 'pk') == own then unpark(own, 1) end
+          if field(job_key(c), 'pk') == own then unpark(own, 1) end
         end
       end
     end
@@ -216,11 +256,11 @@
   local function close_dependents(id, state, why)
     local todo, i = { id }, 1
     while i <= #todo do
-      local kids = redis.call('SMEMBERS', DEPC .. todo[i])
+      local kids = members(DEPC .. todo[i])
       i = i + 1
       for k = 1, #kids do
         local c = kids[k]
-        local st = redis.call('HGET', DEP .. c, 'st')
+        local st = field(DEP .. c, 'st')
         if st and not TERMINAL[st] and unstarted(c) then
           close_step(c, state, why)
           drop_job(c)
@@ -232,7 +272,7 @@
 
   local function mark_failed(wid, step)
     local wk = WF .. wid
-    if redis.call('HGET', wk, 'st') == 'running' then
+    if field(wk, 'st') == 'running' then
       redis.call('HSET', wk, 'st', 'failed', 'err', step or '')
       log_event('workflow-failed', wid, step)
     end
@@ -241,13 +281,13 @@
   -- A failed workflow: every step that has not started is removed and closed as
   -- cancelled, keeping its definition (a replay of the failed step revives it).
   local function cancel_rest(wid, why, keep)
-    local ids = redis.call('HVALS', WFS .. wid)
+    local ids = hvals(WFS .. wid)
     for i = 1, #ids do
       local sid = ids[i]
       local dk = DEP .. sid
-      local st = redis.call('HGET', dk, 'st')
+      local st = field(dk, 'st')
       if (st == 'pending' or st == 'ready') and unstarted(sid) then
-        local d = redis.call('HMGET', job_key(sid), 'n', 'd', 'o', 'p', 'q')
+        local d = fields(job_key(sid), 'n', 'd', 'o', 'p', 'q')
         if keep and d[1] then
           redis.call('HSET', dk, 'sn', d[1], 'sd', d[2] or '', 'so', d[3] or '',
             'sp', d[4] or '0', 'sq', d[5] or '0')
@@ -281,12 +321,12 @@
   -- failure cancelled come back (parked until their parents finish, or to wait).
   local function revive(wid)
     local wk = WF .. wid
-    if redis.call('HGET', wk, 'st') ~= 'failed' then return end
+    if field(wk, 'st') ~= 'failed' then return end
     redis.call('HSET', wk, 'st', 'running')
     redis.call('HDEL', wk, 'f', 'err')
     redis.call('PERSIST', wk)
     redis.call('PERSIST', WFS .. wid)
-    local ids = redis.call('HVALS', WFS .. wid)
+    local ids = hvals(WFS .. wid)
     local back = 0
     for i = 1, #ids do
       local sid = ids[i]
@@ -294,7 +334,7 @@
       redis.call('PERSIST', dk)
       redis.call('PERSIST', DEPP .. sid)
       redis.call('PERSIST', DEPC .. sid)
-      local d = redis.call('HMGET', dk, 'st', 'sn', 'sd', 'so', 'sp', 'sq', 'np')
+      local d = fields(dk, 'st', 'sn', 'sd', 'so', 'sp', 'sq', 'np')
       local jk = job_key(sid)
       if d[1] == 'cancelled' and d[2] and redis.call('EXISTS', jk) == 0 then
         local pri = arg_int(d[5], 0, 0, 65535)
@@ -303,7 +343,8 @@
         if d[4] and d[4] ~= '' then redis.call('HSET', jk, 'o', d[4]) end
         -- Its run links, rebuilt: its finished parents' contexts; present when it has
         -- dependents.
-        if redis.call('SCARD', DEPC .. sid) > 0 then redis.call('HSET', jk, 'fw', '') end
+        local nk = redis.pcall('SCARD', DEPC .. sid)
+        if type(nk) == 'number' and nk > 0 then redis.call('HSET', jk, 'fw', '') end
         add_links(sid, parent_contexts(sid))
         redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'e', 'f')
         local score = int(wait_score(pri, num(d[6])))
@@ -358,13 +399,19 @@
 
   -- Whether job `id` is a step wf_create is writing now (it recorded the step first).
   local function preset(id, wid, step)
-    return redis.call('HGET', WFS .. wid, step) == id
-      and redis.call('HGET', DEP .. id, 'w') == wid
+    return field(WFS .. wid, step) == id and field(DEP .. id, 'w') == wid
   end
 
   -- Why job `id` cannot join workflow `wid` as step `step` (nil: it can). Reads only.
   local function join_refusal(id, wid, step)
     if preset(id, wid, step) then return nil end
+    for _, k in ipairs({ WF .. wid, WFS .. wid }) do
+      local t = key_type(k)
+      if t ~= 'hash' and t ~= 'none' then
+        return "workflow '" .. wid .. "' is damaged: key " .. k .. ' holds a ' .. t ..
+          ', not a hash; the job was not added. Delete or repair that key'
+      end
+    end
     local st = redis.call('HGET', WF .. wid, 'st')
     if st ~= 'running' then
       return "workflow '" .. wid .. "' is not running (" .. (st or 'no such workflow') ..
@@ -395,7 +442,11 @@
       local p = deps[i]
       if type(p) ~= 'string' or p == '' then return 'depends_on holds a value that is not a job id' end
       if p == id then return 'job ' .. p .. ' cannot depend on itself' end
-      local f = redis.call('HMGET', DEP .. p, 'st', 'pol')
+      local f = redis.pcall('HMGET', DEP .. p, 'st', 'pol')
+      if f.err then
+        return 'depends on job ' .. p .. ', whose dependency record ' .. DEP .. p ..
+          ' is damaged (it holds another type than a hash); delete or repair that key'
+      end
       local st = f[1]
       if st == 'skipped' or st == 'cancelled' or (st == 'failed' and f[2] ~= 'continue') then
         return 'depends on job ' .. p .. ', which ' .. (st == 'failed' and 'failed' or ('was ' .. st))
@@ -405,12 +456,21 @@
           return 'depends on job ' .. p .. ', which does not exist (a finished job whose ' ..
             'record was removed cannot be depended on)'
         end
-        local js = redis.call('HGET', job_key(p), 'st')
+        local js = redis.pcall('HGET', job_key(p), 'st')
+        if type(js) == 'table' then
+          return 'depends on job ' .. p .. ', whose record is damaged (its key holds ' ..
+            'another type than a hash)'
+        end
         if js == 'failed' or js == 'dlq' then
           return 'depends on job ' .. p .. ', which failed'
         end
       end
-      if redis.call('SCARD', DEPC .. p) >= MAX_KIDS then
+      local nk = redis.pcall('SCARD', DEPC .. p)
+      if type(nk) ~= 'number' then
+        return 'depends on job ' .. p .. ', whose list of dependents ' .. DEPC .. p ..
+          ' is damaged (it holds another type than a set); delete or repair that key'
+      end
+      if nk >= MAX_KIDS then
         return 'job ' .. p .. ' already has ' .. MAX_KIDS .. ' dependents, the most it may have'
       end
     end
@@ -452,7 +512,7 @@
           mark_followed(p)
           if not first then first = p end
         elseif #links < MAX_LINKS then
-          local c = redis.call('HGET', DEP .. p, 'rc')
+          local c = field(DEP .. p, 'rc')
           if c then links[#links + 1] = c end
         end
       end

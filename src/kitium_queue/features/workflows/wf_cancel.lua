@@ -5,7 +5,9 @@
   ARGV[1..3]: shared prefix, now, events maxlen.  ARGV[4] workflow id.
   Every step that has not started is removed and closed as cancelled (for good: a
   replay does not bring it back); running steps finish, and release nothing new.
-  Returns { state, steps cancelled, ids of running steps } | { 'missing' }.
+  Returns { state, steps cancelled, ids of running steps } | { 'missing' }; KQ_BAD_STATE
+  (nothing written) when the workflow's record or step index holds another type. A step
+  whose own records are damaged is skipped.
   Events: workflow-cancelled (also on wf-log).
 ]]
 --@include lib_base
@@ -19,6 +21,9 @@
 local wid = ARGV[4]
 if wid == nil or wid == '' then return bad_arg('wf_cancel', 'empty workflow id') end
 local wk = WF .. wid
+-- Its records damaged by hand (another type): refused before anything is written.
+local bad = damaged(wk, 'hash') or damaged(WFS .. wid, 'hash')
+if bad then return redis.error_reply(bad) end
 local st = redis.call('HGET', wk, 'st')
 if not st then return { 'missing' } end
 if st == 'completed' or st == 'cancelled' then return { st, 0, {} } end
@@ -29,8 +34,7 @@ cancel_rest(wid, 'workflow ' .. wid .. ' was cancelled', false)
 local ids = redis.call('HVALS', WFS .. wid)
 local running = {}
 for i = 1, #ids do
-  if redis.call('HGET', DEP .. ids[i], 'st') == 'ready'
-      and redis.call('HGET', job_key(ids[i]), 'st') == 'active' then
+  if field(DEP .. ids[i], 'st') == 'ready' and field(job_key(ids[i]), 'st') == 'active' then
     running[#running + 1] = ids[i]
   end
 end

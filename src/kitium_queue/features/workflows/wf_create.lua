@@ -12,7 +12,8 @@
   accept and enqueue slots): roots to wait, the others parked behind their first
   unfinished parent. A step another
   feature refuses is failed at once (its on_failure applies).
-  Returns { 'ok', n } | { 'exists', workflow id } | { 'taken', job id }.
+  Returns { 'ok', n } | { 'exists', workflow id } | { 'taken', job id }; KQ_BAD_STATE
+  (nothing written) when the index of workflows holds another type than a sorted set.
 ]]
 --@include lib_base
 --@include lib_events
@@ -37,6 +38,9 @@ for j = 0, n - 1 do
   end
   parents[j] = ps
 end
+-- The index damaged by hand (another type): refused before anything is written.
+local bad = damaged(WFI, 'zset')
+if bad then return redis.error_reply(bad) end
 if redis.call('EXISTS', WF .. wid) == 1 or redis.call('ZSCORE', WFI, wid) then
   return { 'exists', wid }
 end
