@@ -236,3 +236,25 @@ def test_regions_status_of_a_copy_with_a_damaged_record(
     plain = CliRunner().invoke(main, ["regions", "status", cli_app])
     assert plain.exit_code == 0, plain.output
     assert "damaged" in plain.stdout and "unexpected error" not in plain.output
+
+
+async def test_a_region_record_with_bytes_that_are_not_utf8_is_read_not_a_dead_region(
+    redis_url: str, prefix: str
+) -> None:
+    # Before: UnicodeDecodeError in Record.parse, so the health check saw the region as
+    # unreachable (and a primary read that way could set off a failover).
+    from kitium_queue.features.regions.config import RegionConfig
+    from kitium_queue.features.regions.record import RegionCopy
+
+    cfg = RegionConfig("eu", redis_url)
+    copy = RegionCopy(cfg, f"{prefix}-rg", {"prefix": prefix}, timeout_s=5.0)
+    try:
+        first = await copy.check()
+        assert first is not None and copy.reachable
+        client = await copy.lane.client()
+        await client.hset(copy.lane.keys.extra("rg"), mapping={"vfor": b"\xff\xfe", "src": b"\x80"})
+        rec = await copy.check()
+        assert copy.reachable and rec is not None and rec.region == "eu"
+        assert rec.vfor == "\\xff\\xfe" and rec.src == "\\x80"
+    finally:
+        await copy.close()

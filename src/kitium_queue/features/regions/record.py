@@ -20,7 +20,10 @@ __all__ = ["Record", "RegionCopy", "home_name"]
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
+    # Leniently: a field damaged by hand with bytes that are not UTF-8 reads as escaped
+    # text (never equal to a configured region name, as in the script's byte compares),
+    # not as an error that would make a live region look unreachable.
+    return v.decode("utf-8", "backslashreplace") if isinstance(v, (bytes, bytearray)) else str(v)
 
 
 def _int(v: Any) -> int | None:
