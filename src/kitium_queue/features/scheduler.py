@@ -61,6 +61,8 @@ _NO_FEED_IDLE_S = 1.0
 _BATCH = 100
 MAX_TICKS_PER_FIRE = 1000
 _BROKEN_RETRY_MS = 60_000
+# Most damaged schedules a round reads past (beyond _BATCH) to reach sound ones.
+_MAX_BROKEN_ROOM = 1000
 
 
 def plan_ticks(
@@ -266,8 +268,13 @@ class Scheduler:
         head = list(q.argv_head())
         if now_ms is not None:
             head[1] = str(now_ms)
-        reply = await q.scripts.call(client, "schedule_due", q.keys.all, (*head, _BATCH))
+        # Room for the damaged schedules this scheduler skips as well: they stay due (so
+        # they are reported until removed) and would otherwise fill every batch ahead of
+        # sound schedules due later.
+        batch = _BATCH + min(len(self._broken), _MAX_BROKEN_ROOM)
+        reply = await q.scripts.call(client, "schedule_due", q.keys.all, (*head, batch))
         now, after = int(reply[0]), int(reply[1])
+        self._broken = {m: until for m, until in self._broken.items() if until > now}
         calls: list[ScriptCall] = []
         plans: list[tuple[str, dict[str, Any]]] = []
         for i in range(2, len(reply), 5):
@@ -328,7 +335,9 @@ class Scheduler:
             plans.append((sid, defn))
         wait: int | None = None if after < 0 else max(0, after - now)
         if not calls:
-            return wait
+            # A full batch of schedules that are all damaged says "more due now": there is
+            # nothing this round could fire, so look again in a second, not at once.
+            return None if wait is None else (max(wait, 1000) if after <= now else wait)
         replies = await q.scripts.pipeline(client, calls)
         for (sid, defn), r in zip(plans, replies, strict=True):
             if isinstance(r, _NET_ERRORS):

@@ -411,6 +411,23 @@ class Replicator:
         return Lag(int(behind) + pending, age, pending, last)
 
 
+# When each damaged schedule was last reported (monotonic s): the copy runs every few
+# seconds, the warning at most every _REPORT_EVERY_S per schedule.
+_reported: dict[tuple[str, bytes], float] = {}
+_REPORT_EVERY_S = 600.0
+
+
+def _first_report(what: tuple[str, bytes]) -> bool:
+    """Whether to report ``what`` now (not reported in the last ``_REPORT_EVERY_S``)."""
+    now = time.monotonic()
+    if now - _reported.get(what, -_REPORT_EVERY_S) < _REPORT_EVERY_S:
+        return False
+    if len(_reported) >= 10_000:
+        _reported.clear()
+    _reported[what] = now
+    return True
+
+
 async def copy_schedules(source: JobQueue, target: JobQueue) -> int:
     """Copy every schedule of ``source`` to ``target`` (and delete the others there).
 
@@ -433,13 +450,14 @@ async def copy_schedules(source: JobQueue, target: JobQueue) -> int:
         if len(h) > _SCHEDULE_FIELDS:
             problems.append(f"its hash holds {len(h)} fields, more than a schedule has")
         if problems:
-            log.warning(
-                "queue %s: schedule %s not copied to the other regions: %s; remove it "
-                "and declare it again",
-                source.name,
-                shown(sid.decode("utf-8", "backslashreplace")),
-                "; ".join(problems),
-            )
+            if _first_report((source.name, sid)):
+                log.warning(
+                    "queue %s: schedule %s not copied to the other regions: %s; remove "
+                    "it and declare it again (said again in 10 minutes while it stays)",
+                    source.name,
+                    shown(sid.decode("utf-8", "backslashreplace")),
+                    "; ".join(problems),
+                )
             continue
         if not h:
             continue
