@@ -32,6 +32,7 @@ from kitium_queue.errors import (
     ConfigurationError,
     JobRefusedError,
     KitiumQueueError,
+    SerializationError,
 )
 from kitium_queue.features.access import AccessControlManager
 from kitium_queue.features.tenancy import TenantConfig, TenantRegistry
@@ -91,6 +92,19 @@ async def test_result_reads_skip_idempotency_keys_of_another_type(
     found = await idem.get_execution_result("k4")
     assert found is not None and found.result == {"done": True}
     assert await idem.clean_expired() == 0
+
+
+async def test_a_stored_result_that_cannot_be_decoded_names_its_key(
+    make_queue: QueueFactory, redis_client: aioredis.Redis
+) -> None:
+    q = make_queue("idemgarbage")
+    idem = IdempotencyManager(q)
+    await redis_client.hset(q.keys.extra("idem-r:k5"), mapping={"id": "j5", "r": b"\xff{not"})
+    with pytest.raises(SerializationError) as info:
+        await idem.get_result("k5")
+    text = str(info.value)
+    assert "idempotency key 'k5'" in text and q.keys.extra("idem-r:k5") in text
+    assert "Delete the Redis key" in text
 
 
 # ------------------------------------------------------------------ access control

@@ -39,7 +39,7 @@ from ...enums import DeliveryGuarantee, JobStatus
 from ...errors import ConfigurationError, SerializationError
 from ...job import JobInfo
 from ...limits import get_logger
-from ...options import check_text, to_ms
+from ...options import check_text, shown, to_ms
 from ...queries import check_reads
 
 if TYPE_CHECKING:
@@ -359,7 +359,15 @@ def _stored(q: JobQueue, key: str, raw: Mapping[bytes, bytes], source: str) -> E
     g = raw.get
     f = _text(g(b"f"))
     job_id, name = _text(g(b"id")) or "", _text(g(b"n")) or ""
-    result = q.serializer.loads(g(b"r") or b"", "result")
+    try:
+        result = q.serializer.loads(g(b"r") or b"", "result")
+    except SerializationError as exc:
+        where = q.keys.extra((RESULT_PREFIX if source == "stored" else _RECORD_PREFIX) + key)
+        raise SerializationError(
+            f"the result {source} under idempotency key {shown(key)} cannot be decoded "
+            f"({exc}): it was not written by this queue's serializer, or was damaged. "
+            f"Delete the Redis key {shown(where)} to forget it"
+        ) from None
     try:
         opts = orjson.loads(g(b"o") or b"{}")
     except orjson.JSONDecodeError:
