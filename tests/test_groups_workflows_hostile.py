@@ -230,6 +230,29 @@ async def test_group_reads_say_a_key_is_damaged(
             await call
 
 
+async def test_a_job_of_a_group_whose_key_is_damaged_is_refused_not_ungrouped(
+    make_queue: QueueFactory, redis_client: redis.asyncio.Redis
+) -> None:
+    # Before: the accept check failed (recorded in slot-errors only), the job was added
+    # without its group and ran outside the group's order.
+    q, groups = _groups(make_queue)
+    await groups.add_to_group("x", {}, "g1")
+    await _break(redis_client, q.keys.extra("grp:g1"))
+    with pytest.raises(JobRefusedError, match=r"message group g1: its key .*grp:g1 holds another"):
+        await groups.add_to_group("x", {"i": 2}, "g1")
+    with pytest.raises(JobRefusedError) as info:
+        await q.add_jobs(
+            [
+                {"name": "x", "data": {"i": 3}, "opts": {"message_group_id": "g2"}},
+                {"name": "x", "data": {"i": 4}, "opts": {"message_group_id": "g1"}},
+            ]
+        )
+    ok, refused = info.value.ids
+    assert ok is not None and refused is None  # the other group's job went in
+    stats = await q.get_stats()  # the first g1 job and the g2 job, no ungrouped one
+    assert stats.waiting + stats.pending + stats.delayed == 2
+
+
 @pytest.mark.parametrize("cursor", ["0|a\ud800", "0|a\x00", "0|a\n"])
 async def test_a_bad_list_groups_cursor_is_a_configuration_error(
     make_queue: QueueFactory, cursor: Any

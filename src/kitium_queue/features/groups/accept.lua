@@ -7,7 +7,14 @@
   return function(id, name, opts, state)
     local g = group_of(opts)
     if not g then return nil end
-    local f = redis.call('HMGET', GP .. g, 'max', 'n')
+    -- pcall: a group key of another type (written by hand) refuses the job, never lets
+    -- it in outside its group's order (the enqueue fragment could not mark it).
+    local f = redis.pcall('HMGET', GP .. g, 'max', 'n')
+    if f.err then
+      return 'message group ' .. g .. ': its key ' .. GP .. g .. ' holds another type ' ..
+        '(damaged by hand?); the job was not added. Delete or repair that key, then ' ..
+        'add the job again'
+    end
     local max = arg_int(f[1], DEFAULT_MAX, 0, 1000000000)
     local n = num(f[2])
     if max > 0 and n >= max then
