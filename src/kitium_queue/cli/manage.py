@@ -128,7 +128,7 @@ _BREAKER_COLUMNS = [
 def _breaker_fields(st: Any) -> list[object]:
     return [
         st.config.id,
-        st.state,
+        f"{st.state.value} (damaged)" if st.damaged else st.state,
         when(st.since_ms),
         st.requests,
         st.failures,
@@ -161,6 +161,9 @@ def _show_breakers(as_json: bool, items: list[Any]) -> None:
     else:
         for st in items:
             click.echo(_breaker_row(st))
+    for st in items:  # what is damaged in Redis, and how to repair it
+        if st.damaged:
+            click.echo(row("damaged", st.config.id, st.damaged))
 
 
 def _manager(q: Any) -> Any:

@@ -16,7 +16,11 @@ last few again; ``FeatureEvent.event_id`` tells them apart).
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
 
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, LeaderService
@@ -36,6 +40,10 @@ EVENT_NAME = "breaker-state"
 SERVICE_NAME = "breaker-events"
 #: Log entries reported per read.
 _BATCH = 100
+#: What a stream entry id looks like (``<ms>-<seq>``).
+_ENTRY_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
+#: Seconds between two warnings about a damaged log or cursor.
+_WARN_EVERY = 60.0
 
 
 def report(queue: JobQueue, change: BreakerTransition) -> None:
@@ -90,6 +98,36 @@ class BreakerEvents(LeaderService):
         self.interval_s = max(10, interval_ms) / 1000
         self.log_key = queue.keys.extra("cb:log")
         self.cursor_key = queue.keys.extra("cb:cursor")
+        self._warned = -1e9
+
+    def _warn(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._warned >= _WARN_EVERY:
+            self._warned = now
+            log.warning("breaker events: %s", what)
+
+    async def _start(self, client: Any) -> str:
+        """The saved position; a damaged one (another type, no entry id) starts again
+        from the latest change (changes since it was saved are not reported)."""
+        try:
+            raw = await client.get(self.cursor_key)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            raw = b"?"
+        cursor = _sid(raw) if raw is not None else ""
+        if cursor and _ENTRY_ID.fullmatch(cursor):
+            return cursor
+        if cursor:
+            self._warn(
+                f"{self.cursor_key} holds no log position (damaged or written by hand); "
+                "reporting goes on from the latest change and the key is written again"
+            )
+        # First leader ever: report changes from now on.
+        last = await client.xrevrange(self.log_key, count=1)
+        cursor = _sid(last[0][0]) if last else "0-0"
+        await client.set(self.cursor_key, cursor)
+        return cursor
 
     async def _body(self, term: int) -> None:
         client = await self.queue.client()
@@ -97,17 +135,21 @@ class BreakerEvents(LeaderService):
         while True:
             try:
                 if cursor is None:
-                    raw = await client.get(self.cursor_key)
-                    cursor = raw.decode() if isinstance(raw, bytes) else (raw or "")
-                    if not cursor:
-                        # First leader ever: report changes from now on.
-                        last = await client.xrevrange(self.log_key, count=1)
-                        cursor = _sid(last[0][0]) if last else "0-0"
-                        await client.set(self.cursor_key, cursor)
+                    cursor = await self._start(client)
                 got = await self.poll(client, cursor)
             except NET_ERRORS as exc:
                 log.warning("breaker events: Redis unreachable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)
+                continue
+            except ResponseError as exc:
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                self._warn(
+                    f"{self.log_key} holds another Redis type, not a stream: state changes "
+                    "are not reported. Repair: delete that key (DEL)"
+                )
+                cursor = None
+                await asyncio.sleep(max(self.interval_s, 1.0))
                 continue
             if got is not None:
                 cursor = got
@@ -129,4 +171,4 @@ class BreakerEvents(LeaderService):
 
 
 def _sid(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)

@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import secrets
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from redis.exceptions import ResponseError
 
 from ...enums import CircuitBreakerState
 from ...errors import (
@@ -33,6 +36,7 @@ from .model import (
     check_threshold,
     parse_config,
 )
+from .model import _text as _s
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -53,8 +57,25 @@ MAX_LISTED = 1000
 _INSTALLED: weakref.WeakKeyDictionary[Any, CircuitBreakerManager] = weakref.WeakKeyDictionary()
 
 
-def _s(v: Any) -> str:
-    return v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
+#: Seconds between two warnings about the same damaged key.
+_WARN_EVERY = 60.0
+_warned: dict[str, float] = {}
+
+
+def warn_damaged(what: str) -> None:
+    """Log a damaged breaker key (``what`` says which and how to repair it), at most
+    once a minute for the same text."""
+    now = time.monotonic()
+    if now - _warned.get(what, -1e9) < _WARN_EVERY:
+        return
+    if len(_warned) > 1000:
+        _warned.clear()
+    _warned[what] = now
+    log.warning("circuit breakers: %s", clip(printable(what), 1000))
+
+
+def _wrong_type(exc: ResponseError) -> bool:
+    return str(exc).startswith("WRONGTYPE")
 
 
 def _normalize_option(value: Any, section: str) -> str:
@@ -101,6 +122,8 @@ class CircuitBreaker:
         if status == "open":
             self.manager.count("breaker.rejected", self.id)
             raise CircuitOpenError(self.id, _s(reply[1]), int(reply[2]))
+        if len(reply) > 2 and _s(reply[1]) == "damaged":
+            warn_damaged(_s(reply[2]))  # runs as if the breaker were not there
         kind = "neutral"
         try:
             if inspect.iscoroutinefunction(fn):
@@ -241,10 +264,21 @@ class CircuitBreakerManager:
     ) -> T:
         return await self.queue.admin.execute(command, args, action)
 
-    async def _view(self, breaker_id: str, reply: list[Any]) -> BreakerStats:
-        if _s(reply[0]) == "missing":
+    async def _view(
+        self, breaker_id: str, reply: list[Any], *, change: bool = False
+    ) -> BreakerStats:
+        status = _s(reply[0])
+        if status == "missing":
             raise self.not_found(breaker_id)
-        return BreakerStats.parse(breaker_id, reply)
+        if status == "damaged" and change:
+            raise ConfigurationError(
+                f"circuit breaker {breaker_id!r} of queue {self.queue.name!r} was not "
+                f"changed: {clip(_s(reply[1]), 500)}"
+            )
+        st = BreakerStats.parse(breaker_id, reply)
+        if st.damaged:
+            warn_damaged(st.damaged)
+        return st
 
     # ------------------------------------------------------------------ definitions
     async def create_breaker(
@@ -276,6 +310,11 @@ class CircuitBreakerManager:
                 "1" if replace else "0",
             )
             status = _s(reply[0])
+            if status == "damaged":
+                raise ConfigurationError(
+                    f"circuit breaker {cfg.id!r} of queue {self.queue.name!r} was not "
+                    f"defined: {clip(_s(reply[1]), 500)}"
+                )
             if status == "exists":
                 raise ConfigurationError(
                     f"circuit breaker {cfg.id!r} already exists in queue "
@@ -332,19 +371,44 @@ class CircuitBreakerManager:
         """``list_breakers`` without the read guards: for the library's own reads on
         the application's behalf (the alerts' leader), never for a caller's."""
         client = await self.queue.client()
-        ids = [
-            _s(i) for i in await client.zrange(self.queue.keys.extra("cb:ids"), 0, MAX_LISTED - 1)
-        ]
+        key = self.queue.keys.extra("cb:ids")
+        try:
+            raw = await client.zrange(key, 0, MAX_LISTED - 1)
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            warn_damaged(
+                f"{key} holds another Redis type, not a sorted set: no breaker can be "
+                "listed. Repair: delete that key, then create_breaker(..., replace=True) "
+                "each breaker to list it again"
+            )
+            return []
+        ids = []
+        for i in raw:
+            try:  # an entry written by hand may be no breaker id at all
+                ids.append(check_breaker_id(_s(i)))
+            except ConfigurationError:
+                warn_damaged(
+                    f"{key} holds an entry that is no breaker id ({clip(repr(_s(i)), 60)}); "
+                    "it is skipped. Repair: remove it (ZREM)"
+                )
         if not ids:
             return []
         calls = [self.queue.call(SCRIPT_NAME, ["get", i]) for i in ids]
         replies = await self.queue.scripts.pipeline(client, calls)
         out = []
         for bid, reply in zip(ids, replies, strict=True):
-            if isinstance(reply, Exception):
+            if isinstance(reply, ResponseError):  # one breaker never hides the others
+                st = BreakerStats.unreadable(bid, f"not readable: {clip(str(reply), 200)}")
+            elif isinstance(reply, Exception):
                 raise reply
-            if _s(reply[0]) != "missing":
-                out.append(BreakerStats.parse(bid, reply))
+            elif _s(reply[0]) == "missing":
+                continue
+            else:
+                st = BreakerStats.parse(bid, reply)
+            if st.damaged:
+                warn_damaged(st.damaged)
+            out.append(st)
         return out
 
     async def history(
@@ -358,7 +422,17 @@ class CircuitBreakerManager:
         if n == 0:
             return []
         client = await self.queue.client()
-        rows = await client.xrevrange(self.queue.keys.extra("cb:log"), count=1000)
+        key = self.queue.keys.extra("cb:log")
+        try:
+            rows = await client.xrevrange(key, count=1000)
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            warn_damaged(
+                f"{key} holds another Redis type, not a stream: no state change can be "
+                "read or logged. Repair: delete that key (DEL)"
+            )
+            return []
         out = []
         for entry_id, fields in rows:
             t = BreakerTransition.parse(entry_id, fields)
@@ -376,7 +450,7 @@ class CircuitBreakerManager:
         why = clip(printable(reason), 200)
 
         async def action() -> BreakerStats:
-            return await self._view(bid, await self.call("reset", bid, why))
+            return await self._view(bid, await self.call("reset", bid, why), change=True)
 
         return await self._admin("reset_breaker", {"id": bid, "reason": why}, action)
 
@@ -390,6 +464,6 @@ class CircuitBreakerManager:
         why = clip(printable(reason), 200)
 
         async def action() -> BreakerStats:
-            return await self._view(bid, await self.call("open", bid, ms, why))
+            return await self._view(bid, await self.call("open", bid, ms, why), change=True)
 
         return await self._admin("open_breaker", {"id": bid, "duration": ms, "reason": why}, action)

@@ -30,6 +30,8 @@ MAX_BREAKER_ID = 128
 MAX_PROBES = 1000
 _MAX_JOB_NAME = 256
 _MAX_MIN_REQUESTS = 1_000_000_000
+#: Largest time or count a breaker's record holds (the scripts' MAX_MS).
+_MAX_MS = 1_125_899_906_842_624
 
 
 def check_breaker_id(value: Any) -> str:
@@ -202,6 +204,9 @@ class BreakerStats:
         transitions: state changes so far.
         reason: why the last change happened.
         created_ms: when the breaker was created.
+        damaged: what is wrong with the breaker's keys in Redis and how to repair them
+            ('' when nothing). A breaker whose record holds another Redis type reads as
+            closed with its defaults: its jobs run as if it were not there.
     """
 
     config: BreakerConfig
@@ -219,6 +224,7 @@ class BreakerStats:
     transitions: int
     reason: str
     created_ms: int
+    damaged: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` and logs."""
@@ -238,16 +244,18 @@ class BreakerStats:
             "transitions": self.transitions,
             "reason": self.reason,
             "created_ms": self.created_ms,
+            "damaged": self.damaged,
         }
 
     @classmethod
     def parse(cls, breaker_id: str, reply: Any) -> BreakerStats:
         """From the breaker script's view: ``ok st since until po pok pdl R F held probes
-        n why jn pct min to win pr pto ca`` (values read from Redis are untrusted: a
-        damaged one reads as its default)."""
-        v = [
-            x.decode("utf-8", "backslashreplace") if isinstance(x, bytes) else str(x) for x in reply
-        ]
+        n why jn pct min to win pr pto ca damaged``, or ``damaged <what>`` (values read
+        from Redis are untrusted: a damaged one reads as its default)."""
+        v = [_text(x) for x in reply]
+        if v and v[0] == "damaged":
+            return cls.unreadable(breaker_id, v[1] if len(v) > 1 else "record damaged")
+        v += [""] * (22 - len(v))
         n = [_int(x) for x in v]
         state = CircuitBreakerState(v[1]) if v[1] in _STATES else CircuitBreakerState.CLOSED
         try:
@@ -287,6 +295,30 @@ class BreakerStats:
             transitions=n[11],
             reason=v[12],
             created_ms=n[20],
+            damaged=clip(v[21], 1000),
+        )
+
+    @classmethod
+    def unreadable(cls, breaker_id: str, damaged: str) -> BreakerStats:
+        """A breaker whose record cannot be read (``damaged`` says why): closed, with
+        the default definition, as its jobs see it."""
+        return cls(
+            config=BreakerConfig(id=breaker_id),
+            state=CircuitBreakerState.CLOSED,
+            since_ms=0,
+            open_until_ms=0,
+            next_probe_ms=None,
+            requests=0,
+            failures=0,
+            failure_rate=0.0,
+            probes_admitted=0,
+            probes_succeeded=0,
+            probe_deadline_ms=0,
+            held_jobs=0,
+            transitions=0,
+            reason="",
+            created_ms=0,
+            damaged=clip(damaged, 1000),
         )
 
 
@@ -294,10 +326,16 @@ _STATES = {s.value for s in CircuitBreakerState}
 
 
 def _int(x: str) -> int:
+    """A whole number read from Redis, within 0 .. MAX_MS (0 when it is none)."""
     try:
-        return int(x)
+        n = int(x)
     except ValueError:
         return 0
+    return n if 0 <= n <= _MAX_MS else 0
+
+
+def _text(x: Any) -> str:
+    return x.decode("utf-8", "backslashreplace") if isinstance(x, bytes) else str(x)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,18 +361,13 @@ class BreakerTransition:
 
     @classmethod
     def parse(cls, entry_id: Any, raw: Mapping[Any, Any]) -> BreakerTransition:
-        f = {
-            (k.decode() if isinstance(k, bytes) else str(k)): (
-                v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
-            )
-            for k, v in raw.items()
-        }
-        eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        # Entries written by another client are untrusted: any bytes, any length.
+        f = {_text(k): _text(v) for k, v in raw.items()}
         return cls(
-            eid,
-            f.get("b", ""),
-            f.get("from", ""),
-            f.get("to", ""),
+            clip(_text(entry_id), 60),
+            clip(f.get("b", ""), MAX_BREAKER_ID + 20),
+            clip(f.get("from", ""), 20),
+            clip(f.get("to", ""), 20),
             clip(f.get("why", ""), 500),
             _int(f.get("at", "0")),
         )
