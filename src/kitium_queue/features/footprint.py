@@ -12,6 +12,10 @@ state and one pipelined round trip per state, whatever the queue's size.
 Estimates, not an audit: a sample of 50 of a million jobs says what a typical job costs
 (payloads of very different sizes widen the error; raise ``samples``). Keys outside the
 job records (idempotency keys, a feature's copies) are not counted per state.
+
+A state whose set cannot be read (a key damaged by hand: another Redis type, a parked
+count that is no number) is reported with no jobs and named in ``problems``, with how to
+repair it; the other states and the structures are measured as usual.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import click
 from redis.exceptions import ResponseError
 
 from ..errors import ConfigurationError
+from ..limits import printable
 from ..options import to_int
 from ..parking import parked_count, parked_ids
 
@@ -82,6 +87,8 @@ class QueueFootprint:
     queue: str
     states: list[StateFootprint]
     structures: dict[str, int] = field(default_factory=dict)
+    #: States that could not be read (a damaged key), and how to repair them.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def jobs_bytes(self) -> int:
@@ -98,6 +105,7 @@ class QueueFootprint:
             "structures": dict(self.structures),
             "jobs_bytes": self.jobs_bytes,
             "total_bytes": self.total_bytes,
+            "problems": list(self.problems),
         }
 
 
@@ -116,17 +124,30 @@ async def measure_footprint(queue: JobQueue, *, samples: int = 50) -> QueueFootp
     client = await queue.client()
     keys = queue.keys
     states: list[StateFootprint] = []
+    problems: list[str] = []
     for state, part in _STATES:
-        if part is None:
-            count = await parked_count(queue.ctx)
-            ids = await parked_ids(queue.ctx, min(n, count), 0) if count else []
-        else:
-            set_key = getattr(keys, part)
-            count = int(await client.zcard(set_key))
-            raw = await client.zrandmember(set_key, n) if count else []
-            ids = [
-                r.decode("utf-8", "replace") if isinstance(r, bytes) else str(r) for r in raw or []
-            ]
+        try:
+            if part is None:
+                count = await parked_count(queue.ctx)
+                ids = await parked_ids(queue.ctx, min(n, count), 0) if count else []
+            else:
+                set_key = getattr(keys, part)
+                count = int(await client.zcard(set_key))
+                raw = await client.zrandmember(set_key, n) if count else []
+                ids = [
+                    r.decode("utf-8", "replace") if isinstance(r, bytes) else str(r)
+                    for r in raw or []
+                ]
+        except (ResponseError, ValueError, TypeError) as exc:
+            if isinstance(exc, ResponseError) and not str(exc).startswith("WRONGTYPE"):
+                raise
+            where = keys.meta if part is None else getattr(keys, part)
+            problems.append(
+                f"{state}: not measured, {where} is damaged ({type(exc).__name__}: "
+                f"{printable(str(exc))[:120]}); a key written by hand? Delete or repair it"
+            )
+            states.append(StateFootprint(state, 0, 0, 0))
+            continue
         sampled = used = 0
         if ids:
             pipe = client.pipeline(transaction=False)
@@ -156,7 +177,7 @@ async def measure_footprint(queue: JobQueue, *, samples: int = 50) -> QueueFootp
         for suffix, size in zip(names, await pipe.execute(), strict=True)
         if size is not None
     }
-    return QueueFootprint(queue.name, states, structures)
+    return QueueFootprint(queue.name, states, structures, problems)
 
 
 def make_command(
@@ -195,6 +216,8 @@ def make_command(
         for name, size in fp.structures.items():
             click.echo(row(f"[{name}]", _size(size)))
         click.echo(row("total", _size(fp.total_bytes)))
+        for problem in fp.problems:
+            click.echo(row("problem", problem))
 
     return memory
 

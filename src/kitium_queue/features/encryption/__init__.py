@@ -10,6 +10,7 @@ from .crypto import (
     EncryptionError,
     KeyConfig,
     KeyNotHeldError,
+    KeyRecordDamagedError,
     generate_key,
 )
 from .manager import EncryptionManager
@@ -21,6 +22,7 @@ __all__ = [
     "EncryptionManager",
     "KeyConfig",
     "KeyNotHeldError",
+    "KeyRecordDamagedError",
     "RotationStatus",
     "RotationTarget",
     "generate_key",

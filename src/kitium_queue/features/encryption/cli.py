@@ -72,6 +72,8 @@ def make_command(
                     click.echo(row("problems", st.problems))
             else:
                 click.echo(row("rotation", "none yet"))
+            if st.damaged:
+                click.echo(row("damaged", st.damaged))
 
         with_queue(app, redis, act)
 

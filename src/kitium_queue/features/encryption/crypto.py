@@ -53,6 +53,7 @@ __all__ = [
     "EncryptionError",
     "KeyConfig",
     "KeyNotHeldError",
+    "KeyRecordDamagedError",
     "KeyRing",
     "generate_key",
     "is_envelope",
@@ -64,7 +65,7 @@ ENVELOPE_VERSION = 1
 MAX_KEY_ID = 64
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GCM, _CBC = EncryptionAlgorithm.AES_256_GCM.value, EncryptionAlgorithm.AES_256_CBC.value
-_ALGORITHMS = (_GCM, _CBC)
+_ALGORITHMS = ALGORITHMS = (_GCM, _CBC)
 _SCOPES = ("job", "schedule", "value")
 _MAX_CT = 64 * 1024 * 1024  # base64 text longer than this is refused before decoding
 
@@ -78,6 +79,23 @@ class DecryptionError(EncryptionError):
 
     The message names the reason and the key id, never the plaintext or key material.
     """
+
+
+class KeyRecordDamagedError(EncryptionError):
+    """A record of the queue's keys in Redis (``<prefix>enc``: the current key id;
+    ``<prefix>enc:keys``: the key ids) was damaged, by hand or by another client: it
+    holds another Redis type, or a current key id that is not one. Nothing is encrypted
+    until it is repaired (the message says how); a worker defers encrypted jobs
+    meanwhile, without spending an attempt. Never raised for the key material, which
+    Redis never holds.
+
+    Attributes:
+        key: the damaged Redis key.
+    """
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class KeyNotHeldError(DecryptionError):

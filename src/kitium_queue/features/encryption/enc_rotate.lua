@@ -12,7 +12,9 @@
   ARGV[4]  mode: 'init' (set the current key if none is set) | 'rotate'
   ARGV[5]  expected current key id ('' = none; rotate only)
   ARGV[6]  new current key id
-  Returns { 'ok' | 'stale' | 'same', current key id, rotation number }.
+  Returns { 'ok' | 'stale' | 'same', current key id, rotation number }, or
+  { 'damaged', key, what } (nothing written) when <prefix>enc or <prefix>enc:keys holds
+  another type, or (rotate) the rotations counter is not an integer.
   Checks first, writes last.
 ]]
 --@include lib_base
@@ -22,8 +24,22 @@ local mode, expect, new = ARGV[4], ARGV[5], ARGV[6]
 if (mode ~= 'init' and mode ~= 'rotate') or not new or new == '' or #new > 64 then
   return bad_arg('enc_rotate', 'mode must be init or rotate, with a key id of 1..64 bytes')
 end
+for _, k in ipairs({ meta, keys }) do
+  local t = key_type(k)
+  if t ~= 'none' and t ~= 'hash' then return { 'damaged', k, 'it holds a ' .. t .. ', not a hash' } end
+end
 local f = redis.call('HMGET', meta, 'current', 'rotations')
-local cur, n = f[1] or '', tonumber(f[2]) or 0
+local cur, n = f[1] or '', 0
+if f[2] then
+  -- tonumber() would take '1e999', 'inf' or 'nan': a count that never matches again.
+  if not string.match(f[2], '^%d+$') or #f[2] > 15 then
+    if mode == 'rotate' then
+      return { 'damaged', meta, 'its rotations counter is not an integer' }
+    end
+  else
+    n = tonumber(f[2])
+  end
+end
 if mode == 'init' then
   if cur ~= '' then return { 'stale', cur, n } end
   redis.call('HSETNX', keys, new, NOW_S)

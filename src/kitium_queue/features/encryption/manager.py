@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
+
 from ...errors import (
     ConfigurationError,
     NonRetryableError,
@@ -39,11 +41,13 @@ from ...limits import get_logger
 from ...middleware import enqueue_origin
 from ...options import to_ms
 from .crypto import (
+    ALGORITHMS,
     Binding,
     DecryptionError,
     EncryptionError,
     KeyConfig,
     KeyNotHeldError,
+    KeyRecordDamagedError,
     KeyRing,
     check_key_id,
     envelope_key_id,
@@ -68,6 +72,78 @@ _INSTALLED: weakref.WeakKeyDictionary[Any, EncryptionManager] = weakref.WeakKeyD
 MAX_WAITING = 10_000
 #: Longest single deferral of a job waiting for a process that holds its key (ms).
 MAX_KEY_RETRY_MS = 30_000
+#: Seconds between two warnings that the queue's key record is damaged.
+_DAMAGED_WARN_S = 60.0
+
+
+def _wrongtype(exc: Exception) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+def damaged_record(queue: str, key: str, what: str) -> KeyRecordDamagedError:
+    """The error for a damaged key record ``key`` of ``queue``, saying how to repair it."""
+    if key.endswith(":enc:keys"):
+        fix = (
+            f"DEL {key}: every process records its key ids again at initialize() (the "
+            "record holds ids only, never keys)"
+        )
+    elif "rotations" in what:
+        fix = (
+            f"HSET {key} rotations <the number of the latest rotation: field n of "
+            f"{key}:rotation, or 0>, then rotate again; nothing was changed"
+        )
+    else:
+        fix = (
+            f"HSET {key} current <the id of a key your processes hold>, or DEL {key} (the "
+            "next initialize() or encrypted job sets it from current_key_id); data under "
+            "any key your processes hold stays readable. Until then nothing is encrypted "
+            "and workers defer encrypted jobs, no attempt spent"
+        )
+    return KeyRecordDamagedError(
+        f"queue {queue!r}: the encryption key record {key} is damaged ({what}); repair it: {fix}",
+        key,
+    )
+
+
+def _checked(queue: str, reply: Any) -> Any:
+    """An ``enc_rotate`` reply, or the ``KeyRecordDamagedError`` it reports."""
+    if reply[0] == b"damaged":
+        key, what = (v.decode("utf-8", "replace") for v in reply[1:3])
+        raise damaged_record(queue, key, what)
+    return reply
+
+
+async def _read_current(queue: JobQueue, key: str) -> bytes | None:
+    """The current key id stored in ``key`` (``KeyRecordDamagedError`` when it holds
+    another type)."""
+    client = await queue.client()
+    try:
+        raw: bytes | None = await client.hget(key, "current")
+    except ResponseError as exc:
+        if not _wrongtype(exc):
+            raise
+        raise damaged_record(queue.name, key, "it holds another type") from None
+    return raw
+
+
+class _DamageWatch:
+    """Defers jobs while the queue's key record is damaged (the current key, which seals
+    a result, cannot be known): each waits, no attempt spent, longer as the damage lasts
+    (1 s growing to 30 s), until the record is repaired. Warned once a minute."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # when this process first found it damaged
+        self._warned = -_DAMAGED_WARN_S
+
+    def defer(self, exc: KeyRecordDamagedError) -> RetryLater:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self._warned >= _DAMAGED_WARN_S:
+            self._warned = now
+            log.error("%s", exc)
+        delay = min(max(1000.0, (now - self.since) * 250), MAX_KEY_RETRY_MS)
+        return RetryLater(delay, f"waiting for the repair of the damaged key record {exc.key}")
 
 
 def _encrypted_option(value: Any, section: str) -> bool:
@@ -145,7 +221,12 @@ class EncryptionManager:
             )
         self.queue = queue
         self.ring = KeyRing()
-        self.encrypt_all = bool(encrypt_all)
+        if not isinstance(encrypt_all, bool) or not isinstance(run_rotation, bool):
+            raise ConfigurationError(
+                "encrypt_all and run_rotation must be True or False, got "
+                f"{encrypt_all!r:.40} and {run_rotation!r:.40}"
+            )
+        self.encrypt_all = encrypt_all
         self.refresh_ms = to_ms(refresh_ms, "refresh_ms", minimum=1)
         grace = self.refresh_ms + 5000 if rotation_grace_ms is None else rotation_grace_ms
         self.rotation_grace_ms = to_ms(grace, "rotation_grace_ms")
@@ -153,6 +234,8 @@ class EncryptionManager:
         # job id -> when this process first deferred it for a key it lacks (monotonic s)
         self._waiting: dict[str, float] = {}
         self._warned: set[str] = set()
+        # When this process first found the key record damaged (monotonic s), and warned.
+        self._damage = _DamageWatch()
         self._first: str | None = None
         for k in keys:
             self._hold(k)
@@ -203,7 +286,13 @@ class EncryptionManager:
         material) is recorded in Redis. Returns the key id."""
         key_id = self._hold(config)
         client = await self.queue.client()
-        await client.hsetnx(self.queue.keys.extra("enc:keys"), key_id, int(time.time() * 1000))
+        key = self.queue.keys.extra("enc:keys")
+        try:
+            await client.hsetnx(key, key_id, int(time.time() * 1000))
+        except ResponseError as exc:
+            if not _wrongtype(exc):
+                raise
+            raise damaged_record(self.queue.name, key, "it holds another type") from None
         return key_id
 
     def held_key_ids(self) -> list[str]:
@@ -230,11 +319,16 @@ class EncryptionManager:
             raise ConfigurationError(f"current_key_id {first!r} is not among the keys given")
         client = await self.queue.client()
         now = int(time.time() * 1000)
+        key = self.queue.keys.extra("enc:keys")
         pipe = client.pipeline(transaction=False)
         for key_id in self.ring.ids():
-            pipe.hsetnx(self.queue.keys.extra("enc:keys"), key_id, now)
-        await pipe.execute()
-        await self.queue.run("enc_rotate", ["init", "", first])
+            pipe.hsetnx(key, key_id, now)
+        for got in await pipe.execute(raise_on_error=False):
+            if isinstance(got, Exception):
+                if not _wrongtype(got):
+                    raise got
+                raise damaged_record(self.queue.name, key, "it holds another type")
+        _checked(self.queue.name, await self.queue.run("enc_rotate", ["init", "", first]))
 
     async def current_key_id(self, *, refresh: bool = False) -> str:
         """The queue's current key id (cached for ``refresh_ms``); ``EncryptionError``
@@ -244,21 +338,20 @@ class EncryptionManager:
                 self._refresh_lock = asyncio.Lock()
             async with self._refresh_lock:
                 if refresh or time.monotonic() - self._fetched > self.refresh_ms / 1000:
-                    client = await self.queue.client()
-                    raw = await client.hget(self.meta_key, "current")
+                    raw = await _read_current(self.queue, self.meta_key)
                     if raw is None:
                         await self._init_redis()
-                        raw = await client.hget(self.meta_key, "current")
-                    self._current = raw.decode("utf-8", "replace")
+                        raw = await _read_current(self.queue, self.meta_key)
+                    got = "" if raw is None else raw.decode("utf-8", "replace")
+                    if not is_key_id(got):
+                        raise damaged_record(
+                            self.queue.name, self.meta_key, "its current key id is not one"
+                        )
+                    self._current = got
                     self._fetched = time.monotonic()
         cur = self._current
         assert cur is not None
         if cur not in self.ring:
-            if not is_key_id(cur):
-                raise EncryptionError(
-                    f"queue {self.queue.name!r}: the current key id stored in Redis is "
-                    "malformed; set it again with rotate_key()"
-                )
             raise KeyNotHeldError(
                 f"queue {self.queue.name!r} encrypts with key {cur!r}, which this process "
                 "does not hold; add it with add_key() (keys come from your configuration, "
@@ -286,10 +379,13 @@ class EncryptionManager:
 
         async def action() -> RotationStatus:
             await self.current_key_id()  # the queue has a current key
-            state, cur, _ = await self.queue.run("enc_rotate", ["rotate", old, new])
+            reply = _checked(
+                self.queue.name, await self.queue.run("enc_rotate", ["rotate", old, new])
+            )
+            state, cur = reply[0], reply[1]
             if state == b"stale":
                 raise ConfigurationError(
-                    f"rotate_key: the current key is {cur.decode(errors='replace')!r}, not "
+                    f"rotate_key: the current key is {cur.decode(errors='replace')!r:.80}, not "
                     f"{old!r}; nothing was changed"
                 )
             if state == b"same":
@@ -397,9 +493,12 @@ class EncryptionManager:
             key_id = await self.current_key_id()
         except KeyNotHeldError as exc:
             raise self._key_missing(job.id, exc) from None
+        except KeyRecordDamagedError as exc:
+            raise self._damage.defer(exc) from None
         except EncryptionError as exc:
             raise NonRetryableError(f"encrypted job cannot run: {exc}") from None
         self._waiting.pop(job.id, None)
+        self._damage.since = None
         job.data = plain
         try:
             result = await call_next()
@@ -459,7 +558,10 @@ class EncryptionManager:
             if key_id is None:
                 continue
             if redact:
-                setattr(info, attr, f"<encrypted key={key_id} {value.get('alg')}>")
+                # Read back from Redis: a damaged envelope's fields are not echoed.
+                shown = key_id if is_key_id(key_id) else "<malformed>"
+                alg = value.get("alg")
+                setattr(info, attr, f"<encrypted key={shown} {alg if alg in ALGORITHMS else '?'}>")
                 continue
             try:
                 if attr == "data":

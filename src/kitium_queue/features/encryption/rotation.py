@@ -22,19 +22,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+from redis.exceptions import ResponseError
 
 from ...limits import get_logger
 from ...options import to_int
 from ..idempotency.manager import RESULT_PREFIX
 from .crypto import Binding, EncryptionError, is_envelope
+from .status import RotationStatus, read_status, wrongtype
 
 if TYPE_CHECKING:
-    from ...queue import JobQueue
     from .manager import EncryptionManager
 
 __all__ = [
@@ -83,10 +84,27 @@ class RotationTarget(Protocol):
         ...
 
 
+def _count(value: Any) -> int:
+    """A count read back from Redis; 0 for a damaged one (a progress figure only)."""
+    if isinstance(value, int):
+        return value
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 async def _zscan(client: Any, key: str, batch: int) -> AsyncIterator[list[bytes]]:
     cursor = 0
     while True:
-        cursor, items = await client.zscan(key, cursor, count=batch)
+        try:
+            cursor, items = await client.zscan(key, cursor, count=batch)
+        except ResponseError as exc:
+            if not wrongtype(exc):
+                raise
+            # A set damaged by hand cannot be walked: the rest of the pass goes on.
+            log.warning("encryption rotation: %s holds another type; its jobs are skipped", key)
+            return
         if items:
             yield [m for m, _ in items]
         if cursor == 0:
@@ -120,8 +138,7 @@ class JobTarget:
         for s in self._SETS:
             pipe.zcard(getattr(keys, s))
         pipe.hget(keys.meta, "parked")
-        *counts, parked = await pipe.execute()
-        return int(sum(counts)) + int(parked or 0)
+        return sum(_count(v) for v in await pipe.execute(raise_on_error=False))
 
     async def _set_keys(self, client: Any, batch: int) -> AsyncIterator[str]:
         keys = self.manager.queue.keys
@@ -141,9 +158,14 @@ class JobTarget:
                 pipe = client.pipeline(transaction=False)
                 for i in ids:
                     pipe.hmget(q.keys.job(i.decode("utf-8", "surrogateescape")), "n", "o", "d", "r")
-                rows = await pipe.execute()
+                rows = await pipe.execute(raise_on_error=False)
                 cells: list[Cell] = []
-                for i, (n, o, d, r) in zip(ids, rows, strict=True):
+                for i, row in zip(ids, rows, strict=True):
+                    if isinstance(row, Exception):  # a job key of another type: skipped
+                        if not wrongtype(row):
+                            raise row
+                        continue
+                    n, o, d, r = row
                     if not _encrypted(o, m.encrypt_all):
                         continue
                     jid = i.decode("utf-8", "surrogateescape")
@@ -192,7 +214,9 @@ class ScheduleTarget:
         self.manager = manager
 
     async def size(self, client: Any) -> int:
-        return int(await client.zcard(self.manager.queue.keys.schedules))
+        pipe = client.pipeline(transaction=False)
+        pipe.zcard(self.manager.queue.keys.schedules)
+        return _count((await pipe.execute(raise_on_error=False))[0])
 
     async def pages(self, client: Any, batch: int) -> AsyncIterator[list[Cell]]:
         m = self.manager
@@ -201,9 +225,14 @@ class ScheduleTarget:
             pipe = client.pipeline(transaction=False)
             for i in ids:
                 pipe.hmget(q.keys.schedule(i.decode("utf-8", "surrogateescape")), "n", "o", "d")
-            rows = await pipe.execute()
+            rows = await pipe.execute(raise_on_error=False)
             cells: list[Cell] = []
-            for i, (n, o, d) in zip(ids, rows, strict=True):
+            for i, row in zip(ids, rows, strict=True):
+                if isinstance(row, Exception):  # a schedule key of another type: skipped
+                    if not wrongtype(row):
+                        raise row
+                    continue
+                n, o, d = row
                 if not d or not _encrypted(o, m.encrypt_all):
                     continue
                 sid = i.decode("utf-8", "surrogateescape")
@@ -256,9 +285,14 @@ class StoredResultTarget:
         pipe = client.pipeline(transaction=False)
         for k in keys:
             pipe.hmget(k, "id", "n", "r")
-        rows = await pipe.execute()
+        rows = await pipe.execute(raise_on_error=False)
         cells: list[Cell] = []
-        for k, (jid, n, r) in zip(keys, rows, strict=True):
+        for k, row in zip(keys, rows, strict=True):
+            if isinstance(row, Exception):  # not a stored result (another type): skipped
+                if not wrongtype(row):
+                    raise row
+                continue
+            jid, n, r = row
             if not r or b"kqe" not in r:
                 continue  # a result stored in clear (its job was not encrypted)
             try:
@@ -280,95 +314,6 @@ class StoredResultTarget:
                 )
             )
         return cells
-
-
-@dataclass(slots=True)
-class RotationStatus:
-    """The queue's keys and its latest rotation (``EncryptionManager.rotation_status``).
-
-    Attributes:
-        current_key_id: the key new jobs use (None before the first ``initialize``).
-        key_ids: every key id recorded for the queue (ids only: Redis never holds keys).
-        rotation: number of the latest rotation (0 = none yet).
-        state: ``none``, ``running`` or ``done``.
-        from_key_id / to_key_id: the rotation's keys.
-        rotated_at / finished_at / updated_at: ms since the epoch.
-        round: the sweep round in progress (or last); scanned / total: records walked in
-            it, and about how many there are.
-        reencrypted: ciphertexts rewritten under the new key, in all rounds.
-        conflicts: records skipped in the round because they changed or were active.
-        undecryptable: ciphertexts the pass could not open (unknown key or tampered: they
-            stay as they are), in the last round; problems: the first few of them.
-        clean_rounds: consecutive rounds that found nothing left (2 ends the pass).
-    """
-
-    current_key_id: str | None = None
-    key_ids: list[str] = field(default_factory=list)
-    rotation: int = 0
-    state: str = "none"
-    from_key_id: str | None = None
-    to_key_id: str | None = None
-    rotated_at: int | None = None
-    finished_at: int | None = None
-    updated_at: int | None = None
-    round: int = 0
-    scanned: int = 0
-    total: int = 0
-    reencrypted: int = 0
-    conflicts: int = 0
-    undecryptable: int = 0
-    problems: str = ""
-    clean_rounds: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def fraction(self) -> float:
-        """Progress of the current round, 0..1 (1 when done)."""
-        if self.state == "done":
-            return 1.0
-        return min(1.0, self.scanned / self.total) if self.total else 0.0
-
-
-async def read_status(queue: JobQueue) -> RotationStatus:
-    """The ``RotationStatus`` of ``queue`` (one round trip)."""
-    client = await queue.client()
-    pipe = client.pipeline(transaction=False)
-    pipe.hget(queue.keys.extra("enc"), "current")
-    pipe.hkeys(queue.keys.extra("enc:keys"))
-    pipe.hgetall(queue.keys.extra("enc:rotation"))
-    cur, ids, rec = await pipe.execute()
-
-    def text(k: str) -> str | None:
-        v = rec.get(k.encode())
-        return None if v is None else v.decode("utf-8", "replace")
-
-    def num(k: str) -> int:
-        try:
-            return int(rec.get(k.encode()) or 0)
-        except ValueError:
-            return 0
-
-    return RotationStatus(
-        current_key_id=None if cur is None else cur.decode("utf-8", "replace"),
-        key_ids=sorted(i.decode("utf-8", "replace") for i in ids),
-        rotation=num("n"),
-        state=text("state") or "none",
-        from_key_id=text("from"),
-        to_key_id=text("to"),
-        rotated_at=num("rotated_at") or None,
-        finished_at=num("finished_at") or None,
-        updated_at=num("updated_at") or None,
-        round=num("round"),
-        scanned=num("scanned"),
-        total=num("total"),
-        reencrypted=num("reencrypted"),
-        conflicts=num("conflicts"),
-        undecryptable=num("undecryptable"),
-        problems=text("problems") or "",
-        clean_rounds=num("clean_rounds"),
-    )
 
 
 @dataclass(slots=True)
@@ -430,7 +375,19 @@ class RotationPass:
             client = await self.manager.queue.client()
             key = self.manager.queue.keys.extra("enc:rotation")
             if await client.hget(key, "n") == str(n).encode():
-                await client.hincrby(key, field_name, by)
+                try:
+                    await client.hincrby(key, field_name, by)
+                except ResponseError as exc:  # not an integer (damaged), or overflowing
+                    if wrongtype(exc):
+                        raise
+                    log.warning(
+                        "queue %s: encryption rotation counter %s was damaged (%s); it "
+                        "starts again from this step's count",
+                        self.manager.queue.name,
+                        field_name,
+                        exc,
+                    )
+                    await client.hset(key, field_name, by)
 
     async def run(self) -> RotationStatus:
         """Run the latest rotation's pass to its end (returns at once when none runs)."""
@@ -441,8 +398,11 @@ class RotationPass:
         n = st.rotation
         wait_ms = (st.rotated_at or 0) + m.rotation_grace_ms - int(time.time() * 1000)
         if wait_ms > 0:
-            await asyncio.sleep(wait_ms / 1000)
-        clean = st.clean_rounds
+            # Never longer than the grace itself: a rotated_at in the future (a damaged
+            # record, a skewed clock) must not hold the pass back for ever.
+            await asyncio.sleep(min(wait_ms, m.rotation_grace_ms) / 1000)
+        # A damaged count (by hand) must not end the pass before it swept anything.
+        clean = st.clean_rounds if st.clean_rounds < 2 else 0
         rnd = st.round
         while clean < 2:
             rnd += 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ...serving import listen_error, serve_until_stopped
+from ...serving import serve_until_stopped
 from .exporter import PrometheusExporter
 
 __all__ = ["make_command"]
@@ -83,10 +83,9 @@ def make_command(
                     )
                 )
                 return
-            try:
-                server = await exporter.serve(host, port)  # accepting connections from here
-            except OSError as exc:  # the port or host, not Redis (read above already)
-                raise listen_error(exc, host, port) from None
+            # A host or port it cannot listen on: ConfigurationError, saying which (the
+            # port or host, not Redis: read above already).
+            server = await exporter.serve(host, port)  # accepting connections from here
             click.echo(row("serving", server.url))
             # SIGINT and SIGTERM stop it gracefully through the loop's own handlers,
             # whatever the process inherited (a shell starts background commands with

@@ -20,11 +20,15 @@ Reading Redis needs the event loop that owns the queue's connection, while
 
 A queue whose read fails reports ``kitium_queue_up 0`` and none of its other gauges;
 the error is logged (at most once a minute per queue), never raised into the scrape.
+A part read after the job counts (FIFO groups, schedules, webhooks) that fails, a key of
+it damaged by hand for instance, is left out alone and flagged by
+``kitium_queue_read_error{queue, part}`` = 1; the queue's other gauges are reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,8 +38,11 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ...connection import TRANSIENT_ERRORS as NET_ERRORS
+from ...errors import ConfigurationError
 from ...limits import get_logger, printable
 from ..scheduler import overdue_ms
+from .subscriber import check_namespace
 
 __all__ = ["KitiumCollector", "QueueReading"]
 
@@ -62,6 +69,15 @@ class QueueReading:
     groups: int | None = None
     schedule_overdue_ms: int = 0
     webhooks: dict[str, int] | None = None  # dlq, retry_scheduled
+    unread: list[str] = field(default_factory=list)  # parts whose read failed
+
+
+def _finite_ms(value: Any) -> int:
+    """A duration in ms read back from Redis (a score may be inf): refused when it is
+    not a finite number, so the part is flagged instead of reporting nonsense."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"not a finite number of ms: {value!r:.40}")
+    return int(value)
 
 
 def _enabled(queue: Any, option: str, feature: str) -> bool:
@@ -82,11 +98,25 @@ class KitiumCollector(Collector):
     def __init__(
         self, queues: Iterable[Any], *, namespace: str = "kitium_queue", timeout: float = 5.0
     ) -> None:
+        if isinstance(queues, (str, bytes)) or not isinstance(queues, Iterable):
+            raise ConfigurationError(
+                f"queues must be a list of JobQueue objects, got {type(queues).__name__}"
+            )
         self.queues = list(queues)
         if not self.queues:
-            raise ValueError("KitiumCollector needs at least one queue")
-        self.namespace = namespace
-        self.timeout = timeout
+            raise ConfigurationError("KitiumCollector needs at least one queue")
+        if not all(isinstance(getattr(q, "name", None), str) for q in self.queues):
+            raise ConfigurationError("KitiumCollector takes JobQueue objects (with a name)")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not (math.isfinite(timeout) and 0 < timeout <= 3600)
+        ):
+            raise ConfigurationError(
+                f"timeout must be a number of seconds above 0 and at most 3600, got {timeout!r:.40}"
+            )
+        self.namespace = check_namespace(namespace)
+        self.timeout = float(timeout)
         self.readings: list[QueueReading] = [QueueReading(q.name) for q in self.queues]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -113,12 +143,29 @@ class KitiumCollector(Collector):
                     (b.config.id, str(getattr(b.state, "value", b.state)), int(b.held_jobs))
                     for b in await self._breaker_manager(queue).list_breakers()
                 ]
-            if _enabled(queue, _GROUP_OPTION, _GROUP_FEATURE):
-                out.groups = await self._group_manager(queue).count_groups()
-            out.schedule_overdue_ms = await overdue_ms(queue) or 0
-            if _enabled(queue, _WEBHOOK_OPTION, _WEBHOOK_FEATURE):
-                from ..webhooks import WebhookManager  # enabled: safe to import
+            await self._read_parts(queue, out)
+            out.up = True
+        except Exception as exc:
+            self._warn(queue.name, "", exc)
+            out = QueueReading(queue.name, unread=["stats"])
+        return out
 
+    async def _read_parts(self, queue: Any, out: QueueReading) -> None:
+        """The parts read after the job counts, each on its own: one that fails (a key
+        of it damaged by hand) is flagged in ``out.unread``, the others are reported."""
+        if _enabled(queue, _GROUP_OPTION, _GROUP_FEATURE):
+            try:
+                out.groups = int(await self._group_manager(queue).count_groups())
+            except Exception as exc:
+                self._unread(queue.name, out, "groups", exc)
+        try:
+            out.schedule_overdue_ms = _finite_ms(await overdue_ms(queue) or 0)
+        except Exception as exc:
+            self._unread(queue.name, out, "schedules", exc)
+        if _enabled(queue, _WEBHOOK_OPTION, _WEBHOOK_FEATURE):
+            from ..webhooks import WebhookManager  # enabled: safe to import
+
+            try:
                 mgr = WebhookManager.of(queue)
                 if mgr is not None:
                     st = await mgr.stats()
@@ -126,19 +173,30 @@ class KitiumCollector(Collector):
                         "dlq": int(st["dlq"]),
                         "retry_scheduled": int(st["retry_scheduled"]),
                     }
-            out.up = True
-        except Exception as exc:
-            now = time.monotonic()
-            if now - self._warned.get(queue.name, -1e9) > 60:
-                self._warned[queue.name] = now
-                log.warning(
-                    "metrics: reading queue %s failed: %s: %s",
-                    queue.name,
-                    type(exc).__name__,
-                    printable(str(exc)),
-                )
-            out = QueueReading(queue.name)
-        return out
+            except Exception as exc:
+                self._unread(queue.name, out, "webhooks", exc)
+
+    def _unread(self, queue: str, out: QueueReading, part: str, exc: Exception) -> None:
+        if isinstance(exc, NET_ERRORS):
+            raise exc  # Redis itself: the whole queue is not read
+        out.unread.append(part)
+        self._warn(queue, part, exc)
+
+    def _warn(self, queue: str, part: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(f"{queue}\0{part}", -1e9) > 60:
+            self._warned[f"{queue}\0{part}"] = now
+            log.warning(
+                "metrics: reading %squeue %s failed: %s: %s%s",
+                f"the {part} of " if part else "",
+                queue,
+                type(exc).__name__,
+                printable(str(exc))[:300],
+                f" (reported as {self.namespace}_read_error; the queue's other gauges are "
+                "served). A key damaged by hand? Delete or repair it"
+                if part
+                else "",
+            )
 
     def _breaker_manager(self, queue: Any) -> Any:
         got = self._breakers.get(id(queue))
@@ -225,8 +283,16 @@ class KitiumCollector(Collector):
             "Webhook deliveries waiting for their next attempt.",
             labels=["queue"],
         )
+        unread = GaugeMetricFamily(
+            f"{ns}_read_error",
+            "1 for each part of a queue whose read failed at this scrape (stats: the "
+            "whole queue; groups, schedules, webhooks: that part only).",
+            labels=["queue", "part"],
+        )
         for r in readings:
             up.add_metric([r.queue], 1.0 if r.up else 0.0)
+            for part in r.unread:
+                unread.add_metric([r.queue, part], 1.0)
             if not r.up:
                 continue
             for state, n in r.states.items():
@@ -244,4 +310,4 @@ class KitiumCollector(Collector):
             if r.webhooks is not None:
                 wh_dlq.add_metric([r.queue], float(r.webhooks["dlq"]))
                 wh_retry.add_metric([r.queue], float(r.webhooks["retry_scheduled"]))
-        return [up, jobs, dlq, lat, paused, bstate, held, groups, overdue, wh_dlq, wh_retry]
+        return [up, jobs, dlq, lat, paused, bstate, held, groups, overdue, wh_dlq, wh_retry, unread]

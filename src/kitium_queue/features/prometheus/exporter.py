@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ...errors import ConfigurationError
 from ...limits import get_logger
+from ...serving import listen_error
 from .collector import KitiumCollector
 from .subscriber import DEFAULT_BUCKETS, PrometheusSubscriber
 
@@ -81,10 +83,37 @@ class PrometheusExporter:
 
     async def serve(self, host: str = "127.0.0.1", port: int = 9464) -> MetricsServer:
         """Start serving ``http://host:port/metrics``; returns the running server
-        (``port=0`` picks a free port: read ``server.port``)."""
+        (``port=0`` picks a free port: read ``server.port``). ``host`` is one address
+        or name: ``0.0.0.0`` or ``::`` to listen beyond this host (an empty host is
+        refused rather than read as every interface). ``ConfigurationError`` for a bad
+        host or port."""
+        host, port = check_listen(host, port)
         server = MetricsServer(self)
-        await server.start(host, port)
+        try:
+            await server.start(host, port)
+        except OSError as exc:  # the port in use, a host this machine does not have
+            raise listen_error(exc, host, port) from None
         return server
+
+
+def check_listen(host: Any, port: Any) -> tuple[str, int]:
+    """``(host, port)`` to listen on, checked (``ConfigurationError`` saying what is
+    wrong): a non-empty host without spaces or control characters, a port 0..65535."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigurationError(
+            f"port must be an int from 0 to 65535 (0: any free port), got {port!r:.40}"
+        )
+    if (
+        not isinstance(host, str)
+        or not host
+        or len(host) > 255
+        or any(c.isspace() or not c.isprintable() for c in host)
+    ):
+        raise ConfigurationError(
+            "host must be one address or host name, such as 127.0.0.1 (this host only) or "
+            f"0.0.0.0 / :: (every interface), got {host!r:.80}"
+        )
+    return host, port
 
 
 class MetricsServer:

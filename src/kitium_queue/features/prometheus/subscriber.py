@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ...errors import ConfigurationError
 from ...hooks import FeatureEvent, Outcome, Subscriber
 from ...limits import get_logger
 
@@ -53,6 +55,20 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+_NAMESPACE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def check_namespace(namespace: Any) -> str:
+    """A metric name prefix (``ConfigurationError`` when Prometheus would refuse it at
+    every scrape)."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise ConfigurationError(
+            "namespace must be a Prometheus metric name prefix (letters, digits, '_' and "
+            f"':', not starting with a digit), got {namespace!r:.60}"
+        )
+    return namespace
+
 
 #: The label value of job names beyond the cap.
 OTHER = "other"
@@ -175,12 +191,29 @@ class PrometheusSubscriber(Subscriber, Collector):
         max_job_names: int = 100,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> None:
-        if not isinstance(max_job_names, int) or not 1 <= max_job_names <= 10_000:
-            raise ValueError(f"max_job_names must be an int in 1..10000, got {max_job_names!r}")
+        if (
+            isinstance(max_job_names, bool)
+            or not isinstance(max_job_names, int)
+            or not 1 <= max_job_names <= 10_000
+        ):
+            raise ConfigurationError(
+                f"max_job_names must be an int in 1..10000, got {max_job_names!r:.40}"
+            )
+        if isinstance(buckets, (str, bytes)) or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) for b in buckets
+        ):
+            raise ConfigurationError(f"buckets must be numbers of seconds, got {buckets!r:.80}")
         bounds = tuple(float(b) for b in buckets)
-        if not bounds or list(bounds) != sorted(set(bounds)):
-            raise ValueError(f"buckets must be increasing and not empty, got {buckets!r}")
-        self.namespace = namespace
+        if (
+            not bounds
+            or not all(math.isfinite(b) for b in bounds)
+            or list(bounds) != sorted(set(bounds))
+        ):
+            raise ConfigurationError(
+                "buckets must be finite, increasing and not empty (+Inf is added), got "
+                f"{buckets!r:.80}"
+            )
+        self.namespace = check_namespace(namespace)
         self.max_job_names = max_job_names
         self.buckets = bounds
         self._labels: dict[str, str] = {}

@@ -1,0 +1,161 @@
+"""``RotationStatus`` and ``read_status``: the queue's keys and its latest rotation, read
+from Redis (``<prefix>enc``, ``<prefix>enc:keys``, ``<prefix>enc:rotation``).
+
+The records are read back from Redis, untrusted: one damaged by hand or by another
+client (another Redis type, fields that are no key id or number) reads as unknown, and
+``RotationStatus.damaged`` says what is wrong and how to repair it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from .crypto import is_key_id
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["RotationStatus", "read_status", "wrongtype"]
+
+
+def wrongtype(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a command on a key of another type."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+@dataclass(slots=True)
+class RotationStatus:
+    """The queue's keys and its latest rotation (``EncryptionManager.rotation_status``).
+
+    Attributes:
+        current_key_id: the key new jobs use (None before the first ``initialize``, or
+            when its record is damaged).
+        key_ids: every key id recorded for the queue (ids only: Redis never holds keys).
+        rotation: number of the latest rotation (0 = none yet).
+        state: ``none``, ``running``, ``done``, or ``damaged`` (the rotation record was
+            damaged by hand or another client: no pass runs; see ``damaged``).
+        from_key_id / to_key_id: the rotation's keys.
+        rotated_at / finished_at / updated_at: ms since the epoch.
+        round: the sweep round in progress (or last); scanned / total: records walked in
+            it, and about how many there are.
+        reencrypted: ciphertexts rewritten under the new key, in all rounds.
+        conflicts: records skipped in the round because they changed or were active.
+        undecryptable: ciphertexts the pass could not open (unknown key or tampered: they
+            stay as they are), in the last round; problems: the first few of them.
+        clean_rounds: consecutive rounds that found nothing left (2 ends the pass).
+        damaged: "" when the keys' records read well; else what is damaged in them and
+            how to repair it (the fields concerned read as unknown).
+    """
+
+    current_key_id: str | None = None
+    key_ids: list[str] = field(default_factory=list)
+    rotation: int = 0
+    state: str = "none"
+    from_key_id: str | None = None
+    to_key_id: str | None = None
+    rotated_at: int | None = None
+    finished_at: int | None = None
+    updated_at: int | None = None
+    round: int = 0
+    scanned: int = 0
+    total: int = 0
+    reencrypted: int = 0
+    conflicts: int = 0
+    undecryptable: int = 0
+    problems: str = ""
+    clean_rounds: int = 0
+    damaged: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def fraction(self) -> float:
+        """Progress of the current round, 0..1 (1 when done)."""
+        if self.state == "done":
+            return 1.0
+        return min(1.0, self.scanned / self.total) if self.total else 0.0
+
+
+async def read_status(queue: JobQueue) -> RotationStatus:
+    """The ``RotationStatus`` of ``queue`` (one round trip). Records damaged by hand or
+    by another client (another Redis type, fields that are no key id or number) read as
+    unknown and are described in ``damaged``, with how to repair them."""
+    client = await queue.client()
+    meta, ids_key, rot_key = (queue.keys.extra(k) for k in ("enc", "enc:keys", "enc:rotation"))
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(meta, "current")
+    pipe.hkeys(ids_key)
+    pipe.hgetall(rot_key)
+    cur, ids, rec = await pipe.execute(raise_on_error=False)
+    damaged: list[str] = []
+    for key, got, fix in (
+        (meta, cur, _FIX_META),
+        (ids_key, ids, _FIX_IDS),
+        (rot_key, rec, _FIX_ROT),
+    ):
+        if isinstance(got, Exception):
+            if not wrongtype(got):
+                raise got
+            damaged.append(f"{key} holds another type (DEL it: {fix})")
+    current = None if cur is None or isinstance(cur, Exception) else _key_id(cur)
+    if cur is not None and not isinstance(cur, Exception) and current is None:
+        damaged.append(
+            f"{meta} current is not a key id (HSET it to a key your processes hold, or "
+            f"DEL the key: {_FIX_META})"
+        )
+    key_ids = [] if isinstance(ids, Exception) else [_key_id(i) for i in ids]
+    if None in key_ids:
+        damaged.append(f"{ids_key} has fields that are not key ids (HDEL them)")
+    rec = {} if isinstance(rec, Exception) else rec
+
+    def text(k: str) -> str | None:
+        v = rec.get(k.encode())
+        return None if v is None else v.decode("utf-8", "replace")
+
+    def num(k: str) -> int:
+        v = rec.get(k.encode())
+        return int(v) if v is not None and v.isdigit() and len(v) <= 16 else 0
+
+    state = text("state") or "none"
+    n = rec.get(b"n")
+    if rec and (state not in ("running", "done") or n is None or num("n") < 1):
+        damaged.append(f"{rot_key} is not a rotation record (state, or n) (DEL it: {_FIX_ROT})")
+        state = "damaged"
+    return RotationStatus(
+        current_key_id=current,
+        key_ids=sorted(k for k in key_ids if k is not None),
+        rotation=num("n"),
+        state=state,
+        from_key_id=_key_id(rec.get(b"from")),
+        to_key_id=_key_id(rec.get(b"to")),
+        rotated_at=num("rotated_at") or None,
+        finished_at=num("finished_at") or None,
+        updated_at=num("updated_at") or None,
+        round=num("round"),
+        scanned=num("scanned"),
+        total=num("total"),
+        reencrypted=num("reencrypted"),
+        conflicts=num("conflicts"),
+        undecryptable=num("undecryptable"),
+        problems=text("problems") or "",
+        clean_rounds=num("clean_rounds"),
+        damaged="; ".join(damaged),
+    )
+
+
+#: How to repair each record once deleted.
+_FIX_META = "the next initialize() sets the current key from current_key_id"
+_FIX_IDS = "every process records its key ids again at initialize()"
+_FIX_ROT = "what is still under older keys stays readable; rotate again to re-encrypt it"
+
+
+def _key_id(raw: bytes | None) -> str | None:
+    """A key id read back from Redis; None when absent or not a key id."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace")
+    return text if is_key_id(text) else None
