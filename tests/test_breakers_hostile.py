@@ -346,3 +346,26 @@ async def test_bad_arguments_are_configuration_errors(
     with pytest.raises(ConfigurationError, match=match) as err:
         await call(m)
     assert len(str(err.value)) < 400  # never the whole value back
+
+
+async def test_prometheus_flags_a_breaker_acting_closed_on_damaged_keys(
+    make_queue: QueueFactory, redis_client: redis.asyncio.Redis
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kitium_queue.features.prometheus import PrometheusExporter
+
+    q = _queue(make_queue, "prom")
+    m = CircuitBreakerManager(q, events=False)
+    await m.create_breaker({"id": "dep", "job_name": "j"})
+    await m.create_breaker({"id": "fine"})
+    await redis_client.hset(q.keys.extra("cb:b:dep"), "st", "half_open")
+    exporter = PrometheusExporter([q], subscribe=False)
+    text = (await exporter.render()).decode()
+    flags = {
+        s.labels["part"]
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "kitium_queue_read_error"
+    }
+    assert flags == {"breaker:dep"}  # shown closed (what it acts as), and flagged

@@ -139,10 +139,13 @@ class KitiumCollector(Collector):
             out.states = {s: int(getattr(st, s)) for s in STATES}
             out.latency_ms, out.is_paused = int(st.latency_ms), bool(st.is_paused)
             if _enabled(queue, _BREAKER_OPTION, _BREAKER_FEATURE):
+                listed = await self._breaker_manager(queue).list_breakers()
                 out.breakers = [
                     (b.config.id, str(getattr(b.state, "value", b.state)), int(b.held_jobs))
-                    for b in await self._breaker_manager(queue).list_breakers()
+                    for b in listed
                 ]
+                # A breaker whose keys are damaged acts closed: flagged, so it is seen.
+                out.unread += [f"breaker:{b.config.id}" for b in listed if b.damaged]
             await self._read_parts(queue, out)
             out.up = True
         except Exception as exc:
@@ -286,7 +289,8 @@ class KitiumCollector(Collector):
         unread = GaugeMetricFamily(
             f"{ns}_read_error",
             "1 for each part of a queue whose read failed at this scrape (stats: the "
-            "whole queue; groups, schedules, webhooks: that part only).",
+            "whole queue; groups, schedules, webhooks: that part only), or that is "
+            "damaged (breaker:<id>: a circuit breaker acting closed on damaged keys).",
             labels=["queue", "part"],
         )
         for r in readings:
