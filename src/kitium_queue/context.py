@@ -21,6 +21,7 @@ from redis.exceptions import NoPermissionError
 from .adapters import MetricsAdapter, TelemetryAdapter, check_adapter
 from .codec import Codec, Serializer
 from .connection import ConnectionFactory
+from .damage import DamagedKeys
 from .errors import ConfigurationError
 from .events import EventEmitter
 from .hooks import HookBus
@@ -167,6 +168,8 @@ class QueueContext:
         self.write_barrier: WriteBarrier | None = None
         #: Reports job records found missing (evicted or deleted), at a bounded rate.
         self.missing = MissingRecords(name)
+        #: Reports keys of the layout damaged outside kitium-queue, at a bounded rate.
+        self.damaged = DamagedKeys(name)
         self.redactors: list[Callable[[Any], Any]] = []
         self.redact_everywhere = False
         #: The principal this queue acts for when no ``identity.acting_as`` block is

@@ -9,6 +9,7 @@
     ├── JobRefusedError             a feature refused a job at enqueue (a full group...)
     │   └── QuotaExceededError      a tenant's quota refused it (max_queue_size, regions)
     ├── FencedError                 a fence is up: the queue takes no new work here (KQ_FENCED)
+    ├── DamagedKeyError             a key of the queue holds another type (KQ_DAMAGED_KEY)
     ├── SerializationError          data or result that cannot be encoded
     ├── PayloadTooLargeError        encoded payload above max_payload_bytes
     ├── ConnectionUnavailableError  Redis cannot be reached (or refused the credentials)
@@ -35,6 +36,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .limits import MAX_DELAY_MS, clamp_delay_ms
@@ -47,6 +49,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "ConnectionUnavailableError",
+    "DamagedKeyError",
     "FencedError",
     "JobActiveError",
     "JobNotFoundError",
@@ -280,6 +283,66 @@ class FencedError(KitiumQueueError):
     """
 
 
+# The Redis types of the keys of a queue's layout, as a person reads them.
+_TYPE_NAMES = {"zset": "sorted set", "integer": "integer counter"}
+# What deleting each key of the layout (by its last part) costs.
+_IF_DELETED = {
+    "wait": "the waiting jobs it listed are lost to the queue",
+    "active": "the running jobs it listed are no longer recovered if their worker dies",
+    "delayed": "the delayed jobs it listed are lost to the queue",
+    "completed": "the list of completed jobs is lost",
+    "failed": "the list of failed jobs is lost",
+    "dlq": "the list of dead-lettered jobs is lost",
+    "meta": "queue flags such as 'paused' are lost",
+    "events": "past events are lost",
+    "marker": "nothing is lost",
+    "id": "auto ids start again and skip the ids in use",
+    "limiter": "the rate limiter's window starts afresh",
+}
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in ("a", "e", "i", "o", "u") else f"a {noun}"
+
+
+class DamagedKeyError(KitiumQueueError):
+    """A key of the queue's own layout (the state sets, meta, the event stream, the
+    wake-up marker, a counter) holds another Redis type, or a counter holds something
+    that is not an integer: it was written outside kitium-queue (by hand or by another
+    client). The scripts check the keys they write before their first write
+    (``KQ_DAMAGED_KEY``): nothing was written. ``key``: the key; ``found`` / ``expected``:
+    Redis types (``expected`` ``"integer"`` for a counter)."""
+
+    def __init__(self, detail: str, key: str = "", found: str = "", expected: str = "") -> None:
+        parsed = None if key else re.match(r"(\w+) (zset|hash|stream|integer) (\S+)", detail)
+        if parsed is not None:
+            # The script's reply: "<found> <expected> <key>" (lua/lib_base.lua).
+            found, expected, key = parsed.groups()
+        self.key, self.found, self.expected = key, found, expected
+        if not key:
+            super().__init__(detail)
+            return
+        part = key.rsplit(":", 1)[-1]
+        if part == "lease":
+            fix = (
+                "set it to an integer above every lease token in use (the 'lt' field of "
+                "running jobs), or delete it while no job runs"
+            )
+        else:
+            cost = _IF_DELETED.get(part, "what it held is lost")
+            fix = f"delete it ({cost}) or restore it"
+        held = (
+            "something that is not an integer"
+            if found == "string" and expected == "integer"
+            else _a(_TYPE_NAMES.get(found, found))
+        )
+        super().__init__(
+            f"key {key} holds {held}, not {_a(_TYPE_NAMES.get(expected, expected))}: it was "
+            f"damaged outside kitium-queue; {fix}. The queue resumes by itself once it "
+            "is repaired"
+        )
+
+
 #: Lua error code → exception type. Must match the codes in lua/errors.lua.
 SCRIPT_ERRORS: dict[str, type[KitiumQueueError]] = {
     "KQ_JOB_NOT_FOUND": JobNotFoundError,
@@ -289,6 +352,7 @@ SCRIPT_ERRORS: dict[str, type[KitiumQueueError]] = {
     "KQ_LEASE_LOST": LeaseLostError,
     "KQ_BAD_ARGUMENT": ScriptArgumentError,
     "KQ_FENCED": FencedError,
+    "KQ_DAMAGED_KEY": DamagedKeyError,
 }
 
 

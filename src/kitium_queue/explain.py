@@ -3,12 +3,13 @@
 The core explains what it owns: a delay (or a retry's backoff), a paused queue, a queue
 held by ``RateLimited`` or over its ``limiter`` window, the jobs ahead in line, no live
 worker with a processor for the job's name (``presence.py``), and, for a running job,
-the worker holding its lease and until when. Everything else is explained by the
-features that hold jobs back: each registers an *explainer* with
-``queue.add_explainer(fn)`` — ``fn(facts: JobFacts)``, sync or async, returning the
-``Reason`` objects it knows of (none when the job is not its business). The core never
-names a feature: a parked job whose blocker no explainer claimed is reported as parked
-behind that blocker.
+the worker holding its lease and until when, and a key of the queue's own layout
+damaged outside kitium-queue (``damaged-key``: which key, and how to repair it).
+Everything else is explained by the features that hold jobs back: each registers an
+*explainer* with ``queue.add_explainer(fn)`` — ``fn(facts: JobFacts)``, sync or async,
+returning the ``Reason`` objects it knows of (none when the job is not its business).
+The core never names a feature: a parked job whose blocker no explainer claimed is
+reported as parked behind that blocker.
 
 Reading only: an explanation changes nothing, and an explainer that fails adds a reason
 saying so instead of failing the whole answer.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from .damage import find_damage
 from .enums import JobStatus
 from .limits import clip, get_logger, printable, reply_text, safe_text
 from .presence import WorkerPresence, live_workers
@@ -202,6 +204,10 @@ async def explain_job(ctx: QueueContext, job_id: str) -> Explanation:
     workers = await live_workers(ctx)
     facts = JobFacts(job, fields, now, workers, paused=paused == b"1")
     reasons = _core(ctx, facts, _int(hold_ttl) or -2, _int(lim_used), _int(lim_ttl) or -2, rank)
+    damaged = await find_damage(client, keys.all)
+    if damaged is not None:
+        # A key of the queue's own layout damaged by hand: no job of it moves until then.
+        reasons.insert(0, Reason("damaged-key", str(damaged), refs=(("key", damaged.key),)))
     if job.damaged:
         reasons.append(
             Reason(

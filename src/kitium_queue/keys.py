@@ -96,6 +96,11 @@ class QueueKeys:
         except ValueError:
             raise AttributeError(item) from None
 
+    @staticmethod
+    def layout(base: str) -> tuple[str, ...]:
+        """The KEYS vector of a queue whose keys start with ``base`` (``all``)."""
+        return tuple(base + part for part in _LAYOUT)
+
     def job(self, job_id: str) -> str:
         return f"{self.base}job:{job_id}"
 

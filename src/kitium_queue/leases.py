@@ -288,6 +288,8 @@ class Leases:
         """Abandon the runs whose lease was lost; cancel those cancelled by ``cancel_job``."""
         for reply in replies:
             if isinstance(reply, Exception):
+                if self.queue.ctx.damaged.failed(reply):
+                    continue  # a key of the queue damaged by hand: at a bounded rate
                 log.error(
                     "worker %s: lease renewal failed: %s",
                     self.worker_id,
@@ -342,8 +344,9 @@ class Leases:
                 await step()
             except TRANSIENT_ERRORS as exc:
                 self._on_outage(exc)
-            except Exception:
-                log.exception("worker %s: %s", self.worker_id, failed)
+            except Exception as exc:
+                if not self.queue.ctx.damaged.failed(exc):  # a damaged key: bounded rate
+                    log.exception("worker %s: %s", self.worker_id, failed)
 
     def recovered(self, back: list[bytes], dead: list[bytes]) -> None:
         """Report jobs recovered from expired leases (by a claim or the sweep): ``back``

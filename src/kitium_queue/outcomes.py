@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryError
 
-from .errors import PermissionDeniedError, WriteRefusedError
+from .errors import DamagedKeyError, PermissionDeniedError, WriteRefusedError
 from .hooks import Outcome, OutcomeKind
 from .limits import (
     MAX_DELAY_MS,
@@ -456,7 +456,8 @@ def keep_args(keep: Any) -> tuple[int, int]:
 def server_refusal(exc: Exception) -> bool:
     """Whether Redis refused a call for a reason of the whole server rather than of what
     the call carried: out of memory, a script running too long (BUSY), the dataset
-    loading, missing replicas, or an ACL permission. Sending the outcomes one by one
+    loading, missing replicas, an ACL permission, or a key of the queue damaged by hand
+    (``DamagedKeyError``: fixed by repairing the key). Sending the outcomes one by one
     would not help and would wrongly fail jobs; they are kept and sent again later."""
     if isinstance(
         exc,
@@ -466,6 +467,7 @@ def server_refusal(exc: Exception) -> bool:
             PermissionDeniedError,
             BusyLoadingError,
             WriteRefusedError,
+            DamagedKeyError,  # a key the call writes holds another type: nothing written
         ),
     ):
         return True

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from .context import CONNECT_TIMEOUT_S
+from .damage import health_damage, named
 from .enums import JobStatus
 from .errors import ConfigurationError
 from .events import PROGRESS_BYTES_FIELD, StreamEvent, read_stream
@@ -514,9 +515,8 @@ class Queries:
     async def health_check(
         self, worker_running: Callable[[], bool], *, server_config: bool = False
     ) -> HealthStatus:
-        """``JobQueue.health_check``; ``worker_running()`` tells whether this process
-        runs a worker of the queue; ``server_config``: also read the persistence
-        settings with ``CONFIG GET`` (operator tools)."""
+        """``JobQueue.health_check``; ``worker_running()``: whether this process runs a worker
+        of the queue; ``server_config``: also read persistence settings with CONFIG GET."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         try:
@@ -538,11 +538,12 @@ class Queries:
             missing = None
         else:
             ctx.missing.counted(missing or 0)
+        damaged = await health_damage(client, ctx.keys.all)  # a key of the layout, by hand
         return HealthStatus(
-            True,
+            damaged is None,
             round(latency, 3),
             ctx.connection.describe(),
-            None,
+            damaged,
             worker_running(),
             memory,
             missing,
@@ -722,7 +723,7 @@ class QueryAPI:
         ``damaged`` set (see ``get_job_status``) and the others as usual. Offsets shift
         while jobs come and go; to page through a busy state use ``list_jobs``.
         """
-        return await self.queries.get_jobs_by_status(status, limit, offset)
+        return await named(self.queries, self.queries.get_jobs_by_status(status, limit, offset))
 
     async def list_jobs(
         self, status: JobStatus | str, *, limit: int = 100, cursor: str | None = None
@@ -739,7 +740,7 @@ class QueryAPI:
             while page.next_cursor:
                 page = await queue.list_jobs("completed", limit=50, cursor=page.next_cursor)
         """
-        return await self.queries.list_jobs(status, limit=limit, cursor=cursor)
+        return await named(self.queries, self.queries.list_jobs(status, limit=limit, cursor=cursor))
 
     async def get_stats(self) -> QueueStats:
         """Counts per state, whether the queue is paused, and ``latency_ms``."""
@@ -756,7 +757,7 @@ class QueryAPI:
 
         ``limit``: 0 to ``MAX_QUERY_LIMIT`` (100,000), as in ``get_jobs_by_status``.
         """
-        return await self.queries.get_jobs_by_status(JobStatus.DLQ, limit)
+        return await named(self.queries, self.queries.get_jobs_by_status(JobStatus.DLQ, limit))
 
     def events(
         self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .damage import explain_damage
 from .errors import ConfigurationError, PermissionDeniedError, error_from_script
 from .pools import waiters_of
 from .replies import ReplyChannel, ReplyTimeout, channel_for, release_channel
@@ -262,9 +263,9 @@ class ScriptRegistry:
                     return reply
                 return await client.execute_command("EVAL", s.source, len(keys), *keys, *args)
             except ResponseError as exc:
-                raise translate_error(exc) from exc
+                raise await explain_damage(client, keys, translate_error(exc)) from exc
         except ResponseError as exc:
-            raise translate_error(exc) from exc
+            raise await explain_damage(client, keys, translate_error(exc)) from exc
 
     async def pipeline(self, client: Any, calls: Sequence[Call]) -> list[Any]:
         """Run several scripts in one round trip (not a transaction), on one connection.

@@ -400,16 +400,17 @@ class Worker:
     async def _refused(self, exc: Exception, backoff: float) -> float:
         """The server refused outcomes for a reason of its own (out of memory, ...): they
         are kept; wait before offering them again, as after an outage."""
-        log.error(
-            "worker %s: Redis refused to record %d outcome(s) on queue %s (%s: %s); "
-            "keeping them, retrying in %.2f s",
-            self.id,
-            self._held(),
-            self.queue.name,
-            type(exc).__name__,
-            safe_text(exc),
-            backoff,
-        )
+        if not self.queue.ctx.damaged.failed(exc):  # a damaged key: at a bounded rate
+            log.error(
+                "worker %s: Redis refused to record %d outcome(s) on queue %s (%s: %s); "
+                "keeping them, retrying in %.2f s",
+                self.id,
+                self._held(),
+                self.queue.name,
+                type(exc).__name__,
+                safe_text(exc),
+                backoff,
+            )
         await asyncio.sleep(backoff)
         return min(backoff * 2, 5.0)
 
@@ -450,11 +451,14 @@ class Worker:
         """Handle the claim reply of a round that asked for ``asked`` slots. Returns how
         long the lane may sleep when it next finds nothing to do (``idle_for`` as it was
         when jobs were claimed: the lane goes on at once), and whether the claim failed."""
+        q = self.queue
         if isinstance(reply, Exception):
-            log.error("worker %s: claim failed: %s", self.id, self.queue.connection.redact(reply))
+            if not q.ctx.damaged.failed(reply, self._client, q.keys.all):  # at a bounded rate
+                log.error("worker %s: claim failed: %s", self.id, q.connection.redact(reply))
             self._unreserve(asked, 0)
             self._drained.clear()  # the retry after 1 s claims, whatever came before
             return 1.0, True
+        q.ctx.damaged.ok(self._client, q.keys.all)
         got = self._after_claim(reply)
         self._unreserve(asked, got)
         wake_in = int(reply[_WAKE_IN])
@@ -542,9 +546,10 @@ class Worker:
             except ResponseError as exc:
                 # e.g. UNBLOCKED: the primary was demoted while we waited (failover).
                 self._unreserve(asked, 0)
-                log.warning(
-                    "worker %s: wake-up wait interrupted: %s", self.id, q.connection.redact(exc)
-                )
+                if not q.ctx.damaged.failed(exc, self._client, q.keys.all):  # the marker
+                    log.warning(
+                        "worker %s: wake-up wait interrupted: %s", self.id, q.connection.redact(exc)
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 self._signal.set()

@@ -273,8 +273,9 @@ def health(
     \b
     0  healthy (liveness) / ready (readiness)
     3  Redis unreachable, refused the credentials or did not answer
-    4  readiness only: Redis answers but a check failed (memory nearly full,
-       an evicting maxmemory-policy, a replica, --max-latency or --max-dlq)
+    4  Redis answers but a key of the queue is damaged (holds another type);
+       readiness only: a check failed (memory nearly full, an evicting
+       maxmemory-policy, a replica, --max-latency or --max-dlq)
 
     Reports Redis latency, memory against maxmemory, eviction policy and persistence."""
     out = output(as_json)
@@ -287,11 +288,13 @@ def health(
             h.backend = q.describe_backend([h])  # its members share one client: its name
         checks: list[dict[str, Any]] = []
         # Redis answered but the queue refuses the server (an evicting policy, a
-        # database it does not have): reachable, not ready.
-        refused = not h.healthy and (h.error or "").startswith("ConfigurationError")
+        # database it does not have) or a key of the queue is damaged: not ready.
+        error = h.error or ""
+        refused = not h.healthy and error.startswith(("ConfigurationError", "DamagedKeyError"))
         answers = h.healthy or refused
         if refused:
-            checks.append({"name": "configuration", "ok": False, "detail": h.error})
+            name = "keys" if error.startswith("DamagedKeyError") else "configuration"
+            checks.append({"name": name, "ok": False, "detail": h.error})
         elif h.healthy and probe == "readiness":
             checks = await _readiness(q, max_memory, latency_ms, max_dlq)
         ready = answers and (probe == "liveness" or all(c["ok"] for c in checks))

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from ..enums import JobStatus
-from ..errors import ConfigurationError, JobStateError, KitiumQueueError
+from ..errors import ConfigurationError, DamagedKeyError, JobStateError, KitiumQueueError
 from ..limits import clip
 from ..presence import live_workers
 from ..queries import JobPage
@@ -141,7 +141,7 @@ class Pages:
                 found_search = await search(
                     queue, JobStatus(state), flt, offset=offset, limit=limit
                 )
-        except ConfigurationError as exc:
+        except (ConfigurationError, DamagedKeyError) as exc:  # a key damaged by hand
             error = clip(str(exc), 300)
         jobs = page.jobs if page else found_search.jobs if found_search else []
         return self.dash.render(

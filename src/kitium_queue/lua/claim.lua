@@ -39,6 +39,9 @@
   Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
   reply is { 'fenced', 1000, 0, {}, {} } and nothing was written: no job is promoted,
   recovered or handed out.
+  Damaged keys: when a key of the layout it uses holds another type, or the lease (or,
+  with a limiter, the limiter) counter holds something that is not an integer, the
+  reply is the error KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
   Hold: while <prefix>hold exists (a processor raised RateLimited), nothing is handed
   out and the status is 'limited' until it expires.
 ]]
@@ -66,7 +69,13 @@ local scan = tonumber(ARGV[11])
 local fenced = fence_slot('claim')
 if fenced then return { 'fenced', 1000, 0, {}, {} } end
 --@end
-keep_running_when_full()
+-- The keys written after the first write (lib_base.lua check_keys): six commands a call.
+-- delayed needs none: promote reads it before anything is written.
+local dlq_key = 6
+if not dlq_enabled then dlq_key = 5 end
+local damaged = keep_running_when_full() or check_keys(1, 2, dlq_key, 8, 9, 12)
+if not damaged and lim_max > 0 then damaged = check_keys(11) end
+if damaged then return damaged end
 promote(1000, dlq_enabled)
 local back, dead = recover(1000, max_stalled, dlq_enabled)
 --@if parking

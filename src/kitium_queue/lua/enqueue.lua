@@ -25,6 +25,9 @@
              in place of the id comes the reason. Nothing of that job was written, and
              processing stops there: the jobs after it in the call are not written and
              have no entry in the reply.
+  Damaged keys: when wait, delayed, the event stream or the marker holds another type,
+  or the id counter something that is not an integer, the call answers
+  KQ_DAMAGED_KEY <found> <expected> <key> before anything is written.
   Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
   call answers KQ_FENCED <reason> before anything is written.
   Chosen ids and auto ids never overwrite a job: a chosen id that exists is 'dup', and
@@ -47,6 +50,10 @@ end
 local fenced = fence_slot('enqueue')
 if fenced then return redis.error_reply('KQ_FENCED ' .. fenced) end
 --@end
+-- Keys written after the call's first write (check_keys, lib_base.lua): four commands a
+-- call, none per job. The id counter needs none: add_job's INCR of it is the first write.
+local damaged = check_keys(1, 3, 8, 9)
+if damaged then return damaged end
 local idem_ttl = int(arg_int(ARGV[4], 86400000, 1, MAX_MS))
 local out = {}
 local woke = false

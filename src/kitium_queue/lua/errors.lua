@@ -9,6 +9,7 @@ local ERR_QUEUE_ACTIVE = 'KQ_QUEUE_ACTIVE'
 local ERR_LEASE_LOST = 'KQ_LEASE_LOST'
 local ERR_BAD_ARGUMENT = 'KQ_BAD_ARGUMENT'
 local ERR_FENCED = 'KQ_FENCED'
+local ERR_DAMAGED_KEY = 'KQ_DAMAGED_KEY'
 
 local function fail(code, detail)
   -- Redis ends an error's text at a NUL byte (an id may hold one): write it as \0.

@@ -17,6 +17,8 @@
   Arguments are checked before the first write: a duration that is not a positive
   number, or an odd number of id/token fields, is refused whole ('KQ_BAD_ARGUMENT' error
   reply, nothing written); a duration above MAX_DELAY_MS (lib_base.lua) is clamped to it.
+  Damaged keys: KQ_DAMAGED_KEY when meta or active holds another type (check_keys,
+  lib_base.lua), before anything is written.
 ]]
 --@include lib_base
 
@@ -31,7 +33,8 @@ end
 if duration > MAX_DELAY_MS then duration = MAX_DELAY_MS end
 local deadline = int(NOW + math.floor(duration))
 local lost, cancelled, gone = {}, {}, {}
-keep_running_when_full()
+local damaged = keep_running_when_full() or check_keys(2)
+if damaged then return damaged end
 for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   -- pcall: a job key holding another type would fail HMGET (WRONGTYPE) after the leases

@@ -33,6 +33,9 @@
   half way through the call. Ids and tokens need no check: any string is fenced (a
   forged or empty token is 'lease-lost', an unknown id 'missing').
 
+  Damaged keys: when a key of the layout the call would write holds another type, the
+  reply is the error KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
+
   Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing' | 'damaged'
   ('damaged': the job key holds something other than a job hash; nothing is written).
   Events: job-completed | job-retrying | job-failed (+ job-dlq) | job-delayed | job-released.
@@ -68,9 +71,11 @@ end
 -- Check and clamp every outcome before the first write (header). Pure Lua, no command:
 -- a few microseconds per call on the hot path.
 local delays, counts, ages = {}, {}, {}
+local kinds = {}
 for b = 5, #ARGV, 9 do
   local n = (b - 5) / 9 + 1
   if not KINDS[ARGV[b + 2]] then return bad_outcome(n, 'unknown kind') end
+  kinds[ARGV[b + 2]] = true
   local delay = arg_int(ARGV[b + 5], nil, 0, MAX_DELAY_MS)
   local keep_count = arg_int(ARGV[b + 6], nil, -1, MAX_KEEP)
   local keep_age = arg_int(ARGV[b + 7], nil, -1, MAX_KEEP)
@@ -80,6 +85,17 @@ for b = 5, #ARGV, 9 do
   end
   delays[b], counts[b], ages[b] = delay, keep_count, keep_age
 end
+
+-- The keys the call's kinds of outcome write (check_keys, lib_base.lua): active and
+-- events, plus completed for 'C', wait and marker for 'R' 'D' 'H', delayed for 'R' 'D',
+-- dlq or failed for 'F'. A few commands per call, none per outcome.
+local check = { 2, 8 }
+if kinds.C then check[#check + 1] = 4 end
+if kinds.R or kinds.D or kinds.H then check[#check + 1] = 1; check[#check + 1] = 9 end
+if kinds.R or kinds.D then check[#check + 1] = 3 end
+if kinds.F then check[#check + 1] = dlq_enabled and 6 or 5 end
+local damaged = check_keys(unpack(check))
+if damaged then return damaged end
 
 local res = {}
 local woke = false

@@ -32,7 +32,16 @@ local AUTO_ID_TRIES = 1000
 local function add_job(id, name, data, opts, pri, delay, lifo, batch)
   pri = arg_int(pri, 0, 0, 65535)
   delay = arg_int(delay, 0, 0, MAX_MS)
-  local seq = redis.call('INCR', K_ID)
+  -- pcall: a damaged id counter fails its first INCR, the first write of a call's first
+  -- job (nothing was written): raised as KQ_DAMAGED_KEY, with the key.
+  local seq = redis.pcall('INCR', K_ID)
+  if type(seq) == 'table' then
+    local t = redis.call('TYPE', K_ID)['ok']
+    if t ~= 'string' or string.find(seq.err, 'not an integer', 1, true) then
+      error(damaged_key(10, t))
+    end
+    error(seq)  -- not damage (a full Redis refuses the first write: OOM)
+  end
   if id == '' then
     -- Auto ids are sequence numbers, and a job hash may already sit at the next one: a
     -- numeric job_id chosen by an older version or another client, or a counter that was

@@ -38,7 +38,8 @@
       again for more.
 
   Provides: K_* (the KEYS above), PREFIX, MAX_MS, BATCH_MAX, NOW, NOW_S, EVENTS_MAXLEN(_S),
-  arg_int, bad_arg, int, num, job_key, key_type, keep_running_when_full, count_missing.
+  arg_int, bad_arg, int, num, job_key, key_type, keep_running_when_full, count_missing,
+  check_keys, damaged_key, KEY_TYPES.
 ]]
 local K_WAIT, K_ACTIVE, K_DELAYED = KEYS[1], KEYS[2], KEYS[3]
 local K_COMPLETED, K_FAILED, K_DLQ = KEYS[4], KEYS[5], KEYS[6]
@@ -118,8 +119,54 @@ end
 -- memory, and a lease that cannot be renewed would make a job run twice. They call this
 -- first: a write that cannot grow memory (a field that never exists), after which their
 -- writes are allowed. Enqueue does not: a full Redis refuses new jobs, whole.
+-- What each key of the shared layout holds: a type, or 'integer' for a counter (a string
+-- INCR accepts).
+local KEY_TYPES = { 'zset', 'zset', 'zset', 'zset', 'zset', 'zset', 'hash', 'stream', 'zset',
+  'integer', 'integer', 'integer' }
+
+-- The error reply for KEYS[i] found holding `found` (a Redis type) when it was checked
+-- before the script's first write: "KQ_DAMAGED_KEY <found> <expected> <key>"
+-- (DamagedKeyError in Python, which says how to repair it).
+local function damaged_key(i, found)
+  return redis.error_reply('KQ_DAMAGED_KEY ' .. found .. ' ' .. KEY_TYPES[i] .. ' ' .. KEYS[i])
+end
+
+-- A key of the layout damaged outside kitium-queue (overwritten with another type, a
+-- counter holding something that is not an integer) fails the first command that uses
+-- it; after the script's first write that would leave a half-done transition (a job
+-- popped from wait and in no set). A script calls check_keys(i, ...) with the indices of
+-- the keys it may write after its first write, before that write: the error reply for
+-- the first damaged one, or nil. One command per key and call, never per job.
+local function check_keys(...)
+  local idx = { ... }
+  for n = 1, #idx do
+    local i = idx[n]
+    if i >= 10 then
+      local v = redis.pcall('GET', KEYS[i])
+      if type(v) == 'table' then return damaged_key(i, redis.call('TYPE', KEYS[i])['ok']) end
+      -- INCR takes an integer without sign or leading zeros; 15 digits stay exact here.
+      if v and not (#v <= 15 and (v == '0' or string.match(v, '^%-?[1-9]%d*$'))) then
+        return damaged_key(i, 'string')
+      end
+    else
+      local t = redis.call('TYPE', KEYS[i])['ok']
+      if t ~= 'none' and t ~= KEY_TYPES[i] then return damaged_key(i, t) end
+    end
+  end
+  return nil
+end
+
+-- Returns the damaged_key reply when meta holds another type (its first command: nothing
+-- was written), else nil.
 local function keep_running_when_full()
-  redis.call('HDEL', K_META, '-')
+  local r = redis.pcall('HDEL', K_META, '-')
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'WRONGTYPE', 1, true) then
+      return damaged_key(7, redis.call('TYPE', K_META)['ok'])
+    end
+    return r
+  end
+  return nil
 end
 
 -- A job record found missing: its hash was deleted or evicted (maxmemory-policy

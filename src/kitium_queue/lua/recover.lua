@@ -12,9 +12,14 @@
 
   Returns { {recovered ids}, {dead-lettered ids} }: every examined job is in one of them.
   Events: job-stalled per recovered job; job-failed (+ job-dlq) per dead-lettered job.
+  Damaged keys: KQ_DAMAGED_KEY when a key it writes holds another type (check_keys,
+  lib_base.lua), before anything is written.
 ]]
 --@include lib_recover
 
-keep_running_when_full()
+local dlq_key = 6
+if ARGV[5] ~= '1' then dlq_key = 5 end
+local damaged = keep_running_when_full() or check_keys(1, 2, dlq_key, 8, 9)
+if damaged then return damaged end
 local back, dead = recover(ARGV[6], ARGV[4], ARGV[5] == '1')
 return { back, dead }
