@@ -429,8 +429,8 @@ def _compose_enqueue(frags: list[SlotFragment]) -> str:
         " elseif blocker == nil and type(b) == 'string' and b ~= '' then blocker = b",
     )
     lines.append("  if blocker == nil or state ~= 'waiting' then return false end")
-    lines.append("  park(id, jk, int(wait_score(pri, q)), blocker)")
-    lines.append("  return true")
+    # False when the blocker's set is damaged (lib_parking.lua): the job goes to wait.
+    lines.append("  return park(id, jk, int(wait_score(pri, q)), blocker)")
     lines.append("end")
     return "\n".join(lines) + "\n"
 

@@ -35,7 +35,9 @@
   shorten wake_in; work they defer with admit_after runs once the candidates are handed
   out and out of wait. With no check registered, nothing is called per candidate.
   Parked jobs: when any slot is filled, due park timers are served after recovery
-  (bounded, lib_park_timers.lua fire_timers) and wake_in covers the earliest timer.
+  (bounded, lib_park_timers.lua fire_timers) and wake_in covers the earliest timer. A
+  parking key of another type (damaged) fails nothing: it is skipped and recorded in
+  slot-errors (lib_parking.lua), and a job its check cannot park stays in wait.
   Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
   reply is { 'fenced', 1000, 0, {}, {} } and nothing was written: no job is promoted,
   recovered or handed out.
@@ -176,8 +178,8 @@ if want > 0 then
           local score = redis.call('ZSCORE', K_WAIT, id)
           if score then
             if ADMIT_PARK_SCORE then score = int(ADMIT_PARK_SCORE) end
-            park(id, jk, score, ADMIT_PARK)
-            taken[#taken + 1] = id
+            -- A damaged blocker set parks nothing (recorded): the job stays in wait.
+            if park(id, jk, score, ADMIT_PARK) then taken[#taken + 1] = id end
           end
         end
 --@end

@@ -14,7 +14,8 @@
   next_timer() -> ms | nil    the earliest timer
 
   Keys: <prefix>park:timers (ZSET blocker -> due ms) and <prefix>park:rules (HASH
-  blocker -> "<n> <every> <due>"), see lib_parking.lua.
+  blocker -> "<n> <every> <due>"), see lib_parking.lua. Either one holding another type
+  (damaged) fails no call: it is skipped and recorded (park_call, lib_parking.lua).
 ]]
 --@include lib_base
 --@include lib_parking
@@ -25,8 +26,8 @@ local TIMERS_MAX = 100
 local ARMED = {}
 
 local function set_timer(blocker, due, n, every)
-  redis.call('ZADD', K_PARK_TIMERS, int(due), blocker)
-  redis.call('HSET', K_PARK_RULES, blocker, int(n) .. ' ' .. int(every) .. ' ' .. int(due))
+  park_call('timers', 'ZADD', K_PARK_TIMERS, int(due), blocker)
+  park_call('rules', 'HSET', K_PARK_RULES, blocker, int(n) .. ' ' .. int(every) .. ' ' .. int(due))
 end
 
 local function park_timer(blocker, due, n, every)
@@ -35,7 +36,7 @@ local function park_timer(blocker, due, n, every)
   every = arg_int(every, 0, 0, MAX_MS)
   local armed = ARMED[blocker]
   if armed and armed <= due then return end
-  local rule = redis.call('HGET', K_PARK_RULES, blocker)
+  local rule = park_call('rules', 'HGET', K_PARK_RULES, blocker)
   local cur = rule and tonumber(string.match(rule, '^%d+ %d+ (%d+)$'))
   if cur and cur < due then due = cur end
   set_timer(blocker, due, n, every)
@@ -43,13 +44,14 @@ local function park_timer(blocker, due, n, every)
 end
 
 local function fire_timers()
-  local due = redis.call('ZRANGEBYSCORE', K_PARK_TIMERS, '-inf', NOW_S, 'LIMIT', 0, TIMERS_MAX)
+  local due = park_call('timers', 'ZRANGEBYSCORE', K_PARK_TIMERS, '-inf', NOW_S, 'LIMIT', 0,
+    TIMERS_MAX) or {}
   local budget, moved = UNPARK_MAX, 0
   for i = 1, #due do
     -- Out of budget: the timers left stay due, so the next call serves them.
     if budget <= 0 then break end
     local blocker = due[i]
-    local n, every = string.match(redis.call('HGET', K_PARK_RULES, blocker) or '',
+    local n, every = string.match(park_call('rules', 'HGET', K_PARK_RULES, blocker) or '',
       '^(%d+) (%d+)')
     n, every = tonumber(n) or 0, tonumber(every) or 0
     if n <= 0 or n > budget then n = budget end
@@ -58,15 +60,15 @@ local function fire_timers()
     if m > 0 and redis.call('EXISTS', PARKED_PREFIX .. blocker) == 1 then
       set_timer(blocker, NOW + every, n, every)
     else
-      redis.call('ZREM', K_PARK_TIMERS, blocker)
-      redis.call('HDEL', K_PARK_RULES, blocker)
+      park_call('timers', 'ZREM', K_PARK_TIMERS, blocker)
+      park_call('rules', 'HDEL', K_PARK_RULES, blocker)
     end
   end
   return moved
 end
 
 local function next_timer()
-  local t = redis.call('ZRANGE', K_PARK_TIMERS, 0, 0, 'WITHSCORES')
-  if t[2] then return tonumber(t[2]) end
+  local t = park_call('timers', 'ZRANGE', K_PARK_TIMERS, 0, 0, 'WITHSCORES')
+  if t and t[2] then return tonumber(t[2]) end
   return nil
 end

@@ -15,8 +15,9 @@
   A parked job's hash: st = 'pending', pk = its blocker. Blockers are non-empty strings,
   named by the feature that parks (flow control: 'cc:<key>', 'rl:<key>').
 
-  park(id, jk, score, blocker)
-      Park a job that is in no state set (the caller took it out of wait, or it is new).
+  park(id, jk, score, blocker) -> parked
+      Park a job that is in no state set (the caller took it out of wait, or it is new),
+      or in wait (claim). False when `blocker`'s set is damaged: the job is in wait.
   unpark(blocker, n, fresh, ids) -> moved
       Move the first n (clamped to 0..UNPARK_MAX) jobs parked behind `blocker` back to
       wait (st = waiting), and wake idle workers. By default each goes back to its
@@ -41,6 +42,14 @@
                               clear), with their blockers' timers; on_delete(id, jk,
                               'removed'), when given, runs for each job first (drain
                               passes the `release` slot)
+  Damaged keys: a parking key overwritten outside kitium-queue with another type (a
+  blocker's set, the index, the timers, the rules) never fails a script: the command on
+  it is skipped, nothing of it written, and park_damaged records it once per call in
+  <prefix>slot-errors (field 'damaged:<key>', the KQ_DAMAGED_KEY text of damaged_key in
+  lib_base.lua and the repair): a job that cannot be parked stays in (or goes to) wait,
+  a damaged blocker unparks nothing, a damaged index is left as it is (rebuilt from the
+  blockers' sets as they change once it is deleted). No command is added to a call
+  while the keys are sound (pcall in place of call).
   Timers (park_timer, fire_timers, next_timer) are in lib_park_timers.lua. Every function
   is bounded and sends lists to Redis in chunks (lib_sets.lua). Only commands of the
   core ACL list are used (docs/RELIABILITY.md), so a queue whose features park jobs
@@ -55,7 +64,49 @@ local K_PARKED = PREFIX .. 'parked'
 local PARKED_PREFIX = PREFIX .. 'parked:'
 local K_PARK_TIMERS = PREFIX .. 'park:timers'
 local K_PARK_RULES = PREFIX .. 'park:rules'
+local K_SLOT_ERRORS = PREFIX .. 'slot-errors'
 local UNPARK_MAX = BATCH_MAX
+
+-- The repair of each kind of parking key found damaged.
+local PARK_FIX = {
+  zset = 'delete it (the ids it held are lost to it: their jobs stay pending, with pk = ' ..
+    'the blocker, until removed); jobs flow meanwhile',
+  index = 'delete it: each blocker is listed again as its parked jobs change; parked ' ..
+    'jobs still come back meanwhile',
+  timers = 'delete it: features arm their timers again; other jobs flow meanwhile',
+  rules = 'delete it: timers then unpark as many jobs as one call may',
+}
+local PARK_DAMAGE_SEEN = {}
+
+-- Records `key` (expected: a Redis type) found holding another type, once per call, in
+-- slot-errors; the text is damaged_key's (lib_base.lua), for a key outside the layout,
+-- then the repair: PARK_FIX[fix], or `fix` itself (a feature's key: tenancy).
+local function park_damaged(key, expected, fix)
+  if PARK_DAMAGE_SEEN[key] then return end
+  PARK_DAMAGE_SEEN[key] = true
+  local i = #KEYS + 1
+  KEYS[i], KEY_TYPES[i] = key, expected
+  local reply = damaged_key(i, redis.call('TYPE', key)['ok'])
+  KEYS[i], KEY_TYPES[i] = nil, nil
+  -- pcall: a damaged slot-errors hash must not fail the call either (health_check names it).
+  redis.pcall('HSET', K_SLOT_ERRORS, 'damaged:' .. key, NOW_S .. ' ' .. reply.err ..
+    ': skipped, nothing of it written; ' .. (PARK_FIX[fix] or fix))
+end
+
+-- redis.call of a command on parking key `key` (a zset, or a hash for 'rules'): its
+-- reply, or nil when the key holds another type (recorded, nothing written). Any other
+-- error is raised as redis.call would.
+local function park_call(fix, cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
+    local expected = 'zset'
+    if fix == 'rules' then expected = 'hash' end
+    park_damaged(key, expected, fix)
+    return nil
+  end
+  return r
+end
 
 -- The total of parked jobs, in meta. HSET of a computed value rather than HINCRBY: a
 -- damaged total must not fail a script after its writes.
@@ -71,19 +122,26 @@ end
 -- After `blocker`'s set changed by `delta` jobs: its count in the index (its set's own
 -- size, so the index cannot drift) and the total.
 local function count_parked(blocker, delta)
-  local left = redis.call('ZCARD', PARKED_PREFIX .. blocker)
+  local left = park_call('zset', 'ZCARD', PARKED_PREFIX .. blocker) or 0
   if left > 0 then
-    redis.call('ZADD', K_PARKED, left, blocker)
+    park_call('index', 'ZADD', K_PARKED, left, blocker)
   else
-    redis.call('ZREM', K_PARKED, blocker)
+    park_call('index', 'ZREM', K_PARKED, blocker)
   end
   add_parked_total(delta)
 end
 
+-- Returns true when parked. A blocker whose set holds another type (damaged) parks
+-- nothing: the job is put in wait (NX: where it is when it sits there), so none is left
+-- in no set, and false is returned.
 local function park(id, jk, score, blocker)
-  redis.call('ZADD', PARKED_PREFIX .. blocker, score, id)
+  if not park_call('zset', 'ZADD', PARKED_PREFIX .. blocker, score, id) then
+    redis.call('ZADD', K_WAIT, 'NX', score, id)
+    return false
+  end
   redis.call('HSET', jk, 'st', 'pending', 'pk', blocker)
   count_parked(blocker, 1)
+  return true
 end
 
 -- A new wait score with sequence number `seq` for a job parked at wait score `score`
@@ -102,8 +160,8 @@ local function unpark(blocker, n, fresh, moved)
   n = arg_int(n, 1, 0, UNPARK_MAX)
   if n == 0 then return 0 end
   local pk = PARKED_PREFIX .. blocker
-  local got = redis.call('ZRANGE', pk, 0, n - 1, 'WITHSCORES')
-  if #got == 0 then return 0 end
+  local got = park_call('zset', 'ZRANGE', pk, 0, n - 1, 'WITHSCORES')
+  if not got or #got == 0 then return 0 end
   local ids, pairs_ = {}, {}
   -- The fresh sequence numbers of this call, taken at once.
   local seq = 0
@@ -134,7 +192,7 @@ end
 
 local function forget_parked(id, jk)
   local blocker = redis.call('HGET', jk, 'pk')
-  if blocker and redis.call('ZREM', PARKED_PREFIX .. blocker, id) == 1 then
+  if blocker and park_call('zset', 'ZREM', PARKED_PREFIX .. blocker, id) == 1 then
     count_parked(blocker, -1)
   end
 end
@@ -158,11 +216,12 @@ local function drop_parked(limit, on_delete)
   -- Each round deletes jobs or forgets an empty blocker: at most `limit` rounds.
   while removed < limit and rounds < limit do
     rounds = rounds + 1
-    local blockers = redis.call('ZRANGE', K_PARKED, 0, 0)
-    if #blockers == 0 then break end
+    local blockers = park_call('index', 'ZRANGE', K_PARKED, 0, 0)
+    if not blockers or #blockers == 0 then break end
     local blocker = blockers[1]
     local pk = PARKED_PREFIX .. blocker
-    local ids = redis.call('ZRANGE', pk, 0, limit - removed - 1)
+    -- A damaged blocker (recorded) is taken out of the index: the next one is served.
+    local ids = park_call('zset', 'ZRANGE', pk, 0, limit - removed - 1) or {}
     -- Out of their blocker first, so an on_delete that unparks cannot move them to wait.
     zrem_all(pk, ids)
     removed = removed + #ids
@@ -173,8 +232,8 @@ local function drop_parked(limit, on_delete)
     delete_jobs(ids)
     if redis.call('EXISTS', pk) == 0 then
       -- Emptied: its timer, if it had one, has nothing left to bring back.
-      redis.call('ZREM', K_PARK_TIMERS, blocker)
-      redis.call('HDEL', K_PARK_RULES, blocker)
+      park_call('timers', 'ZREM', K_PARK_TIMERS, blocker)
+      park_call('rules', 'HDEL', K_PARK_RULES, blocker)
     end
   end
   return removed

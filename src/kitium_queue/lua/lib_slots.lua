@@ -6,7 +6,9 @@
       A slot fragment raised an error. The host transition goes on (every fragment runs
       under pcall), and the error is recorded for operators in <prefix>slot-errors
       (HASH: '<slot>:<fragment name>' -> '<ms> <message>'; kitium_queue.parking
-      .slot_errors). Writes the fragment made before it failed stay: fragments must do
+      .slot_errors; a damaged parking key has its own field 'damaged:<key>', see
+      lib_parking.lua). A slot-errors key of another type records nothing and fails
+      nothing. Writes the fragment made before it failed stay: fragments must do
       their checks first (see kitium_queue.slots).
   The composed `event` slot is included here, so every script that runs a feature's
   fragments passes the events they raise (feature_event) to it.
@@ -22,14 +24,15 @@
 --@include lib_park_timers
 --@include outbox
 
-local K_SLOT_ERRORS = PREFIX .. 'slot-errors'
 local SLOT_ERROR_BYTES = 500
 
 local function slot_failed(slot, name, err)
   if type(err) == 'table' then err = err.err or err.ok end
   local text = tostring(err)
   if #text > SLOT_ERROR_BYTES then text = string.sub(text, 1, SLOT_ERROR_BYTES) .. '...' end
-  redis.call('HSET', K_SLOT_ERRORS, slot .. ':' .. name, NOW_S .. ' ' .. text)
+  -- pcall: slot-errors (K_SLOT_ERRORS, lib_parking.lua) holding another type must not
+  -- fail the transition after its writes (health_check names that key).
+  redis.pcall('HSET', K_SLOT_ERRORS, slot .. ':' .. name, NOW_S .. ' ' .. text)
 end
 
 -- The features that forward raised events (feature_event in lib_events.lua).

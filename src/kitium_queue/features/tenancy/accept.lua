@@ -5,7 +5,8 @@
   -- Refuses, before anything of the job is written: a job of a tenant this queue does
   -- not know (never created, or removed), a job whose region the tenant may not use,
   -- and (quotas enforced) a job that would take the tenant past its max_queue_size
-  -- (its unfinished jobs in this queue). Reads the count each time: the enqueue fragment of the job before,
+  -- (its unfinished jobs in this queue), or while that count is damaged (not an
+  -- integer: count_of in prelude.lua). Reads the count each time: the enqueue fragment of the job before,
   -- in the same call, may have raised it.
   return function(id, name, opts, state)
     local t, region = tenant_opts(opts)
@@ -29,7 +30,16 @@
         'allowed_regions: ' .. string.sub(ar, 2, -2) .. '): the job was not added'
     end
     local max = arg_int(f[2], 0, 0, 1000000000)
-    local n = num(f[3])
+    local n = count_of(f[3])
+    if QUOTAS and max > 0 and not n then
+      -- Damaged: read as 0 it would let the tenant past its quota until the count caught
+      -- up. The tenant's copy recounts it (tn_put.lua).
+      return "the count of unfinished jobs of tenant '" .. t .. "' in queue '" .. QUEUE ..
+        "' (field n of " .. TN .. t .. ') holds ' .. string.format('%q', string.sub(f[3], 1, 40)) ..
+        ', not a count (damaged outside kitium-queue): the job was not added, so that ' ..
+        'its max_queue_size of ' .. max .. ' holds. TenantRegistry.sync() recounts it ' ..
+        '(workers do within 30 s); then add the job again'
+    end
     if QUOTAS and max > 0 and n >= max then
       return 'KQ_QUOTA_EXCEEDED\t' .. t .. '\tmax_queue_size\t' .. max .. "\ttenant '" ..
         t .. "' is at its max_queue_size of " .. max .. ' in queue ' .. "'" .. QUEUE ..

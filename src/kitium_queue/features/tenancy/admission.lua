@@ -17,8 +17,9 @@
       s.tk = out - 1
     end
     local run = s.mc > 0 and running(s)
-    redis.call('SADD', RUN .. t, id)
-    if run then s.run = run + 1 end
+    -- A damaged running set (only a tenant without max_concurrency gets here with one):
+    -- the job runs, uncounted there, and the key is recorded (run_write).
+    if run_write(s, 'SADD', id) and run then s.run = run + 1 end
     if s.rlm > 0 then
       s.used = window(s) + 1
       if s.used == 1 then
@@ -33,7 +34,8 @@
     if not c.counted then
       -- Back from a finished state (retry_job, replay_dlq): counted again.
       redis.call('HSET', jk, 'tq', '1')
-      redis.call('HSET', TN .. t, 'n', int(num(redis.call('HGET', TN .. t, 'n')) + 1))
+      local n = count_of(redis.call('HGET', TN .. t, 'n'))
+      if n then redis.call('HSET', TN .. t, 'n', int(n + 1)) end
     end
     -- Fair dispatch: the ticket it held goes to the next job of its lane. Without it a
     -- lane holds only jobs over a cap or a rate: a start frees no slot, but the first

@@ -7,10 +7,13 @@
     local t = tenant_opts(opts)
     if not t then return nil end
     local s = state(t)
-    if s.n == nil then s.n = num(redis.call('HGET', TN .. t, 'n')) end
-    s.n = s.n + 1
+    -- A damaged count (false) is left as it is: the recount counts this job by its tq.
+    if s.n == nil then s.n = count_of(redis.call('HGET', TN .. t, 'n')) or false end
     redis.call('HSET', jk, 'tn', t, 'tq', '1')
-    redis.call('HSET', TN .. t, 'n', int(s.n))
+    if s.n then
+      s.n = s.n + 1
+      redis.call('HSET', TN .. t, 'n', int(s.n))
+    end
     if st ~= 'waiting' then return nil end
     if not lane(s) and room(s) > 0 then
       if FAIR then

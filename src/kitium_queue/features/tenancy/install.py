@@ -9,7 +9,7 @@
   sure the queue is known to the registry and holds every tenant's quota (``attach``);
 * a service run by each worker that does the same at start and then every
   ``SYNC_INTERVAL_S`` (quota changes reach queues at once; this heals a copy a crash
-  interrupted);
+  interrupted, and recounts a tenant's damaged count of unfinished jobs);
 * a ``clear()`` step that resets the tenants' counts (their quotas stay).
 """
 
@@ -142,9 +142,28 @@ class StoredTenant:
 async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
     """Copy ``entry`` into one queue (if newer than the copy there). A copy whose keys
     hold another type (damaged) is not written, and logged: the other queues and
-    tenants still get theirs."""
+    tenants still get theirs. A tenant count that is not an integer (damaged) is
+    recounted from the tenant's jobs (``tn_put.lua``), and logged."""
     keys = [tk.tenant(queue_keys, entry.tenant_id), tk.index(queue_keys)]
-    out = int(await run_script(client, TN_PUT, keys, [entry.tenant_id, *entry.copy_args()]))
+    reply = await run_script(client, TN_PUT, keys, [entry.tenant_id, *entry.copy_args()])
+    if isinstance(reply, list):
+        # Its count of unfinished jobs was damaged (not an integer): recounted.
+        log.warning(
+            "queue %s: tenant %s's count of unfinished jobs (field n of %s) held %s, not "
+            "a count (damaged outside kitium-queue); recounted from its jobs: %d. Its new "
+            "jobs are accepted again",
+            queue_keys.name,
+            entry.tenant_id,
+            keys[0],
+            printable(
+                reply[2].decode("utf-8", "replace")
+                if isinstance(reply[2], bytes)
+                else str(reply[2])
+            )[:60],
+            int(reply[1]),
+        )
+        reply = reply[0]
+    out = int(reply)
     if out < 0:
         log.warning(
             "queue %s: the copy of tenant %s was not written: %s or %s holds another "

@@ -60,6 +60,47 @@
     return s
   end
 
+  -- A tenant's count n as stored: a number, or nil when it holds something that is not
+  -- a count (damaged outside kitium-queue). A damaged n is never written over (a write
+  -- would start it again from 0, loosening max_queue_size): the accept fragment refuses
+  -- the tenant's jobs where a max_queue_size applies, and the tenant's copy (tn_put.lua:
+  -- TenantRegistry.sync(), and every worker within SYNC_INTERVAL_S) recounts it from the
+  -- job records marked tq.
+  local function count_of(raw)
+    if not raw then return 0 end
+    if #raw <= 15 and string.match(raw, '^%d+$') then return tonumber(raw) end
+    return nil
+  end
+
+  -- A tenant's running set found holding another type (damaged): recorded once per call
+  -- in slot-errors (lib_parking.lua park_damaged, naming the key and the repair); its
+  -- jobs wait in its lane, and its lane's timer brings one back every DAMAGED_RETRY_MS to
+  -- try again (so they run by themselves once the key is deleted). Other tenants are
+  -- not concerned.
+  local DAMAGED_RETRY_MS = 60000
+  local function run_damaged(s)
+    park_damaged(RUN .. s.t, 'set', "delete it: tenant '" .. s.t .. "' then counts its " ..
+      'running jobs again as they start (its max_concurrency is loose until the jobs ' ..
+      'running now end); meanwhile its jobs wait in its lane, tried again every ' ..
+      (DAMAGED_RETRY_MS / 1000) .. ' s, and other tenants are not concerned')
+    if not s.bad then
+      s.bad = true
+      park_timer('t:' .. s.t, NOW + DAMAGED_RETRY_MS, 1, DAMAGED_RETRY_MS)
+    end
+  end
+
+  -- A write to the tenant's running set (SADD / SREM): its reply, or nil when the set is
+  -- damaged (recorded, nothing written).
+  local function run_write(s, cmd, id)
+    local r = redis.pcall(cmd, RUN .. s.t, id)
+    if type(r) == 'table' and r.err then
+      if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
+      run_damaged(s)
+      return nil
+    end
+    return r
+  end
+
   -- Checks up to 3 random members of set `key` (of n members) while n >= limit, and
   -- removes those gone(m) says are stale; returns the count left.
   local function prune(key, n, limit, gone)
@@ -92,8 +133,14 @@
   local function running(s)
     if s.run == nil then
       local key = RUN .. s.t
-      local n = redis.call('SCARD', key)
-      if s.mc > 0 then n = prune(key, n, s.mc, not_running) end
+      local n = redis.pcall('SCARD', key)
+      if type(n) == 'table' then
+        -- Damaged: the tenant counts as at its cap (its jobs go to its lane).
+        run_damaged(s)
+        n = 1000000000
+      elseif s.mc > 0 then
+        n = prune(key, n, s.mc, not_running)
+      end
       s.run = n
     end
     return s.run

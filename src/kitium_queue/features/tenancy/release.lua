@@ -18,7 +18,8 @@
     end
     if f.err or type(f[1]) ~= 'string' then return end
     local t = f[1]
-    local freed = redis.call('SREM', RUN .. t, id) == 1
+    -- A damaged running set (recorded) frees nothing; the counts below still change.
+    local freed = run_write(tenants[t] or { t = t }, 'SREM', id) == 1
     local known = tenants[t]
     if freed and known and known.run then known.run = known.run - 1 end
     local mc = nil
@@ -26,14 +27,18 @@
       redis.call('HDEL', jk, 'tq')
       local h = redis.call('HMGET', TN .. t, 'n', 'done', 'fail', 'mc')
       mc = arg_int(h[4], 0, 0, 1000000000)
-      local n = num(h[1]) - 1
-      if n < 0 then n = 0 end
-      if total == 'done' then
-        redis.call('HSET', TN .. t, 'n', int(n), 'done', int(num(h[2]) + 1))
-      elseif total == 'fail' then
-        redis.call('HSET', TN .. t, 'n', int(n), 'fail', int(num(h[3]) + 1))
-      else
+      -- A damaged count is left as it is (count_of, prelude.lua): the recount skips
+      -- this job, whose tq is gone.
+      local n = count_of(h[1])
+      if n then
+        n = n - 1
+        if n < 0 then n = 0 end
         redis.call('HSET', TN .. t, 'n', int(n))
+      end
+      if total == 'done' then
+        redis.call('HSET', TN .. t, 'done', int(num(h[2]) + 1))
+      elseif total == 'fail' then
+        redis.call('HSET', TN .. t, 'fail', int(num(h[3]) + 1))
       end
     end
     if total == false and not freed and FAIR and redis.call('SREM', TK .. t, id) == 1 then
