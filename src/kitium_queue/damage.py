@@ -12,6 +12,8 @@ This module names the key:
   ``health_check`` only.
 * ``explain_damage(client, keys, exc)``: ``exc`` if it is not a type or counter error of
   a script run on the layout ``keys``, else the ``DamagedKeyError`` that names the key.
+* ``named_key(client, key, expected, call)``: the same for a command on a key outside
+  the layout (the schedule index).
 * ``DamagedKeys``: the worker's report of a damaged key, at a bounded rate (one per
   queue, ``QueueContext.damaged``): the first error at once, then one a minute while the
   key stays damaged, and a warning when work resumes.
@@ -39,6 +41,7 @@ __all__ = [
     "health_damage",
     "is_damage_error",
     "named",
+    "named_key",
 ]
 
 log = get_logger("kitium_queue.worker")
@@ -141,6 +144,25 @@ async def named(queries: Any, call: Awaitable[T]) -> T:
         if err is exc:
             raise
         raise err from exc
+
+
+async def named_key(client: Any, key: str, expected: str, call: Awaitable[T]) -> T:
+    """``await call`` (a command on ``key``, outside the layout: the schedule index): a
+    bare ``WRONGTYPE`` comes out as the ``DamagedKeyError`` naming ``key`` when it holds
+    another type than ``expected``."""
+    try:
+        return await call
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        try:
+            raw = await client.type(key)
+        except (RedisError, OSError):
+            raise exc from None
+        found = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if found in ("none", expected):
+            raise
+        raise DamagedKeyError("", key, found, expected) from exc
 
 
 class DamagedKeys:

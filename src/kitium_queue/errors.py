@@ -298,6 +298,12 @@ _IF_DELETED = {
     "marker": "nothing is lost",
     "id": "auto ids start again and skip the ids in use",
     "limiter": "the rate limiter's window starts afresh",
+    # Keys outside the layout that scripts check before their first write.
+    "parked": "each blocker is listed again as its parked jobs change",
+    "schedules": "the list of schedules is lost; they still fire",
+    "due": "schedules stop firing until they are resumed or declared again",
+    "dead": "the dead-lettered outbox entries it held are lost",
+    "term": "terms start again from 1, so an old leader's term can come back",
 }
 
 
@@ -309,12 +315,14 @@ class DamagedKeyError(KitiumQueueError):
     """A key of the queue's own layout (the state sets, meta, the event stream, the
     wake-up marker, a counter) holds another Redis type, or a counter holds something
     that is not an integer: it was written outside kitium-queue (by hand or by another
-    client). The scripts check the keys they write before their first write
-    (``KQ_DAMAGED_KEY``): nothing was written. ``key``: the key; ``found`` / ``expected``:
+    client); or a key outside the layout that a script writes (a schedule index, the
+    parked index, the outbox's dead stream, a leader's lease or term counter). The
+    scripts check the keys they write before their first write (``KQ_DAMAGED_KEY``):
+    nothing was written. ``key``: the key; ``found`` / ``expected``:
     Redis types (``expected`` ``"integer"`` for a counter)."""
 
     def __init__(self, detail: str, key: str = "", found: str = "", expected: str = "") -> None:
-        parsed = None if key else re.match(r"(\w+) (zset|hash|stream|integer) (\S+)", detail)
+        parsed = None if key else re.match(r"(\w+) (zset|hash|stream|integer|string) (\S+)", detail)
         if parsed is not None:
             # The script's reply: "<found> <expected> <key>" (lua/lib_base.lua).
             found, expected, key = parsed.groups()

@@ -24,6 +24,7 @@ import orjson
 from croniter import croniter
 from croniter.croniter import CroniterError
 
+from ..damage import named_key
 from ..errors import ConfigurationError, ScheduleNotFoundError
 from ..limits import QUERY_PAGE, clip, get_logger
 from ..middleware import enqueue_origin
@@ -486,7 +487,12 @@ class ScheduleStore:
         # A page of ids at a time (``QUERY_PAGE``): with 100,000 schedules one ZRANGE of
         # the whole index would hold Redis for tens of ms.
         while True:
-            page = await client.zrange(q.keys.schedules, start, start + QUERY_PAGE - 1)
+            page = await named_key(
+                client,
+                q.keys.schedules,
+                "zset",
+                client.zrange(q.keys.schedules, start, start + QUERY_PAGE - 1),
+            )
             if not page:
                 return out
             pipe = client.pipeline(transaction=False)

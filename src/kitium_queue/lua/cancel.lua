@@ -16,6 +16,9 @@
   'flagged' with only its event written (its worker's next renewal finds the record
   damaged and gives the job up; recovery dead-letters it); listed as finished,
   'finished'; else 'missing'.
+  Damaged keys: KQ_DAMAGED_KEY <found> <expected> <key> when a key the call writes (the
+  event stream, the sets its jobs leave, meta for a parked job) holds another type;
+  nothing was written. A damaged parking key is skipped (lib_parking.lua).
   Events: job-removed (reason cancelled) or job-cancelling.
 ]]
 --@include lib_events
@@ -44,6 +47,35 @@ local function cancel_damaged(id, jk)
   end
   return 'missing'
 end
+
+-- A first pass writes nothing: the keys the call will write (check_keys, lib_base.lua),
+-- so that one holding another type refuses the whole call before its first write.
+local need, listed = { 8 }, {}
+local function needs(...)
+  local idx = { ... }
+  for n = 1, #idx do
+    if not listed[idx[n]] then need[#need + 1] = idx[n] end
+    listed[idx[n]] = true
+  end
+end
+for i = 4, #ARGV do
+  local jk = job_key(ARGV[i])
+  local kt = key_type(jk)
+  if kt ~= 'hash' and kt ~= 'none' then
+    needs(1, 3, 2, 4, 5, 6)
+  elseif kt == 'hash' then
+    local f = redis.call('HMGET', jk, 'st', 'pk')
+    if f[1] == 'waiting' or f[1] == 'delayed' or f[1] == 'pending' then
+      needs(1, 3)
+      if f[2] then
+        local damaged = parked_damaged(f[2])
+        if damaged then return damaged end
+      end
+    end
+  end
+end
+local damaged = check_keys(unpack(need))
+if damaged then return damaged end
 
 local out = {}
 for i = 4, #ARGV do

@@ -8,6 +8,8 @@
   ARGV[5]  max jobs deleted per call, clamped to 1..1000 (BATCH_MAX; missing or not a
            number: 1000). At least 1, so a client looping while 1 always progresses.
 
+  Damaged keys: KQ_DAMAGED_KEY <found> <expected> <key> when a state set, the parked
+  index (or, with parked jobs, meta) holds another type; nothing was written.
   Returns 1 when more remains (call again), 0 when the queue is gone. The id and
   lease counters are kept, so ids and fencing tokens never repeat.
   Parked jobs and their bookkeeping (lib_parking.lua) go too. With force, every active
@@ -27,6 +29,12 @@ if ARGV[4] ~= '1' then
   end
 end
 local budget = arg_int(ARGV[5], BATCH_MAX, 1, BATCH_MAX)
+-- The keys written after the first write (check_keys, lib_base.lua), before it.
+-- The parked index too: drop_parked stops at a damaged one (lib_parking.lua), and this
+-- call would answer 'more remains' for ever.
+local damaged = check_keys(1, 2, 3, 4, 5, 6) or parked_damaged() or
+  check_key(K_PARKED, 'zset')
+if damaged then return damaged end
 local sets = { K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED, K_DLQ }
 for s = 1, #sets do
   if budget <= 0 then return 1 end

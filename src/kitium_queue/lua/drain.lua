@@ -9,6 +9,9 @@
            number: 1000). At least 1, so a client looping until 0 always progresses.
 
   Every job removed passes the `release` slot (outcome 'removed') first.
+  Damaged keys: KQ_DAMAGED_KEY <found> <expected> <key> when a key it writes (wait,
+  delayed, the event stream; with parked jobs, meta) holds another type; nothing was
+  written. A damaged parking key is skipped (lib_parking.lua).
   Returns the number removed by this call (the client calls again until 0).
   Events: one queue-drained event when the call removed anything.
 ]]
@@ -19,6 +22,9 @@
 --@include slot_release
 
 local limit = arg_int(ARGV[5], BATCH_MAX, 1, BATCH_MAX)
+-- The keys written after the first write (check_keys, lib_base.lua), before it.
+local damaged = check_keys(1, 8) or (ARGV[4] == '1' and check_keys(3)) or parked_damaged()
+if damaged then return damaged end
 local removed = 0
 local sets = { K_WAIT }
 if ARGV[4] == '1' then sets[2] = K_DELAYED end

@@ -39,7 +39,7 @@
 
   Provides: K_* (the KEYS above), PREFIX, MAX_MS, BATCH_MAX, NOW, NOW_S, EVENTS_MAXLEN(_S),
   arg_int, bad_arg, int, num, job_key, key_type, keep_running_when_full, count_missing,
-  check_keys, damaged_key, KEY_TYPES.
+  check_keys, check_key, parked_damaged, damaged_key, KEY_TYPES.
 ]]
 local K_WAIT, K_ACTIVE, K_DELAYED = KEYS[1], KEYS[2], KEYS[3]
 local K_COMPLETED, K_FAILED, K_DLQ = KEYS[4], KEYS[5], KEYS[6]
@@ -154,6 +154,27 @@ local function check_keys(...)
     end
   end
   return nil
+end
+
+-- check_keys for a key outside the layout that a script writes after its first write
+-- (the parked index, the schedule index): the error reply "KQ_DAMAGED_KEY <found>
+-- <expected> <key>" when it holds another type than `expected`, or nil.
+local function check_key(key, expected)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= expected then
+    return redis.error_reply('KQ_DAMAGED_KEY ' .. t .. ' ' .. expected .. ' ' .. key)
+  end
+  return nil
+end
+
+-- meta (where lib_parking.lua keeps the total of parked jobs) when a call may take
+-- parked jobs out of their blocker: with `blocker` (a job parked behind it is removed),
+-- or when the index <prefix>parked exists (drain, clear). The parking keys themselves
+-- are skipped when damaged, never failing a call (lib_parking.lua). The KQ_DAMAGED_KEY
+-- reply, or nil.
+local function parked_damaged(blocker)
+  if not blocker and redis.call('EXISTS', PREFIX .. 'parked') == 0 then return nil end
+  return check_keys(7)
 end
 
 -- Returns the damaged_key reply when meta holds another type (its first command: nothing

@@ -64,7 +64,8 @@ local K_PARKED = PREFIX .. 'parked'
 local PARKED_PREFIX = PREFIX .. 'parked:'
 local K_PARK_TIMERS = PREFIX .. 'park:timers'
 local K_PARK_RULES = PREFIX .. 'park:rules'
-local K_SLOT_ERRORS = PREFIX .. 'slot-errors'
+-- Where damaged parking keys are reported: the slot-errors hash (parking.slot_errors).
+local PARK_REPORTS = PREFIX .. 'slot-errors'
 local UNPARK_MAX = BATCH_MAX
 
 -- The repair of each kind of parking key found damaged.
@@ -89,7 +90,7 @@ local function park_damaged(key, expected, fix)
   local reply = damaged_key(i, redis.call('TYPE', key)['ok'])
   KEYS[i], KEY_TYPES[i] = nil, nil
   -- pcall: a damaged slot-errors hash must not fail the call either (health_check names it).
-  redis.pcall('HSET', K_SLOT_ERRORS, 'damaged:' .. key, NOW_S .. ' ' .. reply.err ..
+  redis.pcall('HSET', PARK_REPORTS, 'damaged:' .. key, NOW_S .. ' ' .. reply.err ..
     ': skipped, nothing of it written; ' .. (PARK_FIX[fix] or fix))
 end
 

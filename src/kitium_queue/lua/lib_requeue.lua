@@ -4,6 +4,8 @@
   Put a finished job back to wait as a fresh job: attempts and stalls reset, last error
   kept in 'le' for the record. FINISHED_SETS maps a finished state to its set.
 
+  requeue_damaged(i, ...) -> the KQ_DAMAGED_KEY reply or nil: checks, before the first
+    write, the keys a requeue from the finished sets KEYS[i], ... writes
   requeue_sound(ids, set_key) -> moved ids, skipped count
     requeue each id (a member of set_key) whose record is a hash with a state; the
     others stay in the set: one whose record is gone (evicted, deleted), has no state or
@@ -20,6 +22,16 @@
 --@include slot_requeue
 
 local FINISHED_SETS = { failed = K_FAILED, dlq = K_DLQ, completed = K_COMPLETED }
+-- Their index in KEYS (check_keys, lib_base.lua).
+local FINISHED_INDEX = { failed = 5, dlq = 6, completed = 4 }
+
+-- Before the first write of a call that requeues from the finished sets of the
+-- KEYS indices given: the KQ_DAMAGED_KEY reply when one of them, wait, the event stream
+-- or the marker holds another type (a failure there after a job left its finished set
+-- would leave it in no set), else nil.
+local function requeue_damaged(...)
+  return check_keys(1, 8, 9, ...)
+end
 
 local function requeue(id, set_key)
   local jk = job_key(id)

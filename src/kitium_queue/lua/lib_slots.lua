@@ -24,13 +24,14 @@
 --@include lib_park_timers
 --@include outbox
 
+local K_SLOT_ERRORS = PREFIX .. 'slot-errors'
 local SLOT_ERROR_BYTES = 500
 
 local function slot_failed(slot, name, err)
   if type(err) == 'table' then err = err.err or err.ok end
   local text = tostring(err)
   if #text > SLOT_ERROR_BYTES then text = string.sub(text, 1, SLOT_ERROR_BYTES) .. '...' end
-  -- pcall: slot-errors (K_SLOT_ERRORS, lib_parking.lua) holding another type must not
+  -- pcall: slot-errors holding another type must not
   -- fail the transition after its writes (health_check names that key).
   redis.pcall('HSET', K_SLOT_ERRORS, slot .. ':' .. name, NOW_S .. ' ' .. text)
 end

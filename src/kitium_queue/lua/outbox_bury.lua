@@ -4,6 +4,7 @@
 
   KEYS[1] outbox STREAM, KEYS[2] dead STREAM (<prefix>outbox:dead).
 
+  dead_damaged() -> the KQ_DAMAGED_KEY reply when the dead stream holds another type
   deliveries(group, id) -> how many times the group delivered the entry (0: not pending)
   bury(group, id, deliveries, reason) -> true when this call moved it
 
@@ -13,6 +14,17 @@
   bury an entry once. Other groups are unaffected: they still have their own delivery.
   Returns nothing itself (a fragment).
 ]]
+-- The KQ_DAMAGED_KEY reply when the dead stream holds another type (written by hand):
+-- checked before the script's first write, since bury's XADD to it would fail after the
+-- entry was acknowledged (lost to its group, in no dead stream). Else nil.
+local function dead_damaged()
+  local t = redis.call('TYPE', KEYS[2])['ok']
+  if t ~= 'none' and t ~= 'stream' then
+    return redis.error_reply('KQ_DAMAGED_KEY ' .. t .. ' stream ' .. KEYS[2])
+  end
+  return nil
+end
+
 local function deliveries(group, id)
   local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
   if p[1] then return tonumber(p[1][4]) end

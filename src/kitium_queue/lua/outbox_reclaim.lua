@@ -11,11 +11,14 @@
   Returns { next cursor ('0-0': the pass is complete),
             { {id, {field, value, ...}, deliveries including this one}, ... },
             number of entries moved to the dead stream }.
+  KQ_DAMAGED_KEY when the dead stream holds another type: nothing was written.
 ]]
 --@include outbox_bury
 
 -- Arguments are checked before the first write (XAUTOCLAIM moves entries).
 local group, maxd = ARGV[2], math.max(tonumber(ARGV[7]) or 10, 1)
+local damaged = dead_damaged()
+if damaged then return damaged end
 local r = redis.call('XAUTOCLAIM', KEYS[1], group, ARGV[3], ARGV[4], ARGV[5], 'COUNT', ARGV[6])
 local out, buried = {}, 0
 for _, e in ipairs(r[2]) do

@@ -17,10 +17,25 @@
 
   Returns the number of jobs promoted (with ARGV[6]: 1). Wakes idle workers when any
   moved.
+  Damaged keys: KQ_DAMAGED_KEY <found> <expected> <key> when a key it writes holds
+  another type (check_keys, lib_base.lua); nothing was written.
 ]]
 --@include lib_events
 --@include lib_promote
 --@include errors
+
+-- The keys written after the first write (check_keys, lib_base.lua): wait and the
+-- marker, and for the due-time promote the set a job whose record is gone is recorded in
+-- and the event stream.
+local damaged
+if ARGV[6] then
+  damaged = check_keys(1, 9)
+elseif ARGV[5] ~= '0' then
+  damaged = check_keys(1, 6, 8, 9)
+else
+  damaged = check_keys(1, 5, 8, 9)
+end
+if damaged then return damaged end
 
 if ARGV[6] then
   local id = ARGV[6]

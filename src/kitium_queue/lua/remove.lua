@@ -16,6 +16,9 @@
   excepted: recovery dead-letters it), its key with it: 'removed' when anything was
   there, else 'missing'. Such a key is never read as a hash, so it cannot fail the call
   half way.
+  Damaged keys: KQ_DAMAGED_KEY <found> <expected> <key> when a key the call writes (the
+  event stream, the state sets its jobs leave, meta for a parked job) holds another
+  type; nothing was written. A damaged parking key is skipped (lib_parking.lua).
   Events: job-removed per removed job.
 ]]
 --@include lib_events
@@ -51,6 +54,43 @@ local function remove_unusable(id, jk, kt)
   delete_job(id)
   return 'removed'
 end
+
+-- A first pass writes nothing: the keys the call will write (check_keys, lib_base.lua),
+-- so that one holding another type refuses the whole call before its first write.
+local STATE_INDEX = { waiting = 1, delayed = 3, completed = 4, failed = 5, dlq = 6 }
+local need, listed, seen = { 8 }, {}, {}
+local function needs(...)
+  local idx = { ... }
+  for n = 1, #idx do
+    if not listed[idx[n]] then need[#need + 1] = idx[n] end
+    listed[idx[n]] = true
+  end
+end
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local jk = job_key(id)
+  local kt = key_type(jk)
+  local st = false
+  if kt == 'hash' then st = redis.call('HGET', jk, 'st') end
+  -- An id given twice is found without a record the second time.
+  if seen[id] then needs(2, 1, 3, 4, 5, 6) end
+  seen[id] = true
+  if st == 'waiting' or st == 'delayed' or st == 'pending' then
+    needs(1, 3)
+  elseif STATE_SETS[st] then
+    needs(STATE_INDEX[st])
+  elseif st ~= 'active' then
+    needs(2, 1, 3, 4, 5, 6)
+  end
+  -- forget_parked (lib_parking.lua) runs for a job that has not started or has no state.
+  local blocker = kt == 'hash' and redis.call('HGET', jk, 'pk')
+  if blocker and st ~= 'active' and not (STATE_SETS[st] and STATE_INDEX[st] > 3) then
+    local damaged = parked_damaged(blocker)
+    if damaged then return damaged end
+  end
+end
+local damaged = check_keys(unpack(need))
+if damaged then return damaged end
 
 local out = {}
 for i = 4, #ARGV do

@@ -13,11 +13,15 @@
   or holds no state, whose key holds another type, or whose record says it is held
   elsewhere (active, delayed, pending) is skipped and stays in the DLQ (lib_requeue.lua
   requeue_sound).
+  Damaged keys: when the DLQ, wait, the event stream or the marker holds another type,
+  the reply is KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
   Returns the ids replayed; with ARGV[5], { ids replayed, number skipped }. Events:
   job-waiting per job.
 ]]
 --@include lib_requeue
 
+local damaged = requeue_damaged(6)
+if damaged then return damaged end
 -- A limit of 0 must not become ZRANGE 0 -1, which is the whole set.
 local limit = arg_int(ARGV[4], BATCH_MAX, 0, BATCH_MAX)
 local start = arg_int(ARGV[5], 0, 0, MAX_MS)

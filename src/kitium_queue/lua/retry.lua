@@ -17,7 +17,9 @@
                 record can run again moved; the others stay (lib_requeue.lua
                 requeue_sound).
                 bulk_retry() calls again for more, from the number skipped so far.
-  Every argument is checked before the first write.
+  Every argument is checked before the first write, and so are the keys it writes: when
+  wait, the event stream, the marker or a finished set it moves jobs from holds another
+  type, the reply is KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
   Returns the ids moved; in mode 'state' with ARGV[7], { ids moved, number skipped }.
   Events: job-waiting per job.
 ]]
@@ -51,9 +53,17 @@ if ARGV[4] == 'ids' then
         '; only failed, dlq or completed jobs can be retried')
     end
     -- An id given twice moves once (the `requeue` slot sees each job once).
-    if not seen[id] then plan[#plan + 1] = { id, set_key } end
+    if not seen[id] then plan[#plan + 1] = { id, set_key, FINISHED_INDEX[st] } end
     seen[id] = true
   end
+  -- The finished sets the plan moves jobs from, each once.
+  local sets, listed = {}, {}
+  for i = 1, #plan do
+    if not listed[plan[i][3]] then sets[#sets + 1] = plan[i][3] end
+    listed[plan[i][3]] = true
+  end
+  local damaged = requeue_damaged(unpack(sets))
+  if damaged then return damaged end
   for i = 1, #plan do
     requeue(plan[i][1], plan[i][2])
     moved[#moved + 1] = plan[i][1]
@@ -64,6 +74,8 @@ else
     return fail(ERR_BAD_STATE, 'cannot bulk-retry state ' .. ARGV[5] ..
       '; use failed, dlq or completed')
   end
+  local damaged = requeue_damaged(FINISHED_INDEX[ARGV[5]])
+  if damaged then return damaged end
   -- A limit of 0 must not become ZRANGE 0 -1, which is the whole set.
   local limit = arg_int(ARGV[6], BATCH_MAX, 0, BATCH_MAX)
   local start = arg_int(ARGV[7], 0, 0, MAX_MS)

@@ -25,6 +25,9 @@
   Malformed arguments (odd pair count, more than 1000 ticks, a tick, start or next tick
   that is not a time) are refused with KQ_BAD_ARGUMENT before anything is written.
 
+  Damaged keys: when wait, delayed, the event stream, the marker, the due index or the
+  schedule's key holds another type, or the id counter something that is not an integer,
+  the reply is KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
   Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
   call answers KQ_FENCED <reason> before anything is written.
   Returns { 'ok' | 'stale', {enqueued job ids}, skipped, next tick or '' }
@@ -72,6 +75,10 @@ local f = redis.call('HMGET', sk, 'due', 'v', 'paused', 'n', 'd', 'o', 'p', 'l',
 if f[1] ~= expect_due or f[2] ~= expect_v or f[3] == '1' then
   return { 'stale', {}, 0, f[1] or '' }
 end
+-- The keys the ticks write (check_keys, lib_base.lua), before the first write: wait,
+-- delayed, the event stream, the marker, the id counter, the due index.
+local damaged = check_keys(1, 3, 8, 9, 10) or check_key(K_SCHED_DUE, 'zset')
+if damaged then return damaged end
 local name, data, opts, pri, lifo = f[4], f[5], f[6] or '', tonumber(f[7]) or 0, f[8] or '0'
 -- num(): a damaged counter reads as 0 instead of comparing as NaN.
 local cnt, lim, last_job = num(f[9]), num(f[10]), f[11]

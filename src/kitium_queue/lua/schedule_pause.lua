@@ -13,15 +13,18 @@
 
   Returns { 'ok' | 'missing', next tick ms or '' }.
   Events: schedule-paused | schedule-resumed (id = schedule id).
+  Damaged keys: as schedule_put.lua.
 ]]
 --@include lib_events
 --@include schedule_keys
 
 local id = ARGV[4]
 local sk = schedule_key(id)
+local damaged = schedule_damaged(sk)
+if damaged then return damaged end
 local f = redis.call('HMGET', sk, 'due', 'done', 'v')
 if not f[3] then return { 'missing', '' } end
-redis.call('HINCRBY', sk, 'v', 1)
+redis.call('HSET', sk, 'v', next_version(f[3]))
 if ARGV[5] == '1' then
   redis.call('HSET', sk, 'paused', '1')
   redis.call('ZREM', K_SCHED_DUE, id)

@@ -22,6 +22,9 @@
 
   Returns { 'created' | 'updated' | 'unchanged', next tick ms or '' }.
   Events: schedule-created | schedule-updated (id = schedule id).
+  Damaged keys: KQ_DAMAGED_KEY <found> <expected> <key> when the event stream, a schedule
+  index or the schedule's key holds another type (nothing written); a version that is
+  not an integer is replaced (next_version, schedule_keys.lua).
 ]]
 --@include lib_events
 --@include schedule_keys
@@ -29,6 +32,8 @@
 local id, def, sig = ARGV[4], ARGV[5], ARGV[6]
 local lim, first, end_ms = tonumber(ARGV[12]), ARGV[13], tonumber(ARGV[14])
 local sk = schedule_key(id)
+local damaged = schedule_damaged(sk)
+if damaged then return damaged end
 local f = redis.call('HMGET', sk, 'def', 'd', 'sig', 'due', 'cnt', 'paused', 'v')
 local is_new = not f[7]
 if not is_new and f[1] == def and f[2] == ARGV[8] then
@@ -44,7 +49,7 @@ end
 
 redis.call('HSET', sk, 'def', def, 'sig', sig, 'n', ARGV[7], 'd', ARGV[8], 'o', ARGV[9],
   'p', ARGV[10], 'l', ARGV[11], 'lim', lim, 'due', due, 'ua', NOW_S)
-redis.call('HINCRBY', sk, 'v', 1)
+redis.call('HSET', sk, 'v', next_version(f[7]))
 if is_new then
   redis.call('HSET', sk, 'cnt', 0, 'skip', 0, 'ca', NOW_S)
   redis.call('ZADD', K_SCHEDULES, NOW_S, id)

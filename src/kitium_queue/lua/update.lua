@@ -38,12 +38,15 @@ if f[1] ~= ARGV[5] or f[2] ~= 'active' then
 end
 if ARGV[6] == 'progress' then
   local value = ARGV[7]
-  redis.call('HSET', jk, 'pg', value)
+  -- The event first: a damaged event stream fails this first write (nothing written;
+  -- named as a damaged key in Python), not the call after the job's record changed. The
+  -- record is a hash (HMGET above read it), so the HSET cannot fail.
   if #value <= PROGRESS_EVENT_MAX then
     emit('job-progress', id, 'progress', value)
   else
     emit('job-progress', id, 'progress_bytes', tostring(#value))
   end
+  redis.call('HSET', jk, 'pg', value)
 else
   local lk = PREFIX .. 'logs:' .. id
   if keep <= 0 then
