@@ -264,3 +264,41 @@ async def test_a_capped_tenant_with_a_damaged_running_set_waits_in_its_lane(
     _, _, got, _ = await e.claim(T0 + 60_001)
     assert got == ["c1"]
     assert (await e.claim(T0 + 60_002))[2] == ["c2"]
+
+
+async def test_parked_job_reads_name_or_skip_a_damaged_parking_key(
+    make_queue: QueueFactory,
+) -> None:
+    # Before: parked_ids / list_jobs(PENDING), parked_by_blocker and park_stats raised a
+    # bare WRONGTYPE on a damaged index or blocker set.
+    from kitium_queue import DamagedKeyError, JobStatus
+    from kitium_queue.parking import park_stats, parked_by_blocker, parked_ids, slot_errors
+
+    q = make_queue("pread")
+    q.set_concurrency_limit("*", 1)
+    e = Engine(q)
+    for key in ("x", "y"):
+        await e.add(T0, f"{key}-run", concurrency_key=key)
+    assert len((await e.claim(T0))[2]) == 2
+    for i in range(4):
+        await e.add(T0, f"{'xy'[i % 2]}{i}", concurrency_key="xy"[i % 2])
+    client = await q.client()
+    (blocker_x,) = [b for b in await client.zrange(q.keys.parked_index, 0, -1) if b.endswith(b"x")]
+    await _damage(client, q.keys.parked(blocker_x.decode()))
+    # The damaged blocker's set lists nothing; the other's jobs are listed.
+    assert await parked_ids(q) == ["y1", "y3"]
+    page = await q.list_jobs(JobStatus.PENDING)
+    assert [j.id for j in page.jobs] == ["y1", "y3"]
+    await _damage(client, q.keys.parked_index)
+    with pytest.raises(DamagedKeyError, match="parked"):
+        await parked_by_blocker(q)
+    with pytest.raises(DamagedKeyError):
+        await parked_ids(q)
+    await _damage(client, q.keys.slot_errors)
+    with pytest.raises(DamagedKeyError, match="slot-errors"):
+        await slot_errors(q)
+    stats = await park_stats(q)
+    assert stats.blockers == 0 and stats.top == []
+    assert {f"damaged:{q.keys.parked_index}", f"damaged:{q.keys.slot_errors}"} <= set(
+        stats.slot_errors
+    )

@@ -23,6 +23,9 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis.exceptions import ResponseError
+
+from .damage import named_key
 from .keys import QueueKeys
 
 __all__ = [
@@ -100,7 +103,10 @@ async def parked_by_blocker(queue: QueueLike, limit: int = 100) -> dict[str, int
     if n == 0:
         return {}
     client = await queue.client()
-    rows = await client.zrevrange(queue.keys.parked_index, 0, n - 1, withscores=True)
+    index = queue.keys.parked_index
+    rows = await named_key(
+        client, index, "zset", client.zrevrange(index, 0, n - 1, withscores=True)
+    )
     return {_text(b): int(c) for b, c in rows}
 
 
@@ -110,7 +116,8 @@ async def parked_in(queue: QueueLike, blocker: str, limit: int = 100, offset: in
     if n == 0:
         return []
     client = await queue.client()
-    ids = await client.zrange(queue.keys.parked(blocker), skip, skip + n - 1)
+    key = queue.keys.parked(blocker)
+    ids = await named_key(client, key, "zset", client.zrange(key, skip, skip + n - 1))
     return [_text(i) for i in ids]
 
 
@@ -127,7 +134,10 @@ async def parked_ids(queue: QueueLike, limit: int = 100, offset: int = 0) -> lis
         return []
     client = await queue.client()
     keys = queue.keys
-    blockers = await client.zrange(keys.parked_index, 0, MAX_BLOCKERS_LISTED - 1)
+    index = keys.parked_index
+    blockers = await named_key(
+        client, index, "zset", client.zrange(index, 0, MAX_BLOCKERS_LISTED - 1)
+    )
     if not blockers:
         return []
     need = skip + n
@@ -140,14 +150,17 @@ async def parked_ids(queue: QueueLike, limit: int = 100, offset: int = 0) -> lis
         pipe = client.pipeline(transaction=False)
         for k in set_keys:
             pipe.zcard(k)
-        if skip >= sum(await pipe.execute()):
+        counts = await pipe.execute(raise_on_error=False)
+        if skip >= sum(c for c in counts if isinstance(c, int)):
             return []
 
     async def fetch(which: list[int], starts: list[int]) -> list[list[tuple[bytes, float]]]:
         pipe = client.pipeline(transaction=False)
         for i, start in zip(which, starts, strict=True):
             pipe.zrange(set_keys[i], start, start + page - 1, withscores=True)
-        return list(await pipe.execute())
+        # A blocker's set damaged outside kitium-queue (another type) lists nothing: the
+        # scripts skip it too and report it in slot-errors (park_stats shows it).
+        return [[] if isinstance(r, ResponseError) else r for r in await pipe.execute(False)]
 
     pages = await fetch(list(range(len(set_keys))), [0] * len(set_keys))
     fetched = [len(p) for p in pages]
@@ -189,7 +202,8 @@ async def slot_errors(queue: QueueLike) -> dict[str, str]:
     """The last error of each Lua slot fragment that failed: ``'<slot>:<name>'`` ->
     ``'<ms> <message>'`` (``kitium_queue.slots``: the transition went on)."""
     client = await queue.client()
-    raw = await client.hgetall(queue.keys.slot_errors)
+    key = queue.keys.slot_errors
+    raw = await named_key(client, key, "hash", client.hgetall(key))
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
@@ -205,10 +219,27 @@ async def park_stats(queue: QueueLike, top: int = 10) -> ParkStats:
     pipe.zcard(keys.park_timers)
     pipe.zrange(keys.park_timers, 0, 0, withscores=True)
     pipe.hgetall(keys.slot_errors)
-    total, blockers, rows, timers, first, errors = await pipe.execute()
+    got = await pipe.execute(raise_on_error=False)
+    # A key damaged outside kitium-queue (another type) reads as empty, and is named
+    # among the slot errors (where the scripts report the parking keys they skip).
+    damaged: dict[str, str] = {}
+    # (reply indices, key, what it reads as when damaged)
+    parts: tuple[tuple[tuple[int, ...], str, tuple[Any, ...] | None], ...] = (
+        ((0,), keys.meta, None),
+        ((1, 2), keys.parked_index, (0, [])),
+        ((3, 4), keys.park_timers, (0, [])),
+        ((5,), keys.slot_errors, ({},)),
+    )
+    for at, key, empty in parts:
+        bad = next((got[i] for i in at if isinstance(got[i], ResponseError)), None)
+        if bad is not None:
+            damaged[f"damaged:{key}"] = f"read failed: {_text(str(bad))[:200]}"
+            for i, value in zip(at, empty or (None,), strict=True):
+                got[i] = value
+    total, blockers, rows, timers, first, errors = got
     try:
         total_n = max(0, int(total or 0))
-    except ValueError:
+    except (TypeError, ValueError):
         total_n = 0
     return ParkStats(
         total=total_n,
@@ -216,5 +247,5 @@ async def park_stats(queue: QueueLike, top: int = 10) -> ParkStats:
         top=[(_text(b), int(c)) for b, c in rows] if n else [],
         timers=int(timers),
         next_timer_ms=int(first[0][1]) if first else None,
-        slot_errors={_text(k): _text(v) for k, v in errors.items()},
+        slot_errors={**{_text(k): _text(v) for k, v in errors.items()}, **damaged},
     )
