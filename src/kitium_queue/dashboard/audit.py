@@ -143,6 +143,7 @@ def entry_view(e: AuditEntry) -> dict[str, Any]:
         "outcome": e.outcome,
         "authentic": _authentic(e.authentic),
         "metadata": clip(meta, MAX_META),
+        "damage": clip(e.damage, 300),
     }
 
 
@@ -248,8 +249,8 @@ class AuditPages:
             page = await self.audit.query_page(
                 **flt.query_args(), limit=limit, max_scan=AUDIT_SCAN, cursor=cursor
             )
-        except ConfigurationError as exc:
-            error = clip(str(exc), 300)
+        except KitiumQueueError as exc:  # a bad filter, a damaged log, Redis unreachable
+            error = clip(str(exc), 400)
         else:
             entries = [entry_view(e) for e in page.entries]
             scanned = page.scanned

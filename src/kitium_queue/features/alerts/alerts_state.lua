@@ -34,6 +34,9 @@ if kt ~= 'stream' and kt ~= 'none' then return { 'damaged', 'alerts:log', kt } e
 local cur = redis.call('HGET', key, rule)
 if cur then
   local st, _, t = string.match(cur, '^(%S+) (%S+) (%S+)')
+  -- Only a term as leader.py counts them fences this leader off: a record written by
+  -- hand ('inf', 1e300, twenty digits...) would stop the rule for good; it is replaced.
+  if t and (#t > 15 or not string.match(t, '^%d+$')) then st, t = nil, nil end
   if tonumber(t) and tonumber(t) > term then return { 'stale' } end
   if st == state then
     redis.call('HSET', key, rule, st .. ' ' .. string.match(cur, '^%S+ (%S+)') .. ' ' ..

@@ -30,7 +30,9 @@ them.
 
 from __future__ import annotations
 
+import math
 import operator
+import re
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -58,6 +60,7 @@ FEATURE = "alerts"
 #: Width of an outcome bucket (ms).
 BUCKET_MS = 5000
 _SCRIPTS = ("alerts_probe", "alerts_state")
+_MS = re.compile(r"[0-9]{1,15}")
 _INSTALLED: weakref.WeakKeyDictionary[Any, AlertManager] = weakref.WeakKeyDictionary()
 
 _RELEASE = f"""(function()
@@ -90,7 +93,9 @@ def _wrong_type(exc: ResponseError) -> bool:
 class AlertState:
     """A rule's recorded state: ``ok`` or ``firing`` since ``since_ms``, with the value
     last seen by the leader (``None``: never evaluated); ``unknown`` when the key of
-    the states (``alerts:state``) was overwritten with another type of key."""
+    the states (``alerts:state``) was overwritten with another type of key, or the
+    rule's record there with something that is no state (its figures are then None
+    when they do not read as a time and a finite value)."""
 
     rule: str
     state: str
@@ -280,11 +285,18 @@ class AlertManager:
             if parts is None or len(parts) < 4:
                 out.append(AlertState(r.name, "ok", None, None))
                 continue
+            # Damaged by hand: a state that is neither is unknown; figures that are not
+            # what the script writes (a time of 1 to 15 digits, a finite value) are
+            # shown as None (never NaN / inf, which JSON cannot carry).
+            state = parts[0] if parts[0] in ("ok", "firing") else "unknown"
+            since = int(parts[1]) if _MS.fullmatch(parts[1]) else None
             try:
-                since, value = int(parts[1]), float(parts[3])
+                value: float | None = float(parts[3])
             except ValueError:
-                since, value = None, None  # damaged by hand: shown without figures
-            out.append(AlertState(r.name, parts[0], since, value))
+                value = None
+            if value is not None and not math.isfinite(value):
+                value = None
+            out.append(AlertState(r.name, state, since, value))
         return out
 
     async def history(self, limit: int = 50) -> list[AlertTransition]:

@@ -4,6 +4,7 @@
 * ``append.lua``: the race-free append (compare the chain's end, then write);
 * ``log.py``: ``AuditLog``: appends (awaited, or queued and written in the background);
 * ``read.py``: entries by range, queries, verification of the whole chain;
+* ``read.lua``: one bounded page of the stream (values cut to size, damage noted);
 * ``retention.py``: ``trim``'s start point and the trim itself;
 * ``subscriber.py``: every administrative command of a watched queue, as an entry;
 * ``verify.py``: ``verify_chain``: the first entry altered, removed or inserted;

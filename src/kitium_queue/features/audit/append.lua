@@ -31,27 +31,63 @@
         expected (or exists); nothing written: read it again
     {'gone', now_ms}: the trim point is not in the stream (trimmed meanwhile); nothing
         written
-    {'damaged', now_ms, key}: the effect's hash or set holds another type (written by
-        hand); nothing written
+    {'damaged', now_ms, key, type}: the stream, or the effect's hash or set, holds another
+        type (written by hand); nothing written
+    {'unchainable', now_ms, id, why}: the last entry (or the highest id) was changed
+        outside kitium-queue so that no entry can follow it; nothing written
 ]]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local function type_of(key)
+  local ty = redis.call('TYPE', key)
+  if type(ty) == 'table' then ty = ty['ok'] end
+  return ty
+end
+
 local last_id, last_n, last_mac, top = '', 0, '', '0-0'
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local stream_type = type_of(KEYS[1])
+if stream_type ~= 'none' and stream_type ~= 'stream' then
+  return { 'damaged', now, KEYS[1], stream_type }
+end
+if stream_type == 'stream' then
   local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   if #last > 0 then
     last_id = last[1][1]
     local f = last[1][2]
+    local raw_n, raw_mac, twice = nil, nil, nil
     for i = 1, #f, 2 do
-      if f[i] == 'n' then last_n = tonumber(f[i + 1]) or -1 end
-      if f[i] == 'mac' then last_mac = f[i + 1] end
+      if f[i] == 'n' then
+        if raw_n then twice = 'n' end
+        raw_n = f[i + 1]
+      elseif f[i] == 'mac' then
+        if raw_mac then twice = 'mac' end
+        raw_mac = f[i + 1]
+      end
     end
+    -- The entry the next one links to must give a position and a MAC as the writer
+    -- writes them; one changed outside kitium-queue cannot be continued.
+    local why = nil
+    if twice then
+      why = 'it holds field ' .. twice .. ' twice'
+    elseif not raw_n or #raw_n > 15 or not string.match(raw_n, '^[1-9]%d*$') then
+      why = 'its position n is not a whole number of 1 to 15 digits'
+    elseif not raw_mac or #raw_mac ~= 64 or not string.match(raw_mac, '^[0-9a-f]+$') then
+      why = 'its MAC is not 64 hexadecimal digits'
+    end
+    if why then return { 'unchainable', now, last_id, why } end
+    last_n, last_mac = tonumber(raw_n), raw_mac
   end
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then top = info[i + 1] end
+  end
+  -- Ids whose parts exceed 15 digits (beyond year 30000) were written by hand: no new
+  -- id could follow them here reliably (Lua numbers are exact to 2^53 only).
+  local ta, tb = string.match(top, '^(%d+)%-(%d+)$')
+  if not ta or #ta > 15 or #tb > 15 then
+    return { 'unchainable', now, top, 'the highest id the stream ever had lies beyond any clock' }
   end
 end
 
@@ -97,9 +133,8 @@ local effect = ARGV[4]
 -- A grant hash or principals set of another type (written by hand) would fail a write
 -- below after the entries were added: refuse the call before anything is written.
 local function other_type(key, want)
-  local t = redis.call('TYPE', key)
-  if type(t) == 'table' then t = t['ok'] end
-  return t ~= 'none' and t ~= want
+  local ty = type_of(key)
+  return ty ~= 'none' and ty ~= want
 end
 if effect == 'grant' or effect == 'revoke' or effect == 'cas' or effect == 'cas-new' then
   if other_type(KEYS[2], 'hash') then return { 'damaged', now, KEYS[2] } end

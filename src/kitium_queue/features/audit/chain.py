@@ -39,6 +39,7 @@ from ...errors import ConfigurationError
 from ...limits import clip, safe_text
 
 __all__ = [
+    "DAMAGE",
     "FIELDS",
     "MAX_ACTION_LEN",
     "MAX_META_BYTES",
@@ -49,6 +50,7 @@ __all__ = [
     "clean_metadata",
     "entry_mac",
     "parse_id",
+    "parse_n",
 ]
 
 #: The MACed fields of an entry, in MAC order (``mac`` itself is stored after them).
@@ -68,15 +70,26 @@ _SECRET_NAME = re.compile(
     r"pass(?:word|wd)?|pwd|secret|token|credential|auth|api[-_]?key|private|cookie|session",
     re.IGNORECASE,
 )
-_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
+_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_N = re.compile(r"[1-9][0-9]{0,14}")
+#: Not a field: what the reader found wrong with an entry besides its MAC (a value cut
+#: to size, a field twice, fields no entry has, bytes that are not UTF-8). No entry can
+#: hold it (the reader keeps only the ``FIELDS`` and ``mac``).
+DAMAGE = "!damage"
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:
     """A stream id ``"<ms>-<seq>"`` as numbers; ``ValueError`` if it is not one."""
     m = _ID.fullmatch(entry_id)
-    if m is None:
-        raise ValueError(f"not a stream id: {entry_id!r}")
+    if m is None or max(int(m.group(1)), int(m.group(2))) >= 2**64:
+        raise ValueError(f"not a stream id: {entry_id[:60]!r}")
     return int(m.group(1)), int(m.group(2))
+
+
+def parse_n(text: str | None) -> int | None:
+    """An entry's position ``n`` as the writer writes it (1 to 15 digits, no sign, no
+    leading zero, ASCII), or None for anything else."""
+    return int(text) if text is not None and _N.fullmatch(text) else None
 
 
 def _key_bytes(key: object, what: str) -> bytes:

@@ -95,7 +95,10 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):  # an id written by hand, beyond any clock
+        return str(ms)
 
 
 def parse_checkpoint(value: str | None) -> AuditHead | None:
@@ -160,7 +163,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
         redis: str | None,
     ) -> None:
         """List audit entries, newest first: time, n, who, action, resource, outcome,
-        authentic (MAC checked: yes / NO / - without the key), metadata. A last line
+        authentic (MAC checked: yes / NO / - without the key), metadata, and for an
+        entry changed outside kitium-queue what is wrong with it. A last line
         ``more --cursor ID`` says how to see the next page."""
         url = redis_url(redis)
         log = AuditLog(url, key=audit_key(key_file, required=False), prefix=prefix)
@@ -200,6 +204,7 @@ def make_command(row: Callable[..., str]) -> click.Group:
                     e.outcome,
                     f"authentic={mark}",
                     json.dumps(e.metadata, sort_keys=True),
+                    *([f"damaged={e.damage}"] if e.damage else []),
                 )
             )
         if page.next_cursor is not None:

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ...errors import ConfigurationError, KitiumQueueError
-from ...limits import get_logger
+from ...errors import ConfigurationError, DamagedKeyError, KitiumQueueError
+from ...limits import clip, get_logger
 from ...options import to_int, to_ms
 from .chain import AuditKeys, Draft, entry_mac, parse_id
 from .conn import Deployment, LuaScript
-from .read import AuditEntry, AuditPage, AuditReader, decode
+from .read import AuditEntry, AuditPage, AuditReader, damaged_stream, decode
 from .retention import TrimPointGone, first_kept, trim_to
 from .verify import AuditHead, AuditReport
 
@@ -69,6 +69,39 @@ class Effect:
     field: str
     value: str | bytes
     member: str | bytes
+
+
+def _refusal(stream: str, kind: str, reply: Sequence[Any]) -> KitiumQueueError:
+    """The error for a reply of ``append.lua`` that wrote nothing for good."""
+    if kind == "damaged":
+        key = decode(reply[2])
+        if key == stream:
+            return damaged_stream(key, decode(reply[3]))
+        return KitiumQueueError(
+            f"the change was not made and nothing was audited: key {key} holds "
+            "another Redis type than kitium-queue writes there (damaged or written by "
+            "hand); inspect it, delete it, and make the change again"
+        )
+    if kind == "unchainable":
+        at, why = clip(decode(reply[2]), 60), decode(reply[3])
+        if why.startswith("the highest id"):
+            fix = (
+                f"keep a copy of the stream, remove the entries with such ids (XDEL) "
+                f"and set its last id back (XSETID {stream} <id of the last entry "
+                "left>)"
+            )
+        else:
+            fix = (
+                f"keep a copy of the stream, then remove that entry (XDEL {stream} "
+                f"{at}): new entries follow the one before it, and verify keeps "
+                "reporting the removal"
+            )
+        return DamagedKeyError(
+            f"nothing was audited: the audit log cannot be continued after {at}: "
+            f"{why}; it was changed outside kitium-queue. Run 'kitium-queue audit "
+            f"verify' to see what was changed; {fix}"
+        )
+    return KitiumQueueError(f"audit append: unexpected reply {clip(kind, 40)!r}")
 
 
 @dataclass(slots=True)
@@ -289,14 +322,7 @@ class AuditLog:
                     return []
                 if kind == "gone":
                     raise TrimPointGone()
-                if kind == "damaged":
-                    raise KitiumQueueError(
-                        f"the change was not made and nothing was audited: key "
-                        f"{decode(reply[2])} holds another Redis type than kitium-queue "
-                        "writes there (damaged or written by hand); inspect it, delete "
-                        "it, and make the change again"
-                    )
-                raise KitiumQueueError(f"audit append: unexpected reply {kind!r}")
+                raise _refusal(self.stream, kind, reply)
         raise KitiumQueueError(
             f"audit log: could not append after {MAX_TRIES} attempts: other writers kept "
             "appending first; try again"
@@ -346,6 +372,9 @@ class AuditLog:
         reply = await self.deployment.run(
             _APPEND, [self.stream] * 3, ["?", "0", "", "", "", "", ""]
         )
+        kind = decode(reply[0])
+        if kind != "conflict":
+            raise _refusal(self.stream, kind, reply)
         return self._head_from(reply)
 
     # ------------------------------------------------------------------ reading

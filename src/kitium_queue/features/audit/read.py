@@ -11,16 +11,42 @@ from typing import Any
 
 import orjson
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, DamagedKeyError
+from ...limits import safe_text
 from ...options import to_int
-from .chain import FIELDS, AuditKeys, entry_mac, parse_id
-from .conn import Deployment
+from .chain import DAMAGE, FIELDS, MAX_WHO_LEN, OUTCOMES, AuditKeys, entry_mac, parse_id, parse_n
+from .conn import Deployment, LuaScript
 from .verify import RETENTION_ACTION, AuditHead, AuditReport, ChainCheck
 
-__all__ = ["PAGE", "AuditEntry", "AuditPage", "AuditReader", "decode", "parse_time"]
+__all__ = [
+    "PAGE",
+    "AuditEntry",
+    "AuditPage",
+    "AuditReader",
+    "damaged_stream",
+    "decode",
+    "parse_time",
+]
 
 #: Entries read per round trip.
-PAGE = 1000
+PAGE = 500
+#: The longest value read (bytes): every value the writer makes is shorter (``meta`` at
+#: most 4096 bytes); a longer one, written by hand, is cut to this and noted. With
+#: ``PAGE`` it bounds one read to a few MB whatever the stream holds.
+MAX_VALUE_BYTES = 4200
+_READ = LuaScript(__package__, "read")
+
+
+def damaged_stream(key: str, found: str) -> DamagedKeyError:
+    """The error for an audit stream key that holds another Redis type."""
+    exc = DamagedKeyError(
+        f"the audit log key {key} holds a Redis {found[:20]}, not a stream: it was replaced "
+        "outside kitium-queue and the log's entries are gone from it. Keep it for "
+        "examination (RENAME it aside), then delete it: a new log starts with its first "
+        "entry (verify with your last checkpoint reports the loss)"
+    )
+    exc.key, exc.found, exc.expected = key, found[:20], "stream"
+    return exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +74,7 @@ class AuditEntry:
     outcome: str
     metadata: dict[str, Any] = field(default_factory=dict)
     authentic: bool | None = None
+    damage: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +87,7 @@ class AuditEntry:
             "outcome": self.outcome,
             "metadata": self.metadata,
             "authentic": self.authentic,
+            "damage": self.damage,
         }
 
 
@@ -84,8 +112,30 @@ def decode(raw: Any) -> str:
     return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
 
 
-def _fields(raw: Any) -> dict[str, str]:
-    return {decode(k): decode(v) for k, v in raw.items()}
+def _fields(kept: Any, notes: Any) -> dict[str, str]:
+    """An entry as ``read.lua`` returns it: its known fields, and what else is wrong
+    with it under ``DAMAGE``."""
+    out: dict[str, str] = {}
+    damage: list[str] = []
+    for i in range(0, len(kept) - 1, 2):
+        name, raw = decode(kept[i]), kept[i + 1]
+        try:
+            out[name] = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            out[name] = decode(raw)
+            damage.append(f"field {name} is not UTF-8")
+    for i in range(0, len(notes) - 1, 2):
+        what, detail = decode(notes[i]), decode(notes[i + 1])
+        if what == "big":
+            name, _, size = detail.partition(" ")
+            damage.append(f"field {name} is {size} bytes (cut to {MAX_VALUE_BYTES})")
+        elif what == "dup":
+            damage.append(f"field {detail} appears twice")
+        else:
+            damage.append(f"{detail} fields no entry has")
+    if damage:
+        out[DAMAGE] = "; ".join(damage)
+    return out
 
 
 def parse_time(value: str | None, what: str) -> int | None:
@@ -116,6 +166,33 @@ def parse_time(value: str | None, what: str) -> int | None:
 _MAX_ID = 2**64 - 1
 
 
+def describe_damage(f: dict[str, str]) -> str:
+    """What is wrong with entry ``f`` that shows without the key ("" when nothing)."""
+    found = [f[DAMAGE]] if DAMAGE in f else []
+    missing = [k for k in (*FIELDS, "mac") if k not in f]
+    if missing:
+        found.append(f"field{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing")
+    if "n" in f and parse_n(f["n"]) is None:
+        found.append(f"its position n {f['n'][:30]!r} is no number")
+    if "out" in f and f["out"] not in OUTCOMES:
+        found.append(f"its outcome {f['out'][:30]!r} is none of {', '.join(OUTCOMES)}")
+    return "; ".join(found)
+
+
+def _filter_text(value: object, what: str, limit: int) -> str:
+    """A filter value: printable text of 1 to ``limit`` characters (no entry holds a
+    control character or a lone surrogate, so such a filter is a mistake)."""
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise ConfigurationError(f"{what} filter must be a str of 1 to {limit} characters")
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise ConfigurationError(
+            f"{what} filter holds a control character, a lone surrogate or another "
+            f"character that is not printable (U+{ord(bad):04X}); give printable text"
+        )
+    return value
+
+
 def _cursor(value: object) -> tuple[int, int]:
     """A ``cursor`` of ``query_page``: the stream id of the entry a page ended at."""
     try:
@@ -144,8 +221,7 @@ def _when(value: Any, what: str) -> int | None:
 
 def _matcher(value: object, what: str) -> Callable[[str], bool]:
     """An exact name, or a shell-style glob (``fnmatch``, case-sensitive)."""
-    if not isinstance(value, str) or not value or len(value) > 512:
-        raise ConfigurationError(f"{what} filter must be a str of 1 to 512 characters")
+    value = _filter_text(value, what, 512)
     if any(c in value for c in "*?["):
         return lambda s: fnmatch.fnmatchcase(s, value)
     return lambda s: s == value
@@ -171,11 +247,20 @@ class AuditReader:
     async def page(
         self, start: str, end: str, *, reverse: bool
     ) -> list[tuple[str, dict[str, str]]]:
-        if reverse:
-            raw = await self.deployment.call("xrevrange", self.stream, end, start, count=PAGE)
-        else:
-            raw = await self.deployment.call("xrange", self.stream, start, end, count=PAGE)
-        return [(decode(i), _fields(f)) for i, f in raw]
+        """Up to ``PAGE`` entries from ``start`` to ``end`` (``read.lua``: values cut to
+        ``MAX_VALUE_BYTES``, damage noted under ``DAMAGE``); ``DamagedKeyError`` when
+        the stream key holds another type."""
+        reply = await self.deployment.run(
+            _READ,
+            [self.stream],
+            [start, end, PAGE, "1" if reverse else "0", MAX_VALUE_BYTES],
+        )
+        if decode(reply[0]) == "damaged":
+            raise damaged_stream(self.stream, decode(reply[1]))
+        return [
+            (decode(reply[i]), _fields(reply[i + 1], reply[i + 2]))
+            for i in range(1, len(reply) - 2, 3)
+        ]
 
     async def entries(
         self,
@@ -209,21 +294,20 @@ class AuditReader:
         if not isinstance(meta, dict):
             meta = {"value": meta}
         authentic: bool | None = None
+        whole = DAMAGE not in f and all(k in f for k in (*FIELDS, "mac"))
         if self.keys is not None:
             key = self.keys.key(f.get("kid", ""))
-            if key is not None and all(k in f for k in FIELDS):
+            if key is not None and whole:
                 authentic = entry_mac(key, entry_id, [f[k] for k in FIELDS]) == f.get("mac")
-            else:
-                authentic = False if key is not None else None
-        try:
-            n: int | None = int(f.get("n", ""))
-        except ValueError:
-            n = None
+            elif key is not None or not whole:  # damaged: not authentic whatever its kid
+                authentic = False
+        n = parse_n(f.get("n"))
         try:
             at = parse_id(entry_id)[0]
         except ValueError:
             at = 0
         return AuditEntry(
+            damage=describe_damage(f),
             id=entry_id,
             at_ms=at,
             n=n,
@@ -265,6 +349,13 @@ class AuditReader:
         the order asked, within ``since`` / ``until``).
         """
         lim = to_int(limit, "limit", minimum=1, maximum=100_000)
+        if principal is not None:
+            _filter_text(principal, "principal", MAX_WHO_LEN)
+        if outcome is not None and outcome not in OUTCOMES:
+            raise ConfigurationError(
+                f"outcome filter must be one of {', '.join(OUTCOMES)}, got "
+                f"{safe_text(outcome)[:40]!r}"
+            )
         scan = to_int(max_scan, "max_scan", minimum=1, maximum=10**9)
         act = None if action is None else _matcher(action, "action")
         res = None if resource is None else _matcher(resource, "resource")
@@ -322,8 +413,12 @@ class AuditReader:
             last = info.get("last-generated-id")
             top = decode(last) if last is not None else "+"
         check = ChainCheck(keys, checkpoint)
-        async for entry_id, fields in self.entries(newest_first=False, end_id=top):
-            check.feed(entry_id, fields)
+        try:
+            async for entry_id, fields in self.entries(newest_first=False, end_id=top):
+                check.feed(entry_id, fields)
+        except DamagedKeyError as exc:  # not a stream (now): nothing more to read
+            check.lost(f"{exc.found or 'another type'}")
+            return check.report(None)
         if top != "+" and check.unanchored():
             seen = 0
             async for entry_id, fields in self.entries(newest_first=True, start_id="(" + top):

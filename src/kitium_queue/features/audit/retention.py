@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .chain import Draft, parse_id
+from .chain import Draft, parse_id, parse_n
 from .read import PAGE
 from .verify import RETENTION_ACTION
 
@@ -29,6 +29,7 @@ async def first_kept(
     """(whether anything goes, the entry the log should start with: None when every
     entry goes)."""
     candidates: list[tuple[str, dict[str, str]] | None] = []
+    oldest = await log.reader.page("-", "+", reverse=False)  # the stream's type checked
     total = int(await log.deployment.call("xlen", log.stream))
     if total == 0:
         return False, None
@@ -58,7 +59,6 @@ async def first_kept(
     if not found:
         return False, None
     latest = max(found, key=lambda c: parse_id(c[0]))
-    oldest = await log.reader.page("-", "+", reverse=False)
     if oldest and oldest[0][0] == latest[0]:
         return False, None  # it starts there already
     return True, latest
@@ -79,7 +79,7 @@ async def trim_to(
             start = {"first_id": entry_id, "first_n": n, "first_prev": prev}
         else:
             f = first[1]
-            start = {"first_id": first[0], "first_n": int(f.get("n", "0") or 0),
+            start = {"first_id": first[0], "first_n": parse_n(f.get("n")) or 0,
                      "first_prev": f.get("prev", "")}  # fmt: skip
         return orjson.dumps({**rules, **start}).decode()
 

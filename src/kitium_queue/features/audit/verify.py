@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import Any, Literal
 import orjson
 
 from ...errors import ConfigurationError
-from .chain import FIELDS, AuditKeys, entry_mac, parse_id
+from .chain import DAMAGE, FIELDS, AuditKeys, entry_mac, parse_id, parse_n
 
 __all__ = ["RETENTION_ACTION", "AuditHead", "AuditProblem", "AuditReport", "verify_chain"]
 
@@ -165,17 +164,27 @@ class _Entry:
 
 
 def _entry(keys: AuditKeys, entry_id: str, fields: dict[str, str]) -> _Entry:
-    n: int | None = None
-    with contextlib.suppress(ValueError):
-        n = int(fields.get("n", ""))
+    n = parse_n(fields.get("n"))
     mac = fields.get("mac", "")
-    if any(f not in fields for f in FIELDS) or n is None:
+    if any(f not in fields for f in FIELDS) or n is None or DAMAGE in fields:
         return _Entry(entry_id, fields, n, mac, False)
     key = keys.key(fields["kid"])
     if key is None:
         return _Entry(entry_id, fields, n, mac, None)
     good = entry_mac(key, entry_id, [fields[f] for f in FIELDS])
     return _Entry(entry_id, fields, n, mac, good == mac)
+
+
+def _why(e: _Entry) -> str:
+    """Why the MAC of ``e`` fails, as far as it shows."""
+    f = e.fields
+    found = [f[DAMAGE]] if DAMAGE in f else []
+    missing = [k for k in (*FIELDS, "mac") if k not in f]
+    if missing:
+        found.append(f"field{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing")
+    if "n" in f and e.n is None:
+        found.append(f"its position n {f['n'][:30]!r} is no number")
+    return "; ".join(found) or "its MAC fails"
 
 
 def _links(a: _Entry, b: _Entry) -> bool:
@@ -249,13 +258,15 @@ class _Walk:
         else:  # inserted when the next entry skips it; otherwise changed beyond reading
             altered = not (nxt.valid and (t is None or _links(t, nxt)))
         if altered:
-            self.report("altered", e, "its content or MAC was changed after it was written")
+            self.report(
+                "altered", e, f"its content or MAC was changed after it was written ({_why(e)})"
+            )
             if nxt is not None and nxt.n is not None:
                 e.n = nxt.n - 1
             self.accept(e)
         else:
             self.inserted += 1
-            self.report("inserted", e, "it was not written by the key holder (its MAC fails)")
+            self.report("inserted", e, f"it was not written by the key holder ({_why(e)})")
 
     def finish(
         self, entries_added: int | None, checkpoint: AuditHead | None
@@ -263,7 +274,7 @@ class _Walk:
         start: list[AuditProblem] = []
         end: list[AuditProblem] = []
         f, last = self.first, self.trusted
-        state = "empty"
+        state = "broken" if self.problems else "empty"
         if f is not None:
             if f.n == 1 and f.fields.get("prev") == "":
                 state = "genesis"
@@ -349,6 +360,16 @@ class ChainCheck:
         if self._pending is not None:
             self._step(self._pending, None)
             self._pending = None
+
+    def lost(self, found: str) -> None:
+        """The stream key holds ``found`` (another Redis type): its entries are gone."""
+        self._flush()
+        self._walk.report(
+            "removed",
+            None,
+            f"the audit log key holds a Redis {found[:20]}, not a stream: it was replaced "
+            "and its entries are gone (keep it for examination, then delete it)",
+        )
 
     def unanchored(self) -> bool:
         """True when the first entry is neither entry 1 nor named by a retention record
