@@ -189,6 +189,11 @@ async def test_control_characters_from_the_request_are_printed_escaped(dash: Any
     assert r.status_code == 200
     assert "\x1b" not in r.text and "\x00" not in r.text
     assert "a\\x1b[31m\\x00z" in r.text
+    # C1 controls and bidirectional overrides too: "exe.txt" must not read as "txt.exe".
+    r = await viewer.get("/q/shop?id=report%E2%80%AEtxt.exe%C2%9B")
+    assert r.status_code == 200
+    assert "\u202e" not in r.text and "\x9b" not in r.text
+    assert "report\\u202etxt.exe\\x9b" in r.text
 
 
 # ---------------------------------------------------------------------- audit

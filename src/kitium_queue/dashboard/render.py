@@ -75,9 +75,13 @@ def _fmt_time(ms: Any) -> str:
         return str(ms)
 
 
-#: Characters no page shows as they are: C0 controls but tab and line breaks, DEL, and
-#: lone surrogates (which UTF-8 cannot encode).
-_UNSHOWN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+#: Characters no page shows as they are: C0 controls but tab and line breaks, DEL, C1
+#: controls, the bidirectional marks, embeddings, overrides and isolates (which could make
+#: a job id or name read as another: U+202E turns the text after it around), and lone
+#: surrogates (which UTF-8 cannot encode).
+_UNSHOWN = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 
 
 def visible(value: Any) -> Any:
