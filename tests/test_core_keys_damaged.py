@@ -412,3 +412,28 @@ async def test_dashboard_queue_page_names_the_damaged_key(
     assert page.status_code == 200, page.text
     assert q.keys.wait.replace("{", "&#123;") in page.text or q.keys.wait in page.text
     assert "damaged outside kitium-queue" in page.text
+
+
+async def test_a_log_line_meeting_a_damaged_log_list_names_it(
+    make_queue: QueueFactory, redis_client: aioredis.Redis
+) -> None:
+    # Before: job.log() raised a bare WRONGTYPE into the processor.
+    q = make_queue("logdmg", worker={"concurrency": 1})
+    seen: list[BaseException] = []
+    done: list[str] = []
+
+    @q.process("n")
+    async def run(job: Any) -> None:
+        await redis_client.set(q.keys.logs(job.id), "written by hand")
+        try:
+            await job.log("hello")
+        except Exception as exc:
+            seen.append(exc)
+        done.append(job.id)
+
+    jid = await q.add_job("n", {})
+    await q.start()
+    await wait_until(lambda: done == [jid])
+    (exc,) = seen
+    assert isinstance(exc, DamagedKeyError) and exc.key == q.keys.logs(jid)
+    assert exc.found == "string" and exc.expected == "list"

@@ -41,6 +41,7 @@ import orjson
 
 from .backoff import UnknownStrategyError, retry_delay
 from .codec import encode_progress
+from .damage import named_key
 from .errors import (
     NonRetryableError,
     RateLimited,
@@ -419,7 +420,13 @@ class Runner:
             raw = encode_progress(job.id, value)
         else:
             raw = wire_text(safe_text(value), MAX_LOG_LINE_CHARS)
-        await q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
+        call = q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
+        if kind == "log":
+            # A log list damaged outside kitium-queue: DamagedKeyError naming it (the
+            # processor may go on without its log line), not a bare WRONGTYPE.
+            await named_key(await q.client(), q.keys.logs(job.id), "list", call)
+        else:
+            await call
         if kind == "progress" and self.hooks.progress:
             self.hooks.emit_progress(q.name, job, value)
 
