@@ -118,9 +118,18 @@ class _Crashes:
 
 
 async def _crash(
-    rg: Regions, m: Any, run: RegionLoad, crashes: _Crashes, res: Result, label: str
+    rg: Regions,
+    m: Any,
+    run: RegionLoad,
+    crashes: _Crashes,
+    res: Result,
+    label: str,
+    earlier: dict[str, tuple[int, float]] | None = None,
 ) -> list[str]:
-    """Kill the primary, wait for the new one to serve; returns the jobs missing there."""
+    """Kill the primary, wait for the new one to serve; returns the jobs missing there:
+    of ``run``'s jobs acknowledged before the kill, and of ``earlier`` (jobs another
+    producer had acknowledged: the cut-off side's, resubmitted here from the stranded
+    report, so a later crash can strand them again)."""
     old = m.primary
     i = rg.names.index(old)
     t_kill = time.time()
@@ -136,7 +145,8 @@ async def _crash(
     new = m.primary
     pos = m.region(new).record.position_ms
     crashes.kills.append((t_kill, old, pos))
-    lost = await _missing(m, [j for j, (_, at) in run.acked.items() if at < t_kill])
+    acked = {**(earlier or {}), **run.acked}
+    lost = await _missing(m, [j for j, (_, at) in acked.items() if at < t_kill])
     res.figures[f"{label}_rto_producer_s"] = round(first_ack - t_kill, 3)
     res.figures[f"{label}_rto_workers_s"] = round(first_done - t_kill, 3)
     res.figures[f"{label}_rpo_jobs"] = len(lost)
@@ -257,9 +267,9 @@ async def _async_run(ctx: Context, res: Result) -> None:
 
             # 4. (long) crash the new primary as well
             if ctx.long:
-                lost2 = await _crash(rg, producer, run, crashes, res, "crash2")
+                lost2 = await _crash(rg, producer, run, crashes, res, "crash2", lone.acked)
                 await _restart_and_resubmit(
-                    rg, producer, rg.names[1], lost2, run.acked, res, "crash2"
+                    rg, producer, rg.names[1], lost2, {**lone.acked, **run.acked}, res, "crash2"
                 )
 
             await run.stop()
