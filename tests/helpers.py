@@ -135,3 +135,25 @@ class EventLog:
 
     def names(self) -> list[str]:
         return [d.event for _, d in self.items]
+
+
+def damage_key(client: Any, key: str, how: str = "string") -> None:
+    """Overwrite ``key`` (blocking client) as a hand-made mistake would leave it: with
+    another type (``string``, ``hash``, ``set``, ``list``), or any other ``how`` as the
+    text of a string (garbage in a counter)."""
+    client.delete(key)
+    if how == "string":
+        client.set(key, "x")
+    elif how == "hash":
+        client.hset(key, "x", "y")
+    elif how == "set":
+        client.sadd(key, "x")
+    elif how == "list":
+        client.rpush(key, "x")
+    else:
+        client.set(key, how)
+
+
+def key_snapshot(client: Any, prefix: str) -> dict[bytes, bytes | None]:
+    """Every key under ``prefix`` by its serialized value: equal means nothing was written."""
+    return {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{prefix}*", count=1000))}

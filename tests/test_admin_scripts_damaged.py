@@ -54,7 +54,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from helpers import QueueFactory
+from helpers import QueueFactory, damage_key, key_snapshot
 from kitium_queue import DamagedKeyError
 from kitium_queue.scripts import ScriptRegistry
 from workers.harness import Engine
@@ -76,23 +76,6 @@ def engine(redis_url: str, prefix: str) -> Iterator[Engine]:
         client.close()
 
 
-def _damage(client: redis.Redis, key: str, how: str = "string") -> None:
-    client.delete(key)
-    if how == "string":
-        client.set(key, "x")
-    elif how == "hash":
-        client.hset(key, "x", "y")
-    elif how == "set":
-        client.sadd(key, "x")
-    else:  # garbage in a counter
-        client.set(key, how)
-
-
-def _snapshot(client: redis.Redis, prefix: str) -> dict[bytes, bytes | None]:
-    """Every key of the test, by its serialized value: equal means nothing was written."""
-    return {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{prefix}*", count=1000))}
-
-
 def _key(engine: Engine, part: str) -> str:
     key = getattr(engine.keys, part, None)
     return key if isinstance(key, str) else engine.keys.base + part
@@ -100,12 +83,12 @@ def _key(engine: Engine, part: str) -> str:
 
 def _refused_whole(engine: Engine, prefix: str, key: str, script: str, *args: Any) -> None:
     """``script`` refuses the call naming ``key``, and writes nothing."""
-    before = _snapshot(engine.client, prefix)
+    before = key_snapshot(engine.client, prefix)
     with pytest.raises(redis.ResponseError) as exc:
         engine.run(script, *args)
     text = str(exc.value)
     assert "KQ_DAMAGED_KEY" in text and key in text, text
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
 
 
 def _jobs(engine: Engine) -> str:
@@ -151,7 +134,7 @@ def test_retry_meeting_a_damaged_key_writes_nothing(
 ) -> None:
     _jobs(engine)
     key = _key(engine, part)
-    _damage(engine.client, key, "hash")
+    damage_key(engine.client, key, "hash")
     _refused_whole(engine, prefix, key, "retry", NOW, *args)
 
 
@@ -161,7 +144,7 @@ def test_replay_meeting_a_damaged_key_writes_nothing(
 ) -> None:
     _jobs(engine)
     key = _key(engine, part)
-    _damage(engine.client, key, "hash")
+    damage_key(engine.client, key, "hash")
     _refused_whole(engine, prefix, key, "replay", NOW, 1000, 0)
 
 
@@ -181,13 +164,13 @@ def test_drain_meeting_a_damaged_key_writes_nothing(
 ) -> None:
     _jobs(engine)
     key = _key(engine, part)
-    _damage(engine.client, key, how)
+    damage_key(engine.client, key, how)
     _refused_whole(engine, prefix, key, "drain", NOW, "1", 1000)
 
 
 def test_drain_checks_meta_only_when_jobs_are_parked(engine: Engine) -> None:
     engine.enqueue(T0, job_id="w1")
-    _damage(engine.client, engine.keys.meta)
+    damage_key(engine.client, engine.keys.meta)
     assert engine.run("drain", NOW, "0", 1000) == 1  # meta is not written
 
 
@@ -197,7 +180,7 @@ def test_forced_clear_meeting_a_damaged_key_writes_nothing(
 ) -> None:
     _jobs(engine)
     key = _key(engine, part)
-    _damage(engine.client, key)
+    damage_key(engine.client, key)
     _refused_whole(engine, prefix, key, "clear", NOW, "1", 1000)
 
 
@@ -220,13 +203,13 @@ def test_remove_meeting_a_damaged_key_writes_nothing(
 ) -> None:
     _jobs(engine)
     key = _key(engine, part)
-    _damage(engine.client, key)
+    damage_key(engine.client, key)
     _refused_whole(engine, prefix, key, "remove", NOW, *ids)
 
 
 def test_remove_checks_only_the_keys_it_writes(engine: Engine) -> None:
     _jobs(engine)
-    _damage(engine.client, engine.keys.dlq)
+    damage_key(engine.client, engine.keys.dlq)
     assert engine.run("remove", NOW, "c1") == [b"removed"]
 
 
@@ -244,7 +227,7 @@ def test_cancel_meeting_a_damaged_key_writes_nothing(
 ) -> None:
     _jobs(engine)
     key = _key(engine, part)
-    _damage(engine.client, key)
+    damage_key(engine.client, key)
     _refused_whole(engine, prefix, key, "cancel", NOW, *ids)
 
 
@@ -257,7 +240,7 @@ def test_pause_and_resume_meeting_a_damaged_key_write_nothing(
 ) -> None:
     engine.client.hset(engine.keys.meta, "paused", "1")
     key = _key(engine, part)
-    _damage(engine.client, key, "hash")
+    damage_key(engine.client, key, "hash")
     _refused_whole(engine, prefix, key, "pause", NOW, flag)
 
 
@@ -266,7 +249,7 @@ def test_promote_meeting_a_damaged_marker_writes_nothing(
     engine: Engine, prefix: str, args: tuple[Any, ...]
 ) -> None:
     _jobs(engine)
-    _damage(engine.client, engine.keys.marker, "hash")
+    damage_key(engine.client, engine.keys.marker, "hash")
     _refused_whole(engine, prefix, engine.keys.marker, "promote", NOW, *args)
 
 
@@ -274,11 +257,11 @@ def test_a_progress_update_meeting_a_damaged_event_stream_writes_nothing(
     engine: Engine, prefix: str
 ) -> None:
     token = _jobs(engine)
-    _damage(engine.client, engine.keys.events)
-    before = _snapshot(engine.client, prefix)
+    damage_key(engine.client, engine.keys.events)
+    before = key_snapshot(engine.client, prefix)
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         engine.run("update", NOW, "a1", token, "progress", "50", 10)
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
 
 
 # ---------------------------------------------------------------------- schedules
@@ -297,7 +280,7 @@ def test_schedule_scripts_meeting_a_damaged_key_write_nothing(
 ) -> None:
     _put(engine, "s1")
     key = _key(engine, part)
-    _damage(engine.client, key)
+    damage_key(engine.client, key)
     args: tuple[Any, ...] = {
         "put-new": ("schedule_put", T0, "s2", "{}", "sig", "job", "{}", "", 0, "0", 0, T0, 0),
         "put-changed": ("schedule_put", T0, "s1", "{}", "sig", "job", "{}", "", 0, "0", 0, T0, 0),
@@ -326,7 +309,7 @@ def test_schedule_fire_meeting_a_damaged_wait_set_writes_nothing(
     engine: Engine, prefix: str
 ) -> None:
     _put(engine, "s1")
-    _damage(engine.client, engine.keys.wait)
+    damage_key(engine.client, engine.keys.wait)
     tick = T0 + 1000
     _refused_whole(
         engine, prefix, engine.keys.wait, "schedule_fire", tick, "s1", tick, "1", tick + 1000,
@@ -350,11 +333,11 @@ def test_outbox_reject_meeting_a_damaged_dead_stream_acknowledges_nothing(
     entry = client.xadd(outbox, {"t": "x", "a": "1"})
     client.xreadgroup("g", "c1", {outbox: ">"})
     client.set(dead, "x")
-    before = _snapshot(client, prefix)
+    before = key_snapshot(client, prefix)
     with pytest.raises(redis.ResponseError, match="KQ_DAMAGED_KEY string stream"):
         _eval(client, "outbox_reject", [outbox, dead], [base, "g", "why", entry])
     assert client.xpending(outbox, "g")["pending"] == 1  # still the group's to handle
-    assert _snapshot(client, prefix) == before
+    assert key_snapshot(client, prefix) == before
     with pytest.raises(redis.ResponseError, match="KQ_DAMAGED_KEY string stream"):
         _eval(client, "outbox_reclaim", [outbox, dead], [base, "g", "c2", 0, "0-0", 10, 0])
     assert client.xpending(outbox, "g")["consumers"][0]["name"] == b"c1"
@@ -366,18 +349,18 @@ def test_leader_acquire_with_a_damaged_term_takes_no_lease(
 ) -> None:
     lease = engine.keys.base + "leader:r"
     term = lease + ":term"
-    _damage(engine.client, term, how)
-    before = _snapshot(engine.client, prefix)
+    damage_key(engine.client, term, how)
+    before = key_snapshot(engine.client, prefix)
     with pytest.raises(redis.ResponseError, match=f"KQ_DAMAGED_KEY .* integer {term}"):
         _eval(engine.client, "leader_acquire", [lease, term], ["tok", 10_000])
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
     engine.client.delete(term)
     assert _eval(engine.client, "leader_acquire", [lease, term], ["tok", 10_000]) == [1, 1]
 
 
 def test_leader_acquire_names_a_lease_key_of_another_type(engine: Engine) -> None:
     lease = engine.keys.base + "leader:r"
-    _damage(engine.client, lease, "hash")
+    damage_key(engine.client, lease, "hash")
     with pytest.raises(redis.ResponseError, match=f"KQ_DAMAGED_KEY hash string {lease}"):
         _eval(engine.client, "leader_acquire", [lease, lease + ":term"], ["tok", 10_000])
     engine.client.set(lease, "other", px=5000)  # a live holder: no error

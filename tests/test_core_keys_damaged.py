@@ -37,7 +37,7 @@ import redis
 import redis.asyncio as aioredis
 from click.testing import CliRunner
 
-from helpers import QueueFactory, wait_until
+from helpers import QueueFactory, damage_key, key_snapshot, wait_until
 from kitium_queue import DamagedKeyError, JobQueue
 from kitium_queue.cli import EXIT_NOT_READY, main
 from kitium_queue.damage import DAMAGE_LOG_S, DamagedKeys
@@ -59,25 +59,6 @@ def engine(redis_url: str, prefix: str) -> Iterator[Engine]:
         yield Engine(client, QUEUE, prefix)
     finally:
         client.close()
-
-
-def _damage(client: redis.Redis, key: str, how: str) -> None:
-    client.delete(key)
-    if how == "string":
-        client.set(key, "x")
-    elif how == "hash":
-        client.hset(key, "x", "y")
-    elif how == "set":
-        client.sadd(key, "x")
-    elif how == "list":
-        client.rpush(key, "x")
-    else:  # garbage in a counter
-        client.set(key, how)
-
-
-def _snapshot(client: redis.Redis, prefix: str) -> dict[bytes, bytes | None]:
-    """Every key of the test, by its serialized value: equal means nothing was written."""
-    return {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{prefix}*", count=1000))}
 
 
 def _refused(exc: pytest.ExceptionInfo[Any], key: str) -> None:
@@ -116,22 +97,22 @@ def test_claim_meeting_a_damaged_key_writes_nothing(
 ) -> None:
     _busy_queue(engine)
     key = getattr(engine.keys, part)
-    _damage(engine.client, key, how)
-    before = _snapshot(engine.client, prefix)
+    damage_key(engine.client, key, how)
+    before = key_snapshot(engine.client, prefix)
     with pytest.raises(redis.ResponseError) as exc:
         engine.claim(T0 + 100, 5, max_stalled=0)  # the expired lease is dead-lettered
     _refused(exc, key)
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
 
 
 def test_claim_checks_the_limiter_only_when_a_limiter_is_set(engine: Engine, prefix: str) -> None:
     engine.enqueue(T0, job_id="a")
-    _damage(engine.client, engine.keys.limiter, "abc")
-    before = _snapshot(engine.client, prefix)
+    damage_key(engine.client, engine.keys.limiter, "abc")
+    before = key_snapshot(engine.client, prefix)
     with pytest.raises(redis.ResponseError) as exc:
         engine.run("claim", T0, 1, 1000, 10, 1000, 2, "1", "w", 1000)
     _refused(exc, engine.keys.limiter)
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
     assert engine.claim(T0)[0] == b"ok"  # no limiter: the counter is not used
 
 
@@ -145,12 +126,12 @@ def test_finish_meeting_a_damaged_key_writes_nothing(
     engine.enqueue(T0, job_id="a")
     token = int(engine.claim(T0, 1, lease=60_000)[2])
     key = getattr(engine.keys, part)
-    _damage(engine.client, key, "string")
-    before = _snapshot(engine.client, prefix)
+    damage_key(engine.client, key, "string")
+    before = key_snapshot(engine.client, prefix)
     with pytest.raises(redis.ResponseError) as exc:
         engine.finish(T0 + 5, "a", token, kind, delay=1000)
     _refused(exc, key)
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
     assert engine.job("a")["st"] == "active"
 
 
@@ -162,25 +143,25 @@ def test_enqueue_meeting_a_damaged_key_writes_nothing(
     engine: Engine, prefix: str, part: str, how: str
 ) -> None:
     key = getattr(engine.keys, part)
-    _damage(engine.client, key, how)
-    before = _snapshot(engine.client, prefix)
+    damage_key(engine.client, key, how)
+    before = key_snapshot(engine.client, prefix)
     jobs: list[Any] = []
     for jid, delay in (("a", 0), ("b", 500), ("c", 0)):
         jobs += [jid, "n", "{}", "", 0, delay, "0", ""]
     with pytest.raises(redis.ResponseError) as exc:
         engine.run("enqueue", T0, 86_400_000, *jobs)
     _refused(exc, key)
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
 
 
 @pytest.mark.parametrize("how", ["abc", "hash", "99999999999999999999"])
 def test_enqueue_with_a_damaged_id_counter_names_it(engine: Engine, prefix: str, how: str) -> None:
-    _damage(engine.client, engine.keys.id, how)
-    before = _snapshot(engine.client, prefix)
+    damage_key(engine.client, engine.keys.id, how)
+    before = key_snapshot(engine.client, prefix)
     with pytest.raises(redis.ResponseError) as exc:
         engine.enqueue(T0)
     _refused(exc, engine.keys.id)
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
 
 
 @pytest.mark.parametrize("part", ["wait", "events", "dlq"])
@@ -190,12 +171,12 @@ def test_recover_meeting_a_damaged_key_writes_nothing(
     engine.enqueue(T0, job_id="a")
     engine.claim(T0, 1, lease=10)
     key = getattr(engine.keys, part)
-    _damage(engine.client, key, "string")
-    before = _snapshot(engine.client, prefix)
+    damage_key(engine.client, key, "string")
+    before = key_snapshot(engine.client, prefix)
     with pytest.raises(redis.ResponseError) as exc:
         engine.recover(T0 + 100, max_stalled=0 if part == "dlq" else 2)
     _refused(exc, key)
-    assert _snapshot(engine.client, prefix) == before
+    assert key_snapshot(engine.client, prefix) == before
 
 
 # ---------------------------------------------------------------------- the API

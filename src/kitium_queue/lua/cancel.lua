@@ -50,14 +50,7 @@ end
 
 -- A first pass writes nothing: the keys the call will write (check_keys, lib_base.lua),
 -- so that one holding another type refuses the whole call before its first write.
-local need, listed = { 8 }, {}
-local function needs(...)
-  local idx = { ... }
-  for n = 1, #idx do
-    if not listed[idx[n]] then need[#need + 1] = idx[n] end
-    listed[idx[n]] = true
-  end
-end
+local need, needs = key_list(8)
 for i = 4, #ARGV do
   local jk = job_key(ARGV[i])
   local kt = key_type(jk)

@@ -39,7 +39,7 @@
 
   Provides: K_* (the KEYS above), PREFIX, MAX_MS, BATCH_MAX, NOW, NOW_S, EVENTS_MAXLEN(_S),
   arg_int, bad_arg, int, num, job_key, key_type, keep_running_when_full, count_missing,
-  check_keys, check_key, parked_damaged, damaged_key, KEY_TYPES.
+  check_keys, check_key, parked_damaged, damaged_key, damaged_reply, key_list, KEY_TYPES.
 ]]
 local K_WAIT, K_ACTIVE, K_DELAYED = KEYS[1], KEYS[2], KEYS[3]
 local K_COMPLETED, K_FAILED, K_DLQ = KEYS[4], KEYS[5], KEYS[6]
@@ -124,11 +124,31 @@ end
 local KEY_TYPES = { 'zset', 'zset', 'zset', 'zset', 'zset', 'zset', 'hash', 'stream', 'zset',
   'integer', 'integer', 'integer' }
 
--- The error reply for KEYS[i] found holding `found` (a Redis type) when it was checked
--- before the script's first write: "KQ_DAMAGED_KEY <found> <expected> <key>"
--- (DamagedKeyError in Python, which says how to repair it).
+-- The error reply for `key` found holding `found` (a Redis type) where `expected` was
+-- due: "KQ_DAMAGED_KEY <found> <expected> <key>" (DamagedKeyError in Python, which says
+-- how to repair it).
+local function damaged_reply(key, found, expected)
+  return redis.error_reply('KQ_DAMAGED_KEY ' .. found .. ' ' .. expected .. ' ' .. key)
+end
+
+-- damaged_reply for KEYS[i], checked before the script's first write.
 local function damaged_key(i, found)
-  return redis.error_reply('KQ_DAMAGED_KEY ' .. found .. ' ' .. KEY_TYPES[i] .. ' ' .. KEYS[i])
+  return damaged_reply(KEYS[i], found, KEY_TYPES[i])
+end
+
+-- The indices of layout keys a call will write, each once, for check_keys(unpack(need)):
+-- returns the list (starting with `...`) and the function that adds to it.
+local function key_list(...)
+  local need, listed = {}, {}
+  local function add(...)
+    local idx = { ... }
+    for n = 1, #idx do
+      if not listed[idx[n]] then need[#need + 1] = idx[n] end
+      listed[idx[n]] = true
+    end
+  end
+  add(...)
+  return need, add
 end
 
 -- A key of the layout damaged outside kitium-queue (overwritten with another type, a
@@ -161,9 +181,7 @@ end
 -- <expected> <key>" when it holds another type than `expected`, or nil.
 local function check_key(key, expected)
   local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= expected then
-    return redis.error_reply('KQ_DAMAGED_KEY ' .. t .. ' ' .. expected .. ' ' .. key)
-  end
+  if t ~= 'none' and t ~= expected then return damaged_reply(key, t, expected) end
   return nil
 end
 

@@ -80,15 +80,12 @@ local PARK_FIX = {
 local PARK_DAMAGE_SEEN = {}
 
 -- Records `key` (expected: a Redis type) found holding another type, once per call, in
--- slot-errors; the text is damaged_key's (lib_base.lua), for a key outside the layout,
+-- slot-errors; the text is damaged_reply's (lib_base.lua),
 -- then the repair: PARK_FIX[fix], or `fix` itself (a feature's key: tenancy).
 local function park_damaged(key, expected, fix)
   if PARK_DAMAGE_SEEN[key] then return end
   PARK_DAMAGE_SEEN[key] = true
-  local i = #KEYS + 1
-  KEYS[i], KEY_TYPES[i] = key, expected
-  local reply = damaged_key(i, redis.call('TYPE', key)['ok'])
-  KEYS[i], KEY_TYPES[i] = nil, nil
+  local reply = damaged_reply(key, redis.call('TYPE', key)['ok'], expected)
   -- pcall: a damaged slot-errors hash must not fail the call either (health_check names it).
   redis.pcall('HSET', PARK_REPORTS, 'damaged:' .. key, NOW_S .. ' ' .. reply.err ..
     ': skipped, nothing of it written; ' .. (PARK_FIX[fix] or fix))

@@ -58,20 +58,20 @@ end
 -- A first pass writes nothing: the keys the call will write (check_keys, lib_base.lua),
 -- so that one holding another type refuses the whole call before its first write.
 local STATE_INDEX = { waiting = 1, delayed = 3, completed = 4, failed = 5, dlq = 6 }
-local need, listed, seen = { 8 }, {}, {}
-local function needs(...)
-  local idx = { ... }
-  for n = 1, #idx do
-    if not listed[idx[n]] then need[#need + 1] = idx[n] end
-    listed[idx[n]] = true
-  end
-end
-for i = 4, #ARGV do
-  local id = ARGV[i]
+-- A job's key, the type of that key, and its state field (false when there is none).
+local function read_job(id)
   local jk = job_key(id)
   local kt = key_type(jk)
   local st = false
   if kt == 'hash' then st = redis.call('HGET', jk, 'st') end
+  return jk, kt, st
+end
+
+local need, needs = key_list(8)
+local seen = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local jk, kt, st = read_job(id)
   -- An id given twice is found without a record the second time.
   if seen[id] then needs(2, 1, 3, 4, 5, 6) end
   seen[id] = true
@@ -95,10 +95,7 @@ if damaged then return damaged end
 local out = {}
 for i = 4, #ARGV do
   local id = ARGV[i]
-  local jk = job_key(id)
-  local kt = key_type(jk)
-  local st = false
-  if kt == 'hash' then st = redis.call('HGET', jk, 'st') end
+  local jk, kt, st = read_job(id)
   local status
   if st == 'active' then
     status = 'active'

@@ -432,18 +432,18 @@ local function view(s)
   if s.bad then return { 'damaged', s.bad } end
   local note = damage(s)
   local R, F = cb_window(s, 0, 0)
-  local held = redis.pcall('ZCARD', PREFIX .. 'parked:' .. s.blocker)
-  if type(held) ~= 'number' then
-    held = 0
-    note = joined(note, PREFIX .. 'parked:' .. s.blocker .. ' holds another Redis type, '
-      .. 'not a sorted set: held jobs are not counted')
+  -- A size read (ZCARD, SCARD) of a key that may hold another Redis type: 0 then, and
+  -- `what` joined to the note.
+  local function size(cmd, key, what)
+    local n = redis.pcall(cmd, key)
+    if type(n) == 'number' then return n end
+    note = joined(note, key .. ' holds another Redis type, ' .. what)
+    return 0
   end
-  local probes = redis.pcall('SCARD', CB .. 'p:' .. s.id)
-  if type(probes) ~= 'number' then
-    probes = 0
-    note = joined(note, CB .. 'p:' .. s.id .. ' holds another Redis type, not a set '
-      .. '(replaced at the next probe)')
-  end
+  local held = size('ZCARD', PREFIX .. 'parked:' .. s.blocker,
+    'not a sorted set: held jobs are not counted')
+  local probes = size('SCARD', CB .. 'p:' .. s.id,
+    'not a set (replaced at the next probe)')
   return { 'ok', s.st, int(s.since), int(s.untl), int(s.po), int(s.pok), int(s.pdl),
     int(R), int(F), int(held), int(probes), int(s.n), s.why, s.jn, tostring(s.pct),
     int(s.min), int(s.to), int(s.win), int(s.pr), int(s.pto), int(s.ca), note }
