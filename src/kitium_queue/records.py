@@ -152,6 +152,13 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "features/tenancy (enqueue and admission fragments; removed by release)",
         ),
         JobField(
+            "cb",
+            "circuit breaker of the run, while a run its breaker admitted is under way "
+            "(its outcome is counted in that breaker)",
+            "the circuit breakers' admission fragment (features/breakers/lua.py; it drops "
+            "one found on a waiting job); removed by their release fragment",
+        ),
+        JobField(
             "fw",
             "run links: the contexts of the runs this job's run follows, newline-separated, "
             "at most 32; present (maybe empty) on every job another job follows, so the "

@@ -10,10 +10,12 @@ probes through (*half-open*); when they succeed it *closes* and the held jobs ru
   and ``CircuitBreaker`` (``execute``);
 * ``lua.py``: the Lua shared by the admission and release slot fragments and the
   breaker script (every state change is atomic, in Redis);
+* ``script.py``: the breaker script (operators' commands, reads and the leader's sweep);
 * ``model.py``: ``BreakerConfig``, ``FailureThreshold``, ``BreakerStats``,
   ``BreakerTransition``;
 * ``events.py``: the ``breaker-events`` leader service (state changes to the
-  ``feature_event`` hook and the metrics adapter).
+  ``feature_event`` hook and the metrics adapter; the sweep that lets go what a damaged
+  breaker held).
 
 Semantics: docs/breakers.md.
 """

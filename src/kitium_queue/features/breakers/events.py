@@ -11,6 +11,11 @@ log is kept in Redis (``cb:cursor``), so a new leader goes on where the last one
 stopped: each change is reported at least once across the queue's workers (a leader
 that dies between reporting and saving its position makes its successor report the
 last few again; ``FeatureEvent.event_id`` tells them apart).
+
+The leader also sweeps the breakers every few seconds (``BreakerEvents.sweep``): jobs
+held by a breaker that acts closed (its record deleted or of another Redis type, its
+state no state) are let go, and a held breaker whose park timer was deleted from the
+shared park keys gets it again, so no damaged key holds jobs until a repair.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, LeaderService
 from ...limits import get_logger
 from .model import BreakerTransition
+from .script import SCRIPT_NAME
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -44,6 +50,8 @@ _BATCH = 100
 _ENTRY_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
 #: Seconds between two warnings about a damaged log or cursor.
 _WARN_EVERY = 60.0
+#: Default ms between two sweeps of the leader.
+SWEEP_MS = 5000
 
 
 def report(queue: JobQueue, change: BreakerTransition) -> None:
@@ -90,12 +98,21 @@ class BreakerEvents(LeaderService):
             there is more).
         lease_ms: the leader lease (another process takes over at most this long after
             the leader died).
+        sweep_ms: how often the leader sweeps the breakers (``sweep``).
     """
 
-    def __init__(self, queue: JobQueue, *, interval_ms: int = 250, lease_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        *,
+        interval_ms: int = 250,
+        lease_ms: int = 10_000,
+        sweep_ms: int = SWEEP_MS,
+    ) -> None:
         super().__init__(SERVICE_NAME, self._body, lease_ms=lease_ms)
         self.queue = queue
         self.interval_s = max(10, interval_ms) / 1000
+        self.sweep_s = max(100, sweep_ms) / 1000
         self.log_key = queue.keys.extra("cb:log")
         self.cursor_key = queue.keys.extra("cb:cursor")
         self._warned = -1e9
@@ -129,11 +146,37 @@ class BreakerEvents(LeaderService):
         await client.set(self.cursor_key, cursor)
         return cursor
 
+    async def sweep(self) -> int:
+        """Let go the jobs held by breakers that act closed (record deleted or of another
+        Redis type, state no state), and arm the park timer of the other breakers that
+        hold jobs again (one script call; the first 1000 breakers of the queue). Returns
+        how many breakers let jobs go. The leader runs it every ``sweep_ms``."""
+        reply = await self.queue.run(SCRIPT_NAME, ["sweep", "*"])
+        return int(reply[0])
+
+    async def _sweep_due(self, due: float) -> float:
+        """Sweep when ``due`` (monotonic seconds) has come; the next due time."""
+        now = time.monotonic()
+        if now < due:
+            return due
+        try:
+            await self.sweep()
+        except NET_ERRORS:
+            raise
+        except Exception as exc:  # never a reason to stop reporting state changes
+            self._warn(
+                f"sweep failed ({type(exc).__name__}: {str(exc)[:200]}); held jobs still "
+                "come back by their park timer"
+            )
+        return now + self.sweep_s
+
     async def _body(self, term: int) -> None:
         client = await self.queue.client()
         cursor: str | None = None
+        sweep_at = 0.0
         while True:
             try:
+                sweep_at = await self._sweep_due(sweep_at)
                 if cursor is None:
                     cursor = await self._start(client)
                 got = await self.poll(client, cursor)

@@ -23,6 +23,12 @@ __all__ = ["make_explainer"]
 
 _MAX_MS = 1_125_899_906_842_624
 _STATES = ("closed", "open", "half-open")
+#: When a job held by a breaker that acts closed goes back to wait.
+_LET_GO = (
+    "this job goes back to wait at the next claim of one of the breaker's jobs, the next "
+    "read of the breaker (get_stats, list_breakers, the CLI) or the breaker-events "
+    "leader's next sweep (within seconds), at the latest when its park timer is due."
+)
 
 
 def _ms(value: Any) -> int:
@@ -53,9 +59,8 @@ def make_explainer(q: JobQueue) -> Any:
                 Reason(
                     "breaker-open",
                     f"held by circuit breaker {bid!r}, whose record {key} holds another "
-                    "Redis type (damaged): it holds no new job, and those it held go back to "
-                    "wait when its timer is due, or at once when it is repaired with "
-                    "create_breaker(..., replace=True) or remove_breaker()",
+                    f"Redis type (damaged): it acts closed and holds no job; {_LET_GO} "
+                    "Repair: create_breaker(..., replace=True) or remove_breaker()",
                     refs=refs,
                     source=FEATURE,
                 )
@@ -91,11 +96,16 @@ def make_explainer(q: JobQueue) -> Any:
                     source=FEATURE,
                 )
             ]
+        if state == "missing":
+            what = f"held by circuit breaker {bid!r}, whose record {key} is gone; "
+            fix = " Repair: create_breaker(..., replace=True) or remove_breaker()"
+        else:
+            what = f"held by circuit breaker {bid!r} ({state}), which holds no job; "
+            fix = ""
         return [
             Reason(
                 "breaker-open",
-                f"held by circuit breaker {bid!r} ({state}); it goes back to wait at the "
-                "breaker's next step (within about a second)",
+                f"{what}{_LET_GO}{fix}",
                 refs=refs,
                 source=FEATURE,
             )

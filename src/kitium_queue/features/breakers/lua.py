@@ -15,17 +15,26 @@ Keys (every one under the queue's hash tag, built from ``PREFIX``; ``keys.py`` n
                      ``call:<token>`` for inline calls)
 ``cb:names``   HASH  job name -> breaker id (jobs of that name are bound to it)
 ``cb:ids``     ZSET  breaker id -> created at (ms)
-``cb:of``      HASH  job id -> breaker id, for each bound run admitted and not yet ended
 ``cb:log``     STREAM state changes: ``b from to why at`` (about ``LOG_MAXLEN`` kept)
 
-Jobs held by an open breaker are parked behind the blocker ``cb:<id>``.
+A bound run carries its breaker's id on itself: job-hash field ``cb``, written when
+admission lets it run and read (and deleted) by the release slot when it ends, so its
+outcome is counted whatever happens to another key (admission drops one found on a
+waiting job: no admitted run left it). Earlier versions kept the same in a hash
+``cb:of``, which is no longer read or written. ``cb:names`` of another type is rebuilt
+from the breakers listed in ``cb:ids`` by the first claim that needs it.
+
+Jobs held by an open breaker are parked behind the blocker ``cb:<id>``. A breaker
+acting closed (its record damaged, or gone) holds none: what it held is let go
+(``cb_let_go``) by the first claim of one of its jobs, by a read of it, and by the
+``breaker-events`` leader's sweep (``script.py``).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ADMISSION", "LIB", "LOG_MAXLEN", "RELEASE", "SCRIPT", "STEP_MS"]
+__all__ = ["ADMISSION", "LIB", "LOG_MAXLEN", "RELEASE", "STEP_MS"]
 
 #: Entries kept (about) in the ``cb:log`` stream of state changes.
 LOG_MAXLEN: Final = 1000
@@ -41,7 +50,7 @@ STEP_MS: Final = 1000
 # (a fragment must never fail after a write).
 _LIB = r"""
   local CB = PREFIX .. 'cb:'
-  local CB_NAMES, CB_OF, CB_LOG = CB .. 'names', CB .. 'of', CB .. 'log'
+  local CB_NAMES, CB_LOG = CB .. 'names', CB .. 'log'
   local CB_LOG_MAX = '@LOG_MAX@'
   local CB_STEP = @STEP@
   local STATES = { closed = true, open = true, ['half-open'] = true }
@@ -84,7 +93,8 @@ _LIB = r"""
       s = { id = b, key = key, blocker = 'cb:' .. b, jn = '', st = 'closed',
         bad = 'circuit breaker ' .. b .. ': its record ' .. key .. ' holds another '
           .. 'Redis type, not a hash (written by hand?); its jobs run as if it were not '
-          .. 'there. Repair: create_breaker(..., replace=True) or remove_breaker()' }
+          .. 'there, uncounted, and those it held are let go. Repair: '
+          .. 'create_breaker(..., replace=True) or remove_breaker()' }
       loaded[b] = s
       return s
     end
@@ -103,6 +113,16 @@ _LIB = r"""
       pdl = arg_int(h.pdl, 0, 0, MAX_MS), n = arg_int(h.n, 0, 0, MAX_MS), why = h.why or '',
       ca = arg_int(h.ca, 0, 0, MAX_MS), raw = h }
     s.step = math.min(CB_STEP, s.to)
+    -- Times no change of state writes (by hand): a state entered over a day ahead of
+    -- the clock is read as entered now, and an open state that would outlast any
+    -- timeout or force_open duration as open for the breaker's timeout (the view
+    -- names them; the next change of state rewrites them).
+    if s.since > NOW + 86400000 then s.since, s.odd = NOW, { 'since' } end
+    if s.untl > s.since + MAX_DELAY_MS then
+      s.untl = s.since + s.to
+      s.odd = s.odd or {}
+      s.odd[#s.odd + 1] = 'until'
+    end
     loaded[b] = s
     return s
   end
@@ -174,6 +194,18 @@ _LIB = r"""
     end
   end
 
+  -- The jobs held behind `blocker` go back to wait (a bounded number now, the rest from
+  -- a timer due now, 1,000 per claim, in their order); true when there were any. In
+  -- claim, only from admit_after (claim scans wait meanwhile).
+  local function cb_let_go(blocker)
+    if redis.call('EXISTS', PREFIX .. 'parked:' .. blocker) == 0 then return false end
+    unpark(blocker, 100)
+    if redis.call('EXISTS', PREFIX .. 'parked:' .. blocker) == 1 then
+      park_timer(blocker, NOW, 0, 0)
+    end
+    return true
+  end
+
   -- Move breaker s to state st. Opening arms the park timer of its held jobs (the
   -- first `pr` come back when the timeout ends); closing sends them all back to wait,
   -- a bounded number now and the rest from the timer, as claims serve it.
@@ -189,19 +221,34 @@ _LIB = r"""
         'pok', 0, 'pdl', 0)
       if held then park_timer(s.blocker, s.untl, s.pr, s.step) end
     else
-      redis.call('HSET', s.key, 'st', st, 'since', NOW_S, 'po', 0, 'pok', 0, 'pdl', 0)
+      redis.call('HSET', s.key, 'st', st, 'since', NOW_S, 'until', int(s.untl), 'po', 0,
+        'pok', 0, 'pdl', 0)
     end
     if st ~= 'half-open' then
       redis.call('DEL', CB .. 'w:' .. s.id)
       s.w = nil
     end
-    if st == 'closed' and held then
-      unpark(s.blocker, 100)
-      if redis.call('EXISTS', PREFIX .. 'parked:' .. s.blocker) == 1 then
-        park_timer(s.blocker, NOW, 0, 0)
+    if st == 'closed' and held then cb_let_go(s.blocker) end
+    cb_note(s, from, why)
+  end
+
+  -- cb:names (of another type: written by hand) made again from the job names of the
+  -- breakers listed in cb:ids (the first 1000, oldest first): an index of what their
+  -- hashes say, so nothing is lost. False, writing nothing, when cb:ids is unreadable.
+  local function cb_rebuild_names()
+    local ids = redis.pcall('ZRANGE', CB .. 'ids', 0, 999)
+    if ids.err then return false end
+    local found, seen = {}, {}
+    for _, id in ipairs(ids) do
+      local jn = redis.pcall('HGET', CB .. 'b:' .. id, 'jn')
+      if type(jn) == 'string' and jn ~= '' and not seen[jn] then
+        seen[jn] = true
+        found[#found + 1] = { jn, id }
       end
     end
-    cb_note(s, from, why)
+    redis.call('DEL', CB_NAMES)
+    for _, f in ipairs(found) do redis.call('HSET', CB_NAMES, f[1], f[2]) end
+    return true
   end
 
   -- Whether probes of half-open breaker s are out (a probe set of another type counts
@@ -211,13 +258,25 @@ _LIB = r"""
     return type(n) ~= 'number' or n > 0
   end
 
+  -- Whether the probes of half-open breaker s are overdue: its probe deadline passed
+  -- with probes out, or with every probe place taken (a probe that left the probe set
+  -- by hand would otherwise hold the breaker half-open for good). Probes admitted with
+  -- no deadline (lost: damaged) are due probe_timeout after the half-open start.
+  local function cb_overdue(s)
+    local dl = s.pdl
+    if dl == 0 then
+      if s.po == 0 then return false end
+      dl = s.since + s.pto
+    end
+    return NOW >= dl and (s.po >= s.pr or cb_probes_out(s))
+  end
+
   -- Time-driven changes: open -> half-open when the timeout is over; half-open -> open
   -- when a probe has not reported by its deadline.
   local function cb_tick(s)
     if s.st == 'open' and NOW >= s.untl then
       cb_set(s, 'half-open', 'open timeout elapsed')
-    elseif s.st == 'half-open' and s.pdl > 0 and NOW >= s.pdl
-        and cb_probes_out(s) then
+    elseif s.st == 'half-open' and cb_overdue(s) then
       cb_set(s, 'open', 'a probe did not report within probe_timeout')
     end
   end
@@ -275,8 +334,16 @@ ADMISSION: Final = (
     + LIB
     + r"""
   local any_names = nil
-  local names, armed = {}, {}
+  local names, armed, freed = {}, {}, {}
   local cur_s, cur_probe = nil, false
+
+  -- A breaker acting closed (record damaged or gone, or a state that is no state)
+  -- holds nothing: what it held goes back to wait once this call's jobs are handed out.
+  local function let_go(b)
+    if freed[b] then return end
+    freed[b] = true
+    admit_after('cb-let-go:' .. b, function() cb_let_go('cb:' .. b) end)
+  end
 
   -- The breaker a job is bound to: its circuit_breaker_id option, else its name's.
   local function bound(opts, n)
@@ -289,15 +356,23 @@ ADMISSION: Final = (
     end
     if not n then return nil end
     if any_names == nil then
-      -- cb:names of another type (written by hand) binds no job by its name: never a
-      -- reason to stop every job of the queue.
+      -- cb:names of another type (written by hand) is rebuilt from the breakers; when
+      -- it cannot be, it binds no job by its name: never a reason to stop every job.
       local len = redis.pcall('HLEN', CB_NAMES)
-      any_names = type(len) == 'number' and len > 0
       if type(len) ~= 'number' then
-        cb_report(CB_NAMES .. ' holds another Redis type, not a hash: no job is bound '
-          .. 'to a breaker by its name. Repair: delete that key, then '
-          .. 'create_breaker(..., replace=True) each breaker that has a job_name')
+        if cb_rebuild_names() then
+          len = redis.call('HLEN', CB_NAMES)
+          cb_report(CB_NAMES .. ' held another Redis type, not a hash: rebuilt from the '
+            .. 'job names of the breakers listed in ' .. CB .. 'ids (one missing from it '
+            .. 'binds no job by its name until create_breaker(..., replace=True))')
+        else
+          cb_report(CB_NAMES .. ' holds another Redis type, not a hash, and ' .. CB
+            .. 'ids cannot be read to rebuild it: no job is bound to a breaker by its '
+            .. 'name. Repair: delete both keys, then create_breaker(..., replace=True) '
+            .. 'each breaker')
+        end
       end
+      any_names = type(len) == 'number' and len > 0
     end
     if not any_names then return nil end
     local b = names[n]
@@ -317,22 +392,24 @@ ADMISSION: Final = (
     return false
   end
 
-  -- cb:of first: of another type, nothing is written (the job runs uncounted).
+  -- The run carries its breaker (job-hash field cb; claim read the hash, so it is one):
+  -- the release slot counts its outcome from there.
   local function commit(id, jk)
-    if type(redis.pcall('HSET', CB_OF, id, cur_s.id)) == 'table' then
-      cb_report(CB_OF .. ' holds another Redis type, not a hash: the outcomes of bound '
-        .. 'jobs are not counted. Repair: delete that key')
-      return
-    end
+    redis.call('HSET', jk, 'cb', cur_s.id)
     if cur_probe then cb_take_probe(cur_s, id) end
   end
 
-  return function(id, jk, opts, n)
+  -- `cb`: the job-hash field claim read for this check (declared with the slot). A
+  -- waiting job runs nothing, so one there was left by a run its breaker never saw end
+  -- (a worker without the manager) or written by hand: dropped, lest it count.
+  return function(id, jk, opts, n, cb)
+    if cb then redis.call('HDEL', jk, 'cb') end
     local b = bound(opts, n)
     if not b then return true end
     local s = cb_load(b)
-    if not s then return true end
-    if s.bad then cb_report(s.bad); return true end
+    if not s then let_go(b); return true end
+    if s.bad then cb_report(s.bad); let_go(b); return true end
+    if s.raw.st ~= s.st then let_go(b) end  -- a state that is no state: read as closed
     cb_tick(s)
     cur_s, cur_probe = s, false
     if s.st == 'closed' then return true, commit end
@@ -352,224 +429,15 @@ RELEASE: Final = (
     + r"""
   local KIND = { completed = 'success', retrying = 'failure', failed = 'failure' }
   return function(id, jk, outcome)
-    -- Only runs this feature admitted count (a job removed while waiting or parked,
-    -- or bound to no breaker, has no entry).
-    local b = redis.pcall('HGET', CB_OF, id)
-    if type(b) ~= 'string' then return end  -- none, or cb:of damaged (admission said so)
+    -- Only runs this feature admitted count: they carry their breaker (field cb, from
+    -- admission's commit); a job removed while waiting or parked, or bound to no
+    -- breaker, has none. pcall: a job key of another type has none either.
+    local b = redis.pcall('HGET', jk, 'cb')
+    if type(b) ~= 'string' then return end
     local s = cb_load(b)
-    redis.call('HDEL', CB_OF, id)
+    redis.call('HDEL', jk, 'cb')
     if not s or s.bad then return end
     cb_outcome(s, id, KIND[outcome] or 'neutral')
   end
 end)()"""
-)
-
-# The breaker script: ARGV[4] = operation, ARGV[5] = breaker id, then per operation.
-# Operators' commands and reads, not the hot path: they check the type of every key they
-# write before their first write (a key written by hand never leaves a half-done
-# change), and a view reports what it found damaged.
-SCRIPT: Final = (
-    "--@include lib_slots\n"
-    + LIB
-    + r"""
-local op, b = ARGV[4], ARGV[5]
-if type(b) ~= 'string' or b == '' then return bad_arg('breaker', 'no breaker id') end
-local CB_IDS = CB .. 'ids'
-
--- The type of key k when it is neither `want` nor absent, else nil.
-local function wrong_type(k, want)
-  local t = redis.call('TYPE', k)
-  t = type(t) == 'table' and t.ok or t
-  if t == want or t == 'none' then return nil end
-  return t
-end
-
--- The jobs held behind a blocker go back to wait (a bounded number now, the rest from
--- the timer).
-local function release_held(blocker)
-  if redis.call('EXISTS', PREFIX .. 'parked:' .. blocker) == 1 then
-    unpark(blocker, 100)
-    if redis.call('EXISTS', PREFIX .. 'parked:' .. blocker) == 1 then
-      park_timer(blocker, NOW, 0, 0)
-    end
-  end
-end
-
-local function joined(a, b2)
-  if a == '' then return b2 end
-  return a .. '; ' .. b2
-end
-
--- What is damaged in breaker s's hash: fields that hold no valid value (each read as
--- its default), '' when none.
-local RANGES = { { 'since', 0, MAX_MS }, { 'until', 0, MAX_MS }, { 'min', 1, 1000000000 },
-  { 'to', 1, MAX_DELAY_MS }, { 'win', 1000, MAX_DELAY_MS }, { 'pr', 1, 1000 },
-  { 'pto', 1, MAX_DELAY_MS }, { 'po', 0, 1000 }, { 'pok', 0, 1000 }, { 'pdl', 0, MAX_MS },
-  { 'n', 0, MAX_MS }, { 'ca', 0, MAX_MS } }
-local function damage(s)
-  local h, bad = s.raw, {}
-  if not STATES[h.st] then bad[#bad + 1] = 'st' end
-  local pct = tonumber(h.pct)
-  if h.pct ~= nil and (pct == nil or pct ~= pct or pct <= 0 or pct > 100) then
-    bad[#bad + 1] = 'pct'
-  end
-  for _, r in ipairs(RANGES) do
-    local x = h[r[1]]
-    if x ~= nil then
-      x = tonumber(x)
-      if x == nil or x ~= x or x < r[2] or x > r[3] or x ~= math.floor(x) then
-        bad[#bad + 1] = r[1]
-      end
-    end
-  end
-  if #bad == 0 then return '' end
-  return 'field(s) ' .. table.concat(bad, ', ') .. ' of ' .. s.key .. ' hold no valid '
-    .. 'value (each read as its default). Repair: reset() rewrites the state, '
-    .. 'create_breaker(..., replace=True) the definition'
-end
-
-local function view(s)
-  if s.bad then return { 'damaged', s.bad } end
-  local note = damage(s)
-  local R, F = cb_window(s, 0, 0)
-  -- A size read (ZCARD, SCARD) of a key that may hold another Redis type: 0 then, and
-  -- `what` joined to the note.
-  local function size(cmd, key, what)
-    local n = redis.pcall(cmd, key)
-    if type(n) == 'number' then return n end
-    note = joined(note, key .. ' holds another Redis type, ' .. what)
-    return 0
-  end
-  local held = size('ZCARD', PREFIX .. 'parked:' .. s.blocker,
-    'not a sorted set: held jobs are not counted')
-  local probes = size('SCARD', CB .. 'p:' .. s.id,
-    'not a set (replaced at the next probe)')
-  return { 'ok', s.st, int(s.since), int(s.untl), int(s.po), int(s.pok), int(s.pdl),
-    int(R), int(F), int(held), int(probes), int(s.n), s.why, s.jn, tostring(s.pct),
-    int(s.min), int(s.to), int(s.win), int(s.pr), int(s.pto), int(s.ca), note }
-end
-
-if op == 'put' then
-  -- ARGV[6..12]: job name ('' = none), pct, min, timeout, window, probes, probe timeout;
-  -- ARGV[13]: '1' = replace an existing definition (its state is kept; a record of
-  -- another type is defined again, closed).
-  local jn, pct = ARGV[6], tonumber(ARGV[7])
-  if pct == nil or pct ~= pct or pct <= 0 or pct > 100 then
-    return bad_arg('breaker', 'percentage must be in (0, 100]')
-  end
-  local replace = ARGV[13] == '1'
-  local t = wrong_type(CB_IDS, 'zset')
-  if t then
-    return { 'damaged', CB_IDS .. ' holds a ' .. t .. ', not a sorted set. Repair: delete '
-      .. 'that key, then create_breaker(..., replace=True) each breaker to list it again' }
-  end
-  t = wrong_type(CB_NAMES, 'hash')
-  if t then
-    return { 'damaged', CB_NAMES .. ' holds a ' .. t .. ', not a hash. Repair: delete that '
-      .. 'key, then create_breaker(..., replace=True) each breaker that has a job_name' }
-  end
-  local key = CB .. 'b:' .. b
-  local kt = wrong_type(key, 'hash')
-  if kt and not replace then
-    return { 'damaged', 'its record ' .. key .. ' holds a ' .. kt .. ', not a hash. '
-      .. 'Repair: create_breaker(..., replace=True) defines it again (closed)' }
-  end
-  local exists = not kt and redis.call('EXISTS', key) == 1
-  if exists and not replace then return { 'exists' } end
-  if jn ~= '' then
-    local owner = redis.call('HGET', CB_NAMES, jn)
-    if owner and owner ~= b then return { 'name-taken', owner } end
-  end
-  local old = exists and redis.call('HGET', key, 'jn') or ''
-  local ca = exists and arg_int(redis.call('HGET', key, 'ca'), NOW, 0, MAX_MS) or NOW
-  -- Writes.
-  if kt then
-    redis.call('DEL', key, CB .. 'w:' .. b, CB .. 'p:' .. b)
-    release_held('cb:' .. b)  -- defined again closed: what it held runs
-  end
-  if old and old ~= '' and old ~= jn then redis.call('HDEL', CB_NAMES, old) end
-  redis.call('HSET', key, 'jn', jn, 'pct', tostring(pct),
-    'min', int(arg_int(ARGV[8], 10, 1, 1000000000)),
-    'to', int(arg_int(ARGV[9], 60000, 1, MAX_DELAY_MS)),
-    'win', int(arg_int(ARGV[10], 60000, 1000, MAX_DELAY_MS)),
-    'pr', int(arg_int(ARGV[11], 1, 1, 1000)),
-    'pto', int(arg_int(ARGV[12], 60000, 1, MAX_DELAY_MS)))
-  if not exists then
-    redis.call('HSET', key, 'st', 'closed', 'since', NOW_S, 'ca', NOW_S, 'n', 0)
-  end
-  -- Also lists again a breaker whose entry was lost (cb:ids deleted to repair it).
-  redis.call('ZADD', CB_IDS, 'NX', int(ca), b)
-  if jn ~= '' then redis.call('HSET', CB_NAMES, jn, b) end
-  return { exists and 'replaced' or 'created' }
-end
-
-local s = cb_load(b)
-if not s then
-  if op == 'delete' and not wrong_type(CB_IDS, 'zset') then
-    redis.call('ZREM', CB_IDS, b)  -- an entry left without its breaker
-  end
-  return { 'missing' }
-end
-
-if op == 'get' then
-  if not s.bad then cb_tick(s) end
-  return view(s)
-elseif op == 'acquire' then
-  -- ARGV[6]: token of this call. Returns { 'ok', 'closed' | 'probe' | 'damaged' } or
-  -- { 'open', state, retry at (ms) }.
-  if s.bad then return { 'ok', 'damaged', s.bad } end
-  cb_tick(s)
-  if s.st == 'closed' then return { 'ok', 'closed' } end
-  if s.st == 'half-open' and s.po < s.pr then
-    cb_take_probe(s, 'call:' .. ARGV[6])
-    return { 'ok', 'probe' }
-  end
-  local at = s.untl
-  if s.st == 'half-open' then at = s.pdl end
-  return { 'open', s.st, int(at) }
-elseif op == 'record' then
-  -- ARGV[6]: token, ARGV[7]: success | failure | neutral.
-  local kind = ARGV[7]
-  if kind ~= 'success' and kind ~= 'failure' and kind ~= 'neutral' then
-    return bad_arg('breaker', 'outcome must be success, failure or neutral')
-  end
-  if s.bad then return { 'ok', 'damaged' } end
-  cb_outcome(s, 'call:' .. ARGV[6], kind)
-  return { 'ok', s.st }
-elseif op == 'reset' then
-  if s.bad then return { 'damaged', s.bad } end
-  cb_log_ok()
-  -- Rewrites every state field (a damaged one too) with what was read.
-  redis.call('HSET', s.key, 'until', int(s.untl), 'ca', int(s.ca))
-  cb_set(s, 'closed', ARGV[6] ~= '' and ARGV[6] or 'reset by an operator')
-  return view(s)
-elseif op == 'open' then
-  -- ARGV[6]: ms to stay open (0: the breaker's timeout); ARGV[7]: reason.
-  if s.bad then return { 'damaged', s.bad } end
-  local ms = arg_int(ARGV[6], 0, 0, MAX_DELAY_MS)
-  local to = s.to
-  if ms > 0 then s.to = ms end
-  cb_set(s, 'open', ARGV[7] ~= '' and ARGV[7] or 'opened by an operator')
-  s.to = to
-  return view(s)
-elseif op == 'delete' then
-  -- Reads first: the keys it writes besides the breaker's own may be damaged.
-  local ids_ok = not wrong_type(CB_IDS, 'zset')
-  local owner = s.jn ~= '' and redis.pcall('HGET', CB_NAMES, s.jn)
-  local from = s.bad and 'damaged' or s.st
-  cb_log_ok()
-  release_held(s.blocker)
-  if owner == b then redis.call('HDEL', CB_NAMES, s.jn) end
-  redis.call('DEL', s.key, CB .. 'w:' .. b, CB .. 'p:' .. b)
-  if ids_ok then redis.call('ZREM', CB_IDS, b) end
-  feature_event('breaker-state', b, 'from', from, 'to', 'removed', 'why',
-    'removed by an operator')
-  if cb_log_ok() then
-    redis.call('XADD', CB_LOG, 'MAXLEN', '~', CB_LOG_MAX, '*', 'b', b, 'from', from,
-      'to', 'removed', 'why', 'removed by an operator', 'at', NOW_S)
-  end
-  return { 'ok' }
-end
-return bad_arg('breaker', 'unknown operation')
-"""
 )

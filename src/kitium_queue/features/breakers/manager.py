@@ -26,7 +26,7 @@ from ...limits import clip, get_logger, printable
 from ...options import to_int, to_ms
 from .events import FEATURE, BreakerEvents
 from .explain import make_explainer
-from .lua import ADMISSION, RELEASE, SCRIPT
+from .lua import ADMISSION, RELEASE
 from .model import (
     BreakerConfig,
     BreakerStats,
@@ -37,6 +37,7 @@ from .model import (
     parse_config,
 )
 from .model import _text as _s
+from .script import SCRIPT, SCRIPT_NAME
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -49,8 +50,6 @@ T = TypeVar("T")
 
 #: The job option that binds a job to a breaker.
 OPTION = "circuit_breaker_id"
-#: The name the breaker script is registered under in the queue's script registry.
-SCRIPT_NAME = "breaker"
 #: Most breakers ``list_breakers`` reads.
 MAX_LISTED = 1000
 #: The manager made on each queue in this process (``CircuitBreakerManager.for_queue``).
@@ -221,7 +220,7 @@ class CircuitBreakerManager:
             doc="id of the circuit breaker that holds the job while it is open",
         )
         scripts = queue.scripts
-        scripts.add_slot("admission", FEATURE, ADMISSION, fields=("n",))
+        scripts.add_slot("admission", FEATURE, ADMISSION, fields=("n", "cb"))
         scripts.add_slot("release", FEATURE, RELEASE)
         scripts.add_fragment(SCRIPT_NAME, SCRIPT)
         if queue not in _INSTALLED:
