@@ -21,7 +21,10 @@ serializes through the same chain before it seals, compresses the plaintext befo
 encrypting it (ciphertext does not compress).
 
 Decompression is bounded (``max_size``, default the largest payload limit): a damaged or
-hostile frame cannot expand into more memory than that. Figures (``stats()``): values
+hostile frame cannot expand into more memory than that. A frame is one compressed
+stream and nothing after it: bytes past its end (a hand-made frame, two values run
+together) make it damaged (``SerializationError``), never silently dropped; a job whose
+data cannot be decoded fails as "undecodable payload" and is kept. Figures (``stats()``): values
 seen, compressed, bytes before and after, per process.
 """
 
@@ -210,9 +213,19 @@ class CompressionCodec:
                     if size > self.max_size
                     else "compressed value does not declare its size"
                 )
-            out: bytes = dec.decompress(body, max_output_size=self.max_size)
+            # One frame, read to its end: its declared size (checked above) bounds the
+            # output, and what follows the frame is seen (decompress ignores it).
+            obj = dec.decompressobj()
+            out: bytes = obj.decompress(body)
         except zstandard.ZstdError as exc:
             raise SerializationError(f"compressed value is damaged (zstd: {exc})") from None
+        if not obj.eof:
+            raise SerializationError("compressed value is truncated (zstd)")
+        _no_trailing(obj.unused_data, "zstd")
+        if len(out) > self.max_size:
+            raise SerializationError(
+                f"compressed value expands beyond the limit of {self.max_size} bytes"
+            )
         return out
 
     def _unzlib(self, body: bytes) -> bytes:
@@ -227,4 +240,16 @@ class CompressionCodec:
             )
         if not d.eof:
             raise SerializationError("compressed value is truncated (zlib)")
+        _no_trailing(d.unused_data, "zlib")
         return out
+
+
+def _no_trailing(rest: bytes, algorithm: str) -> None:
+    """A frame is one compressed stream and nothing after it: bytes past its end mean
+    the value was not written by this codec (damaged, or two values run together)."""
+    if rest:
+        raise SerializationError(
+            f"compressed value is damaged ({algorithm}): {len(rest)} bytes follow the end "
+            "of its compressed data; the value was not written by kitium-queue's codec "
+            "(restore the job's data or remove the job)"
+        )

@@ -31,7 +31,8 @@
   Returns { erased, active, left, seen, id1, id2, ... }: jobs erased by this call, how
   many of them were active, entries left in the index (call again while > 0), index
   entries examined (erased or stale), the ids erased. An index key damaged by hand (not
-  a hash) gives { 0, 0, -1, 0, <its type> } and nothing is written.
+  a hash) gives { 0, 0, -1, 0, <its type> } and nothing is written; a state set, meta or
+  `subjects` of another type gives KQ_DAMAGED_KEY, nothing written.
   Events: none (the erasure is reported through the admin choke point).
 ]]
 --@include lib_base
@@ -48,6 +49,10 @@ local limit = arg_int(ARGV[5], 200, 1, BATCH_MAX)
 local idx = PREFIX .. 'subj:' .. subject
 local idx_type = key_type(idx)
 if idx_type ~= 'hash' and idx_type ~= 'none' then return { 0, 0, -1, 0, idx_type } end
+-- The state sets, meta (parked totals) and `subjects`, damaged by hand, would fail the
+-- call after its first erasure: KQ_DAMAGED_KEY before any write.
+local bad = check_keys(1, 2, 3, 4, 5, 6, 7) or check_key(PREFIX .. 'subjects', 'zset')
+if bad then return bad end
 local flat = redis.call('HRANDFIELD', idx, limit, 'WITHVALUES')
 -- Some servers answer nil for a missing key (the embedded memory:// one).
 if type(flat) ~= 'table' then flat = {} end

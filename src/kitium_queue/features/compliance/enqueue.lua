@@ -16,10 +16,22 @@
     if type(sj) ~= 'string' or sj == '' then return nil end
     local ik = o['idempotency_key']
     if type(ik) ~= 'string' then ik = '' end
-    -- Writes last (a fragment never fails after its first write).
+    -- Checks first (the accept fragment refused a job whose keys are damaged; a
+    -- schedule's job does not pass it), writes last: a fragment never fails after its
+    -- first write. A damaged key is skipped and reported in slot-errors; the job still
+    -- carries its subject (sj).
+    local idx_ok, all_ok = key_type(IDX .. sj), key_type(ALL)
+    idx_ok = idx_ok == 'none' or idx_ok == 'hash'
+    all_ok = all_ok == 'none' or all_ok == 'zset'
     redis.call('HSET', jk, 'sj', sj)
-    redis.call('HSET', IDX .. sj, id, ik)
-    redis.call('ZADD', ALL, NOW_S, sj)
+    if idx_ok then redis.call('HSET', IDX .. sj, id, ik) end
+    if all_ok then redis.call('ZADD', ALL, NOW_S, sj) end
+    if not (idx_ok and all_ok) then
+      redis.pcall('HSET', PREFIX .. 'slot-errors', 'enqueue:compliance', NOW_S ..
+        ' job ' .. id .. ' of a subject was not indexed: ' ..
+        (idx_ok and ALL or (IDX .. '<subject id>')) .. ' holds another type (damaged ' ..
+        'outside kitium-queue); delete or restore it, then erase that job by id if needed')
+    end
     return nil
   end
 end)()

@@ -8,10 +8,13 @@
     local sj = redis.call('HGET', jk, 'sj')
     if not sj then return end
     local idx = IDX .. sj
+    -- Keys damaged by hand (another type) are left as they are: checks first.
+    if key_type(idx) ~= 'hash' then return end
+    local all_ok = key_type(ALL) == 'zset'
     redis.call('HDEL', idx, id)
     if redis.call('HLEN', idx) == 0 then
       redis.call('DEL', idx)
-      redis.call('ZREM', ALL, sj)
+      if all_ok then redis.call('ZREM', ALL, sj) end
     end
   end
 end)()

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
+
+from ...damage import named_key
 from ...errors import ConfigurationError, KitiumQueueError
 from ...events import EventData
 from ...limits import get_logger
@@ -176,6 +179,7 @@ class ComplianceManager:
             normalize=_subject,
             doc="whose personal data the job carries (erase_subject erases its jobs)",
         )
+        q.scripts.add_slot("accept", FEATURE, _lua("accept"))
         q.scripts.add_slot("enqueue", FEATURE, _lua("enqueue"))
         q.scripts.add_slot("erase", FEATURE, _lua("erase"))
         for name in _SCRIPTS:
@@ -269,10 +273,20 @@ class ComplianceManager:
         client = await self.queue.client()
         key = self.queue.keys.extra(f"subj:{subject}")
         out: list[str] = []
-        async for field, _ in client.hscan_iter(key, count=500):
-            if len(out) >= n:
-                break
-            out.append(_text(field))
+        try:
+            async for field, _ in client.hscan_iter(key, count=500):
+                if len(out) >= n:
+                    break
+                out.append(_text(field))
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            # Named without the subject id (personal data).
+            raise KitiumQueueError(
+                f"queue {self.queue.name!r}: the subject's index (key '<prefix>subj:<subject "
+                "id>') is not a hash: it was damaged outside the library. Delete that key "
+                "(new jobs of the subject are indexed again)"
+            ) from None
         return out
 
     async def subject_count(self) -> int:
@@ -280,7 +294,8 @@ class ComplianceManager:
         queue's read guards first."""
         await self.queue.queries.check("subject_count", {})
         client = await self.queue.client()
-        return int(await client.zcard(self.queue.keys.extra("subjects")))
+        key = self.queue.keys.extra("subjects")
+        return int(await named_key(client, key, "zset", client.zcard(key)))
 
     async def collect_garbage(self, *, max_calls: int = 1000) -> int:
         """Drop index entries of jobs deleted the ordinary way (see

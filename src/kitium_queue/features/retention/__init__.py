@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigurationError
+from ...damage import explain_damage
+from ...errors import ConfigurationError, DamagedKeyError
 from ...leader import LeaderService, every
 from ...limits import get_logger
 from ...options import MAX_COUNT, RetentionPolicy, to_int, to_ms
@@ -73,11 +74,14 @@ class StateRule:
 @dataclass(frozen=True, slots=True)
 class RetentionReport:
     """What one pass deleted: ``deleted`` (limits) and ``erased`` (periods) per state,
-    and ``events_trimmed`` (stream entries older than the shortest period)."""
+    and ``events_trimmed`` (stream entries older than the shortest period); ``damaged``:
+    the errors naming keys damaged outside kitium-queue that the pass skipped (a state
+    set, the event stream; the rest of the pass went on)."""
 
     deleted: dict[str, int]
     erased: dict[str, int]
     events_trimmed: int
+    damaged: tuple[str, ...] = field(default=())
 
     @property
     def total(self) -> int:
@@ -188,21 +192,35 @@ class Retention:
         """Apply every rule now (any process may; the leader does it every interval)."""
         deleted: dict[str, int] = {}
         erased: dict[str, int] = {}
+        damaged: list[str] = []
+        # A key damaged by hand skips its own part of the pass, named (logged and in the
+        # report), never the other states, the stream trim or the steps.
         for state, rule in self.rules.items():
-            if rule.period_ms is not None:
-                erased[state] = await self._purge(state, -1, rule.period_ms, "erase")
-            if rule.count is not None or rule.age_ms is not None:
-                count = -1 if rule.count is None else rule.count
-                age = -1 if rule.age_ms is None else rule.age_ms
-                deleted[state] = await self._purge(state, count, age, "delete")
+            try:
+                if rule.period_ms is not None:
+                    erased[state] = await self._purge(state, -1, rule.period_ms, "erase")
+                if rule.count is not None or rule.age_ms is not None:
+                    count = -1 if rule.count is None else rule.count
+                    age = -1 if rule.age_ms is None else rule.age_ms
+                    deleted[state] = await self._purge(state, count, age, "delete")
+            except DamagedKeyError as exc:
+                damaged.append(str(exc))
         trimmed = 0
         shortest = self.shortest_period_ms
         if shortest is not None:
-            trimmed = await self._trim_events(shortest)
+            try:
+                trimmed = await self._trim_events(shortest)
+            except Exception as exc:
+                err = await explain_damage(await self.queue.client(), self.queue.keys.all, exc)
+                if not isinstance(err, DamagedKeyError):
+                    raise
+                damaged.append(str(err))
         for step in self._steps:
             await step()
         self.passes += 1
-        return RetentionReport(deleted, erased, trimmed)
+        for text in damaged:
+            log.error("queue %s: retention skipped a damaged key: %s", self.queue.name, text)
+        return RetentionReport(deleted, erased, trimmed, tuple(damaged))
 
     async def _trim_events(self, period_ms: int) -> int:
         """Remove the stream entries older than ``period_ms``, physically (a rewrite,

@@ -17,6 +17,7 @@
   The score of a finished set is the time the job entered it (finished, dead-lettered),
   so the oldest go first. Returns { deleted, more } where more = 1 when the limit left
   jobs to delete (call again).
+  A state set damaged by hand (another type): KQ_DAMAGED_KEY, nothing written.
   Events: none (a purge is housekeeping; the jobs' own events are trimmed with the
   stream).
 ]]
@@ -29,6 +30,9 @@ local set_key = SETS[ARGV[4]]
 if not set_key then
   return bad_arg('purge', 'state must be completed, failed or dlq, got ' .. tostring(ARGV[4]))
 end
+-- The state's set damaged by hand (another type): KQ_DAMAGED_KEY, nothing written.
+local bad = check_keys(({ completed = 4, failed = 5, dlq = 6 })[ARGV[4]])
+if bad then return bad end
 local keep_count = arg_int(ARGV[5], -1, -1, MAX_MS)
 local keep_age = arg_int(ARGV[6], -1, -1, MAX_MS)
 local erase = ARGV[7] == 'erase'

@@ -124,6 +124,15 @@ def commands(
             if as_json:
                 click.echo(json.dumps([h.to_dict() for h in hooks], indent=2))
                 return
+            for wid in m.registry.damaged:
+                # Named, never hidden: a registration that cannot be read sends nothing.
+                click.echo(
+                    row(
+                        wid,
+                        f"damaged: its registration in {m.registry.key} cannot be read; "
+                        "remove it and register it again",
+                    )
+                )
             if not hooks:
                 click.echo("no webhooks")
                 return

@@ -47,9 +47,20 @@ _READ_SUBS = """
   local subs = nil
   local function load_subs()
     if subs == nil then
-      subs = {}
-      local flat = redis.call('HGETALL', SUBS)
-      for i = 1, #flat, 2 do subs[flat[i]] = true end
+      local flat = redis.pcall('HGETALL', SUBS)
+      if type(flat) == 'table' and flat.err then
+        -- Damaged by hand (another type): which events are wanted is unknown, so each
+        -- one is written (the delivery service sends it only where it is wanted; none
+        -- is lost), and the key is reported in slot-errors. webhooks_put rebuilds it.
+        redis.pcall('HSET', PREFIX .. 'slot-errors', 'damaged:' .. SUBS, NOW_S .. ' ' ..
+          damaged_reply(SUBS, redis.call('TYPE', SUBS)['ok'], 'hash').err ..
+          ': every event is written to the outbox meanwhile; registering, updating or ' ..
+          'removing any webhook rebuilds it')
+        subs = setmetatable({}, { __index = function() return true end })
+      else
+        subs = {}
+        for i = 1, #flat, 2 do subs[flat[i]] = true end
+      end
     end
     return subs
   end"""
@@ -146,8 +157,17 @@ end)()"""
 _PUT = """--@include lib_base
 -- webhooks_put: ARGV[4] webhook id, ARGV[5] registration JSON ('' = remove it),
 -- ARGV[6] most webhooks a queue may have. Rebuilds wh:subs from every registration.
-local HOOKS, SUBS = PREFIX .. 'wh:hooks', PREFIX .. 'wh:subs'
+-- wh:hooks or wh:ver damaged by hand: KQ_DAMAGED_KEY, nothing written. A damaged wh:subs
+-- is rebuilt (it is derived from wh:hooks; the job-url mark is kept set).
+local HOOKS, SUBS, VER = PREFIX .. 'wh:hooks', PREFIX .. 'wh:subs', PREFIX .. 'wh:ver'
 local id, body, max = ARGV[4], ARGV[5], arg_int(ARGV[6], 1000, 1, 100000)
+local bad = check_key(HOOKS, 'hash')
+if bad then return bad end
+local ver = redis.pcall('GET', VER)
+if type(ver) == 'table' then return damaged_reply(VER, redis.call('TYPE', VER)['ok'], 'integer') end
+if ver and not (#ver <= 15 and (ver == '0' or string.match(ver, '^%-?[1-9]%d*$'))) then
+  return damaged_reply(VER, 'string', 'integer')
+end
 if body ~= '' and redis.call('HEXISTS', HOOKS, id) == 0
     and redis.call('HLEN', HOOKS) >= max then
   return bad_arg('webhooks_put', 'the queue already has ' .. max .. ' webhooks')
@@ -165,27 +185,40 @@ for i = 1, #vals do
     end
   end
 end
-local url = redis.call('HGET', SUBS, 'job-url')
+local url = redis.pcall('HGET', SUBS, 'job-url')
+if type(url) == 'table' then
+  url = '1'
+  redis.pcall('HDEL', PREFIX .. 'slot-errors', 'damaged:' .. SUBS)
+end
 redis.call('DEL', SUBS)
 if url then redis.call('HSET', SUBS, 'job-url', url) end
 for e in pairs(want) do redis.call('HSET', SUBS, e, '1') end
-redis.call('INCR', PREFIX .. 'wh:ver')
+redis.call('INCR', VER)
 return existed
 """
 
 _CLAIM = """--@include lib_base
 -- webhooks_claim: ARGV[4] most deliveries, ARGV[5] lease ms. Due retries are handed out
--- with their score pushed a lease ahead (a worker that dies leaves them due again).
-local RETRY = PREFIX .. 'wh:retry'
+-- with their score pushed a lease ahead (a worker that dies leaves them due again). A
+-- delivery record damaged by hand (another type) cannot be attempted: it moves to the
+-- DLQ, where listings name it, and is returned as a row of one field (its member).
+-- wh:retry or wh:dlq damaged: KQ_DAMAGED_KEY, nothing written.
+local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
+local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
+if bad then return bad end
 local n = arg_int(ARGV[4], 100, 1, BATCH_MAX)
 local lease = arg_int(ARGV[5], 60000, 1, MAX_DELAY_MS)
 local due = redis.call('ZRANGEBYSCORE', RETRY, '-inf', NOW_S, 'LIMIT', 0, n)
 local out = {}
 for i = 1, #due do
   local m = due[i]
-  local f = redis.call('HMGET', PREFIX .. 'wh:d:' .. m, 'b', 'ty', 'a', 'u', 'sg', 'm', 'h',
+  local f = redis.pcall('HMGET', PREFIX .. 'wh:d:' .. m, 'b', 'ty', 'a', 'u', 'sg', 'm', 'h',
     'st')
-  if not f[1] then
+  if f.err then
+    redis.call('ZREM', RETRY, m)
+    redis.call('ZADD', DLQ, NOW_S, m)
+    out[#out + 1] = {m}
+  elseif not f[1] then
     redis.call('ZREM', RETRY, m)  -- its record expired or was deleted
   else
     redis.call('ZADD', RETRY, int(NOW + lease), m)
@@ -203,7 +236,12 @@ _DONE = """--@include lib_base
 -- fields per delivery: member, kind (ok | retry | dead | failed), attempts, due ms,
 -- history JSON, status ('' = none), error, ttl s, body ('' = the record exists),
 -- type, strategy, url, max retries.
+-- wh:retry or wh:dlq damaged by hand: KQ_DAMAGED_KEY, nothing written. A delivery whose
+-- record is damaged (another type) is not recorded: it goes to the DLQ, where listings
+-- name it; a damaged index wh:idx:<w> is left out. Returns { 1, damaged keys... }.
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
+local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
+if bad then return bad end
 local group = ARGV[4]
 local nack = arg_int(ARGV[5], 0, 0, BATCH_MAX)
 local first = 6 + nack
@@ -216,6 +254,24 @@ for b = first, #ARGV, 13 do
     return bad_arg('webhooks_done', 'attempts, due or ttl is not a number')
   end
 end
+-- Checks first, writes last.
+local out, broken, noidx = { 1 }, {}, {}
+for b = first, #ARGV, 13 do
+  local key = PREFIX .. 'wh:d:' .. ARGV[b]
+  local t = key_type(key)
+  if t ~= 'none' and t ~= 'hash' then
+    broken[b] = true
+    out[#out + 1] = key
+  else
+    local slash = string.find(ARGV[b], '/', 1, true) or 0
+    local ik = PREFIX .. 'wh:idx:' .. string.sub(ARGV[b], 1, slash - 1)
+    if noidx[ik] == nil then
+      local it = key_type(ik)
+      noidx[ik] = it ~= 'none' and it ~= 'zset'
+      if noidx[ik] then out[#out + 1] = ik end
+    end
+  end
+end
 local touched = {}
 for b = first, #ARGV, 13 do
   local m, kind, attempts = ARGV[b], ARGV[b + 1], ARGV[b + 2]
@@ -225,12 +281,19 @@ for b = first, #ARGV, 13 do
   local wid, eid = string.sub(m, 1, slash - 1), string.sub(m, slash + 1)
   local state = ({ ok = 'delivered', retry = 'pending', dead = 'dead', failed = 'failed' })[kind]
     or 'failed'
-  if ARGV[b + 8] ~= '' then
+  local ik = PREFIX .. 'wh:idx:' .. wid
+  if broken[b] then
+    state = nil
+    redis.call('ZREM', RETRY, m)
+    redis.call('ZADD', DLQ, NOW_S, m)
+  elseif ARGV[b + 8] ~= '' then
     redis.call('HSET', key, 'b', ARGV[b + 8], 'ty', ARGV[b + 9], 'sg', ARGV[b + 10],
       'c', NOW_S)
     if ARGV[b + 11] ~= '' then redis.call('HSET', key, 'u', ARGV[b + 11], 'm', ARGV[b + 12]) end
-    redis.call('ZADD', PREFIX .. 'wh:idx:' .. wid, NOW_S, eid)
-    touched[wid] = true
+    if not noidx[ik] then
+      redis.call('ZADD', ik, NOW_S, eid)
+      touched[wid] = true
+    end
   elseif redis.call('EXISTS', key) == 0 then
     state = nil  -- deleted meanwhile: nothing to record
   end
@@ -262,25 +325,36 @@ end
 if nack > 0 then
   redis.call('XACK', PREFIX .. 'outbox', group, unpack(ARGV, 6, 5 + nack))
 end
-return 1
+return out
 """
 
 _REQUEUE = """--@include lib_base
 -- webhooks_requeue: ARGV[4] mode ('one' | 'dlq'), ARGV[5] member (one) or webhook id
--- filter ('' = every webhook; dlq), ARGV[6] most deliveries (dlq). Schedules deliveries
--- for an attempt now; a dead one starts again with its full retry budget. Returns the
--- number scheduled.
+-- filter ('' = every webhook; dlq), ARGV[6] most deliveries (dlq), ARGV[7] DLQ entries
+-- to pass over first (dlq: those an earlier call of the same replay left there).
+-- Schedules deliveries for an attempt now; a dead one starts again with its full retry
+-- budget. Returns { scheduled, passed over (another webhook's, or a record damaged by
+-- hand: left in the DLQ), DLQ entries examined }. wh:retry or wh:dlq damaged, or the
+-- one record asked for: KQ_DAMAGED_KEY, nothing written.
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
+local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
+if bad then return bad end
 local mode, arg = ARGV[4], ARGV[5]
-local members = {}
+local members, passed, examined = {}, 0, 1
 if mode == 'one' then
   members = { arg }
+  bad = check_key(PREFIX .. 'wh:d:' .. arg, 'hash')
+  if bad then return bad end
 else
   local n = arg_int(ARGV[6], 1000, 1, BATCH_MAX)
-  local all = redis.call('ZRANGE', DLQ, 0, n - 1)
+  local skip = arg_int(ARGV[7], 0, 0, MAX_MS)
+  local all = redis.call('ZRANGE', DLQ, skip, skip + n - 1)
+  examined = #all
   for i = 1, #all do
     if arg == '' or string.sub(all[i], 1, #arg + 1) == arg .. '/' then
       members[#members + 1] = all[i]
+    else
+      passed = passed + 1
     end
   end
 end
@@ -288,8 +362,10 @@ local done = 0
 for i = 1, #members do
   local m = members[i]
   local key = PREFIX .. 'wh:d:' .. m
-  local st = redis.call('HGET', key, 'st')
-  if st then
+  local st = redis.pcall('HGET', key, 'st')
+  if type(st) == 'table' then
+    passed = passed + 1
+  elseif st then
     if st == 'dead' or st == 'failed' or st == 'delivered' then
       redis.call('HSET', key, 'a', 0)
     end
@@ -298,9 +374,11 @@ for i = 1, #members do
     redis.call('ZREM', DLQ, m)
     redis.call('ZADD', RETRY, NOW_S, m)
     done = done + 1
+  else
+    redis.call('ZREM', DLQ, m)  -- its record was deleted: nothing to replay
   end
 end
-return done
+return { done, passed, examined }
 """
 
 #: The feature's scripts, registered with ``queue.scripts.add_fragment``.

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ...enums import WebhookDeliveryStrategy, WebhookEventType
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, DamagedKeyError
 from ...options import to_int
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
@@ -28,7 +28,7 @@ from .models import (
     check_strategy,
     check_url,
 )
-from .registry import Registry
+from .registry import Registry, checked, counts, read_records, webhook_damage
 from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver
 from .subscriber import WebhookSubscriber
@@ -85,6 +85,30 @@ def _url_option(value: Any, section: str) -> str:
         return check_url(value)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{section}: webhook_url: {exc}") from None
+
+
+def _parse(raw: bytes, webhook_id: str, key: str) -> Webhook:
+    try:
+        return Webhook.from_json(raw)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"webhook {webhook_id!r:.100}: its registration in {key} is damaged ({exc}); "
+            "remove it and register it again"
+        ) from None
+
+
+async def _replay(run: Callable[[str, Sequence[Any]], Awaitable[Any]], wid: str, limit: int) -> int:
+    """Schedule up to ``limit`` dead deliveries (of webhook ``wid``, or all: ``''``).
+    Entries left in the DLQ (another webhook's, a record damaged by hand) are passed
+    over by the next call, so they never stop the replay short."""
+    total = passed = 0
+    while total < limit:
+        reply = await run("webhooks_requeue", ("dlq", wid, min(limit - total, 1000), passed))
+        done, skipped, seen = (int(v) for v in reply)
+        total, passed = total + done, passed + skipped
+        if seen == 0:
+            break
+    return total
 
 
 class WebhookManager:
@@ -274,12 +298,19 @@ class WebhookManager:
     # ------------------------------------------------------------------ registrations
     async def _put(self, hook: Webhook | None, webhook_id: str) -> bool:
         body = hook.to_json() if hook else b""
-        existed = await self.queue.ctx.run("webhooks_put", (webhook_id, body, self.max_webhooks))
+        existed = await self._run("webhooks_put", (webhook_id, body, self.max_webhooks))
         if hook:
             self.registry.put(hook)
         else:
             self.registry.drop(webhook_id)
         return bool(existed)
+
+    async def _run(self, script: str, args: Sequence[Any]) -> Any:
+        """``ctx.run``: a damaged webhook key comes out named, with its repair."""
+        try:
+            return await self.queue.ctx.run(script, args)
+        except DamagedKeyError as exc:
+            raise webhook_damage(exc) from exc
 
     async def _ensure_group(self) -> None:
         if not self._group_ready:
@@ -324,8 +355,9 @@ class WebhookManager:
 
     async def _hook(self, webhook_id: str) -> Webhook | None:
         client = await self.queue.client()
-        raw = await client.hget(self._keys["hooks"], webhook_id)
-        return Webhook.from_json(raw) if raw is not None else None
+        key = self._keys["hooks"]
+        raw = await checked(client, key, "hash", client.hget(key, webhook_id))
+        return None if raw is None else _parse(raw, webhook_id, key)
 
     async def update_webhook(self, webhook_id: str, **changes: Any) -> Webhook:
         """Change fields of an endpoint (``url``, ``events``, ``delivery_strategy``,
@@ -393,7 +425,8 @@ class WebhookManager:
         self.sender.breaker.success(webhook_id)  # an operator says: try it now
 
         async def action() -> bool:
-            return bool(await self.queue.ctx.run("webhooks_requeue", ("one", member, 1)))
+            got = await self._run("webhooks_requeue", ("one", member, 1, 0))
+            return bool(int(got[0]))
 
         return await self.queue.admin.execute(
             "retry_delivery", {"webhook_id": webhook_id, "event_id": event_id}, action
@@ -409,28 +442,17 @@ class WebhookManager:
         )
         client = await self.queue.client()
         if event_id is not None:
-            member = self._member(webhook_id, event_id)
-            h = await client.hgetall(self.queue.keys.extra(f"wh:d:{member}"))
-            return [DeliveryRecord.from_hash(webhook_id, event_id, h)] if h else []
+            return await self._records([self._member(webhook_id, event_id).encode()])
         if webhook_id != JOB_WEBHOOK_ID:
             check_id(webhook_id, "webhook id")
         limit = to_int(limit, "limit", minimum=1, maximum=_MAX_HISTORY)
-        ids = await client.zrevrange(self.queue.keys.extra(f"wh:idx:{webhook_id}"), 0, limit - 1)
-        return await self._records([f"{webhook_id}/{i.decode()}" for i in ids])
+        key = self.queue.keys.extra(f"wh:idx:{webhook_id}")
+        ids = await checked(client, key, "zset", client.zrevrange(key, 0, limit - 1))
+        return await self._records([webhook_id.encode() + b"/" + i for i in ids])
 
-    async def _records(self, members: Sequence[str]) -> list[DeliveryRecord]:
-        if not members:
-            return []
+    async def _records(self, members: Sequence[bytes]) -> list[DeliveryRecord]:
         client = await self.queue.client()
-        pipe = client.pipeline(transaction=False)
-        for m in members:
-            pipe.hgetall(self.queue.keys.extra(f"wh:d:{m}"))
-        out = []
-        for m, h in zip(members, await pipe.execute(), strict=True):
-            if h:
-                wid, eid = m.split("/", 1)
-                out.append(DeliveryRecord.from_hash(wid, eid, h))
-        return out
+        return await read_records(client, self.queue.keys.extra("wh:d:").encode(), members)
 
     async def list_dlq(
         self, limit: int = 100, webhook_id: str | None = None
@@ -440,10 +462,13 @@ class WebhookManager:
             "list_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}
         )
         limit = to_int(limit, "limit", minimum=1, maximum=_MAX_DLQ_LIST)
-        raw = await (await self.queue.client()).zrange(self._keys["dlq"], 0, limit * 4 - 1)
-        members = [m.decode() for m in raw]
+        client = await self.queue.client()
+        key = self._keys["dlq"]
+        members: list[bytes] = await checked(
+            client, key, "zset", client.zrange(key, 0, limit * 4 - 1)
+        )
         if webhook_id is not None:
-            members = [m for m in members if m.startswith(webhook_id + "/")]
+            members = [m for m in members if m.startswith(webhook_id.encode() + b"/")]
         return await self._records(members[:limit])
 
     async def replay_dlq(self, limit: int = 1000, webhook_id: str | None = None) -> int:
@@ -456,37 +481,29 @@ class WebhookManager:
             self.sender.breaker.success(wid)  # an operator says: try them now
 
         async def action() -> int:
-            total = 0
-            while total < limit:
-                n = int(
-                    await self.queue.ctx.run(
-                        "webhooks_requeue", ("dlq", webhook_id or "", min(limit - total, 1000))
-                    )
-                )
-                total += n
-                if n == 0:
-                    break
-            return total
+            return await _replay(self._run, webhook_id or "", limit)
 
         return await self.queue.admin.execute(
             "replay_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}, action
         )
 
     async def stats(self) -> dict[str, Any]:
-        """Endpoints, retries scheduled, DLQ size, the outbox group's backlog, and this
-        process's in-memory deliveries (in flight, dropped)."""
+        """Endpoints, retries scheduled, DLQ size (None for a key damaged by hand, named in
+        ``damaged``), the outbox group's backlog, this process's in-memory deliveries."""
         await self.queue.queries.check("webhook_stats", {})
         client = await self.queue.client()
-        pipe = client.pipeline(transaction=False)
-        pipe.hlen(self._keys["hooks"]).zcard(self._keys["retry"]).zcard(self._keys["dlq"])
-        hooks, retry, dlq = await pipe.execute()
+        reads = [("hlen", "hooks", "hash"), ("zcard", "retry", "zset"), ("zcard", "dlq", "zset")]
+        (hooks, retry, dlq), damaged = await counts(
+            client, [(cmd, self._keys[k], t) for cmd, k, t in reads]
+        )
         group = next(
             (g for g in (await Outbox(self.queue).stats()).groups if g.name == GROUP), None
         )
         return {
-            "webhooks": int(hooks),
-            "retry_scheduled": int(retry),
-            "dlq": int(dlq),
+            "webhooks": hooks,
+            "retry_scheduled": retry,
+            "dlq": dlq,
+            "damaged": damaged,
             "outbox_pending": group.pending if group else 0,
             "outbox_lag": group.lag if group else None,
             "local_in_flight": self.local.in_flight,

@@ -434,8 +434,16 @@ def feature_event_data(queue: str, subject: str, fields: Any) -> dict[str, Any]:
     return data
 
 
+#: The latest timestamp a body carries (9999-12-31): a later one read back from Redis
+#: (damaged by hand) would fail the whole batch it came in; the time of sending is used.
+_MAX_TS_MS = 253_402_300_799_000
+
+
 def event_body(etype: str, ts_ms: int, data: Mapping[str, Any]) -> bytes:
-    """The request body: ``{"type", "timestamp" (ISO 8601, UTC), "data"}``."""
+    """The request body: ``{"type", "timestamp" (ISO 8601, UTC), "data"}``. A timestamp
+    outside 1970..9999 (a damaged record) is replaced by the time of sending."""
+    if not 0 <= ts_ms <= _MAX_TS_MS:
+        ts_ms = int(time.time() * 1000)
     stamp = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
     return orjson.dumps(
         {"type": etype, "timestamp": stamp.isoformat(timespec="milliseconds"), "data": data}
@@ -460,7 +468,7 @@ class DeliveryAttempt:
         if not isinstance(v, list) or len(v) != 5:
             return None
         at, n, status, error, dur = v
-        if not all(isinstance(x, int) for x in (at, n, dur)):
+        if not all(isinstance(x, int) and 0 <= x < 2**53 for x in (at, n, dur)):
             return None
         return cls(
             at,
@@ -496,8 +504,8 @@ class DeliveryRecord:
             return h.get(k, b"").decode("utf-8", "replace")[:500]
 
         def i(k: bytes) -> int:
-            v = s(k)
-            return int(v) if v.isdigit() else 0
+            v = s(k)  # damaged (not ASCII digits, absurdly long): 0
+            return int(v) if v.isascii() and v.isdigit() and len(v) < 18 else 0
 
         try:
             raw = orjson.loads(h.get(b"h") or b"[]")

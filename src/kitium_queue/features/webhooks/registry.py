@@ -2,25 +2,139 @@
 
 The cache is reloaded when ``wh:ver`` changed, checked at most every ``check_s``
 seconds (the delivery service checks before each batch), so a registration made by any
-process reaches every worker within about that time.
+process reaches every worker within about that time. A ``wh:ver`` damaged by hand
+(another type) makes every check reload; a damaged ``wh:hooks`` raises the
+``DamagedKeyError`` naming it (``webhook_damage``: the feature's keys and their repair).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigurationError
+from redis.exceptions import ResponseError
+
+from ...errors import ConfigurationError, DamagedKeyError
 from ...limits import get_logger
-from .models import Webhook
+from .models import DeliveryRecord, Webhook
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "checked", "counts", "damaged_key", "read_records", "webhook_damage"]
 
 log = get_logger(__name__)
+
+# What deleting each key of the feature costs (by its name after the queue prefix).
+_FIXES = {
+    "wh:hooks": "delete it (every webhook registration of the queue is lost: register them "
+    "again) or restore it",
+    "wh:subs": "register, update or remove any webhook: that rebuilds it (meanwhile every "
+    "event is written to the outbox)",
+    "wh:ver": "delete it (nothing is lost: caches reload)",
+    "wh:retry": "delete it (the deliveries it scheduled are no longer retried: replay them "
+    "from their records) or restore it",
+    "wh:dlq": "delete it (the list of dead-lettered deliveries is lost; their records stay) "
+    "or restore it",
+}
+_TYPES = {"zset": "sorted set", "integer": "integer counter"}
+
+
+def damaged_key(key: str, found: str, expected: str) -> DamagedKeyError:
+    """The ``DamagedKeyError`` for a webhook key ``key`` holding ``found`` (a Redis type)
+    where ``expected`` was due, with what to do about it."""
+    name = key.split("wh:", 1)[-1]
+    fix = _FIXES.get("wh:" + name)
+    if fix is None and name.startswith("d:"):
+        fix = "delete it (that delivery's record is lost; it leaves the DLQ at the next replay)"
+    if fix is None:
+        fix = "delete it (the delivery history listing of that webhook starts afresh; the "
+        fix += "records stay)"
+    held = (
+        "something that is not an integer"
+        if found == "string" and expected == "integer"
+        else f"a {_TYPES.get(found, found)}"
+    )
+    err = DamagedKeyError(
+        f"webhook key {key} holds {held}, not a {_TYPES.get(expected, expected)}: it was "
+        f"damaged outside kitium-queue; {fix}"
+    )
+    err.key, err.found, err.expected = key, found, expected
+    return err
+
+
+def webhook_damage(exc: BaseException) -> BaseException:
+    """``exc``, or the same ``DamagedKeyError`` worded for a webhook key when it names one."""
+    if isinstance(exc, DamagedKeyError) and ":wh:" in exc.key and "webhook key" not in str(exc):
+        out = damaged_key(exc.key, exc.found, exc.expected)
+        out.__cause__ = exc
+        return out
+    return exc
+
+
+async def checked(client: Any, key: str, expected: str, call: Any) -> Any:
+    """``await call`` (a read of webhook key ``key``): a bare ``WRONGTYPE`` comes out as
+    the ``DamagedKeyError`` naming ``key`` and its repair."""
+    try:
+        return await call
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        raw = await client.type(key)
+        found = raw.decode() if isinstance(raw, bytes) else str(raw)
+        raise damaged_key(key, found, expected) from exc
+
+
+async def _types(client: Any, keys: Sequence[bytes | str]) -> list[str]:
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        pipe.type(k)
+    return [t.decode() if isinstance(t, bytes) else str(t) for t in await pipe.execute()]
+
+
+async def read_records(
+    client: Any, prefix: bytes, members: Sequence[bytes]
+) -> list[DeliveryRecord]:
+    """The delivery records of ``members`` (``<webhook>/<event>`` as stored; keys
+    ``prefix + member``): one whose key was damaged by hand (another type) is listed
+    with state ``damaged`` and the error naming it; missing ones are left out."""
+    if not members:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for m in members:
+        pipe.hgetall(prefix + m)
+    replies = await pipe.execute(raise_on_error=False)
+    bad = [prefix + m for m, h in zip(members, replies, strict=True) if isinstance(h, Exception)]
+    found = dict(zip(bad, await _types(client, bad) if bad else [], strict=True))
+    out = []
+    for m, h in zip(members, replies, strict=True):
+        wid, _, eid = m.decode("utf-8", "replace").partition("/")
+        if isinstance(h, Exception):
+            key = prefix + m
+            err = damaged_key(key.decode("utf-8", "replace"), found[key], "hash")
+            out.append(DeliveryRecord(wid, eid, "", "damaged", 0, 0, "", str(err)))
+        elif h:
+            out.append(DeliveryRecord.from_hash(wid, eid, h))
+    return out
+
+
+async def counts(
+    client: Any, reads: Sequence[tuple[str, str, str]]
+) -> tuple[list[int | None], list[str]]:
+    """``(command, key, expected type)`` reads of sizes (``hlen``, ``zcard``): the sizes
+    (None for a key damaged by hand) and the errors naming the damaged keys."""
+    pipe = client.pipeline(transaction=False)
+    for cmd, key, _ in reads:
+        getattr(pipe, cmd)(key)
+    got = await pipe.execute(raise_on_error=False)
+    bad = [i for i, n in enumerate(got) if isinstance(n, Exception)]
+    types = await _types(client, [reads[i][1] for i in bad]) if bad else []
+    damaged = [
+        str(damaged_key(reads[i][1], t, reads[i][2])) for i, t in zip(bad, types, strict=True)
+    ]
+    return [None if isinstance(n, Exception) else int(n) for n in got], damaged
 
 
 class Registry:
@@ -57,11 +171,17 @@ class Registry:
     async def _load(self, force: bool) -> None:
         started = time.monotonic()
         client = await self.queue.client()
-        ver = await client.get(self.ver_key)
+        try:
+            ver: bytes | None = await client.get(self.ver_key)
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            ver = None  # damaged by hand: reload every time (webhooks_put names it)
+            self._loaded = False
         if ver == self._ver and not force and self._loaded:
             self._checked = started
             return
-        raw = await client.hgetall(self.key)
+        raw = await checked(client, self.key, "hash", client.hgetall(self.key))
         hooks: dict[str, Webhook] = {}
         damaged: list[str] = []
         for k, v in raw.items():

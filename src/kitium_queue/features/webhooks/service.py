@@ -29,13 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ...damage import DamagedKeys, is_damage_error
 from ...events import EventData
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, OutageLog
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxEntry
 from .delivery import AttemptResult, Target, history_json
-from .models import event_body, feature_event_data
+from .models import MAX_RETRIES, event_body, feature_event_data
+from .registry import webhook_damage
 
 if TYPE_CHECKING:
     from .manager import WebhookManager
@@ -85,6 +87,13 @@ class _Base:
     def __init__(self, mgr: WebhookManager) -> None:
         self.mgr = mgr
 
+    async def _script(self, script: str, args: Sequence[Any]) -> Any:
+        """``ctx.run``: a damaged webhook key comes out named, with its repair."""
+        try:
+            return await self.mgr.queue.ctx.run(script, args)
+        except Exception as exc:
+            raise webhook_damage(exc) from exc
+
     async def attempt(self, d: Delivery) -> AttemptResult:
         if d.target is None:
             return AttemptResult(False, None, d.missing or "webhook removed", 0, True, False)
@@ -127,7 +136,13 @@ class _Base:
             ack = list(acks) if i == 0 else []
             if not chunk and not ack:
                 return
-            await q.ctx.run("webhooks_done", (GROUP, len(ack), *ack, *chunk))
+            got = await self._script("webhooks_done", (GROUP, len(ack), *ack, *chunk))
+            for key in got[1:] if isinstance(got, list) else ():
+                _warn_damaged(
+                    _text(key),
+                    "a delivery record there is kept in the webhook DLQ, an index is left "
+                    "out; delete it to repair",
+                )
         if q.hooks.feature_event:
             self._report(fields)
         emitter = q.emitter
@@ -240,17 +255,24 @@ class DeliveryService(_Base):
         outages (logged once each) and unexpected errors (logged, then a pause)."""
         mgr = self.mgr
         outage = OutageLog(f"webhook {what} of queue {mgr.queue.name}")
+        damaged = DamagedKeys(mgr.queue.name)  # a damaged key: named, once a minute
         while True:
             try:
                 idle = await step()
                 outage.ok()
+                if damaged.damaged:
+                    damaged.ok(await mgr.queue.client(), ())
                 if idle > 0:
                     await asyncio.sleep(idle)
             except asyncio.CancelledError:
                 raise
             except NET_ERRORS as exc:
                 await outage.pause(exc)
-            except Exception:
+            except Exception as exc:
+                if is_damage_error(exc):
+                    damaged.failed(webhook_damage(exc))
+                    await asyncio.sleep(1.0)
+                    continue
                 log.exception("webhook %s of queue %s failed; retrying", what, mgr.queue.name)
                 await asyncio.sleep(1.0)
 
@@ -389,11 +411,17 @@ class DeliveryService(_Base):
     async def retry_once(self) -> int:
         """Claim the due retries (up to ``batch``), attempt and record them; the count."""
         mgr = self.mgr
-        claimed = await mgr.queue.ctx.run("webhooks_claim", (mgr.batch, mgr.lease_ms))
+        claimed = await self._script("webhooks_claim", (mgr.batch, mgr.lease_ms))
         if not claimed:
             return 0
+        for row in claimed:
+            if len(row) == 1:  # its record holds another type: moved to the DLQ
+                _warn_damaged(
+                    mgr.queue.keys.extra("wh:d:" + _text(row[0])),
+                    "not attempted, kept in the webhook DLQ; delete the key to repair",
+                )
         await mgr.registry.refresh()
-        work = [self._claimed(row) for row in claimed]
+        work = [self._claimed(row) for row in claimed if len(row) > 1]
         results = await self._attempt_all(work)
         fields: list[Any] = []
         for d, res in zip(work, results, strict=True):
@@ -424,7 +452,11 @@ class DeliveryService(_Base):
         missing = ""
         if wid == "job":
             target = self.mgr.job_target(url) if url else None
-            max_retries = int(max_r) if max_r.isdigit() else self.mgr.job_webhook.max_retries
+            max_retries = (
+                min(_int(max_r), MAX_RETRIES)
+                if _int(max_r) or max_r == "0"
+                else self.mgr.job_webhook.max_retries
+            )
             missing = "no URL recorded for this job's webhook"
         else:
             hook = self.mgr.registry.get(wid)
@@ -512,6 +544,24 @@ class LocalDispatcher(_Base):
         return len(self._tasks)
 
 
+# When each damaged webhook key was last reported (at most once a minute each).
+_WARNED: dict[str, float] = {}
+
+
+def _warn_damaged(key: str, what: str) -> None:
+    now = time.monotonic()
+    if now - _WARNED.get(key, -1e9) < 60:
+        return
+    if len(_WARNED) > 1000:
+        _WARNED.clear()
+    _WARNED[key] = now
+    log.warning(
+        "webhook key %s holds another type (damaged outside kitium-queue): %s",
+        key[:300],
+        what,
+    )
+
+
 def _text(v: Any) -> str:
     if isinstance(v, (bytes, bytearray)):
         return bytes(v).decode("utf-8", "replace")
@@ -519,5 +569,6 @@ def _text(v: Any) -> str:
 
 
 def _int(v: Any) -> int:
+    """A stored count or time: ASCII digits, below 10**17; anything else (damaged) 0."""
     t = _text(v)
-    return int(t) if t.isdigit() and len(t) < 18 else 0
+    return int(t) if t.isascii() and t.isdigit() and len(t) < 18 else 0

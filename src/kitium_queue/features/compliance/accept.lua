@@ -1,0 +1,28 @@
+(function()
+  -- Compliance: a job with a subject_id is refused (nothing of it written) while its
+  -- subject's index or the `subjects` list holds another type (damaged by hand): it
+  -- could not be indexed, and erase_subject would never find it. The reason names the
+  -- key without the subject (personal data).
+  local IDX, ALL = PREFIX .. 'subj:', PREFIX .. 'subjects'
+  return function(id, name, opts, state)
+    if opts == '' or not string.find(opts, '"subject_id"', 1, true) then return nil end
+    local ok, o = pcall(cjson.decode, opts)
+    if not ok or type(o) ~= 'table' then return nil end
+    local sj = o['subject_id']
+    if type(sj) ~= 'string' or sj == '' then return nil end
+    local where = nil
+    local t = key_type(IDX .. sj)
+    if t ~= 'none' and t ~= 'hash' then
+      where = "its subject's index " .. IDX .. '<subject id> holds a ' .. t .. ', not a hash'
+    else
+      t = key_type(ALL)
+      if t ~= 'none' and t ~= 'zset' then
+        where = 'the list of subjects ' .. ALL .. ' holds a ' .. t .. ', not a sorted set'
+      end
+    end
+    if not where then return nil end
+    return 'compliance: ' .. where .. ' (damaged outside kitium-queue); the job was not ' ..
+      'added, so no job escapes erasure. Delete that key (its entries are rebuilt for new ' ..
+      'jobs only: erase the jobs it listed by id) or restore it, then add the job again'
+  end
+end)()
