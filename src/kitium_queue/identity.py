@@ -13,6 +13,15 @@ The admin choke point stamps it on every ``AdminCall`` (``AdminCall.principal``)
 guard can refuse a command and an audit subscriber can record who ran it; enqueue
 middleware reads it with ``current_principal()``. The core only carries the name: what a
 principal may do is decided by whichever guard a feature installs.
+
+Look-alike names. A principal (and a tenant id, ``features/tenancy``) must be in Unicode
+NFKC form, and its letters must keep to one script the way Unicode's "moderately
+restrictive" profile allows (UTS #39 section 5.2, ``script_mix``): ``\u0430cme`` with a
+Cyrillic "\u0430" next to Latin ``cme`` reads as ``acme`` and is refused; all-Cyrillic,
+all-Greek or all-Han names, digits and punctuation with any script, Latin with one other
+recommended script but Cyrillic or Greek, and Han with Hiragana / Katakana, Hangul or
+Bopomofo are kept. A name stored before the rule (a grant's principal) can still be
+read, listed (flagged) and revoked: ``check_principal(name, existing=True)``.
 """
 
 from __future__ import annotations
@@ -21,11 +30,19 @@ import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 
 from .errors import ConfigurationError
 from .limits import clip
 
-__all__ = ["MAX_PRINCIPAL_LEN", "acting_as", "check_principal", "current_principal"]
+__all__ = [
+    "MAX_PRINCIPAL_LEN",
+    "acting_as",
+    "check_principal",
+    "check_scripts",
+    "current_principal",
+    "script_mix",
+]
 
 #: Longest principal name accepted.
 MAX_PRINCIPAL_LEN = 256
@@ -33,12 +50,163 @@ MAX_PRINCIPAL_LEN = 256
 _acting: ContextVar[str | None] = ContextVar("kq_acting_principal", default=None)
 
 
-def check_principal(principal: object) -> str:
+# ---------------------------------------------------------------------- scripts
+# The script of a letter is the first word of its Unicode name (``CYRILLIC SMALL LETTER
+# A``), two words for the scripts named so (``OLD ITALIC``), with the aliases below;
+# words that name no script (``DIGIT``, ``COMBINING``, ``MODIFIER``...) are Common: such
+# characters go with any script, as UTS #39's Common and Inherited do.
+_TWO_WORDS = frozenset({"OLD", "NEW", "TAI", "LINEAR", "INSCRIPTIONAL"})
+_ALIASES = {
+    "CJK": "HAN",
+    "IDEOGRAPHIC": "HAN",
+    "HANGZHOU": "HAN",
+    "VIETNAMESE": "HAN",
+    "HENTAIGANA": "HIRAGANA",
+    "ARABIC-INDIC": "ARABIC",
+    "EXTENDED": "ARABIC",  # EXTENDED ARABIC-INDIC DIGIT
+    "TURNED": "LATIN",  # TURNED CAPITAL F / SMALL F
+}
+_COMMON = frozenset(
+    {
+        "",
+        "CARON",
+        "CIRCLED",
+        "COMBINING",
+        "COUNTING",
+        "DIGIT",
+        "DINGBAT",
+        "DOUBLE",
+        "INDIC",
+        "MASU",
+        "MAYAN",
+        "MODIFIER",
+        "MUSICAL",
+        "NEGATIVE",
+        "NORTH",
+        "ROMAN",
+        "TALLY",
+        "VARIATION",
+        "VEDIC",
+        "VERTICAL",
+        "ZNAMENNY",
+    }
+)
+#: Unnamed in some Python versions' Unicode data: (first, last, script).
+_UNNAMED = ((0x17000, 0x18AFF, "TANGUT"), (0x18D00, 0x18D7F, "TANGUT"))
+#: UAX #31's recommended scripts (Table 5): Latin may go with one of them, except
+#: Cyrillic and Greek (moderately restrictive).
+_RECOMMENDED_NAMES = (
+    "ARABIC ARMENIAN BENGALI BOPOMOFO CYRILLIC DEVANAGARI ETHIOPIC GEORGIAN GREEK GUJARATI "
+    "GURMUKHI HAN HANGUL HEBREW HIRAGANA KANNADA KATAKANA KHMER LAO LATIN MALAYALAM MYANMAR "
+    "ORIYA SINHALA TAMIL TELUGU THAANA THAI TIBETAN"
+)
+_RECOMMENDED = frozenset(_RECOMMENDED_NAMES.split())
+#: Sets of scripts one name may mix (UTS #39 highly restrictive, Latin aside).
+_CJK = (
+    frozenset({"HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"HAN", "HANGUL"}),
+    frozenset({"HAN", "BOPOMOFO"}),
+)
+
+
+@lru_cache(maxsize=4096)
+def _scripts_of(ch: str) -> frozenset[str]:
+    """The scripts of one character (empty: Common, it goes with any script)."""
+    norm = unicodedata.normalize("NFKC", ch)
+    if norm != ch:  # a full-width or superscript letter: the script of what it reads as
+        return frozenset().union(*(_scripts_of(c) for c in norm if c != ch))
+    if unicodedata.category(ch)[0] not in "LMN":
+        return frozenset()
+    name = unicodedata.name(ch, "")
+    if not name:
+        code = ord(ch)
+        return frozenset(s for lo, hi, s in _UNNAMED if lo <= code <= hi)
+    words = name.split(" ")
+    if words[0] == "KATAKANA-HIRAGANA":  # the prolonged sound mark
+        return frozenset({"HIRAGANA", "KATAKANA"})
+    if words[0] in _COMMON:
+        return frozenset()
+    if words[0] in _TWO_WORDS and len(words) > 1:
+        return frozenset({f"{words[0]} {words[1]}"})
+    return frozenset({_ALIASES.get(words[0], words[0])})
+
+
+def _allowed(scripts: frozenset[str]) -> bool:
+    """Whether one name may mix ``scripts`` (UTS #39 5.2, moderately restrictive)."""
+    if len(scripts) <= 1:
+        return True
+    rest = scripts - {"LATIN"}
+    if any(rest <= cjk for cjk in _CJK):
+        return True
+    (other,) = rest if len(rest) == 1 and "LATIN" in scripts else ("",)
+    return other in _RECOMMENDED and other not in ("CYRILLIC", "GREEK")
+
+
+def _shown(script: str) -> str:
+    return script.title()
+
+
+def script_mix(text: str) -> str | None:
+    """None when the letters of ``text`` keep to one script as Unicode's "moderately
+    restrictive" profile allows (UTS #39 section 5.2); else what is mixed, e.g. ``mixes
+    the Cyrillic and Latin scripts (U+0430 CYRILLIC SMALL LETTER A at position 0)``.
+
+    Digits, punctuation, symbols and combining marks go with any script. Allowed
+    mixtures: Latin with one other recommended script but Cyrillic or Greek (``svc-`` +
+    Arabic), and Han with Hiragana and Katakana, with Hangul, or with Bopomofo (Latin
+    may join those). The characters named are those outside the script most letters are
+    in (five at most).
+    """
+    if text.isascii():
+        return None
+    per = [(i, ch, _scripts_of(ch)) for i, ch in enumerate(text)]
+    found: dict[str, int] = {}
+    for _, _, scripts in per:
+        for s in scripts:
+            found[s] = found.get(s, 0) + 1
+    if _allowed(frozenset(found)):
+        return None
+    # The script most letters are in (Latin first on a tie): the others are at fault.
+    main = max(found, key=lambda s: (found[s], s == "LATIN", s))
+    culprits = [
+        f"U+{ord(ch):04X} {unicodedata.name(ch, 'UNNAMED')} at position {i}"
+        for i, ch, scripts in per
+        if scripts and main not in scripts
+    ]
+    more = f" and {len(culprits) - 5} more" if len(culprits) > 5 else ""
+    names = sorted(_shown(s) for s in found)
+    return (
+        f"mixes the {', '.join(names[:-1])} and {names[-1]} scripts "
+        f"({', '.join(culprits[:5])}{more})"
+    )
+
+
+def check_scripts(text: str, what: str) -> str:
+    """``text``, or ``ConfigurationError`` when its letters mix scripts (``script_mix``):
+    the scripts, the characters at fault and what to do."""
+    mix = script_mix(text)
+    if mix is not None:
+        raise ConfigurationError(
+            f"{what} {clip(ascii(text), 160)} {mix}: people would read it as another "
+            "name. Spell it in one script (digits and - _ . : @ go with any script; Latin "
+            "may go with one other script but Cyrillic or Greek; Han with Hiragana and "
+            "Katakana, Hangul or Bopomofo)"
+        )
+    return text
+
+
+def check_principal(principal: object, *, existing: bool = False) -> str:
     """``principal`` if it is a usable name, else ConfigurationError saying why.
 
     A name is a non-empty ``str`` of at most ``MAX_PRINCIPAL_LEN`` characters with no
     control characters or surrogates (it is written to audit records and shown in UIs),
-    in Unicode NFKC form (a look-alike spelling is refused, never normalised).
+    in Unicode NFKC form (a look-alike spelling is refused, never normalised), whose
+    letters do not mix scripts (``script_mix``: ``\u0430dmin`` with a Cyrillic "\u0430"
+    would read as ``admin``).
+
+    ``existing=True`` looks up a name already stored (a grant read, listed, checked or
+    revoked): the script rule is not applied, so a name stored before it stays reachable
+    (listings flag it: ``AccessEntry.lookalike``).
     """
     if not isinstance(principal, str):
         raise ConfigurationError(
@@ -70,7 +238,7 @@ def check_principal(principal: object) -> str:
             f"principal {clip(ascii(principal), 100)} is not in Unicode NFKC form (it "
             f"would look like another name); write it as {clip(ascii(canonical), 100)}"
         )
-    return principal
+    return principal if existing else check_scripts(principal, "principal")
 
 
 def current_principal(default: str | None = None) -> str | None:

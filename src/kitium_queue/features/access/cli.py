@@ -42,6 +42,9 @@ as_option = click.option(
 
 
 def _entry_row(e: AccessEntry, row: Callable[..., str]) -> str:
+    # A principal whose letters mix scripts (granted before that was refused) is
+    # flagged: it reads as another name.
+    flag = () if e.lookalike is None else (f"LOOKALIKE: {e.lookalike}",)
     return row(
         e.principal_id,
         e.queue_pattern,
@@ -49,6 +52,7 @@ def _entry_row(e: AccessEntry, row: Callable[..., str]) -> str:
         "permissions=" + (",".join(sorted(p.value for p in e.permissions.permissions())) or "-"),
         "effective=" + ",".join(sorted(p.value for p in e.effective())),
         f"by={e.granted_by or '-'}",
+        *flag,
     )
 
 
@@ -205,7 +209,7 @@ def make_command(row: Callable[..., str]) -> click.Group:
             finally:
                 await store.deployment.close()
 
-        check_principal(principal)
+        check_principal(principal, existing=True)
         check_key_part(queue, "queue name")
         perms, via = run(act)
         names = sorted(p.value for p in perms)

@@ -142,25 +142,30 @@ class AccessControlManager:
         ``principal_id`` may do ``permissions`` (and what ``role`` bundles) on every
         queue matching ``queue_pattern``. A grant on the same (principal, pattern)
         replaces the earlier one. Written to Redis together with an ``access.grant``
-        audit entry (who granted it: ``acting()``). Returns the stored grant."""
+        audit entry (who granted it: ``acting()``). Returns the stored grant.
+        ``ConfigurationError`` for a principal whose letters mix scripts (a look-alike
+        of another name, ``identity.check_principal``)."""
         if entry is not None and fields:
             raise ConfigurationError("give the grant as one entry or as keywords, not both")
         parsed = AccessEntry.parse(entry if entry is not None else fields)
+        check_principal(parsed.principal_id)  # a new grant: no look-alike name
         return await self.grants.put(parsed, self.acting())
 
     async def revoke_access(self, principal_id: str, queue_pattern: str) -> bool:
         """Remove the grant of ``principal_id`` on ``queue_pattern`` (the pattern exactly
         as granted), with an ``access.revoke`` audit entry. False when there was none
         (then nothing is written). Other processes stop honouring it within
-        ``cache_ttl``."""
-        principal = check_principal(principal_id)
+        ``cache_ttl``. A principal stored before the script rule can be revoked."""
+        principal = check_principal(principal_id, existing=True)
         pattern = QueuePattern(queue_pattern).text
         return await self.grants.delete(principal, pattern, self.acting())
 
     async def list_access(self, principal_id: str | None = None) -> list[AccessEntry]:
-        """The grants of ``principal_id``, or of everyone (by principal, then pattern)."""
+        """The grants of ``principal_id``, or of everyone (by principal, then pattern).
+        A grant whose principal's letters mix scripts (stored before that was refused)
+        is listed, with ``AccessEntry.lookalike`` saying what it mixes."""
         if principal_id is not None:
-            return await self.grants.read(check_principal(principal_id))
+            return await self.grants.read(check_principal(principal_id, existing=True))
         out: list[AccessEntry] = []
         for p in await self.grants.principals():
             out += await self.grants.read(p)
@@ -231,8 +236,9 @@ class AccessControlManager:
     # ------------------------------------------------------------------ checks
     async def permissions_on(self, principal_id: str, queue_name: str) -> frozenset[Permission]:
         """Everything ``principal_id`` may do on queue ``queue_name`` (the union of
-        its matching grants, implied permissions included)."""
-        principal = check_principal(principal_id)
+        its matching grants, implied permissions included). A question about stored
+        grants: a principal stored before the script rule is answered too."""
+        principal = check_principal(principal_id, existing=True)
         check_key_part(queue_name, "queue name")
         return (await self.grants.load(principal)).on(queue_name)[0]
 

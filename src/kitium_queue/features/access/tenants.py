@@ -199,6 +199,7 @@ class TenantAdmin:
         """``TenantRegistry.create_tenant`` with the brief's keys; authorized up front
         (a refused principal learns nothing of the deployment)."""
         cfg = TenantConfig.of(brief_keys(config))
+        check_tenant_id(cfg.tenant_id)  # a new id: no look-alike (mixed scripts)
         await self.authorize("create_tenant", cfg.tenant_id)
         return await self.registry.create_tenant(cfg)
 
@@ -211,10 +212,10 @@ class TenantAdmin:
         """``TenantRegistry.update_tenant`` with the brief's keys."""
         given = brief_keys(changes, "tenant update")
         more = brief_keys(fields, "tenant update")
-        await self.authorize("update_tenant", check_tenant_id(tenant_id))
+        await self.authorize("update_tenant", check_tenant_id(tenant_id, existing=True))
         return await self.registry.update_tenant(tenant_id, given, **more)
 
     async def remove(self, tenant_id: str) -> bool:
         """``TenantRegistry.remove_tenant``."""
-        await self.authorize("remove_tenant", check_tenant_id(tenant_id))
+        await self.authorize("remove_tenant", check_tenant_id(tenant_id, existing=True))
         return await self.registry.remove_tenant(tenant_id)

@@ -9,13 +9,24 @@
   ARGV[6]  the leader term evaluating it (leader.py)
   ARGV[7]  the value seen (text)
   ARGV[8]  the rule's metric, ARGV[9] its threshold (text, for the log)
+  ARGV[10] the key (after PREFIX) of the counter that issues the leader's terms
+           (leader_acquire.lua: leader:alerts:term)
 
   alerts:state  HASH  rule -> '<state> <since ms> <term> <value>'
   alerts:log    STREAM  every change: rule, state, metric, value, threshold (~1000 kept)
-  Returns { 'changed', log entry id } | { 'same' } (already in that state) | { 'stale' }
-  (a later term recorded this rule: this leader was deposed; nothing written) |
-  { 'damaged', key, type } (alerts:state or alerts:log holds another type of key, written
-  by hand: nothing written, so the change is recorded and reported once it is repaired).
+  Returns { 'changed', log entry id, forged } | { 'same', '', forged } (already in that
+  state) | { 'stale' } (a later term recorded this rule: this leader was deposed; nothing
+  written) | { 'damaged', key, type } (alerts:state or alerts:log holds another type of
+  key, written by hand: nothing written, so the change is recorded and reported once it
+  is repaired).
+
+  A recorded term fences this leader off only if a leader could have had it. One that
+  is not a count as leader.py keeps ('inf', 1e300, twenty digits...) is replaced. So is
+  one above the counter of ARGV[10] when this leader's term is the counter's (it is the
+  current leader): no leader was ever given it (written by hand, or left by another
+  deployment whose counter went further); ``forged`` is then that term ('' otherwise),
+  for the caller to report. Without a counter (AlertManager.evaluate called outside a
+  leader service) or with another term, the record alone fences, as before.
 ]]
 --@include lib_base
 
@@ -31,23 +42,37 @@ local kt = key_type(key)
 if kt ~= 'hash' and kt ~= 'none' then return { 'damaged', 'alerts:state', kt } end
 kt = key_type(log_key)
 if kt ~= 'stream' and kt ~= 'none' then return { 'damaged', 'alerts:log', kt } end
+-- The latest term issued (a read only: a counter of another type or not a count is
+-- leader_acquire.lua's to report; then the record alone fences, as without a counter).
+local issued = nil
+local counter = PREFIX .. ARGV[10]
+if key_type(counter) == 'string' then
+  local c = redis.call('GET', counter)
+  if #c <= 15 and string.match(c, '^%d+$') then issued = tonumber(c) end
+end
+local forged = ''
 local cur = redis.call('HGET', key, rule)
 if cur then
   local st, _, t = string.match(cur, '^(%S+) (%S+) (%S+)')
   -- Only a term as leader.py counts them fences this leader off: a record written by
   -- hand ('inf', 1e300, twenty digits...) would stop the rule for good; it is replaced.
   if t and (#t > 15 or not string.match(t, '^%d+$')) then st, t = nil, nil end
+  -- Nor does a term no leader was ever given: above the counter that issues them, it
+  -- can only be forged or from another deployment, and would stop the rule until the
+  -- counter passed it. The current leader (its term is the counter's) replaces it and
+  -- reports it; a deposed one (a lower term) is still fenced off by it.
+  if t and term == issued and tonumber(t) > issued then forged, t = t, nil end
   if tonumber(t) and tonumber(t) > term then return { 'stale' } end
   if st == state then
     redis.call('HSET', key, rule, st .. ' ' .. string.match(cur, '^%S+ (%S+)') .. ' ' ..
       int(term) .. ' ' .. ARGV[7])
-    return { 'same' }
+    return { 'same', '', forged }
   end
 elseif state == 'ok' then
   redis.call('HSET', key, rule, 'ok ' .. NOW_S .. ' ' .. int(term) .. ' ' .. ARGV[7])
-  return { 'same' }
+  return { 'same', '', '' }
 end
 redis.call('HSET', key, rule, state .. ' ' .. NOW_S .. ' ' .. int(term) .. ' ' .. ARGV[7])
 local eid = redis.call('XADD', log_key, 'MAXLEN', '~', '1000', '*', 'rule', rule,
   'state', state, 'metric', ARGV[8], 'value', ARGV[7], 'threshold', ARGV[9])
-return { 'changed', eid }
+return { 'changed', eid, forged }

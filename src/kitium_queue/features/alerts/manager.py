@@ -57,6 +57,10 @@ __all__ = ["BUCKET_MS", "FEATURE", "AlertManager", "AlertState", "AlertTransitio
 log = get_logger(__name__)
 
 FEATURE = "alerts"
+#: The leader role evaluating the rules; its term counter (``leader.py``) is what
+#: ``alerts_state.lua`` checks a recorded term against.
+ROLE = "alerts"
+_TERM_COUNTER = f"leader:{ROLE}:term"
 #: Width of an outcome bucket (ms).
 BUCKET_MS = 5000
 _SCRIPTS = ("alerts_probe", "alerts_state")
@@ -177,6 +181,7 @@ class AlertManager:
         self._above_since: dict[str, int] = {}
         self._gauge_missing: set[str] = set()
         self._damaged: set[str] = set()
+        self._forged: set[tuple[str, str]] = set()
         self.evaluations = 0
         for name in _SCRIPTS:
             queue.scripts.add_fragment(name, _lua(name))
@@ -184,7 +189,7 @@ class AlertManager:
             queue.scripts.add_slot("release", FEATURE, _RELEASE)
         if run_service and self.rules:
             lease = to_ms(lease_ms, "alerts lease_ms", minimum=100)
-            queue.add_service(LeaderService("alerts", self._serve, lease_ms=lease))
+            queue.add_service(LeaderService(ROLE, self._serve, lease_ms=lease))
         _INSTALLED[queue] = self
 
     @classmethod
@@ -364,8 +369,11 @@ class AlertManager:
             if want is None:
                 continue
             reply = await self.queue.run(
-                "alerts_state", [r.name, want, term, shown, r.metric, f"{r.threshold:g}"]
+                "alerts_state",
+                [r.name, want, term, shown, r.metric, f"{r.threshold:g}", _TERM_COUNTER],
             )
+            if _text(reply[0]) in ("changed", "same") and len(reply) > 2 and reply[2]:
+                self._warn_forged(r.name, _text(reply[2]), term)
             if _text(reply[0]) == "damaged":
                 # Nothing was written: the change is recorded (and reported) at the
                 # first evaluation after the key is repaired.
@@ -392,6 +400,27 @@ class AlertManager:
             self.queue.name,
             key,
             f"a {kind}" if kind else "another type of key",
+        )
+
+    def _warn_forged(self, rule: str, found: str, term: int) -> None:
+        """Log, once per rule and value, a recorded term no leader was ever given (above
+        the term counter): written by hand or left by another deployment. It was
+        replaced; it would have kept the rule from changing state."""
+        if (rule, found) in self._forged:
+            return
+        if len(self._forged) >= 1000:
+            self._forged.clear()
+        self._forged.add((rule, found))
+        log.warning(
+            "queue %s: alert rule %s: its record in alerts:state carried term %s, above "
+            "every term the leader counter (%s) issued: written outside kitium-queue or "
+            "left by another deployment; replaced by this leader's term %d (the rule "
+            "evaluates again). Check who can write to this Redis",
+            self.queue.name,
+            rule,
+            found[:20],
+            _TERM_COUNTER,
+            term,
         )
 
     async def _report(self, t: AlertTransition) -> None:

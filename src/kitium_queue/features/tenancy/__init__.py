@@ -9,7 +9,15 @@ every worker, and tenants sharing a queue take turns in proportion to their ``we
 and audits each change. See ``registry.py`` and ``docs/tenancy.md``.
 """
 
-from .model import QueueUsage, RateLimit, TenantConfig, TenantQuota, TenantUsage, check_tenant_id
+from .model import (
+    QueueUsage,
+    RateLimit,
+    TenantConfig,
+    TenantQuota,
+    TenantUsage,
+    check_tenant_id,
+    tenant_id_lookalike,
+)
 from .registry import TenantChange, TenantRegistry, TenantWriter
 
 __all__ = [
@@ -22,4 +30,5 @@ __all__ = [
     "TenantUsage",
     "TenantWriter",
     "check_tenant_id",
+    "tenant_id_lookalike",
 ]

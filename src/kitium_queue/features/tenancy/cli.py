@@ -4,6 +4,8 @@ The command group is built by ``make_command`` with the CLI's own helpers passed
 this module does not import the CLI). ``APP`` names a queue: the registry is the one of
 its connection and key prefix; usage is summed over every queue tenancy is enabled on.
 Every value printed comes from Redis or the user and goes through the CLI's escaping.
+A tenant whose id mixes scripts (created before that was refused: it reads as another
+id) is flagged: the ``lookalike`` column / field says what it mixes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def _quota(c: TenantConfig) -> list[str]:
     q = c.quota
     rate = "-" if q.rate_limit is None else f"{q.rate_limit.max}/{q.rate_limit.duration}ms"
     return [_limit(q.max_queue_size), _limit(q.max_concurrency), rate]
+
+
+def _flag(c: TenantConfig) -> str:
+    """``-``, or what the id mixes (a look-alike created before the rule)."""
+    mix = c.lookalike
+    return "-" if mix is None else f"LOOKALIKE: {mix}"
 
 
 def _usage(u: TenantUsage) -> list[int]:
@@ -63,7 +71,7 @@ def make_command(
             usages = [await reg.get_tenant_usage(c.tenant_id) for c in configs]
             if as_json:
                 out = [
-                    {**c.to_dict(), "usage": u.as_dict()}
+                    {**c.to_dict(), "lookalike": c.lookalike, "usage": u.as_dict()}
                     for c, u in zip(configs, usages, strict=True)
                 ]
                 click.echo(json.dumps({"tenants": out, "queues": await reg.queues()}, indent=2))
@@ -82,9 +90,10 @@ def make_command(
                     "completed",
                     "failed",
                     "name",
+                    "lookalike",
                 ],
                 [
-                    [c.tenant_id, f"{c.weight:g}", *_quota(c), *_usage(u), c.name]
+                    [c.tenant_id, f"{c.weight:g}", *_quota(c), *_usage(u), c.name, _flag(c)]
                     for c, u in zip(configs, usages, strict=True)
                 ],
             )
@@ -106,7 +115,11 @@ def make_command(
             if as_json:
                 click.echo(
                     json.dumps(
-                        {"tenant": None if c is None else c.to_dict(), "usage": u.as_dict()},
+                        {
+                            "tenant": None if c is None else c.to_dict(),
+                            "lookalike": None if c is None else c.lookalike,
+                            "usage": u.as_dict(),
+                        },
                         indent=2,
                     )
                 )
@@ -121,6 +134,8 @@ def make_command(
                     )
                 else:
                     click.echo(row("tenant", c.tenant_id))
+                    if c.lookalike is not None:
+                        click.echo(row("lookalike", _flag(c)))
                     click.echo(row("name", c.name or "-"))
                     click.echo(row("weight", f"{c.weight:g}"))
                     for k, v in zip(

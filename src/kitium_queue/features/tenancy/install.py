@@ -217,7 +217,7 @@ async def attach(queue: JobQueue) -> int:
     for tid, raw in entries.items():
         name = tid.decode("utf-8", "replace") if isinstance(tid, bytes) else str(tid)
         try:
-            check_tenant_id(name)
+            check_tenant_id(name, existing=True)
         except ConfigurationError:
             continue  # not written by the registry; never used as a key part
         entry = StoredTenant.parse(name, raw)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ...errors import ConfigurationError
+from ...identity import check_scripts, script_mix
 from ...keys import check_key_part
 from ...options import MAX_COUNT, check_text, shown, to_int, to_ms, unknown_options_error
 from ..flowcontrol import RateLimit
@@ -27,6 +28,7 @@ __all__ = [
     "TenantQuota",
     "TenantUsage",
     "check_tenant_id",
+    "tenant_id_lookalike",
 ]
 
 _MAX_NAME = 256
@@ -44,11 +46,18 @@ _VALID_IDS: set[str] = set()
 _VALID_IDS_MAX = 10_000
 
 
-def check_tenant_id(value: Any, what: str = "tenant_id") -> str:
+def check_tenant_id(value: Any, what: str = "tenant_id", *, existing: bool = False) -> str:
     """A tenant id: 1 to 128 letters, digits and ``- _ . : # / +`` (it becomes part of
     key names, of the ACL patterns written for them and of messages), in Unicode NFKC
     form: a decomposed accent or a full-width letter would make a second tenant that
-    looks like the first, so such a spelling is refused (never normalised)."""
+    looks like the first, so such a spelling is refused (never normalised). Its letters
+    must not mix scripts either (``identity.script_mix``: ``\u0430cme`` with a Cyrillic
+    "\u0430" reads as ``acme``); all-Cyrillic, all-Greek or all-Han ids are kept.
+
+    ``existing=True`` names a tenant already stored (read, changed, listed or removed):
+    the script rule is not applied there, so a tenant created before it stays reachable
+    (listings flag it: ``tenant_id_lookalike``). Creating a tenant and a job's
+    ``tenant_id`` apply it."""
     if type(value) is str and value in _VALID_IDS:
         return value
     check_text(value, what, max_len=MAX_TENANT_ID)
@@ -59,9 +68,19 @@ def check_tenant_id(value: Any, what: str = "tenant_id") -> str:
             f"{what} {ascii(out)[:300]} is not in Unicode NFKC form (it would look like "
             f"another tenant's id); write it as {ascii(canonical)[:300]}"
         )
+    if script_mix(out) is not None:
+        if existing:
+            return out  # not cached: the cache holds ids valid everywhere
+        check_scripts(out, what)
     if len(_VALID_IDS) < _VALID_IDS_MAX:
         _VALID_IDS.add(out)
     return out
+
+
+def tenant_id_lookalike(tenant_id: str) -> str | None:
+    """None for a tenant id whose letters keep to one script; else what it mixes (a
+    tenant stored before the rule: listings show this next to it)."""
+    return script_mix(tenant_id)
 
 
 def _limit(value: Any, what: str, maximum: int) -> int | None:
@@ -229,7 +248,9 @@ class TenantConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "tenant_id", check_tenant_id(self.tenant_id))
+        # The script rule applies when a tenant is created (TenantRegistry.create_tenant),
+        # not here: a config read back from Redis, or changed, may predate it.
+        set_(self, "tenant_id", check_tenant_id(self.tenant_id, existing=True))
         if not isinstance(self.name, str):
             raise ConfigurationError(f"tenant name must be a string, got {shown(self.name)}")
         if self.name:
@@ -260,6 +281,12 @@ class TenantConfig:
         if "quota" in kwargs:
             kwargs["quota"] = self.quota.merged(kwargs["quota"])
         return replace(self, **kwargs)
+
+    @property
+    def lookalike(self) -> str | None:
+        """None, or what the id's letters mix (``tenant_id_lookalike``): a tenant
+        created before the script rule, which listings flag."""
+        return script_mix(self.tenant_id)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what the registry stores, without its version)."""

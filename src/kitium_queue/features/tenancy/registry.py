@@ -280,8 +280,10 @@ class TenantRegistry:
         """Create a tenant (``TenantConfig`` or a dict with ``tenant_id``, ``name``,
         ``quota`` {``max_queue_size``, ``max_concurrency``, ``rate_limit``},
         ``allowed_regions``, ``weight``); returns it as stored. Its quota reaches every
-        registered queue before this returns. ``ConfigurationError`` if it exists."""
+        registered queue before this returns. ``ConfigurationError`` if it exists, or if
+        its id mixes scripts (``check_tenant_id``: a look-alike of another id)."""
         cfg = TenantConfig.of(config)
+        check_tenant_id(cfg.tenant_id)
         async with self._errors() as client:
             for _ in range(_MAX_RETRIES):
                 version = await _next_version(client, self.prefix)
@@ -315,7 +317,7 @@ class TenantRegistry:
         (``None`` removes one); a ``TenantQuota`` replaces the quota; a whole
         ``TenantConfig`` (of the same tenant) replaces the config. Returns the new
         config; ``TenantNotFoundError`` if there is no such tenant."""
-        tid = check_tenant_id(tenant_id)
+        tid = check_tenant_id(tenant_id, existing=True)
         if isinstance(changes, TenantConfig):
             if changes.tenant_id != tid:
                 raise ConfigurationError(
@@ -348,7 +350,7 @@ class TenantRegistry:
     async def remove_tenant(self, tenant_id: str) -> bool:
         """Remove a tenant: queues refuse its new jobs; the ones it has go on and run
         without its quota (weight 1). False if there was no such tenant."""
-        tid = check_tenant_id(tenant_id)
+        tid = check_tenant_id(tenant_id, existing=True)
         async with self._errors() as client:
             for _ in range(_MAX_RETRIES):
                 cur = await self._entry(client, tid)
@@ -362,7 +364,7 @@ class TenantRegistry:
 
     async def get_tenant(self, tenant_id: str) -> TenantConfig | None:
         """The tenant's config, or None."""
-        tid = check_tenant_id(tenant_id)
+        tid = check_tenant_id(tenant_id, existing=True)
         async with self._errors() as client:
             cur = await self._entry(client, tid)
         return None if cur is None else cur.config
@@ -372,7 +374,7 @@ class TenantRegistry:
         (an empty ``allowed_regions``). This makes the registry a region lookup for
         multi-region routing (``GlobalQueueManager``'s ``tenants`` setting). Raises
         ``TenantNotFoundError`` for an unknown tenant (its jobs are then refused)."""
-        tid = check_tenant_id(tenant_id)
+        tid = check_tenant_id(tenant_id, existing=True)
         tenant = await self.get_tenant(tid)
         if tenant is None:
             raise self._not_found(tid)
@@ -400,7 +402,7 @@ class TenantRegistry:
         queued, active, held in its lane, rate used, completed and failed. ``queues``:
         the queue names to read (default: every registered queue). A removed tenant
         with jobs left still reports them."""
-        tid, given = check_tenant_id(tenant_id), _queue_names(queues)
+        tid, given = check_tenant_id(tenant_id, existing=True), _queue_names(queues)
         async with self._errors() as client:
             names = given if given is not None else await self.queues()
             per = []
@@ -436,7 +438,7 @@ class TenantRegistry:
         for tid, raw in (await client.hgetall(tk.registry(self.prefix))).items():
             name = _text(tid)
             try:
-                check_tenant_id(name)
+                check_tenant_id(name, existing=True)
             except ConfigurationError:
                 continue
             entry = StoredTenant.parse(name, raw)
