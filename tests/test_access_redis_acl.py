@@ -106,6 +106,8 @@ def test_the_lists_cover_every_command_the_lua_sources_call() -> None:
         # No Lua: the write barrier sends WAIT from Python after each write.
         "replicas": {c.lower() for c in re.findall(r'"(WAIT)"', _replicas_src)},
         "tenancy": _lua_of(SRC / "features/tenancy"),
+        # The parked-set repair: its script, and the walks parking.py sends itself.
+        "repairs": _lua_of_file(lua / "park_rebuild.lua") | {"scan", "zscan"},
     }  # fmt: skip
     assert set(sources) == set(FEATURE_COMMANDS)
     for feature, used in sources.items():
@@ -359,3 +361,58 @@ async def test_the_admin_user_manages_tenants_and_the_enforce_user_cannot(
     finally:
         await app.close()
         await boss.close()
+
+
+async def test_the_parked_set_repair_runs_with_the_repairs_feature_and_no_more(
+    fresh: Server,
+) -> None:
+    from kitium_queue.parking import parked_count, rebuild_parked
+
+    admin_url = f"redis://127.0.0.1:{fresh.srv.port}/0"
+    ops = JobQueue("fix-1", redis=admin_url)
+    ops.set_concurrency_limit("k", 1)
+    seen: list[str] = []
+
+    @ops.process("n")
+    async def hold(job: Any) -> None:
+        seen.append(job.id)
+        await asyncio.sleep(30)
+
+    for _ in range(3):
+        await ops.add_job("n", {}, concurrency_key="k")
+    # One runs (and holds the key); the claim parks the other two behind the key.
+    await ops.start(concurrency=3)
+    for _ in range(500):
+        if seen and await parked_count(ops) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(seen) == 1 and await parked_count(ops) == 2
+    await ops.worker.stop(timeout_ms=100)  # hands its job back: the key frees one
+    stranded = await parked_count(ops)
+    assert stranded >= 1
+    await ops.close()
+    # Their set is lost (deleted by hand): only the repair brings them back.
+    raw = redis_sync.Redis(host="127.0.0.1", port=fresh.srv.port)
+    sets = [k for k in raw.keys("kq:{fix-1}:parked:*") if raw.type(k) == b"zset"]
+    assert sets
+    raw.delete(*sets)
+    raw.close()
+
+    bare = fresh.user(redis_acl_rules("op-bare", ["fix-*"], features=["flow-control"]))
+    fixer = fresh.user(redis_acl_rules("op-fix", ["fix-*"], features=["flow-control", "repairs"]))
+    fresh.admin.execute_command("ACL", "LOG", "RESET")
+    refused = JobQueue("fix-1", redis=fresh.url(bare))
+    try:
+        with pytest.raises((NoPermissionError, ResponseError)):
+            await rebuild_parked(refused, dry_run=True)
+    finally:
+        await refused.close()
+    assert fresh.denials()  # Redis said no to the user without the repairs commands
+    fresh.admin.execute_command("ACL", "LOG", "RESET")
+    fix = JobQueue("fix-1", redis=fresh.url(fixer))
+    try:
+        result = await rebuild_parked(fix)
+        assert result.restored == stranded and result.released == stranded
+    finally:
+        await fix.close()
+    assert fresh.denials() == []

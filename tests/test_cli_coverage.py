@@ -39,6 +39,7 @@ EXERCISED_BY: dict[str, str] = {
     "breakers show": "test_breakers_cli.py",
     "breakers reset": "test_breakers_cli.py",
     "breakers open": "test_breakers_cli.py",
+    "parked rebuild": "test_parking_repair.py",
     "groups list": "test_cli_groups.py",
     "groups show": "test_cli_groups.py",
     "groups pause": "test_cli_groups.py",

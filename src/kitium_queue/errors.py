@@ -331,7 +331,17 @@ class DamagedKeyError(KitiumQueueError):
             super().__init__(detail)
             return
         part = key.rsplit(":", 1)[-1]
-        if part == "lease":
+        # What follows the queue's hash tag: "parked:<blocker>" for a blocker's set.
+        rest = key.split("}:", 1)[-1]
+        if rest.startswith("parked:") or rest == "parked":
+            fix = (
+                "repair it with kitium_queue.parking.rebuild_parked(queue) (CLI: "
+                "kitium-queue parked rebuild APP), which replaces it and gives the parked "
+                "jobs back from their records"
+            )
+            if rest == "parked":
+                fix = f"delete it ({_IF_DELETED['parked']}) or {fix}"
+        elif part == "lease":
             fix = (
                 "set it to an integer above every lease token in use (the 'lt' field of "
                 "running jobs), or delete it while no job runs"

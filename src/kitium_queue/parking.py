@@ -13,22 +13,29 @@ Keys (``QueueKeys``): ``parked(blocker)`` (ZSET, score = the job's score in wait
 blockers), the ``parked`` field of ``meta`` (the total), ``slot_errors``. A parked job's
 hash has ``st`` = ``pending`` and ``pk`` = its blocker.
 
-Every function takes the queue (or anything with its ``keys`` and an async
-``client()``) and only reads.
+Every read takes the queue (or anything with its ``keys`` and an async ``client()``).
+``rebuild_parked(queue)`` is the one command: it repairs the parked sets from the job
+records after a blocker's set was overwritten with another type or deleted outside
+kitium-queue (``lua/park_rebuild.lua``), through the admin choke point.
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import ResponseError
 
 from .damage import named_key
+from .errors import ConfigurationError
 from .keys import QueueKeys
 
+if TYPE_CHECKING:
+    from .queue import JobQueue
+
 __all__ = [
+    "ParkRepair",
     "ParkStats",
     "blocker_of",
     "park_stats",
@@ -36,6 +43,7 @@ __all__ = [
     "parked_count",
     "parked_ids",
     "parked_in",
+    "rebuild_parked",
     "slot_errors",
 ]
 
@@ -249,3 +257,183 @@ async def park_stats(queue: QueueLike, top: int = 10) -> ParkStats:
         next_timer_ms=int(first[0][1]) if first else None,
         slot_errors={**{_text(k): _text(v) for k, v in errors.items()}, **damaged},
     )
+
+
+# ------------------------------------------------------------------ the repair
+#: Job records, or blockers, one call of the repair script examines (a few commands
+#: each: a call takes a few milliseconds, so it never blocks Redis for long).
+REBUILD_BATCH = 500
+#: Blockers and keys a ``ParkRepair`` names at most (its counts cover all of them).
+REBUILD_LISTED = 100
+_SCRIPT = "park_rebuild"
+
+
+@dataclass(frozen=True, slots=True)
+class ParkRepair:
+    """What ``rebuild_parked`` did, or with ``dry_run`` would do now.
+
+    Attributes:
+        dry_run: True when nothing was written.
+        pending: parked jobs (records with status ``pending`` and a blocker) examined.
+        restored: of those, the jobs their blocker's set did not list (the set was
+            deleted, held another type, or lacked them): put back at their place.
+        released: of the restored jobs, those sent on to ``wait`` (``release=True``),
+            where claim's admission checks hold again the ones still blocked.
+        skipped: pending jobs also listed in a state set: left alone (a job is never
+            put in two places).
+        sets_rebuilt: blockers whose set was given jobs back.
+        damaged_replaced: keys holding another Redis type (a blocker's set, the parked
+            index) deleted and rebuilt.
+        index_fixed: blockers whose count in the parked index was wrong, set right
+            (with ``dry_run``: wrong now, before any job is put back).
+        total_before: the ``parked`` total of ``meta`` before the repair.
+        total_after: the total recomputed from the index after it (with ``dry_run``:
+            the index as it is now), or None when it was not recomputed (a damaged
+            index in a dry run).
+        blockers: the blockers given jobs back (the first ``REBUILD_LISTED``).
+        damaged_keys: the keys replaced (the first ``REBUILD_LISTED``).
+    """
+
+    dry_run: bool
+    pending: int = 0
+    restored: int = 0
+    released: int = 0
+    skipped: int = 0
+    sets_rebuilt: int = 0
+    damaged_replaced: int = 0
+    index_fixed: int = 0
+    total_before: int = 0
+    total_after: int | None = None
+    blockers: tuple[str, ...] = ()
+    damaged_keys: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready values."""
+        out = asdict(self)
+        out["blockers"] = list(self.blockers)
+        out["damaged_keys"] = list(self.damaged_keys)
+        return out
+
+
+async def rebuild_parked(
+    queue: JobQueue,
+    blocker: str | None = None,
+    *,
+    dry_run: bool = False,
+    release: bool = True,
+) -> ParkRepair:
+    """Rebuild the parked sets from the job records, after a blocker's set was
+    overwritten with another type or deleted outside kitium-queue (its jobs stay
+    ``pending`` with nothing to release them; ``slot_errors`` names such a set).
+
+    Walks the job records with ``SCAN`` (``REBUILD_BATCH`` per script call, each atomic
+    and short, so workers keep running meanwhile); each parked job its blocker's set does
+    not list is put back in it at its place (its wait score, from its priority and
+    enqueue order), a set holding another type being deleted first (only then). Then
+    each blocker's count in the parked index is set to its set's size, and the
+    ``parked`` total of ``meta`` to the sum of the index.
+
+    With ``release`` (the default) the jobs put back go on to ``wait`` in the same call,
+    as a blocker's release moves them (``unpark``): claim's admission checks judge each
+    one again, so a job whose blocker still holds (a concurrency key at its cap, a busy
+    group, unfinished parents, an open breaker, a tenant's full lane) is parked behind it
+    again, and one whose blocker is gone (the release already happened while the set was
+    damaged) runs. Without it they stay in their rebuilt set until the blocker's next
+    release, which never comes for a blocker that is gone: use it only when every
+    blocker concerned is known to be live.
+
+    Args:
+        queue: the queue (a ``PartitionedQueue``: call it for each of ``queue.queues``).
+        blocker: only the jobs parked behind this blocker (``'cc:<key>'``, ``'g:<group>'``,
+            ...: ``ParkStats.slot_errors`` and ``blocker_of`` name it), and its count.
+        dry_run: write nothing; report what a run would do now.
+        release: send the jobs put back on to wait (see above).
+
+    Returns a ``ParkRepair``. Runs as the admin command ``rebuild_parked`` (guards,
+    audit). Needs ``SCAN``, ``ZSCAN`` and, in the script, ``ZCOUNT`` besides the engine's
+    commands. Raises ``DamagedKeyError`` when ``meta`` (or, releasing, ``wait`` or the
+    marker) holds another type: repair it first.
+    """
+    if blocker is not None and (not isinstance(blocker, str) or not blocker):
+        raise ConfigurationError(f"blocker must be a non-empty str or None, got {blocker!r:.100}")
+    for flag, what in ((dry_run, "dry_run"), (release, "release")):
+        if not isinstance(flag, bool):
+            raise ConfigurationError(f"{what} must be True or False, got {flag!r:.100}")
+
+    async def action() -> ParkRepair:
+        return await _Rebuild(queue, blocker, dry_run, release).run()
+
+    args = {"blocker": blocker, "dry_run": dry_run, "release": release}
+    return await queue.admin.execute("rebuild_parked", args, action)
+
+
+class _Rebuild:
+    """One run of ``rebuild_parked``: its phases (``lua/park_rebuild.lua``) and tallies."""
+
+    def __init__(self, queue: JobQueue, blocker: str | None, dry: bool, release: bool) -> None:
+        self.ctx = queue.ctx
+        self.only = blocker
+        self.dry = dry
+        self.head = ["1" if dry else "0", "1" if release else "0", blocker or ""]
+        self.tally = dict.fromkeys(("pending", "restored", "released", "skipped"), 0)
+        self.seen: set[bytes] = set()
+        self.rebuilt: dict[str, None] = {}  # insertion-ordered
+        self.damaged: dict[str, None] = {}  # insertion-ordered; a dry run meets a key twice
+        self.fixed = 0
+
+    async def _call(self, phase: str, items: list[bytes] | None = None) -> Any:
+        return await self.ctx.run(_SCRIPT, [phase, *self.head, *(items or [])])
+
+    async def run(self) -> ParkRepair:
+        ctx = self.ctx
+        keys = ctx.keys
+        client = await ctx.client()
+        (index_bad,) = await self._call("index")
+        if index_bad:
+            self.damaged[keys.parked_index] = None
+        base = keys.job("").encode()
+        page: list[bytes] = []
+        async for key in client.scan_iter(match=base + b"*", count=1000):
+            page.append(bytes(key)[len(base) :])
+            if len(page) >= REBUILD_BATCH:
+                await self._jobs(page)
+                page = []
+        if page:
+            await self._jobs(page)
+        if self.only is not None:
+            blockers = [self.only.encode()]
+        else:
+            blockers = sorted(self.seen)
+            if not (index_bad and self.dry):  # a damaged index lists nothing to recount
+                async for member, _ in client.zscan_iter(keys.parked_index, count=1000):
+                    if bytes(member) not in self.seen:
+                        blockers.append(bytes(member))
+        for i in range(0, len(blockers), REBUILD_BATCH):
+            fixed, damaged = await self._call("count", blockers[i : i + REBUILD_BATCH])
+            self.fixed += int(fixed)
+            self.damaged.update((_text(k), None) for k in damaged)
+        before, after = (None, None) if index_bad and self.dry else await self._call("total")
+        t = self.tally
+        return ParkRepair(
+            dry_run=self.dry,
+            pending=t["pending"],
+            restored=t["restored"],
+            released=t["released"],
+            skipped=t["skipped"],
+            sets_rebuilt=len(self.rebuilt),
+            damaged_replaced=len(self.damaged),
+            index_fixed=self.fixed,
+            total_before=await parked_count(ctx) if before is None else int(before),
+            total_after=None if after is None or int(after) < 0 else int(after),
+            blockers=tuple(list(self.rebuilt)[:REBUILD_LISTED]),
+            damaged_keys=tuple(list(self.damaged)[:REBUILD_LISTED]),
+        )
+
+    async def _jobs(self, ids: list[bytes]) -> None:
+        pending, restored, released, skipped, damaged, seen, given = await self._call("jobs", ids)
+        for name, n in zip(self.tally, (pending, restored, released, skipped), strict=True):
+            self.tally[name] += int(n)
+        self.damaged.update((_text(k), None) for k in damaged)
+        self.seen.update(bytes(b) for b in seen)
+        # A blocker given jobs in two pages is one set rebuilt.
+        self.rebuilt.update((_text(b), None) for b in given)

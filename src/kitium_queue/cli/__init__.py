@@ -12,7 +12,7 @@ command that prints data takes ``--json``; text output is plain tab-separated ro
 ``rich`` tables on a terminal when the optional package is installed (``--rich`` /
 ``--plain`` choose). The commands live in ``queue.py`` (worker, stats, health, pause,
 resume, job, events, demo), ``jobs.py`` (jobs, dlq), ``manage.py`` (schedules,
-breakers) and the features' own ``cli.py`` modules.
+breakers, parked) and the features' own ``cli.py`` modules.
 
 Shell completion is click's: ``eval "$(_KITIUM_QUEUE_COMPLETE=bash_source kitium-queue)"``
 (``zsh_source``, ``fish_source`` for the other shells).
@@ -42,7 +42,7 @@ from .base import (
     with_single_queue,
 )
 from .jobs import dlq, jobs
-from .manage import breakers, schedules
+from .manage import breakers, parked, schedules
 from .output import show_table
 from .queue import demo, events, health, job, pause, resume, stats, worker
 
@@ -105,6 +105,7 @@ for _name, _group in (
     ("dlq", dlq),
     ("schedules", schedules),
     ("breakers", breakers),
+    ("parked", parked),
 ):
     main.add_command(_group, _name)
 

@@ -1,6 +1,8 @@
 """``kitium-queue schedules ...`` and ``kitium-queue breakers ...``: list, show and change
 a queue's schedules and circuit breakers. Both belong to one physical queue (a
-partitioned APP names one of its queues: ``module:attribute.queues.N``)."""
+partitioned APP names one of its queues: ``module:attribute.queues.N``).
+``kitium-queue parked rebuild``: the repair of parked sets damaged by hand, on every
+queue of APP."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ from typing import Any
 
 import click
 
-from .base import json_option, redis_option, row, text_field, with_single_queue
+from .base import json_option, members, redis_option, row, text_field, with_queue, with_single_queue
 from .output import output, when
 
-__all__ = ["breakers", "schedules"]
+__all__ = ["breakers", "parked", "schedules"]
 
 
 # ---------------------------------------------------------------------- schedules
@@ -272,3 +274,66 @@ def breakers_open(
         click.echo(json.dumps(st.to_dict(), indent=2))
     else:
         _show_breakers(False, [st])
+
+
+# ---------------------------------------------------------------------- parked
+@click.group()
+def parked() -> None:
+    """Repair the sets of parked jobs (pending behind a blocker)."""
+
+
+@parked.command("rebuild")
+@click.argument("app")
+@click.option("--blocker", default=None, help="Only the jobs parked behind this blocker.")
+@click.option("--dry-run", is_flag=True, help="Write nothing; report what a run would do.")
+@click.option(
+    "--keep-parked",
+    is_flag=True,
+    help="Leave the jobs put back in their sets (default: on to wait, where each is "
+    "parked again if its blocker still holds). Only when every blocker is live.",
+)
+@json_option
+@redis_option
+def parked_rebuild(
+    app: str,
+    blocker: str | None,
+    dry_run: bool,
+    keep_parked: bool,
+    as_json: bool,
+    redis: str | None,
+) -> None:
+    """Rebuild APP's parked sets from the job records: after a blocker's set was
+    overwritten with another type or deleted (slot-errors names it: 'damaged:<key>'),
+    its jobs stay pending for ever. Each is put back, the damaged set replaced, the
+    counts recomputed (parking.rebuild_parked). Every queue of a partitioned APP."""
+    from ..parking import rebuild_parked
+
+    async def act(q: Any) -> list[tuple[str, Any]]:
+        return [
+            (m.name, await rebuild_parked(m, blocker, dry_run=dry_run, release=not keep_parked))
+            for m in members(q)
+        ]
+
+    done = with_queue(app, redis, act)
+    if as_json:
+        items = [{"queue": name, **r.to_dict()} for name, r in done]
+        click.echo(json.dumps(items[0] if len(items) == 1 else items, indent=2))
+        return
+    for name, r in done:
+        after = "-" if r.total_after is None else r.total_after
+        click.echo(
+            row(
+                "dry run" if r.dry_run else "rebuilt",
+                name,
+                f"pending={r.pending}",
+                f"restored={r.restored}",
+                f"released={r.released}",
+                f"skipped={r.skipped}",
+                f"sets={r.sets_rebuilt}",
+                f"damaged={r.damaged_replaced}",
+                f"index_fixed={r.index_fixed}",
+                f"total={r.total_before}->{after}",
+            )
+        )
+        for key in r.damaged_keys:
+            click.echo(row("damaged key", key, "would be replaced" if r.dry_run else "replaced"))

@@ -28,6 +28,9 @@
       job does not jump ahead of work that became ready meanwhile. A job whose record
       was deleted meanwhile goes to wait as it is: claim dead-letters a record of it.
       `ids`, when given (a table), receives the ids moved, in order.
+  unpark_pairs(blocker, got, fresh, ids) -> moved
+      unpark's moves for the given jobs (`got`: id, parked score, ...), wherever they
+      are in the set (the repair, park_rebuild.lua, releases the jobs it gave back).
   forget_parked(id, jk)       take a parked job out of its blocker
   remove_unstarted(id, jk)    delete a job that has not started (waiting, delayed or
                               parked): out of its set or blocker, then the `release` slot
@@ -49,7 +52,9 @@
   lib_base.lua and the repair): a job that cannot be parked stays in (or goes to) wait,
   a damaged blocker unparks nothing, a damaged index is left as it is (rebuilt from the
   blockers' sets as they change once it is deleted). No command is added to a call
-  while the keys are sound (pcall in place of call).
+  while the keys are sound (pcall in place of call). The jobs a damaged (or deleted)
+  blocker's set held stay pending, with pk = the blocker: park_rebuild.lua
+  (parking.rebuild_parked) gives them back from their records.
   Timers (park_timer, fire_timers, next_timer) are in lib_park_timers.lua. Every function
   is bounded and sends lists to Redis in chunks (lib_sets.lua). Only commands of the
   core ACL list are used (docs/RELIABILITY.md), so a queue whose features park jobs
@@ -70,10 +75,11 @@ local UNPARK_MAX = BATCH_MAX
 
 -- The repair of each kind of parking key found damaged.
 local PARK_FIX = {
-  zset = 'delete it (the ids it held are lost to it: their jobs stay pending, with pk = ' ..
-    'the blocker, until removed); jobs flow meanwhile',
-  index = 'delete it: each blocker is listed again as its parked jobs change; parked ' ..
-    'jobs still come back meanwhile',
+  zset = 'repair it with parking.rebuild_parked(queue) (CLI: kitium-queue parked rebuild ' ..
+    'APP): it replaces the set and gives its jobs (pending, pk = the blocker) back from ' ..
+    'their records; to delete it by hand strands those jobs; other jobs flow meanwhile',
+  index = 'delete it, or repair it with parking.rebuild_parked(queue) (CLI: kitium-queue ' ..
+    'parked rebuild APP), which recounts every blocker; parked jobs still come back meanwhile',
   timers = 'delete it: features arm their timers again; other jobs flow meanwhile',
   rules = 'delete it: timers then unpark as many jobs as one call may',
 }
@@ -97,7 +103,8 @@ end
 local function park_call(fix, cmd, key, ...)
   local r = redis.pcall(cmd, key, ...)
   if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
+    -- tostring: the memory:// backend's error replies are not Lua strings.
+    if not string.find(tostring(r.err), 'WRONGTYPE', 1, true) then error(r) end
     local expected = 'zset'
     if fix == 'rules' then expected = 'hash' end
     park_damaged(key, expected, fix)
@@ -154,12 +161,11 @@ local function fresh_score(score, seq)
   return int(wait_score(arg_int(65535 - band, 0, 0, 65535), seq))
 end
 
-local function unpark(blocker, n, fresh, moved)
-  n = arg_int(n, 1, 0, UNPARK_MAX)
-  if n == 0 then return 0 end
+-- unpark's moves, for the jobs `got` (id, parked score, id, score, ...: at most
+-- UNPARK_MAX jobs) parked behind `blocker`. The repair (park_rebuild.lua) releases the
+-- jobs it gave back this way.
+local function unpark_pairs(blocker, got, fresh, moved)
   local pk = PARKED_PREFIX .. blocker
-  local got = park_call('zset', 'ZRANGE', pk, 0, n - 1, 'WITHSCORES')
-  if not got or #got == 0 then return 0 end
   local ids, pairs_ = {}, {}
   -- The fresh sequence numbers of this call, taken at once.
   local seq = 0
@@ -186,6 +192,14 @@ local function unpark(blocker, n, fresh, moved)
   count_parked(blocker, -#ids)
   wake()
   return #ids
+end
+
+local function unpark(blocker, n, fresh, moved)
+  n = arg_int(n, 1, 0, UNPARK_MAX)
+  if n == 0 then return 0 end
+  local got = park_call('zset', 'ZRANGE', PARKED_PREFIX .. blocker, 0, n - 1, 'WITHSCORES')
+  if not got or #got == 0 then return 0 end
+  return unpark_pairs(blocker, got, fresh, moved)
 end
 
 local function forget_parked(id, jk)

@@ -15,8 +15,9 @@ Permissions (``Permission``; a grant's ``permissions`` flags carry the same name
                        open, webhook DLQ replay, cancel a workflow
 ``can_manage_queue``   everything administrative: also ``clear``, ``drain`` and feature
                        configuration (breakers, webhook endpoints, encryption key
-                       rotation), erasing a data subject's jobs (compliance), and any
-                       command not listed in ``COMMAND_PERMISSIONS``
+                       rotation), erasing a data subject's jobs (compliance), rebuilding
+                       damaged parked sets (``rebuild_parked``), and any command not
+                       listed in ``COMMAND_PERMISSIONS``
 =====================  ==================================================================
 
 ``can_manage_queue`` implies ``can_control_queue``, which implies ``can_modify_job``.
@@ -41,7 +42,7 @@ from typing import Any
 
 from ...enums import QueueRole
 from ...errors import ConfigurationError
-from ...identity import check_principal
+from ...identity import check_principal, script_mix
 from ...limits import clip
 from .glob import QueuePattern
 
@@ -149,6 +150,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
             "rotate_key",
             "run_rotation",
             "erase_subject",
+            "rebuild_parked",
         ),
         Permission.MANAGE_QUEUE,
     ),
@@ -328,7 +330,9 @@ class AccessEntry:
     on every queue whose name matches ``queue_pattern``.
 
     Attributes:
-        principal_id: who (a user or service name, see ``identity.check_principal``).
+        principal_id: who (a user or service name, see ``identity.check_principal``;
+            ``grant_access`` refuses one whose letters mix scripts, a grant stored
+            before that rule is kept and flagged: ``lookalike``).
         queue_pattern: a queue name or glob (``acme-*``; syntax in ``access.glob``).
         permissions: ``QueuePermissions`` flags (a dict such as ``{"can_add_job":
             True}`` or a list of names is accepted and converted).
@@ -348,7 +352,9 @@ class AccessEntry:
     granted_at: int | None = None
 
     def __post_init__(self) -> None:
-        check_principal(self.principal_id)
+        # The script rule is applied by grant_access, not here: a grant read back from
+        # Redis may predate it (it stays readable and revocable, flagged: lookalike).
+        check_principal(self.principal_id, existing=True)
         QueuePattern(self.queue_pattern)
         given: Any = self.permissions  # a dict or names are accepted too (documented)
         if not isinstance(given, QueuePermissions):
@@ -395,8 +401,16 @@ class AccessEntry:
             perms |= ROLE_PERMISSIONS[self.role]
         return implied(perms)
 
+    @property
+    def lookalike(self) -> str | None:
+        """None, or what the principal's letters mix (``identity.script_mix``): a grant
+        stored before the script rule, which listings flag (revoke it and grant the
+        single-script name)."""
+        return script_mix(self.principal_id)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (the CLI's ``--json``)."""
+        """A JSON-ready dict (the CLI's ``--json``); ``lookalike`` is None unless the
+        principal's letters mix scripts."""
         return {
             "principal_id": self.principal_id,
             "queue_pattern": self.queue_pattern,
@@ -405,4 +419,5 @@ class AccessEntry:
             "effective": sorted(p.value for p in self.effective()),
             "granted_by": self.granted_by,
             "granted_at": self.granted_at,
+            "lookalike": self.lookalike,
         }

@@ -89,6 +89,9 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
     "replicas": ("wait",),
     # scan: the recount of a tenant's damaged count (tn_put.lua), only ever for that repair.
     "tenancy": ("sadd", "srem", "scard", "srandmember", "sismember", "smembers", "scan"),
+    # An operator's repairs, not a worker's: rebuild_parked walks the job records (SCAN)
+    # and the parked index (ZSCAN) and recounts each blocker's set (ZCOUNT).
+    "repairs": ("scan", "zscan", "zcount"),
 }  # fmt: skip
 
 #: What access control and the audit log send (``access="enforce"``; ``"admin"`` adds
