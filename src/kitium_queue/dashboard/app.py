@@ -42,6 +42,7 @@ from .audit import AuditPages, audit_of
 from .auth import Auth, DashboardToken, Session, needs, parse_tokens
 from .pages import Pages
 from .render import SECURITY_HEADERS, DashboardApp, environment
+from .views import feature_routes
 
 __all__ = ["SECURITY_HEADERS", "create_dashboard"]
 
@@ -476,6 +477,7 @@ def _routes(dash: Dashboard) -> list[Route]:
         Route("/q/{queue}/breakers", page(pages.breakers), methods=["GET"]),
         Route("/q/{queue}/webhooks", page(pages.webhooks), methods=["GET"]),
         Route("/q/{queue}/workers", page(pages.workers), methods=["GET"]),
+        *feature_routes(dash, page),
         Route("/q/{queue}/action/{action}", page(action), methods=["POST"]),
         Route("/audit", page(audit.page if audit else no_audit), methods=["GET"]),
         Route("/audit/verify", page(audit.verify if audit else no_audit), methods=["POST"]),

@@ -11,6 +11,7 @@ stream: the newest ``RATE_SAMPLE`` events at most, per queue and refresh.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +56,9 @@ MAX_SEARCH = 200
 
 #: The feature pages, and the option whose declaration shows the feature is enabled on
 #: a queue (the option registry says who enabled what; a page is shown only then).
-FEATURE_PAGES = {
+#: A page may instead give a predicate of the queue (``views.py`` pages: a feature
+#: enabled without a job option of its own). Pages are listed in this order.
+FEATURE_PAGES: dict[str, tuple[str, str] | Callable[[Any], bool]] = {
     "groups": ("message_group_id", "fifo-groups"),
     "workflows": ("workflow_id", "workflows"),
     "breakers": ("circuit_breaker_id", "circuit-breakers"),
@@ -65,9 +68,17 @@ FEATURE_PAGES = {
 
 def enabled(queue: Any, page: str) -> bool:
     """Whether the feature behind ``page`` is enabled on ``queue`` in this process."""
-    option, feature = FEATURE_PAGES[page]
+    rule = FEATURE_PAGES[page]
+    if callable(rule):
+        return bool(rule(queue))
+    option, feature = rule
     spec = queue.jobspec.get(option)
     return spec is not None and spec.feature == feature
+
+
+def feature_pages(queue: Any) -> list[str]:
+    """The feature pages ``queue`` has in this process, in ``FEATURE_PAGES`` order."""
+    return [p for p in FEATURE_PAGES if enabled(queue, p)]
 
 
 @dataclass(slots=True)

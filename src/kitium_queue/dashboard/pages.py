@@ -20,7 +20,16 @@ from ..limits import clip
 from ..presence import live_workers
 from ..queries import JobPage
 from .auth import ACTIONS, Session
-from .data import MAX_PAGE, Filter, enabled, overview_row, queue_row, render_value, search
+from .data import (
+    MAX_PAGE,
+    Filter,
+    enabled,
+    feature_pages,
+    overview_row,
+    queue_row,
+    render_value,
+    search,
+)
 from .graph import layout
 
 if TYPE_CHECKING:
@@ -63,9 +72,7 @@ class Pages:
     def _common(self, queue: Any, session: Session) -> dict[str, Any]:
         return {
             "queue": queue.name,
-            "features": [
-                p for p in ("groups", "workflows", "breakers", "webhooks") if enabled(queue, p)
-            ],
+            "features": feature_pages(queue),
             "can": {a: session.may(a) for a in ACTIONS},
         }
 
