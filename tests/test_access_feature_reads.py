@@ -99,6 +99,10 @@ FEATURE_READS: dict[str, Callable[[Features], Any]] = {
     "alert_states": lambda f: f.alerts.states(),
     "alert_history": lambda f: f.alerts.history(),
     "measure_footprint": lambda f: measure_footprint(f.queue, samples=5),
+    # The checks the dashboard's tenants and regions pages pass before they read
+    # (tests/test_dashboard_tenancy_views.py: the pages refuse what these refuse).
+    "list_tenants": lambda f: f.queue.queries.check("list_tenants", {}),
+    "region_status": lambda f: f.queue.queries.check("region_status", {}),
 }
 
 

@@ -5,9 +5,9 @@ subscribers record who did what.
 
 An action is refused before anything runs when the session's role does not allow it
 (``auth.ACTIONS``). Actions that touch many jobs (bulk retry or remove, replaying dead
-letters, draining) first answer with what they would do and run only when the form
-comes back with ``confirm=yes``. Bulk inputs are bounded: ``MAX_BULK`` ids per request,
-``MAX_REPLAY`` jobs per replay.
+letters, draining, rebuilding parked sets: with a dry run's report) first answer with
+what they would do and run only when the form comes back with ``confirm=yes``. Bulk
+inputs are bounded: ``MAX_BULK`` ids per request, ``MAX_REPLAY`` jobs per replay.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ MAX_BULK = 500
 #: Most dead letters one replay moves.
 MAX_REPLAY = 1000
 #: Actions that ask for a confirmation first.
-CONFIRM = frozenset({"bulk-retry", "bulk-remove", "replay-dlq", "drain", "replay-webhooks"})
+CONFIRM = frozenset(
+    {"bulk-retry", "bulk-remove", "replay-dlq", "drain", "replay-webhooks", "rebuild-parked"}
+)
 
 Form = Mapping[str, list[str]]
 
@@ -242,6 +244,28 @@ async def _replay_webhooks(q: Any, form: Form, s: Session) -> str:
     return f"{n} dead-lettered deliveries scheduled"
 
 
+def _blocker(form: Form) -> str | None:
+    # As given (not stripped: a blocker's name may hold spaces), or None for every one.
+    return (form.get("blocker") or [""])[0][:600] or None
+
+
+def _repair(r: Any, would: str = "") -> str:
+    """A ``parking.ParkRepair`` in one sentence."""
+    after = "-" if r.total_after is None else r.total_after
+    return (
+        f"{r.restored} of {r.pending} parked job(s) {would}put back ({r.released} sent "
+        f"on to wait), {r.sets_rebuilt} set(s) rebuilt, {r.damaged_replaced} damaged key(s) "
+        f"replaced, {r.index_fixed} count(s) fixed, {r.skipped} skipped; parked total "
+        f"{r.total_before} -> {after}"
+    )
+
+
+async def _rebuild_parked(q: Any, form: Form, s: Session) -> str:
+    from ..parking import rebuild_parked
+
+    return f"parked sets rebuilt: {_repair(await rebuild_parked(q, _blocker(form)))}"
+
+
 _RUN: dict[str, Callable[[Any, Form, Session], Awaitable[str]]] = {
     "retry": _retry,
     "remove": _remove,
@@ -262,6 +286,7 @@ _RUN: dict[str, Callable[[Any, Form, Session], Awaitable[str]]] = {
     "open-breaker": _open_breaker,
     "retry-delivery": _retry_delivery,
     "replay-webhooks": _replay_webhooks,
+    "rebuild-parked": _rebuild_parked,
 }
 assert set(_RUN) == set(ACTIONS), "every action has a role and a handler"
 
@@ -281,6 +306,15 @@ def _filter(form: Form) -> Filter:
 
 async def _preview(q: Any, action: str, form: Form) -> Outcome:
     """What a confirmed action would do."""
+    if action == "rebuild-parked":  # a dry run of the repair: what it would restore now
+        from ..parking import rebuild_parked
+
+        r = await rebuild_parked(q, _blocker(form), dry_run=True)
+        keys = [f"damaged key {k}" for k in r.damaged_keys[:20]]
+        return _ask(
+            f"Rebuild the parked sets of queue {q.name}? A dry run finds: {_repair(r, 'to be ')}.",
+            [f"blocker {b}" for b in r.blockers[:20]] + keys,
+        )
     if action == "replay-dlq":
         flt = _filter(form)
         limit = _limit(form, MAX_REPLAY, MAX_REPLAY)

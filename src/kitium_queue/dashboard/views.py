@@ -24,7 +24,7 @@ __all__ = ["feature_routes"]
 PageWrap = Callable[[Callable[[Request, "Session"], Awaitable[Response]]], Any]
 
 #: The modules of this package that serve more feature pages.
-VIEW_MODULES: tuple[str, ...] = ()
+VIEW_MODULES: tuple[str, ...] = ("views_parking", "views_tenancy")
 
 
 def feature_routes(dash: Dashboard, page: PageWrap) -> list[Route]:

@@ -209,6 +209,9 @@ READ_PERMISSIONS: dict[str, Permission] = dict.fromkeys(
         "alert_history",
         # memory footprint
         "measure_footprint",
+        # the dashboard's tenants and regions pages
+        "list_tenants",
+        "region_status",
     ),
     READ_PERMISSION,
 )
