@@ -496,3 +496,33 @@ async def test_the_webhooks_page(make_queue: QueueFactory) -> None:
     assert r.status_code == 200 and 'data-webhook="orders-hook"' in r.text
     assert "s3cr3t" not in r.text  # the URL is shown with its secrets redacted
     assert hook.id in r.text and "No deliveries yet" in r.text
+
+
+async def test_a_queue_with_a_slash_in_its_name_is_served_on_every_page(
+    make_queue: QueueFactory,
+) -> None:
+    """Queue names may hold ``/`` (a global queue's ``<name>/<region>``): its links write
+    it as ``~`` (``%2F`` is decoded before routing and would split the path), and every
+    page and action reached from them serves that queue."""
+    q = make_queue("eu/orders")
+    FIFOQueueManager(q)
+    CircuitBreakerManager(q, events=False)
+    calls = Calls()
+    q.subscribe(calls)
+    jid = await q.add_job("charge", {"order": 1}, message_group_id="g1")
+    app = create_dashboard(queues=[q], tokens=TOKENS, refresh_ms=0)
+    c = await signed_in(app, MANAGER)
+    home = (await c.get("/")).text
+    assert 'href="/q/eu~orders"' in home and "%2F" not in home
+    page = (await c.get("/q/eu~orders")).text
+    links = sorted(set(re.findall(r'href="(/q/[^"?#]+)', page)))
+    assert "/q/eu~orders/groups" in links and "/q/eu~orders/breakers" in links
+    assert f"/q/eu~orders/jobs/{jid}" in links
+    for path in [*links, f"/api/q/eu~orders/explain/{jid}"]:
+        r = await c.get(path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+    r = await c.post("/q/eu~orders/action/pause", data={"csrf": csrf_of(page)})
+    assert r.status_code == 303 and (await q.get_stats()).is_paused
+    assert [(a.command, a.queue) for a in calls.calls] == [("pause", "eu/orders")]
+    # The old spelling (a slash, encoded or not) matches no route: 404, never another queue.
+    assert (await c.get("/q/eu%2Forders")).status_code == 404

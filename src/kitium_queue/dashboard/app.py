@@ -41,7 +41,7 @@ from .actions import run_action
 from .audit import AuditPages, audit_of
 from .auth import Auth, DashboardToken, Session, needs, parse_tokens
 from .pages import Pages
-from .render import SECURITY_HEADERS, DashboardApp, environment
+from .render import SECURITY_HEADERS, DashboardApp, environment, queue_name
 from .views import feature_routes
 
 __all__ = ["SECURITY_HEADERS", "create_dashboard"]
@@ -216,8 +216,9 @@ class Dashboard:
         return value[0] == "1", value[1:]
 
     def queue(self, name: str) -> Any:
-        """The configured queue ``name``, or None."""
-        return self.queues.get(name)
+        """The configured queue ``name``, or None; ``name`` may be its URL segment
+        (``render.queue_segment``: ``/`` written as ``~``)."""
+        return self.queues.get(queue_name(name))
 
     @staticmethod
     def forbidden(text: str) -> Response:
@@ -397,10 +398,10 @@ def _routes(dash: Dashboard) -> list[Route]:
         return resp
 
     async def action(request: Request, session: Session) -> Response:
-        name = request.path_params["queue"]
-        queue = dash.queue(name)
+        queue = dash.queue(request.path_params["queue"])
         if queue is None:
             return dash.render(request, "error.html", session, status=404, error="no such queue")
+        name = queue.name
         form = await dash.form(request)
         if form is None:
             return PlainForbidden("the form is missing, too large or not urlencoded")

@@ -31,6 +31,7 @@ from .data import (
     search,
 )
 from .graph import layout
+from .render import queue_segment
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -128,7 +129,7 @@ class Pages:
             except ConfigurationError:
                 found = None
             if found is not None:
-                url = f"{self.dash.base(request)}/q/{_q(queue.name)}/jobs/{_q(job_id)}"
+                url = f"{self.dash.base(request)}/q/{queue_segment(queue.name)}/jobs/{_q(job_id)}"
                 return RedirectResponse(url, status_code=303)
         flt = Filter.of(params)
         if not self.show_payloads:

@@ -95,6 +95,22 @@ def visible(value: Any) -> Any:
     return value
 
 
+#: What stands for ``/`` in a queue's URL segment (``/q/<segment>/...``). Queue names
+#: may hold ``/`` (a global queue's ``<name>/<region>``) but never ``~``; a ``%2F`` would
+#: be decoded before routing and split the path.
+QUEUE_SLASH = "~"
+
+
+def queue_segment(name: object) -> str:
+    """The URL path segment of queue ``name`` (``/`` written as ``~``, then quoted)."""
+    return quote(str(name).replace("/", QUEUE_SLASH), safe="")
+
+
+def queue_name(segment: str) -> str:
+    """The queue name a URL path segment stands for (``queue_segment`` reversed)."""
+    return segment.replace(QUEUE_SLASH, "/")
+
+
 def environment() -> Environment:
     env = Environment(
         loader=PackageLoader("kitium_queue.dashboard", "templates"),
@@ -105,4 +121,5 @@ def environment() -> Environment:
     )
     env.filters["ts"] = _fmt_time
     env.filters["q"] = lambda v: quote(str(v), safe="")
+    env.filters["qn"] = queue_segment
     return env
