@@ -25,6 +25,7 @@ from kitium_queue import JobQueue, PermissionDeniedError
 from kitium_queue.cli import main
 from kitium_queue.dashboard import create_dashboard
 from kitium_queue.dashboard.views_tenancy import MAX_TENANTS_PAGE
+from kitium_queue.errors import ConfigurationError
 from kitium_queue.features.access.model import Permission, read_permission
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
 from kitium_queue.features.regions import GlobalQueueManager
@@ -304,10 +305,17 @@ async def test_the_regions_page_lists_what_the_cli_lists(
         jid = await m.add_job("n", {"secret": "not shown"})
         await m.replicate_job(jid, [REGIONS[1], REGIONS[2]])
         lane = m.region(REGIONS[0]).lane
-        app = create_dashboard(queues=[lane], tokens=TOKENS, refresh_ms=0)
+        # The whole manager holds a "gq" per region: refused, saying what to give.
+        with pytest.raises(ConfigurationError, match="one dashboard per region"):
+            create_dashboard(queues=[m], tokens=TOKENS, refresh_ms=0)
+        home = m.region(REGIONS[0]).home
+        app = create_dashboard(queues=[lane, home], tokens=TOKENS, refresh_ms=0)
         c = await signed_in(app, VIEWER)
         r = await c.get("/q/gq/regions")
         assert r.status_code == 200, r.text
+        # The region's own queue ("gq/<region>") is served under its ~ spelling.
+        assert home.name == f"gq/{REGIONS[0]}"
+        assert (await c.get(f"/q/gq~{REGIONS[0]}")).status_code == 200
         rows = rows_of(r.text, "region")
         source = (
             "from kitium_queue.features.regions import GlobalQueueManager\n"

@@ -495,18 +495,27 @@ def _queues(queues: Any) -> dict[str, Any]:
         items = list(queues.values())
     else:
         items = list(queues)
-    flat: list[Any] = []
+    flat: list[tuple[Any, Any]] = []
     for q in items:
         members = getattr(q, "queues", None)
-        flat.extend(members if members and not isinstance(q, JobQueue) else [q])
+        if members and not isinstance(q, JobQueue):
+            flat.extend((m, q) for m in members)
+        else:
+            flat.append((q, None))
     out: dict[str, Any] = {}
-    for q in flat:
+    for q, facade in flat:
         if not isinstance(q, JobQueue):
             raise ConfigurationError(
                 f"the dashboard shows JobQueue objects (or façades with .queues), got "
                 f"{type(q).__name__}"
             )
         if q.name in out and out[q.name] is not q:
+            if facade is not None and hasattr(facade, "regions"):
+                raise ConfigurationError(
+                    f"{type(facade).__name__} has a copy of queue {q.name!r} in each region, "
+                    "all under that name: give a dashboard the queues of one region "
+                    "(manager.region(name).lane and .home), one dashboard per region"
+                )
             raise ConfigurationError(f"two queues named {q.name!r}: give each queue once")
         out[q.name] = q
     if not out:
