@@ -4,6 +4,9 @@
   -- could not be indexed, and erase_subject would never find it. The reason names the
   -- key without the subject (personal data).
   local IDX, ALL = PREFIX .. 'subj:', PREFIX .. 'subjects'
+  -- The type of `subjects`, read once per script call: nothing between two jobs of a
+  -- call changes it but the enqueue fragment's ZADD, which keeps it a sorted set.
+  local all_t = nil
   return function(id, name, opts, state)
     if opts == '' or not string.find(opts, '"subject_id"', 1, true) then return nil end
     local ok, o = pcall(cjson.decode, opts)
@@ -15,7 +18,8 @@
     if t ~= 'none' and t ~= 'hash' then
       where = "its subject's index " .. IDX .. '<subject id> holds a ' .. t .. ', not a hash'
     else
-      t = key_type(ALL)
+      all_t = all_t or key_type(ALL)
+      t = all_t
       if t ~= 'none' and t ~= 'zset' then
         where = 'the list of subjects ' .. ALL .. ' holds a ' .. t .. ', not a sorted set'
       end

@@ -8,6 +8,7 @@
   --   subjects        ZSET  subject -> when a job of it was last added (ms)
   -- The options JSON is only decoded when it names a subject (a plain find first).
   local IDX, ALL = PREFIX .. 'subj:', PREFIX .. 'subjects'
+  local all_t = nil
   return function(id, jk, opts, state)
     if opts == '' or not string.find(opts, '"subject_id"', 1, true) then return nil end
     local ok, o = pcall(cjson.decode, opts)
@@ -20,7 +21,9 @@
     -- schedule's job does not pass it), writes last: a fragment never fails after its
     -- first write. A damaged key is skipped and reported in slot-errors; the job still
     -- carries its subject (sj).
-    local idx_ok, all_ok = key_type(IDX .. sj), key_type(ALL)
+    -- `subjects`: its type read once per script call (only this ZADD writes it here).
+    all_t = all_t or key_type(ALL)
+    local idx_ok, all_ok = key_type(IDX .. sj), all_t
     idx_ok = idx_ok == 'none' or idx_ok == 'hash'
     all_ok = all_ok == 'none' or all_ok == 'zset'
     redis.call('HSET', jk, 'sj', sj)
