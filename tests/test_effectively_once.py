@@ -385,3 +385,33 @@ def test_cli_result_by_key(redis_url: str, prefix: str, tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop(module, None)
+
+
+async def test_a_kept_or_recorded_result_is_redacted_as_its_job_would_be(
+    make_queue: QueueFactory,
+) -> None:
+    """A result read back after its job was removed (kept under its key) or recorded by
+    ``record_execution`` is shown through the redactors (compliance ``redact_fields``)
+    wherever job results are: the CLI's ``result``, a dashboard, ``redacted_views()``."""
+    from kitium_queue.context import redacted_views
+    from kitium_queue.features.compliance import ComplianceManager
+
+    q = make_queue("eo-red")
+    idem = IdempotencyManager(q)
+    ComplianceManager(q, redact_fields=["card"], run_service=False)
+    q.process("pay")(lambda job: {"card": "4111-SECRET", "total": 3})
+    await q.add_job("pay", {}, idempotency_key="k-1", remove_on_complete=True, **EO)
+    await idem.record_execution("k-2", "j-2", "pay", {"card": "5500-SECRET", "ok": True})
+    await q.start()
+
+    async def kept() -> Any:
+        return await idem.get_result("k-1")
+
+    plain = await wait_until(kept, 5)
+    assert plain.source == "stored" and plain.result["card"] == "4111-SECRET"
+    with redacted_views():
+        stored = await idem.get_result("k-1")
+        recorded = await idem.get_execution_result("k-2")
+    assert stored is not None and stored.result == {"card": "***", "total": 3}
+    assert recorded is not None and recorded.source == "recorded"
+    assert recorded.result == {"card": "***", "ok": True}

@@ -381,8 +381,13 @@ def _stored(q: JobQueue, key: str, raw: Mapping[bytes, bytes], source: str) -> E
         result=result,
         options=opts if isinstance(opts, dict) else {},
     )
-    for view in q.ctx.info_views:
-        view(info, q.ctx.redacting)
+    ctx = q.ctx
+    for view in ctx.info_views:
+        view(info, ctx.redacting)
+    # And through the redactors, where a query applies them (redact_fields of the
+    # compliance feature): a kept result is shown as its job's result would be.
+    if ctx.redactors and (ctx.redacting or ctx.redact_everywhere):
+        info.result = ctx.redact_value(info.result)
     return ExecutionResult(
         key=key,
         job_id=job_id,
