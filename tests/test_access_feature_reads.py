@@ -103,6 +103,9 @@ FEATURE_READS: dict[str, Callable[[Features], Any]] = {
     # (tests/test_dashboard_tenancy_views.py: the pages refuse what these refuse).
     "list_tenants": lambda f: f.queue.queries.check("list_tenants", {}),
     "region_status": lambda f: f.queue.queries.check("region_status", {}),
+    # The check the dashboard's server page passes first
+    # (tests/test_dashboard_server_view.py).
+    "server_status": lambda f: f.queue.queries.check("server_status", {}),
 }
 
 

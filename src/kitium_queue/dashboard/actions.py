@@ -5,9 +5,11 @@ subscribers record who did what.
 
 An action is refused before anything runs when the session's role does not allow it
 (``auth.ACTIONS``). Actions that touch many jobs (bulk retry or remove, replaying dead
-letters, draining, rebuilding parked sets: with a dry run's report) first answer with
-what they would do and run only when the form comes back with ``confirm=yes``. Bulk
-inputs are bounded: ``MAX_BULK`` ids per request, ``MAX_REPLAY`` jobs per replay.
+letters, draining, rebuilding parked sets: with a dry run's report, erasing a data
+subject's jobs: with their count) first answer with what they would do and run only
+when the form comes back with ``confirm=yes``. Bulk inputs are bounded: ``MAX_BULK``
+ids per request, ``MAX_REPLAY`` jobs per replay. A subject id (personal data) is never
+put in a message: the subject is named by its SHA-256 digest, as its audit record does.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ MAX_BULK = 500
 MAX_REPLAY = 1000
 #: Actions that ask for a confirmation first.
 CONFIRM = frozenset(
-    {"bulk-retry", "bulk-remove", "replay-dlq", "drain", "replay-webhooks", "rebuild-parked"}
+    {
+        "bulk-retry",
+        "bulk-remove",
+        "replay-dlq",
+        "drain",
+        "replay-webhooks",
+        "rebuild-parked",
+        "erase-subject",
+    }
 )
 
 Form = Mapping[str, list[str]]
@@ -266,6 +276,21 @@ async def _rebuild_parked(q: Any, form: Form, s: Session) -> str:
     return f"parked sets rebuilt: {_repair(await rebuild_parked(q, _blocker(form)))}"
 
 
+def _subject(form: Form) -> str:
+    # As given (not stripped): the subject id the look-up found, never echoed.
+    return (form.get("subject_id") or [""])[0][:1000]
+
+
+async def _erase_subject(q: Any, form: Form, s: Session) -> str:
+    from .views_governance import compliance_of
+
+    r = await compliance_of(q).erase_subject(_subject(form))
+    return (
+        f"erased {r.jobs} job(s) of subject {r.subject_digest[:16]}… ({r.active} running, "
+        f"{r.events} event(s) deleted)"
+    )
+
+
 _RUN: dict[str, Callable[[Any, Form, Session], Awaitable[str]]] = {
     "retry": _retry,
     "remove": _remove,
@@ -287,6 +312,7 @@ _RUN: dict[str, Callable[[Any, Form, Session], Awaitable[str]]] = {
     "retry-delivery": _retry_delivery,
     "replay-webhooks": _replay_webhooks,
     "rebuild-parked": _rebuild_parked,
+    "erase-subject": _erase_subject,
 }
 assert set(_RUN) == set(ACTIONS), "every action has a role and a handler"
 
@@ -314,6 +340,20 @@ async def _preview(q: Any, action: str, form: Form) -> Outcome:
         return _ask(
             f"Rebuild the parked sets of queue {q.name}? A dry run finds: {_repair(r, 'to be ')}.",
             [f"blocker {b}" for b in r.blockers[:20]] + keys,
+        )
+    if action == "erase-subject":  # how many jobs the subject's index holds now
+        from ..features.compliance import subject_digest
+        from .views_governance import SUBJECT_SCAN, compliance_of
+
+        subject = _subject(form)
+        ids = await compliance_of(q).subject_jobs(subject, SUBJECT_SCAN + 1)
+        n = f"more than {SUBJECT_SCAN}" if len(ids) > SUBJECT_SCAN else str(len(ids))
+        return _ask(
+            f"Erase every job of subject {subject_digest(subject)[:16]}… in queue {q.name}? "
+            f"{n} job(s) are indexed under it: each is erased in any state, running ones "
+            "too, with its result, logs, dead-letter entry, stored results and events. "
+            "This cannot be undone.",
+            sorted(ids)[:20],
         )
     if action == "replay-dlq":
         flt = _filter(form)

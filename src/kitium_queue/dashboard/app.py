@@ -42,11 +42,13 @@ from .audit import AuditPages, audit_of
 from .auth import Auth, DashboardToken, Session, needs, parse_tokens
 from .pages import Pages
 from .render import SECURITY_HEADERS, DashboardApp, environment, queue_name
+from .signouts import SignOuts
 from .views import feature_routes
 
 __all__ = ["SECURITY_HEADERS", "create_dashboard"]
 
 SESSION_COOKIE = "kqd_session"
+
 FLASH_COOKIE = "kqd_flash"
 #: Largest POST body read (bytes).
 MAX_BODY = 64 * 1024
@@ -82,6 +84,7 @@ class Dashboard:
         self.audit, self.access = audit_of(access)
         self.audit_pages = None if self.audit is None else AuditPages(self, self.audit)
         self._failed: dict[str, list[float]] = {}
+        self.signouts = SignOuts(self.queues, auth)
 
     # ------------------------------------------------------------------ plumbing
     @staticmethod
@@ -98,7 +101,7 @@ class Dashboard:
         cookie = request.cookies.get(SESSION_COOKIE)
         got = self.auth.session(cookie, host)
         fresh = got is None or got.cookie is not None
-        if cookie and not fresh and await self._signed_out(self.auth.nonce_of(cookie)):
+        if cookie and not fresh and await self.signouts.ended(self.auth.nonce_of(cookie)):
             self.auth.end(cookie)  # remembered here too: no second look-up
             got = self.auth.session(cookie, host)
         header = request.headers.get("authorization")
@@ -108,32 +111,10 @@ class Dashboard:
                 self.login_failed(host or "?")
         return got
 
-    def _ended_key(self, nonce: str) -> tuple[Any, str] | None:
-        """Where a signed-out session is recorded: a key under the queue first by name
-        (the same in every process serving the same queues), or None without queues."""
-        if not self.queues:
-            return None
-        queue = self.queues[min(self.queues)]
-        return queue, queue.keys.extra(f"dash:out:{nonce}")
-
-    async def _signed_out(self, nonce: str) -> bool:
-        where = self._ended_key(nonce)
-        if where is None:
-            return False
-        client = await where[0].client()
-        return bool(await client.exists(where[1]))
-
     async def sign_out(self, cookie: str | None) -> None:
-        """End the session of ``cookie`` in this process and, through a key that
-        expires with the session, in every other process serving the same queues."""
-        ended = self.auth.end(cookie)
-        where = None if ended is None else self._ended_key(ended[0])
-        if ended is None or where is None:
-            return
-        ttl = ended[1] - int(time.time())
-        if ttl > 0:
-            client = await where[0].client()
-            await client.set(where[1], b"1", ex=ttl)
+        """End the session of ``cookie`` here and in every process serving the same
+        queues (``signouts.py``)."""
+        await self.signouts.sign_out(cookie)
 
     def bearer_throttled(self, request: Request) -> bool:
         """Whether the request tries a bearer token from an address that failed to
@@ -163,6 +144,9 @@ class Dashboard:
             flash=flash,
             here=self.safe_next(request, _here(request)),
             audit_link=self.audit is not None and session is not None and session.may("view-audit"),
+            access_link=self.access is not None
+            and session is not None
+            and session.may("view-access"),
             **ctx,
         )
         resp = HTMLResponse(html, status_code=status)

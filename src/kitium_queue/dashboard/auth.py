@@ -8,9 +8,10 @@
   CSRF token such a request can read, never act.
 * **Roles** (``QueueRole``): a viewer reads; an operator also retries, removes and
   promotes jobs; a manager also pauses and resumes queues and groups, replays dead
-  letters, changes schedules and breakers and rebuilds damaged parked sets; an admin
-  may do everything (``ACTIONS``). With an audit log (``create_dashboard(access=...)``)
-  managers and admins read it, and admins verify its chain (``AUDIT_ACTIONS``).
+  letters, changes schedules and breakers, rebuilds damaged parked sets and erases a
+  data subject's jobs; an admin may do everything (``ACTIONS``). With an audit log
+  (``create_dashboard(access=...)``) managers and admins read it, and admins verify its
+  chain (``AUDIT_ACTIONS``).
 * **CSRF**: every POST carries the session's CSRF token (an HMAC of the session's
   random nonce); a missing or wrong one is refused with 403 before anything runs.
 
@@ -82,6 +83,7 @@ ACTIONS: Mapping[str, QueueRole] = {
     "open-breaker": QueueRole.MANAGER,
     "replay-webhooks": QueueRole.MANAGER,
     "rebuild-parked": QueueRole.MANAGER,
+    "erase-subject": QueueRole.MANAGER,
     "drain": QueueRole.ADMIN,
 }
 

@@ -24,7 +24,12 @@ __all__ = ["feature_routes"]
 PageWrap = Callable[[Callable[[Request, "Session"], Awaitable[Response]]], Any]
 
 #: The modules of this package that serve more feature pages.
-VIEW_MODULES: tuple[str, ...] = ("views_parking", "views_tenancy")
+VIEW_MODULES: tuple[str, ...] = (
+    "views_parking",
+    "views_tenancy",
+    "views_server",
+    "views_governance",
+)
 
 
 def feature_routes(dash: Dashboard, page: PageWrap) -> list[Route]:

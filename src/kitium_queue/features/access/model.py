@@ -209,9 +209,10 @@ READ_PERMISSIONS: dict[str, Permission] = dict.fromkeys(
         "alert_history",
         # memory footprint
         "measure_footprint",
-        # the dashboard's tenants and regions pages
+        # the dashboard's tenants, regions and server pages
         "list_tenants",
         "region_status",
+        "server_status",
     ),
     READ_PERMISSION,
 )
