@@ -138,7 +138,7 @@ def test_an_unfilled_slot_adds_nothing_to_any_script() -> None:
     # every script byte for byte (same SHA: no cost left behind).
     shas = {n: reg.get(n).sha for n in SCRIPT_NAMES}
     reg.add_slot("release", "rec", RECORD_RELEASE)
-    assert "release_slot(id, jk, RELEASED_AS[kind], payload, ctx)" in reg.get("finish").source
+    assert "release_slot(id, jk, RELEASED_AS[kind], payload, ctx, f)" in reg.get("finish").source
     assert "release_slot" in reg.get("recover").source
     assert "release_slot" in reg.get("clear").source
     assert "admit(" not in _code(reg.get("claim").source)
@@ -193,8 +193,10 @@ def test_slot_arguments_are_checked() -> None:
         reg.add_slot("release", "broken", "function(id) if id then end")
     with pytest.raises(ConfigurationError, match="not a Lua expression"):
         reg.add_slot("release", "two", "function() end local x = 1")
-    with pytest.raises(ConfigurationError, match="only admission checks declare fields"):
-        reg.add_slot("release", "f", "function() end", fields=("x",))
+    with pytest.raises(ConfigurationError, match="only admission and release fragments"):
+        reg.add_slot("enqueue", "f", "function() end", fields=("x",))
+    with pytest.raises(ConfigurationError, match="invalid job-hash field name"):
+        reg.add_slot("release", "f", "function() end", fields=("x-y",))
     with pytest.raises(ConfigurationError, match="invalid job-hash field name"):
         reg.add_slot("admission", "f", "function() return true end", fields=("a b",))
     with pytest.raises(ConfigurationError, match="not a str"):
@@ -506,6 +508,46 @@ async def test_admission_gets_its_declared_fields_and_may_park(lua: Lua) -> None
     assert await lua.ids("wait") == ["a"]  # rejected: stays in wait
     assert await parked_in(lua.queue, "red-light") == ["r"]  # parked: out of wait
     assert (await lua.queue.get_job_status("r")).status is JobStatus.PENDING  # type: ignore[union-attr]
+
+
+async def test_release_gets_its_declared_fields_from_finish_and_nil_elsewhere(
+    lua: Lua,
+) -> None:
+    """finish reads the declared fields in its own HMGET (a value, or false when the
+    hash has none, so a fragment can skip a job for free); the other ways out of active
+    read no record for the slot and pass nil."""
+    lua.queue.scripts.add_slot(
+        "release",
+        "tags",
+        """function(id, jk, outcome, payload, context, tag, color)
+      local function shown(v)
+        if v == nil then return 'nil' elseif v == false then return 'false' end
+        return v
+      end
+      redis.call('RPUSH', PREFIX .. 'released',
+        id .. '=' .. outcome .. ':' .. shown(tag) .. ':' .. shown(color))
+    end""",
+        fields=("tag", "color"),
+    )
+    lua.queue.scripts.add_slot("release", "rec", RECORD_RELEASE, fields=("color",))
+    finish = lua.queue.scripts.get("finish").source
+    assert "HMGET', jk, 'lt', 'st', 'e', 'tag', 'color')" in finish  # one read, no more
+    await lua.add(T0, {"id": "a"}, {"id": "b"}, {"id": "s"})
+    await lua.client.hset(lua.keys.job("a"), mapping={"tag": "t1", "color": "red"})
+    await lua.client.hset(lua.keys.job("s"), "tag", "t3")
+    got, token = await lua.claim(T0, 3, lease=100)
+    assert sorted(got) == ["a", "b", "s"]
+    await lua.finish(T0 + 1, ("a", token, "C", "1"), ("b", token, "F", "x"))
+    back, _ = await lua("recover", T0 + 500, 5, "1", 1000)  # s: its lease expired
+    assert back == ["s"]
+    assert await lua.released() == [
+        "a=completed:t1:red",
+        "a=completed",
+        "b=failed:false:false",
+        "b=failed",
+        "s=stalled:nil:nil",  # recovery reads nothing for the slot
+        "s=stalled",
+    ]
 
 
 # ================================================================ failing fragments

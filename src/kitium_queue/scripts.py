@@ -136,8 +136,8 @@ class ScriptRegistry:
         fragment: a Lua expression evaluating to the function that slot calls.
 
         Fragments of a slot run in the order they were added; adding one under an
-        existing name replaces it. ``fields`` (admission only): job-hash fields the
-        check reads, passed to it after ``opts`` from claim's own read. The signature
+        existing name replaces it. ``fields`` (admission, release): job-hash fields
+        the fragment reads, passed to it from claim's (finish's) own read. The signature
         per slot, what a fragment may call and what it must never do:
         ``kitium_queue.slots``. Raises ``ConfigurationError`` for an unknown slot or a
         fragment that does not compile.

@@ -45,7 +45,7 @@ configuration, but must not call Redis itself):
     claim scans wait by position while it runs the checks, so ``fn`` runs once the
     call's jobs are handed out (``lua/admission.lua``).
 
-``release`` — ``function(id, jk, outcome, payload, context)``
+``release`` — ``function(id, jk, outcome, payload, context, <declared fields>...)``
     Runs once for every job that leaves ``active``, in the same script: ``finish.lua``
     (``completed``, ``retrying``, ``failed``, ``deferred``, ``released``; ``removed``
     when the record was missing), recovery of an expired lease (``stalled``, or
@@ -67,6 +67,11 @@ configuration, but must not call Redis itself):
     for a job that takes part in run links: its job-hash field ``fw`` is present); a
     feature that makes other jobs follow this one keeps it for them and writes it into
     their ``fw`` (workflows). Untrusted text: check it. ``nil`` elsewhere.
+    Declared ``fields`` (job-hash fields, as for ``admission``) come after ``context``:
+    from ``finish.lua`` (the common way out of active) read in its own ``HMGET``, at no
+    extra call — a field's value, or ``false`` when the hash has none, so a fragment
+    that keys its work on a marker field skips the jobs without it for free; ``nil``
+    from every other caller, where the fragment reads what it needs itself.
 
 ``duplicate`` — ``function(existing_id, name, data, opts, delay, ik) -> 'add' | nil``
     Runs in ``enqueue.lua`` when a new job's idempotency key ``ik`` already points to a
@@ -204,6 +209,10 @@ _CLAIM_FIELDS = ("n", "d", "o", "ts", "s", "pg", "a", "fw")
 _DIRECTIVE = re.compile(r"^[ \t]*--@(if|else|end)\b[ \t]*(\w*)[ \t]*$")
 _SLOT_CALL = re.compile(r"^([ \t]*)--@slot (\w+)\((.*)\)[ \t]*$")
 _FIELDS_MARK = "--[[@admission_fields]]"
+#: The job-hash fields finish reads anyway (``lt``, ``st``, ``e``); release fragments'
+#: declared fields follow them in the same ``HMGET``.
+_FINISH_FIELDS = ("lt", "st", "e")
+_RELEASE_MARK = "--[[@release_fields]]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,14 +249,15 @@ class SlotTable:
         if not isinstance(source, str) or not source.strip():
             raise ConfigurationError(f"{slot} slot fragment {name!r} has no Lua source")
         fields = tuple(fields)
-        if fields and slot != "admission":
+        if fields and slot not in ("admission", "release"):
             raise ConfigurationError(
-                f"{slot} slot fragment {name!r}: only admission checks declare fields"
+                f"{slot} slot fragment {name!r}: only admission and release fragments "
+                "declare fields"
             )
         for f in fields:
             if not isinstance(f, str) or not _FIELD.fullmatch(f):
                 raise ConfigurationError(
-                    f"admission check {name!r}: invalid job-hash field name {f!r}"
+                    f"{slot} slot fragment {name!r}: invalid job-hash field name {f!r}"
                 )
         _check_compiles(slot, name, source)
         frags = [f for f in self._by_slot[slot] if f.name != name]
@@ -274,6 +284,13 @@ class SlotTable:
         out: list[str] = []
         for frag in self._by_slot["admission"]:
             out.extend(f for f in frag.fields if f not in out and f not in _CLAIM_FIELDS)
+        return tuple(out)
+
+    def release_fields(self) -> tuple[str, ...]:
+        """Extra job-hash fields finish reads for the release fragments, in order."""
+        out: list[str] = []
+        for frag in self._by_slot["release"]:
+            out.extend(f for f in frag.fields if f not in out and f not in _FINISH_FIELDS)
         return tuple(out)
 
     def names(self, slot: str) -> list[str]:
@@ -303,9 +320,7 @@ class SlotTable:
             return _compose_admission(frags, self.admission_fields())
         if slot == "erase":
             return _compose_notify("erase", "id, jk, ik", None, frags, args="id, jk, ik or ''")
-        return _compose_notify(
-            "release", "id, jk, outcome, payload, context", "release_hook", frags
-        )
+        return _compose_release(frags, self.release_fields())
 
     def apply_directives(self, source: str, flags: frozenset[str]) -> str:
         """Resolve ``--@if NAME`` / ``--@else`` / ``--@end`` blocks (not nested), ``--@slot
@@ -336,6 +351,9 @@ class SlotTable:
             if _FIELDS_MARK in line:
                 extra = "".join(f", '{f}'" for f in self.admission_fields())
                 line = line.replace(_FIELDS_MARK, extra)
+            if _RELEASE_MARK in line:
+                extra = "".join(f", '{f}'" for f in self.release_fields())
+                line = line.replace(_RELEASE_MARK, extra)
             out.append(line)
         return "\n".join(out)
 
@@ -462,6 +480,24 @@ def _compose_admission(frags: list[SlotFragment], fields: tuple[str, ...]) -> st
         lines.append("  end")
     lines.append("  return true")
     lines.append("end")
+    return "\n".join(lines) + "\n"
+
+
+def _compose_release(frags: list[SlotFragment], fields: tuple[str, ...]) -> str:
+    # `f`: finish's HMGET (_FINISH_FIELDS, then `fields`), or nil where the caller read
+    # no record (recovery, clear, removals): a fragment then gets nil for each of its
+    # fields and reads what it needs itself; from finish it gets each field's value, or
+    # false when the job hash has none.
+    index = {f: i + 1 for i, f in enumerate(_FINISH_FIELDS + fields)}
+    lines = _header("release", frags)
+    lines.append("local function release_slot(id, jk, outcome, payload, context, f)")
+    lines.append("  local ok, err")
+    for i, frag in enumerate(frags):
+        args = "".join(f", f and f[{index[x]}]" for x in frag.fields)
+        lines.append(f"  ok, err = pcall(release_{i}, id, jk, outcome, payload, context{args})")
+        lines.append(f"  if not ok then slot_failed('release', {lua_string(frag.name)}, err) end")
+    lines.append("end")
+    lines.append("release_hook = release_slot")
     return "\n".join(lines) + "\n"
 
 

@@ -279,7 +279,7 @@ class FlowControl:
         scripts = self.queue.scripts
         scripts.add_slot("enqueue", FEATURE, enqueue)
         scripts.add_slot("admission", FEATURE, admission, fields=MARKERS)
-        scripts.add_slot("release", FEATURE, _RELEASE)
+        scripts.add_slot("release", FEATURE, _RELEASE, fields=("ck",))
 
     def _prelude(self) -> str:
         rate = _tables(
@@ -580,7 +580,12 @@ end)()"""
 # concurrency sets, and the next job of the key back to wait.
 _RELEASE = """(function()
   local CC_OWNER = PREFIX .. 'cc-of'
-  return function(id, jk, outcome)
+  return function(id, jk, outcome, payload, context, marked)
+    -- marked: the job's concurrency key field (ck) as finish read it. False: the job
+    -- names no key, so no slot of a key was taken for it (commit records one only for
+    -- a job with ck): nothing to do, no command. nil (the other ways out of active):
+    -- look it up.
+    if marked == false then return end
     local ck = redis.call('HGET', CC_OWNER, id)
     if not ck then return end
     redis.call('HDEL', CC_OWNER, id)

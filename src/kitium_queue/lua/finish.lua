@@ -111,7 +111,9 @@ for b = 5, #ARGV, 9 do
   local jk = job_key(id)
   -- pcall: a job key holding another type (overwritten by hand) would fail HMGET with
   -- WRONGTYPE after the outcomes before it were written; report it instead.
-  local f = redis.pcall('HMGET', jk, 'lt', 'st', 'e')
+  -- Fields the release fragments declared (ScriptRegistry.add_slot(fields=)) are read
+  -- in the same HMGET, after these three, and handed to them.
+  local f = redis.pcall('HMGET', jk, 'lt', 'st', 'e'--[[@release_fields]])
   if f.err then
     res[#res + 1] = 'damaged'
   elseif not f[2] then
@@ -133,7 +135,7 @@ for b = 5, #ARGV, 9 do
     local ctx = nil
     if (kind == 'C' or kind == 'F') and meta ~= '' then ctx = meta end
 --@end
-    --@slot release(id, jk, RELEASED_AS[kind], payload, ctx)
+    --@slot release(id, jk, RELEASED_AS[kind], payload, ctx, f)
     if kind == 'C' then
       if keep_count == 0 then
         delete_job(id)

@@ -428,11 +428,14 @@ RELEASE: Final = (
     + LIB
     + r"""
   local KIND = { completed = 'success', retrying = 'failure', failed = 'failure' }
-  return function(id, jk, outcome)
+  return function(id, jk, outcome, payload, context, b)
     -- Only runs this feature admitted count: they carry their breaker (field cb, from
     -- admission's commit); a job removed while waiting or parked, or bound to no
-    -- breaker, has none. pcall: a job key of another type has none either.
-    local b = redis.pcall('HGET', jk, 'cb')
+    -- breaker, has none. `b`: that field as finish read it (false: none, nothing to
+    -- do, no command); nil from the other ways out of active, which read it here.
+    -- pcall: a job key of another type has none either.
+    if b == false then return end
+    if b == nil then b = redis.pcall('HGET', jk, 'cb') end
     if type(b) ~= 'string' then return end
     local s = cb_load(b)
     redis.call('HDEL', jk, 'cb')

@@ -221,7 +221,7 @@ class CircuitBreakerManager:
         )
         scripts = queue.scripts
         scripts.add_slot("admission", FEATURE, ADMISSION, fields=("n", "cb"))
-        scripts.add_slot("release", FEATURE, RELEASE)
+        scripts.add_slot("release", FEATURE, RELEASE, fields=("cb",))
         scripts.add_fragment(SCRIPT_NAME, SCRIPT)
         if queue not in _INSTALLED:
             queue.add_explainer(make_explainer(queue))
