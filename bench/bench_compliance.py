@@ -32,18 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _redis import RedisServer
+from _cases import child, interleaved, table
 
-ROOT = Path(__file__).resolve().parents[1]
+from _redis import RedisServer
 
 _CHILD = r"""
 import asyncio, json, sys, time
@@ -133,17 +129,6 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 CASES = ("plain", "installed", "subjects")
 
 
-def child(code: str, *args: str) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env
-    )
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=20_000)
@@ -151,40 +136,10 @@ def main() -> None:
     ap.add_argument("--erase", type=int, default=2_000, help="jobs of the erased subject")
     ap.add_argument("--json", help="write every figure to this file")
     args = ap.parse_args()
-    got: dict[str, list[dict[str, Any]]] = {c: [] for c in CASES}
     with RedisServer() as server:
-        for rep in range(args.reps):
-            order = CASES[rep % len(CASES) :] + CASES[: rep % len(CASES)]
-            for case in order:
-                r = child(_CHILD, server.url, case, str(args.jobs))
-                got[case].append(r)
-                print(
-                    f"rep {rep + 1} {case:9s}: drain {r['rate']:,.0f} jobs/s, enqueue "
-                    f"{r['enqueue']:,.0f} jobs/s, {r['commands']:.2f} commands/job, "
-                    f"redis CPU {r['redis_cpu_us']:.1f} us/job, worker CPU "
-                    f"{r['worker_cpu_us']:.1f} us/job"
-                )
+        got = interleaved(server.url, _CHILD, CASES, args.reps, args.jobs)
         erase = child(_ERASE, server.url, str(args.erase))
-
-    def med(case: str, key: str) -> float:
-        return statistics.median(r[key] for r in got[case])
-
-    print(f"\nmedians of {args.reps} ({args.jobs:,} no-op jobs, concurrency 20):")
-    print(
-        "| case | drain (jobs/s) | vs plain | enqueue (jobs/s) | vs plain | commands/job "
-        "| redis CPU µs/job | worker CPU µs/job |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for case in CASES:
-        rates = [r["rate"] for r in got[case]]
-        print(
-            f"| {case} | {med(case, 'rate'):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) | "
-            f"{med(case, 'rate') / med('plain', 'rate') * 100:.0f} % | "
-            f"{med(case, 'enqueue'):,.0f} | "
-            f"{med(case, 'enqueue') / med('plain', 'enqueue') * 100:.0f} % | "
-            f"{med(case, 'commands'):.2f} | {med(case, 'redis_cpu_us'):.1f} | "
-            f"{med(case, 'worker_cpu_us'):.1f} |"
-        )
+    table(got, args.reps, args.jobs)
     print(
         f"\nerase_subject: {erase['erased']:,} jobs erased and {erase['events_removed']:,} "
         f"event entries removed in {erase['seconds']:.2f} s; longest single Redis command "

@@ -31,18 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _redis import RedisServer
+from _cases import interleaved, table
 
-ROOT = Path(__file__).resolve().parents[1]
+from _redis import RedisServer
 
 _CHILD = r"""
 import asyncio, json, sys, time
@@ -88,56 +84,15 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 CASES = ("plain", "declared", "rate", "concurrency", "global", "all")
 
 
-def child(code: str, *args: str) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env
-    )
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", help="write every figure to this file")
     args = ap.parse_args()
-    got: dict[str, list[dict[str, Any]]] = {c: [] for c in CASES}
     with RedisServer() as server:
-        for rep in range(args.reps):
-            order = CASES[rep % len(CASES) :] + CASES[: rep % len(CASES)]
-            for case in order:
-                r = child(_CHILD, server.url, case, str(args.jobs))
-                got[case].append(r)
-                print(
-                    f"rep {rep + 1} {case:11s}: drain {r['rate']:,.0f} jobs/s, enqueue "
-                    f"{r['enqueue']:,.0f} jobs/s, {r['commands']:.2f} commands/job, "
-                    f"redis CPU {r['redis_cpu_us']:.1f} us/job, worker CPU "
-                    f"{r['worker_cpu_us']:.1f} us/job"
-                )
-
-    def med(case: str, key: str) -> float:
-        return statistics.median(r[key] for r in got[case])
-
-    print(f"\nmedians of {args.reps} ({args.jobs:,} no-op jobs, concurrency 20):")
-    print(
-        "| case | drain (jobs/s) | vs plain | enqueue (jobs/s) | vs plain | commands/job "
-        "| redis CPU µs/job | worker CPU µs/job |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for case in CASES:
-        rates = [r["rate"] for r in got[case]]
-        print(
-            f"| {case} | {med(case, 'rate'):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) | "
-            f"{med(case, 'rate') / med('plain', 'rate') * 100:.0f} % | "
-            f"{med(case, 'enqueue'):,.0f} | "
-            f"{med(case, 'enqueue') / med('plain', 'enqueue') * 100:.0f} % | "
-            f"{med(case, 'commands'):.2f} | {med(case, 'redis_cpu_us'):.1f} | "
-            f"{med(case, 'worker_cpu_us'):.1f} |"
-        )
+        got = interleaved(server.url, _CHILD, CASES, args.reps, args.jobs)
+    table(got, args.reps, args.jobs)
     if args.json:
         Path(args.json).write_text(json.dumps({"cases": got}, indent=1))
 
