@@ -13,12 +13,11 @@ warning says so, at most once a minute.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ..limits import clip
+from ..limits import clip, get_logger
 from .auth import Auth
 
 __all__ = ["SIGN_OUT_WAIT_S", "SignOuts"]
@@ -26,7 +25,7 @@ __all__ = ["SIGN_OUT_WAIT_S", "SignOuts"]
 #: Longest wait for the Redis of the queue that records sign-outs.
 SIGN_OUT_WAIT_S = 0.5
 
-log = logging.getLogger("kitium_queue.dashboard")
+log = get_logger("kitium_queue.dashboard")
 
 
 class SignOuts:
