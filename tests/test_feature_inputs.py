@@ -382,3 +382,13 @@ def test_a_region_s_redis_setting_is_checked(redis: Any) -> None:
     ]
     with pytest.raises(ConfigurationError, match="at most 200"):
         check_config({"name": "g" * 201, "regions": fine})
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_queue_named_by_dots_only_is_refused(name: str) -> None:
+    """A dot segment in a URL is rewritten by every browser and URL tool: the dashboard
+    could never serve such a queue. Names with dots among other characters are fine."""
+    with pytest.raises(ConfigurationError, match="dot segment"):
+        JobQueue(name)
+    for fine in ("...", ".a", "a..b", "v1.2"):
+        assert JobQueue(fine).name == fine

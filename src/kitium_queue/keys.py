@@ -84,6 +84,12 @@ class QueueKeys:
         # Both go into every key name and into the ACL recipe ``~<prefix>:{<name>}:*``:
         # only characters with no meaning there are accepted (see ``NAME_PUNCTUATION``).
         check_key_part(name, "queue name")
+        if name in (".", ".."):
+            # A path segment every URL tool rewrites (the dashboard's /q/<name>/...).
+            raise ConfigurationError(
+                f"invalid queue name {name!r}: a name of one or two dots only is a dot "
+                "segment in URLs (the dashboard could not serve it); add a letter or digit"
+            )
         check_key_part(prefix, "key prefix", allow_empty=True)
         self.name = name
         self.prefix = prefix
