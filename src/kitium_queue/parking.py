@@ -17,27 +17,34 @@ Every read takes the queue (or anything with its ``keys`` and an async ``client(
 ``rebuild_parked(queue)`` is the one command: it repairs the parked sets from the job
 records after a blocker's set was overwritten with another type or deleted outside
 kitium-queue (``lua/park_rebuild.lua``), through the admin choke point.
+
+``blocker_sets`` (the state of each blocker's set) is read by the dashboard's Parked tab
+and by ``kitium-queue parked list|show``.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import ResponseError
 
 from .damage import named_key
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DamagedKeyError
 from .keys import QueueKeys
 
 if TYPE_CHECKING:
     from .queue import JobQueue
 
 __all__ = [
+    "BlockerSet",
     "ParkRepair",
     "ParkStats",
     "blocker_of",
+    "blocker_sets",
     "park_stats",
     "parked_by_blocker",
     "parked_count",
@@ -249,14 +256,111 @@ async def park_stats(queue: QueueLike, top: int = 10) -> ParkStats:
         total_n = max(0, int(total or 0))
     except (TypeError, ValueError):
         total_n = 0
+
+    def whole(key: str, member: Any, score: float) -> int | None:
+        # A score written outside kitium-queue (inf, nan): named, never a crash.
+        if math.isfinite(score):
+            return int(score)
+        damaged[f"damaged:{key}"] = (
+            f"holds a score that is no whole number ({score}) for "
+            f"{_text(member)[:100]!r}, written outside kitium-queue: delete it and rebuild "
+            "the parked sets (rebuild_parked)"
+        )
+        return None
+
+    largest: list[tuple[str, int]] = []
+    for member, score in rows:
+        count = whole(keys.parked_index, member, score)
+        if count is not None:
+            largest.append((_text(member), count))
+    due = whole(keys.park_timers, first[0][0], first[0][1]) if first else None
     return ParkStats(
         total=total_n,
         blockers=int(blockers),
-        top=[(_text(b), int(c)) for b, c in rows] if n else [],
+        top=largest if n else [],
         timers=int(timers),
-        next_timer_ms=int(first[0][1]) if first else None,
+        next_timer_ms=due,
         slot_errors={**{_text(k): _text(v) for k, v in errors.items()}, **damaged},
     )
+
+
+# ------------------------------------------------------------------ views
+@dataclass(frozen=True, slots=True)
+class BlockerSet:
+    """One blocker: the jobs the parked index counts behind it, and its set's state.
+
+    Attributes:
+        name: the blocker (``'cc:<key>'``, ``'g:<group>'``, ...).
+        count: its count in the parked index (None when the index cannot be read).
+        key: the key of its set.
+        state: ``ok``; ``missing`` (the index counts jobs but the set is gone: they are
+            stranded); ``damaged`` (the key holds another type); ``empty`` (no set, no
+            count: nothing is parked behind it).
+        found: the Redis type of ``key`` (``unknown`` when it could not be read).
+        repair: what to do, for ``missing`` and ``damaged``; else None.
+    """
+
+    name: str
+    count: int | None
+    key: str
+    state: str
+    found: str
+    repair: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as plain JSON-ready values."""
+        return asdict(self)
+
+
+def _whole(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+async def blocker_sets(
+    queue: QueueLike, blockers: Iterable[str | tuple[str, int]]
+) -> list[BlockerSet]:
+    """The state of each blocker's set, in one round trip. ``blockers`` are names (their
+    count is read from the parked index) or ``(name, count)`` pairs (``ParkStats.top``)."""
+    rows = [(b, None) if isinstance(b, str) else (b[0], b[1]) for b in blockers]
+    if not rows:
+        return []
+    client = await queue.client()
+    keys = queue.keys
+    pipe = client.pipeline(transaction=False)
+    for name, count in rows:
+        pipe.type(keys.parked(name))
+        if count is None:
+            pipe.zscore(keys.parked_index, name)
+    got = iter(await pipe.execute(raise_on_error=False))
+    out = []
+    for name, count in rows:
+        kind = next(got)
+        n = count
+        if count is None:  # not in the index: 0; the index unreadable: None
+            score = next(got)
+            n = 0 if score is None else _whole(score)
+        key = keys.parked(name)
+        found = "unknown" if isinstance(kind, Exception) else _text(kind)
+        repair = None
+        if found == "zset":
+            state = "ok"
+        elif found == "none" and not n:
+            state = "empty"
+        elif found == "none":
+            state = "missing"
+            repair = (
+                f"the set {key} is gone while the parked index counts {n} job(s) behind "
+                "it: they are stranded until the parked sets are rebuilt with "
+                "kitium_queue.parking.rebuild_parked(queue) (CLI: kitium-queue parked "
+                "rebuild APP --blocker BLOCKER)"
+            )
+        else:
+            state, repair = "damaged", str(DamagedKeyError("", key, found, "zset"))
+        out.append(BlockerSet(name, n, key, state, found, repair))
+    return out
 
 
 # ------------------------------------------------------------------ the repair

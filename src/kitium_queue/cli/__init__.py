@@ -12,7 +12,8 @@ command that prints data takes ``--json``; text output is plain tab-separated ro
 ``rich`` tables on a terminal when the optional package is installed (``--rich`` /
 ``--plain`` choose). The commands live in ``queue.py`` (worker, stats, health, pause,
 resume, job, events, demo), ``jobs.py`` (jobs, dlq), ``manage.py`` (schedules,
-breakers, parked) and the features' own ``cli.py`` modules.
+breakers, parked rebuild), ``parking.py`` (parked list, parked show, limits) and the
+features' own ``cli.py`` modules.
 
 Shell completion is click's: ``eval "$(_KITIUM_QUEUE_COMPLETE=bash_source kitium-queue)"``
 (``zsh_source``, ``fish_source`` for the other shells).
@@ -44,6 +45,7 @@ from .base import (
 from .jobs import dlq, jobs
 from .manage import breakers, parked, schedules
 from .output import show_table
+from .parking import limits
 from .queue import demo, events, health, job, pause, resume, stats, worker
 
 __all__ = [
@@ -98,7 +100,7 @@ def main(verbose: int, debug: bool, style: str | None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _command in (worker, stats, health, pause, resume, job, events, demo):
+for _command in (worker, stats, health, pause, resume, job, events, demo, limits):
     main.add_command(_command)
 for _name, _group in (
     ("jobs", jobs),

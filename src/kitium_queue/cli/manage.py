@@ -2,7 +2,7 @@
 a queue's schedules and circuit breakers. Both belong to one physical queue (a
 partitioned APP names one of its queues: ``module:attribute.queues.N``).
 ``kitium-queue parked rebuild``: the repair of parked sets damaged by hand, on every
-queue of APP."""
+queue of APP (``parked list`` and ``parked show`` are in ``parking.py``)."""
 
 from __future__ import annotations
 
@@ -279,7 +279,7 @@ def breakers_open(
 # ---------------------------------------------------------------------- parked
 @click.group()
 def parked() -> None:
-    """Repair the sets of parked jobs (pending behind a blocker)."""
+    """Parked jobs (pending behind a blocker): list, show, repair their sets."""
 
 
 @parked.command("rebuild")

@@ -24,14 +24,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import DamagedKeyError, KitiumQueueError, PermissionDeniedError
 from ..limits import clip, reply_text
-from ..parking import ParkStats, park_stats, parked_in
+from ..parking import ParkStats, blocker_sets, park_stats, parked_in
 from .auth import ACTIONS
 from .data import FEATURE_PAGES, MAX_PAGE, enabled, feature_pages
 
@@ -46,8 +46,8 @@ __all__ = ["alerts_on", "parking_on", "routes"]
 TOP_BLOCKERS = 50
 #: Ids of one blocker on a page (``limit=`` up to ``MAX_PAGE``).
 MAX_IDS = 50
-#: Flow-control keys whose counters are read (exact patterns, keys with parked jobs,
-#: keys of running jobs from one page of the owners hash).
+#: Flow-control keys of each kind whose counters are read (exact patterns, keys with
+#: parked jobs, keys of running jobs from one page of the owners hash).
 MAX_FLOW_KEYS = 100
 #: Slot errors listed.
 MAX_SLOT_ERRORS = 100
@@ -68,11 +68,10 @@ def parking_on(queue: Any) -> bool:
 
 def flow_on(queue: Any) -> bool:
     """Whether flow control (``queue.flow``) was declared on ``queue`` in this process
-    (asked without enabling it)."""
-    from ..features.flowcontrol import FEATURE, OPTION_NAMES
+    (asked without enabling it: ``flowstate.flow_declared``)."""
+    from ..features.flowstate import flow_declared
 
-    spec = queue.jobspec.get(OPTION_NAMES[1])
-    return spec is not None and spec.feature == FEATURE
+    return flow_declared(queue)
 
 
 def alerts_on(queue: Any) -> bool:
@@ -103,18 +102,27 @@ def _int_param(request: Request, key: str, default: int, most: int) -> int:
     return max(0, min(int(raw), most))
 
 
-def _damage(reply: Any) -> str | None:
-    """The damage a pipeline reply reports (a key of another type), else None."""
-    if isinstance(reply, ResponseError):
-        return clip(str(reply), 200)
-    return None
-
-
 def _number(value: Any) -> int | None:
     try:
         return int(float(reply_text(value)))
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _unreadable(queue: Any, exc: Exception) -> ParkStats:
+    """What the page shows when ``park_stats`` cannot read a count or due time (a score
+    written outside kitium-queue, such as ``inf``): both keys named, one is damaged."""
+    keys = queue.keys
+    why = (
+        f"this key or the other named here holds a score that is no whole number "
+        f"({clip(str(exc), 100)}), written outside kitium-queue: delete it and rebuild "
+        "the parked sets (rebuild_parked)"
+    )
+    return ParkStats(
+        total=0,
+        blockers=0,
+        slot_errors={f"damaged:{keys.parked_index}": why, f"damaged:{keys.park_timers}": why},
+    )
 
 
 def _slot_rows(errors: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -141,124 +149,55 @@ def _slot_rows(errors: Mapping[str, str]) -> list[dict[str, Any]]:
 
 
 async def _blockers(queue: Any, stats: ParkStats) -> list[dict[str, Any]]:
-    """The largest blockers with the health of each one's set: ``ok``, ``missing`` (the
-    index counts jobs but the set is gone: they are stranded) or ``damaged``."""
-    client = await queue.client()
-    pipe = client.pipeline(transaction=False)
-    for name, _ in stats.top:
-        pipe.type(queue.keys.parked(name))
-    kinds = await pipe.execute(raise_on_error=False) if stats.top else []
-    rows = []
-    for (name, count), kind in zip(stats.top, kinds, strict=True):
-        found = reply_text(kind) if not isinstance(kind, Exception) else "unknown"
-        health = "ok" if found == "zset" else "missing" if found == "none" else "damaged"
-        rows.append(
-            {
-                "name": name,
-                "shown": clip(name, _SHOWN),
-                "count": count,
-                "health": health,
-                "found": found,
-                "key": queue.keys.parked(name),
-            }
-        )
-    return rows
+    """The largest blockers with the health of each one's set (``parking.blocker_sets``):
+    ``ok``, ``missing`` (the index counts jobs but the set is gone: they are stranded)
+    or ``damaged``."""
+    return [
+        {**b.to_dict(), "health": b.state, "shown": clip(b.name, _SHOWN)}
+        for b in await blocker_sets(queue, stats.top)
+    ]
+
+
+def _counter(c: dict[str, Any], now: int) -> dict[str, Any]:
+    """One counter of ``flow_state`` as the page shows it."""
+    row = {"kind": c["kind"], "key": clip(c["key"], _SHOWN), "damaged": c["damaged"]}
+    row["full"] = c["full"]
+    if c["kind"] == "concurrency":
+        row["limit"] = "-" if c["limit"] is None else f"{c['limit']} running"
+        row["current"] = None if c["damaged"] else f"{c['running']} running"
+        return row
+    row["limit"] = "-" if c["max"] is None else f"{c['max']} per {c['duration']} ms"
+    if c["damaged"]:
+        row["current"] = None
+    elif c["held_ms"] is not None:
+        row["current"] = f"held by RateLimited for {c['held_ms']} ms more"
+    elif c["window_ends_ms"] is None:
+        row["current"] = "no window open"
+    else:
+        left = c["window_ends_ms"] - now
+        row["current"] = f"{c['started']} started; window ends in {left} ms"
+    return row
 
 
 async def _flow(queue: Any, stats: ParkStats) -> dict[str, Any] | None:
-    """The flow-control declarations in force and the counters of their keys, or None
-    when flow control is not declared here."""
+    """The flow-control declarations in force and the counters of their keys
+    (``flowstate.flow_state``), or None when flow control is not declared here."""
     if not flow_on(queue):
         return None
-    from ..features.flowcontrol import concurrency_key, concurrency_owners_key, rate_key
+    from ..features.flowstate import flow_state
 
-    flow = queue.flow
-    keys = queue.keys
-    client = await queue.client()
-    cc = [p for p in flow.concurrency_limits if not p.endswith("*")]
-    rl = [p for p in flow.rate_limits if not p.endswith("*")]
-    for name, _ in stats.top:  # the keys jobs are parked behind
-        kind, _, key = name.partition(":")
-        if kind == "cc" and key not in cc:
-            cc.append(key)
-        elif kind == "rl" and key not in rl:
-            rl.append(key)
-    owners_damaged = None
-    if flow.concurrency_limits:
-        try:  # one page of the running jobs' keys
-            _, page = await client.hscan(concurrency_owners_key(keys), 0, count=MAX_FLOW_KEYS)
-            for v in page.values():
-                key = reply_text(v)
-                if key not in cc:
-                    cc.append(key)
-        except ResponseError as exc:
-            owners_damaged = clip(str(exc), 200)
-    cc, rl = cc[:MAX_FLOW_KEYS], rl[:MAX_FLOW_KEYS]
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.zcard(keys.active)
-    for k in cc:
-        pipe.scard(concurrency_key(keys, k))
-    for k in rl:
-        pipe.hmget(rate_key(keys, k), "w", "n")
-        pipe.pttl(keys.hold(k))
-    got = await pipe.execute(raise_on_error=False)
-    now_s, now_us = got[0]
-    now = int(now_s) * 1000 + int(now_us) // 1000
-    counters: list[dict[str, Any]] = []
-    for i, k in enumerate(cc):
-        reply = got[2 + i]
-        cap = flow.limit_of(k, flow.concurrency_limits)
-        counters.append(
-            {
-                "kind": "concurrency",
-                "key": clip(k, _SHOWN),
-                "limit": "-" if cap is None else f"{cap} running",
-                "damaged": _damage(reply),
-                "current": None if _damage(reply) else f"{int(reply)} running",
-                "full": cap is not None and not _damage(reply) and int(reply) >= cap,
-            }
-        )
-    base = 2 + len(cc)
-    for i, k in enumerate(rl):
-        window, held = got[base + 2 * i], got[base + 2 * i + 1]
-        lim = flow.limit_of(k, flow.rate_limits)
-        bad = _damage(window) or _damage(held)
-        row = {
-            "kind": "rate",
-            "key": clip(k, _SHOWN),
-            "limit": "-" if lim is None else f"{lim.max} per {lim.duration} ms",
-            "damaged": bad,
-            "current": None,
-            "full": False,
-        }
-        if not bad:
-            opened, used = _number(window[0]), _number(window[1]) or 0
-            if isinstance(held, int) and held > 0:
-                row["current"] = f"held by RateLimited for {held} ms more"
-                row["full"] = True
-            elif lim is None or opened is None or not opened <= now < opened + lim.duration:
-                row["current"] = "no window open"
-            else:
-                row["current"] = f"{used} started; window ends in {opened + lim.duration - now} ms"
-                row["full"] = used >= lim.max
-        counters.append(row)
-    active = got[1]
+    state = await flow_state(queue, [name for name, _ in stats.top], MAX_FLOW_KEYS)
     return {
+        **state,
         "rate_limits": [
-            {"pattern": clip(p, _SHOWN), "limit": f"{r.max} per {r.duration} ms"}
-            for p, r in list(flow.rate_limits.items())[:MAX_FLOW_KEYS]
+            {"pattern": clip(r["pattern"], _SHOWN), "limit": f"{r['max']} per {r['duration']} ms"}
+            for r in state["rate_limits"]
         ],
         "concurrency_limits": [
-            {"pattern": clip(p, _SHOWN), "limit": f"{c} running"}
-            for p, c in list(flow.concurrency_limits.items())[:MAX_FLOW_KEYS]
+            {"pattern": clip(c["pattern"], _SHOWN), "limit": f"{c['max']} running"}
+            for c in state["concurrency_limits"]
         ],
-        "global_cap": flow.global_concurrency,
-        "active": None if _damage(active) else int(active),
-        "active_damaged": _damage(active),
-        "park_rate_limited": flow.park_rate_limited,
-        "counters": counters,
-        "owners_damaged": owners_damaged,
+        "counters": [_counter(c, state["now_ms"]) for c in state["counters"]],
     }
 
 
@@ -290,7 +229,10 @@ class ParkingViews:
                 "tenancy) is enabled on this queue in this process",
             )
         await queue.queries.check("get_stats", {})
-        stats = await park_stats(queue, TOP_BLOCKERS)
+        try:
+            stats = await park_stats(queue, TOP_BLOCKERS)
+        except (ValueError, OverflowError) as exc:  # a score set by hand: inf
+            stats = _unreadable(queue, exc)
         blockers = await _blockers(queue, stats)
         params = request.query_params
         chosen = params.get("blocker")
@@ -354,6 +296,8 @@ class ParkingViews:
             raise
         except (KitiumQueueError, RedisError) as exc:
             values_error = clip(queue.connection.redact(exc), 500)
+        except (ValueError, OverflowError) as exc:  # a figure damaged by hand ("nan")
+            values_error = clip(f"a record they are read from is damaged: {exc}", 500)
         damaged = await self._alert_damage(queue)
         last: dict[str, Any] = {}
         for t in history:
