@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from starlette.applications import Starlette
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -58,8 +59,13 @@ _STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 
 
 def _here(request: Request) -> str:
-    query = request.url.query
-    return str(request.url.path) + ("?" + query if query else "")
+    # From the scope: ``request.url`` fails (a 500) on a query string that is not UTF-8,
+    # which is kept here with such bytes percent-encoded.
+    raw = request.scope.get("query_string", b"")
+    query = quote(raw, safe="&=%+;,/?:@!$'()*~") if raw else ""
+    return str(URL(scope={**request.scope, "query_string": b""}).path) + (
+        "?" + query if query else ""
+    )
 
 
 class Dashboard:
@@ -164,7 +170,7 @@ class Dashboard:
                 path=self.base(request) or "/",
                 httponly=True,
                 samesite="strict",
-                secure=request.url.scheme == "https",
+                secure=request.scope.get("scheme") == "https",
             )
         return resp
 
@@ -185,7 +191,7 @@ class Dashboard:
             path=self.base(request) or "/",
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=request.scope.get("scheme") == "https",
         )
 
     def _flash(self, request: Request) -> tuple[bool, str] | None:

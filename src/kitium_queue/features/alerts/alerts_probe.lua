@@ -29,7 +29,11 @@ for _ = 1, 64 do
   local head = redis.call('ZRANGEBYSCORE', K_WAIT, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if #head == 0 then break end
   local ts = tonumber(redis.pcall('HGET', job_key(head[1]), 'ts'))
-  if ts and (oldest < 0 or ts < oldest) then oldest = ts end
+  -- A creation time written by hand that is no finite time (nan, inf, negative) is
+  -- skipped: it must not make every rule of the queue unreadable.
+  if ts and ts == ts and ts >= 0 and ts < math.huge and (oldest < 0 or ts < oldest) then
+    oldest = ts
+  end
   local band = math.floor(num(head[2]) / BAND)
   from = int((band + 1) * BAND)
 end
