@@ -132,7 +132,11 @@ What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id
 (``lua/lib_park_timers.lua``), ``emit``, ``feature_event``, ``wake``, ``job_key``,
 ``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``, ``redis.call``,
 and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry in the queue's
-outbox, written atomically with the transition; docs/outbox.md).
+outbox, written atomically with the transition; docs/outbox.md). ``SLOT_SCRATCH``
+(``lua/lib_slots.lua``) is a table that lives for one script call, where a feature's
+fragments share what they read under the feature's name (the compliance ``accept``
+check hands the job's subject to its ``enqueue`` fragment, checking the id); a
+fragment must also work without it.
 
 What they must never do:
 

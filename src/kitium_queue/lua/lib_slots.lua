@@ -25,6 +25,12 @@
 --@include outbox
 
 local K_SLOT_ERRORS = PREFIX .. 'slot-errors'
+-- What one feature's fragments share within a script call, under the feature's own
+-- name: e.g. an `accept` fragment's reading of a job's options, reused by the same
+-- feature's `enqueue` fragment for that job (checking the id) instead of decoding them
+-- again. Gone when the call ends; a fragment must work without it (schedule_fire
+-- runs `enqueue` without `accept`).
+local SLOT_SCRATCH = {}
 local SLOT_ERROR_BYTES = 500
 
 local function slot_failed(slot, name, err)

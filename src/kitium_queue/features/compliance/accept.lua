@@ -24,7 +24,12 @@
         where = 'the list of subjects ' .. ALL .. ' holds a ' .. t .. ', not a sorted set'
       end
     end
-    if not where then return nil end
+    if not where then
+      -- For the enqueue fragment, which runs next for this job (nothing is written in
+      -- between but the job's own hash): its subject, key, and that the index is sound.
+      SLOT_SCRATCH.compliance = { id = id, sj = sj, ik = o['idempotency_key'] }
+      return nil
+    end
     return 'compliance: ' .. where .. ' (damaged outside kitium-queue); the job was not ' ..
       'added, so no job escapes erasure. Delete that key (its entries are rebuilt for new ' ..
       'jobs only: erase the jobs it listed by id) or restore it, then add the job again'

@@ -11,11 +11,19 @@
   local all_t = nil
   return function(id, jk, opts, state)
     if opts == '' or not string.find(opts, '"subject_id"', 1, true) then return nil end
-    local ok, o = pcall(cjson.decode, opts)
-    if not ok or type(o) ~= 'table' then return nil end
-    local sj = o['subject_id']
+    -- The accept fragment decoded this job's options and checked its subject's index
+    -- a moment ago (same call): reuse that instead of decoding them again.
+    local seen = SLOT_SCRATCH.compliance
+    SLOT_SCRATCH.compliance = nil
+    local sj, ik, idx_sound
+    if seen and seen.id == id then
+      sj, ik, idx_sound = seen.sj, seen.ik, true
+    else
+      local ok, o = pcall(cjson.decode, opts)
+      if not ok or type(o) ~= 'table' then return nil end
+      sj, ik = o['subject_id'], o['idempotency_key']
+    end
     if type(sj) ~= 'string' or sj == '' then return nil end
-    local ik = o['idempotency_key']
     if type(ik) ~= 'string' then ik = '' end
     -- Checks first (the accept fragment refused a job whose keys are damaged; a
     -- schedule's job does not pass it), writes last: a fragment never fails after its
@@ -23,8 +31,8 @@
     -- carries its subject (sj).
     -- `subjects`: its type read once per script call (only this ZADD writes it here).
     all_t = all_t or key_type(ALL)
-    local idx_ok, all_ok = key_type(IDX .. sj), all_t
-    idx_ok = idx_ok == 'none' or idx_ok == 'hash'
+    local idx_ok, all_ok = idx_sound or key_type(IDX .. sj), all_t
+    idx_ok = idx_ok == true or idx_ok == 'none' or idx_ok == 'hash'
     all_ok = all_ok == 'none' or all_ok == 'zset'
     redis.call('HSET', jk, 'sj', sj)
     if idx_ok then redis.call('HSET', IDX .. sj, id, ik) end
