@@ -14,6 +14,10 @@ Each test pins a defect reproduced against the real Redis before it was fixed:
   where ``list_dlq`` names it, the others are delivered, and a replay passes over it;
 * a damaged index ``wh:idx:<w>`` failed ``webhooks_done`` half way (the delivery was
   never recorded or acknowledged); a damaged ``wh:dlq`` now refuses the call whole;
+* the record key of a *new* delivery holding another type sent the event (whole in its
+  outbox entry) to the DLQ as ``damaged``: the key is now replaced by its record;
+* a ``wh:retry`` member that is not UTF-8 was claimed, sent to its endpoint under a
+  mangled id and leased again, every lease, for ever: now dropped and reported once;
 * stored counts that are not ASCII digits (``"²"``) and an outbox entry whose
   timestamp is past the year 9999 raised in the delivery service, failing the batch
   with every other event in it; ``stats`` and the CLI listing named no damaged key;
@@ -169,6 +173,74 @@ async def test_a_damaged_delivery_record_stops_no_other_retry(
     assert sync_client.zrange(dlq, 0, -1) == [f"{hook.id}/evt_b".encode()]
     assert await m.service.retry_once() == 1
     assert sorted(r.id for r in receiver.ok()) == ["evt_a", "evt_c"]
+
+
+async def test_a_new_delivery_replaces_a_record_key_of_another_type(
+    queue: JobQueue, receiver: Any, sync_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = WebhookManager(queue, **FAST)
+    hook = await m.register_webhook(
+        WebhookConfig(url=receiver.url, secret=SECRET, events=["app-ping"])
+    )
+    rec = queue.keys.extra(f"wh:d:{hook.id}/evt_dmg")
+    dlq = queue.keys.extra("wh:dlq")
+    damage_key(sync_client, rec, "list")
+    await queue.start()
+    eid = await m.send_event(WebhookEvent("app-ping", {"n": 1}, id="evt_dmg"))
+
+    async def delivered() -> bool:
+        got = await m.get_delivery_history(hook.id, eid)
+        return bool(got) and got[0].state == "delivered"
+
+    await wait_until(delivered, 10)
+    assert [r.id for r in receiver.ok()] == ["evt_dmg"]
+    assert sync_client.type(rec) == b"hash" and sync_client.zrange(dlq, 0, -1) == []
+    assert [r.event_id for r in await m.get_delivery_history(hook.id)] == ["evt_dmg"]
+    assert any(rec in r.getMessage() and "replaced" in r.getMessage() for r in caplog.records)
+    # A retry result of a new delivery replaces it too; an existing delivery (no body:
+    # its record was the only copy of the event) still goes to the DLQ.
+    retry = queue.keys.extra("wh:retry")
+    new, old = f"{hook.id}/evt_new", f"{hook.id}/evt_old"
+    for member in (new, old):
+        damage_key(sync_client, queue.keys.extra(f"wh:d:{member}"), "set")
+    due = int(time.time() * 1000) + 60_000
+    head, tail = ["retry", 1, due, "[]", 500, "boom", 60], ["app-ping", "guaranteed", "", 3]
+    await m.service.write([new, *head, b'{"type":"app-ping"}', *tail, old, *head, b"", *tail])
+    got = sync_client.hgetall(queue.keys.extra(f"wh:d:{new}"))
+    assert (got[b"st"], got[b"b"], got[b"a"]) == (b"pending", b'{"type":"app-ping"}', b"1")
+    assert sync_client.zscore(retry, new) == due and sync_client.zscore(retry, old) is None
+    assert sync_client.zrange(dlq, 0, -1) == [old.encode()]
+    assert sync_client.type(queue.keys.extra(f"wh:d:{old}")) == b"set"
+
+
+async def test_a_retry_member_that_is_not_utf8_is_dropped_and_reported_once(
+    queue: JobQueue, receiver: Any, sync_client: redis.Redis
+) -> None:
+    m = WebhookManager(queue, run_service=False, **FAST)
+    hook = await m.register_webhook(
+        WebhookConfig(url=receiver.url, secret=SECRET, events=["app-ping"])
+    )
+    rec, retry = queue.keys.extra("wh:d:").encode(), queue.keys.extra("wh:retry")
+    bad = hook.id.encode() + b"/evt_\xff\xfe"
+    overlong = hook.id.encode() + b"/evt_\xc0\xaf"  # '/' written in two bytes: not UTF-8
+    no_slash = b"evt_without_its_webhook"  # UTF-8, but no '<webhook>/<event>' name
+    for member in (bad, overlong, no_slash, f"{hook.id}/evt_ok".encode()):
+        sync_client.hset(rec + member, mapping=_record())
+        sync_client.zadd(retry, {member: 0})
+
+    assert await m.service.retry_once() == 1
+    assert [r.id for r in receiver.ok()] == ["evt_ok"]
+    assert sync_client.zrange(retry, 0, -1) == []  # not leased again: dropped
+    errors = queue.keys.extra("slot-errors")
+    report = sync_client.hget(errors, "webhooks:retry-member")
+    assert report is not None and retry.encode() in report and b"not UTF-8" in report
+    assert bad.hex().encode() in report or overlong.hex().encode() in report
+    assert sync_client.exists(rec + bad)  # its record is left as it was
+    assert any("not UTF-8" in d for d in (await m.stats())["damaged"])
+    # Reported once: nothing left to drop, nothing written again.
+    sync_client.hdel(errors, "webhooks:retry-member")
+    assert await m.service.retry_once() == 0
+    assert sync_client.hget(errors, "webhooks:retry-member") is None
 
 
 async def test_results_are_recorded_past_a_damaged_index_and_never_half_written(

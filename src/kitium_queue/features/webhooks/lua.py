@@ -202,19 +202,53 @@ _CLAIM = """--@include lib_base
 -- with their score pushed a lease ahead (a worker that dies leaves them due again). A
 -- delivery record damaged by hand (another type) cannot be attempted: it moves to the
 -- DLQ, where listings name it, and is returned as a row of one field (its member).
--- wh:retry or wh:dlq damaged: KQ_DAMAGED_KEY, nothing written.
+-- A member that is not UTF-8 names no delivery (the library writes UTF-8 ids): it is
+-- dropped (its record, if any, left as it was) and reported in slot-errors
+-- ('webhooks:retry-member'). wh:retry or wh:dlq damaged: KQ_DAMAGED_KEY, nothing written.
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
 local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
 if bad then return bad end
 local n = arg_int(ARGV[4], 100, 1, BATCH_MAX)
 local lease = arg_int(ARGV[5], 60000, 1, MAX_DELAY_MS)
+-- Strict UTF-8 (as Python decodes it): no overlong forms, no surrogates, <= U+10FFFF.
+local function utf8_ok(s)
+  if not string.find(s, '[\\128-\\255]') then return true end
+  local i, len = 1, #s
+  while i <= len do
+    local c = string.byte(s, i)
+    local k, lo, hi = 0, 0x80, 0xBF
+    if c < 0x80 then k = 0
+    elseif c >= 0xC2 and c <= 0xDF then k = 1
+    elseif c >= 0xE0 and c <= 0xEF then
+      k = 2
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      k = 3
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    else return false end
+    if i + k > len then return false end
+    for j = 1, k do
+      local d = string.byte(s, i + j)
+      if d < lo or d > hi then return false end
+      lo, hi = 0x80, 0xBF
+    end
+    i = i + k + 1
+  end
+  return true
+end
 local due = redis.call('ZRANGEBYSCORE', RETRY, '-inf', NOW_S, 'LIMIT', 0, n)
-local out = {}
+local out, dropped, last = {}, 0, nil
 for i = 1, #due do
   local m = due[i]
-  local f = redis.pcall('HMGET', PREFIX .. 'wh:d:' .. m, 'b', 'ty', 'a', 'u', 'sg', 'm', 'h',
-    'st')
-  if f.err then
+  local f = nil
+  -- A delivery is named '<webhook id>/<event id>' in UTF-8; anything else names none.
+  if utf8_ok(m) and string.find(m, '/', 1, true) then
+    f = redis.pcall('HMGET', PREFIX .. 'wh:d:' .. m, 'b', 'ty', 'a', 'u', 'sg', 'm', 'h', 'st')
+  end
+  if f == nil then
+    redis.call('ZREM', RETRY, m)
+    dropped, last = dropped + 1, m
+  elseif f.err then
     redis.call('ZREM', RETRY, m)
     redis.call('ZADD', DLQ, NOW_S, m)
     out[#out + 1] = {m}
@@ -226,6 +260,17 @@ for i = 1, #due do
       f[7] or '[]'}
   end
 end
+if dropped > 0 then
+  local hex = string.gsub(string.sub(last, 1, 64), '.', function(ch)
+    return string.format('%02x', string.byte(ch))
+  end)
+  -- pcall: a damaged slot-errors hash must not fail the call (health_check names it).
+  redis.pcall('HSET', PREFIX .. 'slot-errors', 'webhooks:retry-member', NOW_S .. ' ' ..
+    dropped .. ' member(s) of ' .. RETRY .. ' not UTF-8 or without the / of a ' ..
+    "delivery's name (written outside kitium-queue; " ..
+    'the last, in hex: ' .. hex .. ') named no delivery and were dropped from the ' ..
+    'retries; a record under such a name was left as it was (delete it if unwanted)')
+end
 return out
 """
 
@@ -236,9 +281,13 @@ _DONE = """--@include lib_base
 -- fields per delivery: member, kind (ok | retry | dead | failed), attempts, due ms,
 -- history JSON, status ('' = none), error, ttl s, body ('' = the record exists),
 -- type, strategy, url, max retries.
--- wh:retry or wh:dlq damaged by hand: KQ_DAMAGED_KEY, nothing written. A delivery whose
--- record is damaged (another type) is not recorded: it goes to the DLQ, where listings
--- name it; a damaged index wh:idx:<w> is left out. Returns { 1, damaged keys... }.
+-- wh:retry or wh:dlq damaged by hand: KQ_DAMAGED_KEY, nothing written. The record key of
+-- a new delivery (body given) holding another type is replaced: a record is always a
+-- hash, and its name is this delivery's own (ids hold no '/'), so nothing there is any
+-- delivery's record, and the event it would have lost is at hand. An existing delivery
+-- whose record is damaged (its record was the event's only copy) is not recorded: it goes
+-- to the DLQ, where listings name it; a damaged index wh:idx:<w> is left out.
+-- Returns { 1, { damaged keys left as they were }, { replaced key, its type, ... } }.
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
 local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
 if bad then return bad end
@@ -255,20 +304,24 @@ for b = first, #ARGV, 13 do
   end
 end
 -- Checks first, writes last.
-local out, broken, noidx = { 1 }, {}, {}
+local damaged, replaced, broken, noidx = {}, {}, {}, {}
 for b = first, #ARGV, 13 do
   local key = PREFIX .. 'wh:d:' .. ARGV[b]
   local t = key_type(key)
-  if t ~= 'none' and t ~= 'hash' then
+  if t ~= 'none' and t ~= 'hash' and ARGV[b + 8] == '' then
     broken[b] = true
-    out[#out + 1] = key
+    damaged[#damaged + 1] = key
   else
+    if t ~= 'none' and t ~= 'hash' then
+      replaced[#replaced + 1] = key
+      replaced[#replaced + 1] = t
+    end
     local slash = string.find(ARGV[b], '/', 1, true) or 0
     local ik = PREFIX .. 'wh:idx:' .. string.sub(ARGV[b], 1, slash - 1)
     if noidx[ik] == nil then
       local it = key_type(ik)
       noidx[ik] = it ~= 'none' and it ~= 'zset'
-      if noidx[ik] then out[#out + 1] = ik end
+      if noidx[ik] then damaged[#damaged + 1] = ik end
     end
   end
 end
@@ -287,6 +340,8 @@ for b = first, #ARGV, 13 do
     redis.call('ZREM', RETRY, m)
     redis.call('ZADD', DLQ, NOW_S, m)
   elseif ARGV[b + 8] ~= '' then
+    local t = key_type(key)
+    if t ~= 'none' and t ~= 'hash' then redis.call('DEL', key) end
     redis.call('HSET', key, 'b', ARGV[b + 8], 'ty', ARGV[b + 9], 'sg', ARGV[b + 10],
       'c', NOW_S)
     if ARGV[b + 11] ~= '' then redis.call('HSET', key, 'u', ARGV[b + 11], 'm', ARGV[b + 12]) end
@@ -325,7 +380,7 @@ end
 if nack > 0 then
   redis.call('XACK', PREFIX .. 'outbox', group, unpack(ARGV, 6, 5 + nack))
 end
-return out
+return { 1, damaged, replaced }
 """
 
 _REQUEUE = """--@include lib_base

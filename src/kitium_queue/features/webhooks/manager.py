@@ -28,7 +28,7 @@ from .models import (
     check_strategy,
     check_url,
 )
-from .registry import Registry, checked, counts, read_records, webhook_damage
+from .registry import Registry, checked, counts, read_records, script_reports, webhook_damage
 from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver
 from .subscriber import WebhookSubscriber
@@ -489,13 +489,15 @@ class WebhookManager:
 
     async def stats(self) -> dict[str, Any]:
         """Endpoints, retries scheduled, DLQ size (None for a key damaged by hand, named in
-        ``damaged``), the outbox group's backlog, this process's in-memory deliveries."""
+        ``damaged`` with the scripts' reports), the outbox group's backlog, this process's
+        in-memory deliveries."""
         await self.queue.queries.check("webhook_stats", {})
         client = await self.queue.client()
         reads = [("hlen", "hooks", "hash"), ("zcard", "retry", "zset"), ("zcard", "dlq", "zset")]
         (hooks, retry, dlq), damaged = await counts(
             client, [(cmd, self._keys[k], t) for cmd, k, t in reads]
         )
+        damaged += await script_reports(client, self.queue.keys.extra)
         group = next(
             (g for g in (await Outbox(self.queue).stats()).groups if g.name == GROUP), None
         )

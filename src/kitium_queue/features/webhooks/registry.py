@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
@@ -23,7 +23,15 @@ from .models import DeliveryRecord, Webhook
 if TYPE_CHECKING:
     from ...queue import JobQueue
 
-__all__ = ["Registry", "checked", "counts", "damaged_key", "read_records", "webhook_damage"]
+__all__ = [
+    "Registry",
+    "checked",
+    "counts",
+    "damaged_key",
+    "read_records",
+    "script_reports",
+    "webhook_damage",
+]
 
 log = get_logger(__name__)
 
@@ -135,6 +143,19 @@ async def counts(
         str(damaged_key(reads[i][1], t, reads[i][2])) for i, t in zip(bad, types, strict=True)
     ]
     return [None if isinstance(n, Exception) else int(n) for n in got], damaged
+
+
+async def script_reports(client: Any, extra: Callable[[str], str]) -> list[str]:
+    """What the feature's scripts met and reported in ``slot-errors`` (``extra``: the
+    queue's ``keys.extra``): a damaged ``wh:subs``, ``wh:retry`` members dropped. None
+    when ``slot-errors`` is itself damaged (``health_check`` names it)."""
+    fields = ["damaged:" + extra("wh:subs"), "webhooks:retry-member"]
+    try:
+        got = await client.hmget(extra("slot-errors"), fields)
+    except ResponseError:
+        return []
+    # Each is stored as "<ms> <text>".
+    return [bytes(v).decode("utf-8", "replace").partition(" ")[2] for v in got if v]
 
 
 class Registry:

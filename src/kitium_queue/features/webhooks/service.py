@@ -137,11 +137,19 @@ class _Base:
             if not chunk and not ack:
                 return
             got = await self._script("webhooks_done", (GROUP, len(ack), *ack, *chunk))
-            for key in got[1:] if isinstance(got, list) else ():
+            damaged, replaced = (got[1], got[2]) if isinstance(got, list) else ([], [])
+            for key in damaged:
                 _warn_damaged(
                     _text(key),
                     "a delivery record there is kept in the webhook DLQ, an index is left "
                     "out; delete it to repair",
+                )
+            for key, found in zip(replaced[::2], replaced[1::2], strict=True):
+                _warn_damaged(
+                    _text(key),
+                    f"it held a {_text(found)}, never a delivery record (always a hash under "
+                    "its own delivery's name): replaced by the record of the new delivery "
+                    "it names, whose event was at hand",
                 )
         if q.hooks.feature_event:
             self._report(fields)
