@@ -27,7 +27,10 @@ Defects fixed here, each reproduced first:
   drops it;
 * ``until`` written by hand far beyond any timeout (a valid number) held the breaker's
   jobs for good and was reported as nothing; it is read as open for the breaker's
-  timeout and named in ``BreakerStats.damaged``.
+  timeout and named in ``BreakerStats.damaged``;
+* the leader's sweep read only the first 1,000 breakers of ``cb:ids``: a damaged breaker
+  further on held its jobs until its park timer; the sweep now walks ``cb:ids`` one page
+  of 1,000 per round, going on where the last round stopped.
 
 Cost: the binding moved from ``cb:of`` to the job's own hash, command for command (the
 same ``HSET`` at admission, ``HGET``/``HDEL`` at release); a queue without a manager
@@ -473,5 +476,49 @@ async def _stats_if(m: CircuitBreakerManager, state: CircuitBreakerState) -> Any
     return st if st.state is state else None
 
 
-async def _held(q: JobQueue) -> int:
-    return len(await parked_in(q, "cb:dep"))
+async def _held(q: JobQueue, breaker: str = "dep") -> int:
+    return len(await parked_in(q, f"cb:{breaker}"))
+
+
+# ================================================================ sweep of many breakers
+
+
+async def _many_breakers(m: CircuitBreakerManager, names: list[str]) -> None:
+    for i in range(0, len(names), 100):
+        await asyncio.gather(*(m.create_breaker({"id": n}) for n in names[i : i + 100]))
+
+
+async def test_the_sweep_walks_every_breaker_in_pages_across_rounds(
+    make_queue: QueueFactory, redis_client: redis.asyncio.Redis
+) -> None:
+    """The sweep read only the first 1,000 breakers of ``cb:ids``: with more, a damaged
+    breaker further on held its jobs until its park timer was due (here an hour)."""
+    q = _queue(make_queue)
+    m = CircuitBreakerManager(q, events=False)
+    await m.create_breaker({"id": "a", "job_name": "k"})  # the first listed
+    await _many_breakers(m, [f"a{i:05d}" for i in range(2199)])
+    await m.create_breaker({"id": "dep", "job_name": "j"})
+    await _many_breakers(m, [f"z{i:05d}" for i in range(299)])
+    ids = q.keys.extra("cb:ids")
+    assert await redis_client.zcard(ids) == 2500
+    assert [await redis_client.zrank(ids, b) for b in ("a", "dep")] == [0, 2200]
+    for b in ("a", "dep"):
+        await m.force_open(b, 3_600_000)  # held for an hour unless let go
+    dep, first = Dependency(q), Dependency(q, "k")
+    dep.down = first.down = False
+    held, held_first = await q.add_job("j", {}), await q.add_job("k", {})
+    await q.start()
+    await wait_until(lambda: _held(q))
+    await wait_until(lambda: _held(q, "a"))
+    await redis_client.delete(q.keys.extra("cb:b:dep"))  # deleted by hand, no read after
+    ev = BreakerEvents(q)
+    # One page of 1,000 breakers per call: the first two pass before "dep".
+    assert [await ev.sweep(), await ev.sweep()] == [0, 0]
+    assert await _held(q) == 1
+    assert await ev.sweep() == 1  # the third page holds it
+    await wait_until(lambda: dep.completed == [held], timeout=10)
+    # The walk then starts again from the first breaker.
+    await redis_client.delete(q.keys.extra("cb:b:a"))
+    assert await ev.sweep() == 1
+    await wait_until(lambda: held_first in first.completed, timeout=10)
+    assert first.started == [held_first] and dep.started == [held]

@@ -213,6 +213,45 @@ async def test_tenants_come_in_bounded_pages(
         assert len(rows_of(r.text, "tenant")) == 50
 
 
+async def test_a_page_of_tenants_reads_their_usage_in_a_bounded_number_of_round_trips(
+    make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page read each tenant's usage with its own script call: a page of 50 tenants
+    made more than 50 round trips to Redis. They are now read in one pipeline."""
+    from redis.asyncio.connection import AbstractConnection
+
+    q = make_queue("tq")
+    reg = TenantRegistry(q)
+    ids = [f"t{i:03d}" for i in range(60)]
+    for tid in ids:
+        await reg.create_tenant({"tenant_id": tid})
+    # Tenant i has i % 4 jobs waiting: each row must show its own tenant's count.
+    await q.add_jobs([("n", {}, {"tenant_id": t}) for i, t in enumerate(ids) for _ in range(i % 4)])
+    app = create_dashboard(queues=[q], tokens=TOKENS, refresh_ms=0)
+    c = await signed_in(app, VIEWER)
+    trips = 0
+    send = AbstractConnection.send_packed_command
+
+    async def counted(conn: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal trips
+        trips += 1
+        await send(conn, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    for _ in range(2):  # the first may send the script's source once more
+        trips = 0
+        r = await c.get("/q/tq/tenants?limit=50")
+        page_trips = trips
+        assert r.status_code == 200, r.text
+        rows = rows_of(r.text, "tenant")
+        assert len(rows) == 50
+        cells = {k: re.findall(r"<td[^>]*>(.*?)</td>", v, re.S) for k, v in rows.items()}
+        assert {tid: row[7] for tid, row in cells.items()} == {
+            tid: str(int(tid[1:]) % 4) for tid in rows
+        }
+        assert 1 <= page_trips <= 12, page_trips
+
+
 # ---------------------------------------------------------------------------- encryption
 async def test_the_encryption_page_shows_key_ids_and_rotation_never_keys(
     tmp_path: Path,

@@ -162,8 +162,8 @@ def _tenant_row(field: Any, raw: Any) -> TenantRow | None:
 
 async def read_tenants(queue: Any, cursor: tuple[int, int], limit: int) -> TenantPage:
     """At most ``limit`` tenants of ``queue``'s registry from ``cursor`` (HSCAN, at most
-    ``MAX_SCANS`` calls), each with its usage in ``queue``; a damaged entry is a row
-    that says so, a registry key of another type an error."""
+    ``MAX_SCANS`` calls), each with its usage in ``queue`` (one pipeline for the page);
+    a damaged entry is a row that says so, a registry key of another type an error."""
     from ..features.tenancy import TenantRegistry
     from ..features.tenancy import keys as tk
 
@@ -203,14 +203,15 @@ async def read_tenants(queue: Any, cursor: tuple[int, int], limit: int) -> Tenan
         )
         return TenantPage([], None, None, clip(error, _TEXT))
     rows.sort(key=lambda r: r.tenant_id)
-    for row in rows:
-        if row.damaged:
-            continue
-        try:
-            usage = await reg.get_tenant_usage(row.tenant_id, [queue.name])
-            row.usage = usage.queues.get(queue.name)
-        except KitiumQueueError as exc:
+    shown = [row for row in rows if not row.damaged]
+    try:  # one round trip for the page, not one per tenant
+        usages = await reg.get_usages([row.tenant_id for row in shown], queue.name)
+    except KitiumQueueError as exc:
+        for row in shown:
             row.usage_error = clip(str(exc), _TEXT)
+    else:
+        for row in shown:
+            row.usage = usages.get(row.tenant_id)
     return TenantPage(rows, following, entries)
 
 

@@ -83,7 +83,10 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
     "idempotency": ("multi", "exec", "persist"),
     "workflows": ("sadd", "srem", "scard", "smembers", "hvals", "hsetnx", "persist", "scan",
                   "unlink", "xrevrange", *_LEADER),
-    "breakers": ("hlen", "sadd", "srem", "scard", "sismember", "xrevrange", *_LEADER),
+    # zrank, zcount: the events leader's sweep resumes its walk of cb:ids where it stopped.
+    "breakers": (
+        "hlen", "sadd", "srem", "scard", "sismember", "xrevrange", "zrank", "zcount", *_LEADER,
+    ),
     "encryption": ("hsetnx", "hkeys", "scan", "zscan", *_LEADER),
     "webhooks": ("hvals", "hlen", "persist", "expire", "zremrangebyrank", *_OUTBOX, *_LEADER),
     "replicas": ("wait",),

@@ -116,6 +116,9 @@ class BreakerEvents(LeaderService):
         self.log_key = queue.keys.extra("cb:log")
         self.cursor_key = queue.keys.extra("cb:cursor")
         self._warned = -1e9
+        # Where the sweep's walk of cb:ids goes on: the last breaker of the page swept
+        # last and its score (empty: from the first).
+        self._sweep_after: list[Any] = ["", ""]
 
     def _warn(self, what: str) -> None:
         now = time.monotonic()
@@ -149,9 +152,13 @@ class BreakerEvents(LeaderService):
     async def sweep(self) -> int:
         """Let go the jobs held by breakers that act closed (record deleted or of another
         Redis type, state no state), and arm the park timer of the other breakers that
-        hold jobs again (one script call; the first 1000 breakers of the queue). Returns
-        how many breakers let jobs go. The leader runs it every ``sweep_ms``."""
-        reply = await self.queue.run(SCRIPT_NAME, ["sweep", "*"])
+        hold jobs again. One script call over one page of at most 1,000 breakers of the
+        queue (``cb:ids``, oldest first): each call goes on where the last one of this
+        object stopped, and starts again from the first breaker after the last page, so
+        every breaker is swept once every ceil(N / 1000) calls. Returns how many
+        breakers let jobs go. The leader runs it every ``sweep_ms``."""
+        reply = await self.queue.run(SCRIPT_NAME, ["sweep", "*", *self._sweep_after])
+        self._sweep_after = [reply[1], reply[2]] if len(reply) > 2 else ["", ""]
         return int(reply[0])
 
     async def _sweep_due(self, due: float) -> float:

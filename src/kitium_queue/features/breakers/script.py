@@ -163,13 +163,35 @@ end
 
 if op == 'sweep' then
   -- The breaker-events leader's safety net, every few seconds (events.py): for each
-  -- listed breaker (the first 1000 of cb:ids) that holds jobs, one that acts closed
-  -- (gone, record of another type, state closed or no state) lets them go, and one
-  -- open or half-open has its park timer armed again (it lives in the shared park
-  -- keys, where a hand could delete it; an earlier one is kept). Returns the number
-  -- of breakers that let jobs go.
-  local ids = redis.pcall('ZRANGE', CB_IDS, 0, 999)
-  if ids.err then return { 0 } end  -- list_breakers reports a damaged cb:ids
+  -- listed breaker of this page of cb:ids that holds jobs, one that acts closed (gone,
+  -- record of another type, state closed or no state) lets them go, and one open or
+  -- half-open has its park timer armed again (it lives in the shared park keys, where
+  -- a hand could delete it; an earlier one is kept).
+  -- A page is at most SWEEP_PAGE breakers, so no call holds Redis for long; the leader
+  -- walks cb:ids page by page across rounds. ARGV[6], ARGV[7]: the last breaker of the
+  -- previous page and its score ('' = start from the first). Returns { breakers that
+  -- let jobs go, last breaker of this page, its score } ('', '' when the walk is over:
+  -- the next starts again from the first).
+  local SWEEP_PAGE = 1000
+  local after, after_score = ARGV[6] or '', tonumber(ARGV[7] or '')
+  local total = redis.pcall('ZCARD', CB_IDS)
+  if type(total) ~= 'number' then return { 0, '', '' } end  -- list_breakers reports it
+  local start = 0
+  if after ~= '' then
+    local r = redis.call('ZRANK', CB_IDS, after)
+    if type(r) == 'number' then
+      start = r + 1
+    elseif after_score and after_score == after_score then
+      -- Removed since: go on from the breakers listed after its score (those of the
+      -- same score are seen again, which does no harm).
+      start = redis.call('ZCOUNT', CB_IDS, '-inf', string.format('(%.17g', after_score))
+    end
+    if start >= total then start = 0 end
+  end
+  local page = redis.call('ZRANGE', CB_IDS, start, start + SWEEP_PAGE - 1, 'WITHSCORES')
+  local ids, last, last_score = {}, '', ''
+  for i = 1, #page, 2 do ids[#ids + 1] = page[i] end
+  if #ids > 0 and start + #ids < total then last, last_score = page[#page - 1], page[#page] end
   local freed = 0
   for _, id in ipairs(ids) do
     if redis.call('EXISTS', PREFIX .. 'parked:cb:' .. id) == 1 then
@@ -191,7 +213,7 @@ if op == 'sweep' then
       end
     end
   end
-  return { freed }
+  return { freed, last, last_score }
 end
 
 local s = cb_load(b)

@@ -71,6 +71,36 @@ async def run_script(client: Any, script: LuaScript, keys: list[str], args: list
         return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
 
 
+async def run_scripts(
+    client: Any, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
+) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)`` of ``calls`` in one pipeline (one round
+    trip; not a transaction: each call is atomic on its own), as ``run_script`` would
+    one by one; the replies in order. Calls refused because the server does not know
+    the script are sent again by source, in a second pipeline. The first error raised."""
+    replies: list[Any] = []
+    again = list(range(len(calls)))
+    for cmd in ("EVALSHA", "EVAL"):
+        if not again:
+            break
+        body = script.sha if cmd == "EVALSHA" else script.source
+        pipe = client.pipeline(transaction=False)
+        for i in again:
+            keys, args = calls[i]
+            pipe.execute_command(cmd, body, len(keys), *keys, *args)
+        got = await pipe.execute(raise_on_error=False)
+        if not replies:
+            replies = got
+        else:
+            for i, r in zip(again, got, strict=True):
+                replies[i] = r
+        again = [i for i in again if isinstance(replies[i], NoScriptError)]
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return replies
+
+
 TN_PUT = LuaScript(__package__, "tn_put")
 
 

@@ -78,3 +78,14 @@ def index(keys: QueueKeys) -> str:
 def lane(keys: QueueKeys, tenant_id: str) -> str:
     """ZSET: the tenant's lane (its parked jobs)."""
     return keys.parked(LANE_PREFIX + tenant_id)
+
+
+def usage(keys: QueueKeys, tenant_id: str) -> list[str]:
+    """The keys ``tn_usage.lua`` reads (KEYS[1..4]): the tenant's hash, running set,
+    tickets and lane."""
+    return [
+        tenant(keys, tenant_id),
+        running(keys, tenant_id),
+        tickets(keys, tenant_id),
+        lane(keys, tenant_id),
+    ]

@@ -408,19 +408,21 @@ class TenantRegistry:
             per = []
             for name in names:
                 qk = QueueKeys(name, self.prefix)
-                r = await run_script(
-                    client,
-                    _USAGE,
-                    [
-                        tk.tenant(qk, tid),
-                        tk.running(qk, tid),
-                        tk.tickets(qk, tid),
-                        tk.lane(qk, tid),
-                    ],
-                    [qk.base],
-                )
+                r = await run_script(client, _USAGE, tk.usage(qk, tid), [qk.base])
                 per.append(_usage(name, tid, r))
         return TenantUsage.total(tid, per)
+
+    async def get_usages(self, tenant_ids: Iterable[str], queue: str) -> dict[str, QueueUsage]:
+        """Each tenant's usage in queue ``queue``, read as ``get_tenant_usage(tid,
+        [queue])`` reads it (each tenant's atomically), in one pipeline: one round trip."""
+        from .install import run_scripts
+
+        tids = [check_tenant_id(t, existing=True) for t in tenant_ids]
+        qk = QueueKeys(queue, self.prefix)
+        calls = [(tk.usage(qk, t), [qk.base]) for t in tids]
+        async with self._errors() as client:
+            replies = await run_scripts(client, _USAGE, calls) if calls else []
+        return {t: _usage(queue, t, r) for t, r in zip(tids, replies, strict=True)}
 
     # ------------------------------------------------------------------ internals
     def _not_found(self, tenant_id: str) -> TenantNotFoundError:
