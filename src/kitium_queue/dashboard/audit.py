@@ -27,7 +27,8 @@ from starlette.responses import Response
 
 from ..errors import ConfigurationError, KitiumQueueError
 from ..limits import clip
-from .auth import Session, needs
+from .auth import Session
+from .views import refused as refused_page
 
 if TYPE_CHECKING:
     from ..features.audit import AuditEntry, AuditLog, AuditReport
@@ -169,19 +170,7 @@ class AuditPages:
 
     def refused(self, request: Request, session: Session, action: str, resource: str) -> Response:
         """The 403 page for an action the session's role does not allow (recorded)."""
-        need = needs(action).value
-        self.dash.note_refusal(session, action, resource)
-        return self.dash.render(
-            request,
-            "error.html",
-            session,
-            status=403,
-            heading="Refused",
-            error=(
-                f"{session.principal} ({session.role.value}) may not {action}: it needs the "
-                f"{need} role"
-            ),
-        )
+        return refused_page(self.dash, request, session, action, resource)
 
     # ------------------------------------------------------------------ the page
     async def page(self, request: Request, session: Session) -> Response:

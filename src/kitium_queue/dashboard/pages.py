@@ -19,12 +19,11 @@ from ..errors import ConfigurationError, DamagedKeyError, JobStateError, KitiumQ
 from ..limits import clip
 from ..presence import live_workers
 from ..queries import JobPage
-from .auth import ACTIONS, Session
+from .auth import Session
 from .data import (
     MAX_PAGE,
     Filter,
     enabled,
-    feature_pages,
     overview_row,
     queue_row,
     render_value,
@@ -32,6 +31,7 @@ from .data import (
 )
 from .graph import layout
 from .render import queue_segment
+from .views import not_found, queue_context
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -68,14 +68,10 @@ class Pages:
         return self.dash.queue(request.path_params["queue"])
 
     def _missing(self, request: Request, session: Session, what: str) -> Response:
-        return self.dash.render(request, "error.html", session, status=404, error=what)
+        return not_found(self.dash, request, session, what)
 
     def _common(self, queue: Any, session: Session) -> dict[str, Any]:
-        return {
-            "queue": queue.name,
-            "features": feature_pages(queue),
-            "can": {a: session.may(a) for a in ACTIONS},
-        }
+        return queue_context(queue, session)
 
     def _job_view(self, job: Any) -> dict[str, Any]:
         status = job.status.value

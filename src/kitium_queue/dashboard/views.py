@@ -14,11 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .auth import ACTIONS, needs
+from .data import feature_pages
+
 if TYPE_CHECKING:
     from .app import Dashboard
     from .auth import Session
 
-__all__ = ["feature_routes"]
+__all__ = ["feature_routes", "not_found", "queue_context", "refused"]
 
 #: Wraps a GET handler of a page (``app.py``'s guard).
 PageWrap = Callable[[Callable[[Request, "Session"], Awaitable[Response]]], Any]
@@ -41,3 +44,37 @@ def feature_routes(dash: Dashboard, page: PageWrap) -> list[Route]:
         module = importlib.import_module(f"{__package__}.{name}")
         routes += module.routes(dash, page)
     return routes
+
+
+# -------------------------------------------------------------- what every page shares
+def queue_context(queue: Any, session: Session) -> dict[str, Any]:
+    """The template values of a queue's page: its name, its tabs, what the role may do."""
+    return {
+        "queue": queue.name,
+        "features": feature_pages(queue),
+        "can": {a: session.may(a) for a in ACTIONS},
+    }
+
+
+def not_found(dash: Dashboard, request: Request, session: Session, what: str) -> Response:
+    """The 404 page saying ``what`` is missing."""
+    return dash.render(request, "error.html", session, status=404, error=what)
+
+
+def refused(
+    dash: Dashboard, request: Request, session: Session, action: str, resource: str
+) -> Response:
+    """The 403 page for an action the session's role does not allow (recorded with
+    ``note_refusal``)."""
+    dash.note_refusal(session, action, resource)
+    return dash.render(
+        request,
+        "error.html",
+        session,
+        status=403,
+        heading="Refused",
+        error=(
+            f"{session.principal} ({session.role.value}) may not {action}: it needs the "
+            f"{needs(action).value} role"
+        ),
+    )

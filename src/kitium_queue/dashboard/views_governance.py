@@ -43,8 +43,8 @@ from starlette.routing import Route
 
 from ..errors import ConfigurationError, KitiumQueueError, PermissionDeniedError
 from ..limits import clip
-from .auth import ACTIONS, needs
-from .data import FEATURE_PAGES, MAX_PAGE, enabled, feature_pages, render_value
+from .data import FEATURE_PAGES, MAX_PAGE, enabled, render_value
+from .views import not_found, queue_context, refused
 
 if TYPE_CHECKING:
     from ..features.compliance import ComplianceManager
@@ -140,14 +140,10 @@ class GovernanceViews:
         self.dash = dash
 
     def _common(self, queue: Any, session: Session) -> dict[str, Any]:
-        return {
-            "queue": queue.name,
-            "features": feature_pages(queue),
-            "can": {a: session.may(a) for a in ACTIONS},
-        }
+        return queue_context(queue, session)
 
     def _missing(self, request: Request, session: Session, what: str) -> Response:
-        return self.dash.render(request, "error.html", session, status=404, error=what)
+        return not_found(self.dash, request, session, what)
 
     # ------------------------------------------------------------------ compliance
     async def compliance(self, request: Request, session: Session) -> Response:
@@ -283,18 +279,7 @@ class GovernanceViews:
                 "AccessControlManager(...)), --access)",
             )
         if not session.may(ACCESS_ACTION):
-            self.dash.note_refusal(session, ACCESS_ACTION, "access")
-            return self.dash.render(
-                request,
-                "error.html",
-                session,
-                status=403,
-                heading="Refused",
-                error=(
-                    f"{session.principal} ({session.role.value}) may not {ACCESS_ACTION}: "
-                    f"it needs the {needs(ACCESS_ACTION).value} role"
-                ),
-            )
+            return refused(self.dash, request, session, ACCESS_ACTION, "access")
         params = request.query_params
         who = params.get("principal", "")[:600]
         limit = _number(params.get("limit", ""), PAGE, MAX_PAGE) or PAGE

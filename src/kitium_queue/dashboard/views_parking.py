@@ -32,8 +32,8 @@ from starlette.routing import Route
 from ..errors import DamagedKeyError, KitiumQueueError, PermissionDeniedError
 from ..limits import clip, reply_text
 from ..parking import ParkStats, blocker_sets, park_stats, parked_in
-from .auth import ACTIONS
-from .data import FEATURE_PAGES, MAX_PAGE, enabled, feature_pages
+from .data import FEATURE_PAGES, MAX_PAGE, enabled
+from .views import not_found, queue_context
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -209,14 +209,10 @@ class ParkingViews:
         self.dash = dash
 
     def _common(self, queue: Any, session: Session) -> dict[str, Any]:
-        return {
-            "queue": queue.name,
-            "features": feature_pages(queue),
-            "can": {a: session.may(a) for a in ACTIONS},
-        }
+        return queue_context(queue, session)
 
     def _missing(self, request: Request, session: Session, what: str) -> Response:
-        return self.dash.render(request, "error.html", session, status=404, error=what)
+        return not_found(self.dash, request, session, what)
 
     async def parked(self, request: Request, session: Session) -> Response:
         """``/q/<queue>/parked``: blockers, the ids behind one, flow control, slot errors."""

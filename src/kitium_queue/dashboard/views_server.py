@@ -48,8 +48,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..limits import clip
-from .auth import ACTIONS
-from .data import FEATURE_PAGES, feature_pages
+from .data import FEATURE_PAGES
+from .views import queue_context
 
 if TYPE_CHECKING:
     from ..features.footprint import QueueFootprint
@@ -415,9 +415,7 @@ def routes(dash: Dashboard, page: PageWrap) -> list[Route]:
             request,
             "server.html",
             session,
-            queue=queue.name,
-            features=feature_pages(queue),
-            can={a: session.may(a) for a in ACTIONS},
+            **queue_context(queue, session),
             health=health,
             replicas=replicas,
             memory=memory,

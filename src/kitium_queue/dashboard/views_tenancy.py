@@ -32,8 +32,9 @@ from starlette.routing import Route
 
 from ..errors import ConfigurationError, KitiumQueueError
 from ..limits import clip, reply_text
-from .auth import ACTIONS, Session
-from .data import FEATURE_PAGES, enabled, feature_pages
+from .auth import Session
+from .data import FEATURE_PAGES, enabled
+from .views import not_found, queue_context
 
 if TYPE_CHECKING:
     from ..features.encryption.status import RotationStatus
@@ -320,14 +321,10 @@ def routes(dash: Dashboard, page: PageWrap) -> list[Route]:
     ``page``: sign-in, roles, read guards as every other page)."""
 
     def common(queue: Any, session: Session) -> dict[str, Any]:
-        return {
-            "queue": queue.name,
-            "features": feature_pages(queue),
-            "can": {a: session.may(a) for a in ACTIONS},
-        }
+        return queue_context(queue, session)
 
     def missing(request: Request, session: Session, what: str) -> Response:
-        return dash.render(request, "error.html", session, status=404, error=what)
+        return not_found(dash, request, session, what)
 
     async def tenants(request: Request, session: Session) -> Response:
         queue = dash.queue(request.path_params["queue"])
