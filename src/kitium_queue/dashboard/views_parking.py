@@ -109,22 +109,6 @@ def _number(value: Any) -> int | None:
         return None
 
 
-def _unreadable(queue: Any, exc: Exception) -> ParkStats:
-    """What the page shows when ``park_stats`` cannot read a count or due time (a score
-    written outside kitium-queue, such as ``inf``): both keys named, one is damaged."""
-    keys = queue.keys
-    why = (
-        f"this key or the other named here holds a score that is no whole number "
-        f"({clip(str(exc), 100)}), written outside kitium-queue: delete it and rebuild "
-        "the parked sets (rebuild_parked)"
-    )
-    return ParkStats(
-        total=0,
-        blockers=0,
-        slot_errors={f"damaged:{keys.parked_index}": why, f"damaged:{keys.park_timers}": why},
-    )
-
-
 def _slot_rows(errors: Mapping[str, str]) -> list[dict[str, Any]]:
     """The slot errors, damaged keys first: what failed, when, the message (with the
     repair for a damaged key)."""
@@ -225,10 +209,8 @@ class ParkingViews:
                 "tenancy) is enabled on this queue in this process",
             )
         await queue.queries.check("get_stats", {})
-        try:
-            stats = await park_stats(queue, TOP_BLOCKERS)
-        except (ValueError, OverflowError) as exc:  # a score set by hand: inf
-            stats = _unreadable(queue, exc)
+        # A count or due time written by hand (inf) is named among the slot errors.
+        stats = await park_stats(queue, TOP_BLOCKERS)
         blockers = await _blockers(queue, stats)
         params = request.query_params
         chosen = params.get("blocker")
