@@ -509,10 +509,11 @@ def _compose_notify(
     slot: str, params: str, hook: str | None, frags: list[SlotFragment], *, args: str = ""
 ) -> str:
     """A slot whose fragments all run in turn, for their effects, and return nothing
-    (``release``, ``event``, ``erase``): ``<slot>_slot(params)`` calls each with ``args``
-    (default: the params). When ``hook`` is given the function is also assigned to it,
-    the name the library calls it by (``release_hook`` in lib_parking.lua,
-    ``event_hook`` in lib_events.lua); ``erase`` is called by ``--@slot`` lines only."""
+    (``event``, ``erase``, ``requeue``; ``release`` is composed the same way by
+    ``_compose_release``, which also hands each fragment its declared fields):
+    ``<slot>_slot(params)`` calls each with ``args`` (default: the params). When ``hook``
+    is given the function is also assigned to it, the name the library calls it by
+    (``event_hook`` in lib_events.lua); ``erase`` is called by ``--@slot`` lines only."""
     lines = _header(slot, frags)
     lines.append(f"local function {slot}_slot({params})")
     lines.append("  local ok, err")
