@@ -844,3 +844,31 @@ async def test_a_handover_is_reported_once_as_manual_while_the_monitor_ticks(
     ]
     assert metrics.total("regions.failovers", to=NAMES[1], reason="manual") == 1
     assert m.primary == NAMES[1]
+
+
+async def test_a_handover_takes_over_entries_a_silent_replicator_holds(
+    make: Callable[..., Any],
+) -> None:
+    """A replicator that read entries and then went silent (its process died, or it
+    waits out a backoff) holds them in the group; the planned handover takes them over
+    within its drain (750 ms here), well before the replicators' own take-over time
+    (1 s at the least), and the target gets every job."""
+    from kitium_queue.features.regions.replication import group_of
+    from kitium_queue.outbox import Outbox
+
+    m = await make(failover={"timeout_ms": 1500})
+    ids = [await m.add_job("job", {"n": i}) for i in range(5)]
+    silent = Outbox(m.region(NAMES[0]).lane).consumer(
+        group_of(NAMES[1]),
+        "silent",
+        start="0",
+        count=100,
+        block_ms=0,
+        claim_idle_ms=60_000,
+        max_deliveries=1_000_000_000,
+    )
+    held = await silent.read()
+    assert {e.fields.get("id", b"").decode() for e in held} >= set(ids)
+    info = await m.failover_to(NAMES[1])
+    assert (info.primary, m.primary) == (NAMES[1], NAMES[1])
+    assert [await copy_state(m, NAMES[1], j) for j in ids] == ["waiting"] * len(ids)

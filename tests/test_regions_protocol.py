@@ -127,3 +127,58 @@ async def test_claims_are_fenced_too(copy: JobQueue) -> None:
         client, "claim", copy.keys.all, [*head, 10, 30_000, 0, 1000, 1, "1", "w", 100]
     )
     assert reply[0] == b"fenced"
+
+
+async def test_an_outcome_applied_late_never_ends_a_job_requeued_since(copy: JobQueue) -> None:
+    """Batches may be applied late (a replicator that waited out a backoff, entries a
+    handover took over from a silent one): an ``end`` older than the latest ``req``
+    copied here is skipped, a newer one applies."""
+    from kitium_queue.features.regions.copying import apply
+    from kitium_queue.features.regions.lua import entry
+
+    def put(op: str, state: str, at: int) -> list[Any]:
+        return entry(
+            op=op,
+            id="j1",
+            name="job",
+            data=b'"x"',
+            priority="0",
+            lifo="0",
+            created=T0,
+            state=state,
+            attempts="1",
+            at=at,
+        )
+
+    def end(at: int) -> list[Any]:
+        return entry(
+            op="end",
+            id="j1",
+            name="job",
+            state="completed",
+            payload=b'"r"',
+            finished=at,
+            keep_count="",
+            keep_age="",
+            at=at,
+        )
+
+    async def state() -> str:
+        info = await copy.get_job_status("j1")
+        assert info is not None
+        return info.status.value
+
+    assert await apply(copy, [put("put", "waiting", T0)]) == ["added"]
+    assert await apply(copy, [end(T0 + 10)]) == ["ended"]
+    assert await state() == "completed"
+    assert await apply(copy, [put("req", "waiting", T0 + 30)]) == ["requeued"]
+    assert await state() == "waiting"
+    # The completion before the requeue, applied again late: skipped.
+    assert await apply(copy, [end(T0 + 10), end(T0 + 29)]) == ["exists", "exists"]
+    assert await state() == "waiting"
+    # A requeue applied late (older than the one copied) keeps the newer time.
+    assert await apply(copy, [put("req", "waiting", T0 + 5)]) == ["exists"]
+    assert await apply(copy, [end(T0 + 29)]) == ["exists"]
+    # The job's next outcome applies.
+    assert await apply(copy, [end(T0 + 40)]) == ["ended"]
+    assert await state() == "completed"

@@ -136,6 +136,13 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "copies it",
         ),
         JobField(
+            "rq",
+            "multi-region: when the source requeued the job (ms of its clock, the time of "
+            "the latest requeue entry copied here); an outcome entry older than it, applied "
+            "late, is skipped",
+            "rg_apply.lua",
+        ),
+        JobField(
             "sj",
             "the subject whose data the job carries (its subject_id option; the "
             "compliance feature's marker, read when the job is erased)",

@@ -116,13 +116,19 @@ class Handover:
         if not cfg.replication.enabled:
             return
         rep = self.monitor.replicator
+        # Entries a replicator read and has not acknowledged are taken over once they
+        # have been idle a quarter of the drain: a replicator that died, lost its term or
+        # waits out a backoff holds them, and the replicators' own take-over time
+        # (max(1 s, lease_ms)) is not below the drain. Applying an entry twice is
+        # harmless (rg_apply.lua: each is idempotent, and a job's copy is exported as it
+        # is now); the primary has stepped down, so no new work races the drain.
         consumer = Outbox(p.lane).consumer(
             group_of(target.name),
             f"handover-{os.getpid()}",
             start="0",
             count=500,
             block_ms=0,
-            claim_idle_ms=max(1000, cfg.lease_ms),
+            claim_idle_ms=max(20, min(max(1000, cfg.lease_ms), drain_ms // 4)),
             max_deliveries=1_000_000_000,
         )
         source = f"{p.name}@{epoch}"

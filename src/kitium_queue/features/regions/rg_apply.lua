@@ -3,7 +3,10 @@
   new primary catching up from its peers). Every entry is idempotent and the order of
   entries of different jobs does not matter; for one job, an outcome that ends it wins
   over anything older (an 'end' that arrives before its job leaves a tombstone, so the
-  late 'put' is skipped).
+  late 'put' is skipped). A batch may be applied late, after newer ones (a replicator
+  that waited out a backoff, entries taken over from a silent one): 'put' and 'req'
+  copy the job as it is now at the source, and each 'req' records its time on the copy
+  (field rq), so an 'end' older than it (the job was requeued since) is skipped.
 
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
@@ -167,6 +170,8 @@ for b = 9, #ARGV, N do
         end
       end
     end
+  elseif op == 'end' and not TERMINAL[st] and at < num(redis.call('HGET', jk, 'rq')) then
+    status = 'exists'  -- older than a requeue copied here: applied late (module docstring)
   else
     keep_key(id, ik, ittl)
     local ends = (op == 'end') or TERMINAL[state]
@@ -182,6 +187,10 @@ for b = 9, #ARGV, N do
     elseif not TERMINAL[st] and attempts > num(redis.call('HGET', jk, 'a')) then
       redis.call('HSET', jk, 'a', int(attempts))
     end
+  end
+  if op == 'req' and (status == 'added' or status == 'requeued' or status == 'exists')
+      and redis.call('TYPE', jk)['ok'] == 'hash' and at > num(redis.call('HGET', jk, 'rq')) then
+    redis.call('HSET', jk, 'rq', int(at))
   end
   out[#out + 1] = status
 end
