@@ -32,10 +32,18 @@ def _fill(redis_url: str, prefix: str) -> None:
     async def go() -> None:
         q = JobQueue("ct", redis=redis_url, prefix=prefix)
         reg = TenantRegistry(q)
-        await reg.create_tenant({"tenant_id": "acme", "name": "ACME \u202eCorp<b>",
-                                 "weight": 2,
-                                 "quota": {"max_queue_size": 10, "max_concurrency": 1,
-                                           "rate_limit": {"max": 5, "duration": 1000}}})
+        await reg.create_tenant(
+            {
+                "tenant_id": "acme",
+                "name": "ACME \u202eCorp<b>",
+                "weight": 2,
+                "quota": {
+                    "max_queue_size": 10,
+                    "max_concurrency": 1,
+                    "rate_limit": {"max": 5, "duration": 1000},
+                },
+            }
+        )
         await reg.create_tenant({"tenant_id": "beta"})
         await q.add_jobs([("n", {}, {"tenant_id": "acme"}) for _ in range(3)])
         await q.close()
@@ -67,3 +75,36 @@ def test_tenants_commands(app: str, redis_url: str, prefix: str) -> None:
     assert missing.exit_code == 1 and "no tenant 'nope'" in missing.output
     bad = runner.invoke(main, ["tenants", "show", app, "a*b"])
     assert bad.exit_code == 2 and "tenant_id" in bad.output
+
+
+def test_tenants_list_reads_usage_in_pages_per_queue(
+    app: str, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Usage is read in pipelines (pages of tenants per queue): the figures are those
+    ``get_tenant_usage`` gives each tenant, summed over every registered queue."""
+    import kitium_queue.features.tenancy.cli as tcli
+
+    monkeypatch.setattr(tcli, "_PAGE", 2)
+    tids = [f"t{i}" for i in range(5)]
+
+    async def fill() -> dict[str, dict[str, object]]:
+        qs = [JobQueue(n, redis=redis_url, prefix=prefix) for n in ("ct", "ct2")]
+        for q in qs:
+            TenantRegistry.enable(q)
+        reg = TenantRegistry(qs[0])
+        for i, t in enumerate(tids):
+            await reg.create_tenant({"tenant_id": t})
+            for k, q in enumerate(qs):
+                await q.add_jobs([("n", {}, {"tenant_id": t}) for _ in range(i + 2 * k)])
+        want = {t: (await reg.get_tenant_usage(t)).as_dict() for t in tids}
+        for q in qs:
+            await q.close()
+        return want
+
+    want = asyncio.run(fill())
+    out = CliRunner().invoke(main, ["tenants", "list", app, "--json"])
+    assert out.exit_code == 0, out.output
+    got = {t["tenant_id"]: t["usage"] for t in json.loads(out.output)["tenants"]}
+    assert got == want
+    assert [got[t]["queued"] for t in tids] == [2, 4, 6, 8, 10]
+    assert set(got["t3"]["queues"]) == {"ct", "ct2"}

@@ -2,7 +2,8 @@
 
 The command group is built by ``make_command`` with the CLI's own helpers passed in (so
 this module does not import the CLI). ``APP`` names a queue: the registry is the one of
-its connection and key prefix; usage is summed over every queue tenancy is enabled on.
+its connection and key prefix; usage is summed over every queue tenancy is enabled on
+(``tenants list`` reads it in one pipeline per queue and 500 tenants).
 Every value printed comes from Redis or the user and goes through the CLI's escaping.
 A tenant whose id mixes scripts (created before that was refused: it reads as another
 id) is flagged: the ``lookalike`` column / field says what it mixes.
@@ -45,6 +46,24 @@ def _usage(u: TenantUsage) -> list[int]:
     return [u.queued, u.active, u.held, u.rate_used, u.completed, u.failed]
 
 
+# Tenants per pipeline when every tenant's usage is read (one round trip each).
+_PAGE = 500
+
+
+async def _all_usages(reg: TenantRegistry, tenant_ids: Sequence[str]) -> list[TenantUsage]:
+    """Each tenant's usage summed over every registered queue, read as
+    ``get_tenant_usage`` reads it (each tenant's atomically per queue), in pipelines of
+    ``_PAGE`` tenants per queue instead of one call per tenant and queue."""
+    names = await reg.queues()
+    per: list[list[Any]] = [[] for _ in tenant_ids]
+    for name in names:
+        for start in range(0, len(tenant_ids), _PAGE):
+            got = await reg.get_usages(tenant_ids[start : start + _PAGE], name)
+            for i, u in enumerate(got.values(), start):
+                per[i].append(u)
+    return [TenantUsage.total(t, us) for t, us in zip(tenant_ids, per, strict=True)]
+
+
 def make_command(
     with_queue: WithQueue,
     redis_option: Callable[[Any], Any],
@@ -68,7 +87,7 @@ def make_command(
         async def act(q: Any) -> None:
             reg = TenantRegistry.for_queue(q)
             configs = await reg.list_tenants()
-            usages = [await reg.get_tenant_usage(c.tenant_id) for c in configs]
+            usages = await _all_usages(reg, [c.tenant_id for c in configs])
             if as_json:
                 out = [
                     {**c.to_dict(), "lookalike": c.lookalike, "usage": u.as_dict()}
