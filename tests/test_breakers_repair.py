@@ -512,13 +512,46 @@ async def test_the_sweep_walks_every_breaker_in_pages_across_rounds(
     await wait_until(lambda: _held(q, "a"))
     await redis_client.delete(q.keys.extra("cb:b:dep"))  # deleted by hand, no read after
     ev = BreakerEvents(q)
-    # One page of 1,000 breakers per call: the first two pass before "dep".
-    assert [await ev.sweep(), await ev.sweep()] == [0, 0]
+    # One page of 1,000 breakers per call: the first two pass before "dep". The walk's
+    # place is kept in Redis: a new leader (another object) goes on from it.
+    assert await ev.sweep() == 0
+    assert await redis_client.get(q.keys.extra("cb:sweep")) == b"%d a00998" % (
+        await redis_client.zscore(ids, "a00998")
+    )
+    assert await BreakerEvents(q).sweep() == 0
     assert await _held(q) == 1
-    assert await ev.sweep() == 1  # the third page holds it
+    assert await BreakerEvents(q).sweep() == 1  # the third page holds it
+    assert await redis_client.get(q.keys.extra("cb:sweep")) == b""  # the walk is over
     await wait_until(lambda: dep.completed == [held], timeout=10)
     # The walk then starts again from the first breaker.
     await redis_client.delete(q.keys.extra("cb:b:a"))
     assert await ev.sweep() == 1
     await wait_until(lambda: held_first in first.completed, timeout=10)
     assert first.started == [held_first] and dep.started == [held]
+
+
+@pytest.mark.parametrize("damage", ["hash", "nan a", "inf a", "12", " a", "x y z", "\xff\x00"])
+async def test_a_damaged_sweep_place_starts_the_walk_again(
+    make_queue: QueueFactory, redis_client: redis.asyncio.Redis, damage: str
+) -> None:
+    """``cb:sweep`` of another type or shape: the walk starts from the first breaker,
+    and the place is written again."""
+    q = _queue(make_queue)
+    m = CircuitBreakerManager(q, events=False)
+    await m.create_breaker({"id": "dep", "job_name": "j"})
+    await m.force_open("dep", 3_600_000)  # held for an hour unless let go
+    dep = Dependency(q)
+    dep.down = False
+    held = await q.add_job("j", {})
+    await q.start()
+    await wait_until(lambda: _held(q))
+    await redis_client.delete(q.keys.extra("cb:b:dep"))  # deleted by hand, no read after
+    key = q.keys.extra("cb:sweep")
+    if damage == "hash":
+        await redis_client.hset(key, "a", "1")
+    else:
+        await redis_client.set(key, damage.encode("latin-1"))
+    assert await BreakerEvents(q).sweep() == 1  # from the first breaker: "dep" swept
+    await wait_until(lambda: dep.completed == [held], timeout=10)
+    assert await redis_client.type(key) == b"string"
+    assert await redis_client.get(key) == b""

@@ -21,6 +21,7 @@ shared park keys gets it again, so no damaged key holds jobs until a repair.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -116,9 +117,8 @@ class BreakerEvents(LeaderService):
         self.log_key = queue.keys.extra("cb:log")
         self.cursor_key = queue.keys.extra("cb:cursor")
         self._warned = -1e9
-        # Where the sweep's walk of cb:ids goes on: the last breaker of the page swept
-        # last and its score (empty: from the first).
-        self._sweep_after: list[Any] = ["", ""]
+        # Where the sweep's walk of cb:ids goes on (read and written by each sweep).
+        self.sweep_key = queue.keys.extra("cb:sweep")
 
     def _warn(self, what: str) -> None:
         now = time.monotonic()
@@ -153,13 +153,33 @@ class BreakerEvents(LeaderService):
         """Let go the jobs held by breakers that act closed (record deleted or of another
         Redis type, state no state), and arm the park timer of the other breakers that
         hold jobs again. One script call over one page of at most 1,000 breakers of the
-        queue (``cb:ids``, oldest first): each call goes on where the last one of this
-        object stopped, and starts again from the first breaker after the last page, so
+        queue (``cb:ids``, oldest first): each call goes on where the last one (of any
+        process) stopped, and starts again from the first breaker after the last page, so
         every breaker is swept once every ceil(N / 1000) calls. Returns how many
-        breakers let jobs go. The leader runs it every ``sweep_ms``."""
-        reply = await self.queue.run(SCRIPT_NAME, ["sweep", "*", *self._sweep_after])
-        self._sweep_after = [reply[1], reply[2]] if len(reply) > 2 else ["", ""]
+        breakers let jobs go. The leader runs it every ``sweep_ms``. The walk's place is
+        kept in ``cb:sweep`` ("<score> <breaker id>"), where a new leader goes on; a
+        value of another shape or type starts the walk again from the first breaker."""
+        client = await self.queue.client()
+        place = await self._sweep_place(client)
+        reply = await self.queue.run(SCRIPT_NAME, ["sweep", "*", *place])
+        after, score = (_bytes(v) for v in reply[1:3]) if len(reply) > 2 else (b"", b"")
+        await client.set(self.sweep_key, score + b" " + after if after else b"")
         return int(reply[0])
+
+    async def _sweep_place(self, client: Any) -> list[Any]:
+        """The sweep's saved place ([breaker id, score]); ["", ""] from the first."""
+        try:
+            raw = await client.get(self.sweep_key)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            return ["", ""]
+        score, _, after = (raw or b"").partition(b" ")
+        try:
+            ok = after != b"" and math.isfinite(float(score))
+        except ValueError:
+            ok = False
+        return [after, score] if ok else ["", ""]
 
     async def _sweep_due(self, due: float) -> float:
         """Sweep when ``due`` (monotonic seconds) has come; the next due time."""
@@ -218,6 +238,10 @@ class BreakerEvents(LeaderService):
                 report(self.queue, BreakerTransition.parse(last, fields))
         await client.set(self.cursor_key, last)
         return last
+
+
+def _bytes(v: Any) -> bytes:
+    return v if isinstance(v, bytes) else str(v).encode()
 
 
 def _sid(v: Any) -> str:
