@@ -16,6 +16,7 @@ from kitium_queue.features.regions.lua import install
 from kitium_queue.features.regions.record import Record
 
 T0 = 1_000_000
+SRC = "a@1"  # the source of replication calls: <region>@<epoch>
 
 
 @pytest.fixture
@@ -132,7 +133,8 @@ async def test_claims_are_fenced_too(copy: JobQueue) -> None:
 async def test_an_outcome_applied_late_never_ends_a_job_requeued_since(copy: JobQueue) -> None:
     """Batches may be applied late (a replicator that waited out a backoff, entries a
     handover took over from a silent one): an ``end`` older than the latest ``req``
-    copied here is skipped, a newer one applies."""
+    copied here from the same source is skipped, a newer one applies. Times of another
+    source (another server's clock) are not compared."""
     from kitium_queue.features.regions.copying import apply
     from kitium_queue.features.regions.lua import entry
 
@@ -168,17 +170,25 @@ async def test_an_outcome_applied_late_never_ends_a_job_requeued_since(copy: Job
         assert info is not None
         return info.status.value
 
-    assert await apply(copy, [put("put", "waiting", T0)]) == ["added"]
-    assert await apply(copy, [end(T0 + 10)]) == ["ended"]
+    assert await apply(copy, src=SRC, entries=[put("put", "waiting", T0)]) == ["added"]
+    assert await apply(copy, src=SRC, entries=[end(T0 + 10)]) == ["ended"]
     assert await state() == "completed"
-    assert await apply(copy, [put("req", "waiting", T0 + 30)]) == ["requeued"]
+    assert await apply(copy, src=SRC, entries=[put("req", "waiting", T0 + 30)]) == ["requeued"]
     assert await state() == "waiting"
     # The completion before the requeue, applied again late: skipped.
-    assert await apply(copy, [end(T0 + 10), end(T0 + 29)]) == ["exists", "exists"]
+    assert await apply(copy, src=SRC, entries=[end(T0 + 10), end(T0 + 29)]) == ["exists", "exists"]
     assert await state() == "waiting"
     # A requeue applied late (older than the one copied) keeps the newer time.
-    assert await apply(copy, [put("req", "waiting", T0 + 5)]) == ["exists"]
-    assert await apply(copy, [end(T0 + 29)]) == ["exists"]
+    assert await apply(copy, src=SRC, entries=[put("req", "waiting", T0 + 5)]) == ["exists"]
+    assert await apply(copy, src=SRC, entries=[end(T0 + 29)]) == ["exists"]
+    # Without a source (a stranded record resubmitted), or from another source (a new
+    # primary, its own clock), nothing is compared: the outcome applies.
+    assert await apply(copy, src="b@2", entries=[end(T0 + 1)]) == ["ended"]
+    assert await apply(copy, src=SRC, entries=[put("req", "waiting", T0 + 50)]) == ["requeued"]
+    assert await apply(copy, entries=[end(T0 + 2)]) == ["ended"]
+    assert await apply(copy, src=SRC, entries=[put("req", "waiting", T0 + 60)]) == ["requeued"]
     # The job's next outcome applies.
-    assert await apply(copy, [end(T0 + 40)]) == ["ended"]
+    assert await apply(copy, src=SRC, entries=[end(T0 + 70)]) == ["ended"]
     assert await state() == "completed"
+    client = await copy.client()
+    assert await client.hget(copy.keys.job("j1"), "rq") == b"%d|a@1" % (T0 + 60)

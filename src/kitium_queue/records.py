@@ -137,9 +137,9 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         ),
         JobField(
             "rq",
-            "multi-region: when the source requeued the job (ms of its clock, the time of "
-            "the latest requeue entry copied here); an outcome entry older than it, applied "
-            "late, is skipped",
+            "multi-region: the latest requeue entry of a replication source copied here, "
+            "'<ms of its clock>|<region>@<epoch>'; an outcome entry of that source older "
+            "than it, applied late, is skipped",
             "rg_apply.lua",
         ),
         JobField(

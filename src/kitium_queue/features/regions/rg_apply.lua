@@ -5,8 +5,10 @@
   over anything older (an 'end' that arrives before its job leaves a tombstone, so the
   late 'put' is skipped). A batch may be applied late, after newer ones (a replicator
   that waited out a backoff, entries taken over from a silent one): 'put' and 'req'
-  copy the job as it is now at the source, and each 'req' records its time on the copy
-  (field rq), so an 'end' older than it (the job was requeued since) is skipped.
+  copy the job as it is now at the source, and each 'req' of a replication call (one
+  with a source) records its time and source on the copy (field rq, "<ms>|<source>"),
+  so an 'end' of the same source older than it (the job was requeued since) is skipped.
+  Times of different sources (other servers' clocks) are never compared.
 
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
@@ -115,6 +117,17 @@ local function end_job(id, jk, st, outcome, payload, finished, keep_count, keep_
   end
 end
 
+-- When this call's source last requeued the job (the 'at' of the latest 'req' of this
+-- source applied here), or -1: none, another source's, or a damaged field.
+local function requeued_at(jk)
+  if src == '' then return -1 end
+  local rq = redis.call('HGET', jk, 'rq')
+  if not rq then return -1 end
+  local ms, from = string.match(rq, '^(%d+)|(.*)$')
+  if from ~= src then return -1 end
+  return tonumber(ms) or -1
+end
+
 local out = {}
 local woke = false
 for b = 9, #ARGV, N do
@@ -170,7 +183,7 @@ for b = 9, #ARGV, N do
         end
       end
     end
-  elseif op == 'end' and not TERMINAL[st] and at < num(redis.call('HGET', jk, 'rq')) then
+  elseif op == 'end' and not TERMINAL[st] and at < requeued_at(jk) then
     status = 'exists'  -- older than a requeue copied here: applied late (module docstring)
   else
     keep_key(id, ik, ittl)
@@ -188,9 +201,10 @@ for b = 9, #ARGV, N do
       redis.call('HSET', jk, 'a', int(attempts))
     end
   end
-  if op == 'req' and (status == 'added' or status == 'requeued' or status == 'exists')
-      and redis.call('TYPE', jk)['ok'] == 'hash' and at > num(redis.call('HGET', jk, 'rq')) then
-    redis.call('HSET', jk, 'rq', int(at))
+  if op == 'req' and src ~= '' and (status == 'added' or status == 'requeued' or
+      status == 'exists') and redis.call('TYPE', jk)['ok'] == 'hash'
+      and at > requeued_at(jk) then
+    redis.call('HSET', jk, 'rq', int(at) .. '|' .. src)
   end
   out[#out + 1] = status
 end
