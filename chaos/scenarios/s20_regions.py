@@ -86,7 +86,9 @@ async def _all_completed(m: Any, ids: list[str]) -> bool:
 
 
 #: How long before the new primary's replication position a first completion may be
-#: recorded and still not have reached the lost primary's outbox (see ``allows``).
+#: recorded and still not have reached the lost primary's outbox, and how long after the
+#: loss a run's start may be recorded and its claim still have been made before it (see
+#: ``allows``): the client records both a little after Redis did it.
 _FLUSH_SLACK_MS = 250
 
 
@@ -118,8 +120,11 @@ class _Crashes:
             after = first_at * 1000 > pos_ms - _FLUSH_SLACK_MS
             if where == region and after and first_at <= t + 1.0:
                 return True
-            began = any(at <= t and r == region for at, r in starts)
-            again = sum(1 for at, _ in starts if at > t)
+            # A start is recorded when the processor begins, after the claim's reply: a
+            # run recorded shortly after the loss may have been claimed before it.
+            slack = _FLUSH_SLACK_MS / 1000
+            began = [(at, r) for at, r in starts if at <= t + slack and r == region]
+            again = sum(1 for at, r in starts if at > t and (at, r) not in began)
             if began and again <= 1 and (where != region or after):
                 return True
         return False
