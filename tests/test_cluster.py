@@ -359,3 +359,46 @@ async def test_failover_under_load_keeps_every_acknowledged_job(prefix: str) -> 
 async def test_doc_example_runs(cluster: LocalCluster, tmp_path: Path) -> None:
     out = await asyncio.to_thread(run_doc_example, "cluster", tmp_path, KQ_CLUSTER_URL=cluster.url)
     assert "sent to a@example.com" in out and "completed=1" in out
+
+
+# ---------------------------------------------------------------- server checks per node
+async def test_server_checks_read_the_node_that_holds_the_queue(
+    cluster: LocalCluster, make_queue: QueueFactory, prefix: str
+) -> None:
+    """``health_check`` memory, ``replication_status``, ``kitium-queue health``'s role
+    and the dashboard's server page read the primary that holds the queue's slot (not
+    the client's default node); the eviction check at connect reads every primary and
+    names the one whose policy may evict."""
+    from kitium_queue.errors import ConfigurationError
+    from kitium_queue.features.replicas.acks import replication_status
+
+    q = make_queue("held")
+    await q.get_stats()
+    home = cluster.master_for_key(q.keys.meta)
+    others = [m for m in cluster.masters() if m.port != home.port]
+    limits = {home.port: 3 << 30, others[0].port: 1 << 30, others[1].port: 2 << 30}
+    try:
+        for m in cluster.masters():
+            cluster._cmd(m, "CONFIG", "SET", "maxmemory", limits[m.port])
+        h = await q.health_check()
+        assert h.memory is not None
+        assert (h.memory.node, h.memory.maxmemory_bytes) == (f"127.0.0.1:{home.port}", 3 << 30)
+        rep = await replication_status(q)
+        assert rep["role"] == "master" and len(rep["replicas"]) == 1
+        want = {r["address"] for r in rep["replicas"]}
+        assert want == {f"127.0.0.1:{r.port}" for r in cluster.replicas_of(home)}
+
+        # A primary that does not hold the queue, set to evict: refused, named.
+        cluster._cmd(others[1], "CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        fresh = JobQueue("fresh", redis=cluster.url, prefix=prefix)
+        try:
+            with pytest.raises(
+                ConfigurationError, match=f"allkeys-lru on node 127.0.0.1:{others[1].port}"
+            ):
+                await fresh.get_stats()
+        finally:
+            await fresh.close()
+    finally:
+        for m in cluster.masters():
+            cluster._cmd(m, "CONFIG", "SET", "maxmemory", 0)
+            cluster._cmd(m, "CONFIG", "SET", "maxmemory-policy", "noeviction")

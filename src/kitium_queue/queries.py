@@ -529,9 +529,9 @@ class Queries:
             # goes through the same redaction as ``backend`` (never the raw text).
             error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
             return HealthStatus(False, None, ctx.connection.describe(), error)
-        memory = (
-            None if ctx.connection.is_memory else await memory_report(client, config=server_config)
-        )
+        memory = None  # on a Cluster, of the primary that holds the queue's slot (meta)
+        if not ctx.connection.is_memory:
+            memory = await memory_report(client, config=server_config, key=ctx.keys.meta)
         try:
             missing: int | None = _count(await client.hget(ctx.keys.meta, "missing"))
         except RedisError:

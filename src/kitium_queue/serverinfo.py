@@ -39,6 +39,7 @@ __all__ = [
     "MissingRecords",
     "check_eviction",
     "memory_report",
+    "node_info",
     "write_refused",
 ]
 
@@ -62,6 +63,9 @@ class MemoryReport:
     maxmemory_bytes: int
     policy: str
     persistence: str
+    #: On a Cluster, the node the figures are from ("host:port"): the primary that
+    #: holds the queue's hash slot. None on a single server.
+    node: str | None = None
 
     @property
     def used_fraction(self) -> float | None:
@@ -73,29 +77,72 @@ def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-async def _info(client: Any, section: str) -> dict[str, Any] | None:
+def _node(client: Any, key: str | None) -> Any:
+    """On a Cluster client, the primary that holds ``key``'s hash slot; else None."""
+    find = getattr(client, "get_node_from_key", None)
+    return None if key is None or find is None else find(key)
+
+
+async def node_info(client: Any, section: str, key: str | None = None) -> dict[str, Any]:
+    """``INFO section`` as one server's dict: on a Cluster, of the primary that holds
+    ``key`` (one of a queue's keys: the node that holds the queue), or of the client's
+    default node without one. Errors are raised."""
+    node = _node(client, key)
+    got = await (client.info(section, target_nodes=node) if node else client.info(section))
+    if got and all(isinstance(v, dict) for v in got.values()) and not _one_server(got):
+        got = next(iter(got.values()))  # answered per node: the first
+    return dict(got) if isinstance(got, dict) else {}
+
+
+def _one_server(info: dict[Any, Any]) -> bool:
+    return any(k in info for k in ("role", "redis_version", "used_memory", "maxmemory"))
+
+
+async def _info(client: Any, section: str, key: str | None = None) -> dict[str, Any] | None:
+    """``INFO section`` of the server; on a Cluster, of the primary that holds ``key``
+    (the queue's slot), or of the client's default node without a key."""
     try:
-        got = await client.info(section)
+        got = await node_info(client, section, key)
     except (NoPermissionError, ResponseError) as exc:
         log.info(
             "Redis INFO %s not available (%s): server checks skipped", section, type(exc).__name__
         )
         return None
-    # A cluster client answers per node: check the first (every node of a cluster is
-    # configured alike by whoever runs it; a mismatch is theirs to see in INFO).
-    if got and all(isinstance(v, dict) for v in got.values()) and "maxmemory" not in got:
-        got = next(iter(got.values()))
-    return dict(got) if isinstance(got, dict) else None
+    return got or None
+
+
+async def _policies(client: Any) -> dict[str, str] | None:
+    """``maxmemory-policy`` of the server, or of every primary of a Cluster (a queue's
+    slot may move to any of them), by node; None when ``INFO`` is not answered."""
+    if getattr(client, "get_primaries", None) is None:
+        info = await _info(client, "memory")
+        return None if info is None else {"": _text(info.get("maxmemory_policy", SAFE_POLICY))}
+    try:
+        per = await client.info("memory", target_nodes=client.get_primaries())
+    except (NoPermissionError, ResponseError) as exc:
+        log.info("Redis INFO memory not available (%s): server checks skipped", type(exc).__name__)
+        return None
+    if isinstance(per, dict) and "maxmemory_policy" in per:  # a single primary
+        per = {"": per}
+    if not isinstance(per, dict):
+        return None
+    return {
+        _text(name): _text(v.get("maxmemory_policy", SAFE_POLICY))
+        for name, v in per.items()
+        if isinstance(v, dict)
+    }
 
 
 async def check_eviction(client: Any, queue: str, allow_eviction: bool) -> None:
-    """Refuse a server whose ``maxmemory-policy`` may evict the queue's keys."""
-    info = await _info(client, "memory")
-    if info is None:
+    """Refuse a server whose ``maxmemory-policy`` may evict the queue's keys (on a
+    Cluster: any primary's, named)."""
+    per = await _policies(client)
+    if per is None:
         return
-    policy = _text(info.get("maxmemory_policy", SAFE_POLICY))
-    if policy == SAFE_POLICY:
+    unsafe = {n: p for n, p in per.items() if p != SAFE_POLICY}
+    if not unsafe:
         return
+    policy = ", ".join(f"{p} on node {n}" if n else p for n, p in sorted(unsafe.items()))
     if allow_eviction:
         log.warning(
             "queue %s: Redis maxmemory-policy is %s: it may evict job records; "
@@ -105,47 +152,56 @@ async def check_eviction(client: Any, queue: str, allow_eviction: bool) -> None:
         )
         return
     raise ConfigurationError(
-        f"Redis maxmemory-policy is {policy!r} for queue {queue!r}: under memory pressure "
+        f"Redis maxmemory-policy is {policy} for queue {queue!r}: under memory pressure "
         "Redis would delete job records and state sets silently. Set "
         "'maxmemory-policy noeviction' (CONFIG SET maxmemory-policy noeviction, or in "
         "redis.conf), or accept the risk with settings={'allow_eviction': True}"
     )
 
 
-async def memory_report(client: Any, *, config: bool = False) -> MemoryReport | None:
+async def memory_report(
+    client: Any, *, config: bool = False, key: str | None = None
+) -> MemoryReport | None:
     """Memory and persistence, or None when the server does not answer ``INFO``.
 
     From ``INFO`` alone: AOF on or off, and RDB when the server has saved a snapshot.
     With ``config`` (operator tools such as ``kitium-queue health``) it also reads
-    ``appendfsync`` and the ``save`` rules with ``CONFIG GET``, when the user may.
+    ``appendfsync`` and the ``save`` rules with ``CONFIG GET``, when the user may. On a
+    Cluster, ``key`` (one of the queue's) picks the primary that holds the queue.
     """
-    mem = await _info(client, "memory")
-    per = await _info(client, "persistence")
+    mem = await _info(client, "memory", key)
+    per = await _info(client, "persistence", key)
     if mem is None:
         return None
     parts = []
     if per is not None:
         if str(per.get("aof_enabled", "0")) == "1":
-            fsync = await _config(client, "appendfsync") if config else ""
+            fsync = await _config(client, "appendfsync", key) if config else ""
             parts.append(f"aof (appendfsync {fsync})" if fsync else "aof")
         saved = (
             int(per.get("rdb_saves", 0) or 0) > 0
             or int(per.get("rdb_last_bgsave_time_sec", -1) or -1) >= 0
         )
-        if (await _config(client, "save")) if config else saved:
+        if (await _config(client, "save", key)) if config else saved:
             parts.append("rdb")
     return MemoryReport(
         used_bytes=int(mem.get("used_memory", 0) or 0),
         maxmemory_bytes=int(mem.get("maxmemory", 0) or 0),
         policy=_text(mem.get("maxmemory_policy", "")),
         persistence=" + ".join(parts) if parts else ("none" if per is not None else "unknown"),
+        node=None if (node := _node(client, key)) is None else str(node.name),
     )
 
 
-async def _config(client: Any, name: str) -> str:
-    """A server setting, or '' when it is empty or ``CONFIG GET`` is not allowed."""
+async def _config(client: Any, name: str, key: str | None = None) -> str:
+    """A server setting, or '' when it is empty or ``CONFIG GET`` is not allowed (on a
+    Cluster, of the primary that holds ``key``)."""
+    node = _node(client, key)
     try:
-        got = await client.config_get(name)
+        if node is not None:
+            got = await client.config_get(name, target_nodes=node)
+        else:
+            got = await client.config_get(name)
     except (NoPermissionError, ResponseError):
         return ""
     if not got:

@@ -24,6 +24,7 @@ import click
 
 from ..facade import MultiQueue
 from ..queries import QueueStats
+from ..serverinfo import node_info
 from .base import (
     EXIT_NOT_READY,
     EXIT_UNREACHABLE,
@@ -163,14 +164,13 @@ def stats(
 
 
 # ---------------------------------------------------------------------- health
-async def _role(client: Any) -> str | None:
+async def _role(client: Any, key: str) -> str | None:
+    """The role of the server (on a Cluster, of the node that holds ``key``)."""
     try:
-        info = await client.info("replication")
+        info = await node_info(client, "replication", key)
     except Exception:  # an ACL user without +info: not checked
         return None
-    if info and all(isinstance(v, dict) for v in info.values()) and "role" not in info:
-        info = next(iter(info.values()))  # a cluster client: per node
-    role = info.get("role") if isinstance(info, dict) else None
+    role = info.get("role")
     return None if role is None else str(role)
 
 
@@ -209,7 +209,7 @@ async def _readiness(
                     else " may evict job records" + (" (allowed by settings)" if allowed else "")
                 ),
             )
-        role = await _role(await first.client())
+        role = await _role(await first.client(), first.keys.meta)
         if role is not None:
             check(
                 "primary",

@@ -48,6 +48,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..limits import clip
+from ..serverinfo import node_info
 from .data import FEATURE_PAGES
 from .views import queue_context
 
@@ -111,14 +112,6 @@ async def _read(queue: Any, what: str, call: Awaitable[Any]) -> tuple[Any, str]:
         return await asyncio.wait_for(call, SECTION_TIMEOUT_S), ""
     except Exception as exc:
         return None, failure(queue, what, exc)
-
-
-def _first_node(info: Any) -> dict[str, Any]:
-    """An ``INFO`` reply as one server's dict (a cluster client answers per node)."""
-    per_node = isinstance(info, dict) and info and all(isinstance(v, dict) for v in info.values())
-    if per_node and not any(k in info for k in ("role", "redis_version", "used_memory")):
-        info = next(iter(info.values()))
-    return dict(info) if isinstance(info, dict) else {}
 
 
 @dataclass(slots=True)
@@ -188,8 +181,7 @@ async def read_health(queue: Any) -> Health:
 
 
 async def _info(queue: Any, section: str) -> dict[str, Any]:
-    client = await queue.client()
-    return _first_node(await client.info(section))
+    return await node_info(await queue.client(), section, queue.keys.meta)
 
 
 async def _readiness(queue: Any, out: Health) -> None:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ConfigurationError, ReplicaAckError
 from ...jobspec import OptionSpec
 from ...options import to_int, to_ms
+from ...serverinfo import node_info
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -213,9 +214,7 @@ async def replication_status(queue: JobQueue) -> dict[str, Any]:
     replicas and, per replica, its address, state and lag in bytes and seconds behind
     the primary's offset (for the CLI's ``replicas`` command and health pages)."""
     client = await queue.client()
-    info = await client.info("replication")
-    if info and all(isinstance(v, dict) for v in info.values()) and "role" not in info:
-        info = next(iter(info.values()))  # a cluster client answers per node
+    info = await node_info(client, "replication", queue.keys.meta)  # Cluster: its node
     offset = int(info.get("master_repl_offset", 0) or 0)
     replicas = []
     for i in range(int(info.get("connected_slaves", 0) or 0)):
