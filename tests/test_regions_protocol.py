@@ -192,3 +192,57 @@ async def test_an_outcome_applied_late_never_ends_a_job_requeued_since(copy: Job
     assert await state() == "completed"
     client = await copy.client()
     assert await client.hget(copy.keys.job("j1"), "rq") == b"%d|a@1" % (T0 + 60)
+
+
+@pytest.mark.parametrize(
+    "rq",
+    [
+        b"x",
+        b"|a@1",
+        b"12",
+        b"12|",
+        b"-5|a@1",
+        b"1e9|a@1",
+        b"9" * 17 + b"|a@1",
+        b"99999999999999999|a@1",
+        b"\xff|a@1",
+        b"1125899906842625|a@1",
+    ],
+)
+async def test_a_damaged_requeue_mark_never_holds_an_outcome_back(
+    copy: JobQueue, rq: bytes
+) -> None:
+    """A ``rq`` field written by hand (not a time, a time past MAX_MS, no source) counts
+    as none: the outcome applies, and the call never fails."""
+    from kitium_queue.features.regions.copying import apply
+    from kitium_queue.features.regions.lua import entry
+
+    put = entry(
+        op="put",
+        id="j1",
+        name="job",
+        data=b'"x"',
+        priority="0",
+        lifo="0",
+        created=T0,
+        state="waiting",
+        attempts="0",
+        at=T0,
+    )
+    end = entry(
+        op="end",
+        id="j1",
+        name="job",
+        state="completed",
+        payload=b'"r"',
+        finished=T0 + 9,
+        keep_count="",
+        keep_age="",
+        at=T0 + 9,
+    )
+    assert await apply(copy, src=SRC, entries=[put]) == ["added"]
+    client = await copy.client()
+    await client.hset(copy.keys.job("j1"), "rq", rq)
+    assert await apply(copy, src=SRC, entries=[end]) == ["ended"]
+    info = await copy.get_job_status("j1")
+    assert info is not None and info.status.value == "completed"

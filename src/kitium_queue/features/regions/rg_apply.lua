@@ -118,14 +118,17 @@ local function end_job(id, jk, st, outcome, payload, finished, keep_count, keep_
 end
 
 -- When this call's source last requeued the job (the 'at' of the latest 'req' of this
--- source applied here), or -1: none, another source's, or a damaged field.
+-- source applied here), or -1: none, another source's, or a damaged field (a time past
+-- MAX_MS included: it would hold back every later outcome).
 local function requeued_at(jk)
   if src == '' then return -1 end
   local rq = redis.call('HGET', jk, 'rq')
   if not rq then return -1 end
   local ms, from = string.match(rq, '^(%d+)|(.*)$')
-  if from ~= src then return -1 end
-  return tonumber(ms) or -1
+  if from ~= src or #ms > 16 then return -1 end
+  local n = tonumber(ms)
+  if not n or n > MAX_MS then return -1 end
+  return n
 end
 
 local out = {}
