@@ -15,6 +15,8 @@ Cases:
               a subject (the cost of having it on: its accept and enqueue fragments)
   subjects    the same, every job with a ``subject_id`` (1,000 subjects, round-robin):
               each is marked with it and joins its subject's index
+  batched     the same with 10 subjects (100 jobs of each per batch: one customer's
+              work added at once)
 
 Each child also counts Redis commands per job (``INFO commandstats``, Lua's inner
 commands included) and the CPU time of the worker and of redis-server per job.
@@ -58,8 +60,9 @@ async def main(url, case, jobs):
     t0 = time.perf_counter()
     for start in range(0, jobs, 1000):
         n = min(1000, jobs - start)
-        if case == "subjects":
-            batch = [("noop", None, {"subject_id": f"user-{(start + i) % 1000}"})
+        if case in ("subjects", "batched"):
+            k = 1000 if case == "subjects" else 10
+            batch = [("noop", None, {"subject_id": f"user-{(start + i) % k}"})
                      for i in range(n)]
         else:
             batch = [("noop", None, opts) for _ in range(n)]
@@ -126,7 +129,7 @@ async def main(url, erase):
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
-CASES = ("plain", "installed", "subjects")
+CASES = ("plain", "installed", "subjects", "batched")
 
 
 def main() -> None:

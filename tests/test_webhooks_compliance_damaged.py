@@ -353,6 +353,31 @@ async def test_a_job_whose_subject_index_is_damaged_is_refused(
     assert await q.advanced.compliance.subject_jobs("alice") == ["a1"]
 
 
+async def test_a_bulk_of_few_subjects_indexes_every_job_and_refuses_a_damaged_one(
+    make_queue: QueueFactory, sync_client: redis.Redis
+) -> None:
+    """One call with many jobs of a few subjects (the enqueue lists each subject once per
+    call, the accept check reads each index type once): every job is indexed, every
+    subject listed at the call's time, and the jobs of a subject whose index is damaged
+    are all refused while the others are added."""
+    q = _compliance(make_queue, "bulk")
+    await q.add_job("n", {}, subject_id="warm")  # loads the scripts
+    damage_key(sync_client, q.keys.extra("subj:carol"), "string")
+    specs = [("n", {"i": i}, {"subject_id": ("alice", "bob", "carol")[i % 3]}) for i in range(30)]
+    with pytest.raises(JobRefusedError) as got:
+        await q.add_jobs(specs)
+    ids = got.value.ids
+    assert sorted(got.value.refused) == list(range(2, 30, 3))  # every job of carol
+    compliance = q.advanced.compliance
+    for k, who in enumerate(("alice", "bob")):
+        assert sorted(await compliance.subject_jobs(who)) == sorted(
+            str(ids[i]) for i in range(k, 30, 3)
+        )
+    listed = dict(sync_client.zrange(q.keys.extra("subjects"), 0, -1, withscores=True))
+    assert set(listed) == {b"warm", b"alice", b"bob"}
+    assert listed[b"alice"] == listed[b"bob"] >= listed[b"warm"]
+
+
 async def test_an_erasure_checks_its_keys_before_erasing_anything(
     make_queue: QueueFactory, prefix: str, sync_client: redis.Redis
 ) -> None:

@@ -7,6 +7,9 @@
   -- The type of `subjects`, read once per script call: nothing between two jobs of a
   -- call changes it but the enqueue fragment's ZADD, which keeps it a sorted set.
   local all_t = nil
+  -- The type of each subject's index met in this call: only the enqueue fragment writes
+  -- it between two jobs of a call, and its HSET keeps it a hash.
+  local idx_t = {}
   return function(id, name, opts, state)
     if opts == '' or not string.find(opts, '"subject_id"', 1, true) then return nil end
     local ok, o = pcall(cjson.decode, opts)
@@ -14,7 +17,8 @@
     local sj = o['subject_id']
     if type(sj) ~= 'string' or sj == '' then return nil end
     local where = nil
-    local t = key_type(IDX .. sj)
+    local t = idx_t[sj] or key_type(IDX .. sj)
+    idx_t[sj] = t
     if t ~= 'none' and t ~= 'hash' then
       where = "its subject's index " .. IDX .. '<subject id> holds a ' .. t .. ', not a hash'
     else

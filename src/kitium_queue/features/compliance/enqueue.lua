@@ -9,6 +9,10 @@
   -- The options JSON is only decoded when it names a subject (a plain find first).
   local IDX, ALL = PREFIX .. 'subj:', PREFIX .. 'subjects'
   local all_t = nil
+  -- Subjects this call already listed in `subjects`: its score is the call's time, the
+  -- same for every job, so one ZADD per subject and call says it all (a bulk enqueue
+  -- of one subject's jobs).
+  local listed = {}
   return function(id, jk, opts, state)
     if opts == '' or not string.find(opts, '"subject_id"', 1, true) then return nil end
     -- The accept fragment decoded this job's options and checked its subject's index
@@ -36,7 +40,10 @@
     all_ok = all_ok == 'none' or all_ok == 'zset'
     redis.call('HSET', jk, 'sj', sj)
     if idx_ok then redis.call('HSET', IDX .. sj, id, ik) end
-    if all_ok then redis.call('ZADD', ALL, NOW_S, sj) end
+    if all_ok and not listed[sj] then
+      redis.call('ZADD', ALL, NOW_S, sj)
+      listed[sj] = true
+    end
     if not (idx_ok and all_ok) then
       redis.pcall('HSET', PREFIX .. 'slot-errors', 'enqueue:compliance', NOW_S ..
         ' job ' .. id .. ' of a subject was not indexed: ' ..
