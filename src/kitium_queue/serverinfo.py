@@ -40,6 +40,7 @@ __all__ = [
     "check_eviction",
     "memory_report",
     "node_info",
+    "server_checks",
     "write_refused",
 ]
 
@@ -157,6 +158,44 @@ async def check_eviction(client: Any, queue: str, allow_eviction: bool) -> None:
         "'maxmemory-policy noeviction' (CONFIG SET maxmemory-policy noeviction, or in "
         "redis.conf), or accept the risk with settings={'allow_eviction': True}"
     )
+
+
+def server_checks(
+    memory: MemoryReport | None, role: str | None, *, allow_eviction: bool, max_memory: float
+) -> list[tuple[str, bool, str]]:
+    """The server checks of a readiness probe (``kitium-queue health`` and the
+    dashboard's server page), each (name, ok, detail): memory in use below
+    ``max_memory`` of ``maxmemory``, an eviction policy that keeps the queue's keys (or
+    one the queue allowed), and a primary (a replica refuses writes). A check whose
+    figure is unknown (no ``INFO``) is left out."""
+    out: list[tuple[str, bool, str]] = []
+    if memory is not None:
+        frac = memory.used_fraction
+        used = (
+            "no maxmemory limit"
+            if frac is None
+            else f"{frac:.0%} of maxmemory used (limit {max_memory:.0%})"
+        )
+        out.append(("memory", frac is None or frac < max_memory, used))
+        safe = memory.policy in (SAFE_POLICY, "")
+        policy = f"maxmemory-policy {memory.policy or 'unknown'}"
+        if not safe:
+            policy += " may evict job records" + (
+                " (allowed by settings)" if allow_eviction else ""
+            )
+        out.append(("eviction policy", safe or allow_eviction, policy))
+    if role is not None:
+        primary = role == "master"
+        out.append(
+            (
+                "primary",
+                primary,
+                "the server is a primary"
+                if primary
+                else f"the server is a {role}: writes are refused",
+            )
+        )
+    return out
 
 
 async def memory_report(

@@ -11,6 +11,7 @@ keys and ids come from Redis, so in text output every field is escaped (``text_f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -55,16 +56,21 @@ def _slot_rows(errors: dict[str, str]) -> list[tuple[str, str, str]]:
 
 
 # ---------------------------------------------------------------------- parked list
+def _limit(default: int, what: str) -> Callable[[Any], Any]:
+    """The ``-n/--limit`` option of a listing."""
+    return click.option(
+        "-n",
+        "--limit",
+        type=click.IntRange(1, 10_000),
+        default=default,
+        show_default=True,
+        help=what,
+    )
+
+
 @parked.command("list")
 @click.argument("app")
-@click.option(
-    "-n",
-    "--limit",
-    type=click.IntRange(1, 10_000),
-    default=50,
-    show_default=True,
-    help="Blockers listed, the largest first.",
-)
+@_limit(50, "Blockers listed, the largest first.")
 @json_option
 @redis_option
 def parked_list(app: str, limit: int, as_json: bool, redis: str | None) -> None:
@@ -132,14 +138,7 @@ def _print_list(out: Output, name: str, s: ParkStats, sets: list[Any]) -> None:
 @parked.command("show")
 @click.argument("app")
 @click.argument("blocker")
-@click.option(
-    "-n",
-    "--limit",
-    type=click.IntRange(1, 10_000),
-    default=100,
-    show_default=True,
-    help="Ids listed.",
-)
+@_limit(100, "Ids listed.")
 @click.option(
     "--offset", type=click.IntRange(0, 2**40), default=0, help="Ids skipped first (paging)."
 )

@@ -24,7 +24,7 @@ import click
 
 from ..facade import MultiQueue
 from ..queries import QueueStats
-from ..serverinfo import node_info
+from ..serverinfo import node_info, server_checks
 from .base import (
     EXIT_NOT_READY,
     EXIT_UNREACHABLE,
@@ -188,36 +188,10 @@ async def _readiness(
     first = members(q)[0]
     if not first.connection.is_memory:
         h = await first.queries.health_check(lambda: False, server_config=True)
-        m = h.memory
-        if m is not None:
-            frac = m.used_fraction
-            check(
-                "memory",
-                frac is None or frac < max_memory,
-                "no maxmemory limit"
-                if frac is None
-                else f"{frac:.0%} of maxmemory used (limit {max_memory:.0%})",
-            )
-            allowed = bool(first.settings.allow_eviction)
-            check(
-                "eviction policy",
-                m.policy in ("noeviction", "") or allowed,
-                f"maxmemory-policy {m.policy or 'unknown'}"
-                + (
-                    ""
-                    if m.policy in ("noeviction", "")
-                    else " may evict job records" + (" (allowed by settings)" if allowed else "")
-                ),
-            )
         role = await _role(await first.client(), first.keys.meta)
-        if role is not None:
-            check(
-                "primary",
-                role == "master",
-                "the server is a primary"
-                if role == "master"
-                else f"the server is a {role}: writes are refused",
-            )
+        allowed = bool(first.settings.allow_eviction)
+        for c in server_checks(h.memory, role, allow_eviction=allowed, max_memory=max_memory):
+            check(*c)
     if max_latency is not None:
         check(
             "latency",

@@ -31,7 +31,7 @@ from .data import (
 )
 from .graph import layout
 from .render import queue_segment
-from .views import not_found, queue_context
+from .views import QueueViews
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -56,22 +56,16 @@ def _int_param(request: Request, key: str, default: int, most: int) -> int:
     return max(0, min(int(raw), most))
 
 
-class Pages:
+class Pages(QueueViews):
     """The GET handlers of one dashboard."""
 
     def __init__(self, dash: Dashboard, *, show_payloads: bool) -> None:
-        self.dash = dash
+        super().__init__(dash)
         self.show_payloads = show_payloads
 
     # ------------------------------------------------------------------ helpers
     def _queue(self, request: Request) -> Any:
         return self.dash.queue(request.path_params["queue"])
-
-    def _missing(self, request: Request, session: Session, what: str) -> Response:
-        return not_found(self.dash, request, session, what)
-
-    def _common(self, queue: Any, session: Session) -> dict[str, Any]:
-        return queue_context(queue, session)
 
     def _job_view(self, job: Any) -> dict[str, Any]:
         status = job.status.value

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .app import Dashboard
     from .auth import Session
 
-__all__ = ["feature_routes", "not_found", "queue_context", "refused"]
+__all__ = ["QueueViews", "feature_routes", "not_found", "queue_context", "refused"]
 
 #: Wraps a GET handler of a page (``app.py``'s guard).
 PageWrap = Callable[[Callable[[Request, "Session"], Awaitable[Response]]], Any]
@@ -47,6 +47,20 @@ def feature_routes(dash: Dashboard, page: PageWrap) -> list[Route]:
 
 
 # -------------------------------------------------------------- what every page shares
+class QueueViews:
+    """The base of a page module's handlers: the dashboard, and its queue context and
+    404 page as methods."""
+
+    def __init__(self, dash: Dashboard) -> None:
+        self.dash = dash
+
+    def _common(self, queue: Any, session: Session) -> dict[str, Any]:
+        return queue_context(queue, session)
+
+    def _missing(self, request: Request, session: Session, what: str) -> Response:
+        return not_found(self.dash, request, session, what)
+
+
 def queue_context(queue: Any, session: Session) -> dict[str, Any]:
     """The template values of a queue's page: its name, its tabs, what the role may do."""
     return {

@@ -44,7 +44,7 @@ from starlette.routing import Route
 from ..errors import ConfigurationError, KitiumQueueError, PermissionDeniedError
 from ..limits import clip
 from .data import FEATURE_PAGES, MAX_PAGE, enabled, render_value
-from .views import not_found, queue_context, refused
+from .views import QueueViews, refused
 
 if TYPE_CHECKING:
     from ..features.compliance import ComplianceManager
@@ -133,17 +133,8 @@ def _retention(mgr: ComplianceManager) -> dict[str, Any]:
     }
 
 
-class GovernanceViews:
+class GovernanceViews(QueueViews):
     """The handlers of the compliance, results and access pages of one dashboard."""
-
-    def __init__(self, dash: Dashboard) -> None:
-        self.dash = dash
-
-    def _common(self, queue: Any, session: Session) -> dict[str, Any]:
-        return queue_context(queue, session)
-
-    def _missing(self, request: Request, session: Session, what: str) -> Response:
-        return not_found(self.dash, request, session, what)
 
     # ------------------------------------------------------------------ compliance
     async def compliance(self, request: Request, session: Session) -> Response:

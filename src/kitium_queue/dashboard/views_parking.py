@@ -33,7 +33,7 @@ from ..errors import DamagedKeyError, KitiumQueueError, PermissionDeniedError
 from ..limits import clip, reply_text
 from ..parking import ParkStats, blocker_sets, park_stats, parked_in
 from .data import FEATURE_PAGES, MAX_PAGE, enabled
-from .views import not_found, queue_context
+from .views import QueueViews
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -186,17 +186,8 @@ async def _flow(queue: Any, stats: ParkStats) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------- the pages
-class ParkingViews:
+class ParkingViews(QueueViews):
     """The GET handlers of the parked and alerts pages of one dashboard."""
-
-    def __init__(self, dash: Dashboard) -> None:
-        self.dash = dash
-
-    def _common(self, queue: Any, session: Session) -> dict[str, Any]:
-        return queue_context(queue, session)
-
-    def _missing(self, request: Request, session: Session, what: str) -> Response:
-        return not_found(self.dash, request, session, what)
 
     async def parked(self, request: Request, session: Session) -> Response:
         """``/q/<queue>/parked``: blockers, the ids behind one, flow control, slot errors."""

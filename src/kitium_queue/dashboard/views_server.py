@@ -48,7 +48,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..limits import clip
-from ..serverinfo import node_info
+from ..serverinfo import SAFE_POLICY, node_info, server_checks
 from .data import FEATURE_PAGES
 from .views import queue_context
 
@@ -195,45 +195,16 @@ async def _readiness(queue: Any, out: Health) -> None:
         return
     m = out.memory
     if m is not None:
-        frac = m.used_fraction
-        out.used_fraction = frac
-        out.checks.append(
-            Check(
-                "memory",
-                frac is None or frac < MAX_MEMORY_FRACTION,
-                "no maxmemory limit"
-                if frac is None
-                else f"{frac:.0%} of maxmemory used (limit {MAX_MEMORY_FRACTION:.0%})",
-            )
-        )
-        allowed = bool(queue.settings.allow_eviction)
-        safe = m.policy in ("noeviction", "")
-        out.evicting = not safe
-        out.checks.append(
-            Check(
-                "eviction policy",
-                safe or allowed,
-                f"maxmemory-policy {m.policy or 'unknown'}"
-                + (
-                    ""
-                    if safe
-                    else " may evict job records" + (" (allowed by settings)" if allowed else "")
-                ),
-            )
-        )
+        out.used_fraction = m.used_fraction
+        out.evicting = m.policy not in (SAFE_POLICY, "")
     info, out.role_error = await _read(queue, "INFO replication", _info(queue, "replication"))
     role = None if info is None else info.get("role")
-    if role is not None:
-        out.role = str(role)
-        out.checks.append(
-            Check(
-                "primary",
-                out.role == "master",
-                "the server is a primary"
-                if out.role == "master"
-                else f"the server is a {out.role}: writes are refused",
-            )
-        )
+    out.role = None if role is None else str(role)
+    allowed = bool(queue.settings.allow_eviction)
+    out.checks += [
+        Check(*c)
+        for c in server_checks(m, out.role, allow_eviction=allowed, max_memory=MAX_MEMORY_FRACTION)
+    ]
 
 
 @dataclass(slots=True)

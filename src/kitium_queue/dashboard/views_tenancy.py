@@ -320,9 +320,6 @@ def routes(dash: Dashboard, page: PageWrap) -> list[Route]:
     """The routes of the tenants, encryption and regions pages (GET, each wrapped in
     ``page``: sign-in, roles, read guards as every other page)."""
 
-    def common(queue: Any, session: Session) -> dict[str, Any]:
-        return queue_context(queue, session)
-
     def missing(request: Request, session: Session, what: str) -> Response:
         return not_found(dash, request, session, what)
 
@@ -343,7 +340,7 @@ def routes(dash: Dashboard, page: PageWrap) -> list[Route]:
             request,
             "tenants.html",
             session,
-            **common(queue, session),
+            **queue_context(queue, session),
             tenants=got.rows,
             next_cursor=got.next_cursor,
             entries=got.entries,
@@ -366,7 +363,7 @@ def routes(dash: Dashboard, page: PageWrap) -> list[Route]:
             request,
             "encryption.html",
             session,
-            **common(queue, session),
+            **queue_context(queue, session),
             st=st,
             keys=key_rows(st, held),
             more_keys=max(0, every - MAX_KEYS),
@@ -395,7 +392,7 @@ def routes(dash: Dashboard, page: PageWrap) -> list[Route]:
             request,
             "regions.html",
             session,
-            **common(queue, session),
+            **queue_context(queue, session),
             gs=st,
             regions=rows,
             error=error,
