@@ -19,7 +19,8 @@ Cases:
               work added at once)
 
 Each child also counts Redis commands per job (``INFO commandstats``, Lua's inner
-commands included) and the CPU time of the worker and of redis-server per job.
+commands included) of the bulk enqueue and of the drain, and the CPU time of the worker
+and of redis-server per job of the drain.
 
 Then, once: ``erase_subject`` of one subject holding ``--erase`` jobs (half completed,
 half waiting) among 10 times as many jobs of other subjects, and an event stream of
@@ -57,6 +58,12 @@ async def main(url, case, jobs):
     if case != "plain":
         ComplianceManager(q, run_service=False)
     opts = {}
+
+    def commands(info):  # every command run, Lua's inner ones included
+        return sum(v["calls"] for k, v in info.items() if k.startswith("cmdstat_"))
+
+    await q.get_stats()  # connected, scripts loaded: the enqueue alone is counted
+    c0 = commands(await client.info("commandstats"))
     t0 = time.perf_counter()
     for start in range(0, jobs, 1000):
         n = min(1000, jobs - start)
@@ -68,8 +75,10 @@ async def main(url, case, jobs):
             batch = [("noop", None, opts) for _ in range(n)]
         await q.add_jobs(batch)
     enqueue = jobs / (time.perf_counter() - t0)
+    enqueue_commands = (commands(await client.info("commandstats")) - c0 - 1) / jobs
     got = await measured_drain(q, jobs)
     got["enqueue"] = enqueue
+    got["enqueue_commands"] = enqueue_commands
     await client.aclose()
     print(json.dumps(got))
 
