@@ -34,6 +34,43 @@ async def op(q: JobQueue, now: int, name: str, *args: Any, me: str = "a") -> Rec
     return Record.parse(reply)
 
 
+def put_entry(op: str, state: str, at: int, seq: int = 0) -> list[Any]:
+    """A replication entry of job j1 as the source has it (op put or req)."""
+    from kitium_queue.features.regions.lua import entry
+
+    return entry(
+        op=op,
+        id="j1",
+        name="job",
+        data=b'"x"',
+        priority="0",
+        lifo="0",
+        created=T0,
+        state=state,
+        attempts="1",
+        at=at,
+        seq=seq,
+    )
+
+
+def end_entry(at: int, seq: int = 0) -> list[Any]:
+    """The entry of j1's completion, written at outbox place ``<at>-<seq>``."""
+    from kitium_queue.features.regions.lua import entry
+
+    return entry(
+        op="end",
+        id="j1",
+        name="job",
+        state="completed",
+        payload=b'"r"',
+        finished=at,
+        keep_count="",
+        keep_age="",
+        at=at,
+        seq=seq,
+    )
+
+
 async def test_votes_once_per_epoch_and_not_while_a_grant_runs(copy: JobQueue) -> None:
     assert (await op(copy, T0, "vote", 1, "a", 500)).ok
     # Another candidate in the same epoch: refused (one vote per epoch)...
@@ -136,34 +173,8 @@ async def test_an_outcome_applied_late_never_ends_a_job_requeued_since(copy: Job
     copied here from the same source is skipped, a newer one applies. Times of another
     source (another server's clock) are not compared."""
     from kitium_queue.features.regions.copying import apply
-    from kitium_queue.features.regions.lua import entry
 
-    def put(op: str, state: str, at: int) -> list[Any]:
-        return entry(
-            op=op,
-            id="j1",
-            name="job",
-            data=b'"x"',
-            priority="0",
-            lifo="0",
-            created=T0,
-            state=state,
-            attempts="1",
-            at=at,
-        )
-
-    def end(at: int) -> list[Any]:
-        return entry(
-            op="end",
-            id="j1",
-            name="job",
-            state="completed",
-            payload=b'"r"',
-            finished=at,
-            keep_count="",
-            keep_age="",
-            at=at,
-        )
+    put, end = put_entry, end_entry
 
     async def state() -> str:
         info = await copy.get_job_status("j1")
@@ -191,7 +202,47 @@ async def test_an_outcome_applied_late_never_ends_a_job_requeued_since(copy: Job
     assert await apply(copy, src=SRC, entries=[end(T0 + 70)]) == ["ended"]
     assert await state() == "completed"
     client = await copy.client()
-    assert await client.hget(copy.keys.job("j1"), "rq") == b"%d|a@1" % (T0 + 60)
+    assert await client.hget(copy.keys.job("j1"), "rq") == b"%d-0|a@1" % (T0 + 60)
+
+
+async def test_a_requeue_and_an_outcome_of_one_millisecond_are_ordered_by_their_place(
+    copy: JobQueue,
+) -> None:
+    """Outbox entries written in the same millisecond differ by their sequence number:
+    an ``end`` written before a ``req`` of that ms, applied late, is skipped; one written
+    after it applies. A mark without a sequence number (written before it was kept)
+    orders nothing within its ms."""
+    from kitium_queue.features.regions.copying import apply
+
+    def put(op: str, at: int, seq: int) -> list[Any]:
+        return put_entry(op, "waiting", at, seq)
+
+    end = end_entry
+
+    client = await copy.client()
+    jk = copy.keys.job("j1")
+    t = T0 + 100
+    assert await apply(copy, src=SRC, entries=[put("put", T0, 0)]) == ["added"]
+    assert await apply(copy, src=SRC, entries=[end(t, 3)]) == ["ended"]
+    assert await apply(copy, src=SRC, entries=[put("req", t, 4)]) == ["requeued"]
+    assert await client.hget(jk, "rq") == b"%d-4|a@1" % t
+    # The completion of that ms written before the requeue, applied late: skipped.
+    assert await apply(copy, src=SRC, entries=[end(t, 3), end(t, 0)]) == ["exists", "exists"]
+    # An older requeue of the same ms applied late keeps the newer mark.
+    assert await apply(copy, src=SRC, entries=[put("req", t, 2)]) == ["exists"]
+    assert await client.hget(jk, "rq") == b"%d-4|a@1" % t
+    # The outcome written after the requeue, in the same ms, applies.
+    assert await apply(copy, src=SRC, entries=[end(t, 5)]) == ["ended"]
+    info = await copy.get_job_status("j1")
+    assert info is not None and info.status.value == "completed"
+    # A later requeue of the same ms moves the mark on.
+    assert await apply(copy, src=SRC, entries=[put("req", t, 6)]) == ["requeued"]
+    assert await client.hget(jk, "rq") == b"%d-6|a@1" % t
+    # A mark without a sequence number: an outcome of its ms applies (unordered), an
+    # older one is still skipped.
+    await client.hset(jk, "rq", b"%d|a@1" % t)
+    assert await apply(copy, src=SRC, entries=[end(t - 1, 9)]) == ["exists"]
+    assert await apply(copy, src=SRC, entries=[end(t, 0)]) == ["ended"]
 
 
 @pytest.mark.parametrize(
@@ -207,6 +258,14 @@ async def test_an_outcome_applied_late_never_ends_a_job_requeued_since(copy: Job
         b"99999999999999999|a@1",
         b"\xff|a@1",
         b"1125899906842625|a@1",
+        b"T-|a@1",
+        b"-T-3|a@1",
+        b"T-x|a@1",
+        b"T-" + b"9" * 17 + b"|a@1",
+        b"T-1125899906842625|a@1",
+        b"T-3-4|a@1",
+        b"T-3|",
+        b"T-3|b@1",
     ],
 )
 async def test_a_damaged_requeue_mark_never_holds_an_outcome_back(
@@ -215,34 +274,12 @@ async def test_a_damaged_requeue_mark_never_holds_an_outcome_back(
     """A ``rq`` field written by hand (not a time, a time past MAX_MS, no source) counts
     as none: the outcome applies, and the call never fails."""
     from kitium_queue.features.regions.copying import apply
-    from kitium_queue.features.regions.lua import entry
 
-    put = entry(
-        op="put",
-        id="j1",
-        name="job",
-        data=b'"x"',
-        priority="0",
-        lifo="0",
-        created=T0,
-        state="waiting",
-        attempts="0",
-        at=T0,
-    )
-    end = entry(
-        op="end",
-        id="j1",
-        name="job",
-        state="completed",
-        payload=b'"r"',
-        finished=T0 + 9,
-        keep_count="",
-        keep_age="",
-        at=T0 + 9,
-    )
+    put, end = put_entry("put", "waiting", T0), end_entry(T0 + 9)
     assert await apply(copy, src=SRC, entries=[put]) == ["added"]
     client = await copy.client()
-    await client.hset(copy.keys.job("j1"), "rq", rq)
+    # T: the outcome's own ms, so that a mark read as a place of that ms would hold it.
+    await client.hset(copy.keys.job("j1"), "rq", rq.replace(b"T", b"%d" % (T0 + 9)))
     assert await apply(copy, src=SRC, entries=[end]) == ["ended"]
     info = await copy.get_job_status("j1")
     assert info is not None and info.status.value == "completed"

@@ -138,8 +138,8 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         JobField(
             "rq",
             "multi-region: the latest requeue entry of a replication source copied here, "
-            "'<ms of its clock>|<region>@<epoch>'; an outcome entry of that source older "
-            "than it, applied late, is skipped",
+            "'<its outbox entry id: ms of its clock>-<seq>|<region>@<epoch>'; an outcome "
+            "entry of that source written before it, applied late, is skipped",
             "rg_apply.lua",
         ),
         JobField(

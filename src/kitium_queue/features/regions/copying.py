@@ -62,9 +62,12 @@ def as_entry(row: Mapping[str, Any], op: str | None = None) -> list[Any]:
     return values
 
 
-def end_entry(q: JobQueue, fields: Mapping[str, bytes], at: int | str = "") -> list[Any]:
-    """The entry of an outbox ``end`` (fields of release.lua) written at ``at``: the
-    copy's retention is the one the job's options give on this queue."""
+def end_entry(
+    q: JobQueue, fields: Mapping[str, bytes], at: int | str = "", seq: int | str = ""
+) -> list[Any]:
+    """The entry of an outbox ``end`` (fields of release.lua) written at ``at`` (its
+    outbox entry ``<at>-<seq>``): the copy's retention is the one the job's options
+    give on this queue."""
     outcome = _s(fields.get("oc", b"removed"))
     raw = fields.get("o", b"")
     try:
@@ -93,6 +96,7 @@ def end_entry(q: JobQueue, fields: Mapping[str, bytes], at: int | str = "") -> l
         "keep_count": count,
         "keep_age": age,
         "at": at,
+        "seq": seq,
     }
     return [values.get(name, "") for name in ENTRY]
 

@@ -69,6 +69,7 @@ ENTRY: Final = (
     "keep_count",  # retention of the finished copy (-1 = keep, '' = keep)
     "keep_age",
     "at",  # when the source wrote what the entry carries (ms; '' = the call's floor)
+    "seq",  # its outbox entry's sequence number within that ms ('' = 0): orders one ms
 )
 
 

@@ -239,13 +239,18 @@ class Replicator:
         entries: list[list[Any]] = []
         for e in mine:
             op, jid = _s(e.fields.get("op", b"")), _s(e.fields.get("id", b""))
-            at = int(e.id.split("-", 1)[0])  # the entry's time, in the source's clock
+            # The entry's place in the outbox: its time (the source's clock) and its
+            # sequence number within that ms.
+            at_s, _, seq = e.id.partition("-")
+            at = int(at_s)
             if op in ("add", "req"):
                 row = rows.get(jid)
                 if row is not None and _s(row["op"]) != "gone":
-                    entries.append(as_entry({**row, "at": at}, "req" if op == "req" else "put"))
+                    entries.append(
+                        as_entry({**row, "at": at, "seq": seq}, "req" if op == "req" else "put")
+                    )
             elif op == "end":
-                entries.append(end_entry(sec.lane, e.fields, at))
+                entries.append(end_entry(sec.lane, e.fields, at, seq))
             elif op == "att":
                 entries.append(
                     as_entry({"op": "att", "id": jid, "attempts": e.fields.get("a", b"0")})

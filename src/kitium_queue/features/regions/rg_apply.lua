@@ -6,9 +6,10 @@
   late 'put' is skipped). A batch may be applied late, after newer ones (a replicator
   that waited out a backoff, entries taken over from a silent one): 'put' and 'req'
   copy the job as it is now at the source, and each 'req' of a replication call (one
-  with a source) records its time and source on the copy (field rq, "<ms>|<source>"),
-  so an 'end' of the same source older than it (the job was requeued since) is skipped.
-  Times of different sources (other servers' clocks) are never compared.
+  with a source) records its place in the source's outbox on the copy (field rq,
+  "<ms>-<seq>|<source>"), so an 'end' of the same source written before it (the job was
+  requeued since) is skipped. Places of different sources (other servers' clocks) are
+  never compared.
 
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
@@ -19,12 +20,14 @@
             replicator that still follows a deposed primary cannot apply its stream.
   ARGV[7]   trim the index of copies older than this (ms; 0 = do not trim)
   ARGV[8]   index floor (ms): the `at` of entries that give none
-  ARGV[9..] 19 fields per entry (features/regions/lua.py ENTRY), at most 500 entries:
+  ARGV[9..] 20 fields per entry (features/regions/lua.py ENTRY), at most 500 entries:
             op, id, name, data, opts, priority, lifo, created, state, due, attempts,
             epoch, idempotency key, its ms left, payload, finished, keep count, keep age,
             at (when the source wrote it: a copy added here is indexed at max(created,
             at), so that a peer catching up from this copy finds what arrived after its
-            own position, whenever the job was created)
+            own position, whenever the job was created), seq (the sequence number of its
+            outbox entry within that ms: with at, the entry's place in the source's
+            outbox, which orders a requeue and an outcome written in the same ms)
     op 'put'   the job as it is at the source (rg_export.lua): created here if missing
                (through add_job, so the features' enqueue fragments run), ended here if
                it is finished there
@@ -52,7 +55,7 @@
 --@include lib_add
 --@include slot_release
 
-local N = 19
+local N = 20
 local fields = #ARGV - 8
 if fields < 0 or fields % N ~= 0 or fields / N > 500 then
   return bad_arg('rg_apply', 'expected ' .. N .. ' fields for each of at most 500 entries after ' ..
@@ -117,18 +120,37 @@ local function end_job(id, jk, st, outcome, payload, finished, keep_count, keep_
   end
 end
 
--- When this call's source last requeued the job (the 'at' of the latest 'req' of this
--- source applied here), or -1: none, another source's, or a damaged field (a time past
--- MAX_MS included: it would hold back every later outcome).
+-- Where in this call's source's outbox the job was last requeued (the at, seq of the
+-- latest 'req' of this source applied here), or -1, -1: none, another source's, or a
+-- damaged field (a time past MAX_MS included: it would hold back every later outcome).
+-- A mark without a sequence number ("<ms>|<source>") gives -1 for it: within its ms,
+-- nothing is ordered.
 local function requeued_at(jk)
-  if src == '' then return -1 end
+  if src == '' then return -1, -1 end
   local rq = redis.call('HGET', jk, 'rq')
-  if not rq then return -1 end
-  local ms, from = string.match(rq, '^(%d+)|(.*)$')
-  if from ~= src or #ms > 16 then return -1 end
-  local n = tonumber(ms)
-  if not n or n > MAX_MS then return -1 end
-  return n
+  if not rq then return -1, -1 end
+  local ms, sq, from = string.match(rq, '^(%d+)%-(%d+)|(.*)$')
+  if not ms then
+    sq = nil
+    ms, from = string.match(rq, '^(%d+)|(.*)$')
+  end
+  if from ~= src or #ms > 16 or (sq and #sq > 16) then return -1, -1 end
+  local n, q = tonumber(ms), tonumber(sq or '-1')
+  if not n or n > MAX_MS or not q or q > MAX_MS then return -1, -1 end
+  return n, q
+end
+
+-- Whether the outbox place at, seq comes before the job's requeue mark (-1 if it has
+-- none): an outcome written before the requeue, applied late.
+local function before_requeue(jk, at, seq)
+  local ms, sq = requeued_at(jk)
+  return at < ms or (at == ms and sq >= 0 and seq < sq)
+end
+
+-- Whether the place at, seq comes after the job's requeue mark: a newer requeue.
+local function after_requeue(jk, at, seq)
+  local ms, sq = requeued_at(jk)
+  return at > ms or (at == ms and seq > sq)
 end
 
 local out = {}
@@ -142,6 +164,7 @@ for b = 9, #ARGV, N do
   local payload, finished = ARGV[b + 14], arg_int(ARGV[b + 15], 0, 0, MAX_MS)
   local keep_count, keep_age = ARGV[b + 16], ARGV[b + 17]
   local at = arg_int(ARGV[b + 18], floor, 0, MAX_MS)
+  local seq = arg_int(ARGV[b + 19], 0, 0, MAX_MS)
   local jk = job_key(id)
   local kind = redis.call('TYPE', jk)['ok']
   local st = nil
@@ -186,7 +209,7 @@ for b = 9, #ARGV, N do
         end
       end
     end
-  elseif op == 'end' and not TERMINAL[st] and at < requeued_at(jk) then
+  elseif op == 'end' and not TERMINAL[st] and before_requeue(jk, at, seq) then
     status = 'exists'  -- older than a requeue copied here: applied late (module docstring)
   else
     keep_key(id, ik, ittl)
@@ -206,8 +229,8 @@ for b = 9, #ARGV, N do
   end
   if op == 'req' and src ~= '' and (status == 'added' or status == 'requeued' or
       status == 'exists') and redis.call('TYPE', jk)['ok'] == 'hash'
-      and at > requeued_at(jk) then
-    redis.call('HSET', jk, 'rq', int(at) .. '|' .. src)
+      and after_requeue(jk, at, seq) then
+    redis.call('HSET', jk, 'rq', int(at) .. '-' .. int(seq) .. '|' .. src)
   end
   out[#out + 1] = status
 end
