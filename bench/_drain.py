@@ -6,11 +6,12 @@ interleaved repetitions on one redis-server, and the report."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import resource
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ import redis.asyncio as aioredis
 from _redis import RedisServer
 from kitium_queue import JobQueue
 
-__all__ = ["Rate", "compare", "drain", "fresh_queue", "measured_drain", "report"]
+__all__ = [
+    "Rate",
+    "compare",
+    "drain",
+    "fresh_queue",
+    "measured_drain",
+    "redis_url",
+    "report",
+]
 
 
 async def fresh_queue(url: str, name: str, prefix: str, concurrency: int) -> Any:
@@ -125,22 +134,28 @@ async def compare(
     load = load_average()
     if load:
         print(f"load average at the start: {' '.join(load)} (1, 5, 15 min)")
-    server = None
-    if url is None:
-        server = RedisServer()
-        server.start()
-        url = server.url
-    try:
+    with redis_url(url) as target:
         rates: dict[str, list[float]] = {v: [] for v in variants}
         n = 0
         for _ in range(reps):
             for v in variants:
                 n += 1
-                rates[v].append(await one_run(url, v, n))
-    finally:
-        if server is not None:
-            server.close()
+                rates[v].append(await one_run(target, v, n))
     return rates
+
+
+@contextlib.contextmanager
+def redis_url(url: str | None) -> Iterator[str]:
+    """``url``, or a private redis-server's for the block (stopped after it)."""
+    if url is not None:
+        yield url
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
 
 
 def report(rates: dict[str, list[float]], jobs: int, concurrency: int, reps: int) -> dict[str, Any]:

@@ -30,7 +30,11 @@ Defects fixed here, each reproduced first:
   timeout and named in ``BreakerStats.damaged``;
 * the leader's sweep read only the first 1,000 breakers of ``cb:ids``: a damaged breaker
   further on held its jobs until its park timer; the sweep now walks ``cb:ids`` one page
-  of 1,000 per round, going on where the last round stopped.
+  of 1,000 per round, going on where the last round stopped;
+* a claim rebuilds a damaged ``cb:names`` from the first 1,000 breakers only (a claim
+  stays bounded), and a ``cb:names`` deleted by hand bound no job by its name: the
+  names of the other breakers stayed unbound until each was replaced; the sweep now
+  binds again every job name of its page that the index lacks.
 
 Cost: the binding moved from ``cb:of`` to the job's own hash, command for command (the
 same ``HSET`` at admission, ``HGET``/``HDEL`` at release); a queue without a manager
@@ -555,3 +559,63 @@ async def test_a_damaged_sweep_place_starts_the_walk_again(
     await wait_until(lambda: dep.completed == [held], timeout=10)
     assert await redis_client.type(key) == b"string"
     assert await redis_client.get(key) == b""
+
+
+async def _named_breakers(m: CircuitBreakerManager, n: int) -> None:
+    for i in range(0, n, 100):
+        await asyncio.gather(
+            *(
+                m.create_breaker({"id": f"b{k:05d}", "job_name": f"n{k:05d}"})
+                for k in range(i, min(n, i + 100))
+            )
+        )
+
+
+@pytest.mark.parametrize("damage", ["type", "deleted"])
+async def test_the_sweep_binds_again_the_names_a_rebuilt_or_deleted_index_lacks(
+    make_queue: QueueFactory, redis_client: redis.asyncio.Redis, damage: str
+) -> None:
+    """1,200 named breakers: a claim rebuilds a damaged ``cb:names`` from the first
+    1,000 only, and a deleted one binds nothing; after the sweep's walk (two pages)
+    every name is bound again, and a job named for a breaker past the first 1,000 is
+    held by it when it is open."""
+    from kitium_queue.parking import slot_errors
+
+    q = _queue(make_queue)
+    m = CircuitBreakerManager(q, events=False)
+    await _named_breakers(m, 1200)
+    names = q.keys.extra("cb:names")
+    assert await redis_client.hlen(names) == 1200
+    if damage == "type":
+        await _damage(redis_client, names)
+        first = Dependency(q, "n00000")
+        first.down = False
+        ran = await q.add_job("n00000", {})
+        await q.start()
+        await wait_until(lambda: first.completed == [ran], timeout=10)
+        assert await redis_client.hlen(names) == 1000  # the claim's bounded rebuild
+    else:
+        await redis_client.delete(names)
+        await q.start()
+    assert await redis_client.hget(names, "n01100") is None
+    ev = BreakerEvents(q)
+    assert await ev.sweep() == 0
+    assert await redis_client.hlen(names) == 1000
+    assert await BreakerEvents(q).sweep() == 0  # the second page: a new leader goes on
+    assert await redis_client.hlen(names) == 1200
+    assert await redis_client.hgetall(names) == {
+        f"n{k:05d}".encode(): f"b{k:05d}".encode() for k in range(1200)
+    }
+    report = (await slot_errors(q)).get("circuit-breakers:damaged", "")
+    assert "bound to their breakers again by the sweep" in report
+    # A name bound to another breaker is left as it is.
+    await redis_client.hset(names, "n00001", "b00002")
+    assert await ev.sweep() == 0
+    assert await redis_client.hget(names, "n00001") == b"b00002"
+    # The name past the first 1,000 binds its jobs: held while its breaker is open.
+    await m.force_open("b01100", 3_600_000)
+    late = Dependency(q, "n01100")
+    late.down = False
+    await q.add_job("n01100", {})
+    await wait_until(lambda: _held(q, "b01100"))
+    assert late.started == []

@@ -22,7 +22,8 @@ admission lets it run and read (and deleted) by the release slot when it ends, s
 outcome is counted whatever happens to another key (admission drops one found on a
 waiting job: no admitted run left it). Earlier versions kept the same in a hash
 ``cb:of``, which is no longer read or written. ``cb:names`` of another type is rebuilt
-from the breakers listed in ``cb:ids`` by the first claim that needs it.
+from the first 1000 breakers listed in ``cb:ids`` by the first claim that needs it; the
+``breaker-events`` leader's sweep binds again any job name the index lacks, page by page.
 
 Jobs held by an open breaker are parked behind the blocker ``cb:<id>``. A breaker
 acting closed (its record damaged, or gone) holds none: what it held is let go
@@ -233,8 +234,9 @@ _LIB = r"""
   end
 
   -- cb:names (of another type: written by hand) made again from the job names of the
-  -- breakers listed in cb:ids (the first 1000, oldest first): an index of what their
-  -- hashes say, so nothing is lost. False, writing nothing, when cb:ids is unreadable.
+  -- breakers listed in cb:ids (the first 1000, oldest first, so that a claim stays
+  -- bounded; the leader's sweep binds the others' names as its walk reaches them): an
+  -- index of what their hashes say. False, writing nothing, when cb:ids is unreadable.
   local function cb_rebuild_names()
     local ids = redis.pcall('ZRANGE', CB .. 'ids', 0, 999)
     if ids.err then return false end
@@ -363,8 +365,10 @@ ADMISSION: Final = (
         if cb_rebuild_names() then
           len = redis.call('HLEN', CB_NAMES)
           cb_report(CB_NAMES .. ' held another Redis type, not a hash: rebuilt from the '
-            .. 'job names of the breakers listed in ' .. CB .. 'ids (one missing from it '
-            .. 'binds no job by its name until create_breaker(..., replace=True))')
+            .. 'job names of the first 1000 breakers listed in ' .. CB .. 'ids (the '
+            .. 'breaker-events leader\'s sweep binds the others\' names as its walk reaches '
+            .. 'them; one missing from that list binds no job by its name until '
+            .. 'create_breaker(..., replace=True))')
         else
           cb_report(CB_NAMES .. ' holds another Redis type, not a hash, and ' .. CB
             .. 'ids cannot be read to rebuild it: no job is bound to a breaker by its '

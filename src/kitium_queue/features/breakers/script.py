@@ -124,7 +124,8 @@ if op == 'put' then
   t = wrong_type(CB_NAMES, 'hash')
   if t then
     return { 'damaged', CB_NAMES .. ' holds a ' .. t .. ', not a hash. Repair: delete that '
-      .. 'key, then create_breaker(..., replace=True) each breaker that has a job_name' }
+      .. 'key; the breaker-events leader\'s sweep binds the job names again (or '
+      .. 'create_breaker(..., replace=True) each breaker that has a job_name)' }
   end
   local key = CB .. 'b:' .. b
   local kt = wrong_type(key, 'hash')
@@ -172,6 +173,10 @@ if op == 'sweep' then
   -- previous page and its score ('' = start from the first). Returns { breakers that
   -- let jobs go, last breaker of this page, its score } ('', '' when the walk is over:
   -- the next starts again from the first).
+  -- It also binds again the job name of each breaker of the page that cb:names (a
+  -- hash, or none) lacks: an index rebuilt by a claim from the first page only, or
+  -- deleted by hand, is whole once a walk is over. A name bound to another breaker is
+  -- left as it is (create_breaker refuses a taken name, so none should be).
   local SWEEP_PAGE = 1000
   local after, after_score = ARGV[6] or '', tonumber(ARGV[7] or '')
   local total = redis.pcall('ZCARD', CB_IDS)
@@ -192,8 +197,15 @@ if op == 'sweep' then
   local ids, last, last_score = {}, '', ''
   for i = 1, #page, 2 do ids[#ids + 1] = page[i] end
   if #ids > 0 and start + #ids < total then last, last_score = page[#page - 1], page[#page] end
-  local freed = 0
+  local freed, named = 0, 0
+  local names_ok = not wrong_type(CB_NAMES, 'hash')
   for _, id in ipairs(ids) do
+    if names_ok then
+      local jn = redis.pcall('HGET', CB .. 'b:' .. id, 'jn')
+      if type(jn) == 'string' and jn ~= '' and redis.call('HSETNX', CB_NAMES, jn, id) == 1 then
+        named = named + 1
+      end
+    end
     if redis.call('EXISTS', PREFIX .. 'parked:cb:' .. id) == 1 then
       local s = cb_load(id)
       if s and not s.bad then cb_tick(s) end
@@ -212,6 +224,11 @@ if op == 'sweep' then
         park_timer('cb:' .. id, due, s.pr, s.step)
       end
     end
+  end
+  if named > 0 then
+    cb_report(named .. ' job name(s) of breakers listed in ' .. CB_IDS .. ' were missing '
+      .. 'from ' .. CB_NAMES .. ' (rebuilt from part of the list, or deleted by hand): '
+      .. 'bound to their breakers again by the sweep')
   end
   return { freed, last, last_score }
 end
