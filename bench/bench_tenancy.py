@@ -27,6 +27,10 @@ Then, once: the starvation figure. One tenant has 100,000 jobs queued and a work
 all 100 started, and how many of the first tenant's jobs started meanwhile. And the
 share of starts of two backlogged tenants weighted 3:1.
 
+``--recount JOBS`` measures instead the recount of a tenant's damaged count over JOBS
+jobs (half of them the tenant's): the Redis time of its longest step (``SLOWLOG``),
+against one call over every key, as the recount was done before.
+
 Each child also counts Redis commands per job (``INFO commandstats``, Lua's inner
 commands included) and the CPU time of the worker and of redis-server per job. Prints a
 table of medians (min-max); ``--json`` writes every figure. Benchmarks are not tests:
@@ -156,6 +160,65 @@ CASES = {
 }
 
 
+_RECOUNT = r"""
+import asyncio, json, sys, time
+import redis.asyncio as aioredis
+from kitium_queue import JobQueue
+from kitium_queue.features.tenancy import TenantRegistry
+from kitium_queue.features.tenancy import keys as tk
+from kitium_queue.features.tenancy.install import recount
+
+
+async def steps(q, client, raw, **kw):
+    # One recount of the damaged count; Redis µs of its longest and median step.
+    await raw.hset(tk.tenant(q.keys, "a"), "n", "garbage")
+    await raw.slowlog_reset()
+    t0 = time.perf_counter()
+    n = await recount(client, q.keys, "a", **kw)
+    wall = time.perf_counter() - t0
+    log = [e for e in await raw.slowlog_get(100000)
+           if e["command"].split(b" ", 1)[0].upper() in (b"EVALSHA", b"EVAL")]
+    took = sorted(e["duration"] for e in log)
+    return {"count": n, "steps": len(took), "wall_s": wall, "max_step_us": took[-1],
+            "median_step_us": took[len(took) // 2], "redis_total_ms": sum(took) / 1000}
+
+
+async def main(url, jobs):
+    q = JobQueue("recount", redis=url)
+    reg = TenantRegistry(q)
+    await reg.create_tenant({"tenant_id": "a"})
+    await reg.create_tenant({"tenant_id": "b"})
+    for i in range(0, jobs, 5000):
+        await q.add_jobs([("x", None, {"tenant_id": "ab"[k % 2]})
+                          for k in range(i, min(jobs, i + 5000))])
+    client = await q.client()
+    raw = aioredis.Redis.from_url(url)
+    await raw.config_set("slowlog-log-slower-than", 0)
+    await raw.config_set("slowlog-max-len", 100000)
+    keys = await raw.dbsize()
+    out = {"jobs": jobs, "keys": keys,
+           "steps": await steps(q, client, raw),
+           # One step over every key (what the single-call recount did).
+           "one_call": await steps(q, client, raw, per_scan=10000, scans=100)}
+    print(json.dumps(out))
+
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def recount_cost(jobs: int) -> None:
+    """The recount of a damaged tenant count over ``jobs`` jobs (half of them the
+    tenant's): in bounded steps, and in one call over every key, as it was done."""
+    with RedisServer() as srv:
+        r = _child(_RECOUNT, srv.url, str(jobs))
+    for how, f in (("bounded steps", r["steps"]), ("one call (before)", r["one_call"])):
+        print(f"recount over {r['keys']:,} keys ({r['jobs']:,} jobs), {how}: count "
+              f"{f['count']:,}, {f['steps']} script call(s), longest "
+              f"{f['max_step_us'] / 1000:.1f} ms, median {f['median_step_us'] / 1000:.1f} ms "
+              f"of Redis; {f['redis_total_ms']:.0f} ms of Redis in all, {f['wall_s']:.2f} s wall")
+
+
 def _child(source: str, *args: str) -> dict[str, Any]:
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT / "bench")))}
@@ -176,7 +239,12 @@ def main() -> None:
                     help="jobs of the busy tenant in the starvation run")
     ap.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    ap.add_argument("--recount", type=int, default=0, metavar="JOBS",
+                    help="only measure the recount of a damaged tenant count over JOBS jobs")
     args = ap.parse_args()
+    if args.recount:
+        recount_cost(args.recount)
+        return
     cases = [c for c in args.only.split(",") if c]
     unknown = sorted(set(cases) - set(CASES))
     if unknown:

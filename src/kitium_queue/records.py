@@ -159,6 +159,12 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "features/tenancy (enqueue and admission fragments; removed by release)",
         ),
         JobField(
+            "tr",
+            "the recount pass of its tenant's damaged count that counted the job (an id; "
+            "left behind once the pass is over, and only compared with an open pass's)",
+            "features/tenancy (tn_recount.lua, and the fragments while a pass is open)",
+        ),
+        JobField(
             "cb",
             "circuit breaker of the run, while a run its breaker admitted is under way "
             "(its outcome is counted in that breaker)",

@@ -83,14 +83,16 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
     "idempotency": ("multi", "exec", "persist"),
     "workflows": ("sadd", "srem", "scard", "smembers", "hvals", "hsetnx", "persist", "scan",
                   "unlink", "xrevrange", *_LEADER),
-    # zrank, zcount: the events leader's sweep resumes its walk of cb:ids where it stopped.
+    # zrank, zcount: the events leader's sweep resumes its walk of cb:ids where it stopped;
+    # hsetnx: it binds again the job names cb:names lacks.
     "breakers": (
-        "hlen", "sadd", "srem", "scard", "sismember", "xrevrange", "zrank", "zcount", *_LEADER,
+        "hlen", "hsetnx", "sadd", "srem", "scard", "sismember", "xrevrange", "zrank", "zcount",
+        *_LEADER,
     ),
     "encryption": ("hsetnx", "hkeys", "scan", "zscan", *_LEADER),
     "webhooks": ("hvals", "hlen", "persist", "expire", "zremrangebyrank", *_OUTBOX, *_LEADER),
     "replicas": ("wait",),
-    # scan: the recount of a tenant's damaged count (tn_put.lua), only ever for that repair.
+    # scan: the recount of a tenant's damaged count (tn_recount.lua), only for that repair.
     "tenancy": ("sadd", "srem", "scard", "srandmember", "sismember", "smembers", "scan"),
     # An operator's repairs, not a worker's: rebuild_parked walks the job records (SCAN)
     # and the parked index (ZSCAN) and recounts each blocker's set (ZCOUNT).

@@ -35,7 +35,11 @@
       -- Back from a finished state (retry_job, replay_dlq): counted again.
       redis.call('HSET', jk, 'tq', '1')
       local n = count_of(redis.call('HGET', TN .. t, 'n'))
-      if n then redis.call('HSET', TN .. t, 'n', int(n + 1)) end
+      if n then
+        redis.call('HSET', TN .. t, 'n', int(n + 1))
+      else
+        pass_count(t, jk, 1)
+      end
     end
     -- Fair dispatch: the ticket it held goes to the next job of its lane. Without it a
     -- lane holds only jobs over a cap or a rate: a start frees no slot, but the first

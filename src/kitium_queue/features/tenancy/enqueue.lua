@@ -7,12 +7,15 @@
     local t = tenant_opts(opts)
     if not t then return nil end
     local s = state(t)
-    -- A damaged count (false) is left as it is: the recount counts this job by its tq.
+    -- A damaged count (false) is left as it is: the recount counts this job by its tq
+    -- (at once when a pass is under way).
     if s.n == nil then s.n = count_of(redis.call('HGET', TN .. t, 'n')) or false end
     redis.call('HSET', jk, 'tn', t, 'tq', '1')
     if s.n then
       s.n = s.n + 1
       redis.call('HSET', TN .. t, 'n', int(s.n))
+    else
+      pass_count(t, jk, 1)
     end
     if st ~= 'waiting' then return nil end
     if not lane(s) and room(s) > 0 then

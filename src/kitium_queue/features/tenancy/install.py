@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ __all__ = [
     "install",
     "installed",
     "put_tenant",
+    "recount",
     "run_script",
 ]
 
@@ -102,6 +104,9 @@ async def run_scripts(
 
 
 TN_PUT = LuaScript(__package__, "tn_put")
+TN_RECOUNT = LuaScript(__package__, "tn_recount")
+#: A recount step (``recount``): SCANs of this many keys, this many per script call.
+RECOUNT_PER_SCAN, RECOUNT_SCANS = 1000, 5
 
 
 class StoredTenant:
@@ -169,29 +174,53 @@ class StoredTenant:
         ]
 
 
+async def recount(
+    client: Any,
+    queue_keys: Any,
+    tenant_id: str,
+    *,
+    per_scan: int = RECOUNT_PER_SCAN,
+    scans: int = RECOUNT_SCANS,
+) -> int | None:
+    """Recount tenant ``tenant_id``'s damaged count of unfinished jobs in one queue from
+    its jobs, in bounded steps (``tn_recount.lua``: ``scans`` SCANs of ``per_scan``
+    keys each, a few ms of Redis per step at the defaults); the jobs added and ended
+    meanwhile are kept exact by the tenancy fragments. Returns the count (also when it
+    was a count already, or another process finished the pass), or None when the
+    tenant's key holds another Redis type. Steps of several processes share one pass."""
+    key = tk.tenant(queue_keys, tenant_id)
+    pass_id = secrets.token_hex(8)
+    while True:
+        reply = await run_script(client, TN_RECOUNT, [key], [tenant_id, per_scan, scans, pass_id])
+        status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if status == "ok":
+            return int(reply[1])
+        if status != "more":
+            return None
+
+
 async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
     """Copy ``entry`` into one queue (if newer than the copy there). A copy whose keys
     hold another type (damaged) is not written, and logged: the other queues and
     tenants still get theirs. A tenant count that is not an integer (damaged) is
-    recounted from the tenant's jobs (``tn_put.lua``), and logged."""
+    recounted from the tenant's jobs (``recount``), and logged."""
     keys = [tk.tenant(queue_keys, entry.tenant_id), tk.index(queue_keys)]
     reply = await run_script(client, TN_PUT, keys, [entry.tenant_id, *entry.copy_args()])
     if isinstance(reply, list):
-        # Its count of unfinished jobs was damaged (not an integer): recounted.
-        log.warning(
-            "queue %s: tenant %s's count of unfinished jobs (field n of %s) held %s, not "
-            "a count (damaged outside kitium-queue); recounted from its jobs: %d. Its new "
-            "jobs are accepted again",
-            queue_keys.name,
-            entry.tenant_id,
-            keys[0],
-            printable(
-                reply[2].decode("utf-8", "replace")
-                if isinstance(reply[2], bytes)
-                else str(reply[2])
-            )[:60],
-            int(reply[1]),
-        )
+        # Its count of unfinished jobs is damaged (not an integer): recounted.
+        held = reply[1].decode("utf-8", "replace") if isinstance(reply[1], bytes) else reply[1]
+        counted = await recount(client, queue_keys, entry.tenant_id)
+        if counted is not None:
+            log.warning(
+                "queue %s: tenant %s's count of unfinished jobs (field n of %s) held %s, "
+                "not a count (damaged outside kitium-queue); recounted from its jobs: %d. "
+                "Its new jobs are accepted again",
+                queue_keys.name,
+                entry.tenant_id,
+                keys[0],
+                printable(str(held))[:60],
+                counted,
+            )
         reply = reply[0]
     out = int(reply)
     if out < 0:

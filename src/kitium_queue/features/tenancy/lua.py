@@ -4,7 +4,8 @@ The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua
 ``prelude.lua``, into which the queue's declarations (fair dispatch on or off, the
 quantum, quotas enforced or not) are compiled, so every process that enables tenancy the
 same way runs the same code. The scripts ``tn_put.lua`` (a tenant's quota copied into a
-queue) and ``tn_usage.lua`` (a tenant's counts in a queue, read atomically) and ``tn_registry.lua``
+queue), ``tn_recount.lua`` (one bounded step of the recount of a damaged count),
+``tn_usage.lua`` (a tenant's counts in a queue, read atomically) and ``tn_registry.lua``
 (the registry's compare-and-set) take their keys in ``KEYS``. See ``docs/tenancy.md``.
 """
 

@@ -17,7 +17,8 @@
   -- Blocker (lib_parking.lua): 't:<t>' is the tenant's lane: its jobs waiting for a
   -- ticket, a free concurrency slot or its next rate window, in queue order (priority,
   -- then enqueue order). Job-hash markers: tn = the job's tenant, tq = '1' while the
-  -- job is counted in n.
+  -- job is counted in n, tr = the recount pass that counted it (tn_recount.lua; tn:<t>
+  -- then holds rc the pass's id, rcn its count so far, rcc its cursor).
   --
   -- Fair dispatch: a tenant holds at most weight x QUANTUM tickets, and only its ticket
   -- holders sit in wait; the rest of its jobs wait in its lane. The holders that start
@@ -63,13 +64,37 @@
   -- A tenant's count n as stored: a number, or nil when it holds something that is not
   -- a count (damaged outside kitium-queue). A damaged n is never written over (a write
   -- would start it again from 0, loosening max_queue_size): the accept fragment refuses
-  -- the tenant's jobs where a max_queue_size applies, and the tenant's copy (tn_put.lua:
-  -- TenantRegistry.sync(), and every worker within SYNC_INTERVAL_S) recounts it from the
-  -- job records marked tq.
+  -- the tenant's jobs where a max_queue_size applies, and the tenant's copy
+  -- (TenantRegistry.sync(), and every worker within SYNC_INTERVAL_S) recounts it from
+  -- the job records marked tq, in bounded steps (tn_recount.lua).
   local function count_of(raw)
     if not raw then return 0 end
     if #raw <= 15 and string.match(raw, '^%d+$') then return tonumber(raw) end
     return nil
+  end
+
+  -- While n is damaged a recount pass may be under way (tn_recount.lua: rc its id, rcn
+  -- the jobs it counted so far). A job counted meanwhile (delta 1: tq set) is marked
+  -- with the pass (job field tr) and added, so the pass's walk skips it; one that stops
+  -- being counted (delta -1: tq deleted) is taken off if the pass had counted it (the
+  -- walk no longer finds it counted otherwise). A pass whose rcn is no count is dropped:
+  -- the next step starts a new one.
+  local function pass_count(t, jk, delta)
+    local f = redis.call('HMGET', TN .. t, 'rc', 'rcn')
+    if not f[1] then return end
+    local c = f[2] and count_of(f[2])
+    if not c then
+      redis.call('HDEL', TN .. t, 'rc', 'rcn', 'rcc')
+      return
+    end
+    if delta > 0 then
+      redis.call('HSET', jk, 'tr', f[1])
+    elseif redis.call('HGET', jk, 'tr') ~= f[1] then
+      return
+    end
+    c = c + delta
+    if c < 0 then c = 0 end
+    redis.call('HSET', TN .. t, 'rcn', int(c))
   end
 
   -- A tenant's running set found holding another type (damaged): recorded once per call

@@ -28,12 +28,14 @@
       local h = redis.call('HMGET', TN .. t, 'n', 'done', 'fail', 'mc')
       mc = arg_int(h[4], 0, 0, 1000000000)
       -- A damaged count is left as it is (count_of, prelude.lua): the recount skips
-      -- this job, whose tq is gone.
+      -- this job, whose tq is gone (and a pass under way that counted it takes it off).
       local n = count_of(h[1])
       if n then
         n = n - 1
         if n < 0 then n = 0 end
         redis.call('HSET', TN .. t, 'n', int(n))
+      else
+        pass_count(t, jk, -1)
       end
       if total == 'done' then
         redis.call('HSET', TN .. t, 'done', int(num(h[2]) + 1))
