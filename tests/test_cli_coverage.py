@@ -83,6 +83,7 @@ EXERCISED_BY: dict[str, str] = {
     "regions discard": "test_cli_regions.py",
     "tenants list": "test_cli_tenants.py",
     "tenants show": "test_cli_tenants.py",
+    "tenants sync": "test_cli_tenants.py",
 }
 
 

@@ -108,3 +108,38 @@ def test_tenants_list_reads_usage_in_pages_per_queue(
     assert got == want
     assert [got[t]["queued"] for t in tids] == [2, 4, 6, 8, 10]
     assert set(got["t3"]["queues"]) == {"ct", "ct2"}
+
+
+def test_a_damaged_count_is_shown_and_tenants_sync_recounts_it(
+    app: str, redis_url: str, prefix: str
+) -> None:
+    """A count of unfinished jobs that is not a count reads 0 in ``queued``: usage says
+    so (``count_damaged``), the CLI marks it, and ``tenants sync`` recounts it."""
+    from kitium_queue.features.tenancy import keys as tk
+
+    _fill(redis_url, prefix)
+
+    async def damage() -> tuple[object, object]:
+        q = JobQueue("ct", redis=redis_url, prefix=prefix)
+        client = await q.client()
+        await client.hset(tk.tenant(q.keys, "acme"), "n", "garbage")
+        u = await TenantRegistry(q).get_tenant_usage("acme")
+        await q.close()
+        return u.queues["ct"].count_damaged, u.count_damaged
+
+    assert asyncio.run(damage()) == (True, ("ct",))
+    runner = CliRunner()
+    listed = runner.invoke(main, ["tenants", "list", app])
+    assert listed.exit_code == 0, listed.output
+    assert "acme\t2\t10\t1\t5/1000ms\t0 (count damaged: tenants sync)\t" in listed.output
+    shown = runner.invoke(main, ["tenants", "show", app, "acme", "--json"])
+    assert json.loads(shown.output)["usage"]["count_damaged"] == ["ct"]
+    text = runner.invoke(main, ["tenants", "show", app, "acme"]).output
+    assert "ct\t0 (count damaged: tenants sync)\t" in text
+
+    synced = runner.invoke(main, ["tenants", "sync", app])
+    assert synced.exit_code == 0, synced.output
+    assert "damaged counts left: 0" in synced.output
+    listed = runner.invoke(main, ["tenants", "list", app])
+    assert "acme\t2\t10\t1\t5/1000ms\t3\t0\t2\t" in listed.output
+    assert "damaged" not in listed.output

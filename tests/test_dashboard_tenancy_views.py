@@ -154,6 +154,11 @@ async def test_damaged_tenant_entries_show_as_damaged(
     (hostile,) = [k for k in rows if k.startswith("<script>")]
     assert hostile == "<script>alert(1)</script>\\x1b\\u202e"  # escaped, then shown
     assert "st-damaged" in rows[hostile] and "no tenant id" in rows[hostile]
+    # A tenant's count of unfinished jobs that is not a count: flagged beside queued.
+    assert "data-count-damaged" not in rows["ok"]
+    await redis_client.hset(tk.tenant(q.keys, "ok"), "n", "garbage")
+    rows = rows_of((await c.get("/q/tq/tenants")).text, "tenant")
+    assert 'data-count-damaged="1"' in rows["ok"] and "tenants sync" in rows["ok"]
     # The registry itself of another type: said, 200, no row.
     await redis_client.delete(key)
     await redis_client.set(key, "x")

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .model import TenantConfig, TenantUsage
+from .model import QueueUsage, TenantConfig, TenantUsage
 from .registry import TenantRegistry
 
 __all__ = ["make_command"]
@@ -44,6 +44,11 @@ def _flag(c: TenantConfig) -> str:
 
 def _usage(u: TenantUsage) -> list[int]:
     return [u.queued, u.active, u.held, u.rate_used, u.completed, u.failed]
+
+
+def _queued(u: TenantUsage | QueueUsage) -> str:
+    """``queued``, marked when a count it sums is damaged (it then reads 0 there)."""
+    return f"{u.queued} (count damaged: tenants sync)" if u.count_damaged else str(u.queued)
 
 
 # Tenants per pipeline when every tenant's usage is read (one round trip each).
@@ -112,7 +117,15 @@ def make_command(
                     "lookalike",
                 ],
                 [
-                    [c.tenant_id, f"{c.weight:g}", *_quota(c), *_usage(u), c.name, _flag(c)]
+                    [
+                        c.tenant_id,
+                        f"{c.weight:g}",
+                        *_quota(c),
+                        _queued(u),
+                        *_usage(u)[1:],
+                        c.name,
+                        _flag(c),
+                    ]
                     for c, u in zip(configs, usages, strict=True)
                 ],
             )
@@ -165,13 +178,42 @@ def make_command(
                 table(
                     ["queue", "queued", "active", "held", "rate used", "completed", "failed"],
                     [
-                        [name, qu.queued, qu.active, qu.held, qu.rate_used, qu.completed, qu.failed]
+                        [
+                            name,
+                            _queued(qu),
+                            qu.active,
+                            qu.held,
+                            qu.rate_used,
+                            qu.completed,
+                            qu.failed,
+                        ]
                         for name, qu in u.queues.items()
                     ]
-                    + [["total", *_usage(u)]],
+                    + [["total", _queued(u), *_usage(u)[1:]]],
                 )
             if c is None and not any(_usage(u)):
                 raise click.ClickException(f"no tenant {tenant_id!r}")
+
+        with_queue(app, redis, act)
+
+    @tenants.command("sync")
+    @click.argument("app")
+    @redis_option
+    def tenants_sync(app: str, redis: str | None) -> None:
+        """Copy every tenant's quota into every registered queue and recount the tenants'
+        damaged counts of unfinished jobs (what each worker does every 30 s)."""
+
+        async def act(q: Any) -> None:
+            reg = TenantRegistry.for_queue(q)
+            written = await reg.sync()
+            usages = await _all_usages(reg, [c.tenant_id for c in await reg.list_tenants()])
+            left = sorted(f"{u.tenant_id} in {n}" for u in usages for n in u.count_damaged)
+            click.echo(f"{written} quota copies written; damaged counts left: {len(left)}")
+            if left:
+                raise click.ClickException(
+                    "counts damaged again since they were recounted (something outside "
+                    "kitium-queue writes them): " + ", ".join(x[:100] for x in left[:20])
+                )
 
         with_queue(app, redis, act)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -326,6 +326,11 @@ class QueueUsage:
         rate_window_ends_ms: when that window ends (ms since the epoch, Redis clock), or
             None.
         completed, failed: totals since the tenant was first used in the queue.
+        count_damaged: its count of unfinished jobs there (field ``n``) holds something
+            that is not a count (damaged outside kitium-queue): ``queued`` then reads 0,
+            and its new jobs under a ``max_queue_size`` are refused until the count is
+            recounted (``TenantRegistry.sync()``, ``kitium-queue tenants sync``, or any
+            worker within 30 s).
     """
 
     queue: str
@@ -336,6 +341,33 @@ class QueueUsage:
     rate_window_ends_ms: int | None
     completed: int
     failed: int
+    count_damaged: bool = False
+
+    @classmethod
+    def from_reply(cls, queue: str, r: Sequence[Any]) -> QueueUsage:
+        """The usage read by ``tn_usage.lua`` (its reply ``r``; values read back from
+        Redis: anything that is no count reads 0)."""
+
+        def text(v: Any) -> str:
+            return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+        def count(v: Any) -> int:
+            t = text(v)
+            return int(t) if t.isascii() and t.isdigit() else 0
+
+        n = text(r[2])
+        active, ends = count(r[3]), count(r[8])
+        return cls(
+            queue=queue,
+            queued=max(0, count(n) - active),
+            active=active,
+            held=count(r[5]),
+            rate_used=count(r[6]),
+            rate_window_ends_ms=ends or None,
+            completed=count(r[9]),
+            failed=count(r[10]),
+            count_damaged=not (len(n) <= 15 and n.isascii() and n.isdigit()),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -350,7 +382,9 @@ _SUMMED = ("queued", "active", "held", "rate_used", "completed", "failed")
 class TenantUsage:
     """One tenant's usage: per queue (``queues``) and summed over them.
 
-    ``rate_used`` sums the queues' current windows (each queue has its own window).
+    ``rate_used`` sums the queues' current windows (each queue has its own window);
+    ``count_damaged`` names the queues where its count of unfinished jobs is damaged
+    (``QueueUsage.count_damaged``: their ``queued`` reads 0 until recounted).
     """
 
     tenant_id: str
@@ -361,16 +395,19 @@ class TenantUsage:
     completed: int
     failed: int
     queues: dict[str, QueueUsage] = field(default_factory=dict)
+    count_damaged: tuple[str, ...] = ()
 
     @classmethod
     def total(cls, tenant_id: str, queues: Iterable[QueueUsage]) -> TenantUsage:
         """The usage summed over ``queues`` (one ``QueueUsage`` per queue)."""
         per = {u.queue: u for u in queues}
         sums = {k: sum(getattr(u, k) for u in per.values()) for k in _SUMMED}
-        return cls(tenant_id=tenant_id, queues=per, **sums)
+        damaged = tuple(name for name, u in per.items() if u.count_damaged)
+        return cls(tenant_id=tenant_id, queues=per, count_damaged=damaged, **sums)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["queues"] = {q: u.as_dict() for q, u in self.queues.items()}
+        out["count_damaged"] = list(self.count_damaged)
         return out

@@ -59,13 +59,6 @@ def _text(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def _int(v: Any) -> int:
-    try:
-        return int(_text(v) or 0)
-    except ValueError:
-        return 0
-
-
 def _is_queue(obj: Any) -> bool:
     return hasattr(obj, "keys") and hasattr(obj, "client") and hasattr(obj, "scripts")
 
@@ -524,17 +517,7 @@ def _usage(name: str, tenant_id: str, r: list[Any]) -> QueueUsage:
             tenant_id,
             ", ".join(printable(_text(k))[:300] for k in r[12:]),
         )
-    active, ends = _int(r[3]), _int(r[8])
-    return QueueUsage(
-        queue=name,
-        queued=max(0, _int(r[2]) - active),
-        active=active,
-        held=_int(r[5]),
-        rate_used=_int(r[6]),
-        rate_window_ends_ms=ends or None,
-        completed=_int(r[9]),
-        failed=_int(r[10]),
-    )
+    return QueueUsage.from_reply(name, r)
 
 
 async def _members(client: Any, key: str) -> set[Any]:
