@@ -17,12 +17,20 @@ a run cut by a SIGKILL ends at the kill, so Redis held its slot at least that lo
 * at the end every job completed once (no duplicate recorded completion), and every
   count returned to 0: queued, running, in lanes, tickets, and the usage the registry
   reports.
+
+While the faults run, a thread damages two tenants' counts of unfinished jobs by hand
+(``n`` = "garbage") and recounts both at once in small steps (``tn_recount.lua``, 5 keys
+each, 40 ms apart), again and again, through the kills and the restart, retrying a step
+Redis could not answer, beside the workers' own copies of the quotas (which may finish a
+pass). Checked: every pass ends, and right after it, in one atomic read, the count
+equals the tenant's jobs marked counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -79,6 +87,74 @@ def _tenants(url: str, prefix: str, create: bool) -> dict[str, Any]:
     return asyncio.run(go())
 
 
+#: Tenants whose count is damaged once the workers run, and recounted in small steps.
+DAMAGED = ("free", "cap3")
+
+#: In one atomic step: the jobs of tenant ARGV[2] marked counted, and its count n.
+_COUNTED = """
+local cursor, n = '0', 0
+repeat
+  local r = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = r[1]
+  for _, k in ipairs(r[2]) do
+    local f = redis.pcall('HMGET', k, 'tn', 'tq')
+    if type(f) == 'table' and not f.err and f[1] == ARGV[2] and f[2] then n = n + 1 end
+  end
+until cursor == '0'
+return { n, redis.call('HGET', KEYS[1], 'n') or false }
+"""
+
+
+def _recounts(url: str, prefix: str, stop: threading.Event, out: list[Any]) -> None:
+    """Until ``stop``: damage the counts of ``DAMAGED`` and recount them at once, in
+    steps of 5 keys 40 ms apart, retrying a step Redis could not answer; right after
+    each pass, read the count and the jobs marked counted in one atomic step."""
+    from kitium_queue import JobQueue
+    from kitium_queue.connection import TRANSIENT_ERRORS
+    from kitium_queue.features.tenancy.install import TN_RECOUNT, run_script
+
+    async def retried(errors: list[int], call: Any) -> Any:
+        while True:
+            try:
+                return await call()
+            except TRANSIENT_ERRORS as exc:
+                errors[0] += 1
+                if errors[0] > 2000:
+                    raise RuntimeError("Redis gone for good") from exc
+                await asyncio.sleep(0.05)
+
+    async def one(q: JobQueue, client: Any, t: str) -> dict[str, Any]:
+        key, steps, errors = tk.tenant(q.keys, t), 0, [0]
+        await retried(errors, lambda: client.hset(key, "n", "garbage"))
+        while True:
+            reply = await retried(
+                errors, lambda: run_script(client, TN_RECOUNT, [key], [t, 5, 1, "chaos"])
+            )
+            steps += 1
+            if reply[0] != b"more":
+                break
+            await asyncio.sleep(0.04)
+        got = await retried(
+            errors, lambda: client.eval(_COUNTED, 1, key, q.keys.job("*"), t)
+        )
+        return {"tenant": t, "status": reply[0].decode(), "steps": steps,
+                "retried": errors[0], "marked": int(got[0]),
+                "n": got[1].decode() if got[1] else None}
+
+    async def go() -> None:
+        q = JobQueue(QUEUE, redis=url, prefix=prefix)
+        client = await q.client()
+        while not stop.is_set():
+            out.extend(await asyncio.gather(*(one(q, client, t) for t in DAMAGED)))
+            await asyncio.sleep(0.2)
+        await q.close()
+
+    try:
+        asyncio.run(go())
+    except Exception as exc:  # reported by the scenario's checks
+        out.append({"error": f"{type(exc).__name__}: {exc}"})
+
+
 def _leftovers(client: Any, keys: QueueKeys) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for t in TENANTS:
@@ -126,12 +202,24 @@ def run(ctx: Context, res: Result) -> None:
         ctx.ledger.record(producer.add_jobs(jobs[i:i + 500]), tag="tenant")
     for w in workers:
         w.wait_ready()
+    recounts: list[Any] = []
+    stop = threading.Event()
+    recounter = threading.Thread(target=_recounts, args=(srv.url, prefix, stop, recounts))
+    recounter.start()
 
     done_faults = apply_faults(
         ctx, res, srv, client, keys, fleet, faults, len(jobs) // (len(faults) + 2), rnd,
         lambda: live_parked_check(client, keys, ctx.ledger))
     if done_faults.live_checks:
         res.checker("right after each Redis restart", merge(done_faults.live_checks))
+    stop.set()
+    recounter.join(timeout=300)
+    res.expect("every damaged count was recounted, in steps, through the faults",
+               not recounter.is_alive() and recounts
+               and all(r.get("status") == "ok" for r in recounts), recounts[-4:])
+    wrong = [r for r in recounts if str(r.get("marked")) != r.get("n")]
+    res.expect("right after each recount, the count equals its tenant's jobs marked counted",
+               not wrong, wrong[:4])
     took = wait_final(ctx, client, keys, ctx.pick(120, 400))
     closing_checks(ctx, res, client, keys, fleet)
     runs = fleet.runs()  # a run cut by a SIGKILL ends at the kill
@@ -169,6 +257,9 @@ def run(ctx: Context, res: Result) -> None:
         "runs": sum(len(rs) for rs in runs.values()),
         "drain_after_last_fault_s": round(took, 2),
         "lease_ms": lease_ms,
+        "recounts": len(recounts),
+        "recount_steps": sum(r.get("steps", 0) for r in recounts),
+        "recounts_across_an_outage": sum(1 for r in recounts if r.get("retried")),
     })
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])
