@@ -18,7 +18,7 @@
   -- ticket, a free concurrency slot or its next rate window, in queue order (priority,
   -- then enqueue order). Job-hash markers: tn = the job's tenant, tq = '1' while the
   -- job is counted in n, tr = the recount pass that counted it (tn_recount.lua; tn:<t>
-  -- then holds rc the pass's id, rcn its count so far, rcc its cursor).
+  -- then holds rc the pass's id, rcn its count so far, rcc its cursor, rcs its server).
   --
   -- Fair dispatch: a tenant holds at most weight x QUANTUM tickets, and only its ticket
   -- holders sit in wait; the rest of its jobs wait in its lane. The holders that start
@@ -84,7 +84,7 @@
     if not f[1] then return end
     local c = f[2] and count_of(f[2])
     if not c then
-      redis.call('HDEL', TN .. t, 'rc', 'rcn', 'rcc')
+      redis.call('HDEL', TN .. t, 'rc', 'rcn', 'rcc', 'rcs')
       return
     end
     if delta > 0 then

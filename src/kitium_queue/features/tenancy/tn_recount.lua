@@ -13,7 +13,10 @@
            is counted again by the next)
 
   A pass walks the database's keys (SCAN MATCH <queue>job:*) with its cursor kept in
-  the tenant's hash: rc the pass's id, rcn the jobs it counted so far, rcc its cursor.
+  the tenant's hash: rc the pass's id, rcn the jobs it counted so far, rcc its cursor,
+  rcs the server it walks (INFO run_id). A cursor only means something to the server
+  process that gave it (each process hashes keys with its own random seed): a pass
+  found on another process (a restart, a failover) starts again from the first key.
   A job of the tenant marked as counted (tn = the tenant, tq) and not yet marked with
   the pass (job field tr) is marked and counted. While a pass is open the tenancy
   fragments keep it exact (prelude.lua pass_count): a job counted meanwhile is marked
@@ -27,7 +30,8 @@
   left open when n was written over by hand is dropped), { 'more', counted so far }
   when the pass goes on, { 'damaged', type } when KEYS[1] holds another Redis type
   (nothing written). A pass whose fields are not what it wrote (rcn not a count, a
-  cursor that is no SCAN cursor, an id that is no id) starts again from the first key.
+  cursor that is no SCAN cursor, an id that is no id, another server's) starts again
+  from the first key.
 ]]
 local key, tenant = KEYS[1], ARGV[1]
 
@@ -60,16 +64,23 @@ if t ~= 'hash' and t ~= 'none' then return { 'damaged', t } end
 local raw = redis.call('HGET', key, 'n')
 local n = count_of(raw)
 if raw == false or n then
-  if redis.call('HEXISTS', key, 'rc') == 1 then redis.call('HDEL', key, 'rc', 'rcn', 'rcc') end
+  if redis.call('HEXISTS', key, 'rc') == 1 then
+    redis.call('HDEL', key, 'rc', 'rcn', 'rcc', 'rcs')
+  end
   return { 'ok', n or 0 }
 end
 
-local f = redis.call('HMGET', key, 'rc', 'rcn', 'rcc')
+-- The server process: its run_id ('' when INFO gives none).
+local info = redis.pcall('INFO', 'server')
+local server = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
+
+local f = redis.call('HMGET', key, 'rc', 'rcn', 'rcc', 'rcs')
 local id, c, cur = f[1], count_of(f[2]), f[3]
-if not id or #id > 100 or not c or not cur or #cur > 19 or not string.match(cur, '^%d+$') then
+if not id or #id > 100 or not c or not cur or #cur > 19 or not string.match(cur, '^%d+$')
+    or f[4] ~= server then
   local now = redis.call('TIME')
   id, c, cur = new_id .. '@' .. now[1] .. '.' .. now[2], 0, '0'
-  redis.call('HSET', key, 'rc', id, 'rcn', 0, 'rcc', cur)
+  redis.call('HSET', key, 'rc', id, 'rcn', 0, 'rcc', cur, 'rcs', server)
 end
 
 local base = string.sub(key, 1, #key - #('tn:' .. tenant))
@@ -89,7 +100,7 @@ for _ = 1, scans do
 end
 if cur == '0' then
   redis.call('HSET', key, 'n', c)
-  redis.call('HDEL', key, 'rc', 'rcn', 'rcc')
+  redis.call('HDEL', key, 'rc', 'rcn', 'rcc', 'rcs')
   return { 'ok', c }
 end
 redis.call('HSET', key, 'rcn', c, 'rcc', cur)
