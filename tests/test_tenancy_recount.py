@@ -204,7 +204,7 @@ async def test_each_step_is_bounded_and_sync_finishes_the_pass(
     # One SCAN of 100 keys: about 100 of the 2,000 job records examined, no more.
     status, counted = await _step(q, "a", per=100, scans=1)
     assert status == "more" and 0 < counted <= 200
-    # The registry's copy finishes the pass (steps of 5 SCANs of 1,000 keys).
+    # The registry's copy finishes the pass (steps of 2 SCANs of 1,000 keys).
     with caplog.at_level(logging.WARNING):
         await reg.sync()
     assert await redis_client.hget(key, "n") == b"1500"

@@ -70,8 +70,9 @@ async def _missing(m: Any, ids: list[str]) -> list[str]:
 _NOT_DONE: dict[str, Any] = {}
 
 
-async def _all_completed(m: Any, ids: list[str]) -> bool:
-    """Every job of ``ids`` completed at the primary (what is not: in ``_NOT_DONE``)."""
+async def _all_completed(m: Any, ids: list[str], *loads: Any) -> bool:
+    """Every job of ``ids`` completed at the primary (what is not: in ``_NOT_DONE``,
+    with, for the first few, where each copy is and what ``loads`` saw of it)."""
     lane = m.region(m.primary).lane
     client = await lane.client()
     pipe = client.pipeline(transaction=False)
@@ -82,7 +83,34 @@ async def _all_completed(m: Any, ids: list[str]) -> bool:
     left = {j: s for j, s in left.items() if s != "completed"}
     _NOT_DONE.clear()
     _NOT_DONE.update({"primary": m.primary, "count": len(left), "sample": list(left.items())[:8]})
+    if left and len(left) <= 3:
+        _NOT_DONE["where"] = {j: await _whereabouts(m, j, loads) for j in left}
     return not left
+
+
+async def _whereabouts(m: Any, jid: str, loads: tuple[Any, ...]) -> dict[str, Any]:
+    """A job's copies (their record fields, a tombstone), stranded records and what the
+    loads saw (acknowledged as (n, time), runs, recorded completions)."""
+    out: dict[str, Any] = {}
+    for r in m.regions:
+        c = m.region(r)
+        if not c.reachable:
+            out[r] = "unreachable"
+            continue
+        client = await c.lane.client()
+        fields = await client.hmget(c.lane.keys.job(jid), "st", "ep", "ts", "a", "rq", "f")
+        gone = await client.exists(c.lane.keys.extra("rg:gone:" + jid))
+        out[r] = {"fields": [f.decode() if f else None for f in fields], "tombstone": gone}
+    out["stranded"] = [
+        (s.kind, s.region, s.epoch, s.state, s.here) for s in await m.stranded() if s.id == jid
+    ]
+    for i, load in enumerate(loads):
+        out[f"load{i}"] = {
+            "acked": load.acked.get(jid),
+            "starts": load.starts.get(jid),
+            "completions": load.completions.get(jid),
+        }
+    return out
 
 
 #: How long before the new primary's replication position a first completion may be
@@ -300,7 +328,7 @@ async def _async_run(ctx: Context, res: Result) -> None:
             await run.stop()
             everything = list(run.acked) + list(lone.acked)
             await wait_until(
-                lambda: _all_completed(producer, everything),
+                lambda: _all_completed(producer, everything, run, lone),
                 60,
                 interval=0.2,
                 message=lambda: f"every job completed: not yet {_NOT_DONE}",

@@ -106,7 +106,7 @@ async def run_scripts(
 TN_PUT = LuaScript(__package__, "tn_put")
 TN_RECOUNT = LuaScript(__package__, "tn_recount")
 #: A recount step (``recount``): SCANs of this many keys, this many per script call.
-RECOUNT_PER_SCAN, RECOUNT_SCANS = 1000, 5
+RECOUNT_PER_SCAN, RECOUNT_SCANS = 1000, 2
 
 
 class StoredTenant:
