@@ -122,6 +122,11 @@ class FailoverConfig:
             running there may take to finish, and the rest be replicated, before the
             switch (default ``timeout_ms // 2``; below ``timeout_ms``, so that no other
             process's automatic failover steps in meanwhile).
+        handover_wait_ms: how long ``add_job`` / ``add_jobs`` wait, when the primary
+            they wrote to has stepped down for a planned handover (``failover_to``, in
+            any process), for a primary to serve again, then add there (nothing was
+            written by the refused call). Default ``timeout_ms``; 0: raise
+            ``FencedError`` at once.
     """
 
     enabled: bool = True
@@ -129,6 +134,7 @@ class FailoverConfig:
     lease_ms: int | None = None
     check_interval_ms: int | None = None
     drain_timeout_ms: int | None = None
+    handover_wait_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -314,8 +320,17 @@ def check_config(config: GlobalQueueConfig | Mapping[str, Any]) -> Checked:
             f"failover.drain_timeout_ms ({drain}) must be below failover.timeout_ms "
             f"({timeout}): a handover must end before other processes see a dead primary"
         )
+    wait = to_ms(
+        fo.handover_wait_ms if fo.handover_wait_ms is not None else timeout,
+        "failover.handover_wait_ms",
+    )
     fo = replace(
-        fo, timeout_ms=timeout, lease_ms=lease, check_interval_ms=check, drain_timeout_ms=drain
+        fo,
+        timeout_ms=timeout,
+        lease_ms=lease,
+        check_interval_ms=check,
+        drain_timeout_ms=drain,
+        handover_wait_ms=wait,
     )
     if cfg.workers not in ("primary", "own"):
         raise ConfigurationError(f"workers must be 'primary' or 'own', got {shown(cfg.workers)}")
