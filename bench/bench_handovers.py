@@ -7,10 +7,11 @@ Three private redis-servers (one per region). A producer (the manager that also 
 ``failover_to``) adds jobs at ``--rate`` per second while two worker managers complete
 them; the primary is handed over ``--rounds`` times between the first two regions,
 0.05-0.6 s apart (``--handover-wait-ms 0``: the producer's adds refused during a
-handover raise at once, as before ``failover.handover_wait_ms``). Then every acknowledged job must complete at the final primary
-(60 s at most). Prints, per seed: adds acknowledged, adds refused (by error type),
-jobs not completed and jobs missing at the final primary, and the handovers' median
-duration. A benchmark, not a test: nothing here asserts.
+handover raise at once, as before ``failover.handover_wait_ms``). Then every
+acknowledged job must complete at the final primary (60 s at most). Prints, per seed:
+adds acknowledged, adds refused (by error type), jobs not completed and jobs missing at
+the final primary, and the handovers' median duration. A benchmark, not a test:
+nothing here asserts.
 """
 
 from __future__ import annotations

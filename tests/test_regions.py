@@ -932,3 +932,25 @@ async def test_adds_during_a_handover_by_another_process_are_never_refused(
     await wait_until(lambda: producer.primary == NAMES[1], 5)
     lane = operator.region(NAMES[1]).lane
     assert [j for j in acked if await lane.get_job_status(j) is None] == []
+
+
+async def test_a_former_primary_is_promoted_only_once_it_has_rejoined(
+    make: Callable[..., Any],
+) -> None:
+    """A region marked ``former`` (a deposed primary back, not yet rejoined: the
+    replicator records its stranded work and empties it) is no candidate for an
+    automatic failover and ``failover_to`` refuses it, naming why; once rejoined it is
+    promoted as any other."""
+    from kitium_queue.features.regions import FailoverError
+
+    m = await make()
+    target = m.region(NAMES[2])
+    client = await target.lane.client()
+    await client.hset(target.lane.keys.extra("rg"), "former", 1)
+    assert m.monitor is not None
+    with pytest.raises(FailoverError, match=r"former primary .* not rejoined"):
+        await m.failover_to(NAMES[2])
+    assert NAMES[2] not in [c.name for c in m.monitor.candidates(None)]
+    assert m.primary == NAMES[0]
+    assert (await target.op("rejoin")).former is None
+    assert (await m.failover_to(NAMES[2])).primary == NAMES[2]

@@ -147,6 +147,27 @@ async def test_adopt_marks_a_former_primary_unless_it_stepped_down(
             await q.close()
 
 
+async def test_a_former_primary_is_not_promoted_until_it_has_rejoined(copy: JobQueue) -> None:
+    """A deposed primary that came back (``former``) holds work nobody recorded yet and
+    is about to be emptied and copied afresh by the replicator: promoting it then lost
+    acknowledged jobs (the replicator deleted the new primary's outbox and copies). It
+    may vote, but not be promoted, until ``rejoin``."""
+    await op(copy, T0, "vote", 1, "a", 500)
+    await op(copy, T0, "promote", 1, T0 + 450)
+    assert (await op(copy, T0 + 1000, "adopt", 2, "b")).former == 1
+    assert (await op(copy, T0 + 5000, "vote", 3, "a", 500)).ok
+    refused = await op(copy, T0 + 5000, "promote", 3, T0 + 5450)
+    assert (refused.status, refused.detail, refused.epoch, refused.primary) == (
+        "former",
+        "1",
+        2,
+        "b",
+    )
+    assert (await op(copy, T0 + 5000, "rejoin")).former is None
+    rec = await op(copy, T0 + 5000, "promote", 3, T0 + 5450)
+    assert (rec.ok, rec.epoch, rec.primary) == (True, 3, "a")
+
+
 async def test_a_record_belongs_to_one_region_and_arguments_are_checked(copy: JobQueue) -> None:
     await op(copy, T0, "read")
     assert (await op(copy, T0, "read", me="b")).status == "mismatch"

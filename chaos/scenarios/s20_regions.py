@@ -253,8 +253,11 @@ async def _async_run(ctx: Context, res: Result) -> None:
             lost = await _crash(rg, producer, run, crashes, res, "crash")
             await _restart_and_resubmit(rg, producer, rg.names[0], lost, run.acked, res, "crash")
 
-            # 2. handover there and back, under load
+            # 2. handover there and back, under load. A former primary is promoted only
+            # once it has rejoined (its stranded work recorded, its copy made afresh):
+            # promoting it while the replicator empties it lost acknowledged jobs.
             await _until(lambda: producer.region(rg.names[0]).reachable, 20, "region 0 back")
+            await _until(lambda: _rejoined(producer, rg.names[0]), 30, "region 0 rejoined")
             t0 = time.time()
             there = await producer.failover_to(rg.names[0])
             await asyncio.sleep(ctx.pick(1.0, 5.0))
@@ -363,6 +366,11 @@ async def _async_run(ctx: Context, res: Result) -> None:
         finally:
             for p in proxies:
                 p.stop()
+
+
+async def _rejoined(m: Any, region: str) -> bool:
+    """``region`` is no former primary still to rejoin (its record, read now)."""
+    return (await m.region(region).op("read")).former is None
 
 
 _LACKING: dict[str, Any] = {}

@@ -54,6 +54,15 @@ class Handover:
                 return Failover(region, region, view.epoch or 0, "manual", 0)
             if not target.reachable:
                 raise FailoverError(f"region {region} is unreachable ({target.error})")
+            if target.record is not None and target.record.former is not None:
+                # Promoting it now would race the replicator that records its stranded
+                # work and empties its copy to make it afresh (region.lua refuses too).
+                raise FailoverError(
+                    f"region {region} is a former primary (epoch {target.record.former}) "
+                    "that has not rejoined yet: its stranded work is being recorded and its "
+                    "copy made afresh from the primary; try again once it has rejoined "
+                    "(get_global_stats() shows it as a secondary)"
+                )
             reachable = topo.reachable()
             if len(reachable) < cfg.majority:
                 raise FailoverError(

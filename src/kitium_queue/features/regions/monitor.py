@@ -210,10 +210,17 @@ class Monitor:
 
     def candidates(self, exclude: str | None) -> list[RegionCopy]:
         """Reachable regions that may be promoted, best first (lowest priority number,
-        then configuration order)."""
+        then configuration order). A former primary that has not rejoined yet is not one
+        (region.lua refuses to promote it: see ``Handover.to``)."""
         order = {c.name: i for i, c in enumerate(self.topo.copies)}
         return sorted(
-            (c for c in self.topo.reachable() if c.name != exclude and c.priority > 0),
+            (
+                c
+                for c in self.topo.reachable()
+                if c.name != exclude
+                and c.priority > 0
+                and (c.record is None or c.record.former is None)
+            ),
             key=lambda c: (c.priority, order[c.name]),
         )
 

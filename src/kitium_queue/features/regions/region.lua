@@ -43,7 +43,10 @@
                               had an older epoch, and grant P L ms more ('stale' when this
                               copy knows a later epoch or election)
     promote E UNTIL           make this copy primary of E until UNTIL, if it voted for
-                              itself in E ('novote' otherwise)
+                              itself in E ('novote' otherwise) and is not a former
+                              primary still to rejoin ('former', detail: its old epoch:
+                              its stranded work is not recorded and its copy not made
+                              afresh yet, and the replicator doing that would clear it)
     extend E UNTIL            move the lease of the primary of E to UNTIL (never back)
     stepdown E                the primary of E stops taking work now (lease 0, down = E)
     resume E                  undo stepdown E (an abandoned planned failover)
@@ -54,7 +57,7 @@
                               old epoch goes to 'former', unless it stepped down in it)
     rejoin                    forget 'former', 'pos' and 'src': the copy was emptied and
                               is copied afresh from the primary
-  Statuses: 'ok', 'stale', 'voted', 'held', 'novote', 'mismatch', 'conflict'.
+  Statuses: 'ok', 'stale', 'voted', 'held', 'novote', 'former', 'mismatch', 'conflict'.
 ]]
 --@include lib_base
 
@@ -173,6 +176,7 @@ if op == 'promote' or op == 'extend' then
     if not (epoch ~= nil and e == epoch) and not (vepoch == e and rec.vfor == rec.self) then
       return reply('novote')
     end
+    if rec.former and not (epoch ~= nil and e == epoch) then return reply('former', rec.former) end
     redis.call('HSET', RG, 'epoch', int(e), 'primary', rec.self)
     redis.call('HDEL', RG, 'down')
   elseif epoch ~= e or rec.primary ~= rec.self or rec.down == int(e) then
