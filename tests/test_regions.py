@@ -954,3 +954,18 @@ async def test_a_former_primary_is_promoted_only_once_it_has_rejoined(
     assert m.primary == NAMES[0]
     assert (await target.op("rejoin")).former is None
     assert (await m.failover_to(NAMES[2])).primary == NAMES[2]
+
+
+async def test_without_replication_a_former_primary_is_promotable_again(
+    make: Callable[..., Any],
+) -> None:
+    """With replication off nothing rejoins a former primary (no stranded work, no copy
+    made afresh), so the monitor drops its mark at once: it stays eligible."""
+    m = await make(replication={"enabled": False})
+    target = m.region(NAMES[2])
+    client = await target.lane.client()
+    await client.hset(target.lane.keys.extra("rg"), "former", 1)
+    assert m.monitor is not None
+    await m.monitor.tick()
+    assert (await target.op("read")).former is None
+    assert (await m.failover_to(NAMES[2])).primary == NAMES[2]

@@ -121,6 +121,8 @@ class Monitor:
         if view.epoch is not None and view.primary is not None:
             await self._adopt_stale(view)
             await self._renew(view)
+        if not self.cfg.replication.enabled:
+            await self._forget_former()
         self._not_serving_since = (
             None if view.serving else (self._not_serving_since or time.monotonic())
         )
@@ -147,6 +149,14 @@ class Monitor:
                     view.epoch,
                 )
             await self.topo.elections.adopt(view.epoch, view.primary, stale)
+
+    async def _forget_former(self) -> None:
+        """Without replication a former primary has nothing to rejoin (no stranded work is
+        collected, no copy made afresh: each failover starts from what the new primary
+        has), so its mark is dropped at once and it may be promoted again."""
+        for c in self.topo.reachable():
+            if c.record is not None and c.record.former is not None:
+                c.record = await c.op("rejoin")
 
     async def _renew(self, view: View) -> None:
         p = self.topo.primary_copy()
