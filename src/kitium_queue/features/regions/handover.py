@@ -20,8 +20,12 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from ...connection import TRANSIENT_ERRORS
+from ...errors import ConnectionUnavailableError, FencedError
+from ...leader import NET_ERRORS
 from ...outbox import Outbox
 from .copying import apply
 from .errors import FailoverError
@@ -30,7 +34,61 @@ from .record import RegionCopy
 from .replication import group_of
 from .topology import Topology
 
-__all__ = ["Handover"]
+__all__ = ["NET", "Handover", "Unreachable", "through_fences"]
+
+T = TypeVar("T")
+#: What an add to an unreachable region raises.
+NET: tuple[type[BaseException], ...] = (*NET_ERRORS, ConnectionUnavailableError)
+#: Attempts of one add: a fenced one is tried again where a primary serves (a planned
+#: handover waited out), and once more if that primary was deposed meanwhile.
+_ADD_ATTEMPTS = 3
+
+
+class Unreachable(Exception):
+    """``through_fences``: the add met a network error; ``tried`` is the primary it
+    was sent to, ``error`` what was raised."""
+
+    def __init__(self, tried: str | None, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.tried, self.error = tried, error
+
+
+async def through_fences(
+    monitor: Monitor | None,
+    topo: Topology,
+    call: Callable[[], Awaitable[T]],
+    *,
+    retry: bool,
+) -> tuple[T, str | None]:
+    """Run ``call`` (an add to the primary); with ``retry``, an add a fence refused
+    (nothing written) is made again once a primary serves: checked at once, and, when
+    the primary stepped down for a planned handover (fence.lua's reason), every check
+    interval for ``failover.handover_wait_ms``. Returns the result and the primary it
+    was sent to; a network error is raised as ``Unreachable``."""
+    deadline: float | None = None
+    cfg = topo.cfg
+    for attempt in range(1, _ADD_ATTEMPTS + 1):
+        tried = topo.view.primary
+        try:
+            return await call(), tried
+        except FencedError as exc:
+            if not retry or attempt == _ADD_ATTEMPTS or monitor is None:
+                raise
+            wait_ms = cfg.failover.handover_wait_ms or 0
+            if deadline is None and wait_ms > 0 and "stepped down" in str(exc):
+                deadline = time.monotonic() + wait_ms / 1000
+            while True:
+                await monitor.tick()  # renews a lapsed lease when a majority grants it
+                view = await topo.refresh()
+                left = 0.0 if deadline is None else deadline - time.monotonic()
+                if view.serving or left <= 0:
+                    break
+                await asyncio.sleep(min(left, cfg.check_interval_ms / 1000))
+            if not view.serving:
+                raise
+        except NET as exc:
+            raise Unreachable(tried, exc) from exc
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class Handover:

@@ -21,20 +21,17 @@ from typing import TYPE_CHECKING, Any
 from ...api import Operation, Route
 from ...errors import (
     ConfigurationError,
-    ConnectionUnavailableError,
-    FencedError,
     JobNotFoundError,
 )
 from ...facade import MultiQueue
 from ...jobspec import job_item, job_items, options_dict
-from ...leader import NET_ERRORS
 from ...limits import get_logger
 from ...queue import HealthStatus, JobQueue
 from .config import Checked, GlobalQueueConfig, check_config
 from .confirm import Confirmer
 from .election import View
 from .errors import RegionUnavailableError
-from .handover import Handover
+from .handover import Handover, Unreachable, through_fences
 from .lanes import Lanes
 from .monitor import Failover, Monitor
 from .ops import RegionOps
@@ -80,10 +77,6 @@ async def _close_step(queue: str, what: str, step: Awaitable[None], timeout_s: f
 
 #: The private option ``add_job`` / ``add_jobs`` hand ``place`` the routed queue in.
 _LANE = "__kq_lane"
-_NET: tuple[type[BaseException], ...] = (*NET_ERRORS, ConnectionUnavailableError)
-#: Attempts of one add: a fenced one is tried again where a primary serves (a planned
-#: handover waited out), and once more if that primary was deposed meanwhile.
-_ADD_ATTEMPTS = 3
 #: Deadline of the first contact with a region (connect, load the scripts).
 _FIRST_CONTACT_S = 10.0
 
@@ -357,22 +350,17 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         opts[_LANE] = lane
         if not opts.get("job_id"):
             opts["job_id"] = new_job_id()
-        deadline: float | None = None
-        for attempt in range(1, _ADD_ATTEMPTS + 1):
-            tried = self._topo().view.primary
-            try:
-                job_id = await super().add_job(job_name, data, dict(opts))
-                break
-            except FencedError as exc:
-                if lane != GLOBAL or attempt == _ADD_ATTEMPTS:
-                    raise
-                deadline = deadline or self._handover_deadline(exc)
-                if not await self._rerouted(tried, deadline):
-                    raise
-            except _NET as exc:
-                if lane != GLOBAL:
-                    raise
-                raise self._unavailable(tried, exc) from exc
+        try:
+            job_id, tried = await through_fences(
+                self.monitor,
+                self._topo(),
+                lambda: super(GlobalQueueManager, self).add_job(job_name, data, dict(opts)),
+                retry=lane == GLOBAL,
+            )
+        except Unreachable as exc:
+            if lane != GLOBAL:
+                raise exc.error from None
+            raise self._unavailable(exc.tried, exc.error) from exc.error
         if lane == GLOBAL:
             await self._confirm([job_id], tried)
         return job_id
@@ -388,22 +376,16 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
                 opts["job_id"] = new_job_id()
             items.append({"name": name, "data": data, "options": opts})
         global_ids = [str(i["options"]["job_id"]) for i in items if i["options"][_LANE] == GLOBAL]
-        deadline: float | None = None
-        for attempt in range(1, _ADD_ATTEMPTS + 1):
-            tried = self._topo().view.primary
-            try:
-                ids = await super().add_jobs(items)
-                break
-            except FencedError as exc:
-                # The fence refused the whole call before any write: adding the same
-                # jobs (their ids given) where a primary serves is safe.
-                if not global_ids or attempt == _ADD_ATTEMPTS:
-                    raise
-                deadline = deadline or self._handover_deadline(exc)
-                if not await self._rerouted(tried, deadline):
-                    raise
-            except _NET as exc:
-                raise self._unavailable(tried, exc) from exc
+        try:
+            # A fenced call wrote nothing: adding the same jobs (ids given) again is safe.
+            ids, tried = await through_fences(
+                self.monitor,
+                self._topo(),
+                lambda: super(GlobalQueueManager, self).add_jobs(items),
+                retry=bool(global_ids),
+            )
+        except Unreachable as exc:
+            raise self._unavailable(exc.tried, exc.error) from exc.error
         if global_ids:
             wanted = set(global_ids)
             await self._confirm([i for i in ids if i in wanted], tried)
@@ -421,29 +403,6 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         if primary is None:
             raise RegionUnavailableError(f"queue {self.name!r}: no primary to confirm from")
         await self.confirmer.confirm(primary, ids)
-
-    def _handover_deadline(self, exc: FencedError) -> float | None:
-        """When to stop waiting for a primary after ``exc``: the primary stepped down for
-        a planned handover (fence.lua's reason) and ``failover.handover_wait_ms`` from
-        now, or None (check once)."""
-        assert self.cfg is not None
-        wait_ms = self.cfg.failover.handover_wait_ms or 0
-        if wait_ms <= 0 or "stepped down" not in str(exc):
-            return None
-        return time.monotonic() + wait_ms / 1000
-
-    async def _rerouted(self, tried: str | None, deadline: float | None = None) -> bool:
-        """After a fenced add: check the regions now, and every check interval until
-        ``deadline`` (a planned handover under way); True when a primary serves (it may
-        be another region, or the same one with its lease renewed)."""
-        assert self.monitor is not None and self.cfg is not None
-        while True:
-            await self.monitor.tick()  # renews a lapsed lease when a majority grants it
-            view = await self._topo().refresh()
-            left = 0.0 if deadline is None else deadline - time.monotonic()
-            if view.serving or left <= 0:
-                return view.serving
-            await asyncio.sleep(min(left, self.cfg.check_interval_ms / 1000))
 
     def _unavailable(self, tried: str | None, exc: BaseException) -> RegionUnavailableError:
         assert self.cfg is not None
