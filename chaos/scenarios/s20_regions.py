@@ -13,8 +13,9 @@ Phases (asynchronous replication):
    acknowledged but missing at the new primary (RPO); restart the old primary from its
    AOF: it refuses writes as the primary, and the missing jobs are exactly what it
    reports as stranded; re-submit them.
-2. **handover**: ``failover_to`` region 0 and back, under load: nothing lost, no job
-   completed on both sides of a handover.
+2. **handover**: once region 0 has rejoined (its stranded work recorded, its copy made
+   afresh: a former primary is never promoted before), ``failover_to`` region 0 and
+   back, under load: nothing lost, no job completed on both sides of a handover.
 3. **partition**: the proxies cut region 0 (the primary again) off from the majority's
    managers and the other regions off from the cut-off producer: region 0 stops taking
    jobs within its lease, region 1 is elected after ``timeout_ms``; healed, what region 0
