@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from _regions import RegionLoad, Regions  # noqa: E402
+from _regions import RegionLoad, Regions, primary_states  # noqa: E402
 
 
 async def one(rounds: int, seed: int, rate: float, wait_ms: int | None) -> dict[str, object]:
@@ -55,14 +55,9 @@ async def one(rounds: int, seed: int, rate: float, wait_ms: int | None) -> dict[
         ids = list(run.acked)
         deadline = time.time() + 60
         while True:
-            lane = producer.region(producer.primary).lane
-            client = await lane.client()
-            pipe = client.pipeline(transaction=False)
-            for j in ids:
-                pipe.hget(lane.keys.job(j), "st")
-            states = await pipe.execute()
-            left = [j for j, s in zip(ids, states, strict=True) if s != b"completed"]
-            missing = [j for j, s in zip(ids, states, strict=True) if s is None]
+            states = await primary_states(producer, ids)
+            left = [j for j, s in states.items() if s != "completed"]
+            missing = [j for j, s in states.items() if s is None]
             if not left or time.time() > deadline:
                 break
             await asyncio.sleep(0.5)

@@ -40,6 +40,7 @@ __all__ = [
     "accepted",
     "overlapping_epochs",
     "partition_managers",
+    "primary_states",
 ]
 
 NAMES = ("us-east-1", "eu-west-1", "ap-southeast-1", "sa-east-1", "af-south-1")
@@ -235,6 +236,18 @@ class RegionLoad:
 
     def twice(self) -> dict[str, list[tuple[float, str | None]]]:
         return {j: c for j, c in self.completions.items() if len(c) > 1}
+
+
+async def primary_states(m: GlobalQueueManager, ids: list[str]) -> dict[str, str | None]:
+    """The state field of each job of ``ids`` at the current primary (None: no record),
+    read in one pipeline."""
+    lane = m.region(m.primary).lane
+    client = await lane.client()
+    pipe = client.pipeline(transaction=False)
+    for j in ids:
+        pipe.hget(lane.keys.job(j), "st")
+    states = await pipe.execute()
+    return {j: (s.decode() if s else None) for j, s in zip(ids, states, strict=True)}
 
 
 async def accepted(m: GlobalQueueManager) -> dict[str, tuple[int, int]]:

@@ -55,6 +55,7 @@ from _regions import (
     accepted,
     overlapping_epochs,
     partition_managers,
+    primary_states,
 )
 from helpers import wait_until
 
@@ -74,14 +75,7 @@ _NOT_DONE: dict[str, Any] = {}
 async def _all_completed(m: Any, ids: list[str], *loads: Any) -> bool:
     """Every job of ``ids`` completed at the primary (what is not: in ``_NOT_DONE``,
     with, for the first few, where each copy is and what ``loads`` saw of it)."""
-    lane = m.region(m.primary).lane
-    client = await lane.client()
-    pipe = client.pipeline(transaction=False)
-    for j in ids:
-        pipe.hget(lane.keys.job(j), "st")
-    states = await pipe.execute()
-    left = {j: (s.decode() if s else None) for j, s in zip(ids, states, strict=True)}
-    left = {j: s for j, s in left.items() if s != "completed"}
+    left = {j: s for j, s in (await primary_states(m, ids)).items() if s != "completed"}
     _NOT_DONE.clear()
     _NOT_DONE.update({"primary": m.primary, "count": len(left), "sample": list(left.items())[:8]})
     if left and len(left) <= 3:

@@ -34,11 +34,11 @@ from .record import RegionCopy
 from .replication import group_of
 from .topology import Topology
 
-__all__ = ["NET", "Handover", "Unreachable", "through_fences"]
+__all__ = ["Handover", "Unreachable", "through_fences"]
 
 T = TypeVar("T")
 #: What an add to an unreachable region raises.
-NET: tuple[type[BaseException], ...] = (*NET_ERRORS, ConnectionUnavailableError)
+_NET: tuple[type[BaseException], ...] = (*NET_ERRORS, ConnectionUnavailableError)
 #: Attempts of one add: a fenced one is tried again where a primary serves (a planned
 #: handover waited out), and once more if that primary was deposed meanwhile.
 _ADD_ATTEMPTS = 3
@@ -86,7 +86,7 @@ async def through_fences(
                 await asyncio.sleep(min(left, cfg.check_interval_ms / 1000))
             if not view.serving:
                 raise
-        except NET as exc:
+        except _NET as exc:
             raise Unreachable(tried, exc) from exc
     raise AssertionError("unreachable: the last attempt returns or raises")
 
