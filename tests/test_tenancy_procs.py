@@ -122,7 +122,10 @@ async def test_max_concurrency_across_three_worker_processes(
     runs = await _runs(queue, prefix)
     mine = [r for r in runs if r["tenant"] == "capped"]
     assert sorted(r["id"] for r in mine) == sorted(capped)
-    assert len({r["pid"] for r in mine}) == 3, "every process ran capped jobs"
+    # The cap is shared: capped jobs ran in more than one process (on a loaded
+    # machine one of the three can be starved of CPU long enough to win none of
+    # them; the cap's proof is the peak below, over all processes' runs).
+    assert len({r["pid"] for r in mine}) >= 2, "capped jobs ran in several processes"
     assert _peak(mine) == 3  # reached, never exceeded
     assert _peak([r for r in runs if r["tenant"] == "wide"]) > 3
     assert len(wide) == 60
