@@ -23,7 +23,14 @@ from typing import Any
 
 from kitium_queue import EventData, JobQueue, JobStatus
 
-__all__ = ["EventLog", "QueueFactory", "app_module", "wait_for_status", "wait_until"]
+__all__ = [
+    "EventLog",
+    "QueueFactory",
+    "app_module",
+    "wait_for_status",
+    "wait_replica_online",
+    "wait_until",
+]
 
 
 @contextlib.contextmanager
@@ -157,3 +164,33 @@ def damage_key(client: Any, key: str, how: str = "string") -> None:
 def key_snapshot(client: Any, prefix: str) -> dict[bytes, bytes | None]:
     """Every key under ``prefix`` by its serialized value: equal means nothing was written."""
     return {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{prefix}*", count=1000))}
+
+
+def wait_replica_online(primary_port: int, replica_port: int, timeout: float = 20.0) -> None:
+    """Block until the replica on ``replica_port`` is in sync with the primary on
+    ``primary_port`` as *both* see it: the replica's link is up, and the primary lists it
+    ``online`` (after a diskless sync the primary waits for the replica's first
+    acknowledgement, up to a second later, before it does; until then ``WAIT`` does not
+    count it and ``INFO`` shows it in another state)."""
+    import redis  # blocking client: called from fixtures and set-up code
+
+    rep, pri = redis.Redis(port=replica_port), redis.Redis(port=primary_port)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            up = rep.info("replication").get("master_link_status") == "up"
+            info = pri.info("replication")
+            online = any(
+                isinstance(v, dict)
+                and int(v.get("port", 0)) == replica_port
+                and v.get("state") == "online"
+                for k, v in info.items()
+                if k.startswith("slave")
+            )
+            if up and online:
+                return
+            assert time.monotonic() < deadline, f"replica did not sync: {info}"
+            time.sleep(0.02)
+    finally:
+        rep.close()
+        pri.close()

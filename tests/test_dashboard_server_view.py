@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from html import unescape
@@ -24,7 +23,7 @@ import redis
 from click.testing import CliRunner
 
 from _redis import RedisServer
-from helpers import app_module
+from helpers import app_module, wait_replica_online
 from kitium_queue import JobQueue, PermissionDeniedError, ReplicaAcks
 from kitium_queue.cli import main
 from kitium_queue.dashboard import create_dashboard
@@ -308,12 +307,7 @@ async def test_too_few_replicas_for_the_wait_setting_is_flagged(tmp_path: Path) 
     ).start()
     q = JobQueue("ra", redis=primary.url)
     try:
-        rc = redis.Redis(port=replica.port)
-        deadline = time.monotonic() + 20
-        while rc.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "replica did not sync"
-            await asyncio.sleep(0.02)
-        rc.close()
+        await asyncio.to_thread(wait_replica_online, primary.port, replica.port)
         ReplicaAcks(q, replicas=2, timeout_ms=300, outcomes=False)
         dash = create_dashboard(queues=[q], tokens=TOKENS, refresh_ms=0)
         page = (await (await signed_in(dash, VIEWER)).get("/q/ra/server")).text

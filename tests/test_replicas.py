@@ -22,7 +22,7 @@ import redis
 
 from _redis import RedisServer
 from _replica_loss import primary_kill_run
-from helpers import wait_until
+from helpers import wait_replica_online, wait_until
 from kitium_queue import (
     ConfigurationError,
     JobQueue,
@@ -41,12 +41,7 @@ class Pair:
         self.replica = RedisServer(
             "--replicaof", "127.0.0.1", str(self.primary.port), "--repl-diskless-sync-delay", "0"
         ).start()
-        c = redis.Redis(port=self.replica.port)
-        deadline = time.monotonic() + 20
-        while c.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "replica did not sync"
-            time.sleep(0.02)
-        c.close()
+        wait_replica_online(self.primary.port, self.replica.port)
 
     def freeze(self) -> None:
         assert self.replica.pid is not None
