@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -24,9 +25,12 @@ from typing import Any
 from kitium_queue import EventData, JobQueue, JobStatus
 
 __all__ = [
+    "SAVING_SERVER_ARGS",
     "EventLog",
     "QueueFactory",
     "app_module",
+    "fail_saves",
+    "mend_saves",
     "wait_for_status",
     "wait_replica_online",
     "wait_until",
@@ -194,3 +198,49 @@ def wait_replica_online(primary_port: int, replica_port: int, timeout: float = 2
     finally:
         rep.close()
         pri.close()
+
+
+#: Arguments of a server whose saves ``fail_saves`` can break: RDB rules (without one
+#: Redis never refuses writes for a failed save) and ``CONFIG SET dir`` allowed.
+SAVING_SERVER_ARGS = ("--save", "3600 1", "--enable-protected-configs", "yes")
+
+
+def _bgsave_until(client: Any, status: str, timeout: float) -> None:
+    client.bgsave()
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.info("persistence")
+        if info["rdb_last_bgsave_status"] == status and not info["rdb_bgsave_in_progress"]:
+            return
+        assert time.monotonic() < deadline, f"background save did not end {status}: {info}"
+        time.sleep(0.02)
+
+
+def fail_saves(port: int, timeout: float = 10.0) -> None:
+    """Make the server on ``port`` (started with ``SAVING_SERVER_ARGS``) fail a background
+    save, as a full or broken disk does: it then refuses every write, and ``PING``, with
+    ``MISCONF`` until a save succeeds (``mend_saves``). Its directory is removed from
+    under it (permissions would not stop root)."""
+    import redis  # blocking client: fixtures and scenario drivers
+
+    client = redis.Redis(port=port)
+    gone = Path(tempfile.mkdtemp(prefix="kq-nosave-"))
+    try:
+        client.config_set("dir", str(gone))
+        gone.rmdir()
+        _bgsave_until(client, "err", timeout)
+    finally:
+        client.close()
+
+
+def mend_saves(port: int, directory: Path, timeout: float = 10.0) -> None:
+    """Give the server on ``port`` the existing ``directory`` and save once: it accepts
+    writes again."""
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        client.config_set("dir", str(directory))
+        _bgsave_until(client, "ok", timeout)
+    finally:
+        client.close()

@@ -617,7 +617,7 @@ async def test_a_refusal_of_the_whole_server_keeps_the_outcomes(
 ) -> None:
     """Out of memory is about the server, not the call: the outcomes are not split nor
     turned into failures, but kept and recorded as they were once Redis accepts them."""
-    caplog.set_level(logging.WARNING, logger="kitium_queue.worker")
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
     q = make_queue("oom", worker={"concurrency": 5})
     _inject(
         q,
@@ -640,6 +640,7 @@ async def test_a_refusal_of_the_whole_server_keeps_the_outcomes(
         info = await q.get_job_status(jid)
         assert info is not None and info.result == i and runs[jid] == 1
         assert await _sets_of(q, jid) == ["completed"]
-    assert _messages(caplog, "keeping them, retrying")
+    # Reported once as the server's refusal (serverinfo.WriteRefusals), not per call.
+    assert len(_messages(caplog, "Workers hold their outcomes and retry")) == 1
     assert not _messages(caplog, "sending each alone")
     assert not _messages(caplog, "recording a final failure instead")

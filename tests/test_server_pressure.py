@@ -7,14 +7,18 @@ drains once memory is freed.
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ExecAbortError, OutOfMemoryError, ResponseError
 
 from _redis import RedisServer
-from helpers import wait_until
-from kitium_queue import ConfigurationError, JobQueue, WriteRefusedError
+from helpers import SAVING_SERVER_ARGS, fail_saves, mend_saves, wait_until
+from kitium_queue import ConfigurationError, JobQueue, SyncJobQueue, WriteRefusedError
+from kitium_queue.serverinfo import WriteRefusals
 
 STATE_SETS = {
     "waiting": "wait",
@@ -128,3 +132,115 @@ async def test_a_full_redis_refuses_writes_whole_and_the_queue_recovers(prefix: 
         finally:
             await q.close()
             await client.aclose()
+
+
+async def test_a_server_that_cannot_save_refuses_writes_whole_and_the_queue_recovers(
+    prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MISCONF (a failed background save: a full or broken disk) refuses every write and
+    also PING, which redis-py sends on every new connection: a process that starts then
+    still reads, gets ``WriteRefusedError`` for its writes, and its worker starts and
+    waits; a worker holds its outcomes; all of it goes on once a save succeeds."""
+    caplog.set_level(logging.ERROR, logger="kitium_queue")
+    with RedisServer(*SAVING_SERVER_ARGS) as srv:
+        client = aioredis.from_url(srv.url)
+        first = JobQueue("nosave", redis=srv.url, prefix=prefix, worker={"concurrency": 4})
+        late = JobQueue("nosave", redis=srv.url, prefix=prefix, worker={"concurrency": 4})
+        gate = asyncio.Event()
+        runs: list[str] = []
+        for q in (first, late):
+
+            @q.process("n")
+            async def n(job: Any) -> str:
+                runs.append(job.id)
+                await gate.wait()
+                return "ok"
+
+        try:
+            ids = await first.add_jobs([("n", {"i": i}) for i in range(20)])
+            await first.start()
+            await wait_until(lambda: len(runs) == 4, 10)
+            await asyncio.to_thread(fail_saves, srv.port)
+
+            # A process that starts now: its reads work, its writes are refused whole.
+            fresh = JobQueue("nosave", redis=srv.url, prefix=prefix)
+            try:
+                stats = await fresh.get_stats()
+                assert (stats.waiting, stats.active) == (16, 4)
+                with pytest.raises(WriteRefusedError, match="background save failed"):
+                    await fresh.add_job("n", {"late": True})
+                with pytest.raises(WriteRefusedError, match="MISCONF"):
+                    await fresh.add_jobs([("n", {"i": i}) for i in range(3)])
+                health = await fresh.health_check()
+                assert not health.healthy and health.redis_latency_ms is not None
+                assert "background save failed" in (health.error or "")
+                assert health.memory is not None and health.memory.persistence == "rdb"
+            finally:
+                await fresh.close()
+            sync = SyncJobQueue("nosave", redis=srv.url, prefix=prefix)
+            try:
+                with pytest.raises(WriteRefusedError, match="MISCONF"):
+                    await asyncio.to_thread(sync.add_job, "n", {"sync": True})
+            finally:
+                await asyncio.to_thread(sync.close)
+            # A worker started now starts (it waits for writes) instead of failing.
+            await late.start()
+            gate.set()  # the four running jobs end: their outcomes are refused, held
+            await asyncio.sleep(1.0)
+            assert (await first.get_stats()).completed == 0
+            assert len(runs) == 4 and await _consistent(client, first) == []
+
+            await asyncio.to_thread(mend_saves, srv.port, tmp_path)
+            await wait_until(lambda: len(runs) == 20, 30)
+
+            async def drained() -> bool:
+                st = await first.get_stats()
+                return (st.waiting, st.active, st.completed) == (0, 0, 20)
+
+            await wait_until(drained, 30)
+            assert sorted(runs) == sorted(ids)  # each ran once: no outcome was lost
+            assert await _consistent(client, first) == []
+            assert await first.add_job("n", {"after": True})
+        finally:
+            gate.set()
+            await first.close()
+            await late.close()
+            await client.aclose()
+    # The refusal is reported once per queue and process, not once per refused call.
+    reports = [r for r in caplog.records if "refuses writes" in r.getMessage()]
+    assert 1 <= len(reports) <= 2, [r.getMessage()[:120] for r in reports]
+
+
+def test_a_write_refusal_is_reported_when_it_starts_while_it_lasts_and_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    now = [0.0]
+    refusals = WriteRefusals("q", lambda: now[0])
+    oom = OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'.")
+    pipelined = ExecAbortError("Transaction discarded because of previous errors.")
+    pipelined.__cause__ = ResponseError(
+        "Command # 1 (HSET kq:{q}:worker:w host h) of pipeline caused error: MISCONF Redis "
+        "is configured to save RDB snapshots, but it's currently unable to persist to disk."
+    )
+    assert not refusals.failed(ResponseError("WRONGTYPE Operation against a key"))
+    assert not refusals.failed(ValueError("MISCONF in a message of another kind"))
+    for t in range(30):  # one refused call a second for 30 s: one report
+        now[0] = float(t)
+        assert refusals.failed(pipelined if t % 2 else oom)
+    texts = [r.getMessage() for r in caplog.records]
+    assert len(texts) == 1 and "out of memory" in texts[0] and "nothing is lost" in texts[0]
+    now[0] = 30.0
+    assert refusals.failed(pipelined)  # still refused 30 s on: reported again, with counts
+    texts = [r.getMessage() for r in caplog.records]
+    assert len(texts) == 2 and "background save failed" in texts[1]
+    assert "30 calls refused in 30 s; refused for 30 s" in texts[1]
+    now[0] = 31.0
+    refusals.ok()  # a call went through 1 s after a refusal: not over yet
+    assert len(caplog.records) == 2 and refusals.since == 0.0
+    now[0] = 32.5
+    refusals.ok()
+    assert "accepts writes again (refused for 30.0 s)" in caplog.records[-1].getMessage()
+    assert refusals.since is None
+    refusals.ok()
+    assert len(caplog.records) == 3

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connerrors import missing_tls_files, translate_error
 from .errors import ConfigurationError, KitiumQueueError
-from .pools import CheckedSentinelPool, check_pool
+from .pools import CheckedSentinelPool, answering, check_pool
 from .redact import (
     REDACTED,
     REDACTED_PLACEHOLDER,
@@ -496,11 +496,13 @@ class ConnectionFactory:
         }
         try:
             if self._url:
-                return sync_redis.ConnectionPool.from_url(self._url, **opts)
-            client = sync_redis.Redis(**opts)
+                pool = sync_redis.ConnectionPool.from_url(self._url, **opts)
+            else:
+                pool = sync_redis.Redis(**opts).connection_pool
         except TypeError:  # an option only the asyncio client takes
             return None
-        return client.connection_pool
+        pool.connection_class = answering(pool.connection_class)
+        return pool
 
     def _sentinel_master(self, kwargs: dict[str, Any]) -> Any:
         sentinel_kwargs: dict[str, Any] = {
@@ -521,6 +523,7 @@ class ConnectionFactory:
             **kwargs,
         )
         master.kq_sentinel = sentinel
+        check_pool(master.connection_pool)
         return master
 
     def _blocking_from_given(self, extra: dict[str, Any]) -> Any:

@@ -45,6 +45,7 @@ from .options import (
     to_int,
     to_ms,
 )
+from .pools import ping
 from .scripts import ScriptCall, ScriptRegistry, permission_denied
 from .serverinfo import MissingRecords, check_eviction
 
@@ -251,7 +252,7 @@ class QueueContext:
         try:
             # A server that accepts the connection but never answers (plain text sent
             # to a TLS port, a stalled proxy) fails here within seconds.
-            await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
+            await ping(client, CONNECT_TIMEOUT_S)
             if not conn.is_memory:
                 await check_eviction(client, self.name, bool(self.settings.allow_eviction))
             await self.scripts.load(client)

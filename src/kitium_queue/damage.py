@@ -32,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from .errors import DamagedKeyError
 from .keys import QueueKeys
 from .limits import get_logger, safe_text
+from .serverinfo import WriteRefusals
 
 __all__ = [
     "DAMAGE_LOG_S",
@@ -167,10 +168,11 @@ async def named_key(client: Any, key: str, expected: str, call: Awaitable[T]) ->
 
 class DamagedKeys:
     """A queue's report of a damaged key of its layout, at a bounded rate (module
-    docstring). ``failed(exc, client, keys)`` takes any error of a worker's call:
-    returns False when it is not about a damaged key (the caller reports it as before);
-    a bare ``WRONGTYPE`` is looked into in the background to name the key. ``ok()``
-    after a call that succeeded. Never raises."""
+    docstring), and of the server refusing writes (``serverinfo.WriteRefusals``: full,
+    unable to save, a replica). ``failed(exc, client, keys)`` takes any error of a
+    worker's call: returns False when it is about neither (the caller reports it as
+    before); a bare ``WRONGTYPE`` is looked into in the background to name the key.
+    ``ok()`` after a call that succeeded. Never raises."""
 
     def __init__(self, queue: str, *, clock: Callable[[], float] | None = None) -> None:
         self.queue = queue
@@ -181,8 +183,11 @@ class DamagedKeys:
         self._looking: asyncio.Future[Any] | None = None
         #: True while the last call of a worker of this process met a damaged key.
         self.damaged = False
+        self.refusals = WriteRefusals(queue, self._clock)
 
     def failed(self, exc: BaseException, client: Any = None, keys: Sequence[str] = ()) -> bool:
+        if self.refusals.failed(exc):
+            return True
         if not is_damage_error(exc):
             return False
         self.damaged = True
@@ -201,6 +206,7 @@ class DamagedKeys:
         """A call of a worker succeeded: while a key was reported damaged, check the
         layout ``keys`` in the background, and say so once all are sound again (a call
         that does not use the damaged key succeeds meanwhile)."""
+        self.refusals.ok()
         if self.damaged and (self._looking is None or self._looking.done()):
             self._looking = asyncio.ensure_future(self._verify(client, keys))
 

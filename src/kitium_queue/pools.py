@@ -13,6 +13,15 @@ Two things redis-py's plain pool does not do:
   EOF but then fails the reconnected connection's second check, so the first command on
   each such connection raised ``ConnectionError`` although the server was back.
   Nothing has been sent on it yet: reconnecting is safe.
+
+And one thing redis-py's connections do not do: **take a write refusal as an answer.**
+A server whose last background save failed refuses writes *and* ``PING`` (``MISCONF``).
+redis-py checks a new connection, and one idle for ``health_check_interval``, with a
+``PING``, so every such connection raised redis-py's bare ``ResponseError``: a process
+started during a disk problem could not even read, and ``add_job`` failed with
+Redis's text instead of ``WriteRefusedError``. The connections of these pools
+(``answering``) and ``ping`` below count that refusal as the server answering; the
+write itself is then refused, and reported, where it is made.
 """
 
 from __future__ import annotations
@@ -24,14 +33,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import MaxConnectionsError, ResponseError
 
 __all__ = [
     "POOL_WAIT_S",
     "CheckedPool",
     "CheckedSentinelPool",
+    "answering",
     "check_pool",
     "exhausted",
+    "ping",
+    "refuses_ping",
     "waiters_of",
 ]
 
@@ -157,8 +169,69 @@ class CheckedSentinelPool(_WaitsAndChecks, SentinelConnectionPool):
 def check_pool(pool: Any) -> None:
     """Give redis-py's plain pool (of a client built here or passed in) what
     ``CheckedPool`` adds, for every use of the client. Other pools (a
-    ``BlockingConnectionPool`` already waits) are left as they are."""
+    ``BlockingConnectionPool`` already waits) are left as they are. Every pool's new
+    connections take a write refusal to their health check as an answer
+    (``answering``)."""
     if type(pool) is aioredis.ConnectionPool:
         pool.__class__ = CheckedPool
     elif type(pool) is SentinelConnectionPool:
         pool.__class__ = CheckedSentinelPool
+    cls = getattr(pool, "connection_class", None)
+    if isinstance(cls, type):
+        pool.connection_class = answering(cls)
+
+
+def refuses_ping(exc: BaseException) -> bool:
+    """Whether ``exc`` is a server's refusal of ``PING`` that still proves it answers:
+    ``MISCONF`` (writes, and with them ``PING``, refused after a failed background
+    save)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
+
+
+async def ping(client: Any, timeout: float) -> None:
+    """``PING`` ``client``'s server within ``timeout`` s; a server that refuses it for a
+    failed background save (``refuses_ping``) answered, so this returns: the writes
+    that follow are refused, and reported, one by one."""
+    try:
+        await asyncio.wait_for(client.ping(), timeout)
+    except ResponseError as exc:
+        if not refuses_ping(exc):
+            raise
+
+
+_ANSWERING: dict[type, type] = {}
+
+
+def answering(cls: type) -> type:
+    """``cls`` (a redis-py connection class, asyncio or blocking) whose health-check
+    ``PING`` counts a ``MISCONF`` refusal as an answer (see the module's text). Classes
+    without redis-py's ``_send_ping`` are returned as they are."""
+    if cls in _ANSWERING.values():
+        return cls
+    made = _ANSWERING.get(cls)
+    if made is not None:
+        return made
+    send = getattr(cls, "_send_ping", None)
+    if send is None:
+        return cls
+    if asyncio.iscoroutinefunction(send):
+
+        async def _send_ping(self: Any) -> None:
+            try:
+                await send(self)
+            except ResponseError as exc:
+                if not refuses_ping(exc):
+                    raise
+
+    else:
+
+        def _send_ping(self: Any) -> None:  # type: ignore[misc]
+            try:
+                send(self)
+            except ResponseError as exc:
+                if not refuses_ping(exc):
+                    raise
+
+    made = type(cls.__name__, (cls,), {"_send_ping": _send_ping, "__module__": __name__})
+    _ANSWERING[cls] = made
+    return made

@@ -31,6 +31,7 @@ import orjson
 
 from .connection import TRANSIENT_ERRORS
 from .limits import get_logger, reply_int, reply_text
+from .serverinfo import refuses_writes
 
 if TYPE_CHECKING:
     from .keys import QueueKeys
@@ -160,7 +161,9 @@ class Presence:
             raise
         except TRANSIENT_ERRORS:
             pass  # the worker's own loops report the outage
-        except Exception:
+        except Exception as exc:
+            if refuses_writes(exc):  # full, cannot save, a replica: the claims report it
+                return
             log.exception("worker %s: heartbeat failed", self.worker.id)
 
     async def leave(self) -> None:

@@ -40,9 +40,10 @@ from .job import JobInfo
 from .limits import MAX_DELAY_MS, QUERY_PAGE
 from .options import MAX_QUERY_LIMIT, lookup_id, shown, to_int
 from .parking import parked_count, parked_ids
+from .pools import ping
 from .records import JobDetail, decode_id, hash_reply, job_values, stored_status
 from .redact import redact_json_text
-from .serverinfo import MemoryReport, memory_report
+from .serverinfo import MemoryReport, memory_report, ping_refusal
 
 if TYPE_CHECKING:
     from .context import QueueContext
@@ -522,7 +523,7 @@ class Queries:
         try:
             client = await ctx.client()
             t0 = loop.time()
-            await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
+            refused = await ping_refusal(client, CONNECT_TIMEOUT_S)  # MISCONF: answers
             latency = (loop.time() - t0) * 1000
         except Exception as exc:
             # The error may quote the connection (a redis-py message, a bad setting): it
@@ -540,10 +541,10 @@ class Queries:
             ctx.missing.counted(missing or 0)
         damaged = await health_damage(client, ctx.keys.all)  # a key of the layout, by hand
         return HealthStatus(
-            damaged is None,
+            (problem := refused or damaged) is None,
             round(latency, 3),
             ctx.connection.describe(),
-            damaged,
+            problem,
             worker_running(),
             memory,
             missing,
@@ -567,7 +568,7 @@ class Queries:
         try:
             # Blocking reads have no socket timeout: a PING with a deadline first, so a
             # server that never answers fails instead of hanging the reader.
-            await asyncio.wait_for(client.ping(), deadline)
+            await ping(client, deadline)
             async for ev in read_stream(
                 client, self.ctx.keys.events, last_id=last_id, block_ms=block, follow=follow
             ):

@@ -23,25 +23,32 @@ services) are not checked: the check is skipped with a log line, never a failure
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from .errors import ConfigurationError, WriteRefusedError
 from .limits import get_logger
+from .pools import refuses_ping
 
 __all__ = [
     "MISSING_LOG_S",
     "MemoryReport",
     "MissingRecords",
+    "WriteRefusals",
     "check_eviction",
     "memory_report",
     "node_info",
+    "ping_refusal",
+    "refuses_writes",
     "server_checks",
     "write_refused",
+    "write_refused_cause",
 ]
 
 log = get_logger(__name__)
@@ -50,6 +57,10 @@ log = get_logger(__name__)
 SAFE_POLICY = "noeviction"
 #: At most one warning about missing job records per this many seconds (queue, process).
 MISSING_LOG_S = 30.0
+#: While Redis refuses writes, at most one report per this many seconds (queue, process).
+REFUSAL_LOG_S = 30.0
+#: A refusal has ended once a call succeeds this many seconds after the last refused one.
+QUIET_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +343,95 @@ _REFUSALS = (
         "point the queue at the primary (or use redis+sentinel:// to follow failovers)",
     ),
 )
+
+
+_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.S)
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it: a transaction aborted by its first command)
+    is the server refusing writes as a whole: full, unable to save, or a replica."""
+    return write_refused_cause(exc) is not None
+
+
+class WriteRefusals:
+    """Reports the server refusing writes (full, unable to save, a replica) when it
+    starts, every ``REFUSAL_LOG_S`` while it lasts, and when it ends, per queue and
+    process: a worker's claims, renewals and outcomes meet it many times a second, and
+    each is retried. It ends once a call succeeded ``QUIET_S`` after the last refusal
+    (on a full Redis some calls go through while others are refused)."""
+
+    def __init__(self, queue: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.queue = queue
+        self._clock = clock
+        self.since: float | None = None
+        self._last = self._logged = 0.0
+        self._count = 0
+
+    def failed(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is such a refusal (reported at a bounded rate)."""
+        cause = write_refused_cause(exc)
+        if cause is None:
+            return False
+        now = self._last = self._clock()
+        self._count += 1
+        if self.since is None or now - self._logged >= REFUSAL_LOG_S:
+            log.error(
+                "queue %s: %s%s. Workers hold their outcomes and retry; nothing is lost",
+                self.queue,
+                str(cause)[:600].rstrip("."),
+                ""
+                if self.since is None
+                else f" ({self._count} calls refused in "
+                f"{now - self._logged:.0f} s; refused for {now - self.since:.0f} s)",
+            )
+            self.since = now if self.since is None else self.since
+            self._logged, self._count = now, 0
+        return True
+
+    def ok(self) -> None:
+        """A call succeeded: report the end of a refusal (once it is ``QUIET_S`` old)."""
+        if self.since is not None and self._clock() - self._last >= QUIET_S:
+            log.warning(
+                "queue %s: Redis accepts writes again (refused for %.1f s)",
+                self.queue,
+                self._last - self.since,
+            )
+            self.since = None
+
+
+def write_refused_cause(exc: BaseException) -> WriteRefusedError | None:
+    """The library's ``WriteRefusedError`` for ``exc`` when it (or what caused it: a
+    transaction aborted by its first command) is the server refusing writes as a whole;
+    else None."""
+    seen: BaseException | None = exc
+    for _ in range(3):
+        if seen is None:
+            break
+        if isinstance(seen, WriteRefusedError):
+            return seen
+        got = (
+            write_refused(_PIPELINE_NOTE.sub("", str(seen), count=1))
+            if isinstance(seen, RedisError)  # a reply of the server, not any text
+            else None
+        )
+        if got is not None:
+            return got
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def ping_refusal(client: Any, timeout: float) -> str | None:
+    """``PING`` the server: None for ``PONG``; for a server that answers but refuses
+    writes, and with them ``PING`` (``MISCONF``: ``pools.refuses_ping``), what
+    ``write_refused`` says about it. Other errors are raised."""
+    try:
+        await asyncio.wait_for(client.ping(), timeout)
+    except ResponseError as exc:
+        if not refuses_ping(exc):
+            raise
+        return str(write_refused(str(exc)) or exc)
+    return None
 
 
 def write_refused(text: str) -> WriteRefusedError | None:

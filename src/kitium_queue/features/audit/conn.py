@@ -23,6 +23,7 @@ from ...connection import ConnectionFactory
 from ...context import CONNECT_TIMEOUT_S
 from ...errors import KitiumQueueError, PermissionDeniedError
 from ...keys import check_key_part
+from ...pools import ping
 from ...serverinfo import write_refused
 
 __all__ = ["DEPLOYMENT_TAG", "Deployment", "LuaScript"]
@@ -82,7 +83,7 @@ class Deployment:
             if self._client is None:
                 client = self.connection.client()
                 try:
-                    await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_S)
+                    await ping(client, CONNECT_TIMEOUT_S)
                 except Exception as exc:
                     if self.connection.owns(client):
                         await client.aclose()
