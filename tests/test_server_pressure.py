@@ -7,18 +7,22 @@ drains once memory is freed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ExecAbortError, OutOfMemoryError, ResponseError
+from click.testing import CliRunner
+from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from _redis import RedisServer
-from helpers import SAVING_SERVER_ARGS, fail_saves, mend_saves, wait_until
+from helpers import SAVING_SERVER_ARGS, app_module, fail_saves, mend_saves, wait_until
 from kitium_queue import ConfigurationError, JobQueue, SyncJobQueue, WriteRefusedError
+from kitium_queue.cli import main as cli_main
 from kitium_queue.serverinfo import WriteRefusals
+from kitium_queue.serverinfo import refuses_writes as refusals_of
 
 STATE_SETS = {
     "waiting": "wait",
@@ -177,6 +181,18 @@ async def test_a_server_that_cannot_save_refuses_writes_whole_and_the_queue_reco
                 assert health.memory is not None and health.memory.persistence == "rdb"
             finally:
                 await fresh.close()
+            source = (
+                "from kitium_queue import JobQueue\n"
+                f"queue = JobQueue('nosave', redis={srv.url!r}, prefix={prefix!r})\n"
+            )
+            with app_module(tmp_path, source, "kq_nosave") as module:
+                got = await asyncio.to_thread(
+                    CliRunner().invoke, cli_main, ["health", f"{module}:queue", "--json"]
+                )
+            report = json.loads(got.stdout)
+            assert got.exit_code == 4 and report["verdict"] == "not ready"  # Redis answers
+            failed = {c["name"] for c in report["checks"] if not c["ok"]}
+            assert failed == {"writes"} and report["redis_latency_ms"] is not None
             sync = SyncJobQueue("nosave", redis=srv.url, prefix=prefix)
             try:
                 with pytest.raises(WriteRefusedError, match="MISCONF"):
@@ -217,7 +233,9 @@ def test_a_write_refusal_is_reported_when_it_starts_while_it_lasts_and_when_it_e
     caplog.set_level(logging.WARNING, logger="kitium_queue")
     now = [0.0]
     refusals = WriteRefusals("q", lambda: now[0])
-    oom = OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'.")
+    # As redis-py raises them: it takes the code (OOM, READONLY) off the message.
+    oom = OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    assert refusals_of(ReadOnlyError("You can't write against a read only replica."))
     pipelined = ExecAbortError("Transaction discarded because of previous errors.")
     pipelined.__cause__ = ResponseError(
         "Command # 1 (HSET kq:{q}:worker:w host h) of pipeline caused error: MISCONF Redis "

@@ -30,7 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoPermissionError, RedisError, ResponseError
+from redis.exceptions import (
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from .errors import ConfigurationError, WriteRefusedError
 from .limits import get_logger
@@ -410,11 +416,10 @@ def write_refused_cause(exc: BaseException) -> WriteRefusedError | None:
             break
         if isinstance(seen, WriteRefusedError):
             return seen
-        got = (
-            write_refused(_PIPELINE_NOTE.sub("", str(seen), count=1))
-            if isinstance(seen, RedisError)  # a reply of the server, not any text
-            else None
-        )
+        text = _PIPELINE_NOTE.sub("", str(seen), count=1)
+        if isinstance(seen, (OutOfMemoryError, ReadOnlyError)):  # redis-py took the code off
+            text = ("OOM " if isinstance(seen, OutOfMemoryError) else "READONLY ") + text
+        got = write_refused(text) if isinstance(seen, RedisError) else None  # a reply, not any text
         if got is not None:
             return got
         seen = seen.__cause__ or seen.__context__
@@ -424,13 +429,14 @@ def write_refused_cause(exc: BaseException) -> WriteRefusedError | None:
 async def ping_refusal(client: Any, timeout: float) -> str | None:
     """``PING`` the server: None for ``PONG``; for a server that answers but refuses
     writes, and with them ``PING`` (``MISCONF``: ``pools.refuses_ping``), what
-    ``write_refused`` says about it. Other errors are raised."""
+    ``write_refused`` says about it, after ``WriteRefusedError:`` (as
+    ``HealthStatus.error`` names errors). Other errors are raised."""
     try:
         await asyncio.wait_for(client.ping(), timeout)
     except ResponseError as exc:
         if not refuses_ping(exc):
             raise
-        return str(write_refused(str(exc)) or exc)
+        return f"WriteRefusedError: {write_refused(str(exc)) or exc}"
     return None
 
 

@@ -203,6 +203,14 @@ async def _readiness(
     return checks
 
 
+#: HealthStatus errors of a server that answers, by the name of the failed check.
+_REFUSED = {
+    "ConfigurationError": "configuration",
+    "DamagedKeyError": "keys",
+    "WriteRefusedError": "writes",
+}
+
+
 @click.command()
 @click.argument("app")
 @click.option(
@@ -247,7 +255,8 @@ def health(
     \b
     0  healthy (liveness) / ready (readiness)
     3  Redis unreachable, refused the credentials or did not answer
-    4  Redis answers but a key of the queue is damaged (holds another type);
+    4  Redis answers but a key of the queue is damaged (holds another type) or
+       it refuses writes (its last background save failed: MISCONF);
        readiness only: a check failed (memory nearly full, an evicting
        maxmemory-policy, a replica, --max-latency or --max-dlq)
 
@@ -262,15 +271,16 @@ def health(
             h.backend = q.describe_backend([h])  # its members share one client: its name
         checks: list[dict[str, Any]] = []
         # Redis answered but the queue refuses the server (an evicting policy, a
-        # database it does not have) or a key of the queue is damaged: not ready.
+        # database it does not have), a key of the queue is damaged, or the server
+        # refuses writes (its last background save failed): not ready.
         error = h.error or ""
-        refused = not h.healthy and error.startswith(("ConfigurationError", "DamagedKeyError"))
+        refused = not h.healthy and error.startswith(tuple(_REFUSED))
         answers = h.healthy or refused
+        name = _REFUSED[error.split(":", 1)[0]] if refused else ""
         if refused:
-            name = "keys" if error.startswith("DamagedKeyError") else "configuration"
             checks.append({"name": name, "ok": False, "detail": h.error})
-        elif h.healthy and probe == "readiness":
-            checks = await _readiness(q, max_memory, latency_ms, max_dlq)
+        if (h.healthy or name == "writes") and probe == "readiness":
+            checks += await _readiness(q, max_memory, latency_ms, max_dlq)
         ready = answers and (probe == "liveness" or all(c["ok"] for c in checks))
         code = 0 if ready else EXIT_UNREACHABLE if not answers else EXIT_NOT_READY
         verdict = (
