@@ -32,4 +32,5 @@ NAMES = (
     "erasure",
     "tenancy",
     "regions",
+    "redis-full",
 )

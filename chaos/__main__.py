@@ -42,6 +42,7 @@ def _headline(r: Result) -> str:
         "slow-redis": ("spikes", "completions_per_s", "stalled", "extra_runs"),
         "replica-acks": ("rounds", "lost_acknowledged_without", "lost_acknowledged_with"),
         "erasure": ("erasures", "jobs_erased", "erased_while_active", "kills", "restarts"),
+        "redis-full": ("refused_adds", "resume_after_s.max"),
         "regions": ("crash_rto_workers_s", "crash_rpo_jobs", "partition_stranded",
                     "completed_twice"),
     }.get(r.name, ())

@@ -22,4 +22,5 @@ from . import (  # noqa: F401
     s18_erasure,
     s19_tenancy,
     s20_regions,
+    s21_redis_full,
 )

@@ -58,9 +58,13 @@ class Producer(threading.Thread):
             except Exception as exc:
                 self.failures += 1
                 self.errors.add(type(exc).__name__)
+                self.refused(jobs, exc)
             else:
                 self.ledger.record(ids, tag="load")
             self.stop_event.wait(self.period)
+
+    def refused(self, jobs: list[tuple[str, Any, dict[str, Any]]], exc: Exception) -> None:
+        """Called with the jobs of a call that raised (a subclass keeps what it needs)."""
 
     def stop(self) -> None:
         self.stop_event.set()
