@@ -23,7 +23,7 @@ import redis
 from click.testing import CliRunner
 
 from _redis import RedisServer
-from helpers import app_module, wait_replica_online
+from helpers import SAVING_SERVER_ARGS, app_module, fail_saves, mend_saves, wait_replica_online
 from kitium_queue import JobQueue, PermissionDeniedError, ReplicaAcks
 from kitium_queue.cli import main
 from kitium_queue.dashboard import create_dashboard
@@ -282,6 +282,42 @@ async def test_an_evicting_policy_is_flagged(
         await known.close()
         await fresh.close()
         await sound.close()
+
+
+async def test_a_server_that_cannot_save_is_shown_answering_and_refusing_writes(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    """MISCONF refuses PING too: the page still reads the server, says writes are
+    refused and agrees with ``kitium-queue health`` (exit 4, not 3)."""
+    with RedisServer(*SAVING_SERVER_ARGS) as srv:
+        sound = JobQueue("a-sound", redis=redis_url, prefix=prefix)
+        q = JobQueue("ns", redis=srv.url)
+        try:
+            await q.add_job("n", {})
+            await asyncio.to_thread(fail_saves, srv.port)
+            dash = create_dashboard(queues=[sound, q], tokens=TOKENS, refresh_ms=0)
+            r = await (await signed_in(dash, VIEWER)).get("/q/ns/server")
+            assert r.status_code == 200 and 'data-exit="4"' in r.text
+            assert dd(r.text, "verdict").startswith("not ready")
+            by = {c["name"]: c for c in checks_of(r.text)}
+            assert not by["writes"]["ok"] and "background save failed" in by["writes"]["detail"]
+            assert by["queue readable"]["ok"]  # reads go on
+            source = (
+                f"from kitium_queue import JobQueue\nqueue = JobQueue('ns', redis={srv.url!r})\n"
+            )
+            with app_module(tmp_path, source, "kq_dash_nosave") as module:
+                code, out = await cli("health", f"{module}:queue", "--json")
+            health = json.loads(out)
+            assert code == 4
+            assert [(c["name"], c["ok"]) for c in checks_of(r.text)] == [
+                (c["name"], c["ok"]) for c in health["checks"]
+            ]
+            await asyncio.to_thread(mend_saves, srv.port, tmp_path)
+            r = await (await signed_in(dash, VIEWER)).get("/q/ns/server")
+            assert 'data-exit="0"' in r.text
+        finally:
+            await q.close()
+            await sound.close()
 
 
 async def test_a_first_queue_that_refuses_the_server_fails_no_page(

@@ -43,10 +43,12 @@ from .limits import get_logger
 from .pools import refuses_ping
 
 __all__ = [
+    "ANSWERED_ERRORS",
     "MISSING_LOG_S",
     "MemoryReport",
     "MissingRecords",
     "WriteRefusals",
+    "answered_check",
     "check_eviction",
     "memory_report",
     "node_info",
@@ -426,6 +428,23 @@ def write_refused_cause(exc: BaseException) -> WriteRefusedError | None:
     return None
 
 
+#: ``HealthStatus.error`` of a server that answers (the queue refuses its configuration,
+#: a key of the queue is damaged, it refuses writes), by the name of the failed check.
+ANSWERED_ERRORS = {
+    "ConfigurationError": "configuration",
+    "DamagedKeyError": "keys",
+    "WriteRefusedError": "writes",
+}
+
+
+def answered_check(healthy: bool, error: str | None) -> str:
+    """For a ``health_check`` result: the name of the check it failed although Redis
+    answered (``ANSWERED_ERRORS``), or '' (healthy, or Redis did not answer)."""
+    if healthy or not error:
+        return ""
+    return ANSWERED_ERRORS.get(error.split(":", 1)[0], "")
+
+
 async def ping_refusal(client: Any, timeout: float) -> str | None:
     """``PING`` the server: None for ``PONG``; for a server that answers but refuses
     writes, and with them ``PING`` (``MISCONF``: ``pools.refuses_ping``), what
@@ -436,17 +455,28 @@ async def ping_refusal(client: Any, timeout: float) -> str | None:
     except ResponseError as exc:
         if not refuses_ping(exc):
             raise
-        return f"WriteRefusedError: {write_refused(str(exc)) or exc}"
+        what, todo = _refusal(str(exc)) or ("Redis refuses writes", "see its log")
+        return (
+            f"WriteRefusedError: {what}: new jobs, claims and outcomes are refused until it "
+            f"accepts writes again (reads go on). To go on: {todo}. Redis said: {str(exc)[:200]}"
+        )
+    return None
+
+
+def _refusal(text: str) -> tuple[str, str] | None:
+    """What the server's refusal ``text`` means and what to do about it, or None."""
+    for code, what, todo in _REFUSALS:
+        if text.startswith(code) or f" {code} " in text[:80] or text.startswith(f"-{code}"):
+            return what, todo
     return None
 
 
 def write_refused(text: str) -> WriteRefusedError | None:
     """The library's error for a write the server refused, from its error reply."""
-    for code, what, todo in _REFUSALS:
-        if text.startswith(code) or f" {code} " in text[:80] or text.startswith(f"-{code}"):
-            return WriteRefusedError(
-                f"{what}; nothing of this call was written (Redis refuses a script before "
-                f"its first write). To go on: {todo}, then try again. Redis said: "
-                f"{text[:300]}"
-            )
-    return None
+    got = _refusal(text)
+    if got is None:
+        return None
+    return WriteRefusedError(
+        f"{got[0]}; nothing of this call was written (Redis refuses a script before its "
+        f"first write). To go on: {got[1]}, then try again. Redis said: {text[:300]}"
+    )

@@ -24,7 +24,7 @@ import click
 
 from ..facade import MultiQueue
 from ..queries import QueueStats
-from ..serverinfo import node_info, server_checks
+from ..serverinfo import answered_check, node_info, server_checks
 from .base import (
     EXIT_NOT_READY,
     EXIT_UNREACHABLE,
@@ -203,14 +203,6 @@ async def _readiness(
     return checks
 
 
-#: HealthStatus errors of a server that answers, by the name of the failed check.
-_REFUSED = {
-    "ConfigurationError": "configuration",
-    "DamagedKeyError": "keys",
-    "WriteRefusedError": "writes",
-}
-
-
 @click.command()
 @click.argument("app")
 @click.option(
@@ -273,11 +265,9 @@ def health(
         # Redis answered but the queue refuses the server (an evicting policy, a
         # database it does not have), a key of the queue is damaged, or the server
         # refuses writes (its last background save failed): not ready.
-        error = h.error or ""
-        refused = not h.healthy and error.startswith(tuple(_REFUSED))
-        answers = h.healthy or refused
-        name = _REFUSED[error.split(":", 1)[0]] if refused else ""
-        if refused:
+        name = answered_check(h.healthy, h.error)
+        answers = h.healthy or bool(name)
+        if name:
             checks.append({"name": name, "ok": False, "detail": h.error})
         if (h.healthy or name == "writes") and probe == "readiness":
             checks += await _readiness(q, max_memory, latency_ms, max_dlq)

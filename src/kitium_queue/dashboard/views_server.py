@@ -48,7 +48,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..limits import clip
-from ..serverinfo import SAFE_POLICY, node_info, server_checks
+from ..serverinfo import SAFE_POLICY, answered_check, node_info, server_checks
 from .data import FEATURE_PAGES
 from .views import queue_context
 
@@ -163,13 +163,11 @@ async def read_health(queue: Any) -> Health:
     out.backend = clip(queue.connection.redact(h.backend), _TEXT)
     out.error = clip(queue.connection.redact(h.error or ""), _TEXT)
     out.missing_records, out.memory = h.missing_records, h.memory
-    error = h.error or ""
-    refused = not h.healthy and error.startswith(("ConfigurationError", "DamagedKeyError"))
-    answers = h.healthy or refused
-    if refused:
-        name = "keys" if error.startswith("DamagedKeyError") else "configuration"
+    name = answered_check(h.healthy, h.error)  # Redis answered, a check failed
+    answers = h.healthy or bool(name)
+    if name:
         out.checks.append(Check(name, False, out.error))
-    elif h.healthy:
+    if h.healthy or name == "writes":
         await _readiness(queue, out)
     ready = answers and all(c.ok for c in out.checks)
     out.exit_code = 0 if ready else EXIT_UNREACHABLE if not answers else EXIT_NOT_READY
