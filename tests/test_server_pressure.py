@@ -21,6 +21,7 @@ from _redis import RedisServer
 from helpers import SAVING_SERVER_ARGS, app_module, fail_saves, mend_saves, wait_until
 from kitium_queue import ConfigurationError, JobQueue, SyncJobQueue, WriteRefusedError
 from kitium_queue.cli import main as cli_main
+from kitium_queue.leader import LeaderService
 from kitium_queue.serverinfo import WriteRefusals
 from kitium_queue.serverinfo import refuses_writes as refusals_of
 
@@ -262,3 +263,44 @@ def test_a_write_refusal_is_reported_when_it_starts_while_it_lasts_and_when_it_e
     assert refusals.since is None
     refusals.ok()
     assert len(caplog.records) == 3
+
+
+async def test_leader_services_and_schedules_outlive_a_refusal_of_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leader service's campaign met the refusal as an exception it did not expect and
+    ended for good (retention, alerts, replication stopped); the scheduler logged a
+    traceback a second. Both wait it out and go on."""
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    with RedisServer(*SAVING_SERVER_ARGS) as srv:
+        q = JobQueue("lead", redis=srv.url)
+        beats: list[int] = []
+        ticks: list[str] = []
+
+        async def body(term: int) -> None:
+            while True:
+                beats.append(term)
+                await asyncio.sleep(0.05)
+
+        q.add_service(LeaderService("probe", body, lease_ms=1000))
+
+        @q.process("tick")
+        async def tick(job: Any) -> None:
+            ticks.append(job.id)
+
+        try:
+            await q.schedule_every("tick", {}, 200)
+            await q.start()
+            await wait_until(lambda: beats and len(ticks) >= 2, 10)
+            await asyncio.to_thread(fail_saves, srv.port)
+            await asyncio.sleep(2.0)  # longer than the lease: the leader steps down
+            led, ran = len(beats), len(ticks)
+            await asyncio.to_thread(mend_saves, srv.port, tmp_path)
+            await wait_until(lambda: len(beats) > led + 5 and len(ticks) > ran + 2, 15)
+            assert beats[-1] > beats[0]  # elected again: a later term
+        finally:
+            await q.close()
+    texts = [r.getMessage() for r in caplog.records]
+    assert any("leader service probe: Redis refuses writes" in t for t in texts), texts
+    assert any("leader service probe: Redis accepts writes again" in t for t in texts), texts
+    assert not [r for r in caplog.records if r.exc_info], texts  # no traceback

@@ -40,6 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
 from .limits import get_logger
+from .serverinfo import write_refused_cause
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -61,19 +62,31 @@ LeaderBody = Callable[[int], Awaitable[Any]]
 
 class OutageLog:
     """Logs an outage once when it starts and once when it ends, as the worker does, and
-    paces retries (``pause``: exponential backoff from 50 ms to 1 s)."""
+    paces retries (``pause``: exponential backoff from 50 ms to 1 s). An outage is Redis
+    unreachable, Redis refusing writes (full, unable to save, a replica), or an error
+    nobody expected (logged with its traceback): none of them ends a loop that uses it."""
 
     def __init__(self, what: str) -> None:
         self.what = what
         self.down = False
         self.backoff = 0.05
+        self._back = "Redis is reachable again"
 
     def failed(self, exc: BaseException) -> None:
         if not self.down:
             self.down = True
-            log.warning(
-                "%s: Redis unreachable (%s: %s); retrying", self.what, type(exc).__name__, exc
-            )
+            refused = write_refused_cause(exc)
+            if refused is not None:
+                self._back = "Redis accepts writes again"
+                log.warning("%s: %s; retrying", self.what, refused)
+            elif isinstance(exc, NET_ERRORS):
+                self._back = "Redis is reachable again"
+                log.warning(
+                    "%s: Redis unreachable (%s: %s); retrying", self.what, type(exc).__name__, exc
+                )
+            else:
+                self._back = "working again"
+                log.error("%s failed; retrying", self.what, exc_info=exc)
 
     async def pause(self, exc: BaseException) -> None:
         self.failed(exc)
@@ -84,7 +97,7 @@ class OutageLog:
         self.backoff = 0.05
         if self.down:
             self.down = False
-            log.warning("%s: Redis is reachable again", self.what)
+            log.warning("%s: %s", self.what, self._back)
 
 
 def check_name(value: str, what: str, max_len: int = 100) -> str:
@@ -263,7 +276,7 @@ class LeaderService:
             sent = loop.time()
             try:
                 term = await asyncio.wait_for(lease.acquire(), renew_s)
-            except NET_ERRORS as exc:
+            except Exception as exc:  # unreachable, writes refused, ...: never ends
                 await self._outage.pause(exc)
                 continue
             self._outage.ok()
@@ -312,7 +325,7 @@ class LeaderService:
                     return
                 try:
                     ok = await asyncio.wait_for(lease.renew(), max(deadline - now, 0.001))
-                except NET_ERRORS as exc:
+                except Exception as exc:  # a renewal not made: the deadline decides
                     self._outage.failed(exc)
                     next_renew = loop.time() + min(renew_s / 4, 0.25)
                     continue

@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 from .errors import ConfigurationError, KitiumQueueError, PayloadTooLargeError
 from .leader import NET_ERRORS, LeaderService, OutageLog, check_name
 from .limits import get_logger
+from .serverinfo import refuses_writes
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -517,7 +518,10 @@ class OutboxConsumer:
         while True:
             try:
                 batch = await self.read()
-            except NET_ERRORS as exc:
+            except Exception as exc:
+                # Unreachable, or refusing writes (XREADGROUP is one): wait it out.
+                if not isinstance(exc, NET_ERRORS) and not refuses_writes(exc):
+                    raise
                 await self._outage.pause(exc)
                 continue
             self._outage.ok()

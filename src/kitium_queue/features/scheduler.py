@@ -191,8 +191,12 @@ class Scheduler:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
-            except Exception:
-                log.exception("scheduler of queue %s: round failed; retrying in 1 s", self._q.name)
+            except Exception as exc:
+                # Redis refusing writes, a damaged key of the queue: at a bounded rate.
+                if not self._q.ctx.damaged.failed(exc):
+                    log.exception(
+                        "scheduler of queue %s: round failed; retrying in 1 s", self._q.name
+                    )
                 wait_ms = 1000
             if self._outage:
                 self._outage = False
@@ -349,7 +353,12 @@ class Scheduler:
                 wait = 1000 if wait is None else min(wait, 1000)
                 continue
             if isinstance(r, Exception):
-                log.error("queue %s: firing schedule %s failed: %s", q.name, sid, r)
+                # Nothing was written: it is still due. Look again in a second (else an
+                # only schedule waited for the idle timeout); a refusal of writes or a
+                # damaged key is reported at a bounded rate.
+                if not q.ctx.damaged.failed(r):
+                    log.error("queue %s: firing schedule %s failed: %s", q.name, sid, r)
+                wait = 1000 if wait is None else min(wait, 1000)
                 continue
             status = r[0]
             if status == b"stale":

@@ -277,8 +277,8 @@ class DeliveryService(_Base):
             except NET_ERRORS as exc:
                 await outage.pause(exc)
             except Exception as exc:
-                if is_damage_error(exc):
-                    damaged.failed(webhook_damage(exc))
+                # A damaged key, or Redis refusing writes: reported at a bounded rate.
+                if damaged.failed(webhook_damage(exc) if is_damage_error(exc) else exc):
                     await asyncio.sleep(1.0)
                     continue
                 log.exception("webhook %s of queue %s failed; retrying", what, mgr.queue.name)
