@@ -282,7 +282,17 @@ async def test_leader_services_and_schedules_outlive_a_refusal_of_writes(
                 beats.append(term)
                 await asyncio.sleep(0.05)
 
+        writes: list[int] = []
+
+        async def writer(term: int) -> None:  # fails at its first refused write
+            client = await q.client()
+            while True:
+                await client.set("lead-probe", term)
+                writes.append(term)
+                await asyncio.sleep(0.05)
+
         q.add_service(LeaderService("probe", body, lease_ms=1000))
+        q.add_service(LeaderService("writer", writer, lease_ms=1000))
 
         @q.process("tick")
         async def tick(job: Any) -> None:
@@ -291,16 +301,22 @@ async def test_leader_services_and_schedules_outlive_a_refusal_of_writes(
         try:
             await q.schedule_every("tick", {}, 200)
             await q.start()
-            await wait_until(lambda: beats and len(ticks) >= 2, 10)
+            await wait_until(lambda: beats and writes and len(ticks) >= 2, 10)
             await asyncio.to_thread(fail_saves, srv.port)
             await asyncio.sleep(2.0)  # longer than the lease: the leader steps down
-            led, ran = len(beats), len(ticks)
+            led, ran, wrote = len(beats), len(ticks), len(writes)
             await asyncio.to_thread(mend_saves, srv.port, tmp_path)
-            await wait_until(lambda: len(beats) > led + 5 and len(ticks) > ran + 2, 15)
+            await wait_until(
+                lambda: len(beats) > led + 5 and len(ticks) > ran + 2 and len(writes) > wrote + 5,
+                15,
+            )
             assert beats[-1] > beats[0]  # elected again: a later term
         finally:
             await q.close()
     texts = [r.getMessage() for r in caplog.records]
     assert any("leader service probe: Redis refuses writes" in t for t in texts), texts
     assert any("leader service probe: Redis accepts writes again" in t for t in texts), texts
-    assert not [r for r in caplog.records if r.exc_info], texts  # no traceback
+    # The writer's body failed (its own error, logged with its traceback); nothing else.
+    assert [r.getMessage()[:60] for r in caplog.records if r.exc_info] == [
+        "leader service writer: body failed in term 1; stepping down"
+    ], texts

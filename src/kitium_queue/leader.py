@@ -351,8 +351,8 @@ class LeaderService:
                     await asyncio.wait_for(asyncio.shield(lease.release()), 1.0)
                 except asyncio.CancelledError:
                     pass  # stopping: the lease expires by itself
-                except NET_ERRORS:
-                    pass  # Redis unreachable: likewise
+                except Exception:
+                    pass  # unreachable, refusing writes: likewise (the campaign goes on)
 
     async def _run_body(self, term: int) -> None:
         try:
@@ -368,15 +368,16 @@ class LeaderService:
 async def every(interval_ms: int, step: Callable[[], Awaitable[Any]], what: str) -> None:
     """Run ``await step()`` now and then every ``interval_ms``, until cancelled: the
     body of a periodic leader-only service. Redis being unreachable is simply tried
-    again at the next interval; any other error is logged (as ``what`` failing) and
-    the loop goes on."""
+    again at the next interval, as is Redis refusing writes (the worker reports it);
+    any other error is logged (as ``what`` failing) and the loop goes on."""
     while True:
         try:
             await step()
         except NET_ERRORS:
             pass
-        except Exception:
-            log.exception("%s failed", what)
+        except Exception as exc:
+            if write_refused_cause(exc) is None:
+                log.exception("%s failed", what)
         await asyncio.sleep(interval_ms / 1000)
 
 
