@@ -13,8 +13,9 @@ usual, its close goes through ``Connection.disconnect`` (the end of the connecti
 passed on to the original stream protocol, so ``wait_closed`` and the reader's EOF work
 as before), and before it goes back to the pool the original protocol is put back
 (``restore``). Only connections whose reading redis-py does not customise are taken:
-exact ``Connection`` / ``SSLConnection`` / ``UnixDomainSocketConnection`` with the
-hiredis parser (a Sentinel-managed connection, which turns a READONLY reply into a
+exact ``Connection`` / ``SSLConnection`` / ``UnixDomainSocketConnection`` (or the
+pools' ``answering`` subclass of one, which changes only the health-check ``PING``) with
+the hiredis parser (a Sentinel-managed connection, which turns a READONLY reply into a
 reconnect, keeps redis-py's path).
 """
 
@@ -188,8 +189,11 @@ def _eligible(conn: Any) -> bool:
     if known is None:
         from redis.asyncio import connection as rc
 
+        from .pools import answering  # its classes only change the health-check PING
+
         names = ("Connection", "SSLConnection", "UnixDomainSocketConnection")
-        known = hiredis is not None and any(getattr(rc, n, None) is cls for n in names)
+        bases = [b for n in names if (b := getattr(rc, n, None)) is not None]
+        known = hiredis is not None and any(cls in (b, answering(b)) for b in bases)
         _DIRECT[cls] = known
     if not known:
         return False
