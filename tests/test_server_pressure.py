@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from click.testing import CliRunner
 from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError, ResponseError
 
+from _cluster import LocalCluster
 from _redis import RedisServer
 from helpers import SAVING_SERVER_ARGS, app_module, fail_saves, mend_saves, wait_until
 from kitium_queue import ConfigurationError, JobQueue, SyncJobQueue, WriteRefusedError
@@ -320,3 +321,32 @@ async def test_leader_services_and_schedules_outlive_a_refusal_of_writes(
     assert [r.getMessage()[:60] for r in caplog.records if r.exc_info] == [
         "leader service writer: body failed in term 1; stepping down"
     ], texts
+
+
+async def test_on_a_cluster_a_node_that_cannot_save_refuses_writes_whole(
+    prefix: str, tmp_path: Path
+) -> None:
+    """On a Cluster (whose node connections redis-py builds itself) a process that
+    starts while the node holding the queue cannot save reads, and gets
+    ``WriteRefusedError`` for its writes."""
+    with LocalCluster(masters=1, replicas=0, extra_args=SAVING_SERVER_ARGS) as cluster:
+        q = JobQueue("cns", redis=cluster.url, prefix=prefix)
+        try:
+            assert await q.add_job("n", {"before": True})
+            node = cluster.master_for_key(q.keys.meta)
+            await asyncio.to_thread(fail_saves, node.port)
+            fresh = JobQueue("cns", redis=cluster.url, prefix=prefix)
+            try:
+                assert (await fresh.get_stats()).waiting == 1  # reads go on
+                with pytest.raises(WriteRefusedError, match="background save failed"):
+                    await fresh.add_job("n", {"during": True})
+                health = await fresh.health_check()
+                assert not health.healthy
+                assert (health.error or "").startswith("WriteRefusedError: ")
+            finally:
+                await fresh.close()
+            await asyncio.to_thread(mend_saves, node.port, tmp_path)
+            assert await q.add_job("n", {"after": True})
+            assert (await q.get_stats()).waiting == 2
+        finally:
+            await q.close()
