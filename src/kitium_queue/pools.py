@@ -27,6 +27,7 @@ write itself is then refused, and reported, where it is made.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import deque
 from collections.abc import Sized
 from typing import Any
@@ -214,7 +215,7 @@ def answering(cls: type) -> type:
     send = getattr(cls, "_send_ping", None)
     if send is None:
         return cls
-    if asyncio.iscoroutinefunction(send):
+    if inspect.iscoroutinefunction(send):
 
         async def _send_ping(self: Any) -> None:
             try:
