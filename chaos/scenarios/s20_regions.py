@@ -364,8 +364,15 @@ async def _async_run(ctx: Context, res: Result) -> None:
 
 
 async def _rejoined(m: Any, region: str) -> bool:
-    """``region`` is no former primary still to rejoin (its record, read now)."""
-    return (await m.region(region).op("read")).former is None
+    """``region`` knows the current epoch and is no former primary still to rejoin (its
+    record, read now). Not only ``former`` unset: a former primary back from a crash
+    has it unset until it is told of the new epoch, and is marked then."""
+    rec = await m.region(region).op("read")
+    current = m.topo.epoch if m.topo is not None else None
+    return (
+        current is not None and rec.epoch is not None and rec.epoch >= current
+        and rec.former is None
+    )
 
 
 _LACKING: dict[str, Any] = {}
