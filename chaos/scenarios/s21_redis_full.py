@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from typing import Any
 
+from helpers import SAVING_SERVER_ARGS, fail_saves, mend_saves  # tests/ (chaos.infra)
 from kitium_queue.keys import QueueKeys
 
 from ..core import Context, Result, scenario
@@ -40,12 +40,6 @@ from ._common import Producer, closing_checks, stats, stop_fleet, tracebacks, wa
 QUEUE = "full"
 PAD = "x" * 2000
 HEADROOM = 3 * 1024 * 1024  # bytes of room left above what is in use, per oom cycle
-
-
-def _saving_args() -> tuple[str, ...]:
-    from helpers import SAVING_SERVER_ARGS  # tests/ is on sys.path (chaos.infra)
-
-    return SAVING_SERVER_ARGS
 
 
 class RefusedProducer(Producer):
@@ -80,7 +74,7 @@ def _job(tag: str) -> Any:
 
 def one_phase(ctx: Context, res: Result, phase: str) -> dict[str, Any]:
     misconf = phase == "misconf"
-    srv = RedisServer(*(_saving_args() if misconf else ())).start()
+    srv = RedisServer(*(SAVING_SERVER_ARGS if misconf else ())).start()
     ctx.callback(srv.close)
     saves = ctx.dir / f"{phase}-rdb"
     saves.mkdir(parents=True, exist_ok=True)
@@ -114,7 +108,7 @@ def one_phase(ctx: Context, res: Result, phase: str) -> dict[str, Any]:
                  what="progress before the fault")
         refused_before = producer.failures
         if misconf:
-            _fail_saves(srv.port)
+            fail_saves(srv.port)
         else:
             used = int(client.info("memory")["used_memory"])
             client.config_set("maxmemory", used + HEADROOM)
@@ -146,7 +140,7 @@ def one_phase(ctx: Context, res: Result, phase: str) -> dict[str, Any]:
         acked = len(ledger)
         t_free = time.monotonic()
         if misconf:
-            _mend_saves(srv.port, saves)
+            mend_saves(srv.port, saves)
         else:
             client.config_set("maxmemory", 0)
         try:
@@ -202,16 +196,4 @@ def one_phase(ctx: Context, res: Result, phase: str) -> dict[str, Any]:
         "extra_runs": dup["extra_runs"],
         "used_memory_bytes": int(client.info("memory")["used_memory"]),
     }
-
-
-def _fail_saves(port: int) -> None:
-    from helpers import fail_saves
-
-    fail_saves(port)
-
-
-def _mend_saves(port: int, directory: Path) -> None:
-    from helpers import mend_saves
-
-    mend_saves(port, directory)
 

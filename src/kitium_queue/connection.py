@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connerrors import missing_tls_files, translate_error
 from .errors import ConfigurationError, KitiumQueueError
-from .pools import CheckedSentinelPool, answering, check_pool
+from .pools import CheckedSentinelPool, check_pool
 from .redact import (
     REDACTED,
     REDACTED_PLACEHOLDER,
@@ -501,7 +501,7 @@ class ConnectionFactory:
                 pool = sync_redis.Redis(**opts).connection_pool
         except TypeError:  # an option only the asyncio client takes
             return None
-        pool.connection_class = answering(pool.connection_class)
+        check_pool(pool)  # its connections take a MISCONF refusal of PING as an answer
         return pool
 
     def _sentinel_master(self, kwargs: dict[str, Any]) -> Any:

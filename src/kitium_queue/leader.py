@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
 from .limits import get_logger
-from .serverinfo import write_refused_cause
+from .serverinfo import refuses_writes, write_refused_cause
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -376,7 +376,7 @@ async def every(interval_ms: int, step: Callable[[], Awaitable[Any]], what: str)
         except NET_ERRORS:
             pass
         except Exception as exc:
-            if write_refused_cause(exc) is None:
+            if not refuses_writes(exc):
                 log.exception("%s failed", what)
         await asyncio.sleep(interval_ms / 1000)
 

@@ -171,8 +171,8 @@ def check_pool(pool: Any) -> None:
     """Give redis-py's plain pool (of a client built here or passed in) what
     ``CheckedPool`` adds, for every use of the client. Other pools (a
     ``BlockingConnectionPool`` already waits) are left as they are. Every pool's new
-    connections take a write refusal to their health check as an answer
-    (``answering``)."""
+    connections, the blocking pools' too, take a write refusal to their health check
+    as an answer (``answering``)."""
     if type(pool) is aioredis.ConnectionPool:
         pool.__class__ = CheckedPool
     elif type(pool) is SentinelConnectionPool:
@@ -189,15 +189,17 @@ def refuses_ping(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
 
 
-async def ping(client: Any, timeout: float) -> None:
+async def ping(client: Any, timeout: float) -> ResponseError | None:
     """``PING`` ``client``'s server within ``timeout`` s; a server that refuses it for a
-    failed background save (``refuses_ping``) answered, so this returns: the writes
-    that follow are refused, and reported, one by one."""
+    failed background save (``refuses_ping``) answered, so this returns that refusal
+    (None for ``PONG``): the writes that follow are refused, and reported, one by one."""
     try:
         await asyncio.wait_for(client.ping(), timeout)
     except ResponseError as exc:
         if not refuses_ping(exc):
             raise
+        return exc
+    return None
 
 
 _ANSWERING: dict[type, type] = {}

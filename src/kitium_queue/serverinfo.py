@@ -23,7 +23,6 @@ services) are not checked: the check is skipped with a log line, never a failure
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from redis.exceptions import (
 
 from .errors import ConfigurationError, WriteRefusedError
 from .limits import get_logger
-from .pools import refuses_ping
+from .pools import ping
 
 __all__ = [
     "ANSWERED_ERRORS",
@@ -447,20 +446,17 @@ def answered_check(healthy: bool, error: str | None) -> str:
 
 async def ping_refusal(client: Any, timeout: float) -> str | None:
     """``PING`` the server: None for ``PONG``; for a server that answers but refuses
-    writes, and with them ``PING`` (``MISCONF``: ``pools.refuses_ping``), what
+    writes, and with them ``PING`` (``MISCONF``: ``pools.ping``), what
     ``write_refused`` says about it, after ``WriteRefusedError:`` (as
     ``HealthStatus.error`` names errors). Other errors are raised."""
-    try:
-        await asyncio.wait_for(client.ping(), timeout)
-    except ResponseError as exc:
-        if not refuses_ping(exc):
-            raise
-        what, todo = _refusal(str(exc)) or ("Redis refuses writes", "see its log")
-        return (
-            f"WriteRefusedError: {what}: new jobs, claims and outcomes are refused until it "
-            f"accepts writes again (reads go on). To go on: {todo}. Redis said: {str(exc)[:200]}"
-        )
-    return None
+    exc = await ping(client, timeout)
+    if exc is None:
+        return None
+    what, todo = _refusal(str(exc)) or ("Redis refuses writes", "see its log")
+    return (
+        f"WriteRefusedError: {what}: new jobs, claims and outcomes are refused until it "
+        f"accepts writes again (reads go on). To go on: {todo}. Redis said: {str(exc)[:200]}"
+    )
 
 
 def _refusal(text: str) -> tuple[str, str] | None:
