@@ -320,6 +320,66 @@ async def test_a_server_that_cannot_save_is_shown_answering_and_refusing_writes(
             await sound.close()
 
 
+async def test_too_few_replicas_and_a_busy_server_are_shown_as_the_cli_says(
+    tmp_path: Path,
+) -> None:
+    """NOREPLICAS (reads go on) and BUSY (every command refused, another client's
+    script running long): the page and ``kitium-queue health`` agree, exit 4."""
+    with RedisServer("--busy-reply-threshold", "100") as srv:
+        admin = redis.Redis(port=srv.port)
+        q = JobQueue("rf", redis=srv.url)
+        source = f"from kitium_queue import JobQueue\nqueue = JobQueue('rf', redis={srv.url!r})\n"
+        try:
+            await q.add_job("n", {})
+            dash = create_dashboard(queues=[q], tokens=TOKENS, refresh_ms=0)
+
+            async def agree(module: str) -> dict[str, dict[str, Any]]:
+                r = await (await signed_in(dash, VIEWER)).get("/q/rf/server")
+                assert r.status_code == 200 and 'data-exit="4"' in r.text
+                code, out = await cli("health", f"{module}:queue", "--json")
+                assert code == 4
+                page = [(c["name"], c["ok"]) for c in checks_of(r.text)]
+                assert page == [(c["name"], c["ok"]) for c in json.loads(out)["checks"]]
+                return {c["name"]: c for c in checks_of(r.text)}
+
+            with app_module(tmp_path, source, "kq_dash_refusals") as module:
+                admin.config_set("min-replicas-to-write", 1)
+                by = await agree(module)
+                assert not by["writes"]["ok"] and "fewer replicas" in by["writes"]["detail"]
+                assert by["queue readable"]["ok"]  # reads go on
+                admin.config_set("min-replicas-to-write", 0)
+
+                script = (
+                    "local t = redis.call('TIME')[1] while redis.call('TIME')[1] - t < 60 do end"
+                )
+                runner = asyncio.create_task(
+                    asyncio.to_thread(_eval_until_killed, srv.port, script)
+                )
+                try:
+                    await asyncio.sleep(0.5)
+                    by = await agree(module)
+                    assert not by["writes"]["ok"] and "reads too" in by["writes"]["detail"]
+                    assert not by["queue readable"]["ok"]
+                finally:
+                    admin.execute_command("SCRIPT", "KILL")
+                    await runner
+            r = await (await signed_in(dash, VIEWER)).get("/q/rf/server")
+            assert 'data-exit="0"' in r.text
+        finally:
+            await q.close()
+            admin.close()
+
+
+def _eval_until_killed(port: int, script: str) -> None:
+    c = redis.Redis(port=port)
+    try:
+        c.eval(script, 0)
+    except redis.ResponseError as exc:
+        assert "killed" in str(exc).lower()
+    finally:
+        c.close()
+
+
 async def test_a_first_queue_that_refuses_the_server_fails_no_page(
     evicting: RedisServer,
 ) -> None:

@@ -120,6 +120,14 @@ def translate_error(
             "connection of the pool was in use: raise max_connections in redis= or run "
             "fewer calls at once"
         )
+    if isinstance(exc, RedisConnectionError) and "max number of clients" in cause:
+        return ConnectionUnavailableError(
+            f"{where} refused a new connection of queue {queue!r}: it has as many "
+            f"clients as its maxclients setting allows ({cause}); raise maxclients (CONFIG "
+            "SET maxclients, or in redis.conf), or open fewer connections (fewer "
+            "processes, or a lower max_connections in redis=). Connections already open "
+            "go on"
+        )
     if isinstance(exc, (RedisConnectionError, OSError)):
         return ConnectionUnavailableError(
             f"cannot reach {where} for queue {queue!r} ({cause}); check the redis= "

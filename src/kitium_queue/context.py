@@ -47,7 +47,7 @@ from .options import (
 )
 from .pools import ping
 from .scripts import ScriptCall, ScriptRegistry, permission_denied
-from .serverinfo import MissingRecords, check_eviction
+from .serverinfo import MissingRecords, check_eviction, write_refused_cause
 
 if TYPE_CHECKING:
     from .barrier import WriteBarrier
@@ -264,6 +264,9 @@ class QueueContext:
             raise
         except Exception as exc:
             await self._discard(client)
+            refused = write_refused_cause(exc)  # busy with a long script: reads refused too
+            if refused is not None:
+                raise refused from None
             # connection.error is the one place that turns redis-py's and the socket's
             # errors into the library's, saying what to check.
             wrapped = conn.error(exc, self.name, timeout_s=CONNECT_TIMEOUT_S)

@@ -15,11 +15,13 @@ Two things redis-py's plain pool does not do:
   Nothing has been sent on it yet: reconnecting is safe.
 
 And one thing redis-py's connections do not do: **take a write refusal as an answer.**
-A server whose last background save failed refuses writes *and* ``PING`` (``MISCONF``).
-redis-py checks a new connection, and one idle for ``health_check_interval``, with a
-``PING``, so every such connection raised redis-py's bare ``ResponseError``: a process
-started during a disk problem could not even read, and ``add_job`` failed with
-Redis's text instead of ``WriteRefusedError``. The connections of these pools
+A server whose last background save failed refuses writes *and* ``PING`` (``MISCONF``);
+one busy with another client's script past its ``busy-reply-threshold`` refuses every
+command (``BUSY``) until the script ends. redis-py checks a new connection, and one idle
+for ``health_check_interval``, with a ``PING``, so every such connection raised
+redis-py's bare ``ResponseError``: a process started during a disk problem could not
+even read, and ``add_job`` failed with Redis's text instead of ``WriteRefusedError``.
+The connections of these pools
 (``answering``) and ``ping`` below count that refusal as the server answering; the
 write itself is then refused, and reported, where it is made.
 """
@@ -185,8 +187,9 @@ def check_pool(pool: Any) -> None:
 def refuses_ping(exc: BaseException) -> bool:
     """Whether ``exc`` is a server's refusal of ``PING`` that still proves it answers:
     ``MISCONF`` (writes, and with them ``PING``, refused after a failed background
-    save)."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
+    save) or ``BUSY`` (every command refused while another client's script runs too
+    long)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith(("MISCONF", "BUSY"))
 
 
 async def ping(client: Any, timeout: float) -> ResponseError | None:
@@ -207,7 +210,7 @@ _ANSWERING: dict[type, type] = {}
 
 def answering(cls: type) -> type:
     """``cls`` (a redis-py connection class, asyncio or blocking) whose health-check
-    ``PING`` counts a ``MISCONF`` refusal as an answer (see the module's text). Classes
+    ``PING`` counts a ``MISCONF`` or ``BUSY`` refusal as an answer (see the module's text). Classes
     without redis-py's ``_send_ping`` are returned as they are."""
     if cls in _ANSWERING.values():
         return cls

@@ -43,7 +43,7 @@ from .parking import parked_count, parked_ids
 from .pools import ping
 from .records import JobDetail, decode_id, hash_reply, job_values, stored_status
 from .redact import redact_json_text
-from .serverinfo import MemoryReport, memory_report, ping_refusal
+from .serverinfo import MemoryReport, memory_report, ping_refusal, write_probe
 
 if TYPE_CHECKING:
     from .context import QueueContext
@@ -525,9 +525,9 @@ class Queries:
             t0 = loop.time()
             refused = await ping_refusal(client, CONNECT_TIMEOUT_S)  # MISCONF: answers
             latency = (loop.time() - t0) * 1000
+            refused = refused or await write_probe(client, ctx.keys.extra("write-probe"))
         except Exception as exc:
-            # The error may quote the connection (a redis-py message, a bad setting): it
-            # goes through the same redaction as ``backend`` (never the raw text).
+            # Redacted as ``backend`` is: a redis-py message may quote the connection.
             error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
             return HealthStatus(False, None, ctx.connection.describe(), error)
         memory = None  # on a Cluster, of the primary that holds the queue's slot (meta)

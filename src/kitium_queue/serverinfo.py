@@ -13,9 +13,10 @@
   (``QueueStats.missing_records``) and reported here, in a warning at most every
   ``MISSING_LOG_S`` seconds per queue and process, never per record.
 * ``write_refused``: the library's error for a write Redis refused as a server (out of
-  memory, a failed background save, a read-only replica): nothing of that call was
-  written, because Redis refuses a script before its first write and, once a script
-  wrote, lets it finish (the transitions stay whole).
+  memory, a failed background save, a read-only replica, too few replicas for
+  ``min-replicas-to-write``, or busy with another client's long script): nothing of
+  that call was written, because Redis refuses a script before its first write and,
+  once a script wrote, lets it finish (the transitions stay whole).
 
 Servers that do not answer ``INFO`` (an ACL user without ``+info``, some managed
 services) are not checked: the check is skipped with a log line, never a failure.
@@ -54,6 +55,7 @@ __all__ = [
     "ping_refusal",
     "refuses_writes",
     "server_checks",
+    "write_probe",
     "write_refused",
     "write_refused_cause",
 ]
@@ -123,6 +125,8 @@ async def _info(client: Any, section: str, key: str | None = None) -> dict[str, 
     try:
         got = await node_info(client, section, key)
     except (NoPermissionError, ResponseError) as exc:
+        if _refuses_reads(exc):  # busy: no answer yet, not a server without INFO
+            raise
         log.info(
             "Redis INFO %s not available (%s): server checks skipped", section, type(exc).__name__
         )
@@ -139,6 +143,8 @@ async def _policies(client: Any) -> dict[str, str] | None:
     try:
         per = await client.info("memory", target_nodes=client.get_primaries())
     except (NoPermissionError, ResponseError) as exc:
+        if _refuses_reads(exc):
+            raise
         log.info("Redis INFO memory not available (%s): server checks skipped", type(exc).__name__)
         return None
     if isinstance(per, dict) and "maxmemory_policy" in per:  # a single primary
@@ -226,8 +232,11 @@ async def memory_report(
     ``appendfsync`` and the ``save`` rules with ``CONFIG GET``, when the user may. On a
     Cluster, ``key`` (one of the queue's) picks the primary that holds the queue.
     """
-    mem = await _info(client, "memory", key)
-    per = await _info(client, "persistence", key)
+    try:
+        mem = await _info(client, "memory", key)
+        per = await _info(client, "persistence", key)
+    except ResponseError:  # busy: reads refused too (health_check's error says so)
+        return None
     if mem is None:
         return None
     parts = []
@@ -331,26 +340,49 @@ class MissingRecords:
         )
 
 
-#: Error replies of a server that refuses writes, and what to do about each.
+#: Error replies of a server that refuses writes, what each means, what to do about it,
+#: and whether reads go on meanwhile.
 _REFUSALS = (
     (
         "OOM",
         "Redis is out of memory (maxmemory reached with the noeviction policy)",
         "free memory (keep fewer finished jobs: remove_on_complete / remove_on_fail, "
         "replay or remove DLQ jobs) or raise maxmemory",
+        True,
     ),
     (
         "MISCONF",
         "Redis refuses writes because its last background save failed (MISCONF)",
         "fix the server's disk or persistence settings (see its log)",
+        True,
     ),
     (
         "READONLY",
         "the server is a read-only replica",
         "point the queue at the primary (or use redis+sentinel:// to follow failovers)",
+        True,
+    ),
+    (
+        "NOREPLICAS",
+        "Redis refuses writes because fewer replicas than its min-replicas-to-write are "
+        "connected (NOREPLICAS)",
+        "bring the replicas back (or lower min-replicas-to-write)",
+        True,
+    ),
+    (
+        "BUSY",
+        "Redis is busy running a script or function for longer than its "
+        "busy-reply-threshold (BUSY) and refuses every command, reads too",
+        "find the long script (the client running it, SLOWLOG GET once it ends) and end it "
+        "with SCRIPT KILL or FUNCTION KILL (possible while it has written nothing), or "
+        "wait for it",
+        False,
     ),
 )
 
+
+# A reply's leading code, whole ("BUSY" is not "BUSYGROUP"), with or without RESP's "-".
+_CODE = {code: re.compile(rf"-?{code}\b") for code, *_ in _REFUSALS}
 
 _PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.S)
 
@@ -417,9 +449,7 @@ def write_refused_cause(exc: BaseException) -> WriteRefusedError | None:
             break
         if isinstance(seen, WriteRefusedError):
             return seen
-        text = _PIPELINE_NOTE.sub("", str(seen), count=1)
-        if isinstance(seen, (OutOfMemoryError, ReadOnlyError)):  # redis-py took the code off
-            text = ("OOM " if isinstance(seen, OutOfMemoryError) else "READONLY ") + text
+        text = _reply_text(seen)
         got = write_refused(text) if isinstance(seen, RedisError) else None  # a reply, not any text
         if got is not None:
             return got
@@ -444,26 +474,61 @@ def answered_check(healthy: bool, error: str | None) -> str:
     return ANSWERED_ERRORS.get(error.split(":", 1)[0], "")
 
 
-async def ping_refusal(client: Any, timeout: float) -> str | None:
-    """``PING`` the server: None for ``PONG``; for a server that answers but refuses
-    writes, and with them ``PING`` (``MISCONF``: ``pools.ping``), what
-    ``write_refused`` says about it, after ``WriteRefusedError:`` (as
-    ``HealthStatus.error`` names errors). Other errors are raised."""
-    exc = await ping(client, timeout)
-    if exc is None:
-        return None
-    what, todo = _refusal(str(exc)) or ("Redis refuses writes", "see its log")
+def _reply_text(exc: BaseException) -> str:
+    """The error reply ``exc`` carries, with the leading code redis-py took off the
+    replies it has a class for, and without a pipeline's "Command # N" note."""
+    text = _PIPELINE_NOTE.sub("", str(exc), count=1)
+    if isinstance(exc, (OutOfMemoryError, ReadOnlyError)):
+        text = ("OOM " if isinstance(exc, OutOfMemoryError) else "READONLY ") + text
+    return text
+
+
+def _refuses_reads(exc: BaseException) -> bool:
+    """Whether ``exc`` is a refusal of every command, reads too (``BUSY``)."""
+    got = _refusal(_reply_text(exc))
+    return got is not None and not got[2]
+
+
+def _health_error(text: str) -> str:
+    """``HealthStatus.error`` for a server refusing writes with the reply ``text``."""
+    what, todo, reads = _refusal(text) or ("Redis refuses writes", "see its log", True)
     return (
         f"WriteRefusedError: {what}: new jobs, claims and outcomes are refused until it "
-        f"accepts writes again (reads go on). To go on: {todo}. Redis said: {str(exc)[:200]}"
+        f"accepts writes again{' (reads go on)' if reads else ''}. To go on: {todo}. "
+        f"Redis said: {text[:200]}"
     )
 
 
-def _refusal(text: str) -> tuple[str, str] | None:
-    """What the server's refusal ``text`` means and what to do about it, or None."""
-    for code, what, todo in _REFUSALS:
-        if text.startswith(code) or f" {code} " in text[:80] or text.startswith(f"-{code}"):
-            return what, todo
+async def ping_refusal(client: Any, timeout: float) -> str | None:
+    """``PING`` the server: None for ``PONG``; for a server that answers but refuses
+    writes, and with them ``PING`` (``MISCONF``, ``BUSY``: ``pools.ping``), what
+    ``write_refused`` says about it, after ``WriteRefusedError:`` (as
+    ``HealthStatus.error`` names errors). Other errors are raised."""
+    exc = await ping(client, timeout)
+    return None if exc is None else _health_error(str(exc))
+
+
+async def write_probe(client: Any, key: str) -> str | None:
+    """Whether the server takes writes now, asked with a write that writes nothing:
+    ``SET key "" XX`` on a key that never exists (``key``: the queue's
+    ``write-probe``). Redis refuses it as it refuses the queue's writes: out of memory,
+    unable to save, too few replicas for ``min-replicas-to-write``, a replica, busy.
+    Returns the ``HealthStatus.error`` of such a refusal, else None (other errors, e.g.
+    an ACL user without ``SET``, leave the question open)."""
+    try:
+        await client.set(key, b"", xx=True)
+    except RedisError as exc:
+        text = _reply_text(exc)
+        return _health_error(text) if _refusal(text) is not None else None
+    return None
+
+
+def _refusal(text: str) -> tuple[str, str, bool] | None:
+    """What the server's refusal ``text`` means, what to do about it and whether reads
+    go on, or None."""
+    for code, what, todo, reads in _REFUSALS:
+        if _CODE[code].match(text) or f" {code} " in text[:80]:
+            return what, todo, reads
     return None
 
 
@@ -473,6 +538,6 @@ def write_refused(text: str) -> WriteRefusedError | None:
     if got is None:
         return None
     return WriteRefusedError(
-        f"{got[0]}; nothing of this call was written (Redis refuses a script before its "
-        f"first write). To go on: {got[1]}, then try again. Redis said: {text[:300]}"
+        f"{got[0]}; nothing of this call was written (Redis refused it before its first "
+        f"write). To go on: {got[1]}, then try again. Redis said: {text[:300]}"
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from ..errors import WriteRefusedError
 from ..facade import MultiQueue
 from ..queries import QueueStats
 from ..serverinfo import answered_check, node_info, server_checks
@@ -164,6 +165,9 @@ def stats(
 
 
 # ---------------------------------------------------------------------- health
+READS_REFUSED = "Redis refuses reads too (see the writes check)"
+
+
 async def _role(client: Any, key: str) -> str | None:
     """The role of the server (on a Cluster, of the node that holds ``key``)."""
     try:
@@ -248,7 +252,8 @@ def health(
     0  healthy (liveness) / ready (readiness)
     3  Redis unreachable, refused the credentials or did not answer
     4  Redis answers but a key of the queue is damaged (holds another type) or
-       it refuses writes (its last background save failed: MISCONF);
+       it refuses writes (full, a failed background save, too few replicas,
+       busy with another client's long script);
        readiness only: a check failed (memory nearly full, an evicting
        maxmemory-policy, a replica, --max-latency or --max-dlq)
 
@@ -270,7 +275,10 @@ def health(
         if name:
             checks.append({"name": name, "ok": False, "detail": h.error})
         if (h.healthy or name == "writes") and probe == "readiness":
-            checks += await _readiness(q, max_memory, latency_ms, max_dlq)
+            try:
+                checks += await _readiness(q, max_memory, latency_ms, max_dlq)
+            except WriteRefusedError:  # busy with a long script: reads are refused too
+                checks.append({"name": "queue readable", "ok": False, "detail": READS_REFUSED})
         ready = answers and (probe == "liveness" or all(c["ok"] for c in checks))
         code = 0 if ready else EXIT_UNREACHABLE if not answers else EXIT_NOT_READY
         verdict = (

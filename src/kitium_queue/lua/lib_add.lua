@@ -33,14 +33,17 @@ local function add_job(id, name, data, opts, pri, delay, lifo, batch)
   pri = arg_int(pri, 0, 0, 65535)
   delay = arg_int(delay, 0, 0, MAX_MS)
   -- pcall: a damaged id counter fails its first INCR, the first write of a call's first
-  -- job (nothing was written): raised as KQ_DAMAGED_KEY, with the key.
+  -- job (nothing was written): raised as KQ_DAMAGED_KEY, with the key. Any other error
+  -- is the server refusing the write (OOM, MISCONF, NOREPLICAS; the counter may not
+  -- exist yet) and is raised as it is.
   local seq = redis.pcall('INCR', K_ID)
   if type(seq) == 'table' then
-    local t = redis.call('TYPE', K_ID)['ok']
-    if t ~= 'string' or string.find(seq.err, 'not an integer', 1, true) then
-      error(damaged_key(10, t))
+    local e = seq.err
+    if string.find(e, 'WRONGTYPE', 1, true) or string.find(e, 'not an integer', 1, true)
+        or string.find(e, 'overflow', 1, true) then
+      error(damaged_key(10, redis.call('TYPE', K_ID)['ok']))
     end
-    error(seq)  -- not damage (a full Redis refuses the first write: OOM)
+    error(seq)
   end
   if id == '' then
     -- Auto ids are sequence numbers, and a job hash may already sit at the next one: a
