@@ -26,6 +26,7 @@ from _redis import RedisServer
 from helpers import app_module, wait_until
 from kitium_queue import ConnectionUnavailableError, DamagedKeyError, JobQueue, WriteRefusedError
 from kitium_queue.cli import main as cli_main
+from kitium_queue.leader import OutageLog
 from kitium_queue.serverinfo import refuses_writes, write_refused
 
 pytestmark = pytest.mark.redis_only
@@ -294,3 +295,63 @@ async def test_a_server_at_its_maxclients_names_the_setting_and_open_connections
             for c in held:
                 c.close()
             await q.close()
+
+
+async def test_a_password_change_during_an_outage_is_said_once_with_what_to_check(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's connections are cut and the server now wants another password: the
+    worker says so once (not "unreachable" alone, not once per retry), and resumes once
+    the credentials work again."""
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    with RedisServer() as srv:
+        q = JobQueue("auth", redis=srv.url, prefix=prefix)
+        done: list[str] = []
+
+        @q.process("n")
+        async def n(job: Any) -> None:
+            done.append(job.id)
+
+        admin = redis.Redis.from_url(srv.url)
+        try:
+            await q.start()
+            first = await q.add_job("n", 1)
+            await wait_until(lambda: done == [first], 10)
+            admin.config_set("requirepass", "rotated")
+            admin.client_kill_filter(_type="normal", skipme=True)
+            await asyncio.sleep(2.5)  # the worker retries many times meanwhile
+            texts = [r.getMessage() for r in caplog.records]
+            assert len([t for t in texts if "Redis unreachable" in t]) == 1, texts
+            auth = [t for t in texts if "still no Redis" in t]
+            assert len(auth) == 1 and "refused the credentials" in auth[0], texts
+            assert "check the username and password" in auth[0]
+            admin.execute_command("AUTH", "rotated")
+            admin.config_set("requirepass", "")
+            later = JobQueue("auth", redis=srv.url, prefix=prefix)
+            try:
+                second = await later.add_job("n", 2)
+            finally:
+                await later.close()
+            await wait_until(lambda: done == [first, second], 15)
+            assert any("reachable again" in r.getMessage() for r in caplog.records)
+        finally:
+            admin.close()
+            await q.close()
+
+
+def test_a_leader_services_outage_log_says_a_new_cause_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    outage = OutageLog("leader service s")
+    outage.failed(redis.ConnectionError("Connection refused"))
+    for _ in range(5):
+        outage.failed(redis.AuthenticationError("invalid password"))
+        outage.failed(redis.ConnectionError("Connection refused"))
+    outage.ok()
+    texts = [r.getMessage() for r in caplog.records]
+    assert len(texts) == 3, texts
+    assert "Redis unreachable (ConnectionError" in texts[0]
+    assert "still no Redis, now: AuthenticationError" in texts[1]
+    assert "check the username and password" in texts[1]
+    assert "reachable again" in texts[2]

@@ -35,6 +35,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -45,7 +46,7 @@ from .serverinfo import refuses_writes, write_refused_cause
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["LeaderBody", "LeaderLease", "LeaderService", "every"]
+__all__ = ["LeaderBody", "LeaderLease", "LeaderService", "OutageCauses", "every"]
 
 log = get_logger(__name__)
 
@@ -60,6 +61,36 @@ NET_ERRORS: tuple[type[Exception], ...] = (
 LeaderBody = Callable[[int], Awaitable[Any]]
 
 
+class OutageCauses:
+    """What is said while Redis is unreachable: the first error, once, then each new kind
+    of error once per outage (the server back, but refusing the credentials after a
+    password change: said with what to check) -- never once per failed retry."""
+
+    def __init__(self, who: str, logger: Any, connection: Any = None, queue: str = "") -> None:
+        self.who, self.log, self.connection, self.queue = who, logger, connection, queue
+        self.kinds: set[str] = set()
+
+    def report(self, exc: BaseException, first: bool, held: int | None = None) -> None:
+        """``exc`` met during an outage; ``first``: it starts one."""
+        kind = type(exc).__name__
+        if first:
+            self.kinds = {kind}
+            text = exc if self.connection is None else self.connection.redact(exc)
+            then = "; retrying" if held is None else f"; holding {held} outcome(s), retrying"
+            self.log.warning("%s: Redis unreachable (%s: %s)%s", self.who, kind, text, then)
+        elif kind not in self.kinds:
+            self.kinds.add(kind)
+            self.log.warning("%s: still no Redis, now: %s", self.who, self._cause(exc))
+
+    def _cause(self, exc: BaseException) -> str:
+        wrapped = None if self.connection is None else self.connection.error(exc, self.queue)
+        if wrapped is not None:  # says where, what happened and what to check
+            return str(wrapped)
+        if isinstance(exc, AuthenticationError):
+            return f"{type(exc).__name__}: {exc}; check the username and password in redis="
+        return f"{type(exc).__name__}: {exc}"
+
+
 class OutageLog:
     """Logs an outage once when it starts and once when it ends, as the worker does, and
     paces retries (``pause``: exponential backoff from 50 ms to 1 s). An outage is Redis
@@ -71,8 +102,11 @@ class OutageLog:
         self.down = False
         self.backoff = 0.05
         self._back = "Redis is reachable again"
+        self._causes = OutageCauses(what, log)
 
     def failed(self, exc: BaseException) -> None:
+        if self.down and self._back == "Redis is reachable again" and isinstance(exc, NET_ERRORS):
+            self._causes.report(exc, first=False)
         if not self.down:
             self.down = True
             refused = write_refused_cause(exc)
@@ -81,9 +115,7 @@ class OutageLog:
                 log.warning("%s: %s; retrying", self.what, refused)
             elif isinstance(exc, NET_ERRORS):
                 self._back = "Redis is reachable again"
-                log.warning(
-                    "%s: Redis unreachable (%s: %s); retrying", self.what, type(exc).__name__, exc
-                )
+                self._causes.report(exc, first=True)
             else:
                 self._back = "working again"
                 log.error("%s failed; retrying", self.what, exc_info=exc)

@@ -64,6 +64,7 @@ from redis.exceptions import ResponseError
 from .barrier import UnconfirmedOutcomes
 from .connection import TRANSIENT_ERRORS
 from .features.batches import BatchProcessor
+from .leader import OutageCauses
 from .leases import Drained, Leases, SharedSlots
 from .limits import get_logger, safe_text
 from .options import MAX_CONCURRENCY, to_int
@@ -140,6 +141,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._pumps: list[asyncio.Task[None]] = []
         self._outage = False
+        self._causes = OutageCauses(f"worker {self.id}", log, queue.connection, queue.name)
         self._claim_args: list[Any] = []
         self._claiming = 0  # slots asked for by the claims in flight
         self._unconfirmed = UnconfirmedOutcomes(self.id, queue.name, queue.hooks)
@@ -434,15 +436,9 @@ class Worker:
 
     def _report_outage(self, exc: BaseException) -> None:
         self._drained.clear()  # what the last claim saw may no longer hold
+        self._causes.report(exc, not self._outage, self._held())
         if not self._outage:
             self._outage = True
-            log.warning(
-                "worker %s: Redis unreachable (%s: %s); holding %d outcome(s), retrying",
-                self.id,
-                type(exc).__name__,
-                self.queue.connection.redact(exc),
-                self._held(),
-            )
             if self.hooks.queue_error:
                 self.hooks.emit_queue_error(self.queue.name, exc)
 
