@@ -308,6 +308,41 @@ class LocalCluster:
         """``CLUSTER FAILOVER`` on ``replica``: a coordinated switch, no write lost."""
         self._cmd(replica, "CLUSTER", "FAILOVER")
 
+    def migrate_slot(
+        self, slot: int, to: RedisServer, *, batch: int = 20, pause: float = 0.0
+    ) -> int:
+        """Move ``slot`` to the master ``to`` as ``redis-cli --cluster reshard`` does:
+        IMPORTING / MIGRATING, ``MIGRATE`` its keys ``batch`` at a time (``pause`` s
+        between batches: a large slot's keys take a while), then the slot's new owner
+        told to every master. Returns the number of keys moved."""
+        src = self.master_for_slot(slot)
+        if src is to:
+            return 0
+
+        def node_id(node: RedisServer) -> str:
+            got = self._cmd(node, "CLUSTER", "MYID")
+            return got.decode() if isinstance(got, bytes) else str(got)
+
+        src_id, dst_id = node_id(src), node_id(to)
+        self._cmd(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        self._cmd(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        c = self.client(src)
+        moved = 0
+        try:
+            while True:
+                keys = c.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+                if not keys:
+                    break
+                c.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+                if pause:
+                    time.sleep(pause)
+        finally:
+            c.close()
+        for node in (to, src, *[m for m in self.masters() if m is not to and m is not src]):
+            self._cmd(node, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        return moved
+
     def wait_master_change(self, old: RedisServer, slot: int, timeout: float = 20.0) -> RedisServer:
         """Wait until ``slot`` is served by a master other than ``old``; return it."""
         result: list[RedisServer] = []

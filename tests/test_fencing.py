@@ -19,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from helpers import wait_until
 from kitium_queue import JobQueue, JobStatus
 from workers.harness import Engine, WorkerPool, read_log, starts, wait_for
 
@@ -291,3 +292,60 @@ async def test_job_that_keeps_killing_its_worker_is_dead_lettered(
     ]
     dlq = [e for e in events if e["e"] == "job-dlq" and e["id"] == jid]
     assert len(dlq) == 1 and "stalled" in dlq[0]["reason"]
+
+
+async def test_an_outcome_from_before_a_lost_dataset_never_lands_on_a_new_job(
+    redis_url: str, prefix: str
+) -> None:
+    """Redis loses the queue's keys (FLUSHALL, a restart without persistence, a failover
+    to an empty replica) while a worker runs job 1. Auto ids start again at 1, so a new
+    job takes the same id; the lease counter starts again too, and the old worker's
+    token must still not match the new job's lease: its outcome is refused, and the new
+    job's own outcome is the one recorded."""
+    gate, later = asyncio.Event(), asyncio.Event()
+    runs: list[tuple[str, str, object]] = []
+    old_worker = JobQueue("reset", redis=redis_url, prefix=prefix, worker={"concurrency": 1})
+    new_worker = JobQueue("reset", redis=redis_url, prefix=prefix, worker={"concurrency": 1})
+
+    @old_worker.process("n")
+    async def old_run(job: object) -> dict[str, str]:
+        runs.append(("old", job.id, job.data))  # type: ignore[attr-defined]
+        await gate.wait()
+        return {"by": "old"}
+
+    @new_worker.process("n")
+    async def new_run(job: object) -> dict[str, str]:
+        runs.append(("new", job.id, job.data))  # type: ignore[attr-defined]
+        await later.wait()
+        return {"by": "new"}
+
+    try:
+        old_id = await old_worker.add_job("n", {"before": True})
+        await old_worker.start()
+        await wait_until(lambda: len(runs) == 1, 10)
+        client = await old_worker.client()
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        await client.delete(*keys)  # the dataset is gone; the old worker still runs job 1
+        new_id = await new_worker.add_job("n", {"after": True})
+        assert new_id == old_id  # auto ids started again
+        await new_worker.start()
+        await wait_until(lambda: len(runs) == 2, 10)
+        gate.set()  # the old run ends: its outcome is sent with its old token
+        await asyncio.sleep(0.5)
+        info = await new_worker.get_job_status(new_id)
+        assert info is not None and info.status is JobStatus.ACTIVE and info.result is None
+        later.set()
+        await wait_until(lambda: _done(new_worker, new_id), 10)
+        info = await new_worker.get_job_status(new_id)
+        assert info is not None and info.result == {"by": "new"}
+        assert info.data == {"after": True}
+    finally:
+        gate.set()
+        later.set()
+        await old_worker.close()
+        await new_worker.close()
+
+
+async def _done(q: JobQueue, job_id: str) -> bool:
+    info = await q.get_job_status(job_id)
+    return info is not None and info.status is JobStatus.COMPLETED

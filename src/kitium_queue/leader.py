@@ -76,8 +76,9 @@ class OutageCauses:
         if first:
             self.kinds = {kind}
             text = exc if self.connection is None else self.connection.redact(exc)
+            cause = self._cause(exc) if isinstance(exc, AuthenticationError) else f"{kind}: {text}"
             then = "; retrying" if held is None else f"; holding {held} outcome(s), retrying"
-            self.log.warning("%s: Redis unreachable (%s: %s)%s", self.who, kind, text, then)
+            self.log.warning("%s: Redis unreachable (%s)%s", self.who, cause, then)
         elif kind not in self.kinds:
             self.kinds.add(kind)
             self.log.warning("%s: still no Redis, now: %s", self.who, self._cause(exc))

@@ -186,6 +186,17 @@ if want > 0 then
       else
         if token == 0 then
           token = redis.call('INCR', K_LEASE)
+          if token == 1 then
+            -- The counter did not exist: a new queue, or a dataset lost (FLUSHALL, a
+            -- restart without persistence, a failover to an empty replica) while
+            -- workers may still hold jobs under tokens of before, and auto ids start
+            -- again at 1. Start above every token issued before: NOW in units of 10 µs
+            -- (a claim costs Redis more than that, so the counter never outruns it; 15
+            -- digits, what check_keys takes for a counter, until the year 2286). An old
+            -- outcome can never match a new job that took the same id.
+            token = NOW * 100 + 1
+            redis.call('SET', K_LEASE, int(token))
+          end
           token_s = int(token)
         end
         local att = num(f[7]) + 1
