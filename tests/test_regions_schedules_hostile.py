@@ -48,7 +48,7 @@ async def _scheduler(q: JobQueue) -> Scheduler:
 
 async def _fired(q: JobQueue, sid: str) -> list[str]:
     client = await q.client()
-    return sorted([k.decode() async for k in client.scan_iter(q.keys.job(f"sched:{sid}:*"))])
+    return sorted({k.decode() async for k in client.scan_iter(q.keys.job(f"sched:{sid}:*"))})
 
 
 async def _two(q: JobQueue) -> None:

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import ClusterError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .damage import explain_damage
 from .errors import ConfigurationError, PermissionDeniedError, error_from_script
 from .pools import waiters_of
 from .replies import ReplyChannel, ReplyTimeout, channel_for, release_channel
-from .serverinfo import write_refused
+from .serverinfo import reply_text, write_refused
 from .slots import GENERATED, SLOTS, SlotTable
 
 __all__ = [
@@ -262,9 +262,9 @@ class ScriptRegistry:
                         raise reply
                     return reply
                 return await client.execute_command("EVAL", s.source, len(keys), *keys, *args)
-            except ResponseError as exc:
+            except (ResponseError, ClusterError) as exc:
                 raise await explain_damage(client, keys, translate_error(exc)) from exc
-        except ResponseError as exc:
+        except (ResponseError, ClusterError) as exc:
             raise await explain_damage(client, keys, translate_error(exc)) from exc
 
     async def pipeline(self, client: Any, calls: Sequence[Call]) -> list[Any]:
@@ -299,7 +299,7 @@ class ScriptRegistry:
             again = list(await pipe.execute(raise_on_error=False))
             for i, r in zip(missing + raw, again, strict=True):
                 results[i] = r
-        return [translate_error(r) if isinstance(r, ResponseError) else r for r in results]
+        return [translate_error(r) if isinstance(r, _REPLY_ERRORS) else r for r in results]
 
     def fusable(self, client: Any) -> bool:
         """Whether ``after_block`` can send its two commands in one exchange on
@@ -336,7 +336,10 @@ class ScriptRegistry:
                 continue
             s = self.get(c.script)
             pipe.execute_command("EVALSHA", s.sha, len(c.keys), *c.keys, *c.args)
-        return list(await pipe.execute(raise_on_error=False))
+        try:
+            return list(await pipe.execute(raise_on_error=False))
+        except ClusterError as exc:  # a Cluster's redirections ran out: a slot moving
+            raise translate_error(exc) from exc
 
     async def _run_packed(self, client: Any, calls: Sequence[Call]) -> list[Any]:
         # The hot path of every worker: pack the RESP commands ourselves (the script
@@ -554,19 +557,15 @@ def _is_plain_redis(client: Any) -> bool:
 
 
 _PLAIN: dict[type, bool] = {}
+# Error replies a call's result may be (a Cluster's: its redirections ran out).
+_REPLY_ERRORS = (ResponseError, ClusterError)
 
 
-def translate_error(exc: ResponseError) -> Exception:
+def translate_error(exc: ResponseError | ClusterError) -> Exception:
     """The library's error for an error reply of a script call (``KQ_*`` codes, refused
     writes, ACL refusals), or ``exc`` itself."""
     text = str(exc)
-    # redis-py strips the code of the replies it has a class for.
-    code = (
-        "OOM "
-        if isinstance(exc, OutOfMemoryError)
-        else ("READONLY " if isinstance(exc, ReadOnlyError) else "")
-    )
-    refused = write_refused(code + text)
+    refused = write_refused(reply_text(exc))  # with the code redis-py strips put back
     if refused is not None:
         return refused
     # Redis wraps script errors: "... KQ_CODE detail ..." may carry a script prefix.

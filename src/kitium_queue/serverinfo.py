@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import (
+    ClusterError,
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 
 from .errors import ConfigurationError, WriteRefusedError
@@ -54,6 +56,7 @@ __all__ = [
     "node_info",
     "ping_refusal",
     "refuses_writes",
+    "reply_text",
     "server_checks",
     "write_probe",
     "write_refused",
@@ -370,6 +373,14 @@ _REFUSALS = (
         True,
     ),
     (
+        "TRYAGAIN",
+        "the queue's hash slot is moving between Redis Cluster nodes (resharding): calls "
+        "on several of its keys are refused until all of them are on one node (TRYAGAIN)",
+        "wait for the slot's migration to end (redis-cli --cluster reshard / rebalance; "
+        "a queue with many jobs takes longer to move)",
+        True,
+    ),
+    (
         "BUSY",
         "Redis is busy running a script or function for longer than its "
         "busy-reply-threshold (BUSY) and refuses every command, reads too",
@@ -449,7 +460,7 @@ def write_refused_cause(exc: BaseException) -> WriteRefusedError | None:
             break
         if isinstance(seen, WriteRefusedError):
             return seen
-        text = _reply_text(seen)
+        text = reply_text(seen)
         got = write_refused(text) if isinstance(seen, RedisError) else None  # a reply, not any text
         if got is not None:
             return got
@@ -474,18 +485,22 @@ def answered_check(healthy: bool, error: str | None) -> str:
     return ANSWERED_ERRORS.get(error.split(":", 1)[0], "")
 
 
-def _reply_text(exc: BaseException) -> str:
+def reply_text(exc: BaseException) -> str:
     """The error reply ``exc`` carries, with the leading code redis-py took off the
     replies it has a class for, and without a pipeline's "Command # N" note."""
     text = _PIPELINE_NOTE.sub("", str(exc), count=1)
     if isinstance(exc, (OutOfMemoryError, ReadOnlyError)):
         text = ("OOM " if isinstance(exc, OutOfMemoryError) else "READONLY ") + text
+    elif isinstance(exc, TryAgainError) or (
+        type(exc) is ClusterError and text.startswith("TTL exhausted")
+    ):  # redis-py's Cluster client gave up its redirections: nothing of the call ran
+        text = "TRYAGAIN " + text
     return text
 
 
 def _refuses_reads(exc: BaseException) -> bool:
     """Whether ``exc`` is a refusal of every command, reads too (``BUSY``)."""
-    got = _refusal(_reply_text(exc))
+    got = _refusal(reply_text(exc))
     return got is not None and not got[2]
 
 
@@ -518,7 +533,7 @@ async def write_probe(client: Any, key: str) -> str | None:
     try:
         await client.set(key, b"", xx=True)
     except RedisError as exc:
-        text = _reply_text(exc)
+        text = reply_text(exc)
         return _health_error(text) if _refusal(text) is not None else None
     return None
 

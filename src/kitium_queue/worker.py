@@ -384,16 +384,17 @@ class Worker:
             await asyncio.sleep(backoff)
             return min(backoff * 2, 1.0)
         # Not a lost connection (a refused SCRIPT LOAD, an ACL change): say so loudly
-        # every time.
+        # every time; a server refusing writes (a Cluster slot moving) at a bounded rate.
         q = self.queue
-        log.error(
-            "worker %s: claim/finish round on queue %s failed (%s: %s); retrying in %.2f s",
-            self.id,
-            q.name,
-            type(exc).__name__,
-            q.connection.redact(exc),
-            backoff,
-        )
+        if not q.ctx.damaged.failed(exc):
+            log.error(
+                "worker %s: claim/finish round on queue %s failed (%s: %s); retrying in %.2f s",
+                self.id,
+                q.name,
+                type(exc).__name__,
+                q.connection.redact(exc),
+                backoff,
+            )
         if self.hooks.queue_error:
             self.hooks.emit_queue_error(q.name, exc)
         await asyncio.sleep(backoff)
