@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from redis.exceptions import ResponseError
 
 from _redis import RedisServer
-from helpers import app_module, wait_until
+from helpers import app_module, wait_replica_online, wait_until
 from kitium_queue import ConnectionUnavailableError, DamagedKeyError, JobQueue, WriteRefusedError
 from kitium_queue.cli import main as cli_main
 from kitium_queue.leader import OutageLog
@@ -369,3 +369,24 @@ def test_an_outage_that_starts_with_refused_credentials_says_what_to_check(
     texts = [r.getMessage() for r in caplog.records]
     assert len(texts) == 1 and "Redis unreachable (AuthenticationError" in texts[0]
     assert "check the username and password" in texts[0]
+
+
+async def test_a_queue_pointed_at_a_replica_is_unhealthy_and_says_where_to_point_it() -> None:
+    """A replica answers PING and reads: only a write tells it is no primary."""
+    primary = RedisServer().start()
+    replica = RedisServer(
+        "--replicaof", "127.0.0.1", str(primary.port), "--repl-diskless-sync-delay", "0"
+    ).start()
+    q = JobQueue("on-replica", redis=replica.url)
+    try:
+        await asyncio.to_thread(wait_replica_online, primary.port, replica.port)
+        health = await q.health_check()
+        assert not health.healthy and health.redis_latency_ms is not None
+        assert "read-only replica" in (health.error or "")
+        assert "point the queue at the primary" in (health.error or "")
+        with pytest.raises(WriteRefusedError, match="read-only replica"):
+            await q.add_job("n", 1)
+    finally:
+        await q.close()
+        replica.close()
+        primary.close()
