@@ -799,12 +799,22 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         pytest.skip("openssl CLI not found")
     d = tmp_path_factory.mktemp("tls")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    # The extensions Python 3.13's default (VERIFY_X509_STRICT) asks for: a CA's key
+    # usage, and a server certificate's key identifiers and usages.
     for name in ("ca", "other-ca"):
         _openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.crt",
-                 "-days", "2", "-subj", f"/CN=kitium-queue test {name}", cwd=d)  # fmt: skip
+                 "-days", "2", "-subj", f"/CN=kitium-queue test {name}",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)  # fmt: skip
     _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
              cwd=d)  # fmt: skip
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "san.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid:always\n"
+    )
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
              "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
              cwd=d)  # fmt: skip

@@ -437,7 +437,7 @@ class ConnectionFactory:
             from fakeredis import aioredis as fake
 
             memory = fake.FakeRedis(server=_memory_server(self.memory_name))
-            check_pool(memory.connection_pool)
+            check_pool(memory.connection_pool, in_memory=True)
             return memory
         extra: dict[str, Any] = {}
         if blocking:

@@ -169,19 +169,42 @@ class CheckedSentinelPool(_WaitsAndChecks, SentinelConnectionPool):
     """``CheckedPool``'s behaviour for the primary of a Sentinel service."""
 
 
-def check_pool(pool: Any) -> None:
+def check_pool(pool: Any, *, in_memory: bool = False) -> None:
     """Give redis-py's plain pool (of a client built here or passed in) what
     ``CheckedPool`` adds, for every use of the client. Other pools (a
     ``BlockingConnectionPool`` already waits) are left as they are. Every pool's new
     connections, the blocking pools' too, take a write refusal to their health check
-    as an answer (``answering``)."""
+    as an answer (``answering``); ``in_memory`` ones (``memory://``) also give the
+    event loop its turn at each reply (``yielding``)."""
     if type(pool) is aioredis.ConnectionPool:
         pool.__class__ = CheckedPool
     elif type(pool) is SentinelConnectionPool:
         pool.__class__ = CheckedSentinelPool
     cls = getattr(pool, "connection_class", None)
     if isinstance(cls, type):
-        pool.connection_class = answering(cls)
+        pool.connection_class = answering(yielding(cls) if in_memory else cls)
+
+
+_YIELDING: dict[type, type] = {}
+
+
+def yielding(cls: type) -> type:
+    """``cls`` (the ``memory://`` backend's asyncio connection class) whose
+    ``read_response`` first gives the event loop a turn, as reading a socket does. An
+    in-memory reply is there at once, so on Python 3.13 a loop of awaited calls (a
+    producer adding jobs one by one) never suspended, and starved every other task of
+    its loop: the worker, its lease renewals, a region's lease."""
+    made = _YIELDING.get(cls)
+    if made is None:
+        read = cls.read_response  # type: ignore[attr-defined]
+
+        async def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0)
+            return await read(self, *args, **kwargs)
+
+        made = type(cls.__name__, (cls,), {"read_response": read_response, "__module__": __name__})
+        _YIELDING[cls] = made
+    return made
 
 
 def refuses_ping(exc: BaseException) -> bool:

@@ -36,6 +36,8 @@ _HEAD_TIMEOUT_S = 10.0
 _WRITE_TIMEOUT_S = 30.0
 #: Most connections served at once (beyond: 503 at once).
 _MAX_CLIENTS = 16
+#: How long a connection beyond them may take to send its request before its 503.
+_SHED_READ_S = 1.0
 
 
 class PrometheusExporter:
@@ -150,6 +152,10 @@ class MetricsServer:
         self._clients += 1
         try:
             if self._clients > _MAX_CLIENTS:
+                # Read the request first (briefly): a socket closed with unread data
+                # sends a reset, which can destroy the answer before the client reads it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(_read_head(reader), _SHED_READ_S)
                 await self._reply(writer, 503, b"too many scrapes at once\n", "text/plain")
                 return
             head = await asyncio.wait_for(_read_head(reader), _HEAD_TIMEOUT_S)
