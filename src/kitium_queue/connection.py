@@ -3,6 +3,7 @@ server, Redis Cluster, or a primary found through Sentinel."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     OSError,
+    asyncio.TimeoutError,  # not an OSError before Python 3.11
     ClusterDownError,
     TryAgainError,
     ReadOnlyError,

@@ -7,6 +7,7 @@ a ``ConnectionUnavailableError``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +44,11 @@ def missing_tls_files(options: Mapping[str, Any]) -> list[str]:
     except Exception:  # only to word a message
         return []
     return out
+
+
+# A timeout: redis-py's, the builtin's, and asyncio's (a class of its own before Python
+# 3.11, where it is neither TimeoutError nor an OSError).
+_TIMEOUTS = (RedisTimeoutError, TimeoutError, asyncio.TimeoutError)
 
 
 def translate_error(
@@ -101,13 +107,13 @@ def translate_error(
             f"{cause}); check the "
             "node addresses in redis= and that the cluster is running"
         )
-    if isinstance(exc, (RedisTimeoutError, TimeoutError)) and "connecting" in cause:
+    if isinstance(exc, _TIMEOUTS) and "connecting" in cause:
         return ConnectionUnavailableError(
             f"{where} did not accept the connection in time (queue {queue!r}: "
             f"{cause}); check the host and port in redis=, a firewall that drops "
             "packets, and socket_connect_timeout"
         )
-    if isinstance(exc, (RedisTimeoutError, TimeoutError)):
+    if isinstance(exc, _TIMEOUTS):
         within = f" within {timeout_s:g} s" if timeout_s and cause == "TimeoutError" else ""
         return ConnectionUnavailableError(
             f"{where} accepted the connection but did not answer{within} (queue "
@@ -128,7 +134,7 @@ def translate_error(
             "processes, or a lower max_connections in redis=). Connections already open "
             "go on"
         )
-    if isinstance(exc, (RedisConnectionError, OSError)):
+    if isinstance(exc, (RedisConnectionError, OSError, asyncio.TimeoutError)):
         return ConnectionUnavailableError(
             f"cannot reach {where} for queue {queue!r} ({cause}); check the redis= "
             "setting and that the server is running"

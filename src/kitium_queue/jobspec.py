@@ -531,16 +531,19 @@ def name_item(i: int, exc: BaseException) -> None:
 
     A library error whose message is its one argument gets it as a prefix (``add_jobs
     item 637: ...``), in place, so its type, attributes and traceback stay; any other
-    exception (from a middleware) gets a note (Python 3.11+).
+    exception (from a middleware) gets a note (on Python 3.10, which has no notes, the
+    prefix when its message is its one argument).
     """
     head = f"add_jobs item {i}"
     args = exc.args
-    if isinstance(exc, KitiumQueueError) and len(args) == 1 and isinstance(args[0], str):
-        if str(exc) == args[0] and not args[0].startswith(head):
+    add_note = getattr(exc, "add_note", None)
+    # Python 3.10 has no notes: any exception's one-text message takes the prefix too.
+    prefix = isinstance(exc, KitiumQueueError) or add_note is None
+    if prefix and len(args) == 1 and isinstance(args[0], str) and str(exc) == args[0]:
+        if not args[0].startswith(head):
             exc.args = (f"{head}: {args[0]}",)
         return
-    add_note = getattr(exc, "add_note", None)
-    if add_note is not None:
+    if add_note is not None and not isinstance(exc, KitiumQueueError):
         add_note(f"(raised for {head})")
 
 

@@ -578,9 +578,9 @@ class Queries:
                     shown_ = _redacted_json(self.ctx, ev.fields["progress"])
                     ev = StreamEvent(ev.id, ev.event, ev.job_id, {**ev.fields, "progress": shown_})
                 yield ev
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             # Unreachable, or went away while we read: the library's error, saying what
-            # to check (asyncio's TimeoutError is an OSError).
+            # to check (asyncio's TimeoutError, an OSError from Python 3.11 on).
             wrapped = conn.error(exc, self.ctx.name, timeout_s=deadline)
             if wrapped is None:
                 raise

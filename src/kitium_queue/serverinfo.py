@@ -395,7 +395,8 @@ _REFUSALS = (
 # A reply's leading code, whole ("BUSY" is not "BUSYGROUP"), with or without RESP's "-".
 _CODE = {code: re.compile(rf"-?{code}\b") for code, *_ in _REFUSALS}
 
-_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.S)
+# redis-py 8.1 quotes the error's args tuple there: 'caused error: ("MISCONF ...",)'.
+_PIPELINE_NOTE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: (?:\(['\"])?", re.S)
 
 
 def refuses_writes(exc: BaseException) -> bool:

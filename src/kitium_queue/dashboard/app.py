@@ -29,7 +29,6 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from starlette.applications import Starlette
-from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -63,9 +62,11 @@ def _here(request: Request) -> str:
     # which is kept here with such bytes percent-encoded.
     raw = request.scope.get("query_string", b"")
     query = quote(raw, safe="&=%+;,/?:@!$'()*~") if raw else ""
-    return str(URL(scope={**request.scope, "query_string": b""}).path) + (
-        "?" + query if query else ""
-    )
+    # The path escaped here, not by starlette's URL: older versions of it left "?" and "#"
+    # as they are, so a queue named "a#b" lost "#b" in a redirect back here.
+    path = str(request.scope.get("path") or "/")
+    path = path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    return path + ("?" + query if query else "")
 
 
 class Dashboard:

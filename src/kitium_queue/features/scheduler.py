@@ -55,7 +55,7 @@ LAG_EVENT = "schedule-lag"
 
 log = get_logger(__name__)
 
-_NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_NET_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _MAX_IDLE_S = 30.0
 _NO_FEED_IDLE_S = 1.0
 _BATCH = 100

@@ -148,7 +148,10 @@ def parse_time(value: str | None, what: str) -> int | None:
     if text.isascii() and text.isdigit() and len(text) <= 15:
         return int(text)
     try:
-        when = datetime.fromisoformat(text[:64])
+        iso = text[:64]
+        if iso[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat takes no "Z"
+            iso = iso[:-1] + "+00:00"
+        when = datetime.fromisoformat(iso)
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
         ms = int(when.timestamp() * 1000)
