@@ -123,7 +123,16 @@ dnf) was found; install Chromium so that 'chromium' is on PATH"
 # Python interpreter used to create the virtualenv (override with KQ_PYTHON).
 kq_base_python() {
     local candidate
-    for candidate in "${KQ_PYTHON:-}" python3 python3.13 python3.12 python3.11 python3.10; do
+    if [ -n "${KQ_PYTHON:-}" ]; then
+        # Asked for by name: that one, or a clear stop (never another one silently).
+        if command -v "$KQ_PYTHON" >/dev/null 2>&1 \
+            && "$KQ_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+            command -v "$KQ_PYTHON"
+            return 0
+        fi
+        kq_die "KQ_PYTHON=$KQ_PYTHON is not a working Python >= 3.10 (give its full path)"
+    fi
+    for candidate in python3 python3.13 python3.12 python3.11 python3.10; do
         [ -n "$candidate" ] || continue
         if command -v "$candidate" >/dev/null 2>&1 \
             && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
