@@ -199,8 +199,12 @@ def yielding(cls: type) -> type:
         read = cls.read_response  # type: ignore[attr-defined]
 
         async def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+            # After the reply is taken, never before: a call cancelled at this turn
+            # leaves its connection in step (a reply left unread would be the next
+            # command's answer).
+            response = await read(self, *args, **kwargs)
             await asyncio.sleep(0)
-            return await read(self, *args, **kwargs)
+            return response
 
         made = type(cls.__name__, (cls,), {"read_response": read_response, "__module__": __name__})
         _YIELDING[cls] = made
