@@ -769,7 +769,9 @@ async def test_cancel_a_running_job(make_queue: QueueFactory, dlq_enabled: bool)
     # Recorded as a final failure (no retry): failed, or dead-lettered when the DLQ is on.
     final = JobStatus.DLQ if dlq_enabled else JobStatus.FAILED
     info = await wait_for_status(q, jid, final, timeout=3)
-    assert time.monotonic() - t0 < 1.0, "stopped at the next renewal (every 150 ms)"
+    # Stopped at the next renewal (every 150 ms), not after its 30 s of work: the bound
+    # leaves room for a loaded machine (1.2 s was seen in a full run on 2 busy cores).
+    assert time.monotonic() - t0 < 5.0, "stopped at the next renewal (every 150 ms)"
     assert interrupted.is_set()
     assert info.failed_reason and "cancelled" in info.failed_reason
     assert info.attempts == 1
