@@ -7,6 +7,8 @@
 * ``EventLog``: records in-process events (``queue.on``) with their monotonic time.
 * ``app_module(folder, source)``: an importable module written from ``source``, for CLI
   ``APP`` arguments (``module:queue``); forgotten again afterwards.
+* ``health_cli(tmp_path, url, name)``: ``kitium-queue health --json`` on a queue: exit
+  code and report.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import sys
 import tempfile
 import time
@@ -49,6 +52,24 @@ def app_module(folder: Path, source: str, stem: str = "kq_app") -> Iterator[str]
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop(module, None)
+
+
+async def health_cli(tmp_path: Path, url: str, name: str, prefix: str = "kq") -> tuple[int, Any]:
+    """Run ``kitium-queue health --json`` on a queue ``name`` at ``url`` (in a thread,
+    from an app module written to ``tmp_path``): its exit code and its JSON report."""
+    from click.testing import CliRunner
+
+    from kitium_queue.cli import main as cli_main
+
+    source = (
+        "from kitium_queue import JobQueue\n"
+        f"queue = JobQueue({name!r}, redis={url!r}, prefix={prefix!r})\n"
+    )
+    with app_module(tmp_path, source, f"kq_{name}") as module:
+        got = await asyncio.to_thread(
+            CliRunner().invoke, cli_main, ["health", f"{module}:queue", "--json"]
+        )
+    return got.exit_code, json.loads(got.stdout)
 
 
 async def wait_until(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import json
 import logging
 import pickle
 import re
@@ -51,7 +52,7 @@ import redis.asyncio
 
 import kitium_queue
 from _redis import _LIVE, RedisServer, RedisServerError
-from helpers import wait_until
+from helpers import health_cli, wait_until
 from kitium_queue import (
     ConfigurationError,
     ConnectionUnavailableError,
@@ -716,6 +717,46 @@ async def test_acl_user_that_cannot_load_scripts_gets_a_clear_error_at_connect(
             await q.add_job("j", {})
         text = _assert_permission_error(info.value)
         assert "script" in text
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no evalsha", "other keys"],
+)
+async def test_health_check_fails_for_a_user_that_may_not_run_the_queues_scripts(
+    auth_server: AuthServer, acl_user: Callable[..., str], tmp_path: Path, case: str
+) -> None:
+    """PING, INFO and the write probe answer for such a user, but every add, claim and
+    outcome is a script it may not run: health says so (the CLI: the check
+    ``permissions`` fails, exit 4), where it used to say healthy."""
+    if case == "no evalsha":
+        user = acl_user(*(r for r in CORE_ACL_RULES if r != "+evalsha"))
+    else:
+        user = acl_user("~other:*", "+@all", "-@dangerous", "+info")
+    async with _queue("myq", redis=auth_server.url(user)) as q:
+        with pytest.raises(PermissionDeniedError):
+            await q.add_job("j", {})
+        health = await q.health_check()
+        assert not health.healthy and health.redis_latency_ms is not None
+        error = health.error or ""
+        assert error.startswith("PermissionDeniedError: the Redis user may not run"), error
+        assert "kitium-queue acl redis-rules" in error and PASSWORD not in error
+    code, report = await health_cli(tmp_path, auth_server.url(user), "myq")
+    assert code == 4, report
+    assert [c["name"] for c in report["checks"]] == ["permissions"], report
+    assert report["verdict"] == "not ready" and PASSWORD not in json.dumps(report)
+
+
+async def test_health_check_of_the_documented_minimal_user_is_healthy(
+    auth_server: AuthServer, acl_user: Callable[..., str]
+) -> None:
+    """The probes themselves (SET ... XX, EVALSHA of no script) need nothing beyond the
+    documented commands, and leave no denial in the ACL log."""
+    user = acl_user(*CORE_ACL_RULES)
+    async with _queue("myq", redis=auth_server.url(user)) as q:
+        health = await q.health_check()
+        assert health.healthy and health.error is None, health
+    assert _acl_denials(auth_server.admin) == []
 
 
 def _assert_permission_error(exc: BaseException) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from pathlib import Path
@@ -19,29 +18,15 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from click.testing import CliRunner
 from redis.exceptions import ResponseError
 
 from _redis import RedisServer
-from helpers import app_module, wait_replica_online, wait_until
+from helpers import health_cli, wait_replica_online, wait_until
 from kitium_queue import ConnectionUnavailableError, DamagedKeyError, JobQueue, WriteRefusedError
-from kitium_queue.cli import main as cli_main
 from kitium_queue.leader import OutageLog
 from kitium_queue.serverinfo import refuses_writes, write_refused
 
 pytestmark = pytest.mark.redis_only
-
-
-async def _health_cli(tmp_path: Path, url: str, prefix: str, name: str) -> tuple[int, Any]:
-    source = (
-        "from kitium_queue import JobQueue\n"
-        f"queue = JobQueue({name!r}, redis={url!r}, prefix={prefix!r})\n"
-    )
-    with app_module(tmp_path, source, f"kq_{name}") as module:
-        got = await asyncio.to_thread(
-            CliRunner().invoke, cli_main, ["health", f"{module}:queue", "--json"]
-        )
-    return got.exit_code, json.loads(got.stdout)
 
 
 def _gated(queues: tuple[JobQueue, ...], runs: list[str], gate: asyncio.Event) -> None:
@@ -128,7 +113,7 @@ async def test_too_few_replicas_refuses_writes_whole_and_the_queue_recovers(
                 assert "fewer replicas" in (health.error or "")
             finally:
                 await fresh.close()
-            code, report = await _health_cli(tmp_path, srv.url, prefix, "norep")
+            code, report = await health_cli(tmp_path, srv.url, "norep", prefix)
             assert code == 4 and report["verdict"] == "not ready"
             assert {c["name"] for c in report["checks"] if not c["ok"]} == {"writes"}
 
@@ -215,7 +200,7 @@ async def test_a_server_busy_with_a_long_script_refuses_every_call_and_the_queue
             error = health.error or ""
             assert error.startswith("WriteRefusedError: ") and "reads too" in error
             assert "(reads go on)" not in error and "SCRIPT KILL" in error
-            code, report = await _health_cli(tmp_path, srv.url, prefix, "busy")
+            code, report = await health_cli(tmp_path, srv.url, "busy", prefix)
             assert code == 4 and report["verdict"] == "not ready"
             assert "writes" in {c["name"] for c in report["checks"] if not c["ok"]}
             await asyncio.sleep(1.0)

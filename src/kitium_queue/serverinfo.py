@@ -57,6 +57,7 @@ __all__ = [
     "ping_refusal",
     "refuses_writes",
     "reply_text",
+    "script_probe",
     "server_checks",
     "write_probe",
     "write_refused",
@@ -474,6 +475,7 @@ def write_refused_cause(exc: BaseException) -> WriteRefusedError | None:
 ANSWERED_ERRORS = {
     "ConfigurationError": "configuration",
     "DamagedKeyError": "keys",
+    "PermissionDeniedError": "permissions",
     "WriteRefusedError": "writes",
 }
 
@@ -530,12 +532,39 @@ async def write_probe(client: Any, key: str) -> str | None:
     ``write-probe``). Redis refuses it as it refuses the queue's writes: out of memory,
     unable to save, too few replicas for ``min-replicas-to-write``, a replica, busy.
     Returns the ``HealthStatus.error`` of such a refusal, else None (other errors, e.g.
-    an ACL user without ``SET``, leave the question open)."""
+    an ACL user without ``SET``, leave the question open). The queue's writes are
+    scripts, so ``script_probe`` then asks whether the user may run them."""
     try:
         await client.set(key, b"", xx=True)
     except RedisError as exc:
         text = reply_text(exc)
-        return _health_error(text) if _refusal(text) is not None else None
+        if _refusal(text) is not None:
+            return _health_error(text)
+    return await script_probe(client, key)
+
+
+#: A script digest no server holds: ``EVALSHA`` of it answers ``NOSCRIPT`` when allowed.
+_NO_SCRIPT = "0" * 40
+_NOPERM = re.compile(r"NOPERM|no permissions")
+
+
+async def script_probe(client: Any, key: str) -> str | None:
+    """Whether the Redis user may run the queue's scripts on its keys, asked with
+    ``EVALSHA`` of a digest no server holds, declaring ``key`` (one of the queue's):
+    ``NOSCRIPT`` means allowed and runs nothing. An ACL that revokes ``EVALSHA`` or the
+    queue's key pattern answers ``NOPERM``: every transition would be refused, so that
+    is the ``HealthStatus.error`` returned. Any other answer leaves the question open."""
+    try:
+        await client.execute_command("EVALSHA", _NO_SCRIPT, 1, key)
+    except RedisError as exc:
+        text = reply_text(exc)
+        if isinstance(exc, NoPermissionError) or _NOPERM.match(text):
+            return (
+                "PermissionDeniedError: the Redis user may not run the queue's scripts "
+                f"(EVALSHA on {key!r}): every add, claim and outcome would be refused. "
+                "To go on: grant the rules `kitium-queue acl redis-rules` prints (the commands "
+                f"and key pattern the queue needs). Redis said: {text[:200]}"
+            )
     return None
 
 

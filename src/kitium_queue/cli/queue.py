@@ -253,7 +253,8 @@ def health(
     3  Redis unreachable, refused the credentials or did not answer
     4  Redis answers but a key of the queue is damaged (holds another type) or
        it refuses writes (full, a failed background save, too few replicas,
-       busy with another client's long script);
+       busy with another client's long script), or the Redis user may not
+       run the queue's scripts (ACL);
        readiness only: a check failed (memory nearly full, an evicting
        maxmemory-policy, a replica, --max-latency or --max-dlq)
 
