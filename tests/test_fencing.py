@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -294,42 +295,48 @@ async def test_job_that_keeps_killing_its_worker_is_dead_lettered(
     assert len(dlq) == 1 and "stalled" in dlq[0]["reason"]
 
 
-async def test_an_outcome_from_before_a_lost_dataset_never_lands_on_a_new_job(
-    redis_url: str, prefix: str
+async def _keys(client: Any, prefix: str) -> set[bytes]:
+    return {k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)}
+
+
+async def _old_outcome_after_a_loss(
+    redis_url: str,
+    prefix: str,
+    before: Callable[[JobQueue, Any], Awaitable[Any]],
+    lose: Callable[[Any, Any], Awaitable[None]],
 ) -> None:
-    """Redis loses the queue's keys (FLUSHALL, a restart without persistence, a failover
-    to an empty replica) while a worker runs job 1. Auto ids start again at 1, so a new
-    job takes the same id; the lease counter starts again too, and the old worker's
-    token must still not match the new job's lease: its outcome is refused, and the new
-    job's own outcome is the one recorded."""
+    """The old worker runs a job; ``before(queue, client)`` ran before it was added and
+    ``lose(client, what before returned)`` makes Redis lose data while it runs. A new
+    job then takes the same id, and the old run's outcome must not land on it."""
     gate, later = asyncio.Event(), asyncio.Event()
-    runs: list[tuple[str, str, object]] = []
-    old_worker = JobQueue("reset", redis=redis_url, prefix=prefix, worker={"concurrency": 1})
-    new_worker = JobQueue("reset", redis=redis_url, prefix=prefix, worker={"concurrency": 1})
+    runs: list[tuple[str, str]] = []
+    old_worker = JobQueue("lost", redis=redis_url, prefix=prefix, worker={"concurrency": 1})
+    new_worker = JobQueue("lost", redis=redis_url, prefix=prefix, worker={"concurrency": 1})
 
     @old_worker.process("n")
-    async def old_run(job: object) -> dict[str, str]:
-        runs.append(("old", job.id, job.data))  # type: ignore[attr-defined]
-        await gate.wait()
+    async def old_run(job: Any) -> dict[str, str]:
+        runs.append(("old", job.id))
+        if not job.data.get("first"):
+            await gate.wait()
         return {"by": "old"}
 
     @new_worker.process("n")
-    async def new_run(job: object) -> dict[str, str]:
-        runs.append(("new", job.id, job.data))  # type: ignore[attr-defined]
+    async def new_run(job: Any) -> dict[str, str]:
+        runs.append(("new", job.id))
         await later.wait()
         return {"by": "new"}
 
     try:
+        client = await old_worker.client()
+        kept = await before(old_worker, client)
         old_id = await old_worker.add_job("n", {"before": True})
         await old_worker.start()
-        await wait_until(lambda: len(runs) == 1, 10)
-        client = await old_worker.client()
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        await client.delete(*keys)  # the dataset is gone; the old worker still runs job 1
+        await wait_until(lambda: ("old", old_id) in runs, 10)
+        await lose(client, kept)  # the old worker still runs old_id
         new_id = await new_worker.add_job("n", {"after": True})
-        assert new_id == old_id  # auto ids started again
+        assert new_id == old_id  # auto ids went back with the lost writes
         await new_worker.start()
-        await wait_until(lambda: len(runs) == 2, 10)
+        await wait_until(lambda: ("new", new_id) in runs, 10)
         gate.set()  # the old run ends: its outcome is sent with its old token
         await asyncio.sleep(0.5)
         info = await new_worker.get_job_status(new_id)
@@ -344,6 +351,52 @@ async def test_an_outcome_from_before_a_lost_dataset_never_lands_on_a_new_job(
         later.set()
         await old_worker.close()
         await new_worker.close()
+
+
+async def test_an_outcome_from_before_a_lost_dataset_never_lands_on_a_new_job(
+    redis_url: str, prefix: str
+) -> None:
+    """Redis loses the queue's keys (FLUSHALL, a restart without persistence, a failover
+    to an empty replica) while a worker runs job 1. Auto ids start again at 1, so a new
+    job takes the same id; the lease counter starts again too, and the old worker's
+    token must still not match the new job's lease: its outcome is refused, and the new
+    job's own outcome is the one recorded."""
+
+    async def nothing(q: JobQueue, client: Any) -> None:
+        return None
+
+    async def everything(client: Any, _: None) -> None:
+        await client.delete(*await _keys(client, prefix))
+
+    await _old_outcome_after_a_loss(redis_url, prefix, nothing, everything)
+
+
+async def test_an_outcome_from_writes_redis_lost_never_lands_on_a_new_job(
+    redis_url: str, prefix: str
+) -> None:
+    """Redis loses only its latest writes: a failover to a replica that had not received
+    them, or a restart from an older snapshot. Here the queue's keys go back to a
+    snapshot taken before job 2 was added and claimed, while the old worker still runs
+    it. The id counter went back, so a new job takes id 2; the lease counter went back
+    too, and a token counted from it was the old run's token: the old outcome was
+    recorded on the new job (its result ``{"by": "old"}``). Tokens follow the clock, so
+    the new claim's token is above the lost one and the old outcome is refused."""
+
+    async def snapshot(q: JobQueue, client: Any) -> list[tuple[bytes, bytes, int]]:
+        first = await q.add_job("n", {"first": True})
+        await q.start()
+        await wait_until(lambda: _done(q, first), 10)
+        await q.worker.stop()
+        return [
+            (k, await client.dump(k), await client.pttl(k)) for k in await _keys(client, prefix)
+        ]
+
+    async def back_to(client: Any, kept: list[tuple[bytes, bytes, int]]) -> None:
+        await client.delete(*await _keys(client, prefix))
+        for key, dumped, ttl in kept:
+            await client.restore(key, max(ttl, 0), dumped, replace=True)
+
+    await _old_outcome_after_a_loss(redis_url, prefix, snapshot, back_to)
 
 
 async def _done(q: JobQueue, job_id: str) -> bool:

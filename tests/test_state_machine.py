@@ -248,9 +248,9 @@ class QueueMachine(RuleBasedStateMachine):
             assert reply[0] == b"empty" and int(reply[2]) == 0
             return
         assert reply[0] == b"ok"
-        # A lease counter that does not exist yet starts at the clock in units of 10 µs
-        # (claim.lua: tokens never repeat, even after Redis lost its data).
-        self.lease_counter = self.lease_counter + 1 if self.lease_counter else self.now * 100 + 1
+        # A token is the clock in units of 10 µs, or the last one + 1 when that is not
+        # above it (claim.lua: tokens never repeat, even after Redis lost writes).
+        self.lease_counter = max(self.lease_counter + 1, self.now * 100)
         assert int(reply[2]) == self.lease_counter
         for j, entry in zip(picked, reply[5:], strict=True):
             j.state = "active"

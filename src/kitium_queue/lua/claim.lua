@@ -185,17 +185,21 @@ if want > 0 then
 --@end
       else
         if token == 0 then
-          token = redis.call('INCR', K_LEASE)
-          if token == 1 then
-            -- The counter did not exist: a new queue, or a dataset lost (FLUSHALL, a
-            -- restart without persistence, a failover to an empty replica) while
-            -- workers may still hold jobs under tokens of before, and auto ids start
-            -- again at 1. Start above every token issued before: NOW in units of 10 µs
-            -- (a claim costs Redis more than that, so the counter never outruns it; 15
-            -- digits, what check_keys takes for a counter, until the year 2286). An old
-            -- outcome can never match a new job that took the same id.
-            token = NOW * 100 + 1
+          -- Lease tokens follow the clock: the token is the time in units of 10 µs,
+          -- or the last token + 1 when that is not above it (claims within one tick,
+          -- a clock set back). So a token is above every token issued before, even
+          -- when Redis lost its latest writes and the counter went back with them
+          -- (a failover to a replica that missed them, a restart from an older
+          -- snapshot, FLUSHALL) while workers still hold jobs under the lost tokens,
+          -- and auto ids went back too: an old outcome never matches a new job that
+          -- took the same id. One command, as the INCR was: 15 digits, what
+          -- check_keys takes for a counter, until the year 2286.
+          local prev = tonumber(redis.call('SET', K_LEASE, int(CLOCK_10US), 'GET')) or 0
+          if prev >= CLOCK_10US then
+            token = prev + 1
             redis.call('SET', K_LEASE, int(token))
+          else
+            token = CLOCK_10US
           end
           token_s = int(token)
         end

@@ -80,6 +80,8 @@ end
 local EVENTS_MAXLEN = arg_int(ARGV[3], 10000, 0, MAX_MS)
 
 local NOW
+-- The same clock in units of 10 µs (claim.lua's lease tokens follow it).
+local CLOCK_10US
 if ARGV[2] ~= nil and ARGV[2] ~= '' then
   NOW = tonumber(ARGV[2])
   -- An explicit clock that is not a usable time would surface later as a failed ZADD
@@ -89,9 +91,11 @@ if ARGV[2] ~= nil and ARGV[2] ~= '' then
       .. 'to ' .. string.format('%.0f', MAX_MS) .. ', got ' .. tostring(ARGV[2]))
   end
   NOW = math.floor(NOW)
+  CLOCK_10US = NOW * 100
 else
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  CLOCK_10US = tonumber(t[1]) * 100000 + math.floor(tonumber(t[2]) / 10)
 end
 
 -- Integers above 1e14 lose digits through Lua's default number formatting.
