@@ -17,10 +17,13 @@ from typing import Any
 import pytest
 import redis as redis_sync
 import redis.asyncio as aioredis
+from click.testing import CliRunner
 from redis.exceptions import NoPermissionError, ResponseError
 
 from _redis import RedisServer
+from helpers import app_module
 from kitium_queue import FIFOQueueManager, IdempotencyManager, JobChainManager, JobQueue
+from kitium_queue.cli import main as cli_main
 from kitium_queue.errors import ConfigurationError, PermissionDeniedError
 from kitium_queue.features.access import AccessControlManager
 from kitium_queue.features.access.redisacl import (
@@ -86,6 +89,7 @@ def _lua_of(folder: Path) -> set[str]:
 
 def test_the_lists_cover_every_command_the_lua_sources_call() -> None:
     _replicas_src = (SRC / "features/replicas/acks.py").read_text()
+    _footprint_src = (SRC / "features/footprint.py").read_text()
     registry = ScriptRegistry()
     core: set[str] = set()
     for name in SCRIPT_NAMES:
@@ -108,6 +112,12 @@ def test_the_lists_cover_every_command_the_lua_sources_call() -> None:
         "tenancy": _lua_of(SRC / "features/tenancy"),
         # The parked-set repair: its script, and the walks parking.py sends itself.
         "repairs": _lua_of_file(lua / "park_rebuild.lua") | {"scan", "zscan"},
+        # No Lua: the memory report's own commands, as redis-py names them.
+        "memory": {
+            m.replace("_", "|")
+            for m in re.findall(r"\b(?:client|pipe)\.(\w+)\(", _footprint_src)
+            if m not in ("pipeline", "execute")
+        },
     }  # fmt: skip
     assert set(sources) == set(FEATURE_COMMANDS)
     for feature, used in sources.items():
@@ -179,6 +189,7 @@ async def _run_queue(url: str, name: str) -> list[str]:
         await q.worker.stop(timeout_ms=1000)
         assert (await q.get_job_status(ids[0])).result == {"ok": 0}  # type: ignore[union-attr]
         await q.get_job_detail(ids[0])
+        await q.explain(ids[0])
         assert await q.get_job_logs(ids[0]) == ["working"]
         page = await q.list_jobs("completed", limit=2)
         await q.list_jobs("completed", limit=2, cursor=page.next_cursor)
@@ -416,3 +427,73 @@ async def test_the_parked_set_repair_runs_with_the_repairs_feature_and_no_more(
     finally:
         await fix.close()
     assert fresh.denials() == []
+
+
+async def test_the_memory_report_runs_with_the_memory_feature_and_no_more(
+    fresh: Server, tmp_path: Path
+) -> None:
+    from kitium_queue.features.footprint import measure_footprint
+
+    admin_url = f"redis://127.0.0.1:{fresh.srv.port}/0"
+    ops = JobQueue("mem-1", redis=admin_url)
+    await ops.add_jobs([("n", {"i": i}, {}) for i in range(20)])
+    await ops.close()
+    bare = fresh.user(redis_acl_rules("mem-bare", ["mem-*"]))
+    full = fresh.user(redis_acl_rules("mem-ops", ["mem-*"], features=["memory"]))
+    fresh.admin.execute_command("ACL", "LOG", "RESET")
+    refused = JobQueue("mem-1", redis=fresh.url(bare))
+    try:
+        with pytest.raises((NoPermissionError, PermissionDeniedError)):
+            await measure_footprint(refused, samples=5)
+    finally:
+        await refused.close()
+    assert fresh.denials()  # Redis said no to the user without the memory commands
+    # The CLI says what is missing and how to get it, not "unexpected error".
+    code, text = await _cli(tmp_path, fresh.url(bare), "mem-1", ["memory"])
+    assert code == 1 and "unexpected" not in text, text
+    assert "lack of permission" in text and "--feature" in text and PASSWORD not in text
+    fresh.admin.execute_command("ACL", "LOG", "RESET")
+    q = JobQueue("mem-1", redis=fresh.url(full))
+    try:
+        report = await measure_footprint(q, samples=5)
+        waiting = next(s for s in report.states if s.state == "waiting")
+        assert (waiting.jobs, waiting.sampled) == (20, 5) and waiting.sampled_bytes > 0
+        assert report.problems == []
+    finally:
+        await q.close()
+    assert fresh.denials() == []
+
+
+async def _cli(tmp_path: Path, url: str, name: str, args: list[str]) -> tuple[int, str]:
+    source = f"from kitium_queue import JobQueue\nqueue = JobQueue({name!r}, redis={url!r})\n"
+    with app_module(tmp_path, source, "kq_acl") as module:
+        got = await asyncio.to_thread(
+            CliRunner().invoke, cli_main, [args[0], f"{module}:queue", *args[1:]]
+        )
+    return got.exit_code, got.output
+
+
+async def test_a_read_the_acl_refuses_is_a_clear_403_on_the_dashboard(fresh: Server) -> None:
+    """A job page reads with plain commands; one the user's ACL lacks (here ``ZRANK``,
+    which ``explain`` sends) was an HTTP 500 with a traceback. It is a 403 saying what
+    the user lacks and how to get it."""
+    import httpx
+
+    from kitium_queue.dashboard import create_dashboard
+
+    rules = redis_acl_rules("dash-nozrank", ["dash-*"])
+    fresh.admin.execute_command("ACL", "SETUSER", *rules.setuser_args(PASSWORD), "-zrank")
+    q = JobQueue("dash-1", redis=fresh.url(str(rules.user)))
+    try:
+        jid = await q.add_job("n", {})
+        token = "ad-" + "a" * 29
+        app = create_dashboard(queues=[q], tokens=[f"{token}:ann@example.com:admin"])
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash") as c:
+            r = await c.post("/login", data={"token": token, "next": "/"})
+            assert r.status_code == 303, r.text
+            r = await c.get(f"/q/dash-1/jobs/{jid}")
+        assert r.status_code == 403, r.text[:300]
+        assert "lack of permission" in r.text and "zrank" in r.text and PASSWORD not in r.text
+    finally:
+        await q.close()

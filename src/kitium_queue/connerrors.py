@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,9 +24,14 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
+from .errors import (
+    ConfigurationError,
+    ConnectionUnavailableError,
+    KitiumQueueError,
+    PermissionDeniedError,
+)
 
-__all__ = ["missing_tls_files", "translate_error"]
+__all__ = ["NOPERM", "missing_tls_files", "permission_denied", "translate_error"]
 
 
 #: The options that name files the TLS handshake reads when a connection opens.
@@ -146,3 +152,19 @@ def _sentence(text: str) -> str:
     """An error's text for use inside a sentence: without the final period or spaces
     (redis-py's messages end with one, which would double the period that follows)."""
     return text.strip().rstrip(".").strip()
+
+
+# ACL refusals: "NOPERM ..." at top level; inside a script Redis 7.0 says "The user
+# executing the script can't run this command ..." / "... can't access at least one of
+# the keys ...", and 7.2+ says "NOPERM ...".
+NOPERM = re.compile(r"NOPERM|no permissions|can't run this command|can't access at least")
+
+
+def permission_denied(detail: str) -> PermissionDeniedError:
+    """The error raised when the Redis ACL user lacks a command or key the queue needs."""
+    return PermissionDeniedError(
+        f"Redis refused the command for lack of permission ({detail.strip()}); the Redis "
+        "user needs the queue's key pattern ~<prefix>:{<queue>}:* and the commands listed "
+        "in docs/RELIABILITY.md (Security: Redis ACL): `kitium-queue acl redis-rules` "
+        "prints them, with --feature for what optional features and tools add"
+    )

@@ -21,6 +21,7 @@ from redis.exceptions import NoPermissionError
 from .adapters import MetricsAdapter, TelemetryAdapter, check_adapter
 from .codec import Codec, Serializer
 from .connection import ConnectionFactory
+from .connerrors import permission_denied
 from .damage import DamagedKeys
 from .errors import ConfigurationError
 from .events import EventEmitter
@@ -46,7 +47,7 @@ from .options import (
     to_ms,
 )
 from .pools import ping
-from .scripts import ScriptCall, ScriptRegistry, permission_denied
+from .scripts import ScriptCall, ScriptRegistry
 from .serverinfo import MissingRecords, check_eviction, write_refused_cause
 
 if TYPE_CHECKING:

@@ -16,12 +16,16 @@ from redis.exceptions import ClusterError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connerrors import NOPERM, permission_denied
 from .damage import explain_damage
-from .errors import ConfigurationError, PermissionDeniedError, error_from_script
+from .errors import ConfigurationError, error_from_script
+from .limits import get_logger
 from .pools import waiters_of
 from .replies import ReplyChannel, ReplyTimeout, channel_for, release_channel
 from .serverinfo import reply_text, write_refused
 from .slots import GENERATED, SLOTS, SlotTable
+
+log = get_logger(__name__)
 
 __all__ = [
     "MAX_IDLE_CONNS",
@@ -215,13 +219,23 @@ class ScriptRegistry:
 
         A server that lost its script cache since (restart, failover to a replica that
         never saw the load) answers NOSCRIPT; calls then fall back to EVAL with the
-        source, which runs on whichever node owns the keys and caches it there.
+        source, which runs on whichever node owns the keys and caches it there. So does
+        a server that refuses ``SCRIPT`` itself (renamed away by a managed service, or
+        an ACL without ``script|load``): nothing is loaded up front, and each script is
+        sent with EVAL the first time (``_NO_SCRIPT_CMD``).
         """
         for name in SCRIPT_NAMES:
             s = self.get(name)
             try:
                 await client.script_load(s.source)
             except ResponseError as exc:
+                if _NO_SCRIPT_CMD.search(str(exc)):
+                    log.info(
+                        "SCRIPT LOAD refused by the server (%s): scripts are sent with "
+                        "EVAL on first use",
+                        str(exc).split(",", 1)[0][:120],
+                    )
+                    break
                 if "compil" not in str(exc).lower():
                     raise
                 # The engine's own scripts compile: a slot fragment broke this one.
@@ -574,21 +588,11 @@ def translate_error(exc: ResponseError | ClusterError) -> Exception:
             mapped = error_from_script(text[word_start:])
             if mapped is not None:
                 return mapped
-    if _NOPERM.search(text):
+    if NOPERM.search(text):
         return permission_denied(text)
     return exc
 
 
-# ACL refusals: "NOPERM ..." at top level; inside a script Redis 7.0 says "The user
-# executing the script can't run this command ..." / "... can't access at least one of
-# the keys ...", and 7.2+ says "NOPERM ...".
-_NOPERM = re.compile(r"NOPERM|no permissions|can't run this command|can't access at least")
-
-
-def permission_denied(detail: str) -> PermissionDeniedError:
-    """The error raised when the Redis ACL user lacks a command or key the queue needs."""
-    return PermissionDeniedError(
-        f"Redis refused the command for lack of permission ({detail.strip()}); the Redis "
-        "user needs the queue's key pattern ~<prefix>:{<queue>}:* and the commands listed "
-        "in docs/RELIABILITY.md (Security: Redis ACL)"
-    )
+# SCRIPT refused as a command: renamed away ("unknown command 'SCRIPT'") or not in the
+# ACL user's commands (NOPERM, "no permissions to run the 'script|load' command").
+_NO_SCRIPT_CMD = re.compile(r"unknown command .?SCRIPT|NOPERM|no permissions to run", re.I)

@@ -40,6 +40,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from .connerrors import NOPERM
 from .errors import ConfigurationError, WriteRefusedError
 from .limits import get_logger
 from .pools import ping
@@ -545,7 +546,6 @@ async def write_probe(client: Any, key: str) -> str | None:
 
 #: A script digest no server holds: ``EVALSHA`` of it answers ``NOSCRIPT`` when allowed.
 _NO_SCRIPT = "0" * 40
-_NOPERM = re.compile(r"NOPERM|no permissions")
 
 
 async def script_probe(client: Any, key: str) -> str | None:
@@ -558,7 +558,7 @@ async def script_probe(client: Any, key: str) -> str | None:
         await client.execute_command("EVALSHA", _NO_SCRIPT, 1, key)
     except RedisError as exc:
         text = reply_text(exc)
-        if isinstance(exc, NoPermissionError) or _NOPERM.match(text):
+        if isinstance(exc, NoPermissionError) or NOPERM.search(text):
             return (
                 "PermissionDeniedError: the Redis user may not run the queue's scripts "
                 f"(EVALSHA on {key!r}): every add, claim and outcome would be refused. "

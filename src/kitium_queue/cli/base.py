@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
+from redis.exceptions import NoPermissionError
 
+from ..connerrors import permission_denied
 from ..errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from ..facade import MultiQueue
 from ..limits import clip, printable
@@ -274,6 +276,8 @@ def _failure(exc: BaseException) -> tuple[int, str]:
         code = EXIT_USAGE
     else:
         code = EXIT_ERROR
+    if isinstance(exc, NoPermissionError):  # a plain read the Redis ACL refused
+        exc = permission_denied(redact_url(exc))
     # The text may quote job or server data: escaped like any field. The library's
     # messages are redacted already; anything else goes through the redaction too.
     if isinstance(exc, KitiumQueueError):

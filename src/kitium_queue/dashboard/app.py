@@ -28,11 +28,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from redis.exceptions import NoPermissionError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ..connerrors import permission_denied
 from ..context import redacted_views
 from ..errors import ConfigurationError, PermissionDeniedError
 from ..identity import acting_as
@@ -324,7 +326,10 @@ def _guard(
         try:
             with redacted_views(), acting_as(session.principal):
                 resp = await handler(request, session)
-        except PermissionDeniedError as exc:
+        except (PermissionDeniedError, NoPermissionError) as exc:
+            # NoPermissionError: a plain read the Redis user's ACL refused.
+            if isinstance(exc, NoPermissionError):
+                exc = permission_denied(str(exc))
             text = f"refused: {clip(str(exc), 500)}"
             if api:
                 resp = JSONResponse({"error": text}, status_code=403)

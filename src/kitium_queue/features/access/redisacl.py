@@ -58,6 +58,8 @@ ENGINE_COMMANDS = (
     "hgetall", "hget", "hmget", "lrange", "llen", "zrange", "zrevrange", "zrangebyscore",
     "zrevrangebyscore", "zscore", "zcard", "bzpopmin", "xread", "xrevrange", "subscribe",
     "time",
+    # explain(): a waiting job's place in line
+    "zrank",
     # the workers' heartbeat records (presence.py), one MULTI/EXEC each
     "multi", "exec", "zremrangebyscore",
     # called inside the scripts
@@ -97,6 +99,9 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
     # An operator's repairs, not a worker's: rebuild_parked walks the job records (SCAN)
     # and the parked index (ZSCAN) and recounts each blocker's set (ZCOUNT).
     "repairs": ("scan", "zscan", "zcount"),
+    # An operator's memory report (measure_footprint, `kitium-queue memory`): MEMORY
+    # USAGE of the queue's keys and of jobs sampled at random from each state's set.
+    "memory": ("memory|usage", "zrandmember"),
 }  # fmt: skip
 
 #: What access control and the audit log send (``access="enforce"``; ``"admin"`` adds

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from redis.exceptions import NoPermissionError, NoScriptError, RedisError, ResponseError
 
 from ...connection import ConnectionFactory
+from ...connerrors import NOPERM
 from ...context import CONNECT_TIMEOUT_S
 from ...errors import KitiumQueueError, PermissionDeniedError
 from ...keys import check_key_part
@@ -30,7 +30,6 @@ __all__ = ["DEPLOYMENT_TAG", "Deployment", "LuaScript"]
 
 #: The hash tag of the deployment-wide keys (see the module docstring).
 DEPLOYMENT_TAG = "!access"
-_NOPERM = re.compile(r"NOPERM|no permissions|can't run this command|can't access at least")
 
 
 class LuaScript:
@@ -97,7 +96,7 @@ class Deployment:
             return exc
         text = str(exc)
         if isinstance(exc, NoPermissionError) or (
-            isinstance(exc, ResponseError) and _NOPERM.search(text)
+            isinstance(exc, ResponseError) and NOPERM.search(text)
         ):
             return PermissionDeniedError(
                 f"Redis refused the command for lack of permission "
