@@ -127,3 +127,28 @@ def test_acl_rules_printed_checked_and_applied(
             client.acl_deluser("kq-cli-test")
     missing = kq("acl", "redis-rules", "--user", "u", "--queue", "q", "--apply", code=2)
     assert "--password-env" in missing.stderr
+
+
+@pytest.mark.redis_only
+@pytest.mark.parametrize("debug", [False, True])
+def test_apply_on_a_server_that_refuses_acl_says_so_and_never_shows_the_password(
+    monkeypatch: pytest.MonkeyPatch, debug: bool
+) -> None:
+    """A managed service without ACL: the reply ("unknown command 'ACL', with args
+    beginning with: 'SETUSER' ... '>PASSWORD'") quotes the password; it was shown
+    mangled by the redaction, and whole by --debug's traceback."""
+    from _redis import RedisServer
+
+    password = "pw-" + secrets.token_hex(8)
+    monkeypatch.setenv("KQ_TEST_ACL_PW", password)
+    with RedisServer("--rename-command", "ACL", "") as srv:
+        args = ["--debug"] if debug else []
+        got = CliRunner().invoke(
+            main,
+            [*args, "acl", "redis-rules", "--user", "u1", "--queue", "q", "--apply",
+             "--password-env", "KQ_TEST_ACL_PW", "--redis", srv.url],
+        )  # fmt: skip
+    text = got.output + got.stderr
+    assert got.exit_code == 1, text
+    assert password not in text and "SETUSER" in text and "unknown command" in text, text
+    assert "provider's tools" in text and "unexpected" not in text, text

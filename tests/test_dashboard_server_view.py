@@ -459,7 +459,9 @@ async def test_info_refused_renders_the_other_sections_and_no_password(
         for ident in ("replicas-error", "redis-version"):
             text = dd(page, ident)
             assert "NoPermissionError" in text and "ACL" in text, text
-        assert [c["name"] for c in checks_of(page)] == ["queue readable"]
+        checks = checks_of(page)
+        assert [c["name"] for c in checks] == ["queue readable", "eviction policy"], checks
+        assert "not checked" in str(checks[1]) and "noeviction" in str(checks[1])
         assert 'data-setting="core.prefix"' in page
         m = await c.get("/q/acl/server?memory=1&samples=10")
         assert m.status_code == 200

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from _redis import RedisServer
 from helpers import QueueFactory, wait_until
 from kitium_queue import JobQueue
-from kitium_queue.serverinfo import MISSING_LOG_S, MissingRecords
+from kitium_queue.missing import MISSING_LOG_S, MissingRecords
 
 pytestmark = pytest.mark.redis_only
 

@@ -19,7 +19,14 @@ from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError, Re
 
 from _cluster import LocalCluster
 from _redis import RedisServer
-from helpers import SAVING_SERVER_ARGS, app_module, fail_saves, mend_saves, wait_until
+from helpers import (
+    SAVING_SERVER_ARGS,
+    app_module,
+    fail_saves,
+    health_cli,
+    mend_saves,
+    wait_until,
+)
 from kitium_queue import ConfigurationError, JobQueue, SyncJobQueue, WriteRefusedError
 from kitium_queue.cli import main as cli_main
 from kitium_queue.leader import LeaderService
@@ -68,6 +75,71 @@ async def test_health_reports_memory_and_persistence(prefix: str) -> None:
         await q.close()
     mem = JobQueue("m")
     assert (await mem.health_check()).memory is None  # memory:// has no server
+
+
+async def test_persistence_without_config_get_is_what_info_says(prefix: str) -> None:
+    """A managed service that disabled CONFIG: ``health`` (with ``server_config``) read
+    the refused ``save`` rules as "none" and reported no RDB although the server had
+    saved snapshots. What INFO says now stands when CONFIG GET is refused."""
+    with RedisServer(
+        "--appendonly", "yes", "--save", "3600 1", "--rename-command", "CONFIG", ""
+    ) as srv:
+        admin = aioredis.from_url(srv.url)
+        await admin.set("x", "1")
+        await admin.bgsave()
+        await wait_until(
+            lambda: _rdb_saved(admin), 10, message="the background save did not finish"
+        )
+        q = JobQueue("h", redis=srv.url, prefix=prefix)
+        for server_config in (False, True):
+            h = await q.queries.health_check(lambda: False, server_config=server_config)
+            assert h.healthy and h.memory is not None
+            assert h.memory.persistence == "aof + rdb", (server_config, h.memory)
+        await q.close()
+        await admin.aclose()
+
+
+async def test_a_server_without_info_says_its_eviction_policy_was_not_checked(
+    prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """INFO disabled (rare, but ``acl redis-rules --no-info`` makes such a user): the
+    policy cannot be read, so an evicting one cannot be refused. That used to be one
+    INFO-level line; it is a warning, and a row of the readiness checks."""
+    import kitium_queue.serverinfo as serverinfo
+
+    serverinfo._unchecked_said.clear()
+    with RedisServer("--maxmemory-policy", "allkeys-lru") as srv:
+        admin = aioredis.from_url(srv.url)
+        await admin.acl_setuser(
+            "noinfo", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+            commands=["+@all", "-info"],
+        )  # fmt: skip
+        await admin.aclose()
+        url = f"redis://noinfo:pw@127.0.0.1:{srv.port}/0"
+        q = JobQueue("noinfo", redis=url, prefix=prefix)
+        with caplog.at_level(logging.WARNING, logger="kitium_queue"):
+            assert await q.add_job("n", {})
+            await q.close()
+        said = [r.getMessage() for r in caplog.records if "not checked" in r.getMessage()]
+        assert len(said) == 1 and "noeviction" in said[0], said
+        code, report = await health_cli(tmp_path, url, "noinfo", prefix)
+        checks = {c["name"]: c for c in report["checks"]}
+        assert code == 0 and checks["eviction policy"]["ok"], report
+        assert "not checked" in checks["eviction policy"]["detail"]
+        # `config show` prints the rest and says INFO was not answered (it failed whole).
+        source = f"from kitium_queue import JobQueue\nqueue = JobQueue('noinfo', redis={url!r})\n"
+        with app_module(tmp_path, source, "kq_noinfo") as module:
+            got = await asyncio.to_thread(
+                CliRunner().invoke, cli_main, ["config", "show", f"{module}:queue", "--json"]
+            )
+        assert got.exit_code == 0, got.output
+        shown = json.loads(got.stdout)["server"]
+        assert shown["redis_version"] is None and "not answered" in shown["info"], shown
+
+
+async def _rdb_saved(client: aioredis.Redis) -> bool:
+    info = await client.info("persistence")
+    return not info["rdb_bgsave_in_progress"] and info["rdb_last_bgsave_status"] == "ok"
 
 
 async def _consistent(client: aioredis.Redis, q: JobQueue) -> list[str]:

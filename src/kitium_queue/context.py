@@ -28,6 +28,7 @@ from .events import EventEmitter
 from .hooks import HookBus
 from .jobspec import JobSpec, options_dict, resolve_policy
 from .keys import QueueKeys
+from .missing import MissingRecords
 from .options import (
     MAX_CONCURRENCY,
     MAX_COUNT,
@@ -48,7 +49,7 @@ from .options import (
 )
 from .pools import ping
 from .scripts import ScriptCall, ScriptRegistry
-from .serverinfo import MissingRecords, check_eviction, write_refused_cause
+from .serverinfo import check_eviction, write_refused_cause
 
 if TYPE_CHECKING:
     from .barrier import WriteBarrier

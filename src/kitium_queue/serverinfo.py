@@ -8,10 +8,7 @@
 * ``memory_report`` for ``health_check``: memory in use against ``maxmemory``, the
   policy, and the persistence that protects acknowledged jobs (AOF with its
   ``appendfsync``, RDB snapshots, or none).
-* ``MissingRecords``: job records found missing (evicted under an ``allkeys-*``
-  policy, or deleted by hand) are counted by the scripts that find them
-  (``QueueStats.missing_records``) and reported here, in a warning at most every
-  ``MISSING_LOG_S`` seconds per queue and process, never per record.
+* Job records found missing under such a policy are reported by ``missing.py``.
 * ``write_refused``: the library's error for a write Redis refused as a server (out of
   memory, a failed background save, a read-only replica, too few replicas for
   ``min-replicas-to-write``, or busy with another client's long script): nothing of
@@ -47,9 +44,7 @@ from .pools import ping
 
 __all__ = [
     "ANSWERED_ERRORS",
-    "MISSING_LOG_S",
     "MemoryReport",
-    "MissingRecords",
     "WriteRefusals",
     "answered_check",
     "check_eviction",
@@ -69,8 +64,6 @@ log = get_logger(__name__)
 
 #: The only policy under which Redis never deletes a queue's keys on its own.
 SAFE_POLICY = "noeviction"
-#: At most one warning about missing job records per this many seconds (queue, process).
-MISSING_LOG_S = 30.0
 #: While Redis refuses writes, at most one report per this many seconds (queue, process).
 REFUSAL_LOG_S = 30.0
 #: A refusal has ended once a call succeeds this many seconds after the last refused one.
@@ -163,11 +156,23 @@ async def _policies(client: Any) -> dict[str, str] | None:
     }
 
 
+_UNCHECKED = (
+    "not checked: the server does not answer INFO (an ACL user without +info, or a "
+    "service that disabled it); make sure it is noeviction, or job records may be "
+    "evicted silently"
+)
+#: ``check_eviction`` says once per process that it could not check.
+_unchecked_said: list[str] = []
+
+
 async def check_eviction(client: Any, queue: str, allow_eviction: bool) -> None:
     """Refuse a server whose ``maxmemory-policy`` may evict the queue's keys (on a
     Cluster: any primary's, named)."""
     per = await _policies(client)
     if per is None:
+        if not _unchecked_said:
+            _unchecked_said.append(queue)
+            log.warning("queue %s: Redis maxmemory-policy %s", queue, _UNCHECKED)
         return
     unsafe = {n: p for n, p in per.items() if p != SAFE_POLICY}
     if not unsafe:
@@ -184,8 +189,9 @@ async def check_eviction(client: Any, queue: str, allow_eviction: bool) -> None:
     raise ConfigurationError(
         f"Redis maxmemory-policy is {policy} for queue {queue!r}: under memory pressure "
         "Redis would delete job records and state sets silently. Set "
-        "'maxmemory-policy noeviction' (CONFIG SET maxmemory-policy noeviction, or in "
-        "redis.conf), or accept the risk with settings={'allow_eviction': True}"
+        "'maxmemory-policy noeviction' (CONFIG SET maxmemory-policy noeviction, in "
+        "redis.conf, or on a managed service in its parameter group or configuration), "
+        "or accept the risk with settings={'allow_eviction': True}"
     )
 
 
@@ -195,10 +201,13 @@ def server_checks(
     """The server checks of a readiness probe (``kitium-queue health`` and the
     dashboard's server page), each (name, ok, detail): memory in use below
     ``max_memory`` of ``maxmemory``, an eviction policy that keeps the queue's keys (or
-    one the queue allowed), and a primary (a replica refuses writes). A check whose
-    figure is unknown (no ``INFO``) is left out."""
+    one the queue allowed), and a primary (a replica refuses writes). Without ``INFO``
+    the memory check is left out and the eviction policy is said to be unchecked (not
+    failed)."""
     out: list[tuple[str, bool, str]] = []
-    if memory is not None:
+    if memory is None:
+        out.append(("eviction policy", True, _UNCHECKED))
+    else:
         frac = memory.used_fraction
         used = (
             "no maxmemory limit"
@@ -246,14 +255,17 @@ async def memory_report(
         return None
     parts = []
     if per is not None:
+        # CONFIG GET refused (a managed service, an ACL user without it): what INFO
+        # says stands, and it is not asked again.
+        rules = await _config(client, "save", key) if config else None
         if str(per.get("aof_enabled", "0")) == "1":
-            fsync = await _config(client, "appendfsync", key) if config else ""
+            fsync = await _config(client, "appendfsync", key) if rules is not None else None
             parts.append(f"aof (appendfsync {fsync})" if fsync else "aof")
         saved = (
             int(per.get("rdb_saves", 0) or 0) > 0
             or int(per.get("rdb_last_bgsave_time_sec", -1) or -1) >= 0
         )
-        if (await _config(client, "save", key)) if config else saved:
+        if bool(rules) if rules is not None else saved:
             parts.append("rdb")
     return MemoryReport(
         used_bytes=int(mem.get("used_memory", 0) or 0),
@@ -264,9 +276,10 @@ async def memory_report(
     )
 
 
-async def _config(client: Any, name: str, key: str | None = None) -> str:
-    """A server setting, or '' when it is empty or ``CONFIG GET`` is not allowed (on a
-    Cluster, of the primary that holds ``key``)."""
+async def _config(client: Any, name: str, key: str | None = None) -> str | None:
+    """A server setting ('' when it is empty), or None when ``CONFIG GET`` is refused
+    (renamed away, not in the ACL user's commands); on a Cluster, of the primary that
+    holds ``key``."""
     node = _node(client, key)
     try:
         if node is not None:
@@ -274,75 +287,13 @@ async def _config(client: Any, name: str, key: str | None = None) -> str:
         else:
             got = await client.config_get(name)
     except (NoPermissionError, ResponseError):
-        return ""
+        return None
     if not got:
         return ""
     value = next(iter(got.values()))
     if isinstance(value, dict):  # a cluster client: per node
         value = next(iter(value.values()), "")
     return _text(value).strip()
-
-
-class MissingRecords:
-    """Reports job records found missing, at a bounded rate (one per queue).
-
-    The scripts count what they find (meta field ``missing``: a waiting, delayed or
-    running job whose hash is gone is dead-lettered with the reason "job record
-    missing", a finished one is dropped from its list); the worker and the queries call
-    ``seen(n)`` when they meet some, and ``counted(total)`` with the total in Redis when
-    they read it. A warning goes out when the total grew (or records were seen) and the
-    last one is ``MISSING_LOG_S`` seconds old: it says how many, the total, and why
-    records go missing. Never raises.
-    """
-
-    def __init__(self, queue: str, *, clock: Callable[[], float] | None = None) -> None:
-        self.queue = queue
-        self._clock = clock or time.monotonic
-        self._logged_at: float | None = None
-        self._total_logged = 0
-        self._seen = 0
-        #: Records seen missing by this process since it started.
-        self.seen_total = 0
-
-    def seen(self, n: int = 1, where: str = "") -> None:
-        """``n`` records found missing by this process (``where``: in which state)."""
-        if n <= 0:
-            return
-        self._seen += n
-        self.seen_total += n
-        self._maybe_log(None, where)
-
-    def counted(self, total: int) -> None:
-        """The queue's total of missing records, as read from Redis."""
-        if total > self._total_logged:
-            self._maybe_log(total, "")
-
-    def due(self) -> bool:
-        """Whether a warning could go out now (a caller reads the total only then)."""
-        return self._logged_at is None or self._clock() - self._logged_at >= MISSING_LOG_S
-
-    def _maybe_log(self, total: int | None, where: str) -> None:
-        if not self.due():
-            return
-        new = self._seen
-        if total is not None:
-            new = max(new, total - self._total_logged)
-            self._total_logged = total
-        if new <= 0:
-            return
-        self._logged_at = self._clock()
-        self._seen = 0
-        log.warning(
-            "queue %s: %d job record(s) found missing%s%s: their hashes were evicted "
-            "(maxmemory-policy allkeys-*/volatile-*, accepted with allow_eviction=True) or "
-            "deleted by hand. Waiting, delayed and running ones are dead-lettered with the "
-            "reason 'job record missing' (their data is gone); see "
-            "QueueStats.missing_records. Give Redis more memory or use noeviction",
-            self.queue,
-            new,
-            f" ({where})" if where else "",
-            "" if total is None else f", {total} since the queue was cleared",
-        )
 
 
 #: Error replies of a server that refuses writes, what each means, what to do about it,

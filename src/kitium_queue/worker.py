@@ -495,7 +495,7 @@ class Worker:
 
     def _check_missing(self) -> None:
         """Read the queue's count of missing records, in the background: a warning goes
-        out (bounded rate, ``serverinfo.MissingRecords``) when it grew."""
+        out (bounded rate, ``missing.MissingRecords``) when it grew."""
         if self._missing_task is not None and not self._missing_task.done():
             return
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from redis.exceptions import RedisError
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, KitiumQueueError
 from ...identity import acting_as, check_principal
 from ...keys import check_key_part
 from ..audit.cli import (
@@ -353,7 +354,19 @@ async def _checked(
             kept += ("client|setinfo",)
         fitted = RedisAclRules(rules.user, rules.keys, rules.channels, kept)
         if password is not None:
-            await dep.call("execute_command", "ACL", "SETUSER", *fitted.setuser_args(password))
+            try:
+                await dep.call("execute_command", "ACL", "SETUSER", *fitted.setuser_args(password))
+            except (RedisError, KitiumQueueError) as exc:
+                # Never the reply itself: "unknown command ... with args beginning with"
+                # quotes the arguments, the password among them (and so would the
+                # traceback of --debug: raised from None).
+                said = str(exc).split(", with args", 1)[0].split("(", 1)[0].strip()[:120]
+                raise KitiumQueueError(
+                    f"the server refused ACL SETUSER ({type(exc).__name__}: {said}): it "
+                    "does not let this connection create users (a managed service, or a "
+                    "user without +acl|setuser). Create the user with the provider's "
+                    "tools or an admin connection, from the rules printed without --apply"
+                ) from None
             notes.append(f"user {rules.user} created on the server")
         return fitted, notes
     finally:

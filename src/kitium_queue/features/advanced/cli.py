@@ -14,6 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from redis.exceptions import ResponseError
+
+from ...serverinfo import write_refused_cause
 
 __all__ = ["flatten", "make_command"]
 
@@ -61,8 +64,14 @@ def make_command(
         async def act(q: Any) -> dict[str, Any]:
             eff: dict[str, Any] = q.advanced.effective()
             client = await q.client()
-            server = await client.info("server")
-            eff["server"] = {"redis_version": server.get("redis_version")}
+            try:
+                server = await client.info("server")
+            except ResponseError as exc:  # INFO refused (an ACL, a managed service)
+                if write_refused_cause(exc) is not None:
+                    raise
+                eff["server"] = {"redis_version": None, "info": f"not answered: {exc}"[:200]}
+            else:
+                eff["server"] = {"redis_version": server.get("redis_version")}
             return eff
 
         eff = with_queue(app, redis, act)
