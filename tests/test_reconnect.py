@@ -249,3 +249,43 @@ async def test_first_call_after_a_restart_succeeds(
     jid = await producer.add_job("x", 2)
     info = await producer.get_job_status(jid)
     assert info is not None and info.data == 2
+
+
+async def test_health_while_redis_is_down_still_knows_this_process_runs_a_worker(
+    durable: RedisServer, producer: JobQueue
+) -> None:
+    """Redis unreachable: unhealthy, and ``worker_running`` still says that this
+    process's worker runs (and retries); it used to say False whenever Redis was down."""
+    producer.process("x", lambda job: None)
+    await producer.start()
+    try:
+        assert (await producer.health_check()).worker_running is True
+        await asyncio.to_thread(durable.kill)
+        health = await producer.health_check()
+        assert not health.healthy and health.error, health
+        assert health.worker_running is True, health
+    finally:
+        await producer.worker.stop(timeout_ms=200)  # type: ignore[union-attr]
+        await asyncio.to_thread(durable.restart)
+
+
+async def test_a_call_that_cannot_reconnect_raises_connection_unavailable(
+    durable: RedisServer, producer: JobQueue
+) -> None:
+    """Connected once, then Redis went away: a call whose connection cannot be opened
+    again reached nothing, and raises ``ConnectionUnavailableError`` as the first
+    connection does (it raised redis-py's bare ``ConnectionError``). It is still a
+    redis-py ``ConnectionError`` too, for handlers written for that."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    await producer.add_job("x", 1)
+    await asyncio.to_thread(durable.kill)
+    try:
+        for call in (lambda: producer.add_job("x", 2), producer.get_stats):
+            with pytest.raises(ConnectionUnavailableError) as info:
+                await call()
+            assert isinstance(info.value, RedisConnectionError)
+            assert "Nothing of this call reached Redis" in str(info.value)
+    finally:
+        await asyncio.to_thread(durable.restart)
+    assert await producer.add_job("x", 3)  # the next call connects again

@@ -23,7 +23,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import kitium_queue.scripts as scripts_mod
 from _redis import RedisServer
-from kitium_queue import JobQueue
+from helpers import wait_until
+from kitium_queue import JobQueue, SyncJobQueue
 from kitium_queue.replies import ReplyChannel, channel_for
 
 pytestmark = pytest.mark.redis_only
@@ -286,6 +287,39 @@ async def _queries_after_a_restart(queue: JobQueue, server: RedisServer) -> None
     )
     assert stats.waiting == 0 and health  # no persistence: the job went with the restart
     assert infos == [None] * 6
+
+
+async def test_unix_socket_in_the_dict_form(prefix: str) -> None:
+    """``redis={"unix_socket_path": ...}`` (the documented dict key): it was renamed to a
+    keyword redis-py does not take, a TypeError at the first call, and the CLI called
+    the server unreachable."""
+    sock = f"/tmp/kq-dict-{uuid.uuid4().hex[:8]}.sock"
+    srv = RedisServer("--unixsocket", sock, "--unixsocketperm", "700").start()
+    cfg = {"unix_socket_path": sock, "db": 2}
+    q = JobQueue("dict-unix", redis=cfg, prefix=prefix)
+    try:
+        q.process("n", lambda job: job.data + 1)
+        jid = await q.add_job("n", 41)
+        await q.start()
+        await wait_until(lambda: _result_is(q, jid, 42), 10)
+        health = await q.health_check()
+        assert health.healthy and health.backend == f"unix:{sock}", health
+        sync = SyncJobQueue("dict-unix", redis=cfg, prefix=prefix)
+        try:
+            assert sync.add_job("n", 1)
+        finally:
+            sync.close()
+        raw = aioredis.Redis(unix_socket_path=sock, db=2)
+        assert await raw.exists(q.keys.job(jid))  # in the database asked for
+        await raw.aclose()
+    finally:
+        await q.close()
+        srv.close()
+
+
+async def _result_is(q: JobQueue, jid: str, want: Any) -> bool:
+    info = await q.get_job_status(jid)
+    return info is not None and info.result == want
 
 
 async def test_unix_socket_and_worker_round_trip(

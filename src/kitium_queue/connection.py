@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connerrors import missing_tls_files, translate_error
 from .errors import ConfigurationError, KitiumQueueError
-from .pools import CheckedSentinelPool, check_pool
+from .pools import CheckedSentinelPool, ConnectFailedError, check_pool
 from .redact import (
     REDACTED,
     REDACTED_PLACEHOLDER,
@@ -342,8 +342,6 @@ class ConnectionFactory:
                     "tls options given with a non-TLS url: use a rediss:// url"
                 )  # with a rediss:// url the scheme selects TLS; the options configure it
         _ready_check_and_retry(opts)
-        if "unix_socket_path" in opts:
-            opts["path"] = opts.pop("unix_socket_path")
         cluster = opts.pop("cluster", False)
         startup = opts.pop("startup_nodes", None)
         sentinels = opts.pop("sentinels", None)
@@ -412,8 +410,8 @@ class ConnectionFactory:
             return self._url
         if self._given_client is not None:
             return "<cluster client>" if self.mode == "cluster" else "<client>"
-        if "path" in self._kwargs:
-            return f"unix:{self._kwargs['path']}"
+        if "unix_socket_path" in self._kwargs:
+            return f"unix:{self._kwargs['unix_socket_path']}"
         return f"{self._kwargs.get('host', 'localhost')}:{self._kwargs.get('port', 6379)}"
 
     def redact(self, text: object) -> str:
@@ -575,6 +573,8 @@ class ConnectionFactory:
         ``ConnectionUnavailableError`` otherwise. ``timeout_s``: the deadline a bare
         ``asyncio.TimeoutError`` stands for, if the caller set one.
         """
+        if isinstance(exc, ConnectFailedError) and exc.__cause__ is not None:
+            exc = exc.__cause__  # a pool's connection: worded here, with the queue's name
         try:
             opts = {**(parse_url(self._url) if self._url else {}), **self._kwargs}
         except Exception:  # checked at construction; here only to word a message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ __all__ = [
     "StreamEvent",
     "check_handler",
     "read_stream",
+    "stream_entries",
 ]
 
 log = get_logger(__name__)
@@ -220,16 +221,26 @@ async def read_stream(
             if not follow:
                 return
             continue
-        for _key, entries in reply:
-            for entry_id, raw in entries:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                # Fields are written as UTF-8 by the scripts; an entry added by another
-                # client may hold anything, and must not stop the reader.
-                fields_ = {
-                    (k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k): (
-                        v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
-                    )
-                    for k, v in raw.items()
-                }
-                last_id = eid
-                yield StreamEvent(eid, fields_.pop("e", ""), fields_.pop("id", ""), fields_)
+        for entry_id, raw in stream_entries(reply):
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            # Fields are written as UTF-8 by the scripts; an entry added by another
+            # client may hold anything, and must not stop the reader.
+            fields_ = {
+                (k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k): (
+                    v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
+                )
+                for k, v in raw.items()
+            }
+            last_id = eid
+            yield StreamEvent(eid, fields_.pop("e", ""), fields_.pop("id", ""), fields_)
+
+
+def stream_entries(reply: Any) -> list[tuple[Any, Any]]:
+    """The ``(id, fields)`` entries of an ``XREAD`` / ``XREADGROUP`` reply, whichever
+    protocol the connection speaks: RESP2 ``[[stream, [entries]], ...]``, RESP3
+    ``{stream: [[entries]]}`` (a ``redis://...?protocol=3`` URL)."""
+    if not reply:
+        return []
+    if isinstance(reply, Mapping):
+        return [e for batches in reply.values() for batch in batches for e in batch]
+    return [e for _stream, entries in reply for e in entries]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from .errors import ConfigurationError, KitiumQueueError, PayloadTooLargeError
+from .events import stream_entries
 from .leader import NET_ERRORS, LeaderService, OutageLog, check_name
 from .limits import get_logger
 from .serverinfo import refuses_writes
@@ -471,11 +472,7 @@ class OutboxConsumer:
                 raise
             self._ready = False  # the stream or group was deleted: recreate it next time
             return []
-        if isinstance(reply, Mapping):  # RESP3: {stream: [[(id, fields), ...]]}
-            batches = [b for v in reply.values() for b in v]
-        else:  # RESP2: [[stream, [(id, fields), ...]]]
-            batches = [s[1] for s in reply or ()]
-        return [OutboxEntry.parse(i, raw) for b in batches for i, raw in b if raw is not None]
+        return [OutboxEntry.parse(i, raw) for i, raw in stream_entries(reply) if raw is not None]
 
     async def reclaim(self, count: int | None = None) -> list[OutboxEntry]:
         """One ``XAUTOCLAIM`` step: take over entries idle >= ``claim_idle_ms``.

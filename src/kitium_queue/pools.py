@@ -36,12 +36,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, ResponseError
+
+from .errors import ConnectionUnavailableError
 
 __all__ = [
     "POOL_WAIT_S",
     "CheckedPool",
     "CheckedSentinelPool",
+    "ConnectFailedError",
     "answering",
     "check_pool",
     "exhausted",
@@ -235,17 +239,39 @@ async def ping(client: Any, timeout: float) -> ResponseError | None:
 _ANSWERING: dict[type, type] = {}
 
 
+class ConnectFailedError(ConnectionUnavailableError, RedisConnectionError):
+    """A connection of the pool could not be opened (refused, no route, no such host or
+    socket): nothing of the call reached Redis. The library's
+    ``ConnectionUnavailableError``, as when the first connection fails, and still
+    redis-py's ``ConnectionError`` (which its retries, and callers' handlers written
+    for it, catch)."""
+
+
+def _connect_failed(exc: BaseException) -> BaseException:
+    """``exc`` raised by a connection's ``connect``: a socket that could not be opened
+    (redis-py's "Error 111 connecting to host:port. ...") becomes ``ConnectFailedError``;
+    anything else (a handshake refused, a timeout, a Sentinel without a primary) stays."""
+    if type(exc) is RedisConnectionError and " connecting to " in str(exc):
+        return ConnectFailedError(
+            f"{exc} Nothing of this call reached Redis: check that the server runs and "
+            "is reachable (the next call connects again)"
+        )
+    return exc
+
+
 def answering(cls: type) -> type:
     """``cls`` (a redis-py connection class, asyncio or blocking) whose health-check
-    ``PING`` counts a ``MISCONF`` or ``BUSY`` refusal as an answer (see the module's text). Classes
-    without redis-py's ``_send_ping`` are returned as they are."""
+    ``PING`` counts a ``MISCONF`` or ``BUSY`` refusal as an answer (see the module's text),
+    and whose ``connect`` raises ``ConnectFailedError`` for a socket it could not open.
+    Classes without redis-py's ``_send_ping`` are returned as they are."""
     if cls in _ANSWERING.values():
         return cls
     made = _ANSWERING.get(cls)
     if made is not None:
         return made
     send = getattr(cls, "_send_ping", None)
-    if send is None:
+    connect = getattr(cls, "connect", None)
+    if send is None or connect is None:
         return cls
     if inspect.iscoroutinefunction(send):
 
@@ -256,6 +282,15 @@ def answering(cls: type) -> type:
                 if not refuses_ping(exc):
                     raise
 
+        async def _connect(self: Any) -> None:
+            try:
+                await connect(self)
+            except RedisConnectionError as exc:
+                failed = _connect_failed(exc)
+                if failed is exc:
+                    raise
+                raise failed from exc
+
     else:
 
         def _send_ping(self: Any) -> None:  # type: ignore[misc]
@@ -265,6 +300,19 @@ def answering(cls: type) -> type:
                 if not refuses_ping(exc):
                     raise
 
-    made = type(cls.__name__, (cls,), {"_send_ping": _send_ping, "__module__": __name__})
+        def _connect(self: Any) -> None:  # type: ignore[misc]
+            try:
+                connect(self)
+            except RedisConnectionError as exc:
+                failed = _connect_failed(exc)
+                if failed is exc:
+                    raise
+                raise failed from exc
+
+    made = type(
+        cls.__name__,
+        (cls,),
+        {"_send_ping": _send_ping, "connect": _connect, "__module__": __name__},
+    )
     _ANSWERING[cls] = made
     return made

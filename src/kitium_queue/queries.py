@@ -23,6 +23,7 @@ import base64
 import binascii
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -519,17 +520,16 @@ class Queries:
         """``JobQueue.health_check``; ``worker_running()``: whether this process runs a worker
         of the queue; ``server_config``: also read persistence settings with CONFIG GET."""
         ctx = self.ctx
-        loop = asyncio.get_running_loop()
         try:
             client = await ctx.client()
-            t0 = loop.time()
+            t0 = time.perf_counter()  # uvloop's loop.time() has ms resolution
             refused = await ping_refusal(client, CONNECT_TIMEOUT_S)  # MISCONF: answers
-            latency = (loop.time() - t0) * 1000
+            latency = (time.perf_counter() - t0) * 1000
             refused = refused or await write_probe(client, ctx.keys.extra("write-probe"))
         except Exception as exc:
             # Redacted as ``backend`` is: a redis-py message may quote the connection.
             error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
-            return HealthStatus(False, None, ctx.connection.describe(), error)
+            return HealthStatus(False, None, ctx.connection.describe(), error, worker_running())
         memory = None  # on a Cluster, of the primary that holds the queue's slot (meta)
         if not ctx.connection.is_memory:
             memory = await memory_report(client, config=server_config, key=ctx.keys.meta)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from ...events import stream_entries
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, LeaderService
 from ...limits import get_logger
@@ -232,10 +233,9 @@ class BreakerEvents(LeaderService):
         if not reply:
             return None
         last = cursor
-        for _key, entries in reply:
-            for entry_id, fields in entries:
-                last = _sid(entry_id)
-                report(self.queue, BreakerTransition.parse(last, fields))
+        for entry_id, fields in stream_entries(reply):
+            last = _sid(entry_id)
+            report(self.queue, BreakerTransition.parse(last, fields))
         await client.set(self.cursor_key, last)
         return last
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from ...events import stream_entries
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, LeaderService
 from ...limits import get_logger
@@ -67,24 +68,23 @@ class WorkflowEvents(LeaderService):
         if not got:
             return None
         hooks = self.queue.hooks
-        for _stream, entries in got:
-            for entry_id, raw in entries:
-                position = _s(entry_id)
-                fields = {_s(k): _s(v) for k, v in raw.items()}
-                if hooks.feature_event:
-                    hooks.emit_feature_event(
-                        FeatureEvent(
-                            queue=self.queue.name,
-                            feature="workflows",
-                            name=fields.get("e", ""),
-                            subject=fields.get("w", ""),
-                            fields={
-                                "workflow_id": fields.get("w", ""),
-                                "step": fields.get("s", ""),
-                            },
-                            event_id=position,
-                            at_ms=int(position.split("-")[0]),
-                        )
+        for entry_id, raw in stream_entries(got):
+            position = _s(entry_id)
+            fields = {_s(k): _s(v) for k, v in raw.items()}
+            if hooks.feature_event:
+                hooks.emit_feature_event(
+                    FeatureEvent(
+                        queue=self.queue.name,
+                        feature="workflows",
+                        name=fields.get("e", ""),
+                        subject=fields.get("w", ""),
+                        fields={
+                            "workflow_id": fields.get("w", ""),
+                            "step": fields.get("s", ""),
+                        },
+                        event_id=position,
+                        at_ms=int(position.split("-")[0]),
                     )
+                )
         await client.set(self.cursor_key, position)
         return position
