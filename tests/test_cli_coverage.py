@@ -25,6 +25,7 @@ EXERCISED_BY: dict[str, str] = {
     "demo": "test_cli_schedules.py",
     "jobs list": "test_cli_jobs.py",
     "jobs show": "test_cli_jobs.py",
+    "jobs why": "test_cli_jobs.py",
     "jobs retry": "test_cli_jobs.py",
     "jobs remove": "test_cli_jobs.py",
     "jobs promote": "test_cli_jobs.py",

@@ -219,6 +219,32 @@ def test_show_a_failed_and_a_running_job(app: str, redis_url: str, prefix: str) 
     assert missing.exit_code == EXIT_ERROR and "job nope not found" in missing.stderr
 
 
+def test_why_a_job_is_not_running(app: str, redis_url: str, prefix: str) -> None:
+    target = f"{app}:queue"
+
+    async def setup() -> tuple[str, str]:
+        q = _queue(redis_url, prefix)
+        later = await q.add_job("later", {}, delay=3_600_000)
+        held = await q.add_job("long", {}, job_id="held-1")
+        assert (await q.run("claim", [1, 60_000, 0, 0, 2, "1", "worker-x", 100]))[0] == b"ok"
+        await q.close()
+        return later, held
+
+    later, held = asyncio.run(setup())
+    why = _json("jobs", "why", target, later)
+    codes = {r["code"]: r for r in why["reasons"]}
+    assert why["status"] == "delayed" and why["blocked"] is True, why
+    assert codes["delayed"]["blocking"] and codes["delayed"]["until_ms"] > why["now_ms"]
+    assert "no-worker" in codes  # nobody consumes the queue
+    text = _ok("--plain", "jobs", "why", target, later).stdout
+    assert "held back\tyes" in text and "delayed\tyes\t" in text and " (in " in text
+    leased = _json("jobs", "why", target, held)
+    assert leased["status"] == "active"
+    assert any("worker-x" in r["message"] for r in leased["reasons"]), leased
+    missing = _run("jobs", "why", target, "nope")
+    assert missing.exit_code == EXIT_ERROR and "job nope not found" in missing.stderr
+
+
 def test_bulk_retry_remove_promote_cancel(app: str, redis_url: str, prefix: str) -> None:
     target = f"{app}:queue"
     dead = _fail_into_dlq(

@@ -224,6 +224,16 @@ def test_describe_shows_where_without_credentials() -> None:
     assert "pw" not in f.redact("error from s1 with pw in it")
 
 
+def test_a_unix_url_with_two_slashes_is_refused_not_read_as_a_host() -> None:
+    """``unix://tmp/r.sock`` was read as host ``tmp`` (dropped) and path ``/r.sock``: a
+    connection to the wrong socket, found out only at the first call."""
+    with pytest.raises(ConfigurationError, match="three slashes") as info:
+        ConnectionFactory(f"unix://:{S1}@tmp/r.sock?db=1")
+    _assert_hidden(_exception_text(info.value))
+    for fine in ("unix:///tmp/r.sock", "UNIX:///tmp/r.sock?db=2", "unix://:pw@/tmp/r.sock"):
+        assert ConnectionFactory(fine).describe().lower().startswith("unix://")
+
+
 def test_ambiguous_credentials_are_refused_with_a_hint() -> None:
     with pytest.raises(ConfigurationError, match="percent-encoded") as info:
         ConnectionFactory(f"redis://:{S1}/{S2}@h:6379/0")

@@ -8,6 +8,7 @@ import inspect
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -249,6 +250,12 @@ class ConnectionFactory:
         hidden = self._secrets | misplaced_secrets(url)
         try:
             problem = _settings_problem(parse_url(url)) or unknown_url_options(url)
+            host = urlsplit(url).hostname if url[:7].lower() == "unix://" else None
+            if host and not problem:  # unix://tmp/r.sock: "tmp" would be dropped silently
+                problem = (
+                    f"a unix:// URL takes no host ({host!r}): write the socket's absolute "
+                    "path after three slashes, e.g. unix:///var/run/redis.sock"
+                )
         except Exception as exc:
             problem = redact_url(exc, hidden) or type(exc).__name__
         if problem:

@@ -208,6 +208,49 @@ def jobs_show(app: str, job_id: str, log_lines: int, as_json: bool, redis: str |
     with_queue(app, redis, act)
 
 
+@jobs.command("why")
+@click.argument("app")
+@click.argument("job_id")
+@json_option
+@redis_option
+def jobs_why(app: str, job_id: str, as_json: bool, redis: str | None) -> None:
+    """Why job JOB_ID is not running: each reason (its delay, a paused queue or group,
+    the job holding its group's turn, unfinished dependencies, an open breaker, a full
+    rate window or concurrency cap, no live worker for its name, the lease holding it),
+    with what it refers to and until when. The core's reasons come first, then each
+    feature's. Exit 1 when there is no such job."""
+    out = output(as_json)
+
+    async def act(q: Any) -> None:
+        why = await q.explain(job_id)
+        if why.status is None:
+            raise click.ClickException(
+                f"job {text_field(job_id)} not found in queue '{text_field(q.name)}'"
+            )
+        if as_json:
+            out.json(why.to_dict())
+            return
+        out.fields(
+            [("state", why.status.value), ("held back", "yes" if why.blocked else "no")],
+            title=f"job {text_field(why.job_id)}",
+        )
+        rows = [
+            [
+                r.code,
+                "yes" if r.blocking else "no",
+                r.message,
+                "-" if r.until_ms is None else when(r.until_ms),
+                r.source,
+            ]
+            for r in why.reasons
+        ]
+        out.table(
+            ["reason", "holds", "message", "until", "from"], rows, empty="nothing holds it back"
+        )
+
+    with_queue(app, redis, act)
+
+
 # ---------------------------------------------------------------------- acting on jobs
 async def _each(
     out: Output, label: str, ids: Sequence[str], fn: Callable[[str], Awaitable[Any]]
