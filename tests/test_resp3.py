@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 
 from helpers import QueueFactory, wait_until
-from kitium_queue import CircuitBreakerManager, JobChainManager, WorkflowStep
+from kitium_queue import (
+    CircuitBreakerManager,
+    ConfigurationError,
+    JobChainManager,
+    WorkflowStep,
+)
 from kitium_queue.events import stream_entries
 from kitium_queue.hooks import FeatureEvent, Subscriber
 
@@ -104,3 +109,19 @@ async def test_workflow_events_reach_subscribers_under_resp3(
     )
     await q.start()
     await wait_until(lambda: any(e.name == "workflow-completed" for e in seen.events), 15)
+
+
+async def test_the_dict_form_asks_for_resp3(make_queue: QueueFactory, redis_url: str) -> None:
+    """``{"protocol": 3}`` was refused as an unknown option although a URL could ask."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(redis_url)
+    cfg = {"host": u.hostname, "port": u.port, "protocol": 3}
+    q = make_queue("r3d", redis=cfg)
+    jid = await q.add_job("n", {})
+    client = await q.client()
+    assert (await client.execute_command("HELLO"))[b"proto"] == 3
+    seen = [e.job_id async for e in q.events(last_id="0", follow=False, block_ms=50)]
+    assert jid in seen
+    with pytest.raises(ConfigurationError, match="protocol=2 or protocol=3"):
+        make_queue("r3x", redis={**cfg, "protocol": 4})

@@ -86,6 +86,7 @@ _DICT_KEYS = {
     "retry_strategy",
     "enable_ready_check",
     "unix_socket_path",
+    "protocol",
     # Redis Cluster
     "cluster",
     "startup_nodes",
