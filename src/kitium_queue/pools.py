@@ -246,6 +246,12 @@ class ConnectFailedError(ConnectionUnavailableError, RedisConnectionError):
     redis-py's ``ConnectionError`` (which its retries, and callers' handlers written
     for it, catch)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # The attributes redis-py's errors carry (error_type, status_code: its own code
+        # reads them, its __repr__ too), whatever the version: from one of its own.
+        self.__dict__.update(RedisConnectionError(message).__dict__)
+
 
 def _connect_failed(exc: BaseException) -> BaseException:
     """``exc`` raised by a connection's ``connect``: a socket that could not be opened

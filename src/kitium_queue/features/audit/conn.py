@@ -23,7 +23,7 @@ from ...connerrors import NOPERM
 from ...context import CONNECT_TIMEOUT_S
 from ...errors import KitiumQueueError, PermissionDeniedError
 from ...keys import check_key_part
-from ...pools import ping
+from ...pools import ConnectFailedError, ping
 from ...serverinfo import write_refused
 
 __all__ = ["DEPLOYMENT_TAG", "Deployment", "LuaScript"]
@@ -92,8 +92,8 @@ class Deployment:
 
     def error(self, exc: BaseException) -> BaseException:
         """The library's error for ``exc`` raised by redis-py (or ``exc`` itself)."""
-        if isinstance(exc, KitiumQueueError):
-            return exc
+        if isinstance(exc, KitiumQueueError) and not isinstance(exc, ConnectFailedError):
+            return exc  # (a pool's connection that could not open is worded below)
         text = str(exc)
         if isinstance(exc, NoPermissionError) or (
             isinstance(exc, ResponseError) and NOPERM.search(text)
