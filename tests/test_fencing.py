@@ -399,6 +399,44 @@ async def test_an_outcome_from_writes_redis_lost_never_lands_on_a_new_job(
     await _old_outcome_after_a_loss(redis_url, prefix, snapshot, back_to)
 
 
+async def test_a_job_that_took_a_lost_jobs_id_has_its_own_idempotency_key(
+    redis_url: str, prefix: str
+) -> None:
+    """A payment provider deduplicates by ``job.idempotency_key``. Redis loses its latest
+    writes after alice's job ran; bob's new job takes the same auto id. With the default
+    key ``"<queue>:<id>"`` bob was never charged and his job completed with alice's
+    charge; the enqueue time in the default key keeps them apart."""
+    provider: dict[str, str] = {}
+    q = JobQueue("pay", redis=redis_url, prefix=prefix, worker={"concurrency": 1})
+
+    @q.process("charge")
+    async def charge(job: Any) -> dict[str, str]:
+        provider.setdefault(job.idempotency_key, job.data["who"])
+        return {"charged": provider[job.idempotency_key]}
+
+    try:
+        client = await q.client()
+        first = await q.add_job("charge", {"who": "first"})
+        await q.start()
+        await wait_until(lambda: _done(q, first), 10)
+        names = await _keys(client, prefix)
+        kept = [(k, await client.dump(k), await client.pttl(k)) for k in names]
+        await asyncio.sleep(0.01)  # a later enqueue time, as after any real failover
+        alice = await q.add_job("charge", {"who": "alice"})
+        await wait_until(lambda: _done(q, alice), 10)
+        await client.delete(*await _keys(client, prefix))  # the latest writes are lost
+        for key, dumped, ttl in kept:
+            await client.restore(key, max(ttl, 0), dumped, replace=True)
+        bob = await q.add_job("charge", {"who": "bob"})
+        assert bob == alice  # the auto id went back with the lost writes
+        await wait_until(lambda: _done(q, bob), 10)
+        info = await q.get_job_status(bob)
+        assert info is not None and info.result == {"charged": "bob"}, info
+        assert sorted(provider.values()) == ["alice", "bob", "first"]
+    finally:
+        await q.close()
+
+
 async def _done(q: JobQueue, job_id: str) -> bool:
     info = await q.get_job_status(job_id)
     return info is not None and info.status is JobStatus.COMPLETED

@@ -86,7 +86,7 @@ async def test_async_processor_result_is_stored(make_queue: QueueFactory) -> Non
     assert info.created_at <= info.started_at <= info.finished_at
     await wait_for_status(q, keyed, JobStatus.COMPLETED)
     first = next(s for s in seen if s[0] == jid)
-    assert first[1:6] == ("send", {"to": "a@b.c"}, 1, 4, f"emails:{jid}")
+    assert first[1:6] == ("send", {"to": "a@b.c"}, 1, 4, f"emails:{jid}:{info.created_at}")
     assert first[6] == {"attempts": 4}
     assert first[7] == info.created_at
     assert next(s for s in seen if s[0] == keyed)[5] == "mail-x"

@@ -47,7 +47,9 @@ class Job(Generic[DataT]):
         created_at: enqueue time, ms since the epoch (Redis clock).
         options: the options the job was added with (only those set explicitly).
         idempotency_key: stable key for side effects outside Redis: the job's
-            ``idempotency_key`` option if given, else ``"<queue>:<id>"``.
+            ``idempotency_key`` option if given, else ``"<queue>:<id>:<created_at>"``
+            (the enqueue time too: an auto id can be taken again by another job after
+            Redis lost its latest writes, the enqueue time of that job differs).
         queue_name: the queue it belongs to.
         follows: run links: the run contexts of the runs this run follows (a
             workflow step's parents' runs, recorded when each finished), at most
@@ -108,7 +110,9 @@ class Job(Generic[DataT]):
         self.queue_name = queue_name
         self.stalls = stalls
         self.progress = progress
-        self.idempotency_key: str = options.get("idempotency_key") or f"{queue_name}:{id}"
+        self.idempotency_key: str = (
+            options.get("idempotency_key") or f"{queue_name}:{id}:{created_at}"
+        )
         self._token = token
         self._updater = updater
         self.follows = follows
