@@ -76,9 +76,15 @@ def _recorder(q: JobQueue, log: list[str], ms: float = 0) -> None:
 
 # ---------------------------------------------------------------------------- configs
 def test_config_from_dict_and_checks() -> None:
-    cfg = TenantConfig.of({"tenant_id": "acme", "name": "ACME", "weight": 3,
-                           "quota": {"max_queue_size": 10, "rate_limit": 1000},
-                           "allowed_regions": ["us-east-1", "eu-west-1"]})
+    cfg = TenantConfig.of(
+        {
+            "tenant_id": "acme",
+            "name": "ACME",
+            "weight": 3,
+            "quota": {"max_queue_size": 10, "rate_limit": 1000},
+            "allowed_regions": ["us-east-1", "eu-west-1"],
+        }
+    )
     assert cfg.quota.rate_limit == RateLimit(1000, 1000)
     assert cfg.quota.max_concurrency is None and cfg.weight == 3.0
     quota = TenantQuota.of({"rate_limit": {"max": 5, "duration": 200}})
@@ -91,24 +97,52 @@ def test_config_from_dict_and_checks() -> None:
         TenantConfig.of({"name": "x"})
 
 
-@pytest.mark.parametrize("tid", [
-    "", "a b", "a*", "a?", "x[1]", "{x}", "a\x00b", "a\nb", "\ud800", "é" * 129, 5, None,
-])
+@pytest.mark.parametrize(
+    "tid",
+    [
+        "",
+        "a b",
+        "a*",
+        "a?",
+        "x[1]",
+        "{x}",
+        "a\x00b",
+        "a\nb",
+        "\ud800",
+        "é" * 129,
+        5,
+        None,
+    ],
+)
 def test_bad_tenant_ids_are_refused(tid: Any) -> None:
     with pytest.raises(ConfigurationError, match="tenant_id"):
         TenantConfig(tid)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("weight", math.nan), ("weight", math.inf), ("weight", 0), ("weight", 1e9),
-    ("weight", True), ("weight", "3"),
-    ("quota", {"max_queue_size": -1}), ("quota", {"max_queue_size": 2**70}),
-    ("quota", {"max_concurrency": 1.5}), ("quota", {"max_concurrency": True}),
-    ("quota", {"rate_limit": 0}), ("quota", {"rate_limit": {"max": 5, "duration": -1}}),
-    ("quota", {"rate_limit": "fast"}), ("quota", {"rate_limit": {"maxx": 1}}),
-    ("allowed_regions", "us-east-1"), ("allowed_regions", ["us east"]),
-    ("allowed_regions", ["r*"]), ("name", "a\x1bb"), ("name", 7),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("weight", math.nan),
+        ("weight", math.inf),
+        ("weight", 0),
+        ("weight", 1e9),
+        ("weight", True),
+        ("weight", "3"),
+        ("quota", {"max_queue_size": -1}),
+        ("quota", {"max_queue_size": 2**70}),
+        ("quota", {"max_concurrency": 1.5}),
+        ("quota", {"max_concurrency": True}),
+        ("quota", {"rate_limit": 0}),
+        ("quota", {"rate_limit": {"max": 5, "duration": -1}}),
+        ("quota", {"rate_limit": "fast"}),
+        ("quota", {"rate_limit": {"maxx": 1}}),
+        ("allowed_regions", "us-east-1"),
+        ("allowed_regions", ["us east"]),
+        ("allowed_regions", ["r*"]),
+        ("name", "a\x1bb"),
+        ("name", 7),
+    ],
+)
 def test_bad_config_values_are_refused(field: str, value: Any) -> None:
     with pytest.raises(ConfigurationError):
         TenantConfig.of({"tenant_id": "t", field: value})
@@ -118,8 +152,9 @@ def test_bad_config_values_are_refused(field: str, value: Any) -> None:
 async def test_registry_crud_and_versions(make_queue: QueueFactory) -> None:
     q = make_queue("crud")
     reg = TenantRegistry(q)
-    made = await reg.create_tenant({"tenant_id": "acme", "name": "ACME",
-                                    "quota": {"max_queue_size": 5, "max_concurrency": 2}})
+    made = await reg.create_tenant(
+        {"tenant_id": "acme", "name": "ACME", "quota": {"max_queue_size": 5, "max_concurrency": 2}}
+    )
     with pytest.raises(ConfigurationError, match="exists already"):
         await reg.create_tenant(TenantConfig("acme"))
     await reg.create_tenant(TenantConfig("beta", weight=2))
@@ -162,6 +197,35 @@ async def test_quota_reaches_queues_and_old_copies_never_win(make_queue: QueueFa
     await reg.remove_tenant("a")
     with pytest.raises(JobRefusedError, match="tenant 'a' does not exist in queue 'sync'"):
         await q.add_job("x", tenant_id="a")
+
+
+@pytest.mark.redis_only
+async def test_a_change_after_the_registry_lost_its_latest_writes_reaches_the_queues(
+    make_queue: QueueFactory,
+) -> None:
+    """The registry's keys (``{!access}``, on another Cluster master than the queue's)
+    go back to before a change the queue already copied: its version counter went back
+    too. A version counted from it was the lost change's version again, which the queue
+    ignored as not newer: it kept the lost quota (1) although the registry said 100, and
+    every sync and update_tenant left it so. Versions follow the clock."""
+    q = make_queue("lossy")
+    reg = TenantRegistry(q)
+    await reg.attach(q)
+    client = await q.client()
+    await reg.create_tenant({"tenant_id": "acme", "quota": {"max_queue_size": 10}})
+    pattern = f"{q.keys.prefix}:{{!access}}:*"
+    names = {k async for k in client.scan_iter(match=pattern, count=1000)}
+    kept = [(k, await client.dump(k), await client.pttl(k)) for k in names]
+    await asyncio.sleep(0.01)  # the failover takes longer than a ms
+    await reg.update_tenant("acme", quota={"max_queue_size": 1})  # copied, then lost
+    await client.delete(*{k async for k in client.scan_iter(match=pattern, count=1000)})
+    for key, dumped, ttl in kept:
+        await client.restore(key, max(ttl, 0), dumped, replace=True)
+    await reg.update_tenant("acme", quota={"max_queue_size": 100})
+    await reg.sync()
+    assert await client.hget(tk.tenant(q.keys, "acme"), "mqs") == b"100"
+    for _ in range(5):
+        await q.add_job("x", tenant_id="acme")
 
 
 async def test_registry_from_a_url_manages_the_queues_of_its_prefix(
@@ -220,16 +284,23 @@ async def test_max_queue_size_refuses_atomically(make_queue: QueueFactory) -> No
     assert [e for e in events if e == "over"] == []
     # In a batch only the over-quota jobs are refused; the others are added.
     with pytest.raises(JobRefusedError) as batch:
-        await q.add_jobs([("x", {}, {"tenant_id": "acme"}), ("x", {}, {"tenant_id": "other"}),
-                          ("x", {}, {}), ("x", {}, {"tenant_id": "acme"})])
+        await q.add_jobs(
+            [
+                ("x", {}, {"tenant_id": "acme"}),
+                ("x", {}, {"tenant_id": "other"}),
+                ("x", {}, {}),
+                ("x", {}, {"tenant_id": "acme"}),
+            ]
+        )
     b = batch.value
     assert b.ids[0] is None and b.ids[3] is None and b.ids[1] and b.ids[2]
     assert sorted(b.refused) == [0, 3]
     assert all(isinstance(e, QuotaExceededError) for e in b.errors.values())
     assert "max_queue_size of 3" in b.refused[0] and "KQ_QUOTA" not in b.refused[0]
     # Concurrent add_job calls share round trips: each refused one gets its own error.
-    outs = await asyncio.gather(*(q.add_job("x", tenant_id="acme") for _ in range(5)),
-                                return_exceptions=True)
+    outs = await asyncio.gather(
+        *(q.add_job("x", tenant_id="acme") for _ in range(5)), return_exceptions=True
+    )
     assert all(isinstance(o, QuotaExceededError) for o in outs)
     assert (await _raw(q, "acme"))["n"] == 3
     usage = await reg.get_tenant_usage("acme")
@@ -275,8 +346,9 @@ async def test_region_outside_allowed_regions_is_refused(make_queue: QueueFactor
 async def test_counts_exact_through_every_way_a_job_ends(make_queue: QueueFactory) -> None:
     q = make_queue("ends", settings=FAST, retry={"max_attempts": 2, "backoff_delay": 1})
     reg = TenantRegistry(q)
-    await reg.create_tenant({"tenant_id": "t", "quota": {"max_queue_size": 50,
-                                                         "max_concurrency": 3}})
+    await reg.create_tenant(
+        {"tenant_id": "t", "quota": {"max_queue_size": 50, "max_concurrency": 3}}
+    )
     fail_first: set[str] = set()
 
     async def run(job: Any) -> str:
@@ -293,8 +365,9 @@ async def test_counts_exact_through_every_way_a_job_ends(make_queue: QueueFactor
     q.process("x", run)
     kinds = ["ok"] * 6 + ["fail"] * 3 + ["retry"] * 3 + ["slow"] * 2
     jobs = await q.add_jobs([("x", {"kind": k}, {"tenant_id": "t"}) for k in kinds])
-    later = await q.add_jobs([("x", {"kind": "ok"}, {"tenant_id": "t", "delay": 60_000})
-                              for _ in range(4)])
+    later = await q.add_jobs(
+        [("x", {"kind": "ok"}, {"tenant_id": "t", "delay": 60_000}) for _ in range(4)]
+    )
     assert (await _raw(q, "t"))["n"] == len(kinds) + 4
     await q.remove_job(later[0])
     await q.cancel_job(later[1])
@@ -408,8 +481,9 @@ async def test_max_concurrency_holds_and_others_go_on(make_queue: QueueFactory) 
 async def test_rate_limit_holds_per_fixed_window(make_queue: QueueFactory) -> None:
     q = make_queue("rate")
     reg = TenantRegistry(q)
-    await reg.create_tenant({"tenant_id": "r", "quota": {"rate_limit": {"max": 4,
-                                                                        "duration": 300}}})
+    await reg.create_tenant(
+        {"tenant_id": "r", "quota": {"rate_limit": {"max": 4, "duration": 300}}}
+    )
     await reg.create_tenant({"tenant_id": "o"})
     log: list[str] = []
     _recorder(q, log)
@@ -430,8 +504,9 @@ async def test_rate_limit_holds_per_fixed_window(make_queue: QueueFactory) -> No
 async def test_rate_limit_without_fair_dispatch(make_queue: QueueFactory) -> None:
     q = make_queue("rate-nf")
     reg = TenantRegistry(q, fair_dispatch=False)
-    await reg.create_tenant({"tenant_id": "r", "quota": {"rate_limit": {"max": 5,
-                                                                        "duration": 300}}})
+    await reg.create_tenant(
+        {"tenant_id": "r", "quota": {"rate_limit": {"max": 5, "duration": 300}}}
+    )
     log: list[str] = []
     _recorder(q, log)
     ids = await q.add_jobs([("x", {}, {"tenant_id": "r"}) for _ in range(15)])
@@ -479,7 +554,7 @@ async def test_a_huge_backlog_does_not_hold_up_a_small_tenant(make_queue: QueueF
     # Measured in starts, not seconds: after the small tenant's jobs were added, the big
     # one starts about as many as it does (turns alternate), plus what was already
     # claimed or in wait (its tickets, a claim in flight).
-    big_between = log[mark:last + 1].count("big")
+    big_between = log[mark : last + 1].count("big")
     assert big_between <= 100 + 2 * 16 + 2 * 20, (big_between, took)
     await q.close()
 
@@ -509,8 +584,11 @@ async def test_weights_and_priorities_without_double_runs(make_queue: QueueFacto
     reg = TenantRegistry(q, quantum=2)
     for i in range(4):
         await reg.create_tenant(TenantConfig(f"t{i}", weight=i + 1))
-    jobs = [("x", {"p": p}, {"tenant_id": f"t{n % 4}", "priority": p})
-            for n in range(400) for p in ((n * 7) % 3 * 10,)]
+    jobs = [
+        ("x", {"p": p}, {"tenant_id": f"t{n % 4}", "priority": p})
+        for n in range(400)
+        for p in ((n * 7) % 3 * 10,)
+    ]
     ids = await q.add_jobs(jobs)
     # The first jobs of each tenant took its tickets at enqueue; the rest are in lanes.
     first = {j.id for j in await q.get_jobs_by_status(JobStatus.WAITING, limit=1000)}
@@ -529,8 +607,11 @@ async def test_weights_and_priorities_without_double_runs(make_queue: QueueFacto
     # The order of the starts in Redis (job-started events are written by claim): a
     # lane hands out its tenant's highest priority first.
     client = await q.client()
-    started = [f[b"id"].decode() for _, f in await client.xrange(q.keys.events)
-               if f[b"e"] == b"job-started"]
+    started = [
+        f[b"id"].decode()
+        for _, f in await client.xrange(q.keys.events)
+        if f[b"e"] == b"job-started"
+    ]
     assert Counter(started) == Counter(ids)
     per: dict[str, list[int]] = {}
     for jid in started:
@@ -546,8 +627,9 @@ async def test_weights_and_priorities_without_double_runs(make_queue: QueueFacto
 async def test_quotas_without_fair_dispatch(make_queue: QueueFactory) -> None:
     q = make_queue("nofair")
     reg = TenantRegistry(q, fair_dispatch=False)
-    await reg.create_tenant({"tenant_id": "c", "quota": {"max_concurrency": 1,
-                                                         "max_queue_size": 10}})
+    await reg.create_tenant(
+        {"tenant_id": "c", "quota": {"max_concurrency": 1, "max_queue_size": 10}}
+    )
     ids = await q.add_jobs([("x", {}, {"tenant_id": "c"}) for _ in range(10)])
     with pytest.raises(QuotaExceededError):
         await q.add_job("x", tenant_id="c")
@@ -649,9 +731,17 @@ async def test_without_quotas_tenants_are_tracked_but_not_limited(
     q = make_queue("noquota")
     q.own_options("global-queues", ["region"])  # the region option's own feature
     reg = TenantRegistry(q, enforce_quotas=False, fair_dispatch=fair, quantum=2)
-    await reg.create_tenant({"tenant_id": "big", "allowed_regions": ["eu"], "quota": {
-        "max_queue_size": 2, "max_concurrency": 1, "rate_limit": {"max": 1, "duration": 60_000},
-    }})
+    await reg.create_tenant(
+        {
+            "tenant_id": "big",
+            "allowed_regions": ["eu"],
+            "quota": {
+                "max_queue_size": 2,
+                "max_concurrency": 1,
+                "rate_limit": {"max": 1, "duration": 60_000},
+            },
+        }
+    )
     await reg.create_tenant({"tenant_id": "small"})
     # Past max_queue_size: accepted.
     ids = await q.add_jobs([("x", {}, {"tenant_id": "big"}) for _ in range(12)])
@@ -683,6 +773,7 @@ async def test_without_quotas_tenants_are_tracked_but_not_limited(
     # A rate of 1 start a minute would let 1 of big's 12 jobs start here.
     await wait_until(lambda: len(done) == 15, 10)
     assert peak["big"] > 1, peak  # max_concurrency 1 not applied
+
     # The processor returning is not yet the completion being recorded: wait for it.
     async def big_recorded() -> Any:
         u = await reg.get_tenant_usage("big")

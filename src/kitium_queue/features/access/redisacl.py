@@ -115,8 +115,9 @@ ACCESS_ADMIN_COMMANDS = (
     # a grant's hash and the principals set checked for their type before any write
     "type",
     # tenant changes (AccessControlManager.create_tenant...): the registry's entry read
-    # and compared, its version counter, the queues it is copied into
-    "hget", "incrby",
+    # and compared, its version counter (read and set after the clock: tn_version.lua),
+    # the queues it is copied into
+    "hget", "incrby", "get", "set",
 )  # fmt: skip
 
 

@@ -50,6 +50,7 @@ __all__ = ["TenantChange", "TenantRegistry", "TenantWriter"]
 
 _REGISTRY = LuaScript(__package__, "tn_registry")
 _USAGE = LuaScript(__package__, "tn_usage")
+_VERSION = LuaScript(__package__, "tn_version")
 _MAX_RETRIES = 20
 
 log = get_logger(__name__)
@@ -537,19 +538,19 @@ async def _members(client: Any, key: str) -> set[Any]:
 
 
 async def _next_version(client: Any, prefix: str) -> int:
-    """The next version of the registry (its counter incremented)."""
+    """The next version of the registry: the Redis clock in ms, or the last + 1
+    (``tn_version.lua``: above every version handed out, even after Redis lost its
+    latest writes)."""
     key = tk.registry_version(prefix)
-    try:
-        return int(await client.incr(key))
-    except ResponseError as exc:
-        if "WRONGTYPE" not in str(exc) and "not an integer" not in str(exc):
-            raise
-        raise KitiumQueueError(
-            f"the tenant registry's version counter {key} is damaged (not an integer, or "
-            f"another Redis type): no tenant change can be made. SET it to an integer above "
-            f"every 'version' stored in {tk.registry(prefix)} (queues ignore copies with a "
-            "version they already passed), then make the change again"
-        ) from None
+    got = await run_script(client, _VERSION, [key], [])
+    if isinstance(got, int):
+        return got
+    raise KitiumQueueError(
+        f"the tenant registry's version counter {key} is damaged (not an integer, or "
+        f"another Redis type): no tenant change can be made. SET it to an integer above "
+        f"every 'version' stored in {tk.registry(prefix)} (queues ignore copies with a "
+        "version they already passed), then make the change again"
+    )
 
 
 def _check(entry: StoredTenant | None, key: str) -> None:
