@@ -23,6 +23,13 @@
              its lease
     vepoch, vfor, vuntil   this copy's vote: in election vepoch it voted for vfor, and it
              grants vfor the lease until vuntil (ms, this clock)
+    vrun     the server that wrote the vote or grant: "<run_id>:<master_replid>" (INFO).
+             A vote asked of another server (a restart, which may have come back from an
+             older snapshot; a failover to a replica, which may lack the last writes)
+             waits until every grant the record may have lost has run out: one lease
+             after that server was first seen here (qrun, qsince), answering 'held'.
+             Without it a voter that lost its grant to the primary voted for another
+             candidate while that primary still took work: two primaries at once.
     pos, src the replication position this copy applied (an outbox entry id of src,
              "<region>@<epoch>")
     former   the epoch in which this copy was the primary, when it learnt of a later one
@@ -88,6 +95,18 @@ local epoch = tonumber(rec.epoch)
 local vepoch = tonumber(rec.vepoch) or -1
 local vuntil = num(rec.vuntil)
 
+-- The server and dataset this script runs on (see vrun above).
+-- '?' for what a server does not tell (an ACL without +info, the memory:// backend):
+-- the same every time, so no vote waits there.
+local function identity()
+  local sv = redis.pcall('INFO', 'server')
+  local rp = redis.pcall('INFO', 'replication')
+  if type(sv) ~= 'string' then sv = '' end
+  if type(rp) ~= 'string' then rp = '' end
+  return (string.match(sv, 'run_id:(%x+)') or '?') .. ':' ..
+    (string.match(rp, 'master_replid:(%x+)') or '?')
+end
+
 local function reply(status, detail)
   local g = redis.call('HMGET', RG, unpack(FIELDS))
   local out = { status, detail or '' }
@@ -104,7 +123,7 @@ local OPS = { read = true, home = true, follow = true, vote = true, renew = true
   adopt = true, rejoin = true }
 if not OPS[op] then return bad_arg('region', 'unknown op ' .. tostring(op)) end
 if not rec.self then
-  redis.call('HSET', RG, 'self', me)
+  redis.call('HSET', RG, 'self', me, 'vrun', identity())
   rec.self = me
 end
 
@@ -140,7 +159,19 @@ if op == 'vote' then
   if vuntil > NOW and rec.vfor ~= cand and vepoch < e then
     return reply('held', int(vuntil - NOW))
   end
-  redis.call('HSET', RG, 'vepoch', int(e), 'vfor', cand, 'vuntil', int(NOW + l))
+  local id = identity()
+  local vrun = redis.call('HGET', RG, 'vrun')
+  if vrun and vrun ~= id then
+    local q = redis.call('HMGET', RG, 'qrun', 'qsince')
+    local since = q[1] == id and tonumber(q[2]) or nil
+    if not since then
+      since = NOW
+      redis.call('HSET', RG, 'qrun', id, 'qsince', NOW_S)
+    end
+    if NOW < since + l then return reply('held', int(since + l - NOW)) end
+  end
+  redis.call('HSET', RG, 'vepoch', int(e), 'vfor', cand, 'vuntil', int(NOW + l), 'vrun', id)
+  redis.call('HDEL', RG, 'qrun', 'qsince')
   return reply('ok')
 end
 
@@ -158,7 +189,9 @@ if op == 'renew' then
   end
   local until_ = NOW + l
   if rec.vfor == p and vepoch == e and vuntil > until_ then until_ = vuntil end
-  redis.call('HSET', RG, 'vepoch', int(e), 'vfor', p, 'vuntil', int(until_))
+  -- A grant to the established primary is safe on any server: a vote for another
+  -- candidate is then held while it runs.
+  redis.call('HSET', RG, 'vepoch', int(e), 'vfor', p, 'vuntil', int(until_), 'vrun', identity())
   return reply('ok')
 end
 
