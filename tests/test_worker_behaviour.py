@@ -972,6 +972,24 @@ async def test_queue_limiter_across_two_workers(backend_url: str, prefix: str) -
     assert starts[-1] - starts[0] >= 3 * 150 - 5, "12 jobs at 3 per 150 ms need 4 windows"
 
 
+@pytest.mark.redis_only
+async def test_a_limiter_window_longer_than_its_duration_is_a_new_window(
+    make_queue: QueueFactory,
+) -> None:
+    """Redis keeps a key's expiry in wall-clock time: when the server's clock is set back
+    (an NTP step), the window's key lives on for as long as the step, and the whole queue
+    got nothing for that long (120 s seen with a 1 s window). Here the window is left
+    as such a step leaves it: full, with 120 s to go."""
+    q = make_queue("stepped", worker={"concurrency": 4, "limiter": {"max": 5, "duration": 1000}})
+    done: list[str] = []
+    q.process("n", lambda job: done.append(job.id))
+    await q.add_jobs([("n", i, {}) for i in range(8)])
+    client = await q.client()
+    await client.set(q.keys.limiter, 5, px=120_000)
+    await q.start()
+    await wait_until(lambda: len(done) == 8, 10)
+
+
 # ================================================================ events
 
 

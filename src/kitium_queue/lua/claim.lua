@@ -114,7 +114,10 @@ if lim_max > 0 then
   local left = lim_max - used
   if left <= 0 then
     local ttl = redis.call('PTTL', K_LIMITER)
-    if ttl < 0 then
+    -- A window longer than lim_win: the server clock was set back (an expiry is kept
+    -- in wall-clock time), which held the whole queue for as long as the step. A new
+    -- window starts.
+    if ttl < 0 or ttl > lim_win then
       redis.call('DEL', K_LIMITER)
       left = lim_max
     else
