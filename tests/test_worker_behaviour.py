@@ -990,6 +990,35 @@ async def test_a_limiter_window_longer_than_its_duration_is_a_new_window(
     await wait_until(lambda: len(done) == 8, 10)
 
 
+@pytest.mark.redis_only
+async def test_a_blocking_wait_that_overruns_while_redis_answers_is_no_outage(
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis times a blocking wait in wall-clock time: a step back of its clock stretches
+    an idle worker's wait for work past the reply deadline. It was reported as "Redis
+    unreachable" (and a queue error). Here the deadline is made shorter than the wait.
+    (A plain server: the wait for work and the claim share one exchange there.)"""
+    import kitium_queue.scripts as scripts_mod
+
+    monkeypatch.setattr(scripts_mod, "REPLY_TIMEOUT_S", 0.4)
+    factory = QueueFactory(redis_url, prefix)
+    q = factory("overrun")
+    done: list[str] = []
+    q.process("n", lambda job: done.append(job.id))
+    with caplog.at_level(logging.INFO, logger="kitium_queue"):
+        await q.start()
+        await asyncio.sleep(1.5)  # idle: its wait for work overruns the deadline
+        said = [r.getMessage() for r in caplog.records]
+        assert any("clock was probably set back" in m for m in said), said
+        assert not any("unreachable" in m for m in said), said
+        jid = await q.add_job("n", {})
+        await wait_until(lambda: jid in done, 10)
+    await factory.aclose()
+
+
 # ================================================================ events
 
 

@@ -38,8 +38,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConnectionUnavailableError
+from .limits import get_logger
 
 __all__ = [
     "POOL_WAIT_S",
@@ -47,12 +49,15 @@ __all__ = [
     "CheckedSentinelPool",
     "ConnectFailedError",
     "answering",
+    "blocking_wait_overran",
     "check_pool",
     "exhausted",
     "ping",
     "refuses_ping",
     "waiters_of",
 ]
+
+log = get_logger(__name__)
 
 #: Longest a call waits for a free connection of an exhausted pool.
 POOL_WAIT_S = 30.0
@@ -322,3 +327,23 @@ def answering(cls: type) -> type:
     )
     _ANSWERING[cls] = made
     return made
+
+
+async def blocking_wait_overran(exc: BaseException, client: Any, who: str) -> bool:
+    """Whether ``exc``, a blocking wait for work that got no reply by its deadline, came
+    while Redis answers at once on ``client``: Redis times a blocking command's timeout
+    in wall-clock time, so a step back of the server's clock stretches the wait past
+    the deadline. That is no outage: said once at info level (``who``: the worker)."""
+    if not isinstance(exc, RedisTimeoutError) or "no reply from Redis" not in str(exc):
+        return False
+    try:
+        await asyncio.wait_for(client.ping(), 2.0)
+    except Exception:
+        return False
+    log.info(
+        "%s: a blocking wait for work got no reply by its deadline while Redis answers: "
+        "the Redis server's clock was probably set back (it times blocking waits in "
+        "wall-clock time); waiting again",
+        who,
+    )
+    return True

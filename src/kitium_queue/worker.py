@@ -69,6 +69,7 @@ from .leases import Drained, Leases, SharedSlots
 from .limits import get_logger, safe_text
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
+from .pools import blocking_wait_overran
 from .presence import Presence
 from .runner import Runner
 from .scripts import RawCall
@@ -535,7 +536,8 @@ class Worker:
                 raise
             except _NET_ERRORS as exc:
                 self._unreserve(asked, 0)
-                self._report_outage(exc)
+                if not await blocking_wait_overran(exc, self._client, f"worker {self.id}"):
+                    self._report_outage(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 self._signal.set()
