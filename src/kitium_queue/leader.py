@@ -19,7 +19,10 @@ campaigns; the one holding the lease runs ``body(term)``. Its body is cancelled
 * when renewals have failed (Redis unreachable or silent) for ``lease_ms - renew_ms / 2``
   since the last one that succeeded was *sent*. Redis counts the lease from when it
   executed that renewal, which is later, so the body stops before the lease can expire
-  and before any other process can be elected.
+  and before any other process can be elected — as long as the Redis server's clock
+  does not jump forward: Redis keeps the lease's expiry in wall-clock time, so such a
+  step ends it at once, and another process may lead while this body runs until its
+  next renewal (within one renew interval). Fence the body's writes with ``term``.
 
 A process that dies simply stops renewing: another one is elected once its lease expires
 (at most ``lease_ms``). A graceful stop cancels the body, then releases the lease, so a

@@ -216,7 +216,8 @@ class Leases:
             log.warning(
                 "queue %s: lease of job %s expired (lock_duration=%d ms) and the job was "
                 "handed to another worker; abandoning this run. Raise lock_duration, or keep "
-                "the event loop free so leases renew on time",
+                "the event loop free so leases renew on time (or the Redis server's clock "
+                "jumped forward: docs/RELIABILITY.md)",
                 self.queue.name,
                 job_id,
                 self.queue.lock_duration_ms,

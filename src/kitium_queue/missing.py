@@ -72,9 +72,11 @@ class MissingRecords:
         self._seen = 0
         log.warning(
             "queue %s: %d job record(s) found missing%s%s: their hashes were evicted "
-            "(maxmemory-policy allkeys-*/volatile-*, accepted with allow_eviction=True) or "
-            "deleted by hand. Waiting, delayed and running ones are dead-lettered with the "
-            "reason 'job record missing' (their data is gone); see "
+            "(maxmemory-policy allkeys-*/volatile-*, accepted with allow_eviction=True), "
+            "deleted by hand, or lost by Redis with its latest writes (a failover to a "
+            "replica that had not received them). Waiting, delayed and running ones "
+            "are dead-lettered with the reason 'job record missing' (their data is "
+            "gone); see "
             "QueueStats.missing_records. Give Redis more memory or use noeviction",
             self.queue,
             new,
