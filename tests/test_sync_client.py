@@ -270,3 +270,70 @@ def test_sync_twins_of_the_newer_methods(
         with pytest.raises(ConfigurationError, match="schedules belong on a plain JobQueue"):
             pq.schedule_every("tick", {}, 1000)
         assert pq.get_job_detail(pq.add_job("n", 1)) is not None
+
+
+@pytest.mark.redis_only
+def test_a_client_made_before_a_fork_refuses_calls_in_the_child(
+    redis_url: str, prefix: str
+) -> None:
+    """gunicorn --preload, multiprocessing's fork: a child shared the parent's sockets
+    (replies crossed: callers got another process's job ids) or, without its loop
+    thread, hung for good. The child's calls are refused with what to do; the parent's
+    client goes on."""
+    import os
+
+    q = SyncJobQueue("forked", redis=redis_url, prefix=prefix)
+    try:
+        first = q.add_job("n", {"by": "parent"})
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what a call does, never run pytest's exit
+            try:
+                try:
+                    q.add_job("n", {"by": "child"})
+                    said = "no error"
+                except RuntimeError as exc:
+                    said = str(exc)
+                q.close()  # a no-op there: the sockets are the parent's
+                os.write(write, said.encode()[:4000])
+            finally:
+                os._exit(0)
+        os.close(write)
+        said = os.read(read, 4000).decode()
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert "before this process was forked" in said and "post_fork" in said, said
+        second = q.add_job("n", {"by": "parent"})
+        assert int(second) == int(first) + 1  # the child wrote nothing
+        info = q.get_job_status(second)
+        assert info is not None and info.data == {"by": "parent"}
+    finally:
+        q.close()
+
+
+@pytest.mark.redis_only
+def test_a_queue_is_refused_in_another_event_loop_until_closed(redis_url: str, prefix: str) -> None:
+    """asyncio.run per call (and asgiref's async_to_sync) starts a new loop each time:
+    the second call hung 15 s, then failed with "Event loop is closed" although its job
+    was written; concurrent loops hung for good. Now it is refused at once, nothing
+    written; after close() in its loop the queue serves the next loop."""
+    from kitium_queue import JobQueue
+
+    q = JobQueue("loops", redis=redis_url, prefix=prefix)
+    first = asyncio.run(q.add_job("n", {}))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(q.add_job("n", {}))
+    with pytest.raises(RuntimeError, match="one JobQueue per event loop"):
+        asyncio.run(q.get_stats())
+    assert time.monotonic() - t0 < 5
+
+    async def close_and_count() -> int:
+        await q.close()  # from another loop: its connections are dropped, not awaited
+        n = (await q.get_stats()).waiting
+        await q.close()
+        return n
+
+    assert asyncio.run(close_and_count()) == 1  # only the first job was written
+    assert int(asyncio.run(q.add_job("n", {}))) == int(first) + 1
+    asyncio.run(q.close())

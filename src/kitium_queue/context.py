@@ -180,6 +180,8 @@ class QueueContext:
         self.principal: str | None = None
         self._client: Any = None
         self._connect_lock: asyncio.Lock | None = None
+        # The event loop the client's connections belong to (in_its_loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))
 
     @property
@@ -238,13 +240,31 @@ class QueueContext:
     async def client(self) -> Any:
         """The shared Redis client (connects and loads the scripts on first use)."""
         if self._client is not None:
+            self.in_its_loop()
             return self._client
         if self._connect_lock is None:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
             if self._client is None:
                 self._client = await self._connect()
+                self._loop = asyncio.get_running_loop()
         return self._client
+
+    def in_its_loop(self) -> None:
+        """Refuse a call from another event loop than the one the queue's connections
+        belong to: there it hung, or failed 15 s later with "Event loop is closed" after
+        its job was written. ``close()`` frees the queue for another loop."""
+        loop, bound = asyncio.get_running_loop(), self._loop
+        if bound is None or bound is loop or self._client is None:
+            return
+        raise RuntimeError(
+            f"queue {self.name!r} is used from another event loop than the one its "
+            f"connections belong to ({'now closed' if bound.is_closed() else 'another'}; "
+            "asyncio.run and asgiref's async_to_sync start a new loop per call, and a "
+            "forked process cannot use its parent's). Create one JobQueue per event loop "
+            "and process, await queue.close() before using it in another loop, or call "
+            "from blocking code through SyncJobQueue"
+        )
 
     async def _connect(self) -> Any:
         conn = self.connection
@@ -284,6 +304,10 @@ class QueueContext:
     async def close(self) -> None:
         """Release the shared client (a later ``client()`` connects again)."""
         client, self._client = self._client, None
+        elsewhere = self._loop is not None and self._loop is not asyncio.get_running_loop()
+        self._loop, self._connect_lock = None, None
+        if client is not None and elsewhere:
+            return  # its connections belong to another loop (closed, or another thread's)
         if client is not None:
             self.scripts.forget(client)
             await self._discard(client)

@@ -167,6 +167,7 @@ class Producer:
         kwargs: dict[str, Any],
     ) -> str:
         """``JobQueue.add_job`` (documented there)."""
+        self.ctx.in_its_loop()  # before joining a batch another loop's task sends
         opts = {**options_dict(options), **kwargs} if options is not None else kwargs
         if self.middleware:
             job_name, data, opts = await self.through_middleware(job_name, data, opts)

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
@@ -62,6 +63,7 @@ def blocking(
     name = op.name
 
     def twin(self: SyncQueueClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self._in_its_process()
         args_ = [list(a) if isinstance(a, Iterator) else a for a in args]
         kwargs_ = {k: list(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
         direct = self._direct.get(name)
@@ -91,6 +93,7 @@ class SyncQueueClient:
 
     def __init__(self, name: str, make: Callable[[], Coroutine[Any, Any, QueueAPI]]) -> None:
         # ``make``: a coroutine function building the asyncio queue inside the loop.
+        self._pid = os.getpid()  # a forked child has neither the loop thread nor the sockets
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"kq-sync-{name}", daemon=True
@@ -120,6 +123,18 @@ class SyncQueueClient:
             self._stop_loop()
             raise
 
+    def _in_its_process(self) -> None:
+        """Refuse a call in a process forked after the client was made: its loop thread
+        is not there (the call hung for good) and its connections are the parent's
+        (replies crossed: a caller got another process's job id)."""
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"{type(self).__name__} was made in process {self._pid}, before this "
+                "process was forked from it: its event-loop thread and connections stay "
+                "there. Make the client after the fork (gunicorn: in post_fork, or without "
+                "--preload; multiprocessing: in the child, or the 'spawn' start method)"
+            )
+
     def _off_loop_thread(self) -> None:
         """Refuse a blocking call made on the client's own event-loop thread (where a
         lifecycle subscriber or a ``queue.on`` handler runs): it would wait for ever for
@@ -133,6 +148,7 @@ class SyncQueueClient:
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
+            self._in_its_process()
             self._off_loop_thread()
         except RuntimeError:
             coro.close()
@@ -194,6 +210,9 @@ class SyncQueueClient:
     def close(self) -> None:
         """Close the connections and stop the background loop."""
         if self._closed:
+            return
+        if os.getpid() != self._pid:  # a forked child: the loop and sockets are the parent's
+            self._closed = True
             return
         self._off_loop_thread()
         self._closing = True
