@@ -337,3 +337,38 @@ def test_a_queue_is_refused_in_another_event_loop_until_closed(redis_url: str, p
     assert asyncio.run(close_and_count()) == 1  # only the first job was written
     assert int(asyncio.run(q.add_job("n", {}))) == int(first) + 1
     asyncio.run(q.close())
+
+
+@pytest.mark.redis_only
+def test_close_while_threads_add_ends_their_calls_with_the_documented_error(
+    redis_url: str, prefix: str
+) -> None:
+    """close() took connections away under calls still running in other threads: some
+    raised "Bad file descriptor" or "Connection closed by server" (redis-py's) instead
+    of the documented RuntimeError."""
+    q = SyncJobQueue("closing", redis=redis_url, prefix=prefix)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def add(c: int) -> None:
+        try:
+            while True:
+                if c % 5 == 0:
+                    q.add_jobs([("n", {"c": c}, {}) for _ in range(10)])
+                else:
+                    q.add_job("n", {"c": c})
+        except BaseException as exc:  # what ends each thread
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(c,), daemon=True) for c in range(50)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    q.close()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 50
+    odd = [f"{type(e).__name__}: {e}" for e in errors if not isinstance(e, RuntimeError)]
+    assert not odd, odd
+    assert all("closed" in str(e) for e in errors)

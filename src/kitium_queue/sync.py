@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from redis.exceptions import RedisError
+
 from .api import OPERATIONS, QueueAPI
 from .blocking import BlockingScripts
 from .features.partitioned import PartitionedQueue
@@ -167,6 +169,14 @@ class SyncQueueClient:
                     f"{type(self).__name__} was closed while the call was under way"
                 ) from None
             raise
+        except (RedisError, OSError) as exc:
+            if not self._closing:
+                raise
+            # close() closed the connections under the call.
+            raise RuntimeError(
+                f"{type(self).__name__} was closed while the call was under way (a write "
+                "may have been made)"
+            ) from exc
         finally:
             self._calls.discard(fut)
 
@@ -256,7 +266,17 @@ class SyncQueueClient:
         assert blocking is not None
 
         def run(args: Sequence[Any]) -> Any:
-            return blocking.call("enqueue", keys, args, scripts)
+            try:
+                return blocking.call("enqueue", keys, args, scripts)
+            except (RedisError, OSError) as exc:
+                if not self._closing:
+                    raise
+                # close() took the connection away mid-call: say so, as for the calls
+                # on the loop thread (the job may or may not have been written).
+                raise RuntimeError(
+                    f"{type(self).__name__} was closed while the call was under way (the "
+                    "job may have been written: add it again with an idempotency_key)"
+                ) from exc
 
         inner = producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
         return self._public_id(member, inner)
