@@ -7,6 +7,7 @@
 * ``EventLog``: records in-process events (``queue.on``) with their monotonic time.
 * ``app_module(folder, source)``: an importable module written from ``source``, for CLI
   ``APP`` arguments (``module:queue``); forgotten again afterwards.
+* ``in_forked_child(fn)``: what ``fn`` returns (or raises) in a forked child.
 * ``health_cli(tmp_path, url, name)``: ``kitium-queue health --json`` on a queue: exit
   code and report.
 """
@@ -70,6 +71,30 @@ async def health_cli(tmp_path: Path, url: str, name: str, prefix: str = "kq") ->
             CliRunner().invoke, cli_main, ["health", f"{module}:queue", "--json"]
         )
     return got.exit_code, json.loads(got.stdout)
+
+
+def in_forked_child(fn: Callable[[], str]) -> str:
+    """Run ``fn`` in a forked child and return the text it returned (at most 4000
+    bytes, UTF-8), or ``"raised <type>: <text>"``; the child never runs pytest's exit."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            try:
+                said = fn()
+            except BaseException as exc:
+                said = f"raised {type(exc).__name__}: {exc}"
+            os.write(write, said.encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 4000).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
 
 
 async def wait_until(

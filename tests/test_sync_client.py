@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from helpers import QueueFactory, wait_until
+from helpers import QueueFactory, in_forked_child, wait_until
 from kitium_queue import (
     ConfigurationError,
     ConnectionUnavailableError,
@@ -280,28 +280,18 @@ def test_a_client_made_before_a_fork_refuses_calls_in_the_child(
     (replies crossed: callers got another process's job ids) or, without its loop
     thread, hung for good. The child's calls are refused with what to do; the parent's
     client goes on."""
-    import os
-
     q = SyncJobQueue("forked", redis=redis_url, prefix=prefix)
     try:
         first = q.add_job("n", {"by": "parent"})
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report what a call does, never run pytest's exit
-            try:
-                try:
-                    q.add_job("n", {"by": "child"})
-                    said = "no error"
-                except RuntimeError as exc:
-                    said = str(exc)
-                q.close()  # a no-op there: the sockets are the parent's
-                os.write(write, said.encode()[:4000])
-            finally:
-                os._exit(0)
-        os.close(write)
-        said = os.read(read, 4000).decode()
-        os.close(read)
-        os.waitpid(pid, 0)
+
+        def child() -> str:
+            q.add_job("n", {"by": "child"})
+            return "no error"
+
+        said = in_forked_child(child)
+        assert said.startswith("raised RuntimeError"), said
+        # close() in a child is a no-op there: the sockets are the parent's.
+        assert in_forked_child(lambda: str(q.close())) == "None"
         assert "before this process was forked" in said and "post_fork" in said, said
         second = q.add_job("n", {"by": "parent"})
         assert int(second) == int(first) + 1  # the child wrote nothing

@@ -18,7 +18,6 @@ untrusted. The engine's side of run links: ``tests/test_run_links.py``."""
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -33,7 +32,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from helpers import QueueFactory, wait_for_status, wait_until
+from helpers import QueueFactory, in_forked_child, wait_for_status, wait_until
 from kitium_queue import ConfigurationError, JobStatus
 from kitium_queue.features import tracing
 from kitium_queue.features.tracing import MAX_PARENT_LINKS, OPTION, OpenTelemetryTracing
@@ -321,17 +320,7 @@ def test_job_ids_are_version_4_uuids_and_a_forked_child_makes_its_own() -> None:
     tracing._new_job_id()  # the pool now holds ids the parent may still give out
     left = set(tracing._IDS)
     assert left
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.write(write, tracing._new_job_id().encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    child_id = os.read(read, 100).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
+    child_id = in_forked_child(tracing._new_job_id)
     assert uuid.UUID(child_id).version == 4 and child_id not in left
 
 

@@ -76,8 +76,8 @@ class MissingRecords:
             "deleted by hand, or lost by Redis with its latest writes (a failover to a "
             "replica that had not received them). Waiting, delayed and running ones "
             "are dead-lettered with the reason 'job record missing' (their data is "
-            "gone); see "
-            "QueueStats.missing_records. Give Redis more memory or use noeviction",
+            "gone); see QueueStats.missing_records. Give Redis more memory or use "
+            "noeviction",
             self.queue,
             new,
             f" ({where})" if where else "",

@@ -333,7 +333,7 @@ async def blocking_wait_overran(exc: BaseException, client: Any, who: str) -> bo
     """Whether ``exc``, a blocking wait for work that got no reply by its deadline, came
     while Redis answers at once on ``client``: Redis times a blocking command's timeout
     in wall-clock time, so a step back of the server's clock stretches the wait past
-    the deadline. That is no outage: said once at info level (``who``: the worker)."""
+    the deadline. That is no outage: said at info level (``who``: the worker)."""
     if not isinstance(exc, RedisTimeoutError) or "no reply from Redis" not in str(exc):
         return False
     try:

@@ -222,14 +222,14 @@ class ScriptRegistry:
         source, which runs on whichever node owns the keys and caches it there. So does
         a server that refuses ``SCRIPT`` itself (renamed away by a managed service, or
         an ACL without ``script|load``): nothing is loaded up front, and each script is
-        sent with EVAL the first time (``_NO_SCRIPT_CMD``).
+        sent with EVAL the first time.
         """
         for name in SCRIPT_NAMES:
             s = self.get(name)
             try:
                 await client.script_load(s.source)
             except ResponseError as exc:
-                if _NO_SCRIPT_CMD.search(str(exc)):
+                if NOPERM.search(str(exc)) or _UNKNOWN_SCRIPT.search(str(exc)):
                     log.info(
                         "SCRIPT LOAD refused by the server (%s): scripts are sent with "
                         "EVAL on first use",
@@ -593,6 +593,5 @@ def translate_error(exc: ResponseError | ClusterError) -> Exception:
     return exc
 
 
-# SCRIPT refused as a command: renamed away ("unknown command 'SCRIPT'") or not in the
-# ACL user's commands (NOPERM, "no permissions to run the 'script|load' command").
-_NO_SCRIPT_CMD = re.compile(r"unknown command .?SCRIPT|NOPERM|no permissions to run", re.I)
+# SCRIPT renamed away by the server (refused by the ACL: NOPERM).
+_UNKNOWN_SCRIPT = re.compile(r"unknown command .?SCRIPT", re.I)

@@ -137,6 +137,15 @@ class SyncQueueClient:
                 "--preload; multiprocessing: in the child, or the 'spawn' start method)"
             )
 
+    def _closed_under(self, exc: BaseException) -> None:
+        """A connection error of a call that ``close()`` took the connection away from:
+        raised as the documented ``RuntimeError`` (else nothing happens)."""
+        if self._closing:
+            raise RuntimeError(
+                f"{type(self).__name__} was closed while the call was under way (a write "
+                "may have been made: add a job again with an idempotency_key)"
+            ) from exc
+
     def _off_loop_thread(self) -> None:
         """Refuse a blocking call made on the client's own event-loop thread (where a
         lifecycle subscriber or a ``queue.on`` handler runs): it would wait for ever for
@@ -170,13 +179,8 @@ class SyncQueueClient:
                 ) from None
             raise
         except (RedisError, OSError) as exc:
-            if not self._closing:
-                raise
-            # close() closed the connections under the call.
-            raise RuntimeError(
-                f"{type(self).__name__} was closed while the call was under way (a write "
-                "may have been made)"
-            ) from exc
+            self._closed_under(exc)
+            raise
         finally:
             self._calls.discard(fut)
 
@@ -269,14 +273,8 @@ class SyncQueueClient:
             try:
                 return blocking.call("enqueue", keys, args, scripts)
             except (RedisError, OSError) as exc:
-                if not self._closing:
-                    raise
-                # close() took the connection away mid-call: say so, as for the calls
-                # on the loop thread (the job may or may not have been written).
-                raise RuntimeError(
-                    f"{type(self).__name__} was closed while the call was under way (the "
-                    "job may have been written: add it again with an idempotency_key)"
-                ) from exc
+                self._closed_under(exc)
+                raise
 
         inner = producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
         return self._public_id(member, inner)
