@@ -299,6 +299,23 @@ async def _keys(client: Any, prefix: str) -> set[bytes]:
     return {k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)}
 
 
+async def _snapshot(client: Any, prefix: str) -> list[tuple[bytes, bytes, int]]:
+    """The queue's keys at one point in time, as a snapshot a replica or an RDB file holds:
+    every ``DUMP`` and ``PTTL`` in one transaction. A key a running worker removes between
+    the scan and the transaction (a lease, a marker) is simply not in the snapshot."""
+    names = sorted(await _keys(client, prefix))
+    async with client.pipeline(transaction=True) as pipe:
+        for key in names:
+            pipe.dump(key)
+            pipe.pttl(key)
+        replies = await pipe.execute()
+    kept = []
+    for key, dumped, ttl in zip(names, replies[0::2], replies[1::2], strict=True):
+        if dumped is not None:
+            kept.append((key, dumped, ttl))
+    return kept
+
+
 async def _old_outcome_after_a_loss(
     redis_url: str,
     prefix: str,
@@ -387,9 +404,7 @@ async def test_an_outcome_from_writes_redis_lost_never_lands_on_a_new_job(
         await q.start()
         await wait_until(lambda: _done(q, first), 10)
         await q.worker.stop()
-        return [
-            (k, await client.dump(k), await client.pttl(k)) for k in await _keys(client, prefix)
-        ]
+        return await _snapshot(client, prefix)
 
     async def back_to(client: Any, kept: list[tuple[bytes, bytes, int]]) -> None:
         await client.delete(*await _keys(client, prefix))
@@ -419,8 +434,7 @@ async def test_a_job_that_took_a_lost_jobs_id_has_its_own_idempotency_key(
         first = await q.add_job("charge", {"who": "first"})
         await q.start()
         await wait_until(lambda: _done(q, first), 10)
-        names = await _keys(client, prefix)
-        kept = [(k, await client.dump(k), await client.pttl(k)) for k in names]
+        kept = await _snapshot(client, prefix)
         await asyncio.sleep(0.01)  # a later enqueue time, as after any real failover
         alice = await q.add_job("charge", {"who": "alice"})
         await wait_until(lambda: _done(q, alice), 10)
