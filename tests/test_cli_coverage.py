@@ -49,6 +49,7 @@ EXERCISED_BY: dict[str, str] = {
     "groups pause": "test_cli_groups.py",
     "groups resume": "test_cli_groups.py",
     "groups set": "test_cli_groups.py",
+    "groups heal": "test_groups_heal.py",
     "workflows list": "test_cli_workflows.py",
     "workflows show": "test_cli_workflows.py",
     "workflows cancel": "test_cli_workflows.py",

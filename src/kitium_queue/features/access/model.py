@@ -151,6 +151,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
             "run_rotation",
             "erase_subject",
             "rebuild_parked",
+            "heal_groups",
         ),
         Permission.MANAGE_QUEUE,
     ),

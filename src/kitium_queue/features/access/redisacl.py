@@ -79,8 +79,10 @@ _OUTBOX = (
 #: What each optional feature adds to ``ENGINE_COMMANDS``.
 FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
     "flow-control": ("sadd", "srem", "scard", "srandmember"),
+    # _LEADER: the walk giving back turns held by finished jobs (groups/heal.py).
     "groups": (
-        "sadd", "srem", "scard", "srandmember", "sismember", "persist", "zrangebylex", "scan",
+        "sadd", "srem", "scard", "srandmember", "sismember", "smembers", "persist",
+        "zrangebylex", "scan", *_LEADER,
     ),
     "idempotency": ("multi", "exec", "persist"),
     "workflows": ("sadd", "srem", "scard", "smembers", "hvals", "hsetnx", "persist", "scan",

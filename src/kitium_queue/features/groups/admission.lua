@@ -26,23 +26,10 @@
     return s
   end
 
-  -- Turns held by jobs that are gone or finished (a process without this feature
-  -- finished them, or their record was deleted by hand): checked only when the group
-  -- looks full, a few members at a time, and given back.
+  -- Turns held by jobs that are gone or finished (turn_stale, prelude.lua): checked
+  -- only when the group looks full, a few holders at a time, and given back.
   local function heal(g, s)
-    local checks = 0
-    while s.running >= s.conc and checks < 3 do
-      checks = checks + 1
-      local m = redis.call('SRANDMEMBER', RUN .. g)
-      if not m then s.running = 0; break end
-      local f = redis.pcall('HMGET', job_key(m), 'st', 'gk')
-      if f.err then break end  -- a damaged record: recovery deals with it
-      local st = f[1]
-      if st and st ~= 'completed' and st ~= 'failed' and st ~= 'dlq' and f[2] == g then break end
-      redis.call('SREM', RUN .. g, m)
-      redis.call('HDEL', OWNER, m)
-      s.running = s.running - 1
-    end
+    s.running = heal_turns(g, s.running, s.conc, 3)
   end
 
   local function commit(id, jk)

@@ -1,4 +1,4 @@
-"""``kitium-queue groups ...``: list, show, pause, resume and configure message groups.
+"""``kitium-queue groups ...``: list, show, pause, resume, configure and heal message groups.
 
 The command group is built by ``make_command`` with the CLI's own helpers passed in (so
 this module does not import the CLI). Every value printed comes from Redis or the user
@@ -217,6 +217,25 @@ def make_command(
                 click.echo(json.dumps((await fifo.get_group_stats(group_id)).as_dict(), indent=2))
             else:
                 click.echo(row("set", group_id))
+
+        with_queue(app, redis, act)
+
+    @groups.command("heal")
+    @click.argument("app")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @redis_option
+    def groups_heal(app: str, as_json: bool, redis: str | None) -> None:
+        """Give back turns held by jobs that already finished (run by a process without
+        FIFOQueueManager): the groups' lines take them. Workers do it every 30 s."""
+
+        async def act(q: Any) -> None:
+            r = await _manager(q).heal()
+            got = {"turns_freed": r.turns_freed, "jobs_moved": r.jobs_moved, "groups": r.groups}
+            if as_json:
+                click.echo(json.dumps(got))
+            else:
+                for k, v in got.items():
+                    click.echo(row(k, v))
 
         with_queue(app, redis, act)
 

@@ -2,7 +2,9 @@
   @PRELUDE@
   -- Marks a new job of a group (gk, gm), counts it, and parks it in its group's line
   -- unless it may take a turn at once (the group is not paused, has a free turn and
-  -- nobody in its line): then it goes to wait holding its turn. A delayed job takes
+  -- nobody in its line): then it goes to wait holding its turn. A group that looks
+  -- full first gives back turns held by jobs that finished without passing here (a
+  -- process without the feature ran them). A delayed job takes
   -- its turn (or its place in the line) at its first admission, once due.
   return function(id, jk, opts, state)
     local g = group_of(opts)
@@ -22,8 +24,16 @@
     end
     if state ~= 'waiting' then return nil end
     if f[1] == '1' then return 'g:' .. g end
-    if redis.call('SCARD', RUN .. g) >= conc_of(f[2])
-        or redis.call('EXISTS', LINE .. g) == 1 then
+    local conc = conc_of(f[2])
+    local held = redis.call('SCARD', RUN .. g)
+    if held >= conc then
+      -- Turns held by finished jobs (turn_stale, prelude.lua) go back to the line
+      -- first: a group none of whose jobs can be claimed would otherwise wait for good.
+      local left = heal_turns(g, held, conc, 3)
+      if left < held then hand_turns(g, conc - left) end
+      held = redis.call('SCARD', RUN .. g)
+    end
+    if held >= conc or redis.call('EXISTS', LINE .. g) == 1 then
       return 'g:' .. g
     end
     take_turn(g, id)

@@ -20,7 +20,7 @@ MAX_GROUP_ID = 256
 #: counted in the group's size.
 ADMISSION_FIELDS = ("gk", "gm")
 #: The feature's own scripts (run through the queue's script registry).
-SCRIPTS = ("group_admin", "group_stats")
+SCRIPTS = ("group_admin", "group_stats", "group_heal")
 
 
 @cache

@@ -33,6 +33,7 @@ from ...options import MAX_COUNT, check_text, has_bad_char, shown, to_int, to_ms
 from ...queries import check_reads
 from . import lua
 from .explain import make_explainer
+from .heal import GroupHealReport, heal_groups, heal_service
 from .lua import FEATURE, MAX_GROUP_ID
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIFOQueueManager",
     "GroupConfig",
+    "GroupHealReport",
     "GroupPage",
     "GroupRateLimit",
     "GroupTurn",
@@ -392,6 +394,24 @@ class FIFOQueueManager:
 
         await q.admin.execute(command, {"group_id": group_id, "settings": extra}, action)
 
+    async def heal(self) -> GroupHealReport:
+        """Give back the turns held by jobs that already finished, in every group of
+        the queue (all partitions): a process without ``FIFOQueueManager`` finished
+        them. The queue's workers do this every ``heal.HEAL_INTERVAL_S`` by
+        themselves; this runs it now. See ``docs/groups.md``."""
+        reports = []
+        for q in self._parts:
+
+            async def action(q: JobQueue = q) -> GroupHealReport:
+                return await heal_groups(q)
+
+            reports.append(await q.admin.execute("heal_groups", {}, action))
+        return GroupHealReport(
+            sum(r.turns_freed for r in reports),
+            sum(r.jobs_moved for r in reports),
+            sum(r.groups for r in reports),
+        )
+
     # ------------------------------------------------------------------ reading
     async def get_group_stats(self, group_id: str) -> MessageGroupStats:
         """One group's settings, counts, turns and oldest waiting job, read atomically.
@@ -535,5 +555,6 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
                 await client.delete(*batch)
 
     q.admin.add_clear_step(forget_groups)
+    q.add_service(heal_service(q))
     q.add_explainer(make_explainer(q, conc))
     _INSTALLED[q] = want

@@ -55,6 +55,35 @@
     return arg_int(v, DEFAULT_CONC, 1, 1000000)
   end
 
+  -- Whether job m no longer holds a turn of group g: its record is gone, finished
+  -- (completed, failed for good, dead-lettered) or of another group. A process without
+  -- this feature finishes a group's job without giving its turn back; a record deleted
+  -- by hand leaves its turn too. A damaged record (pcall) counts as holding: recovery
+  -- deals with it.
+  local function turn_stale(g, m)
+    local f = redis.pcall('HMGET', job_key(m), 'st', 'gk')
+    if f.err then return false end
+    local st = f[1]
+    return not (st and st ~= 'completed' and st ~= 'failed' and st ~= 'dlq' and f[2] == g)
+  end
+
+  -- Give back stale turns of group g while it looks full (`held` turns out of `conc`):
+  -- up to `checks` random holders checked, stopping at the first that still holds.
+  -- Returns the turns still held.
+  local function heal_turns(g, held, conc, checks)
+    local n = 0
+    while held >= conc and n < checks do
+      n = n + 1
+      local m = redis.call('SRANDMEMBER', RUN .. g)
+      if not m then return 0 end
+      if not turn_stale(g, m) then break end
+      redis.call('SREM', RUN .. g, m)
+      redis.call('HDEL', OWNER, m)
+      held = held - 1
+    end
+    return held
+  end
+
   -- Give job `id` a turn of group g.
   local function take_turn(g, id)
     redis.call('SADD', RUN .. g, id)
