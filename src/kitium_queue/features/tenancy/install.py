@@ -32,6 +32,8 @@ from ...options import to_int
 from ..audit.conn import LuaScript
 from . import keys as tk
 from . import lua
+from .heal import SCRIPT as HEAL_SCRIPT
+from .heal import heal_tenants
 from .model import TenantConfig, check_tenant_id
 
 if TYPE_CHECKING:
@@ -238,7 +240,13 @@ async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
 
 async def attach(queue: JobQueue) -> int:
     """Make ``queue`` known to the tenant registry of its key prefix and copy every
-    tenant's quota into it (each copy only if newer). Returns the copies written.
+    tenant's quota into it (each copy only if newer). Returns the copies written
+    (``_attach``)."""
+    return (await _attach(queue))[0]
+
+
+async def _attach(queue: JobQueue) -> tuple[int, list[str]]:
+    """``attach``, and the ids of the live tenants it found.
 
     A Redis user limited to the queue's own keys (ACL ``~<prefix>:{<queue>}:*``) may not
     touch the registry's keys: then nothing is done here (logged once), and the queue
@@ -260,7 +268,7 @@ async def attach(queue: JobQueue) -> int:
             if "WRONGTYPE" not in str(exc):
                 raise
             _damaged(tk.registry(prefix), "no tenant is copied into the queue")
-            return 0
+            return 0, []
     except NoPermissionError:
         if queue not in _NO_ACCESS:
             _NO_ACCESS.add(queue)
@@ -271,8 +279,8 @@ async def attach(queue: JobQueue) -> int:
                 queue.name,
                 tk.registry(prefix),
             )
-        return 0
-    written = 0
+        return 0, []
+    written, names = 0, []
     for tid, raw in entries.items():
         name = tid.decode("utf-8", "replace") if isinstance(tid, bytes) else str(tid)
         try:
@@ -282,7 +290,9 @@ async def attach(queue: JobQueue) -> int:
         entry = StoredTenant.parse(name, raw)
         if entry is not None and await put_tenant(client, queue.keys, entry):
             written += 1
-    return written
+        if entry is not None and entry.config is not None:
+            names.append(name)
+    return written, names
 
 
 def _damaged(key: str, what: str) -> None:
@@ -346,7 +356,9 @@ class _Sync:
     async def _loop(self, queue: Any) -> None:
         while True:
             try:
-                await attach(queue)
+                _, names = await _attach(queue)
+                # Tickets and slots a process without tenancy left held (heal.py).
+                await heal_tenants(queue, names)
             except TRANSIENT_ERRORS as exc:
                 log.warning(
                     "queue %s: copying the tenants' quotas failed (%s); retrying in %.0f s",
@@ -420,6 +432,7 @@ def install(
     scripts.add_slot("enqueue", lua.FEATURE, frags["enqueue"])
     scripts.add_slot("admission", lua.FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
     scripts.add_slot("release", lua.FEATURE, frags["release"])
+    scripts.add_fragment(HEAL_SCRIPT, lua.heal_script(quantum, fair_dispatch, enforce_quotas))
     queue.use_enqueue(_AttachOnFirstUse(queue))
     queue.add_service(_Sync(sync_interval_s))
 

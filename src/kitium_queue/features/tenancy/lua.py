@@ -20,6 +20,7 @@ __all__ = [
     "MAX_TENANT_ID",
     "MAX_TICKETS",
     "fragments",
+    "heal_script",
     "source",
 ]
 
@@ -58,3 +59,9 @@ def fragments(quantum: int, fair: bool, quotas: bool = True) -> dict[str, str]:
     """The source of each slot fragment for these declarations."""
     prelude = _prelude(quantum, fair, quotas)
     return {slot: source(slot).replace("@PRELUDE@", prelude) for slot in _SLOTS}
+
+
+def heal_script(quantum: int, fair: bool, quotas: bool = True) -> str:
+    """The source of ``tn_heal.lua`` for these declarations (run through the queue's
+    script registry as ``tn_heal``: it uses the prelude and the parking library)."""
+    return source("tn_heal").replace("@PRELUDE@", _prelude(quantum, fair, quotas))
