@@ -130,11 +130,11 @@ class Producer:
         if jitter:
             # Each is at most MAX_DELAY_MS; so is their sum.
             delay = min(delay + random.randint(0, jitter), MAX_DELAY_MS)
+        # The job carries its options as added, default_job_options included: its
+        # attempts, backoff, timeout and retention are the producer's, whatever the
+        # release of the worker that runs it (a rolling deploy), and what a reader sees.
         unstored = ctx.jobspec.unstored
-        stored = {k: v for k, v in opts.items() if k not in unstored}
-        if "idempotency_key" in merged:
-            # Also when it comes from default_job_options: job.idempotency_key reads it.
-            stored["idempotency_key"] = merged["idempotency_key"]
+        stored = {k: v for k, v in merged.items() if k not in unstored}
         try:
             raw_opts = orjson.dumps(stored) if stored else b""
         except TypeError as exc:  # orjson.JSONEncodeError: a feature option's odd value

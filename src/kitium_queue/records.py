@@ -425,8 +425,10 @@ def job_values(
         "status": st,
         "data": data,
         "progress": progress,
-        "attempts": num(b"a", "attempts") or 0,
-        "max_attempts": policy.attempts,
+        "attempts": (made := num(b"a", "attempts") or 0),
+        # A job without its own attempts follows the settings of the worker that ran it,
+        # which may have allowed more than this reader's: never fewer than were made.
+        "max_attempts": max(policy.attempts, made),
         "priority": num(b"p", "priority") or 0,
         "created_at": num(b"ts", "created_at"),
         "started_at": num(b"ps", "started_at"),
