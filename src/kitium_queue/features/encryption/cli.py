@@ -72,6 +72,12 @@ def make_command(
                     click.echo(row("problems", st.problems))
             else:
                 click.echo(row("rotation", "none yet"))
+            if st.state == "running":
+                click.echo(row("pass leader", st.leader or "(none)"))
+            for who in st.lacking:
+                click.echo(row("lacks key", who))
+            if st.stalled:
+                click.echo(row("stalled", st.stalled))
             if st.damaged:
                 click.echo(row("damaged", st.damaged))
 

@@ -7,14 +7,16 @@ It plugs into the queue through the extension points only:
   bound to the job's id, name and queue (a job added without ``job_id`` gets a
   client-made id, ``str(uuid4())``, because auto ids are assigned inside Redis after the
   ciphertext must exist); a schedule's template is bound to the schedule instead;
-* process middleware: opens the data before the processor runs and seals the result
-  before it is stored; a job whose ciphertext does not open (tampered, moved) fails
-  for good, dead-lettered, with the reason, and the worker carries on; a job that needs
-  a key this process does not hold is deferred (no attempt spent) for
-  ``missing_key_wait_ms``, for a process that holds it, then dead-lettered;
+* process middleware (``running.py``): opens the data before the processor runs and
+  seals the result before it is stored; a job whose ciphertext does not open (tampered,
+  moved) fails for good, dead-lettered, with the reason, and the worker carries on; a
+  job that needs a key this process does not hold is deferred (no attempt spent) for
+  ``missing_key_wait_ms``, for a process that holds it, then dead-lettered; under
+  ``encrypt_all`` a never-encrypted job is refused unless ``accept_plaintext_before``;
 * a ``JobInfo`` view: queries in this process show the plaintext; the CLI (which sets
   ``redact_payloads``) shows ``<encrypted ...>``;
-* a leader-only service running the rotation pass (``rotation.py``).
+* a leader-only service running the rotation pass (``rotation.py``), campaigned for only
+  while this process holds the current key (``leading.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +34,8 @@ from redis.exceptions import ResponseError
 
 from ...errors import (
     ConfigurationError,
-    NonRetryableError,
-    ProcessorSignal,
-    RetryLater,
     SerializationError,
 )
-from ...leader import LeaderService
 from ...limits import get_logger
 from ...middleware import enqueue_origin
 from ...options import to_ms
@@ -44,7 +43,6 @@ from .crypto import (
     ALGORITHMS,
     Binding,
     DecryptionError,
-    EncryptionError,
     KeyConfig,
     KeyNotHeldError,
     KeyRecordDamagedError,
@@ -54,10 +52,12 @@ from .crypto import (
     is_envelope,
     is_key_id,
 )
+from .leading import RotationService
 from .rotation import RotationPass, RotationStatus, read_status
+from .running import RunGuard, plaintext_cutoff
 
 if TYPE_CHECKING:
-    from ...job import Job, JobInfo
+    from ...job import JobInfo
     from ...queue import JobQueue
 
 __all__ = ["FEATURE", "EncryptionManager", "data_binding"]
@@ -68,12 +68,6 @@ log = get_logger(__name__)
 FEATURE = "encryption"
 _SCRIPTS = ("enc_rotate", "enc_swap")
 _INSTALLED: weakref.WeakKeyDictionary[Any, EncryptionManager] = weakref.WeakKeyDictionary()
-#: Jobs this process remembers deferring for a key it lacks (oldest forgotten first).
-MAX_WAITING = 10_000
-#: Longest single deferral of a job waiting for a process that holds its key (ms).
-MAX_KEY_RETRY_MS = 30_000
-#: Seconds between two warnings that the queue's key record is damaged.
-_DAMAGED_WARN_S = 60.0
 
 
 def _wrongtype(exc: Exception) -> bool:
@@ -126,26 +120,6 @@ async def _read_current(queue: JobQueue, key: str) -> bytes | None:
     return raw
 
 
-class _DamageWatch:
-    """Defers jobs while the queue's key record is damaged (the current key, which seals
-    a result, cannot be known): each waits, no attempt spent, longer as the damage lasts
-    (1 s growing to 30 s), until the record is repaired. Warned once a minute."""
-
-    def __init__(self) -> None:
-        self.since: float | None = None  # when this process first found it damaged
-        self._warned = -_DAMAGED_WARN_S
-
-    def defer(self, exc: KeyRecordDamagedError) -> RetryLater:
-        now = time.monotonic()
-        if self.since is None:
-            self.since = now
-        if now - self._warned >= _DAMAGED_WARN_S:
-            self._warned = now
-            log.error("%s", exc)
-        delay = min(max(1000.0, (now - self.since) * 250), MAX_KEY_RETRY_MS)
-        return RetryLater(delay, f"waiting for the repair of the damaged key record {exc.key}")
-
-
 def _encrypted_option(value: Any, section: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{section}: encrypted must be True or False, got {value!r:.40}")
@@ -185,6 +159,11 @@ class EncryptionManager:
             says which key is current (``rotate_key`` changes it).
         encrypt_all: encrypt every job of the queue (``encrypted=False`` is refused,
             and the worker refuses plaintext jobs).
+        accept_plaintext_before: with ``encrypt_all``, this process's workers still run
+            a never-encrypted job (plaintext data, not marked encrypted) added before
+            this time (a timezone-aware ``datetime``, or ms since the epoch; Redis'
+            clock): the plaintext backlog of a switch to ``encrypt_all``. Default None:
+            every plaintext job is refused. Remove it once that backlog has drained.
         refresh_ms: how long this process trusts its copy of the current key id.
         rotation_grace_ms: how long the rotation pass waits after ``rotate_key`` before
             it sweeps, so that every process has seen the new key (default
@@ -213,6 +192,7 @@ class EncryptionManager:
         rotation_batch: int = 200,
         run_rotation: bool = True,
         missing_key_wait_ms: Any = 600_000,
+        accept_plaintext_before: datetime | int | None = None,
     ) -> None:
         if queue in _INSTALLED:
             raise ConfigurationError(
@@ -231,11 +211,9 @@ class EncryptionManager:
         grace = self.refresh_ms + 5000 if rotation_grace_ms is None else rotation_grace_ms
         self.rotation_grace_ms = to_ms(grace, "rotation_grace_ms")
         self.missing_key_wait_ms = to_ms(missing_key_wait_ms, "missing_key_wait_ms")
-        # job id -> when this process first deferred it for a key it lacks (monotonic s)
-        self._waiting: dict[str, float] = {}
-        self._warned: set[str] = set()
-        # When this process first found the key record damaged (monotonic s), and warned.
-        self._damage = _DamageWatch()
+        #: ``accept_plaintext_before`` in ms since the epoch (None: not accepted).
+        self.accept_plaintext_before = plaintext_cutoff(accept_plaintext_before, encrypt_all)
+        self.guard = RunGuard(self)
         self._first: str | None = None
         for k in keys:
             self._hold(k)
@@ -244,6 +222,8 @@ class EncryptionManager:
         self._fetched = -1e18
         self._refresh_lock: asyncio.Lock | None = None
         self.rotation = RotationPass(self, batch=rotation_batch)
+        #: The leader-only service running the pass (None without ``run_rotation``).
+        self.service: RotationService | None = None
         self.meta_key = queue.keys.extra("enc")
         self._install(run_rotation)
         _INSTALLED[queue] = self
@@ -268,10 +248,11 @@ class EncryptionManager:
             src = resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
             q.scripts.add_fragment(name, src)
         q.use_enqueue(self._on_enqueue)
-        q.use_process(self._on_process)
+        q.use_process(self.guard.on_process)
         q.ctx.info_views.append(self._view)
         if run_rotation:
-            q.add_service(LeaderService("encryption-rotation", self.rotation.serve))
+            self.service = RotationService(self)
+            q.add_service(self.service)
 
     # ------------------------------------------------------------------ keys
     def _hold(self, config: KeyConfig | Mapping[str, Any]) -> str:
@@ -428,8 +409,9 @@ class EncryptionManager:
         """The plaintext data of a job (``DecryptionError`` when it does not open)."""
         if not is_envelope(envelope):
             raise DecryptionError(
-                "the job is marked encrypted but its data is not an envelope: it was "
-                "replaced by plaintext"
+                "the job is marked encrypted (option encrypted=true) but its data is not "
+                "an envelope: it was replaced by plaintext after it was added (tampering, "
+                "or an edit by hand)"
             )
         binding = data_binding(self.queue.name, job_id, name, str(envelope.get("for")))
         return self._loads(self.ring.open(envelope, binding), "data")
@@ -482,71 +464,6 @@ class EncryptionManager:
             binding = Binding("job", self.queue.name, job_id, name, "data")
             raw = self.queue.serializer.dumps(data)
         return name, self.ring.seal(raw, key_id, binding), out
-
-    # ------------------------------------------------------------------ worker
-    async def _on_process(self, job: Job, call_next: Any) -> Any:
-        if not (self.encrypt_all or job.options.get("encrypted") is True):
-            return await call_next()
-        sealed = job.data
-        try:
-            plain = self.open_job_data(job.id, job.name, sealed)
-            key_id = await self.current_key_id()
-        except KeyNotHeldError as exc:
-            raise self._key_missing(job.id, exc) from None
-        except KeyRecordDamagedError as exc:
-            raise self._damage.defer(exc) from None
-        except EncryptionError as exc:
-            raise NonRetryableError(f"encrypted job cannot run: {exc}") from None
-        self._waiting.pop(job.id, None)
-        self._damage.since = None
-        job.data = plain
-        try:
-            result = await call_next()
-        finally:
-            job.data = sealed  # hooks and events after the run see the envelope only
-        try:
-            raw = self.queue.serializer.dumps(result, "result")
-        except SerializationError:
-            # The usual message quotes where in the result the bad value is: withheld.
-            raise NonRetryableError(
-                f"result of encrypted job {job.id} cannot be serialized to JSON (details "
-                "withheld: they would quote the result); return JSON-compatible values"
-            ) from None
-        return self.ring.seal(
-            raw, key_id, Binding("job", self.queue.name, job.id, job.name, "result")
-        )
-
-    def _key_missing(self, job_id: str, exc: KeyNotHeldError) -> ProcessorSignal:
-        """Defer a job that needs a key this process lacks, or, once it has waited
-        ``missing_key_wait_ms`` (counted from this process's first deferral), fail it
-        for good."""
-        now = time.monotonic()
-        first = self._waiting.get(job_id)
-        if first is None:
-            horizon = now - 2 * self.missing_key_wait_ms / 1000
-            self._waiting = {j: t for j, t in self._waiting.items() if t >= horizon}
-            while len(self._waiting) >= MAX_WAITING:
-                del self._waiting[next(iter(self._waiting))]
-            first = self._waiting[job_id] = now
-        waited_ms = (now - first) * 1000
-        left_ms = self.missing_key_wait_ms - waited_ms
-        if left_ms <= 0:
-            self._waiting.pop(job_id, None)
-            return NonRetryableError(
-                f"encrypted job cannot run: {exc}; no process holding the key took it "
-                f"within missing_key_wait_ms ({self.missing_key_wait_ms} ms)"
-            )
-        if exc.key_id not in self._warned and len(self._warned) < 100:
-            self._warned.add(exc.key_id)
-            log.warning(
-                "queue %r: jobs need key %r, which this process does not hold; they are "
-                "deferred for a process that holds it (missing_key_wait_ms=%d)",
-                self.queue.name,
-                exc.key_id,
-                self.missing_key_wait_ms,
-            )
-        delay = min(max(1000.0, waited_ms / 4), MAX_KEY_RETRY_MS, left_ms)
-        return RetryLater(delay, f"waiting for a process that holds key {exc.key_id!r}")
 
     # ------------------------------------------------------------------ queries
     def _view(self, info: JobInfo, redact: bool) -> None:

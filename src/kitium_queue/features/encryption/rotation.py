@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 from ...limits import get_logger
 from ...options import to_int
 from ..idempotency.manager import RESULT_PREFIX
-from .crypto import Binding, EncryptionError, is_envelope
+from .crypto import Binding, EncryptionError, KeyNotHeldError, is_envelope
 from .status import RotationStatus, read_status, wrongtype
 
 if TYPE_CHECKING:
@@ -345,13 +345,17 @@ class RotationPass:
         self.targets.append(target)
 
     async def serve(self, term: int) -> None:
-        """The leader-only service's body: run the pass whenever a rotation is running."""
+        """The leader-only service's body: run the pass whenever a rotation is running.
+
+        Raises ``KeyNotHeldError`` when this process does not hold the queue's current
+        key (the pass seals under it): the leader steps down for a process that holds
+        it (``leading.RotationService``)."""
         while True:
             st = await read_status(self.manager.queue)
             if st.state == "running":
                 try:
                     await self.run()
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, KeyNotHeldError):
                     raise
                 except Exception:
                     log.exception(

@@ -1,5 +1,7 @@
 """``RotationStatus`` and ``read_status``: the queue's keys and its latest rotation, read
-from Redis (``<prefix>enc``, ``<prefix>enc:keys``, ``<prefix>enc:rotation``).
+from Redis (``<prefix>enc``, ``<prefix>enc:keys``, ``<prefix>enc:rotation``), with who
+runs the pass (the ``encryption-rotation`` lease) and which processes lack the current
+key (``<prefix>enc:lacking``, written by ``leading.RotationService``).
 
 The records are read back from Redis, untrusted: one damaged by hand or by another
 client (another Redis type, fields that are no key id or number) reads as unknown, and
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from .crypto import is_key_id
@@ -18,7 +21,17 @@ from .crypto import is_key_id
 if TYPE_CHECKING:
     from ...queue import JobQueue
 
-__all__ = ["RotationStatus", "read_status", "wrongtype"]
+__all__ = ["LACKING", "ROLE", "RotationStatus", "read_status", "wrongtype"]
+
+#: The leader-only service (and lease role) that runs the rotation pass.
+ROLE = "encryption-rotation"
+#: Hash of the processes lacking the current key (relative to the queue's prefix).
+LACKING = "enc:lacking"
+#: A report of a lacking process older than this (Redis' clock, ms) is ignored: the
+#: process is gone or holds the key now (reports are refreshed every 10 s).
+LACKING_STALE_MS = 30_000
+#: Most lacking processes listed.
+_MAX_LACKING = 10
 
 
 def wrongtype(exc: BaseException) -> bool:
@@ -48,6 +61,13 @@ class RotationStatus:
         clean_rounds: consecutive rounds that found nothing left (2 ends the pass).
         damaged: "" when the keys' records read well; else what is damaged in them and
             how to repair it (the fields concerned read as unknown).
+        leader: ``host:pid`` of the process leading the pass (the ``encryption-rotation``
+            lease), None when none does.
+        lacking: the processes (``host:pid``) that do not hold the current key, so do
+            not run the pass, each with the ids they hold (reported in the last 30 s by
+            workers with ``run_rotation``).
+        stalled: "" normally; while a rotation is running and no process holding the
+            current key leads the pass, what is missing where and what to do.
     """
 
     current_key_id: str | None = None
@@ -68,6 +88,9 @@ class RotationStatus:
     problems: str = ""
     clean_rounds: int = 0
     damaged: str = ""
+    leader: str | None = None
+    lacking: list[str] = field(default_factory=list)
+    stalled: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +113,10 @@ async def read_status(queue: JobQueue) -> RotationStatus:
     pipe.hget(meta, "current")
     pipe.hkeys(ids_key)
     pipe.hgetall(rot_key)
-    cur, ids, rec = await pipe.execute(raise_on_error=False)
+    pipe.get(queue.keys.extra(f"leader:{ROLE}"))
+    pipe.hgetall(queue.keys.extra(LACKING))
+    pipe.time()
+    cur, ids, rec, lease, lacks, now = await pipe.execute(raise_on_error=False)
     damaged: list[str] = []
     for key, got, fix in (
         (meta, cur, _FIX_META),
@@ -125,6 +151,19 @@ async def read_status(queue: JobQueue) -> RotationStatus:
     if rec and (state not in ("running", "done") or n is None or num("n") < 1):
         damaged.append(f"{rot_key} is not a rotation record (state, or n) (DEL it: {_FIX_ROT})")
         state = "damaged"
+    leader = _holder(lease)
+    lacking, lacked = _lacking(lacks, now, current)
+    stalled = ""
+    if state == "running" and current is not None and lacked:
+        who = [p.split(" ", 1)[0] for p in lacking]
+        if leader is None or leader in who:
+            stalled = (
+                f"no process holding the current key {current!r} leads the pass ("
+                f"{'none leads' if leader is None else leader + ' leads but lacks it'}); "
+                f"lacking it: {'; '.join(lacking)}. Start a worker (run_rotation=True) "
+                f"whose configuration holds key {current!r}, or run the pass with "
+                "EncryptionManager.run_rotation() in a process that holds it"
+            )
     return RotationStatus(
         current_key_id=current,
         key_ids=sorted(k for k in key_ids if k is not None),
@@ -144,7 +183,45 @@ async def read_status(queue: JobQueue) -> RotationStatus:
         problems=text("problems") or "",
         clean_rounds=num("clean_rounds"),
         damaged="; ".join(damaged),
+        leader=leader,
+        lacking=lacking,
+        stalled=stalled,
     )
+
+
+def _holder(raw: Any) -> str | None:
+    """``host:pid`` of a lease token ``host:pid:random`` read back (None: no holder)."""
+    if not isinstance(raw, bytes) or not raw:
+        return None
+    return raw.decode("utf-8", "replace").rpartition(":")[0][:100] or None
+
+
+def _lacking(raw: Any, now: Any, current: str | None) -> tuple[list[str], bool]:
+    """The fresh reports of processes lacking the current key (``host:pid lacks 'k2'
+    (holds k1)``), and whether any is about ``current``. Malformed ones are skipped."""
+    if not isinstance(raw, dict) or not isinstance(now, (list, tuple)) or len(now) != 2:
+        return [], False
+    now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+    out: list[str] = []
+    lacked = 0
+    for who, value in sorted(raw.items()):
+        try:
+            rep = orjson.loads(value)
+            key, held, at = rep["key"], rep["held"], int(rep["at"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if not is_key_id(key) or not isinstance(held, list) or now_ms - at > LACKING_STALE_MS:
+            continue
+        if key != current:
+            continue  # about an older current key: that process has moved on, or will
+        lacked += 1
+        if len(out) < _MAX_LACKING:
+            ids = ", ".join(h for h in held if is_key_id(h)) or "none"
+            name = who.decode("utf-8", "replace")[:100]
+            out.append(f"{name} lacks {key!r} (holds {ids})")
+    if lacked > len(out):
+        out.append(f"and {lacked - len(out)} more")
+    return out, lacked > 0
 
 
 #: How to repair each record once deleted.
