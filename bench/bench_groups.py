@@ -90,10 +90,13 @@ async def main(url, name, case, jobs):
             return {"message_group_id": "serial"}
         return {}
 
+    client = await q.client()
+    fcmd0, frcpu0 = commands(await client.info("commandstats")), await redis_cpu(client)
     for start in range(0, jobs, 1000):
         await q.add_jobs([("noop", {"i": i}, group(i))
                           for i in range(start, min(jobs, start + 1000))])
-    client = await q.client()
+    fill_cmds = commands(await client.info("commandstats")) - fcmd0 - 1
+    fill_rcpu = await redis_cpu(client) - frcpu0
     done = asyncio.Event()
     count = 0
     first = last = 0.0
@@ -119,7 +122,9 @@ async def main(url, name, case, jobs):
     await q.close()
     print(json.dumps({"rate": (jobs - 1) / (last - first), "round_trips": sends / jobs,
                       "commands": cmds / jobs, "worker_cpu_us": cpu / jobs * 1e6,
-                      "redis_cpu_us": rcpu / jobs * 1e6}))
+                      "redis_cpu_us": rcpu / jobs * 1e6,
+                      "fill_commands": fill_cmds / jobs,
+                      "fill_redis_cpu_us": fill_rcpu / jobs * 1e6}))
 
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
 """
@@ -134,8 +139,8 @@ CASES = {
 }
 
 
-def _run(url: str, name: str, case: str, jobs: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+def _run(url: str, name: str, case: str, jobs: int, src: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, url, name, case, str(jobs)],
         check=True, capture_output=True, text=True, env=env, timeout=900,
@@ -156,6 +161,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    ap.add_argument("--src", type=Path, default=ROOT / "src",
+                    help="the package source to measure (e.g. another revision exported "
+                         "with git archive)")
     args = ap.parse_args()
     cases = [c for c in args.only.split(",") if c]
     unknown = sorted(set(cases) - set(CASES))
@@ -168,12 +176,14 @@ def main() -> None:
             for case in cases[rep % len(cases):] + cases[:rep % len(cases)]:
                 client.flushall()
                 n = args.serial_jobs if case.startswith("serial") else args.jobs
-                r = _run(srv.url, f"bg-{case}-{rep}", case, n)
+                r = _run(srv.url, f"bg-{case}-{rep}", case, n, args.src)
                 runs[case].append(r)
                 print(f"rep {rep + 1} {case:12s} {r['rate']:9.0f} jobs/s  "
                       f"{r['round_trips']:.3f} round trips/job  "
                       f"{r['commands']:.1f} commands/job  CPU/job: worker "
-                      f"{r['worker_cpu_us']:.0f} µs, redis {r['redis_cpu_us']:.0f} µs",
+                      f"{r['worker_cpu_us']:.0f} µs, redis {r['redis_cpu_us']:.0f} µs; "
+                      f"enqueue: {r['fill_commands']:.1f} commands/job, redis "
+                      f"{r['fill_redis_cpu_us']:.1f} µs/job",
                       flush=True)
     base = _med([r["rate"] for r in runs["plain"]]) if "plain" in runs else None
     print(f"\n{args.reps} repetitions, medians (min-max); machine: {platform.machine()}, "
@@ -186,12 +196,16 @@ def main() -> None:
         rt, cmd = _med([r["round_trips"] for r in rs]), _med([r["commands"] for r in rs])
         wcpu = _med([r["worker_cpu_us"] for r in rs])
         rcpu = _med([r["redis_cpu_us"] for r in rs])
+        fcmd, frcpu = (_med([r[k] for r in rs]) for k in ("fill_commands", "fill_redis_cpu_us"))
         print(f"  {case:12s} {med:9.0f} jobs/s ({min(rates):.0f}-{max(rates):.0f})  {rel}  "
               f"{rt:.3f} round trips/job  {cmd:.1f} commands/job  CPU/job: worker "
-              f"{wcpu:.0f} µs, redis {rcpu:.0f} µs   {CASES[case]}")
+              f"{wcpu:.0f} µs, redis {rcpu:.0f} µs; enqueue {fcmd:.1f} commands/job, "
+              f"redis {frcpu:.1f} µs/job   {CASES[case]}")
         summary[case] = {"rate": med, "min": min(rates), "max": max(rates),
                          "round_trips_per_job": rt, "commands_per_job": cmd,
                          "worker_cpu_us_per_job": wcpu, "redis_cpu_us_per_job": rcpu,
+                         "enqueue_commands_per_job": fcmd,
+                         "enqueue_redis_cpu_us_per_job": frcpu,
                          "vs_plain": None if not base else med / base, "runs": rs}
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

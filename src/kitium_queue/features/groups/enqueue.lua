@@ -26,12 +26,16 @@
     if f[1] == '1' then return 'g:' .. g end
     local conc = conc_of(f[2])
     local held = redis.call('SCARD', RUN .. g)
-    if held >= conc then
+    if held >= conc and NOW % 8 == 0 then
       -- Turns held by finished jobs (turn_stale, prelude.lua) go back to the line
-      -- first: a group none of whose jobs can be claimed would otherwise wait for good.
+      -- first: a group none of whose jobs can be claimed would otherwise wait until the
+      -- workers' walk (heal.py). Checked on one call in eight (by the clock's ms): two
+      -- commands per job into a busy group otherwise, for a case that is rare.
       local left = heal_turns(g, held, conc, 3)
-      if left < held then hand_turns(g, conc - left) end
-      held = redis.call('SCARD', RUN .. g)
+      if left < held then
+        hand_turns(g, conc - left)
+        held = redis.call('SCARD', RUN .. g)
+      end
     end
     if held >= conc or redis.call('EXISTS', LINE .. g) == 1 then
       return 'g:' .. g
