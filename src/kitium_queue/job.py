@@ -141,19 +141,41 @@ class Job(Generic[DataT]):
             await self._updater.update(self, "log", safe_text(message))
 
     def update_progress_sync(self, value: Any) -> None:
-        """``update_progress`` for plain (threaded) processors."""
-        self._call_sync(self.update_progress(value))
+        """``update_progress`` for plain (threaded) processors.
+
+        Raises ``RuntimeError`` when called on the worker's event loop (from an
+        ``async def`` processor): use ``await job.update_progress(...)`` there.
+        """
+        self._call_sync(self.update_progress(value), "update_progress")
 
     def log_sync(self, message: str) -> None:
-        """``log`` for plain (threaded) processors."""
-        self._call_sync(self.log(message))
+        """``log`` for plain (threaded) processors.
 
-    def _call_sync(self, coro: Any) -> None:
+        Raises ``RuntimeError`` when called on the worker's event loop (from an
+        ``async def`` processor): use ``await job.log(...)`` there.
+        """
+        self._call_sync(self.log(message), "log")
+
+    def _call_sync(self, coro: Any, name: str) -> None:
         updater = self._updater
         loop = updater.loop if updater is not None else None
         if loop is None:
             coro.close()
             return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            # Waiting here for a coroutine submitted to the loop this very thread runs
+            # would block that loop for good: every job of the worker would hang.
+            coro.close()
+            raise RuntimeError(
+                f"job.{name}_sync() was called on the worker's event loop (from an async "
+                f"processor), where it would wait for ever; use `await job.{name}(...)` in "
+                f"an async processor (job.{name}_sync() is for plain `def` processors, "
+                "which run in threads)"
+            )
         asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 

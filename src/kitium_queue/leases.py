@@ -7,7 +7,8 @@
   ``cancel_job()`` while it runs here has its task cancelled.
 * **sweep** — every ``max_stalled_interval`` expired leases of dead workers are requeued
   (or dead-lettered after ``max_stalled_count`` stalls) even when every slot is busy.
-  The claim does the same step; both report what they recovered with ``recovered``.
+  The claim does the same step; both report what they recovered with ``recovered``
+  (and ``check_missing`` reads whether dead-lettered ones had lost their record).
 * ``SharedSlots`` — a concurrency budget shared by several workers of one process.
 
 Log lines keep the worker's logger name (``kitium_queue.worker``): it is what users
@@ -17,6 +18,7 @@ configure and filter on, and splitting the worker must not change it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -174,6 +176,7 @@ class Leases:
         self._wake = wake
         self._on_outage = on_outage
         self._slots = slots
+        self._missing_task: asyncio.Future[None] | None = None
 
     def add(self, run: Run) -> None:
         """Hold ``run``'s lease. A run of the same job still held here is abandoned: an
@@ -361,3 +364,23 @@ class Leases:
                 # The reason is recorded on the job (failed_reason); this worker never
                 # held it, so it does not know it.
                 bus.emit_dead_lettered(name, b.decode(), None, None)
+
+    def check_missing(self, client: Any) -> None:
+        """Read the queue's count of missing records, in the background (jobs recovered
+        dead may have lost their record: evicted): a warning goes out (bounded rate,
+        ``missing.MissingRecords``) when it grew."""
+        if self._missing_task is not None and not self._missing_task.done():
+            return
+
+        async def check() -> None:
+            with contextlib.suppress(Exception):
+                raw = await client.hget(self.queue.keys.meta, "missing")
+                self.queue.ctx.missing.counted(int(raw or 0))
+
+        self._missing_task = asyncio.ensure_future(check())
+
+    async def end_missing_check(self) -> None:
+        """Cancel a ``check_missing`` read still under way (the worker stops)."""
+        if self._missing_task is not None:
+            self._missing_task.cancel()
+            await asyncio.gather(self._missing_task, return_exceptions=True)

@@ -108,9 +108,16 @@ class Presence:
         self.keys = keys
         self.client = client
         self.worker = worker
-        self.names = sorted({str(n) for n in names})[:MAX_NAMES]
+        # The queue's processors mapping (read at each beat: one registered while the
+        # worker runs is listed from the next), or any iterable of names.
+        self._names = names
         self.started_at = int(time.time() * 1000)
         self.host = socket.gethostname()
+
+    @property
+    def names(self) -> list[str]:
+        """The job names listed (sorted, at most ``MAX_NAMES``)."""
+        return sorted({str(n) for n in self._names})[:MAX_NAMES]
 
     def record(self) -> dict[str, str]:
         """The fields written at each heartbeat."""

@@ -34,10 +34,12 @@ from .errors import ConfigurationError
 from .events import Handler
 from .identity import check_principal
 from .jobspec import Normalizer, OptionSpec, feature_text, resolve_policy
+from .lifecycle import Lifecycle, job_name_for_processor
 from .limits import get_logger
 from .middleware import EnqueueMiddleware, ProcessMiddleware, Service, check_callable
 from .observe import Observer
 from .options import DLQConfig, JobOptions, Policy, QueueSettings, RetryConfig, WorkerConfig, shown
+from .processors import check_processor
 from .procpool import import_path
 from .producer import Producer, ProducerAPI
 from .queries import HealthStatus, Queries, QueryAPI, QueueStats
@@ -238,7 +240,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self.hooks.add(self._observer)
         self._schedules: ScheduleStore | None = None
         self._flow: FlowControl | None = None
-        self._worker: Any = None
+        self.lifecycle = Lifecycle(self)  # start, close, and when processors may be added
         self._advanced: AdvancedFeatures | None = None
         if advanced is not None:
             # The switchboard names every feature; it is loaded only when asked for.
@@ -307,12 +309,16 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self.hooks.remove(subscriber)
 
     @overload
-    def process(self, job_name: str, *, mode: str = ...) -> Callable[[P], P]: ...
+    def process(
+        self, job_name: str, *, mode: str = ..., replace: bool = ...
+    ) -> Callable[[P], P]: ...
 
     @overload
-    def process(self, job_name: str, fn: P, *, mode: str = ...) -> P: ...
+    def process(self, job_name: str, fn: P, *, mode: str = ..., replace: bool = ...) -> P: ...
 
-    def process(self, job_name: str, fn: P | None = None, *, mode: str = "auto") -> Any:
+    def process(
+        self, job_name: str, fn: P | None = None, *, mode: str = "auto", replace: bool = False
+    ) -> Any:
         """Register the processor of ``job_name`` (``"*"`` = any name without its own).
 
         ``fn(job)`` may be ``async def`` (run on the event loop) or a plain function (run
@@ -325,14 +331,19 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         (one job per child at a time, ``worker.concurrency`` children at most): a run past
         its timeout has its child killed (a hard timeout), and CPU-bound work escapes the
         GIL. Job data and results travel as JSON; progress and logs via
-        ``job.update_progress_sync`` / ``job.log_sync``.
+        ``job.update_progress_sync`` / ``job.log_sync``. Each name once unless
+        ``replace=True``; one registered while a worker of the queue runs here is used
+        from its next job of that name.
         """
+        job_name = job_name_for_processor(job_name)
         if mode not in ("auto", "process"):
             raise ConfigurationError(f"mode must be 'auto' or 'process', got {shown(mode)}")
 
         def register(f: P) -> P:
             if not callable(f):
                 raise ConfigurationError(f"processor for {job_name!r} must be callable")
+            self.lifecycle.check_registration(job_name, replace)
+            check_processor(job_name, f)
             if mode == "process":
                 if _is_coroutine_fn(f):
                     raise ConfigurationError(
@@ -342,6 +353,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
                 import_path(f)
             self.processors[job_name] = f
             self.processor_modes[job_name] = mode
+            self.lifecycle.registered(job_name)
             return f
 
         if fn is not None:
@@ -536,6 +548,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         size: int | None = None,
         min_size: int | None = None,
         max_wait: Any = None,
+        replace: bool = False,
     ) -> Any:
         """Register a batch processor: ``fn(jobs)`` gets up to ``size`` jobs at once.
 
@@ -545,17 +558,20 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         job id, or None; raising fails them all. Each job keeps its own lease, timeout,
         retries and outcome. Usable as a decorator. Arguments left out take the
         queue's batch defaults (the ``batching`` section of ``AdvancedQueueConfig``);
-        ``size`` is required when there are none.
+        ``size`` is required when there are none. Registered as ``process`` registers.
         """
         from .features.batches import BatchProcessor, resolve_batch
 
+        job_name = job_name_for_processor(job_name)
         size, min_size, max_wait = resolve_batch(self, job_name, size, min_size, max_wait)
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            self.lifecycle.check_registration(job_name, replace)
             self.processors[job_name] = BatchProcessor(
                 f, size=size, min_size=min_size, max_wait=max_wait
             )
             self.processor_modes.pop(job_name, None)
+            self.lifecycle.registered(job_name)
             if self.worker_config.concurrency < size:
                 log.warning(
                     "queue %s: batch size %d of %r exceeds worker.concurrency=%d; batches "
@@ -572,22 +588,11 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
 
     # ------------------------------------------------------------------ workers
     async def start(self, *, concurrency: int | None = None) -> None:
-        """Start consuming in this process (returns once the worker runs)."""
+        """Start consuming in this process (returns once the worker runs). A start() while
+        another is under way joins it: one worker per queue and process."""
         from .worker import Worker
 
-        if self._worker is not None and self._worker.running:
-            return
-        if self.worker_config.scheduler and not any(s.name == "scheduler" for s in self.services):
-            from .features.scheduler import Scheduler
-
-            self.services.append(Scheduler())
-        self._worker = Worker(self, concurrency=concurrency)
-        try:
-            await self._worker.start()
-        except BaseException:
-            # Never started: forget it, or close() would wait forever for it to stop.
-            self._worker = None
-            raise
+        await self.lifecycle.start(lambda: Worker(self, concurrency=concurrency))
 
     async def run_worker(
         self, *, concurrency: int | None = None, install_signal_handlers: bool = True
@@ -597,20 +602,20 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
 
         await self.start(concurrency=concurrency)
         await serve_until_stopped(
-            self._worker.stopped, self.close, install_signal_handlers=install_signal_handlers
+            self.worker.stopped, self.close, install_signal_handlers=install_signal_handlers
         )
+        await self.lifecycle.settled()  # a close() a job started releases the connections
 
     @property
     def worker(self) -> Any:
         """The running ``Worker`` of this process, if any."""
-        return self._worker
+        return self.lifecycle.worker
 
     async def close(self) -> None:
-        """Stop the worker gracefully (if any) and release connections."""
-        if self._worker is not None:
-            await self._worker.stop()
-        await self.emitter.drain()
-        await self.ctx.close()
+        """Stop the worker gracefully (if any) and release connections. Awaited from inside
+        one of the worker's jobs, it starts the stop and returns at once (it cannot wait for
+        the job awaiting it): the worker stops once its jobs end, then connections close."""
+        await self.lifecycle.close()
 
     async def __aenter__(self) -> JobQueue:
         return self

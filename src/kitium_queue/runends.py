@@ -13,6 +13,8 @@ exceptions that need care on the way to an outcome.
   future (``set_exception`` raises ``TypeError``, and a thread's ``StopIteration`` never
   reaches the awaiting task), which would leave the job ``active`` until its timeout;
   it becomes a ``RuntimeError`` naming it, as PEP 479 does for a coroutine.
+* ``RunEnds.overran``: a run that returned past its timeout without its timeout
+  cutting it off blocked the event loop; its result is kept, and a warning says so.
 * ``RunEnds.ended``: the done callback on every run's task, the safety net. A run whose
   task ended without an outcome (an error escaping ``Runner.run`` itself, a task
   cancelled before it started) is given one there, so its slot is never leaked and its
@@ -109,6 +111,28 @@ class RunEnds:
             q.lock_duration_ms,
         )
 
+    def overran(self, run: Run, now: float) -> None:
+        """``run`` returned at loop time ``now``: if that is past its timeout and its
+        timeout never interrupted it, its processor blocked the event loop (the timer
+        could not fire), and a warning says so. Its result is kept all the same: the run
+        happened, and failing it would run its side effects again on a retry."""
+        timeout_s = (run.policy.timeout_ms or 0) / 1000
+        over = now - run.started - timeout_s
+        if not timeout_s or over <= 0 or run.reason is not None:
+            return
+        job = run.job
+        log.warning(
+            "queue %s: job %s (%s) ran %s s past its timeout of %s s while blocking the "
+            "event loop, so its timeout could not interrupt it; its result is kept. Use "
+            "`await` for waits in an async processor, and a plain `def` processor (run in "
+            "a thread) for blocking code",
+            printable(self.runner.queue.name),
+            printable(job.id),
+            printable(job.name),
+            _seconds(over),
+            _seconds(timeout_s),
+        )
+
     def ended(self, run: Run, task: asyncio.Task[None]) -> None:
         """Done callback of a run's task: the safety net (module docstring). A run that
         recorded its outcome or was abandoned is no longer held, and nothing happens."""
@@ -150,3 +174,8 @@ class RunEnds:
                 # sent, so the lease expires and the job is recovered like the job of a
                 # crashed worker.
                 self.leases.forget(run)
+
+
+def _seconds(value: float) -> str:
+    """Seconds to the millisecond, without trailing zeros (``0.5``, ``12.346``)."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")

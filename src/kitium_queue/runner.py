@@ -3,15 +3,18 @@ async, thread or process → outcome (``Outcomes.ack``).
 
 Every way a run can end becomes exactly one outcome:
 
-* the processor returned: ``C`` (completed), unless the result cannot be encoded or is
-  larger than ``max_payload_bytes`` (then a final failure saying so);
+* the processor returned: ``C`` (completed; an awaitable it returned is awaited first;
+  one that blocked the loop past its timeout is kept, with a warning), unless the result
+  cannot be encoded or is larger than ``max_payload_bytes`` (then a final failure);
+* no processor for its name: ``D`` when another live worker has one (``handoff.py``),
+  else a failure like any other;
 * it raised: ``R`` (retry after the backoff delay) while attempts remain, else ``F``;
   ``NonRetryableError`` is ``F`` at once; ``RetryLater``/``RateLimited`` is ``D``
   (deferred, no attempt spent, with the rate-limit hold of ``RateLimited``; one whose
   ``delay_ms`` cannot be read is ``F``, one whose ``reason`` cannot be read is deferred
   with a reason saying so). A ``BaseException`` that is not an ``Exception`` (a custom
-  abort signal, a ``CancelledError`` the processor raised while its run was not
-  cancelled) is a failure like any other, as is a ``StopIteration`` raised in a thread
+  abort signal, a ``CancelledError`` or ``GeneratorExit`` the processor raised itself)
+  is a failure like any other, as is a ``StopIteration`` raised in a thread
   (which asyncio cannot hand over as it is); ``KeyboardInterrupt`` and ``SystemExit``
   end the process, the job left leased until recovered (``runends.py``);
 * its payload cannot be decoded: ``F`` ("undecodable payload: ...");
@@ -31,7 +34,6 @@ import asyncio
 import contextvars
 import functools
 import heapq
-import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -43,11 +45,13 @@ from .backoff import UnknownStrategyError, retry_delay
 from .codec import encode_progress
 from .damage import named_key
 from .errors import (
+    ConfigurationError,
     NonRetryableError,
     RateLimited,
     RetryLater,
     SerializationError,
 )
+from .handoff import Handoff
 from .job import Job
 from .jobspec import POLICY_OPTIONS
 from .leases import Run
@@ -67,6 +71,7 @@ from .limits import (
 from .middleware import run_process_chain
 from .options import BackoffOptions
 from .outcomes import describe, traceback_text
+from .processors import check_processor, runs_async, settled
 from .procpool import ProcessPool, import_path
 from .runends import PROCESS_EXITS, RunEnds, cancelled, no_stop, not_cancelled
 from .wire import CLAIM_JOB, Kind
@@ -124,6 +129,7 @@ class Runner:
         self._hold = leases.add
         self._forget = leases.forget
         self._ends = RunEnds(self, leases)
+        self._handoff = Handoff(queue, leases.worker_id)
         self._policies: dict[bytes, Policy] = {}
         self._procs: dict[str, tuple[Callable[..., Any], str]] = {}
         self._pool: ProcessPool | None = None
@@ -135,6 +141,11 @@ class Runner:
         self.timeouts.loop = loop
         for name, fn in self.queue.processors.items():
             self._procs[name] = (fn, self._kind(name, fn))
+
+    def forget_processors(self) -> None:
+        """Resolve each job name's processor again at its next job (one was registered
+        while the worker runs: ``Lifecycle.registered``)."""
+        self._procs.clear()
 
     async def close(self) -> None:
         """Release the thread pool, the process pool and the timeout timer."""
@@ -210,7 +221,10 @@ class Runner:
             except SerializationError as exc:
                 self.fail_final(run, exc, f"undecodable payload: {safe_text(exc)}")
                 return
-            fn, kind = self._procs.get(job.name) or self._procs.get("*") or self._lookup(job.name)
+            found = self._procs.get(job.name) or self._procs.get("*") or await self._lookup(run)
+            if found is None:
+                return  # deferred for a live worker that has a processor for it
+            fn, kind = found
             if q.telemetry is not None:
                 span = _span(q.telemetry, q.name, job)
             if self.hooks.started:
@@ -225,6 +239,8 @@ class Runner:
             else:
                 result = await self._call(fn, kind, job)
             run.deadline = None
+            if run.policy.timeout_ms:
+                self._ends.overran(run, loop.time())
             self._completed(run, result)
         except asyncio.CancelledError as exc:
             run.deadline = None
@@ -247,11 +263,12 @@ class Runner:
         except PROCESS_EXITS as exc:
             self._ends.process_exit(run, exc)  # they end the process, as asyncio lets them
             raise
-        except GeneratorExit:
-            raise  # the coroutine is being closed (its loop is gone): nothing to record
         except BaseException as exc:
+            if isinstance(exc, GeneratorExit) and asyncio.current_task(loop) is not run.task:
+                raise  # its coroutine is being closed (its loop is gone): nothing to record
             # Any other error, a BaseException that is not an Exception too (a custom
-            # abort signal, a framework's exit exception): a processor error.
+            # abort signal, a framework's exit exception, a GeneratorExit the processor
+            # raised itself): a processor error.
             run.deadline = None
             if span is not None:
                 span.record_exception(exc)
@@ -437,30 +454,33 @@ class Runner:
         )
 
     def _kind(self, name: str, fn: Callable[..., Any]) -> str:
+        # Refused before the worker claims anything (ConfigurationError from start()).
+        check_processor(name, fn)
         mode = self.queue.processor_modes.get(name, "auto")
         if mode == "process":
             if self._pool is None:
                 self._pool = ProcessPool(self.concurrency)
             return "process"
-        return "async" if _is_async(fn) else "thread"
+        return "async" if runs_async(fn) else "thread"
 
-    def _lookup(self, name: str) -> tuple[Callable[..., Any], str]:
-        processors = self.queue.processors
+    async def _lookup(self, run: Run) -> tuple[Callable[..., Any], str] | None:
+        """The processor of a job whose name had none at start (registered later); None
+        once the job was deferred for a live worker that has one; else LookupError."""
+        name, processors = run.job.name, self.queue.processors
         fn = processors.get(name) or processors.get("*")
         if fn is not None:
             key = name if name in processors else "*"
-            self._procs[name] = (fn, self._kind(key, fn))
+            try:
+                self._procs[name] = (fn, self._kind(key, fn))
+            except ConfigurationError as exc:
+                raise NonRetryableError(str(exc)) from None
             return self._procs[name]
-        known = sorted(processors) or ["none"]
-        raise LookupError(
-            f"no processor registered for job name {name!r} on queue {self.queue.name!r} "
-            f"(registered: {', '.join(known)}); register one with "
-            f"queue.process({name!r}, fn)"
-        )
+        self.deferred(run, await self._handoff.missing(run.job.id, name, processors))
+        return None
 
     async def _call(self, fn: Callable[..., Any], kind: str, job: Job) -> Any:
         if kind == "async":
-            return await fn(job)
+            return await settled(await fn(job))
         if kind == "process":
             assert self._pool is not None
 
@@ -472,7 +492,7 @@ class Runner:
         pool = self._executor
         cf = pool.submit(ctx.run, no_stop, fn, job)
         try:
-            return await asyncio.wrap_future(cf)
+            result = await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
             if not cf.done() and pool is self._executor:
                 # A thread cannot be stopped (timeout, cancel_job): it runs on and keeps its
@@ -481,6 +501,9 @@ class Runner:
                 self._executor = self._new_executor()
                 pool.shutdown(wait=False)
             raise
+        # A plain function that returned an awaitable (a sync decorator around an async
+        # def, a lambda returning a coroutine): awaited here, on the worker's loop.
+        return await settled(result)
 
 
 class Timeouts:
@@ -572,10 +595,3 @@ def _context(ctx: object) -> bytes:
     ):
         return ctx.encode()
     return b""
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-        getattr(target, "__call__", None)  # noqa: B004
-    )

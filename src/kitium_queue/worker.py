@@ -45,7 +45,9 @@ recorded outcomes). ``job-completed`` and other outcome events fire after the fl
 One job's outcome never costs another job its own (``outcomes.py``).
 
 Graceful stop: claim nothing more, let running jobs finish within ``shutdown_timeout``,
-hand the rest back to the queue at once (no attempt spent), flush every outcome.
+hand the rest back to the queue at once (no attempt spent), flush every outcome. The stop
+runs in a task of its own (``lifecycle.py``): a caller cancelled part-way leaves it to
+finish, and a job of this worker that asks for it does not wait for itself.
 Every loop survives Redis going away: it logs, backs off (50 ms → 1 s) and carries on
 with what it holds.
 """
@@ -66,6 +68,7 @@ from .connection import TRANSIENT_ERRORS
 from .features.batches import BatchProcessor
 from .leader import OutageCauses
 from .leases import Drained, Leases, SharedSlots
+from .lifecycle import detached, end_tasks, inside, mark_inside, start_services, stop_services
 from .limits import get_logger, safe_text
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
@@ -137,6 +140,7 @@ class Worker:
         self._cap = 1
         self._waker_claiming = 0  # of _claiming: the slots the waker's wait holds
         self._waker_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
         self._client: Any = None
         self._bclient: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,7 +150,6 @@ class Worker:
         self._claim_args: list[Any] = []
         self._claiming = 0  # slots asked for by the claims in flight
         self._unconfirmed = UnconfirmedOutcomes(self.id, queue.name, queue.hooks)
-        self._missing_task: asyncio.Future[None] | None = None
         self._slots = slots
         self._presence: Presence | None = None
         self.leases = Leases(
@@ -173,6 +176,13 @@ class Worker:
         """Jobs running or being claimed (an idle worker's wake-up wait reserves slots)."""
         return bool(self.leases.runs) or self._claiming > self._waker_claiming
 
+    def announce_soon(self) -> None:
+        """Write this worker's presence record now, in a task (a processor registered
+        while it runs is listed at once); a failure waits for the next heartbeat."""
+        if self._presence is not None:
+            task = asyncio.ensure_future(self._presence.beat())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     def presence(self, q: JobQueue) -> Presence:
         """This worker's heartbeat record (``presence.py``): who it is, what it runs."""
         if self._presence is None:
@@ -188,6 +198,16 @@ class Worker:
     async def start(self) -> None:
         q = self.queue
         loop = asyncio.get_running_loop()
+        # Counted as running from now on: the queue refuses new processors (lifecycle.py).
+        q.lifecycle.running.add(self)
+        try:
+            await self._start(q, loop)
+        except BaseException:
+            if not self.running:
+                q.lifecycle.running.discard(self)
+            raise
+
+    async def _start(self, q: JobQueue, loop: asyncio.AbstractEventLoop) -> None:
         self._client = await q.client()
         self._bclient = q.connection.client(blocking=True)
         self.runner.start(loop)
@@ -222,11 +242,7 @@ class Worker:
             loop.create_task(self.leases.sweep(lambda: self._stopping), name=f"kq-sweep-{q.name}"),
             loop.create_task(self.presence(q).run(announced=True), name=f"kq-presence-{q.name}"),
         ]
-        for svc in q.services:
-            try:
-                await svc.start(q)
-            except Exception:
-                log.exception("worker %s: service %s failed to start", self.id, svc.name)
+        await start_services(q, self.id)
         log.info(
             "worker %s started on queue %s (concurrency=%d)", self.id, q.name, self.concurrency
         )
@@ -236,54 +252,57 @@ class Worker:
         may take to finish (default ``shutdown_timeout``); ``flush_timeout_ms``: how long
         to keep offering the outcomes and hand-backs this worker holds to an unreachable
         Redis (those jobs run again after their leases expire; a caller that knows the
-        server is gone, e.g. a region given up by a failover, passes a short one)."""
-        if not self.running or self._stopping:
-            await self.stopped.wait()
-            return
-        self._stopping = True
-        if self._waker_task is not None:
-            # Before a claim riding on its wait can lease jobs no pump would run.
-            self._waker_task.cancel()
-        self._signal.set()
-        for svc in reversed(self.queue.services):
-            try:
-                await svc.stop()
-            except Exception:
-                log.exception("worker %s: service %s failed to stop", self.id, svc.name)
-        grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
-        await self.leases.wind_down(grace)
-        self.leases.drop_stuck()  # the pumps end once no run is held
-        self._signal.set()
-        _, flushing = await asyncio.wait(self._pumps, timeout=max(flush_timeout_ms, 0) / 1000)
-        if flushing:
-            self.outcomes.report_unflushed(flush_timeout_ms / 1000, unreachable=self._outage)
-        for t in self._tasks:
-            t.cancel()
-        # A client library can swallow a cancellation that lands just as its reply arrives
-        # (seen with blocking pops); that loop would then park on its next await for ever.
-        # Cancel stragglers again until every loop has ended.
-        pending = set(self._tasks)
-        while pending:
-            _, pending = await asyncio.wait(pending, timeout=0.25)
-            for t in pending:
+        server is gone, e.g. a region given up by a failover, passes a short one).
+
+        The stop runs in a task of its own: a later call joins it (the first call's
+        timeouts apply), and a caller cancelled while it waits leaves it to finish (a
+        worker that is not running returns at once). Awaited from inside
+        one of this worker's jobs (or a task started from one), it starts the stop and
+        returns at once: the stop waits for that job, which cannot wait for the stop."""
+        if self._stop_task is None:
+            if not self.running:
+                return
+            self._stopping = True
+            if self._waker_task is not None:
+                # Before a claim riding on its wait can lease jobs no pump would run.
+                self._waker_task.cancel()
+            self._signal.set()
+            name = f"kq-stop-{self.queue.name}"
+            self._stop_task = detached(self._stop(timeout_ms, flush_timeout_ms), name)
+        if not inside(self):
+            await asyncio.shield(self._stop_task)
+
+    async def _stop(self, timeout_ms: int | None, flush_timeout_ms: int) -> None:
+        try:
+            await stop_services(self.queue.services, self.id)
+            grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
+            await self.leases.wind_down(grace)
+            self.leases.drop_stuck()  # the pumps end once no run is held
+            self._signal.set()
+            _, flushing = await asyncio.wait(self._pumps, timeout=max(flush_timeout_ms, 0) / 1000)
+            if flushing:
+                self.outcomes.report_unflushed(flush_timeout_ms / 1000, unreachable=self._outage)
+            await end_tasks(self._tasks)
+            await self.leases.end_missing_check()
+            await self.runner.close()
+            if self._presence is not None:
+                await self._presence.leave()
+            if self._bclient is not None and self.queue.connection.owns(self._bclient):
+                with contextlib.suppress(Exception):  # closing a broken connection
+                    await self._bclient.aclose()
+        finally:
+            # Whatever failed above, the worker counts as stopped: nothing waits for ever.
+            for t in self._tasks:
                 t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._missing_task is not None:
-            self._missing_task.cancel()
-            await asyncio.gather(self._missing_task, return_exceptions=True)
-        await self.runner.close()
-        if self._presence is not None:
-            await self._presence.leave()
-        if self._bclient is not None and self.queue.connection.owns(self._bclient):
-            with contextlib.suppress(Exception):  # closing a broken connection
-                await self._bclient.aclose()
-        self.running = False
-        self.stopped.set()
+            self.running = False
+            self.queue.lifecycle.running.discard(self)
+            self.stopped.set()
         log.info("worker %s stopped (%d jobs processed)", self.id, self.processed)
 
     # ------------------------------------------------------------------ pump
     async def _pump(self, cap: int) -> None:
         # ``cap``: the most jobs one claim of this lane asks for.
+        mark_inside(self)  # the jobs it launches, and their tasks, inherit the mark
         outcomes, leases = self.outcomes, self.leases
         backoff = _MIN_BACKOFF_S
         idle_for: float | None = None
@@ -472,7 +491,7 @@ class Worker:
             self.leases.recovered(back, dead)
         if dead and self.queue.ctx.missing.due():
             # Some of them may have lost their record (evicted): the queue's count says.
-            self._check_missing()
+            self.leases.check_missing(self._client)
         jobs = reply[_JOBS:]
         if not jobs:
             return 0
@@ -494,21 +513,9 @@ class Worker:
                 )
         return len(jobs)
 
-    def _check_missing(self) -> None:
-        """Read the queue's count of missing records, in the background: a warning goes
-        out (bounded rate, ``missing.MissingRecords``) when it grew."""
-        if self._missing_task is not None and not self._missing_task.done():
-            return
-
-        async def check() -> None:
-            with contextlib.suppress(Exception):
-                raw = await self._client.hget(self.queue.keys.meta, "missing")
-                self.queue.ctx.missing.counted(int(raw or 0))
-
-        self._missing_task = asyncio.ensure_future(check())
-
     # ------------------------------------------------------------------ waker
     async def _waker(self) -> None:
+        mark_inside(self)  # it launches jobs too (the claim riding on its wait)
         q = self.queue
         backoff = _MIN_BACKOFF_S
         fusable = self._slots is None and q.scripts.fusable(self._bclient)

@@ -1,0 +1,224 @@
+"""Starting and closing a queue's worker, and registering processors, so that a process
+never ends up with a worker it cannot stop or a processor its worker does not run.
+
+* ``Lifecycle`` — ``JobQueue.start()`` / ``close()``. One worker per queue and process: a
+  ``start()`` while another is under way joins it (two startup hooks starting the same
+  queue get one worker), and ``close()`` waits for a start under way before stopping.
+  ``close()`` awaited from inside one of the worker's jobs cannot wait for that job (it
+  is the caller): it starts the stop and returns at once; the worker stops once its jobs
+  end (within ``shutdown_timeout``), then the connections are released.
+* ``mark_inside`` / ``inside`` — whether the caller runs inside a given worker: its pump
+  and waker mark their context, and the tasks of the jobs they launch, and every task
+  those start, inherit the mark (a ``ContextVar``).
+* ``job_name_for_processor`` and ``Lifecycle.check_registration`` — what ``process`` and
+  ``process_batch`` accept: a job name ``add_job`` accepts (never the function itself, as
+  a bare ``@queue.process`` would pass it) and no silent replacement (``replace=True``
+  says it is meant); ``Lifecycle.registered``: a processor registered while a worker of
+  the queue runs here is used from its next job of that name (the worker resolves its
+  processors again) and announced at once (its presence record, which ``explain`` and
+  other processes' hand-offs read).
+* ``detached``, ``stop_services``, ``end_tasks`` — steps of ``Worker.start`` / ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError
+from .limits import MAX_JOB_NAME_LENGTH, get_logger
+from .options import check_text
+
+if TYPE_CHECKING:
+    from .middleware import Service
+    from .queue import JobQueue
+    from .worker import Worker
+
+__all__ = [
+    "Lifecycle",
+    "detached",
+    "end_tasks",
+    "inside",
+    "job_name_for_processor",
+    "mark_inside",
+    "start_services",
+    "stop_services",
+]
+
+log = get_logger("kitium_queue.worker")
+
+# The worker whose pump or waker (or a job they launched, or a task started from one)
+# runs the current task.
+_INSIDE: contextvars.ContextVar[Any] = contextvars.ContextVar("kq_inside_worker", default=None)
+
+
+def mark_inside(worker: Any) -> None:
+    """Mark the current task (and the tasks it starts from now on) as run by ``worker``."""
+    _INSIDE.set(worker)
+
+
+def inside(worker: Any) -> bool:
+    """Whether the caller runs inside ``worker``: in one of its jobs, an event handler it
+    called, or a task started from either. Such a caller cannot wait for the worker to
+    stop: the stop waits for it."""
+    return worker is not None and _INSIDE.get() is worker
+
+
+def detached(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A task running ``coro`` without the mark of the worker it was started from (it
+    waits for that worker); the other context variables (who is acting) are kept."""
+    ctx = contextvars.copy_context()
+    ctx.run(_INSIDE.set, None)
+    return ctx.run(asyncio.get_running_loop().create_task, coro, name=name)
+
+
+async def start_services(queue: JobQueue, worker_id: str) -> None:
+    """Start the services that run alongside the worker (a failing one is logged)."""
+    for svc in queue.services:
+        try:
+            await svc.start(queue)
+        except Exception:
+            log.exception("worker %s: service %s failed to start", worker_id, svc.name)
+
+
+async def stop_services(services: Iterable[Service], worker_id: str) -> None:
+    """Stop the services, last started first (a failing one is logged)."""
+    for svc in reversed(list(services)):
+        try:
+            await svc.stop()
+        except Exception:
+            log.exception("worker %s: service %s failed to stop", worker_id, svc.name)
+
+
+async def end_tasks(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended."""
+    tasks = list(tasks)
+    pending = set(tasks)
+    for t in pending:
+        t.cancel()
+    # A client library can swallow a cancellation that lands just as its reply arrives
+    # (seen with blocking pops); that loop would then park on its next await for ever.
+    # Cancel stragglers again until every loop has ended.
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=0.25)
+        for t in pending:
+            t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def job_name_for_processor(job_name: Any) -> str:
+    """``job_name`` if ``add_job`` accepts it as a job name; else ``ConfigurationError``
+    (and a clear one for a function given in its place: ``@queue.process`` used bare)."""
+    if callable(job_name):
+        name = getattr(job_name, "__name__", None)
+        named = isinstance(name, str) and name.isidentifier()
+        hint = name if named else "job-name"
+        got = f"the function {name}" if named else f"a {type(job_name).__name__}"
+        raise ConfigurationError(
+            f"process() takes the job name first, then the function; it got {got} as the "
+            f"job name (@queue.process used without one?): write @queue.process({hint!r}) "
+            f"above the function, or queue.process({hint!r}, fn)"
+        )
+    return check_text(job_name, "job name", max_len=MAX_JOB_NAME_LENGTH)
+
+
+class Lifecycle:
+    """The worker of one ``JobQueue`` in this process, started and closed (module
+    docstring); ``JobQueue.start`` / ``close`` / ``process`` delegate here."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+        #: The worker ``start()`` made (None before it, and after a start that failed).
+        self.worker: Worker | None = None
+        #: The workers of this queue running in this process, from the start of their
+        #: ``start()`` to the end of their ``stop()`` (``start()``'s, a partitioned
+        #: queue's): each adds and removes itself.
+        self.running: set[Any] = set()
+        self._starting: asyncio.Future[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    async def start(self, make_worker: Callable[[], Worker]) -> None:
+        """Start a worker made by ``make_worker`` unless one runs; join a start under
+        way, and wait for a close a job started (``JobQueue.start``)."""
+        while (pending := self._starting or self._closing) is not None:
+            if pending is self._closing and inside(self.worker):
+                raise RuntimeError(
+                    f"start() of queue {self.queue.name!r} awaited from inside a job of the "
+                    "worker being closed would wait for that job to end: start the queue "
+                    "again from outside its jobs, once close() has returned"
+                )
+            await asyncio.shield(pending)
+        if self.worker is not None and self.worker.running:
+            return
+        q = self.queue
+        if q.worker_config.scheduler and not any(s.name == "scheduler" for s in q.services):
+            from .features.scheduler import Scheduler
+
+            q.services.append(Scheduler())
+        self._starting = asyncio.get_running_loop().create_future()
+        worker = self.worker = make_worker()
+        try:
+            await worker.start()
+        except BaseException:
+            if not worker.running:
+                # Never started: forget it, or close() would try to stop it. One that got
+                # running before the failure stays, for close() to stop.
+                self.worker = None
+            raise
+        finally:
+            self._starting.set_result(None)
+            self._starting = None
+
+    async def close(self) -> None:
+        """Stop the worker (if any), then release the connections (``JobQueue.close``)."""
+        q, worker = self.queue, self.worker
+        if worker is not None and inside(worker):
+            await worker.stop()  # starts the stop and returns: it waits for this caller
+            if self._closing is None:
+                self._closing = detached(self._close_after(worker), f"kq-close-{q.name}")
+            return
+        while self._starting is not None:  # stop what a start under way starts
+            await asyncio.shield(self._starting)
+        await self.settled()
+        if self.worker is not None:
+            await self.worker.stop()
+        await q.emitter.drain()
+        await q.ctx.close()
+
+    async def settled(self) -> None:
+        """Wait for a close a job started (``close`` from inside the worker) to finish."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def _close_after(self, worker: Worker) -> None:
+        q = self.queue
+        try:
+            await worker.stopped.wait()
+            await q.emitter.drain()
+            await q.ctx.close()
+        except Exception:
+            log.exception("queue %s: releasing connections after the worker stopped failed", q.name)
+        finally:
+            self._closing = None
+
+    def check_registration(self, job_name: str, replace: bool) -> None:
+        """Refuse a processor for ``job_name`` that would replace another without
+        ``replace``."""
+        q = self.queue
+        if job_name in q.processors and not replace:
+            raise ConfigurationError(
+                f"a processor for {job_name!r} is already registered on queue {q.name!r}; "
+                "register each job name once, or pass replace=True to replace it"
+            )
+
+    def registered(self, job_name: str) -> None:
+        """A processor was registered for ``job_name``: the workers of the queue running
+        here use it from their next job of that name, and tell other processes they
+        have it at once (their presence record, which ``explain`` reads)."""
+        for worker in {*self.running, self.queue.worker}:
+            if worker is None or not worker.running:
+                continue
+            worker.runner.forget_processors()
+            worker.announce_soon()

@@ -1,0 +1,259 @@
+"""Starting, stopping and registering processors the way people get them wrong.
+
+* ``close()`` / ``worker.stop()`` awaited from inside a job of the worker: the stop
+  cannot wait for the job awaiting it; it starts and returns, and the worker stops once
+  the job ends (also under ``run_worker``). A ``stop()`` cancelled part-way never leaves
+  the worker half-stopped: a later ``close()`` finishes.
+* Two ``start()`` at once (two startup hooks): one worker, and ``close()`` stops it;
+  ``close()`` while a ``start()`` is under way stops what it starts.
+* ``@queue.process`` without the name, and names ``add_job`` refuses: refused at once.
+* Registering while the worker runs (it would ignore a replacement and not announce a
+  new name), and registering a name twice without ``replace=True``: refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from helpers import QueueFactory, wait_for_status, wait_until
+from kitium_queue import ConfigurationError, JobQueue, JobStatus
+from kitium_queue.presence import live_workers
+
+# Generous bounds: a call that should return but hangs fails the test, never wedges it.
+HANG_S = 15
+
+
+@pytest.fixture
+async def make(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
+    factory = QueueFactory(redis_url, prefix)
+    yield factory
+    await asyncio.wait_for(factory.aclose(), HANG_S)
+
+
+def _kq_tasks(q: JobQueue) -> list[str]:
+    """The worker's loops still alive (every one is named ``kq-<part>-<queue>``)."""
+    return sorted(
+        name
+        for t in asyncio.all_tasks()
+        if (name := t.get_name()).startswith("kq-") and name.endswith(f"-{q.name}")
+    )
+
+
+# ================================================================ 1. stop from inside a job
+
+
+@pytest.mark.parametrize("how", ["close", "stop", "close-in-task"])
+async def test_a_job_that_closes_its_queue_stops_the_worker(make: QueueFactory, how: str) -> None:
+    q = make("selfclose", worker={"shutdown_timeout": 2000})
+    said: list[str] = []
+
+    @q.process("quit")
+    async def quit_(job: Any) -> str:
+        if how == "close":
+            await q.close()
+        elif how == "stop":
+            await q.worker.stop()
+        else:  # a task the job starts and awaits is inside the worker too
+            await asyncio.gather(q.close())
+        said.append("returned")
+        return "bye"
+
+    @q.process("ok")
+    async def ok(job: Any) -> str:
+        return "ok"
+
+    jid = await q.add_job("quit", {})
+    await q.start()
+    worker = q.worker
+    await wait_until(worker.stopped.is_set, timeout=HANG_S, message="the worker to stop")
+    assert said == ["returned"] and not worker.running
+    info = await wait_for_status(q, jid, JobStatus.COMPLETED)
+    assert info.result == "bye"  # the job ended normally: it is not run again
+    # Nothing is left half-done: close() returns, start() starts a new worker.
+    await asyncio.wait_for(q.close(), HANG_S)
+    assert _kq_tasks(q) == []
+    await asyncio.wait_for(q.start(), HANG_S)
+    assert q.worker is not worker and q.worker.running
+    again = await q.add_job("ok", {})
+    assert (await wait_for_status(q, again, JobStatus.COMPLETED)).result == "ok"
+    await asyncio.wait_for(q.close(), HANG_S)
+
+
+async def test_run_worker_returns_when_a_job_closes_the_queue(make: QueueFactory) -> None:
+    q = make("selfclose-serve", worker={"shutdown_timeout": 1000})
+
+    @q.process("quit")
+    async def quit_(job: Any) -> str:
+        await q.close()
+        return "bye"
+
+    jid = await q.add_job("quit", {})
+    await asyncio.wait_for(q.run_worker(install_signal_handlers=False), HANG_S)
+    assert (await wait_for_status(q, jid, JobStatus.COMPLETED)).result == "bye"
+    assert not q.worker.running and _kq_tasks(q) == []
+
+
+async def test_a_stop_cancelled_part_way_does_not_wedge_the_worker(make: QueueFactory) -> None:
+    q = make("stop-cancelled", worker={"shutdown_timeout": 30_000})
+    release = asyncio.Event()
+    running = asyncio.Event()
+
+    @q.process("slow")
+    async def slow(job: Any) -> str:
+        running.set()
+        await release.wait()
+        return "done"
+
+    jid = await q.add_job("slow", {})
+    await q.start()
+    await asyncio.wait_for(running.wait(), HANG_S)
+    worker = q.worker
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0.05)  # the stop is waiting for the running job
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    release.set()
+    # The stop went on without its cancelled caller; a later close() finishes.
+    await asyncio.wait_for(q.close(), HANG_S)
+    assert worker.stopped.is_set() and not worker.running
+    assert (await wait_for_status(q, jid, JobStatus.COMPLETED)).result == "done"
+    assert _kq_tasks(q) == []
+
+
+# ================================================================ 2. concurrent starts
+
+
+async def test_two_starts_at_once_make_one_worker_that_close_stops(make: QueueFactory) -> None:
+    q = make("twostarts", worker={"concurrency": 2})
+
+    @q.process("j")
+    async def j(job: Any) -> str:
+        return "ok"
+
+    await asyncio.gather(q.start(), q.start())
+    assert [w.id for w in await live_workers(q)] == [q.worker.id]
+    done = await q.add_job("j", {})
+    await wait_for_status(q, done, JobStatus.COMPLETED)
+    await asyncio.wait_for(q.close(), HANG_S)
+    assert _kq_tasks(q) == []  # no second worker left running after close()
+    assert await live_workers(q) == []
+    left = await q.add_job("j", {})
+    await asyncio.sleep(0.3)
+    info = await q.get_job_status(left)
+    assert info is not None and info.status is JobStatus.WAITING
+
+
+async def test_close_during_a_start_stops_what_it_starts(make: QueueFactory) -> None:
+    q = make("closestart")
+    q.process("j", lambda job: "ok")
+    starting = asyncio.create_task(q.start())
+    await asyncio.sleep(0)  # the start is under way
+    await asyncio.wait_for(q.close(), HANG_S)
+    await starting
+    assert q.worker is None or not q.worker.running
+    assert _kq_tasks(q) == [] and await live_workers(q) == []
+
+
+# ================================================================ 4. names
+
+
+def test_a_bare_process_decorator_is_refused_naming_the_fix(make: QueueFactory) -> None:
+    q = make("bare")
+    with pytest.raises(ConfigurationError, match=r"@queue\.process\('send_email'\)"):
+
+        @q.process  # type: ignore[call-overload]
+        async def send_email(job: Any) -> str:
+            return "sent"
+
+    with pytest.raises(ConfigurationError, match=r"@queue\.process\('pack'\)"):
+
+        @q.process_batch  # type: ignore[arg-type]
+        async def pack(jobs: list[Any]) -> None:
+            return None
+
+    assert dict(q.processors) == {}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [42, None, "", "x" * 300, "two\nlines", "a\udcffb"],
+    ids=["int", "none", "empty", "too-long", "line-break", "surrogate"],
+)
+async def test_process_refuses_the_names_add_job_refuses(make: QueueFactory, bad: Any) -> None:
+    q = make("badnames")
+    with pytest.raises(ConfigurationError) as by_add:
+        await q.add_job(bad, {})
+    with pytest.raises(ConfigurationError) as by_process:
+        q.process(bad, lambda job: None)
+    assert str(by_process.value) == str(by_add.value)
+    with pytest.raises(ConfigurationError) as by_batch:
+        q.process_batch(bad, lambda jobs: None, size=2)
+    assert str(by_batch.value) == str(by_add.value)
+    assert dict(q.processors) == {}
+
+
+# ================================================================ 3. registration
+
+
+async def test_a_processor_registered_while_the_worker_runs_is_used_and_announced(
+    make: QueueFactory,
+) -> None:
+    """Before, a replacement registered after start() was ignored (the old function kept
+    running while ``queue.processors`` showed the new one), and a new name ran but its
+    worker's presence still said no live worker had it."""
+    q = make("late")
+
+    @q.process("report")
+    async def report_v1(job: Any) -> str:
+        return "v1"
+
+    await q.start()
+    jid = await q.add_job("report", {})
+    assert (await wait_for_status(q, jid, JobStatus.COMPLETED)).result == "v1"
+
+    async def report_v2(job: Any) -> str:
+        return "v2"
+
+    with pytest.raises(ConfigurationError, match="replace=True"):
+        q.process("report", report_v2)
+    q.process("report", report_v2, replace=True)
+    q.process("late", lambda job: "late")
+    jid = await q.add_job("report", {})
+    assert (await wait_for_status(q, jid, JobStatus.COMPLETED)).result == "v2"
+
+    async def announced() -> bool:
+        (me,) = await live_workers(q)
+        return set(me.processors) == {"report", "late"}
+
+    await wait_until(announced, 5)
+    late = await q.add_job("late", {})
+    assert (await wait_for_status(q, late, JobStatus.COMPLETED)).result == "late"
+    why = await q.explain(await q.add_job("late", {}, delay=60_000))
+    assert "no-worker" not in [r.code for r in why.reasons]
+
+
+async def test_a_name_registered_twice_needs_replace(make: QueueFactory) -> None:
+    q = make("twice")
+
+    def first(job: Any) -> str:
+        return "first"
+
+    def second(job: Any) -> str:
+        return "second"
+
+    q.process("dup", first)
+    with pytest.raises(ConfigurationError, match="replace=True"):
+        q.process("dup", second)
+    with pytest.raises(ConfigurationError, match="replace=True"):
+        q.process_batch("dup", lambda jobs: None, size=2)
+    assert q.processors["dup"] is first
+    q.process("dup", second, replace=True)
+    assert q.processors["dup"] is second
+    jid = await q.add_job("dup", {})
+    await q.start()
+    assert (await wait_for_status(q, jid, JobStatus.COMPLETED)).result == "second"
