@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .limits import MAX_JOB_NAME_LENGTH, get_logger
 from .options import check_text
+from .processors import check_processor
+from .procpool import import_path
 
 if TYPE_CHECKING:
     from .middleware import Service
@@ -213,6 +216,25 @@ class Lifecycle:
                 "register each job name once, or pass replace=True to replace it"
             )
 
+    def register(self, job_name: str, fn: Any, mode: str, replace: bool) -> None:
+        """``JobQueue.process``'s registration of ``fn`` (checked) for ``job_name``."""
+        if not callable(fn):
+            raise ConfigurationError(f"processor for {job_name!r} must be callable")
+        self.check_registration(job_name, replace)
+        check_processor(job_name, fn)
+        if mode == "process":
+            if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+                getattr(fn, "__call__", None)  # noqa: B004
+            ):
+                raise ConfigurationError(
+                    f"processor for {job_name!r}: mode='process' takes a plain function, "
+                    "not an async def"
+                )
+            import_path(fn)
+        self.queue.processors[job_name] = fn
+        self.queue.processor_modes[job_name] = mode
+        self.registered(job_name)
+
     def registered(self, job_name: str) -> None:
         """A processor was registered for ``job_name``: the workers of the queue running
         here use it from their next job of that name, and tell other processes they
@@ -220,5 +242,5 @@ class Lifecycle:
         for worker in {*self.running, self.queue.worker}:
             if worker is None or not worker.running:
                 continue
-            worker.runner.forget_processors()
+            worker.runner.procs.clear()
             worker.announce_soon()

@@ -39,8 +39,6 @@ from .limits import get_logger
 from .middleware import EnqueueMiddleware, ProcessMiddleware, Service, check_callable
 from .observe import Observer
 from .options import DLQConfig, JobOptions, Policy, QueueSettings, RetryConfig, WorkerConfig, shown
-from .processors import check_processor
-from .procpool import import_path
 from .producer import Producer, ProducerAPI
 from .queries import HealthStatus, Queries, QueryAPI, QueueStats
 from .queueconfig import QueueConfig
@@ -340,20 +338,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             raise ConfigurationError(f"mode must be 'auto' or 'process', got {shown(mode)}")
 
         def register(f: P) -> P:
-            if not callable(f):
-                raise ConfigurationError(f"processor for {job_name!r} must be callable")
-            self.lifecycle.check_registration(job_name, replace)
-            check_processor(job_name, f)
-            if mode == "process":
-                if _is_coroutine_fn(f):
-                    raise ConfigurationError(
-                        f"processor for {job_name!r}: mode='process' takes a plain function, "
-                        "not an async def"
-                    )
-                import_path(f)
-            self.processors[job_name] = f
-            self.processor_modes[job_name] = mode
-            self.lifecycle.registered(job_name)
+            self.lifecycle.register(job_name, f, mode, replace)
             return f
 
         if fn is not None:
@@ -622,9 +607,3 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _is_coroutine_fn(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
-    )

@@ -131,7 +131,8 @@ class Runner:
         self._ends = RunEnds(self, leases)
         self._handoff = Handoff(queue, leases.worker_id)
         self._policies: dict[bytes, Policy] = {}
-        self._procs: dict[str, tuple[Callable[..., Any], str]] = {}
+        #: Each name's processor and how it runs (cleared by ``Lifecycle.registered``).
+        self.procs: dict[str, tuple[Callable[..., Any], str]] = {}
         self._pool: ProcessPool | None = None
         self._executor = self._new_executor()
 
@@ -140,12 +141,7 @@ class Runner:
         self.loop = loop
         self.timeouts.loop = loop
         for name, fn in self.queue.processors.items():
-            self._procs[name] = (fn, self._kind(name, fn))
-
-    def forget_processors(self) -> None:
-        """Resolve each job name's processor again at its next job (one was registered
-        while the worker runs: ``Lifecycle.registered``)."""
-        self._procs.clear()
+            self.procs[name] = (fn, self._kind(name, fn))
 
     async def close(self) -> None:
         """Release the thread pool, the process pool and the timeout timer."""
@@ -221,7 +217,7 @@ class Runner:
             except SerializationError as exc:
                 self.fail_final(run, exc, f"undecodable payload: {safe_text(exc)}")
                 return
-            found = self._procs.get(job.name) or self._procs.get("*") or await self._lookup(run)
+            found = self.procs.get(job.name) or self.procs.get("*") or await self._lookup(run)
             if found is None:
                 return  # deferred for a live worker that has a processor for it
             fn, kind = found
@@ -471,10 +467,10 @@ class Runner:
         if fn is not None:
             key = name if name in processors else "*"
             try:
-                self._procs[name] = (fn, self._kind(key, fn))
+                self.procs[name] = (fn, self._kind(key, fn))
             except ConfigurationError as exc:
                 raise NonRetryableError(str(exc)) from None
-            return self._procs[name]
+            return self.procs[name]
         self.deferred(run, await self._handoff.missing(run.job.id, name, processors))
         return None
 

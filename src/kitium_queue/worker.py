@@ -63,13 +63,14 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from . import rounds
 from .barrier import UnconfirmedOutcomes
 from .connection import TRANSIENT_ERRORS
 from .features.batches import BatchProcessor
 from .leader import OutageCauses
 from .leases import Drained, Leases, SharedSlots
 from .lifecycle import detached, end_tasks, inside, mark_inside, start_services, stop_services
-from .limits import get_logger, safe_text
+from .limits import get_logger
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
 from .pools import blocking_wait_overran
@@ -137,7 +138,7 @@ class Worker:
         # How long the waker may block (s): the shortest idle_for of the lanes waiting.
         self._block_s = _MAX_IDLE_S
         self._drained = Drained()  # whether a claim with nothing to send is worth it
-        self._cap = 1
+        self.claim_cap = 1
         self._waker_claiming = 0  # of _claiming: the slots the waker's wait holds
         self._waker_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
@@ -153,7 +154,7 @@ class Worker:
         self._slots = slots
         self._presence: Presence | None = None
         self.leases = Leases(
-            queue, self.id, self.hooks, wake=self._signal.set, on_outage=self._report_outage,
+            queue, self.id, self.hooks, wake=self._signal.set, on_outage=self.report_outage,
             slots=slots,
         )  # fmt: skip
         self.outcomes = Outcomes(
@@ -229,10 +230,10 @@ class Worker:
         batching = any(isinstance(fn, BatchProcessor) for fn in q.processors.values())
         single = batching or self._slots is not None
         lanes = 2 if self.concurrency >= 2 and not single else 1
-        cap = -(-self.concurrency // lanes)
-        self._cap = cap
+        #: The most jobs one claim asks for (halved when a reply was too big: rounds.py).
+        self.claim_cap = -(-self.concurrency // lanes)
         self._pumps = [
-            loop.create_task(self._pump(cap), name=f"kq-pump{i}-{q.name}") for i in range(lanes)
+            loop.create_task(self._pump(), name=f"kq-pump{i}-{q.name}") for i in range(lanes)
         ]
         self._waker_task = loop.create_task(self._waker(), name=f"kq-waker-{q.name}")
         self._tasks = [
@@ -300,14 +301,13 @@ class Worker:
         log.info("worker %s stopped (%d jobs processed)", self.id, self.processed)
 
     # ------------------------------------------------------------------ pump
-    async def _pump(self, cap: int) -> None:
-        # ``cap``: the most jobs one claim of this lane asks for.
+    async def _pump(self) -> None:
         mark_inside(self)  # the jobs it launches, and their tasks, inherit the mark
         outcomes, leases = self.outcomes, self.leases
         backoff = _MIN_BACKOFF_S
         idle_for: float | None = None
         while True:
-            free = 0 if self._stopping else min(self._free(), cap)
+            free = 0 if self._stopping else min(self._free(), self.claim_cap)
             if not outcomes.pending():
                 if self._stopping and not leases.runs:
                     return
@@ -340,7 +340,8 @@ class Worker:
                 # never doubled.
                 self._unreserve(free, 0)
                 outcomes.give_back(batch)
-                backoff = await self._round_failed(exc, backoff)
+                if not await rounds.reply_too_big(self, exc, free, self._client):
+                    backoff = await rounds.round_failed(self, exc, backoff)
                 continue
             if self._outage:
                 self._outage = False
@@ -356,7 +357,7 @@ class Worker:
             if free > 0:
                 idle_for, claim_failed = self._claimed(replies[-1], free, idle_for)
             if refused is not None:
-                backoff = await self._refused(refused, backoff)
+                backoff = await rounds.refused(self, refused, backoff)
                 continue
             if claim_failed:
                 continue
@@ -396,47 +397,6 @@ class Worker:
             self._claiming += free
         return calls, extending, n_ext
 
-    async def _round_failed(self, exc: Exception, backoff: float) -> float:
-        """A round failed as a whole: report it, wait ``backoff`` seconds, return the
-        next backoff."""
-        if isinstance(exc, _NET_ERRORS):
-            self._report_outage(exc)
-            await asyncio.sleep(backoff)
-            return min(backoff * 2, 1.0)
-        # Not a lost connection (a refused SCRIPT LOAD, an ACL change): say so loudly
-        # every time; a server refusing writes (a Cluster slot moving) at a bounded rate.
-        q = self.queue
-        if not q.ctx.damaged.failed(exc):
-            log.error(
-                "worker %s: claim/finish round on queue %s failed (%s: %s); retrying in %.2f s",
-                self.id,
-                q.name,
-                type(exc).__name__,
-                q.connection.redact(exc),
-                backoff,
-            )
-        if self.hooks.queue_error:
-            self.hooks.emit_queue_error(q.name, exc)
-        await asyncio.sleep(backoff)
-        return min(backoff * 2, 5.0)
-
-    async def _refused(self, exc: Exception, backoff: float) -> float:
-        """The server refused outcomes for a reason of its own (out of memory, ...): they
-        are kept; wait before offering them again, as after an outage."""
-        if not self.queue.ctx.damaged.failed(exc):  # a damaged key: at a bounded rate
-            log.error(
-                "worker %s: Redis refused to record %d outcome(s) on queue %s (%s: %s); "
-                "keeping them, retrying in %.2f s",
-                self.id,
-                self._held(),
-                self.queue.name,
-                type(exc).__name__,
-                safe_text(exc),
-                backoff,
-            )
-        await asyncio.sleep(backoff)
-        return min(backoff * 2, 5.0)
-
     def _held(self) -> int:
         """Outcomes this worker holds that Redis has not recorded yet."""
         return self.outcomes.held()
@@ -455,7 +415,8 @@ class Worker:
         if got < asked and self._slots is not None:
             self._slots.released()
 
-    def _report_outage(self, exc: BaseException) -> None:
+    def report_outage(self, exc: BaseException) -> None:
+        """An outage: said once (with its causes), and the queue_error hook."""
         self._drained.clear()  # what the last claim saw may no longer hold
         self._causes.report(exc, not self._outage, self._held())
         if not self._outage:
@@ -523,7 +484,7 @@ class Worker:
             await self._want_block.wait()
             asked = 0
             if fusable and not self._outage and not self._stopping:
-                asked = min(self._free(), self._cap)
+                asked = min(self._free(), self.claim_cap)
             try:
                 if asked > 0:
                     popped_error = await self._wait_and_claim(asked)
@@ -543,8 +504,10 @@ class Worker:
                 raise
             except _NET_ERRORS as exc:
                 self._unreserve(asked, 0)
-                if not await blocking_wait_overran(exc, self._client, f"worker {self.id}"):
-                    self._report_outage(exc)
+                if await rounds.reply_too_big(self, exc, asked, self._client):
+                    pass
+                elif not await blocking_wait_overran(exc, self._client, f"worker {self.id}"):
+                    self.report_outage(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 self._signal.set()

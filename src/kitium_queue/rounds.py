@@ -1,0 +1,104 @@
+"""How a worker's exchange with Redis that failed is handled (``worker.Worker``).
+
+* ``round_failed`` — a pump round failed as a whole: an outage is reported once and
+  retried with backoff; anything else (a refused ``SCRIPT LOAD``, an ACL change) is said
+  loudly each time, a damaged key at a bounded rate.
+* ``refused`` — Redis refused to record outcomes for a reason of its own (out of memory,
+  ...): they are kept and offered again after a backoff.
+* ``reply_too_big`` — Redis closed the connection while it sent a claim's reply, yet
+  answers at once: the reply was too big for the server (``client-output-buffer-limit``
+  for normal clients, which managed services may set). Before, the worker took it for an
+  outage and claimed as many again: no job of the queue ever ran, each claim's leases
+  expired, and every job was dead-lettered as stalled. The worker now claims at most
+  half as many jobs per call from then on (down to one) and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from .connection import TRANSIENT_ERRORS
+from .limits import get_logger, safe_text
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["refused", "reply_too_big", "round_failed"]
+
+log = get_logger("kitium_queue.worker")
+
+#: How long the check that Redis still answers may take (s).
+_PING_S = 1.0
+
+
+async def round_failed(worker: Worker, exc: Exception, backoff: float) -> float:
+    """A round failed as a whole: report it, wait ``backoff`` seconds, return the next
+    backoff."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        worker.report_outage(exc)
+        await asyncio.sleep(backoff)
+        return min(backoff * 2, 1.0)
+    q = worker.queue
+    if not q.ctx.damaged.failed(exc):
+        log.error(
+            "worker %s: claim/finish round on queue %s failed (%s: %s); retrying in %.2f s",
+            worker.id,
+            q.name,
+            type(exc).__name__,
+            q.connection.redact(exc),
+            backoff,
+        )
+    if worker.hooks.queue_error:
+        worker.hooks.emit_queue_error(q.name, exc)
+    await asyncio.sleep(backoff)
+    return min(backoff * 2, 5.0)
+
+
+async def refused(worker: Worker, exc: Exception, backoff: float) -> float:
+    """The server refused outcomes for a reason of its own (out of memory, ...): they
+    are kept; wait before offering them again, as after an outage."""
+    if not worker.queue.ctx.damaged.failed(exc):  # a damaged key: at a bounded rate
+        log.error(
+            "worker %s: Redis refused to record %d outcome(s) on queue %s (%s: %s); "
+            "keeping them, retrying in %.2f s",
+            worker.id,
+            worker.outcomes.held(),
+            worker.queue.name,
+            type(exc).__name__,
+            safe_text(exc),
+            backoff,
+        )
+    await asyncio.sleep(backoff)
+    return min(backoff * 2, 5.0)
+
+
+async def reply_too_big(worker: Worker, exc: BaseException, asked: int, client: Any) -> bool:
+    """Whether a claim of ``asked`` jobs lost its reply because Redis closed the
+    connection while sending it, though it answers a ``PING`` at once. Then the worker's
+    claims ask for at most half as many jobs from now on (``Worker.claim_cap``), and a
+    warning says why; the jobs of the lost reply run again when their leases end (each
+    counted once as a stall)."""
+    if asked <= 0 or not isinstance(exc, TRANSIENT_ERRORS):
+        return False
+    if "closed by server" not in str(exc).lower():
+        return False
+    try:
+        await asyncio.wait_for(client.ping(), _PING_S)
+    except Exception:
+        return False  # Redis does not answer: an outage, reported as such
+    before = worker.claim_cap
+    worker.claim_cap = max(1, min(before, asked) // 2)
+    log.warning(
+        "worker %s: Redis closed the connection while sending the reply of a claim of %d "
+        "job(s) of queue %s, and answers at once: the reply was likely bigger than the "
+        "server's client-output-buffer-limit for normal clients (CONFIG GET "
+        "client-output-buffer-limit). Claiming at most %d job(s) per call from now on; "
+        "raise that limit (0 = none) or keep job payloads smaller. The jobs of the lost "
+        "reply run again when their leases end",
+        worker.id,
+        asked,
+        worker.queue.name,
+        worker.claim_cap,
+    )
+    return True
