@@ -257,3 +257,25 @@ async def test_a_name_registered_twice_needs_replace(make: QueueFactory) -> None
     jid = await q.add_job("dup", {})
     await q.start()
     assert (await wait_for_status(q, jid, JobStatus.COMPLETED)).result == "second"
+
+
+async def test_a_partitioned_queue_refuses_a_bare_decorator_and_takes_replace(
+    redis_url: str, prefix: str
+) -> None:
+    from kitium_queue import PartitionedQueue
+
+    orders = PartitionedQueue("orders-p", partitions=2, redis=redis_url, prefix=prefix)
+    try:
+        with pytest.raises(ConfigurationError, match=r"@queue\.process\('send_email'\)"):
+
+            @orders.process  # type: ignore[arg-type]
+            async def send_email(job: Any) -> None:
+                return None
+
+        orders.process("n", lambda job: 1)
+        with pytest.raises(ConfigurationError, match="replace=True"):
+            orders.process("n", lambda job: 2)
+        orders.process("n", lambda job: 3, replace=True)
+        assert all(q.processors["n"](None) == 3 for q in orders.queues)
+    finally:
+        await orders.close()

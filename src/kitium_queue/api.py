@@ -419,14 +419,19 @@ class QueueAPI(Protocol):
 
     # ------------------------------------------------------------------ registration
     @overload
-    def process(self, /, job_name: str, *, mode: str = ...) -> Callable[[Fn], Fn]: ...
+    def process(
+        self, /, job_name: str, *, mode: str = ..., replace: bool = ...
+    ) -> Callable[[Fn], Fn]: ...
 
     @overload
-    def process(self, /, job_name: str, fn: Fn, *, mode: str = ...) -> Fn: ...
+    def process(self, /, job_name: str, fn: Fn, *, mode: str = ..., replace: bool = ...) -> Fn: ...
 
     @operation("registration", Route.REGISTER)
-    def process(self, /, job_name: str, fn: Any = None, *, mode: str = "auto") -> Any:
-        """Register the processor of ``job_name`` (usable as a decorator)."""
+    def process(
+        self, /, job_name: str, fn: Any = None, *, mode: str = "auto", replace: bool = False
+    ) -> Any:
+        """Register the processor of ``job_name`` (usable as a decorator); each name
+        once unless ``replace=True``."""
         raise _unimplemented(self)
 
     @operation("registration", Route.REGISTER)

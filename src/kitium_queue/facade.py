@@ -33,6 +33,7 @@ from .errors import (
 from .events import EventData, Handler, StreamEvent, check_handler
 from .job import JobInfo
 from .jobspec import job_item, job_items, options_dict
+from .lifecycle import job_name_for_processor
 from .queue import HealthStatus, QueueStats
 from .serving import serve_until_stopped
 
@@ -443,6 +444,11 @@ def _register(op: Operation, sig: inspect.Signature) -> Callable[..., Any]:
             return answers[0] if answers else None
 
         if decorates and bound.arguments.get("fn") is None:
+            if "job_name" in bound.arguments:
+                # A bare ``@queue.process`` passes the function as the name: refused now,
+                # not after its jobs were dead-lettered for want of a processor.
+                job_name_for_processor(bound.arguments["job_name"])
+
             # Decorator form (``@queue.process("name")``): register once given the function.
             def register(f: Any) -> Any:
                 bound.arguments["fn"] = f
