@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .limits import get_logger
+from .limits import get_logger, printable
 
 __all__ = [
     "PROGRESS_BYTES_FIELD",
@@ -125,7 +125,7 @@ class EventEmitter:
                     "event view failed for %s (queue=%s job=%s); event not delivered",
                     data.event,
                     data.queue,
-                    data.job_id,
+                    printable(data.job_id),
                 )
                 return
         for handler in handlers:
@@ -139,7 +139,7 @@ class EventEmitter:
                     handler,
                     data.event,
                     data.queue,
-                    data.job_id,
+                    printable(data.job_id),
                 )
                 continue
             if inspect.isawaitable(out):
@@ -159,7 +159,7 @@ class EventEmitter:
                 handler,
                 data.event,
                 data.queue,
-                data.job_id,
+                printable(data.job_id),
             )
 
     async def drain(self, timeout: float = 5.0) -> None:

@@ -240,7 +240,7 @@ async def _run(explainer: Explainer, facts: JobFacts) -> list[Reason]:
             got = await got
         return [r for r in got if isinstance(r, Reason)]
     except Exception as exc:
-        log.exception("explainer %s failed for job %s", name, facts.job.id)
+        log.exception("explainer %s failed for job %s", name, printable(facts.job.id))
         return [
             Reason(
                 "explainer-failed",

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .connection import TRANSIENT_ERRORS
-from .limits import get_logger
+from .limits import get_logger, printable
 
 if TYPE_CHECKING:
     from .hooks import HookBus
@@ -213,7 +213,7 @@ class Leases:
                 "queue %s: job %s was removed while it ran (erased, cleared, deleted or "
                 "evicted); abandoning this run, no outcome is recorded",
                 self.queue.name,
-                job_id,
+                printable(job_id),
             )
         else:
             log.warning(
@@ -222,7 +222,7 @@ class Leases:
                 "the event loop free so leases renew on time (or the Redis server's clock "
                 "jumped forward: docs/RELIABILITY.md)",
                 self.queue.name,
-                job_id,
+                printable(job_id),
                 self.queue.lock_duration_ms,
             )
         if run.task is not None and not run.task.done():
@@ -270,7 +270,7 @@ class Leases:
             len(stuck),
             self.queue.name,
             self.queue.lock_duration_ms,
-            ", ".join(r.job.id for r in stuck[:10]),
+            ", ".join(printable(r.job.id) for r in stuck[:10]),
         )
 
     # ------------------------------------------------------------------ renewal
@@ -308,7 +308,7 @@ class Leases:
                 run = self.runs.get(b.decode())
                 if run is not None and run.task is not None and not run.task.done():
                     run.reason = "cancelled"
-                    run.task.cancel()
+                    run.task.cancel("cancelled")
 
     async def renew(self, client: Any) -> None:
         """The renewal loop (runs until cancelled)."""

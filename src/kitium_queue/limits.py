@@ -213,6 +213,12 @@ def printable(value: object) -> str:
     every log line that quotes job data (ids, names, error messages).
     """
     text = value if isinstance(value, str) else safe_text(value)
+    if type(text) is not str:  # a str subclass may override the methods used below
+        text = str.__str__(text)
+    # The usual id or name has nothing to escape: str.isprintable is False for every
+    # category escaped below (and for \n, \r, \t), so this answers it in one C call.
+    if "\\" not in text and text.isprintable():
+        return text
     out = []
     for ch in text:
         if ch in _SHORT_ESCAPES:

@@ -165,7 +165,7 @@ class Observer(Subscriber):
         log.info(
             "queue %s: job %s failed (attempt %d/%d), retrying in %d ms: %s",
             queue,
-            job.id,
+            printable(job.id),
             job.attempts,
             job.max_attempts,
             outcome.delay_ms,
@@ -190,7 +190,7 @@ class Observer(Subscriber):
         log.error(
             "queue %s: job %s failed for good after %d attempt(s): %s",
             queue,
-            job.id,
+            printable(job.id),
             job.attempts,
             printable(describe(exc)),
         )
@@ -216,7 +216,9 @@ class Observer(Subscriber):
     def stalled(self, queue: str, job_ids: Sequence[str]) -> None:
         events = self.emitter
         for job_id in job_ids:
-            log.warning("queue %s: job %s stalled (lease expired); requeued", queue, job_id)
+            log.warning(
+                "queue %s: job %s stalled (lease expired); requeued", queue, printable(job_id)
+            )
             if events.wants("job-stalled"):
                 events.emit(EventData("job-stalled", queue, job_id))
         if self.metrics is not None and job_ids:
@@ -235,7 +237,7 @@ class Observer(Subscriber):
                 "queue %s: job %s dead-lettered on recovery (stalled too often, or cancelled "
                 "while its worker was gone; see its failed_reason)",
                 queue,
-                job_id,
+                printable(job_id),
             )
         if self.metrics is not None:
             tags = {"queue": queue} if job is None else {"queue": queue, "job_name": job.name}
@@ -276,7 +278,7 @@ class Observer(Subscriber):
             if inspect.isawaitable(out):
                 await out
         except Exception:
-            log.exception("dlq.notification_handler failed for job %s", job_id)
+            log.exception("dlq.notification_handler failed for job %s", printable(job_id))
 
 
 def _failure_details(outcome: Outcome) -> dict[str, Any]:

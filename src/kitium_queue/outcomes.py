@@ -42,6 +42,7 @@ from .limits import (
     clamp_delay_ms,
     clip,
     get_logger,
+    printable,
     safe_text,
     wire_text,
 )
@@ -255,7 +256,7 @@ class Outcomes:
                     "an outcome of job %s (%s: %s); the job stays leased and is recovered "
                     "when its lease expires",
                     self.queue.name,
-                    entry[0].job.id,
+                    printable(entry[0].job.id),
                     type(reply).__name__,
                     safe_text(reply),
                 )
@@ -290,7 +291,7 @@ class Outcomes:
             "failure instead",
             self.queue.name,
             kind,
-            run.job.id,
+            printable(run.job.id),
             type(exc).__name__,
             safe_text(exc),
         )
@@ -391,20 +392,22 @@ class Outcomes:
                 "recorded (lock_duration=%d ms); another worker may run it. Raise "
                 "lock_duration if jobs block the event loop or Redis was unreachable",
                 q.name,
-                job.id,
+                printable(job.id),
                 kind,
                 q.lock_duration_ms,
             )
         elif status == b"missing":
             # Deleted or evicted while it ran: reported at a bounded rate (a Redis that
             # evicts may do it to thousands of jobs at once).
-            q.ctx.missing.seen(1, f"job {job.id} while it ran; its outcome ({kind}) dropped")
+            q.ctx.missing.seen(
+                1, f"job {printable(job.id)} while it ran; its outcome ({kind}) dropped"
+            )
         elif status == b"damaged":
             log.error(
                 "queue %s: the record of job %s is damaged (its key holds another "
                 "type); its outcome (%s) was not recorded",
                 q.name,
-                job.id,
+                printable(job.id),
                 kind,
             )
 

@@ -158,7 +158,7 @@ class RunEnds:
                     "queue %s: job %s: %s escaped its run; recording it as the job's failure",
                     name,
                     printable(run.job.id),
-                    describe(exc),
+                    printable(describe(exc)),
                     exc_info=exc,
                 )
                 runner.failed(run, exc)

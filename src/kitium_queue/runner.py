@@ -552,7 +552,7 @@ class Timeouts:
                 run.deadline = None
                 if run.task is not None and not run.task.done():
                     run.reason = "timeout"
-                    run.task.cancel()
+                    run.task.cancel("timeout")  # the message: tracing marks it a failure
         self._arm()
 
 

@@ -349,7 +349,7 @@ class Scheduler:
             if isinstance(r, FencedError):
                 # The queue takes no new work here (a fence, e.g. a region that is not the
                 # primary): nothing was written; look again in a second.
-                log.debug("queue %s: schedule %s not fired: %s", q.name, sid, r)
+                log.debug("queue %s: schedule %s not fired: %s", q.name, printable(sid), r)
                 wait = 1000 if wait is None else min(wait, 1000)
                 continue
             if isinstance(r, Exception):
@@ -357,7 +357,7 @@ class Scheduler:
                 # only schedule waited for the idle timeout); a refusal of writes or a
                 # damaged key is reported at a bounded rate.
                 if not q.ctx.damaged.failed(r):
-                    log.error("queue %s: firing schedule %s failed: %s", q.name, sid, r)
+                    log.error("queue %s: firing schedule %s failed: %s", q.name, printable(sid), r)
                 wait = 1000 if wait is None else min(wait, 1000)
                 continue
             status = r[0]
@@ -378,7 +378,9 @@ class Scheduler:
         q = self._q
         self.fired += len(fired)
         for jid in fired:
-            log.debug("queue %s: schedule %s enqueued job %s", q.name, sid, jid)
+            log.debug(
+                "queue %s: schedule %s enqueued job %s", q.name, printable(sid), printable(jid)
+            )
             if q.emitter.wants("schedule-fired"):
                 q.emitter.emit(
                     EventData(
@@ -413,7 +415,7 @@ class Scheduler:
                 "queue %s: schedule %s skipped %d tick(s): its previous run is still "
                 "going (overlap='skip')",
                 q.name,
-                sid,
+                printable(sid),
                 skipped,
             )
         if q.metrics is not None:

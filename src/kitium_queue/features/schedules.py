@@ -26,7 +26,7 @@ from croniter.croniter import CroniterError
 
 from ..damage import named_key
 from ..errors import ConfigurationError, ScheduleNotFoundError
-from ..limits import QUERY_PAGE, clip, get_logger
+from ..limits import QUERY_PAGE, clip, get_logger, printable
 from ..middleware import enqueue_origin
 from ..options import MAX_COUNT, check_text, lookup_id, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
@@ -461,7 +461,7 @@ class ScheduleStore:
         log.info(
             "queue %s: schedule %s %s (next tick %s)",
             q.name,
-            sid,
+            printable(sid),
             state.decode(),
             due.decode() or "none",
         )

@@ -18,10 +18,12 @@ runs its jobs, like ``queue.process`` registrations):
   ``pending_timeout`` seconds, marked ``kitium_queue.enqueue.confirmed = false``.
 * **Process span** ``<queue> process`` (kind CONSUMER) around every run (process
   middleware), a child of the publish context: producer and worker share the trace id.
-  A run that raises records the exception and sets the status to ERROR. A retry (attempt
-  2 and later) carries links: to the publish context (``kitium_queue.link =
-  enqueue``) and, when this process ran the previous attempt, to that attempt's span
-  (``previous-attempt``).
+  A run that raises (any exception, a cancellation by its timeout or by ``cancel_job``
+  included; not a stop handing it back, nor a lost lease) sets the status to ERROR and
+  records the exception as an ``exception`` event, bounded (``_exception_attributes``).
+  A retry (attempt 2 and later) carries links: to the publish context
+  (``kitium_queue.link = enqueue``) and, when this process ran the previous attempt, to
+  that attempt's span (``previous-attempt``).
 * **Parents** (run links, ``Job.follows``). A job whose run follows other runs (a
   workflow step, a job added with ``depends_on``) links to its parents' process spans
   (``kitium_queue.link = parent``), at most ``MAX_FOLLOWS`` (32): a sampled run of a
@@ -51,6 +53,7 @@ microseconds (the traceparent checked and parsed, and the SDK's copy of the link
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -76,8 +79,9 @@ from opentelemetry.trace import (
 from .._version import __version__
 from ..errors import ConfigurationError
 from ..hooks import Subscriber
-from ..limits import MAX_FOLLOWS, get_logger
+from ..limits import MAX_ERROR_CHARS, MAX_FOLLOWS, clip, get_logger, safe_text, wire_text
 from ..middleware import enqueue_origin
+from ..outcomes import safe_name, traceback_text
 
 __all__ = ["FEATURE", "OPTION", "OpenTelemetryTracing"]
 
@@ -136,6 +140,34 @@ def _span_context(traceparent: str) -> SpanContext:
 def _remote(traceparent: str) -> SpanContext | None:
     """The remote span context of a stored traceparent; None when it is not valid."""
     return _span_context(traceparent) if _valid(traceparent) else None
+
+
+def _exception_attributes(exc: BaseException) -> dict[str, Any]:
+    """The attributes of the ``exception`` event of a run that raised ``exc``, as the
+    semantic conventions name them, each bounded as the job's own record of the failure
+    is: the type and message at most ``MAX_ERROR_CHARS`` characters, the stacktrace the
+    one recorded on the job (at most ``MAX_TRACEBACK_CHARS``, innermost frames kept).
+
+    The SDK's ``record_exception`` is not used: it copies a message and stacktrace of any
+    size into the span (a span of megabytes is refused by the exporter's transport with
+    the rest of its batch), and it fails on an exception whose ``__str__`` raises or
+    returns something else than a string. Here such a message reads as
+    ``<unprintable Type>`` (``safe_text``), and text UTF-8 cannot carry (lone
+    surrogates) is escaped, so the exporter can encode every attribute."""
+    cls = type(exc)
+    qualname = getattr(cls, "__qualname__", None)
+    if type(qualname) is not str:
+        qualname = safe_name(exc)
+    module = getattr(cls, "__module__", None)
+    if type(module) is str and module and module != "builtins":
+        qualname = f"{module}.{qualname}"
+    return {
+        "exception.type": wire_text(qualname, MAX_ERROR_CHARS).decode(),
+        "exception.message": wire_text(safe_text(exc), MAX_ERROR_CHARS).decode(),
+        "exception.stacktrace": traceback_text(exc).decode(),
+        # It leaves the span: the run raised it.
+        "exception.escaped": True,
+    }
 
 
 class _StoredContext(NonRecordingSpan):
@@ -290,7 +322,9 @@ class OpenTelemetryTracing(Subscriber):
                 out[OPTION] = _traceparent(sc)
             if not span.is_recording():
                 return job_name, data, out  # sampled out: nothing to end
-        except Exception as exc:  # the tracer's fault: the job is added untraced
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the tracer's fault: the job is added untraced
             self._tracer_failed(exc)
             return job_name, data, options
         pending = self._pending
@@ -313,7 +347,9 @@ class OpenTelemetryTracing(Subscriber):
             if got is not None:
                 try:
                     got[0].end()
-                except Exception as exc:  # the other spans of the batch still end
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # the other spans of the batch still end
                     self._tracer_failed(exc)
 
     def _sweep(self) -> None:
@@ -325,7 +361,7 @@ class OpenTelemetryTracing(Subscriber):
             del pending[job_id]
             self._end_pending(span, at, confirmed=False)
 
-    def _tracer_failed(self, exc: Exception) -> None:
+    def _tracer_failed(self, exc: BaseException) -> None:
         """A call into the tracer (or its span processors) raised: tracing is lost for
         that span, never the job's add or run. Warned about once a minute at most."""
         self._failures += 1
@@ -337,7 +373,7 @@ class OpenTelemetryTracing(Subscriber):
             "queue %s: the OpenTelemetry tracer raised %s (%d time(s) since the last "
             "warning); the spans concerned are lost, the jobs are added and run as usual",
             self.name,
-            type(exc).__name__,
+            safe_name(exc),
             count,
             exc_info=exc,
         )
@@ -346,7 +382,9 @@ class OpenTelemetryTracing(Subscriber):
         try:
             span.set_attribute("kitium_queue.enqueue.confirmed", confirmed)
             span.end()
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
             self._tracer_failed(exc)
 
     # ------------------------------------------------------------------ worker
@@ -397,32 +435,49 @@ class OpenTelemetryTracing(Subscriber):
                 if sc.trace_flags.sampled:
                     job.run_context = _traceparent(sc)
             token = otel_context.attach(trace.set_span_in_context(span))
-        except Exception as exc:  # the tracer's fault: the job runs untraced
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the tracer's fault: the job runs untraced
             self._tracer_failed(exc)
             span = None
         if span is None:  # outside the handler: the run's errors chain no tracer error
             return await call_next()
         try:
             return await call_next()
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            # Its timeout or cancel_job (the runner's message) failed the run; a stop
+            # handing it back, or a lease lost, did not: that span keeps no error.
+            if exc.args and exc.args[0] in ("timeout", "cancelled"):
+                self._record_failure(span, job.id, exc)
+            raise
+        except BaseException as exc:  # every other way a run raises: its span says so
             self._record_failure(span, job.id, exc)
             raise
         finally:
             otel_context.detach(token)
             try:
                 span.end()
-            except Exception as exc:  # never the run's outcome: it is decided
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # never the run's outcome: it is decided
                 self._tracer_failed(exc)
 
-    def _record_failure(self, span: Any, job_id: str, exc: Exception) -> None:
+    def _record_failure(self, span: Any, job_id: str, exc: BaseException) -> None:
+        """Mark the run's span as failed by ``exc``: status ERROR first (whatever the
+        event costs, the span says the run failed), then the bounded ``exception``
+        event. A tracer that raises here loses that span's record, never the run's own
+        error (re-raised by the caller) nor the reason recorded on the job."""
         try:
-            if span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                self._previous[job_id] = span.get_span_context()
-                if len(self._previous) > _MAX_PENDING:
-                    self._previous.popitem(last=False)
-        except Exception as failed:  # the run's own error goes on, not the tracer's
+            if not span.is_recording():
+                return
+            span.set_status(Status(StatusCode.ERROR, clip(safe_name(exc), MAX_ERROR_CHARS)))
+            self._previous[job_id] = span.get_span_context()
+            if len(self._previous) > _MAX_PENDING:
+                self._previous.popitem(last=False)
+            span.add_event("exception", _exception_attributes(exc))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as failed:  # the run's own error goes on, not the tracer's
             self._tracer_failed(failed)
 
     def _links(self, job: Any, remote: SpanContext | None) -> list[Link]:

@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import Any
 
 from ...errors import ConfigurationError, DamagedKeyError, KitiumQueueError
-from ...limits import clip, get_logger
+from ...limits import clip, get_logger, printable
 from ...options import to_int, to_ms
 from .chain import AuditKeys, Draft, entry_mac, parse_id
 from .conn import Deployment, LuaScript
@@ -222,8 +222,8 @@ class AuditLog:
                     "audit log: %d entries held while Redis refuses them; dropped the "
                     "oldest (%s on %s)",
                     MAX_PENDING,
-                    dropped.action,
-                    dropped.resource,
+                    printable(dropped.action),
+                    printable(dropped.resource),
                 )
         self._pending.append(draft)
         if self._task is None or self._task.done():

@@ -27,7 +27,7 @@ from ...errors import (
     RetryLater,
     SerializationError,
 )
-from ...limits import get_logger
+from ...limits import get_logger, printable
 from .crypto import (
     Binding,
     EncryptionError,
@@ -192,7 +192,7 @@ class RunGuard:
             "job(s) run by this process so far; remove accept_plaintext_before once the "
             "plaintext backlog has drained",
             self.manager.queue.name,
-            job.id,
+            printable(job.id),
             _when(job.created_at),
             _when(cutoff),
             self.plaintext_run,
