@@ -279,3 +279,15 @@ async def test_a_partitioned_queue_refuses_a_bare_decorator_and_takes_replace(
         assert all(q.processors["n"](None) == 3 for q in orders.queues)
     finally:
         await orders.close()
+
+
+async def test_a_start_refusing_its_concurrency_leaves_close_free(make: QueueFactory) -> None:
+    """``start(concurrency=0)`` raised, but left a start marked under way that nothing
+    ended: the next ``close()`` waited for it for good (the CLI's ``worker -c 0`` hung)."""
+    q = make("bad-conc")
+    q.process("n", lambda job: None)
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        await q.start(concurrency=0)
+    await asyncio.wait_for(q.close(), 5)
+    await q.start()  # and it can start afterwards
+    await asyncio.wait_for(q.close(), 10)

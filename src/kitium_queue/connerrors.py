@@ -31,7 +31,15 @@ from .errors import (
     PermissionDeniedError,
 )
 
-__all__ = ["NOPERM", "missing_tls_files", "permission_denied", "translate_error"]
+__all__ = [
+    "NOPERM",
+    "ReplyCutOffError",
+    "closed_by_server",
+    "missing_tls_files",
+    "permission_denied",
+    "reply_cut_off",
+    "translate_error",
+]
 
 
 #: The options that name files the TLS handshake reads when a connection opens.
@@ -68,7 +76,11 @@ def translate_error(
     """The library's error for ``exc`` (see ``ConnectionFactory.error``): ``describe``
     is where the connection goes and ``redacted`` the text of ``exc``, both without
     credentials; ``missing_files``: TLS files of the setting that do not exist
-    (``missing_tls_files``). None when ``exc`` is not a connection problem."""
+    (``missing_tls_files``). None when ``exc`` is not a connection problem; an error of
+    the library's own is returned as it is (a ``ConnectionUnavailableError`` is an
+    ``OSError`` too: worded again, it would be quoted inside another message)."""
+    if isinstance(exc, KitiumQueueError):
+        return exc
     where = f"Redis at {describe}"
     cause = _sentence(redacted) or type(exc).__name__
     if missing_files and isinstance(exc, (RedisConnectionError, OSError)):
@@ -124,7 +136,8 @@ def translate_error(
         return ConnectionUnavailableError(
             f"{where} accepted the connection but did not answer{within} (queue "
             f"{queue!r}: {cause}); check the port, whether the server expects TLS "
-            "(rediss://), and socket_timeout"
+            "(rediss://), whether its clients are paused (CLIENT PAUSE, as during a "
+            "failover: it answers once the pause ends), and socket_timeout"
         )
     if isinstance(exc, MaxConnectionsError):
         return ConnectionUnavailableError(
@@ -139,6 +152,14 @@ def translate_error(
             "SET maxclients, or in redis.conf), or open fewer connections (fewer "
             "processes, or a lower max_connections in redis=). Connections already open "
             "go on"
+        )
+    if closed_by_server(exc):
+        return ConnectionUnavailableError(
+            f"{where} closed the connection of queue {queue!r} during a call ({cause}): "
+            "it was restarted or stopped, closed the client (CLIENT KILL, its timeout "
+            "setting), or cut off a reply larger than its client-output-buffer-limit; "
+            "check that the server runs, and its log for which (the next call connects "
+            "again)"
         )
     if isinstance(exc, (RedisConnectionError, OSError, asyncio.TimeoutError)):
         return ConnectionUnavailableError(
@@ -167,4 +188,42 @@ def permission_denied(detail: str) -> PermissionDeniedError:
         "user needs the queue's key pattern ~<prefix>:{<queue>}:* and the commands listed "
         "in docs/RELIABILITY.md (Security: Redis ACL): `kitium-queue acl redis-rules` "
         "prints them, with --feature for what optional features and tools add"
+    )
+
+
+class ReplyCutOffError(ConnectionUnavailableError, RedisConnectionError):
+    """Redis closed a call's connection while it sent the reply, and answered a
+    ``PING`` right after: the server is up, and most likely dropped a reply larger than
+    its ``client-output-buffer-limit`` for normal clients. Reading the same again fails
+    the same way: the message says what to change. A ``ConnectionUnavailableError`` (as
+    a lost connection always was) and redis-py's ``ConnectionError``, which handlers
+    written for the connection closed by the server catch."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # The attributes redis-py's errors carry (its own code and __repr__ read them).
+        self.__dict__.update(RedisConnectionError(message).__dict__)
+
+
+def closed_by_server(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py's error for a connection the server closed (or
+    reset) while the call waited for its reply, not one that could not be opened."""
+    if not isinstance(exc, RedisConnectionError) or isinstance(exc, ConnectionUnavailableError):
+        return False
+    text = str(exc)
+    return "closed by server" in text or "reset by peer" in text
+
+
+def reply_cut_off(describe: str, queue: str, what: str) -> ReplyCutOffError:
+    """The error of a reply to ``what`` (a read of queue ``queue``) that Redis at
+    ``describe`` cut off by closing the connection, while it answers ``PING``."""
+    return ReplyCutOffError(
+        f"Redis at {describe} closed the connection of queue {queue!r} while sending the "
+        f"reply to {what}, and answers again: the reply was most likely larger than the "
+        "server's client-output-buffer-limit for normal clients (CONFIG GET "
+        "client-output-buffer-limit; managed services often set one), not a server "
+        "that went away. To go on: raise that limit (CONFIG SET "
+        'client-output-buffer-limit "normal 0 0 0" lifts it), or read fewer or smaller '
+        "records at a time (a smaller limit, e.g. kitium-queue jobs list --limit 5; "
+        "keep large payloads out of job data)"
     )

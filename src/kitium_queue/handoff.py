@@ -21,6 +21,16 @@ deferrals are spread (``AWAY_MS``, +-50 %), so jobs that were held together do n
 come due at one moment, when this worker, with the most free slots, would take most of
 them again. A job may still go round a few times before the capable worker takes it.
 
+The same goes for a job that needs a feature this process has not enabled (``gap``): a
+job whose options name FIFO groups, a tenant, encryption, a breaker, ... (a feature option
+of ``jobspec.FEATURE_HOWTO``) reaching an old worker without that feature during a
+rolling deploy. Run there, it would run without the feature: out of its group's order,
+outside its tenant's quota, its processor handed the encrypted envelope, and the
+feature's turn or ticket left held (the features heal those later). When a live worker
+declares the option (its presence record lists the features enabled in its process),
+the job is held and deferred for it without spending an attempt; when none does, it
+runs here as before.
+
 The presence records are read at most every ``PEERS_REFRESH_S`` seconds (one read shared
 by the runs waiting for it), and each name's handing back is logged at most once every
 ``NOTE_EVERY_S`` seconds per worker.
@@ -35,12 +45,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import RetryLater
+from .jobspec import FEATURE_HOWTO
 from .limits import get_logger, printable
 from .presence import WorkerPresence, live_workers
 
 __all__ = ["AWAY_MS", "HOLD_S", "NOTE_EVERY_S", "PEERS_REFRESH_S", "Handoff"]
 
 log = get_logger("kitium_queue.worker")
+
+#: Option values that do not ask for the feature (``encrypted=False``).
+_UNSET = (None, False, "", 0)
 
 #: How long a job is held in this worker's slot before it is deferred (seconds).
 HOLD_S = 0.5
@@ -73,6 +87,10 @@ class Handoff:
         self._read_at: float | None = None
         self._lock = asyncio.Lock()
         self._noted: dict[str, float] = {}
+        spec = queue.ctx.jobspec
+        #: The feature options this process does not declare (the runner checks a job's
+        #: options against them before it runs the job: ``gap``).
+        self.gaps = frozenset(o for o in FEATURE_HOWTO if o not in spec)
 
     async def peer(self, name: str) -> str | None:
         """The id of a live worker of the queue, other than this one, that has a
@@ -82,6 +100,26 @@ class Handoff:
             if w.id != self.worker_id and w.can_process(name):
                 return w.id
         return None
+
+    async def gap(self, run: Any, deferred: Callable[[Any, RetryLater], None]) -> bool:
+        """Whether ``run``'s job needs a feature this process lacks that a live worker
+        has: then it was held and handed to ``deferred`` (module docstring). False: run
+        it here."""
+        opts = run.job.options
+        if self.gaps.isdisjoint(opts):
+            return False
+        need = next((o for o in opts if o in self.gaps and opts[o] not in _UNSET), None)
+        if need is None:
+            return False
+        peer = next(
+            (w.id for w in await self._live() if w.id != self.worker_id and need in w.options),
+            None,
+        )
+        if peer is None:
+            return False
+        feature, how = FEATURE_HOWTO[need]
+        deferred(run, await self.hold(run.job.id, f"{feature} (option {need!r})", peer, how))
+        return True
 
     async def missing(self, job_id: str, name: str, registered: Iterable[str]) -> RetryLater:
         """Job ``job_id``'s name has no processor among those ``registered`` here: the
@@ -97,11 +135,12 @@ class Handoff:
             )
         return await self.hold(job_id, name, peer)
 
-    async def hold(self, job_id: str, name: str, peer: str) -> RetryLater:
+    async def hold(self, job_id: str, name: str, peer: str, how: str = "") -> RetryLater:
         """What the runner does with job ``job_id`` (named ``name``) that live worker
         ``peer`` can run: hold it for ``HOLD_S`` (module docstring), then return the
         ``RetryLater`` that defers it without spending an attempt. Logs it at most once
-        per name every ``NOTE_EVERY_S``."""
+        per name every ``NOTE_EVERY_S``. ``how``: what to do in this process to run such
+        jobs (a feature missing here, ``gap``; else its processor is missing)."""
         now = self._clock()
         last = self._noted.get(name)
         if last is None or now - last >= NOTE_EVERY_S:
@@ -110,22 +149,37 @@ class Handoff:
                 while len(self._noted) >= _MAX_NOTED:
                     del self._noted[next(iter(self._noted))]
             self._noted[name] = now
-            log.warning(
-                "queue %s: worker %s has no processor for %r, but live worker %s has one: "
-                "such jobs are deferred for it without spending an attempt (job %s, and "
-                "others of that name for %d s without another line)",
-                printable(self.queue.name),
-                printable(self.worker_id),
-                printable(name),
-                printable(peer),
-                printable(job_id),
-                NOTE_EVERY_S,
-            )
+            if how:
+                log.warning(
+                    "queue %s: worker %s runs without %s, which live worker %s has: such "
+                    "jobs are deferred for it without spending an attempt (job %s, and "
+                    "others for %d s without another line); %s in every process",
+                    printable(self.queue.name),
+                    printable(self.worker_id),
+                    name,
+                    printable(peer),
+                    printable(job_id),
+                    NOTE_EVERY_S,
+                    how,
+                )
+            else:
+                log.warning(
+                    "queue %s: worker %s has no processor for %r, but live worker %s has "
+                    "one: such jobs are deferred for it without spending an attempt (job "
+                    "%s, and others of that name for %d s without another line)",
+                    printable(self.queue.name),
+                    printable(self.worker_id),
+                    printable(name),
+                    printable(peer),
+                    printable(job_id),
+                    NOTE_EVERY_S,
+                )
         await asyncio.sleep(HOLD_S)
+        what = f"{name} is not enabled" if how else f"no processor for {name!r}"
         return RetryLater(
             AWAY_MS * random.uniform(0.5, 1.5),
-            f"no processor for {name!r} on worker {self.worker_id}; deferred without "
-            f"spending an attempt for live worker {peer}, which has one",
+            f"{what} on worker {self.worker_id}; deferred without spending an attempt "
+            f"for live worker {peer}, which has it",
         )
 
     async def _live(self) -> tuple[WorkerPresence, ...]:

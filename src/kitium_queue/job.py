@@ -45,7 +45,8 @@ class Job(Generic[DataT]):
         max_attempts: runs allowed in total.
         progress: last progress reported by this run.
         created_at: enqueue time, ms since the epoch (Redis clock).
-        options: the options the job was added with (only those set explicitly).
+        options: the options the job was added with (the producer's ``default_job_options``
+            included).
         idempotency_key: stable key for side effects outside Redis: the job's
             ``idempotency_key`` option if given, else ``"<queue>:<id>:<created_at>"``
             (the enqueue time too: an auto id can be taken again by another job after

@@ -160,8 +160,9 @@ class Lifecycle:
             from .features.scheduler import Scheduler
 
             q.services.append(Scheduler())
+        worker = make_worker()  # may refuse its settings: nothing is under way yet
         self._starting = asyncio.get_running_loop().create_future()
-        worker = self.worker = make_worker()
+        self.worker = worker
         try:
             await worker.start()
         except BaseException:

@@ -24,12 +24,22 @@ even read, and ``add_job`` failed with Redis's text instead of ``WriteRefusedErr
 The connections of these pools
 (``answering``) and ``ping`` below count that refusal as the server answering; the
 write itself is then refused, and reported, where it is made.
+
+Nor do they **bound the opening of a connection.** The queue's clients have no
+``socket_timeout`` (a blocking ``BZPOPMIN`` waits as long as it must), so a server that
+accepts a connection and then holds every command (``CLIENT PAUSE ... ALL``, as a
+failover does) held the handshake (``AUTH``/``HELLO``/``SELECT``/``CLIENT SETNAME``)
+and the health-check ``PING`` of an idle connection for the whole pause, and any call
+that needed a new connection with it. The asyncio connections of these pools give each
+``HANDSHAKE_TIMEOUT_S``, then raise ``HandshakeTimeoutError`` (nothing of the call
+was sent); the commands themselves keep no deadline of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from collections import deque
 from collections.abc import Sized
 from typing import Any
@@ -44,10 +54,12 @@ from .errors import ConnectionUnavailableError
 from .limits import get_logger
 
 __all__ = [
+    "HANDSHAKE_TIMEOUT_S",
     "POOL_WAIT_S",
     "CheckedPool",
     "CheckedSentinelPool",
     "ConnectFailedError",
+    "HandshakeTimeoutError",
     "answering",
     "blocking_wait_overran",
     "check_pool",
@@ -61,6 +73,15 @@ log = get_logger(__name__)
 
 #: Longest a call waits for a free connection of an exhausted pool.
 POOL_WAIT_S = 30.0
+#: Longest a new connection's handshake (after the socket opened, which
+#: ``socket_connect_timeout`` bounds) or an idle connection's health-check ``PING`` may
+#: wait for the server's answer.
+HANDSHAKE_TIMEOUT_S = 10.0
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
+    from async_timeout import timeout as _deadline  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 
 class _WaitsAndChecks:
@@ -258,6 +279,28 @@ class ConnectFailedError(ConnectionUnavailableError, RedisConnectionError):
         self.__dict__.update(RedisConnectionError(message).__dict__)
 
 
+class HandshakeTimeoutError(ConnectionUnavailableError):
+    """Redis accepted a connection but did not answer its handshake (or an idle
+    connection's health-check ``PING``) within ``HANDSHAKE_TIMEOUT_S``: nothing of the
+    call was sent. The library's ``ConnectionUnavailableError`` (an ``OSError`` too),
+    and not redis-py's ``ConnectionError``, which redis-py would retry up to ten times,
+    each for as long again."""
+
+
+def _handshake_timeout(conn: Any, what: str) -> HandshakeTimeoutError:
+    try:
+        where = conn._host_error()
+    except Exception:  # only to word the message
+        where = "the server"
+    return HandshakeTimeoutError(
+        f"Redis at {where} accepted the connection but did not answer {what} within "
+        f"{HANDSHAKE_TIMEOUT_S:g} s: its clients may be paused (CLIENT PAUSE, as during "
+        "a failover; it answers once the pause ends), or it is too busy to answer. "
+        "Nothing of this call reached Redis: try again shortly (the next call connects "
+        "again), and check the server (its log, SLOWLOG, CLIENT LIST) if it lasts"
+    )
+
+
 def _connect_failed(exc: BaseException) -> BaseException:
     """``exc`` raised by a connection's ``connect``: a socket that could not be opened
     (redis-py's "Error 111 connecting to host:port. ...") becomes ``ConnectFailedError``;
@@ -284,6 +327,7 @@ def answering(cls: type) -> type:
     connect = getattr(cls, "connect", None)
     if send is None or connect is None:
         return cls
+    extra: dict[str, Any] = {}
     if inspect.iscoroutinefunction(send):
 
         async def _send_ping(self: Any) -> None:
@@ -302,6 +346,7 @@ def answering(cls: type) -> type:
                     raise
                 raise failed from exc
 
+        extra = _bounded_handshake(cls)
     else:
 
         def _send_ping(self: Any) -> None:  # type: ignore[misc]
@@ -323,10 +368,51 @@ def answering(cls: type) -> type:
     made = type(
         cls.__name__,
         (cls,),
-        {"_send_ping": _send_ping, "connect": _connect, "__module__": __name__},
+        {"_send_ping": _send_ping, "connect": _connect, "__module__": __name__, **extra},
     )
     _ANSWERING[cls] = made
     return made
+
+
+_HANDSHAKE = "the commands that open it (AUTH, HELLO, SELECT, CLIENT SETINFO/SETNAME)"
+
+
+def _bounded_handshake(cls: type) -> dict[str, Any]:
+    """The methods of an asyncio connection class ``cls`` that bound its handshake and
+    its health-check ``PING`` by ``HANDSHAKE_TIMEOUT_S`` (see the module's text)."""
+    out: dict[str, Any] = {}
+    # redis-py 6+ names the handshake on_connect_check_health; before, on_connect.
+    name = "on_connect_check_health" if hasattr(cls, "on_connect_check_health") else "on_connect"
+    handshake = getattr(cls, name, None)
+    if inspect.iscoroutinefunction(handshake):
+
+        async def bounded_handshake(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                async with _deadline(HANDSHAKE_TIMEOUT_S):
+                    await handshake(self, *args, **kwargs)
+            except (TimeoutError, asyncio.TimeoutError):
+                # redis-py disconnects a connection whose handshake raised.
+                raise _handshake_timeout(self, _HANDSHAKE) from None
+
+        out[name] = bounded_handshake
+    check = getattr(cls, "check_health", None)
+    if inspect.iscoroutinefunction(check):
+
+        async def check_health(self: Any) -> None:
+            interval = getattr(self, "health_check_interval", 0)
+            if not interval or asyncio.get_running_loop().time() <= self.next_health_check:
+                await check(self)  # not due: no PING, and no timer on the hot path
+                return
+            try:
+                async with _deadline(HANDSHAKE_TIMEOUT_S):
+                    await check(self)
+            except (TimeoutError, asyncio.TimeoutError):
+                # A PING sent and its reply unread: the connection is out of step.
+                await self.disconnect(nowait=True)
+                raise _handshake_timeout(self, "the health-check PING") from None
+
+        out["check_health"] = check_health
+    return out
 
 
 async def blocking_wait_overran(exc: BaseException, client: Any, who: str) -> bool:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .connection import TRANSIENT_ERRORS
+from .jobspec import FEATURE_HOWTO
 from .limits import get_logger, reply_int, reply_text
 from .serverinfo import refuses_writes
 
@@ -69,6 +70,8 @@ class WorkerPresence:
         running: jobs it ran at its last heartbeat.
         processed: outcomes it recorded since it started.
         processors: the job names it has a processor for (``"*"``: any name).
+        options: the feature options its queue declares (``jobspec.FEATURE_HOWTO``
+            keys: the features enabled in its process).
         started_at, seen_at: when it started and last announced itself (ms, its clock).
     """
 
@@ -81,6 +84,7 @@ class WorkerPresence:
     processors: tuple[str, ...]
     started_at: int
     seen_at: int
+    options: tuple[str, ...] = ()
 
     def can_process(self, job_name: str) -> bool:
         """Whether it has a processor for jobs named ``job_name``."""
@@ -98,6 +102,7 @@ class WorkerPresence:
             "processors": list(self.processors),
             "started_at": self.started_at,
             "seen_at": self.seen_at,
+            "options": list(self.options),
         }
 
 
@@ -129,6 +134,7 @@ class Presence:
             "run": str(len(w.leases.runs)),
             "done": str(w.processed),
             "names": orjson.dumps(self.names).decode(),
+            "opts": orjson.dumps(feature_options(w.queue)).decode(),
             "start": str(self.started_at),
             "seen": str(int(time.time() * 1000)),
         }
@@ -223,6 +229,14 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
                 processors=_names(h.get(b"names")),
                 started_at=reply_int(h.get(b"start")),
                 seen_at=reply_int(h.get(b"seen")),
+                options=_names(h.get(b"opts")),
             )
         )
     return out
+
+
+def feature_options(queue: Any) -> list[str]:
+    """The feature options ``queue`` declares in this process (``FEATURE_HOWTO`` keys):
+    which of the brief's features are enabled here, as presence tells the others."""
+    spec = queue.ctx.jobspec
+    return [o for o in FEATURE_HOWTO if o in spec]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import math
 import re
 import time
@@ -28,20 +29,21 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from .context import CONNECT_TIMEOUT_S
 from .damage import health_damage, named
 from .enums import JobStatus
 from .errors import ConfigurationError
-from .events import PROGRESS_BYTES_FIELD, StreamEvent, read_stream
+from .eventfeed import stream_events
+from .events import StreamEvent
 from .guards import GuardList, ReadCall, ReadGuard
 from .identity import current_principal
 from .job import JobInfo
 from .limits import MAX_DELAY_MS, QUERY_PAGE
 from .options import MAX_QUERY_LIMIT, lookup_id, shown, to_int
 from .parking import parked_count, parked_ids
-from .pools import ping
+from .recordreads import cut_off, read_records
 from .records import JobDetail, decode_id, hash_reply, job_values, stored_status
 from .redact import redact_json_text
 from .serverinfo import MemoryReport, memory_report, ping_refusal, write_probe
@@ -322,7 +324,10 @@ class Queries:
         if detail:
             pipe.zscore(ctx.keys.active, jid)
             pipe.llen(ctx.keys.logs(jid))
-        reply, paused, *extra = await pipe.execute(raise_on_error=False)
+        try:
+            reply, paused, *extra = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:  # a record larger than the server sends: say so
+            raise await cut_off(ctx, client, exc, f"the read of job {jid!r}") from None
         problems: list[str] = []
         raw = hash_reply(reply, problems)  # a key of another type: a damaged record
         extra = [None if isinstance(v, Exception) else v for v in extra]
@@ -369,6 +374,8 @@ class Queries:
             if "WRONGTYPE" not in str(exc):
                 raise
             lines = []
+        except RedisError as exc:  # more lines than the server sends at once: say so
+            raise await cut_off(self.ctx, client, exc, f"the read of job {jid!r}'s log") from None
         # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
         text = [b.decode("utf-8", "backslashreplace") for b in lines]
         ctx = self.ctx
@@ -442,12 +449,10 @@ class Queries:
         client = await ctx.client()
         base = ctx.keys.job("")
         base_b = base.encode()
-        pipe = client.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(base_b + i if isinstance(i, bytes) else base + i)
-        pipe.hget(ctx.keys.meta, "paused")
-        # One key of another type (WRONGTYPE) is that job's damage, not the listing's.
-        *raws, paused = await pipe.execute(raise_on_error=False)
+        keys = [base_b + i if isinstance(i, bytes) else base + i for i in ids]
+        # In round trips of a few records (the server's output buffer limit); one key
+        # of another type (WRONGTYPE) is that job's damage, not the listing's.
+        raws, paused = await read_records(ctx, client, keys, ctx.keys.meta)
         is_paused = paused == b"1"
         gone = [i for i, r in zip(ids, raws, strict=True) if not r]
         if gone and found_in in _STATUS_SETS:
@@ -525,11 +530,35 @@ class Queries:
             t0 = time.perf_counter()  # uvloop's loop.time() has ms resolution
             refused = await ping_refusal(client, CONNECT_TIMEOUT_S)  # MISCONF: answers
             latency = (time.perf_counter() - t0) * 1000
-            refused = refused or await write_probe(client, ctx.keys.extra("write-probe"))
+            # Bounded as the PING is: a server that holds writes is reported, not waited for.
+            probe = ctx.keys.extra("write-probe")
+            refused = refused or await write_probe(client, probe, CONNECT_TIMEOUT_S)
+            # The reads that follow get the same bound (a pause that began meanwhile).
+            memory, missing, damaged = await asyncio.wait_for(
+                self._server_state(client, server_config), CONNECT_TIMEOUT_S
+            )
         except Exception as exc:
-            # Redacted as ``backend`` is: a redis-py message may quote the connection.
-            error = f"{type(exc).__name__}: {ctx.connection.redact(exc)}"
+            # Worded as the CLI words it (a bare asyncio timeout has no text); redacted as
+            # ``backend`` is: a redis-py message may quote the connection.
+            said = ctx.connection.error(exc, ctx.name, timeout_s=CONNECT_TIMEOUT_S) or exc
+            error = f"{type(said).__name__}: {ctx.connection.redact(said)}"
             return HealthStatus(False, None, ctx.connection.describe(), error, worker_running())
+        return HealthStatus(
+            (problem := refused or damaged) is None,
+            round(latency, 3),
+            ctx.connection.describe(),
+            problem,
+            worker_running(),
+            memory,
+            missing,
+        )
+
+    async def _server_state(
+        self, client: Any, server_config: bool
+    ) -> tuple[MemoryReport | None, int | None, str | None]:
+        """What ``health_check`` reads once Redis answered: memory, job records found
+        missing, and a damaged key of the layout (``health_damage``)."""
+        ctx = self.ctx
         memory = None  # on a Cluster, of the primary that holds the queue's slot (meta)
         if not ctx.connection.is_memory:
             memory = await memory_report(client, config=server_config, key=ctx.keys.meta)
@@ -540,15 +569,7 @@ class Queries:
         else:
             ctx.missing.counted(missing or 0)
         damaged = await health_damage(client, ctx.keys.all)  # a key of the layout, by hand
-        return HealthStatus(
-            (problem := refused or damaged) is None,
-            round(latency, 3),
-            ctx.connection.describe(),
-            problem,
-            worker_running(),
-            memory,
-            missing,
-        )
+        return memory, missing, damaged
 
     async def events(
         self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True
@@ -562,44 +583,11 @@ class Queries:
                 f"id such as '1700000000000-0', got {shown(last_id)}"
             )
         block = to_int(block_ms, "block_ms", minimum=0 if follow else 1, maximum=MAX_DELAY_MS)
-        conn = self.ctx.connection
-        client = conn.client(blocking=True)
-        deadline = conn.answer_timeout_s(CONNECT_TIMEOUT_S)
-        try:
-            # Blocking reads have no socket timeout: a PING with a deadline first, so a
-            # server that never answers fails instead of hanging the reader.
-            await ping(client, deadline)
-            async for ev in read_stream(
-                client, self.ctx.keys.events, last_id=last_id, block_ms=block, follow=follow
-            ):
-                if ev.event == "job-progress" and PROGRESS_BYTES_FIELD in ev.fields:
-                    ev = await self._with_progress(ev)
-                if self.ctx.redactors and "progress" in ev.fields:
-                    shown_ = _redacted_json(self.ctx, ev.fields["progress"])
-                    ev = StreamEvent(ev.id, ev.event, ev.job_id, {**ev.fields, "progress": shown_})
+        # Reading, and following through a lost connection: eventfeed.py.
+        feed = stream_events(self.ctx, last_id=last_id, block_ms=block, follow=follow)
+        async with contextlib.aclosing(feed):
+            async for ev in feed:
                 yield ev
-        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
-            # Unreachable, or went away while we read: the library's error, saying what
-            # to check (asyncio's TimeoutError, an OSError from Python 3.11 on).
-            wrapped = conn.error(exc, self.ctx.name, timeout_s=deadline)
-            if wrapped is None:
-                raise
-            raise wrapped from None
-        finally:
-            if conn.owns(client):
-                await client.aclose()
-
-    async def _with_progress(self, ev: StreamEvent) -> StreamEvent:
-        """``ev`` with ``progress`` read from its job's record (left out if it is gone)."""
-        fields_ = dict(ev.fields)
-        try:
-            jid = query_id(ev.job_id)
-        except ConfigurationError:
-            return ev
-        raw = await (await self.ctx.client()).hget(self.ctx.keys.job(jid), "pg")
-        if raw is not None:
-            fields_["progress"] = raw.decode("utf-8", "backslashreplace")
-        return StreamEvent(ev.id, ev.event, ev.job_id, fields_)
 
 
 async def zrange_pages(

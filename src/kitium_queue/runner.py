@@ -218,8 +218,8 @@ class Runner:
                 self.fail_final(run, exc, f"undecodable payload: {safe_text(exc)}")
                 return
             found = self.procs.get(job.name) or self.procs.get("*") or await self._lookup(run)
-            if found is None:
-                return  # deferred for a live worker that has a processor for it
+            if found is None or (job.options and await self._handoff.gap(run, self.deferred)):
+                return  # deferred for a live worker with its processor, or a feature
             fn, kind = found
             if q.telemetry is not None:
                 span = _span(q.telemetry, q.name, job)

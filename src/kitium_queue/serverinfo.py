@@ -21,6 +21,7 @@ services) are not checked: the check is skipped with a log line, never a failure
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connerrors import NOPERM
 from .errors import ConfigurationError, WriteRefusedError
@@ -44,6 +46,7 @@ from .pools import ping
 
 __all__ = [
     "ANSWERED_ERRORS",
+    "WRITES_STALLED",
     "MemoryReport",
     "WriteRefusals",
     "answered_check",
@@ -58,6 +61,7 @@ __all__ = [
     "write_probe",
     "write_refused",
     "write_refused_cause",
+    "writes_stalled",
 ]
 
 log = get_logger(__name__)
@@ -478,35 +482,69 @@ async def ping_refusal(client: Any, timeout: float) -> str | None:
     return None if exc is None else _health_error(str(exc))
 
 
-async def write_probe(client: Any, key: str) -> str | None:
+async def write_probe(client: Any, key: str, timeout: float) -> str | None:
     """Whether the server takes writes now, asked with a write that writes nothing:
     ``SET key "" XX`` on a key that never exists (``key``: the queue's
     ``write-probe``). Redis refuses it as it refuses the queue's writes: out of memory,
     unable to save, too few replicas for ``min-replicas-to-write``, a replica, busy.
     Returns the ``HealthStatus.error`` of such a refusal, else None (other errors, e.g.
     an ACL user without ``SET``, leave the question open). The queue's writes are
-    scripts, so ``script_probe`` then asks whether the user may run them."""
+    scripts, so ``script_probe`` then asks whether the user may run them.
+
+    Each probe gets ``timeout`` s (the health check's PING's bound): a server that
+    answers PING but holds writes (``CLIENT PAUSE ... WRITE``, as a failover does) is
+    reported as not accepting writes (``writes_stalled``) instead of waiting for it."""
     try:
-        await client.set(key, b"", xx=True)
+        await asyncio.wait_for(client.set(key, b"", xx=True), timeout)
+    except _NO_ANSWER:
+        return _stalled(timeout)
     except RedisError as exc:
         text = reply_text(exc)
         if _refusal(text) is not None:
             return _health_error(text)
-    return await script_probe(client, key)
+    return await script_probe(client, key, timeout)
 
 
 #: A script digest no server holds: ``EVALSHA`` of it answers ``NOSCRIPT`` when allowed.
 _NO_SCRIPT = "0" * 40
 
+# A probe that got no answer in time: asyncio's deadline, or redis-py's socket_timeout.
+_NO_ANSWER = (asyncio.TimeoutError, RedisTimeoutError)
 
-async def script_probe(client: Any, key: str) -> str | None:
+#: How ``HealthStatus.error`` begins for a server that answers PING but takes no write
+#: in time (``writes_stalled``).
+WRITES_STALLED = "WriteRefusedError: Redis answers PING but took no write within"
+
+
+def _stalled(timeout: float) -> str:
+    return (
+        f"{WRITES_STALLED} {timeout:g} s: it is not accepting writes now (clients paused "
+        "with CLIENT PAUSE ... WRITE, as during a failover or a switch-over, or a server "
+        "too busy to run commands). New jobs, claims and outcomes wait, and time out, "
+        "until it accepts writes again (reads go on). To go on: wait for the failover "
+        "to end, or end a pause nobody meant to last (CLIENT UNPAUSE); the server's log "
+        "says who paused it"
+    )
+
+
+def writes_stalled(error: str | None) -> bool:
+    """Whether a ``HealthStatus.error`` says the server answers but took no write in
+    time: anything that writes (the queue's scripts, its stats read too) would wait."""
+    return bool(error) and str(error).startswith(WRITES_STALLED)
+
+
+async def script_probe(client: Any, key: str, timeout: float) -> str | None:
     """Whether the Redis user may run the queue's scripts on its keys, asked with
     ``EVALSHA`` of a digest no server holds, declaring ``key`` (one of the queue's):
     ``NOSCRIPT`` means allowed and runs nothing. An ACL that revokes ``EVALSHA`` or the
     queue's key pattern answers ``NOPERM``: every transition would be refused, so that
-    is the ``HealthStatus.error`` returned. Any other answer leaves the question open."""
+    is the ``HealthStatus.error`` returned. No answer within ``timeout`` s is a server
+    that holds writes (see ``write_probe``); any other answer leaves the question
+    open."""
     try:
-        await client.execute_command("EVALSHA", _NO_SCRIPT, 1, key)
+        await asyncio.wait_for(client.execute_command("EVALSHA", _NO_SCRIPT, 1, key), timeout)
+    except _NO_ANSWER:
+        return _stalled(timeout)
     except RedisError as exc:
         text = reply_text(exc)
         if isinstance(exc, NoPermissionError) or NOPERM.search(text):

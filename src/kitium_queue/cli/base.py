@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 from redis.exceptions import NoPermissionError
 
-from ..connerrors import permission_denied
+from ..connerrors import ReplyCutOffError, permission_denied
 from ..errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from ..facade import MultiQueue
 from ..limits import clip, printable
@@ -270,7 +270,9 @@ def error_line(text: str) -> str:
 
 def _failure(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one line of text for an error that ended a command."""
-    if isinstance(exc, ConnectionUnavailableError):
+    if isinstance(exc, ReplyCutOffError):  # the server answers: no "cannot connect"
+        code = EXIT_ERROR
+    elif isinstance(exc, ConnectionUnavailableError):
         code = EXIT_UNREACHABLE
     elif isinstance(exc, ConfigurationError):
         code = EXIT_USAGE

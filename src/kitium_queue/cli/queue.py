@@ -23,9 +23,10 @@ from typing import Any
 import click
 
 from ..errors import WriteRefusedError
+from ..eventfeed import giving_up_after
 from ..facade import MultiQueue
 from ..queries import QueueStats
-from ..serverinfo import answered_check, node_info, server_checks
+from ..serverinfo import answered_check, node_info, server_checks, writes_stalled
 from .base import (
     EXIT_NOT_READY,
     EXIT_UNREACHABLE,
@@ -41,6 +42,10 @@ from .output import Output, output, span
 from .select import parse_duration
 
 __all__ = ["demo", "events", "health", "job", "pause", "resume", "stats", "worker"]
+
+#: ``events`` reconnects after a lost connection, and gives up (exit 3) once Redis has
+#: stayed unreachable this long: a script tailing the stream learns of an outage.
+EVENTS_GIVE_UP_S = 10.0
 
 _COUNTS = ("waiting", "active", "delayed", "pending", "paused", "completed", "failed", "dlq")
 
@@ -253,8 +258,9 @@ def health(
     3  Redis unreachable, refused the credentials or did not answer
     4  Redis answers but a key of the queue is damaged (holds another type) or
        it refuses writes (full, a failed background save, too few replicas,
-       busy with another client's long script), or the Redis user may not
-       run the queue's scripts (ACL);
+       busy with another client's long script) or takes none within 10 s
+       (clients paused, a failover), or the Redis user may not run the
+       queue's scripts (ACL);
        readiness only: a check failed (memory nearly full, an evicting
        maxmemory-policy, a replica, --max-latency or --max-dlq)
 
@@ -275,7 +281,10 @@ def health(
         answers = h.healthy or bool(name)
         if name:
             checks.append({"name": name, "ok": False, "detail": h.error})
-        if (h.healthy or name == "writes") and probe == "readiness":
+        # A server that holds writes (CLIENT PAUSE WRITE) would hold the readiness
+        # checks' reads too (the stats script): its verdict is in already.
+        stalled = writes_stalled(h.error)
+        if (h.healthy or name == "writes") and probe == "readiness" and not stalled:
             try:
                 checks += await _readiness(q, max_memory, latency_ms, max_dlq)
             except WriteRefusedError:  # busy with a long script: reads are refused too
@@ -424,7 +433,10 @@ def _pair_part(value: object) -> str:
 @json_option
 @redis_option
 def events(app: str, from_start: bool, as_json: bool, redis: str | None) -> None:
-    """Tail the durable event stream (Ctrl-C to stop); --json: one JSON object a line."""
+    """Tail the durable event stream (Ctrl-C to stop); --json: one JSON object a line.
+
+    A connection the server closes is opened again and the tail reads on after the
+    last event shown; once Redis stays unreachable for 10 s it ends with exit code 3."""
 
     async def act(q: Any) -> None:
         async for ev in q.events(last_id="0" if from_start else "$"):
@@ -441,7 +453,7 @@ def events(app: str, from_start: bool, as_json: bool, redis: str | None) -> None
             extra = " ".join(f"{_pair_part(k)}={_pair_part(v)}" for k, v in ev.fields.items())
             click.echo(row(ev.id, ev.event, ev.job_id or "") + f"\t{extra}")
 
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt), giving_up_after(EVENTS_GIVE_UP_S):
         with_queue(app, redis, act)
 
 

@@ -1,0 +1,102 @@
+"""A job that needs a feature an old worker has not enabled goes to a worker that has it.
+
+During a rolling deploy a worker of the previous release (without ``FIFOQueueManager``,
+without ``EncryptionManager``) runs beside new ones. Before, it ran such jobs without the
+feature: group jobs out of their order (leaving their turns held), encrypted jobs with
+the envelope as their data. Now, when a live worker declares the job's feature option,
+the old worker defers the job for it without spending an attempt; when none does, it
+runs as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from helpers import QueueFactory, wait_until
+from kitium_queue import JobStatus
+from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
+from kitium_queue.features.groups import FIFOQueueManager
+
+
+async def _all(q: Any, ids: list[str], status: JobStatus) -> bool:
+    for job_id in ids:
+        info = await q.get_job_status(job_id)
+        if info is None or info.status is not status:
+            return False
+    return True
+
+
+async def test_group_jobs_go_to_the_worker_with_groups_in_order(make_queue: QueueFactory) -> None:
+    new = make_queue("roll-g", worker={"concurrency": 2})
+    FIFOQueueManager(new)
+    old = make_queue("roll-g", worker={"concurrency": 8})  # idle, and eager to claim
+    ran: dict[str, list[tuple[str, int]]] = {"new": [], "old": []}
+
+    def proc(who: str) -> Any:
+        async def n(job: Any) -> None:
+            ran[who].append((job.data["g"], job.data["i"]))
+            await asyncio.sleep(0.005)
+
+        return n
+
+    new.process("n", proc("new"))
+    old.process("n", proc("old"))
+    await new.start()
+    await old.start()  # both announced before any job
+    ids = await new.add_jobs(
+        [
+            ("n", {"g": f"g{g}", "i": i}, {"message_group_id": f"g{g}"})
+            for i in range(6)
+            for g in range(6)
+        ]
+    )
+    await wait_until(lambda: _all(new, ids, JobStatus.COMPLETED), 30)
+    assert ran["old"] == []
+    for g in range(6):
+        assert [i for gg, i in ran["new"] if gg == f"g{g}"] == list(range(6))
+    for job_id in ids:
+        info = await new.get_job_status(job_id)
+        assert info is not None and info.attempts == 1, info
+
+
+async def test_encrypted_jobs_go_to_the_worker_holding_the_keys(make_queue: QueueFactory) -> None:
+    key = KeyConfig("k1", generate_key())
+    new = make_queue("roll-e", worker={"concurrency": 4})
+    EncryptionManager(new, keys=[key], run_rotation=False)
+    old = make_queue("roll-e", worker={"concurrency": 4})
+    seen: dict[str, list[Any]] = {"new": [], "old": []}
+
+    def proc(who: str) -> Any:
+        async def n(job: Any) -> None:
+            seen[who].append(job.data)
+            await asyncio.sleep(0.01)
+
+        return n
+
+    new.process("n", proc("new"))
+    old.process("n", proc("old"))
+    await new.start()
+    await old.start()
+    ids = await new.add_jobs([("n", {"card": i}, {"encrypted": True}) for i in range(12)])
+    await wait_until(lambda: _all(new, ids, JobStatus.COMPLETED), 60)
+    assert seen["old"] == []
+    assert sorted(d["card"] for d in seen["new"]) == list(range(12))
+
+
+async def test_without_a_worker_that_has_the_feature_the_job_runs_as_before(
+    make_queue: QueueFactory,
+) -> None:
+    producer = make_queue("roll-n")
+    FIFOQueueManager(producer)
+    old = make_queue("roll-n")
+    ran: list[int] = []
+
+    @old.process("n")
+    async def n(job: Any) -> None:
+        ran.append(job.data["i"])
+
+    await old.start()
+    jid = await producer.add_job("n", {"i": 1}, message_group_id="g")
+    await wait_until(lambda: _all(producer, [jid], JobStatus.COMPLETED), 10)
+    assert ran == [1]
