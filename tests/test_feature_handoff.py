@@ -11,7 +11,10 @@ runs as before.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+import pytest
 
 from helpers import QueueFactory, wait_until
 from kitium_queue import JobStatus
@@ -100,3 +103,27 @@ async def test_without_a_worker_that_has_the_feature_the_job_runs_as_before(
     jid = await producer.add_job("n", {"i": 1}, message_group_id="g")
     await wait_until(lambda: _all(producer, [jid], JobStatus.COMPLETED), 10)
     assert ran == [1]
+
+
+async def test_a_worker_warns_of_a_live_worker_without_its_feature(
+    make_queue: QueueFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain job (no feature option) finished by a worker without a feature skips that
+    feature's step (a workflow's dependents, a webhook, an effectively-once key): nothing
+    can hand it over, so a worker that has the feature says which live worker lacks it."""
+    new = make_queue("roll-w")
+    FIFOQueueManager(new)
+    old = make_queue("roll-w")
+    for q in (new, old):
+        q.process("n", lambda job: None)
+    await old.start()
+    await new.start()
+    assert new.worker is not None and old.worker is not None
+    with caplog.at_level(logging.WARNING, logger="kitium_queue"):
+        found = await new.worker.presence(new).compare()
+        again = await new.worker.presence(new).compare()
+    assert found == again == [(old.worker.id, "fifo-groups")]
+    said = [r.getMessage() for r in caplog.records if "runs without the" in r.getMessage()]
+    assert len(said) == 1 and old.worker.id in said[0] and "fifo-groups" in said[0], said
+    # The worker without the feature has nothing to say about the other.
+    assert await old.worker.presence(old).compare() == []

@@ -31,7 +31,7 @@ import orjson
 
 from .connection import TRANSIENT_ERRORS
 from .jobspec import FEATURE_HOWTO
-from .limits import get_logger, reply_int, reply_text
+from .limits import get_logger, printable, reply_int, reply_text
 from .serverinfo import refuses_writes
 
 if TYPE_CHECKING:
@@ -49,6 +49,11 @@ log = get_logger(__name__)
 
 #: How often a running worker renews its record (ms).
 HEARTBEAT_MS = 5_000
+#: Every this many heartbeats a worker compares the features of the live workers of its
+#: queue with its own (``Presence.compare``).
+FLEET_CHECK_BEATS = 6
+#: (worker, feature) pairs a worker remembers having warned about.
+_MAX_WARNED = 1_000
 #: How long a record lives without renewal (ms): three missed heartbeats.
 PRESENCE_TTL_MS = 3 * HEARTBEAT_MS
 #: Index entries older than this are dropped by the writers (ms).
@@ -72,6 +77,9 @@ class WorkerPresence:
         processors: the job names it has a processor for (``"*"``: any name).
         options: the feature options its queue declares (``jobspec.FEATURE_HOWTO``
             keys: the features enabled in its process).
+        features: the features whose step runs when one of its jobs ends (the
+            ``release`` slot's fragments, ``slots.py``): what its finished jobs do not
+            skip.
         started_at, seen_at: when it started and last announced itself (ms, its clock).
     """
 
@@ -85,6 +93,7 @@ class WorkerPresence:
     started_at: int
     seen_at: int
     options: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
 
     def can_process(self, job_name: str) -> bool:
         """Whether it has a processor for jobs named ``job_name``."""
@@ -103,6 +112,7 @@ class WorkerPresence:
             "started_at": self.started_at,
             "seen_at": self.seen_at,
             "options": list(self.options),
+            "features": list(self.features),
         }
 
 
@@ -118,6 +128,7 @@ class Presence:
         self._names = names
         self.started_at = int(time.time() * 1000)
         self.host = socket.gethostname()
+        self._warned: set[tuple[str, str]] = set()
 
     @property
     def names(self) -> list[str]:
@@ -135,6 +146,7 @@ class Presence:
             "done": str(w.processed),
             "names": orjson.dumps(self.names).decode(),
             "opts": orjson.dumps(feature_options(w.queue)).decode(),
+            "feat": orjson.dumps(self.features).decode(),
             "start": str(self.started_at),
             "seen": str(int(time.time() * 1000)),
         }
@@ -157,15 +169,58 @@ class Presence:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._try_beat(), timeout_s)
 
+    @property
+    def features(self) -> list[str]:
+        """This worker's features whose step runs when a job ends (``release`` slot)."""
+        return sorted(self.worker.queue.scripts.slot_names("release"))
+
     async def run(self, *, announced: bool = False) -> None:
         """Announce the worker every ``HEARTBEAT_MS`` until cancelled (``announced``: the
         first heartbeat was just written, wait before the next); an outage only delays
-        the next heartbeat."""
+        the next heartbeat. Every ``FLEET_CHECK_BEATS`` beats, ``compare``."""
+        beats = 0
         while True:
             if not announced:
                 await self._try_beat()
             announced = False
             await asyncio.sleep(HEARTBEAT_MS / 1000)
+            if beats % FLEET_CHECK_BEATS == 0:
+                with contextlib.suppress(*TRANSIENT_ERRORS):
+                    await self.compare()
+            beats += 1
+
+    async def compare(self) -> list[tuple[str, str]]:
+        """Warn (once per worker and feature) about each live worker of the queue that
+        runs without a feature this worker has: the jobs it finishes skip that feature's
+        step (a rolling deploy's previous release, a process that forgot a manager).
+        Returns the (worker id, feature) pairs found lacking."""
+        mine = set(self.features)
+        if not mine:
+            return []
+        found: list[tuple[str, str]] = []
+        for w in await live_workers(self.worker.queue):
+            if w.id == self.worker.id:
+                continue
+            for feature in sorted(mine - set(w.features)):
+                found.append((w.id, feature))
+                if (w.id, feature) in self._warned:
+                    continue
+                if len(self._warned) >= _MAX_WARNED:
+                    self._warned.clear()
+                self._warned.add((w.id, feature))
+                log.warning(
+                    "queue %s: live worker %s runs without the %s feature, which worker %s "
+                    "has: the jobs it finishes skip that feature's step when they end (a "
+                    "message group's turn, a tenant's ticket, a workflow's dependents, a "
+                    "concurrency slot, an effectively-once key, a webhook). Enable the "
+                    "feature, with the same arguments, in every process of the queue (a "
+                    "worker of a previous release may still run)",
+                    self.worker.queue.name,
+                    printable(w.id),
+                    feature,
+                    self.worker.id,
+                )
+        return found
 
     async def _try_beat(self) -> None:
         try:
@@ -230,6 +285,7 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
                 started_at=reply_int(h.get(b"start")),
                 seen_at=reply_int(h.get(b"seen")),
                 options=_names(h.get(b"opts")),
+                features=_names(h.get(b"feat")),
             )
         )
     return out
