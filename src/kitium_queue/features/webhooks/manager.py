@@ -133,7 +133,9 @@ class WebhookManager:
         batch: outbox entries / due retries handled per step.
         claim_idle_ms: an outbox entry a dead worker held is taken over after this.
         lease_ms: a claimed retry is attempted again after this if its worker died.
-        poll_ms: how often the retry loop looks for due retries when idle.
+        poll_ms: how soon the retry loop looks again after a step that found some due
+            retries but fewer than ``batch``; with none due it sleeps until the earliest
+            is due, between ``poll_ms`` and 2 s (``service.IDLE_WAIT_MS``).
         breaker_threshold / breaker_cooldown_ms: per-endpoint breaker (failures in a row;
             first pause, doubled per failed probe up to a minute).
         run_service: add the delivery service to the queue's workers (default True).

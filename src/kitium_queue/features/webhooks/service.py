@@ -56,6 +56,9 @@ GROUP = "webhooks"
 DELIVERY_EVENT = "webhook-delivery"
 _OUTCOMES = {"ok": "delivered", "retry": "retrying", "dead": "dead-lettered", "failed": "failed"}
 _OUTBOX_MAX_DELIVERIES = 50
+#: Longest sleep of an idle retry loop (ms): a retry another process scheduled is
+#: attempted at most this late.
+IDLE_WAIT_MS = 2_000
 
 
 @dataclass(slots=True)
@@ -412,9 +415,28 @@ class DeliveryService(_Base):
 
         async def step() -> float:
             n = await self._paced(self.retry_once)
-            return mgr.poll_ms / 1000 if n < mgr.batch else 0.0
+            if n >= mgr.batch:
+                return 0.0
+            return mgr.poll_ms / 1000 if n else await self.idle_wait()
 
         await self._forever("delivery (retries)", step)
+
+    async def idle_wait(self) -> float:
+        """Seconds the retry loop sleeps when nothing was due: until the earliest retry
+        is due, at least ``poll_ms``, at most ``IDLE_WAIT_MS`` (or 80 % of the first
+        retry delay, the earliest a retry scheduled meanwhile can come due). Before, every process
+        ran the claim script every ``poll_ms`` (4 times a second) for as long as it
+        lived, with nothing scheduled: more than half of an idle fleet's commands."""
+        mgr = self.mgr
+        floor = mgr.poll_ms
+        b = mgr.backoff
+        cap = max(floor, min(IDLE_WAIT_MS, int(min(b.base_ms, b.max_ms) * 0.8)))
+        client = await mgr.queue.client()
+        first = await client.zrange(mgr.queue.keys.extra("wh:retry"), 0, 0, withscores=True)
+        if not first:
+            return cap / 1000
+        due_in = float(first[0][1]) - time.time() * 1000
+        return min(max(due_in, floor), cap) / 1000
 
     async def retry_once(self) -> int:
         """Claim the due retries (up to ``batch``), attempt and record them; the count."""
