@@ -56,8 +56,7 @@ GROUP = "webhooks"
 DELIVERY_EVENT = "webhook-delivery"
 _OUTCOMES = {"ok": "delivered", "retry": "retrying", "dead": "dead-lettered", "failed": "failed"}
 _OUTBOX_MAX_DELIVERIES = 50
-#: Longest sleep of an idle retry loop (ms): a retry another process scheduled is
-#: attempted at most this late.
+#: Longest sleep of an idle retry loop (ms): how late another process's retry may be.
 IDLE_WAIT_MS = 2_000
 
 
@@ -415,18 +414,14 @@ class DeliveryService(_Base):
 
         async def step() -> float:
             n = await self._paced(self.retry_once)
-            if n >= mgr.batch:
-                return 0.0
-            return mgr.poll_ms / 1000 if n else await self.idle_wait()
+            return 0.0 if n >= mgr.batch else mgr.poll_ms / 1000 if n else await self.idle_wait()
 
         await self._forever("delivery (retries)", step)
 
     async def idle_wait(self) -> float:
         """Seconds the retry loop sleeps when nothing was due: until the earliest retry
-        is due, at least ``poll_ms``, at most ``IDLE_WAIT_MS`` (or 80 % of the first
-        retry delay, the earliest a retry scheduled meanwhile can come due). Before, every process
-        ran the claim script every ``poll_ms`` (4 times a second) for as long as it
-        lived, with nothing scheduled: more than half of an idle fleet's commands."""
+        is due, within ``poll_ms`` and ``IDLE_WAIT_MS`` (or 80 % of the first retry delay,
+        the earliest a retry scheduled meanwhile can come due)."""
         mgr = self.mgr
         floor = mgr.poll_ms
         b = mgr.backoff
