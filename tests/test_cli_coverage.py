@@ -53,6 +53,7 @@ EXERCISED_BY: dict[str, str] = {
     "workflows list": "test_cli_workflows.py",
     "workflows show": "test_cli_workflows.py",
     "workflows cancel": "test_cli_workflows.py",
+    "workflows heal": "test_workflows_heal.py",
     "webhooks list": "test_cli_webhooks.py",
     "webhooks show": "test_cli_webhooks.py",
     "webhooks history": "test_cli_webhooks.py",

@@ -53,9 +53,10 @@ from ..errors import ConfigurationError
 from ..explain import JobFacts, Reason, at
 from ..jobspec import Normalizer
 from ..keys import QueueKeys
-from ..limits import reply_text
 from ..options import MAX_COUNT, check_text, shown, to_int, to_ms
 from ..slots import lua_string
+from . import flowheal
+from .flowheal import ConcurrencyHealReport
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -118,6 +119,7 @@ class FlowControl:
             queue.declare_option(name, feature=FEATURE, normalize=_key_option(name))
         queue.use_enqueue(_check_keys)
         queue.add_explainer(self.explain)
+        queue.add_service(flowheal.heal_service(queue))  # flowheal.py: keys nothing would release
         self._install()
 
     # ------------------------------------------------------------------ declarations
@@ -150,6 +152,17 @@ class FlowControl:
         self._apply(
             concurrency_limits={p: v for p, v in self.concurrency_limits.items() if p != pattern}
         )
+        flowheal.heal_soon(self.queue)  # its parked jobs would wait for good (flowheal.py)
+
+    async def heal(self) -> ConcurrencyHealReport:
+        """Send back to wait the jobs parked behind a concurrency key that nothing would
+        release (a cap removed or raised, a process without flow control ran the key's
+        jobs): ``flowheal.py``. The queue's workers do this every 30 s by themselves."""
+
+        async def action() -> ConcurrencyHealReport:
+            return await flowheal.heal_concurrency(self.queue)
+
+        return await self.queue.admin.execute("heal_concurrency", {}, action)
 
     def limit_of(self, key: str, table: Mapping[str, Any]) -> Any:
         """The declaration of ``table`` that applies to ``key``: exact, then the
@@ -174,23 +187,8 @@ class FlowControl:
         q = self.queue
         client = await q.client()
         if ck and (blocker == f"cc:{ck}" or job.status is not JobStatus.PENDING):
-            cap = self.limit_of(ck, self.concurrency_limits)
-            pipe = client.pipeline(transaction=False)
-            pipe.scard(concurrency_key(q.keys, ck))
-            pipe.srandmember(concurrency_key(q.keys, ck), 5)
-            n, some = await pipe.execute()
-            if (cap is not None and int(n) >= cap) or blocker == f"cc:{ck}":
-                ids = sorted(reply_text(i) for i in some)
-                out.append(
-                    Reason(
-                        "concurrency-cap",
-                        f"concurrency key {ck!r} is at its cap: {int(n)} of {cap} running "
-                        f"(e.g. {', '.join('job ' + i for i in ids) or 'none'}); the next "
-                        "one to finish lets it in",
-                        refs=(("key", ck), *(("job", i) for i in ids)),
-                        source=FEATURE,
-                    )
-                )
+            cc = await flowheal.cap_reason(self, client, ck, blocker == f"cc:{ck}")
+            out.extend([cc] if cc else [])
         if rk and (blocker == f"rl:{rk}" or job.status is not JobStatus.PENDING):
             out.extend(await self._rate(client, rk, facts.now_ms))
         if self.global_concurrency and job.status is JobStatus.WAITING:
@@ -280,6 +278,7 @@ class FlowControl:
         scripts.add_slot("enqueue", FEATURE, enqueue)
         scripts.add_slot("admission", FEATURE, admission, fields=MARKERS)
         scripts.add_slot("release", FEATURE, _RELEASE, fields=("ck",))
+        scripts.add_fragment(flowheal.HEAL_SCRIPT, flowheal.heal_script(self._prelude()))
 
     def _prelude(self) -> str:
         rate = _tables(

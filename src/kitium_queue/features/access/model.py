@@ -152,6 +152,8 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
             "erase_subject",
             "rebuild_parked",
             "heal_groups",
+            "heal_concurrency",
+            "heal_workflows",
         ),
         Permission.MANAGE_QUEUE,
     ),

@@ -78,15 +78,16 @@ _OUTBOX = (
 
 #: What each optional feature adds to ``ENGINE_COMMANDS``.
 FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "flow-control": ("sadd", "srem", "scard", "srandmember"),
+    "flow-control": ("sadd", "srem", "scard", "srandmember", "smembers", "zscan", *_LEADER),
     # _LEADER: the walk giving back turns held by finished jobs (groups/heal.py).
     "groups": (
         "sadd", "srem", "scard", "srandmember", "sismember", "smembers", "persist",
         "zrangebylex", "scan", *_LEADER,
     ),
     "idempotency": ("multi", "exec", "persist"),
+    # zscan: the walk releasing dependents of jobs finished without it (workflows/heal.py).
     "workflows": ("sadd", "srem", "scard", "smembers", "hvals", "hsetnx", "persist", "scan",
-                  "unlink", "xrevrange", *_LEADER),
+                  "unlink", "xrevrange", "zscan", *_LEADER),
     # zrank, zcount: the events leader's sweep resumes its walk of cb:ids where it stopped;
     # hsetnx: it binds again the job names cb:names lacks.
     "breakers": (

@@ -1,4 +1,4 @@
-"""``kitium-queue workflows ...``: list workflows, show one, cancel one.
+"""``kitium-queue workflows ...``: list workflows, show one, cancel one, heal dependents.
 
 The command group is built by ``make_command`` with the CLI's own helpers passed in (so
 this module does not import the CLI). Every value printed comes from Redis or the user
@@ -38,7 +38,7 @@ def make_command(
 
     @click.group()
     def workflows() -> None:
-        """Workflows (DAGs of jobs): list, show, cancel."""
+        """Workflows (DAGs of jobs): list, show, cancel, heal."""
 
     @workflows.command("list")
     @click.argument("app")
@@ -134,6 +134,25 @@ def make_command(
                 )
             else:
                 click.echo(row("cancelled", workflow_id, f"{n} step(s) removed"))
+
+        with_queue(app, redis, act)
+
+    @workflows.command("heal")
+    @click.argument("app")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @redis_option
+    def wf_heal(app: str, as_json: bool, redis: str | None) -> None:
+        """Release the dependents of jobs that finished without releasing them (run by a
+        process without JobChainManager). Workers with JobChainManager do it every 30 s."""
+
+        async def act(q: Any) -> None:
+            r = await JobChainManager.for_queue(q).heal()
+            got = {"parents": r.parents, "dependents": r.dependents}
+            if as_json:
+                click.echo(json.dumps(got))
+            else:
+                for k, v in got.items():
+                    click.echo(row(k, v))
 
         with_queue(app, redis, act)
 

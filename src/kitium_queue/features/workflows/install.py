@@ -3,9 +3,10 @@
 ``install(queue, retention_ms)`` runs once per queue object (every partition of a
 ``PartitionedQueue`` is one): it declares the job options (``workflow_id`` and
 ``depends_on`` with a placement, so a partitioned queue sends a workflow's jobs to one
-partition), registers the scripts and slot fragments, the clear step, and the process
-middleware that applies ``data_transformer``. ``parent_results`` reads a job's parents'
-results, as the middleware and ``JobChainManager.parent_results`` give them.
+partition), registers the scripts and slot fragments, the clear step, the workers' heal
+of dependents (``heal.py``) and the process middleware that applies ``data_transformer``.
+``parent_results`` reads a job's parents' results, as the middleware and
+``JobChainManager.parent_results`` give them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ...errors import ConfigurationError, JobStateError
 from ...options import check_text
 from . import lua
 from .explain import make_explainer
+from .heal import heal_service
 from .lua import FEATURE, MAX_PARENTS
 from .model import MAX_NAME, POLICIES, ParentResult, resolve_transformer
 
@@ -211,6 +213,8 @@ def install(q: JobQueue, retain_ms: int) -> None:
                 await client.unlink(*found[i : i + 500])
 
     q.admin.add_clear_step(forget_workflows)
+    # Dependents of jobs a process without the feature finished: released by the workers.
+    q.add_service(heal_service(q))
     q.add_explainer(make_explainer(q))
     transformers: dict[str, Callable[..., Any]] = {}
 

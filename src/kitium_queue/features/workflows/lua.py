@@ -1,9 +1,9 @@
 """The Lua of workflows and job dependencies: slot fragments and the feature's scripts.
 
 The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua``) and
-scripts (``wf_create.lua``, ``wf_cancel.lua``, ``wf_depend.lua``) share ``prelude.lua``,
-into which the manager's settings are compiled, so every process that enables the
-feature with the same settings runs the same code. See ``docs/workflows.md``.
+scripts (``wf_create.lua``, ``wf_cancel.lua``, ``wf_depend.lua``, ``wf_heal.lua``) share
+``prelude.lua``, into which the manager's settings are compiled, so every process that
+enables the feature with the same settings runs the same code. See ``docs/workflows.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ FEATURE = "workflows"
 #: Job-hash field claim reads for the admission check: the job had unfinished parents.
 ADMISSION_FIELDS = ("wd",)
 #: The feature's own scripts (run through the queue's script registry).
-SCRIPTS = ("wf_create", "wf_cancel", "wf_depend")
+SCRIPTS = ("wf_create", "wf_cancel", "wf_depend", "wf_heal")
 #: The slots the feature fills.
 SLOTS = ("accept", "enqueue", "admission", "release")
 #: Most parents one job may have, and most dependents of one job.

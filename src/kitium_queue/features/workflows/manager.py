@@ -32,6 +32,7 @@ from ...limits import get_logger
 from ...options import check_text, to_int
 from ...queries import check_reads
 from .events import WorkflowEvents
+from .heal import DependentsHealReport, heal_dependents
 from .install import (
     check_ids,
     check_policy,
@@ -55,7 +56,7 @@ from .model import (
 if TYPE_CHECKING:
     from ...queue import JobQueue
 
-__all__ = ["JobChainManager"]
+__all__ = ["DependentsHealReport", "JobChainManager"]
 
 log = get_logger(__name__)
 
@@ -339,6 +340,24 @@ class JobChainManager:
             with contextlib.suppress(JobNotFoundError, JobStateError):  # finished meanwhile
                 await q.cancel_job(_text(jid))
         return int(reply[1])
+
+    async def heal(self) -> DependentsHealReport:
+        """Release the dependents of jobs that finished without releasing them, in
+        every partition: a process of the queue without ``JobChainManager`` ran those
+        jobs. Each gets the end the release fragment would have given it (completed:
+        its dependents go on; failed, dead-lettered or gone: its ``on_failure``
+        policy). The queue's workers with ``JobChainManager`` do this every
+        ``heal.HEAL_INTERVAL_S`` by themselves; this runs it now. See
+        ``docs/workflows.md``."""
+        parents = dependents = 0
+        for q in self._parts:
+
+            async def action(q: JobQueue = q) -> DependentsHealReport:
+                return await heal_dependents(q)
+
+            r = await q.admin.execute("heal_workflows", {}, action)
+            parents, dependents = parents + r.parents, dependents + r.dependents
+        return DependentsHealReport(parents, dependents)
 
     # ------------------------------------------------------------------ reading
     async def parent_results(self, job: Any) -> dict[str, ParentResult]:

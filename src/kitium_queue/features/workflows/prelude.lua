@@ -224,9 +224,11 @@
   -- each; one whose last parent this was goes to wait (its own blocker now, or with the
   -- timer of 'wp:<id>' in chunks, without scanning anything). `ctx`: the context its
   -- run left (or nil), added to the run links of each dependent waiting for it.
+  -- Returns how many dependents it made ready.
   local function release_kids(id, ctx)
     local kids = members(DEPC .. id)
     local links = ctx and { ctx } or nil
+    local ready = 0
     for i = 1, #kids do
       local c = kids[i]
       local ck = DEP .. c
@@ -239,6 +241,7 @@
         if links and st == 'pending' then add_links(c, links) end
         if np == 0 and st == 'pending' then
           redis.call('HSET', ck, 'st', 'ready')
+          ready = ready + 1
           local own = 'wn:' .. c
           if field(job_key(c), 'pk') == own then unpark(own, 1) end
         end
@@ -249,6 +252,7 @@
       park_timer(b, NOW, 0, 0)
       wake()
     end
+    return ready
   end
 
   -- Every dependent of `id`, transitively, that has not started: removed and closed as
@@ -298,16 +302,17 @@
     end
   end
 
+  -- Returns the dependents it made ready (policy continue), else 0.
   local function step_failed(id, err, ctx)
     local f = redis.call('HMGET', DEP .. id, 'st', 'w', 'pol', 's')
-    if not f[1] or TERMINAL[f[1]] then return end
+    if not f[1] or TERMINAL[f[1]] then return 0 end
     local pol, wid, step = f[3], f[2], f[4]
     if not POLICIES[pol] then pol = 'fail_workflow' end
     if ctx then redis.call('HSET', DEP .. id, 'rc', ctx) end
     if pol == 'fail_workflow' and wid then mark_failed(wid, step) end
     close_step(id, 'failed', err)
     if pol == 'continue' then
-      release_kids(id, ctx)
+      return release_kids(id, ctx)
     elseif pol == 'skip' then
       close_dependents(id, 'skipped', 'skipped: parent ' .. (step or id) .. ' failed')
     elseif wid then
@@ -315,6 +320,7 @@
     else
       close_dependents(id, 'cancelled', 'cancelled: parent ' .. id .. ' failed')
     end
+    return 0
   end
 
   -- A failed workflow goes on after a replay of its failed step completed: the steps its
@@ -365,10 +371,11 @@
     wf_left(wid, 0)
   end
 
+  -- Returns the dependents it made ready.
   local function step_done(id, payload, ctx)
     local dk = DEP .. id
     local f = redis.call('HMGET', dk, 'st', 'w', 'pol')
-    if not f[1] or f[1] == 'completed' then return end
+    if not f[1] or f[1] == 'completed' then return 0 end
     if ctx then redis.call('HSET', dk, 'rc', ctx) end
     if type(payload) == 'string' then
       redis.call('HSET', dk, 'r', payload)
@@ -382,12 +389,27 @@
       redis.call('HDEL', dk, 'e')
       if not POLICIES[f[3]] or f[3] == 'fail_workflow' then
         if f[2] then revive(f[2]) end
-        release_kids(id, ctx)
+        return release_kids(id, ctx)
       end
-      return
+      return 0
     end
-    if not close_step(id, 'completed') then return end
-    release_kids(id, ctx)
+    if not close_step(id, 'completed') then return 0 end
+    return release_kids(id, ctx)
+  end
+
+  -- Tracked job `id` ended as `outcome` ('completed', 'failed' for good, or 'removed'
+  -- before it finished): its step closes, and its dependents are released or its
+  -- on_failure policy applied. `payload`: its encoded result (completed) or error
+  -- (failed); `ctx`: the context its run left (run_context), or nil. The release
+  -- fragment calls it as a job ends; wf_heal.lua for a job a process without this
+  -- feature finished. Returns the dependents it made ready.
+  local function step_ended(id, outcome, payload, ctx)
+    if outcome == 'completed' then
+      return step_done(id, payload, ctx)
+    elseif outcome == 'failed' then
+      return step_failed(id, payload or 'failed (its lease expired too often)', ctx)
+    end
+    return step_failed(id, 'removed before it finished')
   end
 
   -- The step name of a job added with a workflow_id: its workflow_step, else its id.

@@ -1,0 +1,126 @@
+"""Dependents of jobs that finished without releasing them, released.
+
+A tracked job's dependents are released (or its ``on_failure`` policy applied) in the
+atomic step that records its end, by the feature's release fragment. A process of the
+queue that has not created ``JobChainManager`` (an older worker during a rolling
+deploy, a script that forgot it) runs a plain parent or a workflow step and finishes it
+without that fragment: its step stays open and its dependents wait for good, parked
+behind ``wp:<parent>`` or their own ``wn:<id>``. ``heal_dependents`` walks those
+blockers in the queue's parked index (``ZSCAN``, a page per ``wf_heal.lua`` call) and
+gives each such job the end the release fragment would have given it; the queue's
+workers with ``JobChainManager`` run it every ``HEAL_INTERVAL_S`` in one process at a
+time (``LeaderService`` ``workflow-heal``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from ...errors import JobStateError
+from ...leader import LeaderService, every
+from ...limits import get_logger
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+
+__all__ = ["HEAL_INTERVAL_S", "DependentsHealReport", "heal_dependents", "heal_service"]
+
+log = get_logger(__name__)
+
+#: Seconds between two walks of a queue's blockers by its workers.
+HEAL_INTERVAL_S = 30.0
+#: Blockers sent per script call.
+PAGE = 200
+#: Jobs checked per script call (a blocker ``wn:<id>`` checks each of the job's parents).
+CHECKS = 1000
+#: The blockers of this feature in the parked index (prelude.lua names them).
+MATCH = "w[pn]:*"
+
+
+@dataclass(frozen=True, slots=True)
+class DependentsHealReport:
+    """What one walk of a queue's dependents released.
+
+    Attributes:
+        parents: jobs that had finished (or whose record was gone) without releasing
+            their dependents, given the end the release fragment would have given them.
+        dependents: dependents those releases made ready to run (a parent that failed
+            for good applies its ``on_failure`` policy instead: skipped or cancelled
+            dependents are not counted here).
+    """
+
+    parents: int = 0
+    dependents: int = 0
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+async def _call(queue: JobQueue, client: Any, blockers: list[str]) -> tuple[int, int]:
+    """Run ``wf_heal.lua`` over ``blockers`` until every one is done."""
+    parents = dependents = 0
+    while blockers:
+        got = await queue.scripts.call(
+            client, "wf_heal", queue.keys.all, [*queue.ctx.argv_head(), CHECKS, *blockers]
+        )
+        # The script does at least one blocker per call: the loop ends.
+        blockers = blockers[max(1, int(got[0])) :]
+        parents, dependents = parents + int(got[1]), dependents + int(got[2])
+    return parents, dependents
+
+
+async def heal_dependents(queue: JobQueue) -> DependentsHealReport:
+    """Walk every blocker of dependents of ``queue`` once: a parent that finished
+    without releasing its dependents (a process without ``JobChainManager`` ran it) is
+    given the end the release fragment would have given it. Logs a warning naming the
+    likely cause when it released any."""
+    client = await queue.client()
+    parents = dependents = 0
+    page: list[str] = []
+    index = queue.keys.parked_index
+    try:
+        async for member, _ in client.zscan_iter(index, match=MATCH, count=500):
+            page.append(_text(member))
+            if len(page) >= PAGE:
+                p, d = await _call(queue, client, page)
+                parents, dependents, page = parents + p, dependents + d, []
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        raise JobStateError(
+            f"the parked index {index} holds another type than a sorted set (damaged by "
+            "hand?): the blockers of dependents cannot be walked; repair it with "
+            "parking.rebuild_parked(queue) (CLI: kitium-queue parked rebuild APP), then heal"
+        ) from None
+    if page:
+        p, d = await _call(queue, client, page)
+        parents, dependents = parents + p, dependents + d
+    if parents:
+        log.warning(
+            "queue %s: %d job(s) had finished without releasing their dependents (or "
+            "applying their on_failure policy); done now, %d dependent(s) made ready. A "
+            "process of the queue without JobChainManager (an older worker, a script) "
+            "ran them: create JobChainManager, with the same arguments, in every process "
+            "that adds or runs the queue's jobs",
+            queue.name,
+            parents,
+            dependents,
+        )
+    return DependentsHealReport(parents, dependents)
+
+
+def heal_service(queue: JobQueue, interval_s: float = HEAL_INTERVAL_S) -> LeaderService:
+    """The workers' walk of ``queue``'s dependents: when this process starts leading,
+    then every ``interval_s``, in one process at a time."""
+
+    async def step() -> None:
+        await heal_dependents(queue)
+
+    async def serve(term: int) -> None:
+        await every(int(interval_s * 1000), step, f"queue {queue.name}: workflow heal")
+
+    return LeaderService("workflow-heal", serve)
