@@ -351,11 +351,16 @@ class LeaderService:
                 now = loop.time()
                 if now >= deadline:
                     lost = True
+                    since = now - deadline + lease_s - margin
                     log.warning(
-                        "leader service %s: no renewal for %.1f s; stepping down "
-                        "before the lease expires (term %d)",
+                        "leader service %s: no renewal for %.1f s; stepping down %s (term %d)",
                         self.name,
-                        now - deadline + lease_s - margin,
+                        since,
+                        "before the lease expires"
+                        if since < lease_s
+                        else "(the lease has expired: another process may lead already; "
+                        "a process stopped or starved this long, e.g. SIGSTOP or a blocked "
+                        "event loop)",
                         term,
                     )
                     return
