@@ -195,7 +195,7 @@ async def test_chaos_cb_of_damaged_midway_the_breaker_still_opens_and_every_job_
             damaged += 1
         return await original(job)
 
-    q.process("j", flaky)
+    q.process("j", flaky, replace=True)  # over the one Dependency registered
     ids = await q.add_jobs([("j", {"n": i}) for i in range(60)])
     await q.start()
     st = await wait_until(lambda: _stats_if(m, OPEN), timeout=15)

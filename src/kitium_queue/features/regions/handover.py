@@ -155,7 +155,17 @@ class Handover:
             # primary's stream from here without being copied afresh.
             await apply(p.lane, [], pos=f"{down.now}-0", src=f"{target.name}@{epoch + 1}")
             await self.topo.elections.release(epoch, p.name)
-            result, info = await self.monitor.promote_locked(target, "manual")
+            # A region whose Redis restarted or failed over within the last lease holds
+            # its vote until a lease has passed since its server was first seen
+            # (region.lua): wait that out, as an unplanned failover does.
+            deadline = time.monotonic() + 2 * self.topo.cfg.lease_ms / 1000
+            while True:
+                result, info = await self.monitor.promote_locked(target, "manual")
+                wait = result.held_ms / 1000
+                if result.won or not result.held_ms or time.monotonic() + wait >= deadline:
+                    break
+                await asyncio.sleep(wait + 0.02)
+                await self.topo.refresh()
             if not result.won or info is None:
                 raise FailoverError(f"{result.describe()}; {p.name} stays the primary")
             promoted = True
