@@ -3,7 +3,19 @@
   -- its key points to has not started, a repeated key replaces that job's data and
   -- pushes its start back by the new job's delay (or runs it now without one); once it
   -- started or finished, the new job is added and the key points to it (trailing edge).
+  local UF = '"idempotency_window":"until_finished"'
+  local ENDED = { completed = true, failed = true, dlq = true }
   return function(existing, name, data, opts, delay, ik)
+    -- The until_finished window: a key whose job already ended is free. The release
+    -- fragment frees it when the job ends; a process without this feature (a worker of
+    -- a previous release) finishes jobs without it, and the key held for its whole TTL
+    -- (new jobs were deduplicated against a finished one). A record gone counts as
+    -- ended when the new job asks for that window too.
+    local g = redis.pcall('HMGET', job_key(existing), 'iw', 'st')
+    if not g.err then
+      if g[1] == 'f' and ENDED[g[2]] then return 'add' end
+      if not g[2] and opts ~= '' and string.find(opts, UF, 1, true) then return 'add' end
+    end
     if opts == '' or not string.find(opts, '"debounce"', 1, true) then return nil end
     local ok, o = pcall(cjson.decode, opts)
     if not ok or type(o) ~= 'table' or o['idempotency_window'] ~= 'debounce' then
