@@ -92,6 +92,7 @@ log = get_logger(__name__)
 # Connection loss, and the CLUSTERDOWN / TRYAGAIN / READONLY replies of a failover.
 _NET_ERRORS = TRANSIENT_ERRORS
 _MAX_IDLE_S = 5.0
+_NEVER_S = 3600.0  # Drained: nothing due at all (the waker's claims look every 5 s)
 _MIN_BACKOFF_S = 0.05
 # Positions in the claim reply (wire.CLAIM_HEAD).
 _WAKE_IN = CLAIM_HEAD.index("wake_in")
@@ -150,6 +151,7 @@ class Worker:
         self._causes = OutageCauses(f"worker {self.id}", log, queue.connection, queue.name)
         self._claim_args: list[Any] = []
         self._claiming = 0  # slots asked for by the claims in flight
+        self._fused = False  # the waker's claims ride on its wait (set when it starts)
         self._unconfirmed = UnconfirmedOutcomes(self.id, queue.name, queue.hooks)
         self._slots = slots
         self._presence: Presence | None = None
@@ -443,7 +445,10 @@ class Worker:
         wait_s = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
         # Short: nothing to find until the next delayed job / lease deadline / limiter
         # window (-1: none; at most _MAX_IDLE_S). Nothing got: the lane sleeps until then.
-        self._drained.after_claim(got < asked, wait_s)
+        # None at all: the waker's wait, whose claim runs when it times out, stands for
+        # the lanes until a wake-up (else each lane claimed with it every 5 s).
+        none = wake_in < 0 and self._fused and not self._outage
+        self._drained.after_claim(got < asked, _NEVER_S if none else wait_s)
         return (wait_s if got == 0 else idle_for), False
 
     def _after_claim(self, reply: list[Any]) -> int:
@@ -479,7 +484,7 @@ class Worker:
         mark_inside(self)  # it launches jobs too (the claim riding on its wait)
         q = self.queue
         backoff = _MIN_BACKOFF_S
-        fusable = self._slots is None and q.scripts.fusable(self._bclient)
+        fusable = self._fused = self._slots is None and q.scripts.fusable(self._bclient)
         while True:
             await self._want_block.wait()
             asked = 0
