@@ -35,10 +35,9 @@ async def _stranded(make_queue: QueueFactory, name: str) -> tuple[JobQueue, dict
     ran: the other jobs of both groups are left in their lines behind finished jobs."""
     q = make_queue(name)
     FIFOQueueManager(q)
-    ids = {
-        g: [await q.add_job("n", {"g": g, "i": i}, message_group_id=g) for i in range(3)]
-        for g in ("g1", "g2")
-    }
+    ids: dict[str, list[str]] = {}
+    for g in ("g1", "g2"):  # a loop: Python 3.10 refuses an await in a nested comprehension
+        ids[g] = [await q.add_job("n", {"g": g, "i": i}, message_group_id=g) for i in range(3)]
     plain = make_queue(name, worker={"concurrency": 2})
 
     @plain.process("n")
