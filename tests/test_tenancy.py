@@ -216,11 +216,14 @@ async def test_a_change_after_the_registry_lost_its_latest_writes_reaches_the_qu
     pattern = f"{q.keys.prefix}:{{!access}}:*"
     names = {k async for k in client.scan_iter(match=pattern, count=1000)}
     kept = [(k, await client.dump(k), await client.pttl(k)) for k in names]
-    await asyncio.sleep(0.01)  # the failover takes longer than a ms
+    await asyncio.sleep(0.01)
     await reg.update_tenant("acme", quota={"max_queue_size": 1})  # copied, then lost
     await client.delete(*{k async for k in client.scan_iter(match=pattern, count=1000)})
     for key, dumped, ttl in kept:
         await client.restore(key, max(ttl, 0), dumped, replace=True)
+    # A failover takes longer than a ms: without this the change below could fall in the
+    # same ms of the server clock as the lost one (seen under load on a fast machine).
+    await asyncio.sleep(0.01)
     await reg.update_tenant("acme", quota={"max_queue_size": 100})
     await reg.sync()
     assert await client.hget(tk.tenant(q.keys, "acme"), "mqs") == b"100"

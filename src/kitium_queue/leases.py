@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .connection import TRANSIENT_ERRORS
 from .limits import get_logger, printable
+from .runends import FAILING_CANCELS
 
 if TYPE_CHECKING:
     from .hooks import HookBus
@@ -308,7 +309,7 @@ class Leases:
                 run = self.runs.get(b.decode())
                 if run is not None and run.task is not None and not run.task.done():
                     run.reason = "cancelled"
-                    run.task.cancel("cancelled")
+                    run.task.cancel(FAILING_CANCELS[1])
 
     async def renew(self, client: Any) -> None:
         """The renewal loop (runs until cancelled)."""

@@ -34,7 +34,12 @@ if TYPE_CHECKING:
     from .leases import Leases, Run
     from .runner import Runner
 
-__all__ = ["PROCESS_EXITS", "RunEnds", "cancelled", "no_stop", "settable"]
+__all__ = ["FAILING_CANCELS", "PROCESS_EXITS", "RunEnds", "cancelled", "no_stop", "settable"]
+
+#: The messages a run's task is cancelled with when the cancellation fails the run: its
+#: timeout (``runner.Timeouts``) and ``cancel_job`` (``leases``). A stop handing the job
+#: back, or a lost lease, cancels without one (the tracing feature tells them apart).
+FAILING_CANCELS = ("timeout", "cancelled")
 
 log = get_logger("kitium_queue.worker")
 

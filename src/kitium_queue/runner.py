@@ -73,7 +73,7 @@ from .options import BackoffOptions
 from .outcomes import describe, traceback_text
 from .processors import check_processor, runs_async, settled
 from .procpool import ProcessPool, import_path
-from .runends import PROCESS_EXITS, RunEnds, cancelled, no_stop, not_cancelled
+from .runends import FAILING_CANCELS, PROCESS_EXITS, RunEnds, cancelled, no_stop, not_cancelled
 from .wire import CLAIM_JOB, Kind
 
 if TYPE_CHECKING:
@@ -129,9 +129,9 @@ class Runner:
         self._hold = leases.add
         self._forget = leases.forget
         self._ends = RunEnds(self, leases)
-        self._handoff = Handoff(queue, leases.worker_id)
+        self._handoff = h = Handoff(queue, leases.worker_id)  # _gaps: a set check per job
+        self._gaps, self._gap = h.gaps, functools.partial(h.gap, deferred=self.deferred)
         self._policies: dict[bytes, Policy] = {}
-        #: Each name's processor and how it runs (cleared by ``Lifecycle.registered``).
         self.procs: dict[str, tuple[Callable[..., Any], str]] = {}
         self._pool: ProcessPool | None = None
         self._executor = self._new_executor()
@@ -218,7 +218,7 @@ class Runner:
                 self.fail_final(run, exc, f"undecodable payload: {safe_text(exc)}")
                 return
             found = self.procs.get(job.name) or self.procs.get("*") or await self._lookup(run)
-            if found is None or (job.options and await self._handoff.gap(run, self.deferred)):
+            if found is None or (not self._gaps.isdisjoint(job.options) and await self._gap(run)):
                 return  # deferred for a live worker with its processor, or a feature
             fn, kind = found
             if q.telemetry is not None:
@@ -552,7 +552,7 @@ class Timeouts:
                 run.deadline = None
                 if run.task is not None and not run.task.done():
                     run.reason = "timeout"
-                    run.task.cancel("timeout")  # the message: tracing marks it a failure
+                    run.task.cancel(FAILING_CANCELS[0])
         self._arm()
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..explain import Reason
-from ..leader import LeaderService
+from ..leader import LeaderService, every
 from ..limits import get_logger, reply_text
 
 if TYPE_CHECKING:
@@ -219,13 +219,11 @@ def heal_service(queue: JobQueue, interval_s: float = HEAL_INTERVAL_S) -> Leader
     """The workers' walk of ``queue``'s parked concurrency keys, at once when a process
     starts leading, then every ``interval_s``, in one process at a time."""
 
+    async def step() -> None:
+        await heal_concurrency(queue)
+
     async def serve(term: Any) -> None:
-        while True:
-            try:
-                await heal_concurrency(queue)
-            except Exception as exc:  # a damaged key: said, and tried again next time
-                log.warning("queue %s: flow-control heal failed: %s", queue.name, exc)
-            await asyncio.sleep(interval_s)
+        await every(int(interval_s * 1000), step, f"queue {queue.name}: flow-control heal")
 
     return LeaderService("flow-control-heal", serve)
 

@@ -82,6 +82,7 @@ from ..hooks import Subscriber
 from ..limits import MAX_ERROR_CHARS, MAX_FOLLOWS, clip, get_logger, safe_text, wire_text
 from ..middleware import enqueue_origin
 from ..outcomes import safe_name, traceback_text
+from ..runends import FAILING_CANCELS
 
 __all__ = ["FEATURE", "OPTION", "OpenTelemetryTracing"]
 
@@ -447,7 +448,7 @@ class OpenTelemetryTracing(Subscriber):
         except asyncio.CancelledError as exc:
             # Its timeout or cancel_job (the runner's message) failed the run; a stop
             # handing it back, or a lease lost, did not: that span keeps no error.
-            if exc.args and exc.args[0] in ("timeout", "cancelled"):
+            if exc.args and exc.args[0] in FAILING_CANCELS:
                 self._record_failure(span, job.id, exc)
             raise
         except BaseException as exc:  # every other way a run raises: its span says so

@@ -17,7 +17,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...leader import LeaderService
+from ...leader import LeaderService, every
 from ...limits import get_logger
 
 if TYPE_CHECKING:
@@ -89,9 +89,10 @@ def heal_service(queue: JobQueue, interval_s: float = HEAL_INTERVAL_S) -> Leader
     """The workers' walk of ``queue``'s groups, every ``interval_s``, in one process at
     a time."""
 
+    async def step() -> None:
+        await heal_groups(queue)
+
     async def serve(term: Any) -> None:
-        while True:
-            await heal_groups(queue)
-            await asyncio.sleep(interval_s)
+        await every(int(interval_s * 1000), step, f"queue {queue.name}: FIFO groups heal")
 
     return LeaderService("fifo-groups-heal", serve)

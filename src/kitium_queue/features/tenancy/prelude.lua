@@ -97,6 +97,29 @@
     redis.call('HSET', TN .. t, 'rcn', int(c))
   end
 
+  -- A counted job (marker tq) leaves the tenant's count of unfinished jobs (a damaged
+  -- count is left as it is: the recount skips the job, whose tq is gone, and a pass
+  -- under way that counted it takes it off) and, when it ended ('done' / 'fail'), adds
+  -- to that total. Returns the tenant's max_concurrency (release.lua, tn_heal.lua).
+  local function leave_count(t, jk, total)
+    redis.call('HDEL', jk, 'tq')
+    local h = redis.call('HMGET', TN .. t, 'n', 'done', 'fail', 'mc')
+    local n = count_of(h[1])
+    if n then
+      n = n - 1
+      if n < 0 then n = 0 end
+      redis.call('HSET', TN .. t, 'n', int(n))
+    else
+      pass_count(t, jk, -1)
+    end
+    if total == 'done' then
+      redis.call('HSET', TN .. t, 'done', int(num(h[2]) + 1))
+    elseif total == 'fail' then
+      redis.call('HSET', TN .. t, 'fail', int(num(h[3]) + 1))
+    end
+    return arg_int(h[4], 0, 0, 1000000000)
+  end
+
   -- A tenant's running set found holding another type (damaged): recorded once per call
   -- in slot-errors (lib_parking.lua park_damaged, naming the key and the repair); its
   -- jobs wait in its lane, and its lane's timer brings one back every DAMAGED_RETRY_MS to

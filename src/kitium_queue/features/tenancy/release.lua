@@ -24,24 +24,7 @@
     if freed and known and known.run then known.run = known.run - 1 end
     local mc = nil
     if total ~= nil and f[2] then
-      redis.call('HDEL', jk, 'tq')
-      local h = redis.call('HMGET', TN .. t, 'n', 'done', 'fail', 'mc')
-      mc = arg_int(h[4], 0, 0, 1000000000)
-      -- A damaged count is left as it is (count_of, prelude.lua): the recount skips
-      -- this job, whose tq is gone (and a pass under way that counted it takes it off).
-      local n = count_of(h[1])
-      if n then
-        n = n - 1
-        if n < 0 then n = 0 end
-        redis.call('HSET', TN .. t, 'n', int(n))
-      else
-        pass_count(t, jk, -1)
-      end
-      if total == 'done' then
-        redis.call('HSET', TN .. t, 'done', int(num(h[2]) + 1))
-      elseif total == 'fail' then
-        redis.call('HSET', TN .. t, 'fail', int(num(h[3]) + 1))
-      end
+      mc = leave_count(t, jk, total)
     end
     if total == false and not freed and FAIR and redis.call('SREM', TK .. t, id) == 1 then
       -- A ticket holder removed before it started: its ticket goes to the next job.

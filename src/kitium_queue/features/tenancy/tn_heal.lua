@@ -35,18 +35,7 @@ local function uncount(t, m)
   if f.err or f[2] ~= t or not f[3] then return end
   local total = ENDED[f[1]]
   if not total then return end
-  local jk = job_key(m)
-  redis.call('HDEL', jk, 'tq')
-  local h = redis.call('HMGET', TN .. t, 'n', total)
-  local n = count_of(h[1])
-  if n then
-    n = n - 1
-    if n < 0 then n = 0 end
-    redis.call('HSET', TN .. t, 'n', int(n))
-  else
-    pass_count(t, jk, -1)
-  end
-  redis.call('HSET', TN .. t, total, int(num(h[2]) + 1))
+  leave_count(t, job_key(m), total)
 end
 
 -- Takes off the members of set `key` that `gone` says are stale; returns how many.
