@@ -31,6 +31,19 @@ declares the option (its presence record lists the features enabled in its proce
 the job is held and deferred for it without spending an attempt; when none does, it
 runs here as before.
 
+Options a feature declares beyond that list (``idempotency_window``, a tracing option,
+...) count the same way: a job carrying an option this process does not declare, or
+``delivery_guarantee='exactly-once'`` where no feature took that option over, is handed
+to a live worker whose record lists the option (``plain_options``).
+
+Some features need *every* job's end step, whatever its options: a registered webhook
+endpoint wants every job's end, and a job ended by a worker without the webhooks feature
+would never reach it. Such a feature says so in the queue's ``needs`` hash (``require``;
+``release`` when it no longer does). Each worker reads that hash with its heartbeat
+(``note_needs``); while it lacks a feature named there and a live worker has it (its
+record's release-step features), every job it takes is handed to that worker the same
+way. With no such worker alive, jobs run here as before (and the heartbeat warns).
+
 The presence records are read at most every ``PEERS_REFRESH_S`` seconds (one read shared
 by the runs waiting for it), and each name's handing back is logged at most once every
 ``NOTE_EVERY_S`` seconds per worker.
@@ -45,11 +58,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import RetryLater
-from .jobspec import FEATURE_HOWTO
-from .limits import get_logger, printable
+from .jobspec import CORE, FEATURE_HOWTO
+from .limits import MAX_ID_LENGTH, get_logger, printable
 from .presence import WorkerPresence, live_workers
 
-__all__ = ["AWAY_MS", "HOLD_S", "NOTE_EVERY_S", "PEERS_REFRESH_S", "Handoff"]
+__all__ = [
+    "AWAY_MS",
+    "HOLD_S",
+    "NOTE_EVERY_S",
+    "PEERS_REFRESH_S",
+    "Handoff",
+    "plain_options",
+    "release",
+    "require",
+]
 
 log = get_logger("kitium_queue.worker")
 
@@ -66,6 +88,48 @@ PEERS_REFRESH_S = 3.0
 NOTE_EVERY_S = 60.0
 #: Names whose last log line is remembered (beyond it, the oldest are forgotten).
 _MAX_NOTED = 1_000
+#: Most features a queue's ``needs`` hash is read for, and the longest how-to kept.
+_MAX_NEEDS = 64
+_MAX_HOW = 300
+#: What to do for the options whose feature is not in ``FEATURE_HOWTO``'s list.
+_MORE_HOWTO = {
+    "delivery_guarantee": ("effectively-once delivery", "create IdempotencyManager(queue)"),
+}
+
+
+def plain_options(spec: Any) -> frozenset[str]:
+    """The job options a worker with job spec ``spec`` runs as the producer meant: those
+    it declares, except a core option a feature takes over elsewhere
+    (``delivery_guarantee``, whose 'exactly-once' needs one). A job carrying any other
+    option is checked by ``Handoff.gap``."""
+    return frozenset(
+        s.name for s in spec.specs() if not (s.feature == CORE and s.name == "delivery_guarantee")
+    )
+
+
+def _howto(option: str) -> tuple[str, str]:
+    return (
+        FEATURE_HOWTO.get(option)
+        or _MORE_HOWTO.get(option)
+        or (
+            f"the feature declaring option {option!r}",
+            "enable that feature as the other workers of the queue do",
+        )
+    )
+
+
+async def require(queue: Any, feature: str, how: str) -> None:
+    """Say that every job of ``queue`` needs the end step of ``feature`` (the name of its
+    ``release`` slot fragment): workers without it hand their jobs to a live worker that
+    has it (module docstring). ``how``: what to do in a process to enable it."""
+    client = await queue.client()
+    await client.hset(queue.keys.needs, feature, how[:_MAX_HOW])
+
+
+async def release(queue: Any, feature: str) -> None:
+    """Undo ``require``: jobs of ``queue`` no longer need ``feature`` everywhere."""
+    client = await queue.client()
+    await client.hdel(queue.keys.needs, feature)
 
 
 class Handoff:
@@ -88,9 +152,26 @@ class Handoff:
         self._lock = asyncio.Lock()
         self._noted: dict[str, float] = {}
         spec = queue.ctx.jobspec
-        #: The feature options this process does not declare (the runner checks a job's
+        #: The job options this process runs as meant (the runner checks a job's
         #: options against them before it runs the job: ``gap``).
-        self.gaps = frozenset(o for o in FEATURE_HOWTO if o not in spec)
+        self.plain = plain_options(spec)
+        self._spec = spec
+        #: The features every job of the queue needs (the ``needs`` hash, as last read
+        #: by ``note_needs``) that this process lacks: feature -> how to enable it.
+        self.lacking: dict[str, str] = {}
+
+    def note_needs(self, raw: Any) -> None:
+        """Take the queue's ``needs`` hash as read (untrusted: names and texts are
+        bounded; a damaged reply reads as no needs)."""
+        lacking: dict[str, str] = {}
+        if isinstance(raw, dict):
+            mine = set(self.queue.scripts.slot_names("release"))
+            for k, v in list(raw.items())[:_MAX_NEEDS]:
+                name = k.decode(errors="replace") if isinstance(k, bytes) else str(k)
+                if name and len(name) <= MAX_ID_LENGTH and name not in mine:
+                    how = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+                    lacking[name] = how[:_MAX_HOW]
+        self.lacking = lacking
 
     async def peer(self, name: str) -> str | None:
         """The id of a live worker of the queue, other than this one, that has a
@@ -105,10 +186,18 @@ class Handoff:
         """Whether ``run``'s job needs a feature this process lacks that a live worker
         has: then it was held and handed to ``deferred`` (module docstring). False: run
         it here."""
+        lacking = self.lacking
+        if lacking:
+            for w in await self._live():
+                if w.id != self.worker_id and set(lacking).issubset(w.features):
+                    what = ", ".join(sorted(lacking))
+                    how = "; ".join(lacking[f] for f in sorted(lacking) if lacking[f])
+                    how = how or "enable it"
+                    retry = await self.hold(run.job.id, f"the {what} feature", w.id, how)
+                    deferred(run, retry)
+                    return True
         opts = run.job.options
-        if self.gaps.isdisjoint(opts):
-            return False
-        need = next((o for o in opts if o in self.gaps and opts[o] not in _UNSET), None)
+        need = next((o for o in opts if o not in self.plain and self._asks(o, opts[o])), None)
         if need is None:
             return False
         peer = next(
@@ -117,9 +206,17 @@ class Handoff:
         )
         if peer is None:
             return False
-        feature, how = FEATURE_HOWTO[need]
+        feature, how = _howto(need)
         deferred(run, await self.hold(run.job.id, f"{feature} (option {need!r})", peer, how))
         return True
+
+    def _asks(self, option: str, value: Any) -> bool:
+        # Whether a job's option asks for its feature: set, and not the core default
+        # (``delivery_guarantee='at-least-once'`` asks for nothing).
+        if value in _UNSET:
+            return False
+        spec = self._spec.get(option)
+        return spec is None or value != spec.default
 
     async def missing(self, job_id: str, name: str, registered: Iterable[str]) -> RetryLater:
         """Job ``job_id``'s name has no processor among those ``registered`` here: the

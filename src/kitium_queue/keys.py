@@ -187,3 +187,10 @@ class QueueKeys:
     def worker(self, worker_id: str) -> str:
         """HASH with a TTL: what worker ``worker_id`` said at its last heartbeat."""
         return f"{self.base}worker:{worker_id}"
+
+    @property
+    def needs(self) -> str:
+        """HASH: feature -> how to enable it, for each feature whose end step every job
+        of the queue needs (``handoff.require``); a worker without one hands its jobs
+        to a live worker that has it."""
+        return self.base + "needs"

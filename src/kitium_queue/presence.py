@@ -23,14 +23,14 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .connection import TRANSIENT_ERRORS
-from .jobspec import FEATURE_HOWTO
+from .jobspec import CORE, FEATURE_HOWTO
 from .limits import get_logger, printable, reply_int, reply_text
 from .serverinfo import refuses_writes
 
@@ -119,8 +119,17 @@ class WorkerPresence:
 class Presence:
     """The heartbeat of one worker (``Worker`` runs ``run()`` and calls ``leave()``)."""
 
-    def __init__(self, keys: QueueKeys, client: Any, worker: Any, names: Iterable[str]) -> None:
+    def __init__(
+        self,
+        keys: QueueKeys,
+        client: Any,
+        worker: Any,
+        names: Iterable[str],
+        on_needs: Callable[[Any], None] | None = None,
+    ) -> None:
         self.keys = keys
+        #: Given the queue's ``needs`` hash at each heartbeat (``handoff.py``).
+        self.on_needs = on_needs
         self.client = client
         self.worker = worker
         # The queue's processors mapping (read at each beat: one registered while the
@@ -160,7 +169,10 @@ class Presence:
         pipe.pexpire(key, PRESENCE_TTL_MS)
         pipe.zadd(self.keys.workers, {self.worker.id: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - _STALE_MS)
-        await pipe.execute()
+        pipe.hgetall(self.keys.needs)
+        replies = await pipe.execute()
+        if self.on_needs is not None:
+            self.on_needs(replies[-1])
 
     async def announce(self, timeout_s: float = 2.0) -> None:
         """One heartbeat, waited for at most ``timeout_s``: what a starting worker does,
@@ -292,7 +304,10 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
 
 
 def feature_options(queue: Any) -> list[str]:
-    """The feature options ``queue`` declares in this process (``FEATURE_HOWTO`` keys):
-    which of the brief's features are enabled here, as presence tells the others."""
+    """The options a feature declares or took over on ``queue`` in this process (the
+    ``FEATURE_HOWTO`` ones first): which features are enabled here, as presence tells
+    the others (``handoff.py`` hands a job needing one to a worker listing it)."""
     spec = queue.ctx.jobspec
-    return [o for o in FEATURE_HOWTO if o in spec]
+    first = [o for o in FEATURE_HOWTO if o in spec]
+    more = sorted(s.name for s in spec.specs() if s.feature != CORE and s.name not in first)
+    return first + more

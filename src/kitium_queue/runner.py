@@ -125,12 +125,10 @@ class Runner:
         #: The worker's event loop (set by ``start``); threaded processors report to it.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.timeouts = Timeouts(leases.runs)
-        self._ack = outcomes.ack
-        self._hold = leases.add
-        self._forget = leases.forget
+        self._ack, self._hold, self._forget = outcomes.ack, leases.add, leases.forget
         self._ends = RunEnds(self, leases)
-        self._handoff = h = Handoff(queue, leases.worker_id)  # _gaps: a set check per job
-        self._gaps, self._gap = h.gaps, functools.partial(h.gap, deferred=self.deferred)
+        self.handoff = h = Handoff(queue, leases.worker_id)  # _plain: a set check per job
+        self._plain, self._gap = h.plain, functools.partial(h.gap, deferred=self.deferred)
         self._policies: dict[bytes, Policy] = {}
         self.procs: dict[str, tuple[Callable[..., Any], str]] = {}
         self._pool: ProcessPool | None = None
@@ -218,7 +216,8 @@ class Runner:
                 self.fail_final(run, exc, f"undecodable payload: {safe_text(exc)}")
                 return
             found = self.procs.get(job.name) or self.procs.get("*") or await self._lookup(run)
-            if found is None or (not self._gaps.isdisjoint(job.options) and await self._gap(run)):
+            gap = self.handoff.lacking or not job.options.keys() <= self._plain
+            if found is None or (gap and await self._gap(run)):
                 return  # deferred for a live worker with its processor, or a feature
             fn, kind = found
             if q.telemetry is not None:
@@ -471,7 +470,7 @@ class Runner:
             except ConfigurationError as exc:
                 raise NonRetryableError(str(exc)) from None
             return self.procs[name]
-        self.deferred(run, await self._handoff.missing(run.job.id, name, processors))
+        self.deferred(run, await self.handoff.missing(run.job.id, name, processors))
         return None
 
     async def _call(self, fn: Callable[..., Any], kind: str, job: Job) -> Any:

@@ -189,7 +189,8 @@ class Worker:
     def presence(self, q: JobQueue) -> Presence:
         """This worker's heartbeat record (``presence.py``): who it is, what it runs."""
         if self._presence is None:
-            self._presence = Presence(q.keys, self._client, self, q.processors)
+            needs = self.runner.handoff.note_needs
+            self._presence = Presence(q.keys, self._client, self, q.processors, needs)
         return self._presence
 
     def wake(self) -> None:

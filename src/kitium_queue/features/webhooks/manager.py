@@ -28,6 +28,7 @@ from .models import (
     check_strategy,
     check_url,
 )
+from .needs import NeedsService, sync_needs
 from .registry import Registry, checked, counts, read_records, script_reports, webhook_damage
 from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver
@@ -231,6 +232,7 @@ class WebhookManager:
         )
         self._install()
         queue.subscribe(self.subscriber)
+        queue.add_service(NeedsService(self))
         if run_service:
             queue.add_service(self.service)
 
@@ -305,6 +307,7 @@ class WebhookManager:
             self.registry.put(hook)
         else:
             self.registry.drop(webhook_id)
+        await sync_needs(self)  # workers without the feature hand jobs over (needs.py)
         return bool(existed)
 
     async def _run(self, script: str, args: Sequence[Any]) -> Any:
