@@ -187,3 +187,40 @@ def test_plain_options_leave_out_what_a_feature_takes_over(make_queue: QueueFact
     assert "idempotency_window" not in plain_options(q.ctx.jobspec)
     IdempotencyManager(q)
     assert {"delivery_guarantee", "idempotency_window"} <= plain_options(q.ctx.jobspec)
+
+
+async def test_a_worker_standing_down_takes_jobs_again_once_the_capable_one_stops(
+    make_queue: QueueFactory, receiver: Receiver
+) -> None:
+    """A worker lacking a feature every job needs claims nothing for a while after it
+    handed a job over; when the worker with the feature stops, it runs the jobs again."""
+    new = make_queue("needs-down", worker={"concurrency": 2})
+    mgr = WebhookManager(new, **FAST)  # type: ignore[arg-type]
+    old = make_queue("needs-down", worker={"concurrency": 4})
+    ran: dict[str, int] = {"new": 0, "old": 0}
+    for who, q in (("new", new), ("old", old)):
+        q.process("n", lambda job, who=who: ran.__setitem__(who, ran[who] + 1))
+    await mgr.register_webhook(
+        WebhookConfig(id="ops", url=receiver.url, secret=generate_secret(), events=["job-failed"])
+    )
+    handed: list[str] = []
+
+    class Handed:
+        def finished(self, queue: str, job: Any, outcome: Any) -> None:
+            if outcome.kind == "deferred":
+                handed.append(job.id)
+
+    old.subscribe(Handed())
+    await new.start()
+    await old.start()
+    first = await new.add_jobs([("n", {"i": i}, {}) for i in range(20)])
+    await wait_until(lambda: _all(new, first, JobStatus.COMPLETED), 30)
+    assert ran == {"new": 20, "old": 0}
+    # One claim of its 4 slots, then nothing while the capable worker runs the rest
+    # (each job handed over at most once; without standing down, 20 and more).
+    assert 0 < len(handed) <= 4 and len(set(handed)) == len(handed), handed
+    assert old.worker is not None
+    await new.close()  # its presence record goes: no capable worker is alive
+    later = await old.add_jobs([("n", {"i": i}, {}) for i in range(5)])
+    await wait_until(lambda: _all(old, later, JobStatus.COMPLETED), 30)
+    assert ran["old"] == 5

@@ -42,7 +42,10 @@ would never reach it. Such a feature says so in the queue's ``needs`` hash (``re
 ``release`` when it no longer does). Each worker reads that hash with its heartbeat
 (``note_needs``); while it lacks a feature named there and a live worker has it (its
 record's release-step features), every job it takes is handed to that worker the same
-way. With no such worker alive, jobs run here as before (and the heartbeat warns).
+way, and it claims nothing for ``STAND_DOWN_S`` (``down_left``: the worker's pump
+and waker read it), so the jobs it would take run on the capable worker instead of going
+round between the two. With no such worker alive, jobs run here as before (and the
+heartbeat warns).
 
 The presence records are read at most every ``PEERS_REFRESH_S`` seconds (one read shared
 by the runs waiting for it), and each name's handing back is logged at most once every
@@ -67,6 +70,7 @@ __all__ = [
     "HOLD_S",
     "NOTE_EVERY_S",
     "PEERS_REFRESH_S",
+    "STAND_DOWN_S",
     "Handoff",
     "plain_options",
     "release",
@@ -88,6 +92,9 @@ PEERS_REFRESH_S = 3.0
 NOTE_EVERY_S = 60.0
 #: Names whose last log line is remembered (beyond it, the oldest are forgotten).
 _MAX_NOTED = 1_000
+#: How long a worker lacking a feature every job needs claims nothing after it handed
+#: a job to a live worker that has it (seconds).
+STAND_DOWN_S = 3.0
 #: Most features a queue's ``needs`` hash is read for, and the longest how-to kept.
 _MAX_NEEDS = 64
 _MAX_HOW = 300
@@ -159,6 +166,19 @@ class Handoff:
         #: The features every job of the queue needs (the ``needs`` hash, as last read
         #: by ``note_needs``) that this process lacks: feature -> how to enable it.
         self.lacking: dict[str, str] = {}
+        #: Until when (``clock``) this worker claims nothing: ``down_left``.
+        self.down_until = 0.0
+
+    def down_left(self) -> float:
+        """Seconds this worker still claims nothing for (0: it claims): it lacks a
+        feature every job needs and handed a job to a live worker that has it."""
+        if not self.down_until:
+            return 0.0
+        left = self.down_until - self._clock()
+        if left <= 0:
+            self.down_until = 0.0
+            return 0.0
+        return left
 
     def note_needs(self, raw: Any) -> None:
         """Take the queue's ``needs`` hash as read (untrusted: names and texts are
@@ -193,6 +213,7 @@ class Handoff:
                     what = ", ".join(sorted(lacking))
                     how = "; ".join(lacking[f] for f in sorted(lacking) if lacking[f])
                     how = how or "enable it"
+                    self.down_until = self._clock() + STAND_DOWN_S
                     retry = await self.hold(run.job.id, f"the {what} feature", w.id, how)
                     deferred(run, retry)
                     return True

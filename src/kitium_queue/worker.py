@@ -163,6 +163,7 @@ class Worker:
             queue, self.id, self.hooks, forget=self.leases.forget, wake=self._signal.set
         )
         self.runner = Runner(queue, self.concurrency, self.hooks, self.outcomes, self.leases)
+        self._handoff = self.runner.handoff
         if slots is not None:
             slots.join(self)
 
@@ -379,6 +380,9 @@ class Worker:
             self._want_block.set()
         elif self._slots is not None:
             self._slots.wait(self)
+        down = self._handoff.down_left() if free <= 0 else 0.0
+        if down:
+            idle_for = down if idle_for is None else min(idle_for, down)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._signal.wait(), idle_for)
 
@@ -405,6 +409,8 @@ class Worker:
         return self.outcomes.held()
 
     def _free(self) -> int:
+        if self._handoff.down_until and self._handoff.down_left():
+            return 0  # it lacks a feature every job needs, which a live worker has
         free = self.concurrency - len(self.leases.runs) - self._claiming
         if self._slots is not None:
             free = min(free, self._slots.free())
