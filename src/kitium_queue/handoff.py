@@ -166,8 +166,10 @@ class Handoff:
         #: The features every job of the queue needs (the ``needs`` hash, as last read
         #: by ``note_needs``) that this process lacks: feature -> how to enable it.
         self.lacking: dict[str, str] = {}
-        #: Until when (``clock``) this worker claims nothing: ``down_left``.
+        #: Until when (``clock``) this worker claims nothing: ``down_left`` (also set
+        #: while the Redis user may not run a command of the queue's scripts: rounds.py).
         self.down_until = 0.0
+        self.clock = clock
 
     def down_left(self) -> float:
         """Seconds this worker still claims nothing for (0: it claims): it lacks a

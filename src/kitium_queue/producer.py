@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .aclcheck import PRODUCER_SCRIPTS, check_commands
 from .errors import (
     ConfigurationError,
     JobRefusedError,
@@ -89,6 +90,8 @@ class Producer:
         self._batching = False
         self._pending: list[tuple[PreparedJob, asyncio.Future[str], Mapping[str, Any]]] = []
         self._bg: set[asyncio.Future[None]] = set()
+        #: Whether the user's rights to the enqueue script's commands were checked.
+        self.rights_checked = False
 
     # ------------------------------------------------------------------ one job
     async def through_middleware(
@@ -330,6 +333,8 @@ class Producer:
         unconfirmed: WriteNotConfirmedError | None = None
         try:
             client = await ctx.client()
+            if not self.rights_checked:  # before the first add: aclcheck.py
+                self.rights_checked = await check_commands(client, ctx, PRODUCER_SCRIPTS)
             keys = ctx.keys.all
             failure: PartialEnqueueError | None = None
             # One script call per chunk, each awaited before the next is sent: every call

@@ -3,6 +3,9 @@
 * ``round_failed`` — a pump round failed as a whole: an outage is reported once and
   retried with backoff; anything else (a refused ``SCRIPT LOAD``, an ACL change) is said
   loudly each time, a damaged key at a bounded rate.
+* ``permission_refused`` — a round refused for lack of permission: the worker checks
+  which commands of the queue's scripts the user may not run now and, while any is
+  refused, claims and records nothing (``aclcheck.py``), saying which.
 * ``refused`` — Redis refused to record outcomes for a reason of its own (out of memory,
   ...): they are kept and offered again after a backoff.
 * ``reply_too_big`` — Redis closed the connection while it sent a claim's reply, yet
@@ -16,17 +19,26 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import TYPE_CHECKING, Any
 
+from .aclcheck import WORKER_SCRIPTS, refused_commands, refused_error
 from .connection import TRANSIENT_ERRORS
+from .errors import PermissionDeniedError
 from .limits import get_logger, safe_text
 
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["refused", "reply_too_big", "round_failed"]
+__all__ = ["RECHECK_S", "permission_refused", "refused", "reply_too_big", "round_failed"]
 
 log = get_logger("kitium_queue.worker")
+
+#: While a command of the queue's scripts is refused, the rights are checked this often.
+RECHECK_S = 5
+_MIN_BACKOFF_S = 0.05
+#: Workers checking their Redis user's rights now (one lane checks, the others wait).
+_CHECKING: weakref.WeakSet[Worker] = weakref.WeakSet()
 
 #: How long the check that Redis still answers may take (s).
 _PING_S = 1.0
@@ -35,6 +47,8 @@ _PING_S = 1.0
 async def round_failed(worker: Worker, exc: Exception, backoff: float) -> float:
     """A round failed as a whole: report it, wait ``backoff`` seconds, return the next
     backoff."""
+    if isinstance(exc, PermissionDeniedError) and await permission_refused(worker, exc):
+        return _MIN_BACKOFF_S
     if isinstance(exc, TRANSIENT_ERRORS):
         worker.report_outage(exc)
         await asyncio.sleep(backoff)
@@ -53,6 +67,57 @@ async def round_failed(worker: Worker, exc: Exception, backoff: float) -> float:
         worker.hooks.emit_queue_error(q.name, exc)
     await asyncio.sleep(backoff)
     return min(backoff * 2, 5.0)
+
+
+async def permission_refused(worker: Worker, exc: Exception) -> bool:
+    """A round was refused for lack of permission (the user's rights changed while the
+    worker ran): whether a command of the queue's scripts is refused now. Then the
+    worker claims and records nothing until every one is allowed again (checked every
+    ``RECHECK_S``), saying which are refused: each claim sent meanwhile could take jobs
+    out of wait and be refused before it put them anywhere (``aclcheck.py``)."""
+    q, handoff = worker.queue, worker.runner.handoff
+    if worker in _CHECKING:  # another lane of the worker checks: wait with it
+        while worker in _CHECKING:
+            await asyncio.sleep(0.5)
+        return True
+    _CHECKING.add(worker)
+    try:
+        return await _recheck(worker, q, handoff, exc)
+    finally:
+        _CHECKING.discard(worker)
+
+
+async def _recheck(worker: Worker, q: Any, handoff: Any, exc: Exception) -> bool:
+    said = False
+    while True:
+        try:
+            denied = await refused_commands(await q.client(), q, WORKER_SCRIPTS)
+        except Exception:
+            return said  # the check itself failed: the round's error is reported as is
+        if not denied:
+            if said:
+                log.warning(
+                    "worker %s: the Redis user may run every command of queue %s's "
+                    "scripts again; resuming",
+                    worker.id,
+                    q.name,
+                )
+            return said
+        if not said:
+            log.error(
+                "worker %s: %s. It happened while the worker ran (the user's rights "
+                "changed): a script refused part-way may have left the jobs it was moving "
+                "in no set. The worker claims and records nothing until they are allowed "
+                "(checked every %d s)",
+                worker.id,
+                safe_text(refused_error(q.name, denied)),
+                RECHECK_S,
+            )
+            if worker.hooks.queue_error:
+                worker.hooks.emit_queue_error(q.name, exc)
+            said = True
+        handoff.down_until = handoff.clock() + RECHECK_S + 1  # the waker claims nothing
+        await asyncio.sleep(RECHECK_S)
 
 
 async def refused(worker: Worker, exc: Exception, backoff: float) -> float:

@@ -246,12 +246,8 @@ class ScriptRegistry:
         self._loaded.add(id(client))
 
     def _slot_summary(self) -> str:
-        parts = [
-            f"{slot}: {', '.join(self._slots.names(slot))}"
-            for slot in SLOTS
-            if self._slots.names(slot)
-        ]
-        return "; ".join(parts) or "none"
+        names = {slot: ", ".join(self._slots.names(slot)) for slot in SLOTS}
+        return "; ".join(f"{s}: {n}" for s, n in names.items() if n) or "none"
 
     async def call(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script; on NOSCRIPT run it once with EVAL (which caches it there)."""

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from . import rounds
+from .aclcheck import WORKER_SCRIPTS, check_commands
 from .barrier import UnconfirmedOutcomes
 from .connection import TRANSIENT_ERRORS
 from .features.batches import BatchProcessor
@@ -214,6 +215,7 @@ class Worker:
 
     async def _start(self, q: JobQueue, loop: asyncio.AbstractEventLoop) -> None:
         self._client = await q.client()
+        await check_commands(self._client, q, WORKER_SCRIPTS)  # before any claim: aclcheck.py
         self._bclient = q.connection.client(blocking=True)
         self.runner.start(loop)
         lim = q.limiter

@@ -1,0 +1,171 @@
+"""A Redis user lacking a command a script calls is refused before the script runs.
+
+Redis checks a user's right to each command of a script only when the script calls it,
+and never rolls the script back. A claim refused its ``XADD`` after its ``ZPOPMIN`` had
+taken jobs out of wait that were then in no set: a worker whose user lacked ``xadd`` left
+all 100 waiting jobs in no set within 5 s, and ``health`` said ready. Now a worker checks
+its scripts' commands when it starts and a producer at its first add
+(``aclcheck.py``); a worker whose user loses a command while it runs stops claiming at
+the first refusal and says which command, and resumes when it is granted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis as redis_sync
+
+from _redis import RedisServer
+from helpers import wait_until
+from kitium_queue import JobQueue, PermissionDeniedError
+from kitium_queue.aclcheck import WORKER_SCRIPTS, script_commands
+from kitium_queue.features.access.redisacl import redis_acl_rules
+
+PASSWORD = f"kq-rights-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer().start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def admin(server: RedisServer) -> Iterator[redis_sync.Redis]:
+    r = redis_sync.Redis(host="127.0.0.1", port=server.port)
+    r.flushall()
+    yield r
+    for user in r.acl_users():
+        if user != "default":
+            r.acl_deluser(user)
+    r.close()
+
+
+def _user(admin: redis_sync.Redis, name: str, queue: str, *extra: str) -> str:
+    rules = redis_acl_rules(name, [queue])
+    admin.execute_command("ACL", "SETUSER", *rules.setuser_args(PASSWORD), *extra)
+    return name
+
+
+def _url(server: RedisServer, user: str | None = None) -> str:
+    auth = f"{user}:{PASSWORD}@" if user else ""
+    return f"redis://{auth}127.0.0.1:{server.port}/0"
+
+
+def _orphans(admin: redis_sync.Redis, queue: str, ids: list[str]) -> list[str]:
+    """Jobs whose record exists but that are in neither wait, active nor completed."""
+    base = f"kq:{{{queue}}}:"
+    found = []
+    for job_id in ids:
+        if not admin.exists(base + f"job:{job_id}"):
+            continue
+        if any(admin.zscore(base + s, job_id) is not None for s in ("wait", "active")):
+            continue
+        if admin.hget(base + f"job:{job_id}", "st") in (b"completed", b"failed"):
+            continue
+        found.append(job_id)
+    return found
+
+
+async def test_a_worker_whose_user_lacks_a_claim_command_refuses_to_start(
+    server: RedisServer, admin: redis_sync.Redis
+) -> None:
+    prod = JobQueue("rights", redis=_url(server))
+    ids = await prod.add_jobs([("work", {"i": i}) for i in range(100)])
+    user = _user(admin, "w-noxadd", "rights", "-xadd")
+    w = JobQueue("rights", redis=_url(server, user))
+    w.process("work", lambda job: None)
+    try:
+        with pytest.raises(PermissionDeniedError, match=r"refuse XADD.*\+xadd"):
+            await w.start()
+        await asyncio.sleep(0.3)
+        stats = await prod.get_stats()
+        assert stats.waiting == 100 and stats.active == 0
+        assert _orphans(admin, "rights", ids) == []
+    finally:
+        await w.close()
+        await prod.close()
+
+
+async def test_a_producer_whose_user_lacks_an_enqueue_command_writes_nothing(
+    server: RedisServer, admin: redis_sync.Redis
+) -> None:
+    user = _user(admin, "p-nozadd", "rights-p", "-zadd")
+    p = JobQueue("rights-p", redis=_url(server, user))
+    try:
+        with pytest.raises(PermissionDeniedError, match="refuse ZADD"):
+            await p.add_job("work", {"i": 1})
+        assert admin.keys("kq:{rights-p}:job:*") == []
+        assert admin.xlen("kq:{rights-p}:events") == 0
+    finally:
+        await p.close()
+
+
+async def test_a_user_without_the_administrative_commands_runs_its_role(
+    server: RedisServer, admin: redis_sync.Redis
+) -> None:
+    """Only the scripts a role runs are checked: the rules ``acl redis-rules`` makes
+    (without the repairs' and the memory report's commands) are not refused."""
+    user = _user(admin, "w-rules", "rights-ok")
+    q = JobQueue("rights-ok", redis=_url(server, user))
+    done: list[int] = []
+    q.process("work", lambda job: done.append(job.data["i"]))
+    try:
+        await q.start()
+        await q.add_jobs([("work", {"i": i}) for i in range(10)])
+        await wait_until(lambda: len(done) == 10, 10)
+    finally:
+        await q.close()
+    assert [e for e in admin.acl_log() if e.get("object") != "client|setinfo"] == []
+
+
+def test_the_worker_scripts_commands_are_the_ones_they_call() -> None:
+    q = JobQueue("rights-cmds", redis="redis://127.0.0.1:1/0")
+    found = script_commands(q, WORKER_SCRIPTS)
+    assert {"ZPOPMIN", "XADD", "HSET", "ZADD"} <= set(found)
+    # A refusal inside redis.pcall is a reply the script handles: not checked.
+    assert "XLEN" not in found
+
+
+async def test_a_command_taken_away_while_the_worker_runs_stops_its_claims(
+    server: RedisServer, admin: redis_sync.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = _user(admin, "w-drift", "rights-d")
+    prod = JobQueue("rights-d", redis=_url(server))
+    w = JobQueue("rights-d", redis=_url(server, user), worker={"concurrency": 4})
+    ran: set[str] = set()
+
+    async def work(job: Any) -> None:
+        await asyncio.sleep(0.02)
+        ran.add(job.id)
+
+    w.process("work", work)
+    caplog.set_level(logging.WARNING, "kitium_queue")
+    try:
+        await w.start()
+        ids = await prod.add_jobs([("work", {"i": i}) for i in range(200)])
+        await wait_until(lambda: len(ran) >= 10, 10)
+        admin.execute_command("ACL", "SETUSER", user, "-xadd")
+        await wait_until(lambda: "refuse XADD" in caplog.text, 15)
+        await asyncio.sleep(0.5)
+        waiting = (await prod.get_stats()).waiting
+        await asyncio.sleep(2.0)
+        # It claims nothing while refused (before, each retry popped another batch).
+        assert (await prod.get_stats()).waiting == waiting
+        admin.execute_command("ACL", "SETUSER", user, "+xadd")
+        await wait_until(lambda: "again; resuming" in caplog.text, 15)
+        await wait_until(lambda: len(ran) + len(_orphans(admin, "rights-d", ids)) >= 200, 60)
+        # At most the jobs of the one call refused part-way are in no set.
+        assert len(_orphans(admin, "rights-d", ids)) <= 4
+        assert caplog.text.count("refuse XADD") == 1
+    finally:
+        await w.close()
+        await prod.close()
