@@ -176,7 +176,7 @@ def test_redact_url_table() -> None:
         "redis+sentinel://:pw@s1:26379,s2/svc/1?sentinel_password=x": (
             "redis+sentinel://***@s1:26379,s2/svc/1"
         ),
-        "unix:///tmp/r.sock?password=pw&db=1": "unix:///tmp/r.sock",
+        "unix:///tmp/r.sock?password=pw&db=1": "unix:///tmp/r.sock?db=1",  # db only
         "unix://:pw@/tmp/r.sock": "unix://***@/tmp/r.sock",
         "redis://:pw": "redis://:***",
         "redis://[::1]:6379/0": "redis://[::1]:6379/0",

@@ -22,7 +22,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connerrors import missing_tls_files, translate_error
+from .connerrors import connection_options, translate_error
 from .errors import ConfigurationError, KitiumQueueError
 from .pools import CheckedSentinelPool, ConnectFailedError, check_pool
 from .redact import (
@@ -418,9 +418,11 @@ class ConnectionFactory:
             return self._url
         if self._given_client is not None:
             return "<cluster client>" if self.mode == "cluster" else "<client>"
+        db = "" if self._kwargs.get("db") is None else str(self._kwargs["db"])  # dict forms
         if "unix_socket_path" in self._kwargs:
-            return f"unix:{self._kwargs['unix_socket_path']}"
-        return f"{self._kwargs.get('host', 'localhost')}:{self._kwargs.get('port', 6379)}"
+            return f"unix:{self._kwargs['unix_socket_path']}" + (db and f"?db={db}")
+        host, port = self._kwargs.get("host", "localhost"), self._kwargs.get("port", 6379)
+        return f"{host}:{port}" + (db and f"/{db}")
 
     def redact(self, text: object) -> str:
         """``text`` (an error message, a URL) without the credentials of this setting:
@@ -581,11 +583,9 @@ class ConnectionFactory:
         ``ConnectionUnavailableError`` otherwise. ``timeout_s``: the deadline a bare
         ``asyncio.TimeoutError`` stands for, if the caller set one.
         """
-        if isinstance(exc, ConnectFailedError) and exc.__cause__ is not None:
-            exc = exc.__cause__  # a pool's connection: worded here, with the queue's name
-        try:
-            opts = {**(parse_url(self._url) if self._url else {}), **self._kwargs}
-        except Exception:  # checked at construction; here only to word a message
-            opts = dict(self._kwargs)
-        missing = missing_tls_files(opts)
-        return translate_error(self.describe(), self.redact(exc), exc, queue, timeout_s, missing)
+        opening = isinstance(exc, ConnectFailedError) and exc.__cause__ is not None
+        exc = (exc.__cause__ or exc) if opening else exc  # reworded with the queue's name
+        opts = connection_options(self._url, self._kwargs)
+        return translate_error(
+            self.describe(), self.redact(exc), exc, queue, timeout_s, opts, opening=opening
+        )

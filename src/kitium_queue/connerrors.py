@@ -2,7 +2,9 @@
 
 Each message says where (the connection's description, credentials redacted), what
 happened and what to check; a wrong setting is a ``ConfigurationError``, anything else
-a ``ConnectionUnavailableError``.
+a ``ConnectionUnavailableError``. A TLS setting (or server certificate) that lets no
+connection open is both (``TLSConfigurationError``), and a scheme that does not match
+the port (``redis://`` to a TLS port, ``rediss://`` to a plain one) is said as such.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
@@ -33,12 +36,18 @@ from .errors import (
 
 __all__ = [
     "NOPERM",
+    "PLAIN_TO_TLS_PORT",
     "ReplyCutOffError",
+    "TLSConfigurationError",
     "closed_by_server",
+    "connection_options",
     "missing_tls_files",
     "permission_denied",
     "reply_cut_off",
+    "tls_failure",
+    "tls_files_missing",
     "translate_error",
+    "uses_tls",
 ]
 
 
@@ -60,9 +69,99 @@ def missing_tls_files(options: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def tls_files_missing(missing: Sequence[str], detail: str = "") -> str:
+    """What to say of TLS files (``missing_tls_files``) that do not exist; ``detail``:
+    the error's own text, shown in brackets after them."""
+    shown = f" ({detail})" if detail else ""
+    return (
+        f"the TLS file(s) named in redis= do not exist: {', '.join(missing)}{shown}; check "
+        "the paths (they are read each time a connection opens)"
+    )
+
+
+def uses_tls(options: Mapping[str, Any]) -> bool:
+    """Whether connection ``options`` (a parsed URL's, a dict's) open TLS connections."""
+    cls = options.get("connection_class")
+    return options.get("ssl") is True or "SSL" in getattr(cls, "__name__", "")
+
+
+#: What a connection without TLS that the server closed while it opened may mean.
+PLAIN_TO_TLS_PORT = (
+    "a port that expects TLS closes a plain-text connection at once: use rediss:// (with "
+    "ssl_ca_certs) if it does; otherwise "
+)
+_NOT_AN_OUTAGE = "a TLS configuration problem, not an outage"
+_CA_HOWTO = "?ssl_ca_certs=/path/ca.pem in the rediss:// URL, tls={'ca_certs': ...} in a dict"
+
+
+def tls_failure(text: str) -> tuple[str, bool] | None:
+    """What to check when a TLS handshake failed (``text``: redis-py's error quoting
+    OpenSSL's, e.g. ``[SSL: CERTIFICATE_VERIFY_FAILED] ...``) and whether the setting
+    is at fault rather than the server's availability; None when ``text`` is no TLS
+    failure. Never quotes a secret (it reads ``text`` only to pick the advice)."""
+    low = text.lower()
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        if "mismatch" in low:
+            return (
+                f"the server's certificate does not name the host given in redis= "
+                f"({_NOT_AN_OUTAGE}): connect with a host name the certificate lists, or, "
+                "trusting the CA alone, set ssl_check_hostname=false (in the rediss:// "
+                "URL; tls={'check_hostname': False} in a dict)",
+                True,
+            )
+        if "expired" in low:
+            return (f"the server's certificate has expired ({_NOT_AN_OUTAGE}): renew it", True)
+        return (
+            f"the server's certificate is not signed by a CA this client trusts "
+            f"({_NOT_AN_OUTAGE}): set ssl_ca_certs to the CA that signed it ({_CA_HOWTO}), "
+            "or check the server's certificate if it changed",
+            True,
+        )
+    if "certificate required" in low or "certificate_required" in low:
+        return (
+            f"the server requires a client certificate ({_NOT_AN_OUTAGE}): set "
+            "ssl_certfile and ssl_keyfile (tls={'certfile': ..., 'keyfile': ...} in a dict)",
+            True,
+        )
+    if "alert unknown ca" in low or "alert bad certificate" in low:
+        return (
+            f"the server does not accept the client certificate ({_NOT_AN_OUTAGE}): check "
+            "ssl_certfile and ssl_keyfile against the CA the server trusts",
+            True,
+        )
+    if "[ssl" in low or "ssl handshake" in low:
+        return (
+            "check that the port expects TLS (rediss:// for a TLS port, redis:// for a "
+            "plain one) and the TLS settings in redis= (ssl_ca_certs; ssl_certfile and "
+            "ssl_keyfile when the server asks for a client certificate)",
+            False,
+        )
+    return None
+
+
+class TLSConfigurationError(ConfigurationError, ConnectionUnavailableError):
+    """No connection could be opened because of the TLS configuration: a TLS file named
+    in ``redis=`` that does not exist, or a certificate the handshake refused (not
+    signed by a trusted CA, for another host name, expired; a client certificate the
+    server requires or refuses). A ``ConfigurationError`` (the setting, or the server's
+    certificate, must change: trying again does not help) and a
+    ``ConnectionUnavailableError`` (nothing reached Redis; ``kitium-queue health``
+    reports it as unreachable, exit 3)."""
+
+
 # A timeout: redis-py's, the builtin's, and asyncio's (a class of its own before Python
 # 3.11, where it is neither TimeoutError nor an OSError).
 _TIMEOUTS = (RedisTimeoutError, TimeoutError, asyncio.TimeoutError)
+
+
+def connection_options(url: str | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a connection of ``url`` and ``kwargs`` is made with, merged as
+    redis-py's ``from_url`` merges them (the URL's win). Only to word messages: a URL
+    that does not parse (checked at construction) gives ``kwargs``; never raises."""
+    try:
+        return {**kwargs, **(parse_url(url) if url else {})}
+    except Exception:
+        return dict(kwargs)
 
 
 def translate_error(
@@ -71,24 +170,32 @@ def translate_error(
     exc: BaseException,
     queue: str,
     timeout_s: float | None = None,
-    missing_files: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
+    *,
+    opening: bool = False,
 ) -> KitiumQueueError | None:
     """The library's error for ``exc`` (see ``ConnectionFactory.error``): ``describe``
     is where the connection goes and ``redacted`` the text of ``exc``, both without
-    credentials; ``missing_files``: TLS files of the setting that do not exist
-    (``missing_tls_files``). None when ``exc`` is not a connection problem; an error of
-    the library's own is returned as it is (a ``ConnectionUnavailableError`` is an
-    ``OSError`` too: worded again, it would be quoted inside another message)."""
+    credentials; ``options``: the setting's connection options (``connection_options``:
+    its TLS files, whether it asks for TLS, its database); ``opening``: ``exc`` came
+    while a connection was being opened (nothing of the call was sent). None when
+    ``exc`` is not a connection problem; an error of the library's own is returned as
+    it is (a ``ConnectionUnavailableError`` is an ``OSError`` too: worded again, it
+    would be quoted inside another message)."""
     if isinstance(exc, KitiumQueueError):
         return exc
+    options = options or {}
+    missing_files, tls, db = missing_tls_files(options), uses_tls(options), options.get("db")
     where = f"Redis at {describe}"
     cause = _sentence(redacted) or type(exc).__name__
-    if missing_files and isinstance(exc, (RedisConnectionError, OSError)):
-        return ConfigurationError(
-            f"cannot connect to {where} for queue {queue!r}: the TLS file(s) named in "
-            f"redis= do not exist: {', '.join(missing_files)} ({cause}); check the paths "
-            "(they are read each time a connection opens)"
-        )
+    network = isinstance(exc, (RedisConnectionError, OSError))
+    if missing_files and network:
+        files = tls_files_missing(missing_files, cause)
+        return TLSConfigurationError(f"cannot connect to {where} for queue {queue!r}: {files}")
+    said = tls_failure(cause) if network else None
+    if said is not None:
+        kind = TLSConfigurationError if said[1] else ConnectionUnavailableError
+        return kind(f"the TLS handshake with {where} failed (queue {queue!r}: {cause}); {said[0]}")
     if isinstance(exc, AuthenticationError):
         return ConnectionUnavailableError(
             f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
@@ -101,11 +208,12 @@ def translate_error(
             "redis=, and rediss:// if the server expects TLS"
         )
     if isinstance(exc, ResponseError) and "db index is out of range" in cause.lower():
+        db = "" if db is None else f"db {db}; "
         return ConfigurationError(
-            f"{where} has no such database (queue {queue!r}: {cause}); a server has "
+            f"{where} has no such database ({db}queue {queue!r}: {cause}); a server has "
             "databases 0..15 unless its 'databases' setting says otherwise: use a "
-            "database number within that range in redis= (redis://host:port/<db> or "
-            "db=...)"
+            "database number within that range in redis= (redis://host:6379/<db>, "
+            "?db=<db>, or the db key of a dict)"
         )
     if isinstance(exc, MasterNotFoundError):
         # Its text lists every Sentinel client's repr: say it in one sentence instead.
@@ -126,18 +234,30 @@ def translate_error(
             "node addresses in redis= and that the cluster is running"
         )
     if isinstance(exc, _TIMEOUTS) and "connecting" in cause:
+        plain = (
+            ", and that the port expects TLS: a port without TLS never answers the TLS "
+            "handshake of rediss:// (use redis:// there)"
+            if tls
+            else ""
+        )
         return ConnectionUnavailableError(
             f"{where} did not accept the connection in time (queue {queue!r}: "
             f"{cause}); check the host and port in redis=, a firewall that drops "
-            "packets, and socket_connect_timeout"
+            f"packets, and socket_connect_timeout{plain}"
         )
     if isinstance(exc, _TIMEOUTS):
         within = f" within {timeout_s:g} s" if timeout_s and cause == "TimeoutError" else ""
+        scheme = (
+            "whether the port expects TLS at all (a port without TLS never answers the "
+            "TLS handshake of rediss://: use redis:// there)"
+            if tls
+            else "whether the server expects TLS (rediss://)"
+        )
         return ConnectionUnavailableError(
             f"{where} accepted the connection but did not answer{within} (queue "
-            f"{queue!r}: {cause}); check the port, whether the server expects TLS "
-            "(rediss://), whether its clients are paused (CLIENT PAUSE, as during a "
-            "failover: it answers once the pause ends), and socket_timeout"
+            f"{queue!r}: {cause}); check the port, {scheme}, whether its clients are "
+            "paused (CLIENT PAUSE, as during a failover: it answers once the pause ends), "
+            "and socket_timeout"
         )
     if isinstance(exc, MaxConnectionsError):
         return ConnectionUnavailableError(
@@ -152,6 +272,14 @@ def translate_error(
             "SET maxclients, or in redis.conf), or open fewer connections (fewer "
             "processes, or a lower max_connections in redis=). Connections already open "
             "go on"
+        )
+    if closed_by_server(exc) and opening:
+        hint = "" if tls else PLAIN_TO_TLS_PORT
+        return ConnectionUnavailableError(
+            f"{where} closed the connection of queue {queue!r} while it was being opened, "
+            f"before any command of the call ({cause}): {hint}the server was stopping or "
+            "restarting, or closed the client: check that it runs, and its log (the next "
+            "call connects again)"
         )
     if closed_by_server(exc):
         return ConnectionUnavailableError(

@@ -50,6 +50,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connerrors import (
+    PLAIN_TO_TLS_PORT,
+    closed_by_server,
+    missing_tls_files,
+    tls_failure,
+    tls_files_missing,
+)
 from .errors import ConnectionUnavailableError
 from .limits import get_logger
 
@@ -267,10 +274,11 @@ _ANSWERING: dict[type, type] = {}
 
 class ConnectFailedError(ConnectionUnavailableError, RedisConnectionError):
     """A connection of the pool could not be opened (refused, no route, no such host or
-    socket): nothing of the call reached Redis. The library's
-    ``ConnectionUnavailableError``, as when the first connection fails, and still
-    redis-py's ``ConnectionError`` (which its retries, and callers' handlers written
-    for it, catch)."""
+    socket, a TLS handshake that failed or a TLS file that is gone, closed by the server
+    while it opened; the message says what to check): nothing of the call reached
+    Redis. The library's ``ConnectionUnavailableError``, as when the first connection
+    fails, and still redis-py's ``ConnectionError`` (which its retries, and callers'
+    handlers written for it, catch)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -301,16 +309,47 @@ def _handshake_timeout(conn: Any, what: str) -> HandshakeTimeoutError:
     )
 
 
-def _connect_failed(exc: BaseException) -> BaseException:
-    """``exc`` raised by a connection's ``connect``: a socket that could not be opened
-    (redis-py's "Error 111 connecting to host:port. ...") becomes ``ConnectFailedError``;
-    anything else (a handshake refused, a timeout, a Sentinel without a primary) stays."""
-    if type(exc) is RedisConnectionError and " connecting to " in str(exc):
-        return ConnectFailedError(
-            f"{exc} Nothing of this call reached Redis: check that the server runs and "
-            "is reachable (the next call connects again)"
+def _connect_failed(exc: BaseException, conn: Any = None) -> BaseException:
+    """``exc`` raised by ``conn.connect()``: a socket that could not be opened (redis-py's
+    "Error 111 connecting to host:port. ...", a failed TLS handshake, a TLS file that is
+    gone) or a connection the server closed while it was being opened becomes
+    ``ConnectFailedError``, saying what to check; anything else (a handshake refused, a
+    timeout, a Sentinel without a primary) stays."""
+    text = str(exc)
+    if type(exc) is not RedisConnectionError:
+        return exc
+    files = _tls_files(conn)
+    missing = missing_tls_files(files or {}) if " connecting to " in text else []
+    said = tls_failure(text)
+    if missing:  # ENOENT on a TCP address: a file the TLS handshake reads
+        advice = tls_files_missing(missing)
+    elif said is not None:
+        advice = said[0]
+    elif " connecting to " in text:
+        advice = "check that the server runs and is reachable (the next call connects again)"
+    elif closed_by_server(exc):
+        tls = "" if files is not None or _unix(conn) else PLAIN_TO_TLS_PORT
+        advice = (
+            f"the server closed the connection while it was being opened: {tls}it was "
+            "stopping or restarting, or closed the client (the next call connects again)"
         )
-    return exc
+    else:
+        return exc
+    return ConnectFailedError(f"{text} Nothing of this call reached Redis: {advice}")
+
+
+def _tls_files(conn: Any) -> dict[str, Any] | None:
+    """The TLS file options of redis-py connection ``conn`` (asyncio or blocking), or
+    None when it is no TLS connection."""
+    holder = getattr(conn, "ssl_context", conn)  # asyncio: a RedisSSLContext
+    if conn is None or not hasattr(holder, "ca_certs"):
+        return None
+    names = ("ca_certs", "ca_path", "certfile", "keyfile")
+    return {f"ssl_{n}": getattr(holder, n, None) for n in names}
+
+
+def _unix(conn: Any) -> bool:
+    return "Unix" in type(conn).__name__ or getattr(conn, "path", None) is not None
 
 
 def answering(cls: type) -> type:
@@ -341,7 +380,7 @@ def answering(cls: type) -> type:
             try:
                 await connect(self)
             except RedisConnectionError as exc:
-                failed = _connect_failed(exc)
+                failed = _connect_failed(exc, self)
                 if failed is exc:
                     raise
                 raise failed from exc
@@ -360,7 +399,7 @@ def answering(cls: type) -> type:
             try:
                 connect(self)
             except RedisConnectionError as exc:
-                failed = _connect_failed(exc)
+                failed = _connect_failed(exc, self)
                 if failed is exc:
                     raise
                 raise failed from exc

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import NoPermissionError
 
 from .connection import TRANSIENT_ERRORS
+from .connerrors import NOPERM, permission_denied
 from .jobspec import CORE, FEATURE_HOWTO
 from .limits import get_logger, printable, reply_int, reply_text
 from .serverinfo import refuses_writes
@@ -138,6 +140,7 @@ class Presence:
         self.started_at = int(time.time() * 1000)
         self.host = socket.gethostname()
         self._warned: set[tuple[str, str]] = set()
+        self._refusal_quiet_until = 0.0  # a refused heartbeat is said once a minute
 
     @property
     def names(self) -> list[str]:
@@ -244,7 +247,25 @@ class Presence:
         except Exception as exc:
             if refuses_writes(exc):  # full, cannot save, a replica: the claims report it
                 return
-            log.exception("worker %s: heartbeat failed", self.worker.id)
+            text = str(exc)
+            if not (isinstance(exc, NoPermissionError) or NOPERM.search(text)):
+                log.exception("worker %s: heartbeat failed", self.worker.id)
+                return
+            # The ACL refused it: worded as every refusal is, once a minute at most (a
+            # pipeline's error quotes the command's arguments: only Redis's reason).
+            now = time.monotonic()
+            if now < self._refusal_quiet_until:
+                return
+            self._refusal_quiet_until = now + 60.0
+            key = self.keys.worker(self.worker.id)
+            reason = f"{text.rpartition('caused error: ')[2].strip()}; heartbeat of {key}"
+            log.error(
+                "worker %s: heartbeat refused: %s. The worker goes on, but is not listed "
+                "among the live workers (dashboard, explain) until it may write its record "
+                "(said again at most once a minute)",
+                self.worker.id,
+                permission_denied(reason),
+            )
 
     async def leave(self) -> None:
         """Delete the record (a stopped worker is not alive); errors are ignored: the

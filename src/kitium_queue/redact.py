@@ -54,7 +54,7 @@ _SCRIPT_AT = re.compile(r"\bon @(user_script|user_function):(\d+)")
 # A text that *is* a URL (as opposed to a message that mentions one).
 _WHOLE_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
 # The query string or fragment of a URL inside a message: up to the next space or quote.
-_QUERY_IN_TEXT = re.compile(r"(://[^\s'\"<>?#]*)[?#][^\s'\"<>]*")
+_QUERY_IN_TEXT = re.compile(r"(://[^\s'\"<>?#]*)([?#][^\s'\"<>]*)")
 
 
 def redact_url(value: object, secrets: Iterable[str] = ()) -> str:
@@ -72,6 +72,8 @@ def redact_url(value: object, secrets: Iterable[str] = ()) -> str:
     * Query strings and fragments (``?password=``, ``?sentinel_password=``) are dropped:
       to the end of the text when the text is a URL, to the next space or quote when a
       message mentions one; ``password=...``-like pairs are masked anywhere in the text.
+      Only a database number given as ``?db=N`` stays (``unix://`` URLs have no other
+      place for it), as ``?db=N`` alone.
     * ``secrets``: exact strings (passwords a caller knows of) masked wherever they occur,
       also inside texts that do not look like URLs (a parser's error message quoting a
       fragment of a malformed URL).
@@ -94,12 +96,25 @@ def redact_url(value: object, secrets: Iterable[str] = ()) -> str:
         if _WHOLE_URL.match(text):
             head, sep, rest = text.partition("://")
             cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
-            text = head + sep + (rest[:cut] if cut >= 0 else rest)
+            text = head + sep + (rest[:cut] + _kept_query(rest[cut:]) if cut >= 0 else rest)
         else:
-            text = _QUERY_IN_TEXT.sub(r"\1", text)
+            text = _QUERY_IN_TEXT.sub(lambda m: m.group(1) + _kept_query(m.group(2)), text)
         return _mask_params(text)
     except Exception:
         return REDACTED_PLACEHOLDER
+
+
+def _kept_query(tail: str) -> str:
+    """What a URL's query string and fragment ``tail`` (from its ``?`` or ``#``) shows:
+    ``?db=N`` when the query selects a database (the first ``db``, as redis-py reads
+    it, and only a number), nothing else (a password, a token, any option)."""
+    if not tail.startswith("?"):
+        return ""
+    query = tail[1:].partition("#")[0]
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "db":
+            return f"?db={value}" if value.isascii() and value.isdigit() else ""
+    return ""
 
 
 def _mask_params(text: str) -> str:

@@ -22,8 +22,10 @@ services) are not checked: the check is skipped with a log line, never a failure
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -247,8 +249,10 @@ async def memory_report(
 
     From ``INFO`` alone: AOF on or off, and RDB when the server has saved a snapshot.
     With ``config`` (operator tools such as ``kitium-queue health``) it also reads
-    ``appendfsync`` and the ``save`` rules with ``CONFIG GET``, when the user may. On a
-    Cluster, ``key`` (one of the queue's) picks the primary that holds the queue.
+    ``appendfsync`` and the ``save`` rules with ``CONFIG GET``, when the user may: once
+    refused, it is not sent again on ``client`` by this process (each refusal is an
+    ``ACL LOG`` entry). On a Cluster, ``key`` (one of the queue's) picks the primary
+    that holds the queue.
     """
     try:
         mem = await _info(client, "memory", key)
@@ -280,17 +284,31 @@ async def memory_report(
     )
 
 
+# Clients whose CONFIG GET the server refused for good (the ACL, a renamed command): it
+# is not sent again from this process, since each refusal adds an ACL LOG entry.
+_CONFIG_REFUSED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 async def _config(client: Any, name: str, key: str | None = None) -> str | None:
     """A server setting ('' when it is empty), or None when ``CONFIG GET`` is refused
-    (renamed away, not in the ACL user's commands); on a Cluster, of the primary that
-    holds ``key``."""
+    (renamed away, not in the ACL user's commands: then not asked again on ``client``
+    by this process); on a Cluster, of the primary that holds ``key``."""
+    try:
+        if client in _CONFIG_REFUSED:
+            return None
+    except TypeError:  # a client that takes no weak reference: asked each time
+        pass
     node = _node(client, key)
     try:
         if node is not None:
             got = await client.config_get(name, target_nodes=node)
         else:
             got = await client.config_get(name)
-    except (NoPermissionError, ResponseError):
+    except (NoPermissionError, ResponseError) as exc:
+        text = str(exc)
+        if isinstance(exc, NoPermissionError) or NOPERM.search(text) or "unknown command" in text:
+            with contextlib.suppress(TypeError):
+                _CONFIG_REFUSED.add(client)
         return None
     if not got:
         return ""
