@@ -1,7 +1,8 @@
 """Child process of ``ProcessPool``: reads job frames on stdin, writes outcome frames.
 
-Run as ``python -m kitium_queue._child``. Anything the processor prints goes to stderr;
-stdout carries only frames.
+Started by ``procpool`` (``procpool._BOOT``: ``main(spec)`` with the worker's pid as
+``sys.argv[1]``); ``python -m kitium_queue._child`` runs it too. Anything the processor
+prints goes to stderr; stdout carries only frames.
 
 The rules are those of a run in the worker's own process (async and thread mode):
 
@@ -17,20 +18,38 @@ The rules are those of a run in the worker's own process (async and thread mode)
   (a ``BaseException`` that is not an ``Exception`` is a failure like any error;
   ``KeyboardInterrupt`` and ``SystemExit`` end the child, which the parent reports as
   ``ChildProcessDied``).
+
+How it lives (``procpool``): SIGINT and SIGTERM are ignored (a signal to the worker's
+whole process group stops the worker, which ends its children itself), and restored in
+a process the processor forks (``os.fork``, ``multiprocessing``); one it executes gets
+them back anyway. It dies with the worker: ``PR_SET_PDEATHSIG`` on Linux, a thread
+watching its parent elsewhere. Progress and log frames carry the run's token, and a
+``ChildJob`` refuses them (``LeaseLostError``, as in-process) once its run ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.machinery
 import os
+import signal
 import struct
 import sys
+import threading
+import time
 from typing import Any, BinaryIO
 
 import orjson
 
 from .codec import Serializer, encode_progress
-from .errors import NonRetryableError, RateLimited, RetryLater, SerializationError
+from .errors import (
+    LeaseLostError,
+    NonRetryableError,
+    RateLimited,
+    RetryLater,
+    SerializationError,
+)
 from .limits import (
     MAX_ERROR_CHARS,
     MAX_LOG_LINE_CHARS,
@@ -44,16 +63,19 @@ _LEN = struct.Struct("!I")
 #: Encodes results and progress values: plain JSON (the parent applies the queue's
 #: codecs), checked like job data.
 _JSON = Serializer(())
+_START = b'{"t":"start"}'
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class ChildJob:
     """The job a processor receives in a child process (the fields of ``Job``).
 
     ``update_progress_sync`` and ``log_sync`` are forwarded to the parent, which records
-    them under the job's lease.
+    them under the job's lease; once the processor returned they raise
+    ``LeaseLostError`` (a thread it left behind cannot write into a later job).
     """
 
-    def __init__(self, fields: dict[str, Any], out: BinaryIO) -> None:
+    def __init__(self, fields: dict[str, Any], out: BinaryIO, run: int = 0) -> None:
         self.id: str = fields["id"]
         self.name: str = fields["name"]
         self.data: Any = fields["data"]
@@ -65,16 +87,29 @@ class ChildJob:
         self.queue_name: str = fields["queue_name"]
         self.progress: Any = None
         self._out = out
+        self._run = run
+        #: The processor has not returned yet.
+        self.live = True
 
     def update_progress_sync(self, value: Any) -> None:
         """Record progress; raises ``SerializationError`` for a value JSON would change
         and ``PayloadTooLargeError`` above ``MAX_PROGRESS_BYTES``, as in-process."""
+        self._check_live()
         self.progress = value
         raw = encode_progress(self.id, value)
-        _send(self._out, b'{"t":"progress","v":' + raw + b"}")
+        _send(self._out, b'{"t":"progress","r":%d,"v":%b}' % (self._run, raw))
 
     def log_sync(self, message: str) -> None:
-        _write(self._out, {"t": "log", "v": _text(message, MAX_LOG_LINE_CHARS)})
+        """Append a log line to the job."""
+        self._check_live()
+        _write(self._out, {"t": "log", "r": self._run, "v": _text(message, MAX_LOG_LINE_CHARS)})
+
+    def _check_live(self) -> None:
+        if not self.live:
+            raise LeaseLostError(
+                f"job {self.id} ({self.name}) has ended in this child process: its "
+                "progress and log lines can no longer be recorded"
+            )
 
 
 def _text(value: object, limit: int) -> str:
@@ -144,7 +179,90 @@ def _resolve(path: str) -> Any:
     return obj
 
 
-def main() -> None:
+def _ignore_stop_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: sent to the worker's whole process group, they stop the worker,
+    which ends this child itself (a handler, not ``SIG_IGN``: exec resets it)."""
+
+
+def _restore_stop_signals() -> None:
+    """In a process forked by the processor: SIGINT and SIGTERM act as usual again."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _shield_stop_signals() -> None:
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _ignore_stop_signal)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_restore_stop_signals)
+
+
+def _die_with_parent() -> None:
+    """End with the worker's process (killed, crashed): a job running here would
+    otherwise go on beside its run by the worker that took it over. The worker's pid is
+    ``sys.argv[1]`` (nothing is done without it)."""
+    try:
+        parent = int(sys.argv[1])
+    except (IndexError, ValueError):
+        return
+    armed = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it ended before the signal was armed
+        os._exit(1)
+    if not armed:
+        threading.Thread(
+            target=_watch_parent, args=(parent,), name="kq-parent-watch", daemon=True
+        ).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # this child and what its jobs started
+    os._exit(1)
+
+
+class _PackageInit:
+    """Runs the package's ``__init__`` (left out at start: ``procpool._BOOT``) the first
+    time an attribute of the package is asked for that is not one of its modules (``from
+    kitium_queue import JobQueue`` in a processor's module): installed as the package's
+    ``__getattr__``, removed before the ``__init__`` runs. Its modules import as usual
+    meanwhile (each once: the package object stays the same)."""
+
+    def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
+        self.spec = spec
+        self.package = sys.modules[spec.name]
+
+    def install(self) -> None:
+        vars(self.package)["__getattr__"] = self.attribute
+
+    def attribute(self, name: str) -> Any:
+        where = self.spec.submodule_search_locations
+        if importlib.machinery.PathFinder.find_spec(f"{self.spec.name}.{name}", where):
+            # A module of the package (``from kitium_queue import job``): the import
+            # system loads it when this says it is not there yet.
+            raise AttributeError(name)
+        if vars(self.package).get("__getattr__") == self.attribute:
+            del vars(self.package)["__getattr__"]
+            assert self.spec.loader is not None
+            self.spec.loader.exec_module(self.package)
+        return getattr(self.package, name)
+
+
+def main(spec: importlib.machinery.ModuleSpec | None = None) -> None:
+    """Serve jobs until stdin ends. ``spec``: the package's, when its ``__init__`` was
+    left out at start (``procpool._BOOT``)."""
+    _die_with_parent()
+    _shield_stop_signals()
+    if spec is not None:
+        _PackageInit(spec).install()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the processor's prints go to stderr, never into the frame stream
     inp = sys.stdin.buffer
@@ -154,21 +272,29 @@ def main() -> None:
         if len(head) < _LEN.size:
             return
         msg = orjson.loads(inp.read(_LEN.unpack(head)[0]))
-        # Acknowledged before anything runs: a child that ends before this frame (one
-        # that died while idle) never started the job, which the parent runs elsewhere.
-        _send(out, b'{"t":"start"}')
         for p in msg.get("path", []):
             if p not in sys.path:
                 sys.path.append(p)
+        job = None
         try:
             fn = cache.get(msg["fn"])
             if fn is None:
                 fn = cache[msg["fn"]] = _resolve(msg["fn"])
-            frame = _result_frame(fn(ChildJob(msg["job"], out)))
+            job = ChildJob(msg["job"], out, msg.get("run", 0))
+            # Sent once the processor is at hand (its module imported), just before it
+            # runs: the parent's timeout of the run counts from here, and a child that
+            # ends before this frame never started the job, which runs elsewhere.
+            _send(out, _START)
+            frame = _result_frame(fn(job))
         except (KeyboardInterrupt, SystemExit):
             raise  # end the child, as they end the worker's process in-process
         except BaseException as exc:  # a custom abort signal too: a failure like any error
+            if job is None:
+                _send(out, _START)  # the processor cannot be had: the job fails with why
             frame = _error_frame(exc)
+        finally:
+            if job is not None:
+                job.live = False
         _send(out, frame)
 
 

@@ -11,6 +11,7 @@ construction, the option registry (``jobspec``) and the lifecycle subscribers
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
 __all__ = ["CONNECT_TIMEOUT_S", "QueueContext", "redacted_views"]
 
 _REDACTING: ContextVar[bool] = ContextVar("kq_redacting", default=False)
+# Binding a queue to an event loop: threads' loops may race for a fresh queue.
+_BINDING = threading.Lock()
 
 
 @contextmanager
@@ -242,24 +245,43 @@ class QueueContext:
         if self._client is not None:
             self.in_its_loop()
             return self._client
-        if self._connect_lock is None:
-            self._connect_lock = asyncio.Lock()
-        async with self._connect_lock:
+        self.in_its_loop()  # bound before the first await: another loop is refused
+        lock = self._connect_lock
+        assert lock is not None  # made when the loop was bound
+        async with lock:
             if self._client is None:
                 self._client = await self._connect()
-                self._loop = asyncio.get_running_loop()
         return self._client
 
-    def in_its_loop(self) -> None:
-        """Refuse a call from another event loop than the one the queue's connections
-        belong to: there it hung, or failed 15 s later with "Event loop is closed" after
-        its job was written. ``close()`` frees the queue for another loop."""
+    def in_its_loop(
+        self, owner: asyncio.AbstractEventLoop | None = None
+    ) -> asyncio.AbstractEventLoop:
+        """The running event loop, once checked to be the queue's: the first call binds
+        the queue to it, before anything is awaited, so that of several loops starting at
+        once (threads, ``asyncio.run`` per call) one goes on and the others are refused
+        at once, with nothing written (they hung, or joined the first loop's batch and
+        connect lock). A loop that ended before the queue connected frees it; one that
+        connected keeps it until ``close()``. ``owner``: refuse also a loop other than
+        this one, unless it is closed (the loop of a batch under way)."""
         loop, bound = asyncio.get_running_loop(), self._loop
-        if bound is None or bound is loop or self._client is None:
-            return
-        raise RuntimeError(
-            f"queue {self.name!r} is used from another event loop than the one its "
-            f"connections belong to ({'now closed' if bound.is_closed() else 'another'}; "
+        if owner is not None and owner is not loop:
+            if not owner.is_closed():
+                raise self._elsewhere(owner)
+        elif bound is loop:
+            return loop
+        with _BINDING:
+            bound = self._loop
+            if bound is None or (self._client is None and bound.is_closed()):
+                self._loop, self._connect_lock = loop, asyncio.Lock()
+                return loop
+        if bound is loop:
+            return loop
+        raise self._elsewhere(bound)
+
+    def _elsewhere(self, bound: asyncio.AbstractEventLoop) -> RuntimeError:
+        return RuntimeError(
+            f"queue {self.name!r} is used from another event loop than the one it belongs "
+            f"to, where it was first used ({'now closed' if bound.is_closed() else 'another'}; "
             "asyncio.run and asgiref's async_to_sync start a new loop per call, and a "
             "forked process cannot use its parent's). Create one JobQueue per event loop "
             "and process, await queue.close() before using it in another loop, or call "

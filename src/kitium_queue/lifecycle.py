@@ -17,7 +17,15 @@ never ends up with a worker it cannot stop or a processor its worker does not ru
   the queue runs here is used from its next job of that name (the worker resolves its
   processors again) and announced at once (its presence record, which ``explain`` and
   other processes' hand-offs read).
-* ``detached``, ``stop_services``, ``end_tasks`` — steps of ``Worker.start`` / ``stop``.
+* ``detached``, ``stop_services``, ``end_tasks`` — steps of ``Worker.start`` / ``stop``;
+  ``STOPPING`` and ``force_stops``: the stops under way, which a second SIGTERM/SIGINT
+  forces (``serving.py``).
+* ``close()`` from another event loop than the worker's: the stop is handed to the
+  worker's loop and awaited when that loop runs (a worker in a thread of its own); a
+  worker whose loop is gone (it ended without ``close()``: a failed test, a notebook
+  cell) is forgotten, its jobs left leased until their leases expire, and the queue
+  serves the next loop. Before, such a ``close()`` failed for ever ("Event loop is
+  closed"), or blocked 35 s and then failed.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +49,11 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 __all__ = [
+    "STOPPING",
     "Lifecycle",
     "detached",
     "end_tasks",
+    "force_stops",
     "inside",
     "job_name_for_processor",
     "mark_inside",
@@ -55,6 +66,26 @@ log = get_logger("kitium_queue.worker")
 # The worker whose pump or waker (or a job they launched, or a task started from one)
 # runs the current task.
 _INSIDE: contextvars.ContextVar[Any] = contextvars.ContextVar("kq_inside_worker", default=None)
+
+#: The workers of this process whose stop is under way (``Worker.stop`` adds itself, and
+#: leaves once stopped).
+STOPPING: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+def force_stops(loop: asyncio.AbstractEventLoop, why: str) -> None:
+    """Force the stops under way of the workers running in ``loop`` (``Worker.force``),
+    saying so: a second SIGTERM/SIGINT (``why``) during a graceful stop."""
+    workers = [w for w in list(STOPPING) if w.runner.loop is loop]
+    for worker in workers:
+        worker.force()
+    if workers:
+        log.warning(
+            "%s received again: stopping %d worker(s) at once: running jobs are handed "
+            "back now, and outcomes Redis has not taken yet are left (those jobs run again "
+            "once their leases expire)",
+            why,
+            len(workers),
+        )
 
 
 def mark_inside(worker: Any) -> None:
@@ -178,6 +209,10 @@ class Lifecycle:
     async def close(self) -> None:
         """Stop the worker (if any), then release the connections (``JobQueue.close``)."""
         q, worker = self.queue, self.worker
+        owner = self._owner()
+        if owner is not None and owner is not asyncio.get_running_loop():
+            await self._close_from_elsewhere(owner)
+            return
         if worker is not None and inside(worker):
             await worker.stop()  # starts the stop and returns: it waits for this caller
             if self._closing is None:
@@ -190,6 +225,46 @@ class Lifecycle:
             await self.worker.stop()
         await q.emitter.drain()
         await q.ctx.close()
+
+    def _owner(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop of the running worker, or of a start under way (None: none)."""
+        if self._starting is not None:
+            return self._starting.get_loop()
+        worker = self.worker
+        return worker.runner.loop if worker is not None and worker.running else None
+
+    async def _close_from_elsewhere(self, owner: asyncio.AbstractEventLoop) -> None:
+        """``close()`` from another loop than the worker's (module docstring)."""
+        q = self.queue
+        if owner.is_running():
+            done = asyncio.run_coroutine_threadsafe(self.close(), owner)
+            try:
+                await asyncio.shield(asyncio.wrap_future(done))
+                return
+            except asyncio.CancelledError:
+                if not done.cancelled():
+                    raise  # this caller was cancelled: the stop goes on in its own loop
+            # Cancelled there: the worker's loop is ending (asyncio.run cancels its tasks).
+        elif not owner.is_closed():
+            raise RuntimeError(
+                f"close() of queue {q.name!r} awaited in another event loop than its "
+                "worker's, which is not running now: await close() in the worker's loop"
+            )
+        worker, self.worker = self.worker, None
+        if worker is not None and worker.running:
+            log.warning(
+                "queue %s: worker %s was left running when its event loop ended (close() "
+                "was not awaited in that loop); forgotten now: the jobs it held stay leased "
+                "and run again once their leases expire (lock_duration=%d ms)",
+                q.name,
+                worker.id,
+                q.lock_duration_ms,
+            )
+            worker.running = False
+            self.running.discard(worker)
+            STOPPING.discard(worker)
+        self._starting = self._closing = None
+        await q.ctx.close()  # its connections belong to that loop: dropped, not awaited
 
     async def settled(self) -> None:
         """Wait for a close a job started (``close`` from inside the worker) to finish."""

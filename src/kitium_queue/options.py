@@ -553,18 +553,25 @@ class WorkerConfig:
             back to the queue (default 30000).
         scheduler: run the schedule loop in this worker (default True); any number of
             workers may run it, each tick is enqueued once.
+        max_jobs_per_child: ``mode="process"`` children are replaced after this many
+            jobs each (memory a processor leaks is given back); None (the default):
+            a child serves jobs for as long as it lives.
     """
 
     concurrency: int = 20
     limiter: LimiterConfig | Mapping[str, Any] | None = None
     shutdown_timeout: Duration = 30_000
     scheduler: bool = True
+    max_jobs_per_child: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheduler, bool):
             raise ConfigurationError(
                 f"worker.scheduler must be True or False, got {shown(self.scheduler)}"
             )
+        if self.max_jobs_per_child is not None:
+            what = "worker.max_jobs_per_child"
+            to_int(self.max_jobs_per_child, what, minimum=1, maximum=MAX_COUNT)
 
 
 @dataclass(slots=True)

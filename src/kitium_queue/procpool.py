@@ -1,31 +1,55 @@
 """Process-pool execution of plain processors, with hard timeouts.
 
 Opt in per processor with ``queue.process(name, fn, mode="process")``. Each child is a
-``python -m kitium_queue._child`` process that runs one job at a time; a run that passes
-its timeout (or is cancelled) has its child killed and replaced, so a hung C extension
-or an endless loop cannot hold a slot. Nothing is pickled and the parent's ``__main__``
-is never re-imported: the function travels as its import path, the job and the outcome
-as length-prefixed JSON frames over the child's stdin/stdout. Results and progress are
-encoded in the child by the codec's own ``Serializer`` (its round-trip rule holds as in
-the other modes); a result it refused comes back as a ``codec.RefusedValue``, which the
-runner's encoding refuses again with the same ``SerializationError``, so the job fails
-for good with the reason it would have in-process.
+Python process (``_BOOT``, then ``kitium_queue._child``) that runs one job at a time; a
+run that passes its timeout (or is cancelled) has its child killed and replaced, so a
+hung C extension or an endless loop cannot hold a slot. Nothing is pickled and the
+parent's ``__main__`` is never re-imported: the function travels as its import path, the
+job and the outcome as length-prefixed JSON frames over the child's stdin/stdout. Results
+and progress are encoded in the child by the codec's own ``Serializer`` (its round-trip
+rule holds as in the other modes); a result it refused comes back as a
+``codec.RefusedValue``, which the runner's encoding refuses again with the same
+``SerializationError``, so the job fails for good with the reason it would have
+in-process.
 
-The child acknowledges each job (a ``start`` frame) before it runs it: a child that ends
-before that (one that died while idle, killed or ended by a thread its last job left
-behind) never started the job, which is sent to a fresh child instead of failing. Job
-data the child cannot be sent (a process middleware may have replaced it) fails the job
-for good before any child is taken.
+How a child lives and ends:
+
+* it runs in a session (process group) of its own and ignores SIGINT and SIGTERM: a
+  signal to the worker's whole group (Ctrl-C in a terminal, a service manager stopping
+  the unit) stops the worker gracefully and leaves the children to it, as in the other
+  modes; it dies with the worker's process (``_child``: a parent-death signal on Linux,
+  a watch of its parent elsewhere), so a worker killed outright leaves no job running;
+* killing it (timeout, ``cancel_job``, shutdown past its grace, a child past
+  ``max_jobs_per_child``) kills its whole group: what its processor started goes too;
+* its exit is noticed as such (``_Protocol``), even while a process it forked keeps its
+  stdout open: the frames still in the pipe are read for ``EXIT_GRACE_S``, then the run
+  fails with ``ChildProcessDied``.
+
+The child acknowledges each job (a ``start`` frame) once it has the processor (its module
+imported) and calls it: a child that ends before that (one that died while idle, killed
+or ended by a thread its last job left behind) never started the job, which is sent to a
+fresh child instead of failing. The run's timeout is stopped from the moment a child is
+taken until that frame (``_Clock``): starting Python and importing the processor's
+module (seconds, and again for each fresh child after a timeout killed one) is never
+charged to the processor, which could otherwise never finish a short timeout; that
+start is bounded by ``START_TIMEOUT_S`` instead (``ChildStartTimeout``). Progress and log
+frames carry the run they belong to: one a thread of an earlier job sends late is
+dropped. Job data the child cannot be sent (a process middleware may have replaced it)
+fails the job for good before any child is taken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import itertools
+import os
 import signal
 import struct
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -39,16 +63,49 @@ from .errors import (
 )
 from .limits import safe_text
 
-__all__ = ["ProcessPool", "RemoteError", "import_path"]
+if TYPE_CHECKING:
+    from .job import Job
+    from .leases import Run
+    from .options import WorkerConfig
+    from .runner import Timeouts
+
+__all__ = ["EXIT_GRACE_S", "START_TIMEOUT_S", "ProcessPool", "RemoteError", "import_path"]
 
 _LEN = struct.Struct("!I")
 #: Checks and encodes the job data sent to a child: plain JSON, by the round-trip rule of
 #: job data (the child receives what the processor would in-process, or the job fails).
 _JSON = Serializer(())
+#: Longest a child may take from being given a job to starting its processor (starting
+#: Python, importing the processor's module); past it the child is killed and the run
+#: fails with ``ChildStartTimeout`` (retried like any failure). The run's own timeout
+#: does not run meanwhile.
+START_TIMEOUT_S = 120.0
+#: After a child exited, how long the frames it wrote are still read from its stdout
+#: before the pipe is given up (a process it forked may hold it open for ever).
+EXIT_GRACE_S = 1.0
+#: What a child runs (``python -c``, the worker's pid as its argument): the package's
+#: modules are found without running its ``__init__`` (which imports every feature, a
+#: second or more), so a child loads only what ``_child`` needs; ``_child`` runs the
+#: ``__init__`` when anything else asks for the package.
+_BOOT = (
+    "import importlib.util as u, sys; s = u.find_spec('kitium_queue'); "
+    "sys.modules[s.name] = u.module_from_spec(s); from kitium_queue._child import main; main(s)"
+)
+
+Relay = Callable[["Job", str, Any], Awaitable[None]]
 
 
 def import_path(fn: Any) -> str:
-    """``module:qualname`` of a module-level function; rejects lambdas and closures."""
+    """``module:qualname`` of a module-level function (or a class's method reached
+    through its class); rejects lambdas, closures, partials and methods bound to an
+    instance, which a child process cannot rebuild from a name."""
+    if inspect.ismethod(fn) and not inspect.isclass(fn.__self__):
+        raise ConfigurationError(
+            f"mode='process' needs a module-level function importable by the child process "
+            f"(got the method {getattr(fn, '__qualname__', '?')!r} bound to an instance: the "
+            "child would import the plain function, without its instance); register a "
+            "module-level function that calls it"
+        )
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
     if not module or not qualname or "<" in qualname or module == "__main__":
@@ -75,13 +132,69 @@ class _DiedIdle(Exception):
     """The child ended before it acknowledged the job sent to it: it never started it."""
 
 
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The streams of a child, and its exit as soon as it happens: ``EXIT_GRACE_S``
+    later its stdout is closed here, so a process it forked that keeps the pipe open
+    cannot hide its death (the run fails with ``ChildProcessDied``, not its timeout)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self._exit_loop = loop
+        self._sub: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self._sub = transport
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self._exit_loop.call_later(EXIT_GRACE_S, self._give_up_stdout)
+
+    def _give_up_stdout(self) -> None:
+        pipe = None if self._sub is None else self._sub.get_pipe_transport(1)
+        if pipe is not None and not pipe.is_closing():
+            pipe.close()  # the reader sees EOF after what was read (IncompleteReadError)
+
+
+class _Clock:
+    """The timeout of one run, stopped while a child gets ready to start the processor
+    (module docstring). Without ``timeouts`` (or a timeout) it does nothing."""
+
+    __slots__ = ("_left", "_run", "_since", "_timeouts")
+
+    def __init__(self, run: Run, timeouts: Timeouts | None) -> None:
+        self._run, self._timeouts = run, timeouts
+        self._left: float | None = None
+        self._since = 0.0
+
+    def pause(self) -> None:
+        run, timeouts = self._run, self._timeouts
+        if timeouts is None or timeouts.loop is None or run.deadline is None:
+            return  # no timeout, or it passed already (the cancellation is on its way)
+        self._since = now = timeouts.loop.time()
+        self._left = run.deadline - now
+        run.deadline = None  # its entry in the timer's heap is skipped from now on
+
+    def resume(self) -> None:
+        left, timeouts = self._left, self._timeouts
+        if left is None or timeouts is None or timeouts.loop is None:
+            return
+        self._left = None
+        timeouts.watch(self._run, timeouts.loop.time() + left)
+
+
 class _Child:
-    __slots__ = ("done", "proc")
+    __slots__ = ("done", "expired", "jobs", "proc")
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         #: It sent the outcome of the job it was given (and may take the next one).
         self.done = False
+        #: Killed because it did not start the processor within START_TIMEOUT_S.
+        self.expired = False
+        #: Jobs it ran to an outcome.
+        self.jobs = 0
 
     async def send(self, payload: bytes) -> None:
         assert self.proc.stdin is not None
@@ -95,9 +208,10 @@ class _Child:
 
     async def exit_status(self) -> str:
         """How the child ended, for an error message: its exit code, or the signal that
-        killed it (the code is waited for briefly: the pipe closes before it is known)."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.proc.wait(), 2)
+        killed it (the code is waited for briefly: the pipe may close before it is known)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 2)
         code = self.proc.returncode
         if code is None:
             return "exit code unknown"
@@ -107,28 +221,47 @@ class _Child:
             return f"killed by signal {-code}"
         return f"exit code {code}"
 
-    async def kill(self) -> None:
+    def kill_group(self) -> None:
+        """SIGKILL to the child's process group (it leads its own session): the child
+        and every process its processors started and left in it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError, AttributeError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
+
+    def expire(self) -> None:
+        """``START_TIMEOUT_S`` passed before the child started the processor."""
+        self.expired = True
+        self.kill_group()
+
+    async def kill(self) -> None:
+        self.kill_group()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.proc.wait(), 5)
 
 
 class ProcessPool:
-    """Up to ``size`` child processes, started on demand."""
+    """Up to ``size`` child processes, started on demand; each is replaced after
+    ``config.max_jobs_per_child`` jobs when that is set (else reused while it lives)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, config: WorkerConfig | None = None) -> None:
         self.size = size
+        self.max_jobs_per_child = None if config is None else config.max_jobs_per_child
         self._idle: list[_Child] = []
         self._free = asyncio.Semaphore(size)
+        self._runs = itertools.count(1)
 
-    async def run(self, fn_path: str, job: Any, on_message: Any) -> Any:
-        """Run ``fn_path`` on ``job`` in a child; returns the result (a ``RefusedValue``
-        when the child's codec refused it) or raises.
+    async def run(
+        self, fn_path: str, run: Run, on_message: Relay, timeouts: Timeouts | None = None
+    ) -> Any:
+        """Run ``fn_path`` on ``run``'s job in a child; returns the result (a
+        ``RefusedValue`` when the child's codec refused it) or raises.
 
-        ``on_message(kind, value)`` is awaited for progress/log messages. Cancelling the
-        call kills the child (hard timeout).
+        ``on_message(job, kind, value)`` is awaited for the run's progress/log messages.
+        ``timeouts``: the worker's timer, whose deadline for ``run`` is stopped until the
+        child starts the processor. Cancelling the call kills the child (hard timeout).
         """
+        job = run.job
         # Encoded before a child is taken: data the child cannot be sent (a process
         # middleware may have replaced it) fails the job and costs no child.
         try:
@@ -149,21 +282,26 @@ class ProcessPool:
                 "queue_name": job.queue_name,
             }
         )
-        head = orjson.dumps({"fn": fn_path, "path": sys.path})
+        token = next(self._runs)
+        head = orjson.dumps({"fn": fn_path, "path": sys.path, "run": token})
         payload = b'%b,"job":%b,"data":%b}}' % (head[:-1], fields[:-1], data)
+        clock = _Clock(run, timeouts)
         async with self._free:
-            child = self._take()
-            if child is None:
-                child = await self._spawn()
+            clock.pause()
+            limit = asyncio.get_running_loop().time() + START_TIMEOUT_S
+            child: _Child | None = None
             try:
+                child = self._take() or await self._spawn()
                 for fresh in (False, True):
                     try:
-                        return await self._exchange(child, payload, on_message)
+                        return await self._exchange(
+                            child, payload, token, job, on_message, clock, limit
+                        )
                     except _DiedIdle:
                         if fresh:
                             raise RemoteError(
                                 "ChildProcessDied",
-                                "a new child process exited before it read the job "
+                                "a new child process exited before it started the processor "
                                 f"({await child.exit_status()})",
                                 "",
                             ) from None
@@ -175,6 +313,8 @@ class ProcessPool:
                         child = await self._spawn()
                 raise AssertionError("unreachable")  # pragma: no cover
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError) as exc:
+                if child is None:  # starting one failed
+                    raise
                 raise RemoteError(
                     "ChildProcessDied",
                     f"the child process running the job exited ({await child.exit_status()}, "
@@ -182,17 +322,35 @@ class ProcessPool:
                     "",
                 ) from None
             finally:
-                if child.done:  # it sent the job's outcome: ready for the next job
-                    child.done = False
-                    self._idle.append(child)
-                else:
-                    await asyncio.shield(child.kill())
+                clock.resume()
+                if child is not None:
+                    await self._release(child)
+
+    async def _release(self, child: _Child) -> None:
+        """After a run: a child that sent the job's outcome is ready for the next job
+        (unless it ran ``max_jobs_per_child``); any other is killed, with its group."""
+        if child.done:
+            child.done = False
+            child.jobs += 1
+            if self.max_jobs_per_child is None or child.jobs < self.max_jobs_per_child:
+                self._idle.append(child)
+                return
+        await asyncio.shield(child.kill())
 
     @staticmethod
-    async def _exchange(child: _Child, payload: bytes, on_message: Any) -> Any:
+    async def _exchange(
+        child: _Child,
+        payload: bytes,
+        token: int,
+        job: Job,
+        on_message: Relay,
+        clock: _Clock,
+        limit: float,
+    ) -> Any:
         """Send the job to ``child`` and read its frames to the outcome. Raises
         ``_DiedIdle`` when the child ends before it acknowledged the job."""
         started = False
+        timer = asyncio.get_running_loop().call_at(limit, child.expire)
         try:
             await child.send(payload)
             while True:
@@ -200,6 +358,8 @@ class ProcessPool:
                 t = msg["t"]
                 if t == "start":
                     started = True
+                    timer.cancel()
+                    clock.resume()  # the processor runs: its timeout runs again
                     continue
                 if t == "result":
                     child.done = True
@@ -209,25 +369,23 @@ class ProcessPool:
                     return RefusedValue(msg["msg"])
                 if t == "error":
                     child.done = True
-                    text = msg["msg"]
-                    if msg["type"] not in ("NonRetryableError", "RetryLater", "RateLimited"):
-                        text = f"{msg['type']}: {text}"
-                    if msg["kind"] == "nonretryable":
-                        err: Exception = NonRetryableError(text)
-                        # The child's frames, for the job's recorded traceback.
-                        setattr(err, "remote_traceback", msg["tb"])  # noqa: B010
-                        raise err
-                    if msg["kind"] == "retrylater":
-                        scope = msg.get("scope")
-                        if scope in RateLimited.SCOPES:
-                            raise RateLimited(msg["delay"], text, scope=scope)
-                        raise RetryLater(msg["delay"], text)
-                    raise RemoteError(msg["type"], msg["msg"], msg["tb"])
-                await on_message(t, msg["v"])
+                    _raise_remote(msg)
+                if msg.get("r") == token:  # not one a thread of an earlier job sent late
+                    await on_message(job, t, msg["v"])
         except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
+            if child.expired:
+                raise RemoteError(
+                    "ChildStartTimeout",
+                    f"the child process did not start the processor within "
+                    f"{START_TIMEOUT_S:g} s (starting Python and importing the processor's "
+                    "module); the processor never ran",
+                    "",
+                ) from None
             if started:
                 raise
             raise _DiedIdle() from None
+        finally:
+            timer.cancel()
 
     def _take(self) -> _Child | None:
         """An idle child still alive (the dead ones are dropped), or None."""
@@ -239,16 +397,38 @@ class ProcessPool:
 
     @staticmethod
     async def _spawn() -> _Child:
-        proc = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _Protocol(loop),
             sys.executable,
-            "-m",
-            "kitium_queue._child",
+            "-c",
+            _BOOT,
+            str(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
-        return _Child(proc)
+        return _Child(asyncio.subprocess.Process(transport, protocol, loop))
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for child in idle:
             await child.kill()
+
+
+def _raise_remote(msg: dict[str, Any]) -> None:
+    """Raise what an ``error`` frame says the processor raised."""
+    text = msg["msg"]
+    if msg["type"] not in ("NonRetryableError", "RetryLater", "RateLimited"):
+        text = f"{msg['type']}: {text}"
+    if msg["kind"] == "nonretryable":
+        err: Exception = NonRetryableError(text)
+        # The child's frames, for the job's recorded traceback.
+        setattr(err, "remote_traceback", msg["tb"])  # noqa: B010
+        raise err
+    if msg["kind"] == "retrylater":
+        scope = msg.get("scope")
+        if scope in RateLimited.SCOPES:
+            raise RateLimited(msg["delay"], text, scope=scope)
+        raise RetryLater(msg["delay"], text)
+    raise RemoteError(msg["type"], msg["msg"], msg["tb"])

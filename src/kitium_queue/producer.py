@@ -87,7 +87,7 @@ class Producer:
     def __init__(self, ctx: QueueContext, middleware: list[EnqueueMiddleware]) -> None:
         self.ctx = ctx
         self.middleware = middleware
-        self._batching = False
+        self._batching: asyncio.AbstractEventLoop | None = None  # the loop of the batch in flight
         self._pending: list[tuple[PreparedJob, asyncio.Future[str], Mapping[str, Any]]] = []
         self._bg: set[asyncio.Future[None]] = set()
         #: Whether the user's rights to the enqueue script's commands were checked.
@@ -170,18 +170,20 @@ class Producer:
         kwargs: dict[str, Any],
     ) -> str:
         """``JobQueue.add_job`` (documented there)."""
-        self.ctx.in_its_loop()  # before joining a batch another loop's task sends
+        loop = self.ctx.in_its_loop()  # binds the queue to this loop, or refuses another
         opts = {**options_dict(options), **kwargs} if options is not None else kwargs
         if self.middleware:
             job_name, data, opts = await self.through_middleware(job_name, data, opts)
         prepared = self.prepare(job_name, data, opts)
-        if self._batching:
-            # Another add_job is in flight: ride along in the next batch (one round trip
-            # for every add_job issued meanwhile, e.g. from many coroutines).
-            fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self._batching is not None and self._batching is not loop:
+            self.ctx.in_its_loop(self._batching)  # another loop's batch: refused, unless
+            self._batching, self._pending = None, []  # its loop (and callers) are gone
+        if self._batching is not None:
+            # Another add_job of this loop is in flight: ride along in its next batch.
+            fut: asyncio.Future[str] = loop.create_future()
             self._pending.append((prepared, fut, opts))
             return await fut
-        self._batching = True
+        self._batching = loop
         try:
             ids = await self.enqueue([prepared], [opts])
         except JobRefusedError as exc:
@@ -194,7 +196,7 @@ class Producer:
                 self._bg.add(task)
                 task.add_done_callback(self._bg.discard)
             else:
-                self._batching = False
+                self._batching = None
         return ids[0]
 
     def script_args(self, prepared: Sequence[PreparedJob]) -> list[Any]:
@@ -284,7 +286,7 @@ class Producer:
                     if not fut.done():
                         fut.set_result(job_id)
         finally:
-            self._batching = False
+            self._batching = None
 
     async def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
         """``JobQueue.add_jobs`` (documented there)."""

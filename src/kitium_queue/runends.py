@@ -19,14 +19,26 @@ exceptions that need care on the way to an outcome.
   task ended without an outcome (an error escaping ``Runner.run`` itself, a task
   cancelled before it started) is given one there, so its slot is never leaked and its
   job never stays ``active`` under a worker that keeps renewing its lease.
+* ``DaemonThreads``: the thread pool of plain ``def`` processors, of daemon threads the
+  interpreter does not wait for at exit; ``leave_threads`` / ``wait_unless``: the end of
+  a graceful stop's grace period. A thread cannot be stopped: a ``def`` processor still
+  running then is left, its job leased and nothing recorded (handed back, it ran again
+  at once on another worker while this thread went on, and the process waited for the
+  thread at exit); its lease, no longer renewed, expires and the job is recovered, as
+  after a crash. A second SIGTERM/SIGINT (``forced``) ends the waits at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
+from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from .job import Job
 from .limits import get_logger, printable
 from .outcomes import describe, safe_name
 
@@ -34,7 +46,19 @@ if TYPE_CHECKING:
     from .leases import Leases, Run
     from .runner import Runner
 
-__all__ = ["FAILING_CANCELS", "PROCESS_EXITS", "RunEnds", "cancelled", "no_stop", "settable"]
+__all__ = [
+    "FAILING_CANCELS",
+    "PROCESS_EXITS",
+    "DaemonThreads",
+    "RunEnds",
+    "cancelled",
+    "grace_period",
+    "in_thread",
+    "leave_threads",
+    "no_stop",
+    "settable",
+    "wait_unless",
+]
 
 #: The messages a run's task is cancelled with when the cancellation fails the run: its
 #: timeout (``runner.Timeouts``) and ``cancel_job`` (``leases``). A stop handing the job
@@ -47,6 +71,7 @@ log = get_logger("kitium_queue.worker")
 PROCESS_EXITS = (KeyboardInterrupt, SystemExit)
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 def cancelled(run: Run) -> bool:
@@ -184,3 +209,155 @@ class RunEnds:
 def _seconds(value: float) -> str:
     """Seconds to the millisecond, without trailing zeros (``0.5``, ``12.346``)."""
     return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+# ---------------------------------------------------------------------- threads
+# The jobs a ``DaemonThreads`` pool runs now: id(job) -> (job, its future).
+_IN_THREAD: dict[int, tuple[Job, Future[Any]]] = {}
+
+
+def in_thread(job: Job) -> bool:
+    """Whether ``job``'s processor runs in a thread of a ``DaemonThreads`` pool now."""
+    entry = _IN_THREAD.get(id(job))
+    return entry is not None and entry[0] is job and not entry[1].done()
+
+
+class DaemonThreads(Executor):
+    """``ThreadPoolExecutor``'s behaviour (up to ``max_workers`` threads, started as
+    needed, idle ones reused; ``shutdown`` as there) with daemon threads: at exit the
+    interpreter joins a ``ThreadPoolExecutor``'s threads, so a processor that ran on
+    past its worker's stop held the process for the rest of its run. ``in_thread``
+    tells which jobs its threads run (a ``Job`` among a call's arguments)."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max, self._name = max_workers, name
+        self._work: SimpleQueue[Any] = SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._shut = False
+        # Dropped without shutdown(): its idle threads end all the same.
+        weakref.finalize(self, self._work.put, None)
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Run ``fn(*args, **kwargs)`` in one of the pool's threads."""
+        fut: Future[_T] = Future()
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._work.put((fut, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
+                thread = threading.Thread(
+                    target=_serve,
+                    args=(self._work, self._idle),
+                    name=f"{self._name}_{len(self._threads)}",
+                    daemon=True,
+                )
+                thread.start()
+                self._threads.append(thread)
+        job = next((a for a in args if isinstance(a, Job)), None)
+        if job is not None:
+            key = id(job)
+            _IN_THREAD[key] = (job, fut)
+            fut.add_done_callback(lambda _: _IN_THREAD.pop(key, None))
+        return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more calls; ``cancel_futures``: drop the calls not started; ``wait``:
+        wait for the threads to end. The threads end once idle."""
+        with self._lock:
+            self._shut = True
+            while cancel_futures:
+                try:
+                    item = self._work.get_nowait()
+                except Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+            self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+def _serve(work: SimpleQueue[Any], idle: threading.Semaphore) -> None:
+    # One thread of a DaemonThreads pool (it holds no reference to the pool itself).
+    while True:
+        item = work.get()
+        if item is None:
+            work.put(None)  # for the next thread: every one ends
+            return
+        fut, fn, args, kwargs = item
+        del item
+        if fut.set_running_or_notify_cancel():
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+            result = None
+        del fut, fn, args, kwargs
+        idle.release()
+
+
+def leave_threads(leases: Leases) -> None:
+    """At the end of a graceful stop's grace period: stop holding the runs whose plain
+    ``def`` processor still runs in its thread (module docstring), recording nothing;
+    their leases expire and the jobs are recovered then."""
+    left = [r for r in leases.runs.values() if in_thread(r.job)]
+    for run in left:
+        run.abandoned = True  # an outcome it reports later is not recorded
+        leases.forget(run)
+        if run.task is not None and not run.task.done():
+            run.task.cancel()  # the awaiting task ends; the thread runs on
+    if left:
+        q = leases.queue
+        log.warning(
+            "worker %s: %d job(s) of queue %s still running in a thread at the end of "
+            "shutdown_timeout were left running there (a thread cannot be stopped); not "
+            "handed back, so they do not run twice at once: left leased, they run again "
+            "once their leases expire (lock_duration=%d ms), and what they return is not "
+            "recorded: %s",
+            leases.worker_id,
+            len(left),
+            q.name,
+            q.lock_duration_ms,
+            ", ".join(printable(r.job.id) for r in left[:10]),
+        )
+
+
+async def grace_period(leases: Leases, grace: float, forced: asyncio.Event) -> None:
+    """A graceful stop's grace period: wait up to ``grace`` seconds for the running jobs
+    (or until ``forced``), leave the plain ``def`` ones still running in their threads
+    (``leave_threads``), hand the rest back (``Leases.wind_down``) and stop holding any
+    that ignores its cancellation (``Leases.drop_stuck``)."""
+    await wait_unless([r.task for r in leases.runs.values() if r.task is not None], grace, forced)
+    leave_threads(leases)
+    await leases.wind_down(0)
+    leases.drop_stuck()
+
+
+async def wait_unless(
+    tasks: Iterable[asyncio.Future[Any]], timeout: float, forced: asyncio.Event
+) -> set[asyncio.Future[Any]]:
+    """Wait up to ``timeout`` seconds for every one of ``tasks`` to end, or until
+    ``forced`` is set; returns those still pending."""
+    pending = {t for t in tasks if not t.done()}
+    if not pending or forced.is_set():
+        return pending
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(timeout, 0)
+    waiter = loop.create_task(forced.wait())
+    try:
+        while pending and not forced.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            done, _ = await asyncio.wait(
+                {*pending, waiter}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            pending -= done
+    finally:
+        waiter.cancel()
+    return pending

@@ -35,12 +35,12 @@ import contextvars
 import functools
 import heapq
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import runends
 from .backoff import UnknownStrategyError, retry_delay
 from .codec import encode_progress
 from .damage import named_key
@@ -229,12 +229,12 @@ class Runner:
                 self.timeouts.watch(run, run.started + run.policy.timeout_ms / 1000)
             if q.process_middleware:
                 result = await run_process_chain(
-                    q.process_middleware, job, functools.partial(self._call, fn, kind, job)
+                    q.process_middleware, job, functools.partial(self._call, fn, kind, run)
                 )
             else:
-                result = await self._call(fn, kind, job)
+                result = await self._call(fn, kind, run)
             run.deadline = None
-            if run.policy.timeout_ms:
+            if run.policy.timeout_ms and kind != "process":  # a child cannot block the loop
                 self._ends.overran(run, loop.time())
             self._completed(run, result)
         except asyncio.CancelledError as exc:
@@ -443,10 +443,10 @@ class Runner:
             self.hooks.emit_progress(q.name, job, value)
 
     # ------------------------------------------------------------------ processors
-    def _new_executor(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(
-            max_workers=self.concurrency, thread_name_prefix=f"kq-{self.queue.name}"
-        )
+    def _new_executor(self) -> runends.DaemonThreads:
+        # Daemon threads: a processor left running at the end of a stop's grace period
+        # (runends.leave_threads) does not hold the process at exit.
+        return runends.DaemonThreads(self.concurrency, f"kq-{self.queue.name}")
 
     def _kind(self, name: str, fn: Callable[..., Any]) -> str:
         # Refused before the worker claims anything (ConfigurationError from start()).
@@ -454,7 +454,7 @@ class Runner:
         mode = self.queue.processor_modes.get(name, "auto")
         if mode == "process":
             if self._pool is None:
-                self._pool = ProcessPool(self.concurrency)
+                self._pool = ProcessPool(self.concurrency, self.queue.worker_config)
             return "process"
         return "async" if runs_async(fn) else "thread"
 
@@ -473,16 +473,13 @@ class Runner:
         self.deferred(run, await self.handoff.missing(run.job.id, name, processors))
         return None
 
-    async def _call(self, fn: Callable[..., Any], kind: str, job: Job) -> Any:
+    async def _call(self, fn: Callable[..., Any], kind: str, run: Run) -> Any:
+        job = run.job
         if kind == "async":
             return await settled(await fn(job))
         if kind == "process":
-            assert self._pool is not None
-
-            async def relay(what: str, value: Any) -> None:
-                await self.update(job, what, value)
-
-            return await self._pool.run(import_path(fn), job, relay)
+            assert self._pool is not None  # (the run's timeout stops while a child starts)
+            return await self._pool.run(import_path(fn), run, self.update, self.timeouts)
         ctx = contextvars.copy_context()
         pool = self._executor
         cf = pool.submit(ctx.run, no_stop, fn, job)

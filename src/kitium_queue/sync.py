@@ -295,11 +295,19 @@ class SyncQueueClient:
         # later and in order: one wake-up of the loop per ANNOUNCE_DELAY_S, not one per
         # job (waking another thread per add would cost more than the add itself).
         self._announcements.append(fn)
+        if self._loop.is_closed():
+            # close() ran under this add, after its job was written: the job is added, so
+            # its caller gets the id, and its hooks run here (the loop thread is gone).
+            self._run_announcements()
+            return
         if not self._announce_armed:
             self._announce_armed = True
-            self._loop.call_soon_threadsafe(
-                self._loop.call_later, ANNOUNCE_DELAY_S, self._run_announcements
-            )
+            try:
+                self._loop.call_soon_threadsafe(
+                    self._loop.call_later, ANNOUNCE_DELAY_S, self._run_announcements
+                )
+            except RuntimeError:  # closed just now
+                self._run_announcements()
 
     def _run_announcements(self) -> None:
         # Disarm first: an add that appends after this point arms the next run itself.
@@ -319,6 +327,8 @@ class SyncQueueClient:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+        if self._announcements:  # of adds that ended as the loop stopped: run them here
+            self._run_announcements()
         # A call handed over as the loop stopped never runs: its caller gets the error.
         for fut in left:
             if not fut.done():

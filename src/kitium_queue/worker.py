@@ -45,7 +45,9 @@ recorded outcomes). ``job-completed`` and other outcome events fire after the fl
 One job's outcome never costs another job its own (``outcomes.py``).
 
 Graceful stop: claim nothing more, let running jobs finish within ``shutdown_timeout``,
-hand the rest back to the queue at once (no attempt spent), flush every outcome. The stop
+hand the rest back to the queue at once (no attempt spent; a plain ``def`` job still in
+its thread is left leased instead: ``runends.py``), flush every outcome (``force()``, a
+second SIGTERM/SIGINT, ends both waits). The stop
 runs in a task of its own (``lifecycle.py``): a caller cancelled part-way leaves it to
 finish, and a job of this worker that asks for it does not wait for itself.
 Every loop survives Redis going away: it logs, backs off (50 ms → 1 s) and carries on
@@ -63,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from . import rounds
+from . import lifecycle, rounds
 from .aclcheck import WORKER_SCRIPTS, check_commands
 from .barrier import UnconfirmedOutcomes
 from .connection import TRANSIENT_ERRORS
@@ -76,6 +78,7 @@ from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
 from .pools import blocking_wait_overran
 from .presence import Presence
+from .runends import grace_period, wait_unless
 from .runner import Runner
 from .scripts import RawCall
 from .wire import CLAIM_HEAD
@@ -95,6 +98,7 @@ _NET_ERRORS = TRANSIENT_ERRORS
 _MAX_IDLE_S = 5.0
 _NEVER_S = 3600.0  # Drained: nothing due at all (the waker's claims look every 5 s)
 _MIN_BACKOFF_S = 0.05
+_FLUSH_MIN_S = 5.0  # the least a stop offers held outcomes to Redis for (unless told)
 # Positions in the claim reply (wire.CLAIM_HEAD).
 _WAKE_IN = CLAIM_HEAD.index("wake_in")
 _TOKEN = CLAIM_HEAD.index("token")
@@ -144,6 +148,7 @@ class Worker:
         self._waker_claiming = 0  # of _claiming: the slots the waker's wait holds
         self._waker_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
+        self._forced = asyncio.Event()  # force(): the stop waits no more
         self._client: Any = None
         self._bclient: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -254,12 +259,16 @@ class Worker:
             "worker %s started on queue %s (concurrency=%d)", self.id, q.name, self.concurrency
         )
 
-    async def stop(self, timeout_ms: int | None = None, *, flush_timeout_ms: int = 30_000) -> None:
+    async def stop(
+        self, timeout_ms: int | None = None, *, flush_timeout_ms: int | None = None
+    ) -> None:
         """Graceful stop; see the module docstring. ``timeout_ms``: how long running jobs
         may take to finish (default ``shutdown_timeout``); ``flush_timeout_ms``: how long
         to keep offering the outcomes and hand-backs this worker holds to an unreachable
         Redis (those jobs run again after their leases expire; a caller that knows the
         server is gone, e.g. a region given up by a failover, passes a short one).
+        Default: what is left of ``timeout_ms`` since the stop began, at least 5 s.
+        ``force()`` (a second SIGTERM/SIGINT) ends both waits at once.
 
         The stop runs in a task of its own: a later call joins it (the first call's
         timeouts apply), and a caller cancelled while it waits leaves it to finish (a
@@ -274,21 +283,31 @@ class Worker:
                 # Before a claim riding on its wait can lease jobs no pump would run.
                 self._waker_task.cancel()
             self._signal.set()
+            lifecycle.STOPPING.add(self)  # a second SIGTERM/SIGINT may force it
             name = f"kq-stop-{self.queue.name}"
             self._stop_task = detached(self._stop(timeout_ms, flush_timeout_ms), name)
         if not inside(self):
             await asyncio.shield(self._stop_task)
 
-    async def _stop(self, timeout_ms: int | None, flush_timeout_ms: int) -> None:
+    def force(self) -> None:
+        """End the waits of a stop under way: running jobs are handed back at once, and
+        outcomes Redis has not taken yet are left (the log says how many)."""
+        self._forced.set()
+
+    async def _stop(self, timeout_ms: int | None, flush_timeout_ms: int | None) -> None:
+        loop, forced = asyncio.get_running_loop(), self._forced
         try:
             await stop_services(self.queue.services, self.id)
             grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
-            await self.leases.wind_down(grace)
-            self.leases.drop_stuck()  # the pumps end once no run is held
+            ends = loop.time() + grace  # by default, the flush may take what is left of it
+            await grace_period(self.leases, grace, forced)  # the pumps end once no run is held
             self._signal.set()
-            _, flushing = await asyncio.wait(self._pumps, timeout=max(flush_timeout_ms, 0) / 1000)
-            if flushing:
-                self.outcomes.report_unflushed(flush_timeout_ms / 1000, unreachable=self._outage)
+            flush_s = max(_FLUSH_MIN_S, ends - loop.time())
+            if flush_timeout_ms is not None:
+                flush_s = max(flush_timeout_ms, 0) / 1000
+            flushing = loop.time()
+            if await wait_unless(self._pumps, flush_s, forced):
+                self.outcomes.report_unflushed(loop.time() - flushing, unreachable=self._outage)
             await end_tasks(self._tasks)
             await self.leases.end_missing_check()
             await self.runner.close()
@@ -303,6 +322,7 @@ class Worker:
                 t.cancel()
             self.running = False
             self.queue.lifecycle.running.discard(self)
+            lifecycle.STOPPING.discard(self)
             self.stopped.set()
         log.info("worker %s stopped (%d jobs processed)", self.id, self.processed)
 
