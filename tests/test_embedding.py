@@ -401,3 +401,34 @@ def test_sync_add_racing_close_returns_its_id_and_runs_its_hooks(
     go_on.set()
     adder.join(HANG_S)
     assert got and got == heard, (got, heard)
+
+
+async def test_a_batch_in_a_thread_past_the_grace_is_left_leased_not_handed_back(
+    make: QueueFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain ``def`` batch function runs in the batches' daemon threads, and its jobs
+    are known to run there: a stop past its grace leaves them leased (before, they ran
+    in the loop's default executor and were handed back while the batch ran on)."""
+    q = make("batchgrace", worker={"shutdown_timeout": 300})
+    running, release = threading.Event(), threading.Event()
+
+    @q.process_batch("b", size=2, min_size=2)
+    def batch(jobs: list[Any]) -> list[str]:
+        running.set()
+        release.wait(HANG_S)
+        return ["late"] * len(jobs)
+
+    ids = await q.add_jobs([("b", {"i": 0}), ("b", {"i": 1})])
+    await q.start()
+    try:
+        await asyncio.wait_for(asyncio.to_thread(running.wait, HANG_S), HANG_S)
+        pool = [t for t in threading.enumerate() if t.name.startswith("kq-batch")]
+        assert pool and all(t.daemon for t in pool)
+        with caplog.at_level(logging.WARNING, logger="kitium_queue"):
+            await asyncio.wait_for(q.close(), HANG_S)
+        for jid in ids:
+            info = await q.get_job_status(jid)
+            assert info is not None and info.status == JobStatus.ACTIVE, info
+        assert any("left running there" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()

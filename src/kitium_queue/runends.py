@@ -255,11 +255,12 @@ class DaemonThreads(Executor):
                 )
                 thread.start()
                 self._threads.append(thread)
-        job = next((a for a in args if isinstance(a, Job)), None)
-        if job is not None:
-            key = id(job)
-            _IN_THREAD[key] = (job, fut)
-            fut.add_done_callback(lambda _: _IN_THREAD.pop(key, None))
+        jobs = _jobs_of(args)
+        if jobs:
+            for job in jobs:
+                _IN_THREAD[id(job)] = (job, fut)
+            keys = [id(j) for j in jobs]
+            fut.add_done_callback(lambda _: [_IN_THREAD.pop(k, None) for k in keys])
         return fut
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -278,6 +279,16 @@ class DaemonThreads(Executor):
         if wait:
             for thread in self._threads:
                 thread.join()
+
+
+def _jobs_of(args: tuple[Any, ...]) -> list[Job]:
+    # The jobs a call runs: a Job among its arguments, or the list of a batch's jobs.
+    for a in args:
+        if isinstance(a, Job):
+            return [a]
+        if isinstance(a, list) and a and isinstance(a[0], Job):
+            return [j for j in a if isinstance(j, Job)]
+    return []
 
 
 def _serve(work: SimpleQueue[Any], idle: threading.Semaphore) -> None:

@@ -28,7 +28,7 @@ from ..errors import ConfigurationError
 from ..limits import get_logger
 from ..options import to_ms
 from ..outcomes import describe
-from ..runends import PROCESS_EXITS, cancelling, no_stop, settable
+from ..runends import PROCESS_EXITS, DaemonThreads, cancelling, no_stop, settable
 
 __all__ = ["BatchProcessor", "resolve_batch", "set_batch_defaults"]
 
@@ -69,6 +69,10 @@ def resolve_batch(
     return size, min_size, max_wait
 
 
+#: Threads running a plain ``def`` batch function at once (one batch each).
+_BATCH_THREADS = 32
+
+
 class BatchProcessor:
     """Collects jobs into batches for ``fn`` (see the module docstring).
 
@@ -98,6 +102,7 @@ class BatchProcessor:
                 f"batch min_size must be an int from 1 to size ({size}), got {min_size!r}"
             )
         self.fn = fn
+        self._threads: DaemonThreads | None = None
         self.size = size
         self.min_size = min_size
         self.max_wait_ms = to_ms(max_wait, "batch max_wait") or 0
@@ -169,7 +174,11 @@ class BatchProcessor:
                 reply = await self.fn(jobs)
             else:
                 loop = asyncio.get_running_loop()
-                reply = await loop.run_in_executor(None, no_stop, self.fn, jobs)
+                # Daemon threads, and the jobs known to run in one: a stop past its grace
+                # leaves them leased rather than handing them back (runends.leave_threads).
+                if self._threads is None:
+                    self._threads = DaemonThreads(_BATCH_THREADS, "kq-batch")
+                reply = await loop.run_in_executor(self._threads, no_stop, self.fn, jobs)
             outcomes = _outcomes(jobs, reply)
         except Exception as exc:
             outcomes = [exc] * len(jobs)
