@@ -140,7 +140,10 @@ async def _tour(redis: str, echo: Callable[[str], Any]) -> None:
         events.append(entry.event)
     say(f"durable event stream holds {len(events)} events, e.g. {sorted(set(events))}")
     await _cleanup(queue)
-    echo("\ndone: see README.md for the API, and ./scripts/test for the test suite")
+    echo(
+        "\ndone: the README (the project's page, or README.md in its source) shows the API; "
+        "`kitium-queue --help` lists the commands"
+    )
 
 
 async def _cleanup(queue: JobQueue) -> None:

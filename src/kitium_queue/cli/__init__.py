@@ -112,6 +112,21 @@ for _name, _group in (
     main.add_command(_group, _name)
 
 
+def _needs_extra(name: str, exc: ImportError) -> click.Command:
+    """A command whose optional extra is not installed: it says which to install."""
+
+    @click.command(
+        name,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        help=f"(not installed) {exc}",
+        add_help_option=False,
+    )
+    def missing() -> None:
+        raise click.UsageError(str(exc))
+
+    return missing
+
+
 def _add_feature_commands() -> None:
     from ..features.access.cli import make_acl_command
     from ..features.access.cli import make_command as access_command
@@ -158,14 +173,14 @@ def _add_feature_commands() -> None:
     main.add_command(make_acl_command(row), "acl")
     try:
         from ..features.prometheus.cli import make_command as metrics_command
-    except ImportError:  # the optional extra "prometheus" is not installed: no command
-        pass
+    except ImportError as exc:  # the optional extra is not installed: say which
+        main.add_command(_needs_extra("metrics", exc), "metrics")
     else:
         main.add_command(metrics_command(with_queue, redis_option, row), "metrics")
     try:
         from ..dashboard.cli import make_command as dashboard_command
-    except ImportError:  # the optional extra "dashboard" is not installed: no command
-        pass
+    except ImportError as exc:
+        main.add_command(_needs_extra("dashboard", exc), "dashboard")
     else:
         main.add_command(
             dashboard_command(with_single_queue, redis_option, row, load_queue), "dashboard"

@@ -61,20 +61,27 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import (
-    INVALID_SPAN_CONTEXT,
-    Link,
-    NonRecordingSpan,
-    ProxyTracer,
-    ProxyTracerProvider,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-)
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import (
+        INVALID_SPAN_CONTEXT,
+        Link,
+        NonRecordingSpan,
+        ProxyTracer,
+        ProxyTracerProvider,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+    )
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "OpenTelemetry tracing needs the optional extra 'otel': "
+        'pip install "kitium-job-queue[otel]" (opentelemetry-api; an SDK such as '
+        "opentelemetry-sdk to export the spans)"
+    ) from exc
 
 from .._version import __version__
 from ..errors import ConfigurationError

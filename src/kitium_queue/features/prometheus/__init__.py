@@ -11,6 +11,14 @@
 
 from __future__ import annotations
 
+try:
+    import prometheus_client  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "Prometheus metrics need the optional extra 'prometheus': "
+        'pip install "kitium-job-queue[prometheus]" (prometheus-client)'
+    ) from exc
+
 from .collector import KitiumCollector, QueueReading
 from .exporter import MetricsServer, PrometheusExporter
 from .subscriber import COUNTERS, DEFAULT_BUCKETS, HISTOGRAMS, OTHER, PrometheusSubscriber

@@ -31,7 +31,7 @@ from .models import (
 from .needs import NeedsService, sync_needs
 from .registry import Registry, checked, counts, read_records, script_reports, webhook_damage
 from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
-from .ssrf import AddressPolicy, BlockedAddressError, Resolver
+from .ssrf import AddressPolicy, BlockedAddressError, Resolver, require_httpx
 from .subscriber import WebhookSubscriber
 
 if TYPE_CHECKING:
@@ -172,6 +172,7 @@ class WebhookManager:
             WebhookDeliveryStrategy.GUARANTEED
         ),
     ) -> None:
+        require_httpx()  # else every delivery failed later, in a log line only
         for what, v, lo in (
             ("backoff_ms", backoff_ms, 1),
             ("max_backoff_ms", max_backoff_ms, 1),
