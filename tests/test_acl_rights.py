@@ -169,3 +169,26 @@ async def test_a_command_taken_away_while_the_worker_runs_stops_its_claims(
     finally:
         await w.close()
         await prod.close()
+
+
+async def test_a_worker_whose_rights_were_taken_away_stops_at_once(
+    server: RedisServer, admin: redis_sync.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its recheck loop gives way to a stop (before, the stop took the whole
+    shutdown_timeout, 30 s, with no job running)."""
+    user = _user(admin, "w-stop", "rights-s")
+    prod = JobQueue("rights-s", redis=_url(server))
+    w = JobQueue("rights-s", redis=_url(server, user))
+    w.process("work", lambda job: None)
+    caplog.set_level(logging.WARNING, "kitium_queue")
+    try:
+        await w.start()
+        admin.execute_command("ACL", "SETUSER", user, "-xadd")
+        await prod.add_job("work", {})
+        await wait_until(lambda: "refuse XADD" in caplog.text, 15)
+        t0 = asyncio.get_running_loop().time()
+        await w.close()
+        assert asyncio.get_running_loop().time() - t0 < 10
+    finally:
+        await w.close()
+        await prod.close()

@@ -432,3 +432,51 @@ async def test_a_batch_in_a_thread_past_the_grace_is_left_leased_not_handed_back
         assert any("left running there" in r.getMessage() for r in caplog.records)
     finally:
         release.set()
+
+
+def test_an_apps_handler_that_exits_runs_after_the_stop_has_finished(
+    redis_url: str, prefix: str
+) -> None:
+    """An app's SIGTERM handler that calls ``sys.exit`` (a common one) is chained after
+    the worker's graceful stop has finished: called at once, it ended the loop mid-stop
+    and left the running job active."""
+    out, _ = _run_script(
+        f"""
+        import asyncio, os, signal, sys
+        from kitium_queue import JobQueue
+
+        def app_handler(signum, frame):
+            print("app handler", flush=True)
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, app_handler)
+
+        async def main():
+            q = JobQueue("exits", redis={redis_url!r}, prefix={prefix!r},
+                         worker={{"shutdown_timeout": 10_000}})
+
+            @q.process("slow")
+            async def slow(job):
+                os.kill(os.getpid(), signal.SIGTERM)  # while it runs
+                await asyncio.sleep(1.0)
+                return "done"
+
+            jid = await q.add_job("slow", {{}})
+            print("job", jid, flush=True)
+            await q.run_worker()
+
+        asyncio.run(main())
+        """
+    )
+    assert "app handler" in out, out
+    job_id = out.split("job ", 1)[1].split()[0]
+
+    async def status() -> Any:
+        q = JobQueue("exits", redis=redis_url, prefix=prefix)
+        try:
+            return await q.get_job_status(job_id)
+        finally:
+            await q.close()
+
+    info = asyncio.run(status())
+    assert info is not None and info.status == JobStatus.COMPLETED, info

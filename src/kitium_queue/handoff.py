@@ -162,10 +162,12 @@ class Handoff:
         #: The job options this process runs as meant (the runner checks a job's
         #: options against them before it runs the job: ``gap``).
         self.plain = plain_options(spec)
-        self._spec = spec
+        self._spec, self._spec_seen = spec, spec.version
         #: The features every job of the queue needs (the ``needs`` hash, as last read
         #: by ``note_needs``) that this process lacks: feature -> how to enable it.
         self.lacking: dict[str, str] = {}
+        #: Every feature the ``needs`` hash names (a peer taking the jobs has them all).
+        self.needs: frozenset[str] = frozenset()
         #: Until when (``clock``) this worker claims nothing: ``down_left`` (also set
         #: while the Redis user may not run a command of the queue's scripts: rounds.py).
         self.down_until = 0.0
@@ -186,21 +188,25 @@ class Handoff:
         """Take the queue's ``needs`` hash as read (untrusted: names and texts are
         bounded; a damaged reply reads as no needs)."""
         lacking: dict[str, str] = {}
+        needs: set[str] = set()
         if isinstance(raw, dict):
             mine = set(self.queue.scripts.slot_names("release"))
             for k, v in list(raw.items())[:_MAX_NEEDS]:
                 name = k.decode(errors="replace") if isinstance(k, bytes) else str(k)
-                if name and len(name) <= MAX_ID_LENGTH and name not in mine:
+                if not name or len(name) > MAX_ID_LENGTH:
+                    continue
+                needs.add(name)
+                if name not in mine:
                     how = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
                     lacking[name] = how[:_MAX_HOW]
-        self.lacking = lacking
+        self.needs, self.lacking = frozenset(needs), lacking
 
     async def peer(self, name: str) -> str | None:
-        """The id of a live worker of the queue, other than this one, that has a
-        processor for jobs named ``name``; ``None`` when there is none (or when the
-        records could never be read)."""
+        """The id of a live worker of the queue, other than this one and not stopping,
+        that has a processor for jobs named ``name``; ``None`` when there is none (or
+        when the records could never be read)."""
         for w in await self._live():
-            if w.id != self.worker_id and w.can_process(name):
+            if self._takes(w, name):
                 return w.id
         return None
 
@@ -211,7 +217,10 @@ class Handoff:
         lacking = self.lacking
         if lacking:
             for w in await self._live():
-                if w.id != self.worker_id and set(lacking).issubset(w.features):
+                # A peer that has every needed feature (two workers each lacking another
+                # one would defer to each other for good), the job's processor, and is
+                # not stopping.
+                if self._takes(w, run.job.name) and self.needs.issubset(w.features):
                     what = ", ".join(sorted(lacking))
                     how = "; ".join(lacking[f] for f in sorted(lacking) if lacking[f])
                     how = how or "enable it"
@@ -219,12 +228,18 @@ class Handoff:
                     retry = await self.hold(run.job.id, f"the {what} feature", w.id, how)
                     deferred(run, retry)
                     return True
+        if self._spec.version != self._spec_seen:  # a feature declared since: counts now
+            self._spec_seen, self.plain = self._spec.version, plain_options(self._spec)
         opts = run.job.options
         need = next((o for o in opts if o not in self.plain and self._asks(o, opts[o])), None)
         if need is None:
             return False
         peer = next(
-            (w.id for w in await self._live() if w.id != self.worker_id and need in w.options),
+            (
+                w.id
+                for w in await self._live()
+                if self._takes(w, run.job.name) and need in w.options
+            ),
             None,
         )
         if peer is None:
@@ -232,6 +247,10 @@ class Handoff:
         feature, how = _howto(need)
         deferred(run, await self.hold(run.job.id, f"{feature} (option {need!r})", peer, how))
         return True
+
+    def _takes(self, w: WorkerPresence, name: str) -> bool:
+        # Whether live worker ``w`` can take a job named ``name`` from this one.
+        return w.id != self.worker_id and not w.stopping and w.can_process(name)
 
     def _asks(self, option: str, value: Any) -> bool:
         # Whether a job's option asks for its feature: set, and not the core default

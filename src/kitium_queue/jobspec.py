@@ -309,6 +309,8 @@ class JobSpec:
     def __init__(self, queue_name: str) -> None:
         self.queue_name = queue_name
         self._specs: dict[str, OptionSpec] = {}
+        #: Bumped by every declaration or take-over (readers cache what they derive).
+        self.version = 0
         #: Names of declared options that are not kept in the job's stored options.
         self.unstored: frozenset[str] = frozenset()
         #: Custom backoff strategies by name (``queue.register_backoff``), the same dict
@@ -339,6 +341,7 @@ class JobSpec:
                 f"on queue {self.queue_name!r}"
             )
         self._specs[name] = spec
+        self.version += 1
         self.unstored = frozenset(n for n, s in self._specs.items() if not s.stored)
 
     def own(self, feature: str, names: Iterable[str]) -> None:
@@ -351,6 +354,7 @@ class JobSpec:
                 self.declare(OptionSpec(name, feature, feature_text(name)))
             elif cur.feature != feature:
                 self._specs[name] = replace(cur, feature=feature)
+                self.version += 1
 
     def get(self, name: str) -> OptionSpec | None:
         """The declaration of ``name``, or None."""

@@ -83,6 +83,7 @@ class WorkerPresence:
             ``release`` slot's fragments, ``slots.py``): what its finished jobs do not
             skip.
         started_at, seen_at: when it started and last announced itself (ms, its clock).
+        stopping: a stop of it has begun (it takes no more jobs).
     """
 
     id: str
@@ -96,6 +97,7 @@ class WorkerPresence:
     seen_at: int
     options: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
+    stopping: bool = False
 
     def can_process(self, job_name: str) -> bool:
         """Whether it has a processor for jobs named ``job_name``."""
@@ -115,6 +117,7 @@ class WorkerPresence:
             "seen_at": self.seen_at,
             "options": list(self.options),
             "features": list(self.features),
+            "stopping": self.stopping,
         }
 
 
@@ -159,6 +162,7 @@ class Presence:
             "names": orjson.dumps(self.names).decode(),
             "opts": orjson.dumps(feature_options(w.queue)).decode(),
             "feat": orjson.dumps(self.features).decode(),
+            "stop": "1" if w.stopping else "0",
             "start": str(self.started_at),
             "seen": str(int(time.time() * 1000)),
         }
@@ -173,9 +177,13 @@ class Presence:
         pipe.zadd(self.keys.workers, {self.worker.id: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - _STALE_MS)
         pipe.hgetall(self.keys.needs)
-        replies = await pipe.execute()
+        replies = await pipe.execute(raise_on_error=False)
+        for r in replies[:-1]:
+            if isinstance(r, Exception):
+                raise r
         if self.on_needs is not None:
-            self.on_needs(replies[-1])
+            # A damaged needs key (another type) reads as no needs: the record is written.
+            self.on_needs(None if isinstance(replies[-1], Exception) else replies[-1])
 
     async def announce(self, timeout_s: float = 2.0) -> None:
         """One heartbeat, waited for at most ``timeout_s``: what a starting worker does,
@@ -319,6 +327,7 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
                 seen_at=reply_int(h.get(b"seen")),
                 options=_names(h.get(b"opts")),
                 features=_names(h.get(b"feat")),
+                stopping=h.get(b"stop") == b"1",
             )
         )
     return out

@@ -26,6 +26,7 @@ from .aclcheck import WORKER_SCRIPTS, refused_commands, refused_error
 from .connection import TRANSIENT_ERRORS
 from .errors import PermissionDeniedError
 from .limits import get_logger, safe_text
+from .pools import blocking_wait_overran
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -47,7 +48,10 @@ _PING_S = 1.0
 async def round_failed(worker: Worker, exc: Exception, backoff: float) -> float:
     """A round failed as a whole: report it, wait ``backoff`` seconds, return the next
     backoff."""
-    if isinstance(exc, PermissionDeniedError) and await permission_refused(worker, exc):
+    # During a stop, the outcomes it holds are offered again after the backoff (below),
+    # until its flush deadline.
+    denied = isinstance(exc, PermissionDeniedError) and await permission_refused(worker, exc)
+    if denied and not worker.stopping:
         return _MIN_BACKOFF_S
     if isinstance(exc, TRANSIENT_ERRORS):
         worker.report_outage(exc)
@@ -69,7 +73,21 @@ async def round_failed(worker: Worker, exc: Exception, backoff: float) -> float:
     return min(backoff * 2, 5.0)
 
 
-async def permission_refused(worker: Worker, exc: Exception) -> bool:
+async def wait_failed(worker: Worker, exc: BaseException, asked: int) -> None:
+    """The waker's wait (with the claim riding on it, of ``asked`` slots) failed: a
+    reply too big, a permission refusal (claims stop until the rights are back: each
+    retry would take another job out of wait), a blocking wait that overran its
+    deadline, or an outage (reported)."""
+    client = worker._client
+    if await reply_too_big(worker, exc, asked, client):
+        return
+    if isinstance(exc, PermissionDeniedError) and await permission_refused(worker, exc):
+        return
+    if not await blocking_wait_overran(exc, client, f"worker {worker.id}"):
+        worker.report_outage(exc)
+
+
+async def permission_refused(worker: Worker, exc: BaseException) -> bool:
     """A round was refused for lack of permission (the user's rights changed while the
     worker ran): whether a command of the queue's scripts is refused now. Then the
     worker claims and records nothing until every one is allowed again (checked every
@@ -87,7 +105,7 @@ async def permission_refused(worker: Worker, exc: Exception) -> bool:
         _CHECKING.discard(worker)
 
 
-async def _recheck(worker: Worker, q: Any, handoff: Any, exc: Exception) -> bool:
+async def _recheck(worker: Worker, q: Any, handoff: Any, exc: BaseException) -> bool:
     said = False
     while True:
         try:
@@ -95,6 +113,7 @@ async def _recheck(worker: Worker, q: Any, handoff: Any, exc: Exception) -> bool
         except Exception:
             return said  # the check itself failed: the round's error is reported as is
         if not denied:
+            handoff.down_until = 0.0  # claims again at once
             if said:
                 log.warning(
                     "worker %s: the Redis user may run every command of queue %s's "
@@ -117,7 +136,11 @@ async def _recheck(worker: Worker, q: Any, handoff: Any, exc: Exception) -> bool
                 worker.hooks.emit_queue_error(q.name, exc)
             said = True
         handoff.down_until = handoff.clock() + RECHECK_S + 1  # the waker claims nothing
-        await asyncio.sleep(RECHECK_S)
+        for _ in range(RECHECK_S * 4):
+            if worker.stopping:  # its stop goes on: the outcomes it holds wait for Redis
+                handoff.down_until = 0.0
+                return said
+            await asyncio.sleep(0.25)
 
 
 async def refused(worker: Worker, exc: Exception, backoff: float) -> float:

@@ -127,8 +127,8 @@ class Runner:
         self.timeouts = Timeouts(leases.runs)
         self._ack, self._hold, self._forget = outcomes.ack, leases.add, leases.forget
         self._ends = RunEnds(self, leases)
-        self.handoff = h = Handoff(queue, leases.worker_id)  # _plain: a set check per job
-        self._plain, self._gap = h.plain, functools.partial(h.gap, deferred=self.deferred)
+        self.handoff = h = Handoff(queue, leases.worker_id)  # plain: a set check per job
+        self._gap = functools.partial(h.gap, deferred=self.deferred)
         self._policies: dict[bytes, Policy] = {}
         self.procs: dict[str, tuple[Callable[..., Any], str]] = {}
         self._pool: ProcessPool | None = None
@@ -216,7 +216,8 @@ class Runner:
                 self.fail_final(run, exc, f"undecodable payload: {safe_text(exc)}")
                 return
             found = self.procs.get(job.name) or self.procs.get("*") or await self._lookup(run)
-            gap = self.handoff.lacking or not job.options.keys() <= self._plain
+            h = self.handoff
+            gap = h.lacking or not job.options.keys() <= h.plain
             if found is None or (gap and await self._gap(run)):
                 return  # deferred for a live worker with its processor, or a feature
             fn, kind = found

@@ -61,22 +61,28 @@ async def serve_until_stopped(
 
     The handlers the process had are kept and put back on return (an app that embeds a
     worker keeps its own), and an app's own handler (a web server's ``signal.signal``
-    handler, or one it added to this loop) is still called, once the stop has begun: the
-    app shuts down too. A second SIGTERM/SIGINT during the stop forces it
-    (``lifecycle.force_stops``: running jobs are handed back at once, unflushed outcomes
-    no longer waited for, and the log says what is left). ``install_signal_handlers``
-    False: none of this; the caller stops the worker (``close()``) itself."""
+    handler, or one it added to this loop) is still called, once the stop has finished
+    (a second signal: at once): the app shuts down too. A second SIGTERM/SIGINT during
+    the stop forces it (``lifecycle.force_stops``: running jobs are handed back at once,
+    unflushed outcomes no longer waited for, and the log says what is left).
+    ``install_signal_handlers`` False: none of this; the caller stops the worker
+    (``close()``) itself."""
     loop = asyncio.get_running_loop()
     closing: list[asyncio.Future[None]] = []
 
     def on_signal(sig: int, chained: Callable[[int, Any], Any] | None) -> None:
         if closing and not closing[-1].done():
             force_stops(loop, _name(sig))
-        else:
-            log.info("%s received: stopping gracefully (send it again to stop at once)", _name(sig))
-            closing.append(asyncio.ensure_future(close()))
+            if chained is not None:
+                loop.call_soon(_chain, chained, sig)
+            return
+        log.info("%s received: stopping gracefully (send it again to stop at once)", _name(sig))
+        fut = asyncio.ensure_future(close())
+        closing.append(fut)
         if chained is not None:
-            loop.call_soon(_chain, chained, sig)  # after the stop's first step
+            # Once the stop has finished: an app's handler may end the process
+            # (sys.exit), which in the middle of the stop left its jobs active.
+            fut.add_done_callback(lambda _: _chain(chained, sig))
 
     saved: list[_Saved] = []
     if install_signal_handlers:

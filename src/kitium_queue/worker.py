@@ -76,7 +76,6 @@ from .lifecycle import detached, end_tasks, inside, mark_inside, start_services,
 from .limits import get_logger
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
-from .pools import blocking_wait_overran
 from .presence import Presence
 from .runends import grace_period, wait_unless
 from .runner import Runner
@@ -186,6 +185,11 @@ class Worker:
         """Jobs running or being claimed (an idle worker's wake-up wait reserves slots)."""
         return bool(self.leases.runs) or self._claiming > self._waker_claiming
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop has begun (its presence record says so)."""
+        return self._stopping
+
     def announce_soon(self) -> None:
         """Write this worker's presence record now, in a task (a processor registered
         while it runs is listed at once); a failure waits for the next heartbeat."""
@@ -284,6 +288,7 @@ class Worker:
                 self._waker_task.cancel()
             self._signal.set()
             lifecycle.STOPPING.add(self)  # a second SIGTERM/SIGINT may force it
+            self.announce_soon()  # its record says it stops: peers hand it no job
             name = f"kq-stop-{self.queue.name}"
             self._stop_task = detached(self._stop(timeout_ms, flush_timeout_ms), name)
         if not inside(self):
@@ -538,10 +543,7 @@ class Worker:
                 raise
             except _NET_ERRORS as exc:
                 self._unreserve(asked, 0)
-                if await rounds.reply_too_big(self, exc, asked, self._client):
-                    pass
-                elif not await blocking_wait_overran(exc, self._client, f"worker {self.id}"):
-                    self.report_outage(exc)
+                await rounds.wait_failed(self, exc, asked)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 self._signal.set()

@@ -28,7 +28,7 @@ from .models import (
     check_strategy,
     check_url,
 )
-from .needs import NeedsService, sync_needs
+from .needs import NeedsService, synced_after_change
 from .registry import Registry, checked, counts, read_records, script_reports, webhook_damage
 from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver, require_httpx
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ...queue import JobQueue
 
 __all__ = ["JobWebhookConfig", "WebhookManager"]
+
 
 #: The webhook id of deliveries to a job's own ``webhook_url``.
 JOB_WEBHOOK_ID = "job"
@@ -308,7 +309,7 @@ class WebhookManager:
             self.registry.put(hook)
         else:
             self.registry.drop(webhook_id)
-        await sync_needs(self)  # workers without the feature hand jobs over (needs.py)
+        await synced_after_change(self)  # workers without the feature hand jobs over
         return bool(existed)
 
     async def _run(self, script: str, args: Sequence[Any]) -> Any:

@@ -27,7 +27,7 @@ from .service import FEATURE
 if TYPE_CHECKING:
     from .manager import WebhookManager
 
-__all__ = ["HOW", "NeedsService", "sync_needs", "wants_job_ends"]
+__all__ = ["HOW", "NeedsService", "sync_needs", "synced_after_change", "wants_job_ends"]
 
 log = get_logger(__name__)
 
@@ -53,6 +53,19 @@ async def sync_needs(mgr: WebhookManager) -> bool:
     else:
         await release(mgr.queue, FEATURE)
     return wanted
+
+
+async def synced_after_change(mgr: WebhookManager) -> None:
+    """``sync_needs`` after a registration change this process made: a failure is
+    logged, not raised (the change is made; the next worker start or change syncs it)."""
+    try:
+        await sync_needs(mgr)
+    except Exception as exc:
+        log.warning(
+            "queue %s: webhook needs not synced after a registration change: %s",
+            printable(mgr.queue.name),
+            printable(exc),
+        )
 
 
 class NeedsService:
