@@ -488,11 +488,16 @@ class DLQConfig:
             there is atomic on Redis Cluster too.
         notification_handler: sync or async ``fn(job_info)`` called by the worker after a
             job was dead-lettered.
+        max_jobs, max_age: keep at most this many dead-lettered jobs, and none older than
+            this (ms or a duration); the oldest go as new ones come. None: kept until
+            replayed or removed (the default; it grows with every job failing for good).
     """
 
     enabled: bool = True
     queue_name: str | None = None
     notification_handler: Callable[[Any], Awaitable[None] | None] | None = None
+    max_jobs: int | None = None
+    max_age: Any = None
 
     def __post_init__(self) -> None:
         # bool("no") is True: a flag that is not a bool is never guessed at.
@@ -509,6 +514,11 @@ class DLQConfig:
                 "dlq.notification_handler must be a function taking the JobInfo (sync or "
                 f"async) or None, got {type(self.notification_handler).__name__}"
             )
+        if self.max_jobs is not None:
+            n = to_int(self.max_jobs, "dlq.max_jobs", minimum=1, maximum=MAX_COUNT)
+            object.__setattr__(self, "max_jobs", n)
+        age = to_ms(self.max_age, "dlq.max_age", allow_none=True, minimum=1)
+        object.__setattr__(self, "max_age", age)
 
 
 @dataclass(frozen=True, slots=True)

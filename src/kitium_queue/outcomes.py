@@ -212,7 +212,7 @@ class Outcomes:
         then one per solo outcome."""
         q = self.queue
         acks, _, solo = batch
-        dlq = "1" if q.dlq.enabled else "0"
+        dlq = _dlq_arg(q.dlq)
         step = _FIELDS * FINISH_CHUNK
         calls = [q.call("finish", [dlq, *acks[i : i + step]]) for i in range(0, len(acks), step)]
         for args, _, _ in solo:
@@ -488,3 +488,12 @@ _SERVER_REFUSALS = (
     "MISCONF",
     "READONLY",
 )
+
+
+def _dlq_arg(dlq: Any) -> str:
+    """What the finish script is told of the DLQ: '0', '1', or '1 <max_jobs> <max_age>'."""
+    if not dlq.enabled:
+        return "0"
+    if dlq.max_jobs is None and dlq.max_age is None:
+        return "1"
+    return f"1 {-1 if dlq.max_jobs is None else dlq.max_jobs} {dlq.max_age or -1}"

@@ -5,7 +5,8 @@
 
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
-  ARGV[4]   dlq enabled ('1' | '0')
+  ARGV[4]   dlq enabled ('1' | '0'), or '1 <max jobs> <max age ms>' (-1: no limit):
+            the DLQ is trimmed like a finished set after a job joins it
   ARGV[5..] 9 fields per outcome:
             id, token, kind, payload, traceback, delay ms, keep count, keep age ms, meta
     kind  'C' completed: payload = encoded result; keep count/age = remove_on_complete
@@ -61,7 +62,12 @@ local RELEASED_AS = { C = 'completed', R = 'retrying', F = 'failed', D = 'deferr
   H = 'released' }
 --@end
 
-local dlq_enabled = ARGV[4] == '1'
+local dlq_enabled = string.sub(ARGV[4], 1, 1) == '1'
+local dlq_keep, dlq_age = -1, -1
+if dlq_enabled and #ARGV[4] > 1 then
+  local a, b = string.match(ARGV[4], '^1 (%-?%d+) (%-?%d+)$')
+  dlq_keep, dlq_age = arg_int(a, -1, -1, MAX_KEEP), arg_int(b, -1, -1, MAX_KEEP)
+end
 local function bad_outcome(n, what)
   return bad_arg('finish', 'outcome ' .. n .. ' of the call: ' .. what)
 end
@@ -170,6 +176,9 @@ for b = 5, #ARGV, 9 do
     elseif kind == 'F' then
       if dlq_enabled then
         dead_letter(jk, id, true, payload, tb)
+        if dlq_keep >= 0 or dlq_age >= 0 then
+          trims[K_DLQ] = { K_DLQ, dlq_keep, dlq_age }
+        end
       else
         dead_letter(jk, id, false, payload, tb)
         if keep_count == 0 then

@@ -311,6 +311,10 @@ class IdempotencyManager:
             pipe.hset(rk, mapping={"id": str(job_id), "r": raw, "f": now, "n": str(job_name)})
             pipe.pexpire(rk, ttl)
             pipe.zadd(q.keys.extra(_RECORD_INDEX), {text: now + ttl})
+            # Entries whose record has expired go as new ones come: the index holds the
+            # live records, not one entry per key ever recorded (steady traffic renews
+            # its TTL, so it never expired as a whole).
+            pipe.zremrangebyscore(q.keys.extra(_RECORD_INDEX), "-inf", now)
             # The index lives as long as its longest record.
             pipe.pexpire(q.keys.extra(_RECORD_INDEX), ttl, gt=True)
             pipe.pexpire(q.keys.extra(_RECORD_INDEX), ttl, nx=True)
