@@ -303,7 +303,7 @@ async def test_unix_socket_in_the_dict_form(prefix: str) -> None:
         await q.start()
         await wait_until(lambda: _result_is(q, jid, 42), 10)
         health = await q.health_check()
-        assert health.healthy and health.backend == f"unix:{sock}", health
+        assert health.healthy and health.backend == f"unix:{sock}?db=2", health
         sync = SyncJobQueue("dict-unix", redis=cfg, prefix=prefix)
         try:
             assert sync.add_job("n", 1)

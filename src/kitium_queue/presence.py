@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from .connection import TRANSIENT_ERRORS
 from .connerrors import NOPERM, permission_denied
@@ -162,7 +162,7 @@ class Presence:
             "names": orjson.dumps(self.names).decode(),
             "opts": orjson.dumps(feature_options(w.queue)).decode(),
             "feat": orjson.dumps(self.features).decode(),
-            "stop": "1" if w.stopping else "0",
+            "stop": "1" if getattr(w, "stopping", False) else "0",
             "start": str(self.started_at),
             "seen": str(int(time.time() * 1000)),
         }
@@ -176,14 +176,13 @@ class Presence:
         pipe.pexpire(key, PRESENCE_TTL_MS)
         pipe.zadd(self.keys.workers, {self.worker.id: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - _STALE_MS)
-        pipe.hgetall(self.keys.needs)
-        replies = await pipe.execute(raise_on_error=False)
-        for r in replies[:-1]:
-            if isinstance(r, Exception):
-                raise r
+        await pipe.execute()
         if self.on_needs is not None:
-            # A damaged needs key (another type) reads as no needs: the record is written.
-            self.on_needs(None if isinstance(replies[-1], Exception) else replies[-1])
+            try:
+                raw = await self.client.hgetall(self.keys.needs)
+            except ResponseError:  # damaged (another type), or refused: read as no needs
+                raw = None
+            self.on_needs(raw)
 
     async def announce(self, timeout_s: float = 2.0) -> None:
         """One heartbeat, waited for at most ``timeout_s``: what a starting worker does,
