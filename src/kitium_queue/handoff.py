@@ -171,7 +171,10 @@ class Handoff:
         #: Until when (``clock``) this worker claims nothing: ``down_left`` (also set
         #: while the Redis user may not run a command of the queue's scripts: rounds.py).
         self.down_until = 0.0
-        self.clock = clock
+
+    def stand_down(self, seconds: float) -> None:
+        """Claim nothing for ``seconds`` from now (``down_left``)."""
+        self.down_until = self._clock() + seconds
 
     def down_left(self) -> float:
         """Seconds this worker still claims nothing for (0: it claims): it lacks a
@@ -224,7 +227,7 @@ class Handoff:
                     what = ", ".join(sorted(lacking))
                     how = "; ".join(lacking[f] for f in sorted(lacking) if lacking[f])
                     how = how or "enable it"
-                    self.down_until = self._clock() + STAND_DOWN_S
+                    self.stand_down(STAND_DOWN_S)
                     retry = await self.hold(run.job.id, f"the {what} feature", w.id, how)
                     deferred(run, retry)
                     return True

@@ -135,7 +135,7 @@ async def _recheck(worker: Worker, q: Any, handoff: Any, exc: BaseException) -> 
             if worker.hooks.queue_error:
                 worker.hooks.emit_queue_error(q.name, exc)
             said = True
-        handoff.down_until = handoff.clock() + RECHECK_S + 1  # the waker claims nothing
+        handoff.stand_down(RECHECK_S + 1)  # the waker claims nothing either
         for _ in range(RECHECK_S * 4):
             if worker.stopping:  # its stop goes on: the outcomes it holds wait for Redis
                 handoff.down_until = 0.0
