@@ -41,6 +41,7 @@ EXERCISED_BY: dict[str, str] = {
     "breakers reset": "test_breakers_cli.py",
     "breakers open": "test_breakers_cli.py",
     "parked rebuild": "test_parking_repair.py",
+    "jobs orphans": "test_orphans.py",
     "parked list": "test_cli_parked.py",
     "parked show": "test_cli_parked.py",
     "limits": "test_cli_parked.py",

@@ -126,8 +126,9 @@ async def _recheck(worker: Worker, q: Any, handoff: Any, exc: BaseException) -> 
             log.error(
                 "worker %s: %s. It happened while the worker ran (the user's rights "
                 "changed): a script refused part-way may have left the jobs it was moving "
-                "in no set. The worker claims and records nothing until they are allowed "
-                "(checked every %d s)",
+                "in no set (`kitium-queue jobs orphans APP --repair`, run as a user "
+                "allowed SCAN, puts them back). The worker claims and records nothing "
+                "until they are allowed (checked every %d s)",
                 worker.id,
                 safe_text(refused_error(q.name, denied)),
                 RECHECK_S,

@@ -2,7 +2,8 @@
 a queue's schedules and circuit breakers. Both belong to one physical queue (a
 partitioned APP names one of its queues: ``module:attribute.queues.N``).
 ``kitium-queue parked rebuild``: the repair of parked sets damaged by hand, on every
-queue of APP (``parked list`` and ``parked show`` are in ``parking.py``)."""
+queue of APP (``parked list`` and ``parked show`` are in ``parking.py``), and
+``kitium-queue jobs orphans``: job records no state set lists, found and put back."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import click
 
 from .base import json_option, members, redis_option, row, text_field, with_queue, with_single_queue
+from .jobs import jobs
 from .output import output, when
 
 __all__ = ["breakers", "parked", "schedules"]
@@ -277,6 +279,12 @@ def breakers_open(
 
 
 # ---------------------------------------------------------------------- parked
+def _echo_reports(done: list[tuple[str, Any]]) -> None:
+    """A repair's report per queue as JSON: one object, or a list for several queues."""
+    items = [{"queue": name, **r.to_dict()} for name, r in done]
+    click.echo(json.dumps(items[0] if len(items) == 1 else items, indent=2))
+
+
 @click.group()
 def parked() -> None:
     """Parked jobs (pending behind a blocker): list, show, repair their sets."""
@@ -316,8 +324,7 @@ def parked_rebuild(
 
     done = with_queue(app, redis, act)
     if as_json:
-        items = [{"queue": name, **r.to_dict()} for name, r in done]
-        click.echo(json.dumps(items[0] if len(items) == 1 else items, indent=2))
+        _echo_reports(done)
         return
     for name, r in done:
         after = "-" if r.total_after is None else r.total_after
@@ -337,3 +344,57 @@ def parked_rebuild(
         )
         for key in r.damaged_keys:
             click.echo(row("damaged key", key, "would be replaced" if r.dry_run else "replaced"))
+
+
+# ---------------------------------------------------------------------- orphans
+@jobs.command("orphans")
+@click.argument("app")
+@click.option("--repair", is_flag=True, help="Put each one back where its status says.")
+@click.option(
+    "--lease-ms",
+    type=int,
+    default=None,
+    help="Lease given back to a running one (default: the queue's lock_duration).",
+)
+@json_option
+@redis_option
+def jobs_orphans(
+    app: str, repair: bool, lease_ms: int | None, as_json: bool, redis: str | None
+) -> None:
+    """Find APP's job records that no state set lists (a set evicted or deleted, a
+    script refused part-way by an ACL rule): no worker runs them and no listing shows
+    them. Reports them (nothing written); --repair puts each back where its status
+    says (orphans.find_orphans). Every queue of a partitioned APP."""
+    from ..orphans import find_orphans
+
+    async def act(q: Any) -> list[tuple[str, Any]]:
+        return [
+            (m.name, await find_orphans(m, repair=repair, lease_ms=lease_ms)) for m in members(q)
+        ]
+
+    done = with_queue(app, redis, act)
+    if as_json:
+        _echo_reports(done)
+        return
+    for name, r in done:
+        statuses = ",".join(f"{s}:{n}" for s, n in sorted(r.by_status.items())) or "-"
+        click.echo(
+            row(
+                "put back" if r.repaired else "found",
+                name,
+                f"examined={r.examined}",
+                f"orphans={r.orphans}",
+                f"by_status={statuses}",
+                f"parked={r.parked}",
+                f"unknown={r.unknown}",
+                f"damaged={r.damaged}",
+            )
+        )
+        for job_id in r.job_ids:
+            click.echo(row("orphan", text_field(job_id)))
+        for job_id in r.other_ids:
+            click.echo(row("left alone", text_field(job_id)))
+        if r.parked:
+            click.echo(row("hint", f"kitium-queue parked rebuild {app} (parked jobs)"))
+        if r.orphans and not r.repaired:
+            click.echo(row("hint", f"kitium-queue jobs orphans {app} --repair"))

@@ -16,7 +16,8 @@ Permissions (``Permission``; a grant's ``permissions`` flags carry the same name
 ``can_manage_queue``   everything administrative: also ``clear``, ``drain`` and feature
                        configuration (breakers, webhook endpoints, encryption key
                        rotation), erasing a data subject's jobs (compliance), rebuilding
-                       damaged parked sets (``rebuild_parked``), and any command not
+                       damaged parked sets (``rebuild_parked``), putting back job
+                       records no state set lists (``find_orphans``), and any command not
                        listed in ``COMMAND_PERMISSIONS``
 =====================  ==================================================================
 
@@ -151,6 +152,7 @@ COMMAND_PERMISSIONS: dict[str, Permission] = {
             "run_rotation",
             "erase_subject",
             "rebuild_parked",
+            "find_orphans",
             "heal_groups",
             "heal_concurrency",
             "heal_workflows",

@@ -100,7 +100,8 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
     # scan: the recount of a tenant's damaged count (tn_recount.lua), only for that repair.
     "tenancy": ("sadd", "srem", "scard", "srandmember", "sismember", "smembers", "scan"),
     # An operator's repairs, not a worker's: rebuild_parked walks the job records (SCAN)
-    # and the parked index (ZSCAN) and recounts each blocker's set (ZCOUNT).
+    # and the parked index (ZSCAN) and recounts each blocker's set (ZCOUNT); find_orphans
+    # walks the job records (SCAN).
     "repairs": ("scan", "zscan", "zcount"),
     # An operator's memory report (measure_footprint, `kitium-queue memory`): MEMORY
     # USAGE of the queue's keys and of jobs sampled at random from each state's set.
