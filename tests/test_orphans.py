@@ -12,8 +12,10 @@ status says.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -295,3 +297,38 @@ def test_the_cli_reports_then_repairs(redis_url: str, prefix: str, tmp_path: Any
         assert job in plain.output
         again = runner.invoke(main, ["jobs", "orphans", app, "--json"])
         assert json.loads(again.output)["orphans"] == 0
+
+
+async def test_the_dashboard_reports_then_puts_back_for_managers_only(
+    make_queue: QueueFactory,
+) -> None:
+    pytest.importorskip("starlette")
+    from kitium_queue.dashboard import create_dashboard
+    from test_dashboard_asgi import MANAGER, OPERATOR, TOKENS, VIEWER, csrf_of, signed_in
+
+    q = make_queue("shop")
+    ids = await q.add_jobs([("work", {"i": i}) for i in range(3)])
+    await (await q.client()).delete(q.keys.wait)
+    app = create_dashboard(queues=[q], tokens=TOKENS, refresh_ms=0)
+    for tok in (VIEWER, OPERATOR):
+        c = await signed_in(app, tok)
+        page = (await c.get("/q/shop/server")).text
+        assert 'data-action="find-orphans"' not in page
+        r = await c.post("/q/shop/action/find-orphans", data={"csrf": csrf_of(page)})
+        assert r.status_code == 403
+    mgr = await signed_in(app, MANAGER)
+    page = (await mgr.get("/q/shop/server")).text
+    assert 'data-action="find-orphans"' in page
+    r = await mgr.post(
+        "/q/shop/action/find-orphans", data={"csrf": csrf_of(page), "next": "/q/shop/server"}
+    )
+    assert r.status_code == 200 and 'id="confirm"' in r.text
+    summary = html.unescape(r.text.split('id="summary">', 1)[1].split("</p>", 1)[0])
+    assert "3 of 3 job record(s) in no state set to be put back (3 waiting)" in summary
+    assert (await q.get_stats()).waiting == 0  # the preview wrote nothing
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', r.text))
+    r = await mgr.post("/q/shop/action/find-orphans", data=fields)
+    assert r.status_code == 303
+    flash = (await mgr.get("/q/shop/server")).text
+    assert "3 of 3 job record(s) in no state set put back (3 waiting)" in html.unescape(flash)
+    assert (await q.get_stats()).waiting == len(ids)

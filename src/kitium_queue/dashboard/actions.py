@@ -40,6 +40,7 @@ CONFIRM = frozenset(
         "drain",
         "replay-webhooks",
         "rebuild-parked",
+        "find-orphans",
         "erase-subject",
     }
 )
@@ -276,6 +277,22 @@ async def _rebuild_parked(q: Any, form: Form, s: Session) -> str:
     return f"parked sets rebuilt: {_repair(await rebuild_parked(q, _blocker(form)))}"
 
 
+def _orphans(r: Any, would: str = "") -> str:
+    """An ``orphans.OrphanReport`` in one sentence."""
+    statuses = ", ".join(f"{n} {st}" for st, n in sorted(r.by_status.items())) or "none"
+    return (
+        f"{r.orphans} of {r.examined} job record(s) in no state set {would}put back "
+        f"({statuses}); {r.parked} parked and {r.unknown} of unknown status left alone "
+        f"(parked: rebuild the parked sets), {r.damaged} damaged"
+    )
+
+
+async def _find_orphans(q: Any, form: Form, s: Session) -> str:
+    from ..orphans import find_orphans
+
+    return f"orphaned job records: {_orphans(await find_orphans(q, repair=True))}"
+
+
 def _subject(form: Form) -> str:
     # As given (not stripped): the subject id the look-up found, never echoed.
     return (form.get("subject_id") or [""])[0][:1000]
@@ -312,6 +329,7 @@ _RUN: dict[str, Callable[[Any, Form, Session], Awaitable[str]]] = {
     "retry-delivery": _retry_delivery,
     "replay-webhooks": _replay_webhooks,
     "rebuild-parked": _rebuild_parked,
+    "find-orphans": _find_orphans,
     "erase-subject": _erase_subject,
 }
 assert set(_RUN) == set(ACTIONS), "every action has a role and a handler"
@@ -340,6 +358,15 @@ async def _preview(q: Any, action: str, form: Form) -> Outcome:
         return _ask(
             f"Rebuild the parked sets of queue {q.name}? A dry run finds: {_repair(r, 'to be ')}.",
             [f"blocker {b}" for b in r.blockers[:20]] + keys,
+        )
+    if action == "find-orphans":  # the report: what a repair would put back now
+        from ..orphans import find_orphans
+
+        o = await find_orphans(q)
+        return _ask(
+            f"Put back the job records of queue {q.name} that no state set lists? "
+            f"A walk finds: {_orphans(o, 'to be ')}.",
+            [f"job {j}" for j in o.job_ids[:20]],
         )
     if action == "erase-subject":  # how many jobs the subject's index holds now
         from ..features.compliance import subject_digest

@@ -83,6 +83,7 @@ ACTIONS: Mapping[str, QueueRole] = {
     "open-breaker": QueueRole.MANAGER,
     "replay-webhooks": QueueRole.MANAGER,
     "rebuild-parked": QueueRole.MANAGER,
+    "find-orphans": QueueRole.MANAGER,
     "erase-subject": QueueRole.MANAGER,
     "drain": QueueRole.ADMIN,
 }
