@@ -22,9 +22,17 @@ The rules are those of a run in the worker's own process (async and thread mode)
 How it lives (``procpool``): SIGINT and SIGTERM are ignored (a signal to the worker's
 whole process group stops the worker, which ends its children itself), and restored in
 a process the processor forks (``os.fork``, ``multiprocessing``); one it executes gets
-them back anyway. It dies with the worker: ``PR_SET_PDEATHSIG`` on Linux, a thread
-watching its parent elsewhere. Progress and log frames carry the run's token, and a
-``ChildJob`` refuses them (``LeaseLostError``, as in-process) once its run ended.
+them back anyway. It dies with the worker: ``PR_SET_PDEATHSIG`` (SIGKILL) on Linux, a
+thread watching its parent elsewhere. Its whole process group dies with it: a guard
+process (``_guard_group``), in the group but not a child of this one, kills the group
+(SIGKILL) as soon as this child has ended, however it ended (its worker killed outright,
+``os._exit`` in a processor), so nothing the processor started (a ``subprocess``, a
+forked helper) runs on beside the job's retry elsewhere. The guard runs none of this
+child's code: a processor stuck in C code that holds the GIL cannot delay it, and
+nothing is installed here that a process the processor forks or executes would inherit
+(a forked process does not inherit the parent-death signal either). Progress and log
+frames carry the run's token, and a ``ChildJob`` refuses them (``LeaseLostError``, as
+in-process) once its run ended.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import contextlib
 import importlib
 import importlib.machinery
 import os
+import select
 import signal
 import struct
 import sys
@@ -65,6 +74,16 @@ _LEN = struct.Struct("!I")
 _JSON = Serializer(())
 _START = b'{"t":"start"}'
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Ignored by the guard of a child's group (``_guard_group``): signals a processor may
+#: send its own group to end or to poke what it started.
+_GUARD_IGNORES = tuple(
+    getattr(signal, name)
+    for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
+#: How often the guard checks that the child still runs where it cannot wait for its
+#: end (no ``os.pidfd_open``: not Linux, or a kernel before 5.3).
+_GUARD_POLL_S = 0.25
 
 
 class ChildJob:
@@ -215,6 +234,7 @@ def _die_with_parent() -> None:
             armed = libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it ended before the signal was armed
         os._exit(1)
+    _guard_group()  # before any thread starts: it forks
     if not armed:
         threading.Thread(
             target=_watch_parent, args=(parent,), name="kq-parent-watch", daemon=True
@@ -224,9 +244,83 @@ def _die_with_parent() -> None:
 def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
-    with contextlib.suppress(OSError):
-        os.killpg(os.getpgrp(), signal.SIGKILL)  # this child and what its jobs started
+    if os.getpgrp() == os.getpid():  # the leader of its own group (as ``procpool`` starts it)
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpid(), signal.SIGKILL)  # this child and what its jobs started
     os._exit(1)
+
+
+def _guard_group() -> None:
+    """Start the guard of this child's process group: a process in the group, forked by
+    a process that ends at once (so it is not this child's child, and a processor that
+    reaps "any child" never meets it), which kills the whole group (SIGKILL) as soon as
+    this child has ended. It waits for that end on a pidfd (Linux 5.3 and later), else
+    checks every ``_GUARD_POLL_S``; the child's pid cannot be reused meanwhile, since
+    the group still has the guard. Only a child leading a group of its own has one (as
+    ``procpool`` starts it: one run by hand would kill its shell's group); without
+    ``os.fork``, or when forking fails, the child runs without."""
+    leader = os.getpid()
+    if not hasattr(os, "fork") or os.getpgrp() != leader:
+        return
+    try:
+        middle = os.fork()
+    except OSError:
+        return
+    if middle == 0:
+        try:
+            watch = _pidfd(leader)  # opened while the child waits for this process
+            if os.fork() == 0:
+                _guard(leader, watch)
+        finally:
+            os._exit(0)  # the middle process (and the guard, should it ever return)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(middle, 0)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (readable once it ended), or None where there is none."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        with contextlib.suppress(OSError):
+            fd: int = pidfd_open(pid)
+            return fd
+    return None
+
+
+def _guard(leader: int, watch: int | None) -> None:
+    """The guard's life: wait until ``leader`` (the child) ended, then kill its group,
+    the guard included."""
+    for sig in _GUARD_IGNORES:
+        signal.signal(sig, signal.SIG_IGN)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):  # the worker's pipes: the child's end of them stays its alone
+        os.dup2(null, fd)
+    os.close(null)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None).prctl(15, b"kq-group-guard", 0, 0, 0)  # PR_SET_NAME (ps, top)
+    if watch is not None:
+        poller = select.poll()
+        poller.register(watch, select.POLLIN)
+        while not poller.poll():
+            pass
+    else:
+        while _running(leader):
+            time.sleep(_GUARD_POLL_S)
+    with contextlib.suppress(OSError):
+        os.killpg(leader, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # it runs, as another user's process (not expected here)
+    return True
 
 
 class _PackageInit:

@@ -18,7 +18,8 @@ How a child lives and ends:
   signal to the worker's whole group (Ctrl-C in a terminal, a service manager stopping
   the unit) stops the worker gracefully and leaves the children to it, as in the other
   modes; it dies with the worker's process (``_child``: a parent-death signal on Linux,
-  a watch of its parent elsewhere), so a worker killed outright leaves no job running;
+  a watch of its parent elsewhere), so a worker killed outright leaves no job running,
+  and its group guard (``_child``) ends what the processor started in its group;
 * killing it (timeout, ``cancel_job``, shutdown past its grace, a child past
   ``max_jobs_per_child``) kills its whole group: what its processor started goes too;
 * its exit is noticed as such (``_Protocol``), even while a process it forked keeps its
