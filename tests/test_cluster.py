@@ -402,3 +402,19 @@ async def test_server_checks_read_the_node_that_holds_the_queue(
         for m in cluster.masters():
             cluster._cmd(m, "CONFIG", "SET", "maxmemory", 0)
             cluster._cmd(m, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+
+
+async def test_orphaned_records_are_found_on_the_node_that_holds_the_queue(
+    make_queue: QueueFactory,
+) -> None:
+    """find_orphans walks the records with SCAN on a Cluster (every primary: one holds
+    the queue's slot) and puts them back without a cross-slot command."""
+    from kitium_queue.orphans import find_orphans
+
+    q = make_queue("orphans")
+    ids = await q.add_jobs([("t", {"i": i}) for i in range(40)])
+    client = await q.client()
+    await client.delete(q.keys.wait)
+    report = await find_orphans(q, repair=True)
+    assert report.orphans == 40 and set(report.job_ids) == set(ids)
+    assert (await q.get_stats()).waiting == 40
