@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from helpers import QueueFactory, wait_until
 from kitium_queue import JobStatus
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
 from kitium_queue.features.groups import FIFOQueueManager
+from kitium_queue.presence import live_workers
 
 
 async def _all(q: Any, ids: list[str], status: JobStatus) -> bool:
@@ -127,3 +129,31 @@ async def test_a_worker_warns_of_a_live_worker_without_its_feature(
     assert len(said) == 1 and old.worker.id in said[0] and "fifo-groups" in said[0], said
     # The worker without the feature has nothing to say about the other.
     assert await old.worker.presence(old).compare() == []
+
+
+async def test_a_worker_of_a_release_that_does_not_announce_features_is_not_warned_of(
+    make_queue: QueueFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A presence record without the ``feat`` field (a release from before features were
+    announced, in a rolling deploy) says nothing of its features: before, every newer
+    worker warned that it ran without each of them, though it had them all."""
+    new = make_queue("roll-o")
+    FIFOQueueManager(new)
+    new.process("n", lambda job: None)
+    await new.start()
+    assert new.worker is not None
+    client = await new.client()
+    earlier = f"{new.worker.id}-earlier"
+    now = int(time.time() * 1000)
+    await client.hset(
+        new.keys.worker(earlier),
+        mapping={"host": "h", "pid": 1, "conc": 1, "run": 0, "done": 0, "start": now,
+                 "seen": now, "names": '["n"]'},
+    )  # fmt: skip
+    await client.pexpire(new.keys.worker(earlier), 30_000)
+    await client.zadd(new.keys.workers, {earlier: now})
+    (seen,) = [w for w in await live_workers(new) if w.id == earlier]
+    assert seen.features == () and seen.features_known is False
+    with caplog.at_level(logging.WARNING, logger="kitium_queue"):
+        assert await new.worker.presence(new).compare() == []
+    assert "runs without the" not in caplog.text

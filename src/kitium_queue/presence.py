@@ -84,6 +84,8 @@ class WorkerPresence:
             skip.
         started_at, seen_at: when it started and last announced itself (ms, its clock).
         stopping: a stop of it has begun (it takes no more jobs).
+        features_known: its record lists its features (False for a release from before
+            they were announced: ``features`` is then empty, not known to be).
     """
 
     id: str
@@ -98,6 +100,7 @@ class WorkerPresence:
     options: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
     stopping: bool = False
+    features_known: bool = True
 
     def can_process(self, job_name: str) -> bool:
         """Whether it has a processor for jobs named ``job_name``."""
@@ -221,8 +224,8 @@ class Presence:
             return []
         found: list[tuple[str, str]] = []
         for w in await live_workers(self.worker.queue):
-            if w.id == self.worker.id:
-                continue
+            if w.id == self.worker.id or not w.features_known:
+                continue  # an earlier release does not say: no warning it may not need
             for feature in sorted(mine - set(w.features)):
                 found.append((w.id, feature))
                 if (w.id, feature) in self._warned:
@@ -327,6 +330,7 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
                 options=_names(h.get(b"opts")),
                 features=_names(h.get(b"feat")),
                 stopping=h.get(b"stop") == b"1",
+                features_known=b"feat" in h,
             )
         )
     return out
