@@ -157,3 +157,30 @@ async def test_a_worker_of_a_release_that_does_not_announce_features_is_not_warn
     with caplog.at_level(logging.WARNING, logger="kitium_queue"):
         assert await new.worker.presence(new).compare() == []
     assert "runs without the" not in caplog.text
+
+
+async def test_a_stopped_worker_leaves_no_record_behind(
+    make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop writes the record once more (``stop=1``: peers hand it no job) in a task;
+    before, that write could land after the stop deleted the record, which then listed
+    the stopped worker alive until its TTL (the regions example left it behind)."""
+    from kitium_queue.presence import Presence
+
+    q = make_queue("roll-leave")
+    q.process("n", lambda job: None)
+    await q.start()
+    assert q.worker is not None
+    wid = q.worker.id
+    beat = Presence.beat
+
+    async def slow_beat(self: Presence) -> None:
+        await asyncio.sleep(0.3)  # a slow server: the stop's heartbeat arrives late
+        await beat(self)
+
+    monkeypatch.setattr(Presence, "beat", slow_beat)
+    await q.close()
+    await asyncio.sleep(0.5)
+    client = await q.client()
+    assert await client.exists(q.keys.worker(wid)) == 0
+    assert await client.zscore(q.keys.workers, wid) is None

@@ -58,6 +58,8 @@ FLEET_CHECK_BEATS = 6
 _MAX_WARNED = 1_000
 #: How long a record lives without renewal (ms): three missed heartbeats.
 PRESENCE_TTL_MS = 3 * HEARTBEAT_MS
+#: Longest ``leave`` waits for heartbeats under way (s): past it, the record expires.
+LEAVE_WAIT_S = 2.0
 #: Index entries older than this are dropped by the writers (ms).
 _STALE_MS = 3_600_000
 #: Most job names a record lists (a worker with more shows the first ones).
@@ -147,6 +149,7 @@ class Presence:
         self.host = socket.gethostname()
         self._warned: set[tuple[str, str]] = set()
         self._refusal_quiet_until = 0.0  # a refused heartbeat is said once a minute
+        self._soon: set[asyncio.Future[None]] = set()  # beat_soon's heartbeats under way
 
     @property
     def names(self) -> list[str]:
@@ -186,6 +189,15 @@ class Presence:
             except ResponseError:  # damaged (another type), or refused: read as no needs
                 raw = None
             self.on_needs(raw)
+
+    def beat_soon(self) -> None:
+        """``beat`` in a task (a processor registered while the worker runs, a stop that
+        began): ``leave`` waits for it, or a record written after the worker left would
+        list it alive until its TTL."""
+        task = asyncio.ensure_future(self.beat())
+        self._soon.add(task)
+        task.add_done_callback(self._soon.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def announce(self, timeout_s: float = 2.0) -> None:
         """One heartbeat, waited for at most ``timeout_s``: what a starting worker does,
@@ -278,8 +290,11 @@ class Presence:
             )
 
     async def leave(self) -> None:
-        """Delete the record (a stopped worker is not alive); errors are ignored: the
+        """Delete the record (a stopped worker is not alive), once the heartbeats sent
+        by ``beat_soon`` are done (at most ``LEAVE_WAIT_S``); errors are ignored: the
         record expires anyway."""
+        if self._soon:
+            await asyncio.wait(set(self._soon), timeout=LEAVE_WAIT_S)
         with contextlib.suppress(Exception):
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self.keys.worker(self.worker.id))

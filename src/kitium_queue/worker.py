@@ -194,8 +194,7 @@ class Worker:
         """Write this worker's presence record now, in a task (a processor registered
         while it runs is listed at once); a failure waits for the next heartbeat."""
         if self._presence is not None:
-            task = asyncio.ensure_future(self._presence.beat())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._presence.beat_soon()
 
     def presence(self, q: JobQueue) -> Presence:
         """This worker's heartbeat record (``presence.py``): who it is, what it runs."""
