@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from .events import EventEmitter
 from .hooks import HookBus
 from .jobspec import JobSpec, options_dict, resolve_policy
 from .keys import QueueKeys
+from .limits import get_logger
 from .missing import MissingRecords
 from .options import (
     MAX_CONCURRENCY,
@@ -48,7 +49,7 @@ from .options import (
     to_int,
     to_ms,
 )
-from .pools import ping
+from .pools import drop_connections, ping
 from .scripts import ScriptCall, ScriptRegistry
 from .serverinfo import check_eviction, write_refused_cause
 
@@ -62,6 +63,7 @@ __all__ = ["CONNECT_TIMEOUT_S", "QueueContext", "redacted_views"]
 _REDACTING: ContextVar[bool] = ContextVar("kq_redacting", default=False)
 # Binding a queue to an event loop: threads' loops may race for a fresh queue.
 _BINDING = threading.Lock()
+log = get_logger(__name__)
 
 
 @contextmanager
@@ -79,6 +81,81 @@ def redacted_views() -> Iterator[None]:
 
 #: How long a server that accepted the connection gets to answer the first PING.
 CONNECT_TIMEOUT_S = 10.0
+
+
+class _LoopEnd:
+    """Closes a connected client of the queue when its event loop ends, unless ``close()``
+    released it before.
+
+    An async generator parked in the client's loop: the loop closes it as it ends
+    (``shutdown_asyncgens``, which ``asyncio.run``, ``asyncio.Runner`` and test runners
+    call once the loop's tasks are cancelled), and the client is closed there, in its
+    own loop. A queue used in an ``asyncio.run`` that ended without ``close()`` (the
+    refused second loop of the README's "Processes and event loops") kept the sockets of
+    a closed loop open until garbage collection, with a ``ResourceWarning`` each.
+    """
+
+    def __init__(self, client: Any, queue: str) -> None:
+        self._client: Any = client
+        self._queue = queue
+        self._gen = self._parked()
+        self._started = False  # an async generator's first step registers it: none else
+
+    async def start(self) -> None:
+        """Park in the running loop (its hooks for async generators register it), unless
+        the loop is closing its generators already: it is ending, and only the caller's
+        ``close()`` releases the client then."""
+        if not getattr(asyncio.get_running_loop(), "_asyncgens_shutdown_called", False):
+            self._started = True
+            await self._gen.__anext__()
+
+    async def _parked(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            _LEFT.discard(self)
+            client, self._client = self._client, None
+            if client is not None:  # the loop is ending and the client was not released
+                try:
+                    await client.aclose()
+                except Exception as exc:
+                    log.warning(
+                        "queue %s: closing its connections as their event loop ended "
+                        "failed (%s); they close with the process",
+                        self._queue,
+                        type(exc).__name__,
+                    )
+
+    async def release(self) -> None:
+        """In the client's own loop: stand down (the caller closes the client)."""
+        self._client = None
+        if self._started:
+            await self._gen.aclose()
+
+    def drop(self) -> None:
+        """From anywhere, the client's loop not running (ended, or idle): close its
+        sockets directly (``pools.drop_connections``), and stand down without the loop."""
+        client, self._client = self._client, None
+        if client is not None:
+            drop_connections(client)
+        if not self._started:
+            return
+        closing = self._gen.aclose()  # its ``finally`` awaits nothing now: done at once
+        try:
+            closing.send(None)
+        except StopIteration:
+            return
+        closing.close()
+
+    def leave(self) -> None:
+        """The client's loop runs in another thread: its connections are that loop's
+        until it ends (calls under way there keep them), then closed there."""
+        _LEFT.add(self)
+
+
+# Clients let go by close() in another event loop while theirs runs (another thread's):
+# each is closed in its own loop when that loop ends (``_LoopEnd.leave``).
+_LEFT: set[_LoopEnd] = set()
 
 
 class QueueContext:
@@ -182,6 +259,7 @@ class QueueContext:
         #: active (stamped on admin calls; None: nobody in particular).
         self.principal: str | None = None
         self._client: Any = None
+        self._loop_end: _LoopEnd | None = None
         self._connect_lock: asyncio.Lock | None = None
         # The event loop the client's connections belong to (in_its_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -250,7 +328,11 @@ class QueueContext:
         assert lock is not None  # made when the loop was bound
         async with lock:
             if self._client is None:
-                self._client = await self._connect()
+                client = await self._connect()
+                if self.connection.owns(client):  # a client passed in stays its owner's
+                    self._loop_end = _LoopEnd(client, self.name)
+                    await self._loop_end.start()
+                self._client = client
         return self._client
 
     def in_its_loop(
@@ -274,6 +356,12 @@ class QueueContext:
             if bound is None or (self._client is None and bound.is_closed()):
                 self._loop, self._connect_lock = loop, asyncio.Lock()
                 return loop
+            end = self._loop_end
+            if bound is not loop and bound.is_closed() and end is not None:
+                # Refused until close(), as documented; the sockets of the ended loop
+                # need not wait for it (nor for garbage collection).
+                self._loop_end = None
+                end.drop()
         if bound is loop:
             return loop
         raise self._elsewhere(bound)
@@ -324,14 +412,27 @@ class QueueContext:
             await client.aclose()
 
     async def close(self) -> None:
-        """Release the shared client (a later ``client()`` connects again)."""
+        """Release the shared client (a later ``client()`` connects again).
+
+        Awaited in another loop than the client's: its connections belong to that loop.
+        If it no longer runs (ended, or idle), their sockets are closed here without it;
+        if it runs in another thread, they are closed there when it ends."""
         client, self._client = self._client, None
-        elsewhere = self._loop is not None and self._loop is not asyncio.get_running_loop()
+        end, self._loop_end = self._loop_end, None
+        bound = self._loop
+        elsewhere = bound is not None and bound is not asyncio.get_running_loop()
         self._loop, self._connect_lock = None, None
         if client is not None and elsewhere:
-            return  # its connections belong to another loop (closed, or another thread's)
+            assert bound is not None
+            if end is not None and bound.is_running():
+                end.leave()
+            elif end is not None:
+                end.drop()
+            return
         if client is not None:
             self.scripts.forget(client)
+            if end is not None:
+                await end.release()
             await self._discard(client)
 
     def argv_head(self) -> tuple[str, str, str]:

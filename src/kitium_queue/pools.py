@@ -70,6 +70,7 @@ __all__ = [
     "answering",
     "blocking_wait_overran",
     "check_pool",
+    "drop_connections",
     "exhausted",
     "ping",
     "refuses_ping",
@@ -172,6 +173,48 @@ class _WaitsAndChecks:
         ):
             await connection.disconnect(nowait=True)
         await super().ensure_connection(connection)  # type: ignore[misc]
+
+
+def drop_connections(client: Any) -> None:
+    """Close the sockets of ``client``'s asyncio connections (its pool's, a Cluster
+    client's nodes', a Sentinel client's sentinels') without their event loop, which no
+    longer runs: ``aclose()`` there is impossible, and a transport's ``close()`` hands
+    the socket's close to that loop (raising once the loop is closed), so the sockets
+    stayed open until garbage collection, with a ``ResourceWarning`` for each connection,
+    stream and transport. The client is not to be used again."""
+    holders: list[Any] = [getattr(client, "connection_pool", None)]
+    nodes = getattr(client, "nodes_manager", None)  # RedisCluster: connections per node
+    for table in ("nodes_cache", "startup_nodes"):
+        holders.extend((getattr(nodes, table, None) or {}).values())
+    for sentinel in getattr(getattr(client, "kq_sentinel", None), "sentinels", ()):
+        holders.append(getattr(sentinel, "connection_pool", None))
+    for holder in holders:
+        for name in ("_available_connections", "_in_use_connections", "_connections"):
+            for conn in list(getattr(holder, name, None) or ()):
+                writer = getattr(conn, "_writer", None)
+                if isinstance(writer, asyncio.StreamWriter):  # not memory://'s stand-in
+                    _drop_transport(writer.transport)
+                    conn._writer = conn._reader = None  # redis-py's mark of a closed one
+
+
+def _drop_transport(transport: Any) -> None:
+    """Close ``transport``'s socket directly and mark it closed (``drop_connections``);
+    a TLS transport's socket is under its SSL protocol's transport."""
+    ssl_protocol = getattr(transport, "_ssl_protocol", None)
+    if ssl_protocol is not None:
+        transport._closed = True
+        transport = getattr(ssl_protocol, "_transport", None)
+    sock = getattr(transport, "_sock", None)
+    loop, fd = getattr(transport, "_loop", None), getattr(transport, "_sock_fd", None)
+    if loop is not None and fd is not None and not loop.is_closed():
+        # An idle loop that may run again: its selector must forget the socket too.
+        for forget in ("_remove_reader", "_remove_writer"):
+            getattr(loop, forget, lambda fd: None)(fd)
+    if sock is not None:
+        sock.close()
+        transport._sock = None
+    if transport is not None and hasattr(transport, "_closing"):
+        transport._closing = True  # is_closing(): the stream does not close it again
 
 
 def waiters_of(pool: Any) -> Sized:
