@@ -85,7 +85,7 @@ PACKAGE_DIR = Path(kitium_queue.__file__).resolve().parent
 #: same set; ``test_core_acl_list_covers_every_command_the_scripts_call`` keeps it honest.
 CORE_ACL_COMMANDS = (
     # connection and scripts
-    "ping", "script|load", "evalsha", "eval",
+    "ping", "script|load", "script|exists", "evalsha", "eval",
     # sent directly by the Python side (queries, the worker's wake-up, the scheduler's
     # change notifications and clock)
     "hgetall", "hget", "lrange", "llen", "zrange", "zrevrange", "bzpopmin", "zadd", "xread",
@@ -720,7 +720,7 @@ async def test_acl_user_that_cannot_load_scripts_runs_the_whole_api_with_eval(
     async with _queue("myq", redis=auth_server.url(user)) as q:
         await _whole_api(q, auth_server.admin)
     denied = {e.get("object") for e in _acl_denials(auth_server.admin)}
-    assert denied <= {"script|load"}, denied
+    assert denied <= {"script|load", "script|exists"}, denied
 
 
 async def test_a_server_without_the_script_command_runs_the_whole_api() -> None:

@@ -222,10 +222,15 @@ class ScriptRegistry:
         source, which runs on whichever node owns the keys and caches it there. So does
         a server that refuses ``SCRIPT`` itself (renamed away by a managed service, or
         an ACL without ``script|load``): nothing is loaded up front, and each script is
-        sent with EVAL the first time.
+        sent with EVAL the first time. Only scripts ``SCRIPT EXISTS`` says the server
+        lacks are sent (each queue and client would send all, ~450 KB, at every start).
         """
-        for name in SCRIPT_NAMES:
-            s = self.get(name)
+        scripts = [self.get(name) for name in SCRIPT_NAMES]
+        try:
+            have = [bool(x) for x in await client.script_exists(*(s.sha for s in scripts))]
+        except ResponseError:  # refused (ACL) or renamed away: SCRIPT LOAD says which
+            have = []
+        for s in [s for i, s in enumerate(scripts) if i >= len(have) or not have[i]]:
             try:
                 await client.script_load(s.source)
             except ResponseError as exc:
@@ -240,7 +245,7 @@ class ScriptRegistry:
                     raise
                 # The engine's own scripts compile: a slot fragment broke this one.
                 raise ConfigurationError(
-                    f"script {name} does not compile with the Lua slot fragments "
+                    f"script {s.name} does not compile with the Lua slot fragments "
                     f"registered ({self._slot_summary()}): {exc}"
                 ) from None
         self._loaded.add(id(client))

@@ -53,7 +53,7 @@ __all__ = [
 #: retries, the DLQ, the scheduler), queries and administrative commands.
 ENGINE_COMMANDS = (
     # connection and scripts
-    "ping", "script|load", "evalsha", "eval",
+    "ping", "script|load", "script|exists", "evalsha", "eval",
     # sent from Python: queries, the worker's wake-up, events, the scheduler
     "hgetall", "hget", "hmget", "lrange", "llen", "zrange", "zrevrange", "zrangebyscore",
     "zrevrangebyscore", "zscore", "zcard", "bzpopmin", "xread", "xrevrange", "subscribe",
@@ -111,7 +111,8 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
 #: What access control and the audit log send (``access="enforce"``; ``"admin"`` adds
 #: the writes of grant changes, tenant changes and retention, ``ACCESS_ADMIN_COMMANDS``).
 ACCESS_COMMANDS = (
-    "ping", "script|load", "evalsha", "eval", "hgetall", "smembers", "exists", "time",
+    "ping", "script|load", "script|exists", "evalsha", "eval", "hgetall", "smembers",
+    "exists", "time",
     "xrevrange", "xrange", "xinfo", "xlen", "xadd",
 )  # fmt: skip
 ACCESS_ADMIN_COMMANDS = (

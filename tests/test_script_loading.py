@@ -1,0 +1,42 @@
+"""Scripts are sent to a server only when it lacks them (``ScriptRegistry.load``).
+
+Every queue, and every client of a queue (the shared one, the worker's blocking one),
+sent all 20 scripts with ``SCRIPT LOAD`` (~450 KB) when it connected, though the
+server already had them: 1,000 queues in one process sent 40,000, and each restart of a
+worker all of them again. One ``SCRIPT EXISTS`` now says which are missing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+
+from helpers import QueueFactory
+from kitium_queue.scripts import SCRIPT_NAMES
+
+pytestmark = pytest.mark.redis_only
+
+
+async def _loads(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_script|load", {}).get("calls", 0))
+
+
+async def test_a_second_queue_sends_no_script_the_server_has(
+    make_queue: QueueFactory, redis_client: aioredis.Redis
+) -> None:
+    await redis_client.script_flush()
+    first = make_queue("first")
+    await first.get_stats()
+    before = await _loads(redis_client)
+    second = make_queue("second")  # the same features: the same scripts
+    await second.add_job("t", {})
+    await second.get_stats()
+    assert await _loads(redis_client) == before
+    # A server that lost them (SCRIPT FLUSH, a restart) is sent them again.
+    await redis_client.script_flush()
+    third = make_queue("third")
+    await third.get_stats()
+    assert await _loads(redis_client) == before + len(SCRIPT_NAMES)
+    shas = [third.scripts.get(n).sha for n in SCRIPT_NAMES]
+    assert all(await redis_client.script_exists(*shas))
