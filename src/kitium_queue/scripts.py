@@ -28,16 +28,9 @@ from .slots import GENERATED, SLOTS, SlotTable
 log = get_logger(__name__)
 
 __all__ = [
-    "MAX_IDLE_CONNS",
-    "REPLY_TIMEOUT_S",
-    "SCRIPT_NAMES",
-    "RawCall",
-    "Script",
-    "ScriptCall",
-    "ScriptRegistry",
-    "pack_args",
-    "translate_error",
-]
+    "MAX_IDLE_CONNS", "REPLY_TIMEOUT_S", "SCRIPT_NAMES", "RawCall", "Script", "ScriptCall",
+    "ScriptRegistry", "pack_args", "translate_error",
+]  # fmt: skip
 
 #: Deadline of one script exchange (send + replies) on the hot path.
 REPLY_TIMEOUT_S = 15.0
@@ -71,6 +64,9 @@ SCRIPT_NAMES = (
 )
 
 _INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
+#: Compiled scripts by SHA1, shared by every queue of the process (at most _SHARED_MAX).
+_SHARED: dict[str, Script] = {}
+_SHARED_MAX = 2000
 
 
 def _read(name: str) -> str:
@@ -209,7 +205,10 @@ class ScriptRegistry:
             raw = self._fragments.get(name) or _read(name)
             source = self._expand(raw, {name}, self._slots.flags())
             sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
-            script = Script(name, source, sha)
+            # One copy per process of each composed text (~880 KB a queue otherwise).
+            script = _SHARED.get(sha) or Script(name, source, sha)
+            if len(_SHARED) < _SHARED_MAX:
+                _SHARED[sha] = script
             self._compiled[name] = script
         return script
 
