@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -220,7 +221,8 @@ class Presence:
             if not announced:
                 await self._try_beat()
             announced = False
-            await asyncio.sleep(HEARTBEAT_MS / 1000)
+            # Up to 10 % sooner: the heartbeats of many queues started at once drift apart.
+            await asyncio.sleep(HEARTBEAT_MS / 1000 * random.uniform(0.9, 1.0))
             if beats % FLEET_CHECK_BEATS == 0:
                 with contextlib.suppress(*TRANSIENT_ERRORS):
                     await self.compare()
