@@ -15,12 +15,14 @@ scripts never leave one behind, but Redis can:
 The scripts count the opposite loss as they meet it (a set that lists a record gone:
 ``QueueStats.missing_records``); this one needs a walk of every record. ``find_orphans``
 walks them with ``SCAN`` (``lua/orphans.lua``, ``PAGE`` records per script call, each
-atomic and short, so workers keep running meanwhile) and reports what it found; with
+atomic and short, then three times as long a pause, so workers keep running meanwhile)
+and reports what it found; with
 ``repair=True`` it puts each orphan back where its status says (``OrphanReport``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -182,9 +184,14 @@ class _Walk:
         return report
 
     async def _page(self, ids: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         examined, found, parked, unknown, damaged, odd = await self.ctx.run(
             _SCRIPT, [*self.head, *ids]
         )
+        # Three times as long idle: the walk takes at most a quarter of Redis's time (and
+        # of the event loop's, beside a worker), so the queue's own work goes on.
+        await asyncio.sleep(3 * (loop.time() - began))
         self.examined += int(examined)
         self.parked += int(parked)
         self.unknown += int(unknown)
