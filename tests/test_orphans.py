@@ -27,7 +27,7 @@ from kitium_queue import JobQueue
 from kitium_queue.cli import main
 from kitium_queue.errors import ConfigurationError, DamagedKeyError
 from kitium_queue.hooks import AdminCall, Subscriber
-from kitium_queue.orphans import PAGE, OrphanReport, find_orphans
+from kitium_queue.orphans import LISTED, PAGE, OrphanReport, find_orphans
 
 pytestmark = pytest.mark.redis_only
 
@@ -199,7 +199,7 @@ async def test_many_records_are_walked_in_pages_while_a_worker_drains(
     """Chaos: the wait set is deleted three times while a worker drains; each walk puts
     back what was lost, and every job runs exactly once."""
     q = make_queue("q", worker={"concurrency": 8})
-    ids = await q.add_jobs([("work", {"i": i}) for i in range(PAGE * 3 + 17)])
+    ids = await q.add_jobs([("work", {"i": i}) for i in range(PAGE * 6 + 17)])
     ran: list[str] = []
 
     async def work(job: Any) -> None:
@@ -211,8 +211,8 @@ async def test_many_records_are_walked_in_pages_while_a_worker_drains(
     await q.start()
     put_back = 0
     for _ in range(3):
-        target = len(ran) + 100
-        await wait_until(lambda t=target: len(ran) > t, 20)
+        target = min(len(ran) + 50, len(ids) - 1)
+        await wait_until(lambda t=target: len(ran) >= t, 20)
         await client.delete(q.keys.wait)
         put_back += (await find_orphans(q, repair=True)).orphans
     await wait_until(lambda: len(ran) == len(ids), 30)
@@ -332,3 +332,56 @@ async def test_the_dashboard_reports_then_puts_back_for_managers_only(
     flash = (await mgr.get("/q/shop/server")).text
     assert "3 of 3 job record(s) in no state set put back (3 waiting)" in html.unescape(flash)
     assert (await q.get_stats()).waiting == len(ids)
+
+
+async def test_damaged_times_no_status_and_a_partitioned_queue(
+    make_queue: QueueFactory, redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    """From the review: a due time no delay reaches (1e308 by hand) sent a job into
+    delayed for good, a delayed orphan moved to wait kept its stale ``due``, a finish
+    time in the future held a finished job past retention, a record with a name and no
+    status (read as waiting everywhere else) was left alone as unknown, and a
+    PartitionedQueue failed with an AttributeError."""
+    from kitium_queue import PartitionedQueue
+
+    q = make_queue("q")
+    far = await q.add_job("work", {}, delay=60_000)
+    await redis_client.zrem(q.keys.delayed, far)
+    await redis_client.hset(q.keys.job(far), "due", "1e308")
+    bare = await q.add_job("work", {})
+    await redis_client.zrem(q.keys.wait, bare)
+    await redis_client.hdel(q.keys.job(bare), "st")
+    report = await find_orphans(q, repair=True)
+    assert report.by_status == {"delayed": 1, "waiting": 1} and report.unknown == 0
+    assert await _sets_of(q, far) == ["wait"] and await _sets_of(q, bare) == ["wait"]
+    assert await redis_client.hget(q.keys.job(far), "due") is None
+
+    done = make_queue("d")
+    ran: list[str] = []
+    done.process("work", lambda job: ran.append(job.id))
+    finished = await done.add_job("work", {})
+    await done.start()
+    await wait_until(lambda: ran == [finished], 10)
+    await wait_until(lambda: _sets_of(done, finished), 10)
+    await redis_client.zrem(done.keys.completed, finished)
+    await redis_client.hset(done.keys.job(finished), "f", str(2**60))
+    await find_orphans(done, repair=True)
+    score = await redis_client.zscore(done.keys.completed, finished)
+    assert score is not None and score < 2**50
+
+    pq = PartitionedQueue("pq", partitions=2, redis=redis_url, prefix=q.keys.prefix)
+    try:
+        with pytest.raises(ConfigurationError, match=r"each of queue\.queues"):
+            await find_orphans(pq)  # type: ignore[arg-type]
+    finally:
+        await pq.close()
+
+
+async def test_a_walk_keeps_counts_not_every_id(
+    make_queue: QueueFactory, redis_client: aioredis.Redis
+) -> None:
+    q = make_queue("q")
+    await q.add_jobs([("work", {"i": i}) for i in range(LISTED + 50)])
+    await redis_client.delete(q.keys.wait)
+    report = await find_orphans(q)
+    assert report.orphans == LISTED + 50 and len(report.job_ids) == LISTED

@@ -53,13 +53,15 @@ class OrphanReport:
         repaired: True when the orphans were put back (``repair=True``); False for a
             report only (nothing written).
         examined: job records examined (a record the walk met twice counts twice).
-        orphans: records no state set listed, with a status that names one: put back
-            where it says when ``repaired``.
+        orphans: records no state set listed, with a status that names one (or a name
+            and no status: waiting): put back where it says when ``repaired``. A record
+            the walk met twice (``SCAN`` may return a key twice) counts twice.
         by_status: ``orphans`` by their status (``waiting``, ``delayed``, ``active``,
             ``completed``, ``failed``, ``dlq``).
         parked: pending records their blocker's set lacks, left for
             ``parking.rebuild_parked`` (it knows each blocker's rules).
-        unknown: records without a status or with one no set stands for: left alone.
+        unknown: records with a status no set stands for, or with neither a status nor
+            a name: left alone.
         damaged: ``job:`` keys holding another Redis type than a hash: left alone
             (claim, promote and recovery dead-letter one when they meet it).
         job_ids: the first ``LISTED`` orphans.
@@ -115,6 +117,12 @@ async def find_orphans(
     when repairing and a state set or the marker holds another Redis type: repair that
     key first.
     """
+    if not hasattr(queue, "ctx"):  # a PartitionedQueue: its partitions are queues
+        raise ConfigurationError(
+            f"find_orphans takes one queue, not {type(queue).__name__}: call it for each "
+            "of queue.queues (the CLI's jobs orphans walks every partition of a "
+            "partitioned APP)"
+        )
     if not isinstance(repair, bool):
         raise ConfigurationError(f"repair must be True or False, got {repair!r:.100}")
     if lease_ms is None:
@@ -141,7 +149,10 @@ class _Walk:
         self.repair = repair
         self.head = ["1" if repair else "0", str(lease)]
         self.examined = self.parked = self.unknown = self.damaged = 0
-        self.found: dict[str, str] = {}  # id -> status, insertion-ordered
+        self.by_status: dict[str, int] = {}
+        # The first LISTED of each (insertion-ordered): a walk after a whole set went
+        # meets millions; the counts cover them all.
+        self.found: dict[str, None] = {}
         self.other: dict[str, None] = {}
 
     async def run(self) -> OrphanReport:
@@ -155,19 +166,17 @@ class _Walk:
                 page = []
         if page:
             await self._page(page)
-        by_status: dict[str, int] = {}
-        for status in self.found.values():
-            by_status[status] = by_status.get(status, 0) + 1
+        by_status = self.by_status
         report = OrphanReport(
             repaired=self.repair,
             examined=self.examined,
-            orphans=len(self.found),
+            orphans=sum(by_status.values()),
             by_status=by_status,
             parked=self.parked,
             unknown=self.unknown,
             damaged=self.damaged,
-            job_ids=tuple(list(self.found)[:LISTED]),
-            other_ids=tuple(list(self.other)[:LISTED]),
+            job_ids=tuple(self.found),
+            other_ids=tuple(self.other),
         )
         if report.orphans:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
@@ -197,5 +206,9 @@ class _Walk:
         self.unknown += int(unknown)
         self.damaged += int(damaged)
         for i in range(0, len(found), 2):
-            self.found[_text(found[i + 1])] = _text(found[i])
-        self.other.update((_text(b), None) for b in odd)
+            status = _text(found[i])
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+            if len(self.found) < LISTED:
+                self.found[_text(found[i + 1])] = None
+        for b in odd[: max(0, LISTED - len(self.other))]:
+            self.other[_text(b)] = None

@@ -22,15 +22,17 @@
 
   For each id whose record is a hash: nothing when the set of its status lists it, or
   when any state set lists it (a job is never put in two places). Otherwise, by status:
-    waiting    back into wait at its own place (priority and enqueue order)
-    delayed    back into delayed at its due time ('due'; none or past: into wait)
+    waiting    back into wait at its own place (priority and enqueue order); so is a
+               record with a name and no status (read as waiting, as everywhere)
+    delayed    back into delayed at its due time ('due'; none, past, or further than
+               any delay can be: into wait)
     active     back into active, its lease ending `grace` ms from now (see ARGV[5])
     completed, failed, dlq
-               back into its finished set at its finish time ('f'), where retention
-               trims it as any other
+               back into its finished set at its finish time ('f'; none or in the
+               future: now), where retention trims it as any other
     pending    left alone and counted as 'parked': its blocker's set lacks it, which
                parking.rebuild_parked repairs (it knows each blocker's rules)
-    anything else (no status, an unknown one)
+    anything else (an unknown status, no status and no name)
                left alone and counted as 'unknown'
   A key that is not a hash is counted as 'damaged' (claim, promote and recovery
   dead-letter such a record when they meet it).
@@ -82,12 +84,14 @@ for i = FIRST, #ARGV do
   local id = ARGV[i]
   local jk = job_key(id)
   -- pcall: a key of another type answers WRONGTYPE; a missing one all nils.
-  local f = redis.pcall('HMGET', jk, 'st', 'pk', 'due', 'f')
+  local f = redis.pcall('HMGET', jk, 'st', 'pk', 'due', 'f', 'n')
   if f.err then
     damaged = damaged + 1
-  elseif f[1] or redis.call('EXISTS', jk) == 1 then
+  elseif f[1] or f[5] or redis.call('EXISTS', jk) == 1 then
     examined = examined + 1
     local st = f[1]
+    -- A record without a status that names a job reads as waiting, as everywhere else.
+    if not st and f[5] then st = 'waiting' end
     local home = st and HOME[st]
     if home and in_set(home, id) then
       -- where its status says
@@ -109,18 +113,20 @@ for i = FIRST, #ARGV do
           push_wait(jk, id)
           woke = true
         elseif st == 'delayed' then
+          -- A due time past any delay (damaged by hand) would never come: due now.
           local due = num(f[3])
-          if due > NOW then
+          if due > NOW and due <= NOW + MAX_DELAY_MS then
             push_delayed(jk, id, due)
           else
             push_wait(jk, id)
+            redis.call('HDEL', jk, 'due')
             woke = true
           end
         elseif st == 'active' then
           redis.call('ZADD', K_ACTIVE, int(NOW + GRACE), id)
         else
           local at = num(f[4])
-          if at <= 0 then at = NOW end
+          if at <= 0 or at > NOW then at = NOW end
           redis.call('ZADD', home, int(at), id)
         end
       end
