@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -127,9 +127,11 @@ class _LoopEnd:
                     )
 
     async def release(self) -> None:
-        """In the client's own loop: stand down (the caller closes the client)."""
+        """In the client's own loop: stand down (the caller closes the client). Not
+        while the loop's end is closing the generator already (a ``close()`` in the
+        ``finally`` of an async generator of the app, closed at the same moment)."""
         self._client = None
-        if self._started:
+        if self._started and not getattr(self._gen, "ag_running", False):
             await self._gen.aclose()
 
     def drop(self) -> None:
@@ -147,15 +149,35 @@ class _LoopEnd:
             return
         closing.close()
 
-    def leave(self) -> None:
-        """The client's loop runs in another thread: its connections are that loop's
-        until it ends (calls under way there keep them), then closed there."""
+    def leave(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The client's loop runs in another thread: its connections stay that loop's
+        for ``LEFT_GRACE_S`` (calls under way there keep them), then are closed there,
+        or when the loop ends if sooner."""
         _LEFT.add(self)
+
+        async def done() -> None:
+            client = self._client
+            await self.release()  # the generator stands down: nothing to close at the end
+            _LEFT.discard(self)
+            if client is not None:
+                with suppress(Exception):
+                    await client.aclose()
+
+        def fire() -> None:
+            task = loop.create_task(done())
+            _LEFT_TASKS.add(task)
+            task.add_done_callback(_LEFT_TASKS.discard)
+
+        with suppress(RuntimeError):  # that loop closed meanwhile
+            loop.call_soon_threadsafe(loop.call_later, LEFT_GRACE_S, fire)
 
 
 # Clients let go by close() in another event loop while theirs runs (another thread's):
-# each is closed in its own loop when that loop ends (``_LoopEnd.leave``).
+# each is closed in its own loop LEFT_GRACE_S later, or when that loop ends
+# (``_LoopEnd.leave``).
 _LEFT: set[_LoopEnd] = set()
+_LEFT_TASKS: set[asyncio.Task[None]] = set()
+LEFT_GRACE_S = 10.0
 
 
 class QueueContext:
@@ -425,7 +447,7 @@ class QueueContext:
         if client is not None and elsewhere:
             assert bound is not None
             if end is not None and bound.is_running():
-                end.leave()
+                end.leave(bound)
             elif end is not None:
                 end.drop()
             return
