@@ -52,3 +52,23 @@ def test_queues_of_one_process_share_each_composed_script(make_queue: QueueFacto
         assert a.scripts.get(name) is b.scripts.get(name)
     assert grouped.scripts.get("claim").sha != a.scripts.get("claim").sha
     assert grouped.scripts.get("claim") is not a.scripts.get("claim")
+
+
+def test_scripts_no_queue_uses_any_more_are_not_kept() -> None:
+    """The shared copies are weak: scripts composed for settings since changed (a rate
+    limit set 200 times: 401 scripts, 23 MiB, before) or for queues gone are freed."""
+    import gc
+
+    from kitium_queue import JobQueue
+    from kitium_queue.scripts import _SHARED
+
+    q = JobQueue("gone", redis="memory://")
+    before = len(_SHARED)
+    for n in range(1, 30):
+        q.set_rate_limit("k", max=n, duration=1000)
+        q.scripts.get("claim")
+    gc.collect()
+    assert len(_SHARED) <= before + 2
+    del q
+    gc.collect()
+    assert len(_SHARED) <= before

@@ -64,16 +64,15 @@ SCRIPT_NAMES = (
 )
 
 _INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
-#: Compiled scripts by SHA1, shared by every queue of the process (at most _SHARED_MAX).
-_SHARED: dict[str, Script] = {}
-_SHARED_MAX = 2000
+#: Compiled scripts by SHA1, shared by the queues of the process that use them.
+_SHARED: weakref.WeakValueDictionary[str, Script] = weakref.WeakValueDictionary()
 
 
 def _read(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: shared through weak references (``_SHARED``)
 class Script:
     """One compiled script: its name, full source (includes expanded) and SHA1."""
 
@@ -206,9 +205,7 @@ class ScriptRegistry:
             source = self._expand(raw, {name}, self._slots.flags())
             sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
             # One copy per process of each composed text (~880 KB a queue otherwise).
-            script = _SHARED.get(sha) or Script(name, source, sha)
-            if len(_SHARED) < _SHARED_MAX:
-                _SHARED[sha] = script
+            script = _SHARED.setdefault(sha, Script(name, source, sha))
             self._compiled[name] = script
         return script
 
