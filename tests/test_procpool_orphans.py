@@ -138,3 +138,56 @@ async def test_a_processor_that_reaps_any_child_finds_none_it_did_not_start(
     info = await wait_for_status(q, job_id, JobStatus.COMPLETED, JobStatus.DLQ, timeout=WAIT_S)
     assert info.status is JobStatus.COMPLETED, info.failed_reason
     assert info.result == "none"
+
+
+SUBREAPER = """
+import asyncio, ctypes, os, sys
+sys.path.insert(0, {tests!r})
+import procjobs_orphans
+from kitium_queue import JobQueue
+
+def zombies():
+    found = 0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                rest = open(f"/proc/{{p}}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            found += rest[0] == "Z" and int(rest[1]) == os.getpid()
+    return found
+
+async def main():
+    assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    q = JobQueue("reap", redis={url!r}, prefix={prefix!r},
+                 worker={{"concurrency": 1, "max_jobs_per_child": 1}})
+    q.process("quick", procjobs_orphans.quick, mode="process")
+    for _ in range(6):
+        await q.add_job("quick", None, attempts=1)
+    await q.start()
+    while (await q.get_stats()).completed < 6:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    running = zombies()
+    await q.close()
+    await asyncio.sleep(0.3)
+    print("zombies", running, zombies())
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux subreaper")
+def test_a_worker_that_collects_orphans_collects_its_childrens_guards(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    """A worker that is PID 1 in a container (or a child subreaper) is given the group
+    guard of each child that ended: 6 jobs with one child each left 6 zombies (one a
+    job for good with ``max_jobs_per_child=1``). Each new child, and the pool's close,
+    collect them now: at most the last child's guard waits for the next one."""
+    script = tmp_path / "reaper.py"
+    script.write_text(SUBREAPER.format(tests=str(TESTS), url=redis_url, prefix=prefix))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    running, closed = (int(x) for x in out.stdout.split()[-2:])
+    assert running <= 1 and closed == 0, out.stdout

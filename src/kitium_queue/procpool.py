@@ -241,6 +241,47 @@ class _Child:
             await asyncio.wait_for(self.proc.wait(), 5)
 
 
+def _given_orphans() -> bool:
+    """Whether processes orphaned on this machine are given to this one to collect: it is
+    PID 1 (a container without an init) or a child subreaper. Then the group guards of
+    its children (``_child``) and what their processors left become its zombies."""
+    if os.getpid() == 1:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        flag = ctypes.c_int(0)
+        if ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0) == 0:  # GET_SUBREAPER
+            return flag.value != 0
+    return False
+
+
+def reap_strays() -> int:
+    """Collect the zombies given to this process from its children's process groups (a
+    group guard, what a processor left): exited processes whose parent is this one and
+    whose group is neither this process's nor their own. Never the children the pool
+    started (each leads its group, and asyncio waits for them), nor any other child of
+    this process (they stay in its group). Returns how many were collected."""
+    me, mine, done = os.getpid(), os.getpgrp(), 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    state, ppid, pgrp = f.read().rpartition(b")")[2].split()[:3]
+            except (OSError, ValueError):
+                continue
+            pid = int(entry.name)
+            if state == b"Z" and int(ppid) == me and int(pgrp) not in (mine, pid):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                    done += 1
+    return done
+
+
 class ProcessPool:
     """Up to ``size`` child processes, started on demand; each is replaced after
     ``config.max_jobs_per_child`` jobs when that is set (else reused while it lives)."""
@@ -251,6 +292,9 @@ class ProcessPool:
         self._idle: list[_Child] = []
         self._free = asyncio.Semaphore(size)
         self._runs = itertools.count(1)
+        #: Zombies of ended children's groups are this process's to collect (each new
+        #: child, and the pool's close, collect them: ``reap_strays``).
+        self._reaps = _given_orphans()
 
     async def run(
         self, fn_path: str, run: Run, on_message: Relay, timeouts: Timeouts | None = None
@@ -292,6 +336,8 @@ class ProcessPool:
             limit = asyncio.get_running_loop().time() + START_TIMEOUT_S
             child: _Child | None = None
             try:
+                if self._reaps:
+                    reap_strays()
                 child = self._take() or await self._spawn()
                 for fresh in (False, True):
                     try:
@@ -415,6 +461,9 @@ class ProcessPool:
         idle, self._idle = self._idle, []
         for child in idle:
             await child.kill()
+        if self._reaps:
+            await asyncio.sleep(0.2)  # the guards end right after their children
+            reap_strays()
 
 
 def _raise_remote(msg: dict[str, Any]) -> None:
