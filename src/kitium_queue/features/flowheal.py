@@ -194,6 +194,8 @@ async def heal_concurrency(queue: JobQueue) -> ConcurrencyHealReport:
 
 
 _PENDING: set[asyncio.Task[Any]] = set()
+#: The second heal after a cap was removed (``heal_soon``), in seconds.
+HEAL_AGAIN_S = 1.0
 
 
 def heal_soon(queue: JobQueue) -> None:
@@ -206,6 +208,11 @@ def heal_soon(queue: JobQueue) -> None:
 
     async def run() -> None:
         try:
+            await heal_concurrency(queue)
+            # Once more a moment later: a worker's wake-up wait is sent with its claim
+            # (composed before the change, with the removed cap's check), which runs as
+            # soon as the heal's release wakes it and parks those jobs again.
+            await asyncio.sleep(HEAL_AGAIN_S)
             await heal_concurrency(queue)
         except Exception as exc:  # the workers' next pass tries again
             log.warning("queue %s: flow-control heal failed: %s", queue.name, exc)
