@@ -77,3 +77,18 @@ def test_close_from_another_loop_releases_the_connections_of_a_running_one(
         thread.join(5)
         bg.close()
         admin.close()
+
+
+def test_a_transport_of_another_event_loop_is_left_alone() -> None:
+    """uvloop's transports have a read-only ``_closing``: dropping one raised
+    AttributeError out of ``close()`` from another loop (and out of the refused call)."""
+    from kitium_queue.pools import _drop_transport
+
+    class Foreign:
+        _loop = None
+
+        @property
+        def _closing(self) -> bool:
+            return False
+
+    _drop_transport(Foreign())  # no error: left to garbage collection

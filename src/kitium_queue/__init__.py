@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .connerrors import ConnectionLimitError
 from .enums import (
     CircuitBreakerState,
     DeliveryGuarantee,
@@ -171,6 +172,7 @@ __all__ = [
     "CircuitOpenError",
     "ComplianceManager",
     "ConfigurationError",
+    "ConnectionLimitError",
     "ConnectionUnavailableError",
     "DLQConfig",
     "DamagedKeyError",

@@ -28,9 +28,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 
-from .connerrors import permission_denied
+from .connerrors import limit_reached, permission_denied
 from .errors import PermissionDeniedError
 
 __all__ = [
@@ -85,6 +86,14 @@ async def refused_commands(client: Any, owner: Any, names: Iterable[str]) -> lis
         reply = await client.eval(_PROBE, 1, owner.keys.base + "acl", *commands)
     except NoPermissionError as exc:  # the queue's keys themselves, or EVAL, refused
         raise permission_denied(str(exc)) from None
+    except RedisConnectionError as exc:
+        # The first call of a worker or producer may be the one that needs one more
+        # connection: refused by maxclients or the open-files limit, it is said so,
+        # with the queue's name (``ConnectionLimitError``), never as redis-py's error.
+        said = owner.connection.error(exc, owner.name) if limit_reached(exc) else None
+        if said is None:
+            raise
+        raise said from None
     return [c.decode() if isinstance(c, bytes) else str(c) for c in reply or ()]
 
 

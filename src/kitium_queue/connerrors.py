@@ -5,11 +5,16 @@ happened and what to check; a wrong setting is a ``ConfigurationError``, anythin
 a ``ConnectionUnavailableError``. A TLS setting (or server certificate) that lets no
 connection open is both (``TLSConfigurationError``), and a scheme that does not match
 the port (``redis://`` to a TLS port, ``rediss://`` to a plain one) is said as such.
+A connection refused by a limit on connections (the server's ``maxclients``, this
+process's open-files limit) is a ``ConnectionLimitError`` naming the limit, what a queue
+holds, and what to change: it is no outage, and "check that the server runs" would
+send the reader the wrong way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -20,6 +25,7 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
     InvalidResponse,
+    MaxClientsReachedError,
     MaxConnectionsError,
     RedisClusterException,
     ResponseError,
@@ -37,10 +43,13 @@ from .errors import (
 __all__ = [
     "NOPERM",
     "PLAIN_TO_TLS_PORT",
+    "ConnectionLimitError",
     "ReplyCutOffError",
     "TLSConfigurationError",
     "closed_by_server",
     "connection_options",
+    "limit_advice",
+    "limit_reached",
     "missing_tls_files",
     "permission_denied",
     "reply_cut_off",
@@ -149,6 +158,113 @@ class TLSConfigurationError(ConfigurationError, ConnectionUnavailableError):
     reports it as unreachable, exit 3)."""
 
 
+class ConnectionLimitError(ConnectionUnavailableError):
+    """No new connection could be opened because a limit on connections was reached:
+    the server's ``maxclients`` (it refuses every new client, "max number of clients
+    reached"), or this process's open-files limit (``EMFILE``, "Too many open files":
+    every connection is a file descriptor; ``ENFILE``: the whole system's). Nothing of
+    the call reached Redis, and connections already open go on. The message names the
+    limit, what a queue holds, and what to change; retrying alone does not help while
+    as many connections stay open. A ``ConnectionUnavailableError``."""
+
+
+#: What one queue holds, for the messages of a limit on connections.
+QUEUE_CONNECTIONS = (
+    "each queue holds connections of its own: about 6 for a queue with a worker (its "
+    "pool of 3-4, the waker's blocking connection, the scheduler's pub/sub), 1-2 for "
+    "one that only adds or reads jobs"
+)
+_FEWER = (
+    "run fewer queues per process, pass one shared redis.asyncio client to the queues "
+    "(redis=client: they share its pool), or serve many customers from one queue with "
+    "tenancy rather than a queue per customer"
+)
+_MAX_DEPTH = 6  # how far ``limit_reached`` follows an error's causes
+
+
+def limit_reached(exc: BaseException | None) -> str | None:
+    """Which limit on connections refused ``exc`` (or an error it was raised from):
+    ``"maxclients"`` (the server's), ``"open-files"`` (this process's: ``EMFILE``),
+    ``"system-files"`` (the system's: ``ENFILE``); None for any other error."""
+    for _ in range(_MAX_DEPTH):
+        if exc is None:
+            return None
+        if isinstance(exc, MaxClientsReachedError):
+            return "maxclients"
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code == errno.EMFILE:
+            return "open-files"
+        if code == errno.ENFILE:
+            return "system-files"
+        text = str(exc)
+        if "max number of clients reached" in text:
+            return "maxclients"
+        if "Too many open files in system" in text:
+            return "system-files"
+        if "Too many open files" in text:
+            return "open-files"
+        exc = exc.__cause__  # redis-py raises its own errors from the socket's
+    return None
+
+
+def _nofile() -> str:
+    """This process's open-files limit, as ``soft N, hard M`` ("" where unknown)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # not on this platform
+        return ""
+    shown = ["unlimited" if n == resource.RLIM_INFINITY else str(n) for n in (soft, hard)]
+    return f"RLIMIT_NOFILE soft {shown[0]}, hard {shown[1]}"
+
+
+def limit_refusal(limit: str, where: str, cause: str, queue: str = "") -> str:
+    """What happened, for ``limit`` (``limit_reached``): ``where`` is the server
+    ("Redis at host:port"), ``cause`` the error's own text, ``queue`` the queue's name
+    if known."""
+    of = f" of queue {queue!r}" if queue else ""
+    if limit == "maxclients":
+        return (
+            f"{where} refused a new connection{of}: it has as many clients as its "
+            f"maxclients setting allows ({cause})"
+        )
+    if limit == "system-files":
+        return (
+            f"cannot open a connection{of} to {where}: the system's table of open files "
+            f"is full (ENFILE: {cause})"
+        )
+    limits = _nofile()
+    return (
+        f"cannot open a connection{of} to {where}: this process has as many files open "
+        f"as its open-files limit allows (EMFILE{', ' if limits else ''}{limits}: {cause})"
+    )
+
+
+def limit_advice(limit: str) -> str:
+    """What to do about ``limit`` (``limit_reached``), a sentence or two."""
+    if limit == "maxclients":
+        return (
+            f"Nothing of the call reached Redis; {QUEUE_CONNECTIONS}. To go on: raise "
+            "maxclients (CONFIG SET maxclients <n>, and in redis.conf; INFO clients shows "
+            f"connected_clients and maxclients), {_FEWER}; or open fewer connections "
+            "elsewhere (fewer processes, a lower max_connections in redis=). Connections "
+            "already open go on"
+        )
+    if limit == "system-files":
+        return (
+            "Every connection is a file descriptor. To go on: raise the system's limit "
+            "(sysctl fs.file-max), or find the process that holds so many files open"
+        )
+    return (
+        f"Every connection to Redis is a file descriptor, and {QUEUE_CONNECTIONS}. To go "
+        "on: raise the limit (ulimit -n <n> before the process starts; LimitNOFILE= in a "
+        "systemd unit; --ulimit nofile= for a container; resource.setrlimit up to the "
+        f"hard limit), {_FEWER}; and check that the process does not leak files or "
+        "sockets (ls /proc/<pid>/fd). Nothing of the call reached Redis"
+    )
+
+
 # A timeout: redis-py's, the builtin's, and asyncio's (a class of its own before Python
 # 3.11, where it is neither TimeoutError nor an OSError).
 _TIMEOUTS = (RedisTimeoutError, TimeoutError, asyncio.TimeoutError)
@@ -184,6 +300,11 @@ def translate_error(
     would be quoted inside another message)."""
     if isinstance(exc, KitiumQueueError):
         return exc
+    limit = limit_reached(exc)
+    if limit is not None:
+        cause = _sentence(redacted) or type(exc).__name__
+        refusal = limit_refusal(limit, f"Redis at {describe}", cause, queue)
+        return ConnectionLimitError(f"{refusal}. {limit_advice(limit)}")
     options = options or {}
     missing_files, tls, db = missing_tls_files(options), uses_tls(options), options.get("db")
     where = f"Redis at {describe}"
@@ -264,14 +385,6 @@ def translate_error(
             f"no free connection to {where} for queue {queue!r} ({cause}); every "
             "connection of the pool was in use: raise max_connections in redis= or run "
             "fewer calls at once"
-        )
-    if isinstance(exc, RedisConnectionError) and "max number of clients" in cause:
-        return ConnectionUnavailableError(
-            f"{where} refused a new connection of queue {queue!r}: it has as many "
-            f"clients as its maxclients setting allows ({cause}); raise maxclients (CONFIG "
-            "SET maxclients, or in redis.conf), or open fewer connections (fewer "
-            "processes, or a lower max_connections in redis=). Connections already open "
-            "go on"
         )
     if closed_by_server(exc) and opening:
         hint = "" if tls else PLAIN_TO_TLS_PORT

@@ -4,6 +4,13 @@ never ends up with a worker it cannot stop or a processor its worker does not ru
 * ``Lifecycle`` — ``JobQueue.start()`` / ``close()``. One worker per queue and process: a
   ``start()`` while another is under way joins it (two startup hooks starting the same
   queue get one worker), and ``close()`` waits for a start under way before stopping.
+  Before the worker starts, it gets the connections it needs to run, all at once: one
+  refused by a limit on connections (the server's ``maxclients``, the process's open
+  files) refuses the start with ``ConnectionLimitError`` saying which and what to do.
+  Before, such a ``start()`` returned while its worker could never claim (its waker,
+  or a pump lane, never got a connection), and only warnings said so. A refused start
+  closes what it opened. Redis unreachable at start raises as before; an outage that
+  begins once the first connection is open is the worker's to ride out, as it was.
   ``close()`` awaited from inside one of the worker's jobs cannot wait for that job (it
   is the caller): it starts the stop and returns at once; the worker stops once its jobs
   end (within ``shutdown_timeout``), then the connections are released.
@@ -37,9 +44,11 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .connerrors import ConnectionLimitError
 from .errors import ConfigurationError
 from .limits import MAX_JOB_NAME_LENGTH, get_logger
 from .options import check_text
+from .pools import hold_connections
 from .processors import check_processor
 from .procpool import import_path
 
@@ -195,6 +204,7 @@ class Lifecycle:
         self._starting = asyncio.get_running_loop().create_future()
         self.worker = worker
         try:
+            await self._connections_for(worker)
             await worker.start()
         except BaseException:
             if not worker.running:
@@ -205,6 +215,33 @@ class Lifecycle:
         finally:
             self._starting.set_result(None)
             self._starting = None
+
+    async def _connections_for(self, worker: Worker) -> None:
+        """Refuse a start whose worker cannot get the connections it needs to run
+        (module docstring): the shared client first (Redis unreachable raises here, as
+        it did in ``worker.start()``), then, all at once (``pools.hold_connections``),
+        one per pump lane and one each for the waker's blocking wait and the
+        scheduler's pub/sub, whose places are freed again for the worker to take."""
+        q = self.queue
+        opens = getattr(q.ctx, "_client", None) is None  # this start connects the queue
+        client = await q.client()
+        if q.connection.is_memory:
+            return
+        lanes = 2 if worker.concurrency >= 2 else 1
+        listens = any(s.name == "scheduler" for s in q.services)
+        need = lanes + 1 + listens
+        got, failed = await hold_connections(client, need, keep=lanes)
+        if failed is None:
+            return
+        if opens:  # its connection too: a refused start leaves the server as it found it
+            await q.ctx.close()
+        said = q.connection.error(failed, q.name) or failed
+        raise ConnectionLimitError(
+            f"queue {q.name!r} cannot start its worker: it needs {need} connections at "
+            f"once to run ({lanes} for its pump lanes, 1 for the waker's blocking wait"
+            f"{', 1 for the scheduler' if listens else ''}) and could open only {got} of "
+            f"them; nothing was claimed. {q.connection.redact(said)}"
+        ) from None
 
     async def close(self) -> None:
         """Stop the worker (if any), then release the connections (``JobQueue.close``)."""

@@ -33,11 +33,16 @@ and the health-check ``PING`` of an idle connection for the whole pause, and any
 that needed a new connection with it. The asyncio connections of these pools give each
 ``HANDSHAKE_TIMEOUT_S``, then raise ``HandshakeTimeoutError`` (nothing of the call
 was sent); the commands themselves keep no deadline of their own.
+
+A connection refused by a limit on connections (the server's ``maxclients``, this
+process's open files: ``EMFILE``) is ``ConnectLimitError`` naming it and what to change,
+and ``hold_connections`` tells whether a worker about to start can get what it needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sys
 from collections import deque
@@ -52,7 +57,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connerrors import (
     PLAIN_TO_TLS_PORT,
+    ConnectionLimitError,
     closed_by_server,
+    limit_advice,
+    limit_reached,
+    limit_refusal,
     missing_tls_files,
     tls_failure,
     tls_files_missing,
@@ -66,12 +75,14 @@ __all__ = [
     "CheckedPool",
     "CheckedSentinelPool",
     "ConnectFailedError",
+    "ConnectLimitError",
     "HandshakeTimeoutError",
     "answering",
     "blocking_wait_overran",
     "check_pool",
     "drop_connections",
     "exhausted",
+    "hold_connections",
     "ping",
     "refuses_ping",
     "waiters_of",
@@ -199,7 +210,14 @@ def drop_connections(client: Any) -> None:
 
 def _drop_transport(transport: Any) -> None:
     """Close ``transport``'s socket directly and mark it closed (``drop_connections``);
-    a TLS transport's socket is under its SSL protocol's transport."""
+    a TLS transport's socket is under its SSL protocol's transport. Another loop's
+    transports (uvloop's: read-only attributes, no socket to reach) are left to garbage
+    collection, as before."""
+    with contextlib.suppress(AttributeError, TypeError):
+        _drop_selector_transport(transport)
+
+
+def _drop_selector_transport(transport: Any) -> None:
     ssl_protocol = getattr(transport, "_ssl_protocol", None)
     if ssl_protocol is not None:
         transport._closed = True
@@ -330,6 +348,14 @@ class ConnectFailedError(ConnectionUnavailableError, RedisConnectionError):
         self.__dict__.update(RedisConnectionError(message).__dict__)
 
 
+class ConnectLimitError(ConnectFailedError, ConnectionLimitError):
+    """A connection of the pool could not be opened because a limit on connections was
+    reached: the server's ``maxclients``, or this process's open-files limit
+    (``EMFILE``). The message names the limit and what to change, not "check that the
+    server runs" (``connerrors.ConnectionLimitError``). A ``ConnectFailedError``:
+    nothing of the call reached Redis, and a queue words it again with its name."""
+
+
 class HandshakeTimeoutError(ConnectionUnavailableError):
     """Redis accepted a connection but did not answer its handshake (or an idle
     connection's health-check ``PING``) within ``HANDSHAKE_TIMEOUT_S``: nothing of the
@@ -339,12 +365,8 @@ class HandshakeTimeoutError(ConnectionUnavailableError):
 
 
 def _handshake_timeout(conn: Any, what: str) -> HandshakeTimeoutError:
-    try:
-        where = conn._host_error()
-    except Exception:  # only to word the message
-        where = "the server"
     return HandshakeTimeoutError(
-        f"Redis at {where} accepted the connection but did not answer {what} within "
+        f"Redis at {_where(conn)} accepted the connection but did not answer {what} within "
         f"{HANDSHAKE_TIMEOUT_S:g} s: its clients may be paused (CLIENT PAUSE, as during "
         "a failover; it answers once the pause ends), or it is too busy to answer. "
         "Nothing of this call reached Redis: try again shortly (the next call connects "
@@ -356,9 +378,15 @@ def _connect_failed(exc: BaseException, conn: Any = None) -> BaseException:
     """``exc`` raised by ``conn.connect()``: a socket that could not be opened (redis-py's
     "Error 111 connecting to host:port. ...", a failed TLS handshake, a TLS file that is
     gone) or a connection the server closed while it was being opened becomes
-    ``ConnectFailedError``, saying what to check; anything else (a handshake refused, a
-    timeout, a Sentinel without a primary) stays."""
+    ``ConnectFailedError``, saying what to check, and one refused by a limit on
+    connections (the server's ``maxclients``, the process's open files) becomes
+    ``ConnectLimitError``; anything else (a handshake refused, a timeout, a Sentinel
+    without a primary) stays."""
     text = str(exc)
+    limit = limit_reached(exc)
+    if limit is not None:  # maxclients; EMFILE (redis-py's "Error 24 connecting to ...")
+        refusal = limit_refusal(limit, f"Redis at {_where(conn)}", text.rstrip(". "))
+        return ConnectLimitError(f"{refusal}. {limit_advice(limit)}")
     if type(exc) is not RedisConnectionError:
         return exc
     files = _tls_files(conn)
@@ -379,6 +407,13 @@ def _connect_failed(exc: BaseException, conn: Any = None) -> BaseException:
     else:
         return exc
     return ConnectFailedError(f"{text} Nothing of this call reached Redis: {advice}")
+
+
+def _where(conn: Any) -> str:
+    try:
+        return str(conn._host_error())
+    except Exception:  # only to word a message
+        return "the server"
 
 
 def _tls_files(conn: Any) -> dict[str, Any] | None:
@@ -495,6 +530,43 @@ def _bounded_handshake(cls: type) -> dict[str, Any]:
 
         out["check_health"] = check_health
     return out
+
+
+async def hold_connections(client: Any, count: int, keep: int) -> tuple[int, BaseException | None]:
+    """Have ``count`` connections of ``client``'s pool open at once (idle ones count)
+    and hand them back, keeping ``keep`` of them open: whether a worker can get the
+    connections it needs to run (its pump lanes' from this pool, and stand-ins for
+    those it opens of its own, which are closed again to free their places). Returns
+    how many were open together and, if one was refused by a limit on connections, the
+    error (``ConnectLimitError``). Any other error (Redis went away) is no answer:
+    ``(count, None)``, and the worker rides it out as any outage.
+
+    After a refusal every connection this call opened is closed again (the server's
+    places, the process's files): a refused start leaves things as it found them. A
+    client without a redis-py pool (Cluster, ``memory://``) gives ``(count, None)``;
+    never more than the pool's free ``max_connections`` are taken (no wait)."""
+    pool: Any = getattr(client, "connection_pool", None)
+    idle = getattr(pool, "_available_connections", None)
+    in_use = getattr(pool, "_in_use_connections", None)
+    if not isinstance(idle, list) or in_use is None or not hasattr(pool, "get_connection"):
+        return count, None
+    count = min(count, int(getattr(pool, "max_connections", count)) - len(in_use))
+    was_open = {id(c) for c in idle if getattr(c, "is_connected", False)}
+    held: list[Any] = []
+    failed: BaseException | None = None
+    try:
+        while len(held) < count:
+            held.append(await pool.get_connection())
+    except Exception as exc:
+        if limit_reached(exc) is not None:
+            failed = exc
+    finally:
+        for i, conn in enumerate(held):
+            if id(conn) not in was_open and (failed is not None or i >= keep):
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+            await pool.release(conn)
+    return (len(held), failed) if failed is not None else (count, None)
 
 
 async def blocking_wait_overran(exc: BaseException, client: Any, who: str) -> bool:

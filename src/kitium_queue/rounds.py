@@ -2,7 +2,9 @@
 
 * ``round_failed`` — a pump round failed as a whole: an outage is reported once and
   retried with backoff; anything else (a refused ``SCRIPT LOAD``, an ACL change) is said
-  loudly each time, a damaged key at a bounded rate.
+  loudly each time, a damaged key at a bounded rate. A connection refused by a limit
+  (the server's ``maxclients``, the process's open files) is reported as such
+  (``limit_said``), with what to do.
 * ``permission_refused`` — a round refused for lack of permission: the worker checks
   which commands of the queue's scripts the user may not run now and, while any is
   refused, claims and records nothing (``aclcheck.py``), saying which.
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .aclcheck import WORKER_SCRIPTS, refused_commands, refused_error
 from .connection import TRANSIENT_ERRORS
+from .connerrors import limit_reached
 from .errors import PermissionDeniedError
 from .limits import get_logger, safe_text
 from .pools import blocking_wait_overran
@@ -31,7 +34,14 @@ from .pools import blocking_wait_overran
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["RECHECK_S", "permission_refused", "refused", "reply_too_big", "round_failed"]
+__all__ = [
+    "RECHECK_S",
+    "limit_said",
+    "permission_refused",
+    "refused",
+    "reply_too_big",
+    "round_failed",
+]
 
 log = get_logger("kitium_queue.worker")
 
@@ -54,7 +64,7 @@ async def round_failed(worker: Worker, exc: Exception, backoff: float) -> float:
     if denied and not worker.stopping:
         return _MIN_BACKOFF_S
     if isinstance(exc, TRANSIENT_ERRORS):
-        worker.report_outage(exc)
+        worker.report_outage(limit_said(worker, exc))
         await asyncio.sleep(backoff)
         return min(backoff * 2, 1.0)
     q = worker.queue
@@ -84,7 +94,18 @@ async def wait_failed(worker: Worker, exc: BaseException, asked: int) -> None:
     if isinstance(exc, PermissionDeniedError) and await permission_refused(worker, exc):
         return
     if not await blocking_wait_overran(exc, client, f"worker {worker.id}"):
-        worker.report_outage(exc)
+        worker.report_outage(limit_said(worker, exc))
+
+
+def limit_said(worker: Worker, exc: BaseException) -> BaseException:
+    """``exc``, or, when a limit on connections refused it (the server's ``maxclients``,
+    the process's open files), the queue's ``ConnectionLimitError`` saying which and
+    what to do: the outage warning names the cause, not "Redis unreachable" alone.
+    The worker retries all the same (connections may be freed)."""
+    if limit_reached(exc) is None:
+        return exc
+    q = worker.queue
+    return q.connection.error(exc, q.name) or exc
 
 
 async def permission_refused(worker: Worker, exc: BaseException) -> bool:
