@@ -169,6 +169,8 @@ async def test_a_command_taken_away_while_the_worker_runs_stops_its_claims(
         lost = _orphans(admin, "rights-d", ids)
         assert len(lost) <= 4
         assert "jobs orphans APP --repair" in caplog.text
+        # Its user (acl redis-rules) may not SCAN: its own walk says what to run.
+        await wait_until(lambda: "allowed SCAN" in caplog.text, 15)
         # Taken by the refused claim, they read as running: a short lease lets
         # recovery hand them out again at once (by default after lock_duration).
         report = await find_orphans(prod, repair=True, lease_ms=100)
@@ -199,6 +201,43 @@ async def test_a_worker_whose_rights_were_taken_away_stops_at_once(
         t0 = asyncio.get_running_loop().time()
         await w.close()
         assert asyncio.get_running_loop().time() - t0 < 10
+    finally:
+        await w.close()
+        await prod.close()
+
+
+async def test_a_worker_allowed_scan_puts_back_what_a_refused_claim_left(
+    server: RedisServer, admin: redis_sync.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the commands are allowed again, the worker walks the job records itself
+    (``orphans.walk``) and puts back the jobs the one refused claim left in no set:
+    every job runs, with no operator."""
+    user = _user(admin, "w-walk", "rights-w", "+scan")
+    prod = JobQueue("rights-w", redis=_url(server))
+    w = JobQueue(
+        "rights-w",
+        redis=_url(server, user),
+        worker={"concurrency": 4},
+        settings={"lock_duration": 1000},
+    )
+    ran: set[str] = set()
+
+    async def work(job: Any) -> None:
+        await asyncio.sleep(0.02)
+        ran.add(job.id)
+
+    w.process("work", work)
+    caplog.set_level(logging.WARNING, "kitium_queue")
+    try:
+        await w.start()
+        ids = await prod.add_jobs([("work", {"i": i}) for i in range(200)])
+        await wait_until(lambda: len(ran) >= 10, 10)
+        admin.execute_command("ACL", "SETUSER", user, "-xadd")
+        await wait_until(lambda: "refuse XADD" in caplog.text, 15)
+        admin.execute_command("ACL", "SETUSER", user, "+xadd")
+        await wait_until(lambda: ran == set(ids), 60)
+        assert _orphans(admin, "rights-w", ids) == []
+        assert "allowed SCAN" not in caplog.text
     finally:
         await w.close()
         await prod.close()

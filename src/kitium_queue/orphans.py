@@ -33,7 +33,7 @@ from .parking import _text
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["LISTED", "PAGE", "OrphanReport", "find_orphans"]
+__all__ = ["LISTED", "PAGE", "OrphanReport", "find_orphans", "walk"]
 
 log = get_logger(__name__)
 
@@ -139,6 +139,13 @@ async def find_orphans(
 
     args = {"repair": repair, "lease_ms": lease_ms}
     return await queue.admin.execute("find_orphans", args, action)
+
+
+async def walk(queue: JobQueue, *, repair: bool) -> OrphanReport:
+    """``find_orphans`` as the engine runs it by itself (a worker whose rights came back
+    after a script was refused part-way), as the heals run: not an administrative
+    command of a principal, so without its guards; leases of ``lock_duration``."""
+    return await _Walk(queue, repair, int(queue.ctx.lock_duration_ms)).run()
 
 
 class _Walk:

@@ -7,7 +7,9 @@
   (``limit_said``), with what to do.
 * ``permission_refused`` — a round refused for lack of permission: the worker checks
   which commands of the queue's scripts the user may not run now and, while any is
-  refused, claims and records nothing (``aclcheck.py``), saying which.
+  refused, claims and records nothing (``aclcheck.py``), saying which; once they are
+  allowed again, it walks the job records for those a refused script left in no set
+  and puts them back (``orphans.walk``).
 * ``refused`` — Redis refused to record outcomes for a reason of its own (out of memory,
   ...): they are kept and offered again after a backoff.
 * ``reply_too_big`` — Redis closed the connection while it sent a claim's reply, yet
@@ -142,14 +144,16 @@ async def _recheck(worker: Worker, q: Any, handoff: Any, exc: BaseException) -> 
                     worker.id,
                     q.name,
                 )
+                _walk_soon(q)
             return said
         if not said:
             log.error(
                 "worker %s: %s. It happened while the worker ran (the user's rights "
                 "changed): a script refused part-way may have left the jobs it was moving "
-                "in no set (`kitium-queue jobs orphans APP --repair`, run as a user "
-                "allowed SCAN, puts them back). The worker claims and records nothing "
-                "until they are allowed (checked every %d s)",
+                "in no set (the worker walks the job records for them once the "
+                "commands are allowed, if its user may SCAN; else `kitium-queue jobs "
+                "orphans APP --repair` puts them back). The worker claims and records "
+                "nothing until they are allowed (checked every %d s)",
                 worker.id,
                 safe_text(refused_error(q.name, denied)),
                 RECHECK_S,
@@ -163,6 +167,35 @@ async def _recheck(worker: Worker, q: Any, handoff: Any, exc: BaseException) -> 
                 handoff.down_until = 0.0
                 return said
             await asyncio.sleep(0.25)
+
+
+_WALKS: set[asyncio.Task[None]] = set()
+
+
+def _walk_soon(q: Any) -> None:
+    """The rights came back: put back the jobs a script refused part-way left in no set
+    (``orphans.find_orphans``), in the background. A user without ``SCAN`` (the rules
+    ``acl redis-rules`` writes for a worker) is told to run it as one that has it."""
+    from .orphans import walk
+
+    async def run() -> None:
+        try:
+            report = await walk(q, repair=True)
+        except Exception as exc:
+            log.error(
+                "queue %s: the walk for job records a refused script left in no set "
+                "failed (%s); run `kitium-queue jobs orphans APP --repair` as a Redis user "
+                "allowed SCAN",
+                q.name,
+                safe_text(exc)[:300],
+            )
+            return
+        if not report.orphans:
+            log.info("queue %s: no job record was left in no set", q.name)
+
+    task = asyncio.ensure_future(run())
+    _WALKS.add(task)
+    task.add_done_callback(_WALKS.discard)
 
 
 async def refused(worker: Worker, exc: Exception, backoff: float) -> float:
