@@ -61,6 +61,31 @@ def _url(server: RedisServer, user: str | None = None) -> str:
     return f"redis://{auth}127.0.0.1:{server.port}/0"
 
 
+async def _draining(
+    server: RedisServer, user: str, queue: str, **settings: Any
+) -> tuple[JobQueue, JobQueue, set[str], list[str]]:
+    """A worker of ``user`` (concurrency 4) draining 200 jobs, the first 10 of them run:
+    (producer, worker, the ids run, the ids added)."""
+    prod = JobQueue(queue, redis=_url(server))
+    w = JobQueue(queue, redis=_url(server, user), worker={"concurrency": 4}, settings=settings)
+    ran: set[str] = set()
+
+    async def work(job: Any) -> None:
+        await asyncio.sleep(0.02)
+        ran.add(job.id)
+
+    w.process("work", work)
+    try:
+        await w.start()
+        ids = await prod.add_jobs([("work", {"i": i}) for i in range(200)])
+        await wait_until(lambda: len(ran) >= 10, 10)
+    except BaseException:
+        await w.close()
+        await prod.close()
+        raise
+    return prod, w, ran, ids
+
+
 def _orphans(admin: redis_sync.Redis, queue: str, ids: list[str]) -> list[str]:
     """Jobs whose record exists but that are in neither wait, active nor completed."""
     base = f"kq:{{{queue}}}:"
@@ -140,20 +165,9 @@ async def test_a_command_taken_away_while_the_worker_runs_stops_its_claims(
     server: RedisServer, admin: redis_sync.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     user = _user(admin, "w-drift", "rights-d")
-    prod = JobQueue("rights-d", redis=_url(server))
-    w = JobQueue("rights-d", redis=_url(server, user), worker={"concurrency": 4})
-    ran: set[str] = set()
-
-    async def work(job: Any) -> None:
-        await asyncio.sleep(0.02)
-        ran.add(job.id)
-
-    w.process("work", work)
     caplog.set_level(logging.WARNING, "kitium_queue")
+    prod, w, ran, ids = await _draining(server, user, "rights-d")
     try:
-        await w.start()
-        ids = await prod.add_jobs([("work", {"i": i}) for i in range(200)])
-        await wait_until(lambda: len(ran) >= 10, 10)
         admin.execute_command("ACL", "SETUSER", user, "-xadd")
         await wait_until(lambda: "refuse XADD" in caplog.text, 15)
         await asyncio.sleep(0.5)
@@ -213,25 +227,9 @@ async def test_a_worker_allowed_scan_puts_back_what_a_refused_claim_left(
     (``orphans.walk``) and puts back the jobs the one refused claim left in no set:
     every job runs, with no operator."""
     user = _user(admin, "w-walk", "rights-w", "+scan")
-    prod = JobQueue("rights-w", redis=_url(server))
-    w = JobQueue(
-        "rights-w",
-        redis=_url(server, user),
-        worker={"concurrency": 4},
-        settings={"lock_duration": 1000},
-    )
-    ran: set[str] = set()
-
-    async def work(job: Any) -> None:
-        await asyncio.sleep(0.02)
-        ran.add(job.id)
-
-    w.process("work", work)
     caplog.set_level(logging.WARNING, "kitium_queue")
+    prod, w, ran, ids = await _draining(server, user, "rights-w", lock_duration=1000)
     try:
-        await w.start()
-        ids = await prod.add_jobs([("work", {"i": i}) for i in range(200)])
-        await wait_until(lambda: len(ran) >= 10, 10)
         admin.execute_command("ACL", "SETUSER", user, "-xadd")
         await wait_until(lambda: "refuse XADD" in caplog.text, 15)
         admin.execute_command("ACL", "SETUSER", user, "+xadd")

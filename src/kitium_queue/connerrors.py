@@ -49,6 +49,7 @@ __all__ = [
     "closed_by_server",
     "connection_options",
     "limit_advice",
+    "limit_message",
     "limit_reached",
     "missing_tls_files",
     "permission_denied",
@@ -241,6 +242,12 @@ def limit_refusal(limit: str, where: str, cause: str, queue: str = "") -> str:
     )
 
 
+def limit_message(limit: str, where: str, cause: str, queue: str = "") -> str:
+    """The whole message of a connection refused by ``limit``: what happened
+    (``limit_refusal``), then what to do (``limit_advice``)."""
+    return f"{limit_refusal(limit, where, cause, queue)}. {limit_advice(limit)}"
+
+
 def limit_advice(limit: str) -> str:
     """What to do about ``limit`` (``limit_reached``), a sentence or two."""
     if limit == "maxclients":
@@ -303,8 +310,7 @@ def translate_error(
     limit = limit_reached(exc)
     if limit is not None:
         cause = _sentence(redacted) or type(exc).__name__
-        refusal = limit_refusal(limit, f"Redis at {describe}", cause, queue)
-        return ConnectionLimitError(f"{refusal}. {limit_advice(limit)}")
+        return ConnectionLimitError(limit_message(limit, f"Redis at {describe}", cause, queue))
     options = options or {}
     missing_files, tls, db = missing_tls_files(options), uses_tls(options), options.get("db")
     where = f"Redis at {describe}"

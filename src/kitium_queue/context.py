@@ -116,15 +116,18 @@ class _LoopEnd:
             _LEFT.discard(self)
             client, self._client = self._client, None
             if client is not None:  # the loop is ending and the client was not released
-                try:
-                    await client.aclose()
-                except Exception as exc:
-                    log.warning(
-                        "queue %s: closing its connections as their event loop ended "
-                        "failed (%s); they close with the process",
-                        self._queue,
-                        type(exc).__name__,
-                    )
+                await self._close(client)
+
+    async def _close(self, client: Any) -> None:
+        try:
+            await client.aclose()
+        except Exception as exc:
+            log.warning(
+                "queue %s: closing the connections it let go in their event loop failed "
+                "(%s); they close with the process",
+                self._queue,
+                type(exc).__name__,
+            )
 
     async def release(self) -> None:
         """In the client's own loop: stand down (the caller closes the client). Not
@@ -160,8 +163,7 @@ class _LoopEnd:
             await self.release()  # the generator stands down: nothing to close at the end
             _LEFT.discard(self)
             if client is not None:
-                with suppress(Exception):
-                    await client.aclose()
+                await self._close(client)
 
         def fire() -> None:
             task = loop.create_task(done())
@@ -340,6 +342,12 @@ class QueueContext:
         return resolve_policy(self.defaults, policy)[0]
 
     # ------------------------------------------------------------------ connection
+    @property
+    def connected(self) -> bool:
+        """Whether the shared client is connected (the next ``client()`` does not
+        connect)."""
+        return self._client is not None
+
     async def client(self) -> Any:
         """The shared Redis client (connects and loads the scripts on first use)."""
         if self._client is not None:

@@ -220,16 +220,17 @@ class Lifecycle:
         """Refuse a start whose worker cannot get the connections it needs to run
         (module docstring): the shared client first (Redis unreachable raises here, as
         it did in ``worker.start()``), then, all at once (``pools.hold_connections``),
-        one per pump lane and one each for the waker's blocking wait and the
-        scheduler's pub/sub, whose places are freed again for the worker to take."""
+        one per pump lane, one for the waker's blocking wait and those the services
+        hold of their own (``Service.connections``: the scheduler's subscription), whose
+        places are freed again for the worker to take."""
         q = self.queue
-        opens = getattr(q.ctx, "_client", None) is None  # this start connects the queue
+        opens = not q.ctx.connected  # this start connects the queue
         client = await q.client()
         if q.connection.is_memory:
             return
         lanes = 2 if worker.concurrency >= 2 else 1
-        listens = any(s.name == "scheduler" for s in q.services)
-        need = lanes + 1 + listens
+        services = sum(int(getattr(s, "connections", 0)) for s in q.services)
+        need = lanes + 1 + services
         got, failed = await hold_connections(client, need, keep=lanes)
         if failed is None:
             return
@@ -239,7 +240,7 @@ class Lifecycle:
         raise ConnectionLimitError(
             f"queue {q.name!r} cannot start its worker: it needs {need} connections at "
             f"once to run ({lanes} for its pump lanes, 1 for the waker's blocking wait"
-            f"{', 1 for the scheduler' if listens else ''}) and could open only {got} of "
+            f"{f', {services} for its services' if services else ''}) and could open only {got} of "
             f"them; nothing was claimed. {q.connection.redact(said)}"
         ) from None
 

@@ -85,6 +85,9 @@ class Service(Protocol):
     ``start(queue)`` is awaited when a worker starts (it should create its tasks and
     return); ``stop()`` when the worker stops, before running jobs are waited for.
     ``name`` identifies it (adding a service with the same name replaces the old one).
+    A service that opens Redis connections of its own while it runs (a subscription)
+    says how many in an attribute ``connections`` (0 when absent): a worker's start
+    makes sure that many can be opened (``lifecycle``).
     """
 
     name: str

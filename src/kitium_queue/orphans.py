@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
-from .limits import get_logger
-from .parking import _text
+from .limits import get_logger, reply_text
+from .records import job_id_pages
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -163,15 +163,7 @@ class _Walk:
         self.other: dict[str, None] = {}
 
     async def run(self) -> OrphanReport:
-        client = await self.ctx.client()
-        base = self.ctx.keys.job("").encode()
-        page: list[bytes] = []
-        async for key in client.scan_iter(match=base + b"*", count=1000):
-            page.append(bytes(key)[len(base) :])
-            if len(page) >= PAGE:
-                await self._page(page)
-                page = []
-        if page:
+        async for page in job_id_pages(self.ctx, PAGE):
             await self._page(page)
         by_status = self.by_status
         report = OrphanReport(
@@ -213,9 +205,9 @@ class _Walk:
         self.unknown += int(unknown)
         self.damaged += int(damaged)
         for i in range(0, len(found), 2):
-            status = _text(found[i])
+            status = reply_text(found[i])
             self.by_status[status] = self.by_status.get(status, 0) + 1
             if len(self.found) < LISTED:
-                self.found[_text(found[i + 1])] = None
+                self.found[reply_text(found[i + 1])] = None
         for b in odd[: max(0, LISTED - len(self.other))]:
-            self.other[_text(b)] = None
+            self.other[reply_text(b)] = None

@@ -35,6 +35,7 @@ from redis.exceptions import ResponseError
 from .damage import named_key
 from .errors import ConfigurationError, DamagedKeyError
 from .keys import QueueKeys
+from .records import job_id_pages
 
 if TYPE_CHECKING:
     from .queue import JobQueue
@@ -495,14 +496,7 @@ class _Rebuild:
         (index_bad,) = await self._call("index")
         if index_bad:
             self.damaged[keys.parked_index] = None
-        base = keys.job("").encode()
-        page: list[bytes] = []
-        async for key in client.scan_iter(match=base + b"*", count=1000):
-            page.append(bytes(key)[len(base) :])
-            if len(page) >= REBUILD_BATCH:
-                await self._jobs(page)
-                page = []
-        if page:
+        async for page in job_id_pages(ctx, REBUILD_BATCH):
             await self._jobs(page)
         if self.only is not None:
             blockers = [self.only.encode()]

@@ -59,9 +59,8 @@ from .connerrors import (
     PLAIN_TO_TLS_PORT,
     ConnectionLimitError,
     closed_by_server,
-    limit_advice,
+    limit_message,
     limit_reached,
-    limit_refusal,
     missing_tls_files,
     tls_failure,
     tls_files_missing,
@@ -385,8 +384,9 @@ def _connect_failed(exc: BaseException, conn: Any = None) -> BaseException:
     text = str(exc)
     limit = limit_reached(exc)
     if limit is not None:  # maxclients; EMFILE (redis-py's "Error 24 connecting to ...")
-        refusal = limit_refusal(limit, f"Redis at {_where(conn)}", text.rstrip(". "))
-        return ConnectLimitError(f"{refusal}. {limit_advice(limit)}")
+        return ConnectLimitError(
+            limit_message(limit, f"Redis at {_where(conn)}", text.rstrip(". "))
+        )
     if type(exc) is not RedisConnectionError:
         return exc
     files = _tls_files(conn)

@@ -18,7 +18,7 @@ are in ``wire.py``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -39,6 +39,7 @@ __all__ = [
     "JobField",
     "decode_id",
     "hash_reply",
+    "job_id_pages",
     "job_values",
     "stored_status",
 ]
@@ -444,3 +445,21 @@ def job_values(
     if damage:
         values["damaged"] = "; ".join(damage)
     return values
+
+
+async def job_id_pages(ctx: Any, size: int) -> AsyncIterator[list[bytes]]:
+    """The ids of every job record of a queue (``ctx``: anything with ``keys`` and an
+    async ``client()``), walked with ``SCAN``, at most ``size`` at a time: what the
+    repairs that walk the records read (``parking.rebuild_parked``,
+    ``orphans.find_orphans``). ``SCAN`` may give a record twice, and may miss one added
+    meanwhile."""
+    client = await ctx.client()
+    base = ctx.keys.job("").encode()
+    page: list[bytes] = []
+    async for key in client.scan_iter(match=base + b"*", count=1000):
+        page.append(bytes(key)[len(base) :])
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page

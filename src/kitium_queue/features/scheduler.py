@@ -132,6 +132,8 @@ class Scheduler:
     """
 
     name = "scheduler"
+    #: Its subscription to schedule changes holds a connection of its own.
+    connections = 1
 
     def __init__(self, *, rng: random.Random | None = None) -> None:
         self.queue: JobQueue | None = None

@@ -45,6 +45,7 @@
 --@include lib_base
 --@include lib_events
 --@include lib_jobs
+--@include lib_listed
 
 local REPAIR = ARGV[4] == '1'
 local GRACE = arg_int(ARGV[5], 30000, 0, MAX_MS)
@@ -62,20 +63,6 @@ local HOME = {
   waiting = K_WAIT, active = K_ACTIVE, delayed = K_DELAYED,
   completed = K_COMPLETED, failed = K_FAILED, dlq = K_DLQ,
 }
-local ALL = { K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED, K_DLQ }
-
--- A set of another type (a dry run does not check them first) reads as not listing it.
-local function in_set(key, id)
-  local s = redis.pcall('ZSCORE', key, id)
-  return s and type(s) ~= 'table'
-end
-
-local function listed(id)
-  for s = 1, #ALL do
-    if in_set(ALL[s], id) then return true end
-  end
-  return false
-end
 
 local examined, parked, unknown, damaged = 0, 0, 0, 0
 local found, odd = {}, {}
@@ -97,7 +84,7 @@ for i = FIRST, #ARGV do
       -- where its status says
     elseif st == 'pending' and f[2] and in_set(PREFIX .. 'parked:' .. f[2], id) then
       -- parked behind its blocker
-    elseif listed(id) then
+    elseif in_state_set(id) then
       -- in a set other than its status names: not lost, left alone
     elseif st == 'pending' then
       parked = parked + 1

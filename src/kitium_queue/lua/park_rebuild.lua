@@ -39,6 +39,7 @@
   or the marker) holds another type; nothing was written.
 ]]
 --@include lib_parking
+--@include lib_listed
 
 local PHASE = ARGV[4]
 local DRY = ARGV[5] == '1'
@@ -137,7 +138,6 @@ if PHASE == 'total' then
 end
 
 -- PHASE == 'jobs'
-local STATE_SETS = { K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED, K_DLQ }
 local pending, restored, released, skipped = 0, 0, 0, 0
 local damaged, seen, given = {}, {}, {}
 local kind, back, order = {}, {}, {}
@@ -158,13 +158,6 @@ local function set_kind(b)
   return k
 end
 
-local function listed(id)
-  for s = 1, #STATE_SETS do
-    if redis.call('ZSCORE', STATE_SETS[s], id) then return true end
-  end
-  return false
-end
-
 for i = FIRST, #ARGV do
   local id = ARGV[i]
   local jk = job_key(id)
@@ -175,7 +168,7 @@ for i = FIRST, #ARGV do
       pending = pending + 1
       local k = set_kind(b)
       if not (k == 'zset' and redis.call('ZSCORE', PARKED_PREFIX .. b, id)) then
-        if listed(id) then
+        if in_state_set(id) then
           skipped = skipped + 1
         else
           restored = restored + 1
