@@ -73,6 +73,22 @@ async def health_cli(tmp_path: Path, url: str, name: str, prefix: str = "kq") ->
     return got.exit_code, json.loads(got.stdout)
 
 
+async def user_without(url: str, port: int, name: str, command: str) -> str:
+    """Make an ACL user ``name`` (password ``pw``) allowed every command but ``command``
+    on the server at ``url`` (as its default user); return its URL."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.from_url(url)
+    try:
+        await admin.acl_setuser(
+            name, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+            commands=["+@all", f"-{command}"],
+        )  # fmt: skip
+    finally:
+        await admin.aclose()
+    return f"redis://{name}:pw@127.0.0.1:{port}/0"
+
+
 def in_forked_child(fn: Callable[[], str]) -> str:
     """Run ``fn`` in a forked child and return the text it returned (at most 4000
     bytes, UTF-8), or ``"raised <type>: <text>"``; the child never runs pytest's exit."""

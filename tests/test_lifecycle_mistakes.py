@@ -83,6 +83,43 @@ async def test_a_job_that_closes_its_queue_stops_the_worker(make: QueueFactory, 
     await asyncio.wait_for(q.close(), HANG_S)
 
 
+class _SlowStart:
+    """A service whose start awaits a while (a subscription, a first read)."""
+
+    def __init__(self, name: str, delay: float) -> None:
+        self.name, self.delay = name, delay
+        self.running = False
+
+    async def start(self, queue: Any) -> None:
+        await asyncio.sleep(self.delay)
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+
+async def test_a_stop_while_the_services_start_stops_them_all(make: QueueFactory) -> None:
+    """A job that closes its queue, claimed while a service's start still awaited: the
+    stop used to pass the services not started yet, which then started and ran on
+    with no worker. The stop now waits for their start, then stops every one."""
+    q = make("selfclose-services", worker={"shutdown_timeout": 2000})
+    slow, after = _SlowStart("slow", 0.5), _SlowStart("after", 0.0)
+    q.add_service(slow)
+    q.add_service(after)
+
+    @q.process("quit")
+    async def quit_(job: Any) -> None:
+        await q.close()
+
+    await q.add_job("quit", {})
+    await q.start()
+    worker = q.worker
+    await wait_until(worker.stopped.is_set, timeout=HANG_S, message="the worker to stop")
+    await asyncio.wait_for(q.close(), HANG_S)
+    await asyncio.sleep(0.2)
+    assert not slow.running and not after.running, (slow.running, after.running)
+
+
 async def test_run_worker_returns_when_a_job_closes_the_queue(make: QueueFactory) -> None:
     q = make("selfclose-serve", worker={"shutdown_timeout": 1000})
 

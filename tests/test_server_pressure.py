@@ -25,6 +25,7 @@ from helpers import (
     fail_saves,
     health_cli,
     mend_saves,
+    user_without,
     wait_until,
 )
 from kitium_queue import ConfigurationError, JobQueue, SyncJobQueue, WriteRefusedError
@@ -109,13 +110,7 @@ async def test_a_server_without_info_says_its_eviction_policy_was_not_checked(
 
     serverinfo._unchecked_said.clear()
     with RedisServer("--maxmemory-policy", "allkeys-lru") as srv:
-        admin = aioredis.from_url(srv.url)
-        await admin.acl_setuser(
-            "noinfo", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-            commands=["+@all", "-info"],
-        )  # fmt: skip
-        await admin.aclose()
-        url = f"redis://noinfo:pw@127.0.0.1:{srv.port}/0"
+        url = await user_without(srv.url, srv.port, "noinfo", "info")
         q = JobQueue("noinfo", redis=url, prefix=prefix)
         with caplog.at_level(logging.WARNING, logger="kitium_queue"):
             assert await q.add_job("n", {})

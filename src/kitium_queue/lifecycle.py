@@ -38,12 +38,14 @@ never ends up with a worker it cannot stop or a processor its worker does not ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import evictwatch
 from .connerrors import ConnectionLimitError
 from .errors import ConfigurationError
 from .limits import MAX_JOB_NAME_LENGTH, get_logger
@@ -53,7 +55,6 @@ from .processors import check_processor
 from .procpool import import_path
 
 if TYPE_CHECKING:
-    from .middleware import Service
     from .queue import JobQueue
     from .worker import Worker
 
@@ -117,18 +118,35 @@ def detached(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     return ctx.run(asyncio.get_running_loop().create_task, coro, name=name)
 
 
+#: Services of a queue being started (``start_services``): a stop waits for their start.
+_STARTING: weakref.WeakKeyDictionary[JobQueue, asyncio.Event] = weakref.WeakKeyDictionary()
+#: The longest a stop waits for the services' start to end (s).
+SERVICES_START_WAIT_S = 10.0
+
+
 async def start_services(queue: JobQueue, worker_id: str) -> None:
     """Start the services that run alongside the worker (a failing one is logged)."""
-    for svc in queue.services:
-        try:
-            await svc.start(queue)
-        except Exception:
-            log.exception("worker %s: service %s failed to start", worker_id, svc.name)
+    started = _STARTING[queue] = asyncio.Event()
+    try:
+        for svc in queue.services:
+            try:
+                await svc.start(queue)
+            except Exception:
+                log.exception("worker %s: service %s failed to start", worker_id, svc.name)
+    finally:
+        started.set()
 
 
-async def stop_services(services: Iterable[Service], worker_id: str) -> None:
-    """Stop the services, last started first (a failing one is logged)."""
-    for svc in reversed(list(services)):
+async def stop_services(queue: JobQueue, worker_id: str) -> None:
+    """Stop the services, last started first (a failing one is logged). A stop begun
+    while they start (a job that closes its queue, claimed while a service's start
+    awaited Redis) first waits for that start to end: a service started after the
+    stop passed it would run on without a worker."""
+    started = _STARTING.get(queue)
+    if started is not None and not started.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(started.wait(), SERVICES_START_WAIT_S)
+    for svc in reversed(list(queue.services)):
         try:
             await svc.stop()
         except Exception:
@@ -200,6 +218,8 @@ class Lifecycle:
             from .features.scheduler import Scheduler
 
             q.services.append(Scheduler())
+        if not q.connection.is_memory and not any(s.name == evictwatch.NAME for s in q.services):
+            q.services.append(evictwatch.eviction_service(q))  # evictwatch.py
         worker = make_worker()  # may refuse its settings: nothing is under way yet
         self._starting = asyncio.get_running_loop().create_future()
         self.worker = worker

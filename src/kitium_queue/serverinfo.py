@@ -8,15 +8,16 @@
 * ``memory_report`` for ``health_check``: memory in use against ``maxmemory``, the
   policy, and the persistence that protects acknowledged jobs (AOF with its
   ``appendfsync``, RDB snapshots, or none).
-* Job records found missing under such a policy are reported by ``missing.py``.
+* Job records found missing under such a policy are reported by ``missing.py``; keys
+  evicted while workers run are watched for by ``evictwatch.py``.
 * ``write_refused``: the library's error for a write Redis refused as a server (out of
   memory, a failed background save, a read-only replica, too few replicas for
   ``min-replicas-to-write``, or busy with another client's long script): nothing of
   that call was written, because Redis refuses a script before its first write and,
   once a script wrote, lets it finish (the transitions stay whole).
 
-Servers that do not answer ``INFO`` (an ACL user without ``+info``, some managed
-services) are not checked: the check is skipped with a log line, never a failure.
+Servers that do not answer ``INFO`` (no ``+info``, some managed services) are not
+checked: a log line says so.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class MemoryReport:
     #: On a Cluster, the node the figures are from ("host:port"): the primary that
     #: holds the queue's hash slot. None on a single server.
     node: str | None = None
+    #: Keys the server evicted since it started (``INFO stats``; None: not answered).
+    evicted_keys: int | None = None
 
     @property
     def used_fraction(self) -> float | None:
@@ -227,6 +230,8 @@ def server_checks(
             policy += " may evict job records" + (
                 " (allowed by settings)" if allow_eviction else ""
             )
+        if memory.evicted_keys:
+            policy += f"; {memory.evicted_keys} keys evicted since the server started"
         out.append(("eviction policy", safe or allow_eviction, policy))
     if role is not None:
         primary = role == "master"
@@ -257,6 +262,7 @@ async def memory_report(
     try:
         mem = await _info(client, "memory", key)
         per = await _info(client, "persistence", key)
+        stats = await _info(client, "stats", key)
     except ResponseError:  # busy: reads refused too (health_check's error says so)
         return None
     if mem is None:
@@ -281,6 +287,7 @@ async def memory_report(
         policy=_text(mem.get("maxmemory_policy", "")),
         persistence=" + ".join(parts) if parts else ("none" if per is not None else "unknown"),
         node=None if (node := _node(client, key)) is None else str(node.name),
+        evicted_keys=None if stats is None else int(stats.get("evicted_keys", 0) or 0),
     )
 
 
@@ -328,18 +335,10 @@ _REFUSALS = (
         "replay or remove DLQ jobs) or raise maxmemory",
         True,
     ),
-    (
-        "MISCONF",
-        "Redis refuses writes because its last background save failed (MISCONF)",
-        "fix the server's disk or persistence settings (see its log)",
-        True,
-    ),
-    (
-        "READONLY",
-        "the server is a read-only replica",
-        "point the queue at the primary (or use redis+sentinel:// to follow failovers)",
-        True,
-    ),
+    ("MISCONF", "Redis refuses writes because its last background save failed (MISCONF)",
+     "fix the server's disk or persistence settings (see its log)", True),
+    ("READONLY", "the server is a read-only replica",
+     "point the queue at the primary (or use redis+sentinel:// to follow failovers)", True),
     (
         "NOREPLICAS",
         "Redis refuses writes because fewer replicas than its min-replicas-to-write are "
@@ -364,7 +363,7 @@ _REFUSALS = (
         "wait for it",
         False,
     ),
-)
+)  # fmt: skip
 
 
 # A reply's leading code, whole ("BUSY" is not "BUSYGROUP"), with or without RESP's "-".

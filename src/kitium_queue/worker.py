@@ -301,7 +301,7 @@ class Worker:
     async def _stop(self, timeout_ms: int | None, flush_timeout_ms: int | None) -> None:
         loop, forced = asyncio.get_running_loop(), self._forced
         try:
-            await stop_services(self.queue.services, self.id)
+            await stop_services(self.queue, self.id)
             grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
             ends = loop.time() + grace  # by default, the flush may take what is left of it
             await grace_period(self.leases, grace, forced)  # the pumps end once no run is held

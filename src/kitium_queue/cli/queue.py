@@ -317,6 +317,7 @@ def health(
                         "used_fraction": m.used_fraction,
                         "maxmemory_policy": m.policy,
                         "persistence": m.persistence,
+                        "evicted_keys": m.evicted_keys,
                     },
                 }
             )
@@ -343,6 +344,8 @@ def health(
                 ("maxmemory-policy", m.policy),
                 ("persistence", m.persistence),
             ]
+            if m.evicted_keys:
+                pairs.append(("evicted keys", f"{m.evicted_keys} since the server started"))
         pairs += [(c["name"], ("ok: " if c["ok"] else "FAILED: ") + c["detail"]) for c in checks]
         out.fields(pairs, title=f"{probe} of queue {q.name}")
         return code
