@@ -68,6 +68,9 @@ log = get_logger("kitium_queue.worker")
 
 #: Outcomes sent in one ``finish`` call.
 FINISH_CHUNK = 500
+#: The reason of a run cancel_job() stopped (finish.lua records an outcome of a job it
+#: flagged, other than a completion, as a failure with this reason: status 'cancelled').
+CANCELLED = "cancelled by cancel_job()"
 _FIELDS = len(FINISH_OUTCOME)
 
 # An outcome waiting for its reply: the run, its kind, the value (the result for C, the
@@ -145,6 +148,8 @@ class Outcomes:
         # refuse (SET PX, ZADD).
         if type(delay) is not int or not 0 <= delay <= MAX_DELAY_MS:
             delay = clamp_delay_ms(delay)
+        if keep is None and kind != "C":  # R, D, H: kept as a failure if a cancel comes first
+            keep = run.policy.keep_failed
         # wire.FINISH_OUTCOME, in order.
         self.acks.extend(
             (
@@ -325,6 +330,8 @@ class Outcomes:
         dlq = self.queue.dlq.enabled
         clock = asyncio.get_running_loop().time
         for (run, kind, value, exc, delay), status in zip(done, statuses, strict=False):
+            if status == b"cancelled":  # cancel_job() came first: failed for good instead
+                kind, value, delay, status = "F", CANCELLED, 0, b"ok"
             if status != b"ok":
                 self._not_recorded(run, kind, status)
                 continue

@@ -70,7 +70,7 @@ from .limits import (
 )
 from .middleware import run_process_chain
 from .options import BackoffOptions
-from .outcomes import describe, traceback_text
+from .outcomes import CANCELLED, describe, traceback_text
 from .processors import check_processor, runs_async, settled
 from .procpool import ProcessPool, import_path
 from .runends import FAILING_CANCELS, PROCESS_EXITS, RunEnds, cancelled, no_stop, not_cancelled
@@ -318,7 +318,7 @@ class Runner:
                 ),
             )
         elif reason == "cancelled":
-            self.fail_final(run, None, "cancelled by cancel_job()")
+            self.fail_final(run, None, CANCELLED)
         else:
             self._ack(run, Kind.HAND_BACK, b"", b"", 0, None, None, None)
             return reason == "shutdown"

@@ -58,6 +58,7 @@ if redis.call('EXISTS', K_PARKED) == 1 then return 1 end
 -- token must never be handed out twice.
 -- UNLINK: the event stream may hold millions of entries (events_max_len); freeing it
 -- happens in the background instead of inside this call.
+-- The chosen ids' windows go with their jobs (enqueue.lua): an id is free again.
 redis.call('UNLINK', K_META, K_EVENTS, K_MARKER, K_LIMITER, K_PARK_TIMERS, K_PARK_RULES,
-  PREFIX .. 'slot-errors')
+  PREFIX .. 'slot-errors', PREFIX .. 'jids')
 return 0

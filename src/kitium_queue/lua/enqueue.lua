@@ -31,7 +31,12 @@
   Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
   call answers KQ_FENCED <reason> before anything is written.
   Chosen ids and auto ids never overwrite a job: a chosen id that exists is 'dup', and
-  an auto id skips sequence numbers whose job hash exists.
+  an auto id skips sequence numbers whose job hash exists. A chosen id stays taken for
+  the idempotency window after its job was removed: each new job of a chosen id is
+  added to <prefix>jids (a sorted set: id -> end of its window, ms), and a chosen id
+  whose window lasts is 'dup' too. Ended windows are dropped a few per call; clear()
+  deletes the set. A jids key of another type refuses a call holding a chosen id
+  (KQ_DAMAGED_KEY) before anything is written.
   Events: job-added (with state) per new job.
 ]]
 --@include lib_base
@@ -54,7 +59,18 @@ if fenced then return redis.error_reply('KQ_FENCED ' .. fenced) end
 -- call, none per job. The id counter needs none: add_job's INCR of it is the first write.
 local damaged = check_keys(1, 3, 8, 9)
 if damaged then return damaged end
-local idem_ttl = int(arg_int(ARGV[4], 86400000, 1, MAX_MS))
+local idem_ms = arg_int(ARGV[4], 86400000, 1, MAX_MS)
+local idem_ttl = int(idem_ms)
+-- Chosen ids of the window: id -> when it ends (ms). Checked when the call holds one.
+local K_JIDS = PREFIX .. 'jids'
+local chosen = 0
+for b = 5, #ARGV, 8 do
+  if ARGV[b] ~= '' then chosen = chosen + 1 end
+end
+if chosen > 0 then
+  damaged = check_key(K_JIDS, 'zset')
+  if damaged then return damaged end
+end
 local out = {}
 local woke = false
 local waiting = {}
@@ -83,7 +99,10 @@ for j = 0, fields / 8 - 1 do
     existing = nil
   end
 --@end
-  if not existing and custom ~= '' and redis.call('EXISTS', job_key(custom)) == 1 then
+  -- A chosen id is taken while its job exists and, after the job was removed (by hand
+  -- or by retention), until the end of its idempotency window (K_JIDS).
+  if not existing and custom ~= '' and (redis.call('EXISTS', job_key(custom)) == 1 or
+      num(redis.call('ZSCORE', K_JIDS, custom)) > NOW) then
     existing = custom
   end
   if damaged then
@@ -109,6 +128,7 @@ for j = 0, fields / 8 - 1 do
         redis.call('HSET', jk, 'ik', ik)
         redis.call('SET', ikey, id, 'PX', idem_ttl)
       end
+      if custom ~= '' then redis.call('ZADD', K_JIDS, int(NOW + idem_ms), custom) end
       out[#out + 1] = id
       out[#out + 1] = 'new'
     end
@@ -116,4 +136,9 @@ for j = 0, fields / 8 - 1 do
 end
 flush_wait(waiting)
 if woke then wake() end
+if chosen > 0 then
+  -- Windows that ended: a bounded number per call, more than the call adds.
+  local ended = redis.call('ZRANGEBYSCORE', K_JIDS, '-inf', NOW, 'LIMIT', 0, 100 + 2 * chosen)
+  if #ended > 0 then redis.call('ZREM', K_JIDS, unpack(ended)) end
+end
 return out

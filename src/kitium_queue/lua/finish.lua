@@ -38,7 +38,10 @@
   reply is the error KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
 
   Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing' | 'damaged'
-  ('damaged': the job key holds something other than a job hash; nothing is written).
+  ('damaged': the job key holds something other than a job hash; nothing is written)
+  | 'cancelled' (an 'R', 'D' or 'H' outcome of a job cancel_job() flagged while it ran:
+  recorded as an 'F' with the reason 'cancelled by cancel_job()' instead; a 'C' stays
+  completed, since the run did its work).
   Events: job-completed | job-retrying | job-failed (+ job-dlq) | job-delayed | job-released.
   Slot: every job this call takes out of active passes the `release` slot once, before
   its transition is written, with outcome completed | retrying | failed | deferred |
@@ -57,6 +60,7 @@
 -- Retention counts and ages above this are as good as unlimited; exact in a double.
 local MAX_KEEP = 9007199254740992
 local KINDS = { C = true, R = true, F = true, D = true, H = true }
+local CANCELLED = 'cancelled by cancel_job()'
 --@if release
 local RELEASED_AS = { C = 'completed', R = 'retrying', F = 'failed', D = 'deferred',
   H = 'released' }
@@ -94,12 +98,13 @@ end
 
 -- The keys the call's kinds of outcome write (check_keys, lib_base.lua): active and
 -- events, plus completed for 'C', wait and marker for 'R' 'D' 'H', delayed for 'R' 'D',
--- dlq or failed for 'F'. A few commands per call, none per outcome.
+-- dlq or failed for 'F' -- and for 'R' 'D' 'H' too: one of a job cancel_job() flagged
+-- becomes a final failure (below). A few commands per call, none per outcome.
 local check = { 2, 8 }
 if kinds.C then check[#check + 1] = 4 end
 if kinds.R or kinds.D or kinds.H then check[#check + 1] = 1; check[#check + 1] = 9 end
 if kinds.R or kinds.D then check[#check + 1] = 3 end
-if kinds.F then check[#check + 1] = dlq_enabled and 6 or 5 end
+if kinds.F or kinds.R or kinds.D or kinds.H then check[#check + 1] = dlq_enabled and 6 or 5 end
 local damaged = check_keys(unpack(check))
 if damaged then return damaged end
 
@@ -135,6 +140,12 @@ for b = 5, #ARGV, 9 do
   elseif f[1] ~= token or f[2] ~= 'active' then
     res[#res + 1] = 'lease-lost'
   else
+    local status = 'ok'
+    if kind ~= 'C' and kind ~= 'F' and redis.call('HEXISTS', jk, 'cx') == 1 then
+      -- cancel_job() flagged the run, and it ended (raised, retry later, handed back)
+      -- before a renewal told its worker: failed for good, as a cancel promises.
+      kind, payload, tb, meta, status = 'F', CANCELLED, '', '', 'cancelled'
+    end
     unleased[#unleased + 1] = id
     redis.call('HDEL', jk, 'lt', 'cx')
 --@if release
@@ -209,7 +220,7 @@ for b = 5, #ARGV, 9 do
       woke = true
       emit('job-released', id)
     end
-    res[#res + 1] = 'ok'
+    res[#res + 1] = status
   end
 end
 zrem_all(K_ACTIVE, unleased)

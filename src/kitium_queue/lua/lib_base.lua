@@ -19,7 +19,8 @@
   Shared ARGV prefix:
     ARGV[1]  key prefix of the queue, ending with ':' (e.g. "kq:{orders}:"); job hashes
              are <prefix>job:<id>, log lists <prefix>logs:<id>, idempotency keys
-             <prefix>idem:<key>, parked jobs <prefix>parked:<blocker> (lib_parking.lua).
+             <prefix>idem:<key>, chosen ids of the window <prefix>jids (enqueue.lua),
+             parked jobs <prefix>parked:<blocker> (lib_parking.lua).
              They share the hash tag of KEYS, so scripts stay cluster-safe.
     ARGV[2]  now in ms; empty string = use the Redis server clock (production default,
              immune to client clock skew). Tests pass an explicit time: an integer from 0
