@@ -328,3 +328,38 @@ async def test_a_start_refusing_its_concurrency_leaves_close_free(make: QueueFac
     await asyncio.wait_for(q.close(), 5)
     await q.start()  # and it can start afterwards
     await asyncio.wait_for(q.close(), 10)
+
+
+@pytest.mark.redis_only
+@pytest.mark.parametrize("round_", range(3))
+async def test_a_stop_hands_back_what_the_wake_up_claim_took(
+    redis_url: str, prefix: str, round_: int
+) -> None:
+    """A job added just as a graceful stop begins, while the idle worker's wake-up wait
+    (with its claim riding on it) is out: Redis runs the claim, and the stop used to
+    cancel the exchange and throw its reply away, so the job stayed leased to the
+    stopped worker until its lease ended (then counted a stall). The stop now ends the
+    wait through the worker's wake key and hands the claimed job back at once."""
+    import time
+
+    from kitium_queue import SyncJobQueue
+
+    q = JobQueue("stop-wake", redis=redis_url, prefix=prefix)
+    q.process("work", lambda job: None)
+    producer = SyncJobQueue("stop-wake", redis=redis_url, prefix=prefix)
+    try:
+        await q.start()
+        await asyncio.sleep(0.3)  # idle: the waker blocks, its claim queued behind
+        jid = producer.add_job("work", {})  # blocks the loop: Redis runs add, then claim
+        time.sleep(0.01)  # the claim's reply waits in the waker's socket
+        wake_key = q.worker.wake_key
+        await asyncio.wait_for(q.close(), HANG_S)
+        info = await q.get_job_status(jid)
+        assert info is not None and info.status in (JobStatus.WAITING, JobStatus.COMPLETED), (
+            info.status if info else None
+        )
+        assert info.attempts <= 1 and info.stalls == 0, (info.attempts, info.stalls)
+        assert not await (await q.client()).exists(wake_key)
+    finally:
+        producer.close()
+        await q.close()

@@ -196,6 +196,26 @@ class EvictionService(LeaderService):
     def __init__(self, queue: JobQueue) -> None:
         self.watch = EvictionWatch(queue)
         super().__init__(NAME, self.watch.serve, lease_ms=LEASE_MS)
+        self._later: asyncio.Task[None] | None = None
+
+    async def start(self, queue: JobQueue) -> None:
+        """Campaign a moment later (a fifth of ``CHECK_S`` to all of it, at random): not
+        in the burst of the worker's start, so the watch needs no connection of its own
+        in the queue's pool, and many queues started together do not look at once."""
+
+        async def later() -> None:
+            await asyncio.sleep(CHECK_S * random.uniform(0.2, 1.0))
+            await LeaderService.start(self, queue)
+
+        if self._later is None or self._later.done():
+            self._later = asyncio.get_running_loop().create_task(later())
+
+    async def stop(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            await asyncio.wait({self._later}, timeout=1.0)
+            self._later = None
+        await super().stop()
 
 
 def eviction_service(queue: JobQueue) -> EvictionService:

@@ -118,6 +118,41 @@ def detached(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     return ctx.run(asyncio.get_running_loop().create_task, coro, name=name)
 
 
+#: The longest a stop waits for the waker's wait, ended through its wake key, to come
+#: back with the reply of the claim riding on it (s); then it is cancelled.
+WAKER_END_S = 2.0
+
+
+async def end_waker(worker: Worker) -> None:
+    """End the waker's wait when a claim rides on it (``Worker.stop``). Cancelling it
+    would throw the claim's reply away, and Redis may have run the claim already (a job
+    added just as the stop began): its jobs stayed leased to a worker gone, stalled
+    until their leases ended. Instead a member is added to the worker's own wake key
+    (``Worker.wake_key``, which its ``BZPOPMIN`` watches beside the marker): the wait
+    returns, the claim runs, and its jobs are handed back at once (the stop's flush
+    records them). A wait that does not come back within ``WAKER_END_S`` (Redis
+    unreachable) is cancelled, as before."""
+    task = worker._waker_task
+    if task is None or task.done():
+        return
+    key = worker.wake_key
+    if worker._waker_claiming:
+        try:
+            client = await worker.queue.client()
+            pipe = client.pipeline(transaction=True)
+            pipe.zadd(key, {"stop": 0})
+            pipe.pexpire(key, int(WAKER_END_S * 10_000))
+            await asyncio.wait_for(pipe.execute(), WAKER_END_S)
+            await asyncio.wait({task}, timeout=WAKER_END_S)
+            # The member stays when the wait came back by itself just before.
+            await asyncio.wait_for(client.delete(key), WAKER_END_S)
+        except Exception:  # unreachable, refused: cancelled (its key expires by itself)
+            pass
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+
+
 #: Services of a queue being started (``start_services``): a stop waits for their start.
 _STARTING: weakref.WeakKeyDictionary[JobQueue, asyncio.Event] = weakref.WeakKeyDictionary()
 #: The longest a stop waits for the services' start to end (s).

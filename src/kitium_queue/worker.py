@@ -25,9 +25,9 @@ How one worker runs (one asyncio task each, plus one task per running job):
    (Workers sharing a slot budget, a client that is not a plain redis-py one, and a
    worker just back from an outage pop the marker alone and let a pump lane claim — before
    the lane's next idle wait, even when the pop landed while it was mid-round; a
-   marker taken while such a worker has no free slot is put back for others.) Stopping
-   cancels the waiting exchange first; a claim that Redis ran just as it was cancelled
-   leaves its jobs leased, and they are recovered once their lease expires.
+   marker taken while such a worker has no free slot is put back for others.) A stop
+   ends a wait a claim rides on through the worker's own wake key (``end_waker``): the
+   claim runs and its jobs are handed back at once; any other wait is cancelled.
 3. **renew** and 4. **sweep** — lease renewal (a run whose lease was lost is abandoned,
    its outcome never recorded) and the stalled-job sweep: ``leases.py``.
 5. **presence** — a heartbeat record of the worker (id, processors, running jobs) with a
@@ -128,6 +128,7 @@ class Worker:
             else to_int(concurrency, "concurrency", minimum=1, maximum=MAX_CONCURRENCY)
         )
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.wake_key = queue.keys.extra(f"wake:{self.id}")  # its waker's own (end_waker)
         self.running = False
         self.stopped = asyncio.Event()
         #: The queue's lifecycle hooks (``queue.hooks``; the built-in ``Observer`` first).
@@ -282,9 +283,8 @@ class Worker:
             if not self.running:
                 return
             self._stopping = True
-            if self._waker_task is not None:
-                # Before a claim riding on its wait can lease jobs no pump would run.
-                self._waker_task.cancel()
+            if self._waker_task is not None and not self._waker_claiming:
+                self._waker_task.cancel()  # no claim rides on it (else: end_waker, below)
             self._signal.set()
             lifecycle.STOPPING.add(self)  # a second SIGTERM/SIGINT may force it
             self.announce_soon()  # its record says it stops: peers hand it no job
@@ -301,6 +301,7 @@ class Worker:
     async def _stop(self, timeout_ms: int | None, flush_timeout_ms: int | None) -> None:
         loop, forced = asyncio.get_running_loop(), self._forced
         try:
+            await lifecycle.end_waker(self)  # its claim's jobs handed back, never stranded
             await stop_services(self.queue, self.id)
             grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
             ends = loop.time() + grace  # by default, the flush may take what is left of it
@@ -518,7 +519,7 @@ class Worker:
         q = self.queue
         backoff = _MIN_BACKOFF_S
         fusable = self._fused = self._slots is None and q.scripts.fusable(self._bclient)
-        while True:
+        while not self._stopping:
             await self._want_block.wait()
             asked = 0
             if fusable and not self._outage and not self._stopping:
@@ -583,7 +584,9 @@ class Worker:
         self._waker_claiming = asked
         try:
             popped, reply = await q.scripts.after_block(
-                self._bclient, ("BZPOPMIN", q.keys.marker, timeout), q.call("claim", claim_args)
+                self._bclient,
+                ("BZPOPMIN", q.keys.marker, self.wake_key, timeout),
+                q.call("claim", claim_args),
             )
         finally:
             self._waker_claiming = 0
