@@ -329,7 +329,7 @@ class Worker:
             self.queue.lifecycle.running.discard(self)
             lifecycle.STOPPING.discard(self)
             self.stopped.set()
-        log.info("worker %s stopped (%d jobs processed)", self.id, self.processed)
+        log.info("worker %s stopped (%d outcomes recorded)", self.id, self.processed)
 
     # ------------------------------------------------------------------ pump
     async def _pump(self) -> None:
