@@ -45,6 +45,7 @@ EXERCISED_BY: dict[str, str] = {
     "parked list": "test_cli_parked.py",
     "parked show": "test_cli_parked.py",
     "limits": "test_cli_parked.py",
+    "workers": "test_cli_workers.py",
     "groups list": "test_cli_groups.py",
     "groups show": "test_cli_groups.py",
     "groups pause": "test_cli_groups.py",

@@ -304,6 +304,8 @@ _IF_DELETED = {
     "due": "schedules stop firing until they are resumed or declared again",
     "dead": "the dead-lettered outbox entries it held are lost",
     "term": "terms start again from 1, so an old leader's term can come back",
+    "workers": "live workers list themselves again at their next heartbeat",
+    "jids": "chosen job ids of removed jobs can be added again at once",
 }
 
 

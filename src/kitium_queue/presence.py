@@ -9,7 +9,11 @@ hosts whose clocks disagree still agree on who is alive.
 Keys (``QueueKeys``): ``workers`` (ZSET, an index: worker id -> when it last announced
 itself) and ``worker(id)`` (HASH, the record). ``live_workers`` reads the index and
 keeps the workers whose record still exists; the writers drop index entries older than
-an hour.
+an hour. ``live_workers`` also drops the entries whose record it found gone (a worker
+killed without its stop: up to ``PRUNE_MAX`` a call, each only if its record is still
+gone, in one script), so a fleet whose workers crash often does not read their records
+again at every call; a reader whose user may not write (a read-only ACL user, a
+replica, a server that holds writes) leaves them, and its read answers all the same.
 
 What it is for: an operator's view of the fleet (the dashboard), and the "why is this
 job not running?" answer *no live worker has a processor for its name*
@@ -24,12 +28,13 @@ import os
 import random
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from .connection import TRANSIENT_ERRORS
 from .connerrors import NOPERM, permission_denied
@@ -67,6 +72,27 @@ _STALE_MS = 3_600_000
 MAX_NAMES = 200
 #: Most workers ``live_workers`` reads.
 MAX_WORKERS = 1000
+#: Most index entries of gone records one ``live_workers`` call drops.
+PRUNE_MAX = 100
+#: Longest a ``live_workers`` call waits for that drop (s): a server that holds writes
+#: (``CLIENT PAUSE WRITE``) must not hold a read.
+PRUNE_WAIT_S = 1.0
+#: How long a client whose user was refused the drop does not try it again (s).
+PRUNE_REFUSED_S = 300.0
+
+# Drops the index entries (KEYS[1], ids in ARGV) whose record (KEYS[i + 1]) is gone, in
+# one step: a worker that announced itself again since it was read keeps its entry.
+_PRUNE = """
+local n = 0
+for i, id in ipairs(ARGV) do
+  if redis.call('exists', KEYS[i + 1]) == 0 then
+    n = n + redis.call('zrem', KEYS[1], id)
+  end
+end
+return n
+"""
+# Clients whose user the ACL refused the drop -> when (time.monotonic()).
+_refused: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,9 +356,15 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
     for i in ids:
         pipe.hgetall(keys.worker(reply_text(i)))
     out: list[WorkerPresence] = []
-    for i, h in zip(ids, await pipe.execute(), strict=True):
+    gone: list[Any] = []
+    for i, h in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(h, Exception):
+            if isinstance(h, ResponseError) and "WRONGTYPE" in str(h):
+                continue  # a record overwritten by hand with another type: not readable
+            raise h
         if not h:
-            continue  # expired: the worker is gone
+            gone.append(i)  # expired: the worker is gone
+            continue
         out.append(
             WorkerPresence(
                 id=reply_text(i),
@@ -350,7 +382,30 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
                 features_known=b"feat" in h,
             )
         )
+    if gone:
+        await _prune(client, keys, gone[:PRUNE_MAX])
     return out
+
+
+async def _prune(client: Any, keys: QueueKeys, ids: list[Any]) -> None:
+    """Drop the index entries ``ids`` whose record is still gone (``_PRUNE``); never
+    raises: a refusal (ACL, a replica, a full server), an outage or a server that holds
+    writes for more than ``PRUNE_WAIT_S`` leaves them for a later call or the writers."""
+    try:
+        refused_at = _refused.get(client)
+    except TypeError:  # a client that cannot be weakly referenced: never remembered
+        refused_at = None
+    if refused_at is not None and time.monotonic() - refused_at < PRUNE_REFUSED_S:
+        return
+    names = [keys.worker(reply_text(i)) for i in ids]
+    try:
+        await asyncio.wait_for(
+            client.eval(_PRUNE, 1 + len(ids), keys.workers, *names, *ids), PRUNE_WAIT_S
+        )
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        if isinstance(exc, NoPermissionError) or NOPERM.search(str(exc)):
+            with contextlib.suppress(TypeError):  # not weakly referenceable
+                _refused[client] = time.monotonic()
 
 
 def feature_options(queue: Any) -> list[str]:

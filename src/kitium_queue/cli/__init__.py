@@ -12,8 +12,8 @@ command that prints data takes ``--json``; text output is plain tab-separated ro
 ``rich`` tables on a terminal when the optional package is installed (``--rich`` /
 ``--plain`` choose). The commands live in ``queue.py`` (worker, stats, health, pause,
 resume, job, events, demo), ``jobs.py`` (jobs, dlq), ``manage.py`` (schedules,
-breakers, parked rebuild), ``parking.py`` (parked list, parked show, limits) and the
-features' own ``cli.py`` modules.
+breakers, parked rebuild), ``parking.py`` (parked list, parked show, limits),
+``workers.py`` (workers) and the features' own ``cli.py`` modules.
 
 Shell completion is click's: ``eval "$(_KITIUM_QUEUE_COMPLETE=bash_source kitium-queue)"``
 (``zsh_source``, ``fish_source`` for the other shells).
@@ -47,6 +47,7 @@ from .manage import breakers, parked, schedules
 from .output import show_table
 from .parking import limits
 from .queue import demo, events, health, job, pause, resume, stats, worker
+from .workers import workers
 
 __all__ = [
     "EXIT_CODES",
@@ -100,7 +101,7 @@ def main(verbose: int, debug: bool, style: str | None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _command in (worker, stats, health, pause, resume, job, events, demo, limits):
+for _command in (worker, stats, health, pause, resume, job, events, demo, limits, workers):
     main.add_command(_command)
 for _name, _group in (
     ("jobs", jobs),
