@@ -561,6 +561,8 @@ async def test_cancel_job_of_a_running_job_holds_when_its_run_ends_first(
     )  # next renewal in 15 s
     runs: list[int] = []
     go = asyncio.Event()
+    failed: list[Any] = []
+    q.on("job-failed", failed.append)
 
     @q.process("w")
     async def w(job: Any) -> str:
@@ -592,6 +594,12 @@ async def test_cancel_job_of_a_running_job_holds_when_its_run_ends_first(
         assert info is not None
         assert (len(runs), info.status) == (1, "dlq"), (runs, info.status, info.failed_reason)
         assert info.failed_reason == "cancelled by cancel_job()", info.failed_reason
+        # In process too: the event carries the cancel, not the run's own error.
+        for _ in range(100):
+            if failed:
+                break
+            await asyncio.sleep(0.01)
+        assert [str(ev.error) for ev in failed] == ["cancelled by cancel_job()"], failed
     finally:
         await q.close()
 
@@ -648,5 +656,54 @@ async def test_a_job_ids_window_ends_clear_frees_it_and_a_damaged_index_refuses_
         assert await c.dbsize() == before
         assert await q.add_job("w", {})  # no chosen id: not concerned
     finally:
+        await q.close()
+        await c.aclose()
+
+
+async def test_ids_made_by_features_or_without_a_window_hold_none_and_the_set_expires(
+    redis_url: str, prefix: str
+) -> None:
+    """Ids a feature makes (tracing: a UUID per job) and ``job_id_window=False`` put
+    nothing in ``jids`` (a window per generated id cost ~140 bytes per job for a day),
+    and such an id may be added again at once after removal; ``jids`` itself expires
+    with its last window, also when no chosen id is added again."""
+    from kitium_queue.features.tracing import OpenTelemetryTracing
+
+    q = JobQueue("jobid-made", redis=redis_url, prefix=prefix, idempotency_ttl=400)
+    OpenTelemetryTracing(q)
+    c = aioredis.from_url(redis_url)
+    jids = q.keys.extra("jids")
+    try:
+        made = [await q.add_job("w", {"i": i}) for i in range(20)]
+        assert len(set(made)) == 20 and not await c.exists(jids)
+        mine = await q.add_job("w", {}, job_id="mine-1", job_id_window=False)
+        assert await q.remove_job(mine)
+        assert await q.add_job("w", {"again": True}, job_id="mine-1", job_id_window=False)
+        info = await q.get_job_status("mine-1")
+        assert info is not None and info.data == {"again": True}
+        await q.add_job("w", {}, job_id="held-1")
+        assert 0 < await c.pttl(jids) <= 400
+    finally:
+        await q.clear(force=True)
+        await q.close()
+        await c.aclose()
+
+
+async def test_erasure_ends_the_chosen_ids_window(redis_url: str, prefix: str) -> None:
+    """``erase_subject`` promises nothing of the job is left: its chosen id's window
+    goes too, and the id may be added again."""
+    q = JobQueue(
+        "jobid-erased", redis=redis_url, prefix=prefix, advanced={"compliance": {"enabled": True}}
+    )
+    c = aioredis.from_url(redis_url)
+    try:
+        jid = await q.add_job("sync", {"n": 1}, job_id="acct-17:sync", subject_id="customer-17")
+        await q.advanced.compliance.erase_subject("customer-17")
+        assert await c.zscore(q.keys.extra("jids"), jid) is None
+        assert await q.add_job("sync", {"n": 2}, job_id=jid, subject_id="customer-17") == jid
+        info = await q.get_job_status(jid)
+        assert info is not None and info.data == {"n": 2}
+    finally:
+        await q.clear(force=True)
         await q.close()
         await c.aclose()

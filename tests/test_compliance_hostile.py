@@ -47,11 +47,14 @@ def _compliance(make_queue: QueueFactory, name: str, **extra: Any) -> JobQueue:
 async def test_erasure_spares_a_later_job_that_reused_the_id(make_queue: QueueFactory) -> None:
     q = _compliance(make_queue, "reuse")
     m = q.advanced.compliance
-    old = await q.add_job("n", {"m": "alice"}, job_id="order-1", subject_id="alice")
+    # Without a window (job_id_window=False), the ids are free again once removed.
+    old = await q.add_job(
+        "n", {"m": "alice"}, job_id="order-1", subject_id="alice", job_id_window=False
+    )
     assert await q.remove_job(old)
     # The id is free again: another subject's job, and a job without a subject, take it.
     await q.add_job("n", {"m": "bob"}, job_id="order-1", subject_id="bob")
-    await q.add_job("n", {"m": "carol"}, job_id="order-2", subject_id="carol")
+    await q.add_job("n", {"m": "carol"}, job_id="order-2", subject_id="carol", job_id_window=False)
     assert await q.remove_job("order-2")
     await q.add_job("n", {"m": "plain"}, job_id="order-2")
 

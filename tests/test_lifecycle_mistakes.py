@@ -363,3 +363,37 @@ async def test_a_stop_hands_back_what_the_wake_up_claim_took(
     finally:
         producer.close()
         await q.close()
+
+
+@pytest.mark.redis_only
+async def test_a_stop_sends_the_hand_backs_of_a_claim_redis_ran_after_it_began(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job is added after the stop began (so the pumps had no run left and ended):
+    the claim riding on the waker's wait, run when the stop ends that wait, leases it;
+    its hand-back must still be sent (the pumps wait for that claim), not left unsent
+    with the job leased to a worker gone."""
+    from kitium_queue import lifecycle
+
+    q = JobQueue("stop-wake-late", redis=redis_url, prefix=prefix)
+    producer = JobQueue("stop-wake-late", redis=redis_url, prefix=prefix)
+    q.process("work", lambda job: None)
+    added: list[str] = []
+    end_waker = lifecycle.end_waker
+
+    async def late_add(worker: Any) -> None:
+        added.append(await producer.add_job("work", {}))
+        await asyncio.sleep(0.05)  # the pumps see a stop with no run held
+        await end_waker(worker)
+
+    monkeypatch.setattr(lifecycle, "end_waker", late_add)
+    try:
+        await q.start()
+        await asyncio.sleep(0.3)  # idle: the waker's wait is out, its claim behind it
+        await asyncio.wait_for(q.close(), HANG_S)
+        info = await producer.get_job_status(added[0])
+        assert info is not None and info.status is JobStatus.WAITING, info
+        assert info.stalls == 0 and info.attempts == 0, (info.stalls, info.attempts)
+    finally:
+        await q.close()
+        await producer.close()

@@ -202,6 +202,12 @@ def _idempotency_key(value: Any, section: str) -> str:
     return check_text(value, f"{section}: idempotency_key", max_len=MAX_ID_LENGTH)
 
 
+def _job_id_window(value: Any, section: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{section}: job_id_window must be a bool, got {shown(value)}")
+    return value
+
+
 def _lifo(value: Any, section: str) -> bool:
     if not isinstance(value, bool) and value not in (0, 1):
         raise ConfigurationError(f"{section}: lifo must be a bool, got {shown(value)}")
@@ -234,6 +240,14 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
         ),
         OptionSpec("job_id", c, _job_id, None, False, "your own id (else a sequence number)"),
         OptionSpec("lifo", c, _lifo, False, True, "before the others of its priority"),
+        OptionSpec(
+            "job_id_window",
+            c,
+            _job_id_window,
+            True,
+            False,
+            "False: a removed job's chosen id may be added again at once",
+        ),
         OptionSpec("jitter", c, _duration("jitter"), 0, True, "random extra delay, ms"),
         OptionSpec(
             "idempotency_key",

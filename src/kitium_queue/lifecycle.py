@@ -121,6 +121,8 @@ def detached(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
 #: The longest a stop waits for the waker's wait, ended through its wake key, to come
 #: back with the reply of the claim riding on it (s); then it is cancelled.
 WAKER_END_S = 2.0
+#: The longest the write ending that wait may take (s): Redis hangs, the stop goes on.
+WAKER_NUDGE_S = 0.5
 
 
 async def end_waker(worker: Worker) -> None:
@@ -130,22 +132,23 @@ async def end_waker(worker: Worker) -> None:
     until their leases ended. Instead a member is added to the worker's own wake key
     (``Worker.wake_key``, which its ``BZPOPMIN`` watches beside the marker): the wait
     returns, the claim runs, and its jobs are handed back at once (the stop's flush
-    records them). A wait that does not come back within ``WAKER_END_S`` (Redis
-    unreachable) is cancelled, as before."""
+    records them). A wait that does not come back within ``WAKER_END_S``, or a write
+    that takes longer than ``WAKER_NUDGE_S`` (Redis unreachable), is cancelled, as
+    before; so is the wait of a worker in an outage or a forced stop."""
     task = worker._waker_task
     if task is None or task.done():
         return
     key = worker.wake_key
-    if worker._waker_claiming:
+    if worker._waker_claiming and not worker._outage and not worker._forced.is_set():
         try:
             client = await worker.queue.client()
             pipe = client.pipeline(transaction=True)
             pipe.zadd(key, {"stop": 0})
             pipe.pexpire(key, int(WAKER_END_S * 10_000))
-            await asyncio.wait_for(pipe.execute(), WAKER_END_S)
+            await asyncio.wait_for(pipe.execute(), WAKER_NUDGE_S)
             await asyncio.wait({task}, timeout=WAKER_END_S)
             # The member stays when the wait came back by itself just before.
-            await asyncio.wait_for(client.delete(key), WAKER_END_S)
+            await asyncio.wait_for(client.delete(key), WAKER_NUDGE_S)
         except Exception:  # unreachable, refused: cancelled (its key expires by itself)
             pass
     if not task.done():

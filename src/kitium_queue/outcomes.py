@@ -332,6 +332,7 @@ class Outcomes:
         for (run, kind, value, exc, delay), status in zip(done, statuses, strict=False):
             if status == b"cancelled":  # cancel_job() came first: failed for good instead
                 kind, value, delay, status = "F", CANCELLED, 0, b"ok"
+                exc = RuntimeError(CANCELLED)  # as the worker's own cancel reports it
             if status != b"ok":
                 self._not_recorded(run, kind, status)
                 continue

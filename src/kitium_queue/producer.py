@@ -157,7 +157,7 @@ class Producer:
             raw_opts,
             merged.get("priority", 0),
             delay,
-            "1" if merged.get("lifo") else "0",
+            ("1" if merged.get("lifo") else "0") + ("" if merged.get("job_id_window", 1) else "n"),
             merged.get("idempotency_key", ""),
         ]
 

@@ -340,8 +340,8 @@ class Worker:
         while True:
             free = 0 if self._stopping else min(self._free(), self.claim_cap)
             if not outcomes.pending():
-                if self._stopping and not leases.runs:
-                    return
+                if self._stopping and not leases.runs and not self._waker_claiming:
+                    return  # (a claim riding on the waker's wait may hand jobs back)
                 if free <= 0 or idle_for is not None:
                     await self._idle(free, idle_for)
                     idle_for = None

@@ -49,7 +49,9 @@ _STATES = (
 )
 #: Feature structures measured as a whole besides the core's keys (relative to the
 #: queue's key prefix).
-_FEATURE_STRUCTURES = ("parked", "park:timers", "schedules", "subjects", "alerts:log", "outbox")
+_FEATURE_STRUCTURES = (
+    "parked", "park:timers", "schedules", "subjects", "alerts:log", "outbox", "jids",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -310,8 +310,9 @@ class OpenTelemetryTracing(Subscriber):
             return job_name, data, options  # a schedule's template, or a given context
         out = dict(options)
         job_id = out.get("job_id")
-        if job_id is None:
+        if job_id is None:  # made here: no idempotency window to hold (jobspec)
             job_id = out["job_id"] = _new_job_id()
+            out["job_id_window"] = False
         try:
             span = self.tracer.start_span(
                 self._publish_name,

@@ -8,7 +8,9 @@
   ARGV[5..] 8 fields per job, for at most 1000 jobs:
             id ('' = an auto id, the next free sequence number), name, data,
             opts (JSON or ''), priority (clamped to 0..65535), delay ms (clamped to
-            0..MAX_MS; 0 = none), lifo ('1'|'0'), idempotency key ('' = none)
+            0..MAX_MS; 0 = none), lifo ('1'|'0', then 'n' when a chosen id holds no
+            window: an id a feature made, or job_id_window=False), idempotency key
+            ('' = none)
             A field count that is not a multiple of 8, or more than 1000 jobs, is
             refused with KQ_BAD_ARGUMENT before anything is written.
 
@@ -34,8 +36,8 @@
   an auto id skips sequence numbers whose job hash exists. A chosen id stays taken for
   the idempotency window after its job was removed: each new job of a chosen id is
   added to <prefix>jids (a sorted set: id -> end of its window, ms), and a chosen id
-  whose window lasts is 'dup' too. Ended windows are dropped a few per call; clear()
-  deletes the set. A jids key of another type refuses a call holding a chosen id
+  whose window lasts is 'dup' too. Ended windows are dropped a few per call, the set
+  expires with its last window, and clear() deletes it. A jids key of another type refuses a call holding a chosen id
   (KQ_DAMAGED_KEY) before anything is written.
   Events: job-added (with state) per new job.
 ]]
@@ -65,7 +67,7 @@ local idem_ttl = int(idem_ms)
 local K_JIDS = PREFIX .. 'jids'
 local chosen = 0
 for b = 5, #ARGV, 8 do
-  if ARGV[b] ~= '' then chosen = chosen + 1 end
+  if ARGV[b] ~= '' and not string.find(ARGV[b + 6], 'n', 2, true) then chosen = chosen + 1 end
 end
 if chosen > 0 then
   damaged = check_key(K_JIDS, 'zset')
@@ -78,6 +80,8 @@ for j = 0, fields / 8 - 1 do
   local b = 5 + j * 8
   local custom, name, data, opts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local pri, delay, lifo, ik = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
+  local windowed = custom ~= '' and not string.find(lifo, 'n', 2, true)
+  lifo = string.sub(lifo, 1, 1)
   local existing = nil
   local ikey = nil
   local damaged = nil
@@ -102,7 +106,7 @@ for j = 0, fields / 8 - 1 do
   -- A chosen id is taken while its job exists and, after the job was removed (by hand
   -- or by retention), until the end of its idempotency window (K_JIDS).
   if not existing and custom ~= '' and (redis.call('EXISTS', job_key(custom)) == 1 or
-      num(redis.call('ZSCORE', K_JIDS, custom)) > NOW) then
+      (windowed and num(redis.call('ZSCORE', K_JIDS, custom)) > NOW)) then
     existing = custom
   end
   if damaged then
@@ -128,7 +132,7 @@ for j = 0, fields / 8 - 1 do
         redis.call('HSET', jk, 'ik', ik)
         redis.call('SET', ikey, id, 'PX', idem_ttl)
       end
-      if custom ~= '' then redis.call('ZADD', K_JIDS, int(NOW + idem_ms), custom) end
+      if windowed then redis.call('ZADD', K_JIDS, int(NOW + idem_ms), custom) end
       out[#out + 1] = id
       out[#out + 1] = 'new'
     end
@@ -140,5 +144,7 @@ if chosen > 0 then
   -- Windows that ended: a bounded number per call, more than the call adds.
   local ended = redis.call('ZRANGEBYSCORE', K_JIDS, '-inf', NOW, 'LIMIT', 0, 100 + 2 * chosen)
   if #ended > 0 then redis.call('ZREM', K_JIDS, unpack(ended)) end
+  -- The set ends with its last window, also when no chosen id is added again.
+  if redis.call('PTTL', K_JIDS) < idem_ms then redis.call('PEXPIRE', K_JIDS, idem_ttl) end
 end
 return out

@@ -15,7 +15,8 @@
     * it leaves every state set and its blocker (parked jobs);
     * the `erase` slot deletes the copies features keep (stored exactly-once result
       and its key, a workflow's copy of the result, ...);
-    * its hash and log list are deleted, and it leaves the index.
+    * its hash and log list are deleted, its chosen id's window ends (jids), and it
+      leaves the index.
   A job whose record is already gone (an ordinary deletion) still gets the `erase`
   slot, with the idempotency key the index kept, then leaves the index. A record that
   names another subject (or none) is a later job that reused the id after the
@@ -31,8 +32,8 @@
   Returns { erased, active, left, seen, id1, id2, ... }: jobs erased by this call, how
   many of them were active, entries left in the index (call again while > 0), index
   entries examined (erased or stale), the ids erased. An index key damaged by hand (not
-  a hash) gives { 0, 0, -1, 0, <its type> } and nothing is written; a state set, meta or
-  `subjects` of another type gives KQ_DAMAGED_KEY, nothing written.
+  a hash) gives { 0, 0, -1, 0, <its type> } and nothing is written; a state set, meta,
+  `subjects` or `jids` of another type gives KQ_DAMAGED_KEY, nothing written.
   Events: none (the erasure is reported through the admin choke point).
 ]]
 --@include lib_base
@@ -51,7 +52,9 @@ local idx_type = key_type(idx)
 if idx_type ~= 'hash' and idx_type ~= 'none' then return { 0, 0, -1, 0, idx_type } end
 -- The state sets, meta (parked totals) and `subjects`, damaged by hand, would fail the
 -- call after its first erasure: KQ_DAMAGED_KEY before any write.
-local bad = check_keys(1, 2, 3, 4, 5, 6, 7) or check_key(PREFIX .. 'subjects', 'zset')
+local K_JIDS = PREFIX .. 'jids'  -- chosen ids' windows (enqueue.lua): the id goes too
+local bad = check_keys(1, 2, 3, 4, 5, 6, 7) or check_key(PREFIX .. 'subjects', 'zset') or
+  check_key(K_JIDS, 'zset')
 if bad then return bad end
 local flat = redis.call('HRANDFIELD', idx, limit, 'WITHVALUES')
 -- Some servers answer nil for a missing key (the embedded memory:// one).
@@ -89,6 +92,7 @@ for i = 1, #flat, 2 do
   end
   if mine then
     for s = 1, #SETS do redis.call('ZREM', SETS[s], id) end
+    redis.call('ZREM', K_JIDS, id)
 --@if erase
     erase_slot(id, jk, ik)
 --@end

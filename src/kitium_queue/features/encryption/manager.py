@@ -457,8 +457,9 @@ class EncryptionManager:
                 raw = self.queue.serializer.dumps(data)
         else:
             job_id = out.get("job_id")
-            if job_id is None:
+            if job_id is None:  # made here: no idempotency window to hold (jobspec)
                 job_id = out["job_id"] = str(uuid.uuid4())
+                out["job_id_window"] = False
             if not isinstance(job_id, str):
                 raise ConfigurationError(f"job_id must be a string, got {type(job_id).__name__}")
             binding = Binding("job", self.queue.name, job_id, name, "data")

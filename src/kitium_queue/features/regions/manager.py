@@ -262,8 +262,8 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
                 f"job_id {job_id[:100]!r} begins with '@', which marks the full id of a job "
                 f"pinned to a region ('@<region>:<id>'): choose an id that does not"
             )
-        if not job_id:
-            options["job_id"] = new_job_id()
+        if not job_id:  # made here: no idempotency window to hold (jobspec)
+            options["job_id"], options["job_id_window"] = new_job_id(), False
         if lane is None:
             if region is not None:
                 self._topo().copy(str(region))
@@ -349,7 +349,7 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         lane = await self._route(opts)
         opts[_LANE] = lane
         if not opts.get("job_id"):
-            opts["job_id"] = new_job_id()
+            opts["job_id"], opts["job_id_window"] = new_job_id(), False
         try:
             job_id, tried = await through_fences(
                 self.monitor,
@@ -373,7 +373,7 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
             name, data, opts = job_item(n, item)
             opts[_LANE] = await self._route(opts)
             if not opts.get("job_id"):
-                opts["job_id"] = new_job_id()
+                opts["job_id"], opts["job_id_window"] = new_job_id(), False
             items.append({"name": name, "data": data, "options": opts})
         global_ids = [str(i["options"]["job_id"]) for i in items if i["options"][_LANE] == GLOBAL]
         try:

@@ -11,7 +11,7 @@
   ARGV[7]  mode: 'delete' (an ordinary deletion: hash and log, as remove_on_complete
            does) or 'erase' (also the job's copies elsewhere, through the `erase` slot:
            a stored exactly-once result, a workflow's copy of the result, its subject
-           index entry; nothing of the job is left)
+           index entry, its chosen id's window; nothing of the job is left)
   ARGV[8]  most jobs deleted by this call (clamped to 1..BATCH_MAX)
 
   The score of a finished set is the time the job entered it (finished, dead-lettered),
@@ -40,6 +40,12 @@ if not erase and ARGV[7] ~= 'delete' then
   return bad_arg('purge', "mode must be 'delete' or 'erase', got " .. tostring(ARGV[7]))
 end
 local limit = arg_int(ARGV[8], BATCH_MAX, 1, BATCH_MAX)
+-- Erasing also ends each job's chosen-id window (enqueue.lua's jids): nothing is left.
+local K_JIDS = PREFIX .. 'jids'
+if erase then
+  bad = check_key(K_JIDS, 'zset')
+  if bad then return bad end
+end
 
 local victims = {}
 if keep_count >= 0 then
@@ -66,6 +72,7 @@ for i = 1, #victims do
     erase_slot(id, jk, ik)
   end
 --@end
+  if erase then redis.call('ZREM', K_JIDS, id) end
   delete_job(id)
   redis.call('ZREM', set_key, id)
 end
