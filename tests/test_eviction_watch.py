@@ -166,3 +166,32 @@ async def test_a_user_without_scan_is_told_what_to_run(
                 await q.close()
         said = [r.getMessage() for r in caplog.records if "may not SCAN" in r.getMessage()]
         assert len(said) == 1 and "jobs orphans APP --repair" in said[0], said
+
+
+async def test_a_new_leader_does_not_walk_again_for_the_same_evictions(prefix: str) -> None:
+    """After a deploy, the next leader reads the count the last walk covered (the
+    queue's ``evictions-walked`` key): no walk for evictions already walked for, one for
+    newer ones."""
+    with RedisServer("--maxmemory-policy", "volatile-lru") as srv:
+        settings = {"allow_eviction": True}
+        first = JobQueue("deploy", redis=srv.url, prefix=prefix, settings=settings)
+        first.process("n", lambda job: None)
+        await first.add_job("n", {}, delay=60_000)
+        await _evict(srv.url, first.keys.delayed)
+        await first.start()
+        w1 = next(s for s in first.services if isinstance(s, EvictionService)).watch
+        await wait_until(lambda: w1.walks >= 1, timeout=20)
+        await first.close()
+        second = JobQueue("deploy", redis=srv.url, prefix=prefix, settings=settings)
+        second.process("n", lambda job: None)
+        await second.start()
+        try:
+            w2 = next(s for s in second.services if isinstance(s, EvictionService)).watch
+            await wait_until(lambda: w2.evicted is not None, timeout=20)
+            await asyncio.sleep(1.0)  # several looks
+            assert w2.walks == 0
+            await second.add_job("n", {}, delay=60_000)
+            await _evict(srv.url, second.keys.delayed)
+            await wait_until(lambda: w2.walks == 1, timeout=20)
+        finally:
+            await second.close()

@@ -15,7 +15,9 @@ with evictions by choice. Two kinds of loss follow:
 queue at a time does the work): every ``CHECK_S`` it reads the server's ``INFO``
 (``evicted_keys``, and the policy). When Redis evicted keys since its last look (or had
 evicted some when it began to look), it walks the queue's job records and puts the
-orphans back (``orphans.walk``, repair), at most once every ``WALK_GAP_S`` and never
+orphans back (``orphans.walk``, repair; the count it covered is kept in the queue's
+``evictions-walked`` key, so a new leader does not walk again for the same evictions),
+at most once every ``WALK_GAP_S`` and never
 more than ``1 / WALK_GAP_FACTOR`` of the time (a walk of a million records takes about a
 minute, in short steps). A policy that turned evicting on a queue that did not opt out
 is reported as an error, once per policy. A user without ``INFO`` is not watched (the
@@ -26,6 +28,7 @@ records by hand. Never raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -62,6 +65,10 @@ WALK_GAP_S = 300.0
 WALK_GAP_FACTOR = 20
 #: The leader's lease: a watch that died is taken over within this long (ms).
 LEASE_MS = 60_000
+#: The server's eviction count the queue's last walk covered (a string key of the
+#: queue): a new leader (after a deploy) walks only for evictions since. Kept a week.
+WALKED_KEY = "evictions-walked"
+WALKED_TTL_MS = 7 * 86_400_000
 
 
 def _int(v: Any) -> int:
@@ -110,6 +117,8 @@ class EvictionWatch:
             client = await q.client()
             stats = await node_info(client, "stats", q.keys.wait)
             memory = await node_info(client, "memory", q.keys.wait)
+            if self.evicted is None:  # the count the queue's last walk covered
+                self.evicted = _int(await client.get(q.keys.extra(WALKED_KEY))) or None
         except Exception:  # no INFO for this user, Redis away or busy: look again later
             return
         policy = _text(memory.get("maxmemory_policy", SAFE_POLICY))
@@ -173,6 +182,9 @@ class EvictionWatch:
             )
             return
         took = self._clock() - began
+        with contextlib.suppress(Exception):  # a later leader walks for newer evictions only
+            client = await q.client()
+            await client.set(q.keys.extra(WALKED_KEY), evicted, px=WALKED_TTL_MS)
         self._pending = False
         self._next_walk = self._clock() + max(WALK_GAP_S, WALK_GAP_FACTOR * took)
         self.walks += 1
