@@ -159,6 +159,63 @@ class Outcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+async def final_view(client: Any, q: JobQueue, problems: list[str]) -> Any:
+    """The queue's state view once workers are quiet; its problems, and ``get_stats``
+    not counting the sets, added to ``problems``."""
+    view = await state_view(client, q.keys)
+    problems.extend(f"final state: {p}" for p in view.problems())
+    stats = await q.get_stats()
+    sizes = {
+        s: sum(1 for w in view.where.values() if s in w)
+        for s in ("wait", "active", "delayed", *FINAL)
+    }
+    got = {
+        "wait": stats.waiting,
+        "active": stats.active,
+        "delayed": stats.delayed,
+        "completed": stats.completed,
+        "failed": stats.failed,
+        "dlq": stats.dlq,
+    }
+    if got != sizes or stats.pending:
+        problems.append(f"get_stats {got} (pending {stats.pending}) != the sets {sizes}")
+    return view
+
+
+def pick_id(
+    rnd: random.Random, active: list[str], recent: list[str], ids: list[str], running: bool
+) -> str:
+    """A job id for an operator call: running now (always when ``running``), just
+    finished, any, or unknown."""
+    r = rnd.random()
+    if (r < 0.3 or running) and active:
+        return rnd.choice(active)
+    if r < 0.55 and recent:
+        return rnd.choice(recent)
+    if r < 0.97 and ids:
+        return rnd.choice(ids)
+    return f"nope-{rnd.randint(0, 99)}"
+
+
+async def recorded(
+    calls: list[dict[str, Any]], problems: list[str], op: str, fn: Any, **args: Any
+) -> dict[str, Any]:
+    """Call an operator method; record its arguments, result or error and times in
+    ``calls``. A ``KitiumQueueError`` is an answer; any other exception is a finding
+    (added to ``problems``)."""
+    rec: dict[str, Any] = {"op": op, "args": args, "t0": time.time()}
+    try:
+        rec["res"] = await fn(**args)
+    except KitiumQueueError as exc:
+        rec["exc"], rec["msg"] = type(exc).__name__, str(exc)
+    except Exception as exc:  # anything else is a finding
+        rec["exc"], rec["msg"] = type(exc).__name__, str(exc)
+        problems.append(f"{op}({args}) raised {type(exc).__name__}: {exc!s:.300}")
+    rec["t1"] = time.time()
+    calls.append(rec)
+    return rec
+
+
 class RaceProbe:
     def __init__(self, seed: int, url: str, log_path: Path) -> None:
         self.seed = seed
@@ -287,27 +344,10 @@ class RaceProbe:
 
     def pick(self, rnd: random.Random, running_first: bool = False) -> str:
         active, recent = list(self.ns["ACTIVE"]), self.ns["RECENT"][-20:]
-        r = rnd.random()
-        if (r < 0.3 or running_first) and active:
-            return rnd.choice(active)
-        if r < 0.55 and recent:
-            return rnd.choice(recent)
-        if r < 0.97 and self.ids:
-            return rnd.choice(self.ids)
-        return f"nope-{rnd.randint(0, 99)}"
+        return pick_id(rnd, active, recent, self.ids, running_first)
 
     async def call(self, op: str, fn: Any, **args: Any) -> dict[str, Any]:
-        rec: dict[str, Any] = {"op": op, "args": args, "t0": time.time()}
-        try:
-            rec["res"] = await fn(**args)
-        except KitiumQueueError as exc:
-            rec["exc"], rec["msg"] = type(exc).__name__, str(exc)
-        except Exception as exc:  # anything else is a finding
-            rec["exc"], rec["msg"] = type(exc).__name__, str(exc)
-            self.out.problems.append(f"{op}({args}) raised {type(exc).__name__}: {exc!s:.300}")
-        rec["t1"] = time.time()
-        self.calls.append(rec)
-        return rec
+        return await recorded(self.calls, self.out.problems, op, fn, **args)
 
     async def admin(self, k: int) -> None:
         rnd = random.Random(self.seed * 1000 + k)
@@ -398,22 +438,7 @@ class RaceProbe:
     async def check(self) -> None:
         P = self.out.problems
         keys = self.ops.keys
-        view = await state_view(self.client, keys)
-        P.extend(f"final state: {p}" for p in view.problems())
-        stats = await self.ops.get_stats()
-        sizes = {s: sum(1 for w in view.where.values() if s in w) for s in ("wait", "active")}
-        sizes.update({s: sum(1 for w in view.where.values() if s in w) for s in FINAL})
-        sizes["delayed"] = sum(1 for w in view.where.values() if "delayed" in w)
-        got = {
-            "wait": stats.waiting,
-            "active": stats.active,
-            "delayed": stats.delayed,
-            "completed": stats.completed,
-            "failed": stats.failed,
-            "dlq": stats.dlq,
-        }
-        if got != sizes or stats.pending:
-            P.append(f"get_stats {got} (pending {stats.pending}) != the sets {sizes}")
+        view = await final_view(self.client, self.ops, P)
 
         events: dict[str, list[tuple[str, dict[str, str]]]] = defaultdict(list)
         for _, f in await self.client.xrange(keys.events, "-", "+"):

@@ -115,6 +115,8 @@ class BatchProcessor:
         self._settle_armed = False
         self._arrivals = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # A running async batch of each job waiting for it: (its task, the batch).
+        self._batch_of: dict[asyncio.Future[Any], tuple[asyncio.Task[None], list[Any]]] = {}
         self.batches = 0
 
     async def __call__(self, job: Any) -> Any:
@@ -137,7 +139,18 @@ class BatchProcessor:
             # Timed out, cancelled or shut down before its batch ran: leave the batch.
             if entry in self._pending:
                 self._pending.remove(entry)
+            else:
+                self._left(fut)
             raise
+
+    def _left(self, fut: asyncio.Future[Any]) -> None:
+        """A job stopped waiting for its running async batch (handed back by a stop, its
+        timeout, ``cancel_job``): once no job of the batch waits, the batch is cancelled,
+        as an async processor's run would be. Before, it ran on and did the work of jobs
+        handed back meanwhile, while another worker ran them too."""
+        got = self._batch_of.get(fut)
+        if got is not None and all(f.done() for _, f in got[1]):
+            got[0].cancel()
 
     def _settle(self, loop: asyncio.AbstractEventLoop, seen: int, rounds: int) -> None:
         # Jobs claimed together start on consecutive loop iterations; wait until no new
@@ -159,6 +172,10 @@ class BatchProcessor:
                 task = loop.create_task(self._run(batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+                if self._async:  # a thread cannot be stopped: runends.leave_threads
+                    for _, f in batch:
+                        self._batch_of[f] = (task, batch)
+                    task.add_done_callback(functools.partial(self._forget, batch))
             if len(self._pending) < self.size:
                 break
         if self._timer is not None:
@@ -166,6 +183,10 @@ class BatchProcessor:
             self._timer = None
         if self._pending and self.max_wait_ms > 0:
             self._timer = loop.call_later(self.max_wait_ms / 1000, self._dispatch, loop)
+
+    def _forget(self, batch: list[tuple[Any, asyncio.Future[Any]]], _task: Any) -> None:
+        for _, f in batch:
+            self._batch_of.pop(f, None)
 
     async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         jobs = [j for j, _ in batch]

@@ -35,6 +35,10 @@ local budget = arg_int(ARGV[5], BATCH_MAX, 1, BATCH_MAX)
 local damaged = check_keys(1, 2, 3, 4, 5, 6) or parked_damaged() or
   check_key(K_PARKED, 'zset')
 if damaged then return damaged end
+-- Parked jobs first: releasing a running job (force) hands its FIFO turn or its
+-- concurrency place to the next job parked behind it, which would then be in wait
+-- between two calls of the clear, and a worker would start it.
+budget = budget - drop_parked(budget)
 local sets = { K_WAIT, K_ACTIVE, K_DELAYED, K_COMPLETED, K_FAILED, K_DLQ }
 for s = 1, #sets do
   if budget <= 0 then return 1 end
@@ -48,7 +52,6 @@ for s = 1, #sets do
   zrem_all(sets[s], ids)
   budget = budget - #ids
 end
-if budget > 0 then drop_parked(budget) end
 for s = 1, #sets do
   if redis.call('ZCARD', sets[s]) > 0 then return 1 end
 end

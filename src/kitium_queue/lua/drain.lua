@@ -26,6 +26,15 @@ local limit = arg_int(ARGV[5], BATCH_MAX, 1, BATCH_MAX)
 local damaged = check_keys(1, 8) or (ARGV[4] == '1' and check_keys(3)) or parked_damaged()
 if damaged then return damaged end
 local removed = 0
+-- Parked jobs (pending: waiting behind a blocker, lib_parking.lua) have not started
+-- either; they go like waiting ones, and first: removing a blocker that waits (a FIFO
+-- group's turn holder in its backoff) hands its turn to the next of its line, which
+-- would then be in wait after this call's pass over it and run.
+--@if release
+removed = drop_parked(limit, release_slot)
+--@else
+removed = drop_parked(limit)
+--@end
 local sets = { K_WAIT }
 if ARGV[4] == '1' then sets[2] = K_DELAYED end
 for s = 1, #sets do
@@ -39,12 +48,5 @@ for s = 1, #sets do
     removed = removed + #ids
   end
 end
--- Parked jobs (pending: waiting behind a blocker, lib_parking.lua) have not started
--- either; they go like waiting ones.
---@if release
-if removed < limit then removed = removed + drop_parked(limit - removed, release_slot) end
---@else
-if removed < limit then removed = removed + drop_parked(limit - removed) end
---@end
 if removed > 0 then emit('queue-drained', '', 'count', removed) end
 return removed
