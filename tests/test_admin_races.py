@@ -524,7 +524,10 @@ class RaceProbe:
                 spans[n][2] = t
         ordered = sorted(spans.values(), key=lambda s: s[1])
         for a, b in itertools.pairwise(ordered):
-            if b[1] < a[2] and stalls == 0:
+            # A run its process died in never ends here (inf): a later run is no overlap
+            # when recovery ended the first (a stall, or a cancel dead-lettered) and an
+            # operator requeued the job.
+            if b[1] < a[2] and stalls == 0 and not (a[2] == float("inf") and requeues):
                 P.append(f"job {jid}: two runs overlapped without a stall: {a} {b}")
         if "job-cancelling" in names:
             first = names.index("job-cancelling")

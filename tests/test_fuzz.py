@@ -307,6 +307,7 @@ def accepted_changes(
     delayed, with their records), bump counters and append events; nothing else.
     ``exempt``: job ids the call legitimately acted on (their keys are not compared)."""
     volatile = {_b(k) for k in (keys.id, keys.marker, keys.events, keys.lease, keys.limiter)}
+    volatile.add(_b(keys.extra("jids")))  # a chosen id's window (ended ones dropped)
     state_keys = {_b(getattr(keys, s)): s for s in STATE_SETS}
     job_head = _b(keys.job(""))
     spared = set(exempt)

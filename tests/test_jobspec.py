@@ -20,6 +20,7 @@ CORE_NAMES = {
     "remove_on_complete",
     "remove_on_fail",
     "job_id",
+    "job_id_window",
     "lifo",
     "jitter",
     "idempotency_key",
@@ -46,7 +47,8 @@ def test_core_declares_its_options_through_the_registry() -> None:
     assert {s.feature for s in declared.values()} == {CORE}
     # The job's id is not kept in its stored options (it is the id); delay, priority
     # and lifo travel as script arguments and are stored too, for JobInfo.options.
-    assert spec.unstored == {"job_id"}
+    # job_id_window travels with lifo (enqueue.lua) and is not kept either.
+    assert spec.unstored == {"job_id", "job_id_window"}
     # The brief's feature options are known by name only: nobody declared them.
     assert FEATURE_OPTION_NAMES.isdisjoint(declared)
     assert {"tenant_id", "message_group_id", "rate_limit_key"} <= FEATURE_OPTION_NAMES

@@ -328,6 +328,10 @@ class QueueMachine(RuleBasedStateMachine):
             assert status == "missing"
         elif not valid:
             assert status == "lease-lost"
+        elif job.cancel and kind in ("R", "D", "H"):
+            # cancel_job() flagged the run: anything but a completion fails it for good.
+            assert status == "cancelled"
+            kind = "F"
         else:
             assert status == "ok"
         if not valid:

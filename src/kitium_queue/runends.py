@@ -31,6 +31,7 @@ exceptions that need care on the way to an outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -57,6 +58,7 @@ __all__ = [
     "leave_threads",
     "no_stop",
     "settable",
+    "wait_event",
     "wait_unless",
 ]
 
@@ -89,6 +91,24 @@ def cancelling(task: asyncio.Task[Any] | None) -> bool:
     if probe is None:
         return True
     return bool(probe())
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> None:
+    """Wait until ``event`` is set or ``timeout`` seconds passed (None: no limit), and
+    never swallow a cancellation. ``asyncio.wait_for`` before Python 3.12 drops one that
+    lands as the event is set (gh-86296): a worker loop waiting so ran on when
+    ``asyncio.run`` cancelled it at its end, and that ``asyncio.run`` never returned."""
+    if timeout is None:
+        await event.wait()
+        return
+    deadline = getattr(asyncio, "timeout", None)
+    if deadline is None:  # Python 3.10
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with deadline(timeout):
+            await event.wait()
 
 
 def not_cancelled(exc: BaseException) -> str:

@@ -77,7 +77,7 @@ from .limits import get_logger
 from .options import MAX_CONCURRENCY, to_int
 from .outcomes import Batch, Outcomes
 from .presence import Presence
-from .runends import grace_period, wait_unless
+from .runends import grace_period, wait_event, wait_unless
 from .runner import Runner
 from .scripts import RawCall
 from .wire import CLAIM_HEAD
@@ -410,8 +410,7 @@ class Worker:
         down = self._handoff.down_left() if free <= 0 else 0.0
         if down:
             idle_for = down if idle_for is None else min(idle_for, down)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._signal.wait(), idle_for)
+        await wait_event(self._signal, idle_for)  # runends.py: never swallows a cancel
 
     def _round_calls(self, batch: Batch, free: int) -> tuple[list[Call], dict[str, Run], int]:
         """The calls of one round: lease renewals after an outage, the finish calls of

@@ -28,6 +28,7 @@ from redis.exceptions import ResponseError
 
 from ...leader import LeaderService, OutageLog
 from ...limits import get_logger
+from ...runends import wait_event
 from .crypto import KeyNotHeldError, is_key_id
 from .status import LACKING, ROLE, wrongtype
 
@@ -123,8 +124,7 @@ class RotationService:
                 await outage.pause(exc)
                 continue
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_ms / 1000)
+            await wait_event(self._wake, self.poll_ms / 1000)  # never swallows a cancel
 
     async def _lacks(self, queue: JobQueue) -> str | None:
         """The queue's current key id when this process does not hold it, else None (a
