@@ -17,6 +17,8 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import warnings
+import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -97,13 +99,16 @@ class SyncQueueClient:
         # ``make``: a coroutine function building the asyncio queue inside the loop.
         self._pid = os.getpid()  # a forked child has neither the loop thread nor the sockets
         self._loop = asyncio.new_event_loop()
+        self._loop.set_default_executor(_ExitSafeExecutor())
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"kq-sync-{name}", daemon=True
+            target=_serve, args=(self._loop,), name=f"kq-sync-{name}", daemon=True
         )
         self._thread.start()
         self._closed = False
         # close() has begun: calls still under way then end with a clear error.
         self._closing = False
+        # One close() at a time: others (threads, a signal handler) wait for it, then return.
+        self._close_lock = threading.RLock()
         # The calls under way (their futures), so that close() can end those the stopped
         # loop will never finish: without that, their threads waited for ever.
         self._calls: set[concurrent.futures.Future[Any]] = set()
@@ -124,6 +129,13 @@ class SyncQueueClient:
             # Bad configuration: do not leave the loop thread behind.
             self._stop_loop()
             raise
+        # A client dropped without close(): its loop thread, which holds no reference to
+        # it, ran for good (a thread and an event loop leaked per client).
+        what = f"{type(self).__name__} {name!r}"
+        self._finalizer = weakref.finalize(
+            self, _abandoned, self._pid, self._loop, self.queue, what
+        )
+        self._finalizer.atexit = False  # at exit the daemon thread just ends, as before
 
     def _in_its_process(self) -> None:
         """Refuse a call in a process forked after the client was made: its loop thread
@@ -181,6 +193,11 @@ class SyncQueueClient:
         except (RedisError, OSError) as exc:
             self._closed_under(exc)
             raise
+        except BaseException:
+            # The caller gave up (Ctrl-C, a request timeout raised by a signal handler):
+            # the call stops too. It ran on, holding a connection, until Redis answered.
+            fut.cancel()
+            raise
         finally:
             self._calls.discard(fut)
 
@@ -222,28 +239,36 @@ class SyncQueueClient:
     resume_schedule = blocking(QueueAPI.resume_schedule)
 
     def close(self) -> None:
-        """Close the connections and stop the background loop."""
+        """Close the connections and stop the background loop. Any thread may call it,
+        any number of times: a close() that finds another under way waits for it."""
         if self._closed:
             return
         if os.getpid() != self._pid:  # a forked child: the loop and sockets are the parent's
             self._closed = True
             return
         self._off_loop_thread()
-        self._closing = True
-        try:
-            if self._announcements:
+        with self._close_lock:
+            # Closed by another thread meanwhile, or this thread's own close() is under way
+            # (a signal handler interrupted it): that close() finishes the job. Before, two
+            # at once cancelled each other's steps and raised RuntimeError or worse.
+            if self._closed or self._closing:
+                return
+            self._closing = True
+            self._finalizer.detach()
+            try:
+                if self._announcements:
 
-                async def announce_now() -> None:
-                    self._run_announcements()
+                    async def announce_now() -> None:
+                        self._run_announcements()
 
-                self._call(announce_now())
-            self._call(self.queue.close())
-            # Calls other threads still wait for end now (cancelled: a clear error).
-            self._call(_cancel_others())
-            self._stop_loop()
-        finally:
-            if self._blocking is not None:
-                self._blocking.close()
+                    self._call(announce_now())
+                self._call(self.queue.close())
+                # Calls other threads still wait for end now (cancelled: a clear error).
+                self._call(_cancel_others())
+            finally:
+                self._stop_loop()
+                if self._blocking is not None:
+                    self._blocking.close()
 
     def _add_job_direct(
         self,
@@ -344,6 +369,53 @@ class SyncQueueClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop thread: runs the loop until it is stopped, then closes it (a client
+    collected without close() has nobody else to do that)."""
+    loop.run_forever()
+    loop.close()
+
+
+def _abandoned(pid: int, loop: asyncio.AbstractEventLoop, queue: QueueAPI, what: str) -> None:
+    """A client collected without ``close()``: close its queue and stop its loop, on the
+    loop thread, without waiting here (a collection may run in any thread, that one too)."""
+    if os.getpid() != pid or loop.is_closed():  # a forked child: the loop is the parent's
+        return
+    warnings.warn(f"unclosed {what}: call close()", ResourceWarning, stacklevel=1)
+
+    async def shut() -> None:
+        try:
+            await asyncio.wait_for(queue.close(), 5.0)
+        except Exception:
+            log.warning("queue %s: closing a client dropped without close() failed", queue.name)
+        finally:
+            loop.stop()
+
+    with contextlib.suppress(RuntimeError):  # its loop is closed already
+        asyncio.run_coroutine_threadsafe(shut(), loop)
+
+
+class _ExitSafeExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, where asyncio resolves host names. Once the
+    interpreter has begun to exit (the main thread returned, atexit), executors refuse
+    new work: a connection opened then (a non-daemon thread's or an atexit handler's
+    call, ``redis://localhost``) failed as "cannot reach Redis". The work runs in the
+    loop thread then."""
+
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        try:
+            return super().submit(fn, *args, **kwargs)
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                fut.set_exception(exc)
+            return fut
 
 
 async def _cancel_others(timeout_s: float = 5.0) -> None:
