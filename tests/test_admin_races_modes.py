@@ -42,9 +42,9 @@ Defects the probe led to are deterministic tests at the end: ``drain()`` removin
 group's line before its turn holder (the holder's release handed the turn to a job the
 call had passed), ``clear(force=True)`` dropping parked jobs before it releases the running
 ones (likewise for a group's turn or a concurrency place), an async batch cancelled once
-none of its jobs waits for it (a job handed back at a stop ran twice at once). One is
-still open, marked ``xfail`` (strict) with the defect named: the flow-control heal moving
-a job while a job a release let out still waits.
+none of its jobs waits for it (a job handed back at a stop ran twice at once), and the
+flow-control heal counting the jobs a release let out lately (``cc-out:<key>``) against
+the cap (it let one more out and warned of a removed cap).
 """
 
 from __future__ import annotations
@@ -220,7 +220,8 @@ EXPECTED_LOGS = (
     "was removed while it ran",
     "found missing",
     "exceeds worker.concurrency",
-    # features/flowheal.py moving a job a release already let out: see the xfail below.
+    # The flow heal's warning: a walk that races the operator calls (a clear, a drain)
+    # may still find a key stranded for a moment.
     "nothing left to release",
 )
 
@@ -751,7 +752,9 @@ class ModeRaces:
         self.after_clear = [
             k for k in await self.keys_left() if not k.startswith(("worker:", "workers"))
         ]
-        unexpected = [k for k in self.after_clear if not k.startswith(("id", "lease", "leader:"))]
+        # cc-out:<key>: jobs a release let out lately (flowcontrol.LET_OUT_MS), expiring.
+        kept = ("id", "lease", "leader:", "cc-out:")
+        unexpected = [k for k in self.after_clear if not k.startswith(kept)]
         if unexpected:
             P.append(f"clear(force) left keys {unexpected[:10]}")
         grace = LOCK_MS / 1000 + 0.3  # a run claimed before may start until its renewal
@@ -904,12 +907,6 @@ async def test_a_job_handed_back_from_a_running_async_batch_does_not_run_twice_a
         await b.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="features/flowheal.py: the heal counts a key's active jobs only, not the job "
-    "a finished one already let out to wait; it moves one more parked job and warns of a "
-    "removed cap or a process without flow control",
-)
 async def test_the_flow_heal_moves_nothing_while_a_released_job_waits(
     redis_url: str, prefix: str
 ) -> None:

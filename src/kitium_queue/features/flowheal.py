@@ -119,7 +119,12 @@ for i = 1, #got[2], 2 do
     end
     local cap = ANY_CAP and lookup('c', CAP_EXACT, CAP_PREFIX, ck)
     local free = budget
-    if cap then free = math.min(cap - n, budget) end
+    if cap then
+      -- Jobs a release let out lately wait to run: they count against the cap too.
+      local out = redis.pcall('GET', PREFIX .. 'cc-out:' .. ck)
+      if type(out) == 'table' then out = 0 end
+      free = math.min(cap - n - math.floor(tonumber(out) or 0), budget)
+    end
     if free > 0 then
       local k = unpark(blocker, free)
       if k > 0 then
