@@ -575,11 +575,6 @@ _CHECK = """(function()
   end
 end)()"""
 
-#: How long a job let out of a key's parked set (to wait, not running yet) counts
-#: against the key's cap for the heal (``cc-out:<key>``, flowheal.py), in ms: two heal
-#: intervals. A key left stranded meanwhile is healed by a later walk.
-LET_OUT_MS = 60_000
-
 # Runs for every job leaving active (finish, recovery, clear): exact accounting of the
 # concurrency sets, and the next job of the key back to wait.
 _RELEASE = """(function()
@@ -594,15 +589,12 @@ _RELEASE = """(function()
     if not ck then return end
     redis.call('HDEL', CC_OWNER, id)
     redis.call('SREM', PREFIX .. 'cc:' .. ck, id)
-    if unpark('cc:' .. ck, 1) > 0 then
-      -- Let out, not running yet: the heal (flowheal.py) counts it against the cap for
-      -- a while, or it would let out one more of the key's parked jobs.
+    if unpark('cc:' .. ck, 1) > 0 then  -- let out: the heal counts it a while (flowheal)
       local out = PREFIX .. 'cc-out:' .. ck
       local was = redis.pcall('GET', out)  -- another type (written by hand): left alone
       if type(was) ~= 'table' then
-        local n = math.floor(tonumber(was) or 0) + 1
-        redis.call('SET', out, string.format('%d', n), 'PX', @OUT_MS@)
+        redis.call('SET', out, int(math.floor(tonumber(was) or 0) + 1), 'PX', @OUT_MS@)
       end
     end
   end
-end)()""".replace("@OUT_MS@", str(LET_OUT_MS))
+end)()""".replace("@OUT_MS@", str(flowheal.LET_OUT_MS))

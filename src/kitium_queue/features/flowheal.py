@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEAL_INTERVAL_S",
     "HEAL_SCRIPT",
+    "LET_OUT_MS",
     "ConcurrencyHealReport",
     "cap_reason",
     "heal_concurrency",
@@ -50,6 +51,10 @@ log = get_logger(__name__)
 
 #: Seconds between two walks of a queue's parked concurrency keys by its workers.
 HEAL_INTERVAL_S = 30.0
+#: How long a job let out of a key's parked set (to wait, not running yet) counts
+#: against the key's cap for the heal (``cc-out:<key>``, written by flow control's
+#: release), in ms: two heal intervals. A key left stranded meanwhile is healed later.
+LET_OUT_MS = 60_000
 #: The script's name in the queue's registry (compiled with the declarations).
 HEAL_SCRIPT = "cc_heal"
 #: Index entries scanned per script call (ZSCAN COUNT: each call is short).
