@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoPermissionError
 
 from .leader import LeaderService
-from .limits import get_logger, safe_text
+from .limits import get_logger, reply_int, reply_text, safe_text
 from .serverinfo import SAFE_POLICY, node_info
 
 if TYPE_CHECKING:
@@ -69,17 +69,6 @@ LEASE_MS = 60_000
 #: queue): a new leader (after a deploy) walks only for evictions since. Kept a week.
 WALKED_KEY = "evictions-walked"
 WALKED_TTL_MS = 7 * 86_400_000
-
-
-def _int(v: Any) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _text(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 class EvictionWatch:
@@ -118,14 +107,14 @@ class EvictionWatch:
             stats = await node_info(client, "stats", q.keys.wait)
             memory = await node_info(client, "memory", q.keys.wait)
             if self.evicted is None:  # the count the queue's last walk covered
-                self.evicted = _int(await client.get(q.keys.extra(WALKED_KEY))) or None
+                self.evicted = reply_int(await client.get(q.keys.extra(WALKED_KEY))) or None
         except Exception:  # no INFO for this user, Redis away or busy: look again later
             return
-        policy = _text(memory.get("maxmemory_policy", SAFE_POLICY))
+        policy = reply_text(memory.get("maxmemory_policy", SAFE_POLICY))
         self._check_policy(policy)
         if "evicted_keys" not in stats:
             return
-        evicted = _int(stats.get("evicted_keys"))
+        evicted = reply_int(stats.get("evicted_keys"))
         before, self.evicted = self.evicted, evicted
         # A count lower than the last one: the server restarted or its stats were reset.
         if evicted > (0 if before is None or evicted < before else before):
