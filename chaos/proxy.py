@@ -45,8 +45,10 @@ class Proxy:
         self._server: asyncio.base_events.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()  # one per accepted connection
         self._flowing: asyncio.Event | None = None
         self._stopped = threading.Event()
+        self._expiry: asyncio.Task[None] | None = None
         self.connections = 0  # accepted since start
         self.cuts = 0
         self.delay_s = 0.0
@@ -107,8 +109,13 @@ class Proxy:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     def _expire(self) -> None:
-        self.loop.create_task(self._shutdown())
-        self.loop.call_later(0.5, self.loop.stop)
+        async def shut_then_stop() -> None:
+            try:
+                await asyncio.wait_for(self._shutdown(), 6)
+            finally:
+                self.loop.stop()
+
+        self._expiry = self.loop.create_task(shut_then_stop())
 
     async def _listen(self) -> None:
         if self._flowing is None:
@@ -157,9 +164,20 @@ class Proxy:
             self._flowing.set()
         for t in list(self._tasks):
             t.cancel()
+        # Let each connection's handler end here (its pumps are cancelled), on a running
+        # loop: one left pending when the loop stops is finalised by the garbage
+        # collector later, in some other test's time, with an "Exception ignored"
+        # warning. Not cancelled: asyncio's stream callback raises on a cancelled one.
+        handlers = [t for t in self._handlers if t is not asyncio.current_task()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        me = asyncio.current_task()
+        if me is not None:
+            self._handlers.add(me)
+            me.add_done_callback(self._handlers.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
         except OSError:
