@@ -22,11 +22,10 @@ __all__ = ["ROOT", "child", "interleaved", "table"]
 
 def child(code: str, *args: str) -> dict[str, Any]:
     """Run ``code`` in a fresh interpreter (the package and ``bench/`` importable) with
-    ``args``; its last output line, as JSON."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench")]),
-    }
+    ``args``; its last output line, as JSON. ``KQ_BENCH_SRC`` names another ``src``
+    folder to measure (an earlier commit's, from ``git archive``) in place of this one."""
+    src = os.environ.get("KQ_BENCH_SRC") or str(ROOT / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(ROOT / "bench")])}
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env
     )

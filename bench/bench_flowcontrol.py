@@ -20,6 +20,11 @@ Cases:
   concurrency  every job with a ``concurrency_key`` (100 keys), cap 1,000 per key
   global       ``set_global_concurrency(1000)``, jobs without keys
   all          the three together, every job with both keys
+  parked       every job with a ``concurrency_key`` (5 keys), cap 2 per key: at most 10
+               of the worker's 20 slots run, most claims park jobs behind their key and
+               every release lets the next one out (the one case where limits are
+               reached: the cost of parking, letting out and the let-out count the
+               flow heal reads)
 
 Each child also counts Redis commands per job (``INFO commandstats``, Lua's inner
 commands included) and the CPU time of the worker and of redis-server per job. Prints a
@@ -54,6 +59,8 @@ async def main(url, case, jobs):
         q.set_rate_limit("cust-*", max=1_000_000, duration=1000)
     if case in ("declared", "concurrency", "all"):
         q.set_concurrency_limit("cust-*", 1000)
+    if case == "parked":
+        q.set_concurrency_limit("cust-*", 2)
     if case in ("declared", "global", "all"):
         q.set_global_concurrency(1000)
 
@@ -65,6 +72,8 @@ async def main(url, case, jobs):
             return {"concurrency_key": k}
         if case == "all":
             return {"rate_limit_key": k, "concurrency_key": k}
+        if case == "parked":
+            return {"concurrency_key": f"cust-{i % 5}"}
         return {}
 
     t0 = time.perf_counter()
@@ -81,7 +90,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
 
 
-CASES = ("plain", "declared", "rate", "concurrency", "global", "all")
+CASES = ("plain", "declared", "rate", "concurrency", "global", "all", "parked")
 
 
 def main() -> None:
@@ -89,9 +98,16 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)}")
     args = ap.parse_args()
+    cases = CASES
+    if args.cases:
+        cases = tuple(c.strip() for c in args.cases.split(","))
+        unknown = sorted(set(cases) - set(CASES))
+        if unknown:
+            ap.error(f"unknown case(s) {', '.join(unknown)}: choose from {', '.join(CASES)}")
     with RedisServer() as server:
-        got = interleaved(server.url, _CHILD, CASES, args.reps, args.jobs)
+        got = interleaved(server.url, _CHILD, cases, args.reps, args.jobs)
     table(got, args.reps, args.jobs)
     if args.json:
         Path(args.json).write_text(json.dumps({"cases": got}, indent=1))
