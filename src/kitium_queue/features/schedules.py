@@ -56,7 +56,9 @@ DEFAULT_CATCH_UP = 100
 MAX_CATCH_UP = 1000
 DEFAULT_MISFIRE_GRACE_MS = 1000
 MIN_INTERVAL_MS = 10
-_RESERVED_JOB_OPTIONS = ("job_id", "delay", "idempotency_key")
+# job_id_window: a tick's id holds no window (schedule_fire), and a release before it
+# refuses to update a schedule whose stored options name it.
+_RESERVED_JOB_OPTIONS = ("job_id", "job_id_window", "delay", "idempotency_key")
 #: The keyword options of ``schedule_job`` / ``schedule_every`` that configure the
 #: schedule itself; any other keyword is a job option.
 SCHEDULE_OPTIONS = (
@@ -452,7 +454,9 @@ class ScheduleStore:
                 prepared[DATA],
                 prepared[OPTS],
                 prepared[PRIORITY],
-                prepared[LIFO],
+                # '1' | '0': the 'n' a windowless id adds is enqueue.lua's alone; kept, it
+                # made schedule_fire (of either release) add each tick without lifo.
+                prepared[LIFO][:1],
                 limit or 0,
                 "" if first is None else first,
                 end or 0,
@@ -555,7 +559,9 @@ class ScheduleStore:
         for k in list(changes):
             if k in args:
                 args[k] = changes.pop(k)
-        opts = {**cur.options, **changes}
+        # A job_id_window stored before schedules refused it never applied to a tick.
+        kept = {k: v for k, v in cur.options.items() if k != "job_id_window"}
+        opts = {**kept, **changes}
         opts = {k: v for k, v in opts.items() if v is not None}
         return await self._declare(
             cur.job_name,

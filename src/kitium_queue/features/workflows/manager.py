@@ -234,7 +234,8 @@ class JobChainManager:
                 )
             parents = orjson.dumps([ids[x] for x in dict.fromkeys(s.depends_on)])
             size += len(parents)
-            args += [s.name, p[0], p[1], p[2], p[3], p[4], p[5], p[6], parents]
+            # lifo '1' | '0' (wf_create): the 'n' of job_id_window=False is enqueue.lua's
+            args += [s.name, p[0], p[1], p[2], p[3], p[4], p[5], p[6][:1], parents]
             names.append(p[1])
         client = await q.client()
         reply = await q.scripts.call(client, "wf_create", q.keys.all, args)
