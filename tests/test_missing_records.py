@@ -260,3 +260,38 @@ async def test_a_running_job_whose_record_goes_is_not_blamed_on_its_lease(
     assert not said("lease of job", gone)
     assert not said("removed while it ran", taken)
     gate.set()
+
+
+async def test_a_job_cleared_while_it_ran_is_not_reported_as_an_eviction(
+    make_queue: QueueFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """clear(force=True) takes a running job's record and active entry; when the run then
+    ends (before any lease renewal noticed), its dropped outcome is the clear's doing:
+    an INFO line says so, and no "found missing ... evicted" warning blames Redis."""
+    q = make_queue(settings={"lock_duration": 60_000})
+    started: list[str] = []
+    ended: list[str] = []
+    gate = asyncio.Event()
+
+    @q.process("n")
+    async def n(job: Any) -> str:
+        started.append(job.id)
+        await gate.wait()
+        ended.append(job.id)
+        return "ok"
+
+    caplog.set_level(logging.INFO, logger="kitium_queue")
+    jid = await q.add_job("n", 1, job_id="cleared-while-running")
+    await q.start(concurrency=1)
+    await wait_until(lambda: started == [jid])
+    await q.clear(force=True)
+    gate.set()
+
+    def said(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if text in r.getMessage() and jid in r.getMessage()]
+
+    await wait_until(lambda: bool(said("was removed while it ran (cleared")))
+    assert ended == [jid]
+    assert said("was removed while it ran (cleared")[0].levelno == logging.INFO
+    assert not _warnings(caplog)
+    assert (await q.get_stats()).missing_records == 0

@@ -325,7 +325,9 @@ class QueueMachine(RuleBasedStateMachine):
             dlq=dlq,
         )
         if job is None:
-            assert status == "missing"
+            # No record and no active entry: taken out by the queue's own call (clear,
+            # erasure), not lost behind its back ('missing' needs the active entry).
+            assert status == "removed"
         elif not valid:
             assert status == "lease-lost"
         elif job.cancel and kind in ("R", "D", "H"):

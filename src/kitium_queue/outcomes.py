@@ -410,6 +410,16 @@ class Outcomes:
             q.ctx.missing.seen(
                 1, f"job {printable(job.id)} while it ran; its outcome ({kind}) dropped"
             )
+        elif status == b"removed":
+            # Taken out of active with its record by the queue's own call: nothing was
+            # lost behind the queue's back (no eviction warning).
+            log.info(
+                "queue %s: job %s was removed while it ran (cleared with force=True or "
+                "erased); its outcome (%s) was dropped",
+                q.name,
+                printable(job.id),
+                kind,
+            )
         elif status == b"damaged":
             log.error(
                 "queue %s: the record of job %s is damaged (its key holds another "

@@ -32,13 +32,17 @@
   0..MAX_DELAY_MS (limits.py; +inf gives the maximum, negatives 0), keep count and keep
   age to -1..2^53; fractions are cut. So no SET PX, ZADD or XADD below can be refused
   half way through the call. Ids and tokens need no check: any string is fenced (a
-  forged or empty token is 'lease-lost', an unknown id 'missing').
+  forged or empty token is 'lease-lost', an unknown id 'removed').
 
   Damaged keys: when a key of the layout the call would write holds another type, the
   reply is the error KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
 
-  Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing' | 'damaged'
-  ('damaged': the job key holds something other than a job hash; nothing is written)
+  Returns one status per outcome, in order: 'ok' | 'lease-lost' | 'missing' | 'removed'
+  | 'damaged' ('missing': the record is gone while the job was still in active --
+  evicted or deleted by hand, counted in meta 'missing'; 'removed': the record and the
+  active entry are both gone -- clear(force=True) or an erasure took the job out while
+  it ran, nothing counted; 'damaged': the job key holds something other than a job
+  hash; nothing is written)
   | 'cancelled' (an 'R', 'D' or 'H' outcome of a job cancel_job() flagged while it ran:
   recorded as an 'F' with the reason 'cancelled by cancel_job()' instead; a 'C' stays
   completed, since the run did its work).
@@ -128,14 +132,18 @@ for b = 5, #ARGV, 9 do
   if f.err then
     res[#res + 1] = 'damaged'
   elseif not f[2] then
-    res[#res + 1] = 'missing'
     -- Still leased: the record went behind the queue's back (remove_job refuses a
     -- running job, clear() takes it out of active), evicted or deleted: counted.
     if redis.call('ZREM', K_ACTIVE, id) == 1 then
+      res[#res + 1] = 'missing'
       count_missing()
 --@if release
       release_slot(id, jk, 'removed')
 --@end
+    else
+      -- Out of active too: taken out by a call of the queue's own (clear(force=True),
+      -- an erasure), not evicted.
+      res[#res + 1] = 'removed'
     end
   elseif f[1] ~= token or f[2] ~= 'active' then
     res[#res + 1] = 'lease-lost'
