@@ -496,6 +496,18 @@ class OutboxConsumer:
             self._next_reclaim = time.monotonic() + self.reclaim_every_s
         return [OutboxEntry.parse(e[0], e[1], int(e[2])) for e in got]
 
+    async def touch(self, ids: str | Iterable[str]) -> int:
+        """Keep entries this consumer still handles: their idle time starts again, so no
+        other consumer takes them over after ``claim_idle_ms`` (a slow handling would be
+        done twice). Entries acknowledged or taken over meanwhile are left as they are;
+        returns how many were touched. Call it more often than ``claim_idle_ms``."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        return (
+            int(await self.outbox.script("outbox_touch", (self.group, self.name, *ids)))
+            if ids
+            else 0
+        )
+
     async def ack(self, ids: str | Iterable[str]) -> int:
         """Acknowledge entries (done for this group); returns how many were pending."""
         ids = [ids] if isinstance(ids, str) else list(ids)

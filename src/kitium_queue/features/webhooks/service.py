@@ -9,8 +9,8 @@
   and the acknowledgement of the outbox entries are written in one script
   (``webhooks_done``): an entry is acknowledged only once each of its deliveries is
   recorded as delivered, scheduled for a retry, or dead-lettered.
-* **Reliable** and **best-effort** deliveries run in ``LocalDispatcher``: tasks of the
-  process that saw the event, with retries in memory (lost if the process dies).
+* **Reliable** and **best-effort** deliveries run in ``LocalDispatcher`` (``local.py``):
+  tasks of the process that saw the event, with retries in memory (lost if it dies).
 
 Nothing here runs on a job's path: the worker only ever hands events over.
 """
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -34,17 +34,18 @@ from ...events import EventData
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, OutageLog
 from ...limits import get_logger
-from ...outbox import Outbox, OutboxEntry
-from .delivery import AttemptResult, Target, history_json
-from .models import MAX_RETRIES, event_body, feature_event_data
+from ...outbox import Outbox, OutboxConsumer, OutboxEntry
+from .delivery import AttemptResult, history_json
+from .fanout import Delivery, _text, claimed, expand
 from .registry import webhook_damage
 
 if TYPE_CHECKING:
     from .manager import WebhookManager
 
-__all__ = ["DELIVERY_EVENT", "FEATURE", "GROUP", "Delivery", "DeliveryService", "LocalDispatcher"]
+__all__ = ["DELIVERY_EVENT", "FEATURE", "GROUP", "Delivery", "DeliveryService"]
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 #: The feature's name (its option, its slots, its feature events).
 FEATURE = "webhooks"
@@ -56,29 +57,10 @@ GROUP = "webhooks"
 DELIVERY_EVENT = "webhook-delivery"
 _OUTCOMES = {"ok": "delivered", "retry": "retrying", "dead": "dead-lettered", "failed": "failed"}
 _OUTBOX_MAX_DELIVERIES = 50
+#: What a stop waits for a batch's results to be recorded, beyond its requests' timeouts.
+STOP_RECORD_S = 5.0
 #: Longest sleep of an idle retry loop (ms): how late another process's retry may be.
 IDLE_WAIT_MS = 2_000
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One event for one endpoint, about to be attempted."""
-
-    member: str  # "<webhook id>/<event id>"
-    target: Target | None  # None: the endpoint is gone or inactive
-    event_type: str
-    body: bytes
-    strategy: str
-    max_retries: int
-    attempts: int = 0  # made before this one
-    history: list[Any] = field(default_factory=list)
-    new: bool = True  # its record is created with the result
-    url: str = ""  # a job's own webhook_url
-    missing: str = ""  # why there is no target
-
-    @property
-    def event_id(self) -> str:
-        return self.member.split("/", 1)[1]
 
 
 def _consumer_name() -> str:
@@ -113,14 +95,20 @@ class _Base:
             kind, due = "retry", now + max(self.mgr.backoff.delay_ms(n), res.wait_ms)
         else:
             kind = "dead" if durable else "failed"
+        return self._fields(d, kind, n, due, history_json(d.history, entry), res.status, res.error)
+
+    def _fields(
+        self, d: Delivery, kind: str, n: int, due: int, history: Any, status: Any, error: Any
+    ) -> list[Any]:
+        """The 13 ``webhooks_done`` fields of delivery ``d``."""
         return [
             d.member,
             kind,
             n,
             due,
-            history_json(d.history, entry),
-            "" if res.status is None else res.status,
-            res.error or "",
+            history,
+            "" if status is None else status,
+            error or "",
             self.mgr.history_ttl_s,
             d.body if d.new else b"",
             d.event_type,
@@ -129,12 +117,16 @@ class _Base:
             d.max_retries,
         ]
 
-    async def write(self, fields: Sequence[Any], acks: Sequence[str] = ()) -> None:
+    async def write(
+        self, fields: Sequence[Any], acks: Sequence[str] = (), back: Sequence[Any] = ()
+    ) -> None:
         """Record results (and acknowledge entries) in Redis, then tell this process's
-        ``queue.on("webhook-dlq" | "webhook-failed")`` handlers about the given-up ones."""
+        ``queue.on("webhook-dlq" | "webhook-failed")`` handlers about the given-up ones.
+        ``back``: more records, of deliveries handed back unattempted (not reported)."""
         q = self.mgr.queue
-        for i in range(0, max(len(fields), 1), 13 * 200):
-            chunk = list(fields[i : i + 13 * 200])
+        rows = [*fields, *back]
+        for i in range(0, max(len(rows), 1), 13 * 200):
+            chunk = list(rows[i : i + 13 * 200])
             ack = list(acks) if i == 0 else []
             if not chunk and not ack:
                 return
@@ -213,10 +205,14 @@ class DeliveryService(_Base):
         self._tasks: list[asyncio.Task[None]] = []
         self.consumer_name = _consumer_name()
         self.delivered = 0
+        self._stopping = False
+        self._batches: set[asyncio.Task[Any]] = set()  # under way (see _whole)
+        self._longest_s = 0.0  # the longest request timeout of a batch so far
 
     async def start(self, queue: Any) -> None:
         if any(not t.done() for t in self._tasks):
             return
+        self._stopping = False
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._outbox_loop(), name=f"kq-webhooks-outbox-{queue.name}"),
@@ -224,6 +220,13 @@ class DeliveryService(_Base):
         ]
 
     async def stop(self) -> None:
+        """Stop the loops at once (a read, a pause), but let a batch under way end: its
+        requests in flight are answered (each within its endpoint's timeout) and every
+        result is recorded; its deliveries not yet begun are scheduled as retries due now
+        (``_handed_back``), for another worker. A batch cut short between a request and
+        its record would be sent again by another worker: a duplicate after a graceful
+        stop. Only one still running past its timeouts and ``STOP_RECORD_S`` is cut."""
+        self._stopping = True
         tasks, self._tasks = self._tasks, []
         pending = set(tasks)
         for _ in range(25):  # a client may swallow a cancellation (memory://): cancel again
@@ -236,6 +239,20 @@ class DeliveryService(_Base):
             if t.done() and not t.cancelled():
                 with contextlib.suppress(Exception):
                     t.result()
+        batches = set(self._batches)
+        if batches:
+            done, cut = await asyncio.wait(batches, timeout=self._longest_s + STOP_RECORD_S)
+            for t in cut:
+                t.cancel()
+            failed = [t.exception() for t in done if not t.cancelled() and t.exception()]
+            if cut or failed:
+                log.warning(
+                    "webhook delivery of queue %s stopped with %d batch(es) unrecorded (%s): "
+                    "their outbox entries and retries are sent again by another worker",
+                    self.mgr.queue.name,
+                    len(cut) + len(failed),
+                    "cut short" if cut else type(failed[0]).__name__,
+                )
         await self.mgr.local.drain(timeout=2.0)
         await self.mgr.sender.close()
 
@@ -286,9 +303,16 @@ class DeliveryService(_Base):
                 log.exception("webhook %s of queue %s failed; retrying", what, mgr.queue.name)
                 await asyncio.sleep(1.0)
 
+    async def _whole(self, work: Awaitable[T]) -> T:
+        """Run one batch so that a stop (which cancels this loop) lets it end: see stop."""
+        task = asyncio.ensure_future(work)
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+        return await asyncio.shield(task)
+
     async def _paced(self, work: Callable[[], Awaitable[int]]) -> int:
         started = time.monotonic()
-        n = await work()
+        n = await self._whole(work())
         if n:
             await self._pace(time.monotonic() - started)
         return n
@@ -307,106 +331,98 @@ class DeliveryService(_Base):
             max_deliveries=_OUTBOX_MAX_DELIVERIES,
         )
 
-        async def read_and_handle() -> int:
+        async def handle() -> int:
             entries = await consumer.read()
-            if entries:
-                await self.handle(entries)
+            if entries:  # a stop lets it end: the outbox loop (and so the read) is cancelled
+                await self._whole(self.handle(entries, consumer))
             return len(entries)
 
         async def step() -> float:
-            n = await self._paced(read_and_handle)
+            started = time.monotonic()
+            n = await handle()
+            if n:
+                await self._pace(time.monotonic() - started)
             return mgr.poll_ms / 1000 if memory and not n else 0.0
 
         await self._forever("delivery (outbox)", step)
 
-    async def handle(self, entries: Sequence[OutboxEntry]) -> None:
-        """Fan entries out, make the first attempts, record them and acknowledge."""
+    async def handle(
+        self, entries: Sequence[OutboxEntry], consumer: OutboxConsumer | None = None
+    ) -> None:
+        """Fan entries out, make the first attempts, record them and acknowledge. With
+        the ``consumer`` that read them, it keeps them meanwhile (``OutboxConsumer.touch``)."""
         await self.mgr.registry.refresh()
         work: list[Delivery] = []
         reloaded = False
         for e in entries:
             if e.topic != "webhook":
                 continue
-            got = self.expand(e)
+            got = expand(self.mgr, e)
             if not got and not reloaded:
                 # The transition wrote it because an endpoint wanted it: a cache that
                 # knows none is stale (registered elsewhere a moment ago). Reload once.
                 await self.mgr.registry.refresh(force=True)
                 reloaded = True
-                got = self.expand(e)
+                got = expand(self.mgr, e)
             work.extend(got)
-        results = await self._attempt_all(work)
-        fields: list[Any] = []
-        for d, res in zip(work, results, strict=True):
-            fields += self.record(d, res, durable=True)
-            self.delivered += res.ok
-        await self.write(fields, [e.id for e in entries])
+        ids = [e.id for e in entries]
+        keep = None if consumer is None else functools.partial(consumer.touch, ids)
+        await self._attempt_and_write(work, ids, keep, self.mgr.claim_idle_ms)
 
-    def expand(self, e: OutboxEntry) -> list[Delivery]:
-        """The deliveries of one outbox entry: one per endpoint that wants its event."""
-        f = e.fields
-        etype = f.get("e", b"").decode("utf-8", "replace")
-        if "b" in f:  # written from Python (send_event, started, progress)
-            eid = f.get("i", b"").decode("utf-8", "replace") or "evt_" + e.id
-            body = f["b"]
-        elif "s" in f:  # an event another feature raised in a script (the event slot)
-            eid = "evt_" + e.id
-            try:
-                fields = orjson.loads(f.get("x") or b"[]")
-            except orjson.JSONDecodeError:
-                fields = []
-            data = feature_event_data(
-                self.mgr.queue.name, f["s"].decode("utf-8", "replace"), fields
-            )
-            body = event_body(etype, _int(f.get("ts")) or int(time.time() * 1000), data)
-        else:  # written by a transition script
-            eid = "evt_" + e.id
-            data = {
-                "queue": self.mgr.queue.name,
-                "job_id": f.get("j", b"").decode("utf-8", "replace"),
-                "job_name": f.get("n", b"").decode("utf-8", "replace")[:512],
-                "attempts": _int(f.get("a")),
-            }
-            body = event_body(etype, _int(f.get("ts")) or int(time.time() * 1000), data)
-        out: list[Delivery] = []
-        only = f.get("w", b"").decode("utf-8", "replace")
-        for hook in self.mgr.registry.wanting(etype, guaranteed=True):
-            if only and hook.id != only:
-                continue
-            out.append(
-                Delivery(
-                    f"{hook.id}/{eid}",
-                    self.mgr.target_of(hook),
-                    etype,
-                    body,
-                    "guaranteed",
-                    hook.max_retries,
-                )
-            )
-        url = f.get("u", b"").decode("utf-8", "replace")
-        if url and not only:
-            jw = self.mgr.job_webhook
-            out.append(
-                Delivery(
-                    f"job/{eid}",
-                    self.mgr.job_target(url),
-                    etype,
-                    body,
-                    "guaranteed",
-                    jw.max_retries,
-                    url=url,
-                )
-            )
-        return out
+    async def _attempt_and_write(
+        self,
+        work: Sequence[Delivery],
+        acks: Sequence[str],
+        keep: Callable[[], Awaitable[Any]] | None,
+        hold_ms: int,
+    ) -> None:
+        """Attempt ``work`` and record the results (acknowledging ``acks``) in one script.
 
-    async def _attempt_all(self, work: Sequence[Delivery]) -> list[AttemptResult]:
+        While the attempts run, ``keep()`` every third of ``hold_ms`` keeps the batch this
+        worker's (its outbox entries, or its retries' leases, last ``hold_ms``): a batch
+        of slow answers outlasting them was taken over and sent again by a live worker.
+        Once the service stops, attempts not yet begun are not made: those deliveries
+        are recorded as retries due now, their attempts and history unchanged. While
+        Redis is unreachable the record is tried again (the results are only here; a
+        dropped record is sent again by the worker that takes the batch over)."""
         sem = self.mgr.limit
+        timeouts = [d.target.timeout_ms for d in work if d.target is not None]
+        self._longest_s = max(self._longest_s, max(timeouts, default=0) / 1000)
 
-        async def one(d: Delivery) -> AttemptResult:
+        async def one(d: Delivery) -> AttemptResult | None:
             async with sem:
-                return await self.attempt(d)
+                return None if self._stopping else await self.attempt(d)
 
-        return list(await asyncio.gather(*(one(d) for d in work)))
+        kept = asyncio.Event()
+        beat = asyncio.ensure_future(_keep(keep, hold_ms / 3000, kept)) if keep else None
+        try:
+            results = await asyncio.gather(*(one(d) for d in work))
+        finally:
+            kept.set()  # ends before the record (a late lease push would delay a retry)
+            if beat is not None and not (await asyncio.wait({beat}, timeout=2.0))[0]:
+                beat.cancel()
+        fields: list[Any] = []
+        back: list[Any] = []
+        for d, res in zip(work, results, strict=True):
+            if res is None:
+                back += self._handed_back(d)
+            else:
+                fields += self.record(d, res, durable=True)
+                self.delivered += res.ok
+        pause = 0.05
+        while True:
+            try:
+                return await self.write(fields, acks, back)
+            except NET_ERRORS:
+                await asyncio.sleep(pause)  # a stop cuts it after its wait (see stop)
+                pause = min(pause * 2, 1.0)
+
+    def _handed_back(self, d: Delivery) -> list[Any]:
+        """The ``webhooks_done`` fields of a delivery a stop left unattempted."""
+        last = d.history[-1] if d.history and isinstance(d.history[-1], list) else []
+        status, error = [*last[2:4], None, None][:2]
+        now = int(time.time() * 1000)
+        return self._fields(d, "retry", d.attempts, now, orjson.dumps(d.history), status, error)
 
     # ------------------------------------------------------------------ retries
     async def _retry_loop(self) -> None:
@@ -436,137 +452,36 @@ class DeliveryService(_Base):
     async def retry_once(self) -> int:
         """Claim the due retries (up to ``batch``), attempt and record them; the count."""
         mgr = self.mgr
-        claimed = await self._script("webhooks_claim", (mgr.batch, mgr.lease_ms))
-        if not claimed:
+        if self._stopping:
             return 0
-        for row in claimed:
+        claimed_rows = await self._script("webhooks_claim", (mgr.batch, mgr.lease_ms))
+        if not claimed_rows:
+            return 0
+        for row in claimed_rows:
             if len(row) == 1:  # its record holds another type: moved to the DLQ
                 _warn_damaged(
                     mgr.queue.keys.extra("wh:d:" + _text(row[0])),
                     "not attempted, kept in the webhook DLQ; delete the key to repair",
                 )
         await mgr.registry.refresh()
-        work = [self._claimed(row) for row in claimed if len(row) > 1]
-        results = await self._attempt_all(work)
-        fields: list[Any] = []
-        for d, res in zip(work, results, strict=True):
-            fields += self.record(d, res, durable=True)
-            self.delivered += res.ok
-        await self.write(fields)
-        return len(claimed)
+        work = [claimed(mgr, r) for r in claimed_rows if len(r) > 1]
+        client, key = await mgr.queue.client(), mgr.queue.keys.extra("wh:retry")
 
-    def _claimed(self, row: Sequence[Any]) -> Delivery:
-        member, body, etype, attempts, url, strategy, max_r, hist = (
-            _text(row[0]),
-            bytes(row[1]),
-            _text(row[2]),
-            _int(row[3]),
-            _text(row[4]),
-            _text(row[5]),
-            _text(row[6]),
-            row[7],
-        )
-        try:
-            history = orjson.loads(hist)
-        except orjson.JSONDecodeError:
-            history = []
-        if not isinstance(history, list):
-            history = []
-        wid = member.split("/", 1)[0]
-        target: Target | None
-        missing = ""
-        if wid == "job":
-            target = self.mgr.job_target(url) if url else None
-            max_retries = (
-                min(_int(max_r), MAX_RETRIES)
-                if _int(max_r) or max_r == "0"
-                else self.mgr.job_webhook.max_retries
-            )
-            missing = "no URL recorded for this job's webhook"
-        else:
-            hook = self.mgr.registry.get(wid)
-            target = self.mgr.target_of(hook) if hook and hook.active else None
-            max_retries = hook.max_retries if hook else 0
-            missing = "webhook inactive" if hook else "webhook removed"
-        return Delivery(
-            member,
-            target,
-            etype,
-            body,
-            strategy or "guaranteed",
-            max_retries,
-            attempts,
-            history,
-            new=False,
-            url=url,
-            missing=missing,
-        )
+        async def keep() -> None:  # the leases, pushed on (never shortened, never re-added)
+            until = int(time.time() * 1000) + mgr.lease_ms
+            await client.zadd(key, {d.member: until for d in work}, xx=True, gt=True)
+
+        await self._attempt_and_write(work, (), keep if work else None, mgr.lease_ms)
+        return len(claimed_rows)
 
 
-class LocalDispatcher(_Base):
-    """Reliable and best-effort deliveries: tasks of this process (see module doc).
-
-    At most ``max_backlog`` deliveries are held at a time; beyond that new ones are
-    dropped (counted in ``dropped``, logged once a minute) rather than ever slowing the
-    worker down.
-    """
-
-    def __init__(self, mgr: WebhookManager, max_backlog: int = 10_000) -> None:
-        super().__init__(mgr)
-        self.max_backlog = max_backlog
-        self.dropped = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._warned = 0.0
-
-    def submit(self, d: Delivery) -> None:
-        if len(self._tasks) >= self.max_backlog:
-            self.dropped += 1
-            now = time.monotonic()
-            if now - self._warned > 60:
-                self._warned = now
-                log.warning(
-                    "webhook deliveries of queue %s: %d in flight in this process, "
-                    "new ones dropped (%d so far)",
-                    self.mgr.queue.name,
-                    len(self._tasks),
-                    self.dropped,
-                )
+async def _keep(keep: Callable[[], Awaitable[Any]], every_s: float, done: asyncio.Event) -> None:
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), every_s)
             return
-        task = asyncio.get_running_loop().create_task(self._run(d))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, d: Delivery) -> None:
-        mgr = self.mgr
-        budget = d.max_retries if d.strategy == "reliable" else 0
-        while True:
-            async with mgr.limit:
-                res = await self.attempt(d)
-            if res.ok or res.permanent or d.attempts >= budget:
-                break
-            d.attempts += 1
-            d.history = orjson.loads(
-                history_json(
-                    d.history,
-                    [int(time.time() * 1000), d.attempts, res.status, res.error, res.duration_ms],
-                )
-            )
-            await asyncio.sleep(max(mgr.backoff.delay_ms(d.attempts), res.wait_ms) / 1000)
-        # The history of an in-memory delivery is best effort too.
-        with contextlib.suppress(*NET_ERRORS):
-            await self.write(self.record(d, res, durable=False))
-
-    async def drain(self, timeout: float) -> None:
-        """Wait up to ``timeout`` s for deliveries in flight, then cancel the rest."""
-        if not self._tasks:
-            return
-        _done, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
-        for t in pending:
-            t.cancel()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
+        with contextlib.suppress(Exception):  # Redis away: the record waits for it too
+            await keep()
 
 
 # When each damaged webhook key was last reported (at most once a minute each).
@@ -585,15 +500,3 @@ def _warn_damaged(key: str, what: str) -> None:
         key[:300],
         what,
     )
-
-
-def _text(v: Any) -> str:
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v).decode("utf-8", "replace")
-    return "" if v is None else str(v)
-
-
-def _int(v: Any) -> int:
-    """A stored count or time: ASCII digits, below 10**17; anything else (damaged) 0."""
-    t = _text(v)
-    return int(t) if t.isascii() and t.isdigit() and len(t) < 18 else 0
