@@ -80,9 +80,10 @@ PRUNE_WAIT_S = 1.0
 #: How long a client whose user was refused the drop does not try it again (s).
 PRUNE_REFUSED_S = 300.0
 
-# Drops the index entries (KEYS[1], ids in ARGV) whose record (KEYS[i + 1]) is gone, in
-# one step: a worker that announced itself again since it was read keeps its entry.
-_PRUNE = """
+#: Drops the index entries (KEYS[1], ids in ARGV) whose record (KEYS[i + 1]) is gone, in
+#: one step: a member written again since it was read (a worker that announced itself
+#: again, a workflow created again under its id) keeps its entry. Returns how many.
+PRUNE_INDEX = """
 local n = 0
 for i, id in ipairs(ARGV) do
   if redis.call('exists', KEYS[i + 1]) == 0 then
@@ -388,7 +389,7 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
 
 
 async def _prune(client: Any, keys: QueueKeys, ids: list[Any]) -> None:
-    """Drop the index entries ``ids`` whose record is still gone (``_PRUNE``); never
+    """Drop the index entries ``ids`` whose record is still gone (``PRUNE_INDEX``); never
     raises: a refusal (ACL, a replica, a full server), an outage or a server that holds
     writes for more than ``PRUNE_WAIT_S`` leaves them for a later call or the writers."""
     try:
@@ -400,7 +401,7 @@ async def _prune(client: Any, keys: QueueKeys, ids: list[Any]) -> None:
     names = [keys.worker(reply_text(i)) for i in ids]
     try:
         await asyncio.wait_for(
-            client.eval(_PRUNE, 1 + len(ids), keys.workers, *names, *ids), PRUNE_WAIT_S
+            client.eval(PRUNE_INDEX, 1 + len(ids), keys.workers, *names, *ids), PRUNE_WAIT_S
         )
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
         if isinstance(exc, NoPermissionError) or NOPERM.search(str(exc)):

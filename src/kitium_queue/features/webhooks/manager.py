@@ -15,6 +15,7 @@ from ...errors import ConfigurationError, DamagedKeyError
 from ...options import to_int
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
+from .local import LocalDispatcher
 from .lua import SCRIPTS, enqueue_fragment, event_fragment, release_fragment
 from .models import (
     MAX_RETRIES,
@@ -30,7 +31,7 @@ from .models import (
 )
 from .needs import NeedsService, synced_after_change
 from .registry import Registry, checked, counts, read_records, script_reports, webhook_damage
-from .service import FEATURE, GROUP, Delivery, DeliveryService, LocalDispatcher
+from .service import FEATURE, GROUP, Delivery, DeliveryService
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver, require_httpx
 from .subscriber import WebhookSubscriber
 
@@ -111,6 +112,17 @@ async def _replay(run: Callable[[str, Sequence[Any]], Awaitable[Any]], wid: str,
         if seen == 0:
             break
     return total
+
+
+def _add_services(queue: JobQueue, needs: NeedsService) -> None:
+    """Add the services every worker of the queue runs with the feature: ``needs``, and
+    the outbox's housekeeping. Guaranteed events stay in the outbox until it is trimmed
+    past what every group acknowledged; the workers trim it, one at a time
+    (``Outbox.housekeeping``), unless this process already added such a service."""
+    queue.add_service(needs)
+    housekeeping = Outbox(queue).housekeeping()
+    if all(s.name != housekeeping.name for s in queue.services):
+        queue.add_service(housekeeping)
 
 
 class WebhookManager:
@@ -234,7 +246,7 @@ class WebhookManager:
         )
         self._install()
         queue.subscribe(self.subscriber)
-        queue.add_service(NeedsService(self))
+        _add_services(queue, NeedsService(self))
         if run_service:
             queue.add_service(self.service)
 

@@ -10,6 +10,13 @@ blockers in the queue's parked index (``ZSCAN``, a page per ``wf_heal.lua`` call
 gives each such job the end the release fragment would have given it; the queue's
 workers with ``JobChainManager`` run it every ``HEAL_INTERVAL_S`` in one process at a
 time (``LeaderService`` ``workflow-heal``).
+
+The same walk drops from the index of workflows (``wfs``) the entries of workflows whose
+records are gone (their retention ended): nothing else removes them, so the index grew
+by one entry per workflow ever created, and the id of an ended workflow could never be
+used again (``execute_workflow`` found it in the index). ``forget_ended`` looks at the
+oldest entries first, a page per call, and stops at a page whose workflows all still
+exist (the younger ones are younger still).
 """
 
 from __future__ import annotations
@@ -22,11 +29,18 @@ from redis.exceptions import ResponseError
 from ...errors import JobStateError
 from ...leader import LeaderService, every
 from ...limits import get_logger
+from ...presence import PRUNE_INDEX
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
 
-__all__ = ["HEAL_INTERVAL_S", "DependentsHealReport", "heal_dependents", "heal_service"]
+__all__ = [
+    "HEAL_INTERVAL_S",
+    "DependentsHealReport",
+    "forget_ended",
+    "heal_dependents",
+    "heal_service",
+]
 
 log = get_logger(__name__)
 
@@ -38,6 +52,9 @@ PAGE = 200
 CHECKS = 1000
 #: The blockers of this feature in the parked index (prelude.lua names them).
 MATCH = "w[pn]:*"
+#: Entries of the index of workflows checked per call of ``forget_ended``, and at most
+#: per walk.
+INDEX_PAGE, INDEX_BUDGET = 500, 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +130,38 @@ async def heal_dependents(queue: JobQueue) -> DependentsHealReport:
     return DependentsHealReport(parents, dependents)
 
 
+async def forget_ended(queue: JobQueue) -> int:
+    """Drop the entries of the index of workflows (``wfs``) whose records are gone (their
+    retention ended), oldest first, until a page holds none or ``INDEX_BUDGET`` entries
+    were looked at; returns how many. An index of another type (damaged by hand) is left
+    as it is (``execute_workflow`` and ``list_workflows`` report it)."""
+    client = await queue.client()
+    index = queue.keys.extra("wfs")
+    start = seen = dropped = 0
+    try:
+        while seen < INDEX_BUDGET:
+            wids = [_text(w) for w in await client.zrange(index, start, start + INDEX_PAGE - 1)]
+            if not wids:
+                break
+            seen += len(wids)
+            keys = [index, *(queue.keys.extra(f"wf:{w}") for w in wids)]
+            n = int(await client.eval(PRUNE_INDEX, len(keys), *keys, *wids))
+            dropped += n
+            if n == 0:
+                break
+            start += len(wids) - n  # the live ones of this page stay ahead
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+    return dropped
+
+
 def heal_service(queue: JobQueue, interval_s: float = HEAL_INTERVAL_S) -> LeaderService:
-    """The workers' walk of ``queue``'s dependents: when this process starts leading,
-    then every ``interval_s``, in one process at a time."""
+    """The workers' walk of ``queue``'s dependents and of its index of workflows: when
+    this process starts leading, then every ``interval_s``, in one process at a time."""
 
     async def step() -> None:
+        await forget_ended(queue)
         await heal_dependents(queue)
 
     async def serve(term: int) -> None:
