@@ -120,6 +120,44 @@ async def test_a_stop_while_the_services_start_stops_them_all(make: QueueFactory
     assert not slow.running and not after.running, (slow.running, after.running)
 
 
+class _SlowStop:
+    """A service whose stop takes a while (a webhook batch letting its requests end)."""
+
+    def __init__(self, name: str, delay: float) -> None:
+        self.name, self.delay = name, delay
+
+    async def start(self, queue: Any) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await asyncio.sleep(self.delay)
+
+
+async def test_the_services_stop_is_taken_out_of_shutdown_timeout(make: QueueFactory) -> None:
+    """shutdown_timeout bounds the whole graceful stop (what a pod's termination grace is
+    sized by): a service's slow stop is taken out of the running jobs' grace, not added
+    to it. 3 s of grace, 3 s of them in a service's stop, a job that would run 60 s: the
+    stop ends after about 3 s (about 6 s when the grace began after the services)."""
+    q = make("slowstop", worker={"shutdown_timeout": 3000})
+    q.add_service(_SlowStop("slow-stop", 3.0))
+    started = asyncio.Event()
+
+    @q.process("long")
+    async def long_(job: Any) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    jid = await q.add_job("long", {})
+    await q.start()
+    await asyncio.wait_for(started.wait(), HANG_S)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.wait_for(q.worker.stop(), HANG_S)
+    took = loop.time() - t0
+    assert 2.9 <= took < 4.8, took
+    await wait_for_status(q, jid, JobStatus.WAITING)  # handed back, not left leased
+
+
 async def test_run_worker_returns_when_a_job_closes_the_queue(make: QueueFactory) -> None:
     q = make("selfclose-serve", worker={"shutdown_timeout": 1000})
 

@@ -83,7 +83,8 @@ class Service(Protocol):
     """A background loop run alongside each worker: ``queue.add_service(svc)``.
 
     ``start(queue)`` is awaited when a worker starts (it should create its tasks and
-    return); ``stop()`` when the worker stops, before running jobs are waited for.
+    return); ``stop()`` when the worker stops, before running jobs are waited for (the
+    time it takes is taken out of the jobs' grace, ``shutdown_timeout``).
     ``name`` identifies it (adding a service with the same name replaces the old one).
     A service that opens Redis connections of its own while it runs (a subscription)
     says how many in an attribute ``connections`` (0 when absent): a worker's start

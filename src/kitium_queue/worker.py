@@ -301,11 +301,11 @@ class Worker:
     async def _stop(self, timeout_ms: int | None, flush_timeout_ms: int | None) -> None:
         loop, forced = asyncio.get_running_loop(), self._forced
         try:
+            grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
+            ends = loop.time() + grace  # the services' stop (a webhook batch) takes from it
             await lifecycle.end_waker(self)  # its claim's jobs handed back, never stranded
             await stop_services(self.queue, self.id)
-            grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
-            ends = loop.time() + grace  # by default, the flush may take what is left of it
-            await grace_period(self.leases, grace, forced)  # the pumps end once no run is held
+            await grace_period(self.leases, max(0.0, ends - loop.time()), forced)
             self._signal.set()
             flush_s = max(_FLUSH_MIN_S, ends - loop.time())
             if flush_timeout_ms is not None:
