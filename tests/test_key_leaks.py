@@ -6,16 +6,24 @@
 * Workflows: the index of workflows (``wfs``) forgets those whose records ended with
   their retention (before, it kept one entry per workflow ever created, and the id of an
   ended workflow could never be used again).
+* Outbox consumers: each worker process reads under a name of its own, and Redis keeps a
+  consumer until it is deleted; the housekeeping forgets those that hold nothing and
+  have not read for an hour (before, one was left per process ever started).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
+
+import kitium_queue.outbox as outbox_module
 from helpers import QueueFactory, wait_until
 from kitium_queue import JobQueue
 from kitium_queue.features.webhooks import WebhookConfig, WebhookManager, generate_secret
 from kitium_queue.features.workflows import JobChainManager, WorkflowStep
+from kitium_queue.outbox import Outbox
 
 
 async def test_guaranteed_webhook_events_leave_the_outbox_once_delivered(
@@ -93,3 +101,47 @@ async def test_ended_workflows_leave_the_index_and_free_their_ids(
 
     await wait_until(forgotten, 20, interval=0.1, message="ended workflows stayed indexed")
     assert (await chains2.execute_workflow("w0", steps()))["a"]  # the id is free again
+
+
+async def test_consumers_of_processes_gone_are_forgotten_unless_they_hold_entries(
+    make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consumers left by processes that stopped (five read and acknowledged, one was
+    handed an entry and never acknowledged it): the housekeeping deletes the five once
+    idle, and keeps the one an entry is pending on (deleting it would lose the entry's
+    place in the group; XAUTOCLAIM hands it on)."""
+    monkeypatch.setattr(outbox_module, "CONSUMER_IDLE_MS", 200)
+    monkeypatch.setattr(outbox_module, "CONSUMERS_EVERY_S", 0.05)
+    q = make_queue("obleak")
+    client = await q.client()
+    outbox = Outbox(q)
+    await outbox.create_group("g")
+    for n in range(6):
+        await outbox.add("t", f"p{n}".encode())
+    for n in range(6):
+        consumer = outbox.consumer("g", f"host:{n}:gone")
+        got = await consumer.read(count=1, block_ms=0)
+        assert len(got) == 1
+        if n != 3:
+            await consumer.ack(got[0].id)
+
+    async def names() -> dict[str, int]:
+        return {
+            (c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): int(c["pending"])
+            for c in await client.xinfo_consumers(outbox.key, "g")
+        }
+
+    assert len(await names()) == 6
+    await asyncio.sleep(0.3)
+    q.add_service(outbox.housekeeping(interval_ms=50))
+    q.process("noop", lambda job: None)
+    await q.start()
+    try:
+
+        async def forgotten() -> bool:
+            return await names() == {"host:3:gone": 1}
+
+        await wait_until(forgotten, 10, interval=0.05, message="idle consumers stayed")
+    finally:
+        await q.close()
+    assert await outbox.forget_idle_consumers(0) == 0  # the one holding an entry stays

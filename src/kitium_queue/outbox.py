@@ -49,6 +49,11 @@ DEFAULT_CAP = 1_000_000
 #: Largest entry ``add`` accepts (topic, field names and values), and most fields in it.
 MAX_ENTRY_BYTES, MAX_FIELDS = 65_536, 64
 _WARN_EVERY_S = 60.0
+#: A consumer holding nothing that has not read for this long belongs to a process gone
+#: (a live one reads every few seconds): the housekeeping forgets it, at most every
+#: ``CONSUMERS_EVERY_S``.
+CONSUMER_IDLE_MS = 3_600_000
+CONSUMERS_EVERY_S = 60.0
 
 
 def _s(v: Any) -> str:
@@ -349,16 +354,44 @@ class Outbox:
         client = await self.queue.client()
         return int(await client.xdel(self.dead_key, *ids)) if ids else 0
 
+    async def forget_idle_consumers(self, idle_ms: int = CONSUMER_IDLE_MS) -> int:
+        """Delete the consumers of every group that hold no pending entry and have not
+        read for ``idle_ms`` (processes gone: each reads under a name of its own);
+        returns how many. ``lua/outbox_forget.lua`` checks again that none holds an
+        entry, in the step that deletes it."""
+        client = await self.queue.client()
+        try:
+            groups = await client.xinfo_groups(self.key)
+        except ResponseError:
+            return 0  # no stream yet, or a damaged key (stats() names it)
+        gone = 0
+        for g in groups:
+            group = g.get("name")  # as Redis holds them: passed back unchanged
+            idle = [
+                c.get("name")
+                for c in await client.xinfo_consumers(self.key, group)
+                if int(c.get("pending") or 0) == 0 and int(c.get("idle") or 0) >= idle_ms
+            ]
+            for i in range(0, len(idle), 100):
+                gone += int(await self.script("outbox_forget", (group, *idle[i : i + 100])))
+        return gone
+
     def housekeeping(
         self, *, interval_ms: int = 5000, trim_limit: int = 10_000, lease_ms: int = 10_000
     ) -> LeaderService:
-        """A leader-only service trimming the outbox and warning when it is at its cap:
-        ``queue.add_service(outbox.housekeeping())``; one process trims at a time."""
+        """A leader-only service trimming the outbox, warning when it is at its cap and,
+        every ``CONSUMERS_EVERY_S``, forgetting the consumers of processes gone
+        (``forget_idle_consumers``): ``queue.add_service(outbox.housekeeping())``; one
+        process does it at a time."""
 
         async def body(term: int) -> None:
+            forgot_at = 0.0
             while True:
                 removed = 0
                 try:
+                    if time.monotonic() - forgot_at >= CONSUMERS_EVERY_S:
+                        forgot_at = time.monotonic()
+                        await self.forget_idle_consumers(CONSUMER_IDLE_MS)
                     removed = await self.trim(trim_limit)
                     st = await self.stats()
                     if st.over_cap or st.damaged or st.unwritten:

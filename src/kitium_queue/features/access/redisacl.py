@@ -73,7 +73,7 @@ ENGINE_COMMANDS = (
 _LEADER = ("get", "set", "del", "incr", "pexpire", "pttl")
 _OUTBOX = (
     "xadd", "xlen", "xack", "xautoclaim", "xpending", "xrange", "xtrim", "xinfo", "xdel",
-    "xreadgroup", "xgroup|create", "hget", "incr", "exists",
+    "xreadgroup", "xgroup|create", "xgroup|delconsumer", "hget", "incr", "exists",
 )  # fmt: skip
 
 #: What each optional feature adds to ``ENGINE_COMMANDS``.
