@@ -40,7 +40,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))  # this tree's package, not an installed one
+# This tree's package, not an installed one; KQ_BENCH_SRC: another src folder to measure
+# (an earlier commit's, from git archive).
+SRC = os.environ.get("KQ_BENCH_SRC") or str(ROOT / "src")
+sys.path.insert(0, SRC)
 
 from _redis import RedisServer  # noqa: E402
 
@@ -123,7 +126,7 @@ def _run_case(args: argparse.Namespace, url: str, mode: str, rep: int, rec_url: 
 
     redis.Redis.from_url(url).flushall()
     env = {**os.environ, "KQ_BENCH_SECRET": args.secret,
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     def cmd(child: str) -> list[str]:
         return [sys.executable, __file__, "--child", child, "--redis", url, "--prefix",
                 f"b{rep}{mode}", "--jobs", str(args.jobs), "--url", rec_url]
