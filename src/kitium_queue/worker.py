@@ -149,6 +149,7 @@ class Worker:
         self._waker_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._forced = asyncio.Event()  # force(): the stop waits no more
+        self.stop_ends: float | None = None  # loop time a stop's grace ends (services too)
         self._client: Any = None
         self._bclient: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -302,7 +303,7 @@ class Worker:
         loop, forced = asyncio.get_running_loop(), self._forced
         try:
             grace = (self.queue.shutdown_timeout_ms if timeout_ms is None else timeout_ms) / 1000
-            ends = loop.time() + grace  # the services' stop (a webhook batch) takes from it
+            ends = self.stop_ends = loop.time() + grace  # the services' stop takes from it
             await lifecycle.end_waker(self)  # its claim's jobs handed back, never stranded
             await stop_services(self.queue, self.id)
             await grace_period(self.leases, max(0.0, ends - loop.time()), forced)

@@ -79,7 +79,10 @@ end
 -- delayed, the event stream, the marker, the id counter, the due index.
 local damaged = check_keys(1, 3, 8, 9, 10) or check_key(K_SCHED_DUE, 'zset')
 if damaged then return damaged end
-local name, data, opts, pri, lifo = f[4], f[5], f[6] or '', tonumber(f[7]) or 0, f[8] or '0'
+-- lifo: its first character ('1n' / '0n', stored by a release before schedule_put kept
+-- '1' | '0' only, is lifo / not lifo).
+local name, data, opts, pri = f[4], f[5], f[6] or '', tonumber(f[7]) or 0
+local lifo = string.sub(f[8] or '0', 1, 1)
 -- num(): a damaged counter reads as 0 instead of comparing as NaN.
 local cnt, lim, last_job = num(f[9]), num(f[10]), f[11]
 local RUNNING = { waiting = true, delayed = true, active = true, pending = true }

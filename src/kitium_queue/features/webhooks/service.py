@@ -33,8 +33,10 @@ from ...damage import DamagedKeys, is_damage_error
 from ...events import EventData
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, OutageLog
+from ...lifecycle import STOPPING
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxConsumer, OutboxEntry
+from ...runends import wait_unless
 from .delivery import AttemptResult, history_json
 from .fanout import Delivery, _text, claimed, expand
 from .registry import webhook_damage
@@ -225,7 +227,9 @@ class DeliveryService(_Base):
         result is recorded; its deliveries not yet begun are scheduled as retries due now
         (``_handed_back``), for another worker. A batch cut short between a request and
         its record would be sent again by another worker: a duplicate after a graceful
-        stop. Only one still running past its timeouts and ``STOP_RECORD_S`` is cut."""
+        stop. Only one still running past its timeouts and ``STOP_RECORD_S``, past what
+        is left of the stopping worker's ``shutdown_timeout``, or once its stop is forced
+        (``Worker.force``: a second SIGTERM) is cut."""
         self._stopping = True
         tasks, self._tasks = self._tasks, []
         pending = set(tasks)
@@ -241,10 +245,19 @@ class DeliveryService(_Base):
                     t.result()
         batches = set(self._batches)
         if batches:
-            done, cut = await asyncio.wait(batches, timeout=self._longest_s + STOP_RECORD_S)
-            for t in cut:
-                t.cancel()
-            failed = [t.exception() for t in done if not t.cancelled() and t.exception()]
+            wait_s, forced = self._longest_s + STOP_RECORD_S, asyncio.Event()
+            # Within the stopping worker's grace (shutdown_timeout), and not at all once
+            # its stop is forced (a second SIGTERM).
+            worker = next((w for w in list(STOPPING) if w.queue is self.mgr.queue), None)
+            if worker is not None:
+                forced = worker._forced
+                if worker.stop_ends is not None:
+                    wait_s = min(wait_s, worker.stop_ends - asyncio.get_running_loop().time())
+            cut = await wait_unless(batches, wait_s, forced)
+            done = batches - cut
+            for b in cut:
+                b.cancel()
+            failed = [b.exception() for b in done if not b.cancelled() and b.exception()]
             if cut or failed:
                 log.warning(
                     "webhook delivery of queue %s stopped with %d batch(es) unrecorded (%s): "
@@ -413,7 +426,9 @@ class DeliveryService(_Base):
         while True:
             try:
                 return await self.write(fields, acks, back)
-            except NET_ERRORS:
+            except NET_ERRORS as exc:
+                if isinstance(exc, PermissionError):
+                    raise  # refused (ACL), not unreachable: reported by the loop
                 await asyncio.sleep(pause)  # a stop cuts it after its wait (see stop)
                 pause = min(pause * 2, 1.0)
 

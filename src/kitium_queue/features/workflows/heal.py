@@ -15,8 +15,9 @@ The same walk drops from the index of workflows (``wfs``) the entries of workflo
 records are gone (their retention ended): nothing else removes them, so the index grew
 by one entry per workflow ever created, and the id of an ended workflow could never be
 used again (``execute_workflow`` found it in the index). ``forget_ended`` looks at the
-oldest entries first, a page per call, and stops at a page whose workflows all still
-exist (the younger ones are younger still).
+oldest entries first, a page at a time, up to ``INDEX_BUDGET`` entries per walk; the
+next walk goes on from there, so long-running workflows at the head of the index do not
+keep the ended ones behind them indexed.
 """
 
 from __future__ import annotations
@@ -130,38 +131,43 @@ async def heal_dependents(queue: JobQueue) -> DependentsHealReport:
     return DependentsHealReport(parents, dependents)
 
 
-async def forget_ended(queue: JobQueue) -> int:
+async def forget_ended(queue: JobQueue, start: int = 0) -> tuple[int, int]:
     """Drop the entries of the index of workflows (``wfs``) whose records are gone (their
-    retention ended), oldest first, until a page holds none or ``INDEX_BUDGET`` entries
-    were looked at; returns how many. An index of another type (damaged by hand) is left
-    as it is (``execute_workflow`` and ``list_workflows`` report it)."""
+    retention ended), oldest first from the ``start``-th, until the index ends or
+    ``INDEX_BUDGET`` entries were looked at; returns how many were dropped and where the
+    next call starts (0 once the end was reached). Workflows still running, however many
+    and however old, never hold back the younger ones: each walk goes on from where the
+    last one stopped. An index of another type (damaged by hand) is left as it is
+    (``execute_workflow`` and ``list_workflows`` report it)."""
     client = await queue.client()
     index = queue.keys.extra("wfs")
-    start = seen = dropped = 0
+    seen = dropped = 0
     try:
         while seen < INDEX_BUDGET:
             wids = [_text(w) for w in await client.zrange(index, start, start + INDEX_PAGE - 1)]
             if not wids:
-                break
+                return dropped, 0
             seen += len(wids)
             keys = [index, *(queue.keys.extra(f"wf:{w}") for w in wids)]
             n = int(await client.eval(PRUNE_INDEX, len(keys), *keys, *wids))
             dropped += n
-            if n == 0:
-                break
             start += len(wids) - n  # the live ones of this page stay ahead
     except ResponseError as exc:
         if "WRONGTYPE" not in str(exc):
             raise
-    return dropped
+        return dropped, 0
+    return dropped, start
 
 
 def heal_service(queue: JobQueue, interval_s: float = HEAL_INTERVAL_S) -> LeaderService:
     """The workers' walk of ``queue``'s dependents and of its index of workflows: when
     this process starts leading, then every ``interval_s``, in one process at a time."""
 
+    at = 0  # where the next walk of the index of workflows starts
+
     async def step() -> None:
-        await forget_ended(queue)
+        nonlocal at
+        _, at = await forget_ended(queue, at)
         await heal_dependents(queue)
 
     async def serve(term: int) -> None:
