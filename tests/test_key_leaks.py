@@ -14,13 +14,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
+import redis as redis_sync
 
 import kitium_queue.outbox as outbox_module
+from _redis import RedisServer
 from helpers import QueueFactory, wait_until
 from kitium_queue import JobQueue
+from kitium_queue.features.access.redisacl import redis_acl_rules
 from kitium_queue.features.webhooks import WebhookConfig, WebhookManager, generate_secret
 from kitium_queue.features.workflows import JobChainManager, WorkflowStep
 from kitium_queue.outbox import Outbox
@@ -145,3 +149,42 @@ async def test_consumers_of_processes_gone_are_forgotten_unless_they_hold_entrie
     finally:
         await q.close()
     assert await outbox.forget_idle_consumers(0) == 0  # the one holding an entry stays
+
+
+async def test_a_user_without_the_right_to_forget_consumers_is_told_and_trims_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ACL rules made before the consumer forget lack ``xgroup|delconsumer``: the
+    housekeeping says so once, naming the rule to add, and its trim goes on."""
+    monkeypatch.setattr(outbox_module, "CONSUMER_IDLE_MS", 0)
+    monkeypatch.setattr(outbox_module, "CONSUMERS_EVERY_S", 0.05)
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    with RedisServer() as server:
+        admin = redis_sync.Redis(host="127.0.0.1", port=server.port)
+        rules = redis_acl_rules("old-rules", ["oldacl"], features=["webhooks"])
+        admin.execute_command(
+            "ACL", "SETUSER", *rules.setuser_args("pw-old-rules"), "-xgroup|delconsumer"
+        )
+        q = JobQueue("oldacl", redis=f"redis://old-rules:pw-old-rules@127.0.0.1:{server.port}/0")
+        outbox = Outbox(q)
+        await outbox.create_group("g")
+        for n in range(5):
+            await outbox.add("t", f"p{n}".encode())
+        consumer = outbox.consumer("g", "host:1:gone")
+        for entry in await consumer.read(count=5, block_ms=0):
+            await consumer.ack(entry.id)
+        q.add_service(outbox.housekeeping(interval_ms=50))
+        q.process("noop", lambda job: None)
+        await q.start()
+        try:
+
+            async def trimmed() -> bool:
+                return int(admin.xlen(outbox.key)) == 0
+
+            await wait_until(trimmed, 10, interval=0.05, message="the trim stopped")
+            await asyncio.sleep(0.3)  # several more housekeeping rounds
+        finally:
+            await q.close()
+            admin.close()
+    told = [r for r in caplog.records if "xgroup|delconsumer" in r.getMessage()]
+    assert len(told) == 1, [r.getMessage() for r in told]

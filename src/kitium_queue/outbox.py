@@ -167,6 +167,7 @@ class Outbox:
         self.overflow_key = queue.keys.extra("outbox:overflow")
         self.unwritten_key = queue.keys.extra("outbox:unwritten")
         self._warned_at = 0.0
+        self._refused_forget = False  # told once: the user may not delete consumers
 
     async def script(self, name: str, args: Iterable[Any]) -> Any:
         """Run ``lua/<name>.lua`` (KEYS: outbox, dead stream; ARGV[1]: the queue prefix).
@@ -388,10 +389,10 @@ class Outbox:
             forgot_at = 0.0
             while True:
                 removed = 0
+                if time.monotonic() - forgot_at >= CONSUMERS_EVERY_S:
+                    forgot_at = time.monotonic()
+                    await self._forget_consumers()
                 try:
-                    if time.monotonic() - forgot_at >= CONSUMERS_EVERY_S:
-                        forgot_at = time.monotonic()
-                        await self.forget_idle_consumers(CONSUMER_IDLE_MS)
                     removed = await self.trim(trim_limit)
                     st = await self.stats()
                     if st.over_cap or st.damaged or st.unwritten:
@@ -402,6 +403,26 @@ class Outbox:
                     await asyncio.sleep(interval_ms / 1000)
 
         return LeaderService("outbox-housekeeping", body, lease_ms=lease_ms)
+
+    async def _forget_consumers(self) -> None:
+        """The housekeeping's ``forget_idle_consumers``: a Redis user without the right
+        to delete consumers (ACL rules made before it was needed) is told once, and the
+        trim goes on without it."""
+        try:
+            await self.forget_idle_consumers(CONSUMER_IDLE_MS)
+        except PermissionError as exc:  # NOPERM: refused, not unreachable
+            if not self._refused_forget:
+                self._refused_forget = True
+                log.warning(
+                    "outbox of queue %s: the Redis user may not delete the consumers of "
+                    "processes gone (%s); they stay, about 280 B each. Add "
+                    "'+xgroup|delconsumer +xinfo|consumers' to its ACL rules "
+                    "(kitium-queue acl redis-rules makes them)",
+                    self.queue.name,
+                    exc,
+                )
+        except NET_ERRORS:
+            pass  # the leader service notices the outage through its lease
 
     async def _warn_cap(self, st: OutboxStats | None = None) -> None:
         now = time.monotonic()
