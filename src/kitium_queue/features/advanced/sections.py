@@ -227,6 +227,9 @@ class WebhooksConfig(Section):
             (``["10.0.0.0/8"]``).
         secrets: endpoint id -> signing secret(s), kept in this process (never shown).
         run_service: deliver from this process's workers.
+        history_max: the delivery records kept per endpoint, the newest (1 to
+            1,000,000); a delivered or given-up one beyond them is deleted.
+        history_ttl_s: how long a delivered or given-up record is kept (1 s to 10 years).
     """
 
     PATH: ClassVar[str] = "advanced.webhooks"
@@ -236,10 +239,24 @@ class WebhooksConfig(Section):
     allow_networks: Sequence[str] = ()
     secrets: Mapping[str, Any] | None = None
     run_service: bool = True
+    history_max: int = 10_000
+    history_ttl_s: int = 7 * 86_400
 
     def _check(self) -> None:
         check_bool(self.enabled, self._where("enabled"))
         check_bool(self.run_service, self._where("run_service"))
+        # The bounds of WebhookManager's (features/webhooks/settings.py), which this
+        # module does not import: it would load the feature (and httpx) with the config.
+        self._set(
+            "history_max",
+            to_int(self.history_max, self._where("history_max"), minimum=1, maximum=1_000_000),
+        )
+        self._set(
+            "history_ttl_s",
+            to_int(
+                self.history_ttl_s, self._where("history_ttl_s"), minimum=1, maximum=315_360_000
+            ),
+        )
         self._set(
             "default_delivery_strategy",
             check_choice(

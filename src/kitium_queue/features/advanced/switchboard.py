@@ -166,6 +166,8 @@ class AdvancedFeatures:
                 allow_networks=wh.allow_networks,
                 run_service=wh.run_service,
                 default_delivery_strategy=wh.default_delivery_strategy,
+                history_max=wh.history_max,
+                history_ttl_s=wh.history_ttl_s,
             )
         if c.global_queue.enabled:
             self.global_queue = _future("global_queue")(queue, c.global_queue)

@@ -13,7 +13,9 @@ Keys (all under the queue's hash tag, built from the queue prefix like ``keys.ex
                            e last error, sc last status, h history (JSON), sg strategy,
                            u URL and m max retries (a job's own webhook_url)
 ``wh:dlq``         ZSET    ``<webhook>/<event>`` -> when it was dead-lettered
-``wh:idx:<w>``     ZSET    event id -> created (ms): the deliveries of webhook ``<w>``
+``wh:idx:<w>``     ZSET    event id -> created (ms): the newest ``history_max``
+                           deliveries of webhook ``<w>`` (a delivered or failed one
+                           that falls off it is deleted with it: ``webhooks_done``)
 =================  ======  ============================================================
 
 The enqueue and release fragments write ``webhook`` entries to the outbox in the same
@@ -30,7 +32,14 @@ from collections.abc import Iterable
 
 from ...slots import lua_string
 
-__all__ = ["RELEASE_EVENTS", "SCRIPTS", "enqueue_fragment", "event_fragment", "release_fragment"]
+__all__ = [
+    "RELEASE_EVENTS",
+    "SCRIPTS",
+    "enqueue_fragment",
+    "event_fragment",
+    "feature_scripts",
+    "release_fragment",
+]
 
 #: The events each ``release`` outcome produces (``failed`` adds ``job-dlq`` when the
 #: queue's DLQ is enabled). ``deferred`` and ``released`` produce none.
@@ -156,11 +165,14 @@ end)()"""
 # KEYS: the queue's shared layout (lib_base.lua); ARGV[1..3]: the shared head.
 _PUT = """--@include lib_base
 -- webhooks_put: ARGV[4] webhook id, ARGV[5] registration JSON ('' = remove it),
--- ARGV[6] most webhooks a queue may have. Rebuilds wh:subs from every registration.
+-- ARGV[6] most webhooks a queue may have, ARGV[7] history_ttl_s. Rebuilds wh:subs from
+-- every registration. A removed endpoint's index (wh:idx:<w>) expires with the records
+-- it lists; registered again under its id, it is kept again.
 -- wh:hooks or wh:ver damaged by hand: KQ_DAMAGED_KEY, nothing written. A damaged wh:subs
 -- is rebuilt (it is derived from wh:hooks; the job-url mark is kept set).
 local HOOKS, SUBS, VER = PREFIX .. 'wh:hooks', PREFIX .. 'wh:subs', PREFIX .. 'wh:ver'
 local id, body, max = ARGV[4], ARGV[5], arg_int(ARGV[6], 1000, 1, 100000)
+local ttl = arg_int(ARGV[7], 604800, 1, 315360000)
 local bad = check_key(HOOKS, 'hash')
 if bad then return bad end
 local ver = redis.pcall('GET', VER)
@@ -174,6 +186,12 @@ if body ~= '' and redis.call('HEXISTS', HOOKS, id) == 0
 end
 local existed = redis.call('HEXISTS', HOOKS, id)
 if body == '' then redis.call('HDEL', HOOKS, id) else redis.call('HSET', HOOKS, id, body) end
+local IDX = PREFIX .. 'wh:idx:' .. id
+if body == '' then
+  redis.call('EXPIRE', IDX, ttl)
+else
+  redis.call('PERSIST', IDX)
+end
 local want = {}
 local vals = redis.call('HVALS', HOOKS)
 for i = 1, #vals do
@@ -287,7 +305,15 @@ _DONE = """--@include lib_base
 -- delivery's record, and the event it would have lost is at hand. An existing delivery
 -- whose record is damaged (its record was the event's only copy) is not recorded: it goes
 -- to the DLQ, where listings name it; a damaged index wh:idx:<w> is left out.
+-- History bound: wh:idx:<w> keeps the newest HISTORY_MAX deliveries of endpoint <w>; a
+-- record that falls off it is deleted in the same step when its state is final
+-- (delivered, failed) and it is in neither wh:retry nor wh:dlq. A pending or dead record
+-- falls off the index but stays (wh:retry, wh:dlq reach it); once it ends delivered or
+-- failed it goes back in under its creation time, and is deleted at once if older than
+-- the newest HISTORY_MAX. A call takes off at most the entries it added plus TRIM_SPARE
+-- in all, so a lowered HISTORY_MAX drains over several calls, never in one long script.
 -- Returns { 1, { damaged keys left as they were }, { replaced key, its type, ... } }.
+local HISTORY_MAX, TRIM_SPARE = {history_max}, 1000
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
 local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
 if bad then return bad end
@@ -347,7 +373,7 @@ for b = first, #ARGV, 13 do
     if ARGV[b + 11] ~= '' then redis.call('HSET', key, 'u', ARGV[b + 11], 'm', ARGV[b + 12]) end
     if not noidx[ik] then
       redis.call('ZADD', ik, NOW_S, eid)
-      touched[wid] = true
+      touched[wid] = (touched[wid] or 0) + 1
     end
   elseif redis.call('EXISTS', key) == 0 then
     state = nil  -- deleted meanwhile: nothing to record
@@ -367,6 +393,14 @@ for b = first, #ARGV, 13 do
       else
         redis.call('ZREM', DLQ, m)
         redis.call('EXPIRE', key, ttl)
+        if ARGV[b + 8] == '' and not noidx[ik] then
+          -- Back in the index (it may have fallen off while pending or dead).
+          local c = tonumber(redis.call('HGET', key, 'c'))
+          if c == nil or c ~= c or c < 0 or c > MAX_MS then c = NOW end
+          if redis.call('ZADD', ik, 'NX', int(c), eid) == 1 then
+            touched[wid] = (touched[wid] or 0) + 1
+          end
+        end
         if kind == 'failed' then
           emit('webhook-failed', eid, 'webhook', wid, 'reason', stream_reason(ARGV[b + 6]))
         end
@@ -374,8 +408,23 @@ for b = first, #ARGV, 13 do
     end
   end
 end
-for wid in pairs(touched) do
-  redis.call('ZREMRANGEBYRANK', PREFIX .. 'wh:idx:' .. wid, 0, -10001)
+for wid, added in pairs(touched) do
+  local ik = PREFIX .. 'wh:idx:' .. wid
+  local n = math.min(redis.call('ZCARD', ik) - HISTORY_MAX, added + TRIM_SPARE)
+  if n > 0 then
+    TRIM_SPARE = TRIM_SPARE - math.max(n - added, 0)
+    local old = redis.call('ZRANGE', ik, 0, n - 1)
+    redis.call('ZREMRANGEBYRANK', ik, 0, n - 1)
+    for i = 1, #old do
+      local m = wid .. '/' .. old[i]
+      local key = PREFIX .. 'wh:d:' .. m
+      local st = redis.pcall('HGET', key, 'st')
+      if (st == 'delivered' or st == 'failed') and not redis.call('ZSCORE', RETRY, m)
+          and not redis.call('ZSCORE', DLQ, m) then
+        redis.call('DEL', key)
+      end
+    end
+  end
 end
 if nack > 0 then
   redis.call('XACK', PREFIX .. 'outbox', group, unpack(ARGV, 6, 5 + nack))
@@ -436,10 +485,18 @@ end
 return { done, passed, examined }
 """
 
-#: The feature's scripts, registered with ``queue.scripts.add_fragment``.
-SCRIPTS = {
-    "webhooks_put": _PUT,
-    "webhooks_claim": _CLAIM,
-    "webhooks_done": _DONE,
-    "webhooks_requeue": _REQUEUE,
-}
+
+def feature_scripts(history_max: int) -> dict[str, str]:
+    """The feature's scripts, registered with ``queue.scripts.add_fragment``; the
+    records kept per endpoint (``history_max``, checked by the caller) are compiled
+    into ``webhooks_done``."""
+    return {
+        "webhooks_put": _PUT,
+        "webhooks_claim": _CLAIM,
+        "webhooks_done": _DONE.replace("{history_max}", str(int(history_max)), 1),
+        "webhooks_requeue": _REQUEUE,
+    }
+
+
+#: The feature's scripts with the default history bound (10,000 per endpoint).
+SCRIPTS = feature_scripts(10_000)

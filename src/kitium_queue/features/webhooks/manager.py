@@ -16,7 +16,7 @@ from ...options import to_int
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
 from .local import LocalDispatcher
-from .lua import SCRIPTS, enqueue_fragment, event_fragment, release_fragment
+from .lua import enqueue_fragment, event_fragment, feature_scripts, release_fragment
 from .models import (
     MAX_RETRIES,
     MAX_TIMEOUT_MS,
@@ -32,6 +32,7 @@ from .models import (
 from .needs import NeedsService, synced_after_change
 from .registry import Registry, checked, counts, read_records, script_reports, webhook_damage
 from .service import FEATURE, GROUP, Delivery, DeliveryService
+from .settings import HISTORY_MAX, HISTORY_TTL_S, check_history, check_numbers
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver, require_httpx
 from .subscriber import WebhookSubscriber
 
@@ -138,7 +139,10 @@ class WebhookManager:
             public (e.g. ``["10.20.0.0/16"]``; tests: ``["127.0.0.0/8"]``).
         job_webhook: how jobs' own ``webhook_url`` endpoints are served.
         backoff_ms / max_backoff_ms: retry delays, ``backoff_ms * 2**(n-1)`` capped, +-20 %.
-        history_ttl_s: how long delivered (and given-up) deliveries stay in the history.
+        history_ttl_s: how long delivered (and given-up) deliveries stay in the history
+            (1 s to 10 years).
+        history_max: the deliveries kept per endpoint, the newest (1 to 1,000,000): a
+            delivered or given-up one beyond them is deleted (pending and dead ones stay).
         concurrency: requests in flight at most, per process (the HTTP pool's cost per
             request grows with it: raise it for slow endpoints, not for fast ones).
         busy_share: while this process's worker runs jobs, the delivery service takes
@@ -168,7 +172,8 @@ class WebhookManager:
         job_webhook: JobWebhookConfig | None = None,
         backoff_ms: int = 5_000,
         max_backoff_ms: int = 3_600_000,
-        history_ttl_s: int = 7 * 86_400,
+        history_ttl_s: int = HISTORY_TTL_S,
+        history_max: int = HISTORY_MAX,
         concurrency: int = 8,
         batch: int = 100,
         claim_idle_ms: int = 30_000,
@@ -186,29 +191,20 @@ class WebhookManager:
         ),
     ) -> None:
         require_httpx()  # else every delivery failed later, in a log line only
-        for what, v, lo in (
-            ("backoff_ms", backoff_ms, 1),
-            ("max_backoff_ms", max_backoff_ms, 1),
-            ("history_ttl_s", history_ttl_s, 1),
-            ("concurrency", concurrency, 1),
-            ("batch", batch, 1),
-            ("claim_idle_ms", claim_idle_ms, 10),
-            ("lease_ms", lease_ms, 100),
-            ("poll_ms", poll_ms, 1),
-            ("breaker_threshold", breaker_threshold, 1),
-            ("breaker_cooldown_ms", breaker_cooldown_ms, 1),
-            ("max_webhooks", max_webhooks, 1),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigurationError(f"WebhookManager {what} must be an int >= {lo}")
-        if batch > 1000:
-            raise ConfigurationError("WebhookManager batch must be at most 1000")
-        if (
-            isinstance(busy_share, bool)
-            or not isinstance(busy_share, (int, float))
-            or not 0 < busy_share <= 1
-        ):
-            raise ConfigurationError("WebhookManager busy_share must be in (0, 1]")
+        check_numbers(
+            backoff_ms=backoff_ms,
+            max_backoff_ms=max_backoff_ms,
+            concurrency=concurrency,
+            batch=batch,
+            claim_idle_ms=claim_idle_ms,
+            lease_ms=lease_ms,
+            poll_ms=poll_ms,
+            breaker_threshold=breaker_threshold,
+            breaker_cooldown_ms=breaker_cooldown_ms,
+            max_webhooks=max_webhooks,
+            busy_share=busy_share,
+        )
+        self.history_max, self.history_ttl_s = check_history(history_max, history_ttl_s)
         self.busy_share = float(busy_share)
         self.default_delivery_strategy = check_strategy(default_delivery_strategy)
         self.queue = queue
@@ -219,7 +215,7 @@ class WebhookManager:
         if self.job_webhook.secret is not None:
             self.secrets.set(JOB_WEBHOOK_ID, self.job_webhook.secret)
         self.backoff = Backoff(backoff_ms, max_backoff_ms)
-        self.history_ttl_s, self.batch, self.poll_ms = history_ttl_s, batch, poll_ms
+        self.batch, self.poll_ms = batch, poll_ms
         self.claim_idle_ms, self.lease_ms, self.max_webhooks = claim_idle_ms, lease_ms, max_webhooks
         self.sender = Sender(
             self.secrets,
@@ -260,7 +256,7 @@ class WebhookManager:
 
     def _install(self) -> None:
         scripts = self.queue.scripts
-        for name, source in SCRIPTS.items():
+        for name, source in feature_scripts(self.history_max).items():
             scripts.add_fragment(name, source)
         scripts.add_slot("enqueue", FEATURE, enqueue_fragment(self.job_events))
         scripts.add_slot(
@@ -316,7 +312,8 @@ class WebhookManager:
     # ------------------------------------------------------------------ registrations
     async def _put(self, hook: Webhook | None, webhook_id: str) -> bool:
         body = hook.to_json() if hook else b""
-        existed = await self._run("webhooks_put", (webhook_id, body, self.max_webhooks))
+        args = (webhook_id, body, self.max_webhooks, self.history_ttl_s)
+        existed = await self._run("webhooks_put", args)
         if hook:
             self.registry.put(hook)
         else:
@@ -400,7 +397,8 @@ class WebhookManager:
 
     async def remove_webhook(self, webhook_id: str) -> bool:
         """Remove an endpoint; its pending retries are dropped when they come due (their
-        history stays until it expires). True if it existed."""
+        history, and its index, stay until they expire: ``history_ttl_s``). True if it
+        existed."""
 
         async def action() -> bool:
             return await self._put(None, webhook_id)
@@ -439,7 +437,7 @@ class WebhookManager:
     async def retry_delivery(self, webhook_id: str, event_id: str) -> bool:
         """Attempt the delivery of ``event_id`` to ``webhook_id`` again now, whatever its
         state (a dead one leaves the DLQ with its full retry budget); False when no such
-        delivery is recorded (or its history expired)."""
+        delivery is recorded (its record expired, or went past ``history_max``)."""
         member = self._member(webhook_id, event_id)
         self.sender.breaker.success(webhook_id)  # an operator says: try it now
 
@@ -455,7 +453,8 @@ class WebhookManager:
         self, webhook_id: str, event_id: str | None = None, *, limit: int = 50
     ) -> list[DeliveryRecord]:
         """The delivery of ``event_id`` to ``webhook_id`` (a list of one, or empty), or
-        the latest ``limit`` deliveries to ``webhook_id``, newest first."""
+        the latest ``limit`` deliveries to ``webhook_id``, newest first. Kept: the newest
+        ``history_max`` per endpoint, for ``history_ttl_s``; pending and dead ones."""
         await self.queue.queries.check(
             "get_delivery_history", {"webhook_id": webhook_id, "event_id": event_id, "limit": limit}
         )
