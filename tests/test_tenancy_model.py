@@ -3,8 +3,10 @@
 Every rule calls one of the queue's scripts (with the tenancy fragments compiled in)
 directly, with an injected clock, as the library does: adds of jobs of three tenants
 (waiting or delayed, two priorities), claims, every kind of outcome, lease expiries
-(stalls, then dead-lettering), removal, cancellation, drain, and quota changes. After
-every step the invariants compare the tenants' bookkeeping with the jobs themselves:
+(stalls, then dead-lettering), removal, cancellation, drain, quota changes, and the
+removal of a tenant, its copy's resync, its expiry and its creation again (the registry's
+copies, ``tn_put.lua``). After every step the invariants compare the tenants'
+bookkeeping with the jobs themselves:
 
 * each tenant's count of unfinished jobs is the number of its jobs not finished; an add
   is refused exactly when the count is at the tenant's ``max_queue_size``;
@@ -12,7 +14,9 @@ every step the invariants compare the tenants' bookkeeping with the jobs themsel
 * its tickets are held by its jobs in ``wait``, at most ``weight x quantum``;
 * its lane holds exactly its jobs parked behind ``t:<tenant>``;
 * every job is in exactly one place (a state set, or its blocker's set), the one its
-  record names.
+  record names;
+* a tenant's copy expires (a TTL) only when it is a removed tenant's with nothing left
+  in the queue, and no tenant key is ever written without a copy (``v``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from hypothesis.stateful import (
 )
 
 from kitium_queue import JobQueue
-from kitium_queue.features.tenancy import TenantRegistry
+from kitium_queue.features.tenancy import TenantRegistry, lua
 from kitium_queue.features.tenancy import keys as tk
 from kitium_queue.scripts import SCRIPT_NAMES
 
@@ -45,9 +49,16 @@ pytestmark = [pytest.mark.redis_only, pytest.mark.timeout(600)]
 T0 = 1_700_000_000_000
 QUANTUM = 2
 TENANTS = {"a": 1.0, "b": 2.0, "c": 1.0}  # weights
-SETS = {"waiting": "wait", "active": "active", "delayed": "delayed",
-        "completed": "completed", "failed": "failed", "dlq": "dlq"}
+SETS = {
+    "waiting": "wait",
+    "active": "active",
+    "delayed": "delayed",
+    "completed": "completed",
+    "failed": "failed",
+    "dlq": "dlq",
+}
 UNFINISHED = ("waiting", "active", "delayed", "pending")
+TTL_MS = 3_600_000  # a retired tombstone's TTL (the rule `expire` makes it run out)
 
 
 class TenantMachine(RuleBasedStateMachine):
@@ -61,13 +72,14 @@ class TenantMachine(RuleBasedStateMachine):
         queue = JobQueue("tm", prefix=self.prefix)
         TenantRegistry.enable(queue, quantum=QUANTUM, fair_dispatch=self.fair)
         self.keys = queue.keys
-        self.sha = {n: self.client.script_load(queue.scripts.get(n).source)
-                    for n in SCRIPT_NAMES}
+        self.sha = {n: self.client.script_load(queue.scripts.get(n).source) for n in SCRIPT_NAMES}
         self.now = T0
         self.version = 0
         self.quota: dict[str, tuple[int, int]] = {}
         self.ids: list[str] = []
         self.tokens: dict[str, bytes] = {}
+        self.removed: dict[str, int] = {}  # removed tenant -> its tombstone's version
+        self.put = self.client.script_load(lua.source("tn_put"))
         for t in TENANTS:
             self._set_quota(t, 4, 2)
 
@@ -80,16 +92,36 @@ class TenantMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ helpers
     def run(self, script: str, *args: Any) -> Any:
         k = self.keys.all
-        return self.client.evalsha(self.sha[script], len(k), *k, self.keys.base,
-                                   str(self.now), 100_000, *args)
+        return self.client.evalsha(
+            self.sha[script], len(k), *k, self.keys.base, str(self.now), 100_000, *args
+        )
+
+    def _copy(self, t: str, version: int, on: str, mqs: int, mc: int, w: float) -> Any:
+        # The registry's copy of the tenant (tn_put.lua); no read time: no age check.
+        keys = [tk.tenant(self.keys, t), tk.index(self.keys), *tk.usage(self.keys, t)[1:]]
+        return self.client.evalsha(
+            self.put, len(keys), *keys, t, version, on, mqs, mc, 0, 0, repr(w), "", "", TTL_MS
+        )
 
     def _set_quota(self, t: str, mqs: int, mc: int) -> None:
-        # What tn_put.lua writes (the registry's copy), with a newer version.
         self.version += 1
-        self.client.hset(tk.tenant(self.keys, t), mapping={
-            "v": self.version, "on": "1", "mqs": mqs, "mc": mc, "rlm": 0, "rld": 0,
-            "w": repr(TENANTS[t]), "ar": ""})
+        assert self._copy(t, self.version, "1", mqs, mc, TENANTS[t])[0] == 1
         self.quota[t] = (mqs, mc)
+        if self.removed.pop(t, None) is not None:
+            # Created again: it starts clean (its unfinished jobs stay counted).
+            key = tk.tenant(self.keys, t)
+            assert self.client.pttl(key) == -1
+            assert self.client.hmget(key, "done", "fail", "rw", "rn") == [None] * 4
+
+    def _left(self, t: str) -> bool:
+        """Whether anything of tenant ``t`` is left in the queue."""
+        c = self.client
+        return bool(
+            int(c.hget(tk.tenant(self.keys, t), "n") or 0)
+            or c.scard(tk.running(self.keys, t))
+            or c.scard(tk.tickets(self.keys, t))
+            or c.zcard(tk.lane(self.keys, t))
+        )
 
     def _jobs(self) -> dict[str, dict[bytes, bytes]]:
         pipe = self.client.pipeline(transaction=False)
@@ -102,8 +134,12 @@ class TenantMachine(RuleBasedStateMachine):
         return found[index % len(found)] if found else None
 
     # ------------------------------------------------------------------ rules
-    @rule(t=st.sampled_from(sorted(TENANTS)), delay=st.sampled_from([0, 0, 500]),
-          pri=st.sampled_from([0, 5]), n=st.integers(1, 3))
+    @rule(
+        t=st.sampled_from(sorted(TENANTS)),
+        delay=st.sampled_from([0, 0, 500]),
+        pri=st.sampled_from([0, 5]),
+        n=st.integers(1, 3),
+    )
     def add(self, t: str, delay: int, pri: int, n: int) -> None:
         fields: list[Any] = []
         for _ in range(n):
@@ -113,6 +149,9 @@ class TenantMachine(RuleBasedStateMachine):
         mqs = self.quota[t][0]
         for k in range(0, len(reply), 2):
             refused = reply[k + 1] == b"refused"
+            if t in self.removed:  # refused as long as it is removed, copy or none
+                assert refused and b"does not exist" in reply[k], reply[k]
+                continue
             assert refused == (before >= mqs), (before, mqs, reply[k])
             if refused:
                 assert reply[k].startswith(b"KQ_QUOTA_EXCEEDED\t" + t.encode())
@@ -127,14 +166,18 @@ class TenantMachine(RuleBasedStateMachine):
         for job in reply[5:]:
             self.tokens[job[0].decode()] = str(token).encode()
 
-    @rule(index=st.integers(0, 50), kind=st.sampled_from(["C", "R", "F", "D", "H"]),
-          delay=st.sampled_from([0, 300]))
+    @rule(
+        index=st.integers(0, 50),
+        kind=st.sampled_from(["C", "R", "F", "D", "H"]),
+        delay=st.sampled_from([0, 300]),
+    )
     def finish(self, index: int, kind: str, delay: int) -> None:
         jid = self._pick(index, "active")
         if jid is None:
             return
-        out = self.run("finish", "1", jid, self.tokens.get(jid, b"0"), kind, "r", "", delay,
-                       -1, -1, "")
+        out = self.run(
+            "finish", "1", jid, self.tokens.get(jid, b"0"), kind, "r", "", delay, -1, -1, ""
+        )
         # cancelled: an R, D or H outcome of a job cancel_job() flagged (a final failure).
         assert out[0] in (b"ok", b"lease-lost", b"cancelled")
 
@@ -162,7 +205,35 @@ class TenantMachine(RuleBasedStateMachine):
 
     @rule(t=st.sampled_from(sorted(TENANTS)), mqs=st.integers(2, 6), mc=st.integers(0, 3))
     def change_quota(self, t: str, mqs: int, mc: int) -> None:
-        self._set_quota(t, mqs, mc)
+        self._set_quota(t, mqs, mc)  # a removed tenant: created again
+
+    @rule(t=st.sampled_from(sorted(TENANTS)))
+    def remove_tenant(self, t: str) -> None:
+        if t in self.removed:
+            return
+        self.version += 1
+        self.removed[t] = self.version
+        left = self._left(t)
+        status, retired = self._copy(t, self.version, "0", 0, 0, 1.0)[:2]
+        assert status == 1 and retired == (0 if left else 1), (t, left, retired)
+
+    @rule(t=st.sampled_from(sorted(TENANTS)))
+    def resync_removed(self, t: str) -> None:
+        # A worker's sync copies the tombstone again: retired once nothing is left.
+        if t not in self.removed:
+            return
+        left = self._left(t)
+        ttl = self.client.pttl(tk.tenant(self.keys, t))
+        reply = self._copy(t, self.removed[t], "0", 0, 0, 1.0)
+        assert reply[0] == (1 if ttl == -2 else 0), (reply, ttl)
+        assert reply[1] == (0 if left and ttl < 0 else 1), (t, left, ttl, reply)
+
+    @rule(t=st.sampled_from(sorted(TENANTS)))
+    def expire(self, t: str) -> None:
+        # Its TTL runs out.
+        key = tk.tenant(self.keys, t)
+        if self.client.pttl(key) >= 0:
+            self.client.delete(key)
 
     # ------------------------------------------------------------------ invariants
     @invariant()
@@ -184,15 +255,31 @@ class TenantMachine(RuleBasedStateMachine):
             assert tickets <= waiting, (t, tickets - waiting)
             assert len(tickets) <= (max(1, round(w * QUANTUM)) if self.fair else 0), tickets
             lane = {m.decode() for m in c.zrange(tk.lane(self.keys, t), 0, -1)}
-            parked = {j for j, h in mine.items()
-                      if h.get(b"st") == b"pending" and h.get(b"pk") == f"t:{t}".encode()}
+            parked = {
+                j
+                for j, h in mine.items()
+                if h.get(b"st") == b"pending" and h.get(b"pk") == f"t:{t}".encode()
+            }
             assert lane == parked, (t, lane, parked)
+
+    @invariant()
+    def only_a_removed_tenant_with_nothing_left_expires(self) -> None:
+        for t in TENANTS:
+            key = tk.tenant(self.keys, t)
+            ttl = self.client.pttl(key)
+            if ttl >= 0:
+                assert t in self.removed and not self._left(t), (t, ttl)
+            if ttl != -2:
+                assert self.client.hget(key, "v") is not None, t  # never a key without copy
+            elif t not in self.removed:
+                raise AssertionError(f"tenant {t} lost its copy")
 
     @invariant()
     def every_job_in_one_place(self) -> None:
         c = self.client
-        members = {s: {m.decode() for m in c.zrange(getattr(self.keys, s), 0, -1)}
-                   for s in SETS.values()}
+        members = {
+            s: {m.decode() for m in c.zrange(getattr(self.keys, s), 0, -1)} for s in SETS.values()
+        }
         for jid, h in self._jobs().items():
             st_ = h.get(b"st", b"waiting").decode()
             where = {s for s, ids in members.items() if jid in ids}
@@ -209,6 +296,10 @@ def test_tenancy_state_machine(redis_url: str, fair: bool) -> None:
     TenantMachine.fair = fair
     run_state_machine_as_test(
         TenantMachine,
-        settings=settings(max_examples=60, stateful_step_count=40, deadline=None,
-                          suppress_health_check=list(HealthCheck)),
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
     )

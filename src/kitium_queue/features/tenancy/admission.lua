@@ -32,13 +32,17 @@
       end
     end
     if not c.counted then
-      -- Back from a finished state (retry_job, replay_dlq): counted again.
-      redis.call('HSET', jk, 'tq', '1')
-      local n = count_of(redis.call('HGET', TN .. t, 'n'))
-      if n then
-        redis.call('HSET', TN .. t, 'n', int(n + 1))
-      else
-        pass_count(t, jk, 1)
+      -- Back from a finished state (retry_job, replay_dlq): counted again, unless the
+      -- queue holds no copy of its tenant (removed, its tombstone expired: tn_put.lua).
+      local h = redis.call('HMGET', TN .. t, 'n', 'v')
+      if h[2] then
+        redis.call('HSET', jk, 'tq', '1')
+        local n = count_of(h[1])
+        if n then
+          redis.call('HSET', TN .. t, 'n', int(n + 1))
+        else
+          pass_count(t, jk, 1)
+        end
       end
     end
     -- Fair dispatch: the ticket it held goes to the next job of its lane. Without it a

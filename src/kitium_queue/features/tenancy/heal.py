@@ -6,8 +6,9 @@ tenancy fragments, so their dispatch tickets (and the tenant's count of unfinish
 jobs) stay taken. Once all of a tenant's tickets are held that way its lane is never
 refilled and its jobs wait for good. Each worker's tenancy sync (every
 ``SYNC_INTERVAL_S``) runs ``heal_tenants`` for the queue's tenants after copying their
-quotas: ``tn_heal.lua`` checks every holder of the tenants that have a lane, takes the
-stale ones off (a finished job leaves the count too) and refills the lane.
+quotas: ``tn_heal.lua`` checks every holder of the tenants that have a lane (and of the
+removed ones, lane or not: a stale holder would keep their copy from being retired),
+takes the stale ones off (a finished job leaves the count too) and refills the lane.
 """
 
 from __future__ import annotations

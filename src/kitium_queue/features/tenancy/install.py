@@ -27,6 +27,7 @@ from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
 from ...connection import TRANSIENT_ERRORS
 from ...errors import ConfigurationError
+from ...keys import QueueKeys
 from ...limits import get_logger, printable
 from ...options import to_int
 from ..audit.conn import LuaScript
@@ -41,12 +42,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SYNC_INTERVAL_S",
+    "TOMBSTONE_TTL_S",
     "StoredTenant",
     "attach",
     "install",
     "installed",
+    "propagate",
     "put_tenant",
     "recount",
+    "redis_ms",
     "run_script",
 ]
 
@@ -54,6 +58,10 @@ log = get_logger(__name__)
 
 #: How often each worker re-copies the tenants' quotas into its queue (seconds).
 SYNC_INTERVAL_S = 30.0
+#: How long a removed tenant's copy in a queue (its tombstone) outlives the last of its
+#: jobs there, refusing copies read before the removal; and so the oldest copy a queue
+#: takes (``tn_put.lua``: one read longer ago is not written). Seconds.
+TOMBSTONE_TTL_S = 3600.0
 _MIN_SYNC_S, _MAX_SYNC_S = 0.1, 86_400.0
 _MAX_QUANTUM = 1000
 #: Versions are counted by INCR: a stored one beyond 2**53 (or not an int) is damage,
@@ -64,6 +72,8 @@ _MAX_VERSION = 2**53
 _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[int, bool, bool]] = weakref.WeakKeyDictionary()
 # Queues whose Redis user may not read the registry (warned once).
 _NO_ACCESS: weakref.WeakSet[Any] = weakref.WeakSet()
+# Queues whose Redis user may not drop tombstones from the registry (not tried again).
+_NO_FORGET: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 async def run_script(client: Any, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
@@ -107,6 +117,7 @@ async def run_scripts(
 
 TN_PUT = LuaScript(__package__, "tn_put")
 TN_RECOUNT = LuaScript(__package__, "tn_recount")
+TN_REGISTRY = LuaScript(__package__, "tn_registry")
 #: A recount step (``recount``): SCANs of this many keys, this many per script call.
 RECOUNT_PER_SCAN, RECOUNT_SCANS = 1000, 2
 
@@ -114,17 +125,30 @@ RECOUNT_PER_SCAN, RECOUNT_SCANS = 1000, 2
 class StoredTenant:
     """A registry entry read back from Redis: a live config or a tombstone, with its
     version. ``config`` is None for a tombstone or an entry that cannot be read
-    (``damaged`` then says why)."""
+    (``damaged`` then says why). ``read_at``: when it was read from the registry (ms,
+    Redis clock; None unknown): a queue does not take a copy read longer than
+    ``TOMBSTONE_TTL_S`` ago."""
 
-    __slots__ = ("config", "damaged", "tenant_id", "version")
+    __slots__ = ("config", "damaged", "read_at", "tenant_id", "version")
 
     def __init__(
-        self, tenant_id: str, config: TenantConfig | None, version: int, damaged: str = ""
+        self,
+        tenant_id: str,
+        config: TenantConfig | None,
+        version: int,
+        damaged: str = "",
+        read_at: int | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.config = config
         self.version = version
         self.damaged = damaged
+        self.read_at = read_at
+
+    @property
+    def tombstone(self) -> bool:
+        """A removed tenant's entry (not a damaged one)."""
+        return self.config is None and not self.damaged
 
     @classmethod
     def parse(cls, tenant_id: str, raw: bytes | str | None) -> StoredTenant | None:
@@ -201,16 +225,34 @@ async def recount(
             return None
 
 
+async def redis_ms(client: Any) -> int:
+    """The Redis clock, in ms."""
+    secs, micros = await client.time()
+    return int(secs) * 1000 + int(micros) // 1000
+
+
 async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
-    """Copy ``entry`` into one queue (if newer than the copy there). A copy whose keys
-    hold another type (damaged) is not written, and logged: the other queues and
-    tenants still get theirs. A tenant count that is not an integer (damaged) is
-    recounted from the tenant's jobs (``recount``), and logged."""
-    keys = [tk.tenant(queue_keys, entry.tenant_id), tk.index(queue_keys)]
-    reply = await run_script(client, TN_PUT, keys, [entry.tenant_id, *entry.copy_args()])
-    if isinstance(reply, list):
+    """Copy ``entry`` into one queue (if newer than the copy there); whether it was
+    written (``copy_tenant``)."""
+    return (await copy_tenant(client, queue_keys, entry))[0]
+
+
+async def copy_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> tuple[bool, bool]:
+    """Copy ``entry`` into one queue (if newer than the copy there): whether it was
+    written, and whether the queue's copy is a retired tombstone of this version or a
+    newer one (the tenant removed and nothing of it left there: the copy expires after
+    ``TOMBSTONE_TTL_S``, ``tn_put.lua``). A copy whose keys hold another type (damaged),
+    or read longer than ``TOMBSTONE_TTL_S`` ago, is not written, and logged: the other
+    queues and tenants still get theirs. A tenant count that is not an integer
+    (damaged) is recounted from the tenant's jobs (``recount``), and logged."""
+    tid = entry.tenant_id
+    keys = [tk.tenant(queue_keys, tid), tk.index(queue_keys), *tk.usage(queue_keys, tid)[1:]]
+    read_at = "" if entry.read_at is None else entry.read_at
+    args = [tid, *entry.copy_args(), read_at, int(TOMBSTONE_TTL_S * 1000)]
+    reply = await run_script(client, TN_PUT, keys, args)
+    if len(reply) > 2:
         # Its count of unfinished jobs is damaged (not an integer): recounted.
-        held = reply[1].decode("utf-8", "replace") if isinstance(reply[1], bytes) else reply[1]
+        held = reply[2].decode("utf-8", "replace") if isinstance(reply[2], bytes) else reply[2]
         counted = await recount(client, queue_keys, entry.tenant_id)
         if counted is not None:
             log.warning(
@@ -223,9 +265,17 @@ async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
                 printable(str(held))[:60],
                 counted,
             )
-        reply = reply[0]
-    out = int(reply)
-    if out < 0:
+    out = int(reply[0])
+    if out == -2:
+        log.warning(
+            "queue %s: the copy of tenant %s was not written: it was read from the "
+            "registry more than %.0f s ago (a copy that late could bring back a removed "
+            "tenant); the next sync copies it again",
+            queue_keys.name,
+            tid,
+            TOMBSTONE_TTL_S,
+        )
+    elif out < 0:
         log.warning(
             "queue %s: the copy of tenant %s was not written: %s or %s holds another "
             "Redis type (damaged or written by hand); delete it and run "
@@ -235,7 +285,48 @@ async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
             keys[0],
             keys[1],
         )
-    return out > 0
+    return out > 0, int(reply[1]) == 1
+
+
+async def members(client: Any, key: str) -> set[Any]:
+    """The members of set ``key``; none (logged) when it holds another type."""
+    try:
+        return set(await client.smembers(key))
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        log.warning(
+            "tenant registry: key %s holds another Redis type than a set of queue names "
+            "(damaged or written by hand); no queue is listed or copied to. Delete it: "
+            "queues register again at their next sync",
+            key,
+        )
+        return set()
+
+
+async def propagate(client: Any, prefix: str, entries: list[StoredTenant]) -> int:
+    """Copy ``entries`` into every registered queue (each copy only if newer); returns
+    the copies written. A tombstone retired in every queue (the removed tenant has
+    nothing left in any: ``copy_tenant``) leaves the registry (``tn_registry.lua``
+    'drop', only if it is still that tombstone): the queues' copies refuse late copies
+    until they expire, and nothing else needs it any more."""
+    written = 0
+    retired = {e.tenant_id: e.tombstone for e in entries}
+    for raw in await members(client, tk.registry_queues(prefix)):
+        name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        try:
+            qk = QueueKeys(name, prefix)
+        except ConfigurationError:
+            continue  # not a queue name: not written by a queue
+        for entry in entries:
+            done, gone = await copy_tenant(client, qk, entry)
+            written += done
+            retired[entry.tenant_id] = retired[entry.tenant_id] and gone
+    for entry in entries:
+        if retired[entry.tenant_id]:
+            args = ["drop", entry.tenant_id, "", entry.version]
+            await run_script(client, TN_REGISTRY, [tk.registry(prefix)], args)
+    return written
 
 
 async def attach(queue: JobQueue) -> int:
@@ -245,8 +336,9 @@ async def attach(queue: JobQueue) -> int:
     return (await _attach(queue))[0]
 
 
-async def _attach(queue: JobQueue) -> tuple[int, list[str]]:
-    """``attach``, and the ids of the live tenants it found.
+async def _attach(queue: JobQueue) -> tuple[int, list[str], dict[str, StoredTenant]]:
+    """``attach``, the ids of the tenants it found (live or removed), and the
+    tombstones the queue's copies retired (the removed tenant has nothing left there).
 
     A Redis user limited to the queue's own keys (ACL ``~<prefix>:{<queue>}:*``) may not
     touch the registry's keys: then nothing is done here (logged once), and the queue
@@ -262,13 +354,14 @@ async def _attach(queue: JobQueue) -> tuple[int, list[str]]:
             if "WRONGTYPE" not in str(exc):
                 raise
             _damaged(tk.registry_queues(prefix), "the queue is not registered")
+        read_at = await redis_ms(client)
         try:
             entries = await client.hgetall(tk.registry(prefix))
         except ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
             _damaged(tk.registry(prefix), "no tenant is copied into the queue")
-            return 0, []
+            return 0, [], {}
     except NoPermissionError:
         if queue not in _NO_ACCESS:
             _NO_ACCESS.add(queue)
@@ -279,8 +372,10 @@ async def _attach(queue: JobQueue) -> tuple[int, list[str]]:
                 queue.name,
                 tk.registry(prefix),
             )
-        return 0, []
-    written, names = 0, []
+        return 0, [], {}
+    written: int = 0
+    names: list[str] = []
+    retired: dict[str, StoredTenant] = {}
     for tid, raw in entries.items():
         name = tid.decode("utf-8", "replace") if isinstance(tid, bytes) else str(tid)
         try:
@@ -288,11 +383,16 @@ async def _attach(queue: JobQueue) -> tuple[int, list[str]]:
         except ConfigurationError:
             continue  # not written by the registry; never used as a key part
         entry = StoredTenant.parse(name, raw)
-        if entry is not None and await put_tenant(client, queue.keys, entry):
-            written += 1
-        if entry is not None and entry.config is not None:
+        if entry is None:
+            continue
+        entry.read_at = read_at
+        done, gone = await copy_tenant(client, queue.keys, entry)
+        written += done
+        if entry.config is not None or entry.tombstone:
             names.append(name)
-    return written, names
+        if entry.tombstone and gone:
+            retired[name] = entry
+    return written, names, retired
 
 
 def _damaged(key: str, what: str) -> None:
@@ -356,9 +456,12 @@ class _Sync:
     async def _loop(self, queue: Any) -> None:
         while True:
             try:
-                _, names = await _attach(queue)
-                # Tickets and slots a process without tenancy left held (heal.py).
+                _, names, retired = await _attach(queue)
+                # Tickets and slots a process without tenancy left held (heal.py); a
+                # removed tenant's too, so that nothing of it is left to keep its copy.
                 await heal_tenants(queue, names)
+                if retired and queue not in _NO_FORGET:
+                    await _forget(queue, list(retired.values()))
             except TRANSIENT_ERRORS as exc:
                 log.warning(
                     "queue %s: copying the tenants' quotas failed (%s); retrying in %.0f s",
@@ -369,6 +472,23 @@ class _Sync:
             except Exception:
                 log.exception("queue %s: copying the tenants' quotas failed", queue.name)
             await asyncio.sleep(self.interval_s)
+
+
+async def _forget(queue: Any, removed: list[StoredTenant]) -> None:
+    """Tombstones this queue retired, copied into every registered queue, and dropped
+    from the registry where every queue retired them (``propagate``). A Redis user that
+    may not list the queues or write the registry leaves that to an administrator's
+    ``TenantRegistry.sync()`` (remembered: not tried again)."""
+    client = await queue.client()
+    try:
+        await propagate(client, queue.keys.prefix, removed)
+    except NoPermissionError:
+        _NO_FORGET.add(queue)
+        log.info(
+            "queue %s: the Redis user may not drop removed tenants from the registry; "
+            "TenantRegistry.sync() with an administrator's connection does",
+            queue.name,
+        )
 
 
 def installed(queue: Any) -> dict[str, Any] | None:

@@ -6,14 +6,16 @@ Deployment keys (one set per key prefix, under the deployment-wide hash tag
 itself; the scripts of queues never read them:
 
 * ``<prefix>:{!access}:tenants``          HASH  tenant id -> its config as JSON, with its
-  version (a removed tenant stays as a tombstone ``{"removed": true, "version": ...}``,
-  so a late copy of an older version can never bring it back);
+  version (a removed tenant stays as a tombstone ``{"removed": true, "version": ...}``
+  until every queue's copy of it is retired: ``install.propagate``);
 * ``<prefix>:{!access}:tenants:queues``   SET   the queues tenancy is enabled on (each
   adds itself);
 * ``<prefix>:{!access}:tenants:version``  STRING the version counter (one per change).
 
 Queue keys (``QueueKeys.extra``: under the queue's hash tag, so every script stays
-cluster-safe): ``tn:<t>`` (HASH: the copy of the tenant's quota and its counts),
+cluster-safe): ``tn:<t>`` (HASH: the copy of the tenant's quota and its counts; a
+removed tenant's, its tombstone, refuses late copies of older versions and expires
+``TOMBSTONE_TTL_S`` after nothing of it is left: ``tn_put.lua``),
 ``tn-run:<t>``, ``tn-tk:<t>`` (SETs: running jobs, ticket holders in wait), ``tenants``
 (ZSET index of the tenants set up in the queue),
 and the tenant's lane ``parked:t:<t>`` (``QueueKeys.parked``).

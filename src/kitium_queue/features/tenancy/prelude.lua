@@ -101,9 +101,12 @@
   -- count is left as it is: the recount skips the job, whose tq is gone, and a pass
   -- under way that counted it takes it off) and, when it ended ('done' / 'fail'), adds
   -- to that total. Returns the tenant's max_concurrency (release.lua, tn_heal.lua).
+  -- A tenant the queue holds no copy of (a removed tenant whose tombstone expired,
+  -- tn_put.lua) has nothing to count: its key is not written again.
   local function leave_count(t, jk, total)
     redis.call('HDEL', jk, 'tq')
-    local h = redis.call('HMGET', TN .. t, 'n', 'done', 'fail', 'mc')
+    local h = redis.call('HMGET', TN .. t, 'n', 'done', 'fail', 'mc', 'v')
+    if not h[5] then return 0 end
     local n = count_of(h[1])
     if n then
       n = n - 1

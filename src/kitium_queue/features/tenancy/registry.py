@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from ...connection import ConnectionFactory
 from ...errors import ConfigurationError, KitiumQueueError, TenantNotFoundError
@@ -40,7 +40,16 @@ from ...limits import get_logger, printable
 from ...options import shown
 from ..audit.conn import Deployment, LuaScript
 from . import keys as tk
-from .install import SYNC_INTERVAL_S, StoredTenant, attach, install, put_tenant, run_script
+from .install import (
+    SYNC_INTERVAL_S,
+    StoredTenant,
+    attach,
+    install,
+    members,
+    propagate,
+    redis_ms,
+    run_script,
+)
 from .model import QueueUsage, TenantConfig, TenantQuota, TenantUsage, check_tenant_id
 
 if TYPE_CHECKING:
@@ -259,14 +268,18 @@ class TenantRegistry:
         """Names of the queues tenancy is enabled on (that registered), sorted; none
         when their set holds another type (damaged: logged)."""
         async with self._errors() as client:
-            names = await _members(client, tk.registry_queues(self.prefix))
+            names = await members(client, tk.registry_queues(self.prefix))
         return sorted(_text(n) for n in names)
 
     async def sync(self) -> int:
         """Copy every tenant's quota into every registered queue (each copy only if
-        newer); returns the copies written."""
+        newer); returns the copies written. Removed tenants with nothing left in any
+        queue leave the registry (their queues' copies expire: docs/tenancy.md)."""
         async with self._errors() as client:
+            read_at = await redis_ms(client)
             entries = await self._entries(client)
+            for e in entries:
+                e.read_at = read_at
             return await self._propagate(client, entries)
 
     # ------------------------------------------------------------------ tenants
@@ -280,8 +293,8 @@ class TenantRegistry:
         check_tenant_id(cfg.tenant_id)
         async with self._errors() as client:
             for _ in range(_MAX_RETRIES):
-                version = await _next_version(client, self.prefix)
-                entry = StoredTenant(cfg.tenant_id, cfg, version)
+                version, now = await _next_version(client, self.prefix)
+                entry = StoredTenant(cfg.tenant_id, cfg, version, read_at=now)
                 change = TenantChange(
                     "create", cfg.tenant_id, _json(cfg, version), version, None, cfg, self._key
                 )
@@ -343,7 +356,8 @@ class TenantRegistry:
 
     async def remove_tenant(self, tenant_id: str) -> bool:
         """Remove a tenant: queues refuse its new jobs; the ones it has go on and run
-        without its quota (weight 1). False if there was no such tenant."""
+        without its quota (weight 1). Its keys go once nothing of it is left, after
+        ``TOMBSTONE_TTL_S`` (docs/tenancy.md). False if there was no such tenant."""
         tid = check_tenant_id(tenant_id, existing=True)
         async with self._errors() as client:
             for _ in range(_MAX_RETRIES):
@@ -447,7 +461,7 @@ class TenantRegistry:
     ) -> StoredTenant | None:
         """Replace ``cur`` by ``new`` (None: a tombstone) if nobody changed it since it
         was read; the new entry, or None on a conflict."""
-        version = await _next_version(client, self.prefix)
+        version, now = await _next_version(client, self.prefix)
         body = (
             _json(new, version)
             if new is not None
@@ -465,19 +479,10 @@ class TenantRegistry:
         out = await self._writer(client, change)
         if out == "missing":
             raise self._not_found(cur.tenant_id)
-        return StoredTenant(cur.tenant_id, new, version) if out == "ok" else None
+        return StoredTenant(cur.tenant_id, new, version, read_at=now) if out == "ok" else None
 
     async def _propagate(self, client: Any, entries: list[StoredTenant]) -> int:
-        written = 0
-        for name in await _members(client, tk.registry_queues(self.prefix)):
-            try:
-                qk = QueueKeys(_text(name), self.prefix)
-            except ConfigurationError:
-                continue  # not a queue name: not written by a queue
-            for entry in entries:
-                if await put_tenant(client, qk, entry):
-                    written += 1
-        return written
+        return await propagate(client, self.prefix, entries)
 
     @contextlib.asynccontextmanager
     async def _errors(self) -> AsyncIterator[Any]:
@@ -521,30 +526,14 @@ def _usage(name: str, tenant_id: str, r: list[Any]) -> QueueUsage:
     return QueueUsage.from_reply(name, r)
 
 
-async def _members(client: Any, key: str) -> set[Any]:
-    """The members of set ``key``; none (logged) when it holds another type."""
-    try:
-        return set(await client.smembers(key))
-    except ResponseError as exc:
-        if "WRONGTYPE" not in str(exc):
-            raise
-        log.warning(
-            "tenant registry: key %s holds another Redis type than a set of queue names "
-            "(damaged or written by hand); no queue is listed or copied to. Delete it: "
-            "queues register again at their next sync",
-            key,
-        )
-        return set()
-
-
-async def _next_version(client: Any, prefix: str) -> int:
+async def _next_version(client: Any, prefix: str) -> tuple[int, int]:
     """The next version of the registry: the Redis clock in ms, or the last + 1
     (``tn_version.lua``: above every version handed out, even after Redis lost its
-    latest writes)."""
+    latest writes); and the Redis clock (ms) it was taken at."""
     key = tk.registry_version(prefix)
     got = await run_script(client, _VERSION, [key], [])
-    if isinstance(got, int):
-        return got
+    if isinstance(got, list) and len(got) == 2 and all(isinstance(g, int) for g in got):
+        return int(got[0]), int(got[1])
     raise KitiumQueueError(
         f"the tenant registry's version counter {key} is damaged (not an integer, or "
         f"another Redis type): no tenant change can be made. SET it to an integer above "

@@ -9,8 +9,9 @@
   jobs keeps them. Once every ticket (or running slot) of a tenant is held that way its
   lane is never refilled, and its jobs wait for good. The fragments prune a few such
   holders when they meet the tenant at its limit; this walk checks every holder of the
-  tenants that have a lane, takes the stale ones off (a finished job also leaves the
-  tenant's count, as release would have done) and refills the lane.
+  tenants that have a lane (and of removed tenants, lane or not), takes the stale ones
+  off (a finished job also leaves the tenant's count, as release would have done) and
+  refills the lane.
 
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
@@ -61,7 +62,10 @@ for i = 4, math.min(#ARGV, 103) do
   if t ~= '' and #t <= MAX_TENANT_ID and key_type(TN .. t) == 'hash' then
     local lane_key = LANE .. t
     local before = redis.pcall('ZCARD', lane_key)
-    if type(before) == 'number' and before > 0 then
+    if type(before) ~= 'number' then before = 0 end
+    -- A removed tenant (tombstone): its stale holders are taken off with or without a
+    -- lane, so that its copy can be retired once nothing of it is left (tn_put.lua).
+    if before > 0 or redis.call('HGET', TN .. t, 'on') ~= '1' then
       if FAIR then tickets_out = tickets_out + sweep(t, TK .. t, not_waiting) end
       slots = slots + sweep(t, RUN .. t, not_running)
       local s = state(t)

@@ -3,13 +3,16 @@
 
   KEYS[1]  <prefix>:tenants  HASH  tenant id -> its config as JSON, with its version
            (a removed tenant is a tombstone: {"removed": true, "version": ...})
-  ARGV[1]  'create' | 'put'
+  ARGV[1]  'create' | 'put' | 'drop'
   ARGV[2]  tenant id
-  ARGV[3]  the new JSON
-  ARGV[4]  'put': the version it replaces (the change was computed from it)
+  ARGV[3]  the new JSON ('drop': unused)
+  ARGV[4]  'put': the version it replaces (the change was computed from it); 'drop':
+           the version of the tombstone to delete
   Returns 'ok'; 'exists' (create: the tenant exists and is not removed); 'missing'
   (put: no such tenant, or removed); 'conflict' (put: another change came first; read
-  it again and retry). Writes nothing unless 'ok'.
+  it again and retry; drop: the entry is no longer that tombstone). Writes nothing
+  unless 'ok'. 'drop' deletes a tombstone every queue has retired (install.py
+  propagate): the entry goes only if it is still that tombstone.
 ]]
 local cur = redis.call('HGET', KEYS[1], ARGV[2])
 local live, version = false, nil
@@ -22,6 +25,12 @@ if cur then
 end
 if ARGV[1] == 'create' then
   if live then return 'exists' end
+elseif ARGV[1] == 'drop' then
+  if not cur or live or version == nil or version ~= tonumber(ARGV[4]) then
+    return 'conflict'
+  end
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  return 'ok'
 elseif ARGV[1] == 'put' then
   if not live then return 'missing' end
   if version ~= tonumber(ARGV[4]) then return 'conflict' end
