@@ -714,3 +714,18 @@ def test_doc_example_runs(index: int, tmp_path: Path) -> None:
     assert proc.returncode == 0, f"example {index} failed:\n{DOC_BLOCKS[index]}\n{proc.stderr}"
     if "dead.reason" in DOC_BLOCKS[index]:
         assert "webhooks order.paid b'{}' not acknowledged after 1 deliveries" in proc.stdout
+
+
+def test_a_group_handed_the_newest_entry_has_no_lag_whatever_redis_says() -> None:
+    """Redis 7.0 reported a stale lag (932 with nothing left unread) for a group after a
+    restart from the AOF; a group whose last delivered id is the newest entry's reads 0,
+    one behind it keeps what Redis says (None when it cannot tell)."""
+    from kitium_queue.outbox import _lag
+
+    at_end = {"last-delivered-id": b"1700000000000-5", "lag": 932}
+    assert _lag(at_end, "1700000000000-5") == 0
+    assert _lag(at_end, None) == 0  # nothing left in the stream
+    behind = {"last-delivered-id": b"1700000000000-5", "lag": 3}
+    assert _lag(behind, "1700000000001-0") == 3
+    assert _lag({**behind, "lag": None}, "1700000000001-0") is None
+    assert _lag(behind, "1699999999999-9") == 0  # the entries after it were deleted

@@ -220,3 +220,41 @@ async def test_a_record_the_acl_refuses_is_reported_not_tried_for_ever(
             await q.close()
         admin.close()
         srv.close()
+
+
+async def test_a_listing_does_not_unlist_a_workflow_made_again_meanwhile(
+    make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """list_workflows forgets the index entries of workflows whose records are gone;
+    one created again under its id between the listing's read and that cleanup stays
+    listed (the cleanup checks the record in the step that removes the entry)."""
+    q = make_queue("wfrelist")
+    q.process("s", lambda job: "ok")
+    chains = JobChainManager(q)
+    client = await q.client()
+    await chains.execute_workflow("w1", [WorkflowStep("a", "s", options={"delay": 3_600_000})])
+    record = q.keys.extra("wf:w1")
+    saved = await client.hgetall(record)
+    await client.delete(record)  # its retention ended
+    real = client.pipeline
+
+    class Landing:
+        """The listing's pipeline; a new w1 lands just after its read."""
+
+        def __init__(self) -> None:
+            self.pipe = real(transaction=False)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.pipe, name)
+
+        async def execute(self, **kw: Any) -> Any:
+            rows = await self.pipe.execute(**kw)
+            await client.hset(record, mapping=saved)
+            return rows
+
+    monkeypatch.setattr(client, "pipeline", lambda **kw: Landing())
+    listed = await chains.list_workflows()
+    monkeypatch.undo()
+    assert [w.workflow_id for w in listed] == []  # read as gone
+    assert await client.zscore(q.keys.extra("wfs"), "w1") is not None
+    assert [w.workflow_id for w in await chains.list_workflows()] == ["w1"]

@@ -49,9 +49,8 @@ DEFAULT_CAP = 1_000_000
 #: Largest entry ``add`` accepts (topic, field names and values), and most fields in it.
 MAX_ENTRY_BYTES, MAX_FIELDS = 65_536, 64
 _WARN_EVERY_S = 60.0
-#: A consumer holding nothing that has not read for this long belongs to a process gone
-#: (a live one reads every few seconds): the housekeeping forgets it, at most every
-#: ``CONSUMERS_EVERY_S``.
+#: A consumer holding nothing and idle this long is a process gone (a live one reads every
+#: few seconds): the housekeeping forgets it, looking every ``CONSUMERS_EVERY_S``.
 CONSUMER_IDLE_MS = 3_600_000
 CONSUMERS_EVERY_S = 60.0
 
@@ -114,6 +113,15 @@ class DeadEntry:
     entry: OutboxEntry
     group: str
     reason: str
+
+
+def _lag(group: Any, newest: str | None) -> int | None:
+    """A group's lag: 0 when it was handed the newest entry, or nothing is left in the
+    stream; else what Redis reports (None: Redis < 7, or it cannot tell)."""
+    at = [tuple(int(p) if p.isdigit() else 0 for p in i.split("-", 1)) for i in (
+        _s(group["last-delivered-id"]), newest or "")]  # fmt: skip
+    lag = group.get("lag")
+    return 0 if newest is None or at[0] >= at[1] else None if lag is None else int(lag)
 
 
 @dataclass(slots=True)
@@ -298,8 +306,11 @@ class Outbox:
         pipe = client.pipeline(transaction=False)
         pipe.xlen(self.key).hget(self.queue.keys.meta, "outbox_cap").get(self.overflow_key)
         pipe.xlen(self.dead_key).xinfo_groups(self.key).get(self.unwritten_key)
+        pipe.xrevrange(self.key, count=1)
         replies = await pipe.execute(raise_on_error=False)
-        length, cap, overflow, dead, groups, unwritten = replies
+        length, cap, overflow, dead, groups, unwritten, newest = replies
+        # A group handed the newest entry has nothing to read, whatever lag Redis reports
+        last = _s(newest[0][0]) if isinstance(newest, list) and newest else None
         if isinstance(groups, ResponseError):  # no stream yet
             groups = []
         damaged = None
@@ -326,7 +337,7 @@ class Outbox:
                     _s(g["name"]),
                     int(g["consumers"]),
                     int(g["pending"]),
-                    None if g.get("lag") is None else int(g["lag"]),
+                    _lag(g, last),
                     _s(g["last-delivered-id"]),
                 )
                 for g in groups
@@ -356,10 +367,9 @@ class Outbox:
         return int(await client.xdel(self.dead_key, *ids)) if ids else 0
 
     async def forget_idle_consumers(self, idle_ms: int = CONSUMER_IDLE_MS) -> int:
-        """Delete the consumers of every group that hold no pending entry and have not
-        read for ``idle_ms`` (processes gone: each reads under a name of its own);
-        returns how many. ``lua/outbox_forget.lua`` checks again that none holds an
-        entry, in the step that deletes it."""
+        """Delete the consumers of every group holding no pending entry and idle for
+        ``idle_ms`` (processes gone); returns how many. ``lua/outbox_forget.lua`` checks
+        again that none holds an entry, in the step that deletes it."""
         client = await self.queue.client()
         try:
             groups = await client.xinfo_groups(self.key)
@@ -405,22 +415,18 @@ class Outbox:
         return LeaderService("outbox-housekeeping", body, lease_ms=lease_ms)
 
     async def _forget_consumers(self) -> None:
-        """The housekeeping's ``forget_idle_consumers``: a Redis user without the right
-        to delete consumers (ACL rules made before it was needed) is told once, and the
-        trim goes on without it."""
+        """The housekeeping's ``forget_idle_consumers``; a user whose ACL rules predate
+        it is told once, and the trim goes on."""
         try:
             await self.forget_idle_consumers(CONSUMER_IDLE_MS)
         except PermissionError as exc:  # NOPERM: refused, not unreachable
             if not self._refused_forget:
                 self._refused_forget = True
+                msg = "outbox of queue %s: the Redis user may not delete the consumers of"
                 log.warning(
-                    "outbox of queue %s: the Redis user may not delete the consumers of "
-                    "processes gone (%s); they stay, about 280 B each. Add "
-                    "'+xgroup|delconsumer +xinfo|consumers' to its ACL rules "
-                    "(kitium-queue acl redis-rules makes them)",
-                    self.queue.name,
-                    exc,
-                )
+                    msg + " processes gone (%s); they stay, ~280 B each. Add '+xgroup|"
+                    "delconsumer +xinfo|consumers' to its ACL rules (kitium-queue acl "
+                    "redis-rules makes them)", self.queue.name, exc)  # fmt: skip
         except NET_ERRORS:
             pass  # the leader service notices the outage through its lease
 

@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from ...errors import ConfigurationError, JobNotFoundError, JobRefusedError, JobStateError
 from ...limits import get_logger
 from ...options import check_text, to_int
+from ...presence import PRUNE_INDEX
 from ...queries import check_reads
 from .events import WorkflowEvents
 from .heal import DependentsHealReport, heal_dependents
@@ -503,6 +504,7 @@ async def _list(q: JobQueue, skip: int, n: int) -> list[WorkflowSummary]:
                 _text(w), _text(r[0]), _num(r[1]), _num(r[2]), _num(r[3]) or 0, _num(r[4]) or 0
             )
         )
-    if gone:  # retention ended: forget them in the index too
-        await client.zrem(index, *gone)
+    if gone:  # retention ended: forget them in the index too, unless made again since
+        keys = [index, *(q.keys.extra(f"wf:{_text(w)}") for w in gone)]
+        await client.eval(PRUNE_INDEX, len(keys), *keys, *gone)
     return out
