@@ -3,7 +3,8 @@
 Every rule calls one of the queue's scripts (with the tenancy fragments compiled in)
 directly, with an injected clock, as the library does: adds of jobs of three tenants
 (waiting or delayed, two priorities), claims, every kind of outcome, lease expiries
-(stalls, then dead-lettering), removal, cancellation, drain, quota changes, and the
+(stalls, then dead-lettering), removal, cancellation, drain, quota changes (after
+which the tenant's lane holds jobs only while its new quota leaves no room), and the
 removal of a tenant, its copy's resync, its expiry and its creation again (the registry's
 copies, ``tn_put.lua``). After every step the invariants compare the tenants'
 bookkeeping with the jobs themselves:
@@ -79,7 +80,13 @@ class TenantMachine(RuleBasedStateMachine):
         self.ids: list[str] = []
         self.tokens: dict[str, bytes] = {}
         self.removed: dict[str, int] = {}  # removed tenant -> its tombstone's version
-        self.put = self.client.script_load(lua.source("tn_put"))
+        self.put = self.client.script_load(lua.put_script().source)
+        # The queue's declarations, as its processes write them at their sync: a copy
+        # that leaves a tenant more room refills its lane by them (tn_put.lua).
+        self.client.hset(
+            tk.declarations(self.keys),
+            mapping={"quantum": QUANTUM, "fair": int(self.fair), "quotas": 1},
+        )
         for t in TENANTS:
             self._set_quota(t, 4, 2)
 
@@ -97,11 +104,18 @@ class TenantMachine(RuleBasedStateMachine):
         )
 
     def _copy(self, t: str, version: int, on: str, mqs: int, mc: int, w: float) -> Any:
-        # The registry's copy of the tenant (tn_put.lua); no read time: no age check.
-        keys = [tk.tenant(self.keys, t), tk.index(self.keys), *tk.usage(self.keys, t)[1:]]
-        return self.client.evalsha(
-            self.put, len(keys), *keys, t, version, on, mqs, mc, 0, 0, repr(w), "", "", TTL_MS
-        )
+        # The registry's copy of the tenant (tn_put.lua); no read time: no age check. A
+        # copy leaving more room refills the tenant's lane (checked by the invariants).
+        keys = [
+            *self.keys.all,
+            tk.tenant(self.keys, t),
+            tk.index(self.keys),
+            *tk.usage(self.keys, t)[1:],
+            tk.declarations(self.keys),
+        ]
+        head = (self.keys.base, str(self.now), 100_000)
+        args = (t, version, on, mqs, mc, 0, 0, repr(w), "", "", TTL_MS)
+        return self.client.evalsha(self.put, len(keys), *keys, *head, *args)
 
     def _set_quota(self, t: str, mqs: int, mc: int) -> None:
         self.version += 1
@@ -206,6 +220,16 @@ class TenantMachine(RuleBasedStateMachine):
     @rule(t=st.sampled_from(sorted(TENANTS)), mqs=st.integers(2, 6), mc=st.integers(0, 3))
     def change_quota(self, t: str, mqs: int, mc: int) -> None:
         self._set_quota(t, mqs, mc)  # a removed tenant: created again
+        # The copy handed the lane the room its quota leaves: a job stays there only
+        # while the tenant is at its cap or (fair dispatch) has all its tickets out.
+        c = self.client
+        if c.zcard(tk.lane(self.keys, t)):
+            running = c.scard(tk.running(self.keys, t))
+            tickets = c.scard(tk.tickets(self.keys, t))
+            room = max(1, round(TENANTS[t] * QUANTUM)) if self.fair else 10**9
+            if mc:
+                room = min(room, mc - running)
+            assert room - tickets <= 0, (t, mc, running, tickets)
 
     @rule(t=st.sampled_from(sorted(TENANTS)))
     def remove_tenant(self, t: str) -> None:

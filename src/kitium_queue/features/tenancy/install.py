@@ -30,6 +30,7 @@ from ...errors import ConfigurationError
 from ...keys import QueueKeys
 from ...limits import get_logger, printable
 from ...options import to_int
+from ...scripts import Script
 from ..audit.conn import LuaScript
 from . import keys as tk
 from . import lua
@@ -76,7 +77,9 @@ _NO_ACCESS: weakref.WeakSet[Any] = weakref.WeakSet()
 _NO_FORGET: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-async def run_script(client: Any, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+async def run_script(
+    client: Any, script: LuaScript | Script, keys: list[str], args: list[Any]
+) -> Any:
     """Run one of the package's scripts on ``client`` by SHA; the source again when the
     server does not know it (restart, failover). Its keys are given in ``KEYS``."""
     try:
@@ -115,7 +118,6 @@ async def run_scripts(
     return replies
 
 
-TN_PUT = LuaScript(__package__, "tn_put")
 TN_RECOUNT = LuaScript(__package__, "tn_recount")
 TN_REGISTRY = LuaScript(__package__, "tn_registry")
 #: A recount step (``recount``): SCANs of this many keys, this many per script call.
@@ -246,10 +248,18 @@ async def copy_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> tupl
     queues and tenants still get theirs. A tenant count that is not an integer
     (damaged) is recounted from the tenant's jobs (``recount``), and logged."""
     tid = entry.tenant_id
-    keys = [tk.tenant(queue_keys, tid), tk.index(queue_keys), *tk.usage(queue_keys, tid)[1:]]
+    keys = [
+        *queue_keys.all,
+        tk.tenant(queue_keys, tid),
+        tk.index(queue_keys),
+        *tk.usage(queue_keys, tid)[1:],
+        tk.declarations(queue_keys),
+    ]
     read_at = "" if entry.read_at is None else entry.read_at
-    args = [tid, *entry.copy_args(), read_at, int(TOMBSTONE_TTL_S * 1000)]
-    reply = await run_script(client, TN_PUT, keys, args)
+    args = [queue_keys.base, "", "", tid, *entry.copy_args()]
+    reply = await run_script(
+        client, lua.put_script(), keys, [*args, read_at, int(TOMBSTONE_TTL_S * 1000)]
+    )
     if len(reply) > 2:
         # Its count of unfinished jobs is damaged (not an integer): recounted.
         held = reply[2].decode("utf-8", "replace") if isinstance(reply[2], bytes) else reply[2]
@@ -261,7 +271,7 @@ async def copy_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> tupl
                 "Its new jobs are accepted again",
                 queue_keys.name,
                 entry.tenant_id,
-                keys[0],
+                keys[12],
                 printable(str(held))[:60],
                 counted,
             )
@@ -282,8 +292,8 @@ async def copy_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> tupl
             "TenantRegistry.sync()",
             queue_keys.name,
             entry.tenant_id,
-            keys[0],
-            keys[1],
+            keys[12],
+            keys[13],
         )
     return out > 0, int(reply[1]) == 1
 
@@ -347,6 +357,12 @@ async def _attach(queue: JobQueue) -> tuple[int, list[str], dict[str, StoredTena
     """
     client = await queue.client()
     prefix = queue.keys.prefix
+    have = _INSTALLED.get(queue)
+    if have is not None:
+        # The queue's declarations, by which a quota copy refills lanes (tn_put.lua).
+        decl = {"quantum": have[0], "fair": int(have[1]), "quotas": int(have[2])}
+        with contextlib.suppress(ResponseError):  # damaged: no refill at copy time
+            await client.hset(tk.declarations(queue.keys), mapping=decl)
     try:
         try:
             await client.sadd(tk.registry_queues(prefix), queue.name)

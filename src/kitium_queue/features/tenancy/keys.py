@@ -18,6 +18,8 @@ removed tenant's, its tombstone, refuses late copies of older versions and expir
 ``TOMBSTONE_TTL_S`` after nothing of it is left: ``tn_put.lua``),
 ``tn-run:<t>``, ``tn-tk:<t>`` (SETs: running jobs, ticket holders in wait), ``tenants``
 (ZSET index of the tenants set up in the queue),
+``tenancy`` (HASH: how the queue's processes enable tenancy, ``quantum``, ``fair``,
+``quotas``, written by each at its sync: ``tn_put.lua`` refills lanes by them),
 and the tenant's lane ``parked:t:<t>`` (``QueueKeys.parked``).
 """
 
@@ -28,6 +30,7 @@ from ..audit.conn import DEPLOYMENT_TAG
 
 __all__ = [
     "LANE_PREFIX",
+    "declarations",
     "index",
     "lane",
     "registry",
@@ -75,6 +78,12 @@ def tickets(keys: QueueKeys, tenant_id: str) -> str:
 def index(keys: QueueKeys) -> str:
     """ZSET: the tenants set up in this queue (score 0, in name order)."""
     return keys.extra("tenants")
+
+
+def declarations(keys: QueueKeys) -> str:
+    """HASH: the queue's tenancy declarations (``quantum``, ``fair``, ``quotas``: '1' or
+    '0'), as its processes enable it; not under ``tn*``, so ``clear()`` keeps it."""
+    return keys.extra("tenancy")
 
 
 def lane(keys: QueueKeys, tenant_id: str) -> str:

@@ -4,7 +4,9 @@ The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua
 ``prelude.lua``, into which the queue's declarations (fair dispatch on or off, the
 quantum, quotas enforced or not) are compiled, so every process that enables tenancy the
 same way runs the same code. The scripts ``tn_put.lua`` (a tenant's quota copied into a
-queue), ``tn_recount.lua`` (one bounded step of the recount of a damaged count),
+queue, its lane refilled when the new quota leaves room: it reads the queue's
+declarations from the queue's ``tenancy`` hash, ``put_script``), ``tn_recount.lua``
+(one bounded step of the recount of a damaged count),
 ``tn_usage.lua`` (a tenant's counts in a queue, read atomically) and ``tn_registry.lua``
 (the registry's compare-and-set) take their keys in ``KEYS``. See ``docs/tenancy.md``.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
+from ...scripts import Script, ScriptRegistry
+
 __all__ = [
     "ADMISSION_FIELDS",
     "FEATURE",
@@ -21,6 +25,7 @@ __all__ = [
     "MAX_TICKETS",
     "fragments",
     "heal_script",
+    "put_script",
     "source",
 ]
 
@@ -42,26 +47,48 @@ def source(name: str) -> str:
     return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
 
 
-def _prelude(quantum: int, fair: bool, quotas: bool) -> str:
+def _prelude(quantum: int | str, fair: str, quotas: str, refill: str) -> str:
     return (
         source("prelude")
-        .replace("@QUANTUM@", str(int(quantum)))
-        .replace("@FAIR@", "true" if fair else "false")
-        .replace("@QUOTAS@", "true" if quotas else "false")
+        .replace("@QUANTUM@", str(quantum))
+        .replace("@FAIR@", fair)
+        .replace("@QUOTAS@", quotas)
         # Lua's # counts bytes: up to 4 per character.
         .replace("@MAX_TENANT_ID@", str(MAX_TENANT_ID * 4))
         .replace("@MAX_TICKETS@", str(MAX_TICKETS))
-        .replace("@REFILL_MIN@", str(max(1, int(quantum) // 4)))
+        .replace("@REFILL_MIN@", refill)
+    )
+
+
+def _compiled_prelude(quantum: int, fair: bool, quotas: bool) -> str:
+    return _prelude(
+        int(quantum),
+        "true" if fair else "false",
+        "true" if quotas else "false",
+        str(max(1, int(quantum) // 4)),
     )
 
 
 def fragments(quantum: int, fair: bool, quotas: bool = True) -> dict[str, str]:
     """The source of each slot fragment for these declarations."""
-    prelude = _prelude(quantum, fair, quotas)
+    prelude = _compiled_prelude(quantum, fair, quotas)
     return {slot: source(slot).replace("@PRELUDE@", prelude) for slot in _SLOTS}
 
 
 def heal_script(quantum: int, fair: bool, quotas: bool = True) -> str:
     """The source of ``tn_heal.lua`` for these declarations (run through the queue's
     script registry as ``tn_heal``: it uses the prelude and the parking library)."""
-    return source("tn_heal").replace("@PRELUDE@", _prelude(quantum, fair, quotas))
+    return source("tn_heal").replace("@PRELUDE@", _compiled_prelude(quantum, fair, quotas))
+
+
+@cache
+def put_script() -> Script:
+    """``tn_put.lua``, its includes expanded. It serves every queue, whatever its
+    declarations: the prelude reads them from the queue's ``tenancy`` hash (written by
+    each process of the queue at its sync, ``install.py``), as the script runs."""
+    text = source("tn_put").replace(
+        "@PRELUDE@", _prelude("DECL_QUANTUM", "DECL_FAIR", "DECL_QUOTAS", "DECL_REFILL")
+    )
+    registry = ScriptRegistry()
+    registry.add_fragment("tn_put", text)
+    return registry.get("tn_put")
