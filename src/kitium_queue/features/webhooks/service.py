@@ -7,8 +7,9 @@
   each entry out to the endpoints that want it and makes the first attempts; and a retry
   loop that claims due retries from ``wh:retry`` under a lease. Results, retry schedule
   and the acknowledgement of the outbox entries are written in one script
-  (``webhooks_done``): an entry is acknowledged only once each of its deliveries is
-  recorded as delivered, scheduled for a retry, or dead-lettered.
+  (``webhooks_done``), in waves while a batch runs (``waves.py``): an entry is
+  acknowledged only once each of its deliveries is recorded as delivered, scheduled for
+  a retry, or dead-lettered.
 * **Reliable** and **best-effort** deliveries run in ``LocalDispatcher`` (``local.py``):
   tasks of the process that saw the event, with retries in memory (lost if it dies).
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import secrets
 import socket
@@ -40,6 +40,7 @@ from ...runends import wait_unless
 from .delivery import AttemptResult, history_json
 from .fanout import Delivery, _text, claimed, expand
 from .registry import webhook_damage
+from .waves import Waves
 
 if TYPE_CHECKING:
     from .manager import WebhookManager
@@ -366,6 +367,7 @@ class DeliveryService(_Base):
         the ``consumer`` that read them, it keeps them meanwhile (``OutboxConsumer.touch``)."""
         await self.mgr.registry.refresh()
         work: list[Delivery] = []
+        owners: list[str | None] = []
         reloaded = False
         for e in entries:
             if e.topic != "webhook":
@@ -378,54 +380,83 @@ class DeliveryService(_Base):
                 reloaded = True
                 got = expand(self.mgr, e)
             work.extend(got)
+            owners += [e.id] * len(got)
         ids = [e.id for e in entries]
-        keep = None if consumer is None else functools.partial(consumer.touch, ids)
-        await self._attempt_and_write(work, ids, keep, self.mgr.claim_idle_ms)
+
+        async def keep(waves: Waves) -> None:  # the entries not yet acknowledged
+            assert consumer is not None
+            await consumer.touch(waves.unacked())
+
+        await self._attempt_and_write(
+            work, ids, keep if consumer else None, self.mgr.claim_idle_ms, owners
+        )
 
     async def _attempt_and_write(
         self,
         work: Sequence[Delivery],
         acks: Sequence[str],
-        keep: Callable[[], Awaitable[Any]] | None,
+        keep: Callable[[Waves], Awaitable[Any]] | None,
         hold_ms: int,
+        owners: Sequence[str | None] | None = None,
     ) -> None:
-        """Attempt ``work`` and record the results (acknowledging ``acks``) in one script.
+        """Attempt ``work`` and record the results in waves while it runs (``waves.py``):
+        each wave, one script, records what is ready and acknowledges the entries of
+        ``acks`` whose deliveries are all recorded (``owners``: the entry of each).
 
-        While the attempts run, ``keep()`` every third of ``hold_ms`` keeps the batch this
-        worker's (its outbox entries, or its retries' leases, last ``hold_ms``): a batch
-        of slow answers outlasting them was taken over and sent again by a live worker.
-        Once the service stops, attempts not yet begun are not made: those deliveries
-        are recorded as retries due now, their attempts and history unchanged. While
-        Redis is unreachable the record is tried again (the results are only here; a
-        dropped record is sent again by the worker that takes the batch over)."""
+        While the attempts run, ``keep(waves)`` every third of ``hold_ms`` keeps what is
+        not yet recorded this worker's (its outbox entries, or its retries' leases, last
+        ``hold_ms``): a batch of slow answers outlasting them was taken over and sent
+        again by a live worker. Once the service stops, attempts not yet begun are not
+        made: those deliveries are recorded as retries due now, their attempts and
+        history unchanged. While Redis is unreachable a wave's record is tried again
+        (the results are only here; a dropped record is sent again by the worker that
+        takes the batch over)."""
         sem = self.mgr.limit
         timeouts = [d.target.timeout_ms for d in work if d.target is not None]
         self._longest_s = max(self._longest_s, max(timeouts, default=0) / 1000)
+        waves = Waves(
+            self._write_wave,
+            [d.member for d in work],
+            [None] * len(work) if owners is None else owners,
+            acks,
+            self.mgr.concurrency,
+        )
 
-        async def one(d: Delivery) -> AttemptResult | None:
+        async def one(i: int, d: Delivery) -> None:
             async with sem:
-                return None if self._stopping else await self.attempt(d)
+                res = None if self._stopping else await self.attempt(d)
+            if res is None:
+                waves.add(i, d.member, self._handed_back(d), back=True, ok=False)
+            else:
+                waves.add(i, d.member, self.record(d, res, durable=True), back=False, ok=res.ok)
 
         kept = asyncio.Event()
-        beat = asyncio.ensure_future(_keep(keep, hold_ms / 3000, kept)) if keep else None
+        beat = asyncio.ensure_future(_keep(keep, waves, hold_ms / 3000, kept)) if keep else None
+        writer: asyncio.Future[Any] = asyncio.ensure_future(waves.run())
+        runs: asyncio.Future[Any] = asyncio.gather(*(one(i, d) for i, d in enumerate(work)))
         try:
-            results = await asyncio.gather(*(one(d) for d in work))
+            await asyncio.wait({writer, runs}, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done():
+                writer.result()  # a record refused: raised (the rest is sent again)
+            await runs
+            await writer
         finally:
-            kept.set()  # ends before the record (a late lease push would delay a retry)
+            for t in (runs, writer):
+                t.cancel()
+            kept.set()
             if beat is not None and not (await asyncio.wait({beat}, timeout=2.0))[0]:
                 beat.cancel()
-        fields: list[Any] = []
-        back: list[Any] = []
-        for d, res in zip(work, results, strict=True):
-            if res is None:
-                back += self._handed_back(d)
-            else:
-                fields += self.record(d, res, durable=True)
-                self.delivered += res.ok
+
+    async def _write_wave(
+        self, fields: list[Any], acks: list[str], back: list[Any], delivered: int
+    ) -> None:
+        """Record one wave; while Redis is unreachable, try again."""
         pause = 0.05
         while True:
             try:
-                return await self.write(fields, acks, back)
+                await self.write(fields, acks, back)
+                self.delivered += delivered
+                return
             except NET_ERRORS as exc:
                 if isinstance(exc, PermissionError):
                     raise  # refused (ACL), not unreachable: reported by the loop
@@ -482,21 +513,26 @@ class DeliveryService(_Base):
         work = [claimed(mgr, r) for r in claimed_rows if len(r) > 1]
         client, key = await mgr.queue.client(), mgr.queue.keys.extra("wh:retry")
 
-        async def keep() -> None:  # the leases, pushed on (never shortened, never re-added)
+        async def keep(waves: Waves) -> None:  # the leases not yet recorded, pushed on
+            # (never shortened, never re-added)
             until = int(time.time() * 1000) + mgr.lease_ms
-            await client.zadd(key, {d.member: until for d in work}, xx=True, gt=True)
+            if members := waves.unrecorded():
+                await client.zadd(key, dict.fromkeys(members, until), xx=True, gt=True)
 
         await self._attempt_and_write(work, (), keep if work else None, mgr.lease_ms)
         return len(claimed_rows)
 
 
-async def _keep(keep: Callable[[], Awaitable[Any]], every_s: float, done: asyncio.Event) -> None:
+async def _keep(
+    keep: Callable[[Waves], Awaitable[Any]], waves: Waves, every_s: float, done: asyncio.Event
+) -> None:
     while True:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), every_s)
             return
         with contextlib.suppress(Exception):  # Redis away: the record waits for it too
-            await keep()
+            async with waves.lock:  # never across a record (see Waves)
+                await keep(waves)
 
 
 # When each damaged webhook key was last reported (at most once a minute each).
