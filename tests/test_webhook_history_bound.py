@@ -212,7 +212,10 @@ async def test_pending_and_dead_are_never_deleted(queue: JobQueue, redis_url: st
         bad = await _send(m, 5, fail=True)
         good = await _send(m, 40, start=100)
         dead, slow = _state(r, queue, "dead"), _state(r, queue, "slow")
-        assert dead["idx"] == slow["idx"] == set(good[-10:])  # the bad ones fell off it
+        # The bad ones fell off the index. (Which 10 of the good ones stay depends on
+        # when their results were recorded: 8 requests at a time, recorded in waves.)
+        for s in (dead, slow):
+            assert len(s["idx"]) == 10 and s["idx"] <= set(good[-18:]), s["idx"]
         for s, st, where in ((dead, b"dead", "dlq"), (slow, b"pending", "retry")):
             assert {e for e, (x, _) in s["records"].items() if x == st} == set(bad)
             assert set(bad) <= s[where]
@@ -231,7 +234,8 @@ async def test_pending_and_dead_are_never_deleted(queue: JobQueue, redis_url: st
         )
         for h in ("dead", "slow"):
             s = _state(r, queue, h)
-            assert set(s["records"]) == s["idx"] == set(good[-10:])
+            assert set(s["records"]) == s["idx"] and len(s["idx"]) == 10
+            assert s["idx"] <= set(good), s["idx"]  # the bad ones, resolved, went first
             assert not s["retry"] and not s["dlq"]
             _check_consistent(s, 10)
     finally:
@@ -471,6 +475,7 @@ async def test_kills_mid_run_leave_index_and_records_consistent(
                 r.close()
                 r = redis.Redis.from_url(srv.url)
             _check_consistent(_state(r, q, "h"), 50)
+            checks += 1  # (a slow send loop may find the first kill's count already met)
         assert not kills and checks > 0
         want = {f"e{i:05d}" for i in range(total)}
         await wait_until(lambda: rec.ids().keys() >= want, 60, interval=0.05)

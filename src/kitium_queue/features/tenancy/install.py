@@ -583,6 +583,9 @@ def install(
             await client.hdel(key, "n", "rw", "rn", "done", "fail")
         for i in range(0, len(doomed), 500):
             await client.delete(*doomed[i : i + 500])
+        # The settings go too (the next sync writes them again; until then a quota
+        # change's lane refill is left to the heal): a cleared queue keeps no hash.
+        await client.delete(tk.declarations(queue.keys))
 
     queue.admin.add_clear_step(reset_counts)
     _INSTALLED[queue] = want

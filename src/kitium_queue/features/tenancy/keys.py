@@ -82,7 +82,8 @@ def index(keys: QueueKeys) -> str:
 
 def declarations(keys: QueueKeys) -> str:
     """HASH: the queue's tenancy declarations (``quantum``, ``fair``, ``quotas``: '1' or
-    '0'), as its processes enable it; not under ``tn*``, so ``clear()`` keeps it."""
+    '0'), as its processes enable it, written again at each sync; ``clear()`` deletes
+    it with the counts."""
     return keys.extra("tenancy")
 
 
