@@ -68,6 +68,7 @@ __all__ = [
     "job_name_for_processor",
     "mark_inside",
     "start_services",
+    "stop_budget",
     "stop_services",
 ]
 
@@ -173,6 +174,20 @@ async def start_services(queue: JobQueue, worker_id: str) -> None:
                 log.exception("worker %s: service %s failed to start", worker_id, svc.name)
     finally:
         started.set()
+
+
+def stop_budget(queue: JobQueue, wanted_s: float) -> tuple[float, asyncio.Event]:
+    """For a service's ``stop()`` that lets work under way end: how long it may wait (at
+    most ``wanted_s``, within what is left of the stopping worker's grace,
+    ``shutdown_timeout``), and the event a forced stop (a second SIGTERM) sets, which
+    ends the wait at once. No worker of ``queue`` stopping: ``wanted_s`` and an event
+    nothing sets."""
+    worker = next((w for w in list(STOPPING) if w.queue is queue), None)
+    if worker is None:
+        return wanted_s, asyncio.Event()
+    if worker.stop_ends is not None:
+        wanted_s = min(wanted_s, worker.stop_ends - asyncio.get_running_loop().time())
+    return wanted_s, worker._forced
 
 
 async def stop_services(queue: JobQueue, worker_id: str) -> None:

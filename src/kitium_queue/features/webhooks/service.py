@@ -33,7 +33,7 @@ from ...damage import DamagedKeys, is_damage_error
 from ...events import EventData
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, OutageLog
-from ...lifecycle import STOPPING
+from ...lifecycle import stop_budget
 from ...limits import get_logger
 from ...outbox import Outbox, OutboxConsumer, OutboxEntry
 from ...runends import wait_unless
@@ -246,14 +246,9 @@ class DeliveryService(_Base):
                     t.result()
         batches = set(self._batches)
         if batches:
-            wait_s, forced = self._longest_s + STOP_RECORD_S, asyncio.Event()
             # Within the stopping worker's grace (shutdown_timeout), and not at all once
             # its stop is forced (a second SIGTERM).
-            worker = next((w for w in list(STOPPING) if w.queue is self.mgr.queue), None)
-            if worker is not None:
-                forced = worker._forced
-                if worker.stop_ends is not None:
-                    wait_s = min(wait_s, worker.stop_ends - asyncio.get_running_loop().time())
+            wait_s, forced = stop_budget(self.mgr.queue, self._longest_s + STOP_RECORD_S)
             cut = await wait_unless(batches, wait_s, forced)
             done = batches - cut
             for b in cut:
