@@ -303,7 +303,8 @@ class Pages(QueueViews):
             except KitiumQueueError:
                 recent = []
             rows.append({"hook": h, "url": redact_url(h.url), "deliveries": recent})
-        dead = await mgr.list_dlq(50)
+        offset = _int_param(request, "offset", 0, 2**50)  # the DLQ, 50 a page
+        dead = await mgr.list_dlq(50, offset=offset)
         return self.dash.render(
             request,
             "webhooks.html",
@@ -311,6 +312,7 @@ class Pages(QueueViews):
             **self._common(queue, session),
             hooks=rows,
             dead=dead,
+            offset=offset,
             stats=await mgr.stats(),
         )
 

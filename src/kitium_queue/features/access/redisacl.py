@@ -95,7 +95,10 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
         *_LEADER,
     ),
     "encryption": ("hsetnx", "hkeys", "scan", "zscan", *_LEADER),
-    "webhooks": ("hvals", "hlen", "persist", "expire", "zremrangebyrank", *_OUTBOX, *_LEADER),
+    # zscan: the DLQ of an earlier release listed per endpoint once (webhooks_dlq_index).
+    "webhooks": (
+        "hvals", "hlen", "persist", "expire", "zremrangebyrank", "zscan", *_OUTBOX, *_LEADER,
+    ),
     "replicas": ("wait",),
     # scan: the recount of a tenant's damaged count (tn_recount.lua), only for that repair.
     "tenancy": ("sadd", "srem", "scard", "srandmember", "sismember", "smembers", "scan"),

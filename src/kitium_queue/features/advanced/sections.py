@@ -230,6 +230,10 @@ class WebhooksConfig(Section):
         history_max: the delivery records kept per endpoint, the newest (1 to
             1,000,000); a delivered or given-up one beyond them is deleted.
         history_ttl_s: how long a delivered or given-up record is kept (1 s to 10 years).
+        dead_max: the dead deliveries kept per endpoint in the webhook DLQ, the newest
+            (1 to 1,000,000; None: no bound); one beyond them is dropped with its record.
+        dead_ttl_s: how long a dead delivery is kept at most (1 s to 10 years; None, the
+            default: until replayed).
     """
 
     PATH: ClassVar[str] = "advanced.webhooks"
@@ -241,6 +245,8 @@ class WebhooksConfig(Section):
     run_service: bool = True
     history_max: int = 10_000
     history_ttl_s: int = 7 * 86_400
+    dead_max: int | None = 10_000
+    dead_ttl_s: int | None = None
 
     def _check(self) -> None:
         check_bool(self.enabled, self._where("enabled"))
@@ -257,6 +263,11 @@ class WebhooksConfig(Section):
                 self.history_ttl_s, self._where("history_ttl_s"), minimum=1, maximum=315_360_000
             ),
         )
+        for option, top in (("dead_max", 1_000_000), ("dead_ttl_s", 315_360_000)):
+            value = getattr(self, option)
+            if value is not None:
+                what = f"{self._where(option)} (or None: no bound)"
+                self._set(option, to_int(value, what, minimum=1, maximum=top))
         self._set(
             "default_delivery_strategy",
             check_choice(

@@ -168,6 +168,8 @@ class AdvancedFeatures:
                 default_delivery_strategy=wh.default_delivery_strategy,
                 history_max=wh.history_max,
                 history_ttl_s=wh.history_ttl_s,
+                dead_max=wh.dead_max,
+                dead_ttl_s=wh.dead_ttl_s,
             )
         if c.global_queue.enabled:
             self.global_queue = _future("global_queue")(queue, c.global_queue)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .dlq import dropped_counts
 from .manager import WebhookManager
 from .models import DeliveryRecord
 
@@ -216,13 +217,19 @@ def commands(
     @click.argument("app")
     @click.option("--webhook", "webhook_id", default=None, help="One endpoint only.")
     @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+    @click.option(
+        "--offset", default=0, show_default=True, type=click.IntRange(0), help="Skip as many."
+    )
     @json_option
     @redis_option
-    def dlq(app: str, webhook_id: str | None, limit: int, as_json: bool, redis: str | None) -> None:
-        """Dead-lettered deliveries, oldest first."""
+    def dlq(
+        app: str, webhook_id: str | None, limit: int, offset: int, as_json: bool, redis: str | None
+    ) -> None:
+        """Dead-lettered deliveries, oldest first, a page at a time (--offset, -n); then
+        how many the DLQ's bound dropped (dead_max, dead_ttl_s)."""
 
         async def act(m: WebhookManager) -> None:
-            recs = await m.list_dlq(limit=limit, webhook_id=webhook_id)
+            recs = await m.list_dlq(limit=limit, webhook_id=webhook_id, offset=offset)
             show_records(
                 recs,
                 as_json,
@@ -236,6 +243,12 @@ def commands(
                     r.last_error or "",
                 ),
             )
+            if not as_json:
+                drops = await dropped_counts(m)
+                n = drops.get(webhook_id, 0) if webhook_id else sum(drops.values())
+                if len(recs) == limit:
+                    click.echo(f"more: --offset {offset + limit}")
+                click.echo(f"dropped by the DLQ's bound (dead_max, dead_ttl_s): {n}")
 
         run(app, redis, act)
 

@@ -12,7 +12,8 @@ Keys (all under the queue's hash tag, built from the queue prefix like ``keys.ex
 ``wh:d:<w>/<e>``   HASH    a delivery: b body, ty type, st state, a attempts, c created,
                            e last error, sc last status, h history (JSON), sg strategy,
                            u URL and m max retries (a job's own webhook_url)
-``wh:dlq``         ZSET    ``<webhook>/<event>`` -> when it was dead-lettered
+``wh:dlq``         ZSET    ``<webhook>/<event>`` -> when it was dead-lettered; with
+                           ``wh:dlq:<w>``, its bound and its counter: ``dlq.py``
 ``wh:idx:<w>``     ZSET    event id -> created (ms): the newest ``history_max``
                            deliveries of webhook ``<w>`` (a delivered or failed one
                            that falls off it is deleted with it: ``webhooks_done``)
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ...slots import lua_string
+from .dlq import DEAD_TRIM, DLQ_FUNCS, INDEX_SCRIPT
 
 __all__ = [
     "RELEASE_EVENTS",
@@ -223,6 +225,7 @@ _CLAIM = """--@include lib_base
 -- A member that is not UTF-8 names no delivery (the library writes UTF-8 ids): it is
 -- dropped (its record, if any, left as it was) and reported in slot-errors
 -- ('webhooks:retry-member'). wh:retry or wh:dlq damaged: KQ_DAMAGED_KEY, nothing written.
+{dlq_funcs}
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
 local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
 if bad then return bad end
@@ -268,7 +271,7 @@ for i = 1, #due do
     dropped, last = dropped + 1, m
   elseif f.err then
     redis.call('ZREM', RETRY, m)
-    redis.call('ZADD', DLQ, NOW_S, m)
+    dlq_put(m, NOW_S)
     out[#out + 1] = {m}
   elseif not f[1] then
     redis.call('ZREM', RETRY, m)  -- its record expired or was deleted
@@ -312,8 +315,12 @@ _DONE = """--@include lib_base
 -- failed it goes back in under its creation time, and is deleted at once if older than
 -- the newest HISTORY_MAX. A call takes off at most the entries it added plus TRIM_SPARE
 -- in all, so a lowered HISTORY_MAX drains over several calls, never in one long script.
--- Returns { 1, { damaged keys left as they were }, { replaced key, its type, ... } }.
+-- Dead-letter bound (DEAD_MAX, DEAD_TTL_MS): dlq.py.
+-- Returns { 1, { damaged keys left as they were }, { replaced key, its type, ... },
+-- { webhook id, dead deliveries dropped by the bound, ... } }.
+{dlq_funcs}
 local HISTORY_MAX, TRIM_SPARE = {history_max}, 1000
+local DEAD_MAX, DEAD_TTL_MS = {dead_max}, {dead_ttl_ms}
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
 local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
 if bad then return bad end
@@ -330,7 +337,7 @@ for b = first, #ARGV, 13 do
   end
 end
 -- Checks first, writes last.
-local damaged, replaced, broken, noidx = {}, {}, {}, {}
+local damaged, replaced, broken, noidx, dead_added = {}, {}, {}, {}, {}
 for b = first, #ARGV, 13 do
   local key = PREFIX .. 'wh:d:' .. ARGV[b]
   local t = key_type(key)
@@ -364,7 +371,8 @@ for b = first, #ARGV, 13 do
   if broken[b] then
     state = nil
     redis.call('ZREM', RETRY, m)
-    redis.call('ZADD', DLQ, NOW_S, m)
+    dlq_put(m, NOW_S)
+    dead_added[wid] = (dead_added[wid] or 0) + 1
   elseif ARGV[b + 8] ~= '' then
     local t = key_type(key)
     if t ~= 'none' and t ~= 'hash' then redis.call('DEL', key) end
@@ -387,11 +395,12 @@ for b = first, #ARGV, 13 do
     else
       redis.call('ZREM', RETRY, m)
       if kind == 'dead' then
-        redis.call('ZADD', DLQ, NOW_S, m)
+        dlq_put(m, NOW_S)
+        dead_added[wid] = (dead_added[wid] or 0) + 1
         redis.call('PERSIST', key)
         emit('webhook-dlq', eid, 'webhook', wid, 'reason', stream_reason(ARGV[b + 6]))
       else
-        redis.call('ZREM', DLQ, m)
+        dlq_del(m)
         redis.call('EXPIRE', key, ttl)
         if ARGV[b + 8] == '' and not noidx[ik] then
           -- Back in the index (it may have fallen off while pending or dead).
@@ -426,10 +435,11 @@ for wid, added in pairs(touched) do
     end
   end
 end
+{dead_trim}
 if nack > 0 then
   redis.call('XACK', PREFIX .. 'outbox', group, unpack(ARGV, 6, 5 + nack))
 end
-return { 1, damaged, replaced }
+return { 1, damaged, replaced, dropped }
 """
 
 _REQUEUE = """--@include lib_base
@@ -440,6 +450,7 @@ _REQUEUE = """--@include lib_base
 -- budget. Returns { scheduled, passed over (another webhook's, or a record damaged by
 -- hand: left in the DLQ), DLQ entries examined }. wh:retry or wh:dlq damaged, or the
 -- one record asked for: KQ_DAMAGED_KEY, nothing written.
+{dlq_funcs}
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
 local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
 if bad then return bad end
@@ -475,28 +486,37 @@ for i = 1, #members do
     end
     redis.call('HSET', key, 'st', 'pending')
     redis.call('PERSIST', key)
-    redis.call('ZREM', DLQ, m)
+    dlq_del(m)
     redis.call('ZADD', RETRY, NOW_S, m)
     done = done + 1
   else
-    redis.call('ZREM', DLQ, m)  -- its record was deleted: nothing to replay
+    dlq_del(m)  -- its record was deleted: nothing to replay
   end
 end
 return { done, passed, examined }
 """
 
 
-def feature_scripts(history_max: int) -> dict[str, str]:
+def feature_scripts(
+    history_max: int, dead_max: int | None = 10_000, dead_ttl_s: int | None = None
+) -> dict[str, str]:
     """The feature's scripts, registered with ``queue.scripts.add_fragment``; the
-    records kept per endpoint (``history_max``, checked by the caller) are compiled
+    records kept per endpoint (``history_max``) and the bound of its dead deliveries
+    (``dead_max``, ``dead_ttl_s``: None for none), checked by the caller, are compiled
     into ``webhooks_done``."""
+    done = _DONE.replace("{history_max}", str(int(history_max)), 1)
+    done = done.replace("{dead_max}", str(int(dead_max or 0)), 1)
+    done = done.replace("{dead_ttl_ms}", str(int(dead_ttl_s or 0) * 1000), 1)
     return {
         "webhooks_put": _PUT,
-        "webhooks_claim": _CLAIM,
-        "webhooks_done": _DONE.replace("{history_max}", str(int(history_max)), 1),
-        "webhooks_requeue": _REQUEUE,
+        "webhooks_claim": _CLAIM.replace("{dlq_funcs}", DLQ_FUNCS, 1),
+        "webhooks_done": done.replace("{dead_trim}", DEAD_TRIM, 1).replace(
+            "{dlq_funcs}", DLQ_FUNCS, 1
+        ),
+        "webhooks_requeue": _REQUEUE.replace("{dlq_funcs}", DLQ_FUNCS, 1),
+        "webhooks_dlq_index": INDEX_SCRIPT,
     }
 
 
-#: The feature's scripts with the default history bound (10,000 per endpoint).
+#: The feature's scripts with the default bounds (10,000 per endpoint each).
 SCRIPTS = feature_scripts(10_000)

@@ -15,6 +15,7 @@ from ...errors import ConfigurationError, DamagedKeyError
 from ...options import to_int
 from ...outbox import Outbox
 from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
+from .dlq import list_dead, webhook_stats
 from .local import LocalDispatcher
 from .lua import enqueue_fragment, event_fragment, feature_scripts, release_fragment
 from .models import (
@@ -30,9 +31,17 @@ from .models import (
     check_url,
 )
 from .needs import NeedsService, synced_after_change
-from .registry import Registry, checked, counts, read_records, script_reports, webhook_damage
+from .registry import Registry, checked, read_records, webhook_damage
 from .service import FEATURE, GROUP, Delivery, DeliveryService
-from .settings import HISTORY_MAX, HISTORY_TTL_S, check_history, check_numbers
+from .settings import (
+    DEAD_MAX,
+    DEAD_TTL_S,
+    HISTORY_MAX,
+    HISTORY_TTL_S,
+    check_dead,
+    check_history,
+    check_numbers,
+)
 from .ssrf import AddressPolicy, BlockedAddressError, Resolver, require_httpx
 from .subscriber import WebhookSubscriber
 
@@ -44,9 +53,8 @@ __all__ = ["JobWebhookConfig", "WebhookManager"]
 
 #: The webhook id of deliveries to a job's own ``webhook_url``.
 JOB_WEBHOOK_ID = "job"
-#: Most deliveries one get_delivery_history / list_dlq call returns.
+#: Most deliveries one get_delivery_history call returns.
 _MAX_HISTORY = 1000
-_MAX_DLQ_LIST = 10_000
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,10 @@ class WebhookManager:
             (1 s to 10 years).
         history_max: the deliveries kept per endpoint, the newest (1 to 1,000,000): a
             delivered or given-up one beyond them is deleted (pending and dead ones stay).
+        dead_max / dead_ttl_s: the webhook DLQ's bound per endpoint: the newest dead
+            deliveries kept (1 to 1,000,000; default 10,000), none older than this
+            (1 s to 10 years; default none); None: no bound. One past it is dropped with
+            its record and counted (``stats()["dead_dropped"]``).
         concurrency: requests in flight at most, per process (the HTTP pool's cost per
             request grows with it: raise it for slow endpoints, not for fast ones).
         busy_share: while this process's worker runs jobs, the delivery service takes
@@ -174,6 +186,8 @@ class WebhookManager:
         max_backoff_ms: int = 3_600_000,
         history_ttl_s: int = HISTORY_TTL_S,
         history_max: int = HISTORY_MAX,
+        dead_max: int | None = DEAD_MAX,
+        dead_ttl_s: int | None = DEAD_TTL_S,
         concurrency: int = 8,
         batch: int = 100,
         claim_idle_ms: int = 30_000,
@@ -205,6 +219,7 @@ class WebhookManager:
             busy_share=busy_share,
         )
         self.history_max, self.history_ttl_s = check_history(history_max, history_ttl_s)
+        self.dead_max, self.dead_ttl_s = check_dead(dead_max, dead_ttl_s)
         self.busy_share = float(busy_share)
         self.default_delivery_strategy = check_strategy(default_delivery_strategy)
         self.queue = queue
@@ -256,7 +271,8 @@ class WebhookManager:
 
     def _install(self) -> None:
         scripts = self.queue.scripts
-        for name, source in feature_scripts(self.history_max).items():
+        bounds = (self.history_max, self.dead_max, self.dead_ttl_s)
+        for name, source in feature_scripts(*bounds).items():
             scripts.add_fragment(name, source)
         scripts.add_slot("enqueue", FEATURE, enqueue_fragment(self.job_events))
         scripts.add_slot(
@@ -473,21 +489,11 @@ class WebhookManager:
         return await read_records(client, self.queue.keys.extra("wh:d:").encode(), members)
 
     async def list_dlq(
-        self, limit: int = 100, webhook_id: str | None = None
+        self, limit: int = 100, webhook_id: str | None = None, *, offset: int = 0
     ) -> list[DeliveryRecord]:
-        """Dead-lettered deliveries, oldest first (of one endpoint, or all)."""
-        await self.queue.queries.check(
-            "list_webhook_dlq", {"limit": limit, "webhook_id": webhook_id}
-        )
-        limit = to_int(limit, "limit", minimum=1, maximum=_MAX_DLQ_LIST)
-        client = await self.queue.client()
-        key = self._keys["dlq"]
-        members: list[bytes] = await checked(
-            client, key, "zset", client.zrange(key, 0, limit * 4 - 1)
-        )
-        if webhook_id is not None:
-            members = [m for m in members if m.startswith(webhook_id.encode() + b"/")]
-        return await self._records(members[:limit])
+        """Dead-lettered deliveries, oldest first (of one endpoint, or all), from the
+        ``offset``-th on (a page: up to ``limit``, 1 to 10,000)."""
+        return await list_dead(self, limit, webhook_id, offset)
 
     async def replay_dlq(self, limit: int = 1000, webhook_id: str | None = None) -> int:
         """Schedule dead-lettered deliveries (of one endpoint, or all) for an attempt now,
@@ -506,30 +512,11 @@ class WebhookManager:
         )
 
     async def stats(self) -> dict[str, Any]:
-        """Endpoints, retries scheduled, DLQ size (None for a key damaged by hand, named in
-        ``damaged`` with the scripts' reports), the outbox group's backlog, this process's
-        in-memory deliveries."""
-        await self.queue.queries.check("webhook_stats", {})
-        client = await self.queue.client()
-        reads = [("hlen", "hooks", "hash"), ("zcard", "retry", "zset"), ("zcard", "dlq", "zset")]
-        (hooks, retry, dlq), damaged = await counts(
-            client, [(cmd, self._keys[k], t) for cmd, k, t in reads]
-        )
-        damaged += await script_reports(client, self.queue.keys.extra)
-        group = next(
-            (g for g in (await Outbox(self.queue).stats()).groups if g.name == GROUP), None
-        )
-        return {
-            "webhooks": hooks,
-            "retry_scheduled": retry,
-            "dlq": dlq,
-            "damaged": damaged,
-            "outbox_pending": group.pending if group else 0,
-            "outbox_lag": group.lag if group else None,
-            "local_in_flight": self.local.in_flight,
-            "local_dropped": self.local.dropped,
-            "delivered_here": self.service.delivered,
-        }
+        """Endpoints, retries scheduled, DLQ size, dead deliveries its bound dropped
+        (``dead_dropped``; None for a key damaged by hand, named in ``damaged`` with the
+        scripts' reports), the outbox group's backlog, this process's in-memory
+        deliveries."""
+        return await webhook_stats(self)
 
     def event_types(self) -> list[str]:
         """The event names of ``WebhookEventType``."""

@@ -46,6 +46,8 @@ _FIXES = {
     "from their records) or restore it",
     "wh:dlq": "delete it (the list of dead-lettered deliveries is lost; their records stay) "
     "or restore it",
+    "wh:dlq-dropped": "delete it (the counts of dead deliveries the DLQ's bound dropped "
+    "start again from 0)",
 }
 _TYPES = {"zset": "sorted set", "integer": "integer counter"}
 
@@ -55,6 +57,9 @@ def damaged_key(key: str, found: str, expected: str) -> DamagedKeyError:
     where ``expected`` was due, with what to do about it."""
     name = key.split("wh:", 1)[-1]
     fix = _FIXES.get("wh:" + name)
+    if fix is None and name.startswith("dlq:"):
+        fix = "delete it and wh:dlq-v (the next delivery service to start lists the "
+        fix += "endpoint's dead deliveries in it again, from wh:dlq)"
     if fix is None and name.startswith("d:"):
         fix = "delete it (that delivery's record is lost; it leaves the DLQ at the next replay)"
     if fix is None:

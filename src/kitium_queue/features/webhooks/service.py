@@ -38,6 +38,7 @@ from ...limits import get_logger
 from ...outbox import Outbox, OutboxConsumer, OutboxEntry
 from ...runends import wait_unless
 from .delivery import AttemptResult, history_json
+from .dlq import index_earlier, note_dropped
 from .fanout import Delivery, _text, claimed, expand
 from .registry import webhook_damage
 from .waves import Waves
@@ -135,6 +136,8 @@ class _Base:
                 return
             got = await self._script("webhooks_done", (GROUP, len(ack), *ack, *chunk))
             damaged, replaced = (got[1], got[2]) if isinstance(got, list) else ([], [])
+            if isinstance(got, list) and len(got) > 3 and got[3]:
+                note_dropped(self.mgr, got[3])  # past the DLQ's bound: said once
             for key in damaged:
                 _warn_damaged(
                     _text(key),
@@ -468,6 +471,10 @@ class DeliveryService(_Base):
     # ------------------------------------------------------------------ retries
     async def _retry_loop(self) -> None:
         mgr = self.mgr
+        try:  # the DLQ of an earlier release, listed per endpoint too (once per queue)
+            await index_earlier(mgr)
+        except Exception as exc:  # Redis away, a damaged wh:dlq: the next start again
+            log.warning("webhook DLQ of queue %s not indexed: %s", mgr.queue.name, exc)
 
         async def step() -> float:
             n = await self._paced(self.retry_once)

@@ -1,5 +1,7 @@
-"""``WebhookManager``'s numeric options, checked: the delivery knobs and the two bounds of
-the delivery history (``history_max`` records per endpoint, ``history_ttl_s`` seconds).
+"""``WebhookManager``'s numeric options, checked: the delivery knobs, the two bounds of
+the delivery history (``history_max`` records per endpoint, ``history_ttl_s`` seconds)
+and the two of the webhook DLQ (``dead_max`` dead deliveries per endpoint, ``dead_ttl_s``
+seconds; ``None`` for no bound).
 
 Each is refused at construction with the option named. A TTL above ten years is taken
 for milliseconds given as seconds (7 days in ms is 604,800,000) and refused too: the
@@ -15,10 +17,14 @@ from ...limits import MAX_DELAY_MS
 from ...options import shown
 
 __all__ = [
+    "DEAD_MAX",
+    "DEAD_MAX_LIMIT",
+    "DEAD_TTL_S",
     "HISTORY_MAX",
     "HISTORY_MAX_LIMIT",
     "HISTORY_TTL_S",
     "HISTORY_TTL_S_LIMIT",
+    "check_dead",
     "check_history",
     "check_numbers",
 ]
@@ -31,9 +37,15 @@ HISTORY_MAX_LIMIT = 1_000_000
 HISTORY_TTL_S = 7 * 86_400
 #: Most ``history_ttl_s`` may be: ten years, the longest delay of the queue.
 HISTORY_TTL_S_LIMIT = MAX_DELAY_MS // 1000
+#: Default: the dead deliveries kept per endpoint in the webhook DLQ (the newest dead).
+DEAD_MAX = 10_000
+#: Most ``dead_max`` may be (each dead delivery keeps its record, about 1.3 KB in all).
+DEAD_MAX_LIMIT = 1_000_000
+#: Default: no age bound on dead deliveries (kept until replayed, or past ``dead_max``).
+DEAD_TTL_S: int | None = None
 
 
-def _bounded(value: Any, what: str, lo: int, hi: int | None) -> int:
+def _bounded(value: Any, what: str, lo: int, hi: int | None, unbound: str = "") -> int:
     if (
         isinstance(value, bool)
         or not isinstance(value, int)
@@ -41,7 +53,7 @@ def _bounded(value: Any, what: str, lo: int, hi: int | None) -> int:
         or (hi is not None and value > hi)
     ):
         span = f">= {lo}" if hi is None else f"from {lo:,} to {hi:,}"
-        raise ConfigurationError(f"{what} must be an int {span}, got {shown(value)}")
+        raise ConfigurationError(f"{what} must be an int {span}{unbound}, got {shown(value)}")
     return value
 
 
@@ -53,6 +65,23 @@ def check_history(
     return (
         _bounded(history_max, f"{where} history_max", 1, HISTORY_MAX_LIMIT),
         _bounded(history_ttl_s, f"{where} history_ttl_s", 1, HISTORY_TTL_S_LIMIT),
+    )
+
+
+def check_dead(
+    dead_max: Any, dead_ttl_s: Any, where: str = "WebhookManager"
+) -> tuple[int | None, int | None]:
+    """``(dead_max, dead_ttl_s)`` once each is None (no bound) or an int in range
+    (``dead_max`` 1 to 1,000,000, ``dead_ttl_s`` 1 s to 10 years); ConfigurationError
+    naming ``where`` otherwise."""
+    none = " (or None: no bound)"
+    return (
+        None
+        if dead_max is None
+        else _bounded(dead_max, f"{where} dead_max", 1, DEAD_MAX_LIMIT, none),
+        None
+        if dead_ttl_s is None
+        else _bounded(dead_ttl_s, f"{where} dead_ttl_s", 1, HISTORY_TTL_S_LIMIT, none),
     )
 
 
