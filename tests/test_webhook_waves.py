@@ -177,3 +177,24 @@ async def test_waves_record_by_count_or_time_and_ack_an_entry_with_its_last_deli
     await asyncio.wait_for(run, 2)  # the last results: recorded at once, e2 acknowledged
     assert [w[1:] for w in writes[2:]] == [(["r3", "r4", "r5"], ["e2"], 3)]
     assert waves.unacked() == [] and waves.unrecorded() == []
+
+
+async def test_a_cancel_landing_as_a_result_comes_ends_the_waves() -> None:
+    """The batch cancels its waves' writer (a forced stop, the loop's end). A cancel
+    landing as a result wakes the writer was dropped by ``asyncio.wait_for`` before
+    Python 3.12: the writer ran on, waiting for results of deliveries cancelled with it."""
+    writes: list[list[Any]] = []
+
+    async def write(fields: list[Any], acks: list[str], back: list[Any], ok: int) -> None:
+        writes.append(fields)
+
+    members = ["a/1", "a/2", "a/3"]
+    waves = Waves(write, members, ["e1", "e1", "e1"], ["e1"], 10, every_s=100.0)
+    run = asyncio.ensure_future(waves.run())
+    waves.add(0, "a/1", ["r0"], back=False, ok=True)
+    await asyncio.sleep(0.05)  # one ready of 10: waiting for more, or 100 s
+    waves.add(1, "a/2", ["r1"], back=False, ok=True)  # wakes it ...
+    run.cancel()  # ... as the cancel lands
+    await asyncio.wait({run}, timeout=1.0)
+    assert run.cancelled()
+    assert writes == []

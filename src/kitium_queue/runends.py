@@ -102,9 +102,13 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> None:
         await event.wait()
         return
     deadline = getattr(asyncio, "timeout", None)
-    if deadline is None:  # Python 3.10
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+    if deadline is None:  # Python 3.10: no asyncio.timeout, and wait_for drops the cancel
+        # asyncio.wait never swallows one: a cancel raises out of it whatever the waiter.
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
         return
     with contextlib.suppress(TimeoutError):
         async with deadline(timeout):

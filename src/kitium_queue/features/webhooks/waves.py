@@ -12,10 +12,11 @@ its last wave, and what was in flight, sent again by another worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from ...runends import wait_event
 
 __all__ = ["WAVE_S", "Waves"]
 
@@ -96,8 +97,7 @@ class Waves:
                 last = loop.time()
                 continue
             timeout = last + self.every_s - now if self._ready else None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)  # keeps a cancel (wait_for < 3.12 not)
 
     async def _flush(self) -> None:
         async with self.lock:
