@@ -22,7 +22,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connerrors import connection_options, translate_error
+from .connerrors import connection_options, refused, translate_error
 from .errors import ConfigurationError, KitiumQueueError
 from .pools import CheckedSentinelPool, ConnectFailedError, check_pool
 from .redact import (
@@ -42,6 +42,7 @@ __all__ = [
     "REDACTED_PLACEHOLDER",
     "TRANSIENT_ERRORS",
     "ConnectionFactory",
+    "outage",
     "redact_url",
 ]
 
@@ -57,6 +58,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TryAgainError,
     ReadOnlyError,
 )
+
+
+def outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of ``TRANSIENT_ERRORS`` and no refusal for lack of
+    permission (``connerrors.refused``: an ``OSError`` too, but Redis answered)."""
+    return isinstance(exc, TRANSIENT_ERRORS) and not refused(exc)
+
 
 #: Connections per node of a Cluster client built here, unless ``max_connections`` is
 #: given (redis-py's Cluster client raises rather than waits once they are all in use).

@@ -26,6 +26,7 @@ from redis.exceptions import (
     AuthenticationError,
     InvalidResponse,
     MaxConnectionsError,
+    NoPermissionError,
     RedisClusterException,
     ResponseError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "limit_reached",
     "missing_tls_files",
     "permission_denied",
+    "refused",
     "reply_cut_off",
     "tls_failure",
     "tls_files_missing",
@@ -434,6 +436,21 @@ def permission_denied(detail: str) -> PermissionDeniedError:
         "user needs the queue's key pattern ~<prefix>:{<queue>}:* and the commands listed "
         "in docs/RELIABILITY.md (Security: Redis ACL): `kitium-queue acl redis-rules` "
         "prints them, with --feature for what optional features and tools add"
+    )
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` refuses a call for lack of permission: the Redis ACL refused a
+    command or key (``NOPERM``: redis-py's ``NoPermissionError``, a script's refusal
+    as ``PermissionDeniedError``), or a grant was missing (``AccessDeniedError``).
+    Redis answered: no outage, though ``PermissionDeniedError`` is a
+    ``PermissionError``, an ``OSError``, and so in every tuple of "Redis unreachable"
+    errors (``connection.outage`` tells the two apart). Trying again helps only once
+    the user is allowed."""
+    if isinstance(exc, PermissionDeniedError):
+        return True
+    return isinstance(exc, ResponseError) and (
+        isinstance(exc, NoPermissionError) or NOPERM.search(str(exc)) is not None
     )
 
 

@@ -42,18 +42,30 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ConfigurationError
-from .limits import get_logger
+from .connerrors import permission_denied, refused
+from .errors import AccessDeniedError, ConfigurationError, PermissionDeniedError
+from .limits import get_logger, safe_text
 from .serverinfo import refuses_writes, write_refused_cause
 
 if TYPE_CHECKING:
     from .queue import JobQueue
 
-__all__ = ["LeaderBody", "LeaderLease", "LeaderService", "OutageCauses", "every"]
+__all__ = [
+    "REFUSED_RETRY_S",
+    "LeaderBody",
+    "LeaderLease",
+    "LeaderService",
+    "OutageCauses",
+    "OutageLog",
+    "Refusals",
+    "every",
+]
 
 log = get_logger(__name__)
 
-#: Errors that mean "Redis is unreachable right now": keep retrying.
+#: Errors that mean "Redis is unreachable right now": keep retrying. A refusal for lack
+#: of permission is an ``OSError`` too (``PermissionDeniedError``): ``connection.outage``
+#: and ``connerrors.refused`` tell them apart (``Refusals`` says a refusal).
 NET_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -61,22 +73,82 @@ NET_ERRORS: tuple[type[Exception], ...] = (
     asyncio.TimeoutError,
 )
 
+#: Seconds between the tries of a call the Redis ACL refused (``OutageLog.pause``).
+REFUSED_RETRY_S = 5.0
+
 LeaderBody = Callable[[int], Awaitable[Any]]
+
+
+class Refusals:
+    """Calls refused for lack of permission (``refused(exc)``: the Redis ACL refused a
+    command or key). Redis answered, so no "Redis unreachable" is said: each reason is
+    said once, naming the loop (``who``), Redis's reason and what to do, and once every
+    call refused works again, that is said once too ("permitted again"). ``call`` tells
+    apart the calls of one loop (a leader's lease taken, and renewed)."""
+
+    def __init__(self, who: str, logger: Any = None) -> None:
+        self.who, self.log = who, log if logger is None else logger
+        self.said: dict[str, set[str]] = {}  # call -> the reasons it was refused for
+
+    def failed(self, exc: BaseException, call: str = "") -> bool:
+        """Whether ``exc`` is a refusal (then said, unless its reason was already)."""
+        if not refused(exc):
+            return False
+        text = refusal_text(exc)
+        if not any(text in reasons for reasons in self.said.values()):
+            self.log.error(
+                "%s: refused for lack of permission, not an outage (%s)%s; trying again "
+                "until the Redis user is allowed it",
+                self.who,
+                text,
+                ""
+                if "redis-rules" in text or isinstance(exc, AccessDeniedError)
+                else "; `kitium-queue acl redis-rules` prints the rules a user needs",
+            )
+        self.said.setdefault(call, set()).add(text)
+        return True
+
+    def ok(self, call: str | None = "") -> None:
+        """``call`` (None: every call) worked: its refusals are over; once none is
+        left, "permitted again" is said."""
+        if not self.said:
+            return
+        if call is None:
+            self.said.clear()
+        elif self.said.pop(call, None) is None or self.said:
+            return
+        self.log.warning(
+            "%s: permitted again (the Redis ACL allows what it refused); resuming", self.who
+        )
+
+
+def refusal_text(exc: BaseException) -> str:
+    """A refusal as said in a log: the library's error, without what a pipeline's error
+    quotes of the command's arguments (job data may be among them)."""
+    if not isinstance(exc, PermissionDeniedError):
+        exc = permission_denied(safe_text(exc).rpartition("caused error: ")[2])
+    return f"{type(exc).__name__}: {safe_text(exc)[:600]}"
 
 
 class OutageCauses:
     """What is said while Redis is unreachable: the first error, once, then each new kind
     of error once per outage (the server back, but refusing the credentials after a
-    password change: said with what to check) -- never once per failed retry."""
+    password change: said with what to check) -- never once per failed retry. A call
+    the Redis ACL refused is no outage: said as a refusal (``Refusals``)."""
 
     def __init__(self, who: str, logger: Any, connection: Any = None, queue: str = "") -> None:
         self.who, self.log, self.connection, self.queue = who, logger, connection, queue
         self.kinds: set[str] = set()
+        self.refusals = Refusals(who, logger)
+        self.down = False  # "Redis unreachable" said, "reachable again" not yet
 
     def report(self, exc: BaseException, first: bool, held: int | None = None) -> None:
         """``exc`` met during an outage; ``first``: it starts one."""
+        if self.refusals.failed(exc):
+            return
         kind = type(exc).__name__
-        if first:
+        if first or not self.down:
+            self.down = True
             self.kinds = {kind}
             text = exc if self.connection is None else self.connection.redact(exc)
             cause = self._cause(exc) if isinstance(exc, AuthenticationError) else f"{kind}: {text}"
@@ -85,6 +157,16 @@ class OutageCauses:
         elif kind not in self.kinds:
             self.kinds.add(kind)
             self.log.warning("%s: still no Redis, now: %s", self.who, self._cause(exc))
+
+    def back(self) -> str:
+        """What the end of an outage (or refusal) is said as: "Redis is reachable
+        again", or, after refusals only, "permitted again"."""
+        down, self.down = self.down, False
+        only_refused = bool(self.refusals.said) and not down
+        self.refusals.said.clear()
+        if only_refused:
+            return "permitted again (the Redis ACL allows what it refused)"
+        return "Redis is reachable again"
 
     def _cause(self, exc: BaseException) -> str:
         wrapped = None if self.connection is None else self.connection.error(exc, self.queue)
@@ -99,7 +181,10 @@ class OutageLog:
     """Logs an outage once when it starts and once when it ends, as the worker does, and
     paces retries (``pause``: exponential backoff from 50 ms to 1 s). An outage is Redis
     unreachable, Redis refusing writes (full, unable to save, a replica), or an error
-    nobody expected (logged with its traceback): none of them ends a loop that uses it."""
+    nobody expected (logged with its traceback): none of them ends a loop that uses it.
+    A call the Redis ACL refused is no outage: said once as a refusal (``Refusals``,
+    ``call`` naming the call when a loop makes several), tried again every
+    ``REFUSED_RETRY_S``, and said once more when ``ok(call)`` finds it permitted again."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -107,16 +192,19 @@ class OutageLog:
         self.backoff = 0.05
         self._back = "Redis is reachable again"
         self._causes = OutageCauses(what, log)
+        self.refusals = self._causes.refusals
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, call: str = "") -> None:
+        if self.refusals.failed(exc, call):
+            return
         if self.down and self._back == "Redis is reachable again" and isinstance(exc, NET_ERRORS):
             self._causes.report(exc, first=False)
         if not self.down:
             self.down = True
-            refused = write_refused_cause(exc)
-            if refused is not None:
+            cause = write_refused_cause(exc)
+            if cause is not None:
                 self._back = "Redis accepts writes again"
-                log.warning("%s: %s; retrying", self.what, refused)
+                log.warning("%s: %s; retrying", self.what, cause)
             elif isinstance(exc, NET_ERRORS):
                 self._back = "Redis is reachable again"
                 self._causes.report(exc, first=True)
@@ -124,12 +212,22 @@ class OutageLog:
                 self._back = "working again"
                 log.error("%s failed; retrying", self.what, exc_info=exc)
 
-    async def pause(self, exc: BaseException) -> None:
-        self.failed(exc)
+    async def pause(self, exc: BaseException, call: str = "") -> None:
+        self.failed(exc, call)
+        if refused(exc):
+            await asyncio.sleep(REFUSED_RETRY_S)
+            return
         await asyncio.sleep(self.backoff)
         self.backoff = min(self.backoff * 2, 1.0)
 
-    def ok(self) -> None:
+    def ok(self, call: str | None = "") -> None:
+        """Redis answered ``call`` (None: every call of the loop): an outage is over,
+        and a refusal of ``call``."""
+        self.reached()
+        self.refusals.ok(call)
+
+    def reached(self) -> None:
+        """Redis answered, without running what a refusal refused: an outage is over."""
         self.backoff = 0.05
         if self.down:
             self.down = False
@@ -313,14 +411,17 @@ class LeaderService:
             try:
                 term = await asyncio.wait_for(lease.acquire(), renew_s)
             except Exception as exc:  # unreachable, writes refused, ...: never ends
-                await self._outage.pause(exc)
+                await self._outage.pause(exc, "acquire")
                 continue
-            self._outage.ok()
             if term is None:
+                # Not taken: Redis answered, but what a refusal refused (the taking and
+                # its new term) did not run, so no "permitted again" yet.
+                self._outage.reached()
                 # Sleep until the holder's lease would expire, but look again at least
                 # every renew interval: a graceful release frees it earlier.
                 await asyncio.sleep(min(max(lease.retry_after_ms, 1) / 1000, renew_s))
                 continue
+            self._outage.ok("acquire")
             await self._lead(term, sent)
             await asyncio.sleep(renew_s)
 
@@ -367,10 +468,10 @@ class LeaderService:
                 try:
                     ok = await asyncio.wait_for(lease.renew(), max(deadline - now, 0.001))
                 except Exception as exc:  # a renewal not made: the deadline decides
-                    self._outage.failed(exc)
+                    self._outage.failed(exc, "renew")
                     next_renew = loop.time() + min(renew_s / 4, 0.25)
                     continue
-                self._outage.ok()
+                self._outage.ok("renew")
                 if not ok:
                     lost = True
                     log.warning(
@@ -409,16 +510,18 @@ class LeaderService:
 async def every(interval_ms: int, step: Callable[[], Awaitable[Any]], what: str) -> None:
     """Run ``await step()`` now and then every ``interval_ms``, until cancelled: the
     body of a periodic leader-only service. Redis being unreachable is simply tried
-    again at the next interval, as is Redis refusing writes (the worker reports it);
+    again at the next interval, as is Redis refusing writes (the worker reports it); a
+    step the Redis ACL refused is said once (``Refusals``), and when it works again;
     any other error is logged (as ``what`` failing) and the loop goes on."""
+    refusals = Refusals(what)
     while True:
         try:
             await step()
-        except NET_ERRORS:
-            pass
         except Exception as exc:
-            if not refuses_writes(exc):
+            if not (refusals.failed(exc) or isinstance(exc, NET_ERRORS) or refuses_writes(exc)):
                 log.exception("%s failed", what)
+        else:
+            refusals.ok()
         await asyncio.sleep(interval_ms / 1000)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from .errors import ConfigurationError, KitiumQueueError, PayloadTooLargeError
 from .events import stream_entries
-from .leader import NET_ERRORS, LeaderService, OutageLog, check_name
+from .leader import NET_ERRORS, LeaderService, OutageLog, Refusals, check_name
 from .limits import get_logger
 from .serverinfo import refuses_writes
 
@@ -175,7 +175,6 @@ class Outbox:
         self.overflow_key = queue.keys.extra("outbox:overflow")
         self.unwritten_key = queue.keys.extra("outbox:unwritten")
         self._warned_at = 0.0
-        self._refused_forget = False  # told once: the user may not delete consumers
 
     async def script(self, name: str, args: Iterable[Any]) -> Any:
         """Run ``lua/<name>.lua`` (KEYS: outbox, dead stream; ARGV[1]: the queue prefix).
@@ -396,39 +395,39 @@ class Outbox:
         process does it at a time."""
 
         async def body(term: int) -> None:
-            forgot_at = 0.0
+            name, forgot_at = self.queue.name, 0.0
+            said = Refusals(f"outbox housekeeping of queue {name}", log)
+            forget = Refusals(f"outbox of queue {name}: deleting the consumers of processes gone "
+                              "(they stay, ~280 B each; the Redis user needs +xgroup|delconsumer "
+                              "+xinfo|consumers)", log)  # fmt: skip
             while True:
-                removed = 0
                 if time.monotonic() - forgot_at >= CONSUMERS_EVERY_S:
                     forgot_at = time.monotonic()
-                    await self._forget_consumers()
-                try:
-                    removed = await self.trim(trim_limit)
-                    st = await self.stats()
-                    if st.over_cap or st.damaged or st.unwritten:
-                        await self._warn_cap(st)
-                except NET_ERRORS:
-                    pass  # the leader service notices the outage through its lease
+                    await self._step(self.forget_idle_consumers(CONSUMER_IDLE_MS), forget)
+                removed = await self._step(self._trim(trim_limit), said) or 0
                 if removed < trim_limit:
                     await asyncio.sleep(interval_ms / 1000)
 
         return LeaderService("outbox-housekeeping", body, lease_ms=lease_ms)
 
-    async def _forget_consumers(self) -> None:
-        """The housekeeping's ``forget_idle_consumers``; a user whose ACL rules predate
-        it is told once, and the trim goes on."""
+    async def _trim(self, limit: int) -> int:
+        removed = await self.trim(limit)
+        st = await self.stats()
+        if st.over_cap or st.damaged or st.unwritten:
+            await self._warn_cap(st)
+        return removed
+
+    async def _step(self, work: Awaitable[int], said: Refusals) -> int | None:
+        """A step of the housekeeping: refused by the Redis ACL, said once (and when it
+        is permitted again); unreachable: the leader service notices it by its lease."""
         try:
-            await self.forget_idle_consumers(CONSUMER_IDLE_MS)
-        except PermissionError as exc:  # NOPERM: refused, not unreachable
-            if not self._refused_forget:
-                self._refused_forget = True
-                msg = "outbox of queue %s: the Redis user may not delete the consumers of"
-                log.warning(
-                    msg + " processes gone (%s); they stay, ~280 B each. Add '+xgroup|"
-                    "delconsumer +xinfo|consumers' to its ACL rules (kitium-queue acl "
-                    "redis-rules makes them)", self.queue.name, exc)  # fmt: skip
-        except NET_ERRORS:
-            pass  # the leader service notices the outage through its lease
+            done = await work
+        except Exception as exc:
+            if not (said.failed(exc) or isinstance(exc, NET_ERRORS)):
+                raise
+            return None
+        said.ok()
+        return done
 
     async def _warn_cap(self, st: OutboxStats | None = None) -> None:
         now = time.monotonic()

@@ -311,9 +311,9 @@ class Worker:
             flush_s = max(_FLUSH_MIN_S, ends - loop.time())
             if flush_timeout_ms is not None:
                 flush_s = max(flush_timeout_ms, 0) / 1000
-            flushing = loop.time()
+            since = loop.time()
             if await wait_unless(self._pumps, flush_s, forced):
-                self.outcomes.report_unflushed(loop.time() - flushing, unreachable=self._outage)
+                self.outcomes.report_unflushed(loop.time() - since, unreachable=self._causes.down)
             await end_tasks(self._tasks)
             await self.leases.end_missing_check()
             await self.runner.close()
@@ -377,7 +377,7 @@ class Worker:
                 continue
             if self._outage:
                 self._outage = False
-                log.warning("worker %s: Redis is reachable again; resuming", self.id)
+                log.warning("worker %s: %s; resuming", self.id, self._causes.back())
             if after is not None and barrier is not None:
                 self._unconfirmed.judge(barrier, after, replies.pop(), n_out)
             if n_ext:

@@ -36,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import ConfigurationError, FencedError
 from ..events import EventData
 from ..hooks import FeatureEvent
+from ..leader import REFUSED_RETRY_S, Refusals
 from ..limits import clip, get_logger, printable
 from ..options import shown
 from ..scripts import ScriptCall
@@ -178,28 +179,34 @@ class Scheduler:
     async def _loop(self) -> None:
         backoff = 0.05
         loop = asyncio.get_running_loop()
+        refusals = Refusals(f"scheduler of queue {self._q.name}", log)  # by the Redis ACL
         while not self._stopping:
             self._wake.clear()
             try:
                 wait_ms = await self.run_due()
-            except _NET_ERRORS as exc:
-                if not self._outage:
-                    self._outage = True
-                    log.warning(
-                        "scheduler of queue %s: Redis unreachable (%s); retrying",
-                        self._q.name,
-                        self._q.connection.redact(exc),
-                    )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                continue
             except Exception as exc:
+                if refusals.failed(exc):  # by the Redis ACL (said once): no outage
+                    await asyncio.sleep(REFUSED_RETRY_S)
+                    continue
+                if isinstance(exc, _NET_ERRORS):
+                    if not self._outage:
+                        self._outage = True
+                        log.warning(
+                            "scheduler of queue %s: Redis unreachable (%s); retrying",
+                            self._q.name,
+                            self._q.connection.redact(exc),
+                        )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
                 # Redis refusing writes, a damaged key of the queue: at a bounded rate.
                 if not self._q.ctx.damaged.failed(exc):
                     log.exception(
                         "scheduler of queue %s: round failed; retrying in 1 s", self._q.name
                     )
                 wait_ms = 1000
+            else:
+                refusals.ok()
             if self._outage:
                 self._outage = False
                 log.warning("scheduler of queue %s: Redis is reachable again", self._q.name)

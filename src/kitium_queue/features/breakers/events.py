@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 
 from ...events import stream_entries
 from ...hooks import FeatureEvent
-from ...leader import NET_ERRORS, LeaderService
+from ...leader import NET_ERRORS, REFUSED_RETRY_S, LeaderService, Refusals
 from ...limits import get_logger
 from .model import BreakerTransition
 from .script import SCRIPT_NAME
@@ -120,6 +120,7 @@ class BreakerEvents(LeaderService):
         self._warned = -1e9
         # Where the sweep's walk of cb:ids goes on (read and written by each sweep).
         self.sweep_key = queue.keys.extra("cb:sweep")
+        self.refusals = Refusals(f"breaker events of queue {queue.name}", log)
 
     def _warn(self, what: str) -> None:
         now = time.monotonic()
@@ -189,13 +190,17 @@ class BreakerEvents(LeaderService):
             return due
         try:
             await self.sweep()
-        except NET_ERRORS:
-            raise
         except Exception as exc:  # never a reason to stop reporting state changes
+            if self.refusals.failed(exc, "sweep"):  # by the Redis ACL: said once
+                return now + self.sweep_s
+            if isinstance(exc, NET_ERRORS):
+                raise
             self._warn(
                 f"sweep failed ({type(exc).__name__}: {str(exc)[:200]}); held jobs still "
                 "come back by their park timer"
             )
+        else:
+            self.refusals.ok("sweep")
         return now + self.sweep_s
 
     async def _body(self, term: int) -> None:
@@ -208,12 +213,17 @@ class BreakerEvents(LeaderService):
                 if cursor is None:
                     cursor = await self._start(client)
                 got = await self.poll(client, cursor)
-            except NET_ERRORS as exc:
-                log.warning("breaker events: Redis unreachable (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(1.0)
-                continue
-            except ResponseError as exc:
-                if not str(exc).startswith("WRONGTYPE"):
+            except Exception as exc:
+                if self.refusals.failed(exc):  # by the Redis ACL (said once): no outage
+                    await asyncio.sleep(REFUSED_RETRY_S)
+                    continue
+                if isinstance(exc, NET_ERRORS):
+                    log.warning(
+                        "breaker events: Redis unreachable (%s); retrying", type(exc).__name__
+                    )
+                    await asyncio.sleep(1.0)
+                    continue
+                if not (isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")):
                     raise
                 self._warn(
                     f"{self.log_key} holds another Redis type, not a stream: state changes "
@@ -222,6 +232,7 @@ class BreakerEvents(LeaderService):
                 cursor = None
                 await asyncio.sleep(max(self.interval_s, 1.0))
                 continue
+            self.refusals.ok()
             if got is not None:
                 cursor = got
                 continue

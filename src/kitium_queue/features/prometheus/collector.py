@@ -38,7 +38,8 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ...connection import TRANSIENT_ERRORS as NET_ERRORS
+from ...connection import outage
+from ...connerrors import refused
 from ...errors import ConfigurationError
 from ...limits import get_logger, printable
 from ..scheduler import overdue_ms
@@ -180,8 +181,8 @@ class KitiumCollector(Collector):
                 self._unread(queue.name, out, "webhooks", exc)
 
     def _unread(self, queue: str, out: QueueReading, part: str, exc: Exception) -> None:
-        if isinstance(exc, NET_ERRORS):
-            raise exc  # Redis itself: the whole queue is not read
+        if outage(exc):
+            raise exc  # Redis itself: the whole queue is not read (a refusal: this part)
         out.unread.append(part)
         self._warn(queue, part, exc)
 
@@ -196,7 +197,13 @@ class KitiumCollector(Collector):
                 type(exc).__name__,
                 printable(str(exc))[:300],
                 f" (reported as {self.namespace}_read_error; the queue's other gauges are "
-                "served). A key damaged by hand? Delete or repair it"
+                "served). "
+                + (
+                    "The Redis user may not read it: `kitium-queue acl redis-rules` prints "
+                    "the rules a user needs"
+                    if refused(exc)
+                    else "A key damaged by hand? Delete or repair it"
+                )
                 if part
                 else "",
             )

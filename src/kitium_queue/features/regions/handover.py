@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ...connection import TRANSIENT_ERRORS
+from ...connerrors import refused
 from ...errors import ConnectionUnavailableError, FencedError
 from ...leader import NET_ERRORS
 from ...outbox import Outbox
@@ -37,7 +38,7 @@ from .topology import Topology
 __all__ = ["Handover", "Unreachable", "through_fences"]
 
 T = TypeVar("T")
-#: What an add to an unreachable region raises.
+#: What an add to an unreachable region raises (unless ``refused``: the Redis ACL's).
 _NET: tuple[type[BaseException], ...] = (*NET_ERRORS, ConnectionUnavailableError)
 #: Attempts of one add: a fenced one is tried again where a primary serves (a planned
 #: handover waited out), and once more if that primary was deposed meanwhile.
@@ -64,7 +65,8 @@ async def through_fences(
     (nothing written) is made again once a primary serves: checked at once, and, when
     the primary stepped down for a planned handover (fence.lua's reason), every check
     interval for ``failover.handover_wait_ms``. Returns the result and the primary it
-    was sent to; a network error is raised as ``Unreachable``."""
+    was sent to; a network error is raised as ``Unreachable`` (a refusal for lack of
+    permission as it is)."""
     deadline: float | None = None
     cfg = topo.cfg
     for attempt in range(1, _ADD_ATTEMPTS + 1):
@@ -87,6 +89,8 @@ async def through_fences(
             if not view.serving:
                 raise
         except _NET as exc:
+            if refused(exc):  # the region answered: no failover can help
+                raise
             raise Unreachable(tried, exc) from exc
     raise AssertionError("unreachable: the last attempt returns or raises")
 

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from ...connection import outage
+from ...connerrors import refused
 from ...damage import DamagedKeys, is_damage_error
 from ...events import EventData
 from ...hooks import FeatureEvent
@@ -293,21 +295,22 @@ class DeliveryService(_Base):
         """Run ``step`` (returns how long to idle, s) until cancelled: through Redis
         outages (logged once each) and unexpected errors (logged, then a pause)."""
         mgr = self.mgr
-        outage = OutageLog(f"webhook {what} of queue {mgr.queue.name}")
+        down = OutageLog(f"webhook {what} of queue {mgr.queue.name}")
         damaged = DamagedKeys(mgr.queue.name)  # a damaged key: named, once a minute
         while True:
             try:
                 idle = await step()
-                outage.ok()
+                down.ok()
                 if damaged.damaged:
                     damaged.ok(await mgr.queue.client(), ())
                 if idle > 0:
                     await asyncio.sleep(idle)
             except asyncio.CancelledError:
                 raise
-            except NET_ERRORS as exc:
-                await outage.pause(exc)
             except Exception as exc:
+                if isinstance(exc, NET_ERRORS) or refused(exc):  # or the Redis ACL's NOPERM
+                    await down.pause(exc)  # said once, and when it ends
+                    continue
                 # A damaged key, or Redis refusing writes: reported at a bounded rate.
                 if damaged.failed(webhook_damage(exc) if is_damage_error(exc) else exc):
                     await asyncio.sleep(1.0)
@@ -441,6 +444,7 @@ class DeliveryService(_Base):
         finally:
             for t in (runs, writer):
                 t.cancel()
+            runs.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
             kept.set()
             if beat is not None and not (await asyncio.wait({beat}, timeout=2.0))[0]:
                 beat.cancel()
@@ -456,8 +460,8 @@ class DeliveryService(_Base):
                 self.delivered += delivered
                 return
             except NET_ERRORS as exc:
-                if isinstance(exc, PermissionError):
-                    raise  # refused (ACL), not unreachable: reported by the loop
+                if not outage(exc):
+                    raise  # refused (the Redis ACL): the loop says so and tries again
                 await asyncio.sleep(pause)  # a stop cuts it after its wait (see stop)
                 pause = min(pause * 2, 1.0)
 

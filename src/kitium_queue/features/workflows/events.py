@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...events import stream_entries
 from ...hooks import FeatureEvent
-from ...leader import NET_ERRORS, LeaderService
+from ...leader import NET_ERRORS, REFUSED_RETRY_S, LeaderService, Refusals
 from ...limits import get_logger
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class WorkflowEvents(LeaderService):
         self.pause_s = max(10, interval_ms) / 1000
         self.log_key = queue.keys.extra("wf-log")
         self.cursor_key = queue.keys.extra("wf-log-cursor")
+        self.refusals = Refusals(f"workflow events of queue {queue.name}", log)
 
     async def _run(self, term: int) -> None:
         position: str | None = None
@@ -53,10 +54,16 @@ class WorkflowEvents(LeaderService):
                 if position is None:
                     position = _s(await client.get(self.cursor_key) or "0-0")
                 moved = await self.step(client, position)
-            except NET_ERRORS as exc:
+            except Exception as exc:
+                if self.refusals.failed(exc):  # by the Redis ACL (said once): no outage
+                    await asyncio.sleep(REFUSED_RETRY_S)
+                    continue
+                if not isinstance(exc, NET_ERRORS):
+                    raise
                 log.warning("workflow events: Redis unreachable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
+            self.refusals.ok()
             if moved is None:
                 await asyncio.sleep(self.pause_s)
             else:
