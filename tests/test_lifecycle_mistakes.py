@@ -437,15 +437,16 @@ async def test_a_stop_sends_the_hand_backs_of_a_claim_redis_ran_after_it_began(
         await producer.close()
 
 
-@pytest.mark.parametrize("use", ["wait_event", "wait_for"])
+@pytest.mark.parametrize("use", ["wait_event", "bounded", "wait_for"])
 async def test_a_loop_waiting_for_its_signal_ends_when_cancelled_as_it_is_set(use: str) -> None:
     """A worker loop waits for its signal with a timeout; ``asyncio.run`` ending cancels
     it. When the cancel lands as the signal is set, ``asyncio.wait_for`` (Python < 3.12)
     returns and drops the cancel: the loop ran on and ``asyncio.run`` never returned
-    (seen about once in 6 runs of tests/test_embedding.py). ``wait_event`` keeps it."""
+    (seen about once in 6 runs of tests/test_embedding.py). ``wait_event`` keeps it, and
+    so does ``bounded``, which the loops use for any call with a time limit."""
     import sys
 
-    from kitium_queue.runends import wait_event
+    from kitium_queue.runends import bounded, wait_event
 
     if use == "wait_for" and sys.version_info >= (3, 12):
         pytest.skip("asyncio.wait_for keeps the cancel from Python 3.12 on")
@@ -455,6 +456,8 @@ async def test_a_loop_waiting_for_its_signal_ends_when_cancelled_as_it_is_set(us
         while True:
             if use == "wait_event":
                 await wait_event(signal, 10.0)
+            elif use == "bounded":
+                await bounded(signal.wait(), 10.0)
             else:
                 await asyncio.wait_for(signal.wait(), 10.0)
             signal.clear()
@@ -464,9 +467,36 @@ async def test_a_loop_waiting_for_its_signal_ends_when_cancelled_as_it_is_set(us
     signal.set()
     task.cancel()
     await asyncio.wait({task}, timeout=1.0)
-    if use == "wait_event":
+    if use != "wait_for":
         assert task.cancelled()
     else:  # the defect, shown: the loop survived its cancel
         assert not task.done()
         task.cancel()
         await asyncio.wait({task}, timeout=1.0)
+
+
+async def test_bounded_returns_raises_and_times_out_as_wait_for() -> None:
+    from kitium_queue.runends import bounded
+
+    async def value(v: int, after: float = 0.0) -> int:
+        await asyncio.sleep(after)
+        return v
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    assert await bounded(value(3), 1.0) == 3
+    assert await bounded(value(4, 0.01), None) == 4
+    with pytest.raises(ValueError, match="boom"):
+        await bounded(boom(), 1.0)
+    ended = asyncio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            ended.set()
+
+    with pytest.raises(asyncio.TimeoutError):
+        await bounded(slow(), 0.05)
+    assert ended.is_set()  # cut off, and ended before the timeout was raised

@@ -45,6 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .connerrors import permission_denied, refused
 from .errors import AccessDeniedError, ConfigurationError, PermissionDeniedError
 from .limits import get_logger, safe_text
+from .runends import bounded
 from .serverinfo import refuses_writes, write_refused_cause
 
 if TYPE_CHECKING:
@@ -409,7 +410,7 @@ class LeaderService:
         while True:
             sent = loop.time()
             try:
-                term = await asyncio.wait_for(lease.acquire(), renew_s)
+                term = await bounded(lease.acquire(), renew_s)
             except Exception as exc:  # unreachable, writes refused, ...: never ends
                 await self._outage.pause(exc, "acquire")
                 continue
@@ -466,7 +467,7 @@ class LeaderService:
                     )
                     return
                 try:
-                    ok = await asyncio.wait_for(lease.renew(), max(deadline - now, 0.001))
+                    ok = await bounded(lease.renew(), max(deadline - now, 0.001))
                 except Exception as exc:  # a renewal not made: the deadline decides
                     self._outage.failed(exc, "renew")
                     next_renew = loop.time() + min(renew_s / 4, 0.25)
@@ -490,7 +491,7 @@ class LeaderService:
             else:
                 # Only after the body stopped: a successor must never overlap it.
                 try:
-                    await asyncio.wait_for(asyncio.shield(lease.release()), 1.0)
+                    await bounded(asyncio.shield(lease.release()), 1.0)
                 except asyncio.CancelledError:
                     pass  # stopping: the lease expires by itself
                 except Exception:

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor, Future
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -52,6 +52,7 @@ __all__ = [
     "PROCESS_EXITS",
     "DaemonThreads",
     "RunEnds",
+    "bounded",
     "cancelled",
     "grace_period",
     "in_thread",
@@ -113,6 +114,32 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> None:
     with contextlib.suppress(TimeoutError):
         async with deadline(timeout):
             await event.wait()
+
+
+async def bounded(aw: Awaitable[_T], timeout: float | None) -> _T:
+    """``await aw`` within ``timeout`` seconds (None: no limit), else
+    ``asyncio.TimeoutError`` (``aw`` cancelled) -- ``asyncio.wait_for`` that never
+    swallows a cancellation. Before Python 3.12, ``wait_for`` returns ``aw``'s result
+    when the cancel of the task awaiting it lands as ``aw`` ends (gh-86296): a loop so
+    waiting ran on after its stop cancelled it (a leader kept campaigning, a stop
+    waited for it in vain)."""
+    deadline = getattr(asyncio, "timeout", None)
+    if deadline is not None:  # Python 3.11+: runs in this task, the cancel lands in aw
+        async with deadline(timeout):
+            return await aw
+    inner = asyncio.ensure_future(aw)  # Python 3.10: asyncio.wait never swallows one
+    try:
+        done, _ = await asyncio.wait({inner}, timeout=timeout)
+    except BaseException:
+        inner.cancel()
+        raise
+    if not done:
+        inner.cancel()
+        await asyncio.wait({inner})  # its end, as wait_for waits for it; raises only ours
+        if not inner.cancelled():
+            inner.exception()  # retrieved: what it raised as it ended is moot
+        raise asyncio.TimeoutError()
+    return inner.result()
 
 
 def not_cancelled(exc: BaseException) -> str:
