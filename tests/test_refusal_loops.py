@@ -236,3 +236,36 @@ async def test_a_worker_whose_scripts_are_refused_says_refused_not_unreachable(
         assert not _lines(caplog, who, "reachable again"), _said(caplog, who)
     finally:
         await q.close()
+
+
+async def test_a_heartbeat_whose_multi_is_refused_says_so_once_a_minute(
+    server: RedisServer, admin: redis_sync.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py drops the refusal of a transaction's MULTI and raises EXEC's answer, "EXEC
+    without MULTI", in which no NOPERM is left to find: each heartbeat (every 5 s) logged
+    "heartbeat failed" with a traceback. Now it says the refusal of MULTI once a minute."""
+    caplog.set_level(logging.WARNING, logger="kitium_queue")
+    q = _queue(admin, server, "rl-beat")
+    done: list[str] = []
+    q.process("n", lambda job: done.append(job.id))
+    await q.start()
+    assert q.worker is not None
+    presence = q.worker.presence(q)
+    who = f"worker {q.worker.id}: heartbeat"
+    try:
+        admin.execute_command("ACL", "SETUSER", USER, "-multi")
+        for _ in range(3):
+            await presence._try_beat()
+        said = " | ".join(_said(caplog, who))
+        assert len(_lines(caplog, who, "refused")) == 1, said
+        assert "MULTI refused" in said and "+multi" in said, said
+        assert not _lines(caplog, who, "heartbeat failed"), said
+        producer = JobQueue("rl-beat", redis=f"redis://127.0.0.1:{server.port}/0")
+        try:
+            job_id = await producer.add_job("n", {})
+        finally:
+            await producer.close()
+        await wait_until(lambda: job_id in done, 10, message="no job ran without MULTI")
+    finally:
+        admin.execute_command("ACL", "SETUSER", USER, "+multi")
+        await q.close()

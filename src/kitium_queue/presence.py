@@ -57,6 +57,8 @@ log = get_logger(__name__)
 
 #: How often a running worker renews its record (ms).
 HEARTBEAT_MS = 5_000
+#: What EXEC answers when the MULTI before it was refused (redis-py raises only this).
+EXEC_WITHOUT_MULTI = "EXEC without MULTI"
 #: Every this many heartbeats a worker compares the features of the live workers of its
 #: queue with its own (``Presence.compare``).
 FLEET_CHECK_BEATS = 6
@@ -176,7 +178,7 @@ class Presence:
         self.started_at = int(time.time() * 1000)
         self.host = socket.gethostname()
         self._warned: set[tuple[str, str]] = set()
-        self._refusal_quiet_until = 0.0  # a refused heartbeat is said once a minute
+        self._refusal_quiet_until = 0.0  # a failed heartbeat is said once a minute
         self._soon: set[asyncio.Future[None]] = set()  # beat_soon's heartbeats under way
 
     @property
@@ -299,15 +301,23 @@ class Presence:
             if refuses_writes(exc):  # full, cannot save, a replica: the claims report it
                 return
             text = str(exc)
-            if not (isinstance(exc, NoPermissionError) or NOPERM.search(text)):
-                log.exception("worker %s: heartbeat failed", self.worker.id)
-                return
-            # The ACL refused it: worded as every refusal is, once a minute at most (a
-            # pipeline's error quotes the command's arguments: only Redis's reason).
+            # Said once a minute at most, whatever it is (a beat every HEARTBEAT_MS).
             now = time.monotonic()
             if now < self._refusal_quiet_until:
                 return
             self._refusal_quiet_until = now + 60.0
+            if EXEC_WITHOUT_MULTI in text:
+                # redis-py drops the refusal of MULTI itself and raises what EXEC then
+                # answers: the user lacks +multi (or +exec).
+                text = f"MULTI refused ({text}): the Redis user lacks +multi or +exec"
+            elif not (isinstance(exc, NoPermissionError) or NOPERM.search(text)):
+                log.exception(
+                    "worker %s: heartbeat failed (said again at most once a minute)",
+                    self.worker.id,
+                )
+                return
+            # The ACL refused it: worded as every refusal is (a pipeline's error quotes
+            # the command's arguments: only Redis's reason).
             key = self.keys.worker(self.worker.id)
             reason = f"{text.rpartition('caused error: ')[2].strip()}; heartbeat of {key}"
             log.error(
