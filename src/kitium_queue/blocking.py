@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import pools
 from .scripts import MAX_IDLE_CONNS, ScriptCall, ScriptRegistry, pack_args, translate_error
@@ -58,7 +59,8 @@ class BlockingScripts:
 
         Errors as ``ScriptRegistry.call`` raises them: the script's own (``KQ_*``) and
         Redis's refusals translated; connection errors and timeouts (the pool's
-        ``socket_timeout``) as redis-py's, after which the connection is dropped.
+        ``socket_timeout``) as redis-py's, after which the connection is dropped (a
+        timeout worded as ``scripts.py`` words it: "no reply from Redis within ...").
         """
         reg = self._registry if registry is None else registry
         n = 3 + len(keys) + len(args)
@@ -115,10 +117,16 @@ class BlockingScripts:
                 reply = conn.read_response()
             except ResponseError as exc:  # an error reply: the stream is still in step
                 reply = exc
-        except BaseException:
+        except BaseException as exc:
             # Timed out, cut, interrupted: the stream is out of step, never reuse it.
             conn.disconnect()
             pool.release(conn)
+            if isinstance(exc, RedisTimeoutError):  # worded as the asyncio path words it
+                raise RedisTimeoutError(
+                    f"no reply from Redis within {conn.socket_timeout:g} s; connection "
+                    "dropped (the call may or may not have run: add the job again with the "
+                    "same idempotency_key)"
+                ) from None
             raise
         if len(idle) < MAX_IDLE_CONNS:
             idle.append(conn)

@@ -22,7 +22,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connerrors import connection_options, refused, translate_error
+from .connerrors import bound_replies, connection_options, refused, translate_error
 from .errors import ConfigurationError, KitiumQueueError
 from .pools import CheckedSentinelPool, ConnectFailedError, check_pool
 from .redact import (
@@ -237,7 +237,7 @@ class ConnectionFactory:
             self._secrets = mapping_secrets(redis)
             self._from_dict(redis)
         elif isinstance(redis, (aioredis.Redis, RedisCluster)) or hasattr(redis, "execute_command"):
-            self._given_client = redis
+            self._given_client = bound_replies(redis)  # as the clients built here
             self._secrets = client_secrets(redis)
             check_pool(getattr(redis, "connection_pool", None))
             self.mode = "cluster" if isinstance(redis, RedisCluster) else "client"
@@ -465,9 +465,9 @@ class ConnectionFactory:
             if not blocking:
                 return self._given_client
             return self._blocking_from_given(extra)
-        # No socket_timeout by default: it costs a timer task per command in redis-py.
-        # The worker's script exchanges carry their own deadline (scripts.REPLY_TIMEOUT_S)
-        # and JobQueue.client() bounds the first PING, so a silent server still fails fast.
+        # No socket_timeout by default (a timer task per command in redis-py, and a
+        # blocking BZPOPMIN must wait): each reply gets a deadline of its own instead,
+        # beyond the wait a blocking command asks for (connerrors.bound_replies).
         defaults: dict[str, Any] = {
             "socket_connect_timeout": 5,
             "socket_timeout": None,
@@ -490,7 +490,7 @@ class ConnectionFactory:
         else:
             client = aioredis.Redis(**{**defaults, **self._kwargs, **extra})
         check_pool(client.connection_pool)
-        return client
+        return bound_replies(client)
 
     def sync_pool(self, *, reply_timeout_s: float) -> Any:
         """A blocking ``redis.ConnectionPool`` to the same server as ``client()``, for
@@ -542,7 +542,7 @@ class ConnectionFactory:
         )
         master.kq_sentinel = sentinel
         check_pool(master.connection_pool)
-        return master
+        return bound_replies(master)
 
     def _blocking_from_given(self, extra: dict[str, Any]) -> Any:
         given = self._given_client

@@ -8,7 +8,7 @@ the port (``redis://`` to a TLS port, ``rediss://`` to a plain one) is said as s
 A connection refused by a limit on connections (the server's ``maxclients``, this
 process's open-files limit) is a ``ConnectionLimitError`` naming the limit, what a queue
 holds, and what to change: it is no outage, and "check that the server runs" would
-send the reader the wrong way.
+send the reader the wrong way. A reply that never comes ends the call (``bound_replies``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
@@ -43,9 +43,12 @@ from .errors import (
 __all__ = [
     "NOPERM",
     "PLAIN_TO_TLS_PORT",
+    "REPLY_DEADLINE_S",
     "ConnectionLimitError",
     "ReplyCutOffError",
+    "ReplyTimeoutError",
     "TLSConfigurationError",
+    "bound_replies",
     "closed_by_server",
     "connection_options",
     "limit_advice",
@@ -373,6 +376,8 @@ def translate_error(
             f"{cause}); check the host and port in redis=, a firewall that drops "
             f"packets, and socket_connect_timeout{plain}"
         )
+    if isinstance(exc, RedisTimeoutError) and cause.startswith("no reply from Redis"):
+        return ConnectionUnavailableError(f"{where} stopped answering ({cause}): {_SILENT}")
     if isinstance(exc, _TIMEOUTS):
         within = f" within {timeout_s:g} s" if timeout_s and cause == "TimeoutError" else ""
         scheme = (
@@ -490,3 +495,106 @@ def reply_cut_off(describe: str, queue: str, what: str) -> ReplyCutOffError:
         "records at a time (a smaller limit, e.g. kitium-queue jobs list --limit 5; "
         "keep large payloads out of job data)"
     )
+
+
+# ------------------------------------------------------------------ reply deadlines
+#: How long a command may take to be sent and answered, beyond a blocking one's wait.
+REPLY_DEADLINE_S = 15.0
+#: Blocking commands: where their wait is (argument index; XREAD: after BLOCK), its unit.
+_WAITS = dict.fromkeys(("BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX", "BLMOVE"), (-1, 1.0))
+_WAITS.update(WAIT=(2, 1e-3), XREAD=(0, 1e-3), XREADGROUP=(0, 1e-3))
+_HELD = frozenset(f for n in _WAITS for t in (n, n.lower()) for f in (t, t.encode()))
+_SILENT = (
+    "Redis may be frozen (SIGSTOP, a paused VM) or overloaded, its clients paused, or the "
+    "network dropping packets; the command may or may not have run (add a job again with "
+    "the same idempotency_key)"
+)
+
+
+def held_for(args: Sequence[Any]) -> float | None:
+    """The wait command ``args`` asks Redis for (s; None: no limit), e.g. ``XREAD BLOCK``."""
+    words = [(a.decode("latin-1") if isinstance(a, bytes) else str(a)).upper() for a in args]
+    at, unit = _WAITS.get(words[0] if words else "", (None, 0.0))
+    if at == 0:  # XREAD: BLOCK before STREAMS (a stream may be named BLOCK)
+        words = words[: words.index("STREAMS")] if "STREAMS" in words else words
+        at = words.index("BLOCK") + 1 if "BLOCK" in words else None
+    try:
+        wait = float(words[at]) * unit if at is not None else 0.0
+    except (IndexError, ValueError):
+        return 0.0
+    return None if at is not None and wait <= 0 else max(wait, 0.0)
+
+
+class ReplyTimeoutError(ConnectionUnavailableError):
+    """No reply within ``REPLY_DEADLINE_S``: not redis-py's TimeoutError (it retries)."""
+
+
+def _cut(conn: Any, what: str) -> ReplyTimeoutError:
+    exc = ReplyTimeoutError(
+        f"no reply from Redis at {conn._host_error()}: it did not {what} within "
+        f"{REPLY_DEADLINE_S:g} s; {_SILENT} (socket_timeout in redis= sets another bound)"
+    )
+    exc.__suppress_context__ = True  # redis-py's error for the cut says nothing more
+    return exc
+
+
+def _bound_connection(conn: Any) -> Any:
+    """``conn`` cut unless its replies owed are in ``REPLY_DEADLINE_S`` (plus the longest
+    wait asked) after its last send; no subclass: the hot path knows redis-py's classes."""
+    if "_kq_owed" in conn.__dict__:
+        return conn
+    cls, st = type(conn), dict[str, Any](packed=0, hold=0.0, owed=0, timer=None, cut=False)
+
+    def expire() -> None:
+        st["timer"], due, writer = None, st["due"], conn._writer
+        if st["owed"] > 0 and due is not None and writer is not None:
+            loop = asyncio.get_running_loop()
+            if loop.time() < due:  # a later send moved the deadline on
+                st["timer"] = loop.call_at(due, expire)
+            else:  # the read, or a send stuck on a full buffer, fails
+                st["cut"] = True
+                writer.transport.abort()
+
+    def pack_command(*args: Any) -> Any:
+        st["packed"] += 1
+        if args and args[0] in _HELD:
+            hold, held = held_for(args), st["hold"]
+            st["hold"] = None if hold is None or held is None else max(hold, held)
+        return cls.pack_command(conn, *args)
+
+    async def send_packed_command(command: Any, check_health: bool = True) -> None:
+        packed, hold, owed = st["packed"], st["hold"], st["owed"] if conn.is_connected else 0
+        st.update(packed=0, hold=0.0, owed=owed, cut=False)
+        if packed and not conn.socket_timeout:
+            loop, st["owed"] = asyncio.get_running_loop(), owed + packed
+            st["due"] = None if hold is None else loop.time() + REPLY_DEADLINE_S + hold
+            if st["due"] is not None:
+                st["timer"] = st["timer"] or loop.call_at(st["due"], expire)
+        try:
+            await cls.send_packed_command(conn, command, check_health)
+        except Exception as exc:
+            raise _cut(conn, "take the command") if st["cut"] else exc  # noqa: B904
+
+    async def read_response(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await cls.read_response(conn, *args, **kwargs)
+        except Exception as exc:  # an error reply (ResponseError) is a reply
+            cut = st["cut"] and not isinstance(exc, ResponseError)
+            raise _cut(conn, "answer") if cut else exc  # noqa: B904 - _cut hides the context
+        finally:
+            st["owed"] = max(0, st["owed"] - 1)
+
+    conn.__dict__.update(_kq_owed=st, pack_command=pack_command, read_response=read_response)
+    conn.__dict__["send_packed_command"] = send_packed_command
+    return conn
+
+
+def bound_replies(client: Any) -> Any:
+    """``client``, whose pool's connections keep reply deadlines (a Cluster has no pool:
+    its ``socket_timeout`` only): without, a silent server held a call for ever."""
+    pool: Any = getattr(client, "connection_pool", None)
+    if ConnectionPool in type(pool).__mro__ and "make_connection" not in vars(pool):
+        for conn in [*pool._available_connections, *pool._in_use_connections]:
+            _bound_connection(conn)
+        pool.make_connection = lambda: _bound_connection(type(pool).make_connection(pool))
+    return client
