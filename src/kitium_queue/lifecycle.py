@@ -14,6 +14,12 @@ never ends up with a worker it cannot stop or a processor its worker does not ru
   ``close()`` awaited from inside one of the worker's jobs cannot wait for that job (it
   is the caller): it starts the stop and returns at once; the worker stops once its jobs
   end (within ``shutdown_timeout``), then the connections are released.
+  ``settled()``, which ``run_worker()`` awaits once its worker stopped, waits for every
+  close under way to end, the one its SIGTERM started among them. Before, it returned
+  as soon as the worker stopped while that close went on: a call made right after
+  ``run_worker()`` took a connection of the client being closed, and the close then
+  cut it under the call (``Connection closed by server.``, reported as a reply cut
+  off by the server).
 * ``mark_inside`` / ``inside`` — whether the caller runs inside a given worker: its pump
   and waker mark their context, and the tasks of the jobs they launch, and every task
   those start, inherit the mark (a ``ContextVar``).
@@ -252,6 +258,9 @@ class Lifecycle:
         self.running: set[Any] = set()
         self._starting: asyncio.Future[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        #: The ``close()`` calls under way (outside the worker's jobs), each resolved
+        #: once it has ended: ``settled()`` waits for them.
+        self._releasing: set[asyncio.Future[None]] = set()
 
     async def start(self, make_worker: Callable[[], Worker]) -> None:
         """Start a worker made by ``make_worker`` unless one runs; join a start under
@@ -329,13 +338,24 @@ class Lifecycle:
             if self._closing is None:
                 self._closing = detached(self._close_after(worker), f"kq-close-{q.name}")
             return
-        while self._starting is not None:  # stop what a start under way starts
-            await asyncio.shield(self._starting)
-        await self.settled()
-        if self.worker is not None:
-            await self.worker.stop()
-        await q.emitter.drain()
-        await q.ctx.close()
+        released = asyncio.get_running_loop().create_future()
+        self._releasing.add(released)
+        try:
+            while self._starting is not None:  # stop what a start under way starts
+                await asyncio.shield(self._starting)
+            if self._closing is not None:  # a close a job started
+                await asyncio.shield(self._closing)
+            worker = self.worker
+            if worker is not None:
+                await worker.stop()
+            if worker is not None and worker._forced.is_set():
+                await q.emitter.drain(0.0)  # a forced stop waits for no event handler either
+            else:
+                await q.emitter.drain()
+            await q.ctx.close()
+        finally:
+            self._releasing.discard(released)
+            released.set_result(None)
 
     def _owner(self) -> asyncio.AbstractEventLoop | None:
         """The event loop of the running worker, or of a start under way (None: none)."""
@@ -375,12 +395,19 @@ class Lifecycle:
             self.running.discard(worker)
             STOPPING.discard(worker)
         self._starting = self._closing = None
+        self._releasing.clear()  # closes of that loop: they never end now
         await q.ctx.close()  # its connections belong to that loop: dropped, not awaited
 
     async def settled(self) -> None:
-        """Wait for a close a job started (``close`` from inside the worker) to finish."""
+        """Wait for the closes under way to finish: one a job started (``close`` from
+        inside the worker) and those awaited elsewhere (a SIGTERM's, another task's),
+        so that the connections they release are released once this returns."""
         if self._closing is not None:
             await asyncio.shield(self._closing)
+        loop = asyncio.get_running_loop()
+        pending = {f for f in self._releasing if f.get_loop() is loop}
+        if pending:
+            await asyncio.wait(pending)
 
     async def _close_after(self, worker: Worker) -> None:
         q = self.queue

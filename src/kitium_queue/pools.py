@@ -12,7 +12,8 @@ Two things redis-py's plain pool does not do:
   failover, a client timeout) before handing it out. redis-py 8.1's own check spots the
   EOF but then fails the reconnected connection's second check, so the first command on
   each such connection raised ``ConnectionError`` although the server was back.
-  Nothing has been sent on it yet: reconnecting is safe.
+  Nothing has been sent on it yet: reconnecting is safe (``stream_ended``: also one
+  whose transport this side closed, which neither check saw before the loop's next turn).
 
 And one thing redis-py's connections do not do: **take a write refusal as an answer.**
 A server whose last background save failed refuses writes *and* ``PING`` (``MISCONF``);
@@ -84,6 +85,7 @@ __all__ = [
     "hold_connections",
     "ping",
     "refuses_ping",
+    "stream_ended",
     "waiters_of",
 ]
 
@@ -177,12 +179,21 @@ class _WaitsAndChecks:
                     fut.set_result(True)
 
     async def ensure_connection(self, connection: Any) -> None:
-        reader = getattr(connection, "_reader", None)  # not a stream in memory://
-        if isinstance(reader, asyncio.StreamReader) and (
-            reader.at_eof() or reader.exception() is not None
-        ):
+        if stream_ended(connection):
             await connection.disconnect(nowait=True)
         await super().ensure_connection(connection)  # type: ignore[misc]
+
+
+def stream_ended(conn: Any) -> bool:
+    """Whether asyncio connection ``conn``, which looks connected, is done: closed by the
+    server (EOF), failed, or its transport closed by this side (its stream learns that
+    only at the loop's next turn). False without an asyncio stream (``memory://``)."""
+    reader = getattr(conn, "_reader", None)
+    if not isinstance(reader, asyncio.StreamReader):
+        return False
+    transport = getattr(getattr(conn, "_writer", None), "transport", None)
+    closing = transport is not None and bool(transport.is_closing())
+    return closing or reader.at_eof() or reader.exception() is not None
 
 
 def drop_connections(client: Any) -> None:

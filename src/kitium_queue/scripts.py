@@ -20,7 +20,7 @@ from .connerrors import NOPERM, permission_denied
 from .damage import explain_damage
 from .errors import ConfigurationError, error_from_script
 from .limits import get_logger
-from .pools import waiters_of
+from .pools import stream_ended, waiters_of
 from .replies import ReplyChannel, ReplyTimeout, channel_for, release_channel
 from .serverinfo import reply_text, write_refused
 from .slots import GENERATED, SLOTS, SlotTable
@@ -514,12 +514,12 @@ def _no_reply() -> RedisTimeoutError:
 
 def _alive(conn: Any) -> bool:
     # The event loop reads every open socket in the background, so a connection the
-    # server closed or reset while it sat idle already shows EOF or an error here.
-    reader = getattr(conn, "_reader", None)
-    if reader is None or reader.at_eof() or reader.exception() is not None:
-        return False
+    # server closed or reset while it sat idle already shows EOF or an error here; one
+    # whose transport this side closed shows it on the transport (pools.stream_ended).
     writer = getattr(conn, "_writer", None)
-    proto = writer.transport.get_protocol() if writer is not None else None
+    if getattr(conn, "_reader", None) is None or writer is None or stream_ended(conn):
+        return False
+    proto = writer.transport.get_protocol()
     return not isinstance(proto, ReplyChannel) or proto.usable
 
 
