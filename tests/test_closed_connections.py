@@ -122,3 +122,30 @@ async def test_the_packed_path_reconnects_a_kept_connection_whose_transport_this
         assert kept._writer is None or kept._writer.transport is not transport
     finally:
         await client.aclose()
+
+
+async def test_a_read_cut_by_the_queues_own_close_is_not_called_a_reply_cut_off(
+    make: QueueFactory,
+) -> None:
+    """A read whose connection the queue's own ``close()`` cut (the client released
+    while it ran) was reported as Redis dropping a reply over its
+    client-output-buffer-limit, since Redis answered a PING right after."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from kitium_queue import ConnectionUnavailableError
+    from kitium_queue.connerrors import ReplyCutOffError
+    from kitium_queue.recordreads import cut_off
+
+    q = make("cut-by-close")
+    await q.add_job("n", {})
+    client = await q.ctx.client()
+    await q.close()  # the client the read used is released meanwhile
+    err = await cut_off(
+        q.ctx, client, RedisConnectionError("Connection closed by server."), "the read of job '1'"
+    )
+    assert isinstance(err, ConnectionUnavailableError)
+    assert not isinstance(err, ReplyCutOffError)
+    assert "was closed while the read of job '1' ran" in str(err)
+    live = await q.ctx.client()  # the queue in use again: a real cut off still said so
+    err = await cut_off(q.ctx, live, RedisConnectionError("Connection closed by server."), "x")
+    assert isinstance(err, ReplyCutOffError)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .connerrors import closed_by_server, reply_cut_off
+from .errors import ConnectionUnavailableError
 
 if TYPE_CHECKING:
     from .context import QueueContext
@@ -39,6 +40,13 @@ async def cut_off(ctx: QueueContext, client: Any, exc: BaseException, what: str)
     """``ReplyCutOffError`` for ``exc`` when it is the server closing the connection
     while it sent the reply to ``what`` (a read of ``ctx``'s queue) and Redis answers
     ``PING`` right after; else ``exc`` itself (raise it as it is)."""
+    if closed_by_server(exc) and getattr(ctx, "_client", None) is not client:
+        # The queue's close() released this client while the call ran: our side cut it.
+        return ConnectionUnavailableError(
+            f"queue {ctx.name!r} was closed while {what} ran, which cut its connection; "
+            "call again once the queue is in use again (it connects again), or close it "
+            "only after its calls have ended"
+        )
     if not await _answers_after(client, exc):
         return exc
     return reply_cut_off(ctx.connection.describe(), ctx.name, what)
