@@ -27,6 +27,7 @@ ON_THE_FLOOR = {
     ("redis.asyncio", "connection"),
     ("redis.asyncio.cluster", "ClusterNode"),
     ("redis.asyncio.cluster", "RedisCluster"),
+    ("redis.asyncio.connection", "ConnectionPool"),
     ("redis.asyncio.connection", "parse_url"),
     ("redis.asyncio.sentinel", "MasterNotFoundError"),
     ("redis.asyncio.sentinel", "Sentinel"),

@@ -39,6 +39,7 @@ from .errors import (
     KitiumQueueError,
     PermissionDeniedError,
 )
+from .replywaits import held_for, holds, unread
 
 __all__ = [
     "NOPERM",
@@ -51,6 +52,7 @@ __all__ = [
     "bound_replies",
     "closed_by_server",
     "connection_options",
+    "held_for",
     "limit_advice",
     "limit_message",
     "limit_reached",
@@ -500,29 +502,11 @@ def reply_cut_off(describe: str, queue: str, what: str) -> ReplyCutOffError:
 # ------------------------------------------------------------------ reply deadlines
 #: How long a command may take to be sent and answered, beyond a blocking one's wait.
 REPLY_DEADLINE_S = 15.0
-#: Blocking commands: where their wait is (argument index; XREAD: after BLOCK), its unit.
-_WAITS = dict.fromkeys(("BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX", "BLMOVE"), (-1, 1.0))
-_WAITS.update(WAIT=(2, 1e-3), XREAD=(0, 1e-3), XREADGROUP=(0, 1e-3))
-_HELD = frozenset(f for n in _WAITS for t in (n, n.lower()) for f in (t, t.encode()))
 _SILENT = (
     "Redis may be frozen (SIGSTOP, a paused VM) or overloaded, its clients paused, or the "
     "network dropping packets; the command may or may not have run (add a job again with "
     "the same idempotency_key)"
 )
-
-
-def held_for(args: Sequence[Any]) -> float | None:
-    """The wait command ``args`` asks Redis for (s; None: no limit), e.g. ``XREAD BLOCK``."""
-    words = [(a.decode("latin-1") if isinstance(a, bytes) else str(a)).upper() for a in args]
-    at, unit = _WAITS.get(words[0] if words else "", (None, 0.0))
-    if at == 0:  # XREAD: BLOCK before STREAMS (a stream may be named BLOCK)
-        words = words[: words.index("STREAMS")] if "STREAMS" in words else words
-        at = words.index("BLOCK") + 1 if "BLOCK" in words else None
-    try:
-        wait = float(words[at]) * unit if at is not None else 0.0
-    except (IndexError, ValueError):
-        return 0.0
-    return None if at is not None and wait <= 0 else max(wait, 0.0)
 
 
 class ReplyTimeoutError(ConnectionUnavailableError):
@@ -544,11 +528,14 @@ def _bound_connection(conn: Any) -> Any:
     if "_kq_owed" in conn.__dict__:
         return conn
     cls, st = type(conn), dict[str, Any](packed=0, hold=0.0, owed=0, timer=None, cut=False)
+    st.update(reading=0, loop=None)  # read_response calls under way; the timer's loop
 
     def expire() -> None:
         st["timer"], due, writer = None, st["due"], conn._writer
         if st["owed"] > 0 and due is not None and writer is not None:
             loop = asyncio.get_running_loop()
+            if not st["reading"] and unread(conn):  # answered, not read yet (pub/sub)
+                st["due"] = due = max(due, loop.time() + REPLY_DEADLINE_S)
             if loop.time() < due:  # a later send moved the deadline on
                 st["timer"] = loop.call_at(due, expire)
             else:  # the read, or a send stuck on a full buffer, fails
@@ -556,11 +543,16 @@ def _bound_connection(conn: Any) -> Any:
                 writer.transport.abort()
 
     def pack_command(*args: Any) -> Any:
+        try:
+            if args and holds(args[0]):
+                hold, held = held_for(args), st["hold"]
+                st["hold"] = None if hold is None or held is None else max(hold, held)
+            packed = cls.pack_command(conn, *args)
+        except BaseException:  # nothing packed is sent (a pipeline's whole batch): no reply
+            st.update(packed=0, hold=0.0)
+            raise
         st["packed"] += 1
-        if args and args[0] in _HELD:
-            hold, held = held_for(args), st["hold"]
-            st["hold"] = None if hold is None or held is None else max(hold, held)
-        return cls.pack_command(conn, *args)
+        return packed
 
     async def send_packed_command(command: Any, check_health: bool = True) -> None:
         packed, hold, owed = st["packed"], st["hold"], st["owed"] if conn.is_connected else 0
@@ -568,20 +560,23 @@ def _bound_connection(conn: Any) -> Any:
         if packed and not conn.socket_timeout:
             loop, st["owed"] = asyncio.get_running_loop(), owed + packed
             st["due"] = None if hold is None else loop.time() + REPLY_DEADLINE_S + hold
-            if st["due"] is not None:
-                st["timer"] = st["timer"] or loop.call_at(st["due"], expire)
+            # One timer at a time, of this loop (one of a loop that ended never fires).
+            if st["due"] is not None and (st["timer"] is None or st["loop"] is not loop):
+                st["timer"], st["loop"] = loop.call_at(st["due"], expire), loop
         try:
             await cls.send_packed_command(conn, command, check_health)
         except Exception as exc:
             raise _cut(conn, "take the command") if st["cut"] else exc  # noqa: B904
 
     async def read_response(*args: Any, **kwargs: Any) -> Any:
+        st["reading"] += 1
         try:
             return await cls.read_response(conn, *args, **kwargs)
         except Exception as exc:  # an error reply (ResponseError) is a reply
             cut = st["cut"] and not isinstance(exc, ResponseError)
             raise _cut(conn, "answer") if cut else exc  # noqa: B904 - _cut hides the context
         finally:
+            st["reading"] -= 1
             st["owed"] = max(0, st["owed"] - 1)
 
     conn.__dict__.update(_kq_owed=st, pack_command=pack_command, read_response=read_response)

@@ -197,6 +197,8 @@ class OutageLog:
 
     def failed(self, exc: BaseException, call: str = "") -> None:
         if self.refusals.failed(exc, call):
+            if self.down and self._back == "Redis is reachable again":
+                self.reached()  # Redis answered: it is reachable, though it refuses
             return
         if self.down and self._back == "Redis is reachable again" and isinstance(exc, NET_ERRORS):
             self._causes.report(exc, first=False)

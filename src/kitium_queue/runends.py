@@ -130,15 +130,15 @@ async def bounded(aw: Awaitable[_T], timeout: float | None) -> _T:
     inner = asyncio.ensure_future(aw)  # Python 3.10: asyncio.wait never swallows one
     try:
         done, _ = await asyncio.wait({inner}, timeout=timeout)
+        if not done:
+            raise asyncio.TimeoutError()
     except BaseException:
+        # Cancelled or timed out: aw has ended when this does, as wait_for waits for it
+        # (a stopped leader's lease call must not run on); what it raised is moot.
         inner.cancel()
+        inner.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.wait({inner})  # raises only a cancel of this task
         raise
-    if not done:
-        inner.cancel()
-        await asyncio.wait({inner})  # its end, as wait_for waits for it; raises only ours
-        if not inner.cancelled():
-            inner.exception()  # retrieved: what it raised as it ended is moot
-        raise asyncio.TimeoutError()
     return inner.result()
 
 

@@ -291,16 +291,22 @@ class DeliveryService(_Base):
             return 0.0
         return min(spent_s * (1 - share) / share, 1.0)
 
-    async def _forever(self, what: str, step: Callable[[], Awaitable[float]]) -> None:
-        """Run ``step`` (returns how long to idle, s) until cancelled: through Redis
-        outages (logged once each) and unexpected errors (logged, then a pause)."""
+    async def _forever(self, what: str, step: Callable[[], Awaitable[tuple[float, int]]]) -> None:
+        """Run ``step`` (returns how long to idle, s, and how many it handled) until
+        cancelled: through Redis outages (logged once each) and unexpected errors
+        (logged, then a pause)."""
         mgr = self.mgr
         down = OutageLog(f"webhook {what} of queue {mgr.queue.name}")
         damaged = DamagedKeys(mgr.queue.name)  # a damaged key: named, once a minute
         while True:
             try:
-                idle = await step()
-                down.ok()
+                idle, handled = await step()
+                # A refusal (the Redis ACL) is over only once a step recorded something:
+                # one that found nothing ran none of what was refused.
+                if handled:
+                    down.ok()
+                else:
+                    down.reached()
                 if damaged.damaged:
                     damaged.ok(await mgr.queue.client(), ())
                 if idle > 0:
@@ -352,12 +358,12 @@ class DeliveryService(_Base):
                 await self._whole(self.handle(entries, consumer))
             return len(entries)
 
-        async def step() -> float:
+        async def step() -> tuple[float, int]:
             started = time.monotonic()
             n = await handle()
             if n:
                 await self._pace(time.monotonic() - started)
-            return mgr.poll_ms / 1000 if memory and not n else 0.0
+            return (mgr.poll_ms / 1000 if memory and not n else 0.0), n
 
         await self._forever("delivery (outbox)", step)
 
@@ -480,9 +486,10 @@ class DeliveryService(_Base):
         except Exception as exc:  # Redis away, a damaged wh:dlq: the next start again
             log.warning("webhook DLQ of queue %s not indexed: %s", mgr.queue.name, exc)
 
-        async def step() -> float:
+        async def step() -> tuple[float, int]:
             n = await self._paced(self.retry_once)
-            return 0.0 if n >= mgr.batch else mgr.poll_ms / 1000 if n else await self.idle_wait()
+            idle = 0.0 if n >= mgr.batch else mgr.poll_ms / 1000 if n else await self.idle_wait()
+            return idle, n
 
         await self._forever("delivery (retries)", step)
 
