@@ -379,7 +379,9 @@ async def test_a_server_that_holds_writes_does_not_hold_the_read(
                 assert [w.id for w in got] == ["alive"]
             finally:
                 await admin.client_unpause()
-            assert await admin.zscore(q.keys.workers, "killed") is not None
+            # The drop held by the pause may still run once it ends (its connection is
+            # closed after the timeout, on Python 3.12+ a moment later): either way the
+            # next call leaves only the live worker listed.
             assert [w.id for w in await live_workers(q)] == ["alive"]
             assert await admin.zrange(q.keys.workers, 0, -1) == [b"alive"]
         finally:
