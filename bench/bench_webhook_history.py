@@ -70,6 +70,13 @@ def _commandstats(info: dict[str, Any]) -> tuple[dict[str, int], int]:
     return out, usec
 
 
+#: A real job-completed event's body (what each delivery record stores).
+EVENT_BODY = (
+    b'{"type":"job-completed","timestamp":"2026-12-06T09:20:09.544+00:00","data":'
+    b'{"queue":"orders","job_id":"0000000000000146","job_name":"charge","attempts":1}}'
+)
+
+
 async def _child(args: argparse.Namespace) -> None:
     sys.path.insert(0, args.src)
     import redis.asyncio as aioredis
@@ -174,10 +181,7 @@ async def _script_child(args: argparse.Namespace) -> None:
     if args.history_max:
         opts["history_max"] = args.history_max
     WebhookManager(q, **opts)
-    body = (
-        b'{"type":"job-completed","timestamp":"2026-12-06T09:20:09.544+00:00","data":'
-        b'{"queue":"orders","job_id":"0000000000000146","job_name":"charge","attempts":1}}'
-    )
+    body = EVENT_BODY
     r = aioredis.Redis.from_url(args.redis)
 
     async def record(first: int, count: int) -> None:
@@ -223,10 +227,7 @@ async def _dead_child(args: argparse.Namespace) -> None:
     # -1: the code before the bound (no dead_max option)
     opts = {} if args.history_max == -1 else {"dead_max": args.history_max or None}
     WebhookManager(q, run_service=False, **opts)
-    body = (
-        b'{"type":"job-completed","timestamp":"2026-12-06T09:20:09.544+00:00","data":'
-        b'{"queue":"orders","job_id":"0000000000000146","job_name":"charge","attempts":1}}'
-    )
+    body = EVENT_BODY
     r = aioredis.Redis.from_url(args.redis)
 
     async def record(first: int, count: int) -> None:
