@@ -213,9 +213,10 @@ async def test_pending_and_dead_are_never_deleted(queue: JobQueue, redis_url: st
         good = await _send(m, 40, start=100)
         dead, slow = _state(r, queue, "dead"), _state(r, queue, "slow")
         # The bad ones fell off the index. (Which 10 of the good ones stay depends on
-        # when their results were recorded: 8 requests at a time, recorded in waves.)
+        # when their results were recorded: 8 requests at a time, recorded in waves, and
+        # a delivery answered late is recorded in a later wave: not asserted.)
         for s in (dead, slow):
-            assert len(s["idx"]) == 10 and s["idx"] <= set(good[-18:]), s["idx"]
+            assert len(s["idx"]) == 10 and s["idx"] <= set(good), s["idx"]
         for s, st, where in ((dead, b"dead", "dlq"), (slow, b"pending", "retry")):
             assert {e for e, (x, _) in s["records"].items() if x == st} == set(bad)
             assert set(bad) <= s[where]
