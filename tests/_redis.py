@@ -26,11 +26,18 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "RedisServerError", "free_port", "redis_server_executable"]
+__all__ = [
+    "RedisServer",
+    "RedisServerError",
+    "free_port",
+    "frozen",
+    "redis_server_executable",
+    "thaw",
+]
 
 _LIVE: set[subprocess.Popen[bytes]] = set()
 
@@ -328,3 +335,22 @@ class RedisServer:
             f"{self.startup_timeout:.0f}s (last reply: {last_reply!r}); log tail:\n"
             f"{self.log_tail()}"
         )
+
+
+def thaw(srv: RedisServer) -> None:
+    """Let a server ``frozen`` stopped run again (a no-op when it runs or is gone)."""
+    if srv.pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(srv.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def frozen(srv: RedisServer) -> Iterator[None]:
+    """Stop the server's process (SIGSTOP: it keeps its connections, answers nothing)
+    for the block, then let it run again."""
+    assert srv.pid is not None
+    os.kill(srv.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        thaw(srv)

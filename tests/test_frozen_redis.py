@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ import redis
 import redis.asyncio as aioredis
 from click.testing import CliRunner
 
-from _redis import RedisServer
+from _redis import RedisServer, frozen, thaw
 from helpers import app_module, wait_until
 from kitium_queue import ConnectionUnavailableError, JobQueue, SyncJobQueue
 from kitium_queue.cli import EXIT_UNREACHABLE, main
@@ -58,28 +56,12 @@ def server() -> Iterator[RedisServer]:
     try:
         yield srv
     finally:
-        _thaw(srv)
+        thaw(srv)
         srv.close()
 
 
 def _url(srv: RedisServer) -> str:
     return f"redis://:{PASSWORD}@127.0.0.1:{srv.port}/0"
-
-
-def _thaw(srv: RedisServer) -> None:
-    if srv.pid is not None:
-        with contextlib.suppress(OSError):
-            os.kill(srv.pid, signal.SIGCONT)
-
-
-@contextlib.contextmanager
-def frozen(srv: RedisServer) -> Iterator[None]:
-    assert srv.pid is not None
-    os.kill(srv.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        _thaw(srv)
 
 
 async def _warm(q: JobQueue, n: int = 24) -> None:
@@ -179,7 +161,7 @@ async def queue(server: RedisServer) -> AsyncIterator[JobQueue]:
     try:
         yield q
     finally:
-        _thaw(server)
+        thaw(server)
         await q.close()
 
 
@@ -298,7 +280,7 @@ def test_sync_calls_on_a_frozen_server_give_up(server: RedisServer) -> None:
         assert q.get_job_status(job) is not None  # the same client, after the thaw
         assert q.add_job("t", {"a": 3})
     finally:
-        _thaw(server)
+        thaw(server)
         q.close()
 
 

@@ -71,8 +71,9 @@ async def test_a_job_that_closes_its_queue_stops_the_worker(make: QueueFactory, 
     worker = q.worker
     await wait_until(worker.stopped.is_set, timeout=HANG_S, message="the worker to stop")
     assert said == ["returned"] and not worker.running
-    # The close the job started releases the connections after the worker stopped; a
-    # read racing that release is cut (and said so), as run_worker() would not let it.
+    # The close the job started releases the connections after the worker stopped
+    # (calls under way end first: tests/test_graceful_close.py); waited for here as
+    # run_worker() does, so the read below is not the one racing that release.
     await asyncio.wait_for(q.lifecycle.settled(), HANG_S)
     info = await wait_for_status(q, jid, JobStatus.COMPLETED)
     assert info.result == "bye"  # the job ended normally: it is not run again

@@ -49,7 +49,8 @@ from .options import (
     to_int,
     to_ms,
 )
-from .pools import drop_connections, ping
+from .pools import drop_connections, ping, waiters_of
+from .replies import ReplyChannel
 from .scripts import ScriptCall, ScriptRegistry
 from .serverinfo import check_eviction, write_refused_cause
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .explain import Explainer
     from .job import JobInfo
 
-__all__ = ["CONNECT_TIMEOUT_S", "QueueContext", "redacted_views"]
+__all__ = ["CLOSE_GRACE_S", "CONNECT_TIMEOUT_S", "QueueContext", "redacted_views"]
 
 _REDACTING: ContextVar[bool] = ContextVar("kq_redacting", default=False)
 # Binding a queue to an event loop: threads' loops may race for a fresh queue.
@@ -180,6 +181,47 @@ class _LoopEnd:
 _LEFT: set[_LoopEnd] = set()
 _LEFT_TASKS: set[asyncio.Task[None]] = set()
 LEFT_GRACE_S = 10.0
+
+#: How long ``close()`` lets the calls under way on the queue's client end before it
+#: closes the client's connections (s); a call a reply deadline ends gives up sooner.
+CLOSE_GRACE_S = 3.0
+#: How often ``close()`` looks whether they have ended (s).
+_CALLS_POLL_S = 0.01
+
+
+def _taken(client: Any) -> tuple[list[Any], int]:
+    """The connections of ``client`` taken out of its pool (of each node's, on a
+    Cluster) and how many callers wait for one (``pools.waiters_of``; one that gave
+    up stays in the line, done, until a connection comes back)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        line: Any = waiters_of(pool)
+        waiting = sum(1 for fut in line if not fut.done())
+        return list(getattr(pool, "_in_use_connections", None) or ()), waiting
+    out: list[Any] = []
+    nodes = getattr(getattr(client, "nodes_manager", None), "nodes_cache", None)
+    for node in (nodes or {}).values():
+        free = {id(c) for c in getattr(node, "_free", ())}
+        out.extend(c for c in getattr(node, "_connections", ()) if id(c) not in free)
+    return out, 0
+
+
+def _serving(conn: Any) -> bool | None:
+    """What connection ``conn``, taken out of its pool, does: True while it serves a
+    call (replies owed or being read, a packed exchange, a connection being opened;
+    any taken connection whose replies are not counted, ``connerrors.bound_replies``),
+    None while it serves nothing (held between commands, or a call about to send: look
+    again), False when a subscription holds it (its holder lets it go, not a call)."""
+    if getattr(conn, "_connect_callbacks", None):  # PubSub: subscriptions to renew
+        return False
+    transport = getattr(getattr(conn, "_writer", None), "transport", None)
+    protocol = getattr(transport, "get_protocol", None)  # memory:// has none
+    if protocol is not None and isinstance(protocol(), ReplyChannel):
+        return True  # the packed script path's, between taking and handing it back
+    owed = getattr(conn, "__dict__", {}).get("_kq_owed")
+    if owed is None or owed["owed"] or owed["reading"] or not conn.is_connected:
+        return True
+    return None
 
 
 class QueueContext:
@@ -442,7 +484,12 @@ class QueueContext:
             await client.aclose()
 
     async def close(self) -> None:
-        """Release the shared client (a later ``client()`` connects again).
+        """Release the shared client (a later ``client()`` connects again, from the
+        moment this begins).
+
+        The calls under way on it end first: its connections are closed once none
+        serves a call (``_calls_end``), within ``CLOSE_GRACE_S``; those still under
+        way then are cut (they say the queue was closed while they ran).
 
         Awaited in another loop than the client's: its connections belong to that loop.
         If it no longer runs (ended, or idle), their sockets are closed here without it;
@@ -461,9 +508,43 @@ class QueueContext:
             return
         if client is not None:
             self.scripts.forget(client)
-            if end is not None:
-                await end.release()
-            await self._discard(client)
+            try:
+                if self.connection.owns(client):  # a client passed in stays open
+                    await self._calls_end(client)
+            finally:  # cancelled while it waited: closed all the same
+                if end is not None:
+                    await end.release()
+                await self._discard(client)
+
+    async def _calls_end(self, client: Any) -> None:
+        """Wait until no connection of ``client`` serves a call and no caller waits for
+        one, ``CLOSE_GRACE_S`` at most (``_serving``). Not waited for: the connections
+        the packed script path keeps between calls, those subscriptions hold, and one
+        idle between commands (held aside, as by a client of one connection) once it is
+        seen so twice in a row (at the first look a call may be about to send on it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE_S
+        pool = getattr(client, "connection_pool", None)
+        once = False
+        while True:
+            conns, waiting = _taken(client)
+            kept = self.scripts._idle.get(pool) if pool is not None else None
+            kept_ids = {id(c) for c in kept or ()}
+            states = [_serving(c) for c in conns if id(c) not in kept_ids]
+            calls = waiting + states.count(True)
+            if not calls and (None not in states or once):
+                return
+            if loop.time() >= deadline:
+                break
+            once = not calls
+            await asyncio.sleep(_CALLS_POLL_S)
+        log.warning(
+            "queue %s: close() waited %g s for %d call(s) under way on its connections; "
+            "closing them now (those calls fail, saying the queue was closed)",
+            self.name,
+            CLOSE_GRACE_S,
+            calls,
+        )
 
     def argv_head(self) -> tuple[str, str, str]:
         """The arguments every script takes first: key prefix, now ('' = the Redis

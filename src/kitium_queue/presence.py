@@ -66,8 +66,12 @@ FLEET_CHECK_BEATS = 6
 _MAX_WARNED = 1_000
 #: How long a record lives without renewal (ms): three missed heartbeats.
 PRESENCE_TTL_MS = 3 * HEARTBEAT_MS
-#: Longest ``leave`` waits for heartbeats under way (s): past it, the record expires.
+#: Longest ``leave`` takes, the heartbeat under way and the delete together (s): past
+#: it both are cancelled (nothing of the worker's is left under way on the queue's
+#: connections) and the record expires by itself, within ``PRESENCE_TTL_MS``.
 LEAVE_WAIT_S = 2.0
+#: Longest ``leave`` waits for the calls it cancelled to end (s).
+_CANCEL_WAIT_S = 0.5
 #: Index entries older than this are dropped by the writers (ms).
 _STALE_MS = 3_600_000
 #: Most job names a record lists (a worker with more shows the first ones).
@@ -180,6 +184,7 @@ class Presence:
         self._warned: set[tuple[str, str]] = set()
         self._refusal_quiet_until = 0.0  # a failed heartbeat is said once a minute
         self._soon: set[asyncio.Future[None]] = set()  # beat_soon's heartbeats under way
+        self._stop_said = False  # a heartbeat saying the worker stops was written
 
     @property
     def names(self) -> list[str]:
@@ -207,12 +212,14 @@ class Presence:
         """Write the record once (atomically: index, record, TTL)."""
         now = int(time.time() * 1000)
         key = self.keys.worker(self.worker.id)
+        record = self.record()
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping=self.record())
+        pipe.hset(key, mapping=record)
         pipe.pexpire(key, PRESENCE_TTL_MS)
         pipe.zadd(self.keys.workers, {self.worker.id: now})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - _STALE_MS)
         await pipe.execute()
+        self._stop_said = self._stop_said or record["stop"] == "1"
         if self.on_needs is not None:
             try:
                 raw = await self.client.hgetall(self.keys.needs)
@@ -328,17 +335,51 @@ class Presence:
                 permission_denied(reason),
             )
 
-    async def leave(self) -> None:
+    async def leave(self, *, unanswered: bool = False) -> None:
         """Delete the record (a stopped worker is not alive), once the heartbeats sent
-        by ``beat_soon`` are done (at most ``LEAVE_WAIT_S``); errors are ignored: the
-        record expires anyway."""
+        by ``beat_soon`` are done, all within ``LEAVE_WAIT_S``. ``unanswered``: Redis
+        did not answer the stop's flush, so nothing is sent. A record not deleted (Redis
+        did not answer, or refused) expires by itself, and the log says so once. What
+        is still under way is cancelled: a heartbeat waiting on a Redis that stopped
+        answering (up to its 15 s reply deadline) would hold the queue's ``close()``."""
+        why = "Redis did not take the stop's flush in time (said above)" if unanswered else ""
+        pending = set(self._soon)
+        if not unanswered:
+            task = asyncio.ensure_future(self._delete())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            pending.add(task)
+            try:
+                await asyncio.wait({task}, timeout=LEAVE_WAIT_S)
+            finally:
+                task.cancel()  # no-op once done; a cancelled stop() leaves it too
+            if not task.done():
+                why = f"Redis did not answer within {LEAVE_WAIT_S:g} s"
+            elif not task.cancelled() and task.exception() is not None:
+                why = f"deleting it failed ({type(task.exception()).__name__})"
+        pending = {t for t in pending if not t.done()}
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=_CANCEL_WAIT_S)
+        if why:
+            log.warning(
+                "worker %s: its presence record is left to expire (within %d s; queue %s "
+                "lists it among the live workers%s until then): %s",
+                self.worker.id,
+                PRESENCE_TTL_MS // 1000,
+                self.worker.queue.name,
+                ", as stopping," if self._stop_said else "",
+                why,
+            )
+
+    async def _delete(self) -> None:
+        """``leave``'s steps: the heartbeats under way end, then the record goes."""
         if self._soon:
-            await asyncio.wait(set(self._soon), timeout=LEAVE_WAIT_S)
-        with contextlib.suppress(Exception):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(self.keys.worker(self.worker.id))
-            pipe.zrem(self.keys.workers, self.worker.id)
-            await pipe.execute()
+            await asyncio.wait(set(self._soon))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.worker(self.worker.id))
+        pipe.zrem(self.keys.workers, self.worker.id)
+        await pipe.execute()
 
 
 def _names(raw: Any) -> tuple[str, ...]:

@@ -47,9 +47,10 @@ One job's outcome never costs another job its own (``outcomes.py``).
 Graceful stop: claim nothing more, let running jobs finish within ``shutdown_timeout``,
 hand the rest back to the queue at once (no attempt spent; a plain ``def`` job still in
 its thread is left leased instead: ``runends.py``), flush every outcome (``force()``, a
-second SIGTERM/SIGINT, ends both waits). The stop
-runs in a task of its own (``lifecycle.py``): a caller cancelled part-way leaves it to
-finish, and a job of this worker that asks for it does not wait for itself.
+second SIGTERM/SIGINT, ends both waits), delete its presence record within 2 s (on a
+Redis that took no flush, none: it expires; ``presence.py``). The stop runs in a task
+of its own (``lifecycle.py``): a caller cancelled part-way leaves it to finish, and a
+job of this worker that asks for it does not wait for itself.
 Every loop survives Redis going away: it logs, backs off (50 ms → 1 s) and carries on
 with what it holds.
 """
@@ -312,13 +313,14 @@ class Worker:
             if flush_timeout_ms is not None:
                 flush_s = max(flush_timeout_ms, 0) / 1000
             since = loop.time()
-            if await wait_unless(self._pumps, flush_s, forced):
+            if unflushed := await wait_unless(self._pumps, flush_s, forced):
                 self.outcomes.report_unflushed(loop.time() - since, unreachable=self._causes.down)
+            unanswered = bool(unflushed) and not forced.is_set()  # no reply in flush_s
             await end_tasks(self._tasks)
             await self.leases.end_missing_check()
             await self.runner.close()
-            if self._presence is not None:
-                await self._presence.leave()
+            if self._presence is not None:  # presence.py: within LEAVE_WAIT_S, or left
+                await self._presence.leave(unanswered=unanswered)
             if self._bclient is not None and self.queue.connection.owns(self._bclient):
                 with contextlib.suppress(Exception):  # closing a broken connection
                     await self._bclient.aclose()
