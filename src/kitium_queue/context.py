@@ -208,16 +208,19 @@ def _taken(client: Any) -> tuple[list[Any], int]:
 
 def _serving(conn: Any) -> bool | None:
     """What connection ``conn``, taken out of its pool, does: True while it serves a
-    call (replies owed or being read, a packed exchange, a connection being opened;
-    any taken connection whose replies are not counted, ``connerrors.bound_replies``),
-    None while it serves nothing (held between commands, or a call about to send: look
-    again), False when a subscription holds it (its holder lets it go, not a call)."""
+    call (replies owed or being read, a command being sent, a packed exchange, a
+    connection being opened; any taken connection whose replies are not counted,
+    ``connerrors.bound_replies``), None while it serves nothing (held between commands,
+    or a call about to send: look again), False when a subscription holds it (its
+    holder lets it go, not a call)."""
     if getattr(conn, "_connect_callbacks", None):  # PubSub: subscriptions to renew
         return False
-    transport = getattr(getattr(conn, "_writer", None), "transport", None)
+    transport: Any = getattr(getattr(conn, "_writer", None), "transport", None)
     protocol = getattr(transport, "get_protocol", None)  # memory:// has none
     if protocol is not None and isinstance(protocol(), ReplyChannel):
         return True  # the packed script path's, between taking and handing it back
+    if protocol is not None and transport.get_write_buffer_size():
+        return True  # a command being sent (not counted in owed under a socket_timeout)
     owed = getattr(conn, "__dict__", {}).get("_kq_owed")
     if owed is None or owed["owed"] or owed["reading"] or not conn.is_connected:
         return True
@@ -327,6 +330,8 @@ class QueueContext:
         self._client: Any = None
         self._loop_end: _LoopEnd | None = None
         self._connect_lock: asyncio.Lock | None = None
+        # The releases of clients under way in close(): another close() waits for them.
+        self._releases: set[asyncio.Future[None]] = set()
         # The event loop the client's connections belong to (in_its_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._argv_head: tuple[str, str, str] = (self.keys.base, "", str(self.events_max_len))
@@ -489,7 +494,9 @@ class QueueContext:
 
         The calls under way on it end first: its connections are closed once none
         serves a call (``_calls_end``), within ``CLOSE_GRACE_S``; those still under
-        way then are cut (they say the queue was closed while they ran).
+        way then are cut (a record read says the queue was closed while it ran, other
+        calls fail with the connection error). A close() that finds another under way
+        returns once that one released its client too.
 
         Awaited in another loop than the client's: its connections belong to that loop.
         If it no longer runs (ended, or idle), their sockets are closed here without it;
@@ -506,15 +513,31 @@ class QueueContext:
             elif end is not None:
                 end.drop()
             return
+        loop = asyncio.get_running_loop()
         if client is not None:
-            self.scripts.forget(client)
+            await self._release(client, end, loop)
+        under_way = {f for f in self._releases if f.get_loop() is loop}
+        if under_way:  # another close() releases an earlier client: done once it is
+            await asyncio.wait(under_way)
+
+    async def _release(
+        self, client: Any, end: _LoopEnd | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """``close``'s release of ``client`` (``_releases`` holds it meanwhile)."""
+        self.scripts.forget(client)
+        released = loop.create_future()
+        self._releases.add(released)
+        try:
+            if self.connection.owns(client):  # a client passed in stays open
+                await self._calls_end(client)
+        finally:  # cancelled while it waited: closed all the same
             try:
-                if self.connection.owns(client):  # a client passed in stays open
-                    await self._calls_end(client)
-            finally:  # cancelled while it waited: closed all the same
                 if end is not None:
                     await end.release()
                 await self._discard(client)
+            finally:
+                self._releases.discard(released)
+                released.set_result(None)
 
     async def _calls_end(self, client: Any) -> None:
         """Wait until no connection of ``client`` serves a call and no caller waits for
@@ -524,27 +547,38 @@ class QueueContext:
         seen so twice in a row (at the first look a call may be about to send on it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_GRACE_S
-        pool = getattr(client, "connection_pool", None)
         once = False
         while True:
-            conns, waiting = _taken(client)
-            kept = self.scripts._idle.get(pool) if pool is not None else None
-            kept_ids = {id(c) for c in kept or ()}
-            states = [_serving(c) for c in conns if id(c) not in kept_ids]
-            calls = waiting + states.count(True)
-            if not calls and (None not in states or once):
-                return
+            calls, idle = self._calls(client)
+            if not calls and (not idle or once):
+                # A caller of the pool's line handed a connection is in no list until it
+                # takes it, at the loop's next turn: the last look is after that turn.
+                await asyncio.sleep(0)
+                calls, now_idle = self._calls(client)
+                if not calls and (not now_idle or once):
+                    return
             if loop.time() >= deadline:
                 break
             once = not calls
             await asyncio.sleep(_CALLS_POLL_S)
         log.warning(
             "queue %s: close() waited %g s for %d call(s) under way on its connections; "
-            "closing them now (those calls fail, saying the queue was closed)",
+            "closing them now (those calls fail)",
             self.name,
             CLOSE_GRACE_S,
             calls,
         )
+
+    def _calls(self, client: Any) -> tuple[int, bool]:
+        """``_calls_end``'s look: how many calls are under way on ``client`` (callers
+        waiting for a connection too), and whether one of its connections serves
+        nothing (``_serving``: None)."""
+        conns, waiting = _taken(client)
+        pool = getattr(client, "connection_pool", None)
+        kept = self.scripts._idle.get(pool) if pool is not None else None
+        kept_ids = {id(c) for c in kept or ()}
+        states = [_serving(c) for c in conns if id(c) not in kept_ids]
+        return waiting + states.count(True), None in states
 
     def argv_head(self) -> tuple[str, str, str]:
         """The arguments every script takes first: key prefix, now ('' = the Redis
