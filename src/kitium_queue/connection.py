@@ -479,10 +479,11 @@ class ConnectionFactory:
             # its default of 100 the 101st concurrent call raised MaxConnectionsError.
             # Unbounded unless the setting says otherwise, as redis-py was before 6.0.
             defaults["max_connections"] = CLUSTER_MAX_CONNECTIONS
-            return RedisCluster(
+            cluster = RedisCluster(
                 startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
                 **{**defaults, **self._kwargs, **extra},
             )
+            return bound_replies(cluster)
         if self.mode == "sentinel":
             return self._sentinel_master({**defaults, **self._kwargs, **extra})
         if self._url:
@@ -557,8 +558,8 @@ class ConnectionFactory:
                 kwargs["ssl"] = True
             nodes = given.get_nodes() or given.startup_nodes
             kwargs["socket_timeout"] = None
-            return RedisCluster(
-                startup_nodes=[ClusterNode(n.host, n.port) for n in nodes], **kwargs
+            return bound_replies(
+                RedisCluster(startup_nodes=[ClusterNode(n.host, n.port) for n in nodes], **kwargs)
             )
         pool = given.connection_pool
         kwargs = dict(pool.connection_kwargs)

@@ -17,7 +17,7 @@ import asyncio
 import errno
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.connection import ConnectionPool, parse_url
@@ -33,6 +33,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .clusterreplies import bound_nodes
 from .errors import (
     ConfigurationError,
     ConnectionUnavailableError,
@@ -522,9 +523,10 @@ def _cut(conn: Any, what: str) -> ReplyTimeoutError:
     return exc
 
 
-def _bound_connection(conn: Any) -> Any:
+def _bound_connection(conn: Any, on_cut: Callable[[Any], None] | None = None) -> Any:
     """``conn`` cut unless its replies owed are in ``REPLY_DEADLINE_S`` (plus the longest
-    wait asked) after its last send; no subclass: the hot path knows redis-py's classes."""
+    wait asked) after its last send, then ``on_cut(conn)``; no subclass: the hot path
+    knows redis-py's classes."""
     if "_kq_owed" in conn.__dict__:
         return conn
     cls, st = type(conn), dict[str, Any](packed=0, hold=0.0, owed=0, timer=None, cut=False)
@@ -541,6 +543,8 @@ def _bound_connection(conn: Any) -> Any:
             else:  # the read, or a send stuck on a full buffer, fails
                 st["cut"] = True
                 writer.transport.abort()
+                if on_cut is not None:
+                    on_cut(conn)
 
     def pack_command(*args: Any) -> Any:
         try:
@@ -585,11 +589,11 @@ def _bound_connection(conn: Any) -> Any:
 
 
 def bound_replies(client: Any) -> Any:
-    """``client``, whose pool's connections keep reply deadlines (a Cluster has no pool:
-    its ``socket_timeout`` only): without, a silent server held a call for ever."""
+    """``client``, whose pool's connections (a Cluster's nodes', ``clusterreplies``)
+    keep reply deadlines: without, a silent server held a call for ever."""
     pool: Any = getattr(client, "connection_pool", None)
     if ConnectionPool in type(pool).__mro__ and "make_connection" not in vars(pool):
         for conn in [*pool._available_connections, *pool._in_use_connections]:
             _bound_connection(conn)
         pool.make_connection = lambda: _bound_connection(type(pool).make_connection(pool))
-    return client
+    return bound_nodes(client, _bound_connection) if pool is None else client
