@@ -185,8 +185,10 @@ async def explain_job(ctx: QueueContext, job_id: str) -> Explanation:
     job = await queries.get_job_detail(jid)
     client = await ctx.client()
     keys = ctx.keys
+    cluster = ctx.connection.is_cluster  # a Cluster pipeline refuses TIME: sent alone
     pipe = client.pipeline(transaction=False)
-    pipe.time()
+    if not cluster:
+        pipe.time()
     pipe.hmget(keys.job(jid), *FACT_FIELDS)
     pipe.pttl(keys.hold())
     pipe.get(keys.limiter)
@@ -194,6 +196,8 @@ async def explain_job(ctx: QueueContext, job_id: str) -> Explanation:
     pipe.zrank(keys.wait, jid)
     pipe.hget(keys.meta, "paused")
     replies = [_reply(r) for r in await pipe.execute(raise_on_error=False)]
+    if cluster:
+        replies.insert(0, await client.time())
     (sec, usec), raw, hold_ttl, lim_used, lim_ttl, rank, paused = replies
     now = int(sec) * 1000 + int(usec) // 1000
     if job is None:
