@@ -86,8 +86,10 @@ async def flow_state(
         except ResponseError as exc:
             owners_damaged = _damage(exc)
     cc, rl = cc[:most], rl[:most]
+    cluster = queue.connection.is_cluster  # a Cluster pipeline refuses TIME: sent alone
     pipe = client.pipeline(transaction=False)
-    pipe.time()
+    if not cluster:
+        pipe.time()
     pipe.zcard(keys.active)
     for k in cc:
         pipe.scard(concurrency_key(keys, k))
@@ -95,6 +97,8 @@ async def flow_state(
         pipe.hmget(rate_key(keys, k), "w", "n")
         pipe.pttl(keys.hold(k))
     got = await pipe.execute(raise_on_error=False)
+    if cluster:
+        got.insert(0, await client.time())
     now = int(got[0][0]) * 1000 + int(got[0][1]) // 1000
     counters: list[dict[str, Any]] = []
     for k, reply in zip(cc, got[2 : 2 + len(cc)], strict=True):

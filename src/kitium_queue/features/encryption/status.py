@@ -104,19 +104,25 @@ class RotationStatus:
 
 
 async def read_status(queue: JobQueue) -> RotationStatus:
-    """The ``RotationStatus`` of ``queue`` (one round trip). Records damaged by hand or
+    """The ``RotationStatus`` of ``queue`` (one round trip; on a Redis Cluster, whose
+    pipelines refuse ``TIME``, the clock is read in a second one). Records damaged by hand or
     by another client (another Redis type, fields that are no key id or number) read as
     unknown and are described in ``damaged``, with how to repair them."""
     client = await queue.client()
     meta, ids_key, rot_key = (queue.keys.extra(k) for k in ("enc", "enc:keys", "enc:rotation"))
+    cluster = queue.connection.is_cluster  # a Cluster pipeline refuses TIME: sent alone
     pipe = client.pipeline(transaction=False)
     pipe.hget(meta, "current")
     pipe.hkeys(ids_key)
     pipe.hgetall(rot_key)
     pipe.get(queue.keys.extra(f"leader:{ROLE}"))
     pipe.hgetall(queue.keys.extra(LACKING))
-    pipe.time()
-    cur, ids, rec, lease, lacks, now = await pipe.execute(raise_on_error=False)
+    if not cluster:
+        pipe.time()
+    replies = list(await pipe.execute(raise_on_error=False))
+    if cluster:
+        replies.append(await client.time())
+    cur, ids, rec, lease, lacks, now = replies
     damaged: list[str] = []
     for key, got, fix in (
         (meta, cur, _FIX_META),
