@@ -28,6 +28,10 @@ from kitium_queue import context as context_module
 # Generous bounds: a call that should return but hangs fails the test, never wedges it.
 HANG_S = 15
 CALLS = 24  # more than the connections the queue has open: some open during the pause
+# How long Redis holds the calls: long enough that the steps a test takes before its
+# checks of what is still held fit in it on a loaded machine (300 ms did not once: the
+# calls were answered and the close had ended), well within context.CLOSE_GRACE_S (3 s).
+PAUSE_MS = 1000
 
 
 @pytest.fixture
@@ -35,6 +39,14 @@ async def make(backend_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
     factory = QueueFactory(backend_url, prefix)
     yield factory
     await asyncio.wait_for(factory.aclose(), HANG_S)
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[RedisServer]:
+    """A server of this module's own for the tests that pause it: ``CLIENT PAUSE ... ALL``
+    on the session server would hold the calls of the other test process's tests too."""
+    with RedisServer() as srv:
+        yield srv
 
 
 @contextlib.asynccontextmanager
@@ -94,10 +106,12 @@ async def _check(
 
 
 @pytest.mark.redis_only
-async def test_close_lets_the_calls_under_way_end(make: QueueFactory, backend_url: str) -> None:
-    q = make("graceful")
+async def test_close_lets_the_calls_under_way_end(
+    make: QueueFactory, own_server: RedisServer
+) -> None:
+    q = make("graceful", redis=own_server.url)
     ids = [await q.add_job("t", {"i": i}) for i in range(6)]
-    async with paused(backend_url, 300):
+    async with paused(own_server.url, PAUSE_MS):
         tasks = _calls(q, ids)
         await asyncio.sleep(0.05)  # sent, and held by the pause
         assert not any(t.done() for t in tasks)
@@ -119,11 +133,11 @@ async def test_close_lets_the_calls_just_started_end(make: QueueFactory) -> None
 
 @pytest.mark.redis_only
 async def test_calls_made_once_close_began_connect_again(
-    make: QueueFactory, backend_url: str
+    make: QueueFactory, own_server: RedisServer
 ) -> None:
-    q = make("graceful-later")
+    q = make("graceful-later", redis=own_server.url)
     ids = [await q.add_job("t", {"i": i}) for i in range(6)]
-    async with paused(backend_url, 300):
+    async with paused(own_server.url, PAUSE_MS):
         held = _calls(q, ids)
         await asyncio.sleep(0.05)
         closing = asyncio.ensure_future(q.close())

@@ -153,7 +153,8 @@ async def test_an_eligible_job_starts_at_once_behind_100000_parked_jobs(
         # the add, the wake-up of the idle worker (a blocking pop on its marker) and one
         # claim cost Redis well under a millisecond of CPU; any scan of the 100,000
         # parked jobs costs it hundreds. The wall-clock bound only tells a woken worker
-        # from one that waits for a poll (its idle wait is seconds long).
+        # from one that waits for a poll (its idle wait is 5 s): half of it, leaving room
+        # for a loaded machine.
         info0 = await redis_client.info("cpu")
         t0 = time.monotonic()
         jid = await q.add_job("free", {})
@@ -164,7 +165,7 @@ async def test_an_eligible_job_starts_at_once_behind_100000_parked_jobs(
             float(info1[k]) - float(info0[k]) for k in ("used_cpu_sys", "used_cpu_user")
         )
         assert redis_cpu < 0.020, f"Redis spent {redis_cpu * 1000:.1f} ms of CPU to start it"
-        assert took < 1.0, f"the eligible job started {took * 1000:.1f} ms after it was added"
+        assert took < 2.5, f"the eligible job started {took * 1000:.1f} ms after it was added"
         assert await parked_count(q) == n
     finally:
         hold.set()

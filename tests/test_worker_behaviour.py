@@ -321,8 +321,11 @@ async def test_exponential_backoff_with_max_delay(make_queue: QueueFactory) -> N
     assert [e.delay_ms for e in log.of("job-retrying", jid)] == [30, 60, 100, 100]
     starts = log.times("job-started", jid)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # The delays themselves are exact above; the gaps only show each retry waited for
+    # its delay and was woken by it, not found by the idle worker's 5 s fallback wait
+    # (the upper bound leaves room for a loaded machine, as in test_fixed_backoff).
     for gap, want in zip(gaps, [0.03, 0.06, 0.1, 0.1], strict=True):
-        assert want - 0.005 <= gap <= want + 0.5, (gaps, want)
+        assert want - 0.005 <= gap <= want + 3.0, (gaps, want)
 
 
 async def test_retry_state_between_attempts(make_queue: QueueFactory) -> None:
@@ -801,7 +804,8 @@ async def test_nothing_starts_while_paused(make_queue: QueueFactory) -> None:
     await q.resume()
     for jid in ids:
         await wait_for_status(q, jid, JobStatus.COMPLETED)
-    assert log.times("job-started")[0] - t0 < 0.5, "resume wakes the idle worker"
+    # Well under the idle worker's 5 s wait (half, leaving room for a loaded machine).
+    assert log.times("job-started")[0] - t0 < 2.5, "resume wakes the idle worker"
 
 
 async def test_pause_lets_running_jobs_finish(make_queue: QueueFactory) -> None:
@@ -1364,4 +1368,5 @@ async def test_an_idle_worker_claims_once_per_job_at_low_rates(
     t0 = time.monotonic()
     await q.add_job("n", 99, delay=300)
     await wait_until(lambda: done[-1] == 99, 5)
-    assert 0.29 <= time.monotonic() - t0 <= 1.0
+    # On its time, not at the lanes' 5 s fallback wait (room for a loaded machine).
+    assert 0.29 <= time.monotonic() - t0 <= 3.0
