@@ -31,6 +31,7 @@ from .limits import clip, get_logger, printable, reply_text, safe_text
 from .presence import WorkerPresence, live_workers
 from .queries import Queries, query_id
 from .records import JobDetail
+from .serverclock import execute_with_clock
 
 if TYPE_CHECKING:
     from .context import QueueContext
@@ -185,20 +186,17 @@ async def explain_job(ctx: QueueContext, job_id: str) -> Explanation:
     job = await queries.get_job_detail(jid)
     client = await ctx.client()
     keys = ctx.keys
-    cluster = ctx.connection.is_cluster  # a Cluster pipeline refuses TIME: sent alone
     pipe = client.pipeline(transaction=False)
-    if not cluster:
-        pipe.time()
     pipe.hmget(keys.job(jid), *FACT_FIELDS)
     pipe.pttl(keys.hold())
     pipe.get(keys.limiter)
     pipe.pttl(keys.limiter)
     pipe.zrank(keys.wait, jid)
     pipe.hget(keys.meta, "paused")
-    replies = [_reply(r) for r in await pipe.execute(raise_on_error=False)]
-    if cluster:
-        replies.insert(0, await client.time())
-    (sec, usec), raw, hold_ttl, lim_used, lim_ttl, rank, paused = replies
+    got, clock = await execute_with_clock(
+        client, pipe, cluster=ctx.connection.is_cluster, raise_on_error=False
+    )
+    (sec, usec), raw, hold_ttl, lim_used, lim_ttl, rank, paused = [_reply(r) for r in (clock, *got)]
     now = int(sec) * 1000 + int(usec) // 1000
     if job is None:
         return Explanation(jid, None, [], now)

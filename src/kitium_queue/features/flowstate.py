@@ -11,6 +11,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from ..limits import clip, reply_text
+from ..serverclock import execute_with_clock
 from .flowcontrol import (
     FEATURE,
     OPTION_NAMES,
@@ -86,19 +87,17 @@ async def flow_state(
         except ResponseError as exc:
             owners_damaged = _damage(exc)
     cc, rl = cc[:most], rl[:most]
-    cluster = queue.connection.is_cluster  # a Cluster pipeline refuses TIME: sent alone
     pipe = client.pipeline(transaction=False)
-    if not cluster:
-        pipe.time()
     pipe.zcard(keys.active)
     for k in cc:
         pipe.scard(concurrency_key(keys, k))
     for k in rl:
         pipe.hmget(rate_key(keys, k), "w", "n")
         pipe.pttl(keys.hold(k))
-    got = await pipe.execute(raise_on_error=False)
-    if cluster:
-        got.insert(0, await client.time())
+    got, clock = await execute_with_clock(
+        client, pipe, cluster=queue.connection.is_cluster, raise_on_error=False
+    )
+    got.insert(0, clock)
     now = int(got[0][0]) * 1000 + int(got[0][1]) // 1000
     counters: list[dict[str, Any]] = []
     for k, reply in zip(cc, got[2 : 2 + len(cc)], strict=True):

@@ -40,6 +40,7 @@ from ..leader import REFUSED_RETRY_S, Refusals
 from ..limits import clip, get_logger, printable
 from ..options import shown
 from ..scripts import ScriptCall
+from ..serverclock import execute_with_clock
 from .schedule_records import timing_problems
 from .schedules import timing_of
 
@@ -440,14 +441,11 @@ async def overdue_ms(queue: JobQueue) -> int | None:
     Redis clock (0 while none is late); None when no schedule is active. A value that
     keeps growing means no scheduler is firing (no worker runs one)."""
     client = await queue.client()
-    if queue.connection.is_cluster:  # a Cluster pipeline refuses TIME: sent alone
-        first = await client.zrange(queue.keys.schedules_due, 0, 0, withscores=True)
-        sec, usec = await client.time() if first else (0, 0)
-    else:
-        pipe = client.pipeline(transaction=False)
-        pipe.zrange(queue.keys.schedules_due, 0, 0, withscores=True)
-        pipe.time()
-        first, (sec, usec) = await pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(queue.keys.schedules_due, 0, 0, withscores=True)
+    (first,), (sec, usec) = await execute_with_clock(
+        client, pipe, cluster=queue.connection.is_cluster
+    )
     if not first:
         return None
     now = int(sec) * 1000 + int(usec) // 1000

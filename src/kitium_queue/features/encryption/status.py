@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import ResponseError
 
+from ...serverclock import execute_with_clock
 from .crypto import is_key_id
 
 if TYPE_CHECKING:
@@ -110,19 +111,16 @@ async def read_status(queue: JobQueue) -> RotationStatus:
     unknown and are described in ``damaged``, with how to repair them."""
     client = await queue.client()
     meta, ids_key, rot_key = (queue.keys.extra(k) for k in ("enc", "enc:keys", "enc:rotation"))
-    cluster = queue.connection.is_cluster  # a Cluster pipeline refuses TIME: sent alone
     pipe = client.pipeline(transaction=False)
     pipe.hget(meta, "current")
     pipe.hkeys(ids_key)
     pipe.hgetall(rot_key)
     pipe.get(queue.keys.extra(f"leader:{ROLE}"))
     pipe.hgetall(queue.keys.extra(LACKING))
-    if not cluster:
-        pipe.time()
-    replies = list(await pipe.execute(raise_on_error=False))
-    if cluster:
-        replies.append(await client.time())
-    cur, ids, rec, lease, lacks, now = replies
+    replies, now = await execute_with_clock(
+        client, pipe, cluster=queue.connection.is_cluster, raise_on_error=False
+    )
+    cur, ids, rec, lease, lacks = replies
     damaged: list[str] = []
     for key, got, fix in (
         (meta, cur, _FIX_META),
