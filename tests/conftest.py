@@ -30,7 +30,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _redis import RedisServer
+from _redis import RedisServer, thaw
 from helpers import QueueFactory
 
 if TYPE_CHECKING:
@@ -181,3 +181,15 @@ async def receiver() -> AsyncIterator[Any]:
     rec = await Receiver().start()
     yield rec
     await rec.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may stop (``_redis.frozen``): let run
+    again and shut down at the end. A module may define its own ``server`` instead."""
+    srv = RedisServer().start()
+    try:
+        yield srv
+    finally:
+        thaw(srv)
+        srv.close()

@@ -27,14 +27,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from _redis import RedisServer, frozen, thaw
+from _redis import RedisServer, frozen
 from helpers import app_module, wait_until
 from kitium_queue import JobQueue, JobStatus
 from kitium_queue.keys import QueueKeys
@@ -62,16 +62,6 @@ def long_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
     # How long close() lets calls under way end: a call the stopped worker left waiting
     # on the frozen Redis (its last heartbeat) would hold it that long.
     monkeypatch.setattr("kitium_queue.context.CLOSE_GRACE_S", LONG_S, raising=False)
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        thaw(srv)
-        srv.close()
 
 
 class Runs:

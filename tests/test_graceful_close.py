@@ -247,16 +247,6 @@ async def test_close_does_not_wait_for_a_caller_that_gave_up_its_place_in_line(
 
 
 # ------------------------------------------------------------------ a frozen server
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        thaw(srv)
-        srv.close()
-
-
 async def test_close_on_a_frozen_server_gives_up_after_the_grace(
     server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

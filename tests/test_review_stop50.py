@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -31,16 +30,6 @@ pytestmark = pytest.mark.redis_only
 HANG_S = 15
 #: More than the sockets of a loopback connection take while the server reads nothing.
 BIG = 48 * 1024 * 1024
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        thaw(srv)
-        srv.close()
 
 
 async def test_close_lets_a_command_being_sent_end(
