@@ -75,6 +75,10 @@ class Monitor:
         # The view this process last followed (``on_change``): a change is followed once,
         # whichever refresh saw it first.
         self._followed: View | None = None
+        # Promotions by this process, counted at their start and at their end (odd: one
+        # is under way). A promotion tells the other regions itself, so records a round
+        # read while one ran may predate that and are not taken for stale regions.
+        self._promotions = 0
 
     # ------------------------------------------------------------------ loop
     async def start(self) -> None:
@@ -111,6 +115,7 @@ class Monitor:
         self.ticks += 1
         if self._followed is None:
             self._followed = self.topo.view
+        promotions = self._promotions
         view = await self.topo.refresh()
         # While a promotion by this process is under way (it holds topo.lock) the change
         # it makes is its own to follow, with its reason and duration: following it here
@@ -119,7 +124,8 @@ class Monitor:
         if not self.topo.lock.locked() and not _same(view, self._followed):
             await self._follow(view, None)
         if view.epoch is not None and view.primary is not None:
-            await self._adopt_stale(view)
+            if promotions == self._promotions and promotions % 2 == 0:
+                await self._adopt_stale(view)
             await self._renew(view)
         if not self.cfg.replication.enabled:
             await self._forget_former()
@@ -281,6 +287,13 @@ class Monitor:
         self, target: RegionCopy, reason: str
     ) -> tuple[Election, Failover | None]:
         """``promote`` for a caller that holds ``topo.lock`` (a planned handover)."""
+        self._promotions += 1
+        try:
+            return await self._promote(target, reason)
+        finally:
+            self._promotions += 1
+
+    async def _promote(self, target: RegionCopy, reason: str) -> tuple[Election, Failover | None]:
         started = time.monotonic()
         prev = self.topo.view
         epoch = max(prev.election, prev.epoch or 0) + 1
