@@ -502,8 +502,8 @@ async def test_stop_honours_shutdown_timeout_when_a_run_ignores_cancellation(
         t0 = time.monotonic()
         closing = asyncio.ensure_future(q.close())
         try:
-            # shutdown_timeout (0.3 s) + the 5 s a cancelled run is given to end; not
-            # the 30 s flush timeout on top.
+            # shutdown_timeout (0.3 s) + the part of the flush bound a cancelled run is
+            # given to end (half of it); not the 30 s flush timeout on top.
             done, _ = await asyncio.wait({closing}, timeout=12)
             took = time.monotonic() - t0
         finally:

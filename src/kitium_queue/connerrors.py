@@ -43,29 +43,12 @@ from .errors import (
 from .replywaits import held_for, holds, unread
 
 __all__ = [
-    "NOPERM",
-    "PLAIN_TO_TLS_PORT",
-    "REPLY_DEADLINE_S",
-    "ConnectionLimitError",
-    "ReplyCutOffError",
-    "ReplyTimeoutError",
-    "TLSConfigurationError",
-    "bound_replies",
-    "closed_by_server",
-    "connection_options",
-    "held_for",
-    "limit_advice",
-    "limit_message",
-    "limit_reached",
-    "missing_tls_files",
-    "permission_denied",
-    "refused",
-    "reply_cut_off",
-    "tls_failure",
-    "tls_files_missing",
-    "translate_error",
-    "uses_tls",
-]
+    "NOPERM", "PLAIN_TO_TLS_PORT", "REPLY_DEADLINE_S", "ConnectionLimitError", "ReplyCutOffError",
+    "ReplyTimeoutError", "TLSConfigurationError", "bound_replies", "closed_by_server",
+    "connection_options", "held_for", "limit_advice", "limit_message", "limit_reached",
+    "missing_tls_files", "permission_denied", "refused", "reply_cut_off", "tls_failure",
+    "tls_files_missing", "translate_error", "uses_tls",
+]  # fmt: skip
 
 
 #: The options that name files the TLS handshake reads when a connection opens.
@@ -321,8 +304,9 @@ def translate_error(
     options = options or {}
     missing_files, tls, db = missing_tls_files(options), uses_tls(options), options.get("db")
     where = f"Redis at {describe}"
-    cause = _sentence(redacted) or type(exc).__name__
-    network = isinstance(exc, (RedisConnectionError, OSError))
+    cause = _sentence(redacted.split(_ANY_NODE, 1)[-1]) or type(exc).__name__
+    seen = exc.__cause__ if _ANY_NODE in redacted and exc.__cause__ is not None else exc
+    network = isinstance(seen, (RedisConnectionError, OSError))
     if missing_files and network:
         files = tls_files_missing(missing_files, cause)
         return TLSConfigurationError(f"cannot connect to {where} for queue {queue!r}: {files}")
@@ -330,7 +314,7 @@ def translate_error(
     if said is not None:
         kind = TLSConfigurationError if said[1] else ConnectionUnavailableError
         return kind(f"the TLS handshake with {where} failed (queue {queue!r}: {cause}); {said[0]}")
-    if isinstance(exc, AuthenticationError):
+    if isinstance(seen, AuthenticationError):
         return ConnectionUnavailableError(
             f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
             "username and password given in redis="
@@ -344,10 +328,9 @@ def translate_error(
     if isinstance(exc, ResponseError) and "db index is out of range" in cause.lower():
         db = "" if db is None else f"db {db}; "
         return ConfigurationError(
-            f"{where} has no such database ({db}queue {queue!r}: {cause}); a server has "
-            "databases 0..15 unless its 'databases' setting says otherwise: use a "
-            "database number within that range in redis= (redis://host:6379/<db>, "
-            "?db=<db>, or the db key of a dict)"
+            f"{where} has no such database ({db}queue {queue!r}: {cause}); a server has databases "
+            "0..15 unless its 'databases' setting says otherwise: use a database number within "
+            "that range in redis= (redis://host:6379/<db>, ?db=<db>, or the db key of a dict)"
         )
     if isinstance(exc, MasterNotFoundError):
         # Its text lists every Sentinel client's repr: say it in one sentence instead.
@@ -356,16 +339,32 @@ def translate_error(
             "(none answered, or none monitors that service name); check the sentinel "
             "addresses and the service name in redis=, and that the sentinels run"
         )
-    if isinstance(exc, RedisClusterException):
-        if "cluster mode is not enabled" in cause.lower():
+    if isinstance(exc, RedisClusterException):  # by its words: 8.1 has no class for most
+        words, low = _ARGS.sub(r"\1 ...", cause.split("\n")[0])[:200], cause.lower()
+        if isinstance(seen.__context__, NoPermissionError):  # CLUSTER SLOTS refused (ACL)
+            return permission_denied(str(seen.__context__))
+        if "cluster mode is not enabled" in low:
             return ConfigurationError(
-                f"{where} is not a Redis Cluster (queue {queue!r}: {cause}); for a "
+                f"{where} is not a Redis Cluster (queue {queue!r}: {words}); for a "
                 "single server use a redis:// URL instead of redis+cluster://"
             )
-        return ConnectionUnavailableError(
-            f"cannot reach any node of the Redis {describe} (queue {queue!r}: "
-            f"{cause}); check the "
-            "node addresses in redis= and that the cluster is running"
+        if _ANY_NODE in redacted:
+            return ConnectionUnavailableError(
+                f"cannot reach any node of the Redis {describe} (queue {queue!r}: {words}); "
+                "check the node addresses in redis= and that the cluster is running"
+            )
+        if "not covered" in low or "could not agree" in low:
+            return ConnectionUnavailableError(
+                f"the Redis {describe} does not map every hash slot to a node (queue "
+                f"{queue!r}: {words}): a master down with no replica to take over, slots "
+                "never assigned, a failover or resharding under way, or addresses in redis= "
+                "of different clusters; check CLUSTER INFO on a node, and those addresses"
+            )
+        return KitiumQueueError(
+            f"the Redis Cluster client refused a call of queue {queue!r} ({words}): not a "
+            "connection problem, but a call a Cluster does not take as made (the keys of "
+            "one command or transaction must share one hash slot, and a command must name "
+            f"one: a queue's keys do, by its {{{queue}}} hash tag)"
         )
     if isinstance(exc, _TIMEOUTS) and "connecting" in cause:
         plain = (
@@ -390,32 +389,28 @@ def translate_error(
             else "whether the server expects TLS (rediss://)"
         )
         return ConnectionUnavailableError(
-            f"{where} accepted the connection but did not answer{within} (queue "
-            f"{queue!r}: {cause}); check the port, {scheme}, whether its clients are "
-            "paused (CLIENT PAUSE, as during a failover: it answers once the pause ends), "
-            "and socket_timeout"
+            f"{where} accepted the connection but did not answer{within} (queue {queue!r}: "
+            f"{cause}); check the port, {scheme}, whether its clients are paused (CLIENT PAUSE, as "
+            "during a failover: it answers once the pause ends), and socket_timeout"
         )
     if isinstance(exc, MaxConnectionsError):
         return ConnectionUnavailableError(
-            f"no free connection to {where} for queue {queue!r} ({cause}); every "
-            "connection of the pool was in use: raise max_connections in redis= or run "
-            "fewer calls at once"
+            f"no free connection to {where} for queue {queue!r} ({cause}); every connection of the "
+            "pool was in use: raise max_connections in redis= or run fewer calls at once"
         )
     if closed_by_server(exc) and opening:
         hint = "" if tls else PLAIN_TO_TLS_PORT
         return ConnectionUnavailableError(
-            f"{where} closed the connection of queue {queue!r} while it was being opened, "
-            f"before any command of the call ({cause}): {hint}the server was stopping or "
-            "restarting, or closed the client: check that it runs, and its log (the next "
-            "call connects again)"
+            f"{where} closed the connection of queue {queue!r} while it was being opened, before "
+            f"any command of the call ({cause}): {hint}the server was stopping or restarting, or "
+            "closed the client: check that it runs, and its log (the next call connects again)"
         )
     if closed_by_server(exc):
         return ConnectionUnavailableError(
-            f"{where} closed the connection of queue {queue!r} during a call ({cause}): "
-            "it was restarted or stopped, closed the client (CLIENT KILL, its timeout "
-            "setting), or cut off a reply larger than its client-output-buffer-limit; "
-            "check that the server runs, and its log for which (the next call connects "
-            "again)"
+            f"{where} closed the connection of queue {queue!r} during a call ({cause}): it was "
+            "restarted or stopped, closed the client (CLIENT KILL, its timeout setting), or cut "
+            "off a reply larger than its client-output-buffer-limit; check that the server runs, "
+            "and its log for which (the next call connects again)"
         )
     if isinstance(exc, (RedisConnectionError, OSError, asyncio.TimeoutError)):
         return ConnectionUnavailableError(
@@ -423,6 +418,12 @@ def translate_error(
             "setting and that the server is running"
         )
     return None
+
+
+# redis-py's Cluster client reached no node ("... <these words> <why>"); the arguments of
+# a command it quotes (job data may be among them) are never quoted here.
+_ANY_NODE = "Please provide at least one reachable node: "
+_ARGS = re.compile(r"((?:in command:|execute) \S+) .*")
 
 
 def _sentence(text: str) -> str:

@@ -209,12 +209,15 @@ def _taken(client: Any) -> tuple[list[Any], int]:
 def _serving(conn: Any) -> bool | None:
     """What connection ``conn``, taken out of its pool, does: True while it serves a
     call (replies owed or being read, a command being sent, a packed exchange, a
-    connection being opened; any taken connection whose replies are not counted,
-    ``connerrors.bound_replies``), None while it serves nothing (held between commands,
-    or a call about to send: look again), False when a subscription holds it (its
-    holder lets it go, not a call)."""
+    connection being opened; on ``memory://`` a read under way, ``pools.yielding``; any
+    other taken connection whose replies are not counted, ``connerrors.bound_replies``),
+    None while it serves nothing (held between commands, or a call about to send: look
+    again), False when a subscription holds it (its holder lets it go, not a call)."""
     if getattr(conn, "_connect_callbacks", None):  # PubSub: subscriptions to renew
         return False
+    reading = getattr(conn, "_kq_reading", None)  # memory://: its sends are answered at once
+    if reading is not None:
+        return True if reading else None
     transport: Any = getattr(getattr(conn, "_writer", None), "transport", None)
     protocol = getattr(transport, "get_protocol", None)  # memory:// has none
     if protocol is not None and isinstance(protocol(), ReplyChannel):

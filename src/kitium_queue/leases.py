@@ -179,6 +179,11 @@ class Leases:
         self._on_outage = on_outage
         self._slots = slots
         self._missing_task: asyncio.Future[None] | None = None
+        #: The flush bound of the stop under way (s; the worker sets it): ``wind_down``
+        #: lets the runs it cancels end within half of it, from ``cancelled_at`` (loop
+        #: time; None: it cancelled none), and leaves the rest to the flush.
+        self.flush_s = 5.0
+        self.cancelled_at: float | None = None
 
     def add(self, run: Run) -> None:
         """Hold ``run``'s lease. A run of the same job still held here is abandoned: an
@@ -233,7 +238,12 @@ class Leases:
 
     async def wind_down(self, grace: float) -> None:
         """Graceful stop: let the running jobs finish within ``grace`` seconds, then
-        cancel the rest, which hand their jobs back to the queue (no attempt spent)."""
+        cancel the rest, which hand their jobs back to the queue (no attempt spent).
+        Those get half of the stop's flush bound (``flush_s``) to end: that wait is
+        taken out of the flush, so a processor that delays its cancellation (a slow
+        ``except CancelledError``, a call to a frozen Redis there) no longer holds the
+        stop past its bound; one still running then is left to ``drop_stuck``."""
+        self.cancelled_at = None
         running = [r.task for r in self.runs.values() if r.task is not None]
         if running:
             await asyncio.wait(running, timeout=grace)
@@ -243,7 +253,9 @@ class Leases:
             assert run.task is not None
             run.task.cancel()
         if left:
-            await asyncio.wait([r.task for r in left if r.task is not None], timeout=5)
+            self.cancelled_at = asyncio.get_running_loop().time()
+            tasks = [r.task for r in left if r.task is not None]
+            await asyncio.wait(tasks, timeout=max(0.0, self.flush_s / 2))
             log.warning(
                 "worker %s: %d job(s) still running after shutdown_timeout were handed back "
                 "to queue %s",

@@ -298,24 +298,28 @@ _YIELDING: dict[type, type] = {}
 
 def yielding(cls: type) -> type:
     """``cls`` (the ``memory://`` backend's asyncio connection class) whose
-    ``read_response`` first gives the event loop a turn, as reading a socket does. An
-    in-memory reply is there at once, so on Python 3.13 a loop of awaited calls (a
-    producer adding jobs one by one) never suspended, and starved every other task of
-    its loop: the worker, its lease renewals, a region's lease."""
+    ``read_response`` gives the event loop a turn once it has the reply, as reading a
+    socket does (an in-memory reply is there at once: on Python 3.13 a loop of awaited
+    calls never suspended, and starved every other task of its loop, lease renewals
+    too), and counts the reads under way in ``_kq_reading`` (a blocking command's wait
+    and that turn included): with none, a connection held aside serves no call."""
     made = _YIELDING.get(cls)
     if made is None:
         read = cls.read_response  # type: ignore[attr-defined]
 
         async def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
-            # After the reply is taken, never before: a call cancelled at this turn
-            # leaves its connection in step (a reply left unread would be the next
-            # command's answer).
-            response = await read(self, *args, **kwargs)
-            await asyncio.sleep(0)
+            # The turn comes after the reply is taken: a call cancelled at it leaves its
+            # connection in step (a reply left unread would answer the next command).
+            self._kq_reading += 1
+            try:
+                response = await read(self, *args, **kwargs)
+                await asyncio.sleep(0)
+            finally:
+                self._kq_reading -= 1
             return response
 
-        made = type(cls.__name__, (cls,), {"read_response": read_response, "__module__": __name__})
-        _YIELDING[cls] = made
+        attrs = {"read_response": read_response, "_kq_reading": 0, "__module__": __name__}
+        made = _YIELDING[cls] = type(cls.__name__, (cls,), attrs)
     return made
 
 
@@ -493,12 +497,8 @@ def answering(cls: type) -> type:
                     raise
                 raise failed from exc
 
-    made = type(
-        cls.__name__,
-        (cls,),
-        {"_send_ping": _send_ping, "connect": _connect, "__module__": __name__, **extra},
-    )
-    _ANSWERING[cls] = made
+    attrs = {"_send_ping": _send_ping, "connect": _connect, "__module__": __name__, **extra}
+    made = _ANSWERING[cls] = type(cls.__name__, (cls,), attrs)
     return made
 
 

@@ -307,13 +307,13 @@ class Worker:
             ends = self.stop_ends = loop.time() + grace  # the services' stop takes from it
             await lifecycle.end_waker(self)  # its claim's jobs handed back, never stranded
             await stop_services(self.queue, self.id)
+            told = None if flush_timeout_ms is None else max(flush_timeout_ms, 0) / 1000
+            self.leases.flush_s = _FLUSH_MIN_S if told is None else told  # see wind_down
             await grace_period(self.leases, max(0.0, ends - loop.time()), forced)
             self._signal.set()
-            flush_s = max(_FLUSH_MIN_S, ends - loop.time())
-            if flush_timeout_ms is not None:
-                flush_s = max(flush_timeout_ms, 0) / 1000
-            since = loop.time()
-            if unflushed := await wait_unless(self._pumps, flush_s, forced):
+            since = self.leases.cancelled_at or loop.time()  # wind_down waited from there
+            flush_s = max(_FLUSH_MIN_S, ends - since) if told is None else told
+            if unflushed := await wait_unless(self._pumps, since + flush_s - loop.time(), forced):
                 self.outcomes.report_unflushed(loop.time() - since, unreachable=self._causes.down)
             unanswered = bool(unflushed) and not forced.is_set()  # no reply in flush_s
             await end_tasks(self._tasks)
