@@ -14,7 +14,6 @@ Quick start::
     await queue.run_worker()
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -60,49 +59,7 @@ from .errors import (
     WriteRefusedError,
 )
 from .events import EventData, StreamEvent
-from .features.access import (
-    AccessControlManager,
-    AccessEntry,
-    Permission,
-    QueuePermissions,
-)
-from .features.advanced import AdvancedQueueConfig
-from .features.alerts import AlertManager, AlertRule
-from .features.audit import AuditEntry, AuditLog, AuditReport
-from .features.breakers import (
-    BreakerConfig,
-    BreakerStats,
-    CircuitBreaker,
-    CircuitBreakerManager,
-    FailureThreshold,
-)
-from .features.compliance import ComplianceManager, ErasureReport
-from .features.encryption import (
-    DecryptionError,
-    EncryptionError,
-    EncryptionManager,
-    KeyConfig,
-    RotationStatus,
-)
-from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
-from .features.idempotency import ExecutionResult, IdempotencyManager
-from .features.partitioned import PartitionedQueue
-from .features.regions import (
-    FailoverError,
-    GlobalQueueConfig,
-    GlobalQueueManager,
-    GlobalStats,
-    RegionConfig,
-    RegionNotAllowedError,
-    RegionStats,
-    RegionUnavailableError,
-    ReplicationTimeoutError,
-    TenantRegionMap,
-)
-from .features.replicas import ReplicaAcks
-from .features.schedules import Schedule
-from .features.tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
-from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
+from .features import load_lazily
 from .hooks import FeatureEvent
 from .identity import acting_as, current_principal
 from .job import Job, JobInfo, JobProcessor
@@ -117,12 +74,52 @@ from .options import (
     RetryConfig,
     WorkerConfig,
 )
-from .outbox import DeadEntry, GroupStats, Outbox, OutboxConsumer, OutboxEntry, OutboxStats
 from .queue import HealthStatus, JobQueue, QueueStats
 from .queueconfig import QueueConfig
-from .sync import SyncJobQueue, SyncPartitionedQueue
 
 if TYPE_CHECKING:
+    from .features.access import (
+        AccessControlManager,
+        AccessEntry,
+        Permission,
+        QueuePermissions,
+    )
+    from .features.advanced import AdvancedQueueConfig
+    from .features.alerts import AlertManager, AlertRule
+    from .features.audit import AuditEntry, AuditLog, AuditReport
+    from .features.breakers import (
+        BreakerConfig,
+        BreakerStats,
+        CircuitBreaker,
+        CircuitBreakerManager,
+        FailureThreshold,
+    )
+    from .features.compliance import ComplianceManager, ErasureReport
+    from .features.encryption import (
+        DecryptionError,
+        EncryptionError,
+        EncryptionManager,
+        KeyConfig,
+        RotationStatus,
+    )
+    from .features.groups import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
+    from .features.idempotency import ExecutionResult, IdempotencyManager
+    from .features.partitioned import PartitionedQueue
+    from .features.regions import (
+        FailoverError,
+        GlobalQueueConfig,
+        GlobalQueueManager,
+        GlobalStats,
+        RegionConfig,
+        RegionNotAllowedError,
+        RegionStats,
+        RegionUnavailableError,
+        ReplicationTimeoutError,
+        TenantRegionMap,
+    )
+    from .features.replicas import ReplicaAcks
+    from .features.schedules import Schedule
+    from .features.tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
     from .features.webhooks import (
         WebhookConfig,
         WebhookEvent,
@@ -131,25 +128,62 @@ if TYPE_CHECKING:
         generate_secret,
         verify_webhook,
     )
+    from .features.workflows import JobChainManager, WorkflowStatus, WorkflowStep
+    from .outbox import DeadEntry, GroupStats, Outbox, OutboxConsumer, OutboxEntry, OutboxStats
+    from .sync import SyncJobQueue, SyncPartitionedQueue
 
-#: Names imported on first use (the webhooks feature loads httpx).
+#: Names imported on first use, by the module that defines them. A feature registers
+#: nothing when imported: what it plugs into a queue (options, hooks, Lua slots,
+#: services) it installs when it is built for that queue, so loading it on first use
+#: changes nothing but when its modules are read.
 _LAZY = {
-    "WebhookConfig": "features.webhooks",
-    "WebhookEvent": "features.webhooks",
-    "WebhookManager": "features.webhooks",
-    "WebhookVerificationError": "features.webhooks",
-    "generate_secret": "features.webhooks",
-    "verify_webhook": "features.webhooks",
+    name: module
+    for module, names in {
+        "features.access": "AccessControlManager AccessEntry Permission QueuePermissions",
+        "features.advanced": "AdvancedQueueConfig",
+        "features.alerts": "AlertManager AlertRule",
+        "features.audit": "AuditEntry AuditLog AuditReport",
+        "features.breakers": (
+            "BreakerConfig BreakerStats CircuitBreaker CircuitBreakerManager FailureThreshold"
+        ),
+        "features.compliance": "ComplianceManager ErasureReport",
+        "features.encryption": (
+            "DecryptionError EncryptionError EncryptionManager KeyConfig RotationStatus"
+        ),
+        "features.groups": "FIFOQueueManager GroupConfig GroupRateLimit MessageGroupStats",
+        "features.idempotency": "ExecutionResult IdempotencyManager",
+        "features.partitioned": "PartitionedQueue",
+        "features.regions": (
+            "FailoverError GlobalQueueConfig GlobalQueueManager GlobalStats RegionConfig "
+            "RegionNotAllowedError RegionStats RegionUnavailableError "
+            "ReplicationTimeoutError TenantRegionMap"
+        ),
+        "features.replicas": "ReplicaAcks",
+        "features.schedules": "Schedule",
+        "features.tenancy": "TenantConfig TenantQuota TenantRegistry TenantUsage",
+        "features.webhooks": (
+            "WebhookConfig WebhookEvent WebhookManager WebhookVerificationError "
+            "generate_secret verify_webhook"
+        ),
+        "features.workflows": "JobChainManager WorkflowStatus WorkflowStep",
+        "outbox": "DeadEntry GroupStats Outbox OutboxConsumer OutboxEntry OutboxStats",
+        "sync": "SyncJobQueue SyncPartitionedQueue",
+    }.items()
+    for name in names.split()
 }
+#: Modules of the package that an attribute does not import (entry points, optional
+#: extras); any other (``kitium_queue.worker``) is imported on first use.
+_NOT_ATTRIBUTES = frozenset({"__main__", "_child", "cli", "dashboard", "demo"})
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # a type checker sees the names above, and flags any other
+
+    def __getattr__(name: str) -> Any:
+        return load_lazily(__name__, __path__, _LAZY, name, _NOT_ATTRIBUTES)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

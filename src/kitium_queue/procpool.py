@@ -85,8 +85,8 @@ START_TIMEOUT_S = 120.0
 #: before the pipe is given up (a process it forked may hold it open for ever).
 EXIT_GRACE_S = 1.0
 #: What a child runs (``python -c``, the worker's pid as its argument): the package's
-#: modules are found without running its ``__init__`` (which imports every feature, a
-#: second or more), so a child loads only what ``_child`` needs; ``_child`` runs the
+#: modules are found without running its ``__init__`` (which imports the whole core and
+#: redis-py), so a child loads only what ``_child`` needs; ``_child`` runs the
 #: ``__init__`` when anything else asks for the package.
 _BOOT = (
     "import importlib.util as u, sys; s = u.find_spec('kitium_queue'); "

@@ -10,17 +10,28 @@ Audit page of a dashboard given an audit log (``create_dashboard(access=...)``).
 
 from __future__ import annotations
 
-try:
-    import jinja2  # noqa: F401
-    import starlette  # noqa: F401
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+try:  # the packages are looked for here, imported with the app (``app.py``)
+    for _extra in ("jinja2", "starlette"):
+        if importlib.util.find_spec(_extra) is None:
+            raise ModuleNotFoundError(f"No module named {_extra!r}", name=_extra)
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "the dashboard needs the optional extra 'dashboard': "
         'pip install "kitium-job-queue[dashboard]" (Starlette, Jinja2, uvicorn)'
     ) from exc
 
-from .app import SECURITY_HEADERS, create_dashboard
+from ..features import load_lazily
 from .auth import ACTIONS, AUDIT_ACTIONS, DashboardToken
+
+if TYPE_CHECKING:
+    from .app import SECURITY_HEADERS, create_dashboard
+
+#: Imported on first use: ``app.py`` loads Starlette and Jinja2 (the command line loads
+#: it only to serve).
+_LAZY = {"SECURITY_HEADERS": "app", "create_dashboard": "app"}
 
 __all__ = [
     "ACTIONS",
@@ -29,3 +40,13 @@ __all__ = [
     "DashboardToken",
     "create_dashboard",
 ]
+
+
+if not TYPE_CHECKING:  # a type checker sees the names above, and flags any other
+
+    def __getattr__(name: str) -> Any:
+        return load_lazily(__name__, __path__, _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

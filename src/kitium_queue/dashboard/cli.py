@@ -30,7 +30,6 @@ import click
 from ..errors import ConfigurationError
 from ..features.audit.cli import AUDIT_KEY_ENV, audit_key
 from ..serving import listen_socket
-from .app import create_dashboard
 from .auth import parse_tokens
 
 __all__ = ["make_command"]
@@ -176,6 +175,8 @@ def make_command(
         parsed = parse_tokens(given)
         queues = [load_queue(a, redis) for a in app]
         access = _access(queues, with_access, with_audit, key_file)
+        from .app import create_dashboard  # Starlette and Jinja2: loaded to serve only
+
         asgi = create_dashboard(
             queues=queues,
             tokens=parsed,

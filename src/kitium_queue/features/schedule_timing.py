@@ -15,9 +15,10 @@ date (or the Unix epoch), so every process computes the same ticks.
 from __future__ import annotations
 
 from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING
 
-from croniter import croniter
-from croniter.croniter import CroniterBadDateError
+if TYPE_CHECKING:
+    from croniter import croniter
 
 __all__ = ["CronTiming", "IntervalTiming", "Timing"]
 
@@ -68,6 +69,8 @@ class CronTiming(Timing):
         self.fixed_hour = not hour.startswith("*") and hour != "@hourly"
 
     def _iter(self, t_ms: int) -> croniter:
+        from croniter import croniter  # on first use: a cron schedule's ticks
+
         start = datetime.fromtimestamp(t_ms / 1000, self.tz)
         return croniter(self.pattern, start, second_at_beginning=self.seconds)
 
@@ -96,6 +99,8 @@ class CronTiming(Timing):
         return inside
 
     def _next(self, t: int) -> int | None:
+        from croniter.croniter import CroniterBadDateError
+
         try:
             n = round(self._iter(t).get_next(float) * 1000)
             shift = self._shift_ms(n)
@@ -106,6 +111,8 @@ class CronTiming(Timing):
             return None
 
     def _prev(self, t: int) -> int | None:
+        from croniter.croniter import CroniterBadDateError
+
         try:
             # croniter's get_prev is strictly before its start; +1 ms makes it inclusive.
             p = round(self._iter(t + 1).get_prev(float) * 1000)

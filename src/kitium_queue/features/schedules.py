@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from croniter import croniter
-from croniter.croniter import CroniterError
 
 from ..damage import named_key
 from ..errors import ConfigurationError, ScheduleNotFoundError
@@ -258,6 +256,9 @@ def check_cron(pattern: Any) -> str:
             "(minute hour day-of-month month day-of-week) or 6 with seconds first "
             "(second minute hour day-of-month month day-of-week)"
         )
+    from croniter import croniter  # on first use: schedules of intervals never load it
+    from croniter.croniter import CroniterError
+
     try:
         croniter(text, datetime.now(timezone.utc), second_at_beginning=n == 6)
     except (CroniterError, ValueError, KeyError) as exc:

@@ -17,18 +17,39 @@ audited), and Redis ACL rules for isolation that holds against any client.
 docs/access-control.md says what is enforced where (in-process vs Redis ACL).
 """
 
-from .glob import QueuePattern
-from .manager import AccessControlManager
-from .model import (
-    COMMAND_PERMISSIONS,
-    READ_PERMISSIONS,
-    ROLE_PERMISSIONS,
-    AccessEntry,
-    Permission,
-    QueuePermissions,
-    register_command,
-    register_read,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import load_lazily
+
+if TYPE_CHECKING:
+    from .glob import QueuePattern
+    from .manager import AccessControlManager
+    from .model import (
+        COMMAND_PERMISSIONS,
+        READ_PERMISSIONS,
+        ROLE_PERMISSIONS,
+        AccessEntry,
+        Permission,
+        QueuePermissions,
+        register_command,
+        register_read,
+    )
+
+#: Public names, each imported on first use from the module that defines it.
+_LAZY = {
+    "QueuePattern": "glob",
+    "AccessControlManager": "manager",
+    "COMMAND_PERMISSIONS": "model",
+    "READ_PERMISSIONS": "model",
+    "ROLE_PERMISSIONS": "model",
+    "AccessEntry": "model",
+    "Permission": "model",
+    "QueuePermissions": "model",
+    "register_command": "model",
+    "register_read": "model",
+}
 
 __all__ = [
     "COMMAND_PERMISSIONS",
@@ -42,3 +63,13 @@ __all__ = [
     "register_command",
     "register_read",
 ]
+
+
+if not TYPE_CHECKING:  # a type checker sees the names above, and flags any other
+
+    def __getattr__(name: str) -> Any:
+        return load_lazily(__name__, __path__, _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -29,10 +29,8 @@ from ..audit.cli import (
     run,
 )
 from ..audit.conn import Deployment
-from .manager import AccessControlManager
 from .model import AccessEntry, Permission, parse_permission
 from .redisacl import FEATURE_COMMANDS, RedisAclRules, redis_acl_rules
-from .store import GrantStore
 
 __all__ = ["make_acl_command", "make_command"]
 
@@ -71,6 +69,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
     @redis_option
     def list_(principal: str | None, as_json: bool, prefix: str, redis: str | None) -> None:
         """List grants: principal, pattern, role, permissions, what they allow."""
+        from .store import GrantStore
+
         store = GrantStore(Deployment(redis_url(redis), prefix, name="access control"), None,
                            cache_ttl_ms=0)  # fmt: skip
 
@@ -122,6 +122,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
     ) -> None:
         """Grant PRINCIPAL a role and/or permissions on queues matching QUEUE_PATTERN
         (replaces its grant on that pattern)."""
+        from .manager import AccessControlManager
+
         entry = AccessEntry.parse(
             {
                 "principal_id": principal,
@@ -162,6 +164,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
         redis: str | None,
     ) -> None:
         """Revoke PRINCIPAL's grant on QUEUE_PATTERN (as granted). Exit 1 if none."""
+        from .manager import AccessControlManager
+
         acm = AccessControlManager(
             redis_url(redis), audit_key=audit_key(key_file, required=True), prefix=prefix
         )
@@ -200,6 +204,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
         redis: str | None,
     ) -> None:
         """What PRINCIPAL may do on QUEUE, and which of its grants allow it."""
+        from .store import GrantStore
+
         want = None if permission is None else parse_permission(permission)
         store = GrantStore(Deployment(redis_url(redis), prefix, name="access control"), None,
                            cache_ttl_ms=0)  # fmt: skip

@@ -12,8 +12,6 @@ from typing import Any
 
 import click
 
-from .manager import AlertManager
-
 __all__ = ["make_command"]
 
 
@@ -31,6 +29,7 @@ def make_command(
     def alerts(app: str, limit: int, values: bool, as_json: bool, redis: str | None) -> None:
         """Show APP's alert rules (from its monitoring configuration), the state each
         is in (ok or firing, since when) and the latest changes, newest first."""
+        from .manager import AlertManager
 
         async def act(q: Any) -> dict[str, Any]:
             await q.client()  # the connection is checked first

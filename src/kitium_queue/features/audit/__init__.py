@@ -14,9 +14,27 @@
 docs/access-control.md describes the format, the guarantees and their limits.
 """
 
-from .chain import AuditKeys
-from .log import AuditEntry, AuditLog, AuditPage
-from .verify import AuditHead, AuditProblem, AuditReport
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import load_lazily
+
+if TYPE_CHECKING:
+    from .chain import AuditKeys
+    from .log import AuditEntry, AuditLog, AuditPage
+    from .verify import AuditHead, AuditProblem, AuditReport
+
+#: Public names, each imported on first use from the module that defines it.
+_LAZY = {
+    "AuditKeys": "chain",
+    "AuditEntry": "log",
+    "AuditLog": "log",
+    "AuditPage": "log",
+    "AuditHead": "verify",
+    "AuditProblem": "verify",
+    "AuditReport": "verify",
+}
 
 __all__ = [
     "AuditEntry",
@@ -27,3 +45,13 @@ __all__ = [
     "AuditProblem",
     "AuditReport",
 ]
+
+
+if not TYPE_CHECKING:  # a type checker sees the names above, and flags any other
+
+    def __getattr__(name: str) -> Any:
+        return load_lazily(__name__, __path__, _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

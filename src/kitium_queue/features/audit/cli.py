@@ -16,14 +16,15 @@ import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from ...errors import ConfigurationError
-from .log import AuditLog, AuditPage
-from .read import parse_time
-from .verify import AuditHead, AuditReport
+
+if TYPE_CHECKING:
+    from .log import AuditPage
+    from .verify import AuditHead, AuditReport
 
 __all__ = [
     "AUDIT_KEY_ENV",
@@ -103,6 +104,8 @@ def _iso(ms: int) -> str:
 
 def parse_checkpoint(value: str | None) -> AuditHead | None:
     """``--checkpoint N:ID:MAC`` (the ``head`` a previous ``audit verify`` printed)."""
+    from .verify import AuditHead
+
     if value is None:
         return None
     try:
@@ -166,6 +169,9 @@ def make_command(row: Callable[..., str]) -> click.Group:
         authentic (MAC checked: yes / NO / - without the key), metadata, and for an
         entry changed outside kitium-queue what is wrong with it. A last line
         ``more --cursor ID`` says how to see the next page."""
+        from .log import AuditLog
+        from .read import parse_time
+
         url = redis_url(redis)
         log = AuditLog(url, key=audit_key(key_file, required=False), prefix=prefix)
 
@@ -227,6 +233,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
     ) -> None:
         """Check the whole chain; print the first entry altered, removed or inserted.
         Exit 1 when the chain is broken."""
+        from .log import AuditLog
+
         head = parse_checkpoint(checkpoint)
         key = audit_key(key_file, required=True)
         log = AuditLog(redis_url(redis), key=key, prefix=prefix)
@@ -259,6 +267,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
     ) -> None:
         """Apply retention: a signed retention record, then the old entries go. A
         broken chain is not trimmed (exit 1) unless --force."""
+        from .log import AuditLog
+
         if max_age_days is None and max_entries is None:
             raise ConfigurationError("give --max-age-days or --max-entries")
         if max_age_days is not None and not 0 < max_age_days < 100_000:

@@ -14,8 +14,6 @@ from typing import Any
 
 import click
 
-from .manager import ComplianceManager, check_subject, subject_digest
-
 __all__ = ["make_command"]
 
 
@@ -47,6 +45,8 @@ def make_command(
         """Erase every job of SUBJECT_ID in APP (any state, running ones too), with its
         results, logs, DLQ entry, stored idempotency results and events. Asks first
         unless --yes."""
+        from .manager import ComplianceManager, check_subject, subject_digest
+
         # Checked before anything is loaded or asked; the error never shows the id.
         check_subject(subject_id)
 
@@ -81,6 +81,8 @@ def make_command(
     @redis_option
     def jobs(app: str, subject_id: str, limit: int, redis: str | None) -> None:
         """List the ids of SUBJECT_ID's jobs in APP (from the subject index)."""
+        from .manager import ComplianceManager, check_subject
+
         check_subject(subject_id)
 
         async def act(q: Any) -> list[str]:
@@ -96,6 +98,7 @@ def make_command(
     def retention(app: str, as_json: bool, redis: str | None) -> None:
         """Apply APP's retention rules now (what the leader does every interval) and
         print what was deleted and erased per state."""
+        from .manager import ComplianceManager
 
         async def act(q: Any) -> dict[str, Any]:
             m = ComplianceManager.for_queue(q)

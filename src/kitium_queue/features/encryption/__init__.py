@@ -5,16 +5,34 @@ Needs the optional ``cryptography`` package: ``pip install 'kitium-job-queue[enc
 
 from __future__ import annotations
 
-from .crypto import (
-    DecryptionError,
-    EncryptionError,
-    KeyConfig,
-    KeyNotHeldError,
-    KeyRecordDamagedError,
-    generate_key,
-)
-from .manager import EncryptionManager
-from .rotation import RotationStatus, RotationTarget
+from typing import TYPE_CHECKING, Any
+
+from .. import load_lazily
+
+if TYPE_CHECKING:
+    from .crypto import (
+        DecryptionError,
+        EncryptionError,
+        KeyConfig,
+        KeyNotHeldError,
+        KeyRecordDamagedError,
+        generate_key,
+    )
+    from .manager import EncryptionManager
+    from .rotation import RotationStatus, RotationTarget
+
+#: Public names, each imported on first use from the module that defines it.
+_LAZY = {
+    "DecryptionError": "crypto",
+    "EncryptionError": "crypto",
+    "KeyConfig": "crypto",
+    "KeyNotHeldError": "crypto",
+    "KeyRecordDamagedError": "crypto",
+    "generate_key": "crypto",
+    "EncryptionManager": "manager",
+    "RotationStatus": "rotation",
+    "RotationTarget": "rotation",
+}
 
 __all__ = [
     "DecryptionError",
@@ -27,3 +45,13 @@ __all__ = [
     "RotationTarget",
     "generate_key",
 ]
+
+
+if not TYPE_CHECKING:  # a type checker sees the names above, and flags any other
+
+    def __getattr__(name: str) -> Any:
+        return load_lazily(__name__, __path__, _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

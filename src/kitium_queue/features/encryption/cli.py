@@ -12,12 +12,12 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .manager import EncryptionManager
-from .rotation import RotationStatus
+if TYPE_CHECKING:
+    from .rotation import RotationStatus
 
 __all__ = ["make_command"]
 
@@ -55,6 +55,7 @@ def make_command(
     @redis_option
     def status(app: str, as_json: bool, redis: str | None) -> None:
         """The current key id, the key ids recorded, and the latest rotation."""
+        from .manager import EncryptionManager
 
         async def act(q: Any) -> None:
             m = EncryptionManager.for_queue(q)
@@ -116,6 +117,7 @@ def make_command(
         """Make NEW_KEY_ID the current key and re-encrypt what is stored under others.
 
         Both keys must be held by the app's EncryptionManager (its configuration)."""
+        from .manager import EncryptionManager
 
         def show(st: RotationStatus) -> None:
             click.echo(json.dumps(st.to_dict()) if as_json else row(_line(st)))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ...errors import JobStateError
-from .manager import FIFOQueueManager, GroupConfig, GroupRateLimit, MessageGroupStats
+
+if TYPE_CHECKING:
+    from .manager import FIFOQueueManager, MessageGroupStats
 
 __all__ = ["make_command"]
 
@@ -24,6 +26,8 @@ Table = Callable[..., None]
 
 
 def _manager(queue: Any) -> FIFOQueueManager:
+    from .manager import FIFOQueueManager
+
     return FIFOQueueManager.for_queue(queue)
 
 
@@ -208,6 +212,7 @@ def make_command(
         redis: str | None,
     ) -> None:
         """Set GROUP_ID's settings (those not given go back to the defaults)."""
+        from .manager import GroupConfig, GroupRateLimit
 
         async def act(q: Any) -> None:
             rate = None if rate_max is None else GroupRateLimit(rate_max, rate_duration)

@@ -11,8 +11,6 @@ from typing import Any
 
 import click
 
-from .manager import IdempotencyManager
-
 __all__ = ["make_command"]
 
 
@@ -30,6 +28,7 @@ def make_command(
         """The result of a completed job, by job id or idempotency key (also after
         retention removed the job, while the key lives), or an execution record.
         Exits 1 when nothing completed is known under KEY_OR_ID."""
+        from .manager import IdempotencyManager
 
         async def act(q: Any) -> bool:
             found = await IdempotencyManager.for_queue(q).get_execution_result(key_or_id)

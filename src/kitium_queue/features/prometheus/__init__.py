@@ -11,17 +11,43 @@
 
 from __future__ import annotations
 
-try:
-    import prometheus_client  # noqa: F401
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+try:  # looked for here, imported with the modules below on first use
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ModuleNotFoundError("No module named 'prometheus_client'", name="prometheus_client")
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "Prometheus metrics need the optional extra 'prometheus': "
         'pip install "kitium-job-queue[prometheus]" (prometheus-client)'
     ) from exc
 
-from .collector import KitiumCollector, QueueReading
-from .exporter import MetricsServer, PrometheusExporter
-from .subscriber import COUNTERS, DEFAULT_BUCKETS, HISTOGRAMS, OTHER, PrometheusSubscriber
+from .. import load_lazily
+
+if TYPE_CHECKING:
+    from .collector import KitiumCollector, QueueReading
+    from .exporter import MetricsServer, PrometheusExporter
+    from .subscriber import (
+        COUNTERS,
+        DEFAULT_BUCKETS,
+        HISTOGRAMS,
+        OTHER,
+        PrometheusSubscriber,
+    )
+
+#: Names imported on first use, by module (each loads prometheus_client).
+_LAZY = {
+    "KitiumCollector": "collector",
+    "QueueReading": "collector",
+    "MetricsServer": "exporter",
+    "PrometheusExporter": "exporter",
+    "COUNTERS": "subscriber",
+    "DEFAULT_BUCKETS": "subscriber",
+    "HISTOGRAMS": "subscriber",
+    "OTHER": "subscriber",
+    "PrometheusSubscriber": "subscriber",
+}
 
 __all__ = [
     "COUNTERS",
@@ -34,3 +60,13 @@ __all__ = [
     "PrometheusSubscriber",
     "QueueReading",
 ]
+
+
+if not TYPE_CHECKING:  # a type checker sees the names above, and flags any other
+
+    def __getattr__(name: str) -> Any:
+        return load_lazily(__name__, __path__, _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from ...serving import serve_until_stopped
-from .exporter import PrometheusExporter
 
 __all__ = ["make_command"]
 
@@ -62,6 +61,8 @@ def make_command(
         SIGTERM, then closes the server and its connections and exits 0."""
 
         async def act(q: Any) -> None:
+            from .exporter import PrometheusExporter  # prometheus_client: loaded to serve
+
             # A partitioned queue: every partition, each under its own queue label.
             exporter = PrometheusExporter(getattr(q, "queues", [q]), subscribe=False)
             await q.get_stats()  # fails fast, with the CLI's error, when Redis is not there

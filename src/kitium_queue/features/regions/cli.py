@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from redis.exceptions import ResponseError
@@ -22,8 +22,9 @@ from redis.exceptions import ResponseError
 from ...errors import ConfigurationError
 from ...options import shown
 from ...queue import JobQueue
-from .config import GlobalQueueConfig
-from .manager import GlobalQueueManager
+
+if TYPE_CHECKING:
+    from .manager import GlobalQueueManager
 
 __all__ = ["make_command"]
 
@@ -33,6 +34,8 @@ WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
 def _quiet(config: Any) -> Any:
     """``config`` without the background loop (a command must not take part in leases
     or elections, only read and act)."""
+    from .config import GlobalQueueConfig
+
     if isinstance(config, GlobalQueueConfig):
         return dataclasses.replace(config, background=False)
     if isinstance(config, Mapping):
@@ -55,6 +58,8 @@ def make_command(
     row formatter, app loader and coroutine runner."""
 
     def manager_of(app: str, redis: str | None, what: str) -> GlobalQueueManager:
+        from .manager import GlobalQueueManager
+
         obj = load_app(app, (JobQueue, GlobalQueueManager))
         if isinstance(obj, JobQueue):
             raise ConfigurationError(
@@ -73,6 +78,8 @@ def make_command(
     def with_manager(
         app: str, redis: str | None, what: str, act: Callable[[GlobalQueueManager], Awaitable[Any]]
     ) -> Any:
+        from .manager import GlobalQueueManager
+
         given = manager_of(app, redis, what)
 
         async def go() -> Any:
@@ -95,6 +102,8 @@ def make_command(
     @redis_option
     def status(app: str, as_json: bool, redis: str | None) -> None:
         """Each region: role, health, epoch, lease, replication lag, counts."""
+        from .manager import GlobalQueueManager
+
         obj = load_app(app, (JobQueue, GlobalQueueManager))
         if isinstance(obj, JobQueue):
 

@@ -12,8 +12,6 @@ from typing import Any
 
 import click
 
-from .acks import replication_status
-
 __all__ = ["make_command"]
 
 
@@ -30,6 +28,7 @@ def make_command(
         """The role of the queue's Redis server, its connected replicas and each one's
         lag behind the primary (bytes of replication stream, seconds since its last
         acknowledgement). Exits 1 when the server is not a primary with replicas."""
+        from .acks import replication_status
 
         async def act(q: Any) -> bool:
             if q.connection.is_memory:

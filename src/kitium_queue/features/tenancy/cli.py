@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .model import QueueUsage, TenantConfig, TenantUsage
-from .registry import TenantRegistry
+if TYPE_CHECKING:
+    from .model import QueueUsage, TenantConfig, TenantUsage
+    from .registry import TenantRegistry
 
 __all__ = ["make_command"]
 
@@ -59,6 +60,8 @@ async def _all_usages(reg: TenantRegistry, tenant_ids: Sequence[str]) -> list[Te
     """Each tenant's usage summed over every registered queue, read as
     ``get_tenant_usage`` reads it (each tenant's atomically per queue), in pipelines of
     ``_PAGE`` tenants per queue instead of one call per tenant and queue."""
+    from .model import TenantUsage
+
     names = await reg.queues()
     per: list[list[Any]] = [[] for _ in tenant_ids]
     for name in names:
@@ -88,6 +91,7 @@ def make_command(
     @redis_option
     def tenants_list(app: str, as_json: bool, redis: str | None) -> None:
         """Every tenant with its quota, weight and usage summed over its queues."""
+        from .registry import TenantRegistry
 
         async def act(q: Any) -> None:
             reg = TenantRegistry.for_queue(q)
@@ -139,6 +143,7 @@ def make_command(
     @redis_option
     def tenants_show(app: str, tenant_id: str, as_json: bool, redis: str | None) -> None:
         """One tenant: its config, and its usage in each queue."""
+        from .registry import TenantRegistry
 
         async def act(q: Any) -> None:
             reg = TenantRegistry.for_queue(q)
@@ -202,6 +207,7 @@ def make_command(
     def tenants_sync(app: str, redis: str | None) -> None:
         """Copy every tenant's quota into every registered queue and recount the tenants'
         damaged counts of unfinished jobs (what each worker does every 30 s)."""
+        from .registry import TenantRegistry
 
         async def act(q: Any) -> None:
             reg = TenantRegistry.for_queue(q)

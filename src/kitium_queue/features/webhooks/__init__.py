@@ -11,18 +11,48 @@ addresses (the SSRF guard).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ...enums import WebhookDeliveryStrategy, WebhookEventType
-from .delivery import Backoff, EndpointBreaker, SecretStore
-from .manager import JOB_WEBHOOK_ID, JobWebhookConfig, WebhookManager
-from .models import DeliveryAttempt, DeliveryRecord, Webhook, WebhookConfig, WebhookEvent
-from .signing import (
-    DEFAULT_TOLERANCE_S,
-    WebhookVerificationError,
-    generate_secret,
-    signature_header,
-    verify_webhook,
-)
-from .ssrf import AddressPolicy, BlockedAddressError, GuardedBackend, GuardedTransport
+from .. import load_lazily
+
+if TYPE_CHECKING:
+    from .delivery import Backoff, EndpointBreaker, SecretStore
+    from .manager import JOB_WEBHOOK_ID, JobWebhookConfig, WebhookManager
+    from .models import DeliveryAttempt, DeliveryRecord, Webhook, WebhookConfig, WebhookEvent
+    from .signing import (
+        DEFAULT_TOLERANCE_S,
+        WebhookVerificationError,
+        generate_secret,
+        signature_header,
+        verify_webhook,
+    )
+    from .ssrf import AddressPolicy, BlockedAddressError
+    from .transport import GuardedBackend, GuardedTransport
+
+#: Public names, each imported on first use from the module that defines it.
+_LAZY = {
+    "Backoff": "delivery",
+    "EndpointBreaker": "delivery",
+    "SecretStore": "delivery",
+    "JOB_WEBHOOK_ID": "manager",
+    "JobWebhookConfig": "manager",
+    "WebhookManager": "manager",
+    "DeliveryAttempt": "models",
+    "DeliveryRecord": "models",
+    "Webhook": "models",
+    "WebhookConfig": "models",
+    "WebhookEvent": "models",
+    "DEFAULT_TOLERANCE_S": "signing",
+    "WebhookVerificationError": "signing",
+    "generate_secret": "signing",
+    "signature_header": "signing",
+    "verify_webhook": "signing",
+    "AddressPolicy": "ssrf",
+    "BlockedAddressError": "ssrf",
+    "GuardedBackend": "transport",
+    "GuardedTransport": "transport",
+}
 
 #: The brief's name for the strategies (the same enum).
 DeliveryStrategy = WebhookDeliveryStrategy
@@ -52,3 +82,13 @@ __all__ = [
     "signature_header",
     "verify_webhook",
 ]
+
+
+if not TYPE_CHECKING:  # a type checker sees the names above, and flags any other
+
+    def __getattr__(name: str) -> Any:
+        return load_lazily(__name__, __path__, _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -11,13 +11,13 @@ import json
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .dlq import dropped_counts
-from .manager import WebhookManager
-from .models import DeliveryRecord
+if TYPE_CHECKING:
+    from .manager import WebhookManager
+    from .models import DeliveryRecord
 
 __all__ = ["commands"]
 
@@ -86,6 +86,8 @@ def commands(
         action: Callable[[WebhookManager], Awaitable[T]],
         own: bool = False,
     ) -> T:
+        from .manager import WebhookManager
+
         queue = load_queue(app, redis)
         if own and WebhookManager.of(queue) is None:
             raise click.ClickException(
@@ -227,6 +229,7 @@ def commands(
     ) -> None:
         """Dead-lettered deliveries, oldest first, a page at a time (--offset, -n); then
         how many the DLQ's bound dropped (dead_max, dead_ttl_s)."""
+        from .dlq import dropped_counts
 
         async def act(m: WebhookManager) -> None:
             recs = await m.list_dlq(limit=limit, webhook_id=webhook_id, offset=offset)

@@ -22,7 +22,6 @@ from .ssrf import (
     UNRESOLVED,
     AddressPolicy,
     BlockedAddressError,
-    GuardedTransport,
     Resolver,
     require_httpx,
 )
@@ -224,6 +223,8 @@ class Sender:
             self._client_loop = loop
             require_httpx()
             import httpx
+
+            from .transport import GuardedTransport
 
             transport = GuardedTransport(
                 self.policy,

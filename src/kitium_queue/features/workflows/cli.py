@@ -13,8 +13,6 @@ from typing import Any
 
 import click
 
-from .manager import JobChainManager
-
 __all__ = ["make_command"]
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
@@ -48,6 +46,7 @@ def make_command(
     @redis_option
     def wf_list(app: str, limit: int, offset: int, as_json: bool, redis: str | None) -> None:
         """Workflows, newest first, with their state and unfinished steps."""
+        from .manager import JobChainManager
 
         async def act(q: Any) -> None:
             rows = await JobChainManager.for_queue(q).list_workflows(limit, offset)
@@ -80,6 +79,7 @@ def make_command(
         """One workflow: its state and every step's state, attempts, parents, job id
         (for the job commands) and error; steps added with add_job(workflow_id=...)
         included."""
+        from .manager import JobChainManager
 
         async def act(q: Any) -> None:
             st = await JobChainManager.for_queue(q).get_workflow_status(workflow_id)
@@ -123,6 +123,7 @@ def make_command(
     @redis_option
     def wf_cancel(app: str, workflow_id: str, as_json: bool, redis: str | None) -> None:
         """Cancel WORKFLOW_ID: steps not started are removed, running ones asked to stop."""
+        from .manager import JobChainManager
 
         async def act(q: Any) -> None:
             n = await JobChainManager.for_queue(q).cancel_workflow(workflow_id)
@@ -144,6 +145,7 @@ def make_command(
     def wf_heal(app: str, as_json: bool, redis: str | None) -> None:
         """Release the dependents of jobs that finished without releasing them (run by a
         process without JobChainManager). Workers with JobChainManager do it every 30 s."""
+        from .manager import JobChainManager
 
         async def act(q: Any) -> None:
             r = await JobChainManager.for_queue(q).heal()
