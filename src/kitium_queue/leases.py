@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .connection import TRANSIENT_ERRORS
 from .limits import get_logger, printable
-from .runends import FAILING_CANCELS
+from .runends import FAILING_CANCELS, wait_unless
 
 if TYPE_CHECKING:
     from .hooks import HookBus
@@ -236,13 +236,14 @@ class Leases:
             run.task.cancel()
         self._wake()
 
-    async def wind_down(self, grace: float) -> None:
+    async def wind_down(self, grace: float, forced: asyncio.Event | None = None) -> None:
         """Graceful stop: let the running jobs finish within ``grace`` seconds, then
         cancel the rest, which hand their jobs back to the queue (no attempt spent).
-        Those get half of the stop's flush bound (``flush_s``) to end: that wait is
-        taken out of the flush, so a processor that delays its cancellation (a slow
-        ``except CancelledError``, a call to a frozen Redis there) no longer holds the
-        stop past its bound; one still running then is left to ``drop_stuck``."""
+        Those get half of the stop's flush bound (``flush_s``) to end, or until
+        ``forced`` (after one turn of the loop, where most end): that wait is taken out
+        of the flush, so a processor that delays its cancellation (a slow ``except
+        CancelledError``, a call to a frozen Redis there) no longer holds the stop past
+        its bound; one still running then is left to ``drop_stuck``."""
         self.cancelled_at = None
         running = [r.task for r in self.runs.values() if r.task is not None]
         if running:
@@ -255,7 +256,8 @@ class Leases:
         if left:
             self.cancelled_at = asyncio.get_running_loop().time()
             tasks = [r.task for r in left if r.task is not None]
-            await asyncio.wait(tasks, timeout=max(0.0, self.flush_s / 2))
+            await asyncio.wait(tasks, timeout=0)
+            await wait_unless(tasks, self.flush_s / 2, forced or asyncio.Event())
             log.warning(
                 "worker %s: %d job(s) still running after shutdown_timeout were handed back "
                 "to queue %s",

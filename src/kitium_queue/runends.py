@@ -396,7 +396,7 @@ async def grace_period(leases: Leases, grace: float, forced: asyncio.Event) -> N
     that ignores its cancellation (``Leases.drop_stuck``)."""
     await wait_unless([r.task for r in leases.runs.values() if r.task is not None], grace, forced)
     leave_threads(leases)
-    await leases.wind_down(0)
+    await leases.wind_down(0, forced)
     leases.drop_stuck()
 
 

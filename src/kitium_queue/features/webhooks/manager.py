@@ -170,7 +170,7 @@ class WebhookManager:
             first pause, doubled per failed probe up to a minute).
         run_service: add the delivery service to the queue's workers (default True).
         resolver / connector: for tests: a DNS resolver stub and the network backend
-            that opens connections (see ``ssrf.GuardedBackend``).
+            that opens connections (see ``transport.GuardedBackend``).
         default_delivery_strategy: the strategy of an endpoint registered without one
             (``guaranteed`` unless set).
     """
