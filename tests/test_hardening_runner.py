@@ -529,7 +529,7 @@ async def test_unflushed_report_never_claims_zero_outcomes_or_an_outage(
     worker = q.worker
     assert worker is not None
     with caplog.at_level(logging.ERROR, logger="kitium_queue"):
-        worker.outcomes.report_unflushed(1.0, unreachable=False)
+        worker.outcomes.report_unflushed(True, 1.0, False, False)
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "0 outcome(s)" not in text and "Redis unreachable" not in text
     assert "did not end within 1.0 s" in text

@@ -27,6 +27,7 @@ Log lines keep the worker's logger name (``kitium_queue.worker``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -175,27 +176,36 @@ class Outcomes:
         """Outcomes held that Redis has not recorded yet."""
         return len(self.acks) // _FIELDS + len(self.solo)
 
-    def report_unflushed(self, waited_s: float, *, unreachable: bool) -> None:
-        """The worker's pumps did not end within the flush timeout of ``stop()``
-        (``waited_s``): say what was left and why, without blaming the network when it
-        was not ``unreachable``."""
+    def report_unflushed(self, left: bool, waited_s: float, unreachable: bool, cut: bool) -> None:
+        """Whether the worker's pumps were ``left`` running at the end of the flush
+        timeout of ``stop()`` (``waited_s``): if so, say what was left and why, without
+        blaming the network when it was not ``unreachable``, nor at all when the stop was
+        ``cut`` short by its caller (forced, or no flush time given): a warning then."""
+        if not left:
+            return
         held = self.held()
+        if cut:
+            why = "the stop was forced or given no flush time"
+        else:
+            why = "Redis unreachable" if unreachable else ""
         if held:
-            log.error(
+            log.log(
+                logging.WARNING if cut else logging.ERROR,
                 "worker %s: could not flush %d outcome(s) within %.1f s (%s); those jobs will "
                 "run again after their leases expire",
                 self.worker_id,
                 held,
                 waited_s,
-                "Redis unreachable" if unreachable else "Redis did not answer or refused them",
+                why or "Redis did not answer or refused them",
             )
         else:
-            log.error(
+            log.log(
+                logging.WARNING if cut else logging.ERROR,
                 "worker %s: its last claim/finish round did not end within %.1f s (%s); jobs "
                 "whose outcome it carried will run again after their leases expire",
                 self.worker_id,
                 waited_s,
-                "Redis unreachable" if unreachable else "no reply from Redis",
+                why or "no reply from Redis",
             )
 
     # ------------------------------------------------------------------ one round

@@ -313,9 +313,10 @@ class Worker:
             self._signal.set()
             since = self.leases.cancelled_at or loop.time()  # wind_down waited from there
             flush_s = max(_FLUSH_MIN_S, ends - since) if told is None else told
-            if unflushed := await wait_unless(self._pumps, since + flush_s - loop.time(), forced):
-                self.outcomes.report_unflushed(loop.time() - since, unreachable=self._causes.down)
-            unanswered = bool(unflushed) and not forced.is_set()  # no reply in flush_s
+            unflushed = bool(await wait_unless(self._pumps, since + flush_s - loop.time(), forced))
+            cut = forced.is_set() or flush_s <= 0  # the caller chose not to wait: no outage
+            self.outcomes.report_unflushed(unflushed, loop.time() - since, self._causes.down, cut)
+            unanswered = unflushed and not cut  # no reply in flush_s
             await end_tasks(self._tasks)
             await self.leases.end_missing_check()
             await self.runner.close()
