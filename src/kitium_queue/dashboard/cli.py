@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import ipaddress
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -171,6 +172,12 @@ def make_command(
         if insecure_local and not given and not _loopback(host):
             raise ConfigurationError(
                 f"--insecure-local listens on a loopback address only, not {host!r}"
+            )
+        if not once and importlib.util.find_spec("uvicorn") is None:
+            raise ConfigurationError(
+                "serving the dashboard needs uvicorn, of the optional extra 'dashboard': "
+                'pip install "kitium-job-queue[dashboard]" (or mount create_dashboard() '
+                "in an ASGI server of your own)"
             )
         parsed = parse_tokens(given)
         queues = [load_queue(a, redis) for a in app]
