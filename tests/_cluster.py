@@ -146,6 +146,8 @@ class LocalCluster:
                 "--cluster-require-full-coverage", "yes",
                 # A replica may always take over, however long its link was down.
                 "--cluster-replica-validity-factor", "0",
+                # A replica's full sync starts at once, not after Redis's 5 s default.
+                "--repl-diskless-sync-delay", "0",
                 *self.extra_args,
                 port=cluster_port(),
             )  # fmt: skip

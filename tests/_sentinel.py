@@ -100,12 +100,15 @@ class LocalSentinel:
 
     def start(self) -> LocalSentinel:
         try:
-            primary = RedisServer(*self.extra_args).start()
+            # Every data node may become the primary: a full sync it serves starts at
+            # once, not after Redis's 5 s default (the ``extra_args`` may say otherwise).
+            args = ("--repl-diskless-sync-delay", "0", *self.extra_args)
+            primary = RedisServer(*args).start()
             self.data.append(primary)
             source = primary.port if self.relay is None else self.relay(primary.port)
             for _ in range(self.replicas_count):
                 self.data.append(
-                    RedisServer("--replicaof", "127.0.0.1", str(source), *self.extra_args).start()
+                    RedisServer("--replicaof", "127.0.0.1", str(source), *args).start()
                 )
             self._wait(self._replicas_synced, "replicas to sync")
             for _ in range(self.sentinels_count):

@@ -234,10 +234,12 @@ def key_snapshot(client: Any, prefix: str) -> dict[bytes, bytes | None]:
 
 def wait_replica_online(primary_port: int, replica_port: int, timeout: float = 20.0) -> None:
     """Block until the replica on ``replica_port`` is in sync with the primary on
-    ``primary_port`` as *both* see it: the replica's link is up, and the primary lists it
-    ``online`` (after a diskless sync the primary waits for the replica's first
-    acknowledgement, up to a second later, before it does; until then ``WAIT`` does not
-    count it and ``INFO`` shows it in another state)."""
+    ``primary_port`` as *both* see it: the replica's link is up, the primary lists it
+    ``online``, and it has acknowledged a write. After a diskless sync the primary lists
+    the replica ``online`` at once but sends it the writes since only from the replica's
+    first acknowledgement, up to a second later: a write made before that reached the
+    replica late. The write here is a ``PUBLISH`` (replicated, no key), waited for with
+    ``WAIT``. Only for a primary with this one replica."""
     import redis  # blocking client: called from fixtures and set-up code
 
     rep, pri = redis.Redis(port=replica_port), redis.Redis(port=primary_port)
@@ -254,9 +256,13 @@ def wait_replica_online(primary_port: int, replica_port: int, timeout: float = 2
                 if k.startswith("slave")
             )
             if up and online:
-                return
+                break
             assert time.monotonic() < deadline, f"replica did not sync: {info}"
             time.sleep(0.02)
+        pri.publish("kq-test:replica-sync", "")
+        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        acked = pri.execute_command("WAIT", 1, left_ms)
+        assert acked >= 1, f"replica online but no write acknowledged within {timeout} s"
     finally:
         rep.close()
         pri.close()

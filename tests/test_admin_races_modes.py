@@ -898,11 +898,12 @@ async def test_clear_force_starts_no_job_parked_behind_a_running_one(
         q.set_concurrency_limit("k", 1)
         opts = {"concurrency_key": "k"}
     started: list[int] = []
+    release = asyncio.Event()  # the running job runs on until the check is done
 
     @q.process("w")
     async def w(job: Any) -> None:
         started.append(job.data["n"])
-        await asyncio.sleep(5)
+        await release.wait()
 
     try:
         for n in range(3):
@@ -918,6 +919,7 @@ async def test_clear_force_starts_no_job_parked_behind_a_running_one(
         await asyncio.sleep(0.2)
         assert started == [0], "a parked job of the cleared queue started"
     finally:
+        release.set()
         await q.close()
 
 

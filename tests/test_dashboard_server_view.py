@@ -397,7 +397,8 @@ async def test_a_first_queue_that_refuses_the_server_fails_no_page(
 
 
 async def test_too_few_replicas_for_the_wait_setting_is_flagged(tmp_path: Path) -> None:
-    primary = RedisServer().start()
+    # The primary serves the replica's full sync at once (Redis waits 5 s by default).
+    primary = RedisServer("--repl-diskless-sync-delay", "0").start()
     replica = RedisServer(
         "--replicaof", "127.0.0.1", str(primary.port), "--repl-diskless-sync-delay", "0"
     ).start()

@@ -34,7 +34,12 @@ LEASE_MS = 1500
 
 @pytest.fixture
 def servers() -> Iterator[tuple[RedisServer, RedisServer, RedisServer, RedisServer]]:
-    a, b, c = RedisServer().start(), RedisServer().start(), RedisServer().start()
+    # b serves its replica's full sync at once (Redis waits 5 s by default).
+    a, b, c = (
+        RedisServer().start(),
+        RedisServer("--repl-diskless-sync-delay", "0").start(),
+        RedisServer().start(),
+    )
     replica = RedisServer(
         "--replicaof", "127.0.0.1", str(b.port), "--repl-diskless-sync-delay", "0"
     ).start()

@@ -37,7 +37,8 @@ pytestmark = pytest.mark.redis_only
 
 class Pair:
     def __init__(self) -> None:
-        self.primary = RedisServer().start()
+        # The primary serves the replica's full sync at once (Redis waits 5 s by default).
+        self.primary = RedisServer("--repl-diskless-sync-delay", "0").start()
         self.replica = RedisServer(
             "--replicaof", "127.0.0.1", str(self.primary.port), "--repl-diskless-sync-delay", "0"
         ).start()

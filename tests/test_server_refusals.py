@@ -358,7 +358,8 @@ def test_an_outage_that_starts_with_refused_credentials_says_what_to_check(
 
 async def test_a_queue_pointed_at_a_replica_is_unhealthy_and_says_where_to_point_it() -> None:
     """A replica answers PING and reads: only a write tells it is no primary."""
-    primary = RedisServer().start()
+    # The primary serves the replica's full sync at once (Redis waits 5 s by default).
+    primary = RedisServer("--repl-diskless-sync-delay", "0").start()
     replica = RedisServer(
         "--replicaof", "127.0.0.1", str(primary.port), "--repl-diskless-sync-delay", "0"
     ).start()

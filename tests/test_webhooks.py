@@ -409,7 +409,7 @@ async def _count(aw: Any, n: int) -> bool:
 async def test_breaker_spares_a_failing_endpoint(queue: JobQueue) -> None:
     rec = await Receiver(status=lambda r: 500).start()
     try:
-        m = WebhookManager(queue, breaker_threshold=3, breaker_cooldown_ms=5_000, **FAST)
+        m = WebhookManager(queue, breaker_threshold=3, breaker_cooldown_ms=1_000, **FAST)
         await m.register_webhook(
             WebhookConfig(
                 url=rec.url, secret=generate_secret(), max_retries=3, events=["job-completed"]
