@@ -29,9 +29,11 @@ ON_THE_FLOOR = {
     ("redis.asyncio.cluster", "RedisCluster"),
     ("redis.asyncio.connection", "ConnectionPool"),
     ("redis.asyncio.connection", "parse_url"),
+    ("redis.asyncio.retry", "Retry"),
     ("redis.asyncio.sentinel", "MasterNotFoundError"),
     ("redis.asyncio.sentinel", "Sentinel"),
     ("redis.asyncio.sentinel", "SentinelConnectionPool"),
+    ("redis.backoff", "NoBackoff"),
     ("redis.crc", "key_slot"),
     ("redis.exceptions", "AuthenticationError"),
     ("redis.exceptions", "BusyLoadingError"),
@@ -49,6 +51,7 @@ ON_THE_FLOOR = {
     ("redis.exceptions", "ResponseError"),
     ("redis.exceptions", "TimeoutError"),
     ("redis.exceptions", "TryAgainError"),
+    ("redis.retry", "Retry"),
 }
 
 

@@ -14,11 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.exceptions import (
-    ClusterDownError,
-    ReadOnlyError,
-    TryAgainError,
-)
+from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,16 +31,16 @@ from .redact import (
     redact_url,
     url_secrets,
 )
-from .redis_urls import host_port, option_problem, parse_multi_host_url, unknown_url_options
+from .redis_urls import (
+    host_port,
+    no_retry,
+    option_problem,
+    parse_multi_host_url,
+    unknown_url_options,
+)
 
-__all__ = [
-    "REDACTED",
-    "REDACTED_PLACEHOLDER",
-    "TRANSIENT_ERRORS",
-    "ConnectionFactory",
-    "outage",
-    "redact_url",
-]
+__all__ = ["REDACTED", "REDACTED_PLACEHOLDER", "TRANSIENT_ERRORS", "ConnectionFactory"]
+__all__ += ["outage", "redact_url"]
 
 #: Errors after which a command may succeed if retried a moment later: the server is
 #: unreachable, or a Cluster/Sentinel failover is under way (CLUSTERDOWN, TRYAGAIN, a
@@ -489,7 +485,7 @@ class ConnectionFactory:
         if self._url:
             client = aioredis.Redis.from_url(self._url, **{**defaults, **self._kwargs, **extra})
         else:
-            client = aioredis.Redis(**{**defaults, **self._kwargs, **extra})
+            client = aioredis.Redis(**{**defaults, "retry": no_retry(), **self._kwargs, **extra})
         check_pool(client.connection_pool)
         return bound_replies(client)
 
@@ -517,7 +513,7 @@ class ConnectionFactory:
             if self._url:
                 pool = sync_redis.ConnectionPool.from_url(self._url, **opts)
             else:
-                pool = sync_redis.Redis(**opts).connection_pool
+                pool = sync_redis.Redis(**{"retry": no_retry(sync=True), **opts}).connection_pool
         except TypeError:  # an option only the asyncio client takes
             return None
         check_pool(pool)  # its connections take a MISCONF refusal of PING as an answer

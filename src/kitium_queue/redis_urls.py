@@ -22,6 +22,7 @@ from .redact import check_delimited
 __all__ = [
     "QUERY_TYPES",
     "host_port",
+    "no_retry",
     "option_problem",
     "parse_multi_host_url",
     "unknown_url_options",
@@ -207,3 +208,25 @@ def unknown_url_options(url: str) -> str:
             tls = " (ssl_* options need a rediss:// URL)" if name.startswith("ssl_") else ""
             return f"unknown option {name!r} in the query string{tls}; {hint}"
     return ""
+
+
+def no_retry(*, sync: bool = False) -> Any:
+    """The ``retry`` of a client built from a URL, for one built from keyword options.
+
+    redis-py's connections from a URL try a command once; ``Redis(**options)`` gives them
+    a retry with backoff (in 8.2: up to 10 times) on connection errors and timeouts. So a
+    queue configured with a dict made up to 29 connection attempts over 10 s against a
+    server that closed each one, and then blamed the server's silence, where the URL form
+    failed at once naming the cause; and a script call whose reply was lost could be
+    sent again and applied twice. kitium-queue retries where that is safe (the worker's
+    loops, the services) and nowhere else.
+    """
+    from redis.backoff import NoBackoff
+
+    if sync:
+        from redis.retry import Retry as SyncRetry
+
+        return SyncRetry(NoBackoff(), 0)
+    from redis.asyncio.retry import Retry
+
+    return Retry(NoBackoff(), 0)
