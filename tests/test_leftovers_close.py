@@ -214,10 +214,17 @@ async def test_commands_the_cluster_client_refuses_are_no_connection_problem(
 # ================================================================ a worker's stop
 
 
-def _stubborn(q: JobQueue, release: asyncio.Event, runs: list[str], at_once: list[int]) -> None:
+def _stubborn(
+    q: JobQueue,
+    release: asyncio.Event,
+    runs: list[str],
+    at_once: list[int],
+    cancelled: list[str] | None = None,
+) -> None:
     """Processor ``stubborn``: runs until cancelled; the first run then delays its
     cancellation for up to 30 s (or until ``release``); later runs return at once.
-    ``runs``: each run's start; ``at_once``: how many runs did the job's work at once."""
+    ``runs``: each run's start; ``at_once``: how many runs did the job's work at once;
+    ``cancelled``: the jobs whose first run was cancelled."""
     working: list[int] = [0]
 
     @q.process("stubborn")
@@ -232,6 +239,8 @@ def _stubborn(q: JobQueue, release: asyncio.Event, runs: list[str], at_once: lis
             await asyncio.sleep(60)
         except asyncio.CancelledError:
             working[0] -= 1  # the work ends here; the cleanup below delays the cancellation
+            if cancelled is not None:
+                cancelled.append(job.id)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(release.wait(), 30)
             raise

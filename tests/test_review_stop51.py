@@ -8,35 +8,15 @@ taken out of the flush: that wait is part of the flush, so ``force()`` ends it t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 from helpers import QueueFactory, wait_for_status, wait_until
-from kitium_queue import JobQueue, JobStatus
+from kitium_queue import JobStatus
+from test_leftovers_close import SETTINGS, _stubborn
 
 HANG_S = 30  # a call that should return but hangs fails the test, never wedges it
-SETTINGS = {"lock_duration": 1000, "max_stalled_interval": 250}
-
-
-def _stubborn(q: JobQueue, cancelled: list[str], runs: list[str], release: asyncio.Event) -> None:
-    """Processor ``stubborn``: its first run runs until cancelled, then delays its
-    cancellation for up to 30 s (or until ``release``); later runs return at once."""
-
-    @q.process("stubborn")
-    async def stubborn(job: Any) -> str:
-        runs.append(job.id)
-        if len(runs) > 1:
-            return "second run"
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.append(job.id)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(release.wait(), 30)
-            raise
-        return "never"
 
 
 async def test_force_ends_the_wait_for_cancelled_runs(redis_url: str, prefix: str) -> None:
@@ -51,7 +31,7 @@ async def test_force_ends_the_wait_for_cancelled_runs(redis_url: str, prefix: st
     runs: list[str] = []
     try:
         q = factory("forced", worker={"shutdown_timeout": 500}, settings=SETTINGS)
-        _stubborn(q, cancelled, runs, release)
+        _stubborn(q, release, runs, [], cancelled)
         jid = await q.add_job("stubborn", {})
         await q.start()
         await wait_until(lambda: runs)
@@ -65,7 +45,7 @@ async def test_force_ends_the_wait_for_cancelled_runs(redis_url: str, prefix: st
         took = time.monotonic() - t0
         assert took < 3, f"stop() took {took:.1f} s after force()"
         other = factory("forced", settings=SETTINGS)
-        _stubborn(other, cancelled, runs, release)
+        _stubborn(other, release, runs, [], cancelled)
         await other.start()
         info = await wait_for_status(other, jid, JobStatus.COMPLETED, timeout=HANG_S)
         assert info.result == "second run", runs
