@@ -208,11 +208,12 @@ def _taken(client: Any) -> tuple[list[Any], int]:
 
 def _serving(conn: Any) -> bool | None:
     """What connection ``conn``, taken out of its pool, does: True while it serves a
-    call (replies owed or being read, a command being sent, a packed exchange, a
-    connection being opened; on ``memory://`` a read under way, ``pools.yielding``; any
-    other taken connection whose replies are not counted, ``connerrors.bound_replies``),
-    None while it serves nothing (held between commands, or a call about to send: look
-    again), False when a subscription holds it (its holder lets it go, not a call)."""
+    call (replies owed or being read, a command being sent, a packed exchange, an open
+    under way, ``pools.answering``; on ``memory://`` a read under way, ``pools.yielding``;
+    any other taken connection whose replies, ``connerrors.bound_replies``, or opens are
+    not counted), None while it serves nothing (held between commands, or closed, as a
+    cancelled blocking wait leaves it; a call about to send: look again), False when a
+    subscription holds it (its holder lets it go, not a call)."""
     if getattr(conn, "_connect_callbacks", None):  # PubSub: subscriptions to renew
         return False
     reading = getattr(conn, "_kq_reading", None)  # memory://: its sends are answered at once
@@ -225,9 +226,9 @@ def _serving(conn: Any) -> bool | None:
     if protocol is not None and transport.get_write_buffer_size():
         return True  # a command being sent (not counted in owed under a socket_timeout)
     owed = getattr(conn, "__dict__", {}).get("_kq_owed")
-    if owed is None or owed["owed"] or owed["reading"] or not conn.is_connected:
+    if owed is None or owed["owed"] or owed["reading"]:
         return True
-    return None
+    return None if conn.is_connected or getattr(conn, "_kq_opening", 1) == 0 else True
 
 
 class QueueContext:
@@ -546,8 +547,9 @@ class QueueContext:
         """Wait until no connection of ``client`` serves a call and no caller waits for
         one, ``CLOSE_GRACE_S`` at most (``_serving``). Not waited for: the connections
         the packed script path keeps between calls, those subscriptions hold, and one
-        idle between commands (held aside, as by a client of one connection) once it is
-        seen so twice in a row (at the first look a call may be about to send on it)."""
+        idle between commands (held aside, as by a client of one connection; closed too,
+        with no open under way) once it is seen so twice in a row (at the first look a
+        call may be about to send on it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_GRACE_S
         once = False

@@ -22,9 +22,8 @@ command (``BUSY``) until the script ends. redis-py checks a new connection, and 
 for ``health_check_interval``, with a ``PING``, so every such connection raised
 redis-py's bare ``ResponseError``: a process started during a disk problem could not
 even read, and ``add_job`` failed with Redis's text instead of ``WriteRefusedError``.
-The connections of these pools
-(``answering``) and ``ping`` below count that refusal as the server answering; the
-write itself is then refused, and reported, where it is made.
+The connections of these pools (``answering``) and ``ping`` below count that refusal as
+the server answering; the write itself is then refused, and reported, where it is made.
 
 Nor do they **bound the opening of a connection.** The queue's clients have no
 ``socket_timeout`` (a blocking ``BZPOPMIN`` waits as long as it must), so a server that
@@ -33,7 +32,8 @@ failover does) held the handshake (``AUTH``/``HELLO``/``SELECT``/``CLIENT SETNAM
 and the health-check ``PING`` of an idle connection for the whole pause, and any call
 that needed a new connection with it. The asyncio connections of these pools give each
 ``HANDSHAKE_TIMEOUT_S``, then raise ``HandshakeTimeoutError`` (nothing of the call
-was sent); the commands themselves keep no deadline of their own.
+was sent); the commands themselves keep no deadline of their own. They count the opens
+under way (``_opening``): ``close()`` waits for those, not for one a cancelled wait closed.
 
 A connection refused by a limit on connections (the server's ``maxclients``, this
 process's open files: ``EMFILE``) is ``ConnectLimitError`` naming it and what to change,
@@ -70,24 +70,11 @@ from .errors import ConnectionUnavailableError
 from .limits import get_logger
 
 __all__ = [
-    "HANDSHAKE_TIMEOUT_S",
-    "POOL_WAIT_S",
-    "CheckedPool",
-    "CheckedSentinelPool",
-    "ConnectFailedError",
-    "ConnectLimitError",
-    "HandshakeTimeoutError",
-    "answering",
-    "blocking_wait_overran",
-    "check_pool",
-    "drop_connections",
-    "exhausted",
-    "hold_connections",
-    "ping",
-    "refuses_ping",
-    "stream_ended",
-    "waiters_of",
-]
+    "HANDSHAKE_TIMEOUT_S", "POOL_WAIT_S", "CheckedPool", "CheckedSentinelPool",
+    "ConnectFailedError", "ConnectLimitError", "HandshakeTimeoutError", "answering",
+    "blocking_wait_overran", "check_pool", "drop_connections", "exhausted", "hold_connections",
+    "ping", "refuses_ping", "stream_ended", "waiters_of",
+]  # fmt: skip
 
 log = get_logger(__name__)
 
@@ -107,8 +94,7 @@ else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
 class _WaitsAndChecks:
     """What ``CheckedPool`` and ``CheckedSentinelPool`` add to redis-py's pools (see the
     module's text). Its state lives in the instance's ``__dict__``, created on first use,
-    because ``check_pool`` also gives it to a pool built elsewhere by changing its
-    class."""
+    because ``check_pool`` also gives it to a pool built elsewhere by changing its class."""
 
     max_connections: int
 
@@ -278,12 +264,11 @@ class CheckedSentinelPool(_WaitsAndChecks, SentinelConnectionPool):
 
 
 def check_pool(pool: Any, *, in_memory: bool = False) -> None:
-    """Give redis-py's plain pool (of a client built here or passed in) what
-    ``CheckedPool`` adds, for every use of the client. Other pools (a
-    ``BlockingConnectionPool`` already waits) are left as they are. Every pool's new
-    connections, the blocking pools' too, take a write refusal to their health check
-    as an answer (``answering``); ``in_memory`` ones (``memory://``) also give the
-    event loop its turn at each reply (``yielding``)."""
+    """Give redis-py's plain pool (of a client built here or passed in) what ``CheckedPool``
+    adds, for every use of the client. Other pools (a ``BlockingConnectionPool`` already
+    waits) are left as they are. Every pool's new connections, the blocking pools' too,
+    take a write refusal to their health check as an answer (``answering``); ``in_memory``
+    ones (``memory://``) also give the event loop its turn at each reply (``yielding``)."""
     if type(pool) is aioredis.ConnectionPool:
         pool.__class__ = CheckedPool
     elif type(pool) is SentinelConnectionPool:
@@ -325,9 +310,8 @@ def yielding(cls: type) -> type:
 
 def refuses_ping(exc: BaseException) -> bool:
     """Whether ``exc`` is a server's refusal of ``PING`` that still proves it answers:
-    ``MISCONF`` (writes, and with them ``PING``, refused after a failed background
-    save) or ``BUSY`` (every command refused while another client's script runs too
-    long)."""
+    ``MISCONF`` (writes, and with them ``PING``, refused after a failed background save)
+    or ``BUSY`` (every command refused while another client's script runs too long)."""
     return isinstance(exc, ResponseError) and str(exc).startswith(("MISCONF", "BUSY"))
 
 
@@ -470,6 +454,7 @@ def answering(cls: type) -> type:
                     raise
 
         async def _connect(self: Any) -> None:
+            self._kq_opening += 1  # an open under way (``_opening``)
             try:
                 await connect(self)
             except RedisConnectionError as exc:
@@ -477,8 +462,10 @@ def answering(cls: type) -> type:
                 if failed is exc:
                     raise
                 raise failed from exc
+            finally:
+                self._kq_opening -= 1
 
-        extra = _bounded_handshake(cls)
+        extra = _opening(cls)
     else:
 
         def _send_ping(self: Any) -> None:  # type: ignore[misc]
@@ -505,10 +492,12 @@ def answering(cls: type) -> type:
 _HANDSHAKE = "the commands that open it (AUTH, HELLO, SELECT, CLIENT SETINFO/SETNAME)"
 
 
-def _bounded_handshake(cls: type) -> dict[str, Any]:
-    """The methods of an asyncio connection class ``cls`` that bound its handshake and
-    its health-check ``PING`` by ``HANDSHAKE_TIMEOUT_S`` (see the module's text)."""
-    out: dict[str, Any] = {}
+def _opening(cls: type) -> dict[str, Any]:
+    """What asyncio connection class ``cls`` gets for its opening: methods bounding its
+    handshake and health-check ``PING`` by ``HANDSHAKE_TIMEOUT_S`` (see the module's text),
+    and ``_kq_opening``, its opens under way, which ``connect`` (``answering``) and
+    ``connect_check_health`` (a command on a closed connection calls it) count."""
+    out: dict[str, Any] = {"_kq_opening": 0}
     # redis-py 6+ names the handshake on_connect_check_health; before, on_connect.
     name = "on_connect_check_health" if hasattr(cls, "on_connect_check_health") else "on_connect"
     handshake = getattr(cls, name, None)
@@ -523,6 +512,17 @@ def _bounded_handshake(cls: type) -> dict[str, Any]:
                 raise _handshake_timeout(self, _HANDSHAKE) from None
 
         out[name] = bounded_handshake
+    opens = getattr(cls, "connect_check_health", None)
+    if inspect.iscoroutinefunction(opens):
+
+        async def connect_check_health(self: Any, *args: Any, **kwargs: Any) -> None:
+            self._kq_opening += 1
+            try:
+                await opens(self, *args, **kwargs)
+            finally:
+                self._kq_opening -= 1
+
+        out["connect_check_health"] = connect_check_health
     check = getattr(cls, "check_health", None)
     if inspect.iscoroutinefunction(check):
 
