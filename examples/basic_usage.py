@@ -15,7 +15,7 @@ from typing import Any
 
 from kitium_queue import EventData, Job, JobQueue, QueueEvent
 
-REDIS_URL = os.environ.get("KQ_REDIS_URL", "memory://")
+REDIS_URL = os.environ.get("KQ_REDIS_URL", "").strip() or "memory://"
 # A key prefix of its own per run, so runs never collide on a shared Redis.
 PREFIX = f"kq-examples-{os.getpid()}"
 

@@ -17,7 +17,7 @@ import os
 
 from kitium_queue import CircuitBreakerManager, CircuitOpenError, Job, JobQueue
 
-queue = JobQueue("payments", redis=os.environ.get("KQ_REDIS_URL", "memory://"),
+queue = JobQueue("payments", redis=os.environ.get("KQ_REDIS_URL", "").strip() or "memory://",
                  prefix=f"kq-examples-{os.getpid()}", worker={"scheduler": False})
 breakers = CircuitBreakerManager(queue)  # in every process of the queue
 healthy = False

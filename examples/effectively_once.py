@@ -17,7 +17,7 @@ from typing import Any
 
 from kitium_queue import DeliveryGuarantee, IdempotencyManager, Job, JobQueue
 
-queue = JobQueue("payments", redis=os.environ.get("KQ_REDIS_URL", "memory://"),
+queue = JobQueue("payments", redis=os.environ.get("KQ_REDIS_URL", "").strip() or "memory://",
                  prefix=f"kq-examples-{os.getpid()}")
 idem = IdempotencyManager(queue)
 charges: list[str] = []

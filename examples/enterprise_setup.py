@@ -42,7 +42,7 @@ from kitium_queue import (
 )
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
 
-REDIS = os.environ.get("KQ_REDIS_URL", "memory://")
+REDIS = os.environ.get("KQ_REDIS_URL", "").strip() or "memory://"
 PREFIX = f"kq-examples-{os.getpid()}"
 SECRET = generate_secret()  # webhook signing secret: from your configuration in real life
 os.environ.setdefault("ORDERS_KEY", generate_key())  # the encryption key: from a secret store
@@ -129,7 +129,7 @@ chains.register_transformer("charge-data", charge_data)
 
 def region_urls() -> tuple[str, str]:
     """Each region is its own store: memory:// names, or the next two Redis databases."""
-    if "KQ_REDIS_URL" not in os.environ:
+    if REDIS.startswith("memory://"):
         return (f"memory://{PREFIX}-us", f"memory://{PREFIX}-eu")
     base, _, db = REDIS.rpartition("/")
     first = int(db) if db.isdigit() else 0

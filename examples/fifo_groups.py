@@ -16,7 +16,7 @@ from typing import Any
 
 from kitium_queue import FIFOQueueManager, Job, JobQueue
 
-queue = JobQueue("orders", redis=os.environ.get("KQ_REDIS_URL", "memory://"),
+queue = JobQueue("orders", redis=os.environ.get("KQ_REDIS_URL", "").strip() or "memory://",
                  prefix=f"kq-examples-{os.getpid()}", worker={"concurrency": 10})
 fifo = FIFOQueueManager(queue)
 processed: list[str] = []

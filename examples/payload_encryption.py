@@ -22,7 +22,7 @@ from kitium_queue.features.encryption import EncryptionManager, KeyConfig, gener
 os.environ.setdefault("ORDERS_KEY_2025", generate_key())
 os.environ.setdefault("ORDERS_KEY_2026", generate_key())
 
-queue = JobQueue("orders", redis=os.environ.get("KQ_REDIS_URL", "memory://"),
+queue = JobQueue("orders", redis=os.environ.get("KQ_REDIS_URL", "").strip() or "memory://",
                  prefix=f"kq-examples-{os.getpid()}")
 enc = EncryptionManager(queue, keys=[KeyConfig.from_env("ORDERS_KEY_2025", "2025")],
                         rotation_grace_ms=0)

@@ -22,8 +22,8 @@ REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 
 
 def region_urls() -> list[str]:
-    url = os.environ.get("KQ_REDIS_URL")
-    if url is None:
+    url = os.environ.get("KQ_REDIS_URL", "").strip()  # empty: as if unset
+    if not url:
         return [f"memory://example-{os.getpid()}-{r}" for r in REGIONS]
     base, _, db = url.rpartition("/")
     first = int(db) if db.isdigit() else 0

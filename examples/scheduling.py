@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from kitium_queue import Job, JobQueue
 
-REDIS_URL = os.environ.get("KQ_REDIS_URL", "memory://")
+REDIS_URL = os.environ.get("KQ_REDIS_URL", "").strip() or "memory://"
 # A key prefix of its own per run, so runs never collide on a shared Redis.
 PREFIX = f"kq-examples-{os.getpid()}"
 

@@ -21,7 +21,7 @@ from collections import Counter
 
 from kitium_queue import AccessControlManager, Job, JobQueue, QuotaExceededError
 
-REDIS = os.environ.get("KQ_REDIS_URL", "memory://tenancy-example")
+REDIS = os.environ.get("KQ_REDIS_URL", "").strip() or "memory://tenancy-example"
 PREFIX = f"kq-examples-{os.getpid()}"
 queue = JobQueue("reports", redis=REDIS, prefix=PREFIX, worker={"concurrency": 8})
 # The audit key belongs in your secret store; the principal is who this code acts for.

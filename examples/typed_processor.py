@@ -37,7 +37,7 @@ processor: JobProcessor[EmailData] = send_email
 
 config = QueueConfig(
     "typed-emails",
-    redis=os.environ.get("KQ_REDIS_URL", "memory://"),
+    redis=os.environ.get("KQ_REDIS_URL", "").strip() or "memory://",
     prefix=f"kq-examples-{os.getpid()}",
     retry=RetryConfig(max_attempts=3),
     worker={"concurrency": 5},

@@ -46,7 +46,7 @@ class Receiver(BaseHTTPRequestHandler):  # the receiving side (any framework wil
 server = HTTPServer(("127.0.0.1", 0), Receiver)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 
-queue = JobQueue("orders", redis=os.environ.get("KQ_REDIS_URL", "memory://"),
+queue = JobQueue("orders", redis=os.environ.get("KQ_REDIS_URL", "").strip() or "memory://",
                  prefix=f"kq-examples-{os.getpid()}")
 webhooks = WebhookManager(queue, allow_networks=["127.0.0.0/8"])  # loopback: demo only
 

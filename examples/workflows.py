@@ -20,7 +20,7 @@ from typing import Any
 
 from kitium_queue import Job, JobChainManager, JobQueue, WorkflowStep
 
-queue = JobQueue("orders", redis=os.environ.get("KQ_REDIS_URL", "memory://"),
+queue = JobQueue("orders", redis=os.environ.get("KQ_REDIS_URL", "").strip() or "memory://",
                  prefix=f"kq-examples-{os.getpid()}", worker={"concurrency": 10})
 chains = JobChainManager(queue)  # in every process that adds or runs this queue's jobs
 ran: list[str] = []

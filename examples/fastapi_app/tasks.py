@@ -15,7 +15,7 @@ from typing import Any
 
 from kitium_queue import Job, JobQueue, NonRetryableError
 
-REDIS_URL = os.environ.get("KQ_REDIS_URL", "memory://fastapi-example")
+REDIS_URL = os.environ.get("KQ_REDIS_URL", "").strip() or "memory://fastapi-example"
 PREFIX = os.environ.get("KQ_PREFIX", "kq-fastapi-example")
 
 queue = JobQueue(

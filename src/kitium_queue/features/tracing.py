@@ -77,8 +77,12 @@ try:
         TraceFlags,
     )
 except ImportError as exc:  # pragma: no cover - depends on the environment
+    # Missing, or installed in part (the ``opentelemetry`` namespace of another
+    # distribution, an API package without ``trace`` or too old): what is imported above
+    # is what the feature uses, so this is the one check of the extra.
     raise ImportError(
-        "OpenTelemetry tracing needs the optional extra 'otel': "
+        "OpenTelemetry tracing needs the optional extra 'otel', which is not installed or "
+        f"not importable ({exc}): "
         'pip install "kitium-job-queue[otel]" (opentelemetry-api; an SDK such as '
         "opentelemetry-sdk to export the spans)"
     ) from exc

@@ -54,6 +54,16 @@ def _require(section: str, module: str, extra: str) -> None:
         )
 
 
+def _require_tracing() -> None:
+    """Import the tracing feature, which imports what it uses of OpenTelemetry: a
+    partial install (the ``opentelemetry`` namespace there, its API or ``trace`` not
+    importable), which ``find_spec`` would pass, is refused as a missing extra is."""
+    try:
+        importlib.import_module("..tracing", __package__)
+    except ImportError as exc:
+        raise ConfigurationError(f"advanced.monitoring.tracing: {exc}") from exc
+
+
 def _present(module: str) -> bool:
     """Whether ``module`` (a feature this version may lack) can be imported."""
     try:
@@ -213,7 +223,7 @@ class AdvancedFeatures:
             if mon.prometheus:
                 _require("monitoring", "prometheus_client", "prometheus")
             if mon.tracing:
-                _require("monitoring", "opentelemetry", "otel")
+                _require_tracing()
             for rule in mon.alerts:
                 if rule.metric == "breaker_open" and not c.circuit_breaker.enabled:
                     raise ConfigurationError(

@@ -1,5 +1,8 @@
 """``kitium-queue webhooks ...``: list, show, history, DLQ and replay (click).
 
+``list``, ``show``, ``history`` and ``dlq`` read Redis only and work without httpx (the
+``webhooks`` extra); ``replay`` and ``deliver`` schedule or send deliveries and need it.
+
 Built by ``commands(load_queue, text_field)`` so that this module does not import the
 command line module that adds it (``kitium_queue.cli``).
 """
@@ -85,8 +88,9 @@ def commands(
         redis: str | None,
         action: Callable[[WebhookManager], Awaitable[T]],
         own: bool = False,
+        reads: bool = False,
     ) -> T:
-        from .manager import WebhookManager
+        from .manager import WebhookManager, reading_manager
 
         queue = load_queue(app, redis)
         if own and WebhookManager.of(queue) is None:
@@ -98,8 +102,11 @@ def commands(
         async def go() -> T:
             try:
                 # The application's own manager when its module made one (secrets,
-                # allow-list); otherwise a bare one, enough to read and replay.
-                manager = WebhookManager.of(queue) or WebhookManager(queue, run_service=False)
+                # allow-list); otherwise a bare one, enough to read and replay. Reading
+                # what Redis holds needs no HTTP client (httpx, the webhooks extra).
+                manager = WebhookManager.of(queue) or (
+                    reading_manager(queue) if reads else WebhookManager(queue, run_service=False)
+                )
                 return await action(manager)
             finally:
                 # Errors go up to the CLI's one place that prints them in one line with
@@ -155,7 +162,7 @@ def commands(
                 header=False,
             )
 
-        run(app, redis, act)
+        run(app, redis, act, reads=True)
 
     @webhooks.command("show")
     @click.argument("app")
@@ -176,7 +183,7 @@ def commands(
             for k, v in out.items():
                 click.echo(row(k, v if not isinstance(v, (dict, list)) else json.dumps(v)))
 
-        run(app, redis, act)
+        run(app, redis, act, reads=True)
 
     @webhooks.command("history")
     @click.argument("app")
@@ -213,7 +220,7 @@ def commands(
                 ),
             )
 
-        run(app, redis, act)
+        run(app, redis, act, reads=True)
 
     @webhooks.command("dlq")
     @click.argument("app")
@@ -253,7 +260,7 @@ def commands(
                     click.echo(f"more: --offset {offset + limit}")
                 click.echo(f"dropped by the DLQ's bound (dead_max, dead_ttl_s): {n}")
 
-        run(app, redis, act)
+        run(app, redis, act, reads=True)
 
     @webhooks.command("replay")
     @click.argument("app")

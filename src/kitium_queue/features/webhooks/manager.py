@@ -7,7 +7,7 @@ import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from ...enums import WebhookDeliveryStrategy, WebhookEventType
@@ -175,6 +175,9 @@ class WebhookManager:
             (``guaranteed`` unless set).
     """
 
+    #: Whether this manager may send, so needs httpx (``reading_manager``'s does not).
+    _sends: ClassVar[bool] = True
+
     def __init__(
         self,
         queue: JobQueue,
@@ -204,7 +207,8 @@ class WebhookManager:
             WebhookDeliveryStrategy.GUARANTEED
         ),
     ) -> None:
-        require_httpx()  # else every delivery failed later, in a log line only
+        if self._sends:
+            require_httpx()  # else every delivery failed later, in a log line only
         check_numbers(
             backoff_ms=backoff_ms,
             max_backoff_ms=max_backoff_ms,
@@ -521,3 +525,15 @@ class WebhookManager:
     def event_types(self) -> list[str]:
         """The event names of ``WebhookEventType``."""
         return [e.value for e in WebhookEventType]
+
+
+class _ReadingManager(WebhookManager):
+    _sends = False
+
+
+def reading_manager(queue: JobQueue) -> WebhookManager:
+    """A manager of ``queue`` that only reads what Redis holds (registrations, delivery
+    records, counts), so it needs no httpx: ``kitium-queue webhooks list`` and the other
+    commands that read. It adds no delivery service; asked to send a request, it fails
+    naming the ``webhooks`` extra (``Sender.client``)."""
+    return _ReadingManager(queue, run_service=False)
