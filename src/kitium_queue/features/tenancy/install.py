@@ -23,20 +23,21 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from ...connection import TRANSIENT_ERRORS
 from ...errors import ConfigurationError
 from ...keys import QueueKeys
 from ...limits import get_logger, printable
 from ...options import to_int
-from ...scripts import Script
 from ..audit.conn import LuaScript
 from . import keys as tk
 from . import lua
 from .heal import SCRIPT as HEAL_SCRIPT
 from .heal import heal_tenants
+from .lua import run_script, run_scripts
 from .model import TenantConfig, check_tenant_id
+from .roster import live_queues, members, prune
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -53,6 +54,7 @@ __all__ = [
     "recount",
     "redis_ms",
     "run_script",
+    "run_scripts",
 ]
 
 log = get_logger(__name__)
@@ -75,47 +77,6 @@ _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[int, bool, bool]] = weakref.Wea
 _NO_ACCESS: weakref.WeakSet[Any] = weakref.WeakSet()
 # Queues whose Redis user may not drop tombstones from the registry (not tried again).
 _NO_FORGET: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-async def run_script(
-    client: Any, script: LuaScript | Script, keys: list[str], args: list[Any]
-) -> Any:
-    """Run one of the package's scripts on ``client`` by SHA; the source again when the
-    server does not know it (restart, failover). Its keys are given in ``KEYS``."""
-    try:
-        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
-
-
-async def run_scripts(
-    client: Any, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
-) -> list[Any]:
-    """Run ``script`` once per ``(keys, args)`` of ``calls`` in one pipeline (one round
-    trip; not a transaction: each call is atomic on its own), as ``run_script`` would
-    one by one; the replies in order. Calls refused because the server does not know
-    the script are sent again by source, in a second pipeline. The first error raised."""
-    replies: list[Any] = []
-    again = list(range(len(calls)))
-    for cmd in ("EVALSHA", "EVAL"):
-        if not again:
-            break
-        body = script.sha if cmd == "EVALSHA" else script.source
-        pipe = client.pipeline(transaction=False)
-        for i in again:
-            keys, args = calls[i]
-            pipe.execute_command(cmd, body, len(keys), *keys, *args)
-        got = await pipe.execute(raise_on_error=False)
-        if not replies:
-            replies = got
-        else:
-            for i, r in zip(again, got, strict=True):
-                replies[i] = r
-        again = [i for i in again if isinstance(replies[i], NoScriptError)]
-    for r in replies:
-        if isinstance(r, Exception):
-            raise r
-    return replies
 
 
 TN_RECOUNT = LuaScript(__package__, "tn_recount")
@@ -236,17 +197,22 @@ async def redis_ms(client: Any) -> int:
 async def put_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> bool:
     """Copy ``entry`` into one queue (if newer than the copy there); whether it was
     written (``copy_tenant``)."""
-    return (await copy_tenant(client, queue_keys, entry))[0]
+    got = await copy_tenant(client, queue_keys, entry)
+    return got is not None and got[0]
 
 
-async def copy_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> tuple[bool, bool]:
+async def copy_tenant(
+    client: Any, queue_keys: Any, entry: StoredTenant, *, only_existing: bool = False
+) -> tuple[bool, bool] | None:
     """Copy ``entry`` into one queue (if newer than the copy there): whether it was
     written, and whether the queue's copy is a retired tombstone of this version or a
     newer one (the tenant removed and nothing of it left there: the copy expires after
     ``TOMBSTONE_TTL_S``, ``tn_put.lua``). A copy whose keys hold another type (damaged),
     or read longer than ``TOMBSTONE_TTL_S`` ago, is not written, and logged: the other
     queues and tenants still get theirs. A tenant count that is not an integer
-    (damaged) is recounted from the tenant's jobs (``recount``), and logged."""
+    (damaged) is recounted from the tenant's jobs (``recount``), and logged.
+    ``only_existing``: write nothing into a queue none of whose keys is left
+    (``tk.presence``), checked in the same script, and return None for it."""
     tid = entry.tenant_id
     keys = [
         *queue_keys.all,
@@ -254,12 +220,14 @@ async def copy_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> tupl
         tk.index(queue_keys),
         *tk.usage(queue_keys, tid)[1:],
         tk.declarations(queue_keys),
+        *tk.presence(queue_keys),
     ]
     read_at = "" if entry.read_at is None else entry.read_at
     args = [queue_keys.base, "", "", tid, *entry.copy_args()]
-    reply = await run_script(
-        client, lua.put_script(), keys, [*args, read_at, int(TOMBSTONE_TTL_S * 1000)]
-    )
+    ttl_ms, only = int(TOMBSTONE_TTL_S * 1000), "1" if only_existing else ""
+    reply = await run_script(client, lua.put_script(), keys, [*args, read_at, ttl_ms, only])
+    if int(reply[0]) == -3:
+        return None
     if len(reply) > 2:
         # Its count of unfinished jobs is damaged (not an integer): recounted.
         held = reply[2].decode("utf-8", "replace") if isinstance(reply[2], bytes) else reply[2]
@@ -298,40 +266,29 @@ async def copy_tenant(client: Any, queue_keys: Any, entry: StoredTenant) -> tupl
     return out > 0, int(reply[1]) == 1
 
 
-async def members(client: Any, key: str) -> set[Any]:
-    """The members of set ``key``; none (logged) when it holds another type."""
-    try:
-        return set(await client.smembers(key))
-    except ResponseError as exc:
-        if "WRONGTYPE" not in str(exc):
-            raise
-        log.warning(
-            "tenant registry: key %s holds another Redis type than a set of queue names "
-            "(damaged or written by hand); no queue is listed or copied to. Delete it: "
-            "queues register again at their next sync",
-            key,
-        )
-        return set()
-
-
 async def propagate(client: Any, prefix: str, entries: list[StoredTenant]) -> int:
-    """Copy ``entries`` into every registered queue (each copy only if newer); returns
-    the copies written. A tombstone retired in every queue (the removed tenant has
-    nothing left in any: ``copy_tenant``) leaves the registry (``tn_registry.lua``
-    'drop', only if it is still that tombstone): the queues' copies refuse late copies
-    until they expire, and nothing else needs it any more."""
+    """Copy ``entries`` into every registered queue that is still there (each copy only
+    if newer; ``live_queues``: gone queues leave the set, and a queue found gone by its
+    copy too, nothing of it written); returns the copies written. A tombstone retired
+    in every queue (the removed tenant has nothing left in any: ``copy_tenant``) leaves
+    the registry (``tn_registry.lua`` 'drop', only if it is still that tombstone): the
+    queues' copies refuse late copies until they expire, and nothing else needs it any
+    more."""
     written = 0
     retired = {e.tenant_id: e.tombstone for e in entries}
-    for raw in await members(client, tk.registry_queues(prefix)):
-        name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        try:
-            qk = QueueKeys(name, prefix)
-        except ConfigurationError:
-            continue  # not a queue name: not written by a queue
+    names = await members(client, tk.registry_queues(prefix))
+    gone: list[str] = []
+    for name in await live_queues(client, prefix, names):
+        qk = QueueKeys(name, prefix)
         for entry in entries:
-            done, gone = await copy_tenant(client, qk, entry)
-            written += done
-            retired[entry.tenant_id] = retired[entry.tenant_id] and gone
+            got = await copy_tenant(client, qk, entry, only_existing=True)
+            if got is None:  # deleted since it was checked: nothing of it is left
+                gone.append(name)
+                break
+            written += got[0]
+            retired[entry.tenant_id] = retired[entry.tenant_id] and got[1]
+    if gone:
+        await prune(client, prefix, gone)
     for entry in entries:
         if retired[entry.tenant_id]:
             args = ["drop", entry.tenant_id, "", entry.version]
@@ -357,6 +314,11 @@ async def _attach(queue: JobQueue) -> tuple[int, list[str], dict[str, StoredTena
     """
     client = await queue.client()
     prefix = queue.keys.prefix
+    # First the queue's own mark of its registration, then the registry's set: a reader
+    # that found the queue gone and takes it out sees the mark, or this add comes after
+    # (``roster.prune``).
+    with contextlib.suppress(NoPermissionError):  # a user that may not: as before
+        await client.set(tk.registered(queue.keys), "1")
     have = _INSTALLED.get(queue)
     if have is not None:
         # The queue's declarations, by which a quota copy refills lanes (tn_put.lua).
@@ -402,7 +364,8 @@ async def _attach(queue: JobQueue) -> tuple[int, list[str], dict[str, StoredTena
         if entry is None:
             continue
         entry.read_at = read_at
-        done, gone = await copy_tenant(client, queue.keys, entry)
+        got = await copy_tenant(client, queue.keys, entry)
+        done, gone = got if got is not None else (False, True)
         written += done
         if entry.config is not None or entry.tombstone:
             names.append(name)
@@ -584,7 +547,8 @@ def install(
         for i in range(0, len(doomed), 500):
             await client.delete(*doomed[i : i + 500])
         # The settings go too (the next sync writes them again; until then a quota
-        # change's lane refill is left to the heal): a cleared queue keeps no hash.
+        # change's lane refill is left to the heal): a cleared queue keeps no hash. Its
+        # registration mark stays: a cleared queue stays registered (roster.py).
         await client.delete(tk.declarations(queue.keys))
 
     queue.admin.add_clear_step(reset_counts)

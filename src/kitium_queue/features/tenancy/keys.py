@@ -9,7 +9,8 @@ itself; the scripts of queues never read them:
   version (a removed tenant stays as a tombstone ``{"removed": true, "version": ...}``
   until every queue's copy of it is retired: ``install.propagate``);
 * ``<prefix>:{!access}:tenants:queues``   SET   the queues tenancy is enabled on (each
-  adds itself);
+  adds itself; a queue none of whose keys is left, ``presence``, is taken out by the
+  registry's readers: ``install.live_queues``);
 * ``<prefix>:{!access}:tenants:version``  STRING the version counter (one per change).
 
 Queue keys (``QueueKeys.extra``: under the queue's hash tag, so every script stays
@@ -20,7 +21,9 @@ removed tenant's, its tombstone, refuses late copies of older versions and expir
 (ZSET index of the tenants set up in the queue),
 ``tenancy`` (HASH: how the queue's processes enable tenancy, ``quantum``, ``fair``,
 ``quotas``, written by each at its sync: ``tn_put.lua`` refills lanes by them),
-and the tenant's lane ``parked:t:<t>`` (``QueueKeys.parked``).
+``tenancy:registered`` (STRING: written by each registration, before the queue adds
+itself to the registry's set, and kept by ``clear()``: the queue is there, tenants or
+jobs or not), and the tenant's lane ``parked:t:<t>`` (``QueueKeys.parked``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ __all__ = [
     "declarations",
     "index",
     "lane",
+    "presence",
+    "registered",
     "registry",
     "registry_queues",
     "registry_version",
@@ -85,6 +90,29 @@ def declarations(keys: QueueKeys) -> str:
     '0'), as its processes enable it, written again at each sync; ``clear()`` deletes
     it with the counts."""
     return keys.extra("tenancy")
+
+
+def registered(keys: QueueKeys) -> str:
+    """STRING: the queue registered with the tenant registry (written by every
+    registration, before the queue adds itself to ``registry_queues``; ``clear()`` keeps
+    it, as the queue stays registered)."""
+    return keys.extra("tenancy:registered")
+
+
+def presence(keys: QueueKeys) -> list[str]:
+    """The keys of which one at least exists while the queue is there: its shared
+    layout (job states, meta, events, the id and lease counters), its parked jobs, its
+    schedules, its tenants index, declarations and registration. None of them left (the
+    queue's keys deleted): the registry's readers take it out of ``registry_queues``
+    and copy nothing into it (``install.live_queues``, ``tn_put.lua``)."""
+    return [
+        *keys.all,
+        keys.parked_index,
+        keys.schedules,
+        index(keys),
+        declarations(keys),
+        registered(keys),
+    ]
 
 
 def lane(keys: QueueKeys, tenant_id: str) -> str:

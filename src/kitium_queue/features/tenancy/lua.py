@@ -8,15 +8,20 @@ queue, its lane refilled when the new quota leaves room: it reads the queue's
 declarations from the queue's ``tenancy`` hash, ``put_script``), ``tn_recount.lua``
 (one bounded step of the recount of a damaged count),
 ``tn_usage.lua`` (a tenant's counts in a queue, read atomically) and ``tn_registry.lua``
-(the registry's compare-and-set) take their keys in ``KEYS``. See ``docs/tenancy.md``.
+(the registry's compare-and-set) take their keys in ``KEYS``; ``run_script`` and
+``run_scripts`` run them. See ``docs/tenancy.md``.
 """
 
 from __future__ import annotations
 
 from functools import cache
 from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from ...scripts import Script, ScriptRegistry
+from ..audit.conn import LuaScript
 
 __all__ = [
     "ADMISSION_FIELDS",
@@ -26,6 +31,8 @@ __all__ = [
     "fragments",
     "heal_script",
     "put_script",
+    "run_script",
+    "run_scripts",
     "source",
 ]
 
@@ -92,3 +99,44 @@ def put_script() -> Script:
     registry = ScriptRegistry()
     registry.add_fragment("tn_put", text)
     return registry.get("tn_put")
+
+
+async def run_script(
+    client: Any, script: LuaScript | Script, keys: list[str], args: list[Any]
+) -> Any:
+    """Run one of the package's scripts on ``client`` by SHA; the source again when the
+    server does not know it (restart, failover). Its keys are given in ``KEYS``."""
+    try:
+        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+
+
+async def run_scripts(
+    client: Any, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
+) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)`` of ``calls`` in one pipeline (one round
+    trip; not a transaction: each call is atomic on its own), as ``run_script`` would
+    one by one; the replies in order. Calls refused because the server does not know
+    the script are sent again by source, in a second pipeline. The first error raised."""
+    replies: list[Any] = []
+    again = list(range(len(calls)))
+    for cmd in ("EVALSHA", "EVAL"):
+        if not again:
+            break
+        body = script.sha if cmd == "EVALSHA" else script.source
+        pipe = client.pipeline(transaction=False)
+        for i in again:
+            keys, args = calls[i]
+            pipe.execute_command(cmd, body, len(keys), *keys, *args)
+        got = await pipe.execute(raise_on_error=False)
+        if not replies:
+            replies = got
+        else:
+            for i, r in zip(again, got, strict=True):
+                replies[i] = r
+        again = [i for i in again if isinstance(replies[i], NoScriptError)]
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return replies

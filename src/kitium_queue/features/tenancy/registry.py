@@ -45,12 +45,12 @@ from .install import (
     StoredTenant,
     attach,
     install,
-    members,
     propagate,
     redis_ms,
     run_script,
 )
 from .model import QueueUsage, TenantConfig, TenantQuota, TenantUsage, check_tenant_id
+from .roster import live_queues, members
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -265,16 +265,20 @@ class TenantRegistry:
         return total
 
     async def queues(self) -> list[str]:
-        """Names of the queues tenancy is enabled on (that registered), sorted; none
-        when their set holds another type (damaged: logged)."""
+        """Names of the queues tenancy is enabled on (that registered) and that are
+        still there, sorted; none when their set holds another type (damaged: logged).
+        A queue none of whose keys is left (deleted) leaves the set here, checked again
+        so that a queue registering at the same time stays; one with jobs, or only
+        cleared, stays (docs/tenancy.md)."""
         async with self._errors() as client:
             names = await members(client, tk.registry_queues(self.prefix))
-        return sorted(_text(n) for n in names)
+            return sorted(await live_queues(client, self.prefix, names))
 
     async def sync(self) -> int:
         """Copy every tenant's quota into every registered queue (each copy only if
         newer); returns the copies written. Removed tenants with nothing left in any
-        queue leave the registry (their queues' copies expire: docs/tenancy.md)."""
+        queue leave the registry (their queues' copies expire: docs/tenancy.md), and so
+        do queues whose keys are gone (``queues``)."""
         async with self._errors() as client:
             read_at = await redis_ms(client)
             entries = await self._entries(client)
@@ -408,7 +412,8 @@ class TenantRegistry:
     ) -> TenantUsage:
         """What the tenant uses now, per queue (each read atomically) and in total:
         queued, active, held in its lane, rate used, completed and failed. ``queues``:
-        the queue names to read (default: every registered queue). A removed tenant
+        the queue names to read (default: every registered queue that is still there,
+        ``queues()``: a deleted queue is neither read nor listed). A removed tenant
         with jobs left still reports them."""
         tid, given = check_tenant_id(tenant_id, existing=True), _queue_names(queues)
         async with self._errors() as client:

@@ -8,10 +8,14 @@
            parked:t:<tenant> (ZSET): its running jobs, ticket holders and lane
   KEYS[18] <prefix>:{<queue>}:tenancy      HASH  how the queue's processes enable tenancy
            (quantum, fair '1' | '0', quotas '1' | '0'; written by each at its sync)
+  KEYS[19..] the keys of which one at least exists while the queue is there (keys.py
+           presence)
   ARGV[1..3] shared prefix, now, events maxlen; then tenant id, version, on ('1' | '0':
            removed), max_queue_size, max_concurrency, rate max, rate duration ms, weight,
            allowed regions (',a,b,' or ''), when the copy was read from the registry (ms,
-           Redis clock; '' unknown), the tombstone TTL (ms)
+           Redis clock; '' unknown), the tombstone TTL (ms), and '1' to write only into a
+           queue that is still there (the registry's copies: a queue whose keys were
+           deleted is not brought back; '' from the queue's own registration)
   Writes only when the version is above the one the queue holds, so copies that arrive
   in any order (two registries, a resync racing an update) end with the newest. A copy
   read more than the TTL ago is not written at all: a removed tenant's copy in the queue
@@ -33,7 +37,8 @@
   landing later is refused here.
   Returns { status, retired } — status 1 written, 0 the queue already holds this version
   or a newer one, -1 a key holds another type (damaged, written by hand: nothing is
-  written), -2 the copy is older than the TTL (nothing written); retired 1 when the
+  written), -2 the copy is older than the TTL (nothing written), -3 the queue is gone
+  (none of KEYS[19..] exists, ARGV[15] '1': nothing written); retired 1 when the
   queue's copy is a tombstone of this version or newer with its TTL running. When the
   tenant's count n holds something that is not an integer (damaged), what it holds is
   appended: the caller recounts it (tn_recount.lua).
@@ -62,6 +67,9 @@ if v == nil or v ~= v then
   return redis.error_reply('KQ_BAD_ARGUMENT tn_put: version ' .. tostring(TA[2]) ..
     ' is not a number; nothing was written')
 end
+-- A queue whose keys were all deleted gets nothing of a registry's copy (it would
+-- bring back keys of a queue nobody uses); nothing of the tenant is left there either.
+if ARGV[15] == '1' and redis.call('EXISTS', unpack(KEYS, 19)) == 0 then return { -3, 1 } end
 local ttl = math.floor(tonumber(TA[11]) or 0)
 local read_at = tonumber(TA[10] or '')
 if read_at and ttl > 0 and NOW - read_at > ttl then return { -2, 0 } end
