@@ -196,8 +196,10 @@ _LIB = r"""
   end
 
   -- The jobs held behind `blocker` go back to wait (a bounded number now, the rest from
-  -- a timer due now, 1,000 per claim, in their order); true when there were any. In
-  -- claim, only from admit_after (claim scans wait meanwhile).
+  -- a timer due now, 1,000 per claim, in their order); true when there were any. unpark
+  -- wakes idle workers in this same call, so closing and every repair (a read, the
+  -- leader's sweep, replace) start them at once. In claim, only from admit_after (claim
+  -- scans wait meanwhile).
   local function cb_let_go(blocker)
     if redis.call('EXISTS', PREFIX .. 'parked:' .. blocker) == 0 then return false end
     unpark(blocker, 100)
