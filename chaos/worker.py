@@ -51,9 +51,9 @@ scenario:
 
 ``--breakers`` creates a ``CircuitBreakerManager`` on the queue (jobs bound to a breaker
 are held while it is open); ``--compliance`` a ``ComplianceManager`` (jobs may carry
-``subject_id``; ``erase_subject`` finds them through its index).
-are held while it is open); ``--tenancy`` enables multi-tenancy (tenants' quotas and
-fair dispatch; the tenants are created by the scenario).
+``subject_id``; ``erase_subject`` finds them through its index); ``--tenancy`` enables
+multi-tenancy (tenants' quotas and fair dispatch; the tenants are created by the
+scenario).
 
 Every job appends lines to ``--log`` (one ``O_APPEND`` write each, so a SIGKILL loses
 nothing already written and processes may share the file)::

@@ -218,11 +218,13 @@ class Faults:
 def apply_faults(
     ctx: Context, res: Result, srv: Any, client: redis.Redis, keys: QueueKeys, fleet: Fleet,
     faults: list[str], step: int, rnd: random.Random, live_check: Callable[[], Any],
-    *, progress_timeout: float = 60,
+    *, progress_timeout: float = 60, wait_ready: bool = True,
 ) -> Faults:
     """Each of ``faults`` once ``step`` more jobs completed: ``kill`` SIGKILLs a busy
-    worker (a replacement is started), ``restart`` SIGKILLs redis-server and restarts
-    it, then runs ``live_check`` and expects every worker to have survived."""
+    worker (a replacement is started, and waited for unless ``wait_ready`` is false: on
+    a loaded machine a worker takes seconds to start, while which a short queue may
+    drain before its next fault), ``restart`` SIGKILLs redis-server and restarts it,
+    then runs ``live_check`` and expects every worker to have survived."""
     out = Faults()
     for k, fault in enumerate(faults):
         target = step * (k + 1)
@@ -235,8 +237,12 @@ def apply_faults(
             victim = rnd.choice(busy)
             out.interrupted += len(victim.running_jobs())
             out.killed[victim.pid] = victim.kill()
-            fleet.start().wait_ready()
+            replacement = fleet.start()
+            if wait_ready:
+                replacement.wait_ready()
         else:
+            for w in fleet.live():  # a worker's start is not a restart's subject
+                w.wait_ready()
             t_kill = time.time()
             srv.kill()
             time.sleep(ctx.pick(0.5, rnd.uniform(0.3, 1.5)))
