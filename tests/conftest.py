@@ -193,3 +193,11 @@ def server() -> Iterator[RedisServer]:
     finally:
         thaw(srv)
         srv.close()
+
+
+@pytest.fixture(scope="session")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A mypy cache of this run's own (per test process): each later check reads what
+    the first one found of the package instead of checking all of it again (a fresh
+    directory, never stale)."""
+    return tmp_path_factory.mktemp("mypy-cache")

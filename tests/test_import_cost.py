@@ -195,7 +195,7 @@ def test_optional_packages_load_when_their_feature_is_used(redis_url: str, prefi
 
 
 def test_a_type_checker_still_sees_every_lazy_name_and_flags_a_misspelled_one(
-    tmp_path: Path,
+    tmp_path: Path, mypy_cache: Path
 ) -> None:
     """The packages load their names on first use (a module ``__getattr__``), hidden from
     type checkers: a misspelled import is an error, a real one keeps its type."""
@@ -210,7 +210,7 @@ def test_a_type_checker_still_sees_every_lazy_name_and_flags_a_misspelled_one(
         "reveal_type(WebhookManager)\n"
         "reveal_type(GlobalQueueManager)\n"
     )
-    code, out = _mypy(snippet)
+    code, out = _mypy(snippet, mypy_cache)
     assert code == 1, out
     assert 'Module "kitium_queue" has no attribute "JobQueu"' in out
     assert 'Module "kitium_queue.features.regions" has no attribute "GlobalQueueManagr"' in out

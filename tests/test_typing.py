@@ -17,13 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "typed_processor.py"
 
 
-@pytest.fixture(scope="module")
-def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache of this run's own: the second check reads what the first one found of the
-    package instead of checking all of it again (a fresh directory, never stale)."""
-    return tmp_path_factory.mktemp("mypy-cache")
-
-
 def _mypy(path: Path, cache: Path | None = None) -> tuple[int, str]:
     """mypy --strict on ``path``: with ``cache``, incremental in that directory; without,
     from scratch and nothing kept."""
