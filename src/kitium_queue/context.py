@@ -211,9 +211,9 @@ def _serving(conn: Any) -> bool | None:
     call (replies owed or being read, a command being sent, a packed exchange, an open
     under way, ``pools.answering``; on ``memory://`` a read under way, ``pools.yielding``;
     any other taken connection whose replies, ``connerrors.bound_replies``, or opens are
-    not counted), None while it serves nothing (held between commands, or closed, as a
-    cancelled blocking wait leaves it; a call about to send: look again), False when a
-    subscription holds it (its holder lets it go, not a call)."""
+    not counted), None while it serves nothing (held between commands, or closed with no
+    open under way, as a wait cancelled at its read or its open leaves it; a call about to
+    send: look again), False when a subscription holds it (its holder lets it go)."""
     if getattr(conn, "_connect_callbacks", None):  # PubSub: subscriptions to renew
         return False
     reading = getattr(conn, "_kq_reading", None)  # memory://: its sends are answered at once
@@ -226,8 +226,8 @@ def _serving(conn: Any) -> bool | None:
     if protocol is not None and transport.get_write_buffer_size():
         return True  # a command being sent (not counted in owed under a socket_timeout)
     owed = getattr(conn, "__dict__", {}).get("_kq_owed")
-    if owed is None or owed["owed"] or owed["reading"]:
-        return True
+    if owed is None or owed["reading"] or (owed["owed"] and conn.is_connected):
+        return True  # none owed on a closed one (a wait cancelled at its open counts one)
     return None if conn.is_connected or getattr(conn, "_kq_opening", 1) == 0 else True
 
 
