@@ -100,8 +100,14 @@ FEATURE_COMMANDS: dict[str, tuple[str, ...]] = {
         "hvals", "hlen", "persist", "expire", "zremrangebyrank", "zscan", *_OUTBOX, *_LEADER,
     ),
     "replicas": ("wait",),
-    # scan: the recount of a tenant's damaged count (tn_recount.lua), only for that repair.
-    "tenancy": ("sadd", "srem", "scard", "srandmember", "sismember", "smembers", "scan"),
+    # scan: the recount of a tenant's damaged count (tn_recount.lua), only for that repair;
+    # evalsha_ro, eval_ro (Redis 7.0+): the read-only scripts (tn_usage.lua, tn_present.lua:
+    # a tenant's usage, which registered queues are gone), which a user that may only read
+    # the keys (%R~) may run; without them they run with evalsha.
+    "tenancy": (
+        "sadd", "srem", "scard", "srandmember", "sismember", "smembers", "scan", "evalsha_ro",
+        "eval_ro",
+    ),
     # An operator's repairs, not a worker's: rebuild_parked walks the job records (SCAN)
     # and the parked index (ZSCAN) and recounts each blocker's set (ZCOUNT); find_orphans
     # walks the job records (SCAN).

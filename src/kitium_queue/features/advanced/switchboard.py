@@ -46,12 +46,68 @@ _LABEL = {
 }
 
 
+#: What each section's feature uses of an optional extra's package: package -> {module:
+#: the names taken from it}. Imported by the preflight (``_require``), so that a package
+#: installed in part (its top module there, a submodule or a name it takes missing),
+#: which ``find_spec`` would pass, fails there, naming the extra, and not later, after
+#: other sections were installed. tests/test_tenancy_readonly.py checks the names
+#: against the features' sources.
+_USES: dict[str, dict[str, tuple[str, ...]]] = {
+    "cryptography": {
+        "cryptography.exceptions": ("InvalidTag",),
+        "cryptography.hazmat.primitives": ("hashes", "padding"),
+        "cryptography.hazmat.primitives.ciphers": ("Cipher", "algorithms", "modes"),
+        "cryptography.hazmat.primitives.ciphers.aead": ("AESGCM",),
+        "cryptography.hazmat.primitives.kdf.hkdf": ("HKDF",),
+    },
+    "httpx": {
+        "httpx": (
+            "AsyncBaseTransport", "AsyncByteStream", "AsyncClient", "HTTPError", "InvalidURL",
+            "Request", "Response", "TimeoutException", "TransportError",
+        ),
+        "httpcore": (
+            "AnyIOBackend", "AsyncConnectionPool", "AsyncNetworkBackend", "ConnectError",
+            "NetworkError", "ProtocolError", "Request", "TimeoutException", "URL",
+            "UnsupportedProtocol",
+        ),
+    },
+    "zstandard": {
+        "zstandard": ("ZstdCompressor", "ZstdDecompressor", "ZstdError", "frame_content_size"),
+    },
+}  # fmt: skip
+#: The feature modules that import what they use of an extra's package themselves.
+_FEATURE_MODULES: dict[str, tuple[str, ...]] = {
+    "prometheus_client": (
+        "..prometheus.exporter",
+        "..prometheus.collector",
+        "..prometheus.subscriber",
+    ),
+}
+
+
 def _require(section: str, module: str, extra: str) -> None:
-    if importlib.util.find_spec(module) is None:
+    """Import what ``section``'s feature uses of ``module`` (``_USES``, or the feature's
+    own modules, which import it); ``ConfigurationError`` naming the extra when any of
+    it cannot be imported (missing, or installed in part)."""
+    try:
+        if importlib.util.find_spec(module) is None:  # not there at all: said so first
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+        for feature in _FEATURE_MODULES.get(module, ()):
+            importlib.import_module(feature, __package__)
+        for name, names in _USES.get(module, {module: ()}).items():
+            mod = importlib.import_module(name)
+            for attr in names:
+                if not hasattr(mod, attr):  # a submodule, as ``from name import attr`` does
+                    try:
+                        importlib.import_module(f"{name}.{attr}")
+                    except ImportError:
+                        raise ImportError(f"cannot import name {attr!r} from {name!r}") from None
+    except ImportError as exc:
         raise ConfigurationError(
-            f"advanced.{section} needs the optional extra {extra!r}, which is not "
-            f"installed (module {module!r} missing): pip install 'kitium-job-queue[{extra}]'"
-        )
+            f"advanced.{section} needs the optional extra {extra!r}, which is not installed "
+            f"or not importable (module {module!r}: {exc}): "
+            f"pip install 'kitium-job-queue[{extra}]'"
+        ) from exc
 
 
 def _require_tracing() -> None:

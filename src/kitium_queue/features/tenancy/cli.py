@@ -203,15 +203,23 @@ def make_command(
 
     @tenants.command("sync")
     @click.argument("app")
+    @click.option(
+        "--queue",
+        "queues",
+        multiple=True,
+        help="Also register this queue again (its keys deleted, say); repeatable.",
+    )
     @redis_option
-    def tenants_sync(app: str, redis: str | None) -> None:
+    def tenants_sync(app: str, queues: tuple[str, ...], redis: str | None) -> None:
         """Copy every tenant's quota into every registered queue and recount the tenants'
-        damaged counts of unfinished jobs (what each worker does every 30 s)."""
+        damaged counts of unfinished jobs (what each worker does every 30 s). APP's
+        queue, when APP enables tenancy on it, and each --queue are registered again
+        first, even if their keys were deleted."""
         from .registry import TenantRegistry
 
         async def act(q: Any) -> None:
             reg = TenantRegistry.for_queue(q)
-            written = await reg.sync()
+            written = await reg.sync(list(queues))
             usages = await _all_usages(reg, [c.tenant_id for c in await reg.list_tenants()])
             left = sorted(f"{u.tenant_id} in {n}" for u in usages for n in u.count_damaged)
             click.echo(f"{written} quota copies written; damaged counts left: {len(left)}")

@@ -6,7 +6,9 @@
   ``fair_dispatch``, ``enforce_quotas``): the same in every process that adds or runs
   the queue's jobs;
 * enqueue middleware that, the first time this process adds a job with a tenant, makes
-  sure the queue is known to the registry and holds every tenant's quota (``attach``);
+  sure the queue is known to the registry and holds every tenant's quota (``attach``),
+  and does it again when it finds the queue's registration gone (checked at most once
+  every ``SYNC_INTERVAL_S``: the queue's keys were deleted);
 * a service run by each worker that does the same at start and then every
   ``SYNC_INTERVAL_S`` (quota changes reach queues at once; this heals a copy a crash
   interrupted, and recounts a tenant's damaged count of unfinished jobs);
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -37,7 +40,7 @@ from .heal import SCRIPT as HEAL_SCRIPT
 from .heal import heal_tenants
 from .lua import run_script, run_scripts
 from .model import TenantConfig, check_tenant_id
-from .roster import live_queues, members, prune
+from .roster import QueueRefused, is_refusal, live_queues, members, prune
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -281,7 +284,12 @@ async def propagate(client: Any, prefix: str, entries: list[StoredTenant]) -> in
     for name in await live_queues(client, prefix, names):
         qk = QueueKeys(name, prefix)
         for entry in entries:
-            got = await copy_tenant(client, qk, entry, only_existing=True)
+            try:
+                got = await copy_tenant(client, qk, entry, only_existing=True)
+            except ResponseError as exc:
+                if is_refusal(exc):  # named in the error: the queue's keys, not the registry's
+                    raise QueueRefused(name, exc) from exc
+                raise
             if got is None:  # deleted since it was checked: nothing of it is left
                 gone.append(name)
                 break
@@ -386,31 +394,62 @@ def _damaged(key: str, what: str) -> None:
 
 class _AttachOnFirstUse:
     """Enqueue middleware: before the first job with a tenant this process adds to the
-    queue, ``attach`` it (so its quotas are there). Free afterwards."""
+    queue, ``attach`` it (so its quotas are there). Then, before a job with a tenant at
+    most once every ``interval_s``, one ``EXISTS`` of the queue's registration mark
+    (``tk.registered``, kept by ``clear()``): gone, the queue's keys were deleted, its
+    quota copies with them, and it is attached again. Free in between."""
 
-    def __init__(self, queue: JobQueue) -> None:
+    def __init__(self, queue: JobQueue, interval_s: float = SYNC_INTERVAL_S) -> None:
         self.queue = queue
+        self.interval_s = interval_s
         self.done = False
-        # The attach in flight: concurrent first jobs wait for one, not one each.
-        self._task: asyncio.Future[int] | None = None
+        self._checked = 0.0  # time.monotonic() of the last attach or check
+        # The attach or check in flight: concurrent jobs wait for one, not one each.
+        self._task: asyncio.Future[None] | None = None
+
+    def _due(self) -> bool:
+        return not self.done or time.monotonic() - self._checked >= self.interval_s
 
     def __call__(self, job_name: str, data: Any, options: Mapping[str, Any]) -> Any:
-        if self.done or options.get("tenant_id") is None:
+        task = self._task
+        if options.get("tenant_id") is None or ((task is None or task.done()) and not self._due()):
             return job_name, data, options
         return self._attach(job_name, data, options)
 
     async def _attach(self, job_name: str, data: Any, options: Mapping[str, Any]) -> Any:
-        task = self._task
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = self._task = asyncio.ensure_future(attach(self.queue))
-        try:
-            await asyncio.shield(task)
-        except BaseException:
-            if task.done():
-                self._task = None  # failed: the next job tries again
-            raise
-        self.done = True
+        task = self._task  # one in flight: waited for (a check registering the queue again)
+        if (
+            task is None
+            or task.get_loop() is not asyncio.get_running_loop()
+            or (task.done() and self._due())
+        ):
+            task = self._task = asyncio.ensure_future(self._run())
+        await asyncio.shield(task)
         return job_name, data, options
+
+    async def _run(self) -> None:
+        if not self.done:
+            await attach(self.queue)  # the first: its failure fails the job's add
+            self.done, self._checked = True, time.monotonic()
+            return
+        self._checked = time.monotonic()
+        try:
+            client = await self.queue.client()
+            if await client.exists(tk.registered(self.queue.keys)):
+                return
+            log.info(
+                "queue %s: its tenancy registration is gone (its keys were deleted, the "
+                "tenants' quota copies with them); registering it again",
+                self.queue.name,
+            )
+            await attach(self.queue)
+        except Exception as exc:  # the job is added all the same; checked again later
+            log.warning(
+                "queue %s: checking its tenancy registration failed (%s); again in %.0f s",
+                self.queue.name,
+                type(exc).__name__,
+                self.interval_s,
+            )
 
 
 class _Sync:
@@ -532,7 +571,7 @@ def install(
     scripts.add_slot("admission", lua.FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
     scripts.add_slot("release", lua.FEATURE, frags["release"])
     scripts.add_fragment(HEAL_SCRIPT, lua.heal_script(quantum, fair_dispatch, enforce_quotas))
-    queue.use_enqueue(_AttachOnFirstUse(queue))
+    queue.use_enqueue(_AttachOnFirstUse(queue, sync_interval_s))
     queue.add_service(_Sync(sync_interval_s))
 
     async def reset_counts() -> None:

@@ -10,7 +10,7 @@ itself; the scripts of queues never read them:
   until every queue's copy of it is retired: ``install.propagate``);
 * ``<prefix>:{!access}:tenants:queues``   SET   the queues tenancy is enabled on (each
   adds itself; a queue none of whose keys is left, ``presence``, is taken out by the
-  registry's readers: ``install.live_queues``);
+  registry's readers: ``roster.live_queues``);
 * ``<prefix>:{!access}:tenants:version``  STRING the version counter (one per change).
 
 Queue keys (``QueueKeys.extra``: under the queue's hash tag, so every script stays
@@ -104,7 +104,7 @@ def presence(keys: QueueKeys) -> list[str]:
     layout (job states, meta, events, the id and lease counters), its parked jobs, its
     schedules, its tenants index, declarations and registration. None of them left (the
     queue's keys deleted): the registry's readers take it out of ``registry_queues``
-    and copy nothing into it (``install.live_queues``, ``tn_put.lua``)."""
+    and copy nothing into it (``roster.live_queues``, ``tn_put.lua``)."""
     return [
         *keys.all,
         keys.parked_index,

@@ -7,18 +7,23 @@ same way runs the same code. The scripts ``tn_put.lua`` (a tenant's quota copied
 queue, its lane refilled when the new quota leaves room: it reads the queue's
 declarations from the queue's ``tenancy`` hash, ``put_script``), ``tn_recount.lua``
 (one bounded step of the recount of a damaged count),
-``tn_usage.lua`` (a tenant's counts in a queue, read atomically) and ``tn_registry.lua``
-(the registry's compare-and-set) take their keys in ``KEYS``; ``run_script`` and
-``run_scripts`` run them. See ``docs/tenancy.md``.
+``tn_usage.lua`` (a tenant's counts in a queue, read atomically), ``tn_present.lua``
+(whether a registered queue is still there) and ``tn_registry.lua`` (the registry's
+compare-and-set) take their keys in ``KEYS``; ``run_script`` and ``run_scripts`` run
+them, the read-only ones (``tn_usage``, ``tn_present``) with ``EVALSHA_RO`` where the
+server has it. See ``docs/tenancy.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+import weakref
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ...scripts import Script, ScriptRegistry
 from ..audit.conn import LuaScript
@@ -101,30 +106,84 @@ def put_script() -> Script:
     return registry.get("tn_put")
 
 
+#: The read-only variants of the script commands (Redis 7.0+): a Redis user that may only
+#: read a script's keys (``%R~`` key patterns) may run a script through them, never
+#: through ``EVALSHA``/``EVAL``, which Redis checks as writing every key they are given.
+_READ_ONLY = {"EVALSHA": "EVALSHA_RO", "EVAL": "EVAL_RO"}
+#: A read-only variant refused because the server does not know it (before Redis 7.0,
+#: ``memory://``) or the user was not granted it (rules written before it was listed).
+_RO_REFUSED = re.compile(
+    r"(unknown command|permissions to run the) [`']?(evalsha_ro|eval_ro)\b", re.IGNORECASE
+)
+# Clients on which the read-only variants were refused: the plain commands from then on.
+_NO_READ_ONLY: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _ro_refused(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and _RO_REFUSED.search(str(reply)) is not None
+
+
+def _commands(client: Any, readonly: bool) -> tuple[str, str]:
+    """The commands that run a script by SHA and by source on ``client``."""
+    if readonly and client not in _NO_READ_ONLY:
+        return _READ_ONLY["EVALSHA"], _READ_ONLY["EVAL"]
+    return "EVALSHA", "EVAL"
+
+
+def _no_read_only(client: Any) -> None:
+    with contextlib.suppress(TypeError):  # a client that takes no weak reference
+        _NO_READ_ONLY[client] = True
+
+
 async def run_script(
-    client: Any, script: LuaScript | Script, keys: list[str], args: list[Any]
+    client: Any,
+    script: LuaScript | Script,
+    keys: list[str],
+    args: list[Any],
+    *,
+    readonly: bool = False,
 ) -> Any:
     """Run one of the package's scripts on ``client`` by SHA; the source again when the
-    server does not know it (restart, failover). Its keys are given in ``KEYS``."""
+    server does not know it (restart, failover). Its keys are given in ``KEYS``.
+
+    ``readonly``: the script only reads (``tn_usage``, ``tn_present``): it is run with
+    ``EVALSHA_RO``/``EVAL_RO``, so that a Redis user that may only read its keys may
+    run it (such a user is refused ``EVALSHA`` on them). A server that does not know
+    those commands (before Redis 7.0) or a user not granted them runs it as any other
+    script, with ``EVALSHA``/``EVAL`` (remembered for ``client``)."""
+    by_sha, by_source = _commands(client, readonly)
     try:
-        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        return await client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+        try:
+            return await client.execute_command(by_sha, script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.execute_command(by_source, script.source, len(keys), *keys, *args)
+    except ResponseError as exc:
+        if by_sha == "EVALSHA" or not _ro_refused(exc):
+            raise
+    _no_read_only(client)
+    return await run_script(client, script, keys, args)
 
 
 async def run_scripts(
-    client: Any, script: LuaScript, calls: list[tuple[list[str], list[Any]]]
+    client: Any,
+    script: LuaScript,
+    calls: list[tuple[list[str], list[Any]]],
+    *,
+    readonly: bool = False,
 ) -> list[Any]:
     """Run ``script`` once per ``(keys, args)`` of ``calls`` in one pipeline (one round
     trip; not a transaction: each call is atomic on its own), as ``run_script`` would
-    one by one; the replies in order. Calls refused because the server does not know
-    the script are sent again by source, in a second pipeline. The first error raised."""
+    one by one (``readonly`` too); the replies in order. Calls refused because the
+    server does not know the script are sent again by source, in a second pipeline;
+    calls whose read-only command was refused, again with ``EVALSHA``. The first error
+    raised."""
+    by_sha, by_source = _commands(client, readonly)
     replies: list[Any] = []
     again = list(range(len(calls)))
-    for cmd in ("EVALSHA", "EVAL"):
+    for cmd in (by_sha, by_source):
         if not again:
             break
-        body = script.sha if cmd == "EVALSHA" else script.source
+        body = script.sha if cmd == by_sha else script.source
         pipe = client.pipeline(transaction=False)
         for i in again:
             keys, args = calls[i]
@@ -136,6 +195,9 @@ async def run_scripts(
             for i, r in zip(again, got, strict=True):
                 replies[i] = r
         again = [i for i in again if isinstance(replies[i], NoScriptError)]
+    if by_sha != "EVALSHA" and any(_ro_refused(r) for r in replies):
+        _no_read_only(client)
+        return await run_scripts(client, script, calls)
     for r in replies:
         if isinstance(r, Exception):
             raise r

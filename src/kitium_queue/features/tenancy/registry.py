@@ -45,12 +45,14 @@ from .install import (
     StoredTenant,
     attach,
     install,
+    installed,
     propagate,
     redis_ms,
     run_script,
+    run_scripts,
 )
 from .model import QueueUsage, TenantConfig, TenantQuota, TenantUsage, check_tenant_id
-from .roster import live_queues, members
+from .roster import QueueRefused, is_refusal, live_queues, members, refusal, register
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -274,17 +276,26 @@ class TenantRegistry:
             names = await members(client, tk.registry_queues(self.prefix))
             return sorted(await live_queues(client, self.prefix, names))
 
-    async def sync(self) -> int:
+    async def sync(self, queues: Iterable[str] | None = None) -> int:
         """Copy every tenant's quota into every registered queue (each copy only if
         newer); returns the copies written. Removed tenants with nothing left in any
         queue leave the registry (their queues' copies expire: docs/tenancy.md), and so
-        do queues whose keys are gone (``queues``)."""
-        async with self._errors() as client:
+        do queues whose keys are gone (``queues``). Registered again first, whether or
+        not their keys are there: the queues named in ``queues``, and the queue this
+        registry was made from (each partition) when tenancy is enabled on it in this
+        process."""
+        names = {QueueKeys(n, self.prefix).name for n in _queue_names(queues) or ()}
+        for q in list(getattr(self._queue, "queues", None) or [self._queue]):
+            if q is not None and installed(q) is not None:
+                names.add(q.name)
+        async with self._errors(write=True) as client:
+            for name in sorted(names):
+                await register(client, self.prefix, name)
             read_at = await redis_ms(client)
-            entries = await self._entries(client)
+            entries = await _entries(client, self.prefix)
             for e in entries:
                 e.read_at = read_at
-            return await self._propagate(client, entries)
+            return await propagate(client, self.prefix, entries)
 
     # ------------------------------------------------------------------ tenants
     async def create_tenant(self, config: TenantConfig | Mapping[str, Any]) -> TenantConfig:
@@ -295,7 +306,7 @@ class TenantRegistry:
         its id mixes scripts (``check_tenant_id``: a look-alike of another id)."""
         cfg = TenantConfig.of(config)
         check_tenant_id(cfg.tenant_id)
-        async with self._errors() as client:
+        async with self._errors(write=True) as client:
             for _ in range(_MAX_RETRIES):
                 version, now = await _next_version(client, self.prefix)
                 entry = StoredTenant(cfg.tenant_id, cfg, version, read_at=now)
@@ -304,13 +315,13 @@ class TenantRegistry:
                 )
                 out = await self._writer(client, change)
                 if out == "exists":
-                    _check(await self._entry(client, cfg.tenant_id), self._key)
+                    _check(await _entry(client, self.prefix, cfg.tenant_id), self._key)
                     raise ConfigurationError(
                         f"tenant {cfg.tenant_id!r} exists already; change it with "
                         "update_tenant() or remove it first"
                     )
                 if out == "ok":
-                    await self._propagate(client, [entry])
+                    await propagate(client, self.prefix, [entry])
                     return cfg
         raise KitiumQueueError(
             f"tenant {cfg.tenant_id!r} was changed {_MAX_RETRIES} times by others while it "
@@ -342,16 +353,16 @@ class TenantRegistry:
                 f"{type(changes).__name__}"
             )
         wanted = {**(changes or {}), **fields}
-        async with self._errors() as client:
+        async with self._errors(write=True) as client:
             for _ in range(_MAX_RETRIES):
-                cur = await self._entry(client, tid)
+                cur = await _entry(client, self.prefix, tid)
                 _check(cur, self._key)
                 if cur is None or cur.config is None:
                     raise self._not_found(tid)
                 new = cur.config.changed(wanted)
                 entry = await self._put(client, cur, new)
                 if entry is not None:
-                    await self._propagate(client, [entry])
+                    await propagate(client, self.prefix, [entry])
                     return new
         raise KitiumQueueError(
             f"tenant {tid!r} was changed {_MAX_RETRIES} times by others while this "
@@ -363,14 +374,14 @@ class TenantRegistry:
         without its quota (weight 1). Its keys go once nothing of it is left, after
         ``TOMBSTONE_TTL_S`` (docs/tenancy.md). False if there was no such tenant."""
         tid = check_tenant_id(tenant_id, existing=True)
-        async with self._errors() as client:
+        async with self._errors(write=True) as client:
             for _ in range(_MAX_RETRIES):
-                cur = await self._entry(client, tid)
+                cur = await _entry(client, self.prefix, tid)
                 if cur is None or cur.config is None:
                     return False
                 entry = await self._put(client, cur, None)
                 if entry is not None:
-                    await self._propagate(client, [entry])
+                    await propagate(client, self.prefix, [entry])
                     return True
         raise KitiumQueueError(f"tenant {tid!r} kept changing while it was removed; try again")
 
@@ -378,7 +389,7 @@ class TenantRegistry:
         """The tenant's config, or None."""
         tid = check_tenant_id(tenant_id, existing=True)
         async with self._errors() as client:
-            cur = await self._entry(client, tid)
+            cur = await _entry(client, self.prefix, tid)
         return None if cur is None else cur.config
 
     async def allowed_regions_for(self, tenant_id: str) -> tuple[str, ...] | None:
@@ -395,7 +406,7 @@ class TenantRegistry:
     async def list_tenants(self) -> list[TenantConfig]:
         """Every tenant, by id."""
         async with self._errors() as client:
-            entries = await self._entries(client)
+            entries = await _entries(client, self.prefix)
         return sorted(
             (e.config for e in entries if e.config is not None), key=lambda c: c.tenant_id
         )
@@ -414,28 +425,21 @@ class TenantRegistry:
         queued, active, held in its lane, rate used, completed and failed. ``queues``:
         the queue names to read (default: every registered queue that is still there,
         ``queues()``: a deleted queue is neither read nor listed). A removed tenant
-        with jobs left still reports them."""
+        with jobs left still reports them. Only reads (``EVALSHA_RO`` on Redis 7.0+): a
+        Redis user that may only read the keys may call it."""
         tid, given = check_tenant_id(tenant_id, existing=True), _queue_names(queues)
         async with self._errors() as client:
             names = given if given is not None else await self.queues()
-            per = []
-            for name in names:
-                qk = QueueKeys(name, self.prefix)
-                r = await run_script(client, _USAGE, tk.usage(qk, tid), [qk.base])
-                per.append(_usage(name, tid, r))
+            per = [(await _usages(client, self.prefix, name, [tid]))[0] for name in names]
         return TenantUsage.total(tid, per)
 
     async def get_usages(self, tenant_ids: Iterable[str], queue: str) -> dict[str, QueueUsage]:
         """Each tenant's usage in queue ``queue``, read as ``get_tenant_usage(tid,
         [queue])`` reads it (each tenant's atomically), in one pipeline: one round trip."""
-        from .install import run_scripts
-
         tids = [check_tenant_id(t, existing=True) for t in tenant_ids]
-        qk = QueueKeys(queue, self.prefix)
-        calls = [(tk.usage(qk, t), [qk.base]) for t in tids]
         async with self._errors() as client:
-            replies = await run_scripts(client, _USAGE, calls) if calls else []
-        return {t: _usage(queue, t, r) for t, r in zip(tids, replies, strict=True)}
+            got = await _usages(client, self.prefix, queue, tids)
+        return dict(zip(tids, got, strict=True))
 
     # ------------------------------------------------------------------ internals
     def _not_found(self, tenant_id: str) -> TenantNotFoundError:
@@ -443,23 +447,6 @@ class TenantRegistry:
             f"no tenant {tenant_id!r} under key prefix {self.prefix!r}; create it with "
             "create_tenant() (list them with list_tenants())"
         )
-
-    async def _entry(self, client: Any, tenant_id: str) -> StoredTenant | None:
-        raw = await client.hget(tk.registry(self.prefix), tenant_id)
-        return StoredTenant.parse(tenant_id, raw)
-
-    async def _entries(self, client: Any) -> list[StoredTenant]:
-        out = []
-        for tid, raw in (await client.hgetall(tk.registry(self.prefix))).items():
-            name = _text(tid)
-            try:
-                check_tenant_id(name, existing=True)
-            except ConfigurationError:
-                continue
-            entry = StoredTenant.parse(name, raw)
-            if entry is not None:
-                out.append(entry)
-        return out
 
     async def _put(
         self, client: Any, cur: StoredTenant, new: TenantConfig | None
@@ -486,17 +473,19 @@ class TenantRegistry:
             raise self._not_found(cur.tenant_id)
         return StoredTenant(cur.tenant_id, new, version, read_at=now) if out == "ok" else None
 
-    async def _propagate(self, client: Any, entries: list[StoredTenant]) -> int:
-        return await propagate(client, self.prefix, entries)
-
     @contextlib.asynccontextmanager
-    async def _errors(self) -> AsyncIterator[Any]:
-        """The client, and Redis errors translated (``Deployment.error``)."""
+    async def _errors(self, *, write: bool = False) -> AsyncIterator[Any]:
+        """The client, and Redis errors translated (``Deployment.error``); a refusal for
+        lack of permission names the keys refused and what to grant (``refusal``;
+        ``write``: the call changes tenants)."""
         try:
             yield await self._get_client()
         except KitiumQueueError:
             raise
         except (RedisError, OSError) as exc:
+            if is_refusal(exc):
+                detail = self._dep.connection.redact(str(exc))
+                raise refusal(exc, self.prefix, detail, write=write) from None
             raise self._dep.error(exc) from None
 
     async def _get_client(self) -> Any:
@@ -516,6 +505,38 @@ class TenantRegistry:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def _entry(client: Any, prefix: str, tenant_id: str) -> StoredTenant | None:
+    return StoredTenant.parse(tenant_id, await client.hget(tk.registry(prefix), tenant_id))
+
+
+async def _entries(client: Any, prefix: str) -> list[StoredTenant]:
+    out = []
+    for tid, raw in (await client.hgetall(tk.registry(prefix))).items():
+        name = _text(tid)
+        try:
+            check_tenant_id(name, existing=True)
+        except ConfigurationError:
+            continue
+        entry = StoredTenant.parse(name, raw)
+        if entry is not None:
+            out.append(entry)
+    return out
+
+
+async def _usages(client: Any, prefix: str, queue: str, tids: list[str]) -> list[QueueUsage]:
+    """Each tenant's usage in ``queue`` (``tn_usage.lua``, read-only), in one pipeline;
+    a refusal for lack of permission names the queue (``QueueRefused``)."""
+    qk = QueueKeys(queue, prefix)
+    calls = [(tk.usage(qk, t), [qk.base]) for t in tids]
+    try:
+        replies = await run_scripts(client, _USAGE, calls, readonly=True) if calls else []
+    except RedisError as exc:
+        if is_refusal(exc):
+            raise QueueRefused(queue, exc) from exc
+        raise
+    return [_usage(queue, t, r) for t, r in zip(tids, replies, strict=True)]
 
 
 def _usage(name: str, tenant_id: str, r: list[Any]) -> QueueUsage:

@@ -13,19 +13,30 @@ it out is put back (``prune``). See docs/tenancy.md.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from redis.exceptions import NoPermissionError, ResponseError
 
-from ...errors import ConfigurationError
+from ...connerrors import NOPERM
+from ...errors import ConfigurationError, PermissionDeniedError
 from ...keys import QueueKeys
 from ...limits import get_logger, printable
-from ..audit.conn import LuaScript
+from ..audit.conn import DEPLOYMENT_TAG, LuaScript
 from . import keys as tk
 from .lua import run_script, run_scripts
 
-__all__ = ["TN_PRESENT", "live_queues", "members", "prune"]
+__all__ = [
+    "TN_PRESENT",
+    "QueueRefused",
+    "is_refusal",
+    "live_queues",
+    "members",
+    "prune",
+    "refusal",
+    "register",
+]
 
 log = get_logger(__name__)
 
@@ -58,9 +69,10 @@ async def live_queues(client: Any, prefix: str, names: Iterable[Any]) -> list[st
     (``tk.presence``: no job in any state, no parked job, no schedule, no counter, no
     tenancy key), as deleting the queue's keys leaves it; a queue with jobs, or one
     that was only cleared, stays. Read in one pipeline (``tn_present.lua`` per queue,
-    each under its own hash tag). A name that is no queue name is skipped and kept (a
-    later release may accept it); when the check cannot be made (a Redis user that may
-    not read a queue's keys), every queue is kept."""
+    each under its own hash tag, read-only: ``EVALSHA_RO``, which a Redis user that may
+    only read the queues' keys may run). A name that is no queue name is skipped and
+    kept (a later release may accept it); when the check cannot be made (a Redis user
+    that may not read a queue's keys), every queue is kept."""
     kept: list[str] = []
     calls: list[tuple[list[str], list[Any]]] = []
     for raw in names:
@@ -74,7 +86,7 @@ async def live_queues(client: Any, prefix: str, names: Iterable[Any]) -> list[st
     if not calls:
         return []
     try:
-        found = await run_scripts(client, TN_PRESENT, calls)
+        found = await run_scripts(client, TN_PRESENT, calls, readonly=True)
     except (NoPermissionError, ResponseError) as exc:
         log.debug("tenant registry: which queues are gone was not checked (%s)", exc)
         return kept
@@ -102,8 +114,19 @@ async def prune(client: Any, prefix: str, names: Iterable[str]) -> list[str]:
                 log.debug("tenant registry: gone queues left in %s (%s)", key, exc)
                 may_write, removed = False, 0
             if removed:
+                # Not read-only: the check that decides must read what the primary holds
+                # (a client reading replicas might run EVALSHA_RO on one lagging behind).
                 try:
                     back = int(await run_script(client, TN_PRESENT, tk.presence(qk), []))
+                except (NoPermissionError, ResponseError) as exc:
+                    if not isinstance(exc, NoPermissionError) and not NOPERM.search(str(exc)):
+                        with contextlib.suppress(Exception):
+                            await client.sadd(key, name)
+                        raise
+                    # A user that may change the set but not run scripts on the queue's
+                    # keys: not checked again, so kept.
+                    log.debug("tenant registry: queue %s not checked again (%s)", name, exc)
+                    back = 1
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await client.sadd(key, name)  # not checked again: kept
@@ -121,3 +144,78 @@ async def prune(client: Any, prefix: str, names: Iterable[str]) -> list[str]:
         # this user may not: gone all the same.
         out.append(name)
     return out
+
+
+async def register(client: Any, prefix: str, name: str) -> None:
+    """Register queue ``name`` with the registry, as a process using tenancy on it does
+    (``install._attach``): its ``tk.registered`` mark first, then the registry's set
+    (``prune``'s order)."""
+    qk = QueueKeys(name, prefix)
+    await client.set(tk.registered(qk), "1")
+    await client.sadd(tk.registry_queues(prefix), name)
+
+
+class QueueRefused(NoPermissionError):
+    """Redis refused a call on the keys of queue ``queue`` for lack of permission (a
+    usage read, a quota copy): ``refusal`` then names that queue's keys, not the
+    registry's. A ``NoPermissionError``, as the refusal it stands for."""
+
+    def __init__(self, queue: str, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.queue = queue
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether Redis refused ``exc``'s command for lack of permission (``NOPERM``, or a
+    script's call refused by the ACL)."""
+    return isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and NOPERM.search(str(exc)) is not None
+    )
+
+
+_COMMAND = re.compile(r"permissions to run the '([\w|.-]{1,60})' command")
+
+
+def refusal(exc: BaseException, prefix: str, detail: str, *, write: bool) -> PermissionDeniedError:
+    """The error for ``exc``, a refusal (``is_refusal``) of one of the registry's calls
+    (``detail``: its text, redacted): which keys or command, and what to grant. ``write``:
+    the call changes tenants (read and write access needed), else it only reads."""
+    queue = exc.queue if isinstance(exc, QueueRefused) else None
+    if queue is None:
+        what, keys = "the tenant registry's keys", tk.registry(prefix) + "*"
+    else:
+        what, keys = (
+            f"the keys of queue {printable(queue)[:200]!r}",
+            QueueKeys(queue, prefix).base + "*",
+        )
+    command = _COMMAND.search(detail)
+    if command is not None:
+        return PermissionDeniedError(
+            f"Redis refused the command {command[1]} to the tenant registry's Redis user for "
+            f"lack of permission ({detail}): grant it (+{command[1]}; docs/tenancy.md, Redis "
+            "ACL, lists what reading and changing tenants need)"
+        )
+    head = f"Redis refused the tenant registry access to {what} for lack of permission ({detail})"
+    if "can't run this command" in detail:
+        need = "its Redis user needs every command the tenancy scripts call"
+    elif not write:
+        need = (
+            f"its Redis user needs read access to them (%R~{keys}, or ~{keys}), and, with "
+            "read access only, the commands evalsha_ro and eval_ro (Redis 7.0+: without "
+            "them the reads run with evalsha, which Redis checks as writing their keys)"
+        )
+    elif queue is None:
+        need = (
+            f"changing tenants needs read and write access to them (~{keys}; the "
+            "--access admin rules of `kitium-queue acl redis-rules` cover "
+            f"~{prefix}:{{{DEPLOYMENT_TAG}}}:*)"
+        )
+    else:
+        need = (
+            "changes are stored in the registry first, then copied into every registered "
+            "queue, which needs read and write access to each queue's keys "
+            f"(~{keys} for this one: `kitium-queue acl redis-rules --queue "
+            f"{printable(queue)[:200]} --feature tenancy`); the queue's workers copy them "
+            "at their next sync, or run TenantRegistry.sync() with such a user"
+        )
+    return PermissionDeniedError(f"{head}: {need} (docs/tenancy.md, Redis ACL)")
