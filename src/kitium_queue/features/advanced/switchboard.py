@@ -88,7 +88,8 @@ _FEATURE_MODULES: dict[str, tuple[str, ...]] = {
 def _require(section: str, module: str, extra: str) -> None:
     """Import what ``section``'s feature uses of ``module`` (``_USES``, or the feature's
     own modules, which import it); ``ConfigurationError`` naming the extra when any of
-    it cannot be imported (missing, or installed in part)."""
+    it cannot be imported (missing, or installed in part: a file cut short raises
+    ``SyntaxError``, a broken build anything)."""
     try:
         if importlib.util.find_spec(module) is None:  # not there at all: said so first
             raise ModuleNotFoundError(f"No module named {module!r}", name=module)
@@ -102,10 +103,11 @@ def _require(section: str, module: str, extra: str) -> None:
                         importlib.import_module(f"{name}.{attr}")
                     except ImportError:
                         raise ImportError(f"cannot import name {attr!r} from {name!r}") from None
-    except ImportError as exc:
+    except Exception as exc:
+        said = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
         raise ConfigurationError(
             f"advanced.{section} needs the optional extra {extra!r}, which is not installed "
-            f"or not importable (module {module!r}: {exc}): "
+            f"or not importable (module {module!r}: {said}): "
             f"pip install 'kitium-job-queue[{extra}]'"
         ) from exc
 

@@ -23,8 +23,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
+from ...connerrors import NOPERM
 from ...scripts import Script, ScriptRegistry
 from ..audit.conn import LuaScript
 
@@ -123,6 +124,13 @@ def _ro_refused(reply: Any) -> bool:
     return isinstance(reply, ResponseError) and _RO_REFUSED.search(str(reply)) is not None
 
 
+def _denied(reply: Any) -> bool:
+    """Whether ``reply`` is a refusal for lack of permission (ACL)."""
+    return isinstance(reply, NoPermissionError) or (
+        isinstance(reply, ResponseError) and NOPERM.search(str(reply)) is not None
+    )
+
+
 def _commands(client: Any, readonly: bool) -> tuple[str, str]:
     """The commands that run a script by SHA and by source on ``client``."""
     if readonly and client not in _NO_READ_ONLY:
@@ -130,9 +138,27 @@ def _commands(client: Any, readonly: bool) -> tuple[str, str]:
     return "EVALSHA", "EVAL"
 
 
-def _no_read_only(client: Any) -> None:
+def _fall_back(client: Any, refused: ResponseError, plain: list[Any]) -> None:
+    """After the read-only commands were ``refused`` and the plain ones answered
+    ``plain`` (one reply or error per call): the plain ones for ``client`` from then on;
+    unless the user was refused both for lack of permission (every call), and so not
+    granted the read-only ones, which it needs (a user that may only read the keys
+    may run nothing else on them): then ``refused`` is raised, naming them, and they
+    are tried again at the next call (granted meanwhile)."""
+    if _denied(refused) and all(_denied(r) for r in plain):
+        raise refused
     with contextlib.suppress(TypeError):  # a client that takes no weak reference
         _NO_READ_ONLY[client] = True
+
+
+async def _one(
+    client: Any, script: LuaScript | Script, keys: list[str], args: list[Any], by_sha: str
+) -> Any:
+    by_source = "EVAL_RO" if by_sha == "EVALSHA_RO" else "EVAL"
+    try:
+        return await client.execute_command(by_sha, script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.execute_command(by_source, script.source, len(keys), *keys, *args)
 
 
 async def run_script(
@@ -150,18 +176,47 @@ async def run_script(
     ``EVALSHA_RO``/``EVAL_RO``, so that a Redis user that may only read its keys may
     run it (such a user is refused ``EVALSHA`` on them). A server that does not know
     those commands (before Redis 7.0) or a user not granted them runs it as any other
-    script, with ``EVALSHA``/``EVAL`` (remembered for ``client``)."""
-    by_sha, by_source = _commands(client, readonly)
+    script, with ``EVALSHA``/``EVAL`` (remembered for ``client``); a user refused
+    those too gets the refusal of the read-only ones (``_fall_back``)."""
+    by_sha, _ = _commands(client, readonly)
     try:
-        try:
-            return await client.execute_command(by_sha, script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.execute_command(by_source, script.source, len(keys), *keys, *args)
+        return await _one(client, script, keys, args, by_sha)
     except ResponseError as exc:
         if by_sha == "EVALSHA" or not _ro_refused(exc):
             raise
-    _no_read_only(client)
-    return await run_script(client, script, keys, args)
+        refused = exc
+    try:
+        out = await _one(client, script, keys, args, "EVALSHA")
+    except ResponseError as exc:
+        _fall_back(client, refused, [exc])
+        raise
+    _fall_back(client, refused, [out])
+    return out
+
+
+async def _pipelined(
+    client: Any, script: LuaScript, calls: list[tuple[list[str], list[Any]]], by_sha: str
+) -> list[Any]:
+    """The replies (or errors) of ``calls``, by SHA in one pipeline, those the server
+    did not know the script for again by source in a second."""
+    replies: list[Any] = []
+    again = list(range(len(calls)))
+    for cmd in (by_sha, "EVAL_RO" if by_sha == "EVALSHA_RO" else "EVAL"):
+        if not again:
+            break
+        body = script.sha if cmd == by_sha else script.source
+        pipe = client.pipeline(transaction=False)
+        for i in again:
+            keys, args = calls[i]
+            pipe.execute_command(cmd, body, len(keys), *keys, *args)
+        got = await pipe.execute(raise_on_error=False)
+        if not replies:
+            replies = got
+        else:
+            for i, r in zip(again, got, strict=True):
+                replies[i] = r
+        again = [i for i in again if isinstance(replies[i], NoScriptError)]
+    return replies
 
 
 async def run_scripts(
@@ -177,27 +232,12 @@ async def run_scripts(
     server does not know the script are sent again by source, in a second pipeline;
     calls whose read-only command was refused, again with ``EVALSHA``. The first error
     raised."""
-    by_sha, by_source = _commands(client, readonly)
-    replies: list[Any] = []
-    again = list(range(len(calls)))
-    for cmd in (by_sha, by_source):
-        if not again:
-            break
-        body = script.sha if cmd == by_sha else script.source
-        pipe = client.pipeline(transaction=False)
-        for i in again:
-            keys, args = calls[i]
-            pipe.execute_command(cmd, body, len(keys), *keys, *args)
-        got = await pipe.execute(raise_on_error=False)
-        if not replies:
-            replies = got
-        else:
-            for i, r in zip(again, got, strict=True):
-                replies[i] = r
-        again = [i for i in again if isinstance(replies[i], NoScriptError)]
-    if by_sha != "EVALSHA" and any(_ro_refused(r) for r in replies):
-        _no_read_only(client)
-        return await run_scripts(client, script, calls)
+    by_sha, _ = _commands(client, readonly)
+    replies = await _pipelined(client, script, calls, by_sha)
+    refused = next((r for r in replies if _ro_refused(r)), None) if by_sha != "EVALSHA" else None
+    if refused is not None:
+        replies = await _pipelined(client, script, calls, "EVALSHA")
+        _fall_back(client, refused, replies)
     for r in replies:
         if isinstance(r, Exception):
             raise r

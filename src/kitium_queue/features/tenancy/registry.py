@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from ...connection import ConnectionFactory
 from ...errors import ConfigurationError, KitiumQueueError, TenantNotFoundError
-from ...keys import QueueKeys
+from ...keys import QueueKeys, check_key_part
 from ...limits import get_logger, printable
 from ...options import shown
 from ..audit.conn import Deployment, LuaScript
@@ -587,8 +587,8 @@ def _json(cfg: TenantConfig, version: int) -> bytes:
 
 
 def _queue_names(queues: Iterable[str] | None) -> list[str] | None:
-    """``queues`` sorted (None: every registered queue, read by the caller); a single
-    string is refused rather than read as its letters."""
+    """``queues`` checked (a name that is no str refused, not compared), sorted; None:
+    every registered queue (read by the caller); a single str is refused, not split."""
     if queues is None:
         return None
     if isinstance(queues, (str, bytes)):
@@ -596,4 +596,4 @@ def _queue_names(queues: Iterable[str] | None) -> list[str] | None:
             f"queues must be a list of queue names, got the single "
             f"{type(queues).__name__} {shown(queues)}: pass [{shown(queues)}]"
         )
-    return sorted(queues)
+    return sorted(check_key_part(name, "queue name") for name in queues)

@@ -149,9 +149,15 @@ async def prune(client: Any, prefix: str, names: Iterable[str]) -> list[str]:
 async def register(client: Any, prefix: str, name: str) -> None:
     """Register queue ``name`` with the registry, as a process using tenancy on it does
     (``install._attach``): its ``tk.registered`` mark first, then the registry's set
-    (``prune``'s order)."""
+    (``prune``'s order). The mark refused for lack of permission: ``QueueRefused`` (the
+    queue's keys were refused, not the registry's)."""
     qk = QueueKeys(name, prefix)
-    await client.set(tk.registered(qk), "1")
+    try:
+        await client.set(tk.registered(qk), "1")
+    except ResponseError as exc:
+        if is_refusal(exc):
+            raise QueueRefused(name, exc) from exc
+        raise
     await client.sadd(tk.registry_queues(prefix), name)
 
 
@@ -190,10 +196,12 @@ def refusal(exc: BaseException, prefix: str, detail: str, *, write: bool) -> Per
         )
     command = _COMMAND.search(detail)
     if command is not None:
+        # The read-only script commands go together (EVAL_RO after a script cache flush).
+        grant = "+evalsha_ro +eval_ro" if command[1] in ("evalsha_ro", "eval_ro") else None
         return PermissionDeniedError(
             f"Redis refused the command {command[1]} to the tenant registry's Redis user for "
-            f"lack of permission ({detail}): grant it (+{command[1]}; docs/tenancy.md, Redis "
-            "ACL, lists what reading and changing tenants need)"
+            f"lack of permission ({detail}): grant it ({grant or '+' + command[1]}; "
+            "docs/tenancy.md, Redis ACL, lists what reading and changing tenants need)"
         )
     head = f"Redis refused the tenant registry access to {what} for lack of permission ({detail})"
     if "can't run this command" in detail:
