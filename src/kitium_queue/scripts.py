@@ -130,20 +130,22 @@ class ScriptRegistry:
         self._fragments[name] = source
         self._changed()
 
-    def add_slot(self, slot: str, name: str, source: str, *, fields: Sequence[str] = ()) -> None:
+    def add_slot(
+        self, slot: str, name: str, source: str, *, fields: Sequence[str] = (), order: int = 0
+    ) -> None:
         """Fill Lua slot ``slot`` (one of ``slots.SLOTS``) with a
         fragment: a Lua expression evaluating to the function that slot calls.
 
-        Fragments of a slot run in the order they were added; adding one under an
-        existing name replaces it. ``fields`` (admission, release): job-hash fields
-        the fragment reads, passed to it from claim's (finish's) own read. The signature
-        per slot, what a fragment may call and what it must never do:
-        ``kitium_queue.slots``. Raises ``ConfigurationError`` for an unknown slot or a
-        fragment that does not compile.
+        Fragments of a slot run by ``order`` (lower first), then in the order they were
+        added; adding one under an existing name replaces it. ``fields`` (admission,
+        release): job-hash fields the fragment reads, passed to it from claim's
+        (finish's) own read. The signature per slot, the orders features use, what a
+        fragment may call and must never do: ``kitium_queue.slots``. Raises
+        ``ConfigurationError`` for an unknown slot or a fragment that does not compile.
         """
         if isinstance(fields, str):
             raise ConfigurationError(f"fields of {name!r} must be a sequence of names, not a str")
-        self._slots.add(slot, name, source, tuple(fields))
+        self._slots.add(slot, name, source, tuple(fields), order)
         self._changed()
 
     def remove_slot(self, slot: str, name: str) -> None:

@@ -27,14 +27,17 @@ configuration, but must not call Redis itself):
 ``enqueue`` — ``function(id, jk, opts, state) -> blocker | nil``
     Runs for every new job inside ``add_job`` (``enqueue.lua``, ``schedule_fire.lua``),
     right after its hash was written. ``opts``: the job's options JSON or ``''``;
-    ``state``: ``'waiting'`` or ``'delayed'``. It may write its own marker fields on the
-    job hash (so later fragments know the feature's jobs without reading the options
-    JSON) and its own keys. Returning a blocker name parks a waiting job behind it
-    instead of putting it in wait (``st`` = ``'pending'``; the first fragment that
-    returns one wins; ignored for a delayed job, which meets admission when due).
+    ``state``: ``'waiting'`` or ``'delayed'``, or ``'pending'`` once an earlier fragment
+    named a blocker for a waiting job: the job will be parked, so a later fragment
+    treats it like a delayed one (it hands it no turn, ticket or place of its own: the
+    job meets admission when its blocker lets it go). It may write its own marker
+    fields on the job hash (so later fragments know the feature's jobs without reading
+    the options JSON) and its own keys. Returning a blocker name parks a waiting job
+    behind it instead of putting it in wait (``st`` = ``'pending'``; the first fragment
+    that returns one wins; ignored for a delayed job, which meets admission when due).
 
 ``admission`` — ``function(id, jk, opts, <declared fields>...) -> ok[, commit]``
-    Runs in ``claim`` for each candidate, in registration order; the candidate is
+    Runs in ``claim`` for each candidate, in the slot's order (below); the candidate is
     handed out only if every check returns true. The values of the job-hash ``fields``
     the fragment declared are passed after ``opts`` (read in claim's own ``HMGET``, at
     no extra call). ``commit(id, jk)`` runs once every check admitted the candidate:
@@ -127,6 +130,16 @@ configuration, but must not call Redis itself):
     ``'waiting'``); ``from``: the state it left (``'completed'``, ``'failed'`` or
     ``'dlq'``). Failures are recorded like ``release``'s.
 
+Order: the fragments of a slot run by their ``order`` (lower first; default 0), then in
+the order they were added (``ScriptRegistry.add_slot(..., order=n)``). Where jobs are
+parked (``enqueue``, ``admission``), that order decides which feature's blocker a job
+meets first, whatever order the features were enabled in: a feature whose blocker
+means the job is not ready to run at all (workflows: unfinished parents,
+``ORDER_READY``) comes first, then one that keeps jobs in an order (FIFO groups,
+``ORDER_LINE``), then the ones that share capacity among ready jobs (tenants' lanes,
+flow control). A job waiting for its parents thus holds no group turn and no tenant
+ticket, and a job waiting in its group's line holds no tenant ticket.
+
 What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id, jk)``
 (``lua/lib_parking.lua``), ``park_timer(blocker, due, n, every)``
 (``lua/lib_park_timers.lua``), ``emit``, ``feature_event``, ``wake``, ``job_key``,
@@ -163,6 +176,8 @@ from typing import Final
 from .errors import ConfigurationError
 
 __all__ = [
+    "ORDER_LINE",
+    "ORDER_READY",
     "RELEASE_OUTCOMES",
     "SLOTS",
     "SlotFragment",
@@ -182,6 +197,13 @@ SLOTS: Final = (
     "fence",
     "requeue",
 )
+
+#: ``order`` of the fragments of a feature whose blocker means a job is not ready to run
+#: (its parents are unfinished): they run before every other fragment of their slot.
+ORDER_READY: Final = -20
+#: ``order`` of the fragments of a feature that keeps jobs in an order (a FIFO group's
+#: line): after ``ORDER_READY``, before the default (0) of capacity features.
+ORDER_LINE: Final = -10
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (
@@ -227,6 +249,7 @@ class SlotFragment:
     name: str
     source: str
     fields: tuple[str, ...] = ()
+    order: int = 0
 
 
 def lua_string(text: str) -> str:
@@ -244,8 +267,11 @@ class SlotTable:
     def __init__(self) -> None:
         self._by_slot: dict[str, list[SlotFragment]] = {s: [] for s in SLOTS}
 
-    def add(self, slot: str, name: str, source: str, fields: tuple[str, ...] = ()) -> None:
-        """Register (or replace, by name) a fragment; see the module docstring."""
+    def add(
+        self, slot: str, name: str, source: str, fields: tuple[str, ...] = (), order: int = 0
+    ) -> None:
+        """Register (or replace, by name) a fragment; see the module docstring (``order``:
+        where it runs among the slot's fragments, lower first)."""
         if slot not in SLOTS:
             raise ConfigurationError(f"unknown Lua slot {slot!r}; slots are {', '.join(SLOTS)}")
         if not isinstance(name, str) or not name:
@@ -263,9 +289,13 @@ class SlotTable:
                 raise ConfigurationError(
                     f"{slot} slot fragment {name!r}: invalid job-hash field name {f!r}"
                 )
+        if isinstance(order, bool) or not isinstance(order, int):
+            raise ConfigurationError(f"{slot} slot fragment {name!r}: order must be an int")
         _check_compiles(slot, name, source)
         frags = [f for f in self._by_slot[slot] if f.name != name]
-        frags.append(SlotFragment(slot, name, source, fields))
+        frags.append(SlotFragment(slot, name, source, fields, order))
+        # Stable: fragments of one order keep the order they were added in.
+        frags.sort(key=lambda f: f.order)
         self._by_slot[slot] = frags
 
     def remove(self, slot: str, name: str) -> None:
@@ -442,13 +472,17 @@ def _compose_enqueue(frags: list[SlotFragment]) -> str:
     lines = _header("enqueue", frags)
     lines.append("local function enqueue_slot(id, jk, opts, state, pri, q)")
     lines.append("  local blocker, ok, b = nil, true, nil")
-    # The first fragment that names a blocker parks the job (the others still run).
+    # What the later fragments are told: a waiting job a fragment parks is 'pending'.
+    lines.append("  local seen = state")
+    # The first fragment that names a blocker parks the job (the others still run, and
+    # see it pending: they hand it no turn, ticket or place of their own).
     lines += _guarded(
         "enqueue",
         frags,
-        "id, jk, opts, state",
+        "id, jk, opts, seen",
         "b",
-        " elseif blocker == nil and type(b) == 'string' and b ~= '' then blocker = b",
+        " elseif blocker == nil and type(b) == 'string' and b ~= '' then blocker = b;"
+        " if seen == 'waiting' then seen = 'pending' end",
     )
     lines.append("  if blocker == nil or state ~= 'waiting' then return false end")
     # False when the blocker's set is damaged (lib_parking.lua): the job goes to wait.

@@ -32,7 +32,8 @@
       unpark's moves for the given jobs (`got`: id, parked score, ...), wherever they
       are in the set (the repair, park_rebuild.lua, releases the jobs it gave back).
   forget_parked(id, jk)       take a parked job out of its blocker
-  remove_unstarted(id, jk)    delete a job that has not started (waiting, delayed or
+  remove_unstarted(id, jk, before_delete)
+                              delete a job that has not started (waiting, delayed or
                               parked): out of its set or blocker, then the `release` slot
                               (outcome 'removed') when a feature filled it, then its
                               records. Every removal of an unfinished job goes through it
@@ -40,6 +41,10 @@
                               a fragment or script: a workflow's cancelled steps), so the
                               features' release fragments see each one. The caller emits
                               the event. A script that calls it includes `slot_release`.
+                              `before_delete(id, jk)`, when given, runs once the release
+                              fragments ran (the job is counted nowhere any more) and
+                              before the record goes: a feature that may re-create the
+                              job later keeps what it needs of the record there.
   drop_parked(limit, on_delete) -> n
                               delete up to `limit` parked jobs and their records (drain,
                               clear), with their blockers' timers; on_delete(id, jk,
@@ -214,12 +219,13 @@ end
 -- fragments, so that a fragment may remove jobs through remove_unstarted too.
 local release_hook = nil
 
-local function remove_unstarted(id, jk)
+local function remove_unstarted(id, jk, before_delete)
   redis.call('ZREM', K_WAIT, id)
   redis.call('ZREM', K_DELAYED, id)
   forget_parked(id, jk)
   -- Out of every set first: a release fragment that unparks cannot move it to wait.
   if release_hook then release_hook(id, jk, 'removed') end
+  if before_delete then before_delete(id, jk) end
   delete_job(id)
 end
 

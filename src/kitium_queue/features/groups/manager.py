@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 from ...errors import ConfigurationError, JobStateError
 from ...options import MAX_COUNT, check_text, has_bad_char, shown, to_int, to_ms
 from ...queries import check_reads
+from ...slots import ORDER_LINE
 from . import lua
 from .explain import make_explainer
 from .heal import GroupHealReport, heal_groups, heal_service
@@ -537,8 +538,13 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
         scripts.add_fragment(name, lua.script(name, conc, size, count))
     if "accept" in frags:
         scripts.add_slot("accept", FEATURE, frags["accept"])
-    scripts.add_slot("enqueue", FEATURE, frags["enqueue"])
-    scripts.add_slot("admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
+    # A job in its group's line is parked there before a capacity feature (tenants'
+    # lanes, flow control) hands it a ticket or parks it elsewhere: the line keeps its
+    # place (slots.ORDER_LINE).
+    scripts.add_slot("enqueue", FEATURE, frags["enqueue"], order=ORDER_LINE)
+    scripts.add_slot(
+        "admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS, order=ORDER_LINE
+    )
     scripts.add_slot("release", FEATURE, frags["release"])
 
     async def forget_groups() -> None:

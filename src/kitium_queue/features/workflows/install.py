@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 
 from ...errors import ConfigurationError, JobStateError
 from ...options import check_text
+from ...slots import ORDER_READY
 from . import lua
 from .explain import make_explainer
 from .heal import heal_service
@@ -198,8 +199,12 @@ def install(q: JobQueue, retain_ms: int) -> None:
         scripts.add_fragment(name, lua.script(name, retain_ms))
     frags = lua.fragments(retain_ms)
     scripts.add_slot("accept", FEATURE, frags["accept"])
-    scripts.add_slot("enqueue", FEATURE, frags["enqueue"])
-    scripts.add_slot("admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
+    # A job with unfinished parents is not ready: parked before any other feature hands
+    # it a group turn, a tenant's ticket or a place (slots.ORDER_READY).
+    scripts.add_slot("enqueue", FEATURE, frags["enqueue"], order=ORDER_READY)
+    scripts.add_slot(
+        "admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS, order=ORDER_READY
+    )
     scripts.add_slot("release", FEATURE, frags["release"])
     erase = resources.files(__package__).joinpath("erase.lua").read_text("utf-8")
     scripts.add_slot("erase", FEATURE, erase)

@@ -11,7 +11,8 @@
   --                     (the parent it was first parked behind), rc (the context its
   --                     last finished run left: run links); a step
   --                     cancelled by a failing workflow keeps its definition (sn, sd, so,
-  --                     sp, sq) so a replay of the failed step can bring it back
+  --                     sp, sq, and sm: its features' markers, keep_marks) so a replay of
+  --                     the failed step can bring it back
   --   dep-p:<id>  LIST  its parents' ids, in the order given
   --   dep-c:<id>  SET   the jobs that depend on it
   --   wf:<wid>    HASH  st (running | completed | failed | cancelled), ts, f, n, left,
@@ -208,15 +209,57 @@
     return not (st == 'active' or st == 'completed' or st == 'failed' or st == 'dlq')
   end
 
+  -- What a revived step takes from the record it had besides its definition: the
+  -- markers the features' enqueue fragments wrote on it (records.JOB_FIELDS: its
+  -- idempotency key and window, tenant, group, flow-control keys, webhook URL, region
+  -- epoch, data subject), so that to every feature it is the job it was, back from a
+  -- finished state (counted again, by its tenant and its group, when it starts). The
+  -- markers that say a feature counted it (tq, gm) are not kept: their release
+  -- fragments removed them.
+  local function keep_marks(jk, dk)
+    local h = redis.pcall('HMGET', jk, 'ik', 'eo', 'iw', 'tn', 'gk', 'rk', 'ck', 'wu', 'ep', 'sj')
+    if h.err then return end
+    local kept, any = {}, false
+    for i = 1, 10 do
+      if type(h[i]) == 'string' then kept[i], any = h[i], true else kept[i] = false end
+    end
+    if any then redis.call('HSET', dk, 'sm', cjson.encode(kept)) end
+  end
+
+  -- Writes back on revived job record `jk` the markers keep_marks kept (JSON, or nil).
+  local function put_marks(jk, raw)
+    local ok, m = pcall(cjson.decode, raw or '')
+    if not ok or type(m) ~= 'table' then return end
+    local function v(i)
+      local x = m[i]
+      if type(x) == 'string' then return x end
+      return nil
+    end
+    if v(1) then redis.call('HSET', jk, 'ik', v(1)) end
+    if v(2) then redis.call('HSET', jk, 'eo', v(2)) end
+    if v(3) then redis.call('HSET', jk, 'iw', v(3)) end
+    if v(4) then redis.call('HSET', jk, 'tn', v(4)) end
+    if v(5) then redis.call('HSET', jk, 'gk', v(5)) end
+    if v(6) then redis.call('HSET', jk, 'rk', v(6)) end
+    if v(7) then redis.call('HSET', jk, 'ck', v(7)) end
+    if v(8) then redis.call('HSET', jk, 'wu', v(8)) end
+    if v(9) then redis.call('HSET', jk, 'ep', v(9)) end
+    if v(10) then redis.call('HSET', jk, 'sj', v(10)) end
+  end
+
   -- Remove a job that has not started, through the engine's remove_unstarted, so every
   -- feature's release fragment sees the removal (a FIFO group gives its place back).
   -- Its step is closed first: this feature's own release fragment, which runs for the
   -- removal too, then finds it finished and applies no policy.
-  local function drop_job(id)
+  -- `keep_in`: the step's dependency record, where the job's markers are kept (a step a
+  -- failed workflow cancels keeping its definition), or nil.
+  local function drop_job(id, keep_in)
     local jk = job_key(id)
     -- Gone, or damaged (another type: left in place for remove_job, never read here).
     if key_type(jk) ~= 'hash' then return end
-    remove_unstarted(id, jk)
+    local before = nil
+    if keep_in then before = function(_, k) keep_marks(k, keep_in) end end
+    remove_unstarted(id, jk, before)
     emit('job-removed', id)
   end
 
@@ -292,12 +335,15 @@
       local st = field(dk, 'st')
       if (st == 'pending' or st == 'ready') and unstarted(sid) then
         local d = fields(job_key(sid), 'n', 'd', 'o', 'p', 'q')
+        local kept = nil
         if keep and d[1] then
           redis.call('HSET', dk, 'sn', d[1], 'sd', d[2] or '', 'so', d[3] or '',
             'sp', d[4] or '0', 'sq', d[5] or '0')
+          redis.call('HDEL', dk, 'sm')
+          kept = dk
         end
         close_step(sid, 'cancelled', why)
-        drop_job(sid)
+        drop_job(sid, kept)
       end
     end
   end
@@ -340,19 +386,21 @@
       redis.call('PERSIST', dk)
       redis.call('PERSIST', DEPP .. sid)
       redis.call('PERSIST', DEPC .. sid)
-      local d = fields(dk, 'st', 'sn', 'sd', 'so', 'sp', 'sq', 'np')
+      local d = fields(dk, 'st', 'sn', 'sd', 'so', 'sp', 'sq', 'np', 'sm')
       local jk = job_key(sid)
       if d[1] == 'cancelled' and d[2] and redis.call('EXISTS', jk) == 0 then
         local pri = arg_int(d[5], 0, 0, 65535)
         redis.call('HSET', jk, 'n', d[2], 'd', d[3] or '', 'ts', NOW_S, 'p', pri,
           'q', int(num(d[6])), 'a', 0, 's', 0, 'st', 'waiting')
         if d[4] and d[4] ~= '' then redis.call('HSET', jk, 'o', d[4]) end
+        -- Its features' markers (its tenant, its group...): to them it is the job it was.
+        put_marks(jk, d[8])
         -- Its run links, rebuilt: its finished parents' contexts; present when it has
         -- dependents.
         local nk = redis.pcall('SCARD', DEPC .. sid)
         if type(nk) == 'number' and nk > 0 then redis.call('HSET', jk, 'fw', '') end
         add_links(sid, parent_contexts(sid))
-        redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'e', 'f')
+        redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'sm', 'e', 'f')
         local score = int(wait_score(pri, num(d[6])))
         if num(d[7]) > 0 then
           redis.call('HSET', dk, 'st', 'pending')
