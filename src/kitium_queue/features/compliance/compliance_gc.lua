@@ -10,12 +10,15 @@
 
   An entry (job id -> idempotency key) is dropped when the job's record is gone and no
   copy kept under its key can remain: the key is empty, or no longer points to the job
-  (a stored exactly-once result lives no longer than its key). Such entries are left by
-  ordinary deletions (retention trims, remove_job, drain, clear). An entry whose record
-  names another subject (or none) is dropped too: a later job reused the id, and an
-  erasure leaves that job alone (compliance_erase.lua). An index left empty is deleted,
-  with the subject's entry in `subjects`. An index key damaged by hand (not a hash) is
-  skipped, nothing written: it indexes nothing, and the erasure of its subject reports it.
+  (a stored exactly-once result lives no longer than its key), and no copy is kept under
+  its id either (a workflow's dependency record dep:<id> holding its result, error or a
+  cancelled step's definition, which a replay of the failed step brings back). Such
+  entries are left by ordinary deletions (retention trims, remove_job, drain, clear).
+  An entry whose record names another subject (or none) is dropped too: a later job
+  reused the id, and an erasure leaves that job alone (compliance_erase.lua). An index
+  left empty is deleted, with the subject's entry in `subjects`. An index key damaged
+  by hand (not a hash) is skipped, nothing written: it indexes nothing, and the erasure
+  of its subject reports it.
   Returns { next cursor ('0': done), dropped }.
 ]]
 --@include lib_base
@@ -42,6 +45,14 @@ for i = 1, #flat, 2 do
   elseif kind == 'none' then
     -- pcall: a key damaged by hand (another type) holds no result of this job.
     local held = ik ~= '' and redis.pcall('GET', PREFIX .. 'idem:' .. ik) == id
+    if not held then
+      -- A workflow's dependency record of the job (features.workflows) may still keep
+      -- copies of it: its result, its error, or, for a step its failed workflow
+      -- cancelled, its data, options and markers, which a replay brings back as the
+      -- job. Its erase fragment deletes them; the entry stays while any is there.
+      local c = redis.pcall('HMGET', PREFIX .. 'dep:' .. id, 'r', 'e', 'sd', 'so', 'sm')
+      held = type(c) == 'table' and not c.err and (c[1] or c[2] or c[3] or c[4] or c[5])
+    end
     if not held then drop[#drop + 1] = id end
   end
 end
