@@ -39,6 +39,7 @@ from ...errors import (
 from ...limits import get_logger
 from ...middleware import enqueue_origin
 from ...options import to_ms
+from .copies import CopyTarget
 from .crypto import (
     ALGORITHMS,
     Binding,
@@ -222,6 +223,8 @@ class EncryptionManager:
         self._fetched = -1e18
         self._refresh_lock: asyncio.Lock | None = None
         self.rotation = RotationPass(self, batch=rotation_batch)
+        # Copies of job values other features keep (declared on the queue: copies.py).
+        self.rotation.add_target(CopyTarget(self))
         #: The leader-only service running the pass (None without ``run_rotation``).
         self.service: RotationService | None = None
         self.meta_key = queue.keys.extra("enc")

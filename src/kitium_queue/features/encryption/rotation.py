@@ -5,7 +5,9 @@ After ``rotate_key`` the pass (a leader-only service, or ``run_rotation``) waits
 A round walks every *target* in bounded pages (``rotation_batch`` records): the jobs of
 ``active``, ``wait``, every parked set, ``delayed``, ``failed``, ``dlq`` and
 ``completed`` (their data ``d`` and result ``r``), the schedules' data, then the results
-kept under idempotency keys after their job was removed (effectively-once). Each
+kept under idempotency keys after their job was removed (effectively-once), and the
+copies of job values other features declare (``kitium_queue.copies``: ``copies.py``,
+added by the manager). Each
 ciphertext under another key is opened and sealed again under the current key with the
 same binding, and written back by ``enc_swap.lua``: only if the value is unchanged and
 the job is not active (an active job's result is written under the new key when it

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from ...copies import CopiedField, CopyKind, declare_copies
 from ...errors import ConfigurationError, JobStateError
 from ...options import check_text
 from ...slots import ORDER_READY
@@ -208,6 +209,16 @@ def install(q: JobQueue, retain_ms: int) -> None:
     scripts.add_slot("release", FEATURE, frags["release"])
     erase = resources.files(__package__).joinpath("erase.lua").read_text("utf-8")
     scripts.add_slot("erase", FEATURE, erase)
+    # Copies of job values in dep:<id> (prelude.lua): a cancelled step's data, kept for
+    # its revival, and a finished step's result, read by its dependents.
+    declare_copies(
+        q,
+        CopyKind(
+            FEATURE,
+            "dep:",
+            (CopiedField("sd", "data", name_field="sn"), CopiedField("r", "result")),
+        ),
+    )
 
     async def forget_workflows() -> None:
         # clear() deleted the jobs: the feature's own keys go too.
