@@ -16,9 +16,10 @@ zero and nothing is left parked.
   in that group's line: both waited for good);
 * steps a DLQ replay revives are the jobs they were to every feature: their tenant's
   cap and their group's order apply (before, they ran uncounted, all at once);
-* two stalls that only the tenancy feature can end are marked ``xfail(strict=True)``
-  (a dispatch ticket held by a job parked by another feature counts against a
-  tenant's ``max_concurrency``).
+* a dispatch ticket held by a job another feature parks (a breaker's hold, a group's
+  line) is given back at once: it counted against the tenant's ``max_concurrency`` and
+  stalled the tenant's lane until the 30 s sync (a group's turn holder and a ticket
+  holder waited for each other).
 """
 
 from __future__ import annotations
@@ -738,8 +739,8 @@ async def test_mixed_jobs_of_every_feature_each_run_once(rq: QueueFactory, seed:
             o["priority"] = rnd.randint(0, 5)
         if rnd.random() < 0.3:
             o["idempotency_key"] = f"key-{i}"
-        # A capped tenant's group job that reaches the tenant's check without its turn
-        # (delayed, replayed) can stall (test_xfail_* below): none here.
+        # No capped tenant's group job is delayed or dead-lettered here: that case has its
+        # own test below (a delayed group job of a capped tenant).
         capped_in_group = o.get("tenant_id") == "capped" and "message_group_id" in o
         if not capped_in_group and rnd.random() < 0.15:
             o["delay"] = rnd.randint(1, 150)
@@ -763,44 +764,40 @@ async def test_mixed_jobs_of_every_feature_each_run_once(rq: QueueFactory, seed:
     await settled(s, ("capped", "heavy"), ("g1", "g2", "g3"), ("api",))
 
 
-# ================================================================ tenancy: known stalls
+# ================================================ tenancy: tickets of jobs parked by others
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tenancy: a dispatch ticket held by a job an open breaker parked counts against "
-    "the tenant's max_concurrency (room() prunes tickets only at weight x quantum), so the "
-    "tenant's other jobs wait in its lane until the breaker lets the job go or the 30 s sync",
-)
-async def test_xfail_a_breaker_held_job_does_not_stall_its_tenants_other_jobs(
-    rq: QueueFactory,
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_breaker_held_job_does_not_stall_its_tenants_other_jobs(
+    rq: QueueFactory, order: str
 ) -> None:
-    s = stack(rq)
+    s = stack(rq, order)
     await s.tenants.create_tenant({"tenant_id": "t", "quota": {"max_concurrency": 1}})
     await s.breakers.create_breaker({"id": "api", "timeout": 60_000})
     await s.breakers.force_open("api", 60_000)
     led = Ledger({"t": 1})
     s.q.process("w", led.wrap(_plain))
     await s.q.start()
-    await s.q.add_job("w", {}, tenant_id="t", circuit_breaker_id="api")
+    held = await s.q.add_job("w", {}, tenant_id="t", circuit_breaker_id="api")
     await wait_until(lambda: _parked_behind(s.q, "cb:api"), 5)
+    # Parked aside, it gave back the tenant's dispatch ticket it held (its one slot).
+    assert (await counts(s, ("t",)))["tenant t"]["tickets"] == 0
     await asyncio.sleep(0.5)  # the worker's first tenancy sync (and heal) is over
     # docs/breakers.md: jobs of other names keep running while it is open.
     plain = [await s.q.add_job("w", {}, tenant_id="t") for _ in range(3)]
     await all_done(led, plain, timeout=5)
+    # Closed, the held job runs too, under the tenant's cap; nothing is left held.
+    await s.breakers.reset("api")
+    await all_done(led, [held], timeout=5)
+    assert not led.over, led.over
+    await settled(s, ("t",), (), ("api",))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tenancy: a job its group's line holds keeps the dispatch ticket its lane gave "
-    "it, which counts against max_concurrency: the job holding the group's turn waits in "
-    "the tenant's lane for that ticket, the ticket holder in the line for that turn "
-    "(until the 30 s sync's heal)",
-)
-async def test_xfail_a_delayed_group_job_of_a_capped_tenant_does_not_deadlock(
-    rq: QueueFactory,
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_delayed_group_job_of_a_capped_tenant_does_not_deadlock(
+    rq: QueueFactory, order: str
 ) -> None:
-    s = stack(rq)
+    s = stack(rq, order)
     await s.tenants.create_tenant({"tenant_id": "t", "quota": {"max_concurrency": 1}})
     led = Ledger({"t": 1})
     gate = asyncio.Event()
@@ -820,6 +817,8 @@ async def test_xfail_a_delayed_group_job_of_a_capped_tenant_does_not_deadlock(
     nxt = await s.q.add_job("w", {}, tenant_id="t", message_group_id="g")
     gate.set()
     await all_done(led, [busy, late, nxt], timeout=5)
+    assert not led.over, led.over
+    await settled(s, ("t",), ("g",))
 
 
 # ================================================================ a worker SIGKILLed

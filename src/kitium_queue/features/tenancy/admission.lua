@@ -1,6 +1,64 @@
 (function()
   @PRELUDE@
   local cur = nil
+  -- Fair dispatch: the candidates of this call that held a ticket, as the watch
+  -- fragment (watch.lua, the first admission check of all) found them: `seen` (id ->
+  -- tenant, in `order`), `probe` the current candidate's id and whether it holds one.
+  -- A ticket goes back here as its holder starts or joins its lane (`seen` cleared);
+  -- one still out once the call's jobs are handed out belongs to a holder that another
+  -- feature's check took out of wait, or to one still in wait (kept).
+  local seen, order, probe, probe_holder = {}, {}, nil, false
+
+  -- The holders other features parked in this call give their tickets back, and their
+  -- tenants' lanes are refilled (admit_after: wait is no longer scanned). A job parked
+  -- aside holds no room of its tenant: back in wait it starts if the tenant has a free
+  -- ticket, else it waits its turn in the lane. Without this, a tenant whose cap its
+  -- parked holders fill (max_concurrency 1: one held by an open breaker, or a job whose
+  -- group's turn is held by the tenant's next job, waiting in its lane) would wait for
+  -- good, or for the next sync's heal.
+  local function give_back()
+    local refill = {}
+    for i = 1, #order do
+      local id = order[i]
+      local t = seen[id]
+      if t and not redis.call('ZSCORE', K_WAIT, id) and
+          redis.call('SREM', TK .. t, id) == 1 then
+        local s = state(t)
+        if s.tk then s.tk = s.tk - 1 end
+        if not refill[t] then
+          refill[t] = true
+          refill[#refill + 1] = s
+        end
+      end
+    end
+    seen, order = {}, {}
+    for i = 1, #refill do top_up(refill[i]) end
+  end
+
+  local function watch(id, tn)
+    probe, probe_holder = id, redis.call('SISMEMBER', TK .. tn, id) == 1
+    if probe_holder then
+      if not seen[id] then order[#order + 1] = id end
+      seen[id] = tn
+      admit_after('tn-tk', give_back)
+    end
+  end
+  if FAIR then SLOT_SCRATCH['multi-tenancy'] = { watch = watch } end
+
+  -- Whether candidate `id` of tenant `tn` holds a ticket (as the watch read it).
+  local function holds(id, tn)
+    if not FAIR then return false end
+    if probe == id then return probe_holder end
+    return redis.call('SISMEMBER', TK .. tn, id) == 1
+  end
+
+  -- Its ticket given back by a holder that starts or joins the tenant's lane.
+  local function give(s, id)
+    local out = tickets(s)
+    redis.call('SREM', TK .. s.t, id)
+    s.tk = out - 1
+    seen[id] = nil
+  end
 
   -- Counts a job that passed every check: its running slot, its rate start, its ticket
   -- given back; and, once the call's jobs are handed out, the tenant's tickets refilled
@@ -11,11 +69,7 @@
     local s, t = c.s, c.s.t
     -- Counts read before the writes below (cached for the call, then kept up to date);
     -- the running count only matters to a tenant with a concurrency cap.
-    if c.holder then
-      local out = tickets(s)
-      redis.call('SREM', TK .. t, id)
-      s.tk = out - 1
-    end
+    if c.holder then give(s, id) end
     local run = s.mc > 0 and running(s)
     -- A damaged running set (only a tenant without max_concurrency gets here with one):
     -- the job runs, uncounted there, and the key is recorded (run_write).
@@ -58,24 +112,20 @@
     cur = nil
     if not tn then return true end
     local s = state(tn)
-    local holder = FAIR and redis.call('SISMEMBER', TK .. tn, id) == 1
+    local holder = holds(id, tn)
     local blocked = false
     if s.mc > 0 and running(s) >= s.mc then
       blocked = true
     elseif s.rlm > 0 and window(s) >= s.rlm then
       blocked = true
       if s.reset then park_timer('t:' .. tn, s.reset, 1, s.rld) end
-    elseif FAIR and not holder and tickets(s) >= s.quota then
+    elseif FAIR and not holder and tickets_within(s, s.quota) >= s.quota then
       -- It came to wait another way (promoted, retried, back from another blocker)
       -- while the tenant's tickets are all out: it waits its turn in the lane.
       blocked = true
     end
     if blocked then
-      if holder then
-        local out = tickets(s)
-        redis.call('SREM', TK .. tn, id)
-        s.tk = out - 1
-      end
+      if holder then give(s, id) end
       s.lane = true
       admit_park('t:' .. tn, lane_score(jk))
       return false

@@ -22,6 +22,7 @@
       if FAIR then
         redis.call('SADD', TK .. t, id)
         s.tk = s.tk + 1
+        handed(s, id)
       end
       return nil
     end

@@ -2,9 +2,10 @@
 
 * the job option ``tenant_id`` (the option registry);
 * the Lua fragments (``lua.py``) in the ``accept``, ``enqueue``, ``admission`` and
-  ``release`` slots, compiled from the queue's declarations (``quantum``,
-  ``fair_dispatch``, ``enforce_quotas``): the same in every process that adds or runs
-  the queue's jobs;
+  ``release`` slots (with fair dispatch also a first ``admission`` check that watches
+  ticket holders, and a ``duplicate`` fragment), compiled from the queue's declarations
+  (``quantum``, ``fair_dispatch``, ``enforce_quotas``): the same in every process that
+  adds or runs the queue's jobs;
 * enqueue middleware that, the first time this process adds a job with a tenant, makes
   sure the queue is known to the registry and holds every tenant's quota (``attach``),
   and does it again when it finds the queue's registration gone (checked at most once
@@ -564,13 +565,8 @@ def install(
         normalize=lambda v, section: check_tenant_id(v, f"{section}: tenant_id"),
         doc="the tenant the job belongs to (features.tenancy)",
     )
-    frags = lua.fragments(quantum, fair_dispatch, enforce_quotas)
-    scripts = queue.scripts
-    scripts.add_slot("accept", lua.FEATURE, frags["accept"])
-    scripts.add_slot("enqueue", lua.FEATURE, frags["enqueue"])
-    scripts.add_slot("admission", lua.FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS)
-    scripts.add_slot("release", lua.FEATURE, frags["release"])
-    scripts.add_fragment(HEAL_SCRIPT, lua.heal_script(quantum, fair_dispatch, enforce_quotas))
+    lua.add_fragments(queue.scripts, quantum, fair_dispatch, enforce_quotas)
+    queue.scripts.add_fragment(HEAL_SCRIPT, lua.heal_script(quantum, fair_dispatch, enforce_quotas))
     queue.use_enqueue(_AttachOnFirstUse(queue, sync_interval_s))
     queue.add_service(_Sync(sync_interval_s))
 

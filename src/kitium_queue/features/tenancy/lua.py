@@ -1,12 +1,14 @@
 """The Lua of multi-tenancy: slot fragments and the feature's own scripts.
 
-The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua``) share
-``prelude.lua``, into which the queue's declarations (fair dispatch on or off, the
-quantum, quotas enforced or not) are compiled, so every process that enables tenancy the
-same way runs the same code. The scripts ``tn_put.lua`` (a tenant's quota copied into a
-queue, its lane refilled when the new quota leaves room: it reads the queue's
-declarations from the queue's ``tenancy`` hash, ``put_script``), ``tn_recount.lua``
-(one bounded step of the recount of a damaged count),
+The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua``; with
+fair dispatch also ``watch.lua``, the first admission check of all, and
+``duplicate.lua``) share ``prelude.lua``, into which the queue's declarations (fair
+dispatch on or off, the quantum, quotas enforced or not) are compiled, so every process
+that enables tenancy the same way runs the same code; within one script call they share
+their reading of each tenant (``SLOT_SCRATCH``). The scripts ``tn_put.lua`` (a tenant's
+quota copied into a queue, its lane refilled when the new quota leaves room: it reads
+the queue's declarations from the queue's ``tenancy`` hash, ``put_script``),
+``tn_recount.lua`` (one bounded step of the recount of a damaged count),
 ``tn_usage.lua`` (a tenant's counts in a queue, read atomically), ``tn_present.lua``
 (whether a registered queue is still there) and ``tn_registry.lua`` (the registry's
 compare-and-set) take their keys in ``KEYS``; ``run_script`` and ``run_scripts`` run
@@ -27,13 +29,19 @@ from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
 from ...connerrors import NOPERM
 from ...scripts import Script, ScriptRegistry
+from ...slots import ORDER_READY
 from ..audit.conn import LuaScript
 
 __all__ = [
     "ADMISSION_FIELDS",
+    "DUPLICATE_ORDER",
     "FEATURE",
     "MAX_TENANT_ID",
     "MAX_TICKETS",
+    "WATCH",
+    "WATCH_FIELDS",
+    "WATCH_ORDER",
+    "add_fragments",
     "fragments",
     "heal_script",
     "put_script",
@@ -51,7 +59,26 @@ MAX_TICKETS = 10_000
 #: Job-hash fields claim reads for the admission check: the job's tenant, whether it is
 #: counted in the tenant's unfinished jobs.
 ADMISSION_FIELDS = ("tn", "tq")
+#: The name of the watch fragment (fair dispatch): an admission check that lets every job
+#: pass and tells the tenancy check which candidates hold a dispatch ticket, so that a
+#: holder another feature's check parks gives it back at once (``admission.lua``).
+WATCH = f"{FEATURE}:tickets"
+#: The job-hash fields the watch reads: the job's tenant.
+WATCH_FIELDS = ("tn",)
+#: Its place among the admission checks: before every other feature's (``slots``), so
+#: that it sees the candidates they park before the tenancy check is asked.
+WATCH_ORDER = ORDER_READY - 10
+#: The place of the ``duplicate`` fragment (fair dispatch): after the fragments that act
+#: on the job an idempotency key points to (order 0: a debounce moving it to delayed).
+DUPLICATE_ORDER = 10
 _SLOTS = ("accept", "enqueue", "admission", "release")
+_FAIR_SLOTS = ("watch", "duplicate")
+# What the prelude's table of tenants is: in slot fragments one table per script call
+# shared by all of them (SLOT_SCRATCH, lua/lib_slots.lua); a script's own elsewhere.
+_SHARED_STATES = (
+    "(function() local c = SLOT_SCRATCH['multi-tenancy:tenants'] if c == nil then c = {} "
+    "SLOT_SCRATCH['multi-tenancy:tenants'] = c end return c end)()"
+)
 
 
 @cache
@@ -60,9 +87,10 @@ def source(name: str) -> str:
     return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
 
 
-def _prelude(quantum: int | str, fair: str, quotas: str, refill: str) -> str:
+def _prelude(quantum: int | str, fair: str, quotas: str, refill: str, states: str = "{}") -> str:
     return (
         source("prelude")
+        .replace("@STATES@", states)
         .replace("@QUANTUM@", str(quantum))
         .replace("@FAIR@", fair)
         .replace("@QUOTAS@", quotas)
@@ -73,19 +101,37 @@ def _prelude(quantum: int | str, fair: str, quotas: str, refill: str) -> str:
     )
 
 
-def _compiled_prelude(quantum: int, fair: bool, quotas: bool) -> str:
+def _compiled_prelude(quantum: int, fair: bool, quotas: bool, states: str = "{}") -> str:
     return _prelude(
         int(quantum),
         "true" if fair else "false",
         "true" if quotas else "false",
         str(max(1, int(quantum) // 4)),
+        states,
     )
 
 
 def fragments(quantum: int, fair: bool, quotas: bool = True) -> dict[str, str]:
-    """The source of each slot fragment for these declarations."""
-    prelude = _compiled_prelude(quantum, fair, quotas)
-    return {slot: source(slot).replace("@PRELUDE@", prelude) for slot in _SLOTS}
+    """The source of each fragment for these declarations, by file: one per slot
+    (``accept``, ``enqueue``, ``admission``, ``release``) and, with fair dispatch,
+    ``watch`` (an admission check, ``WATCH``) and ``duplicate`` (the duplicate slot)."""
+    prelude = _compiled_prelude(quantum, fair, quotas, _SHARED_STATES)
+    names = _SLOTS + _FAIR_SLOTS if fair else _SLOTS
+    return {name: source(name).replace("@PRELUDE@", prelude) for name in names}
+
+
+def add_fragments(scripts: ScriptRegistry, quantum: int, fair: bool, quotas: bool) -> None:
+    """Fill the queue's slots (``scripts``) with the fragments for these declarations."""
+    frags = fragments(quantum, fair, quotas)
+    scripts.add_slot("accept", FEATURE, frags["accept"])
+    scripts.add_slot("enqueue", FEATURE, frags["enqueue"])
+    scripts.add_slot("admission", FEATURE, frags["admission"], fields=ADMISSION_FIELDS)
+    scripts.add_slot("release", FEATURE, frags["release"])
+    if fair:
+        # Dispatch tickets are held in wait only: a holder another feature's admission
+        # check parks, or a debounce moves to delayed, gives its ticket back at once.
+        scripts.add_slot("admission", WATCH, frags["watch"], fields=WATCH_FIELDS, order=WATCH_ORDER)
+        scripts.add_slot("duplicate", FEATURE, frags["duplicate"], order=DUPLICATE_ORDER)
 
 
 def heal_script(quantum: int, fair: bool, quotas: bool = True) -> str:

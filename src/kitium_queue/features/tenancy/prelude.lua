@@ -24,7 +24,10 @@
   -- holders sit in wait; the rest of its jobs wait in its lane. The holders that start
   -- are replaced from the lane at the back of wait (fresh places, REFILL_MIN at a time
   -- at least), so wait cycles through the tenants' tickets and each gets starts in
-  -- proportion to its weight, whatever its backlog.
+  -- proportion to its weight, whatever its backlog. A ticket is held in wait only: a
+  -- holder another feature parks gives it back (admission.lua), as does one debounced
+  -- into delayed (duplicate.lua); one that left another way is found at the limit
+  -- (tickets_within) or by the sync's heal (tn_heal.lua).
   local TN = PREFIX .. 'tn:'
   local RUN = PREFIX .. 'tn-run:'
   local TK = PREFIX .. 'tn-tk:'
@@ -43,8 +46,11 @@
     return t, r
   end
 
-  -- A tenant's quota and counts, read once per script call and kept up to date here.
-  local tenants = {}
+  -- A tenant's quota and counts, read once per script call and kept up to date here;
+  -- in the slot fragments, one table for all of them (SLOT_SCRATCH, lua.py), so that
+  -- what one fragment changes (a ticket given back by a debounce) is what the next one
+  -- reads in the same call.
+  local tenants = @STATES@
   local function state(t)
     local s = tenants[t]
     if s == nil then
@@ -123,6 +129,18 @@
     return arg_int(h[4], 0, 0, 1000000000)
   end
 
+  -- Job m, found holding a ticket or a running slot of tenant t it no longer uses (a
+  -- process without tenancy ran it): when it finished, it leaves the tenant's count as
+  -- the release fragment would have done (tickets_within, tn_heal.lua).
+  local ENDED = { completed = 'done', failed = 'fail', dlq = 'fail' }
+  local function uncount(t, m)
+    local f = redis.pcall('HMGET', job_key(m), 'st', 'tn', 'tq')
+    if f.err or f[2] ~= t or not f[3] then return end
+    local total = ENDED[f[1]]
+    if not total then return end
+    leave_count(t, job_key(m), total)
+  end
+
   -- A tenant's running set found holding another type (damaged): recorded once per call
   -- in slot-errors (lib_parking.lua park_damaged, naming the key and the repair); its
   -- jobs wait in its lane, and its lane's timer brings one back every DAMAGED_RETRY_MS to
@@ -197,16 +215,45 @@
     return s.run
   end
 
-  -- Its tickets out (fair dispatch). A holder that left wait without passing here (parked
-  -- by another feature's check) keeps its ticket: when all are out, a few random
-  -- holders are checked and dropped when they are not in wait.
+  -- Its tickets out (fair dispatch), counted once per script call.
   local function tickets(s)
     if not FAIR then return 0 end
-    if s.tk == nil then
-      local key = TK .. s.t
-      s.tk = prune(key, redis.call('SCARD', key), s.quota, not_waiting)
-    end
+    if s.tk == nil then s.tk = redis.call('SCARD', TK .. s.t) end
     return s.tk
+  end
+
+  -- A ticket handed to a new job of this call (enqueue.lua): a bulk add puts its jobs
+  -- in wait only at the end of the call, so it is not looked for there before.
+  local function handed(s, id)
+    if s.fresh == nil then s.fresh = {} end
+    s.fresh[id] = true
+  end
+
+  -- Its tickets out, once they reach `most`: a ticket is meant for a job in wait, and
+  -- a holder that left wait without giving it back (claimed by a process without
+  -- tenancy, or taken out some way the fragments do not see) would hold the tenant's
+  -- room for nothing. Up to 3 random holders are checked, once per call, and each one
+  -- not in wait gives its ticket back (holders in wait are skipped, not a reason to
+  -- stop). A `most` below the quota is the tenant's free slots or rate left: there,
+  -- holders in wait at the limit are a busy tenant's usual state, and while a job of the
+  -- tenant runs its end refills the lane again; so the check is made only while none
+  -- runs (else the lane would wait for the sync's heal: max_concurrency 1, one ticket
+  -- held that way).
+  local function tickets_within(s, most)
+    local n = tickets(s)
+    if n == 0 or n < most or s.tk_checked then return n end
+    if most < s.quota and running(s) > 0 then return n end
+    s.tk_checked = true
+    local ids = redis.call('SRANDMEMBER', TK .. s.t, 3)
+    for i = 1, #ids do
+      if not (s.fresh and s.fresh[ids[i]]) and not_waiting(ids[i]) then
+        redis.call('SREM', TK .. s.t, ids[i])
+        uncount(s.t, ids[i])
+        n = n - 1
+      end
+    end
+    s.tk = n
+    return n
   end
 
   -- The rate window: used = starts in the current window, reset = when it ends.
@@ -227,14 +274,22 @@
     return s.lane
   end
 
-  -- How many more of its jobs may go to wait now: its free tickets, within its free
-  -- concurrency slots and what is left of its rate window (each ticket may start).
-  local function room(s)
+  -- How many of its jobs may sit in wait or run beyond those running now: its ticket
+  -- quota (fair dispatch), within its free concurrency slots and what is left of its
+  -- rate window (each ticket may start).
+  local function room_limit(s)
     local r = MAX_TICKETS
     if FAIR then r = s.quota end
     if s.mc > 0 and s.mc - running(s) < r then r = s.mc - running(s) end
     if s.rlm > 0 and s.rlm - window(s) < r then r = s.rlm - window(s) end
-    return r - tickets(s)
+    return r
+  end
+
+  -- How many more of its jobs may go to wait now: its limit less the tickets out (those
+  -- held by jobs no longer in wait given back first, when they fill it); and the limit.
+  local function room(s)
+    local r = room_limit(s)
+    return r - tickets_within(s, r), r
   end
 
   -- A job's place in its lane: its wait score from priority and enqueue order.
@@ -249,7 +304,7 @@
   -- refills the rest).
   local function top_up(s)
     if s.lane == false then return end
-    local r = room(s)
+    local r, lim = room(s)
     if r <= 0 then
       if s.rlm > 0 and s.reset and window(s) >= s.rlm and lane(s) then
         park_timer('t:' .. s.t, s.reset, 1, s.rld)
@@ -258,8 +313,11 @@
     end
     local out = tickets(s)
     -- Refill REFILL_MIN at a time at least (a share of the fixed cost of a refill per
-    -- job), unless the tenant has no ticket out at all.
-    if FAIR and r < REFILL_MIN and out > 0 then return end
+    -- job), unless the tenant has no ticket out at all; or half its limit, when that is
+    -- less (a max_concurrency or a rate below 2 x REFILL_MIN: REFILL_MIN free at once
+    -- would come only with every ticket back, one holder that cannot start yet holding
+    -- up the rest of its free room).
+    if FAIR and out > 0 and r < math.min(REFILL_MIN, math.ceil(lim / 2)) then return end
     local ids = {}
     local moved = unpark('t:' .. s.t, r, FAIR, ids)
     if moved < r then s.lane = false end

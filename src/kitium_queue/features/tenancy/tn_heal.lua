@@ -13,11 +13,20 @@
   off (a finished job also leaves the tenant's count, as release would have done) and
   refills the lane.
 
+  A ticket held by a job that has not started and is out of wait (parked behind another
+  feature's blocker, or delayed: a producer without tenancy debounced it) is no sign
+  of a process that ran the tenant's jobs without tenancy: another feature took it out
+  of wait in a way the fragments did not see (they give such tickets back at once
+  where they do: admission.lua, duplicate.lua). It is given back too, counted apart,
+  so that the caller does not warn about it.
+
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4..] tenant ids (at most 100 are read).
-  Returns { stale tickets, stale running slots, jobs moved to wait } over the tenants.
-  A tenant whose keys hold other types (damaged by hand) is skipped.
+  Returns { stale tickets, stale running slots, jobs moved to wait, tickets of jobs
+  parked aside or delayed } over the tenants (the first counts only tickets of jobs
+  that ran or are gone). A tenant whose keys hold other types (damaged by hand) is
+  skipped.
 ]]
 --@include lib_base
 --@include lib_jobs
@@ -26,37 +35,41 @@
 --@include lib_park_timers
 @PRELUDE@
 
-local ENDED = { completed = 'done', failed = 'fail', dlq = 'fail' }
 -- Holders checked per set and tenant.
 local CHECK = 1000
 
--- Job m left the tenant's sets: when it finished, it leaves the tenant's count too.
-local function uncount(t, m)
-  local f = redis.pcall('HMGET', job_key(m), 'st', 'tn', 'tq')
-  if f.err or f[2] ~= t or not f[3] then return end
-  local total = ENDED[f[1]]
-  if not total then return end
-  leave_count(t, job_key(m), total)
+-- Whether job m, a stale ticket holder, is one another feature took out of wait: it has
+-- not started (parked behind a blocker, or delayed).
+local ASIDE = { pending = true, delayed = true }
+local function aside(m)
+  local st = redis.pcall('HGET', job_key(m), 'st')
+  return type(st) == 'string' and ASIDE[st] == true
 end
 
--- Takes off the members of set `key` that `gone` says are stale; returns how many.
-local function sweep(t, key, gone)
+-- Takes off the members of set `key` that `gone` says are stale (a finished one leaves
+-- the tenant's count too: uncount, prelude.lua); returns how many, and how many of them
+-- `apart` (when given) says to count apart.
+local function sweep(t, key, gone, apart)
   local n = redis.pcall('SCARD', key)
-  if type(n) ~= 'number' or n == 0 then return 0 end
+  if type(n) ~= 'number' or n == 0 then return 0, 0 end
   local ids
   if n <= CHECK then ids = redis.call('SMEMBERS', key) else ids = redis.call('SRANDMEMBER', key, CHECK) end
-  local stale = 0
+  local stale, other = 0, 0
   for i = 1, #ids do
     if gone(ids[i]) then
       redis.call('SREM', key, ids[i])
-      uncount(t, ids[i])
-      stale = stale + 1
+      if apart and apart(ids[i]) then
+        other = other + 1
+      else
+        uncount(t, ids[i])
+        stale = stale + 1
+      end
     end
   end
-  return stale
+  return stale, other
 end
 
-local tickets_out, slots, moved = 0, 0, 0
+local tickets_out, slots, moved, parked = 0, 0, 0, 0
 for i = 4, math.min(#ARGV, 103) do
   local t = ARGV[i]
   if t ~= '' and #t <= MAX_TENANT_ID and key_type(TN .. t) == 'hash' then
@@ -66,7 +79,10 @@ for i = 4, math.min(#ARGV, 103) do
     -- A removed tenant (tombstone): its stale holders are taken off with or without a
     -- lane, so that its copy can be retired once nothing of it is left (tn_put.lua).
     if before > 0 or redis.call('HGET', TN .. t, 'on') ~= '1' then
-      if FAIR then tickets_out = tickets_out + sweep(t, TK .. t, not_waiting) end
+      if FAIR then
+        local stale, other = sweep(t, TK .. t, not_waiting, aside)
+        tickets_out, parked = tickets_out + stale, parked + other
+      end
       slots = slots + sweep(t, RUN .. t, not_running)
       local s = state(t)
       s.tk, s.run, s.lane = nil, nil, nil
@@ -76,4 +92,4 @@ for i = 4, math.min(#ARGV, 103) do
     end
   end
 end
-return { tickets_out, slots, moved }
+return { tickets_out, slots, moved, parked }

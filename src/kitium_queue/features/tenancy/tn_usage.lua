@@ -13,13 +13,24 @@
   active (a member left behind by a record deleted by hand is not counted; the set is
   bounded by the workers' slots, and above 10,000 members its size is given as is).
   A key of another type (written by hand) reads as empty, and its name is appended
-  to the reply (after now) for the caller to report.
+  to the reply (after now) for the caller to report. Any other error (a command the
+  Redis user may not run: NOPERM) fails the script as redis.call would: it is no
+  damage, and the caller reports the permission to grant.
 ]]
 local damaged = {}
+-- An error reply of redis.pcall: raised again unless it is WRONGTYPE (tostring: the
+-- memory:// backend's error replies are not Lua strings).
+local function wrongtype(r)
+  if type(r) == 'table' and r.err then
+    if not string.find(tostring(r.err), 'WRONGTYPE', 1, true) then error(r) end
+    return true
+  end
+  return false
+end
 -- A command on one of the keys; nil (the key noted) when it holds another type.
 local function read(...)
   local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then
+  if wrongtype(r) then
     local key = select(2, ...)
     damaged[#damaged + 1] = key
     return nil
@@ -39,7 +50,9 @@ if running <= 10000 then
   local members = read('SMEMBERS', KEYS[2]) or {}
   running = 0
   for i = 1, #members do
-    if redis.pcall('HGET', ARGV[1] .. 'job:' .. members[i], 'st') == 'active' then
+    local st = redis.pcall('HGET', ARGV[1] .. 'job:' .. members[i], 'st')
+    -- A job record of another type (damaged) is not counted as running.
+    if not wrongtype(st) and st == 'active' then
       running = running + 1
     end
   end

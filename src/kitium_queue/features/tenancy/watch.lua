@@ -1,0 +1,13 @@
+(function()
+  -- Fair dispatch: the first admission check of all (lua.py WATCH_ORDER), so that it
+  -- sees every candidate of a tenant, also one that the check of a feature before the
+  -- tenancy check parks (a job not ready, or not at the front of its group's line). It
+  -- lets every job pass: it only tells the tenancy check (admission.lua, through
+  -- SLOT_SCRATCH) which candidates hold a dispatch ticket, so that a holder another
+  -- feature's check takes out of wait gives its ticket back in the same call.
+  return function(id, jk, opts, tn)
+    local tenancy = SLOT_SCRATCH['multi-tenancy']
+    if tn and tenancy then tenancy.watch(id, tn) end
+    return true
+  end
+end)()
