@@ -140,12 +140,14 @@ means the job is not ready to run at all (workflows: unfinished parents,
 flow control). A job waiting for its parents thus holds no group turn and no tenant
 ticket, and a job waiting in its group's line holds no tenant ticket.
 
-What fragments may call: ``park``, ``unpark(blocker, n)``, ``remove_unstarted(id, jk)``
-(``lua/lib_parking.lua``), ``park_timer(blocker, due, n, every)``
-(``lua/lib_park_timers.lua``), ``emit``, ``feature_event``, ``wake``, ``job_key``,
-``arg_int``, ``int``, ``num``, ``PREFIX``, ``NOW``, ``NOW_S``, ``cjson``, ``redis.call``,
-and ``outbox_add(topic, field, value, ...)`` (``lua/outbox.lua``: an entry in the queue's
-outbox, written atomically with the transition; docs/outbox.md). ``SLOT_SCRATCH``
+What fragments may call: ``park``, ``unpark(blocker, n)``,
+``remove_unstarted(id, jk[, before_delete])`` (``lua/lib_parking.lua``;
+``before_delete(id, jk)`` runs after the release fragments, before the record goes),
+``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``,
+``feature_event``, ``wake``, ``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``,
+``NOW``, ``NOW_S``, ``cjson``, ``redis.call``, and ``outbox_add(topic, field, value,
+...)`` (``lua/outbox.lua``: an entry in the queue's outbox, written atomically with the
+transition; docs/outbox.md). ``SLOT_SCRATCH``
 (``lua/lib_slots.lua``) is a table that lives for one script call, where a feature's
 fragments share what they read under the feature's name (the compliance ``accept``
 check hands the job's subject to its ``enqueue`` fragment, checking the id); a
