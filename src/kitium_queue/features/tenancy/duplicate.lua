@@ -12,6 +12,10 @@
     local f = redis.pcall('HMGET', job_key(existing), 'tn', 'st')
     if f.err or type(f[1]) ~= 'string' or f[2] == 'waiting' then return nil end
     if redis.call('SREM', TK .. f[1], existing) == 1 then
+      -- One a process without tenancy ran to its end (the idempotency fragment adds a
+      -- new job then): it leaves the tenant's count, as release would have done; it
+      -- holds nothing left for the heal to find it by.
+      uncount(f[1], existing)
       local s = state(f[1])
       s.tk = nil
       top_up(s)

@@ -111,6 +111,9 @@
   -- tn_put.lua) has nothing to count: its key is not written again.
   local function leave_count(t, jk, total)
     redis.call('HDEL', jk, 'tq')
+    -- The count read earlier in this call (enqueue.lua: a bulk add's next job adds to
+    -- it) is read again: kept, its next write would undo this one.
+    if tenants[t] then tenants[t].n = nil end
     local h = redis.call('HMGET', TN .. t, 'n', 'done', 'fail', 'mc', 'v')
     if not h[5] then return 0 end
     local n = count_of(h[1])
