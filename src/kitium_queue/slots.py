@@ -136,9 +136,12 @@ parked (``enqueue``, ``admission``), that order decides which feature's blocker 
 meets first, whatever order the features were enabled in: a feature whose blocker
 means the job is not ready to run at all (workflows: unfinished parents,
 ``ORDER_READY``) comes first, then one that keeps jobs in an order (FIFO groups,
-``ORDER_LINE``), then the ones that share capacity among ready jobs (tenants' lanes,
-flow control). A job waiting for its parents thus holds no group turn and no tenant
-ticket, and a job waiting in its group's line holds no tenant ticket.
+``ORDER_LINE``), then one that holds jobs back for a limit shared beyond a tenant
+(flow control's concurrency keys and rates, ``ORDER_HOLD``), then the ones that share
+capacity among ready jobs (tenants' lanes and dispatch tickets, default 0). A job
+waiting for its parents thus holds no group turn and no tenant ticket, and a job
+waiting in its group's line or behind a full concurrency key holds no tenant ticket.
+Re-adding a fragment (a feature installing new settings) keeps it in its order.
 
 What fragments may call: ``park``, ``unpark(blocker, n)``,
 ``remove_unstarted(id, jk[, before_delete])`` (``lua/lib_parking.lua``;
@@ -178,6 +181,7 @@ from typing import Final
 from .errors import ConfigurationError
 
 __all__ = [
+    "ORDER_HOLD",
     "ORDER_LINE",
     "ORDER_READY",
     "RELEASE_OUTCOMES",
@@ -206,6 +210,10 @@ ORDER_READY: Final = -20
 #: ``order`` of the fragments of a feature that keeps jobs in an order (a FIFO group's
 #: line): after ``ORDER_READY``, before the default (0) of capacity features.
 ORDER_LINE: Final = -10
+#: ``order`` of the fragments of a feature that holds jobs back for a limit shared
+#: beyond a tenant (flow control's concurrency keys and rates): after ``ORDER_LINE``,
+#: before the default (0) of the features that hand out tenants' dispatch tickets.
+ORDER_HOLD: Final = -5
 
 #: The ``outcome`` values the ``release`` slot receives.
 RELEASE_OUTCOMES: Final = (

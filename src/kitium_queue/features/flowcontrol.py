@@ -54,7 +54,7 @@ from ..explain import JobFacts, Reason, at
 from ..jobspec import Normalizer
 from ..keys import QueueKeys
 from ..options import MAX_COUNT, check_text, shown, to_int, to_ms
-from ..slots import lua_string
+from ..slots import ORDER_HOLD, lua_string
 from . import flowheal
 from .flowheal import ConcurrencyHealReport
 
@@ -275,8 +275,8 @@ class FlowControl:
         # one leaves the installed ones as they were.
         enqueue, admission = self.enqueue_lua(), self.lua()
         scripts = self.queue.scripts
-        scripts.add_slot("enqueue", FEATURE, enqueue)
-        scripts.add_slot("admission", FEATURE, admission, fields=MARKERS)
+        scripts.add_slot("enqueue", FEATURE, enqueue, order=ORDER_HOLD)
+        scripts.add_slot("admission", FEATURE, admission, fields=MARKERS, order=ORDER_HOLD)
         scripts.add_slot("release", FEATURE, _RELEASE, fields=("ck",))
         scripts.add_fragment(flowheal.HEAL_SCRIPT, flowheal.heal_script(self._prelude()))
 
