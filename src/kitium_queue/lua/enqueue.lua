@@ -75,7 +75,10 @@ if chosen > 0 then
 end
 local out = {}
 local woke = false
+-- The call's new waiting jobs, added to wait together at the end (flush_wait): score/id
+-- pairs, and their ids (id -> true).
 local waiting = {}
+local batched = {}
 for j = 0, fields / 8 - 1 do
   local b = 5 + j * 8
   local custom, name, data, opts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -98,6 +101,14 @@ for j = 0, fields / 8 - 1 do
     end
   end
 --@if duplicate
+  -- A fragment that acts on a job of this call (a debounce moving it to delayed) must
+  -- find it where its record says: its place in wait is written first, else the end of
+  -- the call would add it to wait wherever the fragment put it.
+  if existing and batched[existing] then
+    flush_wait(waiting)
+    waiting = {}
+    batched = {}
+  end
   -- A feature may act on the job the key points to (debounce) or add this one anyway.
   if existing and duplicate_slot(existing, name, data, opts, arg_int(delay, 0, 0, MAX_MS), ik) then
     existing = nil
@@ -127,7 +138,10 @@ for j = 0, fields / 8 - 1 do
       out[#out + 1] = 'err'
       break
     else
-      if state == 'waiting' then woke = true end
+      if state == 'waiting' then
+        woke = true
+        batched[id] = true
+      end
       if ikey then
         redis.call('HSET', jk, 'ik', ik)
         redis.call('SET', ikey, id, 'PX', idem_ttl)
