@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,6 +39,7 @@ from kitium_queue.errors import PermissionDeniedError
 from kitium_queue.features.tenancy import TenantRegistry
 from kitium_queue.features.tenancy import keys as tk
 from kitium_queue.features.tenancy.heal import heal_tenants
+from test_tenancy_readonly import PASSWORD, READER, acl_server  # noqa: F401 (a fixture)
 
 
 async def _status(q: JobQueue, job_id: str) -> str:
@@ -241,25 +241,9 @@ async def test_the_heal_gives_back_tickets_of_jobs_parked_aside_without_warning(
 
 
 # ------------------------------------------------------------------ usage and the ACL
-PASSWORD = f"kq-tk-{uuid.uuid4().hex}"
-#: What a user that may only read needs to read a tenant's usage (docs/tenancy.md).
-READER = (
-    "+ping", "+hget", "+hgetall", "+smembers", "+evalsha_ro", "+eval_ro",
-    "+hmget", "+scard", "+zcard", "+exists", "+time",
-)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def acl_server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        srv.close()
-
-
 async def test_usage_read_without_a_command_is_refused_not_reported_damaged(
-    acl_server: RedisServer, caplog: pytest.LogCaptureFixture
+    acl_server: RedisServer,  # noqa: F811  (the fixture of test_tenancy_readonly)
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     prefix = f"tk{uuid.uuid4().hex[:6]}"
     q = JobQueue("uq", redis=acl_server.url, prefix=prefix)

@@ -76,9 +76,11 @@ end
 local out = {}
 local woke = false
 -- The call's new waiting jobs, added to wait together at the end (flush_wait): score/id
--- pairs, and their ids (id -> true).
+-- pairs, and (with a duplicate fragment) their ids (id -> true).
 local waiting = {}
+--@if duplicate
 local batched = {}
+--@end
 for j = 0, fields / 8 - 1 do
   local b = 5 + j * 8
   local custom, name, data, opts = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -138,10 +140,10 @@ for j = 0, fields / 8 - 1 do
       out[#out + 1] = 'err'
       break
     else
-      if state == 'waiting' then
-        woke = true
-        batched[id] = true
-      end
+      if state == 'waiting' then woke = true end
+--@if duplicate
+      if state == 'waiting' then batched[id] = true end
+--@end
       if ikey then
         redis.call('HSET', jk, 'ik', ik)
         redis.call('SET', ikey, id, 'PX', idem_ttl)
