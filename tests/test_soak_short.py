@@ -25,14 +25,19 @@ pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
 @pytest.mark.timeout(240)
 def test_short_soak_runs_its_faults_and_passes(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    proc = subprocess.run(
-        [
-            sys.executable, str(ROOT / "chaos" / "soak.py"),
-            "--minutes", "0.4", "--rate", "200", "--workers", "2",
-            "--restart-every", "4", "--sample-every", "2", "--out", str(out),
-        ],
-        capture_output=True, text=True, timeout=220, cwd=ROOT,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable, str(ROOT / "chaos" / "soak.py"),
+                "--minutes", "0.4", "--rate", "200", "--workers", "2",
+                "--restart-every", "4", "--sample-every", "2", "--out", str(out),
+            ],
+            capture_output=True, text=True, timeout=220, cwd=ROOT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:  # say where it stood, not a cut repr
+        said = [exc.stdout, exc.stderr]
+        text = [x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in said]
+        pytest.fail(f"soak still running after 220 s:\n{text[0][-4000:]}\n{text[1][-4000:]}")
     tail = (proc.stdout[-3000:], proc.stderr[-3000:])
     assert out.exists(), tail
     result = json.loads(out.read_text())
