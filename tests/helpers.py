@@ -141,6 +141,15 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+async def all_completed(queue: JobQueue, ids: list[str]) -> bool:
+    """Whether every job of ``ids`` is completed (a ``wait_until`` condition)."""
+    for job_id in ids:
+        info = await queue.get_job_status(job_id)
+        if info is None or info.status is not JobStatus.COMPLETED:
+            return False
+    return True
+
+
 async def wait_for_status(
     queue: JobQueue, job_id: str, *statuses: JobStatus | str, timeout: float = 5.0
 ) -> Any:

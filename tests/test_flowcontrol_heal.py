@@ -12,16 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from helpers import QueueFactory, wait_for_status, wait_until
+from helpers import QueueFactory, all_completed, wait_for_status, wait_until
 from kitium_queue import JobQueue, JobStatus
-
-
-async def _completed(q: JobQueue, ids: list[str]) -> bool:
-    for job_id in ids:
-        info = await q.get_job_status(job_id)
-        if info is None or info.status is not JobStatus.COMPLETED:
-            return False
-    return True
 
 
 async def test_removing_a_cap_while_jobs_are_parked_behind_it_lets_them_all_run(
@@ -43,7 +35,7 @@ async def test_removing_a_cap_while_jobs_are_parked_behind_it_lets_them_all_run(
     q.flow.remove_concurrency_limit("tenant:*")
     gate.set()
     # Well within the workers' 30 s heal interval: the removal itself released them.
-    await wait_until(lambda: _completed(q, ids), 10)
+    await wait_until(lambda: all_completed(q, ids), 10)
 
 
 async def _stranded(make_queue: QueueFactory, name: str) -> tuple[JobQueue, list[str]]:
@@ -91,7 +83,7 @@ async def test_parked_jobs_of_a_key_a_worker_without_flow_control_ran_complete(
 
     q.process("w", work)
     await q.start()
-    await wait_until(lambda: _completed(q, ids), 10)
+    await wait_until(lambda: all_completed(q, ids), 10)
     assert most[0] == 1  # the cap still holds
 
 

@@ -19,7 +19,12 @@ held for ``HOLD_S`` in the slot it took, so this worker takes at most its concur
 them per ``HOLD_S`` and the capable worker runs the others at its full rate; and the
 deferrals are spread (``AWAY_MS``, +-50 %), so jobs that were held together do not all
 come due at one moment, when this worker, with the most free slots, would take most of
-them again. A job may still go round a few times before the capable worker takes it.
+them again. And when every job this worker holds is being handed on (it runs nothing of
+its own), it claims nothing until the last of them comes due (``AWAY_S_MAX`` after its
+hold: ``down_left``), passing its wake-ups on, so the capable worker takes them: without
+that, a job that holds a turn (a FIFO group's head) went round and round while the
+deferring worker, the first to see it due, took it back (a group of six such jobs took up
+to 30 s). A job may still go round a few times before the capable worker takes it.
 
 The same goes for a job that needs a feature this process has not enabled (``gap``): a
 job whose options name FIFO groups, a tenant, encryption, a breaker, ... (a feature option
@@ -67,6 +72,7 @@ from .presence import WorkerPresence, live_workers
 
 __all__ = [
     "AWAY_MS",
+    "AWAY_S_MAX",
     "HOLD_S",
     "NOTE_EVERY_S",
     "PEERS_REFRESH_S",
@@ -86,6 +92,8 @@ _UNSET = (None, False, "", 0)
 HOLD_S = 0.5
 #: How long a deferred job waits before a worker may claim it, on average (ms).
 AWAY_MS = 500
+#: The longest a deferred job waits before a worker may claim it (seconds).
+AWAY_S_MAX = AWAY_MS * 1.5 / 1000
 #: The live workers' records are read again after this many seconds, not sooner.
 PEERS_REFRESH_S = 3.0
 #: At most one log line per job name and worker in this many seconds.
@@ -146,14 +154,24 @@ class Handoff:
         queue: the queue consumed (its ``keys`` and ``client()`` read the presence).
         worker_id: this worker's id (its own record never counts as a peer).
         clock: monotonic seconds (tests).
+        running: how many jobs this worker holds (its leases); with it, a worker whose
+            every job is being handed on claims nothing until they come due (``hold``).
     """
 
     def __init__(
-        self, queue: Any, worker_id: str, *, clock: Callable[[], float] = time.monotonic
+        self,
+        queue: Any,
+        worker_id: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        running: Callable[[], int] | None = None,
     ) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self._clock = clock
+        self._running = running
+        #: Jobs being held by ``hold`` right now.
+        self.holding = 0
         self._workers: tuple[WorkerPresence, ...] = ()
         self._read_at: float | None = None
         self._lock = asyncio.Lock()
@@ -173,8 +191,9 @@ class Handoff:
         self.down_until = 0.0
 
     def stand_down(self, seconds: float) -> None:
-        """Claim nothing for ``seconds`` from now (``down_left``)."""
-        self.down_until = self._clock() + seconds
+        """Claim nothing for ``seconds`` from now (``down_left``; a longer stand-down
+        already under way is kept)."""
+        self.down_until = max(self.down_until, self._clock() + seconds)
 
     def down_left(self) -> float:
         """Seconds this worker still claims nothing for (0: it claims): it lacks a
@@ -316,7 +335,14 @@ class Handoff:
                     printable(job_id),
                     NOTE_EVERY_S,
                 )
-        await asyncio.sleep(HOLD_S)
+        self.holding += 1
+        try:
+            if self._running is not None and self.holding >= self._running():
+                # Every job this worker holds is handed on: let them come due elsewhere.
+                self.stand_down(HOLD_S + AWAY_S_MAX)
+            await asyncio.sleep(HOLD_S)
+        finally:
+            self.holding -= 1
         what = f"{name} is not enabled" if how else f"no processor for {name!r}"
         return RetryLater(
             AWAY_MS * random.uniform(0.5, 1.5),

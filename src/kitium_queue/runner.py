@@ -127,7 +127,9 @@ class Runner:
         self.timeouts = Timeouts(leases.runs)
         self._ack, self._hold, self._forget = outcomes.ack, leases.add, leases.forget
         self._ends = RunEnds(self, leases)
-        self.handoff = h = Handoff(queue, leases.worker_id)  # plain: a set check per job
+        runs = leases.runs
+        # plain: a set check per job
+        self.handoff = h = Handoff(queue, leases.worker_id, running=lambda: len(runs))
         self._gap = functools.partial(h.gap, deferred=self.deferred)
         self._policies: dict[bytes, Policy] = {}
         self.procs: dict[str, tuple[Callable[..., Any], str]] = {}
