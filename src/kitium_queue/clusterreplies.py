@@ -9,10 +9,13 @@ deadline from the moment they are made, binds the connections they have open alr
 and puts that class in the client's connection settings, from which every later node
 is made. So plain commands, ``ASKING`` before a redirected one, pipelines, the
 ``CLUSTER SLOTS`` of a refresh and the commands that open a connection all get it; a
-blocking command keeps its own wait on top (``replywaits.held_for``). The class only
-binds each connection as it is made (it keeps the name of the class it extends, which
-says whether the connections use TLS): what the deadline does lives on the connection,
-as on a pooled client's.
+blocking command keeps its own wait on top (``replywaits.held_for``). For the deadline
+the class only binds each connection as it is made (it keeps the name of the class it
+extends, which says whether the connections use TLS): what the deadline does lives on
+the connection, as on a pooled client's. The class also counts its connections' opens
+under way (``opens.py``), as a pool's connections do: ``close()`` waits for a
+connection being opened, not for one held aside (a transaction's ``WATCH``) that a
+cancelled call left closed.
 
 A connection cut by the deadline asks the client (redis-py 8.2 and later) for a
 topology refresh, as redis-py's own timeout of a node does (``ReplyTimeoutError`` is
@@ -29,6 +32,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .opens import counting
+
 __all__ = ["bound_class", "bound_nodes"]
 
 #: What binds a connection: ``connerrors._bound_connection``.
@@ -37,7 +42,8 @@ Bind = Callable[[Any, Callable[[Any], None]], Any]
 
 def bound_class(cls: type, bind: Callable[[Any], Any]) -> type:
     """A subclass of ``cls`` (a redis-py asyncio connection class) whose connections
-    are passed to ``bind`` as they are made; such a subclass is returned as it is."""
+    are passed to ``bind`` as they are made and count their opens under way
+    (``opens.counting``); such a subclass is returned as it is."""
     if getattr(cls, "_kq_bound", False):
         return cls
     extended: Any = cls  # any redis-py connection class
@@ -47,7 +53,7 @@ def bound_class(cls: type, bind: Callable[[Any], Any]) -> type:
         init(self, *args, **kwargs)
         bind(self)
 
-    attrs = {"__init__": __init__, "_kq_bound": True, "__module__": __name__}
+    attrs = {"__init__": __init__, "_kq_bound": True, "__module__": __name__, **counting(cls)}
     return type(cls.__name__, (cls,), {**attrs, "__qualname__": cls.__qualname__})
 
 

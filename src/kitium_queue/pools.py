@@ -33,7 +33,8 @@ and the health-check ``PING`` of an idle connection for the whole pause, and any
 that needed a new connection with it. The asyncio connections of these pools give each
 ``HANDSHAKE_TIMEOUT_S``, then raise ``HandshakeTimeoutError`` (nothing of the call
 was sent); the commands themselves keep no deadline of their own. They count the opens
-under way (``_opening``): ``close()`` waits for those, not for one a cancelled wait closed.
+under way (``_opening``, ``opens.py``): ``close()`` waits for those, not for one a
+cancelled wait closed.
 
 A connection refused by a limit on connections (the server's ``maxclients``, this
 process's open files: ``EMFILE``) is ``ConnectLimitError`` naming it and what to change,
@@ -68,6 +69,7 @@ from .connerrors import (
 )
 from .errors import ConnectionUnavailableError
 from .limits import get_logger
+from .opens import counting
 
 __all__ = [
     "HANDSHAKE_TIMEOUT_S", "POOL_WAIT_S", "CheckedPool", "CheckedSentinelPool",
@@ -497,7 +499,7 @@ def _opening(cls: type) -> dict[str, Any]:
     handshake and health-check ``PING`` by ``HANDSHAKE_TIMEOUT_S`` (see the module's text),
     and ``_kq_opening``, its opens under way, which ``connect`` (``answering``) and
     ``connect_check_health`` (a command on a closed connection calls it) count."""
-    out: dict[str, Any] = {"_kq_opening": 0}
+    out = counting(cls, ("connect_check_health",))  # connect: ``answering``'s ``_connect``
     # redis-py 6+ names the handshake on_connect_check_health; before, on_connect.
     name = "on_connect_check_health" if hasattr(cls, "on_connect_check_health") else "on_connect"
     handshake = getattr(cls, name, None)
@@ -512,17 +514,6 @@ def _opening(cls: type) -> dict[str, Any]:
                 raise _handshake_timeout(self, _HANDSHAKE) from None
 
         out[name] = bounded_handshake
-    opens = getattr(cls, "connect_check_health", None)
-    if inspect.iscoroutinefunction(opens):
-
-        async def connect_check_health(self: Any, *args: Any, **kwargs: Any) -> None:
-            self._kq_opening += 1
-            try:
-                await opens(self, *args, **kwargs)
-            finally:
-                self._kq_opening -= 1
-
-        out["connect_check_health"] = connect_check_health
     check = getattr(cls, "check_health", None)
     if inspect.iscoroutinefunction(check):
 
