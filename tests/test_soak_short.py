@@ -46,8 +46,11 @@ def test_short_soak_runs_its_faults_and_passes(tmp_path: Path) -> None:
     assert not failed, (failed, result["chaos_errors"], tail)
     assert proc.returncode == 0, tail
     assert result["restarts_expected_at_least"] >= 2
-    assert len(result["restarts"]) >= result["restarts_expected_at_least"]
-    assert {r["signal"] for r in result["restarts"]} == {"SIGTERM", "SIGKILL"}
+    signalled = result["restarts_signalled"]
+    assert len(signalled) >= result["restarts_expected_at_least"]
+    assert {r["signal"] for r in signalled} == {"SIGTERM", "SIGKILL"}
+    # Each replacement came back ready, but the last one may still be starting at the end.
+    assert len(result["restarts"]) >= max(1, len(signalled) - 1)
     assert result["redis_restart"]["signal"] == "SIGKILL"
     totals = result["totals"]
     assert totals["acknowledged"] > 1000
