@@ -128,7 +128,13 @@ configuration, but must not call Redis itself):
     Runs for every finished job put back to wait by ``retry_job``, ``bulk_retry`` or
     ``replay_dlq`` (``lua/lib_requeue.lua``), right after it moved (``st`` =
     ``'waiting'``); ``from``: the state it left (``'completed'``, ``'failed'`` or
-    ``'dlq'``). Failures are recorded like ``release``'s.
+    ``'dlq'``). It also runs for a job a feature brings back from its own fragment or
+    script through ``requeued(id, jk, from)`` (``lua/lib_slots.lua``): a workflow's
+    step revived by a replay, its record written again (``from`` = ``'cancelled'``;
+    ``st`` = ``'waiting'``, or ``'pending'`` when it is parked behind its parents).
+    A feature that follows jobs coming back (replication to other regions, an
+    idempotency key held while the job is unfinished) fills it, and learns no other
+    feature's name. Failures are recorded like ``release``'s.
 
 Order: the fragments of a slot run by their ``order`` (lower first; default 0), then in
 the order they were added (``ScriptRegistry.add_slot(..., order=n)``). Where jobs are
@@ -148,7 +154,8 @@ What fragments may call: ``park``, ``unpark(blocker, n)``,
 ``before_delete(id, jk)`` runs after the release fragments, before the record goes),
 ``park_timer(blocker, due, n, every)`` (``lua/lib_park_timers.lua``), ``emit``,
 ``feature_event``, ``wake``, ``job_key``, ``arg_int``, ``int``, ``num``, ``PREFIX``,
-``NOW``, ``NOW_S``, ``cjson``, ``redis.call``, and ``outbox_add(topic, field, value,
+``NOW``, ``NOW_S``, ``cjson``, ``redis.call``, ``requeued(id, jk, from)`` (the
+``requeue`` slot, for a job the feature put back in wait), and ``outbox_add(topic, field, value,
 ...)`` (``lua/outbox.lua``: an entry in the queue's outbox, written atomically with the
 transition; docs/outbox.md). ``SLOT_SCRATCH``
 (``lua/lib_slots.lua``) is a table that lives for one script call, where a feature's
@@ -359,7 +366,7 @@ class SlotTable:
         if slot == "fence":
             return _compose_fence(frags)
         if slot == "requeue":
-            return _compose_notify("requeue", "id, jk, from", None, frags)
+            return _compose_notify("requeue", "id, jk, from", "requeue_hook", frags)
         if slot == "admission":
             return _compose_admission(frags, self.admission_fields())
         if slot == "erase":
@@ -557,7 +564,8 @@ def _compose_notify(
     ``_compose_release``, which also hands each fragment its declared fields):
     ``<slot>_slot(params)`` calls each with ``args`` (default: the params). When ``hook``
     is given the function is also assigned to it, the name the library calls it by
-    (``event_hook`` in lib_events.lua); ``erase`` is called by ``--@slot`` lines only."""
+    (``event_hook`` in lib_events.lua, ``requeue_hook`` in lib_slots.lua); ``erase`` is
+    called by ``--@slot`` lines only."""
     lines = _header(slot, frags)
     lines.append(f"local function {slot}_slot({params})")
     lines.append("  local ok, err")

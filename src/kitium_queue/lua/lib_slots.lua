@@ -12,6 +12,14 @@
       their checks first (see kitium_queue.slots).
   The composed `event` slot is included here, so every script that runs a feature's
   fragments passes the events they raise (feature_event) to it.
+
+  requeued(id, jk, from)
+      A feature put job `id` back in wait (or parked it) from its own fragment or
+      script, as a finished job comes back: a workflow's step revived by a replay
+      (`from`: 'cancelled'). Runs the composed `requeue` slot for it, as retry_job and
+      replay_dlq do (lib_requeue.lua), so the features that follow jobs coming back
+      (regions' replication, idempotency windows) see it. Nothing when that slot is
+      unfilled. The composed `requeue` slot is included here for that.
   Slot fragments may also use lib_parking.lua (park, unpark, remove_unstarted),
   lib_park_timers.lua (park_timer), lib_events.lua (emit, feature_event, wake),
   lib_base.lua (PREFIX, NOW, job_key, ...) and outbox.lua (outbox_add: follow-up work
@@ -44,3 +52,11 @@ end
 
 -- The features that forward raised events (feature_event in lib_events.lua).
 --@include slot_event
+
+-- Set by the composed `requeue` slot (slots.py): the features that follow a job put
+-- back in wait.
+local requeue_hook = nil
+local function requeued(id, jk, from)
+  if requeue_hook then requeue_hook(id, jk, from) end
+end
+--@include slot_requeue

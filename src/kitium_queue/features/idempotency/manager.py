@@ -194,6 +194,9 @@ class IdempotencyManager:
         q.scripts.add_slot("release", FEATURE, _lua("release"))
         q.scripts.add_slot("duplicate", FEATURE, _lua("duplicate"))
         q.scripts.add_slot("erase", FEATURE, _lua("erase"))
+        # A job put back in wait takes its until_finished key again (requeue.lua).
+        ttl = str(int(q.ctx.idempotency_ttl))
+        q.scripts.add_slot("requeue", FEATURE, _lua("requeue").replace("@TTL@", ttl))
 
     def _prepare(
         self, job_name: str, data: Any, options: Mapping[str, Any]

@@ -31,7 +31,9 @@
     op 'put'   the job as it is at the source (rg_export.lua): created here if missing
                (through add_job, so the features' enqueue fragments run), ended here if
                it is finished there
-       'req'   the same, and a copy finished here goes back to wait (retry, replay)
+       'req'   the same, and a copy finished here goes back to wait (retry, replay);
+               a copy removed here (its tombstone) is added again: the job came back at
+               the source after it was removed (a workflow's step revived by a replay)
        'end'   the job ended at the source (state: completed | failed | removed,
                payload: its result or reason): this copy ends the same way (the
                `release` slot runs with that outcome), or, when there is no copy, one is
@@ -181,6 +183,12 @@ for b = 9, #ARGV, N do
     if not st then status = 'gone' end
   elseif not st then
     local gone = redis.call('EXISTS', PREFIX .. 'rg:gone:' .. id) == 1
+    if gone and op == 'req' and state ~= 'removed' then
+      -- Removed here, and put back in wait at the source since (a workflow's step
+      -- revived by a replay): the copy comes back as the source has it now.
+      redis.call('DEL', PREFIX .. 'rg:gone:' .. id)
+      gone = false
+    end
     if gone or state == 'removed' then
       if op == 'end' then tombstone(id) end
       status = 'gone'

@@ -4,8 +4,13 @@
   -- result and error, and a cancelled step's kept definition: data, options and the
   -- markers copied from its record, sm, which name its subject, idempotency key and
   -- webhook URL); the bookkeeping of the graph (states, parents, dependents) stays.
+  -- A cancelled step whose kept definition goes is marked 'sx': a replay of its failed
+  -- workflow then revives nothing (revive, prelude.lua) rather than run it without data.
   local DEP = PREFIX .. 'dep:'
   return function(id, jk, ik)
-    redis.call('HDEL', DEP .. id, 'r', 'e', 'sd', 'so', 'sm')
+    local dk = DEP .. id
+    local kept = redis.call('HEXISTS', dk, 'sn') == 1
+    redis.call('HDEL', dk, 'r', 'e', 'sd', 'so', 'sm')
+    if kept then redis.call('HSET', dk, 'sx', '1') end
   end
 end)()

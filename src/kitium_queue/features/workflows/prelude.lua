@@ -12,7 +12,8 @@
   --                     last finished run left: run links); a step
   --                     cancelled by a failing workflow keeps its definition (sn, sd, so,
   --                     sp, sq, and sm: its features' markers, keep_marks) so a replay of
-  --                     the failed step can bring it back
+  --                     the failed step can bring it back; sx: that definition was erased
+  --                     (erase.lua), so nothing of its workflow comes back
   --   dep-p:<id>  LIST  its parents' ids, in the order given
   --   dep-c:<id>  SET   the jobs that depend on it
   --   wf:<wid>    HASH  st (running | completed | failed | cancelled), ts, f, n, left,
@@ -369,11 +370,37 @@
     return 0
   end
 
+  -- Of a failed workflow's step job ids `ids`, the first step its failure cancelled
+  -- whose kept definition an erasure deleted (erase.lua marks it 'sx'), else nil.
+  -- Reads only.
+  local function erased_step(ids)
+    for i = 1, #ids do
+      local d = fields(DEP .. ids[i], 'st', 'sn', 'sx')
+      if d[1] == 'cancelled' and d[2] and d[3] then return ids[i] end
+    end
+    return nil
+  end
+
   -- A failed workflow goes on after a replay of its failed step completed: the steps its
-  -- failure cancelled come back (parked until their parents finish, or to wait).
+  -- failure cancelled come back (parked until their parents finish, or to wait), each
+  -- passing the `requeue` slot (requeued, lib_slots.lua) like any finished job put back
+  -- in wait, so the features that follow jobs coming back see it (replication to other
+  -- regions, an idempotency key held until it finishes).
+  -- Not when one of them was erased (its data subject's erasure deleted its data):
+  -- nothing comes back, the workflow stays failed at that step, which says why, and
+  -- workflow-failed is raised again. A step never runs with its data gone.
   local function revive(wid)
     local wk = WF .. wid
     if field(wk, 'st') ~= 'failed' then return end
+    local gone = erased_step(hvals(WFS .. wid))
+    if gone then
+      local step = field(DEP .. gone, 's') or gone
+      redis.call('HSET', DEP .. gone, 'e', 'not revived: its data was erased (an erasure ' ..
+        'of its data subject); the workflow cannot go on')
+      redis.call('HSET', wk, 'err', step)
+      log_event('workflow-failed', wid, step)
+      return
+    end
     redis.call('HSET', wk, 'st', 'running')
     redis.call('HDEL', wk, 'f', 'err')
     redis.call('PERSIST', wk)
@@ -411,6 +438,7 @@
           redis.call('ZADD', K_WAIT, score, sid)
         end
         emit('job-added', sid, 'name', d[2], 'st', 'revived')
+        requeued(sid, jk, 'cancelled')
         back = back + 1
       end
     end
