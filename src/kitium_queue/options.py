@@ -231,6 +231,9 @@ def check_text(
     ``quote=False``: the value is personal data (a subject id): the error says what is
     wrong and where, never the value.
     """
+    fits = type(value) is str and value and (max_len is None or len(value) <= max_len)
+    if fits and _BAD_CHAR.search(value) is None:
+        return str(value)  # valid (str() of a str is itself): a refusal's message below
     most = "" if max_len is None else f" of at most {max_len} characters"
     valid = (
         f"a non-empty string{most} without control characters (such as line breaks) "

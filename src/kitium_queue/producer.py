@@ -128,10 +128,11 @@ class Producer:
                 f"job {name!r} payload is {len(raw)} bytes, above max_payload_bytes="
                 f"{ctx.max_payload_bytes}; store large data elsewhere and pass a reference"
             )
+        if not merged:  # no option and no default_job_options: what the lines below make
+            return ["", name, raw, b"", 0, 0, "0", ""]
         delay = merged.get("delay", 0)
         jitter = merged.get("jitter", 0)
-        if jitter:
-            # Each is at most MAX_DELAY_MS; so is their sum.
+        if jitter:  # each is at most MAX_DELAY_MS; so is their sum
             delay = min(delay + random.randint(0, jitter), MAX_DELAY_MS)
         # The job carries its options as added, default_job_options included: its
         # attempts, backoff, timeout and retention are the producer's, whatever the

@@ -17,11 +17,15 @@ exact ``Connection`` / ``SSLConnection`` / ``UnixDomainSocketConnection`` (or th
 pools' ``answering`` subclass of one, which changes only the health-check ``PING``) with
 the hiredis parser (a Sentinel-managed connection, which turns a READONLY reply into a
 reconnect, keeps redis-py's path).
+
+The request side of the same exchanges is here too: ``pack_args`` writes a command's
+arguments as RESP (in hiredis's C packer when they are plain str, bytes, int and float).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,8 +39,16 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 #: hiredis's type for RESP3 push messages (hiredis >= 3.2), or None.
 _PUSH: type | None = getattr(hiredis, "PushNotification", None)
+#: hiredis's RESP packing of a tuple of str, bytes, int and float (``*N`` header first),
+#: or None: ``pack_args`` uses it for arguments of exactly those types (``_PACKABLE``),
+#: which it packs byte for byte as its own loop does.
+_PACK: Any = getattr(hiredis, "pack_command", None)
+_PACKABLE = frozenset({str, bytes, int, float})
 
-__all__ = ["ReplyChannel", "ReplyTimeout", "channel_for", "release_channel"]
+__all__ = [
+    "ReplyChannel", "ReplyTimeout", "channel_for", "kept_channel", "pack_args",
+    "release_channel",
+]  # fmt: skip
 
 #: What the hiredis reader returns while a reply is incomplete (no RESP2 reply decodes
 #: to this object).
@@ -62,6 +74,7 @@ class ReplyChannel(asyncio.Protocol):
 
     __slots__ = (
         "_broken",
+        "_deadline",
         "_got",
         "_orig",
         "_pushed",
@@ -81,7 +94,11 @@ class ReplyChannel(asyncio.Protocol):
         self._got: list[Any] = []
         self._broken: BaseException | None = None
         self._pushed = False
+        # One timer watches the exchanges' deadlines: armed by an exchange when none is,
+        # left armed when the replies come (the next exchange's deadline is later), and
+        # moved on to the deadline of the exchange in flight when it fires (``_expire``).
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
 
     # -- the engine's side --------------------------------------------------------------
     @property
@@ -98,7 +115,7 @@ class ReplyChannel(asyncio.Protocol):
     def exchange(self, payload: bytes, n: int, timeout: float) -> asyncio.Future[list[Any]]:
         """Send ``payload`` (``n`` RESP commands) and return the future of their
         replies; it fails with ``ReplyTimeout`` when they are not all in within
-        ``timeout`` seconds (one timer per exchange, cancelled by the last reply)."""
+        ``timeout`` seconds (the channel's one timer, ``_expire``)."""
         if self._broken is not None:
             raise RedisConnectionError(f"connection unusable: {self._broken}")
         loop = asyncio.get_running_loop()
@@ -106,7 +123,12 @@ class ReplyChannel(asyncio.Protocol):
         self._waiter = fut
         self._want = n
         self._got = []
-        self._timer = loop.call_at(loop.time() + timeout, self._expire)
+        self._deadline = deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire)
         self._transport.write(payload)
         return fut
 
@@ -118,6 +140,9 @@ class ReplyChannel(asyncio.Protocol):
     def restore(self) -> None:
         """Give the transport back to redis-py's stream protocol (the stream must be in
         step: every reply of the last exchange read)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         self._transport.set_protocol(self._orig)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -143,10 +168,7 @@ class ReplyChannel(asyncio.Protocol):
         except InvalidResponse as exc:
             self._fail(exc)
             return
-        self._waiter = None
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+        self._waiter = None  # the timer stays for the next exchange (``_expire``)
         if not waiter.done():
             waiter.set_result(got)
 
@@ -167,6 +189,12 @@ class ReplyChannel(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
+        if self._waiter is None:
+            return  # no exchange in flight: the next one arms the timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # a later exchange than the one that armed it
+            self._timer = loop.call_at(self._deadline, self._expire)
+            return
         self._fail(ReplyTimeout())
 
     def _fail(self, exc: BaseException) -> None:
@@ -234,6 +262,16 @@ def channel_for(conn: Any) -> ReplyChannel | None:
     return channel
 
 
+def kept_channel(conn: Any) -> ReplyChannel | None:
+    """The channel of a connection the engine kept between exchanges, when it is usable;
+    None otherwise (the caller then checks the connection as any other). A usable channel
+    says all the connection's checks would: since it took the transport, the end of the
+    stream comes through it."""
+    writer = getattr(conn, "_writer", None)
+    proto = writer.transport.get_protocol() if writer is not None else None
+    return proto if type(proto) is ReplyChannel and proto.usable else None
+
+
 def release_channel(conn: Any) -> bool:
     """Give a connection back to redis-py's reading if a channel holds it. False when
     that channel is out of step: the caller disconnects the connection (the pool
@@ -246,3 +284,38 @@ def release_channel(conn: Any) -> bool:
         return False
     proto.restore()
     return True
+
+
+def pack_args(args: Sequence[Any]) -> bytes:
+    """``args`` as RESP bulk strings (a command's arguments after its ``*N`` header)."""
+    if _PACK is not None and _PACKABLE.issuperset(map(type, args)):
+        packed: bytes = _PACK(tuple(args))  # hiredis, in C: the same bytes after "*N\r\n"
+        return packed[packed.index(b"\n") + 1 :]
+    # Other types (and no hiredis): exact type checks first, the small ints every call
+    # carries (counts, flags, retention) come packed already.
+    parts: list[bytes] = []
+    append = parts.append
+    small = _SMALL_INTS
+    for a in args:
+        t = type(a)
+        if t is bytes:
+            append(b"$%d\r\n%b\r\n" % (len(a), a))
+        elif t is str:
+            b = a.encode()
+            append(b"$%d\r\n%b\r\n" % (len(b), b))
+        elif t is int and -1 <= a <= _SMALL_MAX:
+            append(small[a + 1])
+        else:
+            if isinstance(a, int):  # bool too: True → "1", as redis-py encodes it
+                b = b"%d" % a
+            elif isinstance(a, (bytes, bytearray, memoryview)):
+                b = bytes(a)
+            else:
+                b = str(a).encode()
+            append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+_SMALL_MAX = 1024
+#: -1 .. _SMALL_MAX as RESP bulk strings (index = value + 1).
+_SMALL_INTS = tuple(b"$%d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(-1, _SMALL_MAX + 1))

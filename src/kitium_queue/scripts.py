@@ -21,7 +21,14 @@ from .damage import explain_damage
 from .errors import ConfigurationError, error_from_script
 from .limits import get_logger
 from .pools import stream_ended, waiters_of
-from .replies import ReplyChannel, ReplyTimeout, channel_for, release_channel
+from .replies import (
+    ReplyChannel,
+    ReplyTimeout,
+    channel_for,
+    kept_channel,
+    pack_args,
+    release_channel,
+)
 from .serverinfo import reply_text, write_refused
 from .slots import GENERATED, SLOTS, SlotTable
 
@@ -373,10 +380,11 @@ class ScriptRegistry:
         idle = self._idle.get(pool)
         if idle is None:
             idle = self._idle[pool] = _Idle(pool)
-        conn = None
+        conn = channel = None
         while idle:
             kept = idle.pop()
-            if _alive(kept):
+            channel = kept_channel(kept) if _DIRECT_REPLIES else None
+            if channel is not None or _alive(kept):
                 conn = kept
                 break
             # Closed by the server while idle (restart, failover, client timeout): drop
@@ -398,7 +406,7 @@ class ScriptRegistry:
                     await pool.release(conn)
                     raise
         if _DIRECT_REPLIES:
-            channel = channel_for(conn)
+            channel = channel or channel_for(conn)
             if channel is not None:
                 payload = b"".join(buf)
                 return await self._exchange_direct(pool, idle, conn, channel, payload, len(calls))
@@ -523,39 +531,6 @@ def _alive(conn: Any) -> bool:
         return False
     proto = writer.transport.get_protocol()
     return not isinstance(proto, ReplyChannel) or proto.usable
-
-
-def pack_args(args: Sequence[Any]) -> bytes:
-    """``args`` as RESP bulk strings (a command's arguments after its ``*N`` header)."""
-    # Exact type checks first: this runs for every argument of every
-    # script call (9 per recorded outcome), so the common cases take one format each, and
-    # the small ints every call carries (counts, flags, retention) come packed already.
-    parts: list[bytes] = []
-    append = parts.append
-    small = _SMALL_INTS
-    for a in args:
-        t = type(a)
-        if t is bytes:
-            append(b"$%d\r\n%b\r\n" % (len(a), a))
-        elif t is str:
-            b = a.encode()
-            append(b"$%d\r\n%b\r\n" % (len(b), b))
-        elif t is int and -1 <= a <= _SMALL_MAX:
-            append(small[a + 1])
-        else:
-            if isinstance(a, int):  # bool too: True → "1", as redis-py encodes it
-                b = b"%d" % a
-            elif isinstance(a, (bytes, bytearray, memoryview)):
-                b = bytes(a)
-            else:
-                b = str(a).encode()
-            append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(parts)
-
-
-_SMALL_MAX = 1024
-#: -1 .. _SMALL_MAX as RESP bulk strings (index = value + 1).
-_SMALL_INTS = tuple(b"$%d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(-1, _SMALL_MAX + 1))
 
 
 def _is_plain_redis(client: Any) -> bool:
