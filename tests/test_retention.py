@@ -156,8 +156,9 @@ async def test_age_limits_and_by_hand(make_queue: QueueFactory) -> None:
     q = make_queue("ages", dlq={"enabled": False}, retry={"max_attempts": 1})
     ret = Retention(q, run_service=False)
     assert Retention.of(q) is ret
-    ret.set_limit("failed", age_ms=150)
-    ret.set_limit("completed", count=100, age_ms=150)
+    # Ages long enough that a loaded machine still reads the first run as too early.
+    ret.set_limit("failed", age_ms=2000)
+    ret.set_limit("completed", count=100, age_ms=2000)
 
     def process(job: Any) -> Any:
         if job.data:
@@ -169,11 +170,11 @@ async def test_age_limits_and_by_hand(make_queue: QueueFactory) -> None:
     await wait_for_status(q, ids[0], JobStatus.FAILED)
     await wait_for_status(q, ids[1], JobStatus.COMPLETED)
     assert (await ret.run_once()).total == 0  # not old enough yet
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(2.1)
     report = await ret.run_once()
     assert report.deleted == {"completed": 1, "failed": 1}
     assert [await q.get_job_status(j) for j in ids] == [None, None]
-    assert ret.to_dict()["states"]["failed"] == {"count": None, "age_ms": 150, "period_ms": None}
+    assert ret.to_dict()["states"]["failed"] == {"count": None, "age_ms": 2000, "period_ms": None}
     for bad in (lambda: ret.set_limit("waiting", count=1), lambda: ret.set_period("dlq", 0)):
         with pytest.raises(ConfigurationError):
             bad()

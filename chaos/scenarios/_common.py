@@ -232,7 +232,8 @@ def apply_faults(
             lambda: client.zcard(keys.completed) >= t, progress_timeout,
             what="progress before the fault"), 20)
         if fault == "kill":
-            busy = wait_for(lambda: [w for w in fleet.live() if w.running_jobs()], 20,
+            # Up to 60 s: on a loaded machine every live worker may still be starting.
+            busy = wait_for(lambda: [w for w in fleet.live() if w.running_jobs()], 60,
                             what="a busy worker to kill")
             victim = rnd.choice(busy)
             out.interrupted += len(victim.running_jobs())
