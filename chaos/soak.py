@@ -518,6 +518,7 @@ class Soak:
         self.t0 = time.monotonic()
         print(f"soak: {a.minutes} min at {a.rate} jobs/s, {a.workers} workers, {self.url}",
               flush=True)  # fmt: skip
+        print(f"soak: work dir {self.work}", flush=True)  # the workers' logs, while it runs
         reader = asyncio.ensure_future(self.read_events())
         sampler = asyncio.ensure_future(self.sample())
         exits = asyncio.ensure_future(self.watch_exits())
