@@ -518,7 +518,9 @@ class Soak:
         self.t0 = time.monotonic()
         print(f"soak: {a.minutes} min at {a.rate} jobs/s, {a.workers} workers, {self.url}",
               flush=True)  # fmt: skip
-        print(f"soak: work dir {self.work}", flush=True)  # the workers' logs, while it runs
+        # The workers' logs while it runs, and the server a killed soak leaves behind
+        # (it runs in a session of its own).
+        print(f"soak: work dir {self.work} redis pid {self.server.pid}", flush=True)
         reader = asyncio.ensure_future(self.read_events())
         sampler = asyncio.ensure_future(self.sample())
         exits = asyncio.ensure_future(self.watch_exits())

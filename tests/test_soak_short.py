@@ -10,6 +10,7 @@ quiet hour behind).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,10 +29,12 @@ pytestmark = [pytest.mark.redis_only, pytest.mark.slow]
 
 def _worker_logs(out: str) -> str:
     """The end of each worker's log of a soak killed mid-run (its work dir, which a
-    finished soak removes, is named in its output)."""
-    found = re.search(r"^soak: work dir (\S+)$", out, re.MULTILINE)
+    finished soak removes, is named in its output); its redis-server is stopped."""
+    found = re.search(r"^soak: work dir (\S+) redis pid (\d+)$", out, re.MULTILINE)
     if found is None:
         return ""
+    with contextlib.suppress(OSError):
+        os.kill(int(found.group(2)), signal.SIGKILL)
     parts = []
     for path in sorted(Path(found.group(1)).glob("w*.stderr")):
         lines = path.read_text(errors="replace").splitlines()[-40:]
