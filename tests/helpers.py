@@ -141,6 +141,22 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+def gated(queue: JobQueue, name: str = "w") -> tuple[asyncio.Event, list[str]]:
+    """Register a processor for jobs named ``name`` on ``queue``: a job whose data has
+    ``hold`` set waits for the returned gate; every job's id joins the returned list as
+    it ends."""
+    gate = asyncio.Event()
+    done: list[str] = []
+
+    async def run(job: Any) -> None:
+        if job.data.get("hold"):
+            await gate.wait()
+        done.append(job.id)
+
+    queue.process(name, run)
+    return gate, done
+
+
 async def all_completed(queue: JobQueue, ids: list[str]) -> bool:
     """Whether every job of ``ids`` is completed (a ``wait_until`` condition)."""
     for job_id in ids:

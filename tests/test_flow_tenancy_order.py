@@ -11,13 +11,11 @@ lane until tenancy's holder check or its 30 s heal. Flow control's ``enqueue`` a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from helpers import QueueFactory, wait_until
+from helpers import QueueFactory, gated, wait_until
 from kitium_queue import JobQueue
 from kitium_queue.features.flowcontrol import FEATURE as FLOW
 from kitium_queue.features.tenancy import TenantRegistry
@@ -68,15 +66,7 @@ async def test_a_job_parked_behind_a_full_concurrency_key_holds_no_ticket(
         names = q.scripts.slot_names(slot)
         assert names.index(FLOW) < names.index(TENANCY), (slot, names)
     await reg.create_tenant({"tenant_id": "t", "quota": {"max_concurrency": 1}})
-    gate = asyncio.Event()
-    done: list[str] = []
-
-    async def run(job: Any) -> None:
-        if job.data.get("hold"):
-            await gate.wait()
-        done.append(job.id)
-
-    q.process("w", run)
+    gate, done = gated(q)
     await q.start()
     # Concurrency key ck is at its cap (1), held by a job of no tenant.
     busy = await q.add_job("w", {"hold": 1}, concurrency_key="ck")

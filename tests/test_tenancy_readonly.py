@@ -253,6 +253,15 @@ async def test_sync_registers_again_the_queues_named_and_its_own(
             with pytest.raises(ConfigurationError, match="queue name"):
                 await reg.sync(queues=["gq", "a{b"])  # checked before any is registered
             assert await reg.queues() == []
+            # None of its keys left and no worker: no queue (a mistyped name), refused.
+            with pytest.raises(ConfigurationError, match="queue 'gq' not found"):
+                await reg.sync(queues=["gq"])
+            assert await reg.queues() == []
+            used = JobQueue("gq", redis=redis_url, prefix=prefix)  # a job: it is there
+            try:
+                await used.add_job("x", {})
+            finally:
+                await used.close()
             assert await reg.sync(queues=["gq"]) == 1
             assert await reg.queues() == ["gq"] and await _has_copy(redis_url, q.keys)
             await q.add_job("x", {}, tenant_id="t")
@@ -328,6 +337,11 @@ def test_tenants_sync_cli_registers_the_app_queue_and_those_named(
                 await reg.attach(q)
                 await _obliterate(redis_url, q.keys)
                 assert await reg.queues() == []
+            other = JobQueue("other", redis=redis_url, prefix=prefix)  # a queue, no tenancy
+            try:
+                await other.add_job("x", {})
+            finally:
+                await other.close()
         finally:
             await q.close()
 

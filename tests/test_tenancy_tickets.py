@@ -24,7 +24,6 @@ The breaker and FIFO-group cases are in ``tests/test_features_combined.py``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
@@ -33,7 +32,7 @@ import pytest
 import redis as redis_sync
 
 from _redis import RedisServer
-from helpers import QueueFactory, wait_until
+from helpers import QueueFactory, gated, wait_until
 from kitium_queue import IdempotencyManager, JobQueue
 from kitium_queue.errors import PermissionDeniedError
 from kitium_queue.features.tenancy import TenantRegistry
@@ -75,15 +74,7 @@ async def test_a_debounced_holder_gives_its_ticket_to_the_next_job(
     q = make_queue("deb", worker={"concurrency": 1, "scheduler": False})
     reg = _enable(q, first)
     await reg.create_tenant({"tenant_id": "t", "quota": {"max_concurrency": 1}})
-    gate = asyncio.Event()
-    done: list[str] = []
-
-    async def run(job: Any) -> None:
-        if job.data.get("hold"):
-            await gate.wait()
-        done.append(job.id)
-
-    q.process("w", run)
+    gate, done = gated(q)
     await q.start()
     # The worker's one slot is taken by a job of no tenant: t's jobs wait.
     busy = await q.add_job("w", {"hold": 1})
@@ -189,23 +180,16 @@ async def test_a_capped_tenant_refills_beside_a_holder_that_may_not_start_yet(
     reg = TenantRegistry(q)
     q.set_rate_limit("rk", max=1, duration=60_000)
     await reg.create_tenant({"tenant_id": "t", "quota": {"max_concurrency": 2}})
-    gate = asyncio.Event()
-    done: list[str] = []
-
-    async def run(job: Any) -> None:
-        if job.data.get("hold"):
-            await gate.wait()
-        done.append(job.id)
-
-    q.process("w", run)
+    gate, done = gated(q)
     await q.start()
     a = await q.add_job("w", {"hold": 1}, tenant_id="t", rate_limit_key="rk")
     await wait_until(lambda: _is(q, a, "active"), 5)
     # Its rate-limit key's window is full for a minute: it waits in wait, holding a ticket.
     b = await q.add_job("w", {}, tenant_id="t", rate_limit_key="rk")
     c = await q.add_job("w", {}, tenant_id="t")
-    assert await _tickets(q, "t") == {b}
-    assert await _status(q, c) == "pending"
+    # b holds no free slot meanwhile: c may take the second one at once (a claim that
+    # found b held back), else at a's end.
+    assert b in await _tickets(q, "t")
     gate.set()
     # a's end frees a slot: c takes it beside b (before, only once b had started).
     await wait_until(lambda: c in done, 5)

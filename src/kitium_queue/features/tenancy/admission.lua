@@ -7,7 +7,8 @@
   -- A ticket goes back here as its holder starts or joins its lane (`seen` cleared);
   -- one still out once the call's jobs are handed out belongs to a holder that another
   -- feature's check took out of wait, or to one still in wait (kept).
-  local seen, order, probe, probe_holder = {}, {}, nil, false
+  -- `last`: the last candidate the watch saw (with a tenant or not).
+  local seen, order, probe, probe_holder, last = {}, {}, nil, false, nil
 
   -- The holders other features parked in this call give their tickets back, and their
   -- tenants' lanes are refilled (admit_after: wait is no longer scanned). A job parked
@@ -16,19 +17,29 @@
   -- parked holders fill (max_concurrency 1: one held by an open breaker, or a job whose
   -- group's turn is held by the tenant's next job, waiting in its lane) would wait for
   -- good, or for the next sync's heal.
+  -- A holder another feature's check left in wait (its rate-limit key's window full, a
+  -- RateLimited hold: it waits there for its time) keeps its ticket and its place, but
+  -- holds no free slot or rate of its tenant meanwhile (s.stuck, room_limit): the next
+  -- jobs of the lane get them, within the tenant's ticket quota. Not the candidate a
+  -- check stopped the claim at (admit_stop: a global cap, nothing else could start).
   local function give_back()
     local refill = {}
     for i = 1, #order do
       local id = order[i]
       local t = seen[id]
-      if t and not redis.call('ZSCORE', K_WAIT, id) and
-          redis.call('SREM', TK .. t, id) == 1 then
-        local s = state(t)
-        if s.tk then s.tk = s.tk - 1 end
-        if not refill[t] then
-          refill[t] = true
-          refill[#refill + 1] = s
+      local s = nil
+      if t and not redis.call('ZSCORE', K_WAIT, id) then
+        if redis.call('SREM', TK .. t, id) == 1 then
+          s = state(t)
+          if s.tk then s.tk = s.tk - 1 end
         end
+      elseif t and not (ADMIT_STOP and id == last) then
+        s = state(t)
+        s.stuck = (s.stuck or 0) + 1
+      end
+      if s and not refill[t] then
+        refill[t] = true
+        refill[#refill + 1] = s
       end
     end
     seen, order = {}, {}
@@ -36,6 +47,8 @@
   end
 
   local function watch(id, tn)
+    last = id
+    if not tn then return end
     probe, probe_holder = id, redis.call('SISMEMBER', TK .. tn, id) == 1
     if probe_holder then
       if not seen[id] then order[#order + 1] = id end

@@ -207,14 +207,18 @@ def make_command(
         "--queue",
         "queues",
         multiple=True,
-        help="Also register this queue again (its keys deleted, say); repeatable.",
+        help=(
+            "Also register this queue again (it must be there: a job, a key or a live "
+            "worker of its own; a name that is not is refused); repeatable."
+        ),
     )
     @redis_option
     def tenants_sync(app: str, queues: tuple[str, ...], redis: str | None) -> None:
         """Copy every tenant's quota into every registered queue and recount the tenants'
         damaged counts of unfinished jobs (what each worker does every 30 s). APP's
-        queue, when APP enables tenancy on it, and each --queue are registered again
-        first, even if their keys were deleted."""
+        queue, when APP enables tenancy on it, is registered again first, even if its
+        keys were deleted, and so is each --queue, which must be there (a mistyped name
+        is refused, and nothing is written)."""
         from .registry import TenantRegistry
 
         async def act(q: Any) -> None:

@@ -26,6 +26,14 @@
       end
       return nil
     end
+    -- The first job of an empty lane, while the tenant's tickets are out and none of
+    -- its jobs runs, under a cap or a rate: its holders may be ones another feature
+    -- leaves in wait (a rate-limit key's window full), which hold no free slot in claim
+    -- (room_limit). No job's end brings a claim: a wake-up does, which refills the lane.
+    if FAIR and (s.mc > 0 or s.rlm > 0) and not lane(s) and tickets(s) > 0
+        and running(s) == 0 then
+      wake()
+    end
     s.lane = true
     return 't:' .. t
   end

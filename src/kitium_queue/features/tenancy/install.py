@@ -41,7 +41,7 @@ from .heal import SCRIPT as HEAL_SCRIPT
 from .heal import heal_tenants
 from .lua import run_script, run_scripts
 from .model import TenantConfig, check_tenant_id
-from .roster import QueueRefused, is_refusal, live_queues, members, prune
+from .roster import QueueRefused, declared, is_refusal, live_queues, members, prune
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -331,7 +331,7 @@ async def _attach(queue: JobQueue) -> tuple[int, list[str], dict[str, StoredTena
     have = _INSTALLED.get(queue)
     if have is not None:
         # The queue's declarations, by which a quota copy refills lanes (tn_put.lua).
-        decl = {"quantum": have[0], "fair": int(have[1]), "quotas": int(have[2])}
+        decl = declared(*have)
         with contextlib.suppress(ResponseError):  # damaged: no refill at copy time
             await client.hset(tk.declarations(queue.keys), mapping=decl)
     try:

@@ -27,7 +27,8 @@
   -- proportion to its weight, whatever its backlog. A ticket is held in wait only: a
   -- holder another feature parks gives it back (admission.lua), as does one debounced
   -- into delayed (duplicate.lua); one that left another way is found at the limit
-  -- (tickets_within) or by the sync's heal (tn_heal.lua).
+  -- (tickets_within) or by the sync's heal (tn_heal.lua). One that another feature
+  -- leaves in wait keeps it, and holds no free slot meanwhile (room_limit).
   local TN = PREFIX .. 'tn:'
   local RUN = PREFIX .. 'tn-run:'
   local TK = PREFIX .. 'tn-tk:'
@@ -279,12 +280,16 @@
 
   -- How many of its jobs may sit in wait or run beyond those running now: its ticket
   -- quota (fair dispatch), within its free concurrency slots and what is left of its
-  -- rate window (each ticket may start).
+  -- rate window (each ticket may start). s.stuck (admission.lua, set in claim): its
+  -- holders that another feature's check left in wait in this call (their rate-limit
+  -- key's window full, a RateLimited hold): they may not start, so they count against
+  -- the ticket quota only, and the free slots and rate go to the next jobs of the lane.
   local function room_limit(s)
     local r = MAX_TICKETS
     if FAIR then r = s.quota end
-    if s.mc > 0 and s.mc - running(s) < r then r = s.mc - running(s) end
-    if s.rlm > 0 and s.rlm - window(s) < r then r = s.rlm - window(s) end
+    local stuck = s.stuck or 0
+    if s.mc > 0 and s.mc - running(s) + stuck < r then r = s.mc - running(s) + stuck end
+    if s.rlm > 0 and s.rlm - window(s) + stuck < r then r = s.rlm - window(s) + stuck end
     return r
   end
 

@@ -35,9 +35,8 @@ from redis.exceptions import RedisError
 
 from ...connection import ConnectionFactory
 from ...errors import ConfigurationError, KitiumQueueError, TenantNotFoundError
-from ...keys import QueueKeys, check_key_part
-from ...limits import get_logger, printable
-from ...options import shown
+from ...keys import QueueKeys
+from ...limits import get_logger
 from ..audit.conn import Deployment, LuaScript
 from . import keys as tk
 from .install import (
@@ -49,10 +48,19 @@ from .install import (
     propagate,
     redis_ms,
     run_script,
-    run_scripts,
 )
 from .model import QueueUsage, TenantConfig, TenantQuota, TenantUsage, check_tenant_id
-from .roster import QueueRefused, is_refusal, live_queues, members, refusal, register
+from .roster import (
+    check_queues,
+    declared,
+    is_refusal,
+    live_queues,
+    members,
+    queue_names,
+    refusal,
+    register,
+)
+from .usage import read_usages
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -60,7 +68,6 @@ if TYPE_CHECKING:
 __all__ = ["TenantChange", "TenantRegistry", "TenantWriter"]
 
 _REGISTRY = LuaScript(__package__, "tn_registry")
-_USAGE = LuaScript(__package__, "tn_usage")
 _VERSION = LuaScript(__package__, "tn_version")
 _MAX_RETRIES = 20
 
@@ -280,17 +287,23 @@ class TenantRegistry:
         """Copy every tenant's quota into every registered queue (each copy only if
         newer); returns the copies written. Removed tenants with nothing left in any
         queue leave the registry (their queues' copies expire: docs/tenancy.md), and so
-        do queues whose keys are gone (``queues``). Registered again first, whether or
-        not their keys are there: the queues named in ``queues``, and the queue this
-        registry was made from (each partition) when tenancy is enabled on it in this
-        process."""
-        names = {QueueKeys(n, self.prefix).name for n in _queue_names(queues) or ()}
+        do queues whose keys are gone (``queues``). Registered again first, as their own
+        processes register them: the queue this registry was made from (each partition)
+        when tenancy is enabled on it in this process, its declarations written again
+        (``quantum``, ``fair_dispatch``, ``enforce_quotas``), even if its keys were
+        deleted; and the queues named in ``queues``, each of which must be there (some
+        key of its own, or a live worker): a name that is not is refused with
+        ``ConfigurationError``, naming it, and nothing is written."""
+        own: dict[str, dict[str, int]] = {}
         for q in list(getattr(self._queue, "queues", None) or [self._queue]):
-            if q is not None and installed(q) is not None:
-                names.add(q.name)
+            how = None if q is None else installed(q)
+            if how is not None:
+                own[q.name] = declared(how["quantum"], how["fair_dispatch"], how["enforce_quotas"])
+        names = {QueueKeys(n, self.prefix).name for n in queue_names(queues) or ()}
         async with self._errors(write=True) as client:
-            for name in sorted(names):
-                await register(client, self.prefix, name)
+            await check_queues(client, self.prefix, sorted(names - own.keys()))
+            for name in sorted(names | own.keys()):
+                await register(client, self.prefix, name, own.get(name))
             read_at = await redis_ms(client)
             entries = await _entries(client, self.prefix)
             for e in entries:
@@ -427,10 +440,10 @@ class TenantRegistry:
         ``queues()``: a deleted queue is neither read nor listed). A removed tenant
         with jobs left still reports them. Only reads (``EVALSHA_RO`` on Redis 7.0+): a
         Redis user that may only read the keys may call it."""
-        tid, given = check_tenant_id(tenant_id, existing=True), _queue_names(queues)
+        tid, given = check_tenant_id(tenant_id, existing=True), queue_names(queues)
         async with self._errors() as client:
             names = given if given is not None else await self.queues()
-            per = [(await _usages(client, self.prefix, name, [tid]))[0] for name in names]
+            per = [(await read_usages(client, self.prefix, name, [tid]))[0] for name in names]
         return TenantUsage.total(tid, per)
 
     async def get_usages(self, tenant_ids: Iterable[str], queue: str) -> dict[str, QueueUsage]:
@@ -438,7 +451,7 @@ class TenantRegistry:
         [queue])`` reads it (each tenant's atomically), in one pipeline: one round trip."""
         tids = [check_tenant_id(t, existing=True) for t in tenant_ids]
         async with self._errors() as client:
-            got = await _usages(client, self.prefix, queue, tids)
+            got = await read_usages(client, self.prefix, queue, tids)
         return dict(zip(tids, got, strict=True))
 
     # ------------------------------------------------------------------ internals
@@ -525,33 +538,6 @@ async def _entries(client: Any, prefix: str) -> list[StoredTenant]:
     return out
 
 
-async def _usages(client: Any, prefix: str, queue: str, tids: list[str]) -> list[QueueUsage]:
-    """Each tenant's usage in ``queue`` (``tn_usage.lua``, read-only), in one pipeline;
-    a refusal for lack of permission names the queue (``QueueRefused``)."""
-    qk = QueueKeys(queue, prefix)
-    calls = [(tk.usage(qk, t), [qk.base]) for t in tids]
-    try:
-        replies = await run_scripts(client, _USAGE, calls, readonly=True) if calls else []
-    except RedisError as exc:
-        if is_refusal(exc):
-            raise QueueRefused(queue, exc) from exc
-        raise
-    return [_usage(queue, t, r) for t, r in zip(tids, replies, strict=True)]
-
-
-def _usage(name: str, tenant_id: str, r: list[Any]) -> QueueUsage:
-    """One queue's usage from ``tn_usage.lua``'s reply (damaged keys logged)."""
-    if len(r) > 12:
-        log.warning(
-            "queue %s: tenant %s's usage reads %s as empty: another Redis type is stored "
-            "there (damaged or written by hand); delete it and run TenantRegistry.sync()",
-            name,
-            tenant_id,
-            ", ".join(printable(_text(k))[:300] for k in r[12:]),
-        )
-    return QueueUsage.from_reply(name, r)
-
-
 async def _next_version(client: Any, prefix: str) -> tuple[int, int]:
     """The next version of the registry: the Redis clock in ms, or the last + 1
     (``tn_version.lua``: above every version handed out, even after Redis lost its
@@ -584,16 +570,3 @@ def _now_ms() -> int:
 
 def _json(cfg: TenantConfig, version: int) -> bytes:
     return orjson.dumps({**cfg.to_dict(), "version": version, "updated_at": _now_ms()})
-
-
-def _queue_names(queues: Iterable[str] | None) -> list[str] | None:
-    """``queues`` checked (a name that is no str refused, not compared), sorted; None:
-    every registered queue (read by the caller); a single str is refused, not split."""
-    if queues is None:
-        return None
-    if isinstance(queues, (str, bytes)):
-        raise ConfigurationError(
-            f"queues must be a list of queue names, got the single "
-            f"{type(queues).__name__} {shown(queues)}: pass [{shown(queues)}]"
-        )
-    return sorted(check_key_part(name, "queue name") for name in queues)

@@ -7,22 +7,25 @@ and ``sync``: ``install.propagate``) take out the queues that are gone, none of 
 keys is left (``keys.presence``), so that nothing is read from, or written back into,
 a queue that was deleted. A queue with jobs, or one only cleared (which keeps its mark,
 its tenants' quotas and its counters), stays. A queue registering while a reader takes
-it out is put back (``prune``). See docs/tenancy.md.
+it out is put back (``prune``). A queue registered by hand (``TenantRegistry.sync``'s
+``queues``) must be there (``check_queues``): a name that is no queue is refused, never
+registered. See docs/tenancy.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis.exceptions import NoPermissionError, ResponseError
 
 from ...connerrors import NOPERM
 from ...errors import ConfigurationError, PermissionDeniedError
-from ...keys import QueueKeys
+from ...keys import QueueKeys, check_key_part
 from ...limits import get_logger, printable
+from ...options import shown
 from ..audit.conn import DEPLOYMENT_TAG, LuaScript
 from . import keys as tk
 from .lua import run_script, run_scripts
@@ -30,10 +33,13 @@ from .lua import run_script, run_scripts
 __all__ = [
     "TN_PRESENT",
     "QueueRefused",
+    "check_queues",
+    "declared",
     "is_refusal",
     "live_queues",
     "members",
     "prune",
+    "queue_names",
     "refusal",
     "register",
 ]
@@ -146,9 +152,19 @@ async def prune(client: Any, prefix: str, names: Iterable[str]) -> list[str]:
     return out
 
 
-async def register(client: Any, prefix: str, name: str) -> None:
+def declared(quantum: int, fair_dispatch: bool, enforce_quotas: bool) -> dict[str, int]:
+    """The fields of a queue's declarations hash (``tk.declarations``) for the way a
+    process enables tenancy on it: ``tn_put.lua`` refills a tenant's lane by them when a
+    copy leaves it more room (none written: no refill until the workers' heal)."""
+    return {"quantum": quantum, "fair": int(fair_dispatch), "quotas": int(enforce_quotas)}
+
+
+async def register(
+    client: Any, prefix: str, name: str, declarations: Mapping[str, int] | None = None
+) -> None:
     """Register queue ``name`` with the registry, as a process using tenancy on it does
-    (``install._attach``): its ``tk.registered`` mark first, then the registry's set
+    (``install._attach``): its ``tk.registered`` mark first, then its declarations when
+    given (``declared``: this process enables tenancy on it), then the registry's set
     (``prune``'s order). The mark refused for lack of permission: ``QueueRefused`` (the
     queue's keys were refused, not the registry's)."""
     qk = QueueKeys(name, prefix)
@@ -158,7 +174,53 @@ async def register(client: Any, prefix: str, name: str) -> None:
         if is_refusal(exc):
             raise QueueRefused(name, exc) from exc
         raise
+    if declarations is not None:
+        with contextlib.suppress(ResponseError):  # damaged: no refill at copy time
+            await client.hset(tk.declarations(qk), mapping=dict(declarations))
     await client.sadd(tk.registry_queues(prefix), name)
+
+
+async def check_queues(client: Any, prefix: str, names: Iterable[str]) -> None:
+    """Refuse (``ConfigurationError``, naming them) the queues of ``names`` that are not
+    there: none of their keys exists (``tk.presence``) and no worker of theirs announced
+    itself (``QueueKeys.workers``), as a name mistyped. Registered, such a name would stay
+    in the registry's set for good (its registration mark keeps it there) and receive a
+    copy of every tenant change. Read from the primary (``tn_present.lua``, one call per
+    queue under its own hash tag); a refusal for lack of permission: ``QueueRefused``."""
+    missing: list[str] = []
+    for name in names:
+        qk = QueueKeys(name, prefix)
+        try:
+            found = await run_script(client, TN_PRESENT, [*tk.presence(qk), qk.workers], [])
+        except ResponseError as exc:
+            if is_refusal(exc):
+                raise QueueRefused(name, exc) from exc
+            raise
+        if int(found) == 0:
+            missing.append(name)
+    if missing:
+        listed = ", ".join(repr(printable(n)[:200]) for n in missing)
+        one = len(missing) == 1
+        raise ConfigurationError(
+            f"{'queue' if one else 'queues'} {listed} not found under key prefix {prefix!r}: "
+            f"none of {'its' if one else 'their'} keys exists and no worker of "
+            f"{'it' if one else 'theirs'} announced itself (a mistyped name?); nothing was "
+            "registered. Check the name (a queue registers itself once a process that "
+            "enables tenancy on it adds a job with a tenant or starts a worker)"
+        )
+
+
+def queue_names(queues: Iterable[str] | None) -> list[str] | None:
+    """``queues`` checked (a name that is no str refused, not compared), sorted; None:
+    every registered queue (read by the caller); a single str is refused, not split."""
+    if queues is None:
+        return None
+    if isinstance(queues, (str, bytes)):
+        raise ConfigurationError(
+            f"queues must be a list of queue names, got the single "
+            f"{type(queues).__name__} {shown(queues)}: pass [{shown(queues)}]"
+        )
+    return sorted(check_key_part(name, "queue name") for name in queues)
 
 
 class QueueRefused(NoPermissionError):
