@@ -24,7 +24,10 @@ its own), it claims nothing until the last of them comes due (``AWAY_S_MAX`` aft
 hold: ``down_left``), passing its wake-ups on, so the capable worker takes them: without
 that, a job that holds a turn (a FIFO group's head) went round and round while the
 deferring worker, the first to see it due, took it back (a group of six such jobs took up
-to 30 s). A job may still go round a few times before the capable worker takes it.
+to 30 s). Once per job: a job back here after a stand-down for it (its capable worker is
+busy) is held without another, or this worker, taking that job again each time it comes
+due, would run none of its own until that worker is free. A job may still go round a few
+times before the capable worker takes it.
 
 The same goes for a job that needs a feature this process has not enabled (``gap``): a
 job whose options name FIFO groups, a tenant, encryption, a breaker, ... (a feature option
@@ -172,6 +175,11 @@ class Handoff:
         self._running = running
         #: Jobs being held by ``hold`` right now.
         self.holding = 0
+        self._held: set[str] = set()
+        #: Jobs a stand-down was for (``hold``): one back here after it is held without
+        #: another (its capable worker is busy), else this worker would run none of its
+        #: own jobs until that worker is free.
+        self._stood_for: set[str] = set()
         self._workers: tuple[WorkerPresence, ...] = ()
         self._read_at: float | None = None
         self._lock = asyncio.Lock()
@@ -336,13 +344,19 @@ class Handoff:
                     NOTE_EVERY_S,
                 )
         self.holding += 1
+        self._held.add(job_id)
         try:
-            if self._running is not None and self.holding >= self._running():
+            running = self._running
+            if running is not None and self.holding >= running() and job_id not in self._stood_for:
                 # Every job this worker holds is handed on: let them come due elsewhere.
+                if len(self._stood_for) >= _MAX_NOTED:
+                    self._stood_for.clear()
+                self._stood_for.update(self._held)
                 self.stand_down(HOLD_S + AWAY_S_MAX)
             await asyncio.sleep(HOLD_S)
         finally:
             self.holding -= 1
+            self._held.discard(job_id)
         what = f"{name} is not enabled" if how else f"no processor for {name!r}"
         return RetryLater(
             AWAY_MS * random.uniform(0.5, 1.5),

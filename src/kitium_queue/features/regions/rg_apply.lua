@@ -32,8 +32,9 @@
                (through add_job, so the features' enqueue fragments run), ended here if
                it is finished there
        'req'   the same, and a copy finished here goes back to wait (retry, replay);
-               a copy removed here (its tombstone) is added again: the job came back at
-               the source after it was removed (a workflow's step revived by a replay)
+               a copy removed here (its tombstone) is added again when the 'req' was
+               written after the removal by the same source: the job came back there
+               (a workflow's step revived by a replay); one written before stays gone
        'end'   the job ended at the source (state: completed | failed | removed,
                payload: its result or reason): this copy ends the same way (the
                `release` slot runs with that outcome), or, when there is no copy, one is
@@ -45,7 +46,8 @@
   Returns one status per entry: 'added' | 'ended' | 'requeued' | 'exists' | 'gone' |
   'refused' (a feature's accept slot refused the copy here; nothing of it written).
   Keys: <prefix>rg:idx (ZSET copy id -> created at the source, for peers catching up),
-  <prefix>rg:gone:<id> (tombstone, a day), the record <prefix>rg (pos, src).
+  <prefix>rg:gone:<id> (tombstone, a day: the removal's place in its source's outbox,
+  "<ms>-<seq>|<source>", or 1), the record <prefix>rg (pos, src).
 ]]
 --@include lib_base
 --@include lib_events
@@ -84,8 +86,14 @@ local GONE_TTL = 86400000
 local TERMINAL = { completed = K_COMPLETED, failed = K_FAILED, dlq = K_DLQ }
 local PLACE = { waiting = K_WAIT, delayed = K_DELAYED, active = K_ACTIVE }
 
-local function tombstone(id)
-  redis.call('SET', PREFIX .. 'rg:gone:' .. id, '1', 'PX', GONE_TTL)
+-- The tombstone of a copy removed here. In a replication call it holds the place of
+-- the removal in its source's outbox ("<ms>-<seq>|<source>", as the requeue mark rq),
+-- so that a 'req' written after it brings the job back and one written before it,
+-- applied late, does not (gone_before).
+local function tombstone(id, at, seq)
+  local mark = '1'
+  if src ~= '' then mark = int(at) .. '-' .. int(seq) .. '|' .. src end
+  redis.call('SET', PREFIX .. 'rg:gone:' .. id, mark, 'PX', GONE_TTL)
 end
 
 local function keep_key(id, ik, ttl)
@@ -96,7 +104,7 @@ local function keep_key(id, ik, ttl)
 end
 
 -- End this copy as the source did. `st`: its state here (not terminal).
-local function end_job(id, jk, st, outcome, payload, finished, keep_count, keep_age)
+local function end_job(id, jk, st, outcome, payload, finished, keep_count, keep_age, at, seq)
 --@if release
   release_slot(id, jk, outcome, payload)
 --@end
@@ -107,7 +115,7 @@ local function end_job(id, jk, st, outcome, payload, finished, keep_count, keep_
   end
   if outcome == 'removed' then
     delete_job(id)
-    tombstone(id)
+    tombstone(id, at, seq)
     return
   end
   redis.call('HDEL', jk, 'lt', 'due', 'pk', 'cx')
@@ -155,6 +163,18 @@ local function after_requeue(jk, at, seq)
   return at > ms or (at == ms and seq > sq)
 end
 
+-- Whether job `id`'s tombstone was written by this call's source before the place
+-- at, seq: a 'req' written after the removal (the job came back at the source). A
+-- tombstone of another source, without a place or damaged says no: the copy stays gone.
+local function gone_before(id, at, seq)
+  if src == '' then return false end
+  local mark = redis.call('GET', PREFIX .. 'rg:gone:' .. id)
+  local ms, sq, from = string.match(mark or '', '^(%d+)%-(%d+)|(.*)$')
+  if not ms or from ~= src or #ms > 16 or #sq > 16 then return false end
+  local n, q = tonumber(ms), tonumber(sq)
+  return at > n or (at == n and seq > q)
+end
+
 local out = {}
 local woke = false
 for b = 9, #ARGV, N do
@@ -183,14 +203,15 @@ for b = 9, #ARGV, N do
     if not st then status = 'gone' end
   elseif not st then
     local gone = redis.call('EXISTS', PREFIX .. 'rg:gone:' .. id) == 1
-    if gone and op == 'req' and state ~= 'removed' then
+    if gone and op == 'req' and state ~= 'removed' and gone_before(id, at, seq) then
       -- Removed here, and put back in wait at the source since (a workflow's step
-      -- revived by a replay): the copy comes back as the source has it now.
+      -- revived by a replay): the copy comes back as the source has it now. A 'req'
+      -- written before the removal, applied late, leaves it gone.
       redis.call('DEL', PREFIX .. 'rg:gone:' .. id)
       gone = false
     end
     if gone or state == 'removed' then
-      if op == 'end' then tombstone(id) end
+      if op == 'end' then tombstone(id, at, seq) end
       status = 'gone'
     else
       local delay = 0
@@ -213,7 +234,7 @@ for b = 9, #ARGV, N do
         if op == 'end' or TERMINAL[state] then
           local outcome = state
           if state == 'dlq' then outcome = 'failed' end
-          end_job(id, jk, now_st, outcome, payload, finished, keep_count, keep_age)
+          end_job(id, jk, now_st, outcome, payload, finished, keep_count, keep_age, at, seq)
         end
       end
     end
@@ -225,7 +246,7 @@ for b = 9, #ARGV, N do
     if ends and not TERMINAL[st] then
       local outcome = state
       if state == 'dlq' then outcome = 'failed' end
-      end_job(id, jk, st, outcome, payload, finished, keep_count, keep_age)
+      end_job(id, jk, st, outcome, payload, finished, keep_count, keep_age, at, seq)
       status = 'ended'
     elseif op == 'req' and TERMINAL[st] and not TERMINAL[state] and state ~= 'removed' then
       requeue(id, TERMINAL[st])
