@@ -280,24 +280,35 @@
 
   -- How many of its jobs may sit in wait or run beyond those running now: its ticket
   -- quota (fair dispatch), within its free concurrency slots and what is left of its
-  -- rate window (each ticket may start). s.stuck (admission.lua, set in claim): its
-  -- holders that another feature's check left in wait in this call (their rate-limit
-  -- key's window full, a RateLimited hold): they may not start, so they count against
-  -- the ticket quota only, and the free slots and rate go to the next jobs of the lane.
+  -- rate window (each ticket may start); and that room without s.stuck. s.stuck
+  -- (admission.lua, set in claim): its holders that another feature's check left in
+  -- wait in this call (their rate-limit key's window full, a RateLimited hold): they
+  -- may not start, so the free slots and rate go to the next jobs of the lane, which
+  -- may be held back in turn. So that such holders, sitting in wait, stay in proportion
+  -- to the tenant's room (claim examines 1000 candidates at least: a quota above that,
+  -- all held back, hid the other tenants' jobs from it), they add no more than that
+  -- room again, or REFILL_MIN when it is less (max_concurrency 1: up to REFILL_MIN held
+  -- back before the lane waits for their window), within the quota.
   local function room_limit(s)
     local r = MAX_TICKETS
     if FAIR then r = s.quota end
-    local stuck = s.stuck or 0
-    if s.mc > 0 and s.mc - running(s) + stuck < r then r = s.mc - running(s) + stuck end
-    if s.rlm > 0 and s.rlm - window(s) + stuck < r then r = s.rlm - window(s) + stuck end
-    return r
+    if s.mc > 0 and s.mc - running(s) < r then r = s.mc - running(s) end
+    if s.rlm > 0 and s.rlm - window(s) < r then r = s.rlm - window(s) end
+    local free = r
+    if s.stuck then
+      local extra = math.min(s.stuck, math.max(free, REFILL_MIN))
+      r = free + extra
+      if FAIR and r > s.quota then r = s.quota end
+    end
+    return r, free
   end
 
   -- How many more of its jobs may go to wait now: its limit less the tickets out (those
-  -- held by jobs no longer in wait given back first, when they fill it); and the limit.
+  -- held by jobs no longer in wait given back first, when they fill it); the limit; and
+  -- the limit without the holders held back (room_limit).
   local function room(s)
-    local r = room_limit(s)
-    return r - tickets_within(s, r), r
+    local r, free = room_limit(s)
+    return r - tickets_within(s, r), r, free
   end
 
   -- A job's place in its lane: its wait score from priority and enqueue order.
@@ -312,7 +323,7 @@
   -- refills the rest).
   local function top_up(s)
     if s.lane == false then return end
-    local r, lim = room(s)
+    local r, _, free = room(s)
     if r <= 0 then
       if s.rlm > 0 and s.reset and window(s) >= s.rlm and lane(s) then
         park_timer('t:' .. s.t, s.reset, 1, s.rld)
@@ -324,8 +335,11 @@
     -- job), unless the tenant has no ticket out at all; or half its limit, when that is
     -- less (a max_concurrency or a rate below 2 x REFILL_MIN: REFILL_MIN free at once
     -- would come only with every ticket back, one holder that cannot start yet holding
-    -- up the rest of its free room).
-    if FAIR and out > 0 and r < math.min(REFILL_MIN, math.ceil(lim / 2)) then return end
+    -- up the rest of its free room). The limit without the holders held back in wait
+    -- (room_limit): counted in, they would raise the bar above the free slots they
+    -- leave (max_concurrency 1, two held back: 1 free, 2 asked for), and the lane would
+    -- wait for their window.
+    if FAIR and out > 0 and r < math.min(REFILL_MIN, math.ceil(free / 2)) then return end
     local ids = {}
     local moved = unpark('t:' .. s.t, r, FAIR, ids)
     if moved < r then s.lane = false end
