@@ -15,19 +15,10 @@ from kitium_queue import JobQueue
 from kitium_queue.errors import ConfigurationError
 from kitium_queue.features.tenancy import TenantRegistry
 from kitium_queue.features.tenancy import keys as tk
+from test_tenancy_tickets import _status, _tickets
 
 # A rate-limit key's window far longer than any wait below.
 WINDOW_MS = 60_000
-
-
-async def _status(q: JobQueue, job_id: str) -> str:
-    info = await q.get_job_status(job_id)
-    return "missing" if info is None else info.status.value
-
-
-async def _tickets(q: JobQueue, tenant: str) -> set[str]:
-    client = await q.client()
-    return {m.decode() for m in await client.smembers(tk.tickets(q.keys, tenant))}
 
 
 @pytest.mark.parametrize("flow_first", [False, True])
