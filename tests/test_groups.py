@@ -286,8 +286,11 @@ async def test_group_rate_limit_spaces_starts(make_queue: QueueFactory) -> None:
     ids = await q.add_jobs([("n", i, {"message_group_id": "g"}) for i in range(6)])
     await q.start()
     await wait_for_status(q, ids[-1], JobStatus.COMPLETED, timeout=5)
-    # 2 per 300 ms window: the 6 starts span at least two full windows.
-    assert starts[-1] - starts[0] >= 0.55
+    # 2 per fixed 300 ms window: the 5th and 6th starts are two windows after the 1st's
+    # at least, so more than one whole window after it (the first start may come late
+    # in its window on a loaded machine: 0.33 s was seen, so no more is asked).
+    assert starts[-1] - starts[0] >= 0.29
+    assert starts[4] - starts[0] >= 0.29
 
 
 # ---------------------------------------------------------------- max_group_size
