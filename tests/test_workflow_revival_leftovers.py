@@ -187,14 +187,8 @@ async def test_a_revived_step_takes_its_until_finished_key_again(
     # Cancelled with its workflow: the key was freed with it.
     assert await client.get(ikey) is None
     root.fixed = True
-    assert await q.replay_dlq() == 1
     # The root completes, the step comes back and runs: unfinished, it holds its key.
-    try:
-        await asyncio.wait_for(step.started.wait(), 10)
-        assert await client.get(ikey) == b.encode()
-        assert await q.add_job("slow", {"dup": 1}, **UNTIL_FINISHED) == b
-    finally:
-        step.gate.set()
+    await _replayed_runs_holding_its_key(q, step, ikey, b)
 
     async def completed() -> bool:
         st = await chains.get_workflow_status("wf")
@@ -204,6 +198,19 @@ async def test_a_revived_step_takes_its_until_finished_key_again(
     # The duplicates never ran; the finished step freed its key again.
     assert step.runs == [{"n": 2}]
     await wait_until(lambda: _gone(q, ikey), 10)
+
+
+async def _replayed_runs_holding_its_key(q: JobQueue, gated: Gated, ikey: str, holder: str) -> None:
+    """Replay the DLQ; once ``gated``'s job (``holder``) runs again, its until_finished
+    key ``ikey`` is its own and a duplicate add returns it. Then the job may end."""
+    client = await q.client()
+    assert await q.replay_dlq() == 1
+    try:
+        await asyncio.wait_for(gated.started.wait(), 10)
+        assert await client.get(ikey) == holder.encode()
+        assert await q.add_job("slow", {"dup": 1}, **UNTIL_FINISHED) == holder
+    finally:
+        gated.gate.set()
 
 
 async def _gone(q: JobQueue, key: str) -> bool:
@@ -225,14 +232,8 @@ async def test_a_replayed_job_takes_its_until_finished_key_again(
     client = await q.client()
     assert await client.get(ikey) is None
     job.fixed = True
-    assert await q.replay_dlq() == 1
     # Back in wait, then running again: the key is its own and suppresses a duplicate.
-    try:
-        await asyncio.wait_for(job.started.wait(), 10)
-        assert await client.get(ikey) == jid.encode()
-        assert await q.add_job("slow", {"dup": 1}, **UNTIL_FINISHED) == jid
-    finally:
-        job.gate.set()
+    await _replayed_runs_holding_its_key(q, job, ikey, jid)
     await wait_until(lambda: _gone(q, ikey), 10)
     assert job.runs == [{"n": 1}]
 

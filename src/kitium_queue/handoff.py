@@ -174,7 +174,6 @@ class Handoff:
         self._clock = clock
         self._running = running
         #: Jobs being held by ``hold`` right now.
-        self.holding = 0
         self._held: set[str] = set()
         #: Jobs a stand-down was for (``hold``): one back here after it is held without
         #: another (its capable worker is busy), else this worker would run none of its
@@ -197,6 +196,11 @@ class Handoff:
         #: Until when (``clock``) this worker claims nothing: ``down_left`` (also set
         #: while the Redis user may not run a command of the queue's scripts: rounds.py).
         self.down_until = 0.0
+
+    @property
+    def holding(self) -> int:
+        """How many jobs ``hold`` is holding right now."""
+        return len(self._held)
 
     def stand_down(self, seconds: float) -> None:
         """Claim nothing for ``seconds`` from now (``down_left``; a longer stand-down
@@ -343,7 +347,6 @@ class Handoff:
                     printable(job_id),
                     NOTE_EVERY_S,
                 )
-        self.holding += 1
         self._held.add(job_id)
         try:
             running = self._running
@@ -355,7 +358,6 @@ class Handoff:
                 self.stand_down(HOLD_S + AWAY_S_MAX)
             await asyncio.sleep(HOLD_S)
         finally:
-            self.holding -= 1
             self._held.discard(job_id)
         what = f"{name} is not enabled" if how else f"no processor for {name!r}"
         return RetryLater(
