@@ -36,6 +36,7 @@ __all__ = [
     "ADMISSION_FIELDS",
     "DUPLICATE_ORDER",
     "FEATURE",
+    "MAX_PLACES",
     "MAX_TENANT_ID",
     "MAX_TICKETS",
     "WATCH",
@@ -54,8 +55,16 @@ __all__ = [
 FEATURE = "multi-tenancy"
 #: Longest tenant id, in characters (ids end up in key names and messages).
 MAX_TENANT_ID = 128
-#: Most dispatch tickets one tenant holds in a queue (weight x quantum is clamped to it).
+#: A tenant's room without fair dispatch when no cap or rate bounds it (a refill then
+#: moves what the parking library lets one call move).
 MAX_TICKETS = 10_000
+#: Most dispatch tickets one tenant holds in a queue (fair dispatch: weight x quantum is
+#: clamped to it), so most of its jobs in ``wait`` at once: half of what a worker's claim
+#: examines at least (1,000 candidates, ``worker.py``), so that no tenant's holders fill
+#: the claim's scan, not even ones another feature holds back in ``wait``, and every
+#: other tenant with work keeps a job inside it. Shares go by weight while
+#: ``weight x quantum`` is at most this; see ``docs/tenancy.md``.
+MAX_PLACES = 500
 #: Job-hash fields claim reads for the admission check: the job's tenant, whether it is
 #: counted in the tenant's unfinished jobs.
 ADMISSION_FIELDS = ("tn", "tq")
@@ -97,6 +106,7 @@ def _prelude(quantum: int | str, fair: str, quotas: str, refill: str, states: st
         # Lua's # counts bytes: up to 4 per character.
         .replace("@MAX_TENANT_ID@", str(MAX_TENANT_ID * 4))
         .replace("@MAX_TICKETS@", str(MAX_TICKETS))
+        .replace("@MAX_PLACES@", str(MAX_PLACES))
         .replace("@REFILL_MIN@", refill)
     )
 

@@ -5,6 +5,7 @@
   local QUANTUM, FAIR, QUOTAS = @QUANTUM@, @FAIR@, @QUOTAS@
   local MAX_TENANT_ID = @MAX_TENANT_ID@
   local MAX_TICKETS = @MAX_TICKETS@
+  local MAX_PLACES = @MAX_PLACES@
   local REFILL_MIN = @REFILL_MIN@
   -- Keys (under the queue's hash tag; tenancy/keys.py builds the same names):
   --   tn:<t>      HASH  the tenant's quota in this queue, copied by TenantRegistry (v
@@ -20,7 +21,9 @@
   -- job is counted in n, tr = the recount pass that counted it (tn_recount.lua; tn:<t>
   -- then holds rc the pass's id, rcn its count so far, rcc its cursor, rcs its server).
   --
-  -- Fair dispatch: a tenant holds at most weight x QUANTUM tickets, and only its ticket
+  -- Fair dispatch: a tenant holds at most weight x QUANTUM tickets, MAX_PLACES at most
+  -- (lua.py: half of claim's scan of wait, so that no tenant's holders, even all held
+  -- back by another feature, hide the other tenants' jobs from it), and only its ticket
   -- holders sit in wait; the rest of its jobs wait in its lane. The holders that start
   -- are replaced from the lane at the back of wait (fresh places, REFILL_MIN at a time
   -- at least), so wait cycles through the tenants' tickets and each gets starts in
@@ -60,7 +63,7 @@
       if w == nil or w ~= w or w <= 0 then w = 1 end
       s = { t = t, mc = arg_int(f[1], 0, 0, 1000000000), rlm = arg_int(f[2], 0, 0, 1000000000),
             rld = arg_int(f[3], 0, 0, MAX_MS), rw = tonumber(f[5]), rn = num(f[6]) }
-      s.quota = arg_int(w * QUANTUM + 0.5, 1, 1, MAX_TICKETS)
+      s.quota = arg_int(w * QUANTUM + 0.5, 1, 1, MAX_PLACES)
       if s.rlm == 0 or s.rld == 0 or not QUOTAS then s.rlm = 0 end
       if not QUOTAS then s.mc = 0 end
       tenants[t] = s
@@ -285,10 +288,11 @@
   -- wait in this call (their rate-limit key's window full, a RateLimited hold): they
   -- may not start, so the free slots and rate go to the next jobs of the lane, which
   -- may be held back in turn. So that such holders, sitting in wait, stay in proportion
-  -- to the tenant's room (claim examines 1000 candidates at least: a quota above that,
-  -- all held back, hid the other tenants' jobs from it), they add no more than that
-  -- room again, or REFILL_MIN when it is less (max_concurrency 1: up to REFILL_MIN held
-  -- back before the lane waits for their window), within the quota.
+  -- to the tenant's room, they add no more than that room again, or REFILL_MIN when it
+  -- is less (max_concurrency 1: up to REFILL_MIN held back before the lane waits for
+  -- their window), within the quota: MAX_PLACES at most, so that they fill half of
+  -- claim's scan (1000 candidates at least) at most, whatever the tenant's cap, and
+  -- another tenant's new job is never left beyond it waiting for their window.
   local function room_limit(s)
     local r = MAX_TICKETS
     if FAIR then r = s.quota end
