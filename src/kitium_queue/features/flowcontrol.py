@@ -20,7 +20,8 @@ claimed and takes no worker slot; the jobs behind it still run:
   at its cap is *parked* behind the key (status ``pending``, out of wait, keeping its
   place: ``kitium_queue.parking``), so any number of them delays no other job; a job
   over its rate limit, or held by ``RateLimited``, stays in wait and the worker sleeps
-  until the window ends (or is parked until then: ``park_rate_limited_jobs``);
+  until the window ends, or is parked until then: all of them with
+  ``park_rate_limited_jobs``, else a key's backlog past a bound (``flowpark.py``);
 * on release (every way a job leaves active: completed, retried, failed, deferred,
   handed back, stalled, dead-lettered, cleared), a fragment takes the job out of its
   key's running set and brings the next parked job of the key back to wait.
@@ -55,7 +56,7 @@ from ..jobspec import Normalizer
 from ..keys import QueueKeys
 from ..options import MAX_COUNT, check_text, shown, to_int, to_ms
 from ..slots import ORDER_HOLD, lua_string
-from . import flowheal
+from . import flowheal, flowpark
 from .flowheal import ConcurrencyHealReport
 
 if TYPE_CHECKING:
@@ -243,12 +244,12 @@ class FlowControl:
 
     # ------------------------------------------------------------------ the Lua slots
     def park_rate_limited_jobs(self, enabled: bool = True) -> None:
-        """Park jobs held back by a rate limit or a ``RateLimited`` hold (status
-        ``pending``, out of wait) instead of leaving them in wait, where more of them
-        than claim's scan window would hide eligible jobs behind them.
+        """Park every job held back by a rate limit or a ``RateLimited`` hold (status
+        ``pending``, out of wait), at enqueue too, instead of leaving up to 500 of them
+        in wait per claim (``flowpark.py``: claim parks those past that in any case).
 
-        Off by default: such jobs show as ``waiting`` (as they always have). Parked,
-        they come back to wait when their window ends, ``max`` at a time.
+        Off by default: such jobs show as ``waiting`` (past 500 of them, ``pending``).
+        Parked, they come back to wait when their window ends, ``max`` at a time.
         """
         self._apply(park_rate_limited=bool(enabled))
 
@@ -295,7 +296,11 @@ class FlowControl:
 
     def lua(self) -> str:
         """The admission check (a Lua expression) for the current declarations."""
-        return _CHECK.format(prelude=self._prelude(), global_cap=self.global_concurrency or 0)
+        return _CHECK.format(
+            prelude=self._prelude(),
+            hold_back=flowpark.hold_back_lua(),
+            global_cap=self.global_concurrency or 0,
+        )
 
     def enqueue_lua(self) -> str:
         """The enqueue fragment: marks the job's keys on its hash, parks it at a full cap."""
@@ -501,6 +506,7 @@ end)()"""
 
 _CHECK = """(function()
   {prelude}
+  {hold_back}
   local GLOBAL_CAP = {global_cap}
   local caps = {{}}
   local active = nil
@@ -540,18 +546,12 @@ _CHECK = """(function()
     if rk then
       local lim = ANY_RATE and lookup('r', RATE_EXACT, RATE_PREFIX, rk)
       local h = held_until(rk)
-      if h > 0 then
-        if PARK_RATE then admit_park(rate_blocker(rk, h, lim)) else admit_retry(h) end
-        return false
-      end
+      -- Held back: left in wait, or parked until then (hold_back: flowpark.py).
+      if h > 0 then hold_back(id, rk, h, lim); return false end
       if lim then
         local st = window(rk, lim)
         if st.used >= st.max then
-          if PARK_RATE and st.reset then
-            admit_park(rate_blocker(rk, st.reset, lim))
-          elseif st.reset then
-            admit_retry(st.reset)
-          end
+          if st.reset then hold_back(id, rk, st.reset, lim) end
           return false
         end
         cur_rk, cur_rs = rk, st
