@@ -115,7 +115,7 @@ class Confirmer:
         floor = now_ms()
 
         async def one(sec: RegionCopy) -> str:
-            statuses = await apply(sec.lane, entries, floor=floor)
+            statuses = await apply(sec.lane, entries, floor=floor, region=sec.name)
             if all(s in APPLIED for s in statuses):
                 return sec.name
             raise RuntimeError(f"region {sec.name} refused: {sorted(set(statuses) - APPLIED)}")

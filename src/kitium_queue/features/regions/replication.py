@@ -262,6 +262,7 @@ class Replicator:
             pos=batch[-1].id,
             src=source,
             cutoff=max(0, last_ms - self.cfg.index_retention_ms),
+            region=sec.name,
         )
         self.applied += len(statuses)
         refused = statuses.count("refused")
@@ -298,14 +299,16 @@ class Replicator:
             await sec.lane.clear(force=True)
             await self._destroy_groups(sec.lane)
             await sec.op("rejoin")
-            counts = await snapshot(primary.lane, sec.lane)
+            counts = await snapshot(primary.lane, sec.lane, sec.name)
             how = "former primary: stranded work recorded, copied afresh"
         elif not rec.pos:
-            counts = await snapshot(primary.lane, sec.lane)
+            counts = await snapshot(primary.lane, sec.lane, sec.name)
             how = "no position: copied afresh"
         else:
-            up = await merge_since(sec.lane, primary.lane, (primary.record or rec).position_ms)
-            counts = await merge_since(primary.lane, sec.lane, rec.position_ms)
+            up = await merge_since(
+                sec.lane, primary.lane, (primary.record or rec).position_ms, primary.name
+            )
+            counts = await merge_since(primary.lane, sec.lane, rec.position_ms, sec.name)
             counts = {k: counts.get(k, 0) + up.get(k, 0) for k in {*counts, *up}}
             how = f"followed {rec.src}: exchanged the copies received since"
         await apply(sec.lane, [], pos=mark, src=source)
@@ -347,7 +350,7 @@ class Replicator:
             if peer is target:
                 continue
             try:
-                got = await merge_since(peer.lane, target.lane, since)
+                got = await merge_since(peer.lane, target.lane, since, target.name)
             except Exception as exc:
                 log.warning(
                     "queue %s: catching up from region %s failed (%s); its copies newer "

@@ -42,6 +42,11 @@
        'att'   a retry at the source spent attempts: the copy counts them
        'gone'  the source has no such job any more: nothing to do
   Malformed arguments are refused before the first write (KQ_BAD_ARGUMENT).
+  Copies pass the features' slots (add_job's accept and enqueue, the release of an
+  outcome) with SLOT_SCRATCH.regions = { id = <the entry's job id>, state = <its state
+  at the source, or the outcome of an 'end'> } (lib_slots.lua): a feature that keeps
+  state beside its jobs records a copy as the source has it (the workflows feature: a
+  step of a workflow this copy does not know yet joins it).
 
   Returns one status per entry: 'added' | 'ended' | 'requeued' | 'exists' | 'gone' |
   'refused' (a feature's accept slot refused the copy here; nothing of it written).
@@ -188,6 +193,13 @@ for b = 9, #ARGV, N do
   local at = arg_int(ARGV[b + 18], floor, 0, MAX_MS)
   local seq = arg_int(ARGV[b + 19], 0, 0, MAX_MS)
   local jk = job_key(id)
+--@if enqueue
+  -- For the features' fragments (SLOT_SCRATCH, lib_slots.lua): this call applies copies,
+  -- and the job of this entry is in `state` at its source (its outcome for an 'end').
+  -- A feature that keeps state beside its jobs records a copy as it is there, whatever
+  -- this copy knows yet (the workflows feature: a step of a workflow not here yet).
+  SLOT_SCRATCH.regions = { id = id, state = state }
+--@end
   local kind = redis.call('TYPE', jk)['ok']
   local st = nil
   if kind == 'hash' then st = redis.call('HGET', jk, 'st') or 'waiting' end

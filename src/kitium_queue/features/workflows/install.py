@@ -206,7 +206,11 @@ def install(q: JobQueue, retain_ms: int) -> None:
     scripts.add_slot(
         "admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS, order=ORDER_READY
     )
-    scripts.add_slot("release", FEATURE, frags["release"])
+    # After the other features' fragments: every feature records the job's own end (the
+    # regions feature's outbox entry among them) before this one draws its consequences
+    # (dependents released, steps cancelled or revived, each with entries of its own),
+    # so that a copy of the queue elsewhere, applying them in that order, draws the same.
+    scripts.add_slot("release", FEATURE, frags["release"], order=lua.RELEASE_ORDER)
     erase = resources.files(__package__).joinpath("erase.lua").read_text("utf-8")
     scripts.add_slot("erase", FEATURE, erase)
     # Copies of job values in dep:<id> (prelude.lua): a cancelled step's data, kept for

@@ -18,6 +18,7 @@ __all__ = [
     "FEATURE",
     "MAX_KIDS",
     "MAX_PARENTS",
+    "RELEASE_ORDER",
     "SCRIPTS",
     "SLOTS",
     "fragments",
@@ -32,6 +33,8 @@ ADMISSION_FIELDS = ("wd",)
 SCRIPTS = ("wf_create", "wf_cancel", "wf_depend", "wf_heal")
 #: The slots the feature fills.
 SLOTS = ("accept", "enqueue", "admission", "release")
+#: ``order`` of the release fragment: after every other feature's (install.py).
+RELEASE_ORDER = 20
 #: Most parents one job may have, and most dependents of one job.
 MAX_PARENTS = 10_000
 MAX_KIDS = 10_000

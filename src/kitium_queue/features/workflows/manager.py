@@ -200,6 +200,9 @@ class JobChainManager:
                 step name, a cycle, an option a step may not set; nothing was written.
             JobStateError: a workflow with this id exists (or existed within its
                 retention), or a job id it needs is taken; nothing was written.
+            FencedError: the queue is a region's copy of a multi-region queue that is
+                not the primary (or whose lease ran out); nothing was written: write
+                the workflow on the primary's copy.
         """
         wid = check_text(workflow_id, "workflow_id", max_len=MAX_NAME)
         part = self._index(wid)

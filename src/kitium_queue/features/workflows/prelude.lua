@@ -31,6 +31,26 @@
   local ERR_MAX = 2000
   local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }
   local POLICIES = { fail_workflow = true, continue = true, skip = true }
+  -- Whether this call applies copies of jobs another copy of the queue accepted (the
+  -- regions feature's rg_apply.lua: a secondary region following the primary, a new
+  -- primary catching up from its peers, stranded work re-submitted); the fragments set
+  -- it (copy_of). A copy's workflow is rebuilt here from the copies of its steps, in
+  -- whatever order they come (copy_step, enqueue.lua), and reports nothing: the copy
+  -- that ran it reported its end.
+  local COPYING = false
+
+  -- Whether job `id` is a copy (SLOT_SCRATCH.regions, which rg_apply.lua sets for each
+  -- job it applies): nil when this call applies no copies; else the job's state where
+  -- it was accepted ('waiting', 'pending', 'active', 'completed', 'failed', 'dlq'...), or
+  -- '' when that is not said. Sets COPYING. Only fragments call it (the scripts that run
+  -- them hold SLOT_SCRATCH, lib_slots.lua).
+  local function copy_of(id)
+    local r = SLOT_SCRATCH.regions
+    COPYING = type(r) == 'table'
+    if not COPYING then return nil end
+    if r.id == id and type(r.state) == 'string' then return r.state end
+    return ''
+  end
 
   -- Records of other jobs and workflows are read through these: a key overwritten with
   -- another type (damaged by hand) reads as missing, so it is skipped and never fails a
@@ -150,6 +170,7 @@
   -- A workflow's end: raised as a feature event (the event stream, and the features
   -- that forward events: webhooks), and logged for the in-process report (events.py).
   local function log_event(name, wid, step)
+    if COPYING then return end
     feature_event(name, wid, 'workflow_id', wid, 'step', step or '')
     -- pcall: a log key damaged by hand loses this line, and fails nothing after writes.
     redis.pcall('XADD', WFLOG, 'MAXLEN', '~', 10000, '*', 'e', name, 'w', wid, 's', step or '')
@@ -192,7 +213,14 @@
     if not f[1] or TERMINAL[f[1]] then return false end
     redis.call('HSET', dk, 'st', state, 'f', NOW_S)
     if err then redis.call('HSET', dk, 'e', clip(err)) end
-    if f[2] then
+    if f[2] and COPYING and field(WF .. f[2], 'f') then
+      -- A copy's step that came after the copies of the rest of its workflow had all
+      -- finished here (copy_step): the workflow ended without counting it, and its
+      -- records expire as the others' do.
+      redis.call('PEXPIRE', dk, RETAIN)
+      redis.call('PEXPIRE', DEPP .. id, RETAIN)
+      redis.call('PEXPIRE', DEPC .. id, RETAIN)
+    elseif f[2] then
       wf_left(f[2], -1)
     else
       -- A plain job with dependencies or dependents: its records are kept as long as a

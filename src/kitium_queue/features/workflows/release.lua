@@ -2,9 +2,10 @@
   @PRELUDE@
   -- A tracked job that completed releases its dependents; one that failed for good (or
   -- was removed before it finished) applies its on_failure policy (step_ended, which
-  -- wf_heal.lua shares). Same atomic step.
+  -- wf_heal.lua shares). Same atomic step. A copy's outcome (copy_of) does the same here.
   -- `context`: what its run left for the jobs that follow it (run links), or nil.
   return function(id, jk, outcome, payload, context)
+    copy_of(id)
     if outcome ~= 'completed' and outcome ~= 'failed' and outcome ~= 'removed' then return end
     if redis.call('EXISTS', DEP .. id) == 0 then return end
     step_ended(id, outcome, payload, run_context(context))

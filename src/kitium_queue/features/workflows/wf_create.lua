@@ -10,10 +10,16 @@
   Checked before anything is written: the workflow id is new and no job id is taken.
   Each step's parents are recorded, then it goes through add_job (every feature's
   accept and enqueue slots): roots to wait, the others parked behind their first
-  unfinished parent. A step another
-  feature refuses is failed at once (its on_failure applies).
+  unfinished parent. On a queue with a fence (one copy among several: a multi-region
+  queue) a step's stored options also list its parents (depends_on, added here: a list
+  of up to MAX_PARENTS ids may be longer than the options a producer may send), so that
+  its copies elsewhere record them. A step another feature refuses is failed at once
+  (its on_failure applies).
   Returns { 'ok', n } | { 'exists', workflow id } | { 'taken', job id }; KQ_BAD_STATE
   (nothing written) when the index of workflows holds another type than a sorted set.
+  Fence: as enqueue.lua, when a feature filled the `fence` slot and it refuses (a region
+  of a multi-region queue that is not the primary), KQ_FENCED <reason> before anything
+  is written.
 ]]
 --@include lib_base
 --@include lib_events
@@ -21,7 +27,19 @@
 --@include lib_parking
 --@include lib_park_timers
 --@include slot_release
+--@include slot_fence
 @PRELUDE@
+
+--@if fence
+local fenced = fence_slot('enqueue')
+if fenced then return redis.error_reply('KQ_FENCED ' .. fenced) end
+--@end
+
+-- `opts` (an options JSON object, or '') with depends_on = the JSON list `listed`.
+local function with_parents(opts, listed)
+  if opts == '' or string.match(opts, '^{%s*}$') then return '{"depends_on":' .. listed .. '}' end
+  return string.sub(opts, 1, -2) .. ',"depends_on":' .. listed .. '}'
+end
 
 local wid = ARGV[4]
 local fields = #ARGV - 4
@@ -66,6 +84,11 @@ for j = 0, n - 1 do
   local ok, o = pcall(cjson.decode, opts)
   if ok and type(o) == 'table' and POLICIES[o['on_failure']] then pol = o['on_failure'] end
   add_parents(id, parents[j], wid, step, pol)
+--@if fence
+  if #parents[j] > 0 and (opts == '' or string.sub(opts, -1) == '}') then
+    opts = with_parents(opts, ARGV[b + 8])
+  end
+--@end
   local got, reason = add_job(id, name, data, opts, ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], nil)
   if not got then
     -- Refused by another feature: nothing of the job was written; the step fails.
