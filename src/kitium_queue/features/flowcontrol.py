@@ -544,8 +544,7 @@ _CHECK = """(function()
     cur_rk, cur_rs, cur_ck, cur_cs = nil, nil, nil, nil
     if not rk and not ck then return true, commit end
     if rk then
-      local lim = ANY_RATE and lookup('r', RATE_EXACT, RATE_PREFIX, rk)
-      local h = held_until(rk)
+      local lim, h = ANY_RATE and lookup('r', RATE_EXACT, RATE_PREFIX, rk), held_until(rk)
       -- Held back: left in wait, or parked until then (hold_back: flowpark.py).
       if h > 0 then hold_back(id, rk, h, lim); return false end
       if lim then
@@ -556,6 +555,7 @@ _CHECK = """(function()
         end
         cur_rk, cur_rs = rk, st
       end
+      if behind_parked(id, rk, lim) then return false end  -- its key's parked ones first
     end
     if ck then
       local cap = ANY_CAP and lookup('c', CAP_EXACT, CAP_PREFIX, ck)

@@ -18,6 +18,11 @@ judges each one again. The scan keeps ``scan - HELD_MAX`` places (500 at least) 
 other jobs. A claim that finds no more held-back jobs than that parks none: nothing
 changes for keys within their rate, or with a short backlog.
 
+Parked jobs follow the key's current declaration (``behind_parked``): a job of the key
+that may start while older ones of it are parked (the limit removed or raised since)
+waits, and their timer is due at once by the current rule; their timer is armed again
+when its rule is not the current one, or is gone.
+
 One bound for all keys: a bound per key would not keep many keys' backlogs out of the
 scan, and a tenant's holders held back by one key (up to 500 in ``wait``: tenancy's
 ``MAX_PLACES``, half the scan as well) stay where tenancy put them.
@@ -53,9 +58,45 @@ _LUA = """-- Candidate `id` held back by rate-limit key rk (its window full, or 
       parked_id = id
       admit_after('flow-control:parked', parked_woke)
     end
+  end
+  -- Candidate `id` of rate-limit key rk, which may start now (no hold, room in its
+  -- window, or no limit any more). Its key's parked jobs (blocker 'rl:<key>') wait for
+  -- a timer armed with the rule of their parking: a limit removed or changed since (or
+  -- a hold's key deleted by hand) left them parked, coming back at the old pace (one an
+  -- hour for a limit of one an hour), while later jobs of the key ran before them. So a
+  -- candidate behind the first of them is held back and their timer is due now, by the
+  -- current rule; a timer whose rule is not the current one (or none: the timers
+  -- deleted by hand) is armed again now as well. True: the candidate waits.
+  local rl_first, rl_ruled = {}, {}
+  local function behind_parked(id, rk, lim)
+    local blocker = 'rl:' .. rk
+    local first = rl_first[rk]
+    if first == nil then
+      local r = park_call('zset', 'ZRANGE', PARKED_PREFIX .. blocker, 0, 0, 'WITHSCORES')
+      first = (r and r[2] and tonumber(r[2])) or false
+      rl_first[rk] = first
+    end
+    if not first then return false end
+    local n, every = 0, 0
+    if lim then n, every = arg_int(lim[1], 0, 0, UNPARK_MAX), arg_int(lim[2], 0, 0, MAX_MS) end
+    local score = tonumber(redis.call('ZSCORE', K_WAIT, id))
+    if score and score > first then
+      park_timer(blocker, NOW, n, every)
+      hold_back(id, rk, NOW, lim)
+      return true
+    end
+    if rl_ruled[rk] then return false end
+    rl_ruled[rk] = true
+    -- Their timer's rule (none: the timers were deleted by hand) against the current one.
+    local rule = park_call('rules', 'HGET', K_PARK_RULES, blocker)
+    if not rule or not string.find(rule, '^' .. int(n) .. ' ' .. int(every) .. ' ') then
+      park_timer(blocker, NOW, n, every)
+    end
+    return false
   end"""
 
 
 def hold_back_lua() -> str:
-    """The Lua of ``hold_back(rk, due, lim)`` for flow control's admission fragment."""
+    """The Lua of ``hold_back(id, rk, due, lim)`` and ``behind_parked(id, rk, lim)`` for
+    flow control's admission fragment."""
     return _LUA.replace("@HELD_MAX@", str(HELD_MAX))
