@@ -40,13 +40,12 @@ from typing import Any
 
 import pytest
 
-from _redis import RedisServer
 from helpers import wait_until
 from kitium_queue import FencedError, NonRetryableError
 from kitium_queue.features.regions import GlobalQueueManager
 from kitium_queue.features.workflows import JobChainManager, WorkflowStep
+from regionpair import EU, US, region_pair
 
-US, EU = "us", "eu"
 #: Ports of the private servers, two per test (tests may run in parallel).
 PORTS = {
     "by_hand": 26300,
@@ -69,26 +68,8 @@ PARENTS = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
 @asynccontextmanager
 async def two_regions(port: int, **extra: Any) -> AsyncIterator[GlobalQueueManager]:
     """A manager over two regions on private servers at ``port`` and ``port + 1``."""
-    servers = [RedisServer(port=port + i).start() for i in range(2)]
-    m = GlobalQueueManager()
-    try:
-        await m.initialize(
-            {
-                "name": "orders",
-                "regions": [
-                    {"region": US, "redis": servers[0].url, "is_primary": True},
-                    {"region": EU, "redis": servers[1].url, "priority": 1},
-                ],
-                "replication": {"enabled": True, "linger_ms": 0},
-                "failover": {"enabled": True, "timeout_ms": 2000},
-                **extra,
-            }
-        )
+    async with region_pair(port, "orders", 2000, **extra) as (m, _):
         yield m
-    finally:
-        await m.close()
-        for s in servers:
-            s.close()
 
 
 def collect(data: Any, parents: dict[str, Any]) -> Any:

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Statuses of rg_apply.lua that mean the copy now holds the job as the source had it.
-APPLIED = frozenset({"added", "ended", "requeued", "exists", "gone"})
+APPLIED = frozenset({"added", "ended", "requeued", "exists", "gone", "erased"})
 #: Slack on the time comparisons between regions (creation times vs. positions).
 MARGIN_MS = 2000
 _EXPORT_MAX = 1000

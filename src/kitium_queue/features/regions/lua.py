@@ -3,9 +3,10 @@ share with Python (the region record, the replication entry).
 
 * ``fence.lua`` (slot ``fence``): a copy takes new jobs and hands jobs out only while it
   is the primary of its epoch with a running lease.
-* ``enqueue.lua``, ``release.lua``, ``requeue.lua`` (slots ``enqueue``, ``release``,
-  ``requeue``; the primary's queue only): the epoch on each new job, and outbox entries
-  for the replicator: a job added, a job that ended, attempts spent, a job requeued.
+* ``enqueue.lua``, ``release.lua``, ``requeue.lua``, ``erase.lua`` (slots ``enqueue``,
+  ``release``, ``requeue``, ``erase``; the primary's queue only): the epoch on each new
+  job, and outbox entries for the replicator: a job added, a job that ended, attempts
+  spent, a job requeued, a job erased.
 * ``region.lua``: the record, votes and leases; ``rg_export.lua`` / ``rg_apply.lua``:
   jobs as replication entries, and their application to a copy; ``rg_sched.lua``:
   schedules copied to a copy.
@@ -50,7 +51,7 @@ RECORD: Final = (
 )
 #: One replication entry (``rg_export.lua`` gives them, ``rg_apply.lua`` takes them).
 ENTRY: Final = (
-    "op",  # put | req | end | att | gone
+    "op",  # put | req | end | att | gone | erase
     "id",
     "name",
     "data",
@@ -64,7 +65,7 @@ ENTRY: Final = (
     "epoch",  # the epoch the job was accepted in
     "ikey",  # idempotency key, '' none
     "ittl",  # ms left of its window
-    "payload",  # result (completed) or reason (failed, dlq)
+    "payload",  # result (completed) or reason (failed, dlq); erase: the job's subject
     "finished",  # ms
     "keep_count",  # retention of the finished copy (-1 = keep, '' = keep)
     "keep_age",
@@ -79,7 +80,7 @@ def _read(name: str) -> str:
 
 
 def fragment(slot: str) -> str:
-    """The source of the fragment for ``slot`` (fence, enqueue, release, requeue)."""
+    """The source of the fragment for ``slot`` (fence, enqueue, release, requeue, erase)."""
     return _read(slot).replace("@PRELUDE@", _read("prelude"))
 
 
@@ -89,7 +90,7 @@ def install(queue: JobQueue, *, replicated: bool) -> None:
     primary); a copy of a region's own queue gets the fence only."""
     queue.scripts.add_slot("fence", FEATURE, fragment("fence"))
     if replicated:
-        for slot in ("enqueue", "release", "requeue"):
+        for slot in ("enqueue", "release", "requeue", "erase"):
             queue.scripts.add_slot(slot, FEATURE, fragment(slot))
     for name in SCRIPTS:
         queue.scripts.add_fragment(name, _read(name))

@@ -1,14 +1,14 @@
 """Replication from the primary to the secondaries.
 
 **Asynchronous (always, when enabled).** The primary's Lua fragments write an outbox
-entry in the same atomic step as each new job, each job that ends, each retry and each
-requeue (``lua.py``). One process at a time (the leader of ``regions-replicator`` on
-the primary's queue) follows the outbox with one consumer group per secondary
-(``rg:<region>``): it reads a batch, fetches the jobs the entries name from the primary
-(``rg_export.lua``) and applies them to the secondary (``rg_apply.lua``, idempotent),
-then acknowledges. A secondary that is unreachable keeps its entries in its group (the
-outbox keeps them: nothing is trimmed until every group acknowledged). Schedules are
-copied every ``schedule_sync_ms``.
+entry in the same atomic step as each new job, each job that ends, each retry, each
+requeue and each erasure (``lua.py``). One process at a time (the leader of
+``regions-replicator`` on the primary's queue) follows the outbox with one consumer
+group per secondary (``rg:<region>``): it reads a batch, fetches the jobs the entries
+name from the primary (``rg_export.lua``) and applies them to the secondary
+(``rg_apply.lua``, idempotent), then acknowledges. A secondary that is unreachable
+keeps its entries in its group (the outbox keeps them: nothing is trimmed until every
+group acknowledged). Schedules are copied every ``schedule_sync_ms``.
 
 **Joining.** Before following the stream, a secondary whose position is not in the
 current primary's stream is brought level: a region that was the primary has what it
@@ -254,6 +254,20 @@ class Replicator:
             elif op == "att":
                 entries.append(
                     as_entry({"op": "att", "id": jid, "attempts": e.fields.get("a", b"0")})
+                )
+            elif op == "erase":
+                entries.append(
+                    as_entry(
+                        {
+                            "op": "erase",
+                            "id": jid,
+                            "state": "removed",
+                            "ikey": e.fields.get("ik", b""),
+                            "payload": e.fields.get("sj", b""),
+                            "at": at,
+                            "seq": seq,
+                        }
+                    )
                 )
         last_ms = int(batch[-1].id.split("-", 1)[0])
         statuses = await apply(

@@ -41,6 +41,14 @@
                written already finished (completed, failed) or a tombstone (removed)
        'att'   a retry at the source spent attempts: the copy counts them
        'gone'  the source has no such job any more: nothing to do
+       'erase' the job was erased at the source (docs/compliance.md; state:
+               'removed', payload: its subject, '' none): this copy is erased too,
+               in any state, finished included: a copy not finished passes the
+               `release` slot ('removed'), the `erase` slot deletes what features
+               keep of it here (found by the id, the idempotency key, the subject: a
+               copy already removed here leaves its subject's index too), then its
+               record and logs go and a tombstone stays. No requeue mark holds an
+               erasure back.
   Malformed arguments are refused before the first write (KQ_BAD_ARGUMENT).
   Copies pass the features' slots (add_job's accept and enqueue, the release of an
   outcome) with SLOT_SCRATCH.regions = { id = <the entry's job id>, state = <its state
@@ -49,7 +57,8 @@
   step of a workflow this copy does not know yet joins it).
 
   Returns one status per entry: 'added' | 'ended' | 'requeued' | 'exists' | 'gone' |
-  'refused' (a feature's accept slot refused the copy here; nothing of it written).
+  'erased' | 'refused' (a feature's accept slot refused the copy here; nothing of it
+  written).
   Keys: <prefix>rg:idx (ZSET copy id -> created at the source, for peers catching up),
   <prefix>rg:gone:<id> (tombstone, a day: the removal's place in its source's outbox,
   "<ms>-<seq>|<source>", or 1), the record <prefix>rg (pos, src).
@@ -63,6 +72,7 @@
 --@include lib_requeue
 --@include lib_add
 --@include slot_release
+--@include slot_erase
 
 local N = 20
 local fields = #ARGV - 8
@@ -70,7 +80,7 @@ if fields < 0 or fields % N ~= 0 or fields / N > 500 then
   return bad_arg('rg_apply', 'expected ' .. N .. ' fields for each of at most 500 entries after ' ..
     'ARGV[8], got ' .. fields .. ' fields')
 end
-local OPS = { put = true, req = true, ['end'] = true, att = true, gone = true }
+local OPS = { put = true, req = true, ['end'] = true, att = true, gone = true, erase = true }
 for b = 9, #ARGV, N do
   if not OPS[ARGV[b]] then return bad_arg('rg_apply', 'unknown op ' .. tostring(ARGV[b])) end
 end
@@ -99,6 +109,36 @@ local function tombstone(id, at, seq)
   local mark = '1'
   if src ~= '' then mark = int(at) .. '-' .. int(seq) .. '|' .. src end
   redis.call('SET', PREFIX .. 'rg:gone:' .. id, mark, 'PX', GONE_TTL)
+end
+
+-- Erase this copy of a job erased at the source (op 'erase'), whatever its state here.
+-- `kind`: the type of its key; `st`: its state (nil: no record). `sj`: the subject the
+-- source named: a record removed here already gets a stand-in holding it for the
+-- `erase` slot, so the features find what they keep of the job under its subject.
+local function erase_copy(id, jk, kind, st, ik, sj)
+  if kind == 'hash' then
+    if not TERMINAL[st] then
+--@if release
+      release_slot(id, jk, 'removed')
+--@end
+      if st == 'pending' then forget_parked(id, jk) end
+    end
+    local own = redis.call('HGET', jk, 'ik')
+    if own then ik = own end
+  elseif kind == 'none' and sj ~= '' then
+    redis.call('HSET', jk, 'sj', sj)
+  end
+  for _, set in ipairs({ K_WAIT, K_DELAYED, K_ACTIVE, K_COMPLETED, K_FAILED, K_DLQ }) do
+    redis.call('ZREM', set, id)
+  end
+  -- Its chosen id's window ends (enqueue.lua); a key damaged by hand is left as it is.
+  if key_type(PREFIX .. 'jids') == 'zset' then redis.call('ZREM', PREFIX .. 'jids', id) end
+--@if erase
+  erase_slot(id, jk, ik)
+--@end
+  -- A key damaged by hand (another type than a hash) is the erased job's all the same.
+  delete_job(id)
+  redis.call('ZREM', K_IDX, id)
 end
 
 local function keep_key(id, ik, ttl)
@@ -206,6 +246,10 @@ for b = 9, #ARGV, N do
   local status = 'exists'
   if op == 'gone' then
     status = 'gone'
+  elseif op == 'erase' then
+    erase_copy(id, jk, kind, st, ik, payload)
+    tombstone(id, at, seq)
+    status = 'erased'
   elseif kind ~= 'hash' and kind ~= 'none' then
     status = 'exists'  -- a damaged key is left for an operator; never overwritten
   elseif op == 'att' then
