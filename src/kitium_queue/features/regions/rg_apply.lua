@@ -34,7 +34,9 @@
        'req'   the same, and a copy finished here goes back to wait (retry, replay);
                a copy removed here (its tombstone) is added again when the 'req' was
                written after the removal by the same source: the job came back there
-               (a workflow's step revived by a replay); one written before stays gone
+               (a workflow's step revived by a replay); one written before stays gone.
+               So is a 'put' or an 'end' (not 'removed') written after the removal: a
+               new job took the id there (an erasure frees a chosen id at once)
        'end'   the job ended at the source (state: completed | failed | removed,
                payload: its result or reason): this copy ends the same way (the
                `release` slot runs with that outcome), or, when there is no copy, one is
@@ -259,10 +261,13 @@ for b = 9, #ARGV, N do
     if not st then status = 'gone' end
   elseif not st then
     local gone = redis.call('EXISTS', PREFIX .. 'rg:gone:' .. id) == 1
-    if gone and op == 'req' and state ~= 'removed' and gone_before(id, at, seq) then
+    if gone and (op == 'put' or op == 'req' or op == 'end') and state ~= 'removed'
+        and gone_before(id, at, seq) then
       -- Removed here, and put back in wait at the source since (a workflow's step
-      -- revived by a replay): the copy comes back as the source has it now. A 'req'
-      -- written before the removal, applied late, leaves it gone.
+      -- revived by a replay: 'req'), or a new job took the id there since (a chosen id
+      -- is free again once its job was erased: 'put', 'end'): the copy comes back as
+      -- the source has it now. An entry written before the removal, applied late,
+      -- leaves it gone.
       redis.call('DEL', PREFIX .. 'rg:gone:' .. id)
       gone = false
     end
