@@ -39,13 +39,26 @@ async def _park_excess(q: JobQueue, now: int) -> list[str]:
     return got
 
 
+async def _parked(
+    make_queue: QueueFactory,
+    name: str,
+    n: int,
+    most: int = 1,
+    duration: int = 3_600_000,
+    **opts: object,
+) -> tuple[JobQueue, list[str], list[str]]:
+    """Queue ``name`` with key ``big`` limited to ``most`` per ``duration`` ms, a backlog
+    of ``n`` jobs of it, and the claims that parked its excess: (queue, ids, handed out)."""
+    q = make_queue(name)
+    q.set_rate_limit("big", max=most, duration=duration)
+    big = await _backlog(q, "big", n, **opts)
+    return q, big, await _park_excess(q, T0)
+
+
 async def test_removed_limit_brings_parked_jobs_back_at_once_in_order(
     make_queue: QueueFactory,
 ) -> None:
-    q = make_queue("removed")
-    q.set_rate_limit("big", max=1, duration=3_600_000)
-    big = await _backlog(q, "big", 1500)
-    got = await _park_excess(q, T0)
+    q, big, got = await _parked(make_queue, "removed", 1500)
     assert got == big[:1]
     assert await parked_count(q) == 1500 - 1 - HELD_MAX
     # The limit is lifted: every job of the key may start now, oldest first.
@@ -66,10 +79,7 @@ async def test_a_faster_limit_brings_the_parked_jobs_back_by_its_own_rule(
 ) -> None:
     # No new job of the key arrives: the parked ones must not wait for the old rule's
     # timer (an hour, then one an hour) once the key may run 1,000 a second.
-    q = make_queue("faster")
-    q.set_rate_limit("big", max=1, duration=3_600_000)
-    big = await _backlog(q, "big", 1500)
-    got = await _park_excess(q, T0)
+    q, big, got = await _parked(make_queue, "faster", 1500)
     assert await parked_count(q) == 1500 - 1 - HELD_MAX
     q.flow.set_rate_limit("big", max=1000, duration=1000)
     now = T0 + 10
@@ -84,10 +94,7 @@ async def test_priorities_within_a_parked_backlog(make_queue: QueueFactory) -> N
     # A key's backlog of low-priority jobs is parked past the bound; a high-priority job
     # of the key added later starts at the next window, before the parked ones, and the
     # parked ones then come back in their order, each once.
-    q = make_queue("prio")
-    q.set_rate_limit("big", max=20, duration=1000)
-    big = await _backlog(q, "big", 1500, priority=1)
-    got = await _park_excess(q, T0)
+    q, big, got = await _parked(make_queue, "prio", 1500, most=20, duration=1000, priority=1)
     assert got == big[:20]
     assert await parked_count(q) == 1500 - 20 - HELD_MAX
     urgent = await _backlog(q, "big", 1, first=9000, priority=9)
@@ -219,10 +226,7 @@ async def test_parked_jobs_removed_cancelled_listed_and_back_after_a_pause(
 ) -> None:
     from kitium_queue import JobStatus
 
-    q = make_queue("admin")
-    q.set_rate_limit("big", max=1, duration=3_600_000)
-    big = await _backlog(q, "big", 1200)
-    got = await _park_excess(q, T0)
+    q, big, got = await _parked(make_queue, "admin", 1200)
     parked = await parked_in(q, "rl:big", limit=2000)
     assert parked == big[1 + HELD_MAX :]
     listed = await q.get_jobs_by_status(JobStatus.PENDING, limit=1000)

@@ -37,7 +37,10 @@ local K_SLOT_ERRORS = PREFIX .. 'slot-errors'
 -- name: e.g. an `accept` fragment's reading of a job's options, reused by the same
 -- feature's `enqueue` fragment for that job (checking the id) instead of decoding them
 -- again. Gone when the call ends; a fragment must work without it (schedule_fire
--- runs `enqueue` without `accept`).
+-- runs `enqueue` without `accept`). One entry is shared by every feature: `copy`
+-- ({ id = <job id>, state = <its state where it was accepted> }), set by a feature that
+-- applies copies of jobs another copy of the queue accepted (a secondary region), for the
+-- fragments that record such a job as it is there rather than as a new one.
 local SLOT_SCRATCH = {}
 local SLOT_ERROR_BYTES = 500
 

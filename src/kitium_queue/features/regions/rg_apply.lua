@@ -53,7 +53,7 @@
                erasure back.
   Malformed arguments are refused before the first write (KQ_BAD_ARGUMENT).
   Copies pass the features' slots (add_job's accept and enqueue, the release of an
-  outcome) with SLOT_SCRATCH.regions = { id = <the entry's job id>, state = <its state
+  outcome) with SLOT_SCRATCH.copy = { id = <the entry's job id>, state = <its state
   at the source, or the outcome of an 'end'> } (lib_slots.lua): a feature that keeps
   state beside its jobs records a copy as the source has it (the workflows feature: a
   step of a workflow this copy does not know yet joins it).
@@ -240,7 +240,7 @@ for b = 9, #ARGV, N do
   -- and the job of this entry is in `state` at its source (its outcome for an 'end').
   -- A feature that keeps state beside its jobs records a copy as it is there, whatever
   -- this copy knows yet (the workflows feature: a step of a workflow not here yet).
-  SLOT_SCRATCH.regions = { id = id, state = state }
+  SLOT_SCRATCH.copy = { id = id, state = state }
 --@end
   local kind = redis.call('TYPE', jk)['ok']
   local st = nil

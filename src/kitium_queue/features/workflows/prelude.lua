@@ -39,13 +39,14 @@
   -- that ran it reported its end.
   local COPYING = false
 
-  -- Whether job `id` is a copy (SLOT_SCRATCH.regions, which rg_apply.lua sets for each
-  -- job it applies): nil when this call applies no copies; else the job's state where
-  -- it was accepted ('waiting', 'pending', 'active', 'completed', 'failed', 'dlq'...), or
-  -- '' when that is not said. Sets COPYING. Only fragments call it (the scripts that run
-  -- them hold SLOT_SCRATCH, lib_slots.lua).
+  -- Whether job `id` is a copy (SLOT_SCRATCH.copy, the entry lib_slots.lua names for
+  -- every feature; the regions feature's rg_apply.lua sets it for each job it applies):
+  -- nil when this call applies no copies; else the job's state where it was accepted
+  -- ('waiting', 'pending', 'active', 'completed', 'failed', 'dlq'...), or '' when that
+  -- is not said. Sets COPYING. Only fragments call it (the scripts that run them hold
+  -- SLOT_SCRATCH).
   local function copy_of(id)
-    local r = SLOT_SCRATCH.regions
+    local r = SLOT_SCRATCH.copy
     COPYING = type(r) == 'table'
     if not COPYING then return nil end
     if r.id == id and type(r.state) == 'string' then return r.state end
