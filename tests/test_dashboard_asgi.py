@@ -147,7 +147,7 @@ async def test_failed_sign_ins_are_limited(dash: Any) -> None:
 
 async def test_insecure_local_serves_loopback_clients_only(shop: JobQueue) -> None:
     app = create_dashboard(queues=[shop], insecure_local=True)
-    r = await client_for(app).get("/")
+    r = await client_for(app, base="http://localhost").get("/")
     assert r.status_code == 200 and "local" in r.text and "admin" in r.text
     assert (await client_for(app, host="192.0.2.7").get("/")).status_code == 403
 

@@ -41,7 +41,7 @@ from ..identity import acting_as
 from ..limits import clip
 from .actions import run_action
 from .audit import AuditPages, audit_of
-from .auth import Auth, DashboardToken, Session, needs, parse_tokens
+from .auth import Auth, DashboardToken, Session, is_loopback_authority, needs, parse_tokens
 from .pages import Pages
 from .render import SECURITY_HEADERS, DashboardApp, environment, queue_name
 from .signouts import SignOuts
@@ -107,6 +107,8 @@ class Dashboard:
         as the sign-in form's). A cookie signed out in any process serving this
         dashboard (recorded in Redis, see ``sign_out``) is no session."""
         host = request.client.host if request.client else None
+        if self.auth.insecure_local and not is_loopback_authority(request.headers.get("host")):
+            return None  # another site's name resolved to this machine (DNS rebinding)
         cookie = request.cookies.get(SESSION_COOKIE)
         got = self.auth.session(cookie, host)
         fresh = got is None or got.cookie is not None

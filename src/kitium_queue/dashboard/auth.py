@@ -209,6 +209,27 @@ def is_loopback(host: str | None) -> bool:
         return host in ("localhost", "testclient")
 
 
+def is_loopback_authority(authority: str | None) -> bool:
+    """Whether a request's ``Host`` header names this machine: ``localhost`` (or a name
+    under ``.localhost``) or a loopback address, with or without a port. A page of
+    another site whose name was made to resolve to 127.0.0.1 (DNS rebinding) reaches a
+    loopback listener with its own name here."""
+    if not authority or len(authority) > 300:
+        return False
+    host = authority.strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).decode().rstrip("=")
 

@@ -188,7 +188,7 @@ class Pages(QueueViews):
             **self._common(queue, session),
             job=detail,
             shown=shown,
-            options=render_value(detail.options),
+            options=render_value(_shown_options(detail.options)),
             logs=logs,
             why=why,
         )
@@ -327,3 +327,15 @@ class Pages(QueueViews):
             **self._common(queue, session),
             workers=await live_workers(queue),
         )
+
+
+def _shown_options(options: Any) -> Any:
+    """A job's options as its page shows them: its ``webhook_url`` redacted as the
+    webhooks page shows endpoints (no credentials, no query string: a token there is
+    the receiver's password), whoever may read the page."""
+    url = options.get("webhook_url") if isinstance(options, dict) else None
+    if not isinstance(url, str):
+        return options
+    from ..redact import redact_url
+
+    return {**options, "webhook_url": redact_url(url)}

@@ -16,6 +16,8 @@ private network the application trusts) are let through.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -41,6 +43,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``async resolver(host, port) -> addresses``.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: Not public, yet not private, reserved or non-global for every Python ``ipaddress``:
+#: IPv6 site-local (deprecated, still routed inside some networks) and the IPv6
+#: documentation range of RFC 9637.
+_ALSO_REFUSED = (ipaddress.ip_network("fec0::/10"), ipaddress.ip_network("3fff::/20"))
 #: How the error of a host name that did not resolve starts (a text of this module's
 #: own, naming the host only: the sender shows it as it is).
 UNRESOLVED = "webhook host"
@@ -113,6 +119,8 @@ class AddressPolicy:
             return f"{ip} is the unspecified address"
         if judged.is_multicast:
             return f"{ip} is a multicast address"
+        if any(judged in n for n in _ALSO_REFUSED):
+            return f"{ip} is a site-local or documentation address"
         if judged.is_private or not judged.is_global or judged.is_reserved:
             return f"{ip} is a private or reserved address"
         return None
@@ -134,10 +142,32 @@ class AddressPolicy:
         return list(addresses)
 
 
+#: Threads that resolve webhook hosts (``system_resolver``). A look-up runs on a thread
+#: until the system resolver gives up (seconds for a name whose DNS server does not
+#: answer, whatever the request's timeout): on threads of their own, such look-ups
+#: cannot take the event loop's default executor, which the process's own connections
+#: (Redis by host name) and ``asyncio.to_thread`` need. Past these, look-ups wait (and
+#: a request's timeout drops its look-up still waiting).
+DNS_THREADS = 4
+_dns_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _dns_executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _dns_pool
+    if _dns_pool is None:
+        _dns_pool = concurrent.futures.ThreadPoolExecutor(
+            DNS_THREADS, thread_name_prefix="kq-webhook-dns"
+        )
+    return _dns_pool
+
+
 async def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses of ``host`` from the system resolver (``getaddrinfo``)."""
+    """The addresses of ``host`` from the system resolver (``getaddrinfo``), looked up on
+    ``DNS_THREADS`` threads of their own."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await loop.run_in_executor(
+        _dns_executor(), functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    )
     out: list[str] = []
     for info in infos:
         addr = str(info[4][0])
