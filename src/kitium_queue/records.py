@@ -124,6 +124,13 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
             "the effectively-once enqueue fragment (features/idempotency/enqueue.lua)",
         ),
         JobField(
+            "it",
+            "the length (ms) of an until_finished job's idempotency window, kept when "
+            "its key is freed, for a put-back job to take the key again for as long",
+            "the effectively-once release and requeue fragments "
+            "(features/idempotency/release.lua, requeue.lua)",
+        ),
+        JobField(
             "wu",
             "the job's own webhook URL (its webhook_url option; the webhooks "
             "feature's marker, read by its release fragment)",
