@@ -14,6 +14,7 @@ Unix epoch), so every process computes the same ticks.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
@@ -73,6 +74,11 @@ SCHEDULE_OPTIONS = (
 _MAX_ID = 200
 #: Latest start_date / end_date given as ms since the epoch: 9999-12-31T23:59:59.999Z.
 _MAX_EPOCH_MS = 253_402_300_799_999
+#: Longest cron pattern accepted (characters): croniter's parse grows with it, in the
+#: worker's event loop, several times per scheduler round.
+_MAX_CRON = 1000
+# A random field value (croniter's R, R(a-b), R/n), case-insensitive.
+_RANDOM = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE | re.ASCII)
 
 
 # ---------------------------------------------------------------------------- record
@@ -248,13 +254,25 @@ def check_cron(pattern: Any) -> str:
     """
     if not isinstance(pattern, str) or not pattern.strip():
         raise ConfigurationError(f"cron pattern must be a non-empty string, got {pattern!r}")
+    shown_pattern = clip(repr(pattern), 120)
+    if len(pattern) > _MAX_CRON:
+        raise ConfigurationError(
+            f"invalid cron pattern {shown_pattern}: it has {len(pattern)} characters; at "
+            f"most {_MAX_CRON}"
+        )
     text = " ".join(pattern.split())
     n = len(text.split())
     if not text.startswith("@") and n not in (5, 6):
         raise ConfigurationError(
-            f"invalid cron pattern {pattern!r}: it has {n} field(s); use 5 fields "
+            f"invalid cron pattern {shown_pattern}: it has {n} field(s); use 5 fields "
             "(minute hour day-of-month month day-of-week) or 6 with seconds first "
             "(second minute hour day-of-month month day-of-week)"
+        )
+    if any(_RANDOM.match(part) for part in re.split(r"[\s,]+", text)):
+        # croniter draws R anew at every parse: every process, every round, other ticks.
+        raise ConfigurationError(
+            f"invalid cron pattern {shown_pattern}: a random field value (R) is not "
+            "supported: every scheduler must compute the same ticks; write the value"
         )
     from croniter import croniter  # on first use: schedules of intervals never load it
     from croniter.croniter import CroniterError
@@ -267,7 +285,10 @@ def check_cron(pattern: Any) -> str:
             if n == 6
             else "minute hour day-of-month month day-of-week"
         )
-        raise ConfigurationError(f"invalid cron pattern {pattern!r} ({layout}): {exc}") from None
+        # croniter's message quotes the pattern as given: escaped and clipped here.
+        raise ConfigurationError(
+            f"invalid cron pattern {shown_pattern} ({layout}): {clip(printable(exc), 200)}"
+        ) from None
     return text
 
 

@@ -127,6 +127,11 @@ def _encrypted_option(value: Any, section: str) -> bool:
     return value
 
 
+def _sealed_template(data: Any) -> bool:
+    """Whether ``data`` is a schedule's sealed data (an update without new data)."""
+    return is_envelope(data) and data.get("for") == "schedule"
+
+
 def data_binding(queue: str, job_id: str, name: str, scope: str) -> Binding:
     """The binding of a job's data: to the job, or (``scope='schedule'``) to the schedule
     whose tick made it, read from the job's id ``sched:<schedule id>:<tick ms>``."""
@@ -446,14 +451,19 @@ class EncryptionManager:
         self, job_name: str, data: Any, options: Mapping[str, Any]
     ) -> tuple[str, Any, Mapping[str, Any]]:
         name = job_name
+        origin = enqueue_origin.get()
         if not self._wants(options):
+            if origin is not None and origin[0] == "schedule" and _sealed_template(data):
+                # A sealed schedule updated with encrypted=False (its data read back as
+                # the envelope): its plaintext, not the envelope as the new data.
+                binding = Binding("schedule", self.queue.name, origin[1], name, "data")
+                data = self._loads(self.ring.open(data, binding), "data")
             return name, data, options
         out = {**options, "encrypted": True}
         key_id = await self.current_key_id()
-        origin = enqueue_origin.get()
         if origin is not None and origin[0] == "schedule":
             binding = Binding("schedule", self.queue.name, origin[1], name, "data")
-            if is_envelope(data) and data.get("for") == "schedule":
+            if _sealed_template(data):
                 # A schedule updated without new data: its stored (sealed) data again.
                 raw = self.ring.open(data, binding)
             else:
