@@ -18,6 +18,7 @@ from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .clusterconn import ClusterClient
 from .connerrors import bound_replies, connection_options, refused, translate_error
 from .errors import ConfigurationError, KitiumQueueError
 from .pools import CheckedSentinelPool, ConnectFailedError, check_pool
@@ -475,7 +476,7 @@ class ConnectionFactory:
             # its default of 100 the 101st concurrent call raised MaxConnectionsError.
             # Unbounded unless the setting says otherwise, as redis-py was before 6.0.
             defaults["max_connections"] = CLUSTER_MAX_CONNECTIONS
-            cluster = RedisCluster(
+            cluster = ClusterClient(
                 startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
                 **{**defaults, **self._kwargs, **extra},
             )
@@ -555,7 +556,7 @@ class ConnectionFactory:
             nodes = given.get_nodes() or given.startup_nodes
             kwargs["socket_timeout"] = None
             return bound_replies(
-                RedisCluster(startup_nodes=[ClusterNode(n.host, n.port) for n in nodes], **kwargs)
+                ClusterClient(startup_nodes=[ClusterNode(n.host, n.port) for n in nodes], **kwargs)
             )
         pool = given.connection_pool
         kwargs = dict(pool.connection_kwargs)

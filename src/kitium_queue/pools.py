@@ -57,6 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .clusterconn import known_nodes
 from .connerrors import (
     PLAIN_TO_TLS_PORT,
     ConnectionLimitError,
@@ -190,20 +191,20 @@ def drop_connections(client: Any) -> None:
     longer runs: ``aclose()`` there is impossible, and a transport's ``close()`` hands
     the socket's close to that loop (raising once the loop is closed), so the sockets
     stayed open until garbage collection, with a ``ResourceWarning`` for each connection,
-    stream and transport. The client is not to be used again."""
-    holders: list[Any] = [getattr(client, "connection_pool", None)]
-    nodes = getattr(client, "nodes_manager", None)  # RedisCluster: connections per node
-    for table in ("nodes_cache", "startup_nodes"):
-        holders.extend((getattr(nodes, table, None) or {}).values())
+    stream and transport. The client is not to be used again. A Cluster client's nodes
+    are those ``clusterconn.known_nodes`` finds; connection lists a later redis-py
+    renames are skipped (their sockets close with the process), never raised."""
+    holders: list[Any] = [getattr(client, "connection_pool", None), *known_nodes(client)]
     for sentinel in getattr(getattr(client, "kq_sentinel", None), "sentinels", ()):
         holders.append(getattr(sentinel, "connection_pool", None))
-    for holder in holders:
+    for holder in holders:  # redis-py's private lists: what a later release renames is left
         for name in ("_available_connections", "_in_use_connections", "_connections"):
-            for conn in list(getattr(holder, name, None) or ()):
-                writer = getattr(conn, "_writer", None)
-                if isinstance(writer, asyncio.StreamWriter):  # not memory://'s stand-in
-                    _drop_transport(writer.transport)
-                    conn._writer = conn._reader = None  # redis-py's mark of a closed one
+            with contextlib.suppress(AttributeError, TypeError):
+                for conn in list(getattr(holder, name, None) or ()):
+                    writer = getattr(conn, "_writer", None)
+                    if isinstance(writer, asyncio.StreamWriter):  # not memory://'s stand-in
+                        _drop_transport(writer.transport)
+                        conn._writer = conn._reader = None  # redis-py's mark of a closed one
 
 
 def _drop_transport(transport: Any) -> None:
