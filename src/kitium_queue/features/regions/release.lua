@@ -1,8 +1,9 @@
 (function()
   @PRELUDE@
-  -- On the primary, an outcome that ends a job (with its result or reason, its options
-  -- for the retention of the copies, its idempotency key and what is left of its window)
-  -- and the attempts a retry spent go to the outbox for the secondaries.
+  -- On the primary, an outcome that ends a job (with its result or reason, or the
+  -- payload of a removal; its options for the retention of the copies, its idempotency
+  -- key and what is left of its window) and the attempts a retry spent go to the
+  -- outbox for the secondaries.
   return function(id, jk, outcome, payload)
     if not primary_epoch() then return end
     if outcome == 'completed' or outcome == 'failed' or outcome == 'removed' then
@@ -10,8 +11,10 @@
       if f.err then f = {} end
       local ttl = 0
       if f[1] then ttl = redis.call('PTTL', PREFIX .. 'idem:' .. f[1]) end
+      -- A removal's payload: what the feature that removed the job said (a workflow's
+      -- cancellation), for the same feature's fragments at the copies.
       local pl = ''
-      if outcome ~= 'removed' and type(payload) == 'string' then pl = payload end
+      if type(payload) == 'string' then pl = payload end
       outbox_add('rg', 'op', 'end', 'id', id, 'oc', outcome, 'pl', pl, 'ik', f[1] or '',
         'ittl', int(ttl), 'o', f[2] or '', 'n', f[3] or '', 'ts', f[4] or '', 'p', f[5] or '0',
         'ep', f[6] or '')

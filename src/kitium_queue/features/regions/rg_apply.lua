@@ -30,7 +30,10 @@
             outbox, which orders a requeue and an outcome written in the same ms)
     op 'put'   the job as it is at the source (rg_export.lua): created here if missing
                (through add_job, so the features' enqueue fragments run), ended here if
-               it is finished there
+               it is finished there. A copy here not started whose options list no
+               parents takes the source's options when those list some (parents added
+               there since: wait_for_dependencies) and passes the `requeue` slot (its
+               state here as `from`): the workflows feature records them
        'req'   the same, and a copy finished here goes back to wait (retry, replay);
                a copy removed here (its tombstone) is added again when the 'req' was
                written after the removal by the same source: the job came back there
@@ -48,9 +51,10 @@
                in any state, finished included: a copy not finished passes the
                `release` slot ('removed'), the `erase` slot deletes what features
                keep of it here (found by the id, the idempotency key, the subject: a
-               copy already removed here leaves its subject's index too), then its
-               record and logs go and a tombstone stays. No requeue mark holds an
-               erasure back.
+               copy already removed here leaves its subject's index too), its
+               idempotency key goes if it names the job (also where no feature
+               keeps it), then its record and logs go and a tombstone stays. No
+               requeue mark holds an erasure back.
   Malformed arguments are refused before the first write (KQ_BAD_ARGUMENT).
   Copies pass the features' slots (add_job's accept and enqueue, the release of an
   outcome) with SLOT_SCRATCH.copy = { id = <the entry's job id>, state = <its state
@@ -138,9 +142,28 @@ local function erase_copy(id, jk, kind, st, ik, sj)
 --@if erase
   erase_slot(id, jk, ik)
 --@end
+  -- The copy's idempotency key (keep_key wrote it here) goes too, if it still names
+  -- this job, whatever features this copy has (the compliance feature's `erase`
+  -- fragment, when there, deleted it already).
+  if ik ~= '' then
+    local ikey = PREFIX .. 'idem:' .. ik
+    if key_type(ikey) == 'string' and redis.call('GET', ikey) == id then
+      redis.call('DEL', ikey)
+    end
+  end
   -- A key damaged by hand (another type than a hash) is the erased job's all the same.
   delete_job(id)
   redis.call('ZREM', K_IDX, id)
+end
+
+-- Whether a copy's options lack the parents (depends_on) the source's options `opts`
+-- list: the source added them after the copy was made (wait_for_dependencies). Once:
+-- a copy whose options list parents keeps them.
+local UNSTARTED = { waiting = true, delayed = true, pending = true }
+local function takes_parents(jk, opts)
+  if not string.find(opts, '"depends_on"', 1, true) then return false end
+  local own = redis.call('HGET', jk, 'o') or ''
+  return not string.find(own, '"depends_on"', 1, true)
 end
 
 local function keep_key(id, ik, ttl)
@@ -313,8 +336,18 @@ for b = 9, #ARGV, N do
       requeue(id, TERMINAL[st])
       woke = true
       status = 'requeued'
-    elseif not TERMINAL[st] and attempts > num(redis.call('HGET', jk, 'a')) then
-      redis.call('HSET', jk, 'a', int(attempts))
+    else
+      if not TERMINAL[st] and attempts > num(redis.call('HGET', jk, 'a')) then
+        redis.call('HSET', jk, 'a', int(attempts))
+      end
+      if op ~= 'end' and UNSTARTED[st] and takes_parents(jk, opts) then
+        -- Parents added at the source after this copy was made (wait_for_dependencies):
+        -- it takes the source's options, and the features that record parents do so.
+        redis.call('HSET', jk, 'o', opts)
+--@if requeue
+        requeued(id, jk, st)
+--@end
+      end
     end
   end
   if op == 'req' and src ~= '' and (status == 'added' or status == 'requeued' or

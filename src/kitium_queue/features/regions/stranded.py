@@ -6,8 +6,9 @@ not have, outcomes it recorded that the new primary does not know (the job may r
 have run, again there), requeues. ``collect`` reads them, compares each with the new
 primary, and records what is really missing there as a *stranded* record in the new
 primary's copy (``rg:stranded``, one hash ``rg:str:<id>`` per job, with the job as it
-was, payload included). Nothing stranded is ever run or dropped silently: an operator
-lists the records (``GlobalQueueManager.stranded()``, ``kitium-queue regions
+was, payload included), and the erasures it never replicated of jobs the new primary
+still holds (without any of their data). Nothing stranded is ever run or dropped
+silently: an operator lists the records (``GlobalQueueManager.stranded()``, ``kitium-queue regions
 stranded``) and re-submits them (a job keeps its id, so a second re-submission adds
 nothing; an outcome is applied if the job has not run again yet) or discards them.
 """
@@ -48,7 +49,11 @@ class StrandedJob:
         kind: ``"job"``: accepted by ``region`` and never replicated (the current primary
             does not have it); ``"outcome"``: it ended at ``region`` (``state``) but the
             current primary did not hear of it (``here``: its state there: it may run,
-            or have run, again); ``"requeue"``: it was put back to wait at ``region``.
+            or have run, again); ``"requeue"``: it was put back to wait at ``region``;
+            ``"erasure"``: it was erased at ``region`` (its subject's erasure, a
+            retention period that ended) and the current primary still holds it (the
+            record keeps no data, subject or idempotency key of it; ``state`` reads
+            ``"erased"``).
         region: the former primary it was stranded on; ``epoch``: the epoch it was
             accepted in there.
         name: the job name; ``state``: its state at ``region``; ``here``: its state
@@ -105,6 +110,7 @@ async def collect(primary: RegionCopy, old: RegionCopy, epoch: int | None) -> li
     adds: list[str] = []
     ends: dict[str, OutboxEntry] = {}
     reqs: list[str] = []
+    erased: set[str] = set()
     for e in entries:
         op, jid = _s(e.fields.get("op", b"")), _s(e.fields.get("id", b""))
         if not jid:
@@ -115,7 +121,9 @@ async def collect(primary: RegionCopy, old: RegionCopy, epoch: int | None) -> li
             ends[jid] = e
         elif op == "req":
             reqs.append(jid)
-    ids = list(dict.fromkeys([*adds, *ends, *reqs]))
+        elif op == "erase":
+            erased.add(jid)
+    ids = list(dict.fromkeys([*adds, *ends, *reqs, *erased]))
     if not ids:
         return []
     here = {_s(r["id"]): r for r in await export(primary.lane, ids)}
@@ -128,7 +136,16 @@ async def collect(primary: RegionCopy, old: RegionCopy, epoch: int | None) -> li
         h_state = "missing" if h is None or _s(h["op"]) == "gone" else _s(h["state"])
         kind = ""
         row: dict[str, Any] = {}
-        if h_state == "missing" and t is not None and _s(t["op"]) != "gone":
+        if jid in erased:
+            if h is None or h_state == "missing":
+                continue  # nothing of it there to erase
+            # Erased there, not here: the record holds no data (nor its subject or
+            # idempotency key); re-submitted, it erases the job here, and from here
+            # everywhere else.
+            kind = "erasure"
+            row = {"op": "erase", "id": jid, "name": h["name"], "state": "erased"}
+            row["created"] = h["created"]
+        elif h_state == "missing" and t is not None and _s(t["op"]) != "gone":
             kind, row = "job", dict(t)
         elif jid in ends and h_state not in _TERMINAL and h_state != "missing":
             kind = "outcome"
@@ -152,9 +169,24 @@ async def collect(primary: RegionCopy, old: RegionCopy, epoch: int | None) -> li
         pipe.zadd(primary.lane.keys.extra(_INDEX), {jid: now})
         await pipe.execute()
         recorded.append(_parse(jid, {**row, **meta}, primary.name))
+    erasures = sum(1 for r in recorded if r.kind == "erasure")
+    if erasures:
+        log.error(
+            "queue %s: region %s erased %d job(s) as the primary (epoch %s) and never "
+            "replicated those erasures: region %s, and the regions following it, still "
+            "hold those jobs; recorded as stranded erasures there: re-submit them "
+            "(GlobalQueueManager.resubmit_stranded() or 'kitium-queue regions resubmit') "
+            "to erase them everywhere",
+            primary.queue_name,
+            old.name,
+            erasures,
+            epoch,
+            primary.name,
+        )
     if recorded:
         log.warning(
-            "queue %s: region %s held %d job(s) or outcome(s) it had accepted as the primary "
+            "queue %s: region %s held %d job(s), outcome(s) or erasure(s) it had accepted as "
+            "the primary "
             "(epoch %s) that were never replicated; recorded as stranded in region %s "
             "(list them with GlobalQueueManager.stranded() or 'kitium-queue regions "
             "stranded', re-submit or discard them)",
@@ -213,7 +245,9 @@ async def resubmit(copy: RegionCopy, primary: JobQueue, ids: Sequence[str]) -> d
 
     A job is added with its id (``"added"``, or ``"exists"`` if it is there already); an
     outcome ends the job there if it has not run again (``"ended"``; ``"exists"``: it
-    had, it ran twice); a requeue puts it back to wait (``"requeued"``). Applied records
+    had, it ran twice); a requeue puts it back to wait (``"requeued"``); an erasure
+    erases the job there, in any state, and from there at every other region
+    (``"erased"``). Applied records
     are deleted; the others (``"refused"``) are kept.
     """
     client = await copy.lane.client()

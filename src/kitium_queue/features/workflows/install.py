@@ -211,6 +211,9 @@ def install(q: JobQueue, retain_ms: int) -> None:
     # (dependents released, steps cancelled or revived, each with entries of its own),
     # so that a copy of the queue elsewhere, applying them in that order, draws the same.
     scripts.add_slot("release", FEATURE, frags["release"], order=lua.RELEASE_ORDER)
+    # A copy of a job whose parents were added at its source after it was copied
+    # (wait_for_dependencies on a multi-region queue) records them (requeue.lua).
+    scripts.add_slot("requeue", FEATURE, frags["requeue"])
     erase = resources.files(__package__).joinpath("erase.lua").read_text("utf-8")
     scripts.add_slot("erase", FEATURE, erase)
     # Copies of job values in dep:<id> (prelude.lua): a cancelled step's data, kept for

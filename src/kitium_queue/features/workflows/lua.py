@@ -1,6 +1,7 @@
 """The Lua of workflows and job dependencies: slot fragments and the feature's scripts.
 
-The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua``) and
+The fragments (``accept.lua``, ``enqueue.lua``, ``admission.lua``, ``release.lua``,
+``requeue.lua``) and
 scripts (``wf_create.lua``, ``wf_cancel.lua``, ``wf_depend.lua``, ``wf_heal.lua``) share
 ``prelude.lua``, into which the manager's settings are compiled, so every process that
 enables the feature with the same settings runs the same code. See ``docs/workflows.md``.
@@ -32,7 +33,7 @@ ADMISSION_FIELDS = ("wd",)
 #: The feature's own scripts (run through the queue's script registry).
 SCRIPTS = ("wf_create", "wf_cancel", "wf_depend", "wf_heal")
 #: The slots the feature fills.
-SLOTS = ("accept", "enqueue", "admission", "release")
+SLOTS = ("accept", "enqueue", "admission", "release", "requeue")
 #: ``order`` of the release fragment: after every other feature's (install.py).
 RELEASE_ORDER = 20
 #: Most parents one job may have, and most dependents of one job.

@@ -30,6 +30,12 @@
   local PARKED_AT = PREFIX .. 'parked:'
   local ERR_MAX = 2000
   local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }
+  -- The payload of the removal of a step its workflow's cancellation removed
+  -- (wf_cancel.lua): the release fragments see it with the outcome 'removed', and so
+  -- does a copy of the queue elsewhere (the regions feature replicates a removal with
+  -- its payload), where the step is closed as cancelled and its workflow is cancelled
+  -- (copy_cancelled) rather than failed.
+  local CANCELLED = 'workflow-cancelled'
   local POLICIES = { fail_workflow = true, continue = true, skip = true }
   -- Whether this call applies copies of jobs another copy of the queue accepted (the
   -- regions feature's rg_apply.lua: a secondary region following the primary, a new
@@ -283,13 +289,24 @@
   -- removal too, then finds it finished and applies no policy.
   -- `keep_in`: the step's dependency record, where the job's markers are kept (a step a
   -- failed workflow cancels keeping its definition), or nil.
-  local function drop_job(id, keep_in)
+  -- `payload`: what the removal says to the release fragments (CANCELLED), or nil.
+  local function drop_job(id, keep_in, payload)
     local jk = job_key(id)
     -- Gone, or damaged (another type: left in place for remove_job, never read here).
     if key_type(jk) ~= 'hash' then return end
     local before = nil
     if keep_in then before = function(_, k) keep_marks(k, keep_in) end end
-    remove_unstarted(id, jk, before)
+    if payload then
+      -- remove_unstarted (lib_parking.lua), the removal carrying its payload.
+      redis.call('ZREM', K_WAIT, id)
+      redis.call('ZREM', K_DELAYED, id)
+      forget_parked(id, jk)
+      if release_hook then release_hook(id, jk, 'removed', payload) end
+      if before then before(id, jk) end
+      delete_job(id)
+    else
+      remove_unstarted(id, jk, before)
+    end
     emit('job-removed', id)
   end
 
@@ -357,7 +374,8 @@
 
   -- A failed workflow: every step that has not started is removed and closed as
   -- cancelled, keeping its definition (a replay of the failed step revives it).
-  local function cancel_rest(wid, why, keep)
+  -- `payload`: what each removal says (drop_job), or nil.
+  local function cancel_rest(wid, why, keep, payload)
     local ids = hvals(WFS .. wid)
     for i = 1, #ids do
       local sid = ids[i]
@@ -373,9 +391,28 @@
           kept = dk
         end
         close_step(sid, 'cancelled', why)
-        drop_job(sid, kept)
+        drop_job(sid, kept, payload)
       end
     end
+  end
+
+  -- A copy's step removed at its source by the cancellation of its workflow (a removal
+  -- with payload CANCELLED): the copy's workflow is cancelled as there (no event: the
+  -- source reported it) and the step closed as cancelled; nothing else is removed
+  -- here: each step the source removed comes with its own removal, and the steps that
+  -- were running there finish there, their outcomes copied.
+  local function copy_cancelled(id)
+    local f = fields(DEP .. id, 'st', 'w')
+    if not f[1] or TERMINAL[f[1]] then return end
+    local wid = f[2]
+    if not wid then
+      close_step(id, 'cancelled', 'cancelled')
+      return
+    end
+    local wk = WF .. wid
+    local st = field(wk, 'st')
+    if st == 'running' or st == 'failed' then redis.call('HSET', wk, 'st', 'cancelled') end
+    close_step(id, 'cancelled', 'workflow ' .. wid .. ' was cancelled')
   end
 
   -- Returns the dependents it made ready (policy continue), else 0.

@@ -4,10 +4,16 @@
   -- was removed before it finished) applies its on_failure policy (step_ended, which
   -- wf_heal.lua shares). Same atomic step. A copy's outcome (copy_of) does the same here.
   -- `context`: what its run left for the jobs that follow it (run links), or nil.
+  -- A copy's step removed at its source by its workflow's cancellation (payload
+  -- CANCELLED) is closed as cancelled, with its workflow (copy_cancelled).
   return function(id, jk, outcome, payload, context)
-    copy_of(id)
+    local was = copy_of(id)
     if outcome ~= 'completed' and outcome ~= 'failed' and outcome ~= 'removed' then return end
     if redis.call('EXISTS', DEP .. id) == 0 then return end
+    if was and outcome == 'removed' and payload == CANCELLED then
+      copy_cancelled(id)
+      return
+    end
     step_ended(id, outcome, payload, run_context(context))
   end
 end)()

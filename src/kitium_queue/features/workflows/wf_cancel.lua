@@ -4,7 +4,9 @@
   KEYS: the shared layout (lib_base.lua).
   ARGV[1..3]: shared prefix, now, events maxlen.  ARGV[4] workflow id.
   Every step that has not started is removed and closed as cancelled (for good: a
-  replay does not bring it back); running steps finish, and release nothing new.
+  replay does not bring it back); running steps finish, and release nothing new. Each
+  removal says so to the release fragments (payload CANCELLED, prelude.lua): a copy of
+  the queue elsewhere cancels its copy of the workflow rather than failing it.
   Returns { state, steps cancelled, ids of running steps } | { 'missing' }; KQ_BAD_STATE
   (nothing written) when the workflow's record or step index holds another type. A step
   whose own records are damaged is skipped.
@@ -30,7 +32,7 @@ if st == 'completed' or st == 'cancelled' then return { st, 0, {} } end
 redis.call('HSET', wk, 'st', 'cancelled')
 log_event('workflow-cancelled', wid)
 local before = num(redis.call('HGET', wk, 'left'))
-cancel_rest(wid, 'workflow ' .. wid .. ' was cancelled', false)
+cancel_rest(wid, 'workflow ' .. wid .. ' was cancelled', false, CANCELLED)
 local ids = redis.call('HVALS', WFS .. wid)
 local running = {}
 for i = 1, #ids do

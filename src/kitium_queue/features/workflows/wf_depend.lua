@@ -7,12 +7,19 @@
   ARGV[4] job id, ARGV[5] its parents' ids (JSON list), ARGV[6] on_failure ('' = default)
   Returns { 'ok', unfinished parents } | { 'missing' } | { 'started', state } |
   { 'tracked' } (it has dependencies already) | { 'refused', reason }.
+  On a queue with a fence (one copy among several: a multi-region queue) the job's
+  stored options also list its parents (depends_on, and on_failure when given, as
+  wf_create.lua writes a step's), and the job passes the `requeue` slot (requeued,
+  lib_slots.lua), so the features that copy jobs elsewhere copy it again as it is now:
+  a copy made before records the parents there (the workflows' requeue fragment), one
+  made after finds them in its options.
 ]]
 --@include lib_base
 --@include lib_events
 --@include lib_jobs
 --@include lib_parking
 --@include lib_park_timers
+--@include lib_slots
 @PRELUDE@
 
 local id = ARGV[4]
@@ -29,9 +36,24 @@ if why then return { 'refused', why } end
 local pol = ARGV[6]
 if pol == '' then pol = nil end
 local first = add_parents(id, deps, nil, nil, pol)
-if not first then return { 'ok', 0 } end
-redis.call('HSET', jk, 'wd', '1')
-if st == 'waiting' and redis.call('ZREM', K_WAIT, id) == 1 then
-  park(id, jk, int(wait_score(arg_int(f[2], 0, 0, 65535), num(f[3]))), 'wp:' .. first)
+--@if fence
+local o = redis.call('HGET', jk, 'o') or ''
+if o == '' or string.sub(o, -1) == '}' then
+  local extra = ',"depends_on":' .. ARGV[5]
+  if pol and POLICIES[pol] then extra = extra .. ',"on_failure":"' .. pol .. '"' end
+  if o == '' or string.match(o, '^{%s*}$') then o = '{' .. string.sub(extra, 2) .. '}'
+  else o = string.sub(o, 1, -2) .. extra .. '}' end
+  redis.call('HSET', jk, 'o', o)
 end
+--@end
+if first then
+  redis.call('HSET', jk, 'wd', '1')
+  if st == 'waiting' and redis.call('ZREM', K_WAIT, id) == 1 then
+    park(id, jk, int(wait_score(arg_int(f[2], 0, 0, 65535), num(f[3]))), 'wp:' .. first)
+  end
+end
+--@if fence
+requeued(id, jk, st)
+--@end
+if not first then return { 'ok', 0 } end
 return { 'ok', int(num(redis.call('HGET', DEP .. id, 'np'))) }
