@@ -14,7 +14,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from ..enums import JobStatus
+from ..enums import JobStatus, QueueRole
 from ..errors import ConfigurationError, DamagedKeyError, JobStateError, KitiumQueueError
 from ..limits import clip
 from ..presence import live_workers
@@ -188,7 +188,7 @@ class Pages(QueueViews):
             **self._common(queue, session),
             job=detail,
             shown=shown,
-            options=render_value(_shown_options(detail.options)),
+            options=render_value(_shown_options(detail.options, session)),
             logs=logs,
             why=why,
         )
@@ -290,7 +290,6 @@ class Pages(QueueViews):
         if queue is None or not enabled(queue, "webhooks"):
             return self._missing(request, session, "webhooks are not enabled on this queue")
         from ..features.webhooks import WebhookManager
-        from ..redact import redact_url
 
         mgr = WebhookManager.of(queue)
         if mgr is None:
@@ -302,7 +301,7 @@ class Pages(QueueViews):
                 recent = await mgr.get_delivery_history(h.id, limit=20)
             except KitiumQueueError:
                 recent = []
-            rows.append({"hook": h, "url": redact_url(h.url), "deliveries": recent})
+            rows.append({"hook": h, "url": endpoint_url(h.url, session), "deliveries": recent})
         offset = _int_param(request, "offset", 0, 2**50)  # the DLQ, 50 a page
         dead = await mgr.list_dlq(50, offset=offset)
         return self.dash.render(
@@ -329,13 +328,24 @@ class Pages(QueueViews):
         )
 
 
-def _shown_options(options: Any) -> Any:
-    """A job's options as its page shows them: its ``webhook_url`` redacted as the
-    webhooks page shows endpoints (no credentials, no query string: a token there is
-    the receiver's password), whoever may read the page."""
+def endpoint_url(url: str, session: Session) -> str:
+    """A webhook URL as ``session`` may see it. An admin: without credentials or query
+    (a token there is the receiver's password). Any other role: scheme, host and port
+    only (``https://hooks.slack.com/…``), since for many receivers the path itself is
+    the credential (``/services/T0/B0/<secret>``)."""
+    if session.role is QueueRole.ADMIN:
+        from ..redact import redact_url
+
+        return redact_url(url)
+    from ..features.webhooks.models import shown_url
+
+    return shown_url(url)
+
+
+def _shown_options(options: Any, session: Session) -> Any:
+    """A job's options as its page shows them: its ``webhook_url`` as the webhooks page
+    shows endpoints to the same reader (``endpoint_url``)."""
     url = options.get("webhook_url") if isinstance(options, dict) else None
     if not isinstance(url, str):
         return options
-    from ..redact import redact_url
-
-    return {**options, "webhook_url": redact_url(url)}
+    return {**options, "webhook_url": endpoint_url(url, session)}

@@ -19,7 +19,14 @@ from .. import load_lazily
 if TYPE_CHECKING:
     from .delivery import Backoff, EndpointBreaker, SecretStore
     from .manager import JOB_WEBHOOK_ID, JobWebhookConfig, WebhookManager
-    from .models import DeliveryAttempt, DeliveryRecord, Webhook, WebhookConfig, WebhookEvent
+    from .models import (
+        DeliveryAttempt,
+        DeliveryInFlightError,
+        DeliveryRecord,
+        Webhook,
+        WebhookConfig,
+        WebhookEvent,
+    )
     from .signing import (
         DEFAULT_TOLERANCE_S,
         WebhookVerificationError,
@@ -39,6 +46,7 @@ _LAZY = {
     "JobWebhookConfig": "manager",
     "WebhookManager": "manager",
     "DeliveryAttempt": "models",
+    "DeliveryInFlightError": "models",
     "DeliveryRecord": "models",
     "Webhook": "models",
     "WebhookConfig": "models",
@@ -64,6 +72,7 @@ __all__ = [
     "Backoff",
     "BlockedAddressError",
     "DeliveryAttempt",
+    "DeliveryInFlightError",
     "DeliveryRecord",
     "DeliveryStrategy",
     "EndpointBreaker",

@@ -269,7 +269,7 @@ def commands(
         "--event",
         "event_id",
         default=None,
-        help="One delivery (with --webhook), whatever its state.",
+        help="One delivery (with --webhook); refused while a worker is attempting it.",
     )
     @click.option("-n", "--limit", default=1000, show_default=True, type=click.IntRange(1))
     @json_option

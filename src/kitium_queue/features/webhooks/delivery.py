@@ -8,9 +8,10 @@ request or response body, or a URL's path and query (only the host).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,15 @@ from .ssrf import (
     require_httpx,
 )
 
-__all__ = ["AttemptResult", "Backoff", "EndpointBreaker", "SecretStore", "Sender", "Target"]
+__all__ = [
+    "AttemptResult",
+    "Backoff",
+    "EndpointBreaker",
+    "EndpointSlots",
+    "SecretStore",
+    "Sender",
+    "Target",
+]
 
 log = get_logger(__name__)
 
@@ -170,10 +179,55 @@ class Target:
     headers: Mapping[str, str]
     timeout_ms: int
     secret_id: str
+    max_in_flight: int = 0  # requests in flight at once; 0: the manager's default
 
     @property
     def breaker_key(self) -> str:
         return self.webhook_id if self.webhook_id != "job" else "job:" + url_host(self.url)
+
+
+#: Most endpoints whose slots are remembered while none of them is in use.
+MAX_SLOT_KEYS = 10_000
+
+
+class _Slots:
+    __slots__ = ("loop", "sem", "size", "users")
+
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.size, self.loop, self.sem, self.users = size, loop, asyncio.Semaphore(size), 0
+
+
+class EndpointSlots:
+    """Requests in flight per endpoint in this process (``Target.max_in_flight``, else
+    ``default``), under the breaker's key (a webhook id; ``job:<host>`` for jobs' own
+    URLs). Taken before one of the process's ``concurrency`` slots, so a delivery that
+    waits for its endpoint holds none of them: an endpoint that hangs holds at most its
+    cap while the others are delivered. A waiting delivery is not failed."""
+
+    def __init__(self, default: int) -> None:
+        self.default = max(1, default)
+        self._slots: dict[str, _Slots] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, target: Target | None) -> AsyncIterator[None]:
+        if target is None:  # nothing is sent
+            yield
+            return
+        key, size = target.breaker_key, target.max_in_flight or self.default
+        loop = asyncio.get_running_loop()
+        slot = self._slots.get(key)
+        if slot is None or slot.size != size or slot.loop is not loop:
+            # A changed cap takes effect for the next requests (those holding the old
+            # one end as they are).
+            if len(self._slots) >= MAX_SLOT_KEYS:
+                self._slots = {k: v for k, v in self._slots.items() if v.users}
+            slot = self._slots[key] = _Slots(size, loop)
+        slot.users += 1
+        try:
+            async with slot.sem:
+                yield
+        finally:
+            slot.users -= 1
 
 
 @dataclass(frozen=True, slots=True)

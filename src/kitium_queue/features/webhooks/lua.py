@@ -11,7 +11,10 @@ Keys (all under the queue's hash tag, built from the queue prefix like ``keys.ex
                            a claimed delivery's score is pushed a lease ahead
 ``wh:d:<w>/<e>``   HASH    a delivery: b body, ty type, st state, a attempts, c created,
                            e last error, sc last status, h history (JSON), sg strategy,
-                           u URL and m max retries (a job's own webhook_url)
+                           u URL and m max retries (a job's own webhook_url), l when
+                           a worker claimed it (set by webhooks_claim, cleared with
+                           its result: while its wh:retry score, the lease, is ahead,
+                           the attempt is in flight)
 ``wh:dlq``         ZSET    ``<webhook>/<event>`` -> when it was dead-lettered; with
                            ``wh:dlq:<w>``, its bound and its counter: ``dlq.py``
 ``wh:idx:<w>``     ZSET    event id -> created (ms): the newest ``history_max``
@@ -219,7 +222,8 @@ return existed
 
 _CLAIM = """--@include lib_base
 -- webhooks_claim: ARGV[4] most deliveries, ARGV[5] lease ms. Due retries are handed out
--- with their score pushed a lease ahead (a worker that dies leaves them due again). A
+-- with their score pushed a lease ahead (a worker that dies leaves them due again) and
+-- their record marked claimed (field l; webhooks_requeue refuses a leased one). A
 -- delivery record damaged by hand (another type) cannot be attempted: it moves to the
 -- DLQ, where listings name it, and is returned as a row of one field (its member).
 -- A member that is not UTF-8 names no delivery (the library writes UTF-8 ids): it is
@@ -277,6 +281,7 @@ for i = 1, #due do
     redis.call('ZREM', RETRY, m)  -- its record expired or was deleted
   else
     redis.call('ZADD', RETRY, int(NOW + lease), m)
+    redis.call('HSET', PREFIX .. 'wh:d:' .. m, 'l', NOW_S)
     out[#out + 1] = {m, f[1], f[2] or '', f[3] or '0', f[4] or '', f[5] or '', f[6] or '',
       f[7] or '[]'}
   end
@@ -389,6 +394,7 @@ for b = first, #ARGV, 13 do
   if state then
     redis.call('HSET', key, 'st', state, 'a', attempts, 'h', ARGV[b + 4], 'sc', ARGV[b + 5],
       'e', ARGV[b + 6])
+    redis.call('HDEL', key, 'l')  -- its claim, if any, is over
     if kind == 'retry' then
       redis.call('ZADD', RETRY, due, m)
       redis.call('PERSIST', key)
@@ -449,7 +455,10 @@ _REQUEUE = """--@include lib_base
 -- Schedules deliveries for an attempt now; a dead one starts again with its full retry
 -- budget. Returns { scheduled, passed over (another webhook's, or a record damaged by
 -- hand: left in the DLQ), DLQ entries examined }. wh:retry or wh:dlq damaged, or the
--- one record asked for: KQ_DAMAGED_KEY, nothing written.
+-- one record asked for: KQ_DAMAGED_KEY, nothing written. 'one' of a pending delivery
+-- that a worker claimed and whose lease (its wh:retry score) is still ahead: its
+-- attempt is in flight, and scheduling it again would send it twice; nothing written,
+-- { 0, 0, 1, 'leased', ms left of the lease }.
 {dlq_funcs}
 local RETRY, DLQ = PREFIX .. 'wh:retry', PREFIX .. 'wh:dlq'
 local bad = check_key(RETRY, 'zset') or check_key(DLQ, 'zset')
@@ -458,8 +467,13 @@ local mode, arg = ARGV[4], ARGV[5]
 local members, passed, examined = {}, 0, 1
 if mode == 'one' then
   members = { arg }
-  bad = check_key(PREFIX .. 'wh:d:' .. arg, 'hash')
+  local key = PREFIX .. 'wh:d:' .. arg
+  bad = check_key(key, 'hash')
   if bad then return bad end
+  if redis.call('HGET', key, 'st') == 'pending' and redis.call('HEXISTS', key, 'l') == 1 then
+    local due = tonumber(redis.call('ZSCORE', RETRY, arg))
+    if due and due > NOW then return { 0, 0, 1, 'leased', int(due - NOW) } end
+  end
 else
   local n = arg_int(ARGV[6], 1000, 1, BATCH_MAX)
   local skip = arg_int(ARGV[7], 0, 0, MAX_MS)
@@ -485,6 +499,7 @@ for i = 1, #members do
       redis.call('HSET', key, 'a', 0)
     end
     redis.call('HSET', key, 'st', 'pending')
+    redis.call('HDEL', key, 'l')
     redis.call('PERSIST', key)
     dlq_del(m)
     redis.call('ZADD', RETRY, NOW_S, m)

@@ -14,7 +14,15 @@ from ...enums import WebhookDeliveryStrategy, WebhookEventType
 from ...errors import ConfigurationError, DamagedKeyError
 from ...options import to_int
 from ...outbox import Outbox
-from .delivery import Backoff, EndpointBreaker, SecretSource, SecretStore, Sender, Target
+from .delivery import (
+    Backoff,
+    EndpointBreaker,
+    EndpointSlots,
+    SecretSource,
+    SecretStore,
+    Sender,
+    Target,
+)
 from .dlq import list_dead, webhook_stats
 from .local import LocalDispatcher
 from .lua import enqueue_fragment, event_fragment, feature_scripts, release_fragment
@@ -29,6 +37,7 @@ from .models import (
     check_id,
     check_strategy,
     check_url,
+    in_flight,
 )
 from .needs import NeedsService, synced_after_change
 from .registry import Registry, checked, read_records, webhook_damage
@@ -156,7 +165,8 @@ class WebhookManager:
             (1 s to 10 years; default none); None: no bound. One past it is dropped with
             its record and counted (``stats()["dead_dropped"]``).
         concurrency: requests in flight at most, per process (the HTTP pool's cost per
-            request grows with it: raise it for slow endpoints, not for fast ones).
+            request grows with it: raise it for slow endpoints, not for fast ones). One
+            endpoint has at most its ``max_in_flight`` of them (default: half, at least 1).
         busy_share: while this process's worker runs jobs, the delivery service takes
             about this share of the time and sleeps the rest (1: no pacing); an idle
             worker delivers at full speed.
@@ -245,6 +255,8 @@ class WebhookManager:
             max_connections=concurrency,
         )
         self.concurrency = concurrency
+        # Per endpoint: half of them by default (WebhookConfig.max_in_flight).
+        self.slots = EndpointSlots(concurrency // 2)
         self._limit: asyncio.Semaphore | None = None
         self._limit_loop: asyncio.AbstractEventLoop | None = None
         self.registry = Registry(queue)
@@ -294,7 +306,9 @@ class WebhookManager:
 
     # ------------------------------------------------------------------ targets
     def target_of(self, hook: Webhook) -> Target:
-        return Target(hook.id, hook.url, hook.headers, hook.timeout_ms, hook.id)
+        return Target(
+            hook.id, hook.url, hook.headers, hook.timeout_ms, hook.id, hook.max_in_flight or 0
+        )
 
     def job_target(self, url: str) -> Target | None:
         try:
@@ -455,14 +469,20 @@ class WebhookManager:
         return f"{webhook_id}/{check_id(event_id, 'event id')}"
 
     async def retry_delivery(self, webhook_id: str, event_id: str) -> bool:
-        """Attempt the delivery of ``event_id`` to ``webhook_id`` again now, whatever its
-        state (a dead one leaves the DLQ with its full retry budget); False when no such
-        delivery is recorded (its record expired, or went past ``history_max``)."""
+        """Attempt the delivery of ``event_id`` to ``webhook_id`` again now: a dead or
+        failed one with its full retry budget again, a delivered one once more (sent
+        again on purpose), a pending one now instead of after its backoff. False when no
+        such delivery is recorded (its record expired, or went past ``history_max``).
+        Raises ``DeliveryInFlightError`` while a delivery worker is attempting it (a
+        claimed retry, under its lease): it would go out twice."""
         member = self._member(webhook_id, event_id)
-        self.sender.breaker.success(webhook_id)  # an operator says: try it now
 
         async def action() -> bool:
             got = await self._run("webhooks_requeue", ("one", member, 1, 0))
+            if len(got) > 3 and got[3] in (b"leased", "leased"):
+                raise in_flight(member, int(got[4]))
+            if int(got[0]):
+                self.sender.breaker.success(webhook_id)  # an operator says: try it now
             return bool(int(got[0]))
 
         return await self.queue.admin.execute(

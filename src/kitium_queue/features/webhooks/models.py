@@ -20,10 +20,11 @@ from urllib.parse import urlsplit
 import orjson
 
 from ...enums import WebhookDeliveryStrategy, WebhookEventType
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, KitiumQueueError
 
 __all__ = [
     "DeliveryAttempt",
+    "DeliveryInFlightError",
     "DeliveryRecord",
     "Webhook",
     "WebhookConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "check_strategy",
     "check_url",
     "new_event_id",
+    "shown_url",
 ]
 
 MAX_URL = 2048
@@ -39,6 +41,8 @@ MAX_HEADERS, MAX_HEADER_BYTES = 32, 4096
 MAX_EVENTS = 64
 MAX_RETRIES = 50
 MAX_TIMEOUT_MS = 120_000
+#: Most ``max_in_flight`` of an endpoint may be.
+MAX_IN_FLIGHT = 1000
 MAX_EVENT_DATA_BYTES = 60_000
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _EVENT = re.compile(r"[a-z0-9][a-z0-9._:-]{0,63}")
@@ -96,6 +100,41 @@ def check_url(url: Any) -> str:
         raise ConfigurationError("a webhook URL's port must be 1-65535")
     _check_host(url, parts.hostname)
     return url
+
+
+class DeliveryInFlightError(KitiumQueueError):
+    """``retry_delivery`` of a delivery whose attempt a delivery worker is making now
+    (claimed under its lease): scheduling it again would send it twice."""
+
+
+def in_flight(member: str, lease_left_ms: int) -> DeliveryInFlightError:
+    """The refusal of ``retry_delivery`` for ``member`` (``<webhook>/<event>``)."""
+    return DeliveryInFlightError(
+        f"delivery {member[:220]!r} is pending and being attempted now by a delivery "
+        f"worker (claimed under a lease that runs {max(lease_left_ms, 0) / 1000:.1f} s more, "
+        "renewed while the attempt lasts): retrying it now would send it twice. Wait for "
+        "the attempt's result "
+        "(get_delivery_history, kitium-queue webhooks history --event) and retry it then if "
+        "it is still wanted"
+    )
+
+
+def shown_url(url: Any) -> str:
+    """What a reader who is not an admin sees of an endpoint URL: its scheme, host and
+    port, the rest elided (``https://hooks.slack.com/…``). For many receivers the path
+    is the credential (``/services/T0/B0/<secret>``); a query may hold a token too.
+    Anything that does not parse as such a URL: ``<redacted>``."""
+    try:
+        parts = urlsplit(str(url))
+        host, port = parts.hostname, parts.port
+        scheme = parts.scheme.lower()
+        if not host or not scheme.isalpha() or not host.isprintable() or " " in host:
+            raise ValueError(url)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}{'' if port is None else f':{port}'}/…"
+    except Exception:
+        return "<redacted>"
 
 
 def _check_host(url: str, hostname: str) -> None:
@@ -230,6 +269,10 @@ class WebhookConfig:
         headers: extra request headers (not ``webhook-*``, ``host``, ...).
         id: the endpoint's id (default: a random ``wh_...``).
         description: free text shown by the CLI.
+        max_in_flight: requests to this endpoint in flight at once, per delivering
+            process (1 to 1,000); None (default): half the manager's ``concurrency``, at
+            least 1. A slow endpoint then holds only these of the process's delivery
+            slots; its other deliveries wait for one of them (they are not failed).
     """
 
     url: str
@@ -245,6 +288,7 @@ class WebhookConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     id: str | None = None
     description: str = ""
+    max_in_flight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +306,7 @@ class Webhook:
     description: str = ""
     created_at: int = 0
     updated_at: int = 0
+    max_in_flight: int | None = None  # None: the manager's default
 
     @classmethod
     def from_config(
@@ -299,6 +344,9 @@ class Webhook:
             description=desc,
             created_at=now_ms,
             updated_at=now_ms,
+            max_in_flight=None
+            if config.max_in_flight is None
+            else _int(config.max_in_flight, "max_in_flight", 1, MAX_IN_FLIGHT),
         )
 
     def updated(self, changes: Mapping[str, Any], now_ms: int) -> Webhook:
@@ -311,6 +359,7 @@ class Webhook:
             "timeout_ms",
             "headers",
             "description",
+            "max_in_flight",
         }
         unknown = set(changes) - allowed
         if unknown:
@@ -341,6 +390,7 @@ class Webhook:
                 "description": self.description,
                 "created_at": self.created_at,
                 "updated_at": self.updated_at,
+                "max_in_flight": self.max_in_flight,
             }
         )
 
@@ -368,6 +418,7 @@ class Webhook:
                 headers=d.get("headers") or {},
                 id=d["id"],
                 description=d.get("description") or "",
+                max_in_flight=d.get("max_in_flight"),
             )
         except (KeyError, TypeError):
             raise ConfigurationError("stored webhook registration lacks fields") from None

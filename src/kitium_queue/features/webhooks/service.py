@@ -430,7 +430,8 @@ class DeliveryService(_Base):
         )
 
         async def one(i: int, d: Delivery) -> None:
-            async with sem:
+            # Its endpoint's slot first: waiting for it holds none of the process's.
+            async with self.mgr.slots.hold(d.target), sem:
                 res = None if self._stopping else await self.attempt(d)
             if res is None:
                 waves.add(i, d.member, self._handed_back(d), back=True, ok=False)
