@@ -121,6 +121,7 @@ class FlowControl:
         queue.use_enqueue(_check_keys)
         queue.add_explainer(self.explain)
         queue.add_service(flowheal.heal_service(queue))  # flowheal.py: keys nothing would release
+        queue.add_service(flowpark.follow_service(queue))  # parked jobs follow changed limits
         self._install()
 
     # ------------------------------------------------------------------ declarations
@@ -270,6 +271,8 @@ class FlowControl:
             with contextlib.suppress(Exception):
                 self._install()
             raise
+        if "rate_limits" in changes:  # parked jobs follow the new limits (flowpark.py)
+            flowpark.follow_soon(self.queue)
 
     def _install(self) -> None:
         # Every fragment is built before the first is installed, so a failure to build
@@ -278,7 +281,8 @@ class FlowControl:
         scripts = self.queue.scripts
         scripts.add_slot("enqueue", FEATURE, enqueue, order=ORDER_HOLD)
         scripts.add_slot("admission", FEATURE, admission, fields=MARKERS, order=ORDER_HOLD)
-        scripts.add_slot("release", FEATURE, _RELEASE, fields=("ck",))
+        scripts.add_slot("release", FEATURE, flowheal.RELEASE, fields=("ck",))
+        scripts.add_fragment(flowpark.FOLLOW_SCRIPT, flowpark.follow_script(self._prelude()))
         scripts.add_fragment(flowheal.HEAL_SCRIPT, flowheal.heal_script(self._prelude()))
 
     def _prelude(self) -> str:
@@ -574,27 +578,3 @@ _CHECK = """(function()
     return true, commit
   end
 end)()"""
-
-# Runs for every job leaving active (finish, recovery, clear): exact accounting of the
-# concurrency sets, and the next job of the key back to wait.
-_RELEASE = """(function()
-  local CC_OWNER = PREFIX .. 'cc-of'
-  return function(id, jk, outcome, payload, context, marked)
-    -- marked: the job's concurrency key field (ck) as finish read it. False: the job
-    -- names no key, so no slot of a key was taken for it (commit records one only for
-    -- a job with ck): nothing to do, no command. nil (the other ways out of active):
-    -- look it up.
-    if marked == false then return end
-    local ck = redis.call('HGET', CC_OWNER, id)
-    if not ck then return end
-    redis.call('HDEL', CC_OWNER, id)
-    redis.call('SREM', PREFIX .. 'cc:' .. ck, id)
-    if unpark('cc:' .. ck, 1) > 0 then  -- let out: the heal counts it a while (flowheal)
-      local out = PREFIX .. 'cc-out:' .. ck
-      local was = redis.pcall('GET', out)  -- another type (written by hand): left alone
-      if type(was) ~= 'table' then
-        redis.call('SET', out, int(math.floor(tonumber(was) or 0) + 1), 'PX', @OUT_MS@)
-      end
-    end
-  end
-end)()""".replace("@OUT_MS@", str(flowheal.LET_OUT_MS))

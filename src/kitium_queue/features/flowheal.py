@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..explain import Reason
 from ..leader import LeaderService, every
 from ..limits import get_logger, reply_text
+from . import flowpark
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -39,6 +40,7 @@ __all__ = [
     "HEAL_INTERVAL_S",
     "HEAL_SCRIPT",
     "LET_OUT_MS",
+    "RELEASE",
     "ConcurrencyHealReport",
     "cap_reason",
     "heal_concurrency",
@@ -233,11 +235,13 @@ def heal_soon(queue: JobQueue) -> None:
 
 
 def heal_service(queue: JobQueue, interval_s: float = HEAL_INTERVAL_S) -> LeaderService:
-    """The workers' walk of ``queue``'s parked concurrency keys, at once when a process
-    starts leading, then every ``interval_s``, in one process at a time."""
+    """The workers' walk of ``queue``'s parked concurrency keys (and of its parked
+    rate-limit keys: ``flowpark.follow_limits``), at once when a process starts leading,
+    then every ``interval_s``, in one process at a time."""
 
     async def step() -> None:
         await heal_concurrency(queue)
+        await flowpark.follow_limits(queue)  # rate-limit timers armed by another rule
 
     async def serve(term: Any) -> None:
         await every(int(interval_s * 1000), step, f"queue {queue.name}: flow-control heal")
@@ -290,3 +294,29 @@ async def cap_reason(flow: FlowControl, client: Any, ck: str, parked: bool) -> R
             source="flow-control",
         )
     return None
+
+
+# Flow control's release fragment (flowcontrol.py installs it). Runs for every job
+# leaving active (finish, recovery, clear): exact accounting of the concurrency sets,
+# and the next job of the key back to wait (counted in cc-out:<key> for the heal).
+RELEASE = """(function()
+  local CC_OWNER = PREFIX .. 'cc-of'
+  return function(id, jk, outcome, payload, context, marked)
+    -- marked: the job's concurrency key field (ck) as finish read it. False: the job
+    -- names no key, so no slot of a key was taken for it (commit records one only for
+    -- a job with ck): nothing to do, no command. nil (the other ways out of active):
+    -- look it up.
+    if marked == false then return end
+    local ck = redis.call('HGET', CC_OWNER, id)
+    if not ck then return end
+    redis.call('HDEL', CC_OWNER, id)
+    redis.call('SREM', PREFIX .. 'cc:' .. ck, id)
+    if unpark('cc:' .. ck, 1) > 0 then  -- let out: the heal counts it a while (flowheal)
+      local out = PREFIX .. 'cc-out:' .. ck
+      local was = redis.pcall('GET', out)  -- another type (written by hand): left alone
+      if type(was) ~= 'table' then
+        redis.call('SET', out, int(math.floor(tonumber(was) or 0) + 1), 'PX', @OUT_MS@)
+      end
+    end
+  end
+end)()""".replace("@OUT_MS@", str(LET_OUT_MS))

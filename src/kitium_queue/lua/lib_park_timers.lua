@@ -54,10 +54,13 @@ local function fire_timers()
     local n, every = string.match(park_call('rules', 'HGET', K_PARK_RULES, blocker) or '',
       '^(%d+) (%d+)')
     n, every = tonumber(n) or 0, tonumber(every) or 0
-    if n <= 0 or n > budget then n = budget end
-    local m = unpark(blocker, n)
+    local take = n
+    if take <= 0 or take > budget then take = budget end
+    local m = unpark(blocker, take)
     budget, moved = budget - m, moved + m
     if m > 0 and redis.call('EXISTS', PARKED_PREFIX .. blocker) == 1 then
+      -- Armed again by its own rule (n, not what this call's budget let out): a rule
+      -- that changed here would read as another declaration's (flowpark.py).
       set_timer(blocker, NOW + every, n, every)
     else
       park_call('timers', 'ZREM', K_PARK_TIMERS, blocker)
