@@ -2,11 +2,12 @@
 by arithmetic. Times are epoch milliseconds.
 
 A cron schedule ticks on whole seconds in its time zone. When the clocks go back
-(daylight saving time ends) a wall-clock time happens twice: a pattern with a fixed
-hour (``"0 2 * * *"``) ticks once, at the first pass, as cron does; a pattern with a
-wildcard hour (``"*/15 * * * *"``, ``@hourly``) ticks on both passes, every real
-quarter of an hour. When the clocks go forward, a tick inside the skipped hour runs at
-the first time after it (croniter's rule).
+(daylight saving time ends) a wall-clock time happens twice. The hour field decides,
+by the hours it matches, not by how it is written: one that matches every hour (``*``,
+``*/1``, ``0-23``, a list of all 24, ``@hourly``) ticks on both passes, by elapsed time
+(``"*/15 * * * *"``: every real quarter of an hour); any other (``2``, ``1-3``, ``*/2``)
+ticks once, at the first pass, as cron does. When the clocks go forward, a tick inside
+the skipped hour runs at the first time after it (croniter's rule).
 
 An interval schedule ticks at ``anchor + k * interval`` where ``anchor`` is its start
 date (or the Unix epoch), so every process computes the same ticks.
@@ -63,10 +64,21 @@ class CronTiming(Timing):
         super().__init__(start, end)
         self.pattern = pattern
         self.tz = tz
-        fields = pattern.split()
-        self.seconds = len(fields) == 6
-        hour = fields[2 if self.seconds else 1] if len(fields) >= 5 else pattern
-        self.fixed_hour = not hour.startswith("*") and hour != "@hourly"
+        self.seconds = len(pattern.split()) == 6
+        self._fixed_hour: bool | None = None
+
+    @property
+    def fixed_hour(self) -> bool:
+        """Whether the pattern matches some hours only (it ticks once when a wall-clock
+        time happens twice); read from the expanded hour field, so that equivalent
+        patterns (``*``, ``0-23``, ``*/1``) behave the same."""
+        if self._fixed_hour is None:
+            from croniter import croniter
+
+            # expanded: minute, hour, ... whatever the layout (seconds go last).
+            hours = croniter(self.pattern, 0, second_at_beginning=self.seconds).expanded[1]
+            self._fixed_hour = "*" not in hours and not set(range(24)) <= set(hours)
+        return self._fixed_hour
 
     def _iter(self, t_ms: int) -> croniter:
         from croniter import croniter  # on first use: a cron schedule's ticks
@@ -77,10 +89,8 @@ class CronTiming(Timing):
     def _shift_ms(self, ms: int) -> int:
         """How far the clocks went back if ``ms`` is on the second pass of a repeated
         wall-clock time (a fixed-hour pattern does not tick there), else 0."""
-        if not self.fixed_hour:
-            return 0
         local = datetime.fromtimestamp(ms / 1000, self.tz)
-        if local.fold != 1:
+        if local.fold != 1 or not self.fixed_hour:
             return 0
         first, second = local.replace(fold=0).utcoffset(), local.utcoffset()
         if first is None or second is None or first <= second:

@@ -79,6 +79,16 @@ _MAX_EPOCH_MS = 253_402_300_799_999
 _MAX_CRON = 1000
 # A random field value (croniter's R, R(a-b), R/n), case-insensitive.
 _RANDOM = re.compile(r"^r(\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE | re.ASCII)
+#: The fields of a 6-field pattern (a 5-field one has no second) and their ranges.
+_FIELDS = (
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 6),
+)
+_STEP = re.compile(r"/(\d+)$", re.ASCII)
 
 
 # ---------------------------------------------------------------------------- record
@@ -245,12 +255,13 @@ def _date_ms(value: Any, tz: tzinfo, what: str) -> int | None:
     )
 
 
-def check_cron(pattern: Any) -> str:
+def check_cron(pattern: Any, *, steps: bool = True) -> str:
     """Validate a cron pattern; return it normalized (single spaces).
 
     5 fields: minute hour day-of-month month day-of-week. 6 fields: **seconds first**,
     then the same five. Also ``@yearly``, ``@monthly``, ``@weekly``, ``@daily``,
-    ``@hourly``.
+    ``@hourly``. ``steps=False`` lets a step larger than its field's range pass (a
+    stored pattern declared before they were refused still fires as it did).
     """
     if not isinstance(pattern, str) or not pattern.strip():
         raise ConfigurationError(f"cron pattern must be a non-empty string, got {pattern!r}")
@@ -274,6 +285,8 @@ def check_cron(pattern: Any) -> str:
             f"invalid cron pattern {shown_pattern}: a random field value (R) is not "
             "supported: every scheduler must compute the same ticks; write the value"
         )
+    if steps:
+        _check_steps(text, shown_pattern)
     from croniter import croniter  # on first use: schedules of intervals never load it
     from croniter.croniter import CroniterError
 
@@ -290,6 +303,24 @@ def check_cron(pattern: Any) -> str:
             f"invalid cron pattern {shown_pattern} ({layout}): {clip(printable(exc), 200)}"
         ) from None
     return text
+
+
+def _check_steps(text: str, shown_pattern: str) -> None:
+    """Refuse a step larger than its field's range (``*/90`` minutes): croniter takes it
+    and matches the field's first value only, which is not what it says."""
+    fields = text.split()
+    if text.startswith("@"):
+        return
+    for (what, low, high), value in zip(_FIELDS[6 - len(fields) :], fields, strict=True):
+        for part in value.split(","):
+            step = _STEP.search(part)
+            if step and int(step.group(1)) > high - low:
+                raise ConfigurationError(
+                    f"invalid cron pattern {shown_pattern}: step {clip(step.group(1), 20)} "
+                    f"of the {what} field is larger than its range ({low}-{high}), so it "
+                    f"would match one value only; use a step of at most {high - low}, or "
+                    "write the value"
+                )
 
 
 def _misfire(value: Any) -> tuple[str, int]:

@@ -22,6 +22,7 @@ It plugs into the queue through the extension points only:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 import uuid
 import weakref
@@ -68,6 +69,8 @@ log = get_logger(__name__)
 #: The name the option, scripts and service are registered under.
 FEATURE = "encryption"
 _SCRIPTS = ("enc_rotate", "enc_swap")
+#: The fields of an envelope as ``KeyRing.seal`` writes it.
+_ENVELOPE_FIELDS = frozenset({"kqe", "kid", "alg", "for", "ct"})
 _INSTALLED: weakref.WeakKeyDictionary[Any, EncryptionManager] = weakref.WeakKeyDictionary()
 
 
@@ -468,6 +471,9 @@ class EncryptionManager:
                 raw = self.ring.open(data, binding)
             else:
                 raw = self.queue.serializer.dumps(data)
+            kept = await self._stored_template(origin[1], binding, key_id, raw)
+            if kept is not None:
+                return name, kept, out
         else:
             job_id = out.get("job_id")
             if job_id is None:  # made here: no idempotency window to hold (jobspec)
@@ -478,6 +484,37 @@ class EncryptionManager:
             binding = Binding("job", self.queue.name, job_id, name, "data")
             raw = self.queue.serializer.dumps(data)
         return name, self.ring.seal(raw, key_id, binding), out
+
+    async def _stored_template(
+        self, schedule_id: str, binding: Binding, key_id: str, raw: bytes
+    ) -> dict[str, Any] | None:
+        """The schedule's stored envelope when it holds ``raw`` already, sealed under
+        ``key_id`` for ``binding``; else None (seal anew).
+
+        A ciphertext is new at every seal (a random nonce): re-declaring an unchanged
+        encrypted schedule (every process at start-up) would otherwise store new data,
+        bump the schedule's version and emit ``schedule-updated`` each time. Read back
+        from Redis, the envelope is kept only when it opens under this binding to the
+        same plaintext (authenticated) and has the fields ``seal`` writes, no more."""
+        client = await self.queue.client()
+        try:
+            stored = await client.hget(self.queue.keys.schedule(schedule_id), "d")
+        except ResponseError:  # a key of another type: schedule_put reports it
+            return None
+        if not stored:
+            return None
+        try:
+            env = self.queue.serializer.loads(stored)
+            if (
+                not _sealed_template(env)
+                or set(env) != _ENVELOPE_FIELDS
+                or envelope_key_id(env) != key_id
+                or not hmac.compare_digest(self.ring.open(env, binding), raw)
+            ):
+                return None
+        except (SerializationError, DecryptionError):
+            return None
+        return dict(env)
 
     # ------------------------------------------------------------------ queries
     def _view(self, info: JobInfo, redact: bool) -> None:
