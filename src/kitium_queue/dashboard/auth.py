@@ -216,11 +216,17 @@ def is_loopback_authority(authority: str | None) -> bool:
     loopback listener with its own name here."""
     if not authority or len(authority) > 300:
         return False
-    host = authority.strip().lower()
-    if host.startswith("["):  # [::1]:8080
-        host = host[1 : host.find("]")] if "]" in host else ""
+    host, port = authority.strip().lower(), ""
+    if host.startswith("["):  # [::1]:8080; nothing else after the bracket
+        end = host.find("]")
+        host, rest = (host[1:end], host[end + 1 :]) if end > 0 else ("", "")
+        if rest and not rest.startswith(":"):
+            return False
+        port = rest[1:]
     elif host.count(":") == 1:
-        host = host.partition(":")[0]
+        host, _, port = host.partition(":")
+    if port and not (port.isascii() and port.isdigit()):
+        return False
     host = host.rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True

@@ -202,16 +202,19 @@ class EndpointSlots:
     ``default``), under the breaker's key (a webhook id; ``job:<host>`` for jobs' own
     URLs). Taken before one of the process's ``concurrency`` slots, so a delivery that
     waits for its endpoint holds none of them: an endpoint that hangs holds at most its
-    cap while the others are delivered. A waiting delivery is not failed."""
+    cap while the others are delivered. A waiting delivery is not failed.
+
+    ``hold`` yields whether the slot was taken: False only with ``wait_s``, once that
+    long has passed without one (the caller then does not send)."""
 
     def __init__(self, default: int) -> None:
         self.default = max(1, default)
         self._slots: dict[str, _Slots] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, target: Target | None) -> AsyncIterator[None]:
+    async def hold(self, target: Target | None, wait_s: float | None = None) -> AsyncIterator[bool]:
         if target is None:  # nothing is sent
-            yield
+            yield True
             return
         key, size = target.breaker_key, target.max_in_flight or self.default
         loop = asyncio.get_running_loop()
@@ -224,8 +227,15 @@ class EndpointSlots:
             slot = self._slots[key] = _Slots(size, loop)
         slot.users += 1
         try:
-            async with slot.sem:
-                yield
+            try:
+                await asyncio.wait_for(slot.sem.acquire(), wait_s)
+            except asyncio.TimeoutError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                slot.sem.release()
         finally:
             slot.users -= 1
 

@@ -415,9 +415,13 @@ class DeliveryService(_Base):
         ``hold_ms``): a batch of slow answers outlasting them was taken over and sent
         again by a live worker. Once the service stops, attempts not yet begun are not
         made: those deliveries are recorded as retries due now, their attempts and
-        history unchanged. While Redis is unreachable a wave's record is tried again
-        (the results are only here; a dropped record is sent again by the worker that
-        takes the batch over)."""
+        history unchanged. So is a delivery that waited for its endpoint's slot
+        (``EndpointSlots``) for its request timeout: an endpoint whose requests hang
+        would otherwise hold the batch, and so its loop and the events of every other
+        endpoint behind it, for as many rounds of timeouts as its backlog makes, with
+        the process's other slots free. While Redis is unreachable a wave's record is
+        tried again (the results are only here; a dropped record is sent again by the
+        worker that takes the batch over)."""
         sem = self.mgr.limit
         timeouts = [d.target.timeout_ms for d in work if d.target is not None]
         self._longest_s = max(self._longest_s, max(timeouts, default=0) / 1000)
@@ -430,9 +434,14 @@ class DeliveryService(_Base):
         )
 
         async def one(i: int, d: Delivery) -> None:
-            # Its endpoint's slot first: waiting for it holds none of the process's.
-            async with self.mgr.slots.hold(d.target), sem:
-                res = None if self._stopping else await self.attempt(d)
+            # Its endpoint's slot first: waiting for it holds none of the process's. For
+            # one request timeout at most (see the docstring): then it is handed back.
+            res = None
+            wait_s = None if d.target is None else d.target.timeout_ms / 1000
+            async with self.mgr.slots.hold(d.target, wait_s) as got:
+                if got:
+                    async with sem:
+                        res = None if self._stopping else await self.attempt(d)
             if res is None:
                 waves.add(i, d.member, self._handed_back(d), back=True, ok=False)
             else:
