@@ -247,7 +247,8 @@ async def resubmit(copy: RegionCopy, primary: JobQueue, ids: Sequence[str]) -> d
     outcome ends the job there if it has not run again (``"ended"``; ``"exists"``: it
     had, it ran twice); a requeue puts it back to wait (``"requeued"``); an erasure
     erases the job there, in any state, and from there at every other region
-    (``"erased"``). Applied records
+    (``"erased"``; ``"gone"``: the job is not there any more, and a job that took its id
+    since, created at another time, is left alone). Applied records
     are deleted; the others (``"refused"``) are kept.
     """
     client = await copy.lane.client()
@@ -263,11 +264,24 @@ async def resubmit(copy: RegionCopy, primary: JobQueue, ids: Sequence[str]) -> d
         if kind == "job":
             # It keeps its id, creation time and the epoch that first accepted it.
             row[ENTRY.index("op")] = "put"
+        if kind == "erasure" and not await _same_job(primary, jid, fields.get("created")):
+            # The job it was recorded for is gone there; a job that took its id since
+            # (another creation time) is another job, never erased for this one.
+            out[jid] = "gone"
+            await _forget(copy, jid)
+            continue
         (status,) = await apply(primary, [row])
         out[jid] = status
         if status in APPLIED:
             await _forget(copy, jid)
     return out
+
+
+async def _same_job(primary: JobQueue, jid: str, created: Any) -> bool:
+    """Whether ``primary`` holds job ``jid`` created at ``created`` (a stranded
+    erasure's record: the job the erasing region had)."""
+    (row,) = await export(primary, [jid])
+    return _s(row["op"]) != "gone" and _s(row["created"]) == _s(created)
 
 
 async def discard(copy: RegionCopy, ids: Sequence[str]) -> int:
