@@ -546,6 +546,10 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
         "admission", FEATURE, frags["admission"], fields=lua.ADMISSION_FIELDS, order=ORDER_LINE
     )
     scripts.add_slot("release", FEATURE, frags["release"])
+    # A turn holder a debounce moves from wait to delayed gives its turn back
+    # (duplicate.lua): a delayed job holds no turn.
+    for name, order in lua.DUPLICATE_ORDERS.items():
+        scripts.add_slot("duplicate", f"{FEATURE}:{name}", frags[name], order=order)
 
     async def forget_groups() -> None:
         # clear() deleted the jobs and their lines: the groups' own keys go too.
