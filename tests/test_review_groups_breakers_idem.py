@@ -12,6 +12,10 @@ from helpers import QueueFactory, wait_for_status
 from kitium_queue import IdempotencyManager, JobStatus, NonRetryableError
 
 FAST = {"concurrency": 1, "scheduler": False}
+#: A window kept on a job ('it': its key's TTL left plus its age) reads a few ms off
+#: (the key's TTL and the script's clock are read at different moments): 2,997 to 3,001
+#: for 3,000 on Redis, up to 3,015 on memory://.
+SLACK_MS = 100
 
 
 async def _pttl(q: Any, key: str) -> int:
@@ -44,7 +48,7 @@ async def test_a_replayed_job_takes_its_key_again_for_its_own_window(
     await worker.worker.stop()
     assert await admin.replay_dlq() == 1
     # Held again, for the job's own 5 s window (it was 24 h: the admin's TTL).
-    assert 0 < await _pttl(admin, "K") <= 5000
+    assert 0 < await _pttl(admin, "K") <= 5000 + SLACK_MS
     assert await admin.add_job("j", 2, idempotency_key="K", attempts=1) == jid
     fixed = True
     await worker.start()
@@ -52,7 +56,7 @@ async def test_a_replayed_job_takes_its_key_again_for_its_own_window(
     assert await _pttl(worker, "K") == -2
     # Put back once more (retry_job of the completed job): still its own window.
     await admin.retry_job(jid)
-    assert 0 < await _pttl(admin, "K") <= 5000
+    assert 0 < await _pttl(admin, "K") <= 5000 + SLACK_MS
 
 
 async def test_a_second_manager_with_another_ttl_is_the_window_a_retry_takes(
@@ -71,4 +75,4 @@ async def test_a_second_manager_with_another_ttl_is_the_window_a_retry_takes(
     await wait_for_status(q, jid, JobStatus.COMPLETED)
     await q.worker.stop()
     await q.retry_job(jid)
-    assert 0 < await _pttl(q, "K2") <= 3000
+    assert 0 < await _pttl(q, "K2") <= 3000 + SLACK_MS

@@ -219,10 +219,15 @@ def follow_script(prelude: str) -> str:
 async def follow_limits(queue: JobQueue) -> int:
     """Walk every parked rate-limit key of ``queue`` once: arm again, by this process's
     declarations, each timer armed by another rule (``FOLLOW_SCRIPT``). Returns how many
-    were armed again."""
+    were armed again. A queue closed during the walk ends it (its next page would
+    open a connection again)."""
     client = await queue.client()
     cursor, armed = "0", 0
     for _ in range(MAX_CALLS):
+        if cursor != "0":
+            if not queue.ctx.connected:
+                break
+            client = await queue.client()
         got = await queue.scripts.call(
             client, FOLLOW_SCRIPT, queue.keys.all, [*queue.ctx.argv_head(), cursor, PAGE]
         )
@@ -246,9 +251,13 @@ _PENDING: set[asyncio.Task[Any]] = set()
 def _background(queue: JobQueue, again: bool) -> None:
     async def run() -> None:
         try:
-            await follow_limits(queue)
-            if again:
-                await asyncio.sleep(FOLLOW_AGAIN_S)
+            for i in range(2 if again else 1):
+                if i:
+                    await asyncio.sleep(FOLLOW_AGAIN_S)
+                # Closed since (or while the first walk was under way): a walk would
+                # connect it again, and nothing would close that client.
+                if not queue.ctx.connected:
+                    return
                 await follow_limits(queue)
         except Exception as exc:  # the next change, start or heal pass tries again
             log.warning("queue %s: rate-limit follow-up failed: %s", queue.name, exc)
