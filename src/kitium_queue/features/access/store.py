@@ -8,7 +8,8 @@ change is written by the audit log's append script together with its audit entry
 
 The cache: a principal's grants are read with one ``HGETALL`` and kept for
 ``cache_ttl_ms``; so a grant or revoke made by another process takes effect here within
-that bound (in the process that made it, at once). Concurrent checks of a principal
+that bound (in the process that made it, at once: a read begun before the change is
+neither cached nor shared with the checks after it). Concurrent checks of a principal
 whose grants are not cached share one read. A grant read back from Redis that does not
 parse (edited by hand, damaged) grants nothing and is logged; so does a grants key of
 another Redis type (the principal's checks are refused: fail closed), and a principals
@@ -122,6 +123,9 @@ class GrantStore:
         self._now = monotonic
         self._cache: dict[str, Grants] = {}
         self._loading: dict[str, asyncio.Future[Grants]] = {}
+        # Bumped by every forget(): a read that began before a grant change of this
+        # process is not cached (its reply may predate the change).
+        self._generation = 0
         self.principals_key = deployment.key("principals")
 
     def key(self, principal: str) -> str:
@@ -146,6 +150,7 @@ class GrantStore:
             return await asyncio.shield(pending)
         fut: asyncio.Future[Grants] = asyncio.get_running_loop().create_future()
         self._loading[principal] = fut
+        generation = self._generation
         try:
             entries = await self.read(principal)
             grants = Grants(
@@ -153,7 +158,7 @@ class GrantStore:
                 self._now() + self.cache_ttl_s,
                 {},
             )
-            if self.cache_ttl_s > 0:
+            if self.cache_ttl_s > 0 and generation == self._generation:
                 if len(self._cache) >= MAX_CACHED:
                     for old in list(self._cache)[: MAX_CACHED // 10]:
                         del self._cache[old]
@@ -168,14 +173,20 @@ class GrantStore:
             fut.cancel()
             raise
         finally:
-            del self._loading[principal]
+            if self._loading.get(principal) is fut:
+                del self._loading[principal]
 
     def forget(self, principal: str | None = None) -> None:
-        """Drop the cached grants of ``principal`` (of everyone when None)."""
+        """Drop the cached grants of ``principal`` (of everyone when None). A read of
+        them under way is neither cached nor shared with later checks: its reply may
+        predate the change that made this call."""
+        self._generation += 1
         if principal is None:
             self._cache.clear()
+            self._loading.clear()
         else:
             self._cache.pop(principal, None)
+            self._loading.pop(principal, None)
 
     async def _damaged(self, method: str, key: str, what: str) -> Any:
         """``method`` on ``key``, or None (logged) when the key holds another type."""
