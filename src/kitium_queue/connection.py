@@ -37,7 +37,7 @@ from .redis_urls import (
     no_retry,
     option_problem,
     parse_multi_host_url,
-    unknown_url_options,
+    url_problem,
 )
 
 __all__ = ["REDACTED", "REDACTED_PLACEHOLDER", "TRANSIENT_ERRORS", "ConnectionFactory"]
@@ -255,7 +255,7 @@ class ConnectionFactory:
         check_delimited(url)
         hidden = self._secrets | misplaced_secrets(url)
         try:
-            problem = _settings_problem(parse_url(url)) or unknown_url_options(url)
+            problem = _settings_problem(parse_url(url)) or url_problem(url)
             host = urlsplit(url).hostname if url[:7].lower() == "unix://" else None
             if host and not problem:  # unix://tmp/r.sock: "tmp" would be dropped silently
                 problem = (

@@ -393,6 +393,14 @@ class JobSpec:
         a feature option whose feature is not enabled, or an invalid value.
         """
         self.check_names(opts, section)
+        for name in ("job_id", "idempotency_key") if section == "default_job_options" else ():
+            if opts.get(name) is not None:  # one job's identity: every job would share it
+                raise ConfigurationError(
+                    f"default_job_options: {name} names one job and cannot be a default: "
+                    f"every job would get the same {name}, and each one after the first "
+                    f"would be taken as its duplicate and not added; pass {name} to "
+                    "add_job for each job instead"
+                )
         specs = self._specs
         return {k: specs[k].normalize(v, section) for k, v in opts.items() if v is not None}
 
@@ -578,6 +586,8 @@ def job_item(i: int, item: Any) -> tuple[Any, Any, dict[str, Any]]:
             raise ConfigurationError(
                 f"add_jobs item {i}: unknown key(s) {extra}; use name, data, options"
             )
+        if "options" in item and "opts" in item:  # one of them would be dropped unseen
+            raise ConfigurationError(f"add_jobs item {i}: give options or opts, not both")
         opts = options_dict(item.get("options", item.get("opts")))
         return item.get("name"), item.get("data"), opts
     if isinstance(item, (tuple, list)) and len(item) in (2, 3):

@@ -126,9 +126,10 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         JobField(
             "it",
             "the length (ms) of an until_finished job's idempotency window, kept when "
-            "its key is freed, for a put-back job to take the key again for as long",
-            "the effectively-once release and requeue fragments "
-            "(features/idempotency/release.lua, requeue.lua)",
+            "it is added (on a job added before, when its key is freed), for a "
+            "put-back job to take the key again for as long",
+            "the effectively-once enqueue, release and requeue fragments "
+            "(features/idempotency/enqueue.lua, release.lua, requeue.lua)",
         ),
         JobField(
             "wu",
@@ -337,6 +338,11 @@ def decode_id(member: str | bytes, problems: list[str]) -> str:
         return member.decode("utf-8", "backslashreplace")
 
 
+#: The largest count or ms timestamp a record is read with (2**53: exact as a float and
+#: in JSON, and 285,000 years in ms); a larger one is reported as damage.
+_MAX_NUMBER = 2**53
+
+
 def job_values(
     job_id: str,
     raw: Mapping[bytes, bytes],
@@ -374,17 +380,20 @@ def job_values(
         if not v:
             return None
         try:
-            return int(v)
+            n = int(v)
         except ValueError:
-            pass
-        try:
-            f = float(v)
-        except ValueError:
-            f = math.nan
-        if math.isfinite(f):
-            return int(f)
-        damage.append(f"{what} is not a number: {shown(v)}")
-        return None
+            try:
+                f = float(v)
+            except ValueError:
+                f = math.nan
+            if not math.isfinite(f):
+                damage.append(f"{what} is not a number: {shown(v)}")
+                return None
+            n = int(f)
+        if abs(n) > _MAX_NUMBER:  # no count or ms timestamp comes near: written by hand
+            damage.append(f"{what} is out of range: {shown(v)}")
+            return None
+        return n
 
     # An empty record is a key of another type (``hash_reply``): no state of its own.
     st = stored_status(raw) if raw else None

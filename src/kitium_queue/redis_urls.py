@@ -26,6 +26,7 @@ __all__ = [
     "option_problem",
     "parse_multi_host_url",
     "unknown_url_options",
+    "url_problem",
 ]
 
 # Query-string options accepted by the cluster and sentinel URLs, with their types.
@@ -208,6 +209,44 @@ def unknown_url_options(url: str) -> str:
             tls = " (ssl_* options need a rediss:// URL)" if name.startswith("ssl_") else ""
             return f"unknown option {name!r} in the query string{tls}; {hint}"
     return ""
+
+
+def _bad_char(text: str) -> str:
+    """The first control character or lone surrogate of ``text``, as "a control
+    character, U+XXXX at index N" ("" if none): such a URL cannot reach a server, and
+    its error message would carry the character to a terminal or a log (a surrogate
+    cannot even be printed)."""
+    for i, ch in enumerate(text):
+        if ch < " " or ch == "\x7f":
+            return f"a control character, U+{ord(ch):04X} at index {i}"
+        if "\ud800" <= ch <= "\udfff":
+            return f"a lone surrogate, U+{ord(ch):04X} at index {i}"
+    return ""
+
+
+def url_problem(url: str) -> str:
+    """What is wrong with a redis://, rediss:// or unix:// URL that redis-py parses
+    without a word ("" if nothing): a control character or lone surrogate (percent-encoded
+    ones in the host too); a path that is not one database number (redis-py reads
+    ``/x`` as database 0 and ``/1/2`` as database 12, so the queue would use another
+    database than the one meant); an unknown query option (``unknown_url_options``)."""
+    where = _bad_char(url)
+    if where:
+        return f"it holds {where}: remove it (a URL is printable text)"
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("?")[0].partition("#")[0].partition("/")
+    host = unquote(authority.rpartition("@")[2])
+    if _bad_char(host):
+        return "its host holds a percent-encoded control character; remove it"
+    if scheme.lower() in ("redis", "rediss") and slash:
+        db = unquote(path)
+        db = db[:-1] if len(db) > 1 and db.endswith("/") else db  # "/3/" is database 3
+        if db and not (db.isascii() and db.isdigit()):
+            return (
+                "the path after the host must be one database number (redis://host:6379/0), "
+                "got another path: fix it, or leave it out for database 0"
+            )
+    return unknown_url_options(url)
 
 
 def no_retry(*, sync: bool = False) -> Any:
