@@ -3,6 +3,10 @@
   -- its key points to has not started, a repeated key replaces that job's data and
   -- pushes its start back by the new job's delay (or runs it now without one); once it
   -- started or finished, the new job is added and the key points to it (trailing edge).
+  -- Started: a worker claimed it once ('ps', written by claim, never removed). A job
+  -- back in wait, delayed or parked after a run (waiting out a retry's backoff, a
+  -- RetryLater, a stalled or handed-back run, put back by retry_job) has started: its
+  -- next run is a run of the job as it was added, its data and due time untouched.
   local UF = '"idempotency_window":"until_finished"'
   local ENDED = { completed = true, failed = true, dlq = true }
   return function(existing, name, data, opts, delay, ik)
@@ -22,10 +26,10 @@
       return nil
     end
     local jk = job_key(existing)
-    local f = redis.pcall('HMGET', jk, 'st', 'n')
+    local f = redis.pcall('HMGET', jk, 'st', 'n', 'ps')
     if f.err or not f[1] then return 'add' end
     local st = f[1]
-    if f[2] ~= name then return 'add' end
+    if f[2] ~= name or f[3] then return 'add' end
     if st == 'waiting' or st == 'delayed' then
       redis.call('HSET', jk, 'd', data)
       if delay > 0 then

@@ -58,6 +58,9 @@ _RECORD_PREFIX = "idem-x:"
 _RECORD_INDEX = "idem-x"
 
 _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[str, bool, bool]] = weakref.WeakKeyDictionary()
+#: The idempotency_ttl compiled into a queue's enqueue and requeue fragments (the
+#: length of an until_finished window, kept on each such job when it is added).
+_COMPILED_TTL: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 log = get_logger(__name__)
 
@@ -80,6 +83,20 @@ async def _read(client: Any, command: str, key: str, *args: Any) -> Any:
 
 def _lua(name: str) -> str:
     return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+
+
+def _compile_ttl(q: JobQueue) -> None:
+    """Fill the enqueue and requeue slots of ``q`` with its current ``idempotency_ttl``
+    compiled in (nothing when it already is): the length of an until_finished window,
+    kept on each such job when it is added (``it``), and the fallback window of a job
+    put back in wait that has none kept (``requeue.lua``)."""
+    ttl = int(q.ctx.idempotency_ttl)
+    if _COMPILED_TTL.get(q) == ttl:
+        return
+    text = str(ttl)
+    q.scripts.add_slot("enqueue", FEATURE, _lua("enqueue").replace("@TTL@", text))
+    q.scripts.add_slot("requeue", FEATURE, _lua("requeue").replace("@TTL@", text))
+    _COMPILED_TTL[q] = ttl
 
 
 def derive_key(job_name: str, data: Any) -> str:
@@ -170,6 +187,7 @@ class IdempotencyManager:
             if have is None:
                 self._install(q)
                 _INSTALLED[q] = want
+            _compile_ttl(q)
 
     @classmethod
     def for_queue(cls, queue: Any) -> IdempotencyManager:
@@ -190,17 +208,22 @@ class IdempotencyManager:
             doc="ttl | until_finished | debounce",
         )
         q.use_enqueue(self._prepare)
-        q.scripts.add_slot("enqueue", FEATURE, _lua("enqueue"))
         q.scripts.add_slot("release", FEATURE, _lua("release"))
         q.scripts.add_slot("duplicate", FEATURE, _lua("duplicate"))
         q.scripts.add_slot("erase", FEATURE, _lua("erase"))
-        # A job put back in wait takes its until_finished key again (requeue.lua).
-        ttl = str(int(q.ctx.idempotency_ttl))
-        q.scripts.add_slot("requeue", FEATURE, _lua("requeue").replace("@TTL@", ttl))
+        # The until_finished window's length, kept on the job when it is added
+        # (enqueue.lua), and a job put back in wait takes its key again (requeue.lua).
+        _compile_ttl(q)
 
     def _prepare(
         self, job_name: str, data: Any, options: Mapping[str, Any]
     ) -> tuple[str, Any, Mapping[str, Any]]:
+        # The idempotency_ttl this add sets keys with is the one compiled into the
+        # enqueue fragment (kept on until_finished jobs): a TTL changed since (a
+        # configuration that caps it after the manager was created) is compiled again.
+        for q in self._parts:
+            if _COMPILED_TTL.get(q) != q.ctx.idempotency_ttl:
+                _compile_ttl(q)
         # Per job, on the add path: a job that asks for nothing of this feature passes
         # as it is (no copy).
         if not (

@@ -5,9 +5,11 @@
   --   as the key lives (idem-r:<key>, HASH id, r, f, n, o), whatever retention does to the
   --   job. A key that expired while the job ran keeps no result: a later add_job with it
   --   runs the job again (docs/effectively-once.md).
-  --   The until_finished key's window length is kept on the job ('it', ms) the first
-  --   time it is freed: its TTL left plus its age (the key was set when the job was
-  --   added, 'ts'), so a job put back in wait takes it again for as long (requeue.lua).
+  --   The until_finished key's window length is kept on the job ('it', ms) when it is
+  --   added (enqueue.lua). A job added before that (no 'it') gets it here, the first
+  --   time its key is freed: its TTL left plus its age (the key was set when the job
+  --   was added, 'ts'; a few ms off), so a job put back in wait takes it again for as
+  --   long (requeue.lua).
   local ENDS = { completed = true, failed = true, removed = true }
   return function(id, jk, outcome, payload)
     if not ENDS[outcome] then return end
