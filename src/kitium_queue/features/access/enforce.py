@@ -16,10 +16,12 @@ Three choke points of the core, each with the same question — may the principa
   unknown reads need ``can_manage_queue``).
 
 A call with no principal at all is refused (fail closed). A refusal raises
-``AccessDeniedError`` after the audit log has the ``access.denied`` entry; nothing of
-the call has run. Allowed calls cost a dictionary lookup while the principal's grants
-are cached (``GrantStore``); the enqueue path then stays synchronous. Administrative
-commands are recorded by the audit log's subscriber (``AuditLog.watch``).
+``AccessDeniedError`` after the audit log has the ``access.denied`` entry (or, past the
+first ones of a window for the same principal, action and queue, has counted it for
+the window's summary entry: ``audit/refusals.py``); nothing of the call has run.
+Allowed calls cost a dictionary lookup while the principal's grants are cached
+(``GrantStore``); the enqueue path then stays synchronous. Administrative commands
+are recorded by the audit log's subscriber (``AuditLog.watch``).
 
 What this does not bind: code that talks to Redis without the library, and a worker's
 own processing (claims and outcomes are scripts of the worker, not calls of a

@@ -25,9 +25,10 @@ from ...errors import AccessDeniedError, ConfigurationError
 from ...identity import check_principal, current_principal
 from ...keys import check_key_part
 from ...limits import clip, get_logger
-from ...options import to_ms
+from ...options import to_int, to_ms
 from ..audit import AuditEntry, AuditHead, AuditLog, AuditReport
 from ..audit.conn import Deployment
+from ..audit.refusals import RefusalBound
 from ..tenancy import TenantConfig, TenantQuota, TenantRegistry, TenantUsage
 from .enforce import Protection
 from .glob import QueuePattern
@@ -82,6 +83,11 @@ class AccessControlManager:
         principal: who the manager acts for when no ``acting_as`` block is active:
             recorded as the author of grant changes, and the principal whose grants
             decide tenant changes.
+        refusal_burst, refusal_window: the bound on ``access.denied`` entries: per
+            (principal, action, queue), the first ``refusal_burst`` refusals of each
+            ``refusal_window`` (ms or timedelta) are an entry each; later ones in the
+            window are counted, and the count is one entry at the window's end
+            (10 per 10 s; ``audit/refusals.py``).
 
     Example::
 
@@ -108,6 +114,8 @@ class AccessControlManager:
         audit_max_age: int | timedelta | None = None,
         audit_max_entries: int | None = None,
         principal: str | None = None,
+        refusal_burst: int = 10,
+        refusal_window: int | timedelta = 10_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if audit_key is None:
@@ -123,6 +131,11 @@ class AccessControlManager:
             previous_keys=audit_previous_keys,
             max_age=audit_max_age,
             max_entries=audit_max_entries,
+        )
+        self.refusals = RefusalBound(
+            self.audit,
+            burst=to_int(refusal_burst, "refusal_burst", minimum=1, maximum=100_000),
+            window_ms=to_ms(refusal_window, "refusal_window", minimum=1, maximum=86_400_000),
         )
         ttl = to_ms(cache_ttl, "cache_ttl", minimum=0, maximum=3_600_000)
         self.grants = GrantStore(self.deployment, self.audit, cache_ttl_ms=ttl, monotonic=monotonic)
@@ -307,11 +320,12 @@ class AccessControlManager:
         via: tuple[str, ...],
     ) -> bool:
         """Write the ``access.denied`` entry of a refusal of ``action`` on resource
-        ``queue`` (a queue, or ``tenant:<id>``); False when the log could not take it
-        (the refusal stands either way)."""
+        ``queue`` (a queue, or ``tenant:<id>``), or count it once the window holds its
+        entries (``refusal_burst``); False when the log could not take it (the refusal
+        stands either way)."""
         meta = {"action": action, "permission": perm.value, "grants": list(via)}
         try:
-            await self.audit.append(principal, "access.denied", queue, "denied", meta, strict=False)
+            await self.refusals.deny(principal, queue, meta)
         except Exception as exc:  # the refusal stands either way
             log.error(
                 "access: the refusal of %s on queue %s could not be audited (%s: %s)",
@@ -405,6 +419,14 @@ class AccessControlManager:
         await self.audit.flush()
         return await self.audit.verify(checkpoint=checkpoint)
 
+    async def flush_refusals(self) -> int:
+        """Write the summary entry of every window of counted refusals that is over,
+        whichever process counted them (a process that died leaves its counts in Redis
+        for this); returns how many were written. Run it from a scheduled job too."""
+        return await self.refusals.flush()
+
     async def close(self) -> None:
-        """Write the audit entries still queued, then release the connection."""
+        """Sum up the refusals this process counted, write the audit entries still
+        queued, then release the connection."""
+        await self.refusals.close()
         await self.audit.close()

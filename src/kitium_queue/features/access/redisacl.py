@@ -123,11 +123,13 @@ ACCESS_COMMANDS = (
     "ping", "script|load", "script|exists", "evalsha", "eval", "hgetall", "smembers",
     "exists", "time",
     "xrevrange", "xrange", "xinfo", "xlen", "xadd",
+    # the bound on refusals (audit/refusals.py): a counter hash per (principal, action,
+    # queue) with a TTL, checked for its type, and the sorted set of counters holding
+    # counted refusals (read and cleared by a flush)
+    "type", "hmget", "hset", "hincrby", "pexpire", "del", "zadd", "zrem", "zrangebyscore",
 )  # fmt: skip
 ACCESS_ADMIN_COMMANDS = (
-    "hset", "hdel", "hexists", "sadd", "srem", "xtrim",
-    # a grant's hash and the principals set checked for their type before any write
-    "type",
+    "hdel", "hexists", "sadd", "srem", "xtrim",
     # tenant changes (AccessControlManager.create_tenant...): the registry's entry read
     # and compared, its version counter (read and set after the clock: tn_version.lua),
     # the queues it is copied into
@@ -264,7 +266,13 @@ def redis_acl_rules(
             commands += ACCESS_ADMIN_COMMANDS
             keys.append(f"{base}*")
         else:
-            keys += [f"%R~{base}grants:*", f"%R~{base}principals", f"{base}audit"]
+            keys += [
+                f"%R~{base}grants:*",
+                f"%R~{base}principals",
+                f"{base}audit",
+                f"{base}refusals",
+                f"{base}refusals:*",
+            ]
     if not info:
         commands = [c for c in commands if c != "info"]
     if setinfo:

@@ -6,6 +6,8 @@
 * ``read.py``: entries by range, queries, verification of the whole chain;
 * ``read.lua``: one bounded page of the stream (values cut to size, damage noted);
 * ``retention.py``: ``trim``'s start point and the trim itself;
+* ``refusals.py``: the bound on ``access.denied`` entries (the first of a window
+  written, the rest counted and summed up in one entry);
 * ``subscriber.py``: every administrative command of a watched queue, as an entry;
 * ``verify.py``: ``verify_chain``: the first entry altered, removed or inserted;
 * ``conn.py``: the deployment's connection and key names (shared with access control);

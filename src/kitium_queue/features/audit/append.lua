@@ -14,12 +14,25 @@
   ARGV[2] k: how many entries follow (1..100)
   ARGV[3] trim: after appending, remove the entries whose id is below this one ('' = no
           trim); it must be the id of an entry that exists or of one appended here
-  ARGV[4] effect: '' | 'grant' | 'revoke' | 'cas' | 'cas-new'
+  ARGV[4] effect: '' | 'grant' | 'revoke' | 'cas' | 'cas-new' | 'denied' | 'denied-flush'
   ARGV[5] effect field (the queue pattern; the hash field of 'cas' / 'cas-new'),
   ARGV[6] its value (the grant, JSON; the new value of 'cas' / 'cas-new'),
   ARGV[7] the principal (member of KEYS[3]); for 'cas': the value the field must hold
           now ('cas-new': the field must not exist)
   ARGV[8..] k groups of 10 values: id, n, prev, who, act, res, out, meta, kid, mac
+
+  Effects 'denied' / 'denied-flush' (the bound on refusals, features/audit/refusals.py):
+  KEYS[2] the counter HASH of one (principal, action, resource): start, end (its
+          window, ms), n (entries written in it), s (refusals counted, not written),
+          who, res, meta (of its last entry, for a summary written by another process)
+  KEYS[3] the ZSET of counters holding counted refusals (score: their window's end)
+  ARGV[5] the counter's member in KEYS[3]
+  ARGV[6] '<window ms> <entries per window> <ms a count is kept after its window>'
+  ARGV[7] '' or '<start> <end> <s>': the first entry sums up that window of the counter
+  'denied' appends a refusal (k = 1; k = 2 with its summary first): written while the
+  window holds fewer than its entries; past them it is counted instead; after a window
+  that counted refusals, only together with that window's summary. 'denied-flush'
+  appends the summary alone (k = 1) and ends the window.
 
   Replies (nothing is ever written before every check passed):
     {'ok', now_ms, trimmed}
@@ -35,6 +48,12 @@
         type (written by hand); nothing written
     {'unchainable', now_ms, id, why}: the last entry (or the highest id) was changed
         outside kitium-queue so that no entry can follow it; nothing written
+    {'suppressed', now_ms, s, end}: effect 'denied': the refusal was counted (the window
+        holds its entries already); no entry written
+    {'summary', now_ms, start, end, s}: effect 'denied': the counter's window is over
+        with refusals counted: send its summary first (ARGV[7]); nothing written
+    'changed' for 'denied' / 'denied-flush': the counter no longer holds ARGV[7] (or no
+        summary is due): read it again
 ]]
 
 local t = redis.call('TIME')
@@ -152,6 +171,48 @@ if effect == 'cas' or effect == 'cas-new' then
   end
 end
 
+local bound, window, keep = nil, 0, 0
+if effect == 'denied' or effect == 'denied-flush' then
+  if other_type(KEYS[2], 'hash') then return { 'damaged', now, KEYS[2] } end
+  if other_type(KEYS[3], 'zset') then return { 'damaged', now, KEYS[3] } end
+  local w, b, kp = string.match(ARGV[6], '^(%d+) (%d+) (%d+)$')
+  if not w or #w > 12 or #b > 6 or #kp > 12 then return redis.error_reply('ERR bound') end
+  window, keep = tonumber(w), tonumber(kp)
+  local burst = tonumber(b)
+  local function num(x)
+    if type(x) ~= 'string' or #x > 15 or not string.match(x, '^%d+$') then return nil end
+    return tonumber(x)
+  end
+  local c = redis.call('HMGET', KEYS[2], 'start', 'end', 'n', 's')
+  local start, stop, n, s = num(c[1]), num(c[2]), num(c[3]), num(c[4])
+  local state = ''
+  -- A counter not written here (damaged by hand) starts a new window.
+  if start and stop and n and s then state = c[1] .. ' ' .. c[2] .. ' ' .. c[4] else start = nil end
+  if effect == 'denied-flush' then
+    if not start then
+      redis.call('ZREM', KEYS[3], ARGV[5])
+      return { 'absent', now }
+    end
+    if k ~= 1 or ARGV[7] ~= state or s == 0 then return { 'changed', now } end
+    bound = 'flush'
+  elseif start and now < stop then
+    if ARGV[7] ~= '' or k ~= 1 then return { 'changed', now } end
+    if n >= burst then
+      redis.call('HINCRBY', KEYS[2], 's', 1)
+      redis.call('PEXPIRE', KEYS[2], stop - now + keep)
+      redis.call('ZADD', KEYS[3], stop, ARGV[5])
+      return { 'suppressed', now, s + 1, stop }
+    end
+    bound = 'count'
+  elseif start and s > 0 then
+    if ARGV[7] ~= state or k ~= 2 then return { 'summary', now, c[1], c[2], c[4] } end
+    bound = 'new'
+  else
+    if ARGV[7] ~= '' or k ~= 1 then return { 'changed', now } end
+    bound = 'new'
+  end
+end
+
 -- Checks done: from here on every command is a write that cannot fail.
 for i = 1, k do
   local o = base + (i - 1) * 10
@@ -168,6 +229,19 @@ elseif effect == 'revoke' then
   if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[7]) end
 elseif effect == 'cas' or effect == 'cas-new' then
   redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+end
+if bound == 'count' then
+  redis.call('HINCRBY', KEYS[2], 'n', 1)
+elseif bound == 'new' then
+  local o = base + (k - 1) * 10
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 'start', now, 'end', now + window, 'n', 1, 's', 0,
+    'who', ARGV[o + 4], 'res', ARGV[o + 6], 'meta', ARGV[o + 8])
+  redis.call('PEXPIRE', KEYS[2], window)
+  redis.call('ZREM', KEYS[3], ARGV[5])
+elseif bound == 'flush' then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[5])
 end
 local trimmed = 0
 if trim ~= '' then trimmed = redis.call('XTRIM', KEYS[1], 'MINID', trim) end

@@ -63,7 +63,7 @@ class Effect:
     ``field`` is set to ``value`` only while it holds ``member``; ``"cas-new"``: only
     while it does not exist)."""
 
-    kind: str  # "grant" | "revoke" | "cas" | "cas-new"
+    kind: str  # "grant" | "revoke" | "cas" | "cas-new" | "denied" | "denied-flush"
     hash_key: str
     set_key: str
     field: str
@@ -275,6 +275,7 @@ class AuditLog:
         effect: Effect | None = None,
         trim: str | Callable[[list[str]], str] = "",
         meta_of: Callable[[str, int, str], str] | None = None,
+        replies: list[Any] | None = None,
     ) -> list[str]:
         """Append ``drafts`` now, in one script call (retried on contention); returns
         their ids, or [] (nothing written) when ``effect`` is a revoke of a missing
@@ -283,6 +284,8 @@ class AuditLog:
         ``trim``: remove the entries below this id in the same call (or a function of
         the new ids giving it). ``meta_of(id, n, prev)``: the ``meta`` of the first
         draft, once its place is known (retention records name themselves).
+        ``replies``: the script's last reply is added to it (the refusal bound's
+        ``"suppressed"`` and ``"summary"`` replies write no entry and return []).
         """
         keys = self._need_key("be written")
         if self._lock is None:
@@ -308,6 +311,8 @@ class AuditLog:
                     [head.last_id, len(drafts), trim_to, *effect_args, *args],
                 )
                 kind = decode(reply[0])
+                if replies is not None and kind != "conflict":
+                    replies.append(reply)
                 if kind == "ok":
                     self._learn_time(int(reply[1]))
                     self._head = _Head(ids[-1], head.n + len(drafts), args[-1], parse_id(ids[-1]))
@@ -318,7 +323,7 @@ class AuditLog:
                         await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 20)))
                     continue
                 self._learn_time(int(reply[1]))
-                if kind in ("absent", "changed"):
+                if kind in ("absent", "changed", "suppressed", "summary"):
                     return []
                 if kind == "gone":
                     raise TrimPointGone()
