@@ -309,7 +309,7 @@ def test_redact_url_keeps_only_the_db_of_a_query() -> None:
 
 
 def test_describe_names_the_database_of_every_form() -> None:
-    assert ConnectionFactory("redis://h:1/0?db=9").describe() == "redis://h:1/0?db=9"
+    assert ConnectionFactory("redis://h:1?db=9").describe() == "redis://h:1?db=9"
     assert ConnectionFactory(f"unix://:{SECRET}@/tmp/r.sock?db=7").describe() == (
         "unix://***@/tmp/r.sock?db=7"
     )
@@ -322,17 +322,17 @@ def test_describe_names_the_database_of_every_form() -> None:
 
 async def test_health_and_errors_name_the_db_of_the_query(server: Server, admin: Any) -> None:
     port = server.plain_port
-    q = JobQueue("modes", redis=f"redis://127.0.0.1:{port}/0?db=9")
+    q = JobQueue("modes", redis=f"redis://127.0.0.1:{port}?db=9")
     try:
         await q.add_job("n", {})
         assert admin.dbsize() == 0  # not in db 0
         with redis_sync.Redis(port=port, db=9) as db9:
             assert db9.dbsize() > 0
         health = await q.health_check()
-        assert health.healthy and health.backend == f"redis://127.0.0.1:{port}/0?db=9"
+        assert health.healthy and health.backend == f"redis://127.0.0.1:{port}?db=9"
     finally:
         await q.close()
-    err = await _add_job_error(f"redis://127.0.0.1:{port}/0?db=99")
+    err = await _add_job_error(f"redis://127.0.0.1:{port}?db=99")
     assert isinstance(err, ConfigurationError)
     assert "has no such database (db 99;" in str(err) and "?db=99" in str(err), err
     assert "host:***" not in str(err), err  # the example URL is not taken for a password

@@ -7,21 +7,75 @@
 
 Each field means what the ``JobQueue`` argument of the same name means (see its
 docstring); the defaults are the same.
+
+An unknown keyword of ``QueueConfig`` or of the option classes it takes (``JobOptions``,
+``ExtendedJobOptions``, ``BackoffOptions``, ``RetryConfig``, ``DLQConfig``,
+``QueueSettings``, ``WorkerConfig``, ``LimiterConfig``, ``RetentionPolicy``) raises
+``ConfigurationError`` naming it, the closest valid one and all of them
+(``keywords_checked``), where Python would raise a bare ``TypeError``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from .adapters import MetricsAdapter, TelemetryAdapter
 from .codec import Codec
-from .options import DLQConfig, JobOptions, QueueSettings, RetryConfig, WorkerConfig
+from .options import (
+    BackoffOptions,
+    DLQConfig,
+    ExtendedJobOptions,
+    JobOptions,
+    LimiterConfig,
+    QueueSettings,
+    RetentionPolicy,
+    RetryConfig,
+    WorkerConfig,
+    unknown_options_error,
+)
 
-__all__ = ["QueueConfig"]
+__all__ = ["QueueConfig", "keywords_checked"]
+
+T = TypeVar("T")
 
 
+def keywords_checked(cls: type[T]) -> type[T]:
+    """Class decorator of a config dataclass: an unknown keyword argument of its
+    constructor raises ``unknown_options_error`` (``unknown QueueConfig keyword: 'retyr'
+    (did you mean 'retry'?); valid keywords are: ...``), not a bare ``TypeError``."""
+    init, valid = cls.__init__, [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+    @functools.wraps(init)
+    def checked(self: Any, /, *args: Any, **kwargs: Any) -> None:
+        bad = [k for k in kwargs if k not in valid]
+        if bad:
+            raise unknown_options_error(cls.__name__, bad, valid, "keyword")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = checked  # type: ignore[method-assign,assignment]
+    return cls
+
+
+# The option classes of options.py, checked here (options.py is at its size limit); the
+# package imports this module, so they are checked before any of them can be used.
+for _options in (
+    BackoffOptions,
+    DLQConfig,
+    ExtendedJobOptions,
+    JobOptions,
+    LimiterConfig,
+    QueueSettings,
+    RetentionPolicy,
+    RetryConfig,
+    WorkerConfig,
+):
+    keywords_checked(_options)
+
+
+@keywords_checked
 @dataclass(frozen=True)
 class QueueConfig:
     """The configuration of one queue: ``JobQueue(QueueConfig(...))``."""

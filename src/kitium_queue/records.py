@@ -390,7 +390,8 @@ def job_values(
                 damage.append(f"{what} is not a number: {shown(v)}")
                 return None
             n = int(f)
-        if abs(n) > _MAX_NUMBER:  # no count or ms timestamp comes near: written by hand
+        # No count or ms timestamp is negative or comes near 2**53: written by hand.
+        if not 0 <= n <= _MAX_NUMBER:
             damage.append(f"{what} is out of range: {shown(v)}")
             return None
         return n

@@ -229,15 +229,26 @@ def url_problem(url: str) -> str:
     without a word ("" if nothing): a control character or lone surrogate (percent-encoded
     ones in the host too); a path that is not one database number (redis-py reads
     ``/x`` as database 0 and ``/1/2`` as database 12, so the queue would use another
-    database than the one meant); an unknown query option (``unknown_url_options``)."""
+    database than the one meant); a path database and ``?db=`` that differ (redis-py
+    takes the query's, ``/0?db=5`` is database 5), or ``db=`` given twice with different
+    numbers (it takes the first); a ``#fragment``, which redis-py ignores (a ``#`` in
+    a password must be written ``%23``: unencoded, the rest of the URL is dropped and
+    the default host is used); an unknown query option (``unknown_url_options``)."""
     where = _bad_char(url)
     if where:
         return f"it holds {where}: remove it (a URL is printable text)"
+    if "#" in url:  # never quoted: what follows it may be the rest of a password
+        return (
+            "it holds a '#' (a fragment, which a Redis URL does not use): remove it, or "
+            "write a '#' of a password as %23"
+        )
     scheme, _, rest = url.partition("://")
-    authority, slash, path = rest.partition("?")[0].partition("#")[0].partition("/")
+    rest, _, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
     host = unquote(authority.rpartition("@")[2])
     if _bad_char(host):
         return "its host holds a percent-encoded control character; remove it"
+    dbs = {int(v) for k, v in parse_qsl(query) if k == "db" and v.isascii() and v.isdigit()}
     if scheme.lower() in ("redis", "rediss") and slash:
         db = unquote(path)
         db = db[:-1] if len(db) > 1 and db.endswith("/") else db  # "/3/" is database 3
@@ -246,6 +257,13 @@ def url_problem(url: str) -> str:
                 "the path after the host must be one database number (redis://host:6379/0), "
                 "got another path: fix it, or leave it out for database 0"
             )
+        dbs |= {int(db)} if db else set()
+    if len(dbs) > 1:
+        return (
+            f"its path and ?db= name different databases ({', '.join(map(str, sorted(dbs)))};"
+            " redis-py would take the first ?db=): give the database once, e.g. "
+            "redis://host:6379/0"
+        )
     return unknown_url_options(url)
 
 

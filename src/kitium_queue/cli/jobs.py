@@ -16,7 +16,9 @@ own, so guards and audit see every one.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -232,13 +234,13 @@ def jobs_why(app: str, job_id: str, as_json: bool, redis: str | None) -> None:
             return
         out.fields(
             [("state", why.status.value), ("held back", "yes" if why.blocked else "no")],
-            title=f"job {text_field(why.job_id)}",
+            title=f"job {why.job_id}",  # escaped by the table, as in ``jobs show``
         )
         rows = [
             [
                 r.code,
                 "yes" if r.blocking else "no",
-                r.message,
+                _unescaped(r.message),
                 "-" if r.until_ms is None else when(r.until_ms),
                 r.source,
             ]
@@ -249,6 +251,18 @@ def jobs_why(app: str, job_id: str, as_json: bool, redis: str | None) -> None:
         )
 
     with_queue(app, redis, act)
+
+
+# The escapes ``printable`` and ``repr`` write (explain's messages quote job data with
+# them): a backslash, a quote, \n \r \t, \xNN, \uNNNN, \UNNNNNNNN.
+_ESCAPE = re.compile(r"\\(?:[\\'\"nrt]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
+
+
+def _unescaped(message: str) -> str:
+    """A reason's message with its escapes read back: the message quotes job data
+    escaped already, and every cell of the output is escaped, so each control character
+    (and backslash) shows escaped once, as in the other commands' output."""
+    return _ESCAPE.sub(lambda m: codecs.decode(m.group(), "unicode_escape"), message)
 
 
 # ---------------------------------------------------------------------- acting on jobs
