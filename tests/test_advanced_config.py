@@ -231,7 +231,7 @@ async def test_unknown_sections_and_keys_are_refused_with_a_suggestion(
             make_queue("bad", advanced=cfg)
         assert needle in str(err.value), str(err.value)
     # Typed sections refuse the same way, and bad values name their field.
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigurationError, match=r"unknown advanced.fifo option: 'enabeld' \(did"):
         FifoConfig(enabeld=True)  # type: ignore[call-arg]
     for build, needle in [
         (lambda: FifoConfig(enabled="yes"), "advanced.fifo.enabled must be True or False"),

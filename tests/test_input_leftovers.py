@@ -242,3 +242,41 @@ async def test_add_jobs_with_one_job_id_twice_keeps_the_first_like_add_job(
         assert (await q.get_stats()).waiting == 3
     finally:
         await q.close()
+
+
+ADVANCED_TYPOS = [
+    (
+        "AdvancedQueueConfig",
+        {"fifoo": {}},
+        "unknown advanced section: 'fifoo' (did you mean 'fifo'?)",
+    ),
+    (
+        "FifoConfig",
+        {"enabeld": True},
+        "unknown advanced.fifo option: 'enabeld' (did you mean 'enabled'?)",
+    ),
+    (
+        "EncryptionConfig",
+        {"enabeld": True},
+        "unknown advanced.encryption option: 'enabeld' (did you mean 'enabled'?)",
+    ),
+    (
+        "ComplianceConfig",
+        {"enabeld": True},
+        "unknown advanced.compliance option: 'enabeld' (did you mean 'enabled'?)",
+    ),
+    ("RateLimitRule", {"maxx": 1}, "unknown RateLimitRule keyword: 'maxx' (did you mean 'max'?)"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "needle"), ADVANCED_TYPOS)
+def test_a_typod_advanced_config_keyword_names_the_closest_one(
+    name: str, kwargs: dict[str, Any], needle: str
+) -> None:
+    """The advanced configuration's classes too, in the words the same key in a dict
+    gets (were a bare ``TypeError``)."""
+    import kitium_queue.features.advanced as advanced
+
+    with pytest.raises(ConfigurationError) as err:
+        getattr(advanced, name)(**kwargs)
+    assert needle in str(err.value), str(err.value)

@@ -42,17 +42,20 @@ __all__ = ["QueueConfig", "keywords_checked"]
 T = TypeVar("T")
 
 
-def keywords_checked(cls: type[T]) -> type[T]:
+def keywords_checked(cls: type[T], where: str | None = None, noun: str = "keyword") -> type[T]:
     """Class decorator of a config dataclass: an unknown keyword argument of its
     constructor raises ``unknown_options_error`` (``unknown QueueConfig keyword: 'retyr'
-    (did you mean 'retry'?); valid keywords are: ...``), not a bare ``TypeError``."""
+    (did you mean 'retry'?); valid keywords are: ...``), not a bare ``TypeError``.
+    ``where`` / ``noun``: how the error names the class and its keys (default: the
+    class's name, "keyword")."""
     init, valid = cls.__init__, [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    label = where or cls.__name__
 
     @functools.wraps(init)
     def checked(self: Any, /, *args: Any, **kwargs: Any) -> None:
         bad = [k for k in kwargs if k not in valid]
         if bad:
-            raise unknown_options_error(cls.__name__, bad, valid, "keyword")
+            raise unknown_options_error(label, bad, valid, noun)
         init(self, *args, **kwargs)
 
     cls.__init__ = checked  # type: ignore[method-assign,assignment]

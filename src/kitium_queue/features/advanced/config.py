@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...options import coerce, unknown_options_error
+from ...queueconfig import keywords_checked
 from .base import Section
 from .operations import (
     ComplianceConfig,
@@ -146,3 +147,13 @@ class AdvancedQueueConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every section as plain data (secrets hidden)."""
         return {n: getattr(self, n).to_dict() for n in SECTIONS}
+
+
+# An unknown keyword of a section's constructor (FifoConfig(enabeld=True)) is refused as
+# the same key in a dict is (unknown advanced.fifo option: 'enabeld' (did you mean
+# 'enabled'?)), not with a bare TypeError.
+keywords_checked(AdvancedQueueConfig, "advanced", "section")
+for _cls in SECTIONS.values():
+    keywords_checked(_cls, _cls.PATH, "option")
+for _part in (RateLimitRule, RegionConfig, RetentionLimits, RetentionPeriods, StateLimit):
+    keywords_checked(_part)
