@@ -50,7 +50,8 @@ _STATES = (
 #: Feature structures measured as a whole besides the core's keys (relative to the
 #: queue's key prefix).
 _FEATURE_STRUCTURES = (
-    "parked", "park:timers", "schedules", "subjects", "alerts:log", "outbox", "jids",
+    "parked", "park:timers", "schedules", "subjects", "alerts:log", "alerts:unreported",
+    "outbox", "jids",
 )  # fmt: skip
 
 

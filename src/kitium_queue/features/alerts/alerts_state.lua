@@ -14,11 +14,15 @@
 
   alerts:state  HASH  rule -> '<state> <since ms> <term> <value>'
   alerts:log    STREAM  every change: rule, state, metric, value, threshold (~1000 kept)
+  alerts:unreported  ZSET  log entry ids of changes recorded and not yet reported (score:
+                the time recorded; at most 1000): the leader removes an id once it has
+                reported the change, and a new leader reports those left by one that
+                died in between (AlertManager.report_unreported)
   Returns { 'changed', log entry id, forged } | { 'same', '', forged } (already in that
   state) | { 'stale' } (a later term recorded this rule: this leader was deposed; nothing
   written) | { 'damaged', key, type } (alerts:state or alerts:log holds another type of
   key, written by hand: nothing written, so the change is recorded and reported once it
-  is repaired).
+  is repaired; alerts:unreported likewise).
 
   A recorded term fences this leader off only if a leader could have had it. One that
   is not a count as leader.py keeps ('inf', 1e300, twenty digits...) is replaced. So is
@@ -42,6 +46,9 @@ local kt = key_type(key)
 if kt ~= 'hash' and kt ~= 'none' then return { 'damaged', 'alerts:state', kt } end
 kt = key_type(log_key)
 if kt ~= 'stream' and kt ~= 'none' then return { 'damaged', 'alerts:log', kt } end
+local unreported = PREFIX .. 'alerts:unreported'
+kt = key_type(unreported)
+if kt ~= 'zset' and kt ~= 'none' then return { 'damaged', 'alerts:unreported', kt } end
 -- The latest term issued (a read only: a counter of another type or not a count is
 -- leader_acquire.lua's to report; then the record alone fences, as without a counter).
 local issued = nil
@@ -75,4 +82,6 @@ end
 redis.call('HSET', key, rule, state .. ' ' .. NOW_S .. ' ' .. int(term) .. ' ' .. ARGV[7])
 local eid = redis.call('XADD', log_key, 'MAXLEN', '~', '1000', '*', 'rule', rule,
   'state', state, 'metric', ARGV[8], 'value', ARGV[7], 'threshold', ARGV[9])
+redis.call('ZADD', unreported, NOW_S, eid)
+if redis.call('ZCARD', unreported) > 1000 then redis.call('ZPOPMIN', unreported) end
 return { 'changed', eid, forged }

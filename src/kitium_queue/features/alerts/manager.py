@@ -11,8 +11,10 @@ breakers through the breakers' own API) and moves each rule between ``ok`` and
 
 Each change is recorded once, in Redis, fenced by the leader's term
 (``alerts_state.lua``: state per rule in ``alerts:state``, every change in the stream
-``alerts:log``), so a new leader neither repeats a change nor misses one, and then
-reported in the leading process:
+``alerts:log``, its id in ``alerts:unreported`` until it is reported), so a new leader
+neither repeats a change nor misses one, and then reported in the leading process (a
+change whose leader died before it was reported is reported by the next leader, at the
+start of its term, under the same id):
 
 * as a ``FeatureEvent`` (feature ``alerts``, name ``alert-fired`` or ``alert-cleared``,
   subject the rule's name; fields ``metric``, ``value``, ``threshold``, ``state``;
@@ -65,6 +67,9 @@ _TERM_COUNTER = f"leader:{ROLE}:term"
 BUCKET_MS = 5000
 _SCRIPTS = ("alerts_probe", "alerts_state")
 _MS = re.compile(r"[0-9]{1,15}")
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+#: Changes left unreported by a leader that died, reported per call at most.
+_CATCH_UP = 100
 _INSTALLED: weakref.WeakKeyDictionary[Any, AlertManager] = weakref.WeakKeyDictionary()
 
 _RELEASE = f"""(function()
@@ -91,6 +96,19 @@ def _text(v: Any) -> str:
 
 def _wrong_type(exc: ResponseError) -> bool:
     return "WRONGTYPE" in str(exc)
+
+
+def _transition(eid: Any, f: Mapping[Any, Any]) -> AlertTransition:
+    """An ``AlertTransition`` from an entry of ``alerts:log``."""
+    g = {_text(k): _text(v) for k, v in f.items()}
+    return AlertTransition(
+        _text(eid),
+        g.get("rule", ""),
+        g.get("state", ""),
+        g.get("metric", ""),
+        g.get("value", ""),
+        g.get("threshold", ""),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,19 +344,41 @@ class AlertManager:
                 raise
             self._warn_damaged("alerts:log")
             return []
-        out = []
-        for eid, f in raw:
-            g = {_text(k): _text(v) for k, v in f.items()}
-            out.append(
-                AlertTransition(
-                    _text(eid),
-                    g.get("rule", ""),
-                    g.get("state", ""),
-                    g.get("metric", ""),
-                    g.get("value", ""),
-                    g.get("threshold", ""),
-                )
-            )
+        return [_transition(eid, f) for eid, f in raw]
+
+    async def report_unreported(self) -> list[AlertTransition]:
+        """Report the changes recorded but never reported: their leader died (or was
+        deposed) between recording a change and reporting it. The leader calls it at the
+        start of each term; each is reported with its recorded id (``event_id``, the
+        webhook's ``alert_<id>``, on which receivers deduplicate), so a report that went
+        out just before its leader died may go out twice, never not at all. At most
+        ``_CATCH_UP`` per call, oldest first; the ones reported are returned."""
+        client = await self.queue.client()
+        key = self.queue.keys.extra("alerts:unreported")
+        log_key = self.queue.keys.extra("alerts:log")
+        try:
+            ids = await client.zrange(key, 0, _CATCH_UP - 1)
+        except ResponseError as exc:
+            if not _wrong_type(exc):
+                raise
+            self._warn_damaged("alerts:unreported")
+            return []
+        out: list[AlertTransition] = []
+        for raw in ids:
+            eid, found = _text(raw), []
+            if _ENTRY_ID.fullmatch(eid):  # read back: untrusted
+                try:
+                    found = await client.xrevrange(log_key, eid, eid, count=1)
+                except ResponseError as exc:
+                    if not _wrong_type(exc):
+                        raise
+                    self._warn_damaged("alerts:log")
+                    return out
+            if found:  # else trimmed from the log long ago, or written by hand
+                t = _transition(*found[0])
+                out.append(t)
+                await self._report(t)
+            await client.zrem(key, raw)
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -385,6 +425,8 @@ class AlertManager:
             t = AlertTransition(_text(reply[1]), r.name, want, r.metric, shown, f"{r.threshold:g}")
             changes.append(t)
             await self._report(t)
+            client = await self.queue.client()
+            await client.zrem(self.queue.keys.extra("alerts:unreported"), t.id)
         self.evaluations += 1
         return changes
 
@@ -469,8 +511,12 @@ class AlertManager:
         # A new term starts afresh: a rule pending its for_ms in a deposed leader's
         # memory starts its wait again here (the recorded states carry over).
         self._above_since.clear()
+        caught_up = False
 
         async def step() -> None:
+            nonlocal caught_up
+            if not caught_up:  # what a leader that died recorded and did not report
+                caught_up = not await self.report_unreported()
             await self.evaluate(term)
 
         await every(self.interval_ms, step, f"queue {self.queue.name}: alert evaluation")
