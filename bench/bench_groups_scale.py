@@ -19,6 +19,9 @@ the waker in its blocking wait, and the scripts SLOWLOG caught over 2 ms.
 ``--timeline`` prints jobs and claims per second, ``--commands`` the Redis commands per
 job by name, ``--delay-ms`` adds every job delayed (due together), ``--profile FILE``
 runs the window under cProfile, ``--src DIR`` measures another source tree.
+``--heal`` first measures, on the filled queue, one whole walk of the groups heal
+(``heal_groups``: seconds, script calls, Redis commands, the longest call by SLOWLOG)
+and, where the source has it, one step of the workers' paced walk (``HealWalk``).
 Benchmarks are not tests: nothing here asserts.
 """
 
@@ -104,6 +107,49 @@ def _script_shas(q: Any) -> dict[str, str]:
     return out
 
 
+async def _heal(q: Any, client: Any) -> None:
+    """One whole heal walk, then one step of the workers' paced walk (when the source
+    has one), each with its script calls, commands and longest call (SLOWLOG)."""
+    from kitium_queue.features.groups import heal
+
+    async def measure(what: str, run: Any) -> None:
+        # Over 0.2 ms only: Redis logs the commands a script runs too, which would push
+        # the script calls themselves out of the log.
+        await client.config_set("slowlog-log-slower-than", 200)
+        await client.config_set("slowlog-max-len", 100_000)
+        await client.slowlog_reset()
+        s0, c0, _ = await _server(client)
+        t0 = time.perf_counter()
+        await run()
+        took = time.perf_counter() - t0
+        s1, c1, _ = await _server(client)
+        sha = _script_shas(q).get("group_heal", "")
+        calls = [
+            int(e["duration"])
+            for e in await client.slowlog_get(100_000)
+            if sha and sha.encode() in e["command"]
+        ]
+        print(
+            f"  heal, {what}: {took * 1000:,.0f} ms, {s1 - s0:,} script calls, "
+            f"{c1 - c0:,} commands; group_heal calls over 0.2 ms by SLOWLOG: "
+            f"{len(calls)}, longest {max(calls, default=0) / 1000:.2f} ms, "
+            f"sum {sum(calls) / 1000:,.0f} ms",
+            flush=True,
+        )
+
+    await measure("whole walk (heal_groups)", lambda: heal.heal_groups(q))
+    walk_cls = getattr(heal, "HealWalk", None)
+    if walk_cls is not None:
+        walk = walk_cls(q)
+        await measure("one step of the workers' paced walk", walk.step)
+        steps = 1
+        while walk.cursor:
+            await walk.step()
+            steps += 1
+        print(f"  heal, paced walk: a pass took {steps} steps of {heal.TICK_S:g} s", flush=True)
+    await client.config_set("slowlog-max-len", 128)
+
+
 def _own_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -130,6 +176,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, float]:
     for start in range(0, len(specs), 1000):
         await q.add_jobs(specs[start : start + 1000])
     print(f"filled {len(specs):,} jobs in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.heal:
+        await _heal(q, client)
     total = len(specs)
     done = asyncio.Event()
     count = [0]
@@ -230,6 +278,7 @@ def main() -> None:
         default=0,
         help="add every job with this delay (due all at about the same time)",
     )
+    ap.add_argument("--heal", action="store_true", help="measure the groups heal first")
     ap.add_argument("--commands", action="store_true", help="print commands per job by name")
     ap.add_argument("--timeline", action="store_true", help="print figures per second")
     ap.add_argument("--profile", default=None, help="write a cProfile of the window here")

@@ -231,7 +231,7 @@ def make_command(
     @redis_option
     def groups_heal(app: str, as_json: bool, redis: str | None) -> None:
         """Give back turns held by jobs that already finished (run by a process without
-        FIFOQueueManager): the groups' lines take them. Workers do it every 30 s."""
+        FIFOQueueManager): the groups' lines take them. Workers do it too, paced."""
 
         async def act(q: Any) -> None:
             r = await _manager(q).heal()

@@ -15,6 +15,9 @@
   ARGV[4]  the last group of the previous page ('' = from the first)
   ARGV[5]  groups per page, clamped to 1..1000
   ARGV[6]  turn holders checked per group, clamped to 1..1000
+  ARGV[7]  turn holders checked per call, clamped to 1..100000 (absent: 100000): the
+           page ends after the group that reached it, so one call stays short whatever
+           the groups hold (the first group of a page is always walked)
   Returns { next cursor ('' = the walk is over), turns given back, jobs moved to wait,
   groups given turns }. A group with a key damaged by hand is skipped (group_stats says
   which key); KQ_BAD_STATE (nothing written) when a key all groups share is damaged.
@@ -27,6 +30,7 @@
 local after = ARGV[4] or ''
 local page = arg_int(ARGV[5], 200, 1, 1000)
 local per_group = arg_int(ARGV[6], 100, 1, 1000)
+local per_call = arg_int(ARGV[7], 100000, 1, 100000)
 -- The keys every group shares, checked before the first write (a key damaged by hand
 -- fails the call whole, never half way).
 local bad = damaged('*', OWNER, 'hash') or damaged('*', INDEX, 'zset')
@@ -34,8 +38,11 @@ if bad then return redis.error_reply(bad) end
 local lo = '-'
 if after ~= '' then lo = '(' .. after end
 local names = redis.call('ZRANGEBYLEX', INDEX, lo, '+', 'LIMIT', 0, page)
-local freed, moved, groups = 0, 0, 0
+local freed, moved, groups, checked = 0, 0, 0, 0
+local last = 0
 for i = 1, #names do
+  if checked >= per_call then break end
+  last = i
   local g = names[i]
   local run = RUN .. g
   -- A group's own keys are read with pcall: one damaged by hand skips that group only.
@@ -49,6 +56,7 @@ for i = 1, #names do
       else
         ids = redis.call('SRANDMEMBER', run, per_group)
       end
+      checked = checked + #ids
       for j = 1, #ids do
         if turn_stale(g, ids[j]) then
           redis.call('SREM', run, ids[j])
@@ -58,15 +66,14 @@ for i = 1, #names do
         end
       end
     end
-    if s[1] ~= '1' and redis.call('EXISTS', LINE .. g) == 1 then
-      local free = conc_of(s[2]) - held
-      if free > 0 then
-        local n = hand_turns(g, free)
-        if n > 0 then moved, groups = moved + n, groups + 1 end
-      end
+    -- A full group has no turn to hand out: its line is not looked at.
+    local free = conc_of(s[2]) - held
+    if s[1] ~= '1' and free > 0 and redis.call('EXISTS', LINE .. g) == 1 then
+      local n = hand_turns(g, free)
+      if n > 0 then moved, groups = moved + n, groups + 1 end
     end
   end
 end
 local nxt = ''
-if #names == page then nxt = names[#names] end
+if last < #names or #names == page then nxt = names[last] end
 return { nxt, freed, moved, groups }

@@ -398,8 +398,8 @@ class FIFOQueueManager:
     async def heal(self) -> GroupHealReport:
         """Give back the turns held by jobs that already finished, in every group of
         the queue (all partitions): a process without ``FIFOQueueManager`` finished
-        them. The queue's workers do this every ``heal.HEAL_INTERVAL_S`` by
-        themselves; this runs it now. See ``docs/groups.md``."""
+        them. The queue's workers do this by themselves, paced
+        (``heal.HealWalk``); this runs a whole walk now. See ``docs/groups.md``."""
         reports = []
         for q in self._parts:
 
