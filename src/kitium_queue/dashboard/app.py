@@ -40,7 +40,7 @@ from ..errors import ConfigurationError, PermissionDeniedError
 from ..identity import acting_as
 from ..limits import clip
 from .actions import run_action
-from .audit import AuditPages, audit_of
+from .audit import AuditPages, RoleRefusals, audit_of
 from .auth import Auth, DashboardToken, Session, is_loopback_authority, needs, parse_tokens
 from .pages import Pages
 from .render import SECURITY_HEADERS, DashboardApp, environment, queue_name
@@ -92,6 +92,7 @@ class Dashboard:
         self.pages = Pages(self, show_payloads=show_payloads)
         self.audit, self.access = audit_of(access)
         self.audit_pages = None if self.audit is None else AuditPages(self, self.audit)
+        self.refusals = None if self.audit is None else RoleRefusals(self.audit, self.access)
         self._failed: dict[str, list[float]] = {}
         self.signouts = SignOuts(self.queues, auth)
 
@@ -224,19 +225,10 @@ class Dashboard:
         """Record that the session's role does not allow ``action`` on ``resource``
         (an ``access.denied`` entry with ``via: dashboard``, when the dashboard has an
         audit log)."""
-        if self.audit is not None:
-            self.audit.record(
-                session.principal,
-                "access.denied",
-                resource,
-                "denied",
-                {
-                    "action": action,
-                    "role": session.role.value,
-                    "needs_role": needs(action).value,
-                    "via": "dashboard",
-                },
-            )
+        if self.refusals is not None:  # written within the bound (audit.RoleRefusals)
+            role, least = session.role.value, needs(action).value
+            meta = {"action": action, "role": role, "needs_role": least, "via": "dashboard"}
+            self.refusals.note(session.principal, resource, meta)
 
     def safe_next(self, request: Request, target: str | None) -> str:
         """``target`` if it is a path inside the dashboard, else the overview."""
@@ -339,6 +331,8 @@ def _guard(
                 resp = dash.render(
                     request, "error.html", session, status=403, heading="Refused", error=text
                 )
+        if dash.refusals is not None:  # the refusals noted by this request, audited first
+            await dash.refusals.settle()
         return dash.keep(request, session, resp)
 
     return route

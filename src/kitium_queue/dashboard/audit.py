@@ -16,6 +16,7 @@ resources, metadata) is escaped by the template like everything else.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import ConfigurationError, KitiumQueueError
-from ..limits import clip
+from ..limits import clip, get_logger
 from .auth import Session
 from .views import refused as refused_page
 
@@ -34,7 +35,16 @@ if TYPE_CHECKING:
     from ..features.audit import AuditEntry, AuditLog, AuditReport
     from .app import Dashboard
 
-__all__ = ["AUDIT_SCAN", "MAX_AUDIT_PAGE", "AuditFilter", "AuditPages", "audit_of"]
+__all__ = [
+    "AUDIT_SCAN",
+    "MAX_AUDIT_PAGE",
+    "AuditFilter",
+    "AuditPages",
+    "RoleRefusals",
+    "audit_of",
+]
+
+log = get_logger(__name__)
 
 #: Most entries on one page.
 MAX_AUDIT_PAGE = 200
@@ -46,6 +56,8 @@ MAX_FILTER = 512
 MAX_META = 1000
 #: The outcomes the filter offers.
 OUTCOMES = ("ok", "denied", "error")
+#: Refusals noted and not yet written, at most (more are dropped, logged).
+MAX_NOTED = 10_000
 
 
 def audit_of(access: Any) -> tuple[AuditLog | None, Any]:
@@ -64,6 +76,65 @@ def audit_of(access: Any) -> tuple[AuditLog | None, Any]:
         "access= takes an AccessControlManager (grants and their audit log) or an "
         f"AuditLog, got {type(access).__name__}"
     )
+
+
+class RoleRefusals:
+    """The dashboard's refusals by role (``access.denied``, ``via: dashboard``), written
+    within the bound on refusals of access control (``features/audit/refusals.py``):
+    per (principal, action, resource) and window, the first ``burst`` an entry each,
+    the rest counted into one summary entry (``suppressed``, ``window_start``,
+    ``window_end``, and ``via: dashboard``), so a session looping over a refused POST
+    does not grow the log at its request rate. The bound is the manager's
+    (``AccessControlManager(refusal_burst=, refusal_window=)``), or, for a plain
+    ``AuditLog``, one of the defaults (10 per 10 s) owned here: its counts are summed
+    up at the window's end, by the next refusal of the triple after it, by ``close()``
+    (``app.state.dashboard.refusals.close()``) or by ``flush_refusals()`` of any
+    ``AccessControlManager`` on the deployment.
+
+    ``note`` is called while a page is made (synchronously); the request writes what
+    was noted (``settle``) before its response goes out, as a refused call of access
+    control is audited before it raises."""
+
+    def __init__(self, audit: AuditLog, access: Any) -> None:
+        from ..features.audit.refusals import RefusalBound
+
+        self.audit = audit
+        self.bound: RefusalBound = access.refusals if access is not None else RefusalBound(audit)
+        self._owned = access is None
+        self._noted: deque[tuple[str | None, str, dict[str, Any]]] = deque()
+
+    def note(self, principal: str | None, resource: str, meta: dict[str, Any]) -> None:
+        """Note one refusal (``meta``: action, role, needs_role, via) to be written."""
+        if self.audit.keys is None:  # opened without its key: it records nothing
+            return
+        if len(self._noted) >= MAX_NOTED:
+            log.error("dashboard: %d refusals not audited yet; this one is not", MAX_NOTED)
+            return
+        self._noted.append((principal, resource, meta))
+
+    async def settle(self) -> None:
+        """Write (or count) every refusal noted; an audit log that cannot take one is
+        logged, and the refusal stands."""
+        while self._noted:
+            principal, resource, meta = self._noted.popleft()
+            try:
+                await self.bound.deny(principal, resource, meta)
+            except Exception as exc:
+                log.error(
+                    "dashboard: the refusal of %s on %s could not be audited (%s: %s)",
+                    clip(str(meta.get("action")), 100),
+                    clip(resource, 200),
+                    type(exc).__name__,
+                    exc,
+                )
+
+    async def close(self) -> None:
+        """Write what is noted and sum up the windows counted in this process (early)
+        when the bound is the dashboard's own (a plain ``AuditLog``); the manager's
+        ``close()`` does it for its bound."""
+        await self.settle()
+        if self._owned:
+            await self.bound.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,6 +198,7 @@ class AlertManager:
         self.webhook_event = webhook_event
         self._above_since: dict[str, int] = {}
         self._gauge_missing: set[str] = set()
+        self._no_reading: set[str] = set()
         self._damaged: set[str] = set()
         self._forged: set[tuple[str, str]] = set()
         self.evaluations = 0
@@ -218,12 +219,36 @@ class AlertManager:
     # ------------------------------------------------------------------ reading
     async def values(self) -> dict[str, float]:
         """The current value of every rule's metric (what the leader compares); a rule
-        on a gauge no feature provides now (``region_lag_ms`` without a global queue) is
-        absent. A read of the queue: it passes the queue's read guards first."""
+        on a gauge no feature provides now (``region_lag_ms`` without a global queue) or
+        read as NaN or infinite is absent. A read: it passes the queue's read guards."""
         await self.queue.queries.check("alert_values", {})
         return await self._values()
 
     async def _values(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, value in (await self._readings()).items():
+            if math.isfinite(value):
+                self._no_reading.discard(name)
+                out[name] = value
+            else:
+                self._not_finite(name)
+        return out
+
+    def _not_finite(self, rule: str) -> None:
+        """A NaN or infinite reading is none: the rule keeps its state (as with a gauge
+        with no value); the first in a row is logged, without the value."""
+        if rule in self._no_reading:
+            return
+        self._no_reading.add(rule)
+        log.warning(
+            "queue %s: alert rule %s not evaluated: its metric read as no finite number; "
+            "the rule keeps its state until it reads as one",
+            self.queue.name,
+            rule,
+        )
+
+    async def _readings(self) -> dict[str, float]:
+        """Every rule's metric as read, not yet checked to be finite."""
         windows = sorted({r.window for r in self.rules})
         reply = await self.queue.run("alerts_probe", [BUCKET_MS, *windows])
         now, waiting, oldest = int(reply[0]), int(reply[1]), int(reply[2])
@@ -392,7 +417,7 @@ class AlertManager:
         changes: list[AlertTransition] = []
         for r in self.rules:
             value = values.get(r.name)
-            if value is None:  # a gauge with no value now: the rule keeps its state
+            if value is None:  # no reading now (no gauge value, not finite): state kept
                 self._above_since.pop(r.name, None)
                 continue
             firing = current.get(r.name) == "firing"

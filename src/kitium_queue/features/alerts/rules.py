@@ -44,10 +44,12 @@ class AlertRule:
         name: the rule's name (letters, digits and ``_ . : -``, at most 64): the
             subject of its events.
         metric: what is watched, one of ``METRICS``.
-        threshold: the alert fires when the value is at or above it.
+        threshold: the alert fires when the value is at or above it (a finite number
+            above 0: every metric is 0 or more, so one at or below 0 would fire at the
+            first evaluation and never clear).
         clear_below: the alert clears when the value falls below this (default: the
-            threshold). A lower value keeps a value hovering at the threshold from
-            firing and clearing over and over.
+            threshold; above 0 and at most the threshold). A lower value keeps a value
+            hovering at the threshold from firing and clearing over and over.
         window_ms: the window of ``dlq_growth`` and ``failure_rate`` (default 60 s, at
             most 1 h).
         for_ms: the value must stay at or above the threshold this long before the
@@ -95,6 +97,17 @@ class AlertRule:
                 raise ConfigurationError(
                     f"{where}: {attr} must be a finite number (an int or float within the "
                     f"range of a float), got {shown(v)}"
+                )
+            if v <= 0:
+                # Every metric is a count, an age, a lag or a percentage: never below 0.
+                raise ConfigurationError(
+                    f"{where}: {attr} must be above 0, got {shown(v)}: every metric is 0 or more, "
+                    "so the alert would "
+                    + (
+                        "fire at the first evaluation and never clear"
+                        if attr == "threshold"
+                        else "never clear once fired"
+                    )
                 )
         if self.clear_below is not None and self.clear_below > self.threshold:
             raise ConfigurationError(

@@ -60,6 +60,8 @@ KEEP_MS = 7 * 24 * 3600 * 1000
 FLUSH_BATCH = 100
 _MEMBER = re.compile(r"[0-9a-f]{32}")
 _ACTION = "access.denied"
+#: Metadata of a refusal its summary keeps besides the action and permission.
+_KEPT = ("role", "needs_role", "via")
 
 
 def _int(raw: Any) -> int | None:
@@ -84,10 +86,12 @@ class RefusalBound:
         self._held: dict[str, int] = {}
         self._timer: asyncio.Task[None] | None = None
 
-    def member(self, principal: str | None, action: str, resource: str) -> str:
-        """The counter's name of a triple (a hash: never the text itself)."""
+    def member(self, principal: str | None, action: str, resource: str, via: str = "") -> str:
+        """The counter's name of a triple (a hash: never the text itself); ``via``
+        (``dashboard``: a refusal by the dashboard role) counts apart from the grants'
+        refusals of the same triple, so a summary counts refusals of one kind."""
         h = hashlib.sha256(b"kq-refusal\x00")
-        for part in (principal or "", action, resource):
+        for part in (principal or "", action, resource, *((via,) if via else ())):
             raw = part.encode("utf-8", "surrogatepass")
             h.update(len(raw).to_bytes(4, "big") + raw)
         return h.hexdigest()[:32]
@@ -107,25 +111,21 @@ class RefusalBound:
         principal: str | None, resource: str, meta: Mapping[str, Any], state: str
     ) -> Draft:
         start, end, count = (int(x) for x in state.split(" "))
-        return Draft.make(
-            principal,
-            _ACTION,
-            resource,
-            "denied",
-            {
-                "action": meta.get("action"),
-                "permission": meta.get("permission"),
-                "suppressed": count,
-                "window_start": start,
-                "window_end": end,
-            },
-            strict=False,
-        )
+        summary: dict[str, Any] = {"action": meta.get("action")}
+        if "permission" in meta or "via" not in meta:
+            summary["permission"] = meta.get("permission")
+        # The dashboard's refusals (via: dashboard) keep what their entries say.
+        summary.update({k: meta[k] for k in _KEPT if k in meta})
+        summary.update(suppressed=count, window_start=start, window_end=end)
+        return Draft.make(principal, _ACTION, resource, "denied", summary, strict=False)
 
     async def deny(self, principal: str | None, resource: str, meta: Mapping[str, Any]) -> bool:
-        """Record one refusal (``meta``: ``action``, ``permission``, ``grants``): an
-        entry, or a count. True when it was written as an entry."""
-        member = self.member(principal, str(meta.get("action", "")), resource)
+        """Record one refusal (``meta``: ``action``, ``permission``, ``grants``; or the
+        dashboard's ``action``, ``role``, ``needs_role``, ``via``): an entry, or a
+        count. True when it was written as an entry."""
+        member = self.member(
+            principal, str(meta.get("action", "")), resource, str(meta.get("via") or "")
+        )
         state = ""
         for _ in range(20):
             drafts = [] if not state else [self._summary(principal, resource, meta, state)]
