@@ -24,6 +24,7 @@ It plugs into the queue through the extension points only:
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -36,7 +37,7 @@ from redis.exceptions import ResponseError
 from ...damage import named_key
 from ...errors import ConfigurationError, KitiumQueueError
 from ...events import EventData
-from ...limits import get_logger
+from ...limits import QUERY_PAGE, get_logger
 from ...options import check_text, to_int, to_ms
 from ..retention import STATES, Retention
 from ..retention.stream import install_swap, rewrite_events
@@ -89,6 +90,8 @@ class ErasureReport:
             log writes are refused from then on (fencing), and the runs are abandoned.
         events: entries of the durable event stream about those jobs deleted.
         duration_ms: how long it took.
+        schedules: schedules deleted whose job template carried the subject (its
+            ``subject_id`` option): they held its data and would add its jobs again.
     """
 
     subject_digest: str
@@ -96,6 +99,7 @@ class ErasureReport:
     active: int
     events: int
     duration_ms: float
+    schedules: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +108,7 @@ class ErasureReport:
             "active": self.active,
             "events": self.events,
             "duration_ms": round(self.duration_ms, 1),
+            "schedules": self.schedules,
         }
 
 
@@ -227,6 +232,9 @@ class ComplianceManager:
 
         async def action() -> ErasureReport:
             started = time.perf_counter()
+            # The subject's schedules first: a tick fired meanwhile adds a job the
+            # loop below still finds in the index.
+            schedules = await self._erase_schedules(subject)
             erased: set[str] = set()
             active = 0
             while True:
@@ -246,12 +254,48 @@ class ComplianceManager:
                     break
             events = await self._scrub_events(erased)
             return ErasureReport(
-                digest, len(erased), active, events, (time.perf_counter() - started) * 1000
+                digest,
+                len(erased),
+                active,
+                events,
+                (time.perf_counter() - started) * 1000,
+                schedules,
             )
 
         return await q.admin.execute(
             "erase_subject", {"subject_digest": digest}, action, shown=lambda r: r.to_dict()
         )
+
+    async def _erase_schedules(self, subject: str) -> int:
+        """Delete the schedules whose job template names ``subject`` (option
+        ``subject_id``): the template holds the subject's data, and every tick would add
+        a job of the subject again after the erasure. Read a page of ids at a time
+        (``QUERY_PAGE``), each schedule's options only; returns how many went."""
+        q = self.queue
+        client = await q.client()
+        index = q.keys.schedules
+        base = q.keys.schedule("").encode()
+        matched: list[bytes] = []
+        start = 0
+        while True:
+            page = await named_key(
+                client, index, "zset", client.zrange(index, start, start + QUERY_PAGE - 1)
+            )
+            if not page:
+                break
+            pipe = client.pipeline(transaction=False)
+            for sid in page:  # as stored: an id that is not UTF-8 still names its key
+                pipe.hget(base + sid, "o")
+            for sid, raw in zip(page, await pipe.execute(raise_on_error=False), strict=True):
+                if _names_subject(raw, subject):
+                    matched.append(sid)
+            if len(page) < QUERY_PAGE:
+                break
+            start += QUERY_PAGE
+        removed = 0
+        for sid in matched:
+            removed += int(await q.run("schedule_remove", [sid]))
+        return removed
 
     async def _scrub_events(self, ids: set[str]) -> int:
         """Rewrite the event stream without the entries naming one of ``ids``
@@ -373,6 +417,18 @@ def _periods(value: Any) -> dict[str, int | None]:
         str(s): None if p is None else to_ms(p, f"{s} retention period", minimum=1)
         for s, p in value.items()
     }
+
+
+def _names_subject(raw: Any, subject: str) -> bool:
+    """Whether a schedule's stored options (JSON, read back from Redis: untrusted; a
+    key of another type reads as an error) carry ``subject`` as ``subject_id``."""
+    if not isinstance(raw, bytes) or b'"subject_id"' not in raw:
+        return False
+    try:
+        opts = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(opts, dict) and opts.get(OPTION) == subject
 
 
 def _text(v: Any) -> str:
