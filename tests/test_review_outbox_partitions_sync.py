@@ -199,21 +199,39 @@ def test_a_key_maps_to_the_same_partition_in_every_process_and_unnormalised() ->
     assert mine[2] != mine[3]
 
 
-async def test_changing_the_partition_count_hides_waiting_jobs_until_the_old_layout_runs(
+async def test_changing_the_partition_count_is_refused_while_the_old_layout_holds_jobs(
     redis_url: str, prefix: str
 ) -> None:
-    """Documented (docs/scale-out.md): 4 -> 2 partitions, the 8 waiting jobs are in the
-    old layout's queues, which the new one neither counts nor finds nor runs; the old
-    count finds and drains them."""
+    """Documented (docs/scale-out.md): 4 -> 2 partitions while the 8 jobs wait in the old
+    layout's queues is refused, naming both counts and the 8 jobs (before, the new count
+    saw 0 waiting and None for every id, and nothing warned); once the old count ran them
+    and stopped, the new count is recorded and used."""
+    from kitium_queue import ConfigurationError
     from kitium_queue.features.partitioned import PartitionedQueue
 
     old = PartitionedQueue("orders", partitions=4, redis=redis_url, prefix=prefix)
     new = PartitionedQueue("orders", partitions=2, redis=redis_url, prefix=prefix)
     try:
         ids = [await old.add_job("n", {"i": i}) for i in range(8)]
-        assert (await new.get_stats()).waiting == 0
-        assert [await new.get_job_status(i) for i in ids] == [None] * 8
+        refused = r"recorded in Redis with 4 partitions .*partitions=2.* 8 job\(s\)"
+        with pytest.raises(ConfigurationError, match=refused):
+            await new.get_stats()
+        with pytest.raises(ConfigurationError, match=refused):
+            await new.get_job_status(ids[0])
+        with pytest.raises(ConfigurationError, match=refused):
+            await new.add_job("n", {"i": 8})
         assert (await old.get_stats()).waiting == 8
+        old.process("n", lambda job: None)
+        await old.start(concurrency=4)
+        await wait_until(lambda: _completed(old, 8), timeout=30)
+        await old.close()
+        assert (await new.get_stats()).waiting == 0  # empty and unused: 2 is recorded
+        assert (await new.get_job_status(await new.add_job("n", {"i": 9}))) is not None
+        assert (await new.get_stats()).waiting == 1
     finally:
         await old.close()
         await new.close()
+
+
+async def _completed(q: Any, n: int) -> bool:
+    return (await q.get_stats()).completed >= n

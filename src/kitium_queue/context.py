@@ -2,17 +2,16 @@
 
 A ``JobQueue`` builds one context and hands it to its components (``Producer``,
 ``Queries``, ``Admin``, the worker): the queue's name and keys, the Lua scripts, the
-connection and the shared client, the serializer, the settings resolved and checked at
-construction, the option registry (``jobspec``) and the lifecycle subscribers
-(``hooks``). Components talk to Redis through
-``run``/``call`` and to subscribers through ``hooks``, and know nothing of each other.
-"""
+connection, its checks (``connect_checks``) and the shared client, the serializer, the
+settings resolved and checked at construction, the option registry (``jobspec``) and the
+lifecycle subscribers (``hooks``). Components talk to Redis through ``run``/``call`` and
+to subscribers through ``hooks``, and know nothing of each other."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -307,6 +306,8 @@ class QueueContext:
             max_log_lines, "max_log_lines", minimum=0, maximum=MAX_LOG_LINES
         )
         self.scripts = ScriptRegistry()
+        #: Run on each new connection before use; one that raises refuses it (features').
+        self.connect_checks: list[Callable[[Any], Awaitable[None]]] = []
         self.jobspec = JobSpec(name)
         self.defaults = self.jobspec.check(options_dict(default_job_options), "default_job_options")
         self._check_settings()
@@ -342,8 +343,7 @@ class QueueContext:
 
     @property
     def redacting(self) -> bool:
-        """Whether payload views hide protected payloads now (``redact_payloads``, or
-        inside ``redacted_views()``)."""
+        """Whether payload views hide protected payloads now (or in redacted_views())."""
         return self.redact_payloads or _REDACTING.get()
 
     def redact_value(self, value: Any) -> Any:
@@ -395,8 +395,7 @@ class QueueContext:
     # ------------------------------------------------------------------ connection
     @property
     def connected(self) -> bool:
-        """Whether the shared client is connected (the next ``client()`` does not
-        connect)."""
+        """Whether the shared client is connected (``client()`` would not connect)."""
         return self._client is not None
 
     async def client(self) -> Any:
@@ -469,6 +468,8 @@ class QueueContext:
             if not conn.is_memory:
                 await check_eviction(client, self.name, bool(self.settings.allow_eviction))
             await self.scripts.load(client)
+            for check in self.connect_checks:
+                await check(client)
         except NoPermissionError as exc:
             await self._discard(client)
             raise permission_denied(str(exc)) from None
@@ -586,8 +587,7 @@ class QueueContext:
         return waiting + states.count(True), None in states
 
     def argv_head(self) -> tuple[str, str, str]:
-        """The arguments every script takes first: key prefix, now ('' = the Redis
-        clock), events max length."""
+        """What every script takes first: key prefix, now ('' = Redis clock), events cap."""
         return self._argv_head
 
     async def run(self, script: str, args: Sequence[Any] = ()) -> Any:

@@ -4,25 +4,34 @@ own hash tag, so the shards of a Redis Cluster share one busy queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 import re
+import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
+from ..api import OPERATIONS, Route
 from ..connection import ConnectionFactory
-from ..errors import ConfigurationError, JobNotFoundError
+from ..connerrors import refused
+from ..errors import ConfigurationError, JobNotFoundError, PermissionDeniedError
 from ..events import EventData
 from ..facade import MultiQueue
 from ..job import Job, JobInfo
-from ..keys import MAX_KEY_PART, check_key_part
+from ..keys import MAX_KEY_PART, QueueKeys, check_key_part
+from ..limits import clip, get_logger
 from ..options import MAX_CONCURRENCY, to_int
 from ..queue import HealthStatus, JobQueue, QueueStats
 from ..worker import SharedSlots, Worker
 
 __all__ = ["PartitionedQueue"]
+
+log = get_logger(__name__)
 
 _SLOTS = 16384
 _MAX_PARTITIONS = 1024
@@ -63,6 +72,208 @@ def partition_names(name: str, partitions: int) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------------- the recorded count
+#: The placement scheme recorded with the count: keys map by ``crc32(key) % N`` and the
+#: partitions are named by ``partition_names``. Another scheme is another layout.
+SCHEME = "crc32-slot-ranges/1"
+_REFRESH_S = 10.0  # how often a process that uses the count says so
+_STALE_MS = 30_000  # a process not heard of for this long no longer counts as using it
+_CANONICAL = re.compile(r"[1-9][0-9]{0,3}")
+
+# One call: the record (a hash: partitions, scheme) and the processes using it (a sorted
+# set: token -> when last seen, server time), both under the hash tag ``{<name>#}``.
+# ARGV: count, scheme, token, stale ms, mode ('use' | 'take'), and for 'take' the count
+# and scheme it replaces. Returns {'same'} | {'new'} | {'taken', old n, old scheme}
+# | {'other', n, scheme, users} | {'damaged', key, type}. Every check before the first write.
+_RECORD_LUA = """
+local rec, users = KEYS[1], KEYS[2]
+for i, want in ipairs({'hash', 'zset'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want then return {'damaged', KEYS[i], t} end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', users, '-inf', now - tonumber(ARGV[4]))
+local cur = redis.call('HMGET', rec, 'partitions', 'scheme')
+if cur[1] == ARGV[1] and cur[2] == ARGV[2] then
+  redis.call('ZADD', users, now, ARGV[3])
+  return {'same'}
+end
+local live = redis.call('ZCARD', users)
+if cur[1] and not (ARGV[5] == 'take' and cur[1] == ARGV[6] and cur[2] == ARGV[7]
+                   and live == 0) then
+  return {'other', cur[1], cur[2] or '', live}
+end
+redis.call('HSET', rec, 'partitions', ARGV[1], 'scheme', ARGV[2])
+redis.call('ZADD', users, now, ARGV[3])
+if cur[1] then return {'taken', cur[1], cur[2] or ''} end
+return {'new'}
+"""
+
+
+class CountRecord:
+    """The partition count of one logical queue, recorded in Redis at its first use
+    (``<prefix>:{<name>#}:partitions``, with the processes using it in
+    ``...:partitions:users``), so that a process opening it with another count cannot
+    lose sight of the jobs the recorded count still holds (docs/scale-out.md)."""
+
+    def __init__(self, name: str, partitions: int, prefix: str) -> None:
+        self.name, self.partitions = name, partitions
+        base = f"{prefix}:{{{name}#}}:"
+        self.key, self.users_key = base + "partitions", base + "partitions:users"
+        self.prefix = prefix
+        self._token = uuid.uuid4().hex
+        self._lock = asyncio.Lock()
+        self._client: Any = None  # the client of the last check, None: not checked
+        self._refresher: asyncio.Task[None] | None = None
+        #: Set when the record changed under this process: new jobs are refused.
+        self.moved: str | None = None
+
+    @property
+    def checked(self) -> bool:
+        """Whether a connection of this process checked the count (until ``release``)."""
+        return self._client is not None
+
+    async def _call(
+        self, client: Any, mode: str = "use", old: Sequence[str] = ("", "")
+    ) -> list[str]:
+        answer = await client.eval(
+            _RECORD_LUA, 2, self.key, self.users_key, str(self.partitions), SCHEME,
+            self._token, str(_STALE_MS), mode, *old,
+        )  # fmt: skip
+        return [a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in answer]
+
+    async def check(self, client: Any) -> None:
+        """Record the count, or check it against the recorded one (once per connection
+        of the queue; ``ConfigurationError`` if another count is in use)."""
+        async with self._lock:
+            if self._client is not None:
+                return
+            try:
+                await self._settle(client)
+            except ResponseError as exc:
+                if not refused(exc):
+                    raise
+                raise PermissionDeniedError(
+                    f"Redis refused the check of the partition count of {self.name!r} "
+                    f"({clip(str(exc), 200)}): its user needs the key pattern "
+                    f"~{self.prefix}:{{{self.name}#* (every partition count and the record "
+                    f"of the count), or ~{self.prefix}:{{{self.name}#}}:* besides the "
+                    "partitions' own (docs/scale-out.md)"
+                ) from None
+            self._client, self.moved = client, None
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _settle(self, client: Any) -> None:
+        answer = await self._call(client)
+        for _ in range(3):
+            if answer[0] == "damaged":
+                raise ConfigurationError(
+                    f"the partition count record of {self.name!r} is damaged: key "
+                    f"{clip(answer[1], 300)} holds a {clip(answer[2], 20)}; check it and delete it"
+                )
+            if answer[0] == "same":
+                return
+            if answer[0] in ("new", "taken"):
+                was = f" (it was {clip(answer[1], 10)})" if answer[0] == "taken" else ""
+                log.info(
+                    "partitioned queue %s: partition count %d recorded%s",
+                    self.name, self.partitions, was,
+                )  # fmt: skip
+                return
+            old_n, old_scheme, live = answer[1], answer[2], int(answer[3])
+            held = await self._held(client, old_n, old_scheme)
+            if held or live:
+                raise ConfigurationError(self._refusal(old_n, held, live))
+            answer = await self._call(client, "take", (old_n, old_scheme))
+        raise ConfigurationError(
+            f"partitioned queue {self.name!r}: the recorded partition count kept changing "
+            "while this process checked it; start it again"
+        )
+
+    async def _held(self, client: Any, old_n: str, old_scheme: str) -> dict[str, int]:
+        """The jobs the layout of ``old_n`` partitions holds, per state (none at 0)."""
+        if old_scheme != SCHEME or not _CANONICAL.fullmatch(old_n) or int(old_n) > _MAX_PARTITIONS:
+            raise ConfigurationError(
+                f"partitioned queue {self.name!r} is recorded with partitions="
+                f"{clip(repr(old_n), 20)} and placement {clip(repr(old_scheme), 60)}, which "
+                f"this release cannot read; if no job is left in that layout, delete key "
+                f"{self.key} and start again"
+            )
+        pipe = client.pipeline(transaction=False)
+        for name in partition_names(self.name, int(old_n)):
+            k = QueueKeys(name, self.prefix)
+            for key in (k.wait, k.active, k.delayed, k.failed, k.dlq):
+                pipe.zcard(key)
+            pipe.hget(k.meta, "parked")
+        held = dict.fromkeys(("waiting", "active", "delayed", "failed", "dlq", "parked"), 0)
+        for i, reply in enumerate(await pipe.execute()):
+            with contextlib.suppress(TypeError, ValueError):  # a damaged parked counter
+                held[list(held)[i % 6]] += max(0, int(reply or 0))
+        return {s: n for s, n in held.items() if n}
+
+    def _refusal(self, old_n: str, held: dict[str, int], live: int) -> str:
+        head = (
+            f"partitioned queue {self.name!r} is recorded in Redis with {old_n} partitions "
+            f"and this process opened it with partitions={self.partitions}: the partitions "
+            "of another count are other queues, "
+        )
+        tail = (
+            f"start with partitions={self.partitions} again then: the new count is "
+            "recorded once the old layout holds no job and no process uses it "
+            "(docs/scale-out.md, changing the partition count)"
+        )
+        if held:
+            total = sum(held.values())
+            what = ", ".join(f"{n} {s}" for s, n in held.items())
+            return (
+                f"{head}so the {total} job(s) that layout still holds ({what}) would be "
+                f"neither counted, found nor run. Keep PartitionedQueue({self.name!r}, "
+                f"partitions={old_n}) running until they are done (retry or remove its "
+                f"failed and dead-lettered jobs), stop its processes, and {tail}"
+            )
+        return (
+            f"{head}and {live} process(es) using {old_n} partitions are live (heard of "
+            f"within {_STALE_MS // 1000} s): jobs they add would not be seen. Stop them "
+            f"(close(); a process killed is forgotten {_STALE_MS // 1000} s after it was "
+            f"last heard of), and {tail}"
+        )
+
+    async def _refresh(self) -> None:
+        """Say every ``_REFRESH_S`` that this process still uses the count; if the record
+        changed meanwhile (this process was not heard of for ``_STALE_MS``), log it and
+        refuse new jobs (``moved``)."""
+        while True:
+            await asyncio.sleep(_REFRESH_S)
+            try:
+                answer = await self._call(self._client)
+            except Exception as exc:  # Redis away: the next turn tries again
+                log.debug("partitioned queue %s: count refresh failed: %s", self.name, exc)
+                continue
+            if answer[0] in ("other", "damaged"):
+                self.moved = (
+                    f"partitioned queue {self.name!r}: the partition count recorded in Redis "
+                    f"is no longer {self.partitions} (this process was not heard of for "
+                    f"{_STALE_MS // 1000} s and another count took over): new jobs are "
+                    "refused; restart it with the recorded count"
+                )
+                log.error("%s", self.moved)
+                return
+
+    async def release(self) -> None:
+        """Stop saying this process uses the count (``close``)."""
+        task, self._refresher = self._refresher, None
+        client, self._client = self._client, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.zrem(self.users_key, self._token), 5)
+            except Exception as exc:  # forgotten after _STALE_MS all the same
+                log.debug("partitioned queue %s: count release failed: %s", self.name, exc)
+
+
 class PartitionedQueue(MultiQueue[JobQueue]):
     """A logical queue made of ``partitions`` ``JobQueue``\\ s (``orders#0``, ...).
 
@@ -94,10 +305,11 @@ class PartitionedQueue(MultiQueue[JobQueue]):
 
     Ordering: FIFO (within a priority) holds **within a partition** only;
     jobs of different partitions run in no particular order relative to each other.
-    A key maps to the same partition as long as ``partitions`` is unchanged: changing
-    the count re-maps keys, so drain the queue (or keep the old count running until it
-    is empty) before changing it. Stats and lists aggregate over all partitions; pause,
-    resume and drain apply to each partition in turn (not atomically).
+    The count is recorded in Redis at first use (``CountRecord``): another count is
+    refused while the recorded one's partitions hold jobs or a process uses it (a key
+    maps to another partition, and those partitions are other queues); once they are
+    empty and unused, the new count is recorded. Stats and lists aggregate over all
+    partitions; pause, resume and drain apply to each partition in turn (not atomically).
 
     Every method of the queue API is generated from ``api.QueueAPI`` by ``MultiQueue``
     (each docstring says how it is carried out over the partitions); this class adds the
@@ -151,6 +363,15 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         self._index = {q.name: i for i, q in enumerate(self.queues)}
         self._rr = random.randrange(partitions)
         self._workers: list[Worker] = []
+        self.count_record = CountRecord(name, partitions, self.queues[0].keys.prefix)
+        for q in self.queues:
+            self._check_at_connect(q)
+
+    def _check_at_connect(self, q: JobQueue) -> None:
+        """Every new connection of partition ``q`` (producer, worker, query, blocking
+        client) checks the recorded count before use (the context's ``connect_checks``:
+        a refusal is raised as the connect's own errors are, the client discarded)."""
+        q.ctx.connect_checks.append(self.count_record.check)
 
     # ------------------------------------------------------------------ ids and keys
     def partition_of(self, key: str) -> int:
@@ -165,7 +386,10 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         (``OptionSpec.placement``: a workflow's id, the full ids of the jobs it depends
         on, which are passed on as ids within that partition); else its
         ``idempotency_key`` or ``job_id``; else the next one round-robin. Pins that
-        disagree, and a ``job_id`` that begins like a full id, are refused."""
+        disagree, and a ``job_id`` that begins like a full id, are refused; so are all
+        new jobs once the recorded partition count changed under this process."""
+        if self.count_record.moved is not None:
+            raise ConfigurationError(self.count_record.moved)
         job_id = options.get("job_id")
         if isinstance(job_id, str) and _LOOKS_FULL.match(job_id):
             raise ConfigurationError(
@@ -334,8 +558,27 @@ class PartitionedQueue(MultiQueue[JobQueue]):
     async def close(self) -> None:
         """Stop the workers and release every connection."""
         await self.stop()
+        await self.count_record.release()
         for q in self.queues:
             await q.close()
         shared, self._shared = self._shared, None
         if shared is not None and self.connection.owns(shared):
             await shared.aclose()
+
+
+def _checked_first(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A by-id method that checks the recorded count first: an id whose partition this
+    count lacks is then refused with the layout, not answered as unknown unchecked."""
+
+    @functools.wraps(method)
+    async def run(self: PartitionedQueue, *args: Any, **kwargs: Any) -> Any:
+        if not self.count_record.checked:
+            await self.queues[0].client()
+        return await method(self, *args, **kwargs)
+
+    return run
+
+
+for _op in OPERATIONS.values():
+    if _op.route is Route.BY_ID:
+        setattr(PartitionedQueue, _op.name, _checked_first(getattr(PartitionedQueue, _op.name)))
