@@ -9,6 +9,14 @@
   (or dead-lettered after ``max_stalled_count`` stalls) even when every slot is busy.
   The claim does the same step; both report what they recovered with ``recovered``
   (and ``check_missing`` reads whether dead-lettered ones had lost their record).
+* **start check** — a claimed job starts only while its lease, by this process's
+  monotonic clock from the moment the claim (or the latest renewal) was *sent*, has at
+  least ``min(1 s, lease / 4)`` left (``start_window``, ``Run.start_by``). A job past
+  that (its process was stopped or frozen between the claim and the start) renews the
+  lease first, fenced by its token (``Leases.confirm``): a job whose lease was lost
+  meanwhile (recovered, run elsewhere) is dropped unstarted, with nothing written; one
+  still leased here starts. Counted in ``unstarted`` / ``renewed_late``, one warning per
+  burst.
 * ``SharedSlots`` — a concurrency budget shared by several workers of one process.
 
 Log lines keep the worker's logger name (``kitium_queue.worker``): it is what users
@@ -34,7 +42,15 @@ if TYPE_CHECKING:
     from .queue import JobQueue
     from .scripts import ScriptCall
 
-__all__ = ["EXTEND_CHUNK", "Drained", "Leases", "Run", "SharedSlots", "SlotMember"]
+__all__ = [
+    "EXTEND_CHUNK",
+    "Drained",
+    "Leases",
+    "Run",
+    "SharedSlots",
+    "SlotMember",
+    "start_window",
+]
 
 log = get_logger("kitium_queue.worker")
 
@@ -42,6 +58,18 @@ log = get_logger("kitium_queue.worker")
 EXTEND_CHUNK = 500
 #: Expired leases one sweep recovers at most.
 _SWEEP_LIMIT = 1000
+#: Unstarted jobs dropped within this many seconds of the first share one warning.
+_LATE_LOG_S = 0.2
+#: Renewals ``Leases.confirm`` tries before it gives up on starting a job.
+_CONFIRM_TRIES = 3
+
+
+def start_window(lock_ms: int) -> float:
+    """Seconds from the moment a claim or renewal of a lease of ``lock_ms`` was sent
+    within which its job may start without asking Redis: the lease less a safety margin
+    of ``min(1 s, lease / 4)``."""
+    lock_s = lock_ms / 1000
+    return lock_s - min(1.0, lock_s / 4)
 
 
 class Run:
@@ -56,9 +84,21 @@ class Run:
         reason: why the task was cancelled (``timeout``, ``cancelled``, ``shutdown``).
         abandoned: the lease was lost; the outcome of this run is never recorded.
         started: loop time at which the processor was called (0.0 before).
+        start_by: loop time after which the job may not start before its lease is
+            renewed (``Leases.confirm``; inf: no limit known).
     """
 
-    __slots__ = ("abandoned", "deadline", "job", "policy", "reason", "started", "task", "token")
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "job",
+        "policy",
+        "reason",
+        "start_by",
+        "started",
+        "task",
+        "token",
+    )
 
     def __init__(self, job: Job, token: str, policy: Policy) -> None:
         self.job = job
@@ -69,6 +109,7 @@ class Run:
         self.reason: str | None = None
         self.abandoned = False
         self.started = 0.0
+        self.start_by = float("inf")
 
 
 class SlotMember(Protocol):
@@ -184,6 +225,13 @@ class Leases:
         #: time; None: it cancelled none), and leaves the rest to the flush.
         self.flush_s = 5.0
         self.cancelled_at: float | None = None
+        #: Seconds from a lease's claim or renewal (sent) within which its job may start.
+        self.window = start_window(queue.lock_duration_ms)
+        #: Claimed jobs dropped unstarted: their lease ran out before they could start.
+        self.unstarted = 0
+        #: Claimed jobs whose lease had to be renewed before they could start.
+        self.renewed_late = 0
+        self._late_n = 0  # dropped since the last warning
 
     def add(self, run: Run) -> None:
         """Hold ``run``'s lease. A run of the same job still held here is abandoned: an
@@ -304,8 +352,15 @@ class Leases:
             calls.append(q.call("extend", args))
         return calls, {r.job.id: r for r in runs}
 
-    def after_extend(self, replies: list[Any], sent: dict[str, Run]) -> None:
-        """Abandon the runs whose lease was lost; cancel those cancelled by ``cancel_job``."""
+    def after_extend(
+        self, replies: list[Any], sent: dict[str, Run], at: float | None = None
+    ) -> None:
+        """Abandon the runs whose lease was lost; cancel those cancelled by ``cancel_job``.
+        ``at``: loop time the calls were sent; the renewed runs may start until ``window``
+        after it (none is moved when a call failed)."""
+        if at is not None and not any(isinstance(r, Exception) for r in replies):
+            for r in sent.values():
+                r.start_by = at + self.window
         for reply in replies:
             if isinstance(reply, Exception):
                 if self.queue.ctx.damaged.failed(reply):
@@ -332,9 +387,52 @@ class Leases:
         async def renew_all() -> None:
             calls, sent = self.extend_calls()
             if calls:
-                self.after_extend(await self.queue.scripts.pipeline(client, calls), sent)
+                at = asyncio.get_running_loop().time()
+                self.after_extend(await self.queue.scripts.pipeline(client, calls), sent, at)
 
         await self._every(self.queue.lock_renew_ms, renew_all, "lease renewal failed; retrying")
+
+    async def confirm(self, run: Run) -> bool:
+        """``run`` has not started and its ``start_by`` passed: the lease may have run out
+        (this process was stopped or frozen since the claim) and the job been recovered
+        and run by another worker. Renew the lease, fenced by its token: True when it is
+        still this worker's (start the job), else the run is dropped here, unstarted,
+        with nothing written (its job is another worker's, or recovered when its lease
+        expires)."""
+        q, loop = self.queue, asyncio.get_running_loop()
+        for _ in range(_CONFIRM_TRIES):  # a reply that came back late is no proof either
+            at = loop.time()
+            try:
+                reply = await q.run("extend", [q.lock_duration_ms, run.job.id, run.token])
+            except Exception:  # unknown: not started; the lease expires, the job is recovered
+                break
+            if reply[0] or run.abandoned:  # lost: the lease is no longer ours (extend.lua)
+                break
+            if loop.time() <= at + self.window:
+                run.start_by = at + self.window
+                self.renewed_late += 1
+                return True
+        if not run.abandoned:
+            run.abandoned = True  # an outcome it reports later is not recorded
+            self.forget(run)
+            self.unstarted += 1
+            self._late_n += 1
+            if self._late_n == 1:
+                loop.call_later(_LATE_LOG_S, self._say_late)
+            self._wake()
+        return False
+
+    def _say_late(self) -> None:
+        n, self._late_n = self._late_n, 0
+        log.warning(
+            "worker %s: %d claimed job(s) of queue %s not started: their lease ran out "
+            "before they could start (this process was stopped or frozen for longer than "
+            "lock_duration=%d ms?); left to lease recovery, another worker runs them",
+            self.worker_id,
+            n,
+            self.queue.name,
+            self.queue.lock_duration_ms,
+        )
 
     # ------------------------------------------------------------------ recovery
     async def sweep(self, stopping: Callable[[], bool]) -> None:

@@ -126,6 +126,10 @@ class Runner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.timeouts = Timeouts(leases.runs)
         self._ack, self._hold, self._forget = outcomes.ack, leases.add, leases.forget
+        self._confirm, self._window = leases.confirm, leases.window
+        #: Loop time the claim whose jobs ``launch`` gets was sent (set by the worker
+        #: before it launches them): their leases run from then (``leases.py``).
+        self.claim_sent = float("-inf")
         self._ends = RunEnds(self, leases)
         runs = leases.runs
         # plain: a set check per job
@@ -153,10 +157,10 @@ class Runner:
     # ------------------------------------------------------------------ one run
     def launch(self, entry: list[Any], token: str, hand_back: bool = False) -> None:
         """Start running one claimed job (a ``wire.CLAIM_JOB`` entry of a claim made
-        with lease ``token``) in a task of its own. ``hand_back``: the worker is
-        stopping; the job is handed back unstarted instead. Starting it would only cut
-        it off at the end of the grace period (stop() does not wait for jobs it has not
-        seen), and it would run twice."""
+        with lease ``token``, sent at loop time ``claim_sent``) in a task of its own.
+        ``hand_back``: the worker is stopping; the job is handed back unstarted instead.
+        Starting it would only cut it off at the end of the grace period (stop() does
+        not wait for jobs it has not seen), and it would run twice."""
         raw_opts = entry[_OPTS]
         try:
             opts = orjson.loads(raw_opts) if raw_opts else {}
@@ -183,6 +187,7 @@ class Runner:
             follows=None if entry[_FOLLOWS] is None else _follows(entry[_FOLLOWS]),
         )
         run = Run(job, token, policy)
+        run.start_by = self.claim_sent + self._window
         if hand_back:
             self._ack(run, Kind.HAND_BACK, b"", b"", 0, None, None, None)
             return
@@ -223,6 +228,8 @@ class Runner:
             if found is None or (gap and await self._gap(run)):
                 return  # deferred for a live worker with its processor, or a feature
             fn, kind = found
+            if loop.time() > run.start_by and not await self._confirm(run):
+                return  # its lease may have run out before it could start (leases.py)
             if q.telemetry is not None:
                 span = _span(q.telemetry, q.name, job)
             if self.hooks.started:
@@ -293,16 +300,9 @@ class Runner:
             return
         job = run.job
         self._ack(
-            run,
-            Kind.COMPLETED,
-            payload,
-            b"",
-            0,
-            run.policy.keep_completed,
-            result,
-            None,
+            run, Kind.COMPLETED, payload, b"", 0, run.policy.keep_completed, result, None,
             b"" if job.run_context is None else _context(job.run_context),
-        )
+        )  # fmt: skip
 
     def interrupted(self, run: Run) -> bool:
         """The run's task was cancelled: record why. False when the cancellation came from

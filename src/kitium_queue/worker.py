@@ -100,10 +100,9 @@ _NEVER_S = 3600.0  # Drained: nothing due at all (the waker's claims look every 
 _MIN_BACKOFF_S = 0.05
 _FLUSH_MIN_S = 5.0  # the least a stop offers held outcomes to Redis for (unless told)
 # Positions in the claim reply (wire.CLAIM_HEAD).
-_WAKE_IN = CLAIM_HEAD.index("wake_in")
-_TOKEN = CLAIM_HEAD.index("token")
-_RECOVERED = CLAIM_HEAD.index("recovered")
-_DEAD = CLAIM_HEAD.index("dead")
+_WAKE_IN, _TOKEN, _RECOVERED, _DEAD = (
+    CLAIM_HEAD.index(f) for f in ("wake_in", "token", "recovered", "dead")
+)
 _JOBS = len(CLAIM_HEAD)
 
 
@@ -364,6 +363,7 @@ class Worker:
             if after is not None:
                 # Last, on the same connection: it follows every write of the round.
                 calls.append(RawCall(after))
+            sent = asyncio.get_running_loop().time()  # no lease of this round starts sooner
             try:
                 replies = await self.queue.scripts.pipeline(self._client, calls)
                 for r in replies:
@@ -384,13 +384,13 @@ class Worker:
             if after is not None and barrier is not None:
                 self._unconfirmed.judge(barrier, after, replies.pop(), n_out)
             if n_ext:
-                leases.after_extend(replies[:n_ext], extending)
+                leases.after_extend(replies[:n_ext], extending, sent)
             refused = outcomes.settle(replies[n_ext : len(replies) - (free > 0)], batch)
             if refused is None:
                 backoff = _MIN_BACKOFF_S
             claim_failed = False
             if free > 0:
-                idle_for, claim_failed = self._claimed(replies[-1], free, idle_for)
+                idle_for, claim_failed = self._claimed(replies[-1], free, idle_for, sent)
             if refused is not None:
                 backoff = await rounds.refused(self, refused, backoff)
                 continue
@@ -464,10 +464,12 @@ class Worker:
                 self.hooks.emit_queue_error(self.queue.name, exc)
 
     # ------------------------------------------------------------------ claimed jobs
-    def _claimed(self, reply: Any, asked: int, idle_for: float | None) -> tuple[float | None, bool]:
-        """Handle the claim reply of a round that asked for ``asked`` slots. Returns how
-        long the lane may sleep when it next finds nothing to do (``idle_for`` as it was
-        when jobs were claimed: the lane goes on at once), and whether the claim failed."""
+    def _claimed(
+        self, reply: Any, asked: int, idle_for: float | None, sent: float
+    ) -> tuple[float | None, bool]:
+        """Handle the reply of a claim for ``asked`` slots that ran no sooner than loop time
+        ``sent``. Returns how long the lane may sleep when it next finds nothing to do
+        (``idle_for`` as it was when jobs were claimed), and whether the claim failed."""
         q = self.queue
         if isinstance(reply, Exception):
             if not q.ctx.damaged.failed(reply, self._client, q.keys.all):  # at a bounded rate
@@ -476,7 +478,7 @@ class Worker:
             self._drained.clear()  # the retry after 1 s claims, whatever came before
             return 1.0, True
         q.ctx.damaged.ok(self._client, q.keys.all)
-        got = self._after_claim(reply)
+        got = self._after_claim(reply, sent)
         self._unreserve(asked, got)
         wake_in = int(reply[_WAKE_IN])
         wait_s = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
@@ -488,7 +490,7 @@ class Worker:
         self._drained.after_claim(got < asked, _NEVER_S if none else wait_s)
         return (wait_s if got == 0 else idle_for), False
 
-    def _after_claim(self, reply: list[Any]) -> int:
+    def _after_claim(self, reply: list[Any], sent: float) -> int:
         back, dead = reply[_RECOVERED], reply[_DEAD]
         if back or dead:
             self.leases.recovered(back, dead)
@@ -498,22 +500,19 @@ class Worker:
         jobs = reply[_JOBS:]
         if not jobs:
             return 0
-        token = reply[_TOKEN]
+        token, self.runner.claim_sent = reply[_TOKEN], sent  # the start check (leases.py)
         token = token.decode() if isinstance(token, bytes) else str(token)
-        launch, hand_back = self.runner.launch, self._stopping
         for entry in jobs:
             try:
-                launch(entry, token, hand_back)
+                self.runner.launch(entry, token, self._stopping)
             except Exception:
                 # A record damaged in a way the claim could not clean up: never let it
                 # stop the pump. The job stays leased, stalls, and is dead-lettered after
                 # max_stalled_count claims like any job that keeps losing its worker.
                 log.exception(
                     "worker %s: cannot start job %r of queue %s (damaged job record?)",
-                    self.id,
-                    entry[0] if entry else None,  # wire.CLAIM_JOB: id
-                    self.queue.name,
-                )
+                    self.id, entry[0] if entry else None, self.queue.name,  # CLAIM_JOB: id
+                )  # fmt: skip
         return len(jobs)
 
     # ------------------------------------------------------------------ waker
@@ -585,6 +584,7 @@ class Worker:
         timeout = b"%.3f" % max(0.001, min(self._block_s, _MAX_IDLE_S))
         self._claiming += asked
         self._waker_claiming = asked
+        sent = asyncio.get_running_loop().time()  # (+ the timeout when the wait timed out)
         try:
             popped, reply = await q.scripts.after_block(
                 self._bclient,
@@ -595,6 +595,6 @@ class Worker:
             self._waker_claiming = 0
         if isinstance(reply, _NET_ERRORS):
             raise reply
-        idle_for, _ = self._claimed(reply, asked, None)
+        idle_for, _ = self._claimed(reply, asked, None, sent + (0 if popped else float(timeout)))
         self._block_s = _MAX_IDLE_S if idle_for is None else idle_for
         return popped if isinstance(popped, Exception) else None
