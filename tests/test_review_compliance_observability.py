@@ -139,11 +139,6 @@ async def test_runs_finishing_after_their_erasure_write_nothing_back(
 
 
 @pytest.mark.redis_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="record_execution is not fenced by the run's lease: a processor that records "
-    "after its job was erased writes the subject's result back (features/idempotency)",
-)
 async def test_record_execution_after_the_erasure_leaves_nothing(
     make_queue: QueueFactory, prefix: str, redis_client: aioredis.Redis
 ) -> None:

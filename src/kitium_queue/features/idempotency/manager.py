@@ -24,10 +24,12 @@ with the same ``job.idempotency_key`` — exactly-once *delivery* is not offered
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -36,7 +38,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from ...enums import DeliveryGuarantee, JobStatus
-from ...errors import ConfigurationError, SerializationError
+from ...errors import ConfigurationError, LeaseLostError, SerializationError
 from ...job import JobInfo
 from ...limits import get_logger
 from ...options import check_text, shown, to_ms
@@ -56,6 +58,11 @@ _MAX_KEY = 512
 RESULT_PREFIX = "idem-r:"
 _RECORD_PREFIX = "idem-x:"
 _RECORD_INDEX = "idem-x"
+#: The script writing an execution record (``record.lua``).
+_RECORD = "idem_record"
+#: The run whose processor (or a task it started) runs now: (queue, job id, lease
+#: token), set by the process middleware ``_mark_run``.
+_RUN: ContextVar[tuple[Any, str, str] | None] = ContextVar("kq_idem_run", default=None)
 
 _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[str, bool, bool]] = weakref.WeakKeyDictionary()
 #: The idempotency_ttl compiled into a queue's enqueue and requeue fragments (the
@@ -211,6 +218,9 @@ class IdempotencyManager:
         q.scripts.add_slot("release", FEATURE, _lua("release"))
         q.scripts.add_slot("duplicate", FEATURE, _lua("duplicate"))
         q.scripts.add_slot("erase", FEATURE, _lua("erase"))
+        q.scripts.add_fragment(_RECORD, _lua("record"))
+        # record_execution is fenced by the run it is called from: the run is marked.
+        q.use_process(functools.partial(_mark_run, q=q))
         # The until_finished window's length, kept on the job when it is added
         # (enqueue.lua), and a job put back in wait takes its key again (requeue.lua).
         _compile_ttl(q)
@@ -314,7 +324,14 @@ class IdempotencyManager:
         return await self._result(text)
 
     async def record_execution(
-        self, key: str, job_id: str, job_name: str, result: Any, *, ttl_ms: Any = None
+        self,
+        key: str,
+        job_id: str,
+        job_name: str,
+        result: Any,
+        *,
+        ttl_ms: Any = None,
+        lease_token: str | None = None,
     ) -> None:
         """Remember that the work under ``key`` was done (by job ``job_id``), with its
         result, for ``ttl_ms`` (default: the queue's ``idempotency_ttl``).
@@ -322,40 +339,66 @@ class IdempotencyManager:
         Call it inside a processor right after a side effect, and check
         ``get_execution_result(job.idempotency_key)`` before doing it: a run repeated
         after a crash then skips what was already done.
+
+        Fenced by the run: called from a run of job ``job_id`` (its processor, or a
+        task started from it), or given that run's ``lease_token=job.lease_token``
+        (a processor run in a child process must pass it), the record is written in
+        one script only while that run still holds the job. Raises
+        ``LeaseLostError``, nothing written, when the job was erased, removed,
+        finished, or re-leased to another run since. Called outside a run without a
+        token, ``job_id`` is a label, written as given.
         """
         text = check_text(key, "idempotency key", max_len=_MAX_KEY)
         job_id = check_text(job_id, "job_id", max_len=512)
         job_name = check_text(job_name, "job_name", max_len=256)
+        if lease_token is not None:
+            lease_token = check_text(lease_token, "lease_token", max_len=256)
         q = self._queue_for_key(text)
         ttl = to_ms(ttl_ms if ttl_ms is not None else q.idempotency_ttl, "ttl_ms", minimum=1)
         raw = q.serializer.dumps(result, "result")
-        now = int(time.time() * 1000)
-        rk = q.keys.extra(_RECORD_PREFIX + text)
-        client = await q.client()
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.delete(rk)
-            pipe.hset(rk, mapping={"id": str(job_id), "r": raw, "f": now, "n": str(job_name)})
-            pipe.pexpire(rk, ttl)
-            pipe.zadd(q.keys.extra(_RECORD_INDEX), {text: now + ttl})
-            # Entries whose record has expired go as new ones come: the index holds the
-            # live records, not one entry per key ever recorded (steady traffic renews
-            # its TTL, so it never expired as a whole).
-            pipe.zremrangebyscore(q.keys.extra(_RECORD_INDEX), "-inf", now)
-            # The index lives as long as its longest record.
-            pipe.pexpire(q.keys.extra(_RECORD_INDEX), ttl, gt=True)
-            pipe.pexpire(q.keys.extra(_RECORD_INDEX), ttl, nx=True)
-            replies = await pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                if "WRONGTYPE" not in str(reply):
-                    raise reply
-                # The index holds another type (damaged): the record stands (it expires
-                # on its own); only clean_expired cannot list it.
-                log.warning(
-                    "effectively-once: the index %s holds another type (damaged); the "
-                    "execution record was kept, unindexed. Delete the index to repair",
-                    q.keys.extra(_RECORD_INDEX),
-                )
+        held = self._held(q, job_id, lease_token)
+        inner, token = job_id, ""
+        if held is not None:
+            where, inner, token = held
+            if where is not q:
+                # The job lives in another partition than the key (another hash slot):
+                # its lease is read there first, not atomically with the write below.
+                client = await where.client()
+                found = await _read(client, "hmget", where.keys.job(inner), "lt", "st")
+                _fenced(job_id, _lease_state(found, token))
+                inner, token = job_id, ""
+        reply = await q.run(_RECORD, [text, job_id, token, raw, job_name, ttl, inner])
+        _fenced(job_id, reply)
+        if int(reply[1]) == 0:
+            # The index holds another type (damaged): the record stands (it expires on
+            # its own); only clean_expired cannot list it.
+            log.warning(
+                "effectively-once: the index %s holds another type (damaged); the "
+                "execution record was kept, unindexed. Delete the index to repair",
+                q.keys.extra(_RECORD_INDEX),
+            )
+
+    def _held(
+        self, q: JobQueue, job_id: str, lease_token: str | None
+    ) -> tuple[JobQueue, str, str] | None:
+        """``(queue of the job, its id there, lease token)`` when the record is made by
+        a run of job ``job_id`` (the run marked by ``_mark_run``, or ``lease_token``
+        given); None when it is not."""
+        run = _RUN.get()
+        if run is not None and run[0] in self._parts:
+            where, inner, token = run
+            full = inner
+            if len(self._parts) > 1:
+                full = self.queue.full_id(self._parts.index(where), inner)
+            if job_id in (inner, full):
+                return where, inner, lease_token or token
+        if lease_token is None:
+            return None
+        if len(self._parts) > 1:
+            parsed = self.queue.parse_id(job_id)
+            if parsed is not None:
+                return self._parts[parsed[0]], parsed[1], lease_token
+        return q, job_id, lease_token
 
     async def clean_expired(self) -> int:
         """Forget index entries of execution records whose time is over (Redis expires
@@ -376,6 +419,39 @@ class IdempotencyManager:
                     await pipe.execute()
                 removed += len(old)
         return removed
+
+
+async def _mark_run(job: Any, call_next: Callable[[], Awaitable[Any]], q: JobQueue) -> Any:
+    """Process middleware: the run of ``job`` on ``q`` is the current one for
+    ``record_execution`` (its processor and the tasks it starts)."""
+    mark = _RUN.set((q, job.id, job.lease_token))
+    try:
+        return await call_next()
+    finally:
+        _RUN.reset(mark)
+
+
+def _lease_state(found: Any, token: str) -> list[Any]:
+    """record.lua's reply for a job's ``lt`` and ``st`` read from Python."""
+    if not found or found[1] is None:
+        return [0, b"gone"]
+    if _text(found[0]) != token or _text(found[1]) != "active":
+        return [0, b"lost"]
+    return [1, 1]
+
+
+def _fenced(job_id: str, reply: Any) -> None:
+    """Raise ``LeaseLostError`` when record.lua refused to write (``reply[0] == 0``)."""
+    if int(reply[0]) != 0:
+        return
+    why = (
+        "no longer exists (erased, removed or cleared)"
+        if _text(reply[1]) == "gone"
+        else "is no longer held by this run (it finished, or its lease was lost)"
+    )
+    raise LeaseLostError(
+        f"execution record not written: job {shown(job_id)} {why}; nothing was written"
+    )
 
 
 def _from_job(job: Any, key: str | None) -> ExecutionResult | None:
