@@ -84,6 +84,12 @@ log = get_logger("kitium_queue.worker")
 # runs the current task.
 _INSIDE: contextvars.ContextVar[Any] = contextvars.ContextVar("kq_inside_worker", default=None)
 
+# The queue and run (``leases.Run``) whose processor the current task runs (set by the
+# runner as the processor starts; the tasks the processor starts inherit it).
+_RUNNING: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(
+    "kq_running", default=None
+)
+
 #: The workers of this process whose stop is under way (``Worker.stop`` adds itself, and
 #: leaves once stopped).
 STOPPING: weakref.WeakSet[Worker] = weakref.WeakSet()
@@ -103,6 +109,19 @@ def force_stops(loop: asyncio.AbstractEventLoop, why: str) -> None:
             why,
             len(workers),
         )
+
+
+def mark_running(queue: Any, run: Any) -> None:
+    """Mark the current task (a job's run task, as its processor starts) as serving
+    ``run`` of ``queue``: the processor and every task it starts see it in ``running``."""
+    _RUNNING.set((queue, run))
+
+
+def running() -> tuple[Any, Any] | None:
+    """``(queue, run)`` whose processor the current task runs (or a task it started):
+    features that must act for the run holding its job (fenced by ``run.token``) read
+    it; None outside a run."""
+    return _RUNNING.get()
 
 
 def mark_inside(worker: Any) -> None:

@@ -55,6 +55,7 @@ from .handoff import Handoff
 from .job import Job
 from .jobspec import POLICY_OPTIONS
 from .leases import Run
+from .lifecycle import mark_running
 from .limits import (
     MAX_ERROR_CHARS,
     MAX_FOLLOWS,
@@ -230,6 +231,7 @@ class Runner:
             fn, kind = found
             if loop.time() > run.start_by and not await self._confirm(run):
                 return  # its lease may have run out before it could start (leases.py)
+            mark_running(q, run)  # for features acting for this run (lifecycle.running)
             if q.telemetry is not None:
                 span = _span(q.telemetry, q.name, job)
             if self.hooks.started:

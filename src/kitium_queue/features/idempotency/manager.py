@@ -24,12 +24,10 @@ with the same ``job.idempotency_key`` — exactly-once *delivery* is not offered
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -40,6 +38,7 @@ from redis.exceptions import ResponseError
 from ...enums import DeliveryGuarantee, JobStatus
 from ...errors import ConfigurationError, LeaseLostError, SerializationError
 from ...job import JobInfo
+from ...lifecycle import running
 from ...limits import get_logger
 from ...options import check_text, shown, to_ms
 from ...queries import check_reads
@@ -60,9 +59,6 @@ _RECORD_PREFIX = "idem-x:"
 _RECORD_INDEX = "idem-x"
 #: The script writing an execution record (``record.lua``).
 _RECORD = "idem_record"
-#: The run whose processor (or a task it started) runs now: (queue, job id, lease
-#: token), set by the process middleware ``_mark_run``.
-_RUN: ContextVar[tuple[Any, str, str] | None] = ContextVar("kq_idem_run", default=None)
 
 _INSTALLED: weakref.WeakKeyDictionary[Any, tuple[str, bool, bool]] = weakref.WeakKeyDictionary()
 #: The idempotency_ttl compiled into a queue's enqueue and requeue fragments (the
@@ -220,7 +216,6 @@ class IdempotencyManager:
         q.scripts.add_slot("erase", FEATURE, _lua("erase"))
         q.scripts.add_fragment(_RECORD, _lua("record"))
         # record_execution is fenced by the run it is called from: the run is marked.
-        q.use_process(functools.partial(_mark_run, q=q))
         # The until_finished window's length, kept on the job when it is added
         # (enqueue.lua), and a job put back in wait takes its key again (requeue.lua).
         _compile_ttl(q)
@@ -382,11 +377,11 @@ class IdempotencyManager:
         self, q: JobQueue, job_id: str, lease_token: str | None
     ) -> tuple[JobQueue, str, str] | None:
         """``(queue of the job, its id there, lease token)`` when the record is made by
-        a run of job ``job_id`` (the run marked by ``_mark_run``, or ``lease_token``
-        given); None when it is not."""
-        run = _RUN.get()
+        a run of job ``job_id`` (the run the current task serves, ``lifecycle.running``,
+        or ``lease_token`` given); None when it is not."""
+        run = running()
         if run is not None and run[0] in self._parts:
-            where, inner, token = run
+            where, inner, token = run[0], run[1].job.id, run[1].token
             full = inner
             if len(self._parts) > 1:
                 full = self.queue.full_id(self._parts.index(where), inner)
@@ -419,16 +414,6 @@ class IdempotencyManager:
                     await pipe.execute()
                 removed += len(old)
         return removed
-
-
-async def _mark_run(job: Any, call_next: Callable[[], Awaitable[Any]], q: JobQueue) -> Any:
-    """Process middleware: the run of ``job`` on ``q`` is the current one for
-    ``record_execution`` (its processor and the tasks it starts)."""
-    mark = _RUN.set((q, job.id, job.lease_token))
-    try:
-        return await call_next()
-    finally:
-        _RUN.reset(mark)
 
 
 def _lease_state(found: Any, token: str) -> list[Any]:
