@@ -67,7 +67,7 @@ _TERM_COUNTER = f"leader:{ROLE}:term"
 BUCKET_MS = 5000
 _SCRIPTS = ("alerts_probe", "alerts_state")
 _MS = re.compile(r"[0-9]{1,15}")
-_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 #: Changes left unreported by a leader that died, reported per call at most.
 _CATCH_UP = 100
 _INSTALLED: weakref.WeakKeyDictionary[Any, AlertManager] = weakref.WeakKeyDictionary()
@@ -96,6 +96,13 @@ def _text(v: Any) -> str:
 
 def _wrong_type(exc: ResponseError) -> bool:
     return "WRONGTYPE" in str(exc)
+
+
+def _entry_id(text: str) -> bool:
+    """``text`` is a stream id Redis takes (``<ms>-<seq>``, each below 2**64): one it
+    refuses ("Invalid stream ID") would stop every catch-up, and every evaluation."""
+    m = _ENTRY_ID.fullmatch(text)
+    return m is not None and max(int(m.group(1)), int(m.group(2))) < 2**64
 
 
 def _transition(eid: Any, f: Mapping[Any, Any]) -> AlertTransition:
@@ -391,7 +398,7 @@ class AlertManager:
         out: list[AlertTransition] = []
         for raw in ids:
             eid, found = _text(raw), []
-            if _ENTRY_ID.fullmatch(eid):  # read back: untrusted
+            if _entry_id(eid):  # read back: untrusted
                 try:
                     found = await client.xrevrange(log_key, eid, eid, count=1)
                 except ResponseError as exc:

@@ -158,8 +158,15 @@ class RefusalBound:
             wait = (min(self._held.values()) - self.audit.now_ms()) / 1000 + 0.01
             if wait > 0:
                 await asyncio.sleep(wait)
+            # Taken before the flush reads the index: a window ending while it runs is
+            # still held (and summed up next round), not dropped unsummed.
+            now = self.audit.now_ms()
             try:
-                await self.flush()
+                # Every due window this process counted in, not only one batch of the
+                # index: a held window left out would wait for another process's flush.
+                for _ in range(len(self._held) // FLUSH_BATCH + 1):
+                    if await self._flush() < FLUSH_BATCH:
+                        break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -172,7 +179,6 @@ class RefusalBound:
                 pause = min(pause * 2, 30.0)
                 continue
             pause = 0.5
-            now = self.audit.now_ms()
             for m, end in list(self._held.items()):
                 if end <= now:
                     del self._held[m]
@@ -181,6 +187,11 @@ class RefusalBound:
         """Write the summary of every counter whose window is over (up to
         ``FLUSH_BATCH`` per call), and with ``held`` of every counter this process
         counted in, over or not. Returns how many summaries were written."""
+        return await self._flush(held=held, written_only=True)
+
+    async def _flush(self, *, held: bool = False, written_only: bool = False) -> int:
+        """``flush``; returns how many counters of the index it took (``written_only``:
+        how many summaries it wrote)."""
         dep = self.audit.deployment
         due = await dep.call(
             "zrangebyscore", self.index, "-inf", self.audit.now_ms(), start=0, num=FLUSH_BATCH
@@ -197,7 +208,7 @@ class RefusalBound:
             written += await self._flush_one(member)
             if held:
                 self._held.pop(member, None)
-        return written
+        return written if written_only else len(due)
 
     async def _flush_one(self, member: str) -> int:
         dep = self.audit.deployment
