@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,9 @@ async def test_a_process_whose_count_was_taken_over_refuses_new_jobs(
     await client.delete(record.users_key)
     new = make_pq(2)
     await new.add_job("n", 2)
-    record._refresher = asyncio.get_running_loop().create_task(record._refresh())
+    record._refresher = asyncio.get_running_loop().create_task(
+        partitioned._refresh(weakref.ref(record))
+    )
     await wait_until(lambda: record.moved is not None, 5)
     with pytest.raises(ConfigurationError, match="no longer 4"):
         await old.add_job("n", 3)

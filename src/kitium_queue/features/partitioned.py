@@ -9,6 +9,7 @@ import functools
 import random
 import re
 import uuid
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -122,8 +123,8 @@ class CountRecord:
         base = f"{prefix}:{{{name}#}}:"
         self.key, self.users_key = base + "partitions", base + "partitions:users"
         self.prefix = prefix
-        self._token = uuid.uuid4().hex
-        self._lock = asyncio.Lock()
+        self._token = ""  # this registration's (made at each check: forked processes differ)
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._client: Any = None  # the client of the last check, None: not checked
         self._refresher: asyncio.Task[None] | None = None
         #: Set when the record changed under this process: new jobs are refused.
@@ -146,9 +147,13 @@ class CountRecord:
     async def check(self, client: Any) -> None:
         """Record the count, or check it against the recorded one (once per connection
         of the queue; ``ConfigurationError`` if another count is in use)."""
-        async with self._lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:  # a lock serves one loop
+            self._lock = (loop, asyncio.Lock())
+        async with self._lock[1]:
             if self._client is not None:
                 return
+            self._token = uuid.uuid4().hex
             try:
                 await self._settle(client)
             except ResponseError as exc:
@@ -162,7 +167,7 @@ class CountRecord:
                     "partitions' own (docs/scale-out.md)"
                 ) from None
             self._client, self.moved = client, None
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh())
+            self._refresher = loop.create_task(_refresh(weakref.ref(self)))
 
     async def _settle(self, client: Any) -> None:
         answer = await self._call(client)
@@ -239,31 +244,32 @@ class CountRecord:
             f"last heard of), and {tail}"
         )
 
-    async def _refresh(self) -> None:
-        """Say every ``_REFRESH_S`` that this process still uses the count; if the record
-        changed meanwhile (this process was not heard of for ``_STALE_MS``), log it and
-        refuse new jobs (``moved``)."""
-        while True:
-            await asyncio.sleep(_REFRESH_S)
-            try:
-                answer = await self._call(self._client)
-            except Exception as exc:  # Redis away: the next turn tries again
-                log.debug("partitioned queue %s: count refresh failed: %s", self.name, exc)
-                continue
-            if answer[0] in ("other", "damaged"):
-                self.moved = (
-                    f"partitioned queue {self.name!r}: the partition count recorded in Redis "
-                    f"is no longer {self.partitions} (this process was not heard of for "
-                    f"{_STALE_MS // 1000} s and another count took over): new jobs are "
-                    "refused; restart it with the recorded count"
-                )
-                log.error("%s", self.moved)
-                return
+    async def _refreshed(self) -> bool:
+        """Say this process still uses the count; False once another took over (``moved``)."""
+        try:
+            answer = await self._call(self._client)
+        except Exception as exc:  # Redis away: the next turn tries again
+            log.debug("partitioned queue %s: count refresh failed: %s", self.name, exc)
+            answer = ["same"]
+        if answer[0] in ("other", "damaged"):
+            self.moved = (
+                f"partitioned queue {self.name!r}: the partition count recorded in Redis "
+                f"is no longer {self.partitions} (this process was not heard of for "
+                f"{_STALE_MS // 1000} s and another count took over): new jobs are "
+                "refused; restart it with the recorded count"
+            )
+            log.error("%s", self.moved)
+        return self.moved is None
 
     async def release(self) -> None:
-        """Stop saying this process uses the count (``close``)."""
+        """Stop saying this process uses the count (``close``); from another loop than the
+        check's, stop its refresh there (the entry is forgotten after ``_STALE_MS``)."""
         task, self._refresher = self._refresher, None
         client, self._client = self._client, None
+        if task is not None and (loop := task.get_loop()) is not asyncio.get_running_loop():
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(task.cancel)
+            return
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -272,6 +278,16 @@ class CountRecord:
                 await asyncio.wait_for(client.zrem(self.users_key, self._token), 5)
             except Exception as exc:  # forgotten after _STALE_MS all the same
                 log.debug("partitioned queue %s: count release failed: %s", self.name, exc)
+
+
+async def _refresh(ref: weakref.ref[CountRecord]) -> None:
+    """Refresh every ``_REFRESH_S`` while the record lives (an unclosed queue is freed)."""
+    while True:
+        await asyncio.sleep(_REFRESH_S)
+        record = ref()
+        if record is None or not await record._refreshed():
+            return
+        del record
 
 
 class PartitionedQueue(MultiQueue[JobQueue]):
