@@ -163,5 +163,10 @@ def test_without_tokens_the_dashboard_serves_this_machine_only(memory_app: Modul
     with TestClient(memory_app.app, client=("203.0.113.7", 50000)) as client:
         assert client.get("/admin/queues/api/stats").status_code == 403
         assert client.get("/healthz").status_code == 200  # the API is not affected
+    # This machine's names only (a rebound domain, or TestClient's "testserver", is not).
     with TestClient(memory_app.app, client=("127.0.0.1", 50000)) as client:
+        assert client.get("/admin/queues/api/stats").status_code == 403
+    with TestClient(
+        memory_app.app, client=("127.0.0.1", 50000), base_url="http://localhost"
+    ) as client:
         assert client.get("/admin/queues/api/stats").status_code == 200
