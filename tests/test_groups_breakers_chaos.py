@@ -25,6 +25,7 @@ import contextlib
 import os
 import random
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ pytestmark = [pytest.mark.redis_only]
 QUEUE = "chaos"
 
 WORKER = r'''
-import argparse, asyncio, os, sys
+import argparse, asyncio, os, sys, time
 import redis, redis.asyncio as aioredis
 from kitium_queue import CircuitBreakerManager, JobQueue
 from kitium_queue.features.groups import FIFOQueueManager
@@ -91,11 +92,13 @@ async def main():
     pid = os.getpid()
 
     async def gj(job):
+        t0 = time.monotonic()  # system-wide: the test compares it with its SIGSTOP
         d = job.data
         seq, run = f"{P}:seq:{d['g']}", job.lease_token
         await rec.rpush(seq, f"s {d['i']} {run}")
         await rec.hset(P + ":running", job.id, pid)
         await rec.hset(P + ":pid", f"{d['g']} {d['i']} {run}", pid)
+        await rec.hset(P + ":t0", f"{d['g']} {d['i']} {run}", repr(t0))
         gate = d.get("gate") or (job.stalls == 0 and d.get("hold"))
         while gate and not await rec.exists(f"{P}:gate:{gate}"):
             await asyncio.sleep(0.02)
@@ -211,10 +214,11 @@ def _order_violations(
 ) -> list[str]:
     """What breaks strict FIFO in one group's log. Accepted runs (``ok``: ``(i, token)``)
     go s0 e0 s1 e1 ...; any other run of job i (a failed attempt, a killed run) starts
-    after the accepted end of job i-1 and before the accepted start of job i. Runs of a
-    process that was stopped for longer than its lease (``paused``) are not judged here:
-    such a process, let go, may start a job it had claimed before it stopped, after the
-    job ran elsewhere (its outcome is fenced: the completion counts show it)."""
+    after the accepted end of job i-1 and before the accepted start of job i. Runs already
+    running in a process when it was stopped for longer than its lease (``paused``) are
+    not judged here: let go, such a run goes on after its job ran elsewhere (its outcome
+    is fenced: the completion counts show it). A job that process had claimed but not
+    yet started is never started once it is let go: those runs are judged."""
     bad: list[str] = []
     accepted = [(k, i) for k, i, run in seq if (i, run) in ok and k in "se"]
     want = [(k, i) for i in range(n) for k in "se"]
@@ -317,6 +321,7 @@ async def test_fifo_groups_hold_order_through_kills_stops_and_retries(
         await procs.start(1, "--concurrency", "8", "--lease", "2000")
     stopped = await worker_of("g3", 10)  # sorted: g11 and g29 were killed
     _signal(stopped, signal.SIGSTOP)
+    stop_at = time.monotonic()  # a run of it that began later began after SIGCONT
     await asyncio.sleep(3.0)
     _signal(stopped, signal.SIGCONT)
     await r.set(f"{prefix}:gate:hold", 1)
@@ -343,10 +348,16 @@ async def test_fifo_groups_hold_order_through_kills_stops_and_retries(
     assert sorted(done) == sorted(ids) and set(done.values()) == {1}, "each completes once"
     ok = await _accepted_runs(r, prefix, groups, killed)
     pids = {t.decode(): int(p) for t, p in (await r.hgetall(f"{prefix}:pid")).items()}
+    t0s = {t.decode(): float(v) for t, v in (await r.hgetall(f"{prefix}:t0")).items()}
     bad = {}
     for g in groups:
         seq = await _seq(r, prefix, g)
-        paused = {(i, run) for _, i, run in seq if pids.get(f"{g} {i} {run}") == stopped}
+        paused = {
+            (i, run)
+            for _, i, run in seq
+            if pids.get(f"{g} {i} {run}") == stopped
+            and t0s.get(f"{g} {i} {run}", stop_at) < stop_at  # running at the stop
+        }
         if v := _order_violations(seq, ok[g], per, paused - ok[g]):
             bad[g] = v
     assert not bad, bad

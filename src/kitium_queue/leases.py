@@ -396,25 +396,32 @@ class Leases:
         """``run`` has not started and its ``start_by`` passed: the lease may have run out
         (this process was stopped or frozen since the claim) and the job been recovered
         and run by another worker. Renew the lease, fenced by its token: True when it is
-        still this worker's (start the job), else the run is dropped here, unstarted,
-        with nothing written (its job is another worker's, or recovered when its lease
+        still this worker's (start the job), else False, unstarted. A run whose lease the
+        last renewal still found held (every reply came back late) stays held, not
+        abandoned: the caller hands it back, fenced by its token, so that it does not
+        stall (and count toward ``max_stalled_count``). Any other is dropped here with
+        nothing written (its job is another worker's, or recovered when its lease
         expires)."""
         q, loop = self.queue, asyncio.get_running_loop()
+        held = False
         for _ in range(_CONFIRM_TRIES):  # a reply that came back late is no proof either
             at = loop.time()
             try:
                 reply = await q.run("extend", [q.lock_duration_ms, run.job.id, run.token])
             except Exception:  # unknown: not started; the lease expires, the job is recovered
+                held = False
                 break
-            if reply[0] or run.abandoned:  # lost: the lease is no longer ours (extend.lua)
+            held = not reply[0] and not run.abandoned
+            if not held:  # lost: the lease is no longer ours (extend.lua)
                 break
             if loop.time() <= at + self.window:
                 run.start_by = at + self.window
                 self.renewed_late += 1
                 return True
         if not run.abandoned:
-            run.abandoned = True  # an outcome it reports later is not recorded
-            self.forget(run)
+            if not held:
+                run.abandoned = True  # an outcome it reports later is not recorded
+                self.forget(run)
             self.unstarted += 1
             self._late_n += 1
             if self._late_n == 1:
@@ -425,9 +432,10 @@ class Leases:
     def _say_late(self) -> None:
         n, self._late_n = self._late_n, 0
         log.warning(
-            "worker %s: %d claimed job(s) of queue %s not started: their lease ran out "
-            "before they could start (this process was stopped or frozen for longer than "
-            "lock_duration=%d ms?); left to lease recovery, another worker runs them",
+            "worker %s: %d claimed job(s) of queue %s not started: their lease may have "
+            "run out before they could start (this process was stopped, frozen or starved "
+            "for longer than lock_duration=%d ms?); handed back or left to lease "
+            "recovery, another worker runs them",
             self.worker_id,
             n,
             self.queue.name,

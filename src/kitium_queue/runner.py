@@ -128,8 +128,7 @@ class Runner:
         self.timeouts = Timeouts(leases.runs)
         self._ack, self._hold, self._forget = outcomes.ack, leases.add, leases.forget
         self._confirm, self._window = leases.confirm, leases.window
-        #: Loop time the claim whose jobs ``launch`` gets was sent (set by the worker
-        #: before it launches them): their leases run from then (``leases.py``).
+        #: Loop time the claim of the jobs ``launch`` gets was sent (their leases run from then).
         self.claim_sent = float("-inf")
         self._ends = RunEnds(self, leases)
         runs = leases.runs
@@ -157,11 +156,10 @@ class Runner:
 
     # ------------------------------------------------------------------ one run
     def launch(self, entry: list[Any], token: str, hand_back: bool = False) -> None:
-        """Start running one claimed job (a ``wire.CLAIM_JOB`` entry of a claim made
-        with lease ``token``, sent at loop time ``claim_sent``) in a task of its own.
-        ``hand_back``: the worker is stopping; the job is handed back unstarted instead.
-        Starting it would only cut it off at the end of the grace period (stop() does
-        not wait for jobs it has not seen), and it would run twice."""
+        """Start running one claimed job (a ``wire.CLAIM_JOB`` entry of a claim made with
+        lease ``token``, sent at loop time ``claim_sent``) in a task of its own. ``hand_back``:
+        the worker is stopping; the job is handed back unstarted instead (started, it would
+        be cut off at the end of the grace period, which does not wait for it, and run twice)."""
         raw_opts = entry[_OPTS]
         try:
             opts = orjson.loads(raw_opts) if raw_opts else {}
@@ -230,6 +228,8 @@ class Runner:
                 return  # deferred for a live worker with its processor, or a feature
             fn, kind = found
             if loop.time() > run.start_by and not await self._confirm(run):
+                if not run.abandoned:  # still leased when last asked: back, not stalled
+                    self._ack(run, Kind.HAND_BACK, b"", b"", 0, None, None, None)
                 return  # its lease may have run out before it could start (leases.py)
             mark_running(q, run)  # for features acting for this run (lifecycle.running)
             if q.telemetry is not None:
