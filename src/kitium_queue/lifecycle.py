@@ -86,7 +86,7 @@ _INSIDE: contextvars.ContextVar[Any] = contextvars.ContextVar("kq_inside_worker"
 
 # The queue and run (``leases.Run``) whose processor the current task runs (set by the
 # runner as the processor starts; the tasks the processor starts inherit it).
-_RUNNING: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(
+_RUNNING: contextvars.ContextVar[tuple[Any, str, str] | None] = contextvars.ContextVar(
     "kq_running", default=None
 )
 
@@ -113,14 +113,16 @@ def force_stops(loop: asyncio.AbstractEventLoop, why: str) -> None:
 
 def mark_running(queue: Any, run: Any) -> None:
     """Mark the current task (a job's run task, as its processor starts) as serving
-    ``run`` of ``queue``: the processor and every task it starts see it in ``running``."""
-    _RUNNING.set((queue, run))
+    ``run`` of ``queue``: the processor and every task it starts see it in ``running``.
+    Only the job's id and lease token are kept, not the run: the run holds its task,
+    whose context would hold the run back (a cycle per job for the collector)."""
+    _RUNNING.set((queue, run.job.id, run.token))
 
 
-def running() -> tuple[Any, Any] | None:
-    """``(queue, run)`` whose processor the current task runs (or a task it started):
-    features that must act for the run holding its job (fenced by ``run.token``) read
-    it; None outside a run."""
+def running() -> tuple[Any, str, str] | None:
+    """``(queue, job id, lease token)`` of the run whose processor the current task runs
+    (or a task it started): features that must act for the run holding its job (fenced
+    by the token) read it; None outside a run."""
     return _RUNNING.get()
 
 

@@ -381,7 +381,7 @@ class IdempotencyManager:
         or ``lease_token`` given); None when it is not."""
         run = running()
         if run is not None and run[0] in self._parts:
-            where, inner, token = run[0], run[1].job.id, run[1].token
+            where, inner, token = run
             full = inner
             if len(self._parts) > 1:
                 full = self.queue.full_id(self._parts.index(where), inner)
