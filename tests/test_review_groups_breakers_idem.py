@@ -54,6 +54,9 @@ async def test_a_replayed_job_takes_its_key_again_for_its_own_window(
     await worker.start()
     await wait_for_status(worker, jid, JobStatus.COMPLETED)
     assert await _pttl(worker, "K") == -2
+    # Stopped first: a running worker could take the put-back job and finish it (freeing
+    # its key) before the key's TTL is read.
+    await worker.worker.stop()
     # Put back once more (retry_job of the completed job): still its own window.
     await admin.retry_job(jid)
     assert 0 < await _pttl(admin, "K") <= 5000 + SLACK_MS
