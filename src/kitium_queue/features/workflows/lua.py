@@ -17,8 +17,10 @@ from ...limits import MAX_FOLLOWS, MAX_RUN_CONTEXT_CHARS
 __all__ = [
     "ADMISSION_FIELDS",
     "FEATURE",
+    "MAX_EDGES",
     "MAX_KIDS",
     "MAX_PARENTS",
+    "MAX_STEPS",
     "RELEASE_ORDER",
     "SCRIPTS",
     "SLOTS",
@@ -39,6 +41,11 @@ RELEASE_ORDER = 20
 #: Most parents one job may have, and most dependents of one job.
 MAX_PARENTS = 10_000
 MAX_KIDS = 10_000
+#: Most steps one workflow may have (written at once, or added to it while it runs).
+MAX_STEPS = 20_000
+#: Most parent-dependent pairs of a workflow written at once: ``wf_create.lua`` writes
+#: each pair (about 5 us of Redis time each), in one script call.
+MAX_EDGES = 100_000
 
 
 @cache
@@ -52,6 +59,7 @@ def _prelude(retain_ms: int) -> str:
         .replace("@RETAIN@", str(int(retain_ms)))
         .replace("@MAX_PARENTS@", str(MAX_PARENTS))
         .replace("@MAX_KIDS@", str(MAX_KIDS))
+        .replace("@MAX_STEPS@", str(MAX_STEPS))
         .replace("@MAX_LINKS@", str(MAX_FOLLOWS))
         .replace("@MAX_CONTEXT@", str(MAX_RUN_CONTEXT_CHARS))
     )

@@ -268,7 +268,8 @@ class JobChainManager:
 
         Raises:
             JobNotFoundError: no such job.
-            JobStateError: it started or finished already, or has dependencies already.
+            JobStateError: it started or finished already, has dependencies already, or
+                has dependents (other jobs depend on it: a cycle could close).
             JobRefusedError: a dependency does not exist or failed (the reason says).
             ConfigurationError: on a ``PartitionedQueue``, a dependency on another
                 partition than the job's.
@@ -304,6 +305,12 @@ class JobChainManager:
             )
         if kind == "tracked":
             raise JobStateError(f"job {job_id!r} has dependencies already")
+        if kind == "depended":
+            raise JobStateError(
+                f"job {job_id!r} has dependents (jobs wait for it, or did): a job others "
+                "depend on cannot be given dependencies later (they could close a cycle); "
+                "give them when it is added (add_job depends_on)"
+            )
         raise JobRefusedError(f"job {job_id!r}: {_text(reply[1])}")
 
     def _inner(self, part: int, dep: str, job_id: str) -> str:

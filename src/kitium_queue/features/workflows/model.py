@@ -15,7 +15,7 @@ from typing import Any
 
 from ...errors import ConfigurationError
 from ...options import check_text, to_int
-from .lua import MAX_KIDS, MAX_PARENTS
+from .lua import MAX_EDGES, MAX_KIDS, MAX_PARENTS, MAX_STEPS
 
 __all__ = [
     "MAX_STEPS",
@@ -29,8 +29,6 @@ __all__ = [
     "resolve_transformer",
 ]
 
-#: Most steps one workflow may have.
-MAX_STEPS = 20_000
 #: What happens to a step's dependents when it fails for good.
 POLICIES = ("fail_workflow", "continue", "skip")
 #: Longest step name and workflow id, in characters (they end up in job ids and keys).
@@ -205,8 +203,16 @@ def plan(
         by_name[s.name] = s
     kids: dict[str, list[str]] = {n: [] for n in by_name}
     missing: dict[str, int] = {}
+    edges = 0
     for s in items:
         parents = list(dict.fromkeys(s.depends_on))
+        edges += len(parents)
+        if edges > MAX_EDGES:
+            # Each pair is written by the one script call that writes the workflow.
+            raise ConfigurationError(
+                f"step {s.name!r}: the workflow has more than {MAX_EDGES} dependencies in "
+                "all (parent-step pairs); add a step between (a fan-in step) or split it"
+            )
         for p in parents:
             if p == s.name:
                 raise ConfigurationError(f"step {s.name!r} depends on itself")

@@ -3,6 +3,8 @@
   -- records are kept), MAX_PARENTS / MAX_KIDS (most parents of a job, most dependents),
   -- MAX_LINKS / MAX_CONTEXT (most run links of a job, longest run context: limits.py).
   local RETAIN, MAX_PARENTS, MAX_KIDS = @RETAIN@, @MAX_PARENTS@, @MAX_KIDS@
+  -- MAX_STEPS: most steps of a workflow (its end, failure and cancel walk them all).
+  local MAX_STEPS = @MAX_STEPS@
   local MAX_LINKS, MAX_CONTEXT = @MAX_LINKS@, @MAX_CONTEXT@
   -- Keys (under the queue's hash tag; manager.py builds the same names):
   --   dep:<id>    HASH  a tracked job: st (pending | ready | completed | failed | skipped |
@@ -585,6 +587,10 @@
     if redis.call('HEXISTS', WFS .. wid, step) == 1 then
       return "workflow '" .. wid .. "' has a step named '" .. step .. "' already; " ..
         'give the job another workflow_step'
+    end
+    if num(redis.call('HGET', WF .. wid, 'n')) >= MAX_STEPS then
+      return "workflow '" .. wid .. "' has " .. MAX_STEPS .. ' steps, the most a ' ..
+        'workflow may have; add the job to another workflow'
     end
     return nil
   end

@@ -6,7 +6,8 @@
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4] job id, ARGV[5] its parents' ids (JSON list), ARGV[6] on_failure ('' = default)
   Returns { 'ok', unfinished parents } | { 'missing' } | { 'started', state } |
-  { 'tracked' } (it has dependencies already) | { 'refused', reason }.
+  { 'tracked' } (it has dependencies already) | { 'depended' } (other jobs depend on it,
+  or did: given parents now, it could close a cycle) | { 'refused', reason }.
   On a queue with a fence (one copy among several: a multi-region queue) the job's
   stored options also list its parents (depends_on, and on_failure when given, as
   wf_create.lua writes a step's), and the job passes the `requeue` slot (requeued,
@@ -29,7 +30,11 @@ local jk = job_key(id)
 if redis.call('EXISTS', jk) == 0 then return { 'missing' } end
 local f = redis.call('HMGET', jk, 'st', 'p', 'q')
 local st = f[1] or 'waiting'
-if redis.call('EXISTS', DEP .. id) == 1 then return { 'tracked' } end
+if redis.call('EXISTS', DEP .. id) == 1 then
+  -- 'np' is written with a job's parents; a record without it is that of a parent.
+  if redis.pcall('HEXISTS', DEP .. id, 'np') == 0 then return { 'depended' } end
+  return { 'tracked' }
+end
 if st ~= 'waiting' and st ~= 'delayed' then return { 'started', st } end
 local why = check_parents(deps, id)
 if why then return { 'refused', why } end
