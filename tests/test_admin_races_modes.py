@@ -226,7 +226,7 @@ CONFIGS = {
     "batches-groups": (5, {"mode": "batch", "groups": True, "caps": False, "shutdown": 200}),
     "process-caps": (8, {"mode": "process", "groups": False, "caps": True, "shutdown": 200}),
 }
-RUN_S = 3.5
+RUN_S = 2.5  # at least; the signals fall within it (0.6 s after each other at most)
 # Up to this much longer when the operator calls have not yet met a running job or
 # drained the queue (the test asks that they did): on a loaded machine process-mode
 # children take seconds to start, and a run of 3.5 s once had no cancel_job answer

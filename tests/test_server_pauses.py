@@ -153,14 +153,26 @@ async def test_events_without_follow_still_raise_on_a_lost_connection(
         await asyncio.wait_for(reader, 10)
 
 
-def _cli(tmp_path: Path, url: str, *args: str) -> subprocess.Popen[str]:
+def _cli(
+    tmp_path: Path, url: str, *args: str, give_up_s: float | None = None
+) -> subprocess.Popen[str]:
     """``kitium-queue <args>`` in a process of its own, on a queue ``pauses`` at ``url``
-    (APP ``kq_pauses_app:queue``)."""
+    (APP ``kq_pauses_app:queue``); ``give_up_s`` shortens the bound after which
+    ``events`` gives up on an unreachable Redis (10 s)."""
     (tmp_path / "kq_pauses_app.py").write_text(
         f"from kitium_queue import JobQueue\nqueue = JobQueue('pauses', redis={url!r})\n"
     )
+    command = ["-m", "kitium_queue.cli"]
+    if give_up_s is not None:
+        command = [
+            "-c",
+            "import kitium_queue.cli.queue as q\n"
+            f"q.EVENTS_GIVE_UP_S = {give_up_s!r}\n"
+            "from kitium_queue.cli import main\n"
+            "main()\n",
+        ]
     return subprocess.Popen(
-        [sys.executable, "-m", "kitium_queue.cli", *args],
+        [sys.executable, *command, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(tmp_path)])},
     )  # fmt: skip
@@ -191,8 +203,8 @@ async def test_cli_events_gives_up_once_redis_stays_down(
     tmp_path: Path, server: RedisServer, admin: redis.Redis
 ) -> None:
     """A script tailing the stream learns of an outage: one line, exit 3, once Redis
-    has stayed unreachable for the CLI's bound (10 s)."""
-    proc = _cli(tmp_path, server.url, "events", "kq_pauses_app:queue")
+    has stayed unreachable for the CLI's bound (10 s; 2 s here)."""
+    proc = _cli(tmp_path, server.url, "events", "kq_pauses_app:queue", give_up_s=2.0)
     await wait_until(lambda: any(c.get("cmd") == "xread" for c in admin.client_list()), 15)
     server.kill()
     _, err = await asyncio.to_thread(proc.communicate, timeout=40)

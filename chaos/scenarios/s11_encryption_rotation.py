@@ -87,7 +87,7 @@ def run(ctx: Context, res: Result) -> None:
                 for _ in range(n)]
         ctx.ledger.record(producer.add_jobs(jobs), tag="load")
 
-    add(ctx.pick(600, 3000))
+    add(ctx.pick(300, 3000))
     wait_for(lambda: client.zcard(qkeys.completed) >= 50, 30, what="first completions")
     t_rotate = time.time()
     _rotate(srv.url, prefix, keys)

@@ -96,7 +96,7 @@ def run(ctx: Context, res: Result) -> None:
     key = secrets.token_hex(32)
     appenders = ctx.pick(4, 6)
     keep = ctx.pick(5000, 8000)
-    duration = ctx.pick(8.0, 40.0)
+    duration = ctx.pick(5.0, 40.0)
     restarts_at = [duration / 2] if not ctx.long else [duration / 3, 2 * duration / 3]
     procs = [_Proc(ctx, srv.url, prefix, key, f"app{i}") for i in range(appenders)]
     every: list[_Proc] = list(procs)

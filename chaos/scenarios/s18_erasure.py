@@ -53,6 +53,7 @@ class SubjectProducer(threading.Thread):
         markers: dict[str, str],
         victims: set[str],
         seed: int = 15,
+        pause: float = 0.03,
     ) -> None:
         super().__init__(name="erasure-producer", daemon=True)
         self.queue, self.ledger, self.markers, self.victims = queue, ledger, markers, victims
@@ -63,6 +64,7 @@ class SubjectProducer(threading.Thread):
         self.by_subject: dict[str, list[str]] = {s: [] for s in markers}
         self.n = 0
         self.failures = 0
+        self.pause = pause
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -102,7 +104,7 @@ class SubjectProducer(threading.Thread):
                         if s not in self.victims:
                             expect = "dlq" if data["fail_on"] else "completed"
                             self.ledger.record([jid], expect=expect, tag=s)
-            self.stop_event.wait(0.03)
+            self.stop_event.wait(self.pause)
 
     def close(self, subject: str) -> None:
         with self.lock:
@@ -177,7 +179,9 @@ def run(ctx: Context, res: Result) -> None:
     for w in [fleet.start() for _ in range(3)]:
         w.wait_ready()
     producer_q = ctx.producer(srv.url, QUEUE, prefix, advanced={"compliance": {"enabled": True}})
-    producer = SubjectProducer(producer_q, ctx.ledger, markers, set(victims))
+    # Short form: a batch of 10 every 80 ms, about what the fleet runs (less to drain).
+    pause = ctx.pick(0.08, 0.03)
+    producer = SubjectProducer(producer_q, ctx.ledger, markers, set(victims), pause=pause)
     producer.start()
     erased_at: dict[str, float] = {}
     reports: list[dict[str, Any]] = []
@@ -262,6 +266,12 @@ def run(ctx: Context, res: Result) -> None:
             "producer_failures": producer.failures,
             "drain_after_last_fault_s": round(took, 2),
         }
+    )
+    res.expect(
+        "the faults happened: a worker SIGKILLed after each erasure, runs interrupted, "
+        "Redis restarted",
+        killed == len(victims) and interrupted > 0 and restarts == 1,
+        {"kills": killed, "interrupted_runs": interrupted, "restarts": restarts},
     )
     tb = tracebacks(fleet)
     res.expect("no traceback in worker logs", not tb, tb[:2])

@@ -242,7 +242,7 @@ async def _async_run(ctx: Context, res: Result) -> None:
         try:
             run = RegionLoad(rg, producer, workers, rate=rate)
             await run.start()
-            await asyncio.sleep(ctx.pick(1.5, 10.0))
+            await asyncio.sleep(ctx.pick(1.0, 10.0))
 
             # 1. crash
             lost = await _crash(rg, producer, run, crashes, res, "crash")
@@ -401,7 +401,7 @@ async def _sync_run(ctx: Context, res: Result) -> None:
         workers = [await rg.manager(), await rg.manager()]
         run = RegionLoad(rg, producer, workers, rate=ctx.pick(50, 150))
         await run.start()
-        await asyncio.sleep(ctx.pick(1.5, 10.0))
+        await asyncio.sleep(ctx.pick(1.0, 10.0))
         lost = await _crash(rg, producer, run, crashes, res, "sync_crash")
         await asyncio.sleep(ctx.pick(0.5, 5.0))
         await run.stop()

@@ -97,7 +97,7 @@ def one_phase(ctx: Context, res: Result, phase: str) -> dict[str, Any]:
     producer.start()
 
     cycles = ctx.pick(2, 5) if not misconf else ctx.pick(1, 3)
-    hold = ctx.pick(2.0, 7.0) if misconf else ctx.pick(2.0, 5.0)
+    hold = ctx.pick(1.2, 7.0) if misconf else ctx.pick(1.2, 5.0)
     resume: list[float] = []
     drained_while_refused: list[int] = []
     late: Any = None

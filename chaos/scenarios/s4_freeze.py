@@ -52,7 +52,7 @@ def run(ctx: Context, res: Result) -> None:
 
     # ---------------------------------------------------------------- phase 1
     rnd = random.Random(4)
-    n = ctx.pick(12, 36)
+    n = ctx.pick(6, 36)  # short: one job per slot (3 workers x 2), each longer than a lease
     normal = ctx.ledger.record(producer.add_jobs(
         [("work", {"ms": rnd.randint(1500, 2500)}, {"remove_on_complete": False})
          for _ in range(n)]), tag="renewed")

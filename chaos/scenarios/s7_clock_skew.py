@@ -52,7 +52,7 @@ def run(ctx: Context, res: Result) -> None:
 
     # ---------------------------------------------------------------- renewals
     rnd = random.Random(7)
-    n = ctx.pick(12, 60)
+    n = ctx.pick(6, 60)  # short: one job per slot (3 workers x 2), each longer than a lease
     ids = ctx.ledger.record(producer.add_jobs(
         [("work", {"ms": rnd.randint(1200, 2400)}, {"remove_on_complete": False})
          for _ in range(n)]), tag="renewed")

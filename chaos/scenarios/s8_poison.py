@@ -820,7 +820,7 @@ def case_promote(ctx: Context, res: Result, url: str) -> dict[str, Any]:
     client = ctx.client(url)
     producer = ctx.producer(url, name, prefix)
     ledger = Ledger()
-    n, lifo = ctx.pick(9000, 20000), 80
+    n, lifo = ctx.pick(3000, 20000), 80  # several script calls of 1000 either way
     delay_ms = 500
     jobs = [("work", {"ms": 0}, {"delay": delay_ms, "lifo": i < lifo,
                                  "remove_on_complete": False}) for i in range(n)]
