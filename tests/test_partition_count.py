@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from helpers import app_module, wait_until
 from kitium_queue import ConfigurationError, PartitionedQueue, QueueStats, SyncPartitionedQueue
 from kitium_queue.cli import main
-from kitium_queue.features import partitioned
+from kitium_queue.features import partitioncount, partitioned
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def _refused(old: int, new: int, jobs: int) -> str:
 async def test_another_count_is_refused_while_the_old_layout_holds_jobs(make_pq: Any) -> None:
     old, new = make_pq(4), make_pq(2)
     ids = [await old.add_job("n", {"i": i}) for i in range(8)]
-    assert await _record(old) == {b"partitions": b"4", b"scheme": partitioned.SCHEME.encode()}
+    assert await _record(old) == {b"partitions": b"4", b"scheme": partitioncount.SCHEME.encode()}
     # Every path of the new count: stats, a job by id (of a partition 2 lacks too),
     # adding a job, the worker.
     for call in (
@@ -74,7 +74,7 @@ async def test_another_count_is_refused_while_the_old_layout_holds_jobs(make_pq:
             await call()
     assert not new.is_worker_running()
     assert (await old.get_stats()).waiting == 8  # nothing of the old layout was touched
-    assert await _record(old) == {b"partitions": b"4", b"scheme": partitioned.SCHEME.encode()}
+    assert await _record(old) == {b"partitions": b"4", b"scheme": partitioncount.SCHEME.encode()}
     await old.close()  # no process uses 4 now, but its 8 jobs still wait: still refused
     with pytest.raises(ConfigurationError, match=_refused(4, 2, 8)):
         await new.get_stats()
@@ -197,7 +197,7 @@ async def test_a_killed_process_is_forgotten_after_the_stale_bound(
     with pytest.raises(ConfigurationError, match=r"1 process\(es\) using 4 partitions are live"):
         await make_pq(2).get_stats()
     # Its entry is dropped once not refreshed for the stale bound (30 s; shortened here).
-    monkeypatch.setattr(partitioned, "_STALE_MS", 300)
+    monkeypatch.setattr(partitioncount, "_STALE_MS", 300)
     await asyncio.sleep(0.5)
     new = make_pq(2)
     assert (await new.get_stats()).waiting == 0
@@ -207,7 +207,7 @@ async def test_a_killed_process_is_forgotten_after_the_stale_bound(
 async def test_a_process_whose_count_was_taken_over_refuses_new_jobs(
     make_pq: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(partitioned, "_REFRESH_S", 0.05)
+    monkeypatch.setattr(partitioncount, "_REFRESH_S", 0.05)
     old = make_pq(4)
     await old.add_job("n", 1)
     await old.clear()  # empty
@@ -221,7 +221,7 @@ async def test_a_process_whose_count_was_taken_over_refuses_new_jobs(
     new = make_pq(2)
     await new.add_job("n", 2)
     record._refresher = asyncio.get_running_loop().create_task(
-        partitioned._refresh(weakref.ref(record))
+        partitioncount._refresh(weakref.ref(record))
     )
     await wait_until(lambda: record.moved is not None, 5)
     with pytest.raises(ConfigurationError, match="no longer 4"):

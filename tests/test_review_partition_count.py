@@ -15,7 +15,7 @@ import pytest
 from _cluster import LocalCluster, key_slot
 from helpers import in_forked_child, wait_until
 from kitium_queue import ConfigurationError, PartitionedQueue
-from kitium_queue.features import partitioned
+from kitium_queue.features import partitioncount
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def cluster() -> Iterator[LocalCluster]:
 async def test_cluster_record_refusal_refresh_and_failover(
     cluster: LocalCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(partitioned, "_REFRESH_S", 0.2)
+    monkeypatch.setattr(partitioncount, "_REFRESH_S", 0.2)
     old = PartitionedQueue("orders", partitions=6, redis=cluster.url, prefix=prefix)
     new = PartitionedQueue("orders", partitions=2, redis=cluster.url, prefix=prefix)
     try:
@@ -140,8 +140,8 @@ async def test_queues_dropped_without_close_are_freed(
     its client and its entry for ever (20 requests: 20 tasks, 20 entries, 20 clients)."""
     import weakref
 
-    monkeypatch.setattr(partitioned, "_REFRESH_S", 0.05)
-    monkeypatch.setattr(partitioned, "_STALE_MS", 500)
+    monkeypatch.setattr(partitioncount, "_REFRESH_S", 0.05)
+    monkeypatch.setattr(partitioncount, "_STALE_MS", 500)
     made = []
     for i in range(5):
         pq = PartitionedQueue("orders", partitions=2, redis=redis_url, prefix=prefix)

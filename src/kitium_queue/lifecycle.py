@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STOPPING",
     "Lifecycle",
+    "closed_in",
     "detached",
     "end_tasks",
     "force_stops",
@@ -249,6 +250,31 @@ async def end_tasks(tasks: Iterable[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def closed_in(
+    owner: asyncio.AbstractEventLoop, close: Callable[[], Coroutine[Any, Any, None]], what: str
+) -> bool:
+    """``close()`` of ``what`` awaited in another loop than ``owner``, its workers':
+    True once ``close`` ran there (a loop running in another thread); False when that
+    loop has ended (the caller forgets its workers); ``RuntimeError`` when it is idle
+    (not running, not closed: its workers can be stopped only there)."""
+    if owner.is_running():
+        done = asyncio.run_coroutine_threadsafe(close(), owner)
+        try:
+            await asyncio.shield(asyncio.wrap_future(done))
+            return True
+        except asyncio.CancelledError:
+            if not done.cancelled():
+                raise  # this caller was cancelled: the stop goes on in its own loop
+        # Cancelled there: the workers' loop is ending (asyncio.run cancels its tasks).
+        return False
+    if not owner.is_closed():
+        raise RuntimeError(
+            f"close() of {what} awaited in another event loop than its worker's, which is "
+            "not running now: await close() in the worker's loop"
+        )
+    return False
+
+
 def job_name_for_processor(job_name: Any) -> str:
     """``job_name`` if ``add_job`` accepts it as a job name; else ``ConfigurationError``
     (and a clear one for a function given in its place: ``@queue.process`` used bare)."""
@@ -388,20 +414,8 @@ class Lifecycle:
     async def _close_from_elsewhere(self, owner: asyncio.AbstractEventLoop) -> None:
         """``close()`` from another loop than the worker's (module docstring)."""
         q = self.queue
-        if owner.is_running():
-            done = asyncio.run_coroutine_threadsafe(self.close(), owner)
-            try:
-                await asyncio.shield(asyncio.wrap_future(done))
-                return
-            except asyncio.CancelledError:
-                if not done.cancelled():
-                    raise  # this caller was cancelled: the stop goes on in its own loop
-            # Cancelled there: the worker's loop is ending (asyncio.run cancels its tasks).
-        elif not owner.is_closed():
-            raise RuntimeError(
-                f"close() of queue {q.name!r} awaited in another event loop than its "
-                "worker's, which is not running now: await close() in the worker's loop"
-            )
+        if await closed_in(owner, self.close, f"queue {q.name!r}"):
+            return
         worker, self.worker = self.worker, None
         if worker is not None and worker.running:
             log.warning(

@@ -506,6 +506,8 @@ class SyncPartitionedQueue(SyncQueueClient):
         # Placement takes partition_key out of the options it reads (and rewrites full ids
         # into ids within the partition): a call handed to the loop thread gets the
         # caller's own arguments (the twin keeps them) and is placed again there.
+        if not pq.count_record.current():  # not confirmed lately: asked first (one call)
+            self._call(pq.count_record.confirm())
         i = pq.place(opts)
         return i, pq.queues[i].producer, None, opts
 

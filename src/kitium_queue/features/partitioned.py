@@ -4,38 +4,33 @@ own hash tag, so the shards of a Redis Cluster share one busy queue."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import random
 import re
-import uuid
-import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.crc import key_slot
-from redis.exceptions import ResponseError
-
+from .. import lifecycle
 from ..api import OPERATIONS, Route
 from ..connection import ConnectionFactory
-from ..connerrors import refused
-from ..errors import ConfigurationError, JobNotFoundError, PermissionDeniedError
+from ..errors import ConfigurationError, JobNotFoundError
 from ..events import EventData
 from ..facade import MultiQueue
 from ..job import Job, JobInfo
-from ..keys import MAX_KEY_PART, QueueKeys, check_key_part
-from ..limits import clip, get_logger
+from ..keys import MAX_KEY_PART, check_key_part
+from ..limits import get_logger
 from ..options import MAX_CONCURRENCY, to_int
+from ..pools import drop_connections
 from ..queue import HealthStatus, JobQueue, QueueStats
+from ..scripts import ScriptRegistry
 from ..worker import SharedSlots, Worker
+from .partitioncount import MAX_PARTITIONS, RECORD_LUA, RECORD_SCRIPT, CountRecord, partition_names
 
-__all__ = ["PartitionedQueue"]
+__all__ = ["PartitionedQueue", "partition_names"]
 
 log = get_logger(__name__)
 
-_SLOTS = 16384
-_MAX_PARTITIONS = 1024
 # A full id: the partition as a canonical decimal (ASCII digits, no sign, no leading
 # zero, at most 4 digits since partitions <= 1024), the FIRST ':', then the job's id in
 # that partition, taken verbatim (it may hold ':' itself).
@@ -48,246 +43,6 @@ _LOOKS_FULL = re.compile(r"[0-9]+:")
 def shown_id(value: Any) -> str:
     """A job id (or what was given as one) for a message: quoted, cut to 100 characters."""
     return repr(value[:100]) if isinstance(value, str) else type(value).__name__
-
-
-def partition_names(name: str, partitions: int) -> list[str]:
-    """Physical queue names of ``name`` split ``partitions`` ways.
-
-    Partition ``i`` is ``"<name>#<i>"``, or ``"<name>#<i>.<k>"`` with the smallest ``k``
-    that puts its hash tag in the i-th of ``partitions`` equal ranges of the 16384
-    cluster slots. So the partitions cover the slot space evenly, and with the usual
-    even slot layout (``redis-cli --cluster create``, managed services) a partition count
-    that is a multiple of the number of masters spreads the queue evenly over them.
-    Deterministic: every producer and worker derives the same names.
-    """
-    out = []
-    for i in range(partitions):
-        lo, hi = i * _SLOTS // partitions, (i + 1) * _SLOTS // partitions
-        k = 0
-        while True:
-            cand = f"{name}#{i}" if k == 0 else f"{name}#{i}.{k}"
-            if lo <= key_slot(cand.encode()) < hi:
-                out.append(cand)
-                break
-            k += 1
-    return out
-
-
-# ---------------------------------------------------------------------- the recorded count
-#: The placement scheme recorded with the count: keys map by ``crc32(key) % N`` and the
-#: partitions are named by ``partition_names``. Another scheme is another layout.
-SCHEME = "crc32-slot-ranges/1"
-_REFRESH_S = 10.0  # how often a process that uses the count says so
-_STALE_MS = 30_000  # a process not heard of for this long no longer counts as using it
-_CANONICAL = re.compile(r"[1-9][0-9]{0,3}")
-
-# One call: the record (a hash: partitions, scheme) and the processes using it (a sorted
-# set: token -> when last seen, server time), both under the hash tag ``{<name>#}``.
-# ARGV: count, scheme, token, stale ms, mode ('use' | 'take'), and for 'take' the count
-# and scheme it replaces. Returns {'same'} | {'new'} | {'taken', old n, old scheme}
-# | {'other', n, scheme, users} | {'damaged', key, type}. Every check before the first write.
-_RECORD_LUA = """
-local rec, users = KEYS[1], KEYS[2]
-for i, want in ipairs({'hash', 'zset'}) do
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' and t ~= want then return {'damaged', KEYS[i], t} end
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', users, '-inf', now - tonumber(ARGV[4]))
-local cur = redis.call('HMGET', rec, 'partitions', 'scheme')
-if cur[1] == ARGV[1] and cur[2] == ARGV[2] then
-  redis.call('ZADD', users, now, ARGV[3])
-  return {'same'}
-end
-local live = redis.call('ZCARD', users)
-if cur[1] and not (ARGV[5] == 'take' and cur[1] == ARGV[6] and cur[2] == ARGV[7]
-                   and live == 0) then
-  return {'other', cur[1], cur[2] or '', live}
-end
-redis.call('HSET', rec, 'partitions', ARGV[1], 'scheme', ARGV[2])
-redis.call('ZADD', users, now, ARGV[3])
-if cur[1] then return {'taken', cur[1], cur[2] or ''} end
-return {'new'}
-"""
-
-
-class CountRecord:
-    """The partition count of one logical queue, recorded in Redis at its first use
-    (``<prefix>:{<name>#}:partitions``, with the processes using it in
-    ``...:partitions:users``), so that a process opening it with another count cannot
-    lose sight of the jobs the recorded count still holds (docs/scale-out.md)."""
-
-    def __init__(self, name: str, partitions: int, prefix: str) -> None:
-        self.name, self.partitions = name, partitions
-        base = f"{prefix}:{{{name}#}}:"
-        self.key, self.users_key = base + "partitions", base + "partitions:users"
-        self.prefix = prefix
-        self._token = ""  # this registration's (made at each check: forked processes differ)
-        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        self._client: Any = None  # the client of the last check, None: not checked
-        self._refresher: asyncio.Task[None] | None = None
-        #: Set when the record changed under this process: new jobs are refused.
-        self.moved: str | None = None
-
-    @property
-    def checked(self) -> bool:
-        """Whether a connection of this process checked the count (until ``release``)."""
-        return self._client is not None
-
-    async def _call(
-        self, client: Any, mode: str = "use", old: Sequence[str] = ("", "")
-    ) -> list[str]:
-        answer = await client.eval(
-            _RECORD_LUA, 2, self.key, self.users_key, str(self.partitions), SCHEME,
-            self._token, str(_STALE_MS), mode, *old,
-        )  # fmt: skip
-        return [a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in answer]
-
-    async def check(self, client: Any) -> None:
-        """Record the count, or check it against the recorded one (once per connection
-        of the queue; ``ConfigurationError`` if another count is in use)."""
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock[0] is not loop:  # a lock serves one loop
-            self._lock = (loop, asyncio.Lock())
-        async with self._lock[1]:
-            if self._client is not None:
-                return
-            self._token = uuid.uuid4().hex
-            try:
-                await self._settle(client)
-            except ResponseError as exc:
-                if not refused(exc):
-                    raise
-                raise PermissionDeniedError(
-                    f"Redis refused the check of the partition count of {self.name!r} "
-                    f"({clip(str(exc), 200)}): its user needs the key pattern "
-                    f"~{self.prefix}:{{{self.name}#* (every partition count and the record "
-                    f"of the count), or ~{self.prefix}:{{{self.name}#}}:* besides the "
-                    "partitions' own (docs/scale-out.md)"
-                ) from None
-            self._client, self.moved = client, None
-            self._refresher = loop.create_task(_refresh(weakref.ref(self)))
-
-    async def _settle(self, client: Any) -> None:
-        answer = await self._call(client)
-        for _ in range(3):
-            if answer[0] == "damaged":
-                raise ConfigurationError(
-                    f"the partition count record of {self.name!r} is damaged: key "
-                    f"{clip(answer[1], 300)} holds a {clip(answer[2], 20)}; check it and delete it"
-                )
-            if answer[0] == "same":
-                return
-            if answer[0] in ("new", "taken"):
-                was = f" (it was {clip(answer[1], 10)})" if answer[0] == "taken" else ""
-                log.info(
-                    "partitioned queue %s: partition count %d recorded%s",
-                    self.name, self.partitions, was,
-                )  # fmt: skip
-                return
-            old_n, old_scheme, live = answer[1], answer[2], int(answer[3])
-            held = await self._held(client, old_n, old_scheme)
-            if held or live:
-                raise ConfigurationError(self._refusal(old_n, held, live))
-            answer = await self._call(client, "take", (old_n, old_scheme))
-        raise ConfigurationError(
-            f"partitioned queue {self.name!r}: the recorded partition count kept changing "
-            "while this process checked it; start it again"
-        )
-
-    async def _held(self, client: Any, old_n: str, old_scheme: str) -> dict[str, int]:
-        """The jobs the layout of ``old_n`` partitions holds, per state (none at 0)."""
-        if old_scheme != SCHEME or not _CANONICAL.fullmatch(old_n) or int(old_n) > _MAX_PARTITIONS:
-            raise ConfigurationError(
-                f"partitioned queue {self.name!r} is recorded with partitions="
-                f"{clip(repr(old_n), 20)} and placement {clip(repr(old_scheme), 60)}, which "
-                f"this release cannot read; if no job is left in that layout, delete key "
-                f"{self.key} and start again"
-            )
-        pipe = client.pipeline(transaction=False)
-        for name in partition_names(self.name, int(old_n)):
-            k = QueueKeys(name, self.prefix)
-            for key in (k.wait, k.active, k.delayed, k.failed, k.dlq):
-                pipe.zcard(key)
-            pipe.hget(k.meta, "parked")
-        held = dict.fromkeys(("waiting", "active", "delayed", "failed", "dlq", "parked"), 0)
-        for i, reply in enumerate(await pipe.execute()):
-            with contextlib.suppress(TypeError, ValueError):  # a damaged parked counter
-                held[list(held)[i % 6]] += max(0, int(reply or 0))
-        return {s: n for s, n in held.items() if n}
-
-    def _refusal(self, old_n: str, held: dict[str, int], live: int) -> str:
-        head = (
-            f"partitioned queue {self.name!r} is recorded in Redis with {old_n} partitions "
-            f"and this process opened it with partitions={self.partitions}: the partitions "
-            "of another count are other queues, "
-        )
-        tail = (
-            f"start with partitions={self.partitions} again then: the new count is "
-            "recorded once the old layout holds no job and no process uses it "
-            "(docs/scale-out.md, changing the partition count)"
-        )
-        if held:
-            total = sum(held.values())
-            what = ", ".join(f"{n} {s}" for s, n in held.items())
-            return (
-                f"{head}so the {total} job(s) that layout still holds ({what}) would be "
-                f"neither counted, found nor run. Keep PartitionedQueue({self.name!r}, "
-                f"partitions={old_n}) running until they are done (retry or remove its "
-                f"failed and dead-lettered jobs), stop its processes, and {tail}"
-            )
-        return (
-            f"{head}and {live} process(es) using {old_n} partitions are live (heard of "
-            f"within {_STALE_MS // 1000} s): jobs they add would not be seen. Stop them "
-            f"(close(); a process killed is forgotten {_STALE_MS // 1000} s after it was "
-            f"last heard of), and {tail}"
-        )
-
-    async def _refreshed(self) -> bool:
-        """Say this process still uses the count; False once another took over (``moved``)."""
-        try:
-            answer = await self._call(self._client)
-        except Exception as exc:  # Redis away: the next turn tries again
-            log.debug("partitioned queue %s: count refresh failed: %s", self.name, exc)
-            answer = ["same"]
-        if answer[0] in ("other", "damaged"):
-            self.moved = (
-                f"partitioned queue {self.name!r}: the partition count recorded in Redis "
-                f"is no longer {self.partitions} (this process was not heard of for "
-                f"{_STALE_MS // 1000} s and another count took over): new jobs are "
-                "refused; restart it with the recorded count"
-            )
-            log.error("%s", self.moved)
-        return self.moved is None
-
-    async def release(self) -> None:
-        """Stop saying this process uses the count (``close``); from another loop than the
-        check's, stop its refresh there (the entry is forgotten after ``_STALE_MS``)."""
-        task, self._refresher = self._refresher, None
-        client, self._client = self._client, None
-        if task is not None and (loop := task.get_loop()) is not asyncio.get_running_loop():
-            with contextlib.suppress(RuntimeError):  # that loop is closed
-                loop.call_soon_threadsafe(task.cancel)
-            return
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if client is not None:
-            try:
-                await asyncio.wait_for(client.zrem(self.users_key, self._token), 5)
-            except Exception as exc:  # forgotten after _STALE_MS all the same
-                log.debug("partitioned queue %s: count release failed: %s", self.name, exc)
-
-
-async def _refresh(ref: weakref.ref[CountRecord]) -> None:
-    """Refresh every ``_REFRESH_S`` while the record lives (an unclosed queue is freed)."""
-    while True:
-        await asyncio.sleep(_REFRESH_S)
-        record = ref()
-        if record is None or not await record._refreshed():
-            return
-        del record
 
 
 class PartitionedQueue(MultiQueue[JobQueue]):
@@ -358,10 +113,10 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         if (
             not isinstance(partitions, int)
             or isinstance(partitions, bool)
-            or not (1 <= partitions <= _MAX_PARTITIONS)
+            or not (1 <= partitions <= MAX_PARTITIONS)
         ):
             raise ConfigurationError(
-                f"partitions must be an int from 1 to {_MAX_PARTITIONS}, got {partitions!r}"
+                f"partitions must be an int from 1 to {MAX_PARTITIONS}, got {partitions!r}"
             )
         if "name" in options:
             raise ConfigurationError("pass the queue name as the first argument")
@@ -379,7 +134,15 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         self._index = {q.name: i for i, q in enumerate(self.queues)}
         self._rr = random.randrange(partitions)
         self._workers: list[Worker] = []
-        self.count_record = CountRecord(name, partitions, self.queues[0].keys.prefix)
+        #: The event loop of the last connection (the shared client's connections'):
+        #: ``close()`` awaited in another releases them without awaiting there.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        for q in self.queues:  # its script through each partition's registry (EVALSHA)
+            q.scripts.add_fragment(RECORD_SCRIPT, RECORD_LUA)
+        self.count_record = CountRecord(
+            name, partitions, self.queues[0].keys.prefix, scripts=self.queues[0].scripts,
+            spare=functools.partial(self.connection.client, blocking=True),
+        )  # fmt: skip
         for q in self.queues:
             self._check_at_connect(q)
 
@@ -387,7 +150,12 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         """Every new connection of partition ``q`` (producer, worker, query, blocking
         client) checks the recorded count before use (the context's ``connect_checks``:
         a refusal is raised as the connect's own errors are, the client discarded)."""
-        q.ctx.connect_checks.append(self.count_record.check)
+
+        async def check(client: Any, scripts: ScriptRegistry = q.scripts) -> None:
+            self._loop = asyncio.get_running_loop()
+            await self.count_record.check(client, scripts)
+
+        q.ctx.connect_checks.append(check)
 
     # ------------------------------------------------------------------ ids and keys
     def partition_of(self, key: str) -> int:
@@ -572,14 +340,50 @@ class PartitionedQueue(MultiQueue[JobQueue]):
         self.stopped.set()
 
     async def close(self) -> None:
-        """Stop the workers and release every connection."""
+        """Stop the workers and release every connection. Awaited in another event
+        loop than the queue's, as ``JobQueue.close``: running workers are stopped in
+        their own loop if it runs (in another thread), forgotten if it ended; the
+        connections of an ended or idle loop are closed without it, those of a loop
+        running elsewhere are closed there; the process's entry in the count record is
+        withdrawn in any case."""
+        here = asyncio.get_running_loop()
+        owner = next((w.runner.loop for w in self._workers if w.running), None)
+        if owner is not None and owner is not here:
+            if await lifecycle.closed_in(owner, self.close, f"partitioned queue {self.name!r}"):
+                return
+            self._forget_workers()
         await self.stop()
         await self.count_record.release()
         for q in self.queues:
             await q.close()
-        shared, self._shared = self._shared, None
-        if shared is not None and self.connection.owns(shared):
+        shared, loop = self._shared, self._loop
+        if shared is None or not self.connection.owns(shared):
+            return
+        if loop is None or loop is here:
             await shared.aclose()
+        elif loop.is_running():  # another thread's: closed there
+            closing = asyncio.run_coroutine_threadsafe(shared.aclose(), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(closing), 5)
+            except Exception as exc:
+                log.debug("partitioned queue %s: closing in its loop failed: %s", self.name, exc)
+        else:  # that loop ended (or is idle): its sockets closed without it
+            drop_connections(shared)
+
+    def _forget_workers(self) -> None:
+        """The workers of an ended loop (``close()`` from another, as ``JobQueue``'s)."""
+        workers, self._workers = self._workers, []
+        for w in workers:
+            if w.running:
+                w.running = False
+                w.queue.lifecycle.running.discard(w)
+                lifecycle.STOPPING.discard(w)
+        log.warning(
+            "partitioned queue %s: its workers were left running when their event loop "
+            "ended (close() was not awaited in that loop); forgotten now: the jobs they "
+            "held stay leased and run again once their leases expire",
+            self.name,
+        )
 
 
 def _checked_first(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -595,6 +399,23 @@ def _checked_first(method: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _confirmed_first(method: Callable[..., Any]) -> Callable[..., Any]:
+    """An add that first makes sure this process is still counted with the recorded
+    count: no Redis call while it was confirmed lately (the refresh's), else one
+    (``CountRecord.confirm``): a process paused past the stale bound while another
+    count was recorded is refused before it writes."""
+
+    @functools.wraps(method)
+    async def run(self: PartitionedQueue, *args: Any, **kwargs: Any) -> Any:
+        if not self.count_record.current():
+            await self.count_record.confirm()
+        return await method(self, *args, **kwargs)
+
+    return run
+
+
 for _op in OPERATIONS.values():
     if _op.route is Route.BY_ID:
         setattr(PartitionedQueue, _op.name, _checked_first(getattr(PartitionedQueue, _op.name)))
+    elif _op.route in (Route.BY_KEY, Route.SPLIT_BY_KEY):
+        setattr(PartitionedQueue, _op.name, _confirmed_first(getattr(PartitionedQueue, _op.name)))
