@@ -34,8 +34,10 @@ __all__ = [
     "EXIT_NOT_READY",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "MAX_FIELD_CHARS",
     "FiniteFloatRange",
     "Main",
+    "cell",
     "error_line",
     "json_option",
     "load_app",
@@ -88,9 +90,29 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
+#: Longest field of text output, escaped (a plain row's column, a rich cell): the ids,
+#: names, error texts (cut at 4,096 characters when written) and tracebacks (16,384) the
+#: library writes fit, and one record written by hand cannot print megabytes into a
+#: listing. ``--json`` prints values whole.
+MAX_FIELD_CHARS = 16_384
+
+
+def cell(value: object, limit: int = MAX_FIELD_CHARS) -> str:
+    """``value`` as one field of text output: escaped (``text_field``) and cut to
+    ``limit`` characters, saying how long it was. A long text is cut before it is
+    escaped too, so a value of megabytes costs no more than ``limit``."""
+    if type(value) is str and len(value) > limit:
+        return f"{text_field(value[:limit])[:limit]}... [cut, {len(value):,} characters in all]"
+    text = text_field(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [cut, {len(text):,} characters in all, escaped]"
+
+
 def row(*fields: object) -> str:
-    """One line of text output: the escaped fields, separated by tabs."""
-    return "\t".join(text_field(f) for f in fields)
+    """One line of text output: the escaped fields (each at most ``MAX_FIELD_CHARS``),
+    separated by tabs."""
+    return "\t".join(cell(f) for f in fields)
 
 
 def members(queue: Any) -> list[JobQueue]:

@@ -200,11 +200,12 @@ def jobs_show(app: str, job_id: str, log_lines: int, as_json: bool, redis: str |
             ],
             title=f"job {d.id}",
         )
-        out.block("data", json.dumps(d.data, indent=2, default=str).splitlines())
+        # Blocks show their first MAX_BLOCK_CHARS characters (--json: all of them).
+        out.block("data", json.dumps(d.data, indent=2, default=str))
         if d.result is not None:
-            out.block("result", json.dumps(d.result, indent=2, default=str).splitlines())
+            out.block("result", json.dumps(d.result, indent=2, default=str))
         if d.stacktrace:
-            out.block("traceback", d.stacktrace.splitlines())
+            out.block("traceback", d.stacktrace)
         out.block("logs", logs)
 
     with_queue(app, redis, act)

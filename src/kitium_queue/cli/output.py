@@ -23,9 +23,15 @@ from typing import Any
 
 import click
 
-from .base import row, text_field
+from .base import MAX_FIELD_CHARS, cell, row, text_field
 
-__all__ = ["Output", "have_rich", "output", "show_table", "span", "when"]
+__all__ = ["MAX_BLOCK_CHARS", "Output", "have_rich", "output", "show_table", "span", "when"]
+
+#: Most characters of one block of text output (``Output.block``: a job's data, result,
+#: traceback, log lines) before it is cut with a line saying how much more there is
+#: (``--json`` prints it all). Each field of text output is bounded too
+#: (``base.MAX_FIELD_CHARS``).
+MAX_BLOCK_CHARS = 65_536
 
 
 def when(ms: int | None) -> str:
@@ -58,6 +64,25 @@ def span(ms: float | None) -> str:
         return f"{sign}{h}h{m:02d}m"
     d, h = divmod(h, 24)
     return f"{sign}{d}d{h:02d}h"
+
+
+def _bounded_lines(text: str | Sequence[str]) -> tuple[list[str], str]:
+    """The lines of ``text`` to show, escaped, about ``MAX_BLOCK_CHARS`` characters in
+    all (each at most ``MAX_FIELD_CHARS``), and what is left out ("" for nothing)."""
+    if isinstance(text, str):
+        head = text[:MAX_BLOCK_CHARS]
+        cut = len(text) - len(head)
+        lines = [cell(ln) for ln in head.splitlines()]
+        return lines, f"{cut:,} more characters" if cut else ""
+    shown: list[str] = []
+    used = 0
+    for ln in text:
+        if used >= MAX_BLOCK_CHARS:
+            break
+        shown.append(cell(ln, min(MAX_FIELD_CHARS, max(MAX_BLOCK_CHARS - used, 100))))
+        used += len(shown[-1])
+    left = len(text) - len(shown)
+    return shown, f"{left:,} more line(s)" if left else ""
 
 
 def have_rich() -> bool:
@@ -127,7 +152,7 @@ class Output:
     def _cell(value: object) -> Any:
         from rich.text import Text
 
-        return Text(text_field("-" if value is None else value))
+        return Text(cell("-" if value is None else value))
 
     # ------------------------------------------------------------------ printing
     def json(self, obj: Any) -> None:
@@ -161,7 +186,7 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(title=None if title is None else text_field(title), title_justify="left")
+        table = Table(title=None if title is None else cell(title), title_justify="left")
         for c in columns:
             table.add_column(text_field(c), overflow="fold")
         for r in rows:
@@ -178,7 +203,7 @@ class Output:
 
         table = Table(
             show_header=False,
-            title=None if title is None else text_field(title),
+            title=None if title is None else cell(title),
             title_justify="left",
         )
         table.add_column(style="bold")
@@ -187,20 +212,24 @@ class Output:
             table.add_row(self._cell(k), self._cell(v))
         self._console().print(table)
 
-    def block(self, title: str, lines: Sequence[str]) -> None:
-        """A titled block of text lines (a traceback, log lines): each line escaped; in
-        plain output each line is ``title<TAB>line``."""
-        if not lines:
+    def block(self, title: str, lines: str | Sequence[str]) -> None:
+        """A titled block of text (a traceback, log lines; a str is split into lines):
+        each line escaped; in plain output each line is ``title<TAB>line``. At most
+        ``MAX_BLOCK_CHARS`` characters are shown, then a line saying how much is left
+        (``--json`` prints it all)."""
+        shown, left = _bounded_lines(lines)
+        if not shown:
             return
+        if left:
+            shown.append(f"... {left} not shown (--json prints it all)")
         if not self.rich:
-            for ln in lines:
-                self.line(title, ln)
+            for ln in shown:
+                click.echo(f"{cell(title)}\t{ln}")
             return
         from rich.panel import Panel
         from rich.text import Text
 
-        body = Text("\n".join(text_field(ln) for ln in lines))
-        self._console().print(Panel(body, title=text_field(title), title_align="left"))
+        self._console().print(Panel(Text("\n".join(shown)), title=cell(title), title_align="left"))
 
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[Callable[[int], None]]:

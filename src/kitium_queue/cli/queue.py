@@ -31,6 +31,7 @@ from .base import (
     EXIT_NOT_READY,
     EXIT_UNREACHABLE,
     FiniteFloatRange,
+    cell,
     json_option,
     members,
     redis_option,
@@ -426,8 +427,9 @@ def job(app: str, job_id: str, redis: str | None) -> None:
 
 
 def _pair_part(value: object) -> str:
-    """A key or value of a ``k=v`` list: escaped, and without a bare space or ``=``."""
-    return text_field(value).replace(" ", "\\x20").replace("=", "\\x3d")
+    """A key or value of a ``k=v`` list: escaped (and bounded, ``cell``), and without a
+    bare space or ``=``."""
+    return cell(value).replace(" ", "\\x20").replace("=", "\\x3d")
 
 
 @click.command()
