@@ -75,6 +75,7 @@ __all__ = [
     "job_name_for_processor",
     "mark_inside",
     "start_services",
+    "startable",
     "stop_budget",
     "stop_services",
 ]
@@ -137,6 +138,21 @@ def inside(worker: Any) -> bool:
     called, or a task started from either. Such a caller cannot wait for the worker to
     stop: the stop waits for it."""
     return worker is not None and _INSIDE.get() is worker
+
+
+def startable(worker: Worker) -> JobQueue:
+    """The queue of ``worker``, whose ``start()`` begins; ``RuntimeError`` when it was
+    started before. A worker starts once: started again while it runs, it got a second
+    set of loops; started again once stopped, it counted as running but never claimed
+    (its stop was over: it stopped no more either), and its queue's ``start()`` then
+    took it for running and started none, for good. ``queue.start()`` makes a new one."""
+    if worker in worker.queue.lifecycle.running or worker._stop_task or worker._tasks:
+        raise RuntimeError(
+            f"worker {worker.id} of queue {worker.queue.name!r} was started already: a "
+            "worker starts once; start the queue again with queue.start() (once this "
+            "worker has stopped), which makes a new worker"
+        )
+    return worker.queue
 
 
 def detached(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

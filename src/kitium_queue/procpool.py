@@ -295,6 +295,8 @@ class ProcessPool:
         #: Zombies of ended children's groups are this process's to collect (each new
         #: child, and the pool's close, collect them: ``reap_strays``).
         self._reaps = _given_orphans()
+        #: The exits of killed children being collected (``_release``).
+        self._dying: set[asyncio.Task[None]] = set()
 
     async def run(
         self, fn_path: str, run: Run, on_message: Relay, timeouts: Timeouts | None = None
@@ -382,7 +384,14 @@ class ProcessPool:
             if self.max_jobs_per_child is None or child.jobs < self.max_jobs_per_child:
                 self._idle.append(child)
                 return
-        await asyncio.shield(child.kill())
+        # Killed now, its exit collected aside (``close`` waits for it): a run cancelled
+        # ends in this turn of the loop. Waiting here, a run a forced stop (a second
+        # SIGTERM) cancelled was still waiting when the stop gave up on it: its job was
+        # left leased (a stall) instead of handed back.
+        child.kill_group()
+        reaped = asyncio.get_running_loop().create_task(child.kill())
+        self._dying.add(reaped)
+        reaped.add_done_callback(self._dying.discard)
 
     @staticmethod
     async def _exchange(
@@ -461,6 +470,8 @@ class ProcessPool:
         idle, self._idle = self._idle, []
         for child in idle:
             await child.kill()
+        if self._dying:
+            await asyncio.wait(set(self._dying))  # each within 5 s (``_Child.kill``)
         if self._reaps:
             await asyncio.sleep(0.2)  # the guards end right after their children
             reap_strays()

@@ -212,8 +212,7 @@ class Worker:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        q = self.queue
-        loop = asyncio.get_running_loop()
+        q, loop = lifecycle.startable(self), asyncio.get_running_loop()  # a worker starts once
         # Counted as running from now on: the queue refuses new processors (lifecycle.py).
         q.lifecycle.running.add(self)
         try:
