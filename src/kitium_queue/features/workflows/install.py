@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from ...copies import CopiedField, CopyKind, declare_copies
-from ...errors import ConfigurationError, JobStateError
+from ...errors import ConfigurationError, JobStateError, SerializationError
+from ...limits import clip
 from ...options import check_text
 from ...slots import ORDER_READY
 from . import lua
@@ -139,15 +140,20 @@ async def parent_results(q: JobQueue, jid: str) -> dict[str, ParentResult]:
         if isinstance(row, BaseException):
             raise row
         step, st, raw, err = row
-        result = q.ctx.serializer.loads(raw, "result") if raw else None
+        status, error = _text(st) or "missing", _text(err) if err else None
+        result = None
+        if raw:
+            try:
+                result = q.ctx.serializer.loads(raw, "result")
+            except SerializationError as exc:
+                # One parent's stored result that does not decode (written by hand, by a
+                # codec key no longer configured, truncated): that parent reads as
+                # damaged, saying why; its bytes stay in Redis, the others read as usual.
+                why = f"recorded {status}, but its {clip(str(exc), 300)}"
+                error = f"{why}; its error: {error}" if error else why
+                status = "damaged"
         key = _text(step) if step else pid
-        out[key] = ParentResult(
-            pid,
-            _text(step) if step else None,
-            _text(st) or "missing",
-            result,
-            _text(err) if err else None,
-        )
+        out[key] = ParentResult(pid, _text(step) if step else None, status, result, error)
     return out
 
 

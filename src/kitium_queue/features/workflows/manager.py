@@ -375,7 +375,9 @@ class JobChainManager:
     async def parent_results(self, job: Any) -> dict[str, ParentResult]:
         """The results of ``job``'s parents, keyed by step name (a parent that is not a
         workflow step: by its job id). A parent that failed with ``on_failure=
-        "continue"`` is there with ``status="failed"`` and its ``error``. Pass the
+        "continue"`` is there with ``status="failed"`` and its ``error``; one whose record
+        or stored result cannot be read, with ``status="damaged"`` and ``error`` saying
+        why (the others are read as usual). Pass the
         ``Job`` a processor receives, or a job id. A read of the queue: it passes the
         queue's read guards first (``data_transformer`` gets the same results as the
         library's own read, unguarded)."""

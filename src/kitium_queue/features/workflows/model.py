@@ -250,8 +250,10 @@ class ParentResult:
 
     ``status``: ``completed`` or ``failed`` (a parent with ``on_failure="continue"``), or
     ``damaged`` when its dependency record holds another type (written by hand; ``error``
-    says which key); ``result``: its decoded result (as stored: an encrypted result
-    stays sealed); ``error``: its failure reason when it failed.
+    says which key) or its stored result cannot be decoded (``error`` says the state it
+    was recorded in and why; the stored bytes are left as they are); ``result``: its
+    decoded result (as stored: an encrypted result stays sealed), None when damaged;
+    ``error``: its failure reason when it failed.
     """
 
     job_id: str

@@ -603,6 +603,18 @@
     redis.call('HSET', wk, 'n', int(num(f[1]) + 1), 'left', int(num(f[2]) + 1))
   end
 
+  -- Whether the job now under id `p` is another job than the one whose dependency
+  -- record closed at `closed` (its 'f', ms): an id used again once the job that had it
+  -- was removed (remove_job, retention) while that record is kept. A job is created
+  -- before its record closes, so a job created after that is a new one; one created in
+  -- the same ms as the close is taken for the earlier one. Reads only.
+  local function reused(p, closed)
+    local c = tonumber(closed)
+    if not c then return false end
+    local ts = redis.pcall('HGET', job_key(p), 'ts')
+    return type(ts) == 'string' and (tonumber(ts) or 0) > c
+  end
+
   -- Why `deps` cannot be the parents of job `id` (nil: they can). Reads only.
   local function check_parents(deps, id)
     if #deps > MAX_PARENTS then
@@ -612,12 +624,19 @@
       local p = deps[i]
       if type(p) ~= 'string' or p == '' then return 'depends_on holds a value that is not a job id' end
       if p == id then return 'job ' .. p .. ' cannot depend on itself' end
-      local f = redis.pcall('HMGET', DEP .. p, 'st', 'pol')
+      local f = redis.pcall('HMGET', DEP .. p, 'st', 'pol', 'f')
       if f.err then
         return 'depends on job ' .. p .. ', whose dependency record ' .. DEP .. p ..
           ' is damaged (it holds another type than a hash); delete or repair that key'
       end
       local st = f[1]
+      if st and TERMINAL[st] and reused(p, f[3]) then
+        return 'depends on job ' .. p .. ', whose id was used again: the job now under ' ..
+          'that id was added after the job that had it before ' .. (st == 'completed' and
+          'completed' or 'ended (' .. st .. ')') .. ', whose dependency record ' .. DEP .. p ..
+          ' is kept until its retention ends; that record cannot track the new job. Give ' ..
+          'the new job another id, or add the dependent once that record expired'
+      end
       if st == 'skipped' or st == 'cancelled' or (st == 'failed' and f[2] ~= 'continue') then
         return 'depends on job ' .. p .. ', which ' .. (st == 'failed' and 'failed' or ('was ' .. st))
       end
