@@ -337,12 +337,18 @@ async def test_a_record_larger_than_the_output_buffer_limit_says_so(
         assert "closed the connection of queue 'pauses' while sending the reply" in text
         assert "client-output-buffer-limit" in text and "--limit" in text, text
         assert f"job {big!r}" in text, text
-    # The CLI: the library's line, not "cannot reach Redis", and not the exit code of
-    # a server that cannot be reached.
-    proc = _cli(tmp_path, server.url, "jobs", "list", "kq_pauses_app:queue")
+    # The CLI (--json reads the data): the library's line, not "cannot reach Redis",
+    # and not the exit code of a server that cannot be reached.
+    proc = _cli(tmp_path, server.url, "jobs", "list", "kq_pauses_app:queue", "--json")
     _, err = await asyncio.to_thread(proc.communicate, timeout=30)
     assert proc.returncode == EXIT_ERROR, err
     assert "client-output-buffer-limit" in err and "cannot reach" not in err, err
+    # A listing that shows no data reads none: the row is shown.
+    rows = await queue.get_jobs_by_status("waiting", limit=20, include_data=False)
+    assert [j.id for j in rows] == [big]
+    proc = _cli(tmp_path, server.url, "jobs", "list", "kq_pauses_app:queue")
+    out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0 and out.startswith(f"{big}\t"), (out, err)
     admin.config_set("client-output-buffer-limit", "normal 0 0 0")
     assert [j.id for j in await queue.get_jobs_by_status("waiting")] == [big]
 

@@ -259,23 +259,39 @@ class QueueAPI(Protocol):
 
     @operation("query", Route.FAN_OUT, merge="jobs", ids="jobs")
     async def get_jobs_by_status(
-        self, /, status: JobStatus | str, limit: int = 100, offset: int = 0
+        self,
+        /,
+        status: JobStatus | str,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        include_data: bool = True,
     ) -> list[JobInfo]:
         """Up to ``limit`` jobs in one state, after skipping ``offset``, in the order they
-        run or finished."""
+        run or finished; ``include_data=False`` leaves data, result, progress and
+        stacktrace unread (None)."""
         raise _unimplemented(self)
 
     @operation("query", Route.UNSUPPORTED, note=_NO_CURSOR)
     async def list_jobs(
-        self, /, status: JobStatus | str, *, limit: int = 100, cursor: str | None = None
+        self,
+        /,
+        status: JobStatus | str,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        include_data: bool = True,
     ) -> JobPage:
         """A page of jobs in one state and the cursor of the next page (a place in the
         state's order, so jobs coming and going neither repeat nor skip others)."""
         raise _unimplemented(self)
 
     @operation("query", Route.FAN_OUT, merge="jobs", ids="jobs")
-    async def get_dlq_jobs(self, /, limit: int = 100) -> list[JobInfo]:
-        """Dead-lettered jobs, newest first, with their failure reason and traceback."""
+    async def get_dlq_jobs(
+        self, /, limit: int = 100, *, include_data: bool = True
+    ) -> list[JobInfo]:
+        """Dead-lettered jobs, newest first, with their failure reason and traceback
+        (``include_data``: as in ``get_jobs_by_status``)."""
         raise _unimplemented(self)
 
     @operation("query", Route.FAN_OUT, merge="stats")

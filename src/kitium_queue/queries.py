@@ -19,8 +19,6 @@ notification's ``job_status``) do not pass the guards.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import math
 import re
@@ -40,11 +38,12 @@ from .events import StreamEvent
 from .guards import GuardList, ReadCall, ReadGuard
 from .identity import current_principal
 from .job import JobInfo
-from .limits import MAX_DELAY_MS, QUERY_PAGE
+from .jobpages import make_cursor, members_after, parse_cursor, zrange_pages
+from .limits import MAX_DELAY_MS
 from .options import MAX_QUERY_LIMIT, lookup_id, shown, to_int
 from .parking import parked_count, parked_ids
-from .recordreads import cut_off, read_records
-from .records import JobDetail, decode_id, hash_reply, job_values, stored_status
+from .recordreads import NO_FIELDS, cut_off, read_records
+from .records import LISTED_FIELDS, JobDetail, decode_id, hash_reply, job_values, stored_status
 from .redact import redact_json_text
 from .serverinfo import MemoryReport, memory_report, ping_refusal, write_probe
 
@@ -93,8 +92,6 @@ _MAX_INDEX = 2**63 - 1
 #: Largest ``offset`` of ``get_jobs_by_status`` (offset + limit stays a valid index).
 MAX_QUERY_OFFSET = _MAX_INDEX - MAX_QUERY_LIMIT
 _STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
-# Members read per round while skipping past a cursor (see ``_after``).
-_SKIP_BATCH = 100
 
 J = TypeVar("J", bound=JobInfo)
 
@@ -196,35 +193,6 @@ def is_stream_id(value: Any) -> bool:
     if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
         return False
     return all(int(part) < 2**64 for part in value.split("-"))
-
-
-def _cursor(status: JobStatus, member: bytes | str, score: float) -> str:
-    # "<status>:<score>:<member, base64url>": the member as stored (it may not be UTF-8),
-    # the score exactly (repr round-trips a float).
-    raw = member.encode() if isinstance(member, str) else member
-    return f"{status.value}:{score!r}:{base64.urlsafe_b64encode(raw).decode()}"
-
-
-def _parse_cursor(cursor: Any, status: JobStatus) -> tuple[float, bytes]:
-    bad = ConfigurationError(
-        f"cursor must be a next_cursor returned by list_jobs for status "
-        f"{status.value!r}, got {shown(cursor)}"
-    )
-    if not isinstance(cursor, str):
-        raise bad
-    parts = cursor.split(":", 2)
-    if len(parts) != 3 or parts[0] != status.value:
-        raise bad
-    try:
-        score = float(parts[1])
-        member = base64.b64decode(parts[2].encode(), altchars=b"-_", validate=True)
-    except (ValueError, binascii.Error):
-        raise bad from None
-    if math.isnan(score):  # +-inf is a score a member may have (set by hand)
-        raise bad
-    if status is JobStatus.PENDING and not (score >= 0 and score.is_integer()):
-        raise bad  # an offset (see list_jobs)
-    return score, member
 
 
 async def check_reads(queues: Iterable[Any], query: str, args: Mapping[str, Any]) -> None:
@@ -384,7 +352,12 @@ class Queries:
         return text
 
     async def get_jobs_by_status(
-        self, status: JobStatus | str, limit: int = 100, offset: int = 0
+        self,
+        status: JobStatus | str,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        include_data: bool = True,
     ) -> list[JobInfo]:
         """``JobQueue.get_jobs_by_status``."""
         if self._guards:
@@ -397,7 +370,7 @@ class Queries:
         if n == 0:
             return []
         if st is JobStatus.PENDING:
-            return await self.infos(await parked_ids(self.ctx, n, first), st)
+            return await self.infos(await parked_ids(self.ctx, n, first), st, include_data)
         client = await self.ctx.client()
         key = getattr(self.ctx.keys, _STATUS_SETS[st])
         if st is JobStatus.PAUSED and not await client.hget(self.ctx.keys.meta, "paused"):
@@ -405,24 +378,29 @@ class Queries:
         rows = await zrange_pages(client, key, first, n, rev=st in _NEWEST_FIRST)
         ids = [m for m, _ in rows]
         found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
-        return await self.infos(ids, found_in)
+        return await self.infos(ids, found_in, include_data)
 
     async def list_jobs(
-        self, status: JobStatus | str, *, limit: int = 100, cursor: str | None = None
+        self,
+        status: JobStatus | str,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        include_data: bool = True,
     ) -> JobPage:
         """``JobQueue.list_jobs``."""
         if self._guards:
             await self.check("list_jobs", {"status": status, "limit": limit, "cursor": cursor})
         st = parse_status(status)
         n = to_int(limit, "limit", minimum=1, maximum=MAX_QUERY_LIMIT)
-        after = None if cursor is None else _parse_cursor(cursor, st)
+        after = None if cursor is None else parse_cursor(cursor, st)
         if st is JobStatus.PENDING:
             # Parked jobs are spread over one set per blocker (parking.py): their pages
             # go by position in the merged order.
             first = 0 if after is None else int(after[0])
             ids = await parked_ids(self.ctx, n, first)
-            more = _cursor(st, b"", float(first + len(ids))) if len(ids) == n else None
-            return JobPage(await self.infos(ids, st), more)
+            more = make_cursor(st, b"", float(first + len(ids))) if len(ids) == n else None
+            return JobPage(await self.infos(ids, st, include_data), more)
         client = await self.ctx.client()
         key = getattr(self.ctx.keys, _STATUS_SETS[st])
         if st is JobStatus.PAUSED and not await client.hget(self.ctx.keys.meta, "paused"):
@@ -431,18 +409,22 @@ class Queries:
         if after is None:
             page = await zrange_pages(client, key, 0, n, rev=newest_first)
         else:
-            page = await _after(client, key, after, n, newest_first)
+            page = await members_after(client, key, after, n, newest_first)
         found_in = JobStatus.WAITING if st is JobStatus.PAUSED else st
-        jobs = await self.infos([m for m, _ in page], found_in)
-        nxt = _cursor(st, *page[-1]) if len(page) == n else None
+        jobs = await self.infos([m for m, _ in page], found_in, include_data)
+        nxt = make_cursor(st, *page[-1]) if len(page) == n else None
         return JobPage(jobs, nxt)
 
     async def infos(
-        self, ids: Sequence[str | bytes], found_in: JobStatus | None = None
+        self,
+        ids: Sequence[str | bytes],
+        found_in: JobStatus | None = None,
+        include_data: bool = True,
     ) -> list[JobInfo]:
         """The records of ``ids`` (as read from a state set: bytes are used as they are,
         so a member that is not UTF-8 is still looked up and shown escaped); ids whose
-        record is gone are left out."""
+        record is gone are left out. Without ``include_data`` only ``LISTED_FIELDS``
+        are read: data, result, progress and stacktrace stay None."""
         if not ids:
             return []
         ctx = self.ctx
@@ -452,7 +434,8 @@ class Queries:
         keys = [base_b + i if isinstance(i, bytes) else base + i for i in ids]
         # In round trips of a few records (the server's output buffer limit); one key
         # of another type (WRONGTYPE) is that job's damage, not the listing's.
-        raws, paused = await read_records(ctx, client, keys, ctx.keys.meta)
+        fields = None if include_data else LISTED_FIELDS
+        raws, paused = await read_records(ctx, client, keys, ctx.keys.meta, fields)
         is_paused = paused == b"1"
         gone = [i for i, r in zip(ids, raws, strict=True) if not r]
         if gone and found_in in _STATUS_SETS:
@@ -460,6 +443,9 @@ class Queries:
         out: list[JobInfo] = []
         for i, reply in zip(ids, raws, strict=True):
             problems: list[str] = []
+            if reply is NO_FIELDS:
+                problems.append("job record holds none of the fields a listing shows")
+                reply = {}
             r = hash_reply(reply, problems)
             if not r and not problems:
                 continue
@@ -590,30 +576,6 @@ class Queries:
                 yield ev
 
 
-async def zrange_pages(
-    client: Any, key: str | bytes, first: int, n: int, *, rev: bool = False
-) -> list[tuple[bytes, float]]:
-    """Members ``first .. first + n - 1`` of sorted set ``key`` with their scores
-    (descending with ``rev``), read in slices of ``QUERY_PAGE`` sent in one pipeline:
-    one round trip, and no single command that holds Redis for long (a 100,000-member
-    read in one ``ZRANGE`` blocks every other client while it is built)."""
-    if n <= 0:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for lo in range(first, first + n, QUERY_PAGE):
-        hi = min(first + n, lo + QUERY_PAGE) - 1
-        if rev:
-            pipe.zrevrange(key, lo, hi, withscores=True)
-        else:
-            pipe.zrange(key, lo, hi, withscores=True)
-    out: list[tuple[bytes, float]] = []
-    for rows in await pipe.execute():
-        out.extend(rows)
-        if len(rows) < QUERY_PAGE:
-            break  # the end of the set: later slices are empty
-    return out
-
-
 def _count(raw: Any) -> int:
     """A counter read from Redis (0 when absent or damaged)."""
     try:
@@ -627,40 +589,6 @@ def _redacted_json(ctx: QueueContext, text: str) -> str:
     context's redactors, as JSON again; other text unchanged (fails closed:
     ``redact.redact_json_text``)."""
     return redact_json_text(text, ctx.redact_value)
-
-
-async def _after(
-    client: Any, key: str, after: tuple[float, bytes], n: int, newest_first: bool
-) -> list[tuple[bytes, float]]:
-    """Up to ``n`` members of sorted set ``key`` that come after ``after`` (score,
-    member) in the set's order (descending for ``newest_first``).
-
-    By score, not by position: jobs that arrive or leave meanwhile do not shift the
-    page. Members with the cursor's own score are ordered by their bytes, as Redis
-    orders them; those at or before the cursor are skipped.
-    """
-    score, member = after
-    out: list[tuple[bytes, float]] = []
-    start = 0
-    batch = max(min(n, QUERY_PAGE), _SKIP_BATCH)
-    bound = repr(score)
-    while len(out) < n:
-        if newest_first:
-            got = await client.zrevrangebyscore(
-                key, bound, "-inf", start=start, num=batch, withscores=True
-            )
-        else:
-            got = await client.zrangebyscore(
-                key, bound, "+inf", start=start, num=batch, withscores=True
-            )
-        for m, s in got:
-            if s == score and (m >= member if newest_first else m <= member):
-                continue
-            out.append((m, s))
-        if len(got) < batch:
-            break
-        start += len(got)
-    return out[:n]
 
 
 class QueryAPI:
@@ -701,7 +629,12 @@ class QueryAPI:
         return await self.queries.get_job_logs(job_id, start, end)
 
     async def get_jobs_by_status(
-        self, status: JobStatus | str, limit: int = 100, offset: int = 0
+        self,
+        status: JobStatus | str,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        include_data: bool = True,
     ) -> list[JobInfo]:
         """Jobs in a state: waiting/delayed/active in run order, finished ones newest first,
         pending (parked) ones in the order they would run if nothing blocked them.
@@ -711,11 +644,22 @@ class QueryAPI:
         ``ConfigurationError``. A damaged record is returned as a ``JobInfo`` with
         ``damaged`` set (see ``get_job_status``) and the others as usual. Offsets shift
         while jobs come and go; to page through a busy state use ``list_jobs``.
+
+        ``include_data=False`` reads only what a listing row shows: each job comes with
+        ``data``, ``result``, ``progress`` and ``stacktrace`` None (not read), so a page
+        moves and holds the same few bytes per job whatever the jobs carry; read one
+        job's payload with ``get_job_status``.
         """
-        return await named(self.queries, self.queries.get_jobs_by_status(status, limit, offset))
+        call = self.queries.get_jobs_by_status(status, limit, offset, include_data=include_data)
+        return await named(self.queries, call)
 
     async def list_jobs(
-        self, status: JobStatus | str, *, limit: int = 100, cursor: str | None = None
+        self,
+        status: JobStatus | str,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        include_data: bool = True,
     ) -> JobPage:
         """A page of jobs in a state, in the order of ``get_jobs_by_status``, and the
         cursor of the next page.
@@ -723,13 +667,15 @@ class QueryAPI:
         The cursor marks a place in the state's order (not a position), so jobs that
         arrive or leave meanwhile neither repeat nor skip the jobs after it (pending
         jobs, kept in one set per blocker, are paged by position). ``limit``: an int
-        from 1 to ``MAX_QUERY_LIMIT``. Example::
+        from 1 to ``MAX_QUERY_LIMIT``; ``include_data``: as in ``get_jobs_by_status``.
+        Example::
 
             page = await queue.list_jobs("completed", limit=50)
             while page.next_cursor:
                 page = await queue.list_jobs("completed", limit=50, cursor=page.next_cursor)
         """
-        return await named(self.queries, self.queries.list_jobs(status, limit=limit, cursor=cursor))
+        call = self.queries.list_jobs(status, limit=limit, cursor=cursor, include_data=include_data)
+        return await named(self.queries, call)
 
     async def get_stats(self) -> QueueStats:
         """Counts per state, whether the queue is paused, and ``latency_ms``."""
@@ -741,12 +687,14 @@ class QueryAPI:
             lambda: self.worker is not None and bool(self.worker.running)
         )
 
-    async def get_dlq_jobs(self, limit: int = 100) -> list[JobInfo]:
+    async def get_dlq_jobs(self, limit: int = 100, *, include_data: bool = True) -> list[JobInfo]:
         """Dead-lettered jobs, newest first, with ``failed_reason`` and ``stacktrace``.
 
-        ``limit``: 0 to ``MAX_QUERY_LIMIT`` (100,000), as in ``get_jobs_by_status``.
+        ``limit``: 0 to ``MAX_QUERY_LIMIT`` (100,000), and ``include_data`` (False: no
+        data, result, progress or stacktrace read), as in ``get_jobs_by_status``.
         """
-        return await named(self.queries, self.queries.get_jobs_by_status(JobStatus.DLQ, limit))
+        call = self.queries.get_jobs_by_status(JobStatus.DLQ, limit, include_data=include_data)
+        return await named(self.queries, call)
 
     def events(
         self, *, last_id: str = "$", block_ms: int = 5000, follow: bool = True

@@ -13,13 +13,17 @@ the server was up. Here:
   safe);
 * a reply cut off alone (one record larger than the limit) raises
   ``ReplyCutOffError``, saying what to change (``cut_off``).
+
+A listing that shows no payload reads only the fields it shows (``fields``: ``HMGET``
+instead of ``HGETALL``), so what it moves from Redis and holds in memory per job is
+bounded by those fields, whatever the size of the job's data or result.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .connerrors import closed_by_server, reply_cut_off
 from .errors import ConnectionUnavailableError
@@ -27,11 +31,14 @@ from .errors import ConnectionUnavailableError
 if TYPE_CHECKING:
     from .context import QueueContext
 
-__all__ = ["RECORD_CHUNK", "cut_off", "read_records"]
+__all__ = ["NO_FIELDS", "RECORD_CHUNK", "cut_off", "read_records"]
 
 #: Job records read per round trip by the listings: a default listing of 20 jobs is
 #: one round trip, and one of 100,000 holds no reply of more than this many records.
 RECORD_CHUNK = 20
+#: What ``read_records`` gives, reading ``fields``, for a record that exists but holds
+#: none of them (a record written by hand): it is damaged, not gone.
+NO_FIELDS: Final[Any] = object()
 #: How long the ``PING`` that tells a cut-off reply from a server gone may take.
 _PING_S = 2.0
 
@@ -64,10 +71,18 @@ async def _answers_after(client: Any, exc: BaseException) -> bool:
 
 
 async def read_records(
-    ctx: QueueContext, client: Any, keys: Sequence[str | bytes], meta: str
+    ctx: QueueContext,
+    client: Any,
+    keys: Sequence[str | bytes],
+    meta: str,
+    fields: Sequence[bytes] | None = None,
 ) -> tuple[list[Any], Any]:
     """``HGETALL`` of each of ``keys`` (replies or exception instances, in order) and
-    the ``paused`` field of ``meta``, read as the module's text says."""
+    the ``paused`` field of ``meta``, read as the module's text says.
+
+    With ``fields``, only those fields (``HMGET``): each reply is then a dict of the
+    fields the record holds, empty when the record is gone, ``NO_FIELDS`` when it
+    exists without any of them."""
     out: list[Any] = []
     paused: Any = None
     size = RECORD_CHUNK
@@ -76,7 +91,10 @@ async def read_records(
         chunk = keys[start : start + size]
         pipe = client.pipeline(transaction=False)
         for key in chunk:
-            pipe.hgetall(key)
+            if fields is None:
+                pipe.hgetall(key)
+            else:
+                pipe.hmget(key, fields)
         if start == 0:
             pipe.hget(meta, "paused")
         try:
@@ -94,7 +112,31 @@ async def read_records(
             paused = got.pop()
         out += got
         start += len(chunk) or 1
+    if fields is not None:
+        out = await _field_maps(client, keys, out, fields)
     return out, paused
+
+
+async def _field_maps(
+    client: Any, keys: Sequence[str | bytes], replies: list[Any], fields: Sequence[bytes]
+) -> list[Any]:
+    """``HMGET`` replies as dicts of the fields present; a record without any of them
+    is told from one that is gone by ``EXISTS`` (one more round trip, only then)."""
+    out: list[Any] = [
+        r
+        if isinstance(r, BaseException)
+        else {f: v for f, v in zip(fields, r, strict=False) if v is not None}
+        for r in replies
+    ]
+    empty = [i for i, r in enumerate(out) if isinstance(r, dict) and not r]
+    if empty:
+        pipe = client.pipeline(transaction=False)
+        for i in empty:
+            pipe.exists(keys[i])
+        for i, there in zip(empty, await pipe.execute(), strict=True):
+            if there:
+                out[i] = NO_FIELDS
+    return out
 
 
 def _shown_id(key: str | bytes) -> str:

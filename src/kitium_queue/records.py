@@ -34,6 +34,7 @@ from .options import Policy, shown
 
 __all__ = [
     "JOB_FIELDS",
+    "LISTED_FIELDS",
     "META_FIELDS",
     "JobDetail",
     "JobField",
@@ -249,6 +250,26 @@ JOB_FIELDS: Final[dict[str, JobField]] = {
         ),
     )
 }
+
+#: The fields a listing of jobs without their data reads (``include_data=False`` of
+#: ``get_jobs_by_status`` and friends): every field ``job_values`` decodes except the
+#: payloads (``d``, ``r``, ``pg``) and the traceback (``tb``), whose sizes are the
+#: application's; the others are bounded (``limits.py``), so a row costs the same
+#: whatever the job carries.
+LISTED_FIELDS: Final[tuple[bytes, ...]] = (
+    b"n",
+    b"st",
+    b"o",
+    b"a",
+    b"s",
+    b"p",
+    b"ts",
+    b"ps",
+    b"f",
+    b"due",
+    b"e",
+    b"le",
+)
 
 #: The fields of the queue's meta hash (``QueueKeys.meta``).
 META_FIELDS: Final[dict[str, JobField]] = {

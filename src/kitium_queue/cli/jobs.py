@@ -121,7 +121,10 @@ def jobs_list(
     selector = make_filter(**flt)
 
     async def act(q: Any) -> None:
-        found = await find(q, parse_status(state), selector, limit=limit, cursor=cursor)
+        # Rows show no payload: only --json (every field) reads the jobs' data.
+        found = await find(
+            q, parse_status(state), selector, limit=limit, cursor=cursor, include_data=as_json
+        )
         if as_json:
             out.json(
                 {
@@ -330,7 +333,9 @@ async def _select(
     with out.progress(
         min(total, limit) if selector.empty else total, f"finding {state} jobs"
     ) as advance:
-        found = await find(q, parse_status(state), selector, limit=limit, on_page=advance)
+        found = await find(
+            q, parse_status(state), selector, limit=limit, on_page=advance, include_data=False
+        )
     return [i.id for i in found.jobs]
 
 
@@ -493,7 +498,9 @@ def dlq_list(
     selector = make_filter(**flt)
 
     async def act(q: Any) -> None:
-        found = await find(q, JobStatus.DLQ, selector, limit=limit, cursor=cursor)
+        found = await find(
+            q, JobStatus.DLQ, selector, limit=limit, cursor=cursor, include_data=as_json
+        )
         if as_json:
             out.json(
                 {
@@ -560,7 +567,7 @@ def dlq_replay(
             else:
                 out.line(f"replayed {moved} job(s)")
             return
-        found = await find(q, JobStatus.DLQ, selector, limit=limit)
+        found = await find(q, JobStatus.DLQ, selector, limit=limit, include_data=False)
         ids = [i.id for i in found.jobs]
         if ids:
             _confirm(

@@ -7,7 +7,10 @@ returns where to go on: a cursor of ``list_jobs`` for one queue (it stays put wh
 come and go), or ``@<offset>`` for a façade over several queues (whose order is merged).
 
 Filters are applied in this process to the records the read API returns, so a field of
-a payload that is shown redacted (encrypted jobs) never matches.
+a payload that is shown redacted (encrypted jobs) never matches. A caller that shows no
+payload passes ``include_data=False``: the records are then read without data, result,
+progress and traceback (``get_jobs_by_status(include_data=False)``) unless a ``--data``
+filter needs the data.
 """
 
 from __future__ import annotations
@@ -245,19 +248,22 @@ async def find(
     limit: int,
     cursor: str | None = None,
     on_page: Callable[[int], None] | None = None,
+    include_data: bool = True,
 ) -> Found:
     """Up to ``limit`` jobs of ``status`` that match ``flt``, in the state's order,
-    from ``cursor`` on (see the module docstring); ``on_page(n)`` after each page."""
+    from ``cursor`` on (see the module docstring); ``on_page(n)`` after each page;
+    ``include_data=False``: the jobs' payloads are not needed (see the module docstring)."""
     if not 1 <= limit <= MAX_QUERY_LIMIT:
         raise ConfigurationError(f"--limit must be from 1 to {MAX_QUERY_LIMIT}, got {limit}")
+    data = include_data or bool(flt.data)
     if isinstance(queue, MultiQueue):
-        return await _find_by_offset(queue, status, flt, limit, cursor, on_page)
+        return await _find_by_offset(queue, status, flt, limit, cursor, on_page, data)
     out: list[JobInfo] = []
     scanned = 0
     while True:
         need = limit - len(out)
         size = need if flt.empty else min(max(need, _PAGE), 1000)
-        page = await queue.list_jobs(status, limit=size, cursor=cursor)
+        page = await queue.list_jobs(status, limit=size, cursor=cursor, include_data=data)
         scanned += len(page.jobs)
         if on_page is not None:
             on_page(len(page.jobs))
@@ -267,7 +273,7 @@ async def find(
             # so the cursor given back points right after it.
             upto = hits[need - 1] + 1
             if upto < len(page.jobs):
-                page = await queue.list_jobs(status, limit=upto, cursor=cursor)
+                page = await queue.list_jobs(status, limit=upto, cursor=cursor, include_data=data)
                 hits = [i for i, info in enumerate(page.jobs) if flt.matches(info)][:need]
             out += [page.jobs[i] for i in hits[:need]]
             return Found(out, scanned, page.next_cursor)
@@ -284,6 +290,7 @@ async def _find_by_offset(
     limit: int,
     cursor: str | None,
     on_page: Callable[[int], None] | None,
+    data: bool,
 ) -> Found:
     offset = 0
     if cursor is not None:
@@ -308,7 +315,7 @@ async def _find_by_offset(
         size = min(size, MAX_QUERY_LIMIT - offset)
         if size <= 0:  # the offset bound: the next page's cursor says so when used
             return Found(out, scanned, f"@{offset}")
-        jobs = await queue.get_jobs_by_status(status, limit=size, offset=offset)
+        jobs = await queue.get_jobs_by_status(status, limit=size, offset=offset, include_data=data)
         scanned += len(jobs)
         if on_page is not None:
             on_page(len(jobs))

@@ -282,13 +282,15 @@ async def search(
     scan_max: int = SCAN_MAX,
 ) -> Search:
     """Jobs of ``state`` matching ``flt``, reading from position ``offset`` on, at most
-    ``scan_max`` jobs in batches of ``SCAN_BATCH``; stops at ``limit`` matches."""
+    ``scan_max`` jobs in batches of ``SCAN_BATCH``; stops at ``limit`` matches. The
+    jobs' data is read only when the filter looks into it (``field``): the results
+    list no payload."""
     found: list[JobInfo] = []
     pos = offset
     read = 0
     started = time.monotonic()
     while read < scan_max and len(found) < limit:
-        batch = await queue.get_jobs_by_status(state, SCAN_BATCH, pos)
+        batch = await queue.get_jobs_by_status(state, SCAN_BATCH, pos, include_data=bool(flt.field))
         for i, job in enumerate(batch):
             if flt.matches(job):
                 found.append(job)

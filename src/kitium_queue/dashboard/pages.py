@@ -131,8 +131,12 @@ class Pages(QueueViews):
         try:
             if flt.empty:
                 cursor = params.get("cursor") or None
+                # The rows show no payload: the jobs are read without their data.
                 page = await queue.list_jobs(
-                    state, limit=limit, cursor=cursor[:2000] if cursor else None
+                    state,
+                    limit=limit,
+                    cursor=cursor[:2000] if cursor else None,
+                    include_data=False,
                 )
             else:
                 offset = _int_param(request, "offset", 0, 2**40)
