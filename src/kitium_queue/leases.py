@@ -374,7 +374,13 @@ class Leases:
             lost, cancelled = reply[0], reply[1]
             gone = set(reply[2]) if len(reply) > 2 else set()
             for b in lost:
-                self.abandon(b.decode(), sent.get(b.decode()), gone=b in gone)
+                job_id = b.decode()
+                run = sent.get(job_id)
+                if run is not None and self.runs.get(job_id) is not run:
+                    # It ended here while the renewal was under way (its timeout, its
+                    # outcome): the finish, fenced by its token, tells whether it lost.
+                    continue
+                self.abandon(job_id, run, gone=b in gone)
             for b in cancelled:
                 run = self.runs.get(b.decode())
                 if run is not None and run.task is not None and not run.task.done():

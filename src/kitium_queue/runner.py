@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import runends
+from . import overruns, runends
 from .backoff import UnknownStrategyError, retry_delay
 from .codec import encode_progress
 from .damage import named_key
@@ -248,6 +248,8 @@ class Runner:
             run.deadline = None
             if run.policy.timeout_ms and kind != "process":  # a child cannot block the loop
                 self._ends.overran(run, loop.time())
+            if run.reason is not None:  # it caught the cancellation of its timeout or cancel
+                overruns.ignored(run, q.name, loop.time())
             self._completed(run, result)
         except asyncio.CancelledError as exc:
             run.deadline = None
@@ -492,11 +494,8 @@ class Runner:
             result = await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
             if not cf.done() and pool is self._executor:
-                # A thread cannot be stopped (timeout, cancel_job): it runs on and keeps its
-                # pool thread. Later jobs get a fresh pool, so the slot freed here can really
-                # run one; the old pool winds down as its threads return.
-                self._executor = self._new_executor()
-                pool.shutdown(wait=False)
+                self._executor = self._new_executor()  # the freed slot can run one: overruns
+            overruns.left(run, self.queue.name, cf, pool)
             raise
         # A plain function that returned an awaitable (a sync decorator around an async
         # def, a lambda returning a coroutine): awaited here, on the worker's loop.
