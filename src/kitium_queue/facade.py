@@ -153,9 +153,11 @@ class MultiQueue(QueueAPI, Generic[Q]):
         self, *, concurrency: int | None = None, install_signal_handlers: bool = True
     ) -> None:
         """Run until SIGTERM/SIGINT (or ``close()``), then stop gracefully."""
-        await self.start(concurrency=concurrency)
         await serve_until_stopped(
-            self.stopped, self.close, install_signal_handlers=install_signal_handlers
+            self.stopped,  # the signals' handlers are in place before the workers start
+            self.close,
+            install_signal_handlers=install_signal_handlers,
+            start=lambda: self.start(concurrency=concurrency),
         )
 
     async def close(self) -> None:

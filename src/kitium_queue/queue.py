@@ -585,9 +585,11 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         """Run a worker until SIGTERM/SIGINT (or ``close()``), then shut down gracefully."""
         from .serving import serve_until_stopped
 
-        await self.start(concurrency=concurrency)
         await serve_until_stopped(
-            self.worker.stopped, self.close, install_signal_handlers=install_signal_handlers
+            lambda: self.worker.stopped,  # the signals' handlers are in place before it starts
+            self.close,
+            install_signal_handlers=install_signal_handlers,
+            start=lambda: self.start(concurrency=concurrency),
         )
         await self.lifecycle.settled()  # a close() a job started releases the connections
 

@@ -26,6 +26,10 @@ exceptions that need care on the way to an outcome.
   at once on another worker while this thread went on, and the process waited for the
   thread at exit); its lease, no longer renewed, expires and the job is recovered, as
   after a crash. A second SIGTERM/SIGINT (``forced``) ends the waits at once.
+* ``ignoring_cancellation()``: the tasks of jobs whose processors did not end when the
+  stop cancelled them (``grace_period`` gives up on them), still running: the end of
+  ``asyncio.run`` waits for them for ever, so the CLI's worker ends its process instead
+  (``cli/base.py``), and an app that embeds ``run_worker()`` checks it.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ __all__ = [
     "bounded",
     "cancelled",
     "grace_period",
+    "ignoring_cancellation",
     "in_thread",
     "leave_threads",
     "no_stop",
@@ -397,7 +402,23 @@ async def grace_period(leases: Leases, grace: float, forced: asyncio.Event) -> N
     await wait_unless([r.task for r in leases.runs.values() if r.task is not None], grace, forced)
     leave_threads(leases)
     await leases.wind_down(0, forced)
+    stuck = [r.task for r in leases.runs.values() if r.task is not None]
+    _GIVEN_UP.update(t for t in stuck if not t.done())
     leases.drop_stuck()
+
+
+#: The tasks of runs ``grace_period`` gave up on: cancelled, they did not end.
+_GIVEN_UP: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def ignoring_cancellation() -> list[asyncio.Task[Any]]:
+    """The tasks of the running loop's jobs that a worker's stop cancelled and gave up on
+    (their processors ignored the cancellation; the ERROR line of the stop names the
+    jobs) and that still run. ``asyncio.run`` cancels them again at its end and waits
+    for them for ever: the process never exits, and such a processor goes on past its
+    lease, beside the job's retry on another worker (README, "Signals and embedding")."""
+    loop = asyncio.get_running_loop()
+    return [t for t in list(_GIVEN_UP) if t.get_loop() is loop and not t.done()]
 
 
 async def wait_unless(

@@ -52,12 +52,18 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve_until_stopped(
-    stopped: asyncio.Event,
+    stopped: asyncio.Event | Callable[[], asyncio.Event],
     close: Callable[[], Awaitable[None]],
     *,
     install_signal_handlers: bool = True,
+    start: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Wait for ``stopped``; SIGTERM/SIGINT call ``close()`` (a graceful stop) meanwhile.
+    """Await ``start()`` (when given), then wait for ``stopped`` (an event, or a function
+    giving it once started); SIGTERM/SIGINT call ``close()`` (a graceful stop) meanwhile,
+    the start's time included: a worker claims jobs as it starts (its services start
+    after its loops), and a signal then, with no handler yet, ended the process at once,
+    its first jobs left leased until their leases expired. ``close()`` during the start
+    stops what it starts.
 
     The handlers the process had are kept and put back on return (an app that embeds a
     worker keeps its own), and an app's own handler (a web server's ``signal.signal``
@@ -95,7 +101,9 @@ async def serve_until_stopped(
             before.ours = signal.getsignal(sig)
             saved.append(before)
     try:
-        await stopped.wait()
+        if start is not None:
+            await start()
+        await (stopped if isinstance(stopped, asyncio.Event) else stopped()).wait()
     finally:
         for before in reversed(saved):
             before.restore()

@@ -5,6 +5,13 @@ over several queues (``PartitionedQueue``) it names; ``with_queue`` runs an acti
 and closes it; ``Main.invoke`` is the one place where an error becomes one line on
 stderr and an exit code from ``EXIT_CODES``. Environment variables are read here only:
 ``KITIUM_QUEUE_REDIS`` overrides the queue's Redis URL.
+
+``with_queue(..., worker=True)`` (``kitium-queue worker``) ends its event loop within
+bounds (``run_worker_loop``): ``asyncio.run`` cancels the tasks left at its end and
+waits for them for ever, so a job whose processor ignored its cancellation (the stop
+gave up on it, ``runends.ignoring_cancellation``) kept the process alive until a
+SIGKILL, and ran on past its lease beside its retry elsewhere. The process now ends
+at once then (the logs flushed), with ``EXIT_STUCK``.
 """
 
 from __future__ import annotations
@@ -12,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from typing import Any, ParamSpec, TypeVar
 
 import click
 from redis.exceptions import NoPermissionError
@@ -27,11 +37,13 @@ from ..facade import MultiQueue
 from ..limits import clip, printable
 from ..queue import JobQueue
 from ..redact import redact_url
+from ..runends import ignoring_cancellation
 
 __all__ = [
     "EXIT_CODES",
     "EXIT_ERROR",
     "EXIT_NOT_READY",
+    "EXIT_STUCK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "MAX_FIELD_CHARS",
@@ -45,6 +57,7 @@ __all__ = [
     "members",
     "redis_option",
     "row",
+    "run_worker_loop",
     "single_queue",
     "text_field",
     "with_queue",
@@ -61,6 +74,10 @@ EXIT_UNREACHABLE = 3
 #: ``health --probe readiness``: Redis answers, but the queue should not take traffic
 #: (memory nearly full, an eviction policy, a read-only replica, a threshold crossed).
 EXIT_NOT_READY = 4
+#: ``worker``: the worker stopped, but a job did not end when its stop cancelled it (a
+#: processor that ignores ``CancelledError``, or a thread it started): the process ended
+#: instead of waiting for it for ever, which ended the job with it.
+EXIT_STUCK = 5
 #: Every exit code but 0, with its meaning (also in ``kitium-queue --help`` and the
 #: README's "Command line" section).
 EXIT_CODES = {
@@ -68,9 +85,11 @@ EXIT_CODES = {
     EXIT_USAGE: "usage or configuration error",
     EXIT_UNREACHABLE: "cannot connect to Redis (unreachable, refused credentials, no answer)",
     EXIT_NOT_READY: "not ready (health --probe readiness: Redis answers, a check failed)",
+    EXIT_STUCK: "worker stopped, but a job did not end when cancelled (the process ended it)",
 }
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: One field of a line of text output (see ``limits.printable``).
 text_field = printable
@@ -244,10 +263,13 @@ def _close_on_error(queue: Any, exc: Exception) -> Exception | None:
     return members(queue)[0].connection.error(exc, queue.name)
 
 
-def with_queue(app: str, redis: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+def with_queue(
+    app: str, redis: str | None, action: Callable[[Any], Awaitable[T]], *, worker: bool = False
+) -> T:
     """Run ``action`` on the queue ``app`` names, then close it. An error from Redis that
     reached this far raw is translated by the connection (``ConnectionFactory.error``);
-    ``Main.invoke`` prints it."""
+    ``Main.invoke`` prints it. ``worker``: the event loop's end is bounded
+    (``run_worker_loop``)."""
     queue = load_queue(app, redis)
 
     async def go() -> T:
@@ -264,7 +286,109 @@ def with_queue(app: str, redis: str | None, action: Callable[[Any], Awaitable[T]
         finally:
             await queue.close()
 
-    return asyncio.run(go())
+    return run_worker_loop(go()) if worker else asyncio.run(go())
+
+
+#: How long the end of ``kitium-queue worker`` waits for the tasks still running once
+#: the queue is closed to end when cancelled, and for the threads of the loop's default
+#: executor (``asyncio.to_thread``) to end (s).
+TEARDOWN_S = 2.0
+
+
+class _Threads(ThreadPoolExecutor):
+    """The default executor of the worker's loop (``asyncio.to_thread``), which knows
+    the calls its threads still run: a thread cannot be stopped, and the interpreter's
+    exit waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="asyncio")
+        self.calls: set[Future[Any]] = set()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        fut = super().submit(fn, *args, **kwargs)
+        self.calls.add(fut)
+        fut.add_done_callback(self.calls.discard)
+        return fut
+
+
+def run_worker_loop(main: Coroutine[Any, Any, T], bound_s: float = TEARDOWN_S) -> T:
+    """``asyncio.run(main)`` whose end is bounded: the tasks left are cancelled and get
+    ``bound_s`` to end, but those of jobs the worker's stop gave up on
+    (``runends.ignoring_cancellation``) are not waited for at all; the async generators
+    get ``bound_s``, the loop is closed, and the calls of its default executor's threads
+    get ``bound_s``. When a task or a thread did not end, an ERROR says so and the
+    process ends at once with ``EXIT_STUCK``, the logs and the standard streams flushed
+    (its threads cannot be stopped, and the interpreter's exit waits for them): the
+    stuck job ends with it, so it cannot run on beside its retry."""
+    if sys.version_info >= (3, 11):  # its SIGINT handler cancels main: the queue closes
+        runner = asyncio.Runner()
+        loop, run = runner.get_loop(), runner.run
+    else:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        run = loop.run_until_complete
+    threads = _Threads()
+    loop.set_default_executor(threads)
+
+    async def tasks_left() -> tuple[int, int]:
+        me = asyncio.current_task()
+        stuck = set(ignoring_cancellation())
+        others = [t for t in asyncio.all_tasks() if t is not me and t not in stuck]
+        for t in others:
+            t.cancel()
+        pending, deadline = set(others), loop.time() + bound_s
+        while pending and loop.time() < deadline:
+            _, pending = await asyncio.wait(pending, timeout=min(0.25, deadline - loop.time()))
+            for t in pending:
+                t.cancel()  # a cancellation swallowed as a reply arrived: once more
+        for t in others:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                loop.call_exception_handler(
+                    {"message": "unhandled exception at the worker's end", "task": t,
+                     "exception": t.exception()}
+                )  # fmt: skip
+        return len(stuck), len(pending)
+
+    jobs = tasks = 0
+    try:
+        return run(main)
+    finally:
+        try:
+            jobs, tasks = loop.run_until_complete(tasks_left())
+            with contextlib.suppress(asyncio.TimeoutError):
+                loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), bound_s))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()  # shuts the executor down without waiting
+        _, calls = futures_wait(list(threads.calls), timeout=bound_s)
+        if jobs or tasks or calls:
+            _exit_stuck(jobs, tasks, len(calls))
+
+
+def _exit_stuck(jobs: int, tasks: int, calls: int) -> None:
+    """Say what did not end (``run_worker_loop``), flush, and end the process."""
+    what = []
+    if jobs:
+        what.append(f"{jobs} job(s) whose processor ignored its cancellation")
+    if tasks:
+        what.append(f"{tasks} other task(s) that did not end when cancelled")
+    if calls:
+        what.append(f"{calls} call(s) in threads of asyncio.to_thread")
+    logging.getLogger("kitium_queue.worker").error(
+        "the worker stopped, but %s still ran; ending the process (exit code %d), which "
+        "ends them: a job left leased is recovered once its lease expires",
+        " and ".join(what),
+        EXIT_STUCK,
+    )
+    exc = sys.exc_info()[1]
+    if isinstance(exc, Exception):  # the command failed too: say so, as Main.invoke does
+        with contextlib.suppress(Exception):
+            click.echo(f"Error: {error_line(_failure(exc)[1])}", err=True)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EXIT_STUCK)
 
 
 def with_single_queue(app: str, redis: str | None, action: Callable[[Any], Awaitable[T]]) -> T:

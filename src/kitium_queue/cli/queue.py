@@ -60,7 +60,7 @@ def worker(app: str, concurrency: int | None, redis: str | None) -> None:
     logging.getLogger("kitium_queue").setLevel(
         min(logging.INFO, logging.getLogger().level or logging.INFO)
     )
-    with_queue(app, redis, lambda q: q.run_worker(concurrency=concurrency))
+    with_queue(app, redis, lambda q: q.run_worker(concurrency=concurrency), worker=True)
 
 
 # ---------------------------------------------------------------------- stats
