@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .clusterconn import ClusterClient
 from .connerrors import bound_replies, connection_options, refused, translate_error
 from .errors import ConfigurationError, KitiumQueueError
+from .memorystore import memory_server
 from .pools import CheckedSentinelPool, ConnectFailedError, check_pool
 from .redact import (
     REDACTED,
@@ -66,9 +66,6 @@ def outage(exc: BaseException) -> bool:
 #: Connections per node of a Cluster client built here, unless ``max_connections`` is
 #: given (redis-py's Cluster client raises rather than waits once they are all in use).
 CLUSTER_MAX_CONNECTIONS = 2**31
-
-_memory_servers: dict[str, Any] = {}
-_memory_lock = threading.Lock()
 
 _DICT_KEYS = {
     "host",
@@ -122,17 +119,6 @@ def _check_settings(opts: Mapping[str, Any]) -> None:
     problem = _settings_problem(opts)
     if problem:
         raise ConfigurationError(f"invalid redis connection setting: {problem}")
-
-
-def _memory_server(name: str) -> Any:
-    import fakeredis
-
-    with _memory_lock:
-        server = _memory_servers.get(name)
-        if server is None:
-            server = fakeredis.FakeServer()
-            _memory_servers[name] = server
-        return server
 
 
 def _tls_options() -> set[str]:
@@ -451,7 +437,7 @@ class ConnectionFactory:
         if self.memory_name is not None:
             from fakeredis import aioredis as fake
 
-            memory = fake.FakeRedis(server=_memory_server(self.memory_name))
+            memory = fake.FakeRedis(server=memory_server(self.memory_name))
             check_pool(memory.connection_pool, in_memory=True)
             return memory
         extra: dict[str, Any] = {}
