@@ -266,6 +266,14 @@ async def end_tasks(tasks: Iterable[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+_POLL_S = 0.1  # how often closed_in looks whether the workers' loop was closed
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 async def closed_in(
     owner: asyncio.AbstractEventLoop, close: Callable[[], Coroutine[Any, Any, None]], what: str
 ) -> bool:
@@ -274,14 +282,26 @@ async def closed_in(
     loop has ended (the caller forgets its workers); ``RuntimeError`` when it is idle
     (not running, not closed: its workers can be stopped only there)."""
     if owner.is_running():
-        done = asyncio.run_coroutine_threadsafe(close(), owner)
+        coro = close()
         try:
-            await asyncio.shield(asyncio.wrap_future(done))
+            done = asyncio.run_coroutine_threadsafe(coro, owner)
+        except RuntimeError:  # closed since: ended
+            coro.close()
+            return False
+        ran = asyncio.wrap_future(done)
+        ran.add_done_callback(_retrieved)  # this caller may be gone (cancelled) by then
+        # Not shielded: asyncio.wait leaves it be when this caller is cancelled (the stop
+        # goes on in its own loop). Cancelled there, the workers' loop is ending
+        # (asyncio.run cancels its tasks); closed before the close ran to its end (the
+        # loop stopped first, or asyncio.run closed it with the close's task pending),
+        # it never will: the caller forgets the workers (waiting, it hung for ever).
+        while not ran.done() and not owner.is_closed():
+            await asyncio.wait((ran,), timeout=_POLL_S)
+        if ran.done() and not ran.cancelled():
+            ran.result()  # close()'s own error, if any
             return True
-        except asyncio.CancelledError:
-            if not done.cancelled():
-                raise  # this caller was cancelled: the stop goes on in its own loop
-        # Cancelled there: the workers' loop is ending (asyncio.run cancels its tasks).
+        if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+            coro.close()  # never begun there
         return False
     if not owner.is_closed():
         raise RuntimeError(

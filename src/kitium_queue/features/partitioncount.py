@@ -19,7 +19,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from ..connerrors import refused
-from ..errors import ConfigurationError, PermissionDeniedError
+from ..errors import ConfigurationError, ConnectionUnavailableError, PermissionDeniedError
 from ..keys import QueueKeys
 from ..limits import clip, get_logger
 from ..scripts import ScriptRegistry
@@ -141,6 +141,8 @@ class CountRecord:
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._client: Any = None  # the client of the last check, None: not checked
         self._refresher: asyncio.Task[None] | None = None
+        self._asking: asyncio.Task[None] | None = None  # the call ``confirm`` makes
+        self._failure: Exception | None = None  # why the last call failed
         # When the last call that kept this process in the record was sent (monotonic
         # and wall clock: a frozen VM's monotonic clock may stand still).
         self._heard = (0.0, 0.0)
@@ -282,21 +284,36 @@ class CountRecord:
     async def confirm(self) -> None:
         """Before a new job when ``current`` said False: ask Redis now (one call). The
         count unchanged, this process takes its place again (if it lost it) and the
-        job goes on; another count recorded meanwhile refuses it, naming both."""
+        job goes on; another count recorded meanwhile refuses it, naming both. The adds
+        that find the confirmation old at once (a burst at the mark, the threads of a
+        ``SyncPartitionedQueue``) share one call and its answer."""
         if self.current():
             return
+        loop = asyncio.get_running_loop()
+        asking = self._asking
+        if asking is None or asking.done() or asking.get_loop() is not loop:
+            asking = self._asking = loop.create_task(self._ask())
+            asking.add_done_callback(_retrieved)  # its waiters may all be cancelled
+        await asyncio.shield(asking)
+
+    async def _ask(self) -> None:
         mono, wall = self._heard
+        self._failure = None
         if not await self._refreshed():
             raise ConfigurationError(self.moved)
+        cause, self._failure = self._failure, None
         if self._heard == (mono, wall) and max(time.monotonic() - mono, time.time() - wall) >= (
             _STALE_MS / 1000
         ):
-            raise ConfigurationError(
-                f"partitioned queue {self.name!r}: this process has not been confirmed in "
-                f"the partition count record for {_STALE_MS // 1000} s or more and Redis "
-                "did not answer now: new jobs are refused until it does (another count may "
-                "have been recorded meanwhile)"
-            )
+            # A connection error, as the add's own would be: retried by callers that
+            # retry those (a ConfigurationError said the settings were wrong).
+            raise ConnectionUnavailableError(
+                f"partitioned queue {self.name!r}: Redis did not answer the check of the "
+                f"partition count ({clip(str(cause), 200)}), and this process has not been "
+                f"confirmed in its record for {_STALE_MS // 1000} s or more: new jobs are "
+                "refused until Redis answers (another count may have been recorded "
+                "meanwhile)"
+            ) from cause
 
     async def _refreshed(self) -> bool:
         """Say this process still uses the count; False once another took over (``moved``)."""
@@ -307,6 +324,7 @@ class CountRecord:
             answer = await self._call(client)
         except Exception as exc:  # Redis away: the next turn tries again
             log.debug("partitioned queue %s: count refresh failed: %s", self.name, exc)
+            self._failure = exc
             return self.moved is None
         if answer[0] == "same":
             if answer[1:] == ["0"]:
@@ -371,6 +389,11 @@ class CountRecord:
             if own is not None:
                 with contextlib.suppress(Exception):
                     await own.aclose()
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _stopped(task: asyncio.Task[None]) -> None:
