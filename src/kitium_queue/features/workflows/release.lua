@@ -10,6 +10,13 @@
     local was = copy_of(id)
     if outcome ~= 'completed' and outcome ~= 'failed' and outcome ~= 'removed' then return end
     if redis.call('EXISTS', DEP .. id) == 0 then return end
+    if not was and outcome == 'completed' then
+      -- A record that failed before this job was created is an earlier job's under
+      -- the same id (removed, the id used again): its completion is not a replay of
+      -- that step (which would revive its workflow and rewrite its result).
+      local d = fields(DEP .. id, 'st', 'f')
+      if d[1] == 'failed' and reused(id, d[2]) then return end
+    end
     if was and outcome == 'removed' and payload == CANCELLED then
       copy_cancelled(id)
       return
