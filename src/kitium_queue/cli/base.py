@@ -34,7 +34,7 @@ from redis.exceptions import NoPermissionError
 from ..connerrors import ReplyCutOffError, permission_denied
 from ..errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from ..facade import MultiQueue
-from ..limits import clip, printable
+from ..limits import clip, printable, safe_text
 from ..queue import JobQueue
 from ..redact import redact_url
 from ..runends import ignoring_cancellation
@@ -119,13 +119,34 @@ MAX_FIELD_CHARS = 16_384
 def cell(value: object, limit: int = MAX_FIELD_CHARS) -> str:
     """``value`` as one field of text output: escaped (``text_field``) and cut to
     ``limit`` characters, saying how long it was. A long text is cut before it is
-    escaped too, so a value of megabytes costs no more than ``limit``."""
-    if type(value) is str and len(value) > limit:
-        return f"{text_field(value[:limit])[:limit]}... [cut, {len(value):,} characters in all]"
-    text = text_field(value)
+    escaped too, so a value of megabytes costs no more than ``limit``; a cut falls
+    between whole escapes (never ``\\x1`` or a lone backslash before the marker)."""
+    raw = value if isinstance(value, str) else safe_text(value)
+    if type(raw) is not str:  # a str subclass: its plain text (as text_field reads it)
+        raw = str.__str__(raw)
+    if len(raw) > limit:
+        return f"{_escaped_head(raw, limit)}... [cut, {len(raw):,} characters in all]"
+    text = text_field(raw)
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}... [cut, {len(text):,} characters in all, escaped]"
+    return f"{_escaped_head(raw, limit)}... [cut, {len(text):,} characters in all, escaped]"
+
+
+def _escaped_head(raw: str, limit: int) -> str:
+    """The escaped start of ``raw``, as much as fits in ``limit`` characters, made of
+    whole escapes."""
+    head = text_field(raw[:limit])
+    if len(head) <= limit:
+        return head
+    out: list[str] = []
+    used = 0
+    for ch in raw[:limit]:
+        esc = text_field(ch)
+        used += len(esc)
+        if used > limit:
+            break
+        out.append(esc)
+    return "".join(out)
 
 
 def row(*fields: object) -> str:
