@@ -249,7 +249,10 @@ async def test_bound_jobs_are_held_while_open_and_drain_when_closed(
         {
             "id": "dep",
             "job_name": "call-dep",
-            "timeout": 400,
+            # Open long enough for every check of the open state below, on a loaded
+            # machine too: at 400 ms the breaker went half-open during them and let the
+            # job of "x" through as its probe (no processor yet), so it was never held.
+            "timeout": 3000,
             "half_open_probes": 1,
             "failure_threshold": {"percentage": 50, "min_requests": 5},
         }

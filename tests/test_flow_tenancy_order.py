@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from helpers import QueueFactory, gated, wait_until
+from helpers import QueueFactory, all_completed, gated, wait_until
 from kitium_queue import JobQueue
 from kitium_queue.features.flowcontrol import FEATURE as FLOW
 from kitium_queue.features.tenancy import TenantRegistry
@@ -83,6 +83,9 @@ async def test_a_job_parked_behind_a_full_concurrency_key_holds_no_ticket(
     # The key frees: the parked job runs.
     gate.set()
     await wait_until(lambda: a in done, 5)
+    # Its processor returned; its outcome is recorded a moment later (the worker's
+    # outcome batch): the tenant's totals are read once both jobs are completed.
+    await wait_until(lambda: all_completed(q, [a, b]), 5)
     usage = await reg.get_tenant_usage("t")
     assert (usage.queued, usage.active, usage.completed) == (0, 0, 2), usage
     assert await _tickets(q, "t") == set()

@@ -29,7 +29,7 @@ import pytest
 import redis.asyncio
 from click.testing import CliRunner
 
-from helpers import QueueFactory, wait_until
+from helpers import QueueFactory, all_completed, wait_until
 from kitium_queue import ConfigurationError, JobQueue, JobRefusedError
 from kitium_queue.cli import main
 from kitium_queue.errors import JobStateError
@@ -75,6 +75,8 @@ async def test_a_damaged_dependent_does_not_strand_its_siblings(
     await q.start()
     want = {"w:root", "w:k0", "w:k2", "w:k3"}
     await wait_until(lambda: want <= set(ran), 15, message=lambda: f"ran {sorted(ran)}")
+    # A processor's return is recorded a moment later (the worker's outcome batch).
+    await wait_until(lambda: all_completed(q, sorted(want)), 15)
     status = await chains.get_workflow_status("w")
     assert status is not None
     assert status.steps["k1"].state == "damaged" and status.steps["k1"].damaged

@@ -216,6 +216,13 @@ async def test_many_records_are_walked_in_pages_while_a_worker_drains(
         await client.delete(q.keys.wait)
         put_back += (await find_orphans(q, repair=True)).orphans
     await wait_until(lambda: len(ran) == len(ids), 30)
+    # The last processors' returns are recorded a moment later (the worker's outcome
+    # batch): waited for, not slept on; the sleep lets a second run show.
+
+    async def recorded() -> bool:
+        return (await q.get_stats()).active == 0
+
+    await wait_until(recorded, 30)
     await asyncio.sleep(0.3)
     assert sorted(ran) == sorted(ids), "every job ran exactly once"
     assert put_back > 0

@@ -32,7 +32,7 @@ import pytest
 import redis as redis_sync
 
 from _redis import RedisServer
-from helpers import QueueFactory, gated, wait_until
+from helpers import QueueFactory, all_completed, gated, wait_until
 from kitium_queue import IdempotencyManager, JobQueue
 from kitium_queue.errors import PermissionDeniedError
 from kitium_queue.features.tenancy import TenantRegistry
@@ -97,6 +97,9 @@ async def test_a_debounced_holder_gives_its_ticket_to_the_next_job(
     # Due, it meets admission as any delayed job, and runs.
     await q.promote_job(a)
     await wait_until(lambda: a in done, 5)
+    # Its processor returned; its outcome is recorded a moment later (the worker's
+    # outcome batch): the tenant's totals are read once both jobs are completed.
+    await wait_until(lambda: all_completed(q, [a, b]), 5)
     usage = await reg.get_tenant_usage("t")
     assert (usage.queued, usage.active, usage.completed) == (0, 0, 2), usage
     assert await _tickets(q, "t") == set()

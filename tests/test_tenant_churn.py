@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from helpers import wait_until
+from helpers import all_completed, wait_until
 from kitium_queue import JobQueue
 from kitium_queue.errors import JobRefusedError, QuotaExceededError
 from kitium_queue.features.tenancy import TenantConfig, TenantRegistry
@@ -205,9 +205,12 @@ async def test_an_id_created_again_starts_clean(
         seen.append(job.id)
 
     await reg.create_tenant({"tenant_id": "acme", "quota": {"max_queue_size": 10}})
-    await q.add_jobs([("x", {}, {"tenant_id": "acme"}) for _ in range(3)])
+    first = await q.add_jobs([("x", {}, {"tenant_id": "acme"}) for _ in range(3)])
     await q.start()
     await wait_until(lambda: len(seen) == 3, 10)
+    # A processor's return is recorded a moment later (the worker's outcome batch): the
+    # tenant's totals are read once the jobs are recorded as completed.
+    await wait_until(lambda: all_completed(q, first), 10)
     assert (await reg.get_tenant_usage("acme")).completed == 3
     await reg.remove_tenant("acme")
     # Created again while its tombstone is there: its old totals and TTL go.
@@ -231,8 +234,9 @@ async def test_an_id_created_again_starts_clean(
     await wait_until(gone, TTL + 5, interval=0.05)
     await reg.create_tenant(TenantConfig("acme"))
     assert await client.pttl(key) == -1
-    await q.add_job("x", tenant_id="acme")
+    last = await q.add_job("x", tenant_id="acme")
     await wait_until(lambda: len(seen) == 6, 10)
+    await wait_until(lambda: all_completed(q, [last]), 10)
     usage = await reg.get_tenant_usage("acme")
     assert (usage.completed, usage.queued) == (1, 0)
 

@@ -154,7 +154,8 @@ async def test_add_job_with_workflow_id_joins_a_running_workflow(
     with pytest.raises(JobRefusedError, match="workflow 'w' has a step named 'audit'"):
         await q.add_job("n", {}, workflow_id="w", workflow_step="audit")
     await q.start()
-    await asyncio.sleep(0.3)
+    # Waited for, not slept on: a loaded machine may start it later than any fixed sleep.
+    await wait_for_status(q, plain, JobStatus.COMPLETED, timeout=10)
     # The job that joined without parents ran; the workflow waits for all four.
     st = await chains.get_workflow_status("w")
     assert st is not None and st.state == "running" and st.unfinished == 3
