@@ -1,4 +1,4 @@
-"""Runs that go on after their timeout or ``cancel_job()`` ended them, said once each.
+"""Runs that go on after their timeout or ``cancel_job()`` ended them, said.
 
 * ``left``: a plain ``def`` processor whose run its timeout or ``cancel_job()`` ended
   while its thread still runs. A thread cannot be stopped: the job's outcome (the
@@ -13,11 +13,15 @@
   timeout (``runends.RunEnds.overran``). A WARNING says so.
 
 Neither costs the normal path anything: ``left`` runs only in a cancelled thread run,
-``ignored`` only for a run whose task was cancelled.
+``ignored`` only for a run whose task was cancelled. A dependency that hangs times out
+every job: each worker names the first run of each kind at once, and counts those that
+follow within ``OVERRUN_LOG_S`` in one WARNING at its end (not a line per job).
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
 
@@ -26,48 +30,107 @@ from .runends import FAILING_CANCELS
 
 if TYPE_CHECKING:
     from .leases import Run
+    from .runner import Runner
 
-__all__ = ["ignored", "left"]
+__all__ = ["OVERRUN_LOG_S", "ignored", "left"]
 
 log = get_logger("kitium_queue.worker")
 
 _BY = {"timeout": "its timeout", "cancelled": "cancel_job()"}
 
+#: After a worker named an overrun of one kind, how long it counts those that follow
+#: before it says how many (s).
+OVERRUN_LOG_S = 60.0
 
-def left(run: Run, queue_name: str, thread: Future[Any], pool: Executor) -> None:
+_MORE = {
+    "left": "were ended by their timeout or cancel_job() while their plain `def` processor "
+    "still ran in its thread (a retry may run beside such a thread)",
+    "ignored": "caught the cancellation of their timeout or cancel_job() and returned (their "
+    "results were kept)",
+}
+
+
+class _Said:
+    """The overruns of one worker's runs counted since it named one, by kind."""
+
+    def __init__(self, queue_name: str) -> None:
+        self.queue_name = queue_name
+        self.more: dict[str, int] = {}
+
+    def named(self, kind: str) -> bool:
+        """Whether this overrun of ``kind`` is named: the first one of a window."""
+        if kind in self.more:
+            self.more[kind] += 1
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to end a window: each is named
+            return True
+        self.more[kind] = 0
+        loop.call_later(OVERRUN_LOG_S, self._end, kind)
+        return True
+
+    def _end(self, kind: str) -> None:
+        more = self.more.pop(kind, 0)
+        if more:
+            log.warning(
+                "queue %s: %d more job(s) %s in the %s s after the one named above",
+                printable(self.queue_name),
+                more,
+                _MORE[kind],
+                f"{OVERRUN_LOG_S:g}",
+            )
+
+
+_SAID: weakref.WeakKeyDictionary[Runner, _Said] = weakref.WeakKeyDictionary()
+
+
+def _named(runner: Runner, kind: str) -> bool:
+    said = _SAID.get(runner)
+    if said is None:
+        said = _SAID[runner] = _Said(runner.queue.name)
+    return said.named(kind)
+
+
+def left(run: Run, runner: Runner, thread: Future[Any], pool: Executor) -> None:
     """``run``'s task was cancelled while its processor ran in a thread of ``pool``
     (``thread``: that call): when the thread still runs, wind ``pool`` down (it ends as
-    its threads return) and, when its timeout or ``cancel_job()`` ended the run, say so."""
+    its threads return) and, when its timeout or ``cancel_job()`` ended the run, say so
+    (``runner``'s first in a window; the others counted)."""
     if thread.done():
         return
     pool.shutdown(wait=False)
     if run.reason not in FAILING_CANCELS or run.abandoned:
         return  # a stop or a lost lease: said where they happen
+    if not _named(runner, "left"):
+        return
     job = run.job
     log.warning(
         "queue %s: job %s (%s) was ended by %s while its plain `def` processor still runs "
         "in its thread (a thread cannot be stopped): its outcome is recorded and its slot "
         "freed, so a retry may run beside this thread, here or on another worker, and what "
         'the thread returns is ignored. Use mode="process" for a hard timeout',
-        printable(queue_name),
+        printable(runner.queue.name),
         printable(job.id),
         printable(job.name),
         _BY[run.reason],
     )
 
 
-def ignored(run: Run, queue_name: str, now: float) -> None:
+def ignored(run: Run, runner: Runner, now: float) -> None:
     """``run``'s processor returned at loop time ``now`` although its task was cancelled
     by its timeout or ``cancel_job()``: it caught the cancellation. Say so (its result is
-    kept by the caller)."""
+    kept by the caller; ``runner``'s first in a window, the others counted)."""
     if run.reason not in FAILING_CANCELS or run.abandoned:
+        return
+    if not _named(runner, "ignored"):
         return
     job = run.job
     log.warning(
         "queue %s: job %s (%s) caught the cancellation of %s and returned %s s after its "
         "start; it held its slot and lease until then, and its result is kept (completed). "
         "Let CancelledError propagate in an async processor",
-        printable(queue_name),
+        printable(runner.queue.name),
         printable(job.id),
         printable(job.name),
         _BY[run.reason],

@@ -249,7 +249,7 @@ class Runner:
             if run.policy.timeout_ms and kind != "process":  # a child cannot block the loop
                 self._ends.overran(run, loop.time())
             if run.reason is not None:  # it caught the cancellation of its timeout or cancel
-                overruns.ignored(run, q.name, loop.time())
+                overruns.ignored(run, self, loop.time())
             self._completed(run, result)
         except asyncio.CancelledError as exc:
             run.deadline = None
@@ -495,7 +495,7 @@ class Runner:
         except asyncio.CancelledError:
             if not cf.done() and pool is self._executor:
                 self._executor = self._new_executor()  # the freed slot can run one: overruns
-            overruns.left(run, self.queue.name, cf, pool)
+            overruns.left(run, self, cf, pool)
             raise
         # A plain function that returned an awaitable (a sync decorator around an async
         # def, a lambda returning a coroutine): awaited here, on the worker's loop.

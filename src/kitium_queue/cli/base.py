@@ -334,13 +334,14 @@ class _Threads(ThreadPoolExecutor):
 
 def run_worker_loop(main: Coroutine[Any, Any, T], bound_s: float = TEARDOWN_S) -> T:
     """``asyncio.run(main)`` whose end is bounded: the tasks left are cancelled and get
-    ``bound_s`` to end, but those of jobs the worker's stop gave up on
-    (``runends.ignoring_cancellation``) are not waited for at all; the async generators
-    get ``bound_s``, the loop is closed, and the calls of its default executor's threads
-    get ``bound_s``. When a task or a thread did not end, an ERROR says so and the
-    process ends at once with ``EXIT_STUCK``, the logs and the standard streams flushed
-    (its threads cannot be stopped, and the interpreter's exit waits for them): the
-    stuck job ends with it, so it cannot run on beside its retry."""
+    ``bound_s`` to end (those left after its first half are cancelled again), but those
+    of jobs the worker's stop gave up on (``runends.ignoring_cancellation``) are not
+    waited for at all; the async generators get ``bound_s``, the loop is closed, and the
+    calls of its default executor's threads get ``bound_s``. When a task or a thread did
+    not end, an ERROR says so and the process ends at once with ``EXIT_STUCK``, the logs
+    and the standard streams flushed (its threads cannot be stopped, and the
+    interpreter's exit waits for them): the stuck job ends with it, so it cannot run on
+    beside its retry."""
     if sys.version_info >= (3, 11):  # its SIGINT handler cancels main: the queue closes
         runner = asyncio.Runner()
         loop, run = runner.get_loop(), runner.run
@@ -357,11 +358,15 @@ def run_worker_loop(main: Coroutine[Any, Any, T], bound_s: float = TEARDOWN_S) -
         others = [t for t in asyncio.all_tasks() if t is not me and t not in stuck]
         for t in others:
             t.cancel()
+        # Cancelled once, as asyncio.run does: a cleanup a task runs on its cancellation
+        # gets the first half of the bound; then those left are cancelled again (a
+        # cancellation swallowed as a reply arrived).
         pending, deadline = set(others), loop.time() + bound_s
+        again = deadline - bound_s / 2
         while pending and loop.time() < deadline:
             _, pending = await asyncio.wait(pending, timeout=min(0.25, deadline - loop.time()))
-            for t in pending:
-                t.cancel()  # a cancellation swallowed as a reply arrived: once more
+            for t in pending if loop.time() >= again else ():
+                t.cancel()
         for t in others:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 loop.call_exception_handler(
