@@ -288,6 +288,8 @@ async def test_prometheus_labels_from_redis_are_escaped_and_bounded(
     await wait_until(lambda: len(done) == 3, 30)
     await q.add_jobs([{"name": f"name-{i}", "data": {}} for i in range(500)])
     await wait_until(lambda: len(done) == 503, 30)
+    # The counters follow the recorded outcomes, which land a round after the runs.
+    await wait_until(lambda: q.worker is not None and q.worker.processed == 503, 30)
     await exporter.collector.refresh()
     text = generate_latest(exporter.registry).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
