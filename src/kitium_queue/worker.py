@@ -8,9 +8,9 @@ How one worker runs (one asyncio task each, plus one task per running job):
    expired leases. With two or more slots there are two pump lanes, each claiming at
    most half the slots: while one waits for Redis, the other runs its jobs, so Python and
    Redis work at the same time (slots reserved by a claim in flight count as taken, so
-   the lanes together never run more than ``concurrency`` jobs at once; a finished job's
-   slot is free before its outcome is recorded, so the active set may briefly count it
-   too; batch processors and shared budgets keep one lane). When nothing could be claimed a lane sleeps until a
+   the lanes together never run more than ``concurrency`` jobs at once; the active set may
+   also count finished jobs whose outcomes are on their way; batch processors and shared
+   budgets keep one lane). When nothing could be claimed a lane sleeps until a
    completion, a wake-up from the waker, or the moment the next delayed job / lease
    deadline / limiter window is due (a local timer, so delays are precise to ~1 ms).
    After a claim that came back short, a lane with no outcomes to send does not claim

@@ -34,7 +34,7 @@ from redis.exceptions import NoPermissionError
 from ..connerrors import ReplyCutOffError, permission_denied
 from ..errors import ConfigurationError, ConnectionUnavailableError, KitiumQueueError
 from ..facade import MultiQueue
-from ..limits import clip, printable, safe_text
+from ..limits import clip, get_logger, printable, safe_text
 from ..queue import JobQueue
 from ..redact import redact_url
 from ..runends import ignoring_cancellation
@@ -400,7 +400,7 @@ def _exit_stuck(jobs: int, tasks: int, calls: int) -> None:
         what.append(f"{tasks} other task(s) that did not end when cancelled")
     if calls:
         what.append(f"{calls} call(s) in threads of asyncio.to_thread")
-    logging.getLogger("kitium_queue.worker").error(
+    get_logger("kitium_queue.worker").error(
         "the worker stopped, but %s still ran; ending the process (exit code %d), which "
         "ends them: a job left leased is recovered once its lease expires",
         " and ".join(what),
