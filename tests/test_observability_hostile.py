@@ -71,9 +71,10 @@ def _quoted(messages: list[str], text: str, job_id: str) -> bool:
 
 
 async def test_hostile_ids_are_escaped_in_failure_and_handler_log_lines(
-    make_queue: QueueFactory, caplog: pytest.LogCaptureFixture
+    make_queue: QueueFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="kitium_queue")
+    monkeypatch.setattr("kitium_queue.events.FAILURE_LOG_S", 0.0)  # each failure logged
     q = make_queue(
         "forge", default_job_options={"attempts": 2, "backoff": {"type": "fixed", "delay": 10}}
     )

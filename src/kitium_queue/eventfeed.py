@@ -11,6 +11,14 @@ events``) needs to go on like ``tail -f``:
   or delivered twice (the stream keeps them meanwhile, up to its trimmed length).
   ``"$"`` is resolved to a stream id once, before the first read: a reconnect never
   skips what was added while the connection was down.
+* **A gap.** Each read asks for the entries from the last one delivered on, that one
+  included: the stream holds it, so nothing after it was trimmed. When it holds neither
+  it nor any before it (the stream was trimmed past it at ``events_max_len`` while the
+  reader lagged, or removed: ``clear()``, a Redis restart without persistence), the
+  events between it and the next one held may be lost: the reader yields a
+  ``GAP_EVENT`` entry first (``fields``: ``after``, ``next``) and logs a warning (at
+  most every ``DOWN_LOG_S``), then reads on. An entry deleted on its own (a
+  compliance erasure) is no gap.
 * **What it raises.** A first connection that fails raises at once (a wrong setting
   would otherwise be retried for ever), as does a reader with ``follow=False``; an
   error that is not a lost connection (a damaged stream key, an ACL refusal, refused
@@ -37,7 +45,7 @@ from redis.exceptions import AuthenticationError, RedisClusterException, RedisEr
 from .connection import TRANSIENT_ERRORS
 from .context import CONNECT_TIMEOUT_S
 from .errors import ConfigurationError, ConnectionUnavailableError
-from .events import PROGRESS_BYTES_FIELD, StreamEvent, read_stream
+from .events import PROGRESS_BYTES_FIELD, StreamEvent, stream_entries, stream_event
 from .limits import get_logger
 from .options import lookup_id
 from .pools import ping
@@ -46,7 +54,7 @@ from .redact import redact_json_text
 if TYPE_CHECKING:
     from .context import QueueContext
 
-__all__ = ["RETRY_FIRST_S", "RETRY_MAX_S", "giving_up_after", "stream_events"]
+__all__ = ["GAP_EVENT", "RETRY_FIRST_S", "RETRY_MAX_S", "giving_up_after", "stream_events"]
 
 log = get_logger(__name__)
 
@@ -58,6 +66,10 @@ RETRY_MAX_S = 5.0
 DOWN_LOG_S = 30.0
 #: Entries one read asks for; a tenth as many after each lost connection (down to 1).
 READ_COUNT = 500
+#: ``StreamEvent.event`` of the entry ``events()`` yields where events may be missing:
+#: ``fields["after"]`` is the last entry read (its ``id`` too), ``fields["next"]`` the
+#: first one the stream still holds after it; ``job_id`` is empty.
+GAP_EVENT = "events-gap"
 
 # How long a follower started in this context reconnects while Redis stays
 # unreachable (None: for as long as it takes); see ``giving_up_after``.
@@ -124,6 +136,85 @@ async def _shown(ctx: QueueContext, ev: StreamEvent) -> StreamEvent:
         shown = redact_json_text(ev.fields["progress"], ctx.redact_value)
         ev = StreamEvent(ev.id, ev.event, ev.job_id, {**ev.fields, "progress": shown})
     return ev
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    """A stream id as the pair Redis orders it by ("<ms>" alone is "<ms>-0")."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _before(mark: tuple[int, int]) -> str:
+    """The stream id right before ``mark`` ("0-0" for "0-0"): ``XREAD`` after it reads
+    from ``mark`` on, ``mark`` included."""
+    ms, seq = mark
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{2**64 - 1}" if ms else "0-0"
+
+
+class _Gaps:
+    """The gaps one reader met: a warning when one starts, at most every ``DOWN_LOG_S``
+    (with how many came meanwhile)."""
+
+    def __init__(self) -> None:
+        self.said = -DOWN_LOG_S
+        self.unsaid = 0
+
+    def met(self, queue: str, after: str, following: str) -> None:
+        now = time.monotonic()
+        if now - self.said < DOWN_LOG_S:
+            self.unsaid += 1
+            return
+        log.warning(
+            "queue %s: events(): the stream no longer holds event %s nor any before it; "
+            "events between it and %s may be missing (trimmed at events_max_len while the "
+            "reader lagged, or the stream was removed)%s",
+            queue,
+            after,
+            following,
+            f"; {self.unsaid} more such gaps since the last warning" if self.unsaid else "",
+        )
+        self.said, self.unsaid = now, 0
+
+
+async def _read(
+    client: Any,
+    key: str,
+    queue: str,
+    *,
+    last_id: str,
+    block_ms: int,
+    follow: bool,
+    count: int,
+    gaps: _Gaps,
+) -> AsyncGenerator[StreamEvent, None]:
+    """The entries of ``key`` after ``last_id`` (a stream id, "0-0" from the start), a
+    ``GAP_EVENT`` first where some may be missing; with ``follow=False`` it ends once
+    none came within ``block_ms``. ``XREAD`` from ``last_id`` on, ``last_id`` included,
+    reads them: the entry it returns first tells whether ``last_id`` is still held (no
+    gap, module text); ``XREAD BLOCK`` only waits for the next entry, read then the
+    same way."""
+    while True:
+        mark = _order(last_id)
+        reply = await client.xread({key: _before(mark)}, count=count + 1)
+        entries = [stream_event(eid, raw) for eid, raw in stream_entries(reply)]
+        fresh = [ev for ev in entries if _order(ev.id) > mark]
+        if fresh:
+            # ``last_id`` is gone: a gap unless an older entry is still held (an entry
+            # deleted on its own, not trimmed).
+            gone = mark != (0, 0) and len(fresh) == len(entries)
+            if gone and not await client.xrevrange(key, max=last_id, min="-", count=1):
+                gaps.met(queue, last_id, fresh[0].id)
+                yield StreamEvent(last_id, GAP_EVENT, "", {"after": last_id, "next": fresh[0].id})
+            for ev in fresh:
+                last_id = ev.id
+                yield ev
+            if len(entries) > count:
+                continue  # more to read at once
+        while not stream_entries(await client.xread({key: last_id}, count=1, block=block_ms)):
+            if not follow:
+                return
 
 
 class _Outage:
@@ -193,6 +284,7 @@ async def stream_events(
     key = ctx.keys.events
     connected = False
     outage = _Outage(ctx.name, _GIVE_UP_S.get())
+    gaps = _Gaps()
     count = READ_COUNT
     try:
         while True:
@@ -203,10 +295,12 @@ async def stream_events(
                 last_id = await _resolved(client, key, last_id)
                 connected = True
                 outage.ended(last_id)
-                async for ev in read_stream(
-                    client, key, last_id=last_id, block_ms=block_ms, follow=follow, count=count
-                ):
-                    ev = await _shown(ctx, ev)
+                async for ev in _read(
+                    client, key, ctx.name, last_id=last_id, block_ms=block_ms, follow=follow,
+                    count=count, gaps=gaps,
+                ):  # fmt: skip
+                    if ev.event != GAP_EVENT:
+                        ev = await _shown(ctx, ev)
                     last_id = ev.id  # delivered: a reconnect reads on after it
                     outage.pause = RETRY_FIRST_S
                     yield ev

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +19,13 @@ __all__ = [
     "check_handler",
     "read_stream",
     "stream_entries",
+    "stream_event",
 ]
 
 log = get_logger(__name__)
+
+#: A handler that keeps failing is logged (with a traceback) at most this often.
+FAILURE_LOG_S = 60.0
 
 Handler = Callable[["EventData"], "Awaitable[None] | None"]
 
@@ -79,9 +84,12 @@ class EventEmitter:
     so a broken view never lets an unmasked value through.
     """
 
-    __slots__ = ("_handlers", "_tasks", "_views")
+    __slots__ = ("_failed", "_handlers", "_tasks", "_views")
 
     def __init__(self) -> None:
+        # Per handler (by id, while registered): when its last failure was logged, and
+        # how many failed since without a log line (``failed``).
+        self._failed: dict[int, list[float]] = {}
         # Tuples, replaced (never changed in place) by on/off: an emit iterates the
         # tuple it read, whatever its handlers add or remove meanwhile.
         self._handlers: dict[str, tuple[Handler, ...]] = {}
@@ -103,6 +111,7 @@ class EventEmitter:
         key = str(event)
         handlers = list(self._handlers.get(key, ()))
         if handler in handlers:
+            self._failed.pop(id(handlers[handlers.index(handler)]), None)
             handlers.remove(handler)
             if handlers:
                 self._handlers[key] = tuple(handlers)
@@ -134,33 +143,44 @@ class EventEmitter:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException:  # a plain call: a CancelledError here is its own
-                log.exception(
-                    "event handler %r for %s failed (queue=%s job=%s)",
-                    handler,
-                    data.event,
-                    data.queue,
-                    printable(data.job_id),
-                )
+                self.failed(handler, data, "event handler")
                 continue
             if inspect.isawaitable(out):
                 task = asyncio.ensure_future(self._guard(out, handler, data))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _guard(aw: Awaitable[None], handler: Handler, data: EventData) -> None:
+    def failed(self, handler: Handler, data: EventData, what: str) -> None:
+        """Log the exception being handled, raised by ``handler`` for ``data``: with its
+        traceback at the first failure of that handler and then at most every
+        ``FAILURE_LOG_S``, saying how many failed meanwhile (a handler failing at every
+        event does not write a traceback per event)."""
+        now = time.monotonic()
+        seen = self._failed.get(id(handler))
+        if seen is not None and now - seen[0] < FAILURE_LOG_S:
+            seen[1] += 1
+            return
+        since = int(seen[1]) if seen is not None else 0
+        self._failed[id(handler)] = [now, 0]
+        log.exception(
+            "%s %r for %s failed (queue=%s job=%s)%s",
+            what,
+            handler,
+            data.event,
+            data.queue,
+            printable(data.job_id),
+            f"; it failed {since} more times in the last {FAILURE_LOG_S:.0f} s, not logged"
+            if since
+            else "",
+        )
+
+    async def _guard(self, aw: Awaitable[None], handler: Handler, data: EventData) -> None:
         try:
             await aw
         except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
             raise
         except BaseException:
-            log.exception(
-                "async event handler %r for %s failed (queue=%s job=%s)",
-                handler,
-                data.event,
-                data.queue,
-                printable(data.job_id),
-            )
+            self.failed(handler, data, "async event handler")
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait for pending async handlers (used on close)."""
@@ -222,17 +242,23 @@ async def read_stream(
                 return
             continue
         for entry_id, raw in stream_entries(reply):
-            eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            # Fields are written as UTF-8 by the scripts; an entry added by another
-            # client may hold anything, and must not stop the reader.
-            fields_ = {
-                (k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else k): (
-                    v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
-                )
-                for k, v in raw.items()
-            }
-            last_id = eid
-            yield StreamEvent(eid, fields_.pop("e", ""), fields_.pop("id", ""), fields_)
+            ev = stream_event(entry_id, raw)
+            last_id = ev.id
+            yield ev
+
+
+def stream_event(entry_id: Any, raw: Any) -> StreamEvent:
+    """The ``StreamEvent`` of one entry as ``XREAD`` / ``XRANGE`` return it. Fields are
+    written as UTF-8 by the scripts; an entry added by another client may hold anything
+    (other bytes, no ``e`` or ``id`` field), and must not stop the reader."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    fields_ = {
+        (k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k)): (
+            v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
+        )
+        for k, v in (raw or {}).items()
+    }
+    return StreamEvent(eid, fields_.pop("e", ""), fields_.pop("id", ""), fields_)
 
 
 def stream_entries(reply: Any) -> list[tuple[Any, Any]]:

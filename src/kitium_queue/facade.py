@@ -72,7 +72,8 @@ class MultiQueue(QueueAPI, Generic[Q]):
         self.queues: list[Q] = list(queues)
         #: Set once this façade's workers stopped: what ``run_worker`` waits for.
         self.stopped = asyncio.Event()
-        self._relays: dict[tuple[str, int], list[Handler]] = {}
+        # One entry per ``on``: (event, handler, its relay on each member).
+        self._relays: list[tuple[str, Handler, list[Handler]]] = []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,6 +128,7 @@ class MultiQueue(QueueAPI, Generic[Q]):
     def on(self, event: str, handler: Handler) -> None:
         """Call ``handler`` on ``event`` of any member; ``job_id`` is the full id."""
         check_handler(event, handler)
+        relays: list[Handler] = []
         for i, q in enumerate(self.queues):
 
             def relay(data: EventData, i: int = i) -> Any:
@@ -134,14 +136,19 @@ class MultiQueue(QueueAPI, Generic[Q]):
                     data = dataclasses.replace(data, job_id=self.full_id(i, data.job_id))
                 return handler(data)
 
-            self._relays.setdefault((str(event), id(handler)), []).append(relay)
+            relays.append(relay)
             q.on(event, relay)
+        self._relays.append((str(event), handler, relays))
 
     def off(self, event: str, handler: Handler) -> None:
-        """Remove a handler added with ``on``."""
-        relays = self._relays.pop((str(event), id(handler)), [])
-        for q, relay in zip(self.queues, relays, strict=False):
-            q.off(event, relay)
+        """Remove a handler added with ``on`` (one registration of it, as ``JobQueue.off``;
+        found by equality, so ``obj.method`` given again is the same handler)."""
+        for n, (name, added, relays) in enumerate(self._relays):
+            if name == str(event) and added == handler:
+                del self._relays[n]
+                for q, relay in zip(self.queues, relays, strict=False):
+                    q.off(event, relay)
+                return
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, concurrency: int | None = None) -> None:
