@@ -1,6 +1,6 @@
 """Basic usage: register a processor, add a job, react to its completion.
 
-The Python version of the brief's "Basic Job Processing" example (basic-usage.ts).
+Basic job processing: the smallest complete use of a queue.
 
     python examples/basic_usage.py                                 # embedded memory:// backend
     KQ_REDIS_URL=redis://localhost:6379/0 python examples/basic_usage.py

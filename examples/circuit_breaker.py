@@ -1,6 +1,6 @@
 """Circuit breakers: jobs that call a failing dependency are held, not failed.
 
-The Python form of the brief's circuit-breaker example: a payments API goes down, its
+A circuit breaker at work: a payments API goes down, its
 breaker opens after 5 failures in a row, the charges added meanwhile wait (status
 ``pending``, no attempt spent) while other jobs run, inline calls are refused with
 ``CircuitOpenError``; the API recovers, a probe succeeds, the breaker closes and the

@@ -1,7 +1,7 @@
 """Dead-letter queue: alerts, inspection, replay.
 
-The Python version of the brief's dlq-handling.ts ("Dead Letter Queue", the `dlq`
-configuration with its notification handler, and "Event-Based Error Handling"): payments
+The dead-letter queue (the `dlq` configuration with its notification handler) and
+event-based error handling: payments
 fail while the payment gateway is down; when their retries run out they are dead-lettered
 (an operator is alerted), inspected with `get_dlq_jobs`, the job that can never succeed is
 removed, and once the gateway is back the rest are replayed with `replay_dlq`.

@@ -1,6 +1,6 @@
 """Effectively-once: a repeated payment request returns the first result, runs nothing.
 
-The Python form of the brief's exactly-once example: the same idempotency key added
+Exactly-once at work: the same idempotency key added
 twice (a client retrying, two services racing) charges once; the result is kept under
 the key after the job itself was removed, and a processor that crashed after its side
 effect would find its execution record instead of charging again.

@@ -1,4 +1,4 @@
-"""The brief's "Complete Enterprise Setup", in Python: every enterprise feature on one queue.
+"""A complete enterprise setup: every enterprise feature on one queue.
 
 - an order is added effectively-once (a repeated key returns the first job), in its
   customer's FIFO group, with its card data encrypted at rest;
@@ -120,7 +120,7 @@ async def ship(job: Job) -> dict[str, str]:
 
 
 def charge_data(data: Any, parents: dict[str, Any]) -> dict[str, Any]:
-    """The brief's ``dataTransformer: (validateResult) => ({ amount, cardToken })``."""
+    """The data transformer of the charge step: the validated amount and the card token."""
     return {"amount": parents["validate"].result["amount"], "card_token": data["card_token"]}
 
 
@@ -137,7 +137,7 @@ def region_urls() -> tuple[str, str]:
 
 
 async def add_order(order: dict[str, Any], tenant_id: str) -> str:
-    """The brief's ``addOrder``: exactly-once, in the customer's FIFO group, encrypted."""
+    """Add an order: exactly-once, in the customer's FIFO group, encrypted."""
     return await fifo.add_to_group(
         "process-order",
         {**order, "tenant_id": tenant_id},

@@ -1,6 +1,6 @@
 """FIFO message groups: each customer's orders in order, customers in parallel.
 
-The Python form of the brief's "FIFO ordered processing" (``addToGroup``): orders of one
+FIFO ordered processing (``add_to_group``): orders of one
 customer run one at a time in the order they were added — a failing order is retried
 before the next one starts — while other customers go on; a paused customer waits.
 

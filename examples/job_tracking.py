@@ -1,8 +1,8 @@
 """Job tracking: progress, logs, job status, jobs by status, queue statistics and health.
 
-The Python version of the brief's job-tracking.ts ("Status Tracking", "Progress
-Reporting", "Monitoring"): long-running jobs report progress and write log lines while
-the script inspects them from the outside, as a dashboard or an API endpoint would.
+Status tracking, progress reporting and monitoring: long-running jobs report progress
+and write log lines while the script inspects them from the outside, as a dashboard or
+an API endpoint would.
 
     python examples/job_tracking.py                                # embedded memory:// backend
     KQ_REDIS_URL=redis://localhost:6379/0 python examples/job_tracking.py
@@ -100,7 +100,7 @@ async def main() -> None:
 
         await asyncio.wait_for(all_completed.wait(), timeout=15)
 
-        # The stored record of a finished job, like the brief's getJobStatus() output.
+        # The stored record of a finished job, as get_job_status() returns it.
         info = await queue.get_job_status(imports[0])
         assert info is not None and info.started_at and info.finished_at
         print(f"Final status of job {info.id}: name={info.name} status={info.status.value} "

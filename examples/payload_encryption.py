@@ -1,6 +1,6 @@
 """Payload encryption: card data stored encrypted, processed in plaintext, keys rotated.
 
-The Python form of the brief's encryption example: jobs added with ``encrypted=True``
+Payload encryption at work: jobs added with ``encrypted=True``
 are stored as AES-256-GCM envelopes bound to their queue, id and name (Redis never sees
 the card number, nor the keys); the processor sees plaintext; after ``rotate_key`` the
 stored data and results move to the new key.

@@ -1,4 +1,4 @@
-"""Multi-region queue: the brief's three regions, replication, a failover and back.
+"""Multi-region queue: three regions, replication, a failover and back.
 
 The primary (us-east-1) takes the jobs and replicates them to the other two regions;
 a job pinned to eu-west-1 stays there; ``failover_to`` hands the primary role to

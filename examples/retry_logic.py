@@ -1,11 +1,10 @@
 """Retry logic: exponential, fixed and custom backoff, and what happens when retries run out.
 
-The Python version of the brief's retry-logic.ts ("Retry Strategies" and "Error
-Handling"). A processor that raises is retried with backoff while attempts remain, then
+A processor that raises is retried with backoff while attempts remain, then
 dead-lettered with its reason and traceback. `attempts` counts every run, the first one
 included: attempts=5 means 1 run + 4 retries.
 
-The brief's delays are seconds (1 s, 2 s, 4 s, ...); here they are scaled down to
+Real delays are often seconds (1 s, 2 s, 4 s, ...); here they are scaled down to
 milliseconds so the script finishes in about two seconds.
 
     python examples/retry_logic.py                                 # embedded memory:// backend
@@ -89,7 +88,7 @@ async def main() -> None:
     queue.on(QueueEvent.JOB_FAILED, on_failed)
 
     # Exponential backoff: the delay doubles after each failure, capped at max_delay.
-    # Delays: 100, 200, 400, 400 ms (the brief's: 1 s, 2 s, 4 s, 8 s with delay=1000).
+    # Delays: 100, 200, 400, 400 ms (with delay=1000: 1 s, 2 s, 4 s, 8 s).
     exponential = await queue.add_job(
         "api-call", {"url": "https://api.example.com/orders", "fails": 4},
         attempts=5, backoff={"type": "exponential", "delay": 100, "max_delay": 400},

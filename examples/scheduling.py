@@ -1,10 +1,10 @@
 """Scheduling: cron and interval schedules, with jitter.
 
-The Python version of the brief's scheduling.ts: ``scheduleJob`` (cron) and
-``scheduleEvery`` (interval with jitter). Schedules live in Redis and fire once per tick
-however many workers run them (docs/scheduling.md has every option).
+``schedule_job`` (cron) and ``schedule_every`` (interval with jitter). Schedules live in
+Redis and fire once per tick however many workers run them (docs/scheduling.md has
+every option).
 
-The brief's two schedules fire at 02:00 and every 30 s, too rarely to watch here, so this
+A daily report (02:00) and a heartbeat every 30 s fire too rarely to watch here, so this
 script declares them, shows when they will run next, and also declares two fast ones that
 it waits for: a cron pattern with a seconds field and a 500 ms interval.
 

@@ -1,6 +1,6 @@
 """Multi-tenancy: tenants with quotas and weighted fair dispatch on one shared queue.
 
-The Python form of the brief's ``AccessControlManager.createTenant``: tenants are
+Tenants through ``AccessControlManager.create_tenant``: tenants are
 created through the access-control manager (which checks who makes the change and
 writes it to the audit log), and each tenant's jobs carry its ``tenant_id``. A tenant
 over its ``max_queue_size`` is refused at enqueue (``QuotaExceededError``, nothing
@@ -48,7 +48,7 @@ async def main() -> None:
     await acm.grant_access(principal_id="platform-admin", queue_pattern="*", role="admin")
     await acm.create_tenant({"tenant_id": "acme", "name": "ACME Corp", "weight": 3,
                              "quota": {"max_concurrency": 3}})
-    await acm.create_tenant({"tenantId": "globex", "name": "Globex",  # the brief's keys
+    await acm.create_tenant({"tenantId": "globex", "name": "Globex",  # camelCase keys
                              "quota": {"maxQueueSize": 20}})
     # ACME's backlog goes in first; Globex adds its jobs afterwards.
     await queue.add_jobs([("build-report", {"n": n}, {"tenant_id": "acme"})

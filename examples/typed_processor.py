@@ -1,6 +1,6 @@
 """Typed processors: ``JobProcessor[EmailData]`` and ``QueueConfig``, checked by mypy.
 
-The Python form of the brief's typing names: a processor typed as
+Typed processors: a processor typed as
 ``JobProcessor[EmailData]`` sees ``job.data`` as an ``EmailData`` (``mypy --strict``
 flags ``job.data["too"]``), and ``QueueConfig`` holds a queue's whole configuration.
 The test suite runs mypy (strict) on this file.
@@ -32,7 +32,7 @@ async def send_email(job: Job[EmailData]) -> EmailResult:
     return {"sent_to": job.data["to"].lower()}
 
 
-# The brief's JobProcessor<T>: a processor of EmailData jobs.
+# JobProcessor[T]: a processor of EmailData jobs.
 processor: JobProcessor[EmailData] = send_email
 
 config = QueueConfig(

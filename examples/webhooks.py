@@ -1,6 +1,6 @@
 """Webhooks: signed, guaranteed delivery of job events to an HTTP endpoint.
 
-The Python form of the brief's webhook example: an endpoint subscribed to
+Webhooks at work: an endpoint subscribed to
 ``job-completed`` receives each event signed per the Standard Webhooks convention; the
 receiver checks it with ``verify_webhook``. Guaranteed delivery writes the event to the
 outbox in the same step as the job's completion, so a crash cannot lose it.

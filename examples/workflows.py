@@ -1,9 +1,9 @@
-"""Workflows: the brief's order workflow as a DAG of jobs, with data passing and a
+"""Workflows: an order workflow as a DAG of jobs, with data passing and a
 failure policy.
 
-The Python form of the brief's ``JobChainManager.executeWorkflow``: validate, then
-charge, then ship and notify in parallel, then archive. Each step reads its parents'
-results; a transformer shapes the data a step runs with; a step added later with
+``JobChainManager.execute_workflow`` runs it: validate, then charge, then ship and
+notify in parallel, then archive. Each step reads its parents' results; a transformer
+shapes the data a step runs with; a step added later with
 ``add_job(..., workflow_id=...)`` joins the running workflow. A second order whose card
 is declined shows the default policy: the workflow fails and the steps that had not
 started are cancelled (removed, never left pending).
@@ -66,7 +66,7 @@ async def audit(job: Job) -> str:
 
 
 def amount_of(data: Any, parents: dict[str, Any]) -> dict[str, Any]:
-    """The brief's ``dataTransformer: (validateResult) => ({ amount })``, by name."""
+    """The data transformer of the charge step (the validation's amount), by name."""
     return {**parents["validate"].result}
 
 

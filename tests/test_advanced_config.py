@@ -453,16 +453,23 @@ async def test_missing_extra_says_what_to_install(
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", without)
+    # Both forms: from the package index, and from a clone (before it is published).
     for cfg, needle in [
-        ({"encryption": {"enabled": True}}, "pip install 'kitium-job-queue[encryption]'"),
-        ({"webhooks": {"enabled": True}}, "pip install 'kitium-job-queue[webhooks]'"),
+        (
+            {"encryption": {"enabled": True}},
+            'pip install "kitium-job-queue[encryption]" (or pip install -e ".[encryption]"',
+        ),
+        (
+            {"webhooks": {"enabled": True}},
+            'pip install "kitium-job-queue[webhooks]" (or pip install -e ".[webhooks]"',
+        ),
         (
             {"monitoring": {"enabled": True, "prometheus": True}},
-            "pip install 'kitium-job-queue[prometheus]'",
+            'pip install "kitium-job-queue[prometheus]" (or pip install -e ".[prometheus]"',
         ),
         (
             {"cost_optimization": {"enabled": True, "compression": {"algorithm": "zstd"}}},
-            "pip install 'kitium-job-queue[compression]'",
+            'pip install "kitium-job-queue[compression]" (or pip install -e ".[compression]"',
         ),
     ]:
         q = None

@@ -1,4 +1,6 @@
-"""An optional extra that is not installed is named, with how to install it.
+"""An optional extra that is not installed is named, with how to install it (from the
+package index, or ``pip install -e ".[extra]"`` in a clone, which works before the
+package is published).
 
 Before: without httpx a ``WebhookManager`` was built and every delivery failed later in
 a log line (the README example hung); without prometheus-client or opentelemetry-api
@@ -46,7 +48,8 @@ def test_a_command_of_a_missing_extra_says_which_to_install(
         """,
     )
     assert done.returncode == 2, done.stderr
-    assert f"kitium-job-queue[{extra}]" in done.stderr, done.stderr
+    assert f'pip install "kitium-job-queue[{extra}]"' in done.stderr, done.stderr
+    assert f'pip install -e ".[{extra}]" in a clone' in done.stderr, done.stderr
     assert "No such command" not in done.stderr
 
 
@@ -65,6 +68,7 @@ def test_webhooks_without_httpx_refuse_the_manager() -> None:
     assert "refused:" in done.stdout and "kitium-job-queue[webhooks]" in done.stdout, (
         done.stdout + done.stderr
     )
+    assert 'pip install -e ".[webhooks]"' in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize(
@@ -79,7 +83,8 @@ def test_a_feature_of_a_missing_extra_names_it_on_import(
 ) -> None:
     done = _run(blocked, f"import {module}")
     assert done.returncode == 1
-    assert f"kitium-job-queue[{extra}]" in done.stderr, done.stderr
+    assert f'pip install "kitium-job-queue[{extra}]"' in done.stderr, done.stderr
+    assert f'pip install -e ".[{extra}]" in a clone' in done.stderr, done.stderr
 
 
 def test_python_dash_m_runs_the_command_line() -> None:

@@ -1,4 +1,4 @@
-"""Observability adapters of the brief: ``metrics`` (increment/observe) and ``telemetry``."""
+"""Observability adapters: ``metrics`` (increment/observe) and ``telemetry``."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from .redact import (
     url_secrets,
 )
 from .redis_urls import (
+    NO_PASSWORD,
     host_port,
     no_retry,
     option_problem,
@@ -121,6 +122,15 @@ def _check_settings(opts: Mapping[str, Any]) -> None:
         raise ConfigurationError(f"invalid redis connection setting: {problem}")
 
 
+def _wording_options(url: str | None, kwargs: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """``connection_options`` to word an error with, saying whether a setting of one
+    server gives no password (redis-py then sends no AUTH)."""
+    opts = connection_options(url, kwargs)
+    if mode == "standalone" and not (opts.get("password") or opts.get("credential_provider")):
+        opts[NO_PASSWORD] = True
+    return opts
+
+
 def _tls_options() -> set[str]:
     """The ``ssl_*`` keyword arguments this redis-py version accepts."""
     params = inspect.signature(aioredis.Redis.__init__).parameters
@@ -142,7 +152,7 @@ class _SentinelMaster(aioredis.Redis):
 
 
 def _ready_check_and_retry(opts: dict[str, Any]) -> None:
-    """The brief's ``retry_strategy`` and ``enable_ready_check``: honoured where the
+    """The ``retry_strategy`` and ``enable_ready_check`` options: honoured where the
     queue does it already, refused where it cannot (never accepted and dropped)."""
     if opts.pop("retry_strategy", None) is not None:
         raise ConfigurationError(
@@ -577,7 +587,7 @@ class ConnectionFactory:
         """
         opening = isinstance(exc, ConnectFailedError) and exc.__cause__ is not None
         exc = (exc.__cause__ or exc) if opening else exc  # reworded with the queue's name
-        opts = connection_options(self._url, self._kwargs)
+        opts = _wording_options(self._url, self._kwargs, self.mode)
         return translate_error(
             self.describe(), self.redact(exc), exc, queue, timeout_s, opts, opening=opening
         )

@@ -40,6 +40,7 @@ from .errors import (
     KitiumQueueError,
     PermissionDeniedError,
 )
+from .redis_urls import auth_refused
 from .replywaits import held_for, holds, unread
 
 __all__ = [
@@ -315,10 +316,7 @@ def translate_error(
         kind = TLSConfigurationError if said[1] else ConnectionUnavailableError
         return kind(f"the TLS handshake with {where} failed (queue {queue!r}: {cause}); {said[0]}")
     if isinstance(seen, AuthenticationError):
-        return ConnectionUnavailableError(
-            f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
-            "username and password given in redis="
-        )
+        return ConnectionUnavailableError(auth_refused(where, queue, cause, options))
     if isinstance(exc, InvalidResponse):
         return ConnectionUnavailableError(
             f"{where} does not speak the Redis protocol (queue {queue!r}: {cause}); an "

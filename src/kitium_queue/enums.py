@@ -1,4 +1,4 @@
-"""The enums of the public API; values are exactly the brief's strings."""
+"""The enums of the public API; their values are the strings the API documents."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class CircuitBreakerState(_StrEnum):
 
 
 class WebhookEventType(_StrEnum):
-    """Events a webhook can subscribe to (the brief's four first; the job events share
+    """Events a webhook can subscribe to (four first; the job events share
     the names of ``QueueEvent``). Features add their own events as further members;
     ``register_webhook`` also accepts any event name as a string."""
 

@@ -540,3 +540,14 @@ class ReplicaAckError(WriteNotConfirmedError):
         self.replicas = replicas
         self.required = required
         self.timeout_ms = timeout_ms
+
+
+def install_hint(extra: str, installs: str = "") -> str:
+    """The command that installs the optional extra ``extra``, in both forms: from the
+    package index, and in a clone of the repository (the form that works before the
+    package is published). ``installs``: what the extra brings, said after it."""
+    brings = f"; it installs {installs}" if installs else ""
+    return (
+        f'pip install "kitium-job-queue[{extra}]" '
+        f'(or pip install -e ".[{extra}]" in a clone{brings})'
+    )

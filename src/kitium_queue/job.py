@@ -181,7 +181,7 @@ class Job(Generic[DataT]):
 
 
 #: A processor of jobs whose data is a ``DataT``: a plain or ``async`` function taking the
-#: ``Job`` (the brief's ``JobProcessor<T>``). ``JobProcessor[EmailData]`` makes mypy check
+#: ``Job``. ``JobProcessor[EmailData]`` makes mypy check
 #: ``job.data`` as ``EmailData`` inside it; ``queue.process`` accepts any of them.
 JobProcessor = Callable[[Job[DataT]], Any]
 

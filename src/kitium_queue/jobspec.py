@@ -268,7 +268,7 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
     )
 
 
-#: Options of the brief's features (FIFO groups, encryption, breakers, webhooks,
+#: Options of the enterprise features (FIFO groups, encryption, breakers, webhooks,
 #: workflows, regions, tenants, flow control), known by name only: while no feature
 #: declared one, it is refused as "needs <feature> (not enabled on queue ...)" with how to
 #: enable it (``FEATURE_HOWTO``) rather than as unknown. The core never declares them.

@@ -436,7 +436,7 @@ class JobOptions:
 
 @dataclass(frozen=True, slots=True)
 class ExtendedJobOptions(JobOptions):
-    """``JobOptions`` plus the enterprise options of the brief.
+    """``JobOptions`` plus the options of the enterprise features.
 
     ``idempotency_key`` (duplicate enqueues within the idempotency window return the
     original job id) and ``delivery_guarantee`` are handled by the core; the others
@@ -471,7 +471,7 @@ class ExtendedJobOptions(JobOptions):
 
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
-    """Queue-wide retry defaults (the brief's ``retry`` section)."""
+    """Queue-wide retry defaults (the ``retry`` section)."""
 
     max_attempts: int = 3
     backoff_type: str = "exponential"
@@ -481,7 +481,7 @@ class RetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class DLQConfig:
-    """Dead-letter queue (the brief's ``dlq`` section).
+    """Dead-letter queue (the ``dlq`` section).
 
     Attributes:
         enabled: dead-letter jobs that fail for good (default True); when False they go
@@ -526,7 +526,7 @@ class DLQConfig:
 
 @dataclass(frozen=True, slots=True)
 class QueueSettings:
-    """Lease and stall settings (the brief's ``settings`` section), all in ms.
+    """Lease and stall settings (the ``settings`` section), all in ms.
 
     Attributes:
         max_stalled_count: times a job may lose its worker (lease expired) before it is
@@ -557,7 +557,7 @@ class LimiterConfig:
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """Worker controls (the brief's ``worker`` section).
+    """Worker controls (the ``worker`` section).
 
     Attributes:
         concurrency: jobs run at once by one worker (default 20).

@@ -372,7 +372,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         job (default: text checks for ids and keys, the value stored as given); the
         others as in ``jobspec.OptionSpec`` (``placement``: where the option sends a job
         on a queue made of several queues). Until declared, the option is refused as
-        unknown (or, for the brief's feature options, as needing its feature).
+        unknown (or, for a feature's own options, as needing its feature).
         """
         spec = OptionSpec(
             name, feature, normalize or feature_text(name), default, stored, doc, placement

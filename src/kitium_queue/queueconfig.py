@@ -1,5 +1,5 @@
-"""``QueueConfig``: a queue's whole configuration as one typed object (the brief's
-``QueueConfig``), accepted by ``JobQueue`` in place of its keyword arguments::
+"""``QueueConfig``: a queue's whole configuration as one typed object,
+accepted by ``JobQueue`` in place of its keyword arguments::
 
     config = QueueConfig("emails", redis="redis://localhost:6379/0",
                          retry=RetryConfig(max_attempts=5), worker={"concurrency": 50})

@@ -20,7 +20,9 @@ from .errors import ConfigurationError
 from .redact import check_delimited
 
 __all__ = [
+    "NO_PASSWORD",
     "QUERY_TYPES",
+    "auth_refused",
     "host_port",
     "no_retry",
     "option_problem",
@@ -265,6 +267,25 @@ def url_problem(url: str) -> str:
             "redis://host:6379/0"
         )
     return unknown_url_options(url)
+
+
+#: Set in the options a connection error is worded from when the setting is known to give
+#: no password (one server, set up here: not a client given, nor Sentinel's).
+NO_PASSWORD = "kq_no_password"
+
+
+def auth_refused(where: str, queue: str, cause: str, options: Mapping[str, Any]) -> str:
+    """The message of an ``AuthenticationError`` from Redis at ``where``: a password is
+    needed when none was given, else the credentials given are wrong (never shown)."""
+    if options.get(NO_PASSWORD):
+        return (
+            f"{where} requires a password and none was given (queue {queue!r}: {cause}); "
+            "use redis://:PASSWORD@host:port/db"
+        )
+    return (
+        f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
+        "username and password given in redis="
+    )
 
 
 def no_retry(*, sync: bool = False) -> Any:

@@ -33,6 +33,8 @@ from .base import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     Main,
+    app_help,
+    explain_app,
     load_app,
     load_queue,
     redis_option,
@@ -73,6 +75,9 @@ def _exit_codes_help() -> str:
 Exit codes:
   0  success
 {_exit_codes_help()}
+
+Most commands take APP: {app_help()} --redis (or the KITIUM_QUEUE_REDIS
+environment variable) overrides the queue's Redis URL.
 
 An error is one line on stderr; --debug or -v adds its traceback. Commands that print
 data take --json; text is rich tables on a terminal (with the optional package 'rich'),
@@ -189,3 +194,4 @@ def _add_feature_commands() -> None:
 
 
 _add_feature_commands()
+explain_app(main, {"regions": "a GlobalQueueManager or, for status, a JobQueue"})

@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import Any, ParamSpec, TypeVar
@@ -47,10 +48,13 @@ __all__ = [
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "MAX_FIELD_CHARS",
+    "REDIS_HELP",
     "FiniteFloatRange",
     "Main",
+    "app_help",
     "cell",
     "error_line",
+    "explain_app",
     "json_option",
     "load_app",
     "load_queue",
@@ -94,7 +98,9 @@ P = ParamSpec("P")
 #: One field of a line of text output (see ``limits.printable``).
 text_field = printable
 
-redis_option = click.option("--redis", default=None, help="Redis URL overriding the queue's.")
+#: Help of ``--redis``, where it overrides the URL of APP's queue.
+REDIS_HELP = "Redis URL overriding the queue's (default: $KITIUM_QUEUE_REDIS when set)."
+redis_option = click.option("--redis", default=None, help=REDIS_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 
 
@@ -185,7 +191,14 @@ def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
         with contextlib.redirect_stdout(sys.stderr):
             module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {_raised(exc)}") from None
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        # The module itself (or its package) not found, not a dependency inside it.
+        hint = (
+            "; run from the directory that holds the module, or set PYTHONPATH"
+            if missing and (module_name == missing or module_name.startswith(f"{missing}."))
+            else ""
+        )
+        raise click.BadParameter(f"cannot import {module_name!r}: {_raised(exc)}{hint}") from None
     except (KitiumQueueError, KeyboardInterrupt):
         raise
     except (Exception, SystemExit) as exc:
@@ -424,6 +437,35 @@ def with_single_queue(app: str, redis: str | None, action: Callable[[Any], Await
         return await action(single_queue(queue, "this command"))
 
     return with_queue(app, redis, one)
+
+
+def app_help(names: str = "a JobQueue") -> str:
+    """What APP is, for the help of a command that takes it: ``names``, what it names."""
+    return (
+        f"APP is module:attribute naming {names} (e.g. myapp.tasks:queue), importable "
+        "from the current directory (or PYTHONPATH). Importing the module must only "
+        "build the queue: code that starts a worker or calls asyncio.run goes under "
+        '`if __name__ == "__main__":`.'
+    )
+
+
+def explain_app(group: click.Group, names: Mapping[str, str]) -> None:
+    """Add ``app_help`` to the help of every command under ``group`` that takes an APP
+    argument (click arguments have no help of their own); ``names``: what APP names
+    under a subcommand of ``group`` when not a JobQueue."""
+    for name, command in group.commands.items():
+        _explain_app(command, app_help(names.get(name, "a JobQueue")))
+
+
+def _explain_app(command: click.Command, line: str) -> None:
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _explain_app(sub, line)
+    takes_app = any(isinstance(p, click.Argument) and p.name == "app" for p in command.params)
+    if takes_app and line not in (command.help or ""):
+        # Cleaned first, as click cleans a docstring: the line has no indentation.
+        text = inspect.cleandoc(command.help or "")
+        command.help = f"{text}\n\n{line}" if text else line
 
 
 #: Longest error line: a message quoting an argument as long as the shell allows

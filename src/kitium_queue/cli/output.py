@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from ..errors import install_hint
 from .base import MAX_FIELD_CHARS, cell, row, text_field
 
 __all__ = ["MAX_BLOCK_CHARS", "Output", "have_rich", "output", "show_table", "span", "when"]
@@ -129,7 +130,7 @@ class Output:
         self.forced = style == "rich"
         if style == "rich" and not have_rich():
             raise click.UsageError(
-                "--rich needs the optional package 'rich': pip install 'kitium-job-queue[cli]'"
+                "--rich needs the optional package 'rich': " + install_hint("cli")
             )
         self.rich = not as_json and (
             self.forced or (style == "auto" and sys.stdout.isatty() and have_rich())

@@ -1,7 +1,8 @@
 """The web dashboard: see and act on queues from a browser (``create_dashboard``).
 
 An ASGI application on Starlette, rendered on the server with Jinja2 (optional extra
-``dashboard``: ``pip install "kitium-job-queue[dashboard]"``). Serve it with
+``dashboard``: ``pip install "kitium-job-queue[dashboard]"``, or
+``pip install -e ".[dashboard]"`` in a clone). Serve it with
 ``kitium-queue dashboard APP --token TOKEN:PRINCIPAL:ROLE`` or mount it in a Starlette
 or FastAPI application. The security model (tokens, roles, CSRF, escaping, headers) is
 in docs/dashboard.md; ``auth.py`` says what each role may do; ``audit.py`` is the
@@ -13,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from ..errors import install_hint
+
 try:  # the packages are looked for here, imported with the app (``app.py``)
     for _extra in ("jinja2", "starlette"):
         if importlib.util.find_spec(_extra) is None:
@@ -20,7 +23,7 @@ try:  # the packages are looked for here, imported with the app (``app.py``)
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "the dashboard needs the optional extra 'dashboard': "
-        'pip install "kitium-job-queue[dashboard]" (Starlette, Jinja2, uvicorn)'
+        + install_hint("dashboard", "Starlette, Jinja2, uvicorn")
     ) from exc
 
 from ..features import load_lazily

@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, install_hint
 from ..features.audit.cli import AUDIT_KEY_ENV, audit_key
 from ..serving import listen_socket
 from .auth import parse_tokens
@@ -176,8 +176,8 @@ def make_command(
         if not once and importlib.util.find_spec("uvicorn") is None:
             raise ConfigurationError(
                 "serving the dashboard needs uvicorn, of the optional extra 'dashboard': "
-                'pip install "kitium-job-queue[dashboard]" (or mount create_dashboard() '
-                "in an ASGI server of your own)"
+                + install_hint("dashboard")
+                + "; or mount create_dashboard() in an ASGI server of your own"
             )
         parsed = parse_tokens(given)
         queues = [load_queue(a, redis) for a in app]

@@ -2,7 +2,8 @@
 
 ``CompressionCodec`` compresses an encoded value (job data, a result, progress) when it
 is at least ``threshold`` bytes long, with zstd (the optional extra ``compression``:
-``pip install 'kitium-job-queue[compression]'``, which installs ``zstandard``) or, where
+``pip install "kitium-job-queue[compression]"``, or ``pip install -e ".[compression]"``
+in a clone; it installs ``zstandard``) or, where
 zstd is not installed, zlib from the standard library. A compressed value is stored
 as a frame::
 
@@ -35,7 +36,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError, SerializationError
+from ..errors import ConfigurationError, SerializationError, install_hint
 from ..options import MAX_PAYLOAD_LIMIT, to_int
 
 __all__ = ["ALGORITHMS", "MAGIC", "CompressionCodec", "CompressionStats", "zstd_available"]
@@ -45,7 +46,7 @@ MAGIC = b"\x00kqz"
 _ZSTD, _ZLIB = b"s", b"z"
 #: Accepted values of ``algorithm``: ``auto`` picks zstd when installed, else zlib.
 ALGORITHMS = ("auto", "zstd", "zlib")
-_INSTALL = "pip install 'kitium-job-queue[compression]' (it installs zstandard)"
+_INSTALL = install_hint("compression", "zstandard")
 
 
 def zstd_available() -> bool:

@@ -37,7 +37,7 @@ Attributes follow the messaging semantic conventions: ``messaging.system`` =
 ``kitium-queue``, ``messaging.destination.name`` (queue), ``messaging.operation`` /
 ``messaging.operation.type`` (``publish``/``send``, ``process``/``process``),
 ``messaging.message.id`` (job id), plus ``kitium_queue.job.name`` and
-``kitium_queue.job.attempt``. The brief's ``telemetry`` adapter (``kitium.enqueue`` /
+``kitium_queue.job.attempt``. The ``telemetry`` adapter (``kitium.enqueue`` /
 ``kitium.process`` spans) is separate and keeps working alongside.
 
 Cost (docs/observability.md): per job, the SDK's span is most of it. A run whose stored
@@ -61,6 +61,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from ..errors import ConfigurationError, install_hint
+
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
@@ -83,12 +85,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "OpenTelemetry tracing needs the optional extra 'otel', which is not installed or "
         f"not importable ({exc}): "
-        'pip install "kitium-job-queue[otel]" (opentelemetry-api; an SDK such as '
-        "opentelemetry-sdk to export the spans)"
+        + install_hint(
+            "otel", "opentelemetry-api; an SDK such as opentelemetry-sdk exports the spans"
+        )
     ) from exc
 
 from .._version import __version__
-from ..errors import ConfigurationError
 from ..hooks import Subscriber
 from ..limits import MAX_ERROR_CHARS, MAX_FOLLOWS, clip, get_logger, safe_text, wire_text
 from ..middleware import enqueue_origin

@@ -10,7 +10,7 @@ audited), and Redis ACL rules for isolation that holds against any client.
   queue;
 * ``manager.py``: ``AccessControlManager``;
 * ``tenants.py``: its tenants: the ``TenantRegistry`` writer that checks the principal
-  and writes each change with its audit entry, and the brief's camelCase keys;
+  and writes each change with its audit entry, and the camelCase keys;
 * ``redisacl.py``: ``redis_acl_rules``: Redis ACL users per tenant or queue;
 * ``cli.py``: ``kitium-queue access ...`` and ``kitium-queue acl redis-rules``.
 

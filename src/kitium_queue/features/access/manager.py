@@ -6,7 +6,7 @@ It spans queues, so it takes a connection (``redis=`` as ``JobQueue`` takes it, 
 every process (``store.py``); each process caches a principal's grants for
 ``cache_ttl`` ms, the bound within which a revoke made elsewhere takes effect.
 ``protect(queue)`` makes a queue refuse what its principal may not do
-(``enforce.py``). Tenants (the brief's ``create_tenant`` ...) are the deployment's
+(``enforce.py``). Tenants (``create_tenant`` ...) are the deployment's
 ``TenantRegistry``, with every change authorized and audited (``tenants.py``). Every
 grant change, tenant change, refusal and administrative command of a protected queue is
 written to the audit log (``features/audit``), whose MAC key (``audit_key``) the
@@ -193,7 +193,7 @@ class AccessControlManager:
         return self._tenants.registry
 
     async def create_tenant(self, config: TenantConfig | Mapping[str, Any]) -> TenantConfig:
-        """Create a tenant (the brief's ``createTenant``): a ``TenantConfig`` or a dict
+        """Create a tenant: a ``TenantConfig`` or a dict
         with ``tenant_id``, ``name``, ``quota`` {``max_queue_size``,
         ``max_concurrency``, ``rate_limit``}, ``allowed_regions``, ``weight`` (the
         brief's camelCase keys too). Needs ``can_manage_queue`` on every queue (a grant
@@ -235,7 +235,7 @@ class AccessControlManager:
         return await self._tenants.registry.allowed_regions_for(tenant_id)
 
     async def get_tenant_quota(self, tenant_id: str) -> TenantQuota:
-        """The tenant's quota (the brief's ``getTenantQuota``); ``TenantNotFoundError``
+        """The tenant's quota; ``TenantNotFoundError``
         if there is no such tenant."""
         return await self._tenants.registry.get_tenant_quota(tenant_id)
 
@@ -259,7 +259,7 @@ class AccessControlManager:
         self, principal_id: str, queue_name: str, permission: Permission | str
     ) -> bool:
         """Whether ``principal_id`` holds ``permission`` (``"can_add_job"``,
-        ``Permission.VIEW_JOB``, the brief's ``"canAddJob"``...) on queue
+        ``Permission.VIEW_JOB``, camelCase ``"canAddJob"``...) on queue
         ``queue_name``. A question, not an access: nothing is audited (use
         ``require_access`` to enforce)."""
         perm = parse_permission(permission)
@@ -400,7 +400,7 @@ class AccessControlManager:
         *,
         outcome: str = "ok",
     ) -> str:
-        """Write the application's own audit entry (the brief's ``audit_access``) and
+        """Write the application's own audit entry (``audit_access``) and
         wait until it is in Redis; returns its id. ``metadata``: ids and short facts
         (at most 4 KiB as JSON; never payloads; values of keys naming secrets are
         replaced by ``***``)."""

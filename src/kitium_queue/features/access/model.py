@@ -253,7 +253,7 @@ def read_permission(query: str) -> Permission:
 def parse_permission(value: object) -> Permission:
     """``value`` (a ``Permission`` or its name, with or without ``can_``, e.g.
     ``"can_add_job"``, ``"add_job"``) as a ``Permission``; else ``ConfigurationError``
-    listing the valid names. The brief's camelCase (``canAddJob``) is accepted too."""
+    listing the valid names. The camelCase form (``canAddJob``) is accepted too."""
     if isinstance(value, Permission):
         return value
     if isinstance(value, str):
@@ -287,7 +287,7 @@ def parse_role(value: object) -> QueueRole:
 
 @dataclass(frozen=True, slots=True)
 class QueuePermissions:
-    """The brief's permission flags of a grant (and the two finer ones of this model)."""
+    """The permission flags of a grant (three broad ones and two finer ones)."""
 
     can_add_job: bool = False
     can_view_job: bool = False

@@ -22,7 +22,7 @@ is held to the same rule as ``acm.create_tenant``. Reads (``get_tenant``,
 ``list_tenants``, ``get_tenant_quota``, ``get_tenant_usage``) are not guarded, as
 ``list_access`` is not: the manager is the administrators' tool.
 
-The brief's camelCase keys (``tenantId``, ``allowedRegions``, ``quota.maxQueueSize``,
+The camelCase keys (``tenantId``, ``allowedRegions``, ``quota.maxQueueSize``,
 ``quota.maxConcurrency``, ``quota.rateLimit``) are accepted here (``brief_keys``).
 """
 
@@ -70,7 +70,7 @@ def _renamed(value: Mapping[str, Any], aliases: Mapping[str, str], where: str) -
 
 
 def brief_keys(value: Any, where: str = "tenant config") -> Any:
-    """``value`` with the brief's camelCase keys in snake_case (a ``TenantConfig`` or a
+    """``value`` with its camelCase keys in snake_case (a ``TenantConfig`` or a
     non-dict is returned as is, for ``TenantConfig.of`` to judge)."""
     if not isinstance(value, Mapping):
         return value
@@ -196,7 +196,7 @@ class TenantAdmin:
 
     # ------------------------------------------------------------------ the methods
     async def create(self, config: TenantConfig | Mapping[str, Any]) -> TenantConfig:
-        """``TenantRegistry.create_tenant`` with the brief's keys; authorized up front
+        """``TenantRegistry.create_tenant`` with camelCase keys too; authorized up front
         (a refused principal learns nothing of the deployment)."""
         cfg = TenantConfig.of(brief_keys(config))
         check_tenant_id(cfg.tenant_id)  # a new id: no look-alike (mixed scripts)
@@ -209,7 +209,7 @@ class TenantAdmin:
         changes: TenantConfig | Mapping[str, Any] | None,
         fields: Mapping[str, Any],
     ) -> TenantConfig:
-        """``TenantRegistry.update_tenant`` with the brief's keys."""
+        """``TenantRegistry.update_tenant`` with camelCase keys too."""
         given = brief_keys(changes, "tenant update")
         more = brief_keys(fields, "tenant update")
         await self.authorize("update_tenant", check_tenant_id(tenant_id, existing=True))

@@ -1,6 +1,6 @@
 """``AdvancedQueueConfig``: every enterprise feature of a queue in one typed object.
 
-The brief's ``AdvancedQueueConfig`` with its thirteen sections, as frozen dataclasses.
+``AdvancedQueueConfig`` with its thirteen sections, as frozen dataclasses.
 Each section is also accepted as a plain dict with snake_case keys, and so is the whole
 configuration; an unknown section or key is refused with the closest valid name::
 
@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 
-#: The sections, in the brief's order: name -> class.
+#: The sections, in their order: name -> class.
 SECTIONS: dict[str, type[Section]] = {
     "exactly_once": ExactlyOnceConfig,
     "fifo": FifoConfig,
@@ -92,8 +92,8 @@ SECTIONS: dict[str, type[Section]] = {
 
 @dataclass(frozen=True)
 class AdvancedQueueConfig:
-    """The configuration of every enterprise feature of a queue (the brief's
-    ``AdvancedQueueConfig``): pass it as ``JobQueue(..., advanced=...)``.
+    """The configuration of every enterprise feature of a queue: pass it as
+    ``JobQueue(..., advanced=...)``.
 
     Each section is a dataclass of its own (or a dict of its fields) and does nothing
     until ``enabled=True``. See each section's class for its fields and defaults, and
@@ -141,7 +141,7 @@ class AdvancedQueueConfig:
         return out
 
     def enabled_sections(self) -> list[str]:
-        """The names of the enabled sections, in the brief's order."""
+        """The names of the enabled sections, in the order of ``SECTIONS``."""
         return [n for n in SECTIONS if getattr(self, n).enabled]
 
     def to_dict(self) -> dict[str, Any]:

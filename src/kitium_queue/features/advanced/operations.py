@@ -1,4 +1,4 @@
-"""The sections of ``AdvancedQueueConfig`` the brief names without defining them:
+"""The operational sections of ``AdvancedQueueConfig``:
 ``cost_optimization``, ``monitoring`` and ``compliance`` (docs/advanced-config.md,
 docs/compliance.md)."""
 

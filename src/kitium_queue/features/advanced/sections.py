@@ -1,4 +1,4 @@
-"""The sections of ``AdvancedQueueConfig`` that enable the brief's features: each one's
+"""The sections of ``AdvancedQueueConfig`` that enable the enterprise features: each one's
 fields are the defaults its feature's manager is built with (docs/advanced-config.md)."""
 
 from __future__ import annotations

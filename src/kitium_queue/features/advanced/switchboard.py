@@ -1,7 +1,7 @@
 """The switchboard: ``AdvancedQueueConfig`` applied to one queue (``queue.advanced``).
 
 ``AdvancedFeatures.install(queue, config)`` enables each enabled section's feature on
-the queue, in the brief's order, the way a user would by hand: it constructs the
+the queue, in the order of its sections, the way a user would by hand: it constructs the
 feature's manager (which declares the feature's job options in the queue's option
 registry, fills its Lua slots, adds its middleware, subscribers and services) with the
 section's values as its defaults. The managers are then reachable as attributes
@@ -22,7 +22,7 @@ import importlib.util
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, install_hint
 from ...options import LimiterConfig
 from .config import AdvancedQueueConfig
 
@@ -107,8 +107,7 @@ def _require(section: str, module: str, extra: str) -> None:
         said = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
         raise ConfigurationError(
             f"advanced.{section} needs the optional extra {extra!r}, which is not installed "
-            f"or not importable (module {module!r}: {said}): "
-            f"pip install 'kitium-job-queue[{extra}]'"
+            f"or not importable (module {module!r}: {said}): " + install_hint(extra)
         ) from exc
 
 

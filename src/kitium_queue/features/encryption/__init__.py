@@ -1,6 +1,7 @@
 """Payload encryption with key rotation (``EncryptionManager``); see ``docs/encryption.md``.
 
-Needs the optional ``cryptography`` package: ``pip install 'kitium-job-queue[encryption]'``.
+Needs the optional ``cryptography`` package: ``pip install "kitium-job-queue[encryption]"``
+(``pip install -e ".[encryption]"`` in a clone).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ...enums import EncryptionAlgorithm
-from ...errors import ConfigurationError, KitiumQueueError
+from ...errors import ConfigurationError, KitiumQueueError, install_hint
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -312,8 +312,7 @@ def _cryptography() -> None:
         import cryptography  # noqa: F401
     except ImportError:
         raise ConfigurationError(
-            "payload encryption needs the 'cryptography' package: "
-            "pip install 'kitium-job-queue[encryption]'"
+            "payload encryption needs the 'cryptography' package: " + install_hint("encryption")
         ) from None
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from ...errors import install_hint
+
 try:  # looked for here, imported with the modules below on first use
     if importlib.util.find_spec("prometheus_client") is None:
         raise ModuleNotFoundError("No module named 'prometheus_client'", name="prometheus_client")
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "Prometheus metrics need the optional extra 'prometheus': "
-        'pip install "kitium-job-queue[prometheus]" (prometheus-client)'
+        + install_hint("prometheus", "prometheus-client")
     ) from exc
 
 from .. import load_lazily

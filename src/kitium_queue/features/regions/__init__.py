@@ -1,4 +1,4 @@
-"""Multi-region queues: ``GlobalQueueManager`` (the brief's phase 3), with routing,
+"""Multi-region queues: ``GlobalQueueManager``, with routing,
 replication through the outbox and failover fenced by epochs a majority agreed on.
 
 Modules: ``config`` (the configuration), ``manager`` (the façade), ``routing`` (where a

@@ -26,7 +26,7 @@ __all__ = [
     "check_region_name",
 ]
 
-#: The queue name when the configuration gives none (the brief's examples give none).
+#: The queue name when the configuration gives none (the documented examples give none).
 DEFAULT_NAME = "global-queue"
 #: The promotion priority of a region that gives none: after every numbered region.
 DEFAULT_PRIORITY = 100
@@ -139,7 +139,7 @@ class FailoverConfig:
 
 @dataclass(frozen=True)
 class GlobalQueueConfig:
-    """The configuration ``GlobalQueueManager.initialize`` takes (the brief's, in Python).
+    """The configuration ``GlobalQueueManager.initialize`` takes.
 
     Attributes:
         name: the queue's name (the same in every region). Default ``"global-queue"``.

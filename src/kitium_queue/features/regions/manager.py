@@ -5,7 +5,7 @@ components as any ``JobQueue``: its copy of the **global queue** (``<name>``: li
 at the primary, copies elsewhere) and its **own queue** (``<name>/<region>``: the jobs
 pinned to it). The manager is a ``MultiQueue`` façade over all of them, so the whole
 queue API (queries, admin, events, processors, workers) is generated from
-``api.QueueAPI``; this module adds the brief's methods and the routing, the control
+``api.QueueAPI``; this module adds the multi-region methods and the routing, the control
 loop (``monitor.py``), replication (``replication.py``) and the stranded-work report
 (``stranded.py``). Semantics and guarantees: docs/multi-region.md.
 """
@@ -92,7 +92,7 @@ LAG_GAUGE = "region_lag_ms"
 
 
 class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
-    """A queue spread over regions with failover (the brief's ``GlobalQueueManager``).
+    """A queue spread over regions with failover.
 
     Example::
 
@@ -408,7 +408,7 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         assert self.cfg is not None
         return RegionUnavailableError.primary_gone(self.name, tried, self.cfg.failover, exc)
 
-    # ------------------------------------------------------------------ the brief's API
+    # ------------------------------------------------------------------ multi-region API
     async def get_global_stats(self) -> GlobalStats:
         """Every region: health, role, epoch, lease, replication lag (entries and ms),
         counts of its copy of the global queue and of its own queue, stranded records."""

@@ -1,4 +1,4 @@
-"""The brief's ``replicate_job`` and the stranded-work calls of ``GlobalQueueManager``
+"""``replicate_job`` and the stranded-work calls of ``GlobalQueueManager``
 (a mixin: the manager's class stays one job's worth of code)."""
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def _rate(value: Any) -> RateLimit | None:
             raise ConfigurationError("quota.rate_limit needs 'max' (starts per duration ms)")
         rl = RateLimit(value["max"], value.get("duration", 1000))
     elif isinstance(value, int) and not isinstance(value, bool):
-        rl = RateLimit(value, 1000)  # the brief's rateLimit: 1000 -> per second
+        rl = RateLimit(value, 1000)  # rateLimit: 1000 -> per second
     else:
         raise ConfigurationError(
             "quota.rate_limit must be starts per second (an int), RateLimit(max, duration) "
@@ -142,7 +142,7 @@ class TenantQuota:
             worker; the others wait their turn (no attempt spent). None: no limit.
         rate_limit: most of its jobs started per window in a queue, across every worker
             (``RateLimit(max, duration_ms)``; an int ``n`` means ``n`` per second, as
-            the brief's ``rateLimit``). None: no limit.
+            ``rateLimit: 1000`` is). None: no limit.
     """
 
     max_queue_size: int | None = None
@@ -227,7 +227,7 @@ def _weight(value: Any) -> float:
 
 @dataclass(frozen=True, slots=True)
 class TenantConfig:
-    """A tenant (the brief's ``createTenant`` config, plus its dispatch weight).
+    """A tenant (the ``create_tenant`` config, plus its dispatch weight).
 
     Attributes:
         tenant_id: its id (letters, digits and ``- _ . : # / +``, at most 128): the

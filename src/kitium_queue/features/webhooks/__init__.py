@@ -62,7 +62,7 @@ _LAZY = {
     "GuardedTransport": "transport",
 }
 
-#: The brief's name for the strategies (the same enum).
+#: Another name for the strategies (the same enum).
 DeliveryStrategy = WebhookDeliveryStrategy
 
 __all__ = [

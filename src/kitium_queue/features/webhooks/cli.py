@@ -115,7 +115,11 @@ def commands(
 
         return asyncio.run(go())
 
-    redis_option = click.option("--redis", default=None, help="Redis URL overriding the queue's.")
+    redis_option = click.option(
+        "--redis",
+        default=None,
+        help="Redis URL overriding the queue's (default: $KITIUM_QUEUE_REDIS when set).",
+    )
     json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
     @click.group()

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ConfigurationError, KitiumQueueError
+from ...errors import ConfigurationError, KitiumQueueError, install_hint
 
 if TYPE_CHECKING:
     from .transport import GuardedBackend, GuardedTransport
@@ -63,7 +63,7 @@ def require_httpx() -> None:
         import httpx  # noqa: F401
     except ImportError:  # pragma: no cover
         raise ConfigurationError(
-            "webhook delivery needs httpx: pip install 'kitium-job-queue[webhooks]'"
+            "webhook delivery needs httpx: " + install_hint("webhooks")
         ) from None
 
 
