@@ -484,8 +484,11 @@ async def test_max_concurrency_holds_and_others_go_on(make_queue: QueueFactory) 
 async def test_rate_limit_holds_per_fixed_window(make_queue: QueueFactory) -> None:
     q = make_queue("rate")
     reg = TenantRegistry(q)
+    # A window long enough for the other tenant's 20 jobs (three claim rounds at
+    # concurrency 10, each a finish round on a loaded machine) to start within the first.
+    window = 1000
     await reg.create_tenant(
-        {"tenant_id": "r", "quota": {"rate_limit": {"max": 4, "duration": 300}}}
+        {"tenant_id": "r", "quota": {"rate_limit": {"max": 4, "duration": window}}}
     )
     await reg.create_tenant({"tenant_id": "o"})
     log: list[str] = []
@@ -497,8 +500,8 @@ async def test_rate_limit_holds_per_fixed_window(make_queue: QueueFactory) -> No
     # The other tenant ran at once, without waiting for the rate-limited one.
     assert max(i for i, t in enumerate(log) if t == "o") < 24
     starts = sorted([(await q.get_job_status(i)).started_at or 0 for i in ids])  # type: ignore[union-attr]
-    assert _max_per_fixed_window(starts, 300) == 4
-    assert starts[-1] - starts[0] >= 3 * 300 - 50  # 16 starts need four windows
+    assert _max_per_fixed_window(starts, window) == 4
+    assert starts[-1] - starts[0] >= 3 * window - 50  # 16 starts need four windows
     usage = await reg.get_tenant_usage("r")
     assert usage.rate_used <= 4
     assert others
@@ -573,7 +576,8 @@ async def test_weights_share_the_starts(make_queue: QueueFactory) -> None:
     log: list[str] = []
     _recorder(q, log)
     await q.start()
-    await wait_until(lambda: len(log) >= 4000, 30)
+    # 4,000 starts are 200 claim rounds at concurrency 20, each a finish round too.
+    await wait_until(lambda: len(log) >= 4000, 90, message=lambda: f"ran {len(log)}")
     share = Counter(log[200:4000])  # both backlogged throughout
     ratio = share["heavy"] / share["light"]
     assert 2.7 <= ratio <= 3.3, share
