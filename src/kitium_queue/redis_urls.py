@@ -278,14 +278,26 @@ def auth_refused(where: str, queue: str, cause: str, options: Mapping[str, Any])
     """The message of an ``AuthenticationError`` from Redis at ``where``: a password is
     needed when none was given, else the credentials given are wrong (never shown)."""
     if options.get(NO_PASSWORD):
+        # The form that gives one: the username given kept, the socket's or TLS's scheme.
+        user = "USERNAME" if options.get("username") else ""
+        form = (
+            f"unix://{user}:PASSWORD@/path/to/socket"
+            if options.get("path")
+            else f"redis{'s' if _tls(options) else ''}://{user}:PASSWORD@host:port/db"
+        )
         return (
-            f"{where} requires a password and none was given (queue {queue!r}: {cause}); "
-            "use redis://:PASSWORD@host:port/db"
+            f"{where} requires a password and none was given (queue {queue!r}: {cause}); use {form}"
         )
     return (
         f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
         "username and password given in redis="
     )
+
+
+def _tls(options: Mapping[str, Any]) -> bool:
+    """Whether connection ``options`` speak TLS (``ssl=True`` or an SSL connection class)."""
+    kind = options.get("connection_class")
+    return bool(options.get("ssl")) or (kind is not None and "SSL" in kind.__name__)
 
 
 def no_retry(*, sync: bool = False) -> Any:

@@ -181,10 +181,40 @@ def _raised(exc: BaseException) -> str:
     return clip(text_field(f"{type(exc).__name__}: {redact_url(exc)}"), 500)
 
 
+def _file_path(module_name: str, attr: str) -> str:
+    """The refusal of a file path given as APP's module, with the module form to use."""
+    parts = [p for p in module_name.replace("\\", "/").removesuffix(".py").split("/") if p]
+    parts = [p for p in parts if p != "."]
+    relative = not os.path.isabs(module_name) and ".." not in parts
+    module = ".".join(parts) if relative else (parts or ["tasks"])[-1]
+    return f"{module_name!r} is a file path: APP is module:attribute, e.g. {module}:{attr}" + (
+        "" if relative else ", run from the directory that holds it"
+    )
+
+
+def _not_found(module_name: str, missing: str, attr: str) -> str:
+    """What to do when APP's module (or its package) is not found: ``missing``."""
+    parent, _, leaf = missing.rpartition(".")
+    found = sys.modules.get(parent) if parent else None
+    if found is not None:  # the package was found (perhaps another of that name)
+        where = getattr(found, "__file__", None) or list(getattr(found, "__path__", []))
+        at = clip(text_field(str(where)), 200)
+        return f"; the package {parent!r} found (at {at}) has no module {leaf!r}"
+    if module_name.endswith(".py"):
+        return "; " + _file_path(module_name, attr)
+    return "; run from the directory that holds the module, or set PYTHONPATH"
+
+
 def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
     module_name, _, attr = app.partition(":")
     if not module_name or not attr:
         raise click.BadParameter(f"{app!r}: use module:attribute, e.g. myapp.tasks:queue")
+    if (
+        "/" in module_name
+        or "\\" in module_name
+        or (module_name.endswith(".py") and os.path.isfile(module_name))
+    ):
+        raise click.BadParameter(_file_path(module_name, attr))  # never run as a script
     sys.path.insert(0, os.getcwd())
     try:
         # What the module prints while it loads goes to stderr: stdout holds only data.
@@ -194,7 +224,7 @@ def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
         missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
         # The module itself (or its package) not found, not a dependency inside it.
         hint = (
-            "; run from the directory that holds the module, or set PYTHONPATH"
+            _not_found(module_name, missing, attr)
             if missing and (module_name == missing or module_name.startswith(f"{missing}."))
             else ""
         )
