@@ -46,7 +46,7 @@ from .connection import TRANSIENT_ERRORS
 from .context import CONNECT_TIMEOUT_S
 from .errors import ConfigurationError, ConnectionUnavailableError
 from .events import PROGRESS_BYTES_FIELD, StreamEvent, stream_entries, stream_event
-from .limits import get_logger
+from .limits import Hush, get_logger
 from .options import lookup_id
 from .pools import ping
 from .redact import redact_json_text
@@ -153,29 +153,21 @@ def _before(mark: tuple[int, int]) -> str:
     return f"{ms - 1}-{2**64 - 1}" if ms else "0-0"
 
 
-class _Gaps:
-    """The gaps one reader met: a warning when one starts, at most every ``DOWN_LOG_S``
-    (with how many came meanwhile)."""
-
-    def __init__(self) -> None:
-        self.said = -DOWN_LOG_S
-        self.unsaid = 0
-
-    def met(self, queue: str, after: str, following: str) -> None:
-        now = time.monotonic()
-        if now - self.said < DOWN_LOG_S:
-            self.unsaid += 1
-            return
-        log.warning(
-            "queue %s: events(): the stream no longer holds event %s nor any before it; "
-            "events between it and %s may be missing (trimmed at events_max_len while the "
-            "reader lagged, or the stream was removed)%s",
-            queue,
-            after,
-            following,
-            f"; {self.unsaid} more such gaps since the last warning" if self.unsaid else "",
-        )
-        self.said, self.unsaid = now, 0
+def _gap_said(gaps: Hush, queue: str, after: str, following: str) -> None:
+    """A warning when a reader meets a gap, at most every ``DOWN_LOG_S`` (with how many
+    came meanwhile)."""
+    unsaid = gaps.say(DOWN_LOG_S)
+    if unsaid is None:
+        return
+    log.warning(
+        "queue %s: events(): the stream no longer holds event %s nor any before it; "
+        "events between it and %s may be missing (trimmed at events_max_len while the "
+        "reader lagged, or the stream was removed)%s",
+        queue,
+        after,
+        following,
+        f"; {unsaid} more such gaps since the last warning" if unsaid else "",
+    )
 
 
 async def _read(
@@ -187,7 +179,7 @@ async def _read(
     block_ms: int,
     follow: bool,
     count: int,
-    gaps: _Gaps,
+    gaps: Hush,
 ) -> AsyncGenerator[StreamEvent, None]:
     """The entries of ``key`` after ``last_id`` (a stream id, "0-0" from the start), a
     ``GAP_EVENT`` first where some may be missing; with ``follow=False`` it ends once
@@ -205,7 +197,7 @@ async def _read(
             # deleted on its own, not trimmed).
             gone = mark != (0, 0) and len(fresh) == len(entries)
             if gone and not await client.xrevrange(key, max=last_id, min="-", count=1):
-                gaps.met(queue, last_id, fresh[0].id)
+                _gap_said(gaps, queue, last_id, fresh[0].id)
                 yield StreamEvent(last_id, GAP_EVENT, "", {"after": last_id, "next": fresh[0].id})
             for ev in fresh:
                 last_id = ev.id
@@ -284,7 +276,7 @@ async def stream_events(
     key = ctx.keys.events
     connected = False
     outage = _Outage(ctx.name, _GIVE_UP_S.get())
-    gaps = _Gaps()
+    gaps = Hush()
     count = READ_COUNT
     try:
         while True:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .limits import get_logger, printable
+from .limits import Hush, get_logger, printable
 
 __all__ = [
     "PROGRESS_BYTES_FIELD",
@@ -89,7 +88,7 @@ class EventEmitter:
     def __init__(self) -> None:
         # Per handler (by id, while registered): when its last failure was logged, and
         # how many failed since without a log line (``failed``).
-        self._failed: dict[int, list[float]] = {}
+        self._failed: dict[int, Hush] = {}
         # Tuples, replaced (never changed in place) by on/off: an emit iterates the
         # tuple it read, whatever its handlers add or remove meanwhile.
         self._handlers: dict[str, tuple[Handler, ...]] = {}
@@ -155,13 +154,12 @@ class EventEmitter:
         traceback at the first failure of that handler and then at most every
         ``FAILURE_LOG_S``, saying how many failed meanwhile (a handler failing at every
         event does not write a traceback per event)."""
-        now = time.monotonic()
-        seen = self._failed.get(id(handler))
-        if seen is not None and now - seen[0] < FAILURE_LOG_S:
-            seen[1] += 1
+        hush = self._failed.get(id(handler))
+        if hush is None:
+            hush = self._failed[id(handler)] = Hush()
+        since = hush.say(FAILURE_LOG_S)
+        if since is None:
             return
-        since = int(seen[1]) if seen is not None else 0
-        self._failed[id(handler)] = [now, 0]
         log.exception(
             "%s %r for %s failed (queue=%s job=%s)%s",
             what,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import time
 import traceback
 import unicodedata
 
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_RUN_CONTEXT_CHARS",
     "MAX_TRACEBACK_CHARS",
     "QUERY_PAGE",
+    "Hush",
     "bound_log_record",
     "clamp_delay_ms",
     "clip",
@@ -288,3 +290,25 @@ def get_logger(name: str) -> logging.Logger:
     if _BOUNDED not in logger.filters:
         logger.addFilter(_BOUNDED)
     return logger
+
+
+class Hush:
+    """A kind of occurrence that would flood a log when it repeats: the first is said at
+    once, then at most one every ``every_s`` seconds, with how many went unsaid between
+    (``say``)."""
+
+    __slots__ = ("said", "unsaid")
+
+    def __init__(self) -> None:
+        self.said: float | None = None
+        self.unsaid = 0
+
+    def say(self, every_s: float) -> int | None:
+        """None when this occurrence is hushed (counted); else say it, with how many were
+        hushed since the last one said."""
+        now = time.monotonic()
+        if self.said is not None and now - self.said < every_s:
+            self.unsaid += 1
+            return None
+        unsaid, self.said, self.unsaid = self.unsaid, now, 0
+        return unsaid
