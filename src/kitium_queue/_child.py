@@ -2,7 +2,11 @@
 
 Started by ``procpool`` (``procpool._BOOT``: ``main(spec)`` with the worker's pid as
 ``sys.argv[1]``); ``python -m kitium_queue._child`` runs it too. Anything the processor
-prints goes to stderr; stdout carries only frames.
+prints goes to stderr; stdout carries only frames. The frames are read from a private
+copy of stdin, and the processor's stdin (``sys.stdin``, ``input()``, what a
+``subprocess`` it starts inherits) reads from ``os.devnull``: it ends at once, as under a
+service manager, instead of waiting for ever on the worker's pipe (or taking the next
+job's frame from it).
 
 The rules are those of a run in the worker's own process (async and thread mode):
 
@@ -359,7 +363,12 @@ def main(spec: importlib.machinery.ModuleSpec | None = None) -> None:
         _PackageInit(spec).install()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the processor's prints go to stderr, never into the frame stream
-    inp = sys.stdin.buffer
+    # The frames come on a copy of stdin only this loop reads (not inherited: os.dup);
+    # the processor's stdin ends at once (module docstring).
+    inp = os.fdopen(os.dup(0), "rb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     cache: dict[str, Any] = {}
     while True:
         head = inp.read(_LEN.size)

@@ -21,6 +21,9 @@ Rules a subscriber can rely on:
   raises, a ``BaseException`` subclass or a ``CancelledError`` too (raised by a plain
   function, it is its own, not a cancellation of the caller); only
   ``KeyboardInterrupt`` and ``SystemExit`` go on.
+* Hooks are plain functions: a subscriber with an ``async def`` hook is refused by
+  ``add`` (``TypeError`` naming the hook), rather than having its coroutines created and
+  never run. Start a task of your own from a plain hook instead.
 * A method a subscriber does not override costs nothing: ``HookBus`` keeps, per hook,
   the tuple of subscribers that override it, and callers skip a hook whose tuple is
   empty (``if bus.started: bus.emit_started(job)``).
@@ -28,6 +31,7 @@ Rules a subscriber can rely on:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -219,13 +223,26 @@ class HookBus:
         return tuple(self._subs)
 
     def add(self, subscriber: Any) -> None:
-        """Add a subscriber (called after those added before it). Adding twice is a no-op."""
+        """Add a subscriber (called after those added before it). Adding twice is a no-op.
+        ``TypeError`` for an object with none of the hooks, or with an ``async def``
+        hook (hooks are called, never awaited: its body would never run)."""
         if any(s is subscriber for s in self._subs):
             return
         if not any(callable(getattr(subscriber, h, None)) for h in HOOK_NAMES):
             raise TypeError(
                 f"{subscriber!r} has none of the lifecycle hooks {', '.join(HOOK_NAMES)}"
             )
+        for hook in HOOK_NAMES:
+            fn = getattr(subscriber, hook, None)
+            if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+                getattr(fn, "__call__", None)  # noqa: B004
+            ):
+                raise TypeError(
+                    f"lifecycle subscriber {type(subscriber).__qualname__}: its hook "
+                    f"{hook!r} is an async def, but hooks are plain functions called on "
+                    "the event loop and never awaited (its body would never run); make it "
+                    "a plain def and start a task of your own for I/O"
+                )
         self._subs.append(subscriber)
         self._index()
 

@@ -8,7 +8,9 @@
   ``sched:<schedule id>:<tick ms>``); for a job added directly it is None.
 * **Process middleware** ``async fn(job, call_next) -> result`` wraps every run of a
   processor, outermost first: circuit breakers, tenancy context, tracing. Raise to fail
-  the run, return to complete it.
+  the run, return to complete it. A plain ``def`` may return ``call_next()`` (or another
+  awaitable); one that returns anything else fails the run with a ``TypeError`` naming
+  it (``run_process_chain``).
 * **Option ownership**: a feature declares the job options it handles in the queue's
   option registry (``jobspec.py``): ``queue.declare_option(name, feature=..., normalize=...)``,
   or ``queue.own_options(feature, names)`` for options that carry ids or keys; an option
@@ -20,6 +22,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
@@ -105,10 +108,30 @@ async def run_process_chain(
     chain: list[ProcessMiddleware], job: Any, innermost: Callable[[], Awaitable[Any]]
 ) -> Any:
     """Run ``innermost`` wrapped by ``chain`` (first element outermost). The chain is
-    read once, when the run starts: a middleware added meanwhile wraps later runs."""
+    read once, when the run starts: a middleware added meanwhile wraps later runs. A
+    middleware that returns something not awaitable (a plain ``def`` returning a value)
+    fails the run with a ``TypeError`` naming it (before: "object dict can't be used in
+    'await' expression", naming nobody)."""
     if len(chain) == 1:  # the usual case: no wrapper to build
-        return await chain[0](job, innermost)
+        return await _awaitable(chain[0], chain[0](job, innermost))
     call_next = innermost
     for middleware in reversed(chain):
-        call_next = functools.partial(middleware, job, call_next)
+        call_next = functools.partial(_step, middleware, job, call_next)
     return await call_next()
+
+
+async def _step(middleware: ProcessMiddleware, job: Any, call_next: Any) -> Any:
+    return await _awaitable(middleware, middleware(job, call_next))
+
+
+def _awaitable(middleware: Any, out: Any) -> Awaitable[Any]:
+    """``out``, what a process ``middleware`` returned, when it can be awaited; else a
+    ``TypeError`` naming the middleware."""
+    if inspect.isawaitable(out):
+        return out
+    name = getattr(middleware, "__qualname__", None) or type(middleware).__name__
+    raise TypeError(
+        f"process middleware {name} returned {type(out).__name__}, not an awaitable: a "
+        "process middleware is 'async def fn(job, call_next)' and returns "
+        "'await call_next()' (or a result of its own)"
+    )
