@@ -10,6 +10,10 @@
 * ``in_forked_child(fn)``: what ``fn`` returns (or raises) in a forked child.
 * ``health_cli(tmp_path, url, name)``: ``kitium-queue health --json`` on a queue: exit
   code and report.
+* ``recording_worker(url, prefix, name, **options)``: a started queue whose processor of
+  jobs ``work`` records their ids; its worker; closed afterwards.
+* ``backlog_alert_rules()``: the monitoring section of one alert on ``queue_depth``,
+  evaluated every 50 ms.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +37,10 @@ __all__ = [
     "EventLog",
     "QueueFactory",
     "app_module",
+    "backlog_alert_rules",
     "fail_saves",
     "mend_saves",
+    "recording_worker",
     "wait_for_status",
     "wait_replica_online",
     "wait_until",
@@ -164,6 +170,42 @@ async def all_completed(queue: JobQueue, ids: list[str]) -> bool:
         if info is None or info.status is not JobStatus.COMPLETED:
             return False
     return True
+
+
+@contextlib.asynccontextmanager
+async def recording_worker(
+    backend_url: str, prefix: str, name: str, **options: Any
+) -> AsyncIterator[tuple[JobQueue, Any, list[str]]]:
+    """A started ``JobQueue`` ``name`` (``options``: its other arguments) whose processor
+    of jobs ``work`` appends each job's id to a list and returns 1: the queue, its
+    worker and that list. The queue is closed afterwards."""
+    q = JobQueue(name, redis=backend_url, prefix=prefix, **options)
+    ran: list[str] = []
+
+    async def work(job: Any) -> int:
+        ran.append(job.id)
+        return 1
+
+    q.process("work", work)
+    try:
+        await q.start()
+        assert q.worker is not None
+        yield q, q.worker, ran
+    finally:
+        await q.close()
+
+
+def backlog_alert_rules() -> dict[str, Any]:
+    """``advanced=`` of a queue whose monitoring fires an alert ``backlog`` once a job
+    waits (``queue_depth`` >= 1), evaluated every 50 ms under a 500 ms leader lease."""
+    return {
+        "monitoring": {
+            "enabled": True,
+            "evaluation_interval_ms": 50,
+            "leader_lease_ms": 500,
+            "alerts": [{"name": "backlog", "metric": "queue_depth", "threshold": 1}],
+        }
+    }
 
 
 async def wait_for_status(

@@ -8,21 +8,14 @@ import secrets
 
 import pytest
 
-from helpers import EventLog, wait_until
+from helpers import EventLog, backlog_alert_rules, wait_until
 from kitium_queue import JobQueue
 from kitium_queue.features.access import AccessControlManager
 from kitium_queue.features.audit.refusals import FLUSH_BATCH
 
 KEY = secrets.token_hex(32)
 
-_RULES = {
-    "monitoring": {
-        "enabled": True,
-        "evaluation_interval_ms": 50,
-        "leader_lease_ms": 500,
-        "alerts": [{"name": "backlog", "metric": "queue_depth", "threshold": 1}],
-    }
-}
+_RULES = backlog_alert_rules()
 
 
 @pytest.mark.redis_only

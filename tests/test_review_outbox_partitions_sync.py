@@ -16,21 +16,14 @@ from typing import Any
 
 import pytest
 
-from helpers import EventLog, wait_until
+from helpers import EventLog, backlog_alert_rules, wait_until
 from kitium_queue import JobQueue
 
 pytestmark = pytest.mark.redis_only
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_RULES = {
-    "monitoring": {
-        "enabled": True,
-        "evaluation_interval_ms": 50,
-        "leader_lease_ms": 500,
-        "alerts": [{"name": "backlog", "metric": "queue_depth", "threshold": 1}],
-    }
-}
+_RULES = backlog_alert_rules()
 
 # A leader that dies right after it recorded an alert change, before it reported it:
 # its lifecycle subscriber (called inline by the report) SIGKILLs the process.

@@ -6,10 +6,8 @@ either: it is handed back, so it neither waits for its lease to expire nor count
 
 from __future__ import annotations
 
-from typing import Any
-
-from helpers import wait_until
-from kitium_queue import JobQueue, JobStatus
+from helpers import recording_worker, wait_for_status, wait_until
+from kitium_queue import JobStatus
 from kitium_queue.leases import start_window
 
 
@@ -19,44 +17,23 @@ async def test_a_job_whose_renewals_all_came_back_late_is_handed_back_not_stalle
     """Every renewal reply looks late while the windows are in the past: the job is not
     started. Its lease is still this worker's, so it goes back to the queue at once; with
     ``max_stalled_count=0`` a stall would dead-letter it. Once replies are timely again it
-    runs, once, with no stall recorded."""
+    runs, once, with no stall recorded. (``test_worker_stale_claim.py``: a job claimed
+    late renews its lease and starts; here the renewal's reply is late too.)"""
     lease = 1000
-    q = JobQueue(
+    async with recording_worker(
+        backend_url,
+        prefix,
         "late",
-        redis=backend_url,
-        prefix=prefix,
         worker={"concurrency": 1, "scheduler": False},
         settings={"lock_duration": lease, "max_stalled_count": 0, "max_stalled_interval": 200},
-    )
-    ran: list[str] = []
-
-    async def work(job: Any) -> int:
-        ran.append(job.id)
-        return 1
-
-    q.process("work", work)
-    try:
-        await q.start()
-        w = q.worker
-        assert w is not None
+    ) as (q, w, ran):
         w.runner._window = w.leases.window = -60.0  # every start and every reply is late
         jid = await q.add_job("work", {})
         await wait_until(lambda: w.leases.unstarted >= 1, timeout=10)
         assert ran == []
         w.runner._window = w.leases.window = start_window(lease)
-
-        async def ended() -> bool:
-            info = await q.get_job_status(jid)
-            return info is not None and info.status in (
-                JobStatus.COMPLETED,
-                JobStatus.FAILED,
-                JobStatus.DLQ,
-            )
-
-        await wait_until(ended, timeout=15)
-        info = await q.get_job_status(jid)
-        assert info is not None and info.status is JobStatus.COMPLETED, info
+        ended = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DLQ)
+        info = await wait_for_status(q, jid, *ended, timeout=15)
+        assert info.status is JobStatus.COMPLETED, info
         assert ran == [jid]
         assert info.stalls == 0
-    finally:
-        await q.close()

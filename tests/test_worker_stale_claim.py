@@ -25,7 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from _redis import RedisServer
-from helpers import wait_until
+from helpers import all_completed, recording_worker, wait_for_status, wait_until
 from kitium_queue import JobQueue, JobStatus
 from workers.procs import WorkerProcs
 
@@ -218,46 +218,29 @@ async def test_stopped_with_a_claim_in_flight_it_never_starts_the_job_claimed(
         await q.close()
 
 
+# One job at a time, under a lease (1 s) shorter than the idle worker's wake-up wait.
+_ONE_SLOT: dict[str, Any] = {
+    "worker": {"concurrency": 1, "scheduler": False},
+    "settings": {"lock_duration": 1000},
+}
+
+
 async def test_a_job_claimed_late_in_a_long_wake_up_wait_starts_after_renewing(
     backend_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A lease shorter than the idle worker's wake-up wait: the claim that rode on it was
     sent long before it ran, so the worker cannot tell by its clock that the lease is
     still its own; it renews it (fenced) and starts the job, which is not dropped."""
-    q = JobQueue(
-        QUEUE,
-        redis=backend_url,
-        prefix=prefix,
-        worker={"concurrency": 1, "scheduler": False},
-        settings={"lock_duration": 1000},
-    )
-    ran: list[Any] = []
-
-    async def work(job: Any) -> int:
-        ran.append(job.id)
-        return 1
-
-    q.process("work", work)
-    try:
-        await q.start()
-        w = q.worker
-        assert w is not None
+    async with recording_worker(backend_url, prefix, QUEUE, **_ONE_SLOT) as (q, w, ran):
         await asyncio.sleep(2.0)  # idle, in its wake-up wait
         with caplog.at_level(logging.WARNING, "kitium_queue"):
             jid = await q.add_job("work", {})
-
-            async def done() -> bool:
-                info = await q.get_job_status(jid)
-                return info is not None and info.status is JobStatus.COMPLETED
-
-            await wait_until(done, timeout=10)
+            await wait_for_status(q, jid, JobStatus.COMPLETED, timeout=10)
         assert ran == [jid]
         assert w.leases.unstarted == 0
         assert "not started" not in caplog.text
         if w._fused:  # the claim rode on the wait: it was checked, and renewed
             assert w.leases.renewed_late == 1
-    finally:
-        await q.close()
 
 
 async def test_a_delayed_job_claimed_as_the_wake_up_wait_times_out_starts_at_once(
@@ -266,64 +249,25 @@ async def test_a_delayed_job_claimed_as_the_wake_up_wait_times_out_starts_at_onc
     """The wait ends at the delayed job's due time: the claim riding on it ran no sooner
     than that timeout after the wait was sent, so its lease counts from there and the
     job starts without a renewal, though the wait was longer than the lease."""
-    q = JobQueue(
-        QUEUE,
-        redis=backend_url,
-        prefix=prefix,
-        worker={"concurrency": 1, "scheduler": False},
-        settings={"lock_duration": 1000},
-    )
-    ran: list[str] = []
-
-    async def work(job: Any) -> int:
-        ran.append(job.id)
-        return 1
-
-    q.process("work", work)
-    try:
-        await q.start()
-        w = q.worker
-        assert w is not None
+    async with recording_worker(backend_url, prefix, QUEUE, **_ONE_SLOT) as (q, w, ran):
         await asyncio.sleep(0.2)
         jid = await q.add_job("work", {}, delay=2500)
-
-        async def done() -> bool:
-            info = await q.get_job_status(jid)
-            return info is not None and info.status is JobStatus.COMPLETED
-
-        await wait_until(done, timeout=15)
+        await wait_for_status(q, jid, JobStatus.COMPLETED, timeout=15)
         assert ran == [jid]
         assert w.leases.unstarted == 0 and w.leases.renewed_late == 0
-    finally:
-        await q.close()
 
 
 async def test_jobs_past_their_start_window_renew_their_lease_and_run(
     backend_url: str, prefix: str
 ) -> None:
     """Every claim looks late (the worker's start window moved into the past): each job
-    renews its lease (fenced, still this worker's) and runs once; none is dropped."""
-    q = JobQueue(QUEUE, redis=backend_url, prefix=prefix, worker={"concurrency": 2})
-    ran: list[str] = []
-
-    async def work(job: Any) -> int:
-        ran.append(job.id)
-        return 1
-
-    q.process("work", work)
-    try:
-        await q.start()
-        w = q.worker
-        assert w is not None
+    renews its lease (fenced, still this worker's) and runs once; none is dropped.
+    (``test_review_stale_claim.py``: when the renewal's reply is late too, the job is
+    handed back.)"""
+    two_slots = recording_worker(backend_url, prefix, QUEUE, worker={"concurrency": 2})
+    async with two_slots as (q, w, ran):
         w.runner._window = -60.0
         ids = [await q.add_job("work", {"n": n}) for n in range(5)]
-
-        async def done() -> bool:
-            infos = [await q.get_job_status(j) for j in ids]
-            return all(i is not None and i.status is JobStatus.COMPLETED for i in infos)
-
-        await wait_until(done, timeout=15)
+        await wait_until(lambda: all_completed(q, ids), timeout=15)
         assert sorted(ran) == sorted(ids)
         assert w.leases.renewed_late == 5 and w.leases.unstarted == 0
-    finally:
-        await q.close()

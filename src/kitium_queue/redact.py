@@ -43,6 +43,9 @@ _SECRET_NAME = re.compile(r"pass(?:word|wd)?|pwd|secret|token|credential|auth", 
 # word (``_mask_params``), which keeps it linear on any input.
 _SECRET_WORD = re.compile(r"pass(?:word|wd)?|pwd|secret|token|credential", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
+_WORD_EDGE = re.compile(r"\w")
+# A known secret this long is masked even inside a word (``_mask_whole``).
+_MASKED_ANYWHERE = 8
 _ASSIGNED = re.compile(r"(['\"]?\s*[=:]\s*)(?:'[^']*'?|\"[^\"]*\"?|[^&\s,;}'\"]*)")
 # The hosts part of a URL in a text (once credentials are masked, it holds no ``@``).
 _AUTHORITY = re.compile(
@@ -74,9 +77,11 @@ def redact_url(value: object, secrets: Iterable[str] = ()) -> str:
       message mentions one; ``password=...``-like pairs are masked anywhere in the text.
       Only a database number given as ``?db=N`` stays (``unix://`` URLs have no other
       place for it), as ``?db=N`` alone.
-    * ``secrets``: exact strings (passwords a caller knows of) masked wherever they occur,
-      also inside texts that do not look like URLs (a parser's error message quoting a
-      fragment of a malformed URL).
+    * ``secrets``: exact strings (passwords a caller knows of) masked wherever they occur
+      whole, also inside texts that do not look like URLs (a parser's error message
+      quoting a fragment of a malformed URL). One shorter than 8 characters only where
+      it is not part of a longer word: a user name or password ``on`` is masked in
+      ``'on'`` or ``:on@``, never inside ``connection``.
     * A mapping has the values of secret-looking keys masked and its ``url`` redacted.
     * Anything that cannot be processed (an object whose ``str()`` fails, an internal
       error) gives ``"<redacted>"``, never the input.
@@ -85,7 +90,7 @@ def redact_url(value: object, secrets: Iterable[str] = ()) -> str:
         text = _as_text(value)
         known = {s for s in secrets if isinstance(s, str) and s}
         for secret in sorted(known, key=len, reverse=True):  # longest first: no remnants
-            text = text.replace(secret, REDACTED)
+            text = _mask_whole(text, secret)
         text = _SCRIPT_AT.sub(r"on \1:\2", text)
         last_at = text.rfind("@")
         if last_at >= 0:
@@ -102,6 +107,20 @@ def redact_url(value: object, secrets: Iterable[str] = ()) -> str:
         return _mask_params(text)
     except Exception:
         return REDACTED_PLACEHOLDER
+
+
+def _mask_whole(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced: a secret shorter than ``_MASKED_ANYWHERE``
+    characters where it occurs whole, not continued by a letter, digit or ``_`` on a
+    side where it ends in one (a one-letter user name is masked where it stands alone,
+    quoted or delimited in a URL, and the words that merely contain it are left as they
+    are); a longer one wherever it occurs (inside a word it is the credential all the
+    same, after an escape such as ``\\x00``)."""
+    if len(secret) >= _MASKED_ANYWHERE:
+        return text.replace(secret, REDACTED)
+    head = r"(?<!\w)" if _WORD_EDGE.match(secret[0]) else ""
+    tail = r"(?!\w)" if _WORD_EDGE.match(secret[-1]) else ""
+    return re.sub(head + re.escape(secret) + tail, lambda _: REDACTED, text)
 
 
 def _kept_query(tail: str) -> str:

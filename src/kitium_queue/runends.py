@@ -30,11 +30,15 @@ exceptions that need care on the way to an outcome.
   stop cancelled them (``grace_period`` gives up on them), still running: the end of
   ``asyncio.run`` waits for them for ever, so the CLI's worker ends its process instead
   (``cli/base.py``), and an app that embeds ``run_worker()`` checks it.
+* ``run_exit_handlers()``: such a process ends with ``os._exit``, which skips the
+  ``atexit`` handlers (an OpenTelemetry batch exporter's last spans, a log queue's
+  listener); they are run first, in a daemon thread, for ``EXIT_HANDLERS_S`` at most.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import threading
 import weakref
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
     from .runner import Runner
 
 __all__ = [
+    "EXIT_HANDLERS_S",
     "FAILING_CANCELS",
     "PROCESS_EXITS",
     "DaemonThreads",
@@ -63,6 +68,7 @@ __all__ = [
     "in_thread",
     "leave_threads",
     "no_stop",
+    "run_exit_handlers",
     "settable",
     "wait_event",
     "wait_unless",
@@ -419,6 +425,29 @@ def ignoring_cancellation() -> list[asyncio.Task[Any]]:
     lease, beside the job's retry on another worker (README, "Signals and embedding")."""
     loop = asyncio.get_running_loop()
     return [t for t in list(_GIVEN_UP) if t.get_loop() is loop and not t.done()]
+
+
+#: How long ``run_exit_handlers`` waits for the ``atexit`` handlers to end (s).
+EXIT_HANDLERS_S = 5.0
+
+
+def run_exit_handlers(timeout: float = EXIT_HANDLERS_S) -> bool:
+    """Run the ``atexit`` handlers registered (last registered first, as the
+    interpreter's exit does, each at most once) before a process ends with
+    ``os._exit``, which skips them; returns whether they ended within ``timeout``
+    seconds. They run in a daemon thread: one that hangs (a join of a process or
+    thread that never ends, an exporter waiting for a collector) cannot keep the
+    process alive, and ``os._exit`` ends it with the process."""
+    ended = threading.Event()
+
+    def run() -> None:
+        try:
+            atexit._run_exitfuncs()  # prints what a handler raises, runs the others
+        finally:
+            ended.set()
+
+    threading.Thread(target=run, name="kitium-queue-atexit", daemon=True).start()
+    return ended.wait(timeout)
 
 
 async def wait_unless(

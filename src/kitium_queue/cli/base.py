@@ -11,7 +11,8 @@ bounds (``run_worker_loop``): ``asyncio.run`` cancels the tasks left at its end 
 waits for them for ever, so a job whose processor ignored its cancellation (the stop
 gave up on it, ``runends.ignoring_cancellation``) kept the process alive until a
 SIGKILL, and ran on past its lease beside its retry elsewhere. The process now ends
-at once then (the logs flushed), with ``EXIT_STUCK``.
+at once then (the logs flushed, the ``atexit`` handlers run for a few seconds at most),
+with ``EXIT_STUCK``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..facade import MultiQueue
 from ..limits import clip, get_logger, printable, safe_text
 from ..queue import JobQueue
 from ..redact import redact_url
-from ..runends import ignoring_cancellation
+from ..runends import EXIT_HANDLERS_S, ignoring_cancellation, run_exit_handlers
 
 __all__ = [
     "EXIT_CODES",
@@ -382,9 +383,10 @@ def run_worker_loop(main: Coroutine[Any, Any, T], bound_s: float = TEARDOWN_S) -
     waited for at all; the async generators get ``bound_s``, the loop is closed, and the
     calls of its default executor's threads get ``bound_s``. When a task or a thread did
     not end, an ERROR says so and the process ends at once with ``EXIT_STUCK``, the logs
-    and the standard streams flushed (its threads cannot be stopped, and the
-    interpreter's exit waits for them): the stuck job ends with it, so it cannot run on
-    beside its retry."""
+    and the standard streams flushed, the ``atexit`` handlers run first (for
+    ``runends.EXIT_HANDLERS_S`` at most: ``run_exit_handlers``). Its threads cannot be
+    stopped, and the interpreter's exit waits for them: the stuck job ends with the
+    process, so it cannot run on beside its retry."""
     if sys.version_info >= (3, 11):  # its SIGINT handler cancels main: the queue closes
         runner = asyncio.Runner()
         loop, run = runner.get_loop(), runner.run
@@ -435,7 +437,8 @@ def run_worker_loop(main: Coroutine[Any, Any, T], bound_s: float = TEARDOWN_S) -
 
 
 def _exit_stuck(jobs: int, tasks: int, calls: int) -> None:
-    """Say what did not end (``run_worker_loop``), flush, and end the process."""
+    """Say what did not end (``run_worker_loop``), flush, run the ``atexit`` handlers
+    (bounded: ``run_exit_handlers``), and end the process."""
     what = []
     if jobs:
         what.append(f"{jobs} job(s) whose processor ignored its cancellation")
@@ -454,6 +457,9 @@ def _exit_stuck(jobs: int, tasks: int, calls: int) -> None:
         with contextlib.suppress(Exception):
             click.echo(f"Error: {error_line(_failure(exc)[1])}", err=True)
     logging.shutdown()
+    if not run_exit_handlers():  # os._exit skips them: an exporter's last spans
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"the atexit handlers did not end within {EXIT_HANDLERS_S:g} s\n")
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
