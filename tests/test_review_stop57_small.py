@@ -204,3 +204,27 @@ async def _check_cases(cases: list[Any], caplog: pytest.LogCaptureFixture) -> No
                 assert not _whole(secret, text), (url, secret, text)
                 if len(secret) > 2:
                     assert secret not in text, (url, secret, text)
+
+
+async def test_health_check_keeps_the_password_hint_readable() -> None:
+    """health_check() redacted the connection error's text a second time, and the
+    example URL of the password hint (``redis://USERNAME:PASSWORD@host:port/db``) then
+    lost everything from its scheme to its host: the host and the advice were gone."""
+    import redis as redis_sync
+
+    from _redis import RedisServer
+
+    with RedisServer() as srv:
+        redis_sync.Redis.from_url(srv.url).config_set("requirepass", "kq-s57-health-secret")
+        url = f"redis://kq-s57-user@127.0.0.1:{srv.port}/0"
+        queue = JobQueue("s57-health", redis=url)
+        try:
+            status = await queue.health_check()
+        finally:
+            await queue.close()
+    assert not status.healthy
+    error = status.error or ""
+    assert "requires a password and none was given" in error, error
+    assert "redis://USERNAME:PASSWORD@host:port/db" in error, error
+    assert f"127.0.0.1:{srv.port}" in error, error
+    assert "kq-s57-health-secret" not in error

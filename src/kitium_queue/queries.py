@@ -526,8 +526,11 @@ class Queries:
         except Exception as exc:
             # Worded as the CLI words it (a bare asyncio timeout has no text); redacted as
             # ``backend`` is: a redis-py message may quote the connection.
-            said = ctx.connection.error(exc, ctx.name, timeout_s=CONNECT_TIMEOUT_S) or exc
-            error = f"{type(said).__name__}: {ctx.connection.redact(said)}"
+            # ``error`` redacts what it quotes; redacting its text again would mask the
+            # example URL it may give (``redis://USERNAME:PASSWORD@host...``) up to the host.
+            said = ctx.connection.error(exc, ctx.name, timeout_s=CONNECT_TIMEOUT_S)
+            text = str(said) if said is not None else ctx.connection.redact(exc)
+            error = f"{type(said or exc).__name__}: {text}"
             return HealthStatus(False, None, ctx.connection.describe(), error, worker_running())
         return HealthStatus(
             (problem := refused or damaged) is None,
