@@ -89,7 +89,7 @@ CORE_ACL_COMMANDS = (
     # sent directly by the Python side (queries, the worker's wake-up, the scheduler's
     # change notifications and clock)
     "hgetall", "hget", "lrange", "llen", "zrange", "zrevrange", "bzpopmin", "zadd", "xread",
-    "xrevrange", "subscribe", "time",
+    "xrevrange", "xinfo|stream", "subscribe", "time",
     # explain(): a waiting job's place in line
     "zrank",
     # the workers' heartbeat records (presence.py: one MULTI/EXEC each)

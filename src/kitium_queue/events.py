@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,10 @@ log = get_logger(__name__)
 
 #: A handler that keeps failing is logged (with a traceback) at most this often.
 FAILURE_LOG_S = 60.0
+#: Calls of one async handler under way at once, at most: an event that finds that
+#: many is not delivered to it (``EventEmitter.dropped``), with a warning at most every
+#: ``FAILURE_LOG_S``.
+MAX_HANDLER_TASKS = 1000
 
 Handler = Callable[["EventData"], "Awaitable[None] | None"]
 
@@ -77,13 +83,23 @@ class EventEmitter:
     too) while it is called changes who gets the next event, never skips another
     handler of this one.
 
+    An async handler runs each call in a task of its own. One whose calls do not end
+    (a wait without a timeout) holds at most ``MAX_HANDLER_TASKS`` of them: each event
+    that finds it at that bound is not delivered to it, counted in ``dropped``, and
+    logged as a warning naming the handler at most every ``FAILURE_LOG_S`` (with how
+    many were dropped meanwhile); once its calls end, it gets events again.
+
+    ``closing`` gives a future done at the queue's next ``close()`` (``drain``): an
+    ``events()`` loop ends there.
+
     Views (``add_view``) run before the handlers of each event and may rewrite its
     ``EventData`` in place (a compliance feature masks fields of ``result`` and
     ``progress`` there); a view that raises is logged and the event is not delivered,
     so a broken view never lets an unmasked value through.
     """
 
-    __slots__ = ("_failed", "_handlers", "_tasks", "_views")
+    __slots__ = ("_closings", "_failed", "_full", "_handlers", "_running", "_tasks", "_views",
+                 "dropped")  # fmt: skip
 
     def __init__(self) -> None:
         # Per handler (by id, while registered): when its last failure was logged, and
@@ -94,6 +110,13 @@ class EventEmitter:
         self._handlers: dict[str, tuple[Handler, ...]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._views: tuple[Callable[[EventData], None], ...] = ()
+        # Per async handler (by id, while a call of it runs): its calls under way, and
+        # when it was last said to be at ``MAX_HANDLER_TASKS`` (``_dropped``).
+        self._running: dict[int, int] = {}
+        self._full: dict[int, Hush] = {}
+        #: Events not delivered to an async handler at ``MAX_HANDLER_TASKS``, counted.
+        self.dropped = 0
+        self._closings: set[asyncio.Future[None]] = set()
 
     def add_view(self, view: Callable[[EventData], None]) -> None:
         """Run ``view(data)`` on every event before its handlers (after the views added
@@ -111,6 +134,7 @@ class EventEmitter:
         handlers = list(self._handlers.get(key, ()))
         if handler in handlers:
             self._failed.pop(id(handlers[handlers.index(handler)]), None)
+            self._full.pop(id(handlers[handlers.index(handler)]), None)
             handlers.remove(handler)
             if handlers:
                 self._handlers[key] = tuple(handlers)
@@ -137,6 +161,9 @@ class EventEmitter:
                 )
                 return
         for handler in handlers:
+            if self._running.get(id(handler), 0) >= MAX_HANDLER_TASKS:
+                self._dropped(handler, data)
+                continue
             try:
                 out = handler(data)
             except (KeyboardInterrupt, SystemExit):
@@ -147,7 +174,38 @@ class EventEmitter:
             if inspect.isawaitable(out):
                 task = asyncio.ensure_future(self._guard(out, handler, data))
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._running[id(handler)] = self._running.get(id(handler), 0) + 1
+                task.add_done_callback(functools.partial(self._ended, id(handler)))
+
+    def _ended(self, handler_id: int, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        left = self._running.get(handler_id, 1) - 1
+        if left > 0:
+            self._running[handler_id] = left
+        else:
+            self._running.pop(handler_id, None)
+
+    def _dropped(self, handler: Handler, data: EventData) -> None:
+        """``data`` is not delivered to ``handler``, at ``MAX_HANDLER_TASKS``."""
+        self.dropped += 1
+        hush = self._full.get(id(handler))
+        if hush is None:
+            hush = self._full[id(handler)] = Hush()
+        since = hush.say(FAILURE_LOG_S)
+        if since is None:
+            return
+        log.warning(
+            "async event handler %r has %d calls under way (they do not end: bound its "
+            "waits with a timeout); %s (queue=%s job=%s) is not delivered to it%s",
+            handler,
+            MAX_HANDLER_TASKS,
+            data.event,
+            data.queue,
+            printable(data.job_id),
+            f"; {since} more events not delivered to it in the last {FAILURE_LOG_S:.0f} s"
+            if since
+            else "",
+        )
 
     def failed(self, handler: Handler, data: EventData, what: str) -> None:
         """Log the exception being handled, raised by ``handler`` for ``data``: with its
@@ -180,10 +238,35 @@ class EventEmitter:
         except BaseException:
             self.failed(handler, data, "async event handler")
 
+    def closing(self) -> asyncio.Future[None]:
+        """A future of the running event loop, done at the queue's next ``close()``
+        (``drain``); ``unwatch`` it once no longer waited for."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closings.add(fut)
+        return fut
+
+    def unwatch(self, fut: asyncio.Future[None]) -> None:
+        self._closings.discard(fut)
+
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait for pending async handlers (used on close)."""
+        """The queue closes: end its ``events()`` loops (``closing``), and wait for
+        pending async handlers, ``timeout`` s at most."""
+        closings, self._closings = self._closings, set()
+        loop = asyncio.get_running_loop()
+        for fut in closings:
+            there = fut.get_loop()
+            if there is loop:
+                _done(fut)
+            elif not there.is_closed():
+                with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
+                    there.call_soon_threadsafe(_done, fut)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+def _done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 #: Field of a ``job-progress`` stream entry whose progress value was too large to copy

@@ -58,6 +58,9 @@ ENGINE_COMMANDS = (
     "hgetall", "hget", "hmget", "lrange", "llen", "zrange", "zrevrange", "zrangebyscore",
     "zrevrangebyscore", "zscore", "zcard", "bzpopmin", "xread", "xrevrange", "subscribe",
     "time",
+    # events(): where the stream is read from, and whether a reader trimmed past lost
+    # anything (entries-added); refused, a reader tells of every possible gap
+    "xinfo|stream",
     # explain(): a waiting job's place in line
     "zrank",
     # the workers' heartbeat records (presence.py), one MULTI/EXEC each
