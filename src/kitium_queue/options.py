@@ -569,6 +569,9 @@ class WorkerConfig:
         max_jobs_per_child: ``mode="process"`` children are replaced after this many
             jobs each (memory a processor leaks is given back); None (the default):
             a child serves jobs for as long as it lives.
+        thread_overrun: a plain ``def`` processor's run past its timeout: ``"release"``
+            it (default; its thread runs on) or ``"hold"`` it until the thread returns
+            (``overruns.hold``), ``thread_overrun_max`` ms at most (None: its timeout).
     """
 
     concurrency: int = 20
@@ -576,15 +579,13 @@ class WorkerConfig:
     shutdown_timeout: Duration = 30_000
     scheduler: bool = True
     max_jobs_per_child: int | None = None
+    thread_overrun: str = "release"
+    thread_overrun_max: Duration | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scheduler, bool):
-            raise ConfigurationError(
-                f"worker.scheduler must be True or False, got {shown(self.scheduler)}"
-            )
-        if self.max_jobs_per_child is not None:
-            what = "worker.max_jobs_per_child"
-            to_int(self.max_jobs_per_child, what, minimum=1, maximum=MAX_COUNT)
+        from .workerchecks import check_worker  # it imports this module: at call time
+
+        check_worker(self)
 
 
 @dataclass(slots=True)

@@ -6,14 +6,25 @@
   once and its slot freed, so the retry may start, on this worker or another, while the
   thread still runs, and what the thread returns is ignored. A WARNING names the job;
   the thread's pool is wound down (the runner took a fresh one).
+* ``hold``: with ``worker={"thread_overrun": "hold"}``, a plain ``def`` run its timeout
+  ended is held until its thread returns, before ``left``: its task waits for the
+  thread, so its job stays leased (renewed with the others, its outcome fenced by its
+  token as ever) and its slot taken, and the timeout's failure is recorded only when the
+  thread returned: the retry cannot start beside it. The wait is bounded by
+  ``thread_overrun_max`` ms (default: the job's timeout again); past it the worker gives
+  up holding, an ERROR names the job, and the run is released as above. A stop (the
+  thread still runs at the end of its grace: left leased, ``runends.leave_threads``), a
+  lost lease (nothing recorded) and ``cancel_job()`` (failed for good) end the hold at
+  once, as they end any run. ``cancel_job()`` itself is never held: it fails the job for
+  good, so no retry follows it.
 * ``ignored``: an ``async def`` processor that caught the ``CancelledError`` of its
   timeout (or of ``cancel_job()``) and returned: the run held its slot and lease until
   then, and its result is kept (``completed``: the run happened, and failing it would run
   its side effects again on a retry), as for a run that blocked the event loop past its
   timeout (``runends.RunEnds.overran``). A WARNING says so.
 
-Neither costs the normal path anything: ``left`` runs only in a cancelled thread run,
-``ignored`` only for a run whose task was cancelled. A dependency that hangs times out
+None costs the normal path anything: ``hold`` and ``left`` run only in a cancelled
+thread run, ``ignored`` only for a run whose task was cancelled. A dependency that hangs times out
 every job: each worker names the first run of each kind at once, and counts those that
 follow within ``OVERRUN_LOG_S`` in one WARNING at its end (not a line per job).
 """
@@ -32,7 +43,7 @@ if TYPE_CHECKING:
     from .leases import Run
     from .runner import Runner
 
-__all__ = ["OVERRUN_LOG_S", "ignored", "left"]
+__all__ = ["OVERRUN_LOG_S", "hold", "ignored", "left"]
 
 log = get_logger("kitium_queue.worker")
 
@@ -92,15 +103,16 @@ def _named(runner: Runner, kind: str) -> bool:
     return said.named(kind)
 
 
-def left(run: Run, runner: Runner, thread: Future[Any], pool: Executor) -> None:
+def left(run: Run, runner: Runner, thread: Future[Any], pool: Executor, said: bool = False) -> None:
     """``run``'s task was cancelled while its processor ran in a thread of ``pool``
     (``thread``: that call): when the thread still runs, wind ``pool`` down (it ends as
     its threads return) and, when its timeout or ``cancel_job()`` ended the run, say so
-    (``runner``'s first in a window; the others counted)."""
+    (``runner``'s first in a window; the others counted) unless ``said`` (``hold`` gave
+    up on it with an ERROR)."""
     if thread.done():
         return
     pool.shutdown(wait=False)
-    if run.reason not in FAILING_CANCELS or run.abandoned:
+    if run.reason not in FAILING_CANCELS or run.abandoned or said:
         return  # a stop or a lost lease: said where they happen
     if not _named(runner, "left"):
         return
@@ -115,6 +127,72 @@ def left(run: Run, runner: Runner, thread: Future[Any], pool: Executor) -> None:
         printable(job.name),
         _BY[run.reason],
     )
+
+
+async def hold(run: Run, runner: Runner, thread: Future[Any]) -> bool:
+    """``run``'s task was cancelled while its plain ``def`` processor runs in ``thread``.
+    With ``worker={"thread_overrun": "hold"}`` and its timeout the cause, wait for the
+    thread before the run ends (module docstring): at most ``thread_overrun_max`` ms
+    (None: the job's timeout). True when the worker gave up holding it (the thread still
+    runs; an ERROR named the job); False otherwise, at once when the run is not held.
+    Another cancellation of the task (a stop, a lost lease, ``cancel_job()``) ends the
+    wait: the caller re-raises the first, and the run ends as that cancellation says
+    (``run.reason``, ``run.abandoned``)."""
+    config = runner.queue.worker_config
+    if config.thread_overrun != "hold" or run.reason != "timeout" or run.abandoned:
+        return False
+    if thread.done():
+        return False
+    loop = asyncio.get_running_loop()
+    given = config.thread_overrun_max  # whole ms (workerchecks.py), or None
+    cap_ms = given if isinstance(given, int) else (run.policy.timeout_ms or 0)
+    since = loop.time()
+    waiter = asyncio.wrap_future(thread, loop=loop)
+    waiter.add_done_callback(_retrieved)
+    try:
+        await asyncio.wait({waiter}, timeout=cap_ms / 1000)
+    except asyncio.CancelledError:
+        return False  # ends as that cancellation says; the thread is left() next
+    finally:
+        if not waiter.done():
+            waiter.cancel()  # the thread itself runs on: a running call cannot be cancelled
+    job, name = run.job, printable(runner.queue.name)
+    held = _seconds(loop.time() - since)
+    if thread.done():
+        log.info(
+            "queue %s: job %s (%s) was held %s s past its timeout until its plain `def` "
+            'processor\'s thread returned (thread_overrun="hold"); its timeout is recorded '
+            "now",
+            name,
+            printable(job.id),
+            printable(job.name),
+            held,
+        )
+        return False
+    log.error(
+        "queue %s: job %s (%s) still runs in its plain `def` processor's thread %s s past "
+        "its timeout: the worker gives up holding it (thread_overrun_max=%d ms): its "
+        "timeout is recorded now and its slot freed, so its retry may run beside this "
+        "thread, here or on another worker, and what the thread returns is ignored. Use "
+        'mode="process" for a hard timeout',
+        name,
+        printable(job.id),
+        printable(job.name),
+        held,
+        cap_ms,
+    )
+    return True
+
+
+def _retrieved(waiter: asyncio.Future[Any]) -> None:
+    # What a held thread raised is ignored (its timeout is what is recorded): retrieved,
+    # so asyncio does not report it as never retrieved.
+    if not waiter.cancelled():
+        waiter.exception()
+
+
+def _seconds(value: float) -> str:
+    return f"{max(value, 0.0):.3f}".rstrip("0").rstrip(".")
 
 
 def ignored(run: Run, runner: Runner, now: float) -> None:
@@ -134,5 +212,5 @@ def ignored(run: Run, runner: Runner, now: float) -> None:
         printable(job.id),
         printable(job.name),
         _BY[run.reason],
-        f"{max(now - run.started, 0.0):.3f}".rstrip("0").rstrip("."),
+        _seconds(now - run.started),
     )

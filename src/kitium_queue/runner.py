@@ -18,9 +18,11 @@ Every way a run can end becomes exactly one outcome:
   (which asyncio cannot hand over as it is); ``KeyboardInterrupt`` and ``SystemExit``
   end the process, the job left leased until recovered (``runends.py``);
 * its payload cannot be decoded: ``F`` ("undecodable payload: ...");
-* it was cancelled: by its timeout (a failure like any other: ``R`` or ``F``), by
-  ``cancel_job()`` (``F``), by shutdown (``H``, handed back unspent), or because its
-  lease was lost (abandoned: no outcome at all, another worker owns the job now).
+* it was cancelled: by its timeout (a failure like any other: ``R`` or ``F``; a plain
+  ``def`` run's recorded once its thread returned with ``worker.thread_overrun="hold"``,
+  ``overruns.hold``), by ``cancel_job()`` (``F``), by shutdown (``H``, handed back
+  unspent), or because its lease was lost (abandoned: no outcome at all, another worker
+  owns the job now).
 
 The tracing span (``telemetry``) stays here around the processor call; the lifecycle
 hooks report the rest (``started`` here, ``progress`` from ``update``, ``finished`` once
@@ -493,9 +495,10 @@ class Runner:
         try:
             result = await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
+            gave_up = await overruns.hold(run, self, cf)  # worker thread_overrun="hold"
             if not cf.done() and pool is self._executor:
                 self._executor = self._new_executor()  # the freed slot can run one: overruns
-            overruns.left(run, self, cf, pool)
+            overruns.left(run, self, cf, pool, gave_up)
             raise
         # A plain function that returned an awaitable (a sync decorator around an async
         # def, a lambda returning a coroutine): awaited here, on the worker's loop.
