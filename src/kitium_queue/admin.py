@@ -210,12 +210,17 @@ class Admin:
     async def _moved(self, script: str, head: list[Any], limit: int) -> int:
         # Up to ``limit`` jobs, in script calls of at most ADMIN_BATCH; each call examines
         # that many entries from the position after those skipped so far (their record is
-        # gone or damaged: they stay) and replies the ids it moved and how many it
-        # skipped; fewer examined than asked means nothing is left.
+        # gone or damaged: they stay) and replies the ids it moved, how many it skipped
+        # and the newest score it examines: the first call's cutoff bounds every later
+        # call, so a job moved here that fails or completes again meanwhile (its new
+        # finish time is past the cutoff) is not moved a second time. Fewer examined
+        # than asked means nothing is left.
         moved = skip = 0
+        upto: list[Any] = []
         while moved < limit:
             batch = min(ADMIN_BATCH, limit - moved)
-            ids, skipped = await self.ctx.run(script, [*head, batch, skip])
+            ids, skipped, cut = await self.ctx.run(script, [*head, batch, skip, *upto])
+            upto = [cut]
             moved += len(ids)
             skip += int(skipped)
             if len(ids) + int(skipped) < batch:
@@ -400,9 +405,11 @@ class AdminAPI:
 
         ``status`` is failed, dlq or completed and ``limit`` an int >= 0 (else
         ``ConfigurationError``); the jobs move in script calls of at most 1000, each
-        atomic. A job whose record is gone or damaged (its key holds another type) cannot
-        run again, and one held elsewhere (running, delayed, parked) is not run twice:
-        each is skipped and stays. Returns how many moved.
+        atomic. Only the jobs in that state when the call starts are taken, each once: one
+        it moved that finishes again meanwhile is not moved again. A job whose record is
+        gone or damaged (its key holds another type) cannot run again, and one held
+        elsewhere (running, delayed, parked) is not run twice: each is skipped and stays.
+        Returns how many moved.
         """
         return await self.admin.bulk_retry(status, limit)
 
@@ -410,7 +417,9 @@ class AdminAPI:
         """Move up to ``limit`` dead-lettered jobs back to waiting; returns how many.
 
         ``limit`` is an int >= 0 (else ``ConfigurationError``); the jobs move in script
-        calls of at most 1000, each atomic. A job whose record is gone or damaged (its key
+        calls of at most 1000, each atomic. Only the jobs dead-lettered when the call
+        starts are taken, each once: one it replayed that is dead-lettered again meanwhile
+        is not replayed again. A job whose record is gone or damaged (its key
         holds another type) cannot run again: it is skipped and stays in the DLQ, as the
         record of the loss (``remove_job`` removes it); so does a stale entry of a job
         held elsewhere (running, delayed, parked), which is never run twice.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,7 +15,9 @@ __all__ = ["UnknownStrategyError", "retry_delay"]
 
 
 class UnknownStrategyError(ConfigurationError):
-    """The job's custom backoff strategy is not registered in this worker's process."""
+    """The job's custom backoff strategy cannot be used in this worker's process: it is
+    not registered there, or what is registered under its name is not a plain function
+    (not callable, or an ``async def``: a delay is needed at once, never awaited)."""
 
 
 def retry_delay(
@@ -28,7 +31,8 @@ def retry_delay(
 
     exponential: ``delay * 2**(attempts_made - 1)``; fixed: ``delay``; custom: the
     registered strategy's return value. Capped by ``max_delay``; ``jitter`` adds up to
-    that many ms at random.
+    that many ms at random. Raises ``UnknownStrategyError`` when the custom strategy is
+    not registered, not callable or returns an awaitable (an ``async def``).
     """
     b = policy.backoff
     base = int(b.delay or 0)  # type: ignore[arg-type]  # normalized to ms
@@ -43,7 +47,19 @@ def retry_delay(
                 f"custom backoff strategy {b.strategy!r} is not registered on this worker; "
                 "call queue.register_backoff(name, fn) in the worker's process too"
             )
+        if not callable(fn):
+            raise UnknownStrategyError(
+                f"custom backoff strategy {b.strategy!r} is registered as a "
+                f"{type(fn).__name__}, not a function"
+            )
         out = fn(attempts_made, error, job)
+        if inspect.isawaitable(out):
+            if inspect.iscoroutine(out):
+                out.close()  # never awaited: no "was never awaited" warning either
+            raise UnknownStrategyError(
+                f"custom backoff strategy {b.strategy!r} returned an awaitable; register "
+                "a plain function (def, not async def) that returns the delay in ms or None"
+            )
         if out is None:
             return None
         delay = float(out)

@@ -13,6 +13,15 @@
     (read with pcall, so it cannot fail the call after its writes), and one whose record
     says it is held elsewhere (active, delayed, pending: a stale entry) is not run a
     second time.
+  requeue_upto(set_key, given) -> the newest score a bulk requeue examines, as text,
+    or nil (the set is empty): `given` when it is a number (the cutoff of the bulk
+    call's first script call; clamped to 0..MAX_MS), else the score of the newest
+    entry of set_key now. A finished set is scored by finish time, so a job the bulk
+    call moved that finishes again joins it after the cutoff, and the call never moves
+    it a second time.
+  requeue_range(set_key, start, limit, given) -> ids, cutoff: the entries a bulk
+    requeue examines, from position `start`, at most `limit`, none scored past the
+    cutoff (requeue_upto(set_key, given)).
   Slot: every requeued job passes the `requeue` slot (kitium_queue.slots) once it is back
   in wait, with the state it left.
 ]]
@@ -48,6 +57,29 @@ local function requeue(id, set_key)
 --@if requeue
   requeue_slot(id, jk, from or '')
 --@end
+end
+
+local function requeue_upto(set_key, given)
+  local n = arg_int(given, nil, 0, MAX_MS)
+  if n ~= nil then return int(n) end
+  local last = redis.call('ZRANGE', set_key, -1, -1, 'WITHSCORES')
+  return last[2]
+end
+
+-- The entries of set_key a bulk requeue examines: from position `start`, at most `limit`,
+-- none scored past the cutoff (requeue_upto). By rank, as ZRANGE reads them (a score
+-- range with an offset would walk the entries it skips); returns them and the cutoff.
+local function requeue_range(set_key, start, limit, given)
+  local upto = requeue_upto(set_key, given)
+  local ids = {}
+  if limit <= 0 or not upto then return ids, upto end
+  local cut = tonumber(upto)
+  local r = redis.call('ZRANGE', set_key, int(start), int(start + limit - 1), 'WITHSCORES')
+  for i = 1, #r, 2 do
+    if tonumber(r[i + 1]) > cut then break end
+    ids[#ids + 1] = r[i]
+  end
+  return ids, upto
 end
 
 local HELD = { active = true, delayed = true, pending = true }

@@ -16,18 +16,25 @@
                 0..MAX_MS; missing or not a number: 0) are examined, and each whose
                 record can run again moved; the others stay (lib_requeue.lua
                 requeue_sound).
-                bulk_retry() calls again for more, from the number skipped so far.
+                ARGV[8] (optional; with ARGV[7] only): the newest score examined
+                (lib_requeue.lua requeue_range); missing or not a number: the score of
+                the set's newest entry now, the cutoff the reply names.
+                bulk_retry() calls again for more, from the number skipped so far and
+                with the cutoff of its first call: a job it moved that finishes again
+                meanwhile joins the set after the cutoff, and is not moved twice.
   Every argument is checked before the first write, and so are the keys it writes: when
   wait, the event stream, the marker or a finished set it moves jobs from holds another
   type, the reply is KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
-  Returns the ids moved; in mode 'state' with ARGV[7], { ids moved, number skipped }.
+  Returns the ids moved; in mode 'state' with ARGV[7], { ids moved, number skipped,
+  cutoff }.
   Events: job-waiting per job.
 ]]
 --@include lib_requeue
 --@include errors
 
--- skipped: how many entries mode 'state' left (its reply names them when ARGV[7] is given).
-local moved, skipped = {}, nil
+-- skipped: how many entries mode 'state' left, and upto its cutoff (its reply names both
+-- when ARGV[7] is given).
+local moved, skipped, upto = {}, nil, nil
 if ARGV[4] == 'ids' then
   if #ARGV - 4 > BATCH_MAX then
     return bad_arg('retry', 'at most ' .. BATCH_MAX .. ' job ids per call, got ' ..
@@ -80,12 +87,14 @@ else
   local limit = arg_int(ARGV[6], BATCH_MAX, 0, BATCH_MAX)
   local start = arg_int(ARGV[7], 0, 0, MAX_MS)
   local ids = {}
-  if limit > 0 then
+  if ARGV[7] then
+    ids, upto = requeue_range(set_key, start, limit, ARGV[8])
+  elseif limit > 0 then
     ids = redis.call('ZRANGE', set_key, int(start), int(start + limit - 1))
   end
   moved, skipped = requeue_sound(ids, set_key)
   if not ARGV[7] then skipped = nil end
 end
 if #moved > 0 then wake() end
-if skipped then return { moved, skipped } end
+if skipped then return { moved, skipped, upto or '' } end
 return moved
