@@ -41,14 +41,6 @@
       s.running = s.running + 1
       if not COUNT then redis.call('ZADD', INDEX, 0, c.g) end
     end
-    if COUNT and not c.counted then
-      -- Back from a finished state (retry_job, replay): counted again.
-      local gkey = GP .. c.g
-      redis.call('HSET', jk, 'gm', '1')
-      redis.call('HSET', gkey, 'n', int(num(redis.call('HGET', gkey, 'n')) + 1))
-      redis.call('ZADD', INDEX, 0, c.g)
-      redis.call('PERSIST', gkey)
-    end
     if s.rlm > 0 then
       s.used = s.used + 1
       if s.used == 1 then
@@ -64,6 +56,15 @@
     cur = nil
     if not gk then return true end
     local s = state(gk)
+    if COUNT and not gm then
+      -- Back from a finished state (retry_job, replay): counted again at its first
+      -- admission, also when it parks in the line (paused, full, over the rate).
+      local gkey = GP .. gk
+      redis.call('HSET', jk, 'gm', '1')
+      redis.call('HSET', gkey, 'n', int(num(redis.call('HGET', gkey, 'n')) + 1))
+      redis.call('ZADD', INDEX, 0, gk)
+      redis.call('PERSIST', gkey)
+    end
     local open = redis.call('SISMEMBER', RUN .. gk, id) == 1
     if s.paused then
       if open then admit_park('gh:' .. gk) else admit_park('g:' .. gk, line_score(jk)) end
@@ -82,7 +83,7 @@
       admit_park('gr:' .. gk)
       return false
     end
-    cur = { g = gk, s = s, open = open, counted = gm ~= nil and gm ~= false }
+    cur = { g = gk, s = s, open = open }
     return true, commit
   end
 end)()

@@ -291,18 +291,21 @@ class IdempotencyManager:
         job = await self.queue.get_job_status(text)
         if job is not None:
             return _from_job(job, None)
-        q = self._queue_for_key(text)
-        client = await q.client()
-        pointed = await _read(client, "get", q.keys.idempotency(text))
-        if pointed is not None:
-            job = await q.get_job_status(_text(pointed) or "")
-            if job is not None:
-                found = _from_job(job, text)
-                if found is not None:
-                    return self._public(q, found)
-        raw = await _read(client, "hgetall", q.keys.extra(RESULT_PREFIX + text))
-        if raw:
-            return self._public(q, _stored(q, text, raw, "stored"))
+        # The key's own partition first; then the others: a job pinned by its
+        # message_group_id, partition_key or workflow holds its key where it lives.
+        home = self._queue_for_key(text)
+        for q in [home, *(p for p in self._parts if p is not home)]:
+            client = await q.client()
+            pointed = await _read(client, "get", q.keys.idempotency(text))
+            if pointed is not None:
+                job = await q.get_job_status(_text(pointed) or "")
+                if job is not None:
+                    found = _from_job(job, text)
+                    if found is not None:
+                        return self._public(q, found)
+            raw = await _read(client, "hgetall", q.keys.extra(RESULT_PREFIX + text))
+            if raw:
+                return self._public(q, _stored(q, text, raw, "stored"))
         return None
 
     async def get_execution_result(self, key: str) -> ExecutionResult | None:
@@ -397,22 +400,25 @@ class IdempotencyManager:
 
     async def clean_expired(self) -> int:
         """Forget index entries of execution records whose time is over (Redis expires
-        the records themselves); returns how many were removed."""
+        the records themselves); returns how many were removed.
+
+        Each step removes, in one command, the entries whose end is still at or
+        before a cutoff (at most ``now``): a key recorded again meanwhile has a later
+        end, so neither its new record nor its entry is touched."""
         removed = 0
         now = int(time.time() * 1000)
         for q in self._parts:
             client = await q.client()
             idx = q.keys.extra(_RECORD_INDEX)
             while True:
-                old = await _read(client, "zrangebyscore", idx, "-inf", now, 0, 500)
-                if not old:  # none due, or the index is damaged (logged; skipped)
+                due = await _read(client, "zrangebyscore", idx, "-inf", now, 0, 500, True)
+                if not due:  # none due, or the index is damaged (logged; skipped)
                     break
-                async with client.pipeline(transaction=True) as pipe:
-                    for k in old:
-                        pipe.delete(q.keys.extra(_RECORD_PREFIX + (_text(k) or "")))
-                    pipe.zrem(idx, *old)
-                    await pipe.execute()
-                removed += len(old)
+                cutoff = min(now, int(due[-1][1]))
+                gone = int(await client.zremrangebyscore(idx, "-inf", cutoff))
+                removed += gone
+                if gone == 0:
+                    break
         return removed
 
 
