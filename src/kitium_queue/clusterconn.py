@@ -16,28 +16,148 @@ topology and its commands parser's node, found through attributes redis-py docum
 later redis-py that renames one closes what it still finds rather than raising. A
 cancellation that reaches this close does not cut it short: the disconnects run to
 their end.
+
+A client that has reached the cluster once and then reaches no node (every node
+restarted or stopped, its connections all cut while the nodes were down) raised
+redis-py's ``RedisClusterUnreachableError``, which is no ``ConnectionError``: a worker
+took it for a failed round (an ERROR per retry, ``queue_error`` hooks), and
+``add_job`` raised it where a single server's queue raises
+``ConnectionUnavailableError``. Its calls and pipelines raise ``ClusterUnreachableError``
+instead, both of those, saying where and that the next call connects again (as it
+does, once a node answers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoPermissionError, RedisClusterException
 
-__all__ = ["ClusterClient", "close_nodes", "known_nodes"]
+from .errors import ConnectionUnavailableError
+
+__all__ = ["UNREACHABLE", "ClusterClient", "ClusterUnreachableError", "close_nodes"]
+__all__ += ["known_nodes"]
+
+_ANY_NODE = "Please provide at least one reachable node: "
+
+
+class ClusterUnreachableError(ConnectionUnavailableError, RedisClusterException):
+    """No node of a Redis Cluster the client had reached answers now (stopped,
+    restarting, unreachable). The library's ``ConnectionUnavailableError`` (the worker
+    loops hold their outcomes and retry) and still redis-py's
+    ``RedisClusterException``; the next call connects again."""
+
+
+#: redis-py's own error for it (8.2 and later; 8.1 raises a bare
+#: ``RedisClusterException``), which a Cluster client passed in raises.
+_REDIS_UNREACHABLE: Any = getattr(
+    sys.modules[RedisCluster.__module__], "RedisClusterUnreachableError", None
+)
+#: The errors saying that no node of a Cluster answers: transient, as Redis down is
+#: (``connection.TRANSIENT_ERRORS``).
+UNREACHABLE: tuple[type[BaseException], ...] = (ClusterUnreachableError,) + (
+    (_REDIS_UNREACHABLE,) if isinstance(_REDIS_UNREACHABLE, type) else ()
+)
 
 
 class ClusterClient(RedisCluster):
-    """redis-py's Cluster client whose ``aclose()`` leaves no node connected."""
+    """redis-py's Cluster client whose ``aclose()`` leaves no node connected and whose
+    calls, once it reached the cluster, raise ``ClusterUnreachableError`` when no node
+    answers (module text)."""
+
+    #: Where the client connects, credentials left out (``ConnectionFactory.describe``).
+    kq_where = "Redis Cluster"
+    _kq_reached = False
+
+    @classmethod
+    def at(cls, seeds: Iterable[tuple[str, Any]], where: str, **kwargs: Any) -> ClusterClient:
+        """A client of the cluster whose seed nodes are ``seeds`` (host, port), said in
+        messages as ``where`` (no credential in it); ``kwargs``: redis-py's settings."""
+        client = cls(startup_nodes=[ClusterNode(h, p) for h, p in seeds], **kwargs)
+        client.kq_where = where
+        return client
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            reply = await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            worded = unreachable(self, exc)
+            if worded is exc:
+                raise  # its own cause kept (the queue's first connection words it)
+            raise worded from exc
+        self._kq_reached = True
+        return reply
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        return _worded(super().pipeline(transaction, shard_hint))
 
     async def aclose(self) -> None:
         try:
             await super().aclose()
         finally:
             await close_nodes(self)
+
+
+#: redis-py's pipeline class -> its subclass made by ``_worded``.
+_PIPES: dict[type, type] = {}
+
+
+def _worded(pipe: Any) -> Any:
+    """``pipe`` (redis-py's Cluster pipeline, a class with ``__slots__``) given a
+    subclass of its class, of the same layout, whose ``execute()`` words an unreachable
+    cluster as ``ClusterClient``'s calls do."""
+    cls = type(pipe)
+    made = _PIPES.get(cls)
+    if made is None:
+        plain: Any = cls
+
+        async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await plain.execute(self, *args, **kwargs)
+            except RedisClusterException as exc:
+                worded = unreachable(self.cluster_client, exc)
+                if worded is exc:
+                    raise
+                raise worded from exc
+
+        attrs = {"__slots__": (), "execute": execute, "__module__": __name__}
+        made = _PIPES[cls] = type(cls.__name__, (cls,), attrs)
+    pipe.__class__ = made
+    return pipe
+
+
+def unreachable(client: Any, exc: RedisClusterException) -> BaseException:
+    """``exc`` as ``ClusterUnreachableError`` when it says that no node answers (by its
+    words: redis-py 8.1 has no class for it) and ``client`` reached the cluster before
+    (the queue's first connection words it, with the queue's name); as it is when it is
+    another refusal or one already, and when a refusal for lack of permission lies
+    behind it."""
+    text = str(exc)
+    if (
+        isinstance(exc, ClusterUnreachableError)
+        or _ANY_NODE not in text
+        or not getattr(client, "_kq_reached", False)
+    ):
+        return exc
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes is short; a cycle is not followed
+        if seen is None:
+            break
+        if isinstance(seen, NoPermissionError):
+            return exc
+        seen = seen.__cause__ or seen.__context__
+    cause = text.split(_ANY_NODE, 1)[-1].rstrip(". ") or type(exc).__name__
+    where = getattr(client, "kq_where", ClusterClient.kq_where)
+    return ClusterUnreachableError(
+        f"cannot reach any node of the {where} ({cause}): the nodes are stopped, "
+        "restarting or unreachable; check that the cluster runs (the next call connects "
+        "again once a node answers)"
+    )
 
 
 def known_nodes(client: Any) -> list[Any]:

@@ -10,14 +10,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .clusterconn import ClusterClient
+from .clusterconn import UNREACHABLE, ClusterClient
 from .connerrors import bound_replies, connection_options, refused, translate_error
 from .errors import ConfigurationError, KitiumQueueError
 from .memorystore import memory_server
@@ -45,8 +45,9 @@ __all__ = ["REDACTED", "REDACTED_PLACEHOLDER", "TRANSIENT_ERRORS", "ConnectionFa
 __all__ += ["outage", "redact_url"]
 
 #: Errors after which a command may succeed if retried a moment later: the server is
-#: unreachable, or a Cluster/Sentinel failover is under way (CLUSTERDOWN, TRYAGAIN, a
-#: demoted primary answering READONLY). Worker loops keep what they hold and retry.
+#: unreachable (on a Cluster: no node answers), or a Cluster/Sentinel failover is under
+#: way (CLUSTERDOWN, TRYAGAIN, a demoted primary answering READONLY). Worker loops keep
+#: what they hold and retry.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -55,6 +56,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ClusterDownError,
     TryAgainError,
     ReadOnlyError,
+    *UNREACHABLE,  # no node of a Cluster answers (clusterconn.py)
 )
 
 
@@ -472,10 +474,8 @@ class ConnectionFactory:
             # its default of 100 the 101st concurrent call raised MaxConnectionsError.
             # Unbounded unless the setting says otherwise, as redis-py was before 6.0.
             defaults["max_connections"] = CLUSTER_MAX_CONNECTIONS
-            cluster = ClusterClient(
-                startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
-                **{**defaults, **self._kwargs, **extra},
-            )
+            where = f"Redis {self.describe()}"
+            cluster = ClusterClient.at(self._nodes, where, **{**defaults, **self._kwargs, **extra})
             return bound_replies(cluster)
         if self.mode == "sentinel":
             return self._sentinel_master({**defaults, **self._kwargs, **extra})
@@ -551,9 +551,8 @@ class ConnectionFactory:
                 kwargs["ssl"] = True
             nodes = given.get_nodes() or given.startup_nodes
             kwargs["socket_timeout"] = None
-            return bound_replies(
-                ClusterClient(startup_nodes=[ClusterNode(n.host, n.port) for n in nodes], **kwargs)
-            )
+            where, seeds = f"Redis {self.describe()}", [(n.host, n.port) for n in nodes]
+            return bound_replies(ClusterClient.at(seeds, where, **kwargs))
         pool = given.connection_pool
         kwargs = dict(pool.connection_kwargs)
         kwargs.pop("socket_timeout", None)
