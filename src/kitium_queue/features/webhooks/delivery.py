@@ -32,6 +32,7 @@ __all__ = [
     "Backoff",
     "EndpointBreaker",
     "EndpointSlots",
+    "ProcessSlots",
     "SecretStore",
     "Sender",
     "Target",
@@ -42,6 +43,9 @@ log = get_logger(__name__)
 #: Most bytes of a response body read (and then discarded: bodies are never stored).
 MAX_RESPONSE_BYTES = 4096
 USER_AGENT = "kitium-queue-webhooks/1"
+
+#: Longest overlap of a secret rotation (``rotate_secret(keep_old_s=...)``): a year.
+MAX_KEEP_OLD_S = 365 * 86_400
 
 SecretSource = Mapping[str, "str | Sequence[str]"] | Callable[[str], "Sequence[str] | None"]
 
@@ -67,7 +71,17 @@ class SecretStore:
 
     def rotate(self, webhook_id: str, new_secret: str, keep_old_s: float) -> None:
         """Sign with ``new_secret`` from now on, and with the current secret(s) as well
-        for ``keep_old_s`` seconds (receivers switch over in that time)."""
+        for ``keep_old_s`` seconds (receivers switch over in that time): 0 to a year.
+        NaN would drop the old secret at once, infinity keep it signing for good."""
+        if (
+            isinstance(keep_old_s, bool)
+            or not isinstance(keep_old_s, (int, float))
+            or not 0 <= keep_old_s <= MAX_KEEP_OLD_S
+        ):
+            raise ConfigurationError(
+                f"rotate_secret keep_old_s must be a number of seconds from 0 to "
+                f"{MAX_KEEP_OLD_S:,} (a year), got {keep_old_s!r:.40}"
+            )
         new = secret_key(new_secret)
         until = time.time() + keep_old_s
         old = [(k, until) for k, _ in self._current(webhook_id)]
@@ -141,6 +155,10 @@ class EndpointBreaker:
         return True
 
     def success(self, key: str) -> None:
+        """Close ``key``'s breaker; ``job`` (a replay, a retry): every job URL host's."""
+        if key == "job":
+            for k in [k for k in self._fails.keys() | self._open_until.keys() if k[:4] == "job:"]:
+                self.success(k)
         self._fails.pop(key, None)
         self._open_until.pop(key, None)
         self._cooldown.pop(key, None)
@@ -240,6 +258,72 @@ class EndpointSlots:
             slot.users -= 1
 
 
+class ProcessSlots:
+    """The process's ``concurrency`` request slots, of which ``reserve`` (a quarter) are
+    kept for endpoints with no request in flight: an endpoint that has one takes another
+    only while more than ``reserve`` are free. Per-endpoint caps alone (half each) let
+    two endpoints that hang hold every slot, and every other endpoint wait for their
+    timeouts (up to 120 s); now it takes endpoints hanging at once beyond the reserve,
+    one request each, and their breakers soon cut each to one probe. Waiters are served
+    in order, among those the free slots allow. One per event loop (``WebhookManager.limit``).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size, self.reserve = size, size // 4
+        self.free = size
+        self._by_key: dict[str, int] = {}
+        self._waiters: list[tuple[asyncio.Future[None], str]] = []
+
+    def _may(self, key: str) -> bool:
+        return self.free > (self.reserve if self._by_key.get(key) else 0)
+
+    def _take(self, key: str) -> None:
+        self.free -= 1
+        self._by_key[key] = self._by_key.get(key, 0) + 1
+
+    def _give(self, key: str) -> None:
+        self.free += 1
+        n = self._by_key.get(key, 0) - 1
+        if n > 0:
+            self._by_key[key] = n
+        else:
+            self._by_key.pop(key, None)
+        self._grant()
+
+    def _grant(self) -> None:
+        for entry in list(self._waiters):  # the earliest first, as the free slots allow
+            fut, k = entry
+            if fut.done():
+                self._waiters.remove(entry)
+            elif self._may(k):
+                self._waiters.remove(entry)
+                self._take(k)
+                fut.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, target: Target | None) -> AsyncIterator[None]:
+        key = "" if target is None else target.breaker_key
+        if not self._waiters and self._may(key):
+            self._take(key)
+        else:  # behind the earlier waiters, unless they wait for more than is free
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (fut, key)
+            self._waiters.append(entry)
+            self._grant()
+            try:
+                await fut
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._give(key)  # granted as it was cancelled: handed on
+                elif entry in self._waiters:
+                    self._waiters.remove(entry)
+                raise
+        try:
+            yield
+        finally:
+            self._give(key)
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     """``ok``; ``status`` (None: no response); ``error`` (short, no body, no secret);
@@ -319,6 +403,12 @@ class Sender:
             keys = self.secrets.keys(target.secret_id)
         except ConfigurationError as exc:
             return AttemptResult(False, None, f"bad secret configured: {exc}", 0, True, False)
+        except Exception as exc:  # the application's source (a vault) failed: retried
+            # Its type only: the text of a vault client's error may quote anything.
+            why = f"the secrets source raised {type(exc).__name__} for webhook"
+            return AttemptResult(
+                False, None, f"{why} {target.secret_id!r}: not sent", 0, False, False
+            )
         if not keys:
             return AttemptResult(
                 False,

@@ -61,7 +61,7 @@ class LocalDispatcher(_Base):
         mgr = self.mgr
         budget = d.max_retries if d.strategy == "reliable" else 0
         while True:
-            async with mgr.slots.hold(d.target), mgr.limit:  # its endpoint's slot first
+            async with mgr.slots.hold(d.target), mgr.limit.hold(d.target):  # endpoint's first
                 res = await self.attempt(d)
             if res.ok or res.permanent or d.attempts >= budget:
                 break

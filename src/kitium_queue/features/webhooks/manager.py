@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from .delivery import (
     Backoff,
     EndpointBreaker,
     EndpointSlots,
+    ProcessSlots,
     SecretSource,
     SecretStore,
     Sender,
@@ -51,7 +51,7 @@ from .settings import (
     check_history,
     check_numbers,
 )
-from .ssrf import AddressPolicy, BlockedAddressError, Resolver, require_httpx
+from .ssrf import AddressPolicy, BlockedAddressError, Resolver, literal_address, require_httpx
 from .subscriber import WebhookSubscriber
 
 if TYPE_CHECKING:
@@ -165,8 +165,8 @@ class WebhookManager:
             (1 s to 10 years; default none); None: no bound. One past it is dropped with
             its record and counted (``stats()["dead_dropped"]``).
         concurrency: requests in flight at most, per process (the HTTP pool's cost per
-            request grows with it: raise it for slow endpoints, not for fast ones). One
-            endpoint has at most its ``max_in_flight`` of them (default: half, at least 1).
+            request grows with it: raise it for slow endpoints). An endpoint has at most
+            its ``max_in_flight`` (default: half); a quarter is kept for idle endpoints.
         busy_share: while this process's worker runs jobs, the delivery service takes
             about this share of the time and sleeps the rest (1: no pacing); an idle
             worker delivers at full speed.
@@ -257,7 +257,7 @@ class WebhookManager:
         self.concurrency = concurrency
         # Per endpoint: half of them by default (WebhookConfig.max_in_flight).
         self.slots = EndpointSlots(concurrency // 2)
-        self._limit: asyncio.Semaphore | None = None
+        self._limit: ProcessSlots | None = None
         self._limit_loop: asyncio.AbstractEventLoop | None = None
         self.registry = Registry(queue)
         self.local = LocalDispatcher(self)
@@ -297,11 +297,11 @@ class WebhookManager:
         scripts.add_slot("event", FEATURE, event_fragment())
 
     @property
-    def limit(self) -> asyncio.Semaphore:
+    def limit(self) -> ProcessSlots:
         """Requests in flight in this process (one per event loop the manager runs on)."""
         loop = asyncio.get_running_loop()
         if self._limit is None or self._limit_loop is not loop:
-            self._limit, self._limit_loop = asyncio.Semaphore(self.concurrency), loop
+            self._limit, self._limit_loop = ProcessSlots(self.concurrency), loop
         return self._limit
 
     # ------------------------------------------------------------------ targets
@@ -318,10 +318,8 @@ class WebhookManager:
         return Target(JOB_WEBHOOK_ID, url, {}, self.job_webhook.timeout_ms, JOB_WEBHOOK_ID)
 
     def _check_literal(self, url: str) -> None:
-        host = (urlsplit(url).hostname or "").strip("[]")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
+        host = literal_address(urlsplit(url).hostname or "")
+        if host is None:
             return  # a name: checked on its resolved addresses at each connection
         why = self.policy.refusal(host)
         if why:
@@ -340,7 +338,7 @@ class WebhookManager:
         self, webhook_id: str, new_secret: str, *, keep_old_s: float = 86_400
     ) -> None:
         """Sign with ``new_secret`` from now on and with the old secret(s) as well for
-        ``keep_old_s`` seconds, so receivers can switch in that window (this process)."""
+        ``keep_old_s`` seconds (0 to a year), so receivers can switch (this process)."""
         self.secrets.rotate(webhook_id, new_secret, keep_old_s)
 
     # ------------------------------------------------------------------ registrations
@@ -525,7 +523,7 @@ class WebhookManager:
         limit = to_int(limit, "limit", minimum=0, maximum=2**53)
         if webhook_id is not None and webhook_id != JOB_WEBHOOK_ID:
             check_id(webhook_id, "webhook id")
-        for wid in [webhook_id] if webhook_id else list(self.registry.hooks):
+        for wid in [webhook_id] if webhook_id else [*self.registry.hooks, JOB_WEBHOOK_ID]:
             self.sender.breaker.success(wid)  # an operator says: try them now
 
         async def action() -> int:

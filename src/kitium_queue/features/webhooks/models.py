@@ -46,6 +46,7 @@ MAX_IN_FLIGHT = 1000
 MAX_EVENT_DATA_BYTES = 60_000
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _EVENT = re.compile(r"[a-z0-9][a-z0-9._:-]{0,63}")
+_HOST_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 #: Headers the sender sets itself (a configured header may not replace them).
 RESERVED_HEADERS = frozenset(
@@ -162,6 +163,11 @@ def _check_host(url: str, hostname: str) -> None:
     except ValueError:
         pass
     labels = raw[:-1].split(".") if raw.endswith(".") else raw.split(".")
+    if not _HOST_CHARS.fullmatch(raw):  # '%31%32%37.0.0.1': no resolver takes it
+        raise ConfigurationError(
+            f"webhook URL host {hostname!r:.300} is not a valid host name: letters, digits, "
+            "'-', '_' and '.' only (IDNA for others)"
+        )
     if len(raw) > 253 or any(not 1 <= len(label) <= 63 for label in labels):
         raise ConfigurationError(
             f"webhook URL host {hostname!r} is not a valid host name: each dot-separated "
@@ -272,7 +278,8 @@ class WebhookConfig:
         max_in_flight: requests to this endpoint in flight at once, per delivering
             process (1 to 1,000); None (default): half the manager's ``concurrency``, at
             least 1. A slow endpoint then holds only these of the process's delivery
-            slots; its other deliveries wait for one of them (they are not failed).
+            slots; its other deliveries wait for one of them (they are not failed). A
+            quarter of the process's slots are kept for endpoints with none in flight.
     """
 
     url: str

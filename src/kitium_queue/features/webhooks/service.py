@@ -440,7 +440,7 @@ class DeliveryService(_Base):
             wait_s = None if d.target is None else d.target.timeout_ms / 1000
             async with self.mgr.slots.hold(d.target, wait_s) as got:
                 if got:
-                    async with sem:
+                    async with sem.hold(d.target):
                         res = None if self._stopping else await self.attempt(d)
             if res is None:
                 waves.add(i, d.member, self._handed_back(d), back=True, ok=False)

@@ -35,6 +35,7 @@ __all__ = [
     "GuardedBackend",
     "GuardedTransport",
     "Resolver",
+    "literal_address",
     "require_httpx",
     "system_resolver",
 ]
@@ -50,6 +51,24 @@ _ALSO_REFUSED = (ipaddress.ip_network("fec0::/10"), ipaddress.ip_network("3fff::
 #: How the error of a host name that did not resolve starts (a text of this module's
 #: own, naming the host only: the sender shows it as it is).
 UNRESOLVED = "webhook host"
+
+
+def literal_address(host: str) -> str | None:
+    """The IP address ``host`` (a URL's host) is, in any spelling the system resolver
+    reads as one (``127.1``, ``2130706433``, ``0x7f.0.0.1``, full-width dots), or None
+    for a name. No lookup: a name's addresses are judged at each connection."""
+    bare = host.strip("[]").split("%", 1)[0]
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    try:
+        ascii_host = bare.encode("idna").decode("ascii").removesuffix(".")
+        if not ascii_host or not all(c.isalnum() or c == "." for c in ascii_host):
+            return None
+        return socket.inet_ntoa(socket.inet_aton(ascii_host))
+    except (UnicodeError, OSError):
+        return None
 
 
 class BlockedAddressError(KitiumQueueError, ConnectionError):
