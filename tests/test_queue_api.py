@@ -401,10 +401,14 @@ async def test_clear_deletes_every_key(make_queue: QueueFactory) -> None:
     await q.pause()
     await q.clear()
     client = await q.client()
-    # Only the id and lease-token counters remain, so ids and fencing tokens never repeat.
+    # Only the id and lease-token counters remain, so ids and fencing tokens never repeat,
+    # and the queue's settings: a queue paused to be cleared stays paused.
     left = {k.decode() for k in await client.keys(q.keys.base + "*")}
-    assert left <= {q.keys.id, q.keys.lease}, left
+    assert left <= {q.keys.id, q.keys.lease, q.keys.meta}, left
+    assert await client.hgetall(q.keys.meta) == {b"paused": b"1"}
+    assert (await q.get_stats()).is_paused
     # The queue is usable afterwards.
+    await q.resume()
     jid = await q.add_job("n")
     info = await q.get_job_status(jid)
     assert info is not None and info.status is JobStatus.WAITING

@@ -140,7 +140,7 @@ async def test_an_async_backoff_strategy_keeps_the_jobs_retries(queues: QueueFac
         called.append(attempts)
         return 10
 
-    q.register_backoff("later", later)
+    q.backoff_strategies["later"] = later
 
     @q.process("n")
     async def n(job: Any) -> None:

@@ -21,7 +21,9 @@ The rules are those of a run in the worker's own process (async and thread mode)
   so writing a frame never fails and the child survives whatever the processor raised
   (a ``BaseException`` that is not an ``Exception`` is a failure like any error;
   ``KeyboardInterrupt`` and ``SystemExit`` end the child, which the parent reports as
-  ``ChildProcessDied``).
+  ``ChildProcessDied``). Raised while the processor's module is imported (``argparse``
+  or ``sys.exit()`` at its top level), they fail the job with a reason naming the
+  module instead, and the child serves on (``_import_exit_frame``).
 
 How it lives (``procpool``): SIGINT and SIGTERM are ignored (a signal to the worker's
 whole process group stops the worker, which ends its children itself), and restored in
@@ -200,6 +202,26 @@ def _resolve(path: str) -> Any:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _import_exit_frame(path: str, exc: BaseException) -> bytes:
+    """The error frame of a ``SystemExit`` (or ``KeyboardInterrupt``) raised while the
+    processor ``path`` was imported: before, it ended the child, and each attempt
+    started two children and failed with "a new child process exited before it started
+    the processor", the module never named."""
+    module = path.partition(":")[0]
+    code = exc.code if isinstance(exc, SystemExit) else None
+    if isinstance(exc, SystemExit) and (code is None or type(code) is int):
+        what = f"SystemExit with exit code {code or 0}"
+    else:
+        what = describe(exc) if safe_text(exc) else safe_name(exc)
+    text = (
+        f"importing the processor's module {module!r} in the child process raised "
+        f"{what}; the processor never ran. Code at the top level of that module that "
+        "ends the process (argparse, sys.exit()) belongs under "
+        "\"if __name__ == '__main__':\" or in a function"
+    )
+    return _error_dict(exc, "error", 0, text, safe_name(exc))
 
 
 def _ignore_stop_signal(signum: int, frame: Any) -> None:
@@ -389,8 +411,12 @@ def main(spec: importlib.machinery.ModuleSpec | None = None) -> None:
             # ends before this frame never started the job, which runs elsewhere.
             _send(out, _START)
             frame = _result_frame(fn(job))
-        except (KeyboardInterrupt, SystemExit):
-            raise  # end the child, as they end the worker's process in-process
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if job is not None:
+                raise  # end the child, as they end the worker's process in-process
+            # Raised while importing the processor's module: the job fails saying so.
+            _send(out, _START)
+            frame = _import_exit_frame(msg["fn"], exc)
         except BaseException as exc:  # a custom abort signal too: a failure like any error
             if job is None:
                 _send(out, _START)  # the processor cannot be had: the job fails with why

@@ -383,8 +383,9 @@ class AdminAPI:
         records: a repeated key still runs nothing until its window ends); and what the
         features hold that is configuration or history rather than jobs: circuit
         breakers and their log, webhook endpoints, deliveries and the outbox they are
-        read from, encryption key ids and rotation records. Remove those through their
-        managers (``remove_breaker``, ``remove_webhook``).
+        read from, encryption key ids and rotation records; the queue's own settings
+        (a pause stays a pause, the outbox's cap). Remove those through their managers
+        (``remove_breaker``, ``remove_webhook``).
         Refused with ``QueueActiveError`` while jobs run, unless ``force=True``; ``force``
         is True or False, never read by truthiness (``"false"``: ``ConfigurationError``).
         """

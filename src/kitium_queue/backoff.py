@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 from collections.abc import Callable, Mapping
@@ -11,13 +12,47 @@ from .errors import ConfigurationError
 from .limits import clamp_delay_ms
 from .options import Policy
 
-__all__ = ["UnknownStrategyError", "retry_delay"]
+__all__ = ["UnknownStrategyError", "check_strategy", "retry_delay"]
 
 
 class UnknownStrategyError(ConfigurationError):
     """The job's custom backoff strategy cannot be used in this worker's process: it is
     not registered there, or what is registered under its name is not a plain function
     (not callable, or an ``async def``: a delay is needed at once, never awaited)."""
+
+
+def check_strategy(name: str, fn: object) -> None:
+    """Refuse at registration (``queue.register_backoff``) a strategy ``retry_delay``
+    cannot use: ``fn`` must be callable, and a plain function, never an ``async def``
+    (nor a ``functools.partial`` of one, nor an object whose ``__call__`` is one): the
+    delay is needed at once, in the middle of recording the failure, and is never
+    awaited. Raises ``TypeError`` saying what was given and what to give instead."""
+    wanted = (
+        "register a plain function: def strategy(attempts_made, error, job) returning "
+        "the delay in ms (or None to stop retrying)"
+    )
+    if not callable(fn):
+        raise TypeError(
+            f"backoff strategy {name!r} is not callable (a {type(fn).__name__}); {wanted}"
+        )
+    if _is_async(fn):
+        raise TypeError(
+            f"backoff strategy {name!r} is an async def (or a partial or object whose "
+            f"__call__ is one): the worker needs the delay at once and never awaits "
+            f"it; {wanted}, not an async def"
+        )
+
+
+def _is_async(fn: object) -> bool:
+    """Whether calling ``fn`` gives a coroutine or an async generator (not a value)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        return True
+    if inspect.isroutine(fn) or inspect.isclass(fn):
+        return False
+    call = type(fn).__call__  # the class's: what a call runs
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
 
 
 def retry_delay(

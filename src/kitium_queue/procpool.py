@@ -350,8 +350,9 @@ class ProcessPool:
                         if fresh:
                             raise RemoteError(
                                 "ChildProcessDied",
-                                "a new child process exited before it started the processor "
-                                f"({await child.exit_status()})",
+                                "a new child process exited before it started the processor, "
+                                "while starting Python or importing the processor's module "
+                                f"{fn_path.partition(':')[0]!r} ({await child.exit_status()})",
                                 "",
                             ) from None
                         # The child died while idle, after its last job (a thread that

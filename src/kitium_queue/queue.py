@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .adapters import MetricsAdapter, TelemetryAdapter
 from .admin import Admin, AdminAPI
+from .backoff import check_strategy
 from .codec import Codec
 from .connection import ConnectionFactory
 from .context import QueueContext
@@ -456,8 +457,10 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         """Register a custom backoff: ``fn(attempts_made, error, job) -> delay_ms | None``.
 
         Use it with ``backoff={"type": "custom", "strategy": name}``. Returning None
-        stops retrying (the job fails for good).
+        stops retrying (the job fails for good). ``fn`` must be a plain function (or
+        callable), not an ``async def``: anything else raises ``TypeError`` here.
         """
+        check_strategy(name, fn)
         self.backoff_strategies[name] = fn
 
     # ------------------------------------------------------------------ connection

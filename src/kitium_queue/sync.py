@@ -344,7 +344,13 @@ class SyncQueueClient:
         self._announce_armed = False
         pending = self._announcements
         while pending:
-            fn = pending.popleft()
+            # close() and a late add (_announce, _stop_loop) may both run this after the
+            # loop closed: the other may take the last hook between the check and here.
+            # Its job is written: never raise into the add that returns its id.
+            try:
+                fn = pending.popleft()
+            except IndexError:
+                break
             try:
                 fn()
             except Exception:  # subscribers' errors are caught further in; this is a bug

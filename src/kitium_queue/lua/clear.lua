@@ -11,7 +11,8 @@
   Damaged keys: KQ_DAMAGED_KEY <found> <expected> <key> when a state set, the parked
   index (or, with parked jobs, meta) holds another type; nothing was written.
   Returns 1 when more remains (call again), 0 when the queue is gone. The id and
-  lease counters are kept, so ids and fencing tokens never repeat.
+  lease counters are kept, so ids and fencing tokens never repeat, and so are the
+  queue's settings in meta ('paused', 'outbox_cap'): a paused queue stays paused.
   Parked jobs and their bookkeeping (lib_parking.lua) go too. With force, every active
   job deleted passes the `release` slot (outcome 'removed') first, so features that
   count running jobs stay exact.
@@ -62,6 +63,15 @@ if redis.call('EXISTS', K_PARKED) == 1 then return 1 end
 -- UNLINK: the event stream may hold millions of entries (events_max_len); freeing it
 -- happens in the background instead of inside this call.
 -- The chosen ids' windows go with their jobs (enqueue.lua): an id is free again.
+-- The meta hash goes with what it counts (parked jobs, missing records) but its settings
+-- stay: a queue paused to be cleared is still paused after, and the outbox (kept) keeps
+-- its cap. A meta key of another type is damaged: it goes, settings and all.
+local settings = {}
+if redis.call('TYPE', K_META)['ok'] == 'hash' then
+  settings = redis.call('HMGET', K_META, 'paused', 'outbox_cap')
+end
 redis.call('UNLINK', K_META, K_EVENTS, K_MARKER, K_LIMITER, K_PARK_TIMERS, K_PARK_RULES,
   PREFIX .. 'slot-errors', PREFIX .. 'jids')
+if settings[1] then redis.call('HSET', K_META, 'paused', settings[1]) end
+if settings[2] then redis.call('HSET', K_META, 'outbox_cap', settings[2]) end
 return 0

@@ -6,8 +6,12 @@
   push_delayed(jk, id, due) put a job into delayed until `due` (st = delayed)
   delete_job(id)           delete the job's records (hash, log list); the caller removes
                            it from its set
-  delete_jobs(ids)         delete_job for every id, one DEL per 250 jobs (retention
+  delete_jobs(ids)         delete_job for every id, one UNLINK per 250 jobs (retention
                            deletes about one job per job finished: one command per call)
+
+  UNLINK, not DEL: a log list holds up to max_log_lines (1,000,000) lines and a job hash
+  its data and result; DEL frees them inside the call (a remove, drain or clear of 1000
+  jobs blocked Redis that long), UNLINK frees a large one in the background.
 ]]
 --@include lib_base
 --@include lib_events
@@ -41,10 +45,10 @@ end
 local function delete_job(id)
   -- An idempotency key outlives its job on purpose: it suppresses duplicates for its
   -- whole window even after the job was removed.
-  redis.call('DEL', job_key(id), PREFIX .. 'logs:' .. id)
+  redis.call('UNLINK', job_key(id), PREFIX .. 'logs:' .. id)
 end
 
--- delete_job for a list of ids: one DEL per 250 jobs (500 keys), not one per job.
+-- delete_job for a list of ids: one UNLINK per 250 jobs (500 keys), not one per job.
 local function delete_jobs(ids)
   for i = 1, #ids, 250 do
     local ks = {}
@@ -52,6 +56,6 @@ local function delete_jobs(ids)
       ks[#ks + 1] = job_key(ids[j])
       ks[#ks + 1] = PREFIX .. 'logs:' .. ids[j]
     end
-    redis.call('DEL', unpack(ks))
+    redis.call('UNLINK', unpack(ks))
   end
 end
