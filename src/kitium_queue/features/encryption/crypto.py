@@ -45,6 +45,7 @@ from typing import Any
 
 from ...enums import EncryptionAlgorithm
 from ...errors import ConfigurationError, KitiumQueueError, install_hint
+from ...options import MAX_PAYLOAD_LIMIT
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -52,6 +53,7 @@ __all__ = [
     "DecryptionError",
     "EncryptionError",
     "KeyConfig",
+    "KeyMismatchError",
     "KeyNotHeldError",
     "KeyRecordDamagedError",
     "KeyRing",
@@ -67,7 +69,11 @@ _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GCM, _CBC = EncryptionAlgorithm.AES_256_GCM.value, EncryptionAlgorithm.AES_256_CBC.value
 _ALGORITHMS = ALGORITHMS = (_GCM, _CBC)
 _SCOPES = ("job", "schedule", "value")
-_MAX_CT = 64 * 1024 * 1024  # base64 text longer than this is refused before decoding
+#: Longest plaintext sealed, and longest base64 text opened (longer is refused before
+#: decoding): the base64 of the largest value a queue stores (``MAX_PAYLOAD_LIMIT``), so
+#: whatever ``seal`` accepted opens again.
+_MAX_PLAIN = MAX_PAYLOAD_LIMIT
+_MAX_CT = (MAX_PAYLOAD_LIMIT + 64 + 2) // 3 * 4
 
 
 class EncryptionError(KitiumQueueError):
@@ -113,6 +119,16 @@ class KeyNotHeldError(DecryptionError):
         self.key_id = key_id
 
 
+class KeyMismatchError(KeyNotHeldError):
+    """This process holds a key under the id a ciphertext (or the queue's current key)
+    names, but with other material than the key recorded under that id for the queue
+    (its check value in ``<prefix>enc:check``): a wrong secret is configured here (or
+    was, in the process that recorded it). It is handled as a key this process does not
+    hold: nothing is sealed with it here, and a worker defers the jobs under it for a
+    process holding the right key, instead of dead-lettering them as tampered.
+    """
+
+
 def generate_key() -> str:
     """A new random 256-bit key, base64-encoded (what ``KeyConfig.key`` takes)."""
     return base64.b64encode(secrets.token_bytes(32)).decode()
@@ -129,11 +145,35 @@ def is_key_id(value: Any) -> bool:
 def check_key_id(value: Any) -> str:
     """A key id: 1 to 64 letters, digits, ``.``, ``_`` or ``-``, starting alphanumeric."""
     if not isinstance(value, str) or not _KEY_ID.fullmatch(value):
+        got = (
+            "a value that looks like key material (not quoted): are key_id and key swapped?"
+            if _looks_like_key(value)
+            else f"{value!r:.80}"
+        )
         raise ConfigurationError(
             f"key_id must be 1 to {MAX_KEY_ID} letters, digits, '.', '_' or '-' (starting "
-            f"with a letter or digit), got {value!r:.80}"
+            f"with a letter or digit), got {got}"
         )
     return value
+
+
+def _looks_like_key(value: Any) -> bool:
+    """Whether ``value`` could be key material (32 bytes, or their base64), which an
+    error message must not quote."""
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) == 32:
+            return True
+        value = bytes(value).decode("ascii", "replace")
+    if not isinstance(value, str) or len(value) > 200:
+        return False
+    text = value.strip()
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            if len(decode(text + "=" * (-len(text) % 4))) == 32:
+                return True
+        except (binascii.Error, ValueError):
+            continue
+    return False
 
 
 def check_algorithm(value: Any) -> str:
@@ -285,7 +325,7 @@ def _aad_head(version: int, key_id: str, algorithm: str, scope: str, queue: str)
 class _Key:
     """Derived subkeys of one master key (never leaves this module)."""
 
-    __slots__ = ("aead", "algorithm", "enc", "key_id", "mac")
+    __slots__ = ("aead", "algorithm", "check", "enc", "key_id", "mac")
 
     def __init__(self, key_id: str, master: bytes, algorithm: str) -> None:
         from cryptography.hazmat.primitives import hashes
@@ -304,6 +344,10 @@ class _Key:
         self.algorithm = algorithm
         self.enc = derive("enc")
         self.mac = derive("mac") if algorithm == _CBC else b""
+        # What Redis records of the key (``<prefix>enc:check``) to tell a process holding
+        # other material under the same id: an HKDF output of its own, which reveals
+        # nothing of the key or of the other subkeys.
+        self.check = derive("key-check")[:16].hex()
         self.aead = AESGCM(self.enc) if algorithm == _GCM else None
 
 
@@ -323,6 +367,8 @@ class KeyRing:
         _cryptography()
         self._keys: dict[str, _Key] = {}
         self._fingerprints: dict[str, str] = {}
+        #: Ids held here with other material than the queue records (``KeyMismatchError``).
+        self.mismatched: frozenset[str] = frozenset()
 
     def add(self, config: KeyConfig | Mapping[str, Any]) -> str:
         """Add a key; returns its id. Adding the same id again with other material is
@@ -353,6 +399,21 @@ class KeyRing:
     def algorithm(self, key_id: str) -> str:
         return self._keys[key_id].algorithm
 
+    def check_value(self, key_id: str) -> str:
+        """The check value of held key ``key_id`` (hex; recorded in Redis, revealing
+        nothing of the key): equal in every process holding the same key."""
+        return self._keys[key_id].check
+
+    def mismatch_error(self, key_id: str) -> KeyMismatchError:
+        """The error for held key ``key_id`` whose material differs from the record."""
+        return KeyMismatchError(
+            f"this process holds key {key_id!r} with other material than the key recorded "
+            "under that id for the queue (its check value differs): a wrong secret is "
+            "configured for it here, or was in the process that recorded it (docs/"
+            "encryption.md, 'A key id held with other material')",
+            key_id,
+        )
+
     # ------------------------------------------------------------------ seal / open
     def seal(self, plaintext: bytes, key_id: str, binding: Binding) -> dict[str, Any]:
         """The envelope of ``plaintext`` under key ``key_id``, bound to ``binding``."""
@@ -360,6 +421,13 @@ class KeyRing:
         if key is None:
             raise EncryptionError(
                 f"key {key_id!r} is not held by this process; add it with add_key()"
+            )
+        if key_id in self.mismatched:
+            raise self.mismatch_error(key_id)
+        if len(plaintext) > _MAX_PLAIN:
+            raise EncryptionError(
+                f"value is {len(plaintext)} bytes serialized, above the {_MAX_PLAIN} bytes "
+                "one ciphertext holds"
             )
         aad = binding.aad(ENVELOPE_VERSION, key_id, key.algorithm)
         if key.aead is not None:
@@ -391,6 +459,8 @@ class KeyRing:
                 "(add it with add_key)",
                 key_id,
             )
+        if key_id in self.mismatched:
+            raise self.mismatch_error(key_id)
         if key.algorithm != algorithm:
             raise DecryptionError(
                 f"ciphertext claims algorithm {algorithm} but key {key_id!r} is "

@@ -57,6 +57,7 @@ from .crypto import (
 from .leading import RotationService
 from .rotation import RotationPass, RotationStatus, read_status
 from .running import RunGuard, plaintext_cutoff
+from .status import verify_keys
 
 if TYPE_CHECKING:
     from ...job import JobInfo
@@ -229,6 +230,8 @@ class EncryptionManager:
         self._wanted = None if current_key_id is None else check_key_id(current_key_id)
         self._current: str | None = None
         self._fetched = -1e18
+        #: Whether the held keys were compared with the queue's record (``verify_keys``).
+        self.keys_verified = False
         self._refresh_lock: asyncio.Lock | None = None
         self.rotation = RotationPass(self, batch=rotation_batch)
         # Copies of job values other features keep (declared on the queue: copies.py).
@@ -285,6 +288,7 @@ class EncryptionManager:
             if not _wrongtype(exc):
                 raise
             raise damaged_record(self.queue.name, key, "it holds another type") from None
+        await verify_keys(self)
         return key_id
 
     def held_key_ids(self) -> list[str]:
@@ -320,6 +324,7 @@ class EncryptionManager:
                 if not _wrongtype(got):
                     raise got
                 raise damaged_record(self.queue.name, key, "it holds another type")
+        await verify_keys(self, refuse=True)
         _checked(self.queue.name, await self.queue.run("enc_rotate", ["init", "", first]))
 
     async def current_key_id(self, *, refresh: bool = False) -> str:
@@ -339,10 +344,14 @@ class EncryptionManager:
                         raise damaged_record(
                             self.queue.name, self.meta_key, "its current key id is not one"
                         )
+                    if not self.keys_verified or self.ring.mismatched:
+                        await verify_keys(self)
                     self._current = got
                     self._fetched = time.monotonic()
         cur = self._current
         assert cur is not None
+        if cur in self.ring.mismatched:
+            raise self.ring.mismatch_error(cur)
         if cur not in self.ring:
             raise KeyNotHeldError(
                 f"queue {self.queue.name!r} encrypts with key {cur!r}, which this process "

@@ -9,9 +9,10 @@ process middleware; see ``docs/encryption.md``, "Worker behaviour").
   added by a producer without encryption, or written by hand) is refused too, with a
   reason saying so, unless it was added before ``accept_plaintext_before`` (an explicit,
   time-bounded opt-in for the plaintext backlog of a switch to ``encrypt_all``).
-* A job that needs a key this process lacks is deferred, no attempt spent, for a
-  process that holds it (``missing_key_wait_ms``); a damaged key record defers every
-  encrypted job until it is repaired.
+* A job that needs a key this process lacks, or holds with other material than the
+  queue's record of that key id (``KeyMismatchError``: a wrong secret), is deferred, no
+  attempt spent, for a process that holds it (``missing_key_wait_ms``); a damaged key
+  record defers every encrypted job until it is repaired.
 """
 
 from __future__ import annotations
@@ -124,12 +125,14 @@ class RunGuard:
         sealed = job.data
         plain_backlog = False
         try:
+            # First: the first call in a process compares its keys with the queue's
+            # record (a key id held here with other material defers, never fails).
+            key_id = await m.current_key_id()
             if not marked and not is_envelope(sealed):
                 self._admit_plaintext(job)  # refuses it unless accept_plaintext_before
                 plain, plain_backlog = sealed, True
             else:
                 plain = m.open_job_data(job.id, job.name, sealed)
-            key_id = await m.current_key_id()
         except KeyNotHeldError as exc:
             raise self._key_missing(job.id, exc) from None
         except KeyRecordDamagedError as exc:

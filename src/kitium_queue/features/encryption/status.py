@@ -1,7 +1,8 @@
 """``RotationStatus`` and ``read_status``: the queue's keys and its latest rotation, read
 from Redis (``<prefix>enc``, ``<prefix>enc:keys``, ``<prefix>enc:rotation``), with who
 runs the pass (the ``encryption-rotation`` lease) and which processes lack the current
-key (``<prefix>enc:lacking``, written by ``leading.RotationService``).
+key (``<prefix>enc:lacking``, written by ``leading.RotationService``); ``verify_keys``
+compares the keys a process holds with their check values (``<prefix>enc:check``).
 
 The records are read back from Redis, untrusted: one damaged by hand or by another
 client (another Redis type, fields that are no key id or number) reads as unknown, and
@@ -16,18 +17,24 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import ResponseError
 
+from ...limits import get_logger
 from ...serverclock import execute_with_clock
-from .crypto import is_key_id
+from .crypto import KeyMismatchError, is_key_id
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
+    from .manager import EncryptionManager
 
-__all__ = ["LACKING", "ROLE", "RotationStatus", "read_status", "wrongtype"]
+__all__ = ["CHECKS", "LACKING", "ROLE", "RotationStatus", "read_status", "verify_keys", "wrongtype"]
+
+log = get_logger(__name__)
 
 #: The leader-only service (and lease role) that runs the rotation pass.
 ROLE = "encryption-rotation"
 #: Hash of the processes lacking the current key (relative to the queue's prefix).
 LACKING = "enc:lacking"
+#: Per key id, the check value of the key recorded for the queue (``verify_keys``).
+CHECKS = "enc:check"
 #: A report of a lacking process older than this (Redis' clock, ms) is ignored: the
 #: process is gone or holds the key now (reports are refreshed every 10 s).
 LACKING_STALE_MS = 30_000
@@ -240,3 +247,57 @@ def _key_id(raw: bytes | None) -> str | None:
         return None
     text = raw.decode("utf-8", "replace")
     return text if is_key_id(text) else None
+
+
+async def verify_keys(manager: EncryptionManager, *, refuse: bool = False) -> frozenset[str]:
+    """Compare the check value of every key ``manager`` holds with the one recorded for
+    its queue under that id (``<prefix>enc:check``; the first process to hold an id
+    records it): returns the ids held with other material (a wrong secret here, or in
+    the process that recorded it), which the process then neither seals nor opens with
+    (``KeyMismatchError``), logging an ERROR once per id. Run at ``initialize`` (with
+    ``refuse``: ``KeyMismatchError`` then), ``add_key`` and a process's first use of the
+    keys; again at every refresh while an id differs, so that a repair is seen."""
+    q, ring = manager.queue, manager.ring
+    ids = ring.ids()
+    key = q.keys.extra(CHECKS)
+    client = await q.client()
+    pipe = client.pipeline(transaction=False)
+    for key_id in ids:
+        pipe.hsetnx(key, key_id, ring.check_value(key_id))
+    pipe.hmget(key, ids)
+    got = await pipe.execute(raise_on_error=False)
+    for g in got:
+        if isinstance(g, Exception):
+            if not wrongtype(g):
+                raise g
+            from .manager import damaged_record
+
+            raise damaged_record(q.name, key, "it holds another type")
+    bad = frozenset(
+        k for k, r in zip(ids, got[-1], strict=True) if r != ring.check_value(k).encode()
+    )
+    for key_id in sorted(bad - ring.mismatched):
+        log.error(
+            "queue %r: this process holds key %r with other material than the key recorded "
+            "under that id for the queue (check value in %s differs): it neither seals nor "
+            "opens with it, and defers the jobs under it for a process holding the right "
+            "key. Fix the secret configured for %r; if the recorded one is the wrong one, "
+            "HDEL %s %s",
+            q.name,
+            key_id,
+            key,
+            key_id,
+            key,
+            key_id,
+        )
+    ring.mismatched = bad
+    manager.keys_verified = True
+    if bad and refuse:
+        raise KeyMismatchError(
+            f"queue {q.name!r}: this process holds key(s) {', '.join(map(repr, sorted(bad)))} "
+            "with other material than the keys recorded under those ids for the queue "
+            "(their check values differ): fix the secrets configured here (docs/"
+            "encryption.md, 'A key id held with other material')",
+            min(bad),
+        )
+    return bad
