@@ -42,7 +42,7 @@ from ..options import shown
 from ..scripts import ScriptCall
 from ..serverclock import execute_with_clock
 from .schedule_records import timing_problems
-from .schedules import timing_of
+from .schedules import MIN_MISFIRE_GRACE_MS, timing_of
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -63,6 +63,8 @@ _NO_FEED_IDLE_S = 1.0
 _BATCH = 100
 MAX_TICKS_PER_FIRE = 1000
 _BROKEN_RETRY_MS = 60_000
+# A cron schedule due longer ago than this is planned in a thread (run_due).
+_LATE_MS = 1000
 # Most damaged schedules a round reads past (beyond _BATCH) to reach sound ones.
 _MAX_BROKEN_ROOM = 1000
 
@@ -83,7 +85,9 @@ def plan_ticks(
             "the schedule and declare it again"
         )
     timing = timing_of(defn)
-    grace = int(defn.get("misfire_grace_ms") or 0)
+    # A grace stored below the floor (an earlier release took 0) would drop ticks that a
+    # scheduler handles a few ms late: with misfire='skip', all of them.
+    grace = max(int(defn.get("misfire_grace_ms") or 0), MIN_MISFIRE_GRACE_MS)
     on_time: list[int] = []
     t = timing.prev_at_or_before(now)
     while t is not None and t >= due and now - t <= grace and len(on_time) < MAX_TICKS_PER_FIRE:
@@ -313,7 +317,13 @@ class Scheduler:
                 except orjson.JSONDecodeError:
                     defn = None
                 due = _due(due_raw)
-                ticks, nxt = plan_ticks(defn, due, now, self.rng)
+                if isinstance(defn, dict) and defn.get("cron") and now - due > _LATE_MS:
+                    # Late cron ticks (after an outage) are walked back one croniter call
+                    # each, ~1 ms: 1,000 of them (catch_up) would hold the worker's event
+                    # loop, its lease renewals included, for a second per schedule.
+                    ticks, nxt = await asyncio.to_thread(plan_ticks, defn, due, now, self.rng)
+                else:
+                    ticks, nxt = plan_ticks(defn, due, now, self.rng)
                 if nxt is not None and nxt <= due:
                     raise RuntimeError(f"next tick {nxt} is not after the due tick {due}")
             except ConfigurationError as exc:
@@ -379,11 +389,28 @@ class Scheduler:
             if new_next:
                 n = int(new_next) - now
                 wait = n if wait is None else min(wait, n)
-            self._note_fired(sid, defn, fired, int(r[2]), now)
+            refused = int(r[4]) if len(r) > 5 else 0
+            self._note_fired(sid, defn, fired, int(r[2]), now, refused)
+            if refused:
+                # A feature refused the tick's job (a full group, a quota): that run is
+                # lost, not retried (docs/scheduling.md, Refused runs).
+                log.warning(
+                    "queue %s: schedule %s: %d tick(s) refused, their runs are not enqueued: %s",
+                    q.name,
+                    printable(sid),
+                    refused,
+                    clip(printable(bytes(r[5]).decode("utf-8", "replace")), 200),
+                )
         return None if wait is None else max(0, wait)
 
     def _note_fired(
-        self, sid: str, defn: Mapping[str, Any], fired: list[str], skipped: int, now: int
+        self,
+        sid: str,
+        defn: Mapping[str, Any],
+        fired: list[str],
+        skipped: int,
+        now: int,
+        refused: int = 0,
     ) -> None:
         q = self._q
         self.fired += len(fired)
@@ -420,6 +447,7 @@ class Scheduler:
                         at_ms=now,
                     )
                 )
+        skipped -= refused  # logged by run_due, counted apart
         if skipped:
             log.info(
                 "queue %s: schedule %s skipped %d tick(s): its previous run is still "
@@ -434,6 +462,8 @@ class Scheduler:
                 q.metrics.increment("schedules.fired", len(fired), tags)
             if skipped:
                 q.metrics.increment("schedules.skipped", skipped, tags)
+            if refused:
+                q.metrics.increment("schedules.refused", refused, tags)
 
 
 async def overdue_ms(queue: JobQueue) -> int | None:

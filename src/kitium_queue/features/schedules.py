@@ -25,7 +25,7 @@ import orjson
 
 from ..damage import named_key
 from ..errors import ConfigurationError, ScheduleNotFoundError
-from ..limits import QUERY_PAGE, clip, get_logger, printable
+from ..limits import MAX_JOB_NAME_LENGTH, QUERY_PAGE, clip, get_logger, printable
 from ..middleware import enqueue_origin
 from ..options import MAX_COUNT, check_text, lookup_id, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..queue import JobQueue
 
 __all__ = [
+    "MIN_MISFIRE_GRACE_MS",
     "MISFIRE_POLICIES",
     "OVERLAP_POLICIES",
     "SCHEDULE_OPTIONS",
@@ -54,6 +55,10 @@ OVERLAP_POLICIES = ("allow", "skip")
 DEFAULT_CATCH_UP = 100
 MAX_CATCH_UP = 1000
 DEFAULT_MISFIRE_GRACE_MS = 1000
+#: Smallest misfire_grace: a scheduler handles a tick some ms after it (its timer, the
+#: round trip), so a smaller grace made a 'skip' schedule drop most ticks (0: all).
+#: A schedule stored with less fires as if it had this one.
+MIN_MISFIRE_GRACE_MS = 100
 MIN_INTERVAL_MS = 10
 # job_id_window: a tick's id holds no window (schedule_fire), and a release before it
 # refuses to update a schedule whose stored options name it.
@@ -110,7 +115,8 @@ class Schedule:
         overlap: ``"allow"`` or ``"skip"`` (skip a tick while the previous run is
             waiting, delayed or active).
         paused, finished: state; ``next_run_at``: nominal time of the next tick.
-        runs: ticks enqueued so far; ``skipped``: ticks skipped by the overlap policy.
+        runs: ticks enqueued so far; ``skipped``: ticks skipped by the overlap policy
+            or refused by a feature (a full group, a quota).
         last_run_at / last_job_id: the last tick enqueued and its job.
         damaged: what is wrong with a record damaged by hand (``schedule_records``).
     """
@@ -224,13 +230,14 @@ def _zone_name(tz: Any) -> str:
     if isinstance(tz, str):
         _zone(tz)
         return tz
-    if isinstance(tz, ZoneInfo):
+    if isinstance(tz, ZoneInfo) and tz.key:
         return tz.key
     if tz is timezone.utc:
         return "UTC"
     raise ConfigurationError(
-        f"tz must be an IANA time zone name or a zoneinfo.ZoneInfo, got {tz!r} (fixed "
-        "offsets do not follow daylight saving time; name the zone instead)"
+        f"tz must be an IANA time zone name or a zoneinfo.ZoneInfo with a key, got {tz!r} "
+        "(fixed offsets do not follow daylight saving time, and a ZoneInfo read from a "
+        "file has no name to store; name the zone instead)"
     )
 
 
@@ -427,8 +434,8 @@ class ScheduleStore:
         options: Mapping[str, Any] | None,
     ) -> Schedule:
         q = self.queue
-        if not isinstance(job_name, str) or not job_name:
-            raise ConfigurationError(f"job name must be a non-empty string, got {job_name!r}")
+        # Before the id is derived from it: a bad name is reported as one.
+        check_text(job_name, "job name", max_len=MAX_JOB_NAME_LENGTH)
         zone_name = _zone_name(tz)
         zone = _zone(zone_name)
         cron_text: str | None = None
@@ -445,7 +452,7 @@ class ScheduleStore:
             limit = to_int(limit, "limit", minimum=1, maximum=MAX_COUNT)  # number of runs
         jitter_ms = to_ms(jitter, "jitter", allow_none=True) or 0
         policy, catch_up = _misfire(misfire)
-        grace = to_ms(misfire_grace, "misfire_grace")
+        grace = to_ms(misfire_grace, "misfire_grace", minimum=MIN_MISFIRE_GRACE_MS)
         if overlap not in OVERLAP_POLICIES:
             raise ConfigurationError(f"overlap must be 'allow' or 'skip', got {overlap!r}")
         opts = dict(options or {})
@@ -460,8 +467,15 @@ class ScheduleStore:
             )
         if schedule_id is None:
             timing_text = cron_text if cron_text is not None else f"every {every_ms}ms"
-            schedule_id = f"{job_name}@{timing_text}"
-        sid = _schedule_id(schedule_id)
+            try:
+                sid = _schedule_id(f"{job_name}@{timing_text}")
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    f"the schedule id derived from the job name and timing is not valid "
+                    f"({exc}); pass schedule_id= to name the schedule"
+                ) from None
+        else:
+            sid = _schedule_id(schedule_id)
         if q.enqueue_middleware:
             # The middleware sees which schedule the template is for (its jobs' ids).
             token = enqueue_origin.set(("schedule", sid))
@@ -603,6 +617,11 @@ class ScheduleStore:
             "misfire_grace": cur.misfire_grace_ms,
             "overlap": cur.overlap,
         }
+        if "cron_pattern" in changes and "interval_ms" in changes:
+            raise ConfigurationError("update_schedule: give cron_pattern or interval_ms, not both")
+        # The names of update_schedule, suggested for a misspelt one ('cron', 'every').
+        changes_ok = (*SCHEDULE_OPTIONS[1:], "data", "cron_pattern", "interval_ms")
+        self.queue.jobspec.check_names(changes, "update_schedule", also=changes_ok)
         cron, every = cur.cron, cur.every_ms
         data = changes.pop("data", cur.data)
         if "cron_pattern" in changes:

@@ -30,9 +30,13 @@
   the reply is KQ_DAMAGED_KEY <found> <expected> <key> and nothing was written.
   Fence: when a feature filled the `fence` slot and it refuses (kitium_queue.slots), the
   call answers KQ_FENCED <reason> before anything is written.
-  Returns { 'ok' | 'stale', {enqueued job ids}, skipped, next tick or '' }
+  Returns { 'ok' | 'stale', {enqueued job ids}, skipped, next tick or '', refused,
+            reason }
     'stale': another scheduler already handled this tick, or the schedule changed,
              was paused or removed; nothing was written.
+    skipped: ticks not enqueued, by the overlap policy or refused by a feature;
+    refused: those of them a feature refused (a full group, a quota), the last one's
+             reason in `reason` ('' when none). A refused tick is not retried.
   Events: job-added per job; schedule-fired (id = schedule id, job, tick);
           schedule-skipped (overlap); schedule-finished.
 ]]
@@ -73,7 +77,7 @@ if fenced then return redis.error_reply('KQ_FENCED ' .. fenced) end
 local sk = schedule_key(id)
 local f = redis.call('HMGET', sk, 'due', 'v', 'paused', 'n', 'd', 'o', 'p', 'l', 'cnt', 'lim', 'lj')
 if f[1] ~= expect_due or f[2] ~= expect_v or f[3] == '1' then
-  return { 'stale', {}, 0, f[1] or '' }
+  return { 'stale', {}, 0, f[1] or '', 0, '' }
 end
 -- The keys the ticks write (check_keys, lib_base.lua), before the first write: wait,
 -- delayed, the event stream, the marker, the id counter, the due index.
@@ -88,6 +92,7 @@ local cnt, lim, last_job = num(f[9]), num(f[10]), f[11]
 local RUNNING = { waiting = true, delayed = true, active = true, pending = true }
 
 local fired, skipped, last_tick, woke = {}, 0, nil, false
+local refused, refused_why = 0, ''
 for b = 9, #ARGV, 2 do
   if lim > 0 and cnt >= lim then break end
   local tick, start = ARGV[b], tonumber(ARGV[b + 1])
@@ -105,7 +110,8 @@ for b = 9, #ARGV, 2 do
       if not added then
         -- Refused by a feature (a full group, a quota): this run is skipped, said why.
         skipped = skipped + 1
-        emit('schedule-refused', id, 'tick', tick, 'reason', tostring(why))
+        refused, refused_why = refused + 1, tostring(why)
+        emit('schedule-refused', id, 'tick', tick, 'reason', refused_why)
       else
         if state == 'waiting' then woke = true end
         cnt = cnt + 1
@@ -132,4 +138,4 @@ else
   redis.call('ZADD', K_SCHED_DUE, nxt, id)
 end
 if woke then wake() end
-return { 'ok', fired, skipped, nxt }
+return { 'ok', fired, skipped, nxt, refused, refused_why }

@@ -11,6 +11,8 @@
   ARGV[5]  '1' pause | '0' resume
   ARGV[6]  next tick after now ('' = none); resume only
 
+  Resuming a schedule that is not paused changes nothing (no event).
+
   Returns { 'ok' | 'missing', next tick ms or '' }.
   Events: schedule-paused | schedule-resumed (id = schedule id).
   Damaged keys: as schedule_put.lua.
@@ -22,8 +24,13 @@ local id = ARGV[4]
 local sk = schedule_key(id)
 local damaged = schedule_damaged(sk)
 if damaged then return damaged end
-local f = redis.call('HMGET', sk, 'due', 'done', 'v')
+local f = redis.call('HMGET', sk, 'due', 'done', 'v', 'paused')
 if not f[3] then return { 'missing', '' } end
+if ARGV[5] ~= '1' and f[4] ~= '1' then
+  -- Not paused: nothing to resume. Moving its next tick to ARGV[6] dropped the ticks
+  -- due and not yet fired (no scheduler running), which its misfire policy decides.
+  return { 'ok', f[1] or '' }
+end
 redis.call('HSET', sk, 'v', next_version(f[3]))
 if ARGV[5] == '1' then
   redis.call('HSET', sk, 'paused', '1')
