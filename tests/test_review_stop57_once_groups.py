@@ -145,12 +145,6 @@ def _child_job_attributes(job: Any) -> list[str]:
     return sorted(a for a in vars(job) if not a.startswith("_"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChildJob (_child.py, built by procpool.py) carries no lease_token, so the "
-    "documented record_execution(..., lease_token=job.lease_token) of a mode='process' "
-    "processor raises AttributeError",
-)
 async def test_a_child_process_job_has_its_lease_token(make_queue: QueueFactory) -> None:
     q = make_queue("child")
     q.process("charge", _child_job_attributes, mode="process")

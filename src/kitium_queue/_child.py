@@ -95,6 +95,10 @@ _GUARD_POLL_S = 0.25
 class ChildJob:
     """The job a processor receives in a child process (the fields of ``Job``).
 
+    ``lease_token`` is the run's lease token, as ``Job.lease_token`` (read-only): pass it
+    to ``IdempotencyManager.record_execution(..., lease_token=job.lease_token)``, which
+    cannot tell from a child process which run calls it.
+
     ``update_progress_sync`` and ``log_sync`` are forwarded to the parent, which records
     them under the job's lease; once the processor returned they raise
     ``LeaseLostError`` (a thread it left behind cannot write into a later job).
@@ -110,11 +114,20 @@ class ChildJob:
         self.options: dict[str, Any] = fields["options"]
         self.idempotency_key: str = fields["idempotency_key"]
         self.queue_name: str = fields["queue_name"]
+        # Kept in the instance's dict, so ``vars(job)`` lists it with the other fields;
+        # the property below (a data descriptor, read first) makes it read-only.
+        self.__dict__["lease_token"] = str(fields.get("lease_token", ""))
         self.progress: Any = None
         self._out = out
         self._run = run
         #: The processor has not returned yet.
         self.live = True
+
+    @property
+    def lease_token(self) -> str:
+        """The fencing token of this run's lease (``Job.lease_token``)."""
+        token: str = self.__dict__["lease_token"]
+        return token
 
     def update_progress_sync(self, value: Any) -> None:
         """Record progress; raises ``SerializationError`` for a value JSON would change

@@ -327,6 +327,8 @@ class ProcessPool:
                 "options": job.options,
                 "idempotency_key": job.idempotency_key,
                 "queue_name": job.queue_name,
+                # The fence of ``record_execution(..., lease_token=job.lease_token)``.
+                "lease_token": job.lease_token,
             }
         )
         token = next(self._runs)

@@ -65,7 +65,7 @@ end
 local function replace(key, out)
   out[#out + 1] = key
   if not DRY then
-    redis.call('DEL', key)
+    redis.call('UNLINK', key)  -- any type and size: freed in the background
     redis.pcall('HDEL', PARK_REPORTS, 'damaged:' .. key)
   end
 end

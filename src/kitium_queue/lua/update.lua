@@ -51,7 +51,9 @@ else
   local lk = PREFIX .. 'logs:' .. id
   if keep <= 0 then
     -- max_log_lines = 0: keep no lines (LTRIM with -0 would keep them all, or fail).
-    redis.call('DEL', lk)
+    -- UNLINK: the list may hold up to LOG_LINES_MAX lines (kept before the limit was
+    -- lowered); Redis frees them in the background, not inside this call.
+    redis.call('UNLINK', lk)
   else
     redis.call('RPUSH', lk, ARGV[7])
     redis.call('LTRIM', lk, -keep, -1)

@@ -24,6 +24,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
@@ -551,18 +552,35 @@ def _install(q: JobQueue, conc: int, size: int, count: bool) -> None:
     for name, order in lua.DUPLICATE_ORDERS.items():
         scripts.add_slot("duplicate", f"{FEATURE}:{name}", frags[name], order=order)
 
+    clear_lua = resources.files(__package__).joinpath("group_clear.lua").read_text("utf-8")
+    scripts.add_fragment("group_clear", clear_lua)
+
     async def forget_groups() -> None:
-        # clear() deleted the jobs and their lines: the groups' own keys go too.
+        # clear() deleted the jobs, their lines and turns: the turn keys go, and each
+        # group's counts, totals and rate window; its settings stay (a paused group stays
+        # paused), as the queue's own do (lua/clear.lua).
         client = await q.client()
-        for pattern in (q.keys.extra("grp*"), q.keys.extra("groups")):
-            batch: list[Any] = []
-            async for key in client.scan_iter(match=pattern, count=500):
-                batch.append(key)
-                if len(batch) >= 500:
-                    await client.delete(*batch)
-                    batch = []
-            if batch:
-                await client.delete(*batch)
+        head, index = q.keys.extra("grp:").encode(), q.keys.extra("groups")
+        ids = {k[len(head) :] async for k in client.scan_iter(match=head + b"*", count=500)}
+        start: bytes = b"-"
+        while await client.type(index) in (b"zset", "zset"):
+            page = await client.zrangebylex(index, start, b"+", start=0, num=500)
+            ids.update(page)
+            if len(page) < 500:
+                break
+            start = b"(" + page[-1]
+        todo = sorted(ids)
+        for i in range(0, max(len(todo), 1), 200):
+            argv = [*q.ctx.argv_head(), *todo[i : i + 200]]
+            await q.scripts.call(client, "group_clear", q.keys.all, argv)
+        batch: list[Any] = []
+        async for key in client.scan_iter(match=q.keys.extra("grp-*"), count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
 
     q.admin.add_clear_step(forget_groups)
     q.add_service(heal_service(q))

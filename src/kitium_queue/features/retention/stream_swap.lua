@@ -21,7 +21,8 @@
 
 local tmp = K_EVENTS .. ':rewrite'
 if redis.call('EXISTS', K_EVENTS) == 0 then
-  redis.call('DEL', tmp)
+  -- UNLINK: the copy may hold up to events maxlen entries, freed in the background.
+  redis.call('UNLINK', tmp)
   return { 'gone', 0 }
 end
 local limit = arg_int(ARGV[5], 1000, 1, 5000)

@@ -73,7 +73,7 @@ for j = 0, n - 1 do
 end
 redis.call('HSET', WF .. wid, 'st', 'running', 'ts', NOW_S, 'n', n, 'left', n)
 redis.call('ZADD', WFI, NOW, wid)
-redis.call('DEL', WFS .. wid)
+redis.call('UNLINK', WFS .. wid)  -- an earlier run's steps (one field each): freed lazily
 local refused = {}
 for j = 0, n - 1 do
   local b = 5 + j * 9
