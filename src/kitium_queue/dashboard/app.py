@@ -42,6 +42,7 @@ from ..limits import clip
 from .actions import run_action
 from .audit import AuditPages, RoleRefusals, audit_of
 from .auth import Auth, DashboardToken, Session, is_loopback_authority, needs, parse_tokens
+from .data import outage_text
 from .pages import Pages
 from .render import SECURITY_HEADERS, DashboardApp, environment, queue_name
 from .signouts import SignOuts
@@ -117,7 +118,7 @@ class Dashboard:
             self.auth.end(cookie)  # remembered here too: no second look-up
             got = self.auth.session(cookie, host)
         header = request.headers.get("authorization")
-        if got is None and header and not self.auth.insecure_local:
+        if got is None and self.auth.offers_bearer(header) and not self.auth.insecure_local:
             got = self.auth.bearer(header)
             if got is None:
                 self.login_failed(host or "?")
@@ -129,12 +130,16 @@ class Dashboard:
         await self.signouts.sign_out(cookie)
 
     def bearer_throttled(self, request: Request) -> bool:
-        """Whether the request tries a bearer token from an address that failed to
-        sign in too often in the last minute (refused before the token is checked)."""
-        if not request.headers.get("authorization") or self.auth.insecure_local:
+        """Whether the request tries a bearer token (no other scheme: a proxy's Basic),
+        without a session, from an address that failed to sign in too often in the last
+        minute (refused before the token is checked)."""
+        auth, host = self.auth, request.client.host if request.client else "?"
+        if auth.insecure_local or not auth.offers_bearer(request.headers.get("authorization")):
             return False
-        host = request.client.host if request.client else "?"
-        return not self.login_allowed(host)
+        return (
+            not self.login_allowed(host)
+            and auth.session(request.cookies.get(SESSION_COOKIE), host) is None
+        )
 
     def render(
         self,
@@ -331,6 +336,14 @@ def _guard(
                 resp = dash.render(
                     request, "error.html", session, status=403, heading="Refused", error=text
                 )
+        except Exception as exc:  # Redis unreachable: a 503 saying so, not a bare 500
+            if (down := outage_text(exc, dash.queues.values())) is None:
+                raise
+            resp = (
+                JSONResponse({"error": down}, status_code=503)
+                if api
+                else dash.render(request, "error.html", session, status=503, error=down)
+            )
         if dash.refusals is not None:  # the refusals noted by this request, audited first
             await dash.refusals.settle()
         return dash.keep(request, session, resp)

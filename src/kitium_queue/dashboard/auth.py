@@ -236,6 +236,16 @@ def is_loopback_authority(authority: str | None) -> bool:
         return False
 
 
+def is_bearer(header: str | None) -> bool:
+    """Whether an ``Authorization`` header offers a bearer token (the scheme's name is
+    case-insensitive, RFC 9110). Any other scheme (``Basic``: the credentials of a
+    reverse proxy's own sign-in, which a browser sends along) is not the dashboard's."""
+    if not header:
+        return False
+    scheme, sep, _ = header.strip().partition(" ")
+    return bool(sep) and scheme.lower() == "bearer"
+
+
 def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).decode().rstrip("=")
 
@@ -349,12 +359,16 @@ class Auth:
         """The nonce of a cookie ``_verify`` accepted."""
         return cookie.split(".")[2]
 
+    #: Whether an ``Authorization`` header offers a bearer token (``is_bearer``).
+    offers_bearer = staticmethod(is_bearer)
+
     def bearer(self, header: str | None) -> Session | None:
         """A session for ``Authorization: Bearer <token>`` (read-only use: no CSRF
         token that a form could carry)."""
-        if not header or not header.startswith("Bearer "):
+        if not is_bearer(header):
             return None
-        t = self.by_token(header[len("Bearer ") :].strip())
+        assert header is not None
+        t = self.by_token(header.strip()[len("Bearer ") :].strip())
         return None if t is None else Session(t.principal, QueueRole(t.role), "")
 
     def check_csrf(self, session: Session, given: Any) -> bool:

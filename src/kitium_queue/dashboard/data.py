@@ -10,6 +10,7 @@ stream: the newest ``RATE_SAMPLE`` events at most, per queue and refresh.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,9 +34,12 @@ __all__ = [
     "Search",
     "enabled",
     "may_view",
+    "outage_text",
     "overview_row",
+    "overview_rows",
     "queue_row",
     "render_value",
+    "schedule_page",
     "search",
 ]
 
@@ -53,6 +57,11 @@ RATE_WINDOW_MS = 10_000
 MAX_SHOWN = 64 * 1024
 #: Longest search text accepted.
 MAX_SEARCH = 200
+#: Schedules on one page of the schedules page.
+SCHEDULE_PAGE = 100
+#: Seconds one queue's row of the overview (and ``/api/stats``) may take: a Redis that
+#: holds its answers (frozen, paused, a network dropping packets) shows as an error row.
+ROW_TIMEOUT_S = 5.0
 
 #: The feature pages, and the option whose declaration shows the feature is enabled on
 #: a queue (the option registry says who enabled what; a page is shown only then).
@@ -181,6 +190,38 @@ async def overview_row(queue: Any, principal: str) -> QueueRow:
         return QueueRow(queue.name, None, None, error=clip(str(exc), 300))
 
 
+async def overview_rows(
+    queues: Any, principal: str, read: Callable[[Any, str], Any] = overview_row
+) -> list[QueueRow]:
+    """``read`` (``overview_row``) of every queue, at the same time, each within
+    ``ROW_TIMEOUT_S``: a page with many queues on a Redis that stopped answering is
+    answered in about that time, not in that time (or the reply deadline) per queue."""
+
+    async def bounded(queue: Any) -> QueueRow:
+        try:
+            row: QueueRow = await asyncio.wait_for(read(queue, principal), ROW_TIMEOUT_S)
+            return row
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
+            error = f"no answer from Redis within {ROW_TIMEOUT_S:g} s"
+            return QueueRow(queue.name, None, None, error=error)
+
+    return list(await asyncio.gather(*(bounded(q) for q in queues)))
+
+
+def outage_text(exc: BaseException, queues: Any) -> str | None:
+    """What a page says when a read failed because Redis could not be reached or did
+    not answer (``connection.outage``: it is answered with 503 and this text, not a
+    bare 500), with every queue's credentials redacted; None for any other error."""
+    from ..connection import outage
+
+    if not outage(exc):
+        return None
+    text = str(exc) or type(exc).__name__
+    for queue in queues:
+        text = queue.connection.redact(text)
+    return f"Redis is unavailable: {clip(text, 500)}"
+
+
 def render_value(value: Any, *, limit: int = MAX_SHOWN) -> str:
     """A job's data, result or progress as indented JSON text, cut at ``limit``
     characters (the template escapes it)."""
@@ -303,3 +344,36 @@ async def search(
         if time.monotonic() - started > 2.0:
             break  # a slow server: answer with what was found, offer to go on
     return Search(found, read, pos)
+
+
+async def schedule_page(queue: Any, offset: int) -> tuple[list[Any], int]:
+    """The schedules of ``queue`` from position ``offset`` of its index (oldest first),
+    ``SCHEDULE_PAGE`` at most, and how many there are: one ``ZRANGE`` of the page's ids
+    and one pipeline of their records, however many schedules the queue has (reading
+    them all, as ``get_schedules()`` does, took a round trip per 1,000 and the memory
+    of every one for each view). Read as ``get_schedules`` (its read guards first); a
+    damaged record is shown with its problems, as there."""
+    from ..damage import named_key
+    from ..features.schedule_records import schedule_hash, schedule_values, stored_id
+    from ..features.schedules import Schedule
+
+    await queue.queries.check("get_schedules", {})
+    client = await queue.client()
+    key = queue.keys.schedules
+    ids = await named_key(
+        client, key, "zset", client.zrange(key, offset, offset + SCHEDULE_PAGE - 1)
+    )
+    total = int(await client.zcard(key))
+    if not ids:
+        return [], total
+    pipe = client.pipeline(transaction=False)
+    for i in ids:  # as stored: an id that is not UTF-8 is still read
+        pipe.hgetall(queue.keys.schedule("").encode() + i)
+    out = []
+    for i, reply in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
+        problems: list[str] = []
+        raw = schedule_hash(reply, problems)
+        if raw or problems:
+            sid = stored_id(i, problems)
+            out.append(Schedule(**schedule_values(sid, raw, queue.serializer, problems)))
+    return out, total

@@ -22,11 +22,14 @@ from ..queries import JobPage
 from .auth import Session
 from .data import (
     MAX_PAGE,
+    SCHEDULE_PAGE,
     Filter,
     enabled,
     overview_row,
+    overview_rows,
     queue_row,
     render_value,
+    schedule_page,
     search,
 )
 from .graph import layout
@@ -84,11 +87,11 @@ class Pages(QueueViews):
 
     # ------------------------------------------------------------------ overview
     async def overview(self, request: Request, session: Session) -> Response:
-        rows = [await overview_row(q, session.principal) for q in self.dash.queues.values()]
+        rows = await overview_rows(self.dash.queues.values(), session.principal, overview_row)
         return self.dash.render(request, "overview.html", session, rows=rows, live=True)
 
     async def api_stats(self, request: Request, session: Session) -> Response:
-        rows = [await overview_row(q, session.principal) for q in self.dash.queues.values()]
+        rows = await overview_rows(self.dash.queues.values(), session.principal, overview_row)
         return JSONResponse({"queues": [r.to_dict() for r in rows]})
 
     async def api_explain(self, request: Request, session: Session) -> Response:
@@ -202,9 +205,21 @@ class Pages(QueueViews):
         queue = self._queue(request)
         if queue is None:
             return self._missing(request, session, "no such queue")
-        items = (await queue.get_schedules())[:1000]
+        offset, error = _int_param(request, "offset", 0, 2**40), None
+        try:
+            items, total = await schedule_page(queue, offset)
+        except DamagedKeyError as exc:  # the index overwritten by hand: said, not a 500
+            items, total, error = [], 0, clip(str(exc), 300)
         return self.dash.render(
-            request, "schedules.html", session, **self._common(queue, session), schedules=items
+            request,
+            "schedules.html",
+            session,
+            **self._common(queue, session),
+            schedules=items,
+            offset=offset,
+            total=total,
+            page=SCHEDULE_PAGE,
+            error=error,
         )
 
     async def workflows(self, request: Request, session: Session) -> Response:

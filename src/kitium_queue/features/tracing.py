@@ -14,8 +14,10 @@ runs its jobs, like ``queue.process`` registrations):
   ``enqueued`` hook), so it covers the Redis write. To know the job's id before it is
   written, a job added without ``job_id`` is given one, a random version 4 UUID in its
   usual text form (as payload encryption does; drawn from ``os.urandom`` 256 at a
-  time); a job whose add failed has its span ended after
-  ``pending_timeout`` seconds, marked ``kitium_queue.enqueue.confirmed = false``.
+  time); an add that found its job there already (the same ``job_id``) ends it at
+  once, marked ``kitium_queue.enqueue.duplicate = true`` (the ``duplicate`` hook); a
+  job whose add failed has its span ended by the first add ``pending_timeout`` seconds
+  later, marked ``kitium_queue.enqueue.confirmed = false``.
 * **Process span** ``<queue> process`` (kind CONSUMER) around every run (process
   middleware), a child of the publish context: producer and worker share the trace id.
   A run that raises (any exception, a cancellation by its timeout or by ``cancel_job``
@@ -361,6 +363,24 @@ class OpenTelemetryTracing(Subscriber):
             got = pending.pop(job_id, None)
             if got is not None:
                 try:
+                    got[0].end()
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # the other spans of the batch still end
+                    self._tracer_failed(exc)
+
+    def duplicate(self, queue: str, job_ids: Sequence[str], names: Sequence[str]) -> None:
+        """Adds that wrote nothing, their job being there already (the same ``job_id``):
+        the publish span ends now, marked ``kitium_queue.enqueue.duplicate = true``,
+        rather than ``pending_timeout`` later as an add that failed. (An idempotency
+        key's duplicate names the existing job, not the id this add was given: its span
+        ends as unconfirmed.)"""
+        pending = self._pending
+        for job_id in job_ids if pending else ():
+            got = pending.pop(job_id, None)
+            if got is not None:
+                try:
+                    got[0].set_attribute("kitium_queue.enqueue.duplicate", True)
                     got[0].end()
                 except (KeyboardInterrupt, SystemExit):
                     raise

@@ -16,7 +16,11 @@ Reading Redis needs the event loop that owns the queue's connection, while
   ``collect()`` returns (the exporter's ``/metrics`` does this per request);
 * when ``collect()`` runs in another thread (``prometheus_client.start_http_server``,
   a WSGI app) while the loop that last refreshed is running, it refreshes on that loop
-  and waits for it (at most ``timeout`` seconds, then serves the last snapshot).
+  and waits for it (a second more than ``timeout``, then serves the last snapshot).
+
+Each queue's read is bounded by ``timeout``: a Redis that holds its answers (frozen,
+clients paused, a network that drops packets) makes that queue ``up 0`` then, so a
+scrape answers within the scraper's own timeout, not after the reply deadline (15 s).
 
 A queue whose read fails reports ``kitium_queue_up 0`` and none of its other gauges;
 the error is logged (at most once a minute per queue), never raised into the scrape.
@@ -130,8 +134,19 @@ class KitiumCollector(Collector):
         """Read every queue now; the result becomes what ``collect()`` reports."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self.readings = list(await asyncio.gather(*(self._read(q) for q in self.queues)))
+        self.readings = list(await asyncio.gather(*(self._bounded(q) for q in self.queues)))
         return self.readings
+
+    async def _bounded(self, queue: Any) -> QueueReading:
+        """``_read`` within ``timeout`` seconds: a Redis that holds its answer (frozen,
+        paused, a network that drops packets) makes the queue ``up 0`` then, rather
+        than a scrape that outlasts the scraper's own timeout (Prometheus: 10 s)."""
+        try:
+            return await asyncio.wait_for(self._read(queue), self.timeout)
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
+            exc = TimeoutError(f"no answer from Redis within {self.timeout:g} s")
+            self._warn(queue.name, "", exc)
+            return QueueReading(queue.name, unread=["stats"])
 
     async def _read(self, queue: Any) -> QueueReading:
         out = QueueReading(queue.name)
@@ -238,7 +253,7 @@ class KitiumCollector(Collector):
         ):
             fut = asyncio.run_coroutine_threadsafe(self.refresh(), loop)
             try:
-                fut.result(self.timeout)
+                fut.result(self.timeout + 1.0)  # its reads give up after timeout
             except Exception as exc:
                 fut.cancel()
                 log.warning(
