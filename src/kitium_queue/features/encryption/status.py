@@ -259,6 +259,10 @@ async def verify_keys(manager: EncryptionManager, *, refuse: bool = False) -> fr
     keys; again at every refresh while an id differs, so that a repair is seen."""
     q, ring = manager.queue, manager.ring
     ids = ring.ids()
+    if not ids:  # nothing to compare (an HMGET without fields is refused)
+        ring.mismatched = frozenset()
+        manager.keys_verified = True
+        return ring.mismatched
     key = q.keys.extra(CHECKS)
     client = await q.client()
     pipe = client.pipeline(transaction=False)
