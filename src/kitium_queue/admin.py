@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .enums import JobStatus
 from .errors import ConfigurationError, JobActiveError, JobNotFoundError, JobStateError
+from .features.schedule_update import id_fixed
 from .guards import GuardList
 from .hooks import AdminCall
 from .identity import current_principal
@@ -513,9 +514,12 @@ class AdminAPI:
             job_name, data, every=interval_ms, options=job_opts, **sched
         )
 
+    @id_fixed
     async def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
         """Change some fields of a schedule (``data``, ``cron_pattern``, ``interval_ms``,
-        schedule or job options); raises ``ScheduleNotFoundError``."""
+        schedule or job options); raises ``ScheduleNotFoundError``. Concurrent updates of
+        different fields all take effect. The id cannot change (``ConfigurationError``):
+        remove the schedule and declare it again under the new id."""
         return await self.schedules.update(schedule_id, **changes)
 
     async def remove_schedule(self, schedule_id: str) -> bool:

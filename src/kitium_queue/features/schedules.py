@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from ..damage import named_key
-from ..errors import ConfigurationError, ScheduleNotFoundError
+from ..errors import ConfigurationError
 from ..limits import MAX_JOB_NAME_LENGTH, QUERY_PAGE, clip, get_logger, printable
 from ..middleware import enqueue_origin
 from ..options import MAX_COUNT, check_text, lookup_id, to_int, to_ms
@@ -32,6 +32,7 @@ from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 from .schedule_explain import make_explainer
 from .schedule_records import check_intact, schedule_hash, schedule_values, stored_id
 from .schedule_timing import CronTiming, IntervalTiming, Timing
+from .schedule_update import MOVED, UPDATE_SCRIPT, ScheduleMoved, id_fixed, install, update
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
@@ -364,6 +365,7 @@ class ScheduleStore:
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
         queue.add_explainer(make_explainer(self))
+        install(queue.scripts)
 
     async def _now(self) -> int:
         client = await self.queue.client()
@@ -432,7 +434,9 @@ class ScheduleStore:
         misfire_grace: Any,
         overlap: str,
         options: Mapping[str, Any] | None,
+        expect: bytes | None = None,
     ) -> Schedule:
+        """``expect``: write only at this version (an update; else ``ScheduleMoved``)."""
         q = self.queue
         # Before the id is derived from it: a bad name is reported as one.
         check_text(job_name, "job name", max_len=MAX_JOB_NAME_LENGTH)
@@ -512,7 +516,7 @@ class ScheduleStore:
         defn = orjson.dumps(sched.definition(), option=orjson.OPT_SORT_KEYS)
         sig = orjson.dumps([cron_text, every_ms, zone_name, start])
         state, due = await q.run(
-            "schedule_put",
+            "schedule_put" if expect is None else UPDATE_SCRIPT,
             [
                 sid,
                 defn,
@@ -527,8 +531,11 @@ class ScheduleStore:
                 limit or 0,
                 "" if first is None else first,
                 end or 0,
+                *(() if expect is None else (expect,)),
             ],
         )
+        if state == MOVED:
+            raise ScheduleMoved
         log.info(
             "queue %s: schedule %s %s (next tick %s)",
             q.name,
@@ -581,8 +588,10 @@ class ScheduleStore:
     def _record(self, sid: str, raw: dict[bytes, bytes], problems: Sequence[str]) -> Schedule:
         return Schedule(**schedule_values(sid, raw, self.queue.serializer, problems))
 
+    @id_fixed
     async def update(self, schedule_id: str, **changes: Any) -> Schedule:
-        """Change some fields of a schedule; the others keep their stored values.
+        """Change some fields of a schedule; the others keep their stored values, and
+        a concurrent change is never overwritten (``schedule_update``).
 
         Accepts ``data``, ``cron_pattern``, ``interval_ms``, ``tz``, ``start_date``,
         ``end_date``, ``limit``, ``jitter``, ``misfire``, ``misfire_grace``, ``overlap``
@@ -594,55 +603,8 @@ class ScheduleStore:
         return await self.queue.admin.execute(
             "update_schedule",
             {"schedule_id": schedule_id, "changes": sorted(changes)},
-            lambda: self._update(schedule_id, changes),
+            lambda: update(self, schedule_id, changes),
             shown=lambda sched: sched.id,
-        )
-
-    async def _update(self, schedule_id: str, changes: dict[str, Any]) -> Schedule:
-        cur = await self.get(schedule_id)
-        if cur is None:
-            raise ScheduleNotFoundError(
-                f"schedule {schedule_id!r} does not exist in queue {self.queue.name!r}"
-            )
-        check_intact(cur)
-        args: dict[str, Any] = {
-            "tz": cur.tz,
-            "start_date": cur.start_date,
-            "end_date": cur.end_date,
-            "limit": cur.limit,
-            "jitter": cur.jitter_ms,
-            "misfire": (
-                cur.misfire if cur.misfire != "catch_up" else ("catch_up", cur.catch_up_limit)
-            ),
-            "misfire_grace": cur.misfire_grace_ms,
-            "overlap": cur.overlap,
-        }
-        if "cron_pattern" in changes and "interval_ms" in changes:
-            raise ConfigurationError("update_schedule: give cron_pattern or interval_ms, not both")
-        # The names of update_schedule, suggested for a misspelt one ('cron', 'every').
-        changes_ok = (*SCHEDULE_OPTIONS[1:], "data", "cron_pattern", "interval_ms")
-        self.queue.jobspec.check_names(changes, "update_schedule", also=changes_ok)
-        cron, every = cur.cron, cur.every_ms
-        data = changes.pop("data", cur.data)
-        if "cron_pattern" in changes:
-            cron, every = changes.pop("cron_pattern"), None
-        if "interval_ms" in changes:
-            cron, every = None, changes.pop("interval_ms")
-        for k in list(changes):
-            if k in args:
-                args[k] = changes.pop(k)
-        # A job_id_window stored before schedules refused it never applied to a tick.
-        kept = {k: v for k, v in cur.options.items() if k != "job_id_window"}
-        opts = {**kept, **changes}
-        opts = {k: v for k, v in opts.items() if v is not None}
-        return await self._declare(
-            cur.job_name,
-            data,
-            cron=cron,
-            every=every,
-            schedule_id=schedule_id,
-            options=opts,
-            **args,
         )
 
     async def remove(self, schedule_id: str) -> bool:

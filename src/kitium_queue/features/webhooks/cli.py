@@ -3,6 +3,10 @@
 ``list``, ``show``, ``history`` and ``dlq`` read Redis only and work without httpx (the
 ``webhooks`` extra); ``replay`` and ``deliver`` schedule or send deliveries and need it.
 
+``list`` and ``show`` never print a credential unless given ``--show-secrets``: an
+endpoint URL's user info and query values are masked (``shown_url``), and so are the
+values of its headers, but for a few that carry none (``Accept``...: ``PLAIN_HEADERS``).
+
 Built by ``commands(load_queue, text_field)`` so that this module does not import the
 command line module that adds it (``kitium_queue.cli``).
 """
@@ -12,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -22,9 +27,55 @@ if TYPE_CHECKING:
     from .manager import WebhookManager
     from .models import DeliveryRecord
 
-__all__ = ["commands"]
+__all__ = ["PLAIN_HEADERS", "commands", "shown_headers", "shown_url"]
 
 T = TypeVar("T")
+
+#: What a masked value is printed as.
+MASKED = "***"
+#: Request headers (lowercase) whose values are printed: they never carry a credential.
+#: Any other header may (``Authorization``, ``X-Api-Key``, ``Cookie``, a custom token);
+#: ``Content-Type``, ``User-Agent`` and the like are the sender's own, never registered.
+PLAIN_HEADERS = frozenset(
+    {"accept", "accept-charset", "accept-encoding", "accept-language", "cache-control", "pragma"}
+)
+
+
+def shown_url(url: Any) -> str:
+    """An endpoint URL as printed: its user info (``user:password@``), every query value
+    (a token given as ``?token=...``; a query item with no ``=`` is masked whole) and
+    its fragment masked; scheme, host, port, path and query names kept. Anything that
+    does not parse: ``<redacted>``."""
+    try:
+        parts = urlsplit(str(url))
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = MASKED + netloc[netloc.rfind("@") :]
+        items = []
+        for item in parts.query.split("&") if parts.query else ():
+            name, sep, _ = item.partition("=")
+            items.append(f"{name}={MASKED}" if sep else MASKED)
+        fragment = MASKED if parts.fragment else ""
+        return urlunsplit((parts.scheme, netloc, parts.path, "&".join(items), fragment))
+    except Exception:
+        return "<redacted>"
+
+
+def shown_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """Request headers as printed: values masked but for ``PLAIN_HEADERS``."""
+    return {k: v if str(k).lower() in PLAIN_HEADERS else MASKED for k, v in headers.items()}
+
+
+def _shown_hook(hook: dict[str, Any], show_secrets: bool) -> dict[str, Any]:
+    """A registration's ``to_dict()`` as printed (``shown_url``, ``shown_headers``)."""
+    if show_secrets:
+        return hook
+    headers = hook.get("headers")
+    return {
+        **hook,
+        "url": shown_url(hook.get("url")),
+        "headers": shown_headers(headers) if isinstance(headers, Mapping) else headers,
+    }
 
 
 def _ms(ms: int | None) -> str:
@@ -121,6 +172,11 @@ def commands(
         help="Redis URL overriding the queue's (default: $KITIUM_QUEUE_REDIS when set).",
     )
     json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    secrets_option = click.option(
+        "--show-secrets",
+        is_flag=True,
+        help="Print header values and URLs whole (tokens, passwords); masked by default.",
+    )
 
     @click.group()
     def webhooks() -> None:
@@ -129,14 +185,17 @@ def commands(
     @webhooks.command("list")
     @click.argument("app")
     @json_option
+    @secrets_option
     @redis_option
-    def list_(app: str, as_json: bool, redis: str | None) -> None:
-        """List endpoints: id, strategy, state, events, host (never a secret)."""
+    def list_(app: str, as_json: bool, show_secrets: bool, redis: str | None) -> None:
+        """List endpoints: id, strategy, state, events, URL (its user info and query
+        values masked unless --show-secrets)."""
 
         async def act(m: WebhookManager) -> None:
             hooks = await m.list_webhooks()
             if as_json:
-                click.echo(json.dumps([h.to_dict() for h in hooks], indent=2))
+                shown = [_shown_hook(h.to_dict(), show_secrets) for h in hooks]
+                click.echo(json.dumps(shown, indent=2))
                 return
             for wid in m.registry.damaged:
                 # Named, never hidden: a registration that cannot be read sends nothing.
@@ -158,7 +217,7 @@ def commands(
                         h.delivery_strategy.value,
                         "active" if h.active else "inactive",
                         ",".join(h.events),
-                        h.url,
+                        h.url if show_secrets else shown_url(h.url),
                         f"max_retries={h.max_retries}",
                     ]
                     for h in hooks
@@ -172,15 +231,20 @@ def commands(
     @click.argument("app")
     @click.argument("webhook_id")
     @json_option
+    @secrets_option
     @redis_option
-    def show(app: str, webhook_id: str, as_json: bool, redis: str | None) -> None:
-        """Show one endpoint and the delivery counts of the queue."""
+    def show(
+        app: str, webhook_id: str, as_json: bool, show_secrets: bool, redis: str | None
+    ) -> None:
+        """Show one endpoint and the delivery counts of the queue (header values but
+        Accept and the like, URL user info and query values masked unless
+        --show-secrets)."""
 
         async def act(m: WebhookManager) -> None:
             hook = await m.get_webhook(webhook_id)
             if hook is None:
                 raise click.ClickException(f"no webhook '{text_field(webhook_id)}'")
-            out = {**hook.to_dict(), "stats": await m.stats()}
+            out = {**_shown_hook(hook.to_dict(), show_secrets), "stats": await m.stats()}
             if as_json:
                 click.echo(json.dumps(out, indent=2))
                 return

@@ -90,7 +90,7 @@ local function drop(m, k, e, wid)
   redis.pcall('ZREM', PREFIX .. 'wh:idx:' .. wid, e)
   local key = PREFIX .. 'wh:d:' .. m
   if redis.pcall('HGET', key, 'st') == 'dead' and not redis.call('ZSCORE', RETRY, m) then
-    redis.call('DEL', key)
+    redis.call('UNLINK', key)
   end
   dropn[wid] = (dropn[wid] or 0) + 1
 end

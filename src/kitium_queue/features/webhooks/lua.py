@@ -213,7 +213,7 @@ if type(url) == 'table' then
   url = '1'
   redis.pcall('HDEL', PREFIX .. 'slot-errors', 'damaged:' .. SUBS)
 end
-redis.call('DEL', SUBS)
+redis.call('UNLINK', SUBS)
 if url then redis.call('HSET', SUBS, 'job-url', url) end
 for e in pairs(want) do redis.call('HSET', SUBS, e, '1') end
 redis.call('INCR', VER)
@@ -380,7 +380,7 @@ for b = first, #ARGV, 13 do
     dead_added[wid] = (dead_added[wid] or 0) + 1
   elseif ARGV[b + 8] ~= '' then
     local t = key_type(key)
-    if t ~= 'none' and t ~= 'hash' then redis.call('DEL', key) end
+    if t ~= 'none' and t ~= 'hash' then redis.call('UNLINK', key) end
     redis.call('HSET', key, 'b', ARGV[b + 8], 'ty', ARGV[b + 9], 'sg', ARGV[b + 10],
       'c', NOW_S)
     if ARGV[b + 11] ~= '' then redis.call('HSET', key, 'u', ARGV[b + 11], 'm', ARGV[b + 12]) end
@@ -436,7 +436,7 @@ for wid, added in pairs(touched) do
       local st = redis.pcall('HGET', key, 'st')
       if (st == 'delivered' or st == 'failed') and not redis.call('ZSCORE', RETRY, m)
           and not redis.call('ZSCORE', DLQ, m) then
-        redis.call('DEL', key)
+        redis.call('UNLINK', key)
       end
     end
   end
