@@ -491,7 +491,8 @@ def refusal_error(reason: str) -> JobRefusedError:
 
 class WriteRefusedError(KitiumQueueError):
     """Redis refused a write as a server: out of memory (``maxmemory`` reached with
-    ``noeviction``), a failed background save (``MISCONF``) or a read-only replica.
+    ``noeviction``), a failed background save or append-only file write (``MISCONF``)
+    or a read-only replica.
 
     Nothing of the refused call was written: Redis refuses a script before its first
     write (and lets a script that already wrote finish), so a transition is never half

@@ -26,6 +26,7 @@ from .errors import (
     PartialEnqueueError,
     PayloadTooLargeError,
     WriteNotConfirmedError,
+    WriteRefusedError,
     refusal_error,
 )
 from .jobspec import job_item, job_items, name_item, options_dict
@@ -340,10 +341,9 @@ class Producer:
                 self.rights_checked = await check_commands(client, ctx, PRODUCER_SCRIPTS)
             keys = ctx.keys.all
             failure: PartialEnqueueError | None = None
-            # One script call per chunk, each awaited before the next is sent: every call
-            # has its own reply deadline (a pipeline of all chunks shared one, and a
-            # timeout left an unknown subset written), and when one fails, every job of
-            # the chunks before it is known to be in Redis.
+            # One script call per chunk, each awaited before the next is sent: every call has
+            # its own reply deadline (a pipeline of all chunks shared one: a timeout left an
+            # unknown subset written); when one fails, those before it are known written.
             for chunk in _enqueue_chunks(prepared):
                 start = len(ids)
                 args = self.script_args(chunk)
@@ -366,9 +366,9 @@ class Producer:
                 except Exception as exc:
                     if not ids:
                         raise  # nothing of this call is known written: the error as it is
-                    failure = _partial_enqueue(
-                        ids, len(prepared), f"{type(exc).__name__}: {exc}", unknown=True
-                    )
+                    known = isinstance(exc, WriteRefusedError)  # refused whole: none written
+                    why = f"{type(exc).__name__}: {exc}"
+                    failure = _partial_enqueue(ids, len(prepared), why, unknown=not known)
                     _set_refused(failure, refused)
                     failure.__cause__ = exc
                     break

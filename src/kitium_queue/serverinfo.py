@@ -48,24 +48,11 @@ from .limits import get_logger
 from .pools import ping
 
 __all__ = [
-    "ANSWERED_ERRORS",
-    "WRITES_STALLED",
-    "MemoryReport",
-    "WriteRefusals",
-    "answered_check",
-    "check_eviction",
-    "memory_report",
-    "node_info",
-    "ping_refusal",
-    "refuses_writes",
-    "reply_text",
-    "script_probe",
-    "server_checks",
-    "write_probe",
-    "write_refused",
-    "write_refused_cause",
-    "writes_stalled",
-]
+    "ANSWERED_ERRORS", "WRITES_STALLED", "MemoryReport", "WriteRefusals", "answered_check",
+    "check_eviction", "memory_report", "node_info", "ping_refusal", "refuses_writes",
+    "reply_text", "script_probe", "server_checks", "write_probe", "write_refused",
+    "write_refused_cause", "writes_stalled",
+]  # fmt: skip
 
 log = get_logger(__name__)
 
@@ -480,13 +467,20 @@ def _refuses_reads(exc: BaseException) -> bool:
     return got is not None and not got[2]
 
 
+#: A full Redis refuses what grows memory, not the scripts that write first what frees some.
+_FULL_GOES_ON = (
+    "; claims, lease renewals and outcomes go on: the workers drain the queue, which frees memory"
+)
+
+
 def _health_error(text: str) -> str:
     """``HealthStatus.error`` for a server refusing writes with the reply ``text``."""
     what, todo, reads = _refusal(text) or ("Redis refuses writes", "see its log", True)
+    full = _CODE["OOM"].match(text) is not None  # keep_running_when_full (lib_base.lua)
     return (
-        f"WriteRefusedError: {what}: new jobs, claims and outcomes are refused until it "
-        f"accepts writes again{' (reads go on)' if reads else ''}. To go on: {todo}. "
-        f"Redis said: {text[:200]}"
+        f"WriteRefusedError: {what}: new jobs{'' if full else ', claims and outcomes'} are "
+        f"refused until it accepts writes again{' (reads go on)' if reads else ''}"
+        f"{_FULL_GOES_ON if full else ''}. To go on: {todo}. Redis said: {text[:200]}"
     )
 
 
@@ -574,12 +568,20 @@ async def script_probe(client: Any, key: str, timeout: float) -> str | None:
     return None
 
 
+#: What ``MISCONF`` of a server that cannot write its AOF (not a failed snapshot) means.
+_AOF = ("Redis refuses writes because it cannot write its append-only file (MISCONF: AOF "
+        "write error)", "fix the disk under its AOF directory (its log: 'Error writing to "
+        "the AOF file'); it takes writes once an AOF write succeeds (BGREWRITEAOF opens a "
+        "new file)")  # fmt: skip
+
+
 def _refusal(text: str) -> tuple[str, str, bool] | None:
     """What the server's refusal ``text`` means, what to do about it and whether reads
     go on, or None."""
     for code, what, todo, reads in _REFUSALS:
         if _CODE[code].match(text) or f" {code} " in text[:80]:
-            return what, todo, reads
+            aof = code == "MISCONF" and "AOF" in text[:200]  # its AOF, not a snapshot
+            return (*_AOF, True) if aof else (what, todo, reads)
     return None
 
 
