@@ -154,7 +154,6 @@ class FlowControl:
         self._apply(
             concurrency_limits={p: v for p, v in self.concurrency_limits.items() if p != pattern}
         )
-        flowheal.heal_soon(self.queue)  # its parked jobs would wait for good (flowheal.py)
 
     async def heal(self) -> ConcurrencyHealReport:
         """Send back to wait the jobs parked behind a concurrency key that nothing would
@@ -273,6 +272,10 @@ class FlowControl:
             raise
         if "rate_limits" in changes:  # parked jobs follow the new limits (flowpark.py)
             flowpark.follow_soon(self.queue)
+        if "concurrency_limits" in changes:
+            # A cap removed or raised: no release would bring its parked jobs back (or
+            # only one per finished job), so the heal lets them in now (flowheal.py).
+            flowheal.heal_soon(self.queue)
 
     def _install(self) -> None:
         # Every fragment is built before the first is installed, so a failure to build

@@ -211,21 +211,27 @@ HEAL_AGAIN_S = 1.0
 
 
 def heal_soon(queue: JobQueue) -> None:
-    """Run ``heal_concurrency`` in the background when an event loop is running (after a
-    cap was removed); without one, the workers' next heal pass does it."""
+    """Run ``heal_concurrency`` in the background (after a cap was declared, raised or
+    removed) when an event loop is running and the queue is connected; else a worker's
+    start (its heal leader walks at once) or the workers' next heal pass does it."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
+    if not queue.ctx.connected:  # a heal would connect it, and nothing would close that
+        return
 
     async def run() -> None:
         try:
-            await heal_concurrency(queue)
-            # Once more a moment later: a worker's wake-up wait is sent with its claim
-            # (composed before the change, with the removed cap's check), which runs as
-            # soon as the heal's release wakes it and parks those jobs again.
-            await asyncio.sleep(HEAL_AGAIN_S)
-            await heal_concurrency(queue)
+            for i in range(2):
+                if i:
+                    # Once more a moment later: a worker's wake-up wait is sent with its
+                    # claim (composed before the change, with the old cap's check), which
+                    # runs as soon as the heal's release wakes it and parks them again.
+                    await asyncio.sleep(HEAL_AGAIN_S)
+                if not queue.ctx.connected:  # closed since
+                    return
+                await heal_concurrency(queue)
         except Exception as exc:  # the workers' next pass tries again
             log.warning("queue %s: flow-control heal failed: %s", queue.name, exc)
 
