@@ -91,8 +91,10 @@ class RegionOps:
 
     async def resubmit_stranded(self: _Host, ids: Iterable[str] | None = None) -> dict[str, str]:
         """Apply stranded records (all, or ``ids``) to the current primary: jobs are
-        added with their ids, outcomes end the job if it has not run again. Per id the
-        status (``added``, ``exists``, ``ended``, ``requeued``, ``refused``)."""
+        added with their ids (not when their idempotency key names another job there:
+        ``duplicate``), outcomes end the job if it has not run again. Per id the status
+        (``added``, ``exists``, ``duplicate``, ``ended``, ``requeued``, ``erased``,
+        ``gone``, ``refused``)."""
         topo = self._topo()
         primary = topo.primary_copy()
         if primary is None or not topo.view.serving:

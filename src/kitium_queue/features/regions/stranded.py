@@ -243,13 +243,14 @@ async def _forget(copy: RegionCopy, jid: str) -> None:
 async def resubmit(copy: RegionCopy, primary: JobQueue, ids: Sequence[str]) -> dict[str, str]:
     """Apply stranded records of ``copy`` to the current primary's queue ``primary``.
 
-    A job is added with its id (``"added"``, or ``"exists"`` if it is there already); an
-    outcome ends the job there if it has not run again (``"ended"``; ``"exists"``: it
-    had, it ran twice); a requeue puts it back to wait (``"requeued"``); an erasure
-    erases the job there, in any state, and from there at every other region
-    (``"erased"``; ``"gone"``: the job is not there any more, and a job that took its id
-    since, created at another time, is left alone). Applied records
-    are deleted; the others (``"refused"``) are kept.
+    A job is added with its id (``"added"``, or ``"exists"`` if it is there already),
+    unless its idempotency key names another job there (``"duplicate"``: its producer
+    added it again after the failover, as told to; the record goes); an outcome ends the
+    job there if it has not run again (``"ended"``; ``"exists"``: it had, it ran twice);
+    a requeue puts it back to wait (``"requeued"``); an erasure erases the job there, in
+    any state, and from there at every other region (``"erased"``; ``"gone"``: the job is
+    not there any more, and a job that took its id since, created at another time, is
+    left alone). Applied records are deleted; the others (``"refused"``) are kept.
     """
     client = await copy.lane.client()
     out: dict[str, str] = {}
@@ -264,6 +265,12 @@ async def resubmit(copy: RegionCopy, primary: JobQueue, ids: Sequence[str]) -> d
         if kind == "job":
             # It keeps its id, creation time and the epoch that first accepted it.
             row[ENTRY.index("op")] = "put"
+            if await _key_taken(primary, jid, _s(fields.get("ikey", b""))):
+                # Added again there under its idempotency key (another id): a second
+                # job for that key would run it twice.
+                out[jid] = "duplicate"
+                await _forget(copy, jid)
+                continue
         if kind == "erasure" and not await _same_job(primary, jid, fields.get("created")):
             # The job it was recorded for is gone there; a job that took its id since
             # (another creation time) is another job, never erased for this one.
@@ -275,6 +282,15 @@ async def resubmit(copy: RegionCopy, primary: JobQueue, ids: Sequence[str]) -> d
         if status in APPLIED:
             await _forget(copy, jid)
     return out
+
+
+async def _key_taken(primary: JobQueue, jid: str, ikey: str) -> bool:
+    """Whether ``primary`` holds idempotency key ``ikey`` for another job than ``jid``
+    (``add_job`` with that key would return that job's id)."""
+    if not ikey:
+        return False
+    held = await (await primary.client()).get(primary.keys.idempotency(ikey))
+    return held is not None and _s(held) != jid
 
 
 async def _same_job(primary: JobQueue, jid: str, created: Any) -> bool:
