@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoPermissionError, RedisClusterException
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
 
 from .errors import ConnectionUnavailableError
 
@@ -135,8 +135,10 @@ def unreachable(client: Any, exc: RedisClusterException) -> BaseException:
     """``exc`` as ``ClusterUnreachableError`` when it says that no node answers (by its
     words: redis-py 8.1 has no class for it) and ``client`` reached the cluster before
     (the queue's first connection words it, with the queue's name); as it is when it is
-    another refusal or one already, and when a refusal for lack of permission lies
-    behind it."""
+    another refusal or one already, and when a refusal lies behind it: for lack of
+    permission, or of the credentials (every node asking for a password, or another
+    one, when a client that had reached the cluster maps it anew: after ``aclose()``),
+    which the queue words as on one server (``connerrors.translate_error``)."""
     text = str(exc)
     if (
         isinstance(exc, ClusterUnreachableError)
@@ -148,7 +150,7 @@ def unreachable(client: Any, exc: RedisClusterException) -> BaseException:
     for _ in range(8):  # a chain of causes is short; a cycle is not followed
         if seen is None:
             break
-        if isinstance(seen, NoPermissionError):
+        if isinstance(seen, (NoPermissionError, AuthenticationError)):
             return exc
         seen = seen.__cause__ or seen.__context__
     cause = text.split(_ANY_NODE, 1)[-1].rstrip(". ") or type(exc).__name__

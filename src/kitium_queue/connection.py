@@ -126,10 +126,13 @@ def _check_settings(opts: Mapping[str, Any]) -> None:
 
 def _wording_options(url: str | None, kwargs: Mapping[str, Any], mode: str) -> dict[str, Any]:
     """``connection_options`` to word an error with, saying whether a setting of one
-    server gives no password (redis-py then sends no AUTH)."""
+    server or a Cluster (``mode``; not a client given) gives no password (redis-py then
+    sends no AUTH): the value names the URL form that gives one."""
     opts = connection_options(url, kwargs)
-    if mode == "standalone" and not (opts.get("password") or opts.get("credential_provider")):
-        opts[NO_PASSWORD] = True
+    if mode in ("standalone", "cluster") and not (
+        opts.get("password") or opts.get("credential_provider")
+    ):
+        opts[NO_PASSWORD] = mode
     return opts
 
 
@@ -586,7 +589,8 @@ class ConnectionFactory:
         """
         opening = isinstance(exc, ConnectFailedError) and exc.__cause__ is not None
         exc = (exc.__cause__ or exc) if opening else exc  # reworded with the queue's name
-        opts = _wording_options(self._url, self._kwargs, self.mode)
+        mode = "client" if self._given_client is not None else self.mode
+        opts = _wording_options(self._url, self._kwargs, mode)
         return translate_error(
             self.describe(), self.redact(exc), exc, queue, timeout_s, opts, opening=opening
         )

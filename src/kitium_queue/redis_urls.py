@@ -276,15 +276,18 @@ NO_PASSWORD = "kq_no_password"
 
 def auth_refused(where: str, queue: str, cause: str, options: Mapping[str, Any]) -> str:
     """The message of an ``AuthenticationError`` from Redis at ``where``: a password is
-    needed when none was given, else the credentials given are wrong (never shown)."""
+    needed when none was given (``options[NO_PASSWORD]``: "cluster" for a Cluster), else
+    the credentials given are wrong (never shown)."""
     if options.get(NO_PASSWORD):
-        # The form that gives one: the username given kept, the socket's or TLS's scheme.
-        user = "USERNAME" if options.get("username") else ""
-        form = (
-            f"unix://{user}:PASSWORD@/path/to/socket"
-            if options.get("path")
-            else f"redis{'s' if _tls(options) else ''}://{user}:PASSWORD@host:port/db"
-        )
+        # The form that gives one: the username given kept, the socket's, TLS's or a
+        # Cluster's scheme.
+        user, s = "USERNAME" if options.get("username") else "", "s" if _tls(options) else ""
+        if options.get(NO_PASSWORD) == "cluster":
+            form = f"redis{s}+cluster://{user}:PASSWORD@host:port,host:port"
+        elif options.get("path"):
+            form = f"unix://{user}:PASSWORD@/path/to/socket"
+        else:
+            form = f"redis{s}://{user}:PASSWORD@host:port/db"
         return (
             f"{where} requires a password and none was given (queue {queue!r}: {cause}); use {form}"
         )
