@@ -36,6 +36,12 @@ worker starts (a process started with other declarations, as set by the advanced
 config), and with the flow-control heal (``flowheal.py``, every 30 s in one process).
 Nothing changes for a timer armed by the current declaration.
 
+The two walks after a change also wake the idle workers whatever they find: a key's
+held-back jobs left in ``wait`` (not parked) have no timer to arm, and idle workers
+sleep until the key's window ends, at most their periodic re-check (5 s); woken, they
+claim by the new limit at once. One wake-up per walk (a lowered limit's costs one claim
+that finds nothing), nothing per job.
+
 One bound for all keys: a bound per key would not keep many keys' backlogs out of the
 scan, and a tenant's holders held back by one key (up to 500 in ``wait``: tenancy's
 ``MAX_PLACES``, half the scan as well) stay where tenancy put them.
@@ -152,6 +158,9 @@ _FOLLOW = """--[[
   ARGV[1..3]: shared prefix, now, events maxlen.
   ARGV[4]  ZSCAN cursor of the parked index ('0' = from the start)
   ARGV[5]  index entries scanned per call (COUNT), clamped to 1..1000
+  ARGV[6]  '1': the limits were changed in this process; the walk's first call (cursor
+           '0') wakes idle workers whatever it finds, for the held-back jobs left in
+           wait that a raised or removed limit lets start (none of them is parked)
   Returns { next cursor ('0' = the walk is over), timers armed again }. A key whose
   timer's rule ("<n> <every> <due>") is the current declaration's is left as it is.
   Any other (its limit set, changed or removed since its jobs were parked; its timer
@@ -175,6 +184,7 @@ if not string.match(cursor, '^%d+$') then return bad_arg('rl_follow', 'bad curso
 local page = arg_int(ARGV[5], 100, 1, 1000)
 local bad = check_keys(9)
 if bad then return bad end
+if ARGV[6] == '1' and cursor == '0' then wake() end
 if redis.call('TYPE', K_PARKED)['ok'] ~= 'zset' then return { '0', 0 } end
 local got = redis.call('ZSCAN', K_PARKED, cursor, 'MATCH', 'rl:*', 'COUNT', page)
 local armed = 0
@@ -216,20 +226,22 @@ def follow_script(prelude: str) -> str:
     return _FOLLOW.replace("@PRELUDE@", prelude)
 
 
-async def follow_limits(queue: JobQueue) -> int:
+async def follow_limits(queue: JobQueue, *, changed: bool = False) -> int:
     """Walk every parked rate-limit key of ``queue`` once: arm again, by this process's
     declarations, each timer armed by another rule (``FOLLOW_SCRIPT``). Returns how many
-    were armed again. A queue closed during the walk ends it (its next page would
-    open a connection again)."""
+    were armed again. ``changed`` (the limits were just changed): the walk wakes idle
+    workers in any case, so the held-back jobs left in wait that a raised or removed
+    limit lets start do not wait for the workers' periodic re-check. A queue closed
+    during the walk ends it (its next page would open a connection again)."""
     client = await queue.client()
-    cursor, armed = "0", 0
+    cursor, armed, wake = "0", 0, "1" if changed else "0"
     for _ in range(MAX_CALLS):
         if cursor != "0":
             if not queue.ctx.connected:
                 break
             client = await queue.client()
         got = await queue.scripts.call(
-            client, FOLLOW_SCRIPT, queue.keys.all, [*queue.ctx.argv_head(), cursor, PAGE]
+            client, FOLLOW_SCRIPT, queue.keys.all, [*queue.ctx.argv_head(), cursor, PAGE, wake]
         )
         cursor, armed = reply_text(got[0]), armed + int(got[1])
         if cursor == "0":
@@ -255,10 +267,12 @@ def _background(queue: JobQueue, again: bool) -> None:
                 if i:
                     await asyncio.sleep(FOLLOW_AGAIN_S)
                 # Closed since (or while the first walk was under way): a walk would
-                # connect it again, and nothing would close that client.
+                # connect it again, and nothing would close that client. Each walk
+                # wakes the idle workers (changed): the second one for the claim a
+                # woken worker sent with the previous declarations.
                 if not queue.ctx.connected:
                     return
-                await follow_limits(queue)
+                await follow_limits(queue, changed=True)
         except Exception as exc:  # the next change, start or heal pass tries again
             log.warning("queue %s: rate-limit follow-up failed: %s", queue.name, exc)
 
