@@ -11,8 +11,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
-
 from kitium_queue.features.regions import GlobalQueueManager
 from regionpair import EU, US, region_pair
 
@@ -35,11 +33,6 @@ async def settle(read: Callable[[], Awaitable[Any]], want: Any, timeout: float =
     assert got == want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the workflows feature's reused() (features/workflows/prelude.lua) compares a "
-    "copy's creation time (source clock) with its record's end (this server's clock)",
-)
 async def test_a_copy_made_by_a_primary_whose_clock_runs_ahead_is_no_reused_id() -> None:
     """A copy keeps its creation time from the source's clock; its dependency record
     closes here on this server's clock. With the source ahead, the copy's own record

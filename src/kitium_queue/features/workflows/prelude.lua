@@ -9,7 +9,9 @@
   -- Keys (under the queue's hash tag; manager.py builds the same names):
   --   dep:<id>    HASH  a tracked job: st (pending | ready | completed | failed | skipped |
   --                     cancelled), np (unfinished parents), w (workflow), s (step),
-  --                     pol (on_failure), ts, f, r (encoded result), e (error), wb
+  --                     pol (on_failure), ts, f, jt (the creation time, 'ts', of the
+  --                     job it tracked when it closed: reused), r (encoded result), e
+  --                     (error), wb
   --                     (the parent it was first parked behind), rc (the context its
   --                     last finished run left: run links); a step
   --                     cancelled by a failing workflow keeps its definition (sn, sd, so,
@@ -215,12 +217,27 @@
     if left == 0 and delta <= 0 then wf_end(wid) end
   end
 
+  -- Dependency record `dk` of job `id` closes now: 'f' (this server's clock) and 'jt',
+  -- the creation time of the job it tracks ('ts' of its job record, as written there:
+  -- for a copy, on its source's clock), or no 'jt' when that job record is gone or
+  -- damaged. reused() compares 'jt' with the job under the id later.
+  local function stamp_closed(dk, id)
+    local ts = redis.pcall('HGET', job_key(id), 'ts')
+    if type(ts) == 'string' then
+      redis.call('HSET', dk, 'f', NOW_S, 'jt', ts)
+    else
+      redis.call('HSET', dk, 'f', NOW_S)
+      redis.call('HDEL', dk, 'jt')
+    end
+  end
+
   -- A step reaches a final state (once).
   local function close_step(id, state, err)
     local dk = DEP .. id
     local f = redis.call('HMGET', dk, 'st', 'w')
     if not f[1] or TERMINAL[f[1]] then return false end
-    redis.call('HSET', dk, 'st', state, 'f', NOW_S)
+    redis.call('HSET', dk, 'st', state)
+    stamp_closed(dk, id)
     if err then redis.call('HSET', dk, 'e', clip(err)) end
     if f[2] and COPYING and field(WF .. f[2], 'f') then
       -- A copy's step that came after the copies of the rest of its workflow had all
@@ -495,7 +512,7 @@
         local nk = redis.pcall('SCARD', DEPC .. sid)
         if type(nk) == 'number' and nk > 0 then redis.call('HSET', jk, 'fw', '') end
         add_links(sid, parent_contexts(sid))
-        redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'sm', 'e', 'f')
+        redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'sm', 'e', 'f', 'jt')
         local score = int(wait_score(pri, num(d[6])))
         if num(d[7]) > 0 then
           redis.call('HSET', dk, 'st', 'pending')
@@ -529,7 +546,8 @@
     if f[1] == 'failed' then
       -- A replayed step: it completes now. Its dependents were released (continue) or
       -- skipped already, or were cancelled with its workflow: those come back.
-      redis.call('HSET', dk, 'st', 'completed', 'f', NOW_S)
+      redis.call('HSET', dk, 'st', 'completed')
+      stamp_closed(dk, id)
       redis.call('HDEL', dk, 'e')
       if not POLICIES[f[3]] or f[3] == 'fail_workflow' then
         if f[2] then revive(f[2]) end
@@ -604,15 +622,22 @@
   end
 
   -- Whether the job now under id `p` is another job than the one whose dependency
-  -- record closed at `closed` (its 'f', ms): an id used again once the job that had it
-  -- was removed (remove_job, retention) while that record is kept. A job is created
+  -- record closed at `closed` (its 'f', ms) tracking the job created at `jt` (its 'jt'):
+  -- an id used again once the job that had it was removed (remove_job, retention) while
+  -- that record is kept. With `jt`, the job's creation time is compared with itself
+  -- (both as its job record says: for a copy of a job, on its source's clock, so a
+  -- clock skew between regions changes nothing). A record closed without one (written
+  -- before 'jt' was, or its job record gone then) compares clocks: a job is created
   -- before its record closes, so a job created after that is a new one; one created in
   -- the same ms as the close is taken for the earlier one. Reads only.
-  local function reused(p, closed)
+  local function reused(p, closed, jt)
+    local ts = redis.pcall('HGET', job_key(p), 'ts')
+    if type(ts) ~= 'string' then return false end
+    local t, was = tonumber(ts), tonumber(jt)
+    if was then return t ~= was end
     local c = tonumber(closed)
     if not c then return false end
-    local ts = redis.pcall('HGET', job_key(p), 'ts')
-    return type(ts) == 'string' and (tonumber(ts) or 0) > c
+    return (t or 0) > c
   end
 
   -- Why `deps` cannot be the parents of job `id` (nil: they can). Reads only.
@@ -624,13 +649,13 @@
       local p = deps[i]
       if type(p) ~= 'string' or p == '' then return 'depends_on holds a value that is not a job id' end
       if p == id then return 'job ' .. p .. ' cannot depend on itself' end
-      local f = redis.pcall('HMGET', DEP .. p, 'st', 'pol', 'f')
+      local f = redis.pcall('HMGET', DEP .. p, 'st', 'pol', 'f', 'jt')
       if f.err then
         return 'depends on job ' .. p .. ', whose dependency record ' .. DEP .. p ..
           ' is damaged (it holds another type than a hash); delete or repair that key'
       end
       local st = f[1]
-      if st and TERMINAL[st] and reused(p, f[3]) then
+      if st and TERMINAL[st] and reused(p, f[3], f[4]) then
         return 'depends on job ' .. p .. ', whose id was used again: the job now under ' ..
           'that id was added after the job that had it before ' .. (st == 'completed' and
           'completed' or 'ended (' .. st .. ')') .. ', whose dependency record ' .. DEP .. p ..
@@ -675,9 +700,10 @@
       if TERMINAL[st] then return 'done' end
       return 'open'
     end
-    local f = redis.call('HMGET', job_key(p), 'st', 'r', 'f')
+    local f = redis.call('HMGET', job_key(p), 'st', 'r', 'f', 'ts')
     if f[1] == 'completed' then
       redis.call('HSET', dk, 'st', 'completed', 'f', f[3] or NOW_S)
+      if f[4] then redis.call('HSET', dk, 'jt', f[4]) end
       if f[2] then redis.call('HSET', dk, 'r', f[2]) end
       redis.call('PEXPIRE', dk, RETAIN)
       return 'done'

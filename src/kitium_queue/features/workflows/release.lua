@@ -14,8 +14,8 @@
       -- A record that failed before this job was created is an earlier job's under
       -- the same id (removed, the id used again): its completion is not a replay of
       -- that step (which would revive its workflow and rewrite its result).
-      local d = fields(DEP .. id, 'st', 'f')
-      if d[1] == 'failed' and reused(id, d[2]) then return end
+      local d = fields(DEP .. id, 'st', 'f', 'jt')
+      if d[1] == 'failed' and reused(id, d[2], d[3]) then return end
     end
     if was and outcome == 'removed' and payload == CANCELLED then
       copy_cancelled(id)
