@@ -371,7 +371,9 @@ async def test_a_fan_in_with_more_parents_than_options_hold_is_copied_whole() ->
     # (64 KiB): a step's stored options list its parents all the same, for its copies.
     wide = [WorkflowStep(f"p{i:04d}", "step", {"n": i}) for i in range(4000)]
     sink = WorkflowStep("sink", "step", {"n": -1}, depends_on=[s.name for s in wide])
-    async with two_regions(PORTS["wide"]) as m:
+    # Writing 4,001 steps holds the primary's server a while: a lease long enough that a
+    # loaded machine's late renewal is no lost lease (the test is about the copy).
+    async with region_pair(PORTS["wide"], "orders", 10_000) as (m, _):
         chains = {r: JobChainManager(m.region(r).lane) for r in (US, EU)}
         ids = await chains[US].execute_workflow(WID, [*wide, sink])
         await settle(lambda: state_at(m, EU, ids["sink"]), "pending", 20)
