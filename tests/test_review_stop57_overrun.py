@@ -321,7 +321,10 @@ async def test_cancel_job_ends_a_hold_and_fails_the_job_for_good(
     fails for good (no retry follows it), and the WARNING says its thread runs on."""
     caplog.set_level(logging.WARNING, logger=_LOGGER)
     runs, release = Runs(), threading.Event()
-    q = make("cancel-held", worker=_worker(True, thread_overrun_max=120_000))
+    # cancel_job() reaches a worker with its lease renewal: renewed every 500 ms (the
+    # lease itself stays 30 s), the cancellation arrives within a renewal, not 15 s.
+    settings = {"lock_duration": 30_000, "lock_renew_time": 500}
+    q = make("cancel-held", worker=_worker(True, thread_overrun_max=120_000), settings=settings)
     q.process("work", _processor(runs, release))
     await q.start()
     jid = await _add(q)

@@ -95,7 +95,7 @@ def _status(url: str, prefix: str) -> Any:
 @scenario("workflows", 14, "a workflow (random DAG) under worker SIGKILL and Redis restart")
 def run(ctx: Context, res: Result) -> None:
     lease_ms, sweep_ms = 2000, 250
-    n = ctx.pick(150, 600)
+    n = ctx.pick(100, 600)
     faults = ctx.pick(["kill", "restart", "kill"], ["kill", "restart"] * 4)
     rnd = random.Random(12)
     srv = ctx.redis(appendfsync="always")

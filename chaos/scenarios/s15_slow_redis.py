@@ -64,7 +64,7 @@ class Spikes(threading.Thread):
 
 @scenario("slow-redis", 15, "Slow Redis: 20 ms each way and 200 ms spikes through a proxy")
 def run(ctx: Context, res: Result) -> None:
-    seconds = ctx.pick(7, 300)
+    seconds = ctx.pick(5, 300)
     srv = ctx.redis()
     proxy = Proxy(srv.port, max_lifetime=seconds + 300).start()
     ctx.callback(proxy.stop)

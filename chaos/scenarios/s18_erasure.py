@@ -1,7 +1,7 @@
 """Item 15: erasure by subject racing workers that get SIGKILLed, and a Redis restart.
 
 Workers (``--compliance 1``: ``ComplianceManager`` on the queue; 4 slots, lease 2 s,
-sweep every 250 ms) run 20-150 ms jobs of 12 (long: 24) subjects, each job's data
+sweep every 250 ms) run 20-150 ms jobs of 8 (long: 24) subjects, each job's data
 holding its subject's marker; some runs fail (three attempts, then the DLQ). A producer
 adds jobs all along. Half of the subjects are erased one after the other while the
 others keep flowing: before each erasure the producer stops adding that subject's jobs,
@@ -156,7 +156,7 @@ def _keyspace_blobs(client: Any, prefix: str) -> dict[bytes, bytes]:
 @scenario("erasure", 15, "erasure by subject racing workers SIGKILLed and a Redis restart")
 def run(ctx: Context, res: Result) -> None:
     lease_ms, sweep_ms = 2000, 250
-    n_subjects = ctx.pick(12, 24)
+    n_subjects = ctx.pick(8, 24)
     rnd = random.Random(15)
     srv = ctx.redis(appendfsync="always")
     prefix = ctx.prefix()

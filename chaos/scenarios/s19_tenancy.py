@@ -205,7 +205,7 @@ def _leftovers(client: Any, keys: QueueKeys) -> dict[str, Any]:
                          "Redis restart")
 def run(ctx: Context, res: Result) -> None:
     lease_ms, sweep_ms = 1500, 250
-    per_tenant = ctx.pick(150, 600)
+    per_tenant = ctx.pick(100, 600)
     faults = ctx.pick(["kill", "kill", "restart", "kill"], ["kill", "restart"] * 4 + ["kill"])
     rnd = random.Random(17)
     srv = ctx.redis(appendfsync="always")
