@@ -44,7 +44,9 @@ async def test_misspelt_schedule_option_is_an_unknown_schedule_option(
     with pytest.raises(ConfigurationError, match=r"'atempts' \(did you mean 'attempts'\?\)"):
         await q.schedule_every("beat", {}, 60_000, atempts=3)
     sched = await q.schedule_every("beat", {}, 60_000, misfire="skip", attempts=3)
-    with pytest.raises(ConfigurationError, match=r"unknown schedule option: 'misfir'"):
+    with pytest.raises(
+        ConfigurationError, match=r"unknown update_schedule option: 'misfir' \(did you mean"
+    ):
         await q.update_schedule(sched.id, misfir="run_once")
     assert await q.get_schedules() == [sched]  # nothing changed
 

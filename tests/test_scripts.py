@@ -787,9 +787,11 @@ async def test_clear_force_deletes_every_key_in_batches(lua: Lua) -> None:
     assert await lua("clear", T0, "1", 2) == 1
     while await lua("clear", T0, "1", 2) == 1:
         pass
-    # Only the id and lease-token counters remain: ids and fencing tokens never repeat.
+    # Only the id and lease-token counters remain (ids and fencing tokens never repeat),
+    # and the queue's settings: the pause stays a pause.
     left = sorted(k.decode() for k in await lua.client.keys(f"{lua.keys.prefix}:*"))
-    assert left == sorted([lua.keys.id, lua.keys.lease])
+    assert left == sorted([lua.keys.id, lua.keys.lease, lua.keys.meta])
+    assert await lua.client.hgetall(lua.keys.meta) == {b"paused": b"1"}
 
 
 async def test_ids_continue_after_clear(lua: Lua) -> None:

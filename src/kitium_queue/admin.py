@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .enums import JobStatus
 from .errors import ConfigurationError, JobActiveError, JobNotFoundError, JobStateError
-from .features.schedule_update import id_fixed
 from .guards import GuardList
 from .hooks import AdminCall
 from .identity import current_principal
 from .limits import clip
 from .options import shown, shown_bare
 from .queries import parse_status, query_id
+from .queueconfig import id_fixed
 
 if TYPE_CHECKING:
     from .context import QueueContext

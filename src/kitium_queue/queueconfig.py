@@ -18,12 +18,14 @@ An unknown keyword of ``QueueConfig`` or of the option classes it takes (``JobOp
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from .adapters import MetricsAdapter, TelemetryAdapter
 from .codec import Codec
+from .errors import ConfigurationError
+from .limits import printable
 from .options import (
     BackoffOptions,
     DLQConfig,
@@ -37,7 +39,7 @@ from .options import (
     unknown_options_error,
 )
 
-__all__ = ["QueueConfig", "keywords_checked"]
+__all__ = ["QueueConfig", "id_fixed", "keywords_checked"]
 
 T = TypeVar("T")
 
@@ -104,3 +106,27 @@ class QueueConfig:
     def kwargs(self) -> dict[str, Any]:
         """The fields other than ``name``, as ``JobQueue`` keyword arguments."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+
+_M = TypeVar("_M", bound=Callable[..., Awaitable[Any]])
+
+
+def id_fixed(method: _M) -> _M:
+    """Decorate an ``update_schedule(schedule_id, **changes)`` method: ``schedule_id=``
+    given with the id (an attempt to rename the schedule) raises ``ConfigurationError``
+    saying what to do instead, where Python would raise a bare ``TypeError`` (multiple
+    values for one argument). ``update_schedule(schedule_id="x", ...)`` works as before.
+    """
+
+    @functools.wraps(method)
+    async def checked(self: Any, /, *args: Any, **changes: Any) -> Any:
+        if args and "schedule_id" in changes:
+            old = printable(str(args[0]))
+            raise ConfigurationError(
+                f"update_schedule cannot change a schedule's id ({old!r}; schedule_id= "
+                f"given too): remove_schedule({old!r}) and declare it again with "
+                "schedule_id= the new id"
+            )
+        return await method(self, *args, **changes)
+
+    return checked  # type: ignore[return-value]

@@ -300,11 +300,6 @@ class SyncQueueClient:
             except (RedisError, OSError) as exc:
                 self._closed_under(exc)
                 raise
-            finally:
-                if self._closing:
-                    # close() began under this call (after its "closed?" check): the
-                    # connection the call took, new or kept, is not left open after it.
-                    blocking.close()
 
         inner = producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
         return self._public_id(member, inner)

@@ -16,13 +16,12 @@ and declare it again under the new id.
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, KitiumQueueError, ScheduleNotFoundError
 from ..limits import printable
+from ..queueconfig import id_fixed
 from .schedule_records import check_intact, schedule_hash
 
 if TYPE_CHECKING:
@@ -65,30 +64,6 @@ class ScheduleMoved(Exception):
 def install(scripts: Any) -> None:
     """Register ``schedule_update`` with a queue's ``ScriptRegistry``."""
     scripts.add_fragment(UPDATE_SCRIPT, _SOURCE)
-
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def id_fixed(method: F) -> F:
-    """Decorate an ``update_schedule(schedule_id, **changes)`` method: ``schedule_id=``
-    given with the id (an attempt to rename the schedule) raises ``ConfigurationError``
-    saying what to do instead, where Python would raise a bare ``TypeError`` (multiple
-    values for one argument). ``update_schedule(schedule_id="x", ...)`` works as before.
-    """
-
-    @functools.wraps(method)
-    async def checked(self: Any, /, *args: Any, **changes: Any) -> Any:
-        if args and "schedule_id" in changes:
-            old = printable(str(args[0]))
-            raise ConfigurationError(
-                f"update_schedule cannot change a schedule's id ({old!r}; schedule_id= "
-                f"given too): remove_schedule({old!r}) and declare it again with "
-                "schedule_id= the new id"
-            )
-        return await method(self, *args, **changes)
-
-    return checked  # type: ignore[return-value]
 
 
 async def _read(store: ScheduleStore, schedule_id: str) -> tuple[Schedule | None, bytes]:
