@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from helpers import QueueFactory, wait_for_status, wait_until
-from kitium_queue import ConfigurationError, JobQueue, JobStatus
+from kitium_queue import ConfigurationError, JobStatus
 from kitium_queue.features.encryption import (
     EncryptionError,
     EncryptionManager,
     KeyConfig,
     generate_key,
 )
+from test_encryption_missing_key import _process
 
 K1, K1_WRONG, K2 = generate_key(), generate_key(), generate_key()
 MARK = "PLAINTEXT-MARKER-57c"
@@ -30,13 +31,6 @@ async def rq(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
     factory = QueueFactory(redis_url, prefix)
     yield factory
     await factory.aclose()
-
-
-def _process(queue: JobQueue, ran: list[Any]) -> None:
-    @queue.process("*")
-    async def anything(job: Any) -> str:
-        ran.append(job.data)
-        return "ok"
 
 
 def _no_key_in(text: str, *keys: str) -> None:

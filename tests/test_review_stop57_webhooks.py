@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,17 +39,9 @@ from kitium_queue.features.webhooks import (
     generate_secret,
     verify_webhook,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from chaos.receiver import Receiver  # noqa: E402
+from test_webhooks import FAST, Receiver
 
 pytestmark = pytest.mark.redis_only
-
-LOOPBACK = ["127.0.0.0/8"]
-FAST = dict(allow_networks=LOOPBACK, backoff_ms=20, max_backoff_ms=200, poll_ms=10, lease_ms=5_000)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 from ...errors import ConfigurationError
 from ...limits import clip, get_logger
 from .models import url_host
-from .signing import secret_key, signature_header
+from .signing import check_seconds, secret_key, signature_header
 from .ssrf import (
     UNRESOLVED,
     AddressPolicy,
@@ -73,15 +73,7 @@ class SecretStore:
         """Sign with ``new_secret`` from now on, and with the current secret(s) as well
         for ``keep_old_s`` seconds (receivers switch over in that time): 0 to a year.
         NaN would drop the old secret at once, infinity keep it signing for good."""
-        if (
-            isinstance(keep_old_s, bool)
-            or not isinstance(keep_old_s, (int, float))
-            or not 0 <= keep_old_s <= MAX_KEEP_OLD_S
-        ):
-            raise ConfigurationError(
-                f"rotate_secret keep_old_s must be a number of seconds from 0 to "
-                f"{MAX_KEEP_OLD_S:,} (a year), got {keep_old_s!r:.40}"
-            )
+        check_seconds(keep_old_s, "rotate_secret keep_old_s (a year at most)", MAX_KEEP_OLD_S)
         new = secret_key(new_secret)
         until = time.time() + keep_old_s
         old = [(k, until) for k, _ in self._current(webhook_id)]

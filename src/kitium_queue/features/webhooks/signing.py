@@ -100,6 +100,15 @@ def _header(headers: Mapping[Any, Any], name: str) -> str:
     raise WebhookVerificationError(f"missing header {name}")
 
 
+def check_seconds(value: Any, what: str, most: float) -> None:
+    """``value`` is a number of seconds from 0 to ``most`` (not a bool, NaN or
+    infinite), else ``ConfigurationError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
+        raise ConfigurationError(
+            f"{what} must be a number of seconds from 0 to {most:,}, got {value!r:.40}"
+        )
+
+
 def verify_webhook(
     payload: bytes | str,
     headers: Mapping[Any, Any],
@@ -118,16 +127,8 @@ def verify_webhook(
     of the secrets (constant-time comparison). Deduplicate on ``webhook-id`` afterwards:
     delivery is at-least-once.
     """
-    if (
-        isinstance(tolerance_s, bool)
-        or not isinstance(tolerance_s, (int, float))
-        or not 0 <= tolerance_s <= MAX_TOLERANCE_S
-    ):
-        # NaN or inf would pass every timestamp: no replay protection at all.
-        raise ConfigurationError(
-            f"verify_webhook tolerance_s must be a number of seconds from 0 to "
-            f"{MAX_TOLERANCE_S}, got {tolerance_s!r}"
-        )
+    # NaN or inf would pass every timestamp: no replay protection at all.
+    check_seconds(tolerance_s, "verify_webhook tolerance_s", MAX_TOLERANCE_S)
     if now is not None and (
         isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now)
     ):
