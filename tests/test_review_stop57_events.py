@@ -174,8 +174,11 @@ async def test_chaos_a_small_stream_trimmed_under_a_reader_tells_every_loss_and_
         prev, told = at, False
     assert notices >= 1  # the long pause lost events, and said so
     assert prev == len(added) - 1
-    # The reader was trimmed past with nothing unread lost too (told no gap).
-    assert False in verdicts and True in verdicts
+    # A check found a real loss. Whether one also found the reader trimmed past with
+    # nothing unread lost depends on how the reader's pauses fall (it did not in one
+    # full-suite run): that case is made on purpose, and asserted, by
+    # test_trimmed_past_the_last_read_event_with_nothing_unread_lost_is_no_gap.
+    assert True in verdicts
 
 
 # ------------------------------------------------------------------ 2. close() ends the loop
