@@ -12,7 +12,15 @@ The jobs stay ordinary jobs throughout: each is claimed under its own lease (ren
 while it waits in the batch), runs under its own ``timeout``, and gets its own outcome
 from ``fn``'s reply — retries, ``RetryLater``/``RateLimited``, ``NonRetryableError`` and
 the DLQ work per job. A batch never holds more jobs than the worker has slots
-(``worker.concurrency``), so set the concurrency to at least ``size``.
+(``worker.concurrency``), so set the concurrency to at least ``size`` (1 to 10,000, the
+largest concurrency).
+
+A batch function may return an awaitable (a plain decorator around an ``async def``, a
+lambda returning a coroutine): it is awaited on the worker's loop, as a processor's is
+(``processors.settled``). The collector belongs to the event loop of the worker that
+calls it; a queue closed and started again in another loop starts it afresh there (its
+timer and pending jobs of the old loop are dropped), and a batch's ``max_wait`` timer
+stops once every job waiting for it left.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..limits import get_logger
-from ..options import to_ms
+from ..options import MAX_CONCURRENCY, to_int, to_ms
 from ..outcomes import describe
+from ..processors import settled
 from ..runends import PROCESS_EXITS, DaemonThreads, cancelling, no_stop, settable
 
 __all__ = ["BatchProcessor", "resolve_batch", "set_batch_defaults"]
@@ -42,11 +51,19 @@ _DEFAULTS: weakref.WeakKeyDictionary[Any, tuple[int, int, int]] = weakref.WeakKe
 def set_batch_defaults(queue: Any, *, size: int, min_size: int = 1, max_wait: Any = 1000) -> None:
     """Give ``queue.process_batch`` calls of this process defaults for the arguments
     they leave out (the ``batching`` section of ``AdvancedQueueConfig``)."""
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ConfigurationError(f"batch size must be an int >= 1, got {size!r}")
-    if not isinstance(min_size, int) or isinstance(min_size, bool) or not 1 <= min_size <= size:
-        raise ConfigurationError(f"batch min_size must be an int from 1 to size ({size})")
+    size, min_size = _sizes(size, min_size)
     _DEFAULTS[queue] = (size, min_size, to_ms(max_wait, "batch max_wait"))
+
+
+def _sizes(size: Any, min_size: Any) -> tuple[int, int]:
+    """``size`` (1 to ``MAX_CONCURRENCY``: a batch never holds more jobs than the
+    worker's slots) and ``min_size`` (1 to ``size``), checked."""
+    size = to_int(size, "batch size", minimum=1, maximum=MAX_CONCURRENCY)
+    if not isinstance(min_size, int) or isinstance(min_size, bool) or not 1 <= min_size <= size:
+        raise ConfigurationError(
+            f"batch min_size must be an int from 1 to size ({size}), got {min_size!r:.40}"
+        )
+    return size, min_size
 
 
 def resolve_batch(
@@ -95,21 +112,21 @@ class BatchProcessor:
     ) -> None:
         if not callable(fn):
             raise ConfigurationError("batch processor must be callable")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ConfigurationError(f"batch size must be an int >= 1, got {size!r}")
-        if not isinstance(min_size, int) or isinstance(min_size, bool) or not 1 <= min_size <= size:
-            raise ConfigurationError(
-                f"batch min_size must be an int from 1 to size ({size}), got {min_size!r}"
-            )
+        self.size, self.min_size = _sizes(size, min_size)
         self.fn = fn
         self._threads: DaemonThreads | None = None
-        self.size = size
-        self.min_size = min_size
         self.max_wait_ms = to_ms(max_wait, "batch max_wait") or 0
         target = fn.func if isinstance(fn, functools.partial) else fn
-        self._async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-            getattr(target, "__call__", None)  # noqa: B004
-        )
+        call = getattr(target, "__call__", None)  # noqa: B004
+        if inspect.isasyncgenfunction(target) or inspect.isasyncgenfunction(call):
+            # Its call gives an async generator, never a reply: every job would fail.
+            raise ConfigurationError(
+                "batch processor is an async generator function: it must be a function or "
+                "coroutine function returning the reply (return the list instead of "
+                "yielding it)"
+            )
+        self._async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._settle_armed = False
@@ -121,6 +138,8 @@ class BatchProcessor:
 
     async def __call__(self, job: Any) -> Any:
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._rebind(loop)
         fut: asyncio.Future[Any] = loop.create_future()
         entry = (job, fut)
         self._pending.append(entry)
@@ -139,9 +158,28 @@ class BatchProcessor:
             # Timed out, cancelled or shut down before its batch ran: leave the batch.
             if entry in self._pending:
                 self._pending.remove(entry)
+                if not self._pending and self._timer is not None:
+                    # Its max_wait counted from a job that left: a job arriving later
+                    # starts a batch (and a wait) of its own.
+                    self._timer.cancel()
+                    self._timer = None
             else:
                 self._left(fut)
             raise
+
+    def _rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start afresh in ``loop``: the queue was closed and its worker started again in
+        another event loop. What the old loop held can never run there: its timer (left
+        as it was, it kept a new batch from arming one, so a batch below ``min_size``
+        waited for ever) and its pending jobs and batches."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._settle_armed = False
+        self._pending = [e for e in self._pending if e[1].get_loop() is loop]
+        self._batch_of.clear()
+        self._tasks.clear()
+        self._loop = loop
 
     def _left(self, fut: asyncio.Future[Any]) -> None:
         """A job stopped waiting for its running async batch (handed back by a stop, its
@@ -200,7 +238,9 @@ class BatchProcessor:
                 if self._threads is None:
                     self._threads = DaemonThreads(_BATCH_THREADS, "kq-batch")
                 reply = await loop.run_in_executor(self._threads, no_stop, self.fn, jobs)
-            outcomes = _outcomes(jobs, reply)
+            # An awaitable it returned (a plain decorator around an async def, a lambda
+            # returning a coroutine) is awaited here, on the loop, as a processor's is.
+            outcomes = _outcomes(jobs, await settled(reply))
         except Exception as exc:
             outcomes = [exc] * len(jobs)
         except PROCESS_EXITS:
@@ -220,8 +260,8 @@ class BatchProcessor:
 
 def _settle_one(fut: asyncio.Future[Any], out: Any) -> None:
     """Hand one job's entry of the reply to the run waiting for it."""
-    if fut.done():
-        return
+    if fut.done() or fut.get_loop().is_closed():
+        return  # it left, or its run went with its loop: nobody waits for it
     try:
         if isinstance(out, GeneratorExit):
             # The run awaiting ``fut`` would take it for the close of its own coroutine.

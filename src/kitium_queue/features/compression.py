@@ -22,7 +22,10 @@ serializes through the same chain before it seals, compresses the plaintext befo
 encrypting it (ciphertext does not compress).
 
 Decompression is bounded (``max_size``, default the largest payload limit): a damaged or
-hostile frame cannot expand into more memory than that. A frame is one compressed
+hostile frame cannot expand into more memory than that. So a value longer than
+``max_size`` is never compressed (a frame of it could not be read back: the job was
+accepted, then dead-lettered as undecodable); it is stored as it is, where the queue's
+``max_payload_bytes`` applies to it as to any plain value. A frame is one compressed
 stream and nothing after it: bytes past its end (a hand-made frame, two values run
 together) make it damaged (``SerializationError``), never silently dropped; a job whose
 data cannot be decoded fails as "undecodable payload" and is kept. Figures (``stats()``): values
@@ -99,7 +102,8 @@ class CompressionCodec:
         threshold: smallest value compressed, in bytes (default 1024; smaller values
             rarely shrink enough to pay for the CPU).
         level: compression level (zstd 1..22, default 3; zlib 1..9, default 6).
-        max_size: largest decompressed value accepted (default 256 MiB).
+        max_size: largest decompressed value accepted (default 256 MiB); longer values
+            are stored uncompressed.
     """
 
     def __init__(
@@ -132,7 +136,9 @@ class CompressionCodec:
             minimum=1,
             maximum=hi,
         )
-        self.max_size = to_int(max_size, "max_size", minimum=1, maximum=MAX_PAYLOAD_LIMIT)
+        self.max_size = to_int(
+            max_size, "compression max_size", minimum=1, maximum=MAX_PAYLOAD_LIMIT
+        )
         self._tag = _ZSTD if self.algorithm == "zstd" else _ZLIB
         self._local = threading.local()  # zstd contexts are not shared between threads
         self._lock = threading.Lock()
@@ -146,10 +152,11 @@ class CompressionCodec:
 
     # ------------------------------------------------------------------ codec
     def encode(self, data: bytes) -> bytes:
-        """``data`` as a frame when it is long enough and shrinks, else as it is."""
+        """``data`` as a frame when it is long enough and shrinks (and no longer than
+        ``max_size``, which ``decode`` would refuse), else as it is."""
         n = len(data)
         out = data
-        if n >= self.threshold:
+        if self.threshold <= n <= self.max_size:
             packed = self._compress(data)
             if len(packed) + len(MAGIC) + 1 < n:
                 out = MAGIC + self._tag + packed

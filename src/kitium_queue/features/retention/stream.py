@@ -8,9 +8,15 @@ one atomic script (``stream_swap.lua``), copies what was added meanwhile and ren
 the copy over the stream. Readers see the same ids and entries, less the dropped ones.
 
 One rewrite runs at a time per queue (a lease, ``LeaderLease`` role
-``events-rewrite``), so two erasures cannot bring back each other's entries. Cost: one
-pass over the stream (at most about ``events_max_len`` entries) and a copy of what is
-kept, in memory until the swap.
+``events-rewrite``), so two erasures cannot bring back each other's entries. The lease
+is renewed while the copy goes on (a stream of millions of entries takes longer to copy
+than the lease runs), and the swap is fenced by it: a rewrite that lost its lease (its
+process stalled past it, and another rewrite took over and dropped entries meanwhile)
+stops with ``ConfigurationError`` and swaps nothing. Before, it went on and put its
+own copy in the stream's place, bringing back entries the other had erased and losing
+the ones both kept but it had copied before the other's swap. Cost: one pass over the
+stream (at most about ``events_max_len`` entries) and a copy of what is kept, in memory
+until the swap.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ async def rewrite_events(
                 f"lease for over {wait_s:.0f} s; try again"
             )
         await asyncio.sleep(0.05)
+    renewed = loop.time()
     try:
         client = await queue.client()
         key = queue.keys.events
@@ -73,6 +80,10 @@ async def rewrite_events(
         dropped = 0
         while True:
             while True:
+                if loop.time() - renewed > _LEASE_MS / 3000:
+                    if not await lease.renew():
+                        raise _lost(queue)
+                    renewed = loop.time()
                 rows = await client.xrange(key, min=start, max="+", count=page)
                 if not rows:
                     break
@@ -86,8 +97,19 @@ async def rewrite_events(
                 start = "(" + _text(rows[-1][0])
                 if len(rows) < page:
                     break
-            status, _ = await queue.run(SWAP, [start, 5000])
+            status, _ = await queue.run(SWAP, [start, 5000, lease.token or ""])
+            if _text(status) == "lost":
+                lease.forget()
+                raise _lost(queue)
             if _text(status) != "more":
                 return dropped
     finally:
         await lease.release()
+
+
+def _lost(queue: JobQueue) -> ConfigurationError:
+    return ConfigurationError(
+        f"queue {queue.name!r}: the rewrite of the event stream lost its lease (this "
+        "process stalled longer than it runs, and another rewrite may have taken over); "
+        "nothing was swapped: run it again"
+    )

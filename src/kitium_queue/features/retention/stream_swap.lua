@@ -8,6 +8,11 @@
   ARGV[4]  where the entries not copied yet start: an XRANGE start ('(<last id copied>',
            or the first id to keep, or '-')
   ARGV[5]  most entries this call copies (clamped to 1..5000)
+  ARGV[6]  the token of the rewrite's lease (leader:events-rewrite): when the lease no
+           longer holds it (expired, another rewrite took it), nothing is written and
+           { 'lost', 0 } is returned, so that a rewrite outlived by its lease never puts
+           its copy in the stream's place (it would bring back entries another rewrite
+           dropped meanwhile).
 
   Returns { 'ok', copied } (the copy replaced the stream; a stream left with no entry is
   emptied, not deleted), { 'more', n } (more than ARGV[5] entries to copy: copy them
@@ -20,6 +25,9 @@
 --@include lib_base
 
 local tmp = K_EVENTS .. ':rewrite'
+if redis.call('GET', PREFIX .. 'leader:events-rewrite') ~= ARGV[6] then
+  return { 'lost', 0 }
+end
 if redis.call('EXISTS', K_EVENTS) == 0 then
   -- UNLINK: the copy may hold up to events maxlen entries, freed in the background.
   redis.call('UNLINK', tmp)
