@@ -195,6 +195,7 @@ class Serializer:
 
     def loads(self, raw: bytes, what: str = "job data") -> Any:
         """Decode a stored value; ``SerializationError`` when it cannot be decoded."""
+        stored = raw
         try:
             for codec in reversed(self.codecs):
                 raw = codec.decode(raw)
@@ -202,7 +203,24 @@ class Serializer:
         except Exception as exc:
             raise SerializationError(
                 f"stored {what} cannot be decoded ({type(exc).__name__}: {exc})"
+                + _frame_hint(stored, raw)
             ) from None
+
+
+def _frame_hint(stored: bytes, raw: bytes) -> str:
+    """What to do when a value left undecoded by this process's codecs is a codec's
+    frame (a NUL byte first: no JSON text starts with one), e.g. a compressed value read
+    by a process whose queue has no compression: the process that wrote it had a codec
+    this one lacks."""
+    if not isinstance(raw, bytes) or raw[:1] != b"\x00":
+        return ""
+    mark = stored[:4].hex() if isinstance(stored, bytes) else "?"
+    return (
+        f"; it is a codec's frame (first bytes 0x{mark}: 0x006b717a is a compressed "
+        "value) that no codec of this process reads: give this queue the codec settings "
+        "of the process that wrote it (a value compressed once stays readable only "
+        "where compression is configured), then replay the job"
+    )
 
 
 #: Exact types JSON keeps as they are (checked first: the common case).

@@ -1,0 +1,53 @@
+"""Stop 58's small fixes, each reproduced first against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from helpers import QueueFactory
+from kitium_queue import SerializationError
+from kitium_queue.codec import Serializer
+from kitium_queue.features.compression import CompressionCodec
+
+DOC = {"text": "a fairly long repeated payload " * 40}
+
+
+def test_a_compressed_value_read_without_the_codec_says_what_it_is() -> None:
+    frame = CompressionCodec(threshold=64).encode(b'{"text": "' + b"x" * 400 + b'"}')
+    with pytest.raises(SerializationError) as err:
+        Serializer().loads(frame)
+    text = str(err.value)
+    assert "codec's frame" in text and "0x006b717a" in text and "compressed" in text
+    # A damaged plain value gets no such hint.
+    with pytest.raises(SerializationError) as plain:
+        Serializer().loads(b'{"broken": ')
+    assert "frame" not in str(plain.value)
+
+
+async def test_a_worker_without_compression_fails_a_compressed_job_saying_why(
+    make_queue: QueueFactory,
+) -> None:
+    squeezed = make_queue(
+        "offcodec",
+        advanced={"cost_optimization": {"enabled": True, "compression": {"threshold_bytes": 64}}},
+    )
+    jid = await squeezed.add_job("n", DOC)
+    plain = make_queue("offcodec")
+    ran: list[Any] = []
+    plain.process("n", lambda job: ran.append(job.data))
+    await plain.start()
+    info: Any = None
+    for _ in range(200):
+        info = await plain.get_job_status(jid)
+        if info is not None and info.failed_reason:
+            break
+        await asyncio.sleep(0.05)
+    assert info is not None and info.failed_reason, info
+    assert "codec's frame" in info.failed_reason and "replay" in info.failed_reason
+    assert ran == []
+    # Kept: the process that has the codec reads it (the job is not lost).
+    back = await squeezed.get_job_status(jid)
+    assert back is not None and back.data == DOC
