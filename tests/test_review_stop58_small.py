@@ -51,3 +51,32 @@ async def test_a_worker_without_compression_fails_a_compressed_job_saying_why(
     # Kept: the process that has the codec reads it (the job is not lost).
     back = await squeezed.get_job_status(jid)
     assert back is not None and back.data == DOC
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"dlq": {"count": -1}}, "advanced.cost_optimization.retention.dlq.count"),
+        ({"failed": {"age_ms": "x"}}, "advanced.cost_optimization.retention.failed.age_ms"),
+        ({"completed": {"count": True}}, "advanced.cost_optimization.retention.completed.count"),
+    ],
+)
+def test_a_wrong_retention_limit_names_its_state(config: dict[str, Any], named: str) -> None:
+    from kitium_queue import ConfigurationError
+    from kitium_queue.features.advanced.operations import RetentionLimits
+
+    with pytest.raises(ConfigurationError, match=rf"^{named} must be"):
+        RetentionLimits.parse(config)
+
+
+def test_a_wrong_region_names_its_place_in_the_list() -> None:
+    from kitium_queue import AdvancedQueueConfig, ConfigurationError
+
+    good = {"region": "eu", "redis": "redis://127.0.0.1:1/0"}
+    for bad, named in (
+        ({**good, "region": ""}, "regions[1].region must be"),
+        ({**good, "priority": -3}, "regions[1].priority must be"),
+    ):
+        with pytest.raises(ConfigurationError) as err:
+            AdvancedQueueConfig.parse({"global_queue": {"enabled": True, "regions": [good, bad]}})
+        assert named in str(err.value), str(err.value)

@@ -4,6 +4,7 @@ data with secrets left out) and the field checks the sections share."""
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -17,6 +18,11 @@ from ..alerts.rules import AlertRule
 __all__ = ["Section", "check_bool", "check_choice", "opt_int", "opt_ms"]
 
 S = TypeVar("S", bound="Section")
+
+#: Where the section being built by ``Section.parse`` sits (``advanced.x.retention.dlq``),
+#: when its caller said so: a section used at several places (a retention limit per
+#: state) names the one that is wrong.
+_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar("kq_section_path", default=None)
 
 
 def check_bool(value: Any, where: str) -> bool:
@@ -83,13 +89,17 @@ class Section:
         object.__setattr__(self, name, value)
 
     def _where(self, name: str) -> str:
-        return f"{self.PATH}.{name}"
+        return f"{_PATH.get() or self.PATH}.{name}"
 
     @classmethod
     def parse(cls: type[S], value: Any, path: str | None = None) -> S:
         """``cls`` from an instance, a dict (unknown keys refused with a suggestion) or
-        None (the defaults)."""
-        return coerce(cls, value, path or cls.PATH)
+        None (the defaults); its field errors name ``path`` when given."""
+        token = _PATH.set(path)
+        try:
+            return coerce(cls, value, path or cls.PATH)
+        finally:
+            _PATH.reset(token)
 
     def to_dict(self) -> dict[str, Any]:
         """The section's values as plain data; secrets hidden."""

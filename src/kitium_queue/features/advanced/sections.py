@@ -298,7 +298,7 @@ class RegionConfig(Section):
 
     def _check(self) -> None:
         if not isinstance(self.region, str) or not self.region:
-            raise ConfigurationError(f"{self.PATH}: region must be a non-empty name")
+            raise ConfigurationError(f"{self._where('region')} must be a non-empty name")
         check_bool(self.is_primary, self._where("is_primary"))
         to_int(self.priority, self._where("priority"), minimum=0, maximum=1000)
 
