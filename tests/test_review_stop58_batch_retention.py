@@ -38,6 +38,27 @@ from kitium_queue.features.retention import stream
 
 
 # ---------------------------------------------------------------------------- batches
+def _batching(q: JobQueue, size: int, min_size: int) -> list[list[Any]]:
+    """Register an echoing batch processor for "j" (max_wait 800 ms); its calls' data."""
+    calls: list[list[Any]] = []
+
+    @q.process_batch("j", size=size, min_size=min_size, max_wait=800)
+    async def handle(jobs: list[Any]) -> list[Any]:
+        calls.append([j.data for j in jobs])
+        return [j.data for j in jobs]
+
+    return calls
+
+
+async def _one_waiting_in_its_batch(q: JobQueue) -> str:
+    """Start ``q``, add job 1 and let it wait in its batch (below min_size)."""
+    await q.start()
+    jid = await q.add_job("j", 1)
+    await wait_for_status(q, jid, JobStatus.ACTIVE)
+    await asyncio.sleep(0.1)
+    return jid
+
+
 def test_a_batch_below_min_size_is_dispatched_after_a_restart_in_another_loop(
     redis_url: str, prefix: str
 ) -> None:
@@ -47,18 +68,10 @@ def test_a_batch_below_min_size_is_dispatched_after_a_restart_in_another_loop(
         prefix=prefix,
         worker={"concurrency": 10, "scheduler": False, "shutdown_timeout": 200},
     )
-    calls: list[list[Any]] = []
-
-    @q.process_batch("j", size=5, min_size=3, max_wait=800)
-    async def handle(jobs: list[Any]) -> list[Any]:
-        calls.append([j.data for j in jobs])
-        return [j.data for j in jobs]
+    calls = _batching(q, size=5, min_size=3)
 
     async def first() -> str:
-        await q.start()
-        jid = await q.add_job("j", 1)
-        await wait_for_status(q, jid, JobStatus.ACTIVE)
-        await asyncio.sleep(0.1)  # waiting in its batch (below min_size)
+        jid = await _one_waiting_in_its_batch(q)
         await q.close()  # the stop's grace ends before max_wait: the job is handed back
         return jid
 
@@ -94,22 +107,10 @@ def test_jobs_of_a_loop_that_ended_unclosed_never_join_a_batch_of_the_next(
         worker={"scheduler": False},
         settings={"lock_duration": 1000, "max_stalled_interval": 300},
     )
-    calls: list[list[Any]] = []
-
-    @q.process_batch("j", size=3, min_size=3, max_wait=800)
-    async def handle(jobs: list[Any]) -> list[Any]:
-        calls.append([j.data for j in jobs])
-        return [j.data for j in jobs]
-
-    async def first() -> str:
-        await q.start()
-        jid = await q.add_job("j", 1)
-        await wait_for_status(q, jid, JobStatus.ACTIVE)
-        await asyncio.sleep(0.1)  # waiting in its batch (below min_size)
-        return jid
+    calls = _batching(q, size=3, min_size=3)
 
     loop = asyncio.new_event_loop()
-    first_id = loop.run_until_complete(first())
+    first_id = loop.run_until_complete(_one_waiting_in_its_batch(q))
     left = asyncio.all_tasks(loop)
     loop.close()  # without close() and without cancelling the worker's tasks
 
