@@ -35,9 +35,24 @@ acknowledge when several are lagging); it closes the common gap: a primary that 
 right after acknowledging. See docs/replicas.md for the cost in latency (one
 replication round trip per enqueue) and what the option does and does not promise.
 
-Not available on ``memory://`` (no replicas) or on Redis Cluster clients (``WAIT`` must
-run on the node that took the write; on a cluster use the per-shard replicas with
-``min-replicas-to-write`` on the server instead).
+Duplicates: on Redis 7.2+ (and Valkey) ``WAIT`` waits for the connection's last write
+that reached the replication stream, and an ``add_job`` that finds its job there already
+writes nothing: its ``WAIT`` would confirm whatever that connection wrote last, not the job
+it found (written by an earlier call that was refused with ``ReplicaAckError``, or by
+another producer). A duplicate ``idempotency_key`` therefore rewrites its record as it is
+(same value, same expiry; the ``duplicate`` Lua slot), and a duplicate ``job_id`` renews
+its id window: the ``WAIT`` then covers the job found. An id added with
+``job_id_window=False`` has no such write (docs/replicas.md).
+
+Refused on ``memory://`` (no replicas) and on Redis Cluster clients: there redis-py sends
+``WAIT`` to every primary and adds up their answers, so replicas of other shards would
+confirm a write their own shard's replicas never got (on a cluster use the per-shard
+replicas with ``min-replicas-to-write`` on the server instead). Refused too when
+``outcomes`` is on and ``timeout_ms`` outlasts the window in which a worker starts the jobs
+it claimed (``leases.start_window`` of ``settings.lock_duration``): a round's ``WAIT``
+delays its claim's reply, and leases running out before their jobs start would have
+them stall and be recovered (dead-lettered after ``max_stalled_count`` stalls) while the
+replicas lag.
 """
 
 from __future__ import annotations
@@ -47,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigurationError, ReplicaAckError
 from ...jobspec import OptionSpec
+from ...leases import start_window
 from ...options import to_int, to_ms
 from ...serverinfo import node_info
 
@@ -61,6 +77,20 @@ MAX_REPLICAS = 64
 #: Longest wait for replicas (ms): well inside the reply deadline of one exchange
 #: (``scripts.REPLY_TIMEOUT_S``), so a slow replica never looks like a dead Redis.
 MAX_WAIT_TIMEOUT_MS = 10_000
+
+#: The ``duplicate`` slot's fragment: the idempotency record a duplicate add found is
+#: written again as it is (same job id, same expiry), so that this call writes to the
+#: replication stream and the ``WAIT`` after it covers the job the record points to
+#: (Redis 7.2+ and Valkey wait for a connection's last write only). Runs first, before
+#: any other feature's fragment looked at the record.
+_DUPLICATE_LUA = """function(existing, name, data, opts, delay, ik)
+  if ik ~= '' and existing then
+    redis.call('SET', PREFIX .. 'idem:' .. ik, existing, 'KEEPTTL')
+  end
+  return nil
+end"""
+#: Its order in the slot: before every other feature's (``slots.ORDER_READY`` is -20).
+_DUPLICATE_ORDER = -100
 
 
 def _replicas(value: Any, section: str) -> int:
@@ -97,12 +127,22 @@ class ReplicaAcks:
                 f"queue {queue.name!r}: replica-acknowledged writes need a Redis primary "
                 "with replicas; memory:// has none"
             )
+        if queue.connection.is_cluster:
+            raise ConfigurationError(
+                f"queue {queue.name!r}: replica-acknowledged writes are not available on "
+                "Redis Cluster: WAIT must run on the shard that took the write, and a "
+                "Cluster client sends it to every primary and adds up their answers (the "
+                "replicas of other shards would confirm a write they never got). On a "
+                "cluster set min-replicas-to-write (and min-replicas-max-lag) on the "
+                "servers instead"
+            )
         if not isinstance(outcomes, bool):
             raise ConfigurationError(f"outcomes must be True or False, got {outcomes!r}")
         self.queue = queue
         self.replicas = _replicas(replicas, "ReplicaAcks")
         self.timeout_ms = _timeout(timeout_ms, "ReplicaAcks")
         self.outcomes = outcomes
+        _check_lease(queue, self.replicas, self.timeout_ms, outcomes)
         queue.jobspec.declare(
             OptionSpec(
                 "wait_replicas",
@@ -123,6 +163,7 @@ class ReplicaAcks:
                 doc="how long add_job waits for them (ms)",
             )
         )
+        queue.scripts.add_slot("duplicate", FEATURE, _DUPLICATE_LUA, order=_DUPLICATE_ORDER)
         queue.set_write_barrier(self)
 
     def close(self) -> None:
@@ -130,6 +171,7 @@ class ReplicaAcks:
         that give them are accepted and wait for nothing more than they ask)."""
         if self.queue.write_barrier is self:
             self.queue.set_write_barrier(None)
+            self.queue.scripts.remove_slot("duplicate", FEATURE)
 
     # ------------------------------------------------------------------ WriteBarrier
     def _wanted(self, opts: Mapping[str, Any]) -> tuple[int, int]:
@@ -161,7 +203,7 @@ class ReplicaAcks:
         out: list[BaseException | None] = []
         for opts in options:
             n, _ = self._wanted(opts)
-            out.append(None if got >= n else self._error("the job", got, n, command, reply))
+            out.append(None if got >= n else self._error(0, got, n, command, reply))
         return out
 
     def for_outcomes(self) -> Sequence[Any] | None:
@@ -177,10 +219,10 @@ class ReplicaAcks:
         got = _count(reply)
         if got >= self.replicas:
             return None
-        return self._error(f"{count} outcome(s)", got, self.replicas, command, reply)
+        return self._error(count, got, self.replicas, command, reply)
 
     def _error(
-        self, what: str, got: int, wanted: int, command: Sequence[Any], reply: Any
+        self, outcomes: int, got: int, wanted: int, command: Sequence[Any], reply: Any
     ) -> ReplicaAckError:
         timeout = int(command[2])
         why = (
@@ -188,15 +230,97 @@ class ReplicaAcks:
             if isinstance(reply, BaseException)
             else f"{got} of {wanted} replica(s) acknowledged within {timeout} ms"
         )
-        return ReplicaAckError(
-            f"queue {self.queue.name!r}: {what} was written on the Redis primary, but "
-            f"{why}. It is in the queue; what is not guaranteed is that it survives a "
-            "failover to a replica. Check the replicas (kitium-queue replicas --redis ...) "
-            "or raise wait_timeout_ms; retrying with the same job_id or idempotency_key "
-            "adds nothing twice",
-            replicas=got,
-            required=wanted,
-            timeout_ms=timeout,
+        err = NotReplicatedError(replicas=got, required=wanted, timeout_ms=timeout)
+        err.queue_name, err.why, err.outcomes = self.queue.name, why, outcomes
+        err.args = (str(err),)  # its text as made now; str() follows what the call adds
+        return err
+
+
+class NotReplicatedError(ReplicaAckError):
+    """The ``ReplicaAckError`` raised by ``ReplicaAcks``: its text says what the call it
+    ends wrote, and what it did not: one job (by its id), a round's outcomes, or an
+    ``add_jobs`` call (how many jobs were written and not confirmed, which ones, how many
+    were confirmed, from which one on nothing was sent). The producer fills in
+    ``written_ids``, ``unconfirmed`` and ``not_sent_from`` after the reply was judged, so
+    the text is made when it is read."""
+
+    queue_name = ""
+    why = ""
+    #: Outcomes of a worker round (0: an enqueue).
+    outcomes = 0
+
+    def __str__(self) -> str:
+        if not self.queue_name:
+            return super().__str__()
+        head = f"queue {self.queue_name!r}: "
+        if self.outcomes:
+            return (
+                f"{head}{self.outcomes} outcome(s) were recorded on the Redis primary, but "
+                f"{self.why}. They stay recorded; what is not guaranteed is that they "
+                "survive a failover to a replica (a job whose outcome is lost there runs "
+                f"again once its lease expires). {_CHECK}"
+            )
+        if self.unconfirmed:
+            return head + self._call_text()
+        job = f"job {self.written_ids[0]!r}" if len(self.written_ids) == 1 else "the job"
+        return (
+            f"{head}{job} was written on the Redis primary, but {self.why}. It is in the "
+            "queue; what is not guaranteed is that it survives a failover to a replica. "
+            f"{_CHECK} or raise wait_timeout_ms; adding it again with the same job_id or "
+            "idempotency_key adds nothing twice and waits for the replicas again"
+        )
+
+    def _call_text(self) -> str:
+        n = len(self.unconfirmed)
+        written = sum(1 for i in self.written_ids if i)
+        text = (
+            f"{n} job(s) of this call ({_indexes(sorted(self.unconfirmed))}) were written "
+            f"on the Redis primary, but {self.why}; {max(0, written - n)} other job(s) were "
+            "written and confirmed"
+        )
+        if self.not_sent_from is not None:
+            text += (
+                f"; the jobs from index {self.not_sent_from} on were not sent, nothing of "
+                "them was written (the call stops at the first chunk not confirmed)"
+            )
+        return text + (
+            ". The unconfirmed jobs are in the queue; what is not guaranteed is that they "
+            f"survive a failover to a replica. {_CHECK} or raise wait_timeout_ms. "
+            ".written_ids, .unconfirmed and .not_sent_from say which job is which; jobs "
+            "sent again with the same job_id or idempotency_key add nothing twice (jobs "
+            "without either would be added again)"
+        )
+
+
+_CHECK = "Check the replicas (kitium-queue replicas APP --redis ...)"
+
+
+def _indexes(idx: list[int]) -> str:
+    """``idx`` (sorted) as text: "index 4", "indexes 0..999", or the first few."""
+    if len(idx) == 1:
+        return f"index {idx[0]}"
+    if idx[-1] - idx[0] == len(idx) - 1:
+        return f"indexes {idx[0]}..{idx[-1]}"
+    more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+    return "indexes " + ", ".join(map(str, idx[:5])) + more
+
+
+def _check_lease(queue: JobQueue, replicas: int, timeout_ms: int, outcomes: bool) -> None:
+    """Refuse a ``timeout_ms`` that outlasts the window in which a worker starts the jobs
+    it claimed: a round's ``WAIT`` (``outcomes``) comes before its claim's reply."""
+    if not (outcomes and replicas):
+        return
+    lock_ms = queue.lock_duration_ms
+    window_ms = int(start_window(lock_ms) * 1000)
+    if timeout_ms >= window_ms:
+        raise ConfigurationError(
+            f"queue {queue.name!r}: ReplicaAcks timeout_ms={timeout_ms} with outcomes=True: "
+            "a worker round waits up to that long for the replicas before the jobs it "
+            f"claimed in the same round start, and with settings.lock_duration={lock_ms} ms "
+            f"they must start within {window_ms} ms: while the replicas lag, their leases "
+            "would run out first (the jobs stall, are recovered, and are dead-lettered "
+            f"after max_stalled_count stalls). Use timeout_ms below {window_ms}, raise "
+            "settings.lock_duration, or outcomes=False"
         )
 
 
@@ -212,7 +336,8 @@ def _count(reply: Any) -> int:
 async def replication_status(queue: JobQueue) -> dict[str, Any]:
     """The primary's view of its replicas (``INFO replication``): role, connected
     replicas and, per replica, its address, state and lag in bytes and seconds behind
-    the primary's offset (for the CLI's ``replicas`` command and health pages)."""
+    the primary's offset (for the CLI's ``replicas`` command and health pages); on a
+    replica, also ``primary``: the address of the server it replicates."""
     client = await queue.client()
     info = await node_info(client, "replication", queue.keys.meta)  # Cluster: its node
     offset = int(info.get("master_repl_offset", 0) or 0)
@@ -232,9 +357,12 @@ async def replication_status(queue: JobQueue) -> dict[str, Any]:
                 "lag_s": int(raw.get("lag", 0) or 0),
             }
         )
-    return {
+    out = {
         "role": str(info.get("role", "?")),
         "connected_replicas": len(replicas),
         "replicas": replicas,
         "min_replicas_to_write": info.get("min_slaves_good_slaves"),
     }
+    if out["role"] == "slave" and info.get("master_host"):  # a replica: of which primary
+        out["primary"] = f"{info['master_host']}:{info.get('master_port', '?')}"
+    return out

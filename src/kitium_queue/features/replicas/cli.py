@@ -27,7 +27,8 @@ def make_command(
     def replicas(app: str, as_json: bool, redis: str | None) -> None:
         """The role of the queue's Redis server, its connected replicas and each one's
         lag behind the primary (bytes of replication stream, seconds since its last
-        acknowledgement). Exits 1 when the server is not a primary with replicas."""
+        acknowledgement). Exits 1, saying why on stderr, when the server is not a
+        primary with replicas."""
         from .acks import replication_status
 
         async def act(q: Any) -> bool:
@@ -45,9 +46,32 @@ def make_command(
                         row(r["address"], r["state"], f"lag_bytes={r['lag_bytes']}",
                             f"lag_s={r['lag_s']}")
                     )  # fmt: skip
-            return bool(st["role"] == "master" and st["connected_replicas"] > 0)
+            problem = _problem(st)
+            if problem:
+                click.echo(row(problem), err=True)
+            return not problem
 
         if not with_queue(app, redis, act):
             raise SystemExit(1)
 
     return replicas
+
+
+def _problem(st: dict[str, Any]) -> str:
+    """Why the server is not a primary whose writes replicas can acknowledge ("" if it
+    is one): said on stderr, with what to do."""
+    if st["role"] == "slave":
+        of = f" of {st['primary']}" if st.get("primary") else ""
+        return (
+            f"this server is a replica{of}, not the primary: point --redis at the primary "
+            "(or at the Sentinel service: redis+sentinel://host:port/service)"
+        )
+    if st["role"] != "master":
+        return f"this server's role is {st['role']!r}, not a primary"
+    if not st["connected_replicas"]:
+        return (
+            "no replica is connected to this primary: writes that wait for replicas "
+            "(ReplicaAcks, wait_replicas) fail with ReplicaAckError after their timeout "
+            "until one is (see the replica's log and its replicaof setting)"
+        )
+    return ""
