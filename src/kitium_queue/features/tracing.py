@@ -117,6 +117,8 @@ _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _MAX_PENDING = 10_000
 #: Most links to parents' runs per process span (the core hands out no more either).
 MAX_PARENT_LINKS = MAX_FOLLOWS
+#: Longest ``pending_timeout`` (s): a publish span is not kept open longer.
+MAX_PENDING_S = 86_400.0
 #: Seconds between two warnings about a tracer (or its span processors) that raises.
 _WARN_EVERY_S = 60.0
 
@@ -279,16 +281,26 @@ class OpenTelemetryTracing(Subscriber):
         queue: the ``JobQueue``.
         tracer_provider: the provider to get the tracer from (the global one when None).
         pending_timeout: seconds a publish span waits for its job's write before it is
-            ended as unconfirmed.
+            ended as unconfirmed (a finite number above 0, at most a day; anything else
+            raises ``ConfigurationError``).
     """
 
     def __init__(
         self, queue: Any, *, tracer_provider: Any = None, pending_timeout: float = 30.0
     ) -> None:
+        if (
+            isinstance(pending_timeout, bool)
+            or not isinstance(pending_timeout, (int, float))
+            or not 0 < pending_timeout <= MAX_PENDING_S  # NaN is neither
+        ):
+            raise ConfigurationError(
+                "OpenTelemetryTracing pending_timeout must be a number of seconds above 0 "
+                f"and at most {MAX_PENDING_S:g} (a day), got {pending_timeout!r:.40}"
+            )
         self.queue = queue
         self.name = queue.name
         self.tracer = trace.get_tracer("kitium_queue", __version__, tracer_provider=tracer_provider)
-        self.pending_timeout = pending_timeout
+        self.pending_timeout = float(pending_timeout)
         # Whether a run sampled out upstream may skip its span (the sampler is known to
         # drop it): decided once the tracer provider is known (_drops_unsampled).
         self._drops: bool | None = None

@@ -12,9 +12,11 @@ breakers through the breakers' own API) and moves each rule between ``ok`` and
 Each change is recorded once, in Redis, fenced by the leader's term
 (``alerts_state.lua``: state per rule in ``alerts:state``, every change in the stream
 ``alerts:log``, its id in ``alerts:unreported`` until it is reported), so a new leader
-neither repeats a change nor misses one, and then reported in the leading process (a
-change whose leader died before it was reported is reported by the next leader, at the
-start of its term, under the same id):
+neither repeats a change nor misses one, and then reported in the leading process, in
+the order recorded (``reports.py``: a change whose leader died before it was reported
+is reported by the next leader, at the start of its term, under the same id; a webhook
+that could not be handed over is sent again, before later ones, at the next
+evaluation):
 
 * as a ``FeatureEvent`` (feature ``alerts``, name ``alert-fired`` or ``alert-cleared``,
   subject the rule's name; fields ``metric``, ``value``, ``threshold``, ``state``;
@@ -45,11 +47,19 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from ...errors import ConfigurationError
-from ...hooks import FeatureEvent
 from ...leader import LeaderService, every
 from ...limits import get_logger
 from ...options import shown, to_ms
-from .rules import GAUGE_METRICS, MAX_WINDOW_MS, AlertRule, parse_rule
+from .reports import FEATURE, AlertReporter, transition, wrong_type
+from .reports import text as _text
+from .rules import (
+    GAUGE_METRICS,
+    MAX_WINDOW_MS,
+    MAX_WINDOWS,
+    WINDOW_METRICS,
+    AlertRule,
+    parse_rule,
+)
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -58,7 +68,6 @@ __all__ = ["BUCKET_MS", "FEATURE", "AlertManager", "AlertState", "AlertTransitio
 
 log = get_logger(__name__)
 
-FEATURE = "alerts"
 #: The leader role evaluating the rules; its term counter (``leader.py``) is what
 #: ``alerts_state.lua`` checks a recorded term against.
 ROLE = "alerts"
@@ -67,9 +76,6 @@ _TERM_COUNTER = f"leader:{ROLE}:term"
 BUCKET_MS = 5000
 _SCRIPTS = ("alerts_probe", "alerts_state")
 _MS = re.compile(r"[0-9]{1,15}")
-_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
-#: Changes left unreported by a leader that died, reported per call at most.
-_CATCH_UP = 100
 _INSTALLED: weakref.WeakKeyDictionary[Any, AlertManager] = weakref.WeakKeyDictionary()
 
 _RELEASE = f"""(function()
@@ -88,34 +94,6 @@ end)()"""
 
 def _lua(name: str) -> str:
     return resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
-
-
-def _text(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-def _wrong_type(exc: ResponseError) -> bool:
-    return "WRONGTYPE" in str(exc)
-
-
-def _entry_id(text: str) -> bool:
-    """``text`` is a stream id Redis takes (``<ms>-<seq>``, each below 2**64): one it
-    refuses ("Invalid stream ID") would stop every catch-up, and every evaluation."""
-    m = _ENTRY_ID.fullmatch(text)
-    return m is not None and max(int(m.group(1)), int(m.group(2))) < 2**64
-
-
-def _transition(eid: Any, f: Mapping[Any, Any]) -> AlertTransition:
-    """An ``AlertTransition`` from an entry of ``alerts:log``."""
-    g = {_text(k): _text(v) for k, v in f.items()}
-    return AlertTransition(
-        _text(eid),
-        g.get("rule", ""),
-        g.get("state", ""),
-        g.get("metric", ""),
-        g.get("value", ""),
-        g.get("threshold", ""),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +175,22 @@ class AlertManager:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigurationError(f"alert rule names must be unique; repeated: {dup}")
+        # The windows read (one atomic probe call reads at most MAX_WINDOWS of them).
+        self._windows = sorted({r.window for r in self.rules if r.metric in WINDOW_METRICS})
+        if len(self._windows) > MAX_WINDOWS:
+            raise ConfigurationError(
+                f"the alert rules of queue {queue.name!r} use {len(self._windows)} different "
+                f"window_ms among their dlq_growth and failure_rate rules; at most "
+                f"{MAX_WINDOWS} are read together: give rules the same windows"
+            )
         self.interval_ms = to_ms(interval_ms, "alerts interval_ms", minimum=10)
         if webhook_event is not None:
             from ..webhooks.models import check_event_type
 
             webhook_event = check_event_type(webhook_event)
         self.webhook_event = webhook_event
+        self._reporter = AlertReporter(queue, webhook_event, self._warn_damaged)
+        # rule -> when (monotonic ms) its value was first seen at or above the threshold.
         self._above_since: dict[str, int] = {}
         self._gauge_missing: set[str] = set()
         self._no_reading: set[str] = set()
@@ -256,7 +244,7 @@ class AlertManager:
 
     async def _readings(self) -> dict[str, float]:
         """Every rule's metric as read, not yet checked to be finite."""
-        windows = sorted({r.window for r in self.rules})
+        windows = self._windows
         reply = await self.queue.run("alerts_probe", [BUCKET_MS, *windows])
         now, waiting, oldest = int(reply[0]), int(reply[1]), int(reply[2])
         per = {w: [int(x) for x in reply[3 + i]] for i, w in enumerate(windows)}
@@ -328,7 +316,7 @@ class AlertManager:
         try:
             raw = await client.hgetall(self.queue.keys.extra("alerts:state"))
         except ResponseError as exc:
-            if not _wrong_type(exc):
+            if not wrong_type(exc):
                 raise
             # Overwritten with another type of key: no state can be read.
             self._warn_damaged("alerts:state")
@@ -372,55 +360,35 @@ class AlertManager:
         try:
             raw = await client.xrevrange(self.queue.keys.extra("alerts:log"), count=n)
         except ResponseError as exc:
-            if not _wrong_type(exc):
+            if not wrong_type(exc):
                 raise
             self._warn_damaged("alerts:log")
             return []
-        return [_transition(eid, f) for eid, f in raw]
+        return [transition(eid, f) for eid, f in raw]
 
     async def report_unreported(self) -> list[AlertTransition]:
-        """Report the changes recorded but never reported: their leader died (or was
-        deposed) between recording a change and reporting it. The leader calls it at the
-        start of each term; each is reported with its recorded id (``event_id``, the
-        webhook's ``alert_<id>``, on which receivers deduplicate), so a report that went
-        out just before its leader died may go out twice, never not at all. At most
-        ``_CATCH_UP`` per call, oldest first; the ones reported are returned."""
-        client = await self.queue.client()
-        key = self.queue.keys.extra("alerts:unreported")
-        log_key = self.queue.keys.extra("alerts:log")
-        try:
-            ids = await client.zrange(key, 0, _CATCH_UP - 1)
-        except ResponseError as exc:
-            if not _wrong_type(exc):
-                raise
-            self._warn_damaged("alerts:unreported")
-            return []
-        out: list[AlertTransition] = []
-        for raw in ids:
-            eid, found = _text(raw), []
-            if _entry_id(eid):  # read back: untrusted
-                try:
-                    found = await client.xrevrange(log_key, eid, eid, count=1)
-                except ResponseError as exc:
-                    if not _wrong_type(exc):
-                        raise
-                    self._warn_damaged("alerts:log")
-                    return out
-            if found:  # else trimmed from the log long ago, or written by hand
-                t = _transition(*found[0])
-                out.append(t)
-                await self._report(t)
-            await client.zrem(key, raw)
-        return out
+        """Report the changes recorded but not reported whole: their leader died (or was
+        deposed) between recording a change and reporting it, or its webhook could not
+        be handed over. The leader calls it at the start of each term, and before each
+        evaluation while changes wait; each is reported with its recorded id
+        (``event_id``, the webhook's ``alert_<id>``, on which receivers deduplicate), so
+        a report that went out just before its leader died may go out twice, never not
+        at all. At most 100 per call, oldest first, up to a webhook that cannot be
+        handed over; the ones reported are returned."""
+        return await self._reporter.catch_up()
 
     # ------------------------------------------------------------------ evaluation
     async def evaluate(self, term: int) -> list[AlertTransition]:
         """Evaluate every rule once as the leader of ``term``; returns the changes
         recorded (and reported) by this evaluation."""
+        if self._reporter.behind:  # older changes wait to be reported: theirs first
+            await self._reporter.catch_up()
         # The leader's own reads, unguarded (a service acts for no caller).
         values = await self._values()
         current = {s.rule: s.state for s in await self._states()}
-        now = int(time.time() * 1000)
+        # for_ms is timed on this host's monotonic clock: a step of its wall clock (NTP,
+        # a suspended VM) neither holds an alert back nor fires it early.
+        now = int(time.monotonic() * 1000)
         changes: list[AlertTransition] = []
         for r in self.rules:
             value = values.get(r.name)
@@ -456,9 +424,7 @@ class AlertManager:
             self._damaged.clear()
             t = AlertTransition(_text(reply[1]), r.name, want, r.metric, shown, f"{r.threshold:g}")
             changes.append(t)
-            await self._report(t)
-            client = await self.queue.client()
-            await client.zrem(self.queue.keys.extra("alerts:unreported"), t.id)
+            await self._reporter.recorded(t)
         self.evaluations += 1
         return changes
 
@@ -497,58 +463,15 @@ class AlertManager:
             term,
         )
 
-    async def _report(self, t: AlertTransition) -> None:
-        q = self.queue
-        name = "alert-fired" if t.state == "firing" else "alert-cleared"
-        at_ms = int(t.id.split("-", 1)[0]) if t.id.split("-", 1)[0].isdigit() else 0
-        fields = {"metric": t.metric, "value": t.value, "threshold": t.threshold, "state": t.state}
-        # Info, not warning: the alert itself is the event and the webhook; the log line
-        # is a trace of it.
-        log.info(
-            "queue %s: alert %s %s (%s = %s, threshold %s)",
-            q.name,
-            t.rule,
-            "fired" if t.state == "firing" else "cleared",
-            t.metric,
-            t.value,
-            t.threshold,
-        )
-        if q.hooks.feature_event:
-            q.hooks.emit_feature_event(
-                FeatureEvent(q.name, FEATURE, name, t.rule, fields, t.id, at_ms)
-            )
-        if self.webhook_event is None:
-            return
-        try:
-            from ..webhooks.manager import WebhookManager
-            from ..webhooks.models import WebhookEvent
-        except ImportError:  # the optional extra "webhooks" is not installed
-            return
-        mgr = WebhookManager.of(q)
-        if mgr is None:
-            return
-        try:
-            await mgr.send_event(
-                WebhookEvent(
-                    self.webhook_event,
-                    {"rule": t.rule, "queue": q.name, **fields},
-                    id=f"alert_{t.id}",
-                    timestamp_ms=at_ms or None,
-                )
-            )
-        except Exception:
-            log.exception("queue %s: alert %s: webhook event not sent", q.name, t.rule)
-
     async def _serve(self, term: int) -> None:
         # A new term starts afresh: a rule pending its for_ms in a deposed leader's
         # memory starts its wait again here (the recorded states carry over).
         self._above_since.clear()
-        caught_up = False
+        # What a leader that died recorded and did not report: reported (oldest first)
+        # by the evaluations, before their own changes.
+        self._reporter.behind = True
 
         async def step() -> None:
-            nonlocal caught_up
-            if not caught_up:  # what a leader that died recorded and did not report
-                caught_up = not await self.report_unreported()
             await self.evaluate(term)
 
         await every(self.interval_ms, step, f"queue {self.queue.name}: alert evaluation")

@@ -11,7 +11,14 @@ from typing import Any, cast
 from ...errors import ConfigurationError
 from ...options import Duration, shown, to_ms, unknown_options_error
 
-__all__ = ["GAUGE_METRICS", "METRICS", "AlertRule", "parse_rule"]
+__all__ = [
+    "GAUGE_METRICS",
+    "MAX_WINDOWS",
+    "METRICS",
+    "WINDOW_METRICS",
+    "AlertRule",
+    "parse_rule",
+]
 
 #: The metrics a rule may watch, with their meaning (docs/advanced-config.md).
 METRICS: dict[str, str] = {
@@ -33,6 +40,17 @@ METRICS: dict[str, str] = {
 GAUGE_METRICS = frozenset({"region_lag_ms"})
 #: Longest window of a rule (outcome buckets are kept that long).
 MAX_WINDOW_MS = 3_600_000
+#: Metrics a window applies to (``window_ms`` of any other rule is not read).
+WINDOW_METRICS = frozenset({"dlq_growth", "failure_rate"})
+#: Most distinct windows the rules of one queue may use (``alerts_probe.lua`` reads
+#: them in one call).
+MAX_WINDOWS = 16
+#: The highest value a metric takes (a threshold above it could never be reached);
+#: ``breaker_id``: a ``breaker_open`` rule on one breaker (1 while it is open).
+_HIGHEST: dict[str, tuple[float, str]] = {
+    "failure_rate": (100.0, "failure_rate (a percentage)"),
+    "breaker_id": (1.0, "breaker_open with a breaker_id (1 while that breaker is open)"),
+}
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -46,7 +64,9 @@ class AlertRule:
         metric: what is watched, one of ``METRICS``.
         threshold: the alert fires when the value is at or above it (a finite number
             above 0: every metric is 0 or more, so one at or below 0 would fire at the
-            first evaluation and never clear).
+            first evaluation and never clear; at most 100 for ``failure_rate``, a
+            percentage, and 1 for ``breaker_open`` on one ``breaker_id``: above, it
+            could never fire).
         clear_below: the alert clears when the value falls below this (default: the
             threshold; above 0 and at most the threshold). A lower value keeps a value
             hovering at the threshold from firing and clearing over and over.
@@ -113,6 +133,14 @@ class AlertRule:
             raise ConfigurationError(
                 f"{where}: clear_below ({self.clear_below}) must not be above the threshold "
                 f"({self.threshold}), or the alert could never stay fired"
+            )
+        one = self.metric == "breaker_open" and self.breaker_id is not None
+        top = _HIGHEST.get("breaker_id" if one else self.metric)
+        if top is not None and self.threshold > top[0]:
+            raise ConfigurationError(
+                f"{where}: threshold must be at most {top[0]:g} for {top[1]}, got "
+                f"{shown(self.threshold)}: the value never goes above it, so the alert "
+                "could never fire"
             )
         object.__setattr__(
             self,

@@ -112,6 +112,16 @@ class KitiumCollector(Collector):
             raise ConfigurationError("KitiumCollector needs at least one queue")
         if not all(isinstance(getattr(q, "name", None), str) for q in self.queues):
             raise ConfigurationError("KitiumCollector takes JobQueue objects (with a name)")
+        names = [q.name for q in self.queues]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            # Their gauges would carry the same labels with different values: an
+            # exposition Prometheus and OpenMetrics parsers refuse or misread.
+            raise ConfigurationError(
+                f"KitiumCollector: queue name(s) {twice} given twice; the queue label "
+                "tells queues apart by name only: export queues of one name (other "
+                "prefixes or servers) from separate registries, or with another namespace"
+            )
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, (int, float))

@@ -63,7 +63,11 @@ class PrometheusExporter:
         namespace: str = "kitium_queue",
         buckets: Iterable[float] = DEFAULT_BUCKETS,
     ) -> None:
-        qs = [queues] if hasattr(queues, "subscribe") else list(queues)
+        qs = [queues] if hasattr(queues, "subscribe") else queues
+        # Everything is checked before anything is registered: a refused call leaves the
+        # caller's registry as it was (a corrected one then registers cleanly).
+        self.collector = KitiumCollector(qs, namespace=namespace)
+        qs = self.collector.queues
         self.registry = registry if registry is not None else CollectorRegistry()
         self.subscriber = PrometheusSubscriber(
             self.registry,
@@ -71,8 +75,11 @@ class PrometheusExporter:
             max_job_names=max_job_names,
             buckets=tuple(buckets),
         )
-        self.collector = KitiumCollector(qs, namespace=namespace)
-        self.registry.register(self.collector)
+        try:
+            self.registry.register(self.collector)
+        except BaseException:
+            self.registry.unregister(self.subscriber)
+            raise
         self.queues = qs
         if subscribe:
             for q in qs:
