@@ -24,7 +24,10 @@ took it for a failed round (an ERROR per retry, ``queue_error`` hooks), and
 ``add_job`` raised it where a single server's queue raises
 ``ConnectionUnavailableError``. Its calls and pipelines raise ``ClusterUnreachableError``
 instead, both of those, saying where and that the next call connects again (as it
-does, once a node answers).
+does, once a node answers). A node that refuses the credentials of a new connection
+(a password changed on the nodes) is said as the queue's first connection says it
+(``authrefused.CredentialsRefusedError``), not with redis-py's bare
+``AuthenticationError``.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ class ClusterClient(RedisCluster):
             if worded is exc:
                 raise  # its own cause kept (the queue's first connection words it)
             raise worded from exc
+        except AuthenticationError as exc:  # a node refused a new connection's credentials
+            raise _refused(self, exc) from exc
         self._kq_reached = True
         return reply
 
@@ -124,11 +129,20 @@ def _worded(pipe: Any) -> Any:
                 if worded is exc:
                     raise
                 raise worded from exc
+            except AuthenticationError as exc:
+                raise _refused(self.cluster_client, exc) from exc
 
         attrs = {"__slots__": (), "execute": execute, "__module__": __name__}
         made = _PIPES[cls] = type(cls.__name__, (cls,), attrs)
     pipe.__class__ = made
     return pipe
+
+
+def _refused(client: Any, exc: AuthenticationError) -> BaseException:
+    """``exc`` as the queue's first connection words it (``authrefused``)."""
+    from .authrefused import credentials_refused  # it builds on pools, which imports this
+
+    return credentials_refused(exc, client)
 
 
 def unreachable(client: Any, exc: RedisClusterException) -> BaseException:

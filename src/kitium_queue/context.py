@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoPermissionError
 
 from .adapters import MetricsAdapter, TelemetryAdapter, check_adapter
+from .authrefused import word_refusals
 from .codec import Codec, Serializer
 from .connection import ConnectionFactory
 from .connerrors import permission_denied
@@ -61,8 +62,7 @@ if TYPE_CHECKING:
 __all__ = ["CLOSE_GRACE_S", "CONNECT_TIMEOUT_S", "QueueContext", "redacted_views"]
 
 _REDACTING: ContextVar[bool] = ContextVar("kq_redacting", default=False)
-# Binding a queue to an event loop: threads' loops may race for a fresh queue.
-_BINDING = threading.Lock()
+_BINDING = threading.Lock()  # binding a queue to an event loop: threads' loops may race
 log = get_logger(__name__)
 
 
@@ -174,9 +174,8 @@ class _LoopEnd:
             loop.call_soon_threadsafe(loop.call_later, LEFT_GRACE_S, fire)
 
 
-# Clients let go by close() in another event loop while theirs runs (another thread's):
-# each is closed in its own loop LEFT_GRACE_S later, or when that loop ends
-# (``_LoopEnd.leave``).
+# Clients let go by close() in another event loop while theirs runs (another thread's): each
+# is closed in its own loop LEFT_GRACE_S later, or when that loop ends (``_LoopEnd.leave``).
 _LEFT: set[_LoopEnd] = set()
 _LEFT_TASKS: set[asyncio.Task[None]] = set()
 LEFT_GRACE_S = 10.0
@@ -459,6 +458,7 @@ class QueueContext:
     async def _connect(self) -> Any:
         conn = self.connection
         client = conn.client()
+        word_refusals(client, conn, self.name)  # its later refusals of AUTH name the queue
         # Errors are raised "from None": the message says it all, and a chain of
         # redis-py internals would only bury it (the original stays __context__).
         try:

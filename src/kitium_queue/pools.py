@@ -53,8 +53,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import AuthenticationError, MaxConnectionsError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .clusterconn import known_nodes
@@ -381,14 +381,19 @@ def _connect_failed(exc: BaseException, conn: Any = None) -> BaseException:
     gone) or a connection the server closed while it was being opened becomes
     ``ConnectFailedError``, saying what to check, and one refused by a limit on
     connections (the server's ``maxclients``, the process's open files) becomes
-    ``ConnectLimitError``; anything else (a handshake refused, a timeout, a Sentinel
-    without a primary) stays."""
+    ``ConnectLimitError``; credentials refused (``AUTH``, after a password change)
+    become ``authrefused.CredentialsRefusedError``, worded as at the first connection;
+    anything else (a timeout, a Sentinel without a primary) stays."""
     text = str(exc)
     limit = limit_reached(exc)
     if limit is not None:  # maxclients; EMFILE (redis-py's "Error 24 connecting to ...")
         return ConnectLimitError(
             limit_message(limit, f"Redis at {_where(conn)}", text.rstrip(". "))
         )
+    if isinstance(exc, AuthenticationError):
+        from .authrefused import credentials_refused  # it builds on this module
+
+        return credentials_refused(exc, conn)
     if type(exc) is not RedisConnectionError:
         return exc
     files = _tls_files(conn)

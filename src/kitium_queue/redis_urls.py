@@ -277,7 +277,9 @@ NO_PASSWORD = "kq_no_password"
 def auth_refused(where: str, queue: str, cause: str, options: Mapping[str, Any]) -> str:
     """The message of an ``AuthenticationError`` from Redis at ``where``: a password is
     needed when none was given (``options[NO_PASSWORD]``: "cluster" for a Cluster), else
-    the credentials given are wrong (never shown)."""
+    the credentials given are wrong (never shown). ``queue``: the queue's name ("" when
+    the connection serves no queue known: a client passed in)."""
+    of, named = (f" of queue {queue!r}", f"queue {queue!r}: ") if queue else ("", "")
     if options.get(NO_PASSWORD):
         # The form that gives one: the username given kept, the socket's, TLS's or a
         # Cluster's scheme.
@@ -288,12 +290,10 @@ def auth_refused(where: str, queue: str, cause: str, options: Mapping[str, Any])
             form = f"unix://{user}:PASSWORD@/path/to/socket"
         else:
             form = f"redis{s}://{user}:PASSWORD@host:port/db"
-        return (
-            f"{where} requires a password and none was given (queue {queue!r}: {cause}); use {form}"
-        )
+        return f"{where} requires a password and none was given ({named}{cause}); use {form}"
     return (
-        f"{where} refused the credentials of queue {queue!r} ({cause}); check the "
-        "username and password given in redis="
+        f"{where} refused the credentials{of} ({cause}); check the username and password "
+        "given in redis="
     )
 
 

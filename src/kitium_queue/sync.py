@@ -25,6 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from redis.exceptions import RedisError
 
 from .api import OPERATIONS, QueueAPI
+from .authrefused import word_refusals
 from .blocking import BlockingScripts
 from .features.partitioned import PartitionedQueue
 from .jobspec import options_dict
@@ -267,8 +268,9 @@ class SyncQueueClient:
                 self._call(_cancel_others())
             finally:
                 self._stop_loop()
-                if self._blocking is not None:
-                    self._blocking.close()
+                # The blocking connections no call uses; each add under way in another
+                # thread ends as it would have, then drops its own (``_add_job_direct``).
+                self._drop_unused()
 
     def _add_job_direct(
         self,
@@ -300,9 +302,31 @@ class SyncQueueClient:
             except (RedisError, OSError) as exc:
                 self._closed_under(exc)
                 raise
+            finally:
+                if self._closing:  # close() began under this call: nothing it took stays open
+                    self._drop_unused()
 
         inner = producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
         return self._public_id(member, inner)
+
+    def _drop_unused(self) -> None:
+        """Close the blocking connections no call is using: those kept aside between calls
+        and those back in the pool. Never one another thread's call holds: closing it
+        under that call (as a connection opens, sends or reads) raised AttributeError
+        from redis-py's internals, or left the thread waiting out its reply deadline in a
+        read. Such a call drops what it took when it ends (``_add_job_direct``)."""
+        blocking = self._blocking
+        if blocking is None:
+            return
+        kept, pool = blocking._idle, blocking._pool
+        while kept:
+            try:
+                conn = kept.pop()  # atomic: a connection taken by a call is that call's
+            except IndexError:
+                break
+            conn.disconnect()
+            pool.release(conn)
+        pool.disconnect(inuse_connections=False)  # under the pool's lock: the free ones only
 
     def _place(
         self, options: JobOptions | Mapping[str, Any] | None, kwargs: dict[str, Any]
@@ -461,6 +485,7 @@ class SyncJobQueue(SyncQueueClient):
         pool = ctx.connection.sync_pool(reply_timeout_s=REPLY_TIMEOUT_S)
         self._blocking = BlockingScripts(ctx.scripts, pool) if pool is not None else None
         if self._blocking is not None:
+            word_refusals(pool, ctx.connection, ctx.name)  # a refused AUTH names the queue
             self._direct["add_job"] = self._add_job_direct
 
     def _place(
@@ -496,6 +521,7 @@ class SyncPartitionedQueue(SyncQueueClient):
         # server, so one pool of blocking connections serves them all.
         pool = self.queue.connection.sync_pool(reply_timeout_s=REPLY_TIMEOUT_S)
         if pool is not None:
+            word_refusals(pool, self.queue.connection, self.queue.name)
             first = self.queue.queues[0].producer.ctx.scripts
             self._blocking = BlockingScripts(first, pool)
             self._direct["add_job"] = self._add_job_direct

@@ -1,0 +1,106 @@
+"""Credentials refused once a queue is connected: ``CredentialsRefusedError``.
+
+A queue's first connection words a refused ``AUTH`` (``redis_urls.auth_refused``: a
+password needed where none was given, or the credentials given refused, never shown).
+Its later connections did not: after a password change on the server (``CONFIG SET
+requirepass``, ``ACL SETUSER``) and its clients dropped (``CLIENT KILL``, a restart),
+every call that opened a connection with the old credentials raised redis-py's bare
+``AuthenticationError``. A connection open refused so raises ``CredentialsRefusedError``
+with the first connection's words instead: where every connection opens (a pool's
+connections, asyncio and blocking: ``pools.answering``) and on a Cluster client's calls
+and pipelines (``clusterconn``). ``word_refusals`` marks the clients a queue builds
+with its connection setting and name, so their refusals name the queue; those of a
+client passed in (it may serve several queues) name the server's address. Nothing is
+done on a call that succeeds, nor per job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from redis.exceptions import AuthenticationError
+
+from .pools import ConnectFailedError
+from .redact import redact_url
+from .redis_urls import auth_refused
+
+__all__ = ["CredentialsRefusedError", "credentials_refused", "word_refusals"]
+
+#: Where a connection (or a Cluster client) keeps ``(factory, queue)``: who words its
+#: refusals (``connection.ConnectionFactory.error``) and for which queue.
+_MARK = "_kq_refusals_for"
+
+
+class CredentialsRefusedError(ConnectFailedError, AuthenticationError):
+    """Redis refused the credentials of a new connection (a changed or wrong password,
+    none given to a server that now asks for one, an unknown or disabled user); the
+    message says which, and what to check, never the password. Nothing of the call
+    reached Redis. The library's ``ConnectionUnavailableError`` (a
+    ``ConnectFailedError``), as at the first connection, and still redis-py's
+    ``AuthenticationError``, which handlers written for it catch. Trying again helps
+    only once the credentials in ``redis=`` are the server's."""
+
+
+def credentials_refused(exc: BaseException, holder: Any) -> BaseException:
+    """The error to raise, from ``exc``, for redis-py's ``AuthenticationError`` met by
+    ``holder`` (a connection, or a Cluster client) while it opened a connection: ``exc``
+    itself when it is the library's already."""
+    if isinstance(exc, CredentialsRefusedError):
+        return exc
+    text = ""
+    mark = getattr(holder, "__dict__", {}).get(_MARK)
+    if mark is not None:
+        factory, queue = mark
+        with contextlib.suppress(Exception):  # only to word the message
+            said = factory.error(exc, queue)
+            text = str(said) if said is not None else ""
+    if not text:
+        text = _unmarked(exc, holder)
+    return CredentialsRefusedError(text)
+
+
+def _unmarked(exc: BaseException, holder: Any) -> str:
+    """The words of a refusal on a client no queue marked: the server's address (a
+    Cluster's nodes), the error's text without the password the holder has."""
+    where: Any = getattr(holder, "kq_where", None)
+    if where is None:
+        try:
+            where = f"Redis at {holder._host_error()}"
+        except Exception:  # only to word a message
+            where = "Redis"
+    secret = getattr(holder, "password", None)
+    cause = redact_url(exc, [secret] if isinstance(secret, str) and secret else [])
+    cause = cause.strip().rstrip(".").strip() or type(exc).__name__
+    return auth_refused(str(where), "", cause, {})
+
+
+def word_refusals(holder: Any, factory: Any, queue: str) -> None:
+    """Have the refusals of ``holder``'s connections worded by ``factory`` (the queue's
+    ``ConnectionFactory``) for queue ``queue``: ``holder`` is a client ``factory`` built
+    (its pool's connections, now and later; a Cluster client itself) or a blocking
+    pool it built. Nothing for a client passed in (``factory.owns``), nor ``memory://``."""
+    if factory.is_memory or not factory.owns(holder):
+        return
+    mark = (factory, queue)
+    pool = getattr(holder, "connection_pool", holder)
+    make = getattr(pool, "make_connection", None)
+    if not callable(make):  # a Cluster client (no pool): its calls word them
+        with contextlib.suppress(AttributeError, TypeError):
+            holder.__dict__[_MARK] = mark
+        return
+    if getattr(make, "_kq_marks", False):
+        return
+
+    def made() -> Any:
+        conn = make()
+        with contextlib.suppress(AttributeError, TypeError):
+            conn.__dict__[_MARK] = mark
+        return conn
+
+    made._kq_marks = True  # type: ignore[attr-defined]
+    pool.make_connection = made
+    for name in ("_available_connections", "_in_use_connections"):
+        for conn in list(getattr(pool, name, None) or ()):
+            with contextlib.suppress(AttributeError, TypeError):
+                conn.__dict__[_MARK] = mark
