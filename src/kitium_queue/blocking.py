@@ -76,9 +76,20 @@ class BlockingScripts:
         return reply
 
     def close(self) -> None:
-        """Close every connection of the pool (a later call connects again)."""
-        self._idle.clear()
-        self._pool.disconnect()
+        """Close the connections no call is using: those kept aside between calls and
+        those back in the pool (a later call connects again). Never one another thread's
+        call holds: closing it under that call (as a connection opens, sends or reads)
+        raised AttributeError from redis-py's internals, or left the thread waiting out
+        its reply deadline in a read."""
+        kept, pool = self._idle, self._pool
+        while kept:
+            try:
+                conn = kept.pop()  # atomic: a connection taken by a call is that call's
+            except IndexError:
+                break
+            conn.disconnect()
+            pool.release(conn)
+        pool.disconnect(inuse_connections=False)  # under the pool's lock: the free ones only
 
     def _exchange(self, payload: bytes) -> Any:
         slots = self._slots

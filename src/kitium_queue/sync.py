@@ -310,23 +310,10 @@ class SyncQueueClient:
         return self._public_id(member, inner)
 
     def _drop_unused(self) -> None:
-        """Close the blocking connections no call is using: those kept aside between calls
-        and those back in the pool. Never one another thread's call holds: closing it
-        under that call (as a connection opens, sends or reads) raised AttributeError
-        from redis-py's internals, or left the thread waiting out its reply deadline in a
-        read. Such a call drops what it took when it ends (``_add_job_direct``)."""
-        blocking = self._blocking
-        if blocking is None:
-            return
-        kept, pool = blocking._idle, blocking._pool
-        while kept:
-            try:
-                conn = kept.pop()  # atomic: a connection taken by a call is that call's
-            except IndexError:
-                break
-            conn.disconnect()
-            pool.release(conn)
-        pool.disconnect(inuse_connections=False)  # under the pool's lock: the free ones only
+        """Close the blocking connections no call is using (``BlockingScripts.close``);
+        a call under way drops what it took when it ends (``_add_job_direct``)."""
+        if self._blocking is not None:
+            self._blocking.close()
 
     def _place(
         self, options: JobOptions | Mapping[str, Any] | None, kwargs: dict[str, Any]
