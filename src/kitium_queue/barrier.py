@@ -13,7 +13,10 @@ The protocol:
 * ``for_enqueue(options)``: the command to run after writing jobs added with these
   options (one mapping per job, as given to ``add_job``, after the enqueue
   middleware), or None for no command. Called per script call of an enqueue (a chunk of
-  ``add_jobs``, or the ``add_job`` calls that share one round trip).
+  ``add_jobs``, or the ``add_job`` calls that share one round trip), and once per
+  ``add_job`` with that call's options alone, to put it in the batch of the calls a
+  command follows or of those it does not (``coalesce.py``): it must have no side
+  effects.
 * ``check_enqueue(command, reply, options)``: one entry per job: None when its write is
   acknowledged, or the exception its caller gets instead (the job *was* written).
 * ``for_outcomes()``: the command to run after a worker's finish calls, or None.

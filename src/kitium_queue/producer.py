@@ -2,7 +2,9 @@
 
 Every job is checked and encoded on its own (``prepare``) before it joins a batch, so a
 bad job fails alone. Concurrent ``add_job`` calls share round trips: while one call is
-in flight, the others queue up and go together in the next script call. ``add_jobs``
+in flight, the others queue up and go together in the next script call (``coalesce.py``;
+the calls the write barrier follows with a command, such as ``WAIT``, apart from the
+others, so that a call without one never waits behind another's). ``add_jobs``
 sends chunks of at most ``ENQUEUE_CHUNK_JOBS`` jobs, one after the other, and reports
 exactly which jobs were written when one fails (``PartialEnqueueError``). Subscribers
 hear of written jobs through the ``enqueued`` lifecycle hook.
@@ -10,7 +12,6 @@ hear of written jobs through the ``enqueued`` lifecycle hook.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import inspect
 import random
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .aclcheck import PRODUCER_SCRIPTS, check_commands
+from .coalesce import Lane
 from .errors import (
     ConfigurationError,
     JobRefusedError,
@@ -88,9 +90,11 @@ class Producer:
     def __init__(self, ctx: QueueContext, middleware: list[EnqueueMiddleware]) -> None:
         self.ctx = ctx
         self.middleware = middleware
-        self._batching: asyncio.AbstractEventLoop | None = None  # the loop of the batch in flight
-        self._pending: list[tuple[PreparedJob, asyncio.Future[str], Mapping[str, Any]]] = []
-        self._bg: set[asyncio.Future[None]] = set()
+        # Concurrent add_job calls share round trips (coalesce.py): those the write
+        # barrier follows with a command (WAIT) in their own lane, so that a call it does
+        # not is never held by another's.
+        self.plain = Lane(self, ctx)
+        self.waiting = Lane(self, ctx)
         #: Whether the user's rights to the enqueue script's commands were checked.
         self.rights_checked = False
 
@@ -177,29 +181,10 @@ class Producer:
         if self.middleware:
             job_name, data, opts = await self.through_middleware(job_name, data, opts)
         prepared = self.prepare(job_name, data, opts)
-        if self._batching is not None and self._batching is not loop:
-            self.ctx.in_its_loop(self._batching)  # another loop's batch: refused, unless
-            self._batching, self._pending = None, []  # its loop (and callers) are gone
-        if self._batching is not None:
-            # Another add_job of this loop is in flight: ride along in its next batch.
-            fut: asyncio.Future[str] = loop.create_future()
-            self._pending.append((prepared, fut, opts))
-            return await fut
-        self._batching = loop
-        try:
-            ids = await self.enqueue([prepared], [opts])
-        except JobRefusedError as exc:
-            raise exc.errors.get(0) or JobRefusedError(exc.refused.get(0, str(exc))) from None
-        except WriteNotConfirmedError as exc:
-            raise exc.unconfirmed.get(0, exc) from None
-        finally:
-            if self._pending:
-                task = asyncio.ensure_future(self._flush_pending())
-                self._bg.add(task)
-                task.add_done_callback(self._bg.discard)
-            else:
-                self._batching = None
-        return ids[0]
+        barrier = self.ctx.write_barrier
+        if barrier is None or barrier.for_enqueue((opts,)) is None:
+            return await self.plain.add(loop, prepared, opts)
+        return await self.waiting.add(loop, prepared, opts)
 
     def script_args(self, prepared: Sequence[PreparedJob]) -> list[Any]:
         """The enqueue script's arguments for ``prepared`` jobs (one call)."""
@@ -247,48 +232,6 @@ class Producer:
         if refused:
             raise refusal_error(refused[0])
         return ids[0]
-
-    async def _flush_pending(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[:ENQUEUE_CHUNK_JOBS]
-                del self._pending[:ENQUEUE_CHUNK_JOBS]
-                try:
-                    ids = await self.enqueue([p for p, _, _ in batch], [o for _, _, o in batch])
-                except BaseException as exc:
-                    # Callers whose jobs are known written get their ids; only the others
-                    # get the error (the underlying one, not the batch's bookkeeping).
-                    written: list[str | None] = []
-                    refused: dict[int, JobRefusedError] = {}
-                    unconfirmed: dict[int, WriteNotConfirmedError] = {}
-                    err: BaseException = exc
-                    if isinstance(exc, PartialEnqueueError):
-                        written = list(exc.written_ids)
-                        refused = exc.errors
-                        err = exc.__cause__ or exc
-                    elif isinstance(exc, JobRefusedError):
-                        written, refused = exc.ids, exc.errors
-                    elif isinstance(exc, WriteNotConfirmedError):
-                        written, unconfirmed = list(exc.written_ids), exc.unconfirmed
-                    for i, (_, fut, _) in enumerate(batch):
-                        if fut.done():
-                            continue
-                        if i in refused:
-                            fut.set_exception(refused[i])
-                        elif i in unconfirmed:
-                            fut.set_exception(unconfirmed[i])
-                        elif i < len(written) and written[i]:
-                            fut.set_result(str(written[i]))
-                        else:
-                            fut.set_exception(err)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                for (_, fut, _), job_id in zip(batch, ids, strict=True):
-                    if not fut.done():
-                        fut.set_result(job_id)
-        finally:
-            self._batching = None
 
     async def add_jobs(self, jobs: Iterable[Any]) -> list[str]:
         """``JobQueue.add_jobs`` (documented there)."""

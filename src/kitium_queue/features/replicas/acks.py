@@ -19,7 +19,9 @@ twice); what is not guaranteed is that it survives the primary's loss.
 Per job: ``add_job(..., wait_replicas=2, wait_timeout_ms=1000)`` overrides the queue's
 setting for that enqueue (``wait_replicas=0``: do not wait). Jobs whose ``add_job`` calls
 share a round trip share one ``WAIT`` (the most replicas and the longest timeout asked
-for); each caller is judged by what it asked for.
+for); each caller is judged by what it asked for. The producer batches the calls that
+wait apart from those that do not (``coalesce.py``), so a call that does not wait is never
+held by another's ``WAIT``.
 
 Outcomes (``outcomes=True``, the default): each worker round that records outcomes ends
 with the same ``WAIT``, so the ``job-completed`` handlers and other ``finished``
