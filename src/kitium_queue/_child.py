@@ -38,7 +38,9 @@ child's code: a processor stuck in C code that holds the GIL cannot delay it, an
 nothing is installed here that a process the processor forks or executes would inherit
 (a forked process does not inherit the parent-death signal either). Progress and log
 frames carry the run's token, and a ``ChildJob`` refuses them (``LeaseLostError``, as
-in-process) once its run ended.
+in-process) once its run ended. Context a process middleware carried with the job (the
+run's trace context) is entered before the processor and left after it, also when it
+raised (``carried``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from . import carried
 from .codec import Serializer, encode_progress
 from .errors import (
     LeaseLostError,
@@ -414,11 +417,14 @@ def main(spec: importlib.machinery.ModuleSpec | None = None) -> None:
             if p not in sys.path:
                 sys.path.append(p)
         job = None
+        leaving: list[Any] = []
         try:
             fn = cache.get(msg["fn"])
             if fn is None:
                 fn = cache[msg["fn"]] = _resolve(msg["fn"])
             job = ChildJob(msg["job"], out, msg.get("run", 0))
+            if "ctx" in msg:  # context carried by a process middleware (``carried``)
+                leaving = carried.enter(msg["ctx"])
             # Sent once the processor is at hand (its module imported), just before it
             # runs: the parent's timeout of the run counts from here, and a child that
             # ends before this frame never started the job, which runs elsewhere.
@@ -435,6 +441,8 @@ def main(spec: importlib.machinery.ModuleSpec | None = None) -> None:
                 _send(out, _START)  # the processor cannot be had: the job fails with why
             frame = _error_frame(exc)
         finally:
+            if leaving:
+                carried.leave(leaving)
             if job is not None:
                 job.live = False
         _send(out, frame)

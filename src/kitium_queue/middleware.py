@@ -11,6 +11,14 @@
   the run, return to complete it. A plain ``def`` may return ``call_next()`` (or another
   awaitable); one that returns anything else fails the run with a ``TypeError`` naming
   it (``run_process_chain``).
+* **Context carried to a child** (``carry_to_child``): what a process middleware makes
+  current for the processor (a context variable of its own) does not reach a processor
+  run in a child process (``mode="process"``). Around ``call_next`` it may name a
+  ``ChildContext``: when the run goes to a child, the pool asks it for a short text
+  (``capture``, in the run's context, so it sees what the middleware made current) and
+  sends it with the job; the child imports the function ``enter`` names and calls it
+  with the text before the processor, and what that returned after it (``carried``).
+  Nothing is asked or sent for a run in the worker's own process.
 * **Option ownership**: a feature declares the job options it handles in the queue's
   option registry (``jobspec.py``): ``queue.declare_option(name, feature=..., normalize=...)``,
   or ``queue.own_options(feature, names)`` for options that carry ids or keys; an option
@@ -24,18 +32,25 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Protocol, TypeVar
 
 from .errors import ConfigurationError
 
 __all__ = [
+    "ENTERED_IN_CHILD",
+    "MAX_CHILD_CONTEXTS",
+    "MAX_CHILD_CONTEXT_CHARS",
+    "ChildContext",
     "EnqueueMiddleware",
     "ProcessMiddleware",
     "Service",
+    "carry_to_child",
     "check_callable",
+    "child_contexts",
     "enqueue_origin",
     "enqueue_result",
+    "entered_in_child",
     "run_process_chain",
 ]
 
@@ -45,6 +60,61 @@ T = TypeVar("T")
 #: (``add_job``, ``add_jobs``), ``("schedule", <schedule id>)`` for the template of a
 #: schedule's jobs.
 enqueue_origin: ContextVar[tuple[str, str] | None] = ContextVar("kq_enqueue_origin", default=None)
+
+
+#: Most contexts one run carries to a child, and the longest text of each (characters):
+#: what goes over the pipe is small, and the child ignores anything past these.
+MAX_CHILD_CONTEXTS = 4
+MAX_CHILD_CONTEXT_CHARS = 1024
+
+
+class ChildContext(Protocol):
+    """Context a process middleware carries to a processor run in a child process.
+
+    ``enter`` is the import path (``"module:function"``) of a function the child calls
+    with the text ``capture()`` returned, before the processor; it returns a callable
+    the child calls once the processor returned or raised (or None: nothing to undo).
+    The child calls only a function marked with ``entered_in_child``. Its module is
+    imported in the child, which starts with few modules loaded: it should import
+    little; a module that raises ``ImportError`` there (an optional package missing) is
+    skipped silently. A raising ``enter`` costs that context, never the job.
+
+    ``capture()`` is called in the worker, in the run's context, when the job is sent
+    to its child: the text to carry (printable, at most ``MAX_CHILD_CONTEXT_CHARS``
+    characters, else nothing is carried), or None for nothing."""
+
+    enter: str
+
+    def capture(self) -> str | None: ...
+
+
+#: The attribute ``entered_in_child`` sets on a function.
+ENTERED_IN_CHILD = "__kq_entered_in_child__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def entered_in_child(fn: F) -> F:
+    """Mark ``fn`` as a function a child process may call to enter a carried context
+    (``ChildContext.enter`` names it): the child calls no function without the mark,
+    whatever path its pipe names."""
+    setattr(fn, ENTERED_IN_CHILD, True)
+    return fn
+
+
+#: The contexts the runs under way in this task carry to a child (``carry_to_child``).
+child_contexts: ContextVar[tuple[ChildContext, ...]] = ContextVar("kq_child_contexts", default=())
+
+
+def carry_to_child(carried: ChildContext) -> Token[tuple[ChildContext, ...]]:
+    """Carry ``carried`` to the child of the run under way (if it runs in one): call it
+    in a process middleware before ``call_next``, and ``child_contexts.reset(token)``
+    after it. One of the same ``enter`` already carried is replaced (the innermost
+    middleware's wins)."""
+    now = child_contexts.get()
+    if now:
+        now = tuple(c for c in now if c.enter != carried.enter)
+    return child_contexts.set((*now, carried))
 
 
 class EnqueueMiddleware(Protocol):

@@ -36,7 +36,9 @@ charged to the processor, which could otherwise never finish a short timeout; th
 start is bounded by ``START_TIMEOUT_S`` instead (``ChildStartTimeout``). Progress and log
 frames carry the run they belong to: one a thread of an earlier job sends late is
 dropped. Job data the child cannot be sent (a process middleware may have replaced it)
-fails the job for good before any child is taken.
+fails the job for good before any child is taken. Context a process middleware carries
+to the child (``middleware.carry_to_child``: the run's trace context) goes with the job
+and is entered there around the processor (``carried``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .carried import captured
 from .codec import RefusedValue, Serializer
 from .errors import (
     ConfigurationError,
@@ -63,6 +66,7 @@ from .errors import (
     SerializationError,
 )
 from .limits import safe_text
+from .middleware import child_contexts
 
 if TYPE_CHECKING:
     from .job import Job
@@ -332,7 +336,12 @@ class ProcessPool:
             }
         )
         token = next(self._runs)
-        head = orjson.dumps({"fn": fn_path, "path": sys.path, "run": token})
+        carried = child_contexts.get()  # what the process middleware carry (``carried``)
+        if carried:
+            ctx = captured(carried)
+            head = orjson.dumps({"fn": fn_path, "path": sys.path, "run": token, "ctx": ctx})
+        else:
+            head = orjson.dumps({"fn": fn_path, "path": sys.path, "run": token})
         payload = b'%b,"job":%b,"data":%b}}' % (head[:-1], fields[:-1], data)
         clock = _Clock(run, timeouts)
         async with self._free:

@@ -34,6 +34,8 @@ runs its jobs, like ``queue.process`` registrations):
   to the dependents' records in the script that releases them; the dependents' runs
   read them with the job at claim, with no extra round trip. A parent whose run was
   sampled out (or not traced) leaves no context and gets no link.
+* **Process mode.** The run's context goes with the job to a child process
+  (``carry_to_child``), where ``enter_in_child`` makes it current around the processor.
 
 Attributes follow the messaging semantic conventions: ``messaging.system`` =
 ``kitium-queue``, ``messaging.destination.name`` (queue), ``messaging.operation`` /
@@ -79,6 +81,7 @@ try:
         Status,
         StatusCode,
         TraceFlags,
+        TraceState,
     )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     # Missing, or installed in part (the ``opentelemetry`` namespace of another
@@ -95,11 +98,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._version import __version__
 from ..hooks import Subscriber
 from ..limits import MAX_ERROR_CHARS, MAX_FOLLOWS, clip, get_logger, safe_text, wire_text
-from ..middleware import enqueue_origin
+from ..middleware import (
+    MAX_CHILD_CONTEXT_CHARS,
+    carry_to_child,
+    child_contexts,
+    enqueue_origin,
+    entered_in_child,
+)
 from ..outcomes import safe_name, traceback_text
 from ..runends import FAILING_CANCELS
 
-__all__ = ["FEATURE", "OPTION", "OpenTelemetryTracing"]
+__all__ = ["FEATURE", "OPTION", "OpenTelemetryTracing", "enter_in_child"]
 
 log = get_logger(__name__)
 
@@ -236,6 +245,48 @@ if hasattr(os, "register_at_fork"):  # POSIX: a child of fork() must not give ou
 def _traceparent(sc: SpanContext) -> str:
     """The W3C traceparent of ``sc`` (as the W3C propagator writes it)."""
     return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+
+
+class _ChildTrace:
+    """The run's trace context, carried to a processor run in a child process
+    (``middleware.carry_to_child``): the traceparent of the span current where the
+    processor would run (the process span, or the job's stored context when the run
+    makes none), and its tracestate when the two fit in ``MAX_CHILD_CONTEXT_CHARS``."""
+
+    __slots__ = ()
+    enter = f"{__name__}:enter_in_child"
+
+    def capture(self) -> str | None:
+        sc = trace.get_current_span().get_span_context()  # (raising: ``carried`` warns)
+        if not sc.is_valid:
+            return None
+        text = _traceparent(sc)
+        state = sc.trace_state.to_header() if sc.trace_state else ""
+        if state and len(state) < MAX_CHILD_CONTEXT_CHARS - len(text):
+            text = f"{text} {state}"  # else dropped, as W3C lets a hop drop it
+        return text
+
+
+_CHILD = _ChildTrace()
+_ALONE = (_CHILD,)  # what runs carry when no other middleware carries anything
+
+
+@entered_in_child
+def enter_in_child(text: str) -> Callable[[], Any] | None:
+    """In the child process running the job (``carried``): make the worker's run
+    context current for the processor, a remote parent, so the spans it starts are
+    children of the run's span. ``text`` is read back from the worker's pipe (untrusted):
+    ``<traceparent>[ <tracestate>]``, anything else is ignored (the tracestate alone
+    when it is not a valid one). Returns the detach."""
+    traceparent, _, state = text.partition(" ")
+    if not _valid(traceparent):
+        return None
+    sc = _span_context(traceparent)
+    if state:
+        trace_state = TraceState.from_header([state])  # invalid: empty (W3C: drop it)
+        sc = SpanContext(sc.trace_id, sc.span_id, True, sc.trace_flags, trace_state)
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(sc)))
+    return lambda: otel_context.detach(token)
 
 
 def _parent_links(follows: Sequence[str], links: list[Link] | None) -> list[Link]:
@@ -449,9 +500,15 @@ class OpenTelemetryTracing(Subscriber):
                     # job's context is made current as it is, so what the processor
                     # starts follows the same decision.
                     token = otel_context.attach(trace.set_span_in_context(_StoredContext(raw)))
+                    carry = (
+                        child_contexts.set(_ALONE)
+                        if not child_contexts.get()
+                        else carry_to_child(_CHILD)
+                    )
                     try:
                         return await call_next()
                     finally:
+                        child_contexts.reset(carry)
                         otel_context.detach(token)
             remote = _span_context(raw)
             parent = trace.set_span_in_context(NonRecordingSpan(remote))
@@ -489,6 +546,7 @@ class OpenTelemetryTracing(Subscriber):
             span = None
         if span is None:  # outside the handler: the run's errors chain no tracer error
             return await call_next()
+        carry = child_contexts.set(_ALONE) if not child_contexts.get() else carry_to_child(_CHILD)
         try:
             return await call_next()
         except asyncio.CancelledError as exc:
@@ -501,6 +559,7 @@ class OpenTelemetryTracing(Subscriber):
             self._record_failure(span, job.id, exc)
             raise
         finally:
+            child_contexts.reset(carry)
             otel_context.detach(token)
             try:
                 span.end()
