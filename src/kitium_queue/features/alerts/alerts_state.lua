@@ -12,7 +12,11 @@
   ARGV[10] the key (after PREFIX) of the counter that issues the leader's terms
            (leader_acquire.lua: leader:alerts:term)
 
-  alerts:state  HASH  rule -> '<state> <since ms> <term> <value>'
+  alerts:state  HASH  rule -> '<state> <since ms> <term> <value> <metric> <threshold>'
+                (a record an earlier release wrote has the first four only)
+  alerts:stored ZSET  (score 0) the rules with a record in alerts:state, walked by the
+                leader's sweep of removed rules (alerts_sweep.lua); skipped when it holds
+                another type of key (the sweep says so)
   alerts:log    STREAM  every change: rule, state, metric, value, threshold (~1000 kept)
   alerts:unreported  ZSET  log entry ids of changes recorded and not yet reported (score:
                 the time recorded; at most 1000): the leader removes an id once it has
@@ -57,6 +61,18 @@ if key_type(counter) == 'string' then
   local c = redis.call('GET', counter)
   if #c <= 15 and string.match(c, '^%d+$') then issued = tonumber(c) end
 end
+-- The index of the rules recorded is the sweep's, not the change's: another type of key
+-- there keeps no change from being recorded.
+local stored = PREFIX .. 'alerts:stored'
+local indexed = key_type(stored)
+indexed = indexed == 'zset' or indexed == 'none'
+-- The rule's record: its state since `since`, this term, the value seen, and the metric
+-- and threshold, which a clearing for a removed rule (alerts_sweep.lua) reports.
+local function record(st, since)
+  redis.call('HSET', key, rule, st .. ' ' .. since .. ' ' .. int(term) .. ' ' .. ARGV[7] ..
+    ' ' .. ARGV[8] .. ' ' .. ARGV[9])
+  if indexed then redis.call('ZADD', stored, 0, rule) end
+end
 local forged = ''
 local cur = redis.call('HGET', key, rule)
 if cur then
@@ -71,15 +87,14 @@ if cur then
   if t and term == issued and tonumber(t) > issued then forged, t = t, nil end
   if tonumber(t) and tonumber(t) > term then return { 'stale' } end
   if st == state then
-    redis.call('HSET', key, rule, st .. ' ' .. string.match(cur, '^%S+ (%S+)') .. ' ' ..
-      int(term) .. ' ' .. ARGV[7])
+    record(st, string.match(cur, '^%S+ (%S+)'))
     return { 'same', '', forged }
   end
 elseif state == 'ok' then
-  redis.call('HSET', key, rule, 'ok ' .. NOW_S .. ' ' .. int(term) .. ' ' .. ARGV[7])
+  record('ok', NOW_S)
   return { 'same', '', '' }
 end
-redis.call('HSET', key, rule, state .. ' ' .. NOW_S .. ' ' .. int(term) .. ' ' .. ARGV[7])
+record(state, NOW_S)
 local eid = redis.call('XADD', log_key, 'MAXLEN', '~', '1000', '*', 'rule', rule,
   'state', state, 'metric', ARGV[8], 'value', ARGV[7], 'threshold', ARGV[9])
 redis.call('ZADD', unreported, NOW_S, eid)

@@ -28,7 +28,8 @@ def make_command(
     @redis_option
     def alerts(app: str, limit: int, values: bool, as_json: bool, redis: str | None) -> None:
         """Show APP's alert rules (from its monitoring configuration), the state each
-        is in (ok or firing, since when) and the latest changes, newest first."""
+        is in (ok or firing, since when) and the latest changes, newest first (a
+        clearing because the rule was removed shows reason=rule-removed)."""
         from .manager import AlertManager
 
         async def act(q: Any) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def make_command(
                 )
             )
         for t in out["history"]:
-            click.echo(row(t["id"], t["rule"], t["state"], f"{t['metric']}={t['value']}"))
+            why = (f"reason={t['reason']}",) if t.get("reason") else ()
+            click.echo(row(t["id"], t["rule"], t["state"], f"{t['metric']}={t['value']}", *why))
 
     return alerts

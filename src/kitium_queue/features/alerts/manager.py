@@ -24,8 +24,13 @@ evaluation):
   ``queue.on("alert-fired", ...)`` handlers get it;
 * as a webhook event when the queue has a ``WebhookManager`` and ``webhook_event`` is
   set (default ``queue-alert``): endpoints subscribed to that event name receive
-  ``{"rule", "state", "metric", "value", "threshold", "queue"}``, with the id
+  ``{"rule", "state", "metric", "value", "threshold", "queue"}`` (and ``reason`` on
+  a clearing of a removed rule, below), with the id
   ``alert_<log entry id>`` (receivers deduplicate on it).
+
+A rule removed from the configuration (or renamed) while it fires is cleared once by the
+leader, with ``reason`` ``rule-removed``, and its record dropped, unless a running
+process still has it (a rolling deploy): ``removed.py``.
 
 Run outcomes (for ``failure_rate``) are counted by a ``release`` slot fragment into
 buckets of ``BUCKET_MS`` (``alerts:o:<bucket>``), installed only when a rule watches
@@ -50,6 +55,7 @@ from ...errors import ConfigurationError
 from ...leader import LeaderService, every
 from ...limits import get_logger
 from ...options import shown, to_ms
+from .removed import HOLD_MAX_MS, RemovedRules, RuleAnnouncer
 from .reports import FEATURE, AlertReporter, transition, wrong_type
 from .reports import text as _text
 from .rules import (
@@ -74,7 +80,7 @@ ROLE = "alerts"
 _TERM_COUNTER = f"leader:{ROLE}:term"
 #: Width of an outcome bucket (ms).
 BUCKET_MS = 5000
-_SCRIPTS = ("alerts_probe", "alerts_state")
+_SCRIPTS = ("alerts_probe", "alerts_state", "alerts_sweep", "alerts_announce")
 _MS = re.compile(r"[0-9]{1,15}")
 _INSTALLED: weakref.WeakKeyDictionary[Any, AlertManager] = weakref.WeakKeyDictionary()
 
@@ -120,7 +126,9 @@ class AlertState:
 
 @dataclass(frozen=True, slots=True)
 class AlertTransition:
-    """One recorded change (an entry of ``alerts:log``)."""
+    """One recorded change (an entry of ``alerts:log``). ``reason`` is empty for a
+    change of the value, ``rule-removed`` for a clearing because no running process
+    has the rule any more (``value`` then empty: it was not read)."""
 
     id: str
     rule: str
@@ -128,6 +136,7 @@ class AlertTransition:
     metric: str
     value: str
     threshold: str
+    reason: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -137,6 +146,7 @@ class AlertTransition:
             "metric": self.metric,
             "value": self.value,
             "threshold": self.threshold,
+            "reason": self.reason,
         }
 
 
@@ -148,7 +158,9 @@ class AlertManager:
         rules: ``AlertRule`` s (or dicts of their fields).
         interval_ms: how often the leader evaluates them (default 5 s).
         webhook_event: the webhook event name alerts are sent as (None: none).
-        run_service: evaluate in this process's workers (leader only).
+        run_service: evaluate in this process's workers (leader only), and announce
+            the rules from every worker process (``removed.py``); with no rules the
+            leader still clears and drops the records of removed ones.
         lease_ms: the leader's lease: another process takes over evaluation at most
             this long after the leader died (default 10 s).
     """
@@ -197,13 +209,20 @@ class AlertManager:
         self._damaged: set[str] = set()
         self._forged: set[tuple[str, str]] = set()
         self.evaluations = 0
+        self._removed = RemovedRules(self, _TERM_COUNTER)
         for name in _SCRIPTS:
             queue.scripts.add_fragment(name, _lua(name))
         if any(r.metric == "failure_rate" for r in self.rules):
             queue.scripts.add_slot("release", FEATURE, _RELEASE)
-        if run_service and self.rules:
+        if run_service:
             lease = to_ms(lease_ms, "alerts lease_ms", minimum=100)
             queue.add_service(LeaderService(ROLE, self._serve, lease_ms=lease))
+            if self.rules:
+                # Held three evaluations and a lease: a process that stopped announcing
+                # is taken for gone about when a leader that stopped renewing would be.
+                period = min(self.interval_ms, HOLD_MAX_MS // 3)
+                hold = 3 * period + lease
+                queue.add_service(RuleAnnouncer(self, names, period, hold))
         _INSTALLED[queue] = self
 
     @classmethod
@@ -244,6 +263,8 @@ class AlertManager:
 
     async def _readings(self) -> dict[str, float]:
         """Every rule's metric as read, not yet checked to be finite."""
+        if not self.rules:
+            return {}
         windows = self._windows
         reply = await self.queue.run("alerts_probe", [BUCKET_MS, *windows])
         now, waiting, oldest = int(reply[0]), int(reply[1]), int(reply[2])
@@ -312,16 +333,20 @@ class AlertManager:
         return await self._states()
 
     async def _states(self) -> list[AlertState]:
+        if not self.rules:
+            return []
         client = await self.queue.client()
+        names = [r.name for r in self.rules]
         try:
-            raw = await client.hgetall(self.queue.keys.extra("alerts:state"))
+            # The rules' own records only: the hash may hold any number of others.
+            raw = await client.hmget(self.queue.keys.extra("alerts:state"), names)
         except ResponseError as exc:
             if not wrong_type(exc):
                 raise
             # Overwritten with another type of key: no state can be read.
             self._warn_damaged("alerts:state")
             return [AlertState(r.name, "unknown", None, None) for r in self.rules]
-        stored = {_text(k): _text(v).split(" ") for k, v in raw.items()}
+        stored = {n: _text(v).split(" ") for n, v in zip(names, raw, strict=True) if v is not None}
         out = []
         for r in self.rules:
             parts = stored.get(r.name)
@@ -379,17 +404,22 @@ class AlertManager:
 
     # ------------------------------------------------------------------ evaluation
     async def evaluate(self, term: int) -> list[AlertTransition]:
-        """Evaluate every rule once as the leader of ``term``; returns the changes
-        recorded (and reported) by this evaluation."""
+        """Evaluate every rule once as the leader of ``term``, after clearing (and
+        dropping) the records of rules no running process has any more (a bounded part
+        of them per call, ``removed.py``); returns the changes recorded (and reported)
+        by this evaluation."""
         if self._reporter.behind:  # older changes wait to be reported: theirs first
             await self._reporter.catch_up()
+        changes = await self._removed.sweep(term)
+        for t in changes:
+            self._damaged.clear()
+            await self._reporter.recorded(t)
         # The leader's own reads, unguarded (a service acts for no caller).
         values = await self._values()
         current = {s.rule: s.state for s in await self._states()}
         # for_ms is timed on this host's monotonic clock: a step of its wall clock (NTP,
         # a suspended VM) neither holds an alert back nor fires it early.
         now = int(time.monotonic() * 1000)
-        changes: list[AlertTransition] = []
         for r in self.rules:
             value = values.get(r.name)
             if value is None:  # no reading now (no gauge value, not finite): state kept

@@ -73,6 +73,7 @@ def transition(eid: Any, f: Mapping[Any, Any]) -> AlertTransition:
         g.get("metric", ""),
         g.get("value", ""),
         g.get("threshold", ""),
+        g.get("reason", ""),
     )
 
 
@@ -155,13 +156,14 @@ class AlertReporter:
         # Info, not warning: the alert itself is the event and the webhook; the log line
         # is a trace of it. Its fields may be read back from Redis: escaped.
         log.info(
-            "queue %s: alert %s %s (%s = %s, threshold %s)",
+            "queue %s: alert %s %s (%s = %s, threshold %s)%s",
             q.name,
             printable(t.rule[:100]),
             "fired" if fired else "cleared",
             printable(t.metric[:100]),
-            printable(t.value[:100]),
+            printable(t.value[:100]) or "-",
             printable(t.threshold[:100]),
+            f": {printable(t.reason[:100])}" if t.reason else "",
         )
         if q.hooks.feature_event:
             q.hooks.emit_feature_event(
@@ -221,7 +223,12 @@ class AlertReporter:
 
 
 def _fields(t: AlertTransition) -> dict[str, str]:
-    return {"metric": t.metric, "value": t.value, "threshold": t.threshold, "state": t.state}
+    """The fields of ``t``'s event and webhook; ``reason`` only on a change that has one
+    (``rule-removed``: a clearing because no running process has the rule)."""
+    out = {"metric": t.metric, "value": t.value, "threshold": t.threshold, "state": t.state}
+    if t.reason:
+        out["reason"] = t.reason
+    return out
 
 
 def _at_ms(t: AlertTransition) -> int:

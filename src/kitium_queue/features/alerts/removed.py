@@ -1,0 +1,128 @@
+"""Alert rules no process has any more: removed from the configuration, or renamed.
+
+A rule's record in ``alerts:state`` outlives the configuration that had it. The leader's
+evaluation sweeps a bounded part of them each time (``alerts_sweep.lua``, at most
+``SWEEP_PAGE`` records, walking the index ``alerts:stored``): a record whose rule the
+leader does not have and no running process announced is dropped, and one that was
+firing is first cleared, once, as a change like any other (an ``alerts:log`` entry with
+``reason`` ``rule-removed``, reported in order through the same reporter: the
+``alert-cleared`` event and the webhook). A rule of that name configured again starts
+with no record.
+
+Several configurations at once (a rolling deploy, where an old process still has the
+rule): every worker process running the alerts' services announces its rules
+(``RuleAnnouncer``, ``alerts_announce.lua``: ``alerts:configured``, each rule held
+``hold_ms`` = three evaluation intervals plus the leader's lease, renewed every
+interval). Only the leader sweeps, and it leaves alone a record whose rule some process
+announced: the rule keeps its state while a process that has it runs (evaluated when
+one of them leads), and is cleared once after the last of them stopped, so it does not
+fire and clear at each change of leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from ...leader import every
+from ...limits import get_logger
+from .reports import text
+
+if TYPE_CHECKING:
+    from ...queue import JobQueue
+    from .manager import AlertManager, AlertTransition
+
+__all__ = ["HOLD_MAX_MS", "REASON_REMOVED", "SWEEP_PAGE", "RemovedRules", "RuleAnnouncer"]
+
+log = get_logger("kitium_queue.features.alerts.manager")
+
+#: Records of ``alerts:state`` the sweep looks at per evaluation, at most.
+SWEEP_PAGE = 100
+#: The ``reason`` of a clearing because the rule is no longer configured.
+REASON_REMOVED = "rule-removed"
+#: Longest an announcement holds (``alerts_announce.lua`` clamps to it).
+HOLD_MAX_MS = 86_400_000
+
+
+class RemovedRules:
+    """The leader's sweep of the records of removed rules (see the module docstring)."""
+
+    def __init__(self, manager: AlertManager, counter: str) -> None:
+        self.manager = manager
+        self.counter = counter
+        #: Where the walk of ``alerts:stored`` resumes (a rank).
+        self.at = 0
+
+    async def sweep(self, term: int) -> list[AlertTransition]:
+        """Sweep one page as the leader of ``term``; returns the clearings recorded
+        (not yet reported)."""
+        from .manager import AlertTransition
+
+        m = self.manager
+        reply = await m.queue.run(
+            "alerts_sweep",
+            [term, self.counter, self.at, SWEEP_PAGE, *(r.name for r in m.rules)],
+        )
+        kind = text(reply[0])
+        if kind == "damaged":
+            m._warn_damaged(text(reply[1]), text(reply[2]))
+            return []
+        if kind != "swept":  # stale: this leader was deposed; nothing written
+            return []
+        self.at = int(reply[1])
+        dropped = int(reply[2])
+        out = [
+            AlertTransition(
+                text(eid), text(rule), "ok", text(metric), "", text(threshold), REASON_REMOVED
+            )
+            for eid, rule, metric, threshold in reply[3]
+        ]
+        if dropped:
+            log.info(
+                "queue %s: alerts: dropped the records of %d rule(s) that no running "
+                "process has any more (%d of them firing: cleared)",
+                m.queue.name,
+                dropped,
+                len(out),
+            )
+        return out
+
+
+class RuleAnnouncer:
+    """A worker service, in every process (not only the leader): announces the rules
+    of ``names`` every ``period_ms``, each held ``hold_ms`` (``alerts:configured``)."""
+
+    name = "alerts-rules"
+
+    def __init__(
+        self, manager: AlertManager, names: list[str], period_ms: int, hold_ms: int
+    ) -> None:
+        self.manager = manager
+        self.names = names
+        self.period_ms = period_ms
+        self.hold_ms = min(hold_ms, HOLD_MAX_MS)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, queue: JobQueue) -> None:
+        if self._task is not None and not self._task.done():
+            return  # another worker of this process started it
+        what = f"queue {queue.name}: announcing its alert rules"
+        self._task = asyncio.get_running_loop().create_task(
+            every(self.period_ms, lambda: self.announce(queue), what),
+            name=f"kq-alerts-rules-{queue.name}",
+        )
+
+    async def stop(self) -> None:
+        # The announcement is left to end by itself: another process that has the
+        # rules may still run, and withdrawing them would let the leader clear them.
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def announce(self, queue: JobQueue) -> None:
+        reply: Any = await queue.run("alerts_announce", [self.hold_ms, *self.names])
+        if text(reply[0]) == "damaged":
+            self.manager._warn_damaged(text(reply[1]), text(reply[2]))
