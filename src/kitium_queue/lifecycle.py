@@ -38,7 +38,10 @@ never ends up with a worker it cannot stop or a processor its worker does not ru
   worker whose loop is gone (it ended without ``close()``: a failed test, a notebook
   cell) is forgotten, its jobs left leased until their leases expire, and the queue
   serves the next loop. Before, such a ``close()`` failed for ever ("Event loop is
-  closed"), or blocked 35 s and then failed.
+  closed"), or blocked 35 s and then failed. Every ``close()`` lets go the workers of
+  the queue whose loop was closed before they stopped (``forget_ended``, ``leftover.py``:
+  a partitioned queue's too): their wake-up wait, still open in Redis, no longer claims
+  the jobs a worker of the next loop is started for.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import evictwatch
+from . import evictwatch, leftover
 from .connerrors import ConnectionLimitError
 from .errors import ConfigurationError
 from .limits import MAX_JOB_NAME_LENGTH, get_logger
@@ -145,13 +148,15 @@ def startable(worker: Worker) -> JobQueue:
     started before. A worker starts once: started again while it runs, it got a second
     set of loops; started again once stopped, it counted as running but never claimed
     (its stop was over: it stopped no more either), and its queue's ``start()`` then
-    took it for running and started none, for good. ``queue.start()`` makes a new one."""
+    took it for running and started none, for good. ``queue.start()`` makes a new one.
+    The queue's lifecycle knows it from now on (``Lifecycle.made``)."""
     if worker in worker.queue.lifecycle.running or worker._stop_task or worker._tasks:
         raise RuntimeError(
             f"worker {worker.id} of queue {worker.queue.name!r} was started already: a "
             "worker starts once; start the queue again with queue.start() (once this "
             "worker has stopped), which makes a new worker"
         )
+    worker.queue.lifecycle.made.add(worker)
     return worker.queue
 
 
@@ -339,6 +344,9 @@ class Lifecycle:
         #: ``start()`` to the end of their ``stop()`` (``start()``'s, a partitioned
         #: queue's): each adds and removes itself.
         self.running: set[Any] = set()
+        #: Every worker of this queue started in this process (``startable``), until a
+        #: ``close()`` lets it go once its loop was closed before it stopped.
+        self.made: weakref.WeakSet[Worker] = weakref.WeakSet()
         self._starting: asyncio.Future[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         #: The ``close()`` calls under way (outside the worker's jobs), each resolved
@@ -421,6 +429,7 @@ class Lifecycle:
             if self._closing is None:
                 self._closing = detached(self._close_after(worker), f"kq-close-{q.name}")
             return
+        self.forget_ended()  # the workers a partitioned queue's close() forgot, too
         released = asyncio.get_running_loop().create_future()
         self._releasing.add(released)
         try:
@@ -465,9 +474,25 @@ class Lifecycle:
             worker.running = False
             self.running.discard(worker)
             STOPPING.discard(worker)
+        self.forget_ended()
         self._starting = self._closing = None
         self._releasing.clear()  # closes of that loop: they never end now
         await q.ctx.close()  # its connections belong to that loop: dropped, not awaited
+
+    def forget_ended(self) -> None:
+        """Let go the workers of this queue whose event loop was closed before they
+        stopped, and what the queue's services and processors hold of those loops
+        (``leftover.py``)."""
+        gone = [w for w in list(self.made) if leftover.ended(w)]
+        for worker in gone:
+            self.made.discard(worker)
+            worker.running = False
+            self.running.discard(worker)
+            STOPPING.discard(worker)
+            leftover.let_go(worker)
+        if gone:
+            held = [*self.queue.services, *self.queue.processors.values()]
+            leftover.let_go_held(held, {w.runner.loop for w in gone})
 
     async def settled(self) -> None:
         """Wait for the closes under way to finish: one a job started (``close`` from
