@@ -20,11 +20,12 @@ A primary with one replica on loopback (``test_replicas.Pair``); the replica is 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
 
+import test_replicas
 from helpers import wait_until
 from kitium_queue import JobQueue, ReplicaAckError, ReplicaAcks
 from test_replicas import Pair
@@ -32,13 +33,8 @@ from test_replicas import Pair
 pytestmark = pytest.mark.redis_only
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
-    p = Pair()
-    try:
-        yield p
-    finally:
-        p.close()
+#: test_replicas' fixture: its primary and replica.
+pair = test_replicas.pair
 
 
 @pytest.fixture

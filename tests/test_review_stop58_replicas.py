@@ -23,13 +23,13 @@ demanding user hits.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
+import test_replicas
 from _redis import RedisServer
 from kitium_queue import ConfigurationError, JobQueue, ReplicaAckError, ReplicaAcks
 from test_replicas import Pair
@@ -37,24 +37,8 @@ from test_replicas import Pair
 pytestmark = pytest.mark.redis_only
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
-    p = Pair()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
-async def queue(pair: Pair, prefix: str) -> AsyncIterator[JobQueue]:
-    q = JobQueue("ra58", redis=pair.primary.url, prefix=prefix)
-    ReplicaAcks(q, replicas=1, timeout_ms=100)
-    try:
-        yield q
-    finally:
-        pair.thaw()
-        await q.close()
+#: test_replicas' fixtures: its primary and replica, and a queue "ra" on them.
+pair, queue = test_replicas.pair, test_replicas.queue
 
 
 def _changes(port: int) -> int:
@@ -93,7 +77,7 @@ async def test_a_duplicate_idempotency_key_is_confirmed_only_once_replicas_have_
     jid = first.value.written_ids[0]
     # Another producer (its own connections) retries, as the error advises: the job is
     # there, no replica has it, so the retry is not confirmed either.
-    other = JobQueue("ra58", redis=pair.primary.url, prefix=prefix)
+    other = JobQueue("ra", redis=pair.primary.url, prefix=prefix)
     ReplicaAcks(other, replicas=1, timeout_ms=100)
     try:
         await other.get_stats()  # connected: what follows counts the add alone
@@ -139,7 +123,7 @@ async def test_errors_say_what_was_written_and_what_was_not(pair: Pair, queue: J
     assert "1 other job(s) were written and confirmed" in text, text
     assert "not sent" not in text
     assert str(mixed.value.unconfirmed[2]).startswith(
-        f"queue 'ra58': job {mixed.value.written_ids[2]!r} was written"
+        f"queue 'ra': job {mixed.value.written_ids[2]!r} was written"
     )
     # A copy (the call's error is one) and a pickle keep the text.
     import copy
