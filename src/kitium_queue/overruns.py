@@ -16,17 +16,23 @@
   thread still runs at the end of its grace: left leased, ``runends.leave_threads``), a
   lost lease (nothing recorded) and ``cancel_job()`` (failed for good) end the hold at
   once, as they end any run. ``cancel_job()`` itself is never held: it fails the job for
-  good, so no retry follows it.
+  good, so no retry follows it. The same holds a job whose ``async`` processor handed
+  it to a call of a thread pool of its own (``runends.thread_of``: a plain ``def`` batch
+  function, one call for the batch's jobs): each job of the call is held until it
+  returns, and the jobs held on one call are given up together, in one ERROR naming
+  them, once the first of them reaches ``thread_overrun_max``. Winding such a pool down
+  is its processor's part (``features/batches.py``).
 * ``ignored``: an ``async def`` processor that caught the ``CancelledError`` of its
   timeout (or of ``cancel_job()``) and returned: the run held its slot and lease until
   then, and its result is kept (``completed``: the run happened, and failing it would run
   its side effects again on a retry), as for a run that blocked the event loop past its
   timeout (``runends.RunEnds.overran``). A WARNING says so.
 
-None costs the normal path anything: ``hold`` and ``left`` run only in a cancelled
-thread run, ``ignored`` only for a run whose task was cancelled. A dependency that hangs times out
-every job: each worker names the first run of each kind at once, and counts those that
-follow within ``OVERRUN_LOG_S`` in one WARNING at its end (not a line per job).
+None costs the normal path anything: ``hold``, ``left`` and ``ignored`` run only for a
+run whose task was cancelled (``hold`` does more only with ``"hold"`` and a thread that
+still runs). A dependency that hangs times out every job: each worker names the first
+run of each kind at once, and counts those that follow within ``OVERRUN_LOG_S`` in one
+WARNING at its end (not a line per job).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any
 
 from .limits import get_logger, printable
-from .runends import FAILING_CANCELS
+from .runends import FAILING_CANCELS, thread_of
 
 if TYPE_CHECKING:
     from .leases import Run
@@ -103,13 +109,15 @@ def _named(runner: Runner, kind: str) -> bool:
     return said.named(kind)
 
 
-def left(run: Run, runner: Runner, thread: Future[Any], pool: Executor, said: bool = False) -> None:
+def left(
+    run: Run, runner: Runner, thread: Future[Any] | None, pool: Executor, said: bool = False
+) -> None:
     """``run``'s task was cancelled while its processor ran in a thread of ``pool``
-    (``thread``: that call): when the thread still runs, wind ``pool`` down (it ends as
-    its threads return) and, when its timeout or ``cancel_job()`` ended the run, say so
-    (``runner``'s first in a window; the others counted) unless ``said`` (``hold`` gave
-    up on it with an ERROR)."""
-    if thread.done():
+    (``thread``: that call; None: an ``async`` processor, nothing to do): when the thread
+    still runs, wind ``pool`` down (it ends as its threads return) and, when its timeout
+    or ``cancel_job()`` ended the run, say so (``runner``'s first in a window; the others
+    counted) unless ``said`` (``hold`` gave up on it with an ERROR)."""
+    if thread is None or thread.done():
         return
     pool.shutdown(wait=False)
     if run.reason not in FAILING_CANCELS or run.abandoned or said:
@@ -129,35 +137,65 @@ def left(run: Run, runner: Runner, thread: Future[Any], pool: Executor, said: bo
     )
 
 
-async def hold(run: Run, runner: Runner, thread: Future[Any]) -> bool:
-    """``run``'s task was cancelled while its plain ``def`` processor runs in ``thread``.
-    With ``worker={"thread_overrun": "hold"}`` and its timeout the cause, wait for the
-    thread before the run ends (module docstring): at most ``thread_overrun_max`` ms
-    (None: the job's timeout). True when the worker gave up holding it (the thread still
-    runs; an ERROR named the job); False otherwise, at once when the run is not held.
-    Another cancellation of the task (a stop, a lost lease, ``cancel_job()``) ends the
-    wait: the caller re-raises the first, and the run ends as that cancellation says
-    (``run.reason``, ``run.abandoned``)."""
+class _Held:
+    """The runs held on one thread's call (the jobs of one batch share it) and whether
+    the worker gave up on it (then on them all)."""
+
+    __slots__ = ("over", "runs")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.runs: list[Run] = []
+        self.over: asyncio.Future[None] = loop.create_future()
+
+
+_HELD: weakref.WeakKeyDictionary[Future[Any], _Held] = weakref.WeakKeyDictionary()
+
+
+async def hold(run: Run, runner: Runner, thread: Future[Any] | None) -> bool:
+    """``run``'s task was cancelled while its plain ``def`` processor runs in ``thread``,
+    a call of ``runner``'s pool; None: its processor is ``async``, and the call of a pool
+    of its own may run its job (``runends.thread_of``: a plain ``def`` batch function's,
+    shared by the batch's jobs). With ``worker={"thread_overrun": "hold"}`` and its
+    timeout the cause, wait for that thread before the run ends (module docstring): at
+    most ``thread_overrun_max`` ms (None: the job's timeout). True when the worker gave
+    up holding it (the thread still runs; an ERROR named the job); False otherwise, at
+    once when the run is not held. The runs held on one call are given up together, in
+    one ERROR naming them, when the first reaches its cap. Another cancellation of the
+    task (a stop, a lost lease, ``cancel_job()``) ends the wait: the caller re-raises the
+    first, and the run ends as that cancellation says (``run.reason``, ``run.abandoned``)."""
     config = runner.queue.worker_config
     if config.thread_overrun != "hold" or run.reason != "timeout" or run.abandoned:
         return False
-    if thread.done():
+    own = thread is not None
+    if thread is None:
+        thread = thread_of(run.job)
+    if thread is None or thread.done():
         return False
     loop = asyncio.get_running_loop()
     given = config.thread_overrun_max  # whole ms (workerchecks.py), or None
     cap_ms = given if isinstance(given, int) else (run.policy.timeout_ms or 0)
     since = loop.time()
+    held = _HELD.get(thread)
+    if held is None or held.over.get_loop() is not loop:
+        held = _HELD[thread] = _Held(loop)
+    held.runs.append(run)
     waiter = asyncio.wrap_future(thread, loop=loop)
     waiter.add_done_callback(_retrieved)
     try:
-        await asyncio.wait({waiter}, timeout=cap_ms / 1000)
+        await asyncio.wait(
+            {waiter, held.over}, timeout=cap_ms / 1000, return_when=asyncio.FIRST_COMPLETED
+        )
+        together = list(held.runs)
     except asyncio.CancelledError:
         return False  # ends as that cancellation says; the thread is left() next
     finally:
         if not waiter.done():
             waiter.cancel()  # the thread itself runs on: a running call cannot be cancelled
+        held.runs.remove(run)
+        if not held.runs and _HELD.get(thread) is held:
+            del _HELD[thread]
     job, name = run.job, printable(runner.queue.name)
-    held = _seconds(loop.time() - since)
+    seconds = _seconds(loop.time() - since)
     if thread.done():
         log.info(
             "queue %s: job %s (%s) was held %s s past its timeout until its plain `def` "
@@ -166,22 +204,47 @@ async def hold(run: Run, runner: Runner, thread: Future[Any]) -> bool:
             name,
             printable(job.id),
             printable(job.name),
-            held,
+            seconds,
         )
         return False
+    if held.over.done():
+        return True  # given up with the others of its call: the ERROR named it
+    held.over.set_result(None)
+    hint = ' Use mode="process" for a hard timeout' if own else ""
+    if len(together) > 1:
+        log.error(
+            "queue %s: %d jobs, %s, still run in one call of their plain `def` processor's "
+            "thread %s s past the first one's timeout: the worker gives up holding them "
+            "(thread_overrun_max=%d ms): their timeouts are recorded now and their slots "
+            "freed, so their retries may run beside this thread, here or on another worker, "
+            "and what the thread returns is ignored.%s",
+            name,
+            len(together),
+            _jobs(together),
+            seconds,
+            cap_ms,
+            hint,
+        )
+        return True
     log.error(
         "queue %s: job %s (%s) still runs in its plain `def` processor's thread %s s past "
         "its timeout: the worker gives up holding it (thread_overrun_max=%d ms): its "
         "timeout is recorded now and its slot freed, so its retry may run beside this "
-        "thread, here or on another worker, and what the thread returns is ignored. Use "
-        'mode="process" for a hard timeout',
+        "thread, here or on another worker, and what the thread returns is ignored.%s",
         name,
         printable(job.id),
         printable(job.name),
-        held,
+        seconds,
         cap_ms,
+        hint,
     )
     return True
+
+
+def _jobs(runs: list[Run]) -> str:
+    """The jobs of ``runs`` named (ten at most, then how many more)."""
+    named = ", ".join(f"{printable(r.job.id)} ({printable(r.job.name)})" for r in runs[:10])
+    return named + (f" and {len(runs) - 10} more" if len(runs) > 10 else "")
 
 
 def _retrieved(waiter: asyncio.Future[Any]) -> None:

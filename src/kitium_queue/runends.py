@@ -70,6 +70,7 @@ __all__ = [
     "no_stop",
     "run_exit_handlers",
     "settable",
+    "thread_of",
     "wait_event",
     "wait_unless",
 ]
@@ -280,16 +281,26 @@ _IN_THREAD: dict[int, tuple[Job, Future[Any]]] = {}
 
 def in_thread(job: Job) -> bool:
     """Whether ``job``'s processor runs in a thread of a ``DaemonThreads`` pool now."""
+    return thread_of(job) is not None
+
+
+def thread_of(job: Job) -> Future[Any] | None:
+    """The call of a ``DaemonThreads`` pool that runs ``job`` now (started or waiting
+    for a thread), or None: the thread of a run whose processor hands its job to a pool
+    of its own (``overruns.hold``)."""
     entry = _IN_THREAD.get(id(job))
-    return entry is not None and entry[0] is job and not entry[1].done()
+    if entry is None or entry[0] is not job or entry[1].done():
+        return None
+    return entry[1]
 
 
 class DaemonThreads(Executor):
     """``ThreadPoolExecutor``'s behaviour (up to ``max_workers`` threads, started as
     needed, idle ones reused; ``shutdown`` as there) with daemon threads: at exit the
     interpreter joins a ``ThreadPoolExecutor``'s threads, so a processor that ran on
-    past its worker's stop held the process for the rest of its run. ``in_thread``
-    tells which jobs its threads run (a ``Job`` among a call's arguments)."""
+    past its worker's stop held the process for the rest of its run. ``in_thread`` /
+    ``thread_of`` tell which jobs its threads run (a ``Job``, or a list of them, among a
+    call's arguments)."""
 
     def __init__(self, max_workers: int, name: str) -> None:
         self._max, self._name = max_workers, name

@@ -484,19 +484,18 @@ class Runner:
 
     async def _call(self, fn: Callable[..., Any], kind: str, run: Run) -> Any:
         job = run.job
-        if kind == "async":
-            return await settled(await fn(job))
         if kind == "process":
             assert self._pool is not None  # (the run's timeout stops while a child starts)
             return await self._pool.run(import_path(fn), run, self.update, self.timeouts)
-        ctx = contextvars.copy_context()
-        pool = self._executor
-        cf = pool.submit(ctx.run, no_stop, fn, job)
+        pool, cf = self._executor, None
         try:
+            if kind == "async":  # its job may run in a pool thread of its own: overruns
+                return await settled(await fn(job))
+            cf = pool.submit(contextvars.copy_context().run, no_stop, fn, job)
             result = await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
             gave_up = await overruns.hold(run, self, cf)  # worker thread_overrun="hold"
-            if not cf.done() and pool is self._executor:
+            if cf is not None and not cf.done() and pool is self._executor:
                 self._executor = self._new_executor()  # the freed slot can run one: overruns
             overruns.left(run, self, cf, pool, gave_up)
             raise

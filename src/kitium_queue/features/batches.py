@@ -13,7 +13,10 @@ while it waits in the batch), runs under its own ``timeout``, and gets its own o
 from ``fn``'s reply — retries, ``RetryLater``/``RateLimited``, ``NonRetryableError`` and
 the DLQ work per job. A batch never holds more jobs than the worker has slots
 (``worker.concurrency``), so set the concurrency to at least ``size`` (1 to 10,000, the
-largest concurrency).
+largest concurrency). A plain ``def`` function runs in a pool of the processor's own,
+whose calls ``runends.thread_of`` names: with ``worker.thread_overrun="hold"`` the jobs of
+a batch past their timeout are held until its call returns (``overruns.hold``), and a
+pool whose batch ran on after its jobs left is replaced (``BatchProcessor._left``).
 
 A batch function may return an awaitable (a plain decorator around an ``async def``, a
 lambda returning a coroutine): it is awaited on the worker's loop, as a processor's is
@@ -30,6 +33,7 @@ import functools
 import inspect
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -132,8 +136,8 @@ class BatchProcessor:
         self._settle_armed = False
         self._arrivals = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        # A running async batch of each job waiting for it: (its task, the batch).
-        self._batch_of: dict[asyncio.Future[Any], tuple[asyncio.Task[None], list[Any]]] = {}
+        # The running batch of each job waiting for it.
+        self._batch_of: dict[asyncio.Future[Any], _Running] = {}
         self.batches = 0
 
     async def __call__(self, job: Any) -> Any:
@@ -182,13 +186,27 @@ class BatchProcessor:
         self._loop = loop
 
     def _left(self, fut: asyncio.Future[Any]) -> None:
-        """A job stopped waiting for its running async batch (handed back by a stop, its
-        timeout, ``cancel_job``): once no job of the batch waits, the batch is cancelled,
-        as an async processor's run would be. Before, it ran on and did the work of jobs
-        handed back meanwhile, while another worker ran them too."""
+        """A job stopped waiting for its running batch (handed back by a stop, its
+        timeout, ``cancel_job``): once no job of the batch waits, an async batch is
+        cancelled, as an async processor's run would be (before, it ran on and did the
+        work of jobs handed back meanwhile, while another worker ran them too), and so is
+        a thread batch whose call has not started (it waited for a thread of a busy
+        pool). A thread batch still running in its thread cannot be stopped: the pool is
+        wound down (it ends as its threads return) and the next batch takes a fresh one,
+        as the runner does for a plain processor, so hung threads never keep later
+        batches waiting. (With ``thread_overrun="hold"`` the worker holds the jobs
+        themselves until the thread returns: ``overruns.hold``.)"""
         got = self._batch_of.get(fut)
-        if got is not None and all(f.done() for _, f in got[1]):
-            got[0].cancel()
+        if got is None or not all(f.done() for _, f in got.batch):
+            return
+        call, pool = got.call, got.pool
+        if call is None or call.cancel():
+            if got.task is not None:
+                got.task.cancel()  # an async batch, or a thread batch not started
+        elif not call.done() and pool is not None:
+            if self._threads is pool:
+                self._threads = None
+            pool.shutdown(wait=False)
 
     def _settle(self, loop: asyncio.AbstractEventLoop, seen: int, rounds: int) -> None:
         # Jobs claimed together start on consecutive loop iterations; wait until no new
@@ -207,13 +225,13 @@ class BatchProcessor:
             batch = [(j, f) for j, f in batch if not f.done()]
             if batch:
                 self.batches += 1
-                task = loop.create_task(self._run(batch))
+                running = _Running(batch)
+                running.task = task = loop.create_task(self._run(running))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-                if self._async:  # a thread cannot be stopped: runends.leave_threads
-                    for _, f in batch:
-                        self._batch_of[f] = (task, batch)
-                    task.add_done_callback(functools.partial(self._forget, batch))
+                for _, f in batch:
+                    self._batch_of[f] = running
+                task.add_done_callback(functools.partial(self._forget, batch))
             if len(self._pending) < self.size:
                 break
         if self._timer is not None:
@@ -226,18 +244,14 @@ class BatchProcessor:
         for _, f in batch:
             self._batch_of.pop(f, None)
 
-    async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+    async def _run(self, running: _Running) -> None:
+        batch = running.batch
         jobs = [j for j, _ in batch]
         try:
             if self._async:
                 reply = await self.fn(jobs)
             else:
-                loop = asyncio.get_running_loop()
-                # Daemon threads, and the jobs known to run in one: a stop past its grace
-                # leaves them leased rather than handing them back (runends.leave_threads).
-                if self._threads is None:
-                    self._threads = DaemonThreads(_BATCH_THREADS, "kq-batch")
-                reply = await loop.run_in_executor(self._threads, no_stop, self.fn, jobs)
+                reply = await self._in_thread(jobs, running)
             # An awaitable it returned (a plain decorator around an async def, a lambda
             # returning a coroutine) is awaited here, on the loop, as a processor's is.
             outcomes = _outcomes(jobs, await settled(reply))
@@ -256,6 +270,31 @@ class BatchProcessor:
             outcomes = [exc] * len(jobs)
         for (_, fut), out in zip(batch, outcomes, strict=True):
             _settle_one(fut, out)
+
+    async def _in_thread(self, jobs: list[Any], running: _Running) -> Any:
+        """``fn(jobs)`` in a thread of the processor's pool. Daemon threads, and the jobs
+        known to run in one (``runends.thread_of``): a stop past its grace leaves them
+        leased rather than handing them back (``runends.leave_threads``), and with
+        ``thread_overrun="hold"`` a job past its timeout is held until the call returns
+        (``overruns.hold``)."""
+        if self._threads is None:
+            self._threads = DaemonThreads(_BATCH_THREADS, "kq-batch")
+        running.pool = self._threads
+        running.call = self._threads.submit(no_stop, self.fn, jobs)
+        return await asyncio.wrap_future(running.call)
+
+
+class _Running:
+    """A batch handed to its function: its jobs, its task, and for a plain ``def``
+    function the call of the pool running it and that pool (None until submitted)."""
+
+    __slots__ = ("batch", "call", "pool", "task")
+
+    def __init__(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        self.batch = batch
+        self.task: asyncio.Task[None] | None = None
+        self.call: Future[Any] | None = None
+        self.pool: DaemonThreads | None = None
 
 
 def _settle_one(fut: asyncio.Future[Any], out: Any) -> None:
