@@ -379,6 +379,17 @@ class LeaderService:
     def is_leader(self) -> bool:
         return self.term is not None
 
+    def forget_loops(self, loops: set[asyncio.AbstractEventLoop]) -> None:
+        """Its campaign's event loop (one of ``loops``) ended without ``close()``
+        (``leftover.py``): the term held there is dropped (its body never runs again), so
+        ``term`` and ``is_leader`` no longer say this process leads before a campaign of
+        the next loop wins. The lease in Redis expires by itself."""
+        task = self._task
+        if task is not None and task.get_loop() in loops:
+            self.term = None
+            if self.lease is not None:
+                self.lease.forget()
+
     # ------------------------------------------------------------------ service
     async def start(self, queue: JobQueue) -> None:
         if self._task is not None and not self._task.done():

@@ -18,6 +18,11 @@ Letting it go:
   them: the next worker's start starts the services again (a leader service took its
   campaign for under way and never campaigned again), and its stop no longer fails on
   them ("service eviction-watch failed to stop: RuntimeError: Event loop is closed");
+  a leader service one of them keeps (an encryption rotation's) is cleared likewise;
+* tells those services (``forget_loops``): the scheduler closes the sockets of its
+  subscription's client of that loop (they stayed open, subscribed, until the process
+  ended), a leader service drops the term it held there (``term`` and ``is_leader``
+  said it led until it won a campaign in the new loop, when nothing of it ran);
 * keeps the tasks of that loop the worker and those services ran (theirs, and every
   task of the queue's named ``kq-...``) until the process ends. Collected, a pending
   task's coroutine is closed in whatever loop runs then, and its cleanup acts there on
@@ -35,12 +40,13 @@ import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .leader import LeaderService
 from .pools import drop_connections
 
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["ended", "let_go", "let_go_held"]
+__all__ = ["ended", "keep", "let_go", "let_go_held"]
 
 #: The tasks of ended loops kept from collection (module docstring).
 _KEPT: set[asyncio.Task[Any]] = set()
@@ -59,22 +65,35 @@ def let_go(worker: Worker) -> None:
     bclient = worker._bclient
     if bclient is not None and worker.queue.connection.owns(bclient):
         drop_connections(bclient)
-    _keep(r.task for r in list(worker.leases.runs.values()) if r.task is not None)
-    _keep(t for t in asyncio.all_tasks(loop) if t.get_name().startswith("kq-"))
+    keep(r.task for r in list(worker.leases.runs.values()) if r.task is not None)
+    keep(t for t in asyncio.all_tasks(loop) if t.get_name().startswith("kq-"))
     for part in (worker, worker.leases, worker.runner, worker.outcomes, worker._presence):
         for _, value in _attributes(part):
-            _keep(_of_loops(value, {loop}))
+            keep(_of_loops(value, {loop}))
 
 
 def let_go_held(holders: Iterable[Any], loops: set[Any]) -> None:
     """Clear the attributes of ``holders`` (the queue's services and processors) that
-    hold tasks or futures of ``loops``, closed, and keep those tasks (module docstring)."""
-    for holder in holders:
+    hold tasks or futures of ``loops``, closed, and keep those tasks (module docstring).
+    A holder with a ``forget_loops(loops)`` method is told first (the scheduler closes
+    its subscription's sockets, a leader service drops the term it held there), and a
+    leader service a holder keeps in an attribute (an encryption rotation's) is let go
+    as well."""
+    todo, seen = list(holders), set[int]()
+    for holder in todo:  # grows with the leader services found
+        if id(holder) in seen:
+            continue
+        seen.add(id(holder))
+        forget = getattr(holder, "forget_loops", None)
+        if callable(forget):
+            forget(loops)
         for name, value in _attributes(holder):
+            if isinstance(value, LeaderService):
+                todo.append(value)
             dead = _of_loops(value, loops)
             if not dead:
                 continue
-            _keep(dead)
+            keep(dead)
             if isinstance(value, asyncio.Future):
                 with contextlib.suppress(AttributeError):  # read-only
                     setattr(holder, name, None)
@@ -97,7 +116,9 @@ def _of_loops(value: Any, loops: set[Any]) -> list[asyncio.Future[Any]]:
     return [v for v in items if isinstance(v, asyncio.Future) and v.get_loop() in loops]
 
 
-def _keep(futures: Iterable[Any]) -> None:
+def keep(futures: Iterable[Any]) -> None:
+    """Keep the pending tasks among ``futures``, of a loop that ended, until the process
+    ends, and never report them destroyed pending (module docstring)."""
     for fut in futures:
         if isinstance(fut, asyncio.Task) and not fut.done():
             _KEPT.add(fut)

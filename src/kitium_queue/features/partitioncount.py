@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from ..connerrors import refused
 from ..errors import ConfigurationError, ConnectionUnavailableError, PermissionDeniedError
 from ..keys import QueueKeys
+from ..leftover import keep
 from ..limits import clip, get_logger
 from ..scripts import ScriptRegistry
 
@@ -371,8 +372,12 @@ class CountRecord:
             stopped = asyncio.run_coroutine_threadsafe(_stopped(task), loop)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.wrap_future(stopped), 5)
-        elif task is not None:  # an ended or idle loop: cancelled if it runs again
-            with contextlib.suppress(RuntimeError):  # that loop is closed
+        elif task is not None and loop.is_closed():
+            # Kept, never run (leftover.py): collected, asyncio said it "destroyed but
+            # pending" (an ERROR) wherever the garbage collector ran next.
+            keep((task, self._asking))
+        elif task is not None:  # an idle loop: cancelled if it runs again
+            with contextlib.suppress(RuntimeError):  # closed since
                 loop.call_soon_threadsafe(task.cancel)
         if client is None or not token:
             return

@@ -39,6 +39,7 @@ from ..hooks import FeatureEvent
 from ..leader import REFUSED_RETRY_S, Refusals
 from ..limits import clip, get_logger, printable
 from ..options import shown
+from ..pools import drop_connections
 from ..scripts import ScriptCall
 from ..serverclock import execute_with_clock
 from .schedule_records import timing_problems
@@ -151,6 +152,8 @@ class Scheduler:
         self._outage = False
         self._stopping = False
         self._feed = True  # the change feed (pub/sub) is up; False: poll for changes
+        #: The event loop and client of the subscription under way (``forget_loops``).
+        self._subscriber: tuple[asyncio.AbstractEventLoop, Any] | None = None
 
     # ------------------------------------------------------------------ service
     async def start(self, queue: JobQueue) -> None:
@@ -179,6 +182,15 @@ class Scheduler:
                 "scheduler of queue %s: %d task(s) did not stop", self._q.name, len(pending)
             )
         self._tasks = []
+
+    def forget_loops(self, loops: set[asyncio.AbstractEventLoop]) -> None:
+        """Its worker's loop ended without ``close()`` (``leftover.py``): the sockets of
+        the subscription's client of that loop are closed here (its teardown never runs:
+        the connection stayed open, subscribed, until the process ended)."""
+        held = self._subscriber
+        if held is not None and held[0] in loops:
+            self._subscriber = None
+            drop_connections(held[1])
 
     # ------------------------------------------------------------------ loops
     async def _loop(self) -> None:
@@ -232,6 +244,8 @@ class Scheduler:
         backoff = 0.05
         while not self._stopping:
             client = q.connection.client(blocking=True)
+            if q.connection.owns(client):
+                self._subscriber = (asyncio.get_running_loop(), client)
             pubsub = None
             try:
                 if hasattr(client, "initialize"):
@@ -261,6 +275,8 @@ class Scheduler:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
+                if self._subscriber is not None and self._subscriber[1] is client:
+                    self._subscriber = None
                 try:
                     if pubsub is not None:
                         await pubsub.aclose()
