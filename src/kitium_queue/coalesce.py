@@ -12,11 +12,18 @@ held by another call's ``WAIT`` (up to its timeout, while a replica lags); the `
 still follows, on its connection, the very script call that wrote the jobs it confirms
 (``WAIT`` counts the writes of its own connection), and the waiting calls made meanwhile
 still share the next one.
+
+A caller cancelled while its call waits in a lane is taken out of it: its job is never
+sent (one whose round trip is under way may or may not be written, as for any call).
+``JobQueue.close()`` waits for the calls in the lanes (``settled``, within
+``CLOSE_GRACE_S``) before it releases the connections: a batch sent after that connected
+again, and the queue was left with a client nobody closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +45,7 @@ class Lane:
         ctx: the queue's context (its event loop).
     """
 
-    __slots__ = ("_bg", "_ctx", "_loop", "_pending", "_producer")
+    __slots__ = ("_bg", "_ctx", "_idle", "_loop", "_pending", "_producer")
 
     def __init__(self, producer: Producer, ctx: QueueContext) -> None:
         self._producer = producer
@@ -46,6 +53,7 @@ class Lane:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the batch in flight
         self._pending: list[tuple[PreparedJob, asyncio.Future[str], Mapping[str, Any]]] = []
         self._bg: set[asyncio.Future[None]] = set()
+        self._idle: asyncio.Future[None] | None = None  # close()'s wait (``settled``)
 
     async def add(
         self, loop: asyncio.AbstractEventLoop, prepared: PreparedJob, opts: Mapping[str, Any]
@@ -53,7 +61,7 @@ class Lane:
         """Write one prepared job, alone or in the next batch of this lane; its id."""
         if self._loop is not None and self._loop is not loop:
             self._ctx.in_its_loop(self._loop)  # another loop's batch: refused, unless
-            self._loop, self._pending = None, []  # its loop (and callers) are gone
+            self._loop, self._pending, self._idle = None, [], None  # its loop is gone
         if self._loop is not None:
             # Another add_job of this lane is in flight: ride along in its next batch.
             fut: asyncio.Future[str] = loop.create_future()
@@ -72,14 +80,34 @@ class Lane:
                 self._bg.add(task)
                 task.add_done_callback(self._bg.discard)
             else:
-                self._loop = None
+                self._done()
         return ids[0]
+
+    async def settled(self, timeout_s: float) -> None:
+        """Wait until no call of this loop is in the lane (``timeout_s`` at most)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            return
+        if self._idle is None:
+            self._idle = loop.create_future()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout_s)
+
+    def _done(self) -> None:
+        """No call is in the lane any more."""
+        self._loop = None
+        idle, self._idle = self._idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch = self._pending[:ENQUEUE_CHUNK_JOBS]
+                # Callers cancelled while they waited: their jobs are not sent.
+                batch = [b for b in self._pending[:ENQUEUE_CHUNK_JOBS] if not b[1].done()]
                 del self._pending[:ENQUEUE_CHUNK_JOBS]
+                if not batch:
+                    continue
                 try:
                     ids = await self._producer.enqueue(
                         [p for p, _, _ in batch], [o for _, _, o in batch]
@@ -93,7 +121,7 @@ class Lane:
                     if not fut.done():
                         fut.set_result(job_id)
         finally:
-            self._loop = None
+            self._done()
 
 
 def _settle(

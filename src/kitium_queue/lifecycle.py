@@ -444,6 +444,7 @@ class Lifecycle:
                 await q.emitter.drain(0.0)  # a forced stop waits for no event handler either
             else:
                 await q.emitter.drain()
+            await q.producer.settled()  # add_job calls waiting in its lanes (coalesce.py)
             await q.ctx.close()
         finally:
             self._releasing.discard(released)

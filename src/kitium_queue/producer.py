@@ -12,6 +12,7 @@ hear of written jobs through the ``enqueued`` lifecycle hook.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import random
@@ -22,6 +23,7 @@ import orjson
 
 from .aclcheck import PRODUCER_SCRIPTS, check_commands
 from .coalesce import Lane
+from .context import CLOSE_GRACE_S
 from .errors import (
     ConfigurationError,
     JobRefusedError,
@@ -185,6 +187,11 @@ class Producer:
         if barrier is None or barrier.for_enqueue((opts,)) is None:
             return await self.plain.add(loop, prepared, opts)
         return await self.waiting.add(loop, prepared, opts)
+
+    async def settled(self) -> None:
+        """Wait for the ``add_job`` calls in the lanes to end (``close()``, before the
+        connections go: ``coalesce.py``), ``CLOSE_GRACE_S`` at most."""
+        await asyncio.gather(self.plain.settled(CLOSE_GRACE_S), self.waiting.settled(CLOSE_GRACE_S))
 
     def script_args(self, prepared: Sequence[PreparedJob]) -> list[Any]:
         """The enqueue script's arguments for ``prepared`` jobs (one call)."""
