@@ -80,3 +80,47 @@ def test_a_wrong_region_names_its_place_in_the_list() -> None:
         with pytest.raises(ConfigurationError) as err:
             AdvancedQueueConfig.parse({"global_queue": {"enabled": True, "regions": [good, bad]}})
         assert named in str(err.value), str(err.value)
+
+
+async def test_calls_waiting_in_a_lane_whose_batch_task_stops_are_told_not_left_hanging(
+    make_queue: QueueFactory,
+) -> None:
+    """The batching task of a lane stopped (cancelled) while a batch was in flight: the
+    calls that came after it, not sent, got no answer and waited for ever; now a
+    RuntimeError says nothing of their jobs was written."""
+    q = make_queue("lanestop")
+    await q.add_job("warm", {})
+    producer = q.producer
+    real = producer.enqueue
+    first, second = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def gated(prepared: Any, opts: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await (first if calls == 1 else second).wait()
+        return await real(prepared, opts)
+
+    producer.enqueue = gated  # type: ignore[method-assign]
+    try:
+        a = asyncio.ensure_future(q.add_job("n", {"i": "a"}))
+        await asyncio.sleep(0.05)
+        b = asyncio.ensure_future(q.add_job("n", {"i": "b"}))  # waits for a's round trip
+        await asyncio.sleep(0.05)
+        first.set()
+        await asyncio.wait_for(a, 10)
+        await asyncio.sleep(0.05)  # the lane's task now sends b's batch (held at `second`)
+        c = asyncio.ensure_future(q.add_job("n", {"i": "c"}))  # waits behind b's batch
+        await asyncio.sleep(0.05)
+        tasks = list(producer.plain._bg)
+        assert len(tasks) == 1
+        tasks[0].cancel()
+        done, _ = await asyncio.wait({b, c}, timeout=10)
+        assert done == {b, c}, "a call was left waiting"
+        with pytest.raises(RuntimeError, match="nothing of the job was written"):
+            c.result()
+        # b's batch was under way when it stopped: b ends (cancelled with it), as before.
+        assert b.cancelled() or b.exception() is not None
+    finally:
+        producer.enqueue = real  # type: ignore[method-assign]
+        second.set()

@@ -114,12 +114,25 @@ class Lane:
                     )
                 except BaseException as exc:
                     _settle(batch, exc)
-                    if isinstance(exc, asyncio.CancelledError):
+                    if not isinstance(exc, Exception):  # cancelled, KeyboardInterrupt, exit
                         raise
                     continue
                 for (_, fut, _), job_id in zip(batch, ids, strict=True):
                     if not fut.done():
                         fut.set_result(job_id)
+        except BaseException:
+            # Interrupted (cancelled, KeyboardInterrupt): the calls not sent yet are told
+            # so rather than left waiting for ever; nothing of their jobs was written.
+            left, self._pending = self._pending, []
+            for _, fut, _ in left:
+                if not fut.done():
+                    fut.set_exception(
+                        RuntimeError(
+                            "add_job interrupted: the batch that was to carry it was "
+                            "stopped before it was sent; nothing of the job was written"
+                        )
+                    )
+            raise
         finally:
             self._done()
 

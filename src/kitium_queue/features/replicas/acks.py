@@ -42,8 +42,9 @@ that reached the replication stream, and an ``add_job`` that finds its job there
 writes nothing: its ``WAIT`` would confirm whatever that connection wrote last, not the job
 it found (written by an earlier call that was refused with ``ReplicaAckError``, or by
 another producer). A duplicate ``idempotency_key`` therefore rewrites its record as it is
-(same value, same expiry; the ``duplicate`` Lua slot), and a duplicate ``job_id`` renews
-its id window: the ``WAIT`` then covers the job found. An id added with
+(same value, same expiry; the ``duplicate`` Lua slot), and a duplicate ``job_id``'s call
+extends the expiry of the chosen-id set (``enqueue.lua``; skipped within the millisecond
+of the set's last write): the ``WAIT`` then covers the job found. An id added with
 ``job_id_window=False`` has no such write (docs/replicas.md).
 
 Refused on ``memory://`` (no replicas) and on Redis Cluster clients: there redis-py sends
