@@ -25,6 +25,9 @@ from kitium_queue.cli import EXIT_CODES, EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAG
 README = Path(__file__).resolve().parents[1] / "README.md"
 # A short deadline for the server that never answers (the default is 10 s).
 FAST = "socket_timeout=0.5&socket_connect_timeout=0.5"
+# Shorter still where every subcommand meets the server that never answers: each waits
+# the whole deadline once (a loopback server that answers does so in microseconds).
+SILENT_FAST = "socket_timeout=0.1&socket_connect_timeout=0.5"
 
 
 def _leaves(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -132,7 +135,7 @@ def test_closed_port_is_one_line_and_exit_3(app: str, path: tuple[str, ...]) -> 
 @pytest.mark.parametrize("path", SUBCOMMANDS, ids=" ".join)
 def test_silent_server_is_one_line_and_exit_3(app: str, path: tuple[str, ...]) -> None:
     with SilentServer() as srv:
-        url = f"redis://127.0.0.1:{srv.port}/0?{FAST}"
+        url = f"redis://127.0.0.1:{srv.port}/0?{SILENT_FAST}"
         result = CliRunner().invoke(main, _argv(path, app, url))
     if path in CHECKED_FIRST:
         _one_line_error(result, *CHECKED_FIRST[path])
@@ -203,9 +206,9 @@ def test_events_losing_the_server_is_one_line(app: str, tmp_path: Path) -> None:
     """The stream is being tailed when Redis goes away: a library error, not redis-py's."""
     srv = RedisServer().start()
     try:
-        # The CLI's bound on reconnecting (10 s) shortened to 2 s: the same give-up.
+        # The CLI's bound on reconnecting (10 s) shortened to 0.5 s: the same give-up.
         source = (
-            "import kitium_queue.cli.queue as q\nq.EVENTS_GIVE_UP_S = 2.0\n"
+            "import kitium_queue.cli.queue as q\nq.EVENTS_GIVE_UP_S = 0.5\n"
             "from kitium_queue.cli import main\nmain()\n"
         )
         proc = subprocess.Popen(

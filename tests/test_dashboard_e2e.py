@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from _redis import free_port
 from helpers import app_module, wait_for_status, wait_until
@@ -43,7 +44,8 @@ from kitium_queue import (
 )
 from kitium_queue.features.access import AccessControlManager
 
-pytestmark = pytest.mark.redis_only
+# One event loop for the module's tests: they share one Chromium (``chromium``).
+pytestmark = [pytest.mark.redis_only, pytest.mark.asyncio(loop_scope="module")]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTEFACTS = ROOT / "artefacts" / "dashboard"
@@ -181,7 +183,7 @@ def server(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Server]:
         yield running
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def queues(redis_url: str, prefix: str) -> AsyncIterator[dict[str, JobQueue]]:
     made = {n: build(n, redis_url, prefix) for n in ("shop", "mail")}
     yield made
@@ -191,14 +193,24 @@ async def queues(redis_url: str, prefix: str) -> AsyncIterator[dict[str, JobQueu
         await q.close()
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    """One headless Chromium for the module (starting one takes a second or two)."""
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             yield b
         finally:
             await b.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(chromium: Any) -> AsyncIterator[Any]:
+    """The module's Chromium; each test signs in in browser contexts of its own (no
+    cookie or page is shared), closed when the test ends."""
+    yield chromium
+    for ctx in list(chromium.contexts):
+        await ctx.close()
 
 
 async def signed_in(browser: Any, server: Server, token: str) -> Page:

@@ -1,6 +1,6 @@
 """The soak harness in a short run (``chaos/soak.py``): its faults really happen.
 
-The hour-long soak is run on demand (``chaos/soak.py --minutes 60``); here 24 seconds of
+The hour-long soak is run on demand (``chaos/soak.py --minutes 60``); here 15 seconds of
 it run inside the suite so that the harness itself cannot rot: worker restarts in
 rotation (SIGTERM and SIGKILL), a Redis SIGKILL with an AOF restart, the ledger read
 from the event stream, and every check of the judge, including that every planned
@@ -51,8 +51,8 @@ def test_short_soak_runs_its_faults_and_passes(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
             sys.executable, str(ROOT / "chaos" / "soak.py"),
-            "--minutes", "0.4", "--rate", "200", "--workers", "2",
-            "--restart-every", "4", "--sample-every", "2", "--out", str(out),
+            "--minutes", "0.25", "--rate", "200", "--workers", "2",
+            "--restart-every", "2", "--sample-every", "1", "--out", str(out),
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         start_new_session=True,

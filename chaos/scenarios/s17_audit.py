@@ -59,7 +59,10 @@ class _Proc:
             )  # fmt: skip
         ctx.callback(self.kill)
         if wait:
-            wait_for(lambda: "ready" in self.out.read_text(), 30, what=f"{name} ready")
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        wait_for(lambda: "ready" in self.out.read_text(), 30, what=f"{self.name} ready")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -98,9 +101,12 @@ def run(ctx: Context, res: Result) -> None:
     keep = ctx.pick(5000, 8000)
     duration = ctx.pick(5.0, 40.0)
     restarts_at = [duration / 2] if not ctx.long else [duration / 3, 2 * duration / 3]
-    procs = [_Proc(ctx, srv.url, prefix, key, f"app{i}") for i in range(appenders)]
+    # Started together, then each waited for: all of them are ready before the run.
+    procs = [_Proc(ctx, srv.url, prefix, key, f"app{i}", wait=False) for i in range(appenders)]
     every: list[_Proc] = list(procs)
-    trimmer = _Proc(ctx, srv.url, prefix, key, str(keep), "trim")
+    trimmer = _Proc(ctx, srv.url, prefix, key, str(keep), "trim", wait=False)
+    for p in [*procs, trimmer]:
+        p.wait_ready()
     kills = restarts = 0
     started = time.monotonic()
     next_kill = started + 0.7

@@ -471,10 +471,11 @@ def case_hanging(ctx: Context, res: Result, url: str) -> dict[str, Any]:
     # Both kinds at once (each on its own 1-slot worker): the long form waits out the
     # default timeout only once.
     runs = {}
-    for kind, hang_name, next_name in (("async", "hang", "work"),
-                                       ("thread", "hang-sync", "sync")):
-        c = Case(ctx, url, f"hanging-{kind}", workers=1, concurrency=1,
-                 lock_duration=2000, lock_renew=1000).ready()
+    kinds = (("async", "hang", "work"), ("thread", "hang-sync", "sync"))
+    cases = [Case(ctx, url, f"hanging-{kind}", workers=1, concurrency=1,
+                  lock_duration=2000, lock_renew=1000) for kind, _, _ in kinds]
+    for c, (kind, hang_name, next_name) in zip(cases, kinds, strict=True):
+        c.ready()
         hung = c.add(hang_name, {"ms": effective + 4000}, tag="hang", expect="dlq", **opts)
         wait_for(lambda c=c, hung=hung: hung in c.workers[0].running_jobs(), 20,
                  what="the hanging job to start")
@@ -843,8 +844,8 @@ def case_promote(ctx: Context, res: Result, url: str) -> dict[str, Any]:
         _promote(url, name, prefix, 1000)
         calls += 1
     fleet = ctx.fleet(url, name, prefix, **LEASE)
-    for i in range(2):
-        fleet.start(f"promote-{i + 1}").wait_ready()
+    for w in [fleet.start(f"promote-{i + 1}") for i in range(2)]:
+        w.wait_ready()
     try:
         wait_final(ctx, client, keys, ctx.pick(90, 240), ids=ids)
         finished = True
