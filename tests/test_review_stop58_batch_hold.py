@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+import test_review_stop57_overrun
 from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import JobStatus
 from kitium_queue.features import batches
@@ -39,11 +40,8 @@ JOBS = 3
 pytestmark = [pytest.mark.redis_only, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-async def make(redis_url: str, prefix: str) -> Any:
-    factory = QueueFactory(redis_url, prefix)
-    yield factory
-    await factory.aclose()
+#: test_review_stop57_overrun's fixture: a QueueFactory on the test's Redis.
+make = test_review_stop57_overrun.make
 
 
 class Runs:

@@ -42,6 +42,20 @@ def _in_a_loop_closed_after(step: Callable[[], Coroutine[Any, Any, None]]) -> No
         loop.close()
 
 
+def _job_1_running_in_a_loop_closed_after(q: Any, started: threading.Event) -> str:
+    """Start ``q``'s worker in a loop of its own, add job 1 ("j"), wait until its
+    processor sets ``started``, then close that loop as it is; job 1's id."""
+    first: list[str] = []
+
+    async def a_loop_that_ends_without_close() -> None:
+        await q.start()
+        first.append(await q.add_job("j", 1))
+        await wait_until(started.is_set, DONE_S)  # job 1 runs there when the loop ends
+
+    _in_a_loop_closed_after(a_loop_that_ends_without_close)
+    return first[0]
+
+
 def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         f"{r.name}: {r.getMessage()}"
@@ -106,14 +120,7 @@ def test_a_worker_of_the_next_loop_runs_the_jobs_added_there_at_once(
     q = _queue(redis_url, prefix, scheduler=False)
     started, hold = threading.Event(), threading.Event()
     _register(q, kind, started, hold)
-    first: list[str] = []
-
-    async def a_loop_that_ends_without_close() -> None:
-        await q.start()
-        first.append(await q.add_job("j", 1))
-        await wait_until(started.is_set, DONE_S)  # job 1 runs there when the loop ends
-
-    _in_a_loop_closed_after(a_loop_that_ends_without_close)
+    first = [_job_1_running_in_a_loop_closed_after(q, started)]
 
     async def the_next_loop() -> dict[str, Any]:
         await q.close()  # frees the queue for this loop, forgets the worker gone

@@ -34,6 +34,7 @@ from test_review_stop58_loop_restart import (
     _collect_what_earlier_tests_left,
     _errors,
     _in_a_loop_closed_after,
+    _job_1_running_in_a_loop_closed_after,
 )
 
 
@@ -58,14 +59,7 @@ def test_a_partitioned_queue_serves_the_next_loop_without_errors(
             await asyncio.sleep(3600)
         return int(job.data) * 2
 
-    first: list[str] = []
-
-    async def a_loop_that_ends_without_close() -> None:
-        await q.start()
-        first.append(await q.add_job("j", 1))
-        await wait_until(started.is_set, DONE_S)  # job 1 runs there when the loop ends
-
-    _in_a_loop_closed_after(a_loop_that_ends_without_close)
+    first = [_job_1_running_in_a_loop_closed_after(q, started)]
 
     async def the_next_loop() -> list[int]:
         await q.close()  # forgets the workers gone, releases the count record

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags, TraceState
 
+import test_review_stop57_sync_proc
 from helpers import QueueFactory, app_module, wait_for_status, wait_until
 from kitium_queue import JobQueue, JobStatus, carried
 from kitium_queue.features.tracing import OPTION, OpenTelemetryTracing, enter_in_child
@@ -101,11 +102,8 @@ def current(job):
 """
 
 
-@pytest.fixture
-async def make(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(redis_url, prefix)
-    yield factory
-    await factory.aclose()
+#: test_review_stop57_sync_proc's fixture: a QueueFactory on the test's Redis.
+make = test_review_stop57_sync_proc.make
 
 
 @pytest.fixture
