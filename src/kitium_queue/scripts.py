@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import sys
@@ -19,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .connerrors import NOPERM, permission_denied
 from .damage import explain_damage
 from .errors import ConfigurationError, error_from_script
+from .expanded import ExpandedScripts
 from .limits import get_logger
 from .pools import stream_ended, waiters_of
 from .replies import (
@@ -73,8 +75,11 @@ SCRIPT_NAMES = (
 _INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
 #: Compiled scripts by SHA1, shared by the queues of the process that use them.
 _SHARED: weakref.WeakValueDictionary[str, Script] = weakref.WeakValueDictionary()
+#: Composed scripts by (name, composition digest) for every registry of the process.
+_EXPANDED: ExpandedScripts[Script] = ExpandedScripts()
 
 
+@functools.cache  # the package's own files: fixed for the process
 def _read(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
 
@@ -124,6 +129,7 @@ class ScriptRegistry:
         self._fragments: dict[str, str] = {}
         self._slots = SlotTable()
         self._compiled: dict[str, Script] = {}
+        self._digest: str | None = None  # of the fragments and slots: ``_composition``
         self._loaded: set[int] = set()
         self._heads: dict[tuple[str, Sequence[str]], bytes] = {}
         # Connections the packed path keeps between exchanges, per connection pool:
@@ -185,6 +191,14 @@ class ScriptRegistry:
     def _changed(self) -> None:
         self._compiled.clear()
         self._heads.clear()
+        self._digest = None
+
+    def _composition(self) -> str:
+        """Digest of what expansion reads beyond the package's files: fragments, slots."""
+        if self._digest is None:
+            parts = (sorted(self._fragments.items()), self._slots.signature())
+            self._digest = hashlib.sha1(repr(parts).encode("utf-8")).hexdigest()
+        return self._digest
 
     def _fragment(self, name: str) -> str:
         if name in self._fragments:
@@ -210,11 +224,15 @@ class ScriptRegistry:
         """The compiled script ``name``: includes expanded, slots composed."""
         script = self._compiled.get(name)
         if script is None:
-            raw = self._fragments.get(name) or _read(name)
-            source = self._expand(raw, {name}, self._slots.flags())
-            sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
-            # One copy per process of each composed text (~880 KB a queue otherwise).
-            script = _SHARED.setdefault(sha, Script(name, source, sha))
+            key = (name, self._composition())
+            script = _EXPANDED.get(key)
+            if script is None:
+                raw = self._fragments.get(name) or _read(name)
+                source = self._expand(raw, {name}, self._slots.flags())
+                sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+                # One copy per process of each composed text (~880 KB a queue otherwise).
+                script = _SHARED.setdefault(sha, Script(name, source, sha))
+                _EXPANDED.put(key, script)
             self._compiled[name] = script
         return script
 

@@ -347,6 +347,11 @@ class SlotTable:
     def names(self, slot: str) -> list[str]:
         return [f.name for f in self._by_slot.get(slot, ())]
 
+    def signature(self) -> tuple[tuple[str, tuple[SlotFragment, ...]], ...]:
+        """Every slot's fragments in the order they run: what the composed Lua depends
+        on (``ScriptRegistry`` keys its cache of expanded scripts by it)."""
+        return tuple((s, tuple(frags)) for s, frags in self._by_slot.items())
+
     # -- composition ------------------------------------------------------------------
     def compose(self, generated: str) -> str:
         """The source of a generated fragment (``slot_enqueue``, ``admission_checks``,
