@@ -6,6 +6,9 @@
 1. Overhead per job (µs), in process, no Redis: what the producer and the worker add
    for one typical 1 KB payload: seal (serialize + encrypt + envelope) and open
    (envelope + decrypt + parse) of the data, and the same for a small result.
+   Then a failing job: sealing its reason and traceback (``seal_failures``, on by
+   default) for an encrypted job, against a plain failing job on the same queue (the
+   failure-text filter passes its texts through).
 2. Drain rate (jobs/s): ``--jobs`` jobs with a 1 KB payload added with ``add_jobs``
    (batches of 1000), then drained by one worker (concurrency 20) in a fresh child
    process against one private ``redis-server``; cases ``plain``, ``gcm`` and ``cbc``
@@ -31,8 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _redis import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
-PAYLOAD = {"order": "A-1029", "customer": {"name": "x" * 40, "email": "a@b.c"},
-           "lines": [{"sku": f"SKU-{i:04d}", "qty": i, "note": "y" * 20} for i in range(16)]}
+PAYLOAD = {
+    "order": "A-1029",
+    "customer": {"name": "x" * 40, "email": "a@b.c"},
+    "lines": [{"sku": f"SKU-{i:04d}", "qty": i, "note": "y" * 20} for i in range(16)],
+}
 
 _CHILD = r"""
 import asyncio, json, sys, time
@@ -84,8 +90,7 @@ def overhead(n: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for alg in ("aes-256-gcm", "aes-256-cbc"):
         q = JobQueue(f"b-{alg}", redis="memory://bench")
-        m = EncryptionManager(q, keys=[KeyConfig("k1", generate_key(), alg)],
-                              run_rotation=False)
+        m = EncryptionManager(q, keys=[KeyConfig("k1", generate_key(), alg)], run_rotation=False)
         ser, ring = q.serializer, m.ring
         data_b = Binding("job", q.name, "0f8fad5b-d9cb-469f-a165-70867728950e", "w", "data")
         res_b = Binding("job", q.name, "0f8fad5b-d9cb-469f-a165-70867728950e", "w", "result")
@@ -110,12 +115,56 @@ def overhead(n: int) -> dict[str, float]:
     return out
 
 
+def failure_overhead(n: int) -> dict[str, float]:
+    """µs per failed run of storing its reason and traceback: sealed (an encrypted job)
+    and passed through (a plain job on a queue with the manager), and the stored sizes."""
+    from types import SimpleNamespace
+
+    from kitium_queue import JobQueue
+    from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
+    from kitium_queue.features.encryption.crypto import Binding
+    from kitium_queue.features.encryption.failures import FailureSeal
+    from kitium_queue.limits import MAX_ERROR_CHARS, wire_text
+    from kitium_queue.outcomes import describe, traceback_text
+
+    q = JobQueue("b-fail", redis="memory://bench")
+    m = EncryptionManager(q, keys=[KeyConfig("k1", generate_key())], run_rotation=False)
+    jid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    env = m.ring.seal(q.serializer.dumps(PAYLOAD), "k1", Binding("job", q.name, jid, "w", "data"))
+    try:
+        raise ValueError(f"bad amount 12.50 for card {'4' * 16} (order A-1029)")
+    except ValueError as exc:
+        err = exc
+    reason, tb = wire_text(describe(err), MAX_ERROR_CHARS), traceback_text(err)
+    seal = FailureSeal(m)
+    out: dict[str, float] = {"reason bytes": len(reason), "traceback bytes": len(tb)}
+    for case, opts in (("encrypted", {"encrypted": True}), ("plain", {})):
+        job = SimpleNamespace(id=jid, name="w", options=opts, data=env)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            got = seal(job, err, reason, tb)
+        out[case] = (time.perf_counter() - t0) / n * 1e6
+        out[f"{case} stored bytes"] = len(got[0]) + len(got[1])
+    return out
+
+
 def drain(url: str, case: str, jobs: int, rep: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, url, f"bench-{case}-{rep}", str(jobs), case,
-         json.dumps(PAYLOAD)],
-        check=True, capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            url,
+            f"bench-{case}-{rep}",
+            str(jobs),
+            case,
+            json.dumps(PAYLOAD),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -130,8 +179,17 @@ def main() -> None:
     costs = overhead(args.micro)
     print(f"payload: {costs['plain stored bytes']} B as JSON")
     for alg in ("aes-256-gcm", "aes-256-cbc"):
-        print(f"overhead {alg}: {costs[alg]:.1f} us/job (seal data + open data + seal result, "
-              f"over plain serialization); stored {costs[f'{alg} stored bytes']} B")
+        print(
+            f"overhead {alg}: {costs[alg]:.1f} us/job (seal data + open data + seal result, "
+            f"over plain serialization); stored {costs[f'{alg} stored bytes']} B"
+        )
+    fails = failure_overhead(args.micro)
+    print(
+        f"failing job: sealing reason + traceback ({fails['reason bytes']:.0f} + "
+        f"{fails['traceback bytes']:.0f} B): {fails['encrypted']:.1f} us/failure, stored "
+        f"{fails['encrypted stored bytes']:.0f} B; a plain failing job: "
+        f"{fails['plain']:.2f} us, stored {fails['plain stored bytes']:.0f} B"
+    )
     cases = ("plain", "gcm", "cbc")
     rates: dict[str, list[float]] = {c: [] for c in cases}
     enq: dict[str, list[float]] = {c: [] for c in cases}
@@ -141,16 +199,20 @@ def main() -> None:
                 got = drain(server.url, case, args.jobs, rep)
                 rates[case].append(got["rate"])
                 enq[case].append(got["enqueue"])
-                print(f"rep {rep + 1} {case:5s}: drain {got['rate']:,.0f} jobs/s, "
-                      f"enqueue {got['enqueue']:,.0f} jobs/s")
+                print(
+                    f"rep {rep + 1} {case:5s}: drain {got['rate']:,.0f} jobs/s, "
+                    f"enqueue {got['enqueue']:,.0f} jobs/s"
+                )
     base = statistics.median(rates["plain"])
     base_enq = statistics.median(enq["plain"])
     for case in cases:
         med = statistics.median(rates[case])
         med_enq = statistics.median(enq[case])
-        print(f"{case:5s}: drain median {med:,.0f} jobs/s ({min(rates[case]):,.0f}-"
-              f"{max(rates[case]):,.0f}), {med / base * 100:.0f}% of plain; enqueue median "
-              f"{med_enq:,.0f} jobs/s, {med_enq / base_enq * 100:.0f}% of plain")
+        print(
+            f"{case:5s}: drain median {med:,.0f} jobs/s ({min(rates[case]):,.0f}-"
+            f"{max(rates[case]):,.0f}), {med / base * 100:.0f}% of plain; enqueue median "
+            f"{med_enq:,.0f} jobs/s, {med_enq / base_enq * 100:.0f}% of plain"
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@
   option registry (``jobspec.py``): ``queue.declare_option(name, feature=..., normalize=...)``,
   or ``queue.own_options(feature, names)`` for options that carry ids or keys; an option
   nobody declared is rejected.
+* **Failure-text filters** ``fn(job, exc, reason, tb) -> (reason, tb)`` (sync, in
+  ``queue.failure_text_filters``) rewrite the texts a failed run stores on its job (the
+  reason ``e`` and the traceback ``tb`` of a retry or a final failure, already clipped
+  and encoded), in the order added, just before the outcome is queued for Redis
+  (``Outcomes.ack``): a feature may seal or mask them. ``exc`` is the error of the
+  run (None when the worker made the reason itself); the in-process hooks still get the
+  original reason. They fail closed (``filter_failure_texts``).
 * **Services** (DESIGN §5.4): background loops in ``queue.services`` that every worker of
   the queue starts after its own loops and stops first when it stops (the scheduler).
 """
@@ -31,11 +38,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, Protocol, TypeVar
 
 from .errors import ConfigurationError
+from .limits import get_logger, printable
 
 __all__ = [
     "ENTERED_IN_CHILD",
@@ -43,6 +51,7 @@ __all__ = [
     "MAX_CHILD_CONTEXT_CHARS",
     "ChildContext",
     "EnqueueMiddleware",
+    "FailureTextFilter",
     "ProcessMiddleware",
     "Service",
     "carry_to_child",
@@ -51,10 +60,13 @@ __all__ = [
     "enqueue_origin",
     "enqueue_result",
     "entered_in_child",
+    "filter_failure_texts",
     "run_process_chain",
 ]
 
 T = TypeVar("T")
+
+log = get_logger(__name__)
 
 #: What the enqueue middleware running now prepares: None for a job added directly
 #: (``add_job``, ``add_jobs``), ``("schedule", <schedule id>)`` for the template of a
@@ -169,6 +181,59 @@ class Service(Protocol):
     async def start(self, queue: Any) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+class FailureTextFilter(Protocol):
+    """Rewrites what a failed run stores as its job's reason and traceback.
+
+    Called in the worker's event loop, for each retry or final failure of a run, with
+    the job, the run's error (None when the worker made the reason itself: a result too
+    large, a cancel), and the reason and traceback as they would be stored (UTF-8 bytes,
+    clipped to ``limits.MAX_ERROR_CHARS`` / ``MAX_TRACEBACK_CHARS``; ``b""`` for none).
+    Returns the pair to store instead: the texts are not clipped again. It must be quick
+    and must not block (no I/O)."""
+
+    def __call__(
+        self, job: Any, exc: BaseException | None, reason: bytes, tb: bytes
+    ) -> tuple[bytes, bytes]: ...
+
+
+def filter_failure_texts(
+    filters: Sequence[FailureTextFilter],
+    job: Any,
+    exc: BaseException | None,
+    reason: bytes,
+    tb: bytes,
+) -> tuple[bytes, bytes]:
+    """``reason`` and ``tb`` through ``filters``, in order. A filter that raises, or
+    returns anything but two ``bytes``, fails closed: the texts are replaced by a
+    sentence naming the filter (a filter that hides texts must never let them through
+    by failing), and an error is logged without them. The job's outcome is recorded
+    either way."""
+    for fn in filters:
+        try:
+            out = fn(job, exc, reason, tb)
+            if (
+                isinstance(out, tuple)
+                and len(out) == 2
+                and type(out[0]) is bytes
+                and type(out[1]) is bytes
+            ):
+                reason, tb = out
+                continue
+            problem = f"returned {type(out).__name__}, not (bytes, bytes)"
+        except Exception as exc2:
+            problem = f"raised {type(exc2).__name__}"
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        log.error(
+            "failure-text filter %s %s on job %s; its failure reason and traceback are withheld",
+            name,
+            problem,
+            printable(getattr(job, "id", "?")),
+        )
+        text = f"failure text withheld: the failure-text filter {name} {problem}"
+        return text.encode("utf-8", "backslashreplace"), b""
+    return reason, tb
 
 
 ProcessMiddleware = Callable[[Any, Callable[[], Awaitable[Any]]], Awaitable[Any]]

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 from .events import EventData
 from .hooks import FeatureEvent, Outcome, Subscriber
 from .limits import get_logger, printable
-from .outcomes import describe, traceback_text
+from .middleware import FailureTextFilter, filter_failure_texts
+from .outcomes import describe, safe_name, traceback_text
 
 if TYPE_CHECKING:
     from .adapters import MetricsAdapter
@@ -66,6 +67,9 @@ class Observer(Subscriber):
             awaitable) with the ``JobInfo`` of every job dead-lettered, or None.
         job_info: ``queue.get_job_status``, to fetch that ``JobInfo`` (needed with a
             ``dlq_handler``).
+        text_filters: the queue's failure-text filters (``middleware.py``): the log
+            lines of a failed run whose stored texts they rewrite name the error's type
+            only, never its text.
     """
 
     def __init__(
@@ -76,8 +80,10 @@ class Observer(Subscriber):
         *,
         dlq_handler: Callable[[Any], Any] | None = None,
         job_info: Callable[[str], Awaitable[Any]] | None = None,
+        text_filters: Sequence[FailureTextFilter] = (),
     ) -> None:
         self.queue = queue
+        self.text_filters = text_filters  # the queue's list: later additions count
         self.emitter = emitter
         self.metrics = metrics
         self.dlq_handler = dlq_handler
@@ -169,7 +175,7 @@ class Observer(Subscriber):
             job.attempts,
             job.max_attempts,
             outcome.delay_ms,
-            printable(describe(exc)),
+            self._logged(job, exc),
         )
         events = self.emitter
         if events.wants("job-failed"):
@@ -185,6 +191,19 @@ class Observer(Subscriber):
         if self.metrics is not None:
             self.metrics.increment("jobs.retried", 1, {"queue": queue, "job_name": job.name})
 
+    def _logged(self, job: Any, exc: BaseException | None) -> str:
+        """The error as the worker's log lines name it: its text, or its type only when a
+        failure-text filter rewrites what is stored for this job (sealed, masked)."""
+        text = describe(exc)
+        if self.text_filters:
+            raw = text.encode("utf-8", "backslashreplace")
+            if filter_failure_texts(self.text_filters, job, exc, raw, b"")[0] != raw:
+                kind = "error" if exc is None else safe_name(exc)
+                return (
+                    f"{printable(kind)} (its text is withheld: a failure-text filter rewrites it)"
+                )
+        return printable(text)
+
     def _failed(self, queue: str, job: Any, outcome: Outcome) -> None:
         exc = outcome.error
         log.error(
@@ -192,7 +211,7 @@ class Observer(Subscriber):
             queue,
             printable(job.id),
             job.attempts,
-            printable(describe(exc)),
+            self._logged(job, exc),
         )
         events = self.emitter
         details: dict[str, Any] = {}

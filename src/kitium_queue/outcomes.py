@@ -47,6 +47,7 @@ from .limits import (
     safe_text,
     wire_text,
 )
+from .middleware import filter_failure_texts
 from .wire import FINISH_OUTCOME, OUTCOME_CODES, Kind
 
 if TYPE_CHECKING:
@@ -120,6 +121,8 @@ class Outcomes:
         self.recorded = 0
         self._forget = forget
         self._wake = wake
+        # The queue's failure-text filters (the list itself: later additions count).
+        self._texts = queue.failure_text_filters
         # The ``finished`` subscribers last seen, and their ``quiet_outcomes`` (or None).
         self._fin: tuple[Callable[..., None], ...] | None = None
         self._quiet: list[Callable[[], str] | None] = []
@@ -151,6 +154,8 @@ class Outcomes:
             delay = clamp_delay_ms(delay)
         if keep is None and kind != "C":  # R, D, H: kept as a failure if a cancel comes first
             keep = run.policy.keep_failed
+        if self._texts and (kind == "R" or kind == "F"):  # stored as the job's e and tb
+            payload, tb = filter_failure_texts(self._texts, run.job, exc, payload, tb)
         # wire.FINISH_OUTCOME, in order.
         self.acks.extend(
             (

@@ -37,7 +37,13 @@ from .identity import check_principal
 from .jobspec import Normalizer, OptionSpec, feature_text, resolve_policy
 from .lifecycle import Lifecycle, job_name_for_processor
 from .limits import get_logger
-from .middleware import EnqueueMiddleware, ProcessMiddleware, Service, check_callable
+from .middleware import (
+    EnqueueMiddleware,
+    FailureTextFilter,
+    ProcessMiddleware,
+    Service,
+    check_callable,
+)
 from .observe import Observer
 from .options import DLQConfig, JobOptions, Policy, QueueSettings, RetryConfig, WorkerConfig, shown
 from .producer import Producer, ProducerAPI
@@ -222,6 +228,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self.backoff_strategies: dict[str, Callable[..., Any]] = self.jobspec.backoff_strategies
         self.enqueue_middleware: list[EnqueueMiddleware] = []
         self.process_middleware: list[ProcessMiddleware] = []
+        # Rewrite a failed run's stored reason and traceback (middleware.py).
+        self.failure_text_filters: list[FailureTextFilter] = []
         self.services: list[Service] = []
         # The components.
         self.producer = Producer(ctx, self.enqueue_middleware)
@@ -235,6 +243,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
             ctx.metrics,
             dlq_handler=ctx.dlq.notification_handler,
             job_info=self.queries.job_status,
+            text_filters=self.failure_text_filters,
         )
         self.hooks.add(self._observer)
         self._schedules: ScheduleStore | None = None

@@ -4,7 +4,8 @@ After ``rotate_key`` the pass (a leader-only service, or ``run_rotation``) waits
 ``rotation_grace_ms`` (every process has then seen the new key), then sweeps in rounds.
 A round walks every *target* in bounded pages (``rotation_batch`` records): the jobs of
 ``active``, ``wait``, every parked set, ``delayed``, ``failed``, ``dlq`` and
-``completed`` (their data ``d`` and result ``r``), the schedules' data, then the results
+``completed`` (their data ``d``, result ``r`` and sealed failure texts ``e``, ``le``,
+``tb``), the schedules' data, then the results
 kept under idempotency keys after their job was removed (effectively-once), and the
 copies of job values other features declare (``kitium_queue.copies``: ``copies.py``,
 added by the manager). Each
@@ -35,6 +36,7 @@ from ...limits import get_logger
 from ...options import to_int
 from ..idempotency.manager import RESULT_PREFIX
 from .crypto import Binding, EncryptionError, KeyNotHeldError, is_envelope
+from .failures import is_sealed_text, parse_sealed, sealed_text
 from .status import RotationStatus, read_status, wrongtype
 
 if TYPE_CHECKING:
@@ -62,7 +64,9 @@ _MAX_PROBLEMS = 5
 class Cell:
     """One stored ciphertext: ``key`` (relative to the queue's prefix), hash ``field``,
     the raw stored value, how to bind it (from the envelope's ``for``), whether to skip
-    it while its record is active, and a label for reports (``job 42 data``)."""
+    it while its record is active, and a label for reports (``job 42 data``). ``text``:
+    the value is a sealed failure text (``failures.sealed_text``), not an envelope
+    stored through the queue's serializer."""
 
     key: str
     field: str
@@ -70,6 +74,7 @@ class Cell:
     bind: Callable[[str], Binding]
     guard: bool
     label: str
+    text: bool = False
 
 
 class RotationTarget(Protocol):
@@ -125,8 +130,14 @@ def _encrypted(raw_opts: bytes | None, encrypt_all: bool) -> bool:
     return isinstance(opts, dict) and opts.get("encrypted") is True
 
 
+#: Sealed failure texts of a job record: field, and the part it is bound to.
+_TEXT_FIELDS = (("e", "error"), ("le", "error"), ("tb", "traceback"))
+_JOB_FIELDS = ("n", "o", "d", "r", *(f for f, _ in _TEXT_FIELDS))
+
+
 class JobTarget:
-    """Jobs in every state set: their data and (completed) result."""
+    """Jobs in every state set: their data, (completed) result and sealed failure
+    texts (reason, last error, traceback)."""
 
     name = "jobs"
     _SETS = ("active", "wait", "delayed", "failed", "dlq", "completed")
@@ -159,7 +170,7 @@ class JobTarget:
             async for ids in _zscan(client, set_key, batch):
                 pipe = client.pipeline(transaction=False)
                 for i in ids:
-                    pipe.hmget(q.keys.job(i.decode("utf-8", "surrogateescape")), "n", "o", "d", "r")
+                    pipe.hmget(q.keys.job(i.decode("utf-8", "surrogateescape")), *_JOB_FIELDS)
                 rows = await pipe.execute(raise_on_error=False)
                 cells: list[Cell] = []
                 for i, row in zip(ids, rows, strict=True):
@@ -167,7 +178,7 @@ class JobTarget:
                         if not wrongtype(row):
                             raise row
                         continue
-                    n, o, d, r = row
+                    n, o, d, r, *texts = row
                     if not _encrypted(o, m.encrypt_all):
                         continue
                     jid = i.decode("utf-8", "surrogateescape")
@@ -194,6 +205,19 @@ class JobTarget:
                                 f"job {jid} result",
                             )
                         )
+                    for (fld, part), raw in zip(_TEXT_FIELDS, texts, strict=True):
+                        if is_sealed_text(raw):  # a failure text (failures.py)
+                            cells.append(
+                                Cell(
+                                    f"job:{jid}",
+                                    fld,
+                                    raw,
+                                    partial(_bind, q.name, jid, name, part),
+                                    True,
+                                    f"job {jid} {fld}",
+                                    text=True,
+                                )
+                            )
                 yield cells
 
 
@@ -475,10 +499,13 @@ class RotationPass:
         """The cell's value under ``target_key``, or None when it is there already (or
         cannot be opened: counted in ``res``)."""
         q = self.manager.queue
-        try:
-            env = q.serializer.loads(cell.raw)
-        except Exception:
-            env = None
+        if cell.text:
+            env: Any = parse_sealed(cell.raw)
+        else:
+            try:
+                env = q.serializer.loads(cell.raw)
+            except Exception:
+                env = None
         if not is_envelope(env):
             res.undecryptable += 1
             res.problems.append(f"{cell.label}: not an envelope")
@@ -495,4 +522,4 @@ class RotationPass:
             res.undecryptable += 1
             res.problems.append(f"{cell.label}: {exc}")
             return None
-        return q.serializer.dumps(sealed, "envelope")
+        return sealed_text(sealed) if cell.text else q.serializer.dumps(sealed, "envelope")

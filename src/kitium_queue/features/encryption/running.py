@@ -36,6 +36,7 @@ from .crypto import (
     KeyRecordDamagedError,
     is_envelope,
 )
+from .failures import mark_own
 
 if TYPE_CHECKING:
     from ...job import Job
@@ -138,7 +139,7 @@ class RunGuard:
         except KeyRecordDamagedError as exc:
             raise self._damage.defer(exc) from None
         except EncryptionError as exc:
-            raise NonRetryableError(f"encrypted job cannot run: {exc}") from None
+            raise mark_own(NonRetryableError(f"encrypted job cannot run: {exc}")) from None
         self._waiting.pop(job.id, None)
         self._damage.since = None
         if plain_backlog:
@@ -152,9 +153,11 @@ class RunGuard:
             raw = m.queue.serializer.dumps(result, "result")
         except SerializationError:
             # The usual message quotes where in the result the bad value is: withheld.
-            raise NonRetryableError(
-                f"result of encrypted job {job.id} cannot be serialized to JSON (details "
-                "withheld: they would quote the result); return JSON-compatible values"
+            raise mark_own(
+                NonRetryableError(
+                    f"result of encrypted job {job.id} cannot be serialized to JSON (details "
+                    "withheld: they would quote the result); return JSON-compatible values"
+                )
             ) from None
         return m.ring.seal(raw, key_id, Binding("job", m.queue.name, job.id, job.name, "result"))
 
@@ -171,14 +174,16 @@ class RunGuard:
             else f" It was added at {_when(job.created_at)}, not before "
             f"accept_plaintext_before ({_when(cutoff)})."
         )
-        raise NonRetryableError(
-            "plaintext job refused: its data is plaintext and this worker requires "
-            "encryption (encrypt_all=True); it was added by a producer without encryption "
-            "(one not yet running with encrypt_all, or without an EncryptionManager), or "
-            f"written into Redis by hand.{when} If it belongs to the plaintext backlog of "
-            "the switch to encrypt_all, give the workers accept_plaintext_before (the time "
-            "the last producer began encrypting; docs/encryption.md, 'Switching "
-            "encrypt_all on') and replay it (replay_dlq); otherwise delete it"
+        raise mark_own(
+            NonRetryableError(
+                "plaintext job refused: its data is plaintext and this worker requires "
+                "encryption (encrypt_all=True); it was added by a producer without encryption "
+                "(one not yet running with encrypt_all, or without an EncryptionManager), or "
+                f"written into Redis by hand.{when} If it belongs to the plaintext backlog of "
+                "the switch to encrypt_all, give the workers accept_plaintext_before (the time "
+                "the last producer began encrypting; docs/encryption.md, 'Switching "
+                "encrypt_all on') and replay it (replay_dlq); otherwise delete it"
+            )
         )
 
     def _report_plaintext(self, job: Job) -> None:
@@ -220,9 +225,11 @@ class RunGuard:
         left_ms = wait_ms - waited_ms
         if left_ms <= 0:
             self._waiting.pop(job_id, None)
-            return NonRetryableError(
-                f"encrypted job cannot run: {exc}; no process holding the key took it "
-                f"within missing_key_wait_ms ({wait_ms} ms)"
+            return mark_own(
+                NonRetryableError(
+                    f"encrypted job cannot run: {exc}; no process holding the key took it "
+                    f"within missing_key_wait_ms ({wait_ms} ms)"
+                )
             )
         if exc.key_id not in self._warned and len(self._warned) < 100:
             self._warned.add(exc.key_id)

@@ -1,0 +1,176 @@
+"""Sealed failure texts: the reason (``e``, and ``le`` once it is history) and the
+traceback (``tb``) a failed run of an encrypted job stores are sealed like its data
+(see ``docs/encryption.md``, "What is encrypted, and what is not").
+
+* Writing: ``FailureSeal`` is a failure-text filter (``middleware.FailureTextFilter``,
+  ``queue.failure_text_filters``) installed by ``EncryptionManager`` unless
+  ``seal_failures=False``. For a job that is encrypted (option ``encrypted``, or
+  ``encrypt_all``) it seals each non-empty text under the queue's current key, bound to
+  the queue, the job's id and name and the field (``error`` or ``traceback``, never
+  ``data`` or ``result``), and stores ``(sealed: key <id>) <envelope JSON>``: a reader
+  without the manager, and the event stream (which copies the first 512 bytes of a
+  reason), see the placeholder first, never the text. The worker's own refusals of an
+  encrypted job (``running.py``: tampered data, a key nobody holds, a plaintext job under
+  ``encrypt_all``) quote no payload and stay readable, so that they can be acted on
+  without the key. With no key to seal with (this process does not hold the current
+  key nor the job's), the texts are withheld rather than stored in clear.
+* Reading: ``view_failures`` (called by the manager's ``JobInfo`` view) opens them in a
+  process holding the key, and shows ``(sealed: key <id>)`` where it cannot.
+* Rotation: ``rotation.JobTarget`` re-seals them under the new key (``is_sealed_text``,
+  ``parse_sealed``, ``sealed_text``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from ...errors import ConfigurationError
+from .crypto import Binding, DecryptionError, KeyNotHeldError, envelope_key_id, is_envelope
+
+if TYPE_CHECKING:
+    from ...job import JobInfo
+    from .manager import EncryptionManager
+
+__all__ = [
+    "FailureSeal",
+    "check_seal_failures",
+    "failure_binding",
+    "is_sealed_text",
+    "mark_own",
+    "parse_sealed",
+    "sealed_text",
+    "view_failures",
+]
+
+E = TypeVar("E", bound=BaseException)
+
+#: How every sealed failure text starts.
+SEALED_PREFIX = b"(sealed: key "
+#: The attribute marking an error the worker's encryption guard raised itself.
+_OWN = "_kq_encryption_own_text"
+#: Stored in place of the texts when this process has no key to seal them with.
+WITHHELD = (
+    b"(sealed: failure text withheld: the worker held no key to seal it with; "
+    b"EncryptionManager seal_failures)"
+)
+#: The fields of a ``JobInfo`` holding failure texts, and the part each is bound to.
+_FIELDS = (("failed_reason", "error"), ("last_error", "error"), ("stacktrace", "traceback"))
+
+
+def failure_binding(queue: str, job_id: str, name: str, part: str) -> Binding:
+    """The binding of a job's failure text: ``part`` is ``error`` (the reason, ``e``,
+    and ``le``, the same text kept once it is history) or ``traceback`` (``tb``)."""
+    return Binding("job", queue, job_id, name, part)
+
+
+def check_seal_failures(value: Any) -> bool:
+    """``EncryptionManager``'s ``seal_failures``, checked."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(
+            f"seal_failures must be True or False, got {value!r:.40}: True seals the "
+            "failure reason and traceback of encrypted jobs, False stores them in clear"
+        )
+    return value
+
+
+def mark_own(exc: E) -> E:
+    """``exc``, marked as raised by the worker's encryption guard: its text quotes no
+    payload and is stored readable."""
+    setattr(exc, _OWN, True)
+    return exc
+
+
+def sealed_text(envelope: dict[str, Any]) -> bytes:
+    """What is stored for a sealed failure text: the placeholder, then the envelope."""
+    kid = str(envelope.get("kid"))
+    return SEALED_PREFIX + kid.encode() + b") " + orjson.dumps(envelope)
+
+
+def is_sealed_text(raw: bytes | str | None) -> bool:
+    """Whether a stored failure text looks sealed (not whether it opens)."""
+    if isinstance(raw, str):
+        return raw.startswith(SEALED_PREFIX.decode())
+    return raw is not None and raw.startswith(SEALED_PREFIX)
+
+
+def parse_sealed(raw: bytes | str) -> dict[str, Any] | None:
+    """The envelope of a sealed failure text; None when it is not one."""
+    text = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    if not text.startswith(SEALED_PREFIX):
+        return None
+    at = text.find(b") {")
+    if at < 0:
+        return None
+    try:
+        env = orjson.loads(text[at + 2 :])
+    except orjson.JSONDecodeError:
+        return None
+    return env if is_envelope(env) else None
+
+
+def placeholder(env: dict[str, Any] | None, why: str = "") -> str:
+    """What a view shows of a sealed text it cannot open (never the envelope)."""
+    kid = envelope_key_id(env)
+    shown = kid if kid is not None and kid.isprintable() and len(kid) <= 64 else "<malformed>"
+    return f"(sealed: key {shown}{why})"
+
+
+class FailureSeal:
+    """The failure-text filter of one ``EncryptionManager`` (see the module docstring)."""
+
+    def __init__(self, manager: EncryptionManager) -> None:
+        self.manager = manager
+
+    def __call__(
+        self, job: Any, exc: BaseException | None, reason: bytes, tb: bytes
+    ) -> tuple[bytes, bytes]:
+        m = self.manager
+        if not (m.encrypt_all or job.options.get("encrypted") is True):
+            return reason, tb
+        if exc is not None and getattr(exc, _OWN, False):
+            return reason, tb
+        key_id = self._key(job)
+        if key_id is None:
+            return (WITHHELD if reason else b""), b""
+        q = m.queue.name
+        out = []
+        for text, part in ((reason, "error"), (tb, "traceback")):
+            if text:
+                binding = failure_binding(q, job.id, job.name, part)
+                text = sealed_text(m.ring.seal(text, key_id, binding))
+            out.append(text)
+        return out[0], out[1]
+
+    def _key(self, job: Any) -> str | None:
+        """The queue's current key as this process last read it, else the job's data
+        key, when held here with the right material; else None."""
+        ring = self.manager.ring
+        for key_id in (self.manager._current, envelope_key_id(job.data)):
+            if key_id is not None and key_id in ring and key_id not in ring.mismatched:
+                return key_id
+        return None
+
+
+def view_failures(manager: EncryptionManager, info: JobInfo) -> None:
+    """Open the sealed failure texts of an encrypted job's ``info`` in place; where one
+    does not open, show ``(sealed: key <id>)`` (with why, when the key is held here)."""
+    for attr, part in _FIELDS:
+        value = getattr(info, attr)
+        if not isinstance(value, str) or not is_sealed_text(value):
+            continue
+        env = parse_sealed(value)
+        if env is None:
+            setattr(info, attr, "(sealed: malformed)")
+            continue
+        binding = failure_binding(manager.queue.name, info.id, info.name, part)
+        try:
+            plain = manager.ring.open(env, binding)
+        except KeyNotHeldError:
+            setattr(info, attr, placeholder(env))
+            continue
+        except DecryptionError:
+            setattr(info, attr, placeholder(env, "; it does not open: altered or moved"))
+            continue
+        setattr(info, attr, plain.decode("utf-8", "replace"))
