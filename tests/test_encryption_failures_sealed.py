@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
+import test_encryption
 from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import ConfigurationError, JobQueue, JobStatus
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
@@ -28,11 +28,7 @@ K1, K2 = generate_key(), generate_key()
 MARK = "CARD-4111-SECRET-9d2e"
 
 
-@pytest.fixture
-async def rq(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    factory = QueueFactory(redis_url, prefix)
-    yield factory
-    await factory.aclose()
+rq = test_encryption.rq  # the Redis queue factory of the encryption tests
 
 
 def enc_queue(rq: QueueFactory, name: str = "sf", **kw: Any) -> tuple[JobQueue, EncryptionManager]:
