@@ -106,7 +106,8 @@ class SyncQueueClient:
         )
         self._thread.start()
         self._closed = False
-        # close() has begun: calls still under way then end with a clear error.
+        # close() has begun: calls still under way then end with a clear error, and new
+        # ones are refused (``_call``).
         self._closing = False
         # One close() at a time: others (threads, a signal handler) wait for it, then return.
         self._close_lock = threading.RLock()
@@ -154,10 +155,14 @@ class SyncQueueClient:
         """A connection error of a call that ``close()`` took the connection away from:
         raised as the documented ``RuntimeError`` (else nothing happens)."""
         if self._closing:
-            raise RuntimeError(
-                f"{type(self).__name__} was closed while the call was under way (a write "
-                "may have been made: add a job again with an idempotency_key)"
-            ) from exc
+            raise self._ended_by_close() from exc
+
+    def _ended_by_close(self) -> RuntimeError:
+        """The error of a call ``close()`` ended while it was under way."""
+        return RuntimeError(
+            f"{type(self).__name__} was closed while the call was under way (a write "
+            "may have been made: add a job again with an idempotency_key)"
+        )
 
     def _off_loop_thread(self) -> None:
         """Refuse a blocking call made on the client's own event-loop thread (where a
@@ -170,7 +175,14 @@ class SyncQueueClient:
                 "asyncio queue's method instead (client.queue), or call from another thread"
             )
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _call(self, coro: Coroutine[Any, Any, T], *, closing: bool = False) -> T:
+        """Run ``coro`` on the loop thread and wait for it. Refused once ``close()`` has
+        begun, but for close()'s own steps (``closing``): every call handed over before
+        is then queued ahead of them, so close() ends it (its calls of other threads
+        end, ``_cancel_others``). A call handed over while close() ran started after
+        the calls were cancelled and was cut by the loop's stop, never to end: its
+        coroutine was collected pending ("Event loop is closed"), its caller told the
+        call was cut although its write may have been made (a read's reply had come)."""
         try:
             self._in_its_process()
             self._off_loop_thread()
@@ -178,7 +190,7 @@ class SyncQueueClient:
             coro.close()
             raise
         with self._calls_lock:
-            if self._closed:
+            if self._closed or (self._closing and not closing):
                 coro.close()
                 raise RuntimeError(f"{type(self).__name__} is closed")
             fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -187,9 +199,7 @@ class SyncQueueClient:
             return fut.result()
         except concurrent.futures.CancelledError:
             if self._closing:
-                raise RuntimeError(
-                    f"{type(self).__name__} was closed while the call was under way"
-                ) from None
+                raise self._ended_by_close() from None
             raise
         except (RedisError, OSError) as exc:
             self._closed_under(exc)
@@ -254,7 +264,8 @@ class SyncQueueClient:
             # at once cancelled each other's steps and raised RuntimeError or worse.
             if self._closed or self._closing:
                 return
-            self._closing = True
+            with self._calls_lock:  # from here on, calls are refused (``_call``)
+                self._closing = True
             self._finalizer.detach()
             try:
                 if self._announcements:
@@ -262,10 +273,10 @@ class SyncQueueClient:
                     async def announce_now() -> None:
                         self._run_announcements()
 
-                    self._call(announce_now())
-                self._call(self.queue.close())
+                    self._call(announce_now(), closing=True)
+                self._call(self.queue.close(), closing=True)
                 # Calls other threads still wait for end now (cancelled: a clear error).
-                self._call(_cancel_others())
+                self._call(_cancel_others(), closing=True)
             finally:
                 self._stop_loop()
                 # The blocking connections no call uses; each add under way in another
@@ -282,7 +293,7 @@ class SyncQueueClient:
         """``add_job`` from the caller's thread over the blocking connections (installed
         in ``_direct`` by a client that has them), or HOP when the call belongs to the
         asyncio path (enqueue middleware, a write barrier, tracing)."""
-        if self._closed:
+        if self._closed or self._closing:  # refused once close() began, as ``_call`` does
             raise RuntimeError(f"{type(self).__name__} is closed")
         member, producer, options, kwargs = self._place(options, kwargs)
         if not producer.blocking_ready():
@@ -375,11 +386,7 @@ class SyncQueueClient:
         for fut in left:
             if not fut.done():
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    fut.set_exception(
-                        RuntimeError(
-                            f"{type(self).__name__} was closed while the call was under way"
-                        )
-                    )
+                    fut.set_exception(self._ended_by_close())
 
     def __enter__(self: S) -> S:
         return self
