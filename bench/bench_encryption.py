@@ -13,7 +13,8 @@
    (batches of 1000), then drained by one worker (concurrency 20) in a fresh child
    process against one private ``redis-server``; cases ``plain``, ``gcm`` and ``cbc``
    interleaved per repetition, so load on the machine hits all of them alike. Also the
-   enqueue rate of each case.
+   enqueue rate of each case. ``--failing``: jobs whose one run raises instead (cases
+   ``plain-fail`` and ``gcm-fail``): what sealing their failure texts costs a drain.
 
 Prints every figure and each case against ``plain`` (medians).
 """
@@ -46,12 +47,14 @@ from kitium_queue import JobQueue
 
 async def main(url, name, jobs, case, payload):
     q = JobQueue(name, redis=url, worker={"concurrency": 20})
-    opts = {}
+    failing = case.endswith("-fail")  # every run raises: its reason and traceback stored
+    case = case.removesuffix("-fail")
+    opts = {"attempts": 1} if failing else {}
     if case != "plain":
         from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
         alg = "aes-256-gcm" if case == "gcm" else "aes-256-cbc"
         EncryptionManager(q, keys=[KeyConfig("k1", generate_key(), alg)], run_rotation=False)
-        opts = {"encrypted": True}
+        opts = {**opts, "encrypted": True}
     t0 = time.perf_counter()
     for start in range(0, jobs, 1000):
         await q.add_jobs([("w", {**payload, "i": i}, opts)
@@ -65,6 +68,8 @@ async def main(url, name, jobs, case, payload):
         count += 1
         if count == jobs:
             done.set()
+        if failing:
+            raise ValueError(f"bad amount {job.data['i']} for order {job.data['order']}")
         return {"ok": True, "i": job.data["i"]}
 
     q.process("w", w)
@@ -174,6 +179,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--micro", type=int, default=20_000, help="iterations of part 1")
+    ap.add_argument(
+        "--failing",
+        action="store_true",
+        help="drain jobs whose every run fails instead (plain-fail, gcm-fail: the cost "
+        "of sealing failure texts)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     costs = overhead(args.micro)
@@ -190,7 +201,7 @@ def main() -> None:
         f"{fails['encrypted stored bytes']:.0f} B; a plain failing job: "
         f"{fails['plain']:.2f} us, stored {fails['plain stored bytes']:.0f} B"
     )
-    cases = ("plain", "gcm", "cbc")
+    cases = ("plain-fail", "gcm-fail") if args.failing else ("plain", "gcm", "cbc")
     rates: dict[str, list[float]] = {c: [] for c in cases}
     enq: dict[str, list[float]] = {c: [] for c in cases}
     with RedisServer() as server:
@@ -203,15 +214,15 @@ def main() -> None:
                     f"rep {rep + 1} {case:5s}: drain {got['rate']:,.0f} jobs/s, "
                     f"enqueue {got['enqueue']:,.0f} jobs/s"
                 )
-    base = statistics.median(rates["plain"])
-    base_enq = statistics.median(enq["plain"])
+    base = statistics.median(rates[cases[0]])
+    base_enq = statistics.median(enq[cases[0]])
     for case in cases:
         med = statistics.median(rates[case])
         med_enq = statistics.median(enq[case])
         print(
             f"{case:5s}: drain median {med:,.0f} jobs/s ({min(rates[case]):,.0f}-"
-            f"{max(rates[case]):,.0f}), {med / base * 100:.0f}% of plain; enqueue median "
-            f"{med_enq:,.0f} jobs/s, {med_enq / base_enq * 100:.0f}% of plain"
+            f"{max(rates[case]):,.0f}), {med / base * 100:.0f}% of {cases[0]}; enqueue median "
+            f"{med_enq:,.0f} jobs/s, {med_enq / base_enq * 100:.0f}% of {cases[0]}"
         )
 
 
