@@ -17,7 +17,7 @@ from ...enums import WebhookDeliveryStrategy, WebhookEventType
 from .. import load_lazily
 
 if TYPE_CHECKING:
-    from .delivery import Backoff, EndpointBreaker, SecretStore
+    from .delivery import Backoff, EndpointBreaker
     from .manager import JOB_WEBHOOK_ID, JobWebhookConfig, WebhookManager
     from .models import (
         DeliveryAttempt,
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         WebhookConfig,
         WebhookEvent,
     )
+    from .secretstore import SecretSourceError, SecretStore
     from .signing import (
         DEFAULT_TOLERANCE_S,
         WebhookVerificationError,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 _LAZY = {
     "Backoff": "delivery",
     "EndpointBreaker": "delivery",
-    "SecretStore": "delivery",
     "JOB_WEBHOOK_ID": "manager",
     "JobWebhookConfig": "manager",
     "WebhookManager": "manager",
@@ -51,6 +51,8 @@ _LAZY = {
     "Webhook": "models",
     "WebhookConfig": "models",
     "WebhookEvent": "models",
+    "SecretSourceError": "secretstore",
+    "SecretStore": "secretstore",
     "DEFAULT_TOLERANCE_S": "signing",
     "WebhookVerificationError": "signing",
     "generate_secret": "signing",
@@ -79,6 +81,7 @@ __all__ = [
     "GuardedBackend",
     "GuardedTransport",
     "JobWebhookConfig",
+    "SecretSourceError",
     "SecretStore",
     "Webhook",
     "WebhookConfig",

@@ -1,8 +1,9 @@
 """One delivery attempt: sign, POST through the SSRF guard, classify the answer.
 
 ``Sender`` owns the pooled httpx client (one per process and queue), the endpoints'
-secrets (in memory only) and the per-endpoint breakers. It never logs a secret, a
-request or response body, or a URL's path and query (only the host).
+secrets (in memory only: ``secretstore.SecretStore``) and the per-endpoint breakers. It
+never logs a secret, a request or response body, or a URL's path and query (only the
+host).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ConfigurationError
 from ...limits import clip, get_logger
 from .models import url_host
-from .signing import check_seconds, secret_key, signature_header
+from .secretstore import SecretSource, SecretSourceError, SecretStore
+from .signing import signature_header
 from .ssrf import (
     UNRESOLVED,
     AddressPolicy,
@@ -33,6 +35,8 @@ __all__ = [
     "EndpointBreaker",
     "EndpointSlots",
     "ProcessSlots",
+    "SecretSource",
+    "SecretSourceError",
     "SecretStore",
     "Sender",
     "Target",
@@ -43,66 +47,6 @@ log = get_logger(__name__)
 #: Most bytes of a response body read (and then discarded: bodies are never stored).
 MAX_RESPONSE_BYTES = 4096
 USER_AGENT = "kitium-queue-webhooks/1"
-
-#: Longest overlap of a secret rotation (``rotate_secret(keep_old_s=...)``): a year.
-MAX_KEEP_OLD_S = 365 * 86_400
-
-SecretSource = Mapping[str, "str | Sequence[str]"] | Callable[[str], "Sequence[str] | None"]
-
-
-class SecretStore:
-    """Endpoint secrets, in this process only (see docs/webhooks.md, "Secrets").
-
-    ``source``: a mapping ``webhook id -> secret or [secrets]`` or a callable returning
-    the secrets of an id (your own config or vault). Secrets set here (``set``,
-    ``rotate``) take precedence. During a rotation every listed secret signs, so a
-    receiver holding either one accepts the request.
-    """
-
-    def __init__(self, source: SecretSource | None = None) -> None:
-        self._source = source
-        self._own: dict[str, list[tuple[bytes, float | None]]] = {}
-
-    def set(self, webhook_id: str, secrets: str | Sequence[str]) -> None:
-        items = [secrets] if isinstance(secrets, str) else list(secrets)
-        if not items:
-            raise ConfigurationError("set_secret needs at least one secret")
-        self._own[webhook_id] = [(secret_key(s), None) for s in items]
-
-    def rotate(self, webhook_id: str, new_secret: str, keep_old_s: float) -> None:
-        """Sign with ``new_secret`` from now on, and with the current secret(s) as well
-        for ``keep_old_s`` seconds (receivers switch over in that time): 0 to a year.
-        NaN would drop the old secret at once, infinity keep it signing for good."""
-        check_seconds(keep_old_s, "rotate_secret keep_old_s (a year at most)", MAX_KEEP_OLD_S)
-        new = secret_key(new_secret)
-        until = time.time() + keep_old_s
-        old = [(k, until) for k, _ in self._current(webhook_id)]
-        self._own[webhook_id] = [(new, None), *old]
-
-    def _current(self, webhook_id: str) -> list[tuple[bytes, float | None]]:
-        now = time.time()
-        own = self._own.get(webhook_id)
-        if own is not None:
-            live = [(k, t) for k, t in own if t is None or t > now]
-            self._own[webhook_id] = live
-            return live
-        src = self._source
-        if src is None:
-            return []
-        found = src(webhook_id) if callable(src) else src.get(webhook_id)
-        if not found:
-            return []
-        items = [found] if isinstance(found, str) else list(found)
-        return [(secret_key(s), None) for s in items]
-
-    def keys(self, webhook_id: str) -> list[bytes]:
-        return [k for k, _ in self._current(webhook_id)]
-
-    def has(self, webhook_id: str) -> bool:
-        try:
-            return bool(self.keys(webhook_id))
-        except ConfigurationError:
-            return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,15 +335,16 @@ class Sender:
         def took() -> int:
             return int((time.monotonic() - started) * 1000)
 
-        try:
-            keys = self.secrets.keys(target.secret_id)
+        try:  # off the event loop for a blocking source (secretstore.py)
+            keys = await self.secrets.fetch(target.secret_id)
         except ConfigurationError as exc:
             return AttemptResult(False, None, f"bad secret configured: {exc}", 0, True, False)
-        except Exception as exc:  # the application's source (a vault) failed: retried
-            # Its type only: the text of a vault client's error may quote anything.
+        except SecretSourceError as exc:  # the application's source (a vault): retried
+            return AttemptResult(False, None, f"{exc}: not sent", took(), False, False)
+        except Exception as exc:  # a mapping source that failed: retried, its type only
             why = f"the secrets source raised {type(exc).__name__} for webhook"
             return AttemptResult(
-                False, None, f"{why} {target.secret_id!r}: not sent", 0, False, False
+                False, None, f"{why} {target.secret_id!r}: not sent", took(), False, False
             )
         if not keys:
             return AttemptResult(

@@ -41,6 +41,7 @@ from .models import (
 )
 from .needs import NeedsService, synced_after_change
 from .registry import Registry, checked, read_records, webhook_damage
+from .secretstore import DEFAULT_SECRET_CACHE_S, DEFAULT_SECRET_TIMEOUT_S
 from .service import FEATURE, GROUP, Delivery, DeliveryService
 from .settings import (
     DEAD_MAX,
@@ -150,8 +151,12 @@ class WebhookManager:
         queue: the queue. Construct the manager in every process of the queue
             (producers and workers), before the queue starts, like ``queue.process``.
         secrets: where this process finds endpoint secrets: a mapping ``webhook id ->
-            secret or [secrets]`` or a callable ``webhook id -> [secrets]``. Secrets are
+            secret or [secrets]`` or a callable ``webhook id -> [secrets]``: a plain one
+            runs on a thread (it may block), an ``async def`` one is awaited. Secrets are
             never written to Redis.
+        secret_cache_s / secret_timeout_s: a callable's answer is kept this long per
+            webhook id (0: asked at every delivery; default 60); each call may take
+            this long (default 10), else the delivery is retried.
         allow_networks: networks the SSRF guard lets through although they are not
             public (e.g. ``["10.20.0.0/16"]``; tests: ``["127.0.0.0/8"]``).
         job_webhook: how jobs' own ``webhook_url`` endpoints are served.
@@ -193,6 +198,8 @@ class WebhookManager:
         queue: JobQueue,
         *,
         secrets: SecretSource | None = None,
+        secret_cache_s: float = DEFAULT_SECRET_CACHE_S,
+        secret_timeout_s: float = DEFAULT_SECRET_TIMEOUT_S,
         allow_networks: Iterable[str] = (),
         job_webhook: JobWebhookConfig | None = None,
         backoff_ms: int = 5_000,
@@ -240,7 +247,7 @@ class WebhookManager:
         self.job_webhook = JobWebhookConfig.checked(job_webhook)
         self.job_events = tuple(dict.fromkeys(check_event_type(e) for e in self.job_webhook.events))
         self.policy = AddressPolicy(allow_networks)
-        self.secrets = SecretStore(secrets)
+        self.secrets = SecretStore(secrets, cache_s=secret_cache_s, timeout_s=secret_timeout_s)
         if self.job_webhook.secret is not None:
             self.secrets.set(JOB_WEBHOOK_ID, self.job_webhook.secret)
         self.backoff = Backoff(backoff_ms, max_backoff_ms)
