@@ -7,15 +7,15 @@
   registry had composed its scripts before the change (never a stale cached text).
 * Against a real Redis: a queue whose ``accept`` slot refuses a job name and a plain
   queue of the same process, made in either order, each run their own scripts.
-* The cache is bounded by the characters it keeps (oldest first, the newest kept) and
-  safe to use from several threads at once.
+* The cache is weak (a script no registry holds is freed) and safe to use from several
+  threads at once.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -87,36 +87,33 @@ def test_every_change_of_a_composition_gets_its_own_text(expansions: list[str]) 
     assert ScriptRegistry().get("enqueue") is plain
 
 
-@dataclass
 class _Text:
-    source: str
+    def __init__(self, source: str) -> None:
+        self.source = source
 
 
-def test_the_cache_keeps_at_most_its_bound_of_characters_newest_first() -> None:
-    cache: ExpandedScripts[_Text] = ExpandedScripts(max_chars=10)
-    cache.put(("a", "1"), _Text("xxxx"))
-    cache.put(("b", "1"), _Text("yyyy"))
-    assert cache.get(("a", "1")) is not None  # now the newest: b goes first
-    cache.put(("c", "1"), _Text("zzzz"))
-    assert cache.get(("b", "1")) is None
-    assert cache.get(("a", "1")) is not None and cache.get(("c", "1")) is not None
-    assert cache.chars() == 8 and len(cache) == 2
-    cache.put(("a", "1"), _Text("w"))  # replaced: its old size no longer counted
-    assert cache.chars() == 5
-    huge = _Text("h" * 50)
-    cache.put(("d", "1"), huge)
-    assert len(cache) == 1 and cache.get(("d", "1")) is huge and cache.chars() == 50
+def test_the_cache_keeps_a_script_only_while_something_holds_it() -> None:
+    cache: ExpandedScripts[_Text] = ExpandedScripts()
+    held = _Text("kept")
+    cache.put(("a", "1"), held)
+    cache.put(("b", "1"), _Text("dropped"))
+    gc.collect()
+    assert cache.get(("a", "1")) is held and cache.get(("b", "1")) is None
+    del held
+    gc.collect()
+    assert cache.get(("a", "1")) is None and len(cache) == 0
 
 
 def test_the_cache_is_safe_from_many_threads() -> None:
-    cache: ExpandedScripts[_Text] = ExpandedScripts(max_chars=64)
+    cache: ExpandedScripts[_Text] = ExpandedScripts()
+    keep = [_Text("s" * n) for n in range(1, 10)]
     errors: list[BaseException] = []
 
     def work(t: int) -> None:
         try:
             for i in range(2000):
                 key = (str(i % 37), str(t % 3))
-                cache.put(key, _Text("s" * (i % 9 + 1)))
+                cache.put(key, keep[i % 9])
                 got = cache.get(key)
                 assert got is None or got.source.startswith("s")
         except BaseException as exc:  # pragma: no cover - what the test looks for
@@ -128,7 +125,7 @@ def test_the_cache_is_safe_from_many_threads() -> None:
     for th in threads:
         th.join()
     assert errors == []
-    assert cache.chars() == sum(len(v.source) for v in cache._items.values()) <= 64
+    assert len(cache) == 37 * 3
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@
   and encoded), in the order added, just before the outcome is queued for Redis
   (``Outcomes.ack``): a feature may seal or mask them. ``exc`` is the error of the
   run (None when the worker made the reason itself); the in-process hooks still get the
-  original reason. They fail closed (``filter_failure_texts``).
+  original reason. They fail closed, as does an answer longer than
+  ``MAX_FILTERED_REASON_BYTES`` / ``MAX_FILTERED_TRACEBACK_BYTES`` (``filter_failure_texts``).
 * **Services** (DESIGN §5.4): background loops in ``queue.services`` that every worker of
   the queue starts after its own loops and stops first when it stops (the scheduler).
 """
@@ -43,12 +44,14 @@ from contextvars import ContextVar, Token
 from typing import Any, Protocol, TypeVar
 
 from .errors import ConfigurationError
-from .limits import get_logger, printable
+from .limits import MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS, get_logger, printable
 
 __all__ = [
     "ENTERED_IN_CHILD",
     "MAX_CHILD_CONTEXTS",
     "MAX_CHILD_CONTEXT_CHARS",
+    "MAX_FILTERED_REASON_BYTES",
+    "MAX_FILTERED_TRACEBACK_BYTES",
     "ChildContext",
     "EnqueueMiddleware",
     "FailureTextFilter",
@@ -67,6 +70,13 @@ __all__ = [
 T = TypeVar("T")
 
 log = get_logger(__name__)
+
+#: Longest reason a failure-text filter may answer, in bytes: twice the most the clipped
+#: reason takes in UTF-8, and 4 KiB more (room for a sealed envelope: base64 and JSON).
+#: A longer answer fails closed (``filter_failure_texts``).
+MAX_FILTERED_REASON_BYTES = 2 * 4 * MAX_ERROR_CHARS + 4096
+#: Longest traceback a failure-text filter may answer, in bytes (as for the reason).
+MAX_FILTERED_TRACEBACK_BYTES = 2 * 4 * MAX_TRACEBACK_CHARS + 4096
 
 #: What the enqueue middleware running now prepares: None for a job added directly
 #: (``add_job``, ``add_jobs``), ``("schedule", <schedule id>)`` for the template of a
@@ -190,8 +200,10 @@ class FailureTextFilter(Protocol):
     the job, the run's error (None when the worker made the reason itself: a result too
     large, a cancel), and the reason and traceback as they would be stored (UTF-8 bytes,
     clipped to ``limits.MAX_ERROR_CHARS`` / ``MAX_TRACEBACK_CHARS``; ``b""`` for none).
-    Returns the pair to store instead: the texts are not clipped again. It must be quick
-    and must not block (no I/O)."""
+    Returns the pair to store instead: the texts are not clipped again, but a reason
+    longer than ``MAX_FILTERED_REASON_BYTES`` or a traceback longer than
+    ``MAX_FILTERED_TRACEBACK_BYTES`` fails closed. It must be quick and must not block
+    (no I/O)."""
 
     def __call__(
         self, job: Any, exc: BaseException | None, reason: bytes, tb: bytes
@@ -206,10 +218,11 @@ def filter_failure_texts(
     tb: bytes,
 ) -> tuple[bytes, bytes]:
     """``reason`` and ``tb`` through ``filters``, in order. A filter that raises, or
-    returns anything but two ``bytes``, fails closed: the texts are replaced by a
-    sentence naming the filter (a filter that hides texts must never let them through
-    by failing), and an error is logged without them. The job's outcome is recorded
-    either way."""
+    returns anything but two ``bytes`` (or texts longer than ``MAX_FILTERED_REASON_BYTES``
+    / ``MAX_FILTERED_TRACEBACK_BYTES``: they would be stored as they are), fails closed:
+    the texts are replaced by a sentence naming the filter (a filter that hides texts
+    must never let them through by failing), and an error is logged without them. The
+    job's outcome is recorded either way."""
     for fn in filters:
         try:
             out = fn(job, exc, reason, tb)
@@ -219,9 +232,18 @@ def filter_failure_texts(
                 and type(out[0]) is bytes
                 and type(out[1]) is bytes
             ):
-                reason, tb = out
-                continue
-            problem = f"returned {type(out).__name__}, not (bytes, bytes)"
+                if (
+                    len(out[0]) <= MAX_FILTERED_REASON_BYTES
+                    and len(out[1]) <= MAX_FILTERED_TRACEBACK_BYTES
+                ):
+                    reason, tb = out
+                    continue
+                problem = (
+                    f"returned texts of {len(out[0])} and {len(out[1])} bytes, above the "
+                    f"{MAX_FILTERED_REASON_BYTES} and {MAX_FILTERED_TRACEBACK_BYTES} allowed"
+                )
+            else:
+                problem = f"returned {type(out).__name__}, not (bytes, bytes)"
         except Exception as exc2:
             problem = f"raised {type(exc2).__name__}"
         name = getattr(fn, "__qualname__", None) or type(fn).__name__

@@ -130,6 +130,7 @@ class ScriptRegistry:
         self._slots = SlotTable()
         self._compiled: dict[str, Script] = {}
         self._digest: str | None = None  # of the fragments and slots: ``_composition``
+        self._generation = 0  # changes so far: what another thread changed is not cached
         self._loaded: set[int] = set()
         self._heads: dict[tuple[str, Sequence[str]], bytes] = {}
         # Connections the packed path keeps between exchanges, per connection pool:
@@ -189,16 +190,21 @@ class ScriptRegistry:
         self.add_slot("admission", name, source)
 
     def _changed(self) -> None:
+        self._generation += 1
         self._compiled.clear()
         self._heads.clear()
         self._digest = None
 
     def _composition(self) -> str:
         """Digest of what expansion reads beyond the package's files: fragments, slots."""
-        if self._digest is None:
+        digest = self._digest
+        if digest is None:
+            generation = self._generation
             parts = (sorted(self._fragments.items()), self._slots.signature())
-            self._digest = hashlib.sha1(repr(parts).encode("utf-8")).hexdigest()
-        return self._digest
+            digest = hashlib.sha1(repr(parts).encode("utf-8")).hexdigest()
+            if generation == self._generation:  # else changed meanwhile: not kept
+                self._digest = digest
+        return digest
 
     def _fragment(self, name: str) -> str:
         if name in self._fragments:
@@ -223,17 +229,21 @@ class ScriptRegistry:
     def get(self, name: str) -> Script:
         """The compiled script ``name``: includes expanded, slots composed."""
         script = self._compiled.get(name)
-        if script is None:
+        while script is None:
+            generation = self._generation
             key = (name, self._composition())
             script = _EXPANDED.get(key)
             if script is None:
                 raw = self._fragments.get(name) or _read(name)
                 source = self._expand(raw, {name}, self._slots.flags())
+                if generation != self._generation:  # changed under it (a thread): again
+                    continue
                 sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
                 # One copy per process of each composed text (~880 KB a queue otherwise).
                 script = _SHARED.setdefault(sha, Script(name, source, sha))
                 _EXPANDED.put(key, script)
-            self._compiled[name] = script
+            if generation == self._generation:  # else changed since: not kept
+                self._compiled[name] = script
         return script
 
     # -- execution --------------------------------------------------------------------

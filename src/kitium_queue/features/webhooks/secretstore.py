@@ -116,6 +116,10 @@ class SecretStore:
         self._own: dict[str, list[tuple[bytes | None, float | None]]] = {}
         self._cache: dict[str, tuple[list[bytes], float]] = {}
         self._inflight: dict[str, asyncio.Task[list[bytes]]] = {}
+        # A plain source's call per id still running on a thread (past its look-up's
+        # time-out too): the next look-up of that id waits for it rather than take
+        # another thread, so one id whose source hangs holds one thread, not all.
+        self._running: dict[str, asyncio.Future[Any]] = {}
         self._warned: dict[str, float] = {}
 
     def set(self, webhook_id: str, secrets: str | Sequence[str]) -> None:
@@ -246,8 +250,9 @@ class SecretStore:
             if _is_async(src):
                 answer: Any = src(webhook_id)
             else:
-                call = loop.run_in_executor(_threads(), src, webhook_id)
-                answer = await asyncio.wait_for(call, self.timeout_s)
+                answer = await asyncio.wait_for(
+                    asyncio.shield(self._thread_call(src, webhook_id)), self.timeout_s
+                )
             if inspect.isawaitable(answer):
                 answer = await asyncio.wait_for(answer, max(deadline - loop.time(), 0.001))
         except asyncio.TimeoutError as exc:
@@ -272,6 +277,24 @@ class SecretStore:
             self._cache[webhook_id] = (keys, time.monotonic() + self.cache_s)
         self._warned.pop(webhook_id, None)
         return keys
+
+    def _thread_call(self, src: Callable[[str], Any], webhook_id: str) -> asyncio.Future[Any]:
+        """The call of the plain source ``src`` for ``webhook_id`` on a thread of its own:
+        the one still running for that id (a time-out does not end it), or a new one."""
+        loop = asyncio.get_running_loop()
+        call = self._running.get(webhook_id)
+        if call is None or call.done() or call.get_loop() is not loop:
+            call = loop.run_in_executor(_threads(), src, webhook_id)
+            self._running[webhook_id] = call
+
+            def done(f: asyncio.Future[Any]) -> None:
+                if self._running.get(webhook_id) is f:
+                    del self._running[webhook_id]
+                if not f.cancelled():
+                    f.exception()  # retrieved, even when its look-up had timed out
+
+            call.add_done_callback(done)
+        return call
 
     def _parse(self, webhook_id: str, answer: Any, *, mapping: bool = False) -> list[bytes]:
         """The HMAC keys of a source's answer: None or empty (no secret), a secret, or a
