@@ -5,12 +5,12 @@ involved."""
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+import test_encryption
 from helpers import QueueFactory, wait_for_status
 from kitium_queue import JobStatus
 from kitium_queue.scripts import ScriptRegistry
@@ -18,12 +18,7 @@ from kitium_queue.scripts import ScriptRegistry
 ACCEPT = "function(id, name, opts, state) return nil end"
 
 
-@pytest.fixture
-async def rq(redis_url: str, prefix: str) -> AsyncIterator[QueueFactory]:
-    """Queues on the real Redis."""
-    factory = QueueFactory(redis_url, prefix)
-    yield factory
-    await factory.aclose()
+rq = test_encryption.rq  # queues on the real Redis
 
 
 def test_a_composition_changed_during_an_expansion_is_not_cached_under_the_old_one() -> None:
