@@ -36,6 +36,13 @@ def enc_queue(rq: QueueFactory, name: str = "sf", **kw: Any) -> tuple[JobQueue, 
     return q, EncryptionManager(q, keys=[KeyConfig("k1", K1)], run_rotation=False, **kw)
 
 
+def rotation_queue(rq: QueueFactory) -> tuple[JobQueue, EncryptionManager]:
+    """A queue holding k1 (current) and k2 (CBC), rotated by hand (``run_rotation``)."""
+    q = rq("rot", worker={"concurrency": 4}, dlq={"enabled": True})
+    keys = [KeyConfig("k1", K1), KeyConfig("k2", K2, "aes-256-cbc")]
+    return q, EncryptionManager(q, keys=keys, rotation_grace_ms=0, run_rotation=False)
+
+
 def failing(q: JobQueue) -> None:
     @q.process("charge")
     async def charge(job: Any) -> Any:
@@ -168,13 +175,7 @@ async def test_seal_failures_false_keeps_the_texts_in_clear(
 async def test_rotation_reseals_failure_texts_under_the_new_key(
     rq: QueueFactory, redis_client: aioredis.Redis
 ) -> None:
-    q = rq("rot", worker={"concurrency": 4}, dlq={"enabled": True})
-    m = EncryptionManager(
-        q,
-        keys=[KeyConfig("k1", K1), KeyConfig("k2", K2, "aes-256-cbc")],
-        rotation_grace_ms=0,
-        run_rotation=False,
-    )
+    q, m = rotation_queue(rq)
 
     @q.process("charge")
     async def charge(job: Any) -> Any:

@@ -28,6 +28,7 @@ from .errors import ConfigurationError
 from .events import EventEmitter
 from .hooks import HookBus
 from .jobspec import JobSpec, options_dict, resolve_policy
+from .jobtexts import JobTexts
 from .keys import QueueKeys
 from .limits import get_logger
 from .missing import MissingRecords
@@ -314,6 +315,7 @@ class QueueContext:
         self.emitter = EventEmitter()
         self.hooks = HookBus()
         self.info_views: list[Callable[[JobInfo, bool], None]] = []
+        self.job_texts = JobTexts()  # progress and log-line filters, log views (jobtexts.py)
         self.redact_payloads = False
         #: Explainers of ``explain``: features add theirs with ``queue.add_explainer``.
         self.explainers: list[Explainer] = []
@@ -385,11 +387,8 @@ class QueueContext:
     def _base_policy(self) -> Policy:
         r = self.retry
         attempts = to_int(r.max_attempts, "retry.max_attempts", minimum=1, maximum=MAX_COUNT)
-        policy = Policy(
-            attempts=attempts,
-            backoff=BackoffOptions(r.backoff_type, r.backoff_delay, r.max_backoff_delay),
-        )
-        return resolve_policy(self.defaults, policy)[0]
+        backoff = BackoffOptions(r.backoff_type, r.backoff_delay, r.max_backoff_delay)
+        return resolve_policy(self.defaults, Policy(attempts=attempts, backoff=backoff))[0]
 
     # ------------------------------------------------------------------ connection
     @property

@@ -39,6 +39,7 @@ from .guards import GuardList, ReadCall, ReadGuard
 from .identity import current_principal
 from .job import JobInfo
 from .jobpages import make_cursor, members_after, parse_cursor, zrange_pages
+from .jobtexts import view_logs
 from .limits import MAX_DELAY_MS
 from .options import MAX_QUERY_LIMIT, lookup_id, shown, to_int
 from .parking import parked_count, parked_ids
@@ -347,6 +348,8 @@ class Queries:
         # Lines are written as UTF-8; anything else (a damaged list) is shown escaped.
         text = [b.decode("utf-8", "backslashreplace") for b in lines]
         ctx = self.ctx
+        if ctx.job_texts.log_views and text:  # features' log views (jobtexts.py)
+            await view_logs(ctx, client, jid, text)
         if ctx.redactors and (ctx.redacting or ctx.redact_everywhere):
             text = [_redacted_json(ctx, line) for line in text]
         return text
@@ -627,8 +630,9 @@ class QueryAPI:
 
     async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1) -> list[str]:
         """Log lines a processor wrote with ``job.log`` (``start``/``end`` as in
-        ``LRANGE``: 0-based, negative counts from the end, ``end`` inclusive); a log key
-        overwritten with another type reads as no lines."""
+        ``LRANGE``: 0-based, negative counts from the end, ``end`` inclusive), through
+        the features' log views (``queue.job_texts``: a feature that seals lines opens
+        them there); a log key overwritten with another type reads as no lines."""
         return await self.queries.get_job_logs(job_id, start, end)
 
     async def get_jobs_by_status(

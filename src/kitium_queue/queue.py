@@ -230,6 +230,7 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
         self.process_middleware: list[ProcessMiddleware] = []
         # Rewrite a failed run's stored reason and traceback (middleware.py).
         self.failure_text_filters: list[FailureTextFilter] = []
+        self.job_texts = ctx.job_texts  # rewrite progress and log lines (jobtexts.py)
         self.services: list[Service] = []
         # The components.
         self.producer = Producer(ctx, self.enqueue_middleware)

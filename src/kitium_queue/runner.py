@@ -28,6 +28,8 @@ The tracing span (``telemetry``) stays here around the processor call; the lifec
 hooks report the rest (``started`` here, ``progress`` from ``update``, ``finished`` once
 Redis recorded the outcome). A done callback on every run's task (``runends.RunEnds``)
 is the safety net: a run whose task ended without an outcome is given one there.
+``update`` writes a progress value or log line as the queue's job-text filters rewrite
+it (``jobtexts.py``: a feature may seal it).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from .errors import (
 from .handoff import Handoff
 from .job import Job
 from .jobspec import POLICY_OPTIONS
+from .jobtexts import filter_job_text
 from .leases import Run
 from .lifecycle import mark_running
 from .limits import (
@@ -441,6 +444,7 @@ class Runner:
             raw = encode_progress(job.id, value)
         else:
             raw = wire_text(safe_text(value), MAX_LOG_LINE_CHARS)
+        raw = filter_job_text(jt, job, kind, raw) if (jt := q.job_texts.filters) else raw
         call = q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
         if kind == "log":
             # A log list damaged outside kitium-queue: DamagedKeyError naming it (the

@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FailureSeal",
-    "check_seal_failures",
+    "check_seal",
     "failure_binding",
     "is_sealed_text",
     "mark_own",
+    "open_text",
     "parse_sealed",
+    "seal_key",
     "sealed_text",
     "view_failures",
 ]
@@ -65,12 +67,17 @@ def failure_binding(queue: str, job_id: str, name: str, part: str) -> Binding:
     return Binding("job", queue, job_id, name, part)
 
 
-def check_seal_failures(value: Any) -> bool:
-    """``EncryptionManager``'s ``seal_failures``, checked."""
+def check_seal(value: Any, what: str = "failures") -> bool:
+    """``EncryptionManager``'s ``seal_failures`` (or ``seal_<what>``), checked."""
     if not isinstance(value, bool):
+        texts = (
+            "the failure reason and traceback"
+            if what == "failures"
+            else "the progress values and log lines"
+        )
         raise ConfigurationError(
-            f"seal_failures must be True or False, got {value!r:.40}: True seals the "
-            "failure reason and traceback of encrypted jobs, False stores them in clear"
+            f"seal_{what} must be True or False, got {value!r:.40}: True seals {texts} of "
+            "encrypted jobs, False stores them in clear"
         )
     return value
 
@@ -144,13 +151,33 @@ class FailureSeal:
         return out[0], out[1]
 
     def _key(self, job: Any) -> str | None:
-        """The queue's current key as this process last read it, else the job's data
-        key, when held here with the right material; else None."""
-        ring = self.manager.ring
-        for key_id in (self.manager._current, envelope_key_id(job.data)):
-            if key_id is not None and key_id in ring and key_id not in ring.mismatched:
-                return key_id
-        return None
+        return seal_key(self.manager, job)
+
+
+def seal_key(manager: EncryptionManager, job: Any) -> str | None:
+    """The key a job's texts are sealed under: the queue's current key as this process
+    last read it, else the job's data key (while its data is the envelope), when held
+    here with the right material; else None."""
+    ring = manager.ring
+    for key_id in (manager._current, envelope_key_id(job.data)):
+        if key_id is not None and key_id in ring and key_id not in ring.mismatched:
+            return key_id
+    return None
+
+
+def open_text(manager: EncryptionManager, value: str, binding: Binding) -> bytes | str:
+    """The plaintext of the sealed text ``value`` (bytes), or what a view shows in its
+    place (str): ``(sealed: key <id>)`` where the key is not held, with why when it is
+    held but the text does not open, ``(sealed: malformed)`` for a damaged one."""
+    env = parse_sealed(value)
+    if env is None:
+        return "(sealed: malformed)"
+    try:
+        return manager.ring.open(env, binding)
+    except KeyNotHeldError:
+        return placeholder(env)
+    except DecryptionError:
+        return placeholder(env, "; it does not open: altered or moved")
 
 
 def view_failures(manager: EncryptionManager, info: JobInfo) -> None:
@@ -160,17 +187,6 @@ def view_failures(manager: EncryptionManager, info: JobInfo) -> None:
         value = getattr(info, attr)
         if not isinstance(value, str) or not is_sealed_text(value):
             continue
-        env = parse_sealed(value)
-        if env is None:
-            setattr(info, attr, "(sealed: malformed)")
-            continue
         binding = failure_binding(manager.queue.name, info.id, info.name, part)
-        try:
-            plain = manager.ring.open(env, binding)
-        except KeyNotHeldError:
-            setattr(info, attr, placeholder(env))
-            continue
-        except DecryptionError:
-            setattr(info, attr, placeholder(env, "; it does not open: altered or moved"))
-            continue
-        setattr(info, attr, plain.decode("utf-8", "replace"))
+        plain = open_text(manager, value, binding)
+        setattr(info, attr, plain if isinstance(plain, str) else plain.decode("utf-8", "replace"))

@@ -15,9 +15,11 @@ It plugs into the queue through the extension points only:
   ``encrypt_all`` a never-encrypted job is refused unless ``accept_plaintext_before``;
 * a failure-text filter (``failures.py``, unless ``seal_failures=False``): a failed
   run's reason and traceback are sealed too;
+* a job-text filter (``progresslogs.py``, unless ``seal_progress_and_logs=False``): the
+  progress values and log lines a processor writes are sealed too;
 * a ``JobInfo`` view: queries in this process show the plaintext (the CLI, which sets
   ``redact_payloads``, shows ``<encrypted ...>`` for data and results) and the opened
-  failure texts;
+  failure texts and progress; a log view opens the log lines ``get_job_logs`` returns;
 * a leader-only service running the rotation pass (``rotation.py``), campaigned for only
   while this process holds the current key (``leading.py``).
 """
@@ -57,8 +59,9 @@ from .crypto import (
     is_envelope,
     is_key_id,
 )
-from .failures import FailureSeal, check_seal_failures, view_failures
+from .failures import check_seal
 from .leading import RotationService
+from .progresslogs import install_texts, view_texts
 from .rotation import RotationPass, RotationStatus, read_status
 from .running import RunGuard, plaintext_cutoff
 from .status import verify_keys
@@ -192,8 +195,8 @@ class EncryptionManager:
             attempt is spent; each deferral is longer (1 s, growing to 30 s). After
             this long the job is dead-lettered with the reason. Default 10 minutes;
             0 dead-letters at once.
-        seal_failures: seal the failure reason and traceback of encrypted jobs (default
-            True); False stores them in clear (texts sealed before still open in views).
+        seal_failures, seal_progress_and_logs: seal an encrypted job's failure reason and
+            traceback, and its progress and log lines (default True); False: in clear.
     """
 
     def __init__(
@@ -210,6 +213,7 @@ class EncryptionManager:
         missing_key_wait_ms: Any = 600_000,
         accept_plaintext_before: datetime | int | None = None,
         seal_failures: bool = True,
+        seal_progress_and_logs: bool = True,
     ) -> None:
         if queue in _INSTALLED:
             raise ConfigurationError(
@@ -223,7 +227,8 @@ class EncryptionManager:
                 "encrypt_all and run_rotation must be True or False, got "
                 f"{encrypt_all!r:.40} and {run_rotation!r:.40}"
             )
-        self.encrypt_all, self.seal_failures = encrypt_all, check_seal_failures(seal_failures)
+        self.encrypt_all, self.seal_failures = encrypt_all, check_seal(seal_failures)
+        self.seal_progress_and_logs = check_seal(seal_progress_and_logs, "progress_and_logs")
         self.refresh_ms = to_ms(refresh_ms, "refresh_ms", minimum=1)
         grace = self.refresh_ms + 5000 if rotation_grace_ms is None else rotation_grace_ms
         self.rotation_grace_ms = to_ms(grace, "rotation_grace_ms")
@@ -270,8 +275,7 @@ class EncryptionManager:
             q.scripts.add_fragment(name, src)
         q.use_enqueue(self._on_enqueue)
         q.use_process(self.guard.on_process)
-        if self.seal_failures:
-            q.failure_text_filters.append(FailureSeal(self))
+        install_texts(self)  # failure texts, progress and log lines (progresslogs.py)
         q.ctx.info_views.append(self._view)
         if run_rotation:
             self.service = RotationService(self)
@@ -538,7 +542,7 @@ class EncryptionManager:
     def _view(self, info: JobInfo, redact: bool) -> None:
         if not (self.encrypt_all or info.options.get("encrypted") is True):
             return
-        view_failures(self, info)
+        view_texts(self, info)
         for attr in ("data", "result"):
             value = getattr(info, attr)
             key_id = envelope_key_id(value)

@@ -4,15 +4,16 @@ After ``rotate_key`` the pass (a leader-only service, or ``run_rotation``) waits
 ``rotation_grace_ms`` (every process has then seen the new key), then sweeps in rounds.
 A round walks every *target* in bounded pages (``rotation_batch`` records): the jobs of
 ``active``, ``wait``, every parked set, ``delayed``, ``failed``, ``dlq`` and
-``completed`` (their data ``d``, result ``r`` and sealed failure texts ``e``, ``le``,
-``tb``), the schedules' data, then the results
+``completed`` (their data ``d``, result ``r``, sealed failure texts ``e``, ``le``,
+``tb``, sealed progress ``pg`` and sealed log lines), the schedules' data, then the results
 kept under idempotency keys after their job was removed (effectively-once), and the
 copies of job values other features declare (``kitium_queue.copies``: ``copies.py``,
 added by the manager). Each
 ciphertext under another key is opened and sealed again under the current key with the
 same binding, and written back by ``enc_swap.lua``: only if the value is unchanged and
 the job is not active (an active job's result is written under the new key when it
-ends; its data is taken in a later round). A round is *clean* when it finds nothing to
+ends; its data is taken in a later round). A job's log list is compared and rebuilt
+whole, also only while its job is not active. A round is *clean* when it finds nothing to
 re-encrypt and meets no active or changed record; the pass ends after two clean rounds
 in a row. Progress is kept in ``<prefix>enc:rotation`` (``RotationStatus``).
 
@@ -37,6 +38,7 @@ from ...options import to_int
 from ..idempotency.manager import RESULT_PREFIX
 from .crypto import Binding, EncryptionError, KeyNotHeldError, is_envelope
 from .failures import is_sealed_text, parse_sealed, sealed_text
+from .progresslogs import pack_lines, unpack_lines
 from .status import RotationStatus, read_status, wrongtype
 
 if TYPE_CHECKING:
@@ -75,6 +77,11 @@ class Cell:
     guard: bool
     label: str
     text: bool = False
+    #: The sealed text is stored as a JSON string (a progress value, ``pg``).
+    json: bool = False
+    #: ``raw`` is a whole log list (``progresslogs.pack_lines``), ``key`` the list and
+    #: ``field`` its job's record, which must not be active.
+    lines: bool = False
 
 
 class RotationTarget(Protocol):
@@ -132,12 +139,12 @@ def _encrypted(raw_opts: bytes | None, encrypt_all: bool) -> bool:
 
 #: Sealed failure texts of a job record: field, and the part it is bound to.
 _TEXT_FIELDS = (("e", "error"), ("le", "error"), ("tb", "traceback"))
-_JOB_FIELDS = ("n", "o", "d", "r", *(f for f, _ in _TEXT_FIELDS))
+_JOB_FIELDS = ("n", "o", "d", "r", *(f for f, _ in _TEXT_FIELDS), "pg")
 
 
 class JobTarget:
-    """Jobs in every state set: their data, (completed) result and sealed failure
-    texts (reason, last error, traceback)."""
+    """Jobs in every state set: their data, (completed) result, sealed failure texts
+    (reason, last error, traceback), sealed progress and sealed log lines."""
 
     name = "jobs"
     _SETS = ("active", "wait", "delayed", "failed", "dlq", "completed")
@@ -173,16 +180,22 @@ class JobTarget:
                     pipe.hmget(q.keys.job(i.decode("utf-8", "surrogateescape")), *_JOB_FIELDS)
                 rows = await pipe.execute(raise_on_error=False)
                 cells: list[Cell] = []
+                named: list[tuple[str, str]] = []  # encrypted jobs: their log lists next
                 for i, row in zip(ids, rows, strict=True):
                     if isinstance(row, Exception):  # a job key of another type: skipped
                         if not wrongtype(row):
                             raise row
                         continue
-                    n, o, d, r, *texts = row
+                    n, o, d, r, *texts, pg = row
                     if not _encrypted(o, m.encrypt_all):
                         continue
                     jid = i.decode("utf-8", "surrogateescape")
                     name = (n or b"").decode("utf-8", "surrogateescape")
+                    named.append((jid, name))
+                    if pg and pg.startswith(b'"(sealed: key '):  # progresslogs.py
+                        bind = partial(_bind, q.name, jid, name, "progress")
+                        label = f"job {jid} progress"
+                        cells.append(Cell(f"job:{jid}", "pg", pg, bind, True, label, json=True))
                     if d:
                         cells.append(
                             Cell(
@@ -218,7 +231,31 @@ class JobTarget:
                                     text=True,
                                 )
                             )
-                yield cells
+                yield cells + await self._log_cells(client, named)
+
+    async def _log_cells(self, client: Any, named: list[tuple[str, str]]) -> list[Cell]:
+        """A cell for each of these jobs' log lists holding a sealed line."""
+        q = self.manager.queue
+        pipe = client.pipeline(transaction=False)
+        for jid, _ in named:
+            pipe.lrange(q.keys.logs(jid), 0, -1)
+        cells: list[Cell] = []
+        if not named:
+            return cells
+        replies = await pipe.execute(raise_on_error=False)
+        for (jid, name), lines in zip(named, replies, strict=True):
+            if isinstance(lines, Exception):  # a log key of another type: skipped
+                if not wrongtype(lines):
+                    raise lines
+                continue
+            if any(is_sealed_text(line) for line in lines):
+                bind = partial(_bind, q.name, jid, name, "log")
+                packed = pack_lines(lines)
+                label = f"job {jid} log"
+                cells.append(
+                    Cell(f"logs:{jid}", f"job:{jid}", packed, bind, True, label, lines=True)
+                )
+        return cells
 
 
 def _data(queue: str, job_id: str, name: str, scope: str) -> Binding:
@@ -471,12 +508,15 @@ class RotationPass:
         client = await q.client()
         for target in self.targets:
             async for cells in target.pages(client, self.batch):
-                res.scanned += len({c.key for c in cells})  # records, as size() counts
+                # Records, as size() counts (a log list goes with its job's record).
+                res.scanned += len({c.key for c in cells if not c.lines})
                 groups: list[Any] = []
                 for c in cells:
-                    new = self._reseal(c, target_key, res)
+                    reseal = self._reseal_lines if c.lines else self._reseal
+                    new = reseal(c, target_key, res)
+                    guard = "L" if c.lines else "a" if c.guard else "-"
                     if new is not None:
-                        groups += [c.key, c.field, c.raw, new, "a" if c.guard else "-"]
+                        groups += [c.key, c.field, c.raw, new, guard]
                 # A page of records can hold more cells (data and result) than one
                 # enc_swap call takes: several calls, each checked for a newer rotation.
                 swapped = 0
@@ -495,12 +535,31 @@ class RotationPass:
                 await self._add(n, "reencrypted", swapped)
         return res
 
+    def _reseal_lines(self, cell: Cell, target_key: str, res: _Round) -> bytes | None:
+        """A log list's lines, each sealed one under ``target_key`` (packed), or None
+        when none changes."""
+        lines = unpack_lines(cell.raw)
+        changed = False
+        for n, line in enumerate(lines):
+            if is_sealed_text(line):
+                one = Cell(cell.key, cell.field, line, cell.bind, True, cell.label, text=True)
+                new = self._reseal(one, target_key, res)
+                if new is not None:
+                    lines[n], changed = new, True
+        return pack_lines(lines) if changed else None
+
     def _reseal(self, cell: Cell, target_key: str, res: _Round) -> bytes | None:
         """The cell's value under ``target_key``, or None when it is there already (or
         cannot be opened: counted in ``res``)."""
         q = self.manager.queue
-        if cell.text:
-            env: Any = parse_sealed(cell.raw)
+        if cell.json:
+            try:
+                text = orjson.loads(cell.raw)
+            except orjson.JSONDecodeError:
+                text = None
+            env: Any = parse_sealed(text) if isinstance(text, str) else None
+        elif cell.text:
+            env = parse_sealed(cell.raw)
         else:
             try:
                 env = q.serializer.loads(cell.raw)
@@ -522,4 +581,6 @@ class RotationPass:
             res.undecryptable += 1
             res.problems.append(f"{cell.label}: {exc}")
             return None
+        if cell.json:
+            return orjson.dumps(sealed_text(sealed).decode())
         return sealed_text(sealed) if cell.text else q.serializer.dumps(sealed, "envelope")

@@ -1,0 +1,149 @@
+"""Job-text filters and log views: what a running job writes about itself (its progress
+value and its log lines) on the way into Redis, and its log lines on the way out.
+
+* **Job-text filters** ``fn(job, kind, raw) -> bytes`` (sync, in
+  ``queue.job_texts.filters``) rewrite a progress value (``kind="progress"``: ``raw`` is
+  the encoded JSON value, and what a filter returns must be JSON too) or a log line
+  (``kind="log"``: ``raw`` is the UTF-8 line, already clipped to
+  ``limits.MAX_LOG_LINE_CHARS``) just before ``Runner.update`` writes it under the
+  run's lease (``update.lua``: the job hash's ``pg`` and the ``job-progress`` event, or
+  the job's log list), in the order added. A feature may seal or mask them. They fail
+  closed (``filter_job_text``). The in-process hooks (``queue.on("job-progress")``,
+  the ``progress`` lifecycle subscribers) still get the value the processor gave.
+* **Log views** ``view(job_id, name, lines, redact)`` (in ``queue.job_texts.log_views``)
+  rewrite, in place, the lines ``get_job_logs`` returns (``name``: the job's name, read
+  only when a view is registered and there is a line; None when the job's record is
+  gone). ``redact`` is ``redact_payloads``. Progress read back goes through the
+  ``JobInfo`` views (``context.py`` ``info_views``) with the rest of the record.
+
+With no filter and no view registered nothing here runs: ``Runner.update`` and
+``get_job_logs`` check one list each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+from redis.exceptions import ResponseError
+
+from .errors import PayloadTooLargeError
+from .limits import MAX_PROGRESS_BYTES, get_logger, printable
+
+if TYPE_CHECKING:
+    from .context import QueueContext
+
+__all__ = [
+    "MAX_STORED_LOG_LINE_BYTES",
+    "JobTextFilter",
+    "JobTexts",
+    "LogView",
+    "filter_job_text",
+    "view_logs",
+]
+
+log = get_logger(__name__)
+
+#: Largest log line a filter may hand back (a line is clipped to
+#: ``limits.MAX_LOG_LINE_CHARS`` characters, at most 4 bytes each, before the filters):
+#: room for a sealed line; a longer one is withheld.
+MAX_STORED_LOG_LINE_BYTES = 32_768
+
+
+class JobTextFilter(Protocol):
+    """Rewrites a progress value or a log line before it is stored.
+
+    Called in the worker's event loop with the running ``Job``, ``kind``
+    (``"progress"`` or ``"log"``) and the bytes that would be stored: the encoded JSON
+    progress value (at most ``limits.MAX_PROGRESS_BYTES``) or the UTF-8 log line. Returns
+    the bytes to store instead (JSON for progress). Quick, no I/O."""
+
+    def __call__(self, job: Any, kind: str, raw: bytes) -> bytes: ...
+
+
+class LogView(Protocol):
+    """Rewrites, in place, the log lines ``get_job_logs`` returns for one job."""
+
+    def __call__(self, job_id: str, name: str | None, lines: list[str], redact: bool) -> None: ...
+
+
+class JobTexts:
+    """The job-text filters and log views of one queue (``queue.job_texts``)."""
+
+    __slots__ = ("filters", "log_views")
+
+    def __init__(self) -> None:
+        self.filters: list[JobTextFilter] = []
+        self.log_views: list[LogView] = []
+
+
+def _withheld(kind: str, why: str) -> bytes:
+    text = f"{kind} withheld: {why}"
+    return orjson.dumps(text) if kind == "progress" else text.encode("utf-8", "backslashreplace")
+
+
+def filter_job_text(filters: Sequence[JobTextFilter], job: Any, kind: str, raw: bytes) -> bytes:
+    """``raw`` through ``filters``, in order.
+
+    A filter that raises, returns anything but ``bytes`` (for progress: anything but
+    JSON), or a log line longer than ``MAX_STORED_LOG_LINE_BYTES``, fails closed: the
+    value is replaced by a sentence naming the filter (a filter that hides values must
+    never let one through by failing; a progress value becomes that sentence as a JSON
+    string) and an error is logged without the value. A progress value a filter made
+    larger than ``limits.MAX_PROGRESS_BYTES`` raises ``PayloadTooLargeError`` (nothing is
+    written), as a value that large before the filters does."""
+    given = len(raw)
+    for fn in filters:
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        try:
+            out = fn(job, kind, raw)
+            if type(out) is not bytes:
+                problem = f"returned {type(out).__name__}, not bytes"
+            elif kind == "log" and len(out) > MAX_STORED_LOG_LINE_BYTES:
+                problem = f"made it {len(out)} bytes, above {MAX_STORED_LOG_LINE_BYTES}"
+            elif kind == "progress" and not _is_json(out):
+                problem = "returned bytes that are not JSON"
+            else:
+                raw = out
+                continue
+        except Exception as exc:
+            problem = f"raised {type(exc).__name__}"
+        log.error(
+            "job-text filter %s %s on the %s of job %s; it is withheld",
+            name,
+            problem,
+            kind,
+            printable(getattr(job, "id", "?")),
+        )
+        return _withheld(kind, f"the job-text filter {name} {problem}")
+    if kind == "progress" and len(raw) > MAX_PROGRESS_BYTES:
+        raise PayloadTooLargeError(
+            f"progress of job {getattr(job, 'id', '?')} is {given} bytes encoded and "
+            f"{len(raw)} bytes as stored once the queue's job-text filters rewrote it (a "
+            f"sealed value is larger), above {MAX_PROGRESS_BYTES}; report a smaller value "
+            "(a percentage, a few counters)"
+        )
+    return raw
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+async def view_logs(ctx: QueueContext, client: Any, job_id: str, lines: list[str]) -> None:
+    """``lines`` of job ``job_id`` through the queue's log views, in place (its name read
+    from its record first)."""
+    try:
+        raw = await client.hget(ctx.keys.job(job_id), "n")
+    except ResponseError as exc:  # a record of another type: no name to give
+        if "WRONGTYPE" not in str(exc):
+            raise
+        raw = None
+    name = raw.decode("utf-8", "surrogateescape") if raw is not None else None
+    for view in ctx.job_texts.log_views:
+        view(job_id, name, lines, ctx.redacting)
