@@ -21,11 +21,13 @@ import redis.asyncio as aioredis
 
 import test_encryption
 import test_encryption_failures_sealed
-from helpers import QueueFactory, wait_for_status
+from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import ConfigurationError, JobQueue, JobStatus
 from kitium_queue.errors import PayloadTooLargeError
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig
+from kitium_queue.features.webhooks import WebhookConfig, WebhookManager, generate_secret
 from test_encryption_failures_sealed import rotation_queue
+from test_webhooks import FAST
 
 K1, K2 = test_encryption_failures_sealed.K1, test_encryption_failures_sealed.K2  # rotation_queue
 MARK = "CARD-4111-SECRET-7c1a"
@@ -324,3 +326,45 @@ async def test_the_swap_of_a_log_list_is_compare_and_set_and_waits_for_an_active
     assert await swap(read) == 1
     assert await redis_client.lrange(logs, 0, -1) == new
     assert 0 < await redis_client.pttl(logs) <= 600_000
+
+
+@pytest.mark.parametrize("delivery", ["guaranteed", "reliable"])
+async def test_webhooks_withhold_a_sealed_jobs_progress(
+    rq: QueueFactory, redis_client: aioredis.Redis, receiver: Any, delivery: str
+) -> None:
+    """An endpoint subscribed to ``job-progress`` gets ``progress_withheld`` for a job
+    whose progress is stored sealed (nothing of the value in the outbox in Redis nor in
+    the request), and the value for a plain job, as before."""
+    q, _ = enc_queue(rq)
+    m = WebhookManager(q, **FAST)
+    await m.register_webhook(
+        WebhookConfig(
+            url=receiver.url,
+            secret=generate_secret(),
+            events=["job-progress"],
+            delivery_strategy=delivery,
+        )
+    )
+    written: list[bytes] = []
+
+    @q.process("charge")
+    async def charge(job: Any) -> Any:
+        await job.update_progress({"pct": 50, "card": job.data["card"]})
+        # What the outbox holds right after the progress was reported.
+        for key in await redis_client.keys(f"{q.keys.base}*"):
+            if await redis_client.type(key) == b"stream":
+                written.extend(v for _, f in await redis_client.xrange(key) for v in f.values())
+
+    sealed = await q.add_job("charge", {"card": MARK}, encrypted=True)
+    plain = await q.add_job("charge", {"card": "not secret"})
+    await q.start()
+    await wait_until(lambda: len(receiver.ok()) == 2, 10)
+    got = {r.json()["data"]["job_id"]: r.json()["data"] for r in receiver.ok()}
+    assert got[sealed].get("progress_withheld") is True and "progress" not in got[sealed]
+    assert got[plain]["progress"] == {"pct": 50, "card": "not secret"}
+    assert not [r for r in receiver.ok() if MARK.encode() in r.body]
+    assert not [v for v in written if MARK.encode() in v]
+    for key in await redis_client.keys(f"{q.keys.base}*"):
+        kind = await redis_client.type(key)
+        if kind == b"hash":
+            assert MARK.encode() not in b"".join((await redis_client.hgetall(key)).values())

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...hooks import FeatureEvent, Outcome, Subscriber
+from ...jobtexts import filter_job_text
 from ...limits import get_logger
 from ...outbox import Outbox
 from .models import event_body, feature_event_data, new_event_id
@@ -153,12 +154,25 @@ class WebhookSubscriber(Subscriber):
             encoded = orjson.dumps(value)
         except TypeError:
             encoded = b"null"
-        extra = (
-            {"progress": orjson.loads(encoded)}
-            if len(encoded) <= _MAX_PROGRESS_BYTES
-            else {"progress_truncated": True}
-        )
+        if self._withheld(job, encoded):
+            extra: dict[str, Any] = {"progress_withheld": True}
+        elif len(encoded) <= _MAX_PROGRESS_BYTES:
+            extra = {"progress": orjson.loads(encoded)}
+        else:
+            extra = {"progress_truncated": True}
         self._emit("job-progress", *self._job(job), extra=extra, durable=True)
+
+    def _withheld(self, job: Any, encoded: bytes) -> bool:
+        """Whether the queue's job-text filters rewrite this progress value as stored (a
+        feature seals or masks it): its value then neither leaves the process nor goes
+        to the outbox in clear."""
+        filters = self.mgr.queue.job_texts.filters
+        if not filters:
+            return False
+        try:
+            return filter_job_text(filters, job, "progress", encoded) != encoded
+        except Exception:  # too large once rewritten, say: withheld all the same
+            return True
 
     def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
         event = _BY_OUTCOME.get(outcome.kind)
