@@ -171,8 +171,16 @@ _AT_EMFILE = textwrap.dedent(
     url, prefix = sys.argv[1], sys.argv[2]
     _, HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
 
+    def is_open(fd):
+        try:
+            os.fstat(fd)
+            return True
+        except OSError:
+            return False
+
     def leave(free):
-        fds = [int(f) for f in os.listdir("/proc/self/fd")]
+        # Open now: not the descriptor listdir itself used (closed once it returned).
+        fds = [f for f in map(int, os.listdir("/proc/self/fd")) if is_open(f)]
         soft = len(fds)
         while soft - sum(1 for f in fds if f < soft) < free:
             soft += 1
