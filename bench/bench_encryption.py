@@ -8,13 +8,16 @@
    (envelope + decrypt + parse) of the data, and the same for a small result.
    Then a failing job: sealing its reason and traceback (``seal_failures``, on by
    default) for an encrypted job, against a plain failing job on the same queue (the
-   failure-text filter passes its texts through).
+   failure-text filter passes its texts through); and a progress value and a log line
+   (``seal_progress_and_logs``), sealed and passed through.
 2. Drain rate (jobs/s): ``--jobs`` jobs with a 1 KB payload added with ``add_jobs``
    (batches of 1000), then drained by one worker (concurrency 20) in a fresh child
    process against one private ``redis-server``; cases ``plain``, ``gcm`` and ``cbc``
    interleaved per repetition, so load on the machine hits all of them alike. Also the
    enqueue rate of each case. ``--failing``: jobs whose one run raises instead (cases
-   ``plain-fail`` and ``gcm-fail``): what sealing their failure texts costs a drain.
+   ``plain-fail`` and ``gcm-fail``): what sealing their failure texts costs a drain;
+   ``--texts``: jobs whose run reports progress and logs a line three times each
+   (``plain-texts``, ``gcm-texts``): what sealing those costs.
 
 Prints every figure and each case against ``plain`` (medians).
 """
@@ -48,7 +51,8 @@ from kitium_queue import JobQueue
 async def main(url, name, jobs, case, payload):
     q = JobQueue(name, redis=url, worker={"concurrency": 20})
     failing = case.endswith("-fail")  # every run raises: its reason and traceback stored
-    case = case.removesuffix("-fail")
+    texts = case.endswith("-texts")  # every run reports progress and logs 3 times each
+    case = case.removesuffix("-fail").removesuffix("-texts")
     opts = {"attempts": 1} if failing else {}
     if case != "plain":
         from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
@@ -68,6 +72,9 @@ async def main(url, name, jobs, case, payload):
         count += 1
         if count == jobs:
             done.set()
+        for step in range(3) if texts else ():
+            await job.update_progress({"pct": step * 33, "order": job.data["order"]})
+            await job.log(f"step {step} of order {job.data['order']}")
         if failing:
             raise ValueError(f"bad amount {job.data['i']} for order {job.data['order']}")
         return {"ok": True, "i": job.data["i"]}
@@ -153,6 +160,41 @@ def failure_overhead(n: int) -> dict[str, float]:
     return out
 
 
+def text_overhead(n: int) -> dict[str, float]:
+    """µs per progress value and per log line of sealing them for an encrypted job
+    (``seal_progress_and_logs``, on by default), and what a plain job on the same queue
+    pays (the job-text filter passes its values through); stored sizes."""
+    from types import SimpleNamespace
+
+    import orjson
+
+    from kitium_queue import JobQueue
+    from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
+    from kitium_queue.features.encryption.crypto import Binding
+    from kitium_queue.features.encryption.progresslogs import ProgressLogSeal
+
+    q = JobQueue("b-texts", redis="memory://bench")
+    m = EncryptionManager(q, keys=[KeyConfig("k1", generate_key())], run_rotation=False)
+    seal = ProgressLogSeal(m)
+    jid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    env = m.ring.seal(q.serializer.dumps(PAYLOAD), "k1", Binding("job", q.name, jid, "w", "data"))
+    values = {
+        "progress": orjson.dumps({"pct": 50, "step": "charging", "order": "A-1029"}),
+        "log": b"charging card ending 1111 for order A-1029 (attempt 1)",
+    }
+    out: dict[str, float] = {}
+    for kind, raw in values.items():
+        out[f"{kind} bytes"] = len(raw)
+        for case, opts in (("encrypted", {"encrypted": True}), ("plain", {})):
+            job = SimpleNamespace(id=jid, name="w", options=opts, data=env)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                got = seal(job, kind, raw)
+            out[f"{kind} {case}"] = (time.perf_counter() - t0) / n * 1e6
+            out[f"{kind} {case} stored bytes"] = len(got)
+    return out
+
+
 def drain(url: str, case: str, jobs: int, rep: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
@@ -180,6 +222,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--micro", type=int, default=20_000, help="iterations of part 1")
     ap.add_argument(
+        "--texts",
+        action="store_true",
+        help="drain jobs whose every run reports progress and writes a log line 3 times "
+        "each instead (plain-texts, gcm-texts: the cost of sealing them)",
+    )
+    ap.add_argument(
         "--failing",
         action="store_true",
         help="drain jobs whose every run fails instead (plain-fail, gcm-fail: the cost "
@@ -201,7 +249,17 @@ def main() -> None:
         f"{fails['encrypted stored bytes']:.0f} B; a plain failing job: "
         f"{fails['plain']:.2f} us, stored {fails['plain stored bytes']:.0f} B"
     )
-    cases = ("plain-fail", "gcm-fail") if args.failing else ("plain", "gcm", "cbc")
+    texts = text_overhead(args.micro)
+    for kind in ("progress", "log"):
+        print(
+            f"{kind} ({texts[f'{kind} bytes']:.0f} B): sealing "
+            f"{texts[f'{kind} encrypted']:.1f} us, stored "
+            f"{texts[f'{kind} encrypted stored bytes']:.0f} B; a plain job "
+            f"{texts[f'{kind} plain']:.2f} us"
+        )
+    cases: tuple[str, ...] = ("plain", "gcm", "cbc")
+    if args.failing or args.texts:
+        cases = ("plain-fail", "gcm-fail") if args.failing else ("plain-texts", "gcm-texts")
     rates: dict[str, list[float]] = {c: [] for c in cases}
     enq: dict[str, list[float]] = {c: [] for c in cases}
     with RedisServer() as server:
