@@ -18,7 +18,9 @@ class MetricsAdapter(Protocol):
 
     Names emitted: ``jobs.added``, ``jobs.started``, ``jobs.completed``, ``jobs.failed``,
     ``jobs.retried``, ``jobs.dlq``, ``jobs.stalled`` (counters) and ``job.duration_ms``,
-    ``job.wait_ms`` (observations); tags carry ``queue`` and ``job_name``.
+    ``job.wait_ms`` (observations); tags carry ``queue`` and ``job_name``. A worker whose
+    event loop was blocked (``loopwatch.py``) adds ``worker.loop_blocked`` (counter) and
+    ``worker.loop_blocked_ms`` (observation), tagged with ``queue``.
     """
 
     def increment(

@@ -4,7 +4,9 @@
   ``extend`` call per 500 jobs. A job whose lease was lost (this worker was frozen or cut
   off longer than ``lock_duration`` and another worker took it) is *abandoned*: its task
   is cancelled and its outcome is never recorded (fencing). A job cancelled with
-  ``cancel_job()`` while it runs here has its task cancelled.
+  ``cancel_job()`` while it runs here has its task cancelled. Meanwhile the event loop
+  is watched (``loopwatch.py``): one blocked past ``worker.loop_block_warn`` is said
+  (what blocked it) and counted (``loopwatch``).
 * **sweep** — every ``max_stalled_interval`` expired leases of dead workers are requeued
   (or dead-lettered after ``max_stalled_count`` stalls) even when every slot is busy.
   The claim does the same step; both report what they recovered with ``recovered``
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .connection import TRANSIENT_ERRORS
 from .limits import get_logger, printable
+from .loopwatch import LoopWatch
 from .runends import FAILING_CANCELS, wait_unless
 
 if TYPE_CHECKING:
@@ -232,6 +235,9 @@ class Leases:
         #: Claimed jobs whose lease had to be renewed before they could start.
         self.renewed_late = 0
         self._late_n = 0  # dropped since the last warning
+        #: The watchdog of the event loop (``loopwatch.py``; it runs while ``renew`` does):
+        #: blocked episodes (``loopwatch.blocked``) and the longest (``loopwatch.longest_ms``).
+        self.loopwatch = LoopWatch(queue, worker_id)
 
     def add(self, run: Run) -> None:
         """Hold ``run``'s lease. A run of the same job still held here is abandoned: an
@@ -388,7 +394,7 @@ class Leases:
                     run.task.cancel(FAILING_CANCELS[1])
 
     async def renew(self, client: Any) -> None:
-        """The renewal loop (runs until cancelled)."""
+        """The renewal loop (runs until cancelled), the event loop watched meanwhile."""
 
         async def renew_all() -> None:
             calls, sent = self.extend_calls()
@@ -396,7 +402,8 @@ class Leases:
                 at = asyncio.get_running_loop().time()
                 self.after_extend(await self.queue.scripts.pipeline(client, calls), sent, at)
 
-        await self._every(self.queue.lock_renew_ms, renew_all, "lease renewal failed; retrying")
+        with self.loopwatch.running():
+            await self._every(self.queue.lock_renew_ms, renew_all, "lease renewal failed; retrying")
 
     async def confirm(self, run: Run) -> bool:
         """``run`` has not started and its ``start_by`` passed: the lease may have run out

@@ -3,12 +3,11 @@
 Durations are milliseconds (``int`` or ``float``) or ``datetime.timedelta``. Unknown keys
 are rejected with an error that names them and lists the valid ones.
 
-Every numeric option and argument has a documented range (README, "Limits and ranges"),
-checked here by ``to_ms`` (durations) and ``to_int`` (counts and sizes): a value outside
-it -- negative, NaN, infinite, above the maximum, a ``bool`` or a ``str`` where a number
-is expected -- raises ``ConfigurationError`` naming the field and its range, never
-``OverflowError``, ``ValueError`` or ``TypeError``. Names, ids and keys are checked by
-``check_text``.
+Every numeric option and argument has a documented range (README, "Limits and ranges"), checked here
+by ``to_ms`` (durations) and ``to_int`` (counts and sizes): a value outside it -- negative, NaN,
+infinite, above the maximum, a ``bool`` or a ``str`` where a number is expected -- raises
+``ConfigurationError`` naming the field and its range, never ``OverflowError``, ``ValueError`` or
+``TypeError``. Names, ids and keys are checked by ``check_text``.
 """
 
 from __future__ import annotations
@@ -223,13 +222,12 @@ def check_text(
     """A name, id or key: a non-empty ``str`` of at most ``max_len`` characters without
     control characters (U+0000-U+001F, U+007F) or lone surrogates.
 
-    Such characters cannot be stored (surrogates have no UTF-8 form) or would forge
-    lines in logs and text output, so they are refused here, before the value joins a
-    batch sent to Redis. The error names ``what`` and shows the value escaped and
-    clipped, never raw. ``rule`` is appended to the description of valid values.
-    ``max_len=None``: the length is checked elsewhere (the message names no limit).
-    ``quote=False``: the value is personal data (a subject id): the error says what is
-    wrong and where, never the value.
+    Such characters cannot be stored (surrogates have no UTF-8 form) or would forge lines in logs
+    and text output, so they are refused here, before the value joins a batch sent to Redis. The
+    error names ``what`` and shows the value escaped and clipped, never raw. ``rule`` is appended to
+    the description of valid values. ``max_len=None``: the length is checked elsewhere (the message
+    names no limit). ``quote=False``: the value is personal data (a subject id): the error says what
+    is wrong and where, never the value.
     """
     fits = type(value) is str and value and (max_len is None or len(value) <= max_len)
     if fits and _BAD_CHAR.search(value) is None:
@@ -268,10 +266,9 @@ _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 def unknown_options_error(
     section: str, bad: list[Any], valid: list[str], noun: str = "option"
 ) -> ConfigurationError:
-    """The error for unknown keys ``bad`` of ``section``: each shown escaped, with the
-    closest valid name as a suggestion (a camelCase key gets its snake_case spelling,
-    ``ttlMs`` -> ``ttl_ms``), followed by the list of valid names. ``noun``: what the
-    keys are (``option``, ``section``)."""
+    """The error for unknown keys ``bad`` of ``section``: each shown escaped, with the closest valid
+    name as a suggestion (a camelCase key gets its snake_case spelling, ``ttlMs`` -> ``ttl_ms``),
+    followed by the list of valid names. ``noun``: what the keys are (``option``, ``section``)."""
     parts = []
     for key in bad:
         close: list[str] = []
@@ -572,6 +569,7 @@ class WorkerConfig:
         thread_overrun: a plain ``def`` processor's run past its timeout: ``"release"``
             it (default; its thread runs on) or ``"hold"`` it until the thread returns
             (``overruns.hold``), ``thread_overrun_max`` ms at most (None: its timeout).
+        loop_block_warn: warn of an event loop blocked this many ms (0: off; ``loopwatch.py``).
     """
 
     concurrency: int = 20
@@ -581,11 +579,13 @@ class WorkerConfig:
     max_jobs_per_child: int | None = None
     thread_overrun: str = "release"
     thread_overrun_max: Duration | None = None
+    loop_block_warn: Duration | None = None
 
     def __post_init__(self) -> None:
-        from .workerchecks import check_worker  # it imports this module: at call time
+        from . import loopwatch, workerchecks  # they import this module: at call time
 
-        check_worker(self)
+        workerchecks.check_worker(self)
+        loopwatch.check_option(self)
 
 
 @dataclass(slots=True)
