@@ -22,7 +22,7 @@ With no filter and no view registered nothing here runs: ``Runner.update`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -40,6 +40,7 @@ __all__ = [
     "JobTexts",
     "LogView",
     "filter_job_text",
+    "relayed",
     "view_logs",
 ]
 
@@ -125,6 +126,24 @@ def filter_job_text(filters: Sequence[JobTextFilter], job: Any, kind: str, raw: 
             "(a percentage, a few counters)"
         )
     return raw
+
+
+def relayed(
+    update: Callable[[Any, str, Any], Awaitable[None]],
+) -> Callable[[Any, str, Any], Awaitable[None]]:
+    """``update`` for the progress values and log lines a processor in a child process
+    sends (``mode="process"``). The child checked the value's size in clear and cannot
+    be told of a refusal: a value the filters made larger than
+    ``limits.MAX_PROGRESS_BYTES`` is not recorded, a warning says so, and the run goes
+    on (raised here, the refusal ended the run and killed its child)."""
+
+    async def relay(job: Any, kind: str, value: Any) -> None:
+        try:
+            await update(job, kind, value)
+        except PayloadTooLargeError as exc:
+            log.warning("%s; sent from a child process, it is not recorded", exc)
+
+    return relay
 
 
 def _is_json(raw: bytes) -> bool:

@@ -26,6 +26,8 @@ The threshold is ``worker={"loop_block_warn": ms}``: by default half the renewal
 interval, between 100 ms and 1 s (``default_threshold``); 0 turns the watchdog off (no
 thread). The thread ends with the worker's stop, or when the loop is closed; a process
 forked while it runs owns none of it (the child's beat ends, and no thread was copied).
+The workers of one loop with one threshold (a partitioned queue's) share one beat and
+one thread: each counts an episode, one says it, another takes them over at a stop.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ _SKIPPED = (_PKG, _ASYNCIO)
 _SELECTORS = os.sep + "selectors.py"
 
 Where = tuple[str, int, str]  # file, line, function
+
+#: The running watches of each (loop, threshold), the one running the beat and the thread
+#: first (a partitioned queue's workers share them: one thread, not one per partition).
+_PEERS: dict[tuple[asyncio.AbstractEventLoop, int], list[LoopWatch]] = {}
 
 
 def check_option(config: WorkerConfig) -> None:
@@ -153,8 +159,21 @@ class LoopWatch:
             self.stop()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the beat on ``loop`` (which runs in this thread) and the thread."""
+        """Watch ``loop`` (which runs in this thread). The watches of one loop with one
+        threshold (the workers of a partitioned queue) share one beat and one thread,
+        run by the first of them: each counts a blocked episode, the one running them
+        says it."""
         self.stop()
+        for closed in [k for k in list(_PEERS) if k[0].is_closed()]:  # never stopped
+            _PEERS.pop(closed, None)
+        self._loop = loop
+        peers = _PEERS.setdefault((loop, self.threshold_ms), [])
+        peers.append(self)
+        if len(peers) == 1:
+            self._drive(loop)
+
+    def _drive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the beat on ``loop`` and the thread for this watch and its peers."""
         self._pid, self._loop, self._end = os.getpid(), loop, threading.Event()
         self._beat = (self._beat[0] + 1, time.monotonic() + BEAT_S)
         self._handle = loop.call_later(BEAT_S, self._on_beat)
@@ -167,15 +186,26 @@ class LoopWatch:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the beat and the thread (waits for the thread, which ends at once)."""
+        """End the beat and the thread (waits for the thread, which ends at once); a
+        peer still watching the loop runs them from then on."""
+        loop, driving = self._loop, self._pid == os.getpid()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
         self._end.set()
         thread, self._thread = self._thread, None
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+        if thread is not None and thread.is_alive() and driving:
             thread.join(1.0)
         self._pid, self._loop = 0, None
+        if loop is None:
+            return
+        peers = _PEERS.get((loop, self.threshold_ms), [])
+        if self in peers:
+            peers.remove(self)
+            if not peers:
+                _PEERS.pop((loop, self.threshold_ms), None)
+            elif driving and not loop.is_closed():
+                peers[0]._drive(loop)
 
     # ------------------------------------------------------------------ on the loop
     def _on_beat(self) -> None:
@@ -187,13 +217,14 @@ class LoopWatch:
         late_ms = int((now - due) * 1000)
         if late_ms >= self.threshold_ms:
             taken = self._stack
-            if taken is not None and taken[0] == seq and taken[1] is not None:
-                self._blocked(late_ms, taken[1])
-            else:  # the loop waited for I/O, or no stack could be taken: not code of ours
-                self.starved += 1
+            for watch in _PEERS.get((self._loop, self.threshold_ms), [self]):
+                if taken is not None and taken[0] == seq and taken[1] is not None:
+                    watch._blocked(late_ms, taken[1], watch is self)
+                else:  # the loop waited for I/O, or no stack could be taken: not code
+                    watch.starved += 1
         self._handle = self._loop.call_later(BEAT_S, self._on_beat)
 
-    def _blocked(self, ms: int, stack: list[Where] | None) -> None:
+    def _blocked(self, ms: int, stack: list[Where] | None, say: bool = True) -> None:
         self.blocked += 1
         self.longest_ms = max(self.longest_ms, ms)
         if self._metrics is not None:
@@ -201,7 +232,7 @@ class LoopWatch:
             with contextlib.suppress(Exception):  # an adapter's failure costs the metric only
                 self._metrics.increment("worker.loop_blocked", 1, tags)
                 self._metrics.observe("worker.loop_blocked_ms", ms, tags)
-        unsaid = self._hush.say(HUSH_S)
+        unsaid = self._hush.say(HUSH_S) if say else None
         if unsaid is None:
             return
         more = f" ({unsaid} more blocked episode(s) since the last warning)" if unsaid else ""

@@ -58,7 +58,7 @@ from .errors import (
 from .handoff import Handoff
 from .job import Job
 from .jobspec import POLICY_OPTIONS
-from .jobtexts import filter_job_text
+from .jobtexts import filter_job_text, relayed
 from .leases import Run
 from .lifecycle import mark_running
 from .limits import (
@@ -490,7 +490,7 @@ class Runner:
         job = run.job
         if kind == "process":
             assert self._pool is not None  # (the run's timeout stops while a child starts)
-            return await self._pool.run(import_path(fn), run, self.update, self.timeouts)
+            return await self._pool.run(import_path(fn), run, relayed(self.update), self.timeouts)
         pool, cf = self._executor, None
         try:
             if kind == "async":  # its job may run in a pool thread of its own: overruns

@@ -537,15 +537,17 @@ class RotationPass:
 
     def _reseal_lines(self, cell: Cell, target_key: str, res: _Round) -> bytes | None:
         """A log list's lines, each sealed one under ``target_key`` (packed), or None
-        when none changes."""
+        when none changes. The list counts as one cell found, as its swap counts as one
+        (a round that finds only active jobs' cells then waits: ``run``)."""
         lines = unpack_lines(cell.raw)
-        changed = False
+        changed, found = False, res.found
         for n, line in enumerate(lines):
             if is_sealed_text(line):
                 one = Cell(cell.key, cell.field, line, cell.bind, True, cell.label, text=True)
                 new = self._reseal(one, target_key, res)
                 if new is not None:
                     lines[n], changed = new, True
+        res.found = found + changed
         return pack_lines(lines) if changed else None
 
     def _reseal(self, cell: Cell, target_key: str, res: _Round) -> bytes | None:
