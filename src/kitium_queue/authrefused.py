@@ -12,20 +12,31 @@ and pipelines (``clusterconn``). ``word_refusals`` marks the clients a queue bui
 with its connection setting and name, so their refusals name the queue; those of a
 client passed in (it may serve several queues) name the server's address. Nothing is
 done on a call that succeeds, nor per job.
+
+Sentinels that refuse the credentials a setting gives them (``sentinel_password``,
+``sentinel_username``), or ask for some when none were given, leave redis-py with no
+primary (``MasterNotFoundError``): ``no_primary`` says so, where it said that no sentinel
+named a primary and to check the sentinel addresses and the service name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+from collections.abc import Mapping
 from typing import Any
 
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import AuthenticationError
 
-from .pools import ConnectFailedError
+from .errors import ConnectionUnavailableError
+from .pools import CheckedSentinelPool, ConnectFailedError
 from .redact import redact_url
 from .redis_urls import auth_refused
 
-__all__ = ["CredentialsRefusedError", "credentials_refused", "word_refusals"]
+__all__ = [
+    "CredentialsRefusedError", "SentinelPool", "credentials_refused", "no_primary", "word_refusals",
+]  # fmt: skip
 
 #: Where a connection (or a Cluster client) keeps ``(factory, queue)``: who words its
 #: refusals (``connection.ConnectionFactory.error``) and for which queue.
@@ -64,6 +75,8 @@ def _unmarked(exc: BaseException, holder: Any) -> str:
     """The words of a refusal on a client no queue marked: the server's address (a
     Cluster's nodes), the error's text without the password the holder has."""
     where: Any = getattr(holder, "kq_where", None)
+    if isinstance(exc, MasterNotFoundError):  # the sentinels refused (``SentinelPool``)
+        where = "Redis Sentinel"
     if where is None:
         try:
             where = f"Redis at {holder._host_error()}"
@@ -104,3 +117,71 @@ def word_refusals(holder: Any, factory: Any, queue: str) -> None:
         for conn in list(getattr(pool, name, None) or ()):
             with contextlib.suppress(AttributeError, TypeError):
                 conn.__dict__[_MARK] = mark
+
+
+#: A sentinel's refusal in the text of redis-py's ``MasterNotFoundError``, which lists
+#: each sentinel's error after its client's repr: ``AuthenticationError: <reason>``
+#: (redis-py 8.2), ``AuthenticationError('<reason>')`` before; the reason ends at the
+#: next sentinel's entry (``, <redis...``) or at the end.
+_SENTINEL_REFUSAL = re.compile(r"AuthenticationError\W{1,3}(.*?)(?:['\"]\))?(?=, <|\Z)", re.S)
+
+
+def no_primary(
+    describe: str, queue: str, text: str, options: Mapping[str, Any]
+) -> ConnectionUnavailableError:
+    """The error of a Sentinel setting (``describe``, as the factory describes it) whose
+    sentinels named no primary for queue ``queue`` (redis-py's ``MasterNotFoundError``,
+    its ``text`` without credentials): their refusal of the credentials given to them
+    (``options``: the setting's; ``sentinel_password`` is theirs) when one refused them,
+    else that none answered or none monitors the service."""
+    found = _SENTINEL_REFUSAL.search(text)
+    if found is None:
+        return ConnectionUnavailableError(
+            f"no Sentinel of {describe} named a primary for queue {queue!r} "
+            "(none answered, or none monitors that service name); check the sentinel "
+            "addresses and the service name in redis=, and that the sentinels run"
+        )
+    cause = found.group(1).strip().rstrip(".").strip()[:200] or "AuthenticationError"
+    where = f"the sentinels at {describe.removeprefix('sentinel ')}"
+    theirs = (
+        "the sentinels' own credentials: ?sentinel_username=USERNAME&sentinel_password="
+        "PASSWORD in the redis+sentinel:// URL, or those keys of a dict; the URL's "
+        "user:password@ are the data nodes'"
+    )
+    if not (options.get("sentinel_password") or options.get("sentinel_username")):
+        return ConnectionUnavailableError(
+            f"{where} require a password and none was given to them (queue {queue!r}: "
+            f"{cause}); give them sentinel_password (and sentinel_username for an ACL "
+            f"user): {theirs}"
+        )
+    return ConnectionUnavailableError(
+        f"{where} refused the credentials of queue {queue!r} ({cause}); check "
+        f"sentinel_username and sentinel_password given in redis=: {theirs}"
+    )
+
+
+class _SentinelsRefused(MasterNotFoundError, AuthenticationError):
+    """No primary because the sentinels refused the credentials given to them: a
+    refused ``AUTH`` where a connection opens (``pools.answering``), worded by
+    ``no_primary``."""
+
+
+class SentinelPool(CheckedSentinelPool):
+    """The pool of a Sentinel setting's primary (``connection.ConnectionFactory``):
+    each new connection asks the sentinels for the primary; when they refused the
+    credentials given to them it raises ``_SentinelsRefused`` (so the connection's
+    ``CredentialsRefusedError``, worded by ``no_primary``) instead of redis-py's bare
+    ``MasterNotFoundError``."""
+
+    async def get_master_address(self) -> Any:
+        try:
+            return await super().get_master_address()  # type: ignore[no-untyped-call,unused-ignore]
+        except MasterNotFoundError as exc:
+            found = _SENTINEL_REFUSAL.search(str(exc))
+            if found is None:
+                raise
+            reason = found.group(1).strip()[:200]
+            raise _SentinelsRefused(
+                f"the sentinels refused the credentials given to them for service "
+                f"{self.service_name!r}: AuthenticationError: {reason}"
+            ) from exc

@@ -17,11 +17,12 @@ from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .authrefused import SentinelPool
 from .clusterconn import UNREACHABLE, ClusterClient
 from .connerrors import bound_replies, connection_options, refused, translate_error
 from .errors import ConfigurationError, KitiumQueueError
 from .memorystore import memory_server
-from .pools import CheckedSentinelPool, ConnectFailedError, check_pool
+from .pools import ConnectFailedError, check_pool
 from .redact import (
     REDACTED,
     REDACTED_PLACEHOLDER,
@@ -534,7 +535,7 @@ class ConnectionFactory:
         master = sentinel.master_for(
             self._service,
             redis_class=_SentinelMaster,
-            connection_pool_class=CheckedSentinelPool,
+            connection_pool_class=SentinelPool,
             **kwargs,
         )
         master.kq_sentinel = sentinel

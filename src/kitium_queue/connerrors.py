@@ -315,6 +315,10 @@ def translate_error(
     if said is not None:
         kind = TLSConfigurationError if said[1] else ConnectionUnavailableError
         return kind(f"the TLS handshake with {where} failed (queue {queue!r}: {cause}); {said[0]}")
+    if isinstance(exc, MasterNotFoundError):  # its text: every Sentinel client's repr
+        from .authrefused import no_primary  # it builds on this module
+
+        return no_primary(describe, queue, redacted, options)
     if isinstance(seen, AuthenticationError):
         return ConnectionUnavailableError(auth_refused(where, queue, cause, options))
     if isinstance(exc, InvalidResponse):
@@ -329,13 +333,6 @@ def translate_error(
             f"{where} has no such database ({db}queue {queue!r}: {cause}); a server has databases "
             "0..15 unless its 'databases' setting says otherwise: use a database number within "
             "that range in redis= (redis://host:6379/<db>, ?db=<db>, or the db key of a dict)"
-        )
-    if isinstance(exc, MasterNotFoundError):
-        # Its text lists every Sentinel client's repr: say it in one sentence instead.
-        return ConnectionUnavailableError(
-            f"no Sentinel of {describe} named a primary for queue {queue!r} "
-            "(none answered, or none monitors that service name); check the sentinel "
-            "addresses and the service name in redis=, and that the sentinels run"
         )
     if isinstance(exc, RedisClusterException):  # by its words: 8.1 has no class for most
         words, low = _ARGS.sub(r"\1 ...", cause.split("\n")[0])[:200], cause.lower()
