@@ -264,6 +264,8 @@ class AdvancedFeatures:
             self._compliance()
         if c.monitoring.enabled:
             self._monitoring()
+        if self.alerts is None and config is not None:
+            self._alert_leftovers()
         return self
 
     def _preflight(self) -> None:
@@ -437,6 +439,20 @@ class AdvancedFeatures:
                 webhook_event=mon.alert_webhook_event,
                 lease_ms=mon.leader_lease_ms,
             )
+
+    def _alert_leftovers(self) -> None:
+        """No alert rules configured: a worker's start checks once whether earlier
+        configurations left alerts in Redis, and clears them (``alerts.removed``)."""
+        from ..alerts.removed import LeftoverSweep
+
+        mon = self.config.monitoring
+        self.queue.add_service(
+            LeftoverSweep(
+                interval_ms=int(mon.evaluation_interval_ms),
+                webhook_event=mon.alert_webhook_event,
+                lease_ms=int(mon.leader_lease_ms),
+            )
+        )
 
     # ------------------------------------------------------------------ reporting
     def effective(self) -> dict[str, Any]:

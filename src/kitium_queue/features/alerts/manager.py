@@ -30,7 +30,8 @@ evaluation):
 
 A rule removed from the configuration (or renamed) while it fires is cleared once by the
 leader, with ``reason`` ``rule-removed``, and its record dropped, unless a running
-process still has it (a rolling deploy): ``removed.py``.
+process still has it (a rolling deploy): ``removed.py`` (which also clears them on a
+queue configured with no rules at all, where no ``AlertManager`` is made).
 
 Run outcomes (for ``failure_rate``) are counted by a ``release`` slot fragment into
 buckets of ``BUCKET_MS`` (``alerts:o:<bucket>``), installed only when a rule watches
@@ -513,3 +514,14 @@ class AlertManager:
             "webhook_event": self.webhook_event,
             "rules": [r.to_dict() for r in self.rules],
         }
+
+
+def sweeper(queue: JobQueue, *, interval_ms: int, webhook_event: str | None) -> AlertManager:
+    """A manager with no rules for ``removed.LeftoverSweep``: its evaluation only clears
+    (and drops) the records of removed rules and reports what waits. It runs no service
+    and is not installed (``AlertManager.of(queue)`` stays None: the queue has no rules)."""
+    m = AlertManager(
+        queue, (), interval_ms=interval_ms, webhook_event=webhook_event, run_service=False
+    )
+    _INSTALLED.pop(queue, None)
+    return m

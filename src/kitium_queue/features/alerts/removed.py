@@ -17,6 +17,14 @@ interval). Only the leader sweeps, and it leaves alone a record whose rule some 
 announced: the rule keeps its state while a process that has it runs (evaluated when
 one of them leads), and is cleared once after the last of them stopped, so it does not
 fire and clear at each change of leader.
+
+A queue configured with no alert rules (``advanced.monitoring.alerts`` empty, or no
+``monitoring`` section) has no ``AlertManager``: ``LeftoverSweep`` stands in for its
+sweep. At a worker's start it asks Redis once whether the queue holds alert records
+(``EXISTS`` of ``alerts:state`` and ``alerts:unreported``); only then does it run the
+same leader-only sweep (role ``alerts``, with no rules of its own), until no record and
+no unreported change is left, and it stops. A queue that never had alerts pays that one
+check per worker start: no loop, no script, nothing per job.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from ...leader import every
+from ...leader import LeaderService, every
 from ...limits import get_logger
 from .reports import text
 
@@ -33,7 +41,17 @@ if TYPE_CHECKING:
     from ...queue import JobQueue
     from .manager import AlertManager, AlertTransition
 
-__all__ = ["HOLD_MAX_MS", "REASON_REMOVED", "SWEEP_PAGE", "RemovedRules", "RuleAnnouncer"]
+#: The keys whose presence means records to sweep or changes to report.
+_LEFT = ("alerts:state", "alerts:unreported")
+
+__all__ = [
+    "HOLD_MAX_MS",
+    "REASON_REMOVED",
+    "SWEEP_PAGE",
+    "LeftoverSweep",
+    "RemovedRules",
+    "RuleAnnouncer",
+]
 
 log = get_logger("kitium_queue.features.alerts.manager")
 
@@ -126,3 +144,100 @@ class RuleAnnouncer:
         reply: Any = await queue.run("alerts_announce", [self.hold_ms, *self.names])
         if text(reply[0]) == "damaged":
             self.manager._warn_damaged(text(reply[1]), text(reply[2]))
+
+
+class LeftoverSweep:
+    """A worker service of a queue configured with no alert rules: clears, once, the
+    alerts its earlier configurations left firing (see the module docstring).
+
+    Args:
+        interval_ms: how often the leader sweeps while records are left.
+        webhook_event: the webhook event name the clearings are sent as (None: none).
+        lease_ms: the leader's lease (role ``alerts``, shared with ``AlertManager``).
+
+    ``checks`` counts the checks made at worker starts; ``leader`` is the leader service
+    of the sweep under way (None when none runs).
+    """
+
+    name = "alerts-leftovers"
+
+    def __init__(self, *, interval_ms: int, webhook_event: str | None, lease_ms: int) -> None:
+        self.interval_ms = interval_ms
+        self.webhook_event = webhook_event
+        self.lease_ms = lease_ms
+        self.checks = 0
+        self.leader: LeaderService | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def sweeping(self) -> bool:
+        """A sweep runs in this process (campaigning for the lead, or leading)."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self, queue: JobQueue) -> None:
+        from .manager import AlertManager
+
+        if self.sweeping or AlertManager.of(queue) is not None:
+            return  # under way (another worker of this process), or a manager sweeps
+        self.checks += 1
+        try:
+            found = await self._left(queue)
+        except Exception as exc:  # unreachable, refused: checked at the next start
+            log.warning(
+                "queue %s: alerts: could not tell whether alerts of removed rules are "
+                "left (%s); checked again at the next worker start",
+                queue.name,
+                type(exc).__name__,
+            )
+            return
+        if not found:
+            return
+        log.info(
+            "queue %s: alerts: no alert rule is configured, but records of earlier ones "
+            "are left: clearing them (leader only), then the sweep stops",
+            queue.name,
+        )
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(queue), name=f"kq-alerts-leftovers-{queue.name}"
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @staticmethod
+    async def _left(queue: JobQueue) -> bool:
+        client = await queue.client()
+        return bool(await client.exists(*(queue.keys.extra(k) for k in _LEFT)))
+
+    async def _run(self, queue: JobQueue) -> None:
+        from .manager import ROLE, sweeper
+
+        m = sweeper(queue, interval_ms=self.interval_ms, webhook_event=self.webhook_event)
+        done = asyncio.Event()
+
+        async def body(term: int) -> None:
+            # What a leader that died recorded and did not report goes out first.
+            m._reporter.behind = True
+
+            async def step() -> None:
+                await m.evaluate(term)
+                if not await self._left(queue):
+                    done.set()
+
+            await every(m.interval_ms, step, f"queue {queue.name}: alerts of removed rules")
+
+        leader = self.leader = LeaderService(ROLE, body, lease_ms=self.lease_ms)
+        await leader.start(queue)
+        try:
+            await done.wait()
+        finally:
+            await leader.stop()  # the body cancelled, then the lease released
+            self.leader = None
+        log.info(
+            "queue %s: alerts: the alerts of removed rules are cleared; the sweep stopped",
+            queue.name,
+        )
