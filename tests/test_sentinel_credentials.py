@@ -333,3 +333,42 @@ async def test_sentinels_that_start_asking_for_a_password_are_said_on_a_new_conn
             assert await q.add_job("x", {}) is not None  # the sentinels open again
         finally:
             await q.close()
+
+
+async def test_data_nodes_that_start_asking_for_a_password_none_was_given_say_so(
+    prefix: str,
+) -> None:
+    """Sentinel's data nodes start asking for a password a queue connected through
+    Sentinel was never given: said as a password needed and none given, with the URL
+    form that gives the data nodes one (not "check the username and password")."""
+    with LocalSentinel(replicas=0, sentinels=1) as s:
+        q = JobQueue("dn-none", redis=s.url, prefix=prefix)
+        try:
+            assert await q.add_job("x", {}) is not None
+            _on_data_nodes(s, "ACL", "SETUSER", "default", "resetpass", f">{NEW}")
+            try:
+                await asyncio.to_thread(_kill_clients_as, s, NEW)
+                with pytest.raises(ConnectionUnavailableError) as info:
+                    await asyncio.wait_for(q.add_job("x", {}), 30)
+                text = str(info.value)
+                assert isinstance(info.value, CredentialsRefusedError), repr(info.value)
+                assert "requires a password and none was given" in text, text
+                assert "use redis+sentinel://:PASSWORD@host:port,host:port/service" in text
+                assert "check the username and password" not in text and NEW not in text
+            finally:
+                _on_data_nodes_as(s, NEW, "ACL", "SETUSER", "default", "resetpass", "nopass")
+            assert await q.add_job("x", {}) is not None
+        finally:
+            await q.close()
+
+
+def _on_data_nodes_as(s: LocalSentinel, password: str, *args: str) -> None:
+    for node in s.data:
+        with redis.Redis(port=node.port, password=password, socket_timeout=5) as admin:
+            admin.execute_command(*args)
+
+
+def _kill_clients_as(s: LocalSentinel, password: str) -> None:
+    for node in s.data:
+        with redis.Redis(port=node.port, password=password, socket_timeout=5) as admin:
+            admin.client_kill_filter(_type="normal", skipme=True)

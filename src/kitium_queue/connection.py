@@ -127,10 +127,10 @@ def _check_settings(opts: Mapping[str, Any]) -> None:
 
 def _wording_options(url: str | None, kwargs: Mapping[str, Any], mode: str) -> dict[str, Any]:
     """``connection_options`` to word an error with, saying whether a setting of one
-    server or a Cluster (``mode``; not a client given) gives no password (redis-py then
-    sends no AUTH): the value names the URL form that gives one."""
+    server, a Cluster or Sentinel's data nodes (``mode``; not a client given) gives no
+    password (redis-py then sends no AUTH): the value names the URL form that gives one."""
     opts = connection_options(url, kwargs)
-    if mode in ("standalone", "cluster") and not (
+    if mode in ("standalone", "cluster", "sentinel") and not (
         opts.get("password") or opts.get("credential_provider")
     ):
         opts[NO_PASSWORD] = mode

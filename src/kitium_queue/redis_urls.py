@@ -276,7 +276,8 @@ NO_PASSWORD = "kq_no_password"
 
 def auth_refused(where: str, queue: str, cause: str, options: Mapping[str, Any]) -> str:
     """The message of an ``AuthenticationError`` from Redis at ``where``: a password is
-    needed when none was given (``options[NO_PASSWORD]``: "cluster" for a Cluster), else
+    needed when none was given (``options[NO_PASSWORD]``: "cluster" for a Cluster,
+    "sentinel" for the data nodes found through Sentinel), else
     the credentials given are wrong (never shown). ``queue``: the queue's name ("" when
     the connection serves no queue known: a client passed in)."""
     of, named = (f" of queue {queue!r}", f"queue {queue!r}: ") if queue else ("", "")
@@ -286,6 +287,8 @@ def auth_refused(where: str, queue: str, cause: str, options: Mapping[str, Any])
         user, s = "USERNAME" if options.get("username") else "", "s" if _tls(options) else ""
         if options.get(NO_PASSWORD) == "cluster":
             form = f"redis{s}+cluster://{user}:PASSWORD@host:port,host:port"
+        elif options.get(NO_PASSWORD) == "sentinel":  # the data nodes' (not the sentinels')
+            form = f"redis{s}+sentinel://{user}:PASSWORD@host:port,host:port/service"
         elif options.get("path"):
             form = f"unix://{user}:PASSWORD@/path/to/socket"
         else:
