@@ -49,6 +49,7 @@ COLUMNS = [
     "heartbeat",
     "state",
     "features",
+    "loop blocked",
 ]
 # Written by another client: a terminal escape, a bidi override, a newline, a tab.
 EVIL_ID = "w\x1b[31m\u202e\n\tid"

@@ -2,7 +2,8 @@
 
 A worker writes a small record of itself when it starts and again every
 ``HEARTBEAT_MS`` (its id, host, pid, concurrency, the job names it has processors for,
-how many jobs it runs and has processed), with a TTL of ``PRESENCE_TTL_MS``; a worker
+how many jobs it runs and has processed, how often its event loop was blocked and the
+longest such block: ``loopwatch.py``), with a TTL of ``PRESENCE_TTL_MS``; a worker
 that stops deletes it, one that dies lets it expire. The TTL runs on the Redis clock, so
 hosts whose clocks disagree still agree on who is alive.
 
@@ -76,6 +77,10 @@ _CANCEL_WAIT_S = 0.5
 _STALE_MS = 3_600_000
 #: Most job names a record lists (a worker with more shows the first ones).
 MAX_NAMES = 200
+#: Most blocked episodes of the event loop a record may say (larger values read as this).
+MAX_LOOP_BLOCKED = 1_000_000_000
+#: Longest block of the event loop a record may say (ms; larger values read as this).
+MAX_LOOP_BLOCKED_MS = 10 * 365 * 86_400_000
 #: Most workers ``live_workers`` reads.
 MAX_WORKERS = 1000
 #: Most index entries of gone records one ``live_workers`` call drops.
@@ -122,6 +127,10 @@ class WorkerPresence:
         stopping: a stop of it has begun (it takes no more jobs).
         features_known: its record lists its features (False for a release from before
             they were announced: ``features`` is then empty, not known to be).
+        loop_blocked, loop_longest_ms: how many times code it ran blocked its event loop
+            past ``worker.loop_block_warn`` since it started, and the longest of those
+            blocks (ms, at least that long): its watchdog's counts (``loopwatch.py``) at
+            its last heartbeat; 0 for a release that does not say.
     """
 
     id: str
@@ -137,6 +146,8 @@ class WorkerPresence:
     features: tuple[str, ...] = ()
     stopping: bool = False
     features_known: bool = True
+    loop_blocked: int = 0
+    loop_longest_ms: int = 0
 
     def can_process(self, job_name: str) -> bool:
         """Whether it has a processor for jobs named ``job_name``."""
@@ -157,7 +168,18 @@ class WorkerPresence:
             "options": list(self.options),
             "features": list(self.features),
             "stopping": self.stopping,
+            "loop_blocked": self.loop_blocked,
+            "loop_longest_ms": self.loop_longest_ms,
         }
+
+    def loop_blocked_text(self) -> str:
+        """The blocked episodes of its event loop, said shortly: ``3 (longest 1.2 s)``,
+        ``1 (longest 250 ms)``, or ``-`` for none (or a record that does not say)."""
+        if self.loop_blocked <= 0:
+            return "-"
+        ms = self.loop_longest_ms
+        longest = f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+        return f"{self.loop_blocked} (longest {longest})"
 
 
 class Presence:
@@ -194,6 +216,8 @@ class Presence:
     def record(self) -> dict[str, str]:
         """The fields written at each heartbeat."""
         w = self.worker
+        # The event loop's watchdog (``loopwatch.py``); a worker without one says 0.
+        watch = getattr(getattr(w, "leases", None), "loopwatch", None)
         return {
             "host": self.host,
             "pid": str(os.getpid()),
@@ -204,6 +228,8 @@ class Presence:
             "opts": orjson.dumps(feature_options(w.queue)).decode(),
             "feat": orjson.dumps(self.features).decode(),
             "stop": "1" if getattr(w, "stopping", False) else "0",
+            "blk": str(_bounded(getattr(watch, "blocked", 0), MAX_LOOP_BLOCKED)),
+            "blkms": str(_bounded(getattr(watch, "longest_ms", 0), MAX_LOOP_BLOCKED_MS)),
             "start": str(self.started_at),
             "seen": str(int(time.time() * 1000)),
         }
@@ -382,6 +408,12 @@ class Presence:
         await pipe.execute()
 
 
+def _bounded(raw: Any, most: int) -> int:
+    """``raw`` (a record's field, or a count) as an int from 0 to ``most``; 0 when it is
+    missing or not an integer."""
+    return max(0, min(reply_int(raw), most))
+
+
 def _names(raw: Any) -> tuple[str, ...]:
     try:
         got = orjson.loads(raw or b"[]")
@@ -432,6 +464,8 @@ async def live_workers(queue: Any, limit: int = MAX_WORKERS) -> list[WorkerPrese
                 features=_names(h.get(b"feat")),
                 stopping=h.get(b"stop") == b"1",
                 features_known=b"feat" in h,
+                loop_blocked=_bounded(h.get(b"blk"), MAX_LOOP_BLOCKED),
+                loop_longest_ms=_bounded(h.get(b"blkms"), MAX_LOOP_BLOCKED_MS),
             )
         )
     if gone:

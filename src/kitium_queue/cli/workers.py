@@ -3,11 +3,13 @@ page shows them.
 
 The data is what ``presence.live_workers`` returns (each worker's last heartbeat),
 read after the queue's read guards (``get_stats``). A partitioned APP is read queue by
-queue (the queue's name in every row). ``--json`` prints one list of objects:
-``WorkerPresence.to_dict()`` with ``queue`` and ``features_known``. Ids, hosts and job
-names come from records any client may write, so in text output every field is escaped
-(``text_field``); plain rows name the queue first, rich prints a table per queue. A
-queue without live workers prints one line saying so (exit 0).
+queue (the queue's name in every row). ``loop blocked`` is the worker's event-loop
+watchdog at its last heartbeat (``loopwatch.py``): ``3 (longest 1.2 s)``, or ``-``.
+``--json`` prints one list of objects: ``WorkerPresence.to_dict()`` with ``queue`` and
+``features_known``. Ids, hosts and job names come from records any client may write, so
+in text output every field is escaped (``text_field``); plain rows name the queue first,
+rich prints a table per queue. A queue without live workers prints one line saying so
+(exit 0).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ SHOWN_NAMES = 10
 
 _COLUMNS = [
     "queue", "id", "host", "pid", "concurrency", "running", "processed", "processors",
-    "started", "heartbeat", "state", "features",
+    "started", "heartbeat", "state", "features", "loop blocked",
 ]  # fmt: skip
 
 
@@ -68,6 +70,7 @@ def _row(queue: str, w: WorkerPresence, now_ms: int) -> list[object]:
         _ago(now_ms, w.seen_at),
         "stopping" if w.stopping else "running",
         _features(w),
+        w.loop_blocked_text(),
     ]
 
 
@@ -78,8 +81,9 @@ def _row(queue: str, w: WorkerPresence, now_ms: int) -> list[object]:
 def workers(app: str, as_json: bool, redis: str | None) -> None:
     """List APP's live workers (each partition's for a partitioned queue): id, host,
     pid, concurrency, jobs running, jobs processed, the job names it has processors
-    for, when it started and last sent its heartbeat, whether it is stopping, and its
-    features. --json: a list of objects."""
+    for, when it started and last sent its heartbeat, whether it is stopping, its
+    features, and how often code it ran blocked its event loop (with the longest block).
+    --json: a list of objects."""
     out = output(as_json)
 
     async def act(q: Any) -> tuple[str, list[tuple[str, WorkerPresence]]]:
