@@ -23,8 +23,11 @@ A queue configured with no alert rules (``advanced.monitoring.alerts`` empty, or
 sweep. At a worker's start it asks Redis once whether the queue holds alert records
 (``EXISTS`` of ``alerts:state`` and ``alerts:unreported``); only then does it run the
 same leader-only sweep (role ``alerts``, with no rules of its own), until no record and
-no unreported change is left, and it stops. A queue that never had alerts pays that one
-check per worker start: no loop, no script, nothing per job.
+no unreported change is left, and it stops. While records a running process still
+announces are left, it gives up the lead after each lease's length and campaigns
+again, so that a process with rules (an ``AlertManager``) can lead and evaluate them.
+A queue that never had alerts pays that one check per worker start: no loop, no script,
+nothing per job.
 """
 
 from __future__ import annotations
@@ -222,13 +225,29 @@ class LeftoverSweep:
         async def body(term: int) -> None:
             # What a leader that died recorded and did not report goes out first.
             m._reporter.behind = True
+            walked = asyncio.Event()
 
             async def step() -> None:
                 await m.evaluate(term)
                 if not await self._left(queue):
                     done.set()
+                elif m._removed.at == 0:  # a whole walk made: the rest is held
+                    walked.set()
 
-            await every(m.interval_ms, step, f"queue {queue.name}: alerts of removed rules")
+            run = asyncio.ensure_future(
+                every(m.interval_ms, step, f"queue {queue.name}: alerts of removed rules")
+            )
+            try:
+                # What is left, a running process still has: after a lease's length the
+                # lead is given up (campaigned for again), so that a process with rules
+                # can lead and evaluate them; otherwise they would go unevaluated for as
+                # long as this sweep runs.
+                await asyncio.sleep(self.lease_ms / 1000)
+                await walked.wait()
+            finally:
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
 
         leader = self.leader = LeaderService(ROLE, body, lease_ms=self.lease_ms)
         await leader.start(queue)
