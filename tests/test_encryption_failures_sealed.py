@@ -234,3 +234,29 @@ async def test_a_failing_failure_text_filter_withholds_the_texts(
     assert info.failed_reason is not None
     assert info.failed_reason.startswith("failure text withheld: the failure-text filter")
     assert "raised RuntimeError" in info.failed_reason and not info.stacktrace
+
+
+async def test_a_failure_is_sealed_once_the_log_line_asks_the_filter(
+    rq: QueueFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's log line of a failure learns from the filter's ``rewrites`` that the
+    texts are sealed: the texts are sealed once per failure (for the job), not twice."""
+    from kitium_queue.features.encryption.failures import FailureSeal
+
+    calls: list[str] = []
+    original = FailureSeal.__call__
+
+    def counting(self: FailureSeal, job: Any, *args: Any) -> Any:
+        calls.append(job.id)
+        return original(self, job, *args)
+
+    monkeypatch.setattr(FailureSeal, "__call__", counting)
+    caplog.set_level(logging.INFO, logger="kitium_queue")
+    q, _ = enc_queue(rq)
+    failing(q)
+    job_id = await q.add_job("charge", {"amount": 5, "card": MARK}, encrypted=True, attempts=1)
+    await q.start()
+    await wait_for_status(q, job_id, JobStatus.DLQ)
+    assert calls == [job_id]
+    logged = [r.getMessage() for r in caplog.records if "failed for good" in r.getMessage()]
+    assert logged and all("ValueError (its text is withheld" in m for m in logged)

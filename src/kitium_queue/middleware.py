@@ -203,7 +203,9 @@ class FailureTextFilter(Protocol):
     Returns the pair to store instead: the texts are not clipped again, but a reason
     longer than ``MAX_FILTERED_REASON_BYTES`` or a traceback longer than
     ``MAX_FILTERED_TRACEBACK_BYTES`` fails closed. It must be quick and must not block
-    (no I/O)."""
+    (no I/O). A filter may also have ``rewrites(job, exc) -> bool`` (whether it would
+    rewrite that failure's texts): the worker's log lines ask it instead of running the
+    filter again to learn whether to name the error's type only."""
 
     def __call__(
         self, job: Any, exc: BaseException | None, reason: bytes, tb: bytes

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from .events import EventData
 from .hooks import FeatureEvent, Outcome, Subscriber
 from .limits import get_logger, printable
-from .middleware import FailureTextFilter, filter_failure_texts
+from .middleware import FailureTextFilter
 from .outcomes import describe, safe_name, traceback_text
 
 if TYPE_CHECKING:
@@ -54,6 +54,23 @@ if TYPE_CHECKING:
 __all__ = ["Observer"]
 
 log = get_logger("kitium_queue.worker")
+
+
+def _rewritten(
+    filters: Sequence[FailureTextFilter], job: Any, exc: BaseException | None, text: str
+) -> bool:
+    """Whether the failure-text filters rewrite this failure's stored texts: each filter
+    that says so itself (``rewrites(job, exc)``) is asked, the others are run on the
+    text and their answer compared (a filter that fails counts as rewriting)."""
+    raw = text.encode("utf-8", "backslashreplace")
+    for fn in filters:
+        ask = getattr(fn, "rewrites", None)
+        try:
+            if ask(job, exc) if callable(ask) else fn(job, exc, raw, b"")[0] != raw:
+                return True
+        except Exception:  # as filter_failure_texts: a failing filter hides the texts
+            return True
+    return False
 
 
 class Observer(Subscriber):
@@ -195,13 +212,9 @@ class Observer(Subscriber):
         """The error as the worker's log lines name it: its text, or its type only when a
         failure-text filter rewrites what is stored for this job (sealed, masked)."""
         text = describe(exc)
-        if self.text_filters:
-            raw = text.encode("utf-8", "backslashreplace")
-            if filter_failure_texts(self.text_filters, job, exc, raw, b"")[0] != raw:
-                kind = "error" if exc is None else safe_name(exc)
-                return (
-                    f"{printable(kind)} (its text is withheld: a failure-text filter rewrites it)"
-                )
+        if self.text_filters and _rewritten(self.text_filters, job, exc, text):
+            kind = "error" if exc is None else safe_name(exc)
+            return f"{printable(kind)} (its text is withheld: a failure-text filter rewrites it)"
         return printable(text)
 
     def _failed(self, queue: str, job: Any, outcome: Outcome) -> None:

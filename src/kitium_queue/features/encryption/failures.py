@@ -133,11 +133,9 @@ class FailureSeal:
     def __call__(
         self, job: Any, exc: BaseException | None, reason: bytes, tb: bytes
     ) -> tuple[bytes, bytes]:
+        if not self.rewrites(job, exc):
+            return reason, tb
         m = self.manager
-        if not (m.encrypt_all or job.options.get("encrypted") is True):
-            return reason, tb
-        if exc is not None and getattr(exc, _OWN, False):
-            return reason, tb
         key_id = self._key(job)
         if key_id is None:
             return (WITHHELD if reason else b""), b""
@@ -149,6 +147,15 @@ class FailureSeal:
                 text = sealed_text(m.ring.seal(text, key_id, binding))
             out.append(text)
         return out[0], out[1]
+
+    def rewrites(self, job: Any, exc: BaseException | None) -> bool:
+        """Whether this filter rewrites the texts of ``job``'s failure ``exc`` (an
+        encrypted job's, but the worker's own refusals): the worker's log lines ask this
+        instead of sealing the texts again (``FailureTextFilter``)."""
+        m = self.manager
+        if not (m.encrypt_all or job.options.get("encrypted") is True):
+            return False
+        return exc is None or not getattr(exc, _OWN, False)
 
     def _key(self, job: Any) -> str | None:
         return seal_key(self.manager, job)
