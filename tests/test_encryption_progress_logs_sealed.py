@@ -25,6 +25,7 @@ from helpers import QueueFactory, wait_for_status, wait_until
 from kitium_queue import ConfigurationError, JobQueue, JobStatus
 from kitium_queue.errors import PayloadTooLargeError
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig
+from kitium_queue.features.encryption.progresslogs import ProgressLogSeal
 from kitium_queue.features.webhooks import WebhookConfig, WebhookManager, generate_secret
 from test_encryption_failures_sealed import rotation_queue
 from test_webhooks import FAST
@@ -330,7 +331,11 @@ async def test_the_swap_of_a_log_list_is_compare_and_set_and_waits_for_an_active
 
 @pytest.mark.parametrize("delivery", ["guaranteed", "reliable"])
 async def test_webhooks_withhold_a_sealed_jobs_progress(
-    rq: QueueFactory, redis_client: aioredis.Redis, receiver: Any, delivery: str
+    rq: QueueFactory,
+    redis_client: aioredis.Redis,
+    receiver: Any,
+    delivery: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An endpoint subscribed to ``job-progress`` gets ``progress_withheld`` for a job
     whose progress is stored sealed (nothing of the value in the outbox in Redis nor in
@@ -346,6 +351,14 @@ async def test_webhooks_withhold_a_sealed_jobs_progress(
         )
     )
     written: list[bytes] = []
+    sealed_calls: list[str] = []
+    original = ProgressLogSeal.__call__
+
+    def counting(self: ProgressLogSeal, job: Any, kind: str, raw: bytes) -> bytes:
+        sealed_calls.append(job.id)
+        return original(self, job, kind, raw)
+
+    monkeypatch.setattr(ProgressLogSeal, "__call__", counting)
 
     @q.process("charge")
     async def charge(job: Any) -> Any:
@@ -363,6 +376,8 @@ async def test_webhooks_withhold_a_sealed_jobs_progress(
     assert got[sealed].get("progress_withheld") is True and "progress" not in got[sealed]
     assert got[plain]["progress"] == {"pct": 50, "card": "not secret"}
     assert not [r for r in receiver.ok() if MARK.encode() in r.body]
+    # Each value sealed once, for the job (the subscriber asks the filter's rewrites).
+    assert sorted(sealed_calls) == sorted([sealed, plain])
     assert not [v for v in written if MARK.encode() in v]
     for key in await redis_client.keys(f"{q.keys.base}*"):
         kind = await redis_client.type(key)

@@ -58,7 +58,10 @@ class JobTextFilter(Protocol):
     Called in the worker's event loop with the running ``Job``, ``kind``
     (``"progress"`` or ``"log"``) and the bytes that would be stored: the encoded JSON
     progress value (at most ``limits.MAX_PROGRESS_BYTES``) or the UTF-8 log line. Returns
-    the bytes to store instead (JSON for progress). Quick, no I/O."""
+    the bytes to store instead (JSON for progress). Quick, no I/O. A filter may also
+    have ``rewrites(job, kind) -> bool`` (whether it would rewrite that job's values):
+    what sends a value elsewhere (the webhooks feature) asks it instead of running the
+    filter to learn whether the value is stored as given."""
 
     def __call__(self, job: Any, kind: str, raw: bytes) -> bytes: ...
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...hooks import FeatureEvent, Outcome, Subscriber
-from ...jobtexts import filter_job_text
 from ...limits import get_logger
 from ...outbox import Outbox
 from .models import event_body, feature_event_data, new_event_id
@@ -166,13 +165,18 @@ class WebhookSubscriber(Subscriber):
         """Whether the queue's job-text filters rewrite this progress value as stored (a
         feature seals or masks it): its value then neither leaves the process nor goes
         to the outbox in clear."""
-        filters = self.mgr.queue.job_texts.filters
-        if not filters:
-            return False
-        try:
-            return filter_job_text(filters, job, "progress", encoded) != encoded
-        except Exception:  # too large once rewritten, say: withheld all the same
-            return True
+        for fn in self.mgr.queue.job_texts.filters:
+            ask = getattr(fn, "rewrites", None)
+            try:
+                if (
+                    ask(job, "progress")
+                    if callable(ask)
+                    else fn(job, "progress", encoded) != encoded
+                ):
+                    return True
+            except Exception:  # a failing filter: withheld all the same
+                return True
+        return False
 
     def finished(self, queue: str, job: Any, outcome: Outcome) -> None:
         event = _BY_OUTCOME.get(outcome.kind)
