@@ -20,6 +20,10 @@ scenario:
                              run raises after its sleep (a seeded failure pattern)
                  wake        poll in 5 ms steps and return as soon as a wall-clock gap
                              > 0.5 s shows that the process was frozen (SIGSTOP)
+                 note        a text the run writes before its sleep, with
+                             ``job.update_progress({"note": note})`` and
+                             ``job.log(note)``; a ``fail_first`` / ``fail_on`` failure
+                             quotes it in its message (so it reaches the failure texts)
     sync       ``time.sleep(ms)`` in a plain function (the worker's thread pool)
     fail       always raises ``RuntimeError``
     hang       never returns (``await`` on an event nobody sets)
@@ -268,6 +272,11 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         step = d.get("crash") if job.stalls == 0 else None
         if step == "claim":
             crash(job)
+        note = d.get("note")
+        if note is not None:
+            await job.update_progress({"note": note})
+            await job.log(str(note))
+        quoted = "" if note is None else f" (note {note})"
         seconds = length_s(job)
         if step == "mid":
             await asyncio.sleep(seconds / 2)
@@ -285,9 +294,9 @@ def build_queue(args: argparse.Namespace, log: EventLog) -> Any:
         else:
             await asyncio.sleep(seconds)
         if d.get("fail_first") and _marker(state, "failed", job.id):
-            raise RuntimeError(f"job {job.id}: first execution fails (fail_first)")
+            raise RuntimeError(f"job {job.id}: first execution fails (fail_first){quoted}")
         if job.attempts in (d.get("fail_on") or ()):
-            raise RuntimeError(f"job {job.id}: attempt {job.attempts} fails (fail_on)")
+            raise RuntimeError(f"job {job.id}: attempt {job.attempts} fails (fail_on){quoted}")
 
     def sync(job: Any) -> dict[str, int]:
         log.write("start", job.id, job.attempts, job.stalls)
