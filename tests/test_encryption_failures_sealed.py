@@ -260,3 +260,32 @@ async def test_a_failure_is_sealed_once_the_log_line_asks_the_filter(
     assert calls == [job_id]
     logged = [r.getMessage() for r in caplog.records if "failed for good" in r.getMessage()]
     assert logged and all("ValueError (its text is withheld" in m for m in logged)
+
+
+async def test_a_deferral_reason_of_an_encrypted_job_is_sealed_in_the_event_stream(
+    rq: QueueFactory, redis_client: aioredis.Redis
+) -> None:
+    """``RetryLater`` with a reason quoting data: the ``job-delayed`` entry of the event
+    stream carries the sealed text's placeholder, never the reason; a plain job's reason
+    is kept as given."""
+    from kitium_queue import RetryLater
+
+    q, _ = enc_queue(rq)
+    deferred: set[str] = set()
+
+    @q.process("charge")
+    async def charge(job: Any) -> Any:
+        if job.id not in deferred:  # the first run only (a deferral spends no attempt)
+            deferred.add(job.id)
+            raise RetryLater(10, f"card {job.data['card']} is busy")
+        return {"ok": True}
+
+    sealed = await q.add_job("charge", {"card": MARK}, encrypted=True)
+    plain = await q.add_job("charge", {"card": "not secret"})
+    await q.start()
+    await wait_for_status(q, sealed, JobStatus.COMPLETED)
+    await wait_for_status(q, plain, JobStatus.COMPLETED)
+    stream = await stream_bytes(redis_client, q)
+    assert MARK.encode() not in stream
+    assert b"card not secret is busy" in stream
+    assert b"(sealed: key k1)" in stream

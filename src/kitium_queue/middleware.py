@@ -25,12 +25,13 @@
   nobody declared is rejected.
 * **Failure-text filters** ``fn(job, exc, reason, tb) -> (reason, tb)`` (sync, in
   ``queue.failure_text_filters``) rewrite the texts a failed run stores on its job (the
-  reason ``e`` and the traceback ``tb`` of a retry or a final failure, already clipped
-  and encoded), in the order added, just before the outcome is queued for Redis
-  (``Outcomes.ack``): a feature may seal or mask them. ``exc`` is the error of the
-  run (None when the worker made the reason itself); the in-process hooks still get the
-  original reason. They fail closed, as does an answer longer than
-  ``MAX_FILTERED_REASON_BYTES`` / ``MAX_FILTERED_TRACEBACK_BYTES`` (``filter_failure_texts``).
+  reason ``e`` and the traceback ``tb`` of a retry or a final failure, and the reason
+  of a deferral the event stream keeps, already clipped and encoded), in the order
+  added, just before the outcome is queued for Redis (``Outcomes.ack``): a feature may
+  seal or mask them. ``exc`` is the error of the run (None when the worker made the
+  reason itself); the in-process hooks still get the original reason. They fail
+  closed, as does an answer longer than ``MAX_FILTERED_REASON_BYTES`` /
+  ``MAX_FILTERED_TRACEBACK_BYTES`` (``filter_failure_texts``).
 * **Services** (DESIGN §5.4): background loops in ``queue.services`` that every worker of
   the queue starts after its own loops and stops first when it stops (the scheduler).
 """
@@ -196,10 +197,11 @@ class Service(Protocol):
 class FailureTextFilter(Protocol):
     """Rewrites what a failed run stores as its job's reason and traceback.
 
-    Called in the worker's event loop, for each retry or final failure of a run, with
-    the job, the run's error (None when the worker made the reason itself: a result too
-    large, a cancel), and the reason and traceback as they would be stored (UTF-8 bytes,
-    clipped to ``limits.MAX_ERROR_CHARS`` / ``MAX_TRACEBACK_CHARS``; ``b""`` for none).
+    Called in the worker's event loop, for each retry, deferral (its reason goes to the
+    event stream) or final failure of a run, with the job, the run's error (None when
+    the worker made the reason itself: a result too large, a cancel), and the reason
+    and traceback as they would be stored (UTF-8 bytes, clipped to
+    ``limits.MAX_ERROR_CHARS`` / ``MAX_TRACEBACK_CHARS``; ``b""`` for none).
     Returns the pair to store instead: the texts are not clipped again, but a reason
     longer than ``MAX_FILTERED_REASON_BYTES`` or a traceback longer than
     ``MAX_FILTERED_TRACEBACK_BYTES`` fails closed. It must be quick and must not block

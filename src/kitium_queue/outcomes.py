@@ -154,7 +154,8 @@ class Outcomes:
             delay = clamp_delay_ms(delay)
         if keep is None and kind != "C":  # R, D, H: kept as a failure if a cancel comes first
             keep = run.policy.keep_failed
-        if self._texts and (kind == "R" or kind == "F"):  # stored as the job's e and tb
+        # R, F: stored as the job's e and tb; D: a deferral's reason, in the event stream.
+        if self._texts and (kind == "R" or kind == "F" or kind == "D"):
             payload, tb = filter_failure_texts(self._texts, run.job, exc, payload, tb)
         # wire.FINISH_OUTCOME, in order.
         self.acks.extend(

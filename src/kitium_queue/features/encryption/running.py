@@ -101,7 +101,9 @@ class _DamageWatch:
             self._warned = now
             log.error("%s", exc)
         delay = min(max(1000.0, (now - self.since) * 250), MAX_KEY_RETRY_MS)
-        return RetryLater(delay, f"waiting for the repair of the damaged key record {exc.key}")
+        return mark_own(
+            RetryLater(delay, f"waiting for the repair of the damaged key record {exc.key}")
+        )
 
 
 class RunGuard:
@@ -241,4 +243,4 @@ class RunGuard:
                 wait_ms,
             )
         delay = min(max(1000.0, waited_ms / 4), MAX_KEY_RETRY_MS, left_ms)
-        return RetryLater(delay, f"waiting for a process that holds key {exc.key_id!r}")
+        return mark_own(RetryLater(delay, f"waiting for a process that holds key {exc.key_id!r}"))
