@@ -113,14 +113,20 @@ async def test_an_async_processor_that_sleeps_is_named(
         time.sleep(0.6)  # the mistake: a blocking call in an async def processor
         return "ok"
 
-    q.process("n", sleepy_async_processor)
+    text = await _first_blocked_line(q, sleepy_async_processor, caplog)
+    assert "sleepy_async_processor" in text and __file__ in text
+    assert "kitium_queue" not in text.split(" in: ", 1)[1].split(". Leases", 1)[0]
+
+
+async def _first_blocked_line(q: JobQueue, processor: Any, caplog: pytest.LogCaptureFixture) -> str:
+    """Run one job of ``processor`` (which blocks the loop) and return the first
+    blocked-loop warning."""
+    q.process("n", processor)
     with caplog.at_level(logging.WARNING, "kitium_queue"):
         await q.start()
         await q.add_job("n", {})
         await wait_until(lambda: _blocked_lines(caplog), timeout=15)
-    text = _blocked_lines(caplog)[0].getMessage()
-    assert "sleepy_async_processor" in text and __file__ in text
-    assert "kitium_queue" not in text.split(" in: ", 1)[1].split(". Leases", 1)[0]
+    return str(_blocked_lines(caplog)[0].getMessage())
 
 
 def _deep(n: int) -> None:
@@ -139,12 +145,8 @@ async def test_a_deep_stack_is_cut_to_its_ends(
         _deep(6)
         return "ok"
 
-    q.process("n", deep_async_processor)
-    with caplog.at_level(logging.WARNING, "kitium_queue"):
-        await q.start()
-        await q.add_job("n", {})
-        await wait_until(lambda: _blocked_lines(caplog), timeout=15)
-    where = _blocked_lines(caplog)[0].getMessage().split(" in: ", 1)[1].split(". Leases", 1)[0]
+    text = await _first_blocked_line(q, deep_async_processor, caplog)
+    where = text.split(" in: ", 1)[1].split(". Leases", 1)[0]
     frames = where.split(" <- ")
     # The innermost two, then the two outermost of the code the worker called.
     assert len(frames) == 5 and frames[2] == "...", frames

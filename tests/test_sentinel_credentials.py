@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import redis
 
+import test_review_stop58_auth
 from _sentinel import LocalSentinel
 from helpers import wait_until
 from kitium_queue import ConnectionUnavailableError, JobQueue
@@ -65,26 +66,14 @@ def acl_user(sentinel: LocalSentinel) -> Iterator[str]:
     _on_data_nodes(sentinel, "ACL", "DELUSER", USER)
 
 
-async def _first_connection_words(url: str, name: str, prefix: str) -> str:
-    fresh = JobQueue(name, redis=url, prefix=prefix)
-    try:
-        with pytest.raises(ConnectionUnavailableError) as info:
-            await fresh.get_stats()
-    finally:
-        await fresh.close()
-    return str(info.value)
+_first_connection_words = test_review_stop58_auth._first_connection_words
 
 
 def _said_as_first(exc: BaseException, first: str, queue: str) -> None:
-    """``exc`` is the library's error, worded as the first connection words it."""
-    assert isinstance(exc, ConnectionUnavailableError), repr(exc)
-    assert isinstance(exc, CredentialsRefusedError), repr(exc)
-    assert isinstance(exc, redis.AuthenticationError), repr(exc)  # handlers of it still catch
-    text = str(exc)
-    before, after = first.split(" (", 1)[0], first.rsplit(")", 1)[1]
-    assert text.startswith(f"{before} (") and text.endswith(f"){after}"), (text, first)
-    assert f"queue {queue!r}" in text, text
-    assert OLD not in text and NEW not in text, text
+    """``exc`` is the library's error, worded as the first connection words it (as on
+    one server), and quotes neither of this module's passwords."""
+    test_review_stop58_auth._said_as_first(exc, first, queue)
+    assert OLD not in str(exc) and NEW not in str(exc), str(exc)
 
 
 class _Producer:

@@ -32,6 +32,7 @@ successor is elected at its next attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -519,6 +520,15 @@ class LeaderService:
             log.exception(
                 "leader service %s: body failed in term %d; stepping down", self.name, term
             )
+
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """End a service's background ``task`` (None, or done already: nothing to do):
+    cancel it and wait for it to end, its ``CancelledError`` swallowed."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def every(interval_ms: int, step: Callable[[], Awaitable[Any]], what: str) -> None:

@@ -50,9 +50,9 @@ scan, and a tenant's holders held back by one key (up to 500 in ``wait``: tenanc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
+from ..leader import cancel_and_wait
 from ..limits import get_logger, reply_text
 
 if TYPE_CHECKING:
@@ -312,10 +312,7 @@ class _FollowAtStart:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
 
 def follow_service(queue: JobQueue) -> _FollowAtStart:

@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from ...leader import LeaderService, every
+from ...leader import LeaderService, cancel_and_wait, every
 from ...limits import get_logger
 from .reports import text
 
@@ -138,10 +138,7 @@ class RuleAnnouncer:
         # The announcement is left to end by itself: another process that has the
         # rules may still run, and withdrawing them would let the leader clear them.
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def announce(self, queue: JobQueue) -> None:
         reply: Any = await queue.run("alerts_announce", [self.hold_ms, *self.names])
@@ -206,10 +203,7 @@ class LeftoverSweep:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     @staticmethod
     async def _left(queue: JobQueue) -> bool:
