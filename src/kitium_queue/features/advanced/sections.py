@@ -3,7 +3,8 @@ fields are the defaults its feature's manager is built with (docs/advanced-confi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -225,7 +226,14 @@ class WebhooksConfig(Section):
             ``guaranteed`` (default), ``reliable`` or ``best-effort``.
         allow_networks: non-public networks the SSRF guard lets through
             (``["10.0.0.0/8"]``).
-        secrets: endpoint id -> signing secret(s), kept in this process (never shown).
+        secrets: where this process finds endpoint secrets (never shown): a dict of
+            endpoint id -> signing secret(s), or a callable endpoint id -> secret(s)
+            or None (your vault: a plain function runs on a thread, an ``async def``
+            one is awaited; ``WebhookManager(secrets=...)``).
+        secret_cache_s: how long a callable source's answer is kept per endpoint, in
+            seconds (0 to 86,400; 0: asked at every delivery; default 60).
+        secret_timeout_s: how long one call of a callable source may take, in seconds
+            (above 0, at most 120; default 10); past it the delivery is retried.
         run_service: deliver from this process's workers.
         history_max: the delivery records kept per endpoint, the newest (1 to
             1,000,000); a delivered or given-up one beyond them is deleted.
@@ -241,7 +249,9 @@ class WebhooksConfig(Section):
     enabled: bool = False
     default_delivery_strategy: str = "guaranteed"
     allow_networks: Sequence[str] = ()
-    secrets: Mapping[str, Any] | None = None
+    secrets: Mapping[str, Any] | Callable[[str], Any] | None = None
+    secret_cache_s: float = 60.0
+    secret_timeout_s: float = 10.0
     run_service: bool = True
     history_max: int = 10_000
     history_ttl_s: int = 7 * 86_400
@@ -279,10 +289,38 @@ class WebhooksConfig(Section):
         if isinstance(self.allow_networks, str) or not isinstance(self.allow_networks, Sequence):
             raise ConfigurationError(f"{self._where('allow_networks')} must be a list of networks")
         self._set("allow_networks", tuple(self.allow_networks))
-        if self.secrets is not None and not isinstance(self.secrets, Mapping):
+        src = self.secrets
+        if src is not None and not isinstance(src, Mapping) and not callable(src):
             raise ConfigurationError(
-                f"{self._where('secrets')} must be a dict of endpoint id -> secret"
+                f"{self._where('secrets')} must be a dict of endpoint id -> secret(s), "
+                "or a callable endpoint id -> secret(s) (your vault), got "
+                f"{type(src).__name__}"
             )
+        # secretstore.py's bounds (MAX_SECRET_CACHE_S, MAX_SECRET_TIMEOUT_S).
+        for option, most, positive, meaning in (
+            ("secret_cache_s", 86_400, False, "0: ask the source at every delivery"),
+            ("secret_timeout_s", 120, True, "a look-up taking longer is retried"),
+        ):
+            value = getattr(self, option)
+            self._set(option, _seconds(value, self._where(option), most, positive, meaning))
+
+
+def _seconds(value: Any, where: str, most: int, positive: bool, meaning: str) -> float:
+    """``value`` as seconds from 0 (above 0 when ``positive``) to ``most``, else
+    ``ConfigurationError`` naming ``where`` and saying what to give."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (
+        number
+        and (isinstance(value, int) or math.isfinite(value))  # a huge int: no float
+        and (value > 0 if positive else value >= 0)
+        and value <= most
+    ):
+        least = "above 0" if positive else "from 0"
+        raise ConfigurationError(
+            f"{where} must be a finite number of seconds, {least} to {most:,} ({meaning}), "
+            f"got {shown(value)}: give a number in that range"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)

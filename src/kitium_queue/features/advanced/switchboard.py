@@ -227,9 +227,12 @@ class AdvancedFeatures:
             from ..webhooks import WebhookManager
 
             wh = c.webhooks
+            src = wh.secrets  # a mapping is copied; a callable (your vault) is asked
             self.webhooks = WebhookManager(
                 queue,
-                secrets=dict(wh.secrets) if wh.secrets is not None else None,
+                secrets=dict(src) if isinstance(src, Mapping) else src,
+                secret_cache_s=wh.secret_cache_s,
+                secret_timeout_s=wh.secret_timeout_s,
                 allow_networks=wh.allow_networks,
                 run_service=wh.run_service,
                 default_delivery_strategy=wh.default_delivery_strategy,

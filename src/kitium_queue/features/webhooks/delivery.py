@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import ConfigurationError
 from ...limits import clip, get_logger
 from .models import url_host
 from .secretstore import SecretSource, SecretSourceError, SecretStore
@@ -337,9 +336,8 @@ class Sender:
 
         try:  # off the event loop for a blocking source (secretstore.py)
             keys = await self.secrets.fetch(target.secret_id)
-        except ConfigurationError as exc:
-            return AttemptResult(False, None, f"bad secret configured: {exc}", 0, True, False)
-        except SecretSourceError as exc:  # the application's source (a vault): retried
+        except SecretSourceError as exc:  # the application's source (a vault): retried,
+            # a malformed secret too (a source mid-rotation may answer one briefly)
             return AttemptResult(False, None, f"{exc}: not sent", took(), False, False)
         except Exception as exc:  # a mapping source that failed: retried, its type only
             why = f"the secrets source raised {type(exc).__name__} for webhook"

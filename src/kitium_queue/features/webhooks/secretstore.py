@@ -5,9 +5,14 @@ A callable source (your vault or configuration) is asked from the delivery path 
 its own (``SECRET_THREADS``), an ``async def`` one (or a callable returning an
 awaitable) is awaited. Each look-up is bounded (``timeout_s``); its answer is kept for
 ``cache_s`` seconds per webhook id, and deliveries to one id that need it at once share
-one look-up. A source that raises, times out or answers something that is not a secret
-or a list of them raises ``SecretSourceError`` (the delivery is retried, never sent
-unsigned); the log line names the webhook id and the problem, never a secret.
+one look-up. A source that raises, times out, answers something that is not a secret or
+a list of them, or a malformed secret (not ``whsec_`` + base64: a source mid-rotation
+may answer one briefly) raises ``SecretSourceError`` (the delivery is retried, never
+sent unsigned); the log line names the webhook id and the problem, never a secret.
+
+A callable source may have a secret for any id, and is asked only by a delivery or
+``fetch`` / ``check``: ``has(id)`` answers True for an id it was not asked about yet
+(it may have one), ``known(id)`` whether ``keys(id)`` is the whole answer.
 """
 
 from __future__ import annotations
@@ -76,8 +81,9 @@ def _threads() -> DaemonThreads:
 
 class SecretSourceError(KitiumQueueError):
     """The secrets source failed for one webhook id: it raised (its exception's type is
-    named, never its text), took longer than ``timeout_s``, or answered something that
-    is not a secret or a list of them. The delivery is retried like a failed one."""
+    named, never its text), took longer than ``timeout_s``, answered something that is
+    not a secret or a list of them, or a malformed secret (never quoted). The delivery
+    is retried like a failed one."""
 
 
 def _is_async(src: Any) -> bool:
@@ -96,6 +102,10 @@ class SecretStore:
     and each call may take ``timeout_s`` seconds at most. Secrets set here (``set``,
     ``rotate``) take precedence at once. During a rotation every listed secret signs, so
     a receiver holding either one accepts the request.
+
+    Reads that never call a callable source (safe on the event loop): ``has`` (True
+    for an id such a source was not asked about yet: it may have one), ``known`` and
+    ``keys``. Reads that ask it as a delivery does: ``fetch`` and ``check``.
     """
 
     def __init__(
@@ -174,24 +184,51 @@ class SecretStore:
         """The HMAC keys ``webhook_id`` is signed with, as far as this process knows
         them without asking a callable source: its set or rotated secrets, a mapping's,
         or a callable source's cached answer (``await fetch(webhook_id)`` asks it). Safe
-        to call on the event loop: it never calls the source."""
+        to call on the event loop: it never calls the source. While ``known(webhook_id)``
+        is False the list lacks the source's secrets (an empty one does not mean "none").
+        Raises ``SecretSourceError`` for a mapping holding something that is not a
+        secret for that id."""
         own = self._live(webhook_id)
         if own is None:
             return self._cached(webhook_id) or []
         return self._merge(own, lambda: self._cached(webhook_id) or [])
 
+    def known(self, webhook_id: str) -> bool:
+        """Whether ``keys(webhook_id)`` is this process's whole answer: False while it
+        depends on a callable source whose answer for that id is not cached (not asked
+        yet, expired, or ``cache_s`` 0). Never calls the source."""
+        if self._source is None or not callable(self._source):
+            return True
+        own = self._live(webhook_id)
+        if own is not None and all(k is not None for k, _ in own):
+            return True  # set here: the source is not asked for this id
+        return self._cached(webhook_id) is not None
+
     def has(self, webhook_id: str) -> bool:
-        """Whether ``keys(webhook_id)`` has a key (never calls a callable source)."""
+        """Whether a delivery to ``webhook_id`` has, or may have, a signing secret here,
+        without calling a callable source. True: a secret set here, a mapping's, a
+        callable source's cached answer, or a callable source not asked about that id
+        yet (it may have any id; a delivery asks it, ``await check(webhook_id)`` does
+        now). False: surely none (no source, a mapping without a usable secret for the
+        id, a callable source's cached empty answer)."""
         try:
-            return bool(self.keys(webhook_id))
-        except (ConfigurationError, SecretSourceError):
+            return bool(self.keys(webhook_id)) or not self.known(webhook_id)
+        except SecretSourceError:
             return False
+
+    async def check(self, webhook_id: str) -> bool:
+        """Whether ``webhook_id`` has a signing secret in this process, asking a callable
+        source as a delivery does when its answer is not cached (off the event loop,
+        bounded by ``timeout_s``, then cached). Raises ``SecretSourceError`` when the
+        source fails (raises, times out, answers no secret or a malformed one)."""
+        return bool(await self.fetch(webhook_id))
 
     async def fetch(self, webhook_id: str) -> list[bytes]:
         """The HMAC keys ``webhook_id`` is signed with, asking a callable source when its
         answer is not cached (off the event loop, bounded by ``timeout_s``; deliveries
         needing it at once share one call). Raises ``SecretSourceError`` when the
-        source fails, ``ConfigurationError`` for a secret that is not ``whsec_...``."""
+        source (or a mapping) fails: it raised, timed out, or answered something that
+        is not a secret or a list of them, or a malformed secret."""
         own = self._live(webhook_id)
         if own is not None and all(k is not None for k, _ in own):
             return [k for k, _ in own if k is not None]
@@ -298,28 +335,34 @@ class SecretStore:
 
     def _parse(self, webhook_id: str, answer: Any, *, mapping: bool = False) -> list[bytes]:
         """The HMAC keys of a source's answer: None or empty (no secret), a secret, or a
-        sequence of them; anything else raises ``SecretSourceError`` (a malformed secret:
-        ``ConfigurationError``, as for one set here)."""
+        sequence of them; anything else, or a malformed secret, raises
+        ``SecretSourceError`` (never quoting it: a source mid-rotation may answer a bad
+        value briefly, so the attempt is retried)."""
         if answer is None or answer == "":
             return []
-        if isinstance(answer, str):
-            return [secret_key(answer)]
+        items = [answer] if isinstance(answer, str) else answer
         bad = None
-        if isinstance(answer, (bytes, bytearray, memoryview)) or not isinstance(answer, Sequence):
-            bad = type(answer).__name__
+        if isinstance(items, (bytes, bytearray, memoryview)) or not isinstance(items, Sequence):
+            bad = type(items).__name__
         else:
-            bad = next((type(s).__name__ for s in answer if not isinstance(s, str)), None)
+            bad = next((type(s).__name__ for s in items if not isinstance(s, str)), None)
             if bad is not None:
                 bad = f"a sequence holding {bad}"
+        said = "the secrets mapping holds" if mapping else "the secrets source returned"
+        wid = f"{webhook_id!r:.100}"
         if bad is not None:
-            what = f"{bad} for webhook {webhook_id!r:.100}, not a secret (str) or a list of them"
             raise self._failed(
                 webhook_id,
-                f"the secrets mapping holds {what}"
-                if mapping
-                else f"the secrets source returned {what}",
+                f"{said} {bad} for webhook {wid}, not a secret (str) or a list of them",
             )
-        return [secret_key(s) for s in answer]
+        try:
+            return [secret_key(s) for s in items]
+        except ConfigurationError:  # its text never quotes the secret; ours neither
+            raise self._failed(
+                webhook_id,
+                f"{said} a malformed secret for webhook {wid} (a secret is 'whsec_' "
+                "followed by base64: make one with generate_secret())",
+            ) from None
 
     def _failed(self, webhook_id: str, text: str) -> SecretSourceError:
         """The error of a failed look-up, logged (at most every ``WARN_EVERY_S`` per id)."""
