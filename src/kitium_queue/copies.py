@@ -9,9 +9,10 @@ feature's keys. A feature declares them here, on the queue, when it is enabled
 
 A declaration names a key prefix (relative to the queue's prefix) that the job's id
 follows, ``<key_prefix><job id>``, a hash, and its fields holding copies: each a copy
-of the job's ``data`` or its ``result``, with the field of the same hash holding the
-job's name (the name a value is bound to), or none when only the job's own record
-(field ``n`` of ``job:<id>``) has it.
+of the job's ``data``, its ``result`` or its failure reason (``error``: field ``e`` as
+the job's record stored it, which a failure-text filter may have sealed), with the field
+of the same hash holding the job's name (the name a value is bound to), or none when
+only the job's own record (field ``n`` of ``job:<id>``) has it.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ class CopiedField:
 
     Attributes:
         field: the hash field holding the copy (as stored: the value the job held).
-        part: ``data`` (a copy of the job's field ``d``) or ``result`` (of ``r``).
+        part: ``data`` (a copy of the job's field ``d``), ``result`` (of ``r``) or
+            ``error`` (of its failure reason ``e``, as stored: sealed by a failure-text
+            filter maybe, or a marker of the feature's own in its place).
         name_field: the field of the same hash holding the job's name, or None when
             only the job's own record (``n`` of ``job:<id>``) has it.
     """
 
     field: str
-    part: Literal["data", "result"]
+    part: Literal["data", "result", "error"]
     name_field: str | None = None
 
 

@@ -15,6 +15,13 @@ value and its log lines) on the way into Redis, and its log lines on the way out
   only when a view is registered and there is a line; None when the job's record is
   gone). ``redact`` is ``redact_payloads``. Progress read back goes through the
   ``JobInfo`` views (``context.py`` ``info_views``) with the rest of the record.
+* **Copy views** (``queue.job_texts.copy_views``: ``view_copy``): a feature that keeps
+  a copy of a job's failure reason outside the job's record (declared in ``copies.py``
+  with part ``error``, so a pass over every stored text, a key rotation re-sealing them,
+  reaches it) shows it through the views ``view(job_id, name, part, text) -> str``, as
+  the job views show the job's own texts: a feature that sealed the text opens it
+  there. A copy has no ``JobInfo`` (its job's record may be gone), so the payload views
+  do not apply.
 
 With no filter and no view registered nothing here runs: ``Runner.update`` and
 ``get_job_logs`` check one list each.
@@ -39,8 +46,10 @@ __all__ = [
     "JobTextFilter",
     "JobTexts",
     "LogView",
+    "TextCopyView",
     "filter_job_text",
     "relayed",
+    "view_copy",
     "view_logs",
 ]
 
@@ -72,14 +81,24 @@ class LogView(Protocol):
     def __call__(self, job_id: str, name: str | None, lines: list[str], redact: bool) -> None: ...
 
 
-class JobTexts:
-    """The job-text filters and log views of one queue (``queue.job_texts``)."""
+class TextCopyView(Protocol):
+    """Shows a copy of one of a job's stored texts (``copies.CopiedField``) as read back:
+    ``text`` as stored, ``part`` as declared, ``name`` the job's name (None when it is
+    recorded nowhere). Returns what to show: a feature that sealed the text opens it,
+    or says it is sealed. Quick, no I/O."""
 
-    __slots__ = ("filters", "log_views")
+    def __call__(self, job_id: str, name: str | None, part: str, text: str) -> str: ...
+
+
+class JobTexts:
+    """The job-text filters and views of one queue (``queue.job_texts``)."""
+
+    __slots__ = ("copy_views", "filters", "log_views")
 
     def __init__(self) -> None:
         self.filters: list[JobTextFilter] = []
         self.log_views: list[LogView] = []
+        self.copy_views: list[TextCopyView] = []
 
 
 def _withheld(kind: str, why: str) -> bytes:
@@ -169,3 +188,11 @@ async def view_logs(ctx: QueueContext, client: Any, job_id: str, lines: list[str
     name = raw.decode("utf-8", "surrogateescape") if raw is not None else None
     for view in ctx.job_texts.log_views:
         view(job_id, name, lines, ctx.redacting)
+
+
+def view_copy(texts: JobTexts, job_id: str, name: str | None, part: str, text: str) -> str:
+    """``text``, a copy of job ``job_id``'s text ``part`` (``copies.CopiedField``), through the
+    copy views of ``texts``, in the order added."""
+    for view in texts.copy_views:
+        text = view(job_id, name, part, text)
+    return text

@@ -31,7 +31,10 @@
   seal or mask them. ``exc`` is the error of the run (None when the worker made the
   reason itself); the in-process hooks still get the original reason. They fail
   closed, as does an answer longer than ``MAX_FILTERED_REASON_BYTES`` /
-  ``MAX_FILTERED_TRACEBACK_BYTES`` (``filter_failure_texts``).
+  ``MAX_FILTERED_TRACEBACK_BYTES`` (``filter_failure_texts``). An answer that must
+  never be cut (a sealed text: cut, it never opens) starts with ``SEALED_TEXT_MARK``:
+  what copies a reason elsewhere under a bound of its own keeps such a text whole or
+  not at all (``copies.CopiedField``, part ``error``).
 * **Services** (DESIGN §5.4): background loops in ``queue.services`` that every worker of
   the queue starts after its own loops and stops first when it stops (the scheduler).
 """
@@ -53,6 +56,7 @@ __all__ = [
     "MAX_CHILD_CONTEXT_CHARS",
     "MAX_FILTERED_REASON_BYTES",
     "MAX_FILTERED_TRACEBACK_BYTES",
+    "SEALED_TEXT_MARK",
     "ChildContext",
     "EnqueueMiddleware",
     "FailureTextFilter",
@@ -78,6 +82,8 @@ log = get_logger(__name__)
 MAX_FILTERED_REASON_BYTES = 2 * 4 * MAX_ERROR_CHARS + 4096
 #: Longest traceback a failure-text filter may answer, in bytes (as for the reason).
 MAX_FILTERED_TRACEBACK_BYTES = 2 * 4 * MAX_TRACEBACK_CHARS + 4096
+#: How a failure-text filter's answer that must never be cut starts (a sealed text).
+SEALED_TEXT_MARK = "(sealed: "
 
 #: What the enqueue middleware running now prepares: None for a job added directly
 #: (``add_job``, ``add_jobs``), ``("schedule", <schedule id>)`` for the template of a
@@ -204,7 +210,8 @@ class FailureTextFilter(Protocol):
     ``limits.MAX_ERROR_CHARS`` / ``MAX_TRACEBACK_CHARS``; ``b""`` for none).
     Returns the pair to store instead: the texts are not clipped again, but a reason
     longer than ``MAX_FILTERED_REASON_BYTES`` or a traceback longer than
-    ``MAX_FILTERED_TRACEBACK_BYTES`` fails closed. It must be quick and must not block
+    ``MAX_FILTERED_TRACEBACK_BYTES`` fails closed; a text that must never be cut (one it
+    sealed) starts with ``SEALED_TEXT_MARK``. It must be quick and must not block
     (no I/O). A filter may also have ``rewrites(job, exc) -> bool`` (whether it would
     rewrite that failure's texts): the worker's log lines ask it instead of running the
     filter again to learn whether to name the error's type only."""

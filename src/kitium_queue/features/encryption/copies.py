@@ -1,11 +1,14 @@
 """``CopyTarget``: the rotation pass's target for copies of job values that features
 keep under a job's id and declare with ``kitium_queue.copies.declare_copies`` (the
-workflows feature: a cancelled step's data and a finished step's result in ``dep:<id>``).
+workflows feature: a cancelled step's data, a finished step's result and a failed step's
+reason in ``dep:<id>``).
 
 Each declared hash is walked with ``SCAN`` in pages of ``rotation_batch`` keys; a field
 holding an envelope is re-encrypted with the binding of the job value it copies (the job
 id from the key, the job name from the declared name field, else from the job's own
-record). A copy whose job name is known nowhere cannot be opened: it is left as it is and
+record); a copy of a failure reason (part ``error``) is re-sealed likewise when it holds a
+sealed text (``failures.is_sealed_text``; a clear one, or the feature's own marker, is
+left). A copy whose job name is known nowhere cannot be opened: it is left as it is and
 counted undecryptable, with the reason.
 """
 
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...copies import CopyKind, copies_of
 from .crypto import is_envelope
+from .failures import is_sealed_text
 from .rotation import Cell, _bind, _data
 from .status import wrongtype
 
@@ -33,7 +37,8 @@ def _text(b: bytes | None) -> str:
 
 
 class CopyTarget:
-    """Copies of job data and results declared on the queue (``copies_of``)."""
+    """Copies of job data, results and failure reasons declared on the queue
+    (``copies_of``)."""
 
     name = "copies"
 
@@ -61,12 +66,23 @@ class CopyTarget:
             if keys:
                 yield await self._cells(client, kind, keys)
 
+    def _sealed(self, raw: bytes, part: str) -> bool:
+        """Whether copy ``raw`` of a job's ``part`` is one the rotation re-seals."""
+        if part == "error":
+            return is_sealed_text(raw)
+        if b"kqe" not in raw:
+            return False
+        try:
+            return is_envelope(self.manager.queue.serializer.loads(raw))
+        except Exception:
+            return False
+
     async def _cells(self, client: Any, kind: CopyKind, keys: list[bytes]) -> list[Cell]:
         q = self.manager.queue
         base = len(q.keys.extra(""))
         start = base + len(kind.key_prefix)
         names = [f.name_field for f in kind.fields if f.name_field]
-        wanted = [f.field for f in kind.fields] + names
+        wanted = list(dict.fromkeys([f.field for f in kind.fields] + names))
         pipe = client.pipeline(transaction=False)
         for k in keys:
             pipe.hmget(k, *wanted)
@@ -86,23 +102,20 @@ class CopyTarget:
             jid = _text(k)[start:]
             for f in kind.fields:
                 raw = got.get(f.field)
-                if not raw or b"kqe" not in raw:
-                    continue  # no copy, or one stored in clear (its job was not encrypted)
-                try:
-                    if not is_envelope(q.serializer.loads(raw)):
-                        continue
-                except Exception:
-                    continue
-                name = _text(got.get(f.name_field) if f.name_field else job_name)
+                if not raw or not self._sealed(raw, f.part):
+                    continue  # no copy, one in clear (its job was not encrypted), a marker
+                own = got.get(f.name_field) if f.name_field else None
+                name = _text(own if f.name_field else job_name) or _text(job_name)
                 bind = (
                     partial(_data, q.name, jid, name)
                     if f.part == "data"
-                    else partial(_bind, q.name, jid, name, "result")
+                    else partial(_bind, q.name, jid, name, f.part)
                 )
                 # The record is no job hash: nothing in it is 'active' (guard off); the
                 # swap is compare-and-set on the value read.
                 label = f"{kind.feature} copy {kind.key_prefix}{jid} {f.field} (job {f.part})"
-                if not f.name_field and job_name is None:
+                if own is None and job_name is None:
                     label += ": the job's record, with the name it is bound to, is gone"
-                cells.append(Cell(rel, f.field, raw, bind, False, label))
+                text = f.part == "error"
+                cells.append(Cell(rel, f.field, raw, bind, False, label, text=text))
         return cells

@@ -15,9 +15,11 @@ traceback (``tb``) a failed run of an encrypted job stores are sealed like its d
   without the key. With no key to seal with (this process does not hold the current
   key nor the job's), the texts are withheld rather than stored in clear.
 * Reading: ``view_failures`` (called by the manager's ``JobInfo`` view) opens them in a
-  process holding the key, and shows ``(sealed: key <id>)`` where it cannot.
+  process holding the key, and shows ``(sealed: key <id>)`` where it cannot; so does
+  ``FailureCopyView`` (a copy view, ``kitium_queue.jobtexts``) for the copies other
+  features keep of them (the workflows feature: a failed step's reason in ``dep:<id>``).
 * Rotation: ``rotation.JobTarget`` re-seals them under the new key (``is_sealed_text``,
-  ``parse_sealed``, ``sealed_text``).
+  ``parse_sealed``, ``sealed_text``), and ``copies.CopyTarget`` their declared copies.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from .manager import EncryptionManager
 
 __all__ = [
+    "FailureCopyView",
     "FailureSeal",
     "check_seal",
     "failure_binding",
@@ -197,3 +200,28 @@ def view_failures(manager: EncryptionManager, info: JobInfo) -> None:
         binding = failure_binding(manager.queue.name, info.id, info.name, part)
         plain = open_text(manager, value, binding)
         setattr(info, attr, plain if isinstance(plain, str) else plain.decode("utf-8", "replace"))
+
+
+class FailureCopyView:
+    """The copy view of one ``EncryptionManager`` (``jobtexts.TextCopyView``): a copy of
+    a job's sealed failure text that another feature keeps is opened as the job's own
+    (``open_text``), bound to the same queue, job id, job name and part. A text that is
+    not a sealed one is left as it is (a clear reason, a feature's own marker, what
+    another view showed already); one whose envelope does not parse (cut short, by a
+    copy made before copies kept sealed texts whole, or altered) is never shown."""
+
+    def __init__(self, manager: EncryptionManager) -> None:
+        self.manager = manager
+
+    def __call__(self, job_id: str, name: str | None, part: str, text: str) -> str:
+        if part not in ("error", "traceback") or not is_sealed_text(text):
+            return text
+        env = parse_sealed(text)
+        if env is None:
+            return "(sealed: malformed or cut short)" if ") {" in text else text
+        if name is None:  # nothing to bind it to: the job's name is recorded nowhere
+            return placeholder(env, "; its job's record is gone")
+        plain = open_text(
+            self.manager, text, failure_binding(self.manager.queue.name, job_id, name, part)
+        )
+        return plain if isinstance(plain, str) else plain.decode("utf-8", "replace")

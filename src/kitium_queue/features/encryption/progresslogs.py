@@ -25,6 +25,7 @@ import orjson
 
 from .crypto import Binding
 from .failures import (
+    FailureCopyView,
     FailureSeal,
     is_sealed_text,
     open_text,
@@ -59,14 +60,15 @@ WITHHELD = (
 def install_texts(manager: EncryptionManager) -> None:
     """Install the manager's filters of the texts a run writes (its failure texts unless
     ``seal_failures=False``, its progress and log lines unless
-    ``seal_progress_and_logs=False``) and its log view (always: what was sealed before
-    still opens)."""
+    ``seal_progress_and_logs=False``), its log view and its view of the copies other
+    features keep of failure texts (always: what was sealed before still opens)."""
     q = manager.queue
     if manager.seal_failures:
         q.failure_text_filters.append(FailureSeal(manager))
     if manager.seal_progress_and_logs:
         q.job_texts.filters.append(ProgressLogSeal(manager))
     q.job_texts.log_views.append(LogLinesView(manager))
+    q.job_texts.copy_views.append(FailureCopyView(manager))
 
 
 def view_texts(manager: EncryptionManager, info: JobInfo) -> None:

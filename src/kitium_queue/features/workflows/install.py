@@ -21,7 +21,9 @@ from redis.exceptions import ResponseError
 
 from ...copies import CopiedField, CopyKind, declare_copies
 from ...errors import ConfigurationError, JobStateError, SerializationError
+from ...jobtexts import view_copy
 from ...limits import clip
+from ...middleware import SEALED_TEXT_MARK
 from ...options import check_text
 from ...slots import ORDER_READY
 from . import lua
@@ -42,8 +44,11 @@ __all__ = [
     "installed_retention",
     "parent_results",
     "set_public_id",
+    "shown_error",
     "transformers_of",
 ]
+
+_SEALED = SEALED_TEXT_MARK.encode()
 
 #: ``public(inner id) -> id as the caller knows it`` (a partition's full ids).
 PublicId = Callable[[str], str]
@@ -109,6 +114,17 @@ def set_public_id(q: JobQueue, public: PublicId) -> None:
     _PUBLIC[q] = public
 
 
+def shown_error(q: JobQueue, jid: str, name: Any, raw: Any) -> str | None:
+    """What the views show of job ``jid``'s failure reason ``raw`` (a copy in its
+    dependency record, or its own; None for none): through the queue's copy views
+    (``jobtexts.view_copy``), which open a sealed one where its key is held, as the job
+    views do. ``name``: the job's name, what a sealed reason is bound to (None when
+    unknown)."""
+    if not raw:
+        return None
+    return view_copy(q.job_texts, jid, _text(name) if name else None, "error", _text(raw))
+
+
 async def parent_results(q: JobQueue, jid: str) -> dict[str, ParentResult]:
     """The results of job ``jid``'s parents (``JobChainManager.parent_results``)."""
     client = await q.client()
@@ -126,8 +142,9 @@ async def parent_results(q: JobQueue, jid: str) -> dict[str, ParentResult]:
         return {}
     pipe = client.pipeline(transaction=False)
     for p in parents:
-        pipe.hmget(q.keys.extra(f"dep:{_text(p)}"), "s", "st", "r", "e")
+        pipe.hmget(q.keys.extra(f"dep:{_text(p)}"), "s", "st", "r", "e", "en")
     rows = await pipe.execute(raise_on_error=False)
+    names = await _error_names(q, client, parents, rows)
     public = _PUBLIC.get(q)
     out: dict[str, ParentResult] = {}
     for p, row in zip(parents, rows, strict=True):
@@ -139,8 +156,8 @@ async def parent_results(q: JobQueue, jid: str) -> dict[str, ParentResult]:
             continue
         if isinstance(row, BaseException):
             raise row
-        step, st, raw, err = row
-        status, error = _text(st) or "missing", _text(err) if err else None
+        step, st, raw, err, _ = row
+        status, error = _text(st) or "missing", shown_error(q, _text(p), names.get(p), err)
         result = None
         if raw:
             try:
@@ -155,6 +172,30 @@ async def parent_results(q: JobQueue, jid: str) -> dict[str, ParentResult]:
         key = _text(step) if step else pid
         out[key] = ParentResult(pid, _text(step) if step else None, status, result, error)
     return out
+
+
+async def _error_names(
+    q: JobQueue, client: Any, parents: list[Any], rows: list[Any]
+) -> dict[Any, Any]:
+    """The job names the failure reasons of ``parents`` (their dependency records,
+    ``rows``) are bound to: the record's own (``en``, kept with a sealed reason), else,
+    for a sealed reason recorded without it, its job's (``n``) while that record is
+    there. A clear reason needs none."""
+    names: dict[Any, Any] = {}
+    missing: list[Any] = []
+    for p, row in zip(parents, rows, strict=True):
+        if isinstance(row, list) and row[4]:
+            names[p] = row[4]
+        elif isinstance(row, list) and row[3] and row[3].startswith(_SEALED):
+            missing.append(p)
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for p in missing:
+            pipe.hget(q.keys.job(_text(p)), "n")
+        for p, n in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(n, bytes):
+                names[p] = n
+    return names
 
 
 def install(q: JobQueue, retain_ms: int) -> None:
@@ -223,13 +264,18 @@ def install(q: JobQueue, retain_ms: int) -> None:
     erase = resources.files(__package__).joinpath("erase.lua").read_text("utf-8")
     scripts.add_slot("erase", FEATURE, erase)
     # Copies of job values in dep:<id> (prelude.lua): a cancelled step's data, kept for
-    # its revival, and a finished step's result, read by its dependents.
+    # its revival, a finished step's result, read by its dependents, and a failed step's
+    # reason, which a feature may have sealed, bound to its job's name (en).
     declare_copies(
         q,
         CopyKind(
             FEATURE,
             "dep:",
-            (CopiedField("sd", "data", name_field="sn"), CopiedField("r", "result")),
+            (
+                CopiedField("sd", "data", name_field="sn"),
+                CopiedField("r", "result"),
+                CopiedField("e", "error", name_field="en"),
+            ),
         ),
     )
 

@@ -13,6 +13,7 @@ from functools import cache
 from importlib import resources
 
 from ...limits import MAX_FOLLOWS, MAX_RUN_CONTEXT_CHARS
+from ...middleware import MAX_FILTERED_REASON_BYTES, SEALED_TEXT_MARK
 
 __all__ = [
     "ADMISSION_FIELDS",
@@ -62,6 +63,8 @@ def _prelude(retain_ms: int) -> str:
         .replace("@MAX_STEPS@", str(MAX_STEPS))
         .replace("@MAX_LINKS@", str(MAX_FOLLOWS))
         .replace("@MAX_CONTEXT@", str(MAX_RUN_CONTEXT_CHARS))
+        .replace("@SEALED_MARK@", SEALED_TEXT_MARK)
+        .replace("@SEALED_MAX@", str(MAX_FILTERED_REASON_BYTES))
     )
 
 

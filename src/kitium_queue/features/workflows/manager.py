@@ -41,6 +41,7 @@ from .install import (
     installed_retention,
     parent_results,
     set_public_id,
+    shown_error,
     transformers_of,
 )
 from .lua import MAX_PARENTS
@@ -417,8 +418,8 @@ class JobChainManager:
         ids = {_text(k): _text(v) for k, v in steps.items()}
         pipe = client.pipeline(transaction=False)
         for jid in ids.values():
-            pipe.hmget(key(f"dep:{jid}"), "st", "ts", "f", "e")
-            pipe.hmget(q.keys.job(jid), "st", "a", "ps", "f", "e", "ts")
+            pipe.hmget(key(f"dep:{jid}"), "st", "ts", "f", "e", "en")
+            pipe.hmget(q.keys.job(jid), "st", "a", "ps", "f", "e", "ts", "n")
             pipe.lrange(key(f"dep-p:{jid}"), 0, MAX_PARENTS - 1)
         rows = await pipe.execute(raise_on_error=False)
         by_id = {v: k for k, v in ids.items()}
@@ -426,8 +427,8 @@ class JobChainManager:
         counts: dict[str, int] = {}
         for i, (name, jid) in enumerate(ids.items()):
             bad: list[str] = []
-            dep = _read(rows[3 * i], key(f"dep:{jid}"), bad) or [None] * 4
-            job = _read(rows[3 * i + 1], q.keys.job(jid), bad) or [None] * 6
+            dep = _read(rows[3 * i], key(f"dep:{jid}"), bad) or [None] * 5
+            job = _read(rows[3 * i + 1], q.keys.job(jid), bad) or [None] * 7
             parents = _read(rows[3 * i + 2], key(f"dep-p:{jid}"), bad) or []
             state = _text(dep[0]) or ("damaged" if bad else "missing")
             if state == "ready":
@@ -435,7 +436,10 @@ class JobChainManager:
             elif state == "failed" and _text(job[0]) == "dlq":
                 state = "dlq"
             counts[state] = counts.get(state, 0) + 1
+            # The step's reason (its record's copy, else its job's own), as the job views
+            # show it: a sealed one opened where the key is held (shown_error).
             err = dep[3] or job[4]
+            named = (dep[3] and dep[4]) or job[6]
             out[name] = StepStatus(
                 name=name,
                 job_id=self._public(part, jid),
@@ -445,7 +449,7 @@ class JobChainManager:
                 created_at=_num(dep[1]) or _num(job[5]),
                 started_at=_num(job[2]),
                 finished_at=_num(dep[2]) or _num(job[3]),
-                error=_text(err) if err else None,
+                error=shown_error(q, jid, named, err),
                 damaged="; ".join(bad) or None,
             )
         return WorkflowStatus(

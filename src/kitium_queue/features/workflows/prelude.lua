@@ -11,7 +11,8 @@
   --                     cancelled), np (unfinished parents), w (workflow), s (step),
   --                     pol (on_failure), ts, f, jt (the creation time, 'ts', of the
   --                     job it tracked when it closed: reused), r (encoded result), e
-  --                     (error), wb
+  --                     (error: clip), en (the name of its job, with a sealed e: what
+  --                     the text is bound to), wb
   --                     (the parent it was first parked behind), rc (the context its
   --                     last finished run left: run links); a step
   --                     cancelled by a failing workflow keeps its definition (sn, sd, so,
@@ -99,10 +100,21 @@
       ' (damaged by hand?); nothing was written. Delete or repair that key, then try again'
   end
 
+  -- A failure reason as a dependency record keeps it, and whether it is sealed. A text
+  -- a feature sealed starts with middleware.py's SEALED_TEXT_MARK (@SEALED_MARK@): kept
+  -- whole, since cut it would never open, up to the longest a failure-text filter may
+  -- answer (@SEALED_MAX@ bytes), else a marker with its length, never a part; a clear
+  -- one is cut to ERR_MAX bytes. (No top-level locals: a script composed of every
+  -- feature stays under Lua's 200.)
   local function clip(s)
-    if type(s) ~= 'string' then return 'failed' end
-    if #s > ERR_MAX then return string.sub(s, 1, ERR_MAX) end
-    return s
+    if type(s) ~= 'string' then return 'failed', false end
+    if string.sub(s, 1, #'@SEALED_MARK@') == '@SEALED_MARK@' then
+      if #s <= @SEALED_MAX@ then return s, true end
+      return '@SEALED_MARK@not kept: a sealed reason of ' .. #s .. ' bytes, above the ' ..
+        '@SEALED_MAX@ a dependency record keeps; its job\'s own record holds it)', true
+    end
+    if #s > ERR_MAX then return string.sub(s, 1, ERR_MAX), false end
+    return s, false
   end
 
   -- Run links. A dependent follows its parents' runs: the context a tracked job's run
@@ -238,7 +250,14 @@
     if not f[1] or TERMINAL[f[1]] then return false end
     redis.call('HSET', dk, 'st', state)
     stamp_closed(dk, id)
-    if err then redis.call('HSET', dk, 'e', clip(err)) end
+    if err then
+      local e, is_sealed = clip(err)
+      redis.call('HSET', dk, 'e', e)
+      -- A sealed reason is bound to its job's name: kept with it, for when the job's
+      -- record is gone (its views open it, a key rotation re-seals it: install.py).
+      local n = is_sealed and redis.pcall('HGET', job_key(id), 'n')
+      if type(n) == 'string' then redis.call('HSET', dk, 'en', n) end
+    end
     if f[2] and COPYING and field(WF .. f[2], 'f') then
       -- A copy's step that came after the copies of the rest of its workflow had all
       -- finished here (copy_step): the workflow ended without counting it, and its
@@ -482,6 +501,7 @@
       local step = field(DEP .. gone, 's') or gone
       redis.call('HSET', DEP .. gone, 'e', 'not revived: its data was erased (an erasure ' ..
         'of its data subject); the workflow cannot go on')
+      redis.call('HDEL', DEP .. gone, 'en')
       redis.call('HSET', wk, 'err', step)
       log_event('workflow-failed', wid, step)
       return
@@ -512,7 +532,7 @@
         local nk = redis.pcall('SCARD', DEPC .. sid)
         if type(nk) == 'number' and nk > 0 then redis.call('HSET', jk, 'fw', '') end
         add_links(sid, parent_contexts(sid))
-        redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'sm', 'e', 'f', 'jt')
+        redis.call('HDEL', dk, 'sn', 'sd', 'so', 'sp', 'sq', 'sm', 'e', 'en', 'f', 'jt')
         local score = int(wait_score(pri, num(d[6])))
         if num(d[7]) > 0 then
           redis.call('HSET', dk, 'st', 'pending')
@@ -548,7 +568,7 @@
       -- skipped already, or were cancelled with its workflow: those come back.
       redis.call('HSET', dk, 'st', 'completed')
       stamp_closed(dk, id)
-      redis.call('HDEL', dk, 'e')
+      redis.call('HDEL', dk, 'e', 'en')
       if not POLICIES[f[3]] or f[3] == 'fail_workflow' then
         if f[2] then revive(f[2]) end
         return release_kids(id, ctx)
