@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -462,6 +463,63 @@ class Bodies:
         await _until(check, timeout)
 
 
+class TaskStamp(logging.Filter):
+    """Stamps each record with the asyncio task that logged it (``kq_task``; None outside
+    one): the leader services of one role, one per would-be process, log under one name."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.kq_task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread
+            record.kq_task = None
+        return True
+
+
+@contextlib.contextmanager
+def leader_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Capture the leader services' warnings, each stamped with its task (``TaskStamp``)."""
+    stamp = TaskStamp()
+    caplog.handler.addFilter(stamp)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kitium_queue.leader"):
+            yield
+    finally:
+        caplog.handler.removeFilter(stamp)
+
+
+async def cut_off(*_: Any) -> Any:
+    """A lease call of a leader cut off from Redis."""
+    raise RedisConnectionError("connection refused (simulated)")
+
+
+def outages(records: list[logging.LogRecord], by: Any) -> list[list[str]]:
+    """What one loop said of each of its outages, in order: its lines up to each "Redis is
+    reachable again", the last part since the last one. ``by``: the task that logged
+    them (``TaskStamp``: a leader service's campaign), or the name they begin with."""
+    parts: list[list[str]] = [[]]
+    for r in records:
+        text = r.getMessage()
+        if not (text.startswith(by) if isinstance(by, str) else getattr(r, "kq_task", 0) is by):
+            continue
+        if "Redis is reachable again" in text:
+            parts.append([])
+        else:
+            parts[-1].append(text)
+    return parts
+
+
+def each_said_once(parts: list[list[str]]) -> bool:
+    """Whether each outage of ``parts`` (``outages``) was said as one: its first line
+    "Redis unreachable", its later ones "still no Redis, now: ..." only."""
+    for part in parts:
+        said = [t for t in part if "Redis unreachable" in t or "still no Redis" in t]
+        if said and (
+            "Redis unreachable" not in said[0] or any("Redis unreachable" in t for t in said[1:])
+        ):
+            return False
+    return True
+
+
 @pytest.mark.redis_only
 async def test_one_leader_at_a_time_and_a_stopped_leader_is_succeeded(
     queues: Callable[[], JobQueue],
@@ -578,31 +636,34 @@ async def test_leader_cut_off_from_redis_stops_before_its_lease_expires(
     bodies = Bodies()
     lease_ms, renew_ms = 900, 200
     a = LeaderService("gc", bodies.body("a"), lease_ms=lease_ms, renew_ms=renew_ms)
-    await a.start(queues())
-    await bodies.started(1)
     b = LeaderService("gc", bodies.body("b"), lease_ms=lease_ms, renew_ms=renew_ms)
-    await b.start(queues())
-    assert a.lease is not None
-
-    async def unreachable(*_: Any) -> Any:
-        raise RedisConnectionError("connection refused (simulated)")
-
-    try:
-        with caplog.at_level(logging.WARNING, logger="kitium_queue.leader"):
-            t_cut = time.monotonic()
-            monkeypatch.setattr(a.lease, "renew", unreachable)
-            monkeypatch.setattr(a.lease, "acquire", unreachable)
+    # Each line stamped with the service's task from the start: two services of one role
+    # log under one name, and either may time out on its own on a loaded machine.
+    with leader_log(caplog):
+        try:
+            await a.start(queues())
+            await bodies.started(1)
+            await b.start(queues())
+            assert a.lease is not None
+            t_cut, at_cut = time.monotonic(), len(caplog.records)
+            monkeypatch.setattr(a.lease, "renew", cut_off)
+            monkeypatch.setattr(a.lease, "acquire", cut_off)
             await bodies.started(2)
-        (_, term_a, _, end_a), (who_b, term_b, start_b, _) = bodies.runs
-        assert who_b == "b" and term_b > term_a
-        assert end_a is not None and end_a < start_b, "the bodies overlapped"
-        assert end_a - t_cut < lease_ms / 1000, "the body outlived the lease"
-        assert bodies.max_running == 1
-        outages = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
-        assert len(outages) == 1, [r.getMessage() for r in outages]  # once per outage
-    finally:
-        await a.stop()
-        await b.stop()
+            (_, term_a, _, end_a), (who_b, term_b, start_b, _) = bodies.runs
+            assert who_b == "b" and term_b > term_a
+            assert end_a is not None and end_a < start_b, "the bodies overlapped"
+            assert end_a - t_cut < lease_ms / 1000, "the body outlived the lease"
+            assert bodies.max_running == 1
+            # a's outage since the cut (a timeout of its own before it, under load, was
+            # over by then; one of b's is b's): said once, the simulated error named.
+            assert outages(caplog.records[at_cut:], a._task)[1:] == []  # no Redis since
+            said = outages(caplog.records, a._task)[-1]
+            unreachable_lines = [text for text in said if "Redis unreachable" in text]
+            assert len(unreachable_lines) == 1, said  # once per outage
+            assert any("connection refused (simulated)" in text for text in said), said
+        finally:
+            await a.stop()
+            await b.stop()
 
 
 @pytest.mark.redis_only
@@ -637,7 +698,7 @@ async def test_leader_and_consumer_ride_out_a_redis_outage(
                 return got == ["before"]
 
             await _until(before, 5)  # read and acknowledged before the outage
-            t_kill = time.monotonic()
+            t_kill, at_kill = time.monotonic(), len(caplog.records)
             await asyncio.to_thread(srv.kill)
             await asyncio.sleep(1.5)  # longer than the lease
             end = bodies.runs[0][3]
@@ -652,11 +713,14 @@ async def test_leader_and_consumer_ride_out_a_redis_outage(
 
             await _until(both, 10)
             reader.cancel()
-        messages = [r.getMessage() for r in caplog.records]
         for who in ("leader service gc", "outbox consumer g/c"):
-            down = [m for m in messages if m.startswith(who) and "unreachable" in m]
-            assert len(down) == 1, (who, down)
-            assert any(m.startswith(who) and "reachable again" in m for m in messages)
+            # Each outage said once, the kill's among them, and its end (a timeout of its
+            # own before the kill, under load, was over by then: an outage of its own).
+            parts = outages(caplog.records, who)
+            kill = len(outages(caplog.records[:at_kill], who)) - 1  # under way at the kill
+            assert each_said_once(parts), (who, parts)
+            assert any("Redis unreachable" in m for m in parts[kill]), (who, parts)
+            assert len(parts) > kill + 1, (who, parts)  # "Redis is reachable again" said
     finally:
         await svc.stop()
         await q.close()

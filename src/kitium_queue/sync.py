@@ -277,6 +277,10 @@ class SyncQueueClient:
                 self._call(self.queue.close(), closing=True)
                 # Calls other threads still wait for end now (cancelled: a clear error).
                 self._call(_cancel_others(), closing=True)
+                # One of them may have connected the queue again after it closed (a first
+                # connect under way then, a partition's by a direct add_job): released
+                # again now that none runs, or its connection stayed open for good.
+                self._call(self.queue.close(), closing=True)
             finally:
                 self._stop_loop()
                 # The blocking connections no call uses; each add under way in another
