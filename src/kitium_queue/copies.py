@@ -1,11 +1,12 @@
-"""Copies of job data and results that a feature keeps under a job's id.
+"""Copies of job data, results and failure reasons that a feature keeps under a job's id.
 
-Some features keep a copy of a job's data or result after the job's own record moved
-on or went (the workflows feature keeps a cancelled step's data and a finished step's
-result in ``dep:<id>``). Whatever processes every stored job value — the encryption
-rotation pass re-encrypts them all — must reach those copies too, without knowing the
-feature's keys. A feature declares them here, on the queue, when it is enabled
-(``declare_copies``); a pass reads them back with ``copies_of``.
+Some features keep a copy of a job's data, result or failure reason after the job's own
+record moved on or went (the workflows feature keeps a cancelled step's data, a finished
+step's result and a failed step's reason in ``dep:<id>``). Whatever processes every
+stored job value — the encryption rotation pass re-encrypts them all — must reach those
+copies too, without knowing the feature's keys. A feature declares them here, on the
+queue, when it is enabled (``declare_copies``); a pass reads them back with
+``copies_of``.
 
 A declaration names a key prefix (relative to the queue's prefix) that the job's id
 follows, ``<key_prefix><job id>``, a hash, and its fields holding copies: each a copy

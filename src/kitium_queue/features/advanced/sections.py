@@ -115,7 +115,8 @@ class EncryptionConfig(Section):
     HIDDEN: ClassVar[tuple[str, ...]] = ("keys",)
     enabled: bool = False
     algorithm: str = "aes-256-gcm"
-    keys: Sequence[Any] = ()
+    # Left out of repr() too: a key given as a dict would show its material.
+    keys: Sequence[Any] = field(default=(), repr=False)
     current_key_id: str | None = None
     encrypt_all: bool = False
     rotation: bool = True
@@ -249,7 +250,8 @@ class WebhooksConfig(Section):
     enabled: bool = False
     default_delivery_strategy: str = "guaranteed"
     allow_networks: Sequence[str] = ()
-    secrets: Mapping[str, Any] | Callable[[str], Any] | None = None
+    # Left out of repr() too (a printed config, a crash report's locals).
+    secrets: Mapping[str, Any] | Callable[[str], Any] | None = field(default=None, repr=False)
     secret_cache_s: float = 60.0
     secret_timeout_s: float = 10.0
     run_service: bool = True
@@ -330,7 +332,7 @@ class RegionConfig(Section):
 
     PATH: ClassVar[str] = "advanced.global_queue.regions[]"
     region: str
-    redis: Any = None
+    redis: Any = field(default=None, repr=False)  # a URL may hold a password
     is_primary: bool = False
     priority: int = 0
 

@@ -142,6 +142,8 @@ class RegionCopy:
         self.lane = self._queue(name, replicated=replicated)
         self.home = self._queue(home_name(name, self.name), replicated=False)
         self.copies: dict[str, JobQueue] = {}
+        #: Deadline of a queue's first contact (connect, load its scripts): connect()'s.
+        self.first_contact_s = max(timeout_s, 10.0)
         # Health, as the last check found it.
         self.record: Record | None = None
         self.reachable: bool | None = None
@@ -179,10 +181,14 @@ class RegionCopy:
         return rec
 
     async def connect(self, timeout_s: float) -> None:
-        """Open the connection and load the scripts, with a deadline fit for a first
-        contact (the health checks' own is short); a failure shows in the next check."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.lane.client(), timeout_s)
+        """Open the connection and load the scripts of the global queue and of the
+        region's own (pinned jobs), with a deadline fit for a first contact (the health
+        checks' own is short: a first ``op`` on a queue whose scripts were not loaded
+        yet could miss it on a busy host); a failure shows in the next check."""
+        self.first_contact_s = timeout_s
+        for q in (self.lane, self.home):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(q.client(), timeout_s)
 
     async def check(self) -> Record | None:
         """Read the global queue's record: the health check. Updates the health fields;
@@ -220,6 +226,8 @@ class RegionCopy:
         if q is None:
             q = self._queue(home_name(self.queue_name, region), replicated=False)
             self.copies[region] = q
+            with contextlib.suppress(Exception):  # its first contact, as connect()'s
+                await asyncio.wait_for(q.client(), self.first_contact_s)
         await self.op("follow", region, queue=q)
         return q
 

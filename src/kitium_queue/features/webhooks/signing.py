@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...errors import ConfigurationError, KitiumQueueError
+from ...options import shown
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",
@@ -105,7 +106,7 @@ def check_seconds(value: Any, what: str, most: float) -> None:
     infinite), else ``ConfigurationError`` naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
         raise ConfigurationError(
-            f"{what} must be a number of seconds from 0 to {most:,}, got {value!r:.40}"
+            f"{what} must be a number of seconds from 0 to {most:,}, got {shown(value)}"
         )
 
 
