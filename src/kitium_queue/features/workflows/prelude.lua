@@ -1,11 +1,13 @@
   -- Workflows and job dependencies: the shared part of every fragment and script
-  -- (kitium_queue.features.workflows). Compiled in: RETAIN (ms a finished workflow's
-  -- records are kept), MAX_PARENTS / MAX_KIDS (most parents of a job, most dependents),
-  -- MAX_LINKS / MAX_CONTEXT (most run links of a job, longest run context: limits.py).
-  local RETAIN, MAX_PARENTS, MAX_KIDS = @RETAIN@, @MAX_PARENTS@, @MAX_KIDS@
-  -- MAX_STEPS: most steps of a workflow (its end, failure and cancel walk them all).
-  local MAX_STEPS = @MAX_STEPS@
-  local MAX_LINKS, MAX_CONTEXT = @MAX_LINKS@, @MAX_CONTEXT@
+  -- (kitium_queue.features.workflows). Compiled in, as literals where they are used
+  -- (not locals: a script composed of every feature shares Lua's 200 locals of its main
+  -- chunk, and this prelude is in that chunk): @RETAIN@ (ms a finished workflow's
+  -- records are kept; RETAIN in the comments), @MAX_KIDS@ (most dependents of a job),
+  -- @MAX_STEPS@ (most steps of a workflow: its end, failure and cancel walk them all),
+  -- @MAX_LINKS@ / @MAX_CONTEXT@ (most run links of a job, longest run context:
+  -- limits.py), 2000 (longest clear failure reason a dependency record keeps: ERR_MAX).
+  -- MAX_PARENTS (most parents of a job) is a local: the scripts use it too.
+  local MAX_PARENTS = @MAX_PARENTS@
   -- Keys (under the queue's hash tag; manager.py builds the same names):
   --   dep:<id>    HASH  a tracked job: st (pending | ready | completed | failed | skipped |
   --                     cancelled), np (unfinished parents), w (workflow), s (step),
@@ -33,7 +35,6 @@
   local DEP, DEPP, DEPC = PREFIX .. 'dep:', PREFIX .. 'dep-p:', PREFIX .. 'dep-c:'
   local WF, WFS, WFI, WFLOG = PREFIX .. 'wf:', PREFIX .. 'wf-s:', PREFIX .. 'wfs', PREFIX .. 'wf-log'
   local PARKED_AT = PREFIX .. 'parked:'
-  local ERR_MAX = 2000
   local TERMINAL = { completed = true, failed = true, skipped = true, cancelled = true }
   -- The payload of the removal of a step its workflow's cancellation removed
   -- (wf_cancel.lua): the release fragments see it with the outcome 'removed', and so
@@ -113,7 +114,7 @@
       return '@SEALED_MARK@not kept: a sealed reason of ' .. #s .. ' bytes, above the ' ..
         '@SEALED_MAX@ a dependency record keeps; its job\'s own record holds it)', true
     end
-    if #s > ERR_MAX then return string.sub(s, 1, ERR_MAX), false end
+    if #s > 2000 then return string.sub(s, 1, 2000), false end
     return s, false
   end
 
@@ -127,7 +128,7 @@
 
   -- A run's context, or nil: untrusted text from the worker, one printable line.
   local function run_context(ctx)
-    if type(ctx) ~= 'string' or ctx == '' or #ctx > MAX_CONTEXT or string.find(ctx, '%c') then
+    if type(ctx) ~= 'string' or ctx == '' or #ctx > @MAX_CONTEXT@ or string.find(ctx, '%c') then
       return nil
     end
     return ctx
@@ -153,7 +154,7 @@
       n = n + 1
     end
     for i = 1, #ctxs do
-      if n >= MAX_LINKS then break end
+      if n >= @MAX_LINKS@ then break end
       local c = ctxs[i]
       if not seen[c] then
         seen[c], n, changed = true, n + 1, true
@@ -165,7 +166,7 @@
 
   -- The contexts its finished parents' runs left, of job `id`'s first MAX_LINKS parents.
   local function parent_contexts(id)
-    local ps = redis.call('LRANGE', DEPP .. id, 0, MAX_LINKS - 1)
+    local ps = redis.call('LRANGE', DEPP .. id, 0, @MAX_LINKS@ - 1)
     local out = {}
     for i = 1, #ps do
       local c = field(DEP .. ps[i], 'rc')
@@ -212,12 +213,12 @@
     redis.call('HSET', wk, 'f', NOW_S)
     local ids = hvals(WFS .. wid)
     for i = 1, #ids do
-      redis.call('PEXPIRE', DEP .. ids[i], RETAIN)
-      redis.call('PEXPIRE', DEPP .. ids[i], RETAIN)
-      redis.call('PEXPIRE', DEPC .. ids[i], RETAIN)
+      redis.call('PEXPIRE', DEP .. ids[i], @RETAIN@)
+      redis.call('PEXPIRE', DEPP .. ids[i], @RETAIN@)
+      redis.call('PEXPIRE', DEPC .. ids[i], @RETAIN@)
     end
-    redis.call('PEXPIRE', wk, RETAIN)
-    redis.call('PEXPIRE', WFS .. wid, RETAIN)
+    redis.call('PEXPIRE', wk, @RETAIN@)
+    redis.call('PEXPIRE', WFS .. wid, @RETAIN@)
   end
 
   local function wf_left(wid, delta)
@@ -262,17 +263,17 @@
       -- A copy's step that came after the copies of the rest of its workflow had all
       -- finished here (copy_step): the workflow ended without counting it, and its
       -- records expire as the others' do.
-      redis.call('PEXPIRE', dk, RETAIN)
-      redis.call('PEXPIRE', DEPP .. id, RETAIN)
-      redis.call('PEXPIRE', DEPC .. id, RETAIN)
+      redis.call('PEXPIRE', dk, @RETAIN@)
+      redis.call('PEXPIRE', DEPP .. id, @RETAIN@)
+      redis.call('PEXPIRE', DEPC .. id, @RETAIN@)
     elseif f[2] then
       wf_left(f[2], -1)
     else
       -- A plain job with dependencies or dependents: its records are kept as long as a
       -- workflow's (its dependents read its result).
-      redis.call('PEXPIRE', dk, RETAIN)
-      redis.call('PEXPIRE', DEPP .. id, RETAIN)
-      redis.call('PEXPIRE', DEPC .. id, RETAIN)
+      redis.call('PEXPIRE', dk, @RETAIN@)
+      redis.call('PEXPIRE', DEPP .. id, @RETAIN@)
+      redis.call('PEXPIRE', DEPC .. id, @RETAIN@)
     end
     return true
   end
@@ -626,8 +627,8 @@
       return "workflow '" .. wid .. "' has a step named '" .. step .. "' already; " ..
         'give the job another workflow_step'
     end
-    if num(redis.call('HGET', WF .. wid, 'n')) >= MAX_STEPS then
-      return "workflow '" .. wid .. "' has " .. MAX_STEPS .. ' steps, the most a ' ..
+    if num(redis.call('HGET', WF .. wid, 'n')) >= @MAX_STEPS@ then
+      return "workflow '" .. wid .. "' has " .. @MAX_STEPS@ .. ' steps, the most a ' ..
         'workflow may have; add the job to another workflow'
     end
     return nil
@@ -704,8 +705,8 @@
         return 'depends on job ' .. p .. ', whose list of dependents ' .. DEPC .. p ..
           ' is damaged (it holds another type than a set); delete or repair that key'
       end
-      if nk >= MAX_KIDS then
-        return 'job ' .. p .. ' already has ' .. MAX_KIDS .. ' dependents, the most it may have'
+      if nk >= @MAX_KIDS@ then
+        return 'job ' .. p .. ' already has ' .. @MAX_KIDS@ .. ' dependents, the most it may have'
       end
     end
     return nil
@@ -725,7 +726,7 @@
       redis.call('HSET', dk, 'st', 'completed', 'f', f[3] or NOW_S)
       if f[4] then redis.call('HSET', dk, 'jt', f[4]) end
       if f[2] then redis.call('HSET', dk, 'r', f[2]) end
-      redis.call('PEXPIRE', dk, RETAIN)
+      redis.call('PEXPIRE', dk, @RETAIN@)
       return 'done'
     end
     redis.call('HSET', dk, 'st', 'ready', 'ts', NOW_S)
@@ -746,7 +747,7 @@
           np = np + 1
           mark_followed(p)
           if not first then first = p end
-        elseif #links < MAX_LINKS then
+        elseif #links < @MAX_LINKS@ then
           local c = field(DEP .. p, 'rc')
           if c then links[#links + 1] = c end
         end

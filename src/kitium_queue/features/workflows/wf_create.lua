@@ -30,9 +30,13 @@
 --@include slot_fence
 @PRELUDE@
 
+-- (Blocks keep this script's own locals few: a script of every feature shares the 200
+-- locals of its main chunk with the prelude and the fragments.)
 --@if fence
-local fenced = fence_slot('enqueue')
-if fenced then return redis.error_reply('KQ_FENCED ' .. fenced) end
+do
+  local fenced = fence_slot('enqueue')
+  if fenced then return redis.error_reply('KQ_FENCED ' .. fenced) end
+end
 --@end
 
 -- `opts` (an options JSON object, or '') with depends_on = the JSON list `listed`.
@@ -57,8 +61,10 @@ for j = 0, n - 1 do
   parents[j] = ps
 end
 -- The index damaged by hand (another type): refused before anything is written.
-local bad = damaged(WFI, 'zset')
-if bad then return redis.error_reply(bad) end
+do
+  local bad = damaged(WFI, 'zset')
+  if bad then return redis.error_reply(bad) end
+end
 if redis.call('EXISTS', WF .. wid) == 1 or redis.call('ZSCORE', WFI, wid) then
   return { 'exists', wid }
 end
