@@ -32,7 +32,6 @@ successor is elected at its next attempt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
@@ -53,6 +52,7 @@ if TYPE_CHECKING:
     from .queue import JobQueue
 
 __all__ = [
+    "RECANCEL_S",
     "REFUSED_RETRY_S",
     "LeaderBody",
     "LeaderLease",
@@ -405,15 +405,14 @@ class LeaderService:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
         # The campaign's cleanup (cancel the body, then release) may take a moment;
-        # cancel again if the body swallows a cancellation, but never hang the stop.
-        for _ in range(20):
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return
-            task.cancel()
-        log.warning("leader service %s did not stop within 5 s", self.name)
+        # cancel again if the body swallows a cancellation, but never hang the stop
+        # (nor leave it to run on when this stop is cancelled: an outer stop, below).
+        interrupted = await _end(task, 20)
+        if not task.done():
+            log.warning("leader service %s did not stop within 5 s", self.name)
+        if interrupted:
+            raise asyncio.CancelledError
 
     # ------------------------------------------------------------------ campaign
     async def _campaign(self) -> None:
@@ -522,13 +521,25 @@ class LeaderService:
             )
 
 
+#: Seconds between the cancels of a task that ran on after one (``cancel_and_wait``).
+RECANCEL_S = 0.25
+
+
 async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
     """End a service's background ``task`` (None, or done already: nothing to do):
-    cancel it and wait for it to end, its ``CancelledError`` swallowed."""
-    if task is not None and not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    cancel it and wait for it to end, its ``CancelledError`` swallowed (an error it
+    ended with is raised). It is cancelled again every ``RECANCEL_S`` while it runs on:
+    before Python 3.12, ``asyncio.wait_for`` drops a cancel that lands as what it waits
+    for ends (gh-86296), and redis-py's command write waits so, so a loop whose call
+    was under way took the cancel as the reply and ran on for ever (a worker's stop,
+    and ``close()``, waited for it in vain). A cancel of the caller meanwhile cuts
+    neither the wait short nor the stop that called it (it is swallowed)."""
+    if task is None:
+        return
+    await _end(task, None)
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        raise exc
 
 
 async def every(interval_ms: int, step: Callable[[], Awaitable[Any]], what: str) -> None:
@@ -536,7 +547,8 @@ async def every(interval_ms: int, step: Callable[[], Awaitable[Any]], what: str)
     body of a periodic leader-only service. Redis being unreachable is simply tried
     again at the next interval, as is Redis refusing writes (the worker reports it); a
     step the Redis ACL refused is said once (``Refusals``), and when it works again;
-    any other error is logged (as ``what`` failing) and the loop goes on."""
+    any other error is logged (as ``what`` failing) and the loop goes on. A cancel that
+    a call of ``step`` took for its reply (``cancel_and_wait``) ends it after the step."""
     refusals = Refusals(what)
     while True:
         try:
@@ -546,20 +558,39 @@ async def every(interval_ms: int, step: Callable[[], Awaitable[Any]], what: str)
                 log.exception("%s failed", what)
         else:
             refusals.ok()
+        if _cancel_dropped():
+            raise asyncio.CancelledError
         await asyncio.sleep(interval_ms / 1000)
 
 
-async def _cancel(task: asyncio.Task[Any], name: str) -> None:
-    """Cancel ``task`` and wait until it ended, even if this coroutine is cancelled."""
-    for _ in range(40):
-        if task.done():
-            break
+def _cancel_dropped() -> bool:
+    """Whether the running task was cancelled and the cancel never reached it: a call
+    of the step took it for its reply (``cancel_and_wait``: gh-86296). Python 3.10
+    cannot tell: no."""
+    probe = getattr(asyncio.current_task(), "cancelling", None)
+    return probe is not None and probe() > 0
+
+
+async def _end(task: asyncio.Future[Any], tries: int | None) -> bool:
+    """Cancel ``task`` every ``RECANCEL_S`` until it ended (at most ``tries`` times;
+    None: no limit), waiting on even if this coroutine is cancelled meanwhile; returns
+    whether it was."""
+    interrupted, n = False, 0
+    while not task.done() and (tries is None or n < tries):
+        n += 1
         task.cancel()
         try:
-            await asyncio.wait({task}, timeout=0.25)
+            await asyncio.wait({task}, timeout=RECANCEL_S)
         except asyncio.CancelledError:
-            continue  # stop() cancels the campaign again; the body must still end first
-    else:
+            interrupted = True  # the task must still end first
+    return interrupted
+
+
+async def _cancel(task: asyncio.Task[Any], name: str) -> None:
+    """Cancel ``task`` and wait until it ended, even if this coroutine is cancelled
+    (stop() cancels the campaign again; the body must still end first)."""
+    await _end(task, 40)
+    if not task.done():
         log.warning("leader service %s: body ignores cancellation", name)
-    if task.done() and not task.cancelled():
+    elif not task.cancelled():
         task.exception()  # retrieved; _run_body already logged it

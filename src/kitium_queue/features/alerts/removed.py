@@ -33,7 +33,6 @@ nothing per job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ...leader import LeaderService, cancel_and_wait, every
@@ -239,9 +238,7 @@ class LeftoverSweep:
                 await asyncio.sleep(self.lease_ms / 1000)
                 await walked.wait()
             finally:
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await run
+                await cancel_and_wait(run)
 
         leader = self.leader = LeaderService(ROLE, body, lease_ms=self.lease_ms)
         await leader.start(queue)
