@@ -181,3 +181,47 @@ async def test_every_ends_when_its_steps_call_dropped_the_cancel() -> None:
         await asyncio.wait({task}, timeout=0.25)
     assert done, "every() ran on after its cancel was dropped"
     assert step.calls == 1
+
+
+@pytest.mark.parametrize("what", ["tenancy sync", "audit refusal timer"])
+async def test_feature_loops_stop_when_their_call_dropped_the_cancel(
+    monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """The tenants' quota copy loop and the audit log's refusal-count timer stopped
+    with one cancel and an await: a call of theirs that took the cancel for its reply
+    left the stop waiting for ever (the loop slept and went round)."""
+    step = _DroppingStep()
+    if what == "tenancy sync":
+        from kitium_queue.features.tenancy import install as tenancy
+
+        async def attach(queue: Any) -> Any:
+            await step()
+            return None, [], {}
+
+        async def heal(queue: Any, names: Any) -> None:
+            return None
+
+        monkeypatch.setattr(tenancy, "_attach", attach)
+        monkeypatch.setattr(tenancy, "heal_tenants", heal)
+        service = tenancy._Sync(0.01)
+        await service.start(object())
+        stop: Callable[[], Awaitable[None]] = service.stop
+        running = service._task
+    else:
+        from kitium_queue.features.audit.refusals import RefusalBound
+
+        counts = RefusalBound.__new__(RefusalBound)
+        counts._held = {}
+
+        async def timer() -> None:
+            while True:
+                await step()
+                await asyncio.sleep(0.01)
+
+        running = await step.started(timer)
+        counts._timer = running
+        stop = counts.close
+    while step.calls == 0:
+        await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(stop())
+    assert await _ended(stopping, running), f"the {what} never stopped"

@@ -33,7 +33,6 @@ action or resource text reaches a key name (no glob or hash-tag character of it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import re
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...errors import ConfigurationError, KitiumQueueError
+from ...leader import cancel_and_wait
 from ...limits import get_logger
 from .chain import Draft
 from .log import Effect
@@ -249,10 +249,7 @@ class RefusalBound:
     async def close(self) -> None:
         """Sum up the counts this process holds (windows ended early), stop the timer."""
         timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+        await cancel_and_wait(timer)  # again while a call took the cancel for its reply
         if self._held:
             try:
                 await self.flush(held=True)

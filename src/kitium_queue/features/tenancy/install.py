@@ -32,6 +32,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from ...connection import TRANSIENT_ERRORS
 from ...errors import ConfigurationError
 from ...keys import QueueKeys
+from ...leader import cancel_and_wait
 from ...limits import get_logger, printable
 from ...options import to_int
 from ..audit.conn import LuaScript
@@ -467,10 +468,7 @@ class _Sync:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)  # again while a call took the cancel for its reply
 
     async def _loop(self, queue: Any) -> None:
         while True:
