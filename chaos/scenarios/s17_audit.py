@@ -98,7 +98,8 @@ def run(ctx: Context, res: Result) -> None:
     prefix = ctx.prefix()
     key = secrets.token_hex(32)
     appenders = ctx.pick(4, 6)
-    keep = ctx.pick(5000, 8000)
+    # Short: few enough that retention trims however slow the machine appends.
+    keep = ctx.pick(300, 8000)
     duration = ctx.pick(5.0, 40.0)
     restarts_at = [duration / 2] if not ctx.long else [duration / 3, 2 * duration / 3]
     # Started together, then each waited for: all of them are ready before the run.
