@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from ...errors import ConfigurationError
+from ...middleware import SEALED_TEXT_MARK
 from .crypto import Binding, DecryptionError, KeyNotHeldError, envelope_key_id, is_envelope
 
 if TYPE_CHECKING:
@@ -51,8 +52,8 @@ __all__ = [
 
 E = TypeVar("E", bound=BaseException)
 
-#: How every sealed failure text starts.
-SEALED_PREFIX = b"(sealed: key "
+#: How every sealed failure text starts (the core's mark of a text never to be cut, then its key).
+SEALED_PREFIX = SEALED_TEXT_MARK.encode() + b"key "
 #: The attribute marking an error the worker's encryption guard raised itself.
 _OWN = "_kq_encryption_own_text"
 #: Stored in place of the texts when this process has no key to seal them with.
