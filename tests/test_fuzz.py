@@ -93,7 +93,7 @@ from kitium_queue import (
 )
 from kitium_queue.keys import QueueKeys
 
-# Property tests: their wall time scales with the machine (two pytest processes share
+# Property tests: their wall time scales with the machine (several pytest processes share
 # two cores); a wedged example still fails on its own settle timeouts, well inside this.
 pytestmark = [pytest.mark.redis_only, pytest.mark.timeout(600)]
 

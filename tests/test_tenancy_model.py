@@ -43,7 +43,7 @@ from kitium_queue.features.tenancy import TenantRegistry, lua
 from kitium_queue.features.tenancy import keys as tk
 from kitium_queue.scripts import SCRIPT_NAMES
 
-# Property tests: their wall time scales with the machine (two pytest processes share
+# Property tests: their wall time scales with the machine (several pytest processes share
 # two cores); a wedged example still fails on its own settle timeouts, well inside this.
 pytestmark = [pytest.mark.redis_only, pytest.mark.timeout(600)]
 
