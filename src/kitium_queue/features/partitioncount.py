@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from ..connerrors import refused
 from ..errors import ConfigurationError, ConnectionUnavailableError, PermissionDeniedError
 from ..keys import QueueKeys
+from ..leader import cancel_and_wait
 from ..leftover import keep
 from ..limits import clip, get_logger
 from ..scripts import ScriptRegistry
@@ -366,8 +367,10 @@ class CountRecord:
         here = asyncio.get_running_loop()
         loop = task.get_loop() if task is not None else here
         if task is not None and loop is here:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # Cancelled again until it ends (a refresh's call may take one cancel for
+            # its reply before Python 3.12, gh-86296: a close then waited a refresh).
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(task)
         elif task is not None and loop.is_running():  # another thread's: stopped there
             stopped = asyncio.run_coroutine_threadsafe(_stopped(task), loop)
             with contextlib.suppress(Exception):
@@ -402,8 +405,8 @@ def _retrieved(task: asyncio.Task[None]) -> None:
 
 
 async def _stopped(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await cancel_and_wait(task)
 
 
 async def _refresh(ref: weakref.ref[CountRecord]) -> None:

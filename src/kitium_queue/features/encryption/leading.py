@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import ResponseError
 
-from ...leader import LeaderService, OutageLog
+from ...leader import LeaderService, OutageLog, cancel_and_wait
 from ...limits import get_logger
 from ...runends import wait_event
 from .crypto import KeyNotHeldError, is_key_id
@@ -86,9 +86,10 @@ class RotationService:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        # Cancelled again until it ends: a call of the gate that took the cancel for its
+        # reply (gh-86296, before Python 3.12) left it looping, and starting the campaign
+        # again, while this stop waited for it for ever.
+        await cancel_and_wait(task)
         await self.leader.stop()
         if self.missing is not None and self._queue is not None:
             # Unreachable Redis: the report goes stale and is ignored.

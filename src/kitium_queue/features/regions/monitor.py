@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ...leader import cancel_and_wait
 from ...limits import get_logger
 from ...outbox import Outbox
 from .election import Election, View
@@ -89,9 +90,10 @@ class Monitor:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        # Cancelled again until it ends: a round's call that took the cancel for its
+        # reply (``asyncio.wait_for`` before Python 3.12, gh-86296) left the loop running
+        # and this stop waiting for it for ever.
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         interval = self.cfg.check_interval_ms / 1000
