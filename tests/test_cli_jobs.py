@@ -368,7 +368,9 @@ def test_a_partitioned_queue(app: str, redis_url: str, prefix: str) -> None:
     shown = _json("groups", "show", member, "cust-1", "--redis", redis_url)
     assert shown["paused"] is True
     assert _json("resume", target, "--group", "cust-1")["queue"] == paused["queue"]
-    assert _json("groups", "show", member, "cust-1", "--redis", redis_url)["paused"] is False
+    # Resumed there, the group (no jobs, no settings) is forgotten: no pause is left.
+    gone = _run("groups", "show", member, "cust-1", "--redis", redis_url)
+    assert gone.exit_code == EXIT_ERROR and "group 'cust-1' not found" in gone.stderr
 
     # One partition's commands: a clear usage error, and how to name a partition.
     whole = _run("schedules", "list", target)

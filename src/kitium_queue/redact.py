@@ -226,7 +226,9 @@ def mapping_secrets(options: Mapping[str, Any]) -> set[str]:
 def misplaced_secrets(url: str) -> set[str]:
     """For messages about a URL that did not parse: when it has no ``@``, whatever sits
     where a port goes may be a password whose ``@`` was forgotten (``redis://:secret``),
-    so none of it is shown. (With an ``@`` the credentials are delimited and known.)"""
+    so none of it is shown. (With an ``@`` the credentials are delimited and known.)
+    A port number (``_port_like``: up to 5 digits, spaces around allowed) hides
+    nothing and stays, so ``'6380 '`` shows the stray space a parser complains of."""
     rest = url.partition("://")[2]
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "@" in authority:
@@ -235,7 +237,15 @@ def misplaced_secrets(url: str) -> set[str]:
     for item in authority.split(","):
         tail = item.partition("]")[2] if item.startswith("[") else item.partition(":")[2]
         found |= {tail, *tail.split(":")}
-    return {t for t in found if t}
+    return {t for t in found if t and not _port_like(t)}
+
+
+def _port_like(text: str) -> bool:
+    """Whether ``text`` (what follows a host's ``:``) holds only port-sized numbers: up
+    to 5 ASCII digits between ``:`` (``:6380`` after ``[::1]``), spaces around them
+    allowed (``6380 ``). A longer number may be a PIN-like password: not port-like."""
+    parts = [p.strip() for p in text.split(":")]
+    return any(parts) and all(not p or (len(p) <= 5 and p.isascii() and p.isdigit()) for p in parts)
 
 
 def check_delimited(url: str) -> None:

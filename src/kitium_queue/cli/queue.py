@@ -383,6 +383,7 @@ def _pause_command(verb: str) -> click.Command:
                 await getattr(q, verb)()
                 return str(q.name)
             from ..features.groups import FIFOQueueManager
+            from ..features.groups.cli import empty_group_note
 
             # A group's jobs share one member of a façade: where a job of the group goes.
             target = (
@@ -390,15 +391,21 @@ def _pause_command(verb: str) -> click.Command:
                 if isinstance(q, MultiQueue)
                 else q
             )
-            await getattr(FIFOQueueManager.for_queue(target), f"{verb}_group")(group_id)
+            fifo = FIFOQueueManager.for_queue(target)
+            await getattr(fifo, f"{verb}_group")(group_id)
+            if verb == "pause":  # paused ahead of its first job: said (a typo pauses too)
+                notes.append(await empty_group_note(fifo, group_id))
             return str(target.name)
 
+        notes: list[str | None] = []
         name = with_queue(app, redis, act)
         done = f"{verb}d"
         if as_json:
             click.echo(json.dumps({"action": done, "queue": name, "group": group_id}))
         else:
             click.echo(done if group_id is None else row(done, "group", group_id))
+        for note in filter(None, notes):  # on stderr: stdout keeps only the data
+            click.echo(row(note), err=True)
 
     return command
 
@@ -426,10 +433,21 @@ def job(app: str, job_id: str, redis: str | None) -> None:
     with_queue(app, redis, act)
 
 
+#: What a key or value of ``events``' ``k=v`` column may hold without quotes: printable
+#: ASCII but the space, ``=``, ``"`` and ``\\``.
+_BARE = frozenset(map(chr, range(0x21, 0x7F))) - set('="\\')
+
+
 def _pair_part(value: object) -> str:
-    """A key or value of a ``k=v`` list: escaped (and bounded, ``cell``), and without a
-    bare space or ``=``."""
-    return cell(value).replace(" ", "\\x20").replace("=", "\\x3d")
+    """A key or value of a ``k=v`` list, logfmt style: escaped and bounded (``cell``:
+    control characters and backslashes as escapes), and double-quoted with each ``"``
+    escaped unless it is all ``_BARE`` (so ``reason="LookupError: no processor"``).
+    Inside quotes every backslash starts an escape, so no value closes its quotes early
+    or forges another pair; non-ASCII text is quoted too (a look-alike space or ``=``)."""
+    text = cell(value)
+    if text and all(ch in _BARE for ch in text):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'
 
 
 @click.command()
@@ -453,8 +471,8 @@ def events(app: str, from_start: bool, as_json: bool, redis: str | None) -> None
                     )
                 )
                 continue
-            # Spaces separate the k=v pairs of the last column: a space inside a key or
-            # value is escaped too (\x20), so a value cannot forge another pair.
+            # Spaces separate the k=v pairs of the last column: a key or value holding a
+            # space, '=', a quote or an escape is quoted (_pair_part), so none forges a pair.
             extra = " ".join(f"{_pair_part(k)}={_pair_part(v)}" for k, v in ev.fields.items())
             click.echo(row(ev.id, ev.event, ev.job_id or "") + f"\t{extra}")
 

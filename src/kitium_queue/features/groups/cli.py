@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ...errors import JobStateError
+from ...errors import JobStateError, PermissionDeniedError
 
 if TYPE_CHECKING:
     from .manager import FIFOQueueManager, MessageGroupStats
 
-__all__ = ["make_command"]
+__all__ = ["empty_group_note", "make_command"]
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
 #: Prints rows under column names: ``table(columns, rows, header=True)``.
@@ -44,6 +44,22 @@ async def _stats(fifo: FIFOQueueManager, gid: str) -> MessageGroupStats | str:
         return await fifo.get_group_stats(gid)
     except JobStateError as exc:
         return str(exc)
+
+
+async def empty_group_note(fifo: FIFOQueueManager, gid: str) -> str | None:
+    """After a pause: the note that group ``gid`` has no jobs yet (a pause ahead of its
+    first job is kept: that job waits for a resume), else None. None too when the count
+    is not kept (``high_throughput``) or a read guard refuses the read."""
+    try:
+        s = await fifo.get_group_stats(gid)
+    except PermissionDeniedError:
+        return None
+    if s.size != 0:
+        return None
+    return (
+        f"note: group '{gid}' has no jobs yet; it stays paused, so the jobs added to it "
+        "wait until it is resumed"
+    )
 
 
 def _summary(s: MessageGroupStats | str, gid: str) -> list[object]:
@@ -123,10 +139,18 @@ def make_command(
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @redis_option
     def groups_show(app: str, group_id: str, as_json: bool, redis: str | None) -> None:
-        """One group: settings, counts, the jobs holding its turns, the next job."""
+        """One group: settings, counts, the jobs holding its turns, the next job.
+        Exit 1 when the queue knows no such group (no jobs, settings or totals)."""
 
         async def act(q: Any) -> None:
             s = await _manager(q).get_group_stats(group_id)
+            if not (s.exists or s.size or s.waiting or s.held or s.turns):
+                raise click.ClickException(
+                    row(
+                        f"group '{group_id}' not found in queue '{q.name}': it has no jobs, "
+                        "settings or totals ('groups list' shows the groups)"
+                    )
+                )
             if as_json:
                 click.echo(json.dumps(s.as_dict(), indent=2))
                 return
@@ -163,7 +187,8 @@ def make_command(
         @groups.command(
             verb,
             help=(
-                "Pause GROUP_ID: none of its jobs starts until resumed (running ones finish)."
+                "Pause GROUP_ID: none of its jobs starts until resumed (running ones finish). "
+                "A group with no jobs yet is paused ahead: its first jobs wait (said on stderr)."
                 if verb == "pause"
                 else "Resume GROUP_ID: its held jobs and free turns go on."
             ),
@@ -174,12 +199,18 @@ def make_command(
         @redis_option
         def cmd(app: str, group_id: str, as_json: bool, redis: str | None) -> None:
             async def act(q: Any) -> None:
-                await getattr(_manager(q), f"{verb}_group")(group_id)
+                fifo = _manager(q)
+                await getattr(fifo, f"{verb}_group")(group_id)
+                # Pausing a group before its first job is kept (that job waits): said,
+                # as a name mistyped pauses a group of its own.
+                note = await empty_group_note(fifo, group_id) if verb == "pause" else None
                 click.echo(
                     json.dumps({"action": f"{verb}d", "group": group_id})
                     if as_json
                     else row(f"{verb}d", group_id)
                 )
+                if note:  # on stderr: stdout keeps its one row (or JSON document)
+                    click.echo(row(note), err=True)
 
             with_queue(app, redis, act)
 

@@ -33,7 +33,14 @@ def make_command(
         async def act(q: Any) -> bool:
             found = await IdempotencyManager.for_queue(q).get_execution_result(key_or_id)
             if found is None:
-                click.echo(row("no completed job or execution record for", key_or_id), err=True)
+                # One field (escaped whole), so the id follows the words after a space.
+                click.echo(
+                    row(
+                        f"no completed job or execution record for '{key_or_id}' "
+                        f"in queue '{q.name}'"
+                    ),
+                    err=True,
+                )
                 return False
             if as_json:
                 click.echo(
