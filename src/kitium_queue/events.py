@@ -1,4 +1,10 @@
-"""In-process events (``queue.on``) and the durable per-queue event stream reader."""
+"""In-process events (``queue.on``) and the durable per-queue event stream reader.
+
+Event names: the core's (``QueueEvent``) and those each feature declares with
+``declare_events`` when its module is loaded (a workflow's end, a breaker's change): the
+core lists no feature's event. ``check_event_name`` (``queue.on``, webhook endpoints)
+takes those, and a lowercase name of one's own unless it looks like a misspelt known one.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,26 @@ import asyncio
 import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import re
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .enums import QueueEvent
+from .errors import ConfigurationError
 from .limits import Hush, get_logger, printable
+from .options import did_you_mean, shown
 
 __all__ = [
     "PROGRESS_BYTES_FIELD",
     "EventData",
     "EventEmitter",
     "StreamEvent",
+    "check_event_name",
     "check_handler",
+    "declare_events",
+    "known_events",
     "read_stream",
     "stream_entries",
     "stream_event",
@@ -43,6 +57,117 @@ def check_handler(event: Any, handler: Any) -> None:
             f"event handler for {str(event)!r} must be a function taking the "
             f"EventData (sync or async), got {type(handler).__name__}"
         )
+
+
+#: Event names raised in this process, each with who raises it: the core's events, then
+#: those declared by features (when their modules are loaded) and by the application.
+_KNOWN: dict[str, str] = {e.value: "core" for e in QueueEvent}
+#: What an event name may be: lowercase letters, digits and ``. _ : -``, up to 64.
+EVENT_FORM = re.compile(r"[a-z0-9][a-z0-9._:-]{0,63}")
+_SEPARATORS = re.compile(r"[\s_-]+")
+_WORDS = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # where a camelCase name's next word begins
+
+
+def declare_events(owner: str, *names: str) -> None:
+    """Declare event names raised in this process by ``owner`` (a feature's name, your
+    application's): ``queue.on`` and webhook endpoints take them as they take the core's,
+    and refuse a name close to one of them as a misspelling. A feature declares its events
+    when its module is loaded. Declare a name of your own that is close to a known one
+    (``job-complete``) to use it on purpose. Declaring a name again changes nothing. A
+    handler added before a name close to its event was declared is logged (a warning)."""
+    for name in names:
+        if not isinstance(name, str) or not EVENT_FORM.fullmatch(name):
+            raise ConfigurationError(
+                f"declare_events: {shown(name)} is not an event name: lowercase letters, "
+                "digits and . _ : - (up to 64 characters), like 'invoice-paid'"
+            )
+    new = [n for n in names if n not in _KNOWN]
+    for n in new:
+        _KNOWN[n] = str(owner)
+    if new:
+        for emitter in list(_EMITTERS):
+            emitter.recheck(new)
+
+
+def known_events() -> dict[str, str]:
+    """The event names known in this process (``declare_events``), each with its owner."""
+    return dict(_KNOWN)
+
+
+def _edits(a: str, b: str, most: int) -> int:
+    """Edits from ``a`` to ``b`` (a character added, dropped, changed, or two neighbours
+    swapped); ``most + 1`` when above ``most``."""
+    if abs(len(a) - len(b)) > most:
+        return most + 1
+    before: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] * (len(b) + 1)
+        for j in range(1, len(b) + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], before[j - 2] + 1)
+        if min(cur) > most:
+            return most + 1
+        before, prev = prev, cur
+    return min(prev[-1], most + 1)
+
+
+def misspelt(name: str, known: Collection[str]) -> str | None:
+    """The known event ``name`` (not one) most likely stands for: the one it becomes once
+    its case, ``_`` / ``-`` / spaces, a missing ``job-`` prefix or a missing final ``d``,
+    ``ed`` or ``ing`` are set right; else one at most two edits away (one from those
+    repairs); None when no known name is that close."""
+    base = _SEPARATORS.sub("-", _WORDS.sub("-", name[:200])).lower().strip("-")
+    forms = [base] if base.startswith("job-") else [base, "job-" + base]
+    repaired = [f + end for f in forms for end in ("", "d", "ed", "ing")]
+    for form in repaired:
+        if form in known:
+            return form
+    names = sorted(known)
+    for form, most in ((base, 2), *((f, 1) for f in repaired[1:])):
+        near = min(((_edits(form, k, most), k) for k in names), default=(most + 1, ""))
+        if near[0] <= most:
+            return near[1]
+    return None
+
+
+def check_event_name(
+    event: Any,
+    what: str = "queue.on",
+    also: Iterable[str] = (),
+    never: str = "a handler of it would never be called",
+) -> str:
+    """``event`` as an event name (a ``QueueEvent``, a declared name, or a lowercase name
+    of your own), for ``what`` (``queue.on``, ``webhook event``); ``also``: more names
+    known there; ``never``: what a misspelt one would come to. A name that looks like a
+    misspelt known one (``misspelt``) or is not an event name's form raises
+    ``ConfigurationError`` with the likely one."""
+    known = _KNOWN.keys() | set(also)
+    name = str(event) if isinstance(event, str) else event
+    if isinstance(name, str) and name in known:
+        return name
+    near = misspelt(name, known) if isinstance(name, str) else None
+    if near is not None:
+        own = isinstance(name, str) and EVENT_FORM.fullmatch(name)
+        raise ConfigurationError(
+            f"{what}: no event is named {shown(name)}{did_you_mean(name, known, [near])}: "
+            f"{never}"
+            + (
+                f" (a name of your own so close to a known one: declare it first, "
+                f"kitium_queue.events.declare_events('my-app', {name!r}))"
+                if own
+                else ""
+            )
+        )
+    if not isinstance(name, str) or not EVENT_FORM.fullmatch(name):
+        raise ConfigurationError(
+            f"{what}: {shown(event)} is not an event name"
+            f"{did_you_mean(name, known) if isinstance(name, str) else ''}: events are "
+            "named in lowercase letters, digits and . _ : - (up to 64 characters), like "
+            "'job-completed'"
+        )
+    return name
 
 
 @dataclass(slots=True)
@@ -98,8 +223,8 @@ class EventEmitter:
     so a broken view never lets an unmasked value through.
     """
 
-    __slots__ = ("_closings", "_failed", "_full", "_handlers", "_running", "_tasks", "_views",
-                 "dropped")  # fmt: skip
+    __slots__ = ("__weakref__", "_closings", "_failed", "_full", "_handlers", "_running",
+                 "_tasks", "_views", "dropped")  # fmt: skip
 
     def __init__(self) -> None:
         # Per handler (by id, while registered): when its last failure was logged, and
@@ -117,6 +242,7 @@ class EventEmitter:
         #: Events not delivered to an async handler at ``MAX_HANDLER_TASKS``, counted.
         self.dropped = 0
         self._closings: set[asyncio.Future[None]] = set()
+        _EMITTERS.add(self)
 
     def add_view(self, view: Callable[[EventData], None]) -> None:
         """Run ``view(data)`` on every event before its handlers (after the views added
@@ -125,9 +251,29 @@ class EventEmitter:
             self._views = (*self._views, view)
 
     def on(self, event: str, handler: Handler) -> None:
+        """Call ``handler`` on every ``event``: ``TypeError`` for a handler that is not
+        callable, ``ConfigurationError`` for a name that is no event's (``check_event_name``:
+        ``completed``, ``job_completed``, ``JOB_COMPLETED`` name none, ``job-completed``
+        does)."""
         check_handler(event, handler)
-        key = str(event)
+        key = check_event_name(event)
         self._handlers[key] = (*self._handlers.get(key, ()), handler)
+
+    def recheck(self, declared: Collection[str]) -> None:
+        """Names just ``declared`` (``declare_events``): warn about each handler added
+        before, under a name close to one of them (a misspelling it would have refused)."""
+        for key in self._handlers:
+            near = None if key in _KNOWN else misspelt(key, declared)
+            if near is not None:
+                log.warning(
+                    "queue.on(%r, ...) was added before %r was declared (by %s): no event is "
+                    "named %r, so its handlers are never called; did you mean %r?",
+                    key,
+                    near,
+                    _KNOWN[near],
+                    key,
+                    near,
+                )
 
     def off(self, event: str, handler: Handler) -> None:
         key = str(event)
@@ -262,6 +408,10 @@ class EventEmitter:
                     there.call_soon_threadsafe(_done, fut)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+#: The emitters alive in this process: ``declare_events`` rechecks their handlers.
+_EMITTERS: weakref.WeakSet[EventEmitter] = weakref.WeakSet()
 
 
 def _done(fut: asyncio.Future[None]) -> None:

@@ -16,7 +16,7 @@ import difflib
 import math
 import operator
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Literal, TypeVar, Union, overload
@@ -214,6 +214,7 @@ def to_int(value: Any, what: str, *, minimum: int, maximum: int) -> int:
 # C0 control characters, DEL and lone surrogates (UTF-16 halves, which UTF-8 cannot
 # encode: file names decoded with "surrogateescape" carry them).
 _BAD_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")  # where the words of a camelCase name begin
 
 
 def check_text(
@@ -260,23 +261,22 @@ def has_bad_char(value: str) -> bool:
     return _BAD_CHAR.search(value) is not None
 
 
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+def did_you_mean(key: Any, valid: Collection[str], spellings: Iterable[str] = ()) -> str:
+    """`` (did you mean 'name'?)`` for ``key``: the first of ``spellings`` (other spellings of it,
+    then a camelCase key's snake_case one) in ``valid``, else the closest of ``valid``; or ""."""
+    if not isinstance(key, str):
+        return ""
+    tried = [*spellings, _CAMEL.sub("_", key).lower()]
+    close = [s for s in tried if s in valid] or difflib.get_close_matches(key, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def unknown_options_error(
     section: str, bad: list[Any], valid: list[str], noun: str = "option"
 ) -> ConfigurationError:
     """The error for unknown keys ``bad`` of ``section``: each shown escaped, with the closest valid
-    name as a suggestion (a camelCase key gets its snake_case spelling, ``ttlMs`` -> ``ttl_ms``),
-    followed by the list of valid names. ``noun``: what the keys are (``option``, ``section``)."""
-    parts = []
-    for key in bad:
-        close: list[str] = []
-        if isinstance(key, str):
-            snake = _CAMEL.sub("_", key).lower()
-            close = [snake] if snake in valid else difflib.get_close_matches(key, valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        parts.append(f"{shown(key)}{hint}")
+    name as a suggestion (``did_you_mean``), then the valid names. ``noun``: what the keys are."""
+    parts = [f"{shown(key)}{did_you_mean(key, valid)}" for key in bad]
     return ConfigurationError(
         f"unknown {section} {noun}{'s' if len(bad) > 1 else ''}: {', '.join(parts)}; "
         f"valid {noun}s are: {', '.join(sorted(valid))}"

@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, FencedError
-from ..events import EventData
+from ..events import EventData, declare_events
 from ..hooks import FeatureEvent
 from ..leader import REFUSED_RETRY_S, Refusals
 from ..limits import clip, get_logger, printable
@@ -55,6 +55,7 @@ FEATURE = "schedules"
 #: The feature event of every tick enqueued: ``fields`` schedule_id, job_id, tick (ms)
 #: and lag_ms (how long after its tick the scheduler enqueued it; jitter not counted).
 LAG_EVENT = "schedule-lag"
+declare_events(FEATURE, "schedule-fired", LAG_EVENT)  # queue.on knows them
 
 log = get_logger(__name__)
 

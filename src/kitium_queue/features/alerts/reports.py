@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from ...events import declare_events
 from ...hooks import FeatureEvent
 from ...limits import get_logger, printable
 
@@ -38,6 +39,8 @@ log = get_logger("kitium_queue.features.alerts.manager")
 
 #: The feature's name (``FeatureEvent.feature``).
 FEATURE = "alerts"
+#: Its events (``queue.on``), and the default name of its webhook event.
+declare_events(FEATURE, "alert-fired", "alert-cleared", "queue-alert")
 #: Changes left unreported, reported per call at most.
 CATCH_UP = 100
 #: Changes whose hook was called (and whether their webhook went out) remembered per

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from ...events import stream_entries
+from ...events import declare_events, stream_entries
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, REFUSED_RETRY_S, LeaderService, Refusals
 from ...limits import get_logger
@@ -45,6 +45,7 @@ log = get_logger(__name__)
 FEATURE = "circuit-breakers"
 #: Name of the feature event (and of the durable stream event) of a state change.
 EVENT_NAME = "breaker-state"
+declare_events(FEATURE, EVENT_NAME)  # queue.on and webhooks know it
 SERVICE_NAME = "breaker-events"
 #: Log entries reported per read.
 _BATCH = 100

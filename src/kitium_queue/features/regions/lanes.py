@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ...events import declare_events
 from ...hooks import FeatureEvent
 from ...limits import get_logger
 from ...queue import JobQueue
@@ -31,6 +32,7 @@ __all__ = ["FEATURE", "Lanes"]
 log = get_logger(__name__)
 
 FEATURE = "regions"
+declare_events(FEATURE, "region-failover", "region-stranded")  # queue.on, webhooks
 _STOP_WAIT_S = 40.0
 
 

@@ -21,6 +21,7 @@ import orjson
 
 from ...enums import WebhookDeliveryStrategy, WebhookEventType
 from ...errors import ConfigurationError, KitiumQueueError
+from ...events import check_event_name
 
 __all__ = [
     "DeliveryAttempt",
@@ -46,6 +47,7 @@ MAX_IN_FLIGHT = 1000
 MAX_EVENT_DATA_BYTES = 60_000
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _EVENT = re.compile(r"[a-z0-9][a-z0-9._:-]{0,63}")
+_WEBHOOK_EVENTS = frozenset(e.value for e in WebhookEventType)
 _HOST_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 #: Headers the sender sets itself (a configured header may not replace them).
@@ -183,10 +185,16 @@ def url_host(url: str) -> str:
         return "?"
 
 
-def check_event_type(value: Any) -> str:
-    """An event name: a ``WebhookEventType`` or a lowercase name of up to 64 characters."""
+def check_event_type(value: Any, *, stored: bool = False) -> str:
+    """An event name: a ``WebhookEventType``, an event known in this process (the core's,
+    those features declare: ``events.declare_events``) or a lowercase name of your own of
+    up to 64 characters that does not look like a misspelt known one (``job-complete``,
+    ``completed``: ``ConfigurationError`` with the likely name, ``events.check_event_name``).
+    ``stored``: a name read back from Redis or sent (``send_event``): its form only."""
     if isinstance(value, WebhookEventType):
         return value.value
+    if not stored:
+        return check_event_name(value, "webhook event", _WEBHOOK_EVENTS, "it would never be sent")
     if isinstance(value, str) and _EVENT.fullmatch(value):
         return value
     raise ConfigurationError(
@@ -321,13 +329,15 @@ class Webhook:
         config: WebhookConfig,
         now_ms: int,
         default_strategy: WebhookDeliveryStrategy = WebhookDeliveryStrategy.GUARANTEED,
+        *,
+        stored: bool = False,
     ) -> Webhook:
         if not isinstance(config, WebhookConfig):
             raise ConfigurationError("register_webhook takes a WebhookConfig")
         events = config.events
         if isinstance(events, (str, WebhookEventType)) or not isinstance(events, Iterable):
             raise ConfigurationError("webhook events must be a list of event names")
-        evs = tuple(dict.fromkeys(check_event_type(e) for e in events))
+        evs = tuple(dict.fromkeys(check_event_type(e, stored=stored) for e in events))
         if not evs or len(evs) > MAX_EVENTS:
             raise ConfigurationError(f"a webhook subscribes to 1-{MAX_EVENTS} events")
         if not isinstance(config.active, bool):
@@ -376,7 +386,8 @@ class Webhook:
             )
         base = {k: getattr(self, k) for k in allowed}
         base.update(changes)
-        checked = Webhook.from_config(WebhookConfig(id=self.id, **base), now_ms)
+        kept = "events" not in changes  # unchanged names: checked when registered
+        checked = Webhook.from_config(WebhookConfig(id=self.id, **base), now_ms, stored=kept)
         return replace(checked, created_at=self.created_at)
 
     @property
@@ -429,7 +440,7 @@ class Webhook:
             )
         except (KeyError, TypeError):
             raise ConfigurationError("stored webhook registration lacks fields") from None
-        hook = cls.from_config(cfg, 0)
+        hook = cls.from_config(cfg, 0, stored=True)
         return replace(
             hook, created_at=_num(d.get("created_at")), updated_at=_num(d.get("updated_at"))
         )
@@ -452,7 +463,7 @@ class WebhookEvent:
 
     def body(self) -> tuple[str, str, bytes]:
         """(event id, event type, JSON body ``{"type", "timestamp", "data"}``)."""
-        etype = check_event_type(self.type)
+        etype = check_event_type(self.type, stored=True)
         eid = check_id(self.id, "event id") if self.id is not None else new_event_id()
         ts = self.timestamp_ms if self.timestamp_ms is not None else int(time.time() * 1000)
         _int(ts, "timestamp_ms", 0, 2**50)

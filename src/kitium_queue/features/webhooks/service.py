@@ -32,7 +32,7 @@ import orjson
 from ...connection import outage
 from ...connerrors import refused
 from ...damage import DamagedKeys, is_damage_error
-from ...events import EventData
+from ...events import EventData, declare_events
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, OutageLog
 from ...lifecycle import stop_budget
@@ -61,6 +61,8 @@ GROUP = "webhooks"
 #: ``fields``: webhook, event_id, event_type, outcome, attempts, status), reported by the
 #: process that made the attempt, once the result is in Redis.
 DELIVERY_EVENT = "webhook-delivery"
+#: Events of this feature for ``queue.on``: the above, and a delivery that gave up.
+declare_events(FEATURE, DELIVERY_EVENT, "webhook-dlq", "webhook-failed")
 _OUTCOMES = {"ok": "delivered", "retry": "retrying", "dead": "dead-lettered", "failed": "failed"}
 _OUTBOX_MAX_DELIVERIES = 50
 #: What a stop waits for a batch's results to be recorded, beyond its requests' timeouts.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ...events import stream_entries
+from ...events import declare_events, stream_entries
 from ...hooks import FeatureEvent
 from ...leader import NET_ERRORS, REFUSED_RETRY_S, LeaderService, Refusals
 from ...limits import get_logger
@@ -29,6 +29,7 @@ log = get_logger(__name__)
 SERVICE_NAME = "workflow-events"
 #: The events reported.
 EVENTS = ("workflow-completed", "workflow-failed", "workflow-cancelled")
+declare_events("workflows", *EVENTS)  # queue.on and webhooks know them
 
 
 def _s(v: Any) -> str:
