@@ -3,7 +3,8 @@
 ``SyncJobQueue.add_job`` runs the enqueue script from the caller's thread through a
 ``BlockingScripts``: the call is packed as on the asyncio hot path (``scripts.py``), sent
 over a blocking redis-py connection and its reply read there, so a blocking caller pays
-one round trip and no hand-over to the client's event-loop thread. The connections come
+one round trip and no hand-over to the client's event-loop thread (``command`` runs the
+one plain read of a duplicate check, ``dupcheck.py``, the same way). The connections come
 from a blocking ``redis.ConnectionPool`` to the same server
 (``ConnectionFactory.sync_pool``); up to ``MAX_IDLE_CONNS`` stay checked out between calls.
 At most ``max_connections`` calls are under way at once: a thread beyond that waits
@@ -74,6 +75,13 @@ class BlockingScripts:
         if isinstance(reply, ResponseError):
             raise translate_error(reply)
         return reply
+
+    def command(self, *args: Any) -> Any:
+        """Run one plain command (``"HMGET", key, field, ...``) over the same connections
+        and return its reply: an error reply comes back as the ``ResponseError`` it is;
+        connection errors and timeouts are raised as ``call`` raises them (a duplicate
+        check's read: ``dupcheck.py``)."""
+        return self._exchange(b"*%d\r\n" % len(args) + pack_args(args))
 
     def close(self) -> None:
         """Close the connections no call is using: those kept aside between calls and

@@ -7,7 +7,8 @@
     │   └── ScriptArgumentError     a script refused its arguments, wrote nothing (KQ_BAD_ARGUMENT)
     ├── PartialEnqueueError         add_jobs wrote only some chunks; says which jobs
     ├── JobRefusedError             a feature refused a job at enqueue (a full group...)
-    │   └── QuotaExceededError      a tenant's quota refused it (max_queue_size, regions)
+    │   ├── QuotaExceededError      a tenant's quota refused it (max_queue_size, regions)
+    │   └── IdempotencyConflictError  a key or job_id reused with different data (opt-in)
     ├── FencedError                 a fence is up: the queue takes no new work here (KQ_FENCED)
     ├── DamagedKeyError             a key of the queue holds another type (KQ_DAMAGED_KEY)
     ├── SerializationError          data or result that cannot be encoded
@@ -51,6 +52,7 @@ __all__ = [
     "ConnectionUnavailableError",
     "DamagedKeyError",
     "FencedError",
+    "IdempotencyConflictError",
     "JobActiveError",
     "JobNotFoundError",
     "JobRefusedError",
@@ -470,11 +472,42 @@ class QuotaExceededError(JobRefusedError):
         return cls(message, tenant_id=tenant, quota=quota, limit=limit)
 
 
-#: Refusal codes of the ``accept`` Lua slot (``kitium_queue.slots``): a reason
+class IdempotencyConflictError(JobRefusedError):
+    """An add reused the idempotency key (or the chosen ``job_id``) of an existing job
+    with different data, where conflicts are asked to be raised
+    (``IdempotencyManager(queue, conflicts="raise")`` or the job option
+    ``idempotency_conflict="raise"``; docs/effectively-once.md): nothing was written,
+    the existing job is untouched. The message names the key or id and the existing
+    job, never the data.
+
+    Attributes:
+        key: the idempotency key, or the ``job_id``, the add reused.
+        key_kind: ``"idempotency_key"`` or ``"job_id"``.
+        existing_id: the id of the job that holds it.
+    """
+
+    def __init__(
+        self, message: str, *, key: str = "", key_kind: str = "", existing_id: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.key_kind = key_kind
+        self.existing_id = existing_id
+
+    @classmethod
+    def from_fields(cls, fields: list[str], message: str) -> IdempotencyConflictError:
+        """Built from a refusal's fields: key kind, key, existing job id."""
+        kind, key, existing = [*fields, "", "", ""][:3]
+        return cls(message, key=key, key_kind=kind, existing_id=existing)
+
+
+#: Refusal codes of the ``accept`` Lua slot (``kitium_queue.slots``) and of the
+#: duplicate checks (``hooks.DuplicateCheck``): a reason
 #: ``"<CODE>\t<field>\t...\t<message>"`` becomes the code's error, built by its
 #: ``from_fields(fields, message)``; any other reason a plain ``JobRefusedError``.
-REFUSAL_ERRORS: dict[str, type[QuotaExceededError]] = {
+REFUSAL_ERRORS: dict[str, type[QuotaExceededError] | type[IdempotencyConflictError]] = {
     "KQ_QUOTA_EXCEEDED": QuotaExceededError,
+    "KQ_IDEMPOTENCY_CONFLICT": IdempotencyConflictError,
 }
 
 

@@ -27,12 +27,19 @@ Rules a subscriber can rely on:
 * A method a subscriber does not override costs nothing: ``HookBus`` keeps, per hook,
   the tuple of subscribers that override it, and callers skip a hook whose tuple is
   empty (``if bus.started: bus.emit_started(job)``).
+
+Subscribers only watch. One hook may decide instead: a *duplicate check*
+(``DuplicateCheck``, ``bus.add_duplicate_check``) looks at an add that found its job
+there already (the enqueue script's ``dup``: nothing written) before the add returns
+that job's id, and may refuse the add (``dupcheck.py`` reads what it compares). With
+none registered, or none that ``wants`` the add's options, a duplicate costs nothing
+more; an add that wrote its job is never looked at.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,7 +48,9 @@ from .limits import get_logger
 __all__ = [
     "HOOK_NAMES",
     "AdminCall",
+    "DuplicateCheck",
     "FeatureEvent",
+    "FoundDuplicate",
     "HookBus",
     "Outcome",
     "OutcomeKind",
@@ -136,6 +145,61 @@ class FeatureEvent:
     at_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class FoundDuplicate:
+    """An add that found its job there already, as a ``DuplicateCheck`` sees it: what
+    the add asked for and the job it found, read one round trip after the enqueue
+    script answered (``dupcheck.py``).
+
+    Attributes:
+        queue: queue name.
+        job_id: the id of the job found (the id the add would return).
+        name: the job name the add asked for.
+        idempotency_key: the add's idempotency key (``""``: none).
+        chosen_id: the add's ``job_id`` (``""``: an automatic id).
+        options: the add's options over the queue's ``default_job_options``.
+        readable: whether both payloads below could be read. False when the job's
+            record is gone (removed, while its key's or id's window still holds), its
+            data does not decode, or a payload view hides a value it cannot open here
+            (a key this process does not hold): then there is nothing to compare.
+        data: the add's data, encoded as the add would store it, decoded again and
+            through the payload views (None when not ``readable``).
+        found_data: the job's stored data, decoded and through the payload views (None
+            when not ``readable``).
+        found_name: the stored job's name (None when its record is gone).
+    """
+
+    queue: str
+    job_id: str
+    name: str
+    idempotency_key: str
+    chosen_id: str
+    options: Mapping[str, Any]
+    readable: bool
+    data: Any = None
+    found_data: Any = None
+    found_name: str | None = None
+
+
+class DuplicateCheck:
+    """Base class of duplicate checks (``HookBus.add_duplicate_check``): decides whether
+    an add that found its job there already returns that job's id (as it does without
+    a check) or is refused. Both methods are plain, quick functions; a check that
+    raises fails the add with that error (nothing of the add was written)."""
+
+    def wants(self, options: Mapping[str, Any]) -> bool:
+        """Whether an add with ``options`` (over the queue's ``default_job_options``)
+        is to be checked when it finds its job there; only then is the job read."""
+        return False
+
+    def check(self, found: FoundDuplicate) -> str | None:
+        """None: the add returns the existing id. Else the reason the add is refused
+        (a plain text, or ``"<CODE>\\t<field>...\\t<message>"`` with a code of
+        ``errors.REFUSAL_ERRORS``): ``add_job`` raises that code's error,
+        ``add_jobs`` refuses that job as a feature's refusal (``JobRefusedError``)."""
+        return None
+
+
 class Subscriber:
     """Base class of lifecycle subscribers: override the hooks you need.
 
@@ -216,7 +280,22 @@ class HookBus:
 
     def __init__(self) -> None:
         self._subs: list[Any] = []
+        #: The duplicate checks, in the order added (``add_duplicate_check``).
+        self.duplicate_checks: tuple[DuplicateCheck, ...] = ()
         self._index()
+
+    def add_duplicate_check(self, check: DuplicateCheck) -> None:
+        """Add a duplicate check (``DuplicateCheck``); adding it twice is a no-op. The
+        first check that refuses an add decides."""
+        if not callable(getattr(check, "wants", None)) or not callable(
+            getattr(check, "check", None)
+        ):
+            raise TypeError(f"{check!r} is not a duplicate check (wants and check methods)")
+        if not any(c is check for c in self.duplicate_checks):
+            self.duplicate_checks = (*self.duplicate_checks, check)
+
+    def remove_duplicate_check(self, check: DuplicateCheck) -> None:
+        self.duplicate_checks = tuple(c for c in self.duplicate_checks if c is not check)
 
     @property
     def subscribers(self) -> tuple[Any, ...]:

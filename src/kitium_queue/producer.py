@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import dupcheck
 from .aclcheck import PRODUCER_SCRIPTS, check_commands
 from .coalesce import Lane
 from .context import CLOSE_GRACE_S
@@ -216,12 +217,14 @@ class Producer:
         kwargs: dict[str, Any],
         run: Callable[[Sequence[Any]], Any],
         announce: Callable[[Callable[[], None]], None],
+        read: Callable[..., Any],
     ) -> str:
         """``add_job`` for a thread outside the event loop (``SyncJobQueue``), when
         ``blocking_ready()``: the same checks, encoding, script and errors, with the
-        script run by ``run(args)`` (blocking; returns its reply). The ``enqueued`` and
-        ``duplicate`` hooks are handed to ``announce``, which runs them on the queue's
-        event loop, where their subscribers live.
+        script run by ``run(args)`` (blocking; returns its reply), and a duplicate
+        check's read by ``read(*command)`` (``dupcheck.check_blocking``). The
+        ``enqueued`` and ``duplicate`` hooks are handed to ``announce``, which runs them
+        on the queue's event loop, where their subscribers live.
         """
         opts = {**options_dict(options), **kwargs} if options is not None else kwargs
         prepared = self.prepare(job_name, data, opts)
@@ -234,6 +237,8 @@ class Producer:
         if failure is not None:
             raise failure
         hooks = ctx.hooks
+        if dups and hooks.duplicate_checks:  # only a duplicate pays a read
+            dupcheck.check_blocking(ctx, read, [prepared], [opts], ids, dups, refused)
         if ids[0] and (hooks.enqueued or (dups and hooks.duplicate)):
             announce(lambda: self._announce(ids, [prepared], dups))
         if refused:
@@ -333,6 +338,13 @@ class Producer:
                         if len(ids) < len(prepared):
                             unconfirmed.not_sent_from = len(ids)
                         break
+            if dups and ctx.hooks.duplicate_checks:  # only a duplicate pays a read
+                await dupcheck.check(
+                    ctx, client, prepared, options, ids, dups, refused, may_raise=not failure
+                )
+                if failure is not None:  # its copies of the ids and refusals, again
+                    failure.written_ids = list(ids)
+                    _set_refused(failure, refused)
             if failure is not None:
                 # The jobs before the failure are in Redis: announce them, but never let
                 # a subscriber's error hide which ones they are.
@@ -511,10 +523,14 @@ class ProducerAPI:
 
         Options are keyword arguments (``attempts=5, delay=1000, priority=10``) or a
         ``JobOptions``/dict. With ``job_id`` or ``idempotency_key`` matching an existing
-        job, the existing id is returned and nothing is written.
+        job, the existing id is returned and nothing is written (unless a duplicate
+        check refuses the add: ``hooks.DuplicateCheck``).
 
         Raises:
             ConfigurationError: unknown or invalid option (the message names it).
+            JobRefusedError: a feature refused the job, nothing written (a full message
+                group, a tenant's quota, ``IdempotencyConflictError``: a key or id
+                reused with different data where conflicts are raised).
             SerializationError: ``data`` is not JSON-serializable.
             PayloadTooLargeError: encoded data above ``max_payload_bytes``.
         """

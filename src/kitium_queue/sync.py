@@ -321,7 +321,19 @@ class SyncQueueClient:
                 if self._closing:  # close() began under this call: nothing it took stays open
                     self._drop_unused()
 
-        inner = producer.add_job_blocking(job_name, data, options, kwargs, run, self._announce)
+        def read(*command: Any) -> Any:  # a duplicate check's read (dupcheck.py)
+            try:
+                return blocking.command(*command)
+            except (RedisError, OSError) as exc:
+                self._closed_under(exc)
+                raise
+            finally:
+                if self._closing:
+                    self._drop_unused()
+
+        inner = producer.add_job_blocking(
+            job_name, data, options, kwargs, run, self._announce, read
+        )
         return self._public_id(member, inner)
 
     def _drop_unused(self) -> None:

@@ -16,6 +16,9 @@
   once it started, the repeated key adds a new job).
 * ``record_execution`` / ``get_execution_result`` for processors that touch other
   systems: remember that a side effect was done, under the job's stable key.
+* ``conflicts="raise"`` (or the job option ``idempotency_conflict``): a key or chosen
+  ``job_id`` reused with different data raises ``IdempotencyConflictError`` instead of
+  returning the existing id (``conflicts.py``).
 
 What is guaranteed and what is not: ``docs/effectively-once.md``. In short: a worker
 killed after its side effect and before the outcome is recorded runs the job again,
@@ -27,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -42,6 +45,7 @@ from ...lifecycle import running
 from ...limits import get_logger
 from ...options import check_text, shown, to_ms
 from ...queries import check_reads
+from .conflicts import OPTION, ConflictCheck, conflict_mode
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -60,7 +64,9 @@ _RECORD_INDEX = "idem-x"
 #: The script writing an execution record (``record.lua``).
 _RECORD = "idem_record"
 
-_INSTALLED: weakref.WeakKeyDictionary[Any, tuple[str, bool, bool]] = weakref.WeakKeyDictionary()
+_INSTALLED: weakref.WeakKeyDictionary[Any, tuple[str, bool, bool, str]] = (
+    weakref.WeakKeyDictionary()
+)
 #: The idempotency_ttl compiled into a queue's enqueue and requeue fragments (the
 #: length of an until_finished window, kept on each such job when it is added).
 _COMPILED_TTL: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -158,6 +164,11 @@ class IdempotencyManager:
             (default); ``False`` refuses such a job instead.
         ttl_ms: the length of the ``"ttl"`` window (sets the queue's
             ``idempotency_ttl``); stored results live as long as their key.
+        conflicts: what an add whose key or chosen ``job_id`` is taken does when its
+            data differs from the existing job's: ``"return"`` the existing id (the
+            default, the data dropped) or ``"raise"`` ``IdempotencyConflictError``,
+            nothing written (a job's ``idempotency_conflict`` option wins; what is not
+            compared: ``conflicts.py``).
     """
 
     def __init__(
@@ -168,14 +179,16 @@ class IdempotencyManager:
         exactly_once: bool = False,
         derive_keys: bool = True,
         ttl_ms: Any = None,
+        conflicts: str = "return",
     ) -> None:
         self.window = _window(window, "window")
+        self.conflicts = conflict_mode(conflicts)
         self.exactly_once = bool(exactly_once)
         self.derive_keys = bool(derive_keys)
         self.queue = queue
         self._parts: list[JobQueue] = list(getattr(queue, "queues", None) or [queue])
         ttl = None if ttl_ms is None else to_ms(ttl_ms, "ttl_ms", minimum=1)
-        want = (self.window, self.exactly_once, self.derive_keys)
+        want = (self.window, self.exactly_once, self.derive_keys, self.conflicts)
         for q in self._parts:
             if ttl is not None:
                 q.ctx.idempotency_ttl = ttl
@@ -197,8 +210,16 @@ class IdempotencyManager:
         """A manager of ``queue`` with the settings it was enabled with in this process
         (the defaults when it was not): what tools that only have the queue use."""
         first = (getattr(queue, "queues", None) or [queue])[0]
-        window, exactly_once, derive = _INSTALLED.get(first, ("ttl", False, True))
-        return cls(queue, window=window, exactly_once=exactly_once, derive_keys=derive)
+        window, exactly_once, derive, conflicts = _INSTALLED.get(
+            first, ("ttl", False, True, "return")
+        )
+        return cls(
+            queue,
+            window=window,
+            exactly_once=exactly_once,
+            derive_keys=derive,
+            conflicts=conflicts,
+        )
 
     # ------------------------------------------------------------------ installation
     def _install(self, q: JobQueue) -> None:
@@ -210,6 +231,14 @@ class IdempotencyManager:
             normalize=lambda v, section: _window(v, f"{section}: idempotency_window"),
             doc="ttl | until_finished | debounce",
         )
+        q.declare_option(
+            OPTION,
+            feature=FEATURE,
+            normalize=lambda v, section: conflict_mode(v, f"{section}: {OPTION}"),
+            stored=False,
+            doc="return | raise: a key or job_id reused with different data",
+        )
+        q.ctx.hooks.add_duplicate_check(ConflictCheck(self.conflicts, self.window, self._id_of(q)))
         q.use_enqueue(self._prepare)
         q.scripts.add_slot("release", FEATURE, _lua("release"))
         q.scripts.add_slot("duplicate", FEATURE, _lua("duplicate"))
@@ -266,6 +295,13 @@ class IdempotencyManager:
             return self._parts[0]
         index: int = self.queue.partition_of(key)
         return self._parts[index]
+
+    def _id_of(self, q: JobQueue) -> Callable[[str], str]:
+        """The ids callers know jobs of ``q`` by (a partition's: full ids)."""
+        if len(self._parts) == 1:
+            return str
+        index, facade = self._parts.index(q), self.queue
+        return lambda inner: str(facade.full_id(index, inner))
 
     def _public(self, q: JobQueue, found: ExecutionResult | None) -> ExecutionResult | None:
         # On a partitioned queue, ids read inside a partition are given as full ids.
