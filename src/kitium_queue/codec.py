@@ -172,6 +172,8 @@ class Serializer:
             low = text.lower()
             for needle, reason in _REASONS:
                 if needle in low:
+                    if needle == "64-bit":  # where, as the other refusals say
+                        reason = _big_int(value, what) or reason
                     raise SerializationError(
                         f"{what} cannot be serialized to JSON: {reason}"
                     ) from None
@@ -315,8 +317,8 @@ def _first_change(value: Any, root: str) -> str | None:
                             return (
                                 f"the dict key {_short(k)} ({type(k).__name__}) in "
                                 f"{_clip_path(path)} is not a str; JSON object keys are "
-                                "strings, so it would come back changed (1 as '1'): "
-                                "convert the keys first (str(key))"
+                                f"strings, so {_key_back(k)}: convert the keys first "
+                                "(str(key))"
                             )
                         if type(v) not in _SCALARS:
                             children.append((v, f"{path}[{_short(k)}]"))
@@ -370,6 +372,48 @@ def _changed_type(item: Any) -> str | None:
         return f"a {name} dataclass, which would arrive as a dict: send dataclasses.asdict(value)"
     if type(item).__module__.startswith("numpy"):
         return f"a numpy {name}, which would arrive as plain JSON values: send value.tolist()"
+    return None
+
+
+def _key_back(key: Any) -> str:
+    """How JSON would give a dict key that is not a str back, for a message: "it would
+    come back changed (True as 'true')", or that it cannot be carried at all."""
+    try:
+        back = next(iter(orjson.loads(orjson.dumps({key: 0}, option=orjson.OPT_NON_STR_KEYS))))
+    except Exception:
+        return "it cannot be carried as it is"
+    return f"it would come back changed ({_short(key)} as {_short(back)})"
+
+
+#: The ints orjson encodes (-2**63 .. 2**64-1).
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _big_int(value: Any, root: str) -> str | None:
+    """Where in ``value`` (named ``root``) an int outside the range orjson encodes is,
+    as a refusal's reason; None if none is found. Each list or dict is walked once (a
+    value that contains itself ends), at most ``MAX_DEPTH`` levels deep."""
+    bad = "is an int outside the 64-bit range (-2**63 .. 2**64-1); pass big numbers as strings"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{root} {bad}" if value not in _INT_RANGE else None
+    if not isinstance(value, (dict, list, tuple)):
+        return None
+    seen: set[int] = set()
+    stack: list[tuple[Any, str, int]] = [(value, root, 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if id(item) in seen or depth > MAX_DEPTH:
+            continue
+        seen.add(id(item))
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        inner = []
+        for k, v in pairs:
+            if isinstance(v, int) and not isinstance(v, bool):
+                if v not in _INT_RANGE:
+                    return f"{_clip_path(f'{path}[{_short(k)}]')} {bad}"
+            elif isinstance(v, (dict, list, tuple)):
+                inner.append((v, f"{path}[{_short(k)}]", depth + 1))
+        stack.extend(reversed(inner))  # the first container is walked first
     return None
 
 

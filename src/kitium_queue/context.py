@@ -51,6 +51,7 @@ from .options import (
     to_ms,
 )
 from .pools import drop_connections, ping, waiters_of
+from .queueconfig import coerce_section
 from .replies import ReplyChannel
 from .scripts import ScriptCall, ScriptRegistry
 from .serverinfo import check_eviction, write_refused_cause
@@ -286,10 +287,10 @@ class QueueContext:
         self.name = name
         self.keys = QueueKeys(name, prefix)
         self.connection = ConnectionFactory(redis)
-        self.retry = coerce(RetryConfig, retry, "retry")
-        self.dlq = coerce(DLQConfig, dlq, "dlq")
-        self.settings = coerce(QueueSettings, settings, "settings")
-        self.worker_config = coerce(WorkerConfig, worker, "worker")
+        self.retry = coerce_section(RetryConfig, retry, "retry")
+        self.dlq = coerce_section(DLQConfig, dlq, "dlq")
+        self.settings = coerce_section(QueueSettings, settings, "settings")
+        self.worker_config = coerce_section(WorkerConfig, worker, "worker")
         self.telemetry = check_adapter(telemetry, "telemetry", ("start_span",))
         self.metrics = check_adapter(metrics, "metrics", ("increment", "observe"))
         self.serializer = Serializer(codecs)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .connection import TRANSIENT_ERRORS
 from .limits import get_logger, printable
 from .loopwatch import LoopWatch
+from .outcomes import DATA_LOST
 from .runends import FAILING_CANCELS, wait_unless
 
 if TYPE_CHECKING:
@@ -272,9 +273,10 @@ class Leases:
         if gone:
             log.warning(
                 "queue %s: job %s was removed while it ran (erased, cleared, deleted or "
-                "evicted); abandoning this run, no outcome is recorded",
+                "evicted, or %s); abandoning this run, no outcome is recorded",
                 self.queue.name,
                 printable(job_id),
+                DATA_LOST,
             )
         else:
             log.warning(

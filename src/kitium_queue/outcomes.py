@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from .scripts import ScriptCall
 
 __all__ = [
+    "DATA_LOST",
     "FINISH_CHUNK",
     "Outcomes",
     "describe",
@@ -74,6 +75,14 @@ FINISH_CHUNK = 500
 #: flagged, other than a completion, as a failure with this reason: status 'cancelled').
 CANCELLED = "cancelled by cancel_job()"
 _FIELDS = len(FINISH_OUTCOME)
+
+#: The cause of a job gone while it ran that no call of the queue's made (log lines).
+DATA_LOST = (
+    "Redis lost its data: a restart without persistence, or a failover to a replica that "
+    "did not have it"
+)
+#: Job ids a warning about jobs gone after an outage names (the rest are counted).
+_GONE_SHOWN = 10
 
 # An outcome waiting for its reply: the run, its kind, the value (the result for C, the
 # reason text for R, F and D, None for H), the error, the delay.
@@ -119,6 +128,11 @@ class Outcomes:
         self.solo: list[Solo] = []
         #: Outcomes Redis recorded.
         self.recorded = 0
+        # Runs whose outcomes were held while Redis was unreachable (``held(outage=True)``)
+        # until their replies are settled; those found gone then ("<id> (<kind>)") are
+        # said in one warning per round: most likely they went with Redis' data.
+        self._held_out: set[Run] = set()
+        self._gone: list[str] = []
         self._forget = forget
         self._wake = wake
         # The queue's failure-text filters (the list itself: later additions count).
@@ -178,8 +192,13 @@ class Outcomes:
         """Whether outcomes wait to be sent."""
         return bool(self.acks or self.solo)
 
-    def held(self) -> int:
-        """Outcomes held that Redis has not recorded yet."""
+    def held(self, outage: bool = False) -> int:
+        """Outcomes held that Redis has not recorded yet. ``outage``: Redis is unreachable;
+        the runs of those outcomes are marked, so that one found gone once Redis answers
+        again is reported as what it most likely is (``DATA_LOST``)."""
+        if outage:
+            self._held_out.update(d[0] for d in self.done)
+            self._held_out.update(s[1][0] for s in self.solo)
         return len(self.acks) // _FIELDS + len(self.solo)
 
     def report_unflushed(self, left: bool, waited_s: float, unreachable: bool, cut: bool) -> None:
@@ -243,6 +262,16 @@ class Outcomes:
     def settle(self, replies: list[Any], batch: Batch) -> Exception | None:
         """Handle the replies of ``calls(batch)``. Returns the error of a refusal by the
         whole server, if any (those outcomes are kept for a later round), else None."""
+        try:
+            return self._settle(replies, batch)
+        finally:
+            if self._held_out:  # settled (or kept again after a refusal): unmarked
+                self._held_out.difference_update(d[0] for d in batch[1])
+                self._held_out.difference_update(s[1][0] for s in batch[2])
+            if self._gone:
+                self._report_gone()
+
+    def _settle(self, replies: list[Any], batch: Batch) -> Exception | None:
         acks, done, solo = batch
         if not done and not solo:
             return None
@@ -427,13 +456,17 @@ class Outcomes:
                 1, f"job {printable(job.id)} while it ran; its outcome ({kind}) dropped"
             )
         elif status == b"removed":
-            # Taken out of active with its record by the queue's own call: nothing was
-            # lost behind the queue's back (no eviction warning).
+            # Record and active entry both gone: taken out by the queue's own call (no
+            # eviction warning), or with all of Redis' data (likely after an outage).
+            if run in self._held_out:
+                self._gone.append(f"{printable(job.id)} ({kind})")  # one warning per round
+                return
             log.info(
                 "queue %s: job %s was removed while it ran (cleared with force=True or "
-                "erased); its outcome (%s) was dropped",
+                "erased, or %s); its outcome (%s) was dropped",
                 q.name,
                 printable(job.id),
+                DATA_LOST,
                 kind,
             )
         elif status == b"damaged":
@@ -444,6 +477,25 @@ class Outcomes:
                 printable(job.id),
                 kind,
             )
+
+    def _report_gone(self) -> None:
+        """Say the jobs found gone in the first round after an outage, in one warning:
+        their outcomes were held while Redis was unreachable, and when it answered
+        again neither their records nor their active entries were there."""
+        gone, self._gone = self._gone, []
+        more = len(gone) - _GONE_SHOWN
+        log.warning(
+            "queue %s: %d job(s) whose outcomes this worker held while Redis was "
+            "unreachable were gone when it answered again: %s%s. Most likely %s (then "
+            "every job enqueued before it is gone too: check the server's persistence, "
+            "appendonly or save); else they were cleared with force=True or erased "
+            "meanwhile. Their outcomes were dropped",
+            self.queue.name,
+            len(gone),
+            ", ".join(gone[:_GONE_SHOWN]),
+            f" and {more} more" if more > 0 else "",
+            DATA_LOST,
+        )
 
 
 def traceback_text(exc: BaseException) -> bytes:

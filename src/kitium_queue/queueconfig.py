@@ -36,10 +36,11 @@ from .options import (
     RetentionPolicy,
     RetryConfig,
     WorkerConfig,
+    coerce,
     unknown_options_error,
 )
 
-__all__ = ["QueueConfig", "id_fixed", "keywords_checked"]
+__all__ = ["QueueConfig", "coerce_section", "id_fixed", "keywords_checked"]
 
 T = TypeVar("T")
 
@@ -57,7 +58,8 @@ def keywords_checked(cls: type[T], where: str | None = None, noun: str = "keywor
     def checked(self: Any, /, *args: Any, **kwargs: Any) -> None:
         bad = [k for k in kwargs if k not in valid]
         if bad:
-            raise unknown_options_error(label, bad, valid, noun)
+            exc, hint = unknown_options_error(label, bad, valid, noun), misplaced(label, bad)
+            raise ConfigurationError(f"{exc}{hint}") if hint else exc
         init(self, *args, **kwargs)
 
     cls.__init__ = checked  # type: ignore[method-assign,assignment]
@@ -78,6 +80,66 @@ for _options in (
     WorkerConfig,
 ):
     keywords_checked(_options)
+
+
+#: The sections of a queue's configuration (``JobQueue`` keywords that take a dict) and
+#: the option classes of their keys; a class's name (``QueueSettings(...)``) names its
+#: section too.
+_SECTIONS: dict[str, type] = {
+    "settings": QueueSettings,
+    "worker": WorkerConfig,
+    "retry": RetryConfig,
+    "dlq": DLQConfig,
+    "default_job_options": ExtendedJobOptions,
+}
+_SECTION_OF = {cls.__name__: name for name, cls in _SECTIONS.items()} | {
+    "JobOptions": "default_job_options"
+}
+
+
+def misplaced(section: str, keys: Sequence[Any]) -> str:
+    """Where ``keys``, unknown in ``section`` of a queue's configuration, belong when they
+    are a keyword of ``JobQueue`` itself (``settings={"max_payload_bytes": ...}``) or an
+    option of another section (``worker={"lock_duration": ...}``): "; 'x' is ..." for
+    each, or "" (keys that belong nowhere, and sections of anything else)."""
+    here = _SECTION_OF.get(section, section)
+    if here not in _SECTIONS and here != "QueueConfig":
+        return ""
+    top = [f.name for f in fields(QueueConfig) if f.name != "name"]
+    owner = "QueueConfig" if here == "QueueConfig" else "JobQueue"
+    said = []
+    for key in keys:
+        if not isinstance(key, str):
+            continue
+        if key in top and here != "QueueConfig":
+            said.append(
+                f"{key!r} is a keyword of JobQueue itself, not a {here} option: "
+                f"JobQueue(name, ..., {key}=...)"
+            )
+            continue
+        places = [
+            name
+            for name, cls in _SECTIONS.items()
+            if name != here and key in {f.name for f in fields(cls)}
+        ]
+        if places:
+            where = " or ".join(f"{owner}(name, ..., {p}={{{key!r}: ...}})" for p in places)
+            said.append(f"{key!r} is an option of {' or '.join(places)}: {where}")
+    return "".join(f"; {text}" for text in said)
+
+
+def coerce_section(cls: type[T], value: Any, section: str) -> T:
+    """``options.coerce`` for a section of a queue's configuration: an unknown key that
+    belongs elsewhere (``misplaced``) is refused saying where."""
+    try:
+        return coerce(cls, value, section)
+    except ConfigurationError as exc:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        bad = [k for k in value if k not in names] if isinstance(value, Mapping) else []
+        hint = misplaced(section, bad) if bad else ""
+        if not hint:
+            raise
+        raise ConfigurationError(f"{exc}{hint}") from None
 
 
 @keywords_checked

@@ -51,6 +51,7 @@ from .damage import named_key
 from .errors import (
     ConfigurationError,
     NonRetryableError,
+    PayloadTooLargeError,
     RateLimited,
     RetryLater,
     SerializationError,
@@ -298,14 +299,13 @@ class Runner:
         except SerializationError as exc:
             self.fail_final(run, exc, safe_text(exc))
             return
-        if len(payload) > q.max_payload_bytes:
-            self.fail_final(
-                run,
-                None,
+        if len(payload) > q.max_payload_bytes:  # as add_job refuses data: the same error
+            err = PayloadTooLargeError(
                 f"result of job {run.job.id} is {len(payload)} bytes encoded, above "
                 f"max_payload_bytes={q.max_payload_bytes}; store large results elsewhere "
-                "and return a reference",
+                "and return a reference"
             )
+            self.fail_final(run, err, describe(err))
             return
         job = run.job
         self._ack(

@@ -435,8 +435,8 @@ class Worker:
         return calls, extending, n_ext
 
     def _held(self) -> int:
-        """Outcomes this worker holds that Redis has not recorded yet."""
-        return self.outcomes.held()
+        """Outcomes this worker holds that Redis has not recorded yet (an outage: marked)."""
+        return self.outcomes.held(outage=True)
 
     def _free(self) -> int:
         if self._handoff.down_until and self._handoff.down_left():

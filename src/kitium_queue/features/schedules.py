@@ -14,6 +14,7 @@ Unix epoch), so every process computes the same ticks.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,13 @@ _FIELDS = (
     ("day-of-week", 0, 6),
 )
 _STEP = re.compile(r"/(\d+)$", re.ASCII)
+#: The aliases a cron pattern may be instead of fields (croniter's, in any case).
+CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+#: What a cron pattern may be, as the refusals say it.
+_CRON_FORMS = (
+    "5 fields (minute hour day-of-month month day-of-week), 6 with seconds first (second "
+    f"minute hour day-of-month month day-of-week), or one of {', '.join(CRON_ALIASES)} alone"
+)
 
 
 # ---------------------------------------------------------------------------- record
@@ -267,9 +275,10 @@ def check_cron(pattern: Any, *, steps: bool = True) -> str:
     """Validate a cron pattern; return it normalized (single spaces).
 
     5 fields: minute hour day-of-month month day-of-week. 6 fields: **seconds first**,
-    then the same five. Also ``@yearly``, ``@monthly``, ``@weekly``, ``@daily``,
-    ``@hourly``. ``steps=False`` lets a step larger than its field's range pass (a
-    stored pattern declared before they were refused still fires as it did).
+    then the same five. Or an alias alone (``CRON_ALIASES``: ``@daily``...); a misspelt
+    one is refused with the closest as a suggestion. ``steps=False`` lets a step larger
+    than its field's range pass (a stored pattern declared before they were refused
+    still fires as it did).
     """
     if not isinstance(pattern, str) or not pattern.strip():
         raise ConfigurationError(f"cron pattern must be a non-empty string, got {pattern!r}")
@@ -281,11 +290,20 @@ def check_cron(pattern: Any, *, steps: bool = True) -> str:
         )
     text = " ".join(pattern.split())
     n = len(text.split())
-    if not text.startswith("@") and n not in (5, 6):
+    if text.startswith("@"):
+        alias = text.split()[0].lower()
+        if n > 1 or alias not in CRON_ALIASES:  # croniter: "Exactly 5, 6 or 7 columns"
+            if alias in CRON_ALIASES:
+                what = "an alias takes no fields after it"
+            else:
+                close = difflib.get_close_matches(alias, CRON_ALIASES, n=1)
+                what = "unknown alias" + (f" (did you mean {close[0]!r}?)" if close else "")
+            raise ConfigurationError(
+                f"invalid cron pattern {shown_pattern}: {what}; use {_CRON_FORMS}"
+            )
+    elif n not in (5, 6):
         raise ConfigurationError(
-            f"invalid cron pattern {shown_pattern}: it has {n} field(s); use 5 fields "
-            "(minute hour day-of-month month day-of-week) or 6 with seconds first "
-            "(second minute hour day-of-month month day-of-week)"
+            f"invalid cron pattern {shown_pattern}: it has {n} field(s); use {_CRON_FORMS}"
         )
     if any(_RANDOM.match(part) for part in re.split(r"[\s,]+", text)):
         # croniter draws R anew at every parse: every process, every round, other ticks.
@@ -310,6 +328,32 @@ def check_cron(pattern: Any, *, steps: bool = True) -> str:
         raise ConfigurationError(
             f"invalid cron pattern {shown_pattern} ({layout}): {clip(printable(exc), 200)}"
         ) from None
+    return text
+
+
+def _changes(was: list[Any], defn: bytes, *, derived: bool) -> str:
+    """What an update of a schedule changed, for its log line: the names of the fields
+    (``data`` and those of the definition, never their values) from what
+    ``schedule_put`` answers (the definition it replaced, whether the data changed); and,
+    for an id derived from the job name and timing, that this declaration replaced
+    another one's schedule (per-customer schedules collapsing into one)."""
+    if len(was) < 2:
+        return ""  # created or unchanged
+    try:
+        old = orjson.loads(was[0]) if was[0] else {}
+    except orjson.JSONDecodeError:
+        old = {}
+    new = orjson.loads(defn)
+    names = ["data"] if was[1] == b"1" else []
+    names += [k for k in new if not isinstance(old, dict) or old.get(k) != new[k]]
+    if not names:
+        return ""
+    text = f": {', '.join(names)} changed"
+    if derived:
+        text += (
+            "; this declaration replaced the schedule of the same derived id (job name "
+            "and timing): if both were meant to run, give each its own schedule_id="
+        )
     return text
 
 
@@ -515,7 +559,7 @@ class ScheduleStore:
             )
         defn = orjson.dumps(sched.definition(), option=orjson.OPT_SORT_KEYS)
         sig = orjson.dumps([cron_text, every_ms, zone_name, start])
-        state, due = await q.run(
+        state, due, *was = await q.run(
             "schedule_put" if expect is None else UPDATE_SCRIPT,
             [
                 sid,
@@ -537,11 +581,12 @@ class ScheduleStore:
         if state == MOVED:
             raise ScheduleMoved
         log.info(
-            "queue %s: schedule %s %s (next tick %s)",
+            "queue %s: schedule %s %s (next tick %s)%s",
             q.name,
             printable(sid),
             state.decode(),
             due.decode() or "none",
+            _changes(was, defn, derived=schedule_id is None),
         )
         got = await self.get(sid)
         assert got is not None

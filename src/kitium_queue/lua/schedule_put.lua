@@ -20,7 +20,9 @@
   ARGV[13] next tick computed by the caller from now ('' = never fires)
   ARGV[14] end date ms (0 = none): a kept next tick after it finishes the schedule
 
-  Returns { 'created' | 'updated' | 'unchanged', next tick ms or '' }.
+  Returns { 'created' | 'updated' | 'unchanged', next tick ms or '' }; 'updated' adds the
+  definition it replaced and '1' | '0' (the job data changed), for the caller's log line
+  that names what changed (never the data).
   Events: schedule-created | schedule-updated (id = schedule id).
   Damaged keys: KQ_DAMAGED_KEY <found> <expected> <key> when the event stream, a schedule
   index or the schedule's key holds another type (nothing written); a version that is
@@ -65,8 +67,11 @@ else
     redis.call('ZADD', K_SCHED_DUE, due, id)
   end
 end
-local state = 'updated'
-if is_new then state = 'created' end
-emit('schedule-' .. state, id, 'next', due)
+if is_new then
+  emit('schedule-created', id, 'next', due)
+  schedules_changed(id)
+  return { 'created', due }
+end
+emit('schedule-updated', id, 'next', due)
 schedules_changed(id)
-return { state, due }
+return { 'updated', due, f[1] or '', f[2] == ARGV[8] and '0' or '1' }
