@@ -17,6 +17,10 @@ Cases:
                  the job)
   duplicates     exactly-once adds of keys that already completed (add rate only:
                  each returns the first id, runs nothing)
+  conflicts      as keyed, with IdempotencyManager(queue, conflicts="raise"): a new key
+                 pays nothing more
+  dup+conflicts  as duplicates, with conflicts="raise": each repeated key (same data)
+                 reads the job found and compares its data before returning its id
 
 Prints add and drain rates per repetition, medians, and each case against ``plain``.
 """
@@ -43,13 +47,15 @@ from kitium_queue import JobQueue, IdempotencyManager
 
 async def main(url, name, jobs, case):
     q = JobQueue(name, redis=url, worker={"concurrency": 20})
-    if case != "plain":
+    if case in ("conflicts", "dup+conflicts"):
+        IdempotencyManager(q, conflicts="raise")
+    elif case != "plain":
         IdempotencyManager(q)
     def opts(i):
         if case == "plain":
             return {}
         o = {"idempotency_key": f"k-{i}"}
-        if case in ("exactly-once", "eo+remove", "duplicates"):
+        if case in ("exactly-once", "eo+remove", "duplicates", "dup+conflicts"):
             o["delivery_guarantee"] = "exactly-once"
         if case == "eo+remove":
             o["remove_on_complete"] = True
@@ -75,7 +81,7 @@ async def main(url, name, jobs, case):
     await q.start()
     await done.wait()
     drain = jobs / (time.perf_counter() - t0)
-    if case == "duplicates":
+    if case in ("duplicates", "dup+conflicts"):
         await asyncio.sleep(0.2)
         t0 = time.perf_counter()
         for start in range(0, jobs, 1000):
@@ -91,7 +97,8 @@ async def main(url, name, jobs, case):
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
 """
 
-CASES = ("plain", "keyed", "exactly-once", "eo+remove", "duplicates")
+CASES = ("plain", "keyed", "exactly-once", "eo+remove", "duplicates", "conflicts",
+         "dup+conflicts")
 
 
 def _run(url: str, name: str, jobs: int, case: str) -> dict[str, float]:
@@ -126,9 +133,10 @@ def main() -> None:
         for k in ("add", "drain"):
             rs = rates[case][k]
             med = statistics.median(rs)
-            if case == "duplicates" and k == "drain":
+            dup = case in ("duplicates", "dup+conflicts")
+            if dup and k == "drain":
                 continue
-            label = "add of completed keys" if case == "duplicates" and k == "add" else k
+            label = "add of completed keys" if dup and k == "add" else k
             parts.append(f"{label} {med:8.0f}/s ({min(rs):.0f}-{max(rs):.0f}) "
                          f"{med / base[k] * 100:5.1f} %")
         print(f"  {case:13s} " + "   ".join(parts))

@@ -40,6 +40,7 @@ from ..limits import clip, get_logger, printable, safe_text
 from ..queue import JobQueue
 from ..redact import redact_url
 from ..runends import EXIT_HANDLERS_S, ignoring_cancellation, run_exit_handlers
+from . import importuse
 
 __all__ = [
     "EXIT_CODES",
@@ -206,11 +207,6 @@ def _not_found(module_name: str, missing: str, attr: str) -> str:
     return "; run from the directory that holds the module, or set PYTHONPATH"
 
 
-#: APP's module when importing it connected its queue (``_resolve``).
-_USED_AT_IMPORT: list[str] = []
-_MAIN_HINT = ': code that calls asyncio.run or the queue goes under `if __name__ == "__main__":`'
-
-
 def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
     module_name, _, attr = app.partition(":")
     if not module_name or not attr:
@@ -238,7 +234,7 @@ def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
     except (KitiumQueueError, KeyboardInterrupt):
         raise
     except (Exception, SystemExit) as exc:
-        hint = _MAIN_HINT if "event loop" in str(exc) else ""  # asyncio.run in a running loop
+        hint = importuse.import_hint(exc)  # asyncio.run in a running loop
         raise click.BadParameter(
             f"importing {module_name!r} failed: {_raised(exc)}; fix the module, or name "
             f"another APP (its import must only build the queue{hint})"
@@ -282,9 +278,7 @@ def _resolve(app: str, kinds: tuple[type, ...] = (JobQueue, MultiQueue)) -> Any:
             else "a " + " or ".join(k.__name__ for k in kinds)
         )
         raise click.BadParameter(f"{app!r} is a {type(obj).__name__}, not {wanted}")
-    # A queue its import used is bound to that loop: ``_failure`` says why it is refused.
-    used = any(isinstance(q, JobQueue) and q.ctx.connected for q in members(obj))
-    _USED_AT_IMPORT[:] = [module_name] if used else []
+    importuse.record(module_name, lambda: members(obj))  # bound to that loop: _failure
     return obj
 
 
@@ -552,13 +546,9 @@ def _failure(exc: BaseException) -> tuple[int, str]:
             "anything stored in Redis: check the argument's encoding"
         )
     text = f"{type(exc).__name__}: {redact_url(exc)}"
-    if type(exc) is RuntimeError and _USED_AT_IMPORT and "another event loop" in text:
-        return EXIT_USAGE, text_field(
-            f"importing {_USED_AT_IMPORT[0]!r} used its queue in an event loop of its "
-            "own (asyncio.run at the module's top level), which this command cannot "
-            f"share{_MAIN_HINT}, so that importing APP only builds the queue "
-            f"({text.split(' (', 1)[0]})"
-        )
+    used = importuse.failure(exc, text)
+    if used is not None:
+        return EXIT_USAGE, text_field(used)
     return code, f"unexpected error: {text_field(text)} (--debug shows the traceback)"
 
 
