@@ -8,17 +8,27 @@ nothing; the same data still returns the first id. Checked: ``add_job``, ``add_j
 its paths, an encrypted queue (key held, and a job under a key this process does not
 hold: not compared), a compressed payload, a removed job whose key still holds, a
 debounce window (not compared), a custom ``job_id``, and that a plain add or a
-duplicate nobody checks reads nothing more.
+duplicate nobody checks reads nothing more. A read that fails: raised when every job of
+the call with an id was being checked, else only the checked items are refused (an
+error reply such as NOPERM is such a failure; only WRONGTYPE is the record's damage);
+a check that raises refuses its add; a write barrier's unconfirmed jobs leave out a
+refused one; an option set to None leaves the default.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis as redis_sync
+from redis.exceptions import NoPermissionError
 
 import kitium_queue.dupcheck as dupcheck
+from _redis import RedisServer
 from helpers import QueueFactory
 from kitium_queue import (
     ConfigurationError,
@@ -26,11 +36,15 @@ from kitium_queue import (
     IdempotencyManager,
     JobQueue,
     JobRefusedError,
+    ReplicaAckError,
+    ReplicaAcks,
     SyncJobQueue,
 )
 from kitium_queue.blocking import BlockingScripts
 from kitium_queue.features.compression import CompressionCodec
 from kitium_queue.features.encryption import EncryptionManager, KeyConfig, generate_key
+from kitium_queue.hooks import DuplicateCheck, FoundDuplicate, Subscriber
+from kitium_queue.producer import Producer
 
 pytestmark = pytest.mark.redis_only
 
@@ -378,3 +392,276 @@ async def test_a_failed_read_is_raised_when_the_call_wrote_nothing(
     assert err.ids[0] is None and err.ids[2] is None and err.ids[1] is not None
     assert "could not be read" in err.refused[0] and f"job {a}" in err.refused[0]
     assert await _count(q) == 2
+
+
+# ------------------------------------------------------------------ error replies of the read
+
+PASSWORD = f"kq-dup-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module")
+def acl_server() -> Iterator[RedisServer]:
+    """A server of its own, for a user whose right to HMGET (the duplicate check's
+    read) is taken away once the producer's first add has passed its rights check."""
+    srv = RedisServer().start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def acl_user(acl_server: RedisServer) -> Iterator[tuple[str, Callable[[], None]]]:
+    """(the user's URL, a function taking HMGET away from it)."""
+    admin = redis_sync.Redis(host="127.0.0.1", port=acl_server.port)
+    name = f"u{uuid.uuid4().hex[:8]}"
+    admin.execute_command("ACL", "SETUSER", name, "on", f">{PASSWORD}", "~*", "&*", "+@all")
+
+    def take_hmget() -> None:
+        admin.execute_command("ACL", "SETUSER", name, "-hmget")
+
+    try:
+        yield f"redis://{name}:{PASSWORD}@127.0.0.1:{acl_server.port}/0", take_hmget
+    finally:
+        admin.execute_command("ACL", "DELUSER", name)
+        admin.close()
+
+
+async def test_an_error_reply_of_the_read_is_raised_not_taken_for_an_unreadable_record(
+    acl_user: tuple[str, Callable[[], None]], prefix: str
+) -> None:
+    """A NOPERM (like BUSY, CLUSTERDOWN, MASTERDOWN, TRYAGAIN) says nothing of the
+    record: the conflicting add is not let through with the existing id."""
+    url, take_hmget = acl_user
+    q = JobQueue("acl", redis=url, prefix=prefix)
+    try:
+        IdempotencyManager(q, conflicts="raise")
+        a = await q.add_job("charge", A, idempotency_key="k")
+        take_hmget()  # the enqueue script's own HMGET is for a job it writes to wait
+        with pytest.raises(NoPermissionError):
+            await q.add_job("charge", B, idempotency_key="k")
+        with pytest.raises(NoPermissionError):  # the same data: not known either
+            await q.add_job("charge", A, idempotency_key="k")
+        # A call that wrote another job (delayed: no HMGET in the script): the
+        # unchecked item is refused, the other stands.
+        with pytest.raises(JobRefusedError) as caught:
+            await q.add_jobs(
+                [
+                    ("charge", B, {"idempotency_key": "k"}),
+                    ("charge", A, {"idempotency_key": "n", "delay": 60_000}),
+                ]
+            )
+        err = caught.value
+        assert err.ids[0] is None and err.ids[1] not in (None, a)
+        assert "could not be read" in err.refused[0] and "NoPermissionError" in err.refused[0]
+        assert PASSWORD not in str(err)
+        assert await _data(q, a) == A
+        assert await _count(q) == 2
+    finally:
+        await q.close()
+
+
+def test_an_error_reply_of_the_read_is_raised_from_the_callers_thread_too(
+    acl_user: tuple[str, Callable[[], None]], prefix: str, direct_calls: list[str]
+) -> None:
+    url, take_hmget = acl_user
+    sq = SyncJobQueue("acl-sync", redis=url, prefix=prefix)
+    try:
+        IdempotencyManager(sq.queue, conflicts="raise")
+        sq.queue.enqueue_middleware.clear()  # add_job from the caller's thread
+        a = sq.add_job("charge", A, idempotency_key="k")
+        take_hmget()
+        with pytest.raises(NoPermissionError):
+            sq.add_job("charge", B, idempotency_key="k")
+        assert direct_calls.count("enqueue") == 2
+        info = sq.get_job_status(a)
+        assert info is not None and info.data == A
+    finally:
+        sq.close()
+
+
+async def test_a_job_key_of_another_type_is_not_compared(rq: QueueFactory) -> None:
+    """A WRONGTYPE is the record's own damage: nothing to compare, the existing id."""
+    q = rq("wrongtype")
+    IdempotencyManager(q, conflicts="raise")
+    a = await q.add_job("charge", A, idempotency_key="k")
+    b = await q.add_job("charge", A, idempotency_key="k2")
+    client = await q.client()
+    await client.delete(q.keys.job(a), q.keys.job(b))
+    await client.set(q.keys.job(a), "not a hash")
+    await client.set(q.keys.job(b), "not a hash")
+    assert await q.add_job("charge", B, idempotency_key="k") == a
+    assert await q.add_jobs(
+        [("charge", B, {"idempotency_key": "k"}), ("charge", B, {"idempotency_key": "k2"})]
+    ) == [a, b]
+
+
+# ------------------------------------------------------------------ a write barrier
+
+
+async def test_with_replica_acks_a_conflict_raises_the_conflict_not_an_unconfirmed_write(
+    rq: QueueFactory,
+) -> None:
+    """Replica acks asked for and never met (no replica): a refused duplicate wrote
+    nothing, so it is refused, not reported as written but not confirmed."""
+    q = rq("acks")
+    ReplicaAcks(q, replicas=1, timeout_ms=20)
+    IdempotencyManager(q, conflicts="raise")
+    with pytest.raises(ReplicaAckError) as first:
+        await q.add_job("charge", A, idempotency_key="k")
+    a = first.value.written_ids[0]
+    with pytest.raises(IdempotencyConflictError) as caught:
+        await q.add_job("charge", B, idempotency_key="k")
+    assert caught.value.existing_id == a
+    with pytest.raises(ReplicaAckError) as same:  # the same data: the id, not confirmed
+        await q.add_job("charge", A, idempotency_key="k")
+    assert same.value.written_ids == [a]
+    with pytest.raises(ReplicaAckError) as bulk:
+        await q.add_jobs(
+            [("charge", B, {"idempotency_key": "k"}), ("charge", A, {"idempotency_key": "n"})]
+        )
+    err = bulk.value
+    assert sorted(err.unconfirmed) == [1]
+    assert err.written_ids[0] == "" and err.written_ids[1] not in ("", a)
+    assert await _data(q, a) == A
+
+
+# ------------------------------------------------------------------ a check that fails
+
+
+class Failing(DuplicateCheck):
+    """Wants every duplicate; raises in ``where`` ("wants" or "check")."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def wants(self, options: Any) -> bool:
+        if self.where == "wants":
+            raise ValueError(f"secret-{options.get('idempotency_key')}")
+        return True
+
+    def check(self, found: FoundDuplicate) -> str | None:
+        raise ValueError(f"secret-{found.data}")
+
+
+class Added(Subscriber):
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def enqueued(self, queue: str, job_ids: Any, names: Any) -> None:
+        self.ids.extend(job_ids)
+
+
+@pytest.mark.parametrize("where", ["check", "wants"])
+async def test_a_check_that_raises_refuses_its_add_and_the_jobs_written_are_reported(
+    rq: QueueFactory, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    q = rq(f"failing-{where}")
+    a = await q.add_job("charge", A, idempotency_key="k")
+    q.hooks.add_duplicate_check(Failing(where))
+    added = Added()
+    q.subscribe(added)
+    caplog.set_level(logging.WARNING, "kitium_queue")
+    with pytest.raises(JobRefusedError) as one:
+        await q.add_job("charge", B, idempotency_key="k")
+    assert f"job {a}" in str(one.value) and "Failing" in str(one.value)
+    with pytest.raises(JobRefusedError) as caught:
+        await q.add_jobs(
+            [("charge", A, {"idempotency_key": "n"}), ("charge", B, {"idempotency_key": "k"})]
+        )
+    err = caught.value
+    assert err.ids[1] is None and err.ids[0] not in (None, a)
+    assert added.ids == [err.ids[0]]  # the enqueued hook heard of the job written
+    assert "Failing" in err.refused[1] and "ValueError" in err.refused[1]
+    assert "secret" not in err.refused[1] and "secret" not in caplog.text
+    assert "Failing" in caplog.text and "ValueError" in caplog.text
+    assert await _count(q) == 2
+
+
+# ------------------------------------------------------------------ a read that fails, others wait
+
+
+async def test_a_failed_read_refuses_only_the_checked_items_when_other_duplicates_wait(
+    rq: QueueFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Duplicates no check wanted get their ids; only the checked one is refused, and
+    the error's text comes without credentials."""
+    q = rq("lost-mixed")
+    IdempotencyManager(q, conflicts="raise")
+    a = await q.add_job("charge", A, idempotency_key="k")
+    b = await q.add_job("charge", A, idempotency_key="k2")
+    client = await q.client()
+
+    async def lost(*args: Any) -> Any:
+        raise ConnectionError("lost redis://app:hunter2-pw@10.0.0.9:6379/0")
+
+    monkeypatch.setattr(client, "hmget", lost)
+    # An add_jobs of only duplicates: one checked, one not.
+    with pytest.raises(JobRefusedError) as caught:
+        await q.add_jobs(
+            [
+                ("charge", B, {"idempotency_key": "k"}),
+                ("charge", B, {"idempotency_key": "k2", "idempotency_conflict": "return"}),
+            ]
+        )
+    err = caught.value
+    assert err.ids == [None, b]
+    assert "could not be read" in err.refused[0] and "ConnectionError" in err.refused[0]
+    assert "hunter2" not in err.refused[0]
+    # add_job calls sharing a round trip: the first goes alone, the others together.
+    results = await asyncio.gather(
+        q.add_job("charge", A, idempotency_key="k3"),
+        q.add_job("charge", B, idempotency_key="k"),
+        q.add_job("charge", B, idempotency_key="k2", idempotency_conflict="return"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], str)
+    assert isinstance(results[1], JobRefusedError) and "hunter2" not in str(results[1])
+    assert results[2] == b
+    assert await _data(q, a) == A
+
+
+# ------------------------------------------------------------------ options set to None
+
+
+class Seen(DuplicateCheck):
+    def __init__(self) -> None:
+        self.options: list[dict[str, Any]] = []
+
+    def wants(self, options: Any) -> bool:
+        self.options.append(dict(options))
+        return False
+
+
+async def test_an_option_set_to_none_leaves_the_default_as_the_checks_see_it(
+    rq: QueueFactory,
+) -> None:
+    q = rq("nones", default_job_options={"attempts": 7})
+    seen = Seen()
+    q.hooks.add_duplicate_check(seen)
+    await q.add_job("charge", A, job_id="x")
+    assert await q.add_job("charge", A, job_id="x", attempts=None) == "x"
+    assert await q.add_jobs([("charge", A, {"job_id": "x", "attempts": None})]) == ["x"]
+    info = await q.get_job_status("x")
+    assert info is not None and info.options.get("attempts") == 7  # as prepare has it
+    assert [o.get("attempts") for o in seen.options] == [7, 7]
+
+
+# ------------------------------------------------------------------ the direct path's reader
+
+
+def test_the_direct_add_job_hands_the_same_reader_every_time(
+    sync_queue: SyncJobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No function is made per direct add_job for the duplicate check's read."""
+    readers: list[Any] = []
+    real = Producer.add_job_blocking
+
+    def spy(self: Producer, *args: Any) -> Any:
+        readers.append(args[-1])
+        return real(self, *args)
+
+    monkeypatch.setattr(Producer, "add_job_blocking", spy)
+    sync_queue.add_job("charge", A)
+    sync_queue.add_job("charge", B)
+    assert len(readers) == 2 and readers[0] is readers[1]

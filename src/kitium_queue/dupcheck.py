@@ -20,10 +20,18 @@ one this process cannot open (a key it does not hold): nothing to compare
 
 A check that refuses puts its reason among the call's refusals and the add's id
 becomes ``""``, as for a refusal of the ``accept`` slot: ``add_job`` raises the
-reason's error, ``add_jobs`` reports it in ``JobRefusedError``. When the read itself
-fails (a lost connection), the duplicates it was for are not known to match: if the
-call wrote no job (an ``add_job``), the error is raised as it is; otherwise each of
-them is refused with a reason saying so, and the call's other jobs stand.
+reason's error, ``add_jobs`` reports it in ``JobRefusedError``. A check that raises
+refuses that add the same way (its reason names the check and the error's type; the
+error is logged by type), so the jobs an ``add_jobs`` wrote before are still reported.
+
+Only a record's own damage makes it unreadable: a ``WRONGTYPE`` reply (the job key
+holds another type) or ``DamagedKeyError``. Any other failure of the read (a lost
+connection, a ``NOPERM``, ``BUSY``, ``LOADING``, ``CLUSTERDOWN``, ``MASTERDOWN`` or
+``TRYAGAIN`` reply) leaves the duplicates it was for not known to match: when every job
+of the call that has an id is one being checked (an ``add_job``; an ``add_jobs`` that
+wrote nothing and holds no other duplicate), the error is raised as it is; otherwise
+each of them is refused with a reason saying so (credentials redacted), and the call's
+other jobs, written or found, stand.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from redis.exceptions import ResponseError
 
 from .enums import JobStatus
 from .errors import DamagedKeyError
-from .hooks import FoundDuplicate
+from .hooks import DuplicateCheck, FoundDuplicate
 from .job import JobInfo
 from .limits import get_logger
 from .wire import ENQUEUE_JOB
@@ -55,11 +63,18 @@ _ID, _NAME, _DATA, _OPTS, _KEY = (
 )
 #: A payload that cannot be read here.
 _UNREADABLE: Any = object()
-#: Errors of one record's read (the key holds another type): that record is unreadable.
-_RECORD_ERRORS = (ResponseError, DamagedKeyError)
 
-#: (position in the call, the add's options over the queue's defaults).
-_Todo = list[tuple[int, dict[str, Any]]]
+#: (position in the call, the add's options over the queue's defaults, the checks that
+#: want it).
+_Todo = list[tuple[int, dict[str, Any], list[DuplicateCheck]]]
+
+
+def _damaged(exc: BaseException) -> bool:
+    """Whether a read's error is its record's own (the key holds another type): that
+    record is unreadable. Any other error says nothing of the record (``_unread``)."""
+    if isinstance(exc, DamagedKeyError):
+        return True
+    return isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
 
 
 def _wanted(
@@ -67,8 +82,9 @@ def _wanted(
     options: Sequence[Mapping[str, Any]] | None,
     ids: list[str],
     dups: set[int],
+    refused: dict[int, str],
 ) -> _Todo:
-    """The duplicates of the call some check wants to look at."""
+    """The duplicates of the call some check wants to look at, with those checks."""
     checks = ctx.hooks.duplicate_checks
     defaults = ctx.defaults
     todo: _Todo = []
@@ -76,9 +92,18 @@ def _wanted(
         if i >= len(ids) or not ids[i]:
             continue
         given = options[i] if options is not None and i < len(options) else {}
-        opts = {**defaults, **given}
-        if any(c.wants(opts) for c in checks):
-            todo.append((i, opts))
+        # An option set to None is not given (``prepare`` drops it): the default holds.
+        opts = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+        want: list[DuplicateCheck] = []
+        for c in checks:
+            try:
+                if c.wants(opts):
+                    want.append(c)
+            except Exception as exc:
+                _refuse(i, _failed(ctx, c, "wants", exc, ids[i]), ids, refused)
+                break
+        if want and ids[i]:
+            todo.append((i, opts, want))
     return todo
 
 
@@ -95,27 +120,28 @@ async def check(
 ) -> None:
     """Run the duplicate checks on the call's duplicates (see the module docstring):
     a refused one leaves ``ids`` for ``refused``. ``may_raise``: whether a failed read
-    may be raised as it is when the call wrote no job (False: the call failed already,
-    its own error goes on)."""
-    todo = _wanted(ctx, options, ids, dups)
+    may be raised as it is (``_unread``; False: the call failed already, its own error
+    goes on)."""
+    todo = _wanted(ctx, options, ids, dups, refused)
     if not todo:
         return
-    keys = [ctx.keys.job(ids[i]) for i, _ in todo]
+    keys = [ctx.keys.job(ids[t[0]]) for t in todo]
     records: list[Any]
     try:
         if len(keys) == 1:
             try:
                 records = [await client.hmget(keys[0], *FIELDS)]
-            except _RECORD_ERRORS as exc:
-                records = [exc]
+            except (ResponseError, DamagedKeyError) as exc:
+                records = [exc]  # an error reply: sifted below
         else:
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.hmget(key, *FIELDS)
             records = await pipe.execute(raise_on_error=False)
     except Exception as exc:
-        _unread(exc, todo, ids, dups, refused, may_raise)
+        _unread(ctx, [(t[0], exc) for t in todo], todo, ids, refused, may_raise)
         return
+    todo, records = _sift(ctx, todo, records, ids, refused, may_raise)
     _judge(ctx, todo, records, prepared, ids, refused)
 
 
@@ -131,40 +157,89 @@ def check_blocking(
     """``check`` for a caller's thread: ``read(*command)`` runs one command over a
     blocking connection and returns its reply (an error reply as its
     ``ResponseError``: ``BlockingScripts.command``)."""
-    todo = _wanted(ctx, options, ids, dups)
+    todo = _wanted(ctx, options, ids, dups, refused)
     if not todo:
         return
     records: list[Any] = []
-    for i, _ in todo:
+    for t in todo:
         try:
-            records.append(read("HMGET", ctx.keys.job(ids[i]), *FIELDS))
-        except _RECORD_ERRORS as exc:
-            records.append(exc)
-        except Exception as exc:
-            _unread(exc, todo, ids, dups, refused, True)
+            records.append(read("HMGET", ctx.keys.job(ids[t[0]]), *FIELDS))
+        except Exception as exc:  # no reply (a lost connection, a close): never the record's
+            _unread(ctx, [(t[0], exc)], todo, ids, refused, True)
             return
+    todo, records = _sift(ctx, todo, records, ids, refused, True)
     _judge(ctx, todo, records, prepared, ids, refused)
 
 
+def _sift(
+    ctx: QueueContext,
+    todo: _Todo,
+    records: Sequence[Any],
+    ids: list[str],
+    refused: dict[int, str],
+    may_raise: bool,
+) -> tuple[_Todo, list[Any]]:
+    """The reads to hand to the checks: those whose error is not their record's own
+    damage (a ``NOPERM``, ``BUSY``, ``CLUSTERDOWN`` ... reply) go to ``_unread``."""
+    failed = [
+        (t[0], r)
+        for t, r in zip(todo, records, strict=True)
+        if isinstance(r, BaseException) and not _damaged(r)
+    ]
+    if not failed:
+        return todo, list(records)
+    _unread(ctx, failed, todo, ids, refused, may_raise)
+    lost = {i for i, _ in failed}
+    kept = [(t, r) for t, r in zip(todo, records, strict=True) if t[0] not in lost]
+    return [t for t, _ in kept], [r for _, r in kept]
+
+
 def _unread(
-    exc: Exception,
+    ctx: QueueContext,
+    failed: Sequence[tuple[int, BaseException]],
     todo: _Todo,
     ids: list[str],
-    dups: set[int],
     refused: dict[int, str],
     may_raise: bool,
 ) -> None:
-    """The read for the checks failed: raise it when the call wrote no job, else refuse
-    the duplicates it was for (nothing of them was written)."""
-    if may_raise and all(not j or n in dups for n, j in enumerate(ids)):
-        raise exc
-    why = f"{type(exc).__name__}: {exc}"
-    for i, _ in todo:
-        refused[i] = (
+    """Reads for the checks failed (``failed``: position, error): raise the first error
+    when every job of the call that has an id is being checked (the call wrote no job,
+    and no duplicate outside the checks waits for its id); else refuse the duplicates
+    whose read failed (nothing of them was written)."""
+    checked = {t[0] for t in todo}
+    if may_raise and all(not j or n in checked for n, j in enumerate(ids)):
+        raise failed[0][1]
+    for i, exc in failed:
+        why = ctx.connection.redact(f"{type(exc).__name__}: {exc}")
+        reason = (
             f"its job_id or idempotency key is job {ids[i]}'s, whose data could not be "
             f"read to check it ({why}); the job was not added: add it again"
         )
-        ids[i] = ""
+        _refuse(i, reason, ids, refused)
+
+
+def _failed(ctx: QueueContext, c: DuplicateCheck, step: str, exc: Exception, job_id: str) -> str:
+    """A check's ``wants`` or ``check`` raised on job ``job_id``'s duplicate: logged by
+    type (never its message: it may quote the data); the refusal reason."""
+    log.warning(
+        "queue %s: duplicate check %s failed in %s (%s) on an add that found job %s; "
+        "that add is refused",
+        ctx.name,
+        type(c).__name__,
+        step,
+        type(exc).__name__,
+        job_id,
+    )
+    return (
+        f"its job_id or idempotency key is job {job_id}'s, and the duplicate check "
+        f"{type(c).__name__} failed on it ({type(exc).__name__} in {step}); the job was "
+        "not added"
+    )
+
+
+def _refuse(i: int, reason: str, ids: list[str], refused: dict[int, str]) -> None:
+    refused[i] = reason
+    ids[i] = ""
 
 
 def _judge(
@@ -175,17 +250,18 @@ def _judge(
     ids: list[str],
     refused: dict[int, str],
 ) -> None:
-    """Hand each duplicate read to the checks that want it; the first refusal decides."""
-    checks = ctx.hooks.duplicate_checks
-    for (i, opts), record in zip(todo, records, strict=True):
-        found = _found(ctx, ids[i], prepared[i], opts, record)
+    """Hand each duplicate read to the checks that want it; the first refusal decides
+    (a check that raises refuses: ``_failed``)."""
+    for (i, opts, checks), record in zip(todo, records, strict=True):
+        job_id = ids[i]
+        found = _found(ctx, job_id, prepared[i], opts, record)
         for c in checks:
-            if not c.wants(opts):
-                continue
-            reason = c.check(found)
+            try:
+                reason = c.check(found)
+            except Exception as exc:
+                reason = _failed(ctx, c, "check", exc, job_id)
             if reason:
-                refused[i] = reason
-                ids[i] = ""
+                _refuse(i, reason, ids, refused)
                 break
 
 

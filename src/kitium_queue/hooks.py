@@ -184,8 +184,10 @@ class FoundDuplicate:
 class DuplicateCheck:
     """Base class of duplicate checks (``HookBus.add_duplicate_check``): decides whether
     an add that found its job there already returns that job's id (as it does without
-    a check) or is refused. Both methods are plain, quick functions; a check that
-    raises fails the add with that error (nothing of the add was written)."""
+    a check) or is refused. Both methods are plain, quick functions. One that raises
+    refuses that add as a refusal would (nothing of it was written; the reason names
+    the check and the error's type, which is logged, not its message): the other jobs
+    of an ``add_jobs``, written or found, stand and are reported as usual."""
 
     def wants(self, options: Mapping[str, Any]) -> bool:
         """Whether an add with ``options`` (over the queue's ``default_job_options``)

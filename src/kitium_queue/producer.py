@@ -345,6 +345,7 @@ class Producer:
                 if failure is not None:  # its copies of the ids and refusals, again
                     failure.written_ids = list(ids)
                     _set_refused(failure, refused)
+                unconfirmed = _unrefused(unconfirmed, refused)
             if failure is not None:
                 # The jobs before the failure are in Redis: announce them, but never let
                 # a subscriber's error hide which ones they are.
@@ -444,6 +445,18 @@ def _unconfirmed(
     whole = copy.copy(first)
     whole.unconfirmed = per
     return whole
+
+
+def _unrefused(
+    err: WriteNotConfirmedError | None, refused: Mapping[int, str]
+) -> WriteNotConfirmedError | None:
+    """``err`` without the jobs a duplicate check refused after the barrier judged them
+    (nothing of them was written: their refusal is raised instead); None when no job is
+    left in it and every job of the call was sent."""
+    if err is None:
+        return None
+    err.unconfirmed = {i: e for i, e in err.unconfirmed.items() if i not in refused}
+    return err if err.unconfirmed or err.not_sent_from is not None else None
 
 
 def _enqueue_chunks(prepared: Sequence[PreparedJob]) -> Iterator[Sequence[PreparedJob]]:

@@ -122,6 +122,8 @@ class SyncQueueClient:
         # The blocking connections of the direct add_job (None: no direct path), and the
         # hooks of jobs it added, waiting to run on the loop thread (_announce).
         self._blocking: BlockingScripts | None = None
+        # A direct add_job's duplicate-check read, bound once (not made per add).
+        self._dup_read: Callable[..., Any] = self._read_duplicate
         self._connected: set[int] = set()  # members whose first use has connected them
         self._announcements: collections.deque[Callable[[], None]] = collections.deque()
         self._announce_armed = False
@@ -321,20 +323,24 @@ class SyncQueueClient:
                 if self._closing:  # close() began under this call: nothing it took stays open
                     self._drop_unused()
 
-        def read(*command: Any) -> Any:  # a duplicate check's read (dupcheck.py)
-            try:
-                return blocking.command(*command)
-            except (RedisError, OSError) as exc:
-                self._closed_under(exc)
-                raise
-            finally:
-                if self._closing:
-                    self._drop_unused()
-
         inner = producer.add_job_blocking(
-            job_name, data, options, kwargs, run, self._announce, read
+            job_name, data, options, kwargs, run, self._announce, self._dup_read
         )
         return self._public_id(member, inner)
+
+    def _read_duplicate(self, *command: Any) -> Any:
+        """A duplicate check's read (``dupcheck.check_blocking``) over the blocking
+        connections, for a direct ``add_job`` (``_dup_read``: bound once)."""
+        blocking = self._blocking
+        assert blocking is not None
+        try:
+            return blocking.command(*command)
+        except (RedisError, OSError) as exc:
+            self._closed_under(exc)
+            raise
+        finally:
+            if self._closing:
+                self._drop_unused()
 
     def _drop_unused(self) -> None:
         """Close the blocking connections no call is using (``BlockingScripts.close``);
