@@ -20,7 +20,9 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -28,7 +30,13 @@ import pytest
 from helpers import wait_until
 from kitium_queue import ConfigurationError, JobQueue, QueueEvent
 from kitium_queue import events as events_mod
-from kitium_queue.events import EventData, check_event_name, declare_events, known_events
+from kitium_queue.events import (
+    EventData,
+    EventEmitter,
+    check_event_name,
+    declare_events,
+    known_events,
+)
 from kitium_queue.features.webhooks import (
     JobWebhookConfig,
     WebhookConfig,
@@ -58,6 +66,34 @@ MISSPELT = [
     ("job-retry", "job-retrying"),
     ("progress", "job-progress"),
     ("queue_error", "queue-error"),
+]
+
+#: Names of one's own a reviewer found refused as misspellings (two edits from a known
+#: name, or one at the start of the word): each is another word, taken as it is.
+OWN_NAMES = [
+    "job-restarted",  # job-started with "re" before it
+    "job-stored",  # (job-started)
+    "job-sorted",
+    "job-filled",  # (job-failed)
+    "job-mailed",
+    "job-fixed",
+    "job-waited",
+    "job-d",  # (job-dlq)
+]
+#: The misspellings those same rules must still refuse, feature events included.
+STILL_REFUSED = [
+    ("completed", "job-completed"),
+    ("job_completed", "job-completed"),
+    ("JOB_COMPLETED", "job-completed"),
+    ("jobCompleted", "job-completed"),
+    ("job-complete", "job-completed"),
+    ("job-compelted", "job-completed"),
+    ("dlq", "job-dlq"),
+    ("job-retry", "job-retrying"),
+    ("workflow-complete", "workflow-completed"),
+    ("workflow-cancelled", None),  # known: taken
+    ("workflow-canceled", "workflow-cancelled"),
+    ("breaker-stat", "breaker-state"),
 ]
 
 
@@ -150,6 +186,101 @@ def test_a_name_declared_after_a_close_handler_is_warned_about(
     (rec,) = [r for r in caplog.records if "widget-change" in r.getMessage()]
     assert "did you mean 'widget-changed'" in rec.getMessage()
     assert "(by widgets)" in rec.getMessage()
+
+
+@pytest.mark.parametrize("name", OWN_NAMES)
+def test_a_word_of_ones_own_near_a_known_one_is_taken(queue: JobQueue, name: str) -> None:
+    got: list[str] = []
+    queue.on(name, lambda e: got.append(e.event))
+    assert queue.emitter.wants(name)
+    queue.emitter.emit(EventData(name, queue.name))
+    assert got == [name]
+    assert check_event_name(name, "webhook event") == name
+
+
+@pytest.mark.parametrize(("bad", "meant"), STILL_REFUSED)
+def test_the_misspellings_are_still_refused_beside_those_names(
+    queue: JobQueue, bad: str, meant: str | None
+) -> None:
+    from kitium_queue import CircuitBreakerManager, JobChainManager  # noqa: F401
+
+    if meant is None:
+        queue.on(bad, lambda e: None)
+        assert queue.emitter.wants(bad)
+        return
+    with pytest.raises(ConfigurationError, match=f"did you mean {meant!r}"):
+        queue.on(bad, lambda e: None)
+    assert not queue.emitter.wants(bad)
+
+
+# ---------------------------------------------------------------------- threads
+def test_a_handler_added_while_declared_names_are_rechecked_breaks_nothing(
+    known: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``declare_events`` (a feature module imported in one thread) rechecks an emitter's
+    handlers while ``on`` adds one in another thread: here the add lands between two of
+    the names the recheck reads, as a thread switch would make it."""
+    emitter = EventEmitter()
+    emitter.on("gadget-change", lambda e: None)
+    emitter.on("gadget-other", lambda e: None)
+    real, added = events_mod.misspelt, []
+
+    def misspelt_and_meanwhile(name: str, known_names: Any) -> str | None:
+        if name.startswith("gadget-") and not added:  # this emitter's recheck
+            added.append(name)
+            emitter.on("gadget-third", lambda e: None)  # "the other thread"
+        return real(name, known_names)
+
+    monkeypatch.setattr(events_mod, "misspelt", misspelt_and_meanwhile)
+    with caplog.at_level(logging.WARNING, logger="kitium_queue.events"):
+        declare_events("gadgets", "gadget-changed")  # raised RuntimeError before
+    assert added and emitter.wants("gadget-third")
+    assert [r for r in caplog.records if "'gadget-change'" in r.getMessage()]
+
+
+class _PausingSet(weakref.WeakSet[EventEmitter]):
+    """The set of emitters, whose iteration stops after its first item until
+    ``resume`` is set (``timeout`` s at most), having set ``paused``."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.paused, self.resume, self.timeout = threading.Event(), threading.Event(), timeout
+
+    def __iter__(self) -> Iterator[EventEmitter]:
+        for n, item in enumerate(super().__iter__()):
+            yield item
+            if n == 0:
+                self.paused.set()
+                self.resume.wait(self.timeout)
+
+
+def test_an_emitter_made_in_another_thread_while_names_are_declared(
+    known: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feature module imported in one thread declares its names while another thread
+    makes a queue (an emitter): that emitter waits until the declaration has read the
+    set of emitters, rather than change it under it ("Set changed size during
+    iteration" failed the import)."""
+    emitters = _PausingSet(timeout=1.0)
+    monkeypatch.setattr(events_mod, "_EMITTERS", emitters)
+    first = EventEmitter()
+    made: list[EventEmitter] = []
+
+    def make_one() -> None:
+        assert emitters.paused.wait(10)
+        made.append(EventEmitter())
+        emitters.resume.set()
+
+    other = threading.Thread(target=make_one)
+    other.start()
+    try:
+        declare_events("late-feature", "late-event")  # pauses in its read of the set
+    finally:
+        emitters.resume.set()
+        other.join(10)
+    assert not other.is_alive()
+    assert set(emitters) == {first, *made} and len(made) == 1
+    assert known_events()["late-event"] == "late-feature"
 
 
 # ---------------------------------------------------------------------- feature events

@@ -2,8 +2,13 @@
 involved:
 
 1. a job gone when its held outcome reaches a Redis that restarted without persistence
-   was blamed on ``clear(force=True)`` or an erasure only: the warning after an outage
-   names Redis' lost data first, the per-job line and the lease renewal's name it too;
+   was blamed on ``clear(force=True)`` or an erasure only. Now the worker reads the
+   queue's id counter once for such a round: gone (or below a gone job's id), the
+   warning says Redis lost its data; there, the jobs went another way (run again by
+   another worker after their leases expired and removed by retention, an outcome
+   recorded before its reply was lost, a clear): said at INFO, no data loss claimed.
+   A refusal is no outage: it marks no held outcome. The per-job line and the lease
+   renewal's name every cause;
 2. a misspelt cron alias (``@dialy``) got croniter's "Exactly 5, 6 or 7 columns"
    (7 fields are refused here): the closest alias is suggested, with the forms accepted;
 3. ``settings={"max_payload_bytes": ...}`` did not say it is a ``JobQueue`` keyword;
@@ -18,19 +23,23 @@ involved:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 from click.testing import CliRunner
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from _redis import RedisServer
 from helpers import app_module, wait_until
 from kitium_queue import JobQueue, QueueConfig
 from kitium_queue.cli import main
 from kitium_queue.codec import encode_progress
+from kitium_queue.connerrors import permission_denied
 from kitium_queue.errors import ConfigurationError, SerializationError
 from kitium_queue.features.schedules import check_cron
 from kitium_queue.hooks import Outcome, Subscriber
@@ -87,9 +96,245 @@ async def test_outcomes_held_through_a_restart_without_persistence_name_the_lost
     text = record.getMessage()
     assert record.levelno == logging.WARNING
     assert "3 job(s)" in text and all(f"{jid} (C)" in text for jid in ids), text
-    assert text.index(DATA_LOST) < text.index("cleared with force=True"), text
-    assert "restart without persistence" in text and "replica" in text, text
+    assert f"{DATA_LOST}: a restart without persistence" in text, text
+    assert "the queue's id counter is gone" in text, text  # checked, not guessed
+    assert "persistence (appendonly, save)" in text and "replica" in text, text
+    assert "cleared with force=True" not in text and "kept its data" not in text, text
     assert not _said(caplog, "was removed while it ran"), caplog.text
+
+
+class CutProxy:
+    """A loopback TCP proxy to a Redis server, in the test's event loop, for one worker:
+    ``cut()`` drops every connection through it and refuses new ones until ``mend()``
+    (a network cut of that worker alone); with ``swallow`` set, what the server answers
+    is read and dropped (commands still reach it: replies lost on the way back)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.down, self.swallow = port, False, False
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> CutProxy:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self.server is not None
+        self.server.close()
+
+    def cut(self) -> None:
+        self.down = True
+        for w in list(self.links):
+            w.transport.abort()
+
+    def mend(self) -> None:
+        self.down = False
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+        self.links |= {writer, up_w}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, back: bool) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await r.read(65536):
+                    if not (back and self.swallow):
+                        w.write(data)
+                        await w.drain()
+            w.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_w, False), pipe(up_r, writer, True))
+        self.links -= {writer, up_w}
+
+
+def _gone_line(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    (record,) = _said(caplog, "were gone when it answered again")
+    return record
+
+
+async def test_a_job_run_again_elsewhere_after_its_lease_expired_is_no_data_loss(
+    lone_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Worker A is cut off longer than lock_duration with the outcome of its job held;
+    worker B recovers the job, runs it, and retention removes it (remove_on_complete).
+    When A's outcome lands, the job is gone, but Redis kept its data: said so, at INFO,
+    with the causes that fit, not as lost data."""
+    caplog.set_level(logging.INFO, logger="kitium_queue")
+    fast = {"lock_duration": 1000, "lock_renew_time": 200}
+    async with CutProxy(lone_server.port) as proxy:
+        a = JobQueue("rerun", redis=proxy.url, prefix=prefix, settings=fast,
+                     worker={"scheduler": False})  # fmt: skip
+        b = JobQueue("rerun", redis=lone_server.url, prefix=prefix, settings=fast,
+                     worker={"scheduler": False})  # fmt: skip
+        gate, on_a, on_b = asyncio.Event(), [], []
+
+        @a.process("x")
+        async def xa(job: Any) -> str:
+            on_a.append(job.id)
+            await gate.wait()
+            return "a"
+
+        @b.process("x")
+        async def xb(job: Any) -> str:
+            on_b.append(job.id)
+            return "b"
+
+        try:
+            jid = await b.add_job("x", {}, remove_on_complete=True)
+            await a.start(concurrency=1)
+            await wait_until(lambda: on_a == [jid])
+            proxy.cut()
+            gate.set()  # A's outcome is held: Redis is unreachable for A
+            await wait_until(lambda: len(a.worker.outcomes._held_out) == 1, timeout=20)
+            await b.start(concurrency=1)  # recovers the job once A's lease expired
+            await wait_until(lambda: on_b == [jid], timeout=20)
+            await wait_until(lambda: _no_key(lone_server, a.keys.job(jid)), timeout=20)
+            proxy.mend()
+            await wait_until(lambda: bool(_said(caplog, "were gone")), timeout=20)
+        finally:
+            proxy.mend()
+            await a.close()
+            await b.close()
+    record = _gone_line(caplog)
+    text = record.getMessage()
+    assert record.levelno == logging.INFO, text
+    assert "1 job(s) whose outcomes this worker held" in text and f"{jid} (C)" in text, text
+    assert "Redis kept its data (the queue's id counter is at 1)" in text, text
+    assert "ran them again after their leases expired (lock_duration=1000 ms)" in text, text
+    assert "Redis lost its data" not in text and "appendonly" not in text, text
+    assert not [r for r in caplog.records if DATA_LOST in r.getMessage()
+                and r.levelno >= logging.WARNING], caplog.text  # fmt: skip
+
+
+async def test_an_outcome_whose_reply_was_lost_after_it_recorded_is_no_data_loss(
+    lone_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The finish reaches Redis, which records it and removes the job at once
+    (remove_on_complete); the reply is lost with the connection. The outcome is sent
+    again and finds the job gone: Redis kept its data, said at INFO."""
+    caplog.set_level(logging.INFO, logger="kitium_queue")
+    async with CutProxy(lone_server.port) as proxy:
+        q = JobQueue("lostreply", redis=proxy.url, prefix=prefix, worker={"scheduler": False})
+        gate, started = asyncio.Event(), []
+
+        @q.process("x")
+        async def x(job: Any) -> str:
+            started.append(job.id)
+            await gate.wait()
+            return "done"
+
+        try:
+            jid = await q.add_job("x", {}, remove_on_complete=True)
+            await q.start(concurrency=1)
+            await wait_until(lambda: started == [jid])
+            proxy.swallow = True  # what Redis answers from now on is lost
+            gate.set()
+            await wait_until(lambda: _no_key(lone_server, q.keys.job(jid)), timeout=20)
+            proxy.cut()  # the connection waiting for that reply breaks
+            await wait_until(lambda: len(q.worker.outcomes._held_out) == 1, timeout=20)
+            proxy.swallow = False
+            proxy.mend()
+            await wait_until(lambda: bool(_said(caplog, "were gone")), timeout=20)
+        finally:
+            proxy.swallow = False
+            proxy.mend()
+            await q.close()
+    text = _gone_line(caplog).getMessage()
+    assert _gone_line(caplog).levelno == logging.INFO, text
+    assert f"{jid} (C)" in text and "Redis kept its data (the queue's id counter is at 1)" in text
+    assert "recorded before a reply was lost" in text, text
+    assert "Redis lost its data" not in text, text
+
+
+async def test_a_flush_during_an_outage_then_new_jobs_still_reads_as_lost_data(
+    lone_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FLUSHDB while a worker is cut off, then a job added (the id counter starts again
+    at 1): the counter is below the gone jobs' ids, so Redis lost its data (WARNING)."""
+    caplog.set_level(logging.INFO, logger="kitium_queue")
+    async with CutProxy(lone_server.port) as proxy:
+        q = JobQueue("flushed", redis=proxy.url, prefix=prefix, worker={"scheduler": False})
+        other = JobQueue("flushed", redis=lone_server.url, prefix=prefix)
+        gate, started = asyncio.Event(), []
+
+        @q.process("x")
+        async def x(job: Any) -> None:
+            started.append(job.id)
+            await gate.wait()
+
+        try:
+            ids = [await other.add_job("x", {}) for _ in range(3)]
+            await q.start(concurrency=3)
+            await wait_until(lambda: len(started) == 3)
+            proxy.cut()
+            gate.set()
+            await wait_until(lambda: len(q.worker.outcomes._held_out) == 3, timeout=20)
+            await (await other.client()).flushdb()
+            await other.add_job("x", {}, job_id="after")  # the counter: 1 again
+            proxy.mend()
+            await wait_until(lambda: bool(_said(caplog, "were gone")), timeout=20)
+        finally:
+            proxy.mend()
+            await q.close()
+            await other.close()
+    record = _gone_line(caplog)
+    text = record.getMessage()
+    assert record.levelno == logging.WARNING, text
+    assert all(f"{jid} (C)" in text for jid in ids), text
+    assert f"{DATA_LOST}: a restart" in text, text
+    assert "the queue's id counter is at 1, below job id 3" in text, text
+    assert "kept its data" not in text, text
+
+
+async def test_a_refusal_marks_no_held_outcome_unreachability_does(
+    redis_url: str, prefix: str
+) -> None:
+    """``report_outage`` with a refusal for lack of permission (Redis answered) leaves the
+    held outcomes unmarked; a lost connection marks them."""
+    q = JobQueue("marks", redis=redis_url, prefix=prefix, worker={"scheduler": False})
+    gate, started = asyncio.Event(), []
+
+    @q.process("x")
+    async def x(job: Any) -> None:
+        started.append(job.id)
+        await gate.wait()
+
+    try:
+        jid = await q.add_job("x", 1)
+        await q.start(concurrency=1)
+        await wait_until(lambda: started == [jid])
+        outcomes, run = q.worker.outcomes, q.worker.leases.runs[jid]
+        held = (run, "C", None, None, 0)
+        outcomes.done.append(held)  # as an outcome held after a failed round
+        try:
+            refusal = permission_denied("NOPERM this user has no permissions to run 'evalsha'")
+            q.worker.report_outage(refusal)
+            assert not outcomes._held_out
+            q.worker.report_outage(RedisConnectionError("Connection refused"))
+            assert outcomes._held_out == {run}
+        finally:
+            outcomes.done.remove(held)
+            outcomes._held_out.clear()
+    finally:
+        gate.set()
+        await q.close()
+
+
+async def _no_key(server: RedisServer, key: str) -> bool:
+    """Whether ``key`` is gone, asked of ``server`` directly (not through the proxy)."""
+    client = redis.asyncio.Redis.from_url(server.url)
+    try:
+        return not await client.exists(key)
+    finally:
+        await client.aclose()
 
 
 async def test_a_job_cleared_while_it_ran_names_every_cause_at_info(
@@ -117,6 +362,7 @@ async def test_a_job_cleared_while_it_ran_names_every_cause_at_info(
     (record,) = _said(caplog, "was removed while it ran")
     assert record.levelno == logging.INFO
     assert DATA_LOST in record.getMessage() and "erased" in record.getMessage()
+    assert "after its lease expired and removed by retention" in record.getMessage()
     assert not _said(caplog, "were gone when it answered again")
 
 
@@ -149,6 +395,7 @@ async def test_a_lease_renewal_that_finds_the_record_gone_names_the_lost_data(
         await q.close()
     (record,) = _said(caplog, "abandoning this run")
     assert DATA_LOST in record.getMessage() and "evicted" in record.getMessage()
+    assert "after this lease expired and removed by retention" in record.getMessage()
 
 
 # ---------------------------------------------------------------------- 2. cron aliases

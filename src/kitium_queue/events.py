@@ -13,6 +13,7 @@ import contextlib
 import functools
 import inspect
 import re
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -85,7 +86,11 @@ def declare_events(owner: str, *names: str) -> None:
     for n in new:
         _KNOWN[n] = str(owner)
     if new:
-        for emitter in list(_EMITTERS):
+        # A feature module declares its names when it is imported, maybe while another
+        # thread makes an emitter: the set is read under the lock that guards its adds.
+        with _EMITTERS_LOCK:
+            emitters = list(_EMITTERS)
+        for emitter in emitters:
             emitter.recheck(new)
 
 
@@ -113,22 +118,38 @@ def _edits(a: str, b: str, most: int) -> int:
     return min(prev[-1], most + 1)
 
 
+def _typo(form: str, known: str) -> bool:
+    """Whether ``form`` is one typing slip away from ``known``: past the first word both
+    share (``job-``, ``workflow-``: compared whole when they share none), one character
+    added, dropped or changed, or two neighbours swapped, and the word begins as
+    ``known``'s does. A word that begins otherwise is another word (``job-mailed``,
+    ``job-restarted`` are not ``job-failed``, ``job-started``)."""
+    head = known.partition("-")[0] + "-"
+    if form.startswith(head) and len(known) > len(head):
+        form, known = form[len(head) :], known[len(head) :]
+    if not form or (form[0] != known[0] and form[:2] != known[1::-1]):
+        return False
+    return _edits(form, known, 1) <= 1
+
+
 def misspelt(name: str, known: Collection[str]) -> str | None:
     """The known event ``name`` (not one) most likely stands for: the one it becomes once
     its case, ``_`` / ``-`` / spaces, a missing ``job-`` prefix or a missing final ``d``,
-    ``ed`` or ``ing`` are set right; else one at most two edits away (one from those
-    repairs); None when no known name is that close."""
+    ``ed`` or ``ing`` (after a word of three letters at least) are set right; else one a
+    typing slip away (``_typo``) from one of those forms; None when no known name is that
+    close."""
     base = _SEPARATORS.sub("-", _WORDS.sub("-", name[:200])).lower().strip("-")
     forms = [base] if base.startswith("job-") else [base, "job-" + base]
-    repaired = [f + end for f in forms for end in ("", "d", "ed", "ing")]
+    ends = ("", "d", "ed", "ing") if len(base.rpartition("-")[2]) >= 3 else ("",)
+    repaired = [f + end for f in forms for end in ends]
     for form in repaired:
         if form in known:
             return form
     names = sorted(known)
-    for form, most in ((base, 2), *((f, 1) for f in repaired[1:])):
-        near = min(((_edits(form, k, most), k) for k in names), default=(most + 1, ""))
-        if near[0] <= most:
-            return near[1]
+    for form in repaired:
+        near = next((k for k in names if _typo(form, k)), None)
+        if near is not None:
+            return near
     return None
 
 
@@ -242,7 +263,8 @@ class EventEmitter:
         #: Events not delivered to an async handler at ``MAX_HANDLER_TASKS``, counted.
         self.dropped = 0
         self._closings: set[asyncio.Future[None]] = set()
-        _EMITTERS.add(self)
+        with _EMITTERS_LOCK:
+            _EMITTERS.add(self)
 
     def add_view(self, view: Callable[[EventData], None]) -> None:
         """Run ``view(data)`` on every event before its handlers (after the views added
@@ -261,8 +283,10 @@ class EventEmitter:
 
     def recheck(self, declared: Collection[str]) -> None:
         """Names just ``declared`` (``declare_events``): warn about each handler added
-        before, under a name close to one of them (a misspelling it would have refused)."""
-        for key in self._handlers:
+        before, under a name close to one of them (a misspelling it would have refused).
+        It may run in another thread than ``on`` (a feature module imported there): the
+        names are read at once, then checked."""
+        for key in tuple(self._handlers):
             near = None if key in _KNOWN else misspelt(key, declared)
             if near is not None:
                 log.warning(
@@ -412,6 +436,9 @@ class EventEmitter:
 
 #: The emitters alive in this process: ``declare_events`` rechecks their handlers.
 _EMITTERS: weakref.WeakSet[EventEmitter] = weakref.WeakSet()
+#: Held while ``_EMITTERS`` is added to or read (an emitter made in one thread while a
+#: feature module imported in another declares its names).
+_EMITTERS_LOCK = threading.Lock()
 
 
 def _done(fut: asyncio.Future[None]) -> None:

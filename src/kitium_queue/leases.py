@@ -19,6 +19,9 @@
   meanwhile (recovered, run elsewhere) is dropped unstarted, with nothing written; one
   still leased here starts. Counted in ``unstarted`` / ``renewed_late``, one warning per
   burst.
+* **gone after an outage** — jobs whose held outcomes found them gone once Redis answered
+  again are said in one line, after one read tells whether Redis lost its data
+  (``report_gone``).
 * ``SharedSlots`` — a concurrency budget shared by several workers of one process.
 
 Log lines keep the worker's logger name (``kitium_queue.worker``): it is what users
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,8 +40,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .connection import TRANSIENT_ERRORS
 from .limits import get_logger, printable
 from .loopwatch import LoopWatch
-from .outcomes import DATA_LOST
+from .outcomes import DATA_LOST, safe_name
 from .runends import FAILING_CANCELS, wait_unless
+from .scripts import RawCall
 
 if TYPE_CHECKING:
     from .hooks import HookBus
@@ -66,6 +71,8 @@ _SWEEP_LIMIT = 1000
 _LATE_LOG_S = 0.2
 #: Renewals ``Leases.confirm`` tries before it gives up on starting a job.
 _CONFIRM_TRIES = 3
+#: Job ids the line about jobs found gone after an outage names (the rest are counted).
+_GONE_SHOWN = 10
 
 
 def start_window(lock_ms: int) -> float:
@@ -273,7 +280,8 @@ class Leases:
         if gone:
             log.warning(
                 "queue %s: job %s was removed while it ran (erased, cleared, deleted or "
-                "evicted, or %s); abandoning this run, no outcome is recorded",
+                "evicted, run again by another worker after this lease expired and removed "
+                "by retention, or %s); abandoning this run, no outcome is recorded",
                 self.queue.name,
                 printable(job_id),
                 DATA_LOST,
@@ -291,6 +299,67 @@ class Leases:
         if run.task is not None and not run.task.done():
             run.task.cancel()
         self._wake()
+
+    async def report_gone(self, client: Any, gone: list[tuple[str, str]]) -> None:
+        """Say in one line the jobs (id, outcome code) found ``gone`` after an outage
+        (``Outcomes.gone``, emptied here): their outcomes were held while Redis was
+        unreachable, and when it answered again neither record nor active entry was
+        there. One read of the queue's id counter (every add increments it, ``clear``
+        keeps it) tells why: gone, or below a gone job's numeric id, Redis lost its data
+        (a WARNING, with what to check); else it kept it and the jobs went another way
+        (INFO). A job whose own id (``job_id``) is a number above the counter reads as
+        lost data: the line says so."""
+        jobs, q = gone[:], self.queue
+        gone.clear()
+        top = max((int(j) for j, _ in jobs if j.isascii() and j.isdigit()), default=0)
+        other = (
+            "another worker ran them again after their leases expired (lock_duration="
+            f"{q.lock_duration_ms} ms) and retention removed them, or their outcomes were "
+            "recorded before a reply was lost and retention removed them at once, or they "
+            "were cleared with force=True or erased"
+        )
+        try:
+            (n,) = await q.scripts.pipeline(client, [RawCall(("GET", q.keys.id))])
+            if isinstance(n, Exception):
+                raise n
+            counter = None if n is None else int(n)
+        except Exception as exc:  # refused, Redis away again, or no number there
+            level = logging.WARNING
+            why = (
+                "Whether Redis lost its data could not be checked (reading the queue's id "
+                f"counter: {safe_name(exc)}: {q.connection.redact(exc)}): if it did (a "
+                "restart without persistence, or a failover to a replica that did not have "
+                f"it), every job enqueued before is gone too; else {other}"
+            )
+        else:
+            if counter is None or counter < top:
+                level = logging.WARNING
+                said = (
+                    "is gone"
+                    if counter is None
+                    else f"is at {counter}, below job id {top} (unless that id was given "
+                    "with job_id)"
+                )
+                why = (
+                    f"{DATA_LOST}: the queue's id counter {said}, so every job enqueued "
+                    "before is gone too; check the server's persistence (appendonly, save) "
+                    "and that a replica promoted in a failover is kept in sync"
+                )
+            else:
+                level = logging.INFO
+                why = f"Redis kept its data (the queue's id counter is at {counter}): {other}"
+        more = len(jobs) - _GONE_SHOWN
+        log.log(
+            level,
+            "queue %s: %d job(s) whose outcomes this worker held while Redis was "
+            "unreachable were gone when it answered again: %s%s. %s. No outcome of theirs "
+            "was recorded now",
+            q.name,
+            len(jobs),
+            ", ".join(f"{printable(j)} ({k})" for j, k in jobs[:_GONE_SHOWN]),
+            f" and {more} more" if more > 0 else "",
+            why,
+        )
 
     async def wind_down(self, grace: float, forced: asyncio.Event | None = None) -> None:
         """Graceful stop: let the running jobs finish within ``grace`` seconds, then

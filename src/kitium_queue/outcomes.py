@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryError
 
+from .connection import outage
 from .errors import DamagedKeyError, PermissionDeniedError, WriteRefusedError
 from .hooks import Outcome, OutcomeKind
 from .limits import (
@@ -81,8 +82,6 @@ DATA_LOST = (
     "Redis lost its data: a restart without persistence, or a failover to a replica that "
     "did not have it"
 )
-#: Job ids a warning about jobs gone after an outage names (the rest are counted).
-_GONE_SHOWN = 10
 
 # An outcome waiting for its reply: the run, its kind, the value (the result for C, the
 # reason text for R, F and D, None for H), the error, the delay.
@@ -128,11 +127,11 @@ class Outcomes:
         self.solo: list[Solo] = []
         #: Outcomes Redis recorded.
         self.recorded = 0
-        # Runs whose outcomes were held while Redis was unreachable (``held(outage=True)``)
-        # until their replies are settled; those found gone then ("<id> (<kind>)") are
-        # said in one warning per round: most likely they went with Redis' data.
+        # Runs whose outcomes were held while Redis was unreachable (``held(exc)``) until
+        # their replies are settled.
         self._held_out: set[Run] = set()
-        self._gone: list[str] = []
+        #: Of those, the jobs found gone (id, outcome code): ``Leases.report_gone``.
+        self.gone: list[tuple[str, str]] = []
         self._forget = forget
         self._wake = wake
         # The queue's failure-text filters (the list itself: later additions count).
@@ -192,11 +191,12 @@ class Outcomes:
         """Whether outcomes wait to be sent."""
         return bool(self.acks or self.solo)
 
-    def held(self, outage: bool = False) -> int:
-        """Outcomes held that Redis has not recorded yet. ``outage``: Redis is unreachable;
-        the runs of those outcomes are marked, so that one found gone once Redis answers
-        again is reported as what it most likely is (``DATA_LOST``)."""
-        if outage:
+    def held(self, failed: BaseException | None = None) -> int:
+        """Outcomes held that Redis has not recorded yet. ``failed``: the error a round
+        failed with; when it says Redis is unreachable (``connection.outage``: not a
+        refusal), the runs of those outcomes are marked, so that one found gone once
+        Redis answers again is checked and reported (``Leases.report_gone``)."""
+        if failed is not None and outage(failed):
             self._held_out.update(d[0] for d in self.done)
             self._held_out.update(s[1][0] for s in self.solo)
         return len(self.acks) // _FIELDS + len(self.solo)
@@ -268,8 +268,6 @@ class Outcomes:
             if self._held_out:  # settled (or kept again after a refusal): unmarked
                 self._held_out.difference_update(d[0] for d in batch[1])
                 self._held_out.difference_update(s[1][0] for s in batch[2])
-            if self._gone:
-                self._report_gone()
 
     def _settle(self, replies: list[Any], batch: Batch) -> Exception | None:
         acks, done, solo = batch
@@ -457,13 +455,15 @@ class Outcomes:
             )
         elif status == b"removed":
             # Record and active entry both gone: taken out by the queue's own call (no
-            # eviction warning), or with all of Redis' data (likely after an outage).
+            # eviction warning), run again elsewhere after this lease expired and removed
+            # by retention, or gone with Redis' data. After an outage: checked, one line.
             if run in self._held_out:
-                self._gone.append(f"{printable(job.id)} ({kind})")  # one warning per round
+                self.gone.append((job.id, kind))
                 return
             log.info(
                 "queue %s: job %s was removed while it ran (cleared with force=True or "
-                "erased, or %s); its outcome (%s) was dropped",
+                "erased, run again by another worker after its lease expired and removed "
+                "by retention, or %s); its outcome (%s) was dropped",
                 q.name,
                 printable(job.id),
                 DATA_LOST,
@@ -477,25 +477,6 @@ class Outcomes:
                 printable(job.id),
                 kind,
             )
-
-    def _report_gone(self) -> None:
-        """Say the jobs found gone in the first round after an outage, in one warning:
-        their outcomes were held while Redis was unreachable, and when it answered
-        again neither their records nor their active entries were there."""
-        gone, self._gone = self._gone, []
-        more = len(gone) - _GONE_SHOWN
-        log.warning(
-            "queue %s: %d job(s) whose outcomes this worker held while Redis was "
-            "unreachable were gone when it answered again: %s%s. Most likely %s (then "
-            "every job enqueued before it is gone too: check the server's persistence, "
-            "appendonly or save); else they were cleared with force=True or erased "
-            "meanwhile. Their outcomes were dropped",
-            self.queue.name,
-            len(gone),
-            ", ".join(gone[:_GONE_SHOWN]),
-            f" and {more} more" if more > 0 else "",
-            DATA_LOST,
-        )
 
 
 def traceback_text(exc: BaseException) -> bytes:

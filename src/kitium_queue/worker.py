@@ -391,6 +391,8 @@ class Worker:
             claim_failed = False
             if free > 0:
                 idle_for, claim_failed = self._claimed(replies[-1], free, idle_for, sent)
+            if outcomes.gone:  # jobs gone after an outage: one read says why (leases.py)
+                await leases.report_gone(self._client, outcomes.gone)
             if refused is not None:
                 backoff = await rounds.refused(self, refused, backoff)
                 continue
@@ -434,9 +436,8 @@ class Worker:
             self._claiming += free
         return calls, extending, n_ext
 
-    def _held(self) -> int:
-        """Outcomes this worker holds that Redis has not recorded yet (an outage: marked)."""
-        return self.outcomes.held(outage=True)
+    def _held(self) -> int:  # outcomes this worker holds that Redis has not recorded yet
+        return self.outcomes.held()
 
     def _free(self) -> int:
         if self._handoff.down_until and self._handoff.down_left():
@@ -457,11 +458,10 @@ class Worker:
     def report_outage(self, exc: BaseException) -> None:
         """An outage: said once (with its causes), and the queue_error hook."""
         self._drained.clear()  # what the last claim saw may no longer hold
-        self._causes.report(exc, not self._outage, self._held())
-        if not self._outage:
-            self._outage = True
-            if self.hooks.queue_error:
-                self.hooks.emit_queue_error(self.queue.name, exc)
+        first, self._outage = not self._outage, True
+        self._causes.report(exc, first, self.outcomes.held(exc))  # unreachable: marked
+        if first and self.hooks.queue_error:
+            self.hooks.emit_queue_error(self.queue.name, exc)
 
     # ------------------------------------------------------------------ claimed jobs
     def _claimed(
