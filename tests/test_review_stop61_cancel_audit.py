@@ -33,7 +33,7 @@ from regionpair import region_pair
 from test_review_stop60_close_hang import STOP_S, _ended
 
 #: The region pair's servers (``port``, ``port + 1``).
-PORT = 55100
+PORT = 28470  # and 28471; below the ephemeral range (32768+), where a fixed port can be taken
 
 
 async def _swallow(entered: asyncio.Event) -> None:
