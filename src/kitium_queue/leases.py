@@ -146,10 +146,14 @@ class Drained:
     def __init__(self) -> None:
         self._until: float | None = None
 
-    def after_claim(self, short: bool, wait_s: float) -> None:
+    def after_claim(self, short: bool, wait_s: float, older: bool = False) -> None:
         """A claim came back: when ``short`` (fewer jobs than asked), nothing more to find
-        for ``wait_s`` seconds; else more may wait."""
-        self._until = asyncio.get_running_loop().time() + wait_s if short else None
+        for ``wait_s`` seconds; else more may wait. ``older``: sent before another claim's
+        reply was handled, it may have run first: the sooner of the two holds."""
+        until = asyncio.get_running_loop().time() + wait_s if short else None
+        if older:  # (None: claim now)
+            until = None if until is None or self._until is None else min(until, self._until)
+        self._until = until
 
     def clear(self) -> None:
         """Claim again: a freed slot of a shared budget, a failed claim, an outage."""

@@ -143,7 +143,7 @@ class Worker:
         # and the new jobs would wait for the next timer (up to _MAX_IDLE_S).
         self._woken = False
         # How long the waker may block (s): the shortest idle_for of the lanes waiting.
-        self._block_s = _MAX_IDLE_S
+        self._block_s, self._claim_seen = _MAX_IDLE_S, 0.0  # (a claim reply's loop time)
         self._drained = Drained()  # whether a claim with nothing to send is worth it
         self.claim_cap = 1
         self._waker_claiming = 0  # of _claiming: the slots the waker's wait holds
@@ -467,9 +467,8 @@ class Worker:
     def _claimed(
         self, reply: Any, asked: int, idle_for: float | None, sent: float
     ) -> tuple[float | None, bool]:
-        """Handle the reply of a claim for ``asked`` slots that ran no sooner than loop time
-        ``sent``. Returns how long the lane may sleep when it next finds nothing to do
-        (``idle_for`` as it was when jobs were claimed), and whether the claim failed."""
+        """The reply of a claim for ``asked`` slots sent at loop time ``sent``: how long the
+        lane may sleep when it next idles (``idle_for`` if it got jobs); whether it failed."""
         q = self.queue
         if isinstance(reply, Exception):
             if not q.ctx.damaged.failed(reply, self._client, q.keys.all):  # at a bounded rate
@@ -484,11 +483,13 @@ class Worker:
         wait_s = _MAX_IDLE_S if wake_in < 0 else min(_MAX_IDLE_S, wake_in / 1000)
         # Short: nothing to find until the next delayed job / lease deadline / limiter
         # window (-1: none; at most _MAX_IDLE_S). Nothing got: the lane sleeps until then.
-        # None at all: the waker's wait, whose claim runs when it times out, stands for
-        # the lanes until a wake-up (else each lane claimed with it every 5 s).
-        none = wake_in < 0 and self._fused and not self._outage
-        self._drained.after_claim(got < asked, _NEVER_S if none else wait_s)
-        return (wait_s if got == 0 else idle_for), False
+        # None at all: the waker's wait (its claim runs when it times out) stands for the
+        # lanes until a wake-up. A claim sent before another's reply was handled may have
+        # run first: it must not undo that one's news (a delayed job's wake-up, Drained).
+        none, older = wake_in < 0 and self._fused and not self._outage, sent < self._claim_seen
+        self._drained.after_claim(got < asked, _NEVER_S if none else wait_s, older)
+        self._claim_seen = asyncio.get_running_loop().time()
+        return ((self._drained.left() if older else wait_s) if got == 0 else idle_for), False
 
     def _after_claim(self, reply: list[Any], sent: float) -> int:
         back, dead = reply[_RECOVERED], reply[_DEAD]
@@ -574,9 +575,8 @@ class Worker:
             self._signal.set()
 
     async def _wait_and_claim(self, asked: int) -> Exception | None:
-        """Wait for the marker and claim ``asked`` slots in one exchange (module
-        docstring, waker); the slots are reserved until the claim's reply is handled.
-        Returns the error the wait answered, if any (the claim ran all the same)."""
+        """Wait for the marker and claim ``asked`` slots in one exchange (module docstring,
+        waker), the slots reserved until its reply; the wait's error, if any (claim ran)."""
         q = self.queue
         claim_args = self._claim_args.copy()
         claim_args[0] = asked
