@@ -14,7 +14,6 @@ Unix epoch), so every process computes the same ticks.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from ..damage import named_key
 from ..errors import ConfigurationError
 from ..limits import MAX_JOB_NAME_LENGTH, QUERY_PAGE, clip, get_logger, printable
 from ..middleware import enqueue_origin
-from ..options import MAX_COUNT, check_text, lookup_id, to_int, to_ms
+from ..options import MAX_COUNT, check_text, did_you_mean, lookup_id, to_int, to_ms
 from ..producer import DATA, LIFO, NAME, OPTS, PRIORITY
 from .schedule_explain import make_explainer
 from .schedule_records import check_intact, schedule_hash, schedule_values, stored_id
@@ -296,8 +295,7 @@ def check_cron(pattern: Any, *, steps: bool = True) -> str:
             if alias in CRON_ALIASES:
                 what = "an alias takes no fields after it"
             else:
-                close = difflib.get_close_matches(alias, CRON_ALIASES, n=1)
-                what = "unknown alias" + (f" (did you mean {close[0]!r}?)" if close else "")
+                what = "unknown alias" + did_you_mean(alias, CRON_ALIASES)
             raise ConfigurationError(
                 f"invalid cron pattern {shown_pattern}: {what}; use {_CRON_FORMS}"
             )
