@@ -48,6 +48,19 @@ from kitium_queue.options import QueueSettings
 DATA_LOST = "Redis lost its data"
 
 
+def _held(q: JobQueue) -> tuple[asyncio.Event, list[str]]:
+    """A processor of job name ``x`` on ``q`` that records each job it starts and holds
+    it until the gate returned is set."""
+    gate, started = asyncio.Event(), []
+
+    @q.process("x")
+    async def x(job: Any) -> None:
+        started.append(job.id)
+        await gate.wait()
+
+    return gate, started
+
+
 def _said(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if text in r.getMessage()]
 
@@ -263,12 +276,7 @@ async def test_a_flush_during_an_outage_then_new_jobs_still_reads_as_lost_data(
     async with CutProxy(lone_server.port) as proxy:
         q = JobQueue("flushed", redis=proxy.url, prefix=prefix, worker={"scheduler": False})
         other = JobQueue("flushed", redis=lone_server.url, prefix=prefix)
-        gate, started = asyncio.Event(), []
-
-        @q.process("x")
-        async def x(job: Any) -> None:
-            started.append(job.id)
-            await gate.wait()
+        gate, started = _held(q)
 
         try:
             ids = [await other.add_job("x", {}) for _ in range(3)]
@@ -300,12 +308,7 @@ async def test_a_refusal_marks_no_held_outcome_unreachability_does(
     """``report_outage`` with a refusal for lack of permission (Redis answered) leaves the
     held outcomes unmarked; a lost connection marks them."""
     q = JobQueue("marks", redis=redis_url, prefix=prefix, worker={"scheduler": False})
-    gate, started = asyncio.Event(), []
-
-    @q.process("x")
-    async def x(job: Any) -> None:
-        started.append(job.id)
-        await gate.wait()
+    gate, started = _held(q)
 
     try:
         jid = await q.add_job("x", 1)
@@ -343,12 +346,7 @@ async def test_a_job_cleared_while_it_ran_names_every_cause_at_info(
     """No outage: the per-job INFO line names the clear, the erasure and the lost data."""
     caplog.set_level(logging.INFO, logger="kitium_queue")
     q = JobQueue("cleared", redis=redis_url, prefix=prefix, worker={"scheduler": False})
-    gate, started = asyncio.Event(), []
-
-    @q.process("x")
-    async def x(job: Any) -> None:
-        started.append(job.id)
-        await gate.wait()
+    gate, started = _held(q)
 
     try:
         jid = await q.add_job("x", 1)
@@ -377,12 +375,7 @@ async def test_a_lease_renewal_that_finds_the_record_gone_names_the_lost_data(
         settings={"lock_duration": 400, "lock_renew_time": 50},
         worker={"scheduler": False},
     )
-    gate, started = asyncio.Event(), []
-
-    @q.process("x")
-    async def x(job: Any) -> None:
-        started.append(job.id)
-        await gate.wait()
+    gate, started = _held(q)
 
     try:
         jid = await q.add_job("x", 1)
