@@ -23,6 +23,7 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .adapters import MetricsAdapter, TelemetryAdapter
@@ -48,7 +49,7 @@ from .observe import Observer
 from .options import DLQConfig, JobOptions, Policy, QueueSettings, RetryConfig, WorkerConfig, shown
 from .producer import Producer, ProducerAPI
 from .queries import HealthStatus, Queries, QueryAPI, QueueStats
-from .queueconfig import QueueConfig
+from .queueconfig import QueueConfig, keywords_checked
 from .scripts import ScriptCall
 
 if TYPE_CHECKING:
@@ -622,3 +623,8 @@ class JobQueue(ProducerAPI, QueryAPI, AdminAPI):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+# An unknown keyword (``lock_duration=5``) names the closest one and the section it
+# belongs to (``worker={...}``), not a bare TypeError (queueconfig.keywords_checked).
+keywords_checked(JobQueue, valid=[f.name for f in fields(QueueConfig)])

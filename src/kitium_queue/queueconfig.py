@@ -8,7 +8,7 @@ accepted by ``JobQueue`` in place of its keyword arguments::
 Each field means what the ``JobQueue`` argument of the same name means (see its
 docstring); the defaults are the same.
 
-An unknown keyword of ``QueueConfig`` or of the option classes it takes (``JobOptions``,
+An unknown keyword of ``JobQueue``, ``QueueConfig`` or of the option classes it takes (``JobOptions``,
 ``ExtendedJobOptions``, ``BackoffOptions``, ``RetryConfig``, ``DLQConfig``,
 ``QueueSettings``, ``WorkerConfig``, ``LimiterConfig``, ``RetentionPolicy``) raises
 ``ConfigurationError`` naming it, the closest valid one and all of them
@@ -37,6 +37,7 @@ from .options import (
     RetryConfig,
     WorkerConfig,
     coerce,
+    did_you_mean,
     unknown_options_error,
 )
 
@@ -45,13 +46,19 @@ __all__ = ["QueueConfig", "coerce_section", "id_fixed", "keywords_checked"]
 T = TypeVar("T")
 
 
-def keywords_checked(cls: type[T], where: str | None = None, noun: str = "keyword") -> type[T]:
+def keywords_checked(
+    cls: type[T],
+    where: str | None = None,
+    noun: str = "keyword",
+    valid: Sequence[str] | None = None,
+) -> type[T]:
     """Class decorator of a config dataclass: an unknown keyword argument of its
     constructor raises ``unknown_options_error`` (``unknown QueueConfig keyword: 'retyr'
     (did you mean 'retry'?); valid keywords are: ...``), not a bare ``TypeError``.
     ``where`` / ``noun``: how the error names the class and its keys (default: the
-    class's name, "keyword")."""
-    init, valid = cls.__init__, [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    class's name, "keyword"); ``valid``: its keywords when it is not a dataclass."""
+    init = cls.__init__
+    valid = list(valid) if valid is not None else [f.name for f in fields(cls)]  # type: ignore[arg-type]
     label = where or cls.__name__
 
     @functools.wraps(init)
@@ -103,7 +110,8 @@ def misplaced(section: str, keys: Sequence[Any]) -> str:
     option of another section (``worker={"lock_duration": ...}``): "; 'x' is ..." for
     each, or "" (keys that belong nowhere, and sections of anything else)."""
     here = _SECTION_OF.get(section, section)
-    if here not in _SECTIONS and here != "QueueConfig":
+    whole = here in ("QueueConfig", "JobQueue")  # the keywords of the queue itself
+    if here not in _SECTIONS and not whole:
         return ""
     top = [f.name for f in fields(QueueConfig) if f.name != "name"]
     owner = "QueueConfig" if here == "QueueConfig" else "JobQueue"
@@ -111,7 +119,7 @@ def misplaced(section: str, keys: Sequence[Any]) -> str:
     for key in keys:
         if not isinstance(key, str):
             continue
-        if key in top and here != "QueueConfig":
+        if key in top and not whole:
             said.append(
                 f"{key!r} is a keyword of JobQueue itself, not a {here} option: "
                 f"JobQueue(name, ..., {key}=...)"
@@ -125,6 +133,16 @@ def misplaced(section: str, keys: Sequence[Any]) -> str:
         if places:
             where = " or ".join(f"{owner}(name, ..., {p}={{{key!r}: ...}})" for p in places)
             said.append(f"{key!r} is an option of {' or '.join(places)}: {where}")
+        elif whole and not did_you_mean(key, top):  # misspelt and misplaced: 'concurency'
+            near = [
+                (name, hint[len(" (did you mean ") : -2])
+                for name, cls in _SECTIONS.items()
+                if (hint := did_you_mean(key, [f.name for f in fields(cls)]))
+            ]
+            said += [
+                f"{key!r} looks like {name}'s {opt}: {owner}(name, ..., {name}={{{opt}: ...}})"
+                for name, opt in near[:1]
+            ]
     return "".join(f"; {text}" for text in said)
 
 
