@@ -6,15 +6,22 @@ is involved:
    unknown keyword of ``JobQueue`` (and ``SyncJobQueue``) is a ``ConfigurationError``
    naming the closest keyword, every valid one, and the section an option belongs to,
    also when it is misspelt there (``concurency``: ``worker={'concurrency': ...}``).
+2. a feature's option declared beyond ``ExtendedJobOptions`` (``idempotency_conflict``,
+   ``idempotency_window``, ``wait_replicas``, ``on_failure``...) given to a queue without
+   that feature was "unknown job option ... (did you mean 'idempotency_key'?)": now it
+   is refused by what it needs and how to enable it, as ``tenant_id`` already was; with
+   the feature enabled it is accepted.
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import pytest
 
 from kitium_queue import ConfigurationError, JobQueue, QueueConfig, SyncJobQueue
+from kitium_queue.features.idempotency import IdempotencyManager
 
 
 @pytest.mark.parametrize(
@@ -57,5 +64,45 @@ async def test_valid_keywords_and_the_signature_are_unchanged(redis_url: str) ->
         assert q.name == "kw"
         params = inspect.signature(JobQueue).parameters
         assert "redis" in params and "advanced" in params and "kwargs" not in params
+    finally:
+        await q.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needs"),
+    [
+        ("idempotency_conflict", "raise", "effectively-once processing"),
+        ("idempotency_window", "until_finished", "effectively-once processing"),
+        ("wait_replicas", 1, "replica-acknowledged writes"),
+        ("on_failure", "fail", "workflows"),
+        ("workflow_step", "s1", "workflows"),
+    ],
+)
+async def test_a_feature_option_without_its_feature_says_what_it_needs(
+    redis_url: str, prefix: str, option: str, value: Any, needs: str
+) -> None:
+    q = JobQueue("fo", redis=redis_url, prefix=prefix)
+    try:
+        with pytest.raises(ConfigurationError) as err:
+            await q.add_job("a", {}, {option: value})
+        text = str(err.value)
+        assert f"option {option!r} needs " in text and needs in text, text
+        assert "unknown job option" not in text and "did you mean" not in text, text
+        assert "create " in text, text
+        assert (await q.get_stats()).waiting == 0  # nothing written
+    finally:
+        await q.close()
+
+
+async def test_with_the_feature_enabled_its_option_is_accepted(redis_url: str, prefix: str) -> None:
+    q = JobQueue("fo", redis=redis_url, prefix=prefix)
+    try:
+        IdempotencyManager(q, conflicts="return")
+        jid = await q.add_job(
+            "a", {"n": 1}, {"idempotency_key": "k1", "idempotency_conflict": "raise"}
+        )
+        assert jid and (await q.get_stats()).waiting == 1
+        with pytest.raises(ConfigurationError, match="unknown job option: 'idempotency_conflct'"):
+            await q.add_job("a", {}, {"idempotency_conflct": "raise"})
     finally:
         await q.close()

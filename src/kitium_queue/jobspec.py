@@ -47,12 +47,12 @@ from typing import Any
 
 from .enums import DeliveryGuarantee
 from .errors import ConfigurationError, KitiumQueueError
+from .featureopts import FEATURE_HOWTO, FEATURE_OPTION_NAMES, KNOWN_FEATURE_OPTIONS, feature_needed
 from .limits import MAX_ID_LENGTH, clip
 from .options import (
     MAX_COUNT,
     MAX_PRIORITY,
     BackoffOptions,
-    ExtendedJobOptions,
     JobOptions,
     Policy,
     RetentionPolicy,
@@ -268,50 +268,6 @@ def _core_options(delivery_guarantee: Normalizer) -> tuple[OptionSpec, ...]:
     )
 
 
-#: Options of the enterprise features (FIFO groups, encryption, breakers, webhooks,
-#: workflows, regions, tenants, flow control), known by name only: while no feature
-#: declared one, it is refused as "needs <feature> (not enabled on queue ...)" with how to
-#: enable it (``FEATURE_HOWTO``) rather than as unknown. The core never declares them.
-FEATURE_OPTION_NAMES = frozenset(f.name for f in fields(ExtendedJobOptions)) - {
-    "delivery_guarantee",
-    "idempotency_key",
-    *(f.name for f in fields(JobOptions)),
-}
-
-
-#: For each feature option: the feature that owns it and how to enable that feature on a
-#: queue, quoted when the option is given to a queue without it. An option with no entry
-#: here gets a generic message.
-FEATURE_HOWTO: dict[str, tuple[str, str]] = {
-    "message_group_id": ("FIFO groups", "create FIFOQueueManager(queue)"),
-    "encrypted": ("payload encryption", "create EncryptionManager(queue) and add a key"),
-    "circuit_breaker_id": ("circuit breakers", "create CircuitBreakerManager(queue)"),
-    "webhook_url": ("webhooks", "create WebhookManager(queue)"),
-    "workflow_id": ("workflows", "create JobChainManager(queue)"),
-    "depends_on": ("job dependencies (workflows)", "create JobChainManager(queue)"),
-    "region": ("global queues", "add the job through GlobalQueueManager.add_job"),
-    "tenant_id": (
-        "multi-tenancy",
-        "enable it with TenantRegistry(queue) (or registry.enable(queue))",
-    ),
-    "rate_limit_key": ("flow control", "declare a limit: queue.set_rate_limit('key:*', ...)"),
-    "concurrency_key": ("flow control", "declare a limit: queue.set_concurrency_limit('key:*', n)"),
-    "subject_id": (
-        "compliance (erasure by subject)",
-        "create ComplianceManager(queue) or enable the compliance section of AdvancedQueueConfig",
-    ),
-}
-
-
-def feature_needed(option: str, queue_name: str) -> ConfigurationError:
-    """The error for feature option ``option`` given to a queue without its feature."""
-    feature, how = FEATURE_HOWTO.get(option, ("a feature", "enable the feature that owns it"))
-    return ConfigurationError(
-        f"option {option!r} needs {feature} (not enabled on queue {queue_name!r}): {how} "
-        "before adding such jobs, or drop the option"
-    )
-
-
 # ---------------------------------------------------------------------------- registry
 class JobSpec:
     """The job options one queue accepts (``queue.jobspec``): see the module docstring.
@@ -411,10 +367,10 @@ class JobSpec:
         suggestion; a feature option whose feature is not enabled by what it needs."""
         specs = self._specs
         extra = set(also)
-        bad = [k for k in opts if k not in specs and k not in FEATURE_OPTION_NAMES
+        bad = [k for k in opts if k not in specs and k not in KNOWN_FEATURE_OPTIONS
                and k not in extra]  # fmt: skip
         if bad:
-            valid = sorted(set(specs) | FEATURE_OPTION_NAMES | extra)
+            valid = sorted(set(specs) | KNOWN_FEATURE_OPTIONS | extra)
             raise unknown_options_error(section, bad, valid)
         for k, v in opts.items():
             if v is not None and k not in specs and k not in extra:

@@ -8,9 +8,10 @@ accepted by ``JobQueue`` in place of its keyword arguments::
 Each field means what the ``JobQueue`` argument of the same name means (see its
 docstring); the defaults are the same.
 
-An unknown keyword of ``JobQueue``, ``QueueConfig`` or of the option classes it takes (``JobOptions``,
-``ExtendedJobOptions``, ``BackoffOptions``, ``RetryConfig``, ``DLQConfig``,
-``QueueSettings``, ``WorkerConfig``, ``LimiterConfig``, ``RetentionPolicy``) raises
+An unknown keyword of ``JobQueue``, ``QueueConfig`` or of the option classes it takes
+(``JobOptions``, ``ExtendedJobOptions``, ``BackoffOptions``, ``RetryConfig``,
+``DLQConfig``, ``QueueSettings``, ``WorkerConfig``, ``LimiterConfig``,
+``RetentionPolicy``) raises
 ``ConfigurationError`` naming it, the closest valid one and all of them
 (``keywords_checked``), where Python would raise a bare ``TypeError``.
 """
