@@ -11,16 +11,25 @@ is involved:
    that feature was "unknown job option ... (did you mean 'idempotency_key'?)": now it
    is refused by what it needs and how to enable it, as ``tenant_id`` already was; with
    the feature enabled it is accepted.
+3. ``kitium-queue groups show`` of a ``high_throughput`` group whose only jobs are
+   delayed said "it has no jobs": that mode keeps no per-group totals, so such a group
+   leaves no trace until its jobs are due; the message says so (exit 1 still).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from helpers import app_module
 from kitium_queue import ConfigurationError, JobQueue, QueueConfig, SyncJobQueue
+from kitium_queue.cli import main
+from kitium_queue.features.groups import FIFOQueueManager
 from kitium_queue.features.idempotency import IdempotencyManager
 
 
@@ -106,3 +115,35 @@ async def test_with_the_feature_enabled_its_option_is_accepted(redis_url: str, p
             await q.add_job("a", {}, {"idempotency_conflct": "raise"})
     finally:
         await q.close()
+
+
+@pytest.mark.redis_only
+@pytest.mark.parametrize("high_throughput", [False, True])
+def test_groups_show_of_a_delayed_only_group_says_why_it_is_not_seen(
+    tmp_path: Path, redis_url: str, prefix: str, high_throughput: bool
+) -> None:
+    source = (
+        "from kitium_queue import JobQueue\n"
+        "from kitium_queue.features.groups import FIFOQueueManager\n"
+        f"queue = JobQueue('ht', redis={redis_url!r}, prefix={prefix!r})\n"
+        f"fifo = FIFOQueueManager(queue, high_throughput={high_throughput})\n"
+    )
+
+    async def add() -> None:
+        q = JobQueue("ht", redis=redis_url, prefix=prefix)
+        FIFOQueueManager(q, high_throughput=high_throughput)
+        try:
+            await q.add_job("n", {}, message_group_id="later", delay=60_000)
+        finally:
+            await q.close()
+
+    asyncio.run(add())
+    with app_module(tmp_path, source, f"kq_ht_{int(high_throughput)}") as module:
+        got = CliRunner().invoke(main, ["groups", "show", f"{module}:queue", "later"])
+    if not high_throughput:  # the group's size counts its delayed job
+        assert got.exit_code == 0 and "later" in got.stdout, got.output
+        return
+    assert got.exit_code == 1, got.output
+    assert "group 'later' not found in queue 'ht'" in got.stderr, got.stderr
+    assert "high_throughput mode keeps no per-group totals" in got.stderr, got.stderr
+    assert "its delayed jobs show once they are due" in got.stderr

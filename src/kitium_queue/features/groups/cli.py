@@ -145,10 +145,18 @@ def make_command(
         async def act(q: Any) -> None:
             s = await _manager(q).get_group_stats(group_id)
             if not (s.exists or s.size or s.waiting or s.held or s.turns):
+                # high_throughput keeps no per-group totals: a group whose only jobs are
+                # delayed (not due yet) leaves no trace of its own until they are.
+                why = (
+                    "it has no jobs, settings or totals"
+                    if s.size is not None
+                    else "nothing of it waits, runs or has settings (high_throughput mode "
+                    "keeps no per-group totals: its delayed jobs show once they are due)"
+                )
                 raise click.ClickException(
                     row(
-                        f"group '{group_id}' not found in queue '{q.name}': it has no jobs, "
-                        "settings or totals ('groups list' shows the groups)"
+                        f"group '{group_id}' not found in queue '{q.name}': {why} "
+                        "('groups list' shows the groups)"
                     )
                 )
             if as_json:
