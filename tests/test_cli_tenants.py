@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -14,6 +15,7 @@ from helpers import app_module
 from kitium_queue import JobQueue
 from kitium_queue.cli import main
 from kitium_queue.features.tenancy import TenantRegistry
+from kitium_queue.features.tenancy import keys as tk
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ def _fill(redis_url: str, prefix: str) -> None:
         await reg.create_tenant(
             {
                 "tenant_id": "acme",
-                "name": "ACME \u202eCorp<b>",
+                "name": "ACME Corp<b>",
                 "weight": 2,
                 "quota": {
                     "max_queue_size": 10,
@@ -45,6 +47,11 @@ def _fill(redis_url: str, prefix: str) -> None:
             }
         )
         await reg.create_tenant({"tenant_id": "beta"})
+        # A new name may not hold a format character (U+202E): one stored before is
+        # shown escaped.
+        client, key = await q.client(), tk.registry(prefix)
+        body = orjson.loads(await client.hget(key, "acme"))
+        await client.hset(key, "acme", orjson.dumps({**body, "name": "ACME \u202eCorp<b>"}))
         await q.add_jobs([("n", {}, {"tenant_id": "acme"}) for _ in range(3)])
         await q.close()
 

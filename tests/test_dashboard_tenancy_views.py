@@ -89,12 +89,16 @@ async def test_the_tenants_page_lists_what_the_cli_lists(
     await reg.create_tenant(
         {
             "tenant_id": "acme",
-            "name": HOSTILE,
+            "name": "ACME",
             "weight": 2,
             "allowed_regions": ["eu-west-1"],
             "quota": {"max_queue_size": 10, "max_concurrency": 1, "rate_limit": 5},
         }
     )
+    # A new name may not hold a format character (U+202E): one stored before is shown.
+    key = tk.registry(prefix)
+    body = orjson.loads(await redis_client.hget(key, "acme"))
+    await redis_client.hset(key, "acme", orjson.dumps({**body, "name": HOSTILE}))
     await reg.create_tenant({"tenant_id": "beta"})
     await reg.create_tenant({"tenant_id": "gone"})
     await reg.remove_tenant("gone")  # a tombstone: listed by neither

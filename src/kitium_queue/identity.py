@@ -19,7 +19,7 @@ NFKC form, and its letters must keep to one script the way Unicode's "moderately
 restrictive" profile allows (UTS #39 section 5.2, ``script_mix``): ``\u0430cme`` with a
 Cyrillic "\u0430" next to Latin ``cme`` reads as ``acme`` and is refused; all-Cyrillic,
 all-Greek or all-Han names, digits and punctuation with any script, Latin with one other
-recommended script but Cyrillic or Greek, and Han with Hiragana / Katakana, Hangul or
+recommended script except Cyrillic and Greek, and Han with Hiragana / Katakana, Hangul or
 Bopomofo are kept. A name stored before the rule (a grant's principal) can still be
 read, listed (flagged) and revoked: ``check_principal(name, existing=True)``.
 """
@@ -41,6 +41,7 @@ __all__ = [
     "check_principal",
     "check_scripts",
     "current_principal",
+    "format_char",
     "script_mix",
 ]
 
@@ -152,7 +153,7 @@ def script_mix(text: str) -> str | None:
     the Cyrillic and Latin scripts (U+0430 CYRILLIC SMALL LETTER A at position 0)``.
 
     Digits, punctuation, symbols and combining marks go with any script. Allowed
-    mixtures: Latin with one other recommended script but Cyrillic or Greek (``svc-`` +
+    mixtures: Latin with one other recommended script except Cyrillic and Greek (``svc-`` +
     Arabic), and Han with Hiragana and Katakana, with Hangul, or with Bopomofo (Latin
     may join those). The characters named are those outside the script most letters are
     in (five at most).
@@ -181,18 +182,36 @@ def script_mix(text: str) -> str | None:
     )
 
 
-def check_scripts(text: str, what: str) -> str:
+#: What goes with any script in a principal's name (``check_scripts``' ``neutral``).
+_PRINCIPAL_NEUTRAL = "digits, spaces, punctuation and symbols"
+
+
+def check_scripts(text: str, what: str, *, neutral: str = _PRINCIPAL_NEUTRAL) -> str:
     """``text``, or ``ConfigurationError`` when its letters mix scripts (``script_mix``):
-    the scripts, the characters at fault and what to do."""
+    the scripts, the characters at fault and what to do. ``neutral``: what else the kind
+    of name being checked may hold, which goes with any script (a tenant id's digits
+    and separators, ``features/tenancy``; a principal's digits, spaces, punctuation and
+    symbols)."""
     mix = script_mix(text)
     if mix is not None:
         raise ConfigurationError(
             f"{what} {clip(ascii(text), 160)} {mix}: people would read it as another "
-            "name. Spell it in one script (digits and - _ . : @ go with any script; Latin "
-            "may go with one other script but Cyrillic or Greek; Han with Hiragana and "
-            "Katakana, Hangul or Bopomofo)"
+            f"name. Spell it in one script ({neutral} go with any script; Latin may go "
+            "with one other script except Cyrillic and Greek; Han with Hiragana and "
+            "Katakana, with Hangul or with Bopomofo)"
         )
     return text
+
+
+def format_char(text: str) -> str | None:
+    """None when ``text`` holds no control (C0, C1), format (zero-width, bidirectional)
+    or lone surrogate code point; else the first one, as ``U+202E``. Such a character
+    makes a name the audit log and UIs cannot tell apart from another (principals,
+    tenant names)."""
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs"):
+            return f"U+{ord(ch):04X}"
+    return None
 
 
 def check_principal(principal: object, *, existing: bool = False) -> str:
@@ -221,14 +240,14 @@ def check_principal(principal: object, *, existing: bool = False) -> str:
         raise ConfigurationError(
             f"principal is {len(principal)} characters; the limit is {MAX_PRINCIPAL_LEN}"
         )
-    for ch in principal:
-        # Control (C0, C1), format (zero-width, bidirectional) and surrogate code points:
-        # the audit log could not record such a name apart from a look-alike.
-        if unicodedata.category(ch) in ("Cc", "Cf", "Cs"):
-            raise ConfigurationError(
-                f"principal {clip(repr(principal), 100)} contains a control or format "
-                f"character or a lone surrogate (U+{ord(ch):04X}); use printable text"
-            )
+    # Control (C0, C1), format (zero-width, bidirectional) and surrogate code points:
+    # the audit log could not record such a name apart from a look-alike.
+    bad = format_char(principal)
+    if bad is not None:
+        raise ConfigurationError(
+            f"principal {clip(repr(principal), 100)} contains a control or format "
+            f"character or a lone surrogate ({bad}); use printable text"
+        )
     # One spelling per name: a decomposed accent or a full-width letter would make a
     # second principal that looks like the first (and is not granted what it is).
     # Refused, not rewritten: two names an identity provider keeps apart stay apart.

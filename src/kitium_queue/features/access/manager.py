@@ -211,7 +211,8 @@ class AccessControlManager:
     ) -> TenantConfig:
         """Change a tenant (``TenantRegistry.update_tenant``: a ``quota`` dict changes
         the limits it names); authorized and audited (``tenant.update``) as
-        ``create_tenant``. ``TenantNotFoundError`` if there is no such tenant."""
+        ``create_tenant``. ``TenantNotFoundError`` if there is no such tenant. An
+        update that changes nothing writes nothing (no version, no audit entry)."""
         return await self._tenants.update(tenant_id, changes, fields)
 
     async def remove_tenant(self, tenant_id: str) -> bool:
@@ -243,7 +244,9 @@ class AccessControlManager:
         self, tenant_id: str, queues: Iterable[str] | None = None
     ) -> TenantUsage:
         """What the tenant uses now (queued, active, held, rate used, completed,
-        failed), per queue and in total (``TenantRegistry.get_tenant_usage``)."""
+        failed), per queue and in total (``TenantRegistry.get_tenant_usage``; a removed
+        tenant's leftovers too). ``TenantNotFoundError`` for a tenant the registry does
+        not know with nothing in the queues (a mistyped id, with the closest one)."""
         return await self._tenants.registry.get_tenant_usage(tenant_id, queues)
 
     # ------------------------------------------------------------------ checks

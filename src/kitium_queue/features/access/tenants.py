@@ -37,6 +37,7 @@ from ..audit.chain import Draft
 from ..audit.log import Effect
 from ..tenancy import TenantChange, TenantConfig, TenantRegistry, check_tenant_id
 from ..tenancy.install import StoredTenant
+from ..tenancy.model import check_tenant_name
 from .model import Permission
 
 if TYPE_CHECKING:
@@ -200,6 +201,7 @@ class TenantAdmin:
         (a refused principal learns nothing of the deployment)."""
         cfg = TenantConfig.of(brief_keys(config))
         check_tenant_id(cfg.tenant_id)  # a new id: no look-alike (mixed scripts)
+        check_tenant_name(cfg.name)  # nor a format character in its name
         await self.authorize("create_tenant", cfg.tenant_id)
         return await self.registry.create_tenant(cfg)
 
@@ -209,7 +211,8 @@ class TenantAdmin:
         changes: TenantConfig | Mapping[str, Any] | None,
         fields: Mapping[str, Any],
     ) -> TenantConfig:
-        """``TenantRegistry.update_tenant`` with camelCase keys too."""
+        """``TenantRegistry.update_tenant`` with camelCase keys too (one that changes
+        nothing writes nothing: no version, no ``tenant.update`` entry)."""
         given = brief_keys(changes, "tenant update")
         more = brief_keys(fields, "tenant update")
         await self.authorize("update_tenant", check_tenant_id(tenant_id, existing=True))

@@ -21,8 +21,9 @@
     end
     if f[1] ~= '1' then
       return "tenant '" .. t .. "' does not exist in queue '" .. QUEUE .. "' (never " ..
-        'created, or removed): the job was not added. Create it with ' ..
-        'TenantRegistry.create_tenant, or drop tenant_id'
+        'created, or removed): the job was not added. Create it with create_tenant ' ..
+        '(on the AccessControlManager where access control is on, else on the ' ..
+        'TenantRegistry), or drop tenant_id'
     end
     local ar = f[4]
     if region and ar and ar ~= '' and not string.find(ar, ',' .. region .. ',', 1, true) then
@@ -44,7 +45,8 @@
       return 'KQ_QUOTA_EXCEEDED\t' .. t .. '\tmax_queue_size\t' .. max .. "\ttenant '" ..
         t .. "' is at its max_queue_size of " .. max .. ' in queue ' .. "'" .. QUEUE ..
         "' (" .. int(n) .. ' unfinished jobs): the job was not added. Add it again ' ..
-        'once some of them finished, or raise the quota (TenantRegistry.update_tenant)'
+        'once some of them finished, or raise the quota (update_tenant on the ' ..
+        'AccessControlManager where access control is on, else on the TenantRegistry)'
     end
     return nil
   end

@@ -15,9 +15,17 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ...errors import ConfigurationError
-from ...identity import check_scripts, script_mix
-from ...keys import check_key_part
-from ...options import MAX_COUNT, check_text, shown, to_int, to_ms, unknown_options_error
+from ...identity import check_scripts, format_char, script_mix
+from ...keys import NAME_PUNCTUATION, check_key_part
+from ...options import (
+    MAX_COUNT,
+    check_text,
+    has_bad_char,
+    shown,
+    to_int,
+    to_ms,
+    unknown_options_error,
+)
 from ..flowcontrol import RateLimit
 from .lua import MAX_TENANT_ID
 
@@ -28,10 +36,16 @@ __all__ = [
     "TenantQuota",
     "TenantUsage",
     "check_tenant_id",
+    "check_tenant_name",
     "tenant_id_lookalike",
 ]
 
 _MAX_NAME = 256
+_NAME_RULE = (
+    f"a tenant name is a string of at most {_MAX_NAME} characters ('' for none) without "
+    "control or format characters (line breaks, zero-width or bidirectional marks) or "
+    "lone surrogates"
+)
 _MAX_REGIONS = 100
 _MAX_REGION = 64
 _MAX_QUEUE_SIZE = 1_000_000_000
@@ -44,6 +58,8 @@ MIN_WEIGHT, MAX_WEIGHT = 0.01, 1000.0
 # deployment has a bounded number of tenants; past the bound ids are checked each time).
 _VALID_IDS: set[str] = set()
 _VALID_IDS_MAX = 10_000
+#: What goes with any script in a tenant id (``identity.check_scripts``).
+_ID_NEUTRAL = f"digits and {' '.join(NAME_PUNCTUATION)}"
 
 
 def check_tenant_id(value: Any, what: str = "tenant_id", *, existing: bool = False) -> str:
@@ -71,10 +87,24 @@ def check_tenant_id(value: Any, what: str = "tenant_id", *, existing: bool = Fal
     if script_mix(out) is not None:
         if existing:
             return out  # not cached: the cache holds ids valid everywhere
-        check_scripts(out, what)
+        check_scripts(out, what, neutral=_ID_NEUTRAL)
     if len(_VALID_IDS) < _VALID_IDS_MAX:
         _VALID_IDS.add(out)
     return out
+
+
+def check_tenant_name(name: str) -> str:
+    """A new tenant display name (``create_tenant``, ``update_tenant``): besides what
+    ``TenantConfig`` checks, no format character (zero-width, bidirectional) either,
+    the rule principal names keep (``identity.format_char``): the audit log records the
+    name, and UIs show it. A name stored before the rule is still read."""
+    bad = format_char(name)
+    if bad is not None:
+        raise ConfigurationError(
+            f"tenant name {ascii(name)[:200]} contains a control or format character or a "
+            f"lone surrogate ({bad}); {_NAME_RULE}"
+        )
+    return name
 
 
 def tenant_id_lookalike(tenant_id: str) -> str | None:
@@ -232,7 +262,9 @@ class TenantConfig:
     Attributes:
         tenant_id: its id (letters, digits and ``- _ . : # / +``, at most 128): the
             ``tenant_id`` option of its jobs.
-        name: a display name.
+        name: a display name ('' for none): at most 256 characters, without control
+            or format characters (``check_tenant_name``: refused in a new name; one
+            stored before that rule is still read).
         quota: its limits in each queue (``TenantQuota``).
         allowed_regions: the regions its jobs may name with the ``region`` option
             (empty: any); a job naming another is refused at enqueue.
@@ -251,10 +283,13 @@ class TenantConfig:
         # The script rule applies when a tenant is created (TenantRegistry.create_tenant),
         # not here: a config read back from Redis, or changed, may predate it.
         set_(self, "tenant_id", check_tenant_id(self.tenant_id, existing=True))
-        if not isinstance(self.name, str):
-            raise ConfigurationError(f"tenant name must be a string, got {shown(self.name)}")
-        if self.name:
-            check_text(self.name, "tenant name", max_len=_MAX_NAME)
+        # Control characters and surrogates are refused here (read back too: they cannot
+        # be stored or shown); format characters for new names (check_tenant_name).
+        name = self.name
+        if not isinstance(name, str) or len(name) > _MAX_NAME or has_bad_char(name):
+            got = shown(name) if not isinstance(name, str) else ascii(name)[:200]
+            size = f" ({len(name)} characters)" if isinstance(name, str) else ""
+            raise ConfigurationError(f"{_NAME_RULE}; got {got}{size}")
         set_(self, "quota", TenantQuota.of(self.quota))
         set_(self, "allowed_regions", _regions(self.allowed_regions))
         set_(self, "weight", _weight(self.weight))
@@ -404,6 +439,12 @@ class TenantUsage:
         sums = {k: sum(getattr(u, k) for u in per.values()) for k in _SUMMED}
         damaged = tuple(name for name, u in per.items() if u.count_damaged)
         return cls(tenant_id=tenant_id, queues=per, count_damaged=damaged, **sums)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing of the tenant in the queues read: no job, start or total counted,
+        no count damaged (a tenant never used, or one whose keys went)."""
+        return not self.count_damaged and not any(getattr(self, k) for k in _SUMMED)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -49,7 +49,14 @@ from .install import (
     redis_ms,
     run_script,
 )
-from .model import QueueUsage, TenantConfig, TenantQuota, TenantUsage, check_tenant_id
+from .model import (
+    QueueUsage,
+    TenantConfig,
+    TenantQuota,
+    TenantUsage,
+    check_tenant_id,
+    check_tenant_name,
+)
 from .roster import (
     check_queues,
     declared,
@@ -60,7 +67,7 @@ from .roster import (
     refusal,
     register,
 )
-from .usage import read_usages
+from .usage import read_usages, suggestion
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -316,9 +323,11 @@ class TenantRegistry:
         ``quota`` {``max_queue_size``, ``max_concurrency``, ``rate_limit``},
         ``allowed_regions``, ``weight``); returns it as stored. Its quota reaches every
         registered queue before this returns. ``ConfigurationError`` if it exists, or if
-        its id mixes scripts (``check_tenant_id``: a look-alike of another id)."""
+        its id mixes scripts (``check_tenant_id``: a look-alike of another id) or its name
+        holds a format character (``check_tenant_name``)."""
         cfg = TenantConfig.of(config)
         check_tenant_id(cfg.tenant_id)
+        check_tenant_name(cfg.name)
         async with self._errors(write=True) as client:
             for _ in range(_MAX_RETRIES):
                 version, now = await _next_version(client, self.prefix)
@@ -351,7 +360,8 @@ class TenantRegistry:
         as a dict or keyword arguments. A ``quota`` dict changes only the limits it names
         (``None`` removes one); a ``TenantQuota`` replaces the quota; a whole
         ``TenantConfig`` (of the same tenant) replaces the config. Returns the new
-        config; ``TenantNotFoundError`` if there is no such tenant."""
+        config; ``TenantNotFoundError`` if there is no such tenant. An update that
+        changes nothing writes nothing (no version, no audit entry, no copy)."""
         tid = check_tenant_id(tenant_id, existing=True)
         if isinstance(changes, TenantConfig):
             if changes.tenant_id != tid:
@@ -373,6 +383,10 @@ class TenantRegistry:
                 if cur is None or cur.config is None:
                     raise self._not_found(tid)
                 new = cur.config.changed(wanted)
+                if new == cur.config:
+                    return new
+                if new.name != cur.config.name:
+                    check_tenant_name(new.name)
                 entry = await self._put(client, cur, new)
                 if entry is not None:
                     await propagate(client, self.prefix, [entry])
@@ -438,13 +452,17 @@ class TenantRegistry:
         queued, active, held in its lane, rate used, completed and failed. ``queues``:
         the queue names to read (default: every registered queue that is still there,
         ``queues()``: a deleted queue is neither read nor listed). A removed tenant
-        with jobs left still reports them. Only reads (``EVALSHA_RO`` on Redis 7.0+): a
+        with jobs (or totals) left still reports them; an unknown one with nothing
+        left is ``TenantNotFoundError``. Only reads (``EVALSHA_RO`` on Redis 7.0+): a
         Redis user that may only read the keys may call it."""
         tid, given = check_tenant_id(tenant_id, existing=True), queue_names(queues)
         async with self._errors() as client:
             names = given if given is not None else await self.queues()
             per = [(await read_usages(client, self.prefix, name, [tid]))[0] for name in names]
-        return TenantUsage.total(tid, per)
+            usage = TenantUsage.total(tid, per)
+            if usage.empty and await client.hget(self._key, tid) is None:
+                raise self._not_found(tid, await suggestion(client, self._key, tid))
+        return usage
 
     async def get_usages(self, tenant_ids: Iterable[str], queue: str) -> dict[str, QueueUsage]:
         """Each tenant's usage in queue ``queue``, read as ``get_tenant_usage(tid,
@@ -455,9 +473,9 @@ class TenantRegistry:
         return dict(zip(tids, got, strict=True))
 
     # ------------------------------------------------------------------ internals
-    def _not_found(self, tenant_id: str) -> TenantNotFoundError:
+    def _not_found(self, tenant_id: str, hint: str = "") -> TenantNotFoundError:
         return TenantNotFoundError(
-            f"no tenant {tenant_id!r} under key prefix {self.prefix!r}; create it with "
+            f"no tenant {tenant_id!r}{hint} under key prefix {self.prefix!r}; create it with "
             "create_tenant() (list them with list_tenants())"
         )
 

@@ -1,6 +1,7 @@
 """What tenants use in one queue, read for ``TenantRegistry.get_tenant_usage`` and
 ``get_usages``: ``tn_usage.lua`` per tenant (read-only: ``EVALSHA_RO`` where the server
-has it), in one pipeline, each tenant's counts read atomically."""
+has it), in one pipeline, each tenant's counts read atomically; and the tenant a
+mistyped id may have meant (``suggestion``)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from redis.exceptions import RedisError
 
 from ...keys import QueueKeys
 from ...limits import get_logger, printable
+from ...options import did_you_mean
 from ..audit.conn import LuaScript
 from . import keys as tk
 from .lua import run_scripts
 from .model import QueueUsage
 from .roster import QueueRefused, is_refusal
 
-__all__ = ["read_usages"]
+__all__ = ["read_usages", "suggestion"]
 
 log = get_logger(__name__)
 
@@ -39,6 +41,13 @@ async def read_usages(client: Any, prefix: str, queue: str, tids: list[str]) -> 
             raise QueueRefused(queue, exc) from exc
         raise
     return [_usage(queue, t, r) for t, r in zip(tids, replies, strict=True)]
+
+
+async def suggestion(client: Any, registry: str, tenant_id: str) -> str:
+    """`` (did you mean 'acme'?)``: the closest id of the registry's hash ``registry``
+    (``HGETALL``, which a read-only user may run), or ""."""
+    ids = [_text(k) for k in await client.hgetall(registry)]
+    return did_you_mean(tenant_id, ids[:10_000])
 
 
 def _usage(name: str, tenant_id: str, r: list[Any]) -> QueueUsage:
