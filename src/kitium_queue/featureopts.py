@@ -1,7 +1,7 @@
 """The feature options the core knows by name only, for a clear refusal while their
 feature is not enabled on a queue (``jobspec.JobSpec.check_names``).
 
-* ``FEATURE_OPTION_NAMES``: the brief's feature options (the fields of
+* ``FEATURE_OPTION_NAMES``: the enterprise features' options (the fields of
   ``ExtendedJobOptions`` beyond the core's: ``message_group_id``, ``tenant_id``, ...);
 * ``FEATURE_HOWTO``: for each of them, the feature that owns it and how to enable that
   feature on a queue (presence and the regions' copies read it too);
