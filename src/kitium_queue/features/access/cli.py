@@ -190,7 +190,9 @@ def make_command(row: Callable[..., str]) -> click.Group:
     @click.argument("principal")
     @click.argument("queue")
     @click.option(
-        "--permission", default=None, help="Exit 1 unless PRINCIPAL holds this permission."
+        "--permission",
+        default=None,
+        help="Exit 1 unless PRINCIPAL holds this permission (without it: unless any).",
     )
     @json_option
     @prefix_option
@@ -203,7 +205,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
         prefix: str,
         redis: str | None,
     ) -> None:
-        """What PRINCIPAL may do on QUEUE, and which of its grants allow it."""
+        """What PRINCIPAL may do on QUEUE, and which of its grants allow it. Exit 1
+        when it may do nothing there (with --permission: when it lacks that one)."""
         from .store import GrantStore
 
         want = None if permission is None else parse_permission(permission)
@@ -220,18 +223,22 @@ def make_command(row: Callable[..., str]) -> click.Group:
         check_key_part(queue, "queue name")
         perms, via = run(act)
         names = sorted(p.value for p in perms)
-        allowed = want is None or want in perms
+        allowed = bool(perms) if want is None else want in perms
         if as_json:
             out: dict[str, Any] = {"principal": principal, "queue": queue, "permissions": names,
                                    "grants": list(via)}  # fmt: skip
-            if want is not None:
-                out["allowed"] = allowed
+            out["allowed"] = allowed
             click.echo(json.dumps(out, indent=2))
         else:
             click.echo(row(principal, queue, ",".join(names) or "nothing",
                            "via=" + (",".join(via) or "-")))  # fmt: skip
             if want is not None:
                 click.echo(row(want.value, "allowed" if allowed else "DENIED"))
+            elif not allowed:
+                click.echo(
+                    f"{row(principal)} holds no grant matching {row(queue)} (see 'access list')",
+                    err=True,
+                )
         if not allowed:
             raise click.exceptions.Exit(1)
 

@@ -62,6 +62,7 @@ __all__ = [
     "read_permission",
     "register_command",
     "register_read",
+    "renamed_keys",
 ]
 
 
@@ -306,6 +307,26 @@ class QueuePermissions:
         return frozenset(p for p in Permission if getattr(self, p.value))
 
 
+def renamed_keys(
+    value: Mapping[Any, Any], aliases: Mapping[str, str], where: str
+) -> dict[Any, Any]:
+    """``value`` with each key that ``aliases`` names renamed (``queuePattern`` ->
+    ``queue_pattern``); ``ConfigurationError`` naming both spellings when two keys are
+    the same field, whichever comes first (neither is taken silently)."""
+    out: dict[Any, Any] = {}
+    spelt: dict[Any, Any] = {}
+    for k, v in value.items():
+        key = aliases.get(k, k) if isinstance(k, str) else k
+        if key in out:
+            raise ConfigurationError(
+                f"{where}: {clip(repr(spelt[key]), 40)} and {clip(repr(k), 40)} name the "
+                f"same field ({clip(str(key), 40)}); give one of them"
+            )
+        out[key] = v
+        spelt[key] = k
+    return out
+
+
 def _flags(value: Any) -> frozenset[Permission]:
     """A grant's ``permissions``: ``QueuePermissions``, a dict of flags, or names."""
     if value is None:
@@ -313,9 +334,12 @@ def _flags(value: Any) -> frozenset[Permission]:
     if isinstance(value, QueuePermissions):
         return value.permissions()
     if isinstance(value, Mapping):
+        # Two spellings of one flag ({"canAddJob": True, "can_add_job": False}) are
+        # refused, not settled by their order.
+        named = {k: parse_permission(k).value for k in value}
         out: set[Permission] = set()
-        for k, v in value.items():
-            perm = parse_permission(k)
+        for k, v in renamed_keys(value, named, "permissions").items():
+            perm = Permission(k)
             if not isinstance(v, bool):
                 raise ConfigurationError(
                     f"permission {perm.value} must be True or False, got {clip(repr(v), 40)}"
@@ -331,6 +355,10 @@ def _flags(value: Any) -> frozenset[Permission]:
         "permissions must be a QueuePermissions, a dict of flags such as "
         f"{{'can_add_job': True}} or a list of names, got {type(value).__name__}"
     )
+
+
+#: The camelCase keys an access entry accepts for its snake_case fields.
+_ENTRY_ALIASES = {"principalId": "principal_id", "queuePattern": "queue_pattern"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,15 +409,17 @@ class AccessEntry:
     @classmethod
     def parse(cls, value: AccessEntry | Mapping[str, Any]) -> AccessEntry:
         """``value`` as an ``AccessEntry`` (a dict with the same keys is accepted; the
-        brief's camelCase keys ``principalId`` and ``queuePattern`` too)."""
+        camelCase keys ``principalId`` and ``queuePattern`` too, but not both spellings
+        of one field: ``ConfigurationError``)."""
         if isinstance(value, AccessEntry):
             return value
         if not isinstance(value, Mapping):
             raise ConfigurationError(
                 f"an access entry must be an AccessEntry or a dict, got {type(value).__name__}"
             )
-        aliases = {"principalId": "principal_id", "queuePattern": "queue_pattern"}
-        data = {aliases.get(k, k): v for k, v in value.items()}
+        # Both spellings of one field ({"queue_pattern": "acme-*", "queuePattern": "*"})
+        # are refused, not settled by their order.
+        data = renamed_keys(value, _ENTRY_ALIASES, "access entry")
         known = {"principal_id", "queue_pattern", "permissions", "role"}
         unknown = sorted(str(k) for k in data if k not in known)
         if unknown:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 import re
 import unicodedata
@@ -37,6 +38,7 @@ import orjson
 
 from ...errors import ConfigurationError
 from ...limits import clip, safe_text
+from ...redact import redact_url
 
 __all__ = [
     "DAMAGE",
@@ -51,6 +53,7 @@ __all__ = [
     "entry_mac",
     "parse_id",
     "parse_n",
+    "secret_name",
 ]
 
 #: The MACed fields of an entry, in MAC order (``mac`` itself is stored after them).
@@ -70,6 +73,21 @@ _SECRET_NAME = re.compile(
     r"pass(?:word|wd)?|pwd|secret|token|credential|auth|api[-_]?key|private|cookie|session",
     re.IGNORECASE,
 )
+# Names that are secrets only as a whole word of the name (``user_pin``, ``pinCode``,
+# ``X-OTP``), not inside another word (``pinned``, ``spinner``, ``hotplug``)...
+_SECRET_WORDS = frozenset(
+    {"pin", "otp", "totp", "hotp", "jwt", "hmac", "cvv", "cvc", "bearer", "privkey",
+     "signingkey", "accesskey", "cardnumber"}
+)  # fmt: skip
+# ...and pairs of words (``signing_key``, ``cardNumber``).
+_SECRET_PAIRS = frozenset(
+    {("signing", "key"), ("access", "key"), ("encryption", "key"), ("master", "key"),
+     ("card", "number"), ("card", "no"), ("card", "num")}
+)  # fmt: skip
+# The words of a name: snake_case, kebab-case, dotted and camelCase parts.
+_NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# A value that mentions a URL, whose credentials (``postgres://user:pw@host``) go.
+_URL_MARK = "://"
 _ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _N = re.compile(r"[1-9][0-9]{0,14}")
 #: Not a field: what the reader found wrong with an entry besides its MAC (a value cut
@@ -139,6 +157,11 @@ class AuditKeys:
         """The key with id ``kid``, or None when it is not held."""
         return self._keys.get(kid)
 
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The ids of the keys held, the current one first."""
+        return tuple(self._keys)
+
     def __repr__(self) -> str:  # never the keys themselves
         return f"AuditKeys(current={self.current!r}, held={len(self._keys)})"
 
@@ -177,6 +200,27 @@ def _text(value: object, limit: int, what: str, *, strict: bool) -> str:
     return "".join(out)
 
 
+def secret_name(name: str) -> bool:
+    """Whether a metadata key (or a header's name) names a secret, whose value is
+    masked: it holds ``password``, ``token``, ``secret``, ``auth``, ``api_key``,
+    ``cookie``, ``session``, ``private``... anywhere, or one of ``_SECRET_WORDS`` /
+    ``_SECRET_PAIRS`` as whole words (``user_pin`` and ``signingKey``, not ``pinned``)."""
+    if _SECRET_NAME.search(name):
+        return True
+    words = [w.lower() for w in _NAME_WORD.findall(name)]
+    return any(w in _SECRET_WORDS for w in words) or any(
+        pair in _SECRET_PAIRS for pair in itertools.pairwise(words)
+    )
+
+
+def _meta_text(value: str) -> str:
+    """A metadata string: the credentials of a URL in it masked (``redact_url``), then
+    clipped (after: a cut could leave a password without its ``@``)."""
+    if _URL_MARK in value:
+        value = redact_url(value)
+    return clip(value.encode("utf-8", "replace").decode("utf-8"), _MAX_META_STRING)
+
+
 def _meta_value(value: Any, depth: int) -> Any:
     if value is None or isinstance(value, (bool, int)):
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
@@ -185,11 +229,15 @@ def _meta_value(value: Any, depth: int) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
-        return clip(value.encode("utf-8", "replace").decode("utf-8"), _MAX_META_STRING)
+        return _meta_text(value)
     if depth >= _MAX_META_DEPTH:
         return "[nested too deep]"
     if isinstance(value, Mapping):
         return _meta_dict(value, depth + 1)
+    # A header as a pair, ["Authorization", "Bearer ..."]: its value goes.
+    pair = isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
+    if pair and secret_name(value[0]):
+        return [_meta_text(value[0]), "***"]
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_meta_value(v, depth + 1) for v in list(value)[:100]]
     return clip(safe_text(value), 200)
@@ -206,7 +254,7 @@ def _meta_dict(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
             name = f"{_text(full, 58, 'key', strict=False)}~{n}"
             n += 1
         # The whole name decides (a clipped one can lose the word that names a secret).
-        out[name] = "***" if _SECRET_NAME.search(full) else _meta_value(v, depth)
+        out[name] = "***" if secret_name(full) else _meta_value(v, depth)
     return out
 
 
@@ -215,8 +263,11 @@ def clean_metadata(metadata: object, *, strict: bool = True) -> str:
 
     A mapping is kept with at most 100 keys per level, 4 levels deep, strings clipped
     to 1024 characters, keys to 64; the value of any key that names a secret
-    (``password``, ``token``, ``secret``, ``api_key``, ``authorization``...) is
-    replaced by ``***``; values that are not JSON become their text. ``strict``
+    (``password``, ``token``, ``secret``, ``api_key``, ``authorization``, ``pin``,
+    ``signing_key``...: ``secret_name``) is replaced by ``***``, and so is the value
+    of a pair ``[name, value]`` whose name does (a header such as ``["Authorization",
+    "Bearer ..."]``); the credentials of a URL in a string (``postgres://user:pw@host``)
+    are masked (``redact.redact_url``); values that are not JSON become their text. ``strict``
     (the application's own entries): a result above ``MAX_META_BYTES`` or a metadata
     that is not a mapping is refused with ``ConfigurationError``; otherwise (entries
     the library writes) it is cut down to a note instead.

@@ -5,7 +5,9 @@ These commands take no ``APP``: they concern the deployment, not one queue. Redi
 ``--redis URL``, else the ``KITIUM_QUEUE_REDIS`` environment variable. The audit key
 (needed to write and verify; queries without it show ``authentic`` as ``-``) is read
 from ``--audit-key-file PATH`` or the ``KITIUM_QUEUE_AUDIT_KEY`` environment variable;
-it is never printed.
+it is never printed. The keys used before a key change (so that ``verify`` and ``trim``
+accept the entries they signed) come the same way: ``--audit-previous-key-file PATH``
+(repeatable; one key a line) or ``KITIUM_QUEUE_AUDIT_PREVIOUS_KEYS`` (comma-separated).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -28,11 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_KEY_ENV",
+    "PREVIOUS_KEYS_ENV",
     "REDIS_ENV",
     "audit_key",
     "key_file_option",
     "make_command",
     "prefix_option",
+    "previous_keys",
+    "previous_keys_option",
     "redis_option",
     "redis_url",
     "run",
@@ -42,6 +47,7 @@ T = TypeVar("T")
 
 REDIS_ENV = "KITIUM_QUEUE_REDIS"
 AUDIT_KEY_ENV = "KITIUM_QUEUE_AUDIT_KEY"
+PREVIOUS_KEYS_ENV = "KITIUM_QUEUE_AUDIT_PREVIOUS_KEYS"
 
 redis_option = click.option("--redis", default=None, help=f"Redis URL (default: ${REDIS_ENV}).")
 prefix_option = click.option("--prefix", default="kq", show_default=True, help="Key prefix.")
@@ -51,6 +57,14 @@ key_file_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help=f"File holding the audit key (default: ${AUDIT_KEY_ENV}).",
+)
+previous_keys_option = click.option(
+    "--audit-previous-key-file",
+    "previous_files",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    help=f"File holding audit keys used before a key change, one a line; repeatable "
+    f"(default: ${PREVIOUS_KEYS_ENV}, comma-separated).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -83,6 +97,25 @@ def audit_key(key_file: Path | None, *, required: bool) -> str | None:
             )
         return None
     return key
+
+
+def previous_keys(files: Sequence[Path]) -> list[str]:
+    """The audit keys used before a key change: every non-empty line of ``files``,
+    else the comma-separated ``$KITIUM_QUEUE_AUDIT_PREVIOUS_KEYS`` (surrounding
+    whitespace stripped); never printed."""
+    found: list[str] = []
+    if files:
+        for path in files:
+            try:
+                text = path.read_text("utf-8")
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot read the previous audit key file {str(path)!r}: {exc.strerror}"
+                ) from None
+            found += [line.strip() for line in text.splitlines()]
+    else:
+        found = [k.strip() for k in os.environ.get(PREVIOUS_KEYS_ENV, "").split(",")]
+    return [k for k in found if k]
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -118,7 +151,15 @@ def _print_report(report: AuditReport, as_json: bool, row: Callable[..., str]) -
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    verdict = "intact" if report.ok else "BROKEN"
+    kinds = {p.kind for p in report.problems}
+    if report.ok:
+        verdict = "intact"
+    elif report.wrong_key:
+        verdict = "WRONG KEY"  # no entry verifies: nothing is known of the chain
+    elif kinds == {"unverifiable"}:
+        verdict = "UNVERIFIED"  # entries of keys not given: genuine or not, unknown
+    else:
+        verdict = "BROKEN"
     click.echo(row("chain", verdict, f"entries={report.entries}", f"start={report.start}"))
     if report.head is not None:
         h = report.head
@@ -127,6 +168,13 @@ def _print_report(report: AuditReport, as_json: bool, row: Callable[..., str]) -
         click.echo(row(p.kind, p.entry_id or "(end)", f"n={p.n}", p.detail))
     if report.more_problems:
         click.echo(row("more", f"{report.more_problems} problems not shown"))
+    if report.wrong_key:
+        click.echo(
+            f"no entry verifies with this key: check {AUDIT_KEY_ENV} / --audit-key-file "
+            f"(the key the application signs the log with); keys used before a key "
+            f"change: {PREVIOUS_KEYS_ENV}=KEY1,KEY2 or --audit-previous-key-file PATH",
+            err=True,
+        )
 
 
 def make_command(row: Callable[..., str]) -> click.Group:
@@ -149,6 +197,7 @@ def make_command(row: Callable[..., str]) -> click.Group:
     @json_option
     @prefix_option
     @key_file_option
+    @previous_keys_option
     @redis_option
     def query(
         principal: str | None,
@@ -163,6 +212,7 @@ def make_command(row: Callable[..., str]) -> click.Group:
         as_json: bool,
         prefix: str,
         key_file: Path | None,
+        previous_files: tuple[Path, ...],
         redis: str | None,
     ) -> None:
         """List audit entries, newest first: time, n, who, action, resource, outcome,
@@ -173,7 +223,9 @@ def make_command(row: Callable[..., str]) -> click.Group:
         from .read import parse_time
 
         url = redis_url(redis)
-        log = AuditLog(url, key=audit_key(key_file, required=False), prefix=prefix)
+        key = audit_key(key_file, required=False)
+        earlier = previous_keys(previous_files) if key is not None else []
+        log = AuditLog(url, key=key, previous_keys=earlier, prefix=prefix)
 
         async def act() -> AuditPage:
             try:
@@ -223,21 +275,26 @@ def make_command(row: Callable[..., str]) -> click.Group:
     @json_option
     @prefix_option
     @key_file_option
+    @previous_keys_option
     @redis_option
     def verify(
         checkpoint: str | None,
         as_json: bool,
         prefix: str,
         key_file: Path | None,
+        previous_files: tuple[Path, ...],
         redis: str | None,
     ) -> None:
         """Check the whole chain; print the first entry altered, removed or inserted.
-        Exit 1 when the chain is broken."""
+        Exit 1 when the chain is broken, when entries were signed with a key not given
+        (UNVERIFIED: give the earlier keys) or when no entry verifies with the key
+        (WRONG KEY)."""
         from .log import AuditLog
 
         head = parse_checkpoint(checkpoint)
         key = audit_key(key_file, required=True)
-        log = AuditLog(redis_url(redis), key=key, prefix=prefix)
+        earlier = previous_keys(previous_files)
+        log = AuditLog(redis_url(redis), key=key, previous_keys=earlier, prefix=prefix)
 
         async def act() -> AuditReport:
             try:
@@ -256,6 +313,7 @@ def make_command(row: Callable[..., str]) -> click.Group:
     @click.option("--force", is_flag=True, help="Trim even when the chain is broken.")
     @prefix_option
     @key_file_option
+    @previous_keys_option
     @redis_option
     def trim(
         max_age_days: float | None,
@@ -263,6 +321,7 @@ def make_command(row: Callable[..., str]) -> click.Group:
         force: bool,
         prefix: str,
         key_file: Path | None,
+        previous_files: tuple[Path, ...],
         redis: str | None,
     ) -> None:
         """Apply retention: a signed retention record, then the old entries go. A
@@ -275,7 +334,8 @@ def make_command(row: Callable[..., str]) -> click.Group:
             raise ConfigurationError("--max-age-days must be a number of days above 0")
         key = audit_key(key_file, required=True)
         age = None if max_age_days is None else max(1, int(max_age_days * 86_400_000))
-        log = AuditLog(redis_url(redis), key=key, prefix=prefix)
+        earlier = previous_keys(previous_files)
+        log = AuditLog(redis_url(redis), key=key, previous_keys=earlier, prefix=prefix)
 
         async def act() -> int:
             try:

@@ -449,6 +449,13 @@ class AuditLog:
             report = await self.verify()
             if not report.ok and report.first_problem is not None:
                 p = report.first_problem
+                if p.kind == "unverifiable":
+                    # Not a break: entries signed with keys not given (or a wrong key).
+                    raise KitiumQueueError(
+                        f"the audit chain was not trimmed: it cannot be verified with the "
+                        f"keys given ({p.detail}); give them and trim again (or trim with "
+                        "verify_first=False, --force, once you know why)"
+                    )
                 raise KitiumQueueError(
                     f"the audit chain is broken ({p.kind} at {p.entry_id or 'the end'}: "
                     f"{p.detail}); trimming would remove the evidence: examine it (audit "

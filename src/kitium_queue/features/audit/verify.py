@@ -38,11 +38,23 @@ import orjson
 from ...errors import ConfigurationError
 from .chain import DAMAGE, FIELDS, AuditKeys, entry_mac, parse_id, parse_n
 
-__all__ = ["RETENTION_ACTION", "AuditHead", "AuditProblem", "AuditReport", "verify_chain"]
+__all__ = [
+    "PREVIOUS_KEYS_HOW",
+    "RETENTION_ACTION",
+    "AuditHead",
+    "AuditProblem",
+    "AuditReport",
+    "verify_chain",
+]
 
 #: The action of the record ``AuditLog.trim`` writes before it removes old entries.
 RETENTION_ACTION = "audit.retention"
 _MAX_PROBLEMS = 100
+#: How keys used before a key change are given, in the API and in the CLI.
+PREVIOUS_KEYS_HOW = (
+    "pass it in audit_previous_keys (AuditLog: previous_keys; kitium-queue audit: "
+    "KITIUM_QUEUE_AUDIT_PREVIOUS_KEYS or --audit-previous-key-file)"
+)
 
 ProblemKind = Literal["altered", "removed", "inserted", "unverifiable"]
 
@@ -100,7 +112,8 @@ class AuditProblem:
         kind: ``altered`` (the entry's content or MAC was edited), ``removed``
             (entries are missing before ``entry_id``, or at the end when it is ""),
             ``inserted`` (an entry the key holder did not write), ``unverifiable``
-            (the entry's key is not held: pass it in ``previous_keys``).
+            (the entry's key is not held: pass it in ``previous_keys``; with
+            ``entry_id`` "", no entry verifies with the keys given: a wrong key).
         entry_id: the stream id of the entry concerned ("" for the end of the log).
         n: that entry's position as it claims it (None when unreadable).
         detail: one sentence for people.
@@ -129,6 +142,9 @@ class AuditReport:
         start: ``"genesis"`` (the log begins with its first entry ever),
             ``"retention"`` (it begins where a retention record says it was trimmed),
             ``"empty"``, or ``"broken"``.
+        wrong_key: no entry of a non-empty log names a key given: a wrong key, or
+            keys of a key change not passed; nothing of the chain was checked (one
+            ``unverifiable`` problem says so instead of one per entry).
     """
 
     ok: bool
@@ -138,6 +154,7 @@ class AuditReport:
     more_problems: int = 0
     head: AuditHead | None = None
     start: str = "empty"
+    wrong_key: bool = False
 
     def __bool__(self) -> bool:
         return self.ok
@@ -151,6 +168,7 @@ class AuditReport:
             "first_problem": self.first_problem.to_dict() if self.first_problem else None,
             "problems": [p.to_dict() for p in self.problems],
             "more_problems": self.more_problems,
+            "wrong_key": self.wrong_key,
         }
 
 
@@ -214,10 +232,14 @@ class _Walk:
         self.trusted: _Entry | None = None
         self.anchors: set[tuple[str, int, str]] = set()
         self.seen_checkpoint: _Entry | None = None
+        self.keyed = 0  # entries whose key is held (or that are damaged)
+        self.other_keys: dict[str, None] = {}  # ids of keys not held (the first few)
+        self.more_unverifiable = 0
 
     def report(self, kind: ProblemKind, e: _Entry | None, detail: str) -> None:
         if len(self.problems) >= _MAX_PROBLEMS:
             self.more += 1
+            self.more_unverifiable += kind == "unverifiable"
             return
         self.problems.append(AuditProblem(kind, e.id if e else "", e.n if e else None, detail))
 
@@ -229,6 +251,7 @@ class _Walk:
 
     def step(self, e: _Entry, nxt: _Entry | None) -> None:
         self.count += 1
+        self.keyed += e.valid is not None
         t = self.trusted
         if e.valid:
             if t is not None and not _links(t, e):
@@ -243,11 +266,10 @@ class _Walk:
             self.accept(e)
             return
         if e.valid is None:
-            self.report(
-                "unverifiable",
-                e,
-                f"its key {e.fields.get('kid', '')!r} is not held; pass it in previous_keys",
-            )
+            kid = e.fields.get("kid", "")
+            if len(self.other_keys) < 5:
+                self.other_keys[kid[:20]] = None
+            self.report("unverifiable", e, f"its key {kid!r} is not held: {PREVIOUS_KEYS_HOW}")
             self.accept(e)
             return
         # The MAC fails: edited in place, or written by someone without the key.
@@ -392,6 +414,12 @@ class ChainCheck:
         self._flush()
         walk = self._walk
         state, problems = walk.finish(entries_added, self.checkpoint)
+        more = walk.more
+        # Not one entry's key is held: a wrong key, not a chain broken at every entry.
+        wrong_key = walk.count > 0 and walk.keyed == 0
+        if wrong_key:
+            problems = [self._wrong_key(walk), *(p for p in problems if p.kind != "unverifiable")]
+            more -= walk.more_unverifiable
         last = walk.trusted
         head = AuditHead(last.n or 0, last.id, last.mac) if last is not None else None
         shown = problems[:_MAX_PROBLEMS]
@@ -400,9 +428,23 @@ class ChainCheck:
             entries=walk.count,
             first_problem=shown[0] if shown else None,
             problems=shown,
-            more_problems=walk.more + len(problems) - len(shown),
+            more_problems=more + len(problems) - len(shown),
             head=head,
             start=state,
+            wrong_key=wrong_key,
+        )
+
+    def _wrong_key(self, walk: _Walk) -> AuditProblem:
+        """The one problem of a log no entry of which names a key held."""
+        named = ", ".join(repr(k) for k in walk.other_keys) or "none"
+        held = ", ".join(repr(k) for k in self.keys.ids)
+        return AuditProblem(
+            "unverifiable",
+            "",
+            None,
+            f"no entry verifies with this key: the {walk.count} entries name key id(s) "
+            f"{named}, the key(s) given are {held}; a wrong key (give the key the log is "
+            f"written with), or entries of an earlier key: {PREVIOUS_KEYS_HOW}",
         )
 
 
