@@ -240,3 +240,15 @@ def test_access_check_exits_1_for_a_principal_without_rights(kq: Any) -> None:
     assert "can_view_job\tvia=acme-*" in some.output
     assert json.loads(kq("access", "check", "alice", "acme-orders", "--json").output)["allowed"]
     kq("access", "check", "alice", "acme-orders", "--permission", "can_add_job", code=1)
+
+
+def test_a_tenant_config_names_both_spellings_whichever_comes_first() -> None:
+    # The tenant helper said "'tenant_id' and 'tenant_id' name the same field" when the
+    # snake_case key came second; it now shares the grants' renamed_keys.
+    from kitium_queue.features.access.tenants import brief_keys
+
+    for given in ({"tenantId": "a", "tenant_id": "b"}, {"tenant_id": "b", "tenantId": "a"}):
+        with pytest.raises(ConfigurationError) as err:
+            brief_keys(given)
+        said = str(err.value)
+        assert "'tenantId'" in said and "'tenant_id'" in said, said

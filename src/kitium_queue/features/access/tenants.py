@@ -31,14 +31,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ...errors import AccessDeniedError, ConfigurationError
+from ...errors import AccessDeniedError
 from ...limits import clip
 from ..audit.chain import Draft
 from ..audit.log import Effect
 from ..tenancy import TenantChange, TenantConfig, TenantRegistry, check_tenant_id
 from ..tenancy.install import StoredTenant
 from ..tenancy.model import check_tenant_name
-from .model import Permission
+from .model import Permission, renamed_keys
 
 if TYPE_CHECKING:
     from .manager import AccessControlManager
@@ -58,26 +58,14 @@ _QUOTA = {
 }
 
 
-def _renamed(value: Mapping[str, Any], aliases: Mapping[str, str], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in value.items():
-        key = aliases.get(k, k) if isinstance(k, str) else k
-        if key in out:
-            raise ConfigurationError(
-                f"{where}: {clip(repr(k), 40)} and {key!r} name the same field; give it once"
-            )
-        out[key] = v
-    return out
-
-
 def brief_keys(value: Any, where: str = "tenant config") -> Any:
     """``value`` with its camelCase keys in snake_case (a ``TenantConfig`` or a
     non-dict is returned as is, for ``TenantConfig.of`` to judge)."""
     if not isinstance(value, Mapping):
         return value
-    out = _renamed(value, _TOP, where)
+    out = renamed_keys(value, _TOP, where)
     if isinstance(out.get("quota"), Mapping):
-        out["quota"] = _renamed(out["quota"], _QUOTA, f"{where}: quota")
+        out["quota"] = renamed_keys(out["quota"], _QUOTA, f"{where}: quota")
     return out
 
 
