@@ -118,7 +118,7 @@ async def test_filters_paging_and_escaping(shop: JobQueue, acm: AccessControlMan
         await acm.audit_access("alice@acme.com", "export", f"acme-{i}", {"i": i}) for i in range(5)
     ]
     for i in range(2):
-        await acm.audit_access("bob", "access.denied", "globex", {"i": i}, outcome="denied")
+        await acm.audit_access("bob", "login", "globex", {"i": i}, outcome="denied")
     hostile = "<script>alert(1)</script>"
     await acm.audit_access(
         "mallory<b>", "note", hostile, {"x": '<img src=x onerror="alert(2)">', "q": "\"'&"}

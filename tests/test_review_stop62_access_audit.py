@@ -252,3 +252,17 @@ def test_a_tenant_config_names_both_spellings_whichever_comes_first() -> None:
             brief_keys(given)
         said = str(err.value)
         assert "'tenantId'" in said and "'tenant_id'" in said, said
+
+
+@pytest.mark.parametrize("action", ["tenant.create", "access.grant", "Queue.pause", "audit.x"])
+async def test_an_application_entry_may_not_use_the_librarys_action_names(
+    acm: AccessControlManager, action: str
+) -> None:
+    # audit_access could write 'tenant.create', which 'audit query --action tenant.*'
+    # could not tell from the library's own entries.
+    before = len(await acm.query_audit_log())
+    with pytest.raises(ConfigurationError, match="namespace the library writes"):
+        await acm.audit_access("alice", action, "acme-orders", {})
+    assert len(await acm.query_audit_log()) == before
+    await acm.audit_access("alice", "app." + action, "acme-orders", {})
+    assert len(await acm.query_audit_log()) == before + 1

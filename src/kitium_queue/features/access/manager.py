@@ -42,6 +42,9 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
+#: The namespaces of the actions the library writes (``access.grant``, ``audit.retention``,
+#: ``queue.pause``, ``tenant.create``...): ``audit_access`` refuses them.
+_LIBRARY_ACTIONS = frozenset({"access", "audit", "queue", "tenant"})
 #: Queues protected in this process -> their protection (one manager per queue).
 _PROTECTED: weakref.WeakKeyDictionary[Any, Protection] = weakref.WeakKeyDictionary()
 
@@ -406,8 +409,18 @@ class AccessControlManager:
         """Write the application's own audit entry (``audit_access``) and
         wait until it is in Redis; returns its id. ``metadata``: ids and short facts
         (at most 4 KiB as JSON; never payloads; values of keys naming secrets are
-        replaced by ``***``)."""
+        replaced by ``***``). ``action`` may not be in a namespace the library writes
+        (``access.*``, ``audit.*``, ``queue.*``, ``tenant.*``): an entry of yours
+        would read as one of its own (``ConfigurationError``)."""
         who = None if principal_id is None else check_principal(principal_id)
+        if isinstance(action, str) and action.split(".", 1)[0].lower() in _LIBRARY_ACTIONS:
+            raise ConfigurationError(
+                f"audit action {clip(repr(action), 80)} is in a namespace the library "
+                f"writes ({', '.join(f'{n}.*' for n in sorted(_LIBRARY_ACTIONS))}): an "
+                "entry of yours would read as one of its own (a grant, a refusal, a "
+                "tenant change); name your action another way, e.g. 'app." + action[:40]
+                + "' or 'export_report'"
+            )
         return await self.audit.append(who, action, resource, outcome, metadata)
 
     async def query_audit_log(self, **filters: Any) -> list[AuditEntry]:
