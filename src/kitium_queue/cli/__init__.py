@@ -2,8 +2,10 @@
 
 ``APP`` arguments name a ``JobQueue`` (or a ``PartitionedQueue``) object as
 ``module:attribute`` (like uvicorn), e.g. ``kitium-queue worker myapp.tasks:queue``.
-Environment variables are read here only: ``KITIUM_QUEUE_REDIS`` overrides the queue's
-Redis URL.
+Environment variables: ``KITIUM_QUEUE_REDIS`` overrides the queue's Redis URL (read in
+``base.load_queue``); ``KITIUM_QUEUE_PRINCIPAL`` names the principal every command acts
+as, as the global ``--as`` does (``principal.py``); the audit commands read their keys
+from ``KITIUM_QUEUE_AUDIT_KEY`` / ``KITIUM_QUEUE_AUDIT_PREVIOUS_KEYS``.
 
 Every subcommand fails the same way (``base.Main.invoke``, the one place): one line on
 stderr and an exit code from ``EXIT_CODES``; the traceback only with ``--debug`` or

@@ -3,8 +3,9 @@
 ``load_queue`` imports ``module:attribute`` and returns the ``JobQueue`` or the façade
 over several queues (``PartitionedQueue``) it names; ``with_queue`` runs an action on it
 and closes it; ``Main.invoke`` is the one place where an error becomes one line on
-stderr and an exit code from ``EXIT_CODES``. Environment variables are read here only:
-``KITIUM_QUEUE_REDIS`` overrides the queue's Redis URL.
+stderr (``errortext.py``) and an exit code from ``EXIT_CODES``, and runs the command as
+the principal of ``--as`` (``principal.py``, which reads ``KITIUM_QUEUE_PRINCIPAL``).
+``KITIUM_QUEUE_REDIS``, read here, overrides the queue's Redis URL.
 
 ``with_queue(..., worker=True)`` (``kitium-queue worker``) ends its event loop within
 bounds (``run_worker_loop``): ``asyncio.run`` cancels the tasks left at its end and
@@ -41,6 +42,8 @@ from ..queue import JobQueue
 from ..redact import redact_url
 from ..runends import EXIT_HANDLERS_S, ignoring_cancellation, run_exit_handlers
 from . import importuse
+from .errortext import MAX_ERROR_LINE, error_line, error_text
+from .principal import acting, principal_option, shell_terms
 
 __all__ = [
     "EXIT_CODES",
@@ -49,6 +52,7 @@ __all__ = [
     "EXIT_STUCK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "MAX_ERROR_LINE",
     "MAX_FIELD_CHARS",
     "REDIS_HELP",
     "FiniteFloatRange",
@@ -289,7 +293,8 @@ def load_queue(app: str, redis: str | None = None) -> Any:
     obj = _resolve(app)
     parts = members(obj)
     for q in parts:
-        # What the CLI prints is seen by people: protected payloads are shown redacted.
+        # What the CLI prints is seen by people: protected payloads are shown redacted
+        # (and a job's subject id wherever its payload is: the compliance feature's view).
         q.ctx.redact_payloads = True
     url = redis or os.environ.get("KITIUM_QUEUE_REDIS")
     if url:
@@ -300,7 +305,7 @@ def load_queue(app: str, redis: str | None = None) -> Any:
                 q.connection = ConnectionFactory(url)
         except ConfigurationError as exc:  # its message is redacted: no credentials
             hint = "--redis" if redis else "KITIUM_QUEUE_REDIS (environment)"
-            raise click.BadParameter(text_field(exc), param_hint=hint) from None
+            raise click.BadParameter(error_text(str(exc)), param_hint=hint) from None
     if parts[0].connection.is_memory:
         # Otherwise an empty queue looks like a bug (or a hang, for events).
         click.echo(
@@ -507,22 +512,10 @@ def _explain_app(command: click.Command, line: str) -> None:
         command.help = f"{text}\n\n{line}" if text else line
 
 
-#: Longest error line: a message quoting an argument as long as the shell allows
-#: (128 KiB) keeps its start and its end (what to do), and says how much was cut.
-MAX_ERROR_LINE = 1000
-
-
-def error_line(text: str) -> str:
-    """``text`` (escaped already) cut in its middle to at most about ``MAX_ERROR_LINE``
-    characters."""
-    if len(text) <= MAX_ERROR_LINE:
-        return text
-    head, tail = MAX_ERROR_LINE * 3 // 5, MAX_ERROR_LINE // 4
-    return f"{text[:head]}...[{len(text) - head - tail} characters cut]...{text[-tail:]}"
-
-
-def _failure(exc: BaseException) -> tuple[int, str]:
-    """The exit code and the one line of text for an error that ended a command."""
+def _failure(exc: BaseException, command: str | None = None) -> tuple[int, str]:
+    """The exit code and the one line of text for an error that ended ``command``: its
+    non-printable characters escaped, an escaped value in it left as it is
+    (``error_text``), a refusal for want of a principal told in CLI terms."""
     if isinstance(exc, ReplyCutOffError):  # the server answers: no "cannot connect"
         code = EXIT_ERROR
     elif isinstance(exc, ConnectionUnavailableError):
@@ -533,14 +526,14 @@ def _failure(exc: BaseException) -> tuple[int, str]:
         code = EXIT_ERROR
     if isinstance(exc, NoPermissionError):  # a plain read the Redis ACL refused
         exc = permission_denied(redact_url(exc))
-    # The text may quote job or server data: escaped like any field. The library's
-    # messages are redacted already; anything else goes through the redaction too.
+    # The text may quote job or server data: escaped. The library's messages are
+    # redacted already; anything else goes through the redaction too.
     if isinstance(exc, KitiumQueueError):
-        return code, text_field(exc)
+        return code, error_text(shell_terms(exc, safe_text(exc), command))
     if isinstance(exc, UnicodeEncodeError) and "surrogate" in str(exc.reason):
         # Text from the command line that was not UTF-8 (the shell passes such bytes
         # as lone surrogates) reached Redis, which takes bytes: an argument is wrong.
-        bad = text_field(ascii(exc.object[exc.start : exc.end]))
+        bad = ascii(exc.object[exc.start : exc.end])
         return EXIT_USAGE, (
             f"an argument holds text that is not valid UTF-8 ({bad}), which cannot name "
             "anything stored in Redis: check the argument's encoding"
@@ -548,8 +541,8 @@ def _failure(exc: BaseException) -> tuple[int, str]:
     text = f"{type(exc).__name__}: {redact_url(exc)}"
     used = importuse.failure(exc, text)
     if used is not None:
-        return EXIT_USAGE, text_field(used)
-    return code, f"unexpected error: {text_field(text)} (--debug shows the traceback)"
+        return EXIT_USAGE, error_text(used)
+    return code, f"unexpected error: {error_text(text)} (--debug shows the traceback)"
 
 
 def _stdout_to_devnull() -> None:
@@ -564,13 +557,18 @@ def _stdout_to_devnull() -> None:
 class Main(click.Group):
     """The command group; the one place where a subcommand's error becomes one line on
     stderr and an exit code (``EXIT_CODES``), with the traceback only with ``--debug``
-    or ``-v``."""
+    or ``-v``. Its ``--as`` names who the command acts for (``principal.py``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(principal_option())
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with acting(ctx):
+                return super().invoke(ctx)
         except click.exceptions.ClickException as exc:
-            exc.message = error_line(exc.message)  # type: ignore[misc]  # Final in the stubs
+            exc.message = error_line(error_text(exc.message))  # type: ignore[misc]  # Final
             raise
         except (click.exceptions.Exit, click.Abort):
             raise
@@ -582,7 +580,7 @@ class Main(click.Group):
             _stdout_to_devnull()
             ctx.exit(EXIT_ERROR)
         except Exception as exc:
-            code, line = _failure(exc)
+            code, line = _failure(exc, ctx.invoked_subcommand)
             line = error_line(line)
             if ctx.params.get("debug") or ctx.params.get("verbose"):
                 traceback.print_exception(exc, file=sys.stderr)

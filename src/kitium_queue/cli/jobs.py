@@ -31,6 +31,7 @@ from ..job import JobInfo
 from ..options import MAX_QUERY_LIMIT
 from ..queries import parse_status, query_id
 from .base import error_line, json_option, redis_option, text_field, with_queue
+from .errortext import error_text
 from .output import Output, output, span, when
 from .select import JobFilter, filter_options, find, make_filter
 
@@ -313,7 +314,7 @@ def _report(
     else:
         out.line(f"{past} {len(done)} job(s)")
         for jid, err in failed:
-            click.echo(error_line(f"skipped {text_field(jid)}: {text_field(err)}"), err=True)
+            click.echo(error_line(f"skipped {text_field(jid)}: {error_text(err)}"), err=True)
     if failed:
         raise SystemExit(1)
 
@@ -468,7 +469,7 @@ def jobs_cancel(app: str, job_ids: tuple[str, ...], as_json: bool, redis: str | 
         else:
             out.table(["id", "outcome"], [[i, outcome[i]] for i in done])
             for jid, err in failed:
-                click.echo(error_line(f"skipped {text_field(jid)}: {text_field(err)}"), err=True)
+                click.echo(error_line(f"skipped {text_field(jid)}: {error_text(err)}"), err=True)
         if failed:
             raise SystemExit(1)
 

@@ -3,7 +3,11 @@ the retention pass.
 
 Built by ``make_command`` with the CLI's helpers passed in (no import of the CLI).
 Subject ids are read from the command line and never echoed back: the output names the
-subject by its SHA-256 digest, as the audit record does.
+subject by its SHA-256 digest, as the audit record does. The commands act for the
+CLI's principal (``kitium-queue --as P``); ``erase --principal P`` names it for the
+erasure alone, and on a queue protected by access control the erasure asks for
+confirmation only once that principal's grants allow it (a question that writes
+nothing; a refused principal is refused at once, as the call itself refuses it).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ def make_command(
     @compliance.command("erase")
     @click.argument("app")
     @click.argument("subject_id")
-    @click.option("--principal", default=None, help="Who asks (recorded by audit).")
+    @click.option(
+        "--principal",
+        default=None,
+        help="Who asks (recorded by audit); for this command, instead of the global --as.",
+    )
     @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @redis_option
@@ -44,30 +52,35 @@ def make_command(
     ) -> None:
         """Erase every job of SUBJECT_ID in APP (any state, running ones too), with its
         results, logs, DLQ entry, stored idempotency results and events. Asks first
-        unless --yes."""
+        unless --yes (on a queue protected by access control, once the principal may)."""
+        from ...identity import acting_as, check_principal
         from .manager import ComplianceManager, check_subject, subject_digest
 
         # Checked before anything is loaded or asked; the error never shows the id.
         check_subject(subject_id)
+        if principal is not None:
+            check_principal(principal)
 
         async def act(q: Any) -> Any:
-            from ...identity import acting_as
-
             m = ComplianceManager.for_queue(q)
             await q.client()  # reachable before asking
-            if not yes:
+            # A refused principal is refused by the call itself, without a question.
+            if not yes and await _may_erase(q):
                 click.confirm(
                     f"erase every job of subject {subject_digest(subject_id)[:16]}... in "
                     f"queue '{q.name}'?",
                     abort=True,
                     err=True,
                 )
-            if principal is None:
-                return await m.erase_subject(subject_id)
-            with acting_as(principal):
-                return await m.erase_subject(subject_id)
+            return await m.erase_subject(subject_id)
 
-        report = with_queue(app, redis, act)
+        async def as_principal(q: Any) -> Any:
+            if principal is None:
+                return await act(q)
+            with acting_as(principal):
+                return await act(q)
+
+        report = with_queue(app, redis, as_principal)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2))
             return
@@ -121,3 +134,20 @@ def make_command(
         click.echo(row("events_trimmed", out["events_trimmed"]))
 
     return compliance
+
+
+async def _may_erase(q: Any) -> bool:
+    """Whether the acting principal may erase on ``q`` as far as access control says
+    (True for a queue it does not protect): a question of its grants, nothing audited
+    nor written. A refused erasure is then not asked about first."""
+    from ...identity import current_principal
+    from ..access.manager import AccessControlManager
+    from ..access.model import command_permission
+
+    prot = AccessControlManager.protection_of(q)
+    if prot is None:
+        return True
+    who = current_principal(q.ctx.principal)
+    if who is None:
+        return False
+    return await prot.manager.check_access(who, q.name, command_permission("erase_subject"))

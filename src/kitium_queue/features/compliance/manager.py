@@ -41,7 +41,7 @@ from ...limits import QUERY_PAGE, get_logger
 from ...options import check_text, to_int, to_ms
 from ..retention import STATES, Retention
 from ..retention.stream import install_swap, rewrite_events
-from .redaction import PathRedactor
+from .redaction import PathRedactor, hide_subject_ids
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
@@ -192,6 +192,7 @@ class ComplianceManager:
         install_swap(q)
         if self.redactor:
             q.ctx.redactors.append(self.redactor)
+            hide_subject_ids(q.ctx)  # the subject id is masked wherever the data is
             if self.redact_everywhere:
                 q.ctx.redact_everywhere = True
                 q.emitter.add_view(self._event_view)

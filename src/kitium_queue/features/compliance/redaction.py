@@ -19,18 +19,38 @@ It fails closed on values nested deeper than any payload can be (the codec refus
 more than 254 levels; only damaged or foreign data is deeper): below
 ``MAX_DEPTH`` levels, where a path could still match, the whole rest is masked, instead
 of the walk running out of stack.
+
+A job's ``subject_id`` option names whose personal data it carries: ``hide_subject_ids``
+installs a payload view that shows it as ``"***"`` wherever the queue's redactors mask
+that job's payload (``QueueContext.redactors``, applied when ``redacting`` or with
+``redact_everywhere``), so a view that masks the data does not name its subject.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigurationError
 from ...options import check_text
 from ...redact import REDACTED
 
-__all__ = ["MAX_DEPTH", "MAX_PATHS", "PathRedactor", "check_paths"]
+if TYPE_CHECKING:
+    from ...context import QueueContext
+    from ...job import JobInfo
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_PATHS",
+    "SUBJECT_OPTION",
+    "PathRedactor",
+    "SubjectView",
+    "check_paths",
+    "hide_subject_ids",
+]
+
+#: The job option naming whose personal data a job carries (``erase_subject``).
+SUBJECT_OPTION = "subject_id"
 
 #: Most paths one redactor takes.
 MAX_PATHS = 200
@@ -155,3 +175,28 @@ def _advance(patterns: tuple[Pattern, ...], key: str | None) -> tuple[bool, tupl
             else:
                 rest.append(pat[1:])
     return matched, tuple(dict.fromkeys(rest))
+
+
+class SubjectView:
+    """A payload view (``QueueContext.info_views``) that masks a job's ``subject_id``
+    option where the queue's redactors mask its payload: the same decision as the
+    queries' (``ctx.redactors`` and ``redacting`` or ``redact_everywhere``)."""
+
+    __slots__ = ("ctx",)
+
+    def __init__(self, ctx: QueueContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, info: JobInfo, redacting: bool) -> None:
+        ctx = self.ctx
+        opts = info.options
+        if not (ctx.redactors and (redacting or ctx.redact_everywhere)):
+            return
+        if isinstance(opts, dict) and opts.get(SUBJECT_OPTION) is not None:
+            info.options = {**opts, SUBJECT_OPTION: REDACTED}
+
+
+def hide_subject_ids(ctx: QueueContext) -> None:
+    """Install ``SubjectView`` on the queue of ``ctx`` (once: again is a no-op)."""
+    if not any(isinstance(v, SubjectView) for v in ctx.info_views):
+        ctx.info_views.append(SubjectView(ctx))
