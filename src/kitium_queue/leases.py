@@ -387,13 +387,13 @@ class Leases:
             tasks = [r.task for r in left if r.task is not None]
             await asyncio.wait(tasks, timeout=0)
             await wait_unless(tasks, self.flush_s / 2, forced or asyncio.Event())
+            stuck = sum(1 for t in tasks if not t.done())  # left leased (drop_stuck)
             log.warning(
-                "worker %s: %d job(s) still running after shutdown_timeout were handed back "
-                "to queue %s",
-                self.worker_id,
-                len(left),
-                self.queue.name,
-            )
+                "worker %s: %d job(s) still running after shutdown_timeout were cancelled: "
+                "%d ended and were handed back to queue %s%s",
+                self.worker_id, len(left), len(left) - stuck, self.queue.name,
+                f"; {stuck} did not end: left leased until their leases expire" if stuck else "",
+            )  # fmt: skip
 
     def drop_stuck(self) -> None:
         """After ``wind_down``: stop holding the runs that are still held (a processor

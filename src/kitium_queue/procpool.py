@@ -33,7 +33,9 @@ fresh child instead of failing. The run's timeout is stopped from the moment a c
 taken until that frame (``_Clock``): starting Python and importing the processor's
 module (seconds, and again for each fresh child after a timeout killed one) is never
 charged to the processor, which could otherwise never finish a short timeout; that
-start is bounded by ``START_TIMEOUT_S`` instead (``ChildStartTimeout``). Progress and log
+start is bounded by ``START_TIMEOUT_S`` instead (``ChildStartTimeout``). The run's
+duration (``Run.started``: ``Outcome.duration_ms``, the metrics) counts from that frame
+too, as it counts from the processor's call in the other modes. Progress and log
 frames carry the run they belong to: one a thread of an earlier job sends late is
 dropped. Job data the child cannot be sent (a process middleware may have replaced it)
 fails the job for good before any child is taken. Context a process middleware carries
@@ -122,11 +124,19 @@ def import_path(fn: Any) -> str:
 
 
 class RemoteError(Exception):
-    """An exception raised by a processor in a child process (type name and traceback kept)."""
+    """An exception raised by a processor in a child process, or the child's end
+    (``type_name`` ``ChildProcessDied``, ``ChildStartTimeout``): ``type_name``,
+    ``message`` and ``remote_traceback`` kept. Its text, and the failure reason
+    recorded, read ``<type_name>: <message>``, as the exception's own would in the
+    other modes (``outcomes.describe``)."""
+
+    #: ``outcomes.describe``: the reason is the text, without this type's name.
+    described_as_raised = True
 
     def __init__(self, type_name: str, message: str, tb: str) -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
+        self.message = message
         self.remote_traceback = tb
 
     def __str__(self) -> str:
@@ -180,6 +190,12 @@ class _Clock:
         self._since = now = timeouts.loop.time()
         self._left = run.deadline - now
         run.deadline = None  # its entry in the timer's heap is skipped from now on
+
+    def begin(self) -> None:
+        """The child started the processor: its run (``Run.started``: the duration
+        recorded) and its timeout count from now, without the child's start-up."""
+        self._run.started = asyncio.get_running_loop().time()
+        self.resume()
 
     def resume(self) -> None:
         left, timeouts = self._left, self._timeouts
@@ -373,14 +389,20 @@ class ProcessPool:
                         await child.kill()
                         child = await self._spawn()
                 raise AssertionError("unreachable")  # pragma: no cover
-            except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError) as exc:
+            except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
                 if child is None:  # starting one failed
                     raise
+                status = await child.exit_status()
+                if child.proc.returncode == -signal.SIGINT:
+                    # The child ignores SIGINT: ended by it, it is Python's own exit on
+                    # a KeyboardInterrupt nothing caught (the processor raised it).
+                    raise RemoteError(
+                        "KeyboardInterrupt",
+                        "raised by the processor; it ended the child process running the job",
+                        "",
+                    ) from None
                 raise RemoteError(
-                    "ChildProcessDied",
-                    f"the child process running the job exited ({await child.exit_status()}, "
-                    f"{type(exc).__name__})",
-                    "",
+                    "ChildProcessDied", f"the child process running the job exited ({status})", ""
                 ) from None
             finally:
                 clock.resume()
@@ -427,7 +449,7 @@ class ProcessPool:
                 if t == "start":
                     started = True
                     timer.cancel()
-                    clock.resume()  # the processor runs: its timeout runs again
+                    clock.begin()  # the processor runs: its timeout runs again
                     continue
                 if t == "result":
                     child.done = True

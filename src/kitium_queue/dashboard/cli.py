@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import importlib.util
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,13 @@ import click
 
 from ..errors import ConfigurationError, install_hint
 from ..features.audit.cli import AUDIT_KEY_ENV, audit_key
-from ..serving import listen_socket
+from ..serving import listen_socket, serve_until_stopped
 from .auth import parse_tokens
 
 __all__ = ["make_command"]
+
+#: How long a stop (SIGTERM, SIGINT) lets the requests under way finish (s).
+GRACE_S = 10
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
 
@@ -83,6 +86,43 @@ def _access(queues: list[Any], access: bool, audit: bool, key_file: Path | None)
         if AccessControlManager.protection_of(q) is None:
             manager.protect(q)
     return manager
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn's server without its own signal handling: it raised the signal again
+        once it had stopped, and the default SIGTERM then ended the process (exit 143)
+        before the command's cleanup ran (the audit log's last entries and refusal
+        summaries were lost)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return _Server
+
+
+async def _serve(server: Any, sock: Any) -> None:
+    """Serve until SIGTERM or SIGINT (``serving.serve_until_stopped``: a graceful stop,
+    requests under way given up to ``GRACE_S``, then the command's cleanup and exit 0)
+    or until the server ends by itself."""
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    stopped = asyncio.Event()
+    serving.add_done_callback(lambda _: stopped.set())
+
+    async def stop() -> None:
+        server.should_exit = True
+        await asyncio.wait([serving])
+
+    try:
+        await serve_until_stopped(stopped, stop)
+        await serving  # its own error, if it ended by one
+    finally:
+        if not serving.done():
+            serving.cancel()
+            await asyncio.wait([serving])
 
 
 def make_command(
@@ -210,15 +250,24 @@ def make_command(
                 # is not this machine's is a clear error, not a line that says serving.
                 sock = listen_socket(host, port)
                 bound = sock.getsockname()[1]
-                config = uvicorn.Config(asgi, host=host, port=bound, log_level="warning")
-                server = uvicorn.Server(config)
+                config = uvicorn.Config(
+                    asgi,
+                    host=host,
+                    port=bound,
+                    log_level="warning",
+                    timeout_graceful_shutdown=GRACE_S,
+                )
+                server = _server_class()(config)
                 click.echo(row("serving", f"http://{host}:{bound}/"))
                 try:
                     with contextlib.suppress(asyncio.CancelledError):
-                        await server.serve(sockets=[sock])
+                        await _serve(server, sock)
                 finally:
                     sock.close()
             finally:
+                refusals = asgi.state.dashboard.refusals
+                if refusals is not None:  # a plain AuditLog's own windows summed up
+                    await refusals.close()
                 if access is not None:
                     await access.close()  # writes the audit entries still queued
                 for q in queues[1:]:
