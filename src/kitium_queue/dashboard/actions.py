@@ -7,9 +7,12 @@ An action is refused before anything runs when the session's role does not allow
 (``auth.ACTIONS``). Actions that touch many jobs (bulk retry or remove, replaying dead
 letters, draining, rebuilding parked sets: with a dry run's report, erasing a data
 subject's jobs: with their count) first answer with what they would do and run only
-when the form comes back with ``confirm=yes``. Bulk inputs are bounded: ``MAX_BULK``
-ids per request, ``MAX_REPLAY`` jobs per replay. A subject id (personal data) is never
-put in a message: the subject is named by its SHA-256 digest, as its audit record does.
+when the form comes back with ``confirm=yes``; the confirmation of one that acts on
+jobs says how many and lists the first ids. Bulk inputs are bounded: ``MAX_BULK`` ids
+per request, ``MAX_REPLAY`` jobs per replay or retry of a whole state. An action that
+did nothing (no such job or schedule, a job not in the state the button is for) is an
+error (400), not a success. A subject id (personal data) is never put in a message: the
+subject is named by its SHA-256 digest, as its audit record does.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..enums import JobStatus
-from ..errors import ConfigurationError, JobStateError, KitiumQueueError
+from ..errors import ConfigurationError, JobActiveError, JobStateError, KitiumQueueError
 from ..identity import acting_as
 from ..limits import clip
 from .auth import ACTIONS, Session
@@ -29,8 +32,13 @@ __all__ = ["MAX_BULK", "MAX_REPLAY", "Outcome", "run_action"]
 
 #: Most job ids one bulk request names.
 MAX_BULK = 500
-#: Most dead letters one replay moves.
+#: Most jobs one replay of dead letters (or deliveries), or retry of a whole state, moves.
 MAX_REPLAY = 1000
+#: States whose jobs "Retry all" moves back to waiting (completed ones only by selection:
+#: retrying every completed job runs work again that was done).
+RETRY_ALL = ("failed", "dlq")
+#: Ids a confirmation lists.
+PREVIEW = 20
 #: Actions that ask for a confirmation first.
 CONFIRM = frozenset(
     {
@@ -46,6 +54,15 @@ CONFIRM = frozenset(
 )
 
 Form = Mapping[str, list[str]]
+
+
+class NotDone(Exception):
+    """An action that found nothing to act on: its message is shown as an error."""
+
+
+#: What the dashboard says for a running job it cannot remove (the core's text names
+#: ``cancel_job()``, which is the Cancel button here).
+_RUNNING = "is running: cancel it with the Cancel button on its page, or wait for it"
 
 
 @dataclass(slots=True)
@@ -105,8 +122,13 @@ async def _retry(q: Any, form: Form, s: Session) -> str:
 
 async def _remove(q: Any, form: Form, s: Session) -> str:
     jid = one(form, "job_id")
-    removed = await q.remove_job(jid)
-    return f"job {jid} removed" if removed else f"job {jid} did not exist"
+    try:
+        removed = await q.remove_job(jid)
+    except JobActiveError:
+        raise NotDone(f"job {jid} {_RUNNING}") from None
+    if not removed:
+        raise NotDone(f"job {jid} did not exist")
+    return f"job {jid} removed"
 
 
 async def _promote(q: Any, form: Form, s: Session) -> str:
@@ -114,7 +136,7 @@ async def _promote(q: Any, form: Form, s: Session) -> str:
     try:
         await q.promote_job(jid)
     except JobStateError:
-        return f"job {jid} is not delayed"
+        raise NotDone(f"job {jid} is not delayed") from None
     return f"job {jid} promoted to waiting"
 
 
@@ -131,18 +153,34 @@ async def _each(q: Any, ids: list[str], method: str) -> str:
                 missing.append(clip(jid, 60))
             else:
                 done += 1
+        except JobActiveError:
+            failed.append(f"{clip(jid, 60)} {_RUNNING}")
         except KitiumQueueError as exc:
             failed.append(f"{jid}: {clip(str(exc), 120)}")
     more = f"; {len(missing)} did not exist ({', '.join(missing[:5])})" if missing else ""
     more += f"; {len(failed)} refused ({'; '.join(failed[:5])})" if failed else ""
-    return f"{done} of {len(ids)} job(s) done{more}"
+    text = f"{done} of {len(ids)} job(s) done{more}"
+    if not done and ids:
+        raise NotDone(text)
+    return text
+
+
+def _retry_all(form: Form) -> tuple[str, int]:
+    """The state and limit of a "Retry all" (no ids selected)."""
+    state = one(form, "state")
+    if state not in RETRY_ALL:
+        raise ConfigurationError(
+            f"retry all is for {' and '.join(RETRY_ALL)} jobs, not {clip(state, 30)!r}: "
+            "select the jobs to retry instead"
+        )
+    return state, _limit(form, MAX_REPLAY, MAX_REPLAY)
 
 
 async def _bulk_retry(q: Any, form: Form, s: Session) -> str:
     if form.get("ids"):
         return await _each(q, _ids(form), "retry_job")
-    state = one(form, "state")
-    n = await q.bulk_retry(state, _limit(form, 1000, 10_000))
+    state, limit = _retry_all(form)
+    n = await q.bulk_retry(state, limit)
     return f"{n} {state} job(s) are waiting again"
 
 
@@ -198,8 +236,9 @@ async def _resume_group(q: Any, form: Form, s: Session) -> str:
 
 async def _schedule(q: Any, form: Form, method: str, done: str) -> str:
     sid = one(form, "schedule_id")
-    found = await getattr(q, method)(sid)
-    return f"schedule {sid} {done}" if found else f"schedule {sid} does not exist"
+    if not await getattr(q, method)(sid):
+        raise NotDone(f"schedule {sid} does not exist")
+    return f"schedule {sid} {done}"
 
 
 async def _pause_schedule(q: Any, form: Form, s: Session) -> str:
@@ -245,13 +284,14 @@ def _webhooks(q: Any) -> Any:
 
 async def _retry_delivery(q: Any, form: Form, s: Session) -> str:
     wid, eid = one(form, "webhook_id", limit=256), one(form, "event_id", limit=256)
-    ok = await _webhooks(q).retry_delivery(wid, eid)
-    return f"delivery {eid} to {wid} scheduled" if ok else f"no delivery {eid} to {wid}"
+    if not await _webhooks(q).retry_delivery(wid, eid):
+        raise NotDone(f"no delivery {eid} to {wid}")
+    return f"delivery {eid} to {wid} scheduled"
 
 
 async def _replay_webhooks(q: Any, form: Form, s: Session) -> str:
     wid = one(form, "webhook_id", required=False, limit=256) or None
-    n = await _webhooks(q).replay_dlq(_limit(form, 1000, 10_000), wid)
+    n = await _webhooks(q).replay_dlq(_limit(form, MAX_REPLAY, MAX_REPLAY), wid)
     return f"{n} dead-lettered deliveries scheduled"
 
 
@@ -339,6 +379,19 @@ def _ask(summary: str, preview: list[str] | None = None) -> Outcome:
     return Outcome(True, "", confirm=True, summary=summary, preview=preview or [])
 
 
+async def _oldest(q: Any, state: str, n: int) -> list[str]:
+    """The ids of the first ``PREVIEW`` of the ``n`` oldest finished jobs of ``state``:
+    the ones a replay or "Retry all" moves first (finished jobs are listed newest
+    first, so they are read from the end)."""
+    total = (await q.get_stats())[state]
+    if not n or not total:
+        return []
+    jobs = await q.get_jobs_by_status(
+        state, min(PREVIEW, n), max(0, total - min(PREVIEW, n)), include_data=False
+    )
+    return [j.id for j in reversed(jobs)]
+
+
 def _filter(form: Form) -> Filter:
     flt = Filter.of({k: one(form, k, required=False) for k in ("name", "error", "field", "value")})
     if flt.value and not flt.field:
@@ -387,33 +440,36 @@ async def _preview(q: Any, action: str, form: Form) -> Outcome:
         limit = _limit(form, MAX_REPLAY, MAX_REPLAY)
         if flt.empty:
             n = min(limit, (await q.get_stats()).dlq)
-            return _ask(f"Replay {n} dead-lettered job(s)?")
+            return _ask(f"Replay {n} dead-lettered job(s)?", await _oldest(q, "dlq", n))
         found = await search(q, JobStatus.DLQ, flt, limit=limit)
         more = "" if found.next_offset is None else " (the first ones found; more may match)"
         return _ask(
             f"Replay {len(found.jobs)} dead-lettered job(s) matching {flt.as_args()}{more}?",
-            [j.id for j in found.jobs[:20]],
+            [j.id for j in found.jobs[:PREVIEW]],
         )
     if action in ("bulk-retry", "bulk-remove") and form.get("ids"):
         ids = _ids(form)
         verb = "Retry" if action == "bulk-retry" else "Remove"
-        return Outcome(
-            True, "", confirm=True, summary=f"{verb} {len(ids)} job(s)?", preview=ids[:20]
-        )
+        return _ask(f"{verb} {len(ids)} job(s)?", ids[:PREVIEW])
     if action == "bulk-retry":
-        state = one(form, "state")
-        return Outcome(
-            True,
-            "",
-            confirm=True,
-            summary=f"Retry up to {_limit(form, 1000, 10_000)} {state} job(s)?",
+        state, limit = _retry_all(form)
+        n = min(limit, (await q.get_stats())[state])
+        return _ask(
+            f"Retry {n} {state} job(s), the oldest first (at most {limit})?",
+            await _oldest(q, state, n),
         )
     if action == "drain":
-        return Outcome(
-            True,
-            "",
-            confirm=True,
-            summary=f"Remove every waiting and delayed job of queue {q.name}?",
+        st = await q.get_stats()
+        first: list[str] = []
+        for state in ("waiting", "pending", "delayed"):
+            if len(first) < PREVIEW and st[state]:
+                jobs = await q.get_jobs_by_status(state, PREVIEW - len(first), include_data=False)
+                first += [j.id for j in jobs]
+        n = st.waiting + st.pending + st.delayed
+        return _ask(
+            f"Remove {n} job(s) of queue {q.name} that have not started ({st.waiting} "
+            f"waiting, {st.pending} pending, {st.delayed} delayed)? Running jobs finish.",
+            first,
         )
     wid = one(form, "webhook_id", required=False) or "every endpoint"
     return _ask(f"Replay the dead-lettered deliveries of {wid}?")
@@ -451,6 +507,8 @@ async def run_action(
             if action in CONFIRM and one(form, "confirm", required=False) != "yes":
                 return await _preview(queue, action, form)
             return Outcome(True, await _RUN[action](queue, form, session))
+    except NotDone as exc:
+        return Outcome(False, str(exc), status=400)
     except PermissionError as exc:
         return Outcome(False, f"refused: {clip(str(exc), 300)}", status=403)
     except KitiumQueueError as exc:

@@ -65,10 +65,10 @@ def _here(request: Request) -> str:
     # which is kept here with such bytes percent-encoded.
     raw = request.scope.get("query_string", b"")
     query = quote(raw, safe="&=%+;,/?:@!$'()*~") if raw else ""
-    # The path escaped here, not by starlette's URL: older versions of it left "?" and "#"
-    # as they are, so a queue named "a#b" lost "#b" in a redirect back here.
+    # The path percent-encoded here (starlette's URL left "?" and "#" as they are: a queue
+    # "a#b" lost "#b"), a job id with U+202E or \x9b too: `next` is the real address.
     path = str(request.scope.get("path") or "/")
-    path = path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    path = quote(path, safe="/:@!$&'()*+,;=~", errors="surrogatepass")
     return path + ("?" + query if query else "")
 
 

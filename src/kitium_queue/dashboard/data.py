@@ -5,7 +5,8 @@ Every read is bounded: a page holds at most ``MAX_PAGE`` jobs; a search reads th
 state's jobs ``SCAN_BATCH`` at a time (one short round trip each) and stops after
 ``SCAN_MAX`` per request, offering to go on from there, so a search never keeps Redis
 busy for long however large the state is. Throughput comes from the durable event
-stream: the newest ``RATE_SAMPLE`` events at most, per queue and refresh.
+stream: the ``job-completed`` and ``job-failed`` events of the last ``RATE_WINDOW_MS``,
+read ``RATE_BATCH`` at a time and ``RATE_READ_MAX`` at most per queue and refresh.
 """
 
 from __future__ import annotations
@@ -49,10 +50,16 @@ MAX_PAGE = 200
 SCAN_BATCH = 200
 #: Jobs one search request reads at most (it offers to go on after them).
 SCAN_MAX = 5000
-#: Newest events read per queue to measure throughput.
-RATE_SAMPLE = 200
 #: The window throughput is measured over (ms).
 RATE_WINDOW_MS = 10_000
+#: Events read per round trip while measuring throughput.
+RATE_BATCH = 1000
+#: Most events read per queue and refresh to measure throughput (beyond them the rate is
+#: taken over the time the events read cover).
+RATE_READ_MAX = 5_000
+#: The events that count a finished job, once each: a job that failed for good emits
+#: ``job-failed`` (and ``job-dlq`` too when it is dead-lettered: not counted again).
+_FINISHED = {b"job-completed": 0, b"job-failed": 1}
 #: Most characters of a value shown (data, result, progress).
 MAX_SHOWN = 64 * 1024
 #: Longest search text accepted.
@@ -121,31 +128,51 @@ class QueueRow:
         }
 
 
+def _stream_ms(entry_id: Any) -> int | None:
+    ms = reply_text(entry_id).split("-")[0]
+    return int(ms) if ms.isdigit() else None
+
+
+def _before(entry_id: Any) -> str:
+    """The stream id just before ``entry_id`` (an inclusive end for the next read)."""
+    ms, _, seq = reply_text(entry_id).partition("-")
+    if seq.isdigit() and int(seq) > 0:
+        return f"{ms}-{int(seq) - 1}"
+    return f"{max(0, int(ms) - 1)}-18446744073709551615" if ms.isdigit() else "0-0"
+
+
 async def throughput(queue: Any) -> Rate | None:
-    """Completions and failures per second over the last ``RATE_WINDOW_MS``, from at
-    most ``RATE_SAMPLE`` of the newest events (None when the queue keeps no events).
-    When the sample is full before the window is, the rate is taken over the time the
-    sample covers."""
+    """Jobs completed and failed for good per second over the last ``RATE_WINDOW_MS``
+    (None when the queue keeps no events): its ``job-completed`` and ``job-failed``
+    events in that window, each finished job counted once. The window's events are
+    read newest first, ``RATE_BATCH`` per round trip; after ``RATE_READ_MAX`` of them,
+    or where the stream was trimmed (``events_max_len``) inside the window, the rate is
+    taken over the time the events read cover."""
     if queue.events_max_len == 0:
         return None
     client = await queue.client()
     now_s, now_us = await client.time()
     now = int(now_s) * 1000 + int(now_us) // 1000
-    rows = await client.xrevrange(
-        queue.keys.events, "+", str(now - RATE_WINDOW_MS), count=RATE_SAMPLE
-    )
-    done = failed = 0
-    for _, fields in rows:
-        ev = fields.get(b"e")
-        if ev == b"job-completed":
-            done += 1
-        elif ev in (b"job-failed", b"job-dlq"):
-            failed += 1
+    key, start = queue.keys.events, str(now - RATE_WINDOW_MS)
+    counts, read, end, oldest = [0, 0], 0, "+", None
+    while read < RATE_READ_MAX:
+        rows = await client.xrevrange(key, end, start, count=RATE_BATCH)
+        for _, fields in rows:
+            kind = _FINISHED.get(fields.get(b"e"))
+            if kind is not None:
+                counts[kind] += 1
+        read += len(rows)
+        if rows:
+            oldest, end = rows[-1][0], _before(rows[-1][0])
+        if len(rows) < RATE_BATCH:
+            break
     span = RATE_WINDOW_MS
-    if len(rows) >= RATE_SAMPLE:
-        oldest = reply_text(rows[-1][0]).split("-")[0]
-        span = max(1, now - int(oldest)) if oldest.isdigit() else span
-    return Rate(round(done * 1000 / span, 2), round(failed * 1000 / span, 2))
+    cut = read >= RATE_READ_MAX  # more events in the window than read
+    if not cut and oldest is not None and read >= queue.events_max_len:
+        cut = read >= int(await client.xlen(key))  # all it holds: older ones trimmed
+    if cut and oldest is not None and (ms := _stream_ms(oldest)) is not None:
+        span = max(1, min(RATE_WINDOW_MS, now - ms))
+    return Rate(round(counts[0] * 1000 / span, 2), round(counts[1] * 1000 / span, 2))
 
 
 async def queue_row(queue: Any) -> QueueRow:

@@ -125,6 +125,9 @@ class Pages(QueueViews):
                 url = f"{self.dash.base(request)}/q/{queue_segment(queue.name)}/jobs/{_q(job_id)}"
                 return RedirectResponse(url, status_code=303)
         flt = Filter.of(params)
+        # Hidden data is not searched (its matches would tell what it holds): a search by
+        # a data field is refused with a note, not answered as if every job matched.
+        data_search_off = not self.show_payloads and bool(flt.field or flt.value)
         if not self.show_payloads:
             flt = Filter(flt.name, flt.error)
         row = await queue_row(queue)
@@ -165,6 +168,7 @@ class Pages(QueueViews):
             job_id=job_id,
             not_found=bool(job_id),
             error=error,
+            data_search_off=data_search_off,
             show_payloads=self.show_payloads,
             live=True,
         )

@@ -1,20 +1,21 @@
 """What every dashboard response shares: its security headers, and the Jinja2
 environment its pages are rendered with (autoescaping; every printed value passes
-``visible`` first)."""
+``visible`` first; a value a form posts back is written with the ``exact`` filter)."""
 
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, PackageLoader, select_autoescape
-from markupsafe import Markup
+from jinja2 import Environment, PackageLoader, Template, select_autoescape
+from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["SECURITY_HEADERS", "DashboardApp", "environment", "visible"]
+__all__ = ["SECURITY_HEADERS", "DashboardApp", "environment", "exact", "visible"]
 
 #: Headers on every response.
 SECURITY_HEADERS = {
@@ -84,6 +85,40 @@ _UNSHOWN = re.compile(
 )
 
 
+#: What ``exact`` cannot write as it is: a lone surrogate (UTF-8 cannot encode it) and
+#: NUL (HTML reads it as U+FFFD) get their escape as ``visible`` writes it.
+_NOT_EXACT = re.compile("[\x00\ud800-\udfff]")
+#: C1 controls: HTML reads ``&#x9b;`` as U+203A (the windows-1252 table), so ``exact``
+#: writes them as they are, through a mark holding the code point and this process's
+#: nonce (``visible`` would escape the character itself when a macro's output passes
+#: it); ``_Template.render`` turns the marks back into the characters once the page is
+#: whole. Text from elsewhere cannot forge a mark: it does not know the nonce.
+_C1 = re.compile("[\x80-\x9f]")
+_NONCE = secrets.token_hex(16)
+_MARK = re.compile(f"\ufdd0([0-9a-f]{{2}}){_NONCE}\ufdd1")
+
+
+def exact(value: Any) -> Markup:
+    """``value`` for an attribute a form posts back (a hidden field, a checkbox): the
+    text itself, HTML-escaped, not ``visible``'s escapes, so a button acts on the id it
+    was shown for even when that id holds a bidirectional mark or a control character
+    (the escaped text would name another id). Those characters are written as numeric
+    character references (``&#x202e;``; a carriage return too, which HTML would read as
+    a line feed), C1 controls as they are (above). Shown text keeps passing ``visible``."""
+    text = str(escape(_NOT_EXACT.sub(lambda m: ascii(m.group())[1:-1], str(value))))
+    text = _C1.sub(lambda m: f"\ufdd0{ord(m.group()):02x}{_NONCE}\ufdd1", text)
+    text = _UNSHOWN.sub(lambda m: f"&#x{ord(m.group()):x};", text)
+    return Markup(text.replace("\r", "&#xd;"))
+
+
+class _Template(Template):
+    """A page template whose ``render`` puts back what ``exact`` marked."""
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        html = super().render(*args, **kwargs)
+        return _MARK.sub(lambda m: chr(int(m.group(1), 16)), html) if "\ufdd0" in html else html
+
+
 def visible(value: Any) -> Any:
     """Every value a template prints, before HTML escaping: text with a control
     character or a lone surrogate gets it as an escape (``\\x1b``, ``\\udcff``), so
@@ -119,7 +154,9 @@ def environment() -> Environment:
         lstrip_blocks=True,
         finalize=visible,
     )
+    env.template_class = _Template
     env.filters["ts"] = _fmt_time
     env.filters["q"] = lambda v: quote(str(v), safe="")
     env.filters["qn"] = queue_segment
+    env.filters["exact"] = exact
     return env
