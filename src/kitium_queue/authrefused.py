@@ -21,6 +21,7 @@ named a primary and to check the sentinel addresses and the service name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Mapping
@@ -33,9 +34,11 @@ from .errors import ConnectionUnavailableError
 from .pools import CheckedSentinelPool, ConnectFailedError
 from .redact import redact_url
 from .redis_urls import auth_refused
+from .tlswords import no_tls_there, uses_tls
 
 __all__ = [
-    "CredentialsRefusedError", "SentinelPool", "credentials_refused", "no_primary", "word_refusals",
+    "CredentialsRefusedError", "NoPrimaryError", "SentinelPool", "credentials_refused",
+    "no_primary", "word_refusals",
 ]  # fmt: skip
 
 #: Where a connection (or a Cluster client) keeps ``(factory, queue)``: who words its
@@ -104,6 +107,8 @@ def word_refusals(holder: Any, factory: Any, queue: str) -> None:
         return
     if getattr(make, "_kq_marks", False):
         return
+    with contextlib.suppress(AttributeError, TypeError):  # a Sentinel pool words its lookups
+        pool.__dict__[_MARK] = mark
 
     def made() -> Any:
         conn = make()
@@ -127,20 +132,18 @@ _SENTINEL_REFUSAL = re.compile(r"AuthenticationError\W{1,3}(.*?)(?:['\"]\))?(?=,
 
 
 def no_primary(
-    describe: str, queue: str, text: str, options: Mapping[str, Any]
+    describe: str, queue: str, text: str, options: Mapping[str, Any], state: str | None = None
 ) -> ConnectionUnavailableError:
     """The error of a Sentinel setting (``describe``, as the factory describes it) whose
     sentinels named no primary for queue ``queue`` (redis-py's ``MasterNotFoundError``,
     its ``text`` without credentials): their refusal of the credentials given to them
-    (``options``: the setting's; ``sentinel_password`` is theirs) when one refused them,
-    else that none answered or none monitors the service."""
+    (``options``: the setting's; ``sentinel_password`` is theirs) when one refused them;
+    else what ``state`` (``SentinelPool``'s ``_primary_state``) or ``text`` tells: no
+    sentinel answered ("silent"), they monitor that service and flag its primary down
+    ("down": a failover may be under way), none monitors it ("unknown")."""
     found = _SENTINEL_REFUSAL.search(text)
     if found is None:
-        return ConnectionUnavailableError(
-            f"no Sentinel of {describe} named a primary for queue {queue!r} "
-            "(none answered, or none monitors that service name); check the sentinel "
-            "addresses and the service name in redis=, and that the sentinels run"
-        )
+        return _unnamed(describe, queue, text, options, state)
     cause = found.group(1).strip().rstrip(".").strip()[:200] or "AuthenticationError"
     where = f"the sentinels at {describe.removeprefix('sentinel ')}"
     theirs = (
@@ -158,6 +161,61 @@ def no_primary(
         f"{where} refused the credentials of queue {queue!r} ({cause}); check "
         f"sentinel_username and sentinel_password given in redis=: {theirs}"
     )
+
+
+#: One sentinel's error in the text of ``MasterNotFoundError``: "<its client's repr> -
+#: <error>" (the repr ends in ")>)>)>").
+_SENTINEL_ERROR = re.compile(r"\)> - \w")
+#: What each sentinel said there, without its client's repr.
+_SENTINEL_SAID = re.compile(r"\)> - (.*?)(?=, <redis|\Z)", re.S)
+
+
+def _unnamed(
+    describe: str, queue: str, text: str, options: Mapping[str, Any], state: str | None
+) -> ConnectionUnavailableError:
+    """``no_primary``'s words when no sentinel refused the credentials."""
+    of = f"for queue {queue!r}" if queue else "for this connection"
+    if state is None:  # from the text: no error listed means every sentinel answered
+        state = "silent" if _SENTINEL_ERROR.search(text) else "answered"
+    if state == "silent":
+        tls = no_tls_there("+sentinel") if uses_tls(options) else ""
+        said = dict.fromkeys(m.strip() for m in _SENTINEL_SAID.findall(text))  # each once
+        cause = "; ".join(said)[:300]
+        return ConnectionUnavailableError(
+            f"no Sentinel of {describe} answered {of}{f' ({cause})' if cause else ''}; "
+            f"check the sentinel addresses in redis= and that the sentinels run{tls}"
+        )
+    if state == "unknown":
+        return ConnectionUnavailableError(
+            f"the sentinels of {describe} answered, but none monitors that service name "
+            f"({of.removeprefix('for ')}); check the service name in redis= (SENTINEL "
+            "MASTERS on a sentinel lists the ones it monitors)"
+        )
+    why = (
+        "they flag it down"
+        if state == "down"
+        else "its primary is down, or none monitors that service name"
+    )
+    return ConnectionUnavailableError(
+        f"the sentinels of {describe} answered but name no reachable primary {of} "
+        f"({why}): a failover may be under way (it takes their down-after-milliseconds, "
+        "then an election and a replica's promotion): retry in a few seconds (workers "
+        "retry by themselves). If it lasts: SENTINEL MASTER <service> on a sentinel shows "
+        "the primary's flags, SENTINEL REPLICAS whether a replica can be promoted"
+    )
+
+
+class NoPrimaryError(ConnectionUnavailableError, MasterNotFoundError):
+    """The sentinels named no reachable primary for a new connection: none answered,
+    or they flag the primary down (a failover may be under way: retrying helps), or
+    none monitors the service name; the message says which (``no_primary``). Nothing
+    of the call reached Redis. The library's ``ConnectionUnavailableError`` (transient
+    for the worker loops) and still redis-py's ``MasterNotFoundError``, which handlers
+    written for it catch."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.__dict__.update(MasterNotFoundError(message).__dict__)
 
 
 class _SentinelsRefused(MasterNotFoundError, AuthenticationError):
@@ -179,9 +237,42 @@ class SentinelPool(CheckedSentinelPool):
         except MasterNotFoundError as exc:
             found = _SENTINEL_REFUSAL.search(str(exc))
             if found is None:
-                raise
+                raise await self._no_primary(exc) from exc
             reason = found.group(1).strip()[:200]
             raise _SentinelsRefused(
                 f"the sentinels refused the credentials given to them for service "
                 f"{self.service_name!r}: AuthenticationError: {reason}"
             ) from exc
+
+    async def _no_primary(self, exc: MasterNotFoundError) -> NoPrimaryError:
+        """``exc`` (no primary named, no refusal) as ``NoPrimaryError``, worded by the
+        queue's factory when a queue marked this pool (``word_refusals``)."""
+        exc.kq_state = await self._primary_state(str(exc))  # type: ignore[attr-defined]
+        mark = self.__dict__.get(_MARK)
+        if mark is not None:
+            with contextlib.suppress(Exception):  # only to word the message
+                said = mark[0].error(exc, mark[1])
+                if said is not None:
+                    return NoPrimaryError(str(said))
+        where = f"Sentinel service {self.service_name!r}"
+        return NoPrimaryError(str(_unnamed(where, "", redact_url(exc), {}, exc.kq_state)))  # type: ignore[attr-defined]
+
+    async def _primary_state(self, text: str) -> str:
+        """Why the sentinels named no primary: "silent" (none answered), "down" (one
+        that answers monitors the service: it flags its primary down), "unknown" (one
+        that answers monitors no such service). Asked again only of a setting where
+        some sentinel answered, each within ``_ASK_S``."""
+        sentinels = list(getattr(self.sentinel_manager, "sentinels", ()))
+        if len(_SENTINEL_ERROR.findall(text)) >= len(sentinels):
+            return "silent"
+        for sentinel in sentinels:
+            try:
+                masters = await asyncio.wait_for(sentinel.sentinel_masters(), _ASK_S)
+            except Exception:  # the next sentinel may answer
+                continue
+            return "down" if self.service_name in masters else "unknown"
+        return "silent"
+
+
+#: How long ``SentinelPool._primary_state`` waits for each sentinel.
+_ASK_S = 1.0

@@ -39,12 +39,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    NoPermissionError,
+    RedisClusterException,
+)
 
 from .errors import ConnectionUnavailableError
 
-__all__ = ["UNREACHABLE", "ClusterClient", "ClusterUnreachableError", "close_nodes"]
-__all__ += ["known_nodes"]
+__all__ = ["UNREACHABLE", "ClusterClient", "ClusterRefusedError", "ClusterUnreachableError"]
+__all__ += ["close_nodes", "cluster_refused", "known_nodes"]
 
 _ANY_NODE = "Please provide at least one reachable node: "
 
@@ -54,6 +59,43 @@ class ClusterUnreachableError(ConnectionUnavailableError, RedisClusterException)
     restarting, unreachable). The library's ``ConnectionUnavailableError`` (the worker
     loops hold their outcomes and retry) and still redis-py's
     ``RedisClusterException``; the next call connects again."""
+
+
+class ClusterRefusedError(ConnectionUnavailableError, ClusterDownError):
+    """The Redis Cluster refuses service (``CLUSTERDOWN``): a hash slot is served by no
+    node (a master down with no replica promoted yet, a slot never assigned), and with
+    ``cluster-require-full-coverage yes`` every node refuses every command, reads too.
+    Redis ran nothing of the refused command. The library's
+    ``ConnectionUnavailableError`` (transient: the worker loops hold their outcomes
+    and retry) and still redis-py's ``ClusterDownError``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # The attributes redis-py's errors carry (its own code and __repr__ read them).
+        self.__dict__.update(ClusterDownError(message).__dict__)
+
+
+def cluster_refused(client: Any, exc: ClusterDownError) -> ClusterRefusedError:
+    """``exc`` (``CLUSTERDOWN`` met by ``client``, a Cluster client) as
+    ``ClusterRefusedError``, naming the queue when one marked the client
+    (``authrefused.word_refusals``)."""
+    if isinstance(exc, ClusterRefusedError):
+        return exc
+    where = getattr(client, "kq_where", ClusterClient.kq_where)
+    mark = getattr(client, "__dict__", {}).get("_kq_refusals_for")
+    of = f" for queue {mark[1]!r}" if isinstance(mark, tuple) and len(mark) == 2 else ""
+    said = str(exc).strip().rstrip(".")[:200] or "The cluster is down"
+    return ClusterRefusedError(
+        f"the {where} refuses service{of} (CLUSTERDOWN: {said}): a hash slot is served by "
+        "no node (a master is down and no replica has taken over yet, which takes about "
+        "its cluster-node-timeout; or a slot was never assigned), and with "
+        "cluster-require-full-coverage yes (the default) every node refuses every "
+        "command, reads too, even on slots whose node is up. Redis ran nothing of the "
+        "refused command: retry once the cluster is back (workers retry by themselves). "
+        "If it lasts: CLUSTER INFO on a "
+        "node (cluster_state, cluster_slots_fail) and CLUSTER NODES (the node flagged "
+        "fail); a replica per master lets the cluster fail over by itself"
+    )
 
 
 #: redis-py's own error for it (8.2 and later; 8.1 raises a bare
@@ -93,6 +135,8 @@ class ClusterClient(RedisCluster):
             if worded is exc:
                 raise  # its own cause kept (the queue's first connection words it)
             raise worded from exc
+        except ClusterDownError as exc:
+            raise cluster_refused(self, exc) from exc
         except AuthenticationError as exc:  # a node refused a new connection's credentials
             raise _refused(self, exc) from exc
         self._kq_reached = True
@@ -129,6 +173,8 @@ def _worded(pipe: Any) -> Any:
                 if worded is exc:
                     raise
                 raise worded from exc
+            except ClusterDownError as exc:
+                raise cluster_refused(self.cluster_client, exc) from exc
             except AuthenticationError as exc:
                 raise _refused(self.cluster_client, exc) from exc
 

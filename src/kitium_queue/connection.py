@@ -39,6 +39,9 @@ from .redis_urls import (
     no_retry,
     option_problem,
     parse_multi_host_url,
+    ready_check_and_retry,
+    sentinel_only,
+    ssl_without_tls,
     url_problem,
 )
 
@@ -157,27 +160,6 @@ class _SentinelMaster(aioredis.Redis):
                 await sentinel.aclose()
 
 
-def _ready_check_and_retry(opts: dict[str, Any]) -> None:
-    """The ``retry_strategy`` and ``enable_ready_check`` options: honoured where the
-    queue does it already, refused where it cannot (never accepted and dropped)."""
-    if opts.pop("retry_strategy", None) is not None:
-        raise ConfigurationError(
-            "redis option 'retry_strategy' is not supported: reconnecting is built in "
-            "(workers, the scheduler and leader services retry with backoff up to 5 s "
-            "until Redis is back; add_job and the other calls raise "
-            "ConnectionUnavailableError at once, so the caller decides). Drop it, or "
-            "pass a ready redis.asyncio client built with retry=Retry(...) for "
-            "per-command retries"
-        )
-    ready = opts.pop("enable_ready_check", True)
-    if ready is not True:
-        raise ConfigurationError(
-            f"redis option enable_ready_check={ready!r}: the queue always checks that "
-            "Redis answers (PING, with a deadline) before it first uses a connection, "
-            "and that cannot be turned off; drop the option (True is accepted)"
-        )
-
-
 class ConnectionFactory:
     """Makes the clients a queue needs: a shared one and dedicated blocking ones.
 
@@ -280,9 +262,6 @@ class ConnectionFactory:
                 f"Redis Cluster has only database 0; drop '/{'/'.join(path)}' from "
                 f"{redact_url(url, self._secrets)!r}"
             )
-        bad = [k for k in kwargs if k.startswith("sentinel_")]
-        if bad:
-            raise ConfigurationError(f"{bad} only apply to redis+sentinel:// URLs")
         self.mode = "cluster"
         self._nodes = nodes
         self._kwargs = kwargs
@@ -356,7 +335,10 @@ class ConnectionFactory:
                 raise ConfigurationError(
                     "tls options given with a non-TLS url: use a rediss:// url"
                 )  # with a rediss:// url the scheme selects TLS; the options configure it
-        _ready_check_and_retry(opts)
+        problem = ssl_without_tls(opts, use_tls or str(self._url).lower().startswith("rediss:"))
+        if problem:
+            raise ConfigurationError(problem)
+        ready_check_and_retry(opts)
         cluster = opts.pop("cluster", False)
         startup = opts.pop("startup_nodes", None)
         sentinels = opts.pop("sentinels", None)
@@ -372,6 +354,7 @@ class ConnectionFactory:
         if cluster or startup:
             if sentinels:
                 raise ConfigurationError("choose either cluster or sentinels, not both")
+            sentinel_only(opts, _SENTINEL_ONLY)
             if opts.get("db"):
                 raise ConfigurationError("Redis Cluster has only database 0")
             opts.pop("db", None)

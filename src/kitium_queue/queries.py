@@ -46,7 +46,15 @@ from .parking import parked_count, parked_ids
 from .recordreads import NO_FIELDS, cut_off, read_records
 from .records import LISTED_FIELDS, JobDetail, decode_id, hash_reply, job_values, stored_status
 from .redact import redact_json_text
-from .serverinfo import MemoryReport, memory_report, ping_refusal, write_probe
+from .serverinfo import (
+    MemoryReport,
+    _health_error,
+    memory_report,
+    ping_refusal,
+    reply_text,
+    write_probe,
+    write_refused,
+)
 
 if TYPE_CHECKING:
     from .context import QueueContext
@@ -522,6 +530,7 @@ class Queries:
             # Bounded as the PING is: a server that holds writes is reported, not waited for.
             probe = ctx.keys.extra("write-probe")
             refused = refused or await write_probe(client, probe, CONNECT_TIMEOUT_S)
+            refused = refused or await _slot_probe(client, (ctx.keys.meta, probe))
             # The reads that follow get the same bound (a pause that began meanwhile).
             memory, missing, damaged = await asyncio.wait_for(
                 self._server_state(client, server_config), CONNECT_TIMEOUT_S
@@ -580,6 +589,22 @@ class Queries:
         async with contextlib.aclosing(feed):
             async for ev in feed:
                 yield ev
+
+
+async def _slot_probe(client: Any, keys: tuple[str, str]) -> str | None:
+    """Whether the server takes calls on several of the queue's keys, as its transitions
+    are: ``EXISTS`` of two of them (one never written), a read. While a Cluster moves
+    the queue's slot (``CLUSTER SETSLOT ... MIGRATING / IMPORTING``) it is refused with
+    ``TRYAGAIN``, as every add, claim and outcome is, although the single-key write
+    probe is redirected and answered. The ``HealthStatus.error`` of a refusal, else
+    None (other errors, and no answer in time, leave it to the other probes)."""
+    try:
+        await asyncio.wait_for(client.execute_command("EXISTS", *keys), CONNECT_TIMEOUT_S)
+    except (RedisError, asyncio.TimeoutError) as exc:
+        text = reply_text(exc)
+        if isinstance(exc, RedisError) and write_refused(text) is not None:
+            return _health_error(text)
+    return None
 
 
 def _count(raw: Any) -> int:

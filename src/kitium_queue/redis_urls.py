@@ -27,6 +27,10 @@ __all__ = [
     "no_retry",
     "option_problem",
     "parse_multi_host_url",
+    "ready_check_and_retry",
+    "scheme_options",
+    "sentinel_only",
+    "ssl_without_tls",
     "unknown_url_options",
     "url_problem",
 ]
@@ -115,17 +119,86 @@ def parse_multi_host_url(url: str) -> tuple[str, list[tuple[str, int]], list[str
         )
     if not nodes:
         raise ConfigurationError(f"{scheme}:// URL needs at least one host:port")
+    valid = scheme_options(scheme)
     for name, value in parse_qsl(query):
         cast = QUERY_TYPES.get(name)
-        if cast is None:
-            raise ConfigurationError(
-                f"unknown option {name!r} in {scheme}:// URL; valid: {sorted(QUERY_TYPES)}"
-            )
+        if cast is None or name not in valid:
+            raise ConfigurationError(_not_taken(scheme, name, valid))
         try:
             kwargs[name] = cast(value)
         except ValueError:
             raise ConfigurationError(f"option {name}={value!r} must be {cast.__name__}") from None
     return scheme, nodes, [unquote(p) for p in path.split("/") if p], kwargs
+
+
+def scheme_options(scheme: str) -> list[str]:
+    """The query options a ``redis+cluster://`` or ``redis+sentinel://`` URL takes
+    (``scheme``, lower-cased): ``ssl_*`` only with TLS (``rediss+``), ``sentinel_*``
+    only for Sentinel."""
+    return sorted(
+        name
+        for name in QUERY_TYPES
+        if (scheme.startswith("rediss") or not name.startswith("ssl_"))
+        and ("sentinel" in scheme or not name.startswith("sentinel_"))
+    )
+
+
+def _not_taken(scheme: str, name: str, valid: list[str]) -> str:
+    """Why a ``scheme://`` URL does not take option ``name`` (``valid``: those it takes)."""
+    if name.startswith("ssl_") and name in QUERY_TYPES:
+        return (
+            f"option {name!r} configures TLS, which a {scheme}:// URL does not use (it "
+            f"connects in plain text): use {scheme.replace('redis', 'rediss', 1)}:// for "
+            "TLS, or drop the option"
+        )
+    if name.startswith("sentinel_") and name in QUERY_TYPES:
+        return f"[{name!r}] only apply to redis+sentinel:// URLs"
+    return f"unknown option {name!r} in {scheme}:// URL; valid: {valid}"
+
+
+def ssl_without_tls(opts: Mapping[str, Any], tls: bool) -> str:
+    """What is wrong with ``ssl_*`` options of a dict setting that does not ask for TLS
+    (``tls``: ``ssl=True``, ``tls=``, a ``rediss://`` url): redis-py connected in plain
+    text without a word, or refused them at the first connection ("" if nothing)."""
+    given = sorted(k for k in opts if k.startswith("ssl_"))
+    if not given or tls:
+        return ""
+    return (
+        f"redis options {given} configure TLS, which this setting does not ask for (it "
+        "would connect in plain text): add ssl=True (or tls=True, or tls={'ca_certs': ...}"
+        "), or use a rediss:// url; drop them for a plain-text connection"
+    )
+
+
+def sentinel_only(opts: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse the Sentinel-only ``keys`` in a Cluster dict ``opts``."""
+    bad = [k for k in keys if k in opts]
+    if bad:
+        raise ConfigurationError(
+            f"redis options {bad} only apply to Sentinel (sentinels=[...]), not to a Redis "
+            "Cluster (cluster=True / startup_nodes)"
+        )
+
+
+def ready_check_and_retry(opts: dict[str, Any]) -> None:
+    """The ``retry_strategy`` and ``enable_ready_check`` options: honoured where the
+    queue does it already, refused where it cannot (never accepted and dropped)."""
+    if opts.pop("retry_strategy", None) is not None:
+        raise ConfigurationError(
+            "redis option 'retry_strategy' is not supported: reconnecting is built in "
+            "(workers, the scheduler and leader services retry with backoff up to 5 s "
+            "until Redis is back; add_job and the other calls raise "
+            "ConnectionUnavailableError at once, so the caller decides). Drop it, or "
+            "pass a ready redis.asyncio client built with retry=Retry(...) for "
+            "per-command retries"
+        )
+    ready = opts.pop("enable_ready_check", True)
+    if ready is not True:
+        raise ConfigurationError(
+            f"redis option enable_ready_check={ready!r}: the queue always checks that "
+            "Redis answers (PING, with a deadline) before it first uses a connection, "
+            "and that cannot be turned off; drop the option (True is accepted)"
+        )
 
 
 def _finite(value: Any, low: float) -> bool:
