@@ -20,7 +20,6 @@ Every redis-server of this module listens on 24900-24999 (cluster bus: +10000).
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from redis.exceptions import ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import _cluster
-import _redis
 from _cluster import LocalCluster, key_slot
 from _redis import RedisServer
 from _sentinel import LocalSentinel, _pairs
@@ -44,35 +42,9 @@ from kitium_queue.connection import ConnectionFactory
 
 pytestmark = pytest.mark.timeout(240)
 
-_RANGE = range(24900, 25000)
-_next = [0]
-
-
-def _our_port() -> int:
-    """A port of 24900-24999 free now, with its cluster-bus twin (+10000) free too."""
-    for _ in range(len(_RANGE)):
-        port = _RANGE[_next[0] % len(_RANGE)]
-        _next[0] += 1
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        return port
-    raise _redis.RedisServerError("no free port in 24900-24999")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ports() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_redis, "free_port", _our_port)
-        mp.setattr(_cluster, "cluster_port", _our_port)
-        yield
-
 
 @pytest.fixture(scope="module")
-def cluster(_ports: None) -> Iterator[LocalCluster]:
+def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(masters=3, replicas=0) as c:
         yield c
 
@@ -123,7 +95,7 @@ async def test_a_sentinel_primary_down_is_connection_unavailable(name: str) -> N
 
 
 async def test_sentinels_that_do_not_answer_are_said_apart(name: str) -> None:
-    dead = [_our_port(), _our_port()]
+    dead = [_cluster.cluster_port(), _cluster.cluster_port()]
     url = f"redis+sentinel://127.0.0.1:{dead[0]},127.0.0.1:{dead[1]}/mymaster"
     q = JobQueue(name, redis=url)
     try:
@@ -137,7 +109,7 @@ async def test_sentinels_that_do_not_answer_are_said_apart(name: str) -> None:
 
 
 # ------------------------------------------------------------------ 2. CLUSTERDOWN
-async def test_clusterdown_is_connection_unavailable(name: str, _ports: None) -> None:
+async def test_clusterdown_is_connection_unavailable(name: str) -> None:
     """A master down that does not hold the queue's slot, with no replica: every node
     answers CLUSTERDOWN (cluster-require-full-coverage yes). add_job raised redis-py's
     bare ClusterDownError."""
@@ -248,7 +220,7 @@ async def test_a_missing_tls_file_says_no_connection_was_opened(
 
 # ------------------------------------------------------------------ 4. rediss+ to plain
 @pytest.fixture
-def plain_server(_ports: None) -> Iterator[RedisServer]:
+def plain_server() -> Iterator[RedisServer]:
     with RedisServer() as srv:
         yield srv
 
