@@ -231,12 +231,13 @@ def test_regions_status_of_a_copy_with_a_damaged_record(
             client.hset(key, mapping=record)
     finally:
         client.close()
+    # Shown, and exit 1: status is a probe, and no primary can be said to serve.
     got = CliRunner().invoke(main, ["regions", "status", cli_app, "--json"])
-    assert got.exit_code == 0, got.output
+    assert got.exit_code == 1, got.output
     shown = json.loads(got.stdout)
     assert needle in shown["damaged"]
     plain = CliRunner().invoke(main, ["regions", "status", cli_app])
-    assert plain.exit_code == 0, plain.output
+    assert plain.exit_code == 1, plain.output
     assert "damaged" in plain.stdout and "unexpected error" not in plain.output
 
 

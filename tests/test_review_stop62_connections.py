@@ -14,7 +14,8 @@
   multi-key transitions refused with ``TRYAGAIN``), and ``kitium-queue health`` prints
   the writes check.
 
-Every redis-server of this module listens on 24900-24999 (cluster bus: +10000).
+Its redis-servers listen on free ports (``_cluster.cluster_port``: the cluster bus's
++10000 free too).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """An APP module that used its queue while it was imported (``asyncio.run(queue.add_job(
 ...))`` at its top level): the queue is then bound to an event loop that has ended, which
 no command can share. ``cli/base.py`` records such an import (``record``) and turns the
-error a command then meets into one that says what to move, and where (``failure``)."""
+error a command then meets into one that says what to move, and where (``failure``).
+``refuse_manager`` says what to use for a GlobalQueueManager APP."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import click
+
 from ..queue import JobQueue
 
-__all__ = ["MAIN_HINT", "failure", "import_hint", "record"]
+__all__ = ["MAIN_HINT", "failure", "import_hint", "record", "refuse_manager"]
 
 #: What to do, for a message about APP's import.
 MAIN_HINT = ': code that calls asyncio.run or the queue goes under `if __name__ == "__main__":`'
@@ -44,3 +47,18 @@ def failure(exc: BaseException, text: str) -> str | None:
         "(asyncio.run at the module's top level), which this command cannot share"
         f"{MAIN_HINT}, so that importing APP only builds the queue ({text.split(' (', 1)[0]})"
     )
+
+
+def refuse_manager(app: str, obj: Any) -> None:
+    """Refuse a ``GlobalQueueManager`` not initialized (as every APP is: a command cannot
+    await its ``initialize``) where a command takes a queue, saying what to use."""
+    from ..features.regions.manager import GlobalQueueManager
+
+    if isinstance(obj, GlobalQueueManager) and obj.topo is None:
+        raise click.BadParameter(
+            f"{app!r} is a GlobalQueueManager: this command takes a JobQueue (to read one "
+            "region's copy: a JobQueue of the queue's name on that region's Redis); for the "
+            f"global queue use 'kitium-queue regions status {app}' (and regions failover, "
+            "stranded, resubmit, discard); its workers run in a program that calls "
+            "await manager.start()"
+        )

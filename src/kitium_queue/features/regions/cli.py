@@ -7,6 +7,10 @@ the background loop) or, for ``status`` only, a ``JobQueue``: then the record of
 one copy is shown (its region, epoch, primary, lease, replication position), read from
 ``--redis`` or the queue's own Redis. Every value printed goes through the CLI's field
 escaping; no job payload is printed.
+
+``status`` only reads (``GlobalQueueManager.observe``): it claims no record, holds no
+election, renews no lease and tells no region of an epoch. It is a probe: exit 0 when a
+primary serves, 1 otherwise (see the command's help).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from redis.exceptions import ResponseError
 from ...errors import ConfigurationError
 from ...options import shown
 from ...queue import JobQueue
+from .stranded import held
 
 if TYPE_CHECKING:
     from .manager import GlobalQueueManager
@@ -76,7 +81,12 @@ def make_command(
         return obj
 
     def with_manager(
-        app: str, redis: str | None, what: str, act: Callable[[GlobalQueueManager], Awaitable[Any]]
+        app: str,
+        redis: str | None,
+        what: str,
+        act: Callable[[GlobalQueueManager], Awaitable[Any]],
+        *,
+        observe: bool = False,
     ) -> Any:
         from .manager import GlobalQueueManager
 
@@ -85,7 +95,8 @@ def make_command(
         async def go() -> Any:
             m = GlobalQueueManager()
             try:
-                await m.initialize(_quiet(given.configuration))
+                start = m.observe if observe else m.initialize
+                await start(_quiet(given.configuration))
                 return await act(m)
             finally:
                 await m.close()
@@ -101,13 +112,17 @@ def make_command(
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @redis_option
     def status(app: str, as_json: bool, redis: str | None) -> None:
-        """Each region: role, health, epoch, lease, replication lag, counts."""
+        """Each region: role, health, epoch, lease, replication lag, counts. Read only.
+
+        Exit 0 when a primary serves (holds a running lease), 1 when none does, when no
+        region holds a record of the queue (a name never used) or, for a JobQueue APP,
+        when the copy has no record or is a primary whose lease ran out."""
         from .manager import GlobalQueueManager
 
         obj = load_app(app, (JobQueue, GlobalQueueManager))
         if isinstance(obj, JobQueue):
 
-            async def one(q: Any) -> None:
+            async def one(q: Any) -> bool:
                 client = await q.client()
                 (reply,) = (
                     await client.pipeline(transaction=False)
@@ -142,23 +157,37 @@ def make_command(
                     "source": rec.get("src", ""),
                     "damaged": "; ".join(damage) or None,
                 }
+                # A copy that names its primary; the primary itself with its lease running.
+                ok = not damage and bool(rec.get("epoch") and rec.get("primary"))
+                ok = ok and (not primary or left != 0)
                 if as_json:
                     click.echo(json.dumps(out, indent=2))
-                    return
+                    return ok
                 if "self" not in rec and not damage:
                     click.echo(row(q.name, "no region record: not a copy of a global queue"))
-                    return
+                    return False
                 for k, v in out.items():
                     click.echo(row(k, "-" if v in (None, "") else v))
+                return ok
 
-            with_queue(app, redis, one)
+            if not with_queue(app, redis, one):
+                raise click.exceptions.Exit(1)
             return
 
-        async def act(m: GlobalQueueManager) -> None:
+        async def act(m: GlobalQueueManager) -> bool:
             st = await m.get_global_stats()
+            copies = [m.region(n) for n in m.regions]
+            up = [c for c in copies if c.reachable]
+            if up and not any(c.record is not None and c.record.region for c in up):
+                raise click.ClickException(
+                    f"no region holds a record of queue {shown(st.name)} ({len(up)} of "
+                    f"{len(copies)} regions checked): it was never initialized with this "
+                    "configuration (GlobalQueueManager.initialize creates the records); "
+                    "check the queue's name"
+                )
             if as_json:
                 click.echo(json.dumps(st.as_dict(), indent=2, default=str))
-                return
+                return st.serving
             click.echo(
                 row("queue", st.name, "primary", st.primary or "-", "epoch", st.epoch or "-")
             )
@@ -196,8 +225,10 @@ def make_command(
                         r.error or "-",
                     )
                 )
+            return st.serving
 
-        with_manager(app, redis, "status", act)
+        if not with_manager(app, redis, "status", act, observe=True):
+            raise click.exceptions.Exit(1)
 
     @regions.command("failover")
     @click.argument("app")
@@ -251,12 +282,16 @@ def make_command(
         if not ids and not every:
             raise click.UsageError("give the ids to re-submit, or --all")
 
-        async def act(m: GlobalQueueManager) -> None:
-            got = await m.resubmit_stranded(None if every else ids)
-            for jid, status in got.items():
-                click.echo(row(jid, status))
+        async def act(m: GlobalQueueManager) -> list[str]:
+            unknown = [] if every else await not_stranded(m, ids)
+            known = [i for i in ids if i not in unknown]
+            if every or known:
+                got = await m.resubmit_stranded(None if every else known)
+                for jid, status in got.items():
+                    click.echo(row(jid, status))
+            return unknown
 
-        with_manager(app, redis, "resubmit", act)
+        refuse(app, with_manager(app, redis, "resubmit", act))
 
     @regions.command("discard")
     @click.argument("app")
@@ -265,9 +300,36 @@ def make_command(
     def discard(app: str, ids: tuple[str, ...], redis: str | None) -> None:
         """Forget stranded records IDS without applying them."""
 
-        async def act(m: GlobalQueueManager) -> None:
-            click.echo(row("discarded", await m.discard_stranded(ids)))
+        async def act(m: GlobalQueueManager) -> list[str]:
+            unknown = await not_stranded(m, ids)
+            known = [i for i in ids if i not in unknown]
+            if known:
+                click.echo(row("discarded", await m.discard_stranded(known)))
+            return unknown
 
-        with_manager(app, redis, "discard", act)
+        refuse(app, with_manager(app, redis, "discard", act))
 
     return regions
+
+
+async def not_stranded(m: GlobalQueueManager, ids: tuple[str, ...]) -> list[str]:
+    """Those of ``ids`` that no reachable region keeps a stranded record of."""
+    found: set[str] = set()
+    for name in m.regions:
+        c = m.region(name)
+        if c.reachable:
+            found |= await held(c, ids)
+    return [i for i in dict.fromkeys(ids) if i not in found]
+
+
+def refuse(app: str, unknown: list[str]) -> None:
+    """Exit 1 saying which ids are not stranded jobs (none: nothing to say)."""
+    if not unknown:
+        return
+    names = ", ".join(shown(i) for i in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+    what = "is not a stranded job" if len(unknown) == 1 else "are not stranded jobs"
+    raise click.ClickException(
+        f"{names} {what} of this queue (no reachable region keeps a record of "
+        f"{'it' if len(unknown) == 1 else 'them'}): 'kitium-queue regions stranded "
+        f"{app}' lists the stranded jobs"
+    )

@@ -18,15 +18,19 @@ reachable peers whatever they hold and it lacks before it serves (``Replicator.c
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+from ...limits import get_logger
 from .copying import APPLIED, apply, as_entry, export, now_ms
 from .errors import ReplicationTimeoutError
 from .record import RegionCopy
 from .topology import Topology
 
 __all__ = ["Confirmer"]
+
+log = get_logger(__name__)
 
 _ROUND_MAX = 1000
 
@@ -99,6 +103,21 @@ class Confirmer:
             {i: list(ok) for i in ids},
         )
 
+    def _late(self, region: RegionCopy, task: asyncio.Task[str]) -> None:
+        """The end of one region's copy (its exception retrieved: asyncio would log it as
+        never retrieved otherwise); a failure in one line, at DEBUG (the round reports
+        what it waited for, the health checks a region that went away)."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.debug(
+                "queue %s: synchronous copy to region %s failed: %s",
+                self.topo.cfg.name,
+                region.name,
+                f"{type(exc).__name__}: {region.connection.redact(exc)}"[:200],
+            )
+
     async def _round(self, primary: RegionCopy, ids: list[str]) -> tuple[list[str], str]:
         """One round: the regions that confirmed every job, and why that is too few
         (``""`` when it is enough)."""
@@ -121,6 +140,10 @@ class Confirmer:
             raise RuntimeError(f"region {sec.name} refused: {sorted(set(statuses) - APPLIED)}")
 
         tasks = [asyncio.ensure_future(one(s)) for s in targets]
+        for s, t in zip(targets, tasks, strict=True):
+            # Read whenever it ends: a copy left to finish after min_acks was met (or the
+            # timeout) may fail later (its region went away) with nobody awaiting it.
+            t.add_done_callback(functools.partial(self._late, s))
         ok: list[str] = []
         errors: list[str] = []
         try:

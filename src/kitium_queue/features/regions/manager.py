@@ -54,6 +54,8 @@ log = get_logger(__name__)
 _STEP_S = 15.0
 _LANES_STEP_S = 45.0
 _REGION_STEP_S = 20.0
+#: How long ``close`` lets replication ship what the workers wrote as they stopped.
+_SHIP_S = 5.0
 
 
 async def _close_step(queue: str, what: str, step: Awaitable[None], timeout_s: float) -> None:
@@ -201,6 +203,19 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         Redis) and ``FailoverError`` when no majority of regions is reachable to elect
         the first primary.
         """
+        monitor = self._build(config, Topology)
+        try:
+            await monitor.establish(_FIRST_CONTACT_S)
+            if monitor.cfg.background:
+                await monitor.replicator.follow_primary()
+                await monitor.start()
+        except BaseException:
+            await self._shutdown()
+            raise
+
+    def _build(
+        self, config: GlobalQueueConfig | Mapping[str, Any] | None, kind: type[Topology]
+    ) -> Monitor:
         if self.topo is not None:
             raise ConfigurationError("GlobalQueueManager.initialize was called already")
         given = config if config is not None else self._config
@@ -209,13 +224,9 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         self._config = given
         cfg = self.cfg = check_config(given)
         timeout_s = min(2.0, max(0.2, cfg.failover.timeout_ms / 4000))
-        copies = [
-            RegionCopy(
-                r, cfg.name, cfg.queue_options, timeout_s, replicated=cfg.replication.enabled
-            )
-            for r in cfg.regions
-        ]
-        topo = Topology(cfg, copies)
+        opts, rep = cfg.queue_options, cfg.replication.enabled
+        copies = [RegionCopy(r, cfg.name, opts, timeout_s, replicated=rep) for r in cfg.regions]
+        topo = kind(cfg, copies)
         self.name = cfg.name
         self.queues = [c.lane for c in copies] + [c.home for c in copies]
         self.router = Router(cfg.names, cfg.allowed_regions)
@@ -227,14 +238,7 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         self.topo = topo
         for q in self.queues:  # alert rules on region_lag_ms read it (queue.read_gauge)
             q.add_gauge(LAG_GAUGE, self.region_lag_ms)
-        try:
-            await self.monitor.establish(_FIRST_CONTACT_S)
-            if cfg.background:
-                await self.replicator.follow_primary()
-                await self.monitor.start()
-        except BaseException:
-            await self._shutdown()
-            raise
+        return self.monitor
 
     # ------------------------------------------------------------------ façade hooks
     def _index(self, region: str, home: bool) -> int:
@@ -507,10 +511,11 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
         name = self.cfg.name if self.cfg is not None else "?"
         if self.monitor is not None:
             await _close_step(name, "the region monitor", self.monitor.stop(), _STEP_S)
-        if self.replicator is not None:
-            await _close_step(name, "replication", self.replicator.stop(), _STEP_S)
         if self.lanes is not None:
             await _close_step(name, "the workers", self.lanes.stop(), _LANES_STEP_S)
+        if self.replicator is not None:
+            ship = _ship_then_stop(name, self.replicator, self.topo)  # after the workers
+            await _close_step(name, "replication", ship, _STEP_S)
         if self.topo is not None:
             await asyncio.gather(
                 *(
@@ -518,3 +523,28 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
                     for c in self.topo.copies
                 )
             )
+
+
+async def _ship_then_stop(name: str, rep: Replicator, topo: Topology | None) -> None:
+    """Stop replication once every reachable secondary applied the primary's outbox:
+    what the workers wrote as they stopped (``close`` stops them first) is shipped, or a
+    failover right after would run those jobs again. Waited for ``_SHIP_S`` at most, and
+    only where this process replicates."""
+    p = None if topo is None else topo.primary_copy()
+    deadline = time.monotonic() + _SHIP_S
+    while topo is not None and p is not None and p.reachable and rep.leading:
+        secs = [c for c in topo.secondaries() if c.reachable]
+        try:
+            lags = await asyncio.wait_for(asyncio.gather(*(rep.lag(p, c) for c in secs)), _SHIP_S)
+        except Exception:  # the primary stopped answering: nothing more ships
+            break
+        if all(lag is None or lag.entries == 0 for lag in lags):
+            break
+        if time.monotonic() >= deadline:
+            behind = [c.name for c, lag in zip(secs, lags, strict=True) if lag and lag.entries]
+            log.warning(
+                "queue %s: closing with changes not yet replicated to %s", name, ", ".join(behind)
+            )
+            break
+        await asyncio.sleep(0.05)
+    await rep.stop()

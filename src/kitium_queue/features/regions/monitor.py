@@ -277,6 +277,17 @@ class Monitor:
         target = want if want.reachable else next(iter(self.candidates(None)), None)
         if target is None:
             return None
+        if target is not want:
+            # Not what the configuration says: worth a warning (it stays so until a
+            # failover_to the configured region).
+            log.warning(
+                "queue %s: the configured primary %s is unreachable (%s): electing %s as "
+                "the first primary instead",
+                self.cfg.name,
+                want.name,
+                want.error or "no answer",
+                target.name,
+            )
         return (await self.promote(target, "bootstrap"))[0]
 
     async def promote(self, target: RegionCopy, reason: str) -> tuple[Election, Failover | None]:

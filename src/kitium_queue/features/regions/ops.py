@@ -1,26 +1,76 @@
 """``replicate_job`` and the stranded-work calls of ``GlobalQueueManager``
-(a mixin: the manager's class stays one job's worth of code)."""
+(a mixin: the manager's class stays one job's worth of code), and ``Observed``: the
+regions as read by a manager that only observes them (``GlobalQueueManager.observe``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import ConfigurationError, JobNotFoundError
 from .copying import apply, as_entry, export
+from .election import View, derive_view
 from .errors import RegionUnavailableError
+from .lua import RECORD
+from .record import Record, RegionCopy
 from .stranded import StrandedJob, discard, listing, resubmit
+from .topology import Topology
 
 if TYPE_CHECKING:
     from ...queue import JobQueue
-    from .topology import Topology
 
-__all__ = ["RegionOps"]
+__all__ = ["Observed", "RegionOps", "peek"]
+
+#: Deadline of the first contact with a region (as ``GlobalQueueManager.initialize``).
+_FIRST_CONTACT_S = 10.0
+
+
+async def peek(c: RegionCopy) -> Record | None:
+    """Region ``c``'s record, read as ``RegionCopy.check`` reads it (and with the same
+    health bookkeeping) but without ``region.lua``, whose every op claims a record that
+    has no region yet: one HMGET and the server's clock, nothing written. None when the
+    region did not answer."""
+    started = time.monotonic()
+    try:
+        client = await asyncio.wait_for(c.lane.client(), c.timeout_s)
+        pipe = client.pipeline(transaction=False)
+        pipe.hmget(c.lane.keys.extra("rg"), *RECORD[:-1])
+        pipe.time()
+        values, (sec, usec) = await asyncio.wait_for(pipe.execute(), c.timeout_s)
+    except Exception as exc:  # any failure: the region does not answer us now
+        c.unanswered(exc, started)
+        return None
+    now = int(sec) * 1000 + int(usec) // 1000
+    rec = Record.parse(["ok", "", *(b"" if v is None else v for v in values), now])
+    if rec.region and rec.region != c.name:
+        raise ConfigurationError(
+            f"the Redis of region {c.name!r} ({c.describe()}) holds the queue "
+            f"{c.lane.name!r} of region {rec.region!r}: two regions are configured with "
+            "the same Redis (and key prefix). Give each region its own deployment"
+        )
+    return c.answered(rec, started)
+
+
+class Observed(Topology):
+    """The regions as a manager that only observes them sees them: ``refresh`` reads the
+    records with ``peek`` (it claims no record, renews no lease, tells no region of an
+    epoch). A record that never existed reads with an empty ``region``."""
+
+    async def refresh(self) -> View:
+        recs = await asyncio.gather(*(peek(c) for c in self.copies))
+        self.view = derive_view({c.name: r for c, r in zip(self.copies, recs, strict=True)})
+        return self.view
 
 
 class _Host(Protocol):
     name: str
+
+    def _build(self, config: Any, kind: type[Topology]) -> Any: ...
+
+    async def _shutdown(self) -> None: ...
 
     @property
     def queues(self) -> list[JobQueue]: ...
@@ -33,7 +83,24 @@ class _Host(Protocol):
 
 
 class RegionOps:
-    """``replicate_job``, ``stranded``, ``resubmit_stranded``, ``discard_stranded``."""
+    """``observe``, ``replicate_job``, ``stranded``, ``resubmit_stranded``,
+    ``discard_stranded``."""
+
+    async def observe(self: _Host, config: Any = None) -> None:
+        """Instead of ``initialize``: connect to every region and read what their records
+        say, writing nothing: no record is claimed, no election held, no lease renewed,
+        no region told of a newer epoch (``get_global_stats`` then reports the regions as
+        they are: ``kitium-queue regions status``). For reports only: such a manager
+        keeps no primary serving, and is not for adding or working on jobs. A queue that
+        was never initialized reads as records with no ``region``."""
+        self._build(config, Observed)
+        topo = self._topo()
+        try:
+            await asyncio.gather(*(c.connect(_FIRST_CONTACT_S) for c in topo.copies))
+            await topo.refresh()
+        except BaseException:
+            await self._shutdown()
+            raise
 
     async def replicate_job(self: _Host, job_id: str, regions: Iterable[str]) -> dict[str, str]:
         """Copy job ``job_id``, as it is now, to ``regions`` (each gets it now, whatever
@@ -94,10 +161,12 @@ class RegionOps:
         added with their ids (not when their idempotency key names another job there:
         ``duplicate``), outcomes end the job if it has not run again. Per id the status
         (``added``, ``exists``, ``duplicate``, ``ended``, ``requeued``, ``erased``,
-        ``gone``, ``refused``)."""
+        ``gone``, ``refused``). The regions are checked first unless this process's view
+        says a primary serves (one without the background loop has no fresh view)."""
         topo = self._topo()
+        view = topo.view if topo.view.serving else await topo.refresh()
         primary = topo.primary_copy()
-        if primary is None or not topo.view.serving:
+        if primary is None or not view.serving:
             raise RegionUnavailableError(f"queue {self.name!r} has no serving primary now")
         wanted = None if ids is None else set(ids)
         out: dict[str, str] = {}

@@ -199,17 +199,22 @@ class RegionCopy:
         except ConfigurationError:
             raise
         except Exception as exc:  # any failure: the region does not serve us now
-            self.reachable = False
-            self.error = f"{type(exc).__name__}: {self.connection.redact(exc)}"[:300]
-            if self.down_since is None:
-                self.down_since = started
+            self.unanswered(exc, started)
             return None
+        return self.answered(rec, started)
+
+    def unanswered(self, exc: BaseException, started: float) -> None:
+        """Note that a look at the region begun at ``started`` got no answer."""
+        self.reachable = False
+        self.error = f"{type(exc).__name__}: {self.connection.redact(exc)}"[:300]
+        if self.down_since is None:
+            self.down_since = started
+
+    def answered(self, rec: Record, started: float) -> Record:
+        """Note the region's answer ``rec`` to a look begun at ``started``."""
         now = time.monotonic()
         self.latency_ms = (now - started) * 1000
-        self.reachable = True
-        self.down_since = None
-        self.last_ok = now
-        self.error = ""
+        self.reachable, self.down_since, self.last_ok, self.error = True, None, now, ""
         self.record = rec
         return rec
 

@@ -27,7 +27,7 @@ from .copying import APPLIED, apply, end_entry, export
 from .lua import ENTRY
 from .record import RegionCopy
 
-__all__ = ["StrandedJob", "collect", "discard", "listing", "resubmit"]
+__all__ = ["StrandedJob", "collect", "discard", "held", "listing", "resubmit"]
 
 log = get_logger(__name__)
 
@@ -230,6 +230,19 @@ async def listing(copy: RegionCopy, limit: int = 1000) -> list[StrandedJob]:
         if h:
             out.append(_parse(jid, {_s(k): v for k, v in h.items()}, copy.name))
     return out
+
+
+async def held(copy: RegionCopy, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` that ``copy`` keeps a stranded record of."""
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        return set()
+    client = await copy.lane.client()
+    pipe = client.pipeline(transaction=False)
+    for jid in ids:  # ZSCORE, not ZMSCORE: Redis before 6.2 has no ZMSCORE
+        pipe.zscore(copy.lane.keys.extra(_INDEX), jid)
+    scores = await pipe.execute()
+    return {jid for jid, score in zip(ids, scores, strict=True) if score is not None}
 
 
 async def _forget(copy: RegionCopy, jid: str) -> None:
