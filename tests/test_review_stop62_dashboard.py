@@ -306,3 +306,65 @@ async def test_a_search_by_hidden_data_is_refused_with_a_note(make_queue: QueueF
     assert 'id="data-search-off"' in r.text and "1 match(es)" in r.text
     r = await viewer.get("/q/shop?state=delayed")
     assert 'id="data-search-off"' not in r.text
+
+
+async def test_cancel_of_a_finished_job_is_an_error_not_a_success(
+    dash: Any, shop: JobQueue
+) -> None:
+    async def quick(job: Any) -> None:
+        return None
+
+    shop.process("quick", quick)
+    await shop.start(concurrency=1)
+    jid = await shop.add_job("quick", {})
+    await wait_for_status(shop, jid, "completed")
+    manager, csrf = await signed(dash, MANAGER)
+    r = await manager.post("/q/shop/action/cancel", data={"csrf": csrf, "job_id": jid})
+    assert r.status_code == 400, r.status_code
+    assert 'class="flash bad"' in r.text and "had already finished" in r.text
+    assert shop.worker is not None
+    await shop.worker.stop()
+
+
+async def test_replaying_dead_deliveries_confirms_with_the_count_and_the_first_ones(
+    make_queue: QueueFactory,
+) -> None:
+    from kitium_queue.features.webhooks import WebhookConfig, WebhookManager, generate_secret
+
+    q = make_queue("hooks")
+    mgr = WebhookManager(q, allow_networks=["127.0.0.0/8"], backoff_ms=10, poll_ms=10)
+    await mgr.register_webhook(
+        WebhookConfig(
+            url="http://127.0.0.1:9/hook",  # nothing listens: each delivery fails
+            secret=generate_secret(),
+            id="orders-hook",
+            events=["job-completed"],
+            max_retries=0,
+            timeout_ms=500,
+        )
+    )
+
+    async def quick(job: Any) -> None:
+        return None
+
+    q.process("quick", quick)
+    await q.start(concurrency=2)
+    try:
+        for _ in range(3):
+            await q.add_job("quick", {})
+        await wait_until(lambda: _count(mgr.list_dlq(), 3), 20)
+        dead = await mgr.list_dlq()
+        app = create_dashboard(queues=[q], tokens=TOKENS, refresh_ms=0)
+        manager, csrf = await signed(app, MANAGER)
+        r = await manager.post("/q/hooks/action/replay-webhooks", data={"csrf": csrf})
+        assert r.status_code == 200
+        assert "Replay 3 dead-lettered deliveries, the oldest first?" in r.text, r.text[-1500:]
+        for d in dead:
+            assert d.event_id in r.text
+        assert len(await mgr.list_dlq()) == 3  # asked first: nothing replayed yet
+    finally:
+        await q.close()
+
+
+async def _count(listed: Any, n: int) -> bool:
+    return len(await listed) >= n

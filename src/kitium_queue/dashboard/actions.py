@@ -142,7 +142,10 @@ async def _promote(q: Any, form: Form, s: Session) -> str:
 
 async def _cancel(q: Any, form: Form, s: Session) -> str:
     jid = one(form, "job_id")
-    return f"job {jid}: {await q.cancel_job(jid)}"
+    said = await q.cancel_job(jid)
+    if said == "finished":  # nothing to stop: an error, not a success
+        raise NotDone(f"job {jid} had already finished: nothing was cancelled")
+    return f"job {jid}: {said}"
 
 
 async def _each(q: Any, ids: list[str], method: str) -> str:
@@ -446,6 +449,14 @@ async def _preview(q: Any, action: str, form: Form) -> Outcome:
         return _ask(
             f"Replay {len(found.jobs)} dead-lettered job(s) matching {flt.as_args()}{more}?",
             [j.id for j in found.jobs[:PREVIEW]],
+        )
+    if action == "replay-webhooks":  # the dead deliveries a replay schedules, oldest first
+        wid = one(form, "webhook_id", required=False, limit=256) or None
+        dead = await _webhooks(q).list_dlq(_limit(form, MAX_REPLAY, MAX_REPLAY), wid)
+        of = f" to {wid}" if wid else ""
+        return _ask(
+            f"Replay {len(dead)} dead-lettered deliveries{of}, the oldest first?",
+            [f"{d.event_type} {d.event_id} to {d.webhook_id}" for d in dead[:PREVIEW]],
         )
     if action in ("bulk-retry", "bulk-remove") and form.get("ids"):
         ids = _ids(form)
