@@ -318,3 +318,49 @@ async def test_process_mode_failure_reasons_read_as_in_thread_mode(
     assert errors["proc-boom"].type_name == "ValueError"
     assert errors["proc-boom"].message == "bad row 7"
     assert errors["proc-die"].type_name == "ChildProcessDied"
+
+
+NOT_RETRIED = """
+from kitium_queue import NonRetryableError
+
+class CardDeclined(NonRetryableError):
+    pass
+
+def declined(job):
+    raise CardDeclined("card declined")
+
+def plain(job):
+    raise NonRetryableError("bad input")
+"""
+
+
+async def test_a_non_retryable_error_reads_the_same_in_process_and_thread_mode(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    # A subclass raised in a child read 'NonRetryableError: CardDeclined: card declined'
+    # where thread mode records 'CardDeclined: card declined'; neither is retried.
+    with app_module(tmp_path, NOT_RETRIED, "kq_not_retried") as module:
+        mod = __import__(module)
+        q = JobQueue("nr", redis=redis_url, prefix=prefix, worker={"concurrency": 2})
+        for name in ("declined", "plain"):
+            q.process(f"thread-{name}", getattr(mod, name))
+            q.process(f"proc-{name}", getattr(mod, name), mode="process")
+        try:
+            ids = {
+                f"{mode}-{name}": await q.add_job(f"{mode}-{name}", {}, attempts=3)
+                for mode in ("thread", "proc")
+                for name in ("declined", "plain")
+            }
+            await q.start()
+
+            async def all_dead() -> bool:
+                return (await q.get_stats()).dlq == 4
+
+            await wait_until(all_dead, 60)
+            infos = {k: await q.get_job_status(jid) for k, jid in ids.items()}
+        finally:
+            await q.close()
+    reasons = {k: i.failed_reason for k, i in infos.items() if i is not None}
+    assert reasons["thread-declined"] == reasons["proc-declined"] == "CardDeclined: card declined"
+    assert reasons["thread-plain"] == reasons["proc-plain"] == "NonRetryableError: bad input"
+    assert all(i is not None and i.attempts == 1 for i in infos.values()), infos

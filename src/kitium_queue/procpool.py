@@ -139,6 +139,14 @@ class RemoteError(Exception):
         self.message = message
         self.remote_traceback = tb
 
+
+class RemoteNonRetryableError(NonRetryableError):
+    """A ``NonRetryableError`` (or a subclass) the processor raised in a child: not
+    retried, and its reason reads ``<the raised type>: <message>`` as in the other
+    modes (``Sub: msg``, not ``NonRetryableError: Sub: msg``)."""
+
+    described_as_raised = True
+
     def __str__(self) -> str:
         return str(self.args[0])
 
@@ -515,13 +523,13 @@ class ProcessPool:
 def _raise_remote(msg: dict[str, Any]) -> None:
     """Raise what an ``error`` frame says the processor raised."""
     text = msg["msg"]
-    if msg["type"] not in ("NonRetryableError", "RetryLater", "RateLimited"):
-        text = f"{msg['type']}: {text}"
     if msg["kind"] == "nonretryable":
-        err: Exception = NonRetryableError(text)
+        err: Exception = RemoteNonRetryableError(f"{msg['type']}: {text}")
         # The child's frames, for the job's recorded traceback.
         setattr(err, "remote_traceback", msg["tb"])  # noqa: B010
         raise err
+    if msg["type"] not in ("RetryLater", "RateLimited"):
+        text = f"{msg['type']}: {text}"
     if msg["kind"] == "retrylater":
         scope = msg.get("scope")
         if scope in RateLimited.SCOPES:
