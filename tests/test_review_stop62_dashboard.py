@@ -368,3 +368,15 @@ async def test_replaying_dead_deliveries_confirms_with_the_count_and_the_first_o
 
 async def _count(listed: Any, n: int) -> bool:
     return len(await listed) >= n
+
+
+def test_a_mark_can_put_back_a_c1_control_only() -> None:
+    # Even with the process's nonce (never shown), a mark cannot write '<' or '"' into
+    # a page: only U+0080-U+009F, the characters exact() marks.
+    from kitium_queue.dashboard import render
+
+    nonce = render._NONCE
+    forged = "".join(f"\ufdd0{c:02x}{nonce}\ufdd1" for c in (0x3C, 0x22, 0x26, 0x9B))
+    back = render._MARK.sub(lambda m: chr(int(m.group(1), 16)), forged)
+    assert "<" not in back and '"' not in back and "&" not in back
+    assert back.endswith("\x9b") and back.count("\ufdd0") == 3

@@ -390,7 +390,8 @@ class Leases:
             stuck = sum(1 for t in tasks if not t.done())  # left leased (drop_stuck)
             log.warning(
                 "worker %s: %d job(s) still running after shutdown_timeout were cancelled: "
-                "%d ended and were handed back to queue %s%s",
+                "%d ended (handed back to queue %s, or completed if it caught the "
+                "cancellation)%s",
                 self.worker_id, len(left), len(left) - stuck, self.queue.name,
                 f"; {stuck} did not end: left leased until their leases expire" if stuck else "",
             )  # fmt: skip

@@ -507,7 +507,11 @@ def describe(exc: BaseException | None) -> str:
     exception whose ``__str__`` raises or returns a non-string is described by type."""
     if exc is None:
         return "unknown error"
-    if getattr(type(exc), "described_as_raised", False) is True:
+    try:  # a metaclass's __getattr__ may raise anything
+        as_raised = getattr(type(exc), "described_as_raised", False) is True
+    except Exception:
+        as_raised = False
+    if as_raised:
         # A process-mode child's error (procpool.RemoteError): its text already names
         # the type the processor raised, as the reason of the other modes does.
         return clip(safe_text(exc), MAX_ERROR_CHARS)

@@ -48,7 +48,7 @@ from .records import LISTED_FIELDS, JobDetail, decode_id, hash_reply, job_values
 from .redact import redact_json_text
 from .serverinfo import (
     MemoryReport,
-    _health_error,
+    health_error,
     memory_report,
     ping_refusal,
     reply_text,
@@ -603,7 +603,7 @@ async def _slot_probe(client: Any, keys: tuple[str, str]) -> str | None:
     except (RedisError, asyncio.TimeoutError) as exc:
         text = reply_text(exc)
         if isinstance(exc, RedisError) and write_refused(text) is not None:
-            return _health_error(text)
+            return health_error(text)
     return None
 
 

@@ -49,7 +49,8 @@ from .pools import ping
 
 __all__ = [
     "ANSWERED_ERRORS", "WRITES_STALLED", "MemoryReport", "WriteRefusals", "answered_check",
-    "check_eviction", "memory_report", "node_info", "ping_refusal", "refuses_writes",
+    "check_eviction", "health_error", "memory_report", "node_info", "ping_refusal",
+    "refuses_writes",
     "reply_text", "script_probe", "server_checks", "write_probe", "write_refused",
     "write_refused_cause", "writes_stalled",
 ]  # fmt: skip
@@ -473,7 +474,7 @@ _FULL_GOES_ON = (
 )
 
 
-def _health_error(text: str) -> str:
+def health_error(text: str) -> str:
     """``HealthStatus.error`` for a server refusing writes with the reply ``text``."""
     what, todo, reads = _refusal(text) or ("Redis refuses writes", "see its log", True)
     full = _CODE["OOM"].match(text) is not None  # keep_running_when_full (lib_base.lua)
@@ -490,7 +491,7 @@ async def ping_refusal(client: Any, timeout: float) -> str | None:
     ``write_refused`` says about it, after ``WriteRefusedError:`` (as
     ``HealthStatus.error`` names errors). Other errors are raised."""
     exc = await ping(client, timeout)
-    return None if exc is None else _health_error(str(exc))
+    return None if exc is None else health_error(str(exc))
 
 
 async def write_probe(client: Any, key: str, timeout: float) -> str | None:
@@ -512,7 +513,7 @@ async def write_probe(client: Any, key: str, timeout: float) -> str | None:
     except RedisError as exc:
         text = reply_text(exc)
         if _refusal(text) is not None:
-            return _health_error(text)
+            return health_error(text)
     return await script_probe(client, key, timeout)
 
 

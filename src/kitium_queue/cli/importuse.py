@@ -7,6 +7,7 @@ error a command then meets into one that says what to move, and where (``failure
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,9 +53,11 @@ def failure(exc: BaseException, text: str) -> str | None:
 def refuse_manager(app: str, obj: Any) -> None:
     """Refuse a ``GlobalQueueManager`` not initialized (as every APP is: a command cannot
     await its ``initialize``) where a command takes a queue, saying what to use."""
-    from ..features.regions.manager import GlobalQueueManager
-
-    if isinstance(obj, GlobalQueueManager) and obj.topo is None:
+    # An APP holding a GlobalQueueManager has imported its module: no import here (the
+    # common path of every command), and the CLI's core names no feature's class.
+    mod = sys.modules.get("kitium_queue.features.regions.manager")
+    manager = getattr(mod, "GlobalQueueManager", None)
+    if manager is not None and isinstance(obj, manager) and obj.topo is None:
         raise click.BadParameter(
             f"{app!r} is a GlobalQueueManager: this command takes a JobQueue (to read one "
             "region's copy: a JobQueue of the queue's name on that region's Redis); for the "

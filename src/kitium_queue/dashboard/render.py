@@ -95,7 +95,9 @@ _NOT_EXACT = re.compile("[\x00\ud800-\udfff]")
 #: whole. Text from elsewhere cannot forge a mark: it does not know the nonce.
 _C1 = re.compile("[\x80-\x9f]")
 _NONCE = secrets.token_hex(16)
-_MARK = re.compile(f"\ufdd0([0-9a-f]{{2}}){_NONCE}\ufdd1")
+#: Only C1 code points: even a mark with the nonce (were it ever to leak) cannot put
+#: back '<' or any other character that means something in HTML.
+_MARK = re.compile(f"\ufdd0([89][0-9a-f]){_NONCE}\ufdd1")
 
 
 def exact(value: Any) -> Markup:
