@@ -22,19 +22,27 @@ class RegionUnavailableError(KitiumQueueError, ConnectionError):
 
     @classmethod
     def primary_gone(
-        cls, queue: str, primary: str | None, failover: Any, exc: BaseException
+        cls, queue: str, primary: str | None, topo: Any, exc: BaseException
     ) -> RegionUnavailableError:
-        """The error of an ``add_job`` whose primary could not be reached."""
-        auto = (
-            f"automatic failover follows after {failover.timeout_ms} ms without it"
-            if failover.enabled
-            else "automatic failover is off: use failover_to(region)"
-        )
+        """The error of an ``add_job`` whose primary could not be reached (or answered
+        nothing for ``failover.timeout_ms``); ``topo``: the regions as this process
+        knows them now (their configuration, the current primary)."""
+        failover, view = topo.cfg.failover, topo.view
+        if view.primary is not None and view.primary != primary:
+            now = f"region {view.primary} has taken over as the primary (epoch {view.epoch})"
+        elif failover.enabled:
+            now = (
+                f"automatic failover replaces it once it has been unreachable for "
+                f"{failover.timeout_ms} ms"
+            )
+        else:
+            now = "automatic failover is off: use failover_to(region)"
         return cls(
             f"the primary region {primary} of queue {queue!r} is unreachable "
-            f"({type(exc).__name__}: {exc}); {auto}. The job may or may not have been "
+            f"({type(exc).__name__}: {exc}); {now}. The job may or may not have been "
             "stored there: add it again with the same job_id (or idempotency_key), which "
-            "never adds it twice in one region"
+            "never adds it twice in one region (a former primary's copy of a job the new "
+            "primary has is not reported stranded)"
         )
 
 

@@ -35,7 +35,7 @@ from .record import RegionCopy
 from .replication import group_of
 from .topology import Topology
 
-__all__ = ["Handover", "Unreachable", "through_fences"]
+__all__ = ["Handover", "Unreachable", "answered", "through_fences"]
 
 T = TypeVar("T")
 #: What an add to an unreachable region raises (unless ``refused``: the Redis ACL's).
@@ -66,13 +66,17 @@ async def through_fences(
     the primary stepped down for a planned handover (fence.lua's reason), every check
     interval for ``failover.handover_wait_ms``. Returns the result and the primary it
     was sent to; a network error is raised as ``Unreachable`` (a refusal for lack of
-    permission as it is)."""
+    permission as it is), and so is, with ``retry`` (the call goes to the primary), a
+    call given up once the primary answered neither it nor a health check for
+    ``failover.timeout_ms`` (``answered``): it may or may not have been written, so it
+    is not made again."""
     deadline: float | None = None
     cfg = topo.cfg
     for attempt in range(1, _ADD_ATTEMPTS + 1):
         tried = topo.view.primary
+        watched = topo.by_name.get(tried or "") if retry else None
         try:
-            return await call(), tried
+            return await answered(call(), watched, cfg.failover.timeout_ms), tried
         except FencedError as exc:
             if not retry or attempt == _ADD_ATTEMPTS or monitor is None:
                 raise
@@ -80,19 +84,69 @@ async def through_fences(
             if deadline is None and wait_ms > 0 and "stepped down" in str(exc):
                 deadline = time.monotonic() + wait_ms / 1000
             while True:
-                await monitor.tick()  # renews a lapsed lease when a majority grants it
-                view = await topo.refresh()
+                # A round begun after the refusal (shared with the adds refused
+                # meanwhile) renews a lapsed lease when a majority grants it, and
+                # follows a failover; then only the primary is read again (the others,
+                # a hung one among them, were just checked).
+                await monitor.tick()
+                serving = await _serving(topo)
                 left = 0.0 if deadline is None else deadline - time.monotonic()
-                if view.serving or left <= 0:
+                if serving or left <= 0:
                     break
                 await asyncio.sleep(min(left, cfg.check_interval_ms / 1000))
-            if not view.serving:
+            if not serving:
                 raise
         except _NET as exc:
             if refused(exc):  # the region answered: no failover can help
                 raise
             raise Unreachable(tried, exc) from exc
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def answered(call: Awaitable[T], region: RegionCopy | None, timeout_ms: int) -> T:
+    """Await ``call``, made to ``region``; give it up (cancelled) once ``region`` has
+    answered neither it nor a health check for ``timeout_ms`` (a region that hangs: its
+    server stopped, its host frozen), raising ``Unreachable``. A region that answers its
+    health checks is waited for (a large batch, a slow link). None: no bound."""
+    if region is None:
+        return await call
+    task = asyncio.ensure_future(call)
+    started, limit = time.monotonic(), timeout_ms / 1000
+    try:
+        while True:
+            # Until ``timeout_ms`` after the region's last answer (one timer per call
+            # that ends in time).
+            heard = max(started, region.last_ok or 0.0)
+            left = heard + limit - time.monotonic()
+            if left <= 0:
+                break
+            done, _ = await asyncio.wait({task}, timeout=left)
+            if done:
+                return task.result()
+    except BaseException:
+        _abandon(task)
+        raise
+    _abandon(task)
+    silent = TimeoutError(
+        f"region {region.name} answered neither the call nor a health check for "
+        f"{timeout_ms} ms (failover.timeout_ms); the call was given up"
+    )
+    raise Unreachable(region.name, silent)
+
+
+def _abandon(task: asyncio.Future[T]) -> None:
+    """Cancel ``task`` without waiting for it (a call to a hung region ends when the
+    region answers or its connection drops); its outcome is retrieved, not reported."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+async def _serving(topo: Topology) -> bool:
+    """Whether the primary of the current view serves now: its own record, read afresh
+    (a round reads it before it renews the lease)."""
+    view, p = topo.view, topo.primary_copy()
+    rec = None if p is None else await p.check()
+    return rec is not None and rec.epoch == view.epoch and rec.serving
 
 
 class Handover:

@@ -410,7 +410,7 @@ class GlobalQueueManager(RegionOps, MultiQueue[JobQueue]):
 
     def _unavailable(self, tried: str | None, exc: BaseException) -> RegionUnavailableError:
         assert self.cfg is not None
-        return RegionUnavailableError.primary_gone(self.name, tried, self.cfg.failover, exc)
+        return RegionUnavailableError.primary_gone(self.name, tried, self._topo(), exc)
 
     # ------------------------------------------------------------------ multi-region API
     async def get_global_stats(self) -> GlobalStats:

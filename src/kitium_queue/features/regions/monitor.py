@@ -73,6 +73,10 @@ class Monitor:
         self._election_seen: tuple[int, float] | None = None
         self._tick_lock = asyncio.Lock()
         self.ticks = 0
+        # Rounds begun by ``tick`` and the view of the last one that ended (None while
+        # one runs or after one failed): callers that waited share the next round.
+        self._rounds = 0
+        self._last: View | None = None
         # The view this process last followed (``on_change``): a change is followed once,
         # whichever refresh saw it first.
         self._followed: View | None = None
@@ -108,16 +112,27 @@ class Monitor:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def tick(self) -> View:
-        """One round of the loop (see the module docstring). Rounds never overlap (a
-        fenced ``add_job`` runs one of its own)."""
+        """One round of the loop (see the module docstring), begun after this call.
+        Rounds never overlap, and callers that waited meanwhile share the one that
+        follows: a fenced ``add_job`` waits one round, not one per add refused before
+        it (with a hung region each round lasts its deadline: a round per add piled
+        up behind the lock for as long as the region hung)."""
+        wanted = self._rounds + 1
         async with self._tick_lock:
-            return await self._tick()
+            if self._rounds >= wanted and self._last is not None:
+                return self._last
+            self._rounds += 1
+            self._last = None
+            self._last = await self._tick()
+            return self._last
 
     async def _tick(self) -> View:
         self.ticks += 1
         if self._followed is None:
             self._followed = self.topo.view
         promotions = self._promotions
+        if self.topo.view.epoch is not None:
+            await self._renew(self.topo.view, first=True)
         view = await self.topo.refresh()
         # While a promotion by this process is under way (it holds topo.lock) the change
         # it makes is its own to follow, with its reason and duration: following it here
@@ -166,15 +181,32 @@ class Monitor:
             if c.record is not None and c.record.former is not None:
                 c.record = await c.op("rejoin")
 
-    async def _renew(self, view: View) -> None:
+    async def _renew(self, view: View, *, first: bool = False) -> None:
+        """Renew the primary's lease when a third of it is left; ``first`` (as a round
+        begins): only if it would not outlast the round's checks, which a hung region
+        holds up to the per-region deadline."""
         p = self.topo.primary_copy()
         rec = None if p is None else p.record
         if p is None or not p.reachable or rec is None or not rec.is_primary:
             return
         if rec.epoch != view.epoch or rec.down == rec.epoch or rec.lease < 0:
             return
-        if rec.lease_left_ms > self.cfg.lease_ms * 2 // 3:
+        # The record was read as the round began; the round then waited for its slowest
+        # region (a hung one: the whole per-region deadline), so less of the lease is left.
+        read_ms = 0.0 if p.last_ok is None else (time.monotonic() - p.last_ok) * 1000
+        margin = self.topo.elections.margin_ms
+        due = p.timeout_s * 1000 + margin if first else self.cfg.lease_ms * 2 // 3
+        if rec.lease_left_ms - read_ms > due:
             return
+        if read_ms > margin:
+            # Renewed from the primary's clock read now, before the grants are asked:
+            # counted from the round's first reading, a lease renewed once per round of
+            # a per-region deadline ran out for a while every other round.
+            rec = await p.check()
+            if rec is None or not rec.is_primary or rec.epoch != view.epoch:
+                return
+            if rec.down == rec.epoch or rec.lease < 0:
+                return
         assert rec.epoch is not None
         ok = await self.topo.elections.renew(p, rec.epoch, rec.now)
         if not ok:
