@@ -25,6 +25,11 @@ value and its log lines) on the way into Redis, and its log lines on the way out
 
 With no filter and no view registered nothing here runs: ``Runner.update`` and
 ``get_job_logs`` check one list each.
+
+``record_job_text`` is that write (``Runner.update``): a progress value or a log line
+that Redis refuses because it is full or cannot save (``WriteRefusedError``) is dropped
+and the job goes on (reported with the other refusals, at a bounded rate): a job is
+not failed for its progress or a log line while its outcome would be held and kept.
 """
 
 from __future__ import annotations
@@ -35,11 +40,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from redis.exceptions import ResponseError
 
-from .errors import PayloadTooLargeError
-from .limits import MAX_PROGRESS_BYTES, get_logger, printable
+from .codec import encode_progress
+from .damage import named_key
+from .errors import PayloadTooLargeError, WriteRefusedError
+from .limits import (
+    MAX_LOG_LINE_CHARS,
+    MAX_PROGRESS_BYTES,
+    get_logger,
+    printable,
+    safe_text,
+    wire_text,
+)
 
 if TYPE_CHECKING:
     from .context import QueueContext
+    from .job import Job
+    from .queue import JobQueue
 
 __all__ = [
     "MAX_STORED_LOG_LINE_BYTES",
@@ -48,6 +64,7 @@ __all__ = [
     "LogView",
     "TextCopyView",
     "filter_job_text",
+    "record_job_text",
     "relayed",
     "view_copy",
     "view_logs",
@@ -196,3 +213,28 @@ def view_copy(texts: JobTexts, job_id: str, name: str | None, part: str, text: s
     for view in texts.copy_views:
         text = view(job_id, name, part, text)
     return text
+
+
+async def record_job_text(q: JobQueue, job: Job, kind: str, value: Any) -> bool:
+    """Write ``job``'s progress (``kind="progress"``) or a log line (``"log"``) under its
+    lease (``update.lua``), through the queue's job-text filters. True when written;
+    False when Redis refused the write (full, unable to save, a replica: dropped, the job
+    goes on, reported at a bounded rate). ``LeaseLostError`` when the lease is gone."""
+    if kind == "progress":
+        # NaN, surrogates or huge ints raise SerializationError in this job alone.
+        raw = encode_progress(job.id, value)
+    else:
+        raw = wire_text(safe_text(value), MAX_LOG_LINE_CHARS)
+    raw = filter_job_text(jt, job, kind, raw) if (jt := q.job_texts.filters) else raw
+    call = q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
+    try:
+        if kind == "log":
+            # A log list damaged outside kitium-queue: DamagedKeyError naming it (the
+            # processor may go on without its log line), not a bare WRONGTYPE.
+            await named_key(await q.client(), q.keys.logs(job.id), "list", call)
+        else:
+            await call
+    except WriteRefusedError as exc:
+        q.ctx.damaged.refusals.failed(exc)  # said when it starts, then every 30 s
+        return False
+    return True

@@ -46,8 +46,6 @@ import orjson
 
 from . import overruns, runends
 from .backoff import UnknownStrategyError, retry_delay
-from .codec import encode_progress
-from .damage import named_key
 from .errors import (
     ConfigurationError,
     NonRetryableError,
@@ -59,13 +57,12 @@ from .errors import (
 from .handoff import Handoff
 from .job import Job
 from .jobspec import POLICY_OPTIONS
-from .jobtexts import filter_job_text, relayed
+from .jobtexts import record_job_text, relayed
 from .leases import Run
 from .lifecycle import mark_running
 from .limits import (
     MAX_ERROR_CHARS,
     MAX_FOLLOWS,
-    MAX_LOG_LINE_CHARS,
     MAX_OPTIONS_BYTES,
     MAX_RUN_CONTEXT_CHARS,
     clamp_delay_ms,
@@ -437,23 +434,11 @@ class Runner:
     # ------------------------------------------------------------------ JobUpdater
     async def update(self, job: Job, kind: str, value: Any) -> None:
         """Record ``job``'s progress (``kind="progress"``) or a log line (``"log"``) under
-        its lease; raises ``LeaseLostError`` when the lease is gone."""
-        q = self.queue
-        if kind == "progress":
-            # NaN, surrogates or huge ints raise SerializationError in this job alone.
-            raw = encode_progress(job.id, value)
-        else:
-            raw = wire_text(safe_text(value), MAX_LOG_LINE_CHARS)
-        raw = filter_job_text(jt, job, kind, raw) if (jt := q.job_texts.filters) else raw
-        call = q.run("update", [job.id, job.lease_token, kind, raw, q.max_log_lines])
-        if kind == "log":
-            # A log list damaged outside kitium-queue: DamagedKeyError naming it (the
-            # processor may go on without its log line), not a bare WRONGTYPE.
-            await named_key(await q.client(), q.keys.logs(job.id), "list", call)
-        else:
-            await call
-        if kind == "progress" and self.hooks.progress:
-            self.hooks.emit_progress(q.name, job, value)
+        its lease (``jobtexts.record_job_text``); raises ``LeaseLostError`` when the lease
+        is gone. One refused by a full Redis is dropped: the job goes on."""
+        written = await record_job_text(self.queue, job, kind, value)
+        if written and kind == "progress" and self.hooks.progress:
+            self.hooks.emit_progress(self.queue.name, job, value)
 
     # ------------------------------------------------------------------ processors
     def _new_executor(self) -> runends.DaemonThreads:

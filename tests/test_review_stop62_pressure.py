@@ -1,0 +1,75 @@
+"""Redis under pressure from a new user's side (stop 62), on private ``redis-server``
+processes:
+
+1. on a full Redis (``maxmemory`` reached, ``noeviction``) a processor calling
+   ``job.update_progress()`` or ``job.log()`` failed its job (``WriteRefusedError`` raised
+   in the processor: every job dead-lettered within seconds) while the failure outcome
+   itself was accepted. A progress value or log line Redis refuses is now dropped and
+   reported with the other refusals; the job goes on and completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from _redis import RedisServer
+from helpers import wait_until
+from kitium_queue import JobQueue, JobStatus
+
+pytestmark = pytest.mark.redis_only
+
+
+async def test_progress_and_log_lines_refused_by_a_full_redis_do_not_fail_the_job(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with RedisServer() as srv:
+        client = aioredis.from_url(srv.url)
+        q = JobQueue("full", redis=srv.url, prefix=prefix, worker={"concurrency": 3})
+        go = asyncio.Event()
+        said: list[str] = []
+
+        async def reporting(job: Any) -> str:
+            await go.wait()
+            for p in (10, 50, 90):
+                await job.update_progress(p)
+                await job.log(f"step {p}")
+            said.append(job.id)
+            return "done"
+
+        q.process("report", reporting)
+        try:
+            ids = [await q.add_job("report", {"n": i}, attempts=2) for i in range(3)]
+            await q.start()
+            await wait_until(lambda: _active(q, 3), 10)
+            # Fill the server (values of 100 kB, one command each), then put maxmemory
+            # under what it uses: every write that needs memory is refused (OOM).
+            for i in range(20):
+                await client.set(f"filler:{i}", b"x" * 100_000)
+            used = int((await client.info("memory"))["used_memory"])
+            await client.config_set("maxmemory", used - 500_000)
+            with caplog.at_level(logging.ERROR, logger="kitium_queue"):
+                go.set()
+                await wait_until(lambda: len(said) == 3, 20)
+                await client.config_set("maxmemory", 0)
+
+                async def completed() -> bool:
+                    return (await q.get_stats()).completed == 3
+
+                await wait_until(completed, 20)
+            for jid in ids:
+                info = await q.get_job_status(jid)
+                assert info is not None and info.status is JobStatus.COMPLETED, info
+                assert info.attempts == 1, info  # no attempt spent on a refused write
+            assert any("out of memory" in r.getMessage() for r in caplog.records)
+        finally:
+            await q.close()
+            await client.aclose()
+
+
+async def _active(q: JobQueue, n: int) -> bool:
+    return (await q.get_stats()).active == n
