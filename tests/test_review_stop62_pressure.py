@@ -73,3 +73,74 @@ async def test_progress_and_log_lines_refused_by_a_full_redis_do_not_fail_the_jo
 
 async def _active(q: JobQueue, n: int) -> bool:
     return (await q.get_stats()).active == n
+
+
+async def test_records_deleted_by_the_hundred_are_said_in_a_few_lines_that_add_up(
+    prefix: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 500 deleted records gave 500 ERROR lines "dead-lettered on recovery (stalled too
+    # often...)" and a missing-records warning that said "5" and never caught up.
+    from kitium_queue import missing, observe
+
+    monkeypatch.setattr(observe, "RECOVERY_LOG_S", 1.0)
+    monkeypatch.setattr(missing, "MISSING_LOG_S", 1.0)
+    with RedisServer() as srv:
+        client = aioredis.from_url(srv.url)
+        q = JobQueue("gone", redis=srv.url, prefix=prefix, worker={"concurrency": 4})
+        q.process("n", lambda job: "ok")
+        try:
+            ids = [await q.add_job("n", {"i": i}) for i in range(60)]
+            gone = ids[1::2]
+            await client.delete(*(q.keys.job(j) for j in gone))
+            with caplog.at_level(logging.WARNING, logger="kitium_queue"):
+                await q.start()
+
+                async def settled() -> bool:
+                    s = await q.get_stats()
+                    return s.completed == 30 and s.dlq == 30
+
+                await wait_until(settled, 20)
+                await asyncio.sleep(2.5)  # the windows end: what they held is said
+
+                def lines(text: str) -> list[str]:
+                    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+                recovered = lines("dead-lettered on recovery")
+                assert 1 <= len(recovered) <= 4, recovered
+                assert sum(int(m.split(": ", 1)[1].split(" ")[0]) for m in recovered) == 30
+                assert "record missing" in recovered[0], recovered[0]
+                said = lines("found missing")
+                assert said and sum(int(m.split(": ", 1)[1].split(" ")[0]) for m in said) == 30
+        finally:
+            await q.close()
+            await client.aclose()
+
+
+async def test_a_worker_on_a_full_redis_says_so_though_its_claims_go_on(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its heartbeat was refused in silence ("the claims report it"), but on a full Redis
+    # claims go on: the worker said nothing while listings showed no live worker.
+    with RedisServer() as srv:
+        client = aioredis.from_url(srv.url)
+        q = JobQueue("quiet", redis=srv.url, prefix=prefix)
+        q.process("n", lambda job: "ok")
+        try:
+            await q.add_job("n", {})
+            for i in range(20):
+                await client.set(f"filler:{i}", b"x" * 100_000)
+            used = int((await client.info("memory"))["used_memory"])
+            await client.config_set("maxmemory", used - 500_000)
+            with caplog.at_level(logging.ERROR, logger="kitium_queue"):
+                await q.start()
+
+                async def done() -> bool:
+                    return (await q.get_stats()).completed == 1
+
+                await wait_until(done, 10)  # its claims and outcomes go on
+                said = [r.getMessage() for r in caplog.records]
+                assert any("out of memory" in m for m in said), said
+            await client.config_set("maxmemory", 0)
+        finally:
+            await q.close()
+            await client.aclose()

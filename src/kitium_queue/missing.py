@@ -8,6 +8,7 @@ and process, never per record.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -38,6 +39,8 @@ class MissingRecords:
         self._clock = clock or time.monotonic
         self._logged_at: float | None = None
         self._total_logged = 0
+        self._flush: asyncio.TimerHandle | None = None
+        self._pending_total: int | None = None  # a total read while the window held
         self._seen = 0
         #: Records seen missing by this process since it started.
         self.seen_total = 0
@@ -48,11 +51,31 @@ class MissingRecords:
             return
         self._seen += n
         self.seen_total += n
+        if not self.due():  # said once the window ends, even if nothing else is seen
+            self._flush_later(where)
         self._maybe_log(None, where)
+
+    def _flush_later(self, where: str) -> None:
+        if self._flush is not None or self._logged_at is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a sync caller): said with the next record seen
+            return
+        wait = max(0.0, MISSING_LOG_S - (self._clock() - self._logged_at))
+
+        def flush() -> None:
+            self._flush, total, self._pending_total = None, self._pending_total, None
+            self._maybe_log(total, where)
+
+        self._flush = loop.call_later(wait, flush)
 
     def counted(self, total: int) -> None:
         """The queue's total of missing records, as read from Redis."""
         if total > self._total_logged:
+            if not self.due():  # said once the window ends, with the latest total
+                self._pending_total = max(self._pending_total or 0, total)
+                self._flush_later("")
             self._maybe_log(total, "")
 
     def due(self) -> bool:
@@ -72,7 +95,8 @@ class MissingRecords:
         self._seen = 0
         log.warning(
             "queue %s: %d job record(s) found missing%s%s: their hashes were evicted "
-            "(maxmemory-policy allkeys-*/volatile-*, accepted with allow_eviction=True), "
+            "(a maxmemory-policy allkeys-*/volatile-*: accepted with allow_eviction=True, "
+            "or set on the server while the workers ran), "
             "deleted by hand, or lost by Redis with its latest writes (a failover to a "
             "replica that had not received them). Waiting, delayed and running ones "
             "are dead-lettered with the reason 'job record missing' (their data is "

@@ -55,6 +55,9 @@ __all__ = ["Observer"]
 
 log = get_logger("kitium_queue.worker")
 
+#: At most one line per this many seconds about jobs dead-lettered on recovery.
+RECOVERY_LOG_S = 30
+
 
 def _rewritten(
     filters: Sequence[FailureTextFilter], job: Any, exc: BaseException | None, text: str
@@ -110,6 +113,10 @@ class Observer(Subscriber):
         # job-dlq event carries the same error and details.
         self._failure: tuple[Any, Outcome, dict[str, Any]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Jobs dead-lettered on recovery: one line per RECOVERY_LOG_S, the rest counted
+        # (evicted or deleted records are found by the thousand).
+        self._recovered_at = -float(RECOVERY_LOG_S)
+        self._recovered_more: list[str] = []
 
     def quiet_outcomes(self) -> str:
         """Outcome codes (``wire.Kind``) ``finished`` does nothing for right now: no
@@ -265,12 +272,7 @@ class Observer(Subscriber):
         elif reason is not None:
             extra = {"reason": reason}
         if job is None:
-            log.error(
-                "queue %s: job %s dead-lettered on recovery (stalled too often, or cancelled "
-                "while its worker was gone; see its failed_reason)",
-                queue,
-                printable(job_id),
-            )
+            self._recovered(queue, job_id)
         if self.metrics is not None:
             tags = {"queue": queue} if job is None else {"queue": queue, "job_name": job.name}
             self.metrics.increment("jobs.dlq", 1, tags)
@@ -284,6 +286,37 @@ class Observer(Subscriber):
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _recovered(self, queue: str, job_id: str) -> None:
+        """Say a job dead-lettered on recovery: the first one of each ``RECOVERY_LOG_S``
+        at once, the others in the next line (how many, the first ids)."""
+        now = time.monotonic()
+        if now - self._recovered_at < RECOVERY_LOG_S:
+            if not self._recovered_more:  # said once the window ends, if nothing else does
+                later = RECOVERY_LOG_S - (now - self._recovered_at)
+                asyncio.get_running_loop().call_later(later, self._recovered_flush, queue)
+            self._recovered_more.append(job_id)
+            return
+        self._recovered_log(queue, [*self._recovered_more, job_id], now)
+
+    def _recovered_flush(self, queue: str) -> None:
+        if self._recovered_more:
+            self._recovered_log(queue, self._recovered_more, time.monotonic())
+
+    def _recovered_log(self, queue: str, job_ids: list[str], now: float) -> None:
+        self._recovered_more, self._recovered_at = [], now
+        ids = [printable(j) for j in job_ids]
+        log.error(
+            "queue %s: %d job(s) dead-lettered on recovery (%s%s): stalled too often, "
+            "cancelled while their worker was gone, or their record missing (deleted or "
+            "evicted; counted in get_stats().missing_records); each one's failed_reason says "
+            "which. Said at most every %d s",
+            queue,
+            len(ids),
+            ", ".join(ids[:10]),
+            f" and {len(ids) - 10} more" if len(ids) > 10 else "",
+            RECOVERY_LOG_S,
+        )
 
     def queue_error(self, queue: str, error: BaseException) -> None:
         if self.emitter.wants("queue-error"):

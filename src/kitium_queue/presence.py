@@ -331,7 +331,10 @@ class Presence:
         except TRANSIENT_ERRORS:
             pass  # the worker's own loops report the outage
         except Exception as exc:
-            if refuses_writes(exc):  # full, cannot save, a replica: the claims report it
+            if refuses_writes(exc):  # full, cannot save, a replica: said at a bounded rate
+                # (on a full Redis the claims go on and report nothing: without this, the
+                # worker would say nothing while listings show it dead).
+                self.worker.queue.ctx.damaged.refusals.failed(exc)
                 return
             text = str(exc)
             # Said once a minute at most, whatever it is (a beat every HEARTBEAT_MS).
