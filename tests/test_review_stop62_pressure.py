@@ -46,12 +46,7 @@ async def test_progress_and_log_lines_refused_by_a_full_redis_do_not_fail_the_jo
             ids = [await q.add_job("report", {"n": i}, attempts=2) for i in range(3)]
             await q.start()
             await wait_until(lambda: _active(q, 3), 10)
-            # Fill the server (values of 100 kB, one command each), then put maxmemory
-            # under what it uses: every write that needs memory is refused (OOM).
-            for i in range(20):
-                await client.set(f"filler:{i}", b"x" * 100_000)
-            used = int((await client.info("memory"))["used_memory"])
-            await client.config_set("maxmemory", used - 500_000)
+            await _fill(client)
             with caplog.at_level(logging.ERROR, logger="kitium_queue"):
                 go.set()
                 await wait_until(lambda: len(said) == 3, 20)
@@ -127,10 +122,7 @@ async def test_a_worker_on_a_full_redis_says_so_though_its_claims_go_on(
         q.process("n", lambda job: "ok")
         try:
             await q.add_job("n", {})
-            for i in range(20):
-                await client.set(f"filler:{i}", b"x" * 100_000)
-            used = int((await client.info("memory"))["used_memory"])
-            await client.config_set("maxmemory", used - 500_000)
+            await _fill(client)
             with caplog.at_level(logging.ERROR, logger="kitium_queue"):
                 await q.start()
 
@@ -144,3 +136,12 @@ async def test_a_worker_on_a_full_redis_says_so_though_its_claims_go_on(
         finally:
             await q.close()
             await client.aclose()
+
+
+async def _fill(client: Any) -> None:
+    """Fill the server (values of 100 kB, one command each), then put maxmemory under
+    what it uses: every write that needs memory is refused (OOM)."""
+    for i in range(20):
+        await client.set(f"filler:{i}", b"x" * 100_000)
+    used = int((await client.info("memory"))["used_memory"])
+    await client.config_set("maxmemory", used - 500_000)
