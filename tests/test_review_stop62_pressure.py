@@ -145,3 +145,34 @@ async def _fill(client: Any) -> None:
         await client.set(f"filler:{i}", b"x" * 100_000)
     used = int((await client.info("memory"))["used_memory"])
     await client.config_set("maxmemory", used - 500_000)
+
+
+def test_the_orphans_listing_says_how_many_it_left_out(
+    redis_url: str, prefix: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It listed the first 100 of 260 orphans as if they were all.
+    from click.testing import CliRunner
+
+    from helpers import app_module
+    from kitium_queue import orphans
+    from kitium_queue.cli import main
+
+    monkeypatch.setattr(orphans, "LISTED", 3)
+    source = (
+        "from kitium_queue import JobQueue\n"
+        f"queue = JobQueue('lost', redis={redis_url!r}, prefix={prefix!r})\n"
+    )
+
+    async def setup() -> None:
+        q = JobQueue("lost", redis=redis_url, prefix=prefix)
+        for _ in range(5):
+            await q.add_job("work", {})
+        await (await q.client()).delete(q.keys.wait)
+        await q.close()
+
+    asyncio.run(setup())
+    with app_module(tmp_path, source) as module:
+        got = CliRunner().invoke(main, ["--plain", "jobs", "orphans", f"{module}:queue"])
+    assert got.exit_code == 0, got.output
+    assert got.output.count("orphan\t") == 3, got.output
+    assert "more\t2 orphans not listed" in got.output, got.output

@@ -392,6 +392,8 @@ def jobs_orphans(
         )
         for job_id in r.job_ids:
             click.echo(row("orphan", text_field(job_id)))
+        if r.orphans > len(r.job_ids):  # the report lists the first LISTED
+            click.echo(row("more", f"{r.orphans - len(r.job_ids)} orphans not listed"))
         for job_id in r.other_ids:
             click.echo(row("left alone", text_field(job_id)))
         if r.parked:
