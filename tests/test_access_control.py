@@ -194,6 +194,7 @@ async def test_grants_are_a_union_and_a_grant_on_the_same_pattern_replaces(
 
 
 async def test_who_granted_is_recorded(acm: AccessControlManager) -> None:
+    await _grant(acm, "root@acme.com", "*", role="admin")  # grants are changed by admins
     with acting_as("root@acme.com"):
         stored = await _grant(acm, "carol", "q", role="admin")
     assert stored.granted_by == "root@acme.com"

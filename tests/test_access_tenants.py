@@ -192,8 +192,7 @@ async def test_every_tenant_change_is_audited_with_who_what_and_outcome(
     acm: AccessControlManager,
 ) -> None:
     await acm.create_tenant(BRIEF_TENANT)
-    with acting_as("ops@platform"):
-        await acm.grant_access(principal_id="ops@platform", queue_pattern="*", role="admin")
+    await acm.grant_access(principal_id="ops@platform", queue_pattern="*", role="admin")
     with acting_as("ops@platform"):
         await acm.update_tenant("acme-corp", quota={"rateLimit": {"max": 5, "duration": 200}})
     await acm.remove_tenant("acme-corp")

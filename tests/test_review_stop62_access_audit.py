@@ -15,6 +15,10 @@
    ``jwt``, ``otp``, ``pin``, ``card_number``, a URL's credentials and an
    ``["Authorization", "Bearer ..."]`` header pair reached Redis in clear.
 4. ``kitium-queue access check nobody acme-orders`` printed ``nothing`` and exited 0.
+5. ``grant_access`` / ``revoke_access`` checked nobody's grants: inside
+   ``acting_as("mgr1")`` a manager of ``acme-*`` granted itself admin on ``*``. A
+   principal named by ``acting_as`` now needs ``can_manage_queue`` on every queue; the
+   manager's ``principal=`` and the CLI's ``--as`` (the operator) are trusted.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ import pytest
 import redis as redis_sync
 from click.testing import CliRunner, Result
 
-from kitium_queue import AccessControlManager, AuditReport, ConfigurationError
+from kitium_queue import (
+    AccessControlManager,
+    AccessDeniedError,
+    AuditReport,
+    ConfigurationError,
+    acting_as,
+)
 from kitium_queue.cli import main
 
 pytestmark = pytest.mark.redis_only
@@ -266,3 +276,74 @@ async def test_an_application_entry_may_not_use_the_librarys_action_names(
     assert len(await acm.query_audit_log()) == before
     await acm.audit_access("alice", "app." + action, "acme-orders", {})
     assert len(await acm.query_audit_log()) == before + 1
+
+
+# ------------------------------------------------------------------ 5. who changes grants
+async def test_a_manager_of_some_queues_cannot_change_grants_inside_acting_as(
+    acm: AccessControlManager,
+) -> None:
+    await acm.grant_access(principal_id="mgr1", queue_pattern="acme-*", role="manager")
+    await acm.grant_access(principal_id="acme-admin", queue_pattern="acme-*", role="admin")
+    await acm.grant_access(principal_id="bob", queue_pattern="acme-orders", role="viewer")
+    before = await acm.list_access()
+    with acting_as("mgr1"), pytest.raises(AccessDeniedError) as grant:
+        await acm.grant_access(principal_id="mgr1", queue_pattern="*", role="admin")
+    with acting_as("mgr1"), pytest.raises(AccessDeniedError) as revoke:
+        await acm.revoke_access("bob", "acme-orders")
+    with acting_as("acme-admin"), pytest.raises(AccessDeniedError) as local:
+        await acm.grant_access(principal_id="acme-admin", queue_pattern="*", role="admin")
+    said = str(grant.value)
+    assert "'mgr1'" in said and "every queue" in said and "without acting_as" in said, said
+    assert (grant.value.permission, grant.value.resource) == ("can_manage_queue", "*")
+    assert revoke.value.action == "revoke_access" and revoke.value.resource == "acme-orders"
+    assert "it holds it on acme-* only" in str(local.value)
+    assert await acm.list_access() == before  # nothing stored, nothing removed
+    denied = await acm.query_audit_log(action="access.denied", newest_first=False)
+    assert [(e.principal, e.resource, e.metadata["action"]) for e in denied] == [
+        ("mgr1", "*", "grant_access"),
+        ("mgr1", "acme-orders", "revoke_access"),
+        ("acme-admin", "*", "grant_access"),
+    ]
+    assert not await acm.query_audit_log(principal="mgr1", action="access.grant")
+
+
+async def test_an_admin_on_every_queue_changes_grants_inside_acting_as(
+    acm: AccessControlManager,
+) -> None:
+    await acm.grant_access(principal_id="root", queue_pattern="*", role="admin")
+    with acting_as("root"):
+        stored = await acm.grant_access(principal_id="carol", queue_pattern="q", role="admin")
+        assert await acm.revoke_access("carol", "q")
+    assert stored.granted_by == "root"
+    entries = await acm.query_audit_log(principal="root", newest_first=False)
+    assert [(e.action, e.resource) for e in entries] == [
+        ("access.grant", "q"),
+        ("access.revoke", "q"),
+    ]
+
+
+async def test_the_managers_principal_names_the_first_admin(redis_url: str, prefix: str) -> None:
+    acm = AccessControlManager(redis_url, audit_key=KEY1, prefix=prefix, principal="platform-admin")
+    try:
+        stored = await acm.grant_access(
+            principal_id="platform-admin", queue_pattern="*", role="admin"
+        )
+        assert stored.granted_by == "platform-admin"
+        [entry] = await acm.query_audit_log(action="access.grant")
+        assert entry.principal == "platform-admin"
+    finally:
+        await acm.close()
+
+
+@pytest.mark.parametrize("where", ["command", "global"])
+def test_the_cli_operator_changes_grants_holding_none(kq: Any, where: str) -> None:
+    # ``--as root`` is the shell operator (who holds the audit key) naming themselves:
+    # root holds no grant, and the command's --as and the global one count alike.
+    def as_root(*args: str) -> Result:
+        return kq(*args, "--as", "root") if where == "command" else kq("--as", "root", *args)
+
+    as_root("access", "grant", "alice", "*", "--role", "admin")
+    [listed] = json.loads(kq("access", "list", "--json").output)
+    assert (listed["principal_id"], listed["granted_by"]) == ("alice", "root")
+    assert "revoked" in as_root("access", "revoke", "alice", "*").output
+    assert json.loads(kq("access", "list", "--json").output) == []

@@ -9,6 +9,10 @@ call:
   of a web server each see their own);
 * a queue may carry a default (``QueueContext.principal``), used when no block is active.
 
+``acting_context()`` is the ``acting_as`` principal alone (a request's, where a
+component's own ``principal`` is code-level identity); ``not_acting()`` runs a block
+with none.
+
 The admin choke point stamps it on every ``AdminCall`` (``AdminCall.principal``), so a
 guard can refuse a command and an audit subscriber can record who ran it; enqueue
 middleware reads it with ``current_principal()``. The core only carries the name: what a
@@ -38,10 +42,12 @@ from .limits import clip
 __all__ = [
     "MAX_PRINCIPAL_LEN",
     "acting_as",
+    "acting_context",
     "check_principal",
     "check_scripts",
     "current_principal",
     "format_char",
+    "not_acting",
     "script_mix",
 ]
 
@@ -266,6 +272,13 @@ def current_principal(default: str | None = None) -> str | None:
     return acting if acting is not None else default
 
 
+def acting_context() -> str | None:
+    """The principal set by the innermost active ``acting_as`` block only (None outside
+    one, or inside ``not_acting``): a principal a request named, as opposed to the
+    code-level identity a component was built with."""
+    return _acting.get()
+
+
 @contextmanager
 def acting_as(principal: str) -> Iterator[str]:
     """Run the block on behalf of ``principal`` (validated by ``check_principal``).
@@ -275,5 +288,19 @@ def acting_as(principal: str) -> Iterator[str]:
     token = _acting.set(check_principal(principal))
     try:
         yield principal
+    finally:
+        _acting.reset(token)
+
+
+@contextmanager
+def not_acting() -> Iterator[None]:
+    """Run the block with no ``acting_as`` principal (``acting_context()`` is None inside
+    it): code-level identities (a queue's or a manager's ``principal``) apply again.
+
+    Leaving it restores the principal that was acting before it.
+    """
+    token = _acting.set(None)
+    try:
+        yield
     finally:
         _acting.reset(token)

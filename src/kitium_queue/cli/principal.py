@@ -4,7 +4,9 @@
 here only) runs the whole command inside ``identity.acting_as``: on a queue protected by
 access control each read and action is checked against that principal's grants, and the
 audit log records it. A command's own ``--as`` or ``--principal`` (``access grant --as``,
-``compliance erase --principal``) names it for that command instead. The name is checked
+``compliance erase --principal``) names it for that command instead. ``access grant`` /
+``revoke`` take either as the shell operator naming themselves (the manager's
+``principal``, not checked: ``features/access/cli.py``). The name is checked
 (``identity.check_principal``) before anything is loaded.
 
 ``shell_terms`` words an access refusal in the command line's terms: for want of a

@@ -3,7 +3,10 @@
 Deployment-wide commands (no ``APP``): Redis and the audit key are found as for
 ``kitium-queue audit`` (``features/audit/cli.py``). Grant changes are signed into the
 audit log, so ``grant`` and ``revoke`` need the audit key; listing and checking do not.
-The acting principal of a grant change is ``--as`` (recorded as who granted it).
+The author of a grant change is ``--as`` (the command's, else the global one): the shell
+operator, who holds the audit key, naming themselves. It is the manager's ``principal``
+(recorded as who granted it, not checked), not an ``acting_as`` principal, whose grant
+changes need ``can_manage_queue`` on every queue (``tenants.py``).
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from redis.exceptions import RedisError
 
 from ...errors import ConfigurationError, KitiumQueueError
-from ...identity import acting_as, check_principal
+from ...identity import acting_context, check_principal, not_acting
 from ...keys import check_key_part
 from ..audit.cli import (
     audit_key,
@@ -32,12 +35,30 @@ from ..audit.conn import Deployment
 from .model import AccessEntry, Permission, parse_permission
 from .redisacl import FEATURE_COMMANDS, RedisAclRules, redis_acl_rules
 
+if TYPE_CHECKING:
+    from .manager import AccessControlManager
+
 __all__ = ["make_acl_command", "make_command"]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 as_option = click.option(
     "--as", "actor", default=None, help="Who makes the change (recorded in the audit log)."
 )
+
+
+def _operator_manager(
+    actor: str | None, key_file: Path | None, prefix: str, redis: str | None
+) -> AccessControlManager:
+    """The manager of a grant change made from the shell: its ``principal`` is the
+    operator (``--as``, else the global ``--as``), trusted as code-level identity."""
+    from .manager import AccessControlManager
+
+    return AccessControlManager(
+        redis_url(redis),
+        audit_key=audit_key(key_file, required=True),
+        prefix=prefix,
+        principal=actor if actor is not None else acting_context(),
+    )
 
 
 def _entry_row(e: AccessEntry, row: Callable[..., str]) -> str:
@@ -122,8 +143,6 @@ def make_command(row: Callable[..., str]) -> click.Group:
     ) -> None:
         """Grant PRINCIPAL a role and/or permissions on queues matching QUEUE_PATTERN
         (replaces its grant on that pattern)."""
-        from .manager import AccessControlManager
-
         entry = AccessEntry.parse(
             {
                 "principal_id": principal,
@@ -132,15 +151,11 @@ def make_command(row: Callable[..., str]) -> click.Group:
                 "permissions": [parse_permission(p) for p in permissions],
             }
         )
-        acm = AccessControlManager(
-            redis_url(redis), audit_key=audit_key(key_file, required=True), prefix=prefix
-        )
+        acm = _operator_manager(actor, key_file, prefix, redis)
 
         async def act() -> AccessEntry:
             try:
-                if actor is None:
-                    return await acm.grant_access(entry)
-                with acting_as(actor):
+                with not_acting():  # the operator is the manager's principal
                     return await acm.grant_access(entry)
             finally:
                 await acm.close()
@@ -164,17 +179,11 @@ def make_command(row: Callable[..., str]) -> click.Group:
         redis: str | None,
     ) -> None:
         """Revoke PRINCIPAL's grant on QUEUE_PATTERN (as granted). Exit 1 if none."""
-        from .manager import AccessControlManager
-
-        acm = AccessControlManager(
-            redis_url(redis), audit_key=audit_key(key_file, required=True), prefix=prefix
-        )
+        acm = _operator_manager(actor, key_file, prefix, redis)
 
         async def act() -> bool:
             try:
-                if actor is None:
-                    return await acm.revoke_access(principal, queue_pattern)
-                with acting_as(actor):
+                with not_acting():  # the operator is the manager's principal
                     return await acm.revoke_access(principal, queue_pattern)
             finally:
                 await acm.close()

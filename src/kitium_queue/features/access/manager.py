@@ -84,7 +84,8 @@ class AccessControlManager:
             0: read Redis on every check.
         audit_max_age, audit_max_entries: the audit log's retention (``trim``).
         principal: who the manager acts for when no ``acting_as`` block is active:
-            recorded as the author of grant changes, and the principal whose grants
+            recorded as the author of grant changes (the trusted operator: not
+            checked, unlike an ``acting_as`` principal), and the principal whose grants
             decide tenant changes.
         refusal_burst, refusal_window: the bound on ``access.denied`` entries: per
             (principal, action, queue), the first ``refusal_burst`` refusals of each
@@ -159,22 +160,28 @@ class AccessControlManager:
         queue matching ``queue_pattern``. A grant on the same (principal, pattern)
         replaces the earlier one. Written to Redis together with an ``access.grant``
         audit entry (who granted it: ``acting()``). Returns the stored grant.
+        Inside ``acting_as(p)``, ``p`` needs ``can_manage_queue`` on every queue, else
+        ``AccessDeniedError`` (audited); the manager's ``principal`` and no principal
+        are the trusted operator (``TenantAdmin.authorize_grants``).
         ``ConfigurationError`` for a principal whose letters mix scripts (a look-alike
         of another name, ``identity.check_principal``)."""
         if entry is not None and fields:
             raise ConfigurationError("give the grant as one entry or as keywords, not both")
         parsed = AccessEntry.parse(entry if entry is not None else fields)
         check_principal(parsed.principal_id)  # a new grant: no look-alike name
-        return await self.grants.put(parsed, self.acting())
+        who = await self._tenants.authorize_grants("grant_access", parsed.queue_pattern)
+        return await self.grants.put(parsed, who)
 
     async def revoke_access(self, principal_id: str, queue_pattern: str) -> bool:
         """Remove the grant of ``principal_id`` on ``queue_pattern`` (the pattern exactly
         as granted), with an ``access.revoke`` audit entry. False when there was none
         (then nothing is written). Other processes stop honouring it within
-        ``cache_ttl``. A principal stored before the script rule can be revoked."""
+        ``cache_ttl``. A principal stored before the script rule can be revoked.
+        Authorized as ``grant_access``."""
         principal = check_principal(principal_id, existing=True)
         pattern = QueuePattern(queue_pattern).text
-        return await self.grants.delete(principal, pattern, self.acting())
+        who = await self._tenants.authorize_grants("revoke_access", pattern)
+        return await self.grants.delete(principal, pattern, who)
 
     async def list_access(self, principal_id: str | None = None) -> list[AccessEntry]:
         """The grants of ``principal_id``, or of everyone (by principal, then pattern).
@@ -418,7 +425,8 @@ class AccessControlManager:
                 f"audit action {clip(repr(action), 80)} is in a namespace the library "
                 f"writes ({', '.join(f'{n}.*' for n in sorted(_LIBRARY_ACTIONS))}): an "
                 "entry of yours would read as one of its own (a grant, a refusal, a "
-                "tenant change); name your action another way, e.g. 'app." + action[:40]
+                "tenant change); name your action another way, e.g. 'app."
+                + action[:40]
                 + "' or 'export_report'"
             )
         return await self.audit.append(who, action, resource, outcome, metadata)

@@ -22,6 +22,13 @@ is held to the same rule as ``acm.create_tenant``. Reads (``get_tenant``,
 ``list_tenants``, ``get_tenant_quota``, ``get_tenant_usage``) are not guarded, as
 ``list_access`` is not: the manager is the administrators' tool.
 
+**Grant changes** (``grant_access`` / ``revoke_access``) are held to the same rule when
+a request names the principal: one set by ``acting_as`` (``identity.acting_context``)
+needs ``can_manage_queue`` on every queue, else ``AccessDeniedError`` after an
+``access.denied`` entry (resource: the pattern). The manager's own ``principal`` and no
+principal at all are the trusted operator, who holds the manager and its audit key:
+not checked, only recorded (``authorize_grants``).
+
 The camelCase keys (``tenantId``, ``allowedRegions``, ``quota.maxQueueSize``,
 ``quota.maxConcurrency``, ``quota.rateLimit``) are accepted here (``brief_keys``).
 """
@@ -32,6 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ...errors import AccessDeniedError
+from ...identity import acting_context
 from ...limits import clip
 from ..audit.chain import Draft
 from ..audit.log import Effect
@@ -108,6 +116,43 @@ class TenantAdmin:
             for pattern, perms, _ in grants.entries
         )
 
+    async def _deny(self, who: str | None, resource: str, action: str) -> tuple[str, str]:
+        """Write the ``access.denied`` entry of ``who``'s refusal; returns what to add
+        to the refusal's text: the patterns where it holds ``can_manage_queue``, and a
+        note when the log could not take the entry."""
+        via: tuple[str, ...] = ()
+        if who is not None:
+            grants = await self.manager.grants.load(who)
+            via = tuple(p.text for p, perms, _ in grants.entries if TENANT_PERMISSION in perms)
+        audited = await self.manager.write_denial(who, resource, TENANT_PERMISSION, action, via)
+        held = f" (it holds it on {', '.join(via)} only)" if via else ""
+        return held, "" if audited else " (the audit log could not record this refusal)"
+
+    async def authorize_grants(self, action: str, pattern: str) -> str | None:
+        """Who makes a grant change (``action`` on ``pattern``), for its audit entry.
+
+        A principal set by ``acting_as`` (a request's) must hold ``can_manage_queue``
+        on every queue, else ``AccessDeniedError`` after an ``access.denied`` entry;
+        the manager's ``principal`` and no principal at all are the trusted operator
+        (not checked)."""
+        actor = acting_context()
+        if actor is None:
+            return self.who()
+        if await self.allowed(actor):
+            return actor
+        held, note = await self._deny(actor, pattern, action)
+        raise AccessDeniedError(
+            f"principal {clip(repr(actor), 100)} was refused {action} on {pattern!r}: "
+            "changing grants inside acting_as(...) needs can_manage_queue on every queue, "
+            f"a grant on '*'{held}; run it as such an administrator, or from trusted code "
+            "without acting_as (AccessControlManager(principal=...), or the shell's "
+            f"kitium-queue access grant/revoke --as){note}",
+            principal=actor,
+            resource=pattern,
+            permission=TENANT_PERMISSION.value,
+            action=action,
+        )
+
     async def authorize(self, action: str, tenant_id: str) -> str:
         """The acting principal, if it may change tenants; else ``AccessDeniedError``
         after an ``access.denied`` audit entry."""
@@ -115,12 +160,7 @@ class TenantAdmin:
         if who is not None and await self.allowed(who):
             return who
         resource = tenant_resource(tenant_id)
-        via: tuple[str, ...] = ()
-        if who is not None:
-            grants = await self.manager.grants.load(who)
-            via = tuple(p.text for p, perms, _ in grants.entries if TENANT_PERMISSION in perms)
-        audited = await self.manager.write_denial(who, resource, TENANT_PERMISSION, action, via)
-        note = "" if audited else " (the audit log could not record this refusal)"
+        held, note = await self._deny(who, resource, action)
         if who is None:
             text = (
                 f"no principal is acting for {action} of tenant {tenant_id!r}: tenant changes "
@@ -129,7 +169,6 @@ class TenantAdmin:
                 f"principal=...){note}"
             )
         else:
-            held = f" (it holds it on {', '.join(via)} only)" if via else ""
             text = (
                 f"principal {clip(repr(who), 100)} was refused {action} of tenant "
                 f"{tenant_id!r}: a tenant's quota applies in every queue, so it needs "
