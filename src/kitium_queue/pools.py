@@ -589,9 +589,9 @@ async def blocking_wait_overran(exc: BaseException, client: Any, who: str) -> bo
     except Exception:
         return False
     log.info(
-        "%s: a blocking wait for work got no reply by its deadline while Redis answers: "
-        "the Redis server's clock was probably set back (it times blocking waits in "
-        "wall-clock time); waiting again",
+        "%s: a blocking wait for work got no reply by its deadline while Redis answers "
+        "PING: its writes are paused (CLIENT PAUSE ... WRITE, as a failover does), or its "
+        "clock was set back (it times blocking waits in wall-clock time); waiting again",
         who,
     )
     return True
