@@ -176,3 +176,40 @@ def test_the_orphans_listing_says_how_many_it_left_out(
     assert got.exit_code == 0, got.output
     assert got.output.count("orphan\t") == 3, got.output
     assert "more\t2 orphans not listed" in got.output, got.output
+
+
+def test_health_probes_on_a_full_redis_say_what_their_exit_codes_say(
+    prefix: str, tmp_path: Any
+) -> None:
+    # The help listed exit 4 for "refuses writes" with no probe: liveness exits 0 then,
+    # while --json's "healthy" (health_check's own) is false.
+    import json
+
+    from click.testing import CliRunner
+
+    from helpers import app_module
+    from kitium_queue.cli import main
+
+    help_text = CliRunner().invoke(main, ["health", "--help"]).output
+    assert "4  readiness only" in help_text and "even while it refuses writes" in help_text
+    with RedisServer() as srv:
+        source = (
+            "from kitium_queue import JobQueue\n"
+            f"queue = JobQueue('probe', redis={srv.url!r}, prefix={prefix!r})\n"
+        )
+
+        async def fill() -> None:
+            client = aioredis.from_url(srv.url)
+            await _fill(client)
+            await client.aclose()
+
+        asyncio.run(fill())
+        with app_module(tmp_path, source) as module:
+            app = f"{module}:queue"
+            live = CliRunner().invoke(main, ["health", app, "--probe", "liveness", "--json"])
+            ready = CliRunner().invoke(main, ["health", app, "--probe", "readiness", "--json"])
+    assert live.exit_code == 0, live.output
+    doc = json.loads(live.stdout)
+    assert doc["verdict"] == "healthy" and doc["healthy"] is False
+    assert ready.exit_code == 4, ready.output
+    assert json.loads(ready.stdout)["verdict"] == "not ready"

@@ -255,15 +255,17 @@ def health(
     """Probe APP's Redis and queue; the exit code is the verdict.
 
     \b
-    0  healthy (liveness) / ready (readiness)
+    0  liveness: Redis answers (even while it refuses writes);
+       readiness: ready
     3  Redis unreachable, refused the credentials or did not answer
-    4  Redis answers but a key of the queue is damaged (holds another type) or
-       it refuses writes (full, a failed background save, too few replicas,
-       busy with another client's long script) or takes none within 10 s
-       (clients paused, a failover), or the Redis user may not run the
-       queue's scripts (ACL);
-       readiness only: a check failed (memory nearly full, an evicting
-       maxmemory-policy, a replica, --max-latency or --max-dlq)
+    4  readiness only: Redis answers but a key of the queue is damaged (holds
+       another type) or it refuses writes (full, a failed background save, too
+       few replicas, busy with another client's long script) or takes none
+       within 10 s (clients paused, a failover), or the Redis user may not run
+       the queue's scripts (ACL), or a check failed (memory nearly full, an
+       evicting maxmemory-policy, a replica, --max-latency or --max-dlq)
+    With --json, "verdict" and "ready" are the probe's; "healthy" is
+    health_check()'s own (false while writes are refused, also under liveness).
 
     Reports Redis latency, memory against maxmemory, eviction policy and persistence."""
     out = output(as_json)
