@@ -213,3 +213,24 @@ def test_health_probes_on_a_full_redis_say_what_their_exit_codes_say(
     assert doc["verdict"] == "healthy" and doc["healthy"] is False
     assert ready.exit_code == 4, ready.output
     assert json.loads(ready.stdout)["verdict"] == "not ready"
+
+
+async def test_jobs_recovered_after_a_long_outage_are_said_in_one_line(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a refusal longer than lock_duration every job's lease lapses at once: one
+    # WARNING per job was a flood (and each a job-stalled event, which stays).
+    q = JobQueue("stalls", redis=redis_url, prefix=prefix)
+    seen: list[str] = []
+    q.on("job-stalled", lambda e: seen.append(e.job_id))
+    ids = [f"s-{i}" for i in range(15)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="kitium_queue"):
+            q._observer.stalled(q.name, ids)
+            await asyncio.sleep(0.1)
+        lines = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert "15 job(s) stalled (lease expired)" in lines[0] and "and 5 more" in lines[0]
+        assert seen == ids
+    finally:
+        await q.close()

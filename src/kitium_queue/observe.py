@@ -254,10 +254,14 @@ class Observer(Subscriber):
 
     def stalled(self, queue: str, job_ids: Sequence[str]) -> None:
         events = self.emitter
-        for job_id in job_ids:
+        if job_ids:  # one line per recovery, not per job (thousands after a long outage)
+            shown = ", ".join(printable(j) for j in job_ids[:10])
+            more = f" and {len(job_ids) - 10} more" if len(job_ids) > 10 else ""
             log.warning(
-                "queue %s: job %s stalled (lease expired); requeued", queue, printable(job_id)
-            )
+                "queue %s: %d job(s) stalled (lease expired); requeued: %s%s",
+                queue, len(job_ids), shown, more,
+            )  # fmt: skip
+        for job_id in job_ids:
             if events.wants("job-stalled"):
                 events.emit(EventData("job-stalled", queue, job_id))
         if self.metrics is not None and job_ids:
