@@ -234,3 +234,31 @@ async def test_jobs_recovered_after_a_long_outage_are_said_in_one_line(
         assert seen == ids
     finally:
         await q.close()
+
+
+def test_health_text_on_a_full_redis_says_each_thing_once(prefix: str, tmp_path: Any) -> None:
+    # Two rows were named "memory" (the figure and the readiness check), and the
+    # refusal was printed twice (the error row and the writes check).
+    from click.testing import CliRunner
+
+    from helpers import app_module
+    from kitium_queue.cli import main
+
+    with RedisServer() as srv:
+        source = (
+            "from kitium_queue import JobQueue\n"
+            f"queue = JobQueue('text', redis={srv.url!r}, prefix={prefix!r})\n"
+        )
+
+        async def fill() -> None:
+            client = aioredis.from_url(srv.url)
+            await _fill(client)
+            await client.aclose()
+
+        asyncio.run(fill())
+        with app_module(tmp_path, source) as module:
+            got = CliRunner().invoke(main, ["--plain", "health", f"{module}:queue"])
+    assert got.exit_code == 4, got.output
+    names = [line.split("\t", 1)[0] for line in got.stdout.splitlines() if "\t" in line]
+    assert len(names) == len(set(names)), names
+    assert "memory used" in names and got.stdout.count("out of memory") == 1, got.stdout

@@ -333,14 +333,14 @@ def health(
                 None if h.redis_latency_ms is None else f"{h.redis_latency_ms:.1f} ms",
             ),
         ]
-        if h.error:
+        if h.error and not any(c["detail"] == h.error for c in checks):  # said once
             pairs.append(("error", h.error))
         if h.missing_records:
             pairs.append(("missing records", h.missing_records))
         if m is not None:
             pairs += [
                 (
-                    "memory",
+                    "memory used",  # the readiness check of the same subject is "memory"
                     f"{m.used_bytes} bytes of "
                     + (f"{m.maxmemory_bytes}" if m.maxmemory_bytes else "no limit"),
                 ),
