@@ -262,3 +262,15 @@ def test_health_text_on_a_full_redis_says_each_thing_once(prefix: str, tmp_path:
     names = [line.split("\t", 1)[0] for line in got.stdout.splitlines() if "\t" in line]
     assert len(names) == len(set(names)), names
     assert "memory used" in names and got.stdout.count("out of memory") == 1, got.stdout
+
+
+def test_the_out_of_memory_advice_starts_with_what_holds_the_memory() -> None:
+    # It said to drain the queue and keep fewer finished jobs even when other keys
+    # filled Redis and the queue held a few jobs.
+    from kitium_queue.serverinfo import write_refused
+
+    err = write_refused("OOM command not allowed when used memory > 'maxmemory'.")
+    assert err is not None
+    text = str(err)
+    assert "redis-cli --bigkeys or MEMORY STATS" in text
+    assert text.index("--bigkeys") < text.index("remove_on_complete")

@@ -319,7 +319,8 @@ _REFUSALS = (
     (
         "OOM",
         "Redis is out of memory (maxmemory reached with the noeviction policy)",
-        "free memory (keep fewer finished jobs: remove_on_complete / remove_on_fail, "
+        "free memory (see what holds it: redis-cli --bigkeys or MEMORY STATS; if the "
+        "queue's finished jobs do, keep fewer: remove_on_complete / remove_on_fail, "
         "replay or remove DLQ jobs) or raise maxmemory",
         True,
     ),
