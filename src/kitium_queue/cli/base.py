@@ -291,7 +291,7 @@ def load_queue(app: str, redis: str | None = None) -> Any:
     it names, with payloads shown redacted and ``redis`` (or ``KITIUM_QUEUE_REDIS``)
     as its Redis URL when given."""
     obj = _resolve(app)
-    importuse.refuse_manager(app, obj)  # a GlobalQueueManager: what to use instead
+    importuse.check_app(app, obj)  # what a feature's CLI refuses (add_app_check)
     parts = members(obj)
     for q in parts:
         # What the CLI prints is seen by people: protected payloads are shown redacted

@@ -2,20 +2,17 @@
 ...))`` at its top level): the queue is then bound to an event loop that has ended, which
 no command can share. ``cli/base.py`` records such an import (``record``) and turns the
 error a command then meets into one that says what to move, and where (``failure``).
-``refuse_manager`` says what to use for a GlobalQueueManager APP."""
+``check_app`` runs the checks features add (``add_app_check``) on the APP object."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import click
-
 from ..queue import JobQueue
 
-__all__ = ["MAIN_HINT", "failure", "import_hint", "record", "refuse_manager"]
+__all__ = ["MAIN_HINT", "add_app_check", "check_app", "failure", "import_hint", "record"]
 
 #: What to do, for a message about APP's import.
 MAIN_HINT = ': code that calls asyncio.run or the queue goes under `if __name__ == "__main__":`'
@@ -50,18 +47,19 @@ def failure(exc: BaseException, text: str) -> str | None:
     )
 
 
-def refuse_manager(app: str, obj: Any) -> None:
-    """Refuse a ``GlobalQueueManager`` not initialized (as every APP is: a command cannot
-    await its ``initialize``) where a command takes a queue, saying what to use."""
-    # An APP holding a GlobalQueueManager has imported its module: no import here (the
-    # common path of every command), and the CLI's core names no feature's class.
-    mod = sys.modules.get("kitium_queue.features.regions.manager")
-    manager = getattr(mod, "GlobalQueueManager", None)
-    if manager is not None and isinstance(obj, manager) and obj.topo is None:
-        raise click.BadParameter(
-            f"{app!r} is a GlobalQueueManager: this command takes a JobQueue (to read one "
-            "region's copy: a JobQueue of the queue's name on that region's Redis); for the "
-            f"global queue use 'kitium-queue regions status {app}' (and regions failover, "
-            "stranded, resubmit, discard); its workers run in a program that calls "
-            "await manager.start()"
-        )
+#: Checks of an APP object before a command that takes a queue uses it: each raises
+#: ``click.BadParameter`` saying what to use instead (a feature's CLI adds its own:
+#: ``add_app_check``; the regions' one refuses a ``GlobalQueueManager``).
+_APP_CHECKS: list[Callable[[str, Any], None]] = []
+
+
+def add_app_check(check: Callable[[str, Any], None]) -> None:
+    """Run ``check(app, obj)`` on every APP object a command that takes a queue loads."""
+    if check not in _APP_CHECKS:
+        _APP_CHECKS.append(check)
+
+
+def check_app(app: str, obj: Any) -> None:
+    """Run the APP checks (``add_app_check``) on ``obj``."""
+    for check in _APP_CHECKS:
+        check(app, obj)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
 from redis.exceptions import ResponseError
 
+from ...cli.importuse import add_app_check
 from ...errors import ConfigurationError
 from ...options import shown
 from ...queue import JobQueue
@@ -32,6 +34,24 @@ if TYPE_CHECKING:
     from .manager import GlobalQueueManager
 
 __all__ = ["make_command"]
+
+
+def _refuse_manager(app: str, obj: Any) -> None:
+    """Refuse a ``GlobalQueueManager`` not initialized (as every APP is: a command cannot
+    await its ``initialize``) where a command takes a queue, saying what to use."""
+    # An APP holding a GlobalQueueManager has imported its module: no import here (the
+    # common path of every command).
+    mod = sys.modules.get(f"{__package__}.manager")
+    manager = getattr(mod, "GlobalQueueManager", None)
+    if manager is not None and isinstance(obj, manager) and obj.topo is None:
+        raise click.BadParameter(
+            f"{app!r} is a GlobalQueueManager: this command takes a JobQueue (to read one "
+            "region's copy: a JobQueue of the queue's name on that region's Redis); for the "
+            f"global queue use 'kitium-queue regions status {app}' (and regions failover, "
+            "stranded, resubmit, discard); its workers run in a program that calls "
+            "await manager.start()"
+        )
+
 
 WithQueue = Callable[[str, "str | None", Callable[[Any], Awaitable[Any]]], Any]
 
@@ -60,7 +80,9 @@ def make_command(
     run: Callable[[Coroutine[Any, Any, Any]], Any],
 ) -> click.Group:
     """The ``regions`` command group, with the CLI's queue loader, ``--redis`` option,
-    row formatter, app loader and coroutine runner."""
+    row formatter, app loader and coroutine runner. Other commands given a
+    ``GlobalQueueManager`` are told what to use (``_refuse_manager``)."""
+    add_app_check(_refuse_manager)
 
     def manager_of(app: str, redis: str | None, what: str) -> GlobalQueueManager:
         from .manager import GlobalQueueManager
