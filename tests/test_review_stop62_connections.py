@@ -98,13 +98,7 @@ async def test_a_sentinel_primary_down_is_connection_unavailable(name: str) -> N
 async def test_sentinels_that_do_not_answer_are_said_apart(name: str) -> None:
     dead = [_cluster.cluster_port(), _cluster.cluster_port()]
     url = f"redis+sentinel://127.0.0.1:{dead[0]},127.0.0.1:{dead[1]}/mymaster"
-    q = JobQueue(name, redis=url)
-    try:
-        with pytest.raises(ConnectionUnavailableError) as info:
-            await q.add_job("n", {})
-    finally:
-        await q.close()
-    msg = str(info.value)
+    msg = await _add_refused(name, url)
     assert "no Sentinel" in msg and "answered" in msg, msg
     assert "or none monitors" not in msg and "failover" not in msg, msg
 
@@ -234,13 +228,7 @@ async def test_tls_to_a_plain_port_says_so_for_cluster_and_sentinel(
         f"rediss+cluster://{where}?socket_connect_timeout=1",
         f"rediss+sentinel://{where}/mymaster?socket_connect_timeout=1",
     ):
-        q = JobQueue(name, redis=url)
-        try:
-            with pytest.raises(ConnectionUnavailableError) as info:
-                await q.add_job("n", {})
-        finally:
-            await q.close()
-        msg = str(info.value)
+        msg = await _add_refused(name, url)
         assert "never answers the TLS handshake" in msg and "redis+" in msg, (url, msg)
 
 
@@ -303,3 +291,14 @@ def test_master_not_found_is_still_redis_pys() -> None:
     assert issubclass(authrefused.NoPrimaryError, ConnectionUnavailableError)
     assert issubclass(clusterconn.ClusterRefusedError, ClusterDownError)
     assert issubclass(clusterconn.ClusterRefusedError, ConnectionUnavailableError)
+
+
+async def _add_refused(name: str, url: str) -> str:
+    """The text of the ``ConnectionUnavailableError`` an ``add_job`` on ``url`` raises."""
+    q = JobQueue(name, redis=url)
+    try:
+        with pytest.raises(ConnectionUnavailableError) as info:
+            await q.add_job("n", {})
+    finally:
+        await q.close()
+    return str(info.value)

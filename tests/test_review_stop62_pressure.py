@@ -11,7 +11,9 @@ processes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -187,27 +189,13 @@ def test_health_probes_on_a_full_redis_say_what_their_exit_codes_say(
 
     from click.testing import CliRunner
 
-    from helpers import app_module
     from kitium_queue.cli import main
 
     help_text = CliRunner().invoke(main, ["health", "--help"]).output
     assert "4  readiness only" in help_text and "even while it refuses writes" in help_text
-    with RedisServer() as srv:
-        source = (
-            "from kitium_queue import JobQueue\n"
-            f"queue = JobQueue('probe', redis={srv.url!r}, prefix={prefix!r})\n"
-        )
-
-        async def fill() -> None:
-            client = aioredis.from_url(srv.url)
-            await _fill(client)
-            await client.aclose()
-
-        asyncio.run(fill())
-        with app_module(tmp_path, source) as module:
-            app = f"{module}:queue"
-            live = CliRunner().invoke(main, ["health", app, "--probe", "liveness", "--json"])
-            ready = CliRunner().invoke(main, ["health", app, "--probe", "readiness", "--json"])
+    with _full_app(prefix, tmp_path, "probe") as app:
+        live = CliRunner().invoke(main, ["health", app, "--probe", "liveness", "--json"])
+        ready = CliRunner().invoke(main, ["health", app, "--probe", "readiness", "--json"])
     assert live.exit_code == 0, live.output
     doc = json.loads(live.stdout)
     assert doc["verdict"] == "healthy" and doc["healthy"] is False
@@ -241,23 +229,10 @@ def test_health_text_on_a_full_redis_says_each_thing_once(prefix: str, tmp_path:
     # refusal was printed twice (the error row and the writes check).
     from click.testing import CliRunner
 
-    from helpers import app_module
     from kitium_queue.cli import main
 
-    with RedisServer() as srv:
-        source = (
-            "from kitium_queue import JobQueue\n"
-            f"queue = JobQueue('text', redis={srv.url!r}, prefix={prefix!r})\n"
-        )
-
-        async def fill() -> None:
-            client = aioredis.from_url(srv.url)
-            await _fill(client)
-            await client.aclose()
-
-        asyncio.run(fill())
-        with app_module(tmp_path, source) as module:
-            got = CliRunner().invoke(main, ["--plain", "health", f"{module}:queue"])
+    with _full_app(prefix, tmp_path, "text") as app:
+        got = CliRunner().invoke(main, ["--plain", "health", app])
     assert got.exit_code == 4, got.output
     names = [line.split("\t", 1)[0] for line in got.stdout.splitlines() if "\t" in line]
     assert len(names) == len(set(names)), names
@@ -274,3 +249,24 @@ def test_the_out_of_memory_advice_starts_with_what_holds_the_memory() -> None:
     text = str(err)
     assert "redis-cli --bigkeys or MEMORY STATS" in text
     assert text.index("--bigkeys") < text.index("remove_on_complete")
+
+
+@contextlib.contextmanager
+def _full_app(prefix: str, tmp_path: Any, name: str) -> Iterator[str]:
+    """APP (``module:queue``) of a queue ``name`` on a private server that is full."""
+    from helpers import app_module
+
+    with RedisServer() as srv:
+        source = (
+            "from kitium_queue import JobQueue\n"
+            f"queue = JobQueue({name!r}, redis={srv.url!r}, prefix={prefix!r})\n"
+        )
+
+        async def fill() -> None:
+            client = aioredis.from_url(srv.url)
+            await _fill(client)
+            await client.aclose()
+
+        asyncio.run(fill())
+        with app_module(tmp_path, source) as module:
+            yield f"{module}:queue"
